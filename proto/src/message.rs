@@ -1,0 +1,347 @@
+//! The messages: [`ClientFrame`] carries a [`Command`] (what the client wants), [`ServerFrame`]
+//! an [`Event`] (what the server did or what happened). Each frame body is postcard-encoded:
+//! `id` (varint u32) first, then the enum (varint variant index, then its fields in order).
+//!
+//! Decoding reads `id` and the variant index on their own first, so an unknown command type can
+//! be answered with an `UnknownCommand` error carrying the right id instead of killing the
+//! session. Bytes after a known message are ignored: later protocol revisions may append fields.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::frame::write_frame;
+
+/// A position in a room's history. `epoch` changes whenever the server lost that history (for
+/// example after a restart with in-memory history): positions from another epoch cannot be
+/// resumed from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// Limits the server enforces on this session, announced in `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest frame body the server accepts, in bytes.
+    pub max_frame: u32,
+    /// Largest publication payload, in bytes.
+    pub max_payload: u32,
+    /// Most rooms one session may be subscribed to at once.
+    pub max_subscriptions: u32,
+    /// Sustained commands per second before `RateLimited` errors.
+    pub commands_per_second: u32,
+}
+
+/// Client to server, on the control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientFrame {
+    /// Chosen by the client, echoed in the reply. Use 1 and up: 0 is reserved for unsolicited
+    /// server events.
+    pub id: u32,
+    pub command: Command,
+}
+
+/// Client intent. The variant order is the wire format: never reorder, only append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// 0. Must be the first frame on the control stream. Answered by `Welcome`.
+    Hello { version: u16, client: String },
+    /// 1. Answered by `Subscribed` (and a new unidirectional stream) or `Error`.
+    Subscribe {
+        room: String,
+        /// Replay what was published after this position before going live.
+        resume: Option<Position>,
+    },
+    /// 2. Answered by `Unsubscribed` (code 0) or `Error`; the room's stream is finished.
+    Unsubscribe { room: String },
+    /// 3. Answered by `Published` when `ack` is true, by `Error` on refusal either way.
+    Publish {
+        room: String,
+        payload: Bytes,
+        ack: bool,
+    },
+    /// 4. Answered by `Pong`; measures round-trip time.
+    Ping,
+    /// 5. Replaces the session's token before it expires. Answered by `Refreshed` or `Error`.
+    Refresh { token: String },
+}
+
+impl Command {
+    /// Number of variants this version knows; variant indexes at or above it are unknown.
+    pub const KNOWN: u32 = 6;
+}
+
+/// Server to client. `id` echoes the command it answers; 0 for unsolicited events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFrame {
+    pub id: u32,
+    pub event: Event,
+}
+
+/// How a `Subscribe` with `resume` went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recovery {
+    /// 0. The subscribe asked for no resume.
+    NotRequested,
+    /// 1. Everything after the position is replayed on the room's stream before live messages.
+    Recovered { replayed: u32 },
+    /// 2. The position is no longer in history (or its epoch is gone, or the room keeps no
+    ///    history): messages were missed and the app must re-sync its state.
+    Failed,
+}
+
+/// Server state changes. The variant order is the wire format: never reorder, only append.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// 0. Answer to `Hello`.
+    Welcome {
+        version: u16,
+        /// Server-assigned session id, for logs and support.
+        session: String,
+        user: String,
+        tenant: String,
+        /// Token expiry, seconds since the Unix epoch; `None` if the token never expires.
+        expires_at: Option<u64>,
+        limits: Limits,
+    },
+    /// 1. Answer to `Subscribe`. `position` is the room's current position when it keeps history.
+    Subscribed {
+        room: String,
+        position: Option<Position>,
+        recovery: Recovery,
+    },
+    /// 2. Answer to `Unsubscribe` (`code` 0), or unsolicited (id 0) when the server ended the
+    ///    subscription (`code` is an [`crate::ErrorCode`], for example `SlowConsumer`).
+    Unsubscribed {
+        room: String,
+        code: u16,
+        reason: String,
+    },
+    /// 3. Answer to an acknowledged `Publish`.
+    Published { position: Option<Position> },
+    /// 4. Answer to `Ping`.
+    Pong,
+    /// 5. Answer to `Refresh`: the new expiry.
+    Refreshed { expires_at: Option<u64> },
+    /// 6. A command was refused; it had no effect. `code` is an [`crate::ErrorCode`].
+    Error { code: u16, message: String },
+    /// 7. A message in a room, on the room's own unidirectional stream.
+    Publication {
+        room: String,
+        position: Option<Position>,
+        payload: Bytes,
+    },
+    /// 8. First frame of every subscription stream; `id` is the `Subscribe` command's id.
+    SubscriptionStream { room: String },
+    /// 9. The server is closing the session; `code` is a [`crate::CloseCode`]. The QUIC
+    ///    connection closes right after with the same code.
+    Goodbye {
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes are not a valid message of this protocol: close the stream.
+    #[error("malformed frame: {0}")]
+    Malformed(postcard::Error),
+    /// A well-formed id with a variant index this version does not know.
+    #[error("unknown message type {kind} (id {id})")]
+    UnknownType { id: u32, kind: u32 },
+}
+
+/// Encodes a command as a complete frame (length prefix included).
+pub fn encode_command(frame: &ClientFrame) -> Vec<u8> {
+    encode(frame)
+}
+
+/// Encodes an event as a complete frame (length prefix included), ready to share as `Bytes`.
+pub fn encode_event(frame: &ServerFrame) -> Bytes {
+    Bytes::from(encode(frame))
+}
+
+fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
+    // Serializing plain structs and enums into a Vec cannot fail.
+    let body = postcard::to_stdvec(frame).unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + crate::LENGTH_PREFIX);
+    write_frame(&body, &mut out);
+    out
+}
+
+/// Decodes one frame body (without the length prefix) from a client.
+pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
+    let (id, kind) = header(body)?;
+    if kind >= Command::KNOWN {
+        return Err(DecodeError::UnknownType { id, kind });
+    }
+    postcard::take_from_bytes(body)
+        .map(|(frame, _rest)| frame)
+        .map_err(DecodeError::Malformed)
+}
+
+/// Number of `Event` variants this version knows.
+const EVENTS_KNOWN: u32 = 10;
+
+/// Decodes one frame body (without the length prefix) from the server.
+pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
+    let (id, kind) = header(body)?;
+    if kind >= EVENTS_KNOWN {
+        return Err(DecodeError::UnknownType { id, kind });
+    }
+    postcard::take_from_bytes(body)
+        .map(|(frame, _rest)| frame)
+        .map_err(DecodeError::Malformed)
+}
+
+fn header(body: &[u8]) -> Result<(u32, u32), DecodeError> {
+    let (id, rest) = postcard::take_from_bytes::<u32>(body).map_err(DecodeError::Malformed)?;
+    let (kind, _) = postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::Malformed)?;
+    Ok((id, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::FrameDecoder;
+    use proptest::prelude::*;
+
+    fn body(frame: &[u8]) -> &[u8] {
+        &frame[crate::LENGTH_PREFIX..]
+    }
+
+    #[test]
+    fn unknown_command_keeps_id() {
+        // id 7, variant 99
+        assert!(matches!(
+            decode_command(&[7, 99]),
+            Err(DecodeError::UnknownType { id: 7, kind: 99 })
+        ));
+        assert!(matches!(
+            decode_command(&[]),
+            Err(DecodeError::Malformed(_))
+        ));
+        // Subscribe with a truncated room string.
+        assert!(matches!(
+            decode_command(&[1, 1, 10, b'a']),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn hostile_lengths_do_not_allocate() {
+        // Publish whose payload claims 2^32-1 bytes: postcard borrows from the input, so this
+        // fails without allocating.
+        let evil = [1u8, 3, 1, b'a', 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode_command(&evil).is_err());
+    }
+
+    #[test]
+    fn event_uses_the_envelope_documented_in_protocol_md() {
+        let frame = encode_event(&ServerFrame {
+            id: 0,
+            event: Event::Publication {
+                room: "a".into(),
+                position: None,
+                payload: Bytes::from_static(b"hi"),
+            },
+        });
+        assert_eq!(&frame[..], &[0, 0, 0, 8, 0, 7, 1, b'a', 0, 2, b'h', b'i']);
+    }
+
+    fn arb_position() -> impl Strategy<Value = Option<Position>> {
+        proptest::option::of(
+            (any::<u64>(), any::<u64>()).prop_map(|(epoch, offset)| Position { epoch, offset }),
+        )
+    }
+
+    fn arb_command() -> impl Strategy<Value = Command> {
+        prop_oneof![
+            (any::<u16>(), ".{0,20}")
+                .prop_map(|(version, client)| Command::Hello { version, client }),
+            (".{0,20}", arb_position())
+                .prop_map(|(room, resume)| Command::Subscribe { room, resume }),
+            ".{0,20}".prop_map(|room| Command::Unsubscribe { room }),
+            (
+                ".{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<bool>()
+            )
+                .prop_map(|(room, p, ack)| Command::Publish {
+                    room,
+                    payload: Bytes::from(p),
+                    ack
+                }),
+            Just(Command::Ping),
+            ".{0,40}".prop_map(|token| Command::Refresh { token }),
+        ]
+    }
+
+    fn arb_event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            (".{0,10}", arb_position(), any::<u32>()).prop_map(|(room, position, n)| {
+                Event::Subscribed {
+                    room,
+                    position,
+                    recovery: match n % 3 {
+                        0 => Recovery::NotRequested,
+                        1 => Recovery::Recovered { replayed: n },
+                        _ => Recovery::Failed,
+                    },
+                }
+            }),
+            (".{0,10}", any::<u16>(), ".{0,10}")
+                .prop_map(|(room, code, reason)| Event::Unsubscribed { room, code, reason }),
+            arb_position().prop_map(|position| Event::Published { position }),
+            Just(Event::Pong),
+            proptest::option::of(any::<u64>())
+                .prop_map(|expires_at| Event::Refreshed { expires_at }),
+            (any::<u16>(), ".{0,20}").prop_map(|(code, message)| Event::Error { code, message }),
+            (
+                ".{0,10}",
+                arb_position(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(room, position, p)| Event::Publication {
+                    room,
+                    position,
+                    payload: Bytes::from(p)
+                }),
+            ".{0,10}".prop_map(|room| Event::SubscriptionStream { room }),
+            (any::<u16>(), ".{0,10}", any::<bool>()).prop_map(|(code, reason, reconnect)| {
+                Event::Goodbye {
+                    code,
+                    reason,
+                    reconnect,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn commands_round_trip(id in any::<u32>(), command in arb_command()) {
+            let frame = ClientFrame { id, command };
+            let wire = encode_command(&frame);
+            let mut dec = FrameDecoder::new(1 << 16);
+            dec.push(&wire);
+            let got = dec.next_frame().unwrap().unwrap();
+            prop_assert_eq!(decode_command(&got).unwrap(), frame);
+        }
+
+        #[test]
+        fn events_round_trip(id in any::<u32>(), event in arb_event()) {
+            let frame = ServerFrame { id, event };
+            let wire = encode_event(&frame);
+            prop_assert_eq!(decode_event(body(&wire)).unwrap(), frame);
+        }
+
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_command(&data);
+            let _ = decode_event(&data);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Test vectors shared with other implementations (the TypeScript client reads the same file).
+//! `QUIVER_UPDATE_VECTORS=1 cargo test -p quiver-proto --test vectors` rewrites the file after a
+//! deliberate protocol change; otherwise any drift between code and file fails here.
+
+use bytes::Bytes;
+use quiver_proto::*;
+use serde_json::{json, Value};
+
+fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
+    let pos = Some(Position {
+        epoch: 7,
+        offset: 300,
+    });
+    let cmd = |name, id, command: Command| {
+        let frame = ClientFrame { id, command };
+        (
+            name,
+            json!({"direction": "command", "frame": frame_json(&frame)}),
+            encode_command(&frame),
+        )
+    };
+    let ev = |name, id, event: Event| {
+        let frame = ServerFrame { id, event };
+        (
+            name,
+            json!({"direction": "event", "frame": frame_json(&frame)}),
+            encode_event(&frame).to_vec(),
+        )
+    };
+    vec![
+        cmd(
+            "hello",
+            1,
+            Command::Hello {
+                version: 1,
+                client: "quiver-ts/0.1".into(),
+            },
+        ),
+        cmd(
+            "subscribe",
+            2,
+            Command::Subscribe {
+                room: "chat.lobby".into(),
+                resume: None,
+            },
+        ),
+        cmd(
+            "subscribe_resume",
+            300,
+            Command::Subscribe {
+                room: "dash.cpu".into(),
+                resume: pos,
+            },
+        ),
+        cmd(
+            "unsubscribe",
+            4,
+            Command::Unsubscribe {
+                room: "chat.lobby".into(),
+            },
+        ),
+        cmd(
+            "publish_ack",
+            5,
+            Command::Publish {
+                room: "chat.lobby".into(),
+                payload: Bytes::from_static(b"hello"),
+                ack: true,
+            },
+        ),
+        cmd(
+            "publish_noack",
+            70000,
+            Command::Publish {
+                room: "a".into(),
+                payload: Bytes::new(),
+                ack: false,
+            },
+        ),
+        cmd("ping", 6, Command::Ping),
+        cmd(
+            "refresh",
+            7,
+            Command::Refresh {
+                token: "eyJ.x.y".into(),
+            },
+        ),
+        ev(
+            "welcome",
+            1,
+            Event::Welcome {
+                version: 1,
+                session: "s1".into(),
+                user: "alice".into(),
+                tenant: "acme".into(),
+                expires_at: Some(1_800_000_000),
+                limits: Limits {
+                    max_frame: 65536,
+                    max_payload: 65000,
+                    max_subscriptions: 256,
+                    commands_per_second: 100,
+                },
+            },
+        ),
+        ev(
+            "welcome_no_expiry",
+            1,
+            Event::Welcome {
+                version: 1,
+                session: "s2".into(),
+                user: "bob".into(),
+                tenant: "t".into(),
+                expires_at: None,
+                limits: Limits {
+                    max_frame: 1,
+                    max_payload: 2,
+                    max_subscriptions: 3,
+                    commands_per_second: 4,
+                },
+            },
+        ),
+        ev(
+            "subscribed",
+            2,
+            Event::Subscribed {
+                room: "chat.lobby".into(),
+                position: None,
+                recovery: Recovery::NotRequested,
+            },
+        ),
+        ev(
+            "subscribed_recovered",
+            3,
+            Event::Subscribed {
+                room: "dash.cpu".into(),
+                position: pos,
+                recovery: Recovery::Recovered { replayed: 12 },
+            },
+        ),
+        ev(
+            "subscribed_failed",
+            3,
+            Event::Subscribed {
+                room: "dash.cpu".into(),
+                position: pos,
+                recovery: Recovery::Failed,
+            },
+        ),
+        ev(
+            "unsubscribed",
+            4,
+            Event::Unsubscribed {
+                room: "chat.lobby".into(),
+                code: 0,
+                reason: String::new(),
+            },
+        ),
+        ev(
+            "unsubscribed_slow",
+            0,
+            Event::Unsubscribed {
+                room: "chat.lobby".into(),
+                code: ErrorCode::SlowConsumer.as_u16(),
+                reason: "queue full".into(),
+            },
+        ),
+        ev("published", 5, Event::Published { position: None }),
+        ev("published_position", 5, Event::Published { position: pos }),
+        ev("pong", 6, Event::Pong),
+        ev(
+            "refreshed",
+            7,
+            Event::Refreshed {
+                expires_at: Some(1_900_000_000),
+            },
+        ),
+        ev(
+            "error",
+            8,
+            Event::Error {
+                code: ErrorCode::PermissionDenied.as_u16(),
+                message: "no subscribe permission for room secret".into(),
+            },
+        ),
+        ev(
+            "publication",
+            0,
+            Event::Publication {
+                room: "chat.lobby".into(),
+                position: None,
+                payload: Bytes::from_static(b"hi"),
+            },
+        ),
+        ev(
+            "publication_position",
+            0,
+            Event::Publication {
+                room: "dash.cpu".into(),
+                position: Some(Position {
+                    epoch: u64::MAX,
+                    offset: 1,
+                }),
+                payload: Bytes::from_static(&[0, 255, 128]),
+            },
+        ),
+        ev(
+            "subscription_stream",
+            2,
+            Event::SubscriptionStream {
+                room: "chat.lobby".into(),
+            },
+        ),
+        ev(
+            "goodbye",
+            0,
+            Event::Goodbye {
+                code: CloseCode::TokenExpired.as_u16(),
+                reason: "token expired".into(),
+                reconnect: true,
+            },
+        ),
+    ]
+}
+
+fn frame_json<T: serde::Serialize>(frame: &T) -> Value {
+    serde_json::to_value(frame).expect("frames serialize to JSON")
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn vectors_file_matches_encoder() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/frames.json");
+    let expected: Vec<Value> = cases()
+        .into_iter()
+        .map(|(name, mut v, wire)| {
+            v["name"] = json!(name);
+            v["hex"] = json!(to_hex(&wire));
+            v
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&expected).unwrap() + "\n";
+    if std::env::var_os("QUIVER_UPDATE_VECTORS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(path).expect("vectors/frames.json exists");
+    assert_eq!(on_disk, text, "vectors/frames.json is stale: rerun with QUIVER_UPDATE_VECTORS=1 after a deliberate change");
+
+    // And every vector decodes back to its frame.
+    for (name, v, wire) in cases() {
+        let body = &wire[LENGTH_PREFIX..];
+        let decoded = if v["direction"] == "command" {
+            frame_json(&decode_command(body).unwrap())
+        } else {
+            frame_json(&decode_event(body).unwrap())
+        };
+        assert_eq!(decoded, v["frame"], "{name}");
+    }
+}

@@ -1,0 +1,175 @@
+//! One `Config` for the whole server, merged as defaults < config file < `QUIVER_*` environment
+//! < command-line flags (the binary applies flags last).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address for WebTransport (HTTP/3). `[::]` is dual-stack.
+    pub listen: SocketAddr,
+    /// TCP address for health, metrics and the demo page.
+    pub http: SocketAddr,
+    /// PEM certificate chain and key. Without them a development certificate is generated in
+    /// `cert_dir`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Where the development certificate and development JWT secret live.
+    pub cert_dir: PathBuf,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: TimeoutsConfig,
+    /// Run the dashboard demo publisher (development mode only).
+    pub demo: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 shared secret. Without it (and without `public_key`) the server runs in
+    /// development mode with a generated secret.
+    pub jwt_secret: Option<String>,
+    /// PEM public key for ES256, RS256 or EdDSA tokens.
+    pub public_key: Option<PathBuf>,
+    /// `ES256`, `RS256` or `EdDSA`; required with `public_key`.
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame: u32,
+    pub max_payload: u32,
+    pub max_subscriptions: u32,
+    pub commands_per_second: u32,
+    /// Refused commands within 10 s, as a multiple of `commands_per_second`, before the session
+    /// is closed for abuse.
+    pub abuse_factor: u32,
+    /// Frames queued per subscription before it is dropped as a slow consumer.
+    pub subscriber_queue: usize,
+    /// Concurrent sessions before new ones are refused with 429.
+    pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    #[serde(with = "humantime_serde")]
+    pub hello: Duration,
+    /// How long a graceful shutdown waits for sessions to say goodbye.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "[::]:4433".parse().expect("valid literal"),
+            http: "127.0.0.1:8080".parse().expect("valid literal"),
+            cert: None,
+            key: None,
+            cert_dir: PathBuf::from("certs"),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            timeouts: TimeoutsConfig::default(),
+            demo: true,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame: quiver_proto::DEFAULT_MAX_FRAME as u32,
+            max_payload: 60 * 1024,
+            max_subscriptions: 256,
+            commands_per_second: 200,
+            abuse_factor: 3,
+            subscriber_queue: 1024,
+            max_sessions: 20_000,
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(10),
+            hello: Duration::from_secs(10),
+            drain: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file if given, then `QUIVER_*` variables (`__` separates nested
+    /// keys: `QUIVER_LIMITS__MAX_FRAME=1024`; `QUIVER_JWT_SECRET` is accepted as a shorthand).
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment
+            .merge(
+                Env::prefixed("QUIVER_")
+                    .split("__")
+                    .filter(|k| k != "jwt_secret"),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["QUIVER_JWT_SECRET"])
+                    .map(|_| "auth.jwt_secret".into()),
+            );
+        figment.extract().map_err(Box::new)
+    }
+
+    pub fn dev_mode(&self) -> bool {
+        self.auth.jwt_secret.is_none() && self.auth.public_key.is_none()
+    }
+}
+
+#[cfg(test)]
+// figment's Jail API returns its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 1000\n[timeouts]\nidle = \"5s\"\n",
+            )?;
+            jail.set_env("QUIVER_LIMITS__MAX_FRAME", "2000");
+            jail.set_env("QUIVER_JWT_SECRET", "s3cret");
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.port(), 9999);
+            assert_eq!(c.limits.max_frame, 2000);
+            assert_eq!(c.timeouts.idle, Duration::from_secs(5));
+            assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
+            assert!(!c.dev_mode());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", "lisen = \"[::]:1\"\n")?;
+            assert!(Config::load(Some("q.toml".as_ref())).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP side (axum): health, readiness, Prometheus metrics, and in development mode the demo
+//! page with its bootstrap endpoint. The browser bundle and demo are compiled into the binary, so
+//! running the server never needs Node.js.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::auth::{sign_hs256, unix_now, Claims};
+use crate::server::Shared;
+
+/// Lifetime of tokens handed to the demo page; the page fetches a new one to refresh.
+const DEMO_TOKEN_TTL: u64 = 300;
+pub const DEMO_TENANT: &str = "demo";
+
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if shared.dev.is_some() {
+        app = app
+            .route("/dev/bootstrap", get(bootstrap))
+            .route("/", get(|| asset("text/html; charset=utf-8", DEMO_HTML)))
+            .route("/demo.js", get(|| asset(JS, DEMO_JS)))
+            .route("/demo.css", get(|| asset("text/css", DEMO_CSS)));
+    }
+    app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
+    let shutdown = shared.shutdown.clone();
+    let app = app.with_state(shared);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "http server failed");
+    }
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CLIENT_JS: &str = include_str!("../../web/dist/quiver.js");
+const DEMO_HTML: &str = include_str!("../../web/demo/index.html");
+const DEMO_JS: &str = include_str!("../../web/demo/demo.js");
+const DEMO_CSS: &str = include_str!("../../web/demo/demo.css");
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// 200 while the server accepts sessions.
+async fn healthz(State(shared): State<Arc<Shared>>) -> StatusCode {
+    if shared.draining.load(Ordering::Relaxed) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// 200 while the server accepts sessions and its broker takes publications.
+async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
+    if shared.draining.load(Ordering::Relaxed) || !shared.broker.is_ready() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
+        .into_response()
+}
+
+/// Development mode only: a short-lived token for the demo tenant and what the page needs to
+/// reach the WebTransport port with the pinned development certificate.
+async fn bootstrap(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Some(dev) = &shared.dev else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let user = format!("guest-{:04x}", rand::random::<u16>());
+    let expires_at = unix_now() + DEMO_TOKEN_TTL;
+    let claims = Claims {
+        sub: user.clone(),
+        tenant: DEMO_TENANT.into(),
+        exp: expires_at,
+        subscribe: vec![">".into()],
+        publish: vec!["chat.>".into()],
+    };
+    let Ok(token) = sign_hs256(&dev.secret, &claims) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    // Reach the WebTransport port on the host the page was loaded from.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let url = format!("https://{host}:{}/v1", shared.webtransport_addr.port());
+    Json(json!({
+        "url": url,
+        "token": token,
+        "cert_sha256": hex::encode(shared.cert_sha256),
+        "tenant": DEMO_TENANT,
+        "user": user,
+        "expires_at": expires_at,
+    }))
+    .into_response()
+}

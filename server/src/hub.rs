@@ -1,0 +1,177 @@
+//! The local room index: (tenant, room) → this instance's subscribers, and the fan-out of one
+//! publication to them.
+//!
+//! The fan-out encodes a publication once and hands the same `Bytes` to every subscriber's
+//! bounded queue with `try_send`: a full queue costs only that subscriber (it is cancelled as a
+//! slow consumer), never the publisher or the other subscribers. The lock is a std `RwLock`
+//! held only for map work, never across an `.await`.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+/// A room's identity: the tenant is part of every key, so tenants can never meet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomKey {
+    pub tenant: TenantId,
+    pub room: RoomName,
+}
+
+/// The hub's handle on one subscriber.
+pub struct Subscriber {
+    pub id: u64,
+    pub queue: mpsc::Sender<Bytes>,
+    /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
+    pub overflow: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    rooms: RwLock<HashMap<RoomKey, Vec<Subscriber>>>,
+}
+
+impl Hub {
+    /// Adds a subscriber; true if it is the first local one of the room (the broker should
+    /// start listening for it).
+    pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let subs = rooms.entry(key).or_default();
+        subs.push(sub);
+        subs.len() == 1
+    }
+
+    /// Removes a subscriber; true if the room has no local subscribers left. Removing an id
+    /// that is gone already (dropped as slow) is not an error and returns false.
+    pub fn unsubscribe(&self, key: &RoomKey, id: u64) -> bool {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = rooms.get_mut(key) else {
+            return false;
+        };
+        let before = subs.len();
+        subs.retain(|s| s.id != id);
+        let removed = subs.len() < before;
+        if subs.is_empty() {
+            rooms.remove(key);
+        }
+        removed && !rooms.contains_key(key)
+    }
+
+    /// Delivers one publication to every local subscriber of the room. Returns how many queues
+    /// took it.
+    pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
+        let frame = encode_event(&ServerFrame {
+            id: 0,
+            event: Event::Publication {
+                room: key.room.as_str().to_owned(),
+                position,
+                payload,
+            },
+        });
+        let mut delivered = 0;
+        let mut overflowed = Vec::new();
+        {
+            let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+            let Some(subs) = rooms.get(key) else {
+                return 0;
+            };
+            for sub in subs {
+                match sub.queue.try_send(frame.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        sub.overflow.cancel();
+                        overflowed.push(sub.id);
+                    }
+                    // The writer is gone; the session removes the entry as it cleans up.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        if !overflowed.is_empty() {
+            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
+                .increment(overflowed.len() as u64);
+            let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(subs) = rooms.get_mut(key) {
+                subs.retain(|s| !overflowed.contains(&s.id));
+                if subs.is_empty() {
+                    rooms.remove(key);
+                }
+            }
+        }
+        metrics::counter!(m::DELIVERIES).increment(delivered as u64);
+        delivered
+    }
+
+    /// Number of rooms with local subscribers.
+    pub fn room_count(&self) -> usize {
+        self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(t: &str, r: &str) -> RoomKey {
+        RoomKey {
+            tenant: TenantId::parse(t).unwrap(),
+            room: RoomName::parse(r).unwrap(),
+        }
+    }
+
+    fn sub(id: u64, cap: usize) -> (Subscriber, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            Subscriber {
+                id,
+                queue: tx,
+                overflow: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn tenants_do_not_share_rooms() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = sub(1, 4);
+        let (b, mut rx_b) = sub(2, 4);
+        assert!(hub.subscribe(key("a", "chat"), a));
+        assert!(hub.subscribe(key("b", "chat"), b));
+        assert_eq!(
+            hub.deliver(&key("a", "chat"), None, Bytes::from_static(b"x")),
+            1
+        );
+        assert!(rx_a.try_recv().is_ok());
+        assert!(rx_b.try_recv().is_err());
+    }
+
+    #[test]
+    fn one_encoding_shared_and_overflow_drops_only_the_slow() {
+        let hub = Hub::default();
+        let (fast, mut rx_fast) = sub(1, 8);
+        let (slow, _rx_slow) = sub(2, 1);
+        let slow_cancel = slow.overflow.clone();
+        hub.subscribe(key("t", "r"), fast);
+        assert!(!hub.subscribe(key("t", "r"), slow));
+        hub.deliver(&key("t", "r"), None, Bytes::from_static(b"1"));
+        hub.deliver(&key("t", "r"), None, Bytes::from_static(b"2"));
+        assert!(slow_cancel.is_cancelled());
+        let f1 = rx_fast.try_recv().unwrap();
+        let f2 = rx_fast.try_recv().unwrap();
+        assert_ne!(f1, f2);
+        // The slow one is out of the room; the fast one still gets everything.
+        assert_eq!(
+            hub.deliver(&key("t", "r"), None, Bytes::from_static(b"3")),
+            1
+        );
+        assert!(hub.unsubscribe(&key("t", "r"), 1));
+        assert_eq!(hub.room_count(), 0);
+        assert!(!hub.unsubscribe(&key("t", "r"), 2));
+    }
+}

@@ -1,0 +1,49 @@
+//! Metric names in one place. They are part of the operator-facing interface: keep them stable.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const SESSIONS_ACTIVE: &str = "quiver_sessions_active";
+pub const SUBSCRIPTIONS_ACTIVE: &str = "quiver_subscriptions_active";
+pub const SESSIONS_OPENED: &str = "quiver_sessions_opened_total";
+pub const SESSIONS_REFUSED: &str = "quiver_sessions_refused_total";
+pub const SESSIONS_CLOSED: &str = "quiver_sessions_closed_total";
+pub const PUBLICATIONS: &str = "quiver_publications_total";
+pub const DELIVERIES: &str = "quiver_deliveries_total";
+pub const DELIVERIES_DROPPED: &str = "quiver_deliveries_dropped_total";
+pub const COMMANDS: &str = "quiver_commands_total";
+pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
+
+/// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
+/// server in a process (tests start several) shares it.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; we then render an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(SESSIONS_ACTIVE, "Open WebTransport sessions");
+    describe_gauge!(
+        SUBSCRIPTIONS_ACTIVE,
+        "Active subscriptions over all sessions"
+    );
+    describe_counter!(SESSIONS_OPENED, "Sessions accepted");
+    describe_counter!(SESSIONS_REFUSED, "CONNECT requests refused, by reason");
+    describe_counter!(SESSIONS_CLOSED, "Sessions ended, by reason");
+    describe_counter!(PUBLICATIONS, "Publications accepted from clients");
+    describe_counter!(DELIVERIES, "Publications queued to subscribers");
+    describe_counter!(DELIVERIES_DROPPED, "Publications dropped, by reason");
+    describe_counter!(COMMANDS, "Commands received");
+    describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
+}

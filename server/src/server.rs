@@ -1,0 +1,235 @@
+//! Starting and stopping a server: identity, token verifier, broker, the WebTransport endpoint
+//! and the HTTP side, wired together around one [`Shared`] state.
+
+use std::net::{SocketAddr, SocketAddrV6};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use wtransport::config::Ipv6DualStackConfig;
+use wtransport::quinn::{TransportConfig, VarInt as QuinnVarInt};
+use wtransport::{Endpoint, ServerConfig};
+
+use crate::auth::{KeyError, Verifier};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::tls::{self, LoadedIdentity, TlsError};
+use crate::{demo, endpoint, http};
+
+pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
+
+/// Peer-opened streams we allow per connection. Clients open one control stream plus HTTP/3's
+/// own unidirectional streams; subscriptions are streams *we* open. quinn reserves memory per
+/// allowed stream, so these stay small.
+const PEER_BIDI_STREAMS: u32 = 8;
+const PEER_UNI_STREAMS: u32 = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("certificate: {0}")]
+    Tls(#[from] TlsError),
+    #[error("token key: {0}")]
+    Key(#[from] KeyError),
+    #[error("--cert and --key go together")]
+    CertWithoutKey,
+    #[error("auth.public_key needs auth.algorithm")]
+    KeyWithoutAlgorithm,
+    #[error("development secret in {path}: {source}")]
+    DevSecret {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Development-mode extras: the secret `quiver token` and the demo sign with.
+pub struct DevMode {
+    pub secret: Vec<u8>,
+}
+
+/// State every session and handler shares.
+pub struct Shared {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    /// Cancelled to make every session say goodbye and the accept loop stop.
+    pub shutdown: CancellationToken,
+    /// Set first on shutdown: new sessions get 429 and `/healthz` turns 503.
+    pub draining: AtomicBool,
+    pub sessions: AtomicUsize,
+    pub next_sub_id: AtomicU64,
+    pub dev: Option<DevMode>,
+    pub webtransport_addr: SocketAddr,
+    pub cert_sha256: [u8; 32],
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    pub http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let identity = load_identity(&config).await?;
+        let (verifier, dev) = load_verifier(&config)?;
+        let endpoint = Endpoint::server(server_config(&config, identity.identity.clone_identity()))
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let webtransport_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let http_listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.http,
+                source,
+            })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.http,
+                source,
+            })?;
+
+        crate::metrics::handle();
+        let hub = Arc::new(Hub::default());
+        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        let shared = Arc::new(Shared {
+            config,
+            verifier,
+            hub,
+            broker,
+            shutdown: CancellationToken::new(),
+            draining: AtomicBool::new(false),
+            sessions: AtomicUsize::new(0),
+            next_sub_id: AtomicU64::new(1),
+            dev,
+            webtransport_addr,
+            cert_sha256: identity.cert_sha256,
+        });
+
+        let mut tasks = vec![
+            tokio::spawn(endpoint::accept_loop(shared.clone(), endpoint)),
+            tokio::spawn(http::serve(shared.clone(), http_listener)),
+        ];
+        if shared.dev.is_some() && shared.config.demo {
+            tasks.push(tokio::spawn(demo::publisher(shared.clone())));
+        }
+        info!(webtransport = %webtransport_addr, http = %http_addr, cert_sha256 = %identity.hash_hex(), "quiver listening");
+        Ok(Server {
+            shared,
+            http_addr,
+            tasks,
+        })
+    }
+
+    pub fn webtransport_addr(&self) -> SocketAddr {
+        self.shared.webtransport_addr
+    }
+
+    pub fn cert_sha256(&self) -> [u8; 32] {
+        self.shared.cert_sha256
+    }
+
+    pub fn is_dev(&self) -> bool {
+        self.shared.dev.is_some()
+    }
+
+    /// Graceful stop: refuse new sessions, send every session a goodbye, wait for them (up to
+    /// the drain timeout), then close the endpoint and the HTTP side.
+    pub async fn shutdown(self) {
+        self.shared
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.shutdown.cancel();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn load_identity(config: &Config) -> Result<LoadedIdentity, StartError> {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Ok(tls::load_pem(cert, key).await?),
+        (None, None) => Ok(tls::dev_identity(&config.cert_dir).await?),
+        _ => Err(StartError::CertWithoutKey),
+    }
+}
+
+fn load_verifier(config: &Config) -> Result<(Verifier, Option<DevMode>), StartError> {
+    if let Some(path) = &config.auth.public_key {
+        let alg = config
+            .auth
+            .algorithm
+            .as_deref()
+            .ok_or(StartError::KeyWithoutAlgorithm)?;
+        return Ok((Verifier::public_key(path, alg)?, None));
+    }
+    if let Some(secret) = &config.auth.jwt_secret {
+        return Ok((Verifier::hs256(secret.as_bytes()), None));
+    }
+    let secret = dev_secret(&config.cert_dir)?;
+    warn!(
+        "DEVELOPMENT MODE: no --jwt-secret configured; tokens are signed with a generated secret in {}. \
+         Anyone who can read it can mint tokens. Set QUIVER_JWT_SECRET in production.",
+        config.cert_dir.join(DEV_SECRET_FILE).display()
+    );
+    Ok((Verifier::hs256(&secret), Some(DevMode { secret })))
+}
+
+/// Reads the development secret, creating it on first use.
+pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
+    let path = dir.join(DEV_SECRET_FILE);
+    let err = |source| StartError::DevSecret {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    std::fs::write(&path, &secret).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(secret.into_bytes())
+}
+
+fn server_config(config: &Config, identity: wtransport::Identity) -> ServerConfig {
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(QuinnVarInt::from_u32(PEER_BIDI_STREAMS))
+        .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
+        .keep_alive_interval(Some(config.timeouts.keep_alive))
+        .max_idle_timeout(config.timeouts.idle.try_into().ok());
+    let builder = ServerConfig::builder();
+    let builder = match config.listen {
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => builder.with_bind_address_v6(
+            SocketAddrV6::new(*v6.ip(), v6.port(), 0, 0),
+            Ipv6DualStackConfig::Allow,
+        ),
+        addr => builder.with_bind_address(addr),
+    };
+    builder.with_custom_transport(identity, transport).build()
+}

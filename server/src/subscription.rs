@@ -1,0 +1,100 @@
+//! One subscription's writer: it owns the room's unidirectional stream, drains the subscriber's
+//! bounded queue and writes what is queued in one write, so a burst costs one syscall-ish write
+//! rather than one per message.
+
+use bytes::Bytes;
+use quiver_proto::ErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wtransport::{Connection, VarInt};
+
+/// Upper bound of one coalesced write.
+const MAX_BATCH: usize = 64 * 1024;
+
+/// Reported to the session when a writer ends on its own.
+#[derive(Debug)]
+pub struct Ended {
+    pub sub_id: u64,
+    /// Why, when the client must be told (it does not know yet); `None` when the client itself
+    /// stopped the stream.
+    pub cause: Option<(ErrorCode, &'static str)>,
+}
+
+pub struct Writer {
+    pub conn: Connection,
+    pub sub_id: u64,
+    /// `SubscriptionStream` frame, written first.
+    pub header: Bytes,
+    pub queue: mpsc::Receiver<Bytes>,
+    pub overflow: CancellationToken,
+    pub ended: mpsc::UnboundedSender<Ended>,
+}
+
+impl Writer {
+    /// Runs until the queue's sender is dropped (unsubscribed: the stream is finished when it is
+    /// dropped), the queue overflows (the stream is reset and the session told), or the peer goes
+    /// away.
+    pub async fn run(mut self) {
+        let mut stream = tokio::select! {
+            _ = self.overflow.cancelled() => return self.report_overflow(),
+            opened = open(&self.conn) => match opened {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let mut batch: Vec<u8> = Vec::new();
+        let mut pending = Some(self.header.clone());
+        loop {
+            let first = match pending.take() {
+                Some(f) => f,
+                None => tokio::select! {
+                    biased;
+                    _ = self.overflow.cancelled() => break,
+                    msg = self.queue.recv() => match msg {
+                        Some(m) => m,
+                        None => return,
+                    },
+                },
+            };
+            let buf: &[u8] = match self.queue.try_recv() {
+                Err(_) => &first,
+                Ok(second) => {
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    batch.extend_from_slice(&second);
+                    while batch.len() < MAX_BATCH {
+                        match self.queue.try_recv() {
+                            Ok(more) => batch.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    &batch
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.overflow.cancelled() => break,
+                written = stream.write_all(buf) => if written.is_err() {
+                    // The client stopped the stream (or is gone): the subscription is over.
+                    let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
+                    return;
+                },
+            }
+        }
+        let _ = stream.reset(VarInt::from_u32(u32::from(
+            ErrorCode::SlowConsumer.as_u16(),
+        )));
+        self.report_overflow();
+    }
+
+    fn report_overflow(&self) {
+        let _ = self.ended.send(Ended {
+            sub_id: self.sub_id,
+            cause: Some((ErrorCode::SlowConsumer, "subscriber queue overflowed")),
+        });
+    }
+}
+
+async fn open(conn: &Connection) -> Option<wtransport::SendStream> {
+    conn.open_uni().await.ok()?.await.ok()
+}

@@ -1,0 +1,312 @@
+//! Support for the end-to-end tests: in-process servers on ephemeral loopback ports, tokens, and
+//! a raw protocol client that speaks frames directly (for what the real client library would
+//! never send, like malformed frames).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use quiver_proto::{
+    decode_event, encode_command, ClientFrame, Command, Event, FrameDecoder, ServerFrame,
+    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use quiver_server::auth::{sign_hs256, unix_now, Claims};
+use quiver_server::{Config, Server};
+use wtransport::endpoint::endpoint_side::Client as ClientSide;
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+
+pub const SECRET: &str = "test-secret-please-change";
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub dir: tempfile::TempDir,
+    pub wt: SocketAddr,
+    pub http: SocketAddr,
+    pub hash: [u8; 32],
+}
+
+impl TestServer {
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = test_config(dir.path(), "127.0.0.1:0".parse()?);
+        tweak(&mut config);
+        let server = Server::start(config).await?;
+        Ok(Self {
+            wt: server.webtransport_addr(),
+            http: server.http_addr,
+            hash: server.cert_sha256(),
+            server: Some(server),
+            dir,
+        })
+    }
+
+    /// Stops the server and starts a new one on the same ports with the same certificate.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let mut config = test_config(self.dir.path(), self.wt);
+        config.http = self.http;
+        // The UDP port may take a moment to be released by the old endpoint.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let server = loop {
+            match Server::start(config.clone()).await {
+                Ok(s) => break s,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing_log(&format!("restart retry: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        self.server = Some(server);
+        Ok(())
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1", self.wt.port())
+    }
+
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.http))
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+fn tracing_log(msg: &str) {
+    eprintln!("[test] {msg}");
+}
+
+fn test_config(dir: &std::path::Path, listen: SocketAddr) -> Config {
+    let mut config = Config::default();
+    config.listen = listen;
+    config.http = "127.0.0.1:0".parse().expect("literal");
+    config.cert_dir = dir.to_owned();
+    config.auth.jwt_secret = Some(SECRET.into());
+    config.timeouts.drain = Duration::from_secs(2);
+    config
+}
+
+/// A token for `user` in `tenant`, allowed the given patterns, valid for `ttl_secs`.
+pub fn token(tenant: &str, user: &str, sub: &[&str], publ: &[&str], ttl_secs: i64) -> String {
+    let claims = Claims {
+        sub: user.into(),
+        tenant: tenant.into(),
+        exp: (unix_now() as i64 + ttl_secs) as u64,
+        subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        publish: publ.iter().map(|s| s.to_string()).collect(),
+    };
+    sign_hs256(SECRET.as_bytes(), &claims).expect("signing works")
+}
+
+/// A token allowed everything in its tenant.
+pub fn full_token(tenant: &str, user: &str) -> String {
+    token(tenant, user, &[">"], &[">"], 3600)
+}
+
+pub fn client_endpoint(hash: [u8; 32]) -> Result<Endpoint<ClientSide>> {
+    let mut config = ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    // Room for a few hundred server-opened subscription streams.
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    transport.max_concurrent_uni_streams(512u32.into());
+    config
+        .quic_config_mut()
+        .transport_config(Arc::new(transport));
+    Ok(Endpoint::client(config)?)
+}
+
+/// Opens a session; the error is wtransport's (for asserting refusals).
+pub async fn open_session(
+    server: &TestServer,
+    path_and_query: &str,
+) -> std::result::Result<Connection, wtransport::error::ConnectingError> {
+    let endpoint = client_endpoint(server.hash).expect("client endpoint");
+    let url = format!("https://127.0.0.1:{}{}", server.wt.port(), path_and_query);
+    endpoint.connect(url).await
+}
+
+/// A client that speaks raw frames.
+pub struct Raw {
+    pub conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    next_id: u32,
+    pub welcome: Option<Event>,
+}
+
+impl Raw {
+    pub async fn connect(server: &TestServer, token: &str) -> Result<Self> {
+        let conn = open_session(server, &format!("/v1?token={token}"))
+            .await
+            .context("session")?;
+        let mut raw = Self::on(conn).await?;
+        let id = raw
+            .send(Command::Hello {
+                version: PROTOCOL_VERSION,
+                client: "raw-test".into(),
+            })
+            .await?;
+        let welcome = raw.recv_reply(id).await?;
+        if !matches!(welcome, Event::Welcome { .. }) {
+            bail!("expected Welcome, got {welcome:?}");
+        }
+        raw.welcome = Some(welcome);
+        Ok(raw)
+    }
+
+    /// Opens the control stream on an existing session without saying Hello.
+    pub async fn on(conn: Connection) -> Result<Self> {
+        let (send, recv) = conn.open_bi().await?.await?;
+        Ok(Self {
+            conn,
+            send,
+            recv,
+            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+            next_id: 1,
+            welcome: None,
+        })
+    }
+
+    pub async fn send(&mut self, command: Command) -> Result<u32> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_bytes(&encode_command(&ClientFrame { id, command }))
+            .await?;
+        Ok(id)
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.send.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Next frame on the control stream.
+    pub async fn recv(&mut self) -> Result<ServerFrame> {
+        tokio::time::timeout(WAIT, read_frame(&mut self.recv, &mut self.decoder))
+            .await
+            .map_err(|_| anyhow!("timed out waiting for a control frame"))?
+    }
+
+    /// Next frame answering `id`, skipping unsolicited ones.
+    pub async fn recv_reply(&mut self, id: u32) -> Result<Event> {
+        loop {
+            let frame = self.recv().await?;
+            if frame.id == id {
+                return Ok(frame.event);
+            }
+        }
+    }
+
+    pub async fn request(&mut self, command: Command) -> Result<Event> {
+        let id = self.send(command).await?;
+        self.recv_reply(id).await
+    }
+
+    /// Subscribes and returns the room's stream, its header already read.
+    pub async fn subscribe(&mut self, room: &str) -> Result<RoomStream> {
+        let id = self
+            .send(Command::Subscribe {
+                room: room.into(),
+                resume: None,
+            })
+            .await?;
+        match self.recv_reply(id).await? {
+            Event::Subscribed { .. } => {}
+            other => bail!("subscribe {room}: {other:?}"),
+        }
+        let mut stream = RoomStream::accept(&self.conn).await?;
+        match stream.next().await? {
+            ServerFrame {
+                id: got,
+                event: Event::SubscriptionStream { room: r },
+            } if got == id && r == room => Ok(stream),
+            other => bail!("expected the stream header of {room}, got {other:?}"),
+        }
+    }
+
+    pub async fn publish(&mut self, room: &str, payload: &[u8]) -> Result<Event> {
+        self.request(Command::Publish {
+            room: room.into(),
+            payload: Bytes::copy_from_slice(payload),
+            ack: true,
+        })
+        .await
+    }
+}
+
+/// One server-opened subscription stream.
+pub struct RoomStream {
+    pub recv: RecvStream,
+    decoder: FrameDecoder,
+}
+
+impl RoomStream {
+    pub async fn accept(conn: &Connection) -> Result<Self> {
+        let recv = tokio::time::timeout(WAIT, conn.accept_uni())
+            .await
+            .map_err(|_| anyhow!("timed out waiting for a subscription stream"))??;
+        Ok(Self {
+            recv,
+            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
+        })
+    }
+
+    pub async fn next(&mut self) -> Result<ServerFrame> {
+        tokio::time::timeout(WAIT, read_frame(&mut self.recv, &mut self.decoder))
+            .await
+            .map_err(|_| anyhow!("timed out waiting for a publication"))?
+    }
+
+    /// The next publication's payload.
+    pub async fn payload(&mut self) -> Result<Bytes> {
+        match self.next().await?.event {
+            Event::Publication { payload, .. } => Ok(payload),
+            other => bail!("expected a publication, got {other:?}"),
+        }
+    }
+}
+
+async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<ServerFrame> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(body) = decoder.next_frame()? {
+            return Ok(decode_event(&body)?);
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => bail!("stream finished"),
+        }
+    }
+}
+
+/// Reads a metric's value from a Prometheus text page (0 when absent).
+pub fn metric(page: &str, name_with_labels: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == name_with_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,180 @@
+//! Session lifecycle: token expiry and refresh, rate limits, protocol errors, shutdown. Every
+//! close the server starts arrives in-band as a Goodbye, then as the QUIC close code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{encode_command, ClientFrame, CloseCode, Command, ErrorCode, Event};
+use quiver_tests::*;
+
+/// Reads control frames until a Goodbye; returns its code.
+async fn goodbye(raw: &mut Raw) -> anyhow::Result<CloseCode> {
+    loop {
+        if let Event::Goodbye { code, .. } = raw.recv().await?.event {
+            return CloseCode::from_u16(code).ok_or_else(|| anyhow::anyhow!("unknown code {code}"));
+        }
+    }
+}
+
+async fn quic_close_code(raw: &Raw) -> Option<u64> {
+    match tokio::time::timeout(WAIT, raw.conn.closed()).await.ok()? {
+        wtransport::error::ConnectionError::ApplicationClosed(close) => {
+            Some(close.code().into_inner())
+        }
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut lapsing = Raw::connect(&server, &token("acme", "u", &[">"], &[">"], 2)).await?;
+    let mut refreshed = Raw::connect(&server, &token("acme", "v", &[">"], &[">"], 2)).await?;
+
+    let reply = refreshed
+        .request(Command::Refresh {
+            token: token("acme", "v", &[">"], &[">"], 3600),
+        })
+        .await?;
+    assert!(matches!(
+        reply,
+        Event::Refreshed {
+            expires_at: Some(_)
+        }
+    ));
+    // A token for someone else is refused and changes nothing.
+    let reply = refreshed
+        .request(Command::Refresh {
+            token: token("acme", "someone-else", &[">"], &[">"], 3600),
+        })
+        .await?;
+    assert!(matches!(reply, Event::Error { code, .. } if code == ErrorCode::InvalidToken.as_u16()));
+
+    assert_eq!(goodbye(&mut lapsing).await?, CloseCode::TokenExpired);
+    assert_eq!(quic_close_code(&lapsing).await, Some(3002));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(matches!(
+        refreshed.request(Command::Ping).await?,
+        Event::Pong
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn going_over_the_command_rate_is_refused_then_closed() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 10;
+        c.limits.abuse_factor = 3;
+    })
+    .await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "spammer")).await?;
+    // The burst allows 10; the next ones are refused with the limit named.
+    for _ in 0..15 {
+        c.send(Command::Ping).await?;
+    }
+    let mut pongs = 0;
+    let mut limited = 0;
+    for _ in 0..15 {
+        match c.recv().await?.event {
+            Event::Pong => pongs += 1,
+            Event::Error { code, message } => {
+                assert_eq!(ErrorCode::from_u16(code), Some(ErrorCode::RateLimited));
+                assert!(message.contains("10 commands per second"), "{message}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        pongs >= 10 && limited >= 1,
+        "pongs {pongs}, limited {limited}"
+    );
+    // Keeping it up gets the session closed.
+    for _ in 0..40 {
+        if c.send(Command::Ping).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(goodbye(&mut c).await?, CloseCode::RateAbuse);
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_frames_close_only_the_offending_session() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut bystander = Raw::connect(&server, &full_token("acme", "ok")).await?;
+    let mut room = bystander.subscribe("r").await?;
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage body", vec![0, 0, 0, 3, 0xff, 0xff, 0xff]),
+        ("oversized length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        ("empty frame", vec![0, 0, 0, 0]),
+        ("truncated publish", vec![0, 0, 0, 4, 1, 3, 9, b'a']),
+    ];
+    for (name, bytes) in cases {
+        let mut bad = Raw::connect(&server, &full_token("acme", "bad")).await?;
+        bad.send_bytes(&bytes).await?;
+        assert_eq!(goodbye(&mut bad).await?, CloseCode::ProtocolError, "{name}");
+        assert_eq!(quic_close_code(&bad).await, Some(3001), "{name}");
+    }
+
+    // Commands before Hello are a protocol error too.
+    let conn = open_session(
+        &server,
+        &format!("/v1?token={}", full_token("acme", "rude")),
+    )
+    .await?;
+    let mut rude = Raw::on(conn).await?;
+    rude.send(Command::Ping).await?;
+    assert_eq!(goodbye(&mut rude).await?, CloseCode::ProtocolError);
+
+    // An unknown command type is answered, not fatal.
+    let mut newer = Raw::connect(&server, &full_token("acme", "newer")).await?;
+    newer.send_bytes(&[0, 0, 0, 2, 9, 42]).await?;
+    let frame = newer.recv().await?;
+    assert_eq!(frame.id, 9);
+    assert!(
+        matches!(frame.event, Event::Error { code, .. } if code == ErrorCode::UnknownCommand.as_u16())
+    );
+
+    // The bystander never noticed.
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publisher.publish("r", b"still here").await?;
+    assert_eq!(room.payload().await?, Bytes::from_static(b"still here"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_protocol_version_is_refused() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let conn = open_session(&server, &format!("/v1?token={}", full_token("acme", "old"))).await?;
+    let mut raw = Raw::on(conn).await?;
+    raw.send_bytes(&encode_command(&ClientFrame {
+        id: 1,
+        command: Command::Hello {
+            version: 99,
+            client: "future".into(),
+        },
+    }))
+    .await?;
+    assert_eq!(goodbye(&mut raw).await?, CloseCode::UnsupportedVersion);
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_says_goodbye_and_oversized_payloads_are_refused() -> anyhow::Result<()> {
+    let mut server = TestServer::start_with(|c| c.limits.max_payload = 100).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    let reply = c.publish("r", &[0u8; 101]).await?;
+    assert!(
+        matches!(reply, Event::Error { code, .. } if code == ErrorCode::PayloadTooLarge.as_u16())
+    );
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+        server
+    });
+    assert_eq!(goodbye(&mut c).await?, CloseCode::Shutdown);
+    assert_eq!(quic_close_code(&c).await, Some(3000));
+    let _server = stop.await?;
+    Ok(())
+}

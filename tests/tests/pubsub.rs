@@ -1,0 +1,179 @@
+//! Publish/subscribe over real QUIC: delivery, permissions, tenant isolation, unsubscribe,
+//! many rooms per connection, and slow subscribers.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver_proto::{Command, ErrorCode, Event};
+use quiver_tests::*;
+
+fn error_code(event: &Event) -> Option<ErrorCode> {
+    match event {
+        Event::Error { code, .. } => ErrorCode::from_u16(*code),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn publication_reaches_another_client() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let mut room = bob.subscribe("chat.lobby").await?;
+    for i in 0..20u8 {
+        assert!(matches!(
+            alice.publish("chat.lobby", &[i]).await?,
+            Event::Published { .. }
+        ));
+    }
+    for i in 0..20u8 {
+        assert_eq!(room.payload().await?, Bytes::from(vec![i]), "in order");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn permissions_are_enforced_on_subscribe_and_publish() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "carol", &["news.*"], &["chat.lobby"], 3600);
+    let mut carol = Raw::connect(&server, &t).await?;
+    let sub = carol
+        .request(Command::Subscribe {
+            room: "secret".into(),
+            resume: None,
+        })
+        .await?;
+    assert_eq!(error_code(&sub), Some(ErrorCode::PermissionDenied));
+    let publ = carol.publish("news.today", b"x").await?;
+    assert_eq!(error_code(&publ), Some(ErrorCode::PermissionDenied));
+    // Invalid names are refused as such, wildcards included.
+    for bad in ["a..b", "news.>", "news.*", "", "spaces here"] {
+        let r = carol
+            .request(Command::Subscribe {
+                room: bad.into(),
+                resume: None,
+            })
+            .await?;
+        assert_eq!(error_code(&r), Some(ErrorCode::InvalidRoom), "{bad:?}");
+    }
+    // The allowed ones work, and the refused publish never arrived.
+    let mut news = carol.subscribe("news.today").await?;
+    let mut dave = Raw::connect(&server, &full_token("acme", "dave")).await?;
+    dave.publish("news.today", b"ok").await?;
+    assert_eq!(news.payload().await?, Bytes::from_static(b"ok"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_never_see_each_other() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut a = Raw::connect(&server, &full_token("tenant-a", "u1")).await?;
+    let mut b = Raw::connect(&server, &full_token("tenant-b", "u1")).await?;
+    let mut room_a = a.subscribe("chat.lobby").await?;
+    let mut room_b = b.subscribe("chat.lobby").await?;
+    a.publish("chat.lobby", b"for a").await?;
+    b.publish("chat.lobby", b"for b").await?;
+    assert_eq!(room_a.payload().await?, Bytes::from_static(b"for a"));
+    assert_eq!(room_b.payload().await?, Bytes::from_static(b"for b"));
+    // A marker published after: if a's stream held b's message, it would come first.
+    a.publish("chat.lobby", b"marker").await?;
+    assert_eq!(room_a.payload().await?, Bytes::from_static(b"marker"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn duplicate_subscribe_and_unsubscribe() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "erin")).await?;
+    let mut room = c.subscribe("r").await?;
+    let dup = c
+        .request(Command::Subscribe {
+            room: "r".into(),
+            resume: None,
+        })
+        .await?;
+    assert_eq!(error_code(&dup), Some(ErrorCode::AlreadySubscribed));
+    c.publish("r", b"1").await?;
+    assert_eq!(room.payload().await?, Bytes::from_static(b"1"));
+
+    let reply = c.request(Command::Unsubscribe { room: "r".into() }).await?;
+    assert!(matches!(reply, Event::Unsubscribed { code: 0, .. }));
+    c.publish("r", b"2").await?;
+    // The stream is finished: nothing more arrives on it.
+    let after = room.next().await;
+    assert!(after.is_err(), "got {after:?} after unsubscribe");
+    let again = c.request(Command::Unsubscribe { room: "r".into() }).await?;
+    assert_eq!(error_code(&again), Some(ErrorCode::NotSubscribed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hundred_rooms_on_one_connection() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "sub")).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    let mut rooms = Vec::new();
+    for i in 0..100 {
+        rooms.push(sub.subscribe(&format!("room.{i}")).await?);
+    }
+    for i in 0..100 {
+        publ.publish(&format!("room.{i}"), format!("m{i}").as_bytes())
+            .await?;
+    }
+    for (i, room) in rooms.iter_mut().enumerate() {
+        assert_eq!(room.payload().await?, Bytes::from(format!("m{i}")));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_costs_only_itself() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 64;
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let mut stalled = Raw::connect(&server, &full_token("acme", "stalled")).await?;
+    let mut healthy = Raw::connect(&server, &full_token("acme", "healthy")).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    let _never_read = stalled.subscribe("feed").await?;
+    let mut feed = healthy.subscribe("feed").await?;
+
+    // Enough to fill the stalled stream's flow-control window and then its queue.
+    let payload = vec![7u8; 8 * 1024];
+    let n = 600;
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            feed.payload().await?;
+            got += 1;
+        }
+        anyhow::Ok(got)
+    });
+    for _ in 0..n {
+        publ.send(Command::Publish {
+            room: "feed".into(),
+            payload: Bytes::from(payload.clone()),
+            ack: false,
+        })
+        .await?;
+    }
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    assert_eq!(reader.await??, n);
+    assert!(started.elapsed() < WAIT, "healthy subscriber was held up");
+
+    // The stalled one was told why its subscription ended, on its control stream.
+    let ended = loop {
+        let frame = stalled.recv().await?;
+        if let Event::Unsubscribed { code, .. } = frame.event {
+            assert_eq!(frame.id, 0);
+            break code;
+        }
+    };
+    assert_eq!(ErrorCode::from_u16(ended), Some(ErrorCode::SlowConsumer));
+    // Its session is still fine.
+    assert!(matches!(stalled.request(Command::Ping).await?, Event::Pong));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    Ok(())
+}
