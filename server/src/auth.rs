@@ -206,6 +206,37 @@ mod tests {
     }
 
     #[test]
+    fn public_key_algorithms() {
+        let dir = std::env::temp_dir().join(format!("quiver-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, alg, rcgen_alg) in [
+            ("ES256", Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+            ("EdDSA", Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+            let public = dir.join(format!("{name}.pub.pem"));
+            std::fs::write(&public, pair.public_key_pem()).unwrap();
+            let private = pair.serialize_pem();
+            let key = match alg {
+                Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+                _ => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+            };
+            let token =
+                jsonwebtoken::encode(&Header::new(alg), &claims(unix_now() + 60), &key).unwrap();
+            let v = Verifier::public_key(&public, name).unwrap();
+            assert_eq!(v.verify(&token).unwrap().user, "alice", "{name}");
+            // An HS256 token is refused by a public-key verifier, whatever its secret.
+            let hs = sign_hs256(b"k", &claims(unix_now() + 60)).unwrap();
+            assert!(v.verify(&hs).is_err(), "{name}");
+        }
+        assert!(matches!(
+            Verifier::public_key(&dir.join("ES256.pub.pem"), "HS512"),
+            Err(KeyError::Algorithm(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn refuses_alg_none() {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);

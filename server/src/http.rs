@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -23,7 +23,8 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/api/v1/publish/{room}", post(crate::api::publish));
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))

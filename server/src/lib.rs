@@ -5,6 +5,7 @@
 //! stream and commands) → [`hub`] (rooms and fan-out) ← [`broker`] (between instances), with
 //! [`subscription`] writing each room's stream. See ARCHITECTURE.md.
 
+mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
