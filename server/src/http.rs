@@ -5,12 +5,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+
+use quiver_proto::TenantId;
+use serde::Deserialize;
 
 use crate::auth::{sign_hs256, unix_now, Claims};
 use crate::server::Shared;
@@ -79,13 +82,29 @@ async fn metrics() -> Response {
         .into_response()
 }
 
+#[derive(Deserialize)]
+struct BootstrapQuery {
+    user: Option<String>,
+}
+
 /// Development mode only: a short-lived token for the demo tenant and what the page needs to
 /// reach the WebTransport port with the pinned development certificate.
-async fn bootstrap(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+/// `?user=NAME` keeps the page's user (a refreshed token must name the same user).
+async fn bootstrap(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BootstrapQuery>,
+    headers: HeaderMap,
+) -> Response {
     let Some(dev) = &shared.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let user = format!("guest-{:04x}", rand::random::<u16>());
+    let user = match query.user {
+        Some(user) if TenantId::parse(&user).is_ok() => user,
+        Some(_) => {
+            return (StatusCode::BAD_REQUEST, "user: 1 to 64 of A-Z a-z 0-9 _ -").into_response()
+        }
+        None => format!("guest-{:04x}", rand::random::<u16>()),
+    };
     let expires_at = unix_now() + DEMO_TOKEN_TTL;
     let claims = Claims {
         sub: user.clone(),

@@ -1,0 +1,179 @@
+// Live demo: a dashboard of eight rooms fed by the server's demo publisher, and a chat room.
+// Served by `quiver serve` in development mode, which also answers /dev/bootstrap.
+import { QuiverClient } from './quiver.js';
+
+const TILE_ROOMS = Array.from({ length: 8 }, (_, i) => `dash.tile.${i}`);
+const CHAT_ROOM = 'chat.lobby';
+const HISTORY = 60; // points in each sparkline
+
+const $ = (id) => document.getElementById(id);
+
+// Later calls ask for the same user: a refreshed token must name the session's user.
+async function bootstrap(user) {
+  const query = user ? `?user=${encodeURIComponent(user)}` : '';
+  const res = await fetch(`/dev/bootstrap${query}`, { cache: 'no-store' });
+  if (!res.ok) throw new Error(`GET /dev/bootstrap: HTTP ${res.status} (is the server in development mode?)`);
+  return res.json();
+}
+
+function showError(message) {
+  const el = $('error');
+  el.textContent = message;
+  el.hidden = !message;
+}
+
+/** One dashboard tile; messages only record data, drawing happens once per animation frame. */
+class Tile {
+  constructor(room) {
+    const node = $('tile-template').content.firstElementChild.cloneNode(true);
+    node.dataset.room = room;
+    node.dataset.count = '0';
+    node.querySelector('h3').textContent = room;
+    $('tiles').append(node);
+    this.node = node;
+    this.value = node.querySelector('.value');
+    this.line = node.querySelector('polyline');
+    this.rate = node.querySelector('.rate');
+    this.lag = node.querySelector('.lag');
+    this.history = [];
+    this.count = 0;
+    this.countAtLastRate = 0;
+    this.latest = null;
+    this.dirty = false;
+  }
+
+  onMessage(message) {
+    let data;
+    try {
+      data = message.json();
+    } catch {
+      return; // not a dashboard sample; ignore rather than break the tile
+    }
+    if (typeof data?.v !== 'number') return;
+    this.latest = data;
+    this.history.push(data.v);
+    if (this.history.length > HISTORY) this.history.shift();
+    this.count++;
+    this.dirty = true;
+  }
+
+  draw() {
+    if (!this.dirty) return;
+    this.dirty = false;
+    this.node.dataset.count = String(this.count);
+    this.value.textContent = this.latest.v.toFixed(1);
+    if (typeof this.latest.t === 'number') this.lag.textContent = String(Math.max(0, Date.now() - this.latest.t));
+    const min = Math.min(...this.history);
+    const span = Math.max(Math.max(...this.history) - min, 1);
+    this.line.setAttribute(
+      'points',
+      this.history.map((v, i) => `${((i / (HISTORY - 1)) * 100).toFixed(1)},${(29 - ((v - min) / span) * 28).toFixed(1)}`).join(' '),
+    );
+  }
+
+  tickRate(seconds) {
+    this.rate.textContent = String(Math.round((this.count - this.countAtLastRate) / seconds));
+    this.countAtLastRate = this.count;
+  }
+}
+
+function appendChat(parts) {
+  const log = $('chat-log');
+  const li = document.createElement('li');
+  if (parts.system) {
+    li.className = 'system';
+    li.textContent = parts.system;
+  } else {
+    const user = document.createElement('span');
+    user.className = 'user';
+    user.textContent = parts.user;
+    li.append(user, document.createTextNode(parts.text));
+  }
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  log.append(li);
+  while (log.children.length > 200) log.firstElementChild.remove();
+  if (atBottom) log.scrollTop = log.scrollHeight;
+}
+
+async function main() {
+  let boot = await bootstrap();
+  $('user').textContent = boot.user;
+  let firstToken = boot.token;
+
+  const client = new QuiverClient({
+    url: boot.url,
+    serverCertificateHashes: [boot.cert_sha256],
+    // The bootstrap's token serves the first connection; every later one (reconnects, refreshes)
+    // gets a fresh token from the server.
+    token: async () => {
+      if (firstToken) {
+        const t = firstToken;
+        firstToken = null;
+        return t;
+      }
+      const fresh = await bootstrap(boot.user);
+      // A regenerated development certificate cannot be pinned by a running client: start over.
+      if (fresh.cert_sha256 !== boot.cert_sha256) location.reload();
+      boot = fresh;
+      return fresh.token;
+    },
+  });
+
+  client.on('state', (state) => {
+    $('state').textContent = state;
+    $('state').dataset.state = state;
+    if (state === 'connected') showError('');
+  });
+  client.on('error', (e) => {
+    // Errors with a room concern one subscription; the rest are about the connection.
+    showError(e.room ? `${e.room}: ${e.message}` : e.message);
+    console.warn('quiver:', e.kind, e.code ?? '', e.message);
+  });
+  client.on('rtt', (ms) => ($('rtt').textContent = `${ms.toFixed(1)} ms`));
+  client.on('recovery', ({ room, recovery }) => {
+    if (room === CHAT_ROOM && recovery.type === 'Failed') {
+      appendChat({ system: 'Reconnected; messages sent while you were away may be missing.' });
+    }
+  });
+
+  const tiles = TILE_ROOMS.map((room) => new Tile(room));
+  const subscribing = tiles.map((tile, i) => client.subscribe(TILE_ROOMS[i], (m) => tile.onMessage(m)));
+  subscribing.push(
+    client.subscribe(CHAT_ROOM, (m) => {
+      try {
+        const { user, text } = m.json();
+        appendChat({ user: String(user), text: String(text) });
+      } catch {
+        appendChat({ user: '?', text: m.text() });
+      }
+    }),
+  );
+  for (const p of subscribing) p.catch((e) => showError(e.message));
+
+  const frame = () => {
+    for (const tile of tiles) tile.draw();
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  setInterval(() => tiles.forEach((t) => t.tickRate(1)), 1000);
+
+  $('chat-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const input = $('chat-input');
+    const text = input.value.trim();
+    if (!text) return;
+    input.value = '';
+    try {
+      await client.publish(CHAT_ROOM, JSON.stringify({ user: boot.user, text }), { ack: true });
+    } catch (e) {
+      showError(`message not sent: ${e.message}`);
+      input.value = text;
+    }
+  });
+}
+
+main().catch((e) => {
+  $('state').textContent = 'closed';
+  $('state').dataset.state = 'closed';
+  showError(e.message);
+});

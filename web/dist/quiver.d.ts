@@ -1,0 +1,404 @@
+// Quiver WebTransport client. Generated from web/src by `npm run build`: do not edit.
+/** Bytes in the big-endian length prefix of every frame. */
+export declare const LENGTH_PREFIX = 4;
+/** The protocol's default maximum frame body (`Welcome.limits.max_frame` may announce another). */
+export declare const DEFAULT_MAX_FRAME: number;
+/** Protocol version spoken by this codec (`Hello.version`, CONNECT path `/v1`). */
+export declare const PROTOCOL_VERSION = 1;
+/** A position in a room's history. u64 on the wire, so BigInt here. */
+export interface Position {
+	epoch: bigint;
+	offset: bigint;
+}
+export interface Limits {
+	maxFrame: number;
+	maxPayload: number;
+	maxSubscriptions: number;
+	commandsPerSecond: number;
+}
+export type Recovery = {
+	type: "NotRequested";
+} | {
+	type: "Recovered";
+	replayed: number;
+} | {
+	type: "Failed";
+};
+/** Client to server. The order of the variants in `COMMAND_TYPES` is the wire format. */
+export type Command = {
+	type: "Hello";
+	version: number;
+	client: string;
+} | {
+	type: "Subscribe";
+	room: string;
+	resume: Position | null;
+} | {
+	type: "Unsubscribe";
+	room: string;
+} | {
+	type: "Publish";
+	room: string;
+	payload: Uint8Array;
+	ack: boolean;
+} | {
+	type: "Ping";
+} | {
+	type: "Refresh";
+	token: string;
+};
+/** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
+type Event$1 = {
+	type: "Welcome";
+	version: number;
+	session: string;
+	user: string;
+	tenant: string;
+	/** Token expiry in Unix seconds; null if the token never expires. */
+	expiresAt: bigint | null;
+	limits: Limits;
+} | {
+	type: "Subscribed";
+	room: string;
+	position: Position | null;
+	recovery: Recovery;
+} | {
+	type: "Unsubscribed";
+	room: string;
+	code: number;
+	reason: string;
+} | {
+	type: "Published";
+	position: Position | null;
+} | {
+	type: "Pong";
+} | {
+	type: "Refreshed";
+	expiresAt: bigint | null;
+} | {
+	type: "Error";
+	code: number;
+	message: string;
+} | {
+	type: "Publication";
+	room: string;
+	position: Position | null;
+	payload: Uint8Array;
+} | {
+	type: "SubscriptionStream";
+	room: string;
+} | {
+	type: "Goodbye";
+	code: number;
+	reason: string;
+	reconnect: boolean;
+};
+export interface ClientFrame {
+	id: number;
+	command: Command;
+}
+export interface ServerFrame {
+	id: number;
+	event: Event$1;
+}
+export type CommandType = Command["type"];
+export type EventType = Event$1["type"];
+export declare const COMMAND_TYPES: readonly CommandType[];
+export declare const EVENT_TYPES: readonly EventType[];
+/** Bytes that are not a valid frame or message of this protocol. The stream is unusable after. */
+export declare class DecodeError extends Error {
+	name: string;
+}
+/** Encodes a command as a complete frame, length prefix included. Throws RangeError on values
+ *  that do not fit their wire type. */
+export declare function encodeCommand(frame: ClientFrame): Uint8Array;
+/** Encodes an event as a complete frame (what a server sends; used by tests and fakes). */
+export declare function encodeEvent(frame: ServerFrame): Uint8Array;
+/**
+ * Decodes one frame body (no length prefix) from the server. Returns null for an event type this
+ * version does not know: the protocol says to skip such frames. Throws DecodeError on malformed
+ * bytes. Bytes after a complete message are ignored (later revisions may append fields).
+ * Byte fields are views into `body`.
+ */
+export declare function decodeEvent(body: Uint8Array): ServerFrame | null;
+/** Decodes one frame body from a client (what a server reads; used by tests and fakes).
+ *  Returns null for an unknown command type. */
+export declare function decodeCommand(body: Uint8Array): ClientFrame | null;
+/**
+ * Splits a byte stream into frame bodies. The announced length is checked against `maxFrame`
+ * as soon as the 4-byte prefix is in, before any of the body is buffered, so a peer can never
+ * make it hold more than one partial frame of at most `maxFrame` bytes.
+ *
+ * After an error the stream is out of sync: stop reading it.
+ */
+export declare class FrameDecoder {
+	maxFrame: number;
+	private readonly header;
+	private headerFill;
+	private body;
+	private bodyFill;
+	private failed;
+	constructor(maxFrame?: number);
+	/** Feeds bytes read from the stream; returns every frame body they complete, in order. */
+	push(chunk: Uint8Array): Uint8Array[];
+	/** Bytes of an incomplete frame held back. Non-zero when the stream ends means truncation. */
+	get buffered(): number;
+	private fail;
+}
+export declare const ErrorCode: {
+	readonly internal: 100;
+	readonly bad_request: 101;
+	readonly invalid_room: 102;
+	readonly permission_denied: 103;
+	readonly already_subscribed: 104;
+	readonly not_subscribed: 105;
+	readonly too_many_subscriptions: 106;
+	readonly rate_limited: 107;
+	readonly invalid_token: 108;
+	readonly payload_too_large: 109;
+	readonly unknown_command: 110;
+	readonly unavailable: 111;
+	readonly slow_consumer: 112;
+	readonly session_closing: 113;
+};
+export declare const CloseCode: {
+	readonly shutdown: 3000;
+	readonly protocol_error: 3001;
+	readonly token_expired: 3002;
+	readonly rate_abuse: 3003;
+	readonly unsupported_version: 3004;
+	readonly server_error: 3005;
+	readonly hello_timeout: 3006;
+};
+/** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
+export declare function codeLabel(code: number): string;
+export declare const CLIENT_NAME = "quiver-ts/0.1";
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
+/** What went wrong, as the app sees it. */
+export type ErrorKind = 
+/** The server refused a command (`code` is an error code, e.g. 103 permission_denied). */
+"command"
+/** The server ended a subscription (`code`, `room`). */
+ | "subscription"
+/** The WebTransport handshake failed: unreachable, token refused or certificate mismatch. */
+ | "handshake"
+/** The token callback threw, or a token refresh was refused. */
+ | "token"
+/** The server said Goodbye (`code` is a close code, e.g. 3002 token_expired). */
+ | "goodbye"
+/** The server sent bytes this client cannot decode. */
+ | "protocol"
+/** The connection was lost or could not be used. */
+ | "transport"
+/** No answer in time. */
+ | "timeout"
+/** The client was closed, or the request could not survive a reconnect. */
+ | "closed"
+/** Too many publishes queued while disconnected. */
+ | "buffer_full"
+/** A message handler threw. */
+ | "handler";
+export declare class QuiverError extends Error {
+	readonly kind: ErrorKind;
+	name: string;
+	/** Protocol code (error or close code) when the server sent one. */
+	readonly code: number | null;
+	readonly room: string | null;
+	constructor(kind: ErrorKind, message: string, extra?: {
+		code?: number;
+		room?: string;
+		cause?: unknown;
+	});
+	/** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
+	get label(): string | null;
+}
+export interface ReconnectOptions {
+	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+	initialDelayMs: number;
+	maxDelayMs: number;
+}
+export interface ClientOptions {
+	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`. */
+	url: string | URL;
+	/** Returns a JWT. Called before every connection attempt and before the token expires. */
+	token: () => string | Promise<string>;
+	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development). */
+	serverCertificateHashes?: readonly (Uint8Array | string)[];
+	/** `Hello.client`. */
+	clientName?: string;
+	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
+	reconnect?: Partial<ReconnectOptions> | false;
+	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
+	connectTimeoutMs?: number;
+	/** How long to wait for the reply to a command. Default 10 s. */
+	requestTimeoutMs?: number;
+	/** Ping period for RTT and liveness; 0 disables. Default 5 s. */
+	pingIntervalMs?: number;
+	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+	maxQueuedPublishes?: number;
+	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+	maxFrame?: number;
+	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
+	WebTransport?: WebTransportConstructor;
+}
+export type WebTransportConstructor = new (url: string, options?: WebTransportOptions) => WebTransport;
+export interface SessionInfo {
+	session: string;
+	user: string;
+	tenant: string;
+	/** Token expiry, Unix seconds; null if it never expires. */
+	expiresAt: number | null;
+	limits: Limits;
+}
+export interface GoodbyeInfo {
+	code: number;
+	reason: string;
+	reconnect: boolean;
+}
+export interface RecoveryInfo {
+	room: string;
+	/** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
+	 *  re-sync the room's state from elsewhere. */
+	recovery: Recovery;
+	/** The position resumed from. */
+	resumedFrom: Position;
+}
+export interface ClientEvents {
+	state: [
+		state: ConnectionState,
+		cause: QuiverError | null
+	];
+	error: [
+		error: QuiverError
+	];
+	welcome: [
+		info: SessionInfo
+	];
+	goodbye: [
+		info: GoodbyeInfo
+	];
+	recovery: [
+		info: RecoveryInfo
+	];
+	rtt: [
+		ms: number
+	];
+}
+export interface SubscribeOptions {
+	/** Replay what was published after this position before going live (rooms with history). */
+	resume?: Position;
+	/** Messages kept for the async iterator when no handler is given; the oldest are dropped.
+	 *  Default 1000. */
+	bufferSize?: number;
+}
+export interface PublishOptions {
+	/** Wait for the server's `Published` (with the message's position, if the room has history). */
+	ack?: boolean;
+}
+/** One publication received in a room. */
+export declare class Message {
+	readonly room: string;
+	/** Null for rooms without history. */
+	readonly position: Position | null;
+	readonly payload: Uint8Array;
+	constructor(room: string, 
+	/** Null for rooms without history. */
+	position: Position | null, payload: Uint8Array);
+	text(): string;
+	json<T = unknown>(): T;
+}
+/** A room the app subscribed to. It lives across reconnects until `unsubscribe()`. */
+export declare class Subscription implements AsyncIterable<Message> {
+	readonly room: string;
+	private readonly handler;
+	private readonly bufferSize;
+	private readonly owner;
+	/** Position of the last message seen, used to resume after a reconnect. */
+	position: Position | null;
+	/** How the latest resume went, if one was asked for. */
+	recovery: Recovery | null;
+	/** Messages dropped because the async iterator did not keep up. */
+	dropped: number;
+	private queue;
+	private waiter;
+	private ended;
+	get active(): boolean;
+	unsubscribe(): Promise<void>;
+	[Symbol.asyncIterator](): AsyncIterator<Message>;
+}
+/**
+ * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
+ * to show the connection to the user; subscriptions and publishes may be made in any state.
+ */
+export declare class QuiverClient {
+	private readonly opts;
+	private readonly hashes;
+	private readonly WT;
+	private readonly listeners;
+	private readonly subs;
+	private readonly outbox;
+	private active;
+	private lastId;
+	private closing;
+	private wake;
+	private readonly finished;
+	private currentState;
+	private welcome;
+	private lastRtt;
+	constructor(options: ClientOptions);
+	get state(): ConnectionState;
+	/** Latest `Welcome`, null before the first. */
+	get info(): SessionInfo | null;
+	/** Latest round-trip time in milliseconds. */
+	get rtt(): number | null;
+	/** Adds a listener; returns a function that removes it. */
+	on<K extends keyof ClientEvents>(event: K, listener: (...args: ClientEvents[K]) => void): () => void;
+	/** Resolves when connected (at once if already), rejects if the client closes first. */
+	ready(): Promise<void>;
+	/**
+	 * Subscribes to a room. Messages go to `handler`, or, without one, to the returned
+	 * subscription's async iterator. Resolves once the server confirmed (after a reconnect if the
+	 * client is disconnected); rejects with the server's error (e.g. code 103 permission_denied).
+	 */
+	subscribe(room: string, handler?: (message: Message) => void, options?: SubscribeOptions): Promise<Subscription>;
+	/** Stops a subscription; its handler gets no further messages. Unknown rooms are ignored. */
+	unsubscribe(room: string): Promise<void>;
+	/**
+	 * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
+	 * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
+	 * without history) once the server accepted it; without, resolves null once written.
+	 * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent.
+	 */
+	publish(room: string, payload: Uint8Array | string, options?: PublishOptions): Promise<Position | null>;
+	/** Measures the round-trip time to the server, in milliseconds. */
+	ping(): Promise<number>;
+	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
+	close(): Promise<void>;
+	private emit;
+	private setState;
+	private nextId;
+	/** Connects, waits for the session to end, backs off, and again, until closed. */
+	private run;
+	private open;
+	/** Runs a welcomed session until it ends; returns why it ended. */
+	private serve;
+	private onServerUnsubscribed;
+	private retrySubscribe;
+	private sendSubscribe;
+	private dropSub;
+	private sendPublish;
+	private sleep;
+	private shutdown;
+}
+/**
+ * Creates a client and resolves once it is connected. It keeps retrying (with backoff) until
+ * then; to see errors during the first attempts, create `new QuiverClient(options)`, add
+ * listeners, and await `client.ready()` instead.
+ */
+export declare function connect(options: ClientOptions): Promise<QuiverClient>;
+
+export {
+	Event$1 as Event,
+};
+
+export {};

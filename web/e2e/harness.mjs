@@ -1,0 +1,190 @@
+// Shared fixtures for the browser tests: the real `quiver` binary (server and CLI clients), a
+// static HTTP server for test pages, and headless Chromium. Every wait has a deadline.
+import { spawn, execFile } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createWriteStream, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { chromium } from 'playwright-core';
+
+export const WEB = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+export const REPO = path.dirname(WEB);
+export const ARTIFACTS = path.join(REPO, 'test-artifacts');
+export const QUIVER = process.env.QUIVER_BIN ?? path.join(REPO, 'target', 'debug', 'quiver');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+
+export const SECRET = 'e2e-secret-0123456789abcdef0123456789';
+
+/** Polls `check` until it returns a truthy value; throws with `what` after `ms`. */
+export async function waitFor(what, check, ms = 10_000, every = 50) {
+  const deadline = Date.now() + ms;
+  let last;
+  for (;;) {
+    try {
+      const value = await check();
+      if (value) return value;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
+}
+
+/** Fails fast with a useful message when the binary was not built. */
+export function requireQuiver() {
+  if (!existsSync(QUIVER)) {
+    throw new Error(`${QUIVER} not found: run \`cargo build -p quiver-server --bin quiver\` first`);
+  }
+}
+
+/**
+ * Runs `quiver serve` and resolves once it printed QUIVER_READY. Without `jwtSecret` the server
+ * runs in development mode. Logs go to test-artifacts/<name>.log.
+ */
+export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0' }) {
+  requireQuiver();
+  await mkdir(ARTIFACTS, { recursive: true });
+  const args = ['serve', '--listen', listen, '--http', http, '--cert-dir', certDir];
+  if (jwtSecret) args.push('--jwt-secret', jwtSecret);
+  const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
+  const proc = spawn(QUIVER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
+  proc.stderr.pipe(log, { end: false });
+  const exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  const ready = await new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`quiver serve printed no QUIVER_READY within 20 s (see test-artifacts/${name}.log)`));
+    }, 20_000);
+    proc.stdout.on('data', (chunk) => {
+      log.write(chunk);
+      out += chunk;
+      const line = out.split('\n').find((l) => l.startsWith('QUIVER_READY '));
+      if (line) {
+        clearTimeout(timer);
+        resolve(JSON.parse(line.slice('QUIVER_READY '.length)));
+      }
+    });
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`quiver serve exited early (code ${code}, signal ${signal}); see test-artifacts/${name}.log`));
+    });
+  });
+  const wtPort = Number(ready.webtransport.split(':').pop());
+  return {
+    proc,
+    ready,
+    wtPort,
+    httpAddr: ready.http,
+    url: `https://127.0.0.1:${wtPort}/v1`,
+    certSha256: ready.cert_sha256,
+    /** Stops the server: SIGTERM, then SIGKILL if it lingers. */
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill(signal);
+        const timer = setTimeout(() => proc.kill('SIGKILL'), 5_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      log.end();
+    },
+  };
+}
+
+export function tempDir(prefix) {
+  return mkdtemp(path.join(tmpdir(), prefix));
+}
+
+export function removeDir(dir) {
+  return rm(dir, { recursive: true, force: true });
+}
+
+/** Runs a `quiver` subcommand and returns its stdout (trimmed). */
+export async function quiver(args, timeout = 15_000) {
+  requireQuiver();
+  try {
+    const { stdout } = await promisify(execFile)(QUIVER, args, { timeout });
+    return stdout.trim();
+  } catch (e) {
+    throw new Error(`quiver ${args[0]} failed: ${e.message}\n${e.stderr ?? ''}`);
+  }
+}
+
+export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h' }) {
+  const args = ['token', '--jwt-secret', SECRET, '--tenant', tenant, '--user', user, '--ttl', ttl];
+  for (const p of subscribe) args.push('--subscribe', p);
+  for (const p of publish) args.push('--publish', p);
+  return quiver(args);
+}
+
+/** `quiver sub`: resolves once started; `lines` fills with each payload printed. */
+export function subscriber(server, jwt, rooms) {
+  requireQuiver();
+  const proc = spawn(QUIVER, ['sub', '--url', server.url, '--cert-hash', server.certSha256, '--token', jwt, ...rooms], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines = [];
+  let stderr = '';
+  let partial = '';
+  proc.stdout.on('data', (chunk) => {
+    const parts = (partial + chunk).split('\n');
+    partial = parts.pop();
+    lines.push(...parts);
+  });
+  proc.stderr.on('data', (chunk) => (stderr += chunk));
+  return {
+    lines,
+    stderr: () => stderr,
+    stop() {
+      proc.kill('SIGKILL');
+    },
+  };
+}
+
+/** Serves web/e2e/pages/ and the built client at /quiver.js from 127.0.0.1 (a real origin:
+ *  WebTransport is missing on about:blank and data: pages). */
+export async function startPageServer() {
+  const server = createServer(async (req, res) => {
+    const pathname = new URL(req.url, 'http://x').pathname;
+    const file =
+      pathname === '/quiver.js'
+        ? path.join(WEB, 'dist', 'quiver.js')
+        : path.join(WEB, 'e2e', 'pages', path.posix.normalize(pathname)); // absolute: cannot climb out
+    try {
+      const body = await readFile(file);
+      const type = file.endsWith('.js') ? 'text/javascript' : 'text/html';
+      res.writeHead(200, { 'content-type': `${type}; charset=utf-8`, 'cache-control': 'no-store' });
+      res.end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    origin: `http://127.0.0.1:${server.address().port}`,
+    close: () => new Promise((resolve) => server.close(resolve)),
+  };
+}
+
+export async function launchBrowser() {
+  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} not found: apt-get install -y chromium`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+}
+
+/** A new page whose console and errors go to the test log (the browser hides WebTransport's
+ *  real failure reasons from scripts and prints them only on the console). */
+export async function newPage(browser, label) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(15_000);
+  page.on('console', (m) => console.log(`[${label} console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => console.log(`[${label} pageerror] ${e.message}`));
+  return page;
+}
