@@ -1,0 +1,269 @@
+//! [`Client`]: the application-facing handle. Every call is a message to the connection task
+//! (see `connection.rs`), which owns the WebTransport session.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Limits, Position};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::config::ClientConfig;
+use crate::connection::{self, Request};
+use crate::error::ClientError;
+use crate::subscription::Subscription;
+
+/// Where the client's session stands. Watch it with [`Client::state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// A connect attempt is under way.
+    Connecting,
+    /// The session is up (after `Welcome`); `session` is the server's session id.
+    Connected { session: String },
+    /// The session was lost and the client will reconnect after a backoff. `code` is the
+    /// `Goodbye`/QUIC close code when the server said one (a [`quiver_proto::CloseCode`]), else 0.
+    Disconnected { code: u16, reason: String },
+    /// Closed for good, by [`Client::close`] or by the server (`Goodbye` with
+    /// `reconnect: false`); [`Client::close_reason`] says why.
+    Closed,
+}
+
+/// What the server said in `Welcome` (the latest session's; `expires_at` follows refreshes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeInfo {
+    pub session: String,
+    pub user: String,
+    pub tenant: String,
+    /// Token expiry, Unix seconds; `None` if the token never expires.
+    pub expires_at: Option<u64>,
+    pub limits: Limits,
+}
+
+/// State shared between [`Client`] handles and the connection task.
+pub(crate) struct Shared {
+    pub welcome: Mutex<Option<WelcomeInfo>>,
+    pub closed: Mutex<Option<(u16, String)>>,
+    pub permits: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn set_welcome(&self, w: Option<WelcomeInfo>) {
+        *lock(&self.welcome) = w;
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Inner {
+    req_tx: mpsc::UnboundedSender<Request>,
+    state: watch::Receiver<ConnectionState>,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+}
+
+/// A Quiver client: one WebTransport session, reconnected automatically.
+///
+/// Cheap to clone; all clones share the session. The session is closed when [`Client::close`]
+/// is called or when every clone and every [`Subscription`] is dropped.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects and resolves after the first `Welcome`.
+    ///
+    /// The first connect does not retry forever: each URL is tried once, and a refusal
+    /// ([`ClientError::Refused`]: bad token, wrong path, server busy), a token provider failure
+    /// or a `Goodbye` that forbids reconnecting fails at once. After that first `Welcome` the
+    /// client reconnects by itself, forever, until [`Client::close`].
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.urls.is_empty() {
+            return Err(ClientError::Connect("no server URL configured".into()));
+        }
+        let shared = Arc::new(Shared {
+            welcome: Mutex::new(None),
+            closed: Mutex::new(None),
+            permits: Arc::new(Semaphore::new(config.publish_buffer.max(1))),
+        });
+        let request_timeout = config.request_timeout;
+        let (req_tx, state) = connection::start(config, shared.clone()).await?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                req_tx,
+                state,
+                shared,
+                request_timeout,
+            }),
+        })
+    }
+
+    /// Subscribes to `room` and waits for the server's `Subscribed`.
+    ///
+    /// Refusals come back as [`ClientError::Server`] (`invalid_room`, `permission_denied`,
+    /// `too_many_subscriptions`, `already_subscribed`, ...). Made while reconnecting, the
+    /// subscribe is sent after the next `Welcome` (within `request_timeout`).
+    pub async fn subscribe(&self, room: &str) -> Result<Subscription, ClientError> {
+        let room = room.to_string();
+        let parts = self
+            .call(|reply| Request::Subscribe {
+                room: room.clone(),
+                reply,
+            })
+            .await?;
+        Ok(Subscription::new(room, parts, self.clone()))
+    }
+
+    /// Unsubscribes from `room`: its [`Subscription`] ends (yields `None`) and the server stops
+    /// sending. `ClientError::Server { code: 105 not_subscribed }` if this client has no
+    /// subscription to the room.
+    pub async fn unsubscribe(&self, room: &str) -> Result<(), ClientError> {
+        self.call(|reply| Request::Unsubscribe {
+            room: room.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Publishes without waiting for an acknowledgement (`ack: false`). While connected it waits
+    /// only when `publish_buffer` publishes are already queued for writing; while disconnected
+    /// the publish is buffered and sent after the next `Welcome`, or refused with
+    /// [`ClientError::BufferFull`]. Server refusals of un-acknowledged publishes are only logged
+    /// (`tracing` warn); use [`Client::publish_ack`] to see them.
+    pub async fn publish(&self, room: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let permit = self.permit().await?;
+        let req = Request::Publish {
+            room: room.to_string(),
+            payload,
+            ack: None,
+            permit,
+        };
+        if self.inner.req_tx.send(req).is_err() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Publishes and waits for the server's `Published` (the message's position in the room's
+    /// history, `None` for rooms without history). Refusals come back as
+    /// [`ClientError::Server`] (`permission_denied`, `payload_too_large`, `rate_limited`, ...).
+    /// If the connection drops before the reply, [`ClientError::ConnectionLost`]: the message
+    /// may or may not have been published.
+    pub async fn publish_ack(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Option<Position>, ClientError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let permit = self.permit().await?;
+        self.call(|reply| Request::Publish {
+            room: room.to_string(),
+            payload,
+            ack: Some(reply),
+            permit,
+        })
+        .await
+    }
+
+    /// Round-trip time of a `Ping` on the control stream. [`ClientError::NotConnected`] while
+    /// reconnecting.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        self.call(|reply| Request::Ping { reply }).await
+    }
+
+    /// The connection state; `borrow()` for now, `changed().await` to follow it.
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// What the server said in the latest `Welcome` (kept while reconnecting).
+    pub fn welcome(&self) -> Option<WelcomeInfo> {
+        lock(&self.inner.shared.welcome).clone()
+    }
+
+    /// Why the client is closed (`code`, `reason`): code 0 after [`Client::close`], the
+    /// `Goodbye` code when the server closed it for good. `None` while not closed.
+    pub fn close_reason(&self) -> Option<(u16, String)> {
+        lock(&self.inner.shared.closed).clone()
+    }
+
+    /// Closes the session (WebTransport close, code 0) and stops reconnecting. Pending calls fail
+    /// with [`ClientError::Closed`], subscriptions end. Idempotent.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.req_tx.send(Request::Close { reply }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub(crate) fn send_request(&self, req: Request) {
+        let _ = self.inner.req_tx.send(req);
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request,
+    ) -> Result<T, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.req_tx.send(make(reply)).is_err() {
+            return Err(self.closed_error());
+        }
+        match tokio::time::timeout(self.inner.request_timeout, rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(self.closed_error()),
+            Ok(Ok(res)) => res,
+        }
+    }
+
+    fn closed_error(&self) -> ClientError {
+        match self.close_reason() {
+            Some((code, reason)) => ClientError::Closed { code, reason },
+            None => ClientError::ConnectionLost,
+        }
+    }
+
+    fn check_payload(&self, payload: &Bytes) -> Result<(), ClientError> {
+        if let Some(w) = lock(&self.inner.shared.welcome).as_ref() {
+            if payload.len() > w.limits.max_payload as usize {
+                return Err(ClientError::server(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "payload of {} bytes exceeds limits.max_payload {} (checked locally)",
+                        payload.len(),
+                        w.limits.max_payload
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A slot in the publish buffer: wait for one while connected, fail fast while not.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ClientError> {
+        let permits = self.inner.shared.permits.clone();
+        let state = self.inner.state.borrow().clone();
+        match state {
+            ConnectionState::Closed => Err(self.closed_error()),
+            ConnectionState::Connected { .. } => permits
+                .acquire_owned()
+                .await
+                .map_err(|_| self.closed_error()),
+            _ => permits
+                .try_acquire_owned()
+                .map_err(|_| ClientError::BufferFull),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! [`ClientConfig`]: where to connect, how to authenticate, whom to trust, how to retry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use quiver_proto::CONNECT_PATH;
+use url::Url;
+
+use crate::backoff::Backoff;
+use crate::error::ClientError;
+
+/// Supplies a JWT. Called before every connect attempt and ahead of the token's expiry (for a
+/// `Refresh`), so it should return a token that is fresh enough.
+pub type TokenProvider = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
+
+/// A [`TokenProvider`] that always returns the same token (fine for tests and for tokens that
+/// outlive the process; once it expires the server closes the session with `token_expired` and
+/// reconnects are refused).
+pub fn token_fixed(token: impl Into<String>) -> TokenProvider {
+    let token: String = token.into();
+    Arc::new(move || futures::future::ready(Ok(token.clone())).boxed())
+}
+
+/// A [`TokenProvider`] from an async closure, e.g.
+/// `token_fn(|| async { fetch_token().await.map_err(|e| e.to_string()) })`.
+pub fn token_fn<F, Fut>(f: F) -> TokenProvider
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send + 'static,
+{
+    Arc::new(move || f().boxed())
+}
+
+/// How the server's certificate is verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The platform's root certificates (publicly trusted servers).
+    System,
+    /// Pinned SHA-256 hashes of the server certificate (as printed by `quiver serve` / `quiver
+    /// cert`); the W3C `serverCertificateHashes` rules apply: ECDSA P-256, validity at most 14
+    /// days. See [`parse_cert_hash`].
+    CertHashes(Vec<[u8; 32]>),
+    /// Trust the certificates of this PEM file as roots (a private CA, or the server's own
+    /// certificate).
+    CaFile(PathBuf),
+}
+
+/// Configuration for [`crate::Client::connect`]. Build it with [`ClientConfig::new`] and adjust
+/// the public fields.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Server URLs, e.g. `https://localhost:4433/v1`. With several, each reconnect attempt moves
+    /// on to the next one. A URL without a path (or with `/`) gets [`CONNECT_PATH`]; any existing
+    /// `token` query parameter is replaced.
+    pub urls: Vec<String>,
+    /// Called on every connect attempt and to refresh the token ahead of expiry.
+    pub token: TokenProvider,
+    /// How to verify the server certificate. Default [`Trust::System`].
+    pub trust: Trust,
+    /// Delay between reconnect attempts. Default 100 ms doubling up to 5 s, full jitter.
+    pub backoff: Backoff,
+    /// Publishes that may be queued in the client, not yet written to the network (default
+    /// 1024). While connected a publish waits for room; while disconnected it fails with
+    /// [`ClientError::BufferFull`] when the buffer is full. Buffered publishes are sent in order
+    /// after the next `Welcome`.
+    pub publish_buffer: usize,
+    /// Sent as `Hello.client`. Default `quiver-rs/<crate version>`.
+    pub client_name: String,
+    /// Bound on one connect attempt: QUIC + TLS handshake, CONNECT, `Hello`/`Welcome`. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for a command's reply (`subscribe`, `unsubscribe`, `publish_ack`,
+    /// `ping`). Default 10 s. A subscribe made while disconnected waits for the reconnect
+    /// within this bound.
+    pub request_timeout: Duration,
+    /// The token is refreshed `min(refresh_ahead, remaining / 2)` before `Welcome.expires_at`,
+    /// where `remaining` is the token's lifetime left when the session (or the last refresh)
+    /// started: a 1-hour token is refreshed `refresh_ahead` before it expires, a 20-second token
+    /// after 10 s. Default 30 s. Failed refreshes are retried with backoff until expiry.
+    pub refresh_ahead: Duration,
+    /// QUIC keep-alive interval (default 5 s); must stay below the server's idle timeout (30 s).
+    pub keep_alive: Duration,
+    /// QUIC idle timeout on the client side (default 30 s): how fast a dead network is noticed.
+    pub idle_timeout: Duration,
+    /// Capacity of each subscription's event queue (default 1024). When the application does not
+    /// read a [`crate::Subscription`], the client stops reading that room's stream, QUIC flow
+    /// control pushes back to the server, and eventually the server ends the subscription with
+    /// `slow_consumer`: memory never grows without bound.
+    pub subscription_buffer: usize,
+    /// Pace commands to `Welcome.limits.commands_per_second` on the client side so the server
+    /// never refuses them with `rate_limited` (default true).
+    pub pace_commands: bool,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("urls", &self.urls)
+            .field("trust", &self.trust)
+            .field("backoff", &self.backoff)
+            .field("publish_buffer", &self.publish_buffer)
+            .field("client_name", &self.client_name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("refresh_ahead", &self.refresh_ahead)
+            .field("keep_alive", &self.keep_alive)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("subscription_buffer", &self.subscription_buffer)
+            .field("pace_commands", &self.pace_commands)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// One server URL, a token provider, and the defaults documented on each field.
+    pub fn new(url: impl Into<String>, token: TokenProvider) -> Self {
+        ClientConfig {
+            urls: vec![url.into()],
+            token,
+            trust: Trust::System,
+            backoff: Backoff::default(),
+            publish_buffer: 1024,
+            client_name: concat!("quiver-rs/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            refresh_ahead: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            subscription_buffer: 1024,
+            pace_commands: true,
+        }
+    }
+
+    /// Sets [`ClientConfig::trust`].
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// Adds a fallback URL.
+    pub fn with_url(mut self, url: impl Into<String>) -> Self {
+        self.urls.push(url.into());
+        self
+    }
+
+    /// Builds the wtransport client configuration for [`ClientConfig::trust`].
+    pub(crate) async fn wtransport_config(&self) -> Result<wtransport::ClientConfig, ClientError> {
+        use wtransport::tls::rustls::pki_types::CertificateDer;
+        use wtransport::tls::rustls::RootCertStore;
+
+        let builder = wtransport::ClientConfig::builder().with_bind_default();
+        let builder = match &self.trust {
+            Trust::System => builder.with_native_certs(),
+            Trust::CertHashes(hashes) => builder.with_server_certificate_hashes(
+                hashes
+                    .iter()
+                    .map(|h| wtransport::tls::Sha256Digest::new(*h)),
+            ),
+            Trust::CaFile(path) => {
+                let chain = wtransport::tls::CertificateChain::load_pemfile(path)
+                    .await
+                    .map_err(|e| {
+                        ClientError::Protocol(format!("loading CA file {}: {e}", path.display()))
+                    })?;
+                let mut roots = RootCertStore::empty();
+                for cert in chain.as_slice() {
+                    roots
+                        .add(CertificateDer::from(cert.der().to_vec()))
+                        .map_err(|e| {
+                            ClientError::Protocol(format!("CA file {}: {e}", path.display()))
+                        })?;
+                }
+                if roots.is_empty() {
+                    return Err(ClientError::Protocol(format!(
+                        "CA file {} holds no certificate",
+                        path.display()
+                    )));
+                }
+                let tls = wtransport::tls::client::build_default_tls_config(Arc::new(roots), None);
+                builder.with_custom_tls(tls)
+            }
+        };
+        let builder = builder
+            .keep_alive_interval(Some(self.keep_alive))
+            .max_idle_timeout(Some(self.idle_timeout))
+            .map_err(|_| ClientError::Protocol("idle_timeout out of range".into()))?;
+        Ok(builder.build())
+    }
+}
+
+/// Parses a SHA-256 certificate hash written as 64 hex digits, optionally separated by `:`
+/// (both `quiver serve`'s `cert_sha256` and OpenSSL's `AB:CD:...` fingerprints work).
+pub fn parse_cert_hash(s: &str) -> Result<[u8; 32], ClientError> {
+    let cleaned: String = s.trim().chars().filter(|c| *c != ':').collect();
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(&cleaned, &mut out)
+        .map_err(|e| ClientError::Protocol(format!("bad certificate hash {s:?}: {e}")))?;
+    Ok(out)
+}
+
+/// The CONNECT URL for one attempt: `base` with [`CONNECT_PATH`] if it has no path, and the
+/// token as the (percent-encoded) `token` query parameter, replacing any present.
+pub fn connect_url(base: &str, token: &str) -> Result<String, ClientError> {
+    let mut url =
+        Url::parse(base).map_err(|e| ClientError::Connect(format!("invalid URL {base:?}: {e}")))?;
+    if url.scheme() != "https" {
+        return Err(ClientError::Connect(format!(
+            "invalid URL {base:?}: WebTransport needs https"
+        )));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path(CONNECT_PATH);
+    }
+    let others: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "token")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.set_query(None);
+    {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in &others {
+            q.append_pair(k, v);
+        }
+        q.append_pair("token", token);
+    }
+    Ok(url.into())
+}
+
+/// The URL as safe to log: the token query parameter replaced by `***`.
+pub(crate) fn redact(url: &str) -> String {
+    match url.find("token=") {
+        Some(i) => {
+            let end = url[i..].find('&').map(|j| i + j).unwrap_or(url.len());
+            format!("{}token=***{}", &url[..i], &url[end..])
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_gets_token_and_path() {
+        assert_eq!(
+            connect_url("https://localhost:4433/v1", "a.b.c").unwrap(),
+            "https://localhost:4433/v1?token=a.b.c"
+        );
+        assert_eq!(
+            connect_url("https://localhost:4433", "t").unwrap(),
+            "https://localhost:4433/v1?token=t"
+        );
+        assert_eq!(
+            connect_url("https://[::1]:4433/", "t").unwrap(),
+            "https://[::1]:4433/v1?token=t"
+        );
+    }
+
+    #[test]
+    fn token_is_percent_encoded_and_replaces_old_one() {
+        let url = connect_url("https://h:1/v1?x=1&token=old", "a b&c=d/é+").unwrap();
+        assert_eq!(url, "https://h:1/v1?x=1&token=a+b%26c%3Dd%2F%C3%A9%2B");
+        let parsed = Url::parse(&url).unwrap();
+        let tokens: Vec<_> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        assert_eq!(tokens, vec!["a b&c=d/é+".to_string()]);
+    }
+
+    #[test]
+    fn url_errors() {
+        assert!(matches!(
+            connect_url("http://h:1/v1", "t"),
+            Err(ClientError::Connect(_))
+        ));
+        assert!(matches!(
+            connect_url("not a url", "t"),
+            Err(ClientError::Connect(_))
+        ));
+    }
+
+    #[test]
+    fn redacts_token() {
+        assert_eq!(redact("https://h/v1?token=abc"), "https://h/v1?token=***");
+        assert_eq!(
+            redact("https://h/v1?token=abc&x=1"),
+            "https://h/v1?token=***&x=1"
+        );
+        assert_eq!(redact("https://h/v1"), "https://h/v1");
+    }
+
+    #[test]
+    fn cert_hash_parsing() {
+        let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let h = parse_cert_hash(hex).unwrap();
+        assert_eq!(h[0], 0x00);
+        assert_eq!(h[1], 0x11);
+        assert_eq!(h[15], 0xff);
+        assert_eq!(h[31], 0xff);
+        let colons: Vec<String> = hex
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        assert_eq!(parse_cert_hash(&colons.join(":")).unwrap(), h);
+        assert_eq!(parse_cert_hash(&format!("  {hex}\n")).unwrap(), h);
+        assert!(parse_cert_hash(&hex[..62]).is_err());
+        assert!(parse_cert_hash(&format!("{hex}00")).is_err());
+        assert!(parse_cert_hash(&hex.replace('0', "g")).is_err());
+    }
+
+    #[tokio::test]
+    async fn fixed_and_fn_tokens() {
+        assert_eq!(token_fixed("abc")().await.unwrap(), "abc");
+        let p = token_fn(|| async { Err::<String, _>("nope".to_string()) });
+        assert_eq!(p().await.unwrap_err(), "nope");
+    }
+
+    #[tokio::test]
+    async fn wtransport_configs_build() {
+        let cfg = ClientConfig::new("https://localhost:4433/v1", token_fixed("t"))
+            .with_trust(Trust::CertHashes(vec![[7u8; 32]]));
+        cfg.wtransport_config().await.unwrap();
+        let missing = cfg.with_trust(Trust::CaFile("/nonexistent/ca.pem".into()));
+        assert!(matches!(
+            missing.wtransport_config().await,
+            Err(ClientError::Protocol(_))
+        ));
+    }
+}

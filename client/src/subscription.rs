@@ -1,0 +1,121 @@
+//! [`Subscription`]: the stream of one room's events, and [`SubEvent`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use quiver_proto::{Position, Recovery};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::client::Client;
+use crate::connection::Request;
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubEvent {
+    /// A message published in the room.
+    Publication {
+        room: String,
+        /// The message's position in the room's history; `None` for rooms without history.
+        position: Option<Position>,
+        payload: Bytes,
+    },
+    /// The client reconnected and subscribed again, resuming from the last position it had
+    /// delivered. [`Recovery::Failed`] means messages were missed: re-sync the application state.
+    /// Replayed messages (for [`Recovery::Recovered`]) follow this event.
+    /// [`Recovery::NotRequested`] means there was no position to resume from (a room without
+    /// history): messages published during the gap were not delivered either.
+    Resubscribed { recovery: Recovery },
+    /// The subscription is over and nothing more follows: the server ended it (`code` is a
+    /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`), a resubscribe after a reconnect
+    /// was refused (e.g. 103 `permission_denied` with a new token), or the session was closed
+    /// for good (`code` is then a [`quiver_proto::CloseCode`]).
+    Ended { code: u16, reason: String },
+}
+
+/// The parts the connection task hands over when a subscribe is confirmed.
+pub(crate) struct SubParts {
+    pub rx: mpsc::Receiver<SubEvent>,
+    pub end: oneshot::Receiver<SubEvent>,
+    pub gen: u64,
+}
+
+/// A live subscription to one room: a [`futures::Stream`] of [`SubEvent`]s.
+///
+/// It survives reconnects (the client resubscribes and resumes from the last delivered
+/// position). It ends (yields `None`) after [`crate::Client::unsubscribe`], after a
+/// [`SubEvent::Ended`], or when the client is closed. Dropping it unsubscribes.
+///
+/// Events are queued in a bounded buffer (`ClientConfig::subscription_buffer`); a subscription
+/// that is not read stops the client from reading that room's stream, and the server eventually
+/// ends it with `slow_consumer`.
+pub struct Subscription {
+    room: String,
+    rx: mpsc::Receiver<SubEvent>,
+    end: Option<oneshot::Receiver<SubEvent>>,
+    gen: u64,
+    client: Client,
+}
+
+impl Subscription {
+    pub(crate) fn new(room: String, parts: SubParts, client: Client) -> Self {
+        Subscription {
+            room,
+            rx: parts.rx,
+            end: Some(parts.end),
+            gen: parts.gen,
+            client,
+        }
+    }
+
+    /// The room this subscription is for.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// The next event, `None` once the subscription is over. Same as `StreamExt::next`.
+    pub async fn recv(&mut self) -> Option<SubEvent> {
+        futures::StreamExt::next(self).await
+    }
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("room", &self.room)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = SubEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(ev)) => Poll::Ready(Some(ev)),
+            Poll::Pending => Poll::Pending,
+            // Every sender is gone: the deliveries are over. Yield the end reason, if any, last.
+            Poll::Ready(None) => match self.end.as_mut() {
+                None => Poll::Ready(None),
+                Some(end) => match Pin::new(end).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(res) => {
+                        self.end = None;
+                        Poll::Ready(res.ok())
+                    }
+                },
+            },
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.client.send_request(Request::Dropped {
+            room: std::mem::take(&mut self.room),
+            gen: self.gen,
+        });
+    }
+}
