@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use quiver_client::{
+    parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, SubEvent, Trust,
+};
 use quiver_server::auth::{sign_hs256, unix_now, Claims};
 use quiver_server::{Config, Server};
 
@@ -232,7 +236,7 @@ struct ConnArgs {
     /// Server URL(s), comma-separated.
     #[arg(long, default_value = "https://localhost:4433/v1")]
     url: String,
-    /// JWT; default: a development token for tenant "dev" signed with the development secret.
+    /// JWT; default: a development token for tenant "demo" signed with the development secret.
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Pin the server certificate by SHA-256 (hex); default: the development certificate in
@@ -243,10 +247,105 @@ struct ConnArgs {
     cert_dir: PathBuf,
 }
 
-async fn sub(_args: SubArgs) -> Result<()> {
-    bail!("not yet")
+/// The development tenant: the same one the demo page uses, so `quiver pub chat.lobby hi` shows
+/// up in the dashboard's chat.
+const DEV_TENANT: &str = "demo";
+
+impl ConnArgs {
+    async fn client_config(&self) -> Result<ClientConfig> {
+        let urls: Vec<String> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if urls.is_empty() {
+            bail!("--url names no server");
+        }
+        let token = match &self.token {
+            Some(t) => token_fixed(t.clone()),
+            None => {
+                let secret = quiver_server::dev_secret(&self.cert_dir).context(
+                    "no --token given and no development secret (is the server in development mode?)",
+                )?;
+                // A fresh development token on every (re)connect and refresh.
+                token_fn(move || {
+                    let secret = secret.clone();
+                    async move {
+                        let claims = Claims {
+                            sub: "cli".into(),
+                            tenant: DEV_TENANT.into(),
+                            exp: unix_now() + 3600,
+                            subscribe: vec![">".into()],
+                            publish: vec![">".into()],
+                        };
+                        sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+                    }
+                })
+            }
+        };
+        let dev_cert = self.cert_dir.join(quiver_server::tls::DEV_CERT_FILE);
+        let trust = match &self.cert_hash {
+            Some(hash) => Trust::CertHashes(vec![parse_cert_hash(hash)?]),
+            None if dev_cert.exists() => {
+                Trust::CertHashes(vec![quiver_server::tls::pem_cert_hash(&dev_cert).await?])
+            }
+            None => Trust::System,
+        };
+        let mut config = ClientConfig::new(urls[0].clone(), token).with_trust(trust);
+        config.urls = urls;
+        Ok(config)
+    }
 }
 
-async fn publish(_args: PubArgs) -> Result<()> {
-    bail!("not yet")
+async fn sub(args: SubArgs) -> Result<()> {
+    let client = Client::connect(args.conn.client_config().await?).await?;
+    let mut subs = Vec::new();
+    for room in &args.rooms {
+        subs.push(
+            client
+                .subscribe(room)
+                .await
+                .with_context(|| format!("subscribe {room}"))?,
+        );
+    }
+    let mut events = futures::stream::select_all(subs);
+    let mut stdout = std::io::stdout();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown_signal() => break,
+            event = events.next() => event,
+        };
+        match event {
+            Some(SubEvent::Publication { payload, .. }) => {
+                use std::io::Write;
+                // One line per publication, flushed, so pipes see it at once.
+                let mut line = payload.to_vec();
+                line.push(b'\n');
+                stdout.write_all(&line)?;
+                stdout.flush()?;
+            }
+            Some(SubEvent::Resubscribed { recovery }) => {
+                eprintln!("quiver: reconnected ({recovery:?})");
+            }
+            Some(SubEvent::Ended { code, reason }) => {
+                client.close().await;
+                bail!("subscription ended by the server: {reason} ({code})");
+            }
+            None => break,
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
+async fn publish(args: PubArgs) -> Result<()> {
+    let client = Client::connect(args.conn.client_config().await?).await?;
+    let result = client
+        .publish_ack(&args.room, args.message.into_bytes())
+        .await;
+    client.close().await;
+    result.with_context(|| format!("publish to {}", args.room))?;
+    Ok(())
 }

@@ -9,6 +9,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen", "http", "cert", "key", "cert_dir", "auth", "limits", "timeouts", "demo",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -120,18 +124,45 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
+        // Only our own keys: other QUIVER_* variables (QUIVER_TOKEN for `quiver sub`, say) are
+        // not configuration.
         figment = figment
-            .merge(
-                Env::prefixed("QUIVER_")
-                    .split("__")
-                    .filter(|k| k != "jwt_secret"),
-            )
+            .merge(Env::prefixed("QUIVER_").split("__").filter(|k| {
+                let top = k.as_str().split('.').next().unwrap_or_default();
+                TOP_LEVEL_KEYS
+                    .iter()
+                    .any(|key| key.eq_ignore_ascii_case(top))
+            }))
             .merge(
                 Env::raw()
                     .only(&["QUIVER_JWT_SECRET"])
                     .map(|_| "auth.jwt_secret".into()),
             );
-        figment.extract().map_err(Box::new)
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config
+            .validate()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot: limits that must fit together.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        // A publication's frame adds the room name and a little framing to the payload.
+        let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
+        if l.max_payload.saturating_add(overhead) > l.max_frame {
+            return Err(format!(
+                "limits.max_payload ({}) plus {overhead} bytes of framing must fit in limits.max_frame ({})",
+                l.max_payload, l.max_frame
+            ));
+        }
+        if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
+            return Err("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
+        }
+        if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
+            return Err("auth.public_key and auth.algorithm go together".into());
+        }
+        Ok(())
     }
 
     pub fn dev_mode(&self) -> bool {
@@ -150,13 +181,13 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "q.toml",
-                "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 1000\n[timeouts]\nidle = \"5s\"\n",
+                "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 100000\n[timeouts]\nidle = \"5s\"\n",
             )?;
-            jail.set_env("QUIVER_LIMITS__MAX_FRAME", "2000");
+            jail.set_env("QUIVER_LIMITS__MAX_FRAME", "200000");
             jail.set_env("QUIVER_JWT_SECRET", "s3cret");
             let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
             assert_eq!(c.http.port(), 9999);
-            assert_eq!(c.limits.max_frame, 2000);
+            assert_eq!(c.limits.max_frame, 200_000);
             assert_eq!(c.timeouts.idle, Duration::from_secs(5));
             assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
             assert!(!c.dev_mode());
@@ -167,8 +198,16 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
+            jail.set_env("QUIVER_TOKEN", "not configuration");
+            assert!(Config::load(None).is_ok());
             jail.create_file("q.toml", "lisen = \"[::]:1\"\n")?;
             assert!(Config::load(Some("q.toml".as_ref())).is_err());
+            jail.create_file(
+                "small.toml",
+                "[limits]\nmax_frame = 1000\nmax_payload = 1000\n",
+            )?;
+            let err = Config::load(Some("small.toml".as_ref())).unwrap_err();
+            assert!(err.to_string().contains("max_payload"), "{err}");
             Ok(())
         });
     }

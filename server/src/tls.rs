@@ -60,6 +60,14 @@ pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsErro
     })
 }
 
+/// SHA-256 of the first certificate in a PEM file (what clients pin).
+pub async fn pem_cert_hash(path: &Path) -> Result<[u8; 32], TlsError> {
+    let chain = CertificateChain::load_pemfile(path)
+        .await
+        .map_err(|e| TlsError::Pem(format!("{}: {e}", path.display())))?;
+    Ok(leaf_hash(&chain))
+}
+
 fn leaf_hash(chain: &CertificateChain) -> [u8; 32] {
     let der = chain
         .as_slice()
