@@ -95,10 +95,12 @@ fn tracing_log(msg: &str) {
 }
 
 fn test_config(dir: &std::path::Path, listen: SocketAddr) -> Config {
-    let mut config = Config::default();
-    config.listen = listen;
-    config.http = "127.0.0.1:0".parse().expect("literal");
-    config.cert_dir = dir.to_owned();
+    let mut config = Config {
+        listen,
+        http: "127.0.0.1:0".parse().expect("literal"),
+        cert_dir: dir.to_owned(),
+        ..Config::default()
+    };
     config.auth.jwt_secret = Some(SECRET.into());
     config.timeouts.drain = Duration::from_secs(2);
     config
