@@ -10,7 +10,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "http", "cert", "key", "cert_dir", "auth", "limits", "timeouts", "demo",
+    "listen", "http", "cert", "key", "cert_dir", "auth", "limits", "timeouts", "demo", "ablation",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +31,16 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     /// Run the dashboard demo publisher (development mode only).
     pub demo: bool,
+    /// Switches that make the server worse on purpose, for benchmarks only.
+    pub ablation: AblationConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AblationConfig {
+    /// Deliver every subscription on the control stream instead of a stream per room, to measure
+    /// head-of-line blocking. Clients see publications on the control stream.
+    pub single_stream: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -87,6 +97,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             timeouts: TimeoutsConfig::default(),
             demo: true,
+            ablation: AblationConfig::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::auth::{unix_now, Grant};
 use crate::hub::{RoomKey, Subscriber};
 use crate::metrics as m;
 use crate::server::Shared;
-use crate::subscription::{Ended, Writer};
+use crate::subscription::{Ended, Sink, Writer};
 
 /// Refused commands are counted over windows of this length for abuse detection.
 const ABUSE_WINDOW: Duration = Duration::from_secs(10);
@@ -400,7 +400,11 @@ impl Session {
         });
         tokio::spawn(
             Writer {
-                conn: self.conn.clone(),
+                sink: if self.shared.config.ablation.single_stream {
+                    Sink::Control(self.out.clone())
+                } else {
+                    Sink::OwnStream(self.conn.clone())
+                },
                 sub_id,
                 header,
                 queue: queue_rx,

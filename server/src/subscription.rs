@@ -20,8 +20,17 @@ pub struct Ended {
     pub cause: Option<(ErrorCode, &'static str)>,
 }
 
+/// Where a subscription's frames go.
+pub enum Sink {
+    /// Its own unidirectional stream: the design.
+    OwnStream(Connection),
+    /// The session's control stream, shared by every subscription. Only for the head-of-line
+    /// blocking benchmark (`ablation.single_stream`), to measure what a stream per room buys.
+    Control(mpsc::Sender<Bytes>),
+}
+
 pub struct Writer {
-    pub conn: Connection,
+    pub sink: Sink,
     pub sub_id: u64,
     /// `SubscriptionStream` frame, written first.
     pub header: Bytes,
@@ -35,9 +44,16 @@ impl Writer {
     /// dropped), the queue overflows (the stream is reset and the session told), or the peer goes
     /// away.
     pub async fn run(mut self) {
+        let conn = match &self.sink {
+            Sink::OwnStream(conn) => conn.clone(),
+            Sink::Control(out) => {
+                let out = out.clone();
+                return self.run_on_control(out).await;
+            }
+        };
         let mut stream = tokio::select! {
             _ = self.overflow.cancelled() => return self.report_overflow(),
-            opened = open(&self.conn) => match opened {
+            opened = open(&conn) => match opened {
                 Some(s) => s,
                 None => return,
             },
@@ -85,6 +101,26 @@ impl Writer {
             ErrorCode::SlowConsumer.as_u16(),
         )));
         self.report_overflow();
+    }
+
+    async fn run_on_control(mut self, out: mpsc::Sender<Bytes>) {
+        let mut next = Some(self.header.clone());
+        loop {
+            let frame = match next.take() {
+                Some(f) => f,
+                None => tokio::select! {
+                    biased;
+                    _ = self.overflow.cancelled() => return self.report_overflow(),
+                    msg = self.queue.recv() => match msg {
+                        Some(m) => m,
+                        None => return,
+                    },
+                },
+            };
+            if out.send(frame).await.is_err() {
+                return;
+            }
+        }
     }
 
     fn report_overflow(&self) {

@@ -177,3 +177,33 @@ async fn a_stalled_subscriber_costs_only_itself() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
 }
+
+#[tokio::test]
+async fn ablation_single_stream_delivers_on_the_control_stream() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.ablation.single_stream = true).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "bench")).await?;
+    let sub_id = c
+        .send(Command::Subscribe {
+            room: "a".into(),
+            resume: None,
+        })
+        .await?;
+    c.send(Command::Publish {
+        room: "a".into(),
+        payload: Bytes::from_static(b"1"),
+        ack: false,
+    })
+    .await?;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(c.recv().await?);
+    }
+    assert!(seen
+        .iter()
+        .any(|f| f.id == sub_id && matches!(f.event, Event::Subscribed { .. })));
+    assert!(seen
+        .iter()
+        .any(|f| f.id == sub_id && matches!(f.event, Event::SubscriptionStream { .. })));
+    assert!(seen.iter().any(|f| matches!(&f.event, Event::Publication { payload, .. } if payload == &Bytes::from_static(b"1"))));
+    Ok(())
+}
