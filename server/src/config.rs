@@ -10,7 +10,18 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
-    "listen", "http", "cert", "key", "cert_dir", "auth", "limits", "timeouts", "demo", "ablation",
+    "listen",
+    "http",
+    "cert",
+    "key",
+    "cert_dir",
+    "auth",
+    "limits",
+    "timeouts",
+    "demo",
+    "ablation",
+    "namespaces",
+    "nats",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,8 +44,55 @@ pub struct Config {
     pub demo: bool,
     /// Switches that make the server worse on purpose, for benchmarks only.
     pub ablation: AblationConfig,
+    /// Delivery guarantees per room namespace (a room's first token). Rooms in no listed
+    /// namespace are live only: at-most-once, no history, no resume.
+    pub namespaces: Vec<NamespaceConfig>,
+    /// The NATS backplane; without it the server runs on its embedded in-process broker.
+    pub nats: Option<NatsConfig>,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// The namespace: `chat` covers `chat`, `chat.lobby`, `chat.a.b`.
+    pub name: String,
+    /// Publications kept per room for resume. 0 = live only.
+    #[serde(default)]
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    #[serde(default = "default_history_ttl", with = "humantime_serde")]
+    pub history_ttl: Duration,
+}
+
+fn default_history_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Comma-separated server URLs, `nats://host:port`.
+    pub url: String,
+    /// JetStream storage for history: `memory` or `file`.
+    #[serde(default = "default_storage")]
+    pub storage: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A `.creds` file (NATS decentralised auth).
+    #[serde(default)]
+    pub credentials: Option<PathBuf>,
+    /// Extra root CA (PEM) for TLS to NATS; setting it requires TLS.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+}
+
+fn default_storage() -> String {
+    "memory".into()
+}
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AblationConfig {
@@ -98,6 +156,8 @@ impl Default for Config {
             timeouts: TimeoutsConfig::default(),
             demo: true,
             ablation: AblationConfig::default(),
+            namespaces: Vec::new(),
+            nats: None,
         }
     }
 }
@@ -170,10 +230,36 @@ impl Config {
         if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
             return Err("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
         }
+        for ns in &self.namespaces {
+            if ns.name.is_empty()
+                || ns.name.contains('.')
+                || quiver_proto::RoomName::parse(&ns.name).is_err()
+            {
+                return Err(format!(
+                    "namespaces: {:?} is not a namespace (one room-name token)",
+                    ns.name
+                ));
+            }
+        }
+        if let Some(nats) = &self.nats {
+            if !matches!(nats.storage.as_str(), "memory" | "file") {
+                return Err(format!(
+                    "nats.storage must be memory or file, not {:?}",
+                    nats.storage
+                ));
+            }
+        }
         if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
             return Err("auth.public_key and auth.algorithm go together".into());
         }
         Ok(())
+    }
+
+    /// The history policy of a room's namespace, if it keeps history.
+    pub fn history(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
+        self.namespaces
+            .iter()
+            .find(|ns| ns.name == room.namespace() && ns.history_size > 0)
     }
 
     pub fn dev_mode(&self) -> bool {

@@ -23,10 +23,18 @@ pub struct RoomKey {
     pub room: RoomName,
 }
 
+/// One publication as queued for a subscriber: the shared encoded frame, and its offset so a
+/// resuming subscriber can skip what its replay already covered.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub offset: Option<u64>,
+    pub frame: Bytes,
+}
+
 /// The hub's handle on one subscriber.
 pub struct Subscriber {
     pub id: u64,
-    pub queue: mpsc::Sender<Bytes>,
+    pub queue: mpsc::Sender<Delivery>,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
 }
@@ -65,14 +73,10 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
-        let frame = encode_event(&ServerFrame {
-            id: 0,
-            event: Event::Publication {
-                room: key.room.as_str().to_owned(),
-                position,
-                payload,
-            },
-        });
+        let delivery = Delivery {
+            offset: position.map(|p| p.offset),
+            frame: publication_frame(key, position, payload),
+        };
         let mut delivered = 0;
         let mut overflowed = Vec::new();
         {
@@ -81,7 +85,7 @@ impl Hub {
                 return 0;
             };
             for sub in subs {
-                match sub.queue.try_send(frame.clone()) {
+                match sub.queue.try_send(delivery.clone()) {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
@@ -113,6 +117,18 @@ impl Hub {
     }
 }
 
+/// The encoded `Publication` frame, as subscribers receive it (live or replayed).
+pub fn publication_frame(key: &RoomKey, position: Option<Position>, payload: Bytes) -> Bytes {
+    encode_event(&ServerFrame {
+        id: 0,
+        event: Event::Publication {
+            room: key.room.as_str().to_owned(),
+            position,
+            payload,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +140,7 @@ mod tests {
         }
     }
 
-    fn sub(id: u64, cap: usize) -> (Subscriber, mpsc::Receiver<Bytes>) {
+    fn sub(id: u64, cap: usize) -> (Subscriber, mpsc::Receiver<Delivery>) {
         let (tx, rx) = mpsc::channel(cap);
         (
             Subscriber {
@@ -162,8 +178,8 @@ mod tests {
         hub.deliver(&key("t", "r"), None, Bytes::from_static(b"1"));
         hub.deliver(&key("t", "r"), None, Bytes::from_static(b"2"));
         assert!(slow_cancel.is_cancelled());
-        let f1 = rx_fast.try_recv().unwrap();
-        let f2 = rx_fast.try_recv().unwrap();
+        let f1 = rx_fast.try_recv().unwrap().frame;
+        let f2 = rx_fast.try_recv().unwrap().frame;
         assert_ne!(f1, f2);
         // The slow one is out of the room; the fast one still gets everything.
         assert_eq!(

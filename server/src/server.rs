@@ -108,7 +108,8 @@ impl Server {
 
         crate::metrics::handle();
         let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new(hub.clone()));
+        let broker: Arc<dyn Broker> =
+            Arc::new(MemoryBroker::new(hub.clone(), Arc::new(config.clone())));
         let shared = Arc::new(Shared {
             config,
             verifier,

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use wtransport::{Connection, RecvStream, SendStream, VarInt};
 
 use crate::auth::{unix_now, Grant};
-use crate::hub::{RoomKey, Subscriber};
+use crate::hub::{publication_frame, RoomKey, Subscriber};
 use crate::metrics as m;
 use crate::server::Shared;
 use crate::subscription::{Ended, Sink, Writer};
@@ -392,12 +392,58 @@ impl Session {
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
         let overflow = CancellationToken::new();
-        let header = encode_event(&ServerFrame {
+        // Live deliveries start queueing before history is read, so the replay and the live
+        // queue overlap rather than leave a gap; the writer drops the overlap by offset.
+        let first = self.shared.hub.subscribe(
+            key.clone(),
+            Subscriber {
+                id: sub_id,
+                queue,
+                overflow: overflow.clone(),
+            },
+        );
+        let prepared = async {
+            if first {
+                self.shared.broker.add_interest(key.clone()).await?;
+            }
+            self.shared.broker.recover(key.clone(), resume).await
+        };
+        let recovered = match prepared.await {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                if self.shared.hub.unsubscribe(&key, sub_id) {
+                    let _ = self.shared.broker.remove_interest(key.clone()).await;
+                }
+                return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
+            }
+        };
+
+        let mut preamble = encode_event(&ServerFrame {
             id: cmd_id,
             event: Event::SubscriptionStream {
                 room: key.room.to_string(),
             },
-        });
+        })
+        .to_vec();
+        let (recovery, skip_through) = match (resume, recovered.replay) {
+            (None, _) => (Recovery::NotRequested, None),
+            (Some(_), None) => (Recovery::Failed, None),
+            (Some(since), Some(replay)) => {
+                let last = replay.last().map_or(since.offset, |(p, _)| p.offset);
+                for (position, payload) in &replay {
+                    preamble.extend_from_slice(&publication_frame(
+                        &key,
+                        Some(*position),
+                        payload.clone(),
+                    ));
+                }
+                let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                (Recovery::Recovered { replayed }, Some(last))
+            }
+        };
+        // Without a resume, live messages older than the position we announce are skipped too,
+        // so `position` is exactly where this subscriber's stream starts.
+        let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
         tokio::spawn(
             Writer {
                 sink: if self.shared.config.ablation.single_stream {
@@ -406,40 +452,22 @@ impl Session {
                     Sink::OwnStream(self.conn.clone())
                 },
                 sub_id,
-                header,
+                preamble,
+                skip_through,
                 queue: queue_rx,
-                overflow: overflow.clone(),
+                overflow,
                 ended: self.ended_tx.clone(),
             }
             .run(),
         );
-        let first = self.shared.hub.subscribe(
-            key.clone(),
-            Subscriber {
-                id: sub_id,
-                queue,
-                overflow,
-            },
-        );
-        if first {
-            if let Err(e) = self.shared.broker.add_interest(key.clone()).await {
-                self.shared.hub.unsubscribe(&key, sub_id);
-                return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
-            }
-        }
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).increment(1.0);
-        debug!(session = %self.id, room = %key.room, "subscribed");
+        debug!(session = %self.id, room = %key.room, ?recovery, "subscribed");
         let room = key.room.to_string();
         self.subs.insert(key.room.clone(), Sub { id: sub_id, key });
         Ok(Some(Event::Subscribed {
             room,
-            position: None,
-            // Rooms keep no history yet, so a resume can only fail, and the app must know.
-            recovery: if resume.is_some() {
-                Recovery::Failed
-            } else {
-                Recovery::NotRequested
-            },
+            position: recovered.current,
+            recovery,
         }))
     }
 

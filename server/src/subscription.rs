@@ -1,12 +1,14 @@
-//! One subscription's writer: it owns the room's unidirectional stream, drains the subscriber's
-//! bounded queue and writes what is queued in one write, so a burst costs one syscall-ish write
-//! rather than one per message.
+//! One subscription's writer: it owns the room's unidirectional stream, writes the replay a
+//! resuming subscriber asked for, then drains the subscriber's bounded queue, writing what is
+//! queued in one write, so a burst costs one write rather than one per message.
 
 use bytes::Bytes;
 use quiver_proto::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wtransport::{Connection, VarInt};
+
+use crate::hub::Delivery;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -32,9 +34,12 @@ pub enum Sink {
 pub struct Writer {
     pub sink: Sink,
     pub sub_id: u64,
-    /// `SubscriptionStream` frame, written first.
-    pub header: Bytes,
-    pub queue: mpsc::Receiver<Bytes>,
+    /// `SubscriptionStream` frame, then the replayed publications: written first, in one go.
+    pub preamble: Vec<u8>,
+    /// Live deliveries at or below this offset were already in the replay: skipped, so the seam
+    /// between history and live has neither gap nor duplicate.
+    pub skip_through: Option<u64>,
+    pub queue: mpsc::Receiver<Delivery>,
     pub overflow: CancellationToken,
     pub ended: mpsc::UnboundedSender<Ended>,
 }
@@ -58,44 +63,41 @@ impl Writer {
                 None => return,
             },
         };
-        let mut batch: Vec<u8> = Vec::new();
-        let mut pending = Some(self.header.clone());
+        let mut batch = std::mem::take(&mut self.preamble);
         loop {
-            let first = match pending.take() {
-                Some(f) => f,
-                None => tokio::select! {
+            if batch.is_empty() {
+                let first = tokio::select! {
                     biased;
                     _ = self.overflow.cancelled() => break,
                     msg = self.queue.recv() => match msg {
                         Some(m) => m,
                         None => return,
                     },
-                },
-            };
-            let buf: &[u8] = match self.queue.try_recv() {
-                Err(_) => &first,
-                Ok(second) => {
-                    batch.clear();
-                    batch.extend_from_slice(&first);
-                    batch.extend_from_slice(&second);
-                    while batch.len() < MAX_BATCH {
-                        match self.queue.try_recv() {
-                            Ok(more) => batch.extend_from_slice(&more),
-                            Err(_) => break,
-                        }
-                    }
-                    &batch
+                };
+                if self.fresh(&first) {
+                    batch.extend_from_slice(&first.frame);
                 }
-            };
+            }
+            while batch.len() < MAX_BATCH {
+                match self.queue.try_recv() {
+                    Ok(more) if self.fresh(&more) => batch.extend_from_slice(&more.frame),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = self.overflow.cancelled() => break,
-                written = stream.write_all(buf) => if written.is_err() {
+                written = stream.write_all(&batch) => if written.is_err() {
                     // The client stopped the stream (or is gone): the subscription is over.
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
             }
+            batch.clear();
         }
         let _ = stream.reset(VarInt::from_u32(u32::from(
             ErrorCode::SlowConsumer.as_u16(),
@@ -103,21 +105,31 @@ impl Writer {
         self.report_overflow();
     }
 
+    fn fresh(&self, delivery: &Delivery) -> bool {
+        match (self.skip_through, delivery.offset) {
+            (Some(seen), Some(offset)) => offset > seen,
+            _ => true,
+        }
+    }
+
     async fn run_on_control(mut self, out: mpsc::Sender<Bytes>) {
-        let mut next = Some(self.header.clone());
+        if out
+            .send(Bytes::from(std::mem::take(&mut self.preamble)))
+            .await
+            .is_err()
+        {
+            return;
+        }
         loop {
-            let frame = match next.take() {
-                Some(f) => f,
-                None => tokio::select! {
-                    biased;
-                    _ = self.overflow.cancelled() => return self.report_overflow(),
-                    msg = self.queue.recv() => match msg {
-                        Some(m) => m,
-                        None => return,
-                    },
+            let delivery = tokio::select! {
+                biased;
+                _ = self.overflow.cancelled() => return self.report_overflow(),
+                msg = self.queue.recv() => match msg {
+                    Some(m) => m,
+                    None => return,
                 },
             };
-            if out.send(frame).await.is_err() {
+            if self.fresh(&delivery) && out.send(delivery.frame).await.is_err() {
                 return;
             }
         }

@@ -24,6 +24,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub server: Option<Server>,
+    /// What it was started with; restarts reuse it, on the same ports.
+    pub config: Config,
     pub dir: tempfile::TempDir,
     pub wt: SocketAddr,
     pub http: SocketAddr,
@@ -39,8 +41,11 @@ impl TestServer {
         let dir = tempfile::tempdir()?;
         let mut config = test_config(dir.path(), "127.0.0.1:0".parse()?);
         tweak(&mut config);
-        let server = Server::start(config).await?;
+        let server = Server::start(config.clone()).await?;
+        config.listen = server.webtransport_addr();
+        config.http = server.http_addr;
         Ok(Self {
+            config,
             wt: server.webtransport_addr(),
             http: server.http_addr,
             hash: server.cert_sha256(),
@@ -49,13 +54,19 @@ impl TestServer {
         })
     }
 
-    /// Stops the server and starts a new one on the same ports with the same certificate.
+    /// Stops the server and starts a new one on the same ports with the same certificate and
+    /// configuration.
     pub async fn restart(&mut self) -> Result<()> {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like [`Self::restart`], with a configuration change.
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Config)) -> Result<()> {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
-        let mut config = test_config(self.dir.path(), self.wt);
-        config.http = self.http;
+        let mut config = self.config.clone();
+        tweak(&mut config);
         // The UDP port may take a moment to be released by the old endpoint.
         let deadline = tokio::time::Instant::now() + WAIT;
         let server = loop {
@@ -121,6 +132,20 @@ pub fn token(tenant: &str, user: &str, sub: &[&str], publ: &[&str], ttl_secs: i6
 /// A token allowed everything in its tenant.
 pub fn full_token(tenant: &str, user: &str) -> String {
     token(tenant, user, &[">"], &[">"], 3600)
+}
+
+/// A [`quiver_client::ClientConfig`] for `server`: its URL, its certificate pinned by hash, and
+/// connect and request timeouts well inside [`WAIT`], so a stuck call fails as a client error
+/// before the test's own bound.
+pub fn client_config(
+    server: &TestServer,
+    token: quiver_client::TokenProvider,
+) -> quiver_client::ClientConfig {
+    let mut config = quiver_client::ClientConfig::new(server.url(), token);
+    config.trust = quiver_client::Trust::CertHashes(vec![server.hash]);
+    config.connect_timeout = Duration::from_secs(5);
+    config.request_timeout = Duration::from_secs(5);
+    config
 }
 
 pub fn client_endpoint(hash: [u8; 32]) -> Result<Endpoint<ClientSide>> {

@@ -7,6 +7,7 @@
 //! loses its last one.
 
 pub mod memory;
+pub mod nats;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -20,6 +21,16 @@ pub enum BrokerError {
     Unavailable(String),
 }
 
+/// What a subscriber can get back from history.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The room's latest position; `None` when the room keeps no history.
+    pub current: Option<Position>,
+    /// Publications after the requested position, oldest first; `None` when they cannot all be
+    /// replayed (trimmed from history, another epoch, or no history), or none was requested.
+    pub replay: Option<Vec<(Position, Bytes)>>,
+}
+
 pub trait Broker: Send + Sync + 'static {
     /// Publishes; resolves when the broker has accepted the message (with its position when the
     /// room keeps history).
@@ -30,6 +41,12 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>>;
     fn add_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>>;
     fn remove_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// The room's current position and, when `since` is given, what was published after it.
+    fn recover(
+        &self,
+        key: RoomKey,
+        since: Option<Position>,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
     /// Whether the broker can take publications now (for `/readyz`).
     fn is_ready(&self) -> bool;
 }
