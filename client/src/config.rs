@@ -82,7 +82,8 @@ pub struct ClientConfig {
     pub refresh_ahead: Duration,
     /// QUIC keep-alive interval (default 5 s); must stay below the server's idle timeout (30 s).
     pub keep_alive: Duration,
-    /// QUIC idle timeout on the client side (default 30 s): how fast a dead network is noticed.
+    /// QUIC idle timeout on the client side (default 10 s): how fast a dead network or a crashed
+    /// server is noticed.
     pub idle_timeout: Duration,
     /// Capacity of each subscription's event queue (default 1024). When the application does not
     /// read a [`crate::Subscription`], the client stops reading that room's stream, QUIC flow
@@ -127,7 +128,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             refresh_ahead: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(10),
             subscription_buffer: 1024,
             pace_commands: true,
         }

@@ -64,6 +64,10 @@ struct ServeArgs {
     /// Don't run the development demo publisher.
     #[arg(long)]
     no_demo: bool,
+    /// NATS server URL(s), comma-separated: run as one instance of a cluster instead of on the
+    /// embedded broker.
+    #[arg(long)]
+    nats: Option<String>,
 }
 
 #[derive(Args)]
@@ -142,6 +146,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     if args.no_demo {
         config.demo = false;
     }
+    if let Some(url) = args.nats {
+        match &mut config.nats {
+            Some(nats) => nats.url = url,
+            None => config.nats = Some(quiver_server::config::NatsConfig::new(url)),
+        }
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
     let server = Server::start(config).await?;
     let ready = serde_json::json!({
         "webtransport": server.webtransport_addr().to_string(),

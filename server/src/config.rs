@@ -90,6 +90,20 @@ pub struct NatsConfig {
     pub ca: Option<PathBuf>,
 }
 
+impl NatsConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            storage: default_storage(),
+            user: None,
+            password: None,
+            token: None,
+            credentials: None,
+            ca: None,
+        }
+    }
+}
+
 fn default_storage() -> String {
     "memory".into()
 }

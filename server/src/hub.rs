@@ -111,6 +111,13 @@ impl Hub {
         delivered
     }
 
+    pub fn has_subscribers(&self, key: &RoomKey) -> bool {
+        self.rooms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(key)
+    }
+
     /// Number of rooms with local subscribers.
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -15,7 +15,8 @@ use wtransport::{Endpoint, ServerConfig};
 
 use crate::auth::{KeyError, Verifier};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::Broker;
+use crate::broker::nats::NatsBroker;
+use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::tls::{self, LoadedIdentity, TlsError};
@@ -35,6 +36,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("token key: {0}")]
     Key(#[from] KeyError),
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
     #[error("--cert and --key go together")]
     CertWithoutKey,
     #[error("auth.public_key needs auth.algorithm")]
@@ -108,8 +111,11 @@ impl Server {
 
         crate::metrics::handle();
         let hub = Arc::new(Hub::default());
-        let broker: Arc<dyn Broker> =
-            Arc::new(MemoryBroker::new(hub.clone(), Arc::new(config.clone())));
+        let shared_config = Arc::new(config.clone());
+        let broker: Arc<dyn Broker> = match &config.nats {
+            None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
+            Some(nats) => Arc::new(NatsBroker::connect(nats, hub.clone(), shared_config).await?),
+        };
         let shared = Arc::new(Shared {
             config,
             verifier,

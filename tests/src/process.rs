@@ -1,0 +1,103 @@
+//! A `quiver serve` in its own process, for what an in-process server can't do: die by SIGKILL.
+//! The binary is the one cargo built next to the test executables (`scripts/test` builds it
+//! before running the tests).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::SECRET;
+
+pub struct QuiverProcess {
+    child: Child,
+    pub wt_port: u16,
+    pub http_port: u16,
+    pub hash: [u8; 32],
+}
+
+fn binary() -> Result<PathBuf> {
+    // target/<profile>/deps/<test> → target/<profile>/quiver
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow!("no target directory above {}", exe.display()))?;
+    let bin = dir.join("quiver");
+    if !bin.exists() {
+        bail!(
+            "{} not found: run `cargo build --bin quiver` first (scripts/test does)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+impl QuiverProcess {
+    /// Starts `quiver serve` with the test secret, the given config file and extra flags.
+    pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(binary()?);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--no-demo",
+        ])
+        .args(["--jwt-secret", SECRET])
+        .arg("--cert-dir")
+        .arg(cert_dir)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child = cmd.spawn().context("starting quiver")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = loop {
+            match lines.next() {
+                Some(line) => {
+                    if let Some(json) = line?.strip_prefix("QUIVER_READY ") {
+                        break serde_json::from_str::<serde_json::Value>(json)?;
+                    }
+                }
+                None => bail!("quiver exited before it was ready"),
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let port = |field: &str| -> Result<u16> {
+            let addr = ready[field].as_str().ok_or_else(|| anyhow!("no {field}"))?;
+            Ok(addr.parse::<std::net::SocketAddr>()?.port())
+        };
+        let hash = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
+            .try_into()
+            .map_err(|_| anyhow!("bad hash"))?;
+        Ok(Self {
+            wt_port: port("webtransport")?,
+            http_port: port("http")?,
+            hash,
+            child,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/v1", self.wt_port)
+    }
+
+    /// SIGKILL: no goodbye, no cleanup, like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for QuiverProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,231 @@
+//! Several instances over a real nats-server: fan-out across instances, tenant isolation,
+//! resume on another instance after a crash, and surviving a NATS restart.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_client::{token_fn, Client, SubEvent};
+use quiver_proto::{Command, Event, Position, Recovery};
+use quiver_server::config::{NamespaceConfig, NatsConfig};
+use quiver_tests::nats::NatsServer;
+use quiver_tests::process::QuiverProcess;
+use quiver_tests::*;
+
+fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
+    move |c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(60),
+        });
+    }
+}
+
+async fn instances(nats: &NatsServer, n: usize) -> anyhow::Result<Vec<TestServer>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(TestServer::start_with(clustered(nats)).await?);
+    }
+    Ok(out)
+}
+
+async fn ready(server: &TestServer) -> anyhow::Result<u16> {
+    Ok(reqwest::get(format!("http://{}/readyz", server.http))
+        .await?
+        .status()
+        .as_u16())
+}
+
+async fn wait_ready(server: &TestServer, want: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while ready(server).await? != want {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn publications_cross_instances_in_order() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 3).await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    let mut publ = Raw::connect(&servers[0], &full_token("acme", "p")).await?;
+    let mut b = Raw::connect(&servers[1], &full_token("acme", "b")).await?;
+    let mut c = Raw::connect(&servers[2], &full_token("acme", "c")).await?;
+    let mut live_b = b.subscribe("live.room").await?;
+    let mut live_c = c.subscribe("live.room").await?;
+    let mut hist_b = b.subscribe("h.room").await?;
+    let mut hist_c = c.subscribe("h.room").await?;
+    // Interest travels through NATS: give the subscriptions a moment to reach it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for i in 0..50u8 {
+        publ.publish("live.room", &[i]).await?;
+        publ.publish("h.room", &[i]).await?;
+    }
+    for stream in [&mut live_b, &mut live_c, &mut hist_b, &mut hist_c] {
+        for i in 0..50u8 {
+            assert_eq!(stream.payload().await?, Bytes::from(vec![i]));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn tenants_stay_apart_across_instances() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 2).await?;
+    let mut a = Raw::connect(&servers[0], &full_token("tenant-a", "u")).await?;
+    let mut b = Raw::connect(&servers[1], &full_token("tenant-b", "u")).await?;
+    let mut room_b = b.subscribe("chat").await?;
+    let mut room_a = a.subscribe("chat").await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.publish("chat", b"a's secret").await?;
+    b.publish("chat", b"for b").await?;
+    assert_eq!(room_b.payload().await?, Bytes::from_static(b"for b"));
+    assert_eq!(room_a.payload().await?, Bytes::from_static(b"a's secret"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn resume_on_another_instance_after_one_is_killed() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        "[[namespaces]]\nname = \"h\"\nhistory_size = 10000\nhistory_ttl = \"5m\"\n",
+    )?;
+    let nats_flag = ["--nats", &nats.url()];
+    let mut a = QuiverProcess::start(dir.path(), Some(&config), &nats_flag)?;
+    let b = QuiverProcess::start(dir.path(), Some(&config), &nats_flag)?;
+
+    // The client knows both instances and starts on A.
+    let mut client_config = quiver_client::ClientConfig::new(
+        a.url(),
+        token_fn(|| async { Ok(full_token("acme", "reader")) }),
+    );
+    client_config.urls = vec![a.url(), b.url()];
+    // A SIGKILLed server says nothing: the QUIC idle timeout is how the client notices.
+    client_config.idle_timeout = Duration::from_secs(2);
+    client_config.keep_alive = Duration::from_millis(500);
+    client_config.trust = quiver_client::Trust::CertHashes(vec![a.hash, b.hash]);
+    let client = Client::connect(client_config).await?;
+    let mut sub = client.subscribe("h.ticker").await?;
+
+    // A publisher on B publishes a numbered sequence while A dies in the middle.
+    let total = 300u32;
+    let b_url = b.url();
+    let b_hash = b.hash;
+    let publisher = tokio::spawn(async move {
+        let mut cfg = quiver_client::ClientConfig::new(
+            b_url,
+            token_fn(|| async { Ok(full_token("acme", "writer")) }),
+        );
+        cfg.trust = quiver_client::Trust::CertHashes(vec![b_hash]);
+        let p = Client::connect(cfg).await?;
+        for i in 0..total {
+            p.publish_ack("h.ticker", i.to_be_bytes().to_vec()).await?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::Ok(())
+    });
+
+    let mut got: Vec<(u32, Position)> = Vec::new();
+    let mut killed = false;
+    let mut resumed = None;
+    while got.len() < total as usize {
+        let event = tokio::time::timeout(WAIT * 3, sub.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("stalled after {} messages", got.len()))?;
+        match event {
+            Some(SubEvent::Publication {
+                payload, position, ..
+            }) => {
+                let n = u32::from_be_bytes(payload.as_ref().try_into()?);
+                got.push((n, position.ok_or_else(|| anyhow::anyhow!("no position"))?));
+                if got.len() == 50 && !killed {
+                    a.kill();
+                    killed = true;
+                }
+            }
+            Some(SubEvent::Resubscribed { recovery }) => resumed = Some(recovery),
+            Some(SubEvent::Ended { code, reason }) => anyhow::bail!("ended: {code} {reason}"),
+            None => anyhow::bail!("subscription closed"),
+        }
+    }
+    publisher.await??;
+    assert!(killed);
+    assert!(
+        matches!(resumed, Some(Recovery::Recovered { .. })),
+        "resumed with {resumed:?}"
+    );
+    let numbers: Vec<u32> = got.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        numbers,
+        (0..total).collect::<Vec<_>>(),
+        "every message exactly once, in order"
+    );
+    assert!(
+        got.windows(2).all(|w| w[0].1.offset < w[1].1.offset),
+        "positions increase"
+    );
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let servers = instances(&nats, 2).await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    let mut publ = Raw::connect(&servers[0], &full_token("acme", "p")).await?;
+    let mut sub = Raw::connect(&servers[1], &full_token("acme", "s")).await?;
+    let mut room = sub.subscribe("live.x").await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publ.publish("live.x", b"before").await?;
+    assert_eq!(room.payload().await?, Bytes::from_static(b"before"));
+
+    nats.kill();
+    for s in &servers {
+        wait_ready(s, 503).await?;
+    }
+    // Sessions stay up meanwhile, and publishing to a history room says it can't be stored.
+    assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
+    let refused = publ.publish("h.y", b"lost").await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == 111),
+        "{refused:?}"
+    );
+
+    nats.restart().await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    // Subscriptions made before the outage receive again once NATS is back.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publ.publish("live.x", b"after").await?;
+        match tokio::time::timeout(Duration::from_millis(500), room.payload()).await {
+            Ok(payload) => {
+                assert_eq!(payload?, Bytes::from_static(b"after"));
+                break;
+            }
+            Err(_) => anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no delivery after the NATS restart"
+            ),
+        }
+    }
+    Ok(())
+}
