@@ -93,6 +93,8 @@ async fn main() -> anyhow::Result<()> {
                     String::from_utf8_lossy(&payload)
                 ),
                 SubEvent::Resubscribed { recovery } => eprintln!("(resubscribed: {recovery:?})"),
+                SubEvent::Joined { member } => eprintln!("({} joined)", member.user),
+                SubEvent::Left { member } => eprintln!("({} left)", member.user),
                 SubEvent::Ended { code, reason } => {
                     eprintln!("(subscription ended: {code} {reason})")
                 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use quiver_proto::{ErrorCode, Limits, Position};
+use quiver_proto::{ErrorCode, Limits, Member, Position};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::ClientConfig;
@@ -182,6 +182,13 @@ impl Client {
     /// reconnecting.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         self.call(|reply| Request::Ping { reply }).await
+    }
+
+    /// Who is subscribed to `room`, on every instance (the room's namespace must track presence,
+    /// and the token must allow subscribing to it).
+    pub async fn presence(&self, room: &str) -> Result<Vec<Member>, ClientError> {
+        let room = room.to_owned();
+        self.call(|reply| Request::Presence { room, reply }).await
     }
 
     /// The connection state; `borrow()` for now, `changed().await` to follow it.

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use quiver_proto::{
     decode_event, encode_command, ClientFrame, CloseCode, Command, DecodeError, ErrorCode, Event,
-    FrameDecoder, Limits, Position, Recovery, ServerFrame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    FrameDecoder, Limits, Member, Position, Recovery, ServerFrame, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::{AbortHandle, JoinSet};
@@ -60,6 +61,10 @@ pub(crate) enum Request {
     },
     Ping {
         reply: Reply<Duration>,
+    },
+    Presence {
+        room: String,
+        reply: Reply<Vec<Member>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -113,6 +118,9 @@ enum Pending {
     Ping {
         sent: Instant,
         reply: Reply<Duration>,
+    },
+    Presence {
+        reply: Reply<Vec<Member>>,
     },
     Refresh,
 }
@@ -522,6 +530,17 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::Presence { room, reply } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::Presence { room },
+                        Some(Pending::Presence { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
@@ -852,6 +871,9 @@ impl Actor {
                 Some(Pending::Ping { reply, .. }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::Presence { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::Refresh) => {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
@@ -869,9 +891,17 @@ impl Actor {
                 tracing::info!(code, %reason, reconnect, "server said goodbye");
                 self.teardown(code, reason, reconnect);
             }
+            Event::Presence { members, .. } => match live.pending.remove(&id) {
+                Some(Pending::Presence { reply }) => {
+                    let _ = reply.send(Ok(members));
+                }
+                _ => tracing::warn!(id, "unexpected Presence"),
+            },
             Event::Welcome { .. }
             | Event::Publication { .. }
-            | Event::SubscriptionStream { .. } => {
+            | Event::SubscriptionStream { .. }
+            | Event::Joined { .. }
+            | Event::Left { .. } => {
                 tracing::warn!(id, "ignoring unexpected event on the control stream");
             }
         }
@@ -1175,6 +1205,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Ping { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Presence { reply } => {
             let _ = reply.send(Err(err()));
         }
     }

@@ -24,6 +24,8 @@
 //!     match ev {
 //!         SubEvent::Publication { payload, .. } => println!("{}", String::from_utf8_lossy(&payload)),
 //!         SubEvent::Resubscribed { recovery } => println!("reconnected: {recovery:?}"),
+//!         SubEvent::Joined { member } => println!("{} joined", member.user),
+//!         SubEvent::Left { member } => println!("{} left", member.user),
 //!         SubEvent::Ended { code, reason } => println!("ended: {code} {reason}"),
 //!     }
 //! }
@@ -67,4 +69,4 @@ pub use error::ClientError;
 pub use subscription::{SubEvent, Subscription};
 
 pub use bytes::Bytes;
-pub use quiver_proto::{CloseCode, ErrorCode, Limits, Position, Recovery};
+pub use quiver_proto::{CloseCode, ErrorCode, Limits, Member, Position, Recovery};

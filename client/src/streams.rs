@@ -227,6 +227,22 @@ pub(crate) async fn deliver(
                             *lock(&last) = position;
                         }
                     }
+                    Ok(ServerFrame {
+                        event: Event::Joined { member, .. },
+                        ..
+                    }) => {
+                        if tx.send(SubEvent::Joined { member }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(ServerFrame {
+                        event: Event::Left { member, .. },
+                        ..
+                    }) => {
+                        if tx.send(SubEvent::Left { member }).await.is_err() {
+                            return;
+                        }
+                    }
                     Ok(_) | Err(DecodeError::UnknownType { .. }) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "malformed frame on subscription stream");

@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use quiver_proto::{Position, Recovery};
+use quiver_proto::{Member, Position, Recovery};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
@@ -28,6 +28,10 @@ pub enum SubEvent {
     /// [`Recovery::NotRequested`] means there was no position to resume from (a room without
     /// history): messages published during the gap were not delivered either.
     Resubscribed { recovery: Recovery },
+    /// A session subscribed to the room (namespaces that track presence).
+    Joined { member: Member },
+    /// A session left the room (namespaces that track presence).
+    Left { member: Member },
     /// The subscription is over and nothing more follows: the server ended it (`code` is a
     /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`), a resubscribe after a reconnect
     /// was refused (e.g. 103 `permission_denied` with a new token), or the session was closed

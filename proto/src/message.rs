@@ -65,11 +65,20 @@ pub enum Command {
     Ping,
     /// 5. Replaces the session's token before it expires. Answered by `Refreshed` or `Error`.
     Refresh { token: String },
+    /// 6. Who is in a room (needs subscribe permission). Answered by `Presence` or `Error`.
+    Presence { room: String },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 6;
+    pub const KNOWN: u32 = 7;
+}
+
+/// One session present in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Member {
+    pub user: String,
+    pub session: String,
 }
 
 /// Server to client. `id` echoes the command it answers; 0 for unsolicited events.
@@ -141,6 +150,12 @@ pub enum Event {
         reason: String,
         reconnect: bool,
     },
+    /// 10. Answer to `Presence`: every session subscribed to the room, on every instance.
+    Presence { room: String, members: Vec<Member> },
+    /// 11. On a room's stream, in namespaces with presence events: a session subscribed.
+    Joined { room: String, member: Member },
+    /// 12. On a room's stream, in namespaces with presence events: a session left.
+    Left { room: String, member: Member },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,7 +198,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 10;
+const EVENTS_KNOWN: u32 = 13;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -276,6 +291,7 @@ mod tests {
                 }),
             Just(Command::Ping),
             ".{0,40}".prop_map(|token| Command::Refresh { token }),
+            ".{0,20}".prop_map(|room| Command::Presence { room }),
         ]
     }
 

@@ -85,6 +85,13 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 token: "eyJ.x.y".into(),
             },
         ),
+        cmd(
+            "presence",
+            8,
+            Command::Presence {
+                room: "chat.lobby".into(),
+            },
+        ),
         ev(
             "welcome",
             1,
@@ -219,7 +226,46 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 reconnect: true,
             },
         ),
+        ev(
+            "presence",
+            8,
+            Event::Presence {
+                room: "chat.lobby".into(),
+                members: vec![member("alice", "s1"), member("bob", "s2")],
+            },
+        ),
+        ev(
+            "presence_empty",
+            9,
+            Event::Presence {
+                room: "chat.empty".into(),
+                members: vec![],
+            },
+        ),
+        ev(
+            "joined",
+            0,
+            Event::Joined {
+                room: "chat.lobby".into(),
+                member: member("carol", "s3"),
+            },
+        ),
+        ev(
+            "left",
+            0,
+            Event::Left {
+                room: "chat.lobby".into(),
+                member: member("carol", "s3"),
+            },
+        ),
     ]
+}
+
+fn member(user: &str, session: &str) -> Member {
+    Member {
+        user: user.into(),
+        session: session.into(),
+    }
 }
 
 fn frame_json<T: serde::Serialize>(frame: &T) -> Value {

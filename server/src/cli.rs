@@ -340,6 +340,8 @@ async fn sub(args: SubArgs) -> Result<()> {
             Some(SubEvent::Resubscribed { recovery }) => {
                 eprintln!("quiver: reconnected ({recovery:?})");
             }
+            Some(SubEvent::Joined { member }) => eprintln!("quiver: {} joined", member.user),
+            Some(SubEvent::Left { member }) => eprintln!("quiver: {} left", member.user),
             Some(SubEvent::Ended { code, reason }) => {
                 client.close().await;
                 bail!("subscription ended by the server: {reason} ({code})");

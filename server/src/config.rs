@@ -62,6 +62,10 @@ pub struct NamespaceConfig {
     /// How long a publication stays in history.
     #[serde(default = "default_history_ttl", with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Track who is subscribed (the `Presence` command) and send `Joined`/`Left` events on
+    /// the room's stream.
+    #[serde(default)]
+    pub presence: bool,
 }
 
 fn default_history_ttl() -> Duration {
@@ -88,6 +92,13 @@ pub struct NatsConfig {
     /// Extra root CA (PEM) for TLS to NATS; setting it requires TLS.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// How long a dead instance's presence entries outlive it.
+    #[serde(default = "default_presence_ttl", with = "humantime_serde")]
+    pub presence_ttl: Duration,
+}
+
+fn default_presence_ttl() -> Duration {
+    Duration::from_secs(15)
 }
 
 impl NatsConfig {
@@ -100,6 +111,7 @@ impl NatsConfig {
             token: None,
             credentials: None,
             ca: None,
+            presence_ttl: default_presence_ttl(),
         }
     }
 }
@@ -271,9 +283,18 @@ impl Config {
 
     /// The history policy of a room's namespace, if it keeps history.
     pub fn history(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
+        self.namespace(room).filter(|ns| ns.history_size > 0)
+    }
+
+    /// Whether a room's namespace tracks presence.
+    pub fn presence(&self, room: &quiver_proto::RoomName) -> bool {
+        self.namespace(room).is_some_and(|ns| ns.presence)
+    }
+
+    fn namespace(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
         self.namespaces
             .iter()
-            .find(|ns| ns.name == room.namespace() && ns.history_size > 0)
+            .find(|ns| ns.name == room.namespace())
     }
 
     pub fn dev_mode(&self) -> bool {

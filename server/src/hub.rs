@@ -73,10 +73,17 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
-        let delivery = Delivery {
-            offset: position.map(|p| p.offset),
-            frame: publication_frame(key, position, payload),
-        };
+        self.deliver_frame(
+            key,
+            Delivery {
+                offset: position.map(|p| p.offset),
+                frame: publication_frame(key, position, payload),
+            },
+        )
+    }
+
+    /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
+    pub fn deliver_frame(&self, key: &RoomKey, delivery: Delivery) -> usize {
         let mut delivered = 0;
         let mut overflowed = Vec::new();
         {

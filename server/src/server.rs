@@ -84,9 +84,19 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(config: Config) -> Result<Server, StartError> {
+    pub async fn start(mut config: Config) -> Result<Server, StartError> {
         let identity = load_identity(&config).await?;
         let (verifier, dev) = load_verifier(&config)?;
+        if dev.is_some() && config.namespaces.is_empty() {
+            // The demo's chat room shows history and presence out of the box.
+            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");
+            config.namespaces.push(crate::config::NamespaceConfig {
+                name: "chat".into(),
+                history_size: 100,
+                history_ttl: std::time::Duration::from_secs(600),
+                presence: true,
+            });
+        }
         let endpoint = Endpoint::server(server_config(&config, identity.identity.clone_identity()))
             .map_err(|source| StartError::Bind {
                 addr: config.listen,

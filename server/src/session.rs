@@ -11,7 +11,7 @@ use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use quiver_proto::{
     decode_command, encode_event, ClientFrame, CloseCode, Command, DecodeError, ErrorCode, Event,
-    FrameDecoder, Limits, Position, Recovery, RoomName, ServerFrame, PROTOCOL_VERSION,
+    FrameDecoder, Limits, Member, Position, Recovery, RoomName, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -324,6 +324,7 @@ impl Session {
             Command::Publish { room, payload, ack } => self.publish(&room, payload, ack).await,
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token),
+            Command::Presence { room } => self.presence(&room).await,
         };
         match result {
             Ok(Some(event)) => self.reply(id, event).await,
@@ -463,6 +464,9 @@ impl Session {
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).increment(1.0);
         debug!(session = %self.id, room = %key.room, ?recovery, "subscribed");
         let room = key.room.to_string();
+        if self.shared.config.presence(&key.room) {
+            self.announce_presence(&key, true).await;
+        }
         self.subs.insert(key.room.clone(), Sub { id: sub_id, key });
         Ok(Some(Event::Subscribed {
             room,
@@ -566,9 +570,60 @@ impl Session {
         }
     }
 
+    async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        if !self.shared.config.presence(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("namespace {} does not track presence", key.room.namespace()),
+            ));
+        }
+        let room = key.room.to_string();
+        let members = self
+            .shared
+            .broker
+            .members(key)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        Ok(Some(Event::Presence { room, members }))
+    }
+
+    /// Records (or removes) this session's presence in a room and tells the room. Presence is
+    /// best effort: a broker failure is logged, never fails the subscription.
+    async fn announce_presence(&self, key: &RoomKey, joined: bool) {
+        let member = Member {
+            user: self.grant.user.clone(),
+            session: self.id.clone(),
+        };
+        let stored = if joined {
+            self.shared.broker.join(key.clone(), member.clone()).await
+        } else {
+            self.shared.broker.leave(key.clone(), member.clone()).await
+        };
+        let room = key.room.to_string();
+        let event = if joined {
+            Event::Joined { room, member }
+        } else {
+            Event::Left { room, member }
+        };
+        let frame = encode_event(&ServerFrame { id: 0, event });
+        if let Err(e) = stored.and(self.shared.broker.announce(key.clone(), frame).await) {
+            warn!(session = %self.id, room = %key.room, error = %e, "presence not recorded");
+        }
+    }
+
     /// Removes a subscription from the hub (ending its writer) and the broker's interest.
     async fn drop_sub(&self, sub: Sub) {
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).decrement(1.0);
+        if self.shared.config.presence(&sub.key.room) {
+            self.announce_presence(&sub.key, false).await;
+        }
         if self.shared.hub.unsubscribe(&sub.key, sub.id) {
             if let Err(e) = self.shared.broker.remove_interest(sub.key).await {
                 warn!(error = %e, "broker refused to drop interest");

@@ -170,9 +170,19 @@ pub async fn open_session(
     server: &TestServer,
     path_and_query: &str,
 ) -> std::result::Result<Connection, wtransport::error::ConnectingError> {
-    let endpoint = client_endpoint(server.hash).expect("client endpoint");
-    let url = format!("https://127.0.0.1:{}{}", server.wt.port(), path_and_query);
-    endpoint.connect(url).await
+    open_session_at(server.wt.port(), server.hash, path_and_query).await
+}
+
+/// Like [`open_session`], for a server known by port and certificate hash (another process).
+pub async fn open_session_at(
+    port: u16,
+    hash: [u8; 32],
+    path_and_query: &str,
+) -> std::result::Result<Connection, wtransport::error::ConnectingError> {
+    let endpoint = client_endpoint(hash).expect("client endpoint");
+    endpoint
+        .connect(format!("https://127.0.0.1:{port}{path_and_query}"))
+        .await
 }
 
 /// A client that speaks raw frames.
@@ -187,7 +197,12 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(server: &TestServer, token: &str) -> Result<Self> {
-        let conn = open_session(server, &format!("/v1?token={token}"))
+        Self::connect_at(server.wt.port(), server.hash, token).await
+    }
+
+    /// Connects to a server known by port and certificate hash (another process).
+    pub async fn connect_at(port: u16, hash: [u8; 32], token: &str) -> Result<Self> {
+        let conn = open_session_at(port, hash, &format!("/v1?token={token}"))
             .await
             .context("session")?;
         let mut raw = Self::on(conn).await?;

@@ -19,6 +19,7 @@ fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
             name: "h".into(),
             history_size: 1000,
             history_ttl: Duration::from_secs(60),
+            presence: false,
         });
     }
 }
@@ -158,6 +159,7 @@ async fn resume_on_another_instance_after_one_is_killed() -> anyhow::Result<()> 
                 }
             }
             Some(SubEvent::Resubscribed { recovery }) => resumed = Some(recovery),
+            Some(SubEvent::Joined { .. } | SubEvent::Left { .. }) => {}
             Some(SubEvent::Ended { code, reason }) => anyhow::bail!("ended: {code} {reason}"),
             None => anyhow::bail!("subscription closed"),
         }

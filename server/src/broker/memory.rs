@@ -3,23 +3,24 @@
 //! publications; the epoch is drawn at start, so a restart (which loses that memory) makes old
 //! positions unrecoverable, as it should.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::{ready, BoxFuture};
-use quiver_proto::Position;
+use quiver_proto::{Member, Position};
 
 use super::{Broker, BrokerError, Recovered};
 use crate::config::Config;
-use crate::hub::{Hub, RoomKey};
+use crate::hub::{Delivery, Hub, RoomKey};
 
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     config: Arc<Config>,
     epoch: u64,
     history: Mutex<HashMap<RoomKey, RoomHistory>>,
+    presence: Mutex<HashMap<RoomKey, BTreeSet<Member>>>,
 }
 
 #[derive(Default)]
@@ -48,6 +49,7 @@ impl MemoryBroker {
             // Never 0, so a zeroed position can't match by accident.
             epoch: rand::random::<u64>() | 1,
             history: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,6 +135,43 @@ impl Broker for MemoryBroker {
         Box::pin(ready(Ok(self.recover_now(&key, since))))
     }
 
+    fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.hub.deliver_frame(
+            &key,
+            Delivery {
+                offset: None,
+                frame,
+            },
+        );
+        Box::pin(ready(Ok(())))
+    }
+
+    fn join(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        presence.entry(key).or_default().insert(member);
+        Box::pin(ready(Ok(())))
+    }
+
+    fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(members) = presence.get_mut(&key) {
+            members.remove(&member);
+            if members.is_empty() {
+                presence.remove(&key);
+            }
+        }
+        Box::pin(ready(Ok(())))
+    }
+
+    fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
+        let presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let members = presence
+            .get(&key)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(ready(Ok(members)))
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -150,6 +189,7 @@ mod tests {
             name: "h".into(),
             history_size: size,
             history_ttl: std::time::Duration::from_secs(60),
+            presence: false,
         });
         MemoryBroker::new(Arc::new(Hub::default()), Arc::new(config))
     }

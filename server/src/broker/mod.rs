@@ -11,7 +11,7 @@ pub mod nats;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use quiver_proto::Position;
+use quiver_proto::{Member, Position};
 
 use crate::hub::RoomKey;
 
@@ -47,6 +47,15 @@ pub trait Broker: Send + Sync + 'static {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
+    /// Delivers a server-made event frame (`Joined`, `Left`) to the room's subscribers on every
+    /// instance. Live only: never stored, never replayed.
+    fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Records a session as present in a room, until `leave` (or, across instances, until this
+    /// instance stops refreshing it).
+    fn join(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>>;
+    fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// Everyone present in the room, on every instance.
+    fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>>;
     /// Whether the broker can take publications now (for `/readyz`).
     fn is_ready(&self) -> bool;
 }

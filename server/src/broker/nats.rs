@@ -21,14 +21,14 @@ use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use quiver_proto::Position;
+use quiver_proto::{Member, Position};
 use tokio::sync::{Mutex, OnceCell};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Broker, BrokerError, Recovered};
 use crate::config::{Config, NamespaceConfig, NatsConfig};
-use crate::hub::{Hub, RoomKey};
+use crate::hub::{Delivery, Hub, RoomKey};
 
 /// How long a JetStream operation (stream set-up, stored publish, history read) may take before
 /// the command is answered `unavailable`: during a NATS outage, clients hear so promptly.
@@ -54,6 +54,20 @@ pub struct NatsBroker {
     /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
     /// it serialises interest changes only, never the publish path.
     interest: Mutex<HashMap<RoomKey, JoinHandle<()>>>,
+    presence: OnceCell<jetstream::kv::Store>,
+    /// This instance's presence entries (KV key → user), re-put every third of the TTL so they
+    /// outlive nothing but a dead instance.
+    local_presence: Arc<std::sync::Mutex<HashMap<String, Bytes>>>,
+}
+
+const PRESENCE_BUCKET: &str = "quiver_presence";
+
+fn presence_key(key: &RoomKey, session: &str) -> String {
+    format!("{}.{}.{}", key.tenant, key.room, session)
+}
+
+fn events_subject(key: &RoomKey) -> String {
+    format!("quiver.{}.events.{}", key.tenant, key.room)
 }
 
 #[derive(Clone)]
@@ -114,7 +128,7 @@ impl NatsBroker {
             "file" => stream::StorageType::File,
             _ => stream::StorageType::Memory,
         };
-        Ok(Self {
+        let broker = Self {
             js: jetstream::new(client.clone()),
             client,
             hub,
@@ -122,7 +136,115 @@ impl NatsBroker {
             storage,
             streams: Mutex::new(HashMap::new()),
             interest: Mutex::new(HashMap::new()),
+            presence: OnceCell::new(),
+            local_presence: Arc::default(),
+        };
+        broker.spawn_presence_refresh(nats.presence_ttl);
+        Ok(broker)
+    }
+
+    fn spawn_presence_refresh(&self, ttl: Duration) {
+        let local = Arc::downgrade(&self.local_presence);
+        let js = self.js.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            loop {
+                tick.tick().await;
+                // Ends with the broker.
+                let Some(local) = local.upgrade() else { return };
+                let entries: Vec<(String, Bytes)> = local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                drop(local);
+                if entries.is_empty() {
+                    continue;
+                }
+                let Ok(kv) = js.get_key_value(PRESENCE_BUCKET).await else {
+                    continue;
+                };
+                for (key, user) in entries {
+                    let _ = kv.put(key, user).await;
+                }
+            }
+        });
+    }
+
+    async fn presence_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
+        let ttl = self
+            .config
+            .nats
+            .as_ref()
+            .map_or(Duration::from_secs(15), |n| n.presence_ttl);
+        bounded(
+            "presence set-up",
+            self.presence.get_or_try_init(|| async {
+                self.js
+                    .create_key_value(jetstream::kv::Config {
+                        bucket: PRESENCE_BUCKET.into(),
+                        history: 1,
+                        max_age: ttl,
+                        storage: self.storage,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(unavailable)
+            }),
+        )
+        .await
+        .cloned()
+    }
+
+    async fn members_now(&self, key: RoomKey) -> Result<Vec<Member>, BrokerError> {
+        self.presence_store().await?;
+        let stream = self
+            .js
+            .get_stream(format!("KV_{PRESENCE_BUCKET}"))
+            .await
+            .map_err(unavailable)?;
+        let prefix = format!("$KV.{PRESENCE_BUCKET}.");
+        let mut consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("{prefix}{}.{}.*", key.tenant, key.room),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(unavailable)?;
+        if consumer.info().await.map_err(unavailable)?.num_pending == 0 {
+            return Ok(Vec::new());
+        }
+        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        bounded("presence read", async {
+            let mut members = Vec::new();
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(unavailable)?;
+                let pending = msg.info().map_err(unavailable)?.pending;
+                let removed = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if !removed {
+                    let session = msg
+                        .subject
+                        .rsplit('.')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let user = String::from_utf8_lossy(&msg.payload).into_owned();
+                    members.push(Member { user, session });
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            members.sort();
+            Ok(members)
         })
+        .await
     }
 
     async fn ns_stream(&self, ns: &NamespaceConfig) -> Result<NsStream, BrokerError> {
@@ -163,14 +285,19 @@ impl NatsBroker {
     async fn listen(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
         let hub = self.hub.clone();
         let subject = subject(&key);
-        match self.config.history(&key.room) {
+        let events = if self.config.presence(&key.room) {
+            Some(self.listen_events(key.clone()).await?)
+        } else {
+            None
+        };
+        let publications = match self.config.history(&key.room) {
             None => {
                 let mut sub = self.client.subscribe(subject).await.map_err(unavailable)?;
-                Ok(tokio::spawn(async move {
+                tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
                         hub.deliver(&key, None, msg.payload);
                     }
-                }))
+                })
             }
             Some(ns) => {
                 let NsStream { stream, epoch } = self.ns_stream(ns).await?;
@@ -183,7 +310,7 @@ impl NatsBroker {
                     .await
                     .map_err(unavailable)?;
                 let mut messages = consumer.messages().await.map_err(unavailable)?;
-                Ok(tokio::spawn(async move {
+                tokio::spawn(async move {
                     while let Some(msg) = messages.next().await {
                         let Ok(msg) = msg else { continue };
                         let Ok(info) = msg.info() else { continue };
@@ -193,9 +320,36 @@ impl NatsBroker {
                         };
                         hub.deliver(&key, Some(position), msg.payload.clone());
                     }
-                }))
+                })
             }
-        }
+        };
+        // One handle for both: aborting the room's listener aborts its event listener too.
+        Ok(tokio::spawn(async move {
+            let _events = events.map(AbortOnDrop);
+            let mut publications = AbortOnDrop(publications);
+            let _ = (&mut publications.0).await;
+        }))
+    }
+
+    /// Server-made events (`Joined`/`Left`), already encoded by the instance that made them.
+    async fn listen_events(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
+        let hub = self.hub.clone();
+        let mut sub = self
+            .client
+            .subscribe(events_subject(&key))
+            .await
+            .map_err(unavailable)?;
+        Ok(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                hub.deliver_frame(
+                    &key,
+                    Delivery {
+                        offset: None,
+                        frame: msg.payload,
+                    },
+                );
+            }
+        }))
     }
 
     async fn publish_now(
@@ -369,7 +523,61 @@ impl Broker for NatsBroker {
         Box::pin(self.recover_now(key, since))
     }
 
+    fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.client
+                .publish(events_subject(&key), frame)
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn join(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let kv_key = presence_key(&key, &member.session);
+            let user = Bytes::from(member.user.into_bytes());
+            self.local_presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(kv_key.clone(), user.clone());
+            let kv = self.presence_store().await?;
+            bounded("presence put", async {
+                kv.put(kv_key, user).await.map_err(unavailable)
+            })
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let kv_key = presence_key(&key, &member.session);
+            self.local_presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&kv_key);
+            let kv = self.presence_store().await?;
+            bounded("presence delete", async {
+                kv.delete(kv_key).await.map_err(unavailable)
+            })
+            .await
+        })
+    }
+
+    fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
+        Box::pin(self.members_now(key))
+    }
+
     fn is_ready(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}
+
+/// Aborts a task when dropped, so a room's event listener ends with its publication listener.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

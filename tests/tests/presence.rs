@@ -1,0 +1,155 @@
+//! Presence: who is in a room, join/leave events, across instances, and cleanup after a crash.
+
+use std::time::Duration;
+
+use quiver_proto::{Command, ErrorCode, Event, Member};
+use quiver_server::config::NamespaceConfig;
+use quiver_tests::nats::NatsServer;
+use quiver_tests::process::QuiverProcess;
+use quiver_tests::*;
+
+fn presence_ns(c: &mut quiver_server::Config) {
+    c.namespaces.push(NamespaceConfig {
+        name: "p".into(),
+        history_size: 0,
+        history_ttl: Duration::from_secs(60),
+        presence: true,
+    });
+}
+
+async fn members(raw: &mut Raw, room: &str) -> anyhow::Result<Vec<String>> {
+    match raw.request(Command::Presence { room: room.into() }).await? {
+        Event::Presence { members, .. } => {
+            let mut users: Vec<String> = members.into_iter().map(|m| m.user).collect();
+            users.sort();
+            Ok(users)
+        }
+        other => anyhow::bail!("presence: {other:?}"),
+    }
+}
+
+fn joined_or_left(frame: quiver_proto::ServerFrame) -> (bool, Member) {
+    match frame.event {
+        Event::Joined { member, .. } => (true, member),
+        Event::Left { member, .. } => (false, member),
+        other => panic!("expected a presence event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn presence_and_join_leave_events() -> anyhow::Result<()> {
+    let server = TestServer::start_with(presence_ns).await?;
+    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let mut room = alice.subscribe("p.room").await?;
+    // Alice hears her own arrival, then Bob's, then Bob leaving.
+    assert_eq!(joined_or_left(room.next().await?).1.user, "alice");
+
+    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let _bob_room = bob.subscribe("p.room").await?;
+    assert_eq!(
+        joined_or_left(room.next().await?),
+        (
+            true,
+            Member {
+                user: "bob".into(),
+                session: joined_session(&bob)
+            }
+        )
+    );
+    assert_eq!(members(&mut alice, "p.room").await?, ["alice", "bob"]);
+
+    bob.request(Command::Unsubscribe {
+        room: "p.room".into(),
+    })
+    .await?;
+    let (joined, member) = joined_or_left(room.next().await?);
+    assert!(!joined && member.user == "bob");
+    assert_eq!(members(&mut alice, "p.room").await?, ["alice"]);
+
+    // Another tenant's room of the same name is empty.
+    let mut other = Raw::connect(&server, &full_token("other", "eve")).await?;
+    assert!(members(&mut other, "p.room").await?.is_empty());
+
+    // Rooms outside presence namespaces, and rooms one may not subscribe to, are refused.
+    let refused = alice
+        .request(Command::Presence {
+            room: "chat".into(),
+        })
+        .await?;
+    assert!(matches!(refused, Event::Error { code, .. } if code == ErrorCode::BadRequest.as_u16()));
+    let mut nosy = Raw::connect(&server, &token("acme", "nosy", &["x"], &[], 60)).await?;
+    let refused = nosy
+        .request(Command::Presence {
+            room: "p.room".into(),
+        })
+        .await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == ErrorCode::PermissionDenied.as_u16())
+    );
+
+    // A session that disconnects leaves.
+    drop(_bob_room);
+    let mut carol = Raw::connect(&server, &full_token("acme", "carol")).await?;
+    let _c = carol.subscribe("p.room").await?;
+    assert!(joined_or_left(room.next().await?).0);
+    carol.conn.close(0u32.into(), b"");
+    assert!(!joined_or_left(room.next().await?).0);
+    Ok(())
+}
+
+fn joined_session(raw: &Raw) -> String {
+    match &raw.welcome {
+        Some(Event::Welcome { session, .. }) => session.clone(),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test]
+async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[namespaces]]\nname = \"p\"\npresence = true\n\n[nats]\nurl = \"{}\"\npresence_ttl = \"2s\"\n",
+            nats.url()
+        ),
+    )?;
+    let mut a = QuiverProcess::start(dir.path(), Some(&config), &[])?;
+    let b = TestServer::start_with(|c| {
+        presence_ns(c);
+        let mut n = quiver_server::config::NatsConfig::new(nats.url());
+        n.presence_ttl = Duration::from_secs(2);
+        c.nats = Some(n);
+    })
+    .await?;
+
+    let mut on_b = Raw::connect(&b, &full_token("acme", "bea")).await?;
+    let mut room = on_b.subscribe("p.lobby").await?;
+    assert_eq!(joined_or_left(room.next().await?).1.user, "bea");
+
+    // A session on A joins: B's subscriber hears it, and B's presence lists it.
+    let mut on_a = Raw::connect_at(a.wt_port, a.hash, &full_token("acme", "abe")).await?;
+    let _a_room = on_a.subscribe("p.lobby").await?;
+    assert_eq!(joined_or_left(room.next().await?).1.user, "abe");
+    assert_eq!(members(&mut on_b, "p.lobby").await?, ["abe", "bea"]);
+
+    // A dies without a word: its entries expire within the TTL.
+    a.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if members(&mut on_b, "p.lobby").await? == ["bea"] {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "a dead instance's presence lingered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // B's own entry outlives the TTL: it is refreshed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(members(&mut on_b, "p.lobby").await?, ["bea"]);
+    Ok(())
+}
