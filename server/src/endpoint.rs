@@ -24,10 +24,16 @@ pub async fn accept_loop(
         };
         tokio::spawn(handle(shared.clone(), incoming));
     }
-    // Sessions say goodbye on shutdown; give them the drain period to do so.
+    // Sessions say goodbye on shutdown; give them the drain period to do so. Meanwhile new
+    // CONNECTs still get an answer: 429 (the draining flag is set), so clients move on.
     let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
     while shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            incoming = endpoint.accept() => {
+                tokio::spawn(handle(shared.clone(), incoming));
+            }
+        }
     }
     endpoint.close(wtransport::VarInt::from_u32(0), b"shutdown");
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), endpoint.wait_idle()).await;

@@ -95,6 +95,52 @@ function appendChat(parts) {
   if (atBottom) log.scrollTop = log.scrollHeight;
 }
 
+/**
+ * Who is in the chat room: a snapshot from `presence()`, kept current by the subscription's
+ * Joined/Left. Keyed by session, since one user may have several tabs open.
+ */
+class Presence {
+  constructor(me) {
+    this.me = me;
+    this.sessions = new Map(); // session -> user
+    this.synced = false;
+  }
+
+  reset(members) {
+    this.sessions = new Map(members.map((m) => [m.session, m.user]));
+    this.synced = true;
+    this.draw();
+  }
+
+  apply({ type, member }) {
+    // Changes alone, without a snapshot to apply them to, would show a partial list.
+    if (!this.synced) return;
+    if (type === 'Joined') this.sessions.set(member.session, member.user);
+    else this.sessions.delete(member.session);
+    this.draw();
+  }
+
+  hide() {
+    this.synced = false;
+    $('presence').hidden = true;
+  }
+
+  draw() {
+    const tabs = new Map(); // user -> sessions
+    for (const user of this.sessions.values()) tabs.set(user, (tabs.get(user) ?? 0) + 1);
+    const items = [...tabs].sort(([a], [b]) => a.localeCompare(b)).map(([user, n]) => {
+      const li = document.createElement('li');
+      li.dataset.user = user;
+      li.textContent = n > 1 ? `${user} ×${n}` : user;
+      if (user === this.me) li.className = 'me';
+      return li;
+    });
+    $('presence-list').replaceChildren(...items);
+    $('presence-count').textContent = String(tabs.size);
+    $('presence').hidden = false;
+  }
+}
+
 async function main() {
   let boot = await bootstrap();
   $('user').textContent = boot.user;
@@ -136,17 +182,37 @@ async function main() {
     }
   });
 
+  const presence = new Presence(boot.user);
+  // Fetched after every (re)subscribe: once the server has confirmed the subscription, every
+  // change after the snapshot also arrives as Joined/Left, and changes missed while disconnected
+  // are covered by the new snapshot.
+  client.on('subscribed', (sub) => {
+    if (sub.room !== CHAT_ROOM) return;
+    client.presence(CHAT_ROOM).then(
+      (members) => presence.reset(members),
+      // Presence is optional (off for the namespace, or the connection just dropped): no banner.
+      (e) => {
+        presence.hide();
+        console.info('quiver: no presence for', CHAT_ROOM, e.label ?? '', e.message);
+      },
+    );
+  });
+
   const tiles = TILE_ROOMS.map((room) => new Tile(room));
   const subscribing = tiles.map((tile, i) => client.subscribe(TILE_ROOMS[i], (m) => tile.onMessage(m)));
   subscribing.push(
-    client.subscribe(CHAT_ROOM, (m) => {
-      try {
-        const { user, text } = m.json();
-        appendChat({ user: String(user), text: String(text) });
-      } catch {
-        appendChat({ user: '?', text: m.text() });
-      }
-    }),
+    client.subscribe(
+      CHAT_ROOM,
+      (m) => {
+        try {
+          const { user, text } = m.json();
+          appendChat({ user: String(user), text: String(text) });
+        } catch {
+          appendChat({ user: '?', text: m.text() });
+        }
+      },
+      { onPresence: (change) => presence.apply(change) },
+    ),
   );
   for (const p of subscribing) p.catch((e) => showError(e.message));
 

@@ -16,6 +16,11 @@ export interface Limits {
 	maxSubscriptions: number;
 	commandsPerSecond: number;
 }
+/** One session present in a room: the same user may be present with several sessions. */
+export interface Member {
+	user: string;
+	session: string;
+}
 export type Recovery = {
 	type: "NotRequested";
 } | {
@@ -46,6 +51,9 @@ export type Command = {
 } | {
 	type: "Refresh";
 	token: string;
+} | {
+	type: "Presence";
+	room: string;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -92,6 +100,18 @@ type Event$1 = {
 	code: number;
 	reason: string;
 	reconnect: boolean;
+} | {
+	type: "Presence";
+	room: string;
+	members: Member[];
+} | {
+	type: "Joined";
+	room: string;
+	member: Member;
+} | {
+	type: "Left";
+	room: string;
+	member: Member;
 };
 export interface ClientFrame {
 	id: number;
@@ -263,6 +283,12 @@ export interface RecoveryInfo {
 	/** The position resumed from. */
 	resumedFrom: Position;
 }
+/** A session joined or left a subscribed room (namespaces with presence events only). */
+export interface PresenceChange {
+	type: "Joined" | "Left";
+	room: string;
+	member: Member;
+}
 export interface ClientEvents {
 	state: [
 		state: ConnectionState,
@@ -280,6 +306,10 @@ export interface ClientEvents {
 	recovery: [
 		info: RecoveryInfo
 	];
+	/** The server confirmed a subscription: the first time, and again after every re-subscribe. */
+	subscribed: [
+		subscription: Subscription
+	];
 	rtt: [
 		ms: number
 	];
@@ -290,6 +320,8 @@ export interface SubscribeOptions {
 	/** Messages kept for the async iterator when no handler is given; the oldest are dropped.
 	 *  Default 1000. */
 	bufferSize?: number;
+	/** Called when a session joins or leaves the room, in namespaces with presence events. */
+	onPresence?: (change: PresenceChange) => void;
 }
 export interface PublishOptions {
 	/** Wait for the server's `Published` (with the message's position, if the room has history). */
@@ -313,6 +345,7 @@ export declare class Subscription implements AsyncIterable<Message> {
 	private readonly handler;
 	private readonly bufferSize;
 	private readonly owner;
+	private readonly presenceHandler;
 	/** Position of the last message seen, used to resume after a reconnect. */
 	position: Position | null;
 	/** How the latest resume went, if one was asked for. */
@@ -372,6 +405,13 @@ export declare class QuiverClient {
 	publish(room: string, payload: Uint8Array | string, options?: PublishOptions): Promise<Position | null>;
 	/** Measures the round-trip time to the server, in milliseconds. */
 	ping(): Promise<number>;
+	/**
+	 * Who is in a room now: every session subscribed to it, on every server instance. Needs
+	 * subscribe permission, not a subscription. Rejects when disconnected, and with code 101
+	 * bad_request when the room's namespace has no presence. To keep the list current, call it on
+	 * `subscribed` and apply the subscription's `onPresence` changes.
+	 */
+	presence(room: string): Promise<Member[]>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
 	close(): Promise<void>;
 	private emit;

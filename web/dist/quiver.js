@@ -9,7 +9,8 @@ var COMMAND_TYPES = [
   "Unsubscribe",
   "Publish",
   "Ping",
-  "Refresh"
+  "Refresh",
+  "Presence"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -21,7 +22,10 @@ var EVENT_TYPES = [
   "Error",
   "Publication",
   "SubscriptionStream",
-  "Goodbye"
+  "Goodbye",
+  "Presence",
+  "Joined",
+  "Left"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -96,6 +100,10 @@ var Writer = class {
   position(p) {
     this.varint64(p.epoch);
     this.varint64(p.offset);
+  }
+  member(m) {
+    this.string(m.user);
+    this.string(m.session);
   }
   /** The body with its length prefix in front. */
   frame() {
@@ -181,6 +189,17 @@ var Reader = class {
   position() {
     return { epoch: this.u64(), offset: this.u64() };
   }
+  member() {
+    return { user: this.string(), session: this.string() };
+  }
+  /** postcard `Vec<T>`: varint count, then the elements. */
+  list(read) {
+    const count = this.u32();
+    if (count > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
+    const out = [];
+    for (let i = 0; i < count; i++) out.push(read());
+    return out;
+  }
 };
 function encodeCommand(frame) {
   const w = new Writer();
@@ -208,6 +227,9 @@ function encodeCommand(frame) {
       break;
     case "Refresh":
       w.string(c.token);
+      break;
+    case "Presence":
+      w.string(c.room);
       break;
   }
   return w.frame();
@@ -264,6 +286,16 @@ function encodeEvent(frame) {
       w.varint(e.code, MAX_U16);
       w.string(e.reason);
       w.bool(e.reconnect);
+      break;
+    case "Presence":
+      w.string(e.room);
+      w.varint(e.members.length, MAX_U32);
+      for (const m of e.members) w.member(m);
+      break;
+    case "Joined":
+    case "Left":
+      w.string(e.room);
+      w.member(e.member);
       break;
   }
   return w.frame();
@@ -323,6 +355,13 @@ function decodeEvent(body) {
     case "Goodbye":
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
+    case "Presence":
+      event = { type, room: r.string(), members: r.list(() => r.member()) };
+      break;
+    case "Joined":
+    case "Left":
+      event = { type, room: r.string(), member: r.member() };
+      break;
   }
   return { id, event };
 }
@@ -357,6 +396,9 @@ function decodeCommand(body) {
       break;
     case "Refresh":
       command = { type, token: r.string() };
+      break;
+    case "Presence":
+      command = { type, room: r.string() };
       break;
   }
   return { id, command };
@@ -489,16 +531,18 @@ var Message = class {
 };
 var Subscription = class {
   /** @internal */
-  constructor(room, handler, bufferSize, owner) {
+  constructor(room, handler, bufferSize, owner, presenceHandler) {
     this.room = room;
     this.handler = handler;
     this.bufferSize = bufferSize;
     this.owner = owner;
+    this.presenceHandler = presenceHandler;
   }
   room;
   handler;
   bufferSize;
   owner;
+  presenceHandler;
   /** Position of the last message seen, used to resume after a reconnect. */
   position = null;
   /** How the latest resume went, if one was asked for. */
@@ -530,6 +574,10 @@ var Subscription = class {
       }
       this.queue.push(m);
     }
+  }
+  /** @internal */
+  deliverPresence(change) {
+    this.presenceHandler?.(change);
   }
   /** @internal */
   end() {
@@ -567,6 +615,7 @@ var QuiverClient = class {
     welcome: /* @__PURE__ */ new Set(),
     goodbye: /* @__PURE__ */ new Set(),
     recovery: /* @__PURE__ */ new Set(),
+    subscribed: /* @__PURE__ */ new Set(),
     rtt: /* @__PURE__ */ new Set()
   };
   subs = /* @__PURE__ */ new Map();
@@ -649,7 +698,7 @@ var QuiverClient = class {
       );
     }
     return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, this);
+      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, this, options.onPresence);
       sub.position = options.resume ?? null;
       const state = {
         sub,
@@ -713,6 +762,19 @@ var QuiverClient = class {
     this.lastRtt = rtt;
     this.emit("rtt", rtt);
     return rtt;
+  }
+  /**
+   * Who is in a room now: every session subscribed to it, on every server instance. Needs
+   * subscribe permission, not a subscription. Rejects when disconnected, and with code 101
+   * bad_request when the room's namespace has no presence. To keep the list current, call it on
+   * `subscribed` and apply the subscription's `onPresence` changes.
+   */
+  async presence(room) {
+    const session = this.active;
+    if (!session) throw new QuiverError("closed", "not connected", { room });
+    const reply = await session.request(this.nextId(), { type: "Presence", room });
+    if (reply.type !== "Presence") throw new QuiverError("protocol", `expected Presence, got ${reply.type}`, { room });
+    return reply.members;
   }
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
   async close() {
@@ -952,6 +1014,7 @@ var QuiverClient = class {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
+    this.emit("subscribed", state.sub);
   }
   dropSub(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
@@ -989,6 +1052,17 @@ var QuiverClient = class {
       state.sub.deliver(new Message(room, position, payload));
     } catch (e) {
       this.emit("error", new QuiverError("handler", `message handler for ${room} threw: ${errorMessage(e)}`, { room, cause: e }));
+    }
+    return true;
+  }
+  /** @internal Same contract as `deliver`, for `Joined` and `Left`. */
+  deliverPresence(id, change) {
+    const state = this.subs.get(change.room);
+    if (!state || state.currentId !== id) return false;
+    try {
+      state.sub.deliverPresence(change);
+    } catch (e) {
+      this.emit("error", new QuiverError("handler", `presence handler for ${change.room} threw: ${errorMessage(e)}`, { room: change.room, cause: e }));
     }
     return true;
   }
@@ -1205,7 +1279,8 @@ var Session = class {
     } catch {
     }
   }
-  /** Reads one server-opened stream: `SubscriptionStream` header, then publications. */
+  /** Reads one server-opened stream: `SubscriptionStream` header, then publications and
+   *  presence changes. */
   async readSubscription(stream) {
     const reader = stream.getReader();
     const decoder = new FrameDecoder(this.maxFrame);
@@ -1230,6 +1305,10 @@ var Session = class {
               throw new DecodeError(`publication for ${frame.event.room} on the stream of ${header.room}`);
             }
             if (!this.client.deliver(header.id, header.room, frame.event.position, frame.event.payload)) draining = true;
+          } else if (frame.event.type === "Joined" || frame.event.type === "Left") {
+            const { type, room, member } = frame.event;
+            if (room !== header.room) throw new DecodeError(`${type} for ${room} on the stream of ${header.room}`);
+            if (!this.client.deliverPresence(header.id, { type, room, member })) draining = true;
           }
           if (draining) break;
         }

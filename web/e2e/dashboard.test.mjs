@@ -50,6 +50,11 @@ test('dashboard at / connects, tiles update live, chat round-trips, screenshot s
   await page.click('#chat-send');
   await waitFor('the chat message to come back', async () => (await page.textContent('#chat-log')).includes(text), 10_000);
 
+  // The dev server tracks presence in the chat namespace: the page lists itself as here.
+  const me = await page.textContent('#user');
+  await waitFor('the presence list to show this user', async () =>
+    (await page.isVisible('#presence')) && (await page.$(`#presence-list li[data-user="${me}"]`)) !== null, 10_000);
+
   // Let the sparklines fill a little so the picture shows what a person sees.
   await new Promise((r) => setTimeout(r, 1500));
   await mkdir(ARTIFACTS, { recursive: true });

@@ -11,6 +11,7 @@ import {
   type Command,
   type Event,
   type Limits,
+  type Member,
   type Position,
   type Recovery,
 } from './codec.js';
@@ -124,12 +125,21 @@ export interface RecoveryInfo {
   resumedFrom: Position;
 }
 
+/** A session joined or left a subscribed room (namespaces with presence events only). */
+export interface PresenceChange {
+  type: 'Joined' | 'Left';
+  room: string;
+  member: Member;
+}
+
 export interface ClientEvents {
   state: [state: ConnectionState, cause: QuiverError | null];
   error: [error: QuiverError];
   welcome: [info: SessionInfo];
   goodbye: [info: GoodbyeInfo];
   recovery: [info: RecoveryInfo];
+  /** The server confirmed a subscription: the first time, and again after every re-subscribe. */
+  subscribed: [subscription: Subscription];
   rtt: [ms: number];
 }
 
@@ -139,6 +149,8 @@ export interface SubscribeOptions {
   /** Messages kept for the async iterator when no handler is given; the oldest are dropped.
    *  Default 1000. */
   bufferSize?: number;
+  /** Called when a session joins or leaves the room, in namespaces with presence events. */
+  onPresence?: (change: PresenceChange) => void;
 }
 
 export interface PublishOptions {
@@ -185,6 +197,7 @@ export class Subscription implements AsyncIterable<Message> {
     private readonly handler: ((m: Message) => void) | undefined,
     private readonly bufferSize: number,
     private readonly owner: QuiverClient,
+    private readonly presenceHandler: ((change: PresenceChange) => void) | undefined,
   ) {}
 
   get active(): boolean {
@@ -211,6 +224,11 @@ export class Subscription implements AsyncIterable<Message> {
       }
       this.queue.push(m);
     }
+  }
+
+  /** @internal */
+  deliverPresence(change: PresenceChange): void {
+    this.presenceHandler?.(change);
   }
 
   /** @internal */
@@ -290,6 +308,7 @@ export class QuiverClient {
     welcome: new Set(),
     goodbye: new Set(),
     recovery: new Set(),
+    subscribed: new Set(),
     rtt: new Set(),
   };
   private readonly subs = new Map<string, SubState>();
@@ -383,7 +402,7 @@ export class QuiverClient {
       );
     }
     return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1000, this);
+      const sub = new Subscription(room, handler, options.bufferSize ?? 1000, this, options.onPresence);
       sub.position = options.resume ?? null;
       const state: SubState = {
         sub,
@@ -451,6 +470,20 @@ export class QuiverClient {
     this.lastRtt = rtt;
     this.emit('rtt', rtt);
     return rtt;
+  }
+
+  /**
+   * Who is in a room now: every session subscribed to it, on every server instance. Needs
+   * subscribe permission, not a subscription. Rejects when disconnected, and with code 101
+   * bad_request when the room's namespace has no presence. To keep the list current, call it on
+   * `subscribed` and apply the subscription's `onPresence` changes.
+   */
+  async presence(room: string): Promise<Member[]> {
+    const session = this.active;
+    if (!session) throw new QuiverError('closed', 'not connected', { room });
+    const reply = await session.request(this.nextId(), { type: 'Presence', room });
+    if (reply.type !== 'Presence') throw new QuiverError('protocol', `expected Presence, got ${reply.type}`, { room });
+    return reply.members;
   }
 
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
@@ -713,6 +746,7 @@ export class QuiverClient {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
+    this.emit('subscribed', state.sub);
   }
 
   private dropSub(state: SubState, reason: QuiverError): void {
@@ -754,6 +788,18 @@ export class QuiverClient {
       state.sub.deliver(new Message(room, position, payload));
     } catch (e) {
       this.emit('error', new QuiverError('handler', `message handler for ${room} threw: ${errorMessage(e)}`, { room, cause: e }));
+    }
+    return true;
+  }
+
+  /** @internal Same contract as `deliver`, for `Joined` and `Left`. */
+  deliverPresence(id: number, change: PresenceChange): boolean {
+    const state = this.subs.get(change.room);
+    if (!state || state.currentId !== id) return false;
+    try {
+      state.sub.deliverPresence(change);
+    } catch (e) {
+      this.emit('error', new QuiverError('handler', `presence handler for ${change.room} threw: ${errorMessage(e)}`, { room: change.room, cause: e }));
     }
     return true;
   }
@@ -994,7 +1040,8 @@ class Session {
     }
   }
 
-  /** Reads one server-opened stream: `SubscriptionStream` header, then publications. */
+  /** Reads one server-opened stream: `SubscriptionStream` header, then publications and
+   *  presence changes. */
   private async readSubscription(stream: ReadableStream<Uint8Array>): Promise<void> {
     const reader = stream.getReader();
     const decoder = new FrameDecoder(this.maxFrame);
@@ -1020,6 +1067,10 @@ class Session {
               throw new DecodeError(`publication for ${frame.event.room} on the stream of ${header.room}`);
             }
             if (!this.client.deliver(header.id, header.room, frame.event.position, frame.event.payload)) draining = true;
+          } else if (frame.event.type === 'Joined' || frame.event.type === 'Left') {
+            const { type, room, member } = frame.event;
+            if (room !== header.room) throw new DecodeError(`${type} for ${room} on the stream of ${header.room}`);
+            if (!this.client.deliverPresence(header.id, { type, room, member })) draining = true;
           }
           if (draining) break;
         }

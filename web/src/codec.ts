@@ -22,6 +22,12 @@ export interface Limits {
   commandsPerSecond: number;
 }
 
+/** One session present in a room: the same user may be present with several sessions. */
+export interface Member {
+  user: string;
+  session: string;
+}
+
 export type Recovery =
   | { type: 'NotRequested' }
   | { type: 'Recovered'; replayed: number }
@@ -34,7 +40,8 @@ export type Command =
   | { type: 'Unsubscribe'; room: string }
   | { type: 'Publish'; room: string; payload: Uint8Array; ack: boolean }
   | { type: 'Ping' }
-  | { type: 'Refresh'; token: string };
+  | { type: 'Refresh'; token: string }
+  | { type: 'Presence'; room: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -56,7 +63,10 @@ export type Event =
   | { type: 'Error'; code: number; message: string }
   | { type: 'Publication'; room: string; position: Position | null; payload: Uint8Array }
   | { type: 'SubscriptionStream'; room: string }
-  | { type: 'Goodbye'; code: number; reason: string; reconnect: boolean };
+  | { type: 'Goodbye'; code: number; reason: string; reconnect: boolean }
+  | { type: 'Presence'; room: string; members: Member[] }
+  | { type: 'Joined'; room: string; member: Member }
+  | { type: 'Left'; room: string; member: Member };
 
 export interface ClientFrame {
   id: number;
@@ -78,6 +88,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Publish',
   'Ping',
   'Refresh',
+  'Presence',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -91,6 +102,9 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Publication',
   'SubscriptionStream',
   'Goodbye',
+  'Presence',
+  'Joined',
+  'Left',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -182,6 +196,11 @@ class Writer {
   position(p: Position): void {
     this.varint64(p.epoch);
     this.varint64(p.offset);
+  }
+
+  member(m: Member): void {
+    this.string(m.user);
+    this.string(m.session);
   }
 
   /** The body with its length prefix in front. */
@@ -278,6 +297,20 @@ class Reader {
   position(): Position {
     return { epoch: this.u64(), offset: this.u64() };
   }
+
+  member(): Member {
+    return { user: this.string(), session: this.string() };
+  }
+
+  /** postcard `Vec<T>`: varint count, then the elements. */
+  list<T>(read: () => T): T[] {
+    const count = this.u32();
+    // Every element takes at least one byte, so a hostile count fails here, not after allocating.
+    if (count > this.buf.length - this.pos) throw new DecodeError('count exceeds frame');
+    const out: T[] = [];
+    for (let i = 0; i < count; i++) out.push(read());
+    return out;
+  }
 }
 
 /** Encodes a command as a complete frame, length prefix included. Throws RangeError on values
@@ -308,6 +341,9 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
       break;
     case 'Refresh':
       w.string(c.token);
+      break;
+    case 'Presence':
+      w.string(c.room);
       break;
   }
   return w.frame();
@@ -366,6 +402,16 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       w.varint(e.code, MAX_U16);
       w.string(e.reason);
       w.bool(e.reconnect);
+      break;
+    case 'Presence':
+      w.string(e.room);
+      w.varint(e.members.length, MAX_U32);
+      for (const m of e.members) w.member(m);
+      break;
+    case 'Joined':
+    case 'Left':
+      w.string(e.room);
+      w.member(e.member);
       break;
   }
   return w.frame();
@@ -432,6 +478,13 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Goodbye':
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
+    case 'Presence':
+      event = { type, room: r.string(), members: r.list(() => r.member()) };
+      break;
+    case 'Joined':
+    case 'Left':
+      event = { type, room: r.string(), member: r.member() };
+      break;
   }
   return { id, event };
 }
@@ -470,6 +523,9 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
       break;
     case 'Refresh':
       command = { type, token: r.string() };
+      break;
+    case 'Presence':
+      command = { type, room: r.string() };
       break;
   }
   return { id, command };

@@ -317,3 +317,99 @@ async function waitUntil(check, ms = 2000) {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+test('presence: the Presence command resolves with the members; a refusal rejects without an error event', async (t) => {
+  const { net, client } = setup();
+  t.after(() => client.close());
+  await assert.rejects(client.presence('chat.lobby'), (e) => e.kind === 'closed');
+  const conn = await connected(net, client);
+  const members = [
+    { user: 'alice', session: 's1' },
+    { user: 'alice', session: 's2' },
+  ];
+  const asked = client.presence('chat.lobby');
+  const cmd = await conn.expect('Presence');
+  assert.deepEqual(cmd.command, { type: 'Presence', room: 'chat.lobby' });
+  conn.send(cmd.id, { type: 'Presence', room: 'chat.lobby', members });
+  assert.deepEqual(await asked, members);
+
+  const errors = [];
+  client.on('error', (e) => errors.push(e));
+  const refused = client.presence('dash.cpu');
+  const cmd2 = await conn.expect('Presence');
+  conn.send(cmd2.id, { type: 'Error', code: 101, message: 'no presence in namespace dash' });
+  await assert.rejects(refused, (e) => e instanceof QuiverError && e.kind === 'command' && e.label === 'bad_request');
+  assert.deepEqual(errors, []);
+});
+
+test('presence changes on the subscription stream reach onPresence; stale streams do not; subscribed fires on every (re)subscribe', async (t) => {
+  const { net, client } = setup();
+  t.after(() => client.close());
+  let conn = await connected(net, client);
+  const changes = [];
+  const confirmed = [];
+  client.on('subscribed', (sub) => confirmed.push(sub.room));
+  const got = [];
+  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()), { onPresence: (c) => changes.push(c) });
+  const cmd = await conn.expect('Subscribe');
+  const stale = conn.openStream();
+  stale.send(cmd.id + 1000, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  stale.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'ghost', session: 's0' } });
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+  const sub = await subscribed;
+  assert.deepEqual(confirmed, ['chat.lobby']);
+  const live = conn.openStream();
+  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  live.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
+  live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('hi') });
+  live.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
+  await waitUntil(() => changes.length === 2);
+  assert.deepEqual(changes, [
+    { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
+    { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
+  ]);
+  assert.deepEqual(got, ['hi']);
+  // Presence changes carry no position: the resume point stays where publications left it.
+  assert.equal(sub.position, null);
+
+  // After a reconnect the app learns from `subscribed` when to ask for a fresh list.
+  conn.kill();
+  conn = await connected(net, client);
+  const resub = await conn.expect('Subscribe');
+  const again = once(client, 'subscribed');
+  conn.send(resub.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+  assert.equal((await again)[0], sub);
+  const s2 = conn.openStream();
+  s2.send(resub.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  s2.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'carol', session: 's3' } });
+  await waitUntil(() => changes.length === 3);
+  assert.equal(changes[2].member.user, 'carol');
+});
+
+test('iterator subscriptions get presence changes too; a throwing presence handler is reported', async (t) => {
+  const { net, client } = setup();
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const changes = [];
+  const subscribed = client.subscribe('chat.lobby', undefined, {
+    onPresence: (c) => {
+      changes.push(c.type);
+      if (changes.length === 1) throw new Error('boom');
+    },
+  });
+  const cmd = await conn.expect('Subscribe');
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+  const sub = await subscribed;
+  const error = once(client, 'error');
+  const stream = conn.openStream();
+  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  stream.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'a', session: '1' } });
+  stream.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'a', session: '1' } });
+  stream.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('m') });
+  const [e] = await error;
+  assert.equal(e.kind, 'handler');
+  assert.equal(e.room, 'chat.lobby');
+  const { value } = await sub[Symbol.asyncIterator]().next();
+  assert.equal(value.text(), 'm');
+  assert.deepEqual(changes, ['Joined', 'Left']);
+});

@@ -83,6 +83,8 @@ test('malformed values are rejected', () => {
   assert.throws(() => decodeEvent(Uint8Array.from([0, 7, 1, 97, 0, 0xff, 0xff, 0xff, 0xff, 0x0f])), DecodeError);
   // Subscribed with an unknown recovery variant
   assert.throws(() => decodeEvent(Uint8Array.from([0, 1, 1, 97, 0, 3])), DecodeError);
+  // Presence claiming 2^32-1 members in a few bytes: refused before reading any
+  assert.throws(() => decodeEvent(Uint8Array.from([0, 10, 1, 97, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0])), DecodeError);
 });
 
 test('encoding refuses values that do not fit their wire type', () => {
@@ -105,7 +107,7 @@ test('random bytes never make the decoders throw anything but DecodeError', () =
   for (let i = 0; i < 20000; i++) {
     const b = Uint8Array.from({ length: Math.floor(rand() * 40) }, () => Math.floor(rand() * 256));
     // Bias towards known types so the field decoders get exercised, not just the header.
-    if (b.length > 1) b[1] %= 11;
+    if (b.length > 1) b[1] %= EVENT_TYPES.length + 1;
     for (const decode of [decodeEvent, decodeCommand]) {
       try {
         decode(b);

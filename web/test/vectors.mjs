@@ -41,6 +41,7 @@ function valueFromSerde(key, value) {
   if (U64_FIELDS.has(key)) return BigInt(String(value).replace(BIG, ''));
   if (key === 'payload') return Uint8Array.from(value);
   if (key === 'recovery') return fromSerde(value);
+  if (Array.isArray(value)) return value.map((v) => valueFromSerde(key, v));
   if (typeof value === 'object') return fieldsFromSerde(value);
   return value;
 }

@@ -1,0 +1,501 @@
+//! The native client (`quiver-client`) against an in-process server: the basics, reconnecting
+//! after a graceful restart (re-subscribe, buffered publishes), failing over to a second URL,
+//! in-band token refresh, and a slow consumer.
+//!
+//! The tests run on tokio's default current-thread runtime, server and client alike. That is what
+//! lets [`StateLog`] see every connection state the client passes through: a state that lasts
+//! until a timer fires (the reconnect backoff) is always observed before the timer runs.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail};
+use bytes::Bytes;
+use quiver_client::{
+    token_fixed, token_fn, Backoff, Client, ClientConfig, ClientError, ConnectionState, ErrorCode,
+    Limits, Recovery, SubEvent, Subscription,
+};
+use quiver_server::auth::unix_now;
+use quiver_tests::*;
+use tokio::sync::mpsc;
+
+/// Connect timeout for the reconnecting clients: how long an attempt against a server that is
+/// down (or a dead URL) takes to give up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A client that retries quickly: short connect attempts, backoff capped at 300 ms.
+fn reconnecting(mut config: ClientConfig) -> ClientConfig {
+    config.connect_timeout = CONNECT_TIMEOUT;
+    config.backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(300),
+    };
+    config
+}
+
+/// The next event of `sub`, within [`WAIT`]; an error if the subscription ended.
+async fn next(sub: &mut Subscription) -> anyhow::Result<SubEvent> {
+    let room = sub.room().to_string();
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .map_err(|_| anyhow!("no event on {room} within {WAIT:?}"))?
+        .ok_or_else(|| anyhow!("subscription to {room} ended"))
+}
+
+/// The payload of the next event of `sub`, which must be a publication.
+async fn payload(sub: &mut Subscription) -> anyhow::Result<Bytes> {
+    match next(sub).await? {
+        SubEvent::Publication { payload, .. } => Ok(payload),
+        other => bail!("expected a publication on {}, got {other:?}", sub.room()),
+    }
+}
+
+/// `sub` ends (yields `None`) within [`WAIT`], with no further event.
+async fn ends(sub: &mut Subscription) -> anyhow::Result<()> {
+    match tokio::time::timeout(WAIT, sub.recv()).await {
+        Err(_) => bail!("subscription to {} still open after {WAIT:?}", sub.room()),
+        Ok(Some(ev)) => bail!("expected the end of {}, got {ev:?}", sub.room()),
+        Ok(None) => Ok(()),
+    }
+}
+
+/// [`Client::close`], within [`WAIT`].
+async fn close(client: &Client) -> anyhow::Result<()> {
+    tokio::time::timeout(WAIT, client.close())
+        .await
+        .map_err(|_| anyhow!("close() still running after {WAIT:?}"))
+}
+
+fn session_of(client: &Client) -> String {
+    client.welcome().expect("connected once").session
+}
+
+/// Every connection state the client goes through, in order, starting with the current one.
+struct StateLog {
+    rx: mpsc::UnboundedReceiver<ConnectionState>,
+}
+
+impl StateLog {
+    fn start(client: &Client) -> Self {
+        let mut state = client.state();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let _ = tx.send(state.borrow_and_update().clone());
+            while state.changed().await.is_ok() {
+                if tx.send(state.borrow_and_update().clone()).is_err() {
+                    return;
+                }
+            }
+        });
+        StateLog { rx }
+    }
+
+    /// Skips states until one matches `pred` (within [`WAIT`]) and returns it.
+    async fn until(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&ConnectionState) -> bool,
+    ) -> anyhow::Result<ConnectionState> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut skipped = Vec::new();
+        loop {
+            let state = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .map_err(|_| anyhow!("no {what} within {WAIT:?}; saw {skipped:?}"))?
+                .ok_or_else(|| anyhow!("client gone before {what}; saw {skipped:?}"))?;
+            if pred(&state) {
+                return Ok(state);
+            }
+            skipped.push(state);
+        }
+    }
+
+    /// The states recorded and not yet consumed.
+    fn drain(&mut self) -> Vec<ConnectionState> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+fn is_connected(s: &ConnectionState) -> bool {
+    matches!(s, ConnectionState::Connected { .. })
+}
+
+#[tokio::test]
+async fn basics_pubsub_errors_close_and_refusal() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let tok = token("acme", "alice", &["chat.>"], &["chat.>"], 3600);
+    let client = Client::connect(client_config(&server, token_fixed(tok))).await?;
+
+    // Welcome: who we are, until when, and the server's limits.
+    let w = client.welcome().expect("welcome after connect");
+    assert_eq!((w.user.as_str(), w.tenant.as_str()), ("alice", "acme"));
+    assert!(!w.session.is_empty());
+    let exp = w.expires_at.expect("the token expires");
+    let now = unix_now();
+    assert!(
+        exp > now + 3500 && exp <= now + 3600,
+        "expires_at {exp}, now {now}"
+    );
+    let defaults = quiver_server::Config::default().limits;
+    assert_eq!(
+        w.limits,
+        Limits {
+            max_frame: defaults.max_frame,
+            max_payload: defaults.max_payload,
+            max_subscriptions: defaults.max_subscriptions,
+            commands_per_second: defaults.commands_per_second,
+        }
+    );
+    assert_eq!(
+        *client.state().borrow(),
+        ConnectionState::Connected {
+            session: w.session.clone()
+        }
+    );
+    let rtt = client.ping().await?;
+    assert!(rtt < WAIT, "{rtt:?}");
+
+    // Round trip: its own publications and another client's, in order.
+    let mut sub = client.subscribe("chat.lobby").await?;
+    assert_eq!(sub.room(), "chat.lobby");
+    client.publish("chat.lobby", "one").await?;
+    assert_eq!(client.publish_ack("chat.lobby", "two").await?, None);
+    let bob = Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "bob")),
+    ))
+    .await?;
+    bob.publish_ack("chat.lobby", "three").await?;
+    for want in ["one", "two", "three"] {
+        match next(&mut sub).await? {
+            SubEvent::Publication {
+                room,
+                position,
+                payload,
+            } => {
+                assert_eq!(room, "chat.lobby");
+                assert_eq!(position, None, "no history by default");
+                assert_eq!(payload, want.as_bytes());
+            }
+            other => bail!("expected {want:?}, got {other:?}"),
+        }
+    }
+
+    // Refusals come back as server errors with their codes.
+    let err = client.subscribe("news").await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::PermissionDenied), "{err}");
+    let err = client.publish_ack("news", "x").await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::PermissionDenied), "{err}");
+    let err = client.subscribe("chat..bad").await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::InvalidRoom), "{err}");
+    let err = client.subscribe("chat.lobby").await.unwrap_err();
+    assert_eq!(
+        err.error_code(),
+        Some(ErrorCode::AlreadySubscribed),
+        "{err}"
+    );
+    // None of them hurt the session or the subscription.
+    client.publish_ack("chat.lobby", "four").await?;
+    assert_eq!(payload(&mut sub).await?, "four");
+
+    // Unsubscribe ends the stream; subscribing again works.
+    client.unsubscribe("chat.lobby").await?;
+    ends(&mut sub).await?;
+    let err = client.unsubscribe("chat.lobby").await.unwrap_err();
+    assert_eq!(err.error_code(), Some(ErrorCode::NotSubscribed), "{err}");
+    let mut sub = client.subscribe("chat.lobby").await?;
+    client.publish_ack("chat.lobby", "five").await?;
+    assert_eq!(payload(&mut sub).await?, "five");
+
+    // Dropping a subscription unsubscribes on the server too: it accepts a new subscribe (a
+    // leftover server-side subscription would be refused with already_subscribed).
+    drop(sub);
+    let mut sub = client.subscribe("chat.lobby").await?;
+    bob.publish_ack("chat.lobby", "six").await?;
+    assert_eq!(payload(&mut sub).await?, "six");
+
+    // close(): Closed for good, calls fail with code 0, subscriptions end.
+    close(&client).await?;
+    assert_eq!(*client.state().borrow(), ConnectionState::Closed);
+    assert_eq!(client.close_reason().map(|(code, _)| code), Some(0));
+    assert!(
+        matches!(
+            client.ping().await,
+            Err(ClientError::Closed { code: 0, .. })
+        ),
+        "ping after close"
+    );
+    assert!(
+        matches!(
+            client.publish("chat.lobby", "late").await,
+            Err(ClientError::Closed { code: 0, .. })
+        ),
+        "publish after close"
+    );
+    ends(&mut sub).await?;
+    // The other client did not notice.
+    bob.ping().await?;
+    close(&bob).await?;
+
+    // A bad token, or an expired one: refused at once, no retrying.
+    for (what, tok) in [
+        ("garbage", "not-a-jwt".to_string()),
+        ("expired", token("acme", "alice", &[">"], &[">"], -60)),
+    ] {
+        let start = Instant::now();
+        let res = tokio::time::timeout(
+            WAIT,
+            Client::connect(client_config(&server, token_fixed(tok))),
+        )
+        .await
+        .map_err(|_| anyhow!("{what} token: connect still running after {WAIT:?}"))?;
+        let err = res.err().ok_or_else(|| anyhow!("{what} token accepted"))?;
+        assert!(matches!(err, ClientError::Refused { .. }), "{what}: {err}");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{what} token: refused after {took:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn reconnects_after_a_graceful_restart_resubscribes_and_flushes() -> anyhow::Result<()> {
+    let mut server = TestServer::start().await?;
+    let config = reconnecting(client_config(
+        &server,
+        token_fixed(full_token("acme", "bob")),
+    ));
+    let client = Client::connect(config).await?;
+    let first = session_of(&client);
+    let mut states = StateLog::start(&client);
+    let mut sub = client.subscribe("room.a").await?;
+    client.publish_ack("room.a", "before").await?;
+    assert_eq!(payload(&mut sub).await?, "before");
+
+    // A graceful stop: the Goodbye's code is the disconnect's code.
+    tokio::time::timeout(WAIT, server.stop())
+        .await
+        .map_err(|_| anyhow!("server still stopping after {WAIT:?}"))?;
+    let lost = states.until("a disconnect", |s| !is_connected(s)).await?;
+    assert!(
+        matches!(lost, ConnectionState::Disconnected { code: 3000, .. }),
+        "{lost:?}"
+    );
+    assert_eq!(client.close_reason(), None, "still reconnecting");
+
+    // While the server is down: publishes are buffered, commands needing a session refused.
+    client.publish("room.a", "while-down-1").await?;
+    client.publish("room.a", "while-down-2").await?;
+    assert!(
+        matches!(client.ping().await, Err(ClientError::NotConnected)),
+        "ping while down"
+    );
+
+    // Back on the same port: a new session, the room subscribed again, the buffer sent in order.
+    server.restart().await?;
+    let back = states.until("the reconnect", is_connected).await?;
+    let ConnectionState::Connected { session } = back else {
+        unreachable!()
+    };
+    assert_ne!(session, first, "a new session");
+    match next(&mut sub).await? {
+        // No history by default: the client had no position to resume from.
+        SubEvent::Resubscribed { recovery } => assert_eq!(recovery, Recovery::NotRequested),
+        other => bail!("expected Resubscribed, got {other:?}"),
+    }
+    assert_eq!(payload(&mut sub).await?, "while-down-1");
+    assert_eq!(payload(&mut sub).await?, "while-down-2");
+    assert_eq!(session_of(&client), session);
+
+    // New publications keep arriving, from this client and from others.
+    client.publish_ack("room.a", "after").await?;
+    assert_eq!(payload(&mut sub).await?, "after");
+    let other = Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "carol")),
+    ))
+    .await?;
+    other.publish_ack("room.a", "from-carol").await?;
+    assert_eq!(payload(&mut sub).await?, "from-carol");
+    client.ping().await?;
+    assert!(states.drain().iter().all(is_connected), "stayed connected");
+
+    close(&client).await?;
+    ends(&mut sub).await?;
+    close(&other).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fails_over_to_the_second_url_when_the_first_is_dead() -> anyhow::Result<()> {
+    let mut server = TestServer::start().await?;
+    // Bound and never read: handshakes to it go unanswered, and no one else can take the port.
+    let black_hole = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let dead = format!("https://127.0.0.1:{}/v1", black_hole.local_addr()?.port());
+    let mut config = reconnecting(client_config(
+        &server,
+        token_fixed(full_token("acme", "dora")),
+    ));
+    config.urls = vec![dead, server.url()];
+
+    // The first connect tries the dead URL, gives up on it after the connect timeout, then
+    // connects to the second.
+    let start = Instant::now();
+    let client = Client::connect(config).await?;
+    let took = start.elapsed();
+    assert!(
+        took >= CONNECT_TIMEOUT - Duration::from_millis(50),
+        "connected after {took:?}: the dead URL was not tried first"
+    );
+    let first = session_of(&client);
+    let mut states = StateLog::start(&client);
+    let mut sub = client.subscribe("room.b").await?;
+
+    // After the restart the client moves on to the next URL (the dead one), fails there, and
+    // comes back to the live one.
+    server.restart().await?;
+    let lost = states.until("a disconnect", |s| !is_connected(s)).await?;
+    assert!(
+        matches!(lost, ConnectionState::Disconnected { code: 3000, .. }),
+        "{lost:?}"
+    );
+    let failed = states
+        .until("a failed attempt", |s| {
+            matches!(s, ConnectionState::Disconnected { code: 0, .. })
+        })
+        .await?;
+    assert_eq!(
+        failed,
+        ConnectionState::Disconnected {
+            code: 0,
+            reason: ClientError::Timeout.to_string()
+        },
+        "the attempt on the dead URL timed out"
+    );
+    let back = states.until("the reconnect", is_connected).await?;
+    let ConnectionState::Connected { session } = back else {
+        unreachable!()
+    };
+    assert_ne!(session, first, "a new session");
+    assert!(matches!(
+        next(&mut sub).await?,
+        SubEvent::Resubscribed { .. }
+    ));
+    client.publish_ack("room.b", "via the second URL").await?;
+    assert_eq!(payload(&mut sub).await?, "via the second URL");
+
+    close(&client).await?;
+    drop(black_hole);
+    Ok(())
+}
+
+#[tokio::test]
+async fn short_lived_tokens_are_refreshed_without_reconnecting() -> anyhow::Result<()> {
+    const TTL: i64 = 4;
+    let server = TestServer::start().await?;
+    let minted = Arc::new(AtomicUsize::new(0));
+    let counter = minted.clone();
+    let provider = token_fn(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let tok = token("acme", "erin", &[">"], &[">"], TTL);
+        async move { Ok(tok) }
+    });
+    let client = Client::connect(client_config(&server, provider)).await?;
+    let session = session_of(&client);
+    let exp0 = client.welcome().and_then(|w| w.expires_at).expect("expiry");
+    let mut states = StateLog::start(&client);
+    let mut sub = client.subscribe("r").await?;
+
+    // Stay until well past the first token's expiry, when the server would have closed the
+    // session (token_expired) had it not been refreshed.
+    let deadline = Instant::now() + WAIT;
+    while unix_now() < exp0 + 2 {
+        assert!(Instant::now() < deadline, "clock stuck before {}", exp0 + 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let w = client.welcome().expect("welcome");
+    assert_eq!(w.session, session, "no reconnect");
+    let exp = w.expires_at.expect("expiry");
+    assert!(exp > exp0, "expires_at moved on: {exp0} -> {exp}");
+    assert!(
+        minted.load(Ordering::SeqCst) >= 2,
+        "the provider minted the refresh tokens"
+    );
+    let seen = states.drain();
+    assert_eq!(
+        seen,
+        vec![ConnectionState::Connected {
+            session: session.clone()
+        }],
+        "never left the session"
+    );
+    client.publish_ack("r", "still here").await?;
+    assert_eq!(payload(&mut sub).await?, "still here");
+    close(&client).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_slow_consumer_loses_the_subscription_not_the_session() -> anyhow::Result<()> {
+    // A small server queue per subscriber, and a rate limit that lets the publisher flood.
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 8;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut config = client_config(&server, token_fixed(full_token("acme", "slow")));
+    config.subscription_buffer = 4;
+    let reader = Client::connect(config).await?;
+    let session = session_of(&reader);
+    let mut sub = reader.subscribe("firehose").await?;
+    let publisher = Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "fast")),
+    ))
+    .await?;
+
+    // 8 MB while the reader reads nothing: far more than the reader's queue, its QUIC stream
+    // window (1.25 MB) and the server's queue hold together.
+    const COUNT: usize = 500;
+    let blob = Bytes::from(vec![b'x'; 16 * 1024]);
+    tokio::time::timeout(WAIT, async {
+        for _ in 0..COUNT {
+            publisher.publish("firehose", blob.clone()).await?;
+        }
+        // Answered once the server has handled (delivered or dropped) everything before it.
+        publisher.publish_ack("firehose", blob.clone()).await
+    })
+    .await
+    .map_err(|_| anyhow!("publishing still running after {WAIT:?}"))??;
+
+    // What reached the reader before the overflow, then the end with slow_consumer.
+    let mut received = 0;
+    let code = loop {
+        match next(&mut sub).await? {
+            SubEvent::Publication { .. } => received += 1,
+            SubEvent::Ended { code, .. } => break code,
+            other => bail!("unexpected {other:?}"),
+        }
+        if received > COUNT {
+            bail!("received everything: the subscription was never ended");
+        }
+    };
+    assert_eq!(code, ErrorCode::SlowConsumer.as_u16());
+    assert!(received < COUNT, "received {received} of {COUNT}");
+    ends(&mut sub).await?;
+
+    // The session survives and may subscribe again.
+    assert_eq!(session_of(&reader), session);
+    assert!(is_connected(&reader.state().borrow()));
+    reader.ping().await?;
+    let mut again = reader.subscribe("firehose").await?;
+    publisher.publish_ack("firehose", "again").await?;
+    assert_eq!(payload(&mut again).await?, "again");
+    close(&reader).await?;
+    close(&publisher).await?;
+    Ok(())
+}
