@@ -80,68 +80,71 @@ pub async fn run(shared: Arc<Shared>, conn: Connection, grant: Grant) {
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %conn.remote_address(), "session opened");
 
     let reason = match accept_control(&shared, &conn).await {
-        Ok((send, recv)) => {
-            let (out, out_rx) = mpsc::channel(256);
-            let writer = tokio::spawn(control_writer(send, out_rx));
-            let (in_tx, in_rx) = mpsc::channel(64);
-            let reader = tokio::spawn(control_reader(
-                recv,
-                in_tx,
-                shared.config.limits.max_frame as usize,
-            ));
-            let (ended_tx, ended_rx) = mpsc::unbounded_channel();
-            let per_sec = NonZeroU32::new(shared.config.limits.commands_per_second.max(1))
-                .unwrap_or(NonZeroU32::MIN);
-            let mut session = Session {
-                shared: shared.clone(),
-                conn: conn.clone(),
-                id: id.clone(),
-                grant,
-                out,
-                subs: HashMap::new(),
-                ended_tx,
-                limiter: RateLimiter::direct(Quota::per_second(per_sec)),
-                abuse_window: (Instant::now(), 0),
-            };
-            let exit = session.drive(in_rx, ended_rx).await;
-            session.release().await;
-            reader.abort();
-            let label = match exit {
-                Exit::Gone(label) => label,
-                Exit::Close(code, reason) => {
-                    let goodbye = encode_event(&ServerFrame {
-                        id: 0,
-                        event: Event::Goodbye {
-                            code: code.as_u16(),
-                            reason: reason.clone(),
-                            reconnect: code.reconnect(),
-                        },
-                    });
-                    // The writer sends everything queued, then the goodbye, then finishes the
-                    // stream and waits (bounded) for the client to have it.
-                    let _ = session.out.send(goodbye).await;
-                    drop(session);
-                    let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer).await;
-                    conn.close(close_code(code), reason.as_bytes());
-                    code.label()
-                }
-            };
-            label
+        Ok(streams) => serve(shared.clone(), conn, id.clone(), grant, streams).await,
+        Err(Exit::Gone(label)) => label,
+        Err(Exit::Close(code, reason)) => {
+            // No control stream: the QUIC close is all we can say.
+            conn.close(close_code(code), reason.as_bytes());
+            code.label()
         }
-        Err(exit) => match exit {
-            Exit::Gone(label) => label,
-            Exit::Close(code, reason) => {
-                // No control stream: the QUIC close is all we can say.
-                conn.close(close_code(code), reason.as_bytes());
-                code.label()
-            }
-        },
     };
 
     metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
     metrics::counter!(m::SESSIONS_CLOSED, "reason" => reason).increment(1);
     shared.sessions.fetch_sub(1, Ordering::Relaxed);
     info!(session = %id, reason, "session closed");
+}
+
+/// Runs the session on its control stream until it ends; returns the reason's label.
+async fn serve(
+    shared: Arc<Shared>,
+    conn: Connection,
+    id: String,
+    grant: Grant,
+    (send, recv): (SendStream, RecvStream),
+) -> &'static str {
+    let (out, out_rx) = mpsc::channel(256);
+    let writer = tokio::spawn(control_writer(send, out_rx));
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let max_frame = shared.config.limits.max_frame as usize;
+    let reader = tokio::spawn(control_reader(recv, in_tx, max_frame));
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let per_sec =
+        NonZeroU32::new(shared.config.limits.commands_per_second).unwrap_or(NonZeroU32::MIN);
+    let mut session = Session {
+        shared,
+        conn: conn.clone(),
+        id,
+        grant,
+        out,
+        subs: HashMap::new(),
+        ended_tx,
+        limiter: RateLimiter::direct(Quota::per_second(per_sec)),
+        abuse_window: (Instant::now(), 0),
+    };
+    let exit = session.drive(in_rx, ended_rx).await;
+    session.release().await;
+    reader.abort();
+    match exit {
+        Exit::Gone(label) => label,
+        Exit::Close(code, reason) => {
+            let goodbye = encode_event(&ServerFrame {
+                id: 0,
+                event: Event::Goodbye {
+                    code: code.as_u16(),
+                    reason: reason.clone(),
+                    reconnect: code.reconnect(),
+                },
+            });
+            // The writer sends everything queued, then the goodbye; once every sender is gone
+            // it finishes the stream and waits (bounded) for the client to have it.
+            let _ = session.out.send(goodbye).await;
+            drop(session);
+            let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer).await;
+            conn.close(close_code(code), reason.as_bytes());
+            code.label()
+        }
+    }
 }
 
 fn close_code(code: CloseCode) -> VarInt {
