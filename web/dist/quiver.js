@@ -898,10 +898,6 @@ var QuiverClient = class {
   async serve(session) {
     this.active = session;
     session.markConnected();
-    this.setState("connected");
-    if (this.info) this.emit("welcome", this.info);
-    for (const state of this.subs.values()) void this.sendSubscribe(state, session);
-    for (const item of this.outbox.splice(0)) this.sendPublish(item, session);
     const timers = [];
     if (this.opts.pingIntervalMs > 0) {
       const ping = () => {
@@ -913,6 +909,14 @@ var QuiverClient = class {
       ping();
       timers.push(setInterval(ping, this.opts.pingIntervalMs));
     }
+    const resubscribe = [...this.subs.values()];
+    const queued = this.outbox.splice(0);
+    this.setState("connected");
+    if (this.info) this.emit("welcome", this.info);
+    for (const state of resubscribe) {
+      if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
+    }
+    for (const item of queued) this.sendPublish(item, session);
     const refresh = new Refresher(this, session, this.opts.token, () => this.nextId());
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;

@@ -619,11 +619,6 @@ export class QuiverClient {
   private async serve(session: Session): Promise<QuiverError> {
     this.active = session;
     session.markConnected();
-    this.setState('connected');
-    if (this.info) this.emit('welcome', this.info);
-    // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
-    for (const state of this.subs.values()) void this.sendSubscribe(state, session);
-    for (const item of this.outbox.splice(0)) this.sendPublish(item, session);
     const timers: ReturnType<typeof setTimeout>[] = [];
     if (this.opts.pingIntervalMs > 0) {
       const ping = (): void => {
@@ -633,9 +628,23 @@ export class QuiverClient {
           session.end(new QuiverError('timeout', `ping failed: ${errorMessage(e)}`));
         });
       };
+      // The first ping goes out before anything else: the server answers control-stream commands
+      // one at a time, in order, so a ping written after the (re)subscribes would wait for all of
+      // them and report their processing time (tens to hundreds of ms) as the round trip.
       ping();
       timers.push(setInterval(ping, this.opts.pingIntervalMs));
     }
+    // Taken before the listeners run: a subscribe made in a 'connected' listener is sent by
+    // subscribe() itself and must not be sent a second time (the server would refuse it).
+    const resubscribe = [...this.subs.values()];
+    const queued = this.outbox.splice(0);
+    this.setState('connected');
+    if (this.info) this.emit('welcome', this.info);
+    // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
+    for (const state of resubscribe) {
+      if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
+    }
+    for (const item of queued) this.sendPublish(item, session);
     const refresh = new Refresher(this, session, this.opts.token, () => this.nextId());
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;

@@ -413,3 +413,42 @@ test('iterator subscriptions get presence changes too; a throwing presence handl
   assert.equal(value.text(), 'm');
   assert.deepEqual(changes, ['Joined', 'Left']);
 });
+
+test('the first ping of a session is written before the (re)subscribes and queued publishes', async (t) => {
+  // The server answers control-stream commands in order: a ping queued behind the subscribes
+  // would measure their processing, not the round trip (the demo showed 37-310 ms on loopback).
+  const { net, client } = setup({ pingIntervalMs: 60_000 });
+  t.after(() => client.close());
+  const subscribed = client.subscribe('dash.cpu', () => {});
+  const published = client.publish('dash.cpu', 'queued');
+  client.on('state', (s) => {
+    if (s === 'connected') client.subscribe('chat.lobby', () => {}).catch(() => undefined);
+  });
+  const conn = await net.nextConnection();
+  await conn.welcome();
+  const first = await conn.commands.next('the first command after Welcome');
+  assert.equal(first.command.type, 'Ping', `first command after Welcome: ${first.command.type}`);
+  const rest = [];
+  for (let i = 0; i < 3; i++) rest.push(await conn.commands.next('a command'));
+  // The listener's subscribe is sent by subscribe() itself, once; then the re-subscribe, the
+  // queued publish, and nothing more.
+  assert.deepEqual(rest.map((f) => [f.command.type, f.command.room]), [
+    ['Subscribe', 'chat.lobby'],
+    ['Subscribe', 'dash.cpu'],
+    ['Publish', 'dash.cpu'],
+  ]);
+  // The pong is answered before the subscribes are, and the RTT is reported without them.
+  const rtt = once(client, 'rtt');
+  conn.send(first.id, { type: 'Pong' });
+  await rtt;
+  await published;
+  for (const f of rest.slice(0, 2)) {
+    conn.send(f.id, { type: 'Subscribed', room: f.command.room, position: null, recovery: { type: 'NotRequested' } });
+  }
+  await subscribed;
+  const ping = client.ping();
+  const next = await conn.commands.next('the next command');
+  assert.equal(next.command.type, 'Ping', `no duplicate command was sent: ${next.command.type}`);
+  conn.send(next.id, { type: 'Pong' });
+  await ping;
+});
