@@ -179,7 +179,8 @@ async fn control_writer(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
 
 async fn control_reader(mut recv: RecvStream, tx: mpsc::Sender<Inbound>, max_frame: usize) {
     let mut decoder = FrameDecoder::new(max_frame);
-    let mut buf = vec![0u8; 16 * 1024];
+    // Commands are small; this buffer is per session, and idle sessions are most sessions.
+    let mut buf = vec![0u8; 2 * 1024];
     loop {
         let n = match recv.read(&mut buf).await {
             Ok(Some(n)) => n,

@@ -1,0 +1,428 @@
+//! The processes a benchmark run starts: servers (Quiver, the bare peer, nats-server, the
+//! Socket.IO peer), placed on loopback or in the head-of-line namespace, pinned with `taskset`,
+//! and stopped when dropped; plus bounded waiting on child processes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::Ctx;
+use crate::target::{Kind, Spec};
+
+/// Which core servers and generators run on (None: no pinning), and whether they run at a
+/// raised priority.
+#[derive(Clone, Copy)]
+pub(super) struct Pinning {
+    pub(super) server: Option<usize>,
+    pub(super) generator: Option<usize>,
+    /// As root, servers and generators run at `nice -10`: on a machine shared with other work
+    /// (compilers), the measured processes then get most of their core, whichever target it is.
+    pub(super) nice: bool,
+}
+
+impl Pinning {
+    pub(super) fn detect() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let taskset = Command::new("taskset")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        // SAFETY: geteuid has no preconditions.
+        let nice = unsafe { libc::geteuid() } == 0;
+        if nice {
+            // With autogroup scheduling (the default on desktop-ish kernels), CPU is shared
+            // between sessions first and `nice` only orders processes inside one session: raise
+            // this session's (the benchmark's: orchestrator, servers, generators) weight too.
+            let _ = std::fs::write("/proc/self/autogroup", "-10");
+        }
+        if cores >= 2 && taskset {
+            Self {
+                server: Some(0),
+                generator: Some(1),
+                nice,
+            }
+        } else {
+            Self {
+                server: None,
+                generator: None,
+                nice,
+            }
+        }
+    }
+
+    pub(super) fn describe(&self) -> String {
+        let pin = match (self.server, self.generator) {
+            (Some(s), Some(g)) => format!("server on core {s}, generator on core {g} (taskset)"),
+            _ => "not pinned (fewer than 2 cores or no taskset)".into(),
+        };
+        if self.nice {
+            format!("{pin}, both at nice -10 (process and autogroup)")
+        } else {
+            pin
+        }
+    }
+}
+
+pub(super) const JWT_SECRET: &str = "quiver-bench-secret-not-for-production";
+pub(super) const NETNS: &str = "qvbench";
+pub(super) const LOSSY_SERVER_IP: &str = "10.201.1.2";
+pub(super) const CLEAN_SERVER_IP: &str = "10.201.2.2";
+
+/// Prefixes `program` with `ip netns exec`, `nice` and `taskset` as asked. Each of them execs
+/// the next, so the child's pid is the measured program's.
+pub(super) fn wrapped(
+    netns: Option<&str>,
+    pin: Pinning,
+    core: Option<usize>,
+    program: &Path,
+) -> Command {
+    let mut argv: Vec<String> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip".into(), "netns".into(), "exec".into(), ns.into()]);
+    }
+    if pin.nice {
+        argv.extend(["nice".into(), "-n".into(), "-10".into()]);
+    }
+    if let Some(core) = core {
+        argv.extend(["taskset".into(), "-c".into(), core.to_string()]);
+    }
+    argv.push(program.display().to_string());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// A running server; stopped (SIGTERM, then SIGKILL) when dropped.
+pub(super) struct ServerProc {
+    pub(super) name: String,
+    pub(super) child: Child,
+    pub(super) spec: Spec,
+    pub(super) version: String,
+    /// Lines the server printed after its ready line are drained here so its pipe never fills.
+    pub(super) _stdout: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerProc {
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("bench: {} did not stop on SIGTERM, killing", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `cmd` with stdout piped and stderr to `log`, and waits for a stdout line starting with
+/// `ready` (returns the rest of it).
+pub(super) fn spawn_until_ready(
+    name: &str,
+    mut cmd: Command,
+    log: &Path,
+    ready: &'static str,
+) -> Result<(Child, String, std::thread::JoinHandle<()>)> {
+    let log_file = std::fs::File::create(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log_file));
+    let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(ready) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(rest) => Ok((child, rest, reader)),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{name} did not print {ready} within 30 s (log: {})",
+                log.display()
+            )
+        }
+    }
+}
+
+/// Where the servers listen and where clients reach them.
+#[derive(Clone, Copy)]
+pub(super) enum Placement {
+    /// Loopback on the host.
+    Local,
+    /// In the head-of-line namespace: subscribers over the lossy pair, publishers the clean one.
+    Netns,
+}
+
+impl Placement {
+    pub(super) fn netns(self) -> Option<&'static str> {
+        match self {
+            Placement::Local => None,
+            Placement::Netns => Some(NETNS),
+        }
+    }
+    pub(super) fn bind_ip(self) -> &'static str {
+        match self {
+            Placement::Local => "127.0.0.1",
+            Placement::Netns => "0.0.0.0",
+        }
+    }
+    pub(super) fn addrs(self, port: u16) -> (String, String) {
+        match self {
+            Placement::Local => (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+            Placement::Netns => (
+                format!("{LOSSY_SERVER_IP}:{port}"),
+                format!("{CLEAN_SERVER_IP}:{port}"),
+            ),
+        }
+    }
+}
+
+/// Starts the server for `kind`.
+pub(super) fn start(ctx: &Ctx, kind: Kind, place: Placement) -> Result<ServerProc> {
+    start_with(ctx, kind, place, &[])
+}
+
+/// Starts the server for `kind`, with extra `quiver serve` arguments for Quiver.
+pub(super) fn start_with(
+    ctx: &Ctx,
+    kind: Kind,
+    place: Placement,
+    extra: &[String],
+) -> Result<ServerProc> {
+    let label = kind.label();
+    let log = ctx
+        .work
+        .join(format!("{label}-{}.log", ctx.report.runs_started()));
+    let core = ctx.pin.server;
+    match kind {
+        Kind::Quiver | Kind::QuiverSingleStream => {
+            let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.quiver);
+            let listen = match place {
+                Placement::Local => "127.0.0.1:0",
+                Placement::Netns => "0.0.0.0:0",
+            };
+            cmd.args([
+                "serve",
+                "--listen",
+                listen,
+                "--http",
+                "127.0.0.1:0",
+                "--no-demo",
+            ])
+            .args(extra)
+            .arg("--cert-dir")
+            .arg(ctx.work.join("certs"))
+            .args(["--jwt-secret", JWT_SECRET])
+            .env("RUST_LOG", "warn")
+            // The generator's publisher is one session sending far more than a person would.
+            .env("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000000")
+            // NATS and Socket.IO buffer far more per subscriber than Quiver's default 1,024
+            // frames; give Quiver comparable room so nobody is cut off as a slow consumer.
+            .env("QUIVER_LIMITS__SUBSCRIBER_QUEUE", "16384")
+            .env("QUIVER_LIMITS__MAX_SESSIONS", "30000")
+            .env(
+                "QUIVER_ABLATION__SINGLE_STREAM",
+                (kind == Kind::QuiverSingleStream).to_string(),
+            );
+            let (child, ready, reader) = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
+            let ready: serde_json::Value = serde_json::from_str(&ready)?;
+            let port = port_of(ready["webtransport"].as_str().unwrap_or_default())?;
+            let (sub_addr, pub_addr) = place.addrs(port);
+            Ok(ServerProc {
+                name: label.into(),
+                child,
+                spec: Spec {
+                    kind,
+                    sub_addr,
+                    pub_addr,
+                    cert_sha256: ready["cert_sha256"].as_str().map(str::to_owned),
+                    token: Some(ctx.token.clone()),
+                },
+                version: String::new(),
+                _stdout: Some(reader),
+            })
+        }
+        Kind::Bare => {
+            let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.bare);
+            cmd.args(["--listen", &format!("{}:0", place.bind_ip())]);
+            let (child, ready, reader) = spawn_until_ready(label, cmd, &log, "BARE_READY ")?;
+            let ready: serde_json::Value = serde_json::from_str(&ready)?;
+            let port = port_of(ready["webtransport"].as_str().unwrap_or_default())?;
+            let (sub_addr, pub_addr) = place.addrs(port);
+            Ok(ServerProc {
+                name: label.into(),
+                child,
+                spec: Spec {
+                    kind,
+                    sub_addr,
+                    pub_addr,
+                    cert_sha256: ready["cert_sha256"].as_str().map(str::to_owned),
+                    token: None,
+                },
+                version: String::new(),
+                _stdout: Some(reader),
+            })
+        }
+        Kind::Nats => {
+            let bin = ctx.args.nats.as_ref().context("no nats-server")?;
+            let port = free_port()?;
+            let mut cmd = wrapped(place.netns(), ctx.pin, core, bin);
+            cmd.args(["-a", place.bind_ip(), "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(&log)?));
+            let mut child = cmd.spawn().context("starting nats-server")?;
+            let (sub_addr, pub_addr) = place.addrs(port);
+            if let Err(e) = wait_tcp(&pub_addr, Duration::from_secs(10)) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+            Ok(ServerProc {
+                name: label.into(),
+                child,
+                spec: Spec {
+                    kind,
+                    sub_addr,
+                    pub_addr,
+                    cert_sha256: None,
+                    token: None,
+                },
+                version: String::new(),
+                _stdout: None,
+            })
+        }
+        Kind::Socketio => {
+            let dir = ctx.args.socketio.as_ref().context("no socket.io peer")?;
+            let node = which(&ctx.args.node);
+            let mut cmd = wrapped(place.netns(), ctx.pin, core, &node);
+            cmd.arg(dir.join("server.js"))
+                .env("HOST", place.bind_ip())
+                .env("PORT", "0");
+            let (child, ready, reader) = spawn_until_ready(label, cmd, &log, "SOCKETIO_READY ")?;
+            let ready: serde_json::Value = serde_json::from_str(&ready)?;
+            let port = ready["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .context("socket.io port")?;
+            let (sub_addr, pub_addr) = place.addrs(port);
+            Ok(ServerProc {
+                name: label.into(),
+                child,
+                spec: Spec {
+                    kind,
+                    sub_addr,
+                    pub_addr,
+                    cert_sha256: None,
+                    token: None,
+                },
+                version: ready["version"].as_str().unwrap_or_default().to_owned(),
+                _stdout: Some(reader),
+            })
+        }
+    }
+}
+
+/// `node` → its full path, so `ip netns exec` and `taskset` find it.
+pub(super) fn which(program: &str) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(program))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+pub(super) fn port_of(addr: &str) -> Result<u16> {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .ok_or_else(|| anyhow!("no port in {addr:?}"))
+}
+
+pub(super) fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+pub(super) fn wait_tcp(addr: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    let sock: std::net::SocketAddr = addr.parse()?;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{addr} did not accept connections within {within:?}")
+}
+
+/// `wait_with_output` with a deadline: the child is killed when it overruns.
+pub(super) fn wait_output(mut child: Child, limit: Duration) -> Result<std::process::Output> {
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let read = |pipe: Option<std::process::ChildStdout>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = std::io::Read::read_to_end(&mut p, &mut buf);
+            }
+            buf
+        })
+    };
+    let out_thread = read(stdout);
+    let err_thread = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = stderr {
+            let _ = std::io::Read::read_to_end(&mut p, &mut buf);
+        }
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("generator overran its {limit:?} limit and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: out_thread.join().unwrap_or_default(),
+        stderr: err_thread.join().unwrap_or_default(),
+    })
+}

@@ -1,0 +1,720 @@
+//! The benchmark's results: collected by the orchestrator, written as JSON (everything) and
+//! Markdown (the tables a reader wants), with PNG plots beside them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use crate::orchestrate::Mode;
+use crate::target::Kind;
+use crate::workload::connections::ConnResult;
+use crate::workload::hol::HolResult;
+use crate::workload::load::LoadResult;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FixedRun {
+    /// Fraction of the target's own maximum.
+    pub fraction: f64,
+    pub offered_deliveries_per_sec: f64,
+    pub result: LoadResult,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FanoutRun {
+    pub target: Kind,
+    pub subscribers: usize,
+    pub max: LoadResult,
+    pub fixed: Vec<FixedRun>,
+    /// At the same offered rate for every target.
+    #[serde(default)]
+    pub common: Option<LoadResult>,
+    pub server_version: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RoomsRun {
+    pub target: Kind,
+    pub result: LoadResult,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConnRun {
+    pub target: Kind,
+    pub result: ConnResult,
+    pub server_rss_before: u64,
+    pub server_rss_after: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HolRun {
+    pub target: Kind,
+    pub loss_pct: u32,
+    /// Round trip added by the delay relay (QUIC only); `None` for the plain veth.
+    #[serde(default)]
+    pub rtt_ms: Option<u32>,
+    pub result: HolResult,
+}
+
+/// Fan-out with the publisher and the subscribers on different instances, over NATS.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClusterRun {
+    pub subscribers: usize,
+    pub max: LoadResult,
+    /// At half of the cluster's own max.
+    pub half: Option<LoadResult>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub memory_gib: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub date: String,
+    pub mode: Mode,
+    pub machine: Machine,
+    pub pinning: String,
+    pub versions: BTreeMap<String, String>,
+    pub fanout: Vec<FanoutRun>,
+    pub rooms: Vec<RoomsRun>,
+    pub connections: Vec<ConnRun>,
+    pub hol: Vec<HolRun>,
+    pub hol_skipped: Option<String>,
+    pub cluster: String,
+    #[serde(default)]
+    pub cluster_runs: Vec<ClusterRun>,
+    pub notes: Vec<String>,
+    pub checks: Vec<Check>,
+    pub elapsed_secs: f64,
+}
+
+impl Report {
+    pub fn new(mode: Mode, pinning: String) -> Self {
+        Self {
+            date: utc_now(),
+            mode,
+            machine: machine(),
+            pinning,
+            versions: BTreeMap::new(),
+            fanout: Vec::new(),
+            rooms: Vec::new(),
+            connections: Vec::new(),
+            hol: Vec::new(),
+            hol_skipped: None,
+            cluster: String::new(),
+            cluster_runs: Vec::new(),
+            notes: Vec::new(),
+            checks: Vec::new(),
+            elapsed_secs: 0.0,
+        }
+    }
+
+    pub fn pass(&mut self, name: &str) {
+        eprintln!("ok   {name}");
+        self.checks.push(Check {
+            name: name.into(),
+            ok: true,
+            error: None,
+        });
+    }
+
+    pub fn fail(&mut self, name: &str, error: &anyhow::Error) {
+        eprintln!("FAIL {name}: {error:#}");
+        self.checks.push(Check {
+            name: name.into(),
+            ok: false,
+            error: Some(format!("{error:#}")),
+        });
+    }
+
+    pub fn runs_started(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn check_counts(&self) -> (usize, usize) {
+        let ok = self.checks.iter().filter(|c| c.ok).count();
+        (ok, self.checks.len() - ok)
+    }
+
+    fn max_rate(&self, kind: Kind, n: usize) -> Option<f64> {
+        self.fanout
+            .iter()
+            .find(|f| f.target == kind && f.subscribers == n)
+            .map(|f| f.max.deliveries_per_sec)
+    }
+}
+
+/// Writes PREFIX.json, PREFIX.md and the plots.
+pub fn write(report: &Report, prefix: &Path) -> Result<()> {
+    if let Some(dir) = prefix.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let with_ext = |ext: &str| {
+        let mut p = prefix.as_os_str().to_owned();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(report)?)?;
+    let mut plots = Vec::new();
+    if !report.fanout.is_empty() {
+        let path = with_ext("-fanout.png");
+        crate::plot::fanout(report, &path)?;
+        plots.push(path);
+    }
+    if !report.hol.is_empty() {
+        let path = with_ext("-hol.png");
+        crate::plot::hol(report, &path)?;
+        plots.push(path);
+    }
+    let names: Vec<String> = plots
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    std::fs::write(with_ext(".md"), markdown(report, &names))?;
+    eprintln!(
+        "bench: wrote {}.{{md,json}} and {} plot(s)",
+        prefix.display(),
+        plots.len()
+    );
+    Ok(())
+}
+
+fn kfmt(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn us(v: f64) -> String {
+    if v >= 10_000.0 {
+        format!("{:.0} ms", v / 1000.0)
+    } else if v >= 1000.0 {
+        format!("{:.1} ms", v / 1000.0)
+    } else {
+        format!("{v:.0} µs")
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "**met**"
+    } else {
+        "**missed**"
+    }
+}
+
+pub fn markdown(r: &Report, plots: &[String]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Quiver benchmarks — {} ({:?} mode)\n", r.date, r.mode);
+    let _ = writeln!(
+        md,
+        "Machine: {} cores ({}), {:.0} GiB, Linux {}. {}. Run took {:.0} s.\n",
+        r.machine.cores,
+        r.machine.cpu_model,
+        r.machine.memory_gib,
+        r.machine.kernel,
+        r.pinning,
+        r.elapsed_secs
+    );
+    let versions: Vec<String> = r.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let _ = writeln!(md, "Versions: {}.\n", versions.join("; "));
+    let _ = writeln!(
+        md,
+        "Every target is driven by the same Rust load generator (`quiver-bench`), one session per \
+         subscriber, payload = publisher's send time + padding. Max rate is closed-loop (the \
+         publisher stays a bounded window ahead of deliveries); fixed rates are fractions of each \
+         target's own max. \"Other processes' CPU\" is what the rest of the machine used during the \
+         max run (a shared machine): when it is high, absolute numbers are low and noisy. Single \
+         runs unless the mode repeats: read ratios, not absolutes.\n"
+    );
+
+    // Fan-out.
+    let mut sizes: Vec<usize> = r.fanout.iter().map(|f| f.subscribers).collect();
+    sizes.dedup();
+    for &n in &sizes {
+        let payload = r.fanout.first().map_or(0, |f| f.max.params.payload);
+        let _ = writeln!(
+            md,
+            "## Fan-out: 1 publisher, 1 room, {n} subscribers, {payload}-byte payloads\n"
+        );
+        let _ = writeln!(
+            md,
+            "| target | deliveries/s (max) | vs Socket.IO | vs bare | server CPU µs/delivery | generator CPU µs/delivery | other processes' CPU (cores) | p50 / p99 / p99.9 at 25% | at 50% | at 90% |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|---|");
+        let sio = r.max_rate(Kind::Socketio, n);
+        let bare = r.max_rate(Kind::Bare, n);
+        for f in r.fanout.iter().filter(|f| f.subscribers == n) {
+            let m = &f.max;
+            let delivered = m.deliveries_per_sec * m.measured_secs;
+            let per = |cpu: f64| {
+                if delivered > 0.0 {
+                    format!("{:.2}", cpu * 1e6 / delivered)
+                } else {
+                    "–".into()
+                }
+            };
+            let at = |frac: f64| {
+                f.fixed
+                    .iter()
+                    .find(|x| (x.fraction - frac).abs() < 1e-9)
+                    .map_or("–".into(), |x| {
+                        format!(
+                            "{} / {} / {}",
+                            us(x.result.latency.p50_us),
+                            us(x.result.latency.p99_us),
+                            us(x.result.latency.p999_us)
+                        )
+                    })
+            };
+            let others =
+                (m.machine_cpu_secs - m.generator_cpu_secs - m.server_cpu_secs.unwrap_or(0.0))
+                    .max(0.0)
+                    / m.measured_secs.max(1e-9);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                f.target.label(),
+                kfmt(m.deliveries_per_sec),
+                ratio(Some(m.deliveries_per_sec), sio),
+                ratio(Some(m.deliveries_per_sec), bare),
+                m.server_cpu_secs.map_or("–".into(), per),
+                per(m.generator_cpu_secs),
+                others,
+                at(0.25),
+                at(0.5),
+                at(0.9),
+            );
+        }
+        md.push('\n');
+    }
+    for &n in &sizes {
+        let runs: Vec<&FanoutRun> = r
+            .fanout
+            .iter()
+            .filter(|f| f.subscribers == n && f.common.is_some())
+            .collect();
+        let Some(rate) = runs
+            .first()
+            .and_then(|f| f.common.as_ref())
+            .map(|c| c.params.rate * n as f64)
+        else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "Same offered rate for every target, {} deliveries/s ({n} subscribers):\n",
+            kfmt(rate)
+        );
+        let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for f in runs {
+            if let Some(c) = &f.common {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    f.target.label(),
+                    us(c.latency.p50_us),
+                    us(c.latency.p99_us),
+                    us(c.latency.p999_us),
+                    c.server_cpu_secs.map_or("–".into(), |s| format!(
+                        "{:.2}",
+                        s / c.measured_secs.max(1e-9)
+                    ))
+                );
+            }
+        }
+        md.push('\n');
+    }
+    if let Some(p) = plots.iter().find(|p| p.ends_with("-fanout.png")) {
+        let _ = writeln!(md, "![fan-out]({p})\n");
+    }
+
+    // Targets.
+    let _ = writeln!(md, "## Against the issue's targets\n");
+    for &n in &sizes {
+        let q = r.max_rate(Kind::Quiver, n);
+        if let (Some(q), Some(s)) = (q, r.max_rate(Kind::Socketio, n)) {
+            let _ = writeln!(
+                md,
+                "- Fan-out ≥ 3× Socket.IO (n={n}): {:.2}× — {}",
+                q / s,
+                met(q / s >= 3.0)
+            );
+        }
+        if let (Some(q), Some(b)) = (q, r.max_rate(Kind::Bare, n)) {
+            let _ = writeln!(
+                md,
+                "- Fan-out ≥ 0.7× bare wtransport (n={n}): {:.2}× — {}",
+                q / b,
+                met(q / b >= 0.7)
+            );
+        }
+        if let Some(x) = r
+            .fanout
+            .iter()
+            .find(|f| f.target == Kind::Quiver && f.subscribers == n)
+            .and_then(|f| f.fixed.iter().find(|x| (x.fraction - 0.5).abs() < 1e-9))
+        {
+            let p99 = x.result.latency.p99_us;
+            let _ = writeln!(
+                md,
+                "- p99 < 5 ms at half of max (n={n}): {} — {}",
+                us(p99),
+                met(p99 < 5000.0)
+            );
+        }
+    }
+    if let Some(c) = r.connections.iter().find(|c| c.target == Kind::Quiver) {
+        let per = c.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0;
+        let _ = writeln!(
+            md,
+            "- Server memory < 50 KiB per idle session: {per:.1} KiB — {}",
+            met(per < 50.0)
+        );
+    }
+    let quiet_p99 = |kind: Kind, loss: u32| {
+        r.hol
+            .iter()
+            .find(|h| h.target == kind && h.loss_pct == loss && h.rtt_ms.is_none())
+            .map(|h| h.result.quiet.p99_us)
+    };
+    if let (Some(a), Some(b)) = (quiet_p99(Kind::Quiver, 0), quiet_p99(Kind::Quiver, 2)) {
+        let _ = writeln!(
+            md,
+            "- Quiet room p99 at 2% loss within 2× of no loss: {} → {} ({:.1}×) — {}",
+            us(a),
+            us(b),
+            b / a,
+            met(b <= 2.0 * a)
+        );
+        for other in [Kind::QuiverSingleStream, Kind::Socketio] {
+            if let (Some(a), Some(b)) = (quiet_p99(other, 0), quiet_p99(other, 2)) {
+                let _ = writeln!(
+                    md,
+                    "  - {} for comparison: {} → {} ({:.1}×)",
+                    other.label(),
+                    us(a),
+                    us(b),
+                    b / a
+                );
+            }
+        }
+    }
+    md.push('\n');
+
+    if !r.rooms.is_empty() {
+        let p = &r.rooms[0].result.params;
+        let _ = writeln!(
+            md,
+            "## Many rooms: {} rooms × {} subscribers, {} publishers, max rate\n",
+            p.rooms, p.subs_per_room, p.publishers
+        );
+        let _ = writeln!(
+            md,
+            "| target | deliveries/s | p50 | p99 | server CPU µs/delivery |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        for x in &r.rooms {
+            let m = &x.result;
+            let delivered = m.deliveries_per_sec * m.measured_secs;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                x.target.label(),
+                kfmt(m.deliveries_per_sec),
+                us(m.latency.p50_us),
+                us(m.latency.p99_us),
+                m.server_cpu_secs
+                    .filter(|_| delivered > 0.0)
+                    .map_or("–".into(), |c| format!("{:.2}", c * 1e6 / delivered)),
+            );
+        }
+        md.push('\n');
+    }
+
+    if !r.connections.is_empty() {
+        let _ = writeln!(md, "## Idle connections\n");
+        let _ = writeln!(
+            md,
+            "| target | sessions | connect rate (sessions/s, handshakes included) | server RSS before → after | per session |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---|---:|");
+        for c in &r.connections {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0} | {:.1} → {:.1} MiB | {:.1} KiB |",
+                c.target.label(),
+                c.result.params.sessions,
+                c.result.sessions_per_sec,
+                c.server_rss_before as f64 / 1048576.0,
+                c.server_rss_after as f64 / 1048576.0,
+                c.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0
+            );
+        }
+        md.push('\n');
+    }
+
+    let _ = writeln!(md, "## Head-of-line blocking under loss\n");
+    match (&r.hol_skipped, r.hol.is_empty()) {
+        (Some(why), _) => {
+            let _ = writeln!(md, "Skipped: {why}.\n");
+        }
+        (None, true) => {
+            let _ = writeln!(md, "No results.\n");
+        }
+        (None, false) => {
+            let p = &r.hol[0].result.params;
+            let _ = writeln!(
+                md,
+                "One subscriber session in rooms `busy` ({:.0} msg/s × {} B) and `quiet` ({:.0} msg/s × \
+                 {} B), over a veth pair with random loss in both directions (nftables); publishers on \
+                 a clean path. Quiet room latency, p50 / p90 / p99 (p90 shows head-of-line \
+                 blocking best: p99 is dominated by the quiet room's own lost packets, which no \
+                 stream layout can avoid):\n",
+                p.busy_rate, p.busy_payload, p.quiet_rate, p.quiet_payload
+            );
+            let plain: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_none()).collect();
+            let mut kinds: Vec<Kind> = plain.iter().map(|h| h.target).collect();
+            kinds.dedup();
+            kinds.sort_by_key(|k| k.label());
+            kinds.dedup();
+            let mut losses: Vec<u32> = plain.iter().map(|h| h.loss_pct).collect();
+            losses.sort_unstable();
+            losses.dedup();
+            let head: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
+            let _ = writeln!(md, "| loss | {} |", head.join(" | "));
+            let _ = writeln!(md, "|---:|{}", "---|".repeat(kinds.len()));
+            for loss in losses {
+                let cells: Vec<String> = kinds
+                    .iter()
+                    .map(|k| {
+                        plain
+                            .iter()
+                            .find(|h| h.target == *k && h.loss_pct == loss)
+                            .map_or("–".into(), |h| {
+                                format!(
+                                    "{} / {} / {}",
+                                    us(h.result.quiet.p50_us),
+                                    us(h.result.quiet.p90_us),
+                                    us(h.result.quiet.p99_us)
+                                )
+                            })
+                    })
+                    .collect();
+                let _ = writeln!(md, "| {loss}% | {} |", cells.join(" | "));
+            }
+            md.push('\n');
+            if let Some(p) = plots.iter().find(|p| p.ends_with("-hol.png")) {
+                let _ = writeln!(md, "![quiet room p99 under loss]({p})\n");
+            }
+            relay_table(&mut md, r);
+        }
+    }
+
+    let _ = writeln!(md, "## Cluster fan-out\n");
+    if r.cluster_runs.is_empty() {
+        let _ = writeln!(md, "{}.\n", r.cluster);
+    } else {
+        let _ = writeln!(
+            md,
+            "Publisher on instance A, all subscribers on instance B, both `quiver serve --nats` \
+             against one nats-server (all on the server core). Single instance for comparison.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| setup | subscribers | deliveries/s (max) | p50 / p99 at 50% of max |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---|");
+        for c in &r.cluster_runs {
+            let single = r
+                .fanout
+                .iter()
+                .find(|f| f.target == Kind::Quiver && f.subscribers == c.subscribers);
+            if let Some(f) = single {
+                let half = f.fixed.iter().find(|x| (x.fraction - 0.5).abs() < 1e-9);
+                let _ = writeln!(
+                    md,
+                    "| one instance | {} | {} | {} |",
+                    c.subscribers,
+                    kfmt(f.max.deliveries_per_sec),
+                    half.map_or("–".into(), |h| format!(
+                        "{} / {}",
+                        us(h.result.latency.p50_us),
+                        us(h.result.latency.p99_us)
+                    ))
+                );
+            }
+            let _ = writeln!(
+                md,
+                "| two instances over NATS | {} | {} | {} |",
+                c.subscribers,
+                kfmt(c.max.deliveries_per_sec),
+                c.half.as_ref().map_or("–".into(), |h| format!(
+                    "{} / {}",
+                    us(h.latency.p50_us),
+                    us(h.latency.p99_us)
+                ))
+            );
+        }
+        md.push('\n');
+    }
+    let failed: Vec<&Check> = r.checks.iter().filter(|c| !c.ok).collect();
+    if !failed.is_empty() || !r.notes.is_empty() {
+        let _ = writeln!(md, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+        for c in failed {
+            let _ = writeln!(
+                md,
+                "- FAILED {}: {}",
+                c.name,
+                c.error.as_deref().unwrap_or("")
+            );
+        }
+        md.push('\n');
+    }
+    md
+}
+
+/// The head-of-line runs made through the delay relay (QUIC variants with a real round trip).
+fn relay_table(md: &mut String, r: &Report) {
+    let relayed: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_some()).collect();
+    let Some(first) = relayed.first() else {
+        return;
+    };
+    let p = &first.result.params;
+    let _ = writeln!(
+        md,
+        "Through a UDP relay adding {} ms of round trip (QUIC only; the loss is still on the \
+         veth, behind the relay), busy room at {:.0} msg/s × {} B, quiet room at {:.0} msg/s × \
+         {} B; quiet room p50 / p90 / p99 (busy room p99):\n",
+        first.rtt_ms.unwrap_or(0),
+        p.busy_rate,
+        p.busy_payload,
+        p.quiet_rate,
+        p.quiet_payload
+    );
+    let mut kinds: Vec<Kind> = relayed.iter().map(|h| h.target).collect();
+    kinds.sort_by_key(|k| k.label());
+    kinds.dedup();
+    let mut losses: Vec<u32> = relayed.iter().map(|h| h.loss_pct).collect();
+    losses.sort_unstable();
+    losses.dedup();
+    let head: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
+    let _ = writeln!(md, "| loss | {} |", head.join(" | "));
+    let _ = writeln!(md, "|---:|{}", "---|".repeat(kinds.len()));
+    for loss in losses {
+        let cells: Vec<String> = kinds
+            .iter()
+            .map(|k| {
+                relayed
+                    .iter()
+                    .find(|h| h.target == *k && h.loss_pct == loss)
+                    .map_or("–".into(), |h| {
+                        format!(
+                            "{} / {} / {} ({})",
+                            us(h.result.quiet.p50_us),
+                            us(h.result.quiet.p90_us),
+                            us(h.result.quiet.p99_us),
+                            us(h.result.busy.p99_us)
+                        )
+                    })
+            })
+            .collect();
+        let _ = writeln!(md, "| {loss}% | {} |", cells.join(" | "));
+    }
+    md.push('\n');
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU".into(), |(_, v)| v.trim().to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1048576.0);
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cpu_model,
+        kernel,
+        memory_gib,
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC`, from the system clock (no date crate needed for this).
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+}

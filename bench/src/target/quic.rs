@@ -1,0 +1,111 @@
+//! QUIC client plumbing shared by the Quiver and bare-wtransport targets: a pool of client
+//! endpoints (sockets) so thousands of sessions do not all go through one UDP socket, and a
+//! length-prefixed frame reader.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use quiver_proto::FrameDecoder;
+use wtransport::endpoint::endpoint_side::Client;
+use wtransport::{ClientConfig, Connection, Endpoint, RecvStream};
+
+/// Sessions per client endpoint (UDP socket).
+const SESSIONS_PER_ENDPOINT: usize = 100;
+
+/// Client endpoints, created on demand, handed out round-robin.
+pub struct ClientPool {
+    endpoints: Vec<Endpoint<Client>>,
+    next: AtomicUsize,
+}
+
+impl ClientPool {
+    /// Enough endpoints for `sessions` sessions, pinning the server certificate by `hash` (or
+    /// none for targets that are not QUIC).
+    pub fn new(hash: Option<[u8; 32]>, sessions: usize) -> Result<Self> {
+        let mut endpoints = Vec::new();
+        if let Some(hash) = hash {
+            let count = sessions.div_ceil(SESSIONS_PER_ENDPOINT).max(1);
+            for _ in 0..count {
+                endpoints.push(endpoint(hash)?);
+            }
+        }
+        Ok(Self {
+            endpoints,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub async fn connect(&self, url: &str) -> Result<Connection> {
+        anyhow::ensure!(!self.endpoints.is_empty(), "no QUIC endpoints in the pool");
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
+        let conn = tokio::time::timeout(Duration::from_secs(10), self.endpoints[i].connect(url))
+            .await
+            .context("connect timed out")??;
+        Ok(conn)
+    }
+}
+
+/// Socket buffer size asked for (Linux caps it at net.core.rmem_max / wmem_max).
+const SOCKET_BUFFER: usize = 4 << 20;
+
+fn endpoint(hash: [u8; 32]) -> Result<Endpoint<Client>> {
+    // With the default ~200 KB receive buffer, a burst of fan-out traffic to 100 sessions
+    // overflows the socket and the kernel drops datagrams (RcvbufErrors in /proc/net/snmp): the
+    // generator would then measure its own loss recovery. Ask for a large buffer.
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+    let mut config = ClientConfig::builder()
+        .with_bind_socket(socket.into())
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .build();
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    // A subscriber here has at most a couple of subscription streams.
+    transport.max_concurrent_uni_streams(16u32.into());
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    config
+        .quic_config_mut()
+        .transport_config(Arc::new(transport));
+    Ok(Endpoint::client(config)?)
+}
+
+/// Reads length-prefixed frames from one stream.
+pub struct FrameReader {
+    stream: RecvStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn new(stream: RecvStream) -> Self {
+        Self {
+            stream,
+            decoder: FrameDecoder::new(quiver_proto::DEFAULT_MAX_FRAME),
+            buf: vec![0; 64 * 1024],
+        }
+    }
+
+    /// The next frame body; `None` when the stream ended cleanly.
+    pub async fn next(&mut self) -> Result<Option<Bytes>> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame()? {
+                return Ok(Some(frame));
+            }
+            match self.stream.read(&mut self.buf).await? {
+                Some(n) => self.decoder.push(&self.buf[..n]),
+                None => {
+                    self.decoder.finish()?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}

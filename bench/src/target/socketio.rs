@@ -1,0 +1,169 @@
+//! Socket.IO 4 (Engine.IO 4) over its websocket transport, spoken directly: `40` to join the
+//! default namespace, `42[...]` events, `42<id>[...]`/`43<id>[...]` acknowledgements, `2`/`3`
+//! heartbeats. The Node peer (`bench/peers/socketio/server.js`) answers `join` with an ack and
+//! re-emits `pub` to the room as `msg`.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::payload::template;
+use crate::recorder::Recorder;
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Ack id used by a publisher's final `sync` event.
+const SYNC_ACK: u32 = 999_999;
+
+async fn open(addr: &str) -> Result<Ws> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    // Engine.IO open packet ("0{...}"), then connect to the default namespace.
+    let open = next_text(&mut ws).await?;
+    if !open.starts_with('0') {
+        bail!("expected Engine.IO open, got {open:?}");
+    }
+    ws.send(Message::text("40")).await?;
+    loop {
+        let t = next_text(&mut ws).await?;
+        if t.starts_with("40") {
+            return Ok(ws);
+        }
+        if t.starts_with("44") {
+            bail!("namespace connect refused: {t}");
+        }
+    }
+}
+
+/// The next text message, answering heartbeats on the way.
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            None => bail!("websocket closed"),
+            Some(msg) => match msg? {
+                Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await?,
+                Message::Text(t) => return Ok(t.as_str().to_owned()),
+                Message::Close(_) => bail!("websocket closed"),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Waits for the acknowledgement `43<id>[...]`.
+async fn wait_ack(ws: &mut Ws, id: u32) -> Result<()> {
+    let prefix = format!("43{id}[");
+    loop {
+        if next_text(ws).await?.starts_with(&prefix) {
+            return Ok(());
+        }
+    }
+}
+
+pub struct SocketIoSubscriber {
+    ws: Ws,
+    rooms: Vec<String>,
+}
+
+impl SocketIoSubscriber {
+    pub async fn connect(addr: &str, rooms: &[String]) -> Result<Self> {
+        let mut ws = open(addr).await?;
+        for (i, room) in rooms.iter().enumerate() {
+            ws.send(Message::text(format!("42{i}[\"join\",\"{room}\"]")))
+                .await?;
+            wait_ack(&mut ws, i as u32).await?;
+        }
+        Ok(Self {
+            ws,
+            rooms: rooms.to_vec(),
+        })
+    }
+
+    pub async fn run(mut self, rec: &mut Recorder, stop: &CancellationToken) -> Result<()> {
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                m = self.ws.next() => m,
+            };
+            let text = match msg {
+                None => return Ok(()),
+                Some(m) => match m? {
+                    Message::Text(t) => t,
+                    Message::Close(_) => return Ok(()),
+                    _ => continue,
+                },
+            };
+            let text = text.as_str();
+            if text == "2" {
+                self.ws.send(Message::text("3")).await?;
+                continue;
+            }
+            // 42["msg","<room>","<payload>"]
+            let Some(rest) = text.strip_prefix("42[\"msg\",\"") else {
+                continue;
+            };
+            let (room, rest) = rest
+                .split_once("\",\"")
+                .ok_or_else(|| anyhow!("bad msg event"))?;
+            let payload = rest.strip_suffix("\"]").unwrap_or(rest);
+            let index = self.rooms.iter().position(|r| r == room).unwrap_or(0);
+            rec.on_payload(index, payload.as_bytes());
+        }
+    }
+}
+
+pub struct SocketIoPublisher {
+    ws: Ws,
+    /// `42["pub","<room>","` per room; the payload and `"]` are appended per message.
+    heads: Vec<String>,
+    payload: Vec<u8>,
+}
+
+impl SocketIoPublisher {
+    pub async fn connect(addr: &str, rooms: &[String], payload: usize) -> Result<Self> {
+        let ws = open(addr).await?;
+        Ok(Self {
+            ws,
+            heads: rooms
+                .iter()
+                .map(|r| format!("42[\"pub\",\"{r}\",\""))
+                .collect(),
+            payload: template(payload),
+        })
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.heads.len()
+    }
+
+    pub async fn publish(&mut self, room: usize) -> Result<()> {
+        let head = self
+            .heads
+            .get(room)
+            .ok_or_else(|| anyhow!("no room {room}"))?;
+        crate::payload::stamp(&mut self.payload, crate::clock::now_ns());
+        let mut text = String::with_capacity(head.len() + self.payload.len() + 2);
+        text.push_str(head);
+        // The template is ASCII digits and 'x': valid UTF-8 by construction.
+        text.push_str(std::str::from_utf8(&self.payload)?);
+        text.push_str("\"]");
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// Sends an acknowledged `sync` event and waits for its ack: the server handles a socket's
+    /// packets in order, so everything published before has been emitted to the room.
+    pub async fn finish(&mut self) -> Result<()> {
+        self.ws
+            .send(Message::text(format!("42{SYNC_ACK}[\"sync\"]")))
+            .await?;
+        wait_ack(&mut self.ws, SYNC_ACK).await
+    }
+}
