@@ -108,6 +108,33 @@ pub(super) struct ServerProc {
     pub(super) _stdout: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A WebTransport server (Quiver or the bare peer) from its JSON ready line: port and
+/// certificate hash.
+fn quic_server(
+    label: &str,
+    kind: Kind,
+    place: Placement,
+    (child, ready, reader): (Child, String, std::thread::JoinHandle<()>),
+    token: Option<String>,
+) -> anyhow::Result<ServerProc> {
+    let ready: serde_json::Value = serde_json::from_str(&ready)?;
+    let port = port_of(ready["webtransport"].as_str().unwrap_or_default())?;
+    let (sub_addr, pub_addr) = place.addrs(port);
+    Ok(ServerProc {
+        name: label.into(),
+        child,
+        spec: Spec {
+            kind,
+            sub_addr,
+            pub_addr,
+            cert_sha256: ready["cert_sha256"].as_str().map(str::to_owned),
+            token,
+        },
+        version: String::new(),
+        _stdout: Some(reader),
+    })
+}
+
 impl ServerProc {
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
@@ -250,44 +277,14 @@ pub(super) fn start_with(
                 "QUIVER_ABLATION__SINGLE_STREAM",
                 (kind == Kind::QuiverSingleStream).to_string(),
             );
-            let (child, ready, reader) = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
-            let ready: serde_json::Value = serde_json::from_str(&ready)?;
-            let port = port_of(ready["webtransport"].as_str().unwrap_or_default())?;
-            let (sub_addr, pub_addr) = place.addrs(port);
-            Ok(ServerProc {
-                name: label.into(),
-                child,
-                spec: Spec {
-                    kind,
-                    sub_addr,
-                    pub_addr,
-                    cert_sha256: ready["cert_sha256"].as_str().map(str::to_owned),
-                    token: Some(ctx.token.clone()),
-                },
-                version: String::new(),
-                _stdout: Some(reader),
-            })
+            let started = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
+            quic_server(label, kind, place, started, Some(ctx.token.clone()))
         }
         Kind::Bare => {
             let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.bare);
             cmd.args(["--listen", &format!("{}:0", place.bind_ip())]);
-            let (child, ready, reader) = spawn_until_ready(label, cmd, &log, "BARE_READY ")?;
-            let ready: serde_json::Value = serde_json::from_str(&ready)?;
-            let port = port_of(ready["webtransport"].as_str().unwrap_or_default())?;
-            let (sub_addr, pub_addr) = place.addrs(port);
-            Ok(ServerProc {
-                name: label.into(),
-                child,
-                spec: Spec {
-                    kind,
-                    sub_addr,
-                    pub_addr,
-                    cert_sha256: ready["cert_sha256"].as_str().map(str::to_owned),
-                    token: None,
-                },
-                version: String::new(),
-                _stdout: Some(reader),
-            })
+            let started = spawn_until_ready(label, cmd, &log, "BARE_READY ")?;
+            quic_server(label, kind, place, started, None)
         }
         Kind::Nats => {
             let bin = ctx.args.nats.as_ref().context("no nats-server")?;
