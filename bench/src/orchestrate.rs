@@ -452,9 +452,9 @@ fn median_by_rate(mut runs: Vec<LoadResult>) -> Option<LoadResult> {
     runs.into_iter().nth(mid)
 }
 
-fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize) {
-    let name = format!("fanout {} n={n}", kind.label());
-    let base = LoadParams {
+/// One publisher, one room, `n` subscribers, at max rate.
+fn fanout_params(plan: &Plan, n: usize) -> LoadParams {
+    LoadParams {
         rooms: 1,
         subs_per_room: n,
         publishers: 1,
@@ -463,7 +463,12 @@ fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize)
         warmup: plan.warmup,
         rate: 0.0,
         window: 40_000,
-    };
+    }
+}
+
+fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize) {
+    let name = format!("fanout {} n={n}", kind.label());
+    let base = fanout_params(plan, n);
     let mut maxes = Vec::new();
     for _ in 0..plan.repeats {
         match run_load(ctx, server, &base) {
@@ -838,16 +843,7 @@ fn cluster_inner(ctx: &Ctx, plan: &Plan, n: usize) -> Result<report::ClusterRun>
         pub_addr: a.spec.pub_addr.clone(),
         ..b.spec.clone()
     };
-    let base = LoadParams {
-        rooms: 1,
-        subs_per_room: n,
-        publishers: 1,
-        payload: plan.payload,
-        duration: plan.duration,
-        warmup: plan.warmup,
-        rate: 0.0,
-        window: 40_000,
-    };
+    let base = fanout_params(plan, n);
     // CPU is sampled on instance B, where the fan-out happens.
     let args = load_args(&pair, b.pid(), &base)?;
     let limit = Duration::from_secs_f64(30.0 + plan.warmup + plan.duration + n as f64 / 200.0);

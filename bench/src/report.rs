@@ -255,7 +255,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
     );
 
     // Fan-out.
+    // Runs are recorded target by target, so sizes repeat: sort before removing duplicates.
     let mut sizes: Vec<usize> = r.fanout.iter().map(|f| f.subscribers).collect();
+    sizes.sort_unstable();
     sizes.dedup();
     for &n in &sizes {
         let payload = r.fanout.first().map_or(0, |f| f.max.params.payload);
@@ -501,36 +503,14 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                 p.busy_rate, p.busy_payload, p.quiet_rate, p.quiet_payload
             );
             let plain: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_none()).collect();
-            let mut kinds: Vec<Kind> = plain.iter().map(|h| h.target).collect();
-            kinds.dedup();
-            kinds.sort_by_key(|k| k.label());
-            kinds.dedup();
-            let mut losses: Vec<u32> = plain.iter().map(|h| h.loss_pct).collect();
-            losses.sort_unstable();
-            losses.dedup();
-            let head: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
-            let _ = writeln!(md, "| loss | {} |", head.join(" | "));
-            let _ = writeln!(md, "|---:|{}", "---|".repeat(kinds.len()));
-            for loss in losses {
-                let cells: Vec<String> = kinds
-                    .iter()
-                    .map(|k| {
-                        plain
-                            .iter()
-                            .find(|h| h.target == *k && h.loss_pct == loss)
-                            .map_or("–".into(), |h| {
-                                format!(
-                                    "{} / {} / {}",
-                                    us(h.result.quiet.p50_us),
-                                    us(h.result.quiet.p90_us),
-                                    us(h.result.quiet.p99_us)
-                                )
-                            })
-                    })
-                    .collect();
-                let _ = writeln!(md, "| {loss}% | {} |", cells.join(" | "));
-            }
-            md.push('\n');
+            loss_table(&mut md, &plain, |h| {
+                format!(
+                    "{} / {} / {}",
+                    us(h.result.quiet.p50_us),
+                    us(h.result.quiet.p90_us),
+                    us(h.result.quiet.p99_us)
+                )
+            });
             if let Some(p) = plots.iter().find(|p| p.ends_with("-hol.png")) {
                 let _ = writeln!(md, "![quiet room p99 under loss]({p})\n");
             }
@@ -622,10 +602,23 @@ fn relay_table(md: &mut String, r: &Report) {
         p.quiet_rate,
         p.quiet_payload
     );
-    let mut kinds: Vec<Kind> = relayed.iter().map(|h| h.target).collect();
+    loss_table(md, &relayed, |h| {
+        format!(
+            "{} / {} / {} ({})",
+            us(h.result.quiet.p50_us),
+            us(h.result.quiet.p90_us),
+            us(h.result.quiet.p99_us),
+            us(h.result.busy.p99_us)
+        )
+    });
+}
+
+/// A loss × target table of head-of-line runs, one cell per run.
+fn loss_table(md: &mut String, runs: &[&HolRun], cell: impl Fn(&HolRun) -> String) {
+    let mut kinds: Vec<Kind> = runs.iter().map(|h| h.target).collect();
     kinds.sort_by_key(|k| k.label());
     kinds.dedup();
-    let mut losses: Vec<u32> = relayed.iter().map(|h| h.loss_pct).collect();
+    let mut losses: Vec<u32> = runs.iter().map(|h| h.loss_pct).collect();
     losses.sort_unstable();
     losses.dedup();
     let head: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
@@ -635,18 +628,9 @@ fn relay_table(md: &mut String, r: &Report) {
         let cells: Vec<String> = kinds
             .iter()
             .map(|k| {
-                relayed
-                    .iter()
+                runs.iter()
                     .find(|h| h.target == *k && h.loss_pct == loss)
-                    .map_or("–".into(), |h| {
-                        format!(
-                            "{} / {} / {} ({})",
-                            us(h.result.quiet.p50_us),
-                            us(h.result.quiet.p90_us),
-                            us(h.result.quiet.p99_us),
-                            us(h.result.busy.p99_us)
-                        )
-                    })
+                    .map_or("–".into(), |h| cell(h))
             })
             .collect();
         let _ = writeln!(md, "| {loss}% | {} |", cells.join(" | "));
@@ -711,6 +695,45 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(rate: f64) -> LoadResult {
+        serde_json::from_value(serde_json::json!({
+            "params": {"rooms": 1, "subs_per_room": 10, "publishers": 1, "payload": 100,
+                       "duration": 1.0, "warmup": 0.1, "rate": 0.0, "window": 10},
+            "sessions": 11, "connect_secs": 0.1, "published": 10, "delivered": 100, "missing": 0,
+            "deliveries_per_sec": rate, "publications_per_sec": rate / 10.0,
+            "latency": {"count": 100, "p50_us": 1.0, "p90_us": 2.0, "p99_us": 3.0,
+                        "p999_us": 4.0, "max_us": 5.0},
+            "generator_cpu_secs": 0.5, "server_cpu_secs": 0.5, "measured_secs": 1.0
+        }))
+        .expect("a valid LoadResult")
+    }
+
+    /// Runs are recorded target by target (all sizes for one target, then the next): each
+    /// size still gets one table and one set of target lines.
+    #[test]
+    fn each_fanout_size_reported_once() {
+        let mut r = Report::new(Mode::Full, "test".into());
+        for target in [Kind::Quiver, Kind::Socketio] {
+            for n in [100, 1000] {
+                r.fanout.push(FanoutRun {
+                    target,
+                    subscribers: n,
+                    max: load(if target == Kind::Quiver { 400.0 } else { 100.0 }),
+                    fixed: Vec::new(),
+                    common: None,
+                    server_version: String::new(),
+                });
+            }
+        }
+        let md = markdown(&r, &[]);
+        for n in [100, 1000] {
+            let heading = format!("## Fan-out: 1 publisher, 1 room, {n} subscribers");
+            assert_eq!(md.matches(&heading).count(), 1, "{md}");
+            let target = format!("- Fan-out ≥ 3× Socket.IO (n={n}): 4.00×");
+            assert_eq!(md.matches(&target).count(), 1, "{md}");
+        }
+    }
 
     #[test]
     fn civil_dates() {

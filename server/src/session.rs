@@ -39,8 +39,13 @@ enum Exit {
 
 /// What the control-stream reader hands to the session loop.
 enum Inbound {
-    Frame(ClientFrame),
-    Unknown { id: u32, kind: u32 },
+    /// Boxed: the channel allocates its first block of slots eagerly, so the slot size is
+    /// memory every idle session pays.
+    Frame(Box<ClientFrame>),
+    Unknown {
+        id: u32,
+        kind: u32,
+    },
     Malformed(String),
     Ended,
 }
@@ -179,23 +184,23 @@ async fn control_writer(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
 
 async fn control_reader(mut recv: RecvStream, tx: mpsc::Sender<Inbound>, max_frame: usize) {
     let mut decoder = FrameDecoder::new(max_frame);
-    // Commands are small; this buffer is per session, and idle sessions are most sessions.
-    let mut buf = vec![0u8; 2 * 1024];
     loop {
-        let n = match recv.read(&mut buf).await {
-            Ok(Some(n)) => n,
+        // Chunks as quinn holds them: no read buffer per session (idle sessions are most
+        // sessions), and no copy before the decoder's own.
+        let chunk = match recv.quic_stream_mut().read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => chunk.bytes,
             Ok(None) | Err(_) => {
                 let _ = tx.send(Inbound::Ended).await;
                 return;
             }
         };
-        decoder.push(&buf[..n]);
+        decoder.push(&chunk);
         loop {
             let item = match decoder.next_frame() {
                 Ok(None) => break,
                 Err(e) => Inbound::Malformed(e.to_string()),
                 Ok(Some(body)) => match decode_command(&body) {
-                    Ok(frame) => Inbound::Frame(frame),
+                    Ok(frame) => Inbound::Frame(Box::new(frame)),
                     Err(DecodeError::UnknownType { id, kind }) => Inbound::Unknown { id, kind },
                     Err(e @ DecodeError::Malformed(_)) => Inbound::Malformed(e.to_string()),
                 },
@@ -231,7 +236,7 @@ impl Session {
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 item = inbound.recv() => match item {
                     Some(Inbound::Frame(frame)) => {
-                        if let Some(exit) = self.command(frame).await {
+                        if let Some(exit) = self.command(*frame).await {
                             return exit;
                         }
                     }
@@ -261,10 +266,17 @@ impl Session {
         match first {
             Err(_) => Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
             Ok(None | Some(Inbound::Ended)) => Err(Exit::Gone("client_closed")),
-            Ok(Some(Inbound::Frame(ClientFrame {
-                id,
-                command: Command::Hello { version, .. },
-            }))) => {
+            Ok(Some(Inbound::Frame(frame))) => {
+                let ClientFrame {
+                    id,
+                    command: Command::Hello { version, .. },
+                } = *frame
+                else {
+                    return Err(Exit::Close(
+                        CloseCode::ProtocolError,
+                        "the first frame must be Hello".into(),
+                    ));
+                };
                 if version != PROTOCOL_VERSION {
                     return Err(Exit::Close(
                         CloseCode::UnsupportedVersion,

@@ -46,6 +46,17 @@ impl ClientPool {
             .context("connect timed out")??;
         Ok(conn)
     }
+
+    /// Closes every session and waits (bounded) until the server has been told. Without this a
+    /// generator that exits leaves its sessions open on the server until the idle timeout, and
+    /// the next measurement on that server would pay for fanning out to the dead ones.
+    pub async fn close(&self) {
+        for endpoint in &self.endpoints {
+            endpoint.close(wtransport::VarInt::from_u32(0), b"benchmark done");
+        }
+        let idle = futures::future::join_all(self.endpoints.iter().map(|e| e.wait_idle()));
+        let _ = tokio::time::timeout(Duration::from_secs(3), idle).await;
+    }
 }
 
 /// Socket buffer size asked for (Linux caps it at net.core.rmem_max / wmem_max).

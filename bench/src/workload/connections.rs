@@ -51,5 +51,6 @@ pub async fn run(spec: &Spec, p: &ConnParams) -> Result<()> {
     )
     .await;
     drop(subs);
+    pool.close().await;
     Ok(())
 }

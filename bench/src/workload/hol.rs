@@ -77,6 +77,7 @@ pub async fn run(spec: &Spec, p: &HolParams) -> Result<HolResult> {
     }
     stop_sub.cancel();
     sub_task.await?;
+    pool.close().await;
     let groups = [hist];
     Ok(HolResult {
         params: p.clone(),

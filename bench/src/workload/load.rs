@@ -165,6 +165,7 @@ pub async fn run(spec: &Spec, p: &LoadParams, server_pid: Option<u32>) -> Result
     for t in sub_tasks {
         t.await?;
     }
+    pool.close().await;
     let hist = recorder::merged(&groups, 0);
     let delivered = totals.delivered.load(Ordering::Relaxed);
     let foreign = totals.foreign.load(Ordering::Relaxed);
