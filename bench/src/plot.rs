@@ -12,18 +12,20 @@ use crate::target::Kind;
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-const PALETTE: [RGBColor; 5] = [
+const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
 fn color_of(kind: Kind) -> RGBColor {
     match kind {
         Kind::Quiver => PALETTE[0],
         Kind::QuiverSingleStream => PALETTE[4],
+        Kind::QuiverBbr => PALETTE[5],
         Kind::Bare => PALETTE[1],
         Kind::Nats => PALETTE[2],
         Kind::Socketio => PALETTE[3],

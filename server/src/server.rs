@@ -10,14 +10,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use wtransport::config::Ipv6DualStackConfig;
-use wtransport::quinn::{TransportConfig, VarInt as QuinnVarInt};
+use wtransport::quinn::{congestion, TransportConfig, VarInt as QuinnVarInt};
 use wtransport::{Endpoint, ServerConfig};
 
 use crate::auth::{KeyError, Verifier};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError};
-use crate::config::Config;
+use crate::config::{Config, CongestionControl};
 use crate::hub::Hub;
 use crate::tls::{self, LoadedIdentity, TlsError};
 use crate::{demo, endpoint, http};
@@ -241,6 +241,15 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
+    match config.transport.congestion_control {
+        CongestionControl::Cubic => {}
+        CongestionControl::NewReno => {
+            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()));
+        }
+        CongestionControl::Bbr => {
+            transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()));
+        }
+    }
     let builder = ServerConfig::builder();
     let builder = match config.listen {
         // `[::]` serves IPv4 too (browsers resolve localhost to ::1 first, others to 127.0.0.1).

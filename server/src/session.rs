@@ -84,6 +84,7 @@ pub async fn run(shared: Arc<Shared>, conn: Connection, grant: Grant) {
     shared.sessions.fetch_add(1, Ordering::Relaxed);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %conn.remote_address(), "session opened");
 
+    let quic = conn.quic_connection().clone();
     let reason = match accept_control(&shared, &conn).await {
         Ok(streams) => serve(shared.clone(), conn, id.clone(), grant, streams).await,
         Err(Exit::Gone(label)) => label,
@@ -97,7 +98,17 @@ pub async fn run(shared: Arc<Shared>, conn: Connection, grant: Grant) {
     metrics::gauge!(m::SESSIONS_ACTIVE).decrement(1.0);
     metrics::counter!(m::SESSIONS_CLOSED, "reason" => reason).increment(1);
     shared.sessions.fetch_sub(1, Ordering::Relaxed);
-    info!(session = %id, reason, "session closed");
+    // What the path was like, for telling a slow network from a slow server.
+    let path = quic.stats().path;
+    info!(
+        session = %id,
+        reason,
+        rtt_ms = path.rtt.as_secs_f64() * 1e3,
+        sent_packets = path.sent_packets,
+        lost_packets = path.lost_packets,
+        congestion_events = path.congestion_events,
+        "session closed"
+    );
 }
 
 /// Runs the session on its control stream until it ends; returns the reason's label.

@@ -34,6 +34,34 @@ async fn publication_reaches_another_client() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The congestion controller is a deployment choice (`transport.congestion_control`); every
+/// choice must carry the same traffic.
+#[tokio::test]
+async fn every_congestion_controller_delivers_in_order() -> anyhow::Result<()> {
+    use quiver_server::config::CongestionControl;
+    for cc in [
+        CongestionControl::Cubic,
+        CongestionControl::NewReno,
+        CongestionControl::Bbr,
+    ] {
+        let server = TestServer::start_with(|c| c.transport.congestion_control = cc).await?;
+        let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+        let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+        let mut room = bob.subscribe("chat.lobby").await?;
+        let big = vec![7u8; 32 * 1024];
+        for i in 0..50u8 {
+            let mut payload = big.clone();
+            payload[0] = i;
+            alice.publish("chat.lobby", &payload).await?;
+        }
+        for i in 0..50u8 {
+            let got = room.payload().await?;
+            assert_eq!((got.len(), got[0]), (big.len(), i), "{cc:?}: in order");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn permissions_are_enforced_on_subscribe_and_publish() -> anyhow::Result<()> {
     let server = TestServer::start().await?;

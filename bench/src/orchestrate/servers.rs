@@ -248,7 +248,7 @@ pub(super) fn start_with(
         .join(format!("{label}-{}.log", ctx.report.runs_started()));
     let core = ctx.pin.server;
     match kind {
-        Kind::Quiver | Kind::QuiverSingleStream => {
+        Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverBbr => {
             let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.quiver);
             let listen = match place {
                 Placement::Local => "127.0.0.1:0",
@@ -276,6 +276,14 @@ pub(super) fn start_with(
             .env(
                 "QUIVER_ABLATION__SINGLE_STREAM",
                 (kind == Kind::QuiverSingleStream).to_string(),
+            )
+            .env(
+                "QUIVER_TRANSPORT__CONGESTION_CONTROL",
+                if kind == Kind::QuiverBbr {
+                    "bbr"
+                } else {
+                    "cubic"
+                },
             );
             let started = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
             quic_server(label, kind, place, started, Some(ctx.token.clone()))
