@@ -648,7 +648,7 @@ fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
         ctx.report.hol_skipped = Some(format!("{} up failed", helper.display()));
         return Ok(());
     }
-    let mut variants = vec![Kind::Quiver, Kind::QuiverBbr, Kind::QuiverSingleStream];
+    let mut variants = vec![Kind::Quiver, Kind::QuiverCubic, Kind::QuiverSingleStream];
     if ctx.args.socketio.is_some() {
         variants.push(Kind::Socketio);
     }

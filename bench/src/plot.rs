@@ -25,7 +25,7 @@ fn color_of(kind: Kind) -> RGBColor {
     match kind {
         Kind::Quiver => PALETTE[0],
         Kind::QuiverSingleStream => PALETTE[4],
-        Kind::QuiverBbr => PALETTE[5],
+        Kind::QuiverCubic => PALETTE[5],
         Kind::Bare => PALETTE[1],
         Kind::Nats => PALETTE[2],
         Kind::Socketio => PALETTE[3],

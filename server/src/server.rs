@@ -242,12 +242,14 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
     match config.transport.congestion_control {
-        CongestionControl::Cubic => {}
-        CongestionControl::NewReno => {
-            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()));
-        }
         CongestionControl::Bbr => {
             transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()));
+        }
+        CongestionControl::Cubic => {
+            transport.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()));
+        }
+        CongestionControl::NewReno => {
+            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()));
         }
     }
     let builder = ServerConfig::builder();

@@ -248,7 +248,7 @@ pub(super) fn start_with(
         .join(format!("{label}-{}.log", ctx.report.runs_started()));
     let core = ctx.pin.server;
     match kind {
-        Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverBbr => {
+        Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
             let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.quiver);
             let listen = match place {
                 Placement::Local => "127.0.0.1:0",
@@ -279,10 +279,10 @@ pub(super) fn start_with(
             )
             .env(
                 "QUIVER_TRANSPORT__CONGESTION_CONTROL",
-                if kind == Kind::QuiverBbr {
-                    "bbr"
-                } else {
+                if kind == Kind::QuiverCubic {
                     "cubic"
+                } else {
+                    "bbr"
                 },
             );
             let started = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;

@@ -24,8 +24,8 @@ pub enum Kind {
     Quiver,
     /// Quiver with `ablation.single_stream`: publications arrive on the control stream.
     QuiverSingleStream,
-    /// Quiver with `transport.congestion_control = "bbr"` (the default is Cubic).
-    QuiverBbr,
+    /// Quiver with `transport.congestion_control = "cubic"` (the default is BBR).
+    QuiverCubic,
     /// The bare wtransport fan-out peer (`bare-wt-fanout`).
     Bare,
     /// nats-server, core pub/sub.
@@ -39,7 +39,7 @@ impl Kind {
         match self {
             Kind::Quiver => "quiver",
             Kind::QuiverSingleStream => "quiver-single-stream",
-            Kind::QuiverBbr => "quiver-bbr",
+            Kind::QuiverCubic => "quiver-cubic",
             Kind::Bare => "bare-wtransport",
             Kind::Nats => "nats",
             Kind::Socketio => "socket.io",
@@ -90,7 +90,7 @@ pub enum Subscriber {
 impl Subscriber {
     pub async fn connect(spec: &Spec, quic: &quic::ClientPool, rooms: &[String]) -> Result<Self> {
         Ok(match spec.kind {
-            Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverBbr => {
+            Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
                 Self::Quiver(quiver::QuiverSubscriber::connect(spec, quic, rooms).await?)
             }
             Kind::Bare => Self::Bare(bare::BareSubscriber::connect(spec, quic).await?),
@@ -134,7 +134,7 @@ impl Publisher {
         payload: usize,
     ) -> Result<Self> {
         Ok(match spec.kind {
-            Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverBbr => {
+            Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
                 Self::Quiver(quiver::QuiverPublisher::connect(spec, quic, rooms, payload).await?)
             }
             Kind::Bare => Self::Bare(bare::BarePublisher::connect(spec, quic, payload).await?),
