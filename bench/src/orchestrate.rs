@@ -439,6 +439,13 @@ fn run_load(ctx: &Ctx, server: &ServerProc, p: &LoadParams) -> Result<LoadResult
     let sessions = p.rooms * p.subs_per_room + p.publishers;
     // Connecting, warm-up, measuring, draining, plus a generous margin.
     let limit = Duration::from_secs_f64(30.0 + p.warmup + p.duration + sessions as f64 / 200.0);
+    let left = server.wait_for_no_sessions(Duration::from_secs(35));
+    if left > 0 {
+        eprintln!(
+            "bench: warning: {left} sessions of an earlier run still open on {}",
+            server.name
+        );
+    }
     let line = generate(ctx, &load_args(&server.spec, server.pid(), p)?, limit)?;
     let result: LoadResult = serde_json::from_str(&line).context("generator result")?;
     if result.delivered == 0 {

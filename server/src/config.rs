@@ -192,6 +192,11 @@ pub struct TimeoutsConfig {
     /// How long a graceful shutdown waits for sessions to say goodbye.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
+    /// How long a reply may wait for room on the control stream. A client that keeps sending
+    /// commands but never reads the answers is closed with `protocol_error` after this, rather
+    /// than stalling its session (token expiry included).
+    #[serde(with = "humantime_serde")]
+    pub reply: Duration,
 }
 
 impl Default for Config {
@@ -235,6 +240,7 @@ impl Default for TimeoutsConfig {
             keep_alive: Duration::from_secs(10),
             hello: Duration::from_secs(10),
             drain: Duration::from_secs(5),
+            reply: Duration::from_secs(10),
         }
     }
 }

@@ -74,6 +74,9 @@ pub struct Session {
     ended_tx: mpsc::UnboundedSender<Ended>,
     limiter: DefaultDirectRateLimiter,
     abuse_window: (Instant, u32),
+    /// A reply found no room on the control stream within `timeouts.reply`: the client is not
+    /// reading, and the session ends.
+    stalled: bool,
 }
 
 /// Runs an accepted session to its end and frees everything it held.
@@ -137,6 +140,7 @@ async fn serve(
         ended_tx,
         limiter: RateLimiter::direct(Quota::per_second(per_sec)),
         abuse_window: (Instant::now(), 0),
+        stalled: false,
     };
     let exit = session.drive(in_rx, ended_rx).await;
     session.release().await;
@@ -153,8 +157,9 @@ async fn serve(
                 },
             });
             // The writer sends everything queued, then the goodbye; once every sender is gone
-            // it finishes the stream and waits (bounded) for the client to have it.
-            let _ = session.out.send(goodbye).await;
+            // it finishes the stream and waits (bounded) for the client to have it. A client
+            // that does not read may never make room for the goodbye: the QUIC close says it.
+            let _ = tokio::time::timeout(GOODBYE_GRACE, session.out.send(goodbye)).await;
             drop(session);
             let _ = tokio::time::timeout(GOODBYE_GRACE * 2, writer).await;
             conn.close(close_code(code), reason.as_bytes());
@@ -261,6 +266,10 @@ impl Session {
                     Some(Inbound::Ended) | None => return Exit::Gone("client_closed"),
                 },
                 _ = self.conn.closed() => return Exit::Gone("connection_lost"),
+            }
+            if self.stalled {
+                warn!(session = %self.id, "client does not read its control stream");
+                return Exit::Close(CloseCode::ProtocolError, "control stream not read".into());
             }
         }
     }
@@ -665,14 +674,21 @@ impl Session {
         }
     }
 
-    async fn reply(&self, id: u32, event: Event) {
-        let _ = self
-            .out
-            .send(encode_event(&ServerFrame { id, event }))
-            .await;
+    async fn reply(&mut self, id: u32, event: Event) {
+        if self.stalled {
+            return;
+        }
+        let frame = encode_event(&ServerFrame { id, event });
+        let wait = self.shared.config.timeouts.reply;
+        if tokio::time::timeout(wait, self.out.send(frame))
+            .await
+            .is_err()
+        {
+            self.stalled = true;
+        }
     }
 
-    async fn refuse(&self, id: u32, Refusal(code, message): Refusal) {
+    async fn refuse(&mut self, id: u32, Refusal(code, message): Refusal) {
         metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
         debug!(session = %self.id, %code, %message, "command refused");
         self.reply(

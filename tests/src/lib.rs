@@ -152,6 +152,14 @@ pub fn client_config(
 }
 
 pub fn client_endpoint(hash: [u8; 32]) -> Result<Endpoint<ClientSide>> {
+    client_endpoint_with(hash, |_| {})
+}
+
+/// A client endpoint with changes to its QUIC transport (flow-control windows, say).
+pub fn client_endpoint_with(
+    hash: [u8; 32],
+    tweak: impl FnOnce(&mut wtransport::quinn::TransportConfig),
+) -> Result<Endpoint<ClientSide>> {
     let mut config = ClientConfig::builder()
         .with_bind_default()
         .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
@@ -159,6 +167,7 @@ pub fn client_endpoint(hash: [u8; 32]) -> Result<Endpoint<ClientSide>> {
     // Room for a few hundred server-opened subscription streams.
     let mut transport = wtransport::quinn::TransportConfig::default();
     transport.max_concurrent_uni_streams(512u32.into());
+    tweak(&mut transport);
     config
         .quic_config_mut()
         .transport_config(Arc::new(transport));

@@ -25,6 +25,53 @@ async fn quic_close_code(raw: &Raw) -> Option<u64> {
     }
 }
 
+/// A client that keeps sending commands but never reads the answers fills its control stream;
+/// once a reply has waited `timeouts.reply` the session is closed with `protocol_error` (it
+/// would otherwise stall, its token-expiry timer included). Other clients carry on.
+#[tokio::test]
+async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.reply = Duration::from_millis(300);
+        c.limits.commands_per_second = 1_000_000;
+    })
+    .await?;
+    // A tiny receive window: a few hundred unread replies fill it.
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.stream_receive_window(1024u32.into());
+    })?;
+    let token = full_token("acme", "deaf");
+    let conn = endpoint
+        .connect(format!(
+            "https://127.0.0.1:{}/v1?token={token}",
+            server.wt.port()
+        ))
+        .await?;
+    let mut deaf = Raw::on(conn).await?;
+    let hello = deaf
+        .send(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "deaf".into(),
+        })
+        .await?;
+    assert!(matches!(
+        deaf.recv_reply(hello).await?,
+        Event::Welcome { .. }
+    ));
+    let mut pings = Vec::new();
+    for id in 1_000..6_000 {
+        pings.extend_from_slice(&encode_command(&ClientFrame {
+            id,
+            command: Command::Ping,
+        }));
+    }
+    deaf.send_bytes(&pings).await?;
+    assert_eq!(quic_close_code(&deaf).await, Some(3001));
+
+    let mut polite = Raw::connect(&server, &full_token("acme", "polite")).await?;
+    assert!(matches!(polite.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not() -> anyhow::Result<()> {
     let server = TestServer::start().await?;

@@ -106,6 +106,8 @@ pub(super) struct ServerProc {
     pub(super) version: String,
     /// Lines the server printed after its ready line are drained here so its pipe never fills.
     pub(super) _stdout: Option<std::thread::JoinHandle<()>>,
+    /// host:port of Quiver's `/metrics`.
+    pub(super) metrics: Option<String>,
 }
 
 /// A WebTransport server (Quiver or the bare peer) from its JSON ready line: port and
@@ -132,6 +134,11 @@ fn quic_server(
         },
         version: String::new(),
         _stdout: Some(reader),
+        // Quiver's HTTP side, where it counts its open sessions (unreachable inside the netns).
+        metrics: match place {
+            Placement::Local => ready["http"].as_str().map(str::to_owned),
+            Placement::Netns => None,
+        },
     })
 }
 
@@ -139,6 +146,39 @@ impl ServerProc {
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Waits (bounded) until Quiver has no sessions left from an earlier measurement. A close
+    /// the server never received leaves its session open, and fanned out to, until the idle
+    /// timeout; measuring before then would charge Quiver for a dead audience. Returns the
+    /// sessions still open when it gave up; 0 for servers that do not say.
+    pub(super) fn wait_for_no_sessions(&self, limit: Duration) -> u64 {
+        let Some(addr) = &self.metrics else {
+            return 0;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            let open = sessions_active(addr).unwrap_or(0);
+            if open == 0 || Instant::now() >= deadline {
+                return open;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `quiver_sessions_active` from a Quiver server's `/metrics`.
+fn sessions_active(addr: &str) -> anyhow::Result<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page)?;
+    let value = page
+        .lines()
+        .find_map(|l| l.strip_prefix("quiver_sessions_active "))
+        .context("no quiver_sessions_active")?;
+    Ok(value.trim().parse::<f64>()? as u64)
 }
 
 impl Drop for ServerProc {
@@ -321,6 +361,7 @@ pub(super) fn start_with(
                 },
                 version: String::new(),
                 _stdout: None,
+                metrics: None,
             })
         }
         Kind::Socketio => {
@@ -349,6 +390,7 @@ pub(super) fn start_with(
                 },
                 version: ready["version"].as_str().unwrap_or_default().to_owned(),
                 _stdout: Some(reader),
+                metrics: None,
             })
         }
     }

@@ -103,20 +103,16 @@ pub async fn run(spec: &Spec, p: &LoadParams, server_pid: Option<u32>) -> Result
     let start_ns = now_ns() + 20_000_000; // a moment for the tasks to start
     let from_ns = start_ns + warmup.as_nanos() as u64;
     let to_ns = from_ns + measure.as_nanos() as u64;
-    let stop_subs = CancellationToken::new();
-    // One histogram per 64 subscribers (see `recorder::Shared`).
+    // One histogram per 64 subscribers (see `recorder::Shared`), and one stop per 64 too.
     let groups: Vec<recorder::Shared> = (0..subscribers.div_ceil(64).max(1))
         .map(|_| recorder::shared(1))
         .collect();
-    let sub_tasks: Vec<_> = subs
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let group = groups[i / 64].clone();
-            let rec = Recorder::new(group, totals.clone(), from_ns, to_ns);
-            tokio::spawn(s.run(rec, stop_subs.clone()))
-        })
-        .collect();
+    let stops: Vec<CancellationToken> = groups.iter().map(|_| CancellationToken::new()).collect();
+    let mut sub_tasks: Vec<Vec<_>> = groups.iter().map(|_| Vec::new()).collect();
+    for (i, s) in subs.into_iter().enumerate() {
+        let rec = Recorder::new(groups[i / 64].clone(), totals.clone(), from_ns, to_ns);
+        sub_tasks[i / 64].push(tokio::spawn(s.run(rec, stops[i / 64].clone())));
+    }
 
     let published = Arc::new(AtomicU64::new(0));
     let stop_pubs = CancellationToken::new();
@@ -161,9 +157,15 @@ pub async fn run(spec: &Spec, p: &LoadParams, server_pid: Option<u32>) -> Result
     while totals.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop_subs.cancel();
-    for t in sub_tasks {
-        t.await?;
+    // Subscribers close their sessions as they end. Thousands of closes at once overflow the
+    // server's socket buffer, and a lost close leaves the session open on the server (fanned out
+    // to) until its idle timeout, slowing the next measurement: end them 64 at a time.
+    for (stop, tasks) in stops.iter().zip(sub_tasks) {
+        stop.cancel();
+        for t in tasks {
+            t.await?;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     pool.close().await;
     let hist = recorder::merged(&groups, 0);
