@@ -62,6 +62,14 @@ impl Stamped {
     }
 }
 
+/// Room `room`'s frame from a publisher's pre-encoded frames, stamped now.
+pub fn stamped_now(frames: &mut [Stamped], room: usize) -> anyhow::Result<&[u8]> {
+    let frame = frames
+        .get_mut(room)
+        .ok_or_else(|| anyhow::anyhow!("no room {room}"))?;
+    Ok(frame.at(crate::clock::now_ns()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

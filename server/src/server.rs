@@ -241,17 +241,13 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
-    match config.transport.congestion_control {
-        CongestionControl::Bbr => {
-            transport.congestion_controller_factory(Arc::new(congestion::BbrConfig::default()));
-        }
-        CongestionControl::Cubic => {
-            transport.congestion_controller_factory(Arc::new(congestion::CubicConfig::default()));
-        }
-        CongestionControl::NewReno => {
-            transport.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()));
-        }
-    }
+    let controller: Arc<dyn congestion::ControllerFactory + Send + Sync> =
+        match config.transport.congestion_control {
+            CongestionControl::Bbr => Arc::new(congestion::BbrConfig::default()),
+            CongestionControl::Cubic => Arc::new(congestion::CubicConfig::default()),
+            CongestionControl::NewReno => Arc::new(congestion::NewRenoConfig::default()),
+        };
+    transport.congestion_controller_factory(controller);
     let builder = ServerConfig::builder();
     let builder = match config.listen {
         // `[::]` serves IPv4 too (browsers resolve localhost to ::1 first, others to 127.0.0.1).

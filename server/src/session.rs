@@ -283,54 +283,52 @@ impl Session {
             _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
-        match first {
-            Err(_) => Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
-            Ok(None | Some(Inbound::Ended)) => Err(Exit::Gone("client_closed")),
-            Ok(Some(Inbound::Frame(frame))) => {
-                let ClientFrame {
+        let hello = match first {
+            Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
+            Ok(None | Some(Inbound::Ended)) => return Err(Exit::Gone("client_closed")),
+            Ok(Some(Inbound::Malformed(reason))) => {
+                return Err(Exit::Close(CloseCode::ProtocolError, reason))
+            }
+            Ok(Some(Inbound::Frame(frame))) => match *frame {
+                ClientFrame {
                     id,
                     command: Command::Hello { version, .. },
-                } = *frame
-                else {
-                    return Err(Exit::Close(
-                        CloseCode::ProtocolError,
-                        "the first frame must be Hello".into(),
-                    ));
-                };
-                if version != PROTOCOL_VERSION {
-                    return Err(Exit::Close(
-                        CloseCode::UnsupportedVersion,
-                        format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}"),
-                    ));
-                }
-                let limits = &self.shared.config.limits;
-                self.reply(
-                    id,
-                    Event::Welcome {
-                        version: PROTOCOL_VERSION,
-                        session: self.id.clone(),
-                        user: self.grant.user.clone(),
-                        tenant: self.grant.tenant.to_string(),
-                        expires_at: Some(self.grant.expires_at),
-                        limits: Limits {
-                            max_frame: limits.max_frame,
-                            max_payload: limits.max_payload,
-                            max_subscriptions: limits.max_subscriptions,
-                            commands_per_second: limits.commands_per_second,
-                        },
-                    },
-                )
-                .await;
-                Ok(())
-            }
-            Ok(Some(Inbound::Malformed(reason))) => {
-                Err(Exit::Close(CloseCode::ProtocolError, reason))
-            }
-            Ok(Some(_)) => Err(Exit::Close(
+                } => Some((id, version)),
+                _ => None,
+            },
+            Ok(Some(Inbound::Unknown { .. })) => None,
+        };
+        let Some((id, version)) = hello else {
+            return Err(Exit::Close(
                 CloseCode::ProtocolError,
                 "the first frame must be Hello".into(),
-            )),
+            ));
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(Exit::Close(
+                CloseCode::UnsupportedVersion,
+                format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
         }
+        let limits = &self.shared.config.limits;
+        self.reply(
+            id,
+            Event::Welcome {
+                version: PROTOCOL_VERSION,
+                session: self.id.clone(),
+                user: self.grant.user.clone(),
+                tenant: self.grant.tenant.to_string(),
+                expires_at: Some(self.grant.expires_at),
+                limits: Limits {
+                    max_frame: limits.max_frame,
+                    max_payload: limits.max_payload,
+                    max_subscriptions: limits.max_subscriptions,
+                    commands_per_second: limits.commands_per_second,
+                },
+            },
+        )
+        .await;
+        Ok(())
     }
 
     async fn command(&mut self, frame: ClientFrame) -> Option<Exit> {

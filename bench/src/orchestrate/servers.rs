@@ -142,6 +142,31 @@ fn quic_server(
     })
 }
 
+/// A TCP peer (NATS, Socket.IO): no certificate, no token, no metrics to poll.
+fn tcp_server(
+    label: &str,
+    kind: Kind,
+    child: Child,
+    (sub_addr, pub_addr): (String, String),
+    version: String,
+    stdout: Option<std::thread::JoinHandle<()>>,
+) -> ServerProc {
+    ServerProc {
+        name: label.into(),
+        child,
+        spec: Spec {
+            kind,
+            sub_addr,
+            pub_addr,
+            cert_sha256: None,
+            token: None,
+        },
+        version,
+        _stdout: stdout,
+        metrics: None,
+    }
+}
+
 impl ServerProc {
     pub(super) fn pid(&self) -> u32 {
         self.child.id()
@@ -343,26 +368,13 @@ pub(super) fn start_with(
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(&log)?));
             let mut child = cmd.spawn().context("starting nats-server")?;
-            let (sub_addr, pub_addr) = place.addrs(port);
-            if let Err(e) = wait_tcp(&pub_addr, Duration::from_secs(10)) {
+            let addrs = place.addrs(port);
+            if let Err(e) = wait_tcp(&addrs.1, Duration::from_secs(10)) {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(e);
             }
-            Ok(ServerProc {
-                name: label.into(),
-                child,
-                spec: Spec {
-                    kind,
-                    sub_addr,
-                    pub_addr,
-                    cert_sha256: None,
-                    token: None,
-                },
-                version: String::new(),
-                _stdout: None,
-                metrics: None,
-            })
+            Ok(tcp_server(label, kind, child, addrs, String::new(), None))
         }
         Kind::Socketio => {
             let dir = ctx.args.socketio.as_ref().context("no socket.io peer")?;
@@ -377,21 +389,15 @@ pub(super) fn start_with(
                 .as_u64()
                 .and_then(|p| u16::try_from(p).ok())
                 .context("socket.io port")?;
-            let (sub_addr, pub_addr) = place.addrs(port);
-            Ok(ServerProc {
-                name: label.into(),
+            let version = ready["version"].as_str().unwrap_or_default().to_owned();
+            Ok(tcp_server(
+                label,
+                kind,
                 child,
-                spec: Spec {
-                    kind,
-                    sub_addr,
-                    pub_addr,
-                    cert_sha256: None,
-                    token: None,
-                },
-                version: ready["version"].as_str().unwrap_or_default().to_owned(),
-                _stdout: Some(reader),
-                metrics: None,
-            })
+                place.addrs(port),
+                version,
+                Some(reader),
+            ))
         }
     }
 }

@@ -182,11 +182,7 @@ impl NatsPublisher {
     }
 
     pub async fn publish(&mut self, room: usize) -> Result<()> {
-        let frame = self
-            .frames
-            .get_mut(room)
-            .ok_or_else(|| anyhow!("no room {room}"))?;
-        let bytes = frame.at(crate::clock::now_ns());
+        let bytes = crate::payload::stamped_now(&mut self.frames, room)?;
         self.conn.write.write_all(bytes).await?;
         // Flush every message: latency is measured from the stamp, so no client-side batching.
         self.conn.write.flush().await?;

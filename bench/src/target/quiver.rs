@@ -206,11 +206,7 @@ impl QuiverPublisher {
     }
 
     pub async fn publish(&mut self, room: usize) -> Result<()> {
-        let frame = self
-            .frames
-            .get_mut(room)
-            .ok_or_else(|| anyhow!("no room {room}"))?;
-        let bytes = frame.at(crate::clock::now_ns());
+        let bytes = crate::payload::stamped_now(&mut self.frames, room)?;
         self.session.send.write_all(bytes).await?;
         Ok(())
     }
