@@ -95,6 +95,10 @@ codes! {
         ServerError = 3005, "server_error";
         /// The client did not send `Hello` in time.
         HelloTimeout = 3006, "hello_timeout";
+        /// The token was refused before any session existed (WebSocket transport only: a
+        /// browser cannot see the HTTP status of a refused upgrade). Do not retry with the same
+        /// token.
+        InvalidToken = 3007, "token_invalid";
     }
 }
 
@@ -103,7 +107,7 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::ProtocolError | CloseCode::UnsupportedVersion
+            CloseCode::ProtocolError | CloseCode::UnsupportedVersion | CloseCode::InvalidToken
         )
     }
 }

@@ -26,6 +26,7 @@ export const CloseCode = {
   unsupported_version: 3004,
   server_error: 3005,
   hello_timeout: 3006,
+  token_invalid: 3007,
 } as const;
 
 const labels = new Map<number, string>(
