@@ -179,6 +179,13 @@ impl Server {
         self.shared.cert_sha256
     }
 
+    /// Open sessions on every transport (what `max_sessions` and the drain count).
+    pub fn session_count(&self) -> usize {
+        self.shared
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn is_dev(&self) -> bool {
         self.shared.dev.is_some()
     }

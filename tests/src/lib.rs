@@ -94,6 +94,12 @@ impl TestServer {
         format!("https://127.0.0.1:{}/v1", self.wt.port())
     }
 
+    /// Open sessions on this server, every transport (the metrics registry is shared by every
+    /// server in a test process; this count is not).
+    pub fn sessions(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::session_count)
+    }
+
     pub async fn metrics(&self) -> Result<String> {
         Ok(reqwest::get(format!("http://{}/metrics", self.http))
             .await?

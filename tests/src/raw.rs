@@ -54,8 +54,12 @@ enum Wire {
         rooms: RoomRoutes,
         /// The close frame's code and reason, once the server sent one.
         close: Arc<Mutex<Option<(u16, String)>>>,
+        /// Every frame received, in socket order (for ordering assertions).
+        trace: Trace,
     },
 }
+
+type Trace = Arc<Mutex<Vec<ServerFrame>>>;
 
 impl Raw {
     pub async fn connect(server: &TestServer, token: &str) -> Result<Self> {
@@ -130,13 +134,21 @@ impl Raw {
         let (control_tx, control) = mpsc::unbounded_channel();
         let rooms = RoomRoutes::default();
         let close = Arc::new(Mutex::new(None));
-        tokio::spawn(route(stream, control_tx, rooms.clone(), close.clone()));
+        let trace = Trace::default();
+        tokio::spawn(route(
+            stream,
+            control_tx,
+            rooms.clone(),
+            close.clone(),
+            trace.clone(),
+        ));
         Ok(Self {
             wire: Wire::Ws {
                 sink,
                 control,
                 rooms,
                 close,
+                trace,
             },
             next_id: 1,
             welcome: None,
@@ -180,6 +192,14 @@ impl Raw {
                 }
                 None
             }
+        }
+    }
+
+    /// Every frame the WebSocket carried so far, in order.
+    pub fn ws_trace(&self) -> Vec<ServerFrame> {
+        match &self.wire {
+            Wire::Ws { trace, .. } => trace.lock().expect("not poisoned").clone(),
+            Wire::Wt { .. } => Vec::new(),
         }
     }
 
@@ -308,6 +328,7 @@ async fn route(
     control: mpsc::UnboundedSender<std::result::Result<ServerFrame, String>>,
     rooms: RoomRoutes,
     close: Arc<Mutex<Option<(u16, String)>>>,
+    trace: Trace,
 ) {
     let end = loop {
         let data = match stream.next().await {
@@ -327,7 +348,10 @@ async fn route(
         loop {
             match decoder.next_frame() {
                 Ok(Some(body)) => match decode_event(&body) {
-                    Ok(frame) => dispatch(frame, &control, &rooms),
+                    Ok(frame) => {
+                        trace.lock().expect("not poisoned").push(frame.clone());
+                        dispatch(frame, &control, &rooms)
+                    }
                     Err(e) => {
                         let _ = control.send(Err(format!("undecodable frame: {e}")));
                     }
