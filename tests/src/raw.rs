@@ -230,6 +230,14 @@ impl Raw {
         Ok(())
     }
 
+    /// Finishes (FIN) the WebTransport control stream: the client is leaving.
+    pub async fn finish_control(&mut self) -> Result<()> {
+        match &mut self.wire {
+            Wire::Wt { send, .. } => Ok(send.finish().await?),
+            Wire::Ws { .. } => bail!("not a WebTransport client"),
+        }
+    }
+
     /// Sends one WebSocket message as it is (text, or several frames in one message).
     pub async fn send_ws(&mut self, message: Message) -> Result<()> {
         match &mut self.wire {
