@@ -155,8 +155,13 @@ impl Session {
         }))
     }
 
+    /// Checks a publication and hands it to the broker. The answer comes at once when the
+    /// broker takes it at once (the memory broker, NATS core); otherwise (a stored publish
+    /// waiting for its ack) it joins the session's publish queue (`publishing.rs`) and the
+    /// session goes on with other commands meanwhile.
     pub(super) async fn publish(
         &mut self,
+        id: u32,
         room: &str,
         payload: Bytes,
         ack: bool,
@@ -175,14 +180,12 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
-        let position = self
-            .shared
-            .broker
-            .publish(key, payload)
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        metrics::counter!(m::PUBLICATIONS).increment(1);
-        Ok(ack.then_some(Event::Published { position }))
+        let broker = self.shared.broker.clone();
+        let publishing = Box::pin(async move { broker.publish(key, payload).await });
+        match self.publishing.submit(id, ack, publishing) {
+            Some(done) => super::publishing::answer(done.result).map(|e| e.filter(|_| ack)),
+            None => Ok(None),
+        }
     }
 
     /// A new token for the same user and tenant. It must not be expired already (then the
