@@ -98,21 +98,15 @@ impl Future for NextDone<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
         let this = &mut *self.get_mut().0;
-        loop {
-            if this.current.is_none() {
-                this.current = this.queued.pop_front();
-            }
-            let Some(waiting) = this.current.as_mut() else {
-                return Poll::Pending;
-            };
-            match waiting.poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(result) => {
-                    let Waiting { id, ack, .. } = this.current.take().expect("just polled");
-                    return Poll::Ready(Done { id, ack, result });
-                }
-            }
+        if this.current.is_none() {
+            this.current = this.queued.pop_front();
         }
+        let Some(waiting) = this.current.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = std::task::ready!(waiting.poll(cx));
+        let Waiting { id, ack, .. } = this.current.take().expect("just polled");
+        Poll::Ready(Done { id, ack, result })
     }
 }
 
