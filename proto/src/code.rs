@@ -74,6 +74,9 @@ codes! {
         SlowConsumer = 112, "slow_consumer";
         /// The subscription ended because the session is closing.
         SessionClosing = 113, "session_closing";
+        /// The server could not open the subscription's stream in time: the client allows
+        /// fewer concurrent incoming unidirectional streams than it has subscriptions.
+        StreamLimit = 114, "stream_limit";
     }
 }
 

@@ -199,6 +199,10 @@ pub struct TimeoutsConfig {
     /// CONNECT request) must be done within this, or the connection is closed.
     #[serde(with = "humantime_serde")]
     pub handshake: Duration,
+    /// How long opening a subscription's stream may wait for the client's stream credit
+    /// before the subscription ends with `stream_limit`.
+    #[serde(with = "humantime_serde")]
+    pub stream_open: Duration,
     /// How long a graceful shutdown waits for sessions to say goodbye.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
@@ -251,6 +255,7 @@ impl Default for TimeoutsConfig {
             keep_alive: Duration::from_secs(10),
             hello: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
+            stream_open: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             reply: Duration::from_secs(10),
         }

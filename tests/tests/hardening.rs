@@ -220,3 +220,60 @@ over_both_transports!(
     an_expired_refresh_is_refused_without_harm,
     rate_abuse_closes_on_the_threshold,
 );
+
+/// Issue 11 §5: a client that allows fewer incoming streams than it subscribes to gets a clear
+/// `Unsubscribed { stream_limit }` for the rooms whose streams cannot be opened, never a silent
+/// hole.
+#[tokio::test]
+async fn subscriptions_past_the_clients_stream_limit_fail_visibly() -> anyhow::Result<()> {
+    let server =
+        TestServer::start_with(|c| c.timeouts.stream_open = Duration::from_millis(500)).await?;
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.max_concurrent_uni_streams(4u32.into());
+    })?;
+    let conn = endpoint
+        .connect(format!(
+            "{}?token={}",
+            server.url(),
+            full_token("acme", "u")
+        ))
+        .await?;
+    let mut c = Raw::on(conn).await?;
+    c.request(Command::Hello {
+        version: 1,
+        client: "few-streams".into(),
+    })
+    .await?;
+    // HTTP/3 itself uses one of the client's unidirectional stream slots (the server's control
+    // stream; QPACK ones too if opened): at most 3 subscription streams fit.
+    let rooms: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    for room in &rooms {
+        let reply = c
+            .request(Command::Subscribe {
+                room: room.clone(),
+                resume: None,
+            })
+            .await?;
+        assert!(matches!(reply, Event::Subscribed { .. }), "{reply:?}");
+    }
+    // Every room either has its stream or was ended visibly.
+    let mut streams = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), c.conn().accept_uni()).await
+    {
+        streams += 1;
+    }
+    let mut ended = Vec::new();
+    while streams + ended.len() < rooms.len() {
+        let frame = c.recv().await?;
+        if let Event::Unsubscribed { room, code, .. } = frame.event {
+            assert_eq!(code, ErrorCode::StreamLimit.as_u16());
+            ended.push(room);
+        }
+    }
+    assert!(
+        !ended.is_empty() && streams >= 1,
+        "{streams} streams, ended {ended:?}"
+    );
+    Ok(())
+}

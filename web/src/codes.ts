@@ -16,6 +16,7 @@ export const ErrorCode = {
   unavailable: 111,
   slow_consumer: 112,
   session_closing: 113,
+  stream_limit: 114,
 } as const;
 
 export const CloseCode = {

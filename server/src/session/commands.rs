@@ -115,6 +115,7 @@ impl Session {
                 queue: queue_rx,
                 overflow,
                 ended: self.ended_tx.clone(),
+                open_deadline: self.shared.config.timeouts.stream_open,
             }
             .run(),
         );
