@@ -24,6 +24,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "namespaces",
     "nats",
     "allowed_origins",
+    "quotas",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +58,71 @@ pub struct Config {
     /// origin gets 403. Requests without `Origin` (native clients) pass. Empty: any origin
     /// (a production server logs a warning at start).
     pub allowed_origins: Vec<String>,
+    /// What one tenant or one source address may hold or spend on this instance.
+    pub quotas: QuotasConfig,
+}
+
+/// Quotas, enforced per instance (see `quota.rs` for why not cluster-wide). 0 means unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Every tenant's quota, unless overridden.
+    pub tenant: TenantQuota,
+    /// Per-tenant overrides of single fields.
+    pub tenants: Vec<TenantOverride>,
+    pub per_address: AddressQuota,
+    /// Tenants with their own label on per-tenant metrics; later ones share `other`.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            tenant: TenantQuota::default(),
+            tenants: Vec::new(),
+            per_address: AddressQuota::default(),
+            max_tenant_labels: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Concurrent sessions (every transport). Over it a new session is closed at once with
+    /// `over_quota` (3008).
+    pub max_sessions: u32,
+    /// Concurrent subscriptions over all the tenant's sessions; over it `quota_exceeded` (115).
+    pub max_subscriptions: u32,
+    /// Publications per second (sustained; bursts of the same size); over it `quota_exceeded`.
+    pub publications_per_second: u32,
+    /// Publication payload bytes per second; over it `quota_exceeded`.
+    pub bytes_per_second: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOverride {
+    pub tenant: String,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub max_subscriptions: Option<u32>,
+    #[serde(default)]
+    pub publications_per_second: Option<u32>,
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressQuota {
+    /// Concurrent connections (any stage, any transport) from one IP address.
+    pub max_connections: u32,
+    /// New connections (handshakes) per second from one IP address; bursts of the same size.
+    pub handshakes_per_second: u32,
+    /// Addresses exempt from these limits: proxies and load balancers many clients share.
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +296,7 @@ impl Default for Config {
             namespaces: Vec::new(),
             nats: None,
             allowed_origins: Vec::new(),
+            quotas: QuotasConfig::default(),
         }
     }
 }

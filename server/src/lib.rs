@@ -14,6 +14,7 @@ mod demo;
 mod http;
 pub mod hub;
 pub mod metrics;
+pub mod quota;
 mod server;
 mod session;
 mod subscription;

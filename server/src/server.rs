@@ -81,6 +81,8 @@ pub struct Shared {
     pub sessions: AtomicUsize,
     /// QUIC connections in any stage, from the first packet (pre-session ones hold memory too).
     pub connections: AtomicUsize,
+    pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
+    pub address_limits: Arc<crate::quota::AddressLimits>,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
     pub webtransport_addr: SocketAddr,
@@ -138,6 +140,10 @@ impl Server {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
             Some(nats) => Arc::new(NatsBroker::connect(nats, hub.clone(), shared_config).await?),
         };
+        let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
+        let address_limits = Arc::new(crate::quota::AddressLimits::new(
+            config.quotas.per_address.clone(),
+        ));
         let shared = Arc::new(Shared {
             config,
             verifier,
@@ -147,6 +153,8 @@ impl Server {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            tenant_quotas,
+            address_limits,
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,

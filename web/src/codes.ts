@@ -17,6 +17,7 @@ export const ErrorCode = {
   slow_consumer: 112,
   session_closing: 113,
   stream_limit: 114,
+  quota_exceeded: 115,
 } as const;
 
 export const CloseCode = {
@@ -28,6 +29,7 @@ export const CloseCode = {
   server_error: 3005,
   hello_timeout: 3006,
   token_invalid: 3007,
+  over_quota: 3008,
 } as const;
 
 const labels = new Map<number, string>(

@@ -43,6 +43,12 @@ impl Session {
                 format!("subscription limit of {max} reached"),
             ));
         }
+        if let Some(quota) = &self.quota {
+            quota
+                .add_subscription()
+                .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+        }
+        // Counted from here on: `drop_sub` releases it, and so does the one way out below.
 
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
@@ -68,6 +74,9 @@ impl Session {
             Err(e) => {
                 if self.shared.hub.unsubscribe(&key, sub_id) {
                     let _ = self.shared.broker.remove_interest(key.clone()).await;
+                }
+                if let Some(quota) = &self.quota {
+                    quota.remove_subscription();
                 }
                 return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
             }
@@ -180,6 +189,11 @@ impl Session {
                 ErrorCode::PayloadTooLarge,
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
+        }
+        if let Some(quota) = &self.quota {
+            quota
+                .publish(payload.len(), std::time::Instant::now())
+                .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
         }
         let broker = self.shared.broker.clone();
         let publishing = Box::pin(async move { broker.publish(key, payload).await });
@@ -330,6 +344,9 @@ impl Session {
             let _ = writer.await;
         }
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).decrement(1.0);
+        if let Some(quota) = &self.quota {
+            quota.remove_subscription();
+        }
         if self.shared.config.presence(&sub.key.room) {
             self.announce_presence(&sub.key, false).await;
         }

@@ -36,6 +36,8 @@ use crate::transport::{Inbound, Peer, Transport};
 use meter::{Meter, Verdict};
 use publishing::Publishing;
 
+use crate::quota::TenantSession;
+
 /// How long a goodbye frame may take to be queued for the client.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 
@@ -115,6 +117,8 @@ pub struct Session {
     meter: Meter,
     /// Publications waiting for the broker, answered in order.
     publishing: Publishing,
+    /// This session's share of its tenant's quotas (`None`: refused, the session is closing).
+    quota: Option<TenantSession>,
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
@@ -136,6 +140,7 @@ pub async fn run(
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let meter = Meter::new(&shared.config.limits);
+    let quota = shared.tenant_quotas.open_session(&grant.tenant);
     let mut session = Session {
         shared: shared.clone(),
         link,
@@ -146,9 +151,19 @@ pub async fn run(
         ended_tx,
         meter,
         publishing: Publishing::default(),
+        quota: None,
         stalled: false,
     };
-    let exit = session.drive(inbound, ended_rx).await;
+    let exit = match quota {
+        Ok(quota) => {
+            session.quota = Some(quota);
+            session.drive(inbound, ended_rx).await
+        }
+        Err(e) => {
+            info!(session = %id, reason = %e, "session over its tenant's quota");
+            Exit::Close(CloseCode::OverQuota, e.to_string())
+        }
+    };
     session.release().await;
     let end = match exit {
         Exit::Gone(reason) => End {
