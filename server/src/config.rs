@@ -25,6 +25,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "nats",
     "allowed_origins",
     "quotas",
+    "https",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TCP address for health, metrics and the demo page.
     pub http: SocketAddr,
+    /// TCP address for HTTPS and `wss://` (the WebSocket and SSE fallbacks, health, metrics,
+    /// the API), served only with a real certificate (`cert`/`key`), with the same
+    /// certificate. Default: the `listen` address, i.e. the same port number as HTTP/3.
+    pub https: Option<SocketAddr>,
     /// PEM certificate chain and key. Without them a development certificate is generated in
     /// `cert_dir`.
     pub cert: Option<PathBuf>,
@@ -284,6 +289,7 @@ impl Default for Config {
         Self {
             listen: "[::]:4433".parse().expect("valid literal"),
             http: "127.0.0.1:8080".parse().expect("valid literal"),
+            https: None,
             cert: None,
             key: None,
             cert_dir: PathBuf::from("certs"),

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod config;
 mod demo;
 mod http;
+pub mod https;
 pub mod hub;
 pub mod metrics;
 pub mod quota;
