@@ -26,6 +26,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "allowed_origins",
     "quotas",
     "https",
+    "api",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +66,34 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// What one tenant or one source address may hold or spend on this instance.
     pub quotas: QuotasConfig,
+    /// The backend API's keys.
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `Authorization: Bearer KEY` on `/api/v1/…` admin endpoints (disconnect). A key with a
+    /// `tenant` acts on that tenant only; without one it acts on every tenant.
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    // Keys are secrets: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .finish()
+    }
 }
 
 /// Quotas, enforced per instance (see `quota.rs` for why not cluster-wide). 0 means unlimited.
@@ -303,6 +332,7 @@ impl Default for Config {
             nats: None,
             allowed_origins: Vec::new(),
             quotas: QuotasConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }

@@ -154,10 +154,14 @@ pub async fn run(
         quota: None,
         stalled: false,
     };
+    let (_registered, kicks) =
+        shared
+            .registry
+            .register(&id, &session.grant.tenant, &session.grant.user, None);
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);
-            session.drive(inbound, ended_rx).await
+            session.drive(inbound, ended_rx, kicks).await
         }
         Err(e) => {
             info!(session = %id, reason = %e, "session over its tenant's quota");
@@ -201,6 +205,7 @@ impl Session {
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut kicks: mpsc::Receiver<crate::registry::Kick>,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
@@ -216,6 +221,7 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
+                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
