@@ -135,6 +135,7 @@ pub async fn run(
 ) -> End {
     let id = format!("{:x}", rand::random::<u64>());
     let transport = link.transport.label();
+    let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
@@ -194,9 +195,21 @@ pub async fn run(
             }
         }
     };
+    let user = std::mem::take(&mut session.grant.user);
+    let tenant = session.grant.tenant.to_string();
     drop(session);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
+    // One line per session, for log pipelines: who, how, how long, why.
+    info!(
+        session = %id,
+        tenant,
+        user,
+        transport,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        reason = end.reason,
+        "session closed"
+    );
     end
 }
 
@@ -250,7 +263,7 @@ impl Session {
                     Some(Inbound::Ended(reason)) => return Exit::Gone(reason),
                     None => return Exit::Gone("client_closed"),
                 },
-                _ = self.link.peer.closed() => return Exit::Gone("connection_lost"),
+                reason = self.link.peer.closed() => return Exit::Gone(reason),
             }
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
@@ -266,7 +279,7 @@ impl Session {
     ) -> Result<(), Exit> {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
-            _ = self.link.peer.closed() => return Err(Exit::Gone("connection_lost")),
+            reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
         let hello = match first {
