@@ -14,6 +14,7 @@ mod endpoint;
 mod http;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 mod server;
 mod session;
 mod subscription;

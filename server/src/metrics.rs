@@ -14,6 +14,10 @@ pub const DELIVERIES: &str = "quiver_deliveries_total";
 pub const DELIVERIES_DROPPED: &str = "quiver_deliveries_dropped_total";
 pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
+pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
+pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+pub const HISTORY_BYTES: &str = "quiver_history_bytes";
+pub const HISTORY_EVICTED: &str = "quiver_history_evicted_total";
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
@@ -46,4 +50,17 @@ fn describe() {
     describe_counter!(DELIVERIES_DROPPED, "Publications dropped, by reason");
     describe_counter!(COMMANDS, "Commands received");
     describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
+    describe_counter!(
+        PUBLICATIONS_DROPPED,
+        "Publications refused or lost because the broker was unavailable, by reason"
+    );
+    describe_counter!(
+        PRESENCE_TRUNCATED,
+        "Presence replies cut short to fit the frame limit"
+    );
+    describe_gauge!(HISTORY_BYTES, "Bytes of history held by the memory broker");
+    describe_counter!(
+        HISTORY_EVICTED,
+        "Publications evicted from memory history before their time, by reason"
+    );
 }

@@ -100,10 +100,14 @@ type Event$1 = {
 	code: number;
 	reason: string;
 	reconnect: boolean;
-} | {
+}
+/** `truncated`: the server listed only the members that fit in one frame (older servers never
+ *  send the field; it then reads as false). */
+ | {
 	type: "Presence";
 	room: string;
 	members: Member[];
+	truncated: boolean;
 } | {
 	type: "Joined";
 	room: string;
@@ -189,6 +193,7 @@ export declare const CloseCode: {
 	readonly unsupported_version: 3004;
 	readonly server_error: 3005;
 	readonly hello_timeout: 3006;
+	readonly token_invalid: 3007;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;
