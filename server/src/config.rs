@@ -180,6 +180,14 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,
+    /// Bytes of history (payloads plus per-publication bookkeeping) the embedded broker keeps
+    /// over all rooms and tenants. Past it, the oldest publications of the tenant holding the
+    /// most are evicted first. With NATS, JetStream's own limits bound the total.
+    pub history_max_bytes: u64,
+    /// Bytes of history one tenant may hold (embedded broker: over all its rooms; NATS: per
+    /// history namespace, as the `max_bytes` of the tenant's stream). Past it, that tenant's
+    /// own oldest publications go, so one tenant cannot push out everyone else's history.
+    pub history_tenant_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +239,8 @@ impl Default for LimitsConfig {
             abuse_factor: 3,
             subscriber_queue: 1024,
             max_sessions: 20_000,
+            history_max_bytes: 256 * 1024 * 1024,
+            history_tenant_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -300,6 +310,12 @@ impl Config {
             return Err(format!(
                 "limits.max_payload ({}) plus {overhead} bytes of framing must fit in limits.max_frame ({})",
                 l.max_payload, l.max_frame
+            ));
+        }
+        if l.history_tenant_max_bytes > l.history_max_bytes {
+            return Err(format!(
+                "limits.history_tenant_max_bytes ({}) must not exceed limits.history_max_bytes ({})",
+                l.history_tenant_max_bytes, l.history_max_bytes
             ));
         }
         if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {

@@ -273,11 +273,27 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
     }
     // Sessions stay up meanwhile, and publishing to a history room says it can't be stored.
     assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
+    let dropped = |page: &str| {
+        metric(
+            page,
+            "quiver_publications_dropped_total{reason=\"broker_unavailable\"}",
+        )
+    };
+    let dropped_before = dropped(&servers[0].metrics().await?);
     let refused = publ.publish("h.y", b"lost").await?;
     assert!(
         matches!(refused, Event::Error { code, .. } if code == 111),
         "{refused:?}"
     );
+    // A live room too (issue 11 §4): an ack means "handed to NATS", and NATS is not there,
+    // so it is refused rather than queued and flushed later to whoever resubscribed by then.
+    let refused = publ.publish("live.x", b"would be lost").await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == 111),
+        "a live publish during the outage was answered {refused:?}"
+    );
+    // Both are counted.
+    assert!(dropped(&servers[0].metrics().await?) >= dropped_before + 2.0);
 
     nats.restart().await?;
     for s in &servers {
@@ -300,6 +316,197 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
                 "no delivery after the NATS restart"
             ),
         }
+    }
+    Ok(())
+}
+
+/// Issue 11 §2: after nats-server restarts on the same (file) storage, history rooms must
+/// deliver again soon, and `/readyz` must not say ready before they do.
+#[tokio::test]
+async fn history_rooms_deliver_soon_after_nats_restarts() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        let mut n = NatsConfig::new(nats.url());
+        n.storage = "file".into();
+        c.nats = Some(n);
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 10_000,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+        });
+    })
+    .await?;
+    wait_ready(&server, 200).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut room = sub.subscribe("h.restart").await?;
+    // Every delivery, with when it arrived.
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match room.payload().await {
+                Ok(payload) => {
+                    if got_tx.send((payload, std::time::Instant::now())).is_err() {
+                        break;
+                    }
+                }
+                // A quiet stream is not an ended one (reads are cancel-safe).
+                Err(e) if e.to_string().contains("timed out") => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    assert!(matches!(
+        publ.publish("h.restart", b"before").await?,
+        Event::Published { .. }
+    ));
+    let (first, _) = tokio::time::timeout(WAIT, got_rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("subscriber gone"))?;
+    assert_eq!(first, Bytes::from_static(b"before"));
+
+    nats.restart().await?;
+    let restarted = std::time::Instant::now();
+    // Traffic: a numbered publication every 20 ms, acknowledged or refused, until one is
+    // acknowledged after the restart; note whether /readyz said ready before it.
+    let mut n = 0u32;
+    let (acked, ready_before_ack) = loop {
+        anyhow::ensure!(
+            restarted.elapsed() < WAIT * 3,
+            "no publication acknowledged after the restart"
+        );
+        n += 1;
+        let ready_now = ready(&server).await? == 200;
+        match publ.publish("h.restart", &n.to_be_bytes()).await? {
+            Event::Published { .. } => break (std::time::Instant::now(), ready_now),
+            Event::Error { code: 111, .. } => {}
+            other => anyhow::bail!("publish during the restart: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = acked + WAIT * 2;
+    let delivered = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (payload, at) = tokio::time::timeout(left, got_rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("publication {n} never delivered"))?
+            .ok_or_else(|| anyhow::anyhow!("subscriber gone"))?;
+        if payload == Bytes::copy_from_slice(&n.to_be_bytes()) {
+            break at;
+        }
+    };
+    let gap = delivered.saturating_duration_since(acked);
+    eprintln!(
+        "nats restart: first ack {:?} after the restart, delivered {gap:?} after its ack; /readyz ready before that ack: {ready_before_ack}",
+        acked - restarted
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "first acknowledged publication after the restart took {gap:?} to be delivered"
+    );
+    Ok(())
+}
+
+async fn published(raw: &mut Raw, room: &str, payload: &[u8]) -> anyhow::Result<Position> {
+    match raw.publish(room, payload).await? {
+        Event::Published { position: Some(p) } => Ok(p),
+        other => anyhow::bail!("publish to {room}: {other:?}"),
+    }
+}
+
+/// Issue 10 defect 7: one tenant's positions must say nothing about another tenant's traffic.
+#[tokio::test]
+async fn positions_reveal_nothing_about_other_tenants() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 2).await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    let mut a = Raw::connect(&servers[0], &full_token("tenant-a", "u")).await?;
+    let mut b = Raw::connect(&servers[1], &full_token("tenant-b", "u")).await?;
+    let a1 = published(&mut a, "h.room", b"a1").await?;
+    // Tenant B is busy in the same namespace, same room name and others.
+    for i in 0..7u8 {
+        published(&mut b, "h.room", &[i]).await?;
+        published(&mut b, "h.other", &[i]).await?;
+    }
+    let a2 = published(&mut a, "h.room", b"a2").await?;
+    assert_eq!(
+        a2.offset - a1.offset,
+        1,
+        "tenant A's offsets moved by {} while only tenant B published",
+        a2.offset - a1.offset
+    );
+    // And what A sees on subscribing is its own position.
+    match a
+        .request(Command::Subscribe {
+            room: "h.room".into(),
+            resume: None,
+        })
+        .await?
+    {
+        Event::Subscribed { position, .. } => assert_eq!(position, Some(a2)),
+        other => anyhow::bail!("{other:?}"),
+    }
+    Ok(())
+}
+
+/// PROTOCOL §5: resuming from any position P replays everything after P still in history,
+/// including a P between two of the room's own offsets.
+#[tokio::test]
+async fn resume_from_between_a_rooms_offsets_replays_what_followed() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 1).await?;
+    wait_ready(&servers[0], 200).await?;
+    let mut c = Raw::connect(&servers[0], &full_token("acme", "u")).await?;
+    // Two rooms of one namespace interleave, so the room's offsets have gaps: x at 1, 3, 5.
+    let mut x = Vec::new();
+    for i in 0..3u8 {
+        x.push(published(&mut c, "h.x", &[i]).await?);
+        published(&mut c, "h.y", &[i]).await?;
+    }
+    assert!(
+        x[1].offset > x[0].offset + 1,
+        "offsets {x:?} have no gap to test"
+    );
+    let mut reader = Raw::connect(&servers[0], &full_token("acme", "r")).await?;
+    for (since, expected) in [
+        // Between x[0] and x[1]: x[1] and x[2] follow.
+        (x[0].offset + 1, vec![1u8, 2]),
+        (x[1].offset + 1, vec![2]),
+        // Before anything: everything, as nothing was ever trimmed.
+        (0, vec![0, 1, 2]),
+        // At the end: nothing to replay, and nothing missing.
+        (x[2].offset, vec![]),
+    ] {
+        let id = reader
+            .send(Command::Subscribe {
+                room: "h.x".into(),
+                resume: Some(Position {
+                    offset: since,
+                    ..x[0]
+                }),
+            })
+            .await?;
+        match reader.recv_reply(id).await? {
+            Event::Subscribed { recovery, .. } => assert_eq!(
+                recovery,
+                Recovery::Recovered {
+                    replayed: expected.len() as u32
+                },
+                "resume from {since}"
+            ),
+            other => anyhow::bail!("resume from {since}: {other:?}"),
+        }
+        let mut stream = RoomStream::accept(&reader.conn).await?;
+        stream.next().await?; // header
+        for want in expected {
+            assert_eq!(stream.payload().await?, Bytes::from(vec![want]));
+        }
+        reader
+            .request(Command::Unsubscribe { room: "h.x".into() })
+            .await?;
     }
     Ok(())
 }
