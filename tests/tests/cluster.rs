@@ -335,11 +335,29 @@ async fn history_rooms_deliver_soon_after_nats_restarts() -> anyhow::Result<()> 
             history_ttl: Duration::from_secs(60),
             presence: false,
         });
+        c.limits.commands_per_second = 5_000;
     })
     .await?;
     wait_ready(&server, 200).await?;
     let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
     let mut room = sub.subscribe("h.restart").await?;
+    // Other history rooms with subscribers (each has a consumer to rebuild) and some stored
+    // history for the restarted server to load.
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(sub.subscribe(&format!("h.other{i}")).await?);
+    }
+    let mut loader = Raw::connect(&server, &full_token("acme", "l")).await?;
+    for i in 0..1000u32 {
+        loader
+            .send(Command::Publish {
+                room: format!("h.other{}", i % 20),
+                payload: Bytes::from(vec![1u8; 1024]),
+                ack: i == 999,
+            })
+            .await?;
+    }
+    loader.recv_reply(1001).await?;
     // Every delivery, with when it arrived.
     let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {

@@ -110,9 +110,12 @@ impl NatsBroker {
                     match event {
                         async_nats::Event::Connected => {
                             info!("nats connected");
-                            let _ = connected.send(());
+                            let _ = connected.send(true);
                         }
-                        async_nats::Event::Disconnected => warn!("nats disconnected"),
+                        async_nats::Event::Disconnected => {
+                            warn!("nats disconnected");
+                            let _ = connected.send(false);
+                        }
                         // One event per dropped message: log at debug only, the metric counts.
                         async_nats::Event::SlowConsumer(_) => {
                             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
@@ -162,13 +165,17 @@ impl NatsBroker {
     }
 }
 
-/// At every (re)connect: a new generation, streams looked up afresh, and JetStream probed
-/// until it answers. Ends with the broker.
-async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<()>) {
-    while connected.recv().await.is_some() {
+/// At every disconnect: not ready. At every (re)connect: a new generation, streams looked up
+/// afresh, and JetStream probed until it answers. Ends with the broker.
+async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bool>) {
+    while let Some(up) = connected.recv().await {
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        if !up {
+            strong.health.disconnected();
+            continue;
+        }
         let generation = strong.health.reconnected();
         strong.streams.lock().await.clear();
         drop(strong);
@@ -184,6 +191,16 @@ async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
             return;
         };
         if strong.health.generation() != generation {
+            return;
+        }
+        // Without history or presence nothing uses JetStream: a NATS without it is fine.
+        let needed = strong
+            .config
+            .namespaces
+            .iter()
+            .any(|ns| ns.history_size > 0 || ns.presence);
+        if !needed {
+            strong.health.jetstream_answered(generation);
             return;
         }
         let js = strong.js.clone();

@@ -56,6 +56,12 @@ impl Health {
         now
     }
 
+    /// Not ready until the next (re)connect has been checked (the connection state alone
+    /// would say ready again before the listeners rebuilt).
+    pub fn disconnected(&self) {
+        self.jetstream.store(u64::MAX, Ordering::Release);
+    }
+
     pub fn jetstream_answered(&self, generation: u64) {
         self.jetstream.store(generation, Ordering::Release);
     }
@@ -116,6 +122,12 @@ mod tests {
         h.jetstream_answered(g2);
         assert!(!h.ready(), "listener a still has the old consumer");
         h.built(a, g2);
+        assert!(h.ready());
+        h.disconnected();
+        assert!(!h.ready(), "not ready from the disconnect on");
+        let g3 = h.reconnected();
+        h.jetstream_answered(g3);
+        h.built(a, g3);
         assert!(h.ready());
         h.forget(a);
         assert!(h.ready());
