@@ -66,6 +66,11 @@ struct Inner {
     /// start); forgotten at every reconnect, so a stream NATS lost is created again.
     streams: Mutex<HashMap<(TenantId, String), StreamCell>>,
     health: health::Health,
+    /// Per (tenant, namespace), the highest stream sequence this instance has seen. A stream
+    /// that NATS lost (memory storage, NATS restarted) is created again from the next one, so
+    /// offsets keep growing and subscribers that stayed connected skip nothing new as "already
+    /// seen"; its epoch changes all the same.
+    high_water: std::sync::Mutex<HashMap<(TenantId, String), u64>>,
     /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
     /// it serialises interest changes only, never the publish path.
     interest: Mutex<HashMap<RoomKey, JoinHandle<()>>>,
@@ -155,6 +160,7 @@ impl NatsBroker {
             storage,
             streams: Mutex::new(HashMap::new()),
             health: health::Health::default(),
+            high_water: std::sync::Mutex::default(),
             interest: Mutex::new(HashMap::new()),
             presence: OnceCell::new(),
             local_presence: Arc::default(),

@@ -69,7 +69,10 @@ impl Inner {
             "stream set-up",
             cell.get_or_try_init(|| async {
                 let name = stream_name(tenant, &ns.name);
+                let seen = self.high_water(tenant, &ns.name);
                 let config = stream::Config {
+                    // Only used when the stream is created (see `Inner::high_water`).
+                    first_sequence: (seen > 0).then_some(seen + 1),
                     name: name.clone(),
                     subjects: vec![
                         format!("quiver.{tenant}.room.{}", ns.name),
@@ -128,10 +131,26 @@ impl Inner {
             pending.await.map_err(unavailable)
         })
         .await?;
+        self.saw(&key.tenant, &ns.name, ack.sequence);
         Ok(Position {
             epoch,
             offset: ack.sequence,
         })
+    }
+
+    fn high_water(&self, tenant: &TenantId, ns: &str) -> u64 {
+        self.high_water
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(tenant.clone(), ns.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn saw(&self, tenant: &TenantId, ns: &str, sequence: u64) {
+        let mut seen = self.high_water.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = seen.entry((tenant.clone(), ns.to_owned())).or_default();
+        *entry = (*entry).max(sequence);
     }
 
     pub(super) async fn recover_history(
@@ -178,9 +197,15 @@ impl Inner {
             };
             let mut messages = messages;
             loop {
-                inner
+                let broken = inner
                     .deliver_until_broken(&key, &mut messages, &mut cursor, &mut generations)
                     .await;
+                match broken {
+                    Broken::Gone => return,
+                    Broken::Reconnected => {}
+                    // Not in a tight loop if the new consumer fails at once as well.
+                    Broken::Failed => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
                 let Some(rebuilt) = inner
                     .rebuild(&key, &ns, &mut cursor, &mut generations, listener)
                     .await
@@ -222,7 +247,7 @@ impl Inner {
         messages: &mut consumer::pull::Ordered,
         cursor: &mut Cursor,
         generations: &mut tokio::sync::watch::Receiver<u64>,
-    ) {
+    ) -> Broken {
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
@@ -235,16 +260,18 @@ impl Inner {
                     }
                     Some(Err(e)) => {
                         debug!(room = %key.room, error = %e, "history consumer failed; rebuilding");
-                        return;
+                        return Broken::Failed;
                     }
-                    None => return,
+                    None => return Broken::Failed,
                 },
                 changed = generations.changed() => {
                     if changed.is_err() {
-                        return;
+                        return Broken::Gone;
                     }
                     debug!(room = %key.room, "NATS reconnected; rebuilding the history consumer");
-                    return;
+                    // Before anyone creates the stream again (see `Inner::high_water`).
+                    self.saw(&key.tenant, key.room.namespace(), cursor.next - 1);
+                    return Broken::Reconnected;
                 }
             }
         }
@@ -265,9 +292,9 @@ impl Inner {
             let attempt = async {
                 let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
                 if epoch != cursor.epoch {
-                    // The stream was lost with NATS (memory storage) and created again: its
-                    // sequence starts over, and so do positions.
-                    warn!(room = %key.room, "history stream was recreated: positions start over");
+                    // The stream was lost with NATS (memory storage) and created again, from
+                    // the highest sequence seen here or from 1: read it from its start.
+                    warn!(room = %key.room, "history stream was recreated: its history is lost");
                     *cursor = Cursor { epoch, next: 1 };
                 }
                 self.consumer_from(key, ns, cursor.next).await
@@ -291,6 +318,13 @@ impl Inner {
             pause = (pause * 2).min(Duration::from_millis(500));
         }
     }
+}
+
+/// Why a history listener stopped delivering.
+enum Broken {
+    Reconnected,
+    Failed,
+    Gone,
 }
 
 /// Where a history listener is: the stream it reads and the next sequence to deliver.
