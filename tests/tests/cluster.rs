@@ -439,13 +439,6 @@ async fn history_rooms_deliver_soon_after_nats_restarts() -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn published(raw: &mut Raw, room: &str, payload: &[u8]) -> anyhow::Result<Position> {
-    match raw.publish(room, payload).await? {
-        Event::Published { position: Some(p) } => Ok(p),
-        other => anyhow::bail!("publish to {room}: {other:?}"),
-    }
-}
-
 /// Issue 10 defect 7: one tenant's positions must say nothing about another tenant's traffic.
 #[tokio::test]
 async fn positions_reveal_nothing_about_other_tenants() -> anyhow::Result<()> {
@@ -456,13 +449,13 @@ async fn positions_reveal_nothing_about_other_tenants() -> anyhow::Result<()> {
     }
     let mut a = Raw::connect(&servers[0], &full_token("tenant-a", "u")).await?;
     let mut b = Raw::connect(&servers[1], &full_token("tenant-b", "u")).await?;
-    let a1 = published(&mut a, "h.room", b"a1").await?;
+    let a1 = a.published("h.room", b"a1").await?;
     // Tenant B is busy in the same namespace, same room name and others.
     for i in 0..7u8 {
-        published(&mut b, "h.room", &[i]).await?;
-        published(&mut b, "h.other", &[i]).await?;
+        b.published("h.room", &[i]).await?;
+        b.published("h.other", &[i]).await?;
     }
-    let a2 = published(&mut a, "h.room", b"a2").await?;
+    let a2 = a.published("h.room", b"a2").await?;
     assert_eq!(
         a2.offset - a1.offset,
         1,
@@ -494,8 +487,8 @@ async fn resume_from_between_a_rooms_offsets_replays_what_followed() -> anyhow::
     // Two rooms of one namespace interleave, so the room's offsets have gaps: x at 1, 3, 5.
     let mut x = Vec::new();
     for i in 0..3u8 {
-        x.push(published(&mut c, "h.x", &[i]).await?);
-        published(&mut c, "h.y", &[i]).await?;
+        x.push(c.published("h.x", &[i]).await?);
+        c.published("h.y", &[i]).await?;
     }
     assert!(
         x[1].offset > x[0].offset + 1,

@@ -136,13 +136,6 @@ async fn a_restart_changes_the_epoch() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn published(raw: &mut Raw, room: &str, payload: &[u8]) -> anyhow::Result<Position> {
-    match raw.publish(room, payload).await? {
-        Event::Published { position: Some(p) } => Ok(p),
-        other => anyhow::bail!("publish to {room}: {other:?}"),
-    }
-}
-
 /// Issue 10 defect 7, embedded broker: offsets are per room, so one tenant's positions say
 /// nothing about another's traffic; and resuming from any earlier position replays the rest.
 #[tokio::test]
@@ -150,13 +143,13 @@ async fn positions_are_per_room_and_resume_from_any_of_them() -> anyhow::Result<
     let server = TestServer::start_with(with_history(100)).await?;
     let mut a = Raw::connect(&server, &full_token("tenant-a", "u")).await?;
     let mut b = Raw::connect(&server, &full_token("tenant-b", "u")).await?;
-    let a1 = published(&mut a, "h.room", b"a1").await?;
+    let a1 = a.published("h.room", b"a1").await?;
     for i in 0..5u8 {
-        published(&mut b, "h.room", &[i]).await?;
-        published(&mut b, "h.other", &[i]).await?;
+        b.published("h.room", &[i]).await?;
+        b.published("h.other", &[i]).await?;
     }
-    let a2 = published(&mut a, "h.room", b"a2").await?;
-    let a3 = published(&mut a, "h.room", b"a3").await?;
+    let a2 = a.published("h.room", b"a2").await?;
+    let a3 = a.published("h.room", b"a3").await?;
     assert_eq!([a1.offset, a2.offset, a3.offset], [1, 2, 3]);
     for (since, replayed) in [(0, 3), (1, 2), (2, 1), (3, 0)] {
         let resume = Position {
@@ -189,9 +182,9 @@ async fn history_memory_is_capped_per_tenant_and_in_total() -> anyhow::Result<()
     .await?;
     let big = vec![7u8; 60 * 1024];
     let mut victim = Raw::connect(&server, &full_token("victim", "v")).await?;
-    let kept = published(&mut victim, "h.notes", &big).await?;
+    let kept = victim.published("h.notes", &big).await?;
     for _ in 0..4 {
-        published(&mut victim, "h.notes", &big).await?;
+        victim.published("h.notes", &big).await?;
     }
     // Two tenants each publish 60 KiB payloads to 150 rooms (18 MB together), paced under
     // the rate limit; without a cap all of it would stay for history_ttl.
@@ -200,7 +193,7 @@ async fn history_memory_is_capped_per_tenant_and_in_total() -> anyhow::Result<()
         let mut flood = Raw::connect(&server, &full_token(tenant, "f")).await?;
         let mut first = None;
         for i in 0..150 {
-            let p = published(&mut flood, &format!("h.r{i}"), &big).await?;
+            let p = flood.published(&format!("h.r{i}"), &big).await?;
             first.get_or_insert(p);
             if i % 100 == 99 {
                 tokio::time::sleep(Duration::from_millis(500)).await;
