@@ -32,10 +32,6 @@ async fn instances(nats: &NatsServer, n: usize) -> anyhow::Result<Vec<TestServer
     Ok(out)
 }
 
-async fn ready(server: &TestServer) -> anyhow::Result<u16> {
-    ready_at(server.http).await
-}
-
 async fn ready_at(http: std::net::SocketAddr) -> anyhow::Result<u16> {
     Ok(reqwest::get(format!("http://{http}/readyz"))
         .await?
