@@ -436,6 +436,24 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_share_above_the_history_total_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.limits.history_tenant_max_bytes <= c.limits.history_max_bytes);
+            jail.create_file(
+                "q.toml",
+                "[limits]\nhistory_max_bytes = 1000000\nhistory_tenant_max_bytes = 2000000\n",
+            )?;
+            let err = Config::load(Some("q.toml".as_ref())).unwrap_err();
+            assert!(
+                err.to_string().contains("history_tenant_max_bytes"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("QUIVER_TOKEN", "not configuration");
