@@ -23,6 +23,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ablation",
     "namespaces",
     "nats",
+    "allowed_origins",
+    "quotas",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +53,76 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// The NATS backplane; without it the server runs on its embedded in-process broker.
     pub nats: Option<NatsConfig>,
+    /// Browser origins allowed to connect (`https://app.example.com`; `*` for any), checked on
+    /// every transport against the request's `Origin` header; a request with an unlisted
+    /// origin gets 403. Requests without `Origin` (native clients) pass. Empty: any origin
+    /// (a production server logs a warning at start).
+    pub allowed_origins: Vec<String>,
+    /// What one tenant or one source address may hold or spend on this instance.
+    pub quotas: QuotasConfig,
+}
+
+/// Quotas, enforced per instance (see `quota.rs` for why not cluster-wide). 0 means unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Every tenant's quota, unless overridden.
+    pub tenant: TenantQuota,
+    /// Per-tenant overrides of single fields.
+    pub tenants: Vec<TenantOverride>,
+    pub per_address: AddressQuota,
+    /// Tenants with their own label on per-tenant metrics; later ones share `other`.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            tenant: TenantQuota::default(),
+            tenants: Vec::new(),
+            per_address: AddressQuota::default(),
+            max_tenant_labels: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Concurrent sessions (every transport). Over it a new session is closed at once with
+    /// `over_quota` (3008).
+    pub max_sessions: u32,
+    /// Concurrent subscriptions over all the tenant's sessions; over it `quota_exceeded` (115).
+    pub max_subscriptions: u32,
+    /// Publications per second (sustained; bursts of the same size); over it `quota_exceeded`.
+    pub publications_per_second: u32,
+    /// Publication payload bytes per second; over it `quota_exceeded`.
+    pub bytes_per_second: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOverride {
+    pub tenant: String,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub max_subscriptions: Option<u32>,
+    #[serde(default)]
+    pub publications_per_second: Option<u32>,
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressQuota {
+    /// Concurrent connections (any stage, any transport) from one IP address.
+    pub max_connections: u32,
+    /// New connections (handshakes) per second from one IP address; bursts of the same size.
+    pub handshakes_per_second: u32,
+    /// Addresses exempt from these limits: proxies and load balancers many clients share.
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +271,14 @@ pub struct TimeoutsConfig {
     pub keep_alive: Duration,
     #[serde(with = "humantime_serde")]
     pub hello: Duration,
+    /// Every stage before a WebTransport session exists (QUIC handshake, HTTP/3 SETTINGS, the
+    /// CONNECT request) must be done within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
+    /// How long opening a subscription's stream may wait for the client's stream credit
+    /// before the subscription ends with `stream_limit`.
+    #[serde(with = "humantime_serde")]
+    pub stream_open: Duration,
     /// How long a graceful shutdown waits for sessions to say goodbye.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
@@ -225,6 +305,8 @@ impl Default for Config {
             ablation: AblationConfig::default(),
             namespaces: Vec::new(),
             nats: None,
+            allowed_origins: Vec::new(),
+            quotas: QuotasConfig::default(),
         }
     }
 }
@@ -251,6 +333,8 @@ impl Default for TimeoutsConfig {
             idle: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             hello: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+            stream_open: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             reply: Duration::from_secs(10),
         }

@@ -18,6 +18,10 @@ pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
 pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
 pub const HISTORY_BYTES: &str = "quiver_history_bytes";
 pub const HISTORY_EVICTED: &str = "quiver_history_evicted_total";
+pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
+pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
+pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
+pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
@@ -62,5 +66,18 @@ fn describe() {
     describe_counter!(
         HISTORY_EVICTED,
         "Publications evicted from memory history before their time, by reason"
+    );
+    describe_gauge!(
+        TENANT_SESSIONS,
+        "Open sessions by tenant (the first quotas.max_tenant_labels tenants; the rest as other)"
+    );
+    describe_gauge!(TENANT_SUBSCRIPTIONS, "Active subscriptions by tenant");
+    describe_counter!(
+        TENANT_PUBLICATIONS,
+        "Client publications accepted, by tenant"
+    );
+    describe_counter!(
+        QUOTA_REFUSALS,
+        "Sessions, subscriptions and publications refused by a tenant quota, by tenant and quota"
     );
 }

@@ -538,7 +538,7 @@ async fn resume_from_between_a_rooms_offsets_replays_what_followed() -> anyhow::
             ),
             other => anyhow::bail!("resume from {since}: {other:?}"),
         }
-        let mut stream = RoomStream::accept(&reader.conn).await?;
+        let mut stream = RoomStream::accept(reader.conn()).await?;
         stream.next().await?; // header
         for want in expected {
             assert_eq!(stream.payload().await?, Bytes::from(vec![want]));

@@ -480,7 +480,9 @@ var ErrorCode = {
   unknown_command: 110,
   unavailable: 111,
   slow_consumer: 112,
-  session_closing: 113
+  session_closing: 113,
+  stream_limit: 114,
+  quota_exceeded: 115
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -490,7 +492,8 @@ var CloseCode = {
   unsupported_version: 3004,
   server_error: 3005,
   hello_timeout: 3006,
-  token_invalid: 3007
+  token_invalid: 3007,
+  over_quota: 3008
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])

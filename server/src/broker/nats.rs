@@ -384,18 +384,19 @@ impl Inner {
         key: RoomKey,
         payload: Bytes,
     ) -> Result<Option<Position>, BrokerError> {
-        let result = if self.client.connection_state() != async_nats::connection::State::Connected {
-            Err(BrokerError::Unavailable("NATS is disconnected".into()))
-        } else {
-            match self.config.history(&key.room) {
-                None => self
-                    .client
-                    .publish(subject(&key), payload)
-                    .await
-                    .map(|()| None)
-                    .map_err(unavailable),
-                Some(ns) => self.publish_history(&key, ns, payload).await.map(Some),
+        let result = match self.config.history(&key.room) {
+            // Refused at once while disconnected: async-nats would queue it and say Ok.
+            None if self.client.connection_state() != async_nats::connection::State::Connected => {
+                Err(BrokerError::Unavailable("NATS is disconnected".into()))
             }
+            None => self
+                .client
+                .publish(subject(&key), payload)
+                .await
+                .map(|()| None)
+                .map_err(unavailable),
+            // Waits for the stored ack (bounded), so it fails by itself while NATS is away.
+            Some(ns) => self.publish_history(&key, ns, payload).await.map(Some),
         };
         if result.is_err() {
             metrics::counter!(m::PUBLICATIONS_DROPPED, "reason" => "broker_unavailable")

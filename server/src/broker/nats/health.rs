@@ -66,11 +66,6 @@ impl Health {
         self.jetstream.store(generation, Ordering::Release);
     }
 
-    /// Whether JetStream answered since the last (re)connect.
-    pub fn jetstream_ok(&self) -> bool {
-        self.jetstream.load(Ordering::Acquire) == self.generation()
-    }
-
     /// Whether JetStream answers and every history listener delivers again.
     pub fn ready(&self) -> bool {
         let generation = self.generation();
@@ -118,7 +113,7 @@ mod tests {
         h.built(a, g);
         assert!(h.ready());
         let g2 = h.reconnected();
-        assert!(!h.ready() && !h.jetstream_ok());
+        assert!(!h.ready());
         h.jetstream_answered(g2);
         assert!(!h.ready(), "listener a still has the old consumer");
         h.built(a, g2);

@@ -113,13 +113,6 @@ impl Inner {
         ns: &NamespaceConfig,
         payload: Bytes,
     ) -> Result<Position, BrokerError> {
-        if !self.health.jetstream_ok() {
-            // Right after a (re)connect, until JetStream answers: say so at once rather than
-            // after the timeout.
-            return Err(BrokerError::Unavailable(
-                "JetStream not answering yet".into(),
-            ));
-        }
         let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
         // Awaiting the ack: a publication to a history room is stored, or refused.
         let ack = bounded("stored publish", async {
