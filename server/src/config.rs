@@ -25,6 +25,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "nats",
     "allowed_origins",
     "quotas",
+    "https",
+    "api",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +36,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TCP address for health, metrics and the demo page.
     pub http: SocketAddr,
+    /// TCP address for HTTPS and `wss://` (the WebSocket and SSE fallbacks, health, metrics,
+    /// the API), served only with a real certificate (`cert`/`key`), with the same
+    /// certificate. Default: the `listen` address, i.e. the same port number as HTTP/3.
+    pub https: Option<SocketAddr>,
     /// PEM certificate chain and key. Without them a development certificate is generated in
     /// `cert_dir`.
     pub cert: Option<PathBuf>,
@@ -60,6 +66,34 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// What one tenant or one source address may hold or spend on this instance.
     pub quotas: QuotasConfig,
+    /// The backend API's keys.
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `Authorization: Bearer KEY` on `/api/v1/…` admin endpoints (disconnect). A key with a
+    /// `tenant` acts on that tenant only; without one it acts on every tenant.
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    // Keys are secrets: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .finish()
+    }
 }
 
 /// Quotas, enforced per instance (see `quota.rs` for why not cluster-wide). 0 means unlimited.
@@ -294,6 +328,7 @@ impl Default for Config {
         Self {
             listen: "[::]:4433".parse().expect("valid literal"),
             http: "127.0.0.1:8080".parse().expect("valid literal"),
+            https: None,
             cert: None,
             key: None,
             cert_dir: PathBuf::from("certs"),
@@ -307,6 +342,7 @@ impl Default for Config {
             nats: None,
             allowed_origins: Vec::new(),
             quotas: QuotasConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }

@@ -626,3 +626,78 @@ async fn sse_sessions_count_and_end_when_the_reader_leaves() -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// With a real certificate the TCP listener serves HTTPS and wss with it, on the UDP port's
+/// number, and advertises HTTP/3 with `Alt-Svc`.
+#[tokio::test]
+async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    // A certificate made the way the development one is, passed as a real one.
+    let dir = tempfile::tempdir()?;
+    let identity = quiver_server::tls::dev_identity(dir.path()).await?.identity;
+    let cert = identity.certificate_chain().as_slice()[0].clone();
+    let cert_path = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
+    let key_path = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
+    let server = TestServer::start_with(|c| {
+        c.cert = Some(cert_path.clone());
+        c.key = Some(key_path.clone());
+    })
+    .await?;
+    let https = server
+        .server
+        .as_ref()
+        .and_then(|s| s.https_addr)
+        .expect("an https listener");
+    assert_eq!(https.port(), server.wt.port(), "same port number as HTTP/3");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert.der().to_vec()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+
+    // HTTPS: health answers, and says where HTTP/3 is.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
+    let mut tls = connector.connect(name.clone(), tcp).await?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await??;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let alt_svc = format!("alt-svc: h3=\":{}\"", server.wt.port());
+    assert!(
+        response.to_ascii_lowercase().contains(&alt_svc),
+        "{response}"
+    );
+
+    // wss: a full session.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
+    let tls = connector.connect(name, tcp).await?;
+    let url = format!(
+        "wss://localhost:{}/v1/ws?token={}",
+        https.port(),
+        full_token("acme", "u")
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await?;
+    ws.send(Message::binary(encode_command(&ClientFrame {
+        id: 1,
+        command: Command::Hello {
+            version: 1,
+            client: "wss".into(),
+        },
+    })))
+    .await?;
+    let reply = tokio::time::timeout(WAIT, ws.next()).await?;
+    let Some(Ok(Message::Binary(data))) = reply else {
+        anyhow::bail!("no reply: {reply:?}");
+    };
+    let frame = quiver_proto::decode_event(&data[quiver_proto::LENGTH_PREFIX..])?;
+    assert!(matches!(frame.event, Event::Welcome { .. }), "{frame:?}");
+    Ok(())
+}
