@@ -197,6 +197,7 @@ export declare const CloseCode: {
 	readonly hello_timeout: 3006;
 	readonly token_invalid: 3007;
 	readonly over_quota: 3008;
+	readonly disconnected: 3009;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;

@@ -493,7 +493,8 @@ var CloseCode = {
   server_error: 3005,
   hello_timeout: 3006,
   token_invalid: 3007,
-  over_quota: 3008
+  over_quota: 3008,
+  disconnected: 3009
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])
