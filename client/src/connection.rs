@@ -1,8 +1,10 @@
-//! The connection task: one actor owns the session, the subscriptions, the replies in flight and
-//! the publish buffer. [`crate::Client`] handles talk to it through [`Request`]s; the tasks of the
-//! live connection (writer, control reader, stream acceptor, one reader per subscription stream)
-//! report to it through [`ConnEvent`]s tagged with the connection's epoch, so events from a
-//! connection that has since been torn down are ignored.
+//! The connection state machine: one actor owns the session, the subscriptions, the replies in
+//! flight and the publish buffer, and decides when to reconnect, resubscribe (resuming from the
+//! last position), refresh the token, and declare a silent server dead. [`crate::Client`]
+//! handles talk to it through [`Request`]s; the tasks of the live connection (see
+//! `transport/`: writer, readers, one delivery task per subscription) report to it through
+//! [`ConnEvent`]s tagged with the connection's epoch, so events from a connection that has since
+//! been torn down are ignored. It never looks at which transport carries the session.
 //!
 //! Nothing in the actor awaits the network: it only reacts to messages and timers, so a slow
 //! server can never wedge the control stream's reader behind the writer.
@@ -13,30 +15,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_proto::{
-    decode_event, encode_command, ClientFrame, CloseCode, Command, DecodeError, ErrorCode, Event,
-    FrameDecoder, Limits, Member, Position, Recovery, ServerFrame, DEFAULT_MAX_FRAME,
-    PROTOCOL_VERSION,
+    encode_command, ClientFrame, CloseCode, Command, ErrorCode, Event, Limits, Member, Position,
+    Recovery, ServerFrame, DEFAULT_MAX_FRAME,
 };
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::{AbortHandle, JoinSet};
-use wtransport::endpoint::endpoint_side;
-use wtransport::error::{ConnectingError, ConnectionError};
-use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
-use crate::client::{lock, ConnectionState, Shared, WelcomeInfo};
-use crate::config::{connect_url, redact, ClientConfig, TokenProvider};
+use crate::client::{lock, ConnectionState, Shared};
+use crate::config::ClientConfig;
 use crate::error::ClientError;
+use crate::heartbeat::{Beat, Liveness, Watch};
 use crate::pacer::Pacer;
-use crate::streams::{
-    accept_streams, control_reader, deliver, drain, read_chunk, watch_closed, writer,
-};
 use crate::subscription::{SubEvent, SubParts};
+use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
+use crate::writer::{Outgoing, WriterHandle};
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
-type WtEndpoint = Endpoint<endpoint_side::Client>;
 
 /// Frame id of `Hello`; later commands count up from here.
-const HELLO_ID: u32 = 1;
+pub(crate) const HELLO_ID: u32 = 1;
 
 /// What a [`crate::Client`] asks of the connection task.
 pub(crate) enum Request {
@@ -75,11 +72,17 @@ pub(crate) enum Request {
 pub(crate) enum ConnEvent {
     Attempt(Box<Result<Established, ClientError>>),
     Frame(ServerFrame),
+    /// A subscription's frames begin (`SubscriptionStream` with the `Subscribe`'s id).
     Stream {
         id: u32,
         room: String,
-        recv: RecvStream,
-        dec: FrameDecoder,
+        stream: SubStream,
+    },
+    /// WebSocket: the subscription with this `SubscriptionStream` id fell behind; the reader
+    /// stopped routing its frames.
+    Overflow {
+        id: u32,
+        room: String,
     },
     Lost {
         code: u16,
@@ -93,15 +96,6 @@ pub(crate) enum ConnEvent {
 }
 
 pub(crate) type EventTx = mpsc::UnboundedSender<(u64, ConnEvent)>;
-
-/// A session that got its `Welcome`.
-pub(crate) struct Established {
-    conn: Connection,
-    send: SendStream,
-    recv: RecvStream,
-    dec: FrameDecoder,
-    welcome: WelcomeInfo,
-}
 
 /// A command waiting for its reply, by frame id.
 enum Pending {
@@ -123,12 +117,8 @@ enum Pending {
         reply: Reply<Vec<Member>>,
     },
     Refresh,
-}
-
-/// One frame for the writer task; the permit (for publishes) is released once it is written.
-pub(crate) struct Outgoing {
-    pub(crate) frame: Vec<u8>,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// A heartbeat `Ping`: its `Pong` matters only as traffic.
+    Heartbeat,
 }
 
 /// A publish made while disconnected.
@@ -156,8 +146,8 @@ struct Sub {
     cmd_id: Option<u32>,
     /// `Subscribed` received for `cmd_id`.
     confirmed: bool,
-    /// The subscription stream, when it arrived before `Subscribed`.
-    stream: Option<(RecvStream, FrameDecoder)>,
+    /// The subscription's frames, when they began before `Subscribed`.
+    stream: Option<SubStream>,
     /// Sent before the first publication of the current stream (`Resubscribed`).
     preamble: Option<SubEvent>,
     reader: Option<AbortHandle>,
@@ -177,9 +167,12 @@ impl Sub {
 }
 
 struct Live {
-    conn: Connection,
-    writer: mpsc::UnboundedSender<Outgoing>,
+    link: Link,
+    writer: WriterHandle,
     tasks: JoinSet<()>,
+    liveness: Arc<Liveness>,
+    /// The heartbeat and when to look at it next.
+    heartbeat: Option<(Watch, tokio::time::Instant)>,
     pending: HashMap<u32, Pending>,
     next_id: u32,
     limits: Limits,
@@ -216,17 +209,28 @@ impl Live {
         let frame = encode_command(&ClientFrame { id, command });
         // If the writer is gone the connection is being torn down: the Lost event follows and
         // fails the pending reply.
-        let _ = self.writer.send(Outgoing { frame, permit });
+        let _ = self.writer.queue.send(Outgoing { frame, permit });
         id
     }
 
-    /// Largest frame accepted on subscription streams: a publication of `max_payload` bytes plus
-    /// its envelope must fit even when the server announces `max_frame` = `max_payload`.
-    fn stream_max_frame(&self) -> usize {
-        (self.limits.max_frame as usize)
-            .max(self.limits.max_payload as usize + 1024)
-            .max(DEFAULT_MAX_FRAME)
+    /// A heartbeat `Ping`, ahead of anything queued.
+    fn send_heartbeat(&mut self) {
+        let id = self.next_id();
+        self.pending.insert(id, Pending::Heartbeat);
+        let frame = encode_command(&ClientFrame {
+            id,
+            command: Command::Ping,
+        });
+        let _ = self.writer.priority.send(frame);
     }
+}
+
+/// Largest frame accepted from the server after `Welcome`: a publication of `max_payload` bytes
+/// plus its envelope must fit even when the server announces `max_frame` = `max_payload`.
+fn stream_max_frame(limits: &Limits) -> usize {
+    (limits.max_frame as usize)
+        .max(limits.max_payload as usize + 1024)
+        .max(DEFAULT_MAX_FRAME)
 }
 
 /// Connects (first attempt, failing fast) and spawns the connection task.
@@ -240,16 +244,13 @@ pub(crate) async fn start(
     ),
     ClientError,
 > {
-    let wt_config = config.wtransport_config().await?;
-    let endpoint = Arc::new(
-        Endpoint::client(wt_config)
-            .map_err(|e| ClientError::Connect(format!("cannot create endpoint: {e}")))?,
-    );
+    let connector = Arc::new(Connector::new(config.clone()));
+    connector.check()?;
     let mut last_err = None;
     let mut established = None;
     let mut url_index = 0;
-    for (i, url) in config.urls.iter().enumerate() {
-        match attempt(&endpoint, url, &config).await {
+    for i in 0..connector.targets() {
+        match connector.attempt(i).await {
             Ok(est) => {
                 established = Some(est);
                 url_index = i;
@@ -257,11 +258,12 @@ pub(crate) async fn start(
             }
             Err(
                 e @ (ClientError::Refused { .. }
+                | ClientError::TokenRefused { .. }
                 | ClientError::Token(_)
                 | ClientError::Closed { .. }),
             ) => return Err(e),
             Err(e) => {
-                tracing::debug!(url = %url, error = %e, "connect attempt failed");
+                tracing::debug!(target = i, error = %e, "connect attempt failed");
                 last_err = Some(e);
             }
         }
@@ -275,7 +277,7 @@ pub(crate) async fn start(
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let mut actor = Actor {
         cfg: config,
-        endpoint,
+        connector,
         shared,
         state_tx,
         req_rx,
@@ -296,151 +298,13 @@ pub(crate) async fn start(
     Ok((req_tx, state_rx))
 }
 
-/// One connect attempt: token, CONNECT, control stream, `Hello`, `Welcome`.
-async fn attempt(
-    endpoint: &WtEndpoint,
-    base: &str,
-    cfg: &ClientConfig,
-) -> Result<Established, ClientError> {
-    let fut = attempt_inner(endpoint, base, &cfg.token, &cfg.client_name);
-    match tokio::time::timeout(cfg.connect_timeout, fut).await {
-        Ok(res) => res,
-        Err(_) => Err(ClientError::Timeout),
-    }
-}
-
-async fn attempt_inner(
-    endpoint: &WtEndpoint,
-    base: &str,
-    token: &TokenProvider,
-    client_name: &str,
-) -> Result<Established, ClientError> {
-    let token = token().await.map_err(ClientError::Token)?;
-    let url = connect_url(base, &token)?;
-    tracing::debug!(url = %redact(&url), "connecting");
-    let conn = endpoint.connect(url.as_str()).await.map_err(|e| match e {
-        ConnectingError::SessionRejected => ClientError::Refused {
-            url: base.to_string(),
-        },
-        other => ClientError::Connect(format!("{base}: {other}")),
-    })?;
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| ClientError::Connect(format!("opening control stream: {e}")))?
-        .await
-        .map_err(|e| ClientError::Connect(format!("opening control stream: {e}")))?;
-    let hello = encode_command(&ClientFrame {
-        id: HELLO_ID,
-        command: Command::Hello {
-            version: PROTOCOL_VERSION,
-            client: client_name.to_string(),
-        },
-    });
-    send.write_all(&hello)
-        .await
-        .map_err(|e| ClientError::Connect(format!("sending Hello: {e}")))?;
-
-    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
-    loop {
-        while let Some(body) = dec
-            .next_frame()
-            .map_err(|e| ClientError::Protocol(format!("control stream: {e}")))?
-        {
-            let frame = match decode_event(&body) {
-                Ok(f) => f,
-                Err(DecodeError::UnknownType { .. }) => continue,
-                Err(e) => return Err(ClientError::Protocol(format!("control stream: {e}"))),
-            };
-            match frame.event {
-                Event::Welcome {
-                    version,
-                    session,
-                    user,
-                    tenant,
-                    expires_at,
-                    limits,
-                } => {
-                    if version != PROTOCOL_VERSION {
-                        conn.close(VarInt::from_u32(0), b"unsupported version");
-                        return Err(ClientError::Protocol(format!(
-                            "server speaks protocol version {version}, this client {PROTOCOL_VERSION}"
-                        )));
-                    }
-                    return Ok(Established {
-                        conn,
-                        send,
-                        recv,
-                        dec,
-                        welcome: WelcomeInfo {
-                            session,
-                            user,
-                            tenant,
-                            expires_at,
-                            limits,
-                        },
-                    });
-                }
-                Event::Goodbye {
-                    code,
-                    reason,
-                    reconnect,
-                } => {
-                    return Err(if reconnect {
-                        ClientError::Connect(format!("server said goodbye ({code}): {reason}"))
-                    } else {
-                        ClientError::Closed { code, reason }
-                    });
-                }
-                Event::Error { code, message } => {
-                    return Err(ClientError::Server { code, message });
-                }
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected Welcome, got {other:?}"
-                    )));
-                }
-            }
-        }
-        match read_chunk(&mut recv).await {
-            Ok(Some(bytes)) => dec.push(&bytes),
-            Ok(None) => {
-                return Err(ClientError::Connect(
-                    "control stream closed before Welcome".into(),
-                ))
-            }
-            Err(e) => {
-                // The server announces closes with a Goodbye, but the QUIC close may win the
-                // race: look at the connection's close code.
-                let (code, reason) = close_info(&conn.closed().await);
-                return Err(if code_forbids_reconnect(code) {
-                    ClientError::Closed { code, reason }
-                } else {
-                    ClientError::Connect(format!("connection closed before Welcome: {e}; {reason}"))
-                });
-            }
-        }
-    }
-}
-
-fn code_forbids_reconnect(code: u16) -> bool {
+pub(crate) fn code_forbids_reconnect(code: u16) -> bool {
     CloseCode::from_u16(code).is_some_and(|c| !c.reconnect())
-}
-
-/// The application close code and reason of a closed connection, if it has them.
-pub(crate) fn close_info(err: &ConnectionError) -> (u16, String) {
-    match err {
-        ConnectionError::ApplicationClosed(close) => (
-            u16::try_from(close.code().into_inner()).unwrap_or(0),
-            String::from_utf8_lossy(close.reason()).into_owned(),
-        ),
-        other => (0, other.to_string()),
-    }
 }
 
 struct Actor {
     cfg: ClientConfig,
-    endpoint: Arc<WtEndpoint>,
+    connector: Arc<Connector>,
     shared: Arc<Shared>,
     state_tx: watch::Sender<ConnectionState>,
     req_rx: mpsc::UnboundedReceiver<Request>,
@@ -470,6 +334,10 @@ impl Actor {
     async fn run(mut self) {
         while !self.closed {
             let refresh_at = self.live.as_ref().and_then(|l| l.refresh_at);
+            let heartbeat_at = self
+                .live
+                .as_ref()
+                .and_then(|l| l.heartbeat.as_ref().map(|(_, at)| *at));
             let reconnect_at = self.reconnect_at;
             tokio::select! {
                 req = self.req_rx.recv() => match req {
@@ -482,6 +350,7 @@ impl Actor {
                     self.start_attempt();
                 }
                 _ = sleep_until_opt(refresh_at) => self.start_refresh(),
+                _ = sleep_until_opt(heartbeat_at) => self.on_heartbeat(),
                 Some(_) = async {
                     match self.live.as_mut() {
                         Some(l) if !l.tasks.is_empty() => l.tasks.join_next().await,
@@ -692,7 +561,7 @@ impl Actor {
         if epoch != self.epoch {
             if let ConnEvent::Attempt(res) = ev {
                 if let Ok(est) = *res {
-                    est.conn.close(VarInt::from_u32(0), b"superseded");
+                    est.abandon("superseded");
                 }
             }
             return;
@@ -701,6 +570,17 @@ impl Actor {
             ConnEvent::Attempt(res) => match *res {
                 Ok(est) => self.on_established(est),
                 Err(ClientError::Closed { code, reason }) => self.close_all(code, reason, true),
+                // The token was refused for good (3007 token_invalid): retrying with it is
+                // pointless. 3002 token_expired goes on: the next attempt asks for a fresh one.
+                Err(ClientError::TokenRefused { code, reason }) if code_forbids_reconnect(code) => {
+                    tracing::warn!(code, %reason, "token refused; not reconnecting");
+                    self.close_all(code, reason, true);
+                }
+                Err(ClientError::TokenRefused { code, reason }) => {
+                    tracing::warn!(code, %reason, "token refused; reconnecting with a fresh one");
+                    self.set_state(ConnectionState::Disconnected { code, reason });
+                    self.schedule_reconnect();
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconnect attempt failed");
                     self.set_state(ConnectionState::Disconnected {
@@ -711,12 +591,8 @@ impl Actor {
                 }
             },
             ConnEvent::Frame(frame) => self.on_frame(frame),
-            ConnEvent::Stream {
-                id,
-                room,
-                recv,
-                dec,
-            } => self.on_stream(id, room, recv, dec),
+            ConnEvent::Stream { id, room, stream } => self.on_stream(id, room, stream),
+            ConnEvent::Overflow { id, room } => self.on_overflow(id, &room),
             ConnEvent::Lost { code, reason } => {
                 let reconnect = !code_forbids_reconnect(code);
                 self.teardown(code, reason, reconnect);
@@ -731,46 +607,47 @@ impl Actor {
     }
 
     fn on_established(&mut self, est: Established) {
-        let Established {
-            conn,
-            send,
-            recv,
-            dec,
-            welcome,
-        } = est;
         self.failures = 0;
-        let epoch = self.epoch;
+        let welcome = est.welcome.clone();
         let limits = welcome.limits;
-        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
-        let mut tasks = JoinSet::new();
         let pacer = if self.cfg.pace_commands {
             Pacer::for_server_limit(limits.commands_per_second, Instant::now())
         } else {
             None
         };
-        tasks.spawn(writer(send, writer_rx, pacer, self.ev_tx.clone(), epoch));
-        tasks.spawn(control_reader(recv, dec, self.ev_tx.clone(), epoch));
+        let liveness = Arc::new(Liveness::new());
+        liveness.touch();
+        let ctx = RunCtx {
+            events: self.ev_tx.clone(),
+            epoch: self.epoch,
+            pacer,
+            liveness: liveness.clone(),
+            max_frame: stream_max_frame(&limits),
+        };
+        let mut tasks = JoinSet::new();
+        let (link, writer) = est.run(ctx, &mut tasks);
+        let heartbeat = self.cfg.heartbeat.map(|hb| {
+            let mut watch = Watch::new(hb);
+            let next = match watch.step(liveness.last(), Instant::now()) {
+                Beat::Wait(at) | Beat::Ping(at) => at,
+                Beat::Dead(_) => Instant::now() + hb.interval,
+            };
+            (watch, tokio::time::Instant::from_std(next))
+        });
         let mut live = Live {
-            conn: conn.clone(),
-            writer: writer_tx,
+            link,
+            writer,
             tasks,
+            liveness,
+            heartbeat,
             pending: HashMap::new(),
             next_id: HELLO_ID + 1,
             limits,
             refresh_at: None,
             refresh_failures: 0,
         };
-        let max_frame = live.stream_max_frame();
-        live.tasks.spawn(accept_streams(
-            conn.clone(),
-            max_frame,
-            self.ev_tx.clone(),
-            epoch,
-        ));
-        live.tasks
-            .spawn(watch_closed(conn, self.ev_tx.clone(), epoch));
         live.refresh_at = refresh_deadline(welcome.expires_at, self.cfg.refresh_ahead);
-        tracing::info!(session = %welcome.session, user = %welcome.user, tenant = %welcome.tenant, "connected");
+        tracing::info!(session = %welcome.session, user = %welcome.user, tenant = %welcome.tenant, transport = %welcome.transport, "connected");
         self.set_state(ConnectionState::Connected {
             session: welcome.session.clone(),
         });
@@ -836,6 +713,7 @@ impl Actor {
                 Some(Pending::Ping { sent, reply }) => {
                     let _ = reply.send(Ok(sent.elapsed()));
                 }
+                Some(Pending::Heartbeat) => {}
                 _ => tracing::warn!(id, "unexpected Pong"),
             },
             Event::Refreshed { expires_at } => match live.pending.remove(&id) {
@@ -878,6 +756,8 @@ impl Actor {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
                 }
+                // Refused (rate_limited, say): the server answered, which is all it had to do.
+                Some(Pending::Heartbeat) => {}
                 None => {
                     // Most likely an un-acknowledged publish the server refused.
                     tracing::warn!(id, code, %message, "command refused");
@@ -950,8 +830,8 @@ impl Actor {
         } else {
             sub.preamble = Some(SubEvent::Resubscribed { recovery });
         }
-        if let Some((recv, dec)) = sub.stream.take() {
-            self.start_reader(room, recv, dec);
+        if let Some(stream) = sub.stream.take() {
+            self.start_reader(room, stream);
         }
     }
 
@@ -1020,35 +900,86 @@ impl Actor {
         }
     }
 
-    fn on_stream(&mut self, id: u32, room: String, recv: RecvStream, dec: FrameDecoder) {
+    fn on_stream(&mut self, id: u32, room: String, stream: SubStream) {
         let current = self
             .subs
             .get_mut(&room)
             .filter(|s| s.cmd_id == Some(id) && s.reader.is_none() && s.stream.is_none());
         match current {
-            Some(sub) if sub.confirmed => self.start_reader(&room, recv, dec),
-            Some(sub) => sub.stream = Some((recv, dec)),
+            Some(sub) if sub.confirmed => self.start_reader(&room, stream),
+            Some(sub) => sub.stream = Some(stream),
             None => {
-                tracing::debug!(id, room = %room, "draining stale subscription stream");
+                tracing::debug!(id, room = %room, "discarding a stale subscription's frames");
                 if let Some(live) = self.live.as_mut() {
-                    live.tasks.spawn(drain(recv));
+                    stream.discard(&mut live.tasks);
                 }
             }
         }
     }
 
-    fn start_reader(&mut self, room: &str, recv: RecvStream, dec: FrameDecoder) {
+    fn start_reader(&mut self, room: &str, stream: SubStream) {
         let (Some(live), Some(sub)) = (self.live.as_mut(), self.subs.get_mut(room)) else {
             return;
         };
         let handle = live.tasks.spawn(deliver(
-            recv,
-            dec,
+            stream,
             sub.tx.clone(),
             sub.last.clone(),
             sub.preamble.take(),
+            live.liveness.clone(),
         ));
         sub.reader = Some(handle);
+    }
+
+    /// A WebSocket subscription the application does not keep up with: ended on the client's
+    /// side as the server would end it (`slow_consumer`), and unsubscribed on the server. What
+    /// was already queued is still delivered before the end.
+    fn on_overflow(&mut self, id: u32, room: &str) {
+        if self.subs.get(room).is_none_or(|s| s.cmd_id != Some(id)) {
+            return;
+        }
+        tracing::warn!(room, "subscription fell behind; ending it (slow_consumer)");
+        self.end_sub(
+            room,
+            SubEvent::Ended {
+                code: ErrorCode::SlowConsumer.as_u16(),
+                reason: "the application did not read this subscription fast enough".into(),
+            },
+        );
+        if let Some(live) = self.live.as_mut() {
+            live.send(
+                Command::Unsubscribe {
+                    room: room.to_string(),
+                },
+                Some(Pending::Unsubscribe { reply: None }),
+            );
+        }
+    }
+
+    // ----- dead-server detection -----
+
+    fn on_heartbeat(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some((watch, next)) = live.heartbeat.as_mut() else {
+            return;
+        };
+        match watch.step(live.liveness.last(), Instant::now()) {
+            Beat::Wait(at) => *next = tokio::time::Instant::from_std(at),
+            Beat::Ping(at) => {
+                *next = tokio::time::Instant::from_std(at);
+                live.send_heartbeat();
+            }
+            Beat::Dead(silent) => {
+                let reason = format!(
+                    "server not answering: nothing received for {} ms, even after a Ping",
+                    silent.as_millis()
+                );
+                tracing::warn!("{reason}");
+                self.teardown(0, reason, true);
+            }
+        }
     }
 
     // ----- token refresh -----
@@ -1101,7 +1032,7 @@ impl Actor {
         };
         self.epoch += 1;
         tracing::info!(code, %reason, reconnect, "disconnected");
-        live.conn.close(VarInt::from_u32(0), b"");
+        live.link.close("");
         // Dropping the JoinSet aborts the writer, readers and timers of this connection.
         drop(live.tasks);
         for (_, p) in live.pending {
@@ -1128,20 +1059,19 @@ impl Actor {
     fn start_attempt(&mut self) {
         self.epoch += 1;
         let epoch = self.epoch;
-        self.url_index = (self.url_index + 1) % self.cfg.urls.len().max(1);
-        let url = self.cfg.urls[self.url_index].clone();
+        self.url_index = (self.url_index + 1) % self.connector.targets();
+        let index = self.url_index;
         self.set_state(ConnectionState::Connecting);
-        let endpoint = self.endpoint.clone();
-        let cfg = self.cfg.clone();
+        let connector = self.connector.clone();
         let tx = self.ev_tx.clone();
         tokio::spawn(async move {
-            let res = attempt(&endpoint, &url, &cfg).await;
+            let res = connector.attempt(index).await;
             if let Err(mpsc::error::SendError((_, ConnEvent::Attempt(res)))) =
                 tx.send((epoch, ConnEvent::Attempt(Box::new(res))))
             {
                 // The client was closed meanwhile.
                 if let Ok(est) = *res {
-                    est.conn.close(VarInt::from_u32(0), b"closed");
+                    est.abandon("closed");
                 }
             }
         });
@@ -1161,7 +1091,7 @@ impl Actor {
             reason: reason.clone(),
         };
         if let Some(live) = self.live.take() {
-            live.conn.close(VarInt::from_u32(0), reason.as_bytes());
+            live.link.close(&reason);
             drop(live.tasks);
             for (_, p) in live.pending {
                 fail_pending(p, closed);
@@ -1194,7 +1124,7 @@ impl Actor {
 
 fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
     match p {
-        Pending::Subscribe { .. } | Pending::Refresh => {}
+        Pending::Subscribe { .. } | Pending::Refresh | Pending::Heartbeat => {}
         Pending::Unsubscribe { reply } => {
             if let Some(reply) = reply {
                 // The session (and the server's subscription with it) is gone.

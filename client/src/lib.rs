@@ -56,14 +56,17 @@ mod client;
 mod config;
 mod connection;
 mod error;
+mod heartbeat;
 mod pacer;
-mod streams;
 mod subscription;
+mod transport;
+mod writer;
 
 pub use backoff::Backoff;
 pub use client::{Client, ConnectionState, WelcomeInfo};
 pub use config::{
-    connect_url, parse_cert_hash, token_fixed, token_fn, ClientConfig, TokenProvider, Trust,
+    connect_url, parse_cert_hash, token_fixed, token_fn, ws_url, ClientConfig, Heartbeat,
+    TokenProvider, Transport, Trust, WS_PATH,
 };
 pub use error::ClientError;
 pub use subscription::{SubEvent, Subscription};
