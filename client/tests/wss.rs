@@ -69,6 +69,8 @@ async fn serve(
                     return;
                 };
                 let mut authorization = None;
+                // The callback's error type is tungstenite's, not ours to shrink.
+                #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, resp: Response| {
                     authorization = req
                         .headers()
