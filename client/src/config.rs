@@ -61,7 +61,8 @@ pub enum Transport {
     /// no session within [`ClientConfig::webtransport_timeout`]: blocked UDP is silent, not
     /// refused). A WebTransport failure followed by a working WebSocket is remembered for the
     /// client's lifetime: later reconnects go straight to WebSocket. Without `ws_urls` this is
-    /// the same as [`Transport::WebTransport`].
+    /// the same as [`Transport::WebTransport`], without `urls` the same as
+    /// [`Transport::WebSocket`].
     Auto,
 }
 

@@ -249,6 +249,7 @@ impl Connector {
             Transport::WebTransport => wt,
             Transport::WebSocket => ws,
             Transport::Auto if ws == 0 => wt,
+            Transport::Auto if wt == 0 => ws,
             Transport::Auto => wt.max(ws),
         }
         .max(1)
@@ -257,8 +258,9 @@ impl Connector {
     /// Checks the configuration names somewhere to connect to.
     pub(crate) fn check(&self) -> Result<(), ClientError> {
         let missing = match self.cfg.transport {
-            Transport::WebTransport | Transport::Auto => self.cfg.urls.is_empty(),
+            Transport::WebTransport => self.cfg.urls.is_empty(),
             Transport::WebSocket => self.cfg.ws_urls.is_empty(),
+            Transport::Auto => self.cfg.urls.is_empty() && self.cfg.ws_urls.is_empty(),
         };
         if missing {
             let what = match self.cfg.transport {
@@ -281,6 +283,7 @@ impl Connector {
             Transport::Auto if cfg.ws_urls.is_empty() => {
                 self.attempt_wt(wt_url(), cfg.connect_timeout).await
             }
+            Transport::Auto if cfg.urls.is_empty() => self.attempt_ws(ws_url()).await,
             Transport::Auto => {
                 let mut wt_err = None;
                 if !self.wt_unusable.load(Ordering::Relaxed) {
@@ -357,6 +360,27 @@ impl Connector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::token_fixed;
+
+    fn connector(wt: usize, ws: usize, transport: Transport) -> Connector {
+        let mut cfg = ClientConfig::new("", token_fixed("t")).with_transport(transport);
+        cfg.urls = (0..wt).map(|i| format!("https://h{i}/v1")).collect();
+        cfg.ws_urls = (0..ws).map(|i| format!("ws://h{i}/v1/ws")).collect();
+        Connector::new(cfg)
+    }
+
+    #[test]
+    fn targets_and_missing_urls() {
+        assert_eq!(connector(2, 3, Transport::WebTransport).targets(), 2);
+        assert_eq!(connector(2, 3, Transport::WebSocket).targets(), 3);
+        assert_eq!(connector(2, 3, Transport::Auto).targets(), 3);
+        assert_eq!(connector(2, 0, Transport::Auto).targets(), 2);
+        assert_eq!(connector(0, 1, Transport::Auto).targets(), 1);
+        assert!(connector(0, 1, Transport::WebTransport).check().is_err());
+        assert!(connector(1, 0, Transport::WebSocket).check().is_err());
+        assert!(connector(0, 0, Transport::Auto).check().is_err());
+        assert!(connector(0, 1, Transport::Auto).check().is_ok());
+    }
 
     #[test]
     fn goodbyes_before_welcome() {
