@@ -1,5 +1,5 @@
 //! [`Client`]: the application-facing handle. Every call is a message to the connection task
-//! (see `connection.rs`), which owns the session (WebTransport or WebSocket).
+//! (see `connection/`), which owns the session (WebTransport or WebSocket).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

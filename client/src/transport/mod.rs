@@ -1,4 +1,4 @@
-//! The seam between the wire and the connection state machine (`connection.rs`).
+//! The seam between the wire and the connection state machine (`connection/`).
 //!
 //! A transport does three things, and only these:
 //! - **connect**: open a session (WebTransport CONNECT + control stream, or a WebSocket upgrade),
