@@ -824,3 +824,70 @@ async fn a_token_refused_over_websocket_stops_the_retries_with_an_auth_error() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn over_websocket_an_unread_room_ends_on_the_client_and_stalls_nothing_else(
+) -> anyhow::Result<()> {
+    // The server would queue far more than is sent here, so only the client can end the room:
+    // TCP has no per-room flow control, and a full room must not stop the socket.
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 100_000;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut config = config_for(
+        &server,
+        Transport::WebSocket,
+        token_fixed(full_token("acme", "reader")),
+    );
+    config.subscription_buffer = 4;
+    let reader = Client::connect(config).await?;
+    let session = session_of(&reader);
+    let mut unread = reader.subscribe("firehose").await?;
+    let mut other = reader.subscribe("other").await?;
+    let publisher = Client::connect(config_for(
+        &server,
+        Transport::WebSocket,
+        token_fixed(full_token("acme", "writer")),
+    ))
+    .await?;
+
+    const COUNT: usize = 300;
+    for i in 0..COUNT {
+        publisher.publish("firehose", format!("m{i}")).await?;
+    }
+    publisher.publish_ack("other", "meanwhile").await?;
+    // The other room is delivered while `firehose` sits unread.
+    assert_eq!(payload(&mut other).await?, "meanwhile");
+
+    // What the client held for the unread room, in order, then the end with slow_consumer.
+    let mut received = 0;
+    let code = loop {
+        match next(&mut unread).await? {
+            SubEvent::Publication { payload, .. } => {
+                assert_eq!(
+                    payload,
+                    format!("m{received}").as_bytes(),
+                    "in order, no gap"
+                );
+                received += 1;
+            }
+            SubEvent::Ended { code, .. } => break code,
+            other => bail!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, ErrorCode::SlowConsumer.as_u16());
+    assert!(received < COUNT, "received all {received}");
+    ends(&mut unread).await?;
+
+    // Same session; the room can be subscribed again, the other one never stopped.
+    assert_eq!(session_of(&reader), session);
+    let mut again = reader.subscribe("firehose").await?;
+    publisher.publish_ack("firehose", "again").await?;
+    assert_eq!(payload(&mut again).await?, "again");
+    publisher.publish_ack("other", "still").await?;
+    assert_eq!(payload(&mut other).await?, "still");
+    close(&reader).await?;
+    close(&publisher).await?;
+    Ok(())
+}
