@@ -104,6 +104,12 @@ impl std::str::FromStr for Transport {
 /// case, a dead server is noticed `interval + timeout` after the last thing it sent (2.5 s with
 /// the defaults).
 ///
+/// "Anything" includes the transport's own answers, which a live server's network stack sends
+/// even while its session is busy (a command waiting on the broker holds up the `Pong`): on
+/// WebTransport any QUIC packet (the acknowledgement of the `Ping` itself), on WebSocket a
+/// WebSocket pong (a WebSocket ping goes out with every heartbeat `Ping`). So a crashed, frozen
+/// or unreachable server is noticed; a slow one is not mistaken for dead.
+///
 /// Cost: nothing while the server is sending anyway (publications, replies). On an otherwise
 /// silent session, one `Ping` and one `Pong` per `interval`: with the defaults, measured on
 /// loopback, 2.1 UDP datagrams per second per idle session on WebTransport and 2.3 TCP

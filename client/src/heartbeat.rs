@@ -1,6 +1,7 @@
 //! Dead-server detection ([`crate::Heartbeat`]): the readers of a connection stamp
-//! [`Liveness`] whenever anything arrives; the connection task runs [`Watch`] on a timer and
-//! sends a `Ping` into silence, or declares the server dead when the silence outlasts it.
+//! [`Liveness`] whenever anything arrives (WebSocket pongs included), and so does the connection
+//! task when the transport counted new packets (QUIC); it runs [`Watch`] on a timer, sends a
+//! `Ping` into silence, and declares the server dead when the silence outlasts it.
 //!
 //! Kept apart from the transport's own timeouts on purpose: the QUIC idle timeout is negotiated
 //! down to the smaller of both sides' values, so making it short would also shorten how long

@@ -79,10 +79,14 @@
 //! ([`ClientConfig::heartbeat`], on by default): after 1 s without anything from the server it
 //! sends a `Ping`, and if nothing at all arrives within 1.5 s of it, the connection is dropped
 //! ([`ConnectionState::Disconnected`], reason "server not answering") and the client reconnects
-//! elsewhere. So a dead server is noticed within 2.5 s of the last thing it sent.
+//! elsewhere. So a dead server is noticed within 2.5 s of the last thing it sent. The
+//! transport's own answers count as signs of life (QUIC acknowledgements; a WebSocket pong, as
+//! a WebSocket ping goes with each heartbeat), so a live server whose session is busy with a slow
+//! command is not taken for dead.
 //!
 //! Cost per idle session (one where nothing else flows): one `Ping` and one `Pong` per second,
-//! each a packet of well under 100 bytes; acknowledgements mostly ride on them. Measured on
+//! each a packet of well under 100 bytes (on WebSocket, with a WebSocket ping and pong in the
+//! same TCP segments); acknowledgements mostly ride on them. Measured on
 //! loopback over 20 idle seconds, both directions together and everything included (QUIC
 //! keep-alives and ACKs, TCP ACKs, the server's WebSocket pings): 2.1 UDP datagrams per second
 //! on WebTransport, 2.3 TCP segments per second on WebSocket. A busy session costs nothing

@@ -25,6 +25,15 @@ pub(crate) struct Outgoing {
 /// How a transport writes complete frames (each one already length-prefixed).
 pub(crate) trait FrameSink: Send + 'static {
     fn write(&mut self, frames: Vec<Vec<u8>>) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Writes a heartbeat `Ping` frame; a transport may add a probe of its own that the peer's
+    /// stack answers even while the session is busy (a WebSocket ping).
+    fn write_heartbeat(
+        &mut self,
+        frame: Vec<u8>,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        self.write(vec![frame])
+    }
 }
 
 /// The handles the connection task writes through.
@@ -73,7 +82,7 @@ async fn run<S: FrameSink>(
                 if let Some(p) = pacer.as_mut() {
                     p.reserve(Instant::now());
                 }
-                sink.write(vec![ping]).await?;
+                sink.write_heartbeat(ping).await?;
                 continue;
             }
             next = rx.recv() => match next {
@@ -90,7 +99,7 @@ async fn run<S: FrameSink>(
                         biased;
                         Some(ping) = prio.recv() => {
                             p.reserve(Instant::now());
-                            sink.write(vec![ping]).await?;
+                            sink.write_heartbeat(ping).await?;
                         }
                         _ = tokio::time::sleep_until(until) => break,
                     }

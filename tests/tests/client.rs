@@ -57,6 +57,7 @@ over_both!(
     short_lived_tokens_are_refreshed_without_reconnecting,
     a_slow_consumer_loses_the_subscription_not_the_session,
     a_server_that_stops_answering_is_noticed_by_the_heartbeat,
+    a_session_busy_with_a_slow_command_is_not_taken_for_dead,
 );
 
 /// The WebSocket URL of an in-process server: its HTTP listener.
@@ -889,5 +890,56 @@ async fn over_websocket_an_unread_room_ends_on_the_client_and_stalls_nothing_els
     assert_eq!(payload(&mut other).await?, "still");
     close(&reader).await?;
     close(&publisher).await?;
+    Ok(())
+}
+
+async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
+    via: Transport,
+) -> anyhow::Result<()> {
+    use quiver_server::config::{NamespaceConfig, NatsConfig};
+    // With NATS gone, an acknowledged publish to a history room waits on the broker before it
+    // is refused (`unavailable`), and the session answers nothing else meanwhile (its commands
+    // run one at a time). The server is alive: the transport's own answers to the heartbeat
+    // (QUIC acknowledgements, a WebSocket pong) must keep the client from reconnecting.
+    let mut nats = quiver_tests::nats::NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+        });
+    })
+    .await?;
+    let mut config = config_for(&server, via, token_fixed(full_token("acme", "busy")));
+    // A heartbeat far shorter than the broker wait, so a stall would look like death.
+    config.heartbeat = Some(quiver_client::Heartbeat {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(500),
+    });
+    let client = Client::connect(config).await?;
+    client.publish_ack("h.y", "stored").await?;
+    let mut states = StateLog::start(&client);
+
+    nats.kill();
+    let start = Instant::now();
+    let res = client.publish_ack("h.y", "not stored").await;
+    let stalled = start.elapsed();
+    eprintln!("[test] {via}: the publish was answered after {stalled:?}: {res:?}");
+    let err = res.err().ok_or_else(|| anyhow!("stored without NATS"))?;
+    assert_eq!(err.error_code(), Some(ErrorCode::Unavailable), "{err}");
+    // The precondition of this test: the session was busy longer than the heartbeat allows.
+    assert!(
+        stalled > Duration::from_millis(800),
+        "answered after {stalled:?}: no stall to survive (did the server stop waiting on the broker?)"
+    );
+    let seen = states.drain();
+    assert!(
+        seen.iter().all(is_connected),
+        "the client left the session during the stall: {seen:?}"
+    );
+    client.ping().await?;
+    close(&client).await?;
     Ok(())
 }

@@ -183,6 +183,8 @@ struct Live {
     liveness: Arc<Liveness>,
     /// The heartbeat and when to look at it next.
     heartbeat: Option<(Watch, tokio::time::Instant)>,
+    /// [`Link::datagrams_received`] when the heartbeat last looked.
+    datagrams_seen: Option<u64>,
     pending: HashMap<u32, Pending>,
     next_id: u32,
     limits: Limits,
@@ -455,9 +457,10 @@ impl Actor {
             (watch, tokio::time::Instant::from_std(next))
         });
         let mut live = Live {
-            link,
             writer,
             tasks,
+            datagrams_seen: link.datagrams_received(),
+            link,
             liveness,
             heartbeat,
             pending: HashMap::new(),
@@ -502,6 +505,12 @@ impl Actor {
         let Some((watch, next)) = live.heartbeat.as_mut() else {
             return;
         };
+        // Packets the transport received since the last look count as a sign of life too.
+        let datagrams = live.link.datagrams_received();
+        if datagrams != live.datagrams_seen {
+            live.datagrams_seen = datagrams;
+            live.liveness.touch();
+        }
         match watch.step(live.liveness.last(), Instant::now()) {
             Beat::Wait(at) => *next = tokio::time::Instant::from_std(at),
             Beat::Ping(at) => {

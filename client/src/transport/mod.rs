@@ -81,6 +81,16 @@ pub(crate) enum Link {
 }
 
 impl Link {
+    /// Datagrams received on the connection so far, where the transport counts them
+    /// (WebTransport: QUIC packets, ACKs included). The heartbeat takes a change as a sign of
+    /// life: the server's QUIC stack acknowledges the `Ping` even while the session is busy.
+    pub(crate) fn datagrams_received(&self) -> Option<u64> {
+        match self {
+            Link::WebTransport(conn) => Some(conn.quic_connection().stats().udp_rx.datagrams),
+            Link::WebSocket(_) => None,
+        }
+    }
+
     /// Closes with code 0 (WebTransport) or 1000 (WebSocket): the client's own close.
     pub(crate) fn close(&self, reason: &str) {
         match self {

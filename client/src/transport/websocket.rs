@@ -281,6 +281,20 @@ impl FrameSink for MessageSink {
         }
         sink.flush().await.map_err(|e| e.to_string())
     }
+
+    /// A WebSocket ping with the `Ping` command: the server's WebSocket stack answers it as soon
+    /// as it reads it, even while the session is busy with a slow command (one waiting on the
+    /// broker), so a stalled session is not mistaken for a dead server.
+    async fn write_heartbeat(&mut self, frame: Vec<u8>) -> Result<(), String> {
+        let mut sink = self.0.lock().await;
+        sink.feed(Message::Ping(Default::default()))
+            .await
+            .map_err(|e| e.to_string())?;
+        sink.feed(Message::Binary(frame.into()))
+            .await
+            .map_err(|e| e.to_string())?;
+        sink.flush().await.map_err(|e| e.to_string())
+    }
 }
 
 /// Sends each frame where it belongs: to a room's share, or to the state machine.
