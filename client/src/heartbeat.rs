@@ -17,26 +17,32 @@ use crate::config::Heartbeat;
 #[derive(Debug)]
 pub(crate) struct Liveness {
     base: Instant,
-    /// Microseconds after `base`.
-    last_us: AtomicU64,
+    /// Nanoseconds after `base` (exact, so an instant stored is the instant read back).
+    last_ns: AtomicU64,
 }
 
 impl Liveness {
     pub(crate) fn new() -> Self {
         Liveness {
             base: Instant::now(),
-            last_us: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
         }
     }
 
     /// Something arrived.
     pub(crate) fn touch(&self) {
-        let us = u64::try_from(self.base.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.last_us.fetch_max(us, Ordering::Relaxed);
+        self.touch_at(Instant::now());
+    }
+
+    /// Something arrived, at `at` or later.
+    pub(crate) fn touch_at(&self, at: Instant) {
+        let ns =
+            u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX);
+        self.last_ns.fetch_max(ns, Ordering::Relaxed);
     }
 
     pub(crate) fn last(&self) -> Instant {
-        self.base + Duration::from_micros(self.last_us.load(Ordering::Relaxed))
+        self.base + Duration::from_nanos(self.last_ns.load(Ordering::Relaxed))
     }
 }
 
@@ -155,5 +161,11 @@ mod tests {
         let after = l.last();
         assert!(after > before);
         assert!(after <= Instant::now());
+        // An earlier instant never moves it back; a later one is kept exactly.
+        l.touch_at(before);
+        assert_eq!(l.last(), after);
+        let later = after + Duration::from_nanos(1234);
+        l.touch_at(later);
+        assert_eq!(l.last(), later);
     }
 }

@@ -197,6 +197,12 @@ impl Actor {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        // The answer to a heartbeat: schedule the next one from now, not from its deadline.
+        if matches!(live.pending.get(&id), Some(Pending::Heartbeat)) {
+            live.pending.remove(&id);
+            self.on_heartbeat();
+            return;
+        }
         match event {
             Event::Subscribed {
                 room,
@@ -232,7 +238,6 @@ impl Actor {
                 Some(Pending::Ping { sent, reply }) => {
                     let _ = reply.send(Ok(sent.elapsed()));
                 }
-                Some(Pending::Heartbeat) => {}
                 _ => tracing::warn!(id, "unexpected Pong"),
             },
             Event::Refreshed { expires_at } => match live.pending.remove(&id) {
@@ -275,7 +280,7 @@ impl Actor {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
                 }
-                // Refused (rate_limited, say): the server answered, which is all it had to do.
+                // Answered above, before looking at the event.
                 Some(Pending::Heartbeat) => {}
                 None => {
                     // Most likely an un-acknowledged publish the server refused.

@@ -183,8 +183,8 @@ struct Live {
     liveness: Arc<Liveness>,
     /// The heartbeat and when to look at it next.
     heartbeat: Option<(Watch, tokio::time::Instant)>,
-    /// [`Link::datagrams_received`] when the heartbeat last looked.
-    datagrams_seen: Option<u64>,
+    /// [`Link::datagrams_received`] when the heartbeat last looked, and when that was.
+    datagrams_seen: (Option<u64>, Instant),
     pending: HashMap<u32, Pending>,
     next_id: u32,
     limits: Limits,
@@ -459,7 +459,7 @@ impl Actor {
         let mut live = Live {
             writer,
             tasks,
-            datagrams_seen: link.datagrams_received(),
+            datagrams_seen: (link.datagrams_received(), Instant::now()),
             link,
             liveness,
             heartbeat,
@@ -505,13 +505,17 @@ impl Actor {
         let Some((watch, next)) = live.heartbeat.as_mut() else {
             return;
         };
-        // Packets the transport received since the last look count as a sign of life too.
+        // Packets the transport received since the last look count as a sign of life too. When
+        // they came is only known to be after that look: count them from then, which can only
+        // make the next Ping come sooner.
+        let now = Instant::now();
         let datagrams = live.link.datagrams_received();
-        if datagrams != live.datagrams_seen {
-            live.datagrams_seen = datagrams;
-            live.liveness.touch();
+        let (seen, looked) = live.datagrams_seen;
+        if datagrams != seen {
+            live.liveness.touch_at(looked);
         }
-        match watch.step(live.liveness.last(), Instant::now()) {
+        live.datagrams_seen = (datagrams, now);
+        match watch.step(live.liveness.last(), now) {
             Beat::Wait(at) => *next = tokio::time::Instant::from_std(at),
             Beat::Ping(at) => {
                 *next = tokio::time::Instant::from_std(at);
