@@ -39,7 +39,7 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
 
     // Two leave abruptly, one politely.
     for c in clients.drain(1..) {
-        c.conn.close(0u32.into(), b"bye");
+        c.conn().close(0u32.into(), b"bye");
     }
     drop(clients);
     drop(streams);

@@ -8,6 +8,7 @@
 
 mod commands;
 mod meter;
+mod publishing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ use crate::subscription::Ended;
 use crate::transport::{Inbound, Peer, Transport};
 
 use meter::{Meter, Verdict};
+use publishing::Publishing;
+
+use crate::quota::TenantSession;
 
 /// How long a goodbye frame may take to be queued for the client.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
@@ -111,6 +115,10 @@ pub struct Session {
     subs: HashMap<RoomName, Sub>,
     ended_tx: mpsc::UnboundedSender<Ended>,
     meter: Meter,
+    /// Publications waiting for the broker, answered in order.
+    publishing: Publishing,
+    /// This session's share of its tenant's quotas (`None`: refused, the session is closing).
+    quota: Option<TenantSession>,
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
@@ -132,6 +140,7 @@ pub async fn run(
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let meter = Meter::new(&shared.config.limits);
+    let quota = shared.tenant_quotas.open_session(&grant.tenant);
     let mut session = Session {
         shared: shared.clone(),
         link,
@@ -141,9 +150,20 @@ pub async fn run(
         subs: HashMap::new(),
         ended_tx,
         meter,
+        publishing: Publishing::default(),
+        quota: None,
         stalled: false,
     };
-    let exit = session.drive(inbound, ended_rx).await;
+    let exit = match quota {
+        Ok(quota) => {
+            session.quota = Some(quota);
+            session.drive(inbound, ended_rx).await
+        }
+        Err(e) => {
+            info!(session = %id, reason = %e, "session over its tenant's quota");
+            Exit::Close(CloseCode::OverQuota, e.to_string())
+        }
+    };
     session.release().await;
     let end = match exit {
         Exit::Gone(reason) => End {
@@ -197,7 +217,16 @@ impl Session {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
-                item = inbound.recv() => match item {
+                done = self.publishing.next_done() => {
+                    match publishing::answer(done.result) {
+                        Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
+                        Ok(_) => {}
+                        Err(refusal) => self.refuse(done.id, refusal).await,
+                    }
+                }
+                // Past the bound of queued publications the session reads no further command
+                // until one is answered: the client sees flow control, not an error.
+                item = inbound.recv(), if !self.publishing.is_full() => match item {
                     Some(Inbound::Frame(frame, arrived)) => {
                         if let Some(exit) = self.command(*frame, arrived).await {
                             return exit;
@@ -324,7 +353,7 @@ impl Session {
             )),
             Command::Subscribe { room, resume } => self.subscribe(id, &room, resume).await,
             Command::Unsubscribe { room } => self.unsubscribe(&room).await,
-            Command::Publish { room, payload, ack } => self.publish(&room, payload, ack).await,
+            Command::Publish { room, payload, ack } => self.publish(id, &room, payload, ack).await,
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,

@@ -168,6 +168,9 @@ pub enum Refused {
     Origin,
     /// Token over [`MAX_TOKEN_LEN`]: 431 on TCP, 403 on WebTransport (wtransport has no 431).
     TokenTooLarge,
+    /// Over the per-address connection or handshake limit: 429 on TCP; a QUIC-level refusal
+    /// on WebTransport.
+    AddressLimit,
 }
 
 impl Refused {
@@ -178,6 +181,7 @@ impl Refused {
             Refused::Unavailable => "unavailable",
             Refused::Origin => "origin",
             Refused::TokenTooLarge => "token_too_large",
+            Refused::AddressLimit => "address_limit",
         }
     }
 
@@ -210,6 +214,17 @@ pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused
         }
         _ => Ok(()),
     }
+}
+
+/// Counts a TCP connection against its address's limits (released when the guard drops).
+pub fn admit_address(
+    shared: &Shared,
+    remote: std::net::SocketAddr,
+) -> Result<crate::quota::AddressGuard, Refused> {
+    shared
+        .address_limits
+        .admit(remote.ip())
+        .ok_or(Refused::AddressLimit)
 }
 
 /// Whether the server takes another session now (not draining, under `max_sessions`).

@@ -70,11 +70,16 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
         incoming.refuse();
         return;
     }
+    let Some(address) = shared.address_limits.admit(incoming.remote_address().ip()) else {
+        count_refused(T, "address_limit");
+        incoming.refuse();
+        return;
+    };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let counted = Counted(shared.clone());
     tokio::spawn(async move {
         handle(&counted.0, incoming).await;
-        drop(counted);
+        drop((counted, address));
     });
 }
 
@@ -135,6 +140,7 @@ async fn refuse(request: SessionRequest, refused: Refused) {
         Refused::NotFound => request.not_found().await,
         Refused::Unavailable => request.too_many_requests().await,
         Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
+        Refused::AddressLimit => request.too_many_requests().await,
     }
 }
 
