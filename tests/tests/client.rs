@@ -943,3 +943,69 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
     close(&client).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn wss_to_a_server_with_a_real_certificate() -> anyhow::Result<()> {
+    // The development certificate, passed as a real one: the server then serves wss on its TCP
+    // port with the UDP port's number.
+    let dir = tempfile::tempdir()?;
+    quiver_server::tls::dev_identity(dir.path()).await?;
+    let cert_path = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
+    let key_path = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
+    let server = TestServer::start_with(|c| {
+        c.cert = Some(cert_path.clone());
+        c.key = Some(key_path.clone());
+    })
+    .await?;
+    let port = server.wt.port();
+    let wss = format!("wss://localhost:{port}");
+
+    // Both ways of trusting it, over WebSocket alone: the pinned hash, and the certificate as
+    // a root (with the host name checked).
+    for trust in [
+        quiver_client::Trust::CertHashes(vec![server.hash]),
+        quiver_client::Trust::CaFile(cert_path.clone()),
+    ] {
+        let what = format!("{trust:?}");
+        let mut config = config_for(
+            &server,
+            Transport::WebSocket,
+            token_fixed(full_token("acme", "tls")),
+        );
+        config.trust = trust;
+        config.ws_urls = vec![wss.clone()];
+        let client = Client::connect(config).await?;
+        assert_eq!(client.transport(), Some(Transport::WebSocket), "{what}");
+        let mut sub = client.subscribe("room.tls").await?;
+        client.publish_ack("room.tls", "over wss").await?;
+        assert_eq!(payload(&mut sub).await?, "over wss", "{what}");
+        close(&client).await?;
+    }
+
+    // Another certificate's hash: refused by the client's TLS, never connected.
+    let mut config = config_for(
+        &server,
+        Transport::WebSocket,
+        token_fixed(full_token("acme", "tls")),
+    );
+    config.trust = quiver_client::Trust::CertHashes(vec![[7; 32]]);
+    config.ws_urls = vec![wss.clone()];
+    let err = Client::connect(config)
+        .await
+        .err()
+        .ok_or_else(|| anyhow!("connected with the wrong certificate hash"))?;
+    assert!(matches!(err, ClientError::Connect(_)), "{err}");
+
+    // Auto: the same host and port number for both transports; WebTransport is used.
+    let mut config = config_for(
+        &server,
+        Transport::Auto,
+        token_fixed(full_token("acme", "a")),
+    );
+    config.urls = vec![format!("https://localhost:{port}/v1")];
+    config.ws_urls = vec![wss];
+    let client = Client::connect(config).await?;
+    assert_eq!(client.transport(), Some(Transport::WebTransport));
+    close(&client).await?;
+    Ok(())
+}
