@@ -1009,3 +1009,105 @@ async fn wss_to_a_server_with_a_real_certificate() -> anyhow::Result<()> {
     close(&client).await?;
     Ok(())
 }
+
+/// Issue 11 §1: kill -9 one of three instances under traffic. Its subscribers notice (the
+/// heartbeat, default settings), move to another instance and receive again within 5 s, and a
+/// history room of realistic size (1,000 at 200 publications/s, 5 s of history) loses nothing.
+#[tokio::test]
+async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing(
+) -> anyhow::Result<()> {
+    use quiver_tests::process::QuiverProcess;
+    const RATE_GAP: Duration = Duration::from_millis(5); // 200 per second
+    const TOTAL: u32 = 1400; // 7 s of traffic
+    const KILL_AT: u32 = 400;
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let toml = dir.path().join("quiver.toml");
+    std::fs::write(
+        &toml,
+        "[[namespaces]]\nname = \"h\"\nhistory_size = 1000\nhistory_ttl = \"5m\"\n",
+    )?;
+    let nats_flag = ["--nats", &nats.url()];
+    let mut a = QuiverProcess::start(dir.path(), Some(&toml), &nats_flag)?;
+    let b = QuiverProcess::start(dir.path(), Some(&toml), &nats_flag)?;
+    let c = QuiverProcess::start(dir.path(), Some(&toml), &nats_flag)?;
+    let hashes = vec![a.hash, b.hash, c.hash];
+    let config = |user: &str, urls: Vec<String>| {
+        let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", user)))
+            .with_trust(quiver_client::Trust::CertHashes(hashes.clone()))
+            .with_transport(Transport::WebTransport);
+        config.urls = urls;
+        config
+    };
+
+    // Two subscribers on A (A first in their lists), each read by its own task as it arrives;
+    // the publisher on B.
+    let mut readers = Vec::new();
+    for user in ["s1", "s2"] {
+        let client = Client::connect(config(user, vec![a.url(), b.url(), c.url()])).await?;
+        let mut sub = client.subscribe("h.feed").await?;
+        readers.push(tokio::spawn(async move {
+            let mut numbers = Vec::new();
+            let mut first_after_resume = None;
+            let mut recovery = None;
+            while numbers.len() < TOTAL as usize {
+                match tokio::time::timeout(WAIT, sub.recv()).await {
+                    Ok(Some(SubEvent::Publication { payload, .. })) => {
+                        numbers.push(u32::from_be_bytes(payload.as_ref().try_into()?));
+                        if recovery.is_some() && first_after_resume.is_none() {
+                            first_after_resume = Some(Instant::now());
+                        }
+                    }
+                    Ok(Some(SubEvent::Resubscribed { recovery: r })) => recovery = Some(r),
+                    Ok(Some(other)) => bail!("unexpected {other:?}"),
+                    Ok(None) => bail!("subscription ended after {} messages", numbers.len()),
+                    Err(_) => bail!("stalled after {} messages", numbers.len()),
+                }
+            }
+            anyhow::Ok((client, numbers, recovery, first_after_resume))
+        }));
+    }
+    let publisher = Client::connect(config("p", vec![b.url()])).await?;
+    let (killed_tx, mut killed_rx) = tokio::sync::watch::channel(false);
+    let publishing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RATE_GAP);
+        for i in 0..TOTAL {
+            tick.tick().await;
+            publisher
+                .publish_ack("h.feed", i.to_be_bytes().to_vec())
+                .await?;
+            if i == KILL_AT {
+                killed_tx.send_replace(true);
+            }
+        }
+        anyhow::Ok(publisher)
+    });
+    // kill -9 A once the traffic is well under way.
+    killed_rx.wait_for(|k| *k).await?;
+    a.kill();
+    let killed_at = Instant::now();
+
+    for reader in readers {
+        let (client, numbers, recovery, first_after_resume) = reader.await??;
+        assert!(
+            matches!(recovery, Some(Recovery::Recovered { .. })),
+            "resumed with {recovery:?}"
+        );
+        let back = first_after_resume.expect("received after the resubscribe") - killed_at;
+        eprintln!("[test] receiving again {back:?} after the kill");
+        assert!(
+            back < Duration::from_secs(5),
+            "receiving again only after {back:?}"
+        );
+        assert_eq!(
+            numbers,
+            (0..TOTAL).collect::<Vec<_>>(),
+            "every acknowledged publication exactly once, in order"
+        );
+        assert!(is_connected(&client.state().borrow()));
+        close(&client).await?;
+    }
+    close(&publishing.await??).await?;
+    drop((b, c));
+    Ok(())
+}
