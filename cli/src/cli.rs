@@ -334,6 +334,10 @@ impl ConnArgs {
 
 async fn sub(args: SubArgs) -> Result<()> {
     let client = Client::connect(args.conn.client_config().await?).await?;
+    if let Some(transport) = client.transport() {
+        // stdout carries only payloads; this is for the person watching.
+        eprintln!("quiver: connected over {transport}");
+    }
     let mut subs = Vec::new();
     for room in &args.rooms {
         subs.push(
@@ -360,7 +364,8 @@ async fn sub(args: SubArgs) -> Result<()> {
                 stdout.flush()?;
             }
             Some(SubEvent::Resubscribed { recovery }) => {
-                eprintln!("quiver: reconnected ({recovery:?})");
+                let over = client.transport().map(|t| t.as_str()).unwrap_or("?");
+                eprintln!("quiver: reconnected over {over} ({recovery:?})");
             }
             Some(SubEvent::Joined { member }) => eprintln!("quiver: {} joined", member.user),
             Some(SubEvent::Left { member }) => eprintln!("quiver: {} left", member.user),
