@@ -5,6 +5,14 @@
 use super::*;
 
 impl Actor {
+    /// The subscription of `room`, if it is still generation `gen` and its latest `Subscribe`
+    /// was frame `id` (a reply to an earlier one is stale).
+    fn current(&mut self, room: &str, gen: u64, id: u32) -> Option<&mut Sub> {
+        self.subs
+            .get_mut(room)
+            .filter(|s| s.gen == gen && s.cmd_id == Some(id))
+    }
+
     pub(super) fn on_subscribed(
         &mut self,
         id: u32,
@@ -13,11 +21,7 @@ impl Actor {
         position: Option<Position>,
         recovery: Recovery,
     ) {
-        let Some(sub) = self
-            .subs
-            .get_mut(room)
-            .filter(|s| s.gen == gen && s.cmd_id == Some(id))
-        else {
+        let Some(sub) = self.current(room, gen, id) else {
             return;
         };
         sub.confirmed = true;
@@ -61,11 +65,7 @@ impl Actor {
         code: u16,
         message: String,
     ) {
-        let Some(sub) = self
-            .subs
-            .get_mut(room)
-            .filter(|s| s.gen == gen && s.cmd_id == Some(id))
-        else {
+        let Some(sub) = self.current(room, gen, id) else {
             return;
         };
         if let Some(waiter) = sub.waiter.take() {
