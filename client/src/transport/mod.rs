@@ -300,9 +300,9 @@ impl Connector {
                     let limit = cfg.webtransport_timeout.min(cfg.connect_timeout);
                     match self.attempt_wt(wt_url(), limit).await {
                         Ok(est) => return Ok(est),
-                        // A refusal, a token provider failure or a goodbye: the server (or
-                        // the app) answered. Only a refused CONNECT is worth asking again over
-                        // WebSocket, where the reason is visible.
+                        // The token provider failed, or the server said goodbye for good:
+                        // WebSocket would not change that. A refused CONNECT (its reason is
+                        // invisible here) or a network failure goes on to WebSocket.
                         Err(e @ (ClientError::Token(_) | ClientError::Closed { .. })) => {
                             return Err(e)
                         }
