@@ -108,6 +108,9 @@ codes! {
         /// The tenant is at its quota of concurrent sessions on this server; reconnect later,
         /// with backoff.
         OverQuota = 3008, "over_quota";
+        /// The backend ended this session (the user or session was disconnected, or its token
+        /// revoked); do not reconnect with the same token.
+        Disconnected = 3009, "disconnected";
     }
 }
 
@@ -116,7 +119,10 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::ProtocolError | CloseCode::UnsupportedVersion | CloseCode::InvalidToken
+            CloseCode::ProtocolError
+                | CloseCode::UnsupportedVersion
+                | CloseCode::InvalidToken
+                | CloseCode::Disconnected
         )
     }
 }

@@ -29,6 +29,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/publish/{room}", post(crate::api::publish))
+        .route("/api/v1/disconnect", post(crate::api::disconnect))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
@@ -95,7 +96,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> StatusCode {
     }
 }
 
-/// 200 while the server accepts sessions and its broker takes publications.
+/// 200 while the server accepts sessions and its broker takes and delivers publications (on a
+/// cluster: NATS connected, JetStream answering, history consumers rebuilt since the last
+/// reconnect; see `broker::nats::health`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
     if shared.draining.load(Ordering::Relaxed) || !shared.broker.is_ready() {
         StatusCode::SERVICE_UNAVAILABLE

@@ -84,6 +84,10 @@ pub struct Shared {
     /// QUIC connections in any stage, from the first packet (pre-session ones hold memory too).
     pub connections: AtomicUsize,
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
+    /// This instance's sessions, for disconnects and revocation.
+    pub registry: Arc<crate::registry::Registry>,
+    /// Disconnects that reach every instance.
+    pub control: Arc<crate::control::Control>,
     pub address_limits: Arc<crate::quota::AddressLimits>,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
@@ -158,6 +162,16 @@ impl Server {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
             Some(nats) => Arc::new(NatsBroker::connect(nats, hub.clone(), shared_config).await?),
         };
+        let registry = Arc::new(crate::registry::Registry::default());
+        let control_nats = match &config.nats {
+            Some(nats) => Some(
+                crate::control::connect(nats)
+                    .await
+                    .map_err(|e| StartError::Broker(BrokerError::Unavailable(e)))?,
+            ),
+            None => None,
+        };
+        let control = Arc::new(crate::control::Control::new(registry.clone(), control_nats));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
         let address_limits = Arc::new(crate::quota::AddressLimits::new(
             config.quotas.per_address.clone(),
@@ -173,6 +187,8 @@ impl Server {
             connections: AtomicUsize::new(0),
             tenant_quotas,
             address_limits,
+            registry,
+            control: control.clone(),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,
@@ -202,6 +218,7 @@ impl Server {
             }
             _ => None,
         };
+        tasks.push(tokio::spawn(control.listen(shared.shutdown.clone())));
         if shared.dev.is_some() && shared.config.demo {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
         }

@@ -100,10 +100,14 @@ type Event$1 = {
 	code: number;
 	reason: string;
 	reconnect: boolean;
-} | {
+}
+/** `truncated`: the server listed only the members that fit in one frame (older servers never
+ *  send the field; it then reads as false). */
+ | {
 	type: "Presence";
 	room: string;
 	members: Member[];
+	truncated: boolean;
 } | {
 	type: "Joined";
 	room: string;
@@ -180,6 +184,8 @@ export declare const ErrorCode: {
 	readonly unavailable: 111;
 	readonly slow_consumer: 112;
 	readonly session_closing: 113;
+	readonly stream_limit: 114;
+	readonly quota_exceeded: 115;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -189,6 +195,8 @@ export declare const CloseCode: {
 	readonly unsupported_version: 3004;
 	readonly server_error: 3005;
 	readonly hello_timeout: 3006;
+	readonly token_invalid: 3007;
+	readonly over_quota: 3008;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;

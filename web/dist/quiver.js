@@ -160,6 +160,11 @@ var Reader = class {
     }
     throw new DecodeError("varint too long");
   }
+  /** A bool appended at the end of a message by a later revision: absent (the frame ends
+   *  here) reads as false. */
+  trailingBool() {
+    return this.pos < this.buf.length ? this.bool() : false;
+  }
   bool() {
     const b = this.byte();
     if (b > 1) throw new DecodeError(`invalid bool byte ${b}`);
@@ -291,6 +296,7 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.varint(e.members.length, MAX_U32);
       for (const m of e.members) w.member(m);
+      w.bool(e.truncated);
       break;
     case "Joined":
     case "Left":
@@ -356,7 +362,7 @@ function decodeEvent(body) {
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
     case "Presence":
-      event = { type, room: r.string(), members: r.list(() => r.member()) };
+      event = { type, room: r.string(), members: r.list(() => r.member()), truncated: r.trailingBool() };
       break;
     case "Joined":
     case "Left":
@@ -474,7 +480,9 @@ var ErrorCode = {
   unknown_command: 110,
   unavailable: 111,
   slow_consumer: 112,
-  session_closing: 113
+  session_closing: 113,
+  stream_limit: 114,
+  quota_exceeded: 115
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -483,7 +491,9 @@ var CloseCode = {
   rate_abuse: 3003,
   unsupported_version: 3004,
   server_error: 3005,
-  hello_timeout: 3006
+  hello_timeout: 3006,
+  token_invalid: 3007,
+  over_quota: 3008
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])

@@ -30,6 +30,7 @@ export const CloseCode = {
   hello_timeout: 3006,
   token_invalid: 3007,
   over_quota: 3008,
+  disconnected: 3009,
 } as const;
 
 const labels = new Map<number, string>(

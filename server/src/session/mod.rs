@@ -135,6 +135,7 @@ pub async fn run(
 ) -> End {
     let id = format!("{:x}", rand::random::<u64>());
     let transport = link.transport.label();
+    let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
@@ -154,10 +155,14 @@ pub async fn run(
         quota: None,
         stalled: false,
     };
+    let (_registered, kicks) =
+        shared
+            .registry
+            .register(&id, &session.grant.tenant, &session.grant.user, None);
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);
-            session.drive(inbound, ended_rx).await
+            session.drive(inbound, ended_rx, kicks).await
         }
         Err(e) => {
             info!(session = %id, reason = %e, "session over its tenant's quota");
@@ -190,9 +195,21 @@ pub async fn run(
             }
         }
     };
+    let user = std::mem::take(&mut session.grant.user);
+    let tenant = session.grant.tenant.to_string();
     drop(session);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
+    // One line per session, for log pipelines: who, how, how long, why.
+    info!(
+        session = %id,
+        tenant,
+        user,
+        transport,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        reason = end.reason,
+        "session closed"
+    );
     end
 }
 
@@ -201,6 +218,7 @@ impl Session {
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut kicks: mpsc::Receiver<crate::registry::Kick>,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
@@ -216,6 +234,7 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
+                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
@@ -244,7 +263,7 @@ impl Session {
                     Some(Inbound::Ended(reason)) => return Exit::Gone(reason),
                     None => return Exit::Gone("client_closed"),
                 },
-                _ = self.link.peer.closed() => return Exit::Gone("connection_lost"),
+                reason = self.link.peer.closed() => return Exit::Gone(reason),
             }
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
@@ -260,7 +279,7 @@ impl Session {
     ) -> Result<(), Exit> {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
-            _ = self.link.peer.closed() => return Err(Exit::Gone("connection_lost")),
+            reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
         let hello = match first {

@@ -57,14 +57,28 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// Resolves when the peer is gone.
-    pub async fn closed(&self) {
+    /// Resolves when the peer is gone, with why (the closed-sessions metric's `reason`).
+    pub async fn closed(&self) -> &'static str {
         match self {
-            Peer::Quic(conn) => {
-                conn.closed().await;
+            Peer::Quic(conn) => quic_close_reason(&conn.closed().await),
+            // The adapter's reader says why through `Inbound::Ended`; this is the backstop.
+            Peer::Shared(gone) => {
+                gone.cancelled().await;
+                "connection_lost"
             }
-            Peer::Shared(gone) => gone.cancelled().await,
         }
+    }
+}
+
+/// Why a QUIC connection ended, as a closed-sessions `reason`.
+pub fn quic_close_reason(e: &wtransport::error::ConnectionError) -> &'static str {
+    use wtransport::error::ConnectionError as E;
+    match e {
+        // The client closed its session or connection on purpose.
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) => "client_closed",
+        E::TimedOut => "idle_timeout",
+        E::LocallyClosed => "server_closed",
+        _ => "connection_lost",
     }
 }
 

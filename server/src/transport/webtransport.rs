@@ -191,6 +191,19 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant)
     drop(end.slot);
 }
 
+/// Why reading the control stream failed, as a closed-sessions `reason`.
+fn read_error_reason(e: &wtransport::quinn::ReadError) -> &'static str {
+    use wtransport::quinn::{ConnectionError as C, ReadError as R};
+    match e {
+        // The client reset its control stream, or closed its session or connection: leaving.
+        R::Reset(_) | R::ConnectionLost(C::ApplicationClosed(_) | C::ConnectionClosed(_)) => {
+            "client_closed"
+        }
+        R::ConnectionLost(C::TimedOut) => "idle_timeout",
+        _ => "connection_lost",
+    }
+}
+
 fn close_code(code: CloseCode) -> VarInt {
     VarInt::from_u32(u32::from(code.as_u16()))
 }
@@ -252,8 +265,8 @@ async fn read_control(
                         let _ = send.reset(VarInt::from_u32(REFUSED_STREAM));
                         debug!("refused an extra bidirectional stream");
                     }
-                    Err(_) => {
-                        let _ = tx.send(Inbound::Ended("connection_lost")).await;
+                    Err(e) => {
+                        let _ = tx.send(Inbound::Ended(super::quic_close_reason(&e))).await;
                         return;
                     }
                 }
@@ -274,8 +287,8 @@ async fn read_control(
                 let _ = tx.send(Inbound::Ended("client_closed")).await;
                 return;
             }
-            Err(_) => {
-                let _ = tx.send(Inbound::Ended("connection_lost")).await;
+            Err(e) => {
+                let _ = tx.send(Inbound::Ended(read_error_reason(&e))).await;
                 return;
             }
         };
