@@ -31,6 +31,8 @@ pub struct TestServer {
     pub wt: SocketAddr,
     pub http: SocketAddr,
     pub hash: [u8; 32],
+    /// Where a "real" certificate lives ([`TestServer::start_with_certificate`]).
+    certificate_dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -52,6 +54,7 @@ impl TestServer {
             hash: server.cert_sha256(),
             server: Some(server),
             dir,
+            certificate_dir: None,
         })
     }
 
@@ -88,6 +91,32 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+
+    /// A server with a "real" certificate (the development one, passed as `cert`/`key`): it
+    /// then serves HTTPS and wss on TCP with the UDP port's number. Returns the certificate's
+    /// path too.
+    pub async fn start_with_certificate() -> Result<(Self, std::path::PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        quiver_server::tls::dev_identity(dir.path()).await?;
+        let cert = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
+        let key = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
+        // The TCP port with the UDP port's (ephemeral) number may be taken by anyone on this
+        // machine: try a few UDP ports.
+        let mut attempts = 0;
+        let mut server = loop {
+            let started = Self::start_with(|c| {
+                c.cert = Some(cert.clone());
+                c.key = Some(key.clone());
+            })
+            .await;
+            match started {
+                Err(e) if attempts < 5 && e.to_string().contains("in use") => attempts += 1,
+                other => break other?,
+            }
+        };
+        server.certificate_dir = Some(dir);
+        Ok((server, cert))
     }
 
     pub fn url(&self) -> String {
