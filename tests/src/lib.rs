@@ -20,7 +20,8 @@ use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
 pub mod nats;
 pub mod process;
 
-pub const SECRET: &str = "test-secret-please-change";
+/// At least 32 bytes: the server refuses shorter HS256 secrets.
+pub const SECRET: &str = "test-secret-please-change-0123456789";
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -116,6 +117,8 @@ fn test_config(dir: &std::path::Path, listen: SocketAddr) -> Config {
         ..Config::default()
     };
     config.auth.jwt_secret = Some(SECRET.into());
+    // Production auth with the generated certificate: tests pin its hash.
+    config.tls.self_signed = true;
     config.timeouts.drain = Duration::from_secs(2);
     config
 }

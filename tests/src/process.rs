@@ -46,7 +46,7 @@ impl QuiverProcess {
             "127.0.0.1:0",
             "--no-demo",
         ])
-        .args(["--jwt-secret", SECRET])
+        .args(["--jwt-secret", SECRET, "--self-signed"])
         .arg("--cert-dir")
         .arg(cert_dir)
         .args(extra)
@@ -87,6 +87,11 @@ impl QuiverProcess {
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/v1", self.wt_port)
+    }
+
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no goodbye, no cleanup, like a crash.
