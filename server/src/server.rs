@@ -104,8 +104,9 @@ pub struct Server {
 
 impl Server {
     pub async fn start(mut config: Config) -> Result<Server, StartError> {
-        let identity = load_identity(&config).await?;
+        // The key first: a bad secret is the more serious mistake, so it is the one reported.
         let (verifier, dev) = load_verifier(&config)?;
+        let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
             info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");

@@ -17,7 +17,8 @@ pub struct QuiverProcess {
     pub hash: [u8; 32],
 }
 
-fn binary() -> Result<PathBuf> {
+/// The `quiver` binary cargo built next to the test executables.
+pub fn binary() -> Result<PathBuf> {
     // target/<profile>/deps/<test> → target/<profile>/quiver
     let exe = std::env::current_exe()?;
     let dir = exe

@@ -58,6 +58,45 @@ async fn short_secrets_refuse_to_start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The reproduction, through the real binary: `QUIVER_JWT_SECRET=""` must not start.
+#[test]
+fn an_empty_secret_in_the_environment_refuses_to_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(quiver_tests::process::binary()?)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--no-demo",
+        ])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .env("QUIVER_JWT_SECRET", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("quiver serve with an empty secret is still running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
+    assert!(!status.success());
+    assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
+    assert!(stderr.contains("at least 32"), "{stderr}");
+    Ok(())
+}
+
 /// The secret can come from a file (out of `ps` and shell history); its trailing newline is not
 /// part of it.
 #[tokio::test]
