@@ -24,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(room) = &room {
         assert!(s.len() <= MAX_ROOM_LEN);
         assert!(room.tokens().count() <= MAX_ROOM_DEPTH);
-        assert!(room.tokens().all(|t| !t.is_empty() && t.chars().all(name_char)));
+        assert!(room
+            .tokens()
+            .all(|t| !t.is_empty() && t.chars().all(name_char)));
         assert_eq!(room.as_str(), s);
         assert!(s.starts_with(room.namespace()));
         // A room name is a pattern that matches exactly itself, and `>` matches every room.

@@ -1,7 +1,9 @@
 //! Token verification on arbitrary input: raw strings (what a client can put in the query or
 //! header), and arbitrary claims correctly signed with the server's secret (so the fuzzer gets
-//! past the signature to the claim checks). Asserts: no panic; what verifies obeys the claim
-//! rules; no refusal quotes the token.
+//! past the signature to the claim checks). Asserts: no panic, and what verifies obeys the claim
+//! rules. (That refusals never quote the token holds by type, `AuthError::Invalid` carries a
+//! `&'static str`, and is tested with a marker in `server/src/auth_tests.rs`: a "does the
+//! message contain the input" check here only teaches libFuzzer to type the message.)
 #![no_main]
 
 use std::sync::OnceLock;
@@ -46,16 +48,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let now = 1_800_000_000;
-    match verifier().verify_at(&token, now) {
-        Ok(grant) => {
-            assert!(token.len() <= MAX_TOKEN_BYTES);
-            assert!(!grant.user.is_empty() && grant.user.len() <= MAX_SUB_BYTES);
-            assert!(grant.expires_at + 1 > now);
-        }
-        Err(e) => {
-            if token.len() >= 16 {
-                assert!(!e.to_string().contains(&token));
-            }
-        }
+    if let Ok(grant) = verifier().verify_at(&token, now) {
+        assert!(token.len() <= MAX_TOKEN_BYTES);
+        assert!(!grant.user.is_empty() && grant.user.len() <= MAX_SUB_BYTES);
+        // Valid while now < exp + leeway (1 s here).
+        assert!(grant.expires_at + 1 > now);
     }
 });

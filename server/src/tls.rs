@@ -224,16 +224,16 @@ impl Reloader {
     /// The new identity when it differs from the one served, `None` when nothing changed. With
     /// `force` (SIGHUP), files are read even when they look unchanged.
     pub async fn check(&mut self, force: bool) -> Result<Option<LoadedIdentity>, TlsError> {
+        let stamps = stamps(&self.source);
+        let unchanged = !force && self.seen.as_ref() == Some(&stamps);
+        self.seen = Some(stamps);
         let loaded = match &self.source {
-            CertSource::Files { cert, key } => {
-                let stamps = stamps(&self.source);
-                if !force && self.seen.as_ref() == Some(&stamps) {
-                    return Ok(None);
-                }
-                self.seen = Some(stamps);
-                load_pem(cert, key).await?
+            CertSource::Files { .. } if unchanged => return Ok(None),
+            CertSource::Files { cert, key } => load_pem(cert, key).await?,
+            CertSource::Generated { dir } if unchanged && is_fresh(&dir.join(DEV_CERT_FILE)) => {
+                return Ok(None)
             }
-            // Cheap: a stat, and a read only of a fresh file; renews when due.
+            // Renews the certificate when it is due, or loads the one another process wrote.
             CertSource::Generated { dir } => dev_identity(dir).await?,
         };
         if loaded.cert_sha256 == self.current {
@@ -354,6 +354,27 @@ mod tests {
         assert_ne!(next.cert_sha256, first.cert_sha256);
         assert_eq!(next.cert_sha256, pem_cert_hash(&cert_new).await.unwrap());
         assert!(reloader.check(false).await.unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A generated certificate that is due for renewal is replaced while the server runs.
+    #[tokio::test]
+    async fn reloader_renews_a_generated_certificate() {
+        let dir = tempdir("renew");
+        let first = dev_identity(&dir).await.unwrap();
+        let mut reloader = Reloader::new(CertSource::Generated { dir: dir.clone() }, &first);
+        assert!(reloader.check(false).await.unwrap().is_none());
+        // Written 12 days ago: within two days of its 13-day validity.
+        let aged = SystemTime::now() - Duration::from_secs(12 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(DEV_CERT_FILE))
+            .unwrap()
+            .set_modified(aged)
+            .unwrap();
+        let renewed = reloader.check(false).await.unwrap().expect("renewed");
+        assert_ne!(renewed.cert_sha256, first.cert_sha256);
+        assert!(renewed.dev);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
