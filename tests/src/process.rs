@@ -35,24 +35,31 @@ pub fn binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `quiver serve` on ephemeral loopback ports, without the demo, keeping its files in
+/// `cert_dir`; no key configured (add one, or it runs in development mode).
+pub fn serve_command(cert_dir: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary()?);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--no-demo",
+    ])
+    .arg("--cert-dir")
+    .arg(cert_dir);
+    Ok(cmd)
+}
+
 impl QuiverProcess {
     /// Starts `quiver serve` with the test secret, the given config file and extra flags.
     pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(binary()?);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-demo",
-        ])
-        .args(["--jwt-secret", SECRET, "--self-signed"])
-        .arg("--cert-dir")
-        .arg(cert_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let mut cmd = serve_command(cert_dir)?;
+        cmd.args(["--jwt-secret", SECRET, "--self-signed"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }

@@ -62,17 +62,7 @@ async fn short_secrets_refuse_to_start() -> anyhow::Result<()> {
 #[test]
 fn an_empty_secret_in_the_environment_refuses_to_start() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = std::process::Command::new(quiver_tests::process::binary()?)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-demo",
-        ])
-        .arg("--cert-dir")
-        .arg(dir.path())
+    let mut child = quiver_tests::process::serve_command(dir.path())?
         .env("QUIVER_JWT_SECRET", "")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
