@@ -18,7 +18,8 @@ mod raw;
 
 pub use raw::{Raw, RoomStream, Via};
 
-pub const SECRET: &str = "test-secret-please-change";
+/// At least 32 bytes: the server refuses shorter HS256 secrets.
+pub const SECRET: &str = "test-secret-please-change-0123456789";
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -149,6 +150,8 @@ fn test_config(dir: &std::path::Path, listen: SocketAddr) -> Config {
         ..Config::default()
     };
     config.auth.jwt_secret = Some(SECRET.into());
+    // Production auth with the generated certificate: tests pin its hash.
+    config.tls.self_signed = true;
     config.timeouts.drain = Duration::from_secs(2);
     config
 }
