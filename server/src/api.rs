@@ -37,7 +37,7 @@ pub async fn publish(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    let grant = match shared.verifier.verify(token.trim()) {
+    let grant = match shared.authenticate(token.trim()) {
         Ok(grant) => grant,
         Err(e) => return error(StatusCode::UNAUTHORIZED, e.label(), e.to_string()),
     };
@@ -166,13 +166,84 @@ pub async fn disconnect(
             tenant: request.tenant.clone(),
             user: request.user,
             session: request.session,
-            jti: None,
+            jti_key: None,
         },
         reason: request
             .reason
             .unwrap_or_else(|| "disconnected by the backend".into()),
     };
     match shared.control.disconnect(&tenant, disconnect).await {
+        Ok(local) => Json(json!({"disconnected_here": local})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    tenant: String,
+    jti: String,
+    /// The token's `exp` (Unix seconds): the revocation is kept until then (at most 30 days).
+    expires_at: u64,
+}
+
+/// `POST /api/v1/revoke` `{tenant, jti, expires_at}`: the token with this `jti` opens and
+/// refreshes no session on any instance until `expires_at`, and the sessions using it end
+/// (goodbye `disconnected`).
+pub async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(scope) = api_scope(&shared, &headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an API key is required (Authorization: Bearer KEY)",
+        );
+    };
+    let request: RevokeRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+    };
+    let tenant = match quiver_proto::TenantId::parse(&request.tenant) {
+        Ok(t) => t,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("tenant: {e}"),
+            )
+        }
+    };
+    if let Scope::Tenant(own) = &scope {
+        if *own != request.tenant {
+            return error(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "this API key is for another tenant",
+            );
+        }
+    }
+    if request.jti.is_empty() || request.jti.len() > 256 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "jti: 1 to 256 bytes",
+        );
+    }
+    let now = crate::auth::unix_now();
+    let until = request
+        .expires_at
+        .min(now + crate::control::MAX_REVOCATION.as_secs());
+    if until <= now {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expires_at is past: that token is refused anyway",
+        );
+    }
+    match shared.control.revoke(&tenant, &request.jti, until).await {
         Ok(local) => Json(json!({"disconnected_here": local})).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e),
     }

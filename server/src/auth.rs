@@ -88,6 +88,8 @@ pub struct Claims {
 /// What a verified token allows.
 #[derive(Debug, Clone)]
 pub struct Grant {
+    /// The token's `jti` claim, if it has one (revocation).
+    pub jti: Option<String>,
     pub user: String,
     pub tenant: TenantId,
     pub expires_at: u64,
@@ -231,11 +233,17 @@ impl Verifier {
         };
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, key, validation).map_err(refusal)?;
+        // The token's id, for the revocation deny-list (`revocation.rs`).
+        let jti = data
+            .claims
+            .get("jti")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         let claims = claims_from(data.claims)?;
         if claims.exp.saturating_add(self.leeway_secs) <= now {
             return Err(AuthError::Expired);
         }
-        grant_from(claims)
+        grant_from(claims).map(|grant| Grant { jti, ..grant })
     }
 }
 
@@ -396,6 +404,7 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
         user: claims.sub,
         tenant,
         expires_at: claims.exp,
+        jti: None,
     })
 }
 
@@ -417,7 +426,11 @@ pub fn unix_now() -> u64 {
 }
 
 /// Signs an HS256 token (for `quiver token`, the demo, and tests).
-pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+/// Signs any claims (for extra ones such as `jti`, a struct of your own that flattens [`Claims`]).
+pub fn sign_hs256<C: Serialize>(
+    secret: &[u8],
+    claims: &C,
+) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,

@@ -30,6 +30,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/publish/{room}", post(crate::api::publish))
         .route("/api/v1/disconnect", post(crate::api::disconnect))
+        .route("/api/v1/revoke", post(crate::api::revoke))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {

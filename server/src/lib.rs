@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod presence;
 pub mod quota;
 pub mod registry;
+pub mod revocation;
 mod server;
 mod session;
 mod subscription;

@@ -26,15 +26,16 @@ pub struct Selector {
     pub user: Option<String>,
     #[serde(default)]
     pub session: Option<String>,
-    /// Sessions whose token has this `jti` (revocation).
+    /// Sessions whose token's `jti` has this key (`revocation::key`).
     #[serde(default)]
-    pub jti: Option<String>,
+    pub jti_key: Option<String>,
 }
 
 struct Entry {
     tenant: TenantId,
     user: String,
-    jti: Option<String>,
+    /// `revocation::key` of the token's `jti`.
+    jti_key: Option<String>,
     kick: mpsc::Sender<Kick>,
 }
 
@@ -61,7 +62,7 @@ impl Registry {
                 Entry {
                     tenant: tenant.clone(),
                     user: user.to_owned(),
-                    jti: jti.map(str::to_owned),
+                    jti_key: jti.map(|j| crate::revocation::key(tenant, j)),
                     kick,
                 },
             );
@@ -83,15 +84,23 @@ impl Registry {
                 && selector.user.as_ref().is_none_or(|u| *u == entry.user)
                 && selector.session.as_ref().is_none_or(|s| s == id)
                 && selector
-                    .jti
+                    .jti_key
                     .as_ref()
-                    .is_none_or(|j| entry.jti.as_ref() == Some(j));
+                    .is_none_or(|j| entry.jti_key.as_ref() == Some(j));
             // A session already being kicked has its one slot full: it is closing anyway.
             if matches && entry.kick.try_send(kick.clone()).is_ok() {
                 n += 1;
             }
         }
         n
+    }
+
+    /// A refreshed session's token is another token: revoking the old one no longer ends it.
+    pub fn set_jti(&self, session: &str, jti: Option<&str>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = sessions.get_mut(session) {
+            entry.jti_key = jti.map(|j| crate::revocation::key(&entry.tenant, j));
+        }
     }
 
     /// Sessions of a tenant on this instance (all tenants: `None`).
@@ -150,7 +159,7 @@ mod tests {
         );
         let by_jti = Selector {
             tenant: "acme".into(),
-            jti: Some("t1".into()),
+            jti_key: Some(crate::revocation::key(&acme, "t1")),
             ..Selector::default()
         };
         let (_a1b, mut k1b) = registry.register("s5", &acme, "carol", Some("t1"));

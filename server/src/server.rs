@@ -104,8 +104,10 @@ pub struct Shared {
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
     /// This instance's sessions, for disconnects and revocation.
     pub registry: Arc<crate::registry::Registry>,
-    /// Disconnects that reach every instance.
+    /// Disconnects and revocations that reach every instance.
     pub control: Arc<crate::control::Control>,
+    /// Revoked token ids, until their tokens expire.
+    pub revocations: Arc<crate::revocation::Revocations>,
     pub address_limits: Arc<crate::quota::AddressLimits>,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
@@ -114,6 +116,20 @@ pub struct Shared {
     pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
+}
+
+impl Shared {
+    /// A token's grant: verified (signature, expiry, claims) and not revoked. Every transport,
+    /// `Refresh` and the HTTP API go through here.
+    pub fn authenticate(&self, token: &str) -> Result<crate::auth::Grant, crate::auth::AuthError> {
+        let grant = self.verifier.verify(token)?;
+        if let Some(jti) = &grant.jti {
+            if self.revocations.is_revoked(&grant.tenant, jti) {
+                return Err(crate::auth::AuthError::Invalid("token revoked"));
+            }
+        }
+        Ok(grant)
+    }
 }
 
 /// A running server.
@@ -187,7 +203,12 @@ impl Server {
             Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
-        let control = Arc::new(crate::control::Control::new(registry.clone(), control_nats));
+        let revocations = Arc::new(crate::revocation::Revocations::default());
+        let control = Arc::new(crate::control::Control::new(
+            registry.clone(),
+            revocations.clone(),
+            control_nats,
+        ));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
         let address_limits = Arc::new(crate::quota::AddressLimits::new(
             config.quotas.per_address.clone(),
@@ -205,6 +226,7 @@ impl Server {
             address_limits,
             registry,
             control: control.clone(),
+            revocations,
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,

@@ -168,6 +168,28 @@ pub fn token(tenant: &str, user: &str, sub: &[&str], publ: &[&str], ttl_secs: i6
     sign_hs256(SECRET.as_bytes(), &claims).expect("signing works")
 }
 
+/// A token allowed everything in its tenant, with a `jti` (a token id, for revocation).
+pub fn token_with_jti(tenant: &str, user: &str, jti: &str, ttl_secs: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct WithJti {
+        #[serde(flatten)]
+        claims: Claims,
+        jti: String,
+    }
+    let claims = Claims {
+        sub: user.into(),
+        tenant: tenant.into(),
+        exp: (unix_now() as i64 + ttl_secs) as u64,
+        subscribe: vec![">".into()],
+        publish: vec![">".into()],
+    };
+    let with = WithJti {
+        claims,
+        jti: jti.into(),
+    };
+    sign_hs256(SECRET.as_bytes(), &with).expect("signing works")
+}
+
 /// A token allowed everything in its tenant.
 pub fn full_token(tenant: &str, user: &str) -> String {
     token(tenant, user, &[">"], &[">"], 3600)

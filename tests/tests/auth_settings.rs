@@ -123,9 +123,10 @@ async fn recently_expired_tokens_are_refused_at_connect() -> anyhow::Result<()> 
         .is_err());
     let page = server.metrics().await?;
     assert!(
-        metric(
+        metric_sum(
             &page,
-            r#"quiver_sessions_refused_total{reason="token_expired"}"#
+            "quiver_sessions_refused_total",
+            &[("reason", "token_expired")]
         ) >= 1.0
     );
 

@@ -171,3 +171,121 @@ async fn a_disconnect_reaches_the_instance_that_holds_the_session() -> anyhow::R
     ));
     Ok(())
 }
+
+async fn revoke(
+    server: &TestServer,
+    key: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/revoke", server.http))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+/// A revoked token ends the sessions using it and opens no new one, on any transport; a
+/// session that refreshed to another token is not ended; another tenant's same `jti` is
+/// another token.
+#[tokio::test]
+async fn a_revoked_token_ends_its_sessions_and_opens_no_more() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let stolen = token_with_jti("acme", "alice", "tok-1", 3600);
+    let mut wt = Raw::connect(&server, &stolen).await?;
+    let mut refreshed = Raw::connect_via(Via::WebSocket, &server, &stolen).await?;
+    let reply = refreshed
+        .request(Command::Refresh {
+            token: token_with_jti("acme", "alice", "tok-2", 3600),
+        })
+        .await?;
+    assert!(matches!(reply, Event::Refreshed { .. }), "{reply:?}");
+    let mut other_tenant =
+        Raw::connect(&server, &token_with_jti("other", "alice", "tok-1", 3600)).await?;
+
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let (status, body) = revoke(
+        &server,
+        ACME,
+        serde_json::json!({"tenant": "acme", "jti": "tok-1", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected_here"], 1);
+    assert_eq!(goodbye(&mut wt).await?, CloseCode::Disconnected.as_u16());
+    assert!(matches!(
+        refreshed.request(Command::Ping).await?,
+        Event::Pong
+    ));
+    assert!(matches!(
+        other_tenant.request(Command::Ping).await?,
+        Event::Pong
+    ));
+
+    // No new session with it, on any transport, and no Refresh to it.
+    assert!(open_session(&server, &format!("/v1?token={stolen}"))
+        .await
+        .is_err());
+    let mut ws = Raw::websocket(&server, &format!("/v1/ws?token={stolen}"), &[]).await?;
+    assert_eq!(goodbye(&mut ws).await?, CloseCode::InvalidToken.as_u16());
+    let reply = refreshed
+        .request(Command::Refresh {
+            token: stolen.clone(),
+        })
+        .await?;
+    assert!(matches!(reply, Event::Error { .. }), "{reply:?}");
+    // The API refuses what the deny-list is not for.
+    let past = serde_json::json!({"tenant": "acme", "jti": "x", "expires_at": 1});
+    assert_eq!(revoke(&server, ACME, past).await?.0, 400);
+    let foreign = serde_json::json!({"tenant": "other", "jti": "x", "expires_at": exp});
+    assert_eq!(revoke(&server, ACME, foreign).await?.0, 403);
+    Ok(())
+}
+
+/// With NATS a revocation reaches every instance, and one started later loads it.
+#[tokio::test]
+async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let stolen = token_with_jti("acme", "alice", "tok-9", 3600);
+    let mut on_b = Raw::connect(&b, &stolen).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let (status, body) = revoke(
+        &a,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "jti": "tok-9", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(goodbye(&mut on_b).await?, CloseCode::Disconnected.as_u16());
+    assert!(open_session(&b, &format!("/v1?token={stolen}"))
+        .await
+        .is_err());
+    // A new instance learns it from the store.
+    let c = TestServer::start_with(clustered).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if open_session(&c, &format!("/v1?token={stolen}"))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the new instance accepts a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its other tokens still work.
+    Raw::connect(&c, &token_with_jti("acme", "alice", "tok-10", 3600)).await?;
+    Ok(())
+}

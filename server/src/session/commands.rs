@@ -213,8 +213,7 @@ impl Session {
         }
         let grant = self
             .shared
-            .verifier
-            .verify(token)
+            .authenticate(token)
             .map_err(|e| Refusal::new(ErrorCode::InvalidToken, e.to_string()))?;
         if grant.user != self.grant.user || grant.tenant != self.grant.tenant {
             return Err(Refusal::new(
@@ -226,6 +225,7 @@ impl Session {
             return Err(Refusal::new(ErrorCode::InvalidToken, "token expired"));
         }
         let expires_at = grant.expires_at;
+        self.shared.registry.set_jti(&self.id, grant.jti.as_deref());
         self.grant = grant;
         debug!(session = %self.id, expires_at, "token refreshed");
         Ok(Some(Event::Refreshed {

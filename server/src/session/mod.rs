@@ -155,10 +155,12 @@ pub async fn run(
         quota: None,
         stalled: false,
     };
-    let (_registered, kicks) =
-        shared
-            .registry
-            .register(&id, &session.grant.tenant, &session.grant.user, None);
+    let (_registered, kicks) = shared.registry.register(
+        &id,
+        &session.grant.tenant,
+        &session.grant.user,
+        session.grant.jti.as_deref(),
+    );
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);

@@ -114,7 +114,7 @@ pub async fn stream(
             )
         }
     };
-    let grant = match shared.verifier.verify(&token) {
+    let grant = match shared.authenticate(&token) {
         Ok(grant) => grant,
         Err(e) => {
             info!(%remote, reason = %e, transport = T.label(), "session refused");

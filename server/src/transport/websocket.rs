@@ -81,7 +81,7 @@ pub async fn upgrade(
             return (status, refused.label()).into_response();
         }
     };
-    match shared.verifier.verify(&token) {
+    match shared.authenticate(&token) {
         Ok(grant) => ws.on_upgrade(move |socket| async move {
             serve(shared, socket, grant, remote).await;
             drop(address);

@@ -126,7 +126,7 @@ async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
         Ok(token) => token,
         Err(refused) => return refuse(request, refused).await,
     };
-    match shared.verifier.verify(&token) {
+    match shared.authenticate(&token) {
         Ok(grant) => match request.accept().await {
             Ok(conn) => serve(shared.clone(), conn, grant).await,
             Err(e) => debug!(error = %e, "accept failed"),
