@@ -227,7 +227,9 @@ impl Session {
             return exit;
         }
         loop {
-            let expiry = expiry_instant(self.grant.expires_at);
+            // A token is valid while `now < exp + leeway` (auth.rs): so is its session.
+            let leeway = self.shared.config.auth.leeway.as_secs();
+            let expiry = expiry_instant(self.grant.expires_at.saturating_add(leeway));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
