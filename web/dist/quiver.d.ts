@@ -189,19 +189,22 @@ export declare const CloseCode: {
 	readonly unsupported_version: 3004;
 	readonly server_error: 3005;
 	readonly hello_timeout: 3006;
+	readonly token_invalid: 3007;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;
-export declare const CLIENT_NAME = "quiver-ts/0.1";
-export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 /** What went wrong, as the app sees it. */
 export type ErrorKind = 
 /** The server refused a command (`code` is an error code, e.g. 103 permission_denied). */
 "command"
 /** The server ended a subscription (`code`, `room`). */
  | "subscription"
-/** The WebTransport handshake failed: unreachable, token refused or certificate mismatch. */
+/** No transport could open a session: unreachable, refused, or (WebTransport, which cannot
+ *  tell) a refused token or a certificate mismatch. */
  | "handshake"
+/** The server refused the token for good (WebSocket close 3007 `token_invalid`): the client
+ *  stops retrying. Fix the token source, then create a new client. */
+ | "auth"
 /** The token callback threw, or a token refresh was refused. */
  | "token"
 /** The server said Goodbye (`code` is a close code, e.g. 3002 token_expired). */
@@ -210,7 +213,7 @@ export type ErrorKind =
  | "protocol"
 /** The connection was lost or could not be used. */
  | "transport"
-/** No answer in time. */
+/** No answer in time (including a server that stopped answering pings). */
  | "timeout"
 /** The client was closed, or the request could not survive a reconnect. */
  | "closed"
@@ -232,87 +235,134 @@ export declare class QuiverError extends Error {
 	/** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
 	get label(): string | null;
 }
-export interface ReconnectOptions {
-	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
-	initialDelayMs: number;
-	maxDelayMs: number;
-}
-export interface ClientOptions {
-	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`. */
-	url: string | URL;
-	/** Returns a JWT. Called before every connection attempt and before the token expires. */
-	token: () => string | Promise<string>;
-	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development). */
-	serverCertificateHashes?: readonly (Uint8Array | string)[];
-	/** `Hello.client`. */
-	clientName?: string;
-	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
-	reconnect?: Partial<ReconnectOptions> | false;
-	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
-	connectTimeoutMs?: number;
-	/** How long to wait for the reply to a command. Default 10 s. */
-	requestTimeoutMs?: number;
-	/** Ping period for RTT and liveness; 0 disables. Default 5 s. */
-	pingIntervalMs?: number;
-	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
-	maxQueuedPublishes?: number;
-	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
-	maxFrame?: number;
-	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
-	WebTransport?: WebTransportConstructor;
-}
+export type TransportKind = "webtransport" | "websocket";
 export type WebTransportConstructor = new (url: string, options?: WebTransportOptions) => WebTransport;
-export interface SessionInfo {
-	session: string;
-	user: string;
-	tenant: string;
-	/** Token expiry, Unix seconds; null if it never expires. */
-	expiresAt: number | null;
-	limits: Limits;
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
+type SubscriptionEvent = Extract<Event$1, {
+	type: "Publication" | "Joined" | "Left";
+}>;
+interface LinkHandler {
+	/** Bytes arrived from the server: proof that it is alive. */
+	received(): void;
+	/** An event that belongs to no subscription: replies, `Goodbye`, `Unsubscribed`, ... */
+	control(id: number, event: Event$1): void;
+	/** Whether `id` is the id of the latest `Subscribe` of `room` (its current subscription). */
+	isCurrent(room: string, id: number): boolean;
+	/** An event of the subscription whose `SubscriptionStream` carried `id`; false if stale. */
+	subscription(id: number, event: SubscriptionEvent): boolean;
+	/** A problem that spoils one subscription, not the connection. */
+	report(error: QuiverError): void;
+	/** The link is gone. `close` is the close code and reason when the transport carried them. */
+	closed(cause: QuiverError, close: {
+		code: number;
+		reason: string;
+	} | null): void;
 }
+interface Link {
+	readonly kind: TransportKind;
+	/** Largest frame accepted from the server (raised by `Welcome.limits.max_frame`). */
+	maxFrame: number;
+	/** Starts reading; everything from the server goes to `handler` from here on. */
+	start(handler: LinkHandler): Promise<void>;
+	/** Writes one complete command frame. */
+	write(frame: Uint8Array): Promise<void>;
+	/** Closes the connection from this side; the handler hears nothing more. */
+	close(reason: string): void;
+}
+/** Where a failed WebTransport is remembered: this page (module state), also `sessionStorage`
+ *  (survives reloads of the tab), or nowhere. */
+export type RememberFailure = "page" | "sessionStorage" | false;
+/** Forgets every remembered WebTransport failure (this page's, and in `sessionStorage`), so the
+ *  next connection attempt tries WebTransport first again. */
+export declare function forgetWebTransportFailures(): void;
 export interface GoodbyeInfo {
 	code: number;
 	reason: string;
 	reconnect: boolean;
 }
-export interface RecoveryInfo {
-	room: string;
-	/** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
-	 *  re-sync the room's state from elsewhere. */
-	recovery: Recovery;
-	/** The position resumed from. */
-	resumedFrom: Position;
+interface SessionOwner {
+	/** Control events that answer no pending command (Goodbye, unsolicited Unsubscribed, late
+	 *  replies, refusals of publishes sent without ack). */
+	onUnsolicited(session: Session, id: number, event: Event$1): void;
+	isCurrent(room: string, id: number): boolean;
+	deliver(id: number, event: SubscriptionEvent): boolean;
+	report(error: QuiverError): void;
+	onRtt(ms: number): void;
+}
+interface SendOptions {
+	/** Sent at once, ahead of commands waiting for the pacer (pings, refreshes): it still counts
+	 *  against the rate, so the commands behind it wait that much longer. */
+	urgent?: boolean;
+}
+declare class Session implements LinkHandler {
+	readonly link: Link;
+	private readonly requestTimeoutMs;
+	private readonly owner;
+	private readonly onGoodbye;
+	goodbye: GoodbyeInfo | null;
+	ended: boolean;
+	/** Why the session ended, once it has. */
+	cause: QuiverError | null;
+	readonly done: Promise<QuiverError>;
+	private resolveDone;
+	private readonly pending;
+	private readonly queue;
+	private pacer;
+	private pumping;
+	private pumpTimer;
+	private wakePump;
+	private heartbeatTimer;
+	private lastReceived;
+	private connectedAt;
+	constructor(link: Link, requestTimeoutMs: number, owner: SessionOwner, onGoodbye: (g: GoodbyeInfo) => void);
+	get kind(): TransportKind;
+	start(): Promise<void>;
+	markConnected(): void;
+	connectedFor(): number;
+	raiseMaxFrame(announced: number): void;
+	/** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
+	pace(commandsPerSecond: number): void;
+	/** Whether anything arrived from the server after `since` (a `performance.now()` time). */
+	heardSince(since: number): boolean;
+	/**
+	 * Notices a dead server: whenever nothing has arrived for `idleMs`, sends a `Ping`; if nothing
+	 * at all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends.
+	 * A silent session thus costs one Ping and one Pong per `idleMs`; a busy one costs nothing.
+	 */
+	startHeartbeat(idleMs: number, timeoutMs: number): void;
+	/** Writes one command (through the pacer); resolves once it is handed to the transport. */
+	send(frame: {
+		id: number;
+		command: Command;
+	}, options?: SendOptions): Promise<void>;
+	/**
+	 * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
+	 * the next id from the owner's counter (see `nextId`).
+	 */
+	request(id: number, command: Command, options?: SendOptions & {
+		timeoutMs?: number;
+	}): Promise<Event$1>;
+	/** Ends the session once; every waiter learns why. */
+	end(cause: QuiverError, byClient?: boolean): void;
+	received(): void;
+	control(id: number, event: Event$1): void;
+	isCurrent(room: string, id: number): boolean;
+	subscription(id: number, event: SubscriptionEvent): boolean;
+	report(error: QuiverError): void;
+	closed(cause: QuiverError, close: {
+		code: number;
+		reason: string;
+	} | null): void;
+	private setGoodbye;
+	private write;
+	/** Writes queued commands in order, each when the pacer allows. */
+	private pump;
 }
 /** A session joined or left a subscribed room (namespaces with presence events only). */
 export interface PresenceChange {
 	type: "Joined" | "Left";
 	room: string;
 	member: Member;
-}
-export interface ClientEvents {
-	state: [
-		state: ConnectionState,
-		cause: QuiverError | null
-	];
-	error: [
-		error: QuiverError
-	];
-	welcome: [
-		info: SessionInfo
-	];
-	goodbye: [
-		info: GoodbyeInfo
-	];
-	recovery: [
-		info: RecoveryInfo
-	];
-	/** The server confirmed a subscription: the first time, and again after every re-subscribe. */
-	subscribed: [
-		subscription: Subscription
-	];
-	rtt: [
-		ms: number
-	];
 }
 export interface SubscribeOptions {
 	/** Replay what was published after this position before going live (rooms with history). */
@@ -322,10 +372,6 @@ export interface SubscribeOptions {
 	bufferSize?: number;
 	/** Called when a session joins or leaves the room, in namespaces with presence events. */
 	onPresence?: (change: PresenceChange) => void;
-}
-export interface PublishOptions {
-	/** Wait for the server's `Published` (with the message's position, if the room has history). */
-	ack?: boolean;
 }
 /** One publication received in a room. */
 export declare class Message {
@@ -359,14 +405,131 @@ export declare class Subscription implements AsyncIterable<Message> {
 	unsubscribe(): Promise<void>;
 	[Symbol.asyncIterator](): AsyncIterator<Message>;
 }
+export declare const CLIENT_NAME = "quiver-ts/0.1";
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
+export interface ReconnectOptions {
+	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+	initialDelayMs: number;
+	maxDelayMs: number;
+}
+export interface HeartbeatOptions {
+	/** Silence (nothing received) after which a `Ping` is sent. Default 1000 ms. */
+	idleMs: number;
+	/** How long after that `Ping` something must arrive, else the connection is presumed dead and
+	 *  replaced. Default 2000 ms: a dead server is noticed within `idleMs + timeoutMs` (3 s). */
+	timeoutMs: number;
+}
+export interface ClientOptions {
+	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`; or, for WebSocket only,
+	 *  a `ws:`/`wss:` URL. */
+	url?: string | URL;
+	/** WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. Default: `wss://` on the host and port of
+	 *  `url`, path `/v1/ws` (a server with a real certificate serves both on one port number). */
+	webSocketUrl?: string | URL;
+	/** Transports to try, in order, on every connection attempt. Default
+	 *  `["webtransport", "websocket"]`; unavailable ones (no `WebTransport` in this browser, no
+	 *  URL for it) are skipped. */
+	transports?: readonly TransportKind[];
+	/** How long WebTransport may take to be ready before the next transport is tried, when there is
+	 *  one (blocked UDP is silent, not refused). Default 2500 ms. */
+	webTransportTimeoutMs?: number;
+	/** After WebTransport failed and WebSocket then worked, later attempts skip WebTransport:
+	 *  remembered for this page (`'page'`, the default), also across reloads of the tab
+	 *  (`'sessionStorage'`), or not at all (`false`). */
+	rememberWebTransportFailure?: RememberFailure;
+	/** Returns a JWT. Called before every connection attempt and before the token expires. */
+	token: () => string | Promise<string>;
+	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
+	 *  WebTransport only: a WebSocket relies on the browser's certificate checks). */
+	serverCertificateHashes?: readonly (Uint8Array | string)[];
+	/** `Hello.client`. */
+	clientName?: string;
+	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
+	reconnect?: Partial<ReconnectOptions> | false;
+	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
+	connectTimeoutMs?: number;
+	/** How long to wait for the reply to a command, counted from when it is written. Default 10 s. */
+	requestTimeoutMs?: number;
+	/** Ping period for RTT readings; 0 disables. Default 5 s. */
+	pingIntervalMs?: number;
+	/** Dead-server detection while the session is otherwise silent; `false` disables it (the
+	 *  transport's own timeouts, ~30 s, then apply). */
+	heartbeat?: Partial<HeartbeatOptions> | false;
+	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
+	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
+	paceCommands?: boolean;
+	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+	maxQueuedPublishes?: number;
+	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+	maxFrame?: number;
+	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
+	WebTransport?: WebTransportConstructor;
+	/** WebSocket implementation; defaults to the global one (tests pass a fake). */
+	WebSocket?: WebSocketConstructor;
+}
+export interface SessionInfo {
+	session: string;
+	user: string;
+	tenant: string;
+	/** Token expiry, Unix seconds; null if it never expires. */
+	expiresAt: number | null;
+	limits: Limits;
+}
+export interface RecoveryInfo {
+	room: string;
+	/** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
+	 *  re-sync the room's state from elsewhere. */
+	recovery: Recovery;
+	/** The position resumed from. */
+	resumedFrom: Position;
+}
+export interface ClientEvents {
+	state: [
+		state: ConnectionState,
+		cause: QuiverError | null
+	];
+	error: [
+		error: QuiverError
+	];
+	welcome: [
+		info: SessionInfo
+	];
+	goodbye: [
+		info: GoodbyeInfo
+	];
+	recovery: [
+		info: RecoveryInfo
+	];
+	/** The server confirmed a subscription: the first time, and again after every re-subscribe. */
+	subscribed: [
+		subscription: Subscription
+	];
+	rtt: [
+		ms: number
+	];
+	/** The session is on another transport than the previous one (or the first). `skipped` says
+	 *  why an earlier transport in `transports` was not used, when one failed. */
+	transport: [
+		transport: TransportKind,
+		skipped: QuiverError | null
+	];
+}
+export interface PublishOptions {
+	/** Wait for the server's `Published` (with the message's position, if the room has history). */
+	ack?: boolean;
+}
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
  */
-export declare class QuiverClient {
+export declare class QuiverClient implements SessionOwner {
 	private readonly opts;
+	private readonly transports;
+	private readonly wtUrl;
+	private readonly wsUrl;
 	private readonly hashes;
 	private readonly WT;
+	private readonly WS;
 	private readonly listeners;
 	private readonly subs;
 	private readonly outbox;
@@ -375,11 +538,19 @@ export declare class QuiverClient {
 	private closing;
 	private wake;
 	private readonly finished;
+	/** The Goodbye of the latest connection attempt, if the server sent one. */
+	private lastGoodbye;
+	/** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
+	private closedBy;
 	private currentState;
+	private currentTransport;
 	private welcome;
 	private lastRtt;
 	constructor(options: ClientOptions);
 	get state(): ConnectionState;
+	/** Transport of the current (or, while reconnecting, the latest) session; null before the
+	 *  first. */
+	get transport(): TransportKind | null;
 	/** Latest `Welcome`, null before the first. */
 	get info(): SessionInfo | null;
 	/** Latest round-trip time in milliseconds. */
@@ -419,13 +590,22 @@ export declare class QuiverClient {
 	private nextId;
 	/** Connects, waits for the session to end, backs off, and again, until closed. */
 	private run;
+	/** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
+	 *  then worked, when another transport follows it. */
+	private candidates;
+	/** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
 	private open;
+	private openLink;
+	/** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
+	private hello;
 	/** Runs a welcomed session until it ends; returns why it ended. */
 	private serve;
 	private onServerUnsubscribed;
 	private retrySubscribe;
 	private sendSubscribe;
 	private dropSub;
+	/** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+	private enqueue;
 	private sendPublish;
 	private sleep;
 	private shutdown;
