@@ -238,37 +238,6 @@ export declare class QuiverError extends Error {
 export type TransportKind = "webtransport" | "websocket";
 export type WebTransportConstructor = new (url: string, options?: WebTransportOptions) => WebTransport;
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
-type SubscriptionEvent = Extract<Event$1, {
-	type: "Publication" | "Joined" | "Left";
-}>;
-interface LinkHandler {
-	/** Bytes arrived from the server: proof that it is alive. */
-	received(): void;
-	/** An event that belongs to no subscription: replies, `Goodbye`, `Unsubscribed`, ... */
-	control(id: number, event: Event$1): void;
-	/** Whether `id` is the id of the latest `Subscribe` of `room` (its current subscription). */
-	isCurrent(room: string, id: number): boolean;
-	/** An event of the subscription whose `SubscriptionStream` carried `id`; false if stale. */
-	subscription(id: number, event: SubscriptionEvent): boolean;
-	/** A problem that spoils one subscription, not the connection. */
-	report(error: QuiverError): void;
-	/** The link is gone. `close` is the close code and reason when the transport carried them. */
-	closed(cause: QuiverError, close: {
-		code: number;
-		reason: string;
-	} | null): void;
-}
-interface Link {
-	readonly kind: TransportKind;
-	/** Largest frame accepted from the server (raised by `Welcome.limits.max_frame`). */
-	maxFrame: number;
-	/** Starts reading; everything from the server goes to `handler` from here on. */
-	start(handler: LinkHandler): Promise<void>;
-	/** Writes one complete command frame. */
-	write(frame: Uint8Array): Promise<void>;
-	/** Closes the connection from this side; the handler hears nothing more. */
-	close(reason: string): void;
-}
 /** Where a failed WebTransport is remembered: this page (module state), also `sessionStorage`
  *  (survives reloads of the tab), or nowhere. */
 export type RememberFailure = "page" | "sessionStorage" | false;
@@ -279,84 +248,6 @@ export interface GoodbyeInfo {
 	code: number;
 	reason: string;
 	reconnect: boolean;
-}
-interface SessionOwner {
-	/** Control events that answer no pending command (Goodbye, unsolicited Unsubscribed, late
-	 *  replies, refusals of publishes sent without ack). */
-	onUnsolicited(session: Session, id: number, event: Event$1): void;
-	isCurrent(room: string, id: number): boolean;
-	deliver(id: number, event: SubscriptionEvent): boolean;
-	report(error: QuiverError): void;
-	onRtt(ms: number): void;
-}
-interface SendOptions {
-	/** Sent at once, ahead of commands waiting for the pacer (pings, refreshes): it still counts
-	 *  against the rate, so the commands behind it wait that much longer. */
-	urgent?: boolean;
-}
-declare class Session implements LinkHandler {
-	readonly link: Link;
-	private readonly requestTimeoutMs;
-	private readonly owner;
-	private readonly onGoodbye;
-	goodbye: GoodbyeInfo | null;
-	ended: boolean;
-	/** Why the session ended, once it has. */
-	cause: QuiverError | null;
-	readonly done: Promise<QuiverError>;
-	private resolveDone;
-	private readonly pending;
-	private readonly queue;
-	private pacer;
-	private pumping;
-	private pumpTimer;
-	private wakePump;
-	private heartbeatTimer;
-	private lastReceived;
-	private connectedAt;
-	constructor(link: Link, requestTimeoutMs: number, owner: SessionOwner, onGoodbye: (g: GoodbyeInfo) => void);
-	get kind(): TransportKind;
-	start(): Promise<void>;
-	markConnected(): void;
-	connectedFor(): number;
-	raiseMaxFrame(announced: number): void;
-	/** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
-	pace(commandsPerSecond: number): void;
-	/** Whether anything arrived from the server after `since` (a `performance.now()` time). */
-	heardSince(since: number): boolean;
-	/**
-	 * Notices a dead server: whenever nothing has arrived for `idleMs`, sends a `Ping`; if nothing
-	 * at all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends.
-	 * A silent session thus costs one Ping and one Pong per `idleMs`; a busy one costs nothing.
-	 */
-	startHeartbeat(idleMs: number, timeoutMs: number): void;
-	/** Writes one command (through the pacer); resolves once it is handed to the transport. */
-	send(frame: {
-		id: number;
-		command: Command;
-	}, options?: SendOptions): Promise<void>;
-	/**
-	 * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
-	 * the next id from the owner's counter (see `nextId`).
-	 */
-	request(id: number, command: Command, options?: SendOptions & {
-		timeoutMs?: number;
-	}): Promise<Event$1>;
-	/** Ends the session once; every waiter learns why. */
-	end(cause: QuiverError, byClient?: boolean): void;
-	received(): void;
-	control(id: number, event: Event$1): void;
-	isCurrent(room: string, id: number): boolean;
-	subscription(id: number, event: SubscriptionEvent): boolean;
-	report(error: QuiverError): void;
-	closed(cause: QuiverError, close: {
-		code: number;
-		reason: string;
-	} | null): void;
-	private setGoodbye;
-	private write;
-	/** Writes queued commands in order, each when the pacer allows. */
-	private pump;
 }
 /** A session joined or left a subscribed room (namespaces with presence events only). */
 export interface PresenceChange {
@@ -522,7 +413,7 @@ export interface PublishOptions {
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
  */
-export declare class QuiverClient implements SessionOwner {
+export declare class QuiverClient {
 	private readonly opts;
 	private readonly transports;
 	private readonly wtUrl;

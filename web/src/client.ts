@@ -5,7 +5,7 @@
 import { DEFAULT_MAX_FRAME, PROTOCOL_VERSION, type Command, type Event, type Limits, type Member, type Position, type Recovery } from './codec.js';
 import { ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
-import { Refresher, Session, type GoodbyeInfo, type SessionOwner } from './session.js';
+import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import { Message, Subscription, type SubscribeOptions } from './subscription.js';
 import {
   TRANSPORT_KINDS,
@@ -186,7 +186,7 @@ interface Options {
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
  */
-export class QuiverClient implements SessionOwner {
+export class QuiverClient {
   private readonly opts: Options;
   private readonly transports: readonly TransportKind[];
   private readonly wtUrl: URL | null;
