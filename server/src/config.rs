@@ -23,6 +23,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ablation",
     "namespaces",
     "nats",
+    "allowed_origins",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,6 +52,11 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     /// The NATS backplane; without it the server runs on its embedded in-process broker.
     pub nats: Option<NatsConfig>,
+    /// Browser origins allowed to connect (`https://app.example.com`; `*` for any), checked on
+    /// every transport against the request's `Origin` header; a request with an unlisted
+    /// origin gets 403. Requests without `Origin` (native clients) pass. Empty: any origin
+    /// (a production server logs a warning at start).
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +195,10 @@ pub struct TimeoutsConfig {
     pub keep_alive: Duration,
     #[serde(with = "humantime_serde")]
     pub hello: Duration,
+    /// Every stage before a WebTransport session exists (QUIC handshake, HTTP/3 SETTINGS, the
+    /// CONNECT request) must be done within this, or the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub handshake: Duration,
     /// How long a graceful shutdown waits for sessions to say goodbye.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
@@ -215,6 +225,7 @@ impl Default for Config {
             ablation: AblationConfig::default(),
             namespaces: Vec::new(),
             nats: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -239,6 +250,7 @@ impl Default for TimeoutsConfig {
             idle: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             hello: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
             drain: Duration::from_secs(5),
             reply: Duration::from_secs(10),
         }

@@ -27,7 +27,9 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/publish/{room}", post(crate::api::publish));
+        .route("/api/v1/publish/{room}", post(crate::api::publish))
+        .route("/v1/ws", get(crate::transport::websocket::upgrade))
+        .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))
@@ -36,10 +38,24 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
             .route("/demo.css", get(|| asset("text/css", DEMO_CSS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
-    let shutdown = shared.shutdown.clone();
-    let app = app.with_state(shared);
+    let drained = {
+        let shared = shared.clone();
+        // Health and metrics keep answering (503 from /healthz) while sessions drain.
+        async move {
+            shared.shutdown.cancelled().await;
+            let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
+            while shared.sessions.load(Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let app = app
+        .with_state(shared)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(drained)
         .await
     {
         tracing::error!(error = %e, "http server failed");
@@ -124,8 +140,17 @@ async fn bootstrap(
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1".into());
     let url = format!("https://{host}:{}/v1", shared.webtransport_addr.port());
+    // The fallback transport, on the listener this page came from.
+    let http_port = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
+        .and_then(|u| u.port_or_known_default())
+        .unwrap_or(80);
+    let ws_url = format!("ws://{host}:{http_port}/v1/ws");
     Json(json!({
         "url": url,
+        "ws_url": ws_url,
         "token": token,
         "cert_sha256": hex::encode(shared.cert_sha256),
         "tenant": DEMO_TENANT,

@@ -20,15 +20,23 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, CongestionControl};
 use crate::hub::Hub;
 use crate::tls::{self, LoadedIdentity, TlsError};
-use crate::{demo, endpoint, http};
+use crate::{demo, http, transport};
 
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
 
-/// Peer-opened streams we allow per connection. Clients open one control stream plus HTTP/3's
-/// own unidirectional streams; subscriptions are streams *we* open. quinn reserves memory per
-/// allowed stream, so these stay small.
-const PEER_BIDI_STREAMS: u32 = 8;
-const PEER_UNI_STREAMS: u32 = 8;
+/// Peer-opened streams we allow at once per connection: exactly what the protocol uses. Two
+/// bidirectional (the CONNECT request stream and the control stream); four unidirectional
+/// (HTTP/3's control and two QPACK streams, plus one so that a WebTransport stream the client
+/// opens is seen and refused at once rather than blocked). Subscriptions are streams *we* open.
+/// quinn reserves memory per allowed stream, and every allowed stream is a receive window a
+/// client can fill: these are the protocol's budget (issue 10, defect 2).
+const PEER_BIDI_STREAMS: u32 = 2;
+const PEER_UNI_STREAMS: u32 = 4;
+/// Receive window per stream: the control stream needs one maximum frame in flight and a bit
+/// more; nothing else the client sends is large.
+const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
+/// Receive window for the whole connection: the most a client can make us buffer.
+const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -69,7 +77,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Set first on shutdown: new sessions get 429 and `/healthz` turns 503.
     pub draining: AtomicBool,
+    /// Sessions on every transport.
     pub sessions: AtomicUsize,
+    /// QUIC connections in any stage, from the first packet (pre-session ones hold memory too).
+    pub connections: AtomicUsize,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
     pub webtransport_addr: SocketAddr,
@@ -135,6 +146,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,
@@ -142,7 +154,10 @@ impl Server {
         });
 
         let mut tasks = vec![
-            tokio::spawn(endpoint::accept_loop(shared.clone(), endpoint)),
+            tokio::spawn(transport::webtransport::accept_loop(
+                shared.clone(),
+                endpoint,
+            )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
         ];
         if shared.dev.is_some() && shared.config.demo {
@@ -239,6 +254,8 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
     transport
         .max_concurrent_bidi_streams(QuinnVarInt::from_u32(PEER_BIDI_STREAMS))
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
+        .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(QuinnVarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
     let controller: Arc<dyn congestion::ControllerFactory + Send + Sync> =

@@ -26,9 +26,9 @@ pub struct Ended {
 pub enum Sink {
     /// Its own unidirectional stream: the design.
     OwnStream(Connection),
-    /// The session's control stream, shared by every subscription. Only for the head-of-line
-    /// blocking benchmark (`ablation.single_stream`), to measure what a stream per room buys.
-    Control(mpsc::Sender<Bytes>),
+    /// The session's one outgoing channel, shared by every subscription: WebSocket and SSE,
+    /// and WebTransport under `ablation.single_stream` (the head-of-line benchmark).
+    Shared(mpsc::Sender<Bytes>),
 }
 
 pub struct Writer {
@@ -51,9 +51,9 @@ impl Writer {
     pub async fn run(mut self) {
         let conn = match &self.sink {
             Sink::OwnStream(conn) => conn.clone(),
-            Sink::Control(out) => {
+            Sink::Shared(out) => {
                 let out = out.clone();
-                return self.run_on_control(out).await;
+                return self.run_shared(out).await;
             }
         };
         let mut stream = tokio::select! {
@@ -112,13 +112,12 @@ impl Writer {
         }
     }
 
-    async fn run_on_control(mut self, out: mpsc::Sender<Bytes>) {
-        if out
-            .send(Bytes::from(std::mem::take(&mut self.preamble)))
-            .await
-            .is_err()
-        {
-            return;
+    async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
+        // The preamble may hold a long replay: hand it over in batches of whole frames.
+        for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+            if out.send(batch).await.is_err() {
+                return;
+            }
         }
         loop {
             let delivery = tokio::select! {
@@ -143,6 +142,51 @@ impl Writer {
     }
 }
 
+/// Cuts a run of complete frames into batches of whole frames of about [`MAX_BATCH`] bytes.
+fn whole_frame_batches(frames: Vec<u8>) -> Vec<Bytes> {
+    let frames = Bytes::from(frames);
+    let mut batches = Vec::new();
+    let (mut start, mut at) = (0, 0);
+    while at + quiver_proto::LENGTH_PREFIX <= frames.len() {
+        let mut prefix = [0u8; quiver_proto::LENGTH_PREFIX];
+        prefix.copy_from_slice(&frames[at..at + quiver_proto::LENGTH_PREFIX]);
+        let next = at + quiver_proto::LENGTH_PREFIX + u32::from_be_bytes(prefix) as usize;
+        if next - start > MAX_BATCH && at > start {
+            batches.push(frames.slice(start..at));
+            start = at;
+        }
+        at = next.min(frames.len());
+    }
+    if start < frames.len() {
+        batches.push(frames.slice(start..));
+    }
+    batches
+}
+
 async fn open(conn: &Connection) -> Option<wtransport::SendStream> {
     conn.open_uni().await.ok()?.await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_frames_whole() {
+        let mut frames = Vec::new();
+        for n in 0..40u8 {
+            quiver_proto::frame::write_frame(&vec![n; 5000], &mut frames);
+        }
+        let total = frames.len();
+        let batches = whole_frame_batches(frames);
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(Bytes::len).sum::<usize>(), total);
+        for b in &batches {
+            let mut d = quiver_proto::FrameDecoder::new(1 << 20);
+            d.push(b);
+            while d.next_frame().unwrap().is_some() {}
+            assert!(d.finish().is_ok(), "a batch ends on a frame boundary");
+        }
+        assert!(whole_frame_batches(Vec::new()).is_empty());
+    }
 }

@@ -354,6 +354,27 @@ async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result
     }
 }
 
+/// Sums every series of metric `name` whose labels include all of `labels` (0 when none):
+/// `metric_sum(page, "quiver_sessions_active", &[])` counts sessions on every transport.
+pub fn metric_sum(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let has =
+                |(k, v): &(&str, &str)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\""));
+            labels.iter().all(has).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Reads a metric's value from a Prometheus text page (0 when absent).
 pub fn metric(page: &str, name_with_labels: &str) -> f64 {
     page.lines()

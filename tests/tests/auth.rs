@@ -55,21 +55,24 @@ async fn bad_tokens_are_refused_before_a_session_exists() -> anyhow::Result<()> 
 
     let page = server.metrics().await?;
     assert!(
-        metric(
+        metric_sum(
             &page,
-            r#"quiver_sessions_refused_total{reason="token_invalid"}"#
+            "quiver_sessions_refused_total",
+            &[("reason", "token_invalid")]
         ) >= 3.0
     );
     assert!(
-        metric(
+        metric_sum(
             &page,
-            r#"quiver_sessions_refused_total{reason="token_expired"}"#
+            "quiver_sessions_refused_total",
+            &[("reason", "token_expired")]
         ) >= 1.0
     );
     assert!(
-        metric(
+        metric_sum(
             &page,
-            r#"quiver_sessions_refused_total{reason="token_missing"}"#
+            "quiver_sessions_refused_total",
+            &[("reason", "token_missing")]
         ) >= 2.0
     );
     Ok(())

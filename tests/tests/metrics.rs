@@ -32,7 +32,7 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
     clients[0].request(Command::Ping).await?;
 
     let page = server.metrics().await?;
-    assert_eq!(metric(&page, "quiver_sessions_active"), 3.0);
+    assert_eq!(metric_sum(&page, "quiver_sessions_active", &[]), 3.0);
     assert_eq!(metric(&page, "quiver_subscriptions_active"), 6.0);
     assert_eq!(metric(&page, "quiver_publications_total"), 2.0);
     assert_eq!(metric(&page, "quiver_deliveries_total"), 6.0);
@@ -47,10 +47,10 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let page = server.metrics().await?;
-        if metric(&page, "quiver_sessions_active") == 0.0
+        if metric_sum(&page, "quiver_sessions_active", &[]) == 0.0
             && metric(&page, "quiver_subscriptions_active") == 0.0
         {
-            assert_eq!(metric(&page, "quiver_sessions_opened_total"), 3.0);
+            assert_eq!(metric_sum(&page, "quiver_sessions_opened_total", &[]), 3.0);
             break;
         }
         assert!(

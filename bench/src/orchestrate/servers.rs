@@ -191,7 +191,8 @@ impl ServerProc {
     }
 }
 
-/// `quiver_sessions_active` from a Quiver server's `/metrics`.
+/// `quiver_sessions_active` (summed over its `transport` label) from a Quiver server's
+/// `/metrics`.
 fn sessions_active(addr: &str) -> anyhow::Result<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
@@ -199,11 +200,15 @@ fn sessions_active(addr: &str) -> anyhow::Result<u64> {
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut page = String::new();
     stream.read_to_string(&mut page)?;
-    let value = page
+    let values: Vec<f64> = page
         .lines()
-        .find_map(|l| l.strip_prefix("quiver_sessions_active "))
-        .context("no quiver_sessions_active")?;
-    Ok(value.trim().parse::<f64>()? as u64)
+        .filter(|l| {
+            l.starts_with("quiver_sessions_active ") || l.starts_with("quiver_sessions_active{")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse().ok())
+        .collect();
+    anyhow::ensure!(!values.is_empty(), "no quiver_sessions_active");
+    Ok(values.iter().sum::<f64>() as u64)
 }
 
 impl Drop for ServerProc {

@@ -1,0 +1,338 @@
+//! The commands of the session core: subscribe, unsubscribe, publish, refresh, presence, and
+//! the bookkeeping of subscriptions (hub entries, broker interest, writer tasks).
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use quiver_proto::{encode_event, ErrorCode, Event, Member, Position, Recovery, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Refusal, Session, Sub};
+use crate::auth::unix_now;
+use crate::hub::{publication_frame, RoomKey, Subscriber};
+use crate::metrics as m;
+use crate::subscription::{Ended, Sink, Writer};
+use crate::transport::Peer;
+
+impl Session {
+    pub(super) async fn subscribe(
+        &mut self,
+        cmd_id: u32,
+        room: &str,
+        resume: Option<Position>,
+    ) -> Result<Option<Event>, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        if self.subs.contains_key(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {}", key.room),
+            ));
+        }
+        let max = self.shared.config.limits.max_subscriptions as usize;
+        if self.subs.len() >= max {
+            return Err(Refusal::new(
+                ErrorCode::TooManySubscriptions,
+                format!("subscription limit of {max} reached"),
+            ));
+        }
+
+        let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
+        let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
+        let overflow = CancellationToken::new();
+        // Live deliveries start queueing before history is read, so the replay and the live
+        // queue overlap rather than leave a gap; the writer drops the overlap by offset.
+        let first = self.shared.hub.subscribe(
+            key.clone(),
+            Subscriber {
+                id: sub_id,
+                queue,
+                overflow: overflow.clone(),
+            },
+        );
+        let prepared = async {
+            if first {
+                self.shared.broker.add_interest(key.clone()).await?;
+            }
+            self.shared.broker.recover(key.clone(), resume).await
+        };
+        let recovered = match prepared.await {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                if self.shared.hub.unsubscribe(&key, sub_id) {
+                    let _ = self.shared.broker.remove_interest(key.clone()).await;
+                }
+                return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
+            }
+        };
+
+        let mut preamble = encode_event(&ServerFrame {
+            id: cmd_id,
+            event: Event::SubscriptionStream {
+                room: key.room.to_string(),
+            },
+        })
+        .to_vec();
+        let (recovery, skip_through) = match (resume, recovered.replay) {
+            (None, _) => (Recovery::NotRequested, None),
+            (Some(_), None) => (Recovery::Failed, None),
+            (Some(since), Some(replay)) => {
+                let last = replay.last().map_or(since.offset, |(p, _)| p.offset);
+                for (position, payload) in &replay {
+                    preamble.extend_from_slice(&publication_frame(
+                        &key,
+                        Some(*position),
+                        payload.clone(),
+                    ));
+                }
+                let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                (Recovery::Recovered { replayed }, Some(last))
+            }
+        };
+        // Without a resume, live messages older than the position we announce are skipped too,
+        // so `position` is exactly where this subscriber's stream starts.
+        let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
+        let sink = match &self.link.peer {
+            Peer::Quic(conn) if !self.shared.config.ablation.single_stream => {
+                Sink::OwnStream(conn.clone())
+            }
+            _ => Sink::Shared(self.out.clone()),
+        };
+        let shared_sink = matches!(sink, Sink::Shared(_));
+        let writer = tokio::spawn(
+            Writer {
+                sink,
+                sub_id,
+                preamble,
+                skip_through,
+                queue: queue_rx,
+                overflow,
+                ended: self.ended_tx.clone(),
+            }
+            .run(),
+        );
+        metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).increment(1.0);
+        debug!(session = %self.id, room = %key.room, ?recovery, "subscribed");
+        let room = key.room.to_string();
+        if self.shared.config.presence(&key.room) {
+            self.announce_presence(&key, true).await;
+        }
+        self.subs.insert(
+            key.room.clone(),
+            Sub {
+                id: sub_id,
+                key,
+                writer: shared_sink.then_some(writer),
+            },
+        );
+        Ok(Some(Event::Subscribed {
+            room,
+            position: recovered.current,
+            recovery,
+        }))
+    }
+
+    pub(super) async fn unsubscribe(&mut self, room: &str) -> Result<Option<Event>, Refusal> {
+        let key = self.room(room)?;
+        let Some(sub) = self.subs.remove(&key.room) else {
+            return Err(Refusal::new(
+                ErrorCode::NotSubscribed,
+                format!("not subscribed to {}", key.room),
+            ));
+        };
+        self.drop_sub(sub).await;
+        Ok(Some(Event::Unsubscribed {
+            room: key.room.to_string(),
+            code: 0,
+            reason: String::new(),
+        }))
+    }
+
+    pub(super) async fn publish(
+        &mut self,
+        room: &str,
+        payload: Bytes,
+        ack: bool,
+    ) -> Result<Option<Event>, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_publish(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no publish permission for room {}", key.room),
+            ));
+        }
+        let max = self.shared.config.limits.max_payload as usize;
+        if payload.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::PayloadTooLarge,
+                format!("payload of {} bytes exceeds {max}", payload.len()),
+            ));
+        }
+        let position = self
+            .shared
+            .broker
+            .publish(key, payload)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        metrics::counter!(m::PUBLICATIONS).increment(1);
+        Ok(ack.then_some(Event::Published { position }))
+    }
+
+    /// A new token for the same user and tenant. It must not be expired already (then the
+    /// session keeps its old token and expiry). Its permissions apply from now on: every
+    /// subscription the new token no longer allows is ended with an unsolicited
+    /// `Unsubscribed { permission_denied }` after the `Refreshed` reply.
+    pub(super) async fn refresh(&mut self, token: &str) -> Result<Option<Event>, Refusal> {
+        if token.len() > crate::transport::MAX_TOKEN_LEN {
+            return Err(Refusal::new(ErrorCode::InvalidToken, "token too large"));
+        }
+        let grant = self
+            .shared
+            .verifier
+            .verify(token)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidToken, e.to_string()))?;
+        if grant.user != self.grant.user || grant.tenant != self.grant.tenant {
+            return Err(Refusal::new(
+                ErrorCode::InvalidToken,
+                "token is for another user or tenant",
+            ));
+        }
+        if grant.expires_at <= unix_now() {
+            return Err(Refusal::new(ErrorCode::InvalidToken, "token expired"));
+        }
+        let expires_at = grant.expires_at;
+        self.grant = grant;
+        debug!(session = %self.id, expires_at, "token refreshed");
+        Ok(Some(Event::Refreshed {
+            expires_at: Some(expires_at),
+        }))
+    }
+
+    /// Ends the subscriptions the session's (new) grant no longer allows.
+    pub(super) async fn recheck_subscriptions(&mut self) {
+        let revoked: Vec<_> = self
+            .subs
+            .keys()
+            .filter(|room| !self.grant.may_subscribe(room))
+            .cloned()
+            .collect();
+        for room in revoked {
+            if let Some(sub) = self.subs.remove(&room) {
+                self.drop_sub(sub).await;
+                debug!(session = %self.id, %room, "subscription revoked by refresh");
+                self.reply(
+                    0,
+                    Event::Unsubscribed {
+                        room: room.to_string(),
+                        code: ErrorCode::PermissionDenied.as_u16(),
+                        reason: "the refreshed token does not allow this room".into(),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    pub(super) async fn subscription_ended(&mut self, end: Ended) {
+        let Some(room) = self
+            .subs
+            .iter()
+            .find(|(_, s)| s.id == end.sub_id)
+            .map(|(r, _)| r.clone())
+        else {
+            return;
+        };
+        let Some(sub) = self.subs.remove(&room) else {
+            return;
+        };
+        self.drop_sub(sub).await;
+        if let Some((code, reason)) = end.cause {
+            warn!(session = %self.id, %room, %code, "subscription ended by server");
+            self.reply(
+                0,
+                Event::Unsubscribed {
+                    room: room.to_string(),
+                    code: code.as_u16(),
+                    reason: reason.to_owned(),
+                },
+            )
+            .await;
+        } else {
+            debug!(session = %self.id, %room, "client stopped the subscription stream");
+        }
+    }
+
+    pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        if !self.shared.config.presence(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("namespace {} does not track presence", key.room.namespace()),
+            ));
+        }
+        let room = key.room.to_string();
+        let members = self
+            .shared
+            .broker
+            .members(key)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        Ok(Some(Event::Presence { room, members }))
+    }
+
+    /// Records (or removes) this session's presence in a room and tells the room. Presence is
+    /// best effort: a broker failure is logged, never fails the subscription.
+    async fn announce_presence(&self, key: &RoomKey, joined: bool) {
+        let member = Member {
+            user: self.grant.user.clone(),
+            session: self.id.clone(),
+        };
+        let stored = if joined {
+            self.shared.broker.join(key.clone(), member.clone()).await
+        } else {
+            self.shared.broker.leave(key.clone(), member.clone()).await
+        };
+        let room = key.room.to_string();
+        let event = if joined {
+            Event::Joined { room, member }
+        } else {
+            Event::Left { room, member }
+        };
+        let frame = encode_event(&ServerFrame { id: 0, event });
+        if let Err(e) = stored.and(self.shared.broker.announce(key.clone(), frame).await) {
+            warn!(session = %self.id, room = %key.room, error = %e, "presence not recorded");
+        }
+    }
+
+    /// Removes a subscription from the hub (ending its writer) and the broker's interest. On a
+    /// shared transport the writer is stopped before this returns, so nothing of this
+    /// subscription is written after whatever the session writes next.
+    pub(super) async fn drop_sub(&self, sub: Sub) {
+        if let Some(writer) = sub.writer {
+            writer.abort();
+            let _ = writer.await;
+        }
+        metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).decrement(1.0);
+        if self.shared.config.presence(&sub.key.room) {
+            self.announce_presence(&sub.key, false).await;
+        }
+        if self.shared.hub.unsubscribe(&sub.key, sub.id) {
+            if let Err(e) = self.shared.broker.remove_interest(sub.key).await {
+                warn!(error = %e, "broker refused to drop interest");
+            }
+        }
+    }
+}

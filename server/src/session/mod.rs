@@ -1,0 +1,406 @@
+//! The session core: one authenticated client, whatever transport it came through. Hello and
+//! Welcome, command dispatch and authorisation, limits, token expiry and refresh, presence,
+//! the in-band goodbye, metrics and cleanup all live here, once. A transport adapter
+//! (`crate::transport`) feeds it [`Inbound`] items and writes what it puts on `out`; it knows
+//! nothing of sockets beyond the [`Peer`] it is given.
+//!
+//! The commands themselves are in `commands.rs`; the command rate meter in `meter.rs`.
+
+mod commands;
+mod meter;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver_proto::{
+    encode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, Limits, RoomName, ServerFrame,
+    PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::{unix_now, Grant};
+use crate::hub::RoomKey;
+use crate::metrics as m;
+use crate::server::Shared;
+use crate::subscription::Ended;
+use crate::transport::{Inbound, Peer, Transport};
+
+use meter::{Meter, Verdict};
+
+/// How long a goodbye frame may take to be queued for the client.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
+/// The connection a session runs over, as the core sees it.
+pub struct Link {
+    pub transport: Transport,
+    pub peer: Peer,
+    pub remote: SocketAddr,
+}
+
+/// How a session ended, for the adapter: `close` is set when the server ends it (the goodbye
+/// frame is already queued on `out`; the adapter closes its transport with the same code).
+pub struct End {
+    pub close: Option<(CloseCode, String)>,
+    /// The `reason` label of the closed-sessions metric.
+    pub reason: &'static str,
+    /// The session counts as open (gauge, drain, `max_sessions`) until the adapter drops this,
+    /// after its transport is closed: a drain must not end before the goodbye is out.
+    pub slot: Slot,
+}
+
+/// One open session in the counts; released on drop.
+pub struct Slot {
+    shared: Arc<Shared>,
+    transport: &'static str,
+}
+
+impl Slot {
+    fn open(shared: Arc<Shared>, transport: &'static str) -> Self {
+        metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => transport).increment(1.0);
+        metrics::counter!(m::SESSIONS_OPENED, "transport" => transport).increment(1);
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        Self { shared, transport }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => self.transport).decrement(1.0);
+        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why the command loop stopped.
+enum Exit {
+    /// The client closed or the connection was lost: nobody to say goodbye to.
+    Gone(&'static str),
+    /// We close: goodbye frame, then the transport's close with the same code.
+    Close(CloseCode, String),
+}
+
+struct Sub {
+    id: u64,
+    key: RoomKey,
+    /// The writer, on shared transports: aborted (not drained) when the subscription ends, so
+    /// none of its frames can follow the `Unsubscribed` on the one connection (PROTOCOL §9.2).
+    writer: Option<JoinHandle<()>>,
+}
+
+/// A command refused with an error reply.
+struct Refusal(ErrorCode, String);
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(code, message.into())
+    }
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    link: Link,
+    id: String,
+    grant: Grant,
+    out: mpsc::Sender<Bytes>,
+    subs: HashMap<RoomName, Sub>,
+    ended_tx: mpsc::UnboundedSender<Ended>,
+    meter: Meter,
+    /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
+    /// reading, and the session ends.
+    stalled: bool,
+}
+
+/// Runs a session to its end and frees everything it held. The adapter has verified `grant`
+/// and owns the reading of `inbound` and the writing of `out`.
+pub async fn run(
+    shared: Arc<Shared>,
+    grant: Grant,
+    link: Link,
+    inbound: mpsc::Receiver<Inbound>,
+    out: mpsc::Sender<Bytes>,
+) -> End {
+    let id = format!("{:x}", rand::random::<u64>());
+    let transport = link.transport.label();
+    let slot = Slot::open(shared.clone(), transport);
+    info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
+
+    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
+    let meter = Meter::new(&shared.config.limits);
+    let mut session = Session {
+        shared: shared.clone(),
+        link,
+        id: id.clone(),
+        grant,
+        out,
+        subs: HashMap::new(),
+        ended_tx,
+        meter,
+        stalled: false,
+    };
+    let exit = session.drive(inbound, ended_rx).await;
+    session.release().await;
+    let end = match exit {
+        Exit::Gone(reason) => End {
+            close: None,
+            reason,
+            slot,
+        },
+        Exit::Close(code, reason) => {
+            let goodbye = encode_event(&ServerFrame {
+                id: 0,
+                event: Event::Goodbye {
+                    code: code.as_u16(),
+                    reason: reason.clone(),
+                    reconnect: code.reconnect(),
+                },
+            });
+            // Queued behind everything already queued. A client that does not read may never
+            // make room for it: the transport's close says it then.
+            let _ = tokio::time::timeout(GOODBYE_GRACE, session.out.send(goodbye)).await;
+            End {
+                close: Some((code, reason)),
+                reason: code.label(),
+                slot,
+            }
+        }
+    };
+    drop(session);
+    metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
+        .increment(1);
+    end
+}
+
+impl Session {
+    async fn drive(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut ended: mpsc::UnboundedReceiver<Ended>,
+    ) -> Exit {
+        let shutdown = self.shared.shutdown.clone();
+        if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
+            return exit;
+        }
+        loop {
+            let expiry = expiry_instant(self.grant.expires_at);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return Exit::Close(CloseCode::Shutdown, "server shutting down".into());
+                }
+                _ = tokio::time::sleep_until(expiry) => {
+                    return Exit::Close(CloseCode::TokenExpired, "token expired".into());
+                }
+                Some(end) = ended.recv() => self.subscription_ended(end).await,
+                item = inbound.recv() => match item {
+                    Some(Inbound::Frame(frame, arrived)) => {
+                        if let Some(exit) = self.command(*frame, arrived).await {
+                            return exit;
+                        }
+                    }
+                    Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived) {
+                        Ok(true) => self.refuse(id, Refusal::new(ErrorCode::UnknownCommand, format!("unknown command type {kind}"))).await,
+                        Ok(false) => {}
+                        Err(exit) => return exit,
+                    },
+                    Some(Inbound::Malformed(reason)) => {
+                        warn!(session = %self.id, %reason, "protocol error");
+                        return Exit::Close(CloseCode::ProtocolError, reason);
+                    }
+                    Some(Inbound::Ended(reason)) => return Exit::Gone(reason),
+                    None => return Exit::Gone("client_closed"),
+                },
+                _ = self.link.peer.closed() => return Exit::Gone("connection_lost"),
+            }
+            if self.stalled {
+                warn!(session = %self.id, "client does not read its replies");
+                return Exit::Close(CloseCode::ProtocolError, "replies not read".into());
+            }
+        }
+    }
+
+    async fn hello(
+        &mut self,
+        inbound: &mut mpsc::Receiver<Inbound>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Exit> {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
+            _ = self.link.peer.closed() => return Err(Exit::Gone("connection_lost")),
+            first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
+        };
+        let hello = match first {
+            Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
+            Ok(None) => return Err(Exit::Gone("client_closed")),
+            Ok(Some(Inbound::Ended(reason))) => return Err(Exit::Gone(reason)),
+            Ok(Some(Inbound::Malformed(reason))) => {
+                return Err(Exit::Close(CloseCode::ProtocolError, reason))
+            }
+            Ok(Some(Inbound::Frame(frame, _))) => match *frame {
+                ClientFrame {
+                    id,
+                    command: Command::Hello { version, .. },
+                } => Some((id, version)),
+                _ => None,
+            },
+            Ok(Some(Inbound::Unknown { .. })) => None,
+        };
+        let Some((id, version)) = hello else {
+            return Err(Exit::Close(
+                CloseCode::ProtocolError,
+                "the first frame must be Hello".into(),
+            ));
+        };
+        if version != PROTOCOL_VERSION {
+            return Err(Exit::Close(
+                CloseCode::UnsupportedVersion,
+                format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        let limits = &self.shared.config.limits;
+        self.reply(
+            id,
+            Event::Welcome {
+                version: PROTOCOL_VERSION,
+                session: self.id.clone(),
+                user: self.grant.user.clone(),
+                tenant: self.grant.tenant.to_string(),
+                expires_at: Some(self.grant.expires_at),
+                limits: Limits {
+                    max_frame: limits.max_frame,
+                    max_payload: limits.max_payload,
+                    max_subscriptions: limits.max_subscriptions,
+                    commands_per_second: limits.commands_per_second,
+                },
+            },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Meters one command, at the time it arrived, against the rate limit: `Ok(true)` to run
+    /// it; `Ok(false)` when it was refused (`rate_limited`, no effect); `Err` when refusals
+    /// kept coming (`rate_abuse`). Metering at arrival means time the server itself spent
+    /// stalled never counts against a client within its limits.
+    fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
+        metrics::counter!(m::COMMANDS).increment(1);
+        match self.meter.take(arrived) {
+            Verdict::Allowed => Ok(true),
+            Verdict::Limited => {
+                let per_sec = self.shared.config.limits.commands_per_second;
+                self.refuse_now(
+                    id,
+                    Refusal::new(
+                        ErrorCode::RateLimited,
+                        format!("rate limit of {per_sec} commands per second exceeded"),
+                    ),
+                );
+                Ok(false)
+            }
+            Verdict::Abuse => Err(Exit::Close(
+                CloseCode::RateAbuse,
+                "command rate limit exceeded repeatedly".into(),
+            )),
+        }
+    }
+
+    async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
+        let id = frame.id;
+        let refresh = matches!(frame.command, Command::Refresh { .. });
+        match self.metered(id, arrived) {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(exit) => return Some(exit),
+        }
+        let result = match frame.command {
+            Command::Hello { .. } => Err(Refusal::new(
+                ErrorCode::BadRequest,
+                "Hello was already sent",
+            )),
+            Command::Subscribe { room, resume } => self.subscribe(id, &room, resume).await,
+            Command::Unsubscribe { room } => self.unsubscribe(&room).await,
+            Command::Publish { room, payload, ack } => self.publish(&room, payload, ack).await,
+            Command::Ping => Ok(Some(Event::Pong)),
+            Command::Refresh { token } => self.refresh(&token).await,
+            Command::Presence { room } => self.presence(&room).await,
+        };
+        match result {
+            Ok(Some(event)) => {
+                self.reply(id, event).await;
+                if refresh {
+                    self.recheck_subscriptions().await;
+                }
+            }
+            Ok(None) => {}
+            Err(refusal) => self.refuse(id, refusal).await,
+        }
+        None
+    }
+
+    fn room(&self, room: &str) -> Result<RoomKey, Refusal> {
+        let room = RoomName::parse(room)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidRoom, format!("invalid room name: {e}")))?;
+        Ok(RoomKey {
+            tenant: self.grant.tenant.clone(),
+            room,
+        })
+    }
+
+    /// Frees everything the session registered.
+    async fn release(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subs) {
+            self.drop_sub(sub).await;
+        }
+    }
+
+    async fn reply(&mut self, id: u32, event: Event) {
+        if self.stalled {
+            return;
+        }
+        let frame = encode_event(&ServerFrame { id, event });
+        let wait = self.shared.config.timeouts.reply;
+        if tokio::time::timeout(wait, self.out.send(frame))
+            .await
+            .is_err()
+        {
+            self.stalled = true;
+        }
+    }
+
+    async fn refuse(&mut self, id: u32, Refusal(code, message): Refusal) {
+        metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
+        debug!(session = %self.id, %code, %message, "command refused");
+        self.reply(
+            id,
+            Event::Error {
+                code: code.as_u16(),
+                message,
+            },
+        )
+        .await;
+    }
+
+    /// A refusal that never waits: dropped if the outgoing channel is full (a client flooding
+    /// commands while not reading its replies is closed by the abuse rule soon anyway).
+    fn refuse_now(&mut self, id: u32, Refusal(code, message): Refusal) {
+        metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
+        let frame = encode_event(&ServerFrame {
+            id,
+            event: Event::Error {
+                code: code.as_u16(),
+                message,
+            },
+        });
+        let _ = self.out.try_send(frame);
+    }
+}
+
+fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
+    let left = expires_at.saturating_sub(unix_now());
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}

@@ -1,0 +1,255 @@
+//! Transport adapters: how bytes reach the one session core ([`crate::session`]).
+//!
+//! Each adapter authenticates its request the same way ([`credentials`], [`check_origin`],
+//! [`admit`]), turns what the peer sends into [`Inbound`] items, and writes what the core puts on
+//! its outgoing channel. What differs is only how subscriptions travel: WebTransport opens a
+//! QUIC stream per room; WebSocket and SSE share the one connection ([`Peer`]).
+
+pub mod sse;
+pub mod websocket;
+pub mod webtransport;
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use quiver_proto::{
+    decode_command, ClientFrame, DecodeError, FrameDecoder, FrameError, LENGTH_PREFIX,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// Tokens longer than this are refused before they are parsed (a JWT with our claims is a few
+/// hundred bytes; identity providers' are rarely over 2 KB).
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Which adapter a session came through: a label on metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    WebTransport,
+    WebSocket,
+    Sse,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 3] = [
+        Transport::WebTransport,
+        Transport::WebSocket,
+        Transport::Sse,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// The connection under a session, as far as the core needs to know it.
+pub enum Peer {
+    /// A WebTransport session: every subscription gets its own unidirectional stream.
+    Quic(wtransport::Connection),
+    /// One ordered connection (WebSocket, SSE): subscriptions share the outgoing channel. The
+    /// adapter cancels the token when the peer is gone.
+    Shared(CancellationToken),
+}
+
+impl Peer {
+    /// Resolves when the peer is gone.
+    pub async fn closed(&self) {
+        match self {
+            Peer::Quic(conn) => {
+                conn.closed().await;
+            }
+            Peer::Shared(gone) => gone.cancelled().await,
+        }
+    }
+}
+
+/// What an adapter hands the session core, in the order the peer sent it.
+pub enum Inbound {
+    /// Boxed: channels allocate their first block of slots eagerly, so the slot size is memory
+    /// every idle session pays.
+    /// With the time it arrived: commands are metered at arrival (PROTOCOL §5).
+    Frame(Box<ClientFrame>, Instant),
+    Unknown {
+        id: u32,
+        kind: u32,
+        arrived: Instant,
+    },
+    Malformed(String),
+    /// The peer is gone, and why (a metrics label: `client_closed`, `idle_timeout`, …).
+    Ended(&'static str),
+}
+
+impl Inbound {
+    /// Decodes one frame body (length prefix already removed).
+    pub fn decode(body: &[u8]) -> Inbound {
+        let arrived = Instant::now();
+        match decode_command(body) {
+            Ok(frame) => Inbound::Frame(Box::new(frame), arrived),
+            Err(DecodeError::UnknownType { id, kind }) => Inbound::Unknown { id, kind, arrived },
+            Err(e @ DecodeError::Malformed(_)) => Inbound::Malformed(e.to_string()),
+        }
+    }
+
+    /// The next complete frame a stream decoder holds, decoded. A framing error is `Malformed`
+    /// (the stream is out of sync after it: stop reading).
+    pub fn next(decoder: &mut FrameDecoder) -> Option<Inbound> {
+        match decoder.next_frame() {
+            Ok(None) => None,
+            Ok(Some(body)) => Some(Inbound::decode(&body)),
+            Err(e) => Some(Inbound::Malformed(e.to_string())),
+        }
+    }
+}
+
+/// Splits a message that must hold exactly one complete frame (WebSocket, PROTOCOL.md §9.2)
+/// and returns its body.
+pub fn single_frame(message: &[u8], max_frame: usize) -> Result<&[u8], String> {
+    let Some((prefix, body)) = message.split_first_chunk::<LENGTH_PREFIX>() else {
+        return Err(FrameError::Truncated {
+            buffered: message.len(),
+        }
+        .to_string());
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    if len == 0 {
+        return Err(FrameError::Empty.to_string());
+    }
+    if len > max_frame {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame,
+        }
+        .to_string());
+    }
+    if body.len() != len {
+        return Err(format!(
+            "a message must hold exactly one frame: length prefix says {len} bytes, message has {}",
+            body.len()
+        ));
+    }
+    Ok(body)
+}
+
+/// The token of a request: `Authorization: Bearer` wins over the `token` query parameter.
+pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<String, Refused> {
+    let token = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned())
+        .or_else(|| query.and_then(query_param("token")))
+        .unwrap_or_default();
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(Refused::TokenTooLarge);
+    }
+    Ok(token)
+}
+
+/// The first value of a query parameter.
+pub fn query_param(name: &str) -> impl Fn(&str) -> Option<String> + '_ {
+    move |query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+}
+
+/// Why a request gets no session, before any token is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a path we serve: 404.
+    NotFound,
+    /// Draining or full: 429, try later or elsewhere.
+    Unavailable,
+    /// `Origin` not in `allowed_origins`: 403.
+    Origin,
+    /// Token over [`MAX_TOKEN_LEN`]: 431 on TCP, 403 on WebTransport (wtransport has no 431).
+    TokenTooLarge,
+}
+
+impl Refused {
+    /// The `reason` label of the refused-sessions metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::NotFound => "not_found",
+            Refused::Unavailable => "unavailable",
+            Refused::Origin => "origin",
+            Refused::TokenTooLarge => "token_too_large",
+        }
+    }
+
+    pub fn count(self, transport: Transport) {
+        count_refused(transport, self.label());
+    }
+}
+
+pub fn count_refused(transport: Transport, reason: &'static str) {
+    metrics::counter!(crate::metrics::SESSIONS_REFUSED, "transport" => transport.label(), "reason" => reason)
+        .increment(1);
+}
+
+/// An `Origin` header is checked against `allowed_origins`: an empty list allows every origin
+/// (development); otherwise the origin must be listed. Requests without `Origin` (native
+/// clients) are not browsers and pass.
+pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused> {
+    let allowed = &shared.config.allowed_origins;
+    match origin {
+        Some(origin) if !allowed.is_empty() => {
+            let origin = origin.trim_end_matches('/');
+            if allowed
+                .iter()
+                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+            {
+                Ok(())
+            } else {
+                Err(Refused::Origin)
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether the server takes another session now (not draining, under `max_sessions`).
+pub fn admit(shared: &Shared) -> Result<(), Refused> {
+    if shared.draining.load(Ordering::Relaxed)
+        || shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions
+    {
+        Err(Refused::Unavailable)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_query_or_header() {
+        assert_eq!(credentials(None, Some("a=1&token=x%2By")).unwrap(), "x+y");
+        assert_eq!(credentials(None, Some("a=1")).unwrap(), "");
+        assert_eq!(
+            credentials(Some("Bearer hdr"), Some("token=q")).unwrap(),
+            "hdr"
+        );
+        let long = format!("token={}", "a".repeat(MAX_TOKEN_LEN + 1));
+        assert_eq!(credentials(None, Some(&long)), Err(Refused::TokenTooLarge));
+    }
+
+    #[test]
+    fn one_frame_per_message() {
+        let mut frame = Vec::new();
+        quiver_proto::frame::write_frame(b"abc", &mut frame);
+        assert_eq!(single_frame(&frame, 16).unwrap(), b"abc");
+        let mut two = frame.clone();
+        two.extend_from_slice(&frame);
+        assert!(single_frame(&two, 16).is_err());
+        assert!(single_frame(&frame[..5], 16).is_err());
+        assert!(single_frame(&frame, 2).is_err());
+        assert!(single_frame(&[0, 0, 0, 0], 16).is_err());
+        assert!(single_frame(&[0, 0], 16).is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! The Server-Sent Events adapter (`GET /v1/sse`, PROTOCOL.md §9.3): read-only sessions for
+//! clients behind proxies that break WebSocket upgrades.
+//!
+//! The session core runs unchanged: this adapter feeds it the `Hello` and one `Subscribe` per
+//! `room` parameter (resuming from `Last-Event-ID`), then turns the frames it writes into SSE
+//! events with JSON data. The client can send nothing else; the session lives as long as the
+//! response.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use futures::Stream;
+use quiver_proto::{
+    decode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, FrameDecoder, Position,
+    Recovery, RoomName, PROTOCOL_VERSION,
+};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::info;
+
+use super::{admit, check_origin, count_refused, credentials, Inbound, Peer, Refused, Transport};
+use crate::server::Shared;
+use crate::session::{self, Link};
+
+const T: Transport = Transport::Sse;
+
+/// Frames queued for the response (the same bound as a WebSocket's).
+const OUT_QUEUE: usize = 256;
+/// The first `Subscribe` id; `Hello` is 1.
+const FIRST_SUBSCRIBE_ID: u32 = 2;
+
+fn problem(
+    status: StatusCode,
+    label: &str,
+    code: Option<u16>,
+    message: impl Into<String>,
+) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "label": label, "message": message.into()})),
+    )
+        .into_response()
+}
+
+pub async fn stream(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let checked = check_origin(&shared, header_str(header::ORIGIN))
+        .and_then(|()| admit(&shared))
+        .and_then(|()| credentials(header_str(header::AUTHORIZATION), query.as_deref()));
+    let token = match checked {
+        Ok(token) => token,
+        Err(refused) => {
+            refused.count(T);
+            let status = match refused {
+                Refused::NotFound => StatusCode::NOT_FOUND,
+                Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Origin => StatusCode::FORBIDDEN,
+                Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            };
+            return problem(status, refused.label(), None, refused.label());
+        }
+    };
+    let limits = &shared.config.limits;
+    let max_rooms = limits.max_subscriptions.min(limits.commands_per_second) as usize;
+    let rooms = match rooms(query.as_deref().unwrap_or_default(), max_rooms) {
+        Ok(rooms) => rooms,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+    };
+    let resume = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => BTreeMap::new(),
+        Some(Ok(id)) => match parse_event_id(id) {
+            Ok(positions) => positions,
+            Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+        },
+        Some(Err(_)) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+                "Last-Event-ID is not text",
+            )
+        }
+    };
+    let grant = match shared.verifier.verify(&token) {
+        Ok(grant) => grant,
+        Err(e) => {
+            info!(%remote, reason = %e, transport = T.label(), "session refused");
+            count_refused(T, e.label());
+            let code = match e {
+                crate::auth::AuthError::Expired => CloseCode::TokenExpired,
+                _ => CloseCode::InvalidToken,
+            };
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                code.label(),
+                Some(code.as_u16()),
+                e.to_string(),
+            );
+        }
+    };
+
+    // What a client would have sent: Hello, then one Subscribe per room.
+    let (in_tx, in_rx) = mpsc::channel(rooms.len() + 1);
+    let mut commands = vec![Command::Hello {
+        version: PROTOCOL_VERSION,
+        client: "sse".into(),
+    }];
+    commands.extend(rooms.iter().map(|room| Command::Subscribe {
+        room: room.to_string(),
+        resume: resume.get(room.as_str()).copied(),
+    }));
+    for (id, command) in (1..).zip(commands) {
+        let frame = Box::new(ClientFrame { id, command });
+        // The channel has room for every one of them.
+        let _ = in_tx.try_send(Inbound::Frame(frame, std::time::Instant::now()));
+    }
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let gone = CancellationToken::new();
+    let link = Link {
+        transport: T,
+        peer: Peer::Shared(gone.clone()),
+        remote,
+    };
+    tokio::spawn(session::run(shared.clone(), grant, link, in_rx, out_tx));
+    let events = Events {
+        rooms,
+        positions: resume
+            .into_iter()
+            .map(|(room, position)| (room.to_owned(), position))
+            .collect(),
+        decoder: FrameDecoder::new(usize::MAX >> 1),
+        // Held for the life of the response: dropping the body (the client went away) ends
+        // the session; the commands channel stays open until then.
+        _alive: (gone.drop_guard(), in_tx),
+    };
+    Sse::new(events.into_stream(out_rx))
+        .keep_alive(
+            KeepAlive::new()
+                .interval(shared.config.timeouts.keep_alive)
+                .text("ping"),
+        )
+        .into_response()
+}
+
+/// The `room` parameters: at least one, at most `max`, valid and distinct.
+fn rooms(query: &str, max: usize) -> Result<Vec<RoomName>, String> {
+    let mut rooms = Vec::new();
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key != "room" {
+            continue;
+        }
+        let room = RoomName::parse(&value).map_err(|e| format!("room {value:?}: {e}"))?;
+        if rooms.contains(&room) {
+            return Err(format!("room {room} is listed twice"));
+        }
+        rooms.push(room);
+        if rooms.len() > max {
+            return Err(format!("at most {max} rooms per request"));
+        }
+    }
+    if rooms.is_empty() {
+        return Err("at least one room parameter is required".into());
+    }
+    Ok(rooms)
+}
+
+/// `ROOM=EPOCH:OFFSET` pairs joined by `,` (what this adapter writes as event ids).
+fn parse_event_id(id: &str) -> Result<BTreeMap<&str, Position>, String> {
+    let mut positions = BTreeMap::new();
+    for pair in id.split(',').filter(|p| !p.is_empty()) {
+        let bad = || format!("Last-Event-ID: {pair:?} is not ROOM=EPOCH:OFFSET");
+        let (room, position) = pair.split_once('=').ok_or_else(bad)?;
+        let (epoch, offset) = position.split_once(':').ok_or_else(bad)?;
+        RoomName::parse(room).map_err(|_| bad())?;
+        let position = Position {
+            epoch: epoch.parse().map_err(|_| bad())?,
+            offset: offset.parse().map_err(|_| bad())?,
+        };
+        positions.insert(room, position);
+    }
+    Ok(positions)
+}
+
+/// Turns the session's outgoing frames into SSE events.
+struct Events {
+    rooms: Vec<RoomName>,
+    /// The last position seen per history room: every publication's event id lists them all,
+    /// so `Last-Event-ID` resumes every room at once.
+    positions: BTreeMap<String, Position>,
+    decoder: FrameDecoder,
+    _alive: (DropGuard, mpsc::Sender<Inbound>),
+}
+
+impl Events {
+    fn into_stream(
+        self,
+        out: mpsc::Receiver<Bytes>,
+    ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+        futures::stream::unfold(
+            (self, out, Vec::new()),
+            |(mut this, mut out, mut ready)| async move {
+                loop {
+                    if let Some(event) = ready.pop() {
+                        return Some((Ok(event), (this, out, ready)));
+                    }
+                    let bytes = out.recv().await?;
+                    this.decoder.push(&bytes);
+                    while let Ok(Some(body)) = this.decoder.next_frame() {
+                        if let Ok(frame) = decode_event(&body) {
+                            if let Some(event) = this.convert(frame.id, frame.event) {
+                                ready.insert(0, event);
+                            }
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    fn room_of(&self, id: u32) -> Option<&str> {
+        let index = id.checked_sub(FIRST_SUBSCRIBE_ID)? as usize;
+        self.rooms.get(index).map(RoomName::as_str)
+    }
+
+    fn convert(&mut self, id: u32, event: Event) -> Option<SseEvent> {
+        let (name, data) = match event {
+            Event::Welcome {
+                session,
+                user,
+                tenant,
+                expires_at,
+                ..
+            } => (
+                "welcome",
+                json!({"session": session, "user": user, "tenant": tenant, "expires_at": expires_at}),
+            ),
+            Event::Subscribed {
+                room,
+                position,
+                recovery,
+            } => {
+                let (recovery, replayed) = match recovery {
+                    Recovery::NotRequested => ("not_requested", 0),
+                    Recovery::Recovered { replayed } => ("recovered", replayed),
+                    Recovery::Failed => ("failed", 0),
+                };
+                (
+                    "subscribed",
+                    json!({"room": room, "position": position_json(position), "recovery": recovery, "replayed": replayed}),
+                )
+            }
+            Event::Error { code, message } => (
+                "error",
+                json!({"room": self.room_of(id), "code": code, "label": label(code), "message": message}),
+            ),
+            Event::Unsubscribed { room, code, reason } => (
+                "unsubscribed",
+                json!({"room": room, "code": code, "label": label(code), "reason": reason}),
+            ),
+            Event::Publication {
+                room,
+                position,
+                payload,
+            } => {
+                let data = json!({
+                    "room": room,
+                    "position": position_json(position),
+                    "payload": base64::engine::general_purpose::STANDARD.encode(&payload),
+                });
+                let mut event = SseEvent::default()
+                    .event("publication")
+                    .data(data.to_string());
+                if let Some(position) = position {
+                    self.positions.insert(room, position);
+                    event = event.id(self.event_id());
+                }
+                return Some(event);
+            }
+            Event::Joined { room, member } => (
+                "joined",
+                json!({"room": room, "user": member.user, "session": member.session}),
+            ),
+            Event::Left { room, member } => (
+                "left",
+                json!({"room": room, "user": member.user, "session": member.session}),
+            ),
+            Event::Goodbye {
+                code,
+                reason,
+                reconnect,
+            } => (
+                "goodbye",
+                json!({"code": code, "label": label(code), "reason": reason, "reconnect": reconnect}),
+            ),
+            // Replies to commands an SSE client cannot send.
+            _ => return None,
+        };
+        Some(SseEvent::default().event(name).data(data.to_string()))
+    }
+
+    fn event_id(&self) -> String {
+        let pairs: Vec<String> = self
+            .positions
+            .iter()
+            .map(|(room, p)| format!("{room}={}:{}", p.epoch, p.offset))
+            .collect();
+        pairs.join(",")
+    }
+}
+
+fn position_json(position: Option<Position>) -> Value {
+    position.map_or(
+        Value::Null,
+        |p| json!({"epoch": p.epoch.to_string(), "offset": p.offset.to_string()}),
+    )
+}
+
+fn label(code: u16) -> &'static str {
+    ErrorCode::from_u16(code)
+        .map(ErrorCode::label)
+        .or_else(|| CloseCode::from_u16(code).map(CloseCode::label))
+        .unwrap_or("unknown")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_round_trip() {
+        let ids = parse_event_id("chat.a=17:5,dash=3:0").unwrap();
+        assert_eq!(
+            ids["chat.a"],
+            Position {
+                epoch: 17,
+                offset: 5
+            }
+        );
+        assert_eq!(
+            ids["dash"],
+            Position {
+                epoch: 3,
+                offset: 0
+            }
+        );
+        assert!(parse_event_id("chat.a=17").is_err());
+        assert!(parse_event_id("chat.>=1:2").is_err());
+        assert!(parse_event_id("a=x:1").is_err());
+        assert!(parse_event_id("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn room_parameters_are_bounded_and_distinct() {
+        assert_eq!(rooms("room=a&room=b.c&token=x", 4).unwrap().len(), 2);
+        assert!(rooms("token=x", 4).is_err());
+        assert!(rooms("room=a&room=a", 4).is_err());
+        assert!(rooms("room=a&room=b&room=c", 2).is_err());
+        assert!(rooms("room=a.*", 4).is_err());
+    }
+}

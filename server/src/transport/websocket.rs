@@ -1,0 +1,258 @@
+//! The WebSocket adapter (`GET /v1/ws` on the HTTP listener, PROTOCOL.md §9.2): the same frames
+//! as the WebTransport control stream, one frame per client message; everything the server sends
+//! (replies and every subscription's frames) shares the one socket.
+//!
+//! A refused token still gets the upgrade, but only to carry one `Goodbye` and a close frame:
+//! browsers hide the HTTP status of a failed upgrade, and a client must be able to tell "your
+//! token is bad" (stop) from "the network is broken" (retry). Nothing else is allocated for it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use quiver_proto::{encode_event, CloseCode, Event, ServerFrame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::{
+    admit, check_origin, count_refused, credentials, single_frame, Inbound, Peer, Refused,
+    Transport,
+};
+use crate::auth::AuthError;
+use crate::server::Shared;
+use crate::session::{self, Link, GOODBYE_GRACE};
+
+const T: Transport = Transport::WebSocket;
+
+/// Messages queued for the socket: the connection's one outgoing bound (PROTOCOL §9.2). Each is
+/// at most one frame, or one batch of whole frames of about 64 KiB.
+const OUT_QUEUE: usize = 256;
+/// Most bytes of queued frames coalesced into one message.
+const COALESCE: usize = 64 * 1024;
+/// Bytes tungstenite may buffer for a socket that does not drain, beyond the kernel's.
+const MAX_WRITE_BUFFER: usize = 256 * 1024;
+
+pub async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let checked = check_origin(&shared, header_str(header::ORIGIN))
+        .and_then(|()| admit(&shared))
+        .and_then(|()| credentials(header_str(header::AUTHORIZATION), query.as_deref()));
+    let token = match checked {
+        Ok(token) => token,
+        Err(refused) => {
+            refused.count(T);
+            let status = match refused {
+                Refused::NotFound => StatusCode::NOT_FOUND,
+                Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Origin => StatusCode::FORBIDDEN,
+                Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            };
+            return (status, refused.label()).into_response();
+        }
+    };
+    let max_frame = shared.config.limits.max_frame as usize;
+    let ws = ws
+        .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
+        .max_frame_size(max_frame + quiver_proto::LENGTH_PREFIX)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
+    match shared.verifier.verify(&token) {
+        Ok(grant) => ws.on_upgrade(move |socket| serve(shared, socket, grant, remote)),
+        Err(e) => {
+            info!(%remote, reason = %e, transport = T.label(), "session refused");
+            count_refused(T, e.label());
+            let code = match e {
+                AuthError::Expired => CloseCode::TokenExpired,
+                _ => CloseCode::InvalidToken,
+            };
+            let reason = e.to_string();
+            ws.on_upgrade(move |socket| refuse(socket, code, reason))
+        }
+    }
+}
+
+/// The whole life of a refused upgrade: one goodbye, one close frame.
+async fn refuse(mut socket: WebSocket, code: CloseCode, reason: String) {
+    let bye = async {
+        socket.send(Message::Binary(goodbye(code, &reason))).await?;
+        socket.send(close_message(code, &reason)).await
+    };
+    let _ = tokio::time::timeout(GOODBYE_GRACE, bye).await;
+}
+
+fn goodbye(code: CloseCode, reason: &str) -> Bytes {
+    encode_event(&ServerFrame {
+        id: 0,
+        event: Event::Goodbye {
+            code: code.as_u16(),
+            reason: reason.to_owned(),
+            reconnect: code.reconnect(),
+        },
+    })
+}
+
+fn close_message(code: CloseCode, reason: &str) -> Message {
+    // A close frame's reason is at most 123 bytes; cut on a character boundary.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Message::Close(Some(CloseFrame {
+        code: code.as_u16(),
+        reason: reason[..end].into(),
+    }))
+}
+
+async fn serve(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    grant: crate::auth::Grant,
+    remote: SocketAddr,
+) {
+    let (sink, stream) = socket.split();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let gone = CancellationToken::new();
+    let timeouts = &shared.config.timeouts;
+    let reader = tokio::spawn(read(
+        stream,
+        in_tx,
+        shared.config.limits.max_frame as usize,
+        timeouts.idle,
+        gone.clone(),
+    ));
+    let writer = tokio::spawn(write(sink, out_rx, timeouts.keep_alive, gone.clone()));
+    let link = Link {
+        transport: T,
+        peer: Peer::Shared(gone.clone()),
+        remote,
+    };
+    let end = session::run(shared, grant, link, in_rx, out_tx).await;
+    reader.abort();
+    // The writer sends what is queued (the goodbye last) and the close frame, bounded.
+    let mut writer = writer;
+    let sink = match tokio::time::timeout(GOODBYE_GRACE * 2, &mut writer).await {
+        Ok(Ok(sink)) => sink,
+        _ => {
+            writer.abort();
+            None
+        }
+    };
+    if let (Some(mut sink), Some((code, reason))) = (sink, &end.close) {
+        let _ = tokio::time::timeout(GOODBYE_GRACE, sink.send(close_message(*code, reason))).await;
+    }
+    gone.cancel();
+    debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
+    // Only now does the session stop counting (a drain waits for it).
+    drop(end.slot);
+}
+
+/// Reads client messages: each binary message is exactly one frame. Anything arriving (a
+/// message, a pong) resets the idle deadline; silence for `idle` ends the session.
+async fn read(
+    mut stream: SplitStream<WebSocket>,
+    tx: mpsc::Sender<Inbound>,
+    max_frame: usize,
+    idle: Duration,
+    gone: CancellationToken,
+) {
+    let ended = loop {
+        let message = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => break "idle_timeout",
+            Ok(None) => break "client_closed",
+            Ok(Some(Err(e))) => {
+                // Oversized messages surface here (tungstenite's size limits).
+                let _ = tx.send(Inbound::Malformed(format!("websocket: {e}"))).await;
+                return;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let item = match message {
+            Message::Binary(data) => match single_frame(&data, max_frame) {
+                Ok(body) => Inbound::decode(body),
+                Err(reason) => Inbound::Malformed(reason),
+            },
+            Message::Text(_) => {
+                Inbound::Malformed("text messages are not part of the protocol".into())
+            }
+            Message::Close(_) => break "client_closed",
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        let stop = matches!(item, Inbound::Malformed(_));
+        if tx.send(item).await.is_err() || stop {
+            return;
+        }
+    };
+    let _ = tx.send(Inbound::Ended(ended)).await;
+    gone.cancel();
+}
+
+/// Writes queued frames, coalescing what is queued into one message, and pings every
+/// `keep_alive`. Returns the sink when the session's channel closed (for the close frame), or
+/// `None` when the socket failed.
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Bytes>,
+    keep_alive: Duration,
+    gone: CancellationToken,
+) -> Option<SplitSink<WebSocket, Message>> {
+    let mut ping = tokio::time::interval(keep_alive);
+    ping.tick().await;
+    loop {
+        let first = tokio::select! {
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => return Some(sink),
+            },
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    gone.cancel();
+                    return None;
+                }
+                continue;
+            }
+        };
+        // One message for whatever else is queued (whole frames, PROTOCOL §9.2); a lone frame
+        // goes as it is, without a copy.
+        let message = match rx.try_recv() {
+            Ok(second) if first.len() < COALESCE => {
+                let mut batch = BytesMut::with_capacity(first.len() + second.len());
+                batch.extend_from_slice(&first);
+                batch.extend_from_slice(&second);
+                while batch.len() < COALESCE {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                batch.freeze()
+            }
+            Ok(second) => {
+                if sink.send(Message::Binary(first)).await.is_err() {
+                    gone.cancel();
+                    return None;
+                }
+                second
+            }
+            Err(_) => first,
+        };
+        if sink.send(Message::Binary(message)).await.is_err() {
+            gone.cancel();
+            return None;
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The WebTransport adapter: the accept loop, the checks on every CONNECT (path, origin,
+//! capacity, token) before a session exists, and the streams of one session: the control stream
+//! (read into [`Inbound`] items, written from the core's outgoing channel) and the refusal of
+//! every other stream the client opens. Subscriptions open their own streams (`subscription.rs`).
+//!
+//! Refusals are HTTP statuses: 404 for other paths, 429 when draining or full, 403 for origin and
+//! token problems. Every stage before a session exists (QUIC handshake, HTTP/3 SETTINGS, the
+//! CONNECT) runs under `timeouts.handshake`, and connections in those stages count towards
+//! `limits.max_sessions`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{CloseCode, FrameDecoder};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+use wtransport::endpoint::{IncomingSession, SessionRequest};
+use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+use super::{admit, check_origin, count_refused, credentials, Inbound, Peer, Refused, Transport};
+use crate::server::Shared;
+use crate::session::{self, Link, GOODBYE_GRACE};
+
+const T: Transport = Transport::WebTransport;
+
+/// Stream error code for streams the protocol does not use (PROTOCOL §2): H3_REQUEST_REJECTED.
+const REFUSED_STREAM: u32 = 0x010b;
+
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
+) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            incoming = endpoint.accept() => incoming,
+        };
+        admit_connection(&shared, incoming);
+    }
+    // Sessions say goodbye on shutdown; give them the drain period to do so. Meanwhile new
+    // CONNECTs still get an answer: 429 (the draining flag is set), so clients move on.
+    let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
+    while shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            incoming = endpoint.accept() => admit_connection(&shared, incoming),
+        }
+    }
+    endpoint.close(VarInt::from_u32(0), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!("webtransport endpoint closed");
+}
+
+/// Counts a QUIC connection from its first packet to its end (towards `max_sessions`: a
+/// connection that never becomes a session holds memory all the same).
+struct Counted(Arc<Shared>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
+    if shared.connections.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+        // Not even a handshake: a QUIC-level refusal costs one packet.
+        count_refused(T, "capacity");
+        incoming.refuse();
+        return;
+    }
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let counted = Counted(shared.clone());
+    tokio::spawn(async move {
+        handle(&counted.0, incoming).await;
+        drop(counted);
+    });
+}
+
+async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
+    // Dropping the pending request at the deadline closes its connection (vendor/README.md).
+    let request = match tokio::time::timeout(shared.config.timeouts.handshake, incoming).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => {
+            debug!(error = %e, "handshake failed");
+            count_refused(T, "handshake");
+            return;
+        }
+        Err(_) => {
+            debug!("no CONNECT within the handshake deadline");
+            count_refused(T, "handshake_timeout");
+            return;
+        }
+    };
+    let (path, query) = match request.path().split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (request.path(), None),
+    };
+    if path != quiver_proto::CONNECT_PATH {
+        return refuse(request, Refused::NotFound).await;
+    }
+    if let Err(refused) = check_origin(shared, request.origin()) {
+        return refuse(request, refused).await;
+    }
+    if let Err(refused) = admit(shared) {
+        return refuse(request, refused).await;
+    }
+    let authorization = request
+        .headers()
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.as_str());
+    let token = match credentials(authorization, query) {
+        Ok(token) => token,
+        Err(refused) => return refuse(request, refused).await,
+    };
+    match shared.verifier.verify(&token) {
+        Ok(grant) => match request.accept().await {
+            Ok(conn) => serve(shared.clone(), conn, grant).await,
+            Err(e) => debug!(error = %e, "accept failed"),
+        },
+        Err(e) => {
+            // The reason, never the token.
+            info!(remote = %request.remote_address(), reason = %e, transport = T.label(), "session refused");
+            count_refused(T, e.label());
+            request.forbidden().await;
+        }
+    }
+}
+
+async fn refuse(request: SessionRequest, refused: Refused) {
+    refused.count(T);
+    match refused {
+        Refused::NotFound => request.not_found().await,
+        Refused::Unavailable => request.too_many_requests().await,
+        Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
+    }
+}
+
+/// One accepted session: the control stream's tasks around the session core.
+async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant) {
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::channel(256);
+    let max_frame = shared.config.limits.max_frame as usize;
+    let control = tokio::spawn(control(
+        conn.clone(),
+        in_tx,
+        out_rx,
+        max_frame,
+        shared.config.timeouts.hello,
+    ));
+    let link = Link {
+        transport: T,
+        peer: Peer::Quic(conn.clone()),
+        remote: conn.remote_address(),
+    };
+    let end = session::run(shared, grant, link, in_rx, out_tx).await;
+    match &end.close {
+        Some((code, reason)) => {
+            // The control task writes what is queued (the goodbye last), finishes the stream
+            // and waits (bounded) for the client to have it; then QUIC closes with the code.
+            let _ = tokio::time::timeout(GOODBYE_GRACE * 2, control).await;
+            conn.close(close_code(*code), reason.as_bytes());
+        }
+        None => {
+            control.abort();
+            // The client left (or closed its control stream, which is leaving): close the
+            // whole connection cleanly rather than stop its HTTP/3 streams one by one.
+            conn.close(VarInt::from_u32(0), b"");
+        }
+    }
+    // What the path was like, for telling a slow network from a slow server.
+    let path = conn.quic_connection().stats().path;
+    info!(
+        reason = end.reason,
+        transport = T.label(),
+        rtt_ms = path.rtt.as_secs_f64() * 1e3,
+        sent_packets = path.sent_packets,
+        lost_packets = path.lost_packets,
+        congestion_events = path.congestion_events,
+        "webtransport connection closed"
+    );
+    // Only now does the session stop counting (a drain waits for it).
+    drop(end.slot);
+}
+
+fn close_code(code: CloseCode) -> VarInt {
+    VarInt::from_u32(u32::from(code.as_u16()))
+}
+
+/// Accepts the control stream (the client's first bidirectional stream), then reads it into
+/// `inbound` and writes `out` to it. Ends when `out` is closed (after finishing the stream,
+/// bounded) or the connection is gone.
+async fn control(
+    conn: Connection,
+    inbound: mpsc::Sender<Inbound>,
+    out: mpsc::Receiver<Bytes>,
+    max_frame: usize,
+    hello: Duration,
+) {
+    let (send, recv) = match tokio::time::timeout(hello, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(_)) => {
+            let _ = inbound.send(Inbound::Ended("connection_lost")).await;
+            return;
+        }
+        // The core's own Hello deadline ends the session.
+        Err(_) => return,
+    };
+    let reader = tokio::spawn(read_control(conn, recv, inbound, max_frame));
+    write_control(send, out).await;
+    reader.abort();
+}
+
+/// Writes queued frames to the control stream. Ends when every sender is gone, then finishes the
+/// stream and waits (bounded) for the client to acknowledge it, so a goodbye frame written last
+/// arrives before the connection closes.
+async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(frame) = rx.recv().await {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = tokio::time::timeout(GOODBYE_GRACE, send.finish()).await;
+}
+
+/// Reads the control stream into [`Inbound`] items, and refuses every other stream the client
+/// opens (STOP_SENDING and RESET at once, so no data on them is kept).
+async fn read_control(
+    conn: Connection,
+    mut recv: RecvStream,
+    tx: mpsc::Sender<Inbound>,
+    max_frame: usize,
+) {
+    let mut decoder = FrameDecoder::new(max_frame);
+    loop {
+        // Chunks as quinn holds them: no read buffer per session (idle sessions are most
+        // sessions), and no copy before the decoder's own.
+        let chunk = tokio::select! {
+            read = recv.quic_stream_mut().read_chunk(usize::MAX, true) => read,
+            extra = conn.accept_bi() => {
+                match extra {
+                    Ok((mut send, recv)) => {
+                        recv.stop(VarInt::from_u32(REFUSED_STREAM));
+                        let _ = send.reset(VarInt::from_u32(REFUSED_STREAM));
+                        debug!("refused an extra bidirectional stream");
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Inbound::Ended("connection_lost")).await;
+                        return;
+                    }
+                }
+                continue;
+            }
+            extra = conn.accept_uni() => {
+                if let Ok(recv) = extra {
+                    recv.stop(VarInt::from_u32(REFUSED_STREAM));
+                    debug!("refused a unidirectional stream");
+                }
+                continue;
+            }
+        };
+        let chunk = match chunk {
+            Ok(Some(chunk)) => chunk.bytes,
+            Ok(None) => {
+                // FIN on the control stream: the client is leaving (PROTOCOL §7).
+                let _ = tx.send(Inbound::Ended("client_closed")).await;
+                return;
+            }
+            Err(_) => {
+                let _ = tx.send(Inbound::Ended("connection_lost")).await;
+                return;
+            }
+        };
+        decoder.push(&chunk);
+        while let Some(item) = Inbound::next(&mut decoder) {
+            let stop = matches!(item, Inbound::Malformed(_));
+            // The channel is bounded: a client that floods commands waits on QUIC flow control.
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    }
+}
