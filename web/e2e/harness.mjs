@@ -2,6 +2,7 @@
 // static HTTP server for test pages, headless Chromium (playwright-core) and Firefox
 // (puppeteer-core over WebDriver BiDi). Every wait has a deadline.
 import { spawn, execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { createServer } from 'node:http';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -119,8 +120,15 @@ export async function quiver(args, timeout = 15_000) {
   }
 }
 
-export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h' }) {
-  const args = ['token', '--jwt-secret', SECRET, '--tenant', tenant, '--user', user, '--ttl', ttl];
+/** An HS256 JWT signed with SECRET that expired `agoSecs` ago (past the server's leeway). */
+export function expiredToken({ tenant, user, subscribe = [], publish = [], agoSecs = 600 }) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: user, tenant, exp: Math.floor(Date.now() / 1000) - agoSecs, subscribe, publish })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h', secret = SECRET }) {
+  const args = ['token', '--jwt-secret', secret, '--tenant', tenant, '--user', user, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
   return quiver(args);
