@@ -643,36 +643,46 @@ var Session = class {
     return this.lastReceived > since;
   }
   /**
-   * Notices a dead server: whenever nothing has arrived for `idleMs`, sends a `Ping`; if nothing
-   * at all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends.
-   * A silent session thus costs one Ping and one Pong per `idleMs`; a busy one costs nothing.
+   * Notices a dead server: once nothing has arrived for `idleMs`, sends a `Ping`; if nothing at
+   * all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends. So a
+   * dead server is noticed `idleMs + timeoutMs` after the last thing heard from it, a silent
+   * session costs one Ping and one Pong per `idleMs`, and a busy one nothing. Death is only
+   * declared `timeoutMs` after a ping actually went out, so timers delayed by a throttled
+   * background tab cannot declare a live server dead.
    */
   startHeartbeat(idleMs, timeoutMs) {
+    let pingedAt = -Infinity;
+    const schedule = (at) => {
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+      this.heartbeatTimer = setTimeout(check, Math.max(0, at - now()));
+    };
     const check = () => {
       this.heartbeatTimer = null;
       if (this.ended) return;
-      const silent = now() - this.lastReceived;
-      if (silent < idleMs) {
-        this.heartbeatTimer = setTimeout(check, idleMs - silent);
-        return;
-      }
-      const sentAt = now();
-      this.request(0, { type: "Ping" }, { urgent: true, timeoutMs }).then(
-        () => this.owner.onRtt(now() - sentAt),
-        () => void 0
-        // judged below by what arrived, not by this reply alone
-      );
-      this.heartbeatTimer = setTimeout(() => {
-        this.heartbeatTimer = null;
-        if (this.ended) return;
-        if (!this.heardSince(sentAt)) {
-          this.end(new QuiverError("timeout", `the server sent nothing for ${Math.round(now() - this.lastReceived)} ms, not even a Pong within ${timeoutMs} ms: connection presumed dead`));
+      const t = now();
+      const last = this.lastReceived;
+      if (pingedAt > last) {
+        if (t - pingedAt >= timeoutMs) {
+          this.end(new QuiverError("timeout", `the server sent nothing for ${Math.round(t - last)} ms, not even a Pong within ${timeoutMs} ms: connection presumed dead`));
         } else {
-          check();
+          schedule(pingedAt + timeoutMs);
         }
-      }, timeoutMs);
+      } else if (t - last >= idleMs) {
+        pingedAt = t;
+        this.request(0, { type: "Ping" }, { urgent: true, timeoutMs }).then(
+          () => {
+            this.owner.onRtt(now() - t);
+            check();
+          },
+          () => void 0
+          // judged by what arrives, not by this reply alone
+        );
+        schedule(t + timeoutMs);
+      } else {
+        schedule(last + idleMs);
+      }
     };
-    this.heartbeatTimer = setTimeout(check, idleMs);
+    schedule(this.lastReceived + idleMs);
   }
   /** Writes one command (through the pacer); resolves once it is handed to the transport. */
   send(frame, options = {}) {

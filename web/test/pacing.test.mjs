@@ -175,6 +175,23 @@ for (const transport of ['webtransport', 'websocket']) {
       assert.equal(net.attempts.length, 1);
     });
 
+    test('heartbeat: a server that dies after answering is noticed idle + timeout after its last answer', async (t) => {
+      const { net, client } = setup(transport, { heartbeat: { idleMs: 100, timeoutMs: 400 } });
+      t.after(() => client.close());
+      const conn = await net.nextConnection();
+      conn.autoAnswer = true;
+      await conn.welcome();
+      await client.ready();
+      await waitUntil(() => conn.received.filter((f) => f.command.type === 'Ping').length >= 2);
+      const dead = once(client, 'error', (e) => e.kind === 'timeout', 3000);
+      conn.autoAnswer = false; // the server dies: nothing more is answered
+      const diedAt = performance.now();
+      await dead;
+      const after = performance.now() - diedAt;
+      // At most idle (100) + timeout (400) after the last answer, which came before diedAt.
+      assert.ok(after < 650, `noticed ${after} ms after the server died`);
+    });
+
     test('heartbeat defaults: a silent server is noticed within 3 s', async (t) => {
       const { net, client } = setup(transport, { heartbeat: undefined });
       t.after(() => client.close());
