@@ -346,6 +346,10 @@ export interface ClientOptions {
 	/** Dead-server detection while the session is otherwise silent; `false` disables it (the
 	 *  transport's own timeouts, ~30 s, then apply). */
 	heartbeat?: Partial<HeartbeatOptions> | false;
+	/** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
+	 *  before it is reported missing (and, with WebSocket among `transports`, the client moves
+	 *  there). 0 disables. Default 5000 ms. */
+	streamTimeoutMs?: number;
 	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
 	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
 	paceCommands?: boolean;
@@ -431,6 +435,8 @@ export declare class QuiverClient {
 	private readonly finished;
 	/** The Goodbye of the latest connection attempt, if the server sent one. */
 	private lastGoodbye;
+	/** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+	private avoidWebTransport;
 	/** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
 	private closedBy;
 	private currentState;
@@ -494,6 +500,14 @@ export declare class QuiverClient {
 	private onServerUnsubscribed;
 	private retrySubscribe;
 	private sendSubscribe;
+	/**
+	 * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+	 * about 100 of them per session: past that the server's stream never arrives and the room
+	 * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
+	 * when WebSocket is among the transports, this client moves there for good (one socket carries
+	 * every room).
+	 */
+	private expectStream;
 	private dropSub;
 	/** Keeps a publish for the next session, within `maxQueuedPublishes`. */
 	private enqueue;

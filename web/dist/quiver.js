@@ -776,8 +776,8 @@ var Session = class {
       pending.resolve(event);
     }
   }
-  isCurrent(room, id) {
-    return this.owner.isCurrent(room, id);
+  streamOpened(room, id) {
+    return this.owner.streamOpened(room, id);
   }
   subscription(id, event) {
     return this.owner.deliver(id, event);
@@ -1092,7 +1092,7 @@ var WebTransportLink = class {
           if (header === null) {
             if (event.type !== "SubscriptionStream") throw new DecodeError(`subscription stream starts with ${event.type}`);
             header = { id: frame.id, room: event.room };
-            if (!this.handler.isCurrent(header.room, header.id)) draining = true;
+            if (!this.handler.streamOpened(header.room, header.id)) draining = true;
           } else if (event.type === "Publication" || event.type === "Joined" || event.type === "Left") {
             if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
@@ -1232,7 +1232,7 @@ var WebSocketLink = class {
   route(handler, id, event) {
     switch (event.type) {
       case "SubscriptionStream":
-        if (handler.isCurrent(event.room, id)) this.streams.set(event.room, id);
+        if (handler.streamOpened(event.room, id)) this.streams.set(event.room, id);
         else this.streams.delete(event.room);
         return;
       case "Publication":
@@ -1334,6 +1334,8 @@ var QuiverClient = class {
   finished;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
   lastGoodbye = null;
+  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+  avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
   closedBy = null;
   currentState = "connecting";
@@ -1391,7 +1393,8 @@ var QuiverClient = class {
       maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
       maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
       webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
-      remember: options.rememberWebTransportFailure ?? "page"
+      remember: options.rememberWebTransportFailure ?? "page",
+      streamTimeoutMs: options.streamTimeoutMs ?? 5e3
     };
     this.finished = this.run();
   }
@@ -1451,6 +1454,7 @@ var QuiverClient = class {
         sub,
         currentId: 0,
         sawPublication: false,
+        streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
         rejectReady: reject,
@@ -1579,7 +1583,7 @@ var QuiverClient = class {
    *  then worked, when another transport follows it. */
   candidates() {
     return this.transports.filter(
-      (t, i) => !(t === "webtransport" && i < this.transports.length - 1 && this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember))
+      (t, i) => !(t === "webtransport" && i < this.transports.length - 1 && (this.avoidWebTransport || this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
     );
   }
   /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
@@ -1757,6 +1761,7 @@ var QuiverClient = class {
     const resume = state.sub.position;
     state.currentId = id;
     state.sawPublication = false;
+    state.streamOpened = false;
     let reply;
     try {
       reply = await session.request(id, { type: "Subscribe", room: state.sub.room, resume });
@@ -1786,11 +1791,38 @@ var QuiverClient = class {
       state.sub.position = reply.position;
     }
     if (resume) this.emit("recovery", { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit("subscribed", state.sub);
+  }
+  /**
+   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+   * about 100 of them per session: past that the server's stream never arrives and the room
+   * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
+   * when WebSocket is among the transports, this client moves there for good (one socket carries
+   * every room).
+   */
+  expectStream(state, id, session) {
+    const timeout = this.opts.streamTimeoutMs;
+    if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
+    const timer = setTimeout(() => {
+      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
+      const room = state.sub.room;
+      const canMove = this.transports.includes("websocket") && !this.avoidWebTransport;
+      const err = new QuiverError(
+        "subscription",
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)${canMove ? "; moving to WebSocket" : ""}`,
+        { room }
+      );
+      this.emit("error", err);
+      if (!canMove) return;
+      this.avoidWebTransport = true;
+      session.end(new QuiverError("transport", err.message, { cause: err }));
+    }, timeout);
+    void session.done.then(() => clearTimeout(timer));
   }
   dropSub(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
@@ -1824,10 +1856,12 @@ var QuiverClient = class {
       else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
     }, failed);
   }
-  /** @internal Whether `id` is the current subscription of `room`. */
-  isCurrent(room, id) {
+  /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
+  streamOpened(room, id) {
     const state = this.subs.get(room);
-    return state !== void 0 && state.currentId === id;
+    if (state === void 0 || state.currentId !== id) return false;
+    state.streamOpened = true;
+    return true;
   }
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id, event) {

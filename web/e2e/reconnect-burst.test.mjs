@@ -68,3 +68,22 @@ for (const transport of ['webtransport', 'websocket']) {
     await page.close();
   });
 }
+
+test('more rooms than the browser allows WebTransport streams: the client moves to WebSocket and every room delivers', { timeout: 120_000 }, async () => {
+  const page = await newPage(browser, 'many-rooms');
+  await page.exposeFunction('issueToken', () => token({ tenant: 'acme', user: 'many-rooms', subscribe: ['>'], publish: ['>'] }));
+  await page.goto(`${pages.origin}/client.html`);
+  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
+  // Default transports: WebTransport first.
+  await page.evaluate((o) => window.startClient(o), { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256 });
+  assert.equal(await page.evaluate(() => window.client.transport), 'webtransport');
+  const rooms = Array.from({ length: 160 }, (_, i) => `many.r${i}`);
+  assert.deepEqual(await page.evaluate((r) => window.subscribeMany(r), rooms), []);
+  await waitFor('the client to move to WebSocket', () => page.evaluate(() => window.client.transport === 'websocket' && window.client.state === 'connected'), 30_000);
+  const reported = await page.evaluate(() => window.log.errors.filter((e) => e.kind === 'subscription' && /no stream/.test(e.message)).length);
+  assert.ok(reported > 0, 'the missing streams were reported');
+  await page.evaluate((r) => window.queuePublishes(r, r.length), rooms);
+  assert.ok((await page.evaluate(() => window.publishOutcomes())).every((o) => o === 'ok'));
+  await waitFor('every room to deliver', () => page.evaluate((n) => window.burst.rooms.size === n, rooms.length), 20_000);
+  await page.close();
+});

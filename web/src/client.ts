@@ -86,6 +86,10 @@ export interface ClientOptions {
   /** Dead-server detection while the session is otherwise silent; `false` disables it (the
    *  transport's own timeouts, ~30 s, then apply). */
   heartbeat?: Partial<HeartbeatOptions> | false;
+  /** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
+   *  before it is reported missing (and, with WebSocket among `transports`, the client moves
+   *  there). 0 disables. Default 5000 ms. */
+  streamTimeoutMs?: number;
   /** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
    *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
   paceCommands?: boolean;
@@ -144,6 +148,8 @@ interface SubState {
   /** Whether a publication arrived on the current stream (then it, not `Subscribed`, sets the
    *  position, since the stream may overtake the reply). */
   sawPublication: boolean;
+  /** Whether the current subscription's `SubscriptionStream` arrived. */
+  streamOpened: boolean;
   confirmed: boolean;
   resolveReady: (s: Subscription) => void;
   rejectReady: (e: QuiverError) => void;
@@ -180,6 +186,7 @@ interface Options {
   maxFrame: number;
   webTransportTimeoutMs: number;
   remember: RememberFailure;
+  streamTimeoutMs: number;
 }
 
 /**
@@ -213,6 +220,8 @@ export class QuiverClient {
   private readonly finished: Promise<void>;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
   private lastGoodbye: GoodbyeInfo | null = null;
+  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+  private avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
   private closedBy: QuiverError | null = null;
 
@@ -282,6 +291,7 @@ export class QuiverClient {
       maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
       webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
       remember: options.rememberWebTransportFailure ?? 'page',
+      streamTimeoutMs: options.streamTimeoutMs ?? 5_000,
     };
     this.finished = this.run();
   }
@@ -348,6 +358,7 @@ export class QuiverClient {
         sub,
         currentId: 0,
         sawPublication: false,
+        streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
         rejectReady: reject,
@@ -491,7 +502,11 @@ export class QuiverClient {
   private candidates(): TransportKind[] {
     return this.transports.filter(
       (t, i) =>
-        !(t === 'webtransport' && i < this.transports.length - 1 && this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)),
+        !(
+          t === 'webtransport' &&
+          i < this.transports.length - 1 &&
+          (this.avoidWebTransport || (this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
+        ),
     );
   }
 
@@ -692,6 +707,7 @@ export class QuiverClient {
     const resume = state.sub.position;
     state.currentId = id;
     state.sawPublication = false;
+    state.streamOpened = false;
     let reply: Event;
     try {
       reply = await session.request(id, { type: 'Subscribe', room: state.sub.room, resume });
@@ -722,11 +738,40 @@ export class QuiverClient {
       state.sub.position = reply.position;
     }
     if (resume) this.emit('recovery', { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit('subscribed', state.sub);
+  }
+
+  /**
+   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+   * about 100 of them per session: past that the server's stream never arrives and the room
+   * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
+   * when WebSocket is among the transports, this client moves there for good (one socket carries
+   * every room).
+   */
+  private expectStream(state: SubState, id: number, session: Session): void {
+    const timeout = this.opts.streamTimeoutMs;
+    if (state.streamOpened || timeout <= 0 || session.kind !== 'webtransport') return;
+    const timer = setTimeout(() => {
+      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
+      const room = state.sub.room;
+      const canMove = this.transports.includes('websocket') && !this.avoidWebTransport;
+      const err = new QuiverError(
+        'subscription',
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams ` +
+          `(about 100 per WebTransport session)${canMove ? '; moving to WebSocket' : ''}`,
+        { room },
+      );
+      this.emit('error', err);
+      if (!canMove) return;
+      this.avoidWebTransport = true;
+      session.end(new QuiverError('transport', err.message, { cause: err }));
+    }, timeout);
+    void session.done.then(() => clearTimeout(timer));
   }
 
   private dropSub(state: SubState, reason: QuiverError): void {
@@ -766,10 +811,12 @@ export class QuiverClient {
     }, failed);
   }
 
-  /** @internal Whether `id` is the current subscription of `room`. */
-  isCurrent(room: string, id: number): boolean {
+  /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
+  streamOpened(room: string, id: number): boolean {
     const state = this.subs.get(room);
-    return state !== undefined && state.currentId === id;
+    if (state === undefined || state.currentId !== id) return false;
+    state.streamOpened = true;
+    return true;
   }
 
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */

@@ -19,7 +19,7 @@ export interface SessionOwner {
   /** Control events that answer no pending command (Goodbye, unsolicited Unsubscribed, late
    *  replies, refusals of publishes sent without ack). */
   onUnsolicited(session: Session, id: number, event: Event): void;
-  isCurrent(room: string, id: number): boolean;
+  streamOpened(room: string, id: number): boolean;
   deliver(id: number, event: SubscriptionEvent): boolean;
   report(error: QuiverError): void;
   onRtt(ms: number): void;
@@ -264,8 +264,8 @@ export class Session implements LinkHandler {
     }
   }
 
-  isCurrent(room: string, id: number): boolean {
-    return this.owner.isCurrent(room, id);
+  streamOpened(room: string, id: number): boolean {
+    return this.owner.streamOpened(room, id);
   }
 
   subscription(id: number, event: SubscriptionEvent): boolean {

@@ -20,8 +20,9 @@ export interface LinkHandler {
   received(): void;
   /** An event that belongs to no subscription: replies, `Goodbye`, `Unsubscribed`, ... */
   control(id: number, event: Event): void;
-  /** Whether `id` is the id of the latest `Subscribe` of `room` (its current subscription). */
-  isCurrent(room: string, id: number): boolean;
+  /** A `SubscriptionStream` for `room` with frame id `id` arrived: whether `id` is the latest
+   *  `Subscribe` of the room (its current subscription), whose events are to be delivered. */
+  streamOpened(room: string, id: number): boolean;
   /** An event of the subscription whose `SubscriptionStream` carried `id`; false if stale. */
   subscription(id: number, event: SubscriptionEvent): boolean;
   /** A problem that spoils one subscription, not the connection. */
@@ -184,7 +185,7 @@ class WebTransportLink implements Link {
           if (header === null) {
             if (event.type !== 'SubscriptionStream') throw new DecodeError(`subscription stream starts with ${event.type}`);
             header = { id: frame.id, room: event.room };
-            if (!this.handler.isCurrent(header.room, header.id)) draining = true;
+            if (!this.handler.streamOpened(header.room, header.id)) draining = true;
           } else if (event.type === 'Publication' || event.type === 'Joined' || event.type === 'Left') {
             if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
@@ -351,7 +352,7 @@ class WebSocketLink implements Link {
   private route(handler: LinkHandler, id: number, event: Event): void {
     switch (event.type) {
       case 'SubscriptionStream':
-        if (handler.isCurrent(event.room, id)) this.streams.set(event.room, id);
+        if (handler.streamOpened(event.room, id)) this.streams.set(event.room, id);
         else this.streams.delete(event.room);
         return;
       case 'Publication':

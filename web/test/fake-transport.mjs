@@ -84,7 +84,8 @@ class FakeServer {
   received = [];
   /** Commands refused as rate_limited. */
   rateLimited = 0;
-  /** When set, Subscribe, Unsubscribe, Publish (ack) and Ping are answered by the fake. */
+  /** When set, Subscribe (with its stream), Unsubscribe, Publish (ack) and Ping are answered by
+   *  the fake. */
   autoAnswer = false;
   limits = { maxFrame: 65536, maxPayload: 65000, maxSubscriptions: 16, commandsPerSecond: 100 };
   bucket = null;
@@ -119,6 +120,7 @@ class FakeServer {
   answer({ id, command }) {
     switch (command.type) {
       case 'Subscribe':
+        this.openStream().send(id, { type: 'SubscriptionStream', room: command.room });
         this.send(id, { type: 'Subscribed', room: command.room, position: null, recovery: { type: 'NotRequested' } });
         return true;
       case 'Unsubscribe':

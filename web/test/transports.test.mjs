@@ -389,6 +389,75 @@ describe('fallback from WebTransport to WebSocket', () => {
   });
 });
 
+describe('a subscription stream that never arrives (browser stream limit)', () => {
+  test('with WebSocket available: reported, then the client moves to WebSocket and re-subscribes there', async (t) => {
+    const { net, client } = setup({ streamTimeoutMs: 200 });
+    t.after(() => client.close());
+    const wt = await next(net, 'webtransport');
+    await wt.welcome();
+    await client.ready();
+    const got = [];
+    const subscribed = client.subscribe('dash.r1', (m) => got.push(m.text()));
+    const cmd = await wt.expect('Subscribe');
+    // Subscribed, but the stream never comes (the browser refused more streams).
+    wt.send(cmd.id, { type: 'Subscribed', room: 'dash.r1', position: null, recovery: NOT_REQUESTED });
+    await subscribed;
+    const [e] = await once(client, 'error', (e) => e.kind === 'subscription');
+    assert.equal(e.room, 'dash.r1');
+    assert.match(e.message, /no stream for dash.r1 within 200 ms.*moving to WebSocket/);
+    const ws = await next(net, 'websocket');
+    await ws.welcome();
+    const again = await ws.expect('Subscribe');
+    ws.send(again.id, { type: 'SubscriptionStream', room: 'dash.r1' });
+    ws.send(again.id, { type: 'Subscribed', room: 'dash.r1', position: null, recovery: NOT_REQUESTED });
+    ws.send(0, { type: 'Publication', room: 'dash.r1', position: null, payload: text('over ws') });
+    await waitUntil(() => got.length === 1);
+    assert.equal(client.transport, 'websocket');
+    // And it stays there.
+    ws.kill();
+    await next(net, 'websocket');
+  });
+
+  test('a stream that arrives in time, before or after Subscribed, is not reported', async (t) => {
+    const { net, client } = setup({ streamTimeoutMs: 150 });
+    t.after(() => client.close());
+    const wt = await next(net, 'webtransport');
+    await wt.welcome();
+    await client.ready();
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    const a = client.subscribe('a', () => {});
+    const ca = await wt.expect('Subscribe');
+    wt.openStream().send(ca.id, { type: 'SubscriptionStream', room: 'a' });
+    wt.send(ca.id, { type: 'Subscribed', room: 'a', position: null, recovery: NOT_REQUESTED });
+    const b = client.subscribe('b', () => {});
+    const cb = await wt.expect('Subscribe');
+    wt.send(cb.id, { type: 'Subscribed', room: 'b', position: null, recovery: NOT_REQUESTED });
+    await Promise.all([a, b]);
+    setTimeout(() => wt.openStream().send(cb.id, { type: 'SubscriptionStream', room: 'b' }), 50);
+    await new Promise((r) => setTimeout(r, 400));
+    assert.deepEqual(errors, []);
+    assert.equal(net.attempts.length, 1);
+  });
+
+  test('WebTransport only: reported, the session carries on', async (t) => {
+    const { net, client } = setup({ streamTimeoutMs: 150, transports: ['webtransport'] });
+    t.after(() => client.close());
+    const wt = await next(net, 'webtransport');
+    await wt.welcome();
+    await client.ready();
+    const sub = client.subscribe('c', () => {});
+    const cmd = await wt.expect('Subscribe');
+    wt.send(cmd.id, { type: 'Subscribed', room: 'c', position: null, recovery: NOT_REQUESTED });
+    await sub;
+    const [e] = await once(client, 'error', (e) => e.kind === 'subscription');
+    assert.doesNotMatch(e.message, /moving/);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(client.state, 'connected');
+    await noAttempt(net);
+  });
+});
+
 /** Clears the module's page-lifetime memory while keeping `store` (what a reload does). */
 function forgetPageMemoryOnly(store) {
   const saved = [...store.entries()];
