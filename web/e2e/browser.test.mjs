@@ -10,6 +10,7 @@ import {
   quiver,
   removeDir,
   startPageServer,
+  startClientPage,
   startServer,
   subscriber,
   tempDir,
@@ -40,15 +41,10 @@ after(async () => {
  */
 async function openClient(label, claims, transport, { tokens = () => token(claims), wait = true } = {}) {
   const page = await newPage(browser, `${label}-${transport ?? 'auto'}`);
-  let issued = 0;
-  await page.exposeFunction('issueToken', () => tokens(++issued));
-  await page.goto(`${pages.origin}/client.html`);
-  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
-  const options = { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256, ...(transport ? { transports: [transport] } : {}) };
-  const started = page.evaluate((o) => window.startClient(o), options);
+  const { started, tokensIssued } = await startClientPage(page, pages, server, tokens, transport ? { transports: [transport] } : {});
   const info = wait ? await started : (started.catch(() => undefined), null);
   if (wait && transport) assert.equal(await page.evaluate(() => window.client.transport), transport);
-  return { page, info, tokensIssued: () => issued };
+  return { page, info, tokensIssued };
 }
 
 const messages = (page, room) => page.evaluate((r) => window.log.messages[r] ?? [], room);

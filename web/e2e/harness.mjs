@@ -202,6 +202,20 @@ export async function newPage(browser, label) {
   return page;
 }
 
+/**
+ * Loads pages/client.html in `page` (served by `pages`), hands it tokens from `issue(n)` for its
+ * n-th request, and starts its client against `server` with `options` (transports, timing...).
+ * `started` settles with the client's first Welcome (or its failure).
+ */
+export async function startClientPage(page, pages, server, issue, options = {}) {
+  let issued = 0;
+  await page.exposeFunction('issueToken', () => issue(++issued));
+  await page.goto(`${pages.origin}/client.html`);
+  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
+  const started = page.evaluate((o) => window.startClient(o), { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256, ...options });
+  return { started, tokensIssued: () => issued };
+}
+
 /** Headless Firefox ESR through puppeteer-core (WebDriver BiDi); `prefs` are about:config prefs,
  *  e.g. `{ 'network.webtransport.enabled': false }`. */
 export async function launchFirefox(prefs = {}) {

@@ -3,7 +3,7 @@
 // every 10 s). Captures loopback traffic of one idle browser session for 30 s with tcpdump.
 // Usage: node e2e/probe-heartbeat-cost.mjs   (as root; needs tcpdump, chromium, target/debug/quiver)
 import { spawn } from 'node:child_process';
-import { SECRET, launchBrowser, newPage, removeDir, startPageServer, startServer, tempDir, token, waitFor } from './harness.mjs';
+import { SECRET, launchBrowser, newPage, removeDir, startClientPage, startPageServer, startServer, tempDir, token } from './harness.mjs';
 
 const SECONDS = 30;
 const certDir = await tempDir('quiver-probe-hb-');
@@ -14,10 +14,8 @@ const httpPort = Number(server.httpAddr.split(':').pop());
 
 async function measure(transport, heartbeat) {
   const page = await newPage(browser, `idle-${transport}`);
-  await page.exposeFunction('issueToken', () => token({ tenant: 'acme', user: 'idle', subscribe: ['>'] }));
-  await page.goto(`${pages.origin}/client.html`);
-  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
-  await page.evaluate((o) => window.startClient(o), { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256, transports: [transport], defaults: true, heartbeat });
+  const claims = { tenant: 'acme', user: 'idle', subscribe: ['>'] };
+  await (await startClientPage(page, pages, server, () => token(claims), { transports: [transport], defaults: true, heartbeat })).started;
   await new Promise((r) => setTimeout(r, 2000)); // past the connection's own start-up packets
   const filter = transport === 'webtransport' ? `udp port ${server.wtPort}` : `tcp port ${httpPort}`;
   const dump = spawn('tcpdump', ['-i', 'lo', '-nn', '-q', '-l', filter], { stdio: ['ignore', 'pipe', 'ignore'] });

@@ -9,11 +9,11 @@ import {
   newFirefoxPage,
   newPage,
   removeDir,
+  startClientPage,
   startPageServer,
   startServer,
   tempDir,
   token,
-  waitFor,
 } from './harness.mjs';
 
 const ROOMS = Number(process.argv[2] ?? 256);
@@ -22,15 +22,8 @@ const server = await startServer({ name: 'server-probe', certDir, jwtSecret: SEC
 const pages = await startPageServer();
 
 async function probe(name, page, transport) {
-  await page.exposeFunction('issueToken', () => token({ tenant: 'acme', user: 'probe', subscribe: ['>'], publish: ['>'] }));
-  await page.goto(`${pages.origin}/client.html`);
-  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
-  await page.evaluate((o) => window.startClient(o), {
-    url: server.url,
-    wsUrl: server.wsUrl,
-    hash: server.certSha256,
-    transports: [transport],
-  });
+  const claims = { tenant: 'acme', user: 'probe', subscribe: ['>'], publish: ['>'] };
+  await (await startClientPage(page, pages, server, () => token(claims), { transports: [transport] })).started;
   const rooms = Array.from({ length: ROOMS }, (_, i) => `probe.${name}.${transport}.r${i}`);
   const refused = await page.evaluate((r) => window.subscribeMany(r), rooms);
   await page.evaluate((r) => window.queuePublishes(r, r.length), rooms);

@@ -7,7 +7,7 @@
 // rooms delivered), one per room, and the rooms beyond that get no stream.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SECRET, launchBrowser, newPage, removeDir, startPageServer, startServer, tempDir, token, waitFor } from './harness.mjs';
+import { SECRET, launchBrowser, newPage, removeDir, startClientPage, startPageServer, startServer, tempDir, token, waitFor } from './harness.mjs';
 
 const ROOMS = { webtransport: 96, websocket: 256 };
 const PUBLISHES = 1000;
@@ -31,16 +31,8 @@ for (const transport of ['webtransport', 'websocket']) {
   const rooms = Array.from({ length: ROOMS[transport] }, (_, i) => `burst.${transport}.r${i}`);
   test(`over ${transport}: reconnect with ${rooms.length} rooms and ${PUBLISHES} queued publishes, zero rate_limited`, { timeout: 120_000 }, async () => {
     const page = await newPage(browser, `burst-${transport}`);
-    await page.exposeFunction('issueToken', () => token({ tenant: 'acme', user: `burst-${transport}`, subscribe: ['>'], publish: ['>'] }));
-    await page.goto(`${pages.origin}/client.html`);
-    await waitFor('the test page to load', async () => (await page.title()) === 'ready');
-    await page.evaluate((o) => window.startClient(o), {
-      url: server.url,
-      wsUrl: server.wsUrl,
-      hash: server.certSha256,
-      transports: [transport],
-      maxQueuedPublishes: PUBLISHES,
-    });
+    const claims = { tenant: 'acme', user: `burst-${transport}`, subscribe: ['>'], publish: ['>'] };
+    await (await startClientPage(page, pages, server, () => token(claims), { transports: [transport], maxQueuedPublishes: PUBLISHES })).started;
     assert.equal(await page.evaluate(() => window.client.transport), transport);
     assert.deepEqual(await page.evaluate((r) => window.subscribeMany(r), rooms), [], 'every subscribe accepted');
 
@@ -71,11 +63,9 @@ for (const transport of ['webtransport', 'websocket']) {
 
 test('more rooms than the browser allows WebTransport streams: the client moves to WebSocket and every room delivers', { timeout: 120_000 }, async () => {
   const page = await newPage(browser, 'many-rooms');
-  await page.exposeFunction('issueToken', () => token({ tenant: 'acme', user: 'many-rooms', subscribe: ['>'], publish: ['>'] }));
-  await page.goto(`${pages.origin}/client.html`);
-  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
+  const claims = { tenant: 'acme', user: 'many-rooms', subscribe: ['>'], publish: ['>'] };
   // Default transports: WebTransport first.
-  await page.evaluate((o) => window.startClient(o), { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256 });
+  await (await startClientPage(page, pages, server, () => token(claims))).started;
   assert.equal(await page.evaluate(() => window.client.transport), 'webtransport');
   const rooms = Array.from({ length: 160 }, (_, i) => `many.r${i}`);
   assert.deepEqual(await page.evaluate((r) => window.subscribeMany(r), rooms), []);

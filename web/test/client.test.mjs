@@ -1,38 +1,16 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { QuiverClient, QuiverError, connect } from '../dist/quiver.js';
-import { FakeNetwork, once, waitUntil } from './fake-transport.mjs';
+import { FakeNetwork, connected as connectedOver, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
 const text = (s) => new TextEncoder().encode(s);
 
-/**
- * A client on a fake network, over one transport, whose token callback hands out tok-1, tok-2, ...
- * Heartbeat pings are off so that tests see only the commands they cause.
- */
-export function setup(options = {}, transport = 'webtransport') {
-  const net = new FakeNetwork();
-  let issued = 0;
-  const client = new QuiverClient({
-    url: 'https://127.0.0.1:4433/v1',
-    token: async () => `tok-${++issued}`,
-    serverCertificateHashes: [HASH],
-    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    pingIntervalMs: 0,
-    heartbeat: false,
-    transports: [transport],
-    WebTransport: net.WebTransport,
-    WebSocket: net.WebSocket,
-    ...options,
-  });
-  return { net, client, tokens: () => issued };
-}
+const connected = (net, client, welcome) => connectedOver(net, client, { welcome });
 
-async function connected(net, client, welcome) {
-  const conn = await net.nextConnection();
-  await conn.welcome(welcome);
-  await client.ready();
-  return conn;
+/** A fake client over one transport, trusting HASH. */
+function setup(options = {}, transport = 'webtransport') {
+  return fakeClient({ serverCertificateHashes: [HASH], transports: [transport], ...options });
 }
 
 /** Makes the fake server refuse connections for which `refused(url)` holds, on both transports. */

@@ -2,7 +2,7 @@
 // client's session logic (handshake, streams, reconnects, fallback, pacing) is tested in Node
 // without a network. Both fakes have the same server-side API (`expect`, `send`, `welcome`,
 // `openStream`, `kill`), so a test can run over either transport.
-import { FrameDecoder, decodeCommand, encodeEvent } from '../dist/quiver.js';
+import { FrameDecoder, QuiverClient, decodeCommand, encodeEvent } from '../dist/quiver.js';
 
 const TIMEOUT_MS = 3000;
 
@@ -375,4 +375,34 @@ export async function waitUntil(check, ms = 2000) {
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 10));
   }
+}
+
+/**
+ * A client on a fresh fake network whose token callback hands out tok-1, tok-2, ... Heartbeat
+ * and RTT pings are off so that tests see only the commands they cause; backoff is short.
+ */
+export function fakeClient(options = {}) {
+  const net = new FakeNetwork();
+  let issued = 0;
+  const client = new QuiverClient({
+    url: 'https://127.0.0.1:4433/v1',
+    token: async () => `tok-${++issued}`,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    pingIntervalMs: 0,
+    heartbeat: false,
+    WebTransport: net.WebTransport,
+    WebSocket: net.WebSocket,
+    ...options,
+  });
+  return { net, client, tokens: () => issued };
+}
+
+/** Takes the next connection attempt (over `transport`, when given), completes the handshake
+ *  and waits for the client to be connected. */
+export async function connected(net, client, { transport, welcome } = {}) {
+  const conn = await net.nextConnection();
+  if (transport && conn.transport !== transport) throw new Error(`expected a ${transport} attempt, got ${conn.transport} (${conn.url})`);
+  await conn.welcome(welcome);
+  await client.ready();
+  return conn;
 }

@@ -2,28 +2,12 @@
 // heartbeat pings, over both fake transports. The fake server meters commands like the real one.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { QuiverClient } from '../dist/quiver.js';
-import { FakeNetwork, once, waitUntil } from './fake-transport.mjs';
+import { fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const ROOMS = 256;
 const PUBLISHES = 1000;
 
-function setup(transport, options = {}) {
-  const net = new FakeNetwork();
-  let issued = 0;
-  const client = new QuiverClient({
-    url: 'https://127.0.0.1:4433/v1',
-    token: async () => `tok-${++issued}`,
-    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    pingIntervalMs: 0,
-    heartbeat: false,
-    transports: [transport],
-    WebTransport: net.WebTransport,
-    WebSocket: net.WebSocket,
-    ...options,
-  });
-  return { net, client };
-}
+const setup = (transport, options = {}) => fakeClient({ transports: [transport], ...options });
 
 /**
  * Subscribes ROOMS rooms, loses the connection, queues PUBLISHES acknowledged publishes, and

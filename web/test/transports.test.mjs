@@ -3,7 +3,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { QuiverClient, forgetWebTransportFailures } from '../dist/quiver.js';
-import { FakeNetwork, once, waitUntil } from './fake-transport.mjs';
+import { FakeNetwork, connected, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const text = (s) => new TextEncoder().encode(s);
 const NOT_REQUESTED = { type: 'NotRequested' };
@@ -13,21 +13,8 @@ const NOT_REQUESTED = { type: 'NotRequested' };
 let port = 5000;
 
 function setup(options = {}) {
-  const net = new FakeNetwork();
-  let issued = 0;
   const url = `https://127.0.0.1:${++port}/v1`;
-  const client = new QuiverClient({
-    url,
-    token: async () => `tok-${++issued}`,
-    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    pingIntervalMs: 0,
-    heartbeat: false,
-    webTransportTimeoutMs: 200,
-    WebTransport: net.WebTransport,
-    WebSocket: net.WebSocket,
-    ...options,
-  });
-  return { net, client, url, tokens: () => issued };
+  return { url, ...fakeClient({ url, webTransportTimeoutMs: 200, ...options }) };
 }
 
 /** Resolves with the next connection attempt over `transport`, skipping none: a different
@@ -47,9 +34,7 @@ describe('WebSocket', () => {
   test('several frames in one server message: reply, subscription header and publication', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     const got = [];
     const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()));
     const cmd = await conn.expect('Subscribe');
@@ -68,9 +53,7 @@ describe('WebSocket', () => {
   test('stale frames are discarded: before the current SubscriptionStream, after Unsubscribed, or of an older Subscribe', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     const got = [];
     const presence = [];
     const subscribed = client.subscribe('dash.cpu', (m) => got.push(m.text()), { onPresence: (c) => presence.push(c.member.user) });
@@ -108,9 +91,7 @@ describe('WebSocket', () => {
   test('a frame split across two messages is a protocol error; the client reconnects', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     const error = once(client, 'error', (e) => e.kind === 'protocol');
     const frame = new Uint8Array([0, 0, 0, 2, 0, 4]); // a Pong, id 0
     conn.sendRaw(frame.subarray(0, 3));
@@ -123,9 +104,7 @@ describe('WebSocket', () => {
   test('a text message is a protocol error', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     const error = once(client, 'error', (e) => e.kind === 'protocol');
     conn.sendText('{"hello":"json"}');
     assert.match((await error)[0].message, /text message/);
@@ -180,15 +159,11 @@ describe('WebSocket', () => {
   test('a session closed with a Goodbye then its close code: reconnect as the Goodbye says', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
-    let conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    let conn = await connected(net, client, { transport: 'websocket' });
     const bye = once(client, 'goodbye');
     conn.goodbye(3000, 'shutdown', true);
     assert.equal((await bye)[0].code, 3000);
-    conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    conn = await connected(net, client, { transport: 'websocket' });
     const closed = once(client, 'state', (s) => s === 'closed');
     conn.goodbye(3001, 'protocol_error: text message', false);
     assert.equal((await closed)[1].kind, 'goodbye');
@@ -203,9 +178,7 @@ describe('WebSocket', () => {
     client.on('error', (e) => errors.push(e));
     await next(net, 'websocket');
     await next(net, 'websocket');
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     assert.deepEqual(errors.map((e) => e.kind), ['handshake', 'handshake']);
   });
 });
@@ -216,9 +189,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     t.after(() => client.close());
     const changes = [];
     client.on('transport', (kind, skipped) => changes.push([kind, skipped]));
-    const conn = await next(net, 'webtransport');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'webtransport' });
     assert.equal(client.transport, 'webtransport');
     assert.deepEqual(changes, [['webtransport', null]]);
     assert.equal(net.attempts.length, 1);
@@ -230,9 +201,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     assert.equal(globalThis.WebTransport, undefined, 'Node has no WebTransport');
     const changes = [];
     client.on('transport', (kind) => changes.push(kind));
-    const conn = await next(net, 'websocket');
-    await conn.welcome();
-    await client.ready();
+    const conn = await connected(net, client, { transport: 'websocket' });
     assert.equal(client.transport, 'websocket');
     assert.deepEqual(changes, ['websocket']);
   });
@@ -256,9 +225,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     assert.deepEqual(errors, [], 'falling back is not an error');
 
     ws.kill();
-    const again = await next(net, 'websocket');
-    await again.welcome();
-    await client.ready();
+    const again = await connected(net, client, { transport: 'websocket' });
     assert.equal(net.attempts.length, 3);
     assert.deepEqual(changes.length, 1, 'the transport did not change');
   });
@@ -326,9 +293,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     t.after(() => client.close());
     const changes = [];
     client.on('transport', (kind) => changes.push(kind));
-    const wt = await next(net, 'webtransport');
-    await wt.welcome();
-    await client.ready();
+    const wt = await connected(net, client, { transport: 'webtransport' });
     net.accept = () => false;
     wt.kill();
     await next(net, 'webtransport');
@@ -344,9 +309,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     t.after(() => client.close());
     net.accept = () => false;
     await next(net, 'webtransport');
-    const ws = await next(net, 'websocket');
-    await ws.welcome();
-    await client.ready();
+    const ws = await connected(net, client, { transport: 'websocket' });
     ws.kill();
     await next(net, 'webtransport');
     await next(net, 'websocket');
@@ -367,9 +330,7 @@ describe('fallback from WebTransport to WebSocket', () => {
     const { net, client, url } = setup({ rememberWebTransportFailure: 'sessionStorage' });
     net.accept = () => false;
     await next(net, 'webtransport');
-    const ws = await next(net, 'websocket');
-    await ws.welcome();
-    await client.ready();
+    const ws = await connected(net, client, { transport: 'websocket' });
     await client.close();
     assert.deepEqual([...store.entries()], [[`quiver.webtransport-failed:${url}`, '1']]);
 
@@ -393,9 +354,7 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
   test('with WebSocket available: reported, then the client moves to WebSocket and re-subscribes there', async (t) => {
     const { net, client } = setup({ streamTimeoutMs: 200 });
     t.after(() => client.close());
-    const wt = await next(net, 'webtransport');
-    await wt.welcome();
-    await client.ready();
+    const wt = await connected(net, client, { transport: 'webtransport' });
     const got = [];
     const subscribed = client.subscribe('dash.r1', (m) => got.push(m.text()));
     const cmd = await wt.expect('Subscribe');
@@ -421,9 +380,7 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
   test('a stream that arrives in time, before or after Subscribed, is not reported', async (t) => {
     const { net, client } = setup({ streamTimeoutMs: 150 });
     t.after(() => client.close());
-    const wt = await next(net, 'webtransport');
-    await wt.welcome();
-    await client.ready();
+    const wt = await connected(net, client, { transport: 'webtransport' });
     const errors = [];
     client.on('error', (e) => errors.push(e));
     const a = client.subscribe('a', () => {});
@@ -443,9 +400,7 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
   test('WebTransport only: reported, the session carries on', async (t) => {
     const { net, client } = setup({ streamTimeoutMs: 150, transports: ['webtransport'] });
     t.after(() => client.close());
-    const wt = await next(net, 'webtransport');
-    await wt.welcome();
-    await client.ready();
+    const wt = await connected(net, client, { transport: 'webtransport' });
     const sub = client.subscribe('c', () => {});
     const cmd = await wt.expect('Subscribe');
     wt.send(cmd.id, { type: 'Subscribed', room: 'c', position: null, recovery: NOT_REQUESTED });
