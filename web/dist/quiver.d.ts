@@ -296,7 +296,7 @@ export declare class Subscription implements AsyncIterable<Message> {
 	unsubscribe(): Promise<void>;
 	[Symbol.asyncIterator](): AsyncIterator<Message>;
 }
-export declare const CLIENT_NAME = "quiver-ts/0.1";
+export declare const CLIENT_NAME = "quiver-ts/0.2";
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 export interface ReconnectOptions {
 	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */

@@ -1303,7 +1303,7 @@ function forgetWebTransportFailures() {
 }
 
 // src/client.ts
-var CLIENT_NAME = "quiver-ts/0.1";
+var CLIENT_NAME = "quiver-ts/0.2";
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable]);
 var STABLE_MS = 5e3;
 var textEncoder = new TextEncoder();

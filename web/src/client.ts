@@ -32,7 +32,7 @@ export {
   type WebTransportConstructor,
 } from './transport.js';
 
-export const CLIENT_NAME = 'quiver-ts/0.1';
+export const CLIENT_NAME = 'quiver-ts/0.2';
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
 

@@ -31,7 +31,7 @@ test('handshake over WebTransport: token in the query, pinned hash, Hello, Welco
   assert.equal(conn.options.serverCertificateHashes[0].algorithm, 'sha-256');
   assert.deepEqual([...conn.options.serverCertificateHashes[0].value], new Array(32).fill(0xab));
   const hello = await conn.welcome({ tenant: 'acme', user: 'alice', expiresAt: 1_900_000_000n });
-  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.1' });
+  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.2' });
   await client.ready();
   assert.deepEqual(states, ['connected']);
   assert.equal(client.info.tenant, 'acme');
@@ -49,7 +49,7 @@ test('handshake over WebSocket: token in the query of wss://HOST:PORT/v1/ws, one
   assert.equal(conn.url.pathname, '/v1/ws');
   assert.equal(conn.url.searchParams.get('token'), 'tok-1');
   const hello = await conn.welcome({ tenant: 'acme', user: 'alice' });
-  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.1' });
+  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.2' });
   await client.ready();
   assert.equal(client.transport, 'websocket');
   assert.equal(conn.client.binaryType, 'arraybuffer');
