@@ -74,6 +74,12 @@ codes! {
         SlowConsumer = 112, "slow_consumer";
         /// The subscription ended because the session is closing.
         SessionClosing = 113, "session_closing";
+        /// The server could not open the subscription's stream in time: the client allows
+        /// fewer concurrent incoming unidirectional streams than it has subscriptions.
+        StreamLimit = 114, "stream_limit";
+        /// The tenant is at one of its quotas on this server (subscriptions, publications per
+        /// second, bytes per second); retry later.
+        QuotaExceeded = 115, "quota_exceeded";
     }
 }
 
@@ -99,6 +105,12 @@ codes! {
         /// browser cannot see the HTTP status of a refused upgrade). Do not retry with the same
         /// token.
         InvalidToken = 3007, "token_invalid";
+        /// The tenant is at its quota of concurrent sessions on this server; reconnect later,
+        /// with backoff.
+        OverQuota = 3008, "over_quota";
+        /// The backend ended this session (the user or session was disconnected, or its token
+        /// revoked); do not reconnect with the same token.
+        Disconnected = 3009, "disconnected";
     }
 }
 
@@ -107,7 +119,10 @@ impl CloseCode {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            CloseCode::ProtocolError | CloseCode::UnsupportedVersion | CloseCode::InvalidToken
+            CloseCode::ProtocolError
+                | CloseCode::UnsupportedVersion
+                | CloseCode::InvalidToken
+                | CloseCode::Disconnected
         )
     }
 }

@@ -24,6 +24,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "namespaces",
     "nats",
     "allowed_origins",
+    "quotas",
+    "https",
+    "api",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,6 +36,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TCP address for health, metrics and the demo page.
     pub http: SocketAddr,
+    /// TCP address for HTTPS and `wss://` (the WebSocket and SSE fallbacks, health, metrics,
+    /// the API), served only with a real certificate (`cert`/`key`), with the same
+    /// certificate. Default: the `listen` address, i.e. the same port number as HTTP/3.
+    pub https: Option<SocketAddr>,
     /// PEM certificate chain and key. Without them a development certificate is generated in
     /// `cert_dir`.
     pub cert: Option<PathBuf>,
@@ -57,6 +64,99 @@ pub struct Config {
     /// origin gets 403. Requests without `Origin` (native clients) pass. Empty: any origin
     /// (a production server logs a warning at start).
     pub allowed_origins: Vec<String>,
+    /// What one tenant or one source address may hold or spend on this instance.
+    pub quotas: QuotasConfig,
+    /// The backend API's keys.
+    pub api: ApiConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `Authorization: Bearer KEY` on `/api/v1/…` admin endpoints (disconnect). A key with a
+    /// `tenant` acts on that tenant only; without one it acts on every tenant.
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub key: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+impl std::fmt::Debug for ApiKey {
+    // Keys are secrets: never in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("key", &"<redacted>")
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
+/// Quotas, enforced per instance (see `quota.rs` for why not cluster-wide). 0 means unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotasConfig {
+    /// Every tenant's quota, unless overridden.
+    pub tenant: TenantQuota,
+    /// Per-tenant overrides of single fields.
+    pub tenants: Vec<TenantOverride>,
+    pub per_address: AddressQuota,
+    /// Tenants with their own label on per-tenant metrics; later ones share `other`.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for QuotasConfig {
+    fn default() -> Self {
+        Self {
+            tenant: TenantQuota::default(),
+            tenants: Vec::new(),
+            per_address: AddressQuota::default(),
+            max_tenant_labels: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Concurrent sessions (every transport). Over it a new session is closed at once with
+    /// `over_quota` (3008).
+    pub max_sessions: u32,
+    /// Concurrent subscriptions over all the tenant's sessions; over it `quota_exceeded` (115).
+    pub max_subscriptions: u32,
+    /// Publications per second (sustained; bursts of the same size); over it `quota_exceeded`.
+    pub publications_per_second: u32,
+    /// Publication payload bytes per second; over it `quota_exceeded`.
+    pub bytes_per_second: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantOverride {
+    pub tenant: String,
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub max_subscriptions: Option<u32>,
+    #[serde(default)]
+    pub publications_per_second: Option<u32>,
+    #[serde(default)]
+    pub bytes_per_second: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AddressQuota {
+    /// Concurrent connections (any stage, any transport) from one IP address.
+    pub max_connections: u32,
+    /// New connections (handshakes) per second from one IP address; bursts of the same size.
+    pub handshakes_per_second: u32,
+    /// Addresses exempt from these limits: proxies and load balancers many clients share.
+    pub trusted: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +299,10 @@ pub struct TimeoutsConfig {
     /// CONNECT request) must be done within this, or the connection is closed.
     #[serde(with = "humantime_serde")]
     pub handshake: Duration,
+    /// How long opening a subscription's stream may wait for the client's stream credit
+    /// before the subscription ends with `stream_limit`.
+    #[serde(with = "humantime_serde")]
+    pub stream_open: Duration,
     /// How long a graceful shutdown waits for sessions to say goodbye.
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
@@ -214,6 +318,7 @@ impl Default for Config {
         Self {
             listen: "[::]:4433".parse().expect("valid literal"),
             http: "127.0.0.1:8080".parse().expect("valid literal"),
+            https: None,
             cert: None,
             key: None,
             cert_dir: PathBuf::from("certs"),
@@ -226,6 +331,8 @@ impl Default for Config {
             namespaces: Vec::new(),
             nats: None,
             allowed_origins: Vec::new(),
+            quotas: QuotasConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -251,6 +358,7 @@ impl Default for TimeoutsConfig {
             keep_alive: Duration::from_secs(10),
             hello: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
+            stream_open: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             reply: Duration::from_secs(10),
         }

@@ -22,12 +22,14 @@ use crate::server::Shared;
 const DEMO_TOKEN_TTL: u64 = 300;
 pub const DEMO_TENANT: &str = "demo";
 
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+/// Every HTTP route, for the plain listener and the TLS one alike.
+pub fn router(shared: Arc<Shared>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/publish/{room}", post(crate::api::publish))
+        .route("/api/v1/disconnect", post(crate::api::disconnect))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
@@ -38,24 +40,37 @@ pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
             .route("/demo.css", get(|| asset("text/css", DEMO_CSS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
-    let drained = {
-        let shared = shared.clone();
-        // Health and metrics keep answering (503 from /healthz) while sessions drain.
-        async move {
-            shared.shutdown.cancelled().await;
-            let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
-            while shared.sessions.load(Ordering::Relaxed) > 0
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        }
-    };
-    let app = app
-        .with_state(shared)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let alt_svc = shared.alt_svc.clone();
+    let app = app.with_state(shared);
+    match alt_svc {
+        // With a real certificate browsers learn HTTP/3 from any response.
+        Some(value) => app.layer(axum::middleware::map_response(
+            move |mut response: Response| {
+                let value = value.clone();
+                async move {
+                    response.headers_mut().insert(header::ALT_SVC, value);
+                    response
+                }
+            },
+        )),
+        None => app,
+    }
+}
+
+/// Resolves once shutdown began and the sessions drained (or the drain timed out): health and
+/// metrics keep answering (503 from /healthz) while sessions drain.
+pub async fn drained(shared: &Shared) {
+    shared.shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
+    while shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let app = router(shared.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(drained)
+        .with_graceful_shutdown(async move { drained(&shared).await })
         .await
     {
         tracing::error!(error = %e, "http server failed");

@@ -14,6 +14,10 @@ pub const DELIVERIES: &str = "quiver_deliveries_total";
 pub const DELIVERIES_DROPPED: &str = "quiver_deliveries_dropped_total";
 pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
+pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
+pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
+pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
+pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
@@ -46,4 +50,17 @@ fn describe() {
     describe_counter!(DELIVERIES_DROPPED, "Publications dropped, by reason");
     describe_counter!(COMMANDS, "Commands received");
     describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
+    describe_gauge!(
+        TENANT_SESSIONS,
+        "Open sessions by tenant (the first quotas.max_tenant_labels tenants; the rest as other)"
+    );
+    describe_gauge!(TENANT_SUBSCRIPTIONS, "Active subscriptions by tenant");
+    describe_counter!(
+        TENANT_PUBLICATIONS,
+        "Client publications accepted, by tenant"
+    );
+    describe_counter!(
+        QUOTA_REFUSALS,
+        "Sessions, subscriptions and publications refused by a tenant quota, by tenant and quota"
+    );
 }

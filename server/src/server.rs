@@ -46,6 +46,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("https: {0}")]
+    Https(#[from] crate::https::HttpsError),
     #[error("--cert and --key go together")]
     CertWithoutKey,
     #[error("auth.public_key needs auth.algorithm")]
@@ -81,16 +83,26 @@ pub struct Shared {
     pub sessions: AtomicUsize,
     /// QUIC connections in any stage, from the first packet (pre-session ones hold memory too).
     pub connections: AtomicUsize,
+    pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
+    /// This instance's sessions, for disconnects and revocation.
+    pub registry: Arc<crate::registry::Registry>,
+    /// Disconnects that reach every instance.
+    pub control: Arc<crate::control::Control>,
+    pub address_limits: Arc<crate::quota::AddressLimits>,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
     pub webtransport_addr: SocketAddr,
     pub cert_sha256: [u8; 32],
+    /// `Alt-Svc` for HTTP responses, with a real certificate.
+    pub alt_svc: Option<axum::http::HeaderValue>,
 }
 
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
     pub http_addr: SocketAddr,
+    /// The TLS listener (HTTPS, wss), with a real certificate.
+    pub https_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -130,6 +142,18 @@ impl Server {
                 addr: config.http,
                 source,
             })?;
+        // With a real certificate: HTTPS and wss on TCP, by default the UDP port's number.
+        let https = if identity.dev {
+            None
+        } else {
+            let addr = config
+                .https
+                .unwrap_or_else(|| SocketAddr::new(config.listen.ip(), webtransport_addr.port()));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            Some((listener, crate::https::acceptor(&identity.identity)?))
+        };
 
         crate::metrics::handle();
         let hub = Arc::new(Hub::default());
@@ -138,6 +162,20 @@ impl Server {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
             Some(nats) => Arc::new(NatsBroker::connect(nats, hub.clone(), shared_config).await?),
         };
+        let registry = Arc::new(crate::registry::Registry::default());
+        let control_nats = match &config.nats {
+            Some(nats) => Some(
+                crate::control::connect(nats)
+                    .await
+                    .map_err(|e| StartError::Broker(BrokerError::Unavailable(e)))?,
+            ),
+            None => None,
+        };
+        let control = Arc::new(crate::control::Control::new(registry.clone(), control_nats));
+        let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
+        let address_limits = Arc::new(crate::quota::AddressLimits::new(
+            config.quotas.per_address.clone(),
+        ));
         let shared = Arc::new(Shared {
             config,
             verifier,
@@ -147,10 +185,17 @@ impl Server {
             draining: AtomicBool::new(false),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            tenant_quotas,
+            address_limits,
+            registry,
+            control: control.clone(),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,
             cert_sha256: identity.cert_sha256,
+            alt_svc: (!identity.dev)
+                .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
+                .flatten(),
         });
 
         let mut tasks = vec![
@@ -160,6 +205,20 @@ impl Server {
             )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
         ];
+        let https_addr = match https {
+            Some((listener, tls)) => {
+                let addr = listener.local_addr().ok();
+                tasks.push(tokio::spawn(crate::https::serve(
+                    shared.clone(),
+                    listener,
+                    tls,
+                    http::router(shared.clone()),
+                )));
+                addr
+            }
+            _ => None,
+        };
+        tasks.push(tokio::spawn(control.listen(shared.shutdown.clone())));
         if shared.dev.is_some() && shared.config.demo {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
         }
@@ -167,6 +226,7 @@ impl Server {
         Ok(Server {
             shared,
             http_addr,
+            https_addr,
             tasks,
         })
     }
@@ -177,6 +237,13 @@ impl Server {
 
     pub fn cert_sha256(&self) -> [u8; 32] {
         self.shared.cert_sha256
+    }
+
+    /// Open sessions on every transport (what `max_sessions` and the drain count).
+    pub fn session_count(&self) -> usize {
+        self.shared
+            .sessions
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_dev(&self) -> bool {

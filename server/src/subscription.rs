@@ -42,6 +42,8 @@ pub struct Writer {
     pub queue: mpsc::Receiver<Delivery>,
     pub overflow: CancellationToken,
     pub ended: mpsc::UnboundedSender<Ended>,
+    /// How long opening the stream may wait for the client's stream credit.
+    pub open_deadline: std::time::Duration,
 }
 
 impl Writer {
@@ -58,9 +60,17 @@ impl Writer {
         };
         let mut stream = tokio::select! {
             _ = self.overflow.cancelled() => return self.report_overflow(),
-            opened = open(&conn) => match opened {
-                Some(s) => s,
-                None => return,
+            opened = tokio::time::timeout(self.open_deadline, open(&conn)) => match opened {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                // A silent hole is the worst answer: say why the room delivers nothing.
+                Err(_) => {
+                    let _ = self.ended.send(Ended {
+                        sub_id: self.sub_id,
+                        cause: Some((ErrorCode::StreamLimit, "the client's stream limit left no room for this subscription's stream")),
+                    });
+                    return;
+                }
             },
         };
         let mut batch = std::mem::take(&mut self.preamble);

@@ -6,19 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use bytes::Bytes;
-use quiver_proto::{
-    decode_event, encode_command, ClientFrame, Command, Event, FrameDecoder, ServerFrame,
-    DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
-};
+use anyhow::Result;
 use quiver_server::auth::{sign_hs256, unix_now, Claims};
 use quiver_server::{Config, Server};
 use wtransport::endpoint::endpoint_side::Client as ClientSide;
-use wtransport::{ClientConfig, Connection, Endpoint, RecvStream, SendStream};
+use wtransport::{ClientConfig, Connection, Endpoint};
 
 pub mod nats;
 pub mod process;
+mod raw;
+
+pub use raw::{Raw, RoomStream, Via};
 
 pub const SECRET: &str = "test-secret-please-change";
 
@@ -94,6 +92,12 @@ impl TestServer {
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/v1", self.wt.port())
+    }
+
+    /// Open sessions on this server, every transport (the metrics registry is shared by every
+    /// server in a test process; this count is not).
+    pub fn sessions(&self) -> usize {
+        self.server.as_ref().map_or(0, Server::session_count)
     }
 
     pub async fn metrics(&self) -> Result<String> {
@@ -192,166 +196,6 @@ pub async fn open_session_at(
     endpoint
         .connect(format!("https://127.0.0.1:{port}{path_and_query}"))
         .await
-}
-
-/// A client that speaks raw frames.
-pub struct Raw {
-    pub conn: Connection,
-    send: SendStream,
-    recv: RecvStream,
-    decoder: FrameDecoder,
-    next_id: u32,
-    pub welcome: Option<Event>,
-}
-
-impl Raw {
-    pub async fn connect(server: &TestServer, token: &str) -> Result<Self> {
-        Self::connect_at(server.wt.port(), server.hash, token).await
-    }
-
-    /// Connects to a server known by port and certificate hash (another process).
-    pub async fn connect_at(port: u16, hash: [u8; 32], token: &str) -> Result<Self> {
-        let conn = open_session_at(port, hash, &format!("/v1?token={token}"))
-            .await
-            .context("session")?;
-        let mut raw = Self::on(conn).await?;
-        let id = raw
-            .send(Command::Hello {
-                version: PROTOCOL_VERSION,
-                client: "raw-test".into(),
-            })
-            .await?;
-        let welcome = raw.recv_reply(id).await?;
-        if !matches!(welcome, Event::Welcome { .. }) {
-            bail!("expected Welcome, got {welcome:?}");
-        }
-        raw.welcome = Some(welcome);
-        Ok(raw)
-    }
-
-    /// Opens the control stream on an existing session without saying Hello.
-    pub async fn on(conn: Connection) -> Result<Self> {
-        let (send, recv) = conn.open_bi().await?.await?;
-        Ok(Self {
-            conn,
-            send,
-            recv,
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
-            next_id: 1,
-            welcome: None,
-        })
-    }
-
-    pub async fn send(&mut self, command: Command) -> Result<u32> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send_bytes(&encode_command(&ClientFrame { id, command }))
-            .await?;
-        Ok(id)
-    }
-
-    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        self.send.write_all(bytes).await?;
-        Ok(())
-    }
-
-    /// Next frame on the control stream.
-    pub async fn recv(&mut self) -> Result<ServerFrame> {
-        tokio::time::timeout(WAIT, read_frame(&mut self.recv, &mut self.decoder))
-            .await
-            .map_err(|_| anyhow!("timed out waiting for a control frame"))?
-    }
-
-    /// Next frame answering `id`, skipping unsolicited ones.
-    pub async fn recv_reply(&mut self, id: u32) -> Result<Event> {
-        loop {
-            let frame = self.recv().await?;
-            if frame.id == id {
-                return Ok(frame.event);
-            }
-        }
-    }
-
-    pub async fn request(&mut self, command: Command) -> Result<Event> {
-        let id = self.send(command).await?;
-        self.recv_reply(id).await
-    }
-
-    /// Subscribes and returns the room's stream, its header already read.
-    pub async fn subscribe(&mut self, room: &str) -> Result<RoomStream> {
-        let id = self
-            .send(Command::Subscribe {
-                room: room.into(),
-                resume: None,
-            })
-            .await?;
-        match self.recv_reply(id).await? {
-            Event::Subscribed { .. } => {}
-            other => bail!("subscribe {room}: {other:?}"),
-        }
-        let mut stream = RoomStream::accept(&self.conn).await?;
-        match stream.next().await? {
-            ServerFrame {
-                id: got,
-                event: Event::SubscriptionStream { room: r },
-            } if got == id && r == room => Ok(stream),
-            other => bail!("expected the stream header of {room}, got {other:?}"),
-        }
-    }
-
-    pub async fn publish(&mut self, room: &str, payload: &[u8]) -> Result<Event> {
-        self.request(Command::Publish {
-            room: room.into(),
-            payload: Bytes::copy_from_slice(payload),
-            ack: true,
-        })
-        .await
-    }
-}
-
-/// One server-opened subscription stream.
-pub struct RoomStream {
-    pub recv: RecvStream,
-    decoder: FrameDecoder,
-}
-
-impl RoomStream {
-    pub async fn accept(conn: &Connection) -> Result<Self> {
-        let recv = tokio::time::timeout(WAIT, conn.accept_uni())
-            .await
-            .map_err(|_| anyhow!("timed out waiting for a subscription stream"))??;
-        Ok(Self {
-            recv,
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME),
-        })
-    }
-
-    pub async fn next(&mut self) -> Result<ServerFrame> {
-        tokio::time::timeout(WAIT, read_frame(&mut self.recv, &mut self.decoder))
-            .await
-            .map_err(|_| anyhow!("timed out waiting for a publication"))?
-    }
-
-    /// The next publication's payload.
-    pub async fn payload(&mut self) -> Result<Bytes> {
-        match self.next().await?.event {
-            Event::Publication { payload, .. } => Ok(payload),
-            other => bail!("expected a publication, got {other:?}"),
-        }
-    }
-}
-
-async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<ServerFrame> {
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(body) = decoder.next_frame()? {
-            return Ok(decode_event(&body)?);
-        }
-        match recv.read(&mut buf).await? {
-            Some(n) => decoder.push(&buf[..n]),
-            None => bail!("stream finished"),
-        }
-    }
 }
 
 /// Sums every series of metric `name` whose labels include all of `labels` (0 when none):

@@ -44,7 +44,7 @@ async fn subscribe(
     else {
         anyhow::bail!("subscribe refused");
     };
-    let mut stream = RoomStream::accept(&raw.conn).await?;
+    let mut stream = RoomStream::accept(raw.conn()).await?;
     stream.next().await?; // header
     Ok((position, recovery, stream))
 }
@@ -70,7 +70,7 @@ async fn resume_replays_what_was_missed_then_goes_live() -> anyhow::Result<()> {
         matches!(publ.publish("h.room", &[99]).await?, Event::Published { position: Some(p) } if p.offset == 5)
     );
     drop(stream);
-    sub.conn.close(0u32.into(), b"");
+    sub.conn().close(0u32.into(), b"");
 
     // Missed while away: offsets 5..=7. Resume from 4 replays them, then live continues.
     publ.publish("h.room", &[6]).await?;

@@ -16,15 +16,6 @@ async fn goodbye(raw: &mut Raw) -> anyhow::Result<CloseCode> {
     }
 }
 
-async fn quic_close_code(raw: &Raw) -> Option<u64> {
-    match tokio::time::timeout(WAIT, raw.conn.closed()).await.ok()? {
-        wtransport::error::ConnectionError::ApplicationClosed(close) => {
-            Some(close.code().into_inner())
-        }
-        _ => None,
-    }
-}
-
 /// A client that keeps sending commands but never reads the answers fills its control stream;
 /// once a reply has waited `timeouts.reply` the session is closed with `protocol_error` (it
 /// would otherwise stall, its token-expiry timer included). Other clients carry on.
@@ -65,18 +56,21 @@ async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()>
         }));
     }
     deaf.send_bytes(&pings).await?;
-    assert_eq!(quic_close_code(&deaf).await, Some(3001));
+    assert_eq!(deaf.close_code().await, Some(3001));
 
     let mut polite = Raw::connect(&server, &full_token("acme", "polite")).await?;
     assert!(matches!(polite.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }
 
-#[tokio::test]
-async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not() -> anyhow::Result<()> {
+async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not(
+    via: Via,
+) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut lapsing = Raw::connect(&server, &token("acme", "u", &[">"], &[">"], 2)).await?;
-    let mut refreshed = Raw::connect(&server, &token("acme", "v", &[">"], &[">"], 2)).await?;
+    let mut lapsing =
+        Raw::connect_via(via, &server, &token("acme", "u", &[">"], &[">"], 2)).await?;
+    let mut refreshed =
+        Raw::connect_via(via, &server, &token("acme", "v", &[">"], &[">"], 2)).await?;
 
     let reply = refreshed
         .request(Command::Refresh {
@@ -98,7 +92,7 @@ async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not() -> any
     assert!(matches!(reply, Event::Error { code, .. } if code == ErrorCode::InvalidToken.as_u16()));
 
     assert_eq!(goodbye(&mut lapsing).await?, CloseCode::TokenExpired);
-    assert_eq!(quic_close_code(&lapsing).await, Some(3002));
+    assert_eq!(lapsing.close_code().await, Some(3002));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(matches!(
         refreshed.request(Command::Ping).await?,
@@ -107,14 +101,13 @@ async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not() -> any
     Ok(())
 }
 
-#[tokio::test]
-async fn going_over_the_command_rate_is_refused_then_closed() -> anyhow::Result<()> {
+async fn going_over_the_command_rate_is_refused_then_closed(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         c.limits.commands_per_second = 10;
         c.limits.abuse_factor = 3;
     })
     .await?;
-    let mut c = Raw::connect(&server, &full_token("acme", "spammer")).await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "spammer")).await?;
     // The burst allows 10; the next ones are refused with the limit named.
     for _ in 0..15 {
         c.send(Command::Ping).await?;
@@ -162,7 +155,7 @@ async fn malformed_frames_close_only_the_offending_session() -> anyhow::Result<(
         let mut bad = Raw::connect(&server, &full_token("acme", "bad")).await?;
         bad.send_bytes(&bytes).await?;
         assert_eq!(goodbye(&mut bad).await?, CloseCode::ProtocolError, "{name}");
-        assert_eq!(quic_close_code(&bad).await, Some(3001), "{name}");
+        assert_eq!(bad.close_code().await, Some(3001), "{name}");
     }
 
     // Commands before Hello are a protocol error too.
@@ -208,10 +201,9 @@ async fn wrong_protocol_version_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn shutdown_says_goodbye_and_oversized_payloads_are_refused() -> anyhow::Result<()> {
+async fn shutdown_says_goodbye_and_oversized_payloads_are_refused(via: Via) -> anyhow::Result<()> {
     let mut server = TestServer::start_with(|c| c.limits.max_payload = 100).await?;
-    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "u")).await?;
     let reply = c.publish("r", &[0u8; 101]).await?;
     assert!(
         matches!(reply, Event::Error { code, .. } if code == ErrorCode::PayloadTooLarge.as_u16())
@@ -221,7 +213,13 @@ async fn shutdown_says_goodbye_and_oversized_payloads_are_refused() -> anyhow::R
         server
     });
     assert_eq!(goodbye(&mut c).await?, CloseCode::Shutdown);
-    assert_eq!(quic_close_code(&c).await, Some(3000));
+    assert_eq!(c.close_code().await, Some(3000));
     let _server = stop.await?;
     Ok(())
 }
+
+over_both_transports!(
+    an_expired_token_ends_the_session_and_a_refreshed_one_does_not,
+    going_over_the_command_rate_is_refused_then_closed,
+    shutdown_says_goodbye_and_oversized_payloads_are_refused,
+);

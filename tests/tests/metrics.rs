@@ -39,7 +39,7 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
 
     // Two leave abruptly, one politely.
     for c in clients.drain(1..) {
-        c.conn.close(0u32.into(), b"bye");
+        c.conn().close(0u32.into(), b"bye");
     }
     drop(clients);
     drop(streams);
@@ -51,6 +51,12 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
             && metric(&page, "quiver_subscriptions_active") == 0.0
         {
             assert_eq!(metric_sum(&page, "quiver_sessions_opened_total", &[]), 3.0);
+            // Closing a session (or dropping the connection, which closes it) is the client
+            // leaving, not a lost connection.
+            let closed =
+                |reason| metric_sum(&page, "quiver_sessions_closed_total", &[("reason", reason)]);
+            assert_eq!(closed("client_closed"), 3.0, "{page}");
+            assert_eq!(closed("connection_lost"), 0.0);
             break;
         }
         assert!(

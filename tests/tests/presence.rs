@@ -92,7 +92,7 @@ async fn presence_and_join_leave_events() -> anyhow::Result<()> {
     let mut carol = Raw::connect(&server, &full_token("acme", "carol")).await?;
     let _c = carol.subscribe("p.room").await?;
     assert!(joined_or_left(room.next().await?).0);
-    carol.conn.close(0u32.into(), b"");
+    carol.conn().close(0u32.into(), b"");
     assert!(!joined_or_left(room.next().await?).0);
     Ok(())
 }

@@ -16,11 +16,10 @@ fn error_code(event: &Event) -> Option<ErrorCode> {
     }
 }
 
-#[tokio::test]
-async fn publication_reaches_another_client() -> anyhow::Result<()> {
+async fn publication_reaches_another_client(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
-    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let mut alice = Raw::connect_via(via, &server, &full_token("acme", "alice")).await?;
+    let mut bob = Raw::connect_via(via, &server, &full_token("acme", "bob")).await?;
     let mut room = bob.subscribe("chat.lobby").await?;
     for i in 0..20u8 {
         assert!(matches!(
@@ -62,11 +61,10 @@ async fn every_congestion_controller_delivers_in_order() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn permissions_are_enforced_on_subscribe_and_publish() -> anyhow::Result<()> {
+async fn permissions_are_enforced_on_subscribe_and_publish(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let t = token("acme", "carol", &["news.*"], &["chat.lobby"], 3600);
-    let mut carol = Raw::connect(&server, &t).await?;
+    let mut carol = Raw::connect_via(via, &server, &t).await?;
     let sub = carol
         .request(Command::Subscribe {
             room: "secret".into(),
@@ -88,17 +86,16 @@ async fn permissions_are_enforced_on_subscribe_and_publish() -> anyhow::Result<(
     }
     // The allowed ones work, and the refused publish never arrived.
     let mut news = carol.subscribe("news.today").await?;
-    let mut dave = Raw::connect(&server, &full_token("acme", "dave")).await?;
+    let mut dave = Raw::connect_via(via, &server, &full_token("acme", "dave")).await?;
     dave.publish("news.today", b"ok").await?;
     assert_eq!(news.payload().await?, Bytes::from_static(b"ok"));
     Ok(())
 }
 
-#[tokio::test]
-async fn tenants_never_see_each_other() -> anyhow::Result<()> {
+async fn tenants_never_see_each_other(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut a = Raw::connect(&server, &full_token("tenant-a", "u1")).await?;
-    let mut b = Raw::connect(&server, &full_token("tenant-b", "u1")).await?;
+    let mut a = Raw::connect_via(via, &server, &full_token("tenant-a", "u1")).await?;
+    let mut b = Raw::connect_via(via, &server, &full_token("tenant-b", "u1")).await?;
     let mut room_a = a.subscribe("chat.lobby").await?;
     let mut room_b = b.subscribe("chat.lobby").await?;
     a.publish("chat.lobby", b"for a").await?;
@@ -111,10 +108,9 @@ async fn tenants_never_see_each_other() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn duplicate_subscribe_and_unsubscribe() -> anyhow::Result<()> {
+async fn duplicate_subscribe_and_unsubscribe(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut c = Raw::connect(&server, &full_token("acme", "erin")).await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "erin")).await?;
     let mut room = c.subscribe("r").await?;
     let dup = c
         .request(Command::Subscribe {
@@ -137,11 +133,10 @@ async fn duplicate_subscribe_and_unsubscribe() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_hundred_rooms_on_one_connection() -> anyhow::Result<()> {
+async fn a_hundred_rooms_on_one_connection(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let mut sub = Raw::connect(&server, &full_token("acme", "sub")).await?;
-    let mut publ = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    let mut sub = Raw::connect_via(via, &server, &full_token("acme", "sub")).await?;
+    let mut publ = Raw::connect_via(via, &server, &full_token("acme", "pub")).await?;
     let mut rooms = Vec::new();
     for i in 0..100 {
         rooms.push(sub.subscribe(&format!("room.{i}")).await?);
@@ -247,3 +242,11 @@ async fn ablation_single_stream_delivers_on_the_control_stream() -> anyhow::Resu
     assert!(seen.iter().any(|f| matches!(&f.event, Event::Publication { payload, .. } if payload == &Bytes::from_static(b"1"))));
     Ok(())
 }
+
+over_both_transports!(
+    publication_reaches_another_client,
+    permissions_are_enforced_on_subscribe_and_publish,
+    tenants_never_see_each_other,
+    duplicate_subscribe_and_unsubscribe,
+    a_hundred_rooms_on_one_connection,
+);

@@ -16,6 +16,8 @@ export const ErrorCode = {
   unavailable: 111,
   slow_consumer: 112,
   session_closing: 113,
+  stream_limit: 114,
+  quota_exceeded: 115,
 } as const;
 
 export const CloseCode = {
@@ -27,6 +29,8 @@ export const CloseCode = {
   server_error: 3005,
   hello_timeout: 3006,
   token_invalid: 3007,
+  over_quota: 3008,
+  disconnected: 3009,
 } as const;
 
 const labels = new Map<number, string>(

@@ -43,6 +43,12 @@ impl Session {
                 format!("subscription limit of {max} reached"),
             ));
         }
+        if let Some(quota) = &self.quota {
+            quota
+                .add_subscription()
+                .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+        }
+        // Counted from here on: `drop_sub` releases it, and so does the one way out below.
 
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
@@ -68,6 +74,9 @@ impl Session {
             Err(e) => {
                 if self.shared.hub.unsubscribe(&key, sub_id) {
                     let _ = self.shared.broker.remove_interest(key.clone()).await;
+                }
+                if let Some(quota) = &self.quota {
+                    quota.remove_subscription();
                 }
                 return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
             }
@@ -115,6 +124,7 @@ impl Session {
                 queue: queue_rx,
                 overflow,
                 ended: self.ended_tx.clone(),
+                open_deadline: self.shared.config.timeouts.stream_open,
             }
             .run(),
         );
@@ -155,8 +165,13 @@ impl Session {
         }))
     }
 
+    /// Checks a publication and hands it to the broker. The answer comes at once when the
+    /// broker takes it at once (the memory broker, NATS core); otherwise (a stored publish
+    /// waiting for its ack) it joins the session's publish queue (`publishing.rs`) and the
+    /// session goes on with other commands meanwhile.
     pub(super) async fn publish(
         &mut self,
+        id: u32,
         room: &str,
         payload: Bytes,
         ack: bool,
@@ -175,14 +190,17 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
-        let position = self
-            .shared
-            .broker
-            .publish(key, payload)
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        metrics::counter!(m::PUBLICATIONS).increment(1);
-        Ok(ack.then_some(Event::Published { position }))
+        if let Some(quota) = &self.quota {
+            quota
+                .publish(payload.len(), std::time::Instant::now())
+                .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+        }
+        let broker = self.shared.broker.clone();
+        let publishing = Box::pin(async move { broker.publish(key, payload).await });
+        match self.publishing.submit(id, ack, publishing) {
+            Some(done) => super::publishing::answer(done.result).map(|e| e.filter(|_| ack)),
+            None => Ok(None),
+        }
     }
 
     /// A new token for the same user and tenant. It must not be expired already (then the
@@ -326,6 +344,9 @@ impl Session {
             let _ = writer.await;
         }
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).decrement(1.0);
+        if let Some(quota) = &self.quota {
+            quota.remove_subscription();
+        }
         if self.shared.config.presence(&sub.key.room) {
             self.announce_presence(&sub.key, false).await;
         }

@@ -8,6 +8,7 @@
 
 mod commands;
 mod meter;
+mod publishing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ use crate::subscription::Ended;
 use crate::transport::{Inbound, Peer, Transport};
 
 use meter::{Meter, Verdict};
+use publishing::Publishing;
+
+use crate::quota::TenantSession;
 
 /// How long a goodbye frame may take to be queued for the client.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
@@ -111,6 +115,10 @@ pub struct Session {
     subs: HashMap<RoomName, Sub>,
     ended_tx: mpsc::UnboundedSender<Ended>,
     meter: Meter,
+    /// Publications waiting for the broker, answered in order.
+    publishing: Publishing,
+    /// This session's share of its tenant's quotas (`None`: refused, the session is closing).
+    quota: Option<TenantSession>,
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
@@ -127,11 +135,13 @@ pub async fn run(
 ) -> End {
     let id = format!("{:x}", rand::random::<u64>());
     let transport = link.transport.label();
+    let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let meter = Meter::new(&shared.config.limits);
+    let quota = shared.tenant_quotas.open_session(&grant.tenant);
     let mut session = Session {
         shared: shared.clone(),
         link,
@@ -141,9 +151,24 @@ pub async fn run(
         subs: HashMap::new(),
         ended_tx,
         meter,
+        publishing: Publishing::default(),
+        quota: None,
         stalled: false,
     };
-    let exit = session.drive(inbound, ended_rx).await;
+    let (_registered, kicks) =
+        shared
+            .registry
+            .register(&id, &session.grant.tenant, &session.grant.user, None);
+    let exit = match quota {
+        Ok(quota) => {
+            session.quota = Some(quota);
+            session.drive(inbound, ended_rx, kicks).await
+        }
+        Err(e) => {
+            info!(session = %id, reason = %e, "session over its tenant's quota");
+            Exit::Close(CloseCode::OverQuota, e.to_string())
+        }
+    };
     session.release().await;
     let end = match exit {
         Exit::Gone(reason) => End {
@@ -170,9 +195,21 @@ pub async fn run(
             }
         }
     };
+    let user = std::mem::take(&mut session.grant.user);
+    let tenant = session.grant.tenant.to_string();
     drop(session);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
+    // One line per session, for log pipelines: who, how, how long, why.
+    info!(
+        session = %id,
+        tenant,
+        user,
+        transport,
+        duration_ms = opened.elapsed().as_millis() as u64,
+        reason = end.reason,
+        "session closed"
+    );
     end
 }
 
@@ -181,6 +218,7 @@ impl Session {
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut kicks: mpsc::Receiver<crate::registry::Kick>,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
@@ -196,8 +234,18 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
+                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
-                item = inbound.recv() => match item {
+                done = self.publishing.next_done() => {
+                    match publishing::answer(done.result) {
+                        Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
+                        Ok(_) => {}
+                        Err(refusal) => self.refuse(done.id, refusal).await,
+                    }
+                }
+                // Past the bound of queued publications the session reads no further command
+                // until one is answered: the client sees flow control, not an error.
+                item = inbound.recv(), if !self.publishing.is_full() => match item {
                     Some(Inbound::Frame(frame, arrived)) => {
                         if let Some(exit) = self.command(*frame, arrived).await {
                             return exit;
@@ -215,7 +263,7 @@ impl Session {
                     Some(Inbound::Ended(reason)) => return Exit::Gone(reason),
                     None => return Exit::Gone("client_closed"),
                 },
-                _ = self.link.peer.closed() => return Exit::Gone("connection_lost"),
+                reason = self.link.peer.closed() => return Exit::Gone(reason),
             }
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
@@ -231,7 +279,7 @@ impl Session {
     ) -> Result<(), Exit> {
         let first = tokio::select! {
             _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
-            _ = self.link.peer.closed() => return Err(Exit::Gone("connection_lost")),
+            reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
         let hello = match first {
@@ -324,7 +372,7 @@ impl Session {
             )),
             Command::Subscribe { room, resume } => self.subscribe(id, &room, resume).await,
             Command::Unsubscribe { room } => self.unsubscribe(&room).await,
-            Command::Publish { room, payload, ack } => self.publish(&room, payload, ack).await,
+            Command::Publish { room, payload, ack } => self.publish(id, &room, payload, ack).await,
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,

@@ -57,14 +57,28 @@ pub enum Peer {
 }
 
 impl Peer {
-    /// Resolves when the peer is gone.
-    pub async fn closed(&self) {
+    /// Resolves when the peer is gone, with why (the closed-sessions metric's `reason`).
+    pub async fn closed(&self) -> &'static str {
         match self {
-            Peer::Quic(conn) => {
-                conn.closed().await;
+            Peer::Quic(conn) => quic_close_reason(&conn.closed().await),
+            // The adapter's reader says why through `Inbound::Ended`; this is the backstop.
+            Peer::Shared(gone) => {
+                gone.cancelled().await;
+                "connection_lost"
             }
-            Peer::Shared(gone) => gone.cancelled().await,
         }
+    }
+}
+
+/// Why a QUIC connection ended, as a closed-sessions `reason`.
+pub fn quic_close_reason(e: &wtransport::error::ConnectionError) -> &'static str {
+    use wtransport::error::ConnectionError as E;
+    match e {
+        // The client closed its session or connection on purpose.
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) => "client_closed",
+        E::TimedOut => "idle_timeout",
+        E::LocallyClosed => "server_closed",
+        _ => "connection_lost",
     }
 }
 
@@ -168,6 +182,9 @@ pub enum Refused {
     Origin,
     /// Token over [`MAX_TOKEN_LEN`]: 431 on TCP, 403 on WebTransport (wtransport has no 431).
     TokenTooLarge,
+    /// Over the per-address connection or handshake limit: 429 on TCP; a QUIC-level refusal
+    /// on WebTransport.
+    AddressLimit,
 }
 
 impl Refused {
@@ -178,6 +195,7 @@ impl Refused {
             Refused::Unavailable => "unavailable",
             Refused::Origin => "origin",
             Refused::TokenTooLarge => "token_too_large",
+            Refused::AddressLimit => "address_limit",
         }
     }
 
@@ -210,6 +228,17 @@ pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused
         }
         _ => Ok(()),
     }
+}
+
+/// Counts a TCP connection against its address's limits (released when the guard drops).
+pub fn admit_address(
+    shared: &Shared,
+    remote: std::net::SocketAddr,
+) -> Result<crate::quota::AddressGuard, Refused> {
+    shared
+        .address_limits
+        .admit(remote.ip())
+        .ok_or(Refused::AddressLimit)
 }
 
 /// Whether the server takes another session now (not draining, under `max_sessions`).

@@ -28,7 +28,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
-use super::{admit, check_origin, count_refused, credentials, Inbound, Peer, Refused, Transport};
+use super::{
+    admit, admit_address, check_origin, count_refused, credentials, Inbound, Peer, Refused,
+    Transport,
+};
+use crate::quota::AddressGuard;
 use crate::server::Shared;
 use crate::session::{self, Link};
 
@@ -61,8 +65,12 @@ pub async fn stream(
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let checked = check_origin(&shared, header_str(header::ORIGIN))
         .and_then(|()| admit(&shared))
-        .and_then(|()| credentials(header_str(header::AUTHORIZATION), query.as_deref()));
-    let token = match checked {
+        .and_then(|()| admit_address(&shared, remote))
+        .and_then(|address| {
+            credentials(header_str(header::AUTHORIZATION), query.as_deref())
+                .map(|token| (token, address))
+        });
+    let (token, address) = match checked {
         Ok(token) => token,
         Err(refused) => {
             refused.count(T);
@@ -71,6 +79,7 @@ pub async fn stream(
                 Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
                 Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Refused::AddressLimit => StatusCode::TOO_MANY_REQUESTS,
             };
             return problem(status, refused.label(), None, refused.label());
         }
@@ -146,7 +155,7 @@ pub async fn stream(
         decoder: FrameDecoder::new(usize::MAX >> 1),
         // Held for the life of the response: dropping the body (the client went away) ends
         // the session; the commands channel stays open until then.
-        _alive: (gone.drop_guard(), in_tx),
+        _alive: (gone.drop_guard(), in_tx, address),
     };
     Sse::new(events.into_stream(out_rx))
         .keep_alive(
@@ -203,7 +212,7 @@ struct Events {
     /// so `Last-Event-ID` resumes every room at once.
     positions: BTreeMap<String, Position>,
     decoder: FrameDecoder,
-    _alive: (DropGuard, mpsc::Sender<Inbound>),
+    _alive: (DropGuard, mpsc::Sender<Inbound>, AddressGuard),
 }
 
 impl Events {

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::{
-    admit, check_origin, count_refused, credentials, single_frame, Inbound, Peer, Refused,
-    Transport,
+    admit, admit_address, check_origin, count_refused, credentials, single_frame, Inbound, Peer,
+    Refused, Transport,
 };
 use crate::auth::AuthError;
 use crate::server::Shared;
@@ -50,8 +50,12 @@ pub async fn upgrade(
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let checked = check_origin(&shared, header_str(header::ORIGIN))
         .and_then(|()| admit(&shared))
-        .and_then(|()| credentials(header_str(header::AUTHORIZATION), query.as_deref()));
-    let token = match checked {
+        .and_then(|()| admit_address(&shared, remote))
+        .and_then(|address| {
+            credentials(header_str(header::AUTHORIZATION), query.as_deref())
+                .map(|token| (token, address))
+        });
+    let (token, address) = match checked {
         Ok(token) => token,
         Err(refused) => {
             refused.count(T);
@@ -60,6 +64,7 @@ pub async fn upgrade(
                 Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
                 Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                Refused::AddressLimit => StatusCode::TOO_MANY_REQUESTS,
             };
             return (status, refused.label()).into_response();
         }
@@ -71,7 +76,10 @@ pub async fn upgrade(
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
     match shared.verifier.verify(&token) {
-        Ok(grant) => ws.on_upgrade(move |socket| serve(shared, socket, grant, remote)),
+        Ok(grant) => ws.on_upgrade(move |socket| async move {
+            serve(shared, socket, grant, remote).await;
+            drop(address);
+        }),
         Err(e) => {
             info!(%remote, reason = %e, transport = T.label(), "session refused");
             count_refused(T, e.label());

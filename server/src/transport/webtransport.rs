@@ -70,11 +70,16 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
         incoming.refuse();
         return;
     }
+    let Some(address) = shared.address_limits.admit(incoming.remote_address().ip()) else {
+        count_refused(T, "address_limit");
+        incoming.refuse();
+        return;
+    };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let counted = Counted(shared.clone());
     tokio::spawn(async move {
         handle(&counted.0, incoming).await;
-        drop(counted);
+        drop((counted, address));
     });
 }
 
@@ -135,6 +140,7 @@ async fn refuse(request: SessionRequest, refused: Refused) {
         Refused::NotFound => request.not_found().await,
         Refused::Unavailable => request.too_many_requests().await,
         Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
+        Refused::AddressLimit => request.too_many_requests().await,
     }
 }
 
@@ -183,6 +189,19 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant)
     );
     // Only now does the session stop counting (a drain waits for it).
     drop(end.slot);
+}
+
+/// Why reading the control stream failed, as a closed-sessions `reason`.
+fn read_error_reason(e: &wtransport::quinn::ReadError) -> &'static str {
+    use wtransport::quinn::{ConnectionError as C, ReadError as R};
+    match e {
+        // The client reset its control stream, or closed its session or connection: leaving.
+        R::Reset(_) | R::ConnectionLost(C::ApplicationClosed(_) | C::ConnectionClosed(_)) => {
+            "client_closed"
+        }
+        R::ConnectionLost(C::TimedOut) => "idle_timeout",
+        _ => "connection_lost",
+    }
 }
 
 fn close_code(code: CloseCode) -> VarInt {
@@ -246,8 +265,8 @@ async fn read_control(
                         let _ = send.reset(VarInt::from_u32(REFUSED_STREAM));
                         debug!("refused an extra bidirectional stream");
                     }
-                    Err(_) => {
-                        let _ = tx.send(Inbound::Ended("connection_lost")).await;
+                    Err(e) => {
+                        let _ = tx.send(Inbound::Ended(super::quic_close_reason(&e))).await;
                         return;
                     }
                 }
@@ -268,8 +287,8 @@ async fn read_control(
                 let _ = tx.send(Inbound::Ended("client_closed")).await;
                 return;
             }
-            Err(_) => {
-                let _ = tx.send(Inbound::Ended("connection_lost")).await;
+            Err(e) => {
+                let _ = tx.send(Inbound::Ended(read_error_reason(&e))).await;
                 return;
             }
         };

@@ -1,0 +1,455 @@
+//! Quotas: what one tenant, or one source address, may hold or spend on this instance.
+//!
+//! - Per tenant: concurrent sessions, concurrent subscriptions, publications per second and
+//!   publication bytes per second (`[quotas.tenant]`, with `[[quotas.tenants]]` overrides).
+//! - Per source address: concurrent connections and handshakes per second
+//!   (`[quotas.per_address]`), except for `trusted` addresses (proxies, load balancers).
+//!
+//! Quotas are enforced **per instance**: a cluster-wide count would put a NATS round trip on
+//! every session, subscription and publication. With N instances behind a balancer a tenant can
+//! reach N times its quota; size quotas per instance (PROTOCOL.md §5, README).
+//!
+//! Every count is released by a guard's `Drop`, so a session that ends in any way frees its share.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use quiver_proto::TenantId;
+
+use crate::config::{AddressQuota, QuotasConfig, TenantQuota};
+use crate::metrics as m;
+
+/// A token bucket: `rate` per second sustained, bursts up to `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// Takes `n` tokens at time `at` (non-decreasing); false (and nothing taken) if there are
+    /// not enough.
+    pub fn take(&mut self, n: f64, at: Instant) -> bool {
+        if let Some(last) = self.last {
+            let elapsed = at.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(self.last.map_or(at, |last| last.max(at)));
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a quota refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("tenant {tenant} is at its quota of {limit} concurrent sessions")]
+    Sessions { tenant: String, limit: u32 },
+    #[error("tenant {tenant} is at its quota of {limit} concurrent subscriptions")]
+    Subscriptions { tenant: String, limit: u32 },
+    #[error("tenant {tenant} is over its quota of {limit} publications per second")]
+    Publications { tenant: String, limit: u32 },
+    #[error("tenant {tenant} is over its quota of {limit} publication bytes per second")]
+    Bytes { tenant: String, limit: u64 },
+}
+
+impl QuotaError {
+    /// The `quota` label of the refusal metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            QuotaError::Sessions { .. } => "sessions",
+            QuotaError::Subscriptions { .. } => "subscriptions",
+            QuotaError::Publications { .. } => "publications",
+            QuotaError::Bytes { .. } => "bytes",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Usage {
+    sessions: u32,
+    subscriptions: u32,
+    publications: Option<TokenBucket>,
+    bytes: Option<TokenBucket>,
+}
+
+/// Per-tenant counts and buckets of this instance.
+pub struct TenantQuotas {
+    config: QuotasConfig,
+    usage: Mutex<HashMap<TenantId, Usage>>,
+    /// Tenants that have their own metric label; the rest share `other`.
+    labels: Mutex<Vec<String>>,
+}
+
+impl TenantQuotas {
+    pub fn new(config: QuotasConfig) -> Self {
+        Self {
+            config,
+            usage: Mutex::default(),
+            labels: Mutex::default(),
+        }
+    }
+
+    fn quota(&self, tenant: &TenantId) -> TenantQuota {
+        let mut quota = self.config.tenant.clone();
+        if let Some(o) = self
+            .config
+            .tenants
+            .iter()
+            .find(|o| o.tenant == tenant.as_str())
+        {
+            quota.max_sessions = o.max_sessions.unwrap_or(quota.max_sessions);
+            quota.max_subscriptions = o.max_subscriptions.unwrap_or(quota.max_subscriptions);
+            quota.publications_per_second = o
+                .publications_per_second
+                .unwrap_or(quota.publications_per_second);
+            quota.bytes_per_second = o.bytes_per_second.unwrap_or(quota.bytes_per_second);
+        }
+        quota
+    }
+
+    /// The tenant's metric label: its id for the first `max_tenant_labels` tenants this
+    /// instance has seen, `other` after that (bounded cardinality).
+    pub fn label(&self, tenant: &TenantId) -> String {
+        let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+        if labels.iter().any(|l| l == tenant.as_str()) {
+            return tenant.to_string();
+        }
+        if labels.len() < self.config.max_tenant_labels {
+            labels.push(tenant.to_string());
+            return tenant.to_string();
+        }
+        "other".into()
+    }
+
+    fn usage<T>(&self, tenant: &TenantId, f: impl FnOnce(&mut Usage) -> T) -> T {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = usage.entry(tenant.clone()).or_default();
+        let out = f(entry);
+        if entry.sessions == 0 && entry.subscriptions == 0 {
+            usage.remove(tenant);
+        }
+        out
+    }
+
+    /// Counts a session of the tenant, or refuses it.
+    pub fn open_session(self: &Arc<Self>, tenant: &TenantId) -> Result<TenantSession, QuotaError> {
+        let limit = self.quota(tenant).max_sessions;
+        let label = self.label(tenant);
+        self.usage(tenant, |u| {
+            if limit > 0 && u.sessions >= limit {
+                return Err(QuotaError::Sessions {
+                    tenant: tenant.to_string(),
+                    limit,
+                });
+            }
+            u.sessions += 1;
+            Ok(())
+        })
+        .inspect_err(|e| self.refused(&label, e))?;
+        metrics::gauge!(m::TENANT_SESSIONS, "tenant" => label.clone()).increment(1.0);
+        Ok(TenantSession {
+            quotas: self.clone(),
+            tenant: tenant.clone(),
+            label,
+        })
+    }
+
+    fn refused(&self, label: &str, e: &QuotaError) {
+        metrics::counter!(m::QUOTA_REFUSALS, "tenant" => label.to_owned(), "quota" => e.label())
+            .increment(1);
+    }
+}
+
+/// A session's share of its tenant's quotas; released on drop.
+pub struct TenantSession {
+    quotas: Arc<TenantQuotas>,
+    tenant: TenantId,
+    label: String,
+}
+
+impl TenantSession {
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Counts one more subscription of the tenant, or refuses it.
+    pub fn add_subscription(&self) -> Result<(), QuotaError> {
+        let limit = self.quotas.quota(&self.tenant).max_subscriptions;
+        self.quotas
+            .usage(&self.tenant, |u| {
+                if limit > 0 && u.subscriptions >= limit {
+                    return Err(QuotaError::Subscriptions {
+                        tenant: self.tenant.to_string(),
+                        limit,
+                    });
+                }
+                u.subscriptions += 1;
+                Ok(())
+            })
+            .inspect_err(|e| self.quotas.refused(&self.label, e))?;
+        metrics::gauge!(m::TENANT_SUBSCRIPTIONS, "tenant" => self.label.clone()).increment(1.0);
+        Ok(())
+    }
+
+    pub fn remove_subscription(&self) {
+        self.quotas.usage(&self.tenant, |u| {
+            u.subscriptions = u.subscriptions.saturating_sub(1)
+        });
+        metrics::gauge!(m::TENANT_SUBSCRIPTIONS, "tenant" => self.label.clone()).decrement(1.0);
+    }
+
+    /// Meters one publication of `bytes` payload bytes against the tenant's rates.
+    pub fn publish(&self, bytes: usize, at: Instant) -> Result<(), QuotaError> {
+        let quota = self.quotas.quota(&self.tenant);
+        if quota.publications_per_second == 0 && quota.bytes_per_second == 0 {
+            metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => self.label.clone()).increment(1);
+            return Ok(());
+        }
+        self.quotas
+            .usage(&self.tenant, |u| {
+                if quota.publications_per_second > 0 {
+                    let rate = f64::from(quota.publications_per_second);
+                    let bucket = u
+                        .publications
+                        .get_or_insert_with(|| TokenBucket::new(rate, rate));
+                    if !bucket.take(1.0, at) {
+                        return Err(QuotaError::Publications {
+                            tenant: self.tenant.to_string(),
+                            limit: quota.publications_per_second,
+                        });
+                    }
+                }
+                if quota.bytes_per_second > 0 {
+                    let rate = quota.bytes_per_second as f64;
+                    let bucket = u.bytes.get_or_insert_with(|| TokenBucket::new(rate, rate));
+                    if !bucket.take(bytes as f64, at) {
+                        return Err(QuotaError::Bytes {
+                            tenant: self.tenant.to_string(),
+                            limit: quota.bytes_per_second,
+                        });
+                    }
+                }
+                Ok(())
+            })
+            .inspect_err(|e| self.quotas.refused(&self.label, e))?;
+        metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => self.label.clone()).increment(1);
+        Ok(())
+    }
+}
+
+impl Drop for TenantSession {
+    fn drop(&mut self) {
+        self.quotas
+            .usage(&self.tenant, |u| u.sessions = u.sessions.saturating_sub(1));
+        metrics::gauge!(m::TENANT_SESSIONS, "tenant" => self.label.clone()).decrement(1.0);
+    }
+}
+
+#[derive(Default)]
+struct AddressUsage {
+    connections: u32,
+    handshakes: Option<TokenBucket>,
+}
+
+/// Per-source-address limits, over every transport.
+pub struct AddressLimits {
+    config: AddressQuota,
+    usage: Mutex<HashMap<IpAddr, AddressUsage>>,
+}
+
+impl AddressLimits {
+    pub fn new(config: AddressQuota) -> Self {
+        Self {
+            config,
+            usage: Mutex::default(),
+        }
+    }
+
+    /// Admits one new connection from `ip` (a handshake now, a connection until the guard is
+    /// dropped), or refuses it. Trusted addresses are not limited.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
+        let ip = canonical(ip);
+        let limits = &self.config;
+        if (limits.max_connections == 0 && limits.handshakes_per_second == 0)
+            || limits.trusted.contains(&ip)
+        {
+            return Some(AddressGuard(None));
+        }
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = usage.entry(ip).or_default();
+        if limits.max_connections > 0 && entry.connections >= limits.max_connections {
+            return None;
+        }
+        if limits.handshakes_per_second > 0 {
+            let rate = f64::from(limits.handshakes_per_second);
+            let bucket = entry
+                .handshakes
+                .get_or_insert_with(|| TokenBucket::new(rate, rate));
+            if !bucket.take(1.0, Instant::now()) {
+                return None;
+            }
+        }
+        entry.connections += 1;
+        Some(AddressGuard(Some((self.clone(), ip))))
+    }
+}
+
+/// An IPv4 peer on a dual-stack socket shows up as `::ffff:a.b.c.d`: one address either way.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// One connection's place in its address's count; released on drop.
+pub struct AddressGuard(Option<(Arc<AddressLimits>, IpAddr)>);
+
+impl Drop for AddressGuard {
+    fn drop(&mut self) {
+        if let Some((limits, ip)) = self.0.take() {
+            let mut usage = limits.usage.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = usage.get_mut(&ip) {
+                entry.connections = entry.connections.saturating_sub(1);
+                // Forget an idle address once its handshake bucket would be full again anyway.
+                let refilled = entry.handshakes.as_ref().is_none_or(|b| {
+                    b.last
+                        .is_none_or(|last| last.elapsed().as_secs_f64() * b.rate >= b.burst)
+                });
+                if entry.connections == 0 && refilled {
+                    usage.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TenantOverride;
+    use std::time::Duration;
+
+    fn tenant(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn bucket_refills_at_its_rate() {
+        let mut b = TokenBucket::new(10.0, 10.0);
+        let t = Instant::now();
+        for _ in 0..10 {
+            assert!(b.take(1.0, t));
+        }
+        assert!(!b.take(1.0, t));
+        assert!(b.take(1.0, t + Duration::from_millis(100)));
+        assert!(!b.take(5.0, t + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn tenant_sessions_and_subscriptions_are_counted_and_released() {
+        let mut config = QuotasConfig::default();
+        config.tenant.max_sessions = 2;
+        config.tenant.max_subscriptions = 1;
+        config.tenants.push(TenantOverride {
+            tenant: "big".into(),
+            max_sessions: Some(3),
+            max_subscriptions: None,
+            publications_per_second: None,
+            bytes_per_second: None,
+        });
+        let q = Arc::new(TenantQuotas::new(config));
+        let a1 = q.open_session(&tenant("a")).unwrap();
+        let _a2 = q.open_session(&tenant("a")).unwrap();
+        assert!(matches!(
+            q.open_session(&tenant("a")),
+            Err(QuotaError::Sessions { limit: 2, .. })
+        ));
+        // Another tenant is not affected, and an override applies.
+        let big: Vec<_> = (0..3)
+            .map(|_| q.open_session(&tenant("big")).unwrap())
+            .collect();
+        assert!(q.open_session(&tenant("big")).is_err());
+        drop(big);
+        assert!(a1.add_subscription().is_ok());
+        assert!(a1.add_subscription().is_err());
+        a1.remove_subscription();
+        assert!(a1.add_subscription().is_ok());
+        drop(a1);
+        assert!(q.open_session(&tenant("a")).is_ok());
+    }
+
+    #[test]
+    fn publication_rates_are_per_tenant() {
+        let mut config = QuotasConfig::default();
+        config.tenant.publications_per_second = 5;
+        config.tenant.bytes_per_second = 1000;
+        let q = Arc::new(TenantQuotas::new(config));
+        let a = q.open_session(&tenant("a")).unwrap();
+        let b = q.open_session(&tenant("b")).unwrap();
+        let t = Instant::now();
+        for _ in 0..5 {
+            assert!(a.publish(10, t).is_ok());
+        }
+        assert!(matches!(
+            a.publish(10, t),
+            Err(QuotaError::Publications { .. })
+        ));
+        assert!(b.publish(10, t).is_ok(), "b has its own budget");
+        assert!(matches!(b.publish(2000, t), Err(QuotaError::Bytes { .. })));
+    }
+
+    #[test]
+    fn addresses_are_limited_except_trusted_ones() {
+        let limits = Arc::new(AddressLimits::new(AddressQuota {
+            max_connections: 2,
+            handshakes_per_second: 100,
+            trusted: vec!["10.0.0.1".parse().unwrap()],
+        }));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let g1 = limits.admit(ip).unwrap();
+        let _g2 = limits.admit(mapped).unwrap();
+        assert!(
+            limits.admit(ip).is_none(),
+            "the same address, either notation"
+        );
+        drop(g1);
+        assert!(limits.admit(ip).is_some());
+        let trusted: Vec<_> = (0..10)
+            .map(|_| limits.admit("10.0.0.1".parse().unwrap()))
+            .collect();
+        assert!(trusted.iter().all(Option::is_some));
+    }
+
+    #[test]
+    fn tenant_labels_are_bounded() {
+        let config = QuotasConfig {
+            max_tenant_labels: 2,
+            ..QuotasConfig::default()
+        };
+        let q = TenantQuotas::new(config);
+        assert_eq!(q.label(&tenant("a")), "a");
+        assert_eq!(q.label(&tenant("b")), "b");
+        assert_eq!(q.label(&tenant("c")), "other");
+        assert_eq!(q.label(&tenant("a")), "a");
+    }
+}

@@ -1,0 +1,279 @@
+//! The trust boundary against a peer that breaks the rules (issue 10, THREAT-MODEL.md): what a
+//! hostile client can make the server hold before and after its session exists, and what a
+//! session may keep once its token changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{CloseCode, Command, ErrorCode, Event};
+use quiver_tests::*;
+
+/// A bare QUIC connection with the HTTP/3 ALPN that never sends SETTINGS or CONNECT, with
+/// keep-alives so the idle timeout is not what ends it.
+async fn silent_quic(
+    server: &TestServer,
+) -> anyhow::Result<(wtransport::quinn::Endpoint, wtransport::quinn::Connection)> {
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
+        .build();
+    let mut quic = config.quic_config().clone();
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    quic.transport_config(Arc::new(transport));
+    let mut endpoint = wtransport::quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quic);
+    let conn = endpoint.connect(server.wt, "localhost")?.await?;
+    Ok((endpoint, conn))
+}
+
+/// Defect 1: a connection that completes the QUIC handshake and never sends CONNECT is closed
+/// at `timeouts.handshake`, and such connections count towards `max_sessions` meanwhile.
+#[tokio::test]
+async fn connections_that_never_send_connect_are_closed_and_counted() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_millis(1500);
+        c.limits.max_sessions = 2;
+    })
+    .await?;
+    let (_e1, silent1) = silent_quic(&server).await?;
+    let (_e2, silent2) = silent_quic(&server).await?;
+    // Both slots are held: a real client is refused at the QUIC level.
+    let refused = Raw::connect(&server, &full_token("acme", "late")).await;
+    assert!(refused.is_err(), "a third connection was admitted");
+    for silent in [silent1, silent2] {
+        let reason = tokio::time::timeout(WAIT, silent.closed()).await?;
+        assert!(
+            matches!(
+                reason,
+                wtransport::quinn::ConnectionError::ApplicationClosed(_)
+            ),
+            "{reason:?}"
+        );
+    }
+    // The slots are free again.
+    let mut c = Raw::connect(&server, &full_token("acme", "late")).await?;
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// Defect 2: streams the protocol does not use are refused at once (a unidirectional one is
+/// stopped; a further bidirectional one gets no credit), so they pin no memory.
+#[tokio::test]
+async fn extra_client_streams_are_refused() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    let mut uni = c.conn().open_uni().await?.await?;
+    let chunk = vec![0u8; 64 * 1024];
+    let stopped = tokio::time::timeout(WAIT, async {
+        for _ in 0..64 {
+            if uni.write_all(&chunk).await.is_err() {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    assert!(
+        stopped,
+        "4 MB written to a stream the server should have stopped"
+    );
+    // The control stream and the CONNECT stream use the whole bidirectional budget.
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        match c.conn().open_bi().await {
+            Ok(opening) => opening.await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "a third bidirectional stream was granted");
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// Defect 9: FIN on the control stream is the client leaving; the server closes the whole
+/// connection cleanly (code 0) instead of stopping HTTP/3 streams.
+#[tokio::test]
+async fn finishing_the_control_stream_closes_cleanly() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    c.finish_control().await?;
+    assert_eq!(c.close_code().await, Some(0));
+    Ok(())
+}
+
+/// Tokens have a size limit (PROTOCOL §6): over it, a clean 403.
+#[tokio::test]
+async fn oversized_tokens_are_refused_cleanly() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let huge = "a".repeat(4500);
+    let refused = open_session(&server, &format!("/v1?token={huge}")).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(wtransport::error::ConnectingError::SessionRejected)
+        ),
+        "{refused:?}"
+    );
+    Ok(())
+}
+
+/// Defect 4: a Refresh whose token drops a subscribe permission ends those subscriptions at
+/// once (unsolicited `Unsubscribed { permission_denied }`); the others carry on.
+async fn refresh_revokes_what_the_new_token_does_not_allow(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect_via(
+        via,
+        &server,
+        &token("acme", "u", &["a.>", "b.>"], &[], 3600),
+    )
+    .await?;
+    let mut a = c.subscribe("a.x").await?;
+    let mut b = c.subscribe("b.x").await?;
+    let reply = c
+        .request(Command::Refresh {
+            token: token("acme", "u", &["a.>"], &[], 3600),
+        })
+        .await?;
+    assert!(matches!(reply, Event::Refreshed { .. }), "{reply:?}");
+    let revoked = loop {
+        let frame = c.recv().await?;
+        if let Event::Unsubscribed { room, code, .. } = frame.event {
+            assert_eq!(frame.id, 0);
+            break (room, code);
+        }
+    };
+    assert_eq!(
+        revoked,
+        ("b.x".into(), ErrorCode::PermissionDenied.as_u16())
+    );
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.publish("b.x", b"secret").await?;
+    publ.publish("a.x", b"fine").await?;
+    assert_eq!(a.payload().await?, Bytes::from_static(b"fine"));
+    assert!(b.next().await.is_err(), "the revoked room still delivers");
+    // And it cannot be subscribed again.
+    let again = c
+        .request(Command::Subscribe {
+            room: "b.x".into(),
+            resume: None,
+        })
+        .await?;
+    assert!(
+        matches!(again, Event::Error { code, .. } if code == ErrorCode::PermissionDenied.as_u16())
+    );
+    Ok(())
+}
+
+/// Defect 5: a Refresh with an already-expired token is refused (`invalid_token`) and changes
+/// nothing: the session keeps its old token and lives on.
+async fn an_expired_refresh_is_refused_without_harm(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "u")).await?;
+    let reply = c
+        .request(Command::Refresh {
+            token: token("acme", "u", &[">"], &[">"], -2),
+        })
+        .await?;
+    assert!(
+        matches!(reply, Event::Error { code, .. } if code == ErrorCode::InvalidToken.as_u16()),
+        "{reply:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// Defect 10: the session is closed on the `commands_per_second × abuse_factor`-th refused
+/// command, not one later (2/s × 15 = 30 here; slow refill keeps the count exact).
+async fn rate_abuse_closes_on_the_threshold(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 2;
+        c.limits.abuse_factor = 15;
+    })
+    .await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "u")).await?;
+    for _ in 0..31 {
+        c.send(Command::Ping).await?;
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    for _ in 0..31 {
+        match c.recv().await?.event {
+            Event::Pong => pongs += 1,
+            Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((pongs, limited), (2, 29), "29 refusals, still open");
+    c.send(Command::Ping).await?;
+    let next = c.recv().await?.event;
+    assert!(
+        matches!(next, Event::Goodbye { code, .. } if code == CloseCode::RateAbuse.as_u16()),
+        "the 30th refusal closes: {next:?}"
+    );
+    Ok(())
+}
+
+over_both_transports!(
+    refresh_revokes_what_the_new_token_does_not_allow,
+    an_expired_refresh_is_refused_without_harm,
+    rate_abuse_closes_on_the_threshold,
+);
+
+/// Issue 11 §5: a client that allows fewer incoming streams than it subscribes to gets a clear
+/// `Unsubscribed { stream_limit }` for the rooms whose streams cannot be opened, never a silent
+/// hole.
+#[tokio::test]
+async fn subscriptions_past_the_clients_stream_limit_fail_visibly() -> anyhow::Result<()> {
+    let server =
+        TestServer::start_with(|c| c.timeouts.stream_open = Duration::from_millis(500)).await?;
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.max_concurrent_uni_streams(4u32.into());
+    })?;
+    let conn = endpoint
+        .connect(format!(
+            "{}?token={}",
+            server.url(),
+            full_token("acme", "u")
+        ))
+        .await?;
+    let mut c = Raw::on(conn).await?;
+    c.request(Command::Hello {
+        version: 1,
+        client: "few-streams".into(),
+    })
+    .await?;
+    // HTTP/3 itself uses one of the client's unidirectional stream slots (the server's control
+    // stream; QPACK ones too if opened): at most 3 subscription streams fit.
+    let rooms: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+    for room in &rooms {
+        let reply = c
+            .request(Command::Subscribe {
+                room: room.clone(),
+                resume: None,
+            })
+            .await?;
+        assert!(matches!(reply, Event::Subscribed { .. }), "{reply:?}");
+    }
+    // Every room either has its stream or was ended visibly.
+    let mut streams = 0;
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), c.conn().accept_uni()).await
+    {
+        streams += 1;
+    }
+    let mut ended = Vec::new();
+    while streams + ended.len() < rooms.len() {
+        let frame = c.recv().await?;
+        if let Event::Unsubscribed { room, code, .. } = frame.event {
+            assert_eq!(code, ErrorCode::StreamLimit.as_u16());
+            ended.push(room);
+        }
+    }
+    assert!(
+        !ended.is_empty() && streams >= 1,
+        "{streams} streams, ended {ended:?}"
+    );
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! Quotas (issue 10): per tenant (sessions, subscriptions, publication rate and bytes) and per
+//! source address (connections, handshakes). A tenant at its limits is refused with clear codes;
+//! other tenants never notice.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{CloseCode, Command, ErrorCode, Event};
+use quiver_server::config::TenantOverride;
+use quiver_tests::*;
+
+fn code_of(event: &Event) -> Option<u16> {
+    match event {
+        Event::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+async fn over_quota_goodbye(via: Via, server: &TestServer, token: &str) -> anyhow::Result<u16> {
+    let mut raw = match via {
+        Via::WebTransport => {
+            let conn = open_session(server, &format!("/v1?token={token}")).await?;
+            Raw::on(conn).await?
+        }
+        Via::WebSocket => Raw::websocket(server, &format!("/v1/ws?token={token}"), &[]).await?,
+    };
+    raw.send(Command::Hello {
+        version: 1,
+        client: "t".into(),
+    })
+    .await?;
+    loop {
+        if let Event::Goodbye { code, .. } = raw.recv().await?.event {
+            return Ok(code);
+        }
+    }
+}
+
+async fn tenant_session_quota(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.max_sessions = 2;
+        c.quotas.tenants.push(TenantOverride {
+            tenant: "big".into(),
+            max_sessions: Some(3),
+            max_subscriptions: None,
+            publications_per_second: None,
+            bytes_per_second: None,
+        });
+    })
+    .await?;
+    let mut a1 = Raw::connect_via(via, &server, &full_token("small", "1")).await?;
+    let _a2 = Raw::connect_via(via, &server, &full_token("small", "2")).await?;
+    let refused = over_quota_goodbye(via, &server, &full_token("small", "3")).await?;
+    assert_eq!(refused, CloseCode::OverQuota.as_u16());
+    // Another tenant, with its override, is not affected.
+    let mut big = Vec::new();
+    for i in 0..3 {
+        big.push(Raw::connect_via(via, &server, &full_token("big", &i.to_string())).await?);
+    }
+    // A freed slot is usable again.
+    a1.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut c) = Raw::connect_via(via, &server, &full_token("small", "4")).await {
+            if matches!(c.request(Command::Ping).await, Ok(Event::Pong)) {
+                break;
+            }
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn tenant_subscription_quota(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.tenant.max_subscriptions = 3).await?;
+    let mut a = Raw::connect_via(via, &server, &full_token("t", "a")).await?;
+    let mut b = Raw::connect_via(via, &server, &full_token("t", "b")).await?;
+    let _r1 = a.subscribe("r1").await?;
+    let _r2 = a.subscribe("r2").await?;
+    let _r3 = b.subscribe("r3").await?;
+    // The tenant's fourth, from either session, is refused.
+    let refused = b
+        .request(Command::Subscribe {
+            room: "r4".into(),
+            resume: None,
+        })
+        .await?;
+    assert_eq!(code_of(&refused), Some(ErrorCode::QuotaExceeded.as_u16()));
+    // Another tenant is not counted with it.
+    let mut other = Raw::connect_via(via, &server, &full_token("u", "x")).await?;
+    let _o = other.subscribe("r4").await?;
+    // Unsubscribing frees a place.
+    a.request(Command::Unsubscribe { room: "r1".into() })
+        .await?;
+    let _r4 = b.subscribe("r4").await?;
+    Ok(())
+}
+
+async fn tenant_publication_quota(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.publications_per_second = 5;
+        c.quotas.tenants.push(TenantOverride {
+            tenant: "calm".into(),
+            max_sessions: None,
+            max_subscriptions: None,
+            publications_per_second: Some(1000),
+            bytes_per_second: None,
+        });
+        c.limits.commands_per_second = 1000;
+    })
+    .await?;
+    let mut noisy = Raw::connect_via(via, &server, &full_token("noisy", "p")).await?;
+    let mut calm = Raw::connect_via(via, &server, &full_token("calm", "p")).await?;
+    let mut reader = Raw::connect_via(via, &server, &full_token("calm", "r")).await?;
+    let mut room = reader.subscribe("feed").await?;
+    let mut refused = 0;
+    for i in 0..20u8 {
+        let reply = noisy.publish("feed", &[i]).await?;
+        if code_of(&reply) == Some(ErrorCode::QuotaExceeded.as_u16()) {
+            refused += 1;
+        }
+        // The calm tenant publishes at the same time and is never refused.
+        let ok = calm.publish("feed", &[i]).await?;
+        assert!(matches!(ok, Event::Published { .. }), "{ok:?}");
+        assert_eq!(room.payload().await?, Bytes::from(vec![i]));
+    }
+    assert!(refused >= 10, "only {refused} refused");
+    // Quota refusals are not rate abuse: the session is fine.
+    assert!(matches!(noisy.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+over_both_transports!(
+    tenant_session_quota,
+    tenant_subscription_quota,
+    tenant_publication_quota,
+);
+
+#[tokio::test]
+async fn tenant_byte_quota() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.tenant.bytes_per_second = 10_000).await?;
+    let mut c = Raw::connect(&server, &full_token("t", "p")).await?;
+    let big = vec![0u8; 6000];
+    assert!(matches!(
+        c.publish("r", &big).await?,
+        Event::Published { .. }
+    ));
+    let reply = c.publish("r", &big).await?;
+    assert_eq!(code_of(&reply), Some(ErrorCode::QuotaExceeded.as_u16()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_address_connection_limit() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.per_address.max_connections = 2).await?;
+    let t = full_token("t", "u");
+    let _c1 = Raw::connect(&server, &t).await?;
+    let _c2 = Raw::connect_via(Via::WebSocket, &server, &t).await?;
+    // Third from the same address: refused on every transport.
+    assert!(Raw::connect(&server, &t).await.is_err());
+    let err = Raw::websocket(&server, &format!("/v1/ws?token={t}"), &[])
+        .await
+        .err()
+        .expect("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => panic!("{other:?}"),
+    }
+    let sse = reqwest::get(format!("http://{}/v1/sse?token={t}&room=a", server.http)).await?;
+    assert_eq!(sse.status(), 429);
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_address_handshake_rate_and_trusted_addresses() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.per_address.handshakes_per_second = 3).await?;
+    let t = full_token("t", "u");
+    let mut refused = 0;
+    for _ in 0..8 {
+        if Raw::websocket(&server, &format!("/v1/ws?token={t}"), &[])
+            .await
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 4, "only {refused} of 8 quick handshakes refused");
+    let trusted = TestServer::start_with(|c| {
+        c.quotas.per_address.handshakes_per_second = 3;
+        c.quotas.per_address.trusted = vec!["127.0.0.1".parse().expect("literal")];
+    })
+    .await?;
+    for _ in 0..8 {
+        Raw::connect_via(Via::WebSocket, &trusted, &t).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Ending sessions from the backend (issue 10 revocation, issue 12 API): disconnect a user or a
+//! session with an API key, on whichever instance holds it.
+
+use std::time::{Duration, Instant};
+
+use quiver_proto::{CloseCode, Command, Event};
+use quiver_server::config::{ApiKey, NatsConfig};
+use quiver_tests::nats::NatsServer;
+use quiver_tests::*;
+
+const ADMIN: &str = "admin-key-0123456789abcdef0123456789";
+const ACME: &str = "acme-key-0123456789abcdef0123456789ab";
+
+fn with_keys(c: &mut quiver_server::Config) {
+    c.api.keys = vec![
+        ApiKey {
+            key: ADMIN.into(),
+            tenant: None,
+        },
+        ApiKey {
+            key: ACME.into(),
+            tenant: Some("acme".into()),
+        },
+    ];
+}
+
+async fn disconnect(
+    server: &TestServer,
+    key: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/disconnect", server.http))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+async fn goodbye(raw: &mut Raw) -> anyhow::Result<u16> {
+    loop {
+        if let Event::Goodbye {
+            code, reconnect, ..
+        } = raw.recv().await?.event
+        {
+            assert!(!reconnect || code != CloseCode::Disconnected.as_u16());
+            return Ok(code);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_is_disconnected_on_every_transport_and_nobody_else() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let mut alice_wt = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let mut alice_ws =
+        Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "alice")).await?;
+    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let mut other_alice = Raw::connect(&server, &full_token("other", "alice")).await?;
+
+    let (status, body) = disconnect(
+        &server,
+        ACME,
+        serde_json::json!({"tenant": "acme", "user": "alice"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected_here"], 2);
+    assert_eq!(
+        goodbye(&mut alice_wt).await?,
+        CloseCode::Disconnected.as_u16()
+    );
+    assert_eq!(
+        goodbye(&mut alice_ws).await?,
+        CloseCode::Disconnected.as_u16()
+    );
+    assert_eq!(alice_wt.close_code().await, Some(3009));
+    assert!(matches!(bob.request(Command::Ping).await?, Event::Pong));
+    assert!(matches!(
+        other_alice.request(Command::Ping).await?,
+        Event::Pong
+    ));
+
+    // One session by id.
+    let session = match &bob.welcome {
+        Some(Event::Welcome { session, .. }) => session.clone(),
+        _ => anyhow::bail!("no welcome"),
+    };
+    let (status, _) = disconnect(
+        &server,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "session": session}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(goodbye(&mut bob).await?, CloseCode::Disconnected.as_u16());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_disconnect_api_checks_its_key_and_input() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let body = serde_json::json!({"tenant": "acme", "user": "alice"});
+    assert_eq!(disconnect(&server, "wrong", body.clone()).await?.0, 401);
+    assert_eq!(disconnect(&server, "", body.clone()).await?.0, 401);
+    // A client's JWT is not an API key.
+    assert_eq!(
+        disconnect(&server, &full_token("acme", "alice"), body)
+            .await?
+            .0,
+        401
+    );
+    // A tenant's key acts on its tenant only.
+    let other = serde_json::json!({"tenant": "other", "user": "alice"});
+    assert_eq!(disconnect(&server, ACME, other).await?.0, 403);
+    assert_eq!(
+        disconnect(&server, ADMIN, serde_json::json!({"tenant": "acme"}))
+            .await?
+            .0,
+        400
+    );
+    assert_eq!(
+        disconnect(
+            &server,
+            ADMIN,
+            serde_json::json!({"tenant": "a.b", "user": "x"})
+        )
+        .await?
+        .0,
+        400
+    );
+    let malformed = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/disconnect", server.http))
+        .bearer_auth(ADMIN)
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(malformed.status(), 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disconnect_reaches_the_instance_that_holds_the_session() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let mut on_b = Raw::connect(&b, &full_token("acme", "alice")).await?;
+    let mut bystander = Raw::connect(&b, &full_token("acme", "bob")).await?;
+    // The control plane subscribes as the instance starts; give NATS a moment to register it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let (status, body) = disconnect(
+        &a,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "user": "alice"}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["disconnected_here"], 0, "nobody on instance a");
+    assert_eq!(goodbye(&mut on_b).await?, CloseCode::Disconnected.as_u16());
+    eprintln!("cross-instance disconnect took {:?}", started.elapsed());
+    assert!(matches!(
+        bystander.request(Command::Ping).await?,
+        Event::Pong
+    ));
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! A broker stall is the server's problem, not the client's (issue 11 §3): a publication that
+//! waits on the broker holds up none of the session's other commands, and the backlog it
+//! leaves is never billed against the client's rate limit.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver_proto::{Command, ErrorCode, Event};
+use quiver_server::config::{NamespaceConfig, NatsConfig};
+use quiver_tests::nats::NatsServer;
+use quiver_tests::*;
+
+async fn history_server(
+    nats: &NatsServer,
+    tweak: impl FnOnce(&mut quiver_server::Config),
+) -> anyhow::Result<TestServer> {
+    let server = TestServer::start_with(|c| {
+        tweak(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.namespaces.push(NamespaceConfig {
+            name: "log".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+        });
+    })
+    .await?;
+    let deadline = Instant::now() + WAIT;
+    while reqwest::get(format!("http://{}/readyz", server.http))
+        .await?
+        .status()
+        != 200
+    {
+        anyhow::ensure!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(server)
+}
+
+#[tokio::test]
+async fn a_stalled_publish_does_not_hold_up_other_commands() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = history_server(&nats, |_| {}).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    nats.kill();
+    let stored = c
+        .send(Command::Publish {
+            room: "log.a".into(),
+            payload: Bytes::from_static(b"waits"),
+            ack: true,
+        })
+        .await?;
+    let ping = c.send(Command::Ping).await?;
+    let sub = c
+        .send(Command::Subscribe {
+            room: "live".into(),
+            resume: None,
+        })
+        .await?;
+    // Pong and the subscription come first; the stored publish is answered after.
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let frame = c.recv().await?;
+        if [stored, ping, sub].contains(&frame.id) {
+            order.push((frame.id, frame.event));
+        }
+    }
+    assert_eq!(order[0].0, ping, "{order:?}");
+    assert!(matches!(order[0].1, Event::Pong));
+    assert_eq!(order[2].0, stored, "{order:?}");
+    assert!(
+        matches!(order[2].1, Event::Error { code, .. } if code == ErrorCode::Unavailable.as_u16()),
+        "{order:?}"
+    );
+    Ok(())
+}
+
+/// A publisher within its rate (here 20/s against a limit of 25/s) keeps publishing while the
+/// broker is away; however the answers bunch up when it returns, none is `rate_limited`.
+#[tokio::test]
+async fn a_backlog_after_a_stall_is_not_billed_to_the_client() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = history_server(&nats, |c| c.limits.commands_per_second = 25).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"first").await?,
+        Event::Published { .. }
+    ));
+    nats.kill();
+    let restart = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nats.restart().await.map(|()| nats)
+    });
+    let n = 80; // 4 s at 20/s, across the outage
+    let mut sent = Vec::new();
+    for i in 0..n {
+        sent.push(
+            c.send(Command::Publish {
+                room: "log.a".into(),
+                payload: Bytes::from(vec![i as u8]),
+                ack: true,
+            })
+            .await?,
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _nats = restart.await??;
+    let mut limited = 0;
+    let mut answered = 0;
+    while answered < n {
+        let frame = c.recv().await?;
+        if !sent.contains(&frame.id) {
+            continue;
+        }
+        answered += 1;
+        if let Event::Error { code, .. } = frame.event {
+            if code == ErrorCode::RateLimited.as_u16() {
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(
+        limited, 0,
+        "publishes within the rate were refused as rate_limited"
+    );
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

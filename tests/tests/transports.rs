@@ -1,0 +1,703 @@
+//! What only the TCP transports have (PROTOCOL.md §9): the WebSocket's refusal goodbye, its
+//! one-frame-per-message rule, subscriptions told apart on one socket, its bounds for a reader
+//! that stops and a peer that goes silent; Server-Sent Events; the `Origin` allow-list on every
+//! transport.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use quiver_proto::{encode_command, ClientFrame, CloseCode, Command, ErrorCode, Event};
+use quiver_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+
+fn handshake_status(err: tokio_tungstenite::tungstenite::Error) -> Option<u16> {
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => Some(response.status().as_u16()),
+        _ => None,
+    }
+}
+
+/// Reads control frames until a Goodbye; returns its code and `reconnect`.
+async fn goodbye(raw: &mut Raw) -> anyhow::Result<(u16, bool)> {
+    loop {
+        if let Event::Goodbye {
+            code, reconnect, ..
+        } = raw.recv().await?.event
+        {
+            return Ok((code, reconnect));
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_token_refusals_are_a_goodbye_a_browser_can_read() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let bad = format!("{}x", full_token("acme", "u"));
+    let expired = token("acme", "u", &[">"], &[">"], -60);
+    for (query, code, reconnect) in [
+        (format!("?token={bad}"), CloseCode::InvalidToken, false),
+        (String::new(), CloseCode::InvalidToken, false),
+        (format!("?token={expired}"), CloseCode::TokenExpired, true),
+    ] {
+        let mut raw = Raw::websocket(&server, &format!("/v1/ws{query}"), &[]).await?;
+        // The only frame: no Welcome, whatever the client sends.
+        let first = raw.recv().await?;
+        assert_eq!(first.id, 0);
+        match first.event {
+            Event::Goodbye {
+                code: got,
+                reconnect: again,
+                ..
+            } => {
+                assert_eq!(got, code.as_u16(), "{query}");
+                assert_eq!(again, reconnect);
+            }
+            other => panic!("expected a goodbye, got {other:?}"),
+        }
+        assert_eq!(raw.close_code().await, Some(u64::from(code.as_u16())));
+    }
+    // The header works as well as the query, and wins.
+    let good = full_token("acme", "u");
+    let header = format!("Bearer {good}");
+    let raw = Raw::websocket(
+        &server,
+        &format!("/v1/ws?token={bad}"),
+        &[("authorization", &header)],
+    )
+    .await?;
+    let mut raw = raw;
+    let id = raw
+        .send(Command::Hello {
+            version: 1,
+            client: "t".into(),
+        })
+        .await?;
+    assert!(matches!(raw.recv_reply(id).await?, Event::Welcome { .. }));
+
+    // Over the size limit: a clear HTTP status, not a parse attempt.
+    let huge = "a".repeat(5000);
+    let err = Raw::websocket(&server, &format!("/v1/ws?token={huge}"), &[])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(handshake_status(err), Some(431));
+    let page = server.metrics().await?;
+    assert!(
+        metric_sum(
+            &page,
+            "quiver_sessions_refused_total",
+            &[("transport", "websocket"), ("reason", "token_invalid")]
+        ) >= 1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn allowed_origins_refuse_other_origins_on_every_transport() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await?;
+    let t = full_token("acme", "u");
+    let q = format!("/v1/ws?token={t}");
+    let err = Raw::websocket(&server, &q, &[("origin", "https://evil.example.com")])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(handshake_status(err), Some(403));
+    assert!(
+        Raw::websocket(&server, &q, &[("origin", "https://app.example.com")])
+            .await
+            .is_ok()
+    );
+    // Native clients send no Origin.
+    assert!(Raw::websocket(&server, &q, &[]).await.is_ok());
+
+    let sse = reqwest::Client::new()
+        .get(format!("http://{}/v1/sse?token={t}&room=a", server.http))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await?;
+    assert_eq!(sse.status(), 403);
+
+    let endpoint = client_endpoint(server.hash)?;
+    let refused = endpoint
+        .connect(
+            wtransport::endpoint::ConnectOptions::builder(format!("{}?token={t}", server.url()))
+                .add_header("origin", "https://evil.example.com")
+                .build(),
+        )
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(wtransport::error::ConnectingError::SessionRejected)
+        ),
+        "{refused:?}"
+    );
+    let accepted = endpoint
+        .connect(
+            wtransport::endpoint::ConnectOptions::builder(format!("{}?token={t}", server.url()))
+                .add_header("origin", "https://app.example.com")
+                .build(),
+        )
+        .await;
+    assert!(accepted.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
+async fn websocket_messages_hold_exactly_one_frame() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = full_token("acme", "u");
+    let ping = encode_command(&ClientFrame {
+        id: 7,
+        command: Command::Ping,
+    });
+    let cases: Vec<(&str, Message)> = vec![
+        (
+            "two frames",
+            Message::binary([ping.clone(), ping.clone()].concat()),
+        ),
+        (
+            "half a frame",
+            Message::binary(ping[..ping.len() - 1].to_vec()),
+        ),
+        ("text", Message::text("{\"ping\":1}")),
+        (
+            "oversized",
+            Message::binary(vec![0u8; quiver_proto::DEFAULT_MAX_FRAME + 100]),
+        ),
+    ];
+    let mut bystander = Raw::connect_via(Via::WebSocket, &server, &t).await?;
+    for (name, message) in cases {
+        let mut raw = Raw::connect_via(Via::WebSocket, &server, &t).await?;
+        raw.send_ws(message).await?;
+        assert_eq!(
+            goodbye(&mut raw).await?,
+            (CloseCode::ProtocolError.as_u16(), false),
+            "{name}"
+        );
+        if name != "oversized" {
+            assert_eq!(raw.close_code().await, Some(3001), "{name}");
+        }
+        // (After an oversized message the rest of it is never read, so the kernel resets the
+        // connection and the close frame may be lost; the goodbye came first. PROTOCOL §9.2.)
+    }
+    // One frame per message is fine, and nobody else noticed.
+    bystander.send_bytes(&ping).await?;
+    assert!(matches!(bystander.recv_reply(7).await?, Event::Pong));
+    Ok(())
+}
+
+/// On one socket, a subscription's frames all come between its `SubscriptionStream` and its
+/// `Unsubscribed` (PROTOCOL §9.2), however busy the room, so a client can drop stale frames.
+#[tokio::test]
+async fn websocket_subscriptions_are_told_apart_by_their_header_and_end() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 100_000).await?;
+    let mut sub = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "s")).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let flood = tokio::spawn(async move {
+        for i in 0..3000u32 {
+            publ.send(Command::Publish {
+                room: "busy".into(),
+                payload: Bytes::from(i.to_be_bytes().to_vec()),
+                ack: false,
+            })
+            .await?;
+            if i % 100 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        anyhow::Ok(())
+    });
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let _room = sub.subscribe("busy").await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let reply = sub
+            .request(Command::Unsubscribe {
+                room: "busy".into(),
+            })
+            .await?;
+        assert!(matches!(reply, Event::Unsubscribed { code: 0, .. }));
+        ids.push(());
+    }
+    flood.await??;
+    // Walk the socket's order: publications of "busy" only inside a header..Unsubscribed span.
+    let mut open = false;
+    let mut spans = 0;
+    let mut inside = 0;
+    for frame in sub.ws_trace() {
+        match frame.event {
+            Event::SubscriptionStream { room } if room == "busy" => {
+                assert!(!open, "a second header before the first subscription ended");
+                open = true;
+                spans += 1;
+            }
+            Event::Unsubscribed { room, .. } if room == "busy" => open = false,
+            Event::Publication { room, .. } if room == "busy" => {
+                assert!(open, "a publication outside its subscription");
+                inside += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(spans, 5);
+    assert!(inside > 0, "the room was busy while subscribed");
+    Ok(())
+}
+
+/// A WebSocket client that stops reading cannot grow the server: its room's queue overflows
+/// (slow consumer) and, once even its replies cannot be queued, the session is closed. Another
+/// subscriber of the same room receives everything.
+#[tokio::test]
+async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()> {
+    let queue = 64;
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = queue;
+        c.limits.commands_per_second = 100_000;
+        c.timeouts.reply = Duration::from_secs(1);
+    })
+    .await?;
+    // A raw socket: Hello and Subscribe, then never read again.
+    let (mut deaf, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "deaf")
+    ))
+    .await?;
+    for (id, command) in [
+        (
+            1,
+            Command::Hello {
+                version: 1,
+                client: "deaf".into(),
+            },
+        ),
+        (
+            2,
+            Command::Subscribe {
+                room: "feed".into(),
+                resume: None,
+            },
+        ),
+    ] {
+        deaf.send(Message::binary(encode_command(&ClientFrame {
+            id,
+            command,
+        })))
+        .await?;
+    }
+    let mut healthy = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "h")).await?;
+    let mut feed = healthy.subscribe("feed").await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let payload = vec![7u8; 16 * 1024];
+    let n = 1200; // ~19 MB: far past every socket buffer
+    for i in 0..n {
+        publ.send(Command::Publish {
+            room: "feed".into(),
+            payload: Bytes::from(payload.clone()),
+            ack: false,
+        })
+        .await?;
+        assert_eq!(feed.payload().await?.len(), payload.len(), "message {i}");
+    }
+    let page = server.metrics().await?;
+    assert!(
+        metric_sum(
+            &page,
+            "quiver_deliveries_dropped_total",
+            &[("reason", "slow_consumer")]
+        ) >= 1.0,
+        "the stalled subscription was dropped"
+    );
+    // And the deaf session ends (its replies cannot be queued) rather than hold memory.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // deaf, healthy and the publisher; then only the last two.
+        if server.sessions() <= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deaf session is still open"
+        );
+        // Commands it sends pile up replies nobody reads.
+        let _ = deaf
+            .send(Message::binary(encode_command(&ClientFrame {
+                id: 9,
+                command: Command::Ping,
+            })))
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(healthy.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// A peer that goes silent (no messages, no pongs) is closed after `timeouts.idle`.
+#[tokio::test]
+async fn a_silent_websocket_peer_is_closed_after_the_idle_timeout() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.idle = Duration::from_millis(800);
+        c.timeouts.keep_alive = Duration::from_millis(200);
+    })
+    .await?;
+    // Polite peers answer pings (tungstenite does, while it reads) and stay.
+    let mut polite = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "p")).await?;
+    // A silent one: a session, then not a byte read or written.
+    let (mut silent, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "s")
+    ))
+    .await?;
+    silent
+        .send(Message::binary(encode_command(&ClientFrame {
+            id: 1,
+            command: Command::Hello {
+                version: 1,
+                client: "s".into(),
+            },
+        })))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(matches!(polite.request(Command::Ping).await?, Event::Pong));
+    let page = server.metrics().await?;
+    assert!(
+        metric_sum(
+            &page,
+            "quiver_sessions_closed_total",
+            &[("transport", "websocket"), ("reason", "idle_timeout")]
+        ) >= 1.0
+    );
+    // The silent side finds its socket closed once it looks.
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(_)) = silent.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok());
+    Ok(())
+}
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+struct Sse {
+    event: String,
+    data: serde_json::Value,
+    id: Option<String>,
+}
+
+/// Reads events from an SSE response.
+struct SseReader {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(
+        server: &TestServer,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut request =
+            reqwest::Client::new().get(format!("http://{}/v1/sse?{query}", server.http));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(response.status() == 200, "status {}", response.status());
+        Ok(Self {
+            response,
+            buf: String::new(),
+        })
+    }
+
+    /// The next event (comments skipped); `None` when the response ended.
+    async fn next(&mut self) -> anyhow::Result<Option<Sse>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = Sse::default();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().into());
+                    }
+                }
+                if event.event.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                event.data = serde_json::from_str(&data)?;
+                return Ok(Some(event));
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out waiting for an event"))??;
+            match chunk {
+                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn expect(&mut self, name: &str) -> anyhow::Result<Sse> {
+        loop {
+            let event = self
+                .next()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ended before {name}"))?;
+            if event.event == name {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+fn payload_of(event: &Sse) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(event.data["payload"].as_str().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sse_delivers_rooms_refuses_what_the_token_does_not_allow() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "reader", &["news.>"], &[], 3600);
+    let mut sse =
+        SseReader::open(&server, &format!("token={t}&room=news.a&room=secret"), None).await?;
+    let welcome = sse.expect("welcome").await?;
+    assert_eq!(welcome.data["tenant"], "acme");
+    assert_eq!(welcome.data["user"], "reader");
+    // One refusal, one subscription, in either order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = sse.next().await?.expect("open");
+        seen.push((e.event.clone(), e.data.clone()));
+    }
+    assert!(seen.iter().any(|(name, data)| name == "error"
+        && data["room"] == "secret"
+        && data["label"] == "permission_denied"));
+    assert!(seen
+        .iter()
+        .any(|(name, data)| name == "subscribed" && data["room"] == "news.a"));
+
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.publish("news.a", b"\x00binary\xff").await?;
+    publ.publish("secret", b"nope").await?;
+    let other = Raw::connect(&server, &full_token("other", "p")).await;
+    other?.publish("news.a", b"other tenant").await?;
+    publ.publish("news.a", b"second").await?;
+    let first = sse.expect("publication").await?;
+    assert_eq!(first.data["room"], "news.a");
+    assert_eq!(first.data["position"], serde_json::Value::Null);
+    assert_eq!(payload_of(&first), b"\x00binary\xff");
+    let second = sse.expect("publication").await?;
+    assert_eq!(
+        payload_of(&second),
+        b"second",
+        "nothing from the other tenant or room"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_refusals_are_http_statuses() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.max_subscriptions = 3).await?;
+    let t = full_token("acme", "u");
+    let get = |query: String| {
+        let url = format!("http://{}/v1/sse?{query}", server.http);
+        async move { reqwest::get(url).await }
+    };
+    let bad = get(format!("token={t}x&room=a")).await?;
+    assert_eq!(bad.status(), 401);
+    let body: serde_json::Value = bad.json().await?;
+    assert_eq!(body["label"], "token_invalid");
+    assert_eq!(body["code"], 3007);
+    assert_eq!(get(format!("token={t}")).await?.status(), 400);
+    assert_eq!(get(format!("token={t}&room=a&room=a")).await?.status(), 400);
+    assert_eq!(
+        get(format!("token={t}&room=a&room=b&room=c&room=d"))
+            .await?
+            .status(),
+        400
+    );
+    assert_eq!(get(format!("token={t}&room=a.>")).await?.status(), 400);
+    let resume = reqwest::Client::new()
+        .get(format!("http://{}/v1/sse?token={t}&room=a", server.http))
+        .header("last-event-id", "garbage")
+        .send()
+        .await?;
+    assert_eq!(resume.status(), 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_resumes_history_rooms_from_last_event_id() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "log".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            presence: false,
+        })
+    })
+    .await?;
+    let t = full_token("acme", "reader");
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut sse =
+        SseReader::open(&server, &format!("token={t}&room=log.a&room=live"), None).await?;
+    for _ in 0..2 {
+        sse.expect("subscribed").await?;
+    }
+    publ.publish("log.a", b"1").await?;
+    publ.publish("live", b"x").await?;
+    let one = sse.expect("publication").await?;
+    assert_eq!(payload_of(&one), b"1");
+    let id = one.id.clone().expect("history publications carry an id");
+    assert!(id.starts_with("log.a="), "{id}");
+    assert!(
+        one.data["position"]["offset"].is_string(),
+        "positions are strings"
+    );
+    drop(sse);
+
+    publ.publish("log.a", b"2").await?;
+    publ.publish("log.a", b"3").await?;
+    let mut again = SseReader::open(&server, &format!("token={t}&room=log.a"), Some(&id)).await?;
+    let subscribed = again.expect("subscribed").await?;
+    assert_eq!(subscribed.data["recovery"], "recovered");
+    assert_eq!(subscribed.data["replayed"], 2);
+    assert_eq!(payload_of(&again.expect("publication").await?), b"2");
+    assert_eq!(payload_of(&again.expect("publication").await?), b"3");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_token_expiry_is_a_final_goodbye() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "u", &[">"], &[], 2);
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a"), None).await?;
+    let bye = sse.expect("goodbye").await?;
+    assert_eq!(bye.data["code"], CloseCode::TokenExpired.as_u16());
+    assert_eq!(bye.data["label"], "token_expired");
+    assert!(
+        sse.next().await?.is_none(),
+        "the response ends after the goodbye"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_sessions_count_and_end_when_the_reader_leaves() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = full_token("acme", "u");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a"), None).await?;
+    sse.expect("subscribed").await?;
+    assert_eq!(server.sessions(), 1);
+    drop(sse);
+    // The next write (a publication or a keep-alive) finds the reader gone.
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publ.publish("a", b"anyone?").await?;
+        // Only the publisher left.
+        if server.sessions() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the SSE session outlived its reader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = publ.publish("a", &vec![0u8; 61_500]).await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == ErrorCode::PayloadTooLarge.as_u16())
+    );
+    Ok(())
+}
+
+/// With a real certificate the TCP listener serves HTTPS and wss with it, on the UDP port's
+/// number, and advertises HTTP/3 with `Alt-Svc`.
+#[tokio::test]
+async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    // A certificate made the way the development one is, passed as a real one.
+    let dir = tempfile::tempdir()?;
+    let identity = quiver_server::tls::dev_identity(dir.path()).await?.identity;
+    let cert = identity.certificate_chain().as_slice()[0].clone();
+    let cert_path = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
+    let key_path = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
+    let server = TestServer::start_with(|c| {
+        c.cert = Some(cert_path.clone());
+        c.key = Some(key_path.clone());
+    })
+    .await?;
+    let https = server
+        .server
+        .as_ref()
+        .and_then(|s| s.https_addr)
+        .expect("an https listener");
+    assert_eq!(https.port(), server.wt.port(), "same port number as HTTP/3");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(cert.der().to_vec()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+
+    // HTTPS: health answers, and says where HTTP/3 is.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
+    let mut tls = connector.connect(name.clone(), tcp).await?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await??;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let alt_svc = format!("alt-svc: h3=\":{}\"", server.wt.port());
+    assert!(
+        response.to_ascii_lowercase().contains(&alt_svc),
+        "{response}"
+    );
+
+    // wss: a full session.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
+    let tls = connector.connect(name, tcp).await?;
+    let url = format!(
+        "wss://localhost:{}/v1/ws?token={}",
+        https.port(),
+        full_token("acme", "u")
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await?;
+    ws.send(Message::binary(encode_command(&ClientFrame {
+        id: 1,
+        command: Command::Hello {
+            version: 1,
+            client: "wss".into(),
+        },
+    })))
+    .await?;
+    let reply = tokio::time::timeout(WAIT, ws.next()).await?;
+    let Some(Ok(Message::Binary(data))) = reply else {
+        anyhow::bail!("no reply: {reply:?}");
+    };
+    let frame = quiver_proto::decode_event(&data[quiver_proto::LENGTH_PREFIX..])?;
+    assert!(matches!(frame.event, Event::Welcome { .. }), "{frame:?}");
+    Ok(())
+}
