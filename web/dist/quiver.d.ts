@@ -180,6 +180,8 @@ export declare const ErrorCode: {
 	readonly unavailable: 111;
 	readonly slow_consumer: 112;
 	readonly session_closing: 113;
+	readonly stream_limit: 114;
+	readonly quota_exceeded: 115;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -190,6 +192,8 @@ export declare const CloseCode: {
 	readonly server_error: 3005;
 	readonly hello_timeout: 3006;
 	readonly token_invalid: 3007;
+	readonly over_quota: 3008;
+	readonly disconnected: 3009;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;
@@ -348,7 +352,8 @@ export interface ClientOptions {
 	heartbeat?: Partial<HeartbeatOptions> | false;
 	/** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
 	 *  before it is reported missing (and, with WebSocket among `transports`, the client moves
-	 *  there). 0 disables. Default 5000 ms. */
+	 *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
+	 *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
 	streamTimeoutMs?: number;
 	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
 	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
@@ -498,14 +503,20 @@ export declare class QuiverClient {
 	/** Runs a welcomed session until it ends; returns why it ended. */
 	private serve;
 	private onServerUnsubscribed;
+	/**
+	 * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+	 * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+	 * client's life. False when there is nowhere to move.
+	 */
+	private moveToWebSocket;
 	private retrySubscribe;
 	private sendSubscribe;
 	/**
 	 * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-	 * about 100 of them per session: past that the server's stream never arrives and the room
-	 * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
-	 * when WebSocket is among the transports, this client moves there for good (one socket carries
-	 * every room).
+	 * about 100 of them per session. The server ends a subscription whose stream it cannot open
+	 * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+	 * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+	 * with WebSocket among the transports the client moves there.
 	 */
 	private expectStream;
 	private dropSub;

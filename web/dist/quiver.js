@@ -474,7 +474,9 @@ var ErrorCode = {
   unknown_command: 110,
   unavailable: 111,
   slow_consumer: 112,
-  session_closing: 113
+  session_closing: 113,
+  stream_limit: 114,
+  quota_exceeded: 115
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -484,7 +486,9 @@ var CloseCode = {
   unsupported_version: 3004,
   server_error: 3005,
   hello_timeout: 3006,
-  token_invalid: 3007
+  token_invalid: 3007,
+  over_quota: 3008,
+  disconnected: 3009
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])
@@ -577,7 +581,12 @@ var Pacer = class _Pacer {
 };
 
 // src/session.ts
-var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([CloseCode.protocol_error, CloseCode.unsupported_version, CloseCode.token_invalid]);
+var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([
+  CloseCode.protocol_error,
+  CloseCode.unsupported_version,
+  CloseCode.token_invalid,
+  CloseCode.disconnected
+]);
 function goodbyeError(g) {
   const what = `${codeLabel(g.code)} (${g.code})${g.reason ? ` ${g.reason}` : ""}`;
   if (g.code === CloseCode.token_invalid) {
@@ -1304,7 +1313,7 @@ function forgetWebTransportFailures() {
 
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
-var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable]);
+var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
@@ -1394,7 +1403,7 @@ var QuiverClient = class {
       maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
       webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
       remember: options.rememberWebTransportFailure ?? "page",
-      streamTimeoutMs: options.streamTimeoutMs ?? 5e3
+      streamTimeoutMs: options.streamTimeoutMs ?? 8e3
     };
     this.finished = this.run();
   }
@@ -1716,10 +1725,10 @@ var QuiverClient = class {
     return cause;
   }
   /** @internal Called by Session for control events that answer no pending command. */
-  onUnsolicited(_session, id, event) {
+  onUnsolicited(session, id, event) {
     switch (event.type) {
       case "Unsubscribed":
-        this.onServerUnsubscribed(event.room, event.code, event.reason);
+        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case "Error":
         this.emit(
@@ -1733,7 +1742,7 @@ var QuiverClient = class {
         break;
     }
   }
-  onServerUnsubscribed(room, code, reason) {
+  onServerUnsubscribed(session, room, code, reason) {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
@@ -1745,9 +1754,21 @@ var QuiverClient = class {
     this.emit("error", err);
     if (code === ErrorCode.slow_consumer) {
       this.retrySubscribe(state);
+    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
     } else {
       this.dropSub(state, err);
     }
+  }
+  /**
+   * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+   * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+   * client's life. False when there is nowhere to move.
+   */
+  moveToWebSocket(session, cause) {
+    if (session.kind !== "webtransport" || !this.transports.includes("websocket")) return false;
+    this.avoidWebTransport = true;
+    session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
+    return true;
   }
   retrySubscribe(state) {
     const delay = this.opts.reconnect === false ? 1e3 : this.opts.reconnect.initialDelayMs;
@@ -1800,10 +1821,10 @@ var QuiverClient = class {
   }
   /**
    * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session: past that the server's stream never arrives and the room
-   * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
-   * when WebSocket is among the transports, this client moves there for good (one socket carries
-   * every room).
+   * about 100 of them per session. The server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+   * with WebSocket among the transports the client moves there.
    */
   expectStream(state, id, session) {
     const timeout = this.opts.streamTimeoutMs;
@@ -1811,16 +1832,13 @@ var QuiverClient = class {
     const timer = setTimeout(() => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
-      const canMove = this.transports.includes("websocket") && !this.avoidWebTransport;
       const err = new QuiverError(
         "subscription",
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)${canMove ? "; moving to WebSocket" : ""}`,
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
         { room }
       );
       this.emit("error", err);
-      if (!canMove) return;
-      this.avoidWebTransport = true;
-      session.end(new QuiverError("transport", err.message, { cause: err }));
+      this.moveToWebSocket(session, err);
     }, timeout);
     void session.done.then(() => clearTimeout(timer));
   }

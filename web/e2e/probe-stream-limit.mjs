@@ -30,7 +30,8 @@ async function probe(name, page, transport) {
   const outcomes = await page.evaluate(() => window.publishOutcomes());
   await new Promise((r) => setTimeout(r, 5000));
   const heard = await page.evaluate(() => window.burst.rooms.size);
-  const errors = await page.evaluate(() => window.log.errors.map((e) => e.label ?? e.kind));
+  const errors = {};
+  for (const e of await page.evaluate(() => window.log.errors.map((e) => e.label ?? e.kind))) errors[e] = (errors[e] ?? 0) + 1;
   console.log(
     `${name} over ${transport}: ${ROOMS} subscribed (${refused.length} refused), ${outcomes.filter((o) => o === 'ok').length} publishes acked, ` +
       `${heard} rooms delivered; client errors: ${JSON.stringify(errors)}`,

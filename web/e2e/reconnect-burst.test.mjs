@@ -70,8 +70,9 @@ test('more rooms than the browser allows WebTransport streams: the client moves 
   const rooms = Array.from({ length: 160 }, (_, i) => `many.r${i}`);
   assert.deepEqual(await page.evaluate((r) => window.subscribeMany(r), rooms), []);
   await waitFor('the client to move to WebSocket', () => page.evaluate(() => window.client.transport === 'websocket' && window.client.state === 'connected'), 30_000);
-  const reported = await page.evaluate(() => window.log.errors.filter((e) => e.kind === 'subscription' && /no stream/.test(e.message)).length);
-  assert.ok(reported > 0, 'the missing streams were reported');
+  // The server ends what it cannot open (114 stream_limit); the client's own deadline is later.
+  const reported = await page.evaluate(() => window.log.errors.filter((e) => e.kind === 'subscription').map((e) => e.label ?? 'no stream'));
+  assert.ok(reported.length > 0 && reported.every((l) => l === 'stream_limit' || l === 'no stream'), JSON.stringify(reported));
   await page.evaluate((r) => window.queuePublishes(r, r.length), rooms);
   assert.ok((await page.evaluate(() => window.publishOutcomes())).every((o) => o === 'ok'));
   await waitFor('every room to deliver', () => page.evaluate((n) => window.burst.rooms.size === n, rooms.length), 20_000);

@@ -88,7 +88,8 @@ export interface ClientOptions {
   heartbeat?: Partial<HeartbeatOptions> | false;
   /** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
    *  before it is reported missing (and, with WebSocket among `transports`, the client moves
-   *  there). 0 disables. Default 5000 ms. */
+   *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
+   *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
   streamTimeoutMs?: number;
   /** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
    *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
@@ -165,7 +166,7 @@ interface QueuedPublish {
 }
 
 // Server errors that say "not now" rather than "no": a re-subscribe after them is retried.
-const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable]);
+const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 // A connection that lasted this long resets the backoff.
 const STABLE_MS = 5_000;
 
@@ -291,7 +292,7 @@ export class QuiverClient {
       maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
       webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
       remember: options.rememberWebTransportFailure ?? 'page',
-      streamTimeoutMs: options.streamTimeoutMs ?? 5_000,
+      streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
     };
     this.finished = this.run();
   }
@@ -655,10 +656,10 @@ export class QuiverClient {
   }
 
   /** @internal Called by Session for control events that answer no pending command. */
-  onUnsolicited(_session: Session, id: number, event: Event): void {
+  onUnsolicited(session: Session, id: number, event: Event): void {
     switch (event.type) {
       case 'Unsubscribed':
-        this.onServerUnsubscribed(event.room, event.code, event.reason);
+        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case 'Error':
         // Refusal of a publish sent without ack, or of a command whose wait timed out.
@@ -675,7 +676,7 @@ export class QuiverClient {
     }
   }
 
-  private onServerUnsubscribed(room: string, code: number, reason: string): void {
+  private onServerUnsubscribed(session: Session, room: string, code: number, reason: string): void {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
@@ -689,9 +690,24 @@ export class QuiverClient {
     if (code === ErrorCode.slow_consumer) {
       // The protocol allows subscribing again; resume covers the gap when the room keeps history.
       this.retrySubscribe(state);
+    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
+      // The browser cannot take another stream: WebSocket carries every room on one socket, and
+      // the reconnect there re-subscribes this room too.
     } else {
       this.dropSub(state, err);
     }
+  }
+
+  /**
+   * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+   * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+   * client's life. False when there is nowhere to move.
+   */
+  private moveToWebSocket(session: Session, cause: QuiverError): boolean {
+    if (session.kind !== 'webtransport' || !this.transports.includes('websocket')) return false;
+    this.avoidWebTransport = true;
+    session.end(new QuiverError('transport', `moving to WebSocket: ${cause.message}`, { cause }));
+    return true;
   }
 
   private retrySubscribe(state: SubState): void {
@@ -748,10 +764,10 @@ export class QuiverClient {
 
   /**
    * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session: past that the server's stream never arrives and the room
-   * stays silent. A stream still missing `streamTimeoutMs` after `Subscribed` is reported, and,
-   * when WebSocket is among the transports, this client moves there for good (one socket carries
-   * every room).
+   * about 100 of them per session. The server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+   * with WebSocket among the transports the client moves there.
    */
   private expectStream(state: SubState, id: number, session: Session): void {
     const timeout = this.opts.streamTimeoutMs;
@@ -759,17 +775,13 @@ export class QuiverClient {
     const timer = setTimeout(() => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
-      const canMove = this.transports.includes('websocket') && !this.avoidWebTransport;
       const err = new QuiverError(
         'subscription',
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams ` +
-          `(about 100 per WebTransport session)${canMove ? '; moving to WebSocket' : ''}`,
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
         { room },
       );
       this.emit('error', err);
-      if (!canMove) return;
-      this.avoidWebTransport = true;
-      session.end(new QuiverError('transport', err.message, { cause: err }));
+      this.moveToWebSocket(session, err);
     }, timeout);
     void session.done.then(() => clearTimeout(timer));
   }

@@ -46,7 +46,12 @@ export interface SendOptions {
 
 // Close codes after which reconnecting makes no sense (PROTOCOL.md section 7), for a close that
 // arrives without its Goodbye frame.
-const FINAL_CLOSE_CODES = new Set<number>([CloseCode.protocol_error, CloseCode.unsupported_version, CloseCode.token_invalid]);
+const FINAL_CLOSE_CODES = new Set<number>([
+  CloseCode.protocol_error,
+  CloseCode.unsupported_version,
+  CloseCode.token_invalid,
+  CloseCode.disconnected,
+]);
 
 /** The error a Goodbye ends the session with: a refused token is an `auth` error. */
 export function goodbyeError(g: GoodbyeInfo): QuiverError {

@@ -363,7 +363,7 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
     await subscribed;
     const [e] = await once(client, 'error', (e) => e.kind === 'subscription');
     assert.equal(e.room, 'dash.r1');
-    assert.match(e.message, /no stream for dash.r1 within 200 ms.*moving to WebSocket/);
+    assert.match(e.message, /no stream for dash.r1 within 200 ms/);
     const ws = await next(net, 'websocket');
     await ws.welcome();
     const again = await ws.expect('Subscribe');
@@ -375,6 +375,45 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
     // And it stays there.
     ws.kill();
     await next(net, 'websocket');
+  });
+
+  test('the server ends a subscription with 114 stream_limit: the client moves to WebSocket and keeps the room', async (t) => {
+    const { net, client } = setup();
+    t.after(() => client.close());
+    const wt = await connected(net, client, { transport: 'webtransport' });
+    const got = [];
+    const subscribed = client.subscribe('dash.r2', (m) => got.push(m.text()));
+    const cmd = await wt.expect('Subscribe');
+    wt.send(cmd.id, { type: 'Subscribed', room: 'dash.r2', position: null, recovery: NOT_REQUESTED });
+    const sub = await subscribed;
+    const error = once(client, 'error', (e) => e.kind === 'subscription');
+    wt.send(0, { type: 'Unsubscribed', room: 'dash.r2', code: 114, reason: 'stream not opened within 5 s' });
+    const [e] = await error;
+    assert.equal(e.label, 'stream_limit');
+    const ws = await connected(net, client, { transport: 'websocket' });
+    const again = await ws.expect('Subscribe');
+    assert.equal(again.command.room, 'dash.r2');
+    ws.send(again.id, { type: 'SubscriptionStream', room: 'dash.r2' });
+    ws.send(again.id, { type: 'Subscribed', room: 'dash.r2', position: null, recovery: NOT_REQUESTED });
+    ws.send(0, { type: 'Publication', room: 'dash.r2', position: null, payload: text('kept') });
+    await waitUntil(() => got.length === 1);
+    assert.equal(sub.active, true);
+  });
+
+  test('114 stream_limit with WebTransport only: that subscription ends, visibly', async (t) => {
+    const { net, client } = setup({ transports: ['webtransport'] });
+    t.after(() => client.close());
+    const wt = await connected(net, client, { transport: 'webtransport' });
+    const subscribed = client.subscribe('dash.r3', () => {});
+    const cmd = await wt.expect('Subscribe');
+    wt.send(cmd.id, { type: 'Subscribed', room: 'dash.r3', position: null, recovery: NOT_REQUESTED });
+    const sub = await subscribed;
+    const error = once(client, 'error', (e) => e.kind === 'subscription');
+    wt.send(0, { type: 'Unsubscribed', room: 'dash.r3', code: 114, reason: 'stream not opened within 5 s' });
+    assert.equal((await error)[0].label, 'stream_limit');
+    assert.equal(sub.active, false);
+    assert.equal(client.state, 'connected');
+    await noAttempt(net);
   });
 
   test('a stream that arrives in time, before or after Subscribed, is not reported', async (t) => {
