@@ -1627,7 +1627,14 @@ var QuiverClient = class {
         link.close("client closed");
         throw new QuiverError("closed", "client closed");
       }
-      const session = await this.hello(link);
+      let session;
+      try {
+        session = await this.hello(link);
+      } catch (e) {
+        if (last || this.closing || this.lastGoodbye) throw e;
+        skipped = asQuiverError(e);
+        continue;
+      }
       if (skipped && this.wtUrl && kind !== "webtransport") rememberWebTransportFailure(this.wtUrl, this.opts.remember);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;

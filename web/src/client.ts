@@ -545,7 +545,17 @@ export class QuiverClient {
         link.close('client closed');
         throw new QuiverError('closed', 'client closed');
       }
-      const session = await this.hello(link);
+      let session: Session;
+      try {
+        session = await this.hello(link);
+      } catch (e) {
+        // A transport that connects but cannot carry a session to its Welcome (reported
+        // WebTransport interop failures) is skipped like a failed handshake. A Goodbye is the
+        // server's answer: it ends the attempt.
+        if (last || this.closing || this.lastGoodbye) throw e;
+        skipped = asQuiverError(e);
+        continue;
+      }
       if (skipped && this.wtUrl && kind !== 'webtransport') rememberWebTransportFailure(this.wtUrl, this.opts.remember);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;

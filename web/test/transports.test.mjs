@@ -256,6 +256,25 @@ describe('fallback from WebTransport to WebSocket', () => {
     assert.ok(waited >= 2490 && waited < 4500, `waited ${waited} ms`);
   });
 
+  test('WebTransport ready but no Welcome on it: WebSocket in the same attempt; a Goodbye is an answer', async (t) => {
+    const { net, client } = setup({ connectTimeoutMs: 300 });
+    t.after(() => client.close());
+    const wt = await next(net, 'webtransport');
+    await wt.expect('Hello'); // and never answered
+    const ws = await next(net, 'websocket', 2000);
+    await ws.welcome();
+    await client.ready();
+    assert.equal(client.transport, 'websocket');
+
+    // Over a WebTransport that does answer, a Goodbye ends the attempt: no WebSocket behind it.
+    const { net: net2, client: client2 } = setup();
+    t.after(() => client2.close());
+    const wt2 = await next(net2, 'webtransport');
+    await wt2.expect('Hello');
+    wt2.send(0, { type: 'Goodbye', code: 3008, reason: 'over_quota', reconnect: true });
+    await next(net2, 'webtransport'); // the retry, after backoff: WebTransport again
+  });
+
   test('a refused token: WebTransport fails, WebSocket tells (3007): auth error, WebTransport not blamed', async (t) => {
     const { net, client, url } = setup();
     t.after(() => client.close());
