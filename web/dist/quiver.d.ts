@@ -300,7 +300,6 @@ export declare class Subscription implements AsyncIterable<Message> {
 	unsubscribe(): Promise<void>;
 	[Symbol.asyncIterator](): AsyncIterator<Message>;
 }
-export declare const CLIENT_NAME = "quiver-ts/0.2";
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 export interface ReconnectOptions {
 	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
@@ -418,6 +417,7 @@ export interface PublishOptions {
 	/** Wait for the server's `Published` (with the message's position, if the room has history). */
 	ack?: boolean;
 }
+export declare const CLIENT_NAME = "quiver-ts/0.2";
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.

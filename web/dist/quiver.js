@@ -887,99 +887,6 @@ var Refresher = class {
   }
 };
 
-// src/subscription.ts
-var textDecoder = new TextDecoder();
-var Message = class {
-  constructor(room, position, payload) {
-    this.room = room;
-    this.position = position;
-    this.payload = payload;
-  }
-  room;
-  position;
-  payload;
-  text() {
-    return textDecoder.decode(this.payload);
-  }
-  json() {
-    return JSON.parse(this.text());
-  }
-};
-var Subscription = class {
-  /** @internal */
-  constructor(room, handler, bufferSize, owner, presenceHandler) {
-    this.room = room;
-    this.handler = handler;
-    this.bufferSize = bufferSize;
-    this.owner = owner;
-    this.presenceHandler = presenceHandler;
-  }
-  room;
-  handler;
-  bufferSize;
-  owner;
-  presenceHandler;
-  /** Position of the last message seen, used to resume after a reconnect. */
-  position = null;
-  /** How the latest resume went, if one was asked for. */
-  recovery = null;
-  /** Messages dropped because the async iterator did not keep up. */
-  dropped = 0;
-  queue = [];
-  waiter = null;
-  ended = false;
-  get active() {
-    return !this.ended;
-  }
-  unsubscribe() {
-    return this.owner.unsubscribe(this.room);
-  }
-  /** @internal */
-  deliver(m) {
-    if (m.position) this.position = m.position;
-    if (this.handler) {
-      this.handler(m);
-    } else if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: m, done: false });
-    } else {
-      if (this.queue.length >= this.bufferSize) {
-        this.queue.shift();
-        this.dropped++;
-      }
-      this.queue.push(m);
-    }
-  }
-  /** @internal */
-  deliverPresence(change) {
-    this.presenceHandler?.(change);
-  }
-  /** @internal */
-  end() {
-    this.ended = true;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: void 0, done: true });
-    }
-  }
-  [Symbol.asyncIterator]() {
-    return {
-      next: () => {
-        const m = this.queue.shift();
-        if (m) return Promise.resolve({ value: m, done: false });
-        if (this.ended) return Promise.resolve({ value: void 0, done: true });
-        return new Promise((resolve) => this.waiter = resolve);
-      },
-      return: async () => {
-        await this.unsubscribe();
-        return { value: void 0, done: true };
-      }
-    };
-  }
-};
-
 // src/transport.ts
 var TRANSPORT_KINDS = ["webtransport", "websocket"];
 async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
@@ -1311,6 +1218,166 @@ function forgetWebTransportFailures() {
   }
 }
 
+// src/options.ts
+function resolveOptions(options, clientName) {
+  if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
+  let wtUrl = null;
+  let wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
+  if (wsUrl && wsUrl.protocol !== "ws:" && wsUrl.protocol !== "wss:") {
+    throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
+  }
+  if (options.url !== void 0) {
+    const url = new URL(options.url);
+    if (url.protocol === "https:") {
+      wtUrl = url;
+      wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, "")}/ws`);
+    } else if (url.protocol === "ws:" || url.protocol === "wss:") {
+      wsUrl ??= url;
+    } else {
+      throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+    }
+  }
+  const wanted = options.transports ?? TRANSPORT_KINDS;
+  if (wanted.length === 0 || wanted.some((t) => !TRANSPORT_KINDS.includes(t))) {
+    throw new TypeError(`transports must list some of ${TRANSPORT_KINDS.join(", ")}, got ${JSON.stringify(wanted)}`);
+  }
+  const WT = options.WebTransport ?? globalThis.WebTransport;
+  const WS = options.WebSocket ?? globalThis.WebSocket;
+  const transports = wanted.filter((t) => t === "webtransport" ? WT && wtUrl : WS && wsUrl);
+  if (transports.length === 0) {
+    const why = wanted.map(
+      (t) => t === "webtransport" ? WT ? "webtransport: no https: url" : "WebTransport is not available here (a secure context in a browser that has it is needed)" : WS ? "websocket: no ws:/wss: url" : "WebSocket is not available here"
+    );
+    throw new TypeError(`no usable transport: ${why.join("; ")}`);
+  }
+  const hashes = (options.serverCertificateHashes ?? []).map((h) => ({
+    algorithm: "sha-256",
+    value: parseHash(h)
+  }));
+  const opts = {
+    token: options.token,
+    clientName: options.clientName ?? clientName,
+    reconnect: options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15e3, ...options.reconnect },
+    connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
+    requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
+    pingIntervalMs: options.pingIntervalMs ?? 5e3,
+    heartbeat: options.heartbeat === false ? false : { idleMs: 1e3, timeoutMs: 2e3, ...options.heartbeat },
+    paceCommands: options.paceCommands ?? true,
+    maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
+    maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
+    remember: options.rememberWebTransportFailure ?? "page",
+    streamTimeoutMs: options.streamTimeoutMs ?? 8e3
+  };
+  return { opts, transports, wtUrl, wsUrl, hashes, WT, WS };
+}
+function parseHash(h) {
+  if (h instanceof Uint8Array) {
+    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
+    return new Uint8Array(h);
+  }
+  const hex = String(h).replace(/[:\s]/g, "");
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
+  }
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}
+
+// src/subscription.ts
+var textDecoder = new TextDecoder();
+var Message = class {
+  constructor(room, position, payload) {
+    this.room = room;
+    this.position = position;
+    this.payload = payload;
+  }
+  room;
+  position;
+  payload;
+  text() {
+    return textDecoder.decode(this.payload);
+  }
+  json() {
+    return JSON.parse(this.text());
+  }
+};
+var Subscription = class {
+  /** @internal */
+  constructor(room, handler, bufferSize, owner, presenceHandler) {
+    this.room = room;
+    this.handler = handler;
+    this.bufferSize = bufferSize;
+    this.owner = owner;
+    this.presenceHandler = presenceHandler;
+  }
+  room;
+  handler;
+  bufferSize;
+  owner;
+  presenceHandler;
+  /** Position of the last message seen, used to resume after a reconnect. */
+  position = null;
+  /** How the latest resume went, if one was asked for. */
+  recovery = null;
+  /** Messages dropped because the async iterator did not keep up. */
+  dropped = 0;
+  queue = [];
+  waiter = null;
+  ended = false;
+  get active() {
+    return !this.ended;
+  }
+  unsubscribe() {
+    return this.owner.unsubscribe(this.room);
+  }
+  /** @internal */
+  deliver(m) {
+    if (m.position) this.position = m.position;
+    if (this.handler) {
+      this.handler(m);
+    } else if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w({ value: m, done: false });
+    } else {
+      if (this.queue.length >= this.bufferSize) {
+        this.queue.shift();
+        this.dropped++;
+      }
+      this.queue.push(m);
+    }
+  }
+  /** @internal */
+  deliverPresence(change) {
+    this.presenceHandler?.(change);
+  }
+  /** @internal */
+  end() {
+    this.ended = true;
+    if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      w({ value: void 0, done: true });
+    }
+  }
+  [Symbol.asyncIterator]() {
+    return {
+      next: () => {
+        const m = this.queue.shift();
+        if (m) return Promise.resolve({ value: m, done: false });
+        if (this.ended) return Promise.resolve({ value: void 0, done: true });
+        return new Promise((resolve) => this.waiter = resolve);
+      },
+      return: async () => {
+        await this.unsubscribe();
+        return { value: void 0, done: true };
+      }
+    };
+  }
+};
+
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
@@ -1352,59 +1419,14 @@ var QuiverClient = class {
   welcome = null;
   lastRtt = null;
   constructor(options) {
-    if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
-    let wtUrl = null;
-    let wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
-    if (wsUrl && wsUrl.protocol !== "ws:" && wsUrl.protocol !== "wss:") {
-      throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
-    }
-    if (options.url !== void 0) {
-      const url = new URL(options.url);
-      if (url.protocol === "https:") {
-        wtUrl = url;
-        wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, "")}/ws`);
-      } else if (url.protocol === "ws:" || url.protocol === "wss:") {
-        wsUrl ??= url;
-      } else {
-        throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
-      }
-    }
-    const transports = options.transports ?? TRANSPORT_KINDS;
-    if (transports.length === 0 || transports.some((t) => !TRANSPORT_KINDS.includes(t))) {
-      throw new TypeError(`transports must list some of ${TRANSPORT_KINDS.join(", ")}, got ${JSON.stringify(transports)}`);
-    }
-    this.WT = options.WebTransport ?? globalThis.WebTransport;
-    this.WS = options.WebSocket ?? globalThis.WebSocket;
-    this.wtUrl = wtUrl;
-    this.wsUrl = wsUrl;
-    this.transports = transports.filter((t) => t === "webtransport" ? this.WT && wtUrl : this.WS && wsUrl);
-    if (this.transports.length === 0) {
-      const why = transports.map(
-        (t) => t === "webtransport" ? this.WT ? "webtransport: no https: url" : "WebTransport is not available here (a secure context in a browser that has it is needed)" : this.WS ? "websocket: no ws:/wss: url" : "WebSocket is not available here"
-      );
-      throw new TypeError(`no usable transport: ${why.join("; ")}`);
-    }
-    this.hashes = (options.serverCertificateHashes ?? []).map((h) => ({
-      algorithm: "sha-256",
-      value: parseHash(h)
-    }));
-    const reconnect = options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15e3, ...options.reconnect };
-    const heartbeat = options.heartbeat === false ? false : { idleMs: 1e3, timeoutMs: 2e3, ...options.heartbeat };
-    this.opts = {
-      token: options.token,
-      clientName: options.clientName ?? CLIENT_NAME,
-      reconnect,
-      connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
-      requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
-      pingIntervalMs: options.pingIntervalMs ?? 5e3,
-      heartbeat,
-      paceCommands: options.paceCommands ?? true,
-      maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
-      maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
-      webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
-      remember: options.rememberWebTransportFailure ?? "page",
-      streamTimeoutMs: options.streamTimeoutMs ?? 8e3
-    };
+    const resolved = resolveOptions(options, CLIENT_NAME);
+    this.opts = resolved.opts;
+    this.transports = resolved.transports;
+    this.wtUrl = resolved.wtUrl;
+    this.wsUrl = resolved.wsUrl;
+    this.hashes = resolved.hashes;
+    this.WT = resolved.WT;
+    this.WS = resolved.WS;
     this.finished = this.run();
   }
   get state() {
@@ -1940,19 +1962,6 @@ async function connect(options) {
   const client = new QuiverClient(options);
   await client.ready();
   return client;
-}
-function parseHash(h) {
-  if (h instanceof Uint8Array) {
-    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
-    return new Uint8Array(h);
-  }
-  const hex = String(h).replace(/[:\s]/g, "");
-  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
-    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
-  }
-  const out = new Uint8Array(32);
-  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  return out;
 }
 export {
   CLIENT_NAME,
