@@ -35,5 +35,10 @@ export async function demoWorks(page, origin, transport, withinMs = 15_000) {
     document.getElementById('chat-send').click();
   }, message);
   await waitFor('the chat message to come back', async () => (await text(page, '#chat-log')).includes(message), 10_000);
+
+  // Presence (the demo tracks it in the chat namespace): the page lists its own user.
+  const me = await text(page, '#user');
+  await waitFor('the presence list to show this user', () =>
+    page.evaluate((u) => !document.getElementById('presence').hidden && document.querySelector(`#presence-list li[data-user="${u}"]`) !== null, me), 10_000);
   return { connectedAfterMs: elapsed };
 }
