@@ -185,7 +185,8 @@ impl Client {
     }
 
     /// Who is subscribed to `room`, on every instance (the room's namespace must track presence,
-    /// and the token must allow subscribing to it).
+    /// and the token must allow subscribing to it). In a room too big to list in one frame the
+    /// server sends the first members (sorted by user, then session) that fit.
     pub async fn presence(&self, room: &str) -> Result<Vec<Member>, ClientError> {
         let room = room.to_owned();
         self.call(|reply| Request::Presence { room, reply }).await

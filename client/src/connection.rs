@@ -891,8 +891,16 @@ impl Actor {
                 tracing::info!(code, %reason, reconnect, "server said goodbye");
                 self.teardown(code, reason, reconnect);
             }
-            Event::Presence { members, .. } => match live.pending.remove(&id) {
+            Event::Presence {
+                room,
+                members,
+                truncated,
+            } => match live.pending.remove(&id) {
                 Some(Pending::Presence { reply }) => {
+                    if truncated {
+                        // The server listed only as many members as fit in one frame.
+                        tracing::debug!(%room, listed = members.len(), "presence truncated");
+                    }
                     let _ = reply.send(Ok(members));
                 }
                 _ => tracing::warn!(id, "unexpected Presence"),

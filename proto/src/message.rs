@@ -150,12 +150,27 @@ pub enum Event {
         reason: String,
         reconnect: bool,
     },
-    /// 10. Answer to `Presence`: every session subscribed to the room, on every instance.
-    Presence { room: String, members: Vec<Member> },
+    /// 10. Answer to `Presence`: every session subscribed to the room, on every instance, or
+    ///     as many as fit in one frame.
+    Presence {
+        room: String,
+        members: Vec<Member>,
+        /// Appended field: true when members were left out so the frame fits `max_frame`.
+        /// Servers that predate it send nothing here, which reads as false.
+        #[serde(default, deserialize_with = "trailing_bool")]
+        truncated: bool,
+    },
     /// 11. On a room's stream, in namespaces with presence events: a session subscribed.
     Joined { room: String, member: Member },
     /// 12. On a room's stream, in namespaces with presence events: a session left.
     Left { room: String, member: Member },
+}
+
+/// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
+/// field sends nothing there, so running out of bytes (postcard's only way of saying "absent")
+/// reads as `false`. Only valid for the last field of a message.
+fn trailing_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(bool::deserialize(d).unwrap_or(false))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +257,39 @@ mod tests {
         assert!(matches!(
             decode_command(&[1, 1, 10, b'a']),
             Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn presence_without_the_appended_field_reads_as_not_truncated() {
+        // A `Presence` as servers sent it before `truncated` existed: id 8, room "r", no members.
+        let old = [8u8, 10, 1, b'r', 0];
+        let expected = ServerFrame {
+            id: 8,
+            event: Event::Presence {
+                room: "r".into(),
+                members: vec![],
+                truncated: false,
+            },
+        };
+        assert_eq!(decode_event(&old).unwrap(), expected);
+        let new = [8u8, 10, 1, b'r', 0, 1];
+        assert!(matches!(
+            decode_event(&new).unwrap().event,
+            Event::Presence {
+                truncated: true,
+                ..
+            }
+        ));
+        // And whatever a later revision appends after it is ignored.
+        assert!(matches!(
+            decode_event(&[8u8, 10, 1, b'r', 0, 1, 42, 42])
+                .unwrap()
+                .event,
+            Event::Presence {
+                truncated: true,
+                ..
+            }
         ));
     }
 
@@ -333,6 +381,19 @@ mod tests {
                     reconnect,
                 }
             }),
+            (
+                ".{0,10}",
+                proptest::collection::vec((".{0,8}", ".{0,8}"), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(room, members, truncated)| Event::Presence {
+                    room,
+                    members: members
+                        .into_iter()
+                        .map(|(user, session)| Member { user, session })
+                        .collect(),
+                    truncated,
+                }),
         ]
     }
 

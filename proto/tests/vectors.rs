@@ -232,6 +232,16 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
             Event::Presence {
                 room: "chat.lobby".into(),
                 members: vec![member("alice", "s1"), member("bob", "s2")],
+                truncated: false,
+            },
+        ),
+        ev(
+            "presence_truncated",
+            10,
+            Event::Presence {
+                room: "chat.big".into(),
+                members: vec![member("alice", "s1")],
+                truncated: true,
             },
         ),
         ev(
@@ -240,6 +250,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
             Event::Presence {
                 room: "chat.empty".into(),
                 members: vec![],
+                truncated: false,
             },
         ),
         ev(

@@ -183,7 +183,9 @@ fn default_history_ttl() -> Duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
-    /// Comma-separated server URLs, `nats://host:port`.
+    /// Comma-separated server URLs, `nats://host:port`. May be left out of the file when
+    /// `--nats` (or `QUIVER_NATS__URL`) gives it, so `[nats]` can hold just `storage` and the rest.
+    #[serde(default)]
     pub url: String,
     /// JetStream storage for history: `memory` or `file`.
     #[serde(default = "default_storage")]
@@ -284,6 +286,14 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,
+    /// Bytes of history (payloads plus per-publication bookkeeping) the embedded broker keeps
+    /// over all rooms and tenants. Past it, the oldest publications of the tenant holding the
+    /// most are evicted first. With NATS, JetStream's own limits bound the total.
+    pub history_max_bytes: u64,
+    /// Bytes of history one tenant may hold (embedded broker: over all its rooms; NATS: per
+    /// history namespace, as the `max_bytes` of the tenant's stream). Past it, that tenant's
+    /// own oldest publications go, so one tenant cannot push out everyone else's history.
+    pub history_tenant_max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -347,6 +357,8 @@ impl Default for LimitsConfig {
             abuse_factor: 3,
             subscriber_queue: 1024,
             max_sessions: 20_000,
+            history_max_bytes: 256 * 1024 * 1024,
+            history_tenant_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -389,13 +401,28 @@ impl Config {
             );
         let config: Config = figment.extract().map_err(Box::new)?;
         config
-            .validate()
+            .validate_loaded()
             .map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(config)
     }
 
-    /// Checks what the types cannot: limits that must fit together.
+    /// Checks what the types cannot: limits that must fit together, and that what must be
+    /// given was given. Run it once the command-line flags are applied too.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_loaded()?;
+        if let Some(nats) = &self.nats {
+            if nats.url.trim().is_empty() {
+                return Err(
+                    "nats.url is missing: set it in [nats], QUIVER_NATS__URL or --nats".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::validate`], without the checks a later command-line flag can still
+    /// satisfy (`--nats` gives `nats.url`).
+    fn validate_loaded(&self) -> Result<(), String> {
         let l = &self.limits;
         // A publication's frame adds the room name and a little framing to the payload.
         let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
@@ -403,6 +430,12 @@ impl Config {
             return Err(format!(
                 "limits.max_payload ({}) plus {overhead} bytes of framing must fit in limits.max_frame ({})",
                 l.max_payload, l.max_frame
+            ));
+        }
+        if l.history_tenant_max_bytes > l.history_max_bytes {
+            return Err(format!(
+                "limits.history_tenant_max_bytes ({}) must not exceed limits.history_max_bytes ({})",
+                l.history_tenant_max_bytes, l.history_max_bytes
             ));
         }
         if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
@@ -493,6 +526,49 @@ mod tests {
             jail.set_env("QUIVER_TRANSPORT__CONGESTION_CONTROL", "vegas");
             let err = Config::load(None).unwrap_err();
             assert!(err.to_string().contains("vegas"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nats_table_without_url_takes_the_url_from_the_flag() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", "[nats]\nstorage = \"file\"\n")?;
+            let mut c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            let err = c.validate().unwrap_err();
+            assert!(err.contains("nats.url"), "{err}");
+            // What `quiver serve --nats URL` does: the flag fills in the URL, the file's
+            // storage stays.
+            c.nats.as_mut().expect("[nats] was given").url = "nats://127.0.0.1:4222".into();
+            c.validate()?;
+            assert_eq!(c.nats.as_ref().map(|n| n.storage.as_str()), Some("file"));
+            // Or from the environment.
+            jail.set_env("QUIVER_NATS__URL", "nats://127.0.0.1:4223");
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            c.validate()?;
+            let nats = c.nats.expect("[nats] was given");
+            assert_eq!(
+                (nats.url.as_str(), nats.storage.as_str()),
+                ("nats://127.0.0.1:4223", "file")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_tenant_share_above_the_history_total_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.limits.history_tenant_max_bytes <= c.limits.history_max_bytes);
+            jail.create_file(
+                "q.toml",
+                "[limits]\nhistory_max_bytes = 1000000\nhistory_tenant_max_bytes = 2000000\n",
+            )?;
+            let err = Config::load(Some("q.toml".as_ref())).unwrap_err();
+            assert!(
+                err.to_string().contains("history_tenant_max_bytes"),
+                "{err}"
+            );
             Ok(())
         });
     }

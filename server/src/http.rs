@@ -96,7 +96,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> StatusCode {
     }
 }
 
-/// 200 while the server accepts sessions and its broker takes publications.
+/// 200 while the server accepts sessions and its broker takes and delivers publications (on a
+/// cluster: NATS connected, JetStream answering, history consumers rebuilt since the last
+/// reconnect; see `broker::nats::health`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
     if shared.draining.load(Ordering::Relaxed) || !shared.broker.is_ready() {
         StatusCode::SERVICE_UNAVAILABLE

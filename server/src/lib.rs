@@ -16,6 +16,7 @@ mod http;
 pub mod https;
 pub mod hub;
 pub mod metrics;
+pub mod presence;
 pub mod quota;
 pub mod registry;
 mod server;

@@ -14,6 +14,10 @@ pub const DELIVERIES: &str = "quiver_deliveries_total";
 pub const DELIVERIES_DROPPED: &str = "quiver_deliveries_dropped_total";
 pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
+pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
+pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+pub const HISTORY_BYTES: &str = "quiver_history_bytes";
+pub const HISTORY_EVICTED: &str = "quiver_history_evicted_total";
 pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
 pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
 pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
@@ -50,6 +54,19 @@ fn describe() {
     describe_counter!(DELIVERIES_DROPPED, "Publications dropped, by reason");
     describe_counter!(COMMANDS, "Commands received");
     describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
+    describe_counter!(
+        PUBLICATIONS_DROPPED,
+        "Publications refused or lost because the broker was unavailable, by reason"
+    );
+    describe_counter!(
+        PRESENCE_TRUNCATED,
+        "Presence replies cut short to fit the frame limit"
+    );
+    describe_gauge!(HISTORY_BYTES, "Bytes of history held by the memory broker");
+    describe_counter!(
+        HISTORY_EVICTED,
+        "Publications evicted from memory history before their time, by reason"
+    );
     describe_gauge!(
         TENANT_SESSIONS,
         "Open sessions by tenant (the first quotas.max_tenant_labels tenants; the rest as other)"

@@ -50,6 +50,11 @@ impl NatsServer {
         Ok(server)
     }
 
+    /// Where JetStream keeps its files (kept across restarts).
+    pub fn store_dir(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }

@@ -323,6 +323,18 @@ impl Raw {
         })
         .await
     }
+
+    /// Publishes with an ack and returns the position (history rooms); anything else is an error.
+    pub async fn published(
+        &mut self,
+        room: &str,
+        payload: &[u8],
+    ) -> Result<quiver_proto::Position> {
+        match self.publish(room, payload).await? {
+            Event::Published { position: Some(p) } => Ok(p),
+            other => bail!("publish to {room}: {other:?}"),
+        }
+    }
 }
 
 fn http_name(name: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {

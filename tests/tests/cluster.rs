@@ -32,16 +32,20 @@ async fn instances(nats: &NatsServer, n: usize) -> anyhow::Result<Vec<TestServer
     Ok(out)
 }
 
-async fn ready(server: &TestServer) -> anyhow::Result<u16> {
-    Ok(reqwest::get(format!("http://{}/readyz", server.http))
+async fn ready_at(http: std::net::SocketAddr) -> anyhow::Result<u16> {
+    Ok(reqwest::get(format!("http://{http}/readyz"))
         .await?
         .status()
         .as_u16())
 }
 
 async fn wait_ready(server: &TestServer, want: u16) -> anyhow::Result<()> {
+    wait_ready_at(server.http, want).await
+}
+
+async fn wait_ready_at(http: std::net::SocketAddr, want: u16) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + WAIT * 2;
-    while ready(server).await? != want {
+    while ready_at(http).await? != want {
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
             "/readyz never became {want}"
@@ -244,9 +248,14 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
     let mut publ = Raw::connect(&servers[0], &full_token("acme", "p")).await?;
     let mut sub = Raw::connect(&servers[1], &full_token("acme", "s")).await?;
     let mut room = sub.subscribe("live.x").await?;
+    let mut history_room = sub.subscribe("h.z").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     publ.publish("live.x", b"before").await?;
     assert_eq!(room.payload().await?, Bytes::from_static(b"before"));
+    for i in 0..5u8 {
+        publ.publish("h.z", &[i]).await?;
+        assert_eq!(history_room.payload().await?, Bytes::from(vec![i]));
+    }
 
     // Traffic keeps flowing into the instance while NATS goes away and comes back.
     let traffic_server = servers[0].wt.port();
@@ -273,17 +282,41 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
     }
     // Sessions stay up meanwhile, and publishing to a history room says it can't be stored.
     assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
+    let dropped = |page: &str| {
+        metric(
+            page,
+            "quiver_publications_dropped_total{reason=\"broker_unavailable\"}",
+        )
+    };
+    let dropped_before = dropped(&servers[0].metrics().await?);
     let refused = publ.publish("h.y", b"lost").await?;
     assert!(
         matches!(refused, Event::Error { code, .. } if code == 111),
         "{refused:?}"
     );
+    // A live room too (issue 11 §4): an ack means "handed to NATS", and NATS is not there,
+    // so it is refused rather than queued and flushed later to whoever resubscribed by then.
+    let refused = publ.publish("live.x", b"would be lost").await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == 111),
+        "a live publish during the outage was answered {refused:?}"
+    );
+    // Both are counted.
+    assert!(dropped(&servers[0].metrics().await?) >= dropped_before + 2.0);
 
     nats.restart().await?;
     for s in &servers {
         wait_ready(s, 200).await?;
     }
     traffic.await??;
+    // A history room subscribed across the restart delivers again, though NATS (memory
+    // storage) lost its stream: the new stream's offsets continue above the old ones, so
+    // nothing new is skipped as already seen.
+    match publ.publish("h.z", b"after").await? {
+        Event::Published { position: Some(p) } => assert!(p.offset > 5, "{p:?}"),
+        other => anyhow::bail!("history publish after the restart: {other:?}"),
+    }
+    assert_eq!(history_room.payload().await?, Bytes::from_static(b"after"));
     // Subscriptions made before the outage receive again once NATS is back (after whatever of
     // the traffic made it through).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -300,6 +333,219 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
                 "no delivery after the NATS restart"
             ),
         }
+    }
+    Ok(())
+}
+
+/// Issue 11 §2: after nats-server restarts on the same (file) storage, history rooms must
+/// deliver again soon, and `/readyz` must not say ready before they do. Real processes: the
+/// `quiver` binary, configured by a TOML whose `[nats]` table has no `url` (it comes from
+/// `--nats`: issue 11 §6), and a real nats-server killed and started again.
+#[tokio::test]
+async fn history_rooms_deliver_soon_after_nats_restarts() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        "[limits]\ncommands_per_second = 5000\n\n[[namespaces]]\nname = \"h\"\nhistory_size = 10000\nhistory_ttl = \"60s\"\n\n[nats]\nstorage = \"file\"\n",
+    )?;
+    let quiver = QuiverProcess::start(dir.path(), Some(&config), &["--nats", &nats.url()])?;
+    let http: std::net::SocketAddr = ([127, 0, 0, 1], quiver.http_port).into();
+    wait_ready_at(http, 200).await?;
+    let (port, hash) = (quiver.wt_port, quiver.hash);
+    let connect = async |user: &str| -> anyhow::Result<Raw> {
+        Raw::connect_at(port, hash, &full_token("acme", user)).await
+    };
+    let mut sub = connect("s").await?;
+    let mut room = sub.subscribe("h.restart").await?;
+    // Other history rooms with subscribers (each has a consumer to rebuild) and some stored
+    // history for the restarted server to load.
+    let mut others = Vec::new();
+    for i in 0..20 {
+        others.push(sub.subscribe(&format!("h.other{i}")).await?);
+    }
+    let mut loader = connect("l").await?;
+    for i in 0..1000u32 {
+        loader
+            .send(Command::Publish {
+                room: format!("h.other{}", i % 20),
+                payload: Bytes::from(vec![1u8; 1024]),
+                ack: i == 999,
+            })
+            .await?;
+    }
+    loader.recv_reply(1001).await?;
+    // Every delivery, with when it arrived.
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match room.payload().await {
+                Ok(payload) => {
+                    if got_tx.send((payload, std::time::Instant::now())).is_err() {
+                        break;
+                    }
+                }
+                // A quiet stream is not an ended one (reads are cancel-safe).
+                Err(e) if e.to_string().contains("timed out") => {}
+                Err(_) => break,
+            }
+        }
+    });
+    let mut publ = connect("p").await?;
+    assert!(matches!(
+        publ.publish("h.restart", b"before").await?,
+        Event::Published { .. }
+    ));
+    let (first, _) = tokio::time::timeout(WAIT, got_rx.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("subscriber gone"))?;
+    assert_eq!(first, Bytes::from_static(b"before"));
+
+    nats.restart().await?;
+    let restarted = std::time::Instant::now();
+    // The history is on disk: `storage = "file"` from the TOML took effect.
+    let stream_dir = nats.store_dir().join("jetstream/$G/streams").join(
+        quiver_server::broker::nats::stream_name(&quiver_proto::TenantId::parse("acme")?, "h"),
+    );
+    anyhow::ensure!(
+        stream_dir.is_dir(),
+        "no file-stored stream at {stream_dir:?}"
+    );
+    // Traffic: a numbered publication every 20 ms, acknowledged or refused, until one is
+    // acknowledged after the restart; note whether /readyz said ready before it.
+    let mut n = 0u32;
+    let (acked, ready_before_ack) = loop {
+        anyhow::ensure!(
+            restarted.elapsed() < WAIT * 3,
+            "no publication acknowledged after the restart"
+        );
+        n += 1;
+        let ready_now = ready_at(http).await? == 200;
+        match publ.publish("h.restart", &n.to_be_bytes()).await? {
+            Event::Published { .. } => break (std::time::Instant::now(), ready_now),
+            Event::Error { code: 111, .. } => {}
+            other => anyhow::bail!("publish during the restart: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let deadline = acked + WAIT * 2;
+    let delivered = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (payload, at) = tokio::time::timeout(left, got_rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("publication {n} never delivered"))?
+            .ok_or_else(|| anyhow::anyhow!("subscriber gone"))?;
+        if payload == Bytes::copy_from_slice(&n.to_be_bytes()) {
+            break at;
+        }
+    };
+    let gap = delivered.saturating_duration_since(acked);
+    eprintln!(
+        "nats restart: first publication acknowledged {:?} after nats-server listened again, \
+         delivered {:?} after it (gap {gap:?}); /readyz said ready before that publish: {ready_before_ack}",
+        acked - restarted,
+        delivered.saturating_duration_since(restarted),
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "first acknowledged publication after the restart took {gap:?} to be delivered"
+    );
+    Ok(())
+}
+
+/// Issue 10 defect 7: one tenant's positions must say nothing about another tenant's traffic.
+#[tokio::test]
+async fn positions_reveal_nothing_about_other_tenants() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 2).await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    let mut a = Raw::connect(&servers[0], &full_token("tenant-a", "u")).await?;
+    let mut b = Raw::connect(&servers[1], &full_token("tenant-b", "u")).await?;
+    let a1 = a.published("h.room", b"a1").await?;
+    // Tenant B is busy in the same namespace, same room name and others.
+    for i in 0..7u8 {
+        b.published("h.room", &[i]).await?;
+        b.published("h.other", &[i]).await?;
+    }
+    let a2 = a.published("h.room", b"a2").await?;
+    assert_eq!(
+        a2.offset - a1.offset,
+        1,
+        "tenant A's offsets moved by {} while only tenant B published",
+        a2.offset - a1.offset
+    );
+    // And what A sees on subscribing is its own position.
+    match a
+        .request(Command::Subscribe {
+            room: "h.room".into(),
+            resume: None,
+        })
+        .await?
+    {
+        Event::Subscribed { position, .. } => assert_eq!(position, Some(a2)),
+        other => anyhow::bail!("{other:?}"),
+    }
+    Ok(())
+}
+
+/// PROTOCOL §5: resuming from any position P replays everything after P still in history,
+/// including a P between two of the room's own offsets.
+#[tokio::test]
+async fn resume_from_between_a_rooms_offsets_replays_what_followed() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 1).await?;
+    wait_ready(&servers[0], 200).await?;
+    let mut c = Raw::connect(&servers[0], &full_token("acme", "u")).await?;
+    // Two rooms of one namespace interleave, so the room's offsets have gaps: x at 1, 3, 5.
+    let mut x = Vec::new();
+    for i in 0..3u8 {
+        x.push(c.published("h.x", &[i]).await?);
+        c.published("h.y", &[i]).await?;
+    }
+    assert!(
+        x[1].offset > x[0].offset + 1,
+        "offsets {x:?} have no gap to test"
+    );
+    let mut reader = Raw::connect(&servers[0], &full_token("acme", "r")).await?;
+    for (since, expected) in [
+        // Between x[0] and x[1]: x[1] and x[2] follow.
+        (x[0].offset + 1, vec![1u8, 2]),
+        (x[1].offset + 1, vec![2]),
+        // Before anything: everything, as nothing was ever trimmed.
+        (0, vec![0, 1, 2]),
+        // At the end: nothing to replay, and nothing missing.
+        (x[2].offset, vec![]),
+    ] {
+        let id = reader
+            .send(Command::Subscribe {
+                room: "h.x".into(),
+                resume: Some(Position {
+                    offset: since,
+                    ..x[0]
+                }),
+            })
+            .await?;
+        match reader.recv_reply(id).await? {
+            Event::Subscribed { recovery, .. } => assert_eq!(
+                recovery,
+                Recovery::Recovered {
+                    replayed: expected.len() as u32
+                },
+                "resume from {since}"
+            ),
+            other => anyhow::bail!("resume from {since}: {other:?}"),
+        }
+        let mut stream = RoomStream::accept(reader.conn()).await?;
+        stream.next().await?; // header
+        for want in expected {
+            assert_eq!(stream.payload().await?, Bytes::from(vec![want]));
+        }
+        reader
+            .request(Command::Unsubscribe { room: "h.x".into() })
+            .await?;
     }
     Ok(())
 }

@@ -135,3 +135,84 @@ async fn a_restart_changes_the_epoch() -> anyhow::Result<()> {
     assert_ne!(now.map(|p| p.epoch), Some(before.epoch));
     Ok(())
 }
+
+/// Issue 10 defect 7, embedded broker: offsets are per room, so one tenant's positions say
+/// nothing about another's traffic; and resuming from any earlier position replays the rest.
+#[tokio::test]
+async fn positions_are_per_room_and_resume_from_any_of_them() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_history(100)).await?;
+    let mut a = Raw::connect(&server, &full_token("tenant-a", "u")).await?;
+    let mut b = Raw::connect(&server, &full_token("tenant-b", "u")).await?;
+    let a1 = a.published("h.room", b"a1").await?;
+    for i in 0..5u8 {
+        b.published("h.room", &[i]).await?;
+        b.published("h.other", &[i]).await?;
+    }
+    let a2 = a.published("h.room", b"a2").await?;
+    let a3 = a.published("h.room", b"a3").await?;
+    assert_eq!([a1.offset, a2.offset, a3.offset], [1, 2, 3]);
+    for (since, replayed) in [(0, 3), (1, 2), (2, 1), (3, 0)] {
+        let resume = Position {
+            offset: since,
+            ..a1
+        };
+        let (_, recovery, _s) = subscribe(&mut a, "h.room", Some(resume)).await?;
+        assert_eq!(
+            recovery,
+            Recovery::Recovered { replayed },
+            "resume from {since}"
+        );
+        a.request(Command::Unsubscribe {
+            room: "h.room".into(),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Issue 10 defect 8: a tenant flooding history rooms with large payloads is held to its share
+/// of `history_max_bytes`, and cannot push out another tenant's history.
+#[tokio::test]
+async fn history_memory_is_capped_per_tenant_and_in_total() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        with_history(1000)(c);
+        c.limits.history_max_bytes = 2 * 1024 * 1024;
+        c.limits.history_tenant_max_bytes = 1024 * 1024;
+    })
+    .await?;
+    let big = vec![7u8; 60 * 1024];
+    let mut victim = Raw::connect(&server, &full_token("victim", "v")).await?;
+    let kept = victim.published("h.notes", &big).await?;
+    for _ in 0..4 {
+        victim.published("h.notes", &big).await?;
+    }
+    // Two tenants each publish 60 KiB payloads to 150 rooms (18 MB together), paced under
+    // the rate limit; without a cap all of it would stay for history_ttl.
+    let mut firsts = Vec::new();
+    for tenant in ["flood-1", "flood-2"] {
+        let mut flood = Raw::connect(&server, &full_token(tenant, "f")).await?;
+        let mut first = None;
+        for i in 0..150 {
+            let p = flood.published(&format!("h.r{i}"), &big).await?;
+            first.get_or_insert(p);
+            if i % 100 == 99 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        firsts.push((flood, first.expect("published")));
+    }
+    // The flood's oldest history is gone (it went over its share) ...
+    for (flood, first) in &mut firsts {
+        let since = Position {
+            offset: 0,
+            ..*first
+        };
+        let (_, recovery, _s) = subscribe(flood, "h.r0", Some(since)).await?;
+        assert_eq!(recovery, Recovery::Failed, "a flood kept all its history");
+    }
+    // ... and the victim, well within its share, lost nothing.
+    let since = Position { offset: 0, ..kept };
+    let (_, recovery, _s) = subscribe(&mut victim, "h.notes", Some(since)).await?;
+    assert_eq!(recovery, Recovery::Recovered { replayed: 5 });
+    Ok(())
+}

@@ -223,3 +223,78 @@ over_both_transports!(
     going_over_the_command_rate_is_refused_then_closed,
     shutdown_says_goodbye_and_oversized_payloads_are_refused,
 );
+
+/// During a graceful drain the HTTP side keeps answering: `/healthz` says 503 (so a balancer
+/// moves traffic away) rather than refusing connections, until the sessions are gone
+/// (issue 11 §6). A WebSocket client that stopped reading keeps its session in the drain for
+/// the goodbye's grace period, which is when the probes land.
+#[tokio::test]
+async fn health_answers_503_through_the_drain() -> anyhow::Result<()> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut server = TestServer::start_with(|c| {
+        c.timeouts.drain = Duration::from_secs(5);
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let (mut deaf, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "deaf")
+    ))
+    .await?;
+    for (id, command) in [
+        (
+            1,
+            Command::Hello {
+                version: 1,
+                client: "deaf".into(),
+            },
+        ),
+        (
+            2,
+            Command::Subscribe {
+                room: "feed".into(),
+                resume: None,
+            },
+        ),
+    ] {
+        deaf.send(Message::binary(encode_command(&ClientFrame {
+            id,
+            command,
+        })))
+        .await?;
+    }
+    // Fill its socket so that not even the goodbye can be written.
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    for _ in 0..400 {
+        publ.send(Command::Publish {
+            room: "feed".into(),
+            payload: Bytes::from(vec![0u8; 30_000]),
+            ack: false,
+        })
+        .await?;
+    }
+    publ.request(Command::Ping).await?;
+    let http = server.http;
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+        server
+    });
+    let mut statuses = Vec::new();
+    while let Ok(response) = reqwest::get(format!("http://{http}/healthz")).await {
+        statuses.push(response.status().as_u16());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .skip_while(|s| **s == 200)
+            .all(|s| *s == 503),
+        "{statuses:?}"
+    );
+    let _server = stop.await?;
+    drop(deaf);
+    Ok(())
+}

@@ -153,3 +153,68 @@ async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
     assert_eq!(members(&mut on_b, "p.lobby").await?, ["bea"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_presence_reply_never_exceeds_the_frame_limit() -> anyhow::Result<()> {
+    // A small frame limit stands in for a big room: 24 members with 250-byte user ids are
+    // about 6.5 KB of members against a 4 KiB frame (the case was 250 × 256 bytes
+    // against 64 KiB).
+    let max_frame = 4096;
+    let server = TestServer::start_with(|c| {
+        presence_ns(c);
+        c.limits.max_frame = max_frame;
+        c.limits.max_payload = 2048;
+    })
+    .await?;
+    let mut sessions = Vec::new();
+    for i in 0..24 {
+        let user = format!("{i:0>250}");
+        let mut raw = Raw::connect(&server, &full_token("acme", &user)).await?;
+        let stream = raw.subscribe("p.big").await?;
+        sessions.push((raw, stream));
+    }
+    let (asker, _) = &mut sessions[0];
+    let id = asker
+        .send(Command::Presence {
+            room: "p.big".into(),
+        })
+        .await?;
+    let event = asker.recv_reply(id).await?;
+    let body = quiver_proto::encode_event(&quiver_proto::ServerFrame {
+        id,
+        event: event.clone(),
+    })
+    .len()
+        - quiver_proto::LENGTH_PREFIX;
+    assert!(
+        body <= max_frame as usize,
+        "presence frame of {body} bytes over max_frame {max_frame}"
+    );
+    let Event::Presence {
+        members, truncated, ..
+    } = event
+    else {
+        anyhow::bail!("presence: {event:?}");
+    };
+    assert!(truncated, "{} of 24 members listed", members.len());
+    assert!(members.len() >= 10, "only {} listed", members.len());
+    // The listed ones are real members, in order.
+    assert!(members.windows(2).all(|w| w[0] < w[1]));
+    assert!(members.iter().all(|m| m.user.len() == 250));
+
+    // A room that fits is listed whole and says so.
+    let (asker, _) = &mut sessions[1];
+    let _s = asker.subscribe("p.small").await?;
+    match asker
+        .request(Command::Presence {
+            room: "p.small".into(),
+        })
+        .await?
+    {
+        Event::Presence {
+            members, truncated, ..
+        } => assert!(!truncated && members.len() == 1),
+        other => anyhow::bail!("presence: {other:?}"),
+    }
+    Ok(())
+}

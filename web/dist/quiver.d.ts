@@ -100,10 +100,14 @@ type Event$1 = {
 	code: number;
 	reason: string;
 	reconnect: boolean;
-} | {
+}
+/** `truncated`: the server listed only the members that fit in one frame (older servers never
+ *  send the field; it then reads as false). */
+ | {
 	type: "Presence";
 	room: string;
 	members: Member[];
+	truncated: boolean;
 } | {
 	type: "Joined";
 	room: string;

@@ -160,6 +160,11 @@ var Reader = class {
     }
     throw new DecodeError("varint too long");
   }
+  /** A bool appended at the end of a message by a later revision: absent (the frame ends
+   *  here) reads as false. */
+  trailingBool() {
+    return this.pos < this.buf.length ? this.bool() : false;
+  }
   bool() {
     const b = this.byte();
     if (b > 1) throw new DecodeError(`invalid bool byte ${b}`);
@@ -291,6 +296,7 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.varint(e.members.length, MAX_U32);
       for (const m of e.members) w.member(m);
+      w.bool(e.truncated);
       break;
     case "Joined":
     case "Left":
@@ -356,7 +362,7 @@ function decodeEvent(body) {
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
     case "Presence":
-      event = { type, room: r.string(), members: r.list(() => r.member()) };
+      event = { type, room: r.string(), members: r.list(() => r.member()), truncated: r.trailingBool() };
       break;
     case "Joined":
     case "Left":

@@ -64,7 +64,9 @@ export type Event =
   | { type: 'Publication'; room: string; position: Position | null; payload: Uint8Array }
   | { type: 'SubscriptionStream'; room: string }
   | { type: 'Goodbye'; code: number; reason: string; reconnect: boolean }
-  | { type: 'Presence'; room: string; members: Member[] }
+  /** `truncated`: the server listed only the members that fit in one frame (older servers never
+   *  send the field; it then reads as false). */
+  | { type: 'Presence'; room: string; members: Member[]; truncated: boolean }
   | { type: 'Joined'; room: string; member: Member }
   | { type: 'Left'; room: string; member: Member };
 
@@ -263,6 +265,12 @@ class Reader {
     throw new DecodeError('varint too long');
   }
 
+  /** A bool appended at the end of a message by a later revision: absent (the frame ends
+   *  here) reads as false. */
+  trailingBool(): boolean {
+    return this.pos < this.buf.length ? this.bool() : false;
+  }
+
   bool(): boolean {
     const b = this.byte();
     if (b > 1) throw new DecodeError(`invalid bool byte ${b}`);
@@ -407,6 +415,7 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       w.string(e.room);
       w.varint(e.members.length, MAX_U32);
       for (const m of e.members) w.member(m);
+      w.bool(e.truncated);
       break;
     case 'Joined':
     case 'Left':
@@ -479,7 +488,7 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
     case 'Presence':
-      event = { type, room: r.string(), members: r.list(() => r.member()) };
+      event = { type, room: r.string(), members: r.list(() => r.member()), truncated: r.trailingBool() };
       break;
     case 'Joined':
     case 'Left':

@@ -5,30 +5,36 @@
 //! tenant's subject.
 //!
 //! - Live-only rooms use core NATS: publish, and a core subscription per room while this
-//!   instance has local subscribers (interest-based: no firehose).
-//! - Rooms in a history namespace go through JetStream, one stream per namespace
-//!   (`QUIVER_<namespace>`, per-subject message limit = history size, max age = history TTL).
-//!   A position is `{epoch: the stream's creation time, offset: the stream sequence}`: offsets
-//!   grow within a room but are not contiguous (the stream is shared by the namespace's rooms).
-//!   Live delivery is an ordered consumer per room while there is local interest, so every
-//!   instance delivers a room in stream order.
+//!   instance has local subscribers (interest-based: no firehose). While the connection is down
+//!   a publish is refused (`unavailable`) rather than queued: async-nats would buffer it and
+//!   flush it on reconnect, possibly before other instances resubscribed, so `Published` would
+//!   have promised what nobody delivers.
+//! - Rooms in a history namespace go through JetStream, one stream per (tenant, namespace)
+//!   ([`history`]): positions, resume, and a per-room listener that survives NATS restarts.
+//! - [`health`]: `/readyz` says ready only once JetStream answers and every history listener
+//!   delivers again after a (re)connect.
+
+mod health;
+mod history;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use quiver_proto::{Member, Position};
-use tokio::sync::{Mutex, OnceCell};
+use quiver_proto::{Member, Position, TenantId};
+use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::{Broker, BrokerError, Recovered};
-use crate::config::{Config, NamespaceConfig, NatsConfig};
+use crate::config::{Config, NatsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
+use crate::metrics as m;
+pub use history::stream_name;
 
 /// How long a JetStream operation (stream set-up, stored publish, history read) may take before
 /// the command is answered `unavailable`: during a NATS outage, clients hear so promptly.
@@ -44,13 +50,27 @@ async fn bounded<T>(
 }
 
 pub struct NatsBroker {
+    inner: Arc<Inner>,
+}
+
+/// A tenant stream, looked up (or created) once by whoever asks first.
+type StreamCell = Arc<OnceCell<history::TenantStream>>;
+
+struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     hub: Arc<Hub>,
     config: Arc<Config>,
     storage: stream::StorageType,
-    /// One stream per history namespace, created on first use (NATS may be down at start).
-    streams: Mutex<HashMap<String, Arc<OnceCell<NsStream>>>>,
+    /// One stream per (tenant, history namespace), created on first use (NATS may be down at
+    /// start); forgotten at every reconnect, so a stream NATS lost is created again.
+    streams: Mutex<HashMap<(TenantId, String), StreamCell>>,
+    health: health::Health,
+    /// Per (tenant, namespace), the highest stream sequence this instance has seen. A stream
+    /// that NATS lost (memory storage, NATS restarted) is created again from the next one, so
+    /// offsets keep growing and subscribers that stayed connected skip nothing new as "already
+    /// seen"; its epoch changes all the same.
+    high_water: std::sync::Mutex<HashMap<(TenantId, String), u64>>,
     /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
     /// it serialises interest changes only, never the publish path.
     interest: Mutex<HashMap<RoomKey, JoinHandle<()>>>,
@@ -70,12 +90,6 @@ fn events_subject(key: &RoomKey) -> String {
     format!("quiver.{}.events.{}", key.tenant, key.room)
 }
 
-#[derive(Clone)]
-struct NsStream {
-    stream: stream::Stream,
-    epoch: u64,
-}
-
 pub fn subject(key: &RoomKey) -> String {
     format!("quiver.{}.room.{}", key.tenant, key.room)
 }
@@ -90,19 +104,29 @@ impl NatsBroker {
         hub: Arc<Hub>,
         config: Arc<Config>,
     ) -> Result<Self, BrokerError> {
+        let (connected_tx, connected_rx) = mpsc::unbounded_channel();
         let mut options = async_nats::ConnectOptions::new()
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
             .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => info!("nats connected"),
-                    async_nats::Event::Disconnected => warn!("nats disconnected"),
-                    // One event per dropped message: log at debug only, the metric counts.
-                    async_nats::Event::SlowConsumer(_) => {
-                        metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
+            .event_callback(move |event| {
+                let connected = connected_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            info!("nats connected");
+                            let _ = connected.send(true);
+                        }
+                        async_nats::Event::Disconnected => {
+                            warn!("nats disconnected");
+                            let _ = connected.send(false);
+                        }
+                        // One event per dropped message: log at debug only, the metric counts.
+                        async_nats::Event::SlowConsumer(_) => {
+                            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
+                        }
+                        other => info!(event = %other, "nats"),
                     }
-                    other => info!(event = %other, "nats"),
                 }
             });
         if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
@@ -128,21 +152,77 @@ impl NatsBroker {
             "file" => stream::StorageType::File,
             _ => stream::StorageType::Memory,
         };
-        let broker = Self {
+        let inner = Arc::new(Inner {
             js: jetstream::new(client.clone()),
             client,
             hub,
             config,
             storage,
             streams: Mutex::new(HashMap::new()),
+            health: health::Health::default(),
+            high_water: std::sync::Mutex::default(),
             interest: Mutex::new(HashMap::new()),
             presence: OnceCell::new(),
             local_presence: Arc::default(),
-        };
-        broker.spawn_presence_refresh(nats.presence_ttl);
-        Ok(broker)
+        });
+        inner.spawn_presence_refresh(nats.presence_ttl);
+        tokio::spawn(supervise(Arc::downgrade(&inner), connected_rx));
+        Ok(Self { inner })
     }
+}
 
+/// At every disconnect: not ready. At every (re)connect: a new generation, streams looked up
+/// afresh, and JetStream probed until it answers. Ends with the broker.
+async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bool>) {
+    while let Some(up) = connected.recv().await {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if !up {
+            strong.health.disconnected();
+            continue;
+        }
+        let generation = strong.health.reconnected();
+        strong.streams.lock().await.clear();
+        drop(strong);
+        tokio::spawn(probe_jetstream(inner.clone(), generation));
+    }
+}
+
+/// Asks JetStream for the account info until it answers (it may still be loading its streams
+/// after a restart), unless a newer generation started meanwhile.
+async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.health.generation() != generation {
+            return;
+        }
+        // Without history or presence nothing uses JetStream: a NATS without it is fine.
+        let needed = strong
+            .config
+            .namespaces
+            .iter()
+            .any(|ns| ns.history_size > 0 || ns.presence);
+        if !needed {
+            strong.health.jetstream_answered(generation);
+            return;
+        }
+        let js = strong.js.clone();
+        drop(strong);
+        let answered = tokio::time::timeout(Duration::from_secs(1), js.query_account()).await;
+        if let Ok(Ok(_)) = answered {
+            if let Some(strong) = inner.upgrade() {
+                strong.health.jetstream_answered(generation);
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Inner {
     fn spawn_presence_refresh(&self, ttl: Duration) {
         let local = Arc::downgrade(&self.local_presence);
         let js = self.js.clone();
@@ -247,44 +327,9 @@ impl NatsBroker {
         .await
     }
 
-    async fn ns_stream(&self, ns: &NamespaceConfig) -> Result<NsStream, BrokerError> {
-        let cell = {
-            let mut streams = self.streams.lock().await;
-            streams.entry(ns.name.clone()).or_default().clone()
-        };
-        bounded(
-            "stream set-up",
-            cell.get_or_try_init(|| async {
-                let config = stream::Config {
-                    name: format!("QUIVER_{}", ns.name),
-                    subjects: vec![
-                        format!("quiver.*.room.{}", ns.name),
-                        format!("quiver.*.room.{}.>", ns.name),
-                    ],
-                    max_messages_per_subject: i64::try_from(ns.history_size).unwrap_or(i64::MAX),
-                    max_age: ns.history_ttl,
-                    storage: self.storage,
-                    allow_direct: true,
-                    ..Default::default()
-                };
-                let mut stream = self
-                    .js
-                    .get_or_create_stream(config)
-                    .await
-                    .map_err(unavailable)?;
-                let created = stream.info().await.map_err(unavailable)?.created;
-                let epoch = u64::try_from(created.unix_timestamp_nanos()).unwrap_or(1) | 1;
-                Ok(NsStream { stream, epoch })
-            }),
-        )
-        .await
-        .cloned()
-    }
-
     /// Listens to a room: its messages go to the local hub until the task is aborted.
-    async fn listen(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
+    async fn listen(self: &Arc<Self>, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
         let hub = self.hub.clone();
-        let subject = subject(&key);
         let events = if self.config.presence(&key.room) {
             Some(self.listen_events(key.clone()).await?)
         } else {
@@ -292,36 +337,18 @@ impl NatsBroker {
         };
         let publications = match self.config.history(&key.room) {
             None => {
-                let mut sub = self.client.subscribe(subject).await.map_err(unavailable)?;
+                let mut sub = self
+                    .client
+                    .subscribe(subject(&key))
+                    .await
+                    .map_err(unavailable)?;
                 tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
                         hub.deliver(&key, None, msg.payload);
                     }
                 })
             }
-            Some(ns) => {
-                let NsStream { stream, epoch } = self.ns_stream(ns).await?;
-                let consumer = stream
-                    .create_consumer(consumer::pull::OrderedConfig {
-                        filter_subject: subject,
-                        deliver_policy: consumer::DeliverPolicy::New,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(unavailable)?;
-                let mut messages = consumer.messages().await.map_err(unavailable)?;
-                tokio::spawn(async move {
-                    while let Some(msg) = messages.next().await {
-                        let Ok(msg) = msg else { continue };
-                        let Ok(info) = msg.info() else { continue };
-                        let position = Position {
-                            epoch,
-                            offset: info.stream_sequence,
-                        };
-                        hub.deliver(&key, Some(position), msg.payload.clone());
-                    }
-                })
-            }
+            Some(ns) => self.listen_history(key, ns.clone()).await?,
         };
         // One handle for both: aborting the room's listener aborts its event listener too.
         Ok(tokio::spawn(async move {
@@ -357,33 +384,25 @@ impl NatsBroker {
         key: RoomKey,
         payload: Bytes,
     ) -> Result<Option<Position>, BrokerError> {
-        let subject = subject(&key);
-        match self.config.history(&key.room) {
-            None => {
-                self.client
-                    .publish(subject, payload)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(None)
+        let result = match self.config.history(&key.room) {
+            // Refused at once while disconnected: async-nats would queue it and say Ok.
+            None if self.client.connection_state() != async_nats::connection::State::Connected => {
+                Err(BrokerError::Unavailable("NATS is disconnected".into()))
             }
-            Some(ns) => {
-                let NsStream { epoch, .. } = self.ns_stream(ns).await?;
-                // Awaiting the ack: a publication to a history room is stored, or refused.
-                let ack = bounded("stored publish", async {
-                    let pending = self
-                        .js
-                        .publish(subject, payload)
-                        .await
-                        .map_err(unavailable)?;
-                    pending.await.map_err(unavailable)
-                })
-                .await?;
-                Ok(Some(Position {
-                    epoch,
-                    offset: ack.sequence,
-                }))
-            }
+            None => self
+                .client
+                .publish(subject(&key), payload)
+                .await
+                .map(|()| None)
+                .map_err(unavailable),
+            // Waits for the stored ack (bounded), so it fails by itself while NATS is away.
+            Some(ns) => self.publish_history(&key, ns, payload).await.map(Some),
+        };
+        if result.is_err() {
+            metrics::counter!(m::PUBLICATIONS_DROPPED, "reason" => "broker_unavailable")
+                .increment(1);
         }
+        result
     }
 
     async fn recover_now(
@@ -391,92 +410,10 @@ impl NatsBroker {
         key: RoomKey,
         since: Option<Position>,
     ) -> Result<Recovered, BrokerError> {
-        let Some(ns) = self.config.history(&key.room) else {
-            return Ok(Recovered::default());
-        };
-        let NsStream { mut stream, epoch } = self.ns_stream(ns).await?;
-        let subject = subject(&key);
-        let last = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(msg) => msg.sequence,
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => 0,
-            Err(e) => return Err(unavailable(e)),
-        };
-        let current = Position {
-            epoch,
-            offset: last,
-        };
-        let Some(since) = since else {
-            return Ok(Recovered {
-                current: Some(current),
-                replay: None,
-            });
-        };
-        if since.epoch != epoch || since.offset > last {
-            return Ok(Recovered {
-                current: Some(current),
-                replay: None,
-            });
+        match self.config.history(&key.room) {
+            None => Ok(Recovered::default()),
+            Some(ns) => self.recover_history(&key, ns, since).await,
         }
-        if since.offset == last {
-            return Ok(Recovered {
-                current: Some(current),
-                replay: Some(Vec::new()),
-            });
-        }
-        if since.offset == 0 {
-            // Everything the room ever had must still be there: only if the stream never lost
-            // a message.
-            let first = stream
-                .info()
-                .await
-                .map_err(unavailable)?
-                .state
-                .first_sequence;
-            if first > 1 {
-                return Ok(Recovered {
-                    current: Some(current),
-                    replay: None,
-                });
-            }
-        }
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: since.offset.max(1),
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        let mut messages = consumer.messages().await.map_err(unavailable)?;
-        let read = async {
-            let mut replay = Vec::new();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let seq = msg.info().map_err(unavailable)?.stream_sequence;
-                if replay.is_empty() && since.offset > 0 && seq != since.offset {
-                    // The position's own message is gone: what came after it may be too.
-                    return Ok(None);
-                }
-                if seq > since.offset {
-                    replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-                } else {
-                    // The position itself: proof that history reaches back that far.
-                    replay.push((Position { epoch, offset: 0 }, Bytes::new()));
-                }
-                if seq >= last {
-                    break;
-                }
-            }
-            replay.retain(|(p, _)| p.offset > 0);
-            Ok::<_, BrokerError>(Some(replay))
-        };
-        let replay = bounded("history read", read).await?;
-        Ok(Recovered {
-            current: Some(current),
-            replay,
-        })
     }
 }
 
@@ -486,16 +423,16 @@ impl Broker for NatsBroker {
         key: RoomKey,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
-        Box::pin(self.publish_now(key, payload))
+        Box::pin(self.inner.publish_now(key, payload))
     }
 
     fn add_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut interest = self.interest.lock().await;
+            let mut interest = self.inner.interest.lock().await;
             if interest.contains_key(&key) {
                 return Ok(());
             }
-            let task = self.listen(key.clone()).await?;
+            let task = self.inner.listen(key.clone()).await?;
             interest.insert(key, task);
             Ok(())
         })
@@ -503,9 +440,9 @@ impl Broker for NatsBroker {
 
     fn remove_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut interest = self.interest.lock().await;
+            let mut interest = self.inner.interest.lock().await;
             // The hub is the truth: a subscriber may have arrived since the last one left.
-            if self.hub.has_subscribers(&key) {
+            if self.inner.hub.has_subscribers(&key) {
                 return Ok(());
             }
             if let Some(task) = interest.remove(&key) {
@@ -520,12 +457,13 @@ impl Broker for NatsBroker {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
-        Box::pin(self.recover_now(key, since))
+        Box::pin(self.inner.recover_now(key, since))
     }
 
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            self.client
+            self.inner
+                .client
                 .publish(events_subject(&key), frame)
                 .await
                 .map_err(unavailable)
@@ -536,11 +474,12 @@ impl Broker for NatsBroker {
         Box::pin(async move {
             let kv_key = presence_key(&key, &member.session);
             let user = Bytes::from(member.user.into_bytes());
-            self.local_presence
+            self.inner
+                .local_presence
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(kv_key.clone(), user.clone());
-            let kv = self.presence_store().await?;
+            let kv = self.inner.presence_store().await?;
             bounded("presence put", async {
                 kv.put(kv_key, user).await.map_err(unavailable)
             })
@@ -552,11 +491,12 @@ impl Broker for NatsBroker {
     fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let kv_key = presence_key(&key, &member.session);
-            self.local_presence
+            self.inner
+                .local_presence
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&kv_key);
-            let kv = self.presence_store().await?;
+            let kv = self.inner.presence_store().await?;
             bounded("presence delete", async {
                 kv.delete(kv_key).await.map_err(unavailable)
             })
@@ -565,11 +505,23 @@ impl Broker for NatsBroker {
     }
 
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
-        Box::pin(self.members_now(key))
+        Box::pin(self.inner.members_now(key))
     }
 
     fn is_ready(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+            && self.inner.health.ready()
+    }
+}
+
+impl Drop for NatsBroker {
+    /// Listener tasks hold the broker's state: end them with it.
+    fn drop(&mut self) {
+        if let Ok(mut interest) = self.inner.interest.try_lock() {
+            for (_, task) in interest.drain() {
+                task.abort();
+            }
+        }
     }
 }
 

@@ -308,7 +308,10 @@ impl Session {
             .members(key)
             .await
             .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
-        Ok(Some(Event::Presence { room, members }))
+        let max_frame = self.shared.config.limits.max_frame as usize;
+        Ok(Some(crate::presence::bounded_event(
+            room, members, max_frame,
+        )))
     }
 
     /// Records (or removes) this session's presence in a room and tells the room. Presence is

@@ -1,0 +1,133 @@
+//! The `Presence` reply, kept within the session's frame limit.
+//!
+//! A room can hold more members than one frame can list (250 members with 256-byte user ids
+//! already pass 65,536 bytes), and a frame over `max_frame` is a protocol error for the client.
+//! So the reply lists members in their (sorted) order while they fit, and says `truncated` when
+//! it had to stop (PROTOCOL.md §5).
+
+use quiver_proto::{Event, Member};
+
+/// Bytes of a postcard varint holding `n`.
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.max(1).leading_zeros();
+    (bits as usize).div_ceil(7)
+}
+
+fn string_len(s: &str) -> usize {
+    varint_len(s.len()) + s.len()
+}
+
+/// `Event::Presence` for `room` with as many of `members` (in order) as fit in a frame body of
+/// at most `max_frame` bytes, whatever the reply's id; `truncated` when some were left out.
+pub fn bounded_event(room: String, mut members: Vec<Member>, max_frame: usize) -> Event {
+    // Envelope: the largest u32 id (5 bytes) and the variant index (1 byte), then the room,
+    // the member count (at most a u32 varint) and the trailing `truncated` flag.
+    let fixed = 5 + 1 + string_len(&room) + 5 + 1;
+    let mut size = fixed;
+    let fitting = members
+        .iter()
+        .take_while(|m| {
+            size += string_len(&m.user) + string_len(&m.session);
+            size <= max_frame
+        })
+        .count();
+    let truncated = fitting < members.len();
+    if truncated {
+        members.truncate(fitting);
+        metrics::counter!(crate::metrics::PRESENCE_TRUNCATED).increment(1);
+    }
+    Event::Presence {
+        room,
+        members,
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_proto::{encode_event, ServerFrame, LENGTH_PREFIX};
+
+    fn members(n: usize, user_len: usize) -> Vec<Member> {
+        (0..n)
+            .map(|i| Member {
+                user: format!("{i:0>user_len$}"),
+                session: format!("{:x}", u64::MAX - i as u64),
+            })
+            .collect()
+    }
+
+    fn body_len(event: Event) -> usize {
+        encode_event(&ServerFrame {
+            id: u32::MAX,
+            event,
+        })
+        .len()
+            - LENGTH_PREFIX
+    }
+
+    #[test]
+    fn varints() {
+        assert_eq!(
+            [0, 127, 128, 16_383, 16_384, u32::MAX as usize].map(varint_len),
+            [1, 1, 2, 2, 3, 5]
+        );
+    }
+
+    #[test]
+    fn the_issue_case_fits_and_says_truncated() {
+        // 250 members with 256-byte ids made a 68,759-byte frame against 65,536.
+        let all = members(250, 256);
+        let untouched = Event::Presence {
+            room: "p.room".into(),
+            members: all.clone(),
+            truncated: false,
+        };
+        assert!(body_len(untouched) > 65_536);
+        let event = bounded_event("p.room".into(), all.clone(), 65_536);
+        let Event::Presence {
+            members: kept,
+            truncated,
+            ..
+        } = &event
+        else {
+            unreachable!()
+        };
+        assert!(*truncated);
+        assert!(kept.len() > 200, "kept only {}", kept.len());
+        assert_eq!(kept[..], all[..kept.len()], "the first members, in order");
+        assert!(body_len(event) <= 65_536);
+    }
+
+    #[test]
+    fn never_over_the_limit_and_never_needlessly_short() {
+        for max_frame in [300, 1_000, 4_096, 65_536] {
+            for (n, user_len) in [(0, 1), (1, 1), (10, 1), (100, 40), (3_000, 5), (40, 256)] {
+                let all = members(n, user_len);
+                let event = bounded_event("p.r".into(), all.clone(), max_frame);
+                let Event::Presence {
+                    members: kept,
+                    truncated,
+                    ..
+                } = event.clone()
+                else {
+                    unreachable!()
+                };
+                assert!(body_len(event) <= max_frame, "{max_frame} {n} {user_len}");
+                assert_eq!(truncated, kept.len() < n);
+                if truncated {
+                    // One more member would not have fitted.
+                    let more = Event::Presence {
+                        room: "p.r".into(),
+                        members: all[..=kept.len()].to_vec(),
+                        truncated: true,
+                    };
+                    assert!(
+                        body_len(more) > max_frame - 10,
+                        "{max_frame} {n} {user_len}"
+                    );
+                }
+            }
+        }
+    }
+}
