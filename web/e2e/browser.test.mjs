@@ -39,9 +39,9 @@ after(async () => {
  * A page running the client over `transport` (or the default transports when null) with tokens
  * from `tokens(n)` for the n-th call (default: minted for `claims`, fresh on every call).
  */
-async function openClient(label, claims, transport, { tokens = () => token(claims), wait = true } = {}) {
+async function openClient(label, claims, transport, { tokens = () => token(claims), wait = true, options = {} } = {}) {
   const page = await newPage(browser, `${label}-${transport ?? 'auto'}`);
-  const { started, tokensIssued } = await startClientPage(page, pages, server, tokens, transport ? { transports: [transport] } : {});
+  const { started, tokensIssued } = await startClientPage(page, pages, server, tokens, { ...(transport ? { transports: [transport] } : {}), ...options });
   const info = wait ? await started : (started.catch(() => undefined), null);
   if (wait && transport) assert.equal(await page.evaluate(() => window.client.transport), transport);
   return { page, info, tokensIssued };
@@ -120,6 +120,39 @@ for (const transport of ['webtransport', 'websocket']) {
     await page.close();
   });
 
+  test(`a frozen server (SIGSTOP: no answers, no resets) is noticed within 3 s, and the page is back once it resumes [${transport}]`, async () => {
+    // The client's default timing: only the heartbeat (1 s idle, then 2 s for an answer) can
+    // notice this in time; a killed server on loopback is noticed at once (ICMP or a TCP reset).
+    const { page } = await openClient('frozen', { tenant: 'acme', user: 'judy', subscribe: ['>'] }, transport, { options: { defaults: true } });
+    const room = `dash.frozen.${transport}`;
+    assert.deepEqual(await page.evaluate((r) => window.subscribe(r), room), { ok: true });
+    await publish(rust, room, 'before');
+    await waitFor('the first publication', async () => (await messages(page, room)).includes('before'));
+    server.proc.kill('SIGSTOP');
+    const frozenAt = Date.now();
+    try {
+      await waitFor('the page to notice the frozen server', () => page.evaluate(() => window.client.state !== 'connected'), 10_000, 20);
+      const noticedMs = Date.now() - frozenAt;
+      console.log(`# frozen server noticed after ${noticedMs} ms`);
+      assert.ok(noticedMs < 4500, `noticed after ${noticedMs} ms`);
+      const errors = await page.evaluate(() => window.log.errors.map((e) => `${e.kind}: ${e.message}`));
+      assert.ok(errors.some((e) => /^timeout: .*presumed dead/.test(e)), errors.join('\n'));
+    } finally {
+      server.proc.kill('SIGCONT');
+    }
+    await waitFor('the page to reconnect', () => page.evaluate(() => window.client.state === 'connected'), 30_000);
+    await waitFor(
+      'a publication after the thaw',
+      async () => {
+        await publish(rust, room, 'after');
+        return (await messages(page, room)).includes('after');
+      },
+      15_000,
+      500,
+    );
+    await page.close();
+  });
+
   // SIGTERM: the server says Goodbye (shutdown, reconnect). SIGKILL: it vanishes without a word and
   // the client has to notice by itself (failed pings).
   for (const signal of ['SIGTERM', 'SIGKILL']) {
@@ -138,6 +171,7 @@ for (const transport of ['webtransport', 'websocket']) {
       // A killed server says nothing (over UDP not even a reset): the heartbeat notices within
       // 3 s by default (1 s idle + 2 s for an answer); the slack is for a busy machine.
       const noticedMs = Date.now() - stoppedAt;
+      console.log(`# ${signal} noticed ${noticedMs} ms after the server exited`);
       if (signal === 'SIGKILL') assert.ok(noticedMs < 4500, `noticed after ${noticedMs} ms`);
       server = await startServer({
         name: 'server-browser',
