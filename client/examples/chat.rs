@@ -7,20 +7,24 @@
 //!     --url https://127.0.0.1:4433/v1 --cert-hash HEX --token "$TOKEN" --room chat.lobby
 //! ```
 //!
-//! Options: `--url` (repeatable), `--token` (or env `QUIVER_TOKEN`), `--cert-hash HEX`
-//! (repeatable) or `--ca-file PEM` (default: system roots), `--room` (default `chat.lobby`).
+//! Options: `--url` (repeatable), `--ws-url` (repeatable, e.g. `ws://127.0.0.1:8080/v1/ws`),
+//! `--transport webtransport|websocket|auto` (default auto: WebSocket when WebTransport fails),
+//! `--token` (or env `QUIVER_TOKEN`), `--cert-hash HEX` (repeatable) or `--ca-file PEM`
+//! (default: system roots), `--room` (default `chat.lobby`).
 //! With `--send TEXT` it publishes TEXT (acknowledged), prints the position and exits.
 
 use std::time::Duration;
 
 use futures::StreamExt;
-use quiver_client::{parse_cert_hash, token_fixed, Client, ClientConfig, SubEvent, Trust};
+use quiver_client::{
+    parse_cert_hash, token_fixed, Client, ClientConfig, SubEvent, Transport, Trust,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chat --url URL [--url URL...] [--token JWT] [--cert-hash HEX...|--ca-file PEM] \
-         [--room ROOM] [--send TEXT]"
+        "usage: chat --url URL [--url URL...] [--ws-url URL...] [--transport T] [--token JWT] \
+         [--cert-hash HEX...|--ca-file PEM] [--room ROOM] [--send TEXT]"
     );
     std::process::exit(2)
 }
@@ -28,6 +32,8 @@ fn usage() -> ! {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut urls = Vec::new();
+    let mut ws_urls = Vec::new();
+    let mut transport = Transport::Auto;
     let mut token = std::env::var("QUIVER_TOKEN").ok();
     let mut hashes = Vec::new();
     let mut ca_file = None;
@@ -38,6 +44,8 @@ async fn main() -> anyhow::Result<()> {
         let mut value = || args.next().unwrap_or_else(|| usage());
         match arg.as_str() {
             "--url" => urls.push(value()),
+            "--ws-url" => ws_urls.push(value()),
+            "--transport" => transport = value().parse().map_err(anyhow::Error::msg)?,
             "--token" => token = Some(value()),
             "--cert-hash" => hashes.push(parse_cert_hash(&value())?),
             "--ca-file" => ca_file = Some(value()),
@@ -46,12 +54,14 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let (Some(first), Some(token)) = (urls.first().cloned(), token) else {
+    let Some(token) = token else { usage() };
+    if urls.is_empty() && ws_urls.is_empty() {
         usage()
-    };
+    }
 
-    let mut config = ClientConfig::new(first, token_fixed(token));
+    let mut config = ClientConfig::new(String::new(), token_fixed(token)).with_transport(transport);
     config.urls = urls;
+    config.ws_urls = ws_urls;
     config.trust = match (hashes.is_empty(), ca_file) {
         (false, _) => Trust::CertHashes(hashes),
         (true, Some(path)) => Trust::CaFile(path.into()),
@@ -60,8 +70,8 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::connect(config).await?;
     let welcome = client.welcome().expect("connected");
     eprintln!(
-        "connected: session {} user {} tenant {}",
-        welcome.session, welcome.user, welcome.tenant
+        "connected over {}: session {} user {} tenant {}",
+        welcome.transport, welcome.session, welcome.user, welcome.tenant
     );
 
     if let Some(text) = send {

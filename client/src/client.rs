@@ -1,5 +1,5 @@
 //! [`Client`]: the application-facing handle. Every call is a message to the connection task
-//! (see `connection.rs`), which owns the WebTransport session.
+//! (see `connection/`), which owns the session (WebTransport or WebSocket).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use quiver_proto::{ErrorCode, Limits, Member, Position};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Transport};
 use crate::connection::{self, Request};
 use crate::error::ClientError;
 use crate::subscription::Subscription;
@@ -37,6 +37,9 @@ pub struct WelcomeInfo {
     /// Token expiry, Unix seconds; `None` if the token never expires.
     pub expires_at: Option<u64>,
     pub limits: Limits,
+    /// The transport this session runs on ([`Transport::WebTransport`] or
+    /// [`Transport::WebSocket`]).
+    pub transport: Transport,
 }
 
 /// State shared between [`Client`] handles and the connection task.
@@ -63,7 +66,8 @@ struct Inner {
     request_timeout: Duration,
 }
 
-/// A Quiver client: one WebTransport session, reconnected automatically.
+/// A Quiver client: one session (WebTransport or WebSocket, see [`Transport`]), reconnected
+/// automatically.
 ///
 /// Cheap to clone; all clones share the session. The session is closed when [`Client::close`]
 /// is called or when every clone and every [`Subscription`] is dropped.
@@ -88,9 +92,6 @@ impl Client {
     /// or a `Goodbye` that forbids reconnecting fails at once. After that first `Welcome` the
     /// client reconnects by itself, forever, until [`Client::close`].
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
-        if config.urls.is_empty() {
-            return Err(ClientError::Connect("no server URL configured".into()));
-        }
         let shared = Arc::new(Shared {
             welcome: Mutex::new(None),
             closed: Mutex::new(None),
@@ -192,6 +193,15 @@ impl Client {
         self.call(|reply| Request::Presence { room, reply }).await
     }
 
+    /// The transport of the latest session: [`Transport::WebTransport`] or
+    /// [`Transport::WebSocket`] (kept while reconnecting). With [`Transport::Auto`], follow
+    /// [`Client::state`] and read this after each `Connected` to see a change.
+    pub fn transport(&self) -> Option<Transport> {
+        lock(&self.inner.shared.welcome)
+            .as_ref()
+            .map(|w| w.transport)
+    }
+
     /// The connection state; `borrow()` for now, `changed().await` to follow it.
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.inner.state.clone()
@@ -208,7 +218,8 @@ impl Client {
         lock(&self.inner.shared.closed).clone()
     }
 
-    /// Closes the session (WebTransport close, code 0) and stops reconnecting. Pending calls fail
+    /// Closes the session (WebTransport close code 0, WebSocket close 1000) and stops
+    /// reconnecting. Pending calls fail
     /// with [`ClientError::Closed`], subscriptions end. Idempotent.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();

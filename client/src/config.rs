@@ -1,4 +1,5 @@
-//! [`ClientConfig`]: where to connect, how to authenticate, whom to trust, how to retry.
+//! [`ClientConfig`]: where to connect, over which transport, how to authenticate, whom to trust,
+//! how to retry, how fast to notice a dead server.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use quiver_proto::CONNECT_PATH;
 use url::Url;
+use wtransport::tls::rustls;
 
 use crate::backoff::Backoff;
 use crate::error::ClientError;
@@ -48,6 +50,93 @@ pub enum Trust {
     CaFile(PathBuf),
 }
 
+/// Which transport a [`crate::Client`] uses (PROTOCOL.md section 9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// WebTransport (HTTP/3 over QUIC, UDP) at [`ClientConfig::urls`]: one stream per room.
+    WebTransport,
+    /// WebSocket (TCP) at [`ClientConfig::ws_urls`]: every room on the one socket.
+    WebSocket,
+    /// WebTransport first; WebSocket when WebTransport fails (a refused or failed handshake, or
+    /// no session within [`ClientConfig::webtransport_timeout`]: blocked UDP is silent, not
+    /// refused). A WebTransport failure followed by a working WebSocket is remembered for the
+    /// client's lifetime: later reconnects go straight to WebSocket. Without `ws_urls` this is
+    /// the same as [`Transport::WebTransport`], without `urls` the same as
+    /// [`Transport::WebSocket`].
+    Auto,
+}
+
+impl Transport {
+    /// The name used on the command line and in logs: `webtransport`, `websocket`, `auto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebTransport => "webtransport",
+            Transport::WebSocket => "websocket",
+            Transport::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "webtransport" | "wt" => Ok(Transport::WebTransport),
+            "websocket" | "ws" => Ok(Transport::WebSocket),
+            "auto" => Ok(Transport::Auto),
+            other => Err(format!(
+                "unknown transport {other:?} (webtransport, websocket or auto)"
+            )),
+        }
+    }
+}
+
+/// Dead-server detection: while nothing at all arrives from the server for `interval`, the
+/// client sends a `Ping`; if still nothing has arrived `timeout` after it, the server (or the
+/// path to it) is declared dead, the connection is dropped and the client reconnects. Worst
+/// case, a dead server is noticed `interval + timeout` after the last thing it sent (2.5 s with
+/// the defaults; measured: 1.5 s after freezing a server with SIGSTOP, on both transports).
+///
+/// "Anything" includes the transport's own answers, which a live server's network stack sends
+/// even while its session is busy (a command waiting on the broker holds up the `Pong`): on
+/// WebTransport any QUIC packet (the acknowledgement of the `Ping` itself), on WebSocket a
+/// WebSocket pong (a WebSocket ping goes out with every heartbeat `Ping`). So a crashed, frozen
+/// or unreachable server is noticed; a slow one is not mistaken for dead.
+///
+/// Cost: nothing while the server is sending anyway (publications, replies). On an otherwise
+/// silent session, one `Ping` and one `Pong` per `interval`: with the defaults, measured on
+/// loopback, 3 UDP datagrams per second per idle session on WebTransport and 5 TCP segments
+/// on WebSocket (the WebSocket ping and its pong travel separately), both directions and all
+/// acknowledgements included. Fewer with a longer `interval`, at a slower detection. Each `Ping` counts
+/// against the session's command rate (1 of `commands_per_second`, 200 by default).
+///
+/// This is the client's own check and independent of the server's idle timeout for dead
+/// clients (30 s). Use `None` to rely on the QUIC idle timeout ([`ClientConfig::idle_timeout`])
+/// alone, which on WebSocket means a dead server may go unnoticed until TCP gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Silence after which a `Ping` is sent (default 1 s).
+    pub interval: Duration,
+    /// How long after that `Ping` something must have arrived (default 1.5 s).
+    pub timeout: Duration,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
 /// Configuration for [`crate::Client::connect`]. Build it with [`ClientConfig::new`] and adjust
 /// the public fields.
 #[derive(Clone)]
@@ -56,6 +145,18 @@ pub struct ClientConfig {
     /// on to the next one. A URL without a path (or with `/`) gets [`CONNECT_PATH`]; any existing
     /// `token` query parameter is replaced.
     pub urls: Vec<String>,
+    /// WebSocket URLs, e.g. `ws://127.0.0.1:8080/v1/ws` (development) or
+    /// `wss://example.com/v1/ws`. The WebSocket endpoint lives on the server's HTTP (TCP) port,
+    /// which is why these are separate from [`ClientConfig::urls`]. A URL without a path (or
+    /// with `/`) gets `/v1/ws`. The token travels in an `Authorization: Bearer` header. Used by
+    /// [`Transport::WebSocket`] and as the fallback of [`Transport::Auto`]; with several, they
+    /// rotate like `urls`. Default: none.
+    pub ws_urls: Vec<String>,
+    /// Which transport to use. Default [`Transport::Auto`] (which needs `ws_urls` to fall back).
+    pub transport: Transport,
+    /// With [`Transport::Auto`]: how long a WebTransport attempt may take before the client
+    /// falls back to WebSocket (default 2.5 s).
+    pub webtransport_timeout: Duration,
     /// Called on every connect attempt and to refresh the token ahead of expiry.
     pub token: TokenProvider,
     /// How to verify the server certificate. Default [`Trust::System`].
@@ -82,9 +183,13 @@ pub struct ClientConfig {
     pub refresh_ahead: Duration,
     /// QUIC keep-alive interval (default 5 s); must stay below the server's idle timeout (30 s).
     pub keep_alive: Duration,
-    /// QUIC idle timeout on the client side (default 10 s): how fast a dead network or a crashed
-    /// server is noticed.
+    /// QUIC idle timeout on the client side (default 10 s): a backstop behind
+    /// [`ClientConfig::heartbeat`]. QUIC applies the smaller of the two sides' idle timeouts to
+    /// both, so setting this low also shortens how long the server keeps a silent client.
     pub idle_timeout: Duration,
+    /// Dead-server detection by app-level `Ping` (default on: noticed within 2.5 s). See
+    /// [`Heartbeat`] for what it costs.
+    pub heartbeat: Option<Heartbeat>,
     /// Capacity of each subscription's event queue (default 1024). When the application does not
     /// read a [`crate::Subscription`], the client stops reading that room's stream, QUIC flow
     /// control pushes back to the server, and eventually the server ends the subscription with
@@ -99,6 +204,9 @@ impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("urls", &self.urls)
+            .field("ws_urls", &self.ws_urls)
+            .field("transport", &self.transport)
+            .field("webtransport_timeout", &self.webtransport_timeout)
             .field("trust", &self.trust)
             .field("backoff", &self.backoff)
             .field("publish_buffer", &self.publish_buffer)
@@ -108,6 +216,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("refresh_ahead", &self.refresh_ahead)
             .field("keep_alive", &self.keep_alive)
             .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat", &self.heartbeat)
             .field("subscription_buffer", &self.subscription_buffer)
             .field("pace_commands", &self.pace_commands)
             .finish_non_exhaustive()
@@ -115,10 +224,13 @@ impl std::fmt::Debug for ClientConfig {
 }
 
 impl ClientConfig {
-    /// One server URL, a token provider, and the defaults documented on each field.
+    /// One WebTransport URL, a token provider, and the defaults documented on each field.
     pub fn new(url: impl Into<String>, token: TokenProvider) -> Self {
         ClientConfig {
             urls: vec![url.into()],
+            ws_urls: Vec::new(),
+            transport: Transport::Auto,
+            webtransport_timeout: Duration::from_millis(2500),
             token,
             trust: Trust::System,
             backoff: Backoff::default(),
@@ -129,6 +241,7 @@ impl ClientConfig {
             refresh_ahead: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
+            heartbeat: Some(Heartbeat::default()),
             subscription_buffer: 1024,
             pace_commands: true,
         }
@@ -146,18 +259,37 @@ impl ClientConfig {
         self
     }
 
-    /// Builds the wtransport client configuration for [`ClientConfig::trust`].
-    pub(crate) async fn wtransport_config(&self) -> Result<wtransport::ClientConfig, ClientError> {
+    /// Adds a WebSocket URL ([`ClientConfig::ws_urls`]).
+    pub fn with_ws_url(mut self, url: impl Into<String>) -> Self {
+        self.ws_urls.push(url.into());
+        self
+    }
+
+    /// Sets [`ClientConfig::transport`].
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// The rustls client configuration for [`ClientConfig::trust`], on the `ring` provider
+    /// (wtransport's), TLS 1.3, with wtransport's ALPN (`h3`). Shared by both transports; the
+    /// WebSocket side replaces the ALPN.
+    pub(crate) async fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        use wtransport::tls::client::{build_default_tls_config, ServerHashVerification};
         use wtransport::tls::rustls::pki_types::CertificateDer;
         use wtransport::tls::rustls::RootCertStore;
 
-        let builder = wtransport::ClientConfig::builder().with_bind_default();
-        let builder = match &self.trust {
-            Trust::System => builder.with_native_certs(),
-            Trust::CertHashes(hashes) => builder.with_server_certificate_hashes(
-                hashes
-                    .iter()
-                    .map(|h| wtransport::tls::Sha256Digest::new(*h)),
+        Ok(match &self.trust {
+            Trust::System => {
+                build_default_tls_config(Arc::new(wtransport::tls::build_native_cert_store()), None)
+            }
+            Trust::CertHashes(hashes) => build_default_tls_config(
+                Arc::new(RootCertStore::empty()),
+                Some(Arc::new(ServerHashVerification::new(
+                    hashes
+                        .iter()
+                        .map(|h| wtransport::tls::Sha256Digest::new(*h)),
+                ))),
             ),
             Trust::CaFile(path) => {
                 let chain = wtransport::tls::CertificateChain::load_pemfile(path)
@@ -179,11 +311,17 @@ impl ClientConfig {
                         path.display()
                     )));
                 }
-                let tls = wtransport::tls::client::build_default_tls_config(Arc::new(roots), None);
-                builder.with_custom_tls(tls)
+                build_default_tls_config(Arc::new(roots), None)
             }
-        };
-        let builder = builder
+        })
+    }
+
+    /// Builds the wtransport client configuration for [`ClientConfig::trust`].
+    pub(crate) async fn wtransport_config(&self) -> Result<wtransport::ClientConfig, ClientError> {
+        let tls = self.tls_config().await?;
+        let builder = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_custom_tls(tls)
             .keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(self.idle_timeout))
             .map_err(|_| ClientError::Protocol("idle_timeout out of range".into()))?;
@@ -229,6 +367,25 @@ pub fn connect_url(base: &str, token: &str) -> Result<String, ClientError> {
     }
     Ok(url.into())
 }
+
+/// The WebSocket URL for one attempt: `base` (`ws://` or `wss://`) with `/v1/ws` if it has no
+/// path. The token is not put in it: it travels in the `Authorization` header.
+pub fn ws_url(base: &str) -> Result<String, ClientError> {
+    let mut url =
+        Url::parse(base).map_err(|e| ClientError::Connect(format!("invalid URL {base:?}: {e}")))?;
+    if url.scheme() != "ws" && url.scheme() != "wss" {
+        return Err(ClientError::Connect(format!(
+            "invalid URL {base:?}: WebSocket needs ws:// or wss://"
+        )));
+    }
+    if url.path().is_empty() || url.path() == "/" {
+        url.set_path(WS_PATH);
+    }
+    Ok(url.into())
+}
+
+/// The WebSocket endpoint's path (PROTOCOL.md section 9).
+pub const WS_PATH: &str = "/v1/ws";
 
 /// The URL as safe to log: the token query parameter replaced by `***`.
 pub(crate) fn redact(url: &str) -> String {
@@ -284,6 +441,38 @@ mod tests {
             connect_url("not a url", "t"),
             Err(ClientError::Connect(_))
         ));
+    }
+
+    #[test]
+    fn ws_urls_get_the_path() {
+        assert_eq!(
+            ws_url("ws://127.0.0.1:8080").unwrap(),
+            "ws://127.0.0.1:8080/v1/ws"
+        );
+        assert_eq!(
+            ws_url("wss://example.com/").unwrap(),
+            "wss://example.com/v1/ws"
+        );
+        assert_eq!(
+            ws_url("ws://h:1/custom/ws?x=1").unwrap(),
+            "ws://h:1/custom/ws?x=1"
+        );
+        assert!(matches!(
+            ws_url("https://h:1/v1"),
+            Err(ClientError::Connect(_))
+        ));
+    }
+
+    #[test]
+    fn transports_parse() {
+        for t in [
+            Transport::WebTransport,
+            Transport::WebSocket,
+            Transport::Auto,
+        ] {
+            assert_eq!(t.as_str().parse::<Transport>().unwrap(), t);
+        }
+        assert!("quic".parse::<Transport>().is_err());
     }
 
     #[test]

@@ -1,14 +1,22 @@
 //! [`ClientError`]: everything a client call can fail with.
 
-use quiver_proto::ErrorCode;
+use quiver_proto::{CloseCode, ErrorCode};
 
 /// Errors returned by [`crate::Client`] and [`crate::ClientConfig`] helpers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The server refused the WebTransport session (HTTP 403: missing, invalid or expired token;
-    /// 404: wrong path; 429: server draining or full). wtransport does not expose the status code.
-    #[error("server refused the session at {url} (403 bad token, 404 wrong path or 429 busy)")]
-    Refused { url: String },
+    /// The server refused the session before it existed: on WebTransport with HTTP 403
+    /// (missing, invalid or expired token, or a refused origin), 404 (wrong path) or 429
+    /// (draining or full), without the status (wtransport does not expose it); on WebSocket
+    /// with an HTTP status (`status`: 403 refused origin, 404, 429) before the upgrade. A refused
+    /// *token* on WebSocket is [`ClientError::TokenRefused`].
+    #[error("server refused the session at {url} ({})", refusal(*.status))]
+    Refused { url: String, status: Option<u16> },
+    /// The server refused the token at a WebSocket upgrade (PROTOCOL.md section 9.1): `code`
+    /// 3007 `token_invalid` (the token is bad: retrying with it is pointless, so the client stops)
+    /// or 3002 `token_expired` (a later attempt asks the token provider for a fresh one).
+    #[error("token refused ({}): {reason}", close_label(*.code))]
+    TokenRefused { code: u16, reason: String },
     /// The connection could not be established (DNS, TLS, QUIC, handshake, bad URL, ...).
     #[error("connect failed: {0}")]
     Connect(String),
@@ -52,11 +60,36 @@ impl ClientError {
         }
     }
 
+    /// Whether this is the server saying no to the credentials: a refused token
+    /// ([`ClientError::TokenRefused`], or a session closed with 3007 `token_invalid`). A
+    /// WebTransport [`ClientError::Refused`] may be one too, but the client cannot tell.
+    pub fn is_auth_failure(&self) -> bool {
+        match self {
+            ClientError::TokenRefused { .. } => true,
+            ClientError::Closed { code, .. } => *code == CloseCode::InvalidToken.as_u16(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn server(code: ErrorCode, message: impl Into<String>) -> Self {
         ClientError::Server {
             code: code.as_u16(),
             message: message.into(),
         }
+    }
+}
+
+fn refusal(status: Option<u16>) -> String {
+    match status {
+        Some(s) => format!("HTTP {s}"),
+        None => "403 bad token, 404 wrong path or 429 busy".into(),
+    }
+}
+
+fn close_label(code: u16) -> String {
+    match CloseCode::from_u16(code) {
+        Some(c) => format!("{} ({code})", c.label()),
+        None => code.to_string(),
     }
 }
 
@@ -76,5 +109,29 @@ mod tests {
         let e = ClientError::server(ErrorCode::PermissionDenied, "no");
         assert_eq!(e.to_string(), "server error permission_denied (103): no");
         assert_eq!(e.error_code(), Some(ErrorCode::PermissionDenied));
+    }
+
+    #[test]
+    fn auth_failures() {
+        let e = ClientError::TokenRefused {
+            code: 3007,
+            reason: "bad signature".into(),
+        };
+        assert!(e.is_auth_failure());
+        assert_eq!(
+            e.to_string(),
+            "token refused (token_invalid (3007)): bad signature"
+        );
+        assert!(ClientError::Closed {
+            code: 3007,
+            reason: String::new()
+        }
+        .is_auth_failure());
+        assert!(!ClientError::Closed {
+            code: 3000,
+            reason: String::new()
+        }
+        .is_auth_failure());
+        assert!(!ClientError::Timeout.is_auth_failure());
     }
 }

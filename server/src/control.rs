@@ -26,35 +26,13 @@ pub struct Control {
 
 /// A NATS connection of its own for the control plane (kept apart from the broker's, so a
 /// backlog of publications never delays a disconnect).
-pub async fn connect(nats: &crate::config::NatsConfig) -> Result<async_nats::Client, String> {
-    let mut options = async_nats::ConnectOptions::new()
+pub async fn connect(
+    nats: &crate::config::NatsConfig,
+) -> Result<async_nats::Client, crate::broker::BrokerError> {
+    let options = async_nats::ConnectOptions::new()
         .name("quiver-control")
         .retry_on_initial_connect();
-    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
-        options = options.user_and_password(user.clone(), password.clone());
-    }
-    if let Some(token) = &nats.token {
-        options = options.token(token.clone());
-    }
-    if let Some(creds) = &nats.credentials {
-        options = options
-            .credentials_file(creds)
-            .await
-            .map_err(|e| format!("nats credentials: {e}"))?;
-    }
-    if let Some(ca) = &nats.ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    let urls: Vec<async_nats::ServerAddr> = nats
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("nats url: {e}"))?;
-    options
-        .connect(urls)
-        .await
-        .map_err(|e| format!("nats: {e}"))
+    crate::broker::nats::connect_with(nats, options).await
 }
 
 fn subject(tenant: &TenantId) -> String {

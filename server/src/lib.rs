@@ -1,4 +1,4 @@
-//! The Quiver server library. The `quiver` binary (`main.rs`) is a thin CLI over it; tests start
+//! The Quiver server library. The `quiver` binary (crate `cli/`) is a thin CLI over it; tests start
 //! servers in-process through [`Server::start`].
 //!
 //! Layers, outermost first: [`transport`] (WebTransport, WebSocket and SSE adapters: request

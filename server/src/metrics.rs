@@ -22,6 +22,7 @@ pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
 pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
 pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
 pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
+pub const BUILD_INFO: &str = "quiver_build_info";
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
@@ -34,13 +35,34 @@ pub fn handle() -> PrometheusHandle {
             // Fails only if another recorder was installed first; we then render an empty page.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            register_zeros();
             handle
         })
         .clone()
 }
 
+/// Every series an operator's dashboard queries exists from the start, at zero, so an idle
+/// server's page is complete and `rate()` has a first sample.
+fn register_zeros() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for transport in crate::transport::Transport::ALL {
+        let t = transport.label();
+        metrics::gauge!(SESSIONS_ACTIVE, "transport" => t).set(0.0);
+        metrics::counter!(SESSIONS_OPENED, "transport" => t).absolute(0);
+    }
+    metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
+    for name in [PUBLICATIONS, DELIVERIES, COMMANDS] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::counter!(DELIVERIES_DROPPED, "reason" => "slow_consumer").absolute(0);
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
     describe_gauge!(SESSIONS_ACTIVE, "Open WebTransport sessions");
     describe_gauge!(
         SUBSCRIPTIONS_ACTIVE,

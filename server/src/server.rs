@@ -164,11 +164,7 @@ impl Server {
         };
         let registry = Arc::new(crate::registry::Registry::default());
         let control_nats = match &config.nats {
-            Some(nats) => Some(
-                crate::control::connect(nats)
-                    .await
-                    .map_err(|e| StartError::Broker(BrokerError::Unavailable(e)))?,
-            ),
+            Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
         let control = Arc::new(crate::control::Control::new(registry.clone(), control_nats));

@@ -46,7 +46,7 @@ impl NatsServer {
             port,
             store: tempfile::tempdir()?,
         };
-        server.spawn().await?;
+        server.spawn(true).await?;
         Ok(server)
     }
 
@@ -59,17 +59,13 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    async fn spawn(&mut self) -> Result<()> {
-        let child = Command::new(binary()?)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path())
+    async fn spawn(&mut self, jetstream: bool) -> Result<()> {
+        let mut command = Command::new(binary()?);
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if jetstream {
+            command.args(["-js", "-sd"]).arg(self.store.path());
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -98,7 +94,14 @@ impl NatsServer {
     /// Kills it and starts it again on the same port (memory-stored streams are gone).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.spawn().await
+        self.spawn(true).await
+    }
+
+    /// Kills it and starts it again on the same port with JetStream off: clients connect, but
+    /// nothing that needs JetStream (history, presence) works.
+    pub async fn restart_without_jetstream(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn(false).await
     }
 }
 

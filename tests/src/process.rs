@@ -89,6 +89,34 @@ impl QuiverProcess {
         format!("https://127.0.0.1:{}/v1", self.wt_port)
     }
 
+    /// The WebSocket URL (PROTOCOL.md 9.2) on its HTTP port.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.http_port)
+    }
+
+    /// SIGSTOP: the process answers nothing any more while its sockets stay open (the kernel
+    /// still accepts TCP connections and buffers datagrams), like a hung server.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{name} {} failed: {status}", self.child.id());
+        }
+        Ok(())
+    }
+
     /// SIGKILL: no goodbye, no cleanup, like a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

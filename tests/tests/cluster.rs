@@ -549,3 +549,52 @@ async fn resume_from_between_a_rooms_offsets_replays_what_followed() -> anyhow::
     }
     Ok(())
 }
+
+/// Issue 11 §2: `/readyz` must not say ready while history rooms cannot deliver, even though
+/// the NATS connection itself is up (here: a nats-server without JetStream for a while).
+#[tokio::test]
+async fn readyz_waits_for_history_delivery_not_just_the_connection() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        let mut n = NatsConfig::new(nats.url());
+        n.storage = "file".into();
+        c.nats = Some(n);
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+        });
+    })
+    .await?;
+    wait_ready(&server, 200).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut room = sub.subscribe("h.r").await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.published("h.r", b"before").await?;
+    assert_eq!(room.payload().await?, Bytes::from_static(b"before"));
+
+    nats.restart_without_jetstream().await?;
+    // Connected again: live rooms work...
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(publ.publish("live.x", b"x").await?, Event::Published { .. }) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... but history rooms cannot deliver, and /readyz says so the whole time.
+    for _ in 0..20 {
+        assert_eq!(
+            ready_at(server.http).await?,
+            503,
+            "/readyz said ready while JetStream was away"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    nats.restart().await?;
+    wait_ready(&server, 200).await?;
+    // Once it says ready, history delivers: the room's consumer was rebuilt.
+    publ.published("h.r", b"after").await?;
+    assert_eq!(room.payload().await?, Bytes::from_static(b"after"));
+    Ok(())
+}

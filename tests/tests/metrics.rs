@@ -12,6 +12,21 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
     let page = reqwest::get(format!("http://{}/healthz", server.http)).await?;
     assert_eq!(page.status(), 200);
+    // An idle server's page already has every series a dashboard queries, at zero.
+    let idle = server.metrics().await?;
+    for series in [
+        r#"quiver_sessions_active{transport="webtransport"} 0"#,
+        r#"quiver_sessions_active{transport="websocket"} 0"#,
+        r#"quiver_sessions_active{transport="sse"} 0"#,
+        "quiver_publications_total 0",
+        "quiver_deliveries_total 0",
+    ] {
+        assert!(
+            idle.lines().any(|l| l == series),
+            "missing {series}:\n{idle}"
+        );
+    }
+    assert!(idle.contains("quiver_build_info{version="), "{idle}");
 
     let mut clients = Vec::new();
     let mut streams = Vec::new();

@@ -42,7 +42,7 @@ export async function waitFor(what, check, ms = 10_000, every = 50) {
 /** Fails fast with a useful message when the binary was not built. */
 export function requireQuiver() {
   if (!existsSync(QUIVER)) {
-    throw new Error(`${QUIVER} not found: run \`cargo build -p quiver-server --bin quiver\` first`);
+    throw new Error(`${QUIVER} not found: run \`cargo build --bin quiver\` first`);
   }
 }
 

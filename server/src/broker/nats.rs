@@ -105,7 +105,7 @@ impl NatsBroker {
         config: Arc<Config>,
     ) -> Result<Self, BrokerError> {
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
-        let mut options = async_nats::ConnectOptions::new()
+        let options = async_nats::ConnectOptions::new()
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
             .retry_on_initial_connect()
@@ -129,25 +129,7 @@ impl NatsBroker {
                     }
                 }
             });
-        if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(token) = &nats.token {
-            options = options.token(token.clone());
-        }
-        if let Some(creds) = &nats.credentials {
-            options = options.credentials_file(creds).await.map_err(unavailable)?;
-        }
-        if let Some(ca) = &nats.ca {
-            options = options.add_root_certificates(ca.clone()).require_tls(true);
-        }
-        let urls: Vec<async_nats::ServerAddr> = nats
-            .url
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
-        let client = options.connect(urls).await.map_err(unavailable)?;
+        let client = connect_with(nats, options).await?;
         let storage = match nats.storage.as_str() {
             "file" => stream::StorageType::File,
             _ => stream::StorageType::Memory,
@@ -532,4 +514,31 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
+/// broker and the control plane (`control.rs`) each hold a connection made here.
+pub async fn connect_with(
+    nats: &NatsConfig,
+    mut options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, BrokerError> {
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &nats.token {
+        options = options.token(token.clone());
+    }
+    if let Some(creds) = &nats.credentials {
+        options = options.credentials_file(creds).await.map_err(unavailable)?;
+    }
+    if let Some(ca) = &nats.ca {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let urls: Vec<async_nats::ServerAddr> = nats
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
+    options.connect(urls).await.map_err(unavailable)
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use quiver_client::{
-    parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, SubEvent, Trust,
+    parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, SubEvent, Transport, Trust,
 };
 use quiver_server::auth::{sign_hs256, unix_now, Claims};
 use quiver_server::{Config, Server};
@@ -250,9 +250,17 @@ struct PubArgs {
 
 #[derive(Args)]
 struct ConnArgs {
-    /// Server URL(s), comma-separated.
+    /// WebTransport URL(s), comma-separated.
     #[arg(long, default_value = "https://localhost:4433/v1")]
     url: String,
+    /// WebSocket URL(s), comma-separated: the server's HTTP port, path /v1/ws (wss:// with a
+    /// real certificate). The default is `quiver serve`'s development HTTP listener.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
+    ws_url: String,
+    /// webtransport, websocket, or auto: WebTransport, falling back to WebSocket when it fails
+    /// or is not up within 2.5 s (blocked UDP).
+    #[arg(long, default_value = "auto")]
+    transport: Transport,
     /// JWT; default: a development token for tenant "demo" signed with the development secret.
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -270,15 +278,20 @@ const DEV_TENANT: &str = "demo";
 
 impl ConnArgs {
     async fn client_config(&self) -> Result<ClientConfig> {
-        let urls: Vec<String> = self
-            .url
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if urls.is_empty() {
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let urls = list(&self.url);
+        let ws_urls = list(&self.ws_url);
+        if urls.is_empty() && self.transport != Transport::WebSocket {
             bail!("--url names no server");
+        }
+        if ws_urls.is_empty() && self.transport == Transport::WebSocket {
+            bail!("--ws-url names no server");
         }
         let token = match &self.token {
             Some(t) => token_fixed(t.clone()),
@@ -310,14 +323,21 @@ impl ConnArgs {
             }
             None => Trust::System,
         };
-        let mut config = ClientConfig::new(urls[0].clone(), token).with_trust(trust);
+        let mut config = ClientConfig::new(String::new(), token)
+            .with_trust(trust)
+            .with_transport(self.transport);
         config.urls = urls;
+        config.ws_urls = ws_urls;
         Ok(config)
     }
 }
 
 async fn sub(args: SubArgs) -> Result<()> {
     let client = Client::connect(args.conn.client_config().await?).await?;
+    if let Some(transport) = client.transport() {
+        // stdout carries only payloads; this is for the person watching.
+        eprintln!("quiver: connected over {transport}");
+    }
     let mut subs = Vec::new();
     for room in &args.rooms {
         subs.push(
@@ -344,7 +364,8 @@ async fn sub(args: SubArgs) -> Result<()> {
                 stdout.flush()?;
             }
             Some(SubEvent::Resubscribed { recovery }) => {
-                eprintln!("quiver: reconnected ({recovery:?})");
+                let over = client.transport().map(|t| t.as_str()).unwrap_or("?");
+                eprintln!("quiver: reconnected over {over} ({recovery:?})");
             }
             Some(SubEvent::Joined { member }) => eprintln!("quiver: {} joined", member.user),
             Some(SubEvent::Left { member }) => eprintln!("quiver: {} left", member.user),

@@ -1,0 +1,321 @@
+//! The application's requests (subscribe, unsubscribe, publish, ping, presence, close) and the
+//! server's replies to them, matched by frame id.
+
+use super::*;
+
+impl Actor {
+    pub(super) fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Subscribe { room, reply } => self.subscribe(room, reply),
+            Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
+            Request::Dropped { room, gen } => self.unsubscribe(&room, Some(gen), None),
+            Request::Publish {
+                room,
+                payload,
+                ack,
+                permit,
+            } => {
+                let item = Buffered {
+                    room,
+                    payload,
+                    ack,
+                    permit,
+                };
+                if self.live.is_some() && self.buffer.is_empty() {
+                    self.send_publish(item);
+                } else {
+                    self.buffer.push_back(item);
+                }
+            }
+            Request::Ping { reply } => match self.live.as_mut() {
+                Some(live) => {
+                    let sent = Instant::now();
+                    live.send(Command::Ping, Some(Pending::Ping { sent, reply }));
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
+            Request::Presence { room, reply } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::Presence { room },
+                        Some(Pending::Presence { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
+            Request::Close { reply } => {
+                self.close_all(0, "closed by client".into(), false);
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, room: String, reply: Reply<SubParts>) {
+        if self.subs.contains_key(&room) {
+            let _ = reply.send(Err(ClientError::server(
+                ErrorCode::AlreadySubscribed,
+                format!("this client is already subscribed to {room}"),
+            )));
+            return;
+        }
+        let (tx, rx) = mpsc::channel(self.cfg.subscription_buffer.max(1));
+        let (end_tx, end_rx) = oneshot::channel();
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        self.subs.insert(
+            room.clone(),
+            Sub {
+                gen,
+                tx,
+                end_tx: Some(end_tx),
+                parts: Some((rx, end_rx)),
+                waiter: Some(reply),
+                last: Arc::new(Mutex::new(None)),
+                cmd_id: None,
+                confirmed: false,
+                stream: None,
+                preamble: None,
+                reader: None,
+            },
+        );
+        self.send_subscribe(&room);
+    }
+
+    /// Sends `Subscribe` (with the resume position) for `room` on the live connection, if any.
+    pub(super) fn send_subscribe(&mut self, room: &str) {
+        let (Some(live), Some(sub)) = (self.live.as_mut(), self.subs.get_mut(room)) else {
+            return;
+        };
+        let resume = *lock(&sub.last);
+        let id = live.send(
+            Command::Subscribe {
+                room: room.to_string(),
+                resume,
+            },
+            Some(Pending::Subscribe {
+                room: room.to_string(),
+                gen: sub.gen,
+            }),
+        );
+        sub.cmd_id = Some(id);
+        sub.confirmed = false;
+    }
+
+    /// Ends the application's subscription to `room` (only generation `gen`, if given) and tells
+    /// the server.
+    pub(super) fn unsubscribe(&mut self, room: &str, gen: Option<u64>, reply: Option<Reply<()>>) {
+        let matches = self
+            .subs
+            .get(room)
+            .is_some_and(|s| gen.is_none_or(|g| g == s.gen));
+        if !matches {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(ClientError::server(
+                    ErrorCode::NotSubscribed,
+                    format!("this client is not subscribed to {room}"),
+                )));
+            }
+            return;
+        }
+        let Some(mut sub) = self.subs.remove(room) else {
+            return;
+        };
+        if let Some(w) = sub.waiter.take() {
+            let _ = w.send(Err(ClientError::server(
+                ErrorCode::NotSubscribed,
+                "unsubscribed before the subscription was confirmed",
+            )));
+        }
+        let sent = sub.cmd_id.is_some();
+        sub.reset_connection();
+        drop(sub);
+        match self.live.as_mut() {
+            Some(live) if sent => {
+                live.send(
+                    Command::Unsubscribe {
+                        room: room.to_string(),
+                    },
+                    Some(Pending::Unsubscribe { reply }),
+                );
+            }
+            _ => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+
+    pub(super) fn send_publish(&mut self, item: Buffered) {
+        let Some(live) = self.live.as_mut() else {
+            self.buffer.push_back(item);
+            return;
+        };
+        // A frame over `max_frame` would make the server close the whole session
+        // (protocol_error), so refuse locally what could not fit (room + envelope < 64 bytes
+        // beyond the room name).
+        let frame_len = item.payload.len() + item.room.len() + 32;
+        if item.payload.len() > live.limits.max_payload as usize
+            || frame_len > live.limits.max_frame as usize
+        {
+            let err = ClientError::server(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "payload of {} bytes exceeds limits.max_payload {} / max_frame {} (checked locally)",
+                    item.payload.len(),
+                    live.limits.max_payload,
+                    live.limits.max_frame
+                ),
+            );
+            match item.ack {
+                Some(reply) => {
+                    let _ = reply.send(Err(err));
+                }
+                None => tracing::warn!(room = %item.room, "dropping buffered publish: {err}"),
+            }
+            return;
+        }
+        let ack = item.ack.is_some();
+        let pending = item.ack.map(|reply| Pending::PublishAck { reply });
+        live.send_with(
+            Command::Publish {
+                room: item.room,
+                payload: item.payload,
+                ack,
+            },
+            pending,
+            Some(item.permit),
+        );
+    }
+
+    pub(super) fn on_frame(&mut self, frame: ServerFrame) {
+        let ServerFrame { id, event } = frame;
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        // The answer to a heartbeat: schedule the next one from now, not from its deadline.
+        if matches!(live.pending.get(&id), Some(Pending::Heartbeat)) {
+            live.pending.remove(&id);
+            self.on_heartbeat();
+            return;
+        }
+        match event {
+            Event::Subscribed {
+                room,
+                position,
+                recovery,
+            } => match live.pending.remove(&id) {
+                Some(Pending::Subscribe { room: r, gen }) if r == room => {
+                    self.on_subscribed(id, &room, gen, position, recovery)
+                }
+                _ => tracing::warn!(id, room = %room, "unexpected Subscribed"),
+            },
+            Event::Unsubscribed { room, code, reason } => {
+                if id == 0 {
+                    self.on_server_unsubscribed(&room, code, reason);
+                } else {
+                    match live.pending.remove(&id) {
+                        Some(Pending::Unsubscribe { reply }) => {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Ok(()));
+                            }
+                        }
+                        _ => tracing::warn!(id, room = %room, "unexpected Unsubscribed"),
+                    }
+                }
+            }
+            Event::Published { position } => match live.pending.remove(&id) {
+                Some(Pending::PublishAck { reply }) => {
+                    let _ = reply.send(Ok(position));
+                }
+                _ => tracing::warn!(id, "unexpected Published"),
+            },
+            Event::Pong => match live.pending.remove(&id) {
+                Some(Pending::Ping { sent, reply }) => {
+                    let _ = reply.send(Ok(sent.elapsed()));
+                }
+                _ => tracing::warn!(id, "unexpected Pong"),
+            },
+            Event::Refreshed { expires_at } => match live.pending.remove(&id) {
+                Some(Pending::Refresh) => {
+                    tracing::debug!(?expires_at, "token refreshed");
+                    live.refresh_failures = 0;
+                    live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
+                    if let Some(w) = lock(&self.shared.welcome).as_mut() {
+                        w.expires_at = expires_at;
+                    }
+                }
+                _ => tracing::warn!(id, "unexpected Refreshed"),
+            },
+            Event::Error { code, message } => match live.pending.remove(&id) {
+                Some(Pending::Subscribe { room, gen }) => {
+                    self.on_subscribe_refused(id, &room, gen, code, message)
+                }
+                Some(Pending::Unsubscribe { reply }) => {
+                    if let Some(reply) = reply {
+                        // Not subscribed on the server (the subscribe was refused or the server
+                        // ended it meanwhile): the outcome the caller wanted.
+                        let res = if code == ErrorCode::NotSubscribed.as_u16() {
+                            Ok(())
+                        } else {
+                            Err(ClientError::Server { code, message })
+                        };
+                        let _ = reply.send(res);
+                    }
+                }
+                Some(Pending::PublishAck { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
+                Some(Pending::Ping { reply, .. }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
+                Some(Pending::Presence { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
+                Some(Pending::Refresh) => {
+                    tracing::warn!(code, %message, "token refresh refused");
+                    self.retry_refresh();
+                }
+                // Answered above, before looking at the event.
+                Some(Pending::Heartbeat) => {}
+                None => {
+                    // Most likely an un-acknowledged publish the server refused.
+                    tracing::warn!(id, code, %message, "command refused");
+                }
+            },
+            Event::Goodbye {
+                code,
+                reason,
+                reconnect,
+            } => {
+                tracing::info!(code, %reason, reconnect, "server said goodbye");
+                self.teardown(code, reason, reconnect);
+            }
+            Event::Presence {
+                room,
+                members,
+                truncated,
+            } => match live.pending.remove(&id) {
+                Some(Pending::Presence { reply }) => {
+                    if truncated {
+                        // The server listed only as many members as fit in one frame.
+                        tracing::debug!(%room, listed = members.len(), "presence truncated");
+                    }
+                    let _ = reply.send(Ok(members));
+                }
+                _ => tracing::warn!(id, "unexpected Presence"),
+            },
+            Event::Welcome { .. }
+            | Event::Publication { .. }
+            | Event::SubscriptionStream { .. }
+            | Event::Joined { .. }
+            | Event::Left { .. } => {
+                tracing::warn!(id, "ignoring unexpected event on the control stream");
+            }
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! The connection state machine: one actor owns the session, the subscriptions, the replies in
+//! flight and the publish buffer, and decides when to reconnect, resubscribe (resuming from the
+//! last position), refresh the token, and declare a silent server dead. [`crate::Client`]
+//! handles talk to it through [`Request`]s; the tasks of the live connection (see
+//! `transport/`: writer, readers, one delivery task per subscription) report to it through
+//! [`ConnEvent`]s tagged with the connection's epoch, so events from a connection that has since
+//! been torn down are ignored. It never looks at which transport carries the session.
+//!
+//! Here: the actor's types, its loop, the connection lifecycle (established, lost, reconnect,
+//! close) and the heartbeat. `commands.rs` handles the application's requests and the server's
+//! replies, `subscriptions.rs` the subscriptions' life, `refresh.rs` the token refresh.
+//!
+//! Nothing in the actor awaits the network: it only reacts to messages and timers, so a slow
+//! server can never wedge the control stream's reader behind the writer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quiver_proto::{
+    encode_command, ClientFrame, CloseCode, Command, ErrorCode, Event, Limits, Member, Position,
+    Recovery, ServerFrame, DEFAULT_MAX_FRAME,
+};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::client::{lock, ConnectionState, Shared};
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+use crate::heartbeat::{Beat, Liveness, Watch};
+use crate::pacer::Pacer;
+use crate::subscription::{SubEvent, SubParts};
+use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
+use crate::writer::{Outgoing, WriterHandle};
+
+mod commands;
+mod refresh;
+mod subscriptions;
+
+use refresh::refresh_deadline;
+
+type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+/// Frame id of `Hello`; later commands count up from here.
+pub(crate) const HELLO_ID: u32 = 1;
+
+/// What a [`crate::Client`] asks of the connection task.
+pub(crate) enum Request {
+    Subscribe {
+        room: String,
+        reply: Reply<SubParts>,
+    },
+    Unsubscribe {
+        room: String,
+        reply: Reply<()>,
+    },
+    /// A [`crate::Subscription`] was dropped.
+    Dropped {
+        room: String,
+        gen: u64,
+    },
+    Publish {
+        room: String,
+        payload: Bytes,
+        ack: Option<Reply<Option<Position>>>,
+        permit: OwnedSemaphorePermit,
+    },
+    Ping {
+        reply: Reply<Duration>,
+    },
+    Presence {
+        room: String,
+        reply: Reply<Vec<Member>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// What the tasks of a connection (or a connect attempt) report.
+pub(crate) enum ConnEvent {
+    Attempt(Box<Result<Established, ClientError>>),
+    Frame(ServerFrame),
+    /// A subscription's frames begin (`SubscriptionStream` with the `Subscribe`'s id).
+    Stream {
+        id: u32,
+        room: String,
+        stream: SubStream,
+    },
+    /// WebSocket: the subscription with this `SubscriptionStream` id fell behind; the reader
+    /// stopped routing its frames.
+    Overflow {
+        id: u32,
+        room: String,
+    },
+    Lost {
+        code: u16,
+        reason: String,
+    },
+    RefreshToken(Result<String, String>),
+    RetrySubscribe {
+        room: String,
+        gen: u64,
+    },
+}
+
+pub(crate) type EventTx = mpsc::UnboundedSender<(u64, ConnEvent)>;
+
+/// A command waiting for its reply, by frame id.
+enum Pending {
+    Subscribe {
+        room: String,
+        gen: u64,
+    },
+    Unsubscribe {
+        reply: Option<Reply<()>>,
+    },
+    PublishAck {
+        reply: Reply<Option<Position>>,
+    },
+    Ping {
+        sent: Instant,
+        reply: Reply<Duration>,
+    },
+    Presence {
+        reply: Reply<Vec<Member>>,
+    },
+    Refresh,
+    /// A heartbeat `Ping`: its `Pong` matters only as traffic.
+    Heartbeat,
+}
+
+/// A publish made while disconnected.
+struct Buffered {
+    room: String,
+    payload: Bytes,
+    ack: Option<Reply<Option<Position>>>,
+    permit: OwnedSemaphorePermit,
+}
+
+/// One room the application is subscribed to (or waiting to be).
+struct Sub {
+    gen: u64,
+    /// The subscription's event queue; readers get clones. Dropping every sender ends it.
+    tx: mpsc::Sender<SubEvent>,
+    /// Where the end reason goes; yielded after the queue is drained.
+    end_tx: Option<oneshot::Sender<SubEvent>>,
+    /// Handed to the application with the first `Subscribed`.
+    parts: Option<(mpsc::Receiver<SubEvent>, oneshot::Receiver<SubEvent>)>,
+    /// The `subscribe()` call waiting for the first `Subscribed`.
+    waiter: Option<Reply<SubParts>>,
+    /// Last position delivered to the application: the resume point.
+    last: Arc<Mutex<Option<Position>>>,
+    /// Id of the `Subscribe` sent on the current connection.
+    cmd_id: Option<u32>,
+    /// `Subscribed` received for `cmd_id`.
+    confirmed: bool,
+    /// The subscription's frames, when they began before `Subscribed`.
+    stream: Option<SubStream>,
+    /// Sent before the first publication of the current stream (`Resubscribed`).
+    preamble: Option<SubEvent>,
+    reader: Option<AbortHandle>,
+}
+
+impl Sub {
+    /// Forgets everything tied to the connection that just went away.
+    fn reset_connection(&mut self) {
+        self.cmd_id = None;
+        self.confirmed = false;
+        self.stream = None;
+        self.preamble = None;
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
+    }
+}
+
+struct Live {
+    link: Link,
+    writer: WriterHandle,
+    tasks: JoinSet<()>,
+    liveness: Arc<Liveness>,
+    /// The heartbeat and when to look at it next.
+    heartbeat: Option<(Watch, tokio::time::Instant)>,
+    /// [`Link::datagrams_received`] when the heartbeat last looked, and when that was.
+    datagrams_seen: (Option<u64>, Instant),
+    pending: HashMap<u32, Pending>,
+    next_id: u32,
+    limits: Limits,
+    /// When to fetch a new token and send `Refresh`.
+    refresh_at: Option<tokio::time::Instant>,
+    refresh_failures: u32,
+}
+
+impl Live {
+    fn next_id(&mut self) -> u32 {
+        let mut id = self.next_id;
+        // Skip 0 (unsolicited events) and ids still waiting for a reply.
+        while id == 0 || self.pending.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        id
+    }
+
+    fn send(&mut self, command: Command, pending: Option<Pending>) -> u32 {
+        self.send_with(command, pending, None)
+    }
+
+    fn send_with(
+        &mut self,
+        command: Command,
+        pending: Option<Pending>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> u32 {
+        let id = self.next_id();
+        if let Some(p) = pending {
+            self.pending.insert(id, p);
+        }
+        let frame = encode_command(&ClientFrame { id, command });
+        // If the writer is gone the connection is being torn down: the Lost event follows and
+        // fails the pending reply.
+        let _ = self.writer.queue.send(Outgoing { frame, permit });
+        id
+    }
+
+    /// A heartbeat `Ping`, ahead of anything queued.
+    fn send_heartbeat(&mut self) {
+        let id = self.next_id();
+        self.pending.insert(id, Pending::Heartbeat);
+        let frame = encode_command(&ClientFrame {
+            id,
+            command: Command::Ping,
+        });
+        let _ = self.writer.priority.send(frame);
+    }
+}
+
+/// Largest frame accepted from the server after `Welcome`: a publication of `max_payload` bytes
+/// plus its envelope must fit even when the server announces `max_frame` = `max_payload`.
+fn stream_max_frame(limits: &Limits) -> usize {
+    (limits.max_frame as usize)
+        .max(limits.max_payload as usize + 1024)
+        .max(DEFAULT_MAX_FRAME)
+}
+
+/// Connects (first attempt, failing fast) and spawns the connection task.
+pub(crate) async fn start(
+    config: ClientConfig,
+    shared: Arc<Shared>,
+) -> Result<
+    (
+        mpsc::UnboundedSender<Request>,
+        watch::Receiver<ConnectionState>,
+    ),
+    ClientError,
+> {
+    let connector = Arc::new(Connector::new(config.clone()));
+    connector.check()?;
+    let mut last_err = None;
+    let mut established = None;
+    let mut url_index = 0;
+    for i in 0..connector.targets() {
+        match connector.attempt(i).await {
+            Ok(est) => {
+                established = Some(est);
+                url_index = i;
+                break;
+            }
+            Err(
+                e @ (ClientError::Refused { .. }
+                | ClientError::TokenRefused { .. }
+                | ClientError::Token(_)
+                | ClientError::Closed { .. }),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::debug!(target = i, error = %e, "connect attempt failed");
+                last_err = Some(e);
+            }
+        }
+    }
+    let Some(est) = established else {
+        return Err(last_err.unwrap_or_else(|| ClientError::Connect("no URL".into())));
+    };
+
+    let (req_tx, req_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let mut actor = Actor {
+        cfg: config,
+        connector,
+        shared,
+        state_tx,
+        req_rx,
+        ev_tx,
+        ev_rx,
+        epoch: 1,
+        live: None,
+        subs: HashMap::new(),
+        next_gen: 1,
+        buffer: VecDeque::new(),
+        failures: 0,
+        url_index,
+        reconnect_at: None,
+        closed: false,
+    };
+    actor.on_established(est);
+    tokio::spawn(actor.run());
+    Ok((req_tx, state_rx))
+}
+
+pub(crate) fn code_forbids_reconnect(code: u16) -> bool {
+    CloseCode::from_u16(code).is_some_and(|c| !c.reconnect())
+}
+
+struct Actor {
+    cfg: ClientConfig,
+    connector: Arc<Connector>,
+    shared: Arc<Shared>,
+    state_tx: watch::Sender<ConnectionState>,
+    req_rx: mpsc::UnboundedReceiver<Request>,
+    ev_tx: EventTx,
+    ev_rx: mpsc::UnboundedReceiver<(u64, ConnEvent)>,
+    /// Identifies the current connection (or connect attempt); bumped on every teardown/attempt.
+    epoch: u64,
+    live: Option<Live>,
+    subs: HashMap<String, Sub>,
+    next_gen: u64,
+    buffer: VecDeque<Buffered>,
+    /// Consecutive failed attempts: the backoff exponent.
+    failures: u32,
+    url_index: usize,
+    reconnect_at: Option<tokio::time::Instant>,
+    closed: bool,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self) {
+        while !self.closed {
+            let refresh_at = self.live.as_ref().and_then(|l| l.refresh_at);
+            let heartbeat_at = self
+                .live
+                .as_ref()
+                .and_then(|l| l.heartbeat.as_ref().map(|(_, at)| *at));
+            let reconnect_at = self.reconnect_at;
+            tokio::select! {
+                req = self.req_rx.recv() => match req {
+                    Some(req) => self.on_request(req),
+                    None => self.close_all(0, "client dropped".into(), false),
+                },
+                Some((epoch, ev)) = self.ev_rx.recv() => self.on_event(epoch, ev),
+                _ = sleep_until_opt(reconnect_at) => {
+                    self.reconnect_at = None;
+                    self.start_attempt();
+                }
+                _ = sleep_until_opt(refresh_at) => self.start_refresh(),
+                _ = sleep_until_opt(heartbeat_at) => self.on_heartbeat(),
+                Some(_) = async {
+                    match self.live.as_mut() {
+                        Some(l) if !l.tasks.is_empty() => l.tasks.join_next().await,
+                        _ => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
+    fn set_state(&self, state: ConnectionState) {
+        self.state_tx.send_replace(state);
+    }
+
+    // ----- events from the connection's tasks -----
+
+    fn on_event(&mut self, epoch: u64, ev: ConnEvent) {
+        if epoch != self.epoch {
+            if let ConnEvent::Attempt(res) = ev {
+                if let Ok(est) = *res {
+                    est.abandon("superseded");
+                }
+            }
+            return;
+        }
+        match ev {
+            ConnEvent::Attempt(res) => match *res {
+                Ok(est) => self.on_established(est),
+                Err(ClientError::Closed { code, reason }) => self.close_all(code, reason, true),
+                // The token was refused for good (3007 token_invalid): retrying with it is
+                // pointless. 3002 token_expired goes on: the next attempt asks for a fresh one.
+                Err(ClientError::TokenRefused { code, reason }) if code_forbids_reconnect(code) => {
+                    tracing::warn!(code, %reason, "token refused; not reconnecting");
+                    self.close_all(code, reason, true);
+                }
+                Err(ClientError::TokenRefused { code, reason }) => {
+                    tracing::warn!(code, %reason, "token refused; reconnecting with a fresh one");
+                    self.set_state(ConnectionState::Disconnected { code, reason });
+                    self.schedule_reconnect();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reconnect attempt failed");
+                    self.set_state(ConnectionState::Disconnected {
+                        code: 0,
+                        reason: e.to_string(),
+                    });
+                    self.schedule_reconnect();
+                }
+            },
+            ConnEvent::Frame(frame) => self.on_frame(frame),
+            ConnEvent::Stream { id, room, stream } => self.on_stream(id, room, stream),
+            ConnEvent::Overflow { id, room } => self.on_overflow(id, &room),
+            ConnEvent::Lost { code, reason } => {
+                let reconnect = !code_forbids_reconnect(code);
+                self.teardown(code, reason, reconnect);
+            }
+            ConnEvent::RefreshToken(res) => self.on_refresh_token(res),
+            ConnEvent::RetrySubscribe { room, gen } => {
+                if self.subs.get(&room).is_some_and(|s| s.gen == gen) {
+                    self.send_subscribe(&room);
+                }
+            }
+        }
+    }
+
+    fn on_established(&mut self, est: Established) {
+        self.failures = 0;
+        let welcome = est.welcome.clone();
+        let limits = welcome.limits;
+        let pacer = if self.cfg.pace_commands {
+            Pacer::for_server_limit(limits.commands_per_second, Instant::now())
+        } else {
+            None
+        };
+        let liveness = Arc::new(Liveness::new());
+        liveness.touch();
+        let ctx = RunCtx {
+            events: self.ev_tx.clone(),
+            epoch: self.epoch,
+            pacer,
+            liveness: liveness.clone(),
+            max_frame: stream_max_frame(&limits),
+        };
+        let mut tasks = JoinSet::new();
+        let (link, writer) = est.run(ctx, &mut tasks);
+        let heartbeat = self.cfg.heartbeat.map(|hb| {
+            let mut watch = Watch::new(hb);
+            let next = match watch.step(liveness.last(), Instant::now()) {
+                Beat::Wait(at) | Beat::Ping(at) => at,
+                Beat::Dead(_) => Instant::now() + hb.interval,
+            };
+            (watch, tokio::time::Instant::from_std(next))
+        });
+        let mut live = Live {
+            writer,
+            tasks,
+            datagrams_seen: (link.datagrams_received(), Instant::now()),
+            link,
+            liveness,
+            heartbeat,
+            pending: HashMap::new(),
+            next_id: HELLO_ID + 1,
+            limits,
+            refresh_at: None,
+            refresh_failures: 0,
+        };
+        live.refresh_at = refresh_deadline(welcome.expires_at, self.cfg.refresh_ahead);
+        tracing::info!(session = %welcome.session, user = %welcome.user, tenant = %welcome.tenant, transport = %welcome.transport, "connected");
+        self.set_state(ConnectionState::Connected {
+            session: welcome.session.clone(),
+        });
+        self.shared.set_welcome(Some(welcome));
+        self.live = Some(live);
+
+        // Resubscribe every room (and send subscribes made while disconnected), then flush the
+        // publishes buffered while disconnected, in order.
+        let rooms: Vec<String> = self.subs.keys().cloned().collect();
+        for room in rooms {
+            let abandoned = self
+                .subs
+                .get(&room)
+                .is_some_and(|s| s.waiter.as_ref().is_some_and(|w| w.is_closed()));
+            if abandoned {
+                self.subs.remove(&room);
+            } else {
+                self.send_subscribe(&room);
+            }
+        }
+        while let Some(item) = self.buffer.pop_front() {
+            self.send_publish(item);
+        }
+    }
+
+    // ----- dead-server detection -----
+
+    fn on_heartbeat(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let Some((watch, next)) = live.heartbeat.as_mut() else {
+            return;
+        };
+        // Packets the transport received since the last look count as a sign of life too. When
+        // they came is only known to be after that look: count them from then, which can only
+        // make the next Ping come sooner.
+        let now = Instant::now();
+        let datagrams = live.link.datagrams_received();
+        let (seen, looked) = live.datagrams_seen;
+        if datagrams != seen {
+            live.liveness.touch_at(looked);
+        }
+        live.datagrams_seen = (datagrams, now);
+        match watch.step(live.liveness.last(), now) {
+            Beat::Wait(at) => *next = tokio::time::Instant::from_std(at),
+            Beat::Ping(at) => {
+                *next = tokio::time::Instant::from_std(at);
+                live.send_heartbeat();
+            }
+            Beat::Dead(silent) => {
+                let reason = format!(
+                    "server not answering: nothing received for {} ms, even after a Ping",
+                    silent.as_millis()
+                );
+                tracing::warn!("{reason}");
+                self.teardown(0, reason, true);
+            }
+        }
+    }
+
+    // ----- connection lifecycle -----
+
+    /// Drops the live connection; reconnects after a backoff unless `reconnect` is false.
+    fn teardown(&mut self, code: u16, reason: String, reconnect: bool) {
+        let Some(live) = self.live.take() else {
+            return;
+        };
+        self.epoch += 1;
+        tracing::info!(code, %reason, reconnect, "disconnected");
+        live.link.close("");
+        // Dropping the JoinSet aborts the writer, readers and timers of this connection.
+        drop(live.tasks);
+        for (_, p) in live.pending {
+            fail_pending(p, || ClientError::ConnectionLost);
+        }
+        for sub in self.subs.values_mut() {
+            sub.reset_connection();
+        }
+        if reconnect {
+            self.set_state(ConnectionState::Disconnected { code, reason });
+            self.schedule_reconnect();
+        } else {
+            self.close_all(code, reason, true);
+        }
+    }
+
+    fn schedule_reconnect(&mut self) {
+        let delay = self.cfg.backoff.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        tracing::debug!(?delay, "reconnecting after backoff");
+        self.reconnect_at = Some(tokio::time::Instant::now() + delay);
+    }
+
+    fn start_attempt(&mut self) {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        self.url_index = (self.url_index + 1) % self.connector.targets();
+        let index = self.url_index;
+        self.set_state(ConnectionState::Connecting);
+        let connector = self.connector.clone();
+        let tx = self.ev_tx.clone();
+        tokio::spawn(async move {
+            let res = connector.attempt(index).await;
+            if let Err(mpsc::error::SendError((_, ConnEvent::Attempt(res)))) =
+                tx.send((epoch, ConnEvent::Attempt(Box::new(res))))
+            {
+                // The client was closed meanwhile.
+                if let Ok(est) = *res {
+                    est.abandon("closed");
+                }
+            }
+        });
+    }
+
+    /// Closes for good: fails everything waiting, ends every subscription.
+    fn close_all(&mut self, code: u16, reason: String, by_server: bool) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.epoch += 1;
+        self.reconnect_at = None;
+        *lock(&self.shared.closed) = Some((code, reason.clone()));
+        let closed = || ClientError::Closed {
+            code,
+            reason: reason.clone(),
+        };
+        if let Some(live) = self.live.take() {
+            live.link.close(&reason);
+            drop(live.tasks);
+            for (_, p) in live.pending {
+                fail_pending(p, closed);
+            }
+        }
+        for item in self.buffer.drain(..) {
+            if let Some(reply) = item.ack {
+                let _ = reply.send(Err(closed()));
+            }
+        }
+        for (_, mut sub) in self.subs.drain() {
+            sub.reset_connection();
+            if let Some(w) = sub.waiter.take() {
+                let _ = w.send(Err(closed()));
+            }
+            if by_server {
+                if let Some(end) = sub.end_tx.take() {
+                    let _ = end.send(SubEvent::Ended {
+                        code,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        self.shared.permits.close();
+        self.set_state(ConnectionState::Closed);
+        tracing::info!(code, %reason, "client closed");
+    }
+}
+
+fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
+    match p {
+        Pending::Subscribe { .. } | Pending::Refresh | Pending::Heartbeat => {}
+        Pending::Unsubscribe { reply } => {
+            if let Some(reply) = reply {
+                // The session (and the server's subscription with it) is gone.
+                let _ = reply.send(Ok(()));
+            }
+        }
+        Pending::PublishAck { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Ping { reply, .. } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_that_forbid_reconnect() {
+        assert!(code_forbids_reconnect(3001));
+        assert!(code_forbids_reconnect(3004));
+        assert!(!code_forbids_reconnect(3000));
+        assert!(!code_forbids_reconnect(3002));
+        assert!(!code_forbids_reconnect(0));
+        assert!(!code_forbids_reconnect(42));
+    }
+}

@@ -1,0 +1,88 @@
+//! In-band token refresh: a fresh token from the provider ahead of `Welcome.expires_at`, sent as
+//! `Refresh`; failures retried with backoff until the token expires.
+
+use super::*;
+
+impl Actor {
+    pub(super) fn start_refresh(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        live.refresh_at = None;
+        let provider = self.cfg.token.clone();
+        let tx = self.ev_tx.clone();
+        let epoch = self.epoch;
+        live.tasks.spawn(async move {
+            let res = provider().await;
+            let _ = tx.send((epoch, ConnEvent::RefreshToken(res)));
+        });
+    }
+
+    pub(super) fn on_refresh_token(&mut self, res: Result<String, String>) {
+        match res {
+            Ok(token) => {
+                if let Some(live) = self.live.as_mut() {
+                    live.send(Command::Refresh { token }, Some(Pending::Refresh));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token provider failed during refresh");
+                self.retry_refresh();
+            }
+        }
+    }
+
+    pub(super) fn retry_refresh(&mut self) {
+        let backoff = self.cfg.backoff;
+        if let Some(live) = self.live.as_mut() {
+            let delay = backoff
+                .delay(live.refresh_failures)
+                .max(Duration::from_secs(1));
+            live.refresh_failures = live.refresh_failures.saturating_add(1);
+            live.refresh_at = Some(tokio::time::Instant::now() + delay);
+        }
+    }
+}
+
+/// When to refresh a token expiring at `expires_at` (Unix seconds): `min(ahead, remaining / 2)`
+/// before expiry.
+pub(super) fn refresh_deadline(
+    expires_at: Option<u64>,
+    ahead: Duration,
+) -> Option<tokio::time::Instant> {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let delay = refresh_delay(expires_at?, now_unix, ahead);
+    Some(tokio::time::Instant::now() + delay)
+}
+
+/// How long from now (`now_unix`) to wait before refreshing a token that expires at `exp`.
+pub(crate) fn refresh_delay(exp: u64, now_unix: Duration, ahead: Duration) -> Duration {
+    let remaining = Duration::from_secs(exp).saturating_sub(now_unix);
+    let lead = ahead.min(remaining / 2);
+    remaining - lead
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn refresh_delay_leads_expiry() {
+        let now = Duration::from_secs(1_000_000);
+        let ahead = Duration::from_secs(30);
+        // One hour left: refresh 30 s before expiry.
+        assert_eq!(
+            refresh_delay(1_000_000 + 3600, now, ahead),
+            Duration::from_secs(3570)
+        );
+        // 20 s left: refresh halfway.
+        assert_eq!(
+            refresh_delay(1_000_000 + 20, now, ahead),
+            Duration::from_secs(10)
+        );
+        // Already expired: now.
+        assert_eq!(refresh_delay(999_000, now, ahead), Duration::ZERO);
+    }
+}

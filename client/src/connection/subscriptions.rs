@@ -1,0 +1,183 @@
+//! Subscriptions: confirmed by `Subscribed`, fed by their `SubStream` (only the one whose
+//! `SubscriptionStream` id matches the latest `Subscribe`: older ones are stale), ended by the
+//! server, by a refusal after a reconnect, or (WebSocket) by falling behind.
+
+use super::*;
+
+impl Actor {
+    /// The subscription of `room`, if it is still generation `gen` and its latest `Subscribe`
+    /// was frame `id` (a reply to an earlier one is stale).
+    fn current(&mut self, room: &str, gen: u64, id: u32) -> Option<&mut Sub> {
+        self.subs
+            .get_mut(room)
+            .filter(|s| s.gen == gen && s.cmd_id == Some(id))
+    }
+
+    pub(super) fn on_subscribed(
+        &mut self,
+        id: u32,
+        room: &str,
+        gen: u64,
+        position: Option<Position>,
+        recovery: Recovery,
+    ) {
+        let Some(sub) = self.current(room, gen, id) else {
+            return;
+        };
+        sub.confirmed = true;
+        {
+            let mut last = lock(&sub.last);
+            match recovery {
+                // Replayed publications move `last` forward as they are delivered.
+                Recovery::Recovered { .. } => {}
+                // Missed messages cannot be recovered: continue from the room's current
+                // position (which may be in a new epoch).
+                Recovery::Failed => *last = position,
+                Recovery::NotRequested => {
+                    if last.is_none() {
+                        *last = position;
+                    }
+                }
+            }
+        }
+        if let Some(waiter) = sub.waiter.take() {
+            let Some((rx, end)) = sub.parts.take() else {
+                return;
+            };
+            if waiter.send(Ok(SubParts { rx, end, gen })).is_err() {
+                // The caller gave up (timeout or dropped future): nobody will read it.
+                self.unsubscribe(room, Some(gen), None);
+                return;
+            }
+        } else {
+            sub.preamble = Some(SubEvent::Resubscribed { recovery });
+        }
+        if let Some(stream) = sub.stream.take() {
+            self.start_reader(room, stream);
+        }
+    }
+
+    pub(super) fn on_subscribe_refused(
+        &mut self,
+        id: u32,
+        room: &str,
+        gen: u64,
+        code: u16,
+        message: String,
+    ) {
+        let Some(sub) = self.current(room, gen, id) else {
+            return;
+        };
+        if let Some(waiter) = sub.waiter.take() {
+            self.subs.remove(room);
+            let _ = waiter.send(Err(ClientError::Server { code, message }));
+            return;
+        }
+        // A resubscribe after reconnecting. Transient refusals are retried; anything else
+        // (permission_denied with a new token, ...) ends the subscription.
+        let transient = matches!(
+            ErrorCode::from_u16(code),
+            Some(ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::Unavailable)
+        );
+        if transient {
+            sub.cmd_id = None;
+            let delay = self.cfg.backoff.delay(3).max(Duration::from_millis(200));
+            let tx = self.ev_tx.clone();
+            let epoch = self.epoch;
+            let ev = ConnEvent::RetrySubscribe {
+                room: room.to_string(),
+                gen,
+            };
+            if let Some(live) = self.live.as_mut() {
+                live.tasks.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = tx.send((epoch, ev));
+                });
+            }
+            return;
+        }
+        tracing::info!(room, code, %message, "resubscribe refused, ending subscription");
+        self.end_sub(
+            room,
+            SubEvent::Ended {
+                code,
+                reason: message,
+            },
+        );
+    }
+
+    /// The server ended a subscription (slow_consumer, session_closing, ...). Its stream is
+    /// finished by the server; the reader delivers what is left, then the end event follows.
+    pub(super) fn on_server_unsubscribed(&mut self, room: &str, code: u16, reason: String) {
+        if self.subs.get(room).is_some_and(|s| s.confirmed) {
+            tracing::info!(room, code, %reason, "server ended subscription");
+            self.end_sub(room, SubEvent::Ended { code, reason });
+        }
+    }
+
+    /// Removes the subscription; its stream yields `ev` once the queued events are read.
+    pub(super) fn end_sub(&mut self, room: &str, ev: SubEvent) {
+        if let Some(mut sub) = self.subs.remove(room) {
+            if let Some(end) = sub.end_tx.take() {
+                let _ = end.send(ev);
+            }
+            // The reader (if any) keeps its sender until the stream ends: the queue drains first.
+        }
+    }
+
+    pub(super) fn on_stream(&mut self, id: u32, room: String, stream: SubStream) {
+        let current = self
+            .subs
+            .get_mut(&room)
+            .filter(|s| s.cmd_id == Some(id) && s.reader.is_none() && s.stream.is_none());
+        match current {
+            Some(sub) if sub.confirmed => self.start_reader(&room, stream),
+            Some(sub) => sub.stream = Some(stream),
+            None => {
+                tracing::debug!(id, room = %room, "discarding a stale subscription's frames");
+                if let Some(live) = self.live.as_mut() {
+                    stream.discard(&mut live.tasks);
+                }
+            }
+        }
+    }
+
+    pub(super) fn start_reader(&mut self, room: &str, stream: SubStream) {
+        let (Some(live), Some(sub)) = (self.live.as_mut(), self.subs.get_mut(room)) else {
+            return;
+        };
+        let handle = live.tasks.spawn(deliver(
+            stream,
+            sub.tx.clone(),
+            sub.last.clone(),
+            sub.preamble.take(),
+            live.liveness.clone(),
+        ));
+        sub.reader = Some(handle);
+    }
+
+    /// A WebSocket subscription the application does not keep up with: ended on the client's
+    /// side as the server would end it (`slow_consumer`), and unsubscribed on the server. What
+    /// was already queued is still delivered before the end.
+    pub(super) fn on_overflow(&mut self, id: u32, room: &str) {
+        if self.subs.get(room).is_none_or(|s| s.cmd_id != Some(id)) {
+            return;
+        }
+        tracing::warn!(room, "subscription fell behind; ending it (slow_consumer)");
+        self.end_sub(
+            room,
+            SubEvent::Ended {
+                code: ErrorCode::SlowConsumer.as_u16(),
+                reason: "the application did not read this subscription fast enough".into(),
+            },
+        );
+        if let Some(live) = self.live.as_mut() {
+            live.send(
+                Command::Unsubscribe {
+                    room: room.to_string(),
+                },
+                Some(Pending::Unsubscribe { reply: None }),
+            );
+        }
+    }
+}

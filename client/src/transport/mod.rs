@@ -1,0 +1,414 @@
+//! The seam between the wire and the connection state machine (`connection/`).
+//!
+//! A transport does three things, and only these:
+//! - **connect**: open a session (WebTransport CONNECT + control stream, or a WebSocket upgrade),
+//!   send `Hello`, wait for `Welcome` ([`Connector::attempt`] → [`Established`]);
+//! - **run**: spawn the tasks that write commands ([`crate::writer`]) and read frames, reporting
+//!   to the state machine as [`ConnEvent`]s: control-stream events as `Frame`, each new
+//!   subscription's frames as a [`SubStream`] (`Stream`), the end of the connection as `Lost`;
+//! - **close** ([`Link::close`]).
+//!
+//! Everything else (replies in flight, resubscribe, resume, refresh, pacing, heartbeat, the
+//! stale-subscription rule) lives in the state machine and is the same for both transports.
+
+mod websocket;
+mod webtransport;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quiver_proto::{Event, Position, ServerFrame, PROTOCOL_VERSION};
+use tokio::sync::{mpsc, OnceCell};
+use tokio::task::JoinSet;
+
+use crate::client::{lock, WelcomeInfo};
+use crate::config::{ClientConfig, Transport};
+use crate::connection::EventTx;
+use crate::error::ClientError;
+use crate::heartbeat::Liveness;
+use crate::pacer::Pacer;
+use crate::subscription::SubEvent;
+use crate::writer::WriterHandle;
+
+/// A session that got its `Welcome` on one of the transports, not yet running.
+pub(crate) struct Established {
+    pub(crate) welcome: WelcomeInfo,
+    io: Io,
+}
+
+enum Io {
+    WebTransport(webtransport::WtIo),
+    WebSocket(Box<websocket::WsIo>),
+}
+
+/// What the running tasks of a connection need.
+pub(crate) struct RunCtx {
+    pub(crate) events: EventTx,
+    pub(crate) epoch: u64,
+    pub(crate) pacer: Option<Pacer>,
+    pub(crate) liveness: Arc<Liveness>,
+    /// Largest frame accepted from the server after `Welcome`.
+    pub(crate) max_frame: usize,
+}
+
+/// Frames of one subscription that the WebSocket reader may hold for it while its delivery
+/// task waits on the application's queue; past this the subscription is a slow consumer.
+pub(crate) const WS_SUB_QUEUE: usize = 64;
+
+impl Established {
+    /// Spawns the connection's tasks into `tasks`; returns the close handle and the writer.
+    pub(crate) fn run(self, ctx: RunCtx, tasks: &mut JoinSet<()>) -> (Link, WriterHandle) {
+        match self.io {
+            Io::WebTransport(io) => io.run(ctx, tasks),
+            Io::WebSocket(io) => (*io).run(ctx, tasks),
+        }
+    }
+
+    /// Closes a session nobody will use (the client was closed or moved on meanwhile).
+    pub(crate) fn abandon(self, reason: &str) {
+        match self.io {
+            Io::WebTransport(io) => io.abandon(reason),
+            Io::WebSocket(io) => (*io).abandon(reason),
+        }
+    }
+}
+
+/// Closes the live connection.
+pub(crate) enum Link {
+    WebTransport(wtransport::Connection),
+    WebSocket(websocket::WsCloser),
+}
+
+impl Link {
+    /// Datagrams received on the connection so far, where the transport counts them
+    /// (WebTransport: QUIC packets, ACKs included). The heartbeat takes a change as a sign of
+    /// life: the server's QUIC stack acknowledges the `Ping` even while the session is busy.
+    pub(crate) fn datagrams_received(&self) -> Option<u64> {
+        match self {
+            Link::WebTransport(conn) => Some(conn.quic_connection().stats().udp_rx.datagrams),
+            Link::WebSocket(_) => None,
+        }
+    }
+
+    /// Closes with code 0 (WebTransport) or 1000 (WebSocket): the client's own close.
+    pub(crate) fn close(&self, reason: &str) {
+        match self {
+            Link::WebTransport(conn) => webtransport::close(conn, reason),
+            Link::WebSocket(closer) => closer.close(reason),
+        }
+    }
+}
+
+/// The frames of one subscription: a server-opened stream on WebTransport, the share the
+/// socket's reader routes to it on WebSocket. Ends (`None`) when the subscription's frames end:
+/// the stream finished or was reset, or the reader saw `Unsubscribed` (PROTOCOL.md 9.2).
+pub(crate) enum SubStream {
+    WebTransport(webtransport::WtStream),
+    WebSocket(mpsc::Receiver<ServerFrame>),
+}
+
+impl SubStream {
+    async fn next(&mut self, liveness: &Liveness) -> Option<ServerFrame> {
+        match self {
+            SubStream::WebTransport(s) => s.next(liveness).await,
+            SubStream::WebSocket(rx) => rx.recv().await,
+        }
+    }
+
+    /// A stale subscription's frames: read and dropped (WebTransport, so the stream's flow
+    /// control does not stall) or just dropped (WebSocket: the reader then discards the rest).
+    pub(crate) fn discard(self, tasks: &mut JoinSet<()>) {
+        match self {
+            SubStream::WebTransport(s) => {
+                tasks.spawn(s.drain());
+            }
+            SubStream::WebSocket(_) => {}
+        }
+    }
+}
+
+/// Delivers one subscription's events to the application's queue. Waits while that queue is
+/// full: on WebTransport the stream's flow control then pushes back to the server; on
+/// WebSocket the reader's share for this room fills and the subscription ends as a slow
+/// consumer (see `websocket.rs`).
+pub(crate) async fn deliver(
+    mut stream: SubStream,
+    tx: mpsc::Sender<SubEvent>,
+    last: Arc<Mutex<Option<Position>>>,
+    preamble: Option<SubEvent>,
+    liveness: Arc<Liveness>,
+) {
+    if let Some(ev) = preamble {
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+    }
+    while let Some(ServerFrame { event, .. }) = stream.next(&liveness).await {
+        let (ev, position) = match event {
+            Event::Publication {
+                room,
+                position,
+                payload,
+            } => (
+                SubEvent::Publication {
+                    room,
+                    position,
+                    payload,
+                },
+                position,
+            ),
+            Event::Joined { member, .. } => (SubEvent::Joined { member }, None),
+            Event::Left { member, .. } => (SubEvent::Left { member }, None),
+            _ => continue,
+        };
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+        if position.is_some() {
+            *lock(&last) = position;
+        }
+    }
+}
+
+/// The answer to `Hello`: the first frame the server sends decides the handshake.
+fn handshake_reply(frame: ServerFrame) -> Result<WelcomeInfo, ClientError> {
+    match frame.event {
+        Event::Welcome {
+            version,
+            session,
+            user,
+            tenant,
+            expires_at,
+            limits,
+        } => {
+            if version != PROTOCOL_VERSION {
+                return Err(ClientError::Protocol(format!(
+                    "server speaks protocol version {version}, this client {PROTOCOL_VERSION}"
+                )));
+            }
+            Ok(WelcomeInfo {
+                session,
+                user,
+                tenant,
+                expires_at,
+                limits,
+                transport: Transport::WebTransport,
+            })
+        }
+        Event::Goodbye {
+            code,
+            reason,
+            reconnect,
+        } => Err(goodbye_error(code, reason, reconnect)),
+        Event::Error { code, message } => Err(ClientError::Server { code, message }),
+        other => Err(ClientError::Protocol(format!(
+            "expected Welcome, got {other:?}"
+        ))),
+    }
+}
+
+/// A `Goodbye` (or a close code) before `Welcome`.
+fn goodbye_error(code: u16, reason: String, reconnect: bool) -> ClientError {
+    use quiver_proto::CloseCode;
+    match CloseCode::from_u16(code) {
+        Some(CloseCode::InvalidToken | CloseCode::TokenExpired) => {
+            ClientError::TokenRefused { code, reason }
+        }
+        _ if !reconnect => ClientError::Closed { code, reason },
+        _ => ClientError::Connect(format!("server said goodbye ({code}): {reason}")),
+    }
+}
+
+/// Errors that end the first connect at once, and with [`Transport::Auto`] also mean the
+/// server answered (so WebTransport is not blocked).
+fn is_answer(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Refused { .. }
+            | ClientError::TokenRefused { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Token(_)
+    )
+}
+
+/// Makes connect attempts, on whichever transport the configuration and past failures say.
+pub(crate) struct Connector {
+    cfg: ClientConfig,
+    wt: OnceCell<webtransport::WtEndpoint>,
+    /// Built on the first `wss://` attempt (loading the system's roots takes a while).
+    ws_tls: OnceCell<Arc<wtransport::tls::rustls::ClientConfig>>,
+    /// [`Transport::Auto`]: WebTransport failed where WebSocket then worked; stay on WebSocket.
+    wt_unusable: AtomicBool,
+}
+
+impl Connector {
+    pub(crate) fn new(cfg: ClientConfig) -> Self {
+        Connector {
+            cfg,
+            wt: OnceCell::new(),
+            ws_tls: OnceCell::new(),
+            wt_unusable: AtomicBool::new(false),
+        }
+    }
+
+    /// How many distinct targets an attempt index cycles through.
+    pub(crate) fn targets(&self) -> usize {
+        let (wt, ws) = (self.cfg.urls.len(), self.cfg.ws_urls.len());
+        match self.cfg.transport {
+            Transport::WebTransport => wt,
+            Transport::WebSocket => ws,
+            Transport::Auto if ws == 0 => wt,
+            Transport::Auto if wt == 0 => ws,
+            Transport::Auto => wt.max(ws),
+        }
+        .max(1)
+    }
+
+    /// Checks the configuration names somewhere to connect to.
+    pub(crate) fn check(&self) -> Result<(), ClientError> {
+        let missing = match self.cfg.transport {
+            Transport::WebTransport => self.cfg.urls.is_empty(),
+            Transport::WebSocket => self.cfg.ws_urls.is_empty(),
+            Transport::Auto => self.cfg.urls.is_empty() && self.cfg.ws_urls.is_empty(),
+        };
+        if missing {
+            let what = match self.cfg.transport {
+                Transport::WebSocket => "no WebSocket URL configured (ws_urls)",
+                _ => "no server URL configured",
+            };
+            return Err(ClientError::Connect(what.into()));
+        }
+        Ok(())
+    }
+
+    /// One connect attempt at target `index`, within the configured bounds.
+    pub(crate) async fn attempt(&self, index: usize) -> Result<Established, ClientError> {
+        let cfg = &self.cfg;
+        let wt_url = || &cfg.urls[index % cfg.urls.len()];
+        let ws_url = || &cfg.ws_urls[index % cfg.ws_urls.len()];
+        match cfg.transport {
+            Transport::WebTransport => self.attempt_wt(wt_url(), cfg.connect_timeout).await,
+            Transport::WebSocket => self.attempt_ws(ws_url()).await,
+            Transport::Auto if cfg.ws_urls.is_empty() => {
+                self.attempt_wt(wt_url(), cfg.connect_timeout).await
+            }
+            Transport::Auto if cfg.urls.is_empty() => self.attempt_ws(ws_url()).await,
+            Transport::Auto => {
+                let mut wt_err = None;
+                if !self.wt_unusable.load(Ordering::Relaxed) {
+                    let limit = cfg.webtransport_timeout.min(cfg.connect_timeout);
+                    match self.attempt_wt(wt_url(), limit).await {
+                        Ok(est) => return Ok(est),
+                        // The token provider failed, or the server said goodbye for good:
+                        // WebSocket would not change that. A refused CONNECT (its reason is
+                        // invisible here) or a network failure goes on to WebSocket.
+                        Err(e @ (ClientError::Token(_) | ClientError::Closed { .. })) => {
+                            return Err(e)
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "WebTransport failed, trying WebSocket");
+                            wt_err = Some(e);
+                        }
+                    }
+                }
+                match (self.attempt_ws(ws_url()).await, wt_err) {
+                    (Ok(est), Some(e)) => {
+                        if !is_answer(&e) {
+                            tracing::warn!(error = %e, "WebTransport unusable; staying on WebSocket");
+                            self.wt_unusable.store(true, Ordering::Relaxed);
+                        }
+                        Ok(est)
+                    }
+                    (Ok(est), None) => Ok(est),
+                    // Neither worked: the WebTransport refusal says more than a network error.
+                    (Err(ws), Some(wt)) if is_answer(&wt) && !is_answer(&ws) => Err(wt),
+                    (Err(ws), _) => Err(ws),
+                }
+            }
+        }
+    }
+
+    async fn attempt_wt(&self, url: &str, limit: Duration) -> Result<Established, ClientError> {
+        let endpoint = self
+            .wt
+            .get_or_try_init(|| webtransport::WtEndpoint::new(&self.cfg))
+            .await?;
+        let fut = endpoint.connect(url, &self.cfg);
+        let io = tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        let (io, welcome) = io;
+        Ok(Established {
+            welcome,
+            io: Io::WebTransport(io),
+        })
+    }
+
+    async fn attempt_ws(&self, url: &str) -> Result<Established, ClientError> {
+        let tls = if websocket::is_secure(url) {
+            let tls = self
+                .ws_tls
+                .get_or_try_init(|| websocket::tls_config(&self.cfg))
+                .await?;
+            Some(tls.clone())
+        } else {
+            None
+        };
+        let fut = websocket::connect(url, &self.cfg, tls);
+        let (io, mut welcome) = tokio::time::timeout(self.cfg.connect_timeout, fut)
+            .await
+            .map_err(|_| ClientError::Timeout)??;
+        welcome.transport = Transport::WebSocket;
+        Ok(Established {
+            welcome,
+            io: Io::WebSocket(Box::new(io)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::token_fixed;
+
+    fn connector(wt: usize, ws: usize, transport: Transport) -> Connector {
+        let mut cfg = ClientConfig::new("", token_fixed("t")).with_transport(transport);
+        cfg.urls = (0..wt).map(|i| format!("https://h{i}/v1")).collect();
+        cfg.ws_urls = (0..ws).map(|i| format!("ws://h{i}/v1/ws")).collect();
+        Connector::new(cfg)
+    }
+
+    #[test]
+    fn targets_and_missing_urls() {
+        assert_eq!(connector(2, 3, Transport::WebTransport).targets(), 2);
+        assert_eq!(connector(2, 3, Transport::WebSocket).targets(), 3);
+        assert_eq!(connector(2, 3, Transport::Auto).targets(), 3);
+        assert_eq!(connector(2, 0, Transport::Auto).targets(), 2);
+        assert_eq!(connector(0, 1, Transport::Auto).targets(), 1);
+        assert!(connector(0, 1, Transport::WebTransport).check().is_err());
+        assert!(connector(1, 0, Transport::WebSocket).check().is_err());
+        assert!(connector(0, 0, Transport::Auto).check().is_err());
+        assert!(connector(0, 1, Transport::Auto).check().is_ok());
+    }
+
+    #[test]
+    fn goodbyes_before_welcome() {
+        assert!(matches!(
+            goodbye_error(3007, "bad".into(), false),
+            ClientError::TokenRefused { code: 3007, .. }
+        ));
+        assert!(matches!(
+            goodbye_error(3002, "expired".into(), true),
+            ClientError::TokenRefused { code: 3002, .. }
+        ));
+        assert!(matches!(
+            goodbye_error(3004, "v".into(), false),
+            ClientError::Closed { code: 3004, .. }
+        ));
+        assert!(matches!(
+            goodbye_error(3000, "draining".into(), true),
+            ClientError::Connect(_)
+        ));
+    }
+}

@@ -1,0 +1,353 @@
+//! WebTransport (PROTOCOL.md sections 1–2): the CONNECT, the control stream (commands out,
+//! replies in), and one server-opened unidirectional stream per subscription.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_proto::{
+    decode_event, encode_command, ClientFrame, Command, DecodeError, Event, FrameDecoder,
+    ServerFrame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::task::JoinSet;
+use wtransport::endpoint::endpoint_side;
+use wtransport::error::{ConnectingError, ConnectionError};
+use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
+
+use super::{handshake_reply, Link, RunCtx, SubStream};
+use crate::client::WelcomeInfo;
+use crate::config::{connect_url, redact, ClientConfig};
+use crate::connection::{ConnEvent, EventTx, HELLO_ID};
+use crate::error::ClientError;
+use crate::heartbeat::Liveness;
+use crate::writer::{writer, FrameSink, WriterHandle};
+
+/// Read size for streams.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The client's QUIC endpoint, made once per client.
+pub(crate) struct WtEndpoint(Endpoint<endpoint_side::Client>);
+
+impl WtEndpoint {
+    pub(crate) async fn new(cfg: &ClientConfig) -> Result<Self, ClientError> {
+        let config = cfg.wtransport_config().await?;
+        Endpoint::client(config)
+            .map(WtEndpoint)
+            .map_err(|e| ClientError::Connect(format!("cannot create endpoint: {e}")))
+    }
+
+    /// CONNECT, control stream, `Hello`, `Welcome`.
+    pub(crate) async fn connect(
+        &self,
+        base: &str,
+        cfg: &ClientConfig,
+    ) -> Result<(WtIo, WelcomeInfo), ClientError> {
+        let token = (cfg.token)().await.map_err(ClientError::Token)?;
+        let url = connect_url(base, &token)?;
+        tracing::debug!(url = %redact(&url), "connecting over WebTransport");
+        let conn = self.0.connect(url.as_str()).await.map_err(|e| match e {
+            ConnectingError::SessionRejected => ClientError::Refused {
+                url: base.to_string(),
+                status: None,
+            },
+            other => ClientError::Connect(format!("{base}: {other}")),
+        })?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connect(format!("opening control stream: {e}")))?
+            .await
+            .map_err(|e| ClientError::Connect(format!("opening control stream: {e}")))?;
+        let hello = encode_command(&ClientFrame {
+            id: HELLO_ID,
+            command: Command::Hello {
+                version: PROTOCOL_VERSION,
+                client: cfg.client_name.clone(),
+            },
+        });
+        send.write_all(&hello)
+            .await
+            .map_err(|e| ClientError::Connect(format!("sending Hello: {e}")))?;
+
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        loop {
+            while let Some(body) = dec
+                .next_frame()
+                .map_err(|e| ClientError::Protocol(format!("control stream: {e}")))?
+            {
+                let frame = match decode_event(&body) {
+                    Ok(f) => f,
+                    Err(DecodeError::UnknownType { .. }) => continue,
+                    Err(e) => return Err(ClientError::Protocol(format!("control stream: {e}"))),
+                };
+                return match handshake_reply(frame) {
+                    Ok(welcome) => Ok((
+                        WtIo {
+                            conn,
+                            send,
+                            recv,
+                            dec,
+                        },
+                        welcome,
+                    )),
+                    Err(e) => {
+                        close(&conn, "handshake failed");
+                        Err(e)
+                    }
+                };
+            }
+            match read_chunk(&mut recv).await {
+                Ok(Some(bytes)) => dec.push(&bytes),
+                Ok(None) => {
+                    return Err(ClientError::Connect(
+                        "control stream closed before Welcome".into(),
+                    ))
+                }
+                Err(e) => {
+                    // The server announces closes with a Goodbye, but the QUIC close may win
+                    // the race: look at the connection's close code.
+                    let (code, reason) = close_info(&conn.closed().await);
+                    return Err(if crate::connection::code_forbids_reconnect(code) {
+                        super::goodbye_error(code, reason, false)
+                    } else {
+                        ClientError::Connect(format!(
+                            "connection closed before Welcome: {e}; {reason}"
+                        ))
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A WebTransport session after `Welcome`.
+pub(crate) struct WtIo {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    dec: FrameDecoder,
+}
+
+impl WtIo {
+    pub(super) fn run(self, ctx: RunCtx, tasks: &mut JoinSet<()>) -> (Link, WriterHandle) {
+        let WtIo {
+            conn,
+            send,
+            recv,
+            dec,
+        } = self;
+        let (handle, write_task) =
+            writer(ControlSink(send), ctx.pacer, ctx.events.clone(), ctx.epoch);
+        tasks.spawn(write_task);
+        tasks.spawn(control_reader(
+            recv,
+            dec,
+            ctx.events.clone(),
+            ctx.epoch,
+            ctx.liveness.clone(),
+        ));
+        tasks.spawn(accept_streams(
+            conn.clone(),
+            ctx.max_frame,
+            ctx.events.clone(),
+            ctx.epoch,
+            ctx.liveness,
+        ));
+        tasks.spawn(watch_closed(conn.clone(), ctx.events, ctx.epoch));
+        (Link::WebTransport(conn), handle)
+    }
+
+    pub(super) fn abandon(self, reason: &str) {
+        close(&self.conn, reason);
+    }
+}
+
+pub(super) fn close(conn: &Connection, reason: &str) {
+    conn.close(VarInt::from_u32(0), reason.as_bytes());
+}
+
+/// The control stream's send side. Never finished (FACTS.md: no `finish()` on hot paths); the
+/// connection's close ends it.
+struct ControlSink(SendStream);
+
+impl FrameSink for ControlSink {
+    async fn write(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+        let bytes = if frames.len() == 1 {
+            frames.into_iter().next().unwrap_or_default()
+        } else {
+            frames.concat()
+        };
+        self.0.write_all(&bytes).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The application close code and reason of a closed connection, if it has them.
+pub(crate) fn close_info(err: &ConnectionError) -> (u16, String) {
+    match err {
+        ConnectionError::ApplicationClosed(close) => (
+            u16::try_from(close.code().into_inner()).unwrap_or(0),
+            String::from_utf8_lossy(close.reason()).into_owned(),
+        ),
+        other => (0, other.to_string()),
+    }
+}
+
+/// Reads the control stream and hands every frame to the state machine.
+async fn control_reader(
+    mut recv: RecvStream,
+    mut dec: FrameDecoder,
+    events: EventTx,
+    epoch: u64,
+    liveness: std::sync::Arc<Liveness>,
+) {
+    let lost = |reason: String| (epoch, ConnEvent::Lost { code: 0, reason });
+    loop {
+        loop {
+            match dec.next_frame() {
+                Ok(Some(body)) => match decode_event(&body) {
+                    Ok(frame) => {
+                        if events.send((epoch, ConnEvent::Frame(frame))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(DecodeError::UnknownType { id, kind }) => {
+                        tracing::debug!(id, kind, "ignoring unknown event type");
+                    }
+                    Err(e) => {
+                        let _ = events.send(lost(format!("malformed control frame: {e}")));
+                        return;
+                    }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = events.send(lost(format!("bad control frame: {e}")));
+                    return;
+                }
+            }
+        }
+        match read_chunk(&mut recv).await {
+            Ok(Some(bytes)) => {
+                liveness.touch();
+                dec.push(&bytes);
+            }
+            // The server ended the control stream or the connection: the QUIC close (watched
+            // by `watch_closed`) usually carries the code; wait briefly for it.
+            Ok(None) | Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = events.send(lost("control stream ended".into()));
+                return;
+            }
+        }
+    }
+}
+
+/// Reports the connection's close (with the server's close code, if any).
+async fn watch_closed(conn: Connection, events: EventTx, epoch: u64) {
+    let err = conn.closed().await;
+    let (code, reason) = close_info(&err);
+    let _ = events.send((epoch, ConnEvent::Lost { code, reason }));
+}
+
+/// Accepts server-opened subscription streams and reads their `SubscriptionStream` header.
+async fn accept_streams(
+    conn: Connection,
+    max_frame: usize,
+    events: EventTx,
+    epoch: u64,
+    liveness: std::sync::Arc<Liveness>,
+) {
+    let mut headers = JoinSet::new();
+    loop {
+        tokio::select! {
+            res = conn.accept_uni() => match res {
+                Ok(recv) => {
+                    let stream = WtStream { recv, dec: FrameDecoder::new(max_frame) };
+                    headers.spawn(read_header(stream, events.clone(), epoch, liveness.clone()));
+                }
+                Err(_) => return,
+            },
+            Some(_) = headers.join_next(), if !headers.is_empty() => {}
+        }
+    }
+}
+
+async fn read_header(
+    mut stream: WtStream,
+    events: EventTx,
+    epoch: u64,
+    liveness: std::sync::Arc<Liveness>,
+) {
+    match stream.next(&liveness).await {
+        Some(ServerFrame {
+            id,
+            event: Event::SubscriptionStream { room },
+        }) => {
+            let _ = events.send((
+                epoch,
+                ConnEvent::Stream {
+                    id,
+                    room,
+                    stream: SubStream::WebTransport(stream),
+                },
+            ));
+        }
+        Some(other) => {
+            tracing::warn!(
+                ?other,
+                "unidirectional stream without SubscriptionStream header"
+            );
+        }
+        None => {}
+    }
+}
+
+/// One server-opened subscription stream.
+pub(crate) struct WtStream {
+    recv: RecvStream,
+    dec: FrameDecoder,
+}
+
+impl WtStream {
+    /// The next known frame; `None` when the stream finished, was reset, or went bad.
+    pub(super) async fn next(&mut self, liveness: &Liveness) -> Option<ServerFrame> {
+        loop {
+            match self.dec.next_frame() {
+                Ok(Some(body)) => match decode_event(&body) {
+                    Ok(frame) => return Some(frame),
+                    Err(DecodeError::UnknownType { .. }) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed frame on subscription stream");
+                        return None;
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame on subscription stream");
+                    return None;
+                }
+            }
+            match read_chunk(&mut self.recv).await {
+                Ok(Some(bytes)) => {
+                    liveness.touch();
+                    self.dec.push(&bytes);
+                }
+                // Finished (unsubscribed or ended by the server) or reset, or the connection died.
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Reads and discards a stale subscription stream until it ends.
+    pub(super) async fn drain(mut self) {
+        while let Ok(Some(_)) = read_chunk(&mut self.recv).await {}
+    }
+}
+
+/// Reads whatever the stream has (up to [`READ_CHUNK`] bytes) without a per-stream buffer:
+/// quinn hands out its own `Bytes`. `Ok(None)` when the stream finished.
+async fn read_chunk(recv: &mut RecvStream) -> Result<Option<Bytes>, String> {
+    match recv.quic_stream_mut().read_chunk(READ_CHUNK, true).await {
+        Ok(Some(chunk)) => Ok(Some(chunk.bytes)),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}

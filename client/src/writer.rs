@@ -1,0 +1,185 @@
+//! The writer task of a live connection, for either transport: commands in order, paced to the
+//! server's rate limit, batched; heartbeat `Ping`s on a priority lane that skips the queue.
+//!
+//! A transport only says how a batch of frames goes out ([`FrameSink`]): WebTransport
+//! concatenates them into one write on the control stream, WebSocket sends each as its own
+//! binary message (PROTOCOL.md 9.2: exactly one frame per client message).
+
+use std::future::Future;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::connection::{ConnEvent, EventTx};
+use crate::pacer::Pacer;
+
+/// Most bytes batched into one write.
+const WRITE_COALESCE: usize = 64 * 1024;
+
+/// One frame for the writer; the permit (for publishes) is released once it is written.
+pub(crate) struct Outgoing {
+    pub(crate) frame: Vec<u8>,
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+/// How a transport writes complete frames (each one already length-prefixed).
+pub(crate) trait FrameSink: Send + 'static {
+    fn write(&mut self, frames: Vec<Vec<u8>>) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Writes a heartbeat `Ping` frame; a transport may add a probe of its own that the peer's
+    /// stack answers even while the session is busy (a WebSocket ping).
+    fn write_heartbeat(
+        &mut self,
+        frame: Vec<u8>,
+    ) -> impl Future<Output = Result<(), String>> + Send {
+        self.write(vec![frame])
+    }
+}
+
+/// The handles the connection task writes through.
+pub(crate) struct WriterHandle {
+    pub(crate) queue: mpsc::UnboundedSender<Outgoing>,
+    /// Frames written ahead of the queue and without waiting for the pacer: heartbeat pings,
+    /// which must not sit behind a paced burst of publishes (that would look like a dead
+    /// server). The pacer still counts them.
+    pub(crate) priority: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+/// Spawnable writer task; reports a failed write as [`ConnEvent::Lost`].
+pub(crate) fn writer<S: FrameSink>(
+    sink: S,
+    pacer: Option<Pacer>,
+    events: EventTx,
+    epoch: u64,
+) -> (WriterHandle, impl Future<Output = ()> + Send) {
+    let (queue, rx) = mpsc::unbounded_channel();
+    let (priority, prio_rx) = mpsc::unbounded_channel();
+    let task = async move {
+        if let Err(e) = run(sink, rx, prio_rx, pacer).await {
+            let _ = events.send((
+                epoch,
+                ConnEvent::Lost {
+                    code: 0,
+                    reason: format!("write failed: {e}"),
+                },
+            ));
+        }
+    };
+    (WriterHandle { queue, priority }, task)
+}
+
+async fn run<S: FrameSink>(
+    mut sink: S,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut prio: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut pacer: Option<Pacer>,
+) -> Result<(), String> {
+    let mut permits = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(ping) = prio.recv() => {
+                if let Some(p) = pacer.as_mut() {
+                    p.reserve(Instant::now());
+                }
+                sink.write_heartbeat(ping).await?;
+                continue;
+            }
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => return Ok(()),
+            },
+        };
+        if let Some(p) = pacer.as_mut() {
+            let wait = p.reserve(Instant::now());
+            if !wait.is_zero() {
+                let until = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(ping) = prio.recv() => {
+                            p.reserve(Instant::now());
+                            sink.write_heartbeat(ping).await?;
+                        }
+                        _ = tokio::time::sleep_until(until) => break,
+                    }
+                }
+            }
+        }
+        let mut size = first.frame.len();
+        let mut batch = vec![first.frame];
+        permits.push(first.permit);
+        // Batch whatever else is queued and allowed right now.
+        while size < WRITE_COALESCE && pacer.as_ref().is_none_or(|p| p.ready(Instant::now())) {
+            match rx.try_recv() {
+                Ok(next) => {
+                    if let Some(p) = pacer.as_mut() {
+                        p.reserve(Instant::now());
+                    }
+                    size += next.frame.len();
+                    batch.push(next.frame);
+                    permits.push(next.permit);
+                }
+                Err(_) => break,
+            }
+        }
+        sink.write(batch).await?;
+        permits.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<Vec<u8>>>>>);
+
+    impl FrameSink for Recorder {
+        async fn write(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
+            self.0.lock().unwrap().push(frames);
+            Ok(())
+        }
+    }
+
+    fn out(b: u8) -> Outgoing {
+        Outgoing {
+            frame: vec![b],
+            permit: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_in_order_and_pings_skip_a_paced_queue() {
+        let rec = Recorder::default();
+        let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
+        // 10 commands per second, burst 2: the third command waits about 100 ms.
+        let pacer = Pacer::new(10, 2, Instant::now());
+        let (handle, task) = writer(rec.clone(), pacer, ev_tx, 1);
+        for b in 1..=4 {
+            handle.queue.send(out(b)).unwrap();
+        }
+        let task = tokio::spawn(task);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        // The burst went out as one batch; the rest waits for the pacer.
+        assert_eq!(rec.0.lock().unwrap().clone(), vec![vec![vec![1], vec![2]]]);
+        // A ping does not wait behind them.
+        handle.priority.send(vec![9]).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(rec.0.lock().unwrap().last().cloned(), Some(vec![vec![9]]));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all: Vec<u8> = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|f| f[0])
+            .collect();
+        assert_eq!(all, vec![1, 2, 9, 3, 4]);
+        drop(handle);
+        task.await.unwrap();
+    }
+}
