@@ -74,7 +74,16 @@ new QuiverClient({ url: 'https://example.com/v1', token: () => 'jwt', transports
     });
 
     const minified = await readFile(path.join(project, 'node_modules', ...manifest.name.split('/'), 'dist', 'quiver.min.js'));
-    console.log(`# package: ${packed.filename}, ${packed.size} B packed; quiver.min.js ${minified.length} B, ${gzipSync(minified, { level: 9 }).length} B gzipped`);
+    const gzipped = gzipSync(minified, { level: 9 }).length;
+    console.log(`# package: ${packed.filename}, ${packed.size} B packed; quiver.min.js ${minified.length} B, ${gzipped} B gzipped`);
+    // The READMEs state the size: they must stay within 5 % of the truth.
+    for (const file of [path.join(web, 'README.md'), path.join(web, '..', 'README.md')]) {
+      const stated = /\*\*([\d.]+) kB(?: minified)?, ([\d.]+) kB min\+gzip\*\*/.exec(await readFile(file, 'utf8'));
+      assert.ok(stated, `${file} states the minified and gzipped size`);
+      for (const [claim, actual] of [[Number(stated[1]) * 1000, minified.length], [Number(stated[2]) * 1000, gzipped]]) {
+        assert.ok(Math.abs(claim - actual) / actual < 0.05, `${file} says ${claim} B, the bundle is ${actual} B: update it`);
+      }
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
