@@ -628,6 +628,8 @@ var Session = class {
   heartbeatTimer = null;
   lastReceived = now();
   connectedAt = 0;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
+  sendLimit = DEFAULT_MAX_FRAME;
   get kind() {
     return this.link.kind;
   }
@@ -648,6 +650,11 @@ var Session = class {
   }
   raiseMaxFrame(announced) {
     this.link.maxFrame = Math.max(this.link.maxFrame, announced);
+  }
+  /** Frames over `maxFrame` are refused here: the server would close the whole session over one
+   *  (protocol_error), where the app only needs that one command refused. */
+  limitFrames(maxFrame) {
+    if (maxFrame > 0) this.sendLimit = maxFrame;
   }
   /** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
   pace(commandsPerSecond) {
@@ -707,6 +714,14 @@ var Session = class {
       bytes = encodeCommand(frame);
     } catch (e) {
       return Promise.reject(e);
+    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
+      const size = bytes.length - LENGTH_PREFIX;
+      return Promise.reject(
+        new QuiverError("command", `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
+          code: ErrorCode.payload_too_large
+        })
+      );
     }
     const pacer = this.pacer;
     if (!pacer || options.urgent || this.queue.length === 0 && pacer.ready(now())) {
@@ -1718,6 +1733,7 @@ var QuiverClient = class {
       limits: welcome.limits
     };
     session.raiseMaxFrame(welcome.limits.maxFrame);
+    session.limitFrames(welcome.limits.maxFrame);
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }

@@ -455,6 +455,7 @@ export class QuiverClient {
       limits: welcome.limits,
     };
     session.raiseMaxFrame(welcome.limits.maxFrame);
+    session.limitFrames(welcome.limits.maxFrame);
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }

@@ -2,8 +2,8 @@
 // commands to the server's rate limit, liveness pings, and token refresh. The client
 // (client.ts) opens sessions, one after another, and carries the app's state across them.
 
-import { encodeCommand, type Command, type Event } from './codec.js';
-import { CloseCode, codeLabel } from './codes.js';
+import { DEFAULT_MAX_FRAME, LENGTH_PREFIX, encodeCommand, type Command, type Event } from './codec.js';
+import { CloseCode, ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage } from './errors.js';
 import { Pacer } from './pacer.js';
 import type { Link, LinkHandler, SubscriptionEvent, TransportKind } from './transport.js';
@@ -80,6 +80,8 @@ export class Session implements LinkHandler {
   private heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
   private lastReceived = now();
   private connectedAt = 0;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
+  private sendLimit = DEFAULT_MAX_FRAME;
 
   constructor(
     readonly link: Link,
@@ -114,6 +116,12 @@ export class Session implements LinkHandler {
 
   raiseMaxFrame(announced: number): void {
     this.link.maxFrame = Math.max(this.link.maxFrame, announced);
+  }
+
+  /** Frames over `maxFrame` are refused here: the server would close the whole session over one
+   *  (protocol_error), where the app only needs that one command refused. */
+  limitFrames(maxFrame: number): void {
+    if (maxFrame > 0) this.sendLimit = maxFrame;
   }
 
   /** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
@@ -177,6 +185,14 @@ export class Session implements LinkHandler {
       bytes = encodeCommand(frame);
     } catch (e) {
       return Promise.reject(e);
+    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
+      const size = bytes.length - LENGTH_PREFIX;
+      return Promise.reject(
+        new QuiverError('command', `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
+          code: ErrorCode.payload_too_large,
+        }),
+      );
     }
     const pacer = this.pacer;
     if (!pacer || options.urgent || (this.queue.length === 0 && pacer.ready(now()))) {

@@ -171,6 +171,20 @@ describe(`over ${transport}`, () => {
     assert.equal(e.code, 103);
   });
 
+  test('a frame over Welcome.limits.max_frame is refused locally (payload_too_large), the session stays up', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client, { limits: { maxFrame: 100, maxPayload: 80 } });
+    await assert.rejects(client.publish('r', new Uint8Array(200), { ack: true }), (e) => e.kind === 'command' && e.label === 'payload_too_large' && /not sent/.test(e.message));
+    // Under the frame limit it goes to the server, which judges the payload.
+    const ok = client.publish('r', new Uint8Array(10), { ack: true });
+    const cmd = await conn.expect('Publish');
+    assert.equal(cmd.command.payload.length, 10);
+    conn.send(cmd.id, { type: 'Published', position: null });
+    await ok;
+    assert.equal(client.state, 'connected');
+  });
+
   test('reconnect: fresh token, re-subscribe resuming from the last position, recovery surfaced, queued publishes flushed', async (t) => {
     const { net, client, tokens } = setup({}, transport);
     t.after(() => client.close());
