@@ -58,9 +58,17 @@ struct ServeArgs {
     /// Where the development certificate and secret live [default: certs]
     #[arg(long)]
     cert_dir: Option<PathBuf>,
-    /// HS256 secret for client tokens (also QUIVER_JWT_SECRET).
-    #[arg(long)]
+    /// HS256 secret for client tokens, at least 32 bytes (also QUIVER_JWT_SECRET). It shows in
+    /// `ps` and shell history: prefer --jwt-secret-file.
+    #[arg(long, conflicts_with = "jwt_secret_file")]
     jwt_secret: Option<String>,
+    /// File holding the HS256 secret (also QUIVER_JWT_SECRET_FILE).
+    #[arg(long)]
+    jwt_secret_file: Option<PathBuf>,
+    /// Serve the generated self-signed certificate even with production auth (clients must pin
+    /// its hash; see tls.self_signed).
+    #[arg(long)]
+    self_signed: bool,
     /// Don't run the development demo publisher.
     #[arg(long)]
     no_demo: bool,
@@ -88,6 +96,9 @@ struct TokenArgs {
     /// Signing secret; default: QUIVER_JWT_SECRET, else the development secret.
     #[arg(long, env = "QUIVER_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// File holding the signing secret (a trailing newline is ignored).
+    #[arg(long, env = "QUIVER_JWT_SECRET_FILE", conflicts_with = "jwt_secret")]
+    jwt_secret_file: Option<PathBuf>,
     #[arg(long, default_value = "certs")]
     cert_dir: PathBuf,
 }
@@ -146,8 +157,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
         config.cert = args.cert;
         config.key = args.key;
     }
-    if args.jwt_secret.is_some() {
-        config.auth.jwt_secret = args.jwt_secret;
+    // A secret flag replaces a secret from the file or environment, in whichever form.
+    if let Some(secret) = args.jwt_secret {
+        config.auth.jwt_secret = Some(secret.into());
+        config.auth.jwt_secret_file = None;
+    }
+    if let Some(path) = args.jwt_secret_file {
+        config.auth.jwt_secret_file = Some(path);
+        config.auth.jwt_secret = None;
+    }
+    if args.self_signed {
+        config.tls.self_signed = true;
     }
     if args.no_demo {
         config.demo = false;
@@ -213,9 +233,11 @@ async fn cert(out: PathBuf) -> Result<()> {
 }
 
 fn token(args: TokenArgs) -> Result<()> {
-    let secret = match args.jwt_secret {
-        Some(s) => s.into_bytes(),
-        None => quiver_server::dev_secret(&args.cert_dir)?,
+    let secret = match (args.jwt_secret, args.jwt_secret_file) {
+        (Some(s), _) => s.into_bytes(),
+        (None, Some(path)) => quiver_server::auth::read_secret_file(&path)
+            .with_context(|| format!("reading {}", path.display()))?,
+        (None, None) => quiver_server::dev_secret(&args.cert_dir)?,
     };
     if args.subscribe.is_empty() && args.publish.is_empty() {
         bail!("a token without --subscribe or --publish patterns allows nothing");

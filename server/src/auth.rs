@@ -1,15 +1,33 @@
 //! JWT verification: a token becomes a [`Grant`] (who, which tenant, until when, which rooms), or
-//! an [`AuthError`]. Tokens themselves are never logged.
+//! an [`AuthError`]. Tokens themselves are never logged, and no error message quotes any part
+//! of one: the messages below are fixed strings, so logging an `AuthError` is safe.
+//!
+//! Keys: one HS256 secret, one public key (ES256, RS256 or EdDSA), or a JWKS file as identity
+//! providers publish them (several keys, chosen by the token's `kid`). Exactly one algorithm is
+//! accepted per key, so `alg: none` and algorithm confusion (an HS256 token "signed" with a
+//! public key) are refused.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quiver_proto::{Pattern, RoomName, TenantId};
 use serde::{Deserialize, Serialize};
 
-/// Seconds of clock skew tolerated on `exp` when a token is presented.
-const LEEWAY_SECS: u64 = 5;
+/// Shortest HS256 secret accepted: the hash's output size (RFC 7518 §3.2 requires a key at least
+/// that long). Shorter secrets, the empty one included, can be guessed or brute-forced offline
+/// from any token.
+pub const MIN_HS256_SECRET: usize = 32;
+/// Longest token accepted, in bytes. Checked before any parsing, so a huge token costs nothing;
+/// the transports refuse longer CONNECT requests before they get here.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Longest `sub` claim, in bytes.
+pub const MAX_SUB_BYTES: usize = 256;
+/// Largest clock leeway the configuration may set: more would keep expired tokens alive.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -17,8 +35,9 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    /// The reason is a fixed description: never the token or a part of it.
     #[error("invalid token: {0}")]
-    Invalid(String),
+    Invalid(&'static str),
     #[error("invalid claim {claim}: {reason}")]
     Claim { claim: &'static str, reason: String },
 }
@@ -43,6 +62,15 @@ pub enum KeyError {
     Algorithm(String),
     #[error("bad key: {0}")]
     Key(#[from] jsonwebtoken::errors::Error),
+    #[error(
+        "the HS256 secret is {len} bytes; at least {MIN_HS256_SECRET} are required (a shorter \
+         secret can be brute-forced from any token). Generate one with `openssl rand -hex 32`"
+    )]
+    ShortSecret { len: usize },
+    #[error("JWKS {path}: {reason}")]
+    Jwks { path: String, reason: String },
+    #[error("leeway of {0:?} is over the maximum of {MAX_LEEWAY:?}")]
+    Leeway(Duration),
 }
 
 /// The claims Quiver reads. Unknown claims are ignored.
@@ -76,18 +104,42 @@ impl Grant {
     }
 }
 
-/// Verifies tokens with one key and algorithm.
+/// Checks on top of the signature, the same for every key.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    /// Clock skew tolerated on `exp` and `nbf`. Zero by default: a token is refused from the
+    /// second its `exp` names.
+    pub leeway: Duration,
+    /// When set, tokens must carry this `aud` (a string, or an array containing it).
+    pub audience: Option<String>,
+    /// When set, tokens must carry exactly this `iss`.
+    pub issuer: Option<String>,
+}
+
+/// Verifies tokens.
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Keys,
+    leeway_secs: u64,
+}
+
+enum Keys {
+    /// The one key; the token's `kid`, if any, is ignored.
+    One(Box<(DecodingKey, Validation)>),
+    /// A key set: the token's `kid` picks the key, and with it the one algorithm accepted.
+    ByKid(HashMap<String, (DecodingKey, Validation)>),
 }
 
 impl Verifier {
-    pub fn hs256(secret: &[u8]) -> Self {
-        Self::new(DecodingKey::from_secret(secret), Algorithm::HS256)
+    /// An HS256 verifier. Refuses secrets shorter than [`MIN_HS256_SECRET`].
+    pub fn hs256(secret: &[u8], checks: &Checks) -> Result<Self, KeyError> {
+        if secret.len() < MIN_HS256_SECRET {
+            return Err(KeyError::ShortSecret { len: secret.len() });
+        }
+        Self::one(DecodingKey::from_secret(secret), Algorithm::HS256, checks)
     }
 
-    pub fn public_key(path: &Path, algorithm: &str) -> Result<Self, KeyError> {
+    /// A verifier for one PEM public key.
+    pub fn public_key(path: &Path, algorithm: &str, checks: &Checks) -> Result<Self, KeyError> {
         let pem = std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
         let (key, alg) = match algorithm.to_ascii_uppercase().as_str() {
             "ES256" => (DecodingKey::from_ec_pem(&pem)?, Algorithm::ES256),
@@ -95,41 +147,247 @@ impl Verifier {
             "EDDSA" => (DecodingKey::from_ed_pem(&pem)?, Algorithm::EdDSA),
             other => return Err(KeyError::Algorithm(other.to_owned())),
         };
-        Ok(Self::new(key, alg))
+        Self::one(key, alg, checks)
     }
 
-    fn new(key: DecodingKey, alg: Algorithm) -> Self {
-        // One algorithm only: a token naming another (or `none`) is refused.
-        let mut validation = Validation::new(alg);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_aud = false;
-        Self { key, validation }
+    /// A verifier for a JWKS file (`{"keys": [...]}`, RFC 7517). Every signing key needs a
+    /// `kid`; RSA keys verify RS256, P-256 keys ES256, Ed25519 keys EdDSA (a key's `alg`, when
+    /// present, must be one of these). Encryption keys (`"use": "enc"`) are skipped; any other
+    /// key is an error, so a typo never silently drops the key the tokens are signed with.
+    pub fn jwks(path: &Path, checks: &Checks) -> Result<Self, KeyError> {
+        let jwks_err = |reason: String| KeyError::Jwks {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text =
+            std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
+        let set: JwkSet =
+            serde_json::from_slice(&text).map_err(|e| jwks_err(format!("not a JWK set: {e}")))?;
+        let leeway_secs = leeway_secs(checks)?;
+        let mut keys = HashMap::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+                continue;
+            }
+            let kid = jwk
+                .common
+                .key_id
+                .clone()
+                .ok_or_else(|| jwks_err(format!("key {i} has no kid")))?;
+            let alg =
+                jwk_algorithm(jwk).map_err(|reason| jwks_err(format!("key {kid:?}: {reason}")))?;
+            let key =
+                DecodingKey::from_jwk(jwk).map_err(|e| jwks_err(format!("key {kid:?}: {e}")))?;
+            if keys
+                .insert(kid.clone(), (key, validation(alg, checks, leeway_secs)))
+                .is_some()
+            {
+                return Err(jwks_err(format!("kid {kid:?} appears twice")));
+            }
+        }
+        if keys.is_empty() {
+            return Err(jwks_err("no signing keys".into()));
+        }
+        Ok(Self {
+            keys: Keys::ByKid(keys),
+            leeway_secs,
+        })
     }
 
+    fn one(key: DecodingKey, alg: Algorithm, checks: &Checks) -> Result<Self, KeyError> {
+        let leeway_secs = leeway_secs(checks)?;
+        Ok(Self {
+            keys: Keys::One(Box::new((key, validation(alg, checks, leeway_secs)))),
+            leeway_secs,
+        })
+    }
+
+    /// Verifies a token now. An expired token is refused with [`AuthError::Expired`], with no
+    /// leeway unless `auth.leeway` sets one: use this for a `Refresh` too, so that a token that
+    /// already expired is refused before the session is touched.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
+        self.verify_at(token, unix_now())
+    }
+
+    /// Verifies a token as of `now` (Unix seconds) for the `exp` check. A token is valid while
+    /// `now < exp + leeway` (RFC 7519 §4.1.4: "on or after" `exp` it must be refused).
+    pub fn verify_at(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            },
-        )?;
-        grant_from(data.claims)
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid("longer than 4096 bytes"));
+        }
+        let (key, validation) = match &self.keys {
+            Keys::One(one) => (&one.0, &one.1),
+            Keys::ByKid(keys) => {
+                let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
+                let kid = header.kid.ok_or(AuthError::Invalid(
+                    "no kid in the header (the server uses a key set)",
+                ))?;
+                let (key, validation) = keys.get(&kid).ok_or(AuthError::Invalid("unknown kid"))?;
+                (key, validation)
+            }
+        };
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, key, validation).map_err(refusal)?;
+        let claims = claims_from(data.claims)?;
+        if claims.exp.saturating_add(self.leeway_secs) <= now {
+            return Err(AuthError::Expired);
+        }
+        grant_from(claims)
     }
+}
+
+fn leeway_secs(checks: &Checks) -> Result<u64, KeyError> {
+    if checks.leeway > MAX_LEEWAY {
+        return Err(KeyError::Leeway(checks.leeway));
+    }
+    Ok(checks.leeway.as_secs())
+}
+
+fn validation(alg: Algorithm, checks: &Checks, leeway_secs: u64) -> Validation {
+    // One algorithm only: a token naming another (or `none`) is refused.
+    let mut validation = Validation::new(alg);
+    // `exp`, `sub` and `tenant` are checked by `claims_from` and `verify_at` (for messages that
+    // name the problem, and an `exp` check that is strict and testable with a given clock).
+    let mut required: Vec<&str> = Vec::new();
+    validation.validate_exp = false;
+    validation.validate_nbf = true;
+    validation.leeway = leeway_secs;
+    validation.validate_aud = checks.audience.is_some();
+    if let Some(aud) = &checks.audience {
+        validation.set_audience(&[aud]);
+        required.push("aud");
+    }
+    if let Some(iss) = &checks.issuer {
+        validation.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+/// The one algorithm a JWK verifies.
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Algorithm, String> {
+    let by_key = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        // Symmetric keys do not belong in a published key set: anyone holding it could sign.
+        AlgorithmParameters::OctetKey(_) => return Err("symmetric (oct) keys are refused".into()),
+        _ => return Err("unsupported key type or curve (use RSA, P-256 or Ed25519)".into()),
+    };
+    match jwk.common.key_algorithm {
+        None => Ok(by_key),
+        Some(KeyAlgorithm::RS256) if by_key == Algorithm::RS256 => Ok(by_key),
+        Some(KeyAlgorithm::ES256) if by_key == Algorithm::ES256 => Ok(by_key),
+        Some(KeyAlgorithm::EdDSA) if by_key == Algorithm::EdDSA => Ok(by_key),
+        Some(other) => Err(format!(
+            "alg {other:?} is not accepted for this key (RS256, ES256 or EdDSA)"
+        )),
+    }
+}
+
+/// A fixed description of why jsonwebtoken refused a token: its own messages can quote claim
+/// values, which must not reach logs.
+fn refusal(e: jsonwebtoken::errors::Error) -> AuthError {
+    let claim = |name: &str| match name {
+        "exp" => "exp",
+        "sub" => "sub",
+        "aud" => "aud",
+        "iss" => "iss",
+        "nbf" => "nbf",
+        _ => "unknown",
+    };
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::InvalidSignature => AuthError::Invalid("bad signature"),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm => AuthError::Invalid("algorithm not accepted"),
+        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+            AuthError::Invalid("malformed (expected base64url header.payload.signature)")
+        }
+        ErrorKind::Json(_) => AuthError::Invalid("malformed header or claims JSON"),
+        ErrorKind::MissingRequiredClaim(c) => AuthError::Claim {
+            claim: claim(c),
+            reason: "required".into(),
+        },
+        ErrorKind::InvalidClaimFormat(c) => AuthError::Claim {
+            claim: claim(c),
+            reason: "wrong type".into(),
+        },
+        ErrorKind::InvalidAudience => AuthError::Claim {
+            claim: "aud",
+            reason: "not the audience this server accepts".into(),
+        },
+        ErrorKind::InvalidIssuer => AuthError::Claim {
+            claim: "iss",
+            reason: "not the issuer this server accepts".into(),
+        },
+        ErrorKind::ImmatureSignature => AuthError::Claim {
+            claim: "nbf",
+            reason: "not valid yet".into(),
+        },
+        _ => AuthError::Invalid("refused"),
+    }
+}
+
+/// Reads the claims one by one, for an error that names the claim (and never quotes it).
+fn claims_from(value: serde_json::Value) -> Result<Claims, AuthError> {
+    let claim_err = |claim, reason: &str| AuthError::Claim {
+        claim,
+        reason: reason.to_owned(),
+    };
+    let serde_json::Value::Object(map) = value else {
+        return Err(AuthError::Invalid("claims are not a JSON object"));
+    };
+    let string = |name: &'static str| match map.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(claim_err(name, "must be a string")),
+        None => Err(claim_err(name, "required")),
+    };
+    let patterns = |name: &'static str| match map.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .map(|p| {
+                p.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| claim_err(name, "must be an array of strings"))
+            })
+            .collect(),
+        Some(_) => Err(claim_err(name, "must be an array of strings")),
+    };
+    let exp = match map.get("exp") {
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| claim_err("exp", "must be a non-negative integer (Unix seconds)"))?,
+        None => return Err(claim_err("exp", "required")),
+    };
+    Ok(Claims {
+        sub: string("sub")?,
+        tenant: string("tenant")?,
+        exp,
+        subscribe: patterns("subscribe")?,
+        publish: patterns("publish")?,
+    })
 }
 
 fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     let claim_err = |claim, reason: String| AuthError::Claim { claim, reason };
-    if claims.sub.is_empty() || claims.sub.len() > 256 {
+    if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
         return Err(claim_err("sub", "must be 1 to 256 bytes".into()));
     }
     let tenant = TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", e.to_string()))?;
     let patterns = |list: &[String], claim| {
         list.iter()
-            .map(|p| Pattern::parse(p).map_err(|e| claim_err(claim, format!("{p:?}: {e}"))))
+            .enumerate()
+            .map(|(i, p)| Pattern::parse(p).map_err(|e| claim_err(claim, format!("[{i}]: {e}"))))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(Grant {
@@ -139,6 +397,16 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
         tenant,
         expires_at: claims.exp,
     })
+}
+
+/// Reads a secret from a file. Trailing line ends (editors and `echo` add one) are not part of
+/// the secret.
+pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path)?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    Ok(secret)
 }
 
 pub fn unix_now() -> u64 {
@@ -158,90 +426,5 @@ pub fn sign_hs256(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use base64::Engine;
-
-    fn claims(exp: u64) -> Claims {
-        Claims {
-            sub: "alice".into(),
-            tenant: "acme".into(),
-            exp,
-            subscribe: vec!["chat.>".into()],
-            publish: vec!["chat.lobby".into()],
-        }
-    }
-
-    #[test]
-    fn accepts_valid_and_applies_patterns() {
-        let v = Verifier::hs256(b"k");
-        let t = sign_hs256(b"k", &claims(unix_now() + 60)).unwrap();
-        let g = v.verify(&t).unwrap();
-        assert_eq!(g.tenant.as_str(), "acme");
-        assert!(g.may_subscribe(&RoomName::parse("chat.x").unwrap()));
-        assert!(!g.may_subscribe(&RoomName::parse("news").unwrap()));
-        assert!(g.may_publish(&RoomName::parse("chat.lobby").unwrap()));
-        assert!(!g.may_publish(&RoomName::parse("chat.other").unwrap()));
-    }
-
-    #[test]
-    fn refuses_bad_tokens() {
-        let v = Verifier::hs256(b"k");
-        assert!(matches!(v.verify(""), Err(AuthError::Missing)));
-        assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
-        let expired = sign_hs256(b"k", &claims(unix_now() - 3600)).unwrap();
-        assert!(matches!(v.verify(&expired), Err(AuthError::Expired)));
-        let wrong = sign_hs256(b"other", &claims(unix_now() + 60)).unwrap();
-        assert!(matches!(v.verify(&wrong), Err(AuthError::Invalid(_))));
-        let mut bad = claims(unix_now() + 60);
-        bad.tenant = "a.b".into();
-        let t = sign_hs256(b"k", &bad).unwrap();
-        assert!(matches!(
-            v.verify(&t),
-            Err(AuthError::Claim {
-                claim: "tenant",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn public_key_algorithms() {
-        let dir = std::env::temp_dir().join(format!("quiver-auth-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, alg, rcgen_alg) in [
-            ("ES256", Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
-            ("EdDSA", Algorithm::EdDSA, &rcgen::PKCS_ED25519),
-        ] {
-            let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
-            let public = dir.join(format!("{name}.pub.pem"));
-            std::fs::write(&public, pair.public_key_pem()).unwrap();
-            let private = pair.serialize_pem();
-            let key = match alg {
-                Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
-                _ => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
-            };
-            let token =
-                jsonwebtoken::encode(&Header::new(alg), &claims(unix_now() + 60), &key).unwrap();
-            let v = Verifier::public_key(&public, name).unwrap();
-            assert_eq!(v.verify(&token).unwrap().user, "alice", "{name}");
-            // An HS256 token is refused by a public-key verifier, whatever its secret.
-            let hs = sign_hs256(b"k", &claims(unix_now() + 60)).unwrap();
-            assert!(v.verify(&hs).is_err(), "{name}");
-        }
-        assert!(matches!(
-            Verifier::public_key(&dir.join("ES256.pub.pem"), "HS512"),
-            Err(KeyError::Algorithm(_))
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn refuses_alg_none() {
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
-        let body = b64.encode(serde_json::to_vec(&claims(unix_now() + 60)).unwrap());
-        let v = Verifier::hs256(b"k");
-        assert!(v.verify(&format!("{header}.{body}.")).is_err());
-    }
-}
+#[path = "auth_tests.rs"]
+mod tests;

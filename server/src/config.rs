@@ -15,6 +15,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "cert",
     "key",
     "cert_dir",
+    "tls",
     "auth",
     "limits",
     "timeouts",
@@ -46,6 +47,7 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// Where the development certificate and development JWT secret live.
     pub cert_dir: PathBuf,
+    pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
@@ -193,9 +195,9 @@ pub struct NatsConfig {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// A `.creds` file (NATS decentralised auth).
     #[serde(default)]
     pub credentials: Option<PathBuf>,
@@ -260,16 +262,107 @@ pub struct AblationConfig {
     pub single_stream: bool,
 }
 
+/// A secret string: serialized as itself (configuration round-trips through figment), but its
+/// `Debug` never shows it, so printing a `Config` (or anything holding one) leaks nothing.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself: call only where it is used, never to print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes, redacted>)", self.0.len())
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Token verification. Exactly one key source: `jwt_secret`, `jwt_secret_file`, `public_key`
+/// (with `algorithm`) or `jwks_file`; none at all is development mode (a generated secret).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 shared secret. Without it (and without `public_key`) the server runs in
-    /// development mode with a generated secret.
-    pub jwt_secret: Option<String>,
+    /// HS256 shared secret, at least 32 bytes. Prefer `jwt_secret_file`: a secret on the command
+    /// line shows in `ps` and shell history.
+    pub jwt_secret: Option<Secret>,
+    /// A file holding the HS256 secret (a trailing newline is ignored), at least 32 bytes.
+    pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key for ES256, RS256 or EdDSA tokens.
     pub public_key: Option<PathBuf>,
     /// `ES256`, `RS256` or `EdDSA`; required with `public_key`.
     pub algorithm: Option<String>,
+    /// A JWKS file (`{"keys": [...]}`) as identity providers publish: the token's `kid` picks
+    /// the key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`; 0 by default, at most 5 minutes.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// When set, every token must name this audience in `aud`.
+    pub audience: Option<String>,
+    /// When set, every token must have been issued by this `iss`.
+    pub issuer: Option<String>,
+}
+
+impl AuthConfig {
+    /// The token checks besides the signature.
+    pub fn checks(&self) -> crate::auth::Checks {
+        crate::auth::Checks {
+            leeway: self.leeway,
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+        }
+    }
+
+    /// How many key sources are configured (production needs exactly one).
+    fn key_sources(&self) -> usize {
+        [
+            self.jwt_secret.is_some(),
+            self.jwt_secret_file.is_some(),
+            self.public_key.is_some(),
+            self.jwks_file.is_some(),
+        ]
+        .iter()
+        .filter(|set| **set)
+        .count()
+    }
+}
+
+/// The WebTransport certificate beyond `cert` / `key` / `cert_dir`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve the generated short-lived certificate even though production auth is configured.
+    /// Refused otherwise: clients must then pin its hash, which changes every ~11 days.
+    pub self_signed: bool,
+    /// How often `cert` and `key` (or the generated certificate) are checked for a change; a
+    /// change is loaded without a restart, as is SIGHUP.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            self_signed: false,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -332,6 +425,7 @@ impl Default for Config {
             cert: None,
             key: None,
             cert_dir: PathBuf::from("certs"),
+            tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             timeouts: TimeoutsConfig::default(),
@@ -379,7 +473,8 @@ impl Default for TimeoutsConfig {
 
 impl Config {
     /// Defaults, then the TOML file if given, then `QUIVER_*` variables (`__` separates nested
-    /// keys: `QUIVER_LIMITS__MAX_FRAME=1024`; `QUIVER_JWT_SECRET` is accepted as a shorthand).
+    /// keys: `QUIVER_LIMITS__MAX_FRAME=1024`; `QUIVER_JWT_SECRET` and `QUIVER_JWT_SECRET_FILE`
+    /// are accepted as shorthands).
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
@@ -398,6 +493,11 @@ impl Config {
                 Env::raw()
                     .only(&["QUIVER_JWT_SECRET"])
                     .map(|_| "auth.jwt_secret".into()),
+            )
+            .merge(
+                Env::raw()
+                    .only(&["QUIVER_JWT_SECRET_FILE"])
+                    .map(|_| "auth.jwt_secret_file".into()),
             );
         let config: Config = figment.extract().map_err(Box::new)?;
         config
@@ -463,6 +563,23 @@ impl Config {
         if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
             return Err("auth.public_key and auth.algorithm go together".into());
         }
+        if self.auth.key_sources() > 1 {
+            return Err(
+                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key \
+                 or auth.jwks_file"
+                    .into(),
+            );
+        }
+        if self.auth.leeway > crate::auth::MAX_LEEWAY {
+            return Err(format!(
+                "auth.leeway ({:?}) is over the maximum of {:?}",
+                self.auth.leeway,
+                crate::auth::MAX_LEEWAY
+            ));
+        }
+        if self.tls.reload_interval.is_zero() {
+            return Err("tls.reload_interval must be positive".into());
+        }
         Ok(())
     }
 
@@ -483,7 +600,7 @@ impl Config {
     }
 
     pub fn dev_mode(&self) -> bool {
-        self.auth.jwt_secret.is_none() && self.auth.public_key.is_none()
+        self.auth.key_sources() == 0
     }
 }
 
@@ -506,7 +623,10 @@ mod tests {
             assert_eq!(c.http.port(), 9999);
             assert_eq!(c.limits.max_frame, 200_000);
             assert_eq!(c.timeouts.idle, Duration::from_secs(5));
-            assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
+            assert_eq!(
+                c.auth.jwt_secret.as_ref().map(Secret::expose),
+                Some("s3cret")
+            );
             assert!(!c.dev_mode());
             Ok(())
         });
@@ -586,6 +706,57 @@ mod tests {
             )?;
             let err = Config::load(Some("small.toml".as_ref())).unwrap_err();
             assert!(err.to_string().contains("max_payload"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Issue 10, defect 3: the secret stays out of logs and `Debug` prints.
+    #[test]
+    fn debug_never_shows_secrets() {
+        figment::Jail::expect_with(|jail| {
+            let secret = "do-not-print-me-0123456789abcdef-0123";
+            jail.set_env("QUIVER_JWT_SECRET", secret);
+            jail.set_env("QUIVER_NATS__URL", "nats://127.0.0.1:1");
+            jail.set_env("QUIVER_NATS__PASSWORD", "nats-password-do-not-print");
+            jail.set_env("QUIVER_NATS__TOKEN", "nats-token-do-not-print");
+            jail.set_env("QUIVER_NATS__USER", "u");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.jwt_secret.as_ref().map(Secret::expose), Some(secret));
+            for printed in [format!("{c:?}"), format!("{c:#?}"), format!("{:?}", c.auth)] {
+                assert!(!printed.contains(secret), "{printed}");
+                assert!(!printed.contains("do-not-print"), "{printed}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn auth_and_tls_settings() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.leeway, Duration::ZERO);
+            assert!(!c.tls.self_signed);
+            assert!(c.dev_mode());
+            jail.create_file(
+                "q.toml",
+                "[auth]\njwks_file = \"keys.json\"\nleeway = \"3s\"\naudience = \"quiver\"\n\
+                 issuer = \"https://idp\"\n[tls]\nself_signed = true\nreload_interval = \"2s\"\n",
+            )?;
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.leeway, Duration::from_secs(3));
+            assert_eq!(c.auth.audience.as_deref(), Some("quiver"));
+            assert_eq!(c.auth.issuer.as_deref(), Some("https://idp"));
+            assert!(c.tls.self_signed);
+            assert_eq!(c.tls.reload_interval, Duration::from_secs(2));
+            assert!(!c.dev_mode());
+            jail.set_env("QUIVER_JWT_SECRET_FILE", "secret.txt");
+            let err = Config::load(Some("q.toml".as_ref())).unwrap_err();
+            assert!(err.to_string().contains("one token key"), "{err}");
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.jwt_secret_file, Some(PathBuf::from("secret.txt")));
+            jail.set_env("QUIVER_AUTH__LEEWAY", "1h");
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("auth.leeway"), "{err}");
             Ok(())
         });
     }

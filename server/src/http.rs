@@ -169,7 +169,7 @@ async fn bootstrap(
         "url": url,
         "ws_url": ws_url,
         "token": token,
-        "cert_sha256": hex::encode(shared.cert_sha256),
+        "cert_sha256": hex::encode(shared.cert_sha256.get()),
         "tenant": DEMO_TENANT,
         "user": user,
         "expires_at": expires_at,

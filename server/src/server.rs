@@ -19,7 +19,7 @@ use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, CongestionControl};
 use crate::hub::Hub;
-use crate::tls::{self, LoadedIdentity, TlsError};
+use crate::tls::{self, CertHash, CertSource, CertUpdate, LoadedIdentity, TlsError};
 use crate::{demo, http, transport};
 
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
@@ -52,6 +52,24 @@ pub enum StartError {
     CertWithoutKey,
     #[error("auth.public_key needs auth.algorithm")]
     KeyWithoutAlgorithm,
+    #[error("{setting}: {source}")]
+    Secret {
+        setting: &'static str,
+        source: KeyError,
+    },
+    #[error("reading auth.jwt_secret_file {path}: {source}")]
+    SecretFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "production auth is configured but no certificate: set cert and key (--cert/--key). \
+         The generated self-signed certificate is valid for 13 days and is renewed under a new \
+         hash, so only clients that pin that hash (serverCertificateHashes) can connect, and no \
+         browser trusts it otherwise. To serve it anyway, set tls.self_signed = true \
+         (--self-signed, QUIVER_TLS__SELF_SIGNED=true)"
+    )]
+    SelfSignedNotAllowed,
     #[error("development secret in {path}: {source}")]
     DevSecret {
         path: String,
@@ -92,7 +110,8 @@ pub struct Shared {
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
     pub webtransport_addr: SocketAddr,
-    pub cert_sha256: [u8; 32],
+    /// The certificate served now (it changes when the certificate is reloaded).
+    pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
 }
@@ -108,8 +127,9 @@ pub struct Server {
 
 impl Server {
     pub async fn start(mut config: Config) -> Result<Server, StartError> {
-        let identity = load_identity(&config).await?;
+        // The key first: a bad secret is the more serious mistake, so it is the one reported.
         let (verifier, dev) = load_verifier(&config)?;
+        let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
             info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");
@@ -188,18 +208,33 @@ impl Server {
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,
-            cert_sha256: identity.cert_sha256,
+            cert_sha256: Arc::new(CertHash::new(identity.cert_sha256)),
             alt_svc: (!identity.dev)
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
         });
 
+        let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);
+        let reloader = tls::Reloader::new(cert_source(&shared.config), &identity);
+        // Installed before `start` returns: a SIGHUP that arrives before the handler would end
+        // the process (the signal's default action).
+        #[cfg(unix)]
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        #[cfg(not(unix))]
+        let hangup = None::<()>;
         let mut tasks = vec![
             tokio::spawn(transport::webtransport::accept_loop(
                 shared.clone(),
                 endpoint,
+                cert_updates_rx,
             )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
+            tokio::spawn(reload_certificates(
+                shared.clone(),
+                reloader,
+                cert_updates,
+                hangup,
+            )),
         ];
         let https_addr = match https {
             Some((listener, tls)) => {
@@ -231,8 +266,9 @@ impl Server {
         self.shared.webtransport_addr
     }
 
+    /// The SHA-256 of the certificate served now.
     pub fn cert_sha256(&self) -> [u8; 32] {
-        self.shared.cert_sha256
+        self.shared.cert_sha256.get()
     }
 
     /// Open sessions on every transport (what `max_sessions` and the drain count).
@@ -262,30 +298,126 @@ impl Server {
 async fn load_identity(config: &Config) -> Result<LoadedIdentity, StartError> {
     match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => Ok(tls::load_pem(cert, key).await?),
-        (None, None) => Ok(tls::dev_identity(&config.cert_dir).await?),
+        (None, None) if config.dev_mode() || config.tls.self_signed => {
+            Ok(tls::dev_identity(&config.cert_dir).await?)
+        }
+        (None, None) => Err(StartError::SelfSignedNotAllowed),
         _ => Err(StartError::CertWithoutKey),
     }
 }
 
+fn cert_source(config: &Config) -> CertSource {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CertSource::Generated {
+            dir: config.cert_dir.clone(),
+        },
+    }
+}
+
+/// Reloads the certificate on SIGHUP and when its files change (checked every
+/// `tls.reload_interval`); the accept loop swaps it in. A certificate that fails to load is
+/// logged and the old one kept.
+async fn reload_certificates(
+    shared: Arc<Shared>,
+    mut reloader: tls::Reloader,
+    updates: tokio::sync::mpsc::Sender<CertUpdate>,
+    #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))] _hangup: Option<()>,
+) {
+    let mut tick = tokio::time::interval(shared.config.tls.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<Option<()>>();
+        let force = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = sighup => {
+                info!("SIGHUP: reloading the certificate");
+                true
+            }
+        };
+        let loaded = match reloader.check(force).await {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(error = %e, "certificate reload failed; serving the old one");
+                continue;
+            }
+        };
+        match server_config(&shared.config, loaded.identity) {
+            Ok(config) => {
+                let update = CertUpdate {
+                    config,
+                    cert_sha256: loaded.cert_sha256,
+                    served: shared.cert_sha256.clone(),
+                };
+                if updates.send(update).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "certificate reload failed; serving the old one"),
+        }
+    }
+}
+
 fn load_verifier(config: &Config) -> Result<(Verifier, Option<DevMode>), StartError> {
-    if let Some(path) = &config.auth.public_key {
-        let alg = config
-            .auth
+    let auth = &config.auth;
+    let checks = auth.checks();
+    if let Some(path) = &auth.public_key {
+        let alg = auth
             .algorithm
             .as_deref()
             .ok_or(StartError::KeyWithoutAlgorithm)?;
-        return Ok((Verifier::public_key(path, alg)?, None));
+        return Ok((Verifier::public_key(path, alg, &checks)?, None));
     }
-    if let Some(secret) = &config.auth.jwt_secret {
-        return Ok((Verifier::hs256(secret.as_bytes()), None));
+    if let Some(path) = &auth.jwks_file {
+        return Ok((Verifier::jwks(path, &checks)?, None));
+    }
+    if let Some(secret) = &auth.jwt_secret {
+        let verifier = Verifier::hs256(secret.expose().as_bytes(), &checks).map_err(|source| {
+            StartError::Secret {
+                setting: "auth.jwt_secret (QUIVER_JWT_SECRET, --jwt-secret)",
+                source,
+            }
+        })?;
+        return Ok((verifier, None));
+    }
+    if let Some(path) = &auth.jwt_secret_file {
+        let secret =
+            crate::auth::read_secret_file(path).map_err(|source| StartError::SecretFile {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let verifier = Verifier::hs256(&secret, &checks).map_err(|source| StartError::Secret {
+            setting: "auth.jwt_secret_file (QUIVER_JWT_SECRET_FILE, --jwt-secret-file)",
+            source,
+        })?;
+        return Ok((verifier, None));
     }
     let secret = dev_secret(&config.cert_dir)?;
     warn!(
-        "DEVELOPMENT MODE: no --jwt-secret configured; tokens are signed with a generated secret in {}. \
-         Anyone who can read it can mint tokens. Set QUIVER_JWT_SECRET in production.",
+        "DEVELOPMENT MODE: no token key configured; tokens are signed with a generated secret in {}. \
+         Anyone who can read it can mint tokens. Set auth.jwt_secret_file (or another key) in production.",
         config.cert_dir.join(DEV_SECRET_FILE).display()
     );
-    Ok((Verifier::hs256(&secret), Some(DevMode { secret })))
+    let verifier = Verifier::hs256(&secret, &checks).map_err(|source| StartError::Secret {
+        setting: "the development secret (delete it to generate a new one)",
+        source,
+    })?;
+    Ok((verifier, Some(DevMode { secret })))
 }
 
 /// Reads the development secret, creating it on first use.

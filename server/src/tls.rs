@@ -1,12 +1,17 @@
 //! Certificates: load PEM files, or generate (and reuse) a short-lived development certificate
-//! that browsers can pin with `serverCertificateHashes`.
+//! that browsers can pin with `serverCertificateHashes`; and reload either without a restart
+//! ([`Reloader`] notices the change, [`CertUpdate`] swaps it into the endpoint).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
+use tracing::info;
+use wtransport::endpoint::endpoint_side;
+use wtransport::tls::rustls;
 use wtransport::tls::CertificateChain;
-use wtransport::Identity;
+use wtransport::{Endpoint, Identity, ServerConfig};
 
 /// Browsers accept pinned certificates valid for at most 14 days.
 const DEV_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
@@ -30,6 +35,12 @@ pub enum TlsError {
     },
     #[error("loading PEM: {0}")]
     Pem(String),
+    #[error("{cert} and {key} do not belong together: {reason}")]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        reason: String,
+    },
     #[error("generating certificate: {0}")]
     Generate(#[from] rcgen::Error),
 }
@@ -52,6 +63,14 @@ pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsErro
     let identity = Identity::load_pemfiles(cert, key)
         .await
         .map_err(|e| TlsError::Pem(e.to_string()))?;
+    // wtransport panics on a key that does not match the certificate when it builds the server
+    // configuration; refuse it here instead (at start, and mid-rotation when only one of the
+    // two files has been replaced yet).
+    check_key_matches(&identity).map_err(|reason| TlsError::Mismatch {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        reason,
+    })?;
     let cert_sha256 = leaf_hash(identity.certificate_chain());
     Ok(LoadedIdentity {
         identity,
@@ -66,6 +85,26 @@ pub async fn pem_cert_hash(path: &Path) -> Result<[u8; 32], TlsError> {
         .await
         .map_err(|e| TlsError::Pem(format!("{}: {e}", path.display())))?;
     Ok(leaf_hash(&chain))
+}
+
+/// The checks rustls makes when wtransport builds its TLS configuration, without its panic.
+fn check_key_matches(identity: &Identity) -> Result<(), String> {
+    let provider = rustls::crypto::ring::default_provider();
+    let chain: Vec<_> = identity
+        .certificate_chain()
+        .as_slice()
+        .iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.der().to_vec()))
+        .collect();
+    if chain.is_empty() {
+        return Err("no certificate".into());
+    }
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(identity.private_key().secret_der().to_vec())
+            .map_err(|e| e.to_string())?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn leaf_hash(chain: &CertificateChain) -> [u8; 32] {
@@ -134,6 +173,112 @@ fn restrict_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_path: &Path) {}
 
+/// The SHA-256 of the certificate being served now: what clients pin, and what the demo page
+/// and the `QUIVER_READY` line report. Changes when a [`CertUpdate`] is applied.
+#[derive(Debug)]
+pub struct CertHash(Mutex<[u8; 32]>);
+
+impl CertHash {
+    pub fn new(hash: [u8; 32]) -> Self {
+        Self(Mutex::new(hash))
+    }
+
+    pub fn get(&self) -> [u8; 32] {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, hash: [u8; 32]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = hash;
+    }
+}
+
+/// Where the served certificate comes from, so it can be read again.
+#[derive(Debug, Clone)]
+pub enum CertSource {
+    /// `cert` and `key` PEM files (rotated by the operator or an ACME client).
+    Files { cert: PathBuf, key: PathBuf },
+    /// The generated short-lived certificate in this directory, renewed before it expires.
+    Generated { dir: PathBuf },
+}
+
+/// Notices a new certificate: files that changed (or a SIGHUP), or a generated certificate that
+/// is due for renewal.
+pub struct Reloader {
+    source: CertSource,
+    current: [u8; 32],
+    /// Modification times and sizes of the files at the last attempt, to skip unchanged files
+    /// (and to warn once, not every poll, about a half-rotated pair).
+    seen: Option<Vec<(SystemTime, u64)>>,
+}
+
+impl Reloader {
+    pub fn new(source: CertSource, loaded: &LoadedIdentity) -> Self {
+        let seen = Some(stamps(&source));
+        Self {
+            source,
+            current: loaded.cert_sha256,
+            seen,
+        }
+    }
+
+    /// The new identity when it differs from the one served, `None` when nothing changed. With
+    /// `force` (SIGHUP), files are read even when they look unchanged.
+    pub async fn check(&mut self, force: bool) -> Result<Option<LoadedIdentity>, TlsError> {
+        let stamps = stamps(&self.source);
+        let unchanged = !force && self.seen.as_ref() == Some(&stamps);
+        self.seen = Some(stamps);
+        let loaded = match &self.source {
+            CertSource::Files { .. } if unchanged => return Ok(None),
+            CertSource::Files { cert, key } => load_pem(cert, key).await?,
+            CertSource::Generated { dir } if unchanged && is_fresh(&dir.join(DEV_CERT_FILE)) => {
+                return Ok(None)
+            }
+            // Renews the certificate when it is due, or loads the one another process wrote.
+            CertSource::Generated { dir } => dev_identity(dir).await?,
+        };
+        if loaded.cert_sha256 == self.current {
+            return Ok(None);
+        }
+        self.current = loaded.cert_sha256;
+        Ok(Some(loaded))
+    }
+}
+
+fn stamps(source: &CertSource) -> Vec<(SystemTime, u64)> {
+    let paths: Vec<&Path> = match source {
+        CertSource::Files { cert, key } => vec![cert, key],
+        CertSource::Generated { dir } => return vec![stamp(&dir.join(DEV_CERT_FILE))],
+    };
+    paths.into_iter().map(stamp).collect()
+}
+
+fn stamp(path: &Path) -> (SystemTime, u64) {
+    std::fs::metadata(path)
+        .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        .unwrap_or((SystemTime::UNIX_EPOCH, 0))
+}
+
+/// A new certificate for the endpoint. The accept loop owns the endpoint, so it applies this:
+/// `Some(update) = cert_updates.recv() => update.apply(&endpoint)`.
+pub struct CertUpdate {
+    pub config: ServerConfig,
+    pub cert_sha256: [u8; 32],
+    pub served: Arc<CertHash>,
+}
+
+impl CertUpdate {
+    /// Swaps the certificate for new handshakes; live connections keep theirs and stay up.
+    pub fn apply(self, endpoint: &Endpoint<endpoint_side::Server>) {
+        match endpoint.reload_config(self.config, false) {
+            Ok(()) => {
+                self.served.set(self.cert_sha256);
+                info!(cert_sha256 = %hex::encode(self.cert_sha256), "certificate reloaded");
+            }
+            Err(e) => tracing::warn!(error = %e, "certificate reload failed; serving the old one"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +292,96 @@ mod tests {
         assert_eq!(a.cert_sha256, b.cert_sha256);
         assert!(a.dev);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// A key that is not the certificate's made wtransport panic while building the server
+    /// configuration; it is now a clear error.
+    #[tokio::test]
+    async fn mismatched_key_is_an_error() {
+        let dir = tempdir("mismatch");
+        let (cert_a, _) = write_pair(&dir, "a");
+        let (_, key_b) = write_pair(&dir, "b");
+        match load_pem(&cert_a, &key_b).await {
+            Err(TlsError::Mismatch { .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a mismatched pair was accepted"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn reloader_notices_rotated_files() {
+        let dir = tempdir("reload");
+        let (cert, key) = write_pair(&dir, "live");
+        let first = load_pem(&cert, &key).await.unwrap();
+        let mut reloader = Reloader::new(
+            CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            &first,
+        );
+        assert!(reloader.check(false).await.unwrap().is_none());
+        assert!(reloader.check(true).await.unwrap().is_none(), "same files");
+        // Half a rotation (new certificate, old key): an error, and the old one stays.
+        let (cert_new, key_new) = write_pair(&dir, "next");
+        std::fs::copy(&cert_new, &cert).unwrap();
+        assert!(matches!(
+            reloader.check(false).await,
+            Err(TlsError::Mismatch { .. })
+        ));
+        std::fs::copy(&key_new, &key).unwrap();
+        let next = reloader
+            .check(false)
+            .await
+            .unwrap()
+            .expect("a new certificate");
+        assert_ne!(next.cert_sha256, first.cert_sha256);
+        assert_eq!(next.cert_sha256, pem_cert_hash(&cert_new).await.unwrap());
+        assert!(reloader.check(false).await.unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A generated certificate that is due for renewal is replaced while the server runs.
+    #[tokio::test]
+    async fn reloader_renews_a_generated_certificate() {
+        let dir = tempdir("renew");
+        let first = dev_identity(&dir).await.unwrap();
+        let mut reloader = Reloader::new(CertSource::Generated { dir: dir.clone() }, &first);
+        assert!(reloader.check(false).await.unwrap().is_none());
+        // Written 12 days ago: within two days of its 13-day validity.
+        let aged = SystemTime::now() - Duration::from_secs(12 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(DEV_CERT_FILE))
+            .unwrap()
+            .set_modified(aged)
+            .unwrap();
+        let renewed = reloader.check(false).await.unwrap().expect("renewed");
+        assert_ne!(renewed.cert_sha256, first.cert_sha256);
+        assert!(renewed.dev);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("quiver-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 }

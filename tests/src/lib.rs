@@ -18,7 +18,8 @@ mod raw;
 
 pub use raw::{Raw, RoomStream, Via};
 
-pub const SECRET: &str = "test-secret-please-change";
+/// At least 32 bytes: the server refuses shorter HS256 secrets.
+pub const SECRET: &str = "test-secret-please-change-0123456789";
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -31,6 +32,8 @@ pub struct TestServer {
     pub wt: SocketAddr,
     pub http: SocketAddr,
     pub hash: [u8; 32],
+    /// Where a "real" certificate lives ([`TestServer::start_with_certificate`]).
+    certificate_dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -52,6 +55,7 @@ impl TestServer {
             hash: server.cert_sha256(),
             server: Some(server),
             dir,
+            certificate_dir: None,
         })
     }
 
@@ -90,6 +94,32 @@ impl TestServer {
         }
     }
 
+    /// A server with a "real" certificate (the development one, passed as `cert`/`key`): it
+    /// then serves HTTPS and wss on TCP with the UDP port's number. Returns the certificate's
+    /// path too.
+    pub async fn start_with_certificate() -> Result<(Self, std::path::PathBuf)> {
+        let dir = tempfile::tempdir()?;
+        quiver_server::tls::dev_identity(dir.path()).await?;
+        let cert = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
+        let key = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
+        // The TCP port with the UDP port's (ephemeral) number may be taken by anyone on this
+        // machine: try a few UDP ports.
+        let mut attempts = 0;
+        let mut server = loop {
+            let started = Self::start_with(|c| {
+                c.cert = Some(cert.clone());
+                c.key = Some(key.clone());
+            })
+            .await;
+            match started {
+                Err(e) if attempts < 5 && e.to_string().contains("in use") => attempts += 1,
+                other => break other?,
+            }
+        };
+        server.certificate_dir = Some(dir);
+        Ok((server, cert))
+    }
+
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}/v1", self.wt.port())
     }
@@ -120,6 +150,8 @@ fn test_config(dir: &std::path::Path, listen: SocketAddr) -> Config {
         ..Config::default()
     };
     config.auth.jwt_secret = Some(SECRET.into());
+    // Production auth with the generated certificate: tests pin its hash.
+    config.tls.self_signed = true;
     config.timeouts.drain = Duration::from_secs(2);
     config
 }

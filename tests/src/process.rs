@@ -17,7 +17,8 @@ pub struct QuiverProcess {
     pub hash: [u8; 32],
 }
 
-fn binary() -> Result<PathBuf> {
+/// The `quiver` binary cargo built next to the test executables.
+pub fn binary() -> Result<PathBuf> {
     // target/<profile>/deps/<test> → target/<profile>/quiver
     let exe = std::env::current_exe()?;
     let dir = exe
@@ -34,24 +35,31 @@ fn binary() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// `quiver serve` on ephemeral loopback ports, without the demo, keeping its files in
+/// `cert_dir`; no key configured (add one, or it runs in development mode).
+pub fn serve_command(cert_dir: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary()?);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--no-demo",
+    ])
+    .arg("--cert-dir")
+    .arg(cert_dir);
+    Ok(cmd)
+}
+
 impl QuiverProcess {
     /// Starts `quiver serve` with the test secret, the given config file and extra flags.
     pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(binary()?);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--no-demo",
-        ])
-        .args(["--jwt-secret", SECRET])
-        .arg("--cert-dir")
-        .arg(cert_dir)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let mut cmd = serve_command(cert_dir)?;
+        cmd.args(["--jwt-secret", SECRET, "--self-signed"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
@@ -115,6 +123,11 @@ impl QuiverProcess {
             bail!("kill -{name} {} failed: {status}", self.child.id());
         }
         Ok(())
+    }
+
+    /// The server's process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no goodbye, no cleanup, like a crash.

@@ -948,15 +948,7 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
 async fn wss_to_a_server_with_a_real_certificate() -> anyhow::Result<()> {
     // The development certificate, passed as a real one: the server then serves wss on its TCP
     // port with the UDP port's number.
-    let dir = tempfile::tempdir()?;
-    quiver_server::tls::dev_identity(dir.path()).await?;
-    let cert_path = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
-    let key_path = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
-    let server = TestServer::start_with(|c| {
-        c.cert = Some(cert_path.clone());
-        c.key = Some(key_path.clone());
-    })
-    .await?;
+    let (server, cert_path) = TestServer::start_with_certificate().await?;
     let port = server.wt.port();
     let wss = format!("wss://localhost:{port}");
 

@@ -119,7 +119,8 @@ async fn resume_on_another_instance_after_one_is_killed() -> anyhow::Result<()> 
         token_fn(|| async { Ok(full_token("acme", "reader")) }),
     );
     client_config.urls = vec![a.url(), b.url()];
-    // A SIGKILLed server says nothing: the QUIC idle timeout is how the client notices.
+    // A SIGKILLed server says nothing: the client's heartbeat (and, as a backstop, the QUIC
+    // idle timeout) is how it notices.
     client_config.idle_timeout = Duration::from_secs(2);
     client_config.keep_alive = Duration::from_millis(500);
     client_config.trust = quiver_client::Trust::CertHashes(vec![a.hash, b.hash]);

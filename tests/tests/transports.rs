@@ -76,13 +76,13 @@ async fn websocket_token_refusals_are_a_goodbye_a_browser_can_read() -> anyhow::
         .await?;
     assert!(matches!(raw.recv_reply(id).await?, Event::Welcome { .. }));
 
-    // Over the size limit: a clear HTTP status, not a parse attempt.
+    // Over the size limit: refused like any bad token, before it is parsed.
     let huge = "a".repeat(5000);
-    let err = Raw::websocket(&server, &format!("/v1/ws?token={huge}"), &[])
-        .await
-        .err()
-        .expect("refused");
-    assert_eq!(handshake_status(err), Some(431));
+    let mut raw = Raw::websocket(&server, &format!("/v1/ws?token={huge}"), &[]).await?;
+    assert_eq!(
+        goodbye(&mut raw).await?,
+        (CloseCode::InvalidToken.as_u16(), false)
+    );
     let page = server.metrics().await?;
     assert!(
         metric_sum(
@@ -634,17 +634,9 @@ async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Resul
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_rustls::rustls;
 
-    // A certificate made the way the development one is, passed as a real one.
-    let dir = tempfile::tempdir()?;
-    let identity = quiver_server::tls::dev_identity(dir.path()).await?.identity;
-    let cert = identity.certificate_chain().as_slice()[0].clone();
-    let cert_path = dir.path().join(quiver_server::tls::DEV_CERT_FILE);
-    let key_path = dir.path().join(quiver_server::tls::DEV_KEY_FILE);
-    let server = TestServer::start_with(|c| {
-        c.cert = Some(cert_path.clone());
-        c.key = Some(key_path.clone());
-    })
-    .await?;
+    let (server, cert_path) = TestServer::start_with_certificate().await?;
+    let pem = std::fs::read(&cert_path)?;
+    let cert = rustls_pemfile_cert(&pem)?;
     let https = server
         .server
         .as_ref()
@@ -653,7 +645,7 @@ async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Resul
     assert_eq!(https.port(), server.wt.port(), "same port number as HTTP/3");
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(cert.der().to_vec()))?;
+    roots.add(cert)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -700,4 +692,12 @@ async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Resul
     let frame = quiver_proto::decode_event(&data[quiver_proto::LENGTH_PREFIX..])?;
     assert!(matches!(frame.event, Event::Welcome { .. }), "{frame:?}");
     Ok(())
+}
+
+/// The first certificate of a PEM file, as DER.
+fn rustls_pemfile_cert(
+    pem: &[u8],
+) -> anyhow::Result<tokio_rustls::rustls::pki_types::CertificateDer<'static>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    Ok(tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(pem)?)
 }

@@ -54,7 +54,8 @@ export async function startServer({ name, certDir, jwtSecret = null, listen = '[
   requireQuiver();
   await mkdir(ARTIFACTS, { recursive: true });
   const args = ['serve', '--listen', listen, '--http', http, '--cert-dir', certDir];
-  if (jwtSecret) args.push('--jwt-secret', jwtSecret);
+  // Production auth with the generated certificate (the tests pin its hash) must say so.
+  if (jwtSecret) args.push('--jwt-secret', jwtSecret, '--self-signed');
   const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
   const proc = spawn(QUIVER, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'info' } });
   proc.stderr.pipe(log, { end: false });

@@ -335,7 +335,7 @@ pub(super) fn start_with(
             .args(extra)
             .arg("--cert-dir")
             .arg(ctx.work.join("certs"))
-            .args(["--jwt-secret", JWT_SECRET])
+            .args(["--jwt-secret", JWT_SECRET, "--self-signed"])
             .env("RUST_LOG", "warn")
             // The generator's publisher is one session sending far more than a person would.
             .env("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000000")

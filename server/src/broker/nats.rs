@@ -523,10 +523,10 @@ pub async fn connect_with(
     mut options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, BrokerError> {
     if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
-        options = options.user_and_password(user.clone(), password.clone());
+        options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
     if let Some(token) = &nats.token {
-        options = options.token(token.clone());
+        options = options.token(token.expose().to_owned());
     }
     if let Some(creds) = &nats.credentials {
         options = options.credentials_file(creds).await.map_err(unavailable)?;

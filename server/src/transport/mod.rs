@@ -151,8 +151,13 @@ pub fn single_frame(message: &[u8], max_frame: usize) -> Result<&[u8], String> {
 
 /// The token of a request: `Authorization: Bearer` wins over the `token` query parameter.
 pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<String, Refused> {
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = authorization
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        })
         .map(|t| t.trim().to_owned())
         .or_else(|| query.and_then(query_param("token")))
         .unwrap_or_default();
@@ -264,6 +269,7 @@ mod tests {
             credentials(Some("Bearer hdr"), Some("token=q")).unwrap(),
             "hdr"
         );
+        assert_eq!(credentials(Some("bearer low"), None).unwrap(), "low");
         let long = format!("token={}", "a".repeat(MAX_TOKEN_LEN + 1));
         assert_eq!(credentials(None, Some(&long)), Err(Refused::TokenTooLarge));
     }

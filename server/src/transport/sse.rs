@@ -78,8 +78,17 @@ pub async fn stream(
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
-                Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 Refused::AddressLimit => StatusCode::TOO_MANY_REQUESTS,
+                // Like every token refusal (PROTOCOL §9.1).
+                Refused::TokenTooLarge => {
+                    let code = CloseCode::InvalidToken;
+                    return problem(
+                        StatusCode::UNAUTHORIZED,
+                        code.label(),
+                        Some(code.as_u16()),
+                        "invalid token: too long",
+                    );
+                }
             };
             return problem(status, refused.label(), None, refused.label());
         }

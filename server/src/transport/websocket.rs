@@ -55,26 +55,32 @@ pub async fn upgrade(
             credentials(header_str(header::AUTHORIZATION), query.as_deref())
                 .map(|token| (token, address))
         });
-    let (token, address) = match checked {
-        Ok(token) => token,
-        Err(refused) => {
-            refused.count(T);
-            let status = match refused {
-                Refused::NotFound => StatusCode::NOT_FOUND,
-                Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
-                Refused::Origin => StatusCode::FORBIDDEN,
-                Refused::TokenTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                Refused::AddressLimit => StatusCode::TOO_MANY_REQUESTS,
-            };
-            return (status, refused.label()).into_response();
-        }
-    };
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
         .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
         .max_frame_size(max_frame + quiver_proto::LENGTH_PREFIX)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
+    let (token, address) = match checked {
+        Ok(token) => token,
+        // A token problem is told in-band like every other (PROTOCOL §9.1).
+        Err(Refused::TokenTooLarge) => {
+            Refused::TokenTooLarge.count(T);
+            let reason = format!("invalid token: longer than {} bytes", super::MAX_TOKEN_LEN);
+            return ws.on_upgrade(move |socket| refuse(socket, CloseCode::InvalidToken, reason));
+        }
+        Err(refused) => {
+            refused.count(T);
+            let status = match refused {
+                Refused::NotFound => StatusCode::NOT_FOUND,
+                Refused::Origin => StatusCode::FORBIDDEN,
+                Refused::Unavailable | Refused::AddressLimit | Refused::TokenTooLarge => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+            };
+            return (status, refused.label()).into_response();
+        }
+    };
     match shared.verifier.verify(&token) {
         Ok(grant) => ws.on_upgrade(move |socket| async move {
             serve(shared, socket, grant, remote).await;

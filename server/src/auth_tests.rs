@@ -1,0 +1,465 @@
+//! Tests of token verification, with real keys: HS256 secrets, ES256 and EdDSA keys generated
+//! here (rcgen), and jsonwebtoken's RSA test key (`server/tests/data/rsa-private.pem`; ring
+//! cannot generate RSA keys).
+
+use super::*;
+use base64::Engine;
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+const RSA_PRIVATE: &str = include_str!("../tests/data/rsa-private.pem");
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn claims(exp: u64) -> Claims {
+    Claims {
+        sub: "alice".into(),
+        tenant: "acme".into(),
+        exp,
+        subscribe: vec!["chat.>".into()],
+        publish: vec!["chat.lobby".into()],
+    }
+}
+
+fn hs(checks: &Checks) -> Verifier {
+    Verifier::hs256(SECRET, checks).unwrap()
+}
+
+/// Signs arbitrary JSON claims with HS256 (for claims `Claims` cannot express).
+fn sign_json(value: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &value,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("quiver-auth-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn accepts_valid_and_applies_patterns() {
+    let v = hs(&Checks::default());
+    let t = sign_hs256(SECRET, &claims(unix_now() + 60)).unwrap();
+    let g = v.verify(&t).unwrap();
+    assert_eq!(g.tenant.as_str(), "acme");
+    assert!(g.may_subscribe(&RoomName::parse("chat.x").unwrap()));
+    assert!(!g.may_subscribe(&RoomName::parse("news").unwrap()));
+    assert!(g.may_publish(&RoomName::parse("chat.lobby").unwrap()));
+    assert!(!g.may_publish(&RoomName::parse("chat.other").unwrap()));
+}
+
+#[test]
+fn refuses_bad_tokens() {
+    let v = hs(&Checks::default());
+    assert!(matches!(v.verify(""), Err(AuthError::Missing)));
+    assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+    let expired = sign_hs256(SECRET, &claims(unix_now() - 3600)).unwrap();
+    assert!(matches!(v.verify(&expired), Err(AuthError::Expired)));
+    let wrong = sign_hs256(
+        b"another-secret-of-32-bytes-or-more",
+        &claims(unix_now() + 60),
+    );
+    assert!(matches!(
+        v.verify(&wrong.unwrap()),
+        Err(AuthError::Invalid("bad signature"))
+    ));
+    let mut bad = claims(unix_now() + 60);
+    bad.tenant = "a.b".into();
+    let t = sign_hs256(SECRET, &bad).unwrap();
+    assert!(matches!(
+        v.verify(&t),
+        Err(AuthError::Claim {
+            claim: "tenant",
+            ..
+        })
+    ));
+}
+
+/// Issue 10, defect 3: an empty (or short) HS256 secret started a production server.
+#[test]
+fn short_hs256_secrets_are_refused() {
+    for len in [0, 1, 16, MIN_HS256_SECRET - 1] {
+        let secret = vec![b'x'; len];
+        match Verifier::hs256(&secret, &Checks::default()) {
+            Err(KeyError::ShortSecret { len: got }) => assert_eq!(got, len),
+            Err(e) => panic!("{len} bytes: {e}"),
+            Ok(_) => panic!("a {len}-byte secret was accepted"),
+        }
+    }
+    assert!(Verifier::hs256(&[b'x'; MIN_HS256_SECRET], &Checks::default()).is_ok());
+}
+
+/// Issue 10, defect 5: tokens up to 5 s past `exp` were accepted. The leeway is now a setting,
+/// 0 by default, and a token is refused from the second `exp` names.
+#[test]
+fn expiry_is_strict_and_leeway_is_explicit() {
+    let exp = 1_000_000;
+    let token = sign_hs256(SECRET, &claims(exp)).unwrap();
+    let strict = hs(&Checks::default());
+    assert!(strict.verify_at(&token, exp - 1).is_ok());
+    assert!(matches!(
+        strict.verify_at(&token, exp),
+        Err(AuthError::Expired)
+    ));
+    assert!(matches!(
+        strict.verify_at(&token, exp + 2),
+        Err(AuthError::Expired)
+    ));
+    // What a Refresh meets: a token that expired 2 s ago, verified now.
+    let two_seconds_ago = sign_hs256(SECRET, &claims(unix_now() - 2)).unwrap();
+    assert!(matches!(
+        strict.verify(&two_seconds_ago),
+        Err(AuthError::Expired)
+    ));
+
+    let lenient = hs(&Checks {
+        leeway: Duration::from_secs(5),
+        ..Checks::default()
+    });
+    assert!(lenient.verify_at(&token, exp + 4).is_ok());
+    assert!(matches!(
+        lenient.verify_at(&token, exp + 5),
+        Err(AuthError::Expired)
+    ));
+    assert!(matches!(
+        Verifier::hs256(
+            SECRET,
+            &Checks {
+                leeway: MAX_LEEWAY + Duration::from_secs(1),
+                ..Checks::default()
+            }
+        ),
+        Err(KeyError::Leeway(_))
+    ));
+}
+
+#[test]
+fn not_before_is_checked() {
+    let v = hs(&Checks::default());
+    let mut c = serde_json::to_value(claims(unix_now() + 600)).unwrap();
+    c["nbf"] = (unix_now() + 300).into();
+    assert!(matches!(
+        v.verify(&sign_json(c.clone())),
+        Err(AuthError::Claim { claim: "nbf", .. })
+    ));
+    c["nbf"] = (unix_now() - 1).into();
+    assert!(v.verify(&sign_json(c)).is_ok());
+}
+
+#[test]
+fn audience_and_issuer_are_checked_when_configured() {
+    let checks = Checks {
+        audience: Some("quiver".into()),
+        issuer: Some("https://idp.example".into()),
+        ..Checks::default()
+    };
+    let v = hs(&checks);
+    let with = |aud: Option<serde_json::Value>, iss: Option<&str>| {
+        let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
+        if let Some(aud) = aud {
+            c["aud"] = aud;
+        }
+        if let Some(iss) = iss {
+            c["iss"] = iss.into();
+        }
+        v.verify(&sign_json(c))
+    };
+    let idp = Some("https://idp.example");
+    assert!(with(Some("quiver".into()), idp).is_ok());
+    assert!(with(Some(serde_json::json!(["other", "quiver"])), idp).is_ok());
+    for (name, result, claim) in [
+        ("wrong aud", with(Some("other".into()), idp), "aud"),
+        ("no aud", with(None, idp), "aud"),
+        (
+            "wrong iss",
+            with(Some("quiver".into()), Some("https://evil")),
+            "iss",
+        ),
+        ("no iss", with(Some("quiver".into()), None), "iss"),
+    ] {
+        match result {
+            Err(AuthError::Claim { claim: got, .. }) => assert_eq!(got, claim, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // Without the settings, `aud` and `iss` are not looked at.
+    let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
+    c["aud"] = "anything".into();
+    assert!(hs(&Checks::default()).verify(&sign_json(c)).is_ok());
+}
+
+#[test]
+fn claim_rules() {
+    let v = hs(&Checks::default());
+    let exp = unix_now() + 60;
+    let base = || serde_json::to_value(claims(exp)).unwrap();
+    let refused = |c: serde_json::Value, claim: &str| match v.verify(&sign_json(c)) {
+        Err(AuthError::Claim { claim: got, .. }) => assert_eq!(got, claim),
+        other => panic!("{claim}: {other:?}"),
+    };
+    let mut c = base();
+    c["sub"] = "".into();
+    refused(c, "sub");
+    let mut c = base();
+    c["sub"] = "u".repeat(MAX_SUB_BYTES + 1).into();
+    refused(c, "sub");
+    let mut c = base();
+    c["sub"] = "u".repeat(MAX_SUB_BYTES).into();
+    assert!(v.verify(&sign_json(c)).is_ok());
+    let mut c = base();
+    c["exp"] = serde_json::json!(exp as f64 + 0.5);
+    refused(c, "exp");
+    let mut c = base();
+    c["exp"] = exp.to_string().into();
+    refused(c, "exp");
+    let mut c = base();
+    c.as_object_mut().unwrap().remove("exp");
+    refused(c, "exp");
+    let mut c = base();
+    c.as_object_mut().unwrap().remove("tenant");
+    refused(c, "tenant");
+    let mut c = base();
+    c["tenant"] = "acme/evil".into();
+    refused(c, "tenant");
+    let mut c = base();
+    c["subscribe"] = serde_json::json!(["chat.>", "a..b"]);
+    refused(c, "subscribe");
+    let mut c = base();
+    c["publish"] = "chat.lobby".into();
+    refused(c, "publish");
+}
+
+#[test]
+fn oversized_tokens_are_refused_before_parsing() {
+    let v = hs(&Checks::default());
+    let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
+    c["pad"] = "p".repeat(MAX_TOKEN_BYTES).into();
+    let big = sign_json(c);
+    assert!(big.len() > MAX_TOKEN_BYTES);
+    assert!(matches!(
+        v.verify(&big),
+        Err(AuthError::Invalid("longer than 4096 bytes"))
+    ));
+}
+
+/// A refusal names the problem but never quotes the token: what the server logs is safe.
+#[test]
+fn errors_never_quote_the_token() {
+    let v = hs(&Checks::default());
+    let marker = "SENSITIVE-MARKER";
+    let mut cases = Vec::new();
+    for field in ["exp", "sub", "tenant", "subscribe", "publish"] {
+        let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
+        c[field] = serde_json::json!({ marker: marker });
+        cases.push(sign_json(c));
+    }
+    let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
+    c["subscribe"] = serde_json::json!([format!("{marker}..")]);
+    cases.push(sign_json(c));
+    cases.push(format!(
+        "{}.{}.x",
+        b64(marker.as_bytes()),
+        b64(marker.as_bytes())
+    ));
+    cases.push(format!("{}.e30.", b64(br#"{"alg":"SENSITIVE-MARKER"}"#)));
+    for token in cases {
+        let err = v.verify(&token).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains(marker), "{text}");
+        assert!(!text.contains(&token), "{text}");
+    }
+}
+
+#[test]
+fn public_key_algorithms() {
+    let dir = temp_dir("pem");
+    for (name, alg, rcgen_alg) in [
+        ("ES256", Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("EdDSA", Algorithm::EdDSA, &rcgen::PKCS_ED25519),
+    ] {
+        let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+        let public = dir.join(format!("{name}.pub.pem"));
+        std::fs::write(&public, pair.public_key_pem()).unwrap();
+        let private = pair.serialize_pem();
+        let key = match alg {
+            Algorithm::ES256 => EncodingKey::from_ec_pem(private.as_bytes()).unwrap(),
+            _ => EncodingKey::from_ed_pem(private.as_bytes()).unwrap(),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(alg), &claims(unix_now() + 60), &key).unwrap();
+        let v = Verifier::public_key(&public, name, &Checks::default()).unwrap();
+        assert_eq!(v.verify(&token).unwrap().user, "alice", "{name}");
+        // An HS256 token is refused by a public-key verifier, whatever its secret.
+        let hs = sign_hs256(SECRET, &claims(unix_now() + 60)).unwrap();
+        assert!(v.verify(&hs).is_err(), "{name}");
+    }
+    assert!(matches!(
+        Verifier::public_key(&dir.join("ES256.pub.pem"), "HS512", &Checks::default()),
+        Err(KeyError::Algorithm(_))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn refuses_alg_none() {
+    let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = b64(&serde_json::to_vec(&claims(unix_now() + 60)).unwrap());
+    let v = hs(&Checks::default());
+    assert!(v.verify(&format!("{header}.{body}.")).is_err());
+}
+
+/// A signing key for the JWKS tests, with the public JWK an identity provider would publish.
+struct TestKey {
+    kid: &'static str,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    jwk: serde_json::Value,
+}
+
+fn rcgen_key(kid: &'static str, alg: Algorithm) -> TestKey {
+    let (rcgen_alg, crv) = match alg {
+        Algorithm::ES256 => (&rcgen::PKCS_ECDSA_P256_SHA256, "P-256"),
+        _ => (&rcgen::PKCS_ED25519, "Ed25519"),
+    };
+    let pair = rcgen::KeyPair::generate_for(rcgen_alg).unwrap();
+    let raw = pair.public_key_raw();
+    let (encoding, jwk) = match alg {
+        // Uncompressed point: 0x04, x, y.
+        Algorithm::ES256 => (
+            EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            serde_json::json!({"kty": "EC", "crv": crv, "x": b64(&raw[1..33]), "y": b64(&raw[33..65]), "kid": kid, "use": "sig"}),
+        ),
+        _ => (
+            EncodingKey::from_ed_pem(pair.serialize_pem().as_bytes()).unwrap(),
+            serde_json::json!({"kty": "OKP", "crv": crv, "x": b64(raw), "kid": kid, "alg": "EdDSA"}),
+        ),
+    };
+    TestKey {
+        kid,
+        alg,
+        encoding,
+        jwk,
+    }
+}
+
+fn rsa_key(kid: &'static str) -> TestKey {
+    let encoding = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap(),
+    )
+    .unwrap();
+    jwk["kid"] = kid.into();
+    TestKey {
+        kid,
+        alg: Algorithm::RS256,
+        encoding,
+        jwk,
+    }
+}
+
+fn sign_with(key: &TestKey, alg: Algorithm, kid: Option<&str>) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims(unix_now() + 60), &key.encoding).unwrap()
+}
+
+fn write_jwks(dir: &Path, name: &str, keys: Vec<serde_json::Value>) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+    path
+}
+
+#[test]
+fn jwks_chooses_the_key_by_kid() {
+    let dir = temp_dir("jwks");
+    let keys = [
+        rsa_key("rsa-1"),
+        rcgen_key("ec-1", Algorithm::ES256),
+        rcgen_key("ed-1", Algorithm::EdDSA),
+    ];
+    // An encryption key in the set is skipped, as identity providers publish those too.
+    let mut published: Vec<_> = keys.iter().map(|k| k.jwk.clone()).collect();
+    let mut enc = keys[1].jwk.clone();
+    enc["kid"] = "enc-1".into();
+    enc["use"] = "enc".into();
+    published.push(enc);
+    let path = write_jwks(&dir, "jwks.json", published);
+    let v = Verifier::jwks(&path, &Checks::default()).unwrap();
+    for key in &keys {
+        let token = sign_with(key, key.alg, Some(key.kid));
+        assert_eq!(v.verify(&token).unwrap().user, "alice", "{}", key.kid);
+        // The same token naming another key's kid fails the signature (or the algorithm).
+        for other in keys.iter().filter(|o| o.kid != key.kid) {
+            let token = sign_with(key, key.alg, Some(other.kid));
+            assert!(v.verify(&token).is_err(), "{} as {}", key.kid, other.kid);
+        }
+    }
+    assert!(matches!(
+        v.verify(&sign_with(&keys[1], Algorithm::ES256, None)),
+        Err(AuthError::Invalid(m)) if m.contains("kid")
+    ));
+    assert!(matches!(
+        v.verify(&sign_with(&keys[1], Algorithm::ES256, Some("nope"))),
+        Err(AuthError::Invalid("unknown kid"))
+    ));
+    assert!(v
+        .verify(&sign_with(&keys[1], Algorithm::ES256, Some("enc-1")))
+        .is_err());
+    // Algorithm confusion: an HS256 token "signed" with a published key's kid.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa-1".into());
+    let confused = jsonwebtoken::encode(
+        &header,
+        &claims(unix_now() + 60),
+        &EncodingKey::from_secret(RSA_PRIVATE.as_bytes()),
+    )
+    .unwrap();
+    assert!(matches!(
+        v.verify(&confused),
+        Err(AuthError::Invalid("algorithm not accepted"))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn jwks_files_are_checked_at_load() {
+    let dir = temp_dir("jwks-bad");
+    let ec = rcgen_key("ec-1", Algorithm::ES256);
+    let cases = [
+        ("no kid", {
+            let mut k = ec.jwk.clone();
+            k.as_object_mut().unwrap().remove("kid");
+            vec![k]
+        }),
+        (
+            "symmetric",
+            vec![serde_json::json!({"kty": "oct", "k": b64(SECRET), "kid": "hs"})],
+        ),
+        ("wrong alg", {
+            let mut k = ec.jwk.clone();
+            k["alg"] = "RS256".into();
+            vec![k]
+        }),
+        ("duplicate kid", vec![ec.jwk.clone(), ec.jwk.clone()]),
+        ("empty", vec![]),
+    ];
+    for (name, keys) in cases {
+        let path = write_jwks(&dir, "bad.json", keys);
+        assert!(
+            matches!(
+                Verifier::jwks(&path, &Checks::default()),
+                Err(KeyError::Jwks { .. })
+            ),
+            "{name}"
+        );
+    }
+    std::fs::write(dir.join("bad.json"), "not json").unwrap();
+    assert!(Verifier::jwks(&dir.join("bad.json"), &Checks::default()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
