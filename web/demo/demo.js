@@ -148,6 +148,9 @@ async function main() {
 
   const client = new QuiverClient({
     url: boot.url,
+    // WebTransport first, WebSocket when it is missing, refused or silent (blocked UDP). The
+    // WebSocket is on the HTTP port this page came from; newer servers say so in `ws_url`.
+    webSocketUrl: boot.ws_url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`,
     serverCertificateHashes: [boot.cert_sha256],
     // The bootstrap's token serves the first connection; every later one (reconnects, refreshes)
     // gets a fresh token from the server.
@@ -165,6 +168,9 @@ async function main() {
     },
   });
 
+  // For devtools and the browser tests: `quiverDemo.client.transport` and the like.
+  window.quiverDemo = { client };
+
   client.on('state', (state) => {
     $('state').textContent = state;
     $('state').dataset.state = state;
@@ -174,6 +180,11 @@ async function main() {
     // Errors with a room concern one subscription; the rest are about the connection.
     showError(e.room ? `${e.room}: ${e.message}` : e.message);
     console.warn('quiver:', e.kind, e.code ?? '', e.message);
+  });
+  client.on('transport', (transport, skipped) => {
+    $('transport').textContent = transport === 'webtransport' ? 'WebTransport' : 'WebSocket';
+    $('transport').dataset.transport = transport;
+    if (skipped) console.info('quiver: on', transport, 'because', skipped.message);
   });
   client.on('rtt', (ms) => ($('rtt').textContent = `${ms.toFixed(1)} ms`));
   client.on('recovery', ({ room, recovery }) => {

@@ -201,16 +201,18 @@ export declare const CloseCode: {
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;
-export declare const CLIENT_NAME = "quiver-ts/0.1";
-export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 /** What went wrong, as the app sees it. */
 export type ErrorKind = 
 /** The server refused a command (`code` is an error code, e.g. 103 permission_denied). */
 "command"
 /** The server ended a subscription (`code`, `room`). */
  | "subscription"
-/** The WebTransport handshake failed: unreachable, token refused or certificate mismatch. */
+/** No transport could open a session: unreachable, refused, or (WebTransport, which cannot
+ *  tell) a refused token or a certificate mismatch. */
  | "handshake"
+/** The server refused the token for good (WebSocket close 3007 `token_invalid`): the client
+ *  stops retrying. Fix the token source, then create a new client. */
+ | "auth"
 /** The token callback threw, or a token refresh was refused. */
  | "token"
 /** The server said Goodbye (`code` is a close code, e.g. 3002 token_expired). */
@@ -219,7 +221,7 @@ export type ErrorKind =
  | "protocol"
 /** The connection was lost or could not be used. */
  | "transport"
-/** No answer in time. */
+/** No answer in time (including a server that stopped answering pings). */
  | "timeout"
 /** The client was closed, or the request could not survive a reconnect. */
  | "closed"
@@ -241,87 +243,25 @@ export declare class QuiverError extends Error {
 	/** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
 	get label(): string | null;
 }
-export interface ReconnectOptions {
-	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
-	initialDelayMs: number;
-	maxDelayMs: number;
-}
-export interface ClientOptions {
-	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`. */
-	url: string | URL;
-	/** Returns a JWT. Called before every connection attempt and before the token expires. */
-	token: () => string | Promise<string>;
-	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development). */
-	serverCertificateHashes?: readonly (Uint8Array | string)[];
-	/** `Hello.client`. */
-	clientName?: string;
-	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
-	reconnect?: Partial<ReconnectOptions> | false;
-	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
-	connectTimeoutMs?: number;
-	/** How long to wait for the reply to a command. Default 10 s. */
-	requestTimeoutMs?: number;
-	/** Ping period for RTT and liveness; 0 disables. Default 5 s. */
-	pingIntervalMs?: number;
-	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
-	maxQueuedPublishes?: number;
-	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
-	maxFrame?: number;
-	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
-	WebTransport?: WebTransportConstructor;
-}
+export type TransportKind = "webtransport" | "websocket";
 export type WebTransportConstructor = new (url: string, options?: WebTransportOptions) => WebTransport;
-export interface SessionInfo {
-	session: string;
-	user: string;
-	tenant: string;
-	/** Token expiry, Unix seconds; null if it never expires. */
-	expiresAt: number | null;
-	limits: Limits;
-}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
+/** Where a failed WebTransport is remembered: this page (module state), also `sessionStorage`
+ *  (survives reloads of the tab), or nowhere. */
+export type RememberFailure = "page" | "sessionStorage" | false;
+/** Forgets every remembered WebTransport failure (this page's, and in `sessionStorage`), so the
+ *  next connection attempt tries WebTransport first again. */
+export declare function forgetWebTransportFailures(): void;
 export interface GoodbyeInfo {
 	code: number;
 	reason: string;
 	reconnect: boolean;
-}
-export interface RecoveryInfo {
-	room: string;
-	/** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
-	 *  re-sync the room's state from elsewhere. */
-	recovery: Recovery;
-	/** The position resumed from. */
-	resumedFrom: Position;
 }
 /** A session joined or left a subscribed room (namespaces with presence events only). */
 export interface PresenceChange {
 	type: "Joined" | "Left";
 	room: string;
 	member: Member;
-}
-export interface ClientEvents {
-	state: [
-		state: ConnectionState,
-		cause: QuiverError | null
-	];
-	error: [
-		error: QuiverError
-	];
-	welcome: [
-		info: SessionInfo
-	];
-	goodbye: [
-		info: GoodbyeInfo
-	];
-	recovery: [
-		info: RecoveryInfo
-	];
-	/** The server confirmed a subscription: the first time, and again after every re-subscribe. */
-	subscribed: [
-		subscription: Subscription
-	];
-	rtt: [
-		ms: number
-	];
 }
 export interface SubscribeOptions {
 	/** Replay what was published after this position before going live (rooms with history). */
@@ -331,10 +271,6 @@ export interface SubscribeOptions {
 	bufferSize?: number;
 	/** Called when a session joins or leaves the room, in namespaces with presence events. */
 	onPresence?: (change: PresenceChange) => void;
-}
-export interface PublishOptions {
-	/** Wait for the server's `Published` (with the message's position, if the room has history). */
-	ack?: boolean;
 }
 /** One publication received in a room. */
 export declare class Message {
@@ -368,14 +304,136 @@ export declare class Subscription implements AsyncIterable<Message> {
 	unsubscribe(): Promise<void>;
 	[Symbol.asyncIterator](): AsyncIterator<Message>;
 }
+export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
+export interface ReconnectOptions {
+	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+	initialDelayMs: number;
+	maxDelayMs: number;
+}
+export interface HeartbeatOptions {
+	/** Silence (nothing received) after which a `Ping` is sent. Default 1000 ms. */
+	idleMs: number;
+	/** How long after that `Ping` something must arrive, else the connection is presumed dead and
+	 *  replaced. Default 2000 ms: a dead server is noticed within `idleMs + timeoutMs` (3 s). */
+	timeoutMs: number;
+}
+export interface ClientOptions {
+	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`; or, for WebSocket only,
+	 *  a `ws:`/`wss:` URL. */
+	url?: string | URL;
+	/** WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. Default: `wss://` on the host and port of
+	 *  `url`, path `/v1/ws` (a server with a real certificate serves both on one port number). */
+	webSocketUrl?: string | URL;
+	/** Transports to try, in order, on every connection attempt. Default
+	 *  `["webtransport", "websocket"]`; unavailable ones (no `WebTransport` in this browser, no
+	 *  URL for it) are skipped. */
+	transports?: readonly TransportKind[];
+	/** How long WebTransport may take to be ready before the next transport is tried, when there is
+	 *  one (blocked UDP is silent, not refused). Default 2500 ms. */
+	webTransportTimeoutMs?: number;
+	/** After WebTransport failed and WebSocket then worked, later attempts skip WebTransport:
+	 *  remembered for this page (`'page'`, the default), also across reloads of the tab
+	 *  (`'sessionStorage'`), or not at all (`false`). */
+	rememberWebTransportFailure?: RememberFailure;
+	/** Returns a JWT. Called before every connection attempt and before the token expires. */
+	token: () => string | Promise<string>;
+	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
+	 *  WebTransport only: a WebSocket relies on the browser's certificate checks). */
+	serverCertificateHashes?: readonly (Uint8Array | string)[];
+	/** `Hello.client`. */
+	clientName?: string;
+	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
+	reconnect?: Partial<ReconnectOptions> | false;
+	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
+	connectTimeoutMs?: number;
+	/** How long to wait for the reply to a command, counted from when it is written. Default 10 s. */
+	requestTimeoutMs?: number;
+	/** Ping period for RTT readings; 0 disables. Default 5 s. */
+	pingIntervalMs?: number;
+	/** Dead-server detection while the session is otherwise silent; `false` disables it (the
+	 *  transport's own timeouts, ~30 s, then apply). */
+	heartbeat?: Partial<HeartbeatOptions> | false;
+	/** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
+	 *  before it is reported missing (and, with WebSocket among `transports`, the client moves
+	 *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
+	 *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
+	streamTimeoutMs?: number;
+	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
+	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
+	paceCommands?: boolean;
+	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+	maxQueuedPublishes?: number;
+	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+	maxFrame?: number;
+	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
+	WebTransport?: WebTransportConstructor;
+	/** WebSocket implementation; defaults to the global one (tests pass a fake). */
+	WebSocket?: WebSocketConstructor;
+}
+export interface SessionInfo {
+	session: string;
+	user: string;
+	tenant: string;
+	/** Token expiry, Unix seconds; null if it never expires. */
+	expiresAt: number | null;
+	limits: Limits;
+}
+export interface RecoveryInfo {
+	room: string;
+	/** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
+	 *  re-sync the room's state from elsewhere. */
+	recovery: Recovery;
+	/** The position resumed from. */
+	resumedFrom: Position;
+}
+export interface ClientEvents {
+	state: [
+		state: ConnectionState,
+		cause: QuiverError | null
+	];
+	error: [
+		error: QuiverError
+	];
+	welcome: [
+		info: SessionInfo
+	];
+	goodbye: [
+		info: GoodbyeInfo
+	];
+	recovery: [
+		info: RecoveryInfo
+	];
+	/** The server confirmed a subscription: the first time, and again after every re-subscribe. */
+	subscribed: [
+		subscription: Subscription
+	];
+	rtt: [
+		ms: number
+	];
+	/** The session is on another transport than the previous one (or the first). `skipped` says
+	 *  why an earlier transport in `transports` was not used, when one failed. */
+	transport: [
+		transport: TransportKind,
+		skipped: QuiverError | null
+	];
+}
+export interface PublishOptions {
+	/** Wait for the server's `Published` (with the message's position, if the room has history). */
+	ack?: boolean;
+}
+export declare const CLIENT_NAME = "quiver-ts/0.2";
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
  */
 export declare class QuiverClient {
 	private readonly opts;
+	private readonly transports;
+	private readonly wtUrl;
+	private readonly wsUrl;
 	private readonly hashes;
 	private readonly WT;
+	private readonly WS;
 	private readonly listeners;
 	private readonly subs;
 	private readonly outbox;
@@ -384,11 +442,21 @@ export declare class QuiverClient {
 	private closing;
 	private wake;
 	private readonly finished;
+	/** The Goodbye of the latest connection attempt, if the server sent one. */
+	private lastGoodbye;
+	/** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+	private avoidWebTransport;
+	/** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
+	private closedBy;
 	private currentState;
+	private currentTransport;
 	private welcome;
 	private lastRtt;
 	constructor(options: ClientOptions);
 	get state(): ConnectionState;
+	/** Transport of the current (or, while reconnecting, the latest) session; null before the
+	 *  first. */
+	get transport(): TransportKind | null;
 	/** Latest `Welcome`, null before the first. */
 	get info(): SessionInfo | null;
 	/** Latest round-trip time in milliseconds. */
@@ -428,13 +496,36 @@ export declare class QuiverClient {
 	private nextId;
 	/** Connects, waits for the session to end, backs off, and again, until closed. */
 	private run;
+	/** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
+	 *  then worked, when another transport follows it. */
+	private candidates;
+	/** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
 	private open;
+	private openLink;
+	/** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
+	private hello;
 	/** Runs a welcomed session until it ends; returns why it ended. */
 	private serve;
 	private onServerUnsubscribed;
+	/**
+	 * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+	 * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+	 * client's life. False when there is nowhere to move.
+	 */
+	private moveToWebSocket;
 	private retrySubscribe;
 	private sendSubscribe;
+	/**
+	 * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+	 * about 100 of them per session. The server ends a subscription whose stream it cannot open
+	 * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+	 * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+	 * with WebSocket among the transports the client moves there.
+	 */
+	private expectStream;
 	private dropSub;
+	/** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+	private enqueue;
 	private sendPublish;
 	private sleep;
 	private shutdown;

@@ -503,8 +503,7 @@ function codeLabel(code) {
   return labels.get(code) ?? `code_${code}`;
 }
 
-// src/client.ts
-var CLIENT_NAME = "quiver-ts/0.1";
+// src/errors.ts
 var QuiverError = class extends Error {
   constructor(kind, message, extra = {}) {
     super(message, extra.cause === void 0 ? void 0 : { cause: extra.cause });
@@ -517,13 +516,798 @@ var QuiverError = class extends Error {
   /** Protocol code (error or close code) when the server sent one. */
   code;
   room;
+  /** @internal The command was never written: a publish may be queued again. */
+  unsent = false;
   /** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
   get label() {
     return this.code === null ? null : codeLabel(this.code);
   }
 };
+function errorMessage(e) {
+  return e instanceof Error ? e.message || e.name : String(e);
+}
+function asQuiverError(e) {
+  if (e instanceof QuiverError) return e;
+  return new QuiverError("transport", errorMessage(e), { cause: e });
+}
+function withTimeout(p, ms, what) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      }
+    );
+  });
+}
+
+// src/pacer.ts
+var Pacer = class _Pacer {
+  /** `perSecond` sustained, bursts of `burst`; times are milliseconds (`performance.now()`). */
+  constructor(perSecond, burst, now2) {
+    this.perSecond = perSecond;
+    this.burst = burst;
+    this.tokens = burst;
+    this.last = now2;
+  }
+  perSecond;
+  burst;
+  tokens;
+  last;
+  /**
+   * For a server limit of `limit` commands per second (burst `limit`): 95 % of the rate and half
+   * the burst, leaving room for timing differences between the two buckets and for the odd
+   * urgent command (a liveness ping) sent ahead of the queue. Null for no limit (0).
+   */
+  static forServerLimit(limit, now2) {
+    if (!(limit > 0)) return null;
+    return new _Pacer(Math.max(1, Math.floor(limit * 95 / 100)), Math.max(1, Math.floor(limit / 2)), now2);
+  }
+  /** Takes one token; returns how many milliseconds to wait before sending. */
+  reserve(now2) {
+    this.refill(now2);
+    this.tokens -= 1;
+    return this.tokens >= 0 ? 0 : -this.tokens / this.perSecond * 1e3;
+  }
+  /** Whether a token is available now without waiting. */
+  ready(now2) {
+    this.refill(now2);
+    return this.tokens >= 1;
+  }
+  refill(now2) {
+    const elapsed = Math.max(0, now2 - this.last);
+    this.last = Math.max(now2, this.last);
+    this.tokens = Math.min(this.burst, this.tokens + elapsed / 1e3 * this.perSecond);
+  }
+};
+
+// src/session.ts
+var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([
+  CloseCode.protocol_error,
+  CloseCode.unsupported_version,
+  CloseCode.token_invalid,
+  CloseCode.disconnected
+]);
+function goodbyeError(g) {
+  const what = `${codeLabel(g.code)} (${g.code})${g.reason ? ` ${g.reason}` : ""}`;
+  if (g.code === CloseCode.token_invalid) {
+    return new QuiverError("auth", `the server refused the token: ${what}`, { code: g.code });
+  }
+  return new QuiverError("goodbye", `server closed the session: ${what}`, { code: g.code });
+}
+var now = () => performance.now();
+var Session = class {
+  constructor(link, requestTimeoutMs, owner, onGoodbye) {
+    this.link = link;
+    this.requestTimeoutMs = requestTimeoutMs;
+    this.owner = owner;
+    this.onGoodbye = onGoodbye;
+    this.done = new Promise((resolve) => this.resolveDone = resolve);
+  }
+  link;
+  requestTimeoutMs;
+  owner;
+  onGoodbye;
+  goodbye = null;
+  ended = false;
+  /** Why the session ended, once it has. */
+  cause = null;
+  done;
+  resolveDone;
+  pending = /* @__PURE__ */ new Map();
+  queue = [];
+  pacer = null;
+  pumping = false;
+  pumpTimer = null;
+  wakePump = null;
+  heartbeatTimer = null;
+  lastReceived = now();
+  connectedAt = 0;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
+  sendLimit = DEFAULT_MAX_FRAME;
+  get kind() {
+    return this.link.kind;
+  }
+  async start() {
+    try {
+      await this.link.start(this);
+    } catch (e) {
+      const err = asQuiverError(e);
+      this.end(err);
+      throw err;
+    }
+  }
+  markConnected() {
+    this.connectedAt = Date.now();
+  }
+  connectedFor() {
+    return this.connectedAt ? Date.now() - this.connectedAt : 0;
+  }
+  raiseMaxFrame(announced) {
+    this.link.maxFrame = Math.max(this.link.maxFrame, announced);
+  }
+  /** Frames over `maxFrame` are refused here: the server would close the whole session over one
+   *  (protocol_error), where the app only needs that one command refused. */
+  limitFrames(maxFrame) {
+    if (maxFrame > 0) this.sendLimit = maxFrame;
+  }
+  /** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
+  pace(commandsPerSecond) {
+    this.pacer = Pacer.forServerLimit(commandsPerSecond, now());
+  }
+  /** Whether anything arrived from the server after `since` (a `performance.now()` time). */
+  heardSince(since) {
+    return this.lastReceived > since;
+  }
+  /**
+   * Notices a dead server: once nothing has arrived for `idleMs`, sends a `Ping`; if nothing at
+   * all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends. So a
+   * dead server is noticed `idleMs + timeoutMs` after the last thing heard from it, a silent
+   * session costs one Ping and one Pong per `idleMs`, and a busy one nothing. Death is only
+   * declared `timeoutMs` after a ping actually went out, so timers delayed by a throttled
+   * background tab cannot declare a live server dead.
+   */
+  startHeartbeat(idleMs, timeoutMs) {
+    let pingedAt = -Infinity;
+    const schedule = (at) => {
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+      this.heartbeatTimer = setTimeout(check, Math.max(0, at - now()));
+    };
+    const check = () => {
+      this.heartbeatTimer = null;
+      if (this.ended) return;
+      const t = now();
+      const last = this.lastReceived;
+      if (pingedAt > last) {
+        if (t - pingedAt >= timeoutMs) {
+          this.end(new QuiverError("timeout", `the server sent nothing for ${Math.round(t - last)} ms, not even a Pong within ${timeoutMs} ms: connection presumed dead`));
+        } else {
+          schedule(pingedAt + timeoutMs);
+        }
+      } else if (t - last >= idleMs) {
+        pingedAt = t;
+        this.request(0, { type: "Ping" }, { urgent: true, timeoutMs }).then(
+          () => {
+            this.owner.onRtt(now() - t);
+            check();
+          },
+          () => void 0
+          // judged by what arrives, not by this reply alone
+        );
+        schedule(t + timeoutMs);
+      } else {
+        schedule(last + idleMs);
+      }
+    };
+    schedule(this.lastReceived + idleMs);
+  }
+  /** Writes one command (through the pacer); resolves once it is handed to the transport. */
+  send(frame, options = {}) {
+    if (this.ended) return Promise.reject(unsent(new QuiverError("closed", "not connected")));
+    let bytes;
+    try {
+      bytes = encodeCommand(frame);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
+      const size = bytes.length - LENGTH_PREFIX;
+      return Promise.reject(
+        new QuiverError("command", `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
+          code: ErrorCode.payload_too_large
+        })
+      );
+    }
+    const pacer = this.pacer;
+    if (!pacer || options.urgent || this.queue.length === 0 && pacer.ready(now())) {
+      pacer?.reserve(now());
+      return this.write(bytes);
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ bytes, resolve, reject });
+      this.pump();
+    });
+  }
+  /**
+   * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
+   * the next id from the owner's counter (see `nextId`).
+   */
+  request(id, command, options = {}) {
+    if (this.ended) return Promise.reject(unsent(new QuiverError("closed", "not connected")));
+    const frameId = id === 0 ? this.nextId() : id;
+    const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const entry = { resolve, reject, timer: null };
+      this.pending.set(frameId, entry);
+      this.send({ id: frameId, command }, options).then(
+        () => {
+          if (this.pending.get(frameId) !== entry) return;
+          entry.timer = setTimeout(() => {
+            this.pending.delete(frameId);
+            reject(new QuiverError("timeout", `no reply to ${command.type} within ${timeoutMs} ms`));
+          }, timeoutMs);
+        },
+        (e) => {
+          if (this.pending.get(frameId) === entry) this.pending.delete(frameId);
+          reject(asQuiverError(e));
+        }
+      );
+    });
+  }
+  /** @internal Set by the client: command ids are unique across sessions. */
+  nextId = () => {
+    throw new Error("Session.nextId not set");
+  };
+  /** Ends the session once; every waiter learns why. */
+  end(cause, byClient = false) {
+    if (this.ended) return;
+    this.ended = true;
+    this.cause = cause;
+    const err = new QuiverError("closed", `session ended: ${cause.message}`, {
+      cause,
+      ...cause.code !== null ? { code: cause.code } : {}
+    });
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    this.wakePump?.();
+    for (const q of this.queue.splice(0)) q.reject(unsent(new QuiverError("closed", err.message, { cause })));
+    for (const p of this.pending.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.link.close(byClient ? "client closed" : "");
+    this.resolveDone(cause);
+  }
+  // LinkHandler
+  received() {
+    this.lastReceived = now();
+  }
+  control(id, event) {
+    if (event.type === "Goodbye") {
+      this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
+      return;
+    }
+    const pending = id === 0 ? void 0 : this.pending.get(id);
+    if (!pending) {
+      this.owner.onUnsolicited(this, id, event);
+      return;
+    }
+    this.pending.delete(id);
+    if (pending.timer) clearTimeout(pending.timer);
+    if (event.type === "Error") {
+      pending.reject(new QuiverError("command", `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
+    } else {
+      pending.resolve(event);
+    }
+  }
+  streamOpened(room, id) {
+    return this.owner.streamOpened(room, id);
+  }
+  subscription(id, event) {
+    return this.owner.deliver(id, event);
+  }
+  report(error) {
+    this.owner.report(error);
+  }
+  closed(cause, close) {
+    if (!this.goodbye && close && codeLabel(close.code) !== `code_${close.code}` && close.code >= CloseCode.shutdown) {
+      this.setGoodbye({ code: close.code, reason: close.reason, reconnect: !FINAL_CLOSE_CODES.has(close.code) });
+      return;
+    }
+    this.end(this.goodbye ? goodbyeError(this.goodbye) : cause);
+  }
+  setGoodbye(g) {
+    if (this.ended) return;
+    this.goodbye = g;
+    this.onGoodbye(g);
+    this.end(goodbyeError(g));
+  }
+  async write(bytes) {
+    if (this.ended) throw unsent(new QuiverError("closed", "not connected"));
+    try {
+      await this.link.write(bytes);
+    } catch (e) {
+      const err = asQuiverError(e);
+      if (err.kind !== "closed") this.end(new QuiverError("transport", `write failed: ${errorMessage(e)}`, { cause: e }));
+      throw new QuiverError("closed", err.message, { cause: e });
+    }
+  }
+  /** Writes queued commands in order, each when the pacer allows. */
+  pump() {
+    if (this.pumping) return;
+    this.pumping = true;
+    void (async () => {
+      try {
+        while (this.queue.length > 0 && !this.ended && this.pacer) {
+          const wait = this.pacer.reserve(now());
+          if (wait > 0) {
+            await new Promise((resolve) => {
+              this.wakePump = resolve;
+              this.pumpTimer = setTimeout(resolve, wait);
+            });
+            this.pumpTimer = null;
+            this.wakePump = null;
+          }
+          const item = this.queue.shift();
+          if (!item || this.ended) break;
+          this.write(item.bytes).then(item.resolve, item.reject);
+        }
+      } finally {
+        this.pumping = false;
+      }
+    })();
+  }
+};
+function unsent(e) {
+  e.unsent = true;
+  return e;
+}
+var Refresher = class {
+  constructor(session, token, report) {
+    this.session = session;
+    this.token = token;
+    this.report = report;
+  }
+  session;
+  token;
+  report;
+  timer = null;
+  schedule(expiresAt) {
+    this.stop();
+    if (expiresAt === null) return;
+    const remaining = expiresAt * 1e3 - Date.now();
+    const delay = Math.max(0, remaining - Math.min(6e4, remaining / 5));
+    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
+  }
+  stop() {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+  async refresh(expiresAt) {
+    try {
+      const token = await this.token();
+      const reply = await this.session.request(0, { type: "Refresh", token }, { urgent: true });
+      if (reply.type === "Refreshed") {
+        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
+        return;
+      }
+      throw new QuiverError("protocol", `expected Refreshed, got ${reply.type}`);
+    } catch (e) {
+      if (this.session.ended) return;
+      const err = asQuiverError(e);
+      this.report(new QuiverError("token", `token refresh failed: ${err.message}`, { cause: err, ...err.code !== null ? { code: err.code } : {} }));
+      const remaining = expiresAt * 1e3 - Date.now();
+      if (remaining > 2e3) this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(remaining / 2, 3e4));
+    }
+  }
+};
+
+// src/transport.ts
+var TRANSPORT_KINDS = ["webtransport", "websocket"];
+async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
+  let wt;
+  try {
+    wt = new WT(url.href, options);
+  } catch (e) {
+    throw new QuiverError("handshake", `WebTransport to ${redact(url)} could not start: ${errorMessage(e)}`, { cause: e });
+  }
+  wt.closed.catch(() => void 0);
+  try {
+    await withTimeout(wt.ready, timeoutMs, "WebTransport handshake");
+  } catch (e) {
+    closeWebTransport(wt, "");
+    throw new QuiverError(
+      "handshake",
+      `WebTransport to ${redact(url)} failed (server unreachable, UDP blocked, token refused or certificate mismatch): ${errorMessage(e)}`,
+      { cause: e }
+    );
+  }
+  return new WebTransportLink(wt, maxFrame);
+}
+var WebTransportLink = class {
+  constructor(wt, maxFrame) {
+    this.wt = wt;
+    this.maxFrame = maxFrame;
+  }
+  wt;
+  maxFrame;
+  kind = "webtransport";
+  writer = null;
+  handler = null;
+  done = false;
+  async start(handler) {
+    this.handler = handler;
+    this.wt.closed.then(
+      (info) => this.finish(
+        new QuiverError("transport", `session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${info.reason}` : ""})`),
+        { code: info.closeCode ?? 0, reason: info.reason ?? "" }
+      ),
+      (e) => this.finish(new QuiverError("transport", `connection lost: ${errorMessage(e)}`), null)
+    );
+    let bidi;
+    try {
+      bidi = await this.wt.createBidirectionalStream();
+    } catch (e) {
+      const err = new QuiverError("transport", `could not open the control stream: ${errorMessage(e)}`, { cause: e });
+      this.finish(err, null);
+      throw err;
+    }
+    this.writer = bidi.writable.getWriter();
+    void this.readControl(bidi.readable);
+    void this.acceptStreams();
+  }
+  async write(frame) {
+    if (!this.writer) throw new QuiverError("closed", "not connected");
+    await this.writer.write(frame);
+  }
+  close(reason) {
+    this.done = true;
+    closeWebTransport(this.wt, reason);
+  }
+  finish(cause, close) {
+    if (this.done) return;
+    this.done = true;
+    this.handler?.closed(cause, close);
+  }
+  async readControl(readable) {
+    const reader = readable.getReader();
+    const decoder = new FrameDecoder(this.maxFrame);
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        this.handler?.received();
+        decoder.maxFrame = this.maxFrame;
+        for (const body of decoder.push(value)) {
+          const frame = decodeEvent(body);
+          if (frame) this.handler?.control(frame.id, frame.event);
+        }
+      }
+      this.finish(new QuiverError("transport", "the server closed the control stream"), null);
+    } catch (e) {
+      if (e instanceof DecodeError) {
+        this.finish(new QuiverError("protocol", `bad frame from the server on the control stream: ${e.message}`, { cause: e }), null);
+      } else {
+        this.finish(new QuiverError("transport", `control stream failed: ${errorMessage(e)}`), null);
+      }
+    }
+  }
+  async acceptStreams() {
+    const reader = this.wt.incomingUnidirectionalStreams.getReader();
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        void this.readSubscription(value);
+      }
+    } catch {
+    }
+  }
+  /** Reads one server-opened stream: `SubscriptionStream` header, then publications and
+   *  presence changes of that room. */
+  async readSubscription(stream) {
+    const reader = stream.getReader();
+    const decoder = new FrameDecoder(this.maxFrame);
+    let header = null;
+    let draining = false;
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        this.handler?.received();
+        if (draining || !this.handler) continue;
+        for (const body of decoder.push(value)) {
+          const frame = decodeEvent(body);
+          if (!frame) continue;
+          const event = frame.event;
+          if (header === null) {
+            if (event.type !== "SubscriptionStream") throw new DecodeError(`subscription stream starts with ${event.type}`);
+            header = { id: frame.id, room: event.room };
+            if (!this.handler.streamOpened(header.room, header.id)) draining = true;
+          } else if (event.type === "Publication" || event.type === "Joined" || event.type === "Left") {
+            if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
+            if (!this.handler.subscription(header.id, event)) draining = true;
+          }
+          if (draining) break;
+        }
+      }
+    } catch (e) {
+      if (e instanceof DecodeError) {
+        this.handler?.report(
+          new QuiverError("protocol", `bad frame on the stream of ${header?.room ?? "an unknown room"}: ${e.message}`, {
+            cause: e,
+            ...header ? { room: header.room } : {}
+          })
+        );
+        reader.cancel().catch(() => void 0);
+      }
+    }
+  }
+};
+function closeWebTransport(wt, reason) {
+  try {
+    wt.close({ closeCode: 0, reason });
+  } catch {
+  }
+}
+async function openWebSocket(WS, url, timeoutMs, maxFrame) {
+  let ws;
+  try {
+    ws = new WS(url.href);
+  } catch (e) {
+    throw new QuiverError("handshake", `WebSocket to ${redact(url)} could not start: ${errorMessage(e)}`, { cause: e });
+  }
+  ws.binaryType = "arraybuffer";
+  const link = new WebSocketLink(ws, maxFrame);
+  const opened = new Promise((resolve, reject) => {
+    if (ws.readyState === 1) resolve();
+    ws.addEventListener("open", () => resolve());
+    ws.addEventListener("close", (ev) => reject(new Error(`closed before the upgrade completed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`)));
+  });
+  try {
+    await withTimeout(opened, timeoutMs, "WebSocket upgrade");
+  } catch (e) {
+    link.close("");
+    throw new QuiverError("handshake", `WebSocket to ${redact(url)} failed (server unreachable or refused): ${errorMessage(e)}`, { cause: e });
+  }
+  return link;
+}
+var PROTOCOL_CLOSE_CODES = 3e3;
+var WebSocketLink = class {
+  constructor(ws, maxFrame) {
+    this.ws = ws;
+    this.maxFrame = maxFrame;
+    this.decoder = new FrameDecoder(maxFrame);
+    ws.addEventListener("message", (ev) => {
+      if (this.done) return;
+      if (!(ev.data instanceof ArrayBuffer)) {
+        this.fail(new QuiverError("protocol", "the server sent a text message; only binary messages are used"));
+      } else if (this.handler) {
+        this.onMessage(ev.data);
+      } else {
+        this.early.push(ev.data);
+      }
+    });
+    ws.addEventListener("close", (ev) => {
+      const close = { code: ev.code, reason: ev.reason };
+      const label = ev.code >= PROTOCOL_CLOSE_CODES ? "closed by the server" : "connection closed";
+      const cause = new QuiverError("transport", `${label} (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
+      if (this.handler) this.finish(cause, close);
+      else this.early.push({ cause, close });
+    });
+  }
+  ws;
+  maxFrame;
+  kind = "websocket";
+  handler = null;
+  /** Messages and the close that arrived before `start`. */
+  early = [];
+  decoder;
+  /** Per room, the id of the `SubscriptionStream` whose frames are being accepted. */
+  streams = /* @__PURE__ */ new Map();
+  done = false;
+  async start(handler) {
+    this.handler = handler;
+    for (const item of this.early.splice(0)) {
+      if (item instanceof ArrayBuffer) this.onMessage(item);
+      else this.finish(item.cause, item.close);
+    }
+  }
+  async write(frame) {
+    if (this.done || this.ws.readyState !== 1) throw new QuiverError("closed", "the WebSocket is not open");
+    this.ws.send(frame);
+  }
+  close(reason) {
+    this.done = true;
+    try {
+      this.ws.close(1e3, truncateUtf8(reason, 123));
+    } catch {
+    }
+  }
+  fail(cause) {
+    this.finish(cause, null);
+    this.close("");
+  }
+  finish(cause, close) {
+    if (this.done) return;
+    this.done = true;
+    this.handler?.closed(cause, close);
+  }
+  onMessage(data) {
+    const handler = this.handler;
+    if (!handler || this.done) return;
+    handler.received();
+    this.decoder.maxFrame = this.maxFrame;
+    let bodies;
+    try {
+      bodies = this.decoder.push(new Uint8Array(data));
+      if (this.decoder.buffered !== 0) throw new DecodeError("a message ends inside a frame");
+    } catch (e) {
+      this.fail(new QuiverError("protocol", `bad message from the server: ${errorMessage(e)}`, { cause: e }));
+      return;
+    }
+    for (const body of bodies) {
+      let frame;
+      try {
+        frame = decodeEvent(body);
+      } catch (e) {
+        this.fail(new QuiverError("protocol", `bad frame from the server: ${errorMessage(e)}`, { cause: e }));
+        return;
+      }
+      if (frame) this.route(handler, frame.id, frame.event);
+      if (this.done) return;
+    }
+  }
+  /** Tells subscriptions apart (PROTOCOL.md 9.2): a room's events are accepted after its
+   *  current `SubscriptionStream` and until its `Unsubscribed`; anything else naming it is stale. */
+  route(handler, id, event) {
+    switch (event.type) {
+      case "SubscriptionStream":
+        if (handler.streamOpened(event.room, id)) this.streams.set(event.room, id);
+        else this.streams.delete(event.room);
+        return;
+      case "Publication":
+      case "Joined":
+      case "Left": {
+        const stream = this.streams.get(event.room);
+        if (stream !== void 0 && !handler.subscription(stream, event)) this.streams.delete(event.room);
+        return;
+      }
+      case "Unsubscribed":
+        this.streams.delete(event.room);
+        handler.control(id, event);
+        return;
+      default:
+        handler.control(id, event);
+    }
+  }
+};
+function redact(url) {
+  return `${url.protocol}//${url.host}${url.pathname}`;
+}
+function truncateUtf8(s, maxBytes) {
+  const bytes = new TextEncoder().encode(s);
+  if (bytes.length <= maxBytes) return s;
+  return new TextDecoder().decode(bytes.subarray(0, maxBytes)).replace(/\uFFFD$/, "");
+}
+var failedWebTransport = /* @__PURE__ */ new Set();
+var STORAGE_PREFIX = "quiver.webtransport-failed:";
+function storage() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+function webTransportFailedBefore(url, remember) {
+  if (remember === false) return false;
+  const key = redact(url);
+  if (failedWebTransport.has(key)) return true;
+  if (remember !== "sessionStorage") return false;
+  try {
+    return storage()?.getItem(STORAGE_PREFIX + key) === "1";
+  } catch {
+    return false;
+  }
+}
+function rememberWebTransportFailure(url, remember) {
+  if (remember === false) return;
+  const key = redact(url);
+  failedWebTransport.add(key);
+  if (remember !== "sessionStorage") return;
+  try {
+    storage()?.setItem(STORAGE_PREFIX + key, "1");
+  } catch {
+  }
+}
+function forgetWebTransportFailures() {
+  failedWebTransport.clear();
+  const s = storage();
+  if (!s) return;
+  try {
+    for (let i = s.length - 1; i >= 0; i--) {
+      const key = s.key(i);
+      if (key?.startsWith(STORAGE_PREFIX)) s.removeItem(key);
+    }
+  } catch {
+  }
+}
+
+// src/options.ts
+function resolveOptions(options, clientName) {
+  if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
+  let wtUrl = null;
+  let wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
+  if (wsUrl && wsUrl.protocol !== "ws:" && wsUrl.protocol !== "wss:") {
+    throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
+  }
+  if (options.url !== void 0) {
+    const url = new URL(options.url);
+    if (url.protocol === "https:") {
+      wtUrl = url;
+      wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, "")}/ws`);
+    } else if (url.protocol === "ws:" || url.protocol === "wss:") {
+      wsUrl ??= url;
+    } else {
+      throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+    }
+  }
+  const wanted = options.transports ?? TRANSPORT_KINDS;
+  if (wanted.length === 0 || wanted.some((t) => !TRANSPORT_KINDS.includes(t))) {
+    throw new TypeError(`transports must list some of ${TRANSPORT_KINDS.join(", ")}, got ${JSON.stringify(wanted)}`);
+  }
+  const WT = options.WebTransport ?? globalThis.WebTransport;
+  const WS = options.WebSocket ?? globalThis.WebSocket;
+  const transports = wanted.filter((t) => t === "webtransport" ? WT && wtUrl : WS && wsUrl);
+  if (transports.length === 0) {
+    const why = wanted.map(
+      (t) => t === "webtransport" ? WT ? "webtransport: no https: url" : "WebTransport is not available here (a secure context in a browser that has it is needed)" : WS ? "websocket: no ws:/wss: url" : "WebSocket is not available here"
+    );
+    throw new TypeError(`no usable transport: ${why.join("; ")}`);
+  }
+  const hashes = (options.serverCertificateHashes ?? []).map((h) => ({
+    algorithm: "sha-256",
+    value: parseHash(h)
+  }));
+  const opts = {
+    token: options.token,
+    clientName: options.clientName ?? clientName,
+    reconnect: options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15e3, ...options.reconnect },
+    connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
+    requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
+    pingIntervalMs: options.pingIntervalMs ?? 5e3,
+    heartbeat: options.heartbeat === false ? false : { idleMs: 1e3, timeoutMs: 2e3, ...options.heartbeat },
+    paceCommands: options.paceCommands ?? true,
+    maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
+    maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
+    remember: options.rememberWebTransportFailure ?? "page",
+    streamTimeoutMs: options.streamTimeoutMs ?? 8e3
+  };
+  return { opts, transports, wtUrl, wsUrl, hashes, WT, WS };
+}
+function parseHash(h) {
+  if (h instanceof Uint8Array) {
+    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
+    return new Uint8Array(h);
+  }
+  const hex = String(h).replace(/[:\s]/g, "");
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
+  }
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}
+
+// src/subscription.ts
 var textDecoder = new TextDecoder();
-var textEncoder = new TextEncoder();
 var Message = class {
   constructor(room, position, payload) {
     this.room = room;
@@ -614,12 +1398,20 @@ var Subscription = class {
     };
   }
 };
-var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable]);
+
+// src/client.ts
+var CLIENT_NAME = "quiver-ts/0.2";
+var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
+var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
+  transports;
+  wtUrl;
+  wsUrl;
   hashes;
   WT;
+  WS;
   listeners = {
     state: /* @__PURE__ */ new Set(),
     error: /* @__PURE__ */ new Set(),
@@ -627,7 +1419,8 @@ var QuiverClient = class {
     goodbye: /* @__PURE__ */ new Set(),
     recovery: /* @__PURE__ */ new Set(),
     subscribed: /* @__PURE__ */ new Set(),
-    rtt: /* @__PURE__ */ new Set()
+    rtt: /* @__PURE__ */ new Set(),
+    transport: /* @__PURE__ */ new Set()
   };
   subs = /* @__PURE__ */ new Map();
   outbox = [];
@@ -636,36 +1429,34 @@ var QuiverClient = class {
   closing = false;
   wake = null;
   finished;
+  /** The Goodbye of the latest connection attempt, if the server sent one. */
+  lastGoodbye = null;
+  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+  avoidWebTransport = false;
+  /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
+  closedBy = null;
   currentState = "connecting";
+  currentTransport = null;
   welcome = null;
   lastRtt = null;
   constructor(options) {
-    if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
-    const url = new URL(options.url);
-    if (url.protocol !== "https:") throw new TypeError(`WebTransport needs an https: URL, got ${url.href}`);
-    const WT = options.WebTransport ?? globalThis.WebTransport;
-    if (!WT) throw new TypeError("WebTransport is not available here (a secure context in Chromium or Firefox is needed)");
-    this.WT = WT;
-    this.hashes = (options.serverCertificateHashes ?? []).map((h) => ({
-      algorithm: "sha-256",
-      value: parseHash(h)
-    }));
-    const reconnect = options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15e3, ...options.reconnect };
-    this.opts = {
-      url: url.href,
-      token: options.token,
-      clientName: options.clientName ?? CLIENT_NAME,
-      reconnect,
-      connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
-      requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
-      pingIntervalMs: options.pingIntervalMs ?? 5e3,
-      maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
-      maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME
-    };
+    const resolved = resolveOptions(options, CLIENT_NAME);
+    this.opts = resolved.opts;
+    this.transports = resolved.transports;
+    this.wtUrl = resolved.wtUrl;
+    this.wsUrl = resolved.wsUrl;
+    this.hashes = resolved.hashes;
+    this.WT = resolved.WT;
+    this.WS = resolved.WS;
     this.finished = this.run();
   }
   get state() {
     return this.currentState;
+  }
+  /** Transport of the current (or, while reconnecting, the latest) session; null before the
+   *  first. */
+  get transport() {
+    return this.currentTransport;
   }
   /** Latest `Welcome`, null before the first. */
   get info() {
@@ -683,7 +1474,7 @@ var QuiverClient = class {
   /** Resolves when connected (at once if already), rejects if the client closes first. */
   ready() {
     if (this.state === "connected") return Promise.resolve();
-    if (this.state === "closed") return Promise.reject(new QuiverError("closed", "client is closed"));
+    if (this.state === "closed") return Promise.reject(this.closedBy ?? new QuiverError("closed", "client is closed"));
     return new Promise((resolve, reject) => {
       const off = this.on("state", (state, cause) => {
         if (state === "connected") {
@@ -715,6 +1506,7 @@ var QuiverClient = class {
         sub,
         currentId: 0,
         sawPublication: false,
+        streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
         rejectReady: reject,
@@ -752,15 +1544,8 @@ var QuiverClient = class {
     }
     return new Promise((resolve, reject) => {
       const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
-      if (this.active && !this.active.ended) {
-        this.sendPublish(item, this.active);
-      } else if (this.outbox.length >= this.opts.maxQueuedPublishes) {
-        reject(
-          new QuiverError("buffer_full", `${this.outbox.length} publishes already queued while disconnected`, { room })
-        );
-      } else {
-        this.outbox.push(item);
-      }
+      if (this.active && !this.active.ended) this.sendPublish(item, this.active);
+      else this.enqueue(item);
     });
   }
   /** Measures the round-trip time to the server, in milliseconds. */
@@ -768,10 +1553,9 @@ var QuiverClient = class {
     const session = this.active;
     if (!session) throw new QuiverError("closed", "not connected");
     const start = performance.now();
-    await session.request(this.nextId(), { type: "Ping" });
+    await session.request(this.nextId(), { type: "Ping" }, { urgent: true });
     const rtt = performance.now() - start;
-    this.lastRtt = rtt;
-    this.emit("rtt", rtt);
+    this.onRtt(rtt);
     return rtt;
   }
   /**
@@ -820,33 +1604,41 @@ var QuiverClient = class {
     let cause = null;
     while (!this.closing) {
       this.setState("connecting", cause);
-      let session = null;
+      this.lastGoodbye = null;
       try {
-        session = await this.open();
+        const session = await this.open();
         if (this.closing) {
           session.end(new QuiverError("closed", "client closed"), true);
           break;
         }
-        const ended = await this.serve(session);
-        cause = ended;
+        cause = await this.serve(session);
         if (session.connectedFor() >= STABLE_MS) attempt = 0;
       } catch (e) {
         cause = asQuiverError(e);
       }
       if (this.closing) break;
       this.emit("error", cause);
-      const goodbye = session?.goodbye;
-      if (this.opts.reconnect === false || goodbye && !goodbye.reconnect) {
+      const goodbye = this.lastGoodbye;
+      const backoff = this.opts.reconnect;
+      if (backoff === false || goodbye && !goodbye.reconnect) {
         this.closing = true;
         break;
       }
       this.setState("disconnected", cause);
-      const ceiling = Math.min(this.opts.reconnect.maxDelayMs, this.opts.reconnect.initialDelayMs * 2 ** attempt);
+      const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
     }
     this.shutdown(cause);
   }
+  /** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
+   *  then worked, when another transport follows it. */
+  candidates() {
+    return this.transports.filter(
+      (t, i) => !(t === "webtransport" && i < this.transports.length - 1 && (this.avoidWebTransport || this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
+    );
+  }
+  /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
   async open() {
     const timeout = this.opts.connectTimeoutMs;
     let token;
@@ -858,35 +1650,73 @@ var QuiverClient = class {
     if (typeof token !== "string" || token === "") {
       throw new QuiverError("token", "the token callback returned no token");
     }
-    const url = new URL(this.opts.url);
-    url.searchParams.set("token", token);
-    const wt = new this.WT(url.href, this.hashes.length ? { serverCertificateHashes: this.hashes } : {});
-    wt.closed.catch(() => void 0);
-    try {
-      await withTimeout(wt.ready, timeout, "WebTransport handshake");
-    } catch (e) {
-      closeQuietly(wt);
-      throw new QuiverError(
-        "handshake",
-        `could not open a session with ${this.opts.url} (server unreachable, token refused or certificate mismatch): ${errorMessage(e)}`,
-        { cause: e }
-      );
+    const candidates = this.candidates();
+    let skipped = null;
+    for (const [i, kind] of candidates.entries()) {
+      const last = i === candidates.length - 1;
+      let link;
+      try {
+        link = await this.openLink(kind, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+      } catch (e) {
+        const err = asQuiverError(e);
+        if (this.closing) throw err;
+        if (!last) {
+          skipped = err;
+          continue;
+        }
+        throw skipped ? new QuiverError(err.kind, `${err.message}; before that, ${skipped.message}`, { cause: err }) : err;
+      }
+      if (this.closing) {
+        link.close("client closed");
+        throw new QuiverError("closed", "client closed");
+      }
+      let session;
+      try {
+        session = await this.hello(link);
+      } catch (e) {
+        if (last || this.closing || this.lastGoodbye) throw e;
+        skipped = asQuiverError(e);
+        continue;
+      }
+      if (skipped && this.wtUrl && kind !== "webtransport") rememberWebTransportFailure(this.wtUrl, this.opts.remember);
+      if (kind !== this.currentTransport) {
+        this.currentTransport = kind;
+        this.emit("transport", kind, skipped);
+      }
+      return session;
     }
-    if (this.closing) {
-      closeQuietly(wt);
-      throw new QuiverError("closed", "client closed");
+    throw new QuiverError("handshake", "no transport to try");
+  }
+  openLink(kind, token, timeoutMs) {
+    if (kind === "webtransport" && this.WT && this.wtUrl) {
+      const url = new URL(this.wtUrl);
+      url.searchParams.set("token", token);
+      return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
     }
-    const session = new Session(wt, this.opts.maxFrame, this.opts.requestTimeoutMs, this);
+    if (kind === "websocket" && this.WS && this.wsUrl) {
+      const url = new URL(this.wsUrl);
+      url.searchParams.set("token", token);
+      return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
+    }
+    return Promise.reject(new QuiverError("handshake", `${kind} is not available`));
+  }
+  /** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
+  async hello(link) {
+    const session = new Session(link, this.opts.requestTimeoutMs, this, (g) => {
+      this.lastGoodbye = g;
+      this.emit("goodbye", g);
+    });
+    session.nextId = () => this.nextId();
     await session.start();
     let welcome;
     try {
       welcome = await session.request(
         this.nextId(),
         { type: "Hello", version: PROTOCOL_VERSION, client: this.opts.clientName },
-        timeout
+        { timeoutMs: this.opts.connectTimeoutMs }
       );
     } catch (e) {
-      const err = asQuiverError(e);
+      const err = session.cause ?? asQuiverError(e);
       session.end(err);
       throw err;
     }
@@ -903,6 +1733,8 @@ var QuiverClient = class {
       limits: welcome.limits
     };
     session.raiseMaxFrame(welcome.limits.maxFrame);
+    session.limitFrames(welcome.limits.maxFrame);
+    if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }
   /** Runs a welcomed session until it ends; returns why it ended. */
@@ -912,14 +1744,16 @@ var QuiverClient = class {
     const timers = [];
     if (this.opts.pingIntervalMs > 0) {
       const ping = () => {
+        const sentAt = performance.now();
         this.ping().catch((e) => {
-          if (session.ended) return;
+          if (session.ended || session.heardSince(sentAt)) return;
           session.end(new QuiverError("timeout", `ping failed: ${errorMessage(e)}`));
         });
       };
       ping();
       timers.push(setInterval(ping, this.opts.pingIntervalMs));
     }
+    if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
     const resubscribe = [...this.subs.values()];
     const queued = this.outbox.splice(0);
     this.setState("connected");
@@ -928,7 +1762,7 @@ var QuiverClient = class {
       if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
     }
     for (const item of queued) this.sendPublish(item, session);
-    const refresh = new Refresher(this, session, this.opts.token, () => this.nextId());
+    const refresh = new Refresher(session, this.opts.token, (e) => this.emit("error", e));
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;
     for (const t of timers) clearInterval(t);
@@ -941,20 +1775,11 @@ var QuiverClient = class {
     }
     return cause;
   }
-  /** @internal Called by Session for control-stream events that answer no pending command. */
+  /** @internal Called by Session for control events that answer no pending command. */
   onUnsolicited(session, id, event) {
     switch (event.type) {
-      case "Goodbye":
-        session.goodbye = { code: event.code, reason: event.reason, reconnect: event.reconnect };
-        this.emit("goodbye", session.goodbye);
-        session.end(
-          new QuiverError("goodbye", `server closed the session: ${codeLabel(event.code)} (${event.code}) ${event.reason}`, {
-            code: event.code
-          })
-        );
-        break;
       case "Unsubscribed":
-        this.onServerUnsubscribed(event.room, event.code, event.reason);
+        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case "Error":
         this.emit(
@@ -968,7 +1793,7 @@ var QuiverClient = class {
         break;
     }
   }
-  onServerUnsubscribed(room, code, reason) {
+  onServerUnsubscribed(session, room, code, reason) {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
@@ -980,9 +1805,21 @@ var QuiverClient = class {
     this.emit("error", err);
     if (code === ErrorCode.slow_consumer) {
       this.retrySubscribe(state);
+    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
     } else {
       this.dropSub(state, err);
     }
+  }
+  /**
+   * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+   * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+   * client's life. False when there is nowhere to move.
+   */
+  moveToWebSocket(session, cause) {
+    if (session.kind !== "webtransport" || !this.transports.includes("websocket")) return false;
+    this.avoidWebTransport = true;
+    session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
+    return true;
   }
   retrySubscribe(state) {
     const delay = this.opts.reconnect === false ? 1e3 : this.opts.reconnect.initialDelayMs;
@@ -996,6 +1833,7 @@ var QuiverClient = class {
     const resume = state.sub.position;
     state.currentId = id;
     state.sawPublication = false;
+    state.streamOpened = false;
     let reply;
     try {
       reply = await session.request(id, { type: "Subscribe", room: state.sub.room, resume });
@@ -1025,11 +1863,35 @@ var QuiverClient = class {
       state.sub.position = reply.position;
     }
     if (resume) this.emit("recovery", { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit("subscribed", state.sub);
+  }
+  /**
+   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+   * about 100 of them per session. The server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+   * with WebSocket among the transports the client moves there.
+   */
+  expectStream(state, id, session) {
+    const timeout = this.opts.streamTimeoutMs;
+    if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
+    const timer = setTimeout(() => {
+      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
+      const room = state.sub.room;
+      const err = new QuiverError(
+        "subscription",
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
+        { room }
+      );
+      this.emit("error", err);
+      this.moveToWebSocket(session, err);
+    }, timeout);
+    void session.done.then(() => clearTimeout(timer));
   }
   dropSub(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
@@ -1039,51 +1901,62 @@ var QuiverClient = class {
     state.sub.end();
     if (!state.confirmed) state.rejectReady(reason);
   }
+  /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+  enqueue(item) {
+    if (this.outbox.length >= this.opts.maxQueuedPublishes) {
+      item.reject(new QuiverError("buffer_full", `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
+    } else {
+      this.outbox.push(item);
+    }
+  }
   sendPublish(item, session) {
     const command = { type: "Publish", room: item.room, payload: item.payload, ack: item.ack };
+    const failed = (e) => {
+      const err = asQuiverError(e);
+      if (err.unsent && !this.closing) this.enqueue(item);
+      else item.reject(err);
+    };
     if (!item.ack) {
-      session.send({ id: this.nextId(), command }).then(
-        () => item.resolve(null),
-        (e) => item.reject(asQuiverError(e))
-      );
+      session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
       return;
     }
     session.request(this.nextId(), command).then((reply) => {
       if (reply.type === "Published") item.resolve(reply.position);
       else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
-    }, (e) => item.reject(asQuiverError(e)));
+    }, failed);
   }
-  /** @internal A subscription stream's header arrived: should its publications be delivered? */
-  isCurrent(room, id) {
+  /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
+  streamOpened(room, id) {
     const state = this.subs.get(room);
-    return state !== void 0 && state.currentId === id;
-  }
-  /** @internal */
-  deliver(id, room, position, payload) {
-    const state = this.subs.get(room);
-    if (!state || state.currentId !== id) return false;
-    state.sawPublication = true;
-    try {
-      state.sub.deliver(new Message(room, position, payload));
-    } catch (e) {
-      this.emit("error", new QuiverError("handler", `message handler for ${room} threw: ${errorMessage(e)}`, { room, cause: e }));
-    }
+    if (state === void 0 || state.currentId !== id) return false;
+    state.streamOpened = true;
     return true;
   }
-  /** @internal Same contract as `deliver`, for `Joined` and `Left`. */
-  deliverPresence(id, change) {
-    const state = this.subs.get(change.room);
+  /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
+  deliver(id, event) {
+    const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
     try {
-      state.sub.deliverPresence(change);
+      if (event.type === "Publication") {
+        state.sawPublication = true;
+        state.sub.deliver(new Message(event.room, event.position, event.payload));
+      } else {
+        state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
+      }
     } catch (e) {
-      this.emit("error", new QuiverError("handler", `presence handler for ${change.room} threw: ${errorMessage(e)}`, { room: change.room, cause: e }));
+      const what = event.type === "Publication" ? "message" : "presence";
+      this.emit("error", new QuiverError("handler", `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
     }
     return true;
   }
   /** @internal */
   report(error) {
     this.emit("error", error);
+  }
+  /** @internal */
+  onRtt(ms) {
+    this.lastRtt = ms;
+    this.emit("rtt", ms);
   }
   sleep(ms) {
     return new Promise((resolve) => {
@@ -1103,289 +1976,14 @@ var QuiverClient = class {
     });
     for (const state of [...this.subs.values()]) this.dropSub(state, err);
     for (const item of this.outbox.splice(0)) item.reject(err);
+    this.closedBy = cause;
     this.setState("closed", cause);
-  }
-};
-var Refresher = class {
-  constructor(client, session, token, nextId) {
-    this.client = client;
-    this.session = session;
-    this.token = token;
-    this.nextId = nextId;
-  }
-  client;
-  session;
-  token;
-  nextId;
-  timer = null;
-  schedule(expiresAt) {
-    this.stop();
-    if (expiresAt === null) return;
-    const remaining = expiresAt * 1e3 - Date.now();
-    const delay = Math.max(0, remaining - Math.min(6e4, remaining / 5));
-    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
-  }
-  stop() {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-  }
-  async refresh(expiresAt) {
-    try {
-      const token = await this.token();
-      const reply = await this.session.request(this.nextId(), { type: "Refresh", token });
-      if (reply.type === "Refreshed") {
-        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
-        return;
-      }
-      throw new QuiverError("protocol", `expected Refreshed, got ${reply.type}`);
-    } catch (e) {
-      if (this.session.ended) return;
-      const err = asQuiverError(e);
-      this.client.report(new QuiverError("token", `token refresh failed: ${err.message}`, { cause: err, ...err.code !== null ? { code: err.code } : {} }));
-      const remaining = expiresAt * 1e3 - Date.now();
-      if (remaining > 2e3) this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(remaining / 2, 3e4));
-    }
-  }
-};
-var Session = class {
-  constructor(wt, maxFrame, requestTimeoutMs, client) {
-    this.wt = wt;
-    this.requestTimeoutMs = requestTimeoutMs;
-    this.client = client;
-    this.maxFrame = maxFrame;
-    this.done = new Promise((resolve) => this.resolveDone = resolve);
-    wt.closed.then(
-      (info) => this.end(this.closedError(`session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${info.reason}` : ""})`)),
-      (e) => this.end(this.closedError(`connection lost: ${errorMessage(e)}`))
-    );
-  }
-  wt;
-  requestTimeoutMs;
-  client;
-  goodbye = null;
-  ended = false;
-  done;
-  resolveDone;
-  writer;
-  pending = /* @__PURE__ */ new Map();
-  maxFrame;
-  connectedAt = 0;
-  async start() {
-    let bidi;
-    try {
-      bidi = await this.wt.createBidirectionalStream();
-    } catch (e) {
-      const err = new QuiverError("transport", `could not open the control stream: ${errorMessage(e)}`, { cause: e });
-      this.end(err);
-      throw err;
-    }
-    this.writer = bidi.writable.getWriter();
-    void this.readControl(bidi.readable);
-    void this.acceptStreams();
-  }
-  markConnected() {
-    this.connectedAt = Date.now();
-  }
-  connectedFor() {
-    return this.connectedAt ? Date.now() - this.connectedAt : 0;
-  }
-  raiseMaxFrame(announced) {
-    this.maxFrame = Math.max(this.maxFrame, announced);
-  }
-  /** Writes one command; resolves once it is handed to the transport. */
-  async send(frame) {
-    if (this.ended) throw new QuiverError("closed", "not connected");
-    try {
-      await this.writer.write(encodeCommand(frame));
-    } catch (e) {
-      if (e instanceof RangeError) throw e;
-      const err = new QuiverError("transport", `write failed: ${errorMessage(e)}`, { cause: e });
-      this.end(err);
-      throw new QuiverError("closed", err.message, { cause: e });
-    }
-  }
-  /** Sends a command and waits for the event with its id. An `Error` reply rejects. */
-  request(id, command, timeoutMs = this.requestTimeoutMs) {
-    if (this.ended) return Promise.reject(new QuiverError("closed", "not connected"));
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new QuiverError("timeout", `no reply to ${command.type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      this.send({ id, command }).catch((e) => {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        reject(asQuiverError(e));
-      });
-    });
-  }
-  /** Ends the session once; every waiter learns why. */
-  end(cause, byClient = false) {
-    if (this.ended) return;
-    this.ended = true;
-    const err = new QuiverError("closed", `session ended: ${cause.message}`, {
-      cause,
-      ...cause.code !== null ? { code: cause.code } : {}
-    });
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(err);
-    }
-    this.pending.clear();
-    closeQuietly(this.wt, byClient ? "client closed" : "");
-    this.resolveDone(cause);
-  }
-  closedError(message) {
-    if (this.goodbye) {
-      return new QuiverError("goodbye", `server closed the session: ${codeLabel(this.goodbye.code)} (${this.goodbye.code}) ${this.goodbye.reason}`, {
-        code: this.goodbye.code
-      });
-    }
-    return new QuiverError("transport", message);
-  }
-  async readControl(readable) {
-    const reader = readable.getReader();
-    const decoder = new FrameDecoder(this.maxFrame);
-    try {
-      for (; ; ) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        decoder.maxFrame = this.maxFrame;
-        for (const body of decoder.push(value)) {
-          const frame = decodeEvent(body);
-          if (frame) this.dispatch(frame.id, frame.event);
-        }
-      }
-      this.end(this.closedError("the server closed the control stream"));
-    } catch (e) {
-      if (e instanceof DecodeError) {
-        this.end(new QuiverError("protocol", `bad frame from the server on the control stream: ${e.message}`, { cause: e }));
-      } else {
-        this.end(this.closedError(`control stream failed: ${errorMessage(e)}`));
-      }
-    }
-  }
-  dispatch(id, event) {
-    const pending = id === 0 ? void 0 : this.pending.get(id);
-    if (!pending) {
-      this.client.onUnsolicited(this, id, event);
-      return;
-    }
-    this.pending.delete(id);
-    clearTimeout(pending.timer);
-    if (event.type === "Error") {
-      pending.reject(new QuiverError("command", `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
-    } else if (event.type === "Goodbye") {
-      pending.reject(new QuiverError("goodbye", event.reason, { code: event.code }));
-      this.client.onUnsolicited(this, id, event);
-    } else {
-      pending.resolve(event);
-    }
-  }
-  async acceptStreams() {
-    const reader = this.wt.incomingUnidirectionalStreams.getReader();
-    try {
-      for (; ; ) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        void this.readSubscription(value);
-      }
-    } catch {
-    }
-  }
-  /** Reads one server-opened stream: `SubscriptionStream` header, then publications and
-   *  presence changes. */
-  async readSubscription(stream) {
-    const reader = stream.getReader();
-    const decoder = new FrameDecoder(this.maxFrame);
-    let header = null;
-    let draining = false;
-    try {
-      for (; ; ) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        if (draining) continue;
-        for (const body of decoder.push(value)) {
-          const frame = decodeEvent(body);
-          if (!frame) continue;
-          if (header === null) {
-            if (frame.event.type !== "SubscriptionStream") {
-              throw new DecodeError(`subscription stream starts with ${frame.event.type}`);
-            }
-            header = { id: frame.id, room: frame.event.room };
-            if (!this.client.isCurrent(header.room, header.id)) draining = true;
-          } else if (frame.event.type === "Publication") {
-            if (frame.event.room !== header.room) {
-              throw new DecodeError(`publication for ${frame.event.room} on the stream of ${header.room}`);
-            }
-            if (!this.client.deliver(header.id, header.room, frame.event.position, frame.event.payload)) draining = true;
-          } else if (frame.event.type === "Joined" || frame.event.type === "Left") {
-            const { type, room, member } = frame.event;
-            if (room !== header.room) throw new DecodeError(`${type} for ${room} on the stream of ${header.room}`);
-            if (!this.client.deliverPresence(header.id, { type, room, member })) draining = true;
-          }
-          if (draining) break;
-        }
-      }
-    } catch (e) {
-      if (e instanceof DecodeError) {
-        this.client.report(
-          new QuiverError("protocol", `bad frame on the stream of ${header?.room ?? "an unknown room"}: ${e.message}`, {
-            cause: e,
-            ...header ? { room: header.room } : {}
-          })
-        );
-        reader.cancel().catch(() => void 0);
-      }
-    }
   }
 };
 async function connect(options) {
   const client = new QuiverClient(options);
   await client.ready();
   return client;
-}
-function parseHash(h) {
-  if (h instanceof Uint8Array) {
-    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
-    return new Uint8Array(h);
-  }
-  const hex = String(h).replace(/[:\s]/g, "");
-  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
-    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
-  }
-  const out = new Uint8Array(32);
-  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  return out;
-}
-function withTimeout(p, ms, what) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(timer);
-        reject(e);
-      }
-    );
-  });
-}
-function closeQuietly(wt, reason = "") {
-  try {
-    wt.close({ closeCode: 0, reason });
-  } catch {
-  }
-}
-function errorMessage(e) {
-  return e instanceof Error ? e.message || e.name : String(e);
-}
-function asQuiverError(e) {
-  if (e instanceof QuiverError) return e;
-  return new QuiverError("transport", errorMessage(e), { cause: e });
 }
 export {
   CLIENT_NAME,
@@ -1407,5 +2005,6 @@ export {
   decodeCommand,
   decodeEvent,
   encodeCommand,
-  encodeEvent
+  encodeEvent,
+  forgetWebTransportFailures
 };

@@ -1,6 +1,9 @@
 // Shared fixtures for the browser tests: the real `quiver` binary (server and CLI clients), a
-// static HTTP server for test pages, and headless Chromium. Every wait has a deadline.
+// static HTTP server for test pages, headless Chromium (playwright-core) and Firefox
+// (puppeteer-core over WebDriver BiDi). Every wait has a deadline.
 import { spawn, execFile } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createSocket } from 'node:dgram';
 import { createServer } from 'node:http';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createWriteStream, existsSync } from 'node:fs';
@@ -9,12 +12,14 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const WEB = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 export const REPO = path.dirname(WEB);
 export const ARTIFACTS = path.join(REPO, 'test-artifacts');
 export const QUIVER = process.env.QUIVER_BIN ?? path.join(REPO, 'target', 'debug', 'quiver');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const FIREFOX = process.env.FIREFOX ?? '/usr/bin/firefox-esr';
 
 export const SECRET = 'e2e-secret-0123456789abcdef0123456789';
 
@@ -82,6 +87,7 @@ export async function startServer({ name, certDir, jwtSecret = null, listen = '[
     wtPort,
     httpAddr: ready.http,
     url: `https://127.0.0.1:${wtPort}/v1`,
+    wsUrl: `ws://${ready.http}/v1/ws`,
     certSha256: ready.cert_sha256,
     /** Stops the server: SIGTERM, then SIGKILL if it lingers. */
     async stop(signal = 'SIGTERM') {
@@ -115,8 +121,15 @@ export async function quiver(args, timeout = 15_000) {
   }
 }
 
-export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h' }) {
-  const args = ['token', '--jwt-secret', SECRET, '--tenant', tenant, '--user', user, '--ttl', ttl];
+/** An HS256 JWT signed with SECRET that expired `agoSecs` ago (past the server's leeway). */
+export function expiredToken({ tenant, user, subscribe = [], publish = [], agoSecs = 600 }) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub: user, tenant, exp: Math.floor(Date.now() / 1000) - agoSecs, subscribe, publish })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h', secret = SECRET }) {
+  const args = ['token', '--jwt-secret', secret, '--tenant', tenant, '--user', user, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
   return quiver(args);
@@ -188,4 +201,50 @@ export async function newPage(browser, label) {
   page.on('console', (m) => console.log(`[${label} console.${m.type()}] ${m.text()}`));
   page.on('pageerror', (e) => console.log(`[${label} pageerror] ${e.message}`));
   return page;
+}
+
+/**
+ * Loads pages/client.html in `page` (served by `pages`), hands it tokens from `issue(n)` for its
+ * n-th request, and starts its client against `server` with `options` (transports, timing...).
+ * `started` settles with the client's first Welcome (or its failure).
+ */
+export async function startClientPage(page, pages, server, issue, options = {}) {
+  let issued = 0;
+  await page.exposeFunction('issueToken', () => issue(++issued));
+  await page.goto(`${pages.origin}/client.html`);
+  await waitFor('the test page to load', async () => (await page.title()) === 'ready');
+  const started = page.evaluate((o) => window.startClient(o), { url: server.url, wsUrl: server.wsUrl, hash: server.certSha256, ...options });
+  return { started, tokensIssued: () => issued };
+}
+
+/** Headless Firefox ESR through puppeteer-core (WebDriver BiDi); `prefs` are about:config prefs,
+ *  e.g. `{ 'network.webtransport.enabled': false }`. */
+export async function launchFirefox(prefs = {}) {
+  if (!existsSync(FIREFOX)) throw new Error(`${FIREFOX} not found: apt-get install -y firefox-esr`);
+  return puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true, extraPrefsFirefox: prefs });
+}
+
+/** A new Firefox page whose console and errors go to the test log. */
+export async function newFirefoxPage(browser, label) {
+  const page = await browser.newPage();
+  page.setDefaultTimeout(15_000);
+  page.on('console', (m) => console.log(`[${label} console.${m.type()}] ${m.text()}`));
+  page.on('pageerror', (e) => console.log(`[${label} pageerror] ${e.message}`));
+  return page;
+}
+
+/**
+ * A UDP port on which nothing ever answers: a bound socket that reads and drops everything, as a
+ * firewall that silently drops UDP looks to a browser.
+ */
+export async function silentUdpPort() {
+  const socket = createSocket('udp4');
+  let dropped = 0;
+  socket.on('message', () => dropped++);
+  await new Promise((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  return {
+    port: socket.address().port,
+    dropped: () => dropped,
+    close: () => new Promise((resolve) => socket.close(resolve)),
+  };
 }

@@ -1,261 +1,56 @@
-// The Quiver browser client: one WebTransport session at a time, reconnected by itself, with the
-// app's subscriptions and queued publishes carried over from one session to the next.
+// The Quiver browser client: one session at a time over WebTransport or WebSocket, reconnected by
+// itself, with the app's subscriptions and queued publishes carried over from one session to the
+// next. The transports are in transport.ts, one session's commands in session.ts.
 
-import {
-  DEFAULT_MAX_FRAME,
-  DecodeError,
-  FrameDecoder,
-  PROTOCOL_VERSION,
-  decodeEvent,
-  encodeCommand,
-  type Command,
-  type Event,
-  type Limits,
-  type Member,
-  type Position,
-  type Recovery,
-} from './codec.js';
+import { PROTOCOL_VERSION, type Command, type Event, type Member, type Position } from './codec.js';
 import { ErrorCode, codeLabel } from './codes.js';
+import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
+import { Refresher, Session, type GoodbyeInfo } from './session.js';
+import {
+  resolveOptions,
+  type ClientEvents,
+  type ClientOptions,
+  type ConnectionState,
+  type PublishOptions,
+  type ResolvedOptions,
+  type SessionInfo,
+} from './options.js';
+import { Message, Subscription, type SubscribeOptions } from './subscription.js';
+import {
+  openWebSocket,
+  openWebTransport,
+  rememberWebTransportFailure,
+  webTransportFailedBefore,
+  type Link,
+  type SubscriptionEvent,
+  type TransportKind,
+  type WebSocketConstructor,
+  type WebTransportConstructor,
+} from './transport.js';
 
-export const CLIENT_NAME = 'quiver-ts/0.1';
+export { QuiverError, type ErrorKind } from './errors.js';
+export { Message, Subscription, type PresenceChange, type SubscribeOptions } from './subscription.js';
+export type { GoodbyeInfo } from './session.js';
+export {
+  forgetWebTransportFailures,
+  type RememberFailure,
+  type TransportKind,
+  type WebSocketConstructor,
+  type WebTransportConstructor,
+} from './transport.js';
 
-export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
+export const CLIENT_NAME = 'quiver-ts/0.2';
+export type {
+  ClientEvents,
+  ClientOptions,
+  ConnectionState,
+  HeartbeatOptions,
+  PublishOptions,
+  ReconnectOptions,
+  RecoveryInfo,
+  SessionInfo,
+} from './options.js';
 
-/** What went wrong, as the app sees it. */
-export type ErrorKind =
-  /** The server refused a command (`code` is an error code, e.g. 103 permission_denied). */
-  | 'command'
-  /** The server ended a subscription (`code`, `room`). */
-  | 'subscription'
-  /** The WebTransport handshake failed: unreachable, token refused or certificate mismatch. */
-  | 'handshake'
-  /** The token callback threw, or a token refresh was refused. */
-  | 'token'
-  /** The server said Goodbye (`code` is a close code, e.g. 3002 token_expired). */
-  | 'goodbye'
-  /** The server sent bytes this client cannot decode. */
-  | 'protocol'
-  /** The connection was lost or could not be used. */
-  | 'transport'
-  /** No answer in time. */
-  | 'timeout'
-  /** The client was closed, or the request could not survive a reconnect. */
-  | 'closed'
-  /** Too many publishes queued while disconnected. */
-  | 'buffer_full'
-  /** A message handler threw. */
-  | 'handler';
-
-export class QuiverError extends Error {
-  override name = 'QuiverError';
-  /** Protocol code (error or close code) when the server sent one. */
-  readonly code: number | null;
-  readonly room: string | null;
-
-  constructor(
-    readonly kind: ErrorKind,
-    message: string,
-    extra: { code?: number; room?: string; cause?: unknown } = {},
-  ) {
-    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
-    this.code = extra.code ?? null;
-    this.room = extra.room ?? null;
-  }
-
-  /** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
-  get label(): string | null {
-    return this.code === null ? null : codeLabel(this.code);
-  }
-}
-
-export interface ReconnectOptions {
-  /** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
-  initialDelayMs: number;
-  maxDelayMs: number;
-}
-
-export interface ClientOptions {
-  /** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`. */
-  url: string | URL;
-  /** Returns a JWT. Called before every connection attempt and before the token expires. */
-  token: () => string | Promise<string>;
-  /** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development). */
-  serverCertificateHashes?: readonly (Uint8Array | string)[];
-  /** `Hello.client`. */
-  clientName?: string;
-  /** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
-  reconnect?: Partial<ReconnectOptions> | false;
-  /** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
-  connectTimeoutMs?: number;
-  /** How long to wait for the reply to a command. Default 10 s. */
-  requestTimeoutMs?: number;
-  /** Ping period for RTT and liveness; 0 disables. Default 5 s. */
-  pingIntervalMs?: number;
-  /** Publishes kept while disconnected, sent on reconnect. Default 1000. */
-  maxQueuedPublishes?: number;
-  /** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
-  maxFrame?: number;
-  /** WebTransport implementation; defaults to the global one (tests pass a fake). */
-  WebTransport?: WebTransportConstructor;
-}
-
-export type WebTransportConstructor = new (url: string, options?: WebTransportOptions) => WebTransport;
-
-export interface SessionInfo {
-  session: string;
-  user: string;
-  tenant: string;
-  /** Token expiry, Unix seconds; null if it never expires. */
-  expiresAt: number | null;
-  limits: Limits;
-}
-
-export interface GoodbyeInfo {
-  code: number;
-  reason: string;
-  reconnect: boolean;
-}
-
-export interface RecoveryInfo {
-  room: string;
-  /** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
-   *  re-sync the room's state from elsewhere. */
-  recovery: Recovery;
-  /** The position resumed from. */
-  resumedFrom: Position;
-}
-
-/** A session joined or left a subscribed room (namespaces with presence events only). */
-export interface PresenceChange {
-  type: 'Joined' | 'Left';
-  room: string;
-  member: Member;
-}
-
-export interface ClientEvents {
-  state: [state: ConnectionState, cause: QuiverError | null];
-  error: [error: QuiverError];
-  welcome: [info: SessionInfo];
-  goodbye: [info: GoodbyeInfo];
-  recovery: [info: RecoveryInfo];
-  /** The server confirmed a subscription: the first time, and again after every re-subscribe. */
-  subscribed: [subscription: Subscription];
-  rtt: [ms: number];
-}
-
-export interface SubscribeOptions {
-  /** Replay what was published after this position before going live (rooms with history). */
-  resume?: Position;
-  /** Messages kept for the async iterator when no handler is given; the oldest are dropped.
-   *  Default 1000. */
-  bufferSize?: number;
-  /** Called when a session joins or leaves the room, in namespaces with presence events. */
-  onPresence?: (change: PresenceChange) => void;
-}
-
-export interface PublishOptions {
-  /** Wait for the server's `Published` (with the message's position, if the room has history). */
-  ack?: boolean;
-}
-
-const textDecoder = new TextDecoder();
-const textEncoder = new TextEncoder();
-
-/** One publication received in a room. */
-export class Message {
-  constructor(
-    readonly room: string,
-    /** Null for rooms without history. */
-    readonly position: Position | null,
-    readonly payload: Uint8Array,
-  ) {}
-
-  text(): string {
-    return textDecoder.decode(this.payload);
-  }
-
-  json<T = unknown>(): T {
-    return JSON.parse(this.text()) as T;
-  }
-}
-
-/** A room the app subscribed to. It lives across reconnects until `unsubscribe()`. */
-export class Subscription implements AsyncIterable<Message> {
-  /** Position of the last message seen, used to resume after a reconnect. */
-  position: Position | null = null;
-  /** How the latest resume went, if one was asked for. */
-  recovery: Recovery | null = null;
-  /** Messages dropped because the async iterator did not keep up. */
-  dropped = 0;
-  private queue: Message[] = [];
-  private waiter: ((r: IteratorResult<Message>) => void) | null = null;
-  private ended = false;
-
-  /** @internal */
-  constructor(
-    readonly room: string,
-    private readonly handler: ((m: Message) => void) | undefined,
-    private readonly bufferSize: number,
-    private readonly owner: QuiverClient,
-    private readonly presenceHandler: ((change: PresenceChange) => void) | undefined,
-  ) {}
-
-  get active(): boolean {
-    return !this.ended;
-  }
-
-  unsubscribe(): Promise<void> {
-    return this.owner.unsubscribe(this.room);
-  }
-
-  /** @internal */
-  deliver(m: Message): void {
-    if (m.position) this.position = m.position;
-    if (this.handler) {
-      this.handler(m);
-    } else if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: m, done: false });
-    } else {
-      if (this.queue.length >= this.bufferSize) {
-        this.queue.shift();
-        this.dropped++;
-      }
-      this.queue.push(m);
-    }
-  }
-
-  /** @internal */
-  deliverPresence(change: PresenceChange): void {
-    this.presenceHandler?.(change);
-  }
-
-  /** @internal */
-  end(): void {
-    this.ended = true;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = null;
-      w({ value: undefined, done: true });
-    }
-  }
-
-  [Symbol.asyncIterator](): AsyncIterator<Message> {
-    return {
-      next: () => {
-        const m = this.queue.shift();
-        if (m) return Promise.resolve({ value: m, done: false });
-        if (this.ended) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => (this.waiter = resolve));
-      },
-      return: async () => {
-        await this.unsubscribe();
-        return { value: undefined, done: true };
-      },
-    };
-  }
-}
 
 /** Client-side state of one subscription. */
 interface SubState {
@@ -265,6 +60,8 @@ interface SubState {
   /** Whether a publication arrived on the current stream (then it, not `Subscribed`, sets the
    *  position, since the stream may overtake the reply). */
   sawPublication: boolean;
+  /** Whether the current subscription's `SubscriptionStream` arrived. */
+  streamOpened: boolean;
   confirmed: boolean;
   resolveReady: (s: Subscription) => void;
   rejectReady: (e: QuiverError) => void;
@@ -279,29 +76,28 @@ interface QueuedPublish {
   reject: (e: QuiverError) => void;
 }
 
-interface PendingRequest {
-  resolve: (e: Event) => void;
-  reject: (e: QuiverError) => void;
-  timer: ReturnType<typeof setTimeout>;
-}
-
 // Server errors that say "not now" rather than "no": a re-subscribe after them is retried.
-const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable]);
+const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 // A connection that lasted this long resets the backoff.
 const STABLE_MS = 5_000;
 
+const textEncoder = new TextEncoder();
+
 type Listeners = { [K in keyof ClientEvents]: Set<(...args: ClientEvents[K]) => void> };
+
 
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
  */
 export class QuiverClient {
-  private readonly opts: Required<Omit<ClientOptions, 'serverCertificateHashes' | 'reconnect' | 'WebTransport'>> & {
-    reconnect: ReconnectOptions | false;
-  };
+  private readonly opts: ResolvedOptions;
+  private readonly transports: readonly TransportKind[];
+  private readonly wtUrl: URL | null;
+  private readonly wsUrl: URL | null;
   private readonly hashes: WebTransportHash[];
-  private readonly WT: WebTransportConstructor;
+  private readonly WT: WebTransportConstructor | undefined;
+  private readonly WS: WebSocketConstructor | undefined;
   private readonly listeners: Listeners = {
     state: new Set(),
     error: new Set(),
@@ -310,6 +106,7 @@ export class QuiverClient {
     recovery: new Set(),
     subscribed: new Set(),
     rtt: new Set(),
+    transport: new Set(),
   };
   private readonly subs = new Map<string, SubState>();
   private readonly outbox: QueuedPublish[] = [];
@@ -318,42 +115,38 @@ export class QuiverClient {
   private closing = false;
   private wake: (() => void) | null = null;
   private readonly finished: Promise<void>;
+  /** The Goodbye of the latest connection attempt, if the server sent one. */
+  private lastGoodbye: GoodbyeInfo | null = null;
+  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+  private avoidWebTransport = false;
+  /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
+  private closedBy: QuiverError | null = null;
 
   private currentState: ConnectionState = 'connecting';
+  private currentTransport: TransportKind | null = null;
   private welcome: SessionInfo | null = null;
   private lastRtt: number | null = null;
 
   constructor(options: ClientOptions) {
-    if (typeof options?.token !== 'function') throw new TypeError('options.token must be a function returning a JWT');
-    const url = new URL(options.url); // throws TypeError on a bad URL
-    if (url.protocol !== 'https:') throw new TypeError(`WebTransport needs an https: URL, got ${url.href}`);
-    const WT = options.WebTransport ?? (globalThis as { WebTransport?: WebTransportConstructor }).WebTransport;
-    if (!WT) throw new TypeError('WebTransport is not available here (a secure context in Chromium or Firefox is needed)');
-    this.WT = WT;
-    this.hashes = (options.serverCertificateHashes ?? []).map((h) => ({
-      algorithm: 'sha-256',
-      value: parseHash(h),
-    }));
-    const reconnect =
-      options.reconnect === false
-        ? false
-        : { initialDelayMs: 500, maxDelayMs: 15_000, ...options.reconnect };
-    this.opts = {
-      url: url.href,
-      token: options.token,
-      clientName: options.clientName ?? CLIENT_NAME,
-      reconnect,
-      connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
-      requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
-      pingIntervalMs: options.pingIntervalMs ?? 5_000,
-      maxQueuedPublishes: options.maxQueuedPublishes ?? 1000,
-      maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
-    };
+    const resolved = resolveOptions(options, CLIENT_NAME);
+    this.opts = resolved.opts;
+    this.transports = resolved.transports;
+    this.wtUrl = resolved.wtUrl;
+    this.wsUrl = resolved.wsUrl;
+    this.hashes = resolved.hashes;
+    this.WT = resolved.WT;
+    this.WS = resolved.WS;
     this.finished = this.run();
   }
 
   get state(): ConnectionState {
     return this.currentState;
+  }
+
+  /** Transport of the current (or, while reconnecting, the latest) session; null before the
+   *  first. */
+  get transport(): TransportKind | null {
+    return this.currentTransport;
   }
 
   /** Latest `Welcome`, null before the first. */
@@ -375,7 +168,7 @@ export class QuiverClient {
   /** Resolves when connected (at once if already), rejects if the client closes first. */
   ready(): Promise<void> {
     if (this.state === 'connected') return Promise.resolve();
-    if (this.state === 'closed') return Promise.reject(new QuiverError('closed', 'client is closed'));
+    if (this.state === 'closed') return Promise.reject(this.closedBy ?? new QuiverError('closed', 'client is closed'));
     return new Promise((resolve, reject) => {
       const off = this.on('state', (state, cause) => {
         if (state === 'connected') {
@@ -408,6 +201,7 @@ export class QuiverClient {
         sub,
         currentId: 0,
         sawPublication: false,
+        streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
         rejectReady: reject,
@@ -448,15 +242,8 @@ export class QuiverClient {
     }
     return new Promise((resolve, reject) => {
       const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
-      if (this.active && !this.active.ended) {
-        this.sendPublish(item, this.active);
-      } else if (this.outbox.length >= this.opts.maxQueuedPublishes) {
-        reject(
-          new QuiverError('buffer_full', `${this.outbox.length} publishes already queued while disconnected`, { room }),
-        );
-      } else {
-        this.outbox.push(item);
-      }
+      if (this.active && !this.active.ended) this.sendPublish(item, this.active);
+      else this.enqueue(item);
     });
   }
 
@@ -465,10 +252,9 @@ export class QuiverClient {
     const session = this.active;
     if (!session) throw new QuiverError('closed', 'not connected');
     const start = performance.now();
-    await session.request(this.nextId(), { type: 'Ping' });
+    await session.request(this.nextId(), { type: 'Ping' }, { urgent: true });
     const rtt = performance.now() - start;
-    this.lastRtt = rtt;
-    this.emit('rtt', rtt);
+    this.onRtt(rtt);
     return rtt;
   }
 
@@ -525,34 +311,49 @@ export class QuiverClient {
     let cause: QuiverError | null = null;
     while (!this.closing) {
       this.setState('connecting', cause);
-      let session: Session | null = null;
+      this.lastGoodbye = null;
       try {
-        session = await this.open();
+        const session = await this.open();
         if (this.closing) {
           session.end(new QuiverError('closed', 'client closed'), true);
           break;
         }
-        const ended = await this.serve(session);
-        cause = ended;
+        cause = await this.serve(session);
         if (session.connectedFor() >= STABLE_MS) attempt = 0;
       } catch (e) {
         cause = asQuiverError(e);
       }
       if (this.closing) break;
       this.emit('error', cause);
-      const goodbye = session?.goodbye;
-      if (this.opts.reconnect === false || (goodbye && !goodbye.reconnect)) {
+      // Set by the session's Goodbye callback, which TypeScript's narrowing cannot see.
+      const goodbye = this.lastGoodbye as GoodbyeInfo | null;
+      const backoff = this.opts.reconnect;
+      if (backoff === false || (goodbye && !goodbye.reconnect)) {
         this.closing = true;
         break;
       }
       this.setState('disconnected', cause);
-      const ceiling = Math.min(this.opts.reconnect.maxDelayMs, this.opts.reconnect.initialDelayMs * 2 ** attempt);
+      const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
     }
     this.shutdown(cause);
   }
 
+  /** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
+   *  then worked, when another transport follows it. */
+  private candidates(): TransportKind[] {
+    return this.transports.filter(
+      (t, i) =>
+        !(
+          t === 'webtransport' &&
+          i < this.transports.length - 1 &&
+          (this.avoidWebTransport || (this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
+        ),
+    );
+  }
+
+  /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
   private async open(): Promise<Session> {
     const timeout = this.opts.connectTimeoutMs;
     let token: string;
@@ -564,38 +365,80 @@ export class QuiverClient {
     if (typeof token !== 'string' || token === '') {
       throw new QuiverError('token', 'the token callback returned no token');
     }
-    const url = new URL(this.opts.url);
-    url.searchParams.set('token', token);
-    const wt = new this.WT(url.href, this.hashes.length ? { serverCertificateHashes: this.hashes } : {});
-    // Settles when the connection ends; observed through Session, silenced here.
-    wt.closed.catch(() => undefined);
-    try {
-      await withTimeout(wt.ready, timeout, 'WebTransport handshake');
-    } catch (e) {
-      closeQuietly(wt);
-      // Browsers report every refusal the same way, so a bad token looks like a dead server:
-      // the next attempt fetches a fresh token.
-      throw new QuiverError(
-        'handshake',
-        `could not open a session with ${this.opts.url} (server unreachable, token refused or certificate mismatch): ${errorMessage(e)}`,
-        { cause: e },
-      );
+    const candidates = this.candidates();
+    let skipped: QuiverError | null = null;
+    for (const [i, kind] of candidates.entries()) {
+      const last = i === candidates.length - 1;
+      let link: Link;
+      try {
+        link = await this.openLink(kind, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+      } catch (e) {
+        const err = asQuiverError(e);
+        if (this.closing) throw err;
+        // A failed WebTransport handshake may be a refused token as well as blocked UDP: the
+        // next transport finds out, since a WebSocket shows the server's answer.
+        if (!last) {
+          skipped = err;
+          continue;
+        }
+        throw skipped ? new QuiverError(err.kind, `${err.message}; before that, ${skipped.message}`, { cause: err }) : err;
+      }
+      if (this.closing) {
+        link.close('client closed');
+        throw new QuiverError('closed', 'client closed');
+      }
+      let session: Session;
+      try {
+        session = await this.hello(link);
+      } catch (e) {
+        // A transport that connects but cannot carry a session to its Welcome (reported
+        // WebTransport interop failures) is skipped like a failed handshake. A Goodbye is the
+        // server's answer: it ends the attempt.
+        if (last || this.closing || this.lastGoodbye) throw e;
+        skipped = asQuiverError(e);
+        continue;
+      }
+      if (skipped && this.wtUrl && kind !== 'webtransport') rememberWebTransportFailure(this.wtUrl, this.opts.remember);
+      if (kind !== this.currentTransport) {
+        this.currentTransport = kind;
+        this.emit('transport', kind, skipped);
+      }
+      return session;
     }
-    if (this.closing) {
-      closeQuietly(wt);
-      throw new QuiverError('closed', 'client closed');
+    throw new QuiverError('handshake', 'no transport to try');
+  }
+
+  private openLink(kind: TransportKind, token: string, timeoutMs: number): Promise<Link> {
+    if (kind === 'webtransport' && this.WT && this.wtUrl) {
+      const url = new URL(this.wtUrl);
+      url.searchParams.set('token', token);
+      return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
     }
-    const session = new Session(wt, this.opts.maxFrame, this.opts.requestTimeoutMs, this);
+    if (kind === 'websocket' && this.WS && this.wsUrl) {
+      const url = new URL(this.wsUrl);
+      url.searchParams.set('token', token);
+      return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
+    }
+    return Promise.reject(new QuiverError('handshake', `${kind} is not available`));
+  }
+
+  /** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
+  private async hello(link: Link): Promise<Session> {
+    const session = new Session(link, this.opts.requestTimeoutMs, this, (g) => {
+      this.lastGoodbye = g;
+      this.emit('goodbye', g);
+    });
+    session.nextId = () => this.nextId();
     await session.start();
     let welcome: Event;
     try {
       welcome = await session.request(
         this.nextId(),
         { type: 'Hello', version: PROTOCOL_VERSION, client: this.opts.clientName },
-        timeout,
+        { timeoutMs: this.opts.connectTimeoutMs },
       );
     } catch (e) {
-      const err = asQuiverError(e);
+      const err = session.cause ?? asQuiverError(e);
       session.end(err);
       throw err;
     }
@@ -612,6 +455,8 @@ export class QuiverClient {
       limits: welcome.limits,
     };
     session.raiseMaxFrame(welcome.limits.maxFrame);
+    session.limitFrames(welcome.limits.maxFrame);
+    if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }
 
@@ -622,18 +467,21 @@ export class QuiverClient {
     const timers: ReturnType<typeof setTimeout>[] = [];
     if (this.opts.pingIntervalMs > 0) {
       const ping = (): void => {
+        const sentAt = performance.now();
         this.ping().catch((e: unknown) => {
-          if (session.ended) return;
-          // A session that cannot answer a ping in time is dead; reconnect now, not at idle timeout.
+          // A server that sent nothing at all since is dead (a Pong may wait behind slow
+          // commands while other frames still arrive).
+          if (session.ended || session.heardSince(sentAt)) return;
           session.end(new QuiverError('timeout', `ping failed: ${errorMessage(e)}`));
         });
       };
-      // The first ping goes out before anything else: the server answers control-stream commands
-      // one at a time, in order, so a ping written after the (re)subscribes would wait for all of
-      // them and report their processing time (tens to hundreds of ms) as the round trip.
+      // The first ping goes out before anything else: the server answers commands one at a time,
+      // in order, so a ping written after the (re)subscribes would wait for all of them and
+      // report their processing time (tens to hundreds of ms) as the round trip.
       ping();
       timers.push(setInterval(ping, this.opts.pingIntervalMs));
     }
+    if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
     // Taken before the listeners run: a subscribe made in a 'connected' listener is sent by
     // subscribe() itself and must not be sent a second time (the server would refuse it).
     const resubscribe = [...this.subs.values()];
@@ -641,11 +489,12 @@ export class QuiverClient {
     this.setState('connected');
     if (this.info) this.emit('welcome', this.info);
     // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
+    // The session paces them all to the server's rate limit.
     for (const state of resubscribe) {
       if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
     }
     for (const item of queued) this.sendPublish(item, session);
-    const refresh = new Refresher(this, session, this.opts.token, () => this.nextId());
+    const refresh = new Refresher(session, this.opts.token, (e) => this.emit('error', e));
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;
     for (const t of timers) clearInterval(t);
@@ -659,20 +508,11 @@ export class QuiverClient {
     return cause;
   }
 
-  /** @internal Called by Session for control-stream events that answer no pending command. */
+  /** @internal Called by Session for control events that answer no pending command. */
   onUnsolicited(session: Session, id: number, event: Event): void {
     switch (event.type) {
-      case 'Goodbye':
-        session.goodbye = { code: event.code, reason: event.reason, reconnect: event.reconnect };
-        this.emit('goodbye', session.goodbye);
-        session.end(
-          new QuiverError('goodbye', `server closed the session: ${codeLabel(event.code)} (${event.code}) ${event.reason}`, {
-            code: event.code,
-          }),
-        );
-        break;
       case 'Unsubscribed':
-        this.onServerUnsubscribed(event.room, event.code, event.reason);
+        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case 'Error':
         // Refusal of a publish sent without ack, or of a command whose wait timed out.
@@ -689,7 +529,7 @@ export class QuiverClient {
     }
   }
 
-  private onServerUnsubscribed(room: string, code: number, reason: string): void {
+  private onServerUnsubscribed(session: Session, room: string, code: number, reason: string): void {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
@@ -703,9 +543,24 @@ export class QuiverClient {
     if (code === ErrorCode.slow_consumer) {
       // The protocol allows subscribing again; resume covers the gap when the room keeps history.
       this.retrySubscribe(state);
+    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
+      // The browser cannot take another stream: WebSocket carries every room on one socket, and
+      // the reconnect there re-subscribes this room too.
     } else {
       this.dropSub(state, err);
     }
+  }
+
+  /**
+   * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
+   * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
+   * client's life. False when there is nowhere to move.
+   */
+  private moveToWebSocket(session: Session, cause: QuiverError): boolean {
+    if (session.kind !== 'webtransport' || !this.transports.includes('websocket')) return false;
+    this.avoidWebTransport = true;
+    session.end(new QuiverError('transport', `moving to WebSocket: ${cause.message}`, { cause }));
+    return true;
   }
 
   private retrySubscribe(state: SubState): void {
@@ -721,6 +576,7 @@ export class QuiverClient {
     const resume = state.sub.position;
     state.currentId = id;
     state.sawPublication = false;
+    state.streamOpened = false;
     let reply: Event;
     try {
       reply = await session.request(id, { type: 'Subscribe', room: state.sub.room, resume });
@@ -751,11 +607,36 @@ export class QuiverClient {
       state.sub.position = reply.position;
     }
     if (resume) this.emit('recovery', { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit('subscribed', state.sub);
+  }
+
+  /**
+   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+   * about 100 of them per session. The server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+   * with WebSocket among the transports the client moves there.
+   */
+  private expectStream(state: SubState, id: number, session: Session): void {
+    const timeout = this.opts.streamTimeoutMs;
+    if (state.streamOpened || timeout <= 0 || session.kind !== 'webtransport') return;
+    const timer = setTimeout(() => {
+      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
+      const room = state.sub.room;
+      const err = new QuiverError(
+        'subscription',
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
+        { room },
+      );
+      this.emit('error', err);
+      this.moveToWebSocket(session, err);
+    }, timeout);
+    void session.done.then(() => clearTimeout(timer));
   }
 
   private dropSub(state: SubState, reason: QuiverError): void {
@@ -767,48 +648,56 @@ export class QuiverClient {
     if (!state.confirmed) state.rejectReady(reason);
   }
 
+  /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+  private enqueue(item: QueuedPublish): void {
+    if (this.outbox.length >= this.opts.maxQueuedPublishes) {
+      item.reject(new QuiverError('buffer_full', `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
+    } else {
+      this.outbox.push(item);
+    }
+  }
+
   private sendPublish(item: QueuedPublish, session: Session): void {
     const command: Command = { type: 'Publish', room: item.room, payload: item.payload, ack: item.ack };
+    const failed = (e: unknown): void => {
+      const err = asQuiverError(e);
+      // Never written (the session ended while it waited for the pacer): not sent, so it may
+      // still go out once, on the next session.
+      if (err.unsent && !this.closing) this.enqueue(item);
+      else item.reject(err);
+    };
     if (!item.ack) {
-      session.send({ id: this.nextId(), command }).then(
-        () => item.resolve(null),
-        (e: unknown) => item.reject(asQuiverError(e)),
-      );
+      session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
       return;
     }
     session.request(this.nextId(), command).then((reply) => {
       if (reply.type === 'Published') item.resolve(reply.position);
       else item.reject(new QuiverError('protocol', `expected Published, got ${reply.type}`, { room: item.room }));
-    }, (e: unknown) => item.reject(asQuiverError(e)));
+    }, failed);
   }
 
-  /** @internal A subscription stream's header arrived: should its publications be delivered? */
-  isCurrent(room: string, id: number): boolean {
+  /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
+  streamOpened(room: string, id: number): boolean {
     const state = this.subs.get(room);
-    return state !== undefined && state.currentId === id;
-  }
-
-  /** @internal */
-  deliver(id: number, room: string, position: Position | null, payload: Uint8Array): boolean {
-    const state = this.subs.get(room);
-    if (!state || state.currentId !== id) return false;
-    state.sawPublication = true;
-    try {
-      state.sub.deliver(new Message(room, position, payload));
-    } catch (e) {
-      this.emit('error', new QuiverError('handler', `message handler for ${room} threw: ${errorMessage(e)}`, { room, cause: e }));
-    }
+    if (state === undefined || state.currentId !== id) return false;
+    state.streamOpened = true;
     return true;
   }
 
-  /** @internal Same contract as `deliver`, for `Joined` and `Left`. */
-  deliverPresence(id: number, change: PresenceChange): boolean {
-    const state = this.subs.get(change.room);
+  /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
+  deliver(id: number, event: SubscriptionEvent): boolean {
+    const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
     try {
-      state.sub.deliverPresence(change);
+      if (event.type === 'Publication') {
+        state.sawPublication = true;
+        state.sub.deliver(new Message(event.room, event.position, event.payload));
+      } else {
+        state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
+      }
     } catch (e) {
-      this.emit('error', new QuiverError('handler', `presence handler for ${change.room} threw: ${errorMessage(e)}`, { room: change.room, cause: e }));
+      const what = event.type === 'Publication' ? 'message' : 'presence';
+      this.emit('error', new QuiverError('handler', `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
     }
     return true;
   }
@@ -816,6 +705,12 @@ export class QuiverClient {
   /** @internal */
   report(error: QuiverError): void {
     this.emit('error', error);
+  }
+
+  /** @internal */
+  onRtt(ms: number): void {
+    this.lastRtt = ms;
+    this.emit('rtt', ms);
   }
 
   private sleep(ms: number): Promise<void> {
@@ -837,265 +732,8 @@ export class QuiverClient {
     });
     for (const state of [...this.subs.values()]) this.dropSub(state, err);
     for (const item of this.outbox.splice(0)) item.reject(err);
+    this.closedBy = cause;
     this.setState('closed', cause);
-  }
-}
-
-/** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
-class Refresher {
-  private timer: ReturnType<typeof setTimeout> | null = null;
-
-  constructor(
-    private readonly client: QuiverClient,
-    private readonly session: Session,
-    private readonly token: () => string | Promise<string>,
-    private readonly nextId: () => number,
-  ) {}
-
-  schedule(expiresAt: number | null): void {
-    this.stop();
-    if (expiresAt === null) return;
-    const remaining = expiresAt * 1000 - Date.now();
-    // A minute ahead, or a fifth of the lifetime for short tokens, so one failure can be retried.
-    const delay = Math.max(0, remaining - Math.min(60_000, remaining / 5));
-    // setTimeout fires at once beyond 2^31-1 ms; an early refresh of a very long token is harmless.
-    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
-  }
-
-  stop(): void {
-    if (this.timer) clearTimeout(this.timer);
-    this.timer = null;
-  }
-
-  private async refresh(expiresAt: number): Promise<void> {
-    try {
-      const token = await this.token();
-      const reply = await this.session.request(this.nextId(), { type: 'Refresh', token });
-      if (reply.type === 'Refreshed') {
-        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
-        return;
-      }
-      throw new QuiverError('protocol', `expected Refreshed, got ${reply.type}`);
-    } catch (e) {
-      if (this.session.ended) return;
-      const err = asQuiverError(e);
-      this.client.report(new QuiverError('token', `token refresh failed: ${err.message}`, { cause: err, ...(err.code !== null ? { code: err.code } : {}) }));
-      // Try again while there is time; if the token still expires, the server says Goodbye
-      // (token_expired, reconnect) and the reconnect brings a fresh token.
-      const remaining = expiresAt * 1000 - Date.now();
-      if (remaining > 2_000) this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(remaining / 2, 30_000));
-    }
-  }
-}
-
-/** One WebTransport session: the control stream, pending commands and subscription streams. */
-class Session {
-  goodbye: GoodbyeInfo | null = null;
-  ended = false;
-  readonly done: Promise<QuiverError>;
-  private resolveDone!: (cause: QuiverError) => void;
-  private writer!: WritableStreamDefaultWriter<Uint8Array>;
-  private readonly pending = new Map<number, PendingRequest>();
-  private maxFrame: number;
-  private connectedAt = 0;
-
-  constructor(
-    private readonly wt: WebTransport,
-    maxFrame: number,
-    private readonly requestTimeoutMs: number,
-    private readonly client: QuiverClient,
-  ) {
-    this.maxFrame = maxFrame;
-    this.done = new Promise((resolve) => (this.resolveDone = resolve));
-    wt.closed.then(
-      (info) => this.end(this.closedError(`session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${info.reason}` : ''})`)),
-      (e: unknown) => this.end(this.closedError(`connection lost: ${errorMessage(e)}`)),
-    );
-  }
-
-  async start(): Promise<void> {
-    let bidi: WebTransportBidirectionalStream;
-    try {
-      bidi = await this.wt.createBidirectionalStream();
-    } catch (e) {
-      const err = new QuiverError('transport', `could not open the control stream: ${errorMessage(e)}`, { cause: e });
-      this.end(err);
-      throw err;
-    }
-    this.writer = bidi.writable.getWriter();
-    void this.readControl(bidi.readable);
-    void this.acceptStreams();
-  }
-
-  markConnected(): void {
-    this.connectedAt = Date.now();
-  }
-
-  connectedFor(): number {
-    return this.connectedAt ? Date.now() - this.connectedAt : 0;
-  }
-
-  raiseMaxFrame(announced: number): void {
-    this.maxFrame = Math.max(this.maxFrame, announced);
-  }
-
-  /** Writes one command; resolves once it is handed to the transport. */
-  async send(frame: { id: number; command: Command }): Promise<void> {
-    if (this.ended) throw new QuiverError('closed', 'not connected');
-    try {
-      await this.writer.write(encodeCommand(frame));
-    } catch (e) {
-      if (e instanceof RangeError) throw e;
-      const err = new QuiverError('transport', `write failed: ${errorMessage(e)}`, { cause: e });
-      this.end(err);
-      throw new QuiverError('closed', err.message, { cause: e });
-    }
-  }
-
-  /** Sends a command and waits for the event with its id. An `Error` reply rejects. */
-  request(id: number, command: Command, timeoutMs = this.requestTimeoutMs): Promise<Event> {
-    if (this.ended) return Promise.reject(new QuiverError('closed', 'not connected'));
-    return new Promise<Event>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new QuiverError('timeout', `no reply to ${command.type} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      this.send({ id, command }).catch((e: unknown) => {
-        clearTimeout(timer);
-        this.pending.delete(id);
-        reject(asQuiverError(e));
-      });
-    });
-  }
-
-  /** Ends the session once; every waiter learns why. */
-  end(cause: QuiverError, byClient = false): void {
-    if (this.ended) return;
-    this.ended = true;
-    const err = new QuiverError('closed', `session ended: ${cause.message}`, {
-      cause,
-      ...(cause.code !== null ? { code: cause.code } : {}),
-    });
-    for (const p of this.pending.values()) {
-      clearTimeout(p.timer);
-      p.reject(err);
-    }
-    this.pending.clear();
-    closeQuietly(this.wt, byClient ? 'client closed' : '');
-    this.resolveDone(cause);
-  }
-
-  private closedError(message: string): QuiverError {
-    if (this.goodbye) {
-      return new QuiverError('goodbye', `server closed the session: ${codeLabel(this.goodbye.code)} (${this.goodbye.code}) ${this.goodbye.reason}`, {
-        code: this.goodbye.code,
-      });
-    }
-    return new QuiverError('transport', message);
-  }
-
-  private async readControl(readable: ReadableStream<Uint8Array>): Promise<void> {
-    const reader = readable.getReader();
-    const decoder = new FrameDecoder(this.maxFrame);
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        decoder.maxFrame = this.maxFrame;
-        for (const body of decoder.push(value)) {
-          const frame = decodeEvent(body);
-          if (frame) this.dispatch(frame.id, frame.event);
-        }
-      }
-      this.end(this.closedError('the server closed the control stream'));
-    } catch (e) {
-      if (e instanceof DecodeError) {
-        this.end(new QuiverError('protocol', `bad frame from the server on the control stream: ${e.message}`, { cause: e }));
-      } else {
-        this.end(this.closedError(`control stream failed: ${errorMessage(e)}`));
-      }
-    }
-  }
-
-  private dispatch(id: number, event: Event): void {
-    const pending = id === 0 ? undefined : this.pending.get(id);
-    if (!pending) {
-      this.client.onUnsolicited(this, id, event);
-      return;
-    }
-    this.pending.delete(id);
-    clearTimeout(pending.timer);
-    if (event.type === 'Error') {
-      pending.reject(new QuiverError('command', `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
-    } else if (event.type === 'Goodbye') {
-      pending.reject(new QuiverError('goodbye', event.reason, { code: event.code }));
-      this.client.onUnsolicited(this, id, event);
-    } else {
-      pending.resolve(event);
-    }
-  }
-
-  private async acceptStreams(): Promise<void> {
-    const reader = this.wt.incomingUnidirectionalStreams.getReader();
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        void this.readSubscription(value);
-      }
-    } catch {
-      // The session ended; `closed` reports why.
-    }
-  }
-
-  /** Reads one server-opened stream: `SubscriptionStream` header, then publications and
-   *  presence changes. */
-  private async readSubscription(stream: ReadableStream<Uint8Array>): Promise<void> {
-    const reader = stream.getReader();
-    const decoder = new FrameDecoder(this.maxFrame);
-    let header: { id: number; room: string } | null = null;
-    // A stale stream (an earlier subscription's) is read to its end and discarded.
-    let draining = false;
-    try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
-        if (draining) continue;
-        for (const body of decoder.push(value)) {
-          const frame = decodeEvent(body);
-          if (!frame) continue;
-          if (header === null) {
-            if (frame.event.type !== 'SubscriptionStream') {
-              throw new DecodeError(`subscription stream starts with ${frame.event.type}`);
-            }
-            header = { id: frame.id, room: frame.event.room };
-            if (!this.client.isCurrent(header.room, header.id)) draining = true;
-          } else if (frame.event.type === 'Publication') {
-            if (frame.event.room !== header.room) {
-              throw new DecodeError(`publication for ${frame.event.room} on the stream of ${header.room}`);
-            }
-            if (!this.client.deliver(header.id, header.room, frame.event.position, frame.event.payload)) draining = true;
-          } else if (frame.event.type === 'Joined' || frame.event.type === 'Left') {
-            const { type, room, member } = frame.event;
-            if (room !== header.room) throw new DecodeError(`${type} for ${room} on the stream of ${header.room}`);
-            if (!this.client.deliverPresence(header.id, { type, room, member })) draining = true;
-          }
-          if (draining) break;
-        }
-      }
-    } catch (e) {
-      if (e instanceof DecodeError) {
-        this.client.report(
-          new QuiverError('protocol', `bad frame on the stream of ${header?.room ?? 'an unknown room'}: ${e.message}`, {
-            cause: e,
-            ...(header ? { room: header.room } : {}),
-          }),
-        );
-        reader.cancel().catch(() => undefined);
-      }
-      // Otherwise the stream was reset or the session ended: deliveries just stop.
-    }
   }
 }
 
@@ -1109,51 +747,3 @@ export async function connect(options: ClientOptions): Promise<QuiverClient> {
   await client.ready();
   return client;
 }
-
-function parseHash(h: Uint8Array | string): Uint8Array<ArrayBuffer> {
-  if (h instanceof Uint8Array) {
-    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
-    return new Uint8Array(h);
-  }
-  const hex = String(h).replace(/[:\s]/g, '');
-  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
-    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
-  }
-  const out = new Uint8Array(32);
-  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
-  return out;
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`)), ms);
-    p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
-}
-
-function closeQuietly(wt: WebTransport, reason = ''): void {
-  try {
-    wt.close({ closeCode: 0, reason });
-  } catch {
-    // Already closed.
-  }
-}
-
-function errorMessage(e: unknown): string {
-  return e instanceof Error ? e.message || e.name : String(e);
-}
-
-function asQuiverError(e: unknown): QuiverError {
-  if (e instanceof QuiverError) return e;
-  return new QuiverError('transport', errorMessage(e), { cause: e });
-}
-

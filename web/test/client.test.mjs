@@ -1,241 +1,62 @@
-import { test } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { QuiverClient, QuiverError, connect } from '../dist/quiver.js';
-import { FakeNetwork, once } from './fake-transport.mjs';
+import { FakeNetwork, connected as connectedOver, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
 const text = (s) => new TextEncoder().encode(s);
 
-/** A client on a fake network whose token callback hands out tok-1, tok-2, ... */
-function setup(options = {}) {
-  const net = new FakeNetwork();
-  let issued = 0;
-  const client = new QuiverClient({
-    url: 'https://127.0.0.1:4433/v1',
-    token: async () => `tok-${++issued}`,
-    serverCertificateHashes: [HASH],
-    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    pingIntervalMs: 0,
-    WebTransport: net.WebTransport,
-    ...options,
-  });
-  return { net, client, tokens: () => issued };
+const connected = (net, client, welcome) => connectedOver(net, client, { welcome });
+
+/** A fake client over one transport, trusting HASH. */
+function setup(options = {}, transport = 'webtransport') {
+  return fakeClient({ serverCertificateHashes: [HASH], transports: [transport], ...options });
 }
 
-async function connected(net, client, welcome) {
-  const conn = await net.nextConnection();
-  await conn.welcome(welcome);
-  await client.ready();
-  return conn;
+/** Makes the fake server refuse connections for which `refused(url)` holds, on both transports. */
+function refuse(net, refused) {
+  net.accept = (url) => !refused(url);
+  net.acceptWebSocket = (url) => !refused(url);
 }
 
-test('handshake: token in the query, pinned hash, Hello, Welcome', async (t) => {
+test('handshake over WebTransport: token in the query, pinned hash, Hello, Welcome', async (t) => {
   const { net, client } = setup();
   t.after(() => client.close());
   const states = [];
   client.on('state', (s) => states.push(s));
   const conn = await net.nextConnection();
+  assert.equal(conn.transport, 'webtransport');
   assert.equal(conn.url.searchParams.get('token'), 'tok-1');
   assert.equal(conn.url.pathname, '/v1');
   assert.equal(conn.options.serverCertificateHashes[0].algorithm, 'sha-256');
   assert.deepEqual([...conn.options.serverCertificateHashes[0].value], new Array(32).fill(0xab));
   const hello = await conn.welcome({ tenant: 'acme', user: 'alice', expiresAt: 1_900_000_000n });
-  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.1' });
+  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.2' });
   await client.ready();
   assert.deepEqual(states, ['connected']);
   assert.equal(client.info.tenant, 'acme');
   assert.equal(client.info.expiresAt, 1_900_000_000);
+  assert.equal(client.transport, 'webtransport');
 });
 
-test('subscribe: publications from the matching stream reach the handler; stale streams do not', async (t) => {
-  const { net, client } = setup();
+test('handshake over WebSocket: token in the query of wss://HOST:PORT/v1/ws, one frame per message', async (t) => {
+  const { net, client } = setup({}, 'websocket');
   t.after(() => client.close());
-  const conn = await connected(net, client);
-  const got = [];
-  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m));
-  const cmd = await conn.expect('Subscribe');
-  assert.deepEqual(cmd.command, { type: 'Subscribe', room: 'chat.lobby', resume: null });
-
-  // A stale stream (another subscription's id) and the live one, before the reply.
-  const stale = conn.openStream();
-  stale.send(cmd.id + 1000, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  stale.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('stale') });
-  const live = conn.openStream();
-  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('{"user":"a","text":"hi"}') });
-  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
-  const sub = await subscribed;
-  live.send(0, { type: 'Publication', room: 'chat.lobby', position: { epoch: 1n, offset: 9n }, payload: text('two') });
-  // An unknown event type on the control stream is skipped (type 42, then a Pong-like tail).
-  conn.sendRaw(Uint8Array.of(0, 0, 0, 3, 0, 42, 1));
+  const conn = await net.nextConnection();
+  assert.equal(conn.transport, 'websocket');
+  assert.equal(conn.url.protocol, 'wss:');
+  assert.equal(conn.url.host, '127.0.0.1:4433');
+  assert.equal(conn.url.pathname, '/v1/ws');
+  assert.equal(conn.url.searchParams.get('token'), 'tok-1');
+  const hello = await conn.welcome({ tenant: 'acme', user: 'alice' });
+  assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.2' });
+  await client.ready();
+  assert.equal(client.transport, 'websocket');
+  assert.equal(conn.client.binaryType, 'arraybuffer');
   const pong = client.ping();
-  const ping = await conn.expect('Ping');
-  conn.send(ping.id, { type: 'Pong' });
-  assert.ok((await pong) >= 0);
-
-  assert.deepEqual(got.map((m) => m.text()), ['{"user":"a","text":"hi"}', 'two']);
-  assert.deepEqual(got[0].json(), { user: 'a', text: 'hi' });
-  assert.deepEqual(sub.position, { epoch: 1n, offset: 9n });
-  assert.equal(got[1].room, 'chat.lobby');
-});
-
-test('subscribe refused: rejects with the server code', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const p = client.subscribe('secret.room', () => {});
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Error', code: 103, message: 'no subscribe permission for room secret.room' });
-  await assert.rejects(p, (e) => e instanceof QuiverError && e.code === 103 && e.label === 'permission_denied');
-  // The room is free again.
-  const again = client.subscribe('secret.room', () => {});
-  const cmd2 = await conn.expect('Subscribe');
-  conn.send(cmd2.id, { type: 'Subscribed', room: 'secret.room', position: null, recovery: { type: 'NotRequested' } });
-  await again;
-});
-
-test('async iterator subscription and unsubscribe', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const subscribed = client.subscribe('a.b');
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Subscribed', room: 'a.b', position: null, recovery: { type: 'NotRequested' } });
-  const sub = await subscribed;
-  const stream = conn.openStream();
-  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'a.b' });
-  for (const s of ['1', '2', '3']) stream.send(0, { type: 'Publication', room: 'a.b', position: null, payload: text(s) });
-  const seen = [];
-  const done = (async () => {
-    for await (const m of sub) {
-      seen.push(m.text());
-      if (seen.length === 3) break; // leaving the loop unsubscribes
-    }
-  })();
-  const unsub = await conn.expect('Unsubscribe');
-  assert.equal(unsub.command.room, 'a.b');
-  conn.send(unsub.id, { type: 'Unsubscribed', room: 'a.b', code: 0, reason: '' });
-  await done;
-  assert.deepEqual(seen, ['1', '2', '3']);
-  assert.equal(sub.active, false);
-});
-
-test('publish with ack resolves with the position; a refusal without ack is an error event', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const acked = client.publish('chat.lobby', 'hello', { ack: true });
-  const cmd = await conn.expect('Publish');
-  assert.deepEqual(cmd.command, { type: 'Publish', room: 'chat.lobby', payload: text('hello'), ack: true });
-  conn.send(cmd.id, { type: 'Published', position: { epoch: 7n, offset: 300n } });
-  assert.deepEqual(await acked, { epoch: 7n, offset: 300n });
-
-  assert.equal(await client.publish('x', Uint8Array.of(1, 2)), null);
-  const noack = await conn.expect('Publish');
-  const error = once(client, 'error');
-  conn.send(noack.id, { type: 'Error', code: 103, message: 'no publish permission' });
-  const [e] = await error;
-  assert.equal(e.code, 103);
-});
-
-test('reconnect: fresh token, re-subscribe resuming from the last position, recovery surfaced, queued publishes flushed', async (t) => {
-  const { net, client, tokens } = setup();
-  t.after(() => client.close());
-  let conn = await connected(net, client);
-  const got = [];
-  const subscribed = client.subscribe('dash.cpu', (m) => got.push(m.text()));
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Subscribed', room: 'dash.cpu', position: { epoch: 7n, offset: 10n }, recovery: { type: 'NotRequested' } });
-  await subscribed;
-  const stream = conn.openStream();
-  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.cpu' });
-  stream.send(0, { type: 'Publication', room: 'dash.cpu', position: { epoch: 7n, offset: 11n }, payload: text('a') });
-  const inflight = client.publish('dash.cpu', 'lost?', { ack: true });
-  await conn.expect('Publish');
-
-  const disconnected = once(client, 'state', (s) => s === 'disconnected');
-  conn.kill();
-  await disconnected;
-  // An ack that the lost connection swallowed is not resent (at most once).
-  await assert.rejects(inflight, (e) => e.kind === 'closed');
-  const queued = client.publish('dash.cpu', 'queued', { ack: true });
-
-  conn = await net.nextConnection();
-  assert.equal(conn.url.searchParams.get('token'), `tok-${tokens()}`);
-  assert.ok(tokens() >= 2);
-  await conn.welcome();
-  const resub = await conn.expect('Subscribe');
-  assert.deepEqual(resub.command.resume, { epoch: 7n, offset: 11n });
-  const recovery = once(client, 'recovery');
-  conn.send(resub.id, { type: 'Subscribed', room: 'dash.cpu', position: { epoch: 7n, offset: 12n }, recovery: { type: 'Recovered', replayed: 1 } });
-  const [info] = await recovery;
-  assert.deepEqual(info, { room: 'dash.cpu', recovery: { type: 'Recovered', replayed: 1 }, resumedFrom: { epoch: 7n, offset: 11n } });
-  const pub = await conn.expect('Publish');
-  assert.deepEqual(pub.command.payload, text('queued'));
-  conn.send(pub.id, { type: 'Published', position: null });
-  assert.equal(await queued, null);
-
-  const s2 = conn.openStream();
-  s2.send(resub.id, { type: 'SubscriptionStream', room: 'dash.cpu' });
-  s2.send(0, { type: 'Publication', room: 'dash.cpu', position: { epoch: 7n, offset: 12n }, payload: text('b') });
-  const ping = client.ping();
   conn.send((await conn.expect('Ping')).id, { type: 'Pong' });
-  await ping;
-  assert.deepEqual(got, ['a', 'b']);
-});
-
-test('failed handshake: error event, new token on every retry', async (t) => {
-  const { net, client, tokens } = setup();
-  t.after(() => client.close());
-  // The "server" accepts only the third token.
-  net.accept = (url) => url.searchParams.get('token') === 'tok-3';
-  const errors = [];
-  client.on('error', (e) => errors.push(e));
-  await net.nextConnection(); // tok-1, refused
-  await net.nextConnection(); // tok-2, refused
-  await connected(net, client);
-  assert.equal(tokens(), 3);
-  assert.equal(errors.length, 2);
-  assert.ok(errors.every((e) => e.kind === 'handshake' && /Opening handshake failed/.test(e.message)));
-});
-
-test('publishes while disconnected are bounded', async (t) => {
-  const { net, client } = setup({ maxQueuedPublishes: 2 });
-  t.after(() => client.close());
-  net.accept = () => false;
-  const a = client.publish('r', 'a');
-  const b = client.publish('r', 'b');
-  await assert.rejects(client.publish('r', 'c'), (e) => e.kind === 'buffer_full');
-  await client.close();
-  await assert.rejects(a, (e) => e.kind === 'closed');
-  await assert.rejects(b, (e) => e.kind === 'closed');
-});
-
-test('goodbye: reconnect flag honoured, code and reason surfaced', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  let conn = await connected(net, client);
-  const bye = once(client, 'goodbye');
-  conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
-  assert.deepEqual((await bye)[0], { code: 3002, reason: 'token expired', reconnect: true });
-  conn = await connected(net, client);
-
-  const closed = once(client, 'state', (s) => s === 'closed');
-  conn.send(0, { type: 'Goodbye', code: 3004, reason: 'unsupported version', reconnect: false });
-  const [, cause] = await closed;
-  assert.equal(cause.code, 3004);
-  assert.equal(cause.kind, 'goodbye');
-  assert.match(cause.message, /unsupported_version/);
-});
-
-test('token refresh is sent ahead of expiry with a fresh token', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const expiresAt = BigInt(Math.floor(Date.now() / 1000) + 2);
-  const conn = await connected(net, client, { expiresAt });
-  const refresh = await conn.expect('Refresh');
-  assert.equal(refresh.command.token, 'tok-2');
-  conn.send(refresh.id, { type: 'Refreshed', expiresAt: expiresAt + 3600n });
+  await pong;
+  assert.deepEqual(conn.violations, []);
 });
 
 test('connect() resolves connected; bad options are clear errors', async () => {
@@ -248,207 +69,412 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   assert.equal(client.state, 'closed');
 
   const base = { url: 'https://h:1/v1', token: () => 'x', WebTransport: net.WebTransport };
-  assert.throws(() => new QuiverClient({ ...base, url: 'http://h/v1' }), /https/);
+  assert.throws(() => new QuiverClient({ ...base, url: 'http://h/v1' }), /https: \(WebTransport\) or ws:\/wss: \(WebSocket\)/);
   assert.throws(() => new QuiverClient({ ...base, token: 'x' }), /token must be a function/);
   assert.throws(() => new QuiverClient({ ...base, serverCertificateHashes: ['abc'] }), /64 hex digits/);
-  assert.throws(() => new QuiverClient({ ...base, WebTransport: undefined }), /WebTransport is not available/);
+  assert.throws(() => new QuiverClient({ ...base, WebTransport: undefined, WebSocket: undefined }), /no usable transport: WebTransport is not available.*WebSocket is not available/);
+  assert.throws(() => new QuiverClient({ ...base, transports: [] }), /transports must list/);
+  assert.throws(() => new QuiverClient({ ...base, transports: ['sse'] }), /transports must list/);
+  assert.throws(() => new QuiverClient({ ...base, webSocketUrl: 'https://h/v1/ws' }), /ws: or wss:/);
 });
 
-test('a malformed frame from the server ends the session and reconnects', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const error = once(client, 'error', (e) => e.kind === 'protocol');
-  conn.sendRaw(Uint8Array.of(0xff, 0xff, 0xff, 0xff));
-  await error;
-  await connected(net, client);
-});
+for (const transport of ['webtransport', 'websocket']) {
+describe(`over ${transport}`, () => {
+  test('subscribe: publications from the matching stream reach the handler; stale streams do not', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const got = [];
+    const subscribed = client.subscribe('chat.lobby', (m) => got.push(m));
+    const cmd = await conn.expect('Subscribe');
+    assert.deepEqual(cmd.command, { type: 'Subscribe', room: 'chat.lobby', resume: null });
 
-test('a subscription the server ended as a slow consumer is re-subscribed, resuming', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const got = [];
-  const subscribed = client.subscribe('dash.fast', (m) => got.push(m.text()));
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Subscribed', room: 'dash.fast', position: null, recovery: { type: 'NotRequested' } });
-  await subscribed;
-  const stream = conn.openStream();
-  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.fast' });
-  stream.send(0, { type: 'Publication', room: 'dash.fast', position: { epoch: 2n, offset: 5n }, payload: text('x') });
-  await waitUntil(() => got.length === 1);
-  const error = once(client, 'error');
-  conn.send(0, { type: 'Unsubscribed', room: 'dash.fast', code: 112, reason: 'queue full' });
-  const [e] = await error;
-  assert.equal(e.kind, 'subscription');
-  assert.equal(e.label, 'slow_consumer');
-  assert.equal(e.room, 'dash.fast');
-  const again = await conn.expect('Subscribe');
-  assert.deepEqual(again.command.resume, { epoch: 2n, offset: 5n });
-});
+    // A stale stream (another subscription's id) and the live one, before the reply.
+    const stale = conn.openStream();
+    stale.send(cmd.id + 1000, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    stale.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('stale') });
+    const live = conn.openStream();
+    live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('{"user":"a","text":"hi"}') });
+    conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    live.send(0, { type: 'Publication', room: 'chat.lobby', position: { epoch: 1n, offset: 9n }, payload: text('two') });
+    // An unknown event type on the control stream is skipped (type 42, then a Pong-like tail).
+    conn.sendRaw(Uint8Array.of(0, 0, 0, 3, 0, 42, 1));
+    const pong = client.ping();
+    const ping = await conn.expect('Ping');
+    conn.send(ping.id, { type: 'Pong' });
+    assert.ok((await pong) >= 0);
 
-test('a throwing message handler is reported and does not stop deliveries', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const got = [];
-  const subscribed = client.subscribe('r', (m) => {
-    got.push(m.text());
-    if (got.length === 1) throw new Error('boom');
+    assert.deepEqual(got.map((m) => m.text()), ['{"user":"a","text":"hi"}', 'two']);
+    assert.deepEqual(got[0].json(), { user: 'a', text: 'hi' });
+    assert.deepEqual(sub.position, { epoch: 1n, offset: 9n });
+    assert.equal(got[1].room, 'chat.lobby');
   });
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Subscribed', room: 'r', position: null, recovery: { type: 'NotRequested' } });
-  await subscribed;
-  const error = once(client, 'error');
-  const stream = conn.openStream();
-  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'r' });
-  stream.send(0, { type: 'Publication', room: 'r', position: null, payload: text('1') });
-  stream.send(0, { type: 'Publication', room: 'r', position: null, payload: text('2') });
-  const [e] = await error;
-  assert.equal(e.kind, 'handler');
-  await waitUntil(() => got.length === 2);
-  assert.deepEqual(got, ['1', '2']);
-});
 
-async function waitUntil(check, ms = 2000) {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  test('subscribe refused: rejects with the server code', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const p = client.subscribe('secret.room', () => {});
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Error', code: 103, message: 'no subscribe permission for room secret.room' });
+    await assert.rejects(p, (e) => e instanceof QuiverError && e.code === 103 && e.label === 'permission_denied');
+    // The room is free again.
+    const again = client.subscribe('secret.room', () => {});
+    const cmd2 = await conn.expect('Subscribe');
+    conn.send(cmd2.id, { type: 'Subscribed', room: 'secret.room', position: null, recovery: { type: 'NotRequested' } });
+    await again;
+  });
+
+  test('async iterator subscription and unsubscribe', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const subscribed = client.subscribe('a.b');
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'a.b', position: null, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'a.b' });
+    for (const s of ['1', '2', '3']) stream.send(0, { type: 'Publication', room: 'a.b', position: null, payload: text(s) });
+    const seen = [];
+    const done = (async () => {
+      for await (const m of sub) {
+        seen.push(m.text());
+        if (seen.length === 3) break; // leaving the loop unsubscribes
+      }
+    })();
+    const unsub = await conn.expect('Unsubscribe');
+    assert.equal(unsub.command.room, 'a.b');
+    conn.send(unsub.id, { type: 'Unsubscribed', room: 'a.b', code: 0, reason: '' });
+    await done;
+    assert.deepEqual(seen, ['1', '2', '3']);
+    assert.equal(sub.active, false);
+  });
+
+  test('publish with ack resolves with the position; a refusal without ack is an error event', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const acked = client.publish('chat.lobby', 'hello', { ack: true });
+    const cmd = await conn.expect('Publish');
+    assert.deepEqual(cmd.command, { type: 'Publish', room: 'chat.lobby', payload: text('hello'), ack: true });
+    conn.send(cmd.id, { type: 'Published', position: { epoch: 7n, offset: 300n } });
+    assert.deepEqual(await acked, { epoch: 7n, offset: 300n });
+
+    assert.equal(await client.publish('x', Uint8Array.of(1, 2)), null);
+    const noack = await conn.expect('Publish');
+    const error = once(client, 'error');
+    conn.send(noack.id, { type: 'Error', code: 103, message: 'no publish permission' });
+    const [e] = await error;
+    assert.equal(e.code, 103);
+  });
+
+  test('a frame over Welcome.limits.max_frame is refused locally (payload_too_large), the session stays up', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client, { limits: { maxFrame: 100, maxPayload: 80 } });
+    await assert.rejects(client.publish('r', new Uint8Array(200), { ack: true }), (e) => e.kind === 'command' && e.label === 'payload_too_large' && /not sent/.test(e.message));
+    // Under the frame limit it goes to the server, which judges the payload.
+    const ok = client.publish('r', new Uint8Array(10), { ack: true });
+    const cmd = await conn.expect('Publish');
+    assert.equal(cmd.command.payload.length, 10);
+    conn.send(cmd.id, { type: 'Published', position: null });
+    await ok;
+    assert.equal(client.state, 'connected');
+  });
+
+  test('reconnect: fresh token, re-subscribe resuming from the last position, recovery surfaced, queued publishes flushed', async (t) => {
+    const { net, client, tokens } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const got = [];
+    const subscribed = client.subscribe('dash.cpu', (m) => got.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.cpu', position: { epoch: 7n, offset: 10n }, recovery: { type: 'NotRequested' } });
+    await subscribed;
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.cpu' });
+    stream.send(0, { type: 'Publication', room: 'dash.cpu', position: { epoch: 7n, offset: 11n }, payload: text('a') });
+    const inflight = client.publish('dash.cpu', 'lost?', { ack: true });
+    await conn.expect('Publish');
+
+    const disconnected = once(client, 'state', (s) => s === 'disconnected');
+    conn.kill();
+    await disconnected;
+    // An ack that the lost connection swallowed is not resent (at most once).
+    await assert.rejects(inflight, (e) => e.kind === 'closed');
+    const queued = client.publish('dash.cpu', 'queued', { ack: true });
+
+    conn = await net.nextConnection();
+    assert.equal(conn.url.searchParams.get('token'), `tok-${tokens()}`);
+    assert.ok(tokens() >= 2);
+    await conn.welcome();
+    const resub = await conn.expect('Subscribe');
+    assert.deepEqual(resub.command.resume, { epoch: 7n, offset: 11n });
+    const recovery = once(client, 'recovery');
+    conn.send(resub.id, { type: 'Subscribed', room: 'dash.cpu', position: { epoch: 7n, offset: 12n }, recovery: { type: 'Recovered', replayed: 1 } });
+    const [info] = await recovery;
+    assert.deepEqual(info, { room: 'dash.cpu', recovery: { type: 'Recovered', replayed: 1 }, resumedFrom: { epoch: 7n, offset: 11n } });
+    const pub = await conn.expect('Publish');
+    assert.deepEqual(pub.command.payload, text('queued'));
+    conn.send(pub.id, { type: 'Published', position: null });
+    assert.equal(await queued, null);
+
+    const s2 = conn.openStream();
+    s2.send(resub.id, { type: 'SubscriptionStream', room: 'dash.cpu' });
+    s2.send(0, { type: 'Publication', room: 'dash.cpu', position: { epoch: 7n, offset: 12n }, payload: text('b') });
+    const ping = client.ping();
+    conn.send((await conn.expect('Ping')).id, { type: 'Pong' });
+    await ping;
+    assert.deepEqual(got, ['a', 'b']);
+  });
+
+  test('failed handshake: error event, new token on every retry', async (t) => {
+    const { net, client, tokens } = setup({}, transport);
+    t.after(() => client.close());
+    // The "server" accepts only the third token.
+    refuse(net, (url) => url.searchParams.get('token') !== 'tok-3');
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    await net.nextConnection(); // tok-1, refused
+    await net.nextConnection(); // tok-2, refused
+    await connected(net, client);
+    assert.equal(tokens(), 3);
+    assert.equal(errors.length, 2);
+    const reason = transport === 'webtransport' ? /Opening handshake failed/ : /closed before the upgrade completed \(code 1006\)/;
+    assert.ok(errors.every((e) => e.kind === 'handshake' && reason.test(e.message)), errors.map((e) => e.message).join('\n'));
+  });
+
+  test('publishes while disconnected are bounded', async (t) => {
+    const { net, client } = setup({ maxQueuedPublishes: 2 }, transport);
+    t.after(() => client.close());
+    refuse(net, () => true);
+    const a = client.publish('r', 'a');
+    const b = client.publish('r', 'b');
+    await assert.rejects(client.publish('r', 'c'), (e) => e.kind === 'buffer_full');
+    await client.close();
+    await assert.rejects(a, (e) => e.kind === 'closed');
+    await assert.rejects(b, (e) => e.kind === 'closed');
+  });
+
+  test('goodbye: reconnect flag honoured, code and reason surfaced', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const bye = once(client, 'goodbye');
+    conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
+    assert.deepEqual((await bye)[0], { code: 3002, reason: 'token expired', reconnect: true });
+    conn = await connected(net, client);
+
+    const closed = once(client, 'state', (s) => s === 'closed');
+    conn.send(0, { type: 'Goodbye', code: 3004, reason: 'unsupported version', reconnect: false });
+    const [, cause] = await closed;
+    assert.equal(cause.code, 3004);
+    assert.equal(cause.kind, 'goodbye');
+    assert.match(cause.message, /unsupported_version/);
+  });
+
+  test('token refresh is sent ahead of expiry with a fresh token', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const expiresAt = BigInt(Math.floor(Date.now() / 1000) + 2);
+    const conn = await connected(net, client, { expiresAt });
+    const refresh = await conn.expect('Refresh');
+    assert.equal(refresh.command.token, 'tok-2');
+    conn.send(refresh.id, { type: 'Refreshed', expiresAt: expiresAt + 3600n });
+  });
+
+  test('a malformed frame from the server ends the session and reconnects', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const error = once(client, 'error', (e) => e.kind === 'protocol');
+    conn.sendRaw(Uint8Array.of(0xff, 0xff, 0xff, 0xff));
+    await error;
+    await connected(net, client);
+  });
+
+  test('a subscription the server ended as a slow consumer is re-subscribed, resuming', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const got = [];
+    const subscribed = client.subscribe('dash.fast', (m) => got.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.fast', position: null, recovery: { type: 'NotRequested' } });
+    await subscribed;
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.fast' });
+    stream.send(0, { type: 'Publication', room: 'dash.fast', position: { epoch: 2n, offset: 5n }, payload: text('x') });
+    await waitUntil(() => got.length === 1);
+    const error = once(client, 'error');
+    conn.send(0, { type: 'Unsubscribed', room: 'dash.fast', code: 112, reason: 'queue full' });
+    const [e] = await error;
+    assert.equal(e.kind, 'subscription');
+    assert.equal(e.label, 'slow_consumer');
+    assert.equal(e.room, 'dash.fast');
+    const again = await conn.expect('Subscribe');
+    assert.deepEqual(again.command.resume, { epoch: 2n, offset: 5n });
+  });
+
+  test('a throwing message handler is reported and does not stop deliveries', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const got = [];
+    const subscribed = client.subscribe('r', (m) => {
+      got.push(m.text());
+      if (got.length === 1) throw new Error('boom');
+    });
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'r', position: null, recovery: { type: 'NotRequested' } });
+    await subscribed;
+    const error = once(client, 'error');
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'r' });
+    stream.send(0, { type: 'Publication', room: 'r', position: null, payload: text('1') });
+    stream.send(0, { type: 'Publication', room: 'r', position: null, payload: text('2') });
+    const [e] = await error;
+    assert.equal(e.kind, 'handler');
+    await waitUntil(() => got.length === 2);
+    assert.deepEqual(got, ['1', '2']);
+  });
+
+  test('presence: the Presence command resolves with the members; a refusal rejects without an error event', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    await assert.rejects(client.presence('chat.lobby'), (e) => e.kind === 'closed');
+    const conn = await connected(net, client);
+    const members = [
+      { user: 'alice', session: 's1' },
+      { user: 'alice', session: 's2' },
+    ];
+    const asked = client.presence('chat.lobby');
+    const cmd = await conn.expect('Presence');
+    assert.deepEqual(cmd.command, { type: 'Presence', room: 'chat.lobby' });
+    conn.send(cmd.id, { type: 'Presence', room: 'chat.lobby', members });
+    assert.deepEqual(await asked, members);
+
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    const refused = client.presence('dash.cpu');
+    const cmd2 = await conn.expect('Presence');
+    conn.send(cmd2.id, { type: 'Error', code: 101, message: 'no presence in namespace dash' });
+    await assert.rejects(refused, (e) => e instanceof QuiverError && e.kind === 'command' && e.label === 'bad_request');
+    assert.deepEqual(errors, []);
+  });
+
+  test('presence changes on the subscription stream reach onPresence; stale streams do not; subscribed fires on every (re)subscribe', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const changes = [];
+    const confirmed = [];
+    client.on('subscribed', (sub) => confirmed.push(sub.room));
+    const got = [];
+    const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()), { onPresence: (c) => changes.push(c) });
+    const cmd = await conn.expect('Subscribe');
+    const stale = conn.openStream();
+    stale.send(cmd.id + 1000, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    stale.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'ghost', session: 's0' } });
+    conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    assert.deepEqual(confirmed, ['chat.lobby']);
+    const live = conn.openStream();
+    live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    live.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
+    live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('hi') });
+    live.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
+    await waitUntil(() => changes.length === 2);
+    assert.deepEqual(changes, [
+      { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
+      { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
+    ]);
+    assert.deepEqual(got, ['hi']);
+    // Presence changes carry no position: the resume point stays where publications left it.
+    assert.equal(sub.position, null);
+
+    // After a reconnect the app learns from `subscribed` when to ask for a fresh list.
+    conn.kill();
+    conn = await connected(net, client);
+    const resub = await conn.expect('Subscribe');
+    const again = once(client, 'subscribed');
+    conn.send(resub.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+    assert.equal((await again)[0], sub);
+    const s2 = conn.openStream();
+    s2.send(resub.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    s2.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'carol', session: 's3' } });
+    await waitUntil(() => changes.length === 3);
+    assert.equal(changes[2].member.user, 'carol');
+  });
+
+  test('iterator subscriptions get presence changes too; a throwing presence handler is reported', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const changes = [];
+    const subscribed = client.subscribe('chat.lobby', undefined, {
+      onPresence: (c) => {
+        changes.push(c.type);
+        if (changes.length === 1) throw new Error('boom');
+      },
+    });
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    const error = once(client, 'error');
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+    stream.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'a', session: '1' } });
+    stream.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'a', session: '1' } });
+    stream.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('m') });
+    const [e] = await error;
+    assert.equal(e.kind, 'handler');
+    assert.equal(e.room, 'chat.lobby');
+    const { value } = await sub[Symbol.asyncIterator]().next();
+    assert.equal(value.text(), 'm');
+    assert.deepEqual(changes, ['Joined', 'Left']);
+  });
+
+  test('the first ping of a session is written before the (re)subscribes and queued publishes', async (t) => {
+    // The server answers control-stream commands in order: a ping queued behind the subscribes
+    // would measure their processing, not the round trip (the demo showed 37-310 ms on loopback).
+    const { net, client } = setup({ pingIntervalMs: 60_000 }, transport);
+    t.after(() => client.close());
+    const subscribed = client.subscribe('dash.cpu', () => {});
+    const published = client.publish('dash.cpu', 'queued');
+    client.on('state', (s) => {
+      if (s === 'connected') client.subscribe('chat.lobby', () => {}).catch(() => undefined);
+    });
+    const conn = await net.nextConnection();
+    await conn.welcome();
+    const first = await conn.commands.next('the first command after Welcome');
+    assert.equal(first.command.type, 'Ping', `first command after Welcome: ${first.command.type}`);
+    const rest = [];
+    for (let i = 0; i < 3; i++) rest.push(await conn.commands.next('a command'));
+    // The listener's subscribe is sent by subscribe() itself, once; then the re-subscribe, the
+    // queued publish, and nothing more.
+    assert.deepEqual(rest.map((f) => [f.command.type, f.command.room]), [
+      ['Subscribe', 'chat.lobby'],
+      ['Subscribe', 'dash.cpu'],
+      ['Publish', 'dash.cpu'],
+    ]);
+    // The pong is answered before the subscribes are, and the RTT is reported without them.
+    const rtt = once(client, 'rtt');
+    conn.send(first.id, { type: 'Pong' });
+    await rtt;
+    await published;
+    for (const f of rest.slice(0, 2)) {
+      conn.send(f.id, { type: 'Subscribed', room: f.command.room, position: null, recovery: { type: 'NotRequested' } });
+    }
+    await subscribed;
+    const ping = client.ping();
+    const next = await conn.commands.next('the next command');
+    assert.equal(next.command.type, 'Ping', `no duplicate command was sent: ${next.command.type}`);
+    conn.send(next.id, { type: 'Pong' });
+    await ping;
+  });
+});
 }
-
-test('presence: the Presence command resolves with the members; a refusal rejects without an error event', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  await assert.rejects(client.presence('chat.lobby'), (e) => e.kind === 'closed');
-  const conn = await connected(net, client);
-  const members = [
-    { user: 'alice', session: 's1' },
-    { user: 'alice', session: 's2' },
-  ];
-  const asked = client.presence('chat.lobby');
-  const cmd = await conn.expect('Presence');
-  assert.deepEqual(cmd.command, { type: 'Presence', room: 'chat.lobby' });
-  conn.send(cmd.id, { type: 'Presence', room: 'chat.lobby', members });
-  assert.deepEqual(await asked, members);
-
-  const errors = [];
-  client.on('error', (e) => errors.push(e));
-  const refused = client.presence('dash.cpu');
-  const cmd2 = await conn.expect('Presence');
-  conn.send(cmd2.id, { type: 'Error', code: 101, message: 'no presence in namespace dash' });
-  await assert.rejects(refused, (e) => e instanceof QuiverError && e.kind === 'command' && e.label === 'bad_request');
-  assert.deepEqual(errors, []);
-});
-
-test('presence changes on the subscription stream reach onPresence; stale streams do not; subscribed fires on every (re)subscribe', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  let conn = await connected(net, client);
-  const changes = [];
-  const confirmed = [];
-  client.on('subscribed', (sub) => confirmed.push(sub.room));
-  const got = [];
-  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()), { onPresence: (c) => changes.push(c) });
-  const cmd = await conn.expect('Subscribe');
-  const stale = conn.openStream();
-  stale.send(cmd.id + 1000, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  stale.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'ghost', session: 's0' } });
-  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
-  const sub = await subscribed;
-  assert.deepEqual(confirmed, ['chat.lobby']);
-  const live = conn.openStream();
-  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  live.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
-  live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('hi') });
-  live.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } });
-  await waitUntil(() => changes.length === 2);
-  assert.deepEqual(changes, [
-    { type: 'Joined', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
-    { type: 'Left', room: 'chat.lobby', member: { user: 'bob', session: 's2' } },
-  ]);
-  assert.deepEqual(got, ['hi']);
-  // Presence changes carry no position: the resume point stays where publications left it.
-  assert.equal(sub.position, null);
-
-  // After a reconnect the app learns from `subscribed` when to ask for a fresh list.
-  conn.kill();
-  conn = await connected(net, client);
-  const resub = await conn.expect('Subscribe');
-  const again = once(client, 'subscribed');
-  conn.send(resub.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
-  assert.equal((await again)[0], sub);
-  const s2 = conn.openStream();
-  s2.send(resub.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  s2.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'carol', session: 's3' } });
-  await waitUntil(() => changes.length === 3);
-  assert.equal(changes[2].member.user, 'carol');
-});
-
-test('iterator subscriptions get presence changes too; a throwing presence handler is reported', async (t) => {
-  const { net, client } = setup();
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const changes = [];
-  const subscribed = client.subscribe('chat.lobby', undefined, {
-    onPresence: (c) => {
-      changes.push(c.type);
-      if (changes.length === 1) throw new Error('boom');
-    },
-  });
-  const cmd = await conn.expect('Subscribe');
-  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
-  const sub = await subscribed;
-  const error = once(client, 'error');
-  const stream = conn.openStream();
-  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  stream.send(0, { type: 'Joined', room: 'chat.lobby', member: { user: 'a', session: '1' } });
-  stream.send(0, { type: 'Left', room: 'chat.lobby', member: { user: 'a', session: '1' } });
-  stream.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('m') });
-  const [e] = await error;
-  assert.equal(e.kind, 'handler');
-  assert.equal(e.room, 'chat.lobby');
-  const { value } = await sub[Symbol.asyncIterator]().next();
-  assert.equal(value.text(), 'm');
-  assert.deepEqual(changes, ['Joined', 'Left']);
-});
-
-test('the first ping of a session is written before the (re)subscribes and queued publishes', async (t) => {
-  // The server answers control-stream commands in order: a ping queued behind the subscribes
-  // would measure their processing, not the round trip (the demo showed 37-310 ms on loopback).
-  const { net, client } = setup({ pingIntervalMs: 60_000 });
-  t.after(() => client.close());
-  const subscribed = client.subscribe('dash.cpu', () => {});
-  const published = client.publish('dash.cpu', 'queued');
-  client.on('state', (s) => {
-    if (s === 'connected') client.subscribe('chat.lobby', () => {}).catch(() => undefined);
-  });
-  const conn = await net.nextConnection();
-  await conn.welcome();
-  const first = await conn.commands.next('the first command after Welcome');
-  assert.equal(first.command.type, 'Ping', `first command after Welcome: ${first.command.type}`);
-  const rest = [];
-  for (let i = 0; i < 3; i++) rest.push(await conn.commands.next('a command'));
-  // The listener's subscribe is sent by subscribe() itself, once; then the re-subscribe, the
-  // queued publish, and nothing more.
-  assert.deepEqual(rest.map((f) => [f.command.type, f.command.room]), [
-    ['Subscribe', 'chat.lobby'],
-    ['Subscribe', 'dash.cpu'],
-    ['Publish', 'dash.cpu'],
-  ]);
-  // The pong is answered before the subscribes are, and the RTT is reported without them.
-  const rtt = once(client, 'rtt');
-  conn.send(first.id, { type: 'Pong' });
-  await rtt;
-  await published;
-  for (const f of rest.slice(0, 2)) {
-    conn.send(f.id, { type: 'Subscribed', room: f.command.room, position: null, recovery: { type: 'NotRequested' } });
-  }
-  await subscribed;
-  const ping = client.ping();
-  const next = await conn.commands.next('the next command');
-  assert.equal(next.command.type, 'Ping', `no duplicate command was sent: ${next.command.type}`);
-  conn.send(next.id, { type: 'Pong' });
-  await ping;
-});

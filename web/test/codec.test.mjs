@@ -192,5 +192,9 @@ test('frame decoder on random bytes: only DecodeError, never holds more than one
 test('code labels', () => {
   assert.equal(codeLabel(103), 'permission_denied');
   assert.equal(codeLabel(3002), 'token_expired');
+  assert.equal(codeLabel(114), 'stream_limit');
+  assert.equal(codeLabel(115), 'quota_exceeded');
+  assert.equal(codeLabel(3008), 'over_quota');
+  assert.equal(codeLabel(3009), 'disconnected');
   assert.equal(codeLabel(4242), 'code_4242');
 });

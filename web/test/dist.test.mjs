@@ -15,7 +15,7 @@ test('dist/ is up to date with src/', async () => {
   const out = await mkdtemp(path.join(tmpdir(), 'quiver-dist-'));
   try {
     await promisify(execFile)(process.execPath, [path.join(web, 'scripts', 'build.mjs'), out], { cwd: web });
-    for (const file of ['quiver.js', 'quiver.d.ts']) {
+    for (const file of ['quiver.js', 'quiver.min.js', 'quiver.min.js.map', 'quiver.d.ts']) {
       const fresh = await readFile(path.join(out, file));
       const committed = await readFile(path.join(web, 'dist', file)).catch(() => Buffer.alloc(0));
       assert.ok(fresh.equals(committed), `web/dist/${file} is stale: run \`npm run build\` in web/ and commit it`);

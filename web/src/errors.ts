@@ -1,0 +1,83 @@
+// Errors as the app sees them: one class, a kind saying where it came from, and the protocol code
+// when the server sent one.
+
+import { codeLabel } from './codes.js';
+
+/** What went wrong, as the app sees it. */
+export type ErrorKind =
+  /** The server refused a command (`code` is an error code, e.g. 103 permission_denied). */
+  | 'command'
+  /** The server ended a subscription (`code`, `room`). */
+  | 'subscription'
+  /** No transport could open a session: unreachable, refused, or (WebTransport, which cannot
+   *  tell) a refused token or a certificate mismatch. */
+  | 'handshake'
+  /** The server refused the token for good (WebSocket close 3007 `token_invalid`): the client
+   *  stops retrying. Fix the token source, then create a new client. */
+  | 'auth'
+  /** The token callback threw, or a token refresh was refused. */
+  | 'token'
+  /** The server said Goodbye (`code` is a close code, e.g. 3002 token_expired). */
+  | 'goodbye'
+  /** The server sent bytes this client cannot decode. */
+  | 'protocol'
+  /** The connection was lost or could not be used. */
+  | 'transport'
+  /** No answer in time (including a server that stopped answering pings). */
+  | 'timeout'
+  /** The client was closed, or the request could not survive a reconnect. */
+  | 'closed'
+  /** Too many publishes queued while disconnected. */
+  | 'buffer_full'
+  /** A message handler threw. */
+  | 'handler';
+
+export class QuiverError extends Error {
+  override name = 'QuiverError';
+  /** Protocol code (error or close code) when the server sent one. */
+  readonly code: number | null;
+  readonly room: string | null;
+  /** @internal The command was never written: a publish may be queued again. */
+  unsent = false;
+
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    extra: { code?: number; room?: string; cause?: unknown } = {},
+  ) {
+    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
+    this.code = extra.code ?? null;
+    this.room = extra.room ?? null;
+  }
+
+  /** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
+  get label(): string | null {
+    return this.code === null ? null : codeLabel(this.code);
+  }
+}
+
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message || e.name : String(e);
+}
+
+export function asQuiverError(e: unknown): QuiverError {
+  if (e instanceof QuiverError) return e;
+  return new QuiverError('transport', errorMessage(e), { cause: e });
+}
+
+/** `p`, or a `timeout` QuiverError after `ms`. */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e: unknown) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}

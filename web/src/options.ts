@@ -1,0 +1,207 @@
+// The client's public options and events (what an app passes to `new QuiverClient(...)` and
+// what it can listen to), and their validation and defaults.
+
+import { DEFAULT_MAX_FRAME, type Limits, type Position, type Recovery } from './codec.js';
+import type { QuiverError } from './errors.js';
+import type { GoodbyeInfo } from './session.js';
+import type { Subscription } from './subscription.js';
+import { TRANSPORT_KINDS, type RememberFailure, type TransportKind, type WebSocketConstructor, type WebTransportConstructor } from './transport.js';
+
+export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
+
+export interface ReconnectOptions {
+  /** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+  initialDelayMs: number;
+  maxDelayMs: number;
+}
+
+export interface HeartbeatOptions {
+  /** Silence (nothing received) after which a `Ping` is sent. Default 1000 ms. */
+  idleMs: number;
+  /** How long after that `Ping` something must arrive, else the connection is presumed dead and
+   *  replaced. Default 2000 ms: a dead server is noticed within `idleMs + timeoutMs` (3 s). */
+  timeoutMs: number;
+}
+
+export interface ClientOptions {
+  /** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`; or, for WebSocket only,
+   *  a `ws:`/`wss:` URL. */
+  url?: string | URL;
+  /** WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. Default: `wss://` on the host and port of
+   *  `url`, path `/v1/ws` (a server with a real certificate serves both on one port number). */
+  webSocketUrl?: string | URL;
+  /** Transports to try, in order, on every connection attempt. Default
+   *  `["webtransport", "websocket"]`; unavailable ones (no `WebTransport` in this browser, no
+   *  URL for it) are skipped. */
+  transports?: readonly TransportKind[];
+  /** How long WebTransport may take to be ready before the next transport is tried, when there is
+   *  one (blocked UDP is silent, not refused). Default 2500 ms. */
+  webTransportTimeoutMs?: number;
+  /** After WebTransport failed and WebSocket then worked, later attempts skip WebTransport:
+   *  remembered for this page (`'page'`, the default), also across reloads of the tab
+   *  (`'sessionStorage'`), or not at all (`false`). */
+  rememberWebTransportFailure?: RememberFailure;
+  /** Returns a JWT. Called before every connection attempt and before the token expires. */
+  token: () => string | Promise<string>;
+  /** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
+   *  WebTransport only: a WebSocket relies on the browser's certificate checks). */
+  serverCertificateHashes?: readonly (Uint8Array | string)[];
+  /** `Hello.client`. */
+  clientName?: string;
+  /** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
+  reconnect?: Partial<ReconnectOptions> | false;
+  /** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
+  connectTimeoutMs?: number;
+  /** How long to wait for the reply to a command, counted from when it is written. Default 10 s. */
+  requestTimeoutMs?: number;
+  /** Ping period for RTT readings; 0 disables. Default 5 s. */
+  pingIntervalMs?: number;
+  /** Dead-server detection while the session is otherwise silent; `false` disables it (the
+   *  transport's own timeouts, ~30 s, then apply). */
+  heartbeat?: Partial<HeartbeatOptions> | false;
+  /** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
+   *  before it is reported missing (and, with WebSocket among `transports`, the client moves
+   *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
+   *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
+  streamTimeoutMs?: number;
+  /** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
+   *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
+  paceCommands?: boolean;
+  /** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+  maxQueuedPublishes?: number;
+  /** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+  maxFrame?: number;
+  /** WebTransport implementation; defaults to the global one (tests pass a fake). */
+  WebTransport?: WebTransportConstructor;
+  /** WebSocket implementation; defaults to the global one (tests pass a fake). */
+  WebSocket?: WebSocketConstructor;
+}
+
+export interface SessionInfo {
+  session: string;
+  user: string;
+  tenant: string;
+  /** Token expiry, Unix seconds; null if it never expires. */
+  expiresAt: number | null;
+  limits: Limits;
+}
+
+export interface RecoveryInfo {
+  room: string;
+  /** `Recovered`: missed messages are replayed before live ones. `Failed`: messages were missed,
+   *  re-sync the room's state from elsewhere. */
+  recovery: Recovery;
+  /** The position resumed from. */
+  resumedFrom: Position;
+}
+
+export interface ClientEvents {
+  state: [state: ConnectionState, cause: QuiverError | null];
+  error: [error: QuiverError];
+  welcome: [info: SessionInfo];
+  goodbye: [info: GoodbyeInfo];
+  recovery: [info: RecoveryInfo];
+  /** The server confirmed a subscription: the first time, and again after every re-subscribe. */
+  subscribed: [subscription: Subscription];
+  rtt: [ms: number];
+  /** The session is on another transport than the previous one (or the first). `skipped` says
+   *  why an earlier transport in `transports` was not used, when one failed. */
+  transport: [transport: TransportKind, skipped: QuiverError | null];
+}
+
+export interface PublishOptions {
+  /** Wait for the server's `Published` (with the message's position, if the room has history). */
+  ack?: boolean;
+}
+
+/** @internal Options with every default filled in. */
+export interface ResolvedOptions {
+  token: () => string | Promise<string>;
+  clientName: string;
+  reconnect: ReconnectOptions | false;
+  connectTimeoutMs: number;
+  requestTimeoutMs: number;
+  pingIntervalMs: number;
+  heartbeat: HeartbeatOptions | false;
+  paceCommands: boolean;
+  maxQueuedPublishes: number;
+  maxFrame: number;
+  webTransportTimeoutMs: number;
+  remember: RememberFailure;
+  streamTimeoutMs: number;
+}
+
+/** @internal Checks the options (a clear TypeError for each mistake) and fills in defaults:
+ *  URLs per transport, the transports usable here, certificate hashes. */
+export function resolveOptions(options: ClientOptions, clientName: string) {
+  if (typeof options?.token !== 'function') throw new TypeError('options.token must be a function returning a JWT');
+  let wtUrl: URL | null = null;
+  let wsUrl: URL | null = options.webSocketUrl === undefined ? null : new URL(options.webSocketUrl);
+  if (wsUrl && wsUrl.protocol !== 'ws:' && wsUrl.protocol !== 'wss:') {
+    throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
+  }
+  if (options.url !== undefined) {
+    const url = new URL(options.url); // throws TypeError on a bad URL
+    if (url.protocol === 'https:') {
+      wtUrl = url;
+      wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, '')}/ws`);
+    } else if (url.protocol === 'ws:' || url.protocol === 'wss:') {
+      wsUrl ??= url;
+    } else {
+      throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+    }
+  }
+  const wanted = options.transports ?? TRANSPORT_KINDS;
+  if (wanted.length === 0 || wanted.some((t) => !TRANSPORT_KINDS.includes(t))) {
+    throw new TypeError(`transports must list some of ${TRANSPORT_KINDS.join(', ')}, got ${JSON.stringify(wanted)}`);
+  }
+  const WT = options.WebTransport ?? (globalThis as { WebTransport?: WebTransportConstructor }).WebTransport;
+  const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  const transports = wanted.filter((t) => (t === 'webtransport' ? WT && wtUrl : WS && wsUrl));
+  if (transports.length === 0) {
+    const why = wanted.map((t) =>
+      t === 'webtransport'
+        ? WT
+          ? 'webtransport: no https: url'
+          : 'WebTransport is not available here (a secure context in a browser that has it is needed)'
+        : WS
+          ? 'websocket: no ws:/wss: url'
+          : 'WebSocket is not available here',
+    );
+    throw new TypeError(`no usable transport: ${why.join('; ')}`);
+  }
+  const hashes: WebTransportHash[] = (options.serverCertificateHashes ?? []).map((h) => ({
+    algorithm: 'sha-256',
+    value: parseHash(h),
+  }));
+  const opts: ResolvedOptions = {
+    token: options.token,
+    clientName: options.clientName ?? clientName,
+    reconnect: options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15_000, ...options.reconnect },
+    connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
+    requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+    pingIntervalMs: options.pingIntervalMs ?? 5_000,
+    heartbeat: options.heartbeat === false ? false : { idleMs: 1_000, timeoutMs: 2_000, ...options.heartbeat },
+    paceCommands: options.paceCommands ?? true,
+    maxQueuedPublishes: options.maxQueuedPublishes ?? 1000,
+    maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
+    remember: options.rememberWebTransportFailure ?? 'page',
+    streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
+  };
+  return { opts, transports, wtUrl, wsUrl, hashes, WT, WS };
+}
+
+function parseHash(h: Uint8Array | string): Uint8Array<ArrayBuffer> {
+  if (h instanceof Uint8Array) {
+    if (h.length !== 32) throw new TypeError(`a SHA-256 certificate hash has 32 bytes, got ${h.length}`);
+    return new Uint8Array(h);
+  }
+  const hex = String(h).replace(/[:\s]/g, '');
+  if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
+    throw new TypeError(`certificate hash must be 64 hex digits (SHA-256), got ${JSON.stringify(h)}`);
+  }
+  const out = new Uint8Array(32);
+  for (let i = 0; i < 32; i++) out[i] = parseInt(hex.slice(i * 2, i * 2 + 2), 16);
+  return out;
+}

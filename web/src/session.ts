@@ -1,0 +1,403 @@
+// One session on one link, whatever the transport: commands and their replies, the pacing of
+// commands to the server's rate limit, liveness pings, and token refresh. The client
+// (client.ts) opens sessions, one after another, and carries the app's state across them.
+
+import { DEFAULT_MAX_FRAME, LENGTH_PREFIX, encodeCommand, type Command, type Event } from './codec.js';
+import { CloseCode, ErrorCode, codeLabel } from './codes.js';
+import { QuiverError, asQuiverError, errorMessage } from './errors.js';
+import { Pacer } from './pacer.js';
+import type { Link, LinkHandler, SubscriptionEvent, TransportKind } from './transport.js';
+
+export interface GoodbyeInfo {
+  code: number;
+  reason: string;
+  reconnect: boolean;
+}
+
+/** What a session asks of the client that owns it. */
+export interface SessionOwner {
+  /** Control events that answer no pending command (Goodbye, unsolicited Unsubscribed, late
+   *  replies, refusals of publishes sent without ack). */
+  onUnsolicited(session: Session, id: number, event: Event): void;
+  streamOpened(room: string, id: number): boolean;
+  deliver(id: number, event: SubscriptionEvent): boolean;
+  report(error: QuiverError): void;
+  onRtt(ms: number): void;
+}
+
+interface PendingRequest {
+  resolve: (e: Event) => void;
+  reject: (e: QuiverError) => void;
+  /** Started once the command is written: time spent waiting for the pacer is not the server's. */
+  timer: ReturnType<typeof setTimeout> | null;
+}
+
+interface QueuedWrite {
+  bytes: Uint8Array;
+  resolve: () => void;
+  reject: (e: QuiverError) => void;
+}
+
+export interface SendOptions {
+  /** Sent at once, ahead of commands waiting for the pacer (pings, refreshes): it still counts
+   *  against the rate, so the commands behind it wait that much longer. */
+  urgent?: boolean;
+}
+
+// Close codes after which reconnecting makes no sense (PROTOCOL.md section 7), for a close that
+// arrives without its Goodbye frame.
+const FINAL_CLOSE_CODES = new Set<number>([
+  CloseCode.protocol_error,
+  CloseCode.unsupported_version,
+  CloseCode.token_invalid,
+  CloseCode.disconnected,
+]);
+
+/** The error a Goodbye ends the session with: a refused token is an `auth` error. */
+export function goodbyeError(g: GoodbyeInfo): QuiverError {
+  const what = `${codeLabel(g.code)} (${g.code})${g.reason ? ` ${g.reason}` : ''}`;
+  if (g.code === CloseCode.token_invalid) {
+    return new QuiverError('auth', `the server refused the token: ${what}`, { code: g.code });
+  }
+  return new QuiverError('goodbye', `server closed the session: ${what}`, { code: g.code });
+}
+
+const now = (): number => performance.now();
+
+export class Session implements LinkHandler {
+  goodbye: GoodbyeInfo | null = null;
+  ended = false;
+  /** Why the session ended, once it has. */
+  cause: QuiverError | null = null;
+  readonly done: Promise<QuiverError>;
+  private resolveDone!: (cause: QuiverError) => void;
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly queue: QueuedWrite[] = [];
+  private pacer: Pacer | null = null;
+  private pumping = false;
+  private pumpTimer: ReturnType<typeof setTimeout> | null = null;
+  private wakePump: (() => void) | null = null;
+  private heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
+  private lastReceived = now();
+  private connectedAt = 0;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
+  private sendLimit = DEFAULT_MAX_FRAME;
+
+  constructor(
+    readonly link: Link,
+    private readonly requestTimeoutMs: number,
+    private readonly owner: SessionOwner,
+    private readonly onGoodbye: (g: GoodbyeInfo) => void,
+  ) {
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+  }
+
+  get kind(): TransportKind {
+    return this.link.kind;
+  }
+
+  async start(): Promise<void> {
+    try {
+      await this.link.start(this);
+    } catch (e) {
+      const err = asQuiverError(e);
+      this.end(err);
+      throw err;
+    }
+  }
+
+  markConnected(): void {
+    this.connectedAt = Date.now();
+  }
+
+  connectedFor(): number {
+    return this.connectedAt ? Date.now() - this.connectedAt : 0;
+  }
+
+  raiseMaxFrame(announced: number): void {
+    this.link.maxFrame = Math.max(this.link.maxFrame, announced);
+  }
+
+  /** Frames over `maxFrame` are refused here: the server would close the whole session over one
+   *  (protocol_error), where the app only needs that one command refused. */
+  limitFrames(maxFrame: number): void {
+    if (maxFrame > 0) this.sendLimit = maxFrame;
+  }
+
+  /** Paces every later command to `commandsPerSecond` (from `Welcome.limits`). */
+  pace(commandsPerSecond: number): void {
+    this.pacer = Pacer.forServerLimit(commandsPerSecond, now());
+  }
+
+  /** Whether anything arrived from the server after `since` (a `performance.now()` time). */
+  heardSince(since: number): boolean {
+    return this.lastReceived > since;
+  }
+
+  /**
+   * Notices a dead server: once nothing has arrived for `idleMs`, sends a `Ping`; if nothing at
+   * all (the Pong or anything else) arrives within `timeoutMs` after it, the session ends. So a
+   * dead server is noticed `idleMs + timeoutMs` after the last thing heard from it, a silent
+   * session costs one Ping and one Pong per `idleMs`, and a busy one nothing. Death is only
+   * declared `timeoutMs` after a ping actually went out, so timers delayed by a throttled
+   * background tab cannot declare a live server dead.
+   */
+  startHeartbeat(idleMs: number, timeoutMs: number): void {
+    let pingedAt = -Infinity;
+    const schedule = (at: number): void => {
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+      this.heartbeatTimer = setTimeout(check, Math.max(0, at - now()));
+    };
+    const check = (): void => {
+      this.heartbeatTimer = null;
+      if (this.ended) return;
+      const t = now();
+      const last = this.lastReceived;
+      if (pingedAt > last) {
+        // A ping is out and nothing has arrived since.
+        if (t - pingedAt >= timeoutMs) {
+          this.end(new QuiverError('timeout', `the server sent nothing for ${Math.round(t - last)} ms, not even a Pong within ${timeoutMs} ms: connection presumed dead`));
+        } else {
+          schedule(pingedAt + timeoutMs);
+        }
+      } else if (t - last >= idleMs) {
+        pingedAt = t;
+        this.request(0, { type: 'Ping' }, { urgent: true, timeoutMs }).then(
+          () => {
+            this.owner.onRtt(now() - t);
+            check(); // the next ping is due idleMs after this Pong
+          },
+          () => undefined, // judged by what arrives, not by this reply alone
+        );
+        schedule(t + timeoutMs);
+      } else {
+        schedule(last + idleMs);
+      }
+    };
+    schedule(this.lastReceived + idleMs);
+  }
+
+  /** Writes one command (through the pacer); resolves once it is handed to the transport. */
+  send(frame: { id: number; command: Command }, options: SendOptions = {}): Promise<void> {
+    if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
+    let bytes: Uint8Array;
+    try {
+      bytes = encodeCommand(frame);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
+      const size = bytes.length - LENGTH_PREFIX;
+      return Promise.reject(
+        new QuiverError('command', `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
+          code: ErrorCode.payload_too_large,
+        }),
+      );
+    }
+    const pacer = this.pacer;
+    if (!pacer || options.urgent || (this.queue.length === 0 && pacer.ready(now()))) {
+      pacer?.reserve(now());
+      return this.write(bytes);
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ bytes, resolve, reject });
+      this.pump();
+    });
+  }
+
+  /**
+   * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
+   * the next id from the owner's counter (see `nextId`).
+   */
+  request(id: number, command: Command, options: SendOptions & { timeoutMs?: number } = {}): Promise<Event> {
+    if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
+    const frameId = id === 0 ? this.nextId() : id;
+    const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
+    return new Promise<Event>((resolve, reject) => {
+      const entry: PendingRequest = { resolve, reject, timer: null };
+      this.pending.set(frameId, entry);
+      this.send({ id: frameId, command }, options).then(
+        () => {
+          if (this.pending.get(frameId) !== entry) return;
+          entry.timer = setTimeout(() => {
+            this.pending.delete(frameId);
+            reject(new QuiverError('timeout', `no reply to ${command.type} within ${timeoutMs} ms`));
+          }, timeoutMs);
+        },
+        (e: unknown) => {
+          if (this.pending.get(frameId) === entry) this.pending.delete(frameId);
+          reject(asQuiverError(e));
+        },
+      );
+    });
+  }
+
+  /** @internal Set by the client: command ids are unique across sessions. */
+  nextId: () => number = () => {
+    throw new Error('Session.nextId not set');
+  };
+
+  /** Ends the session once; every waiter learns why. */
+  end(cause: QuiverError, byClient = false): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.cause = cause;
+    const err = new QuiverError('closed', `session ended: ${cause.message}`, {
+      cause,
+      ...(cause.code !== null ? { code: cause.code } : {}),
+    });
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    this.wakePump?.();
+    // Commands still waiting for the pacer were never written: the client may queue them again.
+    for (const q of this.queue.splice(0)) q.reject(unsent(new QuiverError('closed', err.message, { cause })));
+    for (const p of this.pending.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.link.close(byClient ? 'client closed' : '');
+    this.resolveDone(cause);
+  }
+
+  // LinkHandler
+
+  received(): void {
+    this.lastReceived = now();
+  }
+
+  control(id: number, event: Event): void {
+    if (event.type === 'Goodbye') {
+      this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
+      return;
+    }
+    const pending = id === 0 ? undefined : this.pending.get(id);
+    if (!pending) {
+      this.owner.onUnsolicited(this, id, event);
+      return;
+    }
+    this.pending.delete(id);
+    if (pending.timer) clearTimeout(pending.timer);
+    if (event.type === 'Error') {
+      pending.reject(new QuiverError('command', `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
+    } else {
+      pending.resolve(event);
+    }
+  }
+
+  streamOpened(room: string, id: number): boolean {
+    return this.owner.streamOpened(room, id);
+  }
+
+  subscription(id: number, event: SubscriptionEvent): boolean {
+    return this.owner.deliver(id, event);
+  }
+
+  report(error: QuiverError): void {
+    this.owner.report(error);
+  }
+
+  closed(cause: QuiverError, close: { code: number; reason: string } | null): void {
+    // A protocol close code without its Goodbye frame still says what happened (WebSocket).
+    if (!this.goodbye && close && codeLabel(close.code) !== `code_${close.code}` && close.code >= CloseCode.shutdown) {
+      this.setGoodbye({ code: close.code, reason: close.reason, reconnect: !FINAL_CLOSE_CODES.has(close.code) });
+      return;
+    }
+    this.end(this.goodbye ? goodbyeError(this.goodbye) : cause);
+  }
+
+  private setGoodbye(g: GoodbyeInfo): void {
+    if (this.ended) return;
+    this.goodbye = g;
+    this.onGoodbye(g);
+    this.end(goodbyeError(g));
+  }
+
+  private async write(bytes: Uint8Array): Promise<void> {
+    if (this.ended) throw unsent(new QuiverError('closed', 'not connected'));
+    try {
+      await this.link.write(bytes);
+    } catch (e) {
+      const err = asQuiverError(e);
+      if (err.kind !== 'closed') this.end(new QuiverError('transport', `write failed: ${errorMessage(e)}`, { cause: e }));
+      throw new QuiverError('closed', err.message, { cause: e });
+    }
+  }
+
+  /** Writes queued commands in order, each when the pacer allows. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    void (async () => {
+      try {
+        while (this.queue.length > 0 && !this.ended && this.pacer) {
+          const wait = this.pacer.reserve(now());
+          if (wait > 0) {
+            await new Promise<void>((resolve) => {
+              this.wakePump = resolve;
+              this.pumpTimer = setTimeout(resolve, wait);
+            });
+            this.pumpTimer = null;
+            this.wakePump = null;
+          }
+          const item = this.queue.shift();
+          if (!item || this.ended) break;
+          this.write(item.bytes).then(item.resolve, item.reject);
+        }
+      } finally {
+        this.pumping = false;
+      }
+    })();
+  }
+}
+
+function unsent(e: QuiverError): QuiverError {
+  e.unsent = true;
+  return e;
+}
+
+/** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
+export class Refresher {
+  private timer: ReturnType<typeof setTimeout> | null = null;
+
+  constructor(
+    private readonly session: Session,
+    private readonly token: () => string | Promise<string>,
+    private readonly report: (e: QuiverError) => void,
+  ) {}
+
+  schedule(expiresAt: number | null): void {
+    this.stop();
+    if (expiresAt === null) return;
+    const remaining = expiresAt * 1000 - Date.now();
+    // A minute ahead, or a fifth of the lifetime for short tokens, so one failure can be retried.
+    const delay = Math.max(0, remaining - Math.min(60_000, remaining / 5));
+    // setTimeout fires at once beyond 2^31-1 ms; an early refresh of a very long token is harmless.
+    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
+  }
+
+  stop(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private async refresh(expiresAt: number): Promise<void> {
+    try {
+      const token = await this.token();
+      const reply = await this.session.request(0, { type: 'Refresh', token }, { urgent: true });
+      if (reply.type === 'Refreshed') {
+        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
+        return;
+      }
+      throw new QuiverError('protocol', `expected Refreshed, got ${reply.type}`);
+    } catch (e) {
+      if (this.session.ended) return;
+      const err = asQuiverError(e);
+      this.report(new QuiverError('token', `token refresh failed: ${err.message}`, { cause: err, ...(err.code !== null ? { code: err.code } : {}) }));
+      // Try again while there is time; if the token still expires, the server says Goodbye
+      // (token_expired, reconnect) and the reconnect brings a fresh token.
+      const remaining = expiresAt * 1000 - Date.now();
+      if (remaining > 2_000) this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(remaining / 2, 30_000));
+    }
+  }
+}
