@@ -146,7 +146,10 @@ async function main() {
   $('user').textContent = boot.user;
   let firstToken = boot.token;
 
+  // `?transport=websocket` (or `webtransport`) pins one transport, to compare them side by side.
+  const pinned = new URLSearchParams(location.search).get('transport');
   const client = new QuiverClient({
+    ...(pinned === 'websocket' || pinned === 'webtransport' ? { transports: [pinned] } : {}),
     url: boot.url,
     // WebTransport first, WebSocket when it is missing, refused or silent (blocked UDP). The
     // WebSocket is on the HTTP port this page came from; newer servers say so in `ws_url`.
