@@ -281,6 +281,16 @@ impl Raw {
 
     /// Subscribes and returns the room's stream, its header already read.
     pub async fn subscribe(&mut self, room: &str) -> Result<RoomStream> {
+        Ok(self.subscribe_from(room, None).await?.1)
+    }
+
+    /// Subscribes, resuming from `resume` if given; returns the `Subscribed` reply and the
+    /// room's stream with its header already read, on either transport.
+    pub async fn subscribe_from(
+        &mut self,
+        room: &str,
+        resume: Option<quiver_proto::Position>,
+    ) -> Result<(Event, RoomStream)> {
         let routed = match &self.wire {
             Wire::Ws { rooms, .. } => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -295,12 +305,12 @@ impl Raw {
         let id = self
             .send(Command::Subscribe {
                 room: room.into(),
-                resume: None,
+                resume,
             })
             .await?;
-        match self.recv_reply(id).await? {
-            Event::Subscribed { .. } => {}
-            other => bail!("subscribe {room}: {other:?}"),
+        let reply = self.recv_reply(id).await?;
+        if !matches!(reply, Event::Subscribed { .. }) {
+            bail!("subscribe {room}: {reply:?}");
         }
         let mut stream = match routed {
             Some(rx) => RoomStream::Ws(rx),
@@ -310,7 +320,7 @@ impl Raw {
             ServerFrame {
                 id: got,
                 event: Event::SubscriptionStream { room: r },
-            } if got == id && r == room => Ok(stream),
+            } if got == id && r == room => Ok((reply, stream)),
             other => bail!("expected the stream header of {room}, got {other:?}"),
         }
     }

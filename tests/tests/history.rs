@@ -32,31 +32,23 @@ async fn subscribe(
     room: &str,
     resume: Option<Position>,
 ) -> anyhow::Result<(Option<Position>, Recovery, RoomStream)> {
-    let id = raw
-        .send(Command::Subscribe {
-            room: room.into(),
-            resume,
-        })
-        .await?;
+    let (reply, stream) = raw.subscribe_from(room, resume).await?;
     let Event::Subscribed {
         position, recovery, ..
-    } = raw.recv_reply(id).await?
+    } = reply
     else {
         anyhow::bail!("subscribe refused");
     };
-    let mut stream = RoomStream::accept(raw.conn()).await?;
-    stream.next().await?; // header
     Ok((position, recovery, stream))
 }
 
-#[tokio::test]
-async fn resume_replays_what_was_missed_then_goes_live() -> anyhow::Result<()> {
+async fn resume_replays_what_was_missed_then_goes_live(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(with_history(100)).await?;
-    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut publ = Raw::connect_via(via, &server, &full_token("acme", "p")).await?;
     for i in 0..3u8 {
         publ.publish("h.room", &[i]).await?;
     }
-    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut sub = Raw::connect_via(via, &server, &full_token("acme", "s")).await?;
     let (start, recovery, mut stream) = subscribe(&mut sub, "h.room", None).await?;
     assert_eq!(recovery, Recovery::NotRequested);
     let start = start.expect("history rooms have positions");
@@ -70,12 +62,12 @@ async fn resume_replays_what_was_missed_then_goes_live() -> anyhow::Result<()> {
         matches!(publ.publish("h.room", &[99]).await?, Event::Published { position: Some(p) } if p.offset == 5)
     );
     drop(stream);
-    sub.conn().close(0u32.into(), b"");
+    sub.close().await;
 
     // Missed while away: offsets 5..=7. Resume from 4 replays them, then live continues.
     publ.publish("h.room", &[6]).await?;
     publ.publish("h.room", &[7]).await?;
-    let mut back = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut back = Raw::connect_via(via, &server, &full_token("acme", "s")).await?;
     let (now, recovery, mut stream) = subscribe(&mut back, "h.room", Some(seen)).await?;
     assert_eq!(recovery, Recovery::Recovered { replayed: 3 });
     assert_eq!(now.map(|p| p.offset), Some(7));
@@ -93,10 +85,9 @@ async fn resume_replays_what_was_missed_then_goes_live() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn resume_says_so_when_history_is_gone() -> anyhow::Result<()> {
+async fn resume_says_so_when_history_is_gone(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(with_history(2)).await?;
-    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "u")).await?;
     let mut first = None;
     for i in 0..5u8 {
         if let Event::Published { position } = c.publish("h.x", &[i]).await? {
@@ -216,3 +207,8 @@ async fn history_memory_is_capped_per_tenant_and_in_total() -> anyhow::Result<()
     assert_eq!(recovery, Recovery::Recovered { replayed: 5 });
     Ok(())
 }
+
+over_both_transports!(
+    resume_replays_what_was_missed_then_goes_live,
+    resume_says_so_when_history_is_gone,
+);
