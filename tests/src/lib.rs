@@ -21,6 +21,12 @@ pub use raw::{Raw, RoomStream, Via};
 /// At least 32 bytes: the server refuses shorter HS256 secrets.
 pub const SECRET: &str = "test-secret-please-change-0123456789";
 
+/// Long runs of the fault tests (`scripts/test-long`, `QUIVER_LONG_TESTS=1`): sustained traffic
+/// for a minute instead of seconds. `scripts/test` runs the short ones.
+pub fn long_tests() -> bool {
+    std::env::var("QUIVER_LONG_TESTS").is_ok_and(|v| v == "1")
+}
+
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 

@@ -1010,8 +1010,12 @@ async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing
 ) -> anyhow::Result<()> {
     use quiver_tests::process::QuiverProcess;
     const RATE_GAP: Duration = Duration::from_millis(5); // 200 per second
-    const TOTAL: u32 = 1400; // 7 s of traffic
-    const KILL_AT: u32 = 400;
+                                                         // 7 s of traffic, the kill after 2 s; with QUIVER_LONG_TESTS=1, 60 s with the kill at 20 s.
+    let (total, kill_at): (u32, u32) = if long_tests() {
+        (12_000, 4_000)
+    } else {
+        (1_400, 400)
+    };
     let nats = quiver_tests::nats::NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
     let toml = dir.path().join("quiver.toml");
@@ -1042,7 +1046,7 @@ async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing
             let mut numbers = Vec::new();
             let mut first_after_resume = None;
             let mut recovery = None;
-            while numbers.len() < TOTAL as usize {
+            while numbers.len() < total as usize {
                 match tokio::time::timeout(WAIT, sub.recv()).await {
                     Ok(Some(SubEvent::Publication { payload, .. })) => {
                         numbers.push(u32::from_be_bytes(payload.as_ref().try_into()?));
@@ -1063,12 +1067,12 @@ async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing
     let (killed_tx, mut killed_rx) = tokio::sync::watch::channel(false);
     let publishing = tokio::spawn(async move {
         let mut tick = tokio::time::interval(RATE_GAP);
-        for i in 0..TOTAL {
+        for i in 0..total {
             tick.tick().await;
             publisher
                 .publish_ack("h.feed", i.to_be_bytes().to_vec())
                 .await?;
-            if i == KILL_AT {
+            if i == kill_at {
                 killed_tx.send_replace(true);
             }
         }
@@ -1093,7 +1097,7 @@ async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing
         );
         assert_eq!(
             numbers,
-            (0..TOTAL).collect::<Vec<_>>(),
+            (0..total).collect::<Vec<_>>(),
             "every acknowledged publication exactly once, in order"
         );
         assert!(is_connected(&client.state().borrow()));
