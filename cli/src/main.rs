@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// See the `jemalloc` feature in Cargo.toml for why.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }
