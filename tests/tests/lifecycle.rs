@@ -298,3 +298,32 @@ async fn health_answers_503_through_the_drain() -> anyhow::Result<()> {
     drop(deaf);
     Ok(())
 }
+
+/// A session that never says Hello is told so at the Hello deadline, on every transport, and
+/// a WebTransport session that never even opens its control stream is closed then with the same
+/// code (issue 11 §6: the client used to see the close 17–22 s after opening).
+#[tokio::test]
+async fn no_hello_gets_a_goodbye_at_the_deadline() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.timeouts.hello = Duration::from_millis(800)).await?;
+    let token = full_token("acme", "silent");
+
+    // Control stream open, no Hello: a goodbye on it, then the close.
+    let conn = open_session(&server, &format!("/v1?token={token}")).await?;
+    let mut quiet = Raw::on(conn).await?;
+    assert_eq!(goodbye(&mut quiet).await?, CloseCode::HelloTimeout);
+    assert_eq!(quiet.close_code().await, Some(3006));
+
+    // No control stream at all: the QUIC close carries the code.
+    let bare = open_session(&server, &format!("/v1?token={token}")).await?;
+    let closed = tokio::time::timeout(WAIT, bare.closed()).await?;
+    assert!(
+        matches!(&closed, wtransport::error::ConnectionError::ApplicationClosed(c) if c.code().into_inner() == 3006),
+        "{closed:?}"
+    );
+
+    // WebSocket: the same goodbye and close code.
+    let mut ws = Raw::websocket(&server, &format!("/v1/ws?token={token}"), &[]).await?;
+    assert_eq!(goodbye(&mut ws).await?, CloseCode::HelloTimeout);
+    assert_eq!(ws.close_code().await, Some(3006));
+    Ok(())
+}
