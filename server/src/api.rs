@@ -105,6 +105,51 @@ fn api_scope(shared: &Shared, headers: &HeaderMap) -> Option<Scope> {
     found.map(|k| k.tenant.clone().map_or(Scope::Admin, Scope::Tenant))
 }
 
+/// A refusal of the admin API, as its JSON error response.
+struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1, self.2)
+    }
+}
+
+/// What every admin endpoint checks first: an API key, a well-formed JSON body, and a tenant
+/// the key may act on.
+fn admin_request<T: serde::de::DeserializeOwned>(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: &[u8],
+    tenant_of: impl Fn(&T) -> &str,
+) -> Result<(T, quiver_proto::TenantId), ApiError> {
+    let Some(scope) = api_scope(shared, headers) else {
+        return Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "an API key is required (Authorization: Bearer KEY)".into(),
+        ));
+    };
+    let request: T = serde_json::from_slice(body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+    let tenant = quiver_proto::TenantId::parse(tenant_of(&request)).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("tenant: {e}"),
+        )
+    })?;
+    if let Scope::Tenant(own) = &scope {
+        if own != tenant.as_str() {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "permission_denied",
+                "this API key is for another tenant".into(),
+            ));
+        }
+    }
+    Ok((request, tenant))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectRequest {
@@ -124,36 +169,13 @@ pub async fn disconnect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(scope) = api_scope(&shared, &headers) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an API key is required (Authorization: Bearer KEY)",
-        );
-    };
-    let request: DisconnectRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    let tenant = match quiver_proto::TenantId::parse(&request.tenant) {
-        Ok(t) => t,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("tenant: {e}"),
-            )
-        }
-    };
-    if let Scope::Tenant(own) = &scope {
-        if *own != request.tenant {
-            return error(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                "this API key is for another tenant",
-            );
-        }
-    }
+    let (request, tenant) =
+        match admin_request(&shared, &headers, &body, |r: &DisconnectRequest| {
+            r.tenant.as_str()
+        }) {
+            Ok(ok) => ok,
+            Err(refused) => return refused.into_response(),
+        };
     if request.user.is_none() && request.session.is_none() {
         return error(
             StatusCode::BAD_REQUEST,
@@ -195,36 +217,12 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(scope) = api_scope(&shared, &headers) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "an API key is required (Authorization: Bearer KEY)",
-        );
+    let (request, tenant) = match admin_request(&shared, &headers, &body, |r: &RevokeRequest| {
+        r.tenant.as_str()
+    }) {
+        Ok(ok) => ok,
+        Err(refused) => return refused.into_response(),
     };
-    let request: RevokeRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-    };
-    let tenant = match quiver_proto::TenantId::parse(&request.tenant) {
-        Ok(t) => t,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("tenant: {e}"),
-            )
-        }
-    };
-    if let Scope::Tenant(own) = &scope {
-        if *own != request.tenant {
-            return error(
-                StatusCode::FORBIDDEN,
-                "permission_denied",
-                "this API key is for another tenant",
-            );
-        }
-    }
     if request.jti.is_empty() || request.jti.len() > 256 {
         return error(
             StatusCode::BAD_REQUEST,

@@ -16,7 +16,7 @@ pub mod nats;
 pub mod process;
 mod raw;
 
-pub use raw::{Raw, RoomStream, Via};
+pub use raw::{deaf_websocket, Raw, RoomStream, Via};
 
 /// At least 32 bytes: the server refuses shorter HS256 secrets.
 pub const SECRET: &str = "test-secret-please-change-0123456789";

@@ -347,6 +347,34 @@ impl Raw {
     }
 }
 
+/// A raw WebSocket that says Hello, subscribes to `room`, and is then never read (tests of a
+/// peer that stops reading). Returned so the test decides when it goes away.
+pub async fn deaf_websocket(server: &TestServer, user: &str, room: &str) -> Result<WsStream> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        crate::full_token("acme", user)
+    ))
+    .await?;
+    let hello = Command::Hello {
+        version: PROTOCOL_VERSION,
+        client: "deaf".into(),
+    };
+    let subscribe = Command::Subscribe {
+        room: room.into(),
+        resume: None,
+    };
+    for (id, command) in [(1, hello), (2, subscribe)] {
+        socket
+            .send(Message::binary(encode_command(&ClientFrame {
+                id,
+                command,
+            })))
+            .await?;
+    }
+    Ok(socket)
+}
+
 fn http_name(name: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {
     name.parse().expect("header names in tests are valid")
 }

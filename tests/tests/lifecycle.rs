@@ -230,41 +230,12 @@ over_both_transports!(
 /// the goodbye's grace period, which is when the probes land.
 #[tokio::test]
 async fn health_answers_503_through_the_drain() -> anyhow::Result<()> {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
     let mut server = TestServer::start_with(|c| {
         c.timeouts.drain = Duration::from_secs(5);
         c.limits.commands_per_second = 100_000;
     })
     .await?;
-    let (mut deaf, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/v1/ws?token={}",
-        server.http,
-        full_token("acme", "deaf")
-    ))
-    .await?;
-    for (id, command) in [
-        (
-            1,
-            Command::Hello {
-                version: 1,
-                client: "deaf".into(),
-            },
-        ),
-        (
-            2,
-            Command::Subscribe {
-                room: "feed".into(),
-                resume: None,
-            },
-        ),
-    ] {
-        deaf.send(Message::binary(encode_command(&ClientFrame {
-            id,
-            command,
-        })))
-        .await?;
-    }
+    let deaf = deaf_websocket(&server, "deaf", "feed").await?;
     // Fill its socket so that not even the goodbye can be written.
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
     for _ in 0..400 {

@@ -263,34 +263,7 @@ async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()>
     })
     .await?;
     // A raw socket: Hello and Subscribe, then never read again.
-    let (mut deaf, _) = tokio_tungstenite::connect_async(format!(
-        "ws://{}/v1/ws?token={}",
-        server.http,
-        full_token("acme", "deaf")
-    ))
-    .await?;
-    for (id, command) in [
-        (
-            1,
-            Command::Hello {
-                version: 1,
-                client: "deaf".into(),
-            },
-        ),
-        (
-            2,
-            Command::Subscribe {
-                room: "feed".into(),
-                resume: None,
-            },
-        ),
-    ] {
-        deaf.send(Message::binary(encode_command(&ClientFrame {
-            id,
-            command,
-        })))
-        .await?;
-    }
+    let mut deaf = deaf_websocket(&server, "deaf", "feed").await?;
     let mut healthy = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "h")).await?;
     let mut feed = healthy.subscribe("feed").await?;
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;

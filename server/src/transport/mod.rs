@@ -235,6 +235,24 @@ pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused
     }
 }
 
+/// The checks of a TCP request (WebSocket upgrade, SSE) before its token is verified, in order:
+/// origin, capacity, the address's limits (the guard holds its place), the token's presence and
+/// size.
+pub fn admit_tcp(
+    shared: &Shared,
+    remote: std::net::SocketAddr,
+    headers: &axum::http::HeaderMap,
+    query: Option<&str>,
+) -> Result<(String, crate::quota::AddressGuard), Refused> {
+    use axum::http::header;
+    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    check_origin(shared, header_str(header::ORIGIN))?;
+    admit(shared)?;
+    let address = admit_address(shared, remote)?;
+    let token = credentials(header_str(header::AUTHORIZATION), query)?;
+    Ok((token, address))
+}
+
 /// Counts a TCP connection against its address's limits (released when the guard drops).
 pub fn admit_address(
     shared: &Shared,

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,10 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
-use super::{
-    admit, admit_address, check_origin, count_refused, credentials, Inbound, Peer, Refused,
-    Transport,
-};
+use super::{admit_tcp, count_refused, Inbound, Peer, Refused, Transport};
 use crate::quota::AddressGuard;
 use crate::server::Shared;
 use crate::session::{self, Link};
@@ -62,14 +59,7 @@ pub async fn stream(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let checked = check_origin(&shared, header_str(header::ORIGIN))
-        .and_then(|()| admit(&shared))
-        .and_then(|()| admit_address(&shared, remote))
-        .and_then(|address| {
-            credentials(header_str(header::AUTHORIZATION), query.as_deref())
-                .map(|token| (token, address))
-        });
+    let checked = admit_tcp(&shared, remote, &headers, query.as_deref());
     let (token, address) = match checked {
         Ok(token) => token,
         Err(refused) => {

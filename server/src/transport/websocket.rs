@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
@@ -22,10 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{
-    admit, admit_address, check_origin, count_refused, credentials, single_frame, Inbound, Peer,
-    Refused, Transport,
-};
+use super::{admit_tcp, count_refused, single_frame, Inbound, Peer, Refused, Transport};
 use crate::auth::AuthError;
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
@@ -47,14 +44,7 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
-    let checked = check_origin(&shared, header_str(header::ORIGIN))
-        .and_then(|()| admit(&shared))
-        .and_then(|()| admit_address(&shared, remote))
-        .and_then(|address| {
-            credentials(header_str(header::AUTHORIZATION), query.as_deref())
-                .map(|token| (token, address))
-        });
+    let checked = admit_tcp(&shared, remote, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
         .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
