@@ -15,6 +15,8 @@ use quiver_proto::{
     PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,9 @@ use crate::payload::{template, Stamped};
 use crate::recorder::Recorder;
 
 type Ws = WebSocketStream<TcpStream>;
+
+/// How long a subscriber spends sending its close frame at the end of a run.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Splits one server message into its frame bodies. Every message must hold whole frames only
 /// (PROTOCOL §9.2): a partial frame at the end is the server's error, not something to buffer.
@@ -119,6 +124,15 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Leaves as a client should (a close frame, 1000), bounded: the run is over.
+    async fn close(&mut self) {
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "benchmark done".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(Some(bye))).await;
     }
 
     /// The frame answering `id`. Frames before it that answer something else are kept in
@@ -219,11 +233,13 @@ impl QuiverWsSubscriber {
     pub async fn run(mut self, rec: &mut Recorder, stop: &CancellationToken) -> Result<()> {
         loop {
             let frame = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => break,
                 f = self.session.next() => match f? { Some(f) => f, None => return Ok(()) },
             };
             self.on_frame(frame, Some(rec))?;
         }
+        self.session.close().await;
+        Ok(())
     }
 }
 
@@ -267,7 +283,8 @@ impl QuiverWsPublisher {
     }
 
     /// Pings and waits for the Pong: the server handles commands in order, so every publish
-    /// before it has been fanned out. A refusal (say `rate_limited`) is an error.
+    /// before it has been fanned out. A refusal (say `rate_limited`) is an error. Then leaves
+    /// with a close frame: `finish` is a publisher's last call.
     pub async fn finish(&mut self) -> Result<()> {
         let id = self.session.send(Command::Ping).await?;
         loop {
@@ -277,7 +294,10 @@ impl QuiverWsPublisher {
                 .await?
                 .ok_or_else(|| anyhow!("websocket closed before the Pong"))?;
             match frame.event {
-                Event::Pong if frame.id == id => return Ok(()),
+                Event::Pong if frame.id == id => {
+                    self.session.close().await;
+                    return Ok(());
+                }
                 Event::Error { code, message } => bail!("publish refused ({code}): {message}"),
                 Event::Goodbye { reason, .. } => bail!("server said goodbye: {reason}"),
                 _ => {}
