@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use quiver_proto::{
     decode_event, encode_command, ClientFrame, Command, Event, ServerFrame, LENGTH_PREFIX,
-    PROTOCOL_VERSION,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -21,8 +20,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use super::quiver::Control;
 use super::Spec;
-use crate::payload::{template, Stamped};
+use crate::payload::Stamped;
 use crate::recorder::Recorder;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -82,18 +82,21 @@ impl Session {
             next_id: 1,
             pending: Default::default(),
         };
-        let id = session
-            .send(Command::Hello {
-                version: PROTOCOL_VERSION,
-                client: "quiver-bench-ws".into(),
-            })
-            .await?;
-        match session.reply(id).await? {
-            Event::Welcome { .. } => Ok(session),
-            other => bail!("expected Welcome, got {other:?}"),
-        }
+        session.hello("quiver-bench-ws").await?;
+        Ok(session)
     }
 
+    /// Leaves as a client should (a close frame, 1000), bounded: the run is over.
+    async fn close(&mut self) {
+        let bye = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "benchmark done".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(Some(bye))).await;
+    }
+}
+
+impl Control for Session {
     async fn send(&mut self, command: Command) -> Result<u32> {
         let id = self.next_id;
         self.next_id += 1;
@@ -102,9 +105,8 @@ impl Session {
         Ok(id)
     }
 
-    /// The next server frame (from what is pending, else from the socket); `None` when the
-    /// socket closed.
-    async fn next(&mut self) -> Result<Option<ServerFrame>> {
+    /// From what is pending, else from the socket.
+    async fn next_frame(&mut self) -> Result<Option<ServerFrame>> {
         loop {
             if let Some(frame) = self.pending.pop_front() {
                 return Ok(Some(frame));
@@ -126,22 +128,13 @@ impl Session {
         }
     }
 
-    /// Leaves as a client should (a close frame, 1000), bounded: the run is over.
-    async fn close(&mut self) {
-        let bye = CloseFrame {
-            code: CloseCode::Normal,
-            reason: "benchmark done".into(),
-        };
-        let _ = tokio::time::timeout(CLOSE_WAIT, self.ws.close(Some(bye))).await;
-    }
-
     /// The frame answering `id`. Frames before it that answer something else are kept in
     /// order for later, except a goodbye, which ends the session.
     async fn reply(&mut self, id: u32) -> Result<Event> {
         let mut kept = std::collections::VecDeque::new();
         let found = loop {
             let frame = self
-                .next()
+                .next_frame()
                 .await?
                 .ok_or_else(|| anyhow!("websocket closed"))?;
             if let Event::Goodbye { reason, .. } = &frame.event {
@@ -176,16 +169,7 @@ impl QuiverWsSubscriber {
         let mut session = Session::open(spec, &spec.sub_addr).await?;
         let mut subs = Vec::new();
         for room in rooms {
-            let id = session
-                .send(Command::Subscribe {
-                    room: room.clone(),
-                    resume: None,
-                })
-                .await?;
-            match session.reply(id).await? {
-                Event::Subscribed { .. } => {}
-                other => bail!("subscribe {room}: {other:?}"),
-            }
+            let id = session.subscribe(room).await?;
             subs.push(Sub {
                 room: room.clone(),
                 id,
@@ -198,7 +182,7 @@ impl QuiverWsSubscriber {
         while this.subs.iter().any(|s| !s.open) {
             let frame = this
                 .session
-                .next()
+                .next_frame()
                 .await?
                 .ok_or_else(|| anyhow!("websocket closed before every SubscriptionStream"))?;
             this.on_frame(frame, None)?;
@@ -234,7 +218,7 @@ impl QuiverWsSubscriber {
         loop {
             let frame = tokio::select! {
                 _ = stop.cancelled() => break,
-                f = self.session.next() => match f? { Some(f) => f, None => return Ok(()) },
+                f = self.session.next_frame() => match f? { Some(f) => f, None => return Ok(()) },
             };
             self.on_frame(frame, Some(rec))?;
         }
@@ -252,19 +236,7 @@ pub struct QuiverWsPublisher {
 impl QuiverWsPublisher {
     pub async fn connect(spec: &Spec, rooms: &[String], payload: usize) -> Result<Self> {
         let session = Session::open(spec, &spec.pub_addr).await?;
-        let body = template(payload);
-        let mut frames = Vec::new();
-        for room in rooms {
-            let bytes = encode_command(&ClientFrame {
-                id: 0,
-                command: Command::Publish {
-                    room: room.clone(),
-                    payload: body.clone().into(),
-                    ack: false,
-                },
-            });
-            frames.push(Stamped::new(bytes, &body)?);
-        }
+        let frames = super::quiver::publish_frames(rooms, payload)?;
         Ok(Self { session, frames })
     }
 
@@ -282,27 +254,12 @@ impl QuiverWsPublisher {
         Ok(())
     }
 
-    /// Pings and waits for the Pong: the server handles commands in order, so every publish
-    /// before it has been fanned out. A refusal (say `rate_limited`) is an error. Then leaves
-    /// with a close frame: `finish` is a publisher's last call.
+    /// Waits until the server has handled every publish (see [`Control::ping_pong`]), then
+    /// leaves with a close frame: `finish` is a publisher's last call.
     pub async fn finish(&mut self) -> Result<()> {
-        let id = self.session.send(Command::Ping).await?;
-        loop {
-            let frame = self
-                .session
-                .next()
-                .await?
-                .ok_or_else(|| anyhow!("websocket closed before the Pong"))?;
-            match frame.event {
-                Event::Pong if frame.id == id => {
-                    self.session.close().await;
-                    return Ok(());
-                }
-                Event::Error { code, message } => bail!("publish refused ({code}): {message}"),
-                Event::Goodbye { reason, .. } => bail!("server said goodbye: {reason}"),
-                _ => {}
-            }
-        }
+        self.session.ping_pong().await?;
+        self.session.close().await;
+        Ok(())
     }
 }
 
