@@ -63,7 +63,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub netns: Option<PathBuf>,
     /// Stop starting new measurements after this many seconds (default per mode: smoke 90,
-    /// quick 240, full 1700) so the report is always written.
+    /// quick 300, full 2000) so the report is always written.
     #[arg(long)]
     pub budget: Option<f64>,
     /// Workloads to run (default: all).
@@ -201,8 +201,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     report.versions = versions(&args);
     let budget = args.budget.unwrap_or(match args.mode {
         Mode::Smoke => 90.0,
-        Mode::Quick => 240.0,
-        Mode::Full => 1700.0,
+        Mode::Quick => 300.0,
+        Mode::Full => 2000.0,
     });
     let mut ctx = Ctx {
         deadline: started + Duration::from_secs_f64(budget),
@@ -220,7 +220,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         ctx.work.display()
     );
 
-    let mut targets = vec![Kind::Quiver, Kind::Bare];
+    // quiver-ws is measured right after quiver, against the same kind of server.
+    let mut targets = vec![Kind::Quiver, Kind::QuiverWs, Kind::Bare];
     if ctx.args.nats.is_some() {
         targets.push(Kind::Nats);
     } else {

@@ -12,13 +12,14 @@ use crate::target::Kind;
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-const PALETTE: [RGBColor; 6] = [
+const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
 ];
 
 fn color_of(kind: Kind) -> RGBColor {
@@ -26,6 +27,7 @@ fn color_of(kind: Kind) -> RGBColor {
         Kind::Quiver => PALETTE[0],
         Kind::QuiverSingleStream => PALETTE[4],
         Kind::QuiverCubic => PALETTE[5],
+        Kind::QuiverWs => PALETTE[6],
         Kind::Bare => PALETTE[1],
         Kind::Nats => PALETTE[2],
         Kind::Socketio => PALETTE[3],

@@ -157,6 +157,24 @@ impl Report {
             .find(|f| f.target == kind && f.subscribers == n)
             .map(|f| f.max.deliveries_per_sec)
     }
+
+    /// p99 in µs at the offered rate every target gets, and that rate in deliveries/s.
+    fn common_p99(&self, kind: Kind, n: usize) -> Option<(f64, f64)> {
+        self.fanout
+            .iter()
+            .find(|f| f.target == kind && f.subscribers == n)
+            .and_then(|f| f.common.as_ref())
+            .map(|c| (c.latency.p99_us, c.params.rate * n as f64))
+    }
+
+    /// Server RSS growth per idle session, in KiB.
+    fn kib_per_session(&self, kind: Kind) -> Option<f64> {
+        self.connections
+            .iter()
+            .find(|c| c.target == kind)
+            .and_then(|c| c.result.server_rss_per_session_bytes)
+            .map(|b| b / 1024.0)
+    }
 }
 
 /// Writes PREFIX.json, PREFIX.md and the plots.
@@ -401,6 +419,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             met(per < 50.0)
         );
     }
+    ws_targets(&mut md, r, &sizes);
     let quiet_p99 = |kind: Kind, loss: u32| {
         r.hol
             .iter()
@@ -596,6 +615,42 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
     md
 }
 
+/// Issue 9's targets for Quiver's WebSocket transport, against Socket.IO (the same class of
+/// transport: every room on one TCP connection).
+fn ws_targets(md: &mut String, r: &Report, sizes: &[usize]) {
+    let (ws, sio) = (Kind::QuiverWs, Kind::Socketio);
+    for &n in sizes {
+        if let (Some(q), Some(s)) = (r.max_rate(ws, n), r.max_rate(sio, n)) {
+            let _ = writeln!(
+                md,
+                "- quiver-ws fan-out ≥ 3× Socket.IO (n={n}): {} vs {}, {:.2}× — {}",
+                kfmt(q),
+                kfmt(s),
+                q / s,
+                met(q >= 3.0 * s)
+            );
+        }
+        if let (Some((q, rate)), Some((s, _))) = (r.common_p99(ws, n), r.common_p99(sio, n)) {
+            let _ = writeln!(
+                md,
+                "- quiver-ws p99 no worse than Socket.IO at the same offered rate ({} deliveries/s, \
+                 n={n}): {} vs {} — {}",
+                kfmt(rate),
+                us(q),
+                us(s),
+                met(q <= s)
+            );
+        }
+    }
+    if let (Some(q), Some(s)) = (r.kib_per_session(ws), r.kib_per_session(sio)) {
+        let _ = writeln!(
+            md,
+            "- quiver-ws server memory per idle session ≤ Socket.IO's: {q:.1} vs {s:.1} KiB — {}",
+            met(q <= s)
+        );
+    }
+}
+
 /// The head-of-line runs made through the delay relay (QUIC variants with a real round trip).
 fn relay_table(md: &mut String, r: &Report) {
     let relayed: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_some()).collect();
@@ -745,6 +800,66 @@ mod tests {
             let target = format!("- Fan-out ≥ 3× Socket.IO (n={n}): 4.00×");
             assert_eq!(md.matches(&target).count(), 1, "{md}");
         }
+    }
+
+    /// The WebSocket transport's three targets are read against Socket.IO, met or missed.
+    #[test]
+    fn quiver_ws_targets_against_socketio() {
+        let mut r = Report::new(Mode::Quick, "test".into());
+        for (target, max, p99, kib) in [
+            (Kind::QuiverWs, 700.0, 2.0, 20.0),
+            (Kind::Socketio, 200.0, 3.0, 25.0),
+        ] {
+            let mut common = load(max / 2.0);
+            common.params.rate = 5.0;
+            common.latency.p99_us = p99;
+            r.fanout.push(FanoutRun {
+                target,
+                subscribers: 10,
+                max: load(max),
+                fixed: Vec::new(),
+                common: Some(common),
+                server_version: String::new(),
+            });
+            r.connections.push(ConnRun {
+                target,
+                result: ConnResult {
+                    params: crate::workload::connections::ConnParams {
+                        sessions: 100,
+                        hold: 1.0,
+                    },
+                    connect_secs: 0.1,
+                    sessions_per_sec: 1000.0,
+                    server_rss_per_session_bytes: Some(kib * 1024.0),
+                },
+                server_rss_before: 0,
+                server_rss_after: 0,
+            });
+        }
+        let md = markdown(&r, &[]);
+        assert!(
+            md.contains("- quiver-ws fan-out ≥ 3× Socket.IO (n=10): 700 vs 200, 3.50× — **met**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(50 deliveries/s, n=10): 2 µs vs 3 µs — **met**"),
+            "{md}"
+        );
+        assert!(
+            md.contains("per idle session ≤ Socket.IO's: 20.0 vs 25.0 KiB — **met**"),
+            "{md}"
+        );
+
+        // Worse on every count: each line says missed.
+        r.fanout[0].max.deliveries_per_sec = 500.0;
+        if let Some(c) = r.fanout[0].common.as_mut() {
+            c.latency.p99_us = 4.0;
+        }
+        r.connections[0].result.server_rss_per_session_bytes = Some(26.0 * 1024.0);
+        let md = markdown(&r, &[]);
+        assert!(md.contains("2.50× — **missed**"), "{md}");
+        assert!(md.contains("4 µs vs 3 µs — **missed**"), "{md}");
+        assert!(md.contains("26.0 vs 25.0 KiB — **missed**"), "{md}");
     }
 
     #[test]

@@ -318,7 +318,11 @@ pub(super) fn start_with(
         .join(format!("{label}-{}.log", ctx.report.runs_started()));
     let core = ctx.pin.server;
     match kind {
-        Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
+        Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic | Kind::QuiverWs => {
+            if kind == Kind::QuiverWs && matches!(place, Placement::Netns) {
+                // Its HTTP listener is on the namespace's loopback, out of the generator's reach.
+                bail!("quiver-ws is measured on loopback only");
+            }
             let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.quiver);
             let listen = match place {
                 Placement::Local => "127.0.0.1:0",
@@ -356,7 +360,18 @@ pub(super) fn start_with(
                 },
             );
             let started = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
-            quic_server(label, kind, place, started, Some(ctx.token.clone()))
+            let mut server = quic_server(label, kind, place, started, Some(ctx.token.clone()))?;
+            if kind == Kind::QuiverWs {
+                // The same server, reached at `ws://HTTP/v1/ws` (development mode: plain HTTP).
+                let http = server
+                    .metrics
+                    .clone()
+                    .context("quiver printed no HTTP address")?;
+                server.spec.sub_addr = http.clone();
+                server.spec.pub_addr = http;
+                server.spec.cert_sha256 = None;
+            }
+            Ok(server)
         }
         Kind::Bare => {
             let mut cmd = wrapped(place.netns(), ctx.pin, core, &ctx.args.bare);

@@ -8,6 +8,7 @@ pub mod bare;
 pub mod nats;
 pub mod quic;
 pub mod quiver;
+pub mod quiver_ws;
 pub mod socketio;
 
 use anyhow::Result;
@@ -26,6 +27,9 @@ pub enum Kind {
     QuiverSingleStream,
     /// Quiver with `transport.congestion_control = "cubic"` (the default is BBR).
     QuiverCubic,
+    /// Quiver over its WebSocket transport (`/v1/ws`, plain `ws://` on the HTTP listener):
+    /// every room on one TCP connection, like Socket.IO.
+    QuiverWs,
     /// The bare wtransport fan-out peer (`bare-wt-fanout`).
     Bare,
     /// nats-server, core pub/sub.
@@ -40,6 +44,7 @@ impl Kind {
             Kind::Quiver => "quiver",
             Kind::QuiverSingleStream => "quiver-single-stream",
             Kind::QuiverCubic => "quiver-cubic",
+            Kind::QuiverWs => "quiver-ws",
             Kind::Bare => "bare-wtransport",
             Kind::Nats => "nats",
             Kind::Socketio => "socket.io",
@@ -82,6 +87,7 @@ impl Spec {
 /// A connected subscriber, subscribed to its rooms, not reading yet.
 pub enum Subscriber {
     Quiver(quiver::QuiverSubscriber),
+    QuiverWs(quiver_ws::QuiverWsSubscriber),
     Bare(bare::BareSubscriber),
     Nats(nats::NatsSubscriber),
     SocketIo(socketio::SocketIoSubscriber),
@@ -92,6 +98,9 @@ impl Subscriber {
         Ok(match spec.kind {
             Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
                 Self::Quiver(quiver::QuiverSubscriber::connect(spec, quic, rooms).await?)
+            }
+            Kind::QuiverWs => {
+                Self::QuiverWs(quiver_ws::QuiverWsSubscriber::connect(spec, rooms).await?)
             }
             Kind::Bare => Self::Bare(bare::BareSubscriber::connect(spec, quic).await?),
             Kind::Nats => Self::Nats(nats::NatsSubscriber::connect(&spec.sub_addr, rooms).await?),
@@ -105,6 +114,7 @@ impl Subscriber {
     pub async fn run(self, mut rec: Recorder, stop: CancellationToken) -> Recorder {
         let result = match self {
             Self::Quiver(s) => s.run(&mut rec, &stop).await,
+            Self::QuiverWs(s) => s.run(&mut rec, &stop).await,
             Self::Bare(s) => s.run(&mut rec, &stop).await,
             Self::Nats(s) => s.run(&mut rec, &stop).await,
             Self::SocketIo(s) => s.run(&mut rec, &stop).await,
@@ -121,6 +131,7 @@ impl Subscriber {
 /// A connected publisher with one pre-encoded frame per room.
 pub enum Publisher {
     Quiver(quiver::QuiverPublisher),
+    QuiverWs(quiver_ws::QuiverWsPublisher),
     Bare(bare::BarePublisher),
     Nats(nats::NatsPublisher),
     SocketIo(socketio::SocketIoPublisher),
@@ -137,6 +148,9 @@ impl Publisher {
             Kind::Quiver | Kind::QuiverSingleStream | Kind::QuiverCubic => {
                 Self::Quiver(quiver::QuiverPublisher::connect(spec, quic, rooms, payload).await?)
             }
+            Kind::QuiverWs => {
+                Self::QuiverWs(quiver_ws::QuiverWsPublisher::connect(spec, rooms, payload).await?)
+            }
             Kind::Bare => Self::Bare(bare::BarePublisher::connect(spec, quic, payload).await?),
             Kind::Nats => {
                 Self::Nats(nats::NatsPublisher::connect(&spec.pub_addr, rooms, payload).await?)
@@ -151,6 +165,7 @@ impl Publisher {
     pub fn rooms(&self) -> usize {
         match self {
             Self::Quiver(p) => p.rooms(),
+            Self::QuiverWs(p) => p.rooms(),
             Self::Bare(_) => 1,
             Self::Nats(p) => p.rooms(),
             Self::SocketIo(p) => p.rooms(),
@@ -161,6 +176,7 @@ impl Publisher {
     pub async fn publish(&mut self, room: usize) -> Result<()> {
         match self {
             Self::Quiver(p) => p.publish(room).await,
+            Self::QuiverWs(p) => p.publish(room).await,
             Self::Bare(p) => p.publish().await,
             Self::Nats(p) => p.publish(room).await,
             Self::SocketIo(p) => p.publish(room).await,
@@ -172,6 +188,7 @@ impl Publisher {
     pub async fn finish(&mut self) -> Result<()> {
         match self {
             Self::Quiver(p) => p.finish().await,
+            Self::QuiverWs(p) => p.finish().await,
             Self::Bare(_) => Ok(()),
             Self::Nats(p) => p.finish().await,
             Self::SocketIo(p) => p.finish().await,

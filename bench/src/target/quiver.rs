@@ -39,18 +39,12 @@ impl Session {
             control: FrameReader::new(recv),
             next_id: 1,
         };
-        let id = session
-            .send(Command::Hello {
-                version: PROTOCOL_VERSION,
-                client: "quiver-bench".into(),
-            })
-            .await?;
-        match session.reply(id).await? {
-            Event::Welcome { .. } => Ok(session),
-            other => bail!("expected Welcome, got {other:?}"),
-        }
+        session.hello("quiver-bench").await?;
+        Ok(session)
     }
+}
 
+impl Control for Session {
     async fn send(&mut self, command: Command) -> Result<u32> {
         let id = self.next_id;
         self.next_id += 1;
@@ -60,20 +54,82 @@ impl Session {
         Ok(id)
     }
 
-    /// The next control frame answering `id`; other frames are skipped.
+    async fn next_frame(&mut self) -> Result<Option<ServerFrame>> {
+        match self.control.next().await? {
+            Some(body) => Ok(Some(decode_event(&body)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Only replies and session events travel on the control stream: skip what is not it.
     async fn reply(&mut self, id: u32) -> Result<Event> {
         loop {
-            let body = self
-                .control
-                .next()
+            let frame = self
+                .next_frame()
                 .await?
                 .ok_or_else(|| anyhow!("control stream ended"))?;
-            let frame: ServerFrame = decode_event(&body)?;
             if let Event::Goodbye { reason, .. } = &frame.event {
                 bail!("server said goodbye: {reason}");
             }
             if frame.id == id {
                 return Ok(frame.event);
+            }
+        }
+    }
+}
+
+/// The command side both Quiver transports share: WebTransport's control stream, or the
+/// WebSocket (`quiver_ws`).
+pub(super) trait Control {
+    /// Sends `command` with the next id; returns that id.
+    async fn send(&mut self, command: Command) -> Result<u32>;
+    /// The next server frame; `None` when the server ended the stream or socket.
+    async fn next_frame(&mut self) -> Result<Option<ServerFrame>>;
+    /// The frame answering `id` (a goodbye before it is an error).
+    async fn reply(&mut self, id: u32) -> Result<Event>;
+
+    /// `Hello`, answered by `Welcome`.
+    async fn hello(&mut self, client: &str) -> Result<()> {
+        let id = self
+            .send(Command::Hello {
+                version: PROTOCOL_VERSION,
+                client: client.into(),
+            })
+            .await?;
+        match self.reply(id).await? {
+            Event::Welcome { .. } => Ok(()),
+            other => bail!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// Subscribes to `room` and waits for `Subscribed`; returns the `Subscribe`'s id.
+    async fn subscribe(&mut self, room: &str) -> Result<u32> {
+        let id = self
+            .send(Command::Subscribe {
+                room: room.into(),
+                resume: None,
+            })
+            .await?;
+        match self.reply(id).await? {
+            Event::Subscribed { .. } => Ok(id),
+            other => bail!("subscribe {room}: {other:?}"),
+        }
+    }
+
+    /// Pings and waits for the Pong: the server handles commands in order, so every publish
+    /// before it has been fanned out. A refusal (say `rate_limited`) is an error.
+    async fn ping_pong(&mut self) -> Result<()> {
+        let id = self.send(Command::Ping).await?;
+        loop {
+            let frame = self
+                .next_frame()
+                .await?
+                .ok_or_else(|| anyhow!("the server ended the session before the Pong"))?;
+            match frame.event {
+                Event::Pong if frame.id == id => return Ok(()),
+                Event::Error { code, message } => bail!("publish refused ({code}): {message}"),
+                Event::Goodbye { reason, .. } => bail!("server said goodbye: {reason}"),
+                _ => {}
             }
         }
     }
@@ -90,16 +146,7 @@ impl QuiverSubscriber {
     pub async fn connect(spec: &Spec, quic: &ClientPool, rooms: &[String]) -> Result<Self> {
         let mut session = Session::open(spec, quic, &spec.sub_addr).await?;
         for room in rooms {
-            let id = session
-                .send(Command::Subscribe {
-                    room: room.clone(),
-                    resume: None,
-                })
-                .await?;
-            match session.reply(id).await? {
-                Event::Subscribed { .. } => {}
-                other => bail!("subscribe {room}: {other:?}"),
-            }
+            session.subscribe(room).await?;
         }
         let mut streams = Vec::new();
         if spec.kind != Kind::QuiverSingleStream {
@@ -171,6 +218,26 @@ impl QuiverSubscriber {
     }
 }
 
+/// One pre-encoded, unacknowledged `Publish` frame per room, ready to be stamped and sent
+/// (the same bytes on every Quiver transport).
+pub fn publish_frames(rooms: &[String], payload: usize) -> Result<Vec<Stamped>> {
+    let body = template(payload);
+    rooms
+        .iter()
+        .map(|room| {
+            let bytes = encode_command(&ClientFrame {
+                id: 0,
+                command: Command::Publish {
+                    room: room.clone(),
+                    payload: body.clone().into(),
+                    ack: false,
+                },
+            });
+            Stamped::new(bytes, &body)
+        })
+        .collect()
+}
+
 pub struct QuiverPublisher {
     session: Session,
     /// One pre-encoded `Publish` frame per room.
@@ -185,19 +252,7 @@ impl QuiverPublisher {
         payload: usize,
     ) -> Result<Self> {
         let session = Session::open(spec, quic, &spec.pub_addr).await?;
-        let body = template(payload);
-        let mut frames = Vec::new();
-        for room in rooms {
-            let bytes = encode_command(&ClientFrame {
-                id: 0,
-                command: Command::Publish {
-                    room: room.clone(),
-                    payload: body.clone().into(),
-                    ack: false,
-                },
-            });
-            frames.push(Stamped::new(bytes, &body)?);
-        }
+        let frames = publish_frames(rooms, payload)?;
         Ok(Self { session, frames })
     }
 
@@ -211,23 +266,8 @@ impl QuiverPublisher {
         Ok(())
     }
 
-    /// Pings and waits for the Pong: the server handles commands in order, so every publish
-    /// before it has been fanned out. A refusal (say `rate_limited`) is an error.
+    /// Waits until the server has handled every publish (see [`Control::ping_pong`]).
     pub async fn finish(&mut self) -> Result<()> {
-        let id = self.session.send(Command::Ping).await?;
-        loop {
-            let body = self
-                .session
-                .control
-                .next()
-                .await?
-                .ok_or_else(|| anyhow!("control stream ended"))?;
-            let frame = decode_event(&body)?;
-            match frame.event {
-                Event::Pong if frame.id == id => return Ok(()),
-                Event::Error { code, message } => bail!("publish refused ({code}): {message}"),
-                _ => {}
-            }
-        }
+        self.session.ping_pong().await
     }
 }
