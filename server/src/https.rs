@@ -62,6 +62,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, tls: TlsAcceptor,
             },
             _ = crate::http::drained(&shared) => break,
         };
+        // As on the plain listener: no Nagle delay on small frames.
+        let _ = tcp.set_nodelay(true);
         let tls = tls.clone();
         let app = app.clone();
         let deadline = shared.config.timeouts.handshake;

@@ -34,6 +34,8 @@ const T: Transport = Transport::WebSocket;
 const OUT_QUEUE: usize = 256;
 /// Most bytes of queued frames coalesced into one message.
 const COALESCE: usize = 64 * 1024;
+/// tungstenite's read buffer per connection (bench/: 144 → 16 KiB per idle session).
+const READ_BUFFER: usize = 4096;
 /// Bytes tungstenite may buffer for a socket that does not drain, beyond the kernel's.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
@@ -49,6 +51,9 @@ pub async fn upgrade(
     let ws = ws
         .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
         .max_frame_size(max_frame + quiver_proto::LENGTH_PREFIX)
+        // tungstenite's default read buffer is 128 KiB, zero-filled on first use: that would be
+        // most of an idle session's memory. Frames are at most `max_frame`; 4 KiB reads suffice.
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
     let (token, address) = match checked {
@@ -178,11 +183,14 @@ async fn read(
         let message = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => break "idle_timeout",
             Ok(None) => break "client_closed",
-            Ok(Some(Err(e))) => {
-                // Oversized messages surface here (tungstenite's size limits).
-                let _ = tx.send(Inbound::Malformed(format!("websocket: {e}"))).await;
-                return;
-            }
+            Ok(Some(Err(e))) => match read_error(e) {
+                Ok(gone) => break gone,
+                // Oversized messages and broken framing surface here.
+                Err(reason) => {
+                    let _ = tx.send(Inbound::Malformed(reason)).await;
+                    return;
+                }
+            },
             Ok(Some(Ok(message))) => message,
         };
         let item = match message {
@@ -203,6 +211,21 @@ async fn read(
     };
     let _ = tx.send(Inbound::Ended(ended)).await;
     gone.cancel();
+}
+
+/// Sorts a read error: the peer going away (a reset without a close frame is allowed,
+/// PROTOCOL §9.2) is `Ok(reason)`; a protocol violation (oversized message, bad framing) is
+/// `Err(description)`.
+fn read_error(e: axum::Error) -> Result<&'static str, String> {
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok("client_closed"),
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ok("client_closed"),
+        Some(WsError::Io(_)) => Ok("connection_lost"),
+        Some(other) => Err(format!("websocket: {other}")),
+        None => Err(format!("websocket: {inner}")),
+    }
 }
 
 /// Writes queued frames, coalescing what is queued into one message, and pings every
@@ -258,5 +281,32 @@ async fn write(
             gone.cancel();
             return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+
+    #[test]
+    fn a_peer_that_leaves_is_not_a_protocol_error() {
+        let gone = |e: WsError| read_error(axum::Error::new(e));
+        assert_eq!(gone(WsError::ConnectionClosed), Ok("client_closed"));
+        assert_eq!(
+            gone(WsError::Protocol(
+                ProtocolError::ResetWithoutClosingHandshake
+            )),
+            Ok("client_closed")
+        );
+        assert_eq!(
+            gone(WsError::Io(std::io::ErrorKind::ConnectionReset.into())),
+            Ok("connection_lost")
+        );
+        assert!(gone(WsError::Capacity(CapacityError::MessageTooLong {
+            size: 10,
+            max_size: 5
+        }))
+        .is_err());
     }
 }
