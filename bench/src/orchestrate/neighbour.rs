@@ -98,6 +98,7 @@ fn calm_params(args: &NeighbourArgs) -> LoadParams {
 }
 
 pub fn run(args: NeighbourArgs) -> Result<()> {
+    report::check_prefix(&args.out)?;
     let started = Instant::now();
     let work = match &args.work_dir {
         Some(d) => d.clone(),

@@ -257,19 +257,26 @@ pub fn markdown(r: &NeighbourReport) -> String {
     md
 }
 
+/// The output prefix must have no extension: `with_extension` would replace it.
+pub fn check_prefix(prefix: &Path) -> Result<()> {
+    anyhow::ensure!(
+        prefix.extension().is_none(),
+        "--out is a prefix without an extension: {}",
+        prefix.display()
+    );
+    Ok(())
+}
+
 /// Writes PREFIX.json and PREFIX.md.
 pub fn write(r: &NeighbourReport, prefix: &Path) -> Result<()> {
+    check_prefix(prefix)?;
+    let (json, md) = (prefix.with_extension("json"), prefix.with_extension("md"));
     if let Some(dir) = prefix.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let with_ext = |ext: &str| {
-        let mut p = prefix.as_os_str().to_owned();
-        p.push(ext);
-        std::path::PathBuf::from(p)
-    };
-    std::fs::write(with_ext(".json"), serde_json::to_string_pretty(r)?)?;
-    std::fs::write(with_ext(".md"), markdown(r))?;
-    eprintln!("bench: wrote {}.{{md,json}}", prefix.display());
+    std::fs::write(&json, serde_json::to_string_pretty(r)?)?;
+    std::fs::write(&md, markdown(r))?;
+    eprintln!("bench: wrote {} and {}", md.display(), json.display());
     Ok(())
 }
 
