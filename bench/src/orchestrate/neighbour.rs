@@ -55,10 +55,11 @@ pub struct NeighbourArgs {
     /// The noisy tenant's publisher sessions.
     #[arg(long, default_value_t = 4)]
     pub noisy_publishers: usize,
-    /// The noisy tenant's rooms, and subscribers in each: what it gets accepted fans out, as a
-    /// busy tenant's publications would; the reference shows what that costs unbounded.
+    /// The noisy tenant's rooms.
     #[arg(long, default_value_t = 2)]
     pub noisy_rooms: usize,
+    /// Subscribers in each noisy room: what the tenant gets accepted fans out, as a busy
+    /// tenant's publications would; the reference shows what that costs unbounded.
     #[arg(long, default_value_t = 20)]
     pub noisy_subs_per_room: usize,
     /// Besides the flood at full speed, one at this many publications per second (0: none).
