@@ -3,6 +3,8 @@
 //! - `quiver-bench run` starts every server (Quiver, the bare wtransport peer, nats-server,
 //!   Socket.IO), runs the workloads against each in turn from generator processes pinned to
 //!   another core, and writes the report (Markdown, JSON, PNG plots).
+//! - `quiver-bench neighbour` measures one tenant's latency beside another tenant flooding
+//!   past its quota (`quiver-bench flood`, a generator like the ones below).
 //! - `quiver-bench load | hol | connections` is one generator process running one workload
 //!   against one target; it prints its result as JSON. `run` calls these.
 
@@ -72,6 +74,15 @@ enum Cmd {
         #[command(flatten)]
         params: workload::connections::ConnParams,
     },
+    /// One tenant at its publication quota beside another tenant: the other's latency (issue 10).
+    Neighbour(orchestrate::neighbour::NeighbourArgs),
+    /// The noisy tenant: publish far over the quota, count refusals, until stdin closes.
+    Flood {
+        #[command(flatten)]
+        target: TargetArg,
+        #[command(flatten)]
+        params: workload::neighbour::FloodParams,
+    },
 }
 
 #[derive(clap::Args)]
@@ -130,6 +141,11 @@ fn main() -> Result<()> {
         Cmd::Connections { target, params } => {
             let spec = target.spec()?;
             runtime()?.block_on(workload::connections::run(&spec, &params))
+        }
+        Cmd::Neighbour(args) => orchestrate::neighbour::run(args),
+        Cmd::Flood { target, params } => {
+            let spec = target.spec()?;
+            runtime()?.block_on(workload::neighbour::run(&spec, &params))
         }
     }
 }

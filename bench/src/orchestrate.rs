@@ -22,6 +22,7 @@ use crate::workload::connections::ConnResult;
 use crate::workload::hol::{HolParams, HolResult};
 use crate::workload::load::{LoadParams, LoadResult};
 
+pub mod neighbour;
 mod servers;
 use servers::{
     start, start_with, wait_output, wrapped, Pinning, Placement, ServerProc, JWT_SECRET,
@@ -195,7 +196,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&work)?;
     let pin = Pinning::detect();
-    let token = quiver_token(&args.quiver)?;
+    let token = quiver_token(&args.quiver, "bench")?;
     let generator = std::env::current_exe()?;
     let mut report = Report::new(args.mode, pin.describe());
     report.versions = versions(&args);
@@ -300,14 +301,15 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn quiver_token(quiver: &Path) -> Result<String> {
+/// A token for `tenant` that may publish and subscribe everywhere in it.
+fn quiver_token(quiver: &Path, tenant: &str) -> Result<String> {
     let out = Command::new(quiver)
         .args([
             "token",
             "--jwt-secret",
             JWT_SECRET,
             "--tenant",
-            "bench",
+            tenant,
             "--user",
             "bench",
         ])

@@ -14,6 +14,8 @@ use crate::workload::connections::ConnResult;
 use crate::workload::hol::HolResult;
 use crate::workload::load::LoadResult;
 
+pub mod neighbour;
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FixedRun {
     /// Fraction of the target's own maximum.

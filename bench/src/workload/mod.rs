@@ -5,6 +5,7 @@
 pub mod connections;
 pub mod hol;
 pub mod load;
+pub mod neighbour;
 
 use std::sync::Arc;
 use std::time::Duration;
