@@ -198,3 +198,40 @@ async fn per_address_handshake_rate_and_trusted_addresses() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// Refusing costs the server too: a session that keeps publishing into its tenant's exhausted
+/// quota is closed like one that keeps exceeding its command rate (`rate_abuse`), after
+/// `commands_per_second × abuse_factor` refusals within 10 s.
+#[tokio::test]
+async fn publishing_on_into_an_exhausted_quota_is_abuse() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.publications_per_second = 5;
+        c.limits.commands_per_second = 1000;
+        c.limits.abuse_factor = 1;
+    })
+    .await?;
+    let mut c = Raw::connect(&server, &full_token("noisy", "p")).await?;
+    for i in 0..1100u32 {
+        if c.send(Command::Publish {
+            room: "r".into(),
+            payload: Bytes::from(i.to_be_bytes().to_vec()),
+            ack: false,
+        })
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    let mut refused = 0;
+    let code = loop {
+        match c.recv().await?.event {
+            Event::Error { code, .. } if code == ErrorCode::QuotaExceeded.as_u16() => refused += 1,
+            Event::Goodbye { code, .. } => break code,
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::RateAbuse.as_u16());
+    assert_eq!(refused, 1000, "closed on the threshold refusal");
+    Ok(())
+}

@@ -57,6 +57,13 @@ impl Meter {
             self.tokens -= 1.0;
             return Verdict::Allowed;
         }
+        self.refused(at)
+    }
+
+    /// Counts a refusal for the abuse rule: rate refusals, and quota refusals too (a session
+    /// that keeps publishing into its tenant's exhausted quota costs the server a refusal each
+    /// time, and must not be able to do so without end).
+    pub fn refused(&mut self, at: Instant) -> Verdict {
         let (start, count) = &mut self.window;
         if at.saturating_duration_since(*start) > ABUSE_WINDOW {
             *start = at;
@@ -108,6 +115,17 @@ mod tests {
             assert_eq!(m.take(t), Verdict::Limited, "refusal {n}");
         }
         assert_eq!(m.take(t), Verdict::Abuse);
+    }
+
+    #[test]
+    fn other_refusals_count_towards_abuse() {
+        let mut m = Meter::new(&limits(10, 3));
+        let t = Instant::now();
+        for _ in 0..29 {
+            assert_eq!(m.refused(t), Verdict::Limited);
+        }
+        assert_eq!(m.take(t), Verdict::Allowed, "the rate itself is untouched");
+        assert_eq!(m.refused(t), Verdict::Abuse);
     }
 
     #[test]

@@ -389,7 +389,16 @@ impl Session {
                 }
             }
             Ok(None) => {}
-            Err(refusal) => self.refuse(id, refusal).await,
+            Err(refusal) => {
+                let over_quota = refusal.0 == ErrorCode::QuotaExceeded;
+                self.refuse(id, refusal).await;
+                if over_quota && self.meter.refused(Instant::now()) == Verdict::Abuse {
+                    return Some(Exit::Close(
+                        CloseCode::RateAbuse,
+                        "kept publishing over the tenant's quota".into(),
+                    ));
+                }
+            }
         }
         None
     }
