@@ -151,7 +151,8 @@ impl TenantQuotas {
 
     /// Counts a session of the tenant, or refuses it.
     pub fn open_session(self: &Arc<Self>, tenant: &TenantId) -> Result<TenantSession, QuotaError> {
-        let limit = self.quota(tenant).max_sessions;
+        let quota = self.quota(tenant);
+        let limit = quota.max_sessions;
         let label = self.label(tenant);
         self.usage(tenant, |u| {
             if limit > 0 && u.sessions >= limit {
@@ -168,7 +169,9 @@ impl TenantQuotas {
         Ok(TenantSession {
             quotas: self.clone(),
             tenant: tenant.clone(),
+            publications: metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => label.clone()),
             label,
+            quota,
         })
     }
 
@@ -183,6 +186,10 @@ pub struct TenantSession {
     quotas: Arc<TenantQuotas>,
     tenant: TenantId,
     label: String,
+    /// The tenant's quota, resolved (overrides applied) once when the session opened: the
+    /// publish path neither searches the overrides nor builds a metric label per message.
+    quota: TenantQuota,
+    publications: metrics::Counter,
 }
 
 impl TenantSession {
@@ -192,7 +199,7 @@ impl TenantSession {
 
     /// Counts one more subscription of the tenant, or refuses it.
     pub fn add_subscription(&self) -> Result<(), QuotaError> {
-        let limit = self.quotas.quota(&self.tenant).max_subscriptions;
+        let limit = self.quota.max_subscriptions;
         self.quotas
             .usage(&self.tenant, |u| {
                 if limit > 0 && u.subscriptions >= limit {
@@ -218,9 +225,9 @@ impl TenantSession {
 
     /// Meters one publication of `bytes` payload bytes against the tenant's rates.
     pub fn publish(&self, bytes: usize, at: Instant) -> Result<(), QuotaError> {
-        let quota = self.quotas.quota(&self.tenant);
+        let quota = &self.quota;
         if quota.publications_per_second == 0 && quota.bytes_per_second == 0 {
-            metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => self.label.clone()).increment(1);
+            self.publications.increment(1);
             return Ok(());
         }
         self.quotas
@@ -250,7 +257,7 @@ impl TenantSession {
                 Ok(())
             })
             .inspect_err(|e| self.quotas.refused(&self.label, e))?;
-        metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => self.label.clone()).increment(1);
+        self.publications.increment(1);
         Ok(())
     }
 }

@@ -220,10 +220,10 @@ impl Events {
         out: mpsc::Receiver<Bytes>,
     ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         futures::stream::unfold(
-            (self, out, Vec::new()),
+            (self, out, std::collections::VecDeque::new()),
             |(mut this, mut out, mut ready)| async move {
                 loop {
-                    if let Some(event) = ready.pop() {
+                    if let Some(event) = ready.pop_front() {
                         return Some((Ok(event), (this, out, ready)));
                     }
                     let bytes = out.recv().await?;
@@ -231,7 +231,7 @@ impl Events {
                     while let Ok(Some(body)) = this.decoder.next_frame() {
                         if let Ok(frame) = decode_event(&body) {
                             if let Some(event) = this.convert(frame.id, frame.event) {
-                                ready.insert(0, event);
+                                ready.push_back(event);
                             }
                         }
                     }
