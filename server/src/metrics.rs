@@ -24,6 +24,36 @@ pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
 pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
 pub const BUILD_INFO: &str = "quiver_build_info";
 
+/// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the
+/// client's own leaving, told apart so that a dashboard's "dropped connections" is honest.
+/// `client_closed`: the client closed its session, connection or control stream on purpose;
+/// `idle_timeout`: nothing (not even a keep-alive answer) arrived for `timeouts.idle`;
+/// `connection_lost`: the transport failed otherwise (reset, I/O error);
+/// `server_closed`: the server closed the connection outside the session core.
+pub const GONE_REASONS: [&str; 4] = [
+    "client_closed",
+    "idle_timeout",
+    "connection_lost",
+    "server_closed",
+];
+
+/// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
+/// the token's refusals (`crate::auth::AuthError::label`).
+pub const REFUSED_REASONS: [&str; 12] = [
+    "not_found",
+    "unavailable",
+    "origin",
+    "token_too_large",
+    "address_limit",
+    "capacity",
+    "handshake",
+    "handshake_timeout",
+    "token_missing",
+    "token_expired",
+    "token_invalid",
+    "token_claims",
+];
+
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
 pub fn handle() -> PrometheusHandle {
@@ -49,6 +79,13 @@ fn register_zeros() {
         let t = transport.label();
         metrics::gauge!(SESSIONS_ACTIVE, "transport" => t).set(0.0);
         metrics::counter!(SESSIONS_OPENED, "transport" => t).absolute(0);
+        let close_labels = quiver_proto::CloseCode::ALL.iter().map(|c| c.label());
+        for reason in GONE_REASONS.into_iter().chain(close_labels) {
+            metrics::counter!(SESSIONS_CLOSED, "transport" => t, "reason" => reason).absolute(0);
+        }
+        for reason in REFUSED_REASONS {
+            metrics::counter!(SESSIONS_REFUSED, "transport" => t, "reason" => reason).absolute(0);
+        }
     }
     metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
     for name in [PUBLICATIONS, DELIVERIES, COMMANDS] {
