@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use wtransport::{Connection, VarInt};
 
 use crate::hub::Delivery;
+use crate::metrics::hot;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -74,6 +75,8 @@ impl Writer {
             },
         };
         let mut batch = std::mem::take(&mut self.preamble);
+        // When the oldest live frame in `batch` reached the hub (the replay has none).
+        let mut oldest = None;
         loop {
             if batch.is_empty() {
                 let first = tokio::select! {
@@ -86,11 +89,15 @@ impl Writer {
                 };
                 if self.fresh(&first) {
                     batch.extend_from_slice(&first.frame);
+                    oldest = Some(first.entered);
                 }
             }
             while batch.len() < MAX_BATCH {
                 match self.queue.try_recv() {
-                    Ok(more) if self.fresh(&more) => batch.extend_from_slice(&more.frame),
+                    Ok(more) if self.fresh(&more) => {
+                        batch.extend_from_slice(&more.frame);
+                        oldest.get_or_insert(more.entered);
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -106,6 +113,10 @@ impl Writer {
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
+            }
+            hot::delivery_bytes().increment(batch.len() as u64);
+            if let Some(entered) = oldest.take() {
+                hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
             batch.clear();
         }
@@ -125,9 +136,11 @@ impl Writer {
     async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
         // The preamble may hold a long replay: hand it over in batches of whole frames.
         for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+            let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
         }
         loop {
             let delivery = tokio::select! {
@@ -138,9 +151,15 @@ impl Writer {
                     None => return,
                 },
             };
-            if self.fresh(&delivery) && out.send(delivery.frame).await.is_err() {
+            if !self.fresh(&delivery) {
+                continue;
+            }
+            let len = delivery.frame.len() as u64;
+            if out.send(delivery.frame).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
     }
 

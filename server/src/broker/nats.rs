@@ -350,13 +350,7 @@ impl Inner {
             .map_err(unavailable)?;
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                hub.deliver_frame(
-                    &key,
-                    Delivery {
-                        offset: None,
-                        frame: msg.payload,
-                    },
-                );
+                hub.deliver_frame(&key, Delivery::new(None, msg.payload));
             }
         }))
     }

@@ -137,6 +137,8 @@ pub async fn run(
     let transport = link.transport.label();
     let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
+    let tenant = grant.tenant.to_string();
+    shared.recent_users.opened(&tenant, &grant.user, transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -198,8 +200,8 @@ pub async fn run(
         }
     };
     let user = std::mem::take(&mut session.grant.user);
-    let tenant = session.grant.tenant.to_string();
     drop(session);
+    shared.recent_users.closed(&tenant, &user);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
     // One line per session, for log pipelines: who, how, how long, why.
@@ -364,6 +366,7 @@ impl Session {
     async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
+        let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -400,6 +403,8 @@ impl Session {
                 }
             }
         }
+        metrics::histogram!(m::COMMAND_DURATION, "command" => label)
+            .record(arrived.elapsed().as_secs_f64());
         None
     }
 
