@@ -16,6 +16,7 @@
 
 mod health;
 mod history;
+mod lag;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -105,20 +106,31 @@ impl NatsBroker {
         config: Arc<Config>,
     ) -> Result<Self, BrokerError> {
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
+        // Set at the first connection: every later `Connected` is a reconnect.
+        let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = redacted_urls(&nats.url);
         let options = async_nats::ConnectOptions::new()
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
             .retry_on_initial_connect()
             .event_callback(move |event| {
                 let connected = connected_tx.clone();
+                let ever_connected = ever_connected.clone();
+                let url = url.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             info!("nats connected");
+                            metrics::gauge!(m::NATS_CONNECTED).set(1.0);
+                            if ever_connected.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                                metrics::counter!(m::NATS_RECONNECTS).increment(1);
+                            }
                             let _ = connected.send(true);
                         }
+                        // Once per loss: async-nats then retries quietly until `Connected`.
                         async_nats::Event::Disconnected => {
-                            warn!("nats disconnected");
+                            warn!(%url, "nats disconnected; reconnecting");
+                            metrics::gauge!(m::NATS_CONNECTED).set(0.0);
                             let _ = connected.send(false);
                         }
                         // One event per dropped message: log at debug only, the metric counts.
@@ -326,6 +338,7 @@ impl Inner {
                     .map_err(unavailable)?;
                 tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
+                        lag::record(msg.headers.as_ref());
                         hub.deliver(&key, None, msg.payload);
                     }
                 })
@@ -367,7 +380,7 @@ impl Inner {
             }
             None => self
                 .client
-                .publish(subject(&key), payload)
+                .publish_with_headers(subject(&key), lag::stamp(), payload)
                 .await
                 .map(|()| None)
                 .map_err(unavailable),
@@ -512,6 +525,27 @@ impl Drop for AbortOnDrop {
 
 /// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
 /// broker and the control plane (`control.rs`) each hold a connection made here.
+/// The configured NATS URLs as a log may show them: user names, passwords and tokens in them
+/// replaced by `***`.
+pub fn redacted_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match u.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}"),
+                    None => u.to_owned(),
+                },
+                None => match u.rsplit_once('@') {
+                    Some((_, host)) => format!("***@{host}"),
+                    None => u.to_owned(),
+                },
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub async fn connect_with(
     nats: &NatsConfig,
     mut options: async_nats::ConnectOptions,
@@ -535,4 +569,17 @@ pub async fn connect_with(
         .collect::<Result<_, _>>()
         .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
     options.connect(urls).await.map_err(unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            super::redacted_urls("nats://u:secret@a:4222, tls://tok@b"),
+            "nats://***@a:4222,tls://***@b"
+        );
+        assert_eq!(super::redacted_urls("nats://a:4222"), "nats://a:4222");
+        assert_eq!(super::redacted_urls("u:p@a:4222"), "***@a:4222");
+    }
 }
