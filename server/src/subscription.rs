@@ -45,6 +45,8 @@ pub struct Writer {
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
+    /// The session's traffic, for its closing log line.
+    pub tally: std::sync::Arc<crate::metrics::Tally>,
 }
 
 impl Writer {
@@ -77,6 +79,8 @@ impl Writer {
         let mut batch = std::mem::take(&mut self.preamble);
         // When the oldest live frame in `batch` reached the hub (the replay has none).
         let mut oldest = None;
+        // Live frames in `batch`.
+        let mut frames = 0;
         loop {
             if batch.is_empty() {
                 let first = tokio::select! {
@@ -90,6 +94,7 @@ impl Writer {
                 if self.fresh(&first) {
                     batch.extend_from_slice(&first.frame);
                     oldest = Some(first.entered);
+                    frames += 1;
                 }
             }
             while batch.len() < MAX_BATCH {
@@ -97,6 +102,7 @@ impl Writer {
                     Ok(more) if self.fresh(&more) => {
                         batch.extend_from_slice(&more.frame);
                         oldest.get_or_insert(more.entered);
+                        frames += 1;
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -115,6 +121,7 @@ impl Writer {
                 },
             }
             hot::delivery_bytes().increment(batch.len() as u64);
+            self.tally.sent(batch.len(), std::mem::take(&mut frames));
             if let Some(entered) = oldest.take() {
                 hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
@@ -141,6 +148,7 @@ impl Writer {
                 return;
             }
             hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 0);
         }
         loop {
             let delivery = tokio::select! {
@@ -159,6 +167,7 @@ impl Writer {
                 return;
             }
             hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 1);
             hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
     }

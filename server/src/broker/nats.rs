@@ -29,7 +29,7 @@ use futures::StreamExt;
 use quiver_proto::{Member, Position, TenantId};
 use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, Recovered};
 use crate::config::{Config, NatsConfig};
@@ -109,6 +109,9 @@ impl NatsBroker {
         // Set at the first connection: every later `Connected` is a reconnect.
         let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let url = redacted_urls(&nats.url);
+        // Whether this outage was logged: connection failures repeat at every retry (several a
+        // second), and are worth one WARN line until NATS is back.
+        let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let options = async_nats::ConnectOptions::new()
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
@@ -117,25 +120,37 @@ impl NatsBroker {
                 let connected = connected_tx.clone();
                 let ever_connected = ever_connected.clone();
                 let url = url.clone();
+                let warned = warned.clone();
                 async move {
+                    use std::sync::atomic::Ordering::Relaxed;
                     match event {
                         async_nats::Event::Connected => {
                             info!("nats connected");
                             metrics::gauge!(m::NATS_CONNECTED).set(1.0);
-                            if ever_connected.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                            warned.store(false, Relaxed);
+                            if ever_connected.swap(true, Relaxed) {
                                 metrics::counter!(m::NATS_RECONNECTS).increment(1);
                             }
                             let _ = connected.send(true);
                         }
                         // Once per loss: async-nats then retries quietly until `Connected`.
                         async_nats::Event::Disconnected => {
-                            warn!(%url, "nats disconnected; reconnecting");
+                            if !warned.swap(true, Relaxed) {
+                                warn!(%url, "nats disconnected; reconnecting");
+                            }
                             metrics::gauge!(m::NATS_CONNECTED).set(0.0);
                             let _ = connected.send(false);
                         }
                         // One event per dropped message: log at debug only, the metric counts.
                         async_nats::Event::SlowConsumer(_) => {
                             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            if !warned.swap(true, Relaxed) {
+                                warn!(%url, error = %e, "cannot reach nats; retrying");
+                            } else {
+                                debug!(%url, error = %e, "nats connection attempt failed");
+                            }
                         }
                         other => info!(event = %other, "nats"),
                     }

@@ -6,6 +6,7 @@
 mod describe;
 pub mod labels;
 pub mod reconnects;
+pub mod tally;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub use labels::{hot, Namespaces};
 pub use reconnects::RecentUsers;
+pub use tally::Tally;
 
 pub const SESSIONS_ACTIVE: &str = "quiver_sessions_active";
 pub const SUBSCRIPTIONS_ACTIVE: &str = "quiver_subscriptions_active";

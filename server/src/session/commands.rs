@@ -109,6 +109,8 @@ impl Session {
                     ));
                 }
                 let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                // Their bytes are counted as the writer hands over the preamble.
+                self.tally.sent(0, u64::from(replayed));
                 (Recovery::Recovered { replayed }, Some(last))
             }
         };
@@ -136,6 +138,7 @@ impl Session {
                 overflow,
                 ended: self.ended_tx.clone(),
                 open_deadline: self.shared.config.timeouts.stream_open,
+                tally: self.tally.clone(),
             }
             .run(),
         );

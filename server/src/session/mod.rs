@@ -122,6 +122,8 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// Traffic, for the closing log line.
+    tally: Arc<m::Tally>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -156,6 +158,7 @@ pub async fn run(
         publishing: Publishing::default(),
         quota: None,
         stalled: false,
+        tally: Arc::default(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -200,6 +203,7 @@ pub async fn run(
         }
     };
     let user = std::mem::take(&mut session.grant.user);
+    let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
     shared.recent_users.closed(&tenant, &user);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
@@ -212,6 +216,9 @@ pub async fn run(
         transport,
         duration_ms = opened.elapsed().as_millis() as u64,
         reason = end.reason,
+        bytes_out,
+        messages_out,
+        messages_in,
         "session closed"
     );
     end
@@ -288,6 +295,12 @@ impl Session {
             reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
+        if matches!(
+            first,
+            Ok(Some(Inbound::Frame(..) | Inbound::Unknown { .. }))
+        ) {
+            self.tally.received();
+        }
         let hello = match first {
             Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
             Ok(None) => return Err(Exit::Gone("client_closed")),
@@ -343,6 +356,7 @@ impl Session {
     /// stalled never counts against a client within its limits.
     fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
         metrics::counter!(m::COMMANDS).increment(1);
+        self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
             Verdict::Limited => {
@@ -429,6 +443,7 @@ impl Session {
             return;
         }
         let frame = encode_event(&ServerFrame { id, event });
+        self.tally.sent(frame.len(), 0);
         let wait = self.shared.config.timeouts.reply;
         if tokio::time::timeout(wait, self.out.send(frame))
             .await
