@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use quiver_tests::process::serve_command;
+use quiver_tests::process::{read_ready, serve_command};
 use quiver_tests::*;
 
 struct Logged {
@@ -44,19 +44,7 @@ impl Logged {
                 sink.lock().expect("not poisoned").push(line);
             }
         });
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut out = BufReader::new(stdout).lines();
-        let ready = loop {
-            match out.next() {
-                Some(line) => {
-                    if let Some(json) = line?.strip_prefix("QUIVER_READY ") {
-                        break serde_json::from_str::<serde_json::Value>(json)?;
-                    }
-                }
-                None => bail!("quiver exited before it was ready"),
-            }
-        };
-        std::thread::spawn(move || out.for_each(drop));
+        let ready = read_ready(&mut child)?;
         Ok(Self {
             child,
             lines,

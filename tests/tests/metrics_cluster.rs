@@ -3,64 +3,16 @@
 //! the connected gauge and reconnects. One test in this file: the metrics registry is
 //! process-wide (both instances here share it, as the assertions say).
 
-use std::time::Duration;
-
-use quiver_server::config::{NamespaceConfig, NatsConfig};
-use quiver_tests::nats::NatsServer;
+use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::*;
-
-fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
-    move |c| {
-        c.nats = Some(NatsConfig::new(nats.url()));
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 1000,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-        });
-    }
-}
-
-async fn ready(server: &TestServer) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    loop {
-        let status = reqwest::get(format!("http://{}/readyz", server.http))
-            .await?
-            .status();
-        if status == 200 {
-            return Ok(());
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn until(
-    server: &TestServer,
-    name: &str,
-    ok: impl Fn(f64) -> bool,
-) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    loop {
-        let page = server.metrics().await?;
-        if ok(metric_sum(&page, name, &[])) {
-            return Ok(page);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never got there:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn nats_lag_latency_and_connection_are_measured() -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
     let a = TestServer::start_with(clustered(&nats)).await?;
     let b = TestServer::start_with(clustered(&nats)).await?;
-    ready(&a).await?;
-    ready(&b).await?;
+    wait_ready(&a).await?;
+    wait_ready(&b).await?;
     let page = a.metrics().await?;
     assert_eq!(metric(&page, "quiver_nats_connected"), 1.0, "{page}");
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 0.0);
@@ -84,7 +36,7 @@ async fn nats_lag_latency_and_connection_are_measured() -> anyhow::Result<()> {
         kept.next().await?;
     }
 
-    let page = until(&b, "quiver_broker_lag_seconds_count", |n| n >= 5.0).await?;
+    let page = wait_metric(&b, "quiver_broker_lag_seconds_count", &[], |n| n >= 5.0).await?;
     // Exactly one lag sample per publication that arrived from NATS (b is the only listener).
     assert_eq!(
         metric(&page, "quiver_broker_lag_seconds_count"),
@@ -106,10 +58,10 @@ async fn nats_lag_latency_and_connection_are_measured() -> anyhow::Result<()> {
 
     // NATS restarts: both instances notice, and come back.
     nats.kill();
-    let page = until(&a, "quiver_nats_connected", |v| v == 0.0).await?;
+    let page = wait_metric(&a, "quiver_nats_connected", &[], |v| v == 0.0).await?;
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 0.0);
     nats.restart().await?;
-    let page = until(&a, "quiver_nats_reconnects_total", |n| n >= 2.0).await?;
+    let page = wait_metric(&a, "quiver_nats_reconnects_total", &[], |n| n >= 2.0).await?;
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 2.0, "{page}");
     assert_eq!(metric(&page, "quiver_nats_connected"), 1.0, "{page}");
     Ok(())

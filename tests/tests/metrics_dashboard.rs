@@ -4,11 +4,10 @@
 //! One test in this file: the metrics registry is process-wide.
 
 use std::collections::{BTreeSet, HashSet};
-use std::time::Duration;
 
 use quiver_proto::Event;
-use quiver_server::config::{NamespaceConfig, NatsConfig, TenantOverride};
-use quiver_tests::nats::NatsServer;
+use quiver_server::config::TenantOverride;
+use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::*;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/quiver.json");
@@ -102,13 +101,7 @@ async fn every_dashboard_query_names_an_exported_series() -> anyhow::Result<()> 
     // A real instance on NATS, with a history namespace and a tenant at a quota.
     let nats = NatsServer::start().await?;
     let server = TestServer::start_with(|c| {
-        c.nats = Some(NatsConfig::new(nats.url()));
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 100,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-        });
+        clustered(&nats)(c);
         c.quotas.tenants = vec![TenantOverride {
             tenant: "capped".into(),
             max_sessions: None,
@@ -118,15 +111,7 @@ async fn every_dashboard_query_names_an_exported_series() -> anyhow::Result<()> 
         }];
     })
     .await?;
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    while reqwest::get(format!("http://{}/readyz", server.http))
-        .await?
-        .status()
-        != 200
-    {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&server).await?;
 
     // The workload: history and live rooms, a resume, a quota refusal, a closed session.
     let mut sub = Raw::connect(&server, &full_token("acme", "sub")).await?;
@@ -142,15 +127,7 @@ async fn every_dashboard_query_names_an_exported_series() -> anyhow::Result<()> 
     let _one = capped.subscribe("a").await?;
     assert!(capped.subscribe("b").await.is_err(), "over the quota");
     capped.close().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let page = loop {
-        let page = server.metrics().await?;
-        if metric(&page, "quiver_quic_rtt_seconds_count") >= 1.0 {
-            break page;
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no QUIC sample");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let page = wait_metric(&server, "quiver_quic_rtt_seconds_count", &[], |n| n >= 1.0).await?;
 
     let names = exported(&page);
     let mut missing = BTreeSet::new();

@@ -9,28 +9,6 @@ use quiver_proto::{Event, Position, Recovery};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::*;
 
-/// The value of `name_with_labels` once it satisfies `ok` (within [`WAIT`]).
-async fn eventually(
-    server: &TestServer,
-    name: &str,
-    labels: &[(&str, &str)],
-    ok: impl Fn(f64) -> bool,
-) -> anyhow::Result<String> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let page = server.metrics().await?;
-        let value = metric_sum(&page, name, labels);
-        if ok(value) {
-            return Ok(page);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}{labels:?} = {value}:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
@@ -85,7 +63,7 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         misc.next().await?;
     }
 
-    let page = eventually(&server, "quiver_delivery_latency_seconds_count", &[], |n| {
+    let page = wait_metric(&server, "quiver_delivery_latency_seconds_count", &[], |n| {
         n >= 1.0
     })
     .await?;
@@ -191,7 +169,7 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     // A closed WebTransport session leaves one sample of its path.
     again.conn().close(0u32.into(), b"");
     drop(again);
-    let page = eventually(&server, "quiver_quic_rtt_seconds_count", &[], |n| n >= 1.0).await?;
+    let page = wait_metric(&server, "quiver_quic_rtt_seconds_count", &[], |n| n >= 1.0).await?;
     assert!(metric(&page, "quiver_quic_rtt_seconds_sum") > 0.0, "{page}");
     assert_eq!(
         metric(&page, "quiver_quic_lost_packets_count"),
