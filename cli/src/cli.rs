@@ -76,6 +76,9 @@ struct ServeArgs {
     /// embedded broker.
     #[arg(long)]
     nats: Option<String>,
+    /// Log format on stderr: text, or json (one object per line, for log pipelines).
+    #[arg(long, value_enum, default_value = "text", env = "QUIVER_LOG_FORMAT")]
+    log_format: crate::logging::LogFormat,
 }
 
 #[derive(Args)]
@@ -106,17 +109,11 @@ struct TokenArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server logs its life; the terminal tools only their troubles.
-    let default_level = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
+    let (default_level, log_format) = match &cli.command {
+        Command::Serve(args) => ("info", args.log_format),
+        _ => ("warn", crate::logging::LogFormat::Text),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::logging::init(default_level, log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -143,6 +140,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // With JSON logs stderr is for the log pipeline: every line an object, no human extras.
+    let human = args.log_format == crate::logging::LogFormat::Text;
     let mut config = Config::load(args.config.as_deref()).context("loading configuration")?;
     if let Some(v) = args.listen {
         config.listen = v;
@@ -188,17 +187,21 @@ async fn serve(args: ServeArgs) -> Result<()> {
     });
     // One machine-readable line for scripts and tests, then the human version.
     println!("QUIVER_READY {ready}");
-    eprintln!(
-        "quiver: WebTransport on https://{}/v1, HTTP on http://{}",
-        server.webtransport_addr(),
-        server.http_addr
-    );
-    eprintln!(
-        "quiver: certificate SHA-256 {}",
-        hex::encode(server.cert_sha256())
-    );
+    if human {
+        eprintln!(
+            "quiver: WebTransport on https://{}/v1, HTTP on http://{}",
+            server.webtransport_addr(),
+            server.http_addr
+        );
+        eprintln!(
+            "quiver: certificate SHA-256 {}",
+            hex::encode(server.cert_sha256())
+        );
+    }
     shutdown_signal().await;
-    eprintln!("quiver: draining");
+    if human {
+        eprintln!("quiver: draining");
+    }
     server.shutdown().await;
     Ok(())
 }

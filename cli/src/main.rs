@@ -2,6 +2,7 @@
 //! subscriber and publisher).
 
 mod cli;
+mod logging;
 
 /// See the `jemalloc` feature in Cargo.toml for why.
 #[cfg(feature = "jemalloc")]

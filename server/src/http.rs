@@ -116,7 +116,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

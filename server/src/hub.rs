@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::time::Instant;
 
 use bytes::Bytes;
 use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
@@ -29,6 +30,19 @@ pub struct RoomKey {
 pub struct Delivery {
     pub offset: Option<u64>,
     pub frame: Bytes,
+    /// When the frame reached the hub: the writer measures delivery latency from it. One
+    /// `Instant` per publication, copied to each subscriber.
+    pub entered: Instant,
+}
+
+impl Delivery {
+    pub fn new(offset: Option<u64>, frame: Bytes) -> Self {
+        Self {
+            offset,
+            frame,
+            entered: Instant::now(),
+        }
+    }
 }
 
 /// The hub's handle on one subscriber.
@@ -37,14 +51,26 @@ pub struct Subscriber {
     pub queue: mpsc::Sender<Delivery>,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
+    /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
+    pub deliveries: metrics::Counter,
 }
 
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<RoomKey, Vec<Subscriber>>>,
+    /// Fan-out counters by namespace label.
+    namespaces: m::Namespaces,
 }
 
 impl Hub {
+    /// A hub counting fan-out under the configured namespaces' names (the rest as `other`).
+    pub fn with_namespaces<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            namespaces: m::Namespaces::new(names),
+        }
+    }
+
     /// Adds a subscriber; true if it is the first local one of the room (the broker should
     /// start listening for it).
     pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
@@ -73,11 +99,14 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
+        let entered = Instant::now();
+        self.namespaces.get(&key.room).publications.increment(1);
         self.deliver_frame(
             key,
             Delivery {
                 offset: position.map(|p| p.offset),
                 frame: publication_frame(key, position, payload),
+                entered,
             },
         )
     }
@@ -93,7 +122,10 @@ impl Hub {
             };
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
-                    Ok(()) => delivered += 1,
+                    Ok(()) => {
+                        delivered += 1;
+                        sub.deliveries.increment(1);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
                         overflowed.push(sub.id);
@@ -114,7 +146,10 @@ impl Hub {
                 }
             }
         }
-        metrics::counter!(m::DELIVERIES).increment(delivered as u64);
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(delivered as u64);
         delivered
     }
 
@@ -161,6 +196,7 @@ mod tests {
                 id,
                 queue: tx,
                 overflow: CancellationToken::new(),
+                deliveries: metrics::Counter::noop(),
             },
             rx,
         )

@@ -118,6 +118,8 @@ pub struct Shared {
     pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
+    /// Users with a session here in the last minute: the reconnect-frequency metric.
+    pub recent_users: crate::metrics::RecentUsers,
 }
 
 impl Shared {
@@ -203,7 +205,9 @@ impl Server {
         };
 
         crate::metrics::handle();
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::with_namespaces(
+            config.namespaces.iter().map(|n| n.name.as_str()),
+        ));
         let shared_config = Arc::new(config.clone());
         let broker: Arc<dyn Broker> = match &config.nats {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
@@ -245,6 +249,7 @@ impl Server {
             alt_svc: (!identity.dev)
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
+            recent_users: Default::default(),
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);

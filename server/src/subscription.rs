@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use wtransport::{Connection, VarInt};
 
 use crate::hub::Delivery;
+use crate::metrics::hot;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -44,6 +45,8 @@ pub struct Writer {
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
+    /// The session's traffic, for its closing log line.
+    pub tally: std::sync::Arc<crate::metrics::Tally>,
 }
 
 impl Writer {
@@ -74,6 +77,10 @@ impl Writer {
             },
         };
         let mut batch = std::mem::take(&mut self.preamble);
+        // When the oldest live frame in `batch` reached the hub (the replay has none).
+        let mut oldest = None;
+        // Live frames in `batch`.
+        let mut frames = 0;
         loop {
             if batch.is_empty() {
                 let first = tokio::select! {
@@ -86,11 +93,17 @@ impl Writer {
                 };
                 if self.fresh(&first) {
                     batch.extend_from_slice(&first.frame);
+                    oldest = Some(first.entered);
+                    frames += 1;
                 }
             }
             while batch.len() < MAX_BATCH {
                 match self.queue.try_recv() {
-                    Ok(more) if self.fresh(&more) => batch.extend_from_slice(&more.frame),
+                    Ok(more) if self.fresh(&more) => {
+                        batch.extend_from_slice(&more.frame);
+                        oldest.get_or_insert(more.entered);
+                        frames += 1;
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -106,6 +119,11 @@ impl Writer {
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
+            }
+            hot::delivery_bytes().increment(batch.len() as u64);
+            self.tally.sent(batch.len(), std::mem::take(&mut frames));
+            if let Some(entered) = oldest.take() {
+                hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
             batch.clear();
         }
@@ -125,9 +143,12 @@ impl Writer {
     async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
         // The preamble may hold a long replay: hand it over in batches of whole frames.
         for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+            let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 0);
         }
         loop {
             let delivery = tokio::select! {
@@ -138,9 +159,16 @@ impl Writer {
                     None => return,
                 },
             };
-            if self.fresh(&delivery) && out.send(delivery.frame).await.is_err() {
+            if !self.fresh(&delivery) {
+                continue;
+            }
+            let len = delivery.frame.len() as u64;
+            if out.send(delivery.frame).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 1);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
     }
 

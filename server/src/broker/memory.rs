@@ -353,13 +353,7 @@ impl Broker for MemoryBroker {
     }
 
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.hub.deliver_frame(
-            &key,
-            Delivery {
-                offset: None,
-                frame,
-            },
-        );
+        self.hub.deliver_frame(&key, Delivery::new(None, frame));
         Box::pin(ready(Ok(())))
     }
 
@@ -579,6 +573,7 @@ mod tests {
                 id: 1,
                 queue,
                 overflow: Default::default(),
+                deliveries: metrics::Counter::noop(),
             },
         );
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();

@@ -61,6 +61,10 @@ impl Session {
                 id: sub_id,
                 queue,
                 overflow: overflow.clone(),
+                deliveries: metrics::counter!(
+                    m::TENANT_DELIVERIES,
+                    "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
+                ),
             },
         );
         let prepared = async {
@@ -72,6 +76,9 @@ impl Session {
         let recovered = match prepared.await {
             Ok(recovered) => recovered,
             Err(e) => {
+                if resume.is_some() {
+                    m::labels::count_resume(&self.shared.config, &key.room, None);
+                }
                 if self.shared.hub.unsubscribe(&key, sub_id) {
                     let _ = self.shared.broker.remove_interest(key.clone()).await;
                 }
@@ -102,9 +109,15 @@ impl Session {
                     ));
                 }
                 let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                // Their bytes are counted as the writer hands over the preamble.
+                self.tally.sent(0, u64::from(replayed));
                 (Recovery::Recovered { replayed }, Some(last))
             }
         };
+        if resume.is_some() {
+            let recovered = matches!(recovery, Recovery::Recovered { .. });
+            m::labels::count_resume(&self.shared.config, &key.room, Some(recovered));
+        }
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
@@ -125,6 +138,7 @@ impl Session {
                 overflow,
                 ended: self.ended_tx.clone(),
                 open_deadline: self.shared.config.timeouts.stream_open,
+                tally: self.tally.clone(),
             }
             .run(),
         );

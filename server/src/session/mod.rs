@@ -122,6 +122,8 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// Traffic, for the closing log line.
+    tally: Arc<m::Tally>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -137,6 +139,8 @@ pub async fn run(
     let transport = link.transport.label();
     let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
+    let tenant = grant.tenant.to_string();
+    shared.recent_users.opened(&tenant, &grant.user, transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -154,6 +158,7 @@ pub async fn run(
         publishing: Publishing::default(),
         quota: None,
         stalled: false,
+        tally: Arc::default(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -198,8 +203,9 @@ pub async fn run(
         }
     };
     let user = std::mem::take(&mut session.grant.user);
-    let tenant = session.grant.tenant.to_string();
+    let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
+    shared.recent_users.closed(&tenant, &user);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
     // One line per session, for log pipelines: who, how, how long, why.
@@ -210,6 +216,9 @@ pub async fn run(
         transport,
         duration_ms = opened.elapsed().as_millis() as u64,
         reason = end.reason,
+        bytes_out,
+        messages_out,
+        messages_in,
         "session closed"
     );
     end
@@ -286,6 +295,12 @@ impl Session {
             reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
         };
+        if matches!(
+            first,
+            Ok(Some(Inbound::Frame(..) | Inbound::Unknown { .. }))
+        ) {
+            self.tally.received();
+        }
         let hello = match first {
             Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
             Ok(None) => return Err(Exit::Gone("client_closed")),
@@ -341,6 +356,7 @@ impl Session {
     /// stalled never counts against a client within its limits.
     fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
         metrics::counter!(m::COMMANDS).increment(1);
+        self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
             Verdict::Limited => {
@@ -364,6 +380,7 @@ impl Session {
     async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
+        let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -400,6 +417,8 @@ impl Session {
                 }
             }
         }
+        metrics::histogram!(m::COMMAND_DURATION, "command" => label)
+            .record(arrived.elapsed().as_secs_f64());
         None
     }
 
@@ -424,6 +443,7 @@ impl Session {
             return;
         }
         let frame = encode_event(&ServerFrame { id, event });
+        self.tally.sent(frame.len(), 0);
         let wait = self.shared.config.timeouts.reply;
         if tokio::time::timeout(wait, self.out.send(frame))
             .await
