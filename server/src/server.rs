@@ -207,6 +207,7 @@ impl Server {
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),
+            hub.clone(),
             control_nats,
         ));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
