@@ -80,10 +80,14 @@ async fn pages_through_a_history_room(via: Via) -> anyhow::Result<()> {
     assert_eq!(first.items[0].payload.as_ref(), &[5u8]);
     // On from the last one seen, to the end.
     let last = first.items[3].position;
-    let rest = history(&mut raw, "h.room", Some(last), 100).await?.expect("a page");
+    let rest = history(&mut raw, "h.room", Some(last), 100)
+        .await?
+        .expect("a page");
     assert_eq!(offsets(&rest), (10..=15).collect::<Vec<_>>());
     assert!(!rest.truncated);
-    let end = history(&mut raw, "h.room", Some(positions[14]), 100).await?.expect("a page");
+    let end = history(&mut raw, "h.room", Some(positions[14]), 100)
+        .await?
+        .expect("a page");
     assert!(end.items.is_empty() && !end.truncated);
     // Limit 0: the position alone.
     let none = history(&mut raw, "h.room", None, 0).await?.expect("a page");
@@ -92,13 +96,19 @@ async fn pages_through_a_history_room(via: Via) -> anyhow::Result<()> {
 
     // Gone from history, or of another epoch: unrecoverable.
     let trimmed = history(&mut raw, "h.room", Some(positions[1]), 10).await?;
-    assert_eq!(trimmed.err(), Some(ErrorCode::UnrecoverablePosition.as_u16()));
+    assert_eq!(
+        trimmed.err(),
+        Some(ErrorCode::UnrecoverablePosition.as_u16())
+    );
     let other_epoch = Position {
         epoch: positions[0].epoch ^ 2,
         offset: 8,
     };
     let foreign = history(&mut raw, "h.room", Some(other_epoch), 10).await?;
-    assert_eq!(foreign.err(), Some(ErrorCode::UnrecoverablePosition.as_u16()));
+    assert_eq!(
+        foreign.err(),
+        Some(ErrorCode::UnrecoverablePosition.as_u16())
+    );
     // Permissions are subscribe permissions; rooms without history are refused.
     let denied = history(&mut raw, "x.room", None, 10).await?;
     assert_eq!(denied.err(), Some(ErrorCode::PermissionDenied.as_u16()));
@@ -109,7 +119,9 @@ async fn pages_through_a_history_room(via: Via) -> anyhow::Result<()> {
     assert_eq!(invalid.err(), Some(ErrorCode::InvalidRoom.as_u16()));
     // Another tenant's same room is another room: empty.
     let mut other = Raw::connect_via(via, &server, &full_token("other", "o")).await?;
-    let theirs = history(&mut other, "h.room", None, 10).await?.expect("a page");
+    let theirs = history(&mut other, "h.room", None, 10)
+        .await?
+        .expect("a page");
     assert!(theirs.items.is_empty());
     // Not subscribed by asking: the session can still subscribe, and nothing was sent on a stream.
     assert!(matches!(
@@ -134,8 +146,14 @@ async fn a_page_never_exceeds_max_frame_nor_the_limit_cap(via: Via) -> anyhow::R
     for i in 0..6u8 {
         raw.published("h.big", &[i; 400]).await?;
     }
-    let page = history(&mut raw, "h.big", None, 100).await?.expect("a page");
-    assert!(!page.items.is_empty() && page.items.len() < 6, "{}", page.items.len());
+    let page = history(&mut raw, "h.big", None, 100)
+        .await?
+        .expect("a page");
+    assert!(
+        !page.items.is_empty() && page.items.len() < 6,
+        "{}",
+        page.items.len()
+    );
     assert!(page.truncated);
     let frame = encode_event(&ServerFrame {
         id: 1,
@@ -175,7 +193,9 @@ async fn a_page_never_exceeds_max_frame_nor_the_limit_cap(via: Via) -> anyhow::R
         .await?;
     }
     raw.published("h.small", b"last").await?;
-    let capped = history(&mut raw, "h.small", None, u32::MAX).await?.expect("a page");
+    let capped = history(&mut raw, "h.small", None, u32::MAX)
+        .await?
+        .expect("a page");
     assert_eq!(capped.items.len(), 1000);
     assert!(capped.truncated);
     Ok(())
