@@ -121,8 +121,9 @@ impl Client {
 
     /// Subscribes to a history room and resumes after `position` (one saved from an earlier
     /// run): what was published after it is replayed first. The first event of the
-    /// subscription says whether that worked (`Recovery::Recovered`), or whether the position
-    /// was gone (`Recovery::Failed`: re-sync, for example with [`Client::history`]).
+    /// subscription, [`crate::SubEvent::Resubscribed`], says whether that worked
+    /// (`Recovery::Recovered`) or whether the position was gone (`Recovery::Failed`: re-sync,
+    /// for example with [`Client::history`]).
     pub async fn subscribe_from(
         &self,
         room: &str,

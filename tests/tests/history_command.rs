@@ -201,6 +201,57 @@ async fn a_page_never_exceeds_max_frame_nor_the_limit_cap(via: Via) -> anyhow::R
     Ok(())
 }
 
+/// On NATS (JetStream history, offsets not contiguous), from another instance than the one
+/// that published.
+#[tokio::test]
+async fn pages_through_history_on_nats_from_another_instance() -> anyhow::Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        with_history(3)(c);
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let mut publ = Raw::connect(&a, &full_token("acme", "p")).await?;
+    let mut positions = Vec::new();
+    for i in 0..5u8 {
+        positions.push(publ.published("h.room", &[i]).await?);
+        // Another room of the namespace, so offsets of h.room are not contiguous.
+        publ.published("h.noise", &[i]).await?;
+    }
+    let mut reader = Raw::connect(&b, &token("acme", "r", &["h.>"], &[], 60)).await?;
+    let empty = history(&mut reader, "h.empty", None, 10)
+        .await?
+        .expect("a page");
+    assert!(empty.items.is_empty() && !empty.truncated);
+    // Three kept (history_size 3): the last three, two at a time.
+    let first = history(&mut reader, "h.room", None, 2)
+        .await?
+        .expect("a page");
+    let kept: Vec<Position> = positions[2..].to_vec();
+    assert_eq!(
+        first.items.iter().map(|i| i.position).collect::<Vec<_>>(),
+        kept[..2]
+    );
+    assert!(first.truncated);
+    assert_eq!(first.position, Some(positions[4]));
+    let rest = history(&mut reader, "h.room", Some(kept[1]), 10)
+        .await?
+        .expect("a page");
+    assert_eq!(
+        rest.items.iter().map(|i| i.position).collect::<Vec<_>>(),
+        kept[2..]
+    );
+    assert_eq!(rest.items[0].payload.as_ref(), &[4u8]);
+    assert!(!rest.truncated);
+    let trimmed = history(&mut reader, "h.room", Some(positions[0]), 10).await?;
+    assert_eq!(
+        trimmed.err(),
+        Some(ErrorCode::UnrecoverablePosition.as_u16())
+    );
+    Ok(())
+}
+
 over_both_transports!(
     pages_through_a_history_room,
     a_page_never_exceeds_max_frame_nor_the_limit_cap
