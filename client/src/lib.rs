@@ -126,4 +126,16 @@ pub use error::ClientError;
 pub use subscription::{SubEvent, Subscription};
 
 pub use bytes::Bytes;
-pub use quiver_proto::{CloseCode, ErrorCode, Limits, Member, Position, Recovery};
+pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};
+
+/// A page of a room's history ([`Client::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The room's current position.
+    pub position: Option<Position>,
+    /// Oldest first.
+    pub publications: Vec<HistoryItem>,
+    /// More is kept after the last one than this page holds.
+    pub truncated: bool,
+}

@@ -67,11 +67,26 @@ pub enum Command {
     Refresh { token: String },
     /// 6. Who is in a room (needs subscribe permission). Answered by `Presence` or `Error`.
     Presence { room: String },
+    /// 7. A page of a history room's publications, without subscribing (needs subscribe
+    ///    permission): those after `since` (from the oldest kept when absent), oldest first, at
+    ///    most `limit` (capped by the server). Answered by `History` or `Error`.
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+    },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 7;
+    pub const KNOWN: u32 = 8;
+}
+
+/// One publication kept in a room's history, as `History` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub position: Position,
+    pub payload: Bytes,
 }
 
 /// One session present in a room.
@@ -164,6 +179,15 @@ pub enum Event {
     Joined { room: String, member: Member },
     /// 12. On a room's stream, in namespaces with presence events: a session left.
     Left { room: String, member: Member },
+    /// 13. Answer to `History`: the room's current position and a page of its publications,
+    ///     oldest first. `truncated` when more publications after the last one are kept than
+    ///     the page holds (the limit, or `max_frame`): ask again with `since` = the last one.
+    History {
+        room: String,
+        position: Option<Position>,
+        publications: Vec<HistoryItem>,
+        truncated: bool,
+    },
 }
 
 /// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
@@ -213,7 +237,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 13;
+const EVENTS_KNOWN: u32 = 14;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -340,6 +364,8 @@ mod tests {
             Just(Command::Ping),
             ".{0,40}".prop_map(|token| Command::Refresh { token }),
             ".{0,20}".prop_map(|room| Command::Presence { room }),
+            (".{0,20}", arb_position(), any::<u32>())
+                .prop_map(|(room, since, limit)| Command::History { room, since, limit }),
         ]
     }
 
@@ -391,6 +417,24 @@ mod tests {
                     members: members
                         .into_iter()
                         .map(|(user, session)| Member { user, session })
+                        .collect(),
+                    truncated,
+                }),
+            (
+                ".{0,10}",
+                arb_position(),
+                proptest::collection::vec((any::<u64>(), any::<u64>(), ".{0,8}"), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(room, position, items, truncated)| Event::History {
+                    room,
+                    position,
+                    publications: items
+                        .into_iter()
+                        .map(|(epoch, offset, p)| HistoryItem {
+                            position: Position { epoch, offset },
+                            payload: Bytes::from(p),
+                        })
                         .collect(),
                     truncated,
                 }),

@@ -92,6 +92,24 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
             },
         ),
+        cmd(
+            "history",
+            9,
+            Command::History {
+                room: "chat.log".into(),
+                since: pos,
+                limit: 50,
+            },
+        ),
+        cmd(
+            "history_from_start",
+            10,
+            Command::History {
+                room: "chat.log".into(),
+                since: None,
+                limit: 1000,
+            },
+        ),
         ev(
             "welcome",
             1,
@@ -267,6 +285,44 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
             Event::Left {
                 room: "chat.lobby".into(),
                 member: member("carol", "s3"),
+            },
+        ),
+        ev(
+            "history",
+            9,
+            Event::History {
+                room: "chat.log".into(),
+                position: Some(Position {
+                    epoch: u64::MAX,
+                    offset: 302,
+                }),
+                publications: vec![
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 301,
+                        },
+                        payload: Bytes::from_static(b"a"),
+                    },
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 302,
+                        },
+                        payload: Bytes::from_static(&[0, 255]),
+                    },
+                ],
+                truncated: true,
+            },
+        ),
+        ev(
+            "history_empty",
+            10,
+            Event::History {
+                room: "chat.log".into(),
+                position: None,
+                publications: vec![],
+                truncated: false,
             },
         ),
     ]

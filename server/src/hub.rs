@@ -160,6 +160,28 @@ impl Hub {
             .contains_key(key)
     }
 
+    /// Rooms with local subscribers and how many each has, of one tenant (every tenant:
+    /// `None`), at most `max` rooms (sorted by tenant and name, so a cut is stable); and the
+    /// total of subscriptions counted over all of them, cut or not.
+    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> (Vec<(RoomKey, usize)>, usize) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        let mut listed: Vec<(RoomKey, usize)> = Vec::new();
+        for (key, subs) in rooms.iter() {
+            if tenant.is_some_and(|t| *t != key.tenant) {
+                continue;
+            }
+            total += subs.len();
+            listed.push((key.clone(), subs.len()));
+        }
+        drop(rooms);
+        listed.sort_by(|a, b| {
+            (&a.0.tenant, a.0.room.as_str()).cmp(&(&b.0.tenant, b.0.room.as_str()))
+        });
+        listed.truncate(max);
+        (listed, total)
+    }
+
     /// Number of rooms with local subscribers.
     pub fn room_count(&self) -> usize {
         self.rooms.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -6,12 +6,13 @@
 //! [`hub`] (rooms and fan-out) ← [`broker`] (between instances), with [`subscription`] writing
 //! each room's frames. See ARCHITECTURE.md.
 
-mod api;
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;
 mod demo;
+pub mod history;
 mod http;
 pub mod http_client;
 pub mod https;

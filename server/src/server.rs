@@ -222,6 +222,7 @@ impl Server {
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),
+            hub.clone(),
             control_nats,
         ));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));

@@ -21,6 +21,11 @@ export interface Member {
 	user: string;
 	session: string;
 }
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+	position: Position;
+	payload: Uint8Array;
+}
 export type Recovery = {
 	type: "NotRequested";
 } | {
@@ -54,6 +59,11 @@ export type Command = {
 } | {
 	type: "Presence";
 	room: string;
+} | {
+	type: "History";
+	room: string;
+	since: Position | null;
+	limit: number;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -116,6 +126,14 @@ type Event$1 = {
 	type: "Left";
 	room: string;
 	member: Member;
+}
+/** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+ | {
+	type: "History";
+	room: string;
+	position: Position | null;
+	publications: HistoryItem[];
+	truncated: boolean;
 };
 export interface ClientFrame {
 	id: number;
@@ -186,6 +204,8 @@ export declare const ErrorCode: {
 	readonly session_closing: 113;
 	readonly stream_limit: 114;
 	readonly quota_exceeded: 115;
+	readonly unsubscribed: 116;
+	readonly unrecoverable_position: 117;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -422,6 +442,22 @@ export interface PublishOptions {
 	ack?: boolean;
 }
 export declare const CLIENT_NAME = "quiver-ts/0.2";
+/** What `history()` asks for. */
+export interface HistoryOptions {
+	/** The page starts after this position; omitted: from the oldest publication kept. */
+	since?: Position;
+	/** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+	limit?: number;
+}
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+	/** The room's current position. */
+	position: Position | null;
+	/** Oldest first. */
+	publications: Message[];
+	/** More is kept after the last publication than this page holds: ask again from it. */
+	truncated: boolean;
+}
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
@@ -489,6 +525,15 @@ export declare class QuiverClient {
 	 * `subscribed` and apply the subscription's `onPresence` changes.
 	 */
 	presence(room: string): Promise<Member[]>;
+	/**
+	 * A page of a history room without subscribing (needs subscribe permission): the publications
+	 * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+	 * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+	 * `since` = the last publication's position. Rejects when disconnected, with code 117
+	 * unrecoverable_position when `since` is no longer in history (page from the start and
+	 * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+	 */
+	history(room: string, options?: HistoryOptions): Promise<HistoryPage>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
 	close(): Promise<void>;
 	private emit;

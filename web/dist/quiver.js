@@ -10,7 +10,8 @@ var COMMAND_TYPES = [
   "Publish",
   "Ping",
   "Refresh",
-  "Presence"
+  "Presence",
+  "History"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -25,7 +26,8 @@ var EVENT_TYPES = [
   "Goodbye",
   "Presence",
   "Joined",
-  "Left"
+  "Left",
+  "History"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -236,6 +238,11 @@ function encodeCommand(frame) {
     case "Presence":
       w.string(c.room);
       break;
+    case "History":
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
   }
   return w.frame();
 }
@@ -303,6 +310,16 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.member(e.member);
       break;
+    case "History":
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
+      break;
   }
   return w.frame();
 }
@@ -368,6 +385,13 @@ function decodeEvent(body) {
     case "Left":
       event = { type, room: r.string(), member: r.member() };
       break;
+    case "History": {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
   }
   return { id, event };
 }
@@ -406,6 +430,12 @@ function decodeCommand(body) {
     case "Presence":
       command = { type, room: r.string() };
       break;
+    case "History": {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
   }
   return { id, command };
 }
@@ -482,7 +512,9 @@ var ErrorCode = {
   slow_consumer: 112,
   session_closing: 113,
   stream_limit: 114,
-  quota_exceeded: 115
+  quota_exceeded: 115,
+  unsubscribed: 116,
+  unrecoverable_position: 117
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -1570,6 +1602,34 @@ var QuiverClient = class {
     const reply = await session.request(this.nextId(), { type: "Presence", room });
     if (reply.type !== "Presence") throw new QuiverError("protocol", `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+  /**
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room, options = {}) {
+    const session = this.active;
+    if (!session) throw new QuiverError("closed", "not connected", { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 4294967295) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: "History",
+      room,
+      since: options.since ?? null,
+      limit
+    });
+    if (reply.type !== "History") throw new QuiverError("protocol", `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated
+    };
   }
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
   async close() {

@@ -40,6 +40,24 @@ export {
 } from './transport.js';
 
 export const CLIENT_NAME = 'quiver-ts/0.2';
+
+/** What `history()` asks for. */
+export interface HistoryOptions {
+  /** The page starts after this position; omitted: from the oldest publication kept. */
+  since?: Position;
+  /** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+  limit?: number;
+}
+
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+  /** The room's current position. */
+  position: Position | null;
+  /** Oldest first. */
+  publications: Message[];
+  /** More is kept after the last publication than this page holds: ask again from it. */
+  truncated: boolean;
+}
 export type {
   ClientEvents,
   ClientOptions,
@@ -270,6 +288,35 @@ export class QuiverClient {
     const reply = await session.request(this.nextId(), { type: 'Presence', room });
     if (reply.type !== 'Presence') throw new QuiverError('protocol', `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+
+  /**
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+    const session = this.active;
+    if (!session) throw new QuiverError('closed', 'not connected', { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 0xffff_ffff) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: 'History',
+      room,
+      since: options.since ?? null,
+      limit,
+    });
+    if (reply.type !== 'History') throw new QuiverError('protocol', `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated,
+    };
   }
 
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */

@@ -28,6 +28,12 @@ export interface Member {
   session: string;
 }
 
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+  position: Position;
+  payload: Uint8Array;
+}
+
 export type Recovery =
   | { type: 'NotRequested' }
   | { type: 'Recovered'; replayed: number }
@@ -41,7 +47,8 @@ export type Command =
   | { type: 'Publish'; room: string; payload: Uint8Array; ack: boolean }
   | { type: 'Ping' }
   | { type: 'Refresh'; token: string }
-  | { type: 'Presence'; room: string };
+  | { type: 'Presence'; room: string }
+  | { type: 'History'; room: string; since: Position | null; limit: number };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -68,7 +75,9 @@ export type Event =
    *  send the field; it then reads as false). */
   | { type: 'Presence'; room: string; members: Member[]; truncated: boolean }
   | { type: 'Joined'; room: string; member: Member }
-  | { type: 'Left'; room: string; member: Member };
+  | { type: 'Left'; room: string; member: Member }
+  /** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+  | { type: 'History'; room: string; position: Position | null; publications: HistoryItem[]; truncated: boolean };
 
 export interface ClientFrame {
   id: number;
@@ -91,6 +100,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Ping',
   'Refresh',
   'Presence',
+  'History',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -107,6 +117,7 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Presence',
   'Joined',
   'Left',
+  'History',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -353,6 +364,11 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
     case 'Presence':
       w.string(c.room);
       break;
+    case 'History':
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
   }
   return w.frame();
 }
@@ -421,6 +437,16 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
     case 'Left':
       w.string(e.room);
       w.member(e.member);
+      break;
+    case 'History':
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
       break;
   }
   return w.frame();
@@ -494,6 +520,13 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Left':
       event = { type, room: r.string(), member: r.member() };
       break;
+    case 'History': {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
   }
   return { id, event };
 }
@@ -536,6 +569,12 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
     case 'Presence':
       command = { type, room: r.string() };
       break;
+    case 'History': {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
   }
   return { id, command };
 }

@@ -6,7 +6,7 @@ use super::*;
 impl Actor {
     pub(super) fn on_request(&mut self, req: Request) {
         match req {
-            Request::Subscribe { room, reply } => self.subscribe(room, reply),
+            Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
             Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
             Request::Dropped { room, gen } => self.unsubscribe(&room, Some(gen), None),
             Request::Publish {
@@ -47,6 +47,22 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::History {
+                room,
+                since,
+                limit,
+                reply,
+            } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::History { room, since, limit },
+                        Some(Pending::History { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
@@ -54,7 +70,12 @@ impl Actor {
         }
     }
 
-    pub(super) fn subscribe(&mut self, room: String, reply: Reply<SubParts>) {
+    pub(super) fn subscribe(
+        &mut self,
+        room: String,
+        from: Option<Position>,
+        reply: Reply<SubParts>,
+    ) {
         if self.subs.contains_key(&room) {
             let _ = reply.send(Err(ClientError::server(
                 ErrorCode::AlreadySubscribed,
@@ -74,7 +95,7 @@ impl Actor {
                 end_tx: Some(end_tx),
                 parts: Some((rx, end_rx)),
                 waiter: Some(reply),
-                last: Arc::new(Mutex::new(None)),
+                last: Arc::new(Mutex::new(from)),
                 cmd_id: None,
                 confirmed: false,
                 stream: None,
@@ -276,6 +297,9 @@ impl Actor {
                 Some(Pending::Presence { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::Refresh) => {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
@@ -308,6 +332,21 @@ impl Actor {
                     let _ = reply.send(Ok(members));
                 }
                 _ => tracing::warn!(id, "unexpected Presence"),
+            },
+            Event::History {
+                room,
+                position,
+                publications,
+                truncated,
+            } => match live.pending.remove(&id) {
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Ok(crate::HistoryPage {
+                        position,
+                        publications,
+                        truncated,
+                    }));
+                }
+                _ => tracing::warn!(id, %room, "unexpected History"),
             },
             Event::Welcome { .. }
             | Event::Publication { .. }

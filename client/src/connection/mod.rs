@@ -49,6 +49,8 @@ pub(crate) const HELLO_ID: u32 = 1;
 pub(crate) enum Request {
     Subscribe {
         room: String,
+        /// Resume after this position (`subscribe_from`).
+        from: Option<Position>,
         reply: Reply<SubParts>,
     },
     Unsubscribe {
@@ -72,6 +74,12 @@ pub(crate) enum Request {
     Presence {
         room: String,
         reply: Reply<Vec<Member>>,
+    },
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+        reply: Reply<crate::HistoryPage>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -125,6 +133,9 @@ enum Pending {
     },
     Presence {
         reply: Reply<Vec<Member>>,
+    },
+    History {
+        reply: Reply<crate::HistoryPage>,
     },
     Refresh,
     /// A heartbeat `Ping`: its `Pong` matters only as traffic.
@@ -647,6 +658,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::History { reply } => {
             let _ = reply.send(Err(err()));
         }
     }

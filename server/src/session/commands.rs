@@ -272,6 +272,29 @@ impl Session {
         }
     }
 
+    /// The backend ended this room's subscription (`/api/v1/unsubscribe`): unsolicited
+    /// `Unsubscribed { unsubscribed }`. Not subscribed (or already ended): nothing to say.
+    pub(super) async fn unsubscribed_by_backend(
+        &mut self,
+        room: quiver_proto::RoomName,
+        reason: String,
+    ) {
+        let Some(sub) = self.subs.remove(&room) else {
+            return;
+        };
+        self.drop_sub(sub).await;
+        debug!(session = %self.id, %room, "unsubscribed by the backend");
+        self.reply(
+            0,
+            Event::Unsubscribed {
+                room: room.to_string(),
+                code: ErrorCode::Unsubscribed.as_u16(),
+                reason,
+            },
+        )
+        .await;
+    }
+
     pub(super) async fn subscription_ended(&mut self, end: Ended) {
         let Some(room) = self
             .subs
@@ -326,6 +349,46 @@ impl Session {
         Ok(Some(crate::presence::bounded_event(
             room, members, max_frame,
         )))
+    }
+
+    /// A page of a history room, without subscribing (`history.rs`); needs subscribe
+    /// permission, and fits one frame.
+    pub(super) async fn history(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Option<Event>, Refusal> {
+        use crate::history::HistoryError;
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        let room = key.room.to_string();
+        let max_frame = self.shared.config.limits.max_frame as usize;
+        let page = crate::history::page(&self.shared, key, since, limit, max_frame)
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    HistoryError::NoHistory(_) => ErrorCode::BadRequest,
+                    HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
+                    HistoryError::Broker(_) => ErrorCode::Unavailable,
+                };
+                Refusal::new(code, e.to_string())
+            })?;
+        Ok(Some(Event::History {
+            room,
+            position: page.current,
+            publications: page
+                .publications
+                .into_iter()
+                .map(|(position, payload)| quiver_proto::HistoryItem { position, payload })
+                .collect(),
+            truncated: page.truncated,
+        }))
     }
 
     /// Records (or removes) this session's presence in a room and tells the room. Presence is

@@ -247,7 +247,10 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
-                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
+                Some(kick) = kicks.recv() => match kick.room {
+                    None => return Exit::Close(kick.code, kick.reason),
+                    Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
+                },
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
@@ -397,6 +400,7 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::History { room, since, limit } => self.history(&room, since, limit).await,
         };
         match result {
             Ok(Some(event)) => {
