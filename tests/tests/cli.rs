@@ -1,0 +1,474 @@
+//! `quiver config` and `quiver token`, run as the operator runs them: the built binary, its exit
+//! code, stdout and stderr.
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::Result;
+use quiver_server::auth::{sign_hs256, unix_now, Checks, Claims, Verifier};
+use quiver_server::Config;
+use quiver_tests::process::quiver_command;
+
+/// Runs `quiver ARGS` in `dir` with the given environment.
+fn quiver(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+    let mut cmd = quiver_command(dir)?;
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit status, stdout, stderr.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let out = quiver(dir, args, env)?;
+    Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+}
+
+const GOOD_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes";
+
+#[test]
+fn config_init_prints_the_defaults_and_passes_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ok, init, _) = run(dir.path(), &["config", "init"], &[])?;
+    assert!(ok);
+    // Annotated: every section explained.
+    assert!(
+        init.lines().filter(|l| l.starts_with('#')).count() > 50,
+        "{init}"
+    );
+    let file = dir.path().join("quiver.toml");
+    std::fs::write(&file, &init)?;
+    let (ok, out, err) = run(dir.path(), &["config", "check", "quiver.toml"], &[])?;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("configuration OK"), "{out}");
+    assert!(out.contains("development mode"), "{out}");
+    // Exactly the defaults, value for value.
+    let loaded = Config::load(Some(&file)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        serde_json::to_value(&loaded)?,
+        serde_json::to_value(Config::default())?
+    );
+    Ok(())
+}
+
+#[test]
+fn config_check_names_the_key_as_written() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("typo.toml"), "[limits]\nmax_fram = 3\n")?;
+    let (ok, _, err) = run(d, &["config", "check", "typo.toml"], &[])?;
+    assert!(!ok);
+    assert!(err.contains("limits.max_fram (in typo.toml)"), "{err}");
+    assert!(err.contains("did you mean `max_frame`"), "{err}");
+    assert!(!err.contains("default."), "{err}");
+
+    std::fs::write(d.join("top.toml"), "lisen = \"[::]:443\"\n")?;
+    let (ok, _, err) = run(d, &["config", "check", "top.toml"], &[])?;
+    assert!(!ok);
+    assert!(
+        err.contains("lisen (in top.toml): unknown key; did you mean `listen`?"),
+        "{err}"
+    );
+
+    // An environment variable is named as the variable, and its value is not echoed.
+    let (ok, _, err) = run(
+        d,
+        &["config", "check"],
+        &[("QUIVER_LIMITS__MAX_FRAME", "sixty-four-k")],
+    )?;
+    assert!(!ok);
+    assert!(
+        err.contains("QUIVER_LIMITS__MAX_FRAME: expected u32"),
+        "{err}"
+    );
+    assert!(!err.contains("sixty-four-k"), "{err}");
+
+    // A missing file is an error, not the defaults.
+    let (ok, _, err) = run(d, &["config", "check", "nowhere.toml"], &[])?;
+    assert!(!ok);
+    assert!(err.contains("nowhere.toml"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn config_check_merges_file_environment_and_flags() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // The file alone is invalid (the payload does not fit the default frame); the environment
+    // raises the frame size, so together they are valid.
+    std::fs::write(d.join("q.toml"), "[limits]\nmax_payload = 100000\n")?;
+    let (ok, _, err) = run(d, &["config", "check", "q.toml"], &[])?;
+    assert!(!ok);
+    assert!(err.contains("limits.max_payload"), "{err}");
+    let (ok, _, err) = run(
+        d,
+        &["config", "check", "q.toml"],
+        &[("QUIVER_LIMITS__MAX_FRAME", "200000")],
+    )?;
+    assert!(ok, "{err}");
+
+    // [nats] without a URL needs --nats; the flag completes it.
+    std::fs::write(d.join("n.toml"), "[nats]\nstorage = \"file\"\n")?;
+    let (ok, _, err) = run(d, &["config", "check", "n.toml"], &[])?;
+    assert!(!ok);
+    assert!(err.contains("nats.url"), "{err}");
+    let (ok, out, err) = run(
+        d,
+        &[
+            "config",
+            "check",
+            "n.toml",
+            "--nats",
+            "nats://10.0.0.1:4222",
+        ],
+        &[],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.contains("broker: NATS nats://10.0.0.1:4222"), "{out}");
+
+    // Production keys are checked as the server would at start: a short secret from a flag,
+    // an unreadable secret file, a missing certificate.
+    let (ok, _, err) = run(d, &["config", "check", "--jwt-secret", "short"], &[])?;
+    assert!(!ok);
+    assert!(
+        err.contains("auth.jwt_secret") && err.contains("at least 32"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        d,
+        &["config", "check", "--jwt-secret-file", "missing-secret"],
+        &[],
+    )?;
+    assert!(!ok);
+    assert!(
+        err.contains("auth.jwt_secret_file") && err.contains("missing-secret"),
+        "{err}"
+    );
+    let (ok, _, err) = run(
+        d,
+        &["config", "check"],
+        &[("QUIVER_JWT_SECRET", GOOD_SECRET)],
+    )?;
+    assert!(!ok);
+    assert!(err.contains("no certificate"), "{err}");
+    let (ok, out, err) = run(
+        d,
+        &["config", "check", "--self-signed"],
+        &[("QUIVER_JWT_SECRET", GOOD_SECRET)],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.contains("HS256 secret from auth.jwt_secret"), "{out}");
+    assert!(!out.contains(GOOD_SECRET) && !err.contains(GOOD_SECRET));
+    Ok(())
+}
+
+#[test]
+fn config_check_warns_about_unknown_quiver_variables() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let env = [
+        ("QUIVER_LIMTS__MAX_FRAME", "1"),
+        ("QUIVER_TOKEN", "not config"),
+    ];
+    let (ok, _, err) = run(d, &["config", "check"], &env)?;
+    assert!(ok, "a warning is not an error: {err}");
+    assert!(
+        err.contains("QUIVER_LIMTS__MAX_FRAME is not a configuration key and is ignored; did you mean QUIVER_LIMITS__MAX_FRAME?"),
+        "{err}"
+    );
+    assert!(!err.contains("QUIVER_TOKEN"), "{err}");
+    let (ok, _, err) = run(d, &["config", "check", "--deny-warnings"], &env)?;
+    assert!(!ok);
+    assert!(err.contains("--deny-warnings"), "{err}");
+    // A misspelt key below a known section is an error, with the variable's name.
+    let (ok, _, err) = run(d, &["config", "check"], &[("QUIVER_LIMITS__MAX_FRAM", "1")])?;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "QUIVER_LIMITS__MAX_FRAM: unknown key; did you mean QUIVER_LIMITS__MAX_FRAME?"
+        ),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn verifier(secret: &str) -> Result<Verifier> {
+    Ok(Verifier::hs256(secret.as_bytes(), &Checks::default())?)
+}
+
+#[test]
+fn token_signs_what_the_server_accepts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("secret"), format!("{GOOD_SECRET}\n"))?;
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--tenant",
+            "acme",
+            "--user",
+            "ada",
+            "--subscribe",
+            "chat.>",
+            "--publish",
+            "chat.lobby",
+            "--ttl",
+            "10m",
+            "--jwt-secret-file",
+            "secret",
+            "--jti",
+            "t-1",
+        ],
+        &[],
+    )?;
+    assert!(ok, "{err}");
+    let token = out.trim();
+    let grant = verifier(GOOD_SECRET)?.verify(token)?;
+    assert_eq!(
+        (grant.user.as_str(), grant.tenant.as_str()),
+        ("ada", "acme")
+    );
+    assert_eq!(grant.jti.as_deref(), Some("t-1"));
+    assert!(grant.expires_at > unix_now() + 500 && grant.expires_at <= unix_now() + 600);
+    let room = quiver_proto::RoomName::parse("chat.lobby")?;
+    assert!(grant.may_subscribe(&room) && grant.may_publish(&room));
+    assert!(!grant.may_publish(&quiver_proto::RoomName::parse("chat.other")?));
+
+    // The same secret from the environment, and --check agrees.
+    let (ok, out, err) = run(
+        d,
+        &["token", "--check", token],
+        &[("QUIVER_JWT_SECRET_FILE", "secret")],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("valid: user \"ada\", tenant acme"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn token_refuses_what_the_server_would_refuse() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let sign = |extra: &[&str]| -> Result<(bool, String, String)> {
+        let mut args = vec!["token", "--jwt-secret", GOOD_SECRET];
+        args.extend_from_slice(extra);
+        run(d, &args, &[])
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--tenant", "ac me", "--user", "u", "--subscribe", "a"],
+            "tenant",
+        ),
+        (
+            &["--tenant", "acme", "--user", "u", "--subscribe", "a..b"],
+            "subscribe",
+        ),
+        (
+            &["--tenant", "acme", "--user", "u", "--publish", "a.>.b"],
+            "publish",
+        ),
+        (
+            &["--tenant", "acme", "--user", "", "--subscribe", "a"],
+            "sub",
+        ),
+        (&["--tenant", "acme", "--user", "u"], "allows nothing"),
+        (
+            &[
+                "--tenant",
+                "acme",
+                "--user",
+                "u",
+                "--subscribe",
+                "a",
+                "--ttl",
+                "0s",
+            ],
+            "--ttl",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (ok, out, err) = sign(args)?;
+        assert!(!ok, "{args:?} signed: {out}");
+        assert!(out.is_empty(), "{args:?} printed a token");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A secret the server would refuse is not used to sign.
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--jwt-secret",
+            "short",
+            "--tenant",
+            "acme",
+            "--user",
+            "u",
+            "--subscribe",
+            "a",
+        ],
+        &[],
+    )?;
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("at least 32"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn token_never_creates_a_secret() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let args = [
+        "token",
+        "--tenant",
+        "demo",
+        "--user",
+        "u",
+        "--subscribe",
+        ">",
+    ];
+    let (ok, out, err) = run(d, &args, &[])?;
+    assert!(!ok && out.is_empty());
+    // It says where it looked.
+    assert!(err.contains("certs/dev-jwt-secret"), "{err}");
+    assert!(err.contains("QUIVER_JWT_SECRET_FILE"), "{err}");
+    assert!(err.contains("never creates a secret"), "{err}");
+    assert!(!d.join("certs").exists(), "quiver token created files");
+    // Once the server made its development secret, tokens are signed with it.
+    std::fs::create_dir(d.join("certs"))?;
+    std::fs::write(d.join("certs/dev-jwt-secret"), GOOD_SECRET)?;
+    let (ok, out, err) = run(d, &args, &[])?;
+    assert!(ok, "{err}");
+    assert_eq!(verifier(GOOD_SECRET)?.verify(out.trim())?.user, "u");
+    Ok(())
+}
+
+#[test]
+fn token_check_says_why_a_token_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let claims = |exp| Claims {
+        sub: "ada".into(),
+        tenant: "acme".into(),
+        exp,
+        subscribe: vec![">".into()],
+        publish: vec![],
+    };
+    let env = [("QUIVER_JWT_SECRET", GOOD_SECRET)];
+    let expired = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() - 10))?;
+    let (ok, _, err) = run(d, &["token", "--check", &expired], &env)?;
+    assert!(!ok);
+    assert!(
+        err.contains("would refuse this token: token expired"),
+        "{err}"
+    );
+    let other = sign_hs256(
+        b"another-secret-of-at-least-32-bytes!",
+        &claims(unix_now() + 60),
+    )?;
+    let (ok, _, err) = run(d, &["token", "--check", &other], &env)?;
+    assert!(!ok);
+    assert!(err.contains("bad signature"), "{err}");
+    let (ok, _, err) = run(d, &["token", "--check", "not.a.jwt"], &env)?;
+    assert!(!ok);
+    assert!(err.contains("malformed"), "{err}");
+    // The configuration's audience is checked, and signing adds it.
+    std::fs::write(d.join("aud.toml"), "[auth]\naudience = \"quiver\"\n")?;
+    let good = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() + 60))?;
+    let (ok, _, err) = run(
+        d,
+        &["token", "--config", "aud.toml", "--check", &good],
+        &env,
+    )?;
+    assert!(!ok);
+    assert!(err.contains("aud"), "{err}");
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--config",
+            "aud.toml",
+            "--tenant",
+            "acme",
+            "--user",
+            "u",
+            "--subscribe",
+            "a",
+        ],
+        &env,
+    )?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        d,
+        &["token", "--config", "aud.toml", "--check", out.trim()],
+        &env,
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+#[test]
+fn token_signs_es256_and_eddsa_with_a_private_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for (alg, rcgen_alg) in [
+        ("ES256", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("EdDSA", &rcgen::PKCS_ED25519),
+    ] {
+        let pair = rcgen::KeyPair::generate_for(rcgen_alg)?;
+        std::fs::write(d.join("private.pem"), pair.serialize_pem())?;
+        std::fs::write(d.join("public.pem"), pair.public_key_pem())?;
+        std::fs::write(
+            d.join("pk.toml"),
+            format!("[auth]\npublic_key = \"public.pem\"\nalgorithm = \"{alg}\"\n"),
+        )?;
+        let sign = [
+            "token",
+            "--config",
+            "pk.toml",
+            "--private-key",
+            "private.pem",
+            "--algorithm",
+            alg,
+            "--tenant",
+            "acme",
+            "--user",
+            "ada",
+            "--subscribe",
+            "a.>",
+        ];
+        let (ok, out, err) = run(d, &sign, &[])?;
+        assert!(ok, "{alg}: {err}");
+        let token = out.trim().to_owned();
+        let checks = Checks::default();
+        let grant = Verifier::public_key(&d.join("public.pem"), alg, &checks)?.verify(&token)?;
+        assert_eq!(grant.user, "ada");
+        let (ok, out, err) = run(d, &["token", "--config", "pk.toml", "--check", &token], &[])?;
+        assert!(ok, "{alg}: {err}");
+        assert!(out.contains("public key from auth.public_key"), "{out}");
+        // Without a private key, a public-key configuration cannot sign: it says so.
+        let (ok, _, err) = run(
+            d,
+            &sign[..3]
+                .iter()
+                .chain(&sign[7..])
+                .copied()
+                .collect::<Vec<_>>(),
+            &[],
+        )?;
+        assert!(!ok);
+        assert!(err.contains("cannot sign"), "{alg}: {err}");
+        // A private key the configuration's public key does not match is refused.
+        let stranger = rcgen::KeyPair::generate_for(rcgen_alg)?;
+        std::fs::write(d.join("private.pem"), stranger.serialize_pem())?;
+        let (ok, out, err) = run(d, &sign, &[])?;
+        assert!(!ok && out.is_empty(), "{alg}: a mismatched key signed");
+        assert!(err.contains("bad signature"), "{alg}: {err}");
+    }
+    Ok(())
+}
