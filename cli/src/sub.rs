@@ -44,16 +44,21 @@ pub async fn sub(args: SubArgs) -> Result<()> {
         let room = room.clone();
         subs.push(sub.map(move |event| (room.clone(), event)).boxed());
     }
+    // Scripts (and tests) wait for this line before publishing.
+    eprintln!("quiver: subscribed to {}", args.rooms.join(", "));
     let several = args.rooms.len() > 1;
     let mut events = futures::stream::select_all(subs);
     let mut state = client.state();
+    // Only changes from now on are news; "reconnected" only after a loss was reported.
+    state.borrow_and_update();
+    let mut lost = false;
     let mut stdout = std::io::stdout();
     let result = loop {
         let (room, event) = tokio::select! {
             _ = crate::cli::shutdown_signal() => break Ok(()),
             changed = state.changed() => {
                 if changed.is_ok() {
-                    report_state(&state.borrow_and_update(), &client);
+                    report_state(&state.borrow_and_update(), &client, &mut lost);
                 }
                 continue;
             }
@@ -107,16 +112,18 @@ pub async fn sub(args: SubArgs) -> Result<()> {
     result
 }
 
-fn report_state(state: &ConnectionState, client: &Client) {
+fn report_state(state: &ConnectionState, client: &Client, lost: &mut bool) {
     match state {
         ConnectionState::Disconnected { code, reason } => {
+            *lost = true;
             eprintln!("quiver: connection lost ({reason}, code {code}); reconnecting")
         }
-        ConnectionState::Connected { .. } => {
+        ConnectionState::Connected { .. } if *lost => {
+            *lost = false;
             let over = client.transport().map(|t| t.as_str()).unwrap_or("?");
             eprintln!("quiver: reconnected over {over}");
         }
-        ConnectionState::Connecting | ConnectionState::Closed => {}
+        _ => {}
     }
 }
 
