@@ -472,3 +472,79 @@ fn token_signs_es256_and_eddsa_with_a_private_key() -> Result<()> {
     }
     Ok(())
 }
+
+/// deploy/compose.yaml configures Quiver through `QUIVER_*` variables only: exactly those, with
+/// its file paths pointed at real files here, pass `config check` without a warning.
+#[test]
+fn the_compose_files_environment_passes_config_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let compose_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose.yaml");
+    let compose = std::fs::read_to_string(compose_path)?;
+    // A certificate pair and a secret stand in for the mounted ones.
+    let (ok, _, err) = run(d, &["cert", "--out", "tls"], &[])?;
+    assert!(ok, "{err}");
+    std::fs::write(d.join("jwt-secret"), GOOD_SECRET)?;
+    let local = |value: &str| -> String {
+        match value {
+            "/etc/quiver/tls/fullchain.pem" => d.join("tls/dev-cert.pem"),
+            "/etc/quiver/tls/privkey.pem" => d.join("tls/dev-key.pem"),
+            "/run/secrets/quiver-jwt" => d.join("jwt-secret"),
+            other => return other.to_owned(),
+        }
+        .display()
+        .to_string()
+    };
+    let env: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("QUIVER_"))
+        .map(|(k, v)| (k.to_owned(), local(v.trim().trim_matches('"'))))
+        .collect();
+    assert!(env.len() >= 5, "no QUIVER_ variables found in compose.yaml");
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "QUIVER_CERT" && v.starts_with(&*d.to_string_lossy())),
+        "the certificate path was not replaced: {env:?}"
+    );
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, out, err) = run(d, &["config", "check", "--deny-warnings"], &env_refs)?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("HS256 secret from auth.jwt_secret_file"),
+        "{out}"
+    );
+    assert!(out.contains("broker: NATS nats://nats:4222"), "{out}");
+    assert!(out.contains("WebTransport: udp [::]:4433"), "{out}");
+    Ok(())
+}
+
+/// `quiver serve` logs the same warning as `config check` for a misspelt variable, and starts.
+#[test]
+fn serve_warns_about_unknown_quiver_variables() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir()?;
+    let mut child = quiver_tests::process::serve_command(dir.path())?
+        .env("QUIVER_TIMEOUTS_IDLE", "5s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut warned = false;
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        if line.contains("QUIVER_TIMEOUTS_IDLE is not a configuration key")
+            && line.contains("did you mean QUIVER_TIMEOUTS__IDLE?")
+        {
+            warned = true;
+        }
+        // The server is up once it prints its addresses.
+        if line.contains("quiver: WebTransport on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning before the server was up");
+    Ok(())
+}
