@@ -13,9 +13,20 @@ use super::{Config, TOP_LEVEL_KEYS};
 /// that it parses to exactly [`Config::default`] and mentions every key.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
-/// `QUIVER_*` environment variables that are not configuration keys but are read by the
-/// `quiver` command itself. Anything else under the prefix that names no key gets a warning.
-pub const NON_CONFIG_ENV: &[&str] = &["QUIVER_TOKEN", "QUIVER_LOG_FORMAT", "QUIVER_API_KEY"];
+/// `QUIVER_*` environment variables that are not configuration keys: read by the `quiver`
+/// command itself (the first three) or by the project's scripts, tests and benchmarks, which a
+/// developer may have exported. Anything else under the prefix that names no key gets a
+/// warning.
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "QUIVER_TOKEN",
+    "QUIVER_LOG_FORMAT",
+    "QUIVER_API_KEY",
+    "QUIVER_NATS_SERVER",
+    "QUIVER_LONG_TESTS",
+    "QUIVER_UPDATE_VECTORS",
+    "QUIVER_BIN",
+    "QUIVER_BENCH",
+];
 
 /// Shorthands for nested keys (see [`Config::load`]).
 const ENV_SHORTHANDS: &[(&str, &str)] = &[
@@ -66,7 +77,18 @@ fn describe(e: &figment::Error, env: &[(String, String)]) -> String {
         .and_then(|m| m.source.as_ref())
         .and_then(|s| s.file_path())
         .map(|p| p.display().to_string());
-    let dotted = e.path.join(".");
+    // `namespaces.0.name` is written `namespaces[0].name`.
+    let dotted = e.path.iter().fold(String::new(), |mut key, part| {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+        key
+    });
     // Where the key was written: the environment variable's own name, or the key in its file.
     let place = if e.path.is_empty() {
         None
@@ -281,6 +303,16 @@ mod tests {
                 .to_string();
             assert!(msg.starts_with("limits.max_fram (in "), "{msg}");
             assert!(msg.contains("`max_frame`"), "{msg}");
+
+            jail.create_file(
+                "q.toml",
+                "[[namespaces]]\nname = \"a\"\n[[namespaces]]\nname = \"b\"\nhistroy_size = 1\n",
+            )?;
+            let msg = Config::load_checked(Some("q.toml".as_ref()))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with("namespaces[1].histroy_size (in "), "{msg}");
+            assert!(msg.contains("`history_size`"), "{msg}");
 
             jail.create_file("q.toml", "")?;
             jail.set_env("QUIVER_LIMITS__MAX_FRAME", "abc");
