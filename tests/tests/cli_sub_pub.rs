@@ -137,6 +137,19 @@ async fn sub_prints_the_room_with_each_message_and_json() -> Result<()> {
             serde_json::json!({"room": "a.two", "position": null, "payload": "wor ld"}),
         ]
     );
+    // A payload that is not UTF-8 is given in base64.
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(token.clone()),
+    ))
+    .await?;
+    client.publish_ack("a.two", vec![0xff, 0x00, 0x41]).await?;
+    client.close().await;
+    let binary: serde_json::Value = serde_json::from_str(&json.line().await?)?;
+    assert_eq!(
+        binary,
+        serde_json::json!({"room": "a.two", "position": null, "payload_base64": "/wBB"})
+    );
     Ok(())
 }
 
