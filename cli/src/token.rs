@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, ValueEnum};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use quiver_server::auth::{check_claims, sign_hs256, unix_now, Claims};
+use quiver_server::auth::{check_claims, sign_hs256, unix_now, AuthError, Claims};
 use quiver_server::Config;
 
 use crate::keys::KeySource;
@@ -105,9 +105,18 @@ fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
     let verifier = keys
         .verifier(config)?
         .ok_or_else(|| anyhow!("nothing to check against: {}", keys.describe()))?;
-    let grant = verifier
-        .verify(&token)
-        .map_err(|e| anyhow!("the server would refuse this token: {e}"))?;
+    let claims = unverified_claims(&token);
+    let grant = verifier.verify(&token).map_err(|e| {
+        // How long ago, from the (unverified) claims: the refusal itself names no value.
+        let ago = match (&e, claims.as_ref().and_then(|c| c.get("exp")?.as_u64())) {
+            (AuthError::Expired, Some(exp)) => format!(
+                " ({} ago)",
+                humantime::format_duration(Duration::from_secs(unix_now().saturating_sub(exp)))
+            ),
+            _ => String::new(),
+        };
+        anyhow!("the server would refuse this token: {e}{ago}")
+    })?;
     let left = grant.expires_at.saturating_sub(unix_now());
     println!(
         "valid: user {:?}, tenant {}, expires in {} (checked with the {})",
@@ -116,7 +125,26 @@ fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
         humantime::format_duration(Duration::from_secs(left)),
         keys.describe()
     );
+    // The signature is verified: the claims are the issuer's.
+    for claim in ["subscribe", "publish"] {
+        let patterns = claims
+            .as_ref()
+            .and_then(|c| c.get(claim)?.as_array().cloned())
+            .unwrap_or_default();
+        let patterns: Vec<&str> = patterns.iter().filter_map(|p| p.as_str()).collect();
+        println!("  {claim}: {}", patterns.join(" "));
+    }
     Ok(())
+}
+
+/// The token's claims, decoded without checking anything.
+fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {

@@ -259,6 +259,10 @@ fn token_signs_what_the_server_accepts() -> Result<()> {
     )?;
     assert!(ok, "{err}");
     assert!(out.starts_with("valid: user \"ada\", tenant acme"), "{out}");
+    assert!(
+        out.contains("\n  subscribe: chat.>\n  publish: chat.lobby\n"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -371,12 +375,12 @@ fn token_check_says_why_a_token_is_refused() -> Result<()> {
         publish: vec![],
     };
     let env = [("QUIVER_JWT_SECRET", GOOD_SECRET)];
-    let expired = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() - 10))?;
+    let expired = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() - 3600))?;
     refused(
         d,
         &["token", "--check", &expired],
         &env,
-        &["would refuse this token: token expired"],
+        &["would refuse this token: token expired (1h"],
     )?;
     let other = sign_hs256(
         b"another-secret-of-at-least-32-bytes!",
