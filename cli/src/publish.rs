@@ -21,7 +21,7 @@ pub struct PubArgs {
     conn: ConnArgs,
     room: String,
     /// The message; without it (or with `-`) every line read from stdin is one message.
-    /// `{n}` in it is replaced by the message's number (1, 2, ...) with --count.
+    /// `{seq}` in it is replaced by the message's number (1, 2, ...) with --count.
     message: Option<String>,
     /// Publish the message this many times.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -49,7 +49,7 @@ pub async fn publish(args: PubArgs) -> Result<()> {
             let count = args.count;
             Box::pin(
                 futures::stream::iter(1..=count)
-                    .map(move |n| Ok(Bytes::from(message.replace("{n}", &n.to_string())))),
+                    .map(move |n| Ok(Bytes::from(message.replace("{seq}", &n.to_string())))),
             )
         }
         _ => {

@@ -159,7 +159,7 @@ async fn pub_count_rate_and_stdin() -> Result<()> {
     let token = token("acme", "cli", &["b.>"], &["b.x"], 3600);
     let mut sub = Sub::start(&server, &token, &["b.x"]).await?;
 
-    let (ok, err) = publish(&server, &token, &["b.x", "m{n}", "--count", "5"], "").await?;
+    let (ok, err) = publish(&server, &token, &["b.x", "m{seq}", "--count", "5"], "").await?;
     assert!(ok, "{err}");
     assert!(err.contains("published 5 messages to b.x"), "{err}");
     for n in 1..=5 {
@@ -177,7 +177,7 @@ async fn pub_count_rate_and_stdin() -> Result<()> {
     let (ok, err) = publish(
         &server,
         &token,
-        &["b.x", "r{n}", "--count", "4", "--rate", "20"],
+        &["b.x", "r{seq}", "--count", "4", "--rate", "20"],
         "",
     )
     .await?;
