@@ -297,8 +297,9 @@ impl From<String> for Secret {
 }
 
 /// Token verification. Exactly one key source: `jwt_secret`, `jwt_secret_file`, `public_key`
-/// (with `algorithm`) or `jwks_file`; none at all is development mode (a generated secret).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// (with `algorithm`), `jwks_file` or `jwks_url`; none at all is development mode (a generated
+/// secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, at least 32 bytes. Prefer `jwt_secret_file`: a secret on the command
@@ -313,6 +314,15 @@ pub struct AuthConfig {
     /// A JWKS file (`{"keys": [...]}`) as identity providers publish: the token's `kid` picks
     /// the key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, as identity providers publish their keys (`https://…/.well-known/jwks.json`;
+    /// plain `http` only to a loopback address). Fetched at start (the server refuses to start
+    /// without it), then every `jwks_refresh`, on SIGHUP, and when a token names an unknown
+    /// `kid` (at most once per 10 s).
+    pub jwks_url: Option<String>,
+    /// How often `jwks_file` is re-read and `jwks_url` fetched again. A set that fails to load
+    /// is logged and the old one kept.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     /// Clock skew tolerated on `exp` and `nbf`; 0 by default, at most 5 minutes.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -320,6 +330,23 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, every token must have been issued by this `iss`.
     pub issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_file: None,
+            public_key: None,
+            algorithm: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            leeway: Duration::ZERO,
+            audience: None,
+            issuer: None,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -339,6 +366,7 @@ impl AuthConfig {
             self.jwt_secret_file.is_some(),
             self.public_key.is_some(),
             self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
         ]
         .iter()
         .filter(|set| **set)
@@ -568,10 +596,16 @@ impl Config {
         }
         if self.auth.key_sources() > 1 {
             return Err(
-                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key \
-                 or auth.jwks_file"
+                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key, \
+                 auth.jwks_file or auth.jwks_url"
                     .into(),
             );
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::jwks::check_url(url).map_err(|e| format!("auth.jwks_url: {e}"))?;
+        }
+        if self.auth.jwks_refresh < Duration::from_secs(1) {
+            return Err("auth.jwks_refresh must be at least 1s".into());
         }
         if self.auth.leeway > crate::auth::MAX_LEEWAY {
             return Err(format!(

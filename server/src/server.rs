@@ -46,6 +46,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("auth.jwks: {0}")]
+    Jwks(#[from] crate::jwks::JwksError),
     #[error("https: {0}")]
     Https(#[from] crate::https::HttpsError),
     #[error("--cert and --key go together")]
@@ -144,7 +146,16 @@ pub struct Server {
 impl Server {
     pub async fn start(mut config: Config) -> Result<Server, StartError> {
         // The key first: a bad secret is the more serious mistake, so it is the one reported.
-        let (verifier, dev) = load_verifier(&config)?;
+        let jwks = crate::jwks::Source::from_config(&config.auth)?
+            .map(|source| crate::jwks::http_client().map(|client| (source, client)))
+            .transpose()?;
+        let (verifier, dev) = match &jwks {
+            Some((source, client)) => (
+                crate::jwks::initial(source, client, &config.auth).await?,
+                None,
+            ),
+            None => load_verifier(&config)?,
+        };
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
@@ -258,6 +269,20 @@ impl Server {
                 hangup,
             )),
         ];
+        if let Some((source, client)) = jwks {
+            // Its own SIGHUP stream: tokio hands every signal to each listener.
+            #[cfg(unix)]
+            let hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            #[cfg(not(unix))]
+            let hangup = None::<()>;
+            tasks.push(tokio::spawn(crate::jwks::keep_fresh(
+                shared.clone(),
+                source,
+                client,
+                hangup,
+            )));
+        }
         let https_addr = match https {
             Some((listener, tls)) => {
                 let addr = listener.local_addr().ok();
@@ -404,9 +429,6 @@ fn load_verifier(config: &Config) -> Result<(Verifier, Option<DevMode>), StartEr
             .as_deref()
             .ok_or(StartError::KeyWithoutAlgorithm)?;
         return Ok((Verifier::public_key(path, alg, &checks)?, None));
-    }
-    if let Some(path) = &auth.jwks_file {
-        return Ok((Verifier::jwks(path, &checks)?, None));
     }
     if let Some(secret) = &auth.jwt_secret {
         let verifier = Verifier::hs256(secret.expose().as_bytes(), &checks).map_err(|source| {
