@@ -67,7 +67,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => crate::serve::serve(args).await,
             Command::Config(command) => crate::config_cmd::run(command).await,
             Command::Cert { out } => cert(out).await,
-            Command::Token(args) => crate::token::run(args),
+            Command::Token(args) => crate::token::run(args).await,
             Command::Sub(args) => crate::sub::sub(args).await,
             Command::Pub(args) => crate::publish::publish(args).await,
         }

@@ -49,7 +49,7 @@ async fn check(args: CheckArgs) -> Result<()> {
     // What `quiver serve` would refuse at start beyond the values: keys and certificates that
     // cannot be read or used.
     let keys = KeySource::of(&config)?;
-    keys.verifier(&config)?;
+    keys.verifier(&config).await?;
     check_certificate(&config).await?;
     if args.deny_warnings && !warnings.is_empty() {
         bail!("{} warning(s) and --deny-warnings", warnings.len());

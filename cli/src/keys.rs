@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use quiver_server::auth::{read_secret_file, Verifier};
+use quiver_server::jwks;
 use quiver_server::{Config, DEV_SECRET_FILE};
 
 /// Where the configuration's token key is, in words an operator can follow.
@@ -33,6 +34,14 @@ impl KeySource {
                 setting: format!("auth.jwks_file ({})", path.display()),
             });
         }
+        if auth.jwks_url.is_some() {
+            let source = jwks::Source::from_config(auth)?
+                .map(|s| s.name())
+                .unwrap_or_default();
+            return Ok(Self::Public {
+                setting: format!("auth.jwks_url ({source})"),
+            });
+        }
         if let Some(secret) = &auth.jwt_secret {
             return Ok(Self::Secret {
                 secret: secret.expose().as_bytes().to_vec(),
@@ -57,25 +66,27 @@ impl KeySource {
         Ok(Self::Dev { path, secret })
     }
 
-    /// The verifier the server would build (the same constructors, the same checks).
-    /// `None` in development mode before the server created its secret.
-    pub fn verifier(&self, config: &Config) -> Result<Option<Verifier>> {
+    /// The verifier the server would build (the same constructors, the same checks; a key set
+    /// by URL is fetched). `None` in development mode before the server created its secret.
+    pub async fn verifier(&self, config: &Config) -> Result<Option<Verifier>> {
         let auth = &config.auth;
         let checks = auth.checks();
         let verifier = match self {
             Self::Secret { secret, setting } => {
                 Verifier::hs256(secret, &checks).with_context(|| setting.clone())?
             }
-            Self::Public { setting } => match (&auth.public_key, &auth.jwks_file) {
-                (Some(path), _) => {
-                    let alg = auth.algorithm.as_deref().unwrap_or_default();
-                    Verifier::public_key(path, alg, &checks).with_context(|| setting.clone())?
+            Self::Public { setting } => {
+                match (&auth.public_key, jwks::Source::from_config(auth)?) {
+                    (Some(path), _) => {
+                        let alg = auth.algorithm.as_deref().unwrap_or_default();
+                        Verifier::public_key(path, alg, &checks).with_context(|| setting.clone())?
+                    }
+                    (None, Some(source)) => jwks::initial(&source, &jwks::http_client()?, auth)
+                        .await
+                        .with_context(|| setting.clone())?,
+                    (None, None) => return Ok(None),
                 }
-                (None, Some(path)) => {
-                    Verifier::jwks(path, &checks).with_context(|| setting.clone())?
-                }
-                (None, None) => return Ok(None),
-            },
+            }
             Self::Dev { secret: None, .. } => return Ok(None),
             Self::Dev {
                 secret: Some(secret),

@@ -59,6 +59,9 @@ pub struct TokenArgs {
     /// The private key's algorithm.
     #[arg(long, requires = "private_key")]
     algorithm: Option<SigningAlgorithm>,
+    /// `kid` header: which key of a key set (auth.jwks_file, auth.jwks_url) verifies the token.
+    #[arg(long, requires = "private_key")]
+    kid: Option<String>,
     /// Where the development secret is looked for [default: the configuration's cert_dir]
     #[arg(long)]
     cert_dir: Option<PathBuf>,
@@ -72,7 +75,7 @@ enum SigningAlgorithm {
     EdDsa,
 }
 
-pub fn run(mut args: TokenArgs) -> Result<()> {
+pub async fn run(mut args: TokenArgs) -> Result<()> {
     let mut config = match Config::load_checked(args.config.as_deref()) {
         Ok(checked) => checked.config,
         Err(e) => bail!("configuration:\n  {}", e.problems.join("\n  ")),
@@ -89,12 +92,12 @@ pub fn run(mut args: TokenArgs) -> Result<()> {
     }
     let keys = KeySource::of(&config)?;
     match args.check.take() {
-        Some(token) => check(&config, &keys, token),
-        None => sign(&config, &keys, args),
+        Some(token) => check(&config, &keys, token).await,
+        None => sign(&config, &keys, args).await,
     }
 }
 
-fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
+async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
     let token = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s)?;
@@ -103,7 +106,8 @@ fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
         token
     };
     let verifier = keys
-        .verifier(config)?
+        .verifier(config)
+        .await?
         .ok_or_else(|| anyhow!("nothing to check against: {}", keys.describe()))?;
     let claims = unverified_claims(&token);
     let grant = verifier.verify(&token).map_err(|e| {
@@ -147,7 +151,7 @@ fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::
     serde_json::from_slice(&json).ok()
 }
 
-fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {
+async fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {
     let (Some(tenant), Some(user)) = (args.tenant, args.user) else {
         bail!("--tenant and --user are required");
     };
@@ -197,7 +201,9 @@ fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {
                     path.display()
                 )
             })?;
-            jsonwebtoken::encode(&Header::new(alg), &value, &key)?
+            let mut header = Header::new(alg);
+            header.kid = args.kid.clone();
+            jsonwebtoken::encode(&header, &value, &key)?
         }
         _ => {
             let secret = match keys {
@@ -223,7 +229,7 @@ fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {
                 ),
             };
             // Refuses a secret the server would refuse (too short) before signing with it.
-            keys.verifier(config)?;
+            keys.verifier(config).await?;
             sign_hs256(secret, &value)?
         }
     };
@@ -234,7 +240,7 @@ fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> {
         || args.config.is_some()
         || !matches!(keys, KeySource::Dev { .. });
     if must_verify {
-        if let Some(verifier) = keys.verifier(config)? {
+        if let Some(verifier) = keys.verifier(config).await? {
             verifier.verify(&token).map_err(|e| {
                 anyhow!(
                     "the server would refuse this token ({}): {e}",

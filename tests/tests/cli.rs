@@ -558,3 +558,80 @@ fn serve_warns_about_unknown_quiver_variables() -> Result<()> {
     assert!(warned, "no warning before the server was up");
     Ok(())
 }
+
+/// A key set, from a file and from a URL (served here on loopback, as an identity provider
+/// would): `--kid` names the key, and a token without one is refused as the server would.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_signs_and_checks_against_a_key_set() -> Result<()> {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_owned();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    std::fs::write(d.join("private.pem"), pair.serialize_pem())?;
+    // Uncompressed point: 0x04, x, y.
+    let raw = pair.public_key_raw();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]),
+        "y": b64(&raw[33..65]), "kid": "k1", "use": "sig", "alg": "ES256"}]});
+    std::fs::write(d.join("jwks.json"), jwks.to_string())?;
+    std::fs::write(d.join("file.toml"), "[auth]\njwks_file = \"jwks.json\"\n")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "http://127.0.0.1:{}/jwks.json",
+        listener.local_addr()?.port()
+    );
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    std::fs::write(
+        d.join("url.toml"),
+        format!("[auth]\njwks_url = \"{url}\"\n"),
+    )?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for config in ["file.toml", "url.toml"] {
+            let sign = |extra: &[&str]| {
+                let mut args = vec![
+                    "token",
+                    "--config",
+                    config,
+                    "--private-key",
+                    "private.pem",
+                    "--algorithm",
+                    "ES256",
+                    "--tenant",
+                    "acme",
+                    "--user",
+                    "ada",
+                    "--subscribe",
+                    "a",
+                ];
+                args.extend_from_slice(extra);
+                run(&d, &args, &[])
+            };
+            let (ok, out, err) = sign(&["--kid", "k1"])?;
+            assert!(ok, "{config}: {err}");
+            let (ok, out, err) = run(
+                &d,
+                &["token", "--config", config, "--check", out.trim()],
+                &[],
+            )?;
+            assert!(ok, "{config}: {err}");
+            assert!(out.contains("public key from auth.jwks_"), "{out}");
+            let (ok, out, err) = sign(&[])?;
+            assert!(!ok && out.is_empty(), "{config}: signed without a kid");
+            assert!(err.contains("no kid"), "{config}: {err}");
+            let (ok, _, err) = sign(&["--kid", "k2"])?;
+            assert!(!ok);
+            assert!(err.contains("unknown kid"), "{config}: {err}");
+        }
+        Ok(())
+    })
+    .await?
+}
