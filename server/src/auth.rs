@@ -464,6 +464,12 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     })
 }
 
+/// The claim checks the server makes after the signature (user, tenant charset, room
+/// patterns), for tools that sign tokens and must refuse what the server would refuse.
+pub fn check_claims(claims: &Claims) -> Result<(), AuthError> {
+    grant_from(claims.clone()).map(drop)
+}
+
 /// Reads a secret from a file. Trailing line ends (editors and `echo` add one) are not part of
 /// the secret.
 pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {

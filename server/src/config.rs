@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod check;
+pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "http",
