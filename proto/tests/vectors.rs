@@ -133,6 +133,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
                 position: None,
                 recovery: Recovery::NotRequested,
+                subscription: None,
             },
         ),
         ev(
@@ -142,6 +143,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Recovered { replayed: 12 },
+                subscription: None,
             },
         ),
         ev(
@@ -151,6 +153,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Failed,
+                subscription: None,
             },
         ),
         ev(

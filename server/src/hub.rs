@@ -7,13 +7,14 @@
 //! held only for map work, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::latest::Slot;
 use crate::metrics as m;
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
@@ -37,6 +38,9 @@ pub struct Subscriber {
     pub queue: mpsc::Sender<Delivery>,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
+    /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
+    /// Publications go there instead of the queue, which then carries only room events.
+    pub latest: Option<Arc<Slot>>,
 }
 
 #[derive(Default)]
@@ -73,6 +77,9 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
+        if let Some(delivered) = self.deliver_latest(key, &payload) {
+            return delivered;
+        }
         self.deliver_frame(
             key,
             Delivery {
@@ -80,6 +87,19 @@ impl Hub {
                 frame: publication_frame(key, position, payload),
             },
         )
+    }
+
+    /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
+    /// payload in every subscriber's slot, replacing what waits there. `None` in other rooms.
+    fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let subs = rooms.get(key)?;
+        subs.first()?.latest.as_ref()?;
+        for slot in subs.iter().filter_map(|s| s.latest.as_ref()) {
+            slot.put(payload.clone());
+        }
+        metrics::counter!(m::DELIVERIES).increment(subs.len() as u64);
+        Some(subs.len())
     }
 
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
@@ -94,6 +114,12 @@ impl Hub {
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
                     Ok(()) => delivered += 1,
+                    // `latest` subscribers are never slow consumers: a room event that finds
+                    // no room is dropped for them alone.
+                    Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
+                        metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "latest_event")
+                            .increment(1);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
                         overflowed.push(sub.id);
@@ -161,6 +187,7 @@ mod tests {
                 id,
                 queue: tx,
                 overflow: CancellationToken::new(),
+                latest: None,
             },
             rx,
         )
@@ -203,5 +230,33 @@ mod tests {
         assert!(hub.unsubscribe(&key("t", "r"), 1));
         assert_eq!(hub.room_count(), 0);
         assert!(!hub.unsubscribe(&key("t", "r"), 2));
+    }
+
+    #[test]
+    fn latest_subscribers_get_the_newest_value_and_never_overflow() {
+        let hub = Hub::default();
+        let (mut s, mut rx) = sub(1, 1);
+        let slot = Arc::new(Slot::default());
+        s.latest = Some(slot.clone());
+        let overflow = s.overflow.clone();
+        hub.subscribe(key("t", "g"), s);
+        for n in 0..100u8 {
+            assert_eq!(hub.deliver(&key("t", "g"), None, Bytes::from(vec![n])), 1);
+        }
+        // Room events beyond the queue are dropped for it, not a reason to end it.
+        for _ in 0..3 {
+            hub.deliver_frame(
+                &key("t", "g"),
+                Delivery {
+                    offset: None,
+                    frame: Bytes::from_static(b"event"),
+                },
+            );
+        }
+        assert!(!overflow.is_cancelled());
+        assert!(hub.has_subscribers(&key("t", "g")));
+        assert_eq!(slot.take(), Some((100, Bytes::from(vec![99u8]))));
+        assert_eq!(rx.try_recv().unwrap().frame, Bytes::from_static(b"event"));
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -15,6 +15,7 @@ mod demo;
 mod http;
 pub mod https;
 pub mod hub;
+pub mod latest;
 pub mod metrics;
 pub mod presence;
 pub mod quota;

@@ -23,6 +23,11 @@ pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
 pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
 pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
 pub const BUILD_INFO: &str = "quiver_build_info";
+pub const DATAGRAMS_SENT: &str = "quiver_datagrams_sent_total";
+pub const DATAGRAMS_RECEIVED: &str = "quiver_datagrams_received_total";
+pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
+pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
+pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 
 /// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
 /// server in a process (tests start several) shares it.
@@ -101,5 +106,25 @@ fn describe() {
     describe_counter!(
         QUOTA_REFUSALS,
         "Sessions, subscriptions and publications refused by a tenant quota, by tenant and quota"
+    );
+    describe_counter!(
+        DATAGRAMS_SENT,
+        "Values of latest rooms sent as QUIC datagrams"
+    );
+    describe_counter!(
+        DATAGRAMS_RECEIVED,
+        "Datagrams received from clients (publications to latest rooms)"
+    );
+    describe_counter!(
+        DATAGRAMS_DROPPED,
+        "Client datagrams dropped unpublished, by reason"
+    );
+    describe_counter!(
+        LATEST_CONFLATED,
+        "Values of latest rooms replaced by a newer one before they were sent"
+    );
+    describe_counter!(
+        LATEST_ON_STREAM,
+        "Values of latest rooms on a WebTransport session sent on the stream (too large for a datagram)"
     );
 }

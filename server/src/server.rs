@@ -154,6 +154,7 @@ impl Server {
                 history_size: 100,
                 history_ttl: std::time::Duration::from_secs(600),
                 presence: true,
+                ..Default::default()
             });
         }
         let endpoint = server_config(&config, identity.identity.clone_identity())
@@ -466,6 +467,9 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret.into_bytes())
 }
 
+/// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
+
 fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
@@ -473,6 +477,10 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(QuinnVarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
+        // stale. Past it quinn drops the oldest first, which is what `latest` wants.
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
     let controller: Arc<dyn congestion::ControllerFactory + Send + Sync> =

@@ -20,6 +20,7 @@ fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
             history_size: 1000,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     }
 }
@@ -199,6 +200,7 @@ async fn resume_from_a_position_that_left_jetstream_history_fails() -> anyhow::R
             history_size: 3,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;
@@ -565,6 +567,7 @@ async fn readyz_waits_for_history_delivery_not_just_the_connection() -> anyhow::
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

@@ -208,6 +208,7 @@ impl Actor {
                 room,
                 position,
                 recovery,
+                ..
             } => match live.pending.remove(&id) {
                 Some(Pending::Subscribe { room: r, gen }) if r == room => {
                     self.on_subscribed(id, &room, gen, position, recovery)
@@ -313,6 +314,7 @@ impl Actor {
             | Event::Publication { .. }
             | Event::SubscriptionStream { .. }
             | Event::Joined { .. }
+            | Event::Latest { .. }
             | Event::Left { .. } => {
                 tracing::warn!(id, "ignoring unexpected event on the control stream");
             }

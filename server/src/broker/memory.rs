@@ -408,6 +408,7 @@ mod tests {
             history_size: size,
             history_ttl: std::time::Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
         tweak(&mut config);
         MemoryBroker::new(Arc::new(Hub::default()), Arc::new(config))
@@ -579,6 +580,7 @@ mod tests {
                 id: 1,
                 queue,
                 overflow: Default::default(),
+                latest: None,
             },
         );
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();
