@@ -272,6 +272,25 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 member: member("carol", "s3"),
             },
         ),
+        ev(
+            "subscribed_latest",
+            4,
+            Event::Subscribed {
+                room: "game.arena".into(),
+                position: None,
+                recovery: Recovery::NotRequested,
+                subscription: Some(300),
+            },
+        ),
+        ev(
+            "latest",
+            0,
+            Event::Latest {
+                room: "game.arena".into(),
+                sequence: 1 << 40,
+                payload: Bytes::from_static(b"xy"),
+            },
+        ),
     ]
 }
 

@@ -418,3 +418,72 @@ async fn datagram_publications_count_against_the_command_rate() -> Result<()> {
     }
     Ok(())
 }
+
+/// The Rust client: a `latest` subscription says so, yields values as they come (by datagram
+/// over WebTransport, by `Latest` frames over WebSocket), and `publish_unreliable` reaches it.
+async fn client_applies_the_newest_value(via: quiver_client::Transport) -> Result<()> {
+    use quiver_client::{token_fixed, DeliveryMode, SubEvent};
+    let server = server(|_| {}).await?;
+    let config = |user: &str| {
+        let mut c = client_config(&server, token_fixed(full_token("acme", user)));
+        c.ws_urls = vec![format!("ws://{}/v1/ws", server.http)];
+        c.transport = via;
+        c
+    };
+    let sub_client = quiver_client::Client::connect(config("s")).await?;
+    let publisher = quiver_client::Client::connect(config("p")).await?;
+    let mut sub = sub_client.subscribe("game.dots").await?;
+    assert_eq!(sub.mode(), DeliveryMode::Latest);
+    assert_eq!(
+        sub_client.subscribe("chat.dots").await?.mode(),
+        DeliveryMode::Reliable
+    );
+    // Datagrams may be lost: publish until a value arrives, then check the newest wins.
+    let mut got = None;
+    for n in 0..50u8 {
+        publisher
+            .publish_unreliable("game.dots", vec![n; 16])
+            .await?;
+        if let Ok(Some(SubEvent::Publication {
+            payload, position, ..
+        })) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await
+        {
+            assert_eq!(position, None);
+            got = Some(payload);
+            break;
+        }
+    }
+    let got = got.context("no value arrived")?;
+    assert_eq!(got.len(), 16);
+    // An acknowledged publish is reliable to the server: its value arrives (or a newer one).
+    publisher.publish_ack("game.dots", vec![200u8; 16]).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.recv()).await? {
+            Some(SubEvent::Publication { payload, .. }) if payload[0] == 200 => break,
+            Some(SubEvent::Publication { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    let stats = sub.latest_stats();
+    match via {
+        quiver_client::Transport::WebSocket => {
+            assert_eq!(stats.by_datagram, 0);
+            assert!(stats.by_stream >= 2, "{stats:?}");
+        }
+        _ => assert!(stats.by_datagram >= 1, "{stats:?}"),
+    }
+    sub_client.close().await;
+    publisher.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rust_client_applies_latest_values_over_webtransport() -> Result<()> {
+    client_applies_the_newest_value(quiver_client::Transport::WebTransport).await
+}
+
+#[tokio::test]
+async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
+    client_applies_the_newest_value(quiver_client::Transport::WebSocket).await
+}
