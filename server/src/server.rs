@@ -148,12 +148,18 @@ impl Server {
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
-            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");
+            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence; namespace arena delivers latest");
             config.namespaces.push(crate::config::NamespaceConfig {
                 name: "chat".into(),
                 history_size: 100,
                 history_ttl: std::time::Duration::from_secs(600),
                 presence: true,
+                ..Default::default()
+            });
+            // The arena page's dots: only the newest positions matter (PROTOCOL.md §10).
+            config.namespaces.push(crate::config::NamespaceConfig {
+                name: "arena".into(),
+                mode: crate::config::DeliveryMode::Latest,
                 ..Default::default()
             });
         }
@@ -275,6 +281,7 @@ impl Server {
         tasks.push(tokio::spawn(control.listen(shared.shutdown.clone())));
         if shared.dev.is_some() && shared.config.demo {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
+            tasks.push(tokio::spawn(demo::arena(shared.clone())));
         }
         info!(webtransport = %webtransport_addr, http = %http_addr, cert_sha256 = %identity.hash_hex(), "quiver listening");
         Ok(Server {

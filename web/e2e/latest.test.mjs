@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
+  ARTIFACTS,
   SECRET,
   launchBrowser,
   newPage,
@@ -114,4 +115,42 @@ test('latest values reach Chromium as datagrams; an oversized one comes on the s
 
   await sub.close();
   await pub.close();
+});
+
+test('the arena demo page shows 60 Hz dots arriving by datagram, and conflated over WebSocket', async () => {
+  const devCert = await tempDir('quiver-e2e-arena-');
+  const dev = await startServer({ name: 'server-arena', certDir: devCert });
+  try {
+    assert.equal(dev.ready.dev, true);
+    for (const transport of ['webtransport', 'websocket']) {
+      const page = await newPage(browser, `arena-${transport}`);
+      await page.setViewportSize({ width: 1280, height: 800 });
+      await page.goto(`http://${dev.httpAddr}/arena?transport=${transport}`);
+      await waitFor('#state to say connected', async () => (await page.textContent('#state')) === 'connected', 15_000);
+      assert.equal(await page.textContent('#mode'), 'latest');
+      const stats = await waitFor(
+        'a second of updates',
+        async () => {
+          const s = await page.evaluate(() => window.arena.stats());
+          return s.received >= 60 && s;
+        },
+        15_000,
+      );
+      console.log(`# arena over ${transport}: ${JSON.stringify(stats)}`);
+      if (transport === 'webtransport') {
+        assert.ok(stats.byDatagram >= 50, `updates by datagram: ${JSON.stringify(stats)}`);
+      } else {
+        assert.equal(stats.byDatagram, 0);
+        assert.ok(stats.byStream >= 50, JSON.stringify(stats));
+      }
+      await waitFor('the share shown', async () => (await page.textContent('#datagram-share')) !== '–');
+      const share = await page.textContent('#datagram-share');
+      assert.equal(share, transport === 'webtransport' ? '100.0 %' : '0.0 %');
+      if (transport === 'webtransport') await page.screenshot({ path: path.join(ARTIFACTS, 'arena.png') });
+      await page.close();
+    }
+  } finally {
+    await dev.stop();
+    await removeDir(devCert);
+  }
 });
