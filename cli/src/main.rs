@@ -2,10 +2,10 @@
 //! tokens, a terminal subscriber and publisher).
 
 mod cli;
-mod logging;
 mod config_cmd;
 mod conn;
 mod keys;
+mod logging;
 mod publish;
 mod serve;
 mod sub;

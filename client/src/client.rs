@@ -201,6 +201,29 @@ impl Client {
         Ok(())
     }
 
+    /// Publishes to a `latest` room unreliably (PROTOCOL.md §10): over WebTransport as one QUIC
+    /// datagram when it fits the path's datagram size (never retransmitted, never answered:
+    /// server refusals are not reported at all), otherwise exactly like [`Client::publish`].
+    /// For values where only the newest matters (positions, cursors), sent many times a second.
+    pub async fn publish_unreliable(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let permit = self.permit().await?;
+        let req = Request::PublishUnreliable {
+            room: room.to_string(),
+            payload,
+            permit,
+        };
+        if self.inner.req_tx.send(req).is_err() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
     /// Publishes and waits for the server's `Published` (the message's position in the room's
     /// history, `None` for rooms without history). Refusals come back as
     /// [`ClientError::Server`] (`permission_denied`, `payload_too_large`, `rate_limited`, ...).

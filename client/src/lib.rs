@@ -111,6 +111,7 @@ mod config;
 mod connection;
 mod error;
 mod heartbeat;
+mod latest;
 mod pacer;
 mod subscription;
 mod transport;
@@ -123,7 +124,8 @@ pub use config::{
     TokenProvider, Transport, Trust, WS_PATH,
 };
 pub use error::ClientError;
-pub use subscription::{SubEvent, Subscription};
+pub use latest::DeliveryMode;
+pub use subscription::{LatestStats, SubEvent, Subscription};
 
 pub use bytes::Bytes;
 pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};

@@ -6,10 +6,12 @@
 //!   changes), postcard-encoded.
 //! - [`room`]: tenant ids, room names and permission patterns, validated here once.
 //! - [`code`]: error codes (replies) and close codes (goodbye frames).
+//! - [`datagram`]: the QUIC datagrams of the `latest` lane.
 //!
 //! `PROTOCOL.md` at the repository root is the normative description of the bytes.
 
 pub mod code;
+pub mod datagram;
 pub mod frame;
 pub mod message;
 pub mod room;

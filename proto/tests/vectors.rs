@@ -151,6 +151,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
                 position: None,
                 recovery: Recovery::NotRequested,
+                subscription: None,
             },
         ),
         ev(
@@ -160,6 +161,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Recovered { replayed: 12 },
+                subscription: None,
             },
         ),
         ev(
@@ -169,6 +171,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Failed,
+                subscription: None,
             },
         ),
         ev(
@@ -323,6 +326,25 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 position: None,
                 publications: vec![],
                 truncated: false,
+            },
+        ),
+        ev(
+            "subscribed_latest",
+            4,
+            Event::Subscribed {
+                room: "game.arena".into(),
+                position: None,
+                recovery: Recovery::NotRequested,
+                subscription: Some(300),
+            },
+        ),
+        ev(
+            "latest",
+            0,
+            Event::Latest {
+                room: "game.arena".into(),
+                sequence: 1 << 40,
+                payload: Bytes::from_static(b"xy"),
             },
         ),
     ]

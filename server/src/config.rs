@@ -179,7 +179,42 @@ pub struct NamespaceConfig {
     /// the room's stream.
     #[serde(default)]
     pub presence: bool,
+    /// `reliable` (the default: every publication, in order, on the room's stream) or `latest`
+    /// (only the newest value matters: QUIC datagrams where they fit, conflated per subscriber,
+    /// never `slow_consumer`; PROTOCOL.md §10). `latest` keeps no history.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// Send priority of the namespace's subscription streams, from -100 to 100 (default 0):
+    /// under congestion higher goes first. The control stream is above every namespace.
+    #[serde(default)]
+    pub priority: i32,
 }
+
+impl Default for NamespaceConfig {
+    /// A live-only, reliable namespace with no name yet: a base for `..Default::default()`.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            history_size: 0,
+            history_ttl: default_history_ttl(),
+            presence: false,
+            mode: DeliveryMode::default(),
+            priority: 0,
+        }
+    }
+}
+
+/// How a namespace's publications reach subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    #[default]
+    Reliable,
+    Latest,
+}
+
+/// Bound of [`NamespaceConfig::priority`]; the control stream's priority is above it.
+pub const MAX_NAMESPACE_PRIORITY: i32 = 100;
 
 fn default_history_ttl() -> Duration {
     Duration::from_secs(300)
@@ -582,6 +617,18 @@ impl Config {
                     ns.name
                 ));
             }
+            if ns.mode == DeliveryMode::Latest && ns.history_size > 0 {
+                return Err(format!(
+                    "namespaces: {:?} delivers `latest` and keeps no history: drop history_size",
+                    ns.name
+                ));
+            }
+            if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {
+                return Err(format!(
+                    "namespaces: {:?} priority {} is outside -{MAX_NAMESPACE_PRIORITY}..={MAX_NAMESPACE_PRIORITY}",
+                    ns.name, ns.priority
+                ));
+            }
         }
         if let Some(nats) = &self.nats {
             if !matches!(nats.storage.as_str(), "memory" | "file") {
@@ -628,6 +675,17 @@ impl Config {
     /// Whether a room's namespace tracks presence.
     pub fn presence(&self, room: &quiver_proto::RoomName) -> bool {
         self.namespace(room).is_some_and(|ns| ns.presence)
+    }
+
+    /// Whether a room's namespace delivers only the newest value (`mode = "latest"`).
+    pub fn latest(&self, room: &quiver_proto::RoomName) -> bool {
+        self.namespace(room)
+            .is_some_and(|ns| ns.mode == DeliveryMode::Latest)
+    }
+
+    /// The send priority of a room's subscription stream (its namespace's, 0 if unlisted).
+    pub fn priority(&self, room: &quiver_proto::RoomName) -> i32 {
+        self.namespace(room).map_or(0, |ns| ns.priority)
     }
 
     fn namespace(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
@@ -708,6 +766,33 @@ mod tests {
                 (nats.url.as_str(), nats.storage.as_str()),
                 ("nats://127.0.0.1:4223", "file")
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn latest_namespaces_and_priorities_load_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "[[namespaces]]\nname = \"game\"\nmode = \"latest\"\npriority = 50\n",
+            )?;
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            let room = quiver_proto::RoomName::parse("game.arena").map_err(|e| e.to_string())?;
+            let other = quiver_proto::RoomName::parse("chat.x").map_err(|e| e.to_string())?;
+            assert!(c.latest(&room) && !c.latest(&other));
+            assert_eq!((c.priority(&room), c.priority(&other)), (50, 0));
+            for bad in [
+                "mode = \"latest\"\nhistory_size = 10",
+                "priority = 101",
+                "mode = \"newest\"",
+            ] {
+                jail.create_file(
+                    "bad.toml",
+                    &format!("[[namespaces]]\nname = \"g\"\n{bad}\n"),
+                )?;
+                assert!(Config::load(Some("bad.toml".as_ref())).is_err(), "{bad}");
+            }
             Ok(())
         });
     }

@@ -36,7 +36,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             .route("/dev/bootstrap", get(bootstrap))
             .route("/", get(|| asset("text/html; charset=utf-8", DEMO_HTML)))
             .route("/demo.js", get(|| asset(JS, DEMO_JS)))
-            .route("/demo.css", get(|| asset("text/css", DEMO_CSS)));
+            .route("/demo.css", get(|| asset("text/css", DEMO_CSS)))
+            .route(
+                "/arena",
+                get(|| asset("text/html; charset=utf-8", ARENA_HTML)),
+            )
+            .route("/arena.js", get(|| asset(JS, ARENA_JS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
     let alt_svc = shared.alt_svc.clone();
@@ -86,6 +91,8 @@ const CLIENT_JS: &str = include_str!("../../web/dist/quiver.js");
 const DEMO_HTML: &str = include_str!("../../web/demo/index.html");
 const DEMO_JS: &str = include_str!("../../web/demo/demo.js");
 const DEMO_CSS: &str = include_str!("../../web/demo/demo.css");
+const ARENA_HTML: &str = include_str!("../../web/demo/arena.html");
+const ARENA_JS: &str = include_str!("../../web/demo/arena.js");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()

@@ -18,6 +18,7 @@ pub mod http_client;
 pub mod https;
 pub mod hub;
 pub mod jwks;
+pub mod latest;
 pub mod metrics;
 pub mod presence;
 pub mod quota;

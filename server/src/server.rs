@@ -161,12 +161,19 @@ impl Server {
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
-            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");
+            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence; namespace arena delivers latest");
             config.namespaces.push(crate::config::NamespaceConfig {
                 name: "chat".into(),
                 history_size: 100,
                 history_ttl: std::time::Duration::from_secs(600),
                 presence: true,
+                ..Default::default()
+            });
+            // The arena page's dots: only the newest positions matter (PROTOCOL.md §10).
+            config.namespaces.push(crate::config::NamespaceConfig {
+                name: "arena".into(),
+                mode: crate::config::DeliveryMode::Latest,
+                ..Default::default()
             });
         }
         let endpoint = server_config(&config, identity.identity.clone_identity())
@@ -305,6 +312,7 @@ impl Server {
         tasks.push(tokio::spawn(control.listen(shared.shutdown.clone())));
         if shared.dev.is_some() && shared.config.demo {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
+            tasks.push(tokio::spawn(demo::arena(shared.clone())));
         }
         info!(webtransport = %webtransport_addr, http = %http_addr, cert_sha256 = %identity.hash_hex(), "quiver listening");
         Ok(Server {
@@ -494,6 +502,9 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret.into_bytes())
 }
 
+/// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
+
 fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
@@ -501,6 +512,10 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(QuinnVarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
+        // stale. Past it quinn drops the oldest first, which is what `latest` wants.
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
     let controller: Arc<dyn congestion::ControllerFactory + Send + Sync> =

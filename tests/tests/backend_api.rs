@@ -37,6 +37,7 @@ fn configure(c: &mut quiver_server::Config) {
             history_size,
             history_ttl: Duration::from_secs(60),
             presence,
+            ..Default::default()
         });
     }
 }

@@ -215,6 +215,7 @@ async fn sub_reports_reconnects_and_recovery() -> Result<()> {
             history_size: 10,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         }];
     })
     .await?;

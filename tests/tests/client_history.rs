@@ -17,6 +17,7 @@ fn configure(c: &mut quiver_server::Config) {
         history_size: 10,
         history_ttl: Duration::from_secs(60),
         presence: false,
+        ..Default::default()
     });
     c.api.keys = vec![ApiKey {
         key: ACME.into(),

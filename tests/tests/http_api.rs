@@ -119,6 +119,7 @@ fn with_keys(c: &mut quiver_server::Config) {
         history_size: 10,
         history_ttl: std::time::Duration::from_secs(60),
         presence: false,
+        ..Default::default()
     });
 }
 

@@ -4,11 +4,43 @@
 use super::*;
 
 impl Actor {
+    /// Sends a publication as one datagram (PROTOCOL.md §10) if the live session is
+    /// WebTransport and it fits the path's datagram size.
+    fn send_datagram(&mut self, room: &str, payload: &[u8]) -> bool {
+        let Some(Live {
+            link: Link::WebTransport(conn),
+            ..
+        }) = &self.live
+        else {
+            return false;
+        };
+        let datagram = quiver_proto::datagram::PublishDatagram { room, payload }.encode();
+        conn.max_datagram_size()
+            .is_some_and(|max| datagram.len() <= max)
+            && conn.send_datagram(&datagram).is_ok()
+    }
+
     pub(super) fn on_request(&mut self, req: Request) {
         match req {
             Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
             Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
             Request::Dropped { room, gen } => self.unsubscribe(&room, Some(gen), None),
+            Request::PublishUnreliable {
+                room,
+                payload,
+                permit,
+            } => {
+                if !self.send_datagram(&room, &payload) {
+                    // No datagram this time (WebSocket, too large, disconnected): an ordinary
+                    // publish without ack, which is what the app asked for at worst.
+                    self.on_request(Request::Publish {
+                        room,
+                        payload,
+                        ack: None,
+                        permit,
+                    });
+                }
+            }
             Request::Publish {
                 room,
                 payload,
@@ -94,6 +126,7 @@ impl Actor {
                 tx,
                 end_tx: Some(end_tx),
                 parts: Some((rx, end_rx)),
+                latest: Arc::new(crate::latest::LatestCell::default()),
                 waiter: Some(reply),
                 last: Arc::new(Mutex::new(from)),
                 cmd_id: None,
@@ -229,9 +262,10 @@ impl Actor {
                 room,
                 position,
                 recovery,
+                subscription,
             } => match live.pending.remove(&id) {
                 Some(Pending::Subscribe { room: r, gen }) if r == room => {
-                    self.on_subscribed(id, &room, gen, position, recovery)
+                    self.on_subscribed(id, &room, gen, position, recovery, subscription)
                 }
                 _ => tracing::warn!(id, room = %room, "unexpected Subscribed"),
             },
@@ -352,6 +386,7 @@ impl Actor {
             | Event::Publication { .. }
             | Event::SubscriptionStream { .. }
             | Event::Joined { .. }
+            | Event::Latest { .. }
             | Event::Left { .. } => {
                 tracing::warn!(id, "ignoring unexpected event on the control stream");
             }

@@ -29,6 +29,7 @@ use crate::client::{lock, ConnectionState, Shared};
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::heartbeat::{Beat, Liveness, Watch};
+use crate::latest::{LatestCell, LatestRoutes};
 use crate::pacer::Pacer;
 use crate::subscription::{SubEvent, SubParts};
 use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
@@ -70,6 +71,12 @@ pub(crate) enum Request {
     },
     Ping {
         reply: Reply<Duration>,
+    },
+    /// A publication to a `latest` room, sent as a datagram where possible.
+    PublishUnreliable {
+        room: String,
+        payload: Bytes,
+        permit: OwnedSemaphorePermit,
     },
     Presence {
         room: String,
@@ -172,6 +179,8 @@ struct Sub {
     /// Sent before the first publication of the current stream (`Resubscribed`).
     preamble: Option<SubEvent>,
     reader: Option<AbortHandle>,
+    /// The newest value of a `latest` room (PROTOCOL.md §10), shared with the `Subscription`.
+    latest: Arc<LatestCell>,
 }
 
 impl Sub {
@@ -308,6 +317,7 @@ pub(crate) async fn start(
         ev_rx,
         epoch: 1,
         live: None,
+        latest_routes: LatestRoutes::default(),
         subs: HashMap::new(),
         next_gen: 1,
         buffer: VecDeque::new(),
@@ -344,6 +354,8 @@ struct Actor {
     url_index: usize,
     reconnect_at: Option<tokio::time::Instant>,
     closed: bool,
+    /// `latest` subscriptions by the current connection's subscription ids.
+    latest_routes: LatestRoutes,
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -456,6 +468,7 @@ impl Actor {
             pacer,
             liveness: liveness.clone(),
             max_frame: stream_max_frame(&limits),
+            latest_routes: self.latest_routes.clone(),
         };
         let mut tasks = JoinSet::new();
         let (link, writer) = est.run(ctx, &mut tasks);
@@ -558,6 +571,8 @@ impl Actor {
         for (_, p) in live.pending {
             fail_pending(p, || ClientError::ConnectionLost);
         }
+        // Subscription ids belong to the connection that is gone.
+        lock(&self.latest_routes).clear();
         for sub in self.subs.values_mut() {
             sub.reset_connection();
         }

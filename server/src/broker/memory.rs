@@ -416,6 +416,7 @@ mod tests {
             history_size: size,
             history_ttl: std::time::Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
         tweak(&mut config);
         MemoryBroker::new(Arc::new(Hub::default()), Arc::new(config))
@@ -588,6 +589,7 @@ mod tests {
                 queue,
                 overflow: Default::default(),
                 deliveries: metrics::Counter::noop(),
+                latest: None,
             },
         );
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();

@@ -53,6 +53,11 @@ impl Session {
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
         let overflow = CancellationToken::new();
+        let latest = self
+            .shared
+            .config
+            .latest(&key.room)
+            .then(|| std::sync::Arc::new(crate::latest::Slot::default()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
         let first = self.shared.hub.subscribe(
@@ -65,6 +70,7 @@ impl Session {
                     m::TENANT_DELIVERIES,
                     "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
                 ),
+                latest: latest.clone(),
             },
         );
         let prepared = async {
@@ -139,6 +145,9 @@ impl Session {
                 ended: self.ended_tx.clone(),
                 open_deadline: self.shared.config.timeouts.stream_open,
                 tally: self.tally.clone(),
+                room: key.room.to_string(),
+                latest: latest.clone(),
+                priority: self.shared.config.priority(&key.room),
             }
             .run(),
         );
@@ -160,6 +169,7 @@ impl Session {
             room,
             position: recovered.current,
             recovery,
+            subscription: latest.is_some().then_some(sub_id),
         }))
     }
 
