@@ -80,6 +80,12 @@ codes! {
         /// The tenant is at one of its quotas on this server (subscriptions, publications per
         /// second, bytes per second); retry later.
         QuotaExceeded = 115, "quota_exceeded";
+        /// A `Call` (or a backend hook) got no answer before its deadline. The backend may
+        /// still have run it: retry only with the same idempotency key.
+        DeadlineExceeded = 116, "deadline_exceeded";
+        /// The backend answered a `Call` with an error of its own (HTTP 5xx, or a NATS reply
+        /// with a `Quiver-Status` header); the message is the backend's.
+        BackendError = 117, "backend_error";
     }
 }
 

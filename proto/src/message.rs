@@ -67,11 +67,23 @@ pub enum Command {
     Refresh { token: String },
     /// 6. Who is in a room (needs subscribe permission). Answered by `Presence` or `Error`.
     Presence { room: String },
+    /// 7. Asks the application's backend to run `method` (a dot-separated name, validated like
+    ///    a room name; the token's `call` claim must allow it). Answered by `Reply` or `Error`.
+    ///    Never buffered by clients while disconnected (PROTOCOL.md §10).
+    Call {
+        method: String,
+        payload: Bytes,
+        /// Milliseconds the caller will wait; 0 takes the server's default. Capped by the
+        /// server's maximum.
+        timeout_ms: u32,
+        /// Passed to the backend as is, so it can recognise a retried call; empty for none.
+        idempotency_key: String,
+    },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 7;
+    pub const KNOWN: u32 = 8;
 }
 
 /// One session present in a room.
@@ -164,6 +176,8 @@ pub enum Event {
     Joined { room: String, member: Member },
     /// 12. On a room's stream, in namespaces with presence events: a session left.
     Left { room: String, member: Member },
+    /// 13. Answer to `Call`: what the backend returned.
+    Reply { payload: Bytes },
 }
 
 /// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
@@ -213,7 +227,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 13;
+const EVENTS_KNOWN: u32 = 14;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -340,6 +354,18 @@ mod tests {
             Just(Command::Ping),
             ".{0,40}".prop_map(|token| Command::Refresh { token }),
             ".{0,20}".prop_map(|room| Command::Presence { room }),
+            (
+                ".{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u32>(),
+                ".{0,20}"
+            )
+                .prop_map(|(method, p, timeout_ms, idempotency_key)| Command::Call {
+                    method,
+                    payload: Bytes::from(p),
+                    timeout_ms,
+                    idempotency_key
+                }),
         ]
     }
 
@@ -394,6 +420,9 @@ mod tests {
                         .collect(),
                     truncated,
                 }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|p| Event::Reply {
+                payload: Bytes::from(p)
+            }),
         ]
     }
 

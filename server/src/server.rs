@@ -80,6 +80,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcSetupError),
 }
 
 /// Development-mode extras: the secret `quiver token` and the demo sign with.
@@ -116,6 +118,8 @@ pub struct Shared {
     pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
+    /// The way to the application's backend, for `Call` and hooks.
+    pub rpc: Arc<crate::rpc::Rpc>,
 }
 
 impl Shared {
@@ -203,6 +207,7 @@ impl Server {
             Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
+        let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
         let revocations = Arc::new(crate::revocation::Revocations::default());
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
@@ -234,6 +239,7 @@ impl Server {
             alt_svc: (!identity.dev)
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
+            rpc,
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);

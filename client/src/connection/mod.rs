@@ -73,6 +73,13 @@ pub(crate) enum Request {
         room: String,
         reply: Reply<Vec<Member>>,
     },
+    Call {
+        method: String,
+        payload: Bytes,
+        timeout_ms: u32,
+        idempotency_key: String,
+        reply: Reply<Bytes>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -125,6 +132,9 @@ enum Pending {
     },
     Presence {
         reply: Reply<Vec<Member>>,
+    },
+    Call {
+        reply: Reply<Bytes>,
     },
     Refresh,
     /// A heartbeat `Ping`: its `Pong` matters only as traffic.
@@ -647,6 +657,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Call { reply } => {
             let _ = reply.send(Err(err()));
         }
     }

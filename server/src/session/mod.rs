@@ -6,6 +6,7 @@
 //!
 //! The commands themselves are in `commands.rs`; the command rate meter in `meter.rs`.
 
+mod calls;
 mod commands;
 mod meter;
 mod publishing;
@@ -122,6 +123,8 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
+    calls: tokio::task::JoinSet<calls::CallDone>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -154,6 +157,7 @@ pub async fn run(
         publishing: Publishing::default(),
         quota: None,
         stalled: false,
+        calls: tokio::task::JoinSet::new(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -240,6 +244,7 @@ impl Session {
                 }
                 Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
+                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => self.call_done(done).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
                         Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
@@ -380,6 +385,12 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::Call {
+                method,
+                payload,
+                timeout_ms,
+                idempotency_key,
+            } => self.call(id, &method, payload, timeout_ms, idempotency_key),
         };
         match result {
             Ok(Some(event)) => {
