@@ -15,6 +15,7 @@ use wtransport::{ClientConfig, Connection, Endpoint};
 pub mod nats;
 pub mod process;
 mod raw;
+pub mod rpc;
 
 pub use raw::{deaf_websocket, Raw, RoomStream, Via};
 
