@@ -1,0 +1,352 @@
+//! `Call` and the backend hooks over HTTP (a server without NATS) against a real HTTP test
+//! backend: the envelope, status codes, deadlines, a backend that is down, calls in flight,
+//! subscribe and publish hooks (allow, deny, replace, timeouts failing closed or open), and
+//! proof that a publish hook runs once per publish, never per delivery.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_client::{token_fixed, Client, ClientError, ErrorCode, SubEvent};
+use quiver_proto::{Command, Event};
+use quiver_server::rpc::HookConfig;
+use quiver_tests::rpc::call_token;
+use quiver_tests::*;
+use serde_json::{json, Value};
+
+const BACKEND_SECRET: &str = "backend-secret-for-tests";
+
+#[derive(Default)]
+struct Backend {
+    /// Every envelope received, with its `Authorization` header.
+    seen: Mutex<Vec<(Value, String)>>,
+    /// Requests by envelope type (`call`, `subscribe`, `publish`).
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
+
+async fn handle(
+    State(backend): State<Arc<Backend>>,
+    headers: HeaderMap,
+    Json(envelope): Json<Value>,
+) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let kind = envelope["type"].as_str().unwrap_or_default().to_owned();
+    backend.seen.lock().unwrap().push((envelope.clone(), auth));
+    *backend
+        .counts
+        .lock()
+        .unwrap()
+        .entry(kind.clone())
+        .or_default() += 1;
+    let payload = envelope["payload"].as_str().map(unb64).unwrap_or_default();
+    let room = envelope["room"].as_str().unwrap_or_default();
+    let user = envelope["user"].as_str().unwrap_or_default();
+    match kind.as_str() {
+        "call" => match envelope["method"].as_str().unwrap_or_default() {
+            "order.fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+            "order.busy" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
+            "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
+            "order.invalid" => (StatusCode::UNPROCESSABLE_ENTITY, "bad qty").into_response(),
+            "order.slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Json(json!({"payload": b64(b"late")})).into_response()
+            }
+            "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
+            "order.garbled" => "not json".into_response(),
+            _ => {
+                Json(json!({"payload": b64(&[b"placed:", &payload[..]].concat())})).into_response()
+            }
+        },
+        "subscribe" if room.starts_with("slow.") || room.starts_with("lax.") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Json(json!({"allow": true})).into_response()
+        }
+        "subscribe" if room == format!("order.{user}") => {
+            Json(json!({"allow": true})).into_response()
+        }
+        "subscribe" => {
+            Json(json!({"allow": false, "reason": "only the order's owner"})).into_response()
+        }
+        "publish" => match &payload[..] {
+            b"bad" => Json(json!({"allow": false, "reason": "no swearing"})).into_response(),
+            b"replace-me" => {
+                Json(json!({"allow": true, "payload": b64(b"replaced")})).into_response()
+            }
+            _ => Json(json!({"allow": true})).into_response(),
+        },
+        _ => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+async fn start_backend() -> Result<(Arc<Backend>, String)> {
+    let backend = Arc::new(Backend::default());
+    let app = axum::Router::new()
+        .route("/rpc", axum::routing::post(handle))
+        .with_state(backend.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/rpc", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((backend, url))
+}
+
+fn hook(namespace: &str, subscribe: bool, publish: bool, fail_open: bool) -> HookConfig {
+    HookConfig {
+        namespace: namespace.into(),
+        subscribe,
+        publish,
+        timeout: Duration::from_millis(300),
+        fail_open,
+    }
+}
+
+async fn server_for(url: &str) -> Result<TestServer> {
+    let url = url.to_owned();
+    TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.http_secret = Some(BACKEND_SECRET.into());
+        c.rpc.timeout = Duration::from_secs(1);
+        c.rpc.max_in_flight = 2;
+        c.rpc.hooks = vec![
+            hook("order", true, true, false),
+            hook("slow", true, false, false),
+            hook("lax", true, false, true),
+        ];
+    })
+    .await
+}
+
+async fn connect(server: &TestServer, user: &str) -> Result<Client> {
+    let token = call_token("acme", user, &["order.*"]);
+    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (Option<ErrorCode>, String) {
+    match result {
+        Ok(b) => panic!("expected an error, got {b:?}"),
+        Err(e) => (e.error_code(), e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let client = connect(&server, "alice").await?;
+    let session = client.welcome().expect("welcomed").session;
+
+    let options = quiver_client::CallOptions {
+        idempotency_key: Some("order-77".into()),
+        ..Default::default()
+    };
+    let answer = client
+        .call_with("order.place", &b"\x00two widgets"[..], options)
+        .await?;
+    assert_eq!(answer, &b"placed:\x00two widgets"[..]);
+    {
+        let seen = backend.seen.lock().unwrap();
+        let (envelope, auth) = &seen[0];
+        assert_eq!(auth, &format!("Bearer {BACKEND_SECRET}"));
+        assert_eq!(envelope["type"], "call");
+        assert_eq!(envelope["method"], "order.place");
+        assert_eq!(envelope["user"], "alice");
+        assert_eq!(envelope["tenant"], "acme");
+        assert_eq!(envelope["session"], session.as_str());
+        assert_eq!(envelope["idempotency_key"], "order-77");
+        assert_eq!(envelope["request_id"].as_str().map(str::len), Some(16));
+        assert_eq!(
+            unb64(envelope["payload"].as_str().unwrap()),
+            b"\x00two widgets"
+        );
+    }
+
+    for (method, want, text) in [
+        ("order.fail", ErrorCode::BackendError, "boom"),
+        ("order.busy", ErrorCode::Unavailable, "503"),
+        ("order.deny", ErrorCode::PermissionDenied, "not your order"),
+        ("order.invalid", ErrorCode::BadRequest, "bad qty"),
+        ("order.slow", ErrorCode::DeadlineExceeded, ""),
+        ("order.huge", ErrorCode::BackendError, "max_payload"),
+        ("order.garbled", ErrorCode::BackendError, "call answer"),
+    ] {
+        let (c, msg) = code(client.call(method, "x").await);
+        assert_eq!(c, Some(want), "{method}: {msg}");
+        assert!(msg.contains(text), "{method}: {msg}");
+    }
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_bounded_per_session() -> Result<()> {
+    let (_backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let mut raw = Raw::connect(&server, &call_token("acme", "alice", &["order.*"])).await?;
+    let call = |method: &str| Command::Call {
+        method: method.into(),
+        payload: Bytes::new(),
+        timeout_ms: 0,
+        idempotency_key: String::new(),
+    };
+    // Two slow calls fill the session's allowance (max_in_flight = 2); a third is refused
+    // at once, and a quick one after them is answered before the slow ones.
+    let slow1 = raw.send(call("order.slow")).await?;
+    let slow2 = raw.send(call("order.slow")).await?;
+    let third = raw.send(call("order.place")).await?;
+    let third = raw.recv_reply(third).await?;
+    assert!(
+        matches!(third, Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16()),
+        "{third:?}"
+    );
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let frame = raw.recv().await?;
+        if let Event::Error { code, .. } = frame.event {
+            assert_eq!(code, ErrorCode::DeadlineExceeded.as_u16());
+            answered.push(frame.id);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, vec![slow1, slow2]);
+    // Room again.
+    match raw.request(call("order.place")).await? {
+        Event::Reply { payload } => assert_eq!(payload, &b"placed:"[..]),
+        other => panic!("{other:?}"),
+    }
+    raw.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_is_unavailable() -> Result<()> {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let server = server_for(&format!("http://127.0.0.1:{port}/rpc")).await?;
+    let client = connect(&server, "alice").await?;
+    let (c, msg) = code(client.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    // The hooks fail closed.
+    let (c, msg) = code(client.subscribe("order.alice").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("failed closed"), "{msg}");
+    // Rooms without hooks do not ask.
+    client.subscribe("chat.lobby").await?;
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let alice = connect(&server, "alice").await?;
+
+    let _mine = alice.subscribe("order.alice").await?;
+    let (c, msg) = code(alice.subscribe("order.bob").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("only the order's owner"), "{msg}");
+    // The backend takes 3 s; the hook allows 300 ms.
+    let (c, msg) = code(alice.subscribe("slow.room").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("failed closed"), "{msg}");
+    // The same, in a namespace that fails open.
+    let _lax = alice.subscribe("lax.room").await?;
+    // No hook in this namespace: the backend is not asked.
+    let _chat = alice.subscribe("chat.room").await?;
+    {
+        let seen = backend.seen.lock().unwrap();
+        let rooms: Vec<&str> = seen
+            .iter()
+            .filter(|(e, _)| e["type"] == "subscribe")
+            .map(|(e, _)| e["room"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(rooms, ["order.alice", "order.bob", "slow.room", "lax.room"]);
+        assert!(seen
+            .iter()
+            .all(|(e, _)| e["user"] == "alice" && e["tenant"] == "acme"));
+    }
+    let page = server.metrics().await?;
+    let decided = |outcome| {
+        metric_sum(
+            &page,
+            "quiver_hook_decisions_total",
+            &[("hook", "subscribe"), ("outcome", outcome)],
+        )
+    };
+    assert!(decided("allow") >= 1.0 && decided("deny") >= 1.0 && decided("timeout") >= 2.0);
+    alice.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn publish_hooks_allow_deny_replace_once_per_publish_never_per_delivery() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let alice = connect(&server, "alice").await?;
+    // Three subscribers of the room (the hook lets only alice subscribe to order.alice).
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&server, "alice").await?;
+        let s = c.subscribe("order.alice").await?;
+        subs.push((c, s));
+    }
+    let subscribes = backend.counts.lock().unwrap()["subscribe"];
+    assert_eq!(subscribes, 3);
+
+    alice.publish_ack("order.alice", "hello").await?;
+    let (c, msg) = code(alice.publish_ack("order.alice", "bad").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("no swearing"), "{msg}");
+    alice.publish_ack("order.alice", "replace-me").await?;
+    for i in 0..5 {
+        alice.publish_ack("order.alice", format!("n{i}")).await?;
+    }
+
+    for (_, sub) in &mut subs {
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            match tokio::time::timeout(WAIT, sub.next()).await? {
+                Some(SubEvent::Publication { payload, .. }) => got.push(payload),
+                Some(_) => {}
+                None => anyhow::bail!("subscription ended"),
+            }
+        }
+        let want: Vec<Bytes> = ["hello", "replaced", "n0", "n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|s| Bytes::from(s.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // 8 publishes, 3 subscribers, 21 deliveries: 8 hook requests.
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 8);
+    for (c, _) in subs {
+        c.close().await;
+    }
+    alice.close().await;
+    Ok(())
+}
