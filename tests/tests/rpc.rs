@@ -334,3 +334,83 @@ async fn a_disconnected_client_fails_calls_at_once() -> Result<()> {
     client.close().await;
     Ok(())
 }
+
+/// Hooks over NATS: the subscribe hook's subject names the room, the publish hook's envelope
+/// carries the payload; a deny's reason reaches the client, a replacement reaches subscribers.
+#[tokio::test]
+async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "order".into(),
+            subscribe: true,
+            publish: true,
+            timeout: Duration::from_secs(2),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let backend = async_nats::connect(nats.url()).await?;
+    let mut hooks = backend
+        .queue_subscribe("quiver.acme.hook.>".to_owned(), "backends".into())
+        .await?;
+    backend.flush().await?;
+    let subjects = Arc::new(Mutex::new(Vec::new()));
+    let seen = subjects.clone();
+    let responder = backend.clone();
+    tokio::spawn(async move {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        while let Some(msg) = hooks.next().await {
+            seen.lock().unwrap().push(msg.subject.to_string());
+            let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            let owner = format!("order.{}", envelope["user"].as_str().unwrap_or_default());
+            let answer = match envelope["type"].as_str() {
+                Some("subscribe") if envelope["room"] == owner.as_str() => {
+                    serde_json::json!({"allow": true})
+                }
+                Some("subscribe") => serde_json::json!({"allow": false, "reason": "not yours"}),
+                _ => {
+                    let payload = b64
+                        .decode(envelope["payload"].as_str().unwrap_or(""))
+                        .unwrap();
+                    let upper = payload.to_ascii_uppercase();
+                    serde_json::json!({"allow": true, "payload": b64.encode(upper)})
+                }
+            };
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, answer.to_string().into()).await;
+            }
+        }
+    });
+    let client = connect(&server, call_token("acme", "alice", &[])).await?;
+    let (c, msg) = match client.subscribe("order.bob").await {
+        Ok(_) => panic!("bob's order room was allowed"),
+        Err(e) => (e.error_code(), e.to_string()),
+    };
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("not yours"), "{msg}");
+    let mut sub = client.subscribe("order.alice").await?;
+    client.publish_ack("order.alice", "shipped").await?;
+    loop {
+        match tokio::time::timeout(WAIT, sub.next()).await? {
+            Some(quiver_client::SubEvent::Publication { payload, .. }) => {
+                assert_eq!(payload, &b"SHIPPED"[..]);
+                break;
+            }
+            Some(_) => {}
+            None => anyhow::bail!("subscription ended"),
+        }
+    }
+    assert_eq!(
+        *subjects.lock().unwrap(),
+        [
+            "quiver.acme.hook.subscribe.order.bob",
+            "quiver.acme.hook.subscribe.order.alice",
+            "quiver.acme.hook.publish.order.alice"
+        ]
+    );
+    client.close().await;
+    Ok(())
+}
