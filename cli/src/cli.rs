@@ -12,7 +12,7 @@ use futures::StreamExt;
 use quiver_client::{
     parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, SubEvent, Transport, Trust,
 };
-use quiver_server::auth::{sign_hs256, unix_now, Claims};
+use quiver_server::auth::{unix_now, Claims};
 use quiver_server::{Config, Server};
 
 #[derive(Parser)]
@@ -37,7 +37,12 @@ enum Command {
     Sub(SubArgs),
     /// Publish one message and wait for the server's ack.
     Pub(PubArgs),
+    /// Call a method on the application's backend and print its answer.
+    Call(call::CallArgs),
 }
+
+#[path = "call.rs"]
+mod call;
 
 #[derive(Args)]
 struct ServeArgs {
@@ -90,6 +95,9 @@ struct TokenArgs {
     /// Room patterns the token may publish to (repeatable).
     #[arg(long, num_args = 1..)]
     publish: Vec<String>,
+    /// Method patterns the token may `quiver call` (repeatable).
+    #[arg(long, num_args = 1..)]
+    call: Vec<String>,
     /// Lifetime, e.g. 30s, 10m, 1h.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -131,6 +139,7 @@ pub fn main() -> ExitCode {
             Command::Token(args) => token(args),
             Command::Sub(args) => sub(args).await,
             Command::Pub(args) => publish(args).await,
+            Command::Call(args) => call::call(args).await,
         }
     });
     match result {
@@ -239,8 +248,8 @@ fn token(args: TokenArgs) -> Result<()> {
             .with_context(|| format!("reading {}", path.display()))?,
         (None, None) => quiver_server::dev_secret(&args.cert_dir)?,
     };
-    if args.subscribe.is_empty() && args.publish.is_empty() {
-        bail!("a token without --subscribe or --publish patterns allows nothing");
+    if args.subscribe.is_empty() && args.publish.is_empty() && args.call.is_empty() {
+        bail!("a token without --subscribe, --publish or --call patterns allows nothing");
     }
     let claims = Claims {
         sub: args.user,
@@ -249,7 +258,7 @@ fn token(args: TokenArgs) -> Result<()> {
         subscribe: args.subscribe,
         publish: args.publish,
     };
-    println!("{}", sign_hs256(&secret, &claims)?);
+    println!("{}", call::sign_with_call(&secret, &claims, &args.call)?);
     Ok(())
 }
 
@@ -332,7 +341,9 @@ impl ConnArgs {
                             subscribe: vec![">".into()],
                             publish: vec![">".into()],
                         };
-                        sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+                        // The development token may call any method too.
+                        call::sign_with_call(&secret, &claims, &[">".into()])
+                            .map_err(|e| e.to_string())
                     }
                 })
             }

@@ -350,3 +350,66 @@ async fn publish_hooks_allow_deny_replace_once_per_publish_never_per_delivery() 
     alice.close().await;
     Ok(())
 }
+
+/// `quiver token --call` mints a token with the claim; `quiver call` prints the answer, and
+/// fails with the server's code when the backend refuses.
+#[tokio::test]
+async fn the_cli_calls_and_reports_refusals() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let quiver = quiver_tests::process::binary()?;
+    let run = |args: Vec<String>| {
+        let quiver = quiver.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(quiver)
+                .args(args)
+                .env_remove("QUIVER_TOKEN")
+                .output()
+        })
+    };
+    let minted = run([
+        "token",
+        "--tenant",
+        "acme",
+        "--user",
+        "carol",
+        "--call",
+        "order.*",
+        "--jwt-secret",
+        SECRET,
+    ]
+    .map(String::from)
+    .to_vec())
+    .await??;
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout)?.trim().to_owned();
+    let call = |method: &str| {
+        [
+            "call",
+            "--transport",
+            "webtransport",
+            "--url",
+            &server.url(),
+            "--cert-hash",
+            &hex::encode(server.hash),
+            "--token",
+            &token,
+            method,
+            "hello",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let ok = run(call("order.place")).await??;
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(ok.stdout, b"placed:hello\n");
+    assert_eq!(backend.seen.lock().unwrap()[0].0["user"], "carol");
+    let refused = run(call("order.deny")).await??;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("permission_denied") && stderr.contains("not your order"),
+        "{stderr}"
+    );
+    Ok(())
+}
