@@ -54,6 +54,14 @@ export type Command = {
 } | {
 	type: "Presence";
 	room: string;
+}
+/** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §10). */
+ | {
+	type: "Call";
+	method: string;
+	payload: Uint8Array;
+	timeoutMs: number;
+	idempotencyKey: string;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -116,6 +124,9 @@ type Event$1 = {
 	type: "Left";
 	room: string;
 	member: Member;
+} | {
+	type: "Reply";
+	payload: Uint8Array;
 };
 export interface ClientFrame {
 	id: number;
@@ -186,6 +197,8 @@ export declare const ErrorCode: {
 	readonly session_closing: 113;
 	readonly stream_limit: 114;
 	readonly quota_exceeded: 115;
+	readonly deadline_exceeded: 116;
+	readonly backend_error: 117;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -422,6 +435,16 @@ export interface PublishOptions {
 	ack?: boolean;
 }
 export declare const CLIENT_NAME = "quiver-ts/0.2";
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+	/** How long the backend may take, in milliseconds; the server's default when absent. The
+	 *  server caps it. */
+	timeoutMs?: number;
+	/** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+	idempotencyKey?: string;
+	/** Aborting rejects the call's promise at once with the signal's reason. */
+	signal?: AbortSignal;
+}
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
@@ -489,6 +512,18 @@ export declare class QuiverClient {
 	 * `subscribed` and apply the subscription's `onPresence` changes.
 	 */
 	presence(room: string): Promise<Member[]>;
+	/**
+	 * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §10).
+	 * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+	 * code: 103 permission_denied, 111 unavailable (no backend serving), 116 deadline_exceeded,
+	 * 117 backend_error, ...
+	 *
+	 * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+	 * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+	 * `signal` rejects with the signal's reason; the server may still run the call.
+	 */
+	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
 	close(): Promise<void>;
 	private emit;

@@ -10,7 +10,8 @@ var COMMAND_TYPES = [
   "Publish",
   "Ping",
   "Refresh",
-  "Presence"
+  "Presence",
+  "Call"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -25,7 +26,8 @@ var EVENT_TYPES = [
   "Goodbye",
   "Presence",
   "Joined",
-  "Left"
+  "Left",
+  "Reply"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -236,6 +238,12 @@ function encodeCommand(frame) {
     case "Presence":
       w.string(c.room);
       break;
+    case "Call":
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -303,6 +311,9 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.member(e.member);
       break;
+    case "Reply":
+      w.bytes(e.payload);
+      break;
   }
   return w.frame();
 }
@@ -368,6 +379,9 @@ function decodeEvent(body) {
     case "Left":
       event = { type, room: r.string(), member: r.member() };
       break;
+    case "Reply":
+      event = { type, payload: r.bytes() };
+      break;
   }
   return { id, event };
 }
@@ -405,6 +419,9 @@ function decodeCommand(body) {
       break;
     case "Presence":
       command = { type, room: r.string() };
+      break;
+    case "Call":
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;
   }
   return { id, command };
@@ -482,7 +499,9 @@ var ErrorCode = {
   slow_consumer: 112,
   session_closing: 113,
   stream_limit: 114,
-  quota_exceeded: 115
+  quota_exceeded: 115,
+  deadline_exceeded: 116,
+  backend_error: 117
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -1401,6 +1420,13 @@ var Subscription = class {
 
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
+function abortable(promise, signal) {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
 var textEncoder = new TextEncoder();
@@ -1570,6 +1596,40 @@ var QuiverClient = class {
     const reply = await session.request(this.nextId(), { type: "Presence", room });
     if (reply.type !== "Presence") throw new QuiverError("protocol", `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §10).
+   * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 116 deadline_exceeded,
+   * 117 backend_error, ...
+   *
+   * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+   * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * `signal` rejects with the signal's reason; the server may still run the call.
+   */
+  async call(method, payload, options = {}) {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const bytes = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    if (!(bytes instanceof Uint8Array)) throw new TypeError("payload must be a Uint8Array or a string");
+    const session = this.active;
+    if (this.closing || !session || session.ended) {
+      throw new QuiverError("closed", "not connected: calls are not queued while disconnected");
+    }
+    const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 4294967295));
+    const command = {
+      type: "Call",
+      method,
+      payload: bytes,
+      timeoutMs,
+      idempotencyKey: options.idempotencyKey ?? ""
+    };
+    const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2e3);
+    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const reply = await (signal ? abortable(request, signal) : request);
+    if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
+    return reply.payload;
   }
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
   async close() {

@@ -41,7 +41,9 @@ export type Command =
   | { type: 'Publish'; room: string; payload: Uint8Array; ack: boolean }
   | { type: 'Ping' }
   | { type: 'Refresh'; token: string }
-  | { type: 'Presence'; room: string };
+  | { type: 'Presence'; room: string }
+  /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §10). */
+  | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -68,7 +70,8 @@ export type Event =
    *  send the field; it then reads as false). */
   | { type: 'Presence'; room: string; members: Member[]; truncated: boolean }
   | { type: 'Joined'; room: string; member: Member }
-  | { type: 'Left'; room: string; member: Member };
+  | { type: 'Left'; room: string; member: Member }
+  | { type: 'Reply'; payload: Uint8Array };
 
 export interface ClientFrame {
   id: number;
@@ -91,6 +94,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Ping',
   'Refresh',
   'Presence',
+  'Call',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -107,6 +111,7 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Presence',
   'Joined',
   'Left',
+  'Reply',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -353,6 +358,12 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
     case 'Presence':
       w.string(c.room);
       break;
+    case 'Call':
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -421,6 +432,9 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
     case 'Left':
       w.string(e.room);
       w.member(e.member);
+      break;
+    case 'Reply':
+      w.bytes(e.payload);
       break;
   }
   return w.frame();
@@ -494,6 +508,9 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Left':
       event = { type, room: r.string(), member: r.member() };
       break;
+    case 'Reply':
+      event = { type, payload: r.bytes() };
+      break;
   }
   return { id, event };
 }
@@ -535,6 +552,9 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
       break;
     case 'Presence':
       command = { type, room: r.string() };
+      break;
+    case 'Call':
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;
   }
   return { id, command };
