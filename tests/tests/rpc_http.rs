@@ -413,3 +413,137 @@ async fn the_cli_calls_and_reports_refusals() -> Result<()> {
     );
     Ok(())
 }
+
+/// The audit log: one line per call and per hooked command, with who, what, the outcome and
+/// the latency, from a real `quiver serve` process (its stderr), never the payload.
+#[tokio::test]
+async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
+    use std::io::BufRead;
+    let (_backend, url) = start_backend().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!("[rpc]\nurl = \"{url}\"\n[[rpc.hooks]]\nnamespace = \"order\"\nsubscribe = true\n"),
+    )?;
+    let mut cmd = quiver_tests::process::serve_command(dir.path())?;
+    cmd.args(["--jwt-secret", SECRET, "--self-signed", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn,quiver::audit=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let _child = Kill(child);
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("QUIVER_READY ").map(str::to_owned));
+        std::thread::spawn(move || lines.for_each(drop));
+        ready
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("quiver exited before it was ready"))?;
+    let ready: Value = serde_json::from_str(&ready)?;
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let port = |field: &str| -> Result<u16> {
+        Ok(ready[field]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<std::net::SocketAddr>()?
+            .port())
+    };
+    let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad hash"))?;
+    let mut config = quiver_client::ClientConfig::new(
+        format!("https://127.0.0.1:{}/v1", port("webtransport")?),
+        token_fixed(call_token("acme", "alice", &["order.*"])),
+    );
+    config.trust = quiver_client::Trust::CertHashes(vec![hash]);
+    config.transport = quiver_client::Transport::WebTransport;
+    let client = Client::connect(config).await?;
+    client.call("order.place", "secret-payload-text").await?;
+    let _ = client.call("order.fail", "x").await;
+    let _ = client.subscribe("order.bob").await;
+    client.close().await;
+
+    let lines = tokio::time::timeout(WAIT, async {
+        loop {
+            let audit: Vec<String> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("quiver::audit"))
+                .cloned()
+                .collect();
+            if audit.len() >= 3 {
+                return audit;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let has = |line: &str, parts: &[&str]| parts.iter().all(|p| line.contains(p));
+    let common = [
+        "user=alice",
+        "tenant=acme",
+        "session=",
+        "request_id=",
+        "latency_ms=",
+    ];
+    assert!(
+        has(&lines[0], &common)
+            && has(
+                &lines[0],
+                &["kind=\"call\"", "method=order.place", "outcome=\"ok\""]
+            ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        has(&lines[1], &common)
+            && has(
+                &lines[1],
+                &["method=order.fail", "outcome=\"backend_error\""]
+            ),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        has(&lines[2], &common)
+            && has(
+                &lines[2],
+                &["kind=\"subscribe\"", "room=order.bob", "decision=\"deny\""]
+            ),
+        "{}",
+        lines[2]
+    );
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| !l.contains("secret-payload-text")));
+    Ok(())
+}
