@@ -50,10 +50,11 @@ export function requireQuiver() {
  * Runs `quiver serve` and resolves once it printed QUIVER_READY. Without `jwtSecret` the server
  * runs in development mode. Logs go to test-artifacts/<name>.log.
  */
-export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0' }) {
+export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0', config = null }) {
   requireQuiver();
   await mkdir(ARTIFACTS, { recursive: true });
   const args = ['serve', '--listen', listen, '--http', http, '--cert-dir', certDir];
+  if (config) args.push('--config', config);
   // Production auth with the generated certificate (the tests pin its hash) must say so.
   if (jwtSecret) args.push('--jwt-secret', jwtSecret, '--self-signed');
   const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
@@ -128,10 +129,11 @@ export function expiredToken({ tenant, user, subscribe = [], publish = [], agoSe
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
 
-export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h', secret = SECRET }) {
+export function token({ tenant, user, subscribe = [], publish = [], call = [], ttl = '1h', secret = SECRET }) {
   const args = ['token', '--jwt-secret', secret, '--tenant', tenant, '--user', user, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
+  for (const p of call) args.push('--call', p);
   return quiver(args);
 }
 
