@@ -215,6 +215,18 @@ async fn nats_failures_map_to_distinct_codes_and_deadlines_are_capped() -> Resul
 
     // The session is fine after all that.
     assert_eq!(client.call("order.place", "ok").await?, &b"b1:ok"[..]);
+
+    // A user id that would forge a header is refused, not sent.
+    let calls_so_far = log.lock().unwrap().len();
+    let forger = connect(
+        &server,
+        call_token("acme", "mallory\r\nQuiver-Tenant: globex", &["order.*"]),
+    )
+    .await?;
+    let (c, msg) = code(forger.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::BadRequest), "{msg}");
+    assert_eq!(log.lock().unwrap().len(), calls_so_far);
+    forger.close().await;
     let page = server.metrics().await?;
     for outcome in ["ok", "timeout", "unavailable", "backend_error"] {
         assert!(
