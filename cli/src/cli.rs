@@ -39,6 +39,8 @@ enum Command {
     Sub(SubArgs),
     /// Publish messages (one, --count copies, or stdin's lines) and wait for the server's acks.
     Pub(PubArgs),
+    /// Call a method on the application's backend and print its answer.
+    Call(crate::call::CallArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -64,6 +66,7 @@ pub fn main() -> ExitCode {
             Command::Token(args) => crate::token::run(args).await,
             Command::Sub(args) => crate::sub::sub(args).await,
             Command::Pub(args) => crate::publish::publish(args).await,
+            Command::Call(args) => crate::call::call(args).await,
         }
     });
     match result {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use quiver_client::{parse_cert_hash, token_fixed, token_fn, ClientConfig, Transport, Trust};
-use quiver_server::auth::{sign_hs256, unix_now, Claims};
+use quiver_server::auth::{unix_now, Claims};
 
 #[derive(Args)]
 pub struct ConnArgs {
@@ -69,7 +69,9 @@ impl ConnArgs {
                             subscribe: vec![">".into()],
                             publish: vec![">".into()],
                         };
-                        sign_hs256(&secret, &claims).map_err(|e| e.to_string())
+                        // The development token may call any method too.
+                        crate::call::sign_with_call(&secret, &claims, &[">".into()])
+                            .map_err(|e| e.to_string())
                     }
                 })
             }

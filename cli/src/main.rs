@@ -1,6 +1,7 @@
 //! `quiver`: the server, plus the small tools around it (configuration check, certificates,
 //! tokens, a terminal subscriber and publisher).
 
+mod call;
 mod cli;
 mod config_cmd;
 mod conn;

@@ -30,6 +30,9 @@ pub struct TokenArgs {
     /// Room patterns the token may publish to (repeatable).
     #[arg(long, num_args = 1..)]
     publish: Vec<String>,
+    /// Method patterns the token may `quiver call` (repeatable).
+    #[arg(long, num_args = 1..)]
+    call: Vec<String>,
     /// Lifetime, e.g. 30s, 10m, 1h.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     ttl: Duration,
@@ -155,8 +158,8 @@ async fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> 
     let (Some(tenant), Some(user)) = (args.tenant, args.user) else {
         bail!("--tenant and --user are required");
     };
-    if args.subscribe.is_empty() && args.publish.is_empty() {
-        bail!("a token without --subscribe or --publish patterns allows nothing");
+    if args.subscribe.is_empty() && args.publish.is_empty() && args.call.is_empty() {
+        bail!("a token without --subscribe, --publish or --call patterns allows nothing");
     }
     if args.ttl.as_secs() == 0 {
         bail!("--ttl must be at least 1s: the token would be expired when issued");
@@ -188,6 +191,9 @@ async fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> 
         }
     }
     map.insert("iat".into(), unix_now().into());
+    if !args.call.is_empty() {
+        map.insert("call".into(), serde_json::json!(args.call));
+    }
     let token = match (&args.private_key, args.algorithm) {
         (Some(path), Some(alg)) => {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

@@ -118,7 +118,7 @@ mod transport;
 mod writer;
 
 pub use backoff::Backoff;
-pub use client::{Client, ConnectionState, WelcomeInfo};
+pub use client::{CallOptions, Client, ConnectionState, WelcomeInfo};
 pub use config::{
     connect_url, parse_cert_hash, token_fixed, token_fn, ws_url, ClientConfig, Heartbeat,
     TokenProvider, Transport, Trust, WS_PATH,

@@ -88,6 +88,12 @@ codes! {
         /// A `History` `since` position is no longer in the room's history (trimmed, or of
         /// another epoch): page from the start (`since` absent) and re-sync.
         UnrecoverablePosition = 117, "unrecoverable_position";
+        /// A `Call` (or a backend hook) got no answer before its deadline. The backend may
+        /// still have run it: retry only with the same idempotency key.
+        DeadlineExceeded = 118, "deadline_exceeded";
+        /// The backend answered a `Call` with an error of its own (HTTP 5xx, or a NATS reply
+        /// with a `Quiver-Status` header); the message is the backend's.
+        BackendError = 119, "backend_error";
     }
 }
 

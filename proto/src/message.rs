@@ -75,11 +75,23 @@ pub enum Command {
         since: Option<Position>,
         limit: u32,
     },
+    /// 8. Asks the application's backend to run `method` (a dot-separated name, validated like
+    ///    a room name; the token's `call` claim must allow it). Answered by `Reply` or `Error`.
+    ///    Never buffered by clients while disconnected (PROTOCOL.md §11).
+    Call {
+        method: String,
+        payload: Bytes,
+        /// Milliseconds the caller will wait; 0 takes the server's default. Capped by the
+        /// server's maximum.
+        timeout_ms: u32,
+        /// Passed to the backend as is, so it can recognise a retried call; empty for none.
+        idempotency_key: String,
+    },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 8;
+    pub const KNOWN: u32 = 9;
 }
 
 /// One publication kept in a room's history, as `History` answers it.
@@ -205,6 +217,8 @@ pub enum Event {
         sequence: u64,
         payload: Bytes,
     },
+    /// 15. Answer to `Call`: what the backend returned.
+    Reply { payload: Bytes },
 }
 
 /// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
@@ -261,7 +275,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 15;
+const EVENTS_KNOWN: u32 = 16;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -416,6 +430,18 @@ mod tests {
             ".{0,20}".prop_map(|room| Command::Presence { room }),
             (".{0,20}", arb_position(), any::<u32>())
                 .prop_map(|(room, since, limit)| Command::History { room, since, limit }),
+            (
+                ".{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u32>(),
+                ".{0,20}"
+            )
+                .prop_map(|(method, p, timeout_ms, idempotency_key)| Command::Call {
+                    method,
+                    payload: Bytes::from(p),
+                    timeout_ms,
+                    idempotency_key
+                }),
         ]
     }
 
@@ -499,6 +525,9 @@ mod tests {
                         .collect(),
                     truncated,
                 }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|p| Event::Reply {
+                payload: Bytes::from(p)
+            }),
         ]
     }
 

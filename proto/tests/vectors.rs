@@ -347,6 +347,23 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 payload: Bytes::from_static(b"xy"),
             },
         ),
+        cmd(
+            "call",
+            9,
+            Command::Call {
+                method: "order.place".into(),
+                payload: Bytes::from_static(b"{\"qty\":2}"),
+                timeout_ms: 1500,
+                idempotency_key: "k-1".into(),
+            },
+        ),
+        ev(
+            "reply",
+            9,
+            Event::Reply {
+                payload: Bytes::from_static(b"o-42"),
+            },
+        ),
     ]
 }
 

@@ -97,9 +97,14 @@ pub struct Grant {
     pub expires_at: u64,
     subscribe: Vec<Pattern>,
     publish: Vec<Pattern>,
+    /// The `call` claim: methods this user may `Call` (none without the claim).
+    call: Vec<Pattern>,
 }
 
 impl Grant {
+    pub fn may_call(&self, method: &RoomName) -> bool {
+        self.call.iter().any(|p| p.matches(method))
+    }
     pub fn may_subscribe(&self, room: &RoomName) -> bool {
         self.subscribe.iter().any(|p| p.matches(room))
     }
@@ -255,11 +260,13 @@ impl Verifier {
             .get("jti")
             .and_then(|v| v.as_str())
             .map(str::to_owned);
+        // Read apart from `Claims` so the struct (built by token issuers) keeps its fields.
+        let call = call_patterns(&data.claims)?;
         let claims = claims_from(data.claims)?;
         if claims.exp.saturating_add(self.leeway_secs) <= now {
             return Err(AuthError::Expired);
         }
-        grant_from(claims).map(|grant| Grant { jti, ..grant })
+        grant_from(claims).map(|grant| Grant { jti, call, ..grant })
     }
 }
 
@@ -442,6 +449,28 @@ fn claims_from(value: serde_json::Value) -> Result<Claims, AuthError> {
     })
 }
 
+/// The `call` claim: an optional array of method patterns (NATS-style, like room patterns).
+fn call_patterns(claims: &serde_json::Value) -> Result<Vec<Pattern>, AuthError> {
+    let claim_err = |reason: String| AuthError::Claim {
+        claim: "call",
+        reason,
+    };
+    match claims.get("call") {
+        None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+        Some(serde_json::Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = p
+                    .as_str()
+                    .ok_or_else(|| claim_err("must be an array of strings".into()))?;
+                Pattern::parse(p).map_err(|e| claim_err(format!("[{i}]: {e}")))
+            })
+            .collect(),
+        Some(_) => Err(claim_err("must be an array of strings".into())),
+    }
+}
+
 fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     let claim_err = |claim, reason: String| AuthError::Claim { claim, reason };
     if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
@@ -457,6 +486,7 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     Ok(Grant {
         subscribe: patterns(&claims.subscribe, "subscribe")?,
         publish: patterns(&claims.publish, "publish")?,
+        call: Vec::new(),
         user: claims.sub,
         tenant,
         expires_at: claims.exp,

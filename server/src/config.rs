@@ -31,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "quotas",
     "https",
     "api",
+    "rpc",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +74,8 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// The backend API's keys.
     pub api: ApiConfig,
+    /// `Call` routing and backend hooks (`crate::rpc`).
+    pub rpc: crate::rpc::RpcConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -503,6 +506,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             quotas: QuotasConfig::default(),
             api: ApiConfig::default(),
+            rpc: crate::rpc::RpcConfig::default(),
         }
     }
 }
@@ -664,6 +668,7 @@ impl Config {
         if self.tls.reload_interval.is_zero() {
             return Err("tls.reload_interval must be positive".into());
         }
+        self.rpc.validate()?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@ pub mod presence;
 pub mod quota;
 pub mod registry;
 pub mod revocation;
+pub mod rpc;
 mod server;
 mod session;
 mod subscription;

@@ -82,6 +82,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcSetupError),
 }
 
 /// Development-mode extras: the secret `quiver token` and the demo sign with.
@@ -120,6 +122,8 @@ pub struct Shared {
     pub alt_svc: Option<axum::http::HeaderValue>,
     /// Users with a session here in the last minute: the reconnect-frequency metric.
     pub recent_users: crate::metrics::RecentUsers,
+    /// The way to the application's backend, for `Call` and hooks.
+    pub rpc: Arc<crate::rpc::Rpc>,
 }
 
 impl Shared {
@@ -225,6 +229,7 @@ impl Server {
             Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
+        let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
         let revocations = Arc::new(crate::revocation::Revocations::default());
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
@@ -258,6 +263,7 @@ impl Server {
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
             recent_users: Default::default(),
+            rpc,
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);

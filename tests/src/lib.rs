@@ -16,6 +16,7 @@ pub mod nats;
 mod observe;
 pub mod process;
 mod raw;
+pub mod rpc;
 
 pub use observe::{wait_metric, wait_ready};
 

@@ -64,6 +64,14 @@ export type Command = {
 	room: string;
 	since: Position | null;
 	limit: number;
+}
+/** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
+ | {
+	type: "Call";
+	method: string;
+	payload: Uint8Array;
+	timeoutMs: number;
+	idempotencyKey: string;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -144,6 +152,9 @@ type Event$1 = {
 	type: "Latest";
 	room: string;
 	sequence: bigint;
+	payload: Uint8Array;
+} | {
+	type: "Reply";
 	payload: Uint8Array;
 };
 export interface ClientFrame {
@@ -229,6 +240,8 @@ export declare const ErrorCode: {
 	readonly quota_exceeded: 115;
 	readonly unsubscribed: 116;
 	readonly unrecoverable_position: 117;
+	readonly deadline_exceeded: 118;
+	readonly backend_error: 119;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -505,6 +518,16 @@ export interface HistoryPage {
 	/** More is kept after the last publication than this page holds: ask again from it. */
 	truncated: boolean;
 }
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+	/** How long the backend may take, in milliseconds; the server's default when absent. The
+	 *  server caps it. */
+	timeoutMs?: number;
+	/** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+	idempotencyKey?: string;
+	/** Aborting rejects the call's promise at once with the signal's reason. */
+	signal?: AbortSignal;
+}
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
@@ -583,6 +606,18 @@ export declare class QuiverClient {
 	 * re-sync), and with 101 bad_request when the room's namespace keeps no history.
 	 */
 	history(room: string, options?: HistoryOptions): Promise<HistoryPage>;
+	/**
+	 * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+	 * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+	 * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+	 * 119 backend_error, ...
+	 *
+	 * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+	 * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+	 * `signal` rejects with the signal's reason; the server may still run the call.
+	 */
+	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
 	close(): Promise<void>;
 	private emit;

@@ -11,7 +11,8 @@ var COMMAND_TYPES = [
   "Ping",
   "Refresh",
   "Presence",
-  "History"
+  "History",
+  "Call"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -28,7 +29,8 @@ var EVENT_TYPES = [
   "Joined",
   "Left",
   "History",
-  "Latest"
+  "Latest",
+  "Reply"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -258,6 +260,12 @@ function encodeCommand(frame) {
       w.option(c.since, (p) => w.position(p));
       w.varint(c.limit, MAX_U32);
       break;
+    case "Call":
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -341,6 +349,9 @@ function encodeEvent(frame) {
       w.varint64(e.sequence);
       w.bytes(e.payload);
       break;
+    case "Reply":
+      w.bytes(e.payload);
+      break;
   }
   return w.frame();
 }
@@ -418,6 +429,9 @@ function decodeEvent(body) {
     case "Latest":
       event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
       break;
+    case "Reply":
+      event = { type, payload: r.bytes() };
+      break;
   }
   return { id, event };
 }
@@ -479,6 +493,9 @@ function decodeCommand(body) {
       command = { type, room, since, limit: r.u32() };
       break;
     }
+    case "Call":
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
+      break;
   }
   return { id, command };
 }
@@ -557,7 +574,9 @@ var ErrorCode = {
   stream_limit: 114,
   quota_exceeded: 115,
   unsubscribed: 116,
-  unrecoverable_position: 117
+  unrecoverable_position: 117,
+  deadline_exceeded: 118,
+  backend_error: 119
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -1542,6 +1561,13 @@ var Subscription = class {
 
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
+function abortable(promise, signal) {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
 var textEncoder = new TextEncoder();
@@ -1744,6 +1770,40 @@ var QuiverClient = class {
       publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
       truncated: reply.truncated
     };
+  }
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+   * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
+   *
+   * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+   * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * `signal` rejects with the signal's reason; the server may still run the call.
+   */
+  async call(method, payload, options = {}) {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const bytes = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    if (!(bytes instanceof Uint8Array)) throw new TypeError("payload must be a Uint8Array or a string");
+    const session = this.active;
+    if (this.closing || !session || session.ended) {
+      throw new QuiverError("closed", "not connected: calls are not queued while disconnected");
+    }
+    const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 4294967295));
+    const command = {
+      type: "Call",
+      method,
+      payload: bytes,
+      timeoutMs,
+      idempotencyKey: options.idempotencyKey ?? ""
+    };
+    const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2e3);
+    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const reply = await (signal ? abortable(request, signal) : request);
+    if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
+    return reply.payload;
   }
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
   async close() {

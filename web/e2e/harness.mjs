@@ -132,10 +132,11 @@ export function expiredToken({ tenant, user, subscribe = [], publish = [], agoSe
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
 
-export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h', secret = SECRET }) {
+export function token({ tenant, user, subscribe = [], publish = [], call = [], ttl = '1h', secret = SECRET }) {
   const args = ['token', '--jwt-secret', secret, '--tenant', tenant, '--user', user, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
+  for (const p of call) args.push('--call', p);
   return quiver(args);
 }
 

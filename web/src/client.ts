@@ -86,6 +86,26 @@ export type {
 } from './options.js';
 
 
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+  /** How long the backend may take, in milliseconds; the server's default when absent. The
+   *  server caps it. */
+  timeoutMs?: number;
+  /** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+  idempotencyKey?: string;
+  /** Aborting rejects the call's promise at once with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
 /** Client-side state of one subscription. */
 interface SubState {
   sub: Subscription;
@@ -339,6 +359,42 @@ export class QuiverClient {
       publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
       truncated: reply.truncated,
     };
+  }
+
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+   * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
+   *
+   * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+   * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * `signal` rejects with the signal's reason; the server may still run the call.
+   */
+  async call(method: string, payload: Uint8Array | string, options: CallOptions = {}): Promise<Uint8Array> {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const bytes = typeof payload === 'string' ? textEncoder.encode(payload) : payload;
+    if (!(bytes instanceof Uint8Array)) throw new TypeError('payload must be a Uint8Array or a string');
+    const session = this.active;
+    if (this.closing || !session || session.ended) {
+      throw new QuiverError('closed', 'not connected: calls are not queued while disconnected');
+    }
+    const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 0xffff_ffff));
+    const command: Command = {
+      type: 'Call',
+      method,
+      payload: bytes,
+      timeoutMs,
+      idempotencyKey: options.idempotencyKey ?? '',
+    };
+    // The server answers deadline_exceeded at the deadline: wait a little longer than that.
+    const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2_000);
+    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const reply = await (signal ? abortable(request, signal) : request);
+    if (reply.type !== 'Reply') throw new QuiverError('protocol', `expected Reply, got ${reply.type}`);
+    return reply.payload;
   }
 
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */

@@ -48,7 +48,9 @@ export type Command =
   | { type: 'Ping' }
   | { type: 'Refresh'; token: string }
   | { type: 'Presence'; room: string }
-  | { type: 'History'; room: string; since: Position | null; limit: number };
+  | { type: 'History'; room: string; since: Position | null; limit: number }
+  /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
+  | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -81,7 +83,8 @@ export type Event =
   /** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
   | { type: 'History'; room: string; position: Position | null; publications: HistoryItem[]; truncated: boolean }
   /** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
-  | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array };
+  | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array }
+  | { type: 'Reply'; payload: Uint8Array };
 
 export interface ClientFrame {
   id: number;
@@ -105,6 +108,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Refresh',
   'Presence',
   'History',
+  'Call',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -123,6 +127,7 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Left',
   'History',
   'Latest',
+  'Reply',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -391,6 +396,12 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
       w.option(c.since, (p) => w.position(p));
       w.varint(c.limit, MAX_U32);
       break;
+    case 'Call':
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -475,6 +486,9 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
     case 'Latest':
       w.string(e.room);
       w.varint64(e.sequence);
+      w.bytes(e.payload);
+      break;
+    case 'Reply':
       w.bytes(e.payload);
       break;
   }
@@ -562,6 +576,9 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Latest':
       event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
       break;
+    case 'Reply':
+      event = { type, payload: r.bytes() };
+      break;
   }
   return { id, event };
 }
@@ -640,6 +657,9 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
       command = { type, room, since, limit: r.u32() };
       break;
     }
+    case 'Call':
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
+      break;
   }
   return { id, command };
 }

@@ -20,6 +20,8 @@ export const ErrorCode = {
   quota_exceeded: 115,
   unsubscribed: 116,
   unrecoverable_position: 117,
+  deadline_exceeded: 118,
+  backend_error: 119,
 } as const;
 
 export const CloseCode = {

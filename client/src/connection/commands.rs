@@ -95,6 +95,29 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            // Never buffered: a command must not run twice (or late) because of a reconnect.
+            Request::Call {
+                method,
+                payload,
+                timeout_ms,
+                idempotency_key,
+                reply,
+            } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::Call {
+                            method,
+                            payload,
+                            timeout_ms,
+                            idempotency_key,
+                        },
+                        Some(Pending::Call { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
@@ -334,6 +357,9 @@ impl Actor {
                 Some(Pending::History { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::Call { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::Refresh) => {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
@@ -381,6 +407,12 @@ impl Actor {
                     }));
                 }
                 _ => tracing::warn!(id, %room, "unexpected History"),
+            },
+            Event::Reply { payload } => match live.pending.remove(&id) {
+                Some(Pending::Call { reply }) => {
+                    let _ = reply.send(Ok(payload));
+                }
+                _ => tracing::warn!(id, "unexpected Reply"),
             },
             Event::Welcome { .. }
             | Event::Publication { .. }

@@ -88,6 +88,13 @@ pub(crate) enum Request {
         limit: u32,
         reply: Reply<crate::HistoryPage>,
     },
+    Call {
+        method: String,
+        payload: Bytes,
+        timeout_ms: u32,
+        idempotency_key: String,
+        reply: Reply<Bytes>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -143,6 +150,9 @@ enum Pending {
     },
     History {
         reply: Reply<crate::HistoryPage>,
+    },
+    Call {
+        reply: Reply<Bytes>,
     },
     Refresh,
     /// A heartbeat `Ping`: its `Pong` matters only as traffic.
@@ -676,6 +686,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::History { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Call { reply } => {
             let _ = reply.send(Err(err()));
         }
     }

@@ -43,6 +43,8 @@ impl Session {
                 format!("subscription limit of {max} reached"),
             ));
         }
+        self.ask_hook(crate::rpc::Hook::Subscribe, &key.room, None)
+            .await?;
         if let Some(quota) = &self.quota {
             quota
                 .add_subscription()
@@ -214,6 +216,14 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
+        // The backend's word, once per command and before fan-out (never per delivery).
+        let payload = match self
+            .ask_hook(crate::rpc::Hook::Publish, &key.room, Some(&payload))
+            .await?
+        {
+            Some(replaced) => replaced,
+            None => payload,
+        };
         if let Some(quota) = &self.quota {
             quota
                 .publish(payload.len(), std::time::Instant::now())

@@ -6,6 +6,7 @@
 //!
 //! The commands themselves are in `commands.rs`; the command rate meter in `meter.rs`.
 
+mod calls;
 mod commands;
 mod datagrams;
 mod meter;
@@ -125,6 +126,8 @@ pub struct Session {
     stalled: bool,
     /// Traffic, for the closing log line.
     tally: Arc<m::Tally>,
+    /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
+    calls: tokio::task::JoinSet<calls::CallDone>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -160,6 +163,7 @@ pub async fn run(
         quota: None,
         stalled: false,
         tally: Arc::default(),
+        calls: tokio::task::JoinSet::new(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -253,6 +257,7 @@ impl Session {
                     Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
                 },
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
+                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => self.call_done(done).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
                         // A datagram publication: nobody to tell.
@@ -420,6 +425,12 @@ impl Session {
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
             Command::History { room, since, limit } => self.history(&room, since, limit).await,
+            Command::Call {
+                method,
+                payload,
+                timeout_ms,
+                idempotency_key,
+            } => self.call(id, &method, payload, timeout_ms, idempotency_key),
         };
         match result {
             Ok(Some(event)) => {
