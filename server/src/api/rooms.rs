@@ -121,6 +121,17 @@ pub struct TenantRequest {
     tenant: Option<String>,
 }
 
+impl TenantRequest {
+    /// An empty body is `{}`: a tenant's key needs to say nothing.
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            Ok(Self { tenant: None })
+        } else {
+            parse(body)
+        }
+    }
+}
+
 /// `POST /api/v1/rooms` `{tenant?}`: the tenant's rooms with subscribers anywhere in the
 /// cluster, `{"rooms": [{"room", "subscribers"}], "truncated"}` (subscribers summed over the
 /// instances; each instance lists at most `control::MAX_ROOMS` rooms).
@@ -130,13 +141,7 @@ pub async fn rooms(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = require_key(&shared, &headers)?;
-    let body = body?;
-    // An empty body is `{}`: a tenant's key needs to say nothing.
-    let request: TenantRequest = if body.is_empty() {
-        TenantRequest { tenant: None }
-    } else {
-        parse(&body)?
-    };
+    let request = TenantRequest::parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let nodes = shared
         .control
@@ -169,12 +174,7 @@ pub async fn info(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = require_key(&shared, &headers)?;
-    let body = body?;
-    let request: TenantRequest = if body.is_empty() {
-        TenantRequest { tenant: None }
-    } else {
-        parse(&body)?
-    };
+    let request = TenantRequest::parse(&body?)?;
     let tenant = match (&caller, request.tenant.as_deref()) {
         (super::auth::Caller::Admin, None) => None,
         (_, named) => Some(caller.tenant(named)?.to_string()),
