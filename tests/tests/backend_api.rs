@@ -530,3 +530,28 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// An instance lists at most `MAX_ROOMS` rooms (and says it cut the list); its counts stay whole.
+#[tokio::test]
+async fn rooms_are_listed_up_to_the_bound() -> anyhow::Result<()> {
+    let max = quiver_server::control::MAX_ROOMS;
+    let server = TestServer::start_with(|c| {
+        configure(c);
+        c.limits.max_subscriptions = (max + 1) as u32;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut raw = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "many")).await?;
+    let mut streams = Vec::new();
+    for i in 0..=max {
+        streams.push(raw.subscribe(&format!("r.{i:04}")).await?);
+    }
+    let (status, rooms) = api_post(&server, "rooms", ACME, json!({})).await?;
+    assert_eq!(status, 200);
+    assert_eq!(rooms["rooms"].as_array().map(Vec::len), Some(max));
+    assert_eq!(rooms["truncated"], true);
+    let (_, info) = api_post(&server, "info", ACME, json!({})).await?;
+    assert_eq!(info["nodes"][0]["rooms"], max + 1);
+    assert_eq!(info["nodes"][0]["subscriptions"], max + 1);
+    Ok(())
+}

@@ -132,7 +132,7 @@ pub fn routes() -> Vec<Route> {
         Route {
             method: "post",
             path: "/api/v1/unsubscribe",
-            summary: "End a user's subscription to a room on every instance (unsolicited `Unsubscribed`, code 116).",
+            summary: "End a user's subscription to a room on every instance (unsolicited `Unsubscribed`, code `unsubscribed`).",
             auth: Auth::ApiKey,
             request: Some(object(&["user", "room"], json!({"tenant": tenant, "user": string, "room": string, "session": string, "reason": string}))),
             response: object(&["unsubscribed_here"], json!({"unsubscribed_here": count})),

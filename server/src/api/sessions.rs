@@ -128,7 +128,7 @@ pub struct UnsubscribeRequest {
 
 /// `POST /api/v1/unsubscribe` `{tenant?, user, room, session?, reason?}`: ends the user's (or
 /// one of its sessions') subscription to the room on every instance; each such session gets an
-/// unsolicited `Unsubscribed` with code 116 `unsubscribed` and stays open.
+/// unsolicited `Unsubscribed` with code `unsubscribed` and stays open.
 pub async fn unsubscribe(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
