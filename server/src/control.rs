@@ -4,9 +4,9 @@
 //! `quiver.<tenant>.control.{disconnect,revoke,unsubscribe}` and every instance (this one
 //! included) applies it to its own sessions, so the action takes effect cluster-wide within one
 //! NATS round trip. Statistics (`/api/v1/info`, `/api/v1/rooms`) are gathered by request/reply
-//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in the JetStream
-//! key-value bucket `quiver_revoked` (each until its token's expiry), which an instance loads
-//! when it starts.
+//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in
+//! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry), which an
+//! instance loads when it starts.
 
 use std::sync::Arc;
 

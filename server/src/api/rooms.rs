@@ -104,7 +104,9 @@ pub async fn history(
     let publications: Vec<Value> = page
         .publications
         .iter()
-        .map(|(p, payload)| json!({"position": encoding::position(Some(*p)), "payload": encoding::base64(payload)}))
+        .map(|(p, payload)| {
+            json!({"position": encoding::position(Some(*p)), "payload": encoding::base64(payload)})
+        })
         .collect();
     Ok(Json(json!({
         "room": name,
