@@ -302,16 +302,7 @@ async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
         );
         assert!(operation["responses"]["200"].is_object());
         assert!(operation["responses"]["default"].is_object());
-        let url = format!(
-            "http://{}{}",
-            server.http,
-            route.path.replace("{room}", "h.a")
-        );
-        let request = match route.method {
-            "get" => http.get(url),
-            "post" => http.post(url),
-            other => anyhow::bail!("unexpected method {other}"),
-        };
+        let request = request_for(&http, &server, route)?;
         let status = request
             .bearer_auth(ACME)
             .body("{}")
@@ -382,6 +373,24 @@ async fn publish_with_an_api_key_answers_positions_as_strings() -> anyhow::Resul
     Ok(())
 }
 
+/// A request for a route of the table, its path parameter filled in.
+fn request_for(
+    http: &reqwest::Client,
+    server: &TestServer,
+    route: &quiver_server::api::Route,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let url = format!(
+        "http://{}{}",
+        server.http,
+        route.path.replace("{room}", "h.a")
+    );
+    Ok(match route.method {
+        "get" => http.get(url),
+        "post" => http.post(url),
+        other => anyhow::bail!("unexpected method {other}"),
+    })
+}
+
 /// Whatever body reaches an endpoint, the answer is never a server error: a 2xx, or a 4xx in
 /// the one error shape.
 #[tokio::test]
@@ -404,15 +413,7 @@ async fn no_body_makes_the_api_fail() -> anyhow::Result<()> {
     ];
     for route in quiver_server::api::routes() {
         for body in &bodies {
-            let url = format!(
-                "http://{}{}",
-                server.http,
-                route.path.replace("{room}", "h.a")
-            );
-            let request = match route.method {
-                "get" => http.get(url),
-                _ => http.post(url),
-            };
+            let request = request_for(&http, &server, &route)?;
             let response = request.bearer_auth(ACME).body(body.clone()).send().await?;
             let status = response.status().as_u16();
             assert!(status < 500, "{} {}: {status}", route.method, route.path);
