@@ -81,8 +81,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// `Authorization: Bearer KEY` on `/api/v1/…` admin endpoints (disconnect). A key with a
-    /// `tenant` acts on that tenant only; without one it acts on every tenant.
+    /// `Authorization: Bearer KEY` on the `/api/v1/…` endpoints (README "Backend API"). A key
+    /// with a `tenant` acts on that tenant only; without one it acts on every tenant.
     pub keys: Vec<ApiKey>,
 }
 

@@ -4,9 +4,9 @@
 //! `quiver.<tenant>.control.{disconnect,revoke,unsubscribe}` and every instance (this one
 //! included) applies it to its own sessions, so the action takes effect cluster-wide within one
 //! NATS round trip. Statistics (`/api/v1/info`, `/api/v1/rooms`) are gathered by request/reply
-//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in the JetStream
-//! key-value bucket `quiver_revoked` (each until its token's expiry), which an instance loads
-//! when it starts.
+//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in
+//! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry), which an
+//! instance loads when it starts.
 
 use std::sync::Arc;
 
@@ -44,6 +44,15 @@ pub struct Unsubscribe {
     pub selector: Selector,
     pub room: String,
     pub reason: String,
+}
+
+/// A control message with the instance it comes from, so that instance (which applied it
+/// already, to count its own sessions) does not apply it twice.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FromNode<T> {
+    origin: String,
+    #[serde(flatten)]
+    body: T,
 }
 
 /// The subject statistics are asked on: outside `quiver.<tenant>.control.*`, it is not any
@@ -245,7 +254,11 @@ impl Control {
     ) -> Result<usize, String> {
         let local = self.apply_unsubscribe(&unsubscribe);
         if let Some(nats) = &self.nats {
-            let body = serde_json::to_vec(&unsubscribe).map_err(|e| e.to_string())?;
+            let message = FromNode {
+                origin: self.node.clone(),
+                body: unsubscribe,
+            };
+            let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
             nats.publish(format!("quiver.{tenant}.control.unsubscribe"), body.into())
                 .await
                 .map_err(|e| format!("nats: {e}"))?;
@@ -404,8 +417,11 @@ impl Control {
                     Err(e) => warn!(error = %e, "control plane: malformed revocation"),
                 },
                 Some("unsubscribe") => {
-                    match serde_json::from_slice::<Unsubscribe>(&message.payload) {
-                        Ok(mut u) => {
+                    match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload) {
+                        // Applied already where it was asked for; a second time would end a
+                        // subscription made again in between.
+                        Ok(m) if m.origin == self.node => {}
+                        Ok(FromNode { body: mut u, .. }) => {
                             u.selector.tenant = tenant.to_owned();
                             let n = self.apply_unsubscribe(&u);
                             debug!(tenant, n, "unsubscribe from the control plane");

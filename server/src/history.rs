@@ -73,7 +73,11 @@ pub async fn page(
             let current = shared.broker.recover(key.clone(), None).await?.current;
             break (current, Vec::new());
         };
-        let recovered = shared.broker.recover(key.clone(), Some(from)).await?;
+        // One more than the page holds says whether more is kept after it.
+        let recovered = shared
+            .broker
+            .recover_some(key.clone(), from, limit.saturating_add(1))
+            .await?;
         match recovered.replay {
             Some(kept) => break (recovered.current, kept),
             None if since.is_none() && attempts > 1 => attempts -= 1,
@@ -86,6 +90,7 @@ pub async fn page(
         }
     };
     let budget = max_bytes.saturating_sub(OVERHEAD);
+    // `kept` holds at most `limit + 1`: one past the page is enough to say `truncated`.
     let mut used = 0;
     let mut publications = Vec::new();
     for (position, payload) in &kept {

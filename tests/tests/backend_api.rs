@@ -42,23 +42,6 @@ fn configure(c: &mut quiver_server::Config) {
     }
 }
 
-/// POSTs JSON to `/api/v1/{path}` with `key`; the status and the JSON answer.
-async fn api(
-    server: &TestServer,
-    path: &str,
-    key: &str,
-    body: Value,
-) -> anyhow::Result<(u16, Value)> {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/{path}", server.http))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or_default()))
-}
-
 /// Asserts an error answer: its status and its stable code.
 async fn refused(
     server: &TestServer,
@@ -68,7 +51,7 @@ async fn refused(
     status: u16,
     code: &str,
 ) -> anyhow::Result<()> {
-    let (got, answer) = api(server, path, key, body.clone()).await?;
+    let (got, answer) = api_post(server, path, key, body.clone()).await?;
     assert_eq!(got, status, "{path} {body}: {answer}");
     assert_eq!(answer["error"]["code"], code, "{path} {body}: {answer}");
     assert!(answer["error"]["message"]
@@ -96,7 +79,7 @@ async fn broadcast_reaches_every_named_room_of_one_tenant() -> anyhow::Result<()
     let mut other = Raw::connect(&server, &full_token("other", "s")).await?;
     let mut theirs = other.subscribe("news.a").await?;
 
-    let (status, answer) = api(
+    let (status, answer) = api_post(
         &server,
         "broadcast",
         ACME,
@@ -118,7 +101,7 @@ async fn broadcast_reaches_every_named_room_of_one_tenant() -> anyhow::Result<()
     // Bytes by base64; an admin key names the tenant.
     let raw_bytes = [0u8, 159, 146, 150];
     let b64 = base64::engine::general_purpose::STANDARD.encode(raw_bytes);
-    let (status, _) = api(
+    let (status, _) = api_post(
         &server,
         "broadcast",
         ADMIN,
@@ -197,7 +180,7 @@ async fn broadcast_reaches_every_named_room_of_one_tenant() -> anyhow::Result<()
     }
     // A payload over max_payload is refused per room, not published.
     let big = "x".repeat(server_max_payload() + 1);
-    let (status, answer) = api(
+    let (status, answer) = api_post(
         &server,
         "broadcast",
         ACME,
@@ -207,7 +190,7 @@ async fn broadcast_reaches_every_named_room_of_one_tenant() -> anyhow::Result<()
     assert_eq!(status, 200);
     assert_eq!(answer["results"][0]["error"]["code"], "payload_too_large");
     // Nothing of the refused ones arrived: the next is a marker.
-    api(
+    api_post(
         &server,
         "broadcast",
         ACME,
@@ -229,7 +212,7 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
     let mut bob = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "bob")).await?;
     let _a = alice.subscribe("p.room").await?;
     let _b = bob.subscribe("p.room").await?;
-    let (status, answer) = api(&server, "presence", ACME, json!({"room": "p.room"})).await?;
+    let (status, answer) = api_post(&server, "presence", ACME, json!({"room": "p.room"})).await?;
     assert_eq!(status, 200, "{answer}");
     let users: Vec<&str> = answer["members"]
         .as_array()
@@ -238,45 +221,43 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
         .filter_map(|m| m["user"].as_str())
         .collect();
     assert_eq!(users, ["alice", "bob"]);
-    let (_, theirs) = api(&server, "presence", OTHER, json!({"room": "p.room"})).await?;
+    let (_, theirs) = api_post(&server, "presence", OTHER, json!({"room": "p.room"})).await?;
     assert_eq!(
         theirs["members"],
         json!([]),
         "another tenant's room is another room"
     );
-    refused(
-        &server,
-        "presence",
-        ACME,
-        json!({"room": "news.x"}),
-        400,
-        "bad_request",
-    )
-    .await?;
-    refused(
-        &server,
-        "presence",
-        ACME,
-        json!({"tenant": "other", "room": "p.room"}),
-        403,
-        "permission_denied",
-    )
-    .await?;
-    refused(
-        &server,
-        "presence",
-        ACME,
-        json!({"room": "p.room", "extra": 1}),
-        400,
-        "bad_request",
-    )
-    .await?;
+    for (path, key, body, status, code) in [
+        (
+            "presence",
+            ACME,
+            json!({"room": "news.x"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "presence",
+            ACME,
+            json!({"tenant": "other", "room": "p.room"}),
+            403,
+            "permission_denied",
+        ),
+        (
+            "presence",
+            ACME,
+            json!({"room": "p.room", "extra": 1}),
+            400,
+            "bad_request",
+        ),
+    ] {
+        refused(&server, path, key, body, status, code).await?;
+    }
 
     let mut positions = Vec::new();
     for i in 0..5u8 {
         positions.push(alice.published("h.log", &[b'a' + i]).await?);
     }
-    let (status, page) = api(
+    let (status, page) = api_post(
         &server,
         "history",
         ACME,
@@ -295,7 +276,7 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
         json!({"epoch": last.epoch.to_string(), "offset": last.offset.to_string()})
     );
     let since = items[1]["position"].clone();
-    let (_, rest) = api(
+    let (_, rest) = api_post(
         &server,
         "history",
         ACME,
@@ -311,7 +292,7 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
     assert_eq!(payloads, ["Yw==", "ZA==", "ZQ=="]);
     assert_eq!(rest["truncated"], false);
     // Numbers are accepted too (as documented), when they fit.
-    let (status, _) = api(
+    let (status, _) = api_post(
         &server,
         "history",
         ACME,
@@ -319,34 +300,32 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 409, "another epoch: unrecoverable");
-    refused(
-        &server,
-        "history",
-        ACME,
-        json!({"room": "h.log", "since": {"epoch": last.epoch.to_string(), "offset": "x"}}),
-        400,
-        "bad_request",
-    )
-    .await?;
-    refused(
-        &server,
-        "history",
-        ACME,
-        json!({"room": "news.x"}),
-        400,
-        "bad_request",
-    )
-    .await?;
-    refused(
-        &server,
-        "history",
-        OTHER,
-        json!({"tenant": "acme", "room": "h.log"}),
-        403,
-        "permission_denied",
-    )
-    .await?;
-    let (_, theirs) = api(&server, "history", OTHER, json!({"room": "h.log"})).await?;
+    for (path, key, body, status, code) in [
+        (
+            "history",
+            ACME,
+            json!({"room": "h.log", "since": {"epoch": last.epoch.to_string(), "offset": "x"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "history",
+            ACME,
+            json!({"room": "news.x"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "history",
+            OTHER,
+            json!({"tenant": "acme", "room": "h.log"}),
+            403,
+            "permission_denied",
+        ),
+    ] {
+        refused(&server, path, key, body, status, code).await?;
+    }
+    let (_, theirs) = api_post(&server, "history", OTHER, json!({"room": "h.log"})).await?;
     assert_eq!(theirs["publications"], json!([]));
     Ok(())
 }
@@ -365,7 +344,7 @@ async fn unsubscribe_ends_one_room_of_one_user_and_keeps_the_session() -> anyhow
     let mut bob_a = bob.subscribe("news.a").await?;
     let mut other_a = other_alice.subscribe("news.a").await?;
 
-    let (status, answer) = api(
+    let (status, answer) = api_post(
         &server,
         "unsubscribe",
         ACME,
@@ -399,51 +378,45 @@ async fn unsubscribe_ends_one_room_of_one_user_and_keeps_the_session() -> anyhow
     publ.publish("news.a", b"again").await?;
     assert_eq!(again.payload().await?, Bytes::from_static(b"again"));
 
-    refused(
-        &server,
-        "unsubscribe",
-        ACME,
-        json!({"user": "alice"}),
-        400,
-        "bad_request",
-    )
-    .await?;
-    refused(
-        &server,
-        "unsubscribe",
-        ACME,
-        json!({"user": "alice", "room": "a.>"}),
-        400,
-        "invalid_room",
-    )
-    .await?;
-    refused(
-        &server,
-        "unsubscribe",
-        ACME,
-        json!({"tenant": "other", "user": "alice", "room": "news.a"}),
-        403,
-        "permission_denied",
-    )
-    .await?;
-    refused(
-        &server,
-        "unsubscribe",
-        "",
-        json!({"user": "alice", "room": "news.a"}),
-        401,
-        "unauthorized",
-    )
-    .await?;
-    refused(
-        &server,
-        "unsubscribe",
-        ACME,
-        json!({"user": "alice", "room": "news.a", "reason": "x".repeat(300)}),
-        400,
-        "bad_request",
-    )
-    .await?;
+    for (path, key, body, status, code) in [
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "alice"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "alice", "room": "a.>"}),
+            400,
+            "invalid_room",
+        ),
+        (
+            "unsubscribe",
+            ACME,
+            json!({"tenant": "other", "user": "alice", "room": "news.a"}),
+            403,
+            "permission_denied",
+        ),
+        (
+            "unsubscribe",
+            "",
+            json!({"user": "alice", "room": "news.a"}),
+            401,
+            "unauthorized",
+        ),
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "alice", "room": "news.a", "reason": "x".repeat(300)}),
+            400,
+            "bad_request",
+        ),
+    ] {
+        refused(&server, path, key, body, status, code).await?;
+    }
     Ok(())
 }
 
@@ -459,14 +432,14 @@ async fn rooms_and_info_of_one_instance_by_tenant() -> anyhow::Result<()> {
         s2.subscribe("room.y").await?,
         s3.subscribe("room.z").await?,
     ];
-    let (status, rooms) = api(&server, "rooms", ACME, json!({})).await?;
+    let (status, rooms) = api_post(&server, "rooms", ACME, json!({})).await?;
     assert_eq!(status, 200, "{rooms}");
     assert_eq!(
         rooms["rooms"],
         json!([{"room": "room.x", "subscribers": 2}, {"room": "room.y", "subscribers": 1}])
     );
     assert_eq!(rooms["truncated"], false);
-    let (_, theirs) = api(&server, "rooms", ADMIN, json!({"tenant": "other"})).await?;
+    let (_, theirs) = api_post(&server, "rooms", ADMIN, json!({"tenant": "other"})).await?;
     assert_eq!(
         theirs["rooms"],
         json!([{"room": "room.z", "subscribers": 1}])
@@ -482,14 +455,14 @@ async fn rooms_and_info_of_one_instance_by_tenant() -> anyhow::Result<()> {
     )
     .await?;
 
-    let (status, info) = api(&server, "info", ADMIN, json!({})).await?;
+    let (status, info) = api_post(&server, "info", ADMIN, json!({})).await?;
     assert_eq!(status, 200, "{info}");
     let nodes = info["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0]["sessions"], 3);
     assert_eq!(nodes[0]["subscriptions"], 4);
     assert_eq!(nodes[0]["rooms"], 3);
-    let (_, mine) = api(&server, "info", ACME, json!({})).await?;
+    let (_, mine) = api_post(&server, "info", ACME, json!({})).await?;
     assert_eq!(
         mine["nodes"][0]["sessions"], 2,
         "a tenant's key sees its tenant"
@@ -518,13 +491,13 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     // The control plane subscribes as the instance starts; give NATS a moment to register it.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (status, rooms) = api(&a, "rooms", ACME, json!({})).await?;
+    let (status, rooms) = api_post(&a, "rooms", ACME, json!({})).await?;
     assert_eq!(status, 200, "{rooms}");
     assert_eq!(
         rooms["rooms"],
         json!([{"room": "room.x", "subscribers": 2}, {"room": "room.y", "subscribers": 1}])
     );
-    let (_, info) = api(&b, "info", ADMIN, json!({})).await?;
+    let (_, info) = api_post(&b, "info", ADMIN, json!({})).await?;
     let nodes = info["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 2, "{info}");
     let sessions: u64 = nodes.iter().filter_map(|n| n["sessions"].as_u64()).sum();
@@ -536,7 +509,7 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     assert_ne!(nodes[0]["node"], nodes[1]["node"]);
 
     let started = Instant::now();
-    let (status, answer) = api(
+    let (status, answer) = api_post(
         &a,
         "unsubscribe",
         ACME,
@@ -551,10 +524,35 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     );
     eprintln!("cross-instance unsubscribe took {:?}", started.elapsed());
     assert!(matches!(on_b.request(Command::Ping).await?, Event::Pong));
-    let (_, rooms) = api(&b, "rooms", ACME, json!({})).await?;
+    let (_, rooms) = api_post(&b, "rooms", ACME, json!({})).await?;
     assert_eq!(
         rooms["rooms"],
         json!([{"room": "room.x", "subscribers": 1}, {"room": "room.y", "subscribers": 1}])
     );
+    Ok(())
+}
+
+/// An instance lists at most `MAX_ROOMS` rooms (and says it cut the list); its counts stay whole.
+#[tokio::test]
+async fn rooms_are_listed_up_to_the_bound() -> anyhow::Result<()> {
+    let max = quiver_server::control::MAX_ROOMS;
+    let server = TestServer::start_with(|c| {
+        configure(c);
+        c.limits.max_subscriptions = (max + 1) as u32;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut raw = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "many")).await?;
+    let mut streams = Vec::new();
+    for i in 0..=max {
+        streams.push(raw.subscribe(&format!("r.{i:04}")).await?);
+    }
+    let (status, rooms) = api_post(&server, "rooms", ACME, json!({})).await?;
+    assert_eq!(status, 200);
+    assert_eq!(rooms["rooms"].as_array().map(Vec::len), Some(max));
+    assert_eq!(rooms["truncated"], true);
+    let (_, info) = api_post(&server, "info", ACME, json!({})).await?;
+    assert_eq!(info["nodes"][0]["rooms"], max + 1);
+    assert_eq!(info["nodes"][0]["subscriptions"], max + 1);
     Ok(())
 }

@@ -96,7 +96,7 @@ async fn history_and_subscribe_from(via: Via) -> anyhow::Result<()> {
         }
     );
 
-    // The backend ends the subscription: the client sees it end with 116 and does not resubscribe.
+    // The backend ends the subscription: the client sees it end with `unsubscribed` and does not resubscribe.
     let response = reqwest::Client::new()
         .post(format!("http://{}/api/v1/unsubscribe", server.http))
         .bearer_auth(ACME)

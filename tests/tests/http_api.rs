@@ -303,16 +303,7 @@ async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
         );
         assert!(operation["responses"]["200"].is_object());
         assert!(operation["responses"]["default"].is_object());
-        let url = format!(
-            "http://{}{}",
-            server.http,
-            route.path.replace("{room}", "h.a")
-        );
-        let request = match route.method {
-            "get" => http.get(url),
-            "post" => http.post(url),
-            other => anyhow::bail!("unexpected method {other}"),
-        };
+        let request = request_for(&http, &server, route)?;
         let status = request
             .bearer_auth(ACME)
             .body("{}")
@@ -380,5 +371,62 @@ async fn publish_with_an_api_key_answers_positions_as_strings() -> anyhow::Resul
         .send()
         .await?;
     assert_eq!(r.status(), 403);
+    Ok(())
+}
+
+/// A request for a route of the table, its path parameter filled in.
+fn request_for(
+    http: &reqwest::Client,
+    server: &TestServer,
+    route: &quiver_server::api::Route,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let url = format!(
+        "http://{}{}",
+        server.http,
+        route.path.replace("{room}", "h.a")
+    );
+    Ok(match route.method {
+        "get" => http.get(url),
+        "post" => http.post(url),
+        other => anyhow::bail!("unexpected method {other}"),
+    })
+}
+
+/// Whatever body reaches an endpoint, the answer is never a server error: a 2xx, or a 4xx in
+/// the one error shape.
+#[tokio::test]
+async fn no_body_makes_the_api_fail() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let http = reqwest::Client::new();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"{\"tenant\": 5}".to_vec(),
+        b"{\"room\": \"\", \"user\": \"\", \"rooms\": [\"\"]}".to_vec(),
+        b"{\"room\": \"h.a\", \"since\": {\"epoch\": -1, \"offset\": 1e99}}".to_vec(),
+        b"{\"room\": \"h.a\", \"limit\": 99999999999}".to_vec(),
+        b"{\"jti\": \"x\", \"expires_at\": 18446744073709551615}".to_vec(),
+        deep.into_bytes(),
+        vec![0xff; 300],
+    ];
+    for route in quiver_server::api::routes() {
+        for body in &bodies {
+            let request = request_for(&http, &server, &route)?;
+            let response = request.bearer_auth(ACME).body(body.clone()).send().await?;
+            let status = response.status().as_u16();
+            assert!(status < 500, "{} {}: {status}", route.method, route.path);
+            if status >= 400 {
+                let answer: serde_json::Value = response.json().await?;
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{}: {answer}",
+                    route.path
+                );
+            }
+        }
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { ErrorCode } from '../dist/quiver.js';
 import {
   SECRET,
   launchBrowser,
@@ -81,8 +82,8 @@ for (const transport of ['webtransport', 'websocket']) {
     assert.equal(result.page2.truncated, false);
     assert.deepEqual(result.page2.positions, [published[5]]);
     assert.equal(result.bigEpoch, true);
-    assert.deepEqual(result.refused, { code: 117, label: 'unrecoverable_position' });
-    assert.deepEqual(result.denied, { code: 103, label: 'permission_denied' });
+    assert.deepEqual(result.refused, { code: ErrorCode.unrecoverable_position, label: 'unrecoverable_position' });
+    assert.deepEqual(result.denied, { code: ErrorCode.permission_denied, label: 'permission_denied' });
     await page.close();
   });
 }

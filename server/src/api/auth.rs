@@ -2,12 +2,16 @@
 //! by comparing SHA-256 digests in constant time over every configured key, so neither the
 //! comparison's timing nor which key matched says anything about a key's bytes.
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap};
 use quiver_proto::TenantId;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::error::{ApiError, Code};
+use super::error::{parse, ApiError, Code};
 use crate::server::Shared;
 
 /// Who an API key speaks for.
@@ -81,5 +85,24 @@ impl Caller {
                 }
             }
         }
+    }
+}
+
+/// What every endpoint that takes an API key starts with: the key's caller (401 without one),
+/// then the JSON body as `T` (413 over the size limit, 400 when malformed; an empty body reads
+/// as `{}`).
+pub struct KeyRequest<T> {
+    pub caller: Caller,
+    pub request: T,
+}
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Shared>> for KeyRequest<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
+        let caller = require_key(shared, request.headers())?;
+        let body = Bytes::from_request(request, shared).await?;
+        let request = parse(if body.is_empty() { b"{}" } else { &body })?;
+        Ok(Self { caller, request })
     }
 }

@@ -57,23 +57,39 @@ fn position_schema() -> Value {
     json!({"$ref": "#/components/schemas/Position"})
 }
 
+/// A JSON object with exactly these properties.
 fn object(required: &[&str], properties: Value) -> Value {
-    json!({"type": "object", "required": required, "properties": properties, "additionalProperties": false})
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+fn array(items: Value) -> Value {
+    json!({"type": "array", "items": items})
 }
 
 /// Every API endpoint.
 pub fn routes() -> Vec<Route> {
-    let tenant = json!({"type": "string", "description": "required with an admin key; a tenant's key may only name its own"});
+    let tenant = json!({
+        "type": "string",
+        "description": "required with an admin key; a tenant's key may only name its own",
+    });
     let string = json!({"type": "string"});
     let count = json!({"type": "integer", "minimum": 0});
+    let flag = json!({"type": "boolean"});
+    let base64 = json!({"type": "string", "format": "byte"});
+    let position = position_schema();
     vec![
         Route {
             method: "post",
             path: "/api/v1/publish/{room}",
-            summary: "Publish the raw request body into a room (query `tenant` with an admin key).",
+            summary: "Publish the raw request body into a room (`?tenant=` with an admin key).",
             auth: Auth::ApiKeyOrToken,
             request: None,
-            response: object(&["position"], json!({"position": position_schema()})),
+            response: object(&["position"], json!({"position": position})),
             handler: || post(publish::publish),
         },
         Route {
@@ -81,12 +97,32 @@ pub fn routes() -> Vec<Route> {
             path: "/api/v1/broadcast",
             summary: "Publish one payload into up to 100 rooms; each room's outcome in `results`.",
             auth: Auth::ApiKey,
-            request: Some(object(&["rooms"], json!({
-                "tenant": tenant, "rooms": {"type": "array", "items": string, "minItems": 1, "maxItems": publish::MAX_BROADCAST_ROOMS},
-                "payload": {"type": "string", "description": "text, published as its UTF-8 bytes"},
-                "payload_base64": {"type": "string", "format": "byte"}}))),
-            response: object(&["results"], json!({"results": {"type": "array", "items": {"type": "object", "properties": {
-                "room": string, "position": position_schema(), "error": {"$ref": "#/components/schemas/ErrorBody"}}}}})),
+            request: Some(object(
+                &["rooms"],
+                json!({
+                    "tenant": tenant,
+                    "rooms": {
+                        "type": "array",
+                        "items": string,
+                        "minItems": 1,
+                        "maxItems": publish::MAX_BROADCAST_ROOMS,
+                    },
+                    "payload": {"type": "string", "description": "text, published as UTF-8"},
+                    "payload_base64": base64,
+                }),
+            )),
+            response: object(
+                &["results"],
+                json!({"results": array(json!({
+                    "type": "object",
+                    "required": ["room"],
+                    "properties": {
+                        "room": string,
+                        "position": position,
+                        "error": {"$ref": "#/components/schemas/ErrorBody"},
+                    },
+                }))}),
+            ),
             handler: || post(publish::broadcast),
         },
         Route {
@@ -95,67 +131,137 @@ pub fn routes() -> Vec<Route> {
             summary: "Every session subscribed to a room, on every instance.",
             auth: Auth::ApiKey,
             request: Some(object(&["room"], json!({"tenant": tenant, "room": string}))),
-            response: object(&["room", "members"], json!({"room": string, "members": {"type": "array", "items":
-                object(&["user", "session"], json!({"user": string, "session": string}))}})),
+            response: object(
+                &["room", "members"],
+                json!({
+                    "room": string,
+                    "members": array(object(
+                        &["user", "session"],
+                        json!({"user": string, "session": string}),
+                    )),
+                }),
+            ),
             handler: || post(rooms::presence),
         },
         Route {
             method: "post",
             path: "/api/v1/history",
-            summary: "A page of a history room's publications after `since` (from the oldest kept when absent), oldest first.",
+            summary: "A page of a history room after `since` (from the oldest kept when absent), \
+                      oldest first.",
             auth: Auth::ApiKey,
-            request: Some(object(&["room"], json!({"tenant": tenant, "room": string, "since": position_schema(),
-                "limit": {"type": "integer", "minimum": 0, "default": 100, "description": "capped at 1000"}}))),
-            response: object(&["room", "position", "publications", "truncated"], json!({"room": string, "position": position_schema(),
-                "publications": {"type": "array", "items": object(&["position", "payload"], json!({"position": position_schema(), "payload": {"type": "string", "format": "byte"}}))},
-                "truncated": {"type": "boolean"}})),
+            request: Some(object(
+                &["room"],
+                json!({
+                    "tenant": tenant,
+                    "room": string,
+                    "since": position,
+                    "limit": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": 100,
+                        "description": "capped at 1000",
+                    },
+                }),
+            )),
+            response: object(
+                &["room", "position", "publications", "truncated"],
+                json!({
+                    "room": string,
+                    "position": position,
+                    "publications": array(object(
+                        &["position", "payload"],
+                        json!({"position": position, "payload": base64}),
+                    )),
+                    "truncated": flag,
+                }),
+            ),
             handler: || post(rooms::history),
         },
         Route {
             method: "post",
             path: "/api/v1/disconnect",
-            summary: "End a user's or a session's sessions on every instance (goodbye 3009 `disconnected`).",
+            summary: "End a user's or a session's sessions on every instance (goodbye 3009).",
             auth: Auth::ApiKey,
-            request: Some(object(&[], json!({"tenant": tenant, "user": string, "session": string, "reason": string}))),
+            request: Some(object(
+                &[],
+                json!({"tenant": tenant, "user": string, "session": string, "reason": string}),
+            )),
             response: object(&["disconnected_here"], json!({"disconnected_here": count})),
             handler: || post(sessions::disconnect),
         },
         Route {
             method: "post",
             path: "/api/v1/revoke",
-            summary: "Refuse a token (by `jti`) on every instance until `expires_at`, and end its sessions.",
+            summary: "Refuse a token (by `jti`) on every instance until `expires_at`, and end \
+                      its sessions.",
             auth: Auth::ApiKey,
-            request: Some(object(&["jti", "expires_at"], json!({"tenant": tenant, "jti": string, "expires_at": {"type": "integer", "description": "Unix seconds"}}))),
+            request: Some(object(
+                &["jti", "expires_at"],
+                json!({
+                    "tenant": tenant,
+                    "jti": string,
+                    "expires_at": {"type": "integer", "description": "Unix seconds"},
+                }),
+            )),
             response: object(&["disconnected_here"], json!({"disconnected_here": count})),
             handler: || post(sessions::revoke),
         },
         Route {
             method: "post",
             path: "/api/v1/unsubscribe",
-            summary: "End a user's subscription to a room on every instance (unsolicited `Unsubscribed`, code 116).",
+            summary: "End a user's subscription to a room on every instance (unsolicited \
+                      `Unsubscribed`, code `unsubscribed`).",
             auth: Auth::ApiKey,
-            request: Some(object(&["user", "room"], json!({"tenant": tenant, "user": string, "room": string, "session": string, "reason": string}))),
+            request: Some(object(
+                &["user", "room"],
+                json!({
+                    "tenant": tenant,
+                    "user": string,
+                    "room": string,
+                    "session": string,
+                    "reason": string,
+                }),
+            )),
             response: object(&["unsubscribed_here"], json!({"unsubscribed_here": count})),
             handler: || post(sessions::unsubscribe),
         },
         Route {
             method: "post",
             path: "/api/v1/rooms",
-            summary: "The tenant's rooms with subscribers anywhere in the cluster, with subscriber counts.",
+            summary: "The tenant's rooms with subscribers anywhere in the cluster.",
             auth: Auth::ApiKey,
             request: Some(object(&[], json!({"tenant": tenant}))),
-            response: object(&["rooms", "truncated"], json!({"rooms": {"type": "array", "items":
-                object(&["room", "subscribers"], json!({"room": string, "subscribers": count}))}, "truncated": {"type": "boolean"}})),
+            response: object(
+                &["rooms", "truncated"],
+                json!({
+                    "rooms": array(object(
+                        &["room", "subscribers"],
+                        json!({"room": string, "subscribers": count}),
+                    )),
+                    "truncated": flag,
+                }),
+            ),
             handler: || post(rooms::rooms),
         },
         Route {
             method: "post",
             path: "/api/v1/info",
-            summary: "Every instance's sessions, subscriptions and rooms (one tenant's with a tenant's key).",
+            summary: "Every instance's sessions, subscriptions and rooms (a tenant's key: its \
+                      tenant's).",
             auth: Auth::ApiKey,
             request: Some(object(&[], json!({"tenant": tenant}))),
-            response: object(&["nodes"], json!({"nodes": {"type": "array", "items": object(&["node", "sessions", "subscriptions", "rooms"],
-                json!({"node": string, "sessions": count, "subscriptions": count, "rooms": count}))}})),
+            response: object(
+                &["nodes"],
+                json!({"nodes": array(object(
+                    &["node", "sessions", "subscriptions", "rooms"],
+                    json!({
+                        "node": string,
+                        "sessions": count,
+                        "subscriptions": count,
+                        "rooms": count,
+                    }),
+                ))}),
+            ),
             handler: || post(rooms::info),
         },
         Route {

@@ -12,9 +12,9 @@ use quiver_proto::{Position, RoomName, TenantId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::{api_key, bearer, require_key};
+use super::auth::{api_key, bearer, KeyRequest};
 use super::encoding;
-use super::error::{parse, ApiError, Code};
+use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
 use crate::metrics as m;
 use crate::server::Shared;
@@ -117,11 +117,8 @@ pub struct BroadcastRequest {
 /// `{"room", "position"}` or `{"room", "error": {"code", "message"}}`.
 pub async fn broadcast(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<BroadcastRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: BroadcastRequest = parse(&body?)?;
     let tenant: TenantId = caller.tenant(request.tenant.as_deref())?;
     if request.rooms.is_empty() || request.rooms.len() > MAX_BROADCAST_ROOMS {
         return Err(ApiError::bad_request(format!(

@@ -4,17 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::require_key;
+use super::auth::KeyRequest;
 use super::encoding::{self, PositionIn};
-use super::error::{parse, ApiError, Code};
+use super::error::{ApiError, Code};
 use super::publish::room;
 use crate::control::StatsRequest;
 use crate::history::HistoryError;
@@ -34,11 +31,8 @@ pub struct RoomRequest {
 /// presence only).
 pub async fn presence(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<RoomRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: RoomRequest = parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let room = room(&request.room)?;
     if !shared.config.presence(&room) {
@@ -81,11 +75,8 @@ const DEFAULT_LIMIT: u32 = 100;
 /// "payload"}], "truncated"}`, payloads base64.
 pub async fn history(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<HistoryRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: HistoryRequest = parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let room = room(&request.room)?;
     let since = request.since.map(|p| p.parse("since")).transpose()?;
@@ -104,7 +95,9 @@ pub async fn history(
     let publications: Vec<Value> = page
         .publications
         .iter()
-        .map(|(p, payload)| json!({"position": encoding::position(Some(*p)), "payload": encoding::base64(payload)}))
+        .map(|(p, payload)| {
+            json!({"position": encoding::position(Some(*p)), "payload": encoding::base64(payload)})
+        })
         .collect();
     Ok(Json(json!({
         "room": name,
@@ -126,17 +119,8 @@ pub struct TenantRequest {
 /// instances; each instance lists at most `control::MAX_ROOMS` rooms).
 pub async fn rooms(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<TenantRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let body = body?;
-    // An empty body is `{}`: a tenant's key needs to say nothing.
-    let request: TenantRequest = if body.is_empty() {
-        TenantRequest { tenant: None }
-    } else {
-        parse(&body)?
-    };
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let nodes = shared
         .control
@@ -165,16 +149,8 @@ pub async fn rooms(
 /// tenant's counts only.
 pub async fn info(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<TenantRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let body = body?;
-    let request: TenantRequest = if body.is_empty() {
-        TenantRequest { tenant: None }
-    } else {
-        parse(&body)?
-    };
     let tenant = match (&caller, request.tenant.as_deref()) {
         (super::auth::Caller::Admin, None) => None,
         (_, named) => Some(caller.tenant(named)?.to_string()),

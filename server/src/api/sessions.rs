@@ -3,16 +3,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::auth::require_key;
-use super::error::{parse, ApiError};
+use super::auth::KeyRequest;
+use super::error::ApiError;
 use crate::registry::Selector;
 use crate::server::Shared;
 
@@ -46,11 +43,8 @@ pub struct DisconnectRequest {
 /// on every instance (goodbye `disconnected`, 3009: no reconnect). At least `user` or `session`.
 pub async fn disconnect(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<DisconnectRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: DisconnectRequest = parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     if request.user.is_none() && request.session.is_none() {
         return Err(ApiError::bad_request("name a user, a session, or both"));
@@ -87,11 +81,8 @@ pub struct RevokeRequest {
 /// (goodbye `disconnected`).
 pub async fn revoke(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: RevokeRequest = parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     if request.jti.is_empty() || request.jti.len() > 256 {
         return Err(ApiError::bad_request("jti: 1 to 256 bytes"));
@@ -128,14 +119,11 @@ pub struct UnsubscribeRequest {
 
 /// `POST /api/v1/unsubscribe` `{tenant?, user, room, session?, reason?}`: ends the user's (or
 /// one of its sessions') subscription to the room on every instance; each such session gets an
-/// unsolicited `Unsubscribed` with code 116 `unsubscribed` and stays open.
+/// unsolicited `Unsubscribed` with code `unsubscribed` and stays open.
 pub async fn unsubscribe(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    KeyRequest { caller, request }: KeyRequest<UnsubscribeRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = require_key(&shared, &headers)?;
-    let request: UnsubscribeRequest = parse(&body?)?;
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let room = super::publish::room(&request.room)?;
     let unsubscribe = crate::control::Unsubscribe {

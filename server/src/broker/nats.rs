@@ -416,7 +416,7 @@ impl Inner {
     ) -> Result<Recovered, BrokerError> {
         match self.config.history(&key.room) {
             None => Ok(Recovered::default()),
-            Some(ns) => self.recover_history(&key, ns, since).await,
+            Some(ns) => self.recover_history(&key, ns, since, usize::MAX).await,
         }
     }
 }
@@ -462,6 +462,20 @@ impl Broker for NatsBroker {
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(self.inner.recover_now(key, since))
+    }
+
+    fn recover_some(
+        &self,
+        key: RoomKey,
+        since: Position,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
+        Box::pin(async move {
+            match self.inner.config.history(&key.room) {
+                None => Ok(Recovered::default()),
+                Some(ns) => self.inner.recover_history(&key, ns, Some(since), max).await,
+            }
+        })
     }
 
     fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {

@@ -23,13 +23,7 @@ impl Session {
         room: &str,
         resume: Option<Position>,
     ) -> Result<Option<Event>, Refusal> {
-        let key = self.room(room)?;
-        if !self.grant.may_subscribe(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe permission for room {}", key.room),
-            ));
-        }
+        let key = self.subscribable(room)?;
         if self.subs.contains_key(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::AlreadySubscribed,
@@ -345,13 +339,7 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let key = self.room(room)?;
-        if !self.grant.may_subscribe(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe permission for room {}", key.room),
-            ));
-        }
+        let key = self.subscribable(room)?;
         if !self.shared.config.presence(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -371,6 +359,18 @@ impl Session {
         )))
     }
 
+    /// A room the token may subscribe to (what subscribe, presence and history need).
+    fn subscribable(&self, room: &str) -> Result<RoomKey, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        Ok(key)
+    }
+
     /// A page of a history room, without subscribing (`history.rs`); needs subscribe
     /// permission, and fits one frame.
     pub(super) async fn history(
@@ -380,13 +380,7 @@ impl Session {
         limit: u32,
     ) -> Result<Option<Event>, Refusal> {
         use crate::history::HistoryError;
-        let key = self.room(room)?;
-        if !self.grant.may_subscribe(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe permission for room {}", key.room),
-            ));
-        }
+        let key = self.subscribable(room)?;
         let room = key.room.to_string();
         let max_frame = self.shared.config.limits.max_frame as usize;
         let page = crate::history::page(&self.shared, key, since, limit, max_frame)

@@ -154,12 +154,13 @@ impl Inner {
         key: &RoomKey,
         ns: &NamespaceConfig,
         since: Option<Position>,
+        max: usize,
     ) -> Result<Recovered, BrokerError> {
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
         let subject = subject(key);
         bounded(
             "history read",
-            read_history(stream, epoch, subject, ns.history_size, since),
+            read_history(stream, epoch, subject, ns.history_size, since, max),
         )
         .await
     }
@@ -373,6 +374,8 @@ async fn read_history(
     subject: String,
     history_size: usize,
     since: Option<Position>,
+    // Most publications to read (a history page needs no more than its limit).
+    max: usize,
 ) -> Result<Recovered, BrokerError> {
     let state = stream.get_info().await.map_err(unavailable)?.state;
     let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
@@ -441,7 +444,7 @@ async fn read_history(
         let info = msg.info().map_err(unavailable)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-        if seq >= last || pending == 0 {
+        if seq >= last || pending == 0 || replay.len() >= max {
             break;
         }
     }
