@@ -487,3 +487,34 @@ async fn the_rust_client_applies_latest_values_over_webtransport() -> Result<()>
 async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
     client_applies_the_newest_value(quiver_client::Transport::WebSocket).await
 }
+
+/// A datagram may overtake the `Hello` on the network: it is dropped, never taken for a first
+/// frame that is not `Hello` (which would close the session as a protocol error).
+#[tokio::test]
+async fn datagrams_before_hello_do_not_break_the_session() -> Result<()> {
+    let server = server(|_| {}).await?;
+    let conn = open_session(
+        &server,
+        &format!("/v1?token={}", full_token("acme", "early")),
+    )
+    .await?;
+    for _ in 0..5 {
+        conn.send_datagram(
+            PublishDatagram {
+                room: "game.early",
+                payload: b"too soon",
+            }
+            .encode(),
+        )?;
+    }
+    let mut raw = Raw::on(conn).await?;
+    let welcome = raw
+        .request(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "early".into(),
+        })
+        .await?;
+    assert!(matches!(welcome, Event::Welcome { .. }), "{welcome:?}");
+    assert!(matches!(raw.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
