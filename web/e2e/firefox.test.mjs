@@ -1,6 +1,7 @@
 // The demo in Firefox ESR (puppeteer-core over WebDriver BiDi): over WebTransport with default
 // prefs, and over WebSocket with WebTransport switched off.
 import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
 import { launchFirefox, newFirefoxPage, removeDir, startServer, tempDir } from './harness.mjs';
 import { demoWorks } from './demo-checks.mjs';
 
@@ -31,3 +32,42 @@ for (const [transport, prefs] of [
     }
   });
 }
+
+test('Firefox ESR: the arena receives latest values by datagram; datagram limits recorded', async () => {
+  const browser = await launchFirefox();
+  try {
+    const page = await newFirefoxPage(browser, 'firefox-arena');
+    await page.goto(`http://${server.httpAddr}/arena?transport=webtransport`);
+    const deadline = Date.now() + 20_000;
+    let stats = null;
+    while (Date.now() < deadline) {
+      stats = await page.evaluate(() => window.arena?.stats() ?? null);
+      if (stats && stats.received >= 60) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    console.log(`# Firefox arena: ${JSON.stringify(stats)}`);
+    assert.equal(stats?.mode, 'latest');
+    assert.ok(stats.byDatagram >= 50, JSON.stringify(stats));
+    const limits = await page.evaluate(async () => {
+      const boot = await (await fetch('/dev/bootstrap')).json();
+      const value = new Uint8Array(boot.cert_sha256.match(/../g).map((h) => parseInt(h, 16)));
+      const wt = new WebTransport(`${boot.url}?token=${boot.token}`, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
+      await wt.ready;
+      const d = wt.datagrams;
+      const seen = {
+        maxDatagramSize: d.maxDatagramSize,
+        incomingHighWaterMark: d.incomingHighWaterMark,
+        outgoingHighWaterMark: d.outgoingHighWaterMark,
+        incomingMaxAge: d.incomingMaxAge,
+        outgoingMaxAge: d.outgoingMaxAge,
+      };
+      wt.close();
+      return seen;
+    });
+    console.log(`# Firefox WebTransport.datagrams: ${JSON.stringify(limits)}`);
+    assert.ok(limits.maxDatagramSize > 1000, JSON.stringify(limits));
+    await page.close();
+  } finally {
+    await browser.close();
+  }
+});
