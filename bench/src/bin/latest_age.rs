@@ -40,6 +40,13 @@ struct Args {
     /// A label for the JSON line (e.g. the loss percentage).
     #[arg(long, default_value = "")]
     label: String,
+    /// A second room the subscriber also takes, fed with bulk traffic (the priority runs).
+    #[arg(long)]
+    bulk_room: Option<String>,
+    #[arg(long, default_value_t = 2000.0)]
+    bulk_rate: f64,
+    #[arg(long, default_value_t = 1000)]
+    bulk_payload: usize,
 }
 
 fn now_ns() -> u64 {
@@ -63,6 +70,34 @@ async fn main() -> Result<()> {
     let pub_client = Client::connect(config(&args.pub_url, hash, &args.token)).await?;
     let mut sub = sub_client.subscribe(&args.room).await?;
     let mode = format!("{:?}", sub.mode()).to_lowercase();
+    // Bulk traffic on another room of the same session, read and thrown away.
+    let bulk_received = Arc::new(AtomicU64::new(0));
+    if let Some(bulk_room) = &args.bulk_room {
+        let mut bulk = sub_client.subscribe(bulk_room).await?;
+        let count = bulk_received.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = bulk.recv().await {
+                if matches!(ev, SubEvent::Publication { .. }) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let bulk_pub = Client::connect(config(&args.pub_url, hash, &args.token)).await?;
+        let (room, size, rate) = (bulk_room.clone(), args.bulk_payload, args.bulk_rate);
+        let total = Duration::from_secs_f64(args.warmup + args.duration);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let end = tokio::time::Instant::now() + total;
+            while tokio::time::Instant::now() < end {
+                tick.tick().await;
+                if bulk_pub.publish(&room, vec![0u8; size]).await.is_err() {
+                    break;
+                }
+            }
+            bulk_pub.close().await;
+        });
+    }
 
     // Newest send time held by the subscriber, and how many values it received.
     let newest = Arc::new(AtomicU64::new(0));
@@ -139,6 +174,8 @@ async fn main() -> Result<()> {
             "received": received.load(Ordering::Relaxed),
             "samples": hist.len(),
             "samples_without_value": stale_samples,
+            "bulk_room": args.bulk_room,
+            "bulk_received": bulk_received.load(Ordering::Relaxed),
             "age_p50_ms": ms(0.5),
             "age_p90_ms": ms(0.9),
             "age_p99_ms": ms(0.99),
