@@ -2,7 +2,7 @@
 // prefs, and over WebSocket with WebTransport switched off.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { launchFirefox, newFirefoxPage, removeDir, startServer, tempDir } from './harness.mjs';
+import { datagramLimits, launchFirefox, newFirefoxPage, removeDir, startServer, tempDir } from './harness.mjs';
 import { demoWorks } from './demo-checks.mjs';
 
 let server, certDir;
@@ -48,22 +48,8 @@ test('Firefox ESR: the arena receives latest values by datagram; datagram limits
     console.log(`# Firefox arena: ${JSON.stringify(stats)}`);
     assert.equal(stats?.mode, 'latest');
     assert.ok(stats.byDatagram >= 50, JSON.stringify(stats));
-    const limits = await page.evaluate(async () => {
-      const boot = await (await fetch('/dev/bootstrap')).json();
-      const value = new Uint8Array(boot.cert_sha256.match(/../g).map((h) => parseInt(h, 16)));
-      const wt = new WebTransport(`${boot.url}?token=${boot.token}`, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
-      await wt.ready;
-      const d = wt.datagrams;
-      const seen = {
-        maxDatagramSize: d.maxDatagramSize,
-        incomingHighWaterMark: d.incomingHighWaterMark,
-        outgoingHighWaterMark: d.outgoingHighWaterMark,
-        incomingMaxAge: d.incomingMaxAge,
-        outgoingMaxAge: d.outgoingMaxAge,
-      };
-      wt.close();
-      return seen;
-    });
+    const boot = await page.evaluate(async () => (await fetch('/dev/bootstrap')).json());
+    const limits = await datagramLimits(page, { url: boot.url, certSha256: boot.cert_sha256, token: boot.token });
     console.log(`# Firefox WebTransport.datagrams: ${JSON.stringify(limits)}`);
     assert.ok(limits.maxDatagramSize > 1000, JSON.stringify(limits));
     await page.close();
