@@ -12,6 +12,7 @@ use crate::config::{ClientConfig, Transport};
 use crate::connection::{self, Request};
 use crate::error::ClientError;
 use crate::subscription::Subscription;
+use crate::HistoryPage;
 
 /// Where the client's session stands. Watch it with [`Client::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +58,15 @@ impl Shared {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Options of [`Client::call_with`].
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// How long the backend may take; `None` takes the server's default. The server caps it.
+    pub timeout: Option<Duration>,
+    /// Passed to the backend as is, so it can recognise a retried call (at most 128 bytes).
+    pub idempotency_key: Option<String>,
 }
 
 struct Inner {
@@ -115,21 +125,64 @@ impl Client {
     /// `too_many_subscriptions`, `already_subscribed`, ...). Made while reconnecting, the
     /// subscribe is sent after the next `Welcome` (within `request_timeout`).
     pub async fn subscribe(&self, room: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_with(room, None).await
+    }
+
+    /// Subscribes to a history room and resumes after `position` (one saved from an earlier
+    /// run): what was published after it is replayed first. The first event of the
+    /// subscription, [`crate::SubEvent::Resubscribed`], says whether that worked
+    /// (`Recovery::Recovered`) or whether the position was gone (`Recovery::Failed`: re-sync,
+    /// for example with [`Client::history`]).
+    pub async fn subscribe_from(
+        &self,
+        room: &str,
+        position: Position,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_with(room, Some(position)).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        room: &str,
+        from: Option<Position>,
+    ) -> Result<Subscription, ClientError> {
         let room = room.to_string();
         let parts = self
-            .call(|reply| Request::Subscribe {
+            .request(|reply| Request::Subscribe {
                 room: room.clone(),
+                from,
                 reply,
             })
             .await?;
         Ok(Subscription::new(room, parts, self.clone()))
     }
 
+    /// A page of a history room without subscribing (the token must allow subscribing): the
+    /// publications after `since` (from the oldest kept when `None`), oldest first, at most
+    /// `limit` (the server caps it at 1,000 and at one frame). When `truncated`, ask again with
+    /// `since` = the last one's position. `ClientError::Server` with `unrecoverable_position`
+    /// when `since` is no longer in history, `bad_request` for a room without history.
+    pub async fn history(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let room = room.to_owned();
+        self.request(|reply| Request::History {
+            room,
+            since,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     /// Unsubscribes from `room`: its [`Subscription`] ends (yields `None`) and the server stops
     /// sending. `ClientError::Server { code: 105 not_subscribed }` if this client has no
     /// subscription to the room.
     pub async fn unsubscribe(&self, room: &str) -> Result<(), ClientError> {
-        self.call(|reply| Request::Unsubscribe {
+        self.request(|reply| Request::Unsubscribe {
             room: room.to_string(),
             reply,
         })
@@ -193,7 +246,7 @@ impl Client {
         let payload = payload.into();
         self.check_payload(&payload)?;
         let permit = self.permit().await?;
-        self.call(|reply| Request::Publish {
+        self.request(|reply| Request::Publish {
             room: room.to_string(),
             payload,
             ack: Some(reply),
@@ -205,7 +258,7 @@ impl Client {
     /// Round-trip time of a `Ping` on the control stream. [`ClientError::NotConnected`] while
     /// reconnecting.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
-        self.call(|reply| Request::Ping { reply }).await
+        self.request(|reply| Request::Ping { reply }).await
     }
 
     /// Who is subscribed to `room`, on every instance (the room's namespace must track presence,
@@ -213,7 +266,53 @@ impl Client {
     /// server sends the first members (sorted by user, then session) that fit.
     pub async fn presence(&self, room: &str) -> Result<Vec<Member>, ClientError> {
         let room = room.to_owned();
-        self.call(|reply| Request::Presence { room, reply }).await
+        self.request(|reply| Request::Presence { room, reply })
+            .await
+    }
+
+    /// Calls `method` on the application's backend and returns its answer (PROTOCOL.md §11).
+    /// The token's `call` claim must allow the method. Refusals and backend failures come back
+    /// as [`ClientError::Server`]: `permission_denied`, `unavailable` (no backend serving),
+    /// `deadline_exceeded`, `backend_error`, ...
+    ///
+    /// Never buffered: while reconnecting it fails at once with [`ClientError::NotConnected`],
+    /// and [`ClientError::ConnectionLost`] means the backend may or may not have run it. Retry
+    /// such a call only with an idempotency key ([`Client::call_with`]).
+    pub async fn call(
+        &self,
+        method: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Bytes, ClientError> {
+        self.call_with(method, payload, CallOptions::default())
+            .await
+    }
+
+    /// [`Client::call`] with a deadline and an idempotency key.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        payload: impl Into<Bytes>,
+        options: CallOptions,
+    ) -> Result<Bytes, ClientError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let timeout_ms = options.timeout.map_or(0, |t| {
+            u32::try_from(t.as_millis()).unwrap_or(u32::MAX).max(1)
+        });
+        // The server answers `deadline_exceeded` at the deadline; wait a little longer for it.
+        let wait = options
+            .timeout
+            .map_or(self.inner.request_timeout, |t| t + Duration::from_secs(2))
+            .max(self.inner.request_timeout);
+        let method = method.to_owned();
+        self.request_within(wait, |reply| Request::Call {
+            method,
+            payload,
+            timeout_ms,
+            idempotency_key: options.idempotency_key.unwrap_or_default(),
+            reply,
+        })
+        .await
     }
 
     /// The transport of the latest session: [`Transport::WebTransport`] or
@@ -255,15 +354,23 @@ impl Client {
         let _ = self.inner.req_tx.send(req);
     }
 
-    async fn call<T>(
+    async fn request<T>(
         &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request,
+    ) -> Result<T, ClientError> {
+        self.request_within(self.inner.request_timeout, make).await
+    }
+
+    async fn request_within<T>(
+        &self,
+        wait: Duration,
         make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Request,
     ) -> Result<T, ClientError> {
         let (reply, rx) = oneshot::channel();
         if self.inner.req_tx.send(make(reply)).is_err() {
             return Err(self.closed_error());
         }
-        match tokio::time::timeout(self.inner.request_timeout, rx).await {
+        match tokio::time::timeout(wait, rx).await {
             Err(_) => Err(ClientError::Timeout),
             Ok(Err(_)) => Err(self.closed_error()),
             Ok(Ok(res)) => res,

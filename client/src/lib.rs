@@ -118,7 +118,7 @@ mod transport;
 mod writer;
 
 pub use backoff::Backoff;
-pub use client::{Client, ConnectionState, WelcomeInfo};
+pub use client::{CallOptions, Client, ConnectionState, WelcomeInfo};
 pub use config::{
     connect_url, parse_cert_hash, token_fixed, token_fn, ws_url, ClientConfig, Heartbeat,
     TokenProvider, Transport, Trust, WS_PATH,
@@ -128,4 +128,16 @@ pub use latest::DeliveryMode;
 pub use subscription::{LatestStats, SubEvent, Subscription};
 
 pub use bytes::Bytes;
-pub use quiver_proto::{CloseCode, ErrorCode, Limits, Member, Position, Recovery};
+pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};
+
+/// A page of a room's history ([`Client::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The room's current position.
+    pub position: Option<Position>,
+    /// Oldest first.
+    pub publications: Vec<HistoryItem>,
+    /// More is kept after the last one than this page holds.
+    pub truncated: bool,
+}

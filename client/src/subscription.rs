@@ -30,6 +30,7 @@ pub enum SubEvent {
     /// Replayed messages (for [`Recovery::Recovered`]) follow this event.
     /// [`Recovery::NotRequested`] means there was no position to resume from (a room without
     /// history): messages published during the gap were not delivered either.
+    /// Also the first event of a subscription made with [`crate::Client::subscribe_from`].
     Resubscribed { recovery: Recovery },
     /// A session subscribed to the room (namespaces that track presence).
     Joined { member: Member },

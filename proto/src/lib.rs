@@ -20,7 +20,7 @@ pub use code::{CloseCode, ErrorCode};
 pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 pub use message::{
     decode_command, decode_event, encode_command, encode_event, ClientFrame, Command, DecodeError,
-    Event, Limits, Member, Position, Recovery, ServerFrame,
+    Event, HistoryItem, Limits, Member, Position, Recovery, ServerFrame,
 };
 pub use room::{Pattern, RoomError, RoomName, TenantId};
 

@@ -67,11 +67,38 @@ pub enum Command {
     Refresh { token: String },
     /// 6. Who is in a room (needs subscribe permission). Answered by `Presence` or `Error`.
     Presence { room: String },
+    /// 7. A page of a history room's publications, without subscribing (needs subscribe
+    ///    permission): those after `since` (from the oldest kept when absent), oldest first, at
+    ///    most `limit` (capped by the server). Answered by `History` or `Error`.
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+    },
+    /// 8. Asks the application's backend to run `method` (a dot-separated name, validated like
+    ///    a room name; the token's `call` claim must allow it). Answered by `Reply` or `Error`.
+    ///    Never buffered by clients while disconnected (PROTOCOL.md §11).
+    Call {
+        method: String,
+        payload: Bytes,
+        /// Milliseconds the caller will wait; 0 takes the server's default. Capped by the
+        /// server's maximum.
+        timeout_ms: u32,
+        /// Passed to the backend as is, so it can recognise a retried call; empty for none.
+        idempotency_key: String,
+    },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 7;
+    pub const KNOWN: u32 = 9;
+}
+
+/// One publication kept in a room's history, as `History` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub position: Position,
+    pub payload: Bytes,
 }
 
 /// One session present in a room.
@@ -173,7 +200,16 @@ pub enum Event {
     Joined { room: String, member: Member },
     /// 12. On a room's stream, in namespaces with presence events: a session left.
     Left { room: String, member: Member },
-    /// 13. On a room's stream, in `latest` namespaces: a value that did not go as a datagram
+    /// 13. Answer to `History`: the room's current position and a page of its publications,
+    ///     oldest first. `truncated` when more publications after the last one are kept than
+    ///     the page holds (the limit, or `max_frame`): ask again with `since` = the last one.
+    History {
+        room: String,
+        position: Option<Position>,
+        publications: Vec<HistoryItem>,
+        truncated: bool,
+    },
+    /// 14. On a room's stream, in `latest` namespaces: a value that did not go as a datagram
     ///     (too large for the path, or no datagram support), with the subscription's sequence
     ///     number so the client can drop it if a newer value already arrived (PROTOCOL.md §10).
     Latest {
@@ -181,6 +217,8 @@ pub enum Event {
         sequence: u64,
         payload: Bytes,
     },
+    /// 15. Answer to `Call`: what the backend returned.
+    Reply { payload: Bytes },
 }
 
 /// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
@@ -237,7 +275,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 14;
+const EVENTS_KNOWN: u32 = 16;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -390,6 +428,20 @@ mod tests {
             Just(Command::Ping),
             ".{0,40}".prop_map(|token| Command::Refresh { token }),
             ".{0,20}".prop_map(|room| Command::Presence { room }),
+            (".{0,20}", arb_position(), any::<u32>())
+                .prop_map(|(room, since, limit)| Command::History { room, since, limit }),
+            (
+                ".{0,20}",
+                proptest::collection::vec(any::<u8>(), 0..64),
+                any::<u32>(),
+                ".{0,20}"
+            )
+                .prop_map(|(method, p, timeout_ms, idempotency_key)| Command::Call {
+                    method,
+                    payload: Bytes::from(p),
+                    timeout_ms,
+                    idempotency_key
+                }),
         ]
     }
 
@@ -455,6 +507,27 @@ mod tests {
                         .collect(),
                     truncated,
                 }),
+            (
+                ".{0,10}",
+                arb_position(),
+                proptest::collection::vec((any::<u64>(), any::<u64>(), ".{0,8}"), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(room, position, items, truncated)| Event::History {
+                    room,
+                    position,
+                    publications: items
+                        .into_iter()
+                        .map(|(epoch, offset, p)| HistoryItem {
+                            position: Position { epoch, offset },
+                            payload: Bytes::from(p),
+                        })
+                        .collect(),
+                    truncated,
+                }),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(|p| Event::Reply {
+                payload: Bytes::from(p)
+            }),
         ]
     }
 

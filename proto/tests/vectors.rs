@@ -92,6 +92,24 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
             },
         ),
+        cmd(
+            "history",
+            9,
+            Command::History {
+                room: "chat.log".into(),
+                since: pos,
+                limit: 50,
+            },
+        ),
+        cmd(
+            "history_from_start",
+            10,
+            Command::History {
+                room: "chat.log".into(),
+                since: None,
+                limit: 1000,
+            },
+        ),
         ev(
             "welcome",
             1,
@@ -273,6 +291,44 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
             },
         ),
         ev(
+            "history",
+            9,
+            Event::History {
+                room: "chat.log".into(),
+                position: Some(Position {
+                    epoch: u64::MAX,
+                    offset: 302,
+                }),
+                publications: vec![
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 301,
+                        },
+                        payload: Bytes::from_static(b"a"),
+                    },
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 302,
+                        },
+                        payload: Bytes::from_static(&[0, 255]),
+                    },
+                ],
+                truncated: true,
+            },
+        ),
+        ev(
+            "history_empty",
+            10,
+            Event::History {
+                room: "chat.log".into(),
+                position: None,
+                publications: vec![],
+                truncated: false,
+            },
+        ),
+        ev(
             "subscribed_latest",
             4,
             Event::Subscribed {
@@ -289,6 +345,23 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "game.arena".into(),
                 sequence: 1 << 40,
                 payload: Bytes::from_static(b"xy"),
+            },
+        ),
+        cmd(
+            "call",
+            9,
+            Command::Call {
+                method: "order.place".into(),
+                payload: Bytes::from_static(b"{\"qty\":2}"),
+                timeout_ms: 1500,
+                idempotency_key: "k-1".into(),
+            },
+        ),
+        ev(
+            "reply",
+            9,
+            Event::Reply {
+                payload: Bytes::from_static(b"o-42"),
             },
         ),
     ]

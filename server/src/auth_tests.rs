@@ -463,3 +463,29 @@ fn jwks_files_are_checked_at_load() {
     assert!(Verifier::jwks(&dir.join("bad.json"), &Checks::default()).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn call_claim_is_default_deny_and_pattern_checked() {
+    let v = hs(&Checks::default());
+    let exp = unix_now() + 60;
+    let order = RoomName::parse("order.place").unwrap();
+    // No `call` claim: no method at all.
+    let g = v
+        .verify(&sign_hs256(SECRET, &claims(exp)).unwrap())
+        .unwrap();
+    assert!(!g.may_call(&order));
+    let mut c = serde_json::to_value(claims(exp)).unwrap();
+    c["call"] = serde_json::json!(["order.*"]);
+    let g = v.verify(&sign_json(c)).unwrap();
+    assert!(g.may_call(&order));
+    assert!(!g.may_call(&RoomName::parse("order.admin.drop").unwrap()));
+    assert!(!g.may_call(&RoomName::parse("billing.pay").unwrap()));
+    for bad in [serde_json::json!("order.*"), serde_json::json!(["a..b"])] {
+        let mut c = serde_json::to_value(claims(exp)).unwrap();
+        c["call"] = bad;
+        assert!(matches!(
+            v.verify(&sign_json(c)),
+            Err(AuthError::Claim { claim: "call", .. })
+        ));
+    }
+}

@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod check;
+pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "http",
@@ -28,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "quotas",
     "https",
     "api",
+    "rpc",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +74,8 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// The backend API's keys.
     pub api: ApiConfig,
+    /// `Call` routing and backend hooks (`crate::rpc`).
+    pub rpc: crate::rpc::RpcConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -329,8 +335,9 @@ impl From<String> for Secret {
 }
 
 /// Token verification. Exactly one key source: `jwt_secret`, `jwt_secret_file`, `public_key`
-/// (with `algorithm`) or `jwks_file`; none at all is development mode (a generated secret).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// (with `algorithm`), `jwks_file` or `jwks_url`; none at all is development mode (a generated
+/// secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, at least 32 bytes. Prefer `jwt_secret_file`: a secret on the command
@@ -345,6 +352,15 @@ pub struct AuthConfig {
     /// A JWKS file (`{"keys": [...]}`) as identity providers publish: the token's `kid` picks
     /// the key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, as identity providers publish their keys (`https://…/.well-known/jwks.json`;
+    /// plain `http` only to a loopback address). Fetched at start (the server refuses to start
+    /// without it), then every `jwks_refresh`, on SIGHUP, and when a token names an unknown
+    /// `kid` (at most once per 10 s).
+    pub jwks_url: Option<String>,
+    /// How often `jwks_file` is re-read and `jwks_url` fetched again. A set that fails to load
+    /// is logged and the old one kept.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     /// Clock skew tolerated on `exp` and `nbf`; 0 by default, at most 5 minutes.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -352,6 +368,23 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, every token must have been issued by this `iss`.
     pub issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_file: None,
+            public_key: None,
+            algorithm: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            leeway: Duration::ZERO,
+            audience: None,
+            issuer: None,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -371,6 +404,7 @@ impl AuthConfig {
             self.jwt_secret_file.is_some(),
             self.public_key.is_some(),
             self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
         ]
         .iter()
         .filter(|set| **set)
@@ -472,6 +506,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             quotas: QuotasConfig::default(),
             api: ApiConfig::default(),
+            rpc: crate::rpc::RpcConfig::default(),
         }
     }
 }
@@ -612,10 +647,16 @@ impl Config {
         }
         if self.auth.key_sources() > 1 {
             return Err(
-                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key \
-                 or auth.jwks_file"
+                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key, \
+                 auth.jwks_file or auth.jwks_url"
                     .into(),
             );
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::jwks::check_url(url).map_err(|e| format!("auth.jwks_url: {e}"))?;
+        }
+        if self.auth.jwks_refresh < Duration::from_secs(1) {
+            return Err("auth.jwks_refresh must be at least 1s".into());
         }
         if self.auth.leeway > crate::auth::MAX_LEEWAY {
             return Err(format!(
@@ -627,6 +668,7 @@ impl Config {
         if self.tls.reload_interval.is_zero() {
             return Err("tls.reload_interval must be positive".into());
         }
+        self.rpc.validate()?;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -28,9 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/publish/{room}", post(crate::api::publish))
-        .route("/api/v1/disconnect", post(crate::api::disconnect))
-        .route("/api/v1/revoke", post(crate::api::revoke))
+        .nest(crate::api::PREFIX, crate::api::router(&shared))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
@@ -123,7 +121,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
@@ -30,6 +31,19 @@ pub struct RoomKey {
 pub struct Delivery {
     pub offset: Option<u64>,
     pub frame: Bytes,
+    /// When the frame reached the hub: the writer measures delivery latency from it. One
+    /// `Instant` per publication, copied to each subscriber.
+    pub entered: Instant,
+}
+
+impl Delivery {
+    pub fn new(offset: Option<u64>, frame: Bytes) -> Self {
+        Self {
+            offset,
+            frame,
+            entered: Instant::now(),
+        }
+    }
 }
 
 /// The hub's handle on one subscriber.
@@ -38,6 +52,8 @@ pub struct Subscriber {
     pub queue: mpsc::Sender<Delivery>,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
+    /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
+    pub deliveries: metrics::Counter,
     /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
     /// Publications go there instead of the queue, which then carries only room events.
     pub latest: Option<Arc<Slot>>,
@@ -46,9 +62,19 @@ pub struct Subscriber {
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<RoomKey, Vec<Subscriber>>>,
+    /// Fan-out counters by namespace label.
+    namespaces: m::Namespaces,
 }
 
 impl Hub {
+    /// A hub counting fan-out under the configured namespaces' names (the rest as `other`).
+    pub fn with_namespaces<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            namespaces: m::Namespaces::new(names),
+        }
+    }
+
     /// Adds a subscriber; true if it is the first local one of the room (the broker should
     /// start listening for it).
     pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
@@ -77,6 +103,8 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
+        let entered = Instant::now();
+        self.namespaces.get(&key.room).publications.increment(1);
         if let Some(delivered) = self.deliver_latest(key, &payload) {
             return delivered;
         }
@@ -85,6 +113,7 @@ impl Hub {
             Delivery {
                 offset: position.map(|p| p.offset),
                 frame: publication_frame(key, position, payload),
+                entered,
             },
         )
     }
@@ -95,10 +124,16 @@ impl Hub {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let subs = rooms.get(key)?;
         subs.first()?.latest.as_ref()?;
-        for slot in subs.iter().filter_map(|s| s.latest.as_ref()) {
-            slot.put(payload.clone());
+        for sub in subs {
+            if let Some(slot) = &sub.latest {
+                slot.put(payload.clone());
+                sub.deliveries.increment(1);
+            }
         }
-        metrics::counter!(m::DELIVERIES).increment(subs.len() as u64);
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(subs.len() as u64);
         Some(subs.len())
     }
 
@@ -113,7 +148,10 @@ impl Hub {
             };
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
-                    Ok(()) => delivered += 1,
+                    Ok(()) => {
+                        delivered += 1;
+                        sub.deliveries.increment(1);
+                    }
                     // `latest` subscribers are never slow consumers: a room event that finds
                     // no room is dropped for them alone.
                     Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
@@ -140,7 +178,10 @@ impl Hub {
                 }
             }
         }
-        metrics::counter!(m::DELIVERIES).increment(delivered as u64);
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(delivered as u64);
         delivered
     }
 
@@ -149,6 +190,28 @@ impl Hub {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(key)
+    }
+
+    /// Rooms with local subscribers and how many each has, of one tenant (every tenant:
+    /// `None`), at most `max` rooms (sorted by tenant and name, so a cut is stable); and the
+    /// total of subscriptions counted over all of them, cut or not.
+    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> (Vec<(RoomKey, usize)>, usize) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        let mut listed: Vec<(RoomKey, usize)> = Vec::new();
+        for (key, subs) in rooms.iter() {
+            if tenant.is_some_and(|t| *t != key.tenant) {
+                continue;
+            }
+            total += subs.len();
+            listed.push((key.clone(), subs.len()));
+        }
+        drop(rooms);
+        listed.sort_by(|a, b| {
+            (&a.0.tenant, a.0.room.as_str()).cmp(&(&b.0.tenant, b.0.room.as_str()))
+        });
+        listed.truncate(max);
+        (listed, total)
     }
 
     /// Number of rooms with local subscribers.
@@ -187,6 +250,7 @@ mod tests {
                 id,
                 queue: tx,
                 overflow: CancellationToken::new(),
+                deliveries: metrics::Counter::noop(),
                 latest: None,
             },
             rx,
@@ -247,10 +311,7 @@ mod tests {
         for _ in 0..3 {
             hub.deliver_frame(
                 &key("t", "g"),
-                Delivery {
-                    offset: None,
-                    frame: Bytes::from_static(b"event"),
-                },
+                Delivery::new(None, Bytes::from_static(b"event")),
             );
         }
         assert!(!overflow.is_cancelled());

@@ -46,6 +46,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("auth.jwks: {0}")]
+    Jwks(#[from] crate::jwks::JwksError),
     #[error("https: {0}")]
     Https(#[from] crate::https::HttpsError),
     #[error("--cert and --key go together")]
@@ -80,6 +82,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcSetupError),
 }
 
 /// Development-mode extras: the secret `quiver token` and the demo sign with.
@@ -116,6 +120,10 @@ pub struct Shared {
     pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
+    /// Users with a session here in the last minute: the reconnect-frequency metric.
+    pub recent_users: crate::metrics::RecentUsers,
+    /// The way to the application's backend, for `Call` and hooks.
+    pub rpc: Arc<crate::rpc::Rpc>,
 }
 
 impl Shared {
@@ -144,7 +152,16 @@ pub struct Server {
 impl Server {
     pub async fn start(mut config: Config) -> Result<Server, StartError> {
         // The key first: a bad secret is the more serious mistake, so it is the one reported.
-        let (verifier, dev) = load_verifier(&config)?;
+        let jwks = crate::jwks::Source::from_config(&config.auth)?
+            .map(|source| crate::jwks::http_client().map(|client| (source, client)))
+            .transpose()?;
+        let (verifier, dev) = match &jwks {
+            Some((source, client)) => (
+                crate::jwks::initial(source, client, &config.auth).await?,
+                None,
+            ),
+            None => load_verifier(&config)?,
+        };
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
@@ -199,7 +216,9 @@ impl Server {
         };
 
         crate::metrics::handle();
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::with_namespaces(
+            config.namespaces.iter().map(|n| n.name.as_str()),
+        ));
         let shared_config = Arc::new(config.clone());
         let broker: Arc<dyn Broker> = match &config.nats {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
@@ -210,10 +229,12 @@ impl Server {
             Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
+        let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
         let revocations = Arc::new(crate::revocation::Revocations::default());
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),
+            hub.clone(),
             control_nats,
         ));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
@@ -241,6 +262,8 @@ impl Server {
             alt_svc: (!identity.dev)
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
+            recent_users: Default::default(),
+            rpc,
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);
@@ -265,6 +288,20 @@ impl Server {
                 hangup,
             )),
         ];
+        if let Some((source, client)) = jwks {
+            // Its own SIGHUP stream: tokio hands every signal to each listener.
+            #[cfg(unix)]
+            let hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            #[cfg(not(unix))]
+            let hangup = None::<()>;
+            tasks.push(tokio::spawn(crate::jwks::keep_fresh(
+                shared.clone(),
+                source,
+                client,
+                hangup,
+            )));
+        }
         let https_addr = match https {
             Some((listener, tls)) => {
                 let addr = listener.local_addr().ok();
@@ -412,9 +449,6 @@ fn load_verifier(config: &Config) -> Result<(Verifier, Option<DevMode>), StartEr
             .as_deref()
             .ok_or(StartError::KeyWithoutAlgorithm)?;
         return Ok((Verifier::public_key(path, alg, &checks)?, None));
-    }
-    if let Some(path) = &auth.jwks_file {
-        return Ok((Verifier::jwks(path, &checks)?, None));
     }
     if let Some(secret) = &auth.jwt_secret {
         let verifier = Verifier::hs256(secret.expose().as_bytes(), &checks).map_err(|source| {

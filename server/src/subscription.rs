@@ -12,6 +12,7 @@ use wtransport::{Connection, VarInt};
 
 use crate::hub::Delivery;
 use crate::latest::{self, Slot};
+use crate::metrics::hot;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -47,6 +48,8 @@ pub struct Writer {
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
+    /// The session's traffic, for its closing log line.
+    pub tally: std::sync::Arc<crate::metrics::Tally>,
     /// The room, for `Latest` frames.
     pub room: String,
     /// In `latest` rooms: where the newest publication waits (`crate::latest`).
@@ -85,13 +88,21 @@ impl Writer {
         stream.set_priority(self.priority);
         let slot = self.latest.clone();
         let mut batch = std::mem::take(&mut self.preamble);
+        // When the oldest live frame in `batch` reached the hub (the replay has none).
+        let mut oldest = None;
+        // Live frames in `batch`.
+        let mut frames = 0;
         loop {
             if batch.is_empty() {
                 tokio::select! {
                     biased;
                     _ = self.overflow.cancelled() => break,
                     msg = self.queue.recv() => match msg {
-                        Some(first) if self.fresh(&first) => batch.extend_from_slice(&first.frame),
+                        Some(first) if self.fresh(&first) => {
+                            batch.extend_from_slice(&first.frame);
+                            oldest = Some(first.entered);
+                            frames += 1;
+                        }
                         Some(_) => {}
                         None => return,
                     },
@@ -105,7 +116,11 @@ impl Writer {
             }
             while batch.len() < MAX_BATCH {
                 match self.queue.try_recv() {
-                    Ok(more) if self.fresh(&more) => batch.extend_from_slice(&more.frame),
+                    Ok(more) if self.fresh(&more) => {
+                        batch.extend_from_slice(&more.frame);
+                        oldest.get_or_insert(more.entered);
+                        frames += 1;
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -121,6 +136,11 @@ impl Writer {
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
+            }
+            hot::delivery_bytes().increment(batch.len() as u64);
+            self.tally.sent(batch.len(), std::mem::take(&mut frames));
+            if let Some(entered) = oldest.take() {
+                hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
             batch.clear();
         }
@@ -140,9 +160,12 @@ impl Writer {
     async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
         // The preamble may hold a long replay: hand it over in batches of whole frames.
         for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+            let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 0);
         }
         let slot = self.latest.clone();
         // The `latest` value still in the outgoing queue: the next waits until it is written.
@@ -168,9 +191,16 @@ impl Writer {
                     continue;
                 }
             };
-            if self.fresh(&delivery) && out.send(delivery.frame).await.is_err() {
+            if !self.fresh(&delivery) {
+                continue;
+            }
+            let len = delivery.frame.len() as u64;
+            if out.send(delivery.frame).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 1);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
     }
 

@@ -13,8 +13,12 @@ use wtransport::endpoint::endpoint_side::Client as ClientSide;
 use wtransport::{ClientConfig, Connection, Endpoint};
 
 pub mod nats;
+mod observe;
 pub mod process;
 mod raw;
+pub mod rpc;
+
+pub use observe::{wait_metric, wait_ready};
 
 pub use raw::{deaf_websocket, Raw, RoomStream, Via};
 

@@ -8,22 +8,9 @@ use futures::StreamExt;
 use quiver_client::{token_fn, Client, SubEvent};
 use quiver_proto::{Command, Event, Position, Recovery};
 use quiver_server::config::{NamespaceConfig, NatsConfig};
-use quiver_tests::nats::NatsServer;
+use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::process::QuiverProcess;
 use quiver_tests::*;
-
-fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
-    move |c| {
-        c.nats = Some(NatsConfig::new(nats.url()));
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 1000,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-            ..Default::default()
-        });
-    }
-}
 
 async fn instances(nats: &NatsServer, n: usize) -> anyhow::Result<Vec<TestServer>> {
     let mut out = Vec::new();

@@ -21,6 +21,11 @@ export interface Member {
 	user: string;
 	session: string;
 }
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+	position: Position;
+	payload: Uint8Array;
+}
 export type Recovery = {
 	type: "NotRequested";
 } | {
@@ -54,6 +59,19 @@ export type Command = {
 } | {
 	type: "Presence";
 	room: string;
+} | {
+	type: "History";
+	room: string;
+	since: Position | null;
+	limit: number;
+}
+/** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
+ | {
+	type: "Call";
+	method: string;
+	payload: Uint8Array;
+	timeoutMs: number;
+	idempotencyKey: string;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -121,11 +139,22 @@ type Event$1 = {
 	room: string;
 	member: Member;
 }
+/** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+ | {
+	type: "History";
+	room: string;
+	position: Position | null;
+	publications: HistoryItem[];
+	truncated: boolean;
+}
 /** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
  | {
 	type: "Latest";
 	room: string;
 	sequence: bigint;
+	payload: Uint8Array;
+} | {
+	type: "Reply";
 	payload: Uint8Array;
 };
 export interface ClientFrame {
@@ -209,6 +238,10 @@ export declare const ErrorCode: {
 	readonly session_closing: 113;
 	readonly stream_limit: 114;
 	readonly quota_exceeded: 115;
+	readonly unsubscribed: 116;
+	readonly unrecoverable_position: 117;
+	readonly deadline_exceeded: 118;
+	readonly backend_error: 119;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -469,6 +502,32 @@ export interface PublishOptions {
 	unreliable?: boolean;
 }
 export declare const CLIENT_NAME = "quiver-ts/0.2";
+/** What `history()` asks for. */
+export interface HistoryOptions {
+	/** The page starts after this position; omitted: from the oldest publication kept. */
+	since?: Position;
+	/** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+	limit?: number;
+}
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+	/** The room's current position. */
+	position: Position | null;
+	/** Oldest first. */
+	publications: Message[];
+	/** More is kept after the last publication than this page holds: ask again from it. */
+	truncated: boolean;
+}
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+	/** How long the backend may take, in milliseconds; the server's default when absent. The
+	 *  server caps it. */
+	timeoutMs?: number;
+	/** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+	idempotencyKey?: string;
+	/** Aborting rejects the call's promise at once with the signal's reason. */
+	signal?: AbortSignal;
+}
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
@@ -538,6 +597,27 @@ export declare class QuiverClient {
 	 * `subscribed` and apply the subscription's `onPresence` changes.
 	 */
 	presence(room: string): Promise<Member[]>;
+	/**
+	 * A page of a history room without subscribing (needs subscribe permission): the publications
+	 * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+	 * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+	 * `since` = the last publication's position. Rejects when disconnected, with code 117
+	 * unrecoverable_position when `since` is no longer in history (page from the start and
+	 * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+	 */
+	history(room: string, options?: HistoryOptions): Promise<HistoryPage>;
+	/**
+	 * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+	 * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+	 * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+	 * 119 backend_error, ...
+	 *
+	 * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+	 * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+	 * `signal` rejects with the signal's reason; the server may still run the call.
+	 */
+	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
 	close(): Promise<void>;
 	private emit;

@@ -10,7 +10,9 @@ var COMMAND_TYPES = [
   "Publish",
   "Ping",
   "Refresh",
-  "Presence"
+  "Presence",
+  "History",
+  "Call"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -26,7 +28,9 @@ var EVENT_TYPES = [
   "Presence",
   "Joined",
   "Left",
-  "Latest"
+  "History",
+  "Latest",
+  "Reply"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -251,6 +255,17 @@ function encodeCommand(frame) {
     case "Presence":
       w.string(c.room);
       break;
+    case "History":
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
+    case "Call":
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -319,9 +334,22 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.member(e.member);
       break;
+    case "History":
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
+      break;
     case "Latest":
       w.string(e.room);
       w.varint64(e.sequence);
+      w.bytes(e.payload);
+      break;
+    case "Reply":
       w.bytes(e.payload);
       break;
   }
@@ -391,8 +419,18 @@ function decodeEvent(body) {
     case "Left":
       event = { type, room: r.string(), member: r.member() };
       break;
+    case "History": {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
     case "Latest":
       event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
+      break;
+    case "Reply":
+      event = { type, payload: r.bytes() };
       break;
   }
   return { id, event };
@@ -448,6 +486,15 @@ function decodeCommand(body) {
       break;
     case "Presence":
       command = { type, room: r.string() };
+      break;
+    case "History": {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
+    case "Call":
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;
   }
   return { id, command };
@@ -525,7 +572,11 @@ var ErrorCode = {
   slow_consumer: 112,
   session_closing: 113,
   stream_limit: 114,
-  quota_exceeded: 115
+  quota_exceeded: 115,
+  unsubscribed: 116,
+  unrecoverable_position: 117,
+  deadline_exceeded: 118,
+  backend_error: 119
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -1510,6 +1561,13 @@ var Subscription = class {
 
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
+function abortable(promise, signal) {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
 var textEncoder = new TextEncoder();
@@ -1684,6 +1742,68 @@ var QuiverClient = class {
     const reply = await session.request(this.nextId(), { type: "Presence", room });
     if (reply.type !== "Presence") throw new QuiverError("protocol", `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+  /**
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room, options = {}) {
+    const session = this.active;
+    if (!session) throw new QuiverError("closed", "not connected", { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 4294967295) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: "History",
+      room,
+      since: options.since ?? null,
+      limit
+    });
+    if (reply.type !== "History") throw new QuiverError("protocol", `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated
+    };
+  }
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+   * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
+   *
+   * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+   * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * `signal` rejects with the signal's reason; the server may still run the call.
+   */
+  async call(method, payload, options = {}) {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const bytes = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    if (!(bytes instanceof Uint8Array)) throw new TypeError("payload must be a Uint8Array or a string");
+    const session = this.active;
+    if (this.closing || !session || session.ended) {
+      throw new QuiverError("closed", "not connected: calls are not queued while disconnected");
+    }
+    const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 4294967295));
+    const command = {
+      type: "Call",
+      method,
+      payload: bytes,
+      timeoutMs,
+      idempotencyKey: options.idempotencyKey ?? ""
+    };
+    const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2e3);
+    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const reply = await (signal ? abortable(request, signal) : request);
+    if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
+    return reply.payload;
   }
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */
   async close() {

@@ -48,13 +48,16 @@ export function requireQuiver() {
 
 /**
  * Runs `quiver serve` and resolves once it printed QUIVER_READY. Without `jwtSecret` the server
- * runs in development mode. Logs go to test-artifacts/<name>.log.
+ * runs in development mode; `config` is a TOML file for `--config`. Logs go to
+ * test-artifacts/<name>.log.
  */
-export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0', configFile = null }) {
+export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0', config = null, configFile = null }) {
   requireQuiver();
   await mkdir(ARTIFACTS, { recursive: true });
   const args = ['serve', '--listen', listen, '--http', http, '--cert-dir', certDir];
-  if (configFile) args.push('--config', configFile);
+  // A TOML config file (namespaces with history or `latest` delivery, for example).
+  const file = config ?? configFile;
+  if (file) args.push('--config', file);
   // Production auth with the generated certificate (the tests pin its hash) must say so.
   if (jwtSecret) args.push('--jwt-secret', jwtSecret, '--self-signed');
   const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });
@@ -129,10 +132,11 @@ export function expiredToken({ tenant, user, subscribe = [], publish = [], agoSe
   return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
 }
 
-export function token({ tenant, user, subscribe = [], publish = [], ttl = '1h', secret = SECRET }) {
+export function token({ tenant, user, subscribe = [], publish = [], call = [], ttl = '1h', secret = SECRET }) {
   const args = ['token', '--jwt-secret', secret, '--tenant', tenant, '--user', user, '--ttl', ttl];
   for (const p of subscribe) args.push('--subscribe', p);
   for (const p of publish) args.push('--publish', p);
+  for (const p of call) args.push('--call', p);
   return quiver(args);
 }
 

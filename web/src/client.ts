@@ -56,6 +56,24 @@ export {
 } from './transport.js';
 
 export const CLIENT_NAME = 'quiver-ts/0.2';
+
+/** What `history()` asks for. */
+export interface HistoryOptions {
+  /** The page starts after this position; omitted: from the oldest publication kept. */
+  since?: Position;
+  /** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+  limit?: number;
+}
+
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+  /** The room's current position. */
+  position: Position | null;
+  /** Oldest first. */
+  publications: Message[];
+  /** More is kept after the last publication than this page holds: ask again from it. */
+  truncated: boolean;
+}
 export type {
   ClientEvents,
   ClientOptions,
@@ -67,6 +85,26 @@ export type {
   SessionInfo,
 } from './options.js';
 
+
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+  /** How long the backend may take, in milliseconds; the server's default when absent. The
+   *  server caps it. */
+  timeoutMs?: number;
+  /** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+  idempotencyKey?: string;
+  /** Aborting rejects the call's promise at once with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
 
 /** Client-side state of one subscription. */
 interface SubState {
@@ -292,6 +330,71 @@ export class QuiverClient {
     const reply = await session.request(this.nextId(), { type: 'Presence', room });
     if (reply.type !== 'Presence') throw new QuiverError('protocol', `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+
+  /**
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+    const session = this.active;
+    if (!session) throw new QuiverError('closed', 'not connected', { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 0xffff_ffff) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: 'History',
+      room,
+      since: options.since ?? null,
+      limit,
+    });
+    if (reply.type !== 'History') throw new QuiverError('protocol', `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated,
+    };
+  }
+
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
+   * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
+   *
+   * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
+   * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * `signal` rejects with the signal's reason; the server may still run the call.
+   */
+  async call(method: string, payload: Uint8Array | string, options: CallOptions = {}): Promise<Uint8Array> {
+    const { signal } = options;
+    signal?.throwIfAborted();
+    const bytes = typeof payload === 'string' ? textEncoder.encode(payload) : payload;
+    if (!(bytes instanceof Uint8Array)) throw new TypeError('payload must be a Uint8Array or a string');
+    const session = this.active;
+    if (this.closing || !session || session.ended) {
+      throw new QuiverError('closed', 'not connected: calls are not queued while disconnected');
+    }
+    const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 0xffff_ffff));
+    const command: Command = {
+      type: 'Call',
+      method,
+      payload: bytes,
+      timeoutMs,
+      idempotencyKey: options.idempotencyKey ?? '',
+    };
+    // The server answers deadline_exceeded at the deadline: wait a little longer than that.
+    const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2_000);
+    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const reply = await (signal ? abortable(request, signal) : request);
+    if (reply.type !== 'Reply') throw new QuiverError('protocol', `expected Reply, got ${reply.type}`);
+    return reply.payload;
   }
 
   /** Closes the session for good: subscriptions end, queued publishes are rejected. */

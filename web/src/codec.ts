@@ -28,6 +28,12 @@ export interface Member {
   session: string;
 }
 
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+  position: Position;
+  payload: Uint8Array;
+}
+
 export type Recovery =
   | { type: 'NotRequested' }
   | { type: 'Recovered'; replayed: number }
@@ -41,7 +47,10 @@ export type Command =
   | { type: 'Publish'; room: string; payload: Uint8Array; ack: boolean }
   | { type: 'Ping' }
   | { type: 'Refresh'; token: string }
-  | { type: 'Presence'; room: string };
+  | { type: 'Presence'; room: string }
+  | { type: 'History'; room: string; since: Position | null; limit: number }
+  /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
+  | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -71,8 +80,11 @@ export type Event =
   | { type: 'Presence'; room: string; members: Member[]; truncated: boolean }
   | { type: 'Joined'; room: string; member: Member }
   | { type: 'Left'; room: string; member: Member }
+  /** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+  | { type: 'History'; room: string; position: Position | null; publications: HistoryItem[]; truncated: boolean }
   /** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
-  | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array };
+  | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array }
+  | { type: 'Reply'; payload: Uint8Array };
 
 export interface ClientFrame {
   id: number;
@@ -95,6 +107,8 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Ping',
   'Refresh',
   'Presence',
+  'History',
+  'Call',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -111,7 +125,9 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Presence',
   'Joined',
   'Left',
+  'History',
   'Latest',
+  'Reply',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -375,6 +391,17 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
     case 'Presence':
       w.string(c.room);
       break;
+    case 'History':
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
+    case 'Call':
+      w.string(c.method);
+      w.bytes(c.payload);
+      w.varint(c.timeoutMs, MAX_U32);
+      w.string(c.idempotencyKey);
+      break;
   }
   return w.frame();
 }
@@ -446,9 +473,22 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       w.string(e.room);
       w.member(e.member);
       break;
+    case 'History':
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
+      break;
     case 'Latest':
       w.string(e.room);
       w.varint64(e.sequence);
+      w.bytes(e.payload);
+      break;
+    case 'Reply':
       w.bytes(e.payload);
       break;
   }
@@ -526,8 +566,18 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Left':
       event = { type, room: r.string(), member: r.member() };
       break;
+    case 'History': {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
     case 'Latest':
       event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
+      break;
+    case 'Reply':
+      event = { type, payload: r.bytes() };
       break;
   }
   return { id, event };
@@ -600,6 +650,15 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
       break;
     case 'Presence':
       command = { type, room: r.string() };
+      break;
+    case 'History': {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
+    case 'Call':
+      command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;
   }
   return { id, command };

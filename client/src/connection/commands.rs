@@ -22,7 +22,7 @@ impl Actor {
 
     pub(super) fn on_request(&mut self, req: Request) {
         match req {
-            Request::Subscribe { room, reply } => self.subscribe(room, reply),
+            Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
             Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
             Request::Dropped { room, gen } => self.unsubscribe(&room, Some(gen), None),
             Request::PublishUnreliable {
@@ -79,6 +79,45 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::History {
+                room,
+                since,
+                limit,
+                reply,
+            } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::History { room, since, limit },
+                        Some(Pending::History { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
+            // Never buffered: a command must not run twice (or late) because of a reconnect.
+            Request::Call {
+                method,
+                payload,
+                timeout_ms,
+                idempotency_key,
+                reply,
+            } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::Call {
+                            method,
+                            payload,
+                            timeout_ms,
+                            idempotency_key,
+                        },
+                        Some(Pending::Call { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
@@ -86,7 +125,12 @@ impl Actor {
         }
     }
 
-    pub(super) fn subscribe(&mut self, room: String, reply: Reply<SubParts>) {
+    pub(super) fn subscribe(
+        &mut self,
+        room: String,
+        from: Option<Position>,
+        reply: Reply<SubParts>,
+    ) {
         if self.subs.contains_key(&room) {
             let _ = reply.send(Err(ClientError::server(
                 ErrorCode::AlreadySubscribed,
@@ -107,7 +151,7 @@ impl Actor {
                 parts: Some((rx, end_rx)),
                 latest: Arc::new(crate::latest::LatestCell::default()),
                 waiter: Some(reply),
-                last: Arc::new(Mutex::new(None)),
+                last: Arc::new(Mutex::new(from)),
                 cmd_id: None,
                 confirmed: false,
                 stream: None,
@@ -310,6 +354,12 @@ impl Actor {
                 Some(Pending::Presence { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
+                Some(Pending::Call { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::Refresh) => {
                     tracing::warn!(code, %message, "token refresh refused");
                     self.retry_refresh();
@@ -342,6 +392,27 @@ impl Actor {
                     let _ = reply.send(Ok(members));
                 }
                 _ => tracing::warn!(id, "unexpected Presence"),
+            },
+            Event::History {
+                room,
+                position,
+                publications,
+                truncated,
+            } => match live.pending.remove(&id) {
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Ok(crate::HistoryPage {
+                        position,
+                        publications,
+                        truncated,
+                    }));
+                }
+                _ => tracing::warn!(id, %room, "unexpected History"),
+            },
+            Event::Reply { payload } => match live.pending.remove(&id) {
+                Some(Pending::Call { reply }) => {
+                    let _ = reply.send(Ok(payload));
+                }
+                _ => tracing::warn!(id, "unexpected Reply"),
             },
             Event::Welcome { .. }
             | Event::Publication { .. }

@@ -50,6 +50,8 @@ pub(crate) const HELLO_ID: u32 = 1;
 pub(crate) enum Request {
     Subscribe {
         room: String,
+        /// Resume after this position (`subscribe_from`).
+        from: Option<Position>,
         reply: Reply<SubParts>,
     },
     Unsubscribe {
@@ -79,6 +81,19 @@ pub(crate) enum Request {
     Presence {
         room: String,
         reply: Reply<Vec<Member>>,
+    },
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+        reply: Reply<crate::HistoryPage>,
+    },
+    Call {
+        method: String,
+        payload: Bytes,
+        timeout_ms: u32,
+        idempotency_key: String,
+        reply: Reply<Bytes>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -132,6 +147,12 @@ enum Pending {
     },
     Presence {
         reply: Reply<Vec<Member>>,
+    },
+    History {
+        reply: Reply<crate::HistoryPage>,
+    },
+    Call {
+        reply: Reply<Bytes>,
     },
     Refresh,
     /// A heartbeat `Ping`: its `Pong` matters only as traffic.
@@ -662,6 +683,12 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::History { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::Call { reply } => {
             let _ = reply.send(Err(err()));
         }
     }

@@ -64,6 +64,11 @@ impl Actor {
                 self.unsubscribe(room, Some(gen), None);
                 return;
             }
+            // `subscribe_from`: the application learns how its resume went, as after a
+            // reconnect, before anything replayed.
+            if !matches!(recovery, Recovery::NotRequested) {
+                sub.preamble = Some(SubEvent::Resubscribed { recovery });
+            }
         } else {
             sub.preamble = Some(SubEvent::Resubscribed { recovery });
         }

@@ -352,14 +352,22 @@ impl Broker for MemoryBroker {
         Box::pin(ready(Ok(self.recover_now(&key, since))))
     }
 
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        let first = self.config.history(&key.room).and_then(|policy| {
+            let mut history = self.lock();
+            history.trim(&key, policy.history_size, policy.history_ttl);
+            let room = history.rooms.get(&key)?;
+            let epoch = room.epoch;
+            room.kept.front().map(|k| Position {
+                epoch,
+                offset: k.offset,
+            })
+        });
+        Box::pin(ready(Ok(first)))
+    }
+
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.hub.deliver_frame(
-            &key,
-            Delivery {
-                offset: None,
-                frame,
-            },
-        );
+        self.hub.deliver_frame(&key, Delivery::new(None, frame));
         Box::pin(ready(Ok(())))
     }
 
@@ -580,6 +588,7 @@ mod tests {
                 id: 1,
                 queue,
                 overflow: Default::default(),
+                deliveries: metrics::Counter::noop(),
                 latest: None,
             },
         );

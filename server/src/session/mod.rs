@@ -6,6 +6,7 @@
 //!
 //! The commands themselves are in `commands.rs`; the command rate meter in `meter.rs`.
 
+mod calls;
 mod commands;
 mod datagrams;
 mod meter;
@@ -123,6 +124,10 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// Traffic, for the closing log line.
+    tally: Arc<m::Tally>,
+    /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
+    calls: tokio::task::JoinSet<calls::CallDone>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -138,6 +143,8 @@ pub async fn run(
     let transport = link.transport.label();
     let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
+    let tenant = grant.tenant.to_string();
+    shared.recent_users.opened(&tenant, &grant.user, transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -155,6 +162,8 @@ pub async fn run(
         publishing: Publishing::default(),
         quota: None,
         stalled: false,
+        tally: Arc::default(),
+        calls: tokio::task::JoinSet::new(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -199,8 +208,9 @@ pub async fn run(
         }
     };
     let user = std::mem::take(&mut session.grant.user);
-    let tenant = session.grant.tenant.to_string();
+    let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
+    shared.recent_users.closed(&tenant, &user);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
     // One line per session, for log pipelines: who, how, how long, why.
@@ -211,6 +221,9 @@ pub async fn run(
         transport,
         duration_ms = opened.elapsed().as_millis() as u64,
         reason = end.reason,
+        bytes_out,
+        messages_out,
+        messages_in,
         "session closed"
     );
     end
@@ -239,8 +252,12 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
-                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
+                Some(kick) = kicks.recv() => match kick.room {
+                    None => return Exit::Close(kick.code, kick.reason),
+                    Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
+                },
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
+                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => self.call_done(done).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
                         // A datagram publication: nobody to tell.
@@ -305,6 +322,12 @@ impl Session {
             }
             break first;
         };
+        if matches!(
+            first,
+            Ok(Some(Inbound::Frame(..) | Inbound::Unknown { .. }))
+        ) {
+            self.tally.received();
+        }
         let hello = match first {
             Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
             Ok(None) => return Err(Exit::Gone("client_closed")),
@@ -360,6 +383,7 @@ impl Session {
     /// stalled never counts against a client within its limits.
     fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
         metrics::counter!(m::COMMANDS).increment(1);
+        self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
             Verdict::Limited => {
@@ -383,6 +407,7 @@ impl Session {
     async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
+        let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -399,6 +424,13 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::History { room, since, limit } => self.history(&room, since, limit).await,
+            Command::Call {
+                method,
+                payload,
+                timeout_ms,
+                idempotency_key,
+            } => self.call(id, &method, payload, timeout_ms, idempotency_key),
         };
         match result {
             Ok(Some(event)) => {
@@ -419,6 +451,8 @@ impl Session {
                 }
             }
         }
+        metrics::histogram!(m::COMMAND_DURATION, "command" => label)
+            .record(arrived.elapsed().as_secs_f64());
         None
     }
 
@@ -443,6 +477,7 @@ impl Session {
             return;
         }
         let frame = encode_event(&ServerFrame { id, event });
+        self.tally.sent(frame.len(), 0);
         let wait = self.shared.config.timeouts.reply;
         if tokio::time::timeout(wait, self.out.send(frame))
             .await

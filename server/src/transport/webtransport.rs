@@ -188,6 +188,7 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant)
     }
     // What the path was like, for telling a slow network from a slow server.
     let path = conn.quic_connection().stats().path;
+    crate::metrics::sample_quic_path(&path);
     info!(
         reason = end.reason,
         transport = T.label(),

@@ -1,0 +1,55 @@
+//! The audit log: one structured line per call and per hooked command, on the `quiver::audit`
+//! target (filter it with `RUST_LOG=quiver::audit=info`): who (user, tenant, session), what
+//! (method or room), the outcome and the latency. Payloads are never logged.
+
+use std::time::Duration;
+
+use quiver_proto::RoomName;
+use tracing::info;
+
+use super::{CallRequest, Caller, Decision, Hook};
+
+pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str, took: Duration) {
+    info!(
+        target: "quiver::audit",
+        kind = "call",
+        user = %caller.user,
+        tenant = %caller.tenant,
+        session = %caller.session,
+        method = %req.method,
+        request_id,
+        idempotency_key = req.idempotency_key.as_deref().unwrap_or(""),
+        outcome,
+        latency_ms = took.as_secs_f64() * 1000.0,
+        "call"
+    );
+}
+
+pub fn hook(
+    hook: Hook,
+    caller: &Caller,
+    room: &RoomName,
+    request_id: &str,
+    outcome: &str,
+    decision: &Decision,
+    took: Duration,
+) {
+    let decided = match decision {
+        Decision::Allow => "allow",
+        Decision::Replace(_) => "replace",
+        Decision::Deny(_) => "deny",
+    };
+    info!(
+        target: "quiver::audit",
+        kind = hook.label(),
+        user = %caller.user,
+        tenant = %caller.tenant,
+        session = %caller.session,
+        room = %room,
+        request_id,
+        outcome,
+        decision = decided,
+        latency_ms = took.as_secs_f64() * 1000.0,
+        "hook"
+    );
+}

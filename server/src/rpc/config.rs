@@ -1,0 +1,156 @@
+//! The `[rpc]` configuration section: call deadlines and bounds, the HTTP route, and the hooks
+//! of each namespace (`[[rpc.hooks]]`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Deadline of a `Call` that names none (`timeout_ms` 0).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest deadline a `Call` may ask for; longer ones are cut to it.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// Calls one session may have waiting for the backend; more are refused with
+    /// `rate_limited` until one is answered.
+    pub max_in_flight: usize,
+    /// Without NATS: the backend's URL; calls and hooks are POSTed here as JSON. Ignored when
+    /// the server has NATS (requests go over NATS then).
+    pub url: Option<String>,
+    /// Sent as `Authorization: Bearer SECRET` on every HTTP request, so the backend can tell
+    /// the server's requests from anyone else's.
+    pub http_secret: Option<Secret>,
+    /// Time to open a TCP/TLS connection to `url`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle connections kept open to `url` for reuse.
+    pub http_idle_connections: usize,
+    /// HTTP requests in flight to `url` over the whole server; more wait for a slot within
+    /// their own deadline, then fail with `deadline_exceeded`.
+    pub http_max_in_flight: usize,
+    /// Backend hooks, per room namespace.
+    pub hooks: Vec<HookConfig>,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(5),
+            max_timeout: Duration::from_secs(30),
+            max_in_flight: 16,
+            url: None,
+            http_secret: None,
+            connect_timeout: Duration::from_secs(2),
+            http_idle_connections: 16,
+            http_max_in_flight: 256,
+            hooks: Vec::new(),
+        }
+    }
+}
+
+/// The hooks of one namespace (a room's first token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub namespace: String,
+    /// Ask the backend before every `Subscribe` in the namespace (after the token's patterns
+    /// allowed it).
+    #[serde(default)]
+    pub subscribe: bool,
+    /// Ask the backend before every `Publish` in the namespace: allow, deny or replace.
+    #[serde(default)]
+    pub publish: bool,
+    /// How long the backend may take to decide.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Allow when the backend cannot be reached or answers too late. Off by default: a hook
+    /// that cannot decide denies (fails closed).
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl RpcConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout.is_zero() || self.max_timeout.is_zero() {
+            return Err("rpc.timeout and rpc.max_timeout must be positive".into());
+        }
+        if self.timeout > self.max_timeout {
+            return Err(format!(
+                "rpc.timeout ({:?}) must not exceed rpc.max_timeout ({:?})",
+                self.timeout, self.max_timeout
+            ));
+        }
+        if self.max_in_flight == 0 || self.http_max_in_flight == 0 {
+            return Err("rpc.max_in_flight and rpc.http_max_in_flight must be positive".into());
+        }
+        if let Some(url) = &self.url {
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                _ => return Err(format!("rpc.url {url:?} is not an http(s) URL")),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for hook in &self.hooks {
+            let ns = &hook.namespace;
+            if ns.contains('.') || quiver_proto::RoomName::parse(ns).is_err() {
+                return Err(format!(
+                    "rpc.hooks: {ns:?} is not a namespace (one room-name token)"
+                ));
+            }
+            if !seen.insert(ns.as_str()) {
+                return Err(format!("rpc.hooks: namespace {ns:?} appears twice"));
+            }
+            if hook.timeout.is_zero() {
+                return Err(format!("rpc.hooks {ns:?}: timeout must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn rpc_section_from_file_with_checks() {
+        figment::Jail::expect_with(|jail| {
+            let c = Config::load(None).map_err(|e| e.to_string())?;
+            assert!(c.rpc.hooks.is_empty() && c.rpc.url.is_none());
+            jail.create_file(
+                "q.toml",
+                "[rpc]\ntimeout = \"1s\"\nurl = \"http://127.0.0.1:9/rpc\"\n\
+                 [[rpc.hooks]]\nnamespace = \"order\"\nsubscribe = true\nfail_open = true\n",
+            )?;
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            assert_eq!(c.rpc.timeout, std::time::Duration::from_secs(1));
+            let hook = &c.rpc.hooks[0];
+            assert!(hook.subscribe && !hook.publish && hook.fail_open);
+            assert_eq!(hook.timeout, std::time::Duration::from_secs(2));
+            for (bad, needle) in [
+                ("[rpc]\ntimeout = \"1m\"\n", "rpc.timeout"),
+                ("[rpc]\nurl = \"ftp://x\"\n", "rpc.url"),
+                ("[[rpc.hooks]]\nnamespace = \"a.b\"\n", "rpc.hooks"),
+                (
+                    "[[rpc.hooks]]\nnamespace = \"a\"\n[[rpc.hooks]]\nnamespace = \"a\"\n",
+                    "twice",
+                ),
+            ] {
+                jail.create_file("bad.toml", bad)?;
+                let err = Config::load(Some("bad.toml".as_ref())).unwrap_err();
+                assert!(err.to_string().contains(needle), "{bad}: {err}");
+            }
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,427 @@
+//! Commands to the application: `Call` (RPC) and the per-namespace backend hooks (subscribe
+//! allow/deny, publish allow/deny/replace). The session core (`session/commands.rs`) asks this
+//! module; it reaches the backend one of two ways (PROTOCOL.md §11):
+//!
+//! - with NATS, a request to `quiver.<tenant>.rpc.<method>` (hooks:
+//!   `quiver.<tenant>.hook.<subscribe|publish>.<room>`), the caller in headers (`nats.rs`);
+//! - without NATS, an HTTP POST of a JSON envelope to `rpc.url` (`http.rs`).
+//!
+//! Every call and every hooked command is one structured `tracing` line on the `quiver::audit`
+//! target (`audit.rs`). Hooks run once per command, in the session that sent it: never on the
+//! fan-out path.
+
+mod audit;
+mod config;
+mod http;
+mod nats;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, RoomName, TenantId};
+use serde::{Deserialize, Serialize};
+
+pub use config::{HookConfig, RpcConfig};
+
+/// Metric names (PROTOCOL.md §11): calls by outcome, hook decisions by hook and outcome.
+pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
+pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
+
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Longest error message taken from a backend, in bytes (longer ones are cut).
+const MAX_BACKEND_MESSAGE: usize = 512;
+
+/// Why a call or a hook got no answer it could use. Each maps to one [`ErrorCode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// No backend is listening (NATS no responders, HTTP connection refused, 502/503), or no
+    /// route is configured.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+    /// No answer before the deadline.
+    #[error("no answer from the backend within {0:?}")]
+    Deadline(Duration),
+    /// The backend answered with an error status: the code it maps to, and its message.
+    #[error("{1}")]
+    Backend(ErrorCode, String),
+    /// The backend's answer breaks the envelope rules (bad JSON, oversized reply).
+    #[error("bad answer from the backend: {0}")]
+    BadAnswer(String),
+}
+
+impl RpcError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
+            RpcError::Backend(code, _) => *code,
+            RpcError::BadAnswer(_) => ErrorCode::BackendError,
+        }
+    }
+
+    /// A metric and audit label.
+    fn label(&self) -> &'static str {
+        match self {
+            RpcError::Unavailable(_) => "unavailable",
+            RpcError::Deadline(_) => "timeout",
+            RpcError::Backend(..) => "backend_error",
+            RpcError::BadAnswer(_) => "bad_answer",
+        }
+    }
+}
+
+/// The error code a backend's HTTP-style status means (HTTP responses, and the `Quiver-Status`
+/// header of a NATS reply). Documented in PROTOCOL.md §11.
+pub fn code_for_status(status: u16) -> ErrorCode {
+    match status {
+        400 | 404 | 409 | 422 => ErrorCode::BadRequest,
+        401 | 403 => ErrorCode::PermissionDenied,
+        408 | 504 => ErrorCode::DeadlineExceeded,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimited,
+        502 | 503 => ErrorCode::Unavailable,
+        _ => ErrorCode::BackendError,
+    }
+}
+
+/// A backend's error text, made safe for an `Error` frame: valid UTF-8, bounded.
+fn backend_message(body: &[u8], status: u16) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return format!("backend answered {status}");
+    }
+    let mut end = text.len().min(MAX_BACKEND_MESSAGE);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// Who is calling: what the backend is told about the caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub tenant: TenantId,
+    pub session: String,
+}
+
+/// One `Call`, checked by the session (method name, permission, sizes).
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub method: RoomName,
+    pub payload: Bytes,
+    pub deadline: Duration,
+    pub idempotency_key: Option<String>,
+}
+
+/// What a hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Allowed with this payload instead of the client's (publish hooks only).
+    Replace(Bytes),
+    Deny(String),
+}
+
+/// Which hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Subscribe,
+    Publish,
+}
+
+impl Hook {
+    fn label(self) -> &'static str {
+        match self {
+            Hook::Subscribe => "subscribe",
+            Hook::Publish => "publish",
+        }
+    }
+}
+
+/// A hook's answer as the backend writes it (both routes): `{"allow": true}`,
+/// `{"allow": false, "reason": "..."}`, or for a publish `{"allow": true, "payload": "<base64>"}`.
+#[derive(Debug, Deserialize)]
+struct HookAnswer {
+    allow: bool,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    payload: Option<String>,
+}
+
+/// The JSON envelope of a hook (both routes) and of an HTTP call.
+#[derive(Debug, Serialize)]
+struct Envelope<'a> {
+    /// `call`, `subscribe` or `publish`.
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    /// Base64 (standard, padded); absent for a subscribe hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<String>,
+    user: &'a str,
+    tenant: &'a str,
+    session: &'a str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+fn b64(payload: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(payload)
+}
+
+fn unb64(text: &str) -> Result<Bytes, RpcError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Bytes::from)
+        .map_err(|e| RpcError::BadAnswer(format!("payload is not base64: {e}")))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcSetupError {
+    #[error("rpc: {0}")]
+    Invalid(String),
+    #[error("rpc: {0}")]
+    Nats(#[from] crate::broker::BrokerError),
+}
+
+enum Route {
+    Nats(nats::NatsRoute),
+    Http(http::HttpRoute),
+    /// No backend configured: every call is `unavailable`.
+    None,
+}
+
+/// The way to the backend, shared by every session.
+pub struct Rpc {
+    config: RpcConfig,
+    route: Route,
+    max_payload: usize,
+}
+
+impl Rpc {
+    /// Connects the route the configuration names: NATS when the server has NATS, else
+    /// `rpc.url` over HTTP, else none (calls are answered `unavailable`; hooks need a route).
+    pub async fn new(config: &crate::Config) -> Result<Rpc, RpcSetupError> {
+        let rpc = config.rpc.clone();
+        rpc.validate().map_err(RpcSetupError::Invalid)?;
+        let route = match (&config.nats, &rpc.url) {
+            (Some(nats), _) => Route::Nats(nats::NatsRoute::connect(nats).await?),
+            (None, Some(url)) => Route::Http(http::HttpRoute::new(url, &rpc)?),
+            (None, None) if !rpc.hooks.is_empty() => {
+                return Err(RpcSetupError::Invalid(
+                    "rpc.hooks need a backend: configure nats or rpc.url".into(),
+                ))
+            }
+            (None, None) => Route::None,
+        };
+        Ok(Rpc {
+            config: rpc,
+            route,
+            max_payload: config.limits.max_payload as usize,
+        })
+    }
+
+    /// The deadline of a call asking for `timeout_ms` (0: the default), capped by the maximum.
+    pub fn deadline(&self, timeout_ms: u32) -> Duration {
+        let asked = if timeout_ms == 0 {
+            self.config.timeout
+        } else {
+            Duration::from_millis(timeout_ms.into())
+        };
+        asked.min(self.config.max_timeout)
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.config.max_in_flight
+    }
+
+    /// Runs a call on the backend and logs it (audit).
+    pub async fn call(&self, caller: &Caller, req: CallRequest) -> Result<Bytes, RpcError> {
+        let started = Instant::now();
+        let request_id = request_id();
+        let result = match &self.route {
+            Route::Nats(nats) => nats.call(caller, &req, &request_id).await,
+            Route::Http(http) => http.call(caller, &req, &request_id).await,
+            Route::None => Err(RpcError::Unavailable("no backend configured".into())),
+        };
+        let result = result.and_then(|payload| {
+            if payload.len() > self.max_payload {
+                Err(RpcError::BadAnswer(format!(
+                    "reply of {} bytes exceeds max_payload {}",
+                    payload.len(),
+                    self.max_payload
+                )))
+            } else {
+                Ok(payload)
+            }
+        });
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        metrics::counter!(RPC_CALLS, "outcome" => outcome).increment(1);
+        audit::call(caller, &req, &request_id, outcome, started.elapsed());
+        result
+    }
+
+    /// The hook settings of a room's namespace, when that hook is on.
+    pub fn hook(&self, hook: Hook, room: &RoomName) -> Option<&HookConfig> {
+        self.config.hooks.iter().find(|h| {
+            h.namespace == room.namespace()
+                && match hook {
+                    Hook::Subscribe => h.subscribe,
+                    Hook::Publish => h.publish,
+                }
+        })
+    }
+
+    /// Asks the backend about one subscribe or publish. A backend that cannot be reached or
+    /// answers too late is a deny, unless the namespace says `fail_open`. `payload` is the
+    /// publication (publish hook only).
+    pub async fn decide(
+        &self,
+        hook: Hook,
+        settings: &HookConfig,
+        caller: &Caller,
+        room: &RoomName,
+        payload: Option<&Bytes>,
+    ) -> Decision {
+        let started = Instant::now();
+        let request_id = request_id();
+        let envelope = Envelope {
+            r#type: hook.label(),
+            method: None,
+            room: Some(room.as_str()),
+            payload: payload.map(|p| b64(p)),
+            user: &caller.user,
+            tenant: caller.tenant.as_str(),
+            session: &caller.session,
+            request_id: &request_id,
+            idempotency_key: None,
+        };
+        let body = match serde_json::to_vec(&envelope) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => return Decision::Deny(format!("hook envelope: {e}")),
+        };
+        let asked = match &self.route {
+            Route::Nats(nats) => {
+                nats.hook(hook, caller, room, body, &request_id, settings.timeout)
+                    .await
+            }
+            Route::Http(http) => http.hook(body, settings.timeout).await,
+            Route::None => Err(RpcError::Unavailable("no backend configured".into())),
+        };
+        let answer = asked.and_then(|body| {
+            serde_json::from_slice::<HookAnswer>(&body)
+                .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))
+        });
+        let decision = match answer {
+            Ok(HookAnswer {
+                allow: true,
+                payload: Some(p),
+                ..
+            }) if hook == Hook::Publish => match unb64(&p) {
+                Ok(p) if p.len() <= self.max_payload => Decision::Replace(p),
+                Ok(p) => self.failed(
+                    settings,
+                    RpcError::BadAnswer(format!(
+                        "replacement payload of {} bytes exceeds max_payload",
+                        p.len()
+                    )),
+                ),
+                Err(e) => self.failed(settings, e),
+            },
+            Ok(HookAnswer { allow: true, .. }) => Decision::Allow,
+            Ok(HookAnswer {
+                allow: false,
+                reason,
+                ..
+            }) => Decision::Deny(
+                reason
+                    .map(|r| backend_message(r.as_bytes(), 403))
+                    .unwrap_or_else(|| "denied by the backend".into()),
+            ),
+            Err(e) => {
+                metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => e.label())
+                    .increment(1);
+                let decision = self.failed(settings, e.clone());
+                audit::hook(
+                    hook,
+                    caller,
+                    room,
+                    &request_id,
+                    e.label(),
+                    &decision,
+                    started.elapsed(),
+                );
+                return decision;
+            }
+        };
+        let outcome = match decision {
+            Decision::Allow => "allow",
+            Decision::Replace(_) => "replace",
+            Decision::Deny(_) => "deny",
+        };
+        metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
+            .increment(1);
+        audit::hook(
+            hook,
+            caller,
+            room,
+            &request_id,
+            outcome,
+            &decision,
+            started.elapsed(),
+        );
+        decision
+    }
+
+    /// A hook that could not be decided: deny, unless the namespace fails open.
+    fn failed(&self, settings: &HookConfig, error: RpcError) -> Decision {
+        if settings.fail_open {
+            Decision::Allow
+        } else {
+            Decision::Deny(format!("hook failed closed: {error}"))
+        }
+    }
+}
+
+/// A request id for the backend's logs and the audit line.
+fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_documented_codes() {
+        assert_eq!(code_for_status(400), ErrorCode::BadRequest);
+        assert_eq!(code_for_status(403), ErrorCode::PermissionDenied);
+        assert_eq!(code_for_status(504), ErrorCode::DeadlineExceeded);
+        assert_eq!(code_for_status(503), ErrorCode::Unavailable);
+        assert_eq!(code_for_status(429), ErrorCode::RateLimited);
+        assert_eq!(code_for_status(500), ErrorCode::BackendError);
+        assert_eq!(code_for_status(418), ErrorCode::BackendError);
+    }
+
+    #[test]
+    fn backend_messages_are_bounded_utf8() {
+        let long = "é".repeat(1000);
+        let m = backend_message(long.as_bytes(), 500);
+        assert!(m.len() <= MAX_BACKEND_MESSAGE);
+        assert!(m.starts_with('é'));
+        assert_eq!(backend_message(b"  ", 500), "backend answered 500");
+        assert_eq!(backend_message(&[0xff, b'x'], 500), "\u{fffd}x");
+    }
+}

@@ -1,0 +1,138 @@
+//! Calls and hooks as NATS requests. Subjects are built from a validated tenant id and a
+//! validated method or room name (tokens of `[A-Za-z0-9_-]`), so no client input can become a
+//! wildcard or reach another tenant's subjects. Backends subscribe with a queue group, so any
+//! one instance answers.
+
+use std::time::Duration;
+
+use async_nats::header::HeaderMap;
+use async_nats::RequestErrorKind;
+use bytes::Bytes;
+use quiver_proto::RoomName;
+
+use super::{backend_message, code_for_status, CallRequest, Caller, Hook, RpcError};
+use crate::config::NatsConfig;
+
+/// The caller's identity, as request headers.
+pub const USER: &str = "Quiver-User";
+pub const TENANT: &str = "Quiver-Tenant";
+pub const SESSION: &str = "Quiver-Session";
+pub const REQUEST_ID: &str = "Quiver-Request-Id";
+pub const IDEMPOTENCY_KEY: &str = "Quiver-Idempotency-Key";
+pub const ROOM: &str = "Quiver-Room";
+/// On a reply: an HTTP-style status; present and not 2xx means the call failed, the body
+/// being the message.
+pub const STATUS: &str = "Quiver-Status";
+
+pub struct NatsRoute {
+    client: async_nats::Client,
+}
+
+impl NatsRoute {
+    /// A connection of its own, so calls never queue behind publications.
+    pub async fn connect(nats: &NatsConfig) -> Result<Self, crate::broker::BrokerError> {
+        let options = async_nats::ConnectOptions::new()
+            .name("quiver-rpc")
+            .retry_on_initial_connect();
+        let client = crate::broker::nats::connect_with(nats, options).await?;
+        Ok(Self { client })
+    }
+
+    pub async fn call(
+        &self,
+        caller: &Caller,
+        req: &CallRequest,
+        request_id: &str,
+    ) -> Result<Bytes, RpcError> {
+        let mut headers = caller_headers(caller, request_id)?;
+        if let Some(key) = &req.idempotency_key {
+            headers.insert(IDEMPOTENCY_KEY, header_value(key)?);
+        }
+        let subject = format!("quiver.{}.rpc.{}", caller.tenant, req.method);
+        let reply = self
+            .request(subject, headers, req.payload.clone(), req.deadline)
+            .await?;
+        let status = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(STATUS))
+            .map(|v| v.as_str().trim().parse::<u16>());
+        match status {
+            None => Ok(reply.payload),
+            Some(Ok(s)) if (200..300).contains(&s) => Ok(reply.payload),
+            Some(Ok(s)) => Err(RpcError::Backend(
+                code_for_status(s),
+                backend_message(&reply.payload, s),
+            )),
+            Some(Err(_)) => Err(RpcError::BadAnswer(format!("{STATUS} is not a number"))),
+        }
+    }
+
+    pub async fn hook(
+        &self,
+        hook: Hook,
+        caller: &Caller,
+        room: &RoomName,
+        body: Bytes,
+        request_id: &str,
+        deadline: Duration,
+    ) -> Result<Bytes, RpcError> {
+        let mut headers = caller_headers(caller, request_id)?;
+        headers.insert(ROOM, header_value(room.as_str())?);
+        let subject = format!("quiver.{}.hook.{}.{}", caller.tenant, hook.label(), room);
+        Ok(self
+            .request(subject, headers, body, deadline)
+            .await?
+            .payload)
+    }
+
+    async fn request(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        deadline: Duration,
+    ) -> Result<async_nats::Message, RpcError> {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .headers(headers)
+            .timeout(Some(deadline));
+        // async-nats applies the timeout too; this bound also covers a send that waits on a
+        // reconnecting client.
+        match tokio::time::timeout(deadline, self.client.send_request(subject, request)).await {
+            Err(_) => Err(RpcError::Deadline(deadline)),
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(e)) => Err(match e.kind() {
+                RequestErrorKind::TimedOut => RpcError::Deadline(deadline),
+                RequestErrorKind::NoResponders => {
+                    RpcError::Unavailable("no backend is serving this method".into())
+                }
+                RequestErrorKind::MaxPayloadExceeded => RpcError::Backend(
+                    quiver_proto::ErrorCode::PayloadTooLarge,
+                    "request exceeds the NATS server's max_payload".into(),
+                ),
+                _ => RpcError::Unavailable(e.to_string()),
+            }),
+        }
+    }
+}
+
+fn caller_headers(caller: &Caller, request_id: &str) -> Result<HeaderMap, RpcError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(USER, header_value(&caller.user)?);
+    headers.insert(TENANT, header_value(caller.tenant.as_str())?);
+    headers.insert(SESSION, header_value(&caller.session)?);
+    headers.insert(REQUEST_ID, header_value(request_id)?);
+    Ok(headers)
+}
+
+/// A header value, refused (not panicking, as async-nats's `From<&str>` would) when it holds a
+/// line break: a user id from a token can hold anything.
+fn header_value(value: &str) -> Result<async_nats::HeaderValue, RpcError> {
+    value.parse().map_err(|_| {
+        RpcError::Backend(
+            quiver_proto::ErrorCode::BadRequest,
+            "a value for the backend's headers contains a line break".into(),
+        )
+    })
+}

@@ -1,0 +1,114 @@
+//! `Call` and the backend hooks, on the session's side: the checks a peer can hit (method name,
+//! the token's `call` patterns, sizes, calls in flight), then `crate::rpc` does the asking.
+//! Calls run as tasks of the session, answered in whatever order the backend answers; they
+//! end with the session. Hooks are awaited in the command that needs them, once.
+
+use bytes::Bytes;
+use quiver_proto::{ErrorCode, Event, RoomName};
+use tracing::warn;
+
+use super::{Refusal, Session};
+use crate::rpc::{CallRequest, Caller, Decision, Hook, MAX_IDEMPOTENCY_KEY};
+
+/// What a finished call task hands back to the session.
+pub(super) type CallDone = (u32, Result<Bytes, crate::rpc::RpcError>);
+
+impl Session {
+    fn caller(&self) -> Caller {
+        Caller {
+            user: self.grant.user.clone(),
+            tenant: self.grant.tenant.clone(),
+            session: self.id.clone(),
+        }
+    }
+
+    /// Checks a `Call` and starts it; the answer comes later through [`Session::call_done`].
+    pub(super) fn call(
+        &mut self,
+        id: u32,
+        method: &str,
+        payload: Bytes,
+        timeout_ms: u32,
+        idempotency_key: String,
+    ) -> Result<Option<Event>, Refusal> {
+        let method = RoomName::parse(method).map_err(|e| {
+            Refusal::new(ErrorCode::BadRequest, format!("invalid method name: {e}"))
+        })?;
+        if !self.grant.may_call(&method) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no call permission for method {method}"),
+            ));
+        }
+        let max = self.shared.config.limits.max_payload as usize;
+        if payload.len() > max {
+            return Err(Refusal::new(
+                ErrorCode::PayloadTooLarge,
+                format!("payload of {} bytes exceeds {max}", payload.len()),
+            ));
+        }
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY
+            || idempotency_key.chars().any(char::is_control)
+        {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "idempotency key must be at most {MAX_IDEMPOTENCY_KEY} bytes without control characters"
+                ),
+            ));
+        }
+        let rpc = self.shared.rpc.clone();
+        if self.calls.len() >= rpc.max_in_flight() {
+            return Err(Refusal::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "{} calls are already waiting for the backend",
+                    rpc.max_in_flight()
+                ),
+            ));
+        }
+        let req = CallRequest {
+            method,
+            payload,
+            deadline: rpc.deadline(timeout_ms),
+            idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
+        };
+        let caller = self.caller();
+        self.calls
+            .spawn(async move { (id, rpc.call(&caller, req).await) });
+        Ok(None)
+    }
+
+    /// Answers a finished call.
+    pub(super) async fn call_done(&mut self, done: Result<CallDone, tokio::task::JoinError>) {
+        match done {
+            Ok((id, Ok(payload))) => self.reply(id, Event::Reply { payload }).await,
+            Ok((id, Err(e))) => self.refuse(id, Refusal::new(e.code(), e.to_string())).await,
+            // Only a panic gets here (the tasks are aborted only with the session).
+            Err(e) => warn!(session = %self.id, error = %e, "call task failed"),
+        }
+    }
+
+    /// Asks the room namespace's hook, if it has one: `Ok(None)` to go on unchanged,
+    /// `Ok(Some(payload))` to publish that payload instead, `Err` (permission_denied with the
+    /// backend's reason) to refuse.
+    pub(super) async fn ask_hook(
+        &self,
+        hook: Hook,
+        room: &RoomName,
+        payload: Option<&Bytes>,
+    ) -> Result<Option<Bytes>, Refusal> {
+        let rpc = &self.shared.rpc;
+        let Some(settings) = rpc.hook(hook, room) else {
+            return Ok(None);
+        };
+        match rpc
+            .decide(hook, settings, &self.caller(), room, payload)
+            .await
+        {
+            Decision::Allow => Ok(None),
+            Decision::Replace(payload) => Ok(Some(payload)),
+            Decision::Deny(reason) => Err(Refusal::new(ErrorCode::PermissionDenied, reason)),
+        }
+    }
+}

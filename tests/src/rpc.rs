@@ -1,0 +1,40 @@
+//! Helpers for the RPC and hook tests: tokens with a `call` claim, and what a backend sees.
+
+use quiver_server::auth::{sign_hs256, unix_now, Claims};
+
+use crate::SECRET;
+
+/// A token for `user` in `tenant` allowed every room and the given `call` patterns.
+pub fn call_token(tenant: &str, user: &str, call: &[&str]) -> String {
+    #[derive(serde::Serialize)]
+    struct WithCall {
+        #[serde(flatten)]
+        claims: Claims,
+        call: Vec<String>,
+    }
+    let claims = Claims {
+        sub: user.into(),
+        tenant: tenant.into(),
+        exp: unix_now() + 3600,
+        subscribe: vec![">".into()],
+        publish: vec![">".into()],
+    };
+    let with = WithCall {
+        claims,
+        call: call.iter().map(|s| s.to_string()).collect(),
+    };
+    sign_hs256(SECRET.as_bytes(), &with).expect("signing works")
+}
+
+/// One request as a test backend saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub backend: String,
+    pub subject: String,
+    pub user: String,
+    pub tenant: String,
+    pub session: String,
+    pub request_id: String,
+    pub idempotency_key: String,
+    pub payload: Vec<u8>,
+}

@@ -1,0 +1,428 @@
+//! `Call` over NATS to real backend subscribers (a queue group; one of them dies), the error
+//! codes a caller can get, the `call` claim, input limits, tenant isolation, and a client that
+//! is disconnected. HTTP routing and hooks: `rpc_http.rs`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_client::{token_fixed, CallOptions, Client, ClientError, ConnectionState, ErrorCode};
+use quiver_proto::{Command, Event};
+use quiver_server::config::NatsConfig;
+use quiver_tests::nats::NatsServer;
+use quiver_tests::rpc::{call_token, Seen};
+use quiver_tests::*;
+
+type Log = Arc<Mutex<Vec<Seen>>>;
+
+fn header(msg: &async_nats::Message, name: &str) -> String {
+    msg.headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+/// A backend instance: its own NATS connection, in queue group `backends`, answering the
+/// methods under `subject`. `*.echo`-like behaviour by the method's last token:
+/// `slow` answers after 3 s, `fail` with status 500, `deny` with 403, anything else echoes
+/// `NAME:payload`. Dropping the returned client and aborting the task is the backend dying.
+async fn backend(
+    nats: &NatsServer,
+    name: &str,
+    subject: &str,
+    log: Log,
+) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>)> {
+    let client = async_nats::connect(nats.url()).await?;
+    let mut sub = client
+        .queue_subscribe(subject.to_owned(), "backends".into())
+        .await?;
+    client.flush().await?;
+    let name = name.to_owned();
+    let responder = client.clone();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            log.lock().unwrap().push(Seen {
+                backend: name.clone(),
+                subject: msg.subject.to_string(),
+                user: header(&msg, "Quiver-User"),
+                tenant: header(&msg, "Quiver-Tenant"),
+                session: header(&msg, "Quiver-Session"),
+                request_id: header(&msg, "Quiver-Request-Id"),
+                idempotency_key: header(&msg, "Quiver-Idempotency-Key"),
+                payload: msg.payload.to_vec(),
+            });
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
+            let responder = responder.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                let method_tail = msg.subject.rsplit('.').next().unwrap_or_default();
+                let mut headers = async_nats::HeaderMap::new();
+                let body = match method_tail {
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        Bytes::from_static(b"late")
+                    }
+                    "fail" => {
+                        headers.insert("Quiver-Status", "500");
+                        Bytes::from_static(b"boom")
+                    }
+                    "deny" => {
+                        headers.insert("Quiver-Status", "403");
+                        Bytes::from_static(b"not your order")
+                    }
+                    _ => Bytes::from([name.as_bytes(), b":", &msg.payload[..]].concat()),
+                };
+                let _ = responder.publish_with_headers(reply, headers, body).await;
+            });
+        }
+    });
+    Ok((client, task))
+}
+
+async fn clustered(nats: &NatsServer) -> Result<TestServer> {
+    TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.rpc.timeout = Duration::from_secs(1);
+        c.rpc.max_timeout = Duration::from_secs(1);
+    })
+    .await
+}
+
+async fn connect(server: &TestServer, token: String) -> Result<Client> {
+    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
+}
+
+fn code(result: Result<Bytes, ClientError>) -> (Option<ErrorCode>, String) {
+    match result {
+        Ok(b) => panic!("expected an error, got {b:?}"),
+        Err(e) => (e.error_code(), e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn nats_calls_reach_a_queue_group_and_go_on_when_one_backend_dies() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = clustered(&nats).await?;
+    let log = Log::default();
+    let (b1_client, b1) = backend(&nats, "b1", "quiver.acme.rpc.order.>", log.clone()).await?;
+    let (_b2_client, _b2) = backend(&nats, "b2", "quiver.acme.rpc.order.>", log.clone()).await?;
+    let client = connect(&server, call_token("acme", "alice", &["order.*"])).await?;
+    let session = client.welcome().expect("welcomed").session;
+
+    for i in 0..30 {
+        let options = CallOptions {
+            idempotency_key: Some(format!("key-{i}")),
+            ..CallOptions::default()
+        };
+        let answer = client
+            .call_with("order.place", format!("#{i}"), options)
+            .await?;
+        let text = String::from_utf8(answer.to_vec())?;
+        assert!(
+            text == format!("b1:#{i}") || text == format!("b2:#{i}"),
+            "{text}"
+        );
+    }
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 30);
+        for (i, seen) in log.iter().enumerate() {
+            assert_eq!(seen.subject, "quiver.acme.rpc.order.place");
+            assert_eq!(
+                (seen.user.as_str(), seen.tenant.as_str()),
+                ("alice", "acme")
+            );
+            assert_eq!(seen.session, session);
+            assert_eq!(seen.request_id.len(), 16, "{seen:?}");
+            assert_eq!(seen.idempotency_key, format!("key-{i}"));
+            assert_eq!(seen.payload, format!("#{i}").as_bytes());
+        }
+        let by_b1 = log.iter().filter(|s| s.backend == "b1").count();
+        assert!(
+            by_b1 > 0 && by_b1 < 30,
+            "the queue group shares calls: b1 took {by_b1}"
+        );
+        let ids: std::collections::HashSet<_> = log.iter().map(|s| &s.request_id).collect();
+        assert_eq!(ids.len(), 30, "request ids are unique");
+    }
+
+    // b1 dies: its subscription goes with its connection.
+    b1.abort();
+    let _ = b1.await;
+    b1_client.flush().await?;
+    drop(b1_client);
+    log.lock().unwrap().clear();
+    for i in 0..10 {
+        let answer = client.call("order.place", format!("after {i}")).await?;
+        assert_eq!(answer, format!("b2:after {i}").as_bytes());
+    }
+    assert!(log.lock().unwrap().iter().all(|s| s.backend == "b2"));
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|s| s.idempotency_key.is_empty()));
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn nats_failures_map_to_distinct_codes_and_deadlines_are_capped() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = clustered(&nats).await?;
+    let log = Log::default();
+    let _backend = backend(&nats, "b1", "quiver.acme.rpc.order.>", log.clone()).await?;
+    let client = connect(
+        &server,
+        call_token("acme", "alice", &["order.*", "stock.*"]),
+    )
+    .await?;
+
+    let (c, msg) = code(client.call("stock.count", "x").await);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "no responders: {msg}");
+
+    let short = CallOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..CallOptions::default()
+    };
+    let (c, msg) = code(client.call_with("order.slow", "x", short).await);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
+
+    // Asking for a minute gets the server's cap (1 s here): the backend would answer at 3 s.
+    let long = CallOptions {
+        timeout: Some(Duration::from_secs(60)),
+        ..CallOptions::default()
+    };
+    let started = Instant::now();
+    let (c, msg) = code(client.call_with("order.slow", "x", long).await);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "capped deadline"
+    );
+
+    let (c, msg) = code(client.call("order.fail", "x").await);
+    assert_eq!(c, Some(ErrorCode::BackendError));
+    assert!(msg.contains("boom"), "{msg}");
+    let (c, msg) = code(client.call("order.deny", "x").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("not your order"), "{msg}");
+
+    // The session is fine after all that.
+    assert_eq!(client.call("order.place", "ok").await?, &b"b1:ok"[..]);
+
+    // A user id that would forge a header is refused, not sent.
+    let calls_so_far = log.lock().unwrap().len();
+    let forger = connect(
+        &server,
+        call_token("acme", "mallory\r\nQuiver-Tenant: globex", &["order.*"]),
+    )
+    .await?;
+    let (c, msg) = code(forger.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::BadRequest), "{msg}");
+    assert_eq!(log.lock().unwrap().len(), calls_so_far);
+    forger.close().await;
+    let page = server.metrics().await?;
+    for outcome in ["ok", "timeout", "unavailable", "backend_error"] {
+        assert!(
+            metric_sum(&page, "quiver_rpc_calls_total", &[("outcome", outcome)]) >= 1.0,
+            "{outcome}"
+        );
+    }
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tenants_backend_never_sees_another_tenants_calls() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = clustered(&nats).await?;
+    let acme_log = Log::default();
+    let globex_log = Log::default();
+    let _acme = backend(&nats, "acme", "quiver.acme.rpc.>", acme_log.clone()).await?;
+    let _globex = backend(&nats, "globex", "quiver.globex.rpc.>", globex_log.clone()).await?;
+    let acme = connect(&server, call_token("acme", "a", &[">"])).await?;
+    let globex = connect(&server, call_token("globex", "g", &[">"])).await?;
+    let initech = connect(&server, call_token("initech", "i", &[">"])).await?;
+
+    for i in 0..5 {
+        assert_eq!(acme.call("order.place", "x").await?, &b"acme:x"[..], "{i}");
+        assert_eq!(globex.call("order.place", "y").await?, &b"globex:y"[..]);
+        // No backend for this tenant: nobody else's backend answers instead.
+        let (c, _) = code(initech.call("order.place", "z").await);
+        assert_eq!(c, Some(ErrorCode::Unavailable));
+    }
+    let acme_log = acme_log.lock().unwrap();
+    let globex_log = globex_log.lock().unwrap();
+    assert_eq!((acme_log.len(), globex_log.len()), (5, 5));
+    assert!(acme_log
+        .iter()
+        .all(|s| s.tenant == "acme" && s.subject.starts_with("quiver.acme.") && s.payload == b"x"));
+    assert!(globex_log
+        .iter()
+        .all(|s| s.tenant == "globex" && s.subject.starts_with("quiver.globex.")));
+    Ok(())
+}
+
+/// What a peer can get wrong, checked by the server before any backend is asked (this server
+/// has no backend at all).
+#[tokio::test]
+async fn calls_are_checked_against_the_claim_and_the_limits() -> Result<()> {
+    let server = TestServer::start().await?;
+    let call = |method: &str, payload: Vec<u8>, key: &str| Command::Call {
+        method: method.into(),
+        payload: Bytes::from(payload),
+        timeout_ms: 0,
+        idempotency_key: key.into(),
+    };
+    let refused = |event: Event| match event {
+        Event::Error { code, message } => (ErrorCode::from_u16(code), message),
+        other => panic!("expected an error, got {other:?}"),
+    };
+
+    // No `call` claim: default deny.
+    let mut raw = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let (c, msg) = refused(raw.request(call("order.place", vec![], "")).await?);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+
+    let mut raw = Raw::connect(&server, &call_token("acme", "alice", &["order.*"])).await?;
+    for (method, want) in [
+        ("billing.pay", ErrorCode::PermissionDenied),
+        ("order.admin.drop", ErrorCode::PermissionDenied),
+        ("order..place", ErrorCode::BadRequest),
+        ("order.*", ErrorCode::BadRequest),
+        ("", ErrorCode::BadRequest),
+    ] {
+        let (c, msg) = refused(raw.request(call(method, vec![], "")).await?);
+        assert_eq!(c, Some(want), "{method:?}: {msg}");
+    }
+    let max = server.config.limits.max_payload as usize;
+    let (c, _) = refused(
+        raw.request(call("order.place", vec![0; max + 1], ""))
+            .await?,
+    );
+    assert_eq!(c, Some(ErrorCode::PayloadTooLarge));
+    let (c, _) = refused(
+        raw.request(call("order.place", vec![], &"k".repeat(129)))
+            .await?,
+    );
+    assert_eq!(c, Some(ErrorCode::BadRequest));
+    let (c, _) = refused(raw.request(call("order.place", vec![], "a\nb")).await?);
+    assert_eq!(c, Some(ErrorCode::BadRequest));
+    // Allowed, but nothing to route it to.
+    let (c, msg) = refused(raw.request(call("order.place", vec![1], "k")).await?);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    assert!(msg.contains("no backend"), "{msg}");
+    raw.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disconnected_client_fails_calls_at_once() -> Result<()> {
+    let mut server = TestServer::start().await?;
+    let client = connect(&server, call_token("acme", "alice", &[">"])).await?;
+    let mut state = client.state();
+    server.stop().await;
+    tokio::time::timeout(WAIT, async {
+        while matches!(
+            *state.borrow_and_update(),
+            ConnectionState::Connected { .. }
+        ) {
+            state.changed().await?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let started = Instant::now();
+    let err = client.call("order.place", "x").await.unwrap_err();
+    assert_eq!(err, ClientError::NotConnected);
+    // Not queued until a reconnect, not waiting out the request timeout.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    client.close().await;
+    Ok(())
+}
+
+/// Hooks over NATS: the subscribe hook's subject names the room, the publish hook's envelope
+/// carries the payload; a deny's reason reaches the client, a replacement reaches subscribers.
+#[tokio::test]
+async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "order".into(),
+            subscribe: true,
+            publish: true,
+            timeout: Duration::from_secs(2),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let backend = async_nats::connect(nats.url()).await?;
+    let mut hooks = backend
+        .queue_subscribe("quiver.acme.hook.>".to_owned(), "backends".into())
+        .await?;
+    backend.flush().await?;
+    let subjects = Arc::new(Mutex::new(Vec::new()));
+    let seen = subjects.clone();
+    let responder = backend.clone();
+    tokio::spawn(async move {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        while let Some(msg) = hooks.next().await {
+            seen.lock().unwrap().push(msg.subject.to_string());
+            let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            let owner = format!("order.{}", envelope["user"].as_str().unwrap_or_default());
+            let answer = match envelope["type"].as_str() {
+                Some("subscribe") if envelope["room"] == owner.as_str() => {
+                    serde_json::json!({"allow": true})
+                }
+                Some("subscribe") => serde_json::json!({"allow": false, "reason": "not yours"}),
+                _ => {
+                    let payload = b64
+                        .decode(envelope["payload"].as_str().unwrap_or(""))
+                        .unwrap();
+                    let upper = payload.to_ascii_uppercase();
+                    serde_json::json!({"allow": true, "payload": b64.encode(upper)})
+                }
+            };
+            if let Some(reply) = msg.reply {
+                let _ = responder.publish(reply, answer.to_string().into()).await;
+            }
+        }
+    });
+    let client = connect(&server, call_token("acme", "alice", &[])).await?;
+    let (c, msg) = match client.subscribe("order.bob").await {
+        Ok(_) => panic!("bob's order room was allowed"),
+        Err(e) => (e.error_code(), e.to_string()),
+    };
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("not yours"), "{msg}");
+    let mut sub = client.subscribe("order.alice").await?;
+    client.publish_ack("order.alice", "shipped").await?;
+    loop {
+        match tokio::time::timeout(WAIT, sub.next()).await? {
+            Some(quiver_client::SubEvent::Publication { payload, .. }) => {
+                assert_eq!(payload, &b"SHIPPED"[..]);
+                break;
+            }
+            Some(_) => {}
+            None => anyhow::bail!("subscription ended"),
+        }
+    }
+    assert_eq!(
+        *subjects.lock().unwrap(),
+        [
+            "quiver.acme.hook.subscribe.order.bob",
+            "quiver.acme.hook.subscribe.order.alice",
+            "quiver.acme.hook.publish.order.alice"
+        ]
+    );
+    client.close().await;
+    Ok(())
+}

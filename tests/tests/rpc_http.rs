@@ -1,0 +1,549 @@
+//! `Call` and the backend hooks over HTTP (a server without NATS) against a real HTTP test
+//! backend: the envelope, status codes, deadlines, a backend that is down, calls in flight,
+//! subscribe and publish hooks (allow, deny, replace, timeouts failing closed or open), and
+//! proof that a publish hook runs once per publish, never per delivery.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_client::{token_fixed, Client, ClientError, ErrorCode, SubEvent};
+use quiver_proto::{Command, Event};
+use quiver_server::rpc::HookConfig;
+use quiver_tests::rpc::call_token;
+use quiver_tests::*;
+use serde_json::{json, Value};
+
+const BACKEND_SECRET: &str = "backend-secret-for-tests";
+
+#[derive(Default)]
+struct Backend {
+    /// Every envelope received, with its `Authorization` header.
+    seen: Mutex<Vec<(Value, String)>>,
+    /// Requests by envelope type (`call`, `subscribe`, `publish`).
+    counts: Mutex<HashMap<String, usize>>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn unb64(text: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("base64")
+}
+
+async fn handle(
+    State(backend): State<Arc<Backend>>,
+    headers: HeaderMap,
+    Json(envelope): Json<Value>,
+) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let kind = envelope["type"].as_str().unwrap_or_default().to_owned();
+    backend.seen.lock().unwrap().push((envelope.clone(), auth));
+    *backend
+        .counts
+        .lock()
+        .unwrap()
+        .entry(kind.clone())
+        .or_default() += 1;
+    let payload = envelope["payload"].as_str().map(unb64).unwrap_or_default();
+    let room = envelope["room"].as_str().unwrap_or_default();
+    let user = envelope["user"].as_str().unwrap_or_default();
+    match kind.as_str() {
+        "call" => match envelope["method"].as_str().unwrap_or_default() {
+            "order.fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+            "order.busy" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
+            "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
+            "order.invalid" => (StatusCode::UNPROCESSABLE_ENTITY, "bad qty").into_response(),
+            "order.slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Json(json!({"payload": b64(b"late")})).into_response()
+            }
+            "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
+            "order.garbled" => "not json".into_response(),
+            _ => {
+                Json(json!({"payload": b64(&[b"placed:", &payload[..]].concat())})).into_response()
+            }
+        },
+        "subscribe" if room.starts_with("slow.") || room.starts_with("lax.") => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Json(json!({"allow": true})).into_response()
+        }
+        "subscribe" if room == format!("order.{user}") => {
+            Json(json!({"allow": true})).into_response()
+        }
+        "subscribe" => {
+            Json(json!({"allow": false, "reason": "only the order's owner"})).into_response()
+        }
+        "publish" => match &payload[..] {
+            b"bad" => Json(json!({"allow": false, "reason": "no swearing"})).into_response(),
+            b"replace-me" => {
+                Json(json!({"allow": true, "payload": b64(b"replaced")})).into_response()
+            }
+            _ => Json(json!({"allow": true})).into_response(),
+        },
+        _ => StatusCode::BAD_REQUEST.into_response(),
+    }
+}
+
+async fn start_backend() -> Result<(Arc<Backend>, String)> {
+    let backend = Arc::new(Backend::default());
+    let app = axum::Router::new()
+        .route("/rpc", axum::routing::post(handle))
+        .with_state(backend.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/rpc", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((backend, url))
+}
+
+fn hook(namespace: &str, subscribe: bool, publish: bool, fail_open: bool) -> HookConfig {
+    HookConfig {
+        namespace: namespace.into(),
+        subscribe,
+        publish,
+        timeout: Duration::from_millis(300),
+        fail_open,
+    }
+}
+
+async fn server_for(url: &str) -> Result<TestServer> {
+    let url = url.to_owned();
+    TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.http_secret = Some(BACKEND_SECRET.into());
+        c.rpc.timeout = Duration::from_secs(1);
+        c.rpc.max_in_flight = 2;
+        c.rpc.hooks = vec![
+            hook("order", true, true, false),
+            hook("slow", true, false, false),
+            hook("lax", true, false, true),
+        ];
+    })
+    .await
+}
+
+async fn connect(server: &TestServer, user: &str) -> Result<Client> {
+    let token = call_token("acme", user, &["order.*"]);
+    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (Option<ErrorCode>, String) {
+    match result {
+        Ok(b) => panic!("expected an error, got {b:?}"),
+        Err(e) => (e.error_code(), e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let client = connect(&server, "alice").await?;
+    let session = client.welcome().expect("welcomed").session;
+
+    let options = quiver_client::CallOptions {
+        idempotency_key: Some("order-77".into()),
+        ..Default::default()
+    };
+    let answer = client
+        .call_with("order.place", &b"\x00two widgets"[..], options)
+        .await?;
+    assert_eq!(answer, &b"placed:\x00two widgets"[..]);
+    {
+        let seen = backend.seen.lock().unwrap();
+        let (envelope, auth) = &seen[0];
+        assert_eq!(auth, &format!("Bearer {BACKEND_SECRET}"));
+        assert_eq!(envelope["type"], "call");
+        assert_eq!(envelope["method"], "order.place");
+        assert_eq!(envelope["user"], "alice");
+        assert_eq!(envelope["tenant"], "acme");
+        assert_eq!(envelope["session"], session.as_str());
+        assert_eq!(envelope["idempotency_key"], "order-77");
+        assert_eq!(envelope["request_id"].as_str().map(str::len), Some(16));
+        assert_eq!(
+            unb64(envelope["payload"].as_str().unwrap()),
+            b"\x00two widgets"
+        );
+    }
+
+    for (method, want, text) in [
+        ("order.fail", ErrorCode::BackendError, "boom"),
+        ("order.busy", ErrorCode::Unavailable, "503"),
+        ("order.deny", ErrorCode::PermissionDenied, "not your order"),
+        ("order.invalid", ErrorCode::BadRequest, "bad qty"),
+        ("order.slow", ErrorCode::DeadlineExceeded, ""),
+        ("order.huge", ErrorCode::BackendError, "max_payload"),
+        ("order.garbled", ErrorCode::BackendError, "call answer"),
+    ] {
+        let (c, msg) = code(client.call(method, "x").await);
+        assert_eq!(c, Some(want), "{method}: {msg}");
+        assert!(msg.contains(text), "{method}: {msg}");
+    }
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn calls_in_flight_are_bounded_per_session() -> Result<()> {
+    let (_backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let mut raw = Raw::connect(&server, &call_token("acme", "alice", &["order.*"])).await?;
+    let call = |method: &str| Command::Call {
+        method: method.into(),
+        payload: Bytes::new(),
+        timeout_ms: 0,
+        idempotency_key: String::new(),
+    };
+    // Two slow calls fill the session's allowance (max_in_flight = 2); a third is refused
+    // at once, and a quick one after them is answered before the slow ones.
+    let slow1 = raw.send(call("order.slow")).await?;
+    let slow2 = raw.send(call("order.slow")).await?;
+    let third = raw.send(call("order.place")).await?;
+    let third = raw.recv_reply(third).await?;
+    assert!(
+        matches!(third, Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16()),
+        "{third:?}"
+    );
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        let frame = raw.recv().await?;
+        if let Event::Error { code, .. } = frame.event {
+            assert_eq!(code, ErrorCode::DeadlineExceeded.as_u16());
+            answered.push(frame.id);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, vec![slow1, slow2]);
+    // Room again.
+    match raw.request(call("order.place")).await? {
+        Event::Reply { payload } => assert_eq!(payload, &b"placed:"[..]),
+        other => panic!("{other:?}"),
+    }
+    raw.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_is_unavailable() -> Result<()> {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let server = server_for(&format!("http://127.0.0.1:{port}/rpc")).await?;
+    let client = connect(&server, "alice").await?;
+    let (c, msg) = code(client.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    // The hooks fail closed.
+    let (c, msg) = code(client.subscribe("order.alice").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("failed closed"), "{msg}");
+    // Rooms without hooks do not ask.
+    client.subscribe("chat.lobby").await?;
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let alice = connect(&server, "alice").await?;
+
+    let _mine = alice.subscribe("order.alice").await?;
+    let (c, msg) = code(alice.subscribe("order.bob").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("only the order's owner"), "{msg}");
+    // The backend takes 3 s; the hook allows 300 ms.
+    let (c, msg) = code(alice.subscribe("slow.room").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("failed closed"), "{msg}");
+    // The same, in a namespace that fails open.
+    let _lax = alice.subscribe("lax.room").await?;
+    // No hook in this namespace: the backend is not asked.
+    let _chat = alice.subscribe("chat.room").await?;
+    {
+        let seen = backend.seen.lock().unwrap();
+        let rooms: Vec<&str> = seen
+            .iter()
+            .filter(|(e, _)| e["type"] == "subscribe")
+            .map(|(e, _)| e["room"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(rooms, ["order.alice", "order.bob", "slow.room", "lax.room"]);
+        assert!(seen
+            .iter()
+            .all(|(e, _)| e["user"] == "alice" && e["tenant"] == "acme"));
+    }
+    let page = server.metrics().await?;
+    let decided = |outcome| {
+        metric_sum(
+            &page,
+            "quiver_hook_decisions_total",
+            &[("hook", "subscribe"), ("outcome", outcome)],
+        )
+    };
+    assert!(decided("allow") >= 1.0 && decided("deny") >= 1.0 && decided("timeout") >= 2.0);
+    alice.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn publish_hooks_allow_deny_replace_once_per_publish_never_per_delivery() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let alice = connect(&server, "alice").await?;
+    // Three subscribers of the room (the hook lets only alice subscribe to order.alice).
+    let mut subs = Vec::new();
+    for _ in 0..3 {
+        let c = connect(&server, "alice").await?;
+        let s = c.subscribe("order.alice").await?;
+        subs.push((c, s));
+    }
+    let subscribes = backend.counts.lock().unwrap()["subscribe"];
+    assert_eq!(subscribes, 3);
+
+    alice.publish_ack("order.alice", "hello").await?;
+    let (c, msg) = code(alice.publish_ack("order.alice", "bad").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied));
+    assert!(msg.contains("no swearing"), "{msg}");
+    alice.publish_ack("order.alice", "replace-me").await?;
+    for i in 0..5 {
+        alice.publish_ack("order.alice", format!("n{i}")).await?;
+    }
+
+    for (_, sub) in &mut subs {
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            match tokio::time::timeout(WAIT, sub.next()).await? {
+                Some(SubEvent::Publication { payload, .. }) => got.push(payload),
+                Some(_) => {}
+                None => anyhow::bail!("subscription ended"),
+            }
+        }
+        let want: Vec<Bytes> = ["hello", "replaced", "n0", "n1", "n2", "n3", "n4"]
+            .iter()
+            .map(|s| Bytes::from(s.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+    // 8 publishes, 3 subscribers, 21 deliveries: 8 hook requests.
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 8);
+    for (c, _) in subs {
+        c.close().await;
+    }
+    alice.close().await;
+    Ok(())
+}
+
+/// `quiver token --call` mints a token with the claim; `quiver call` prints the answer, and
+/// fails with the server's code when the backend refuses.
+#[tokio::test]
+async fn the_cli_calls_and_reports_refusals() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let quiver = quiver_tests::process::binary()?;
+    let run = |args: Vec<String>| {
+        let quiver = quiver.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(quiver)
+                .args(args)
+                .env_remove("QUIVER_TOKEN")
+                .output()
+        })
+    };
+    let minted = run([
+        "token",
+        "--tenant",
+        "acme",
+        "--user",
+        "carol",
+        "--call",
+        "order.*",
+        "--jwt-secret",
+        SECRET,
+    ]
+    .map(String::from)
+    .to_vec())
+    .await??;
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout)?.trim().to_owned();
+    let call = |method: &str| {
+        [
+            "call",
+            "--transport",
+            "webtransport",
+            "--url",
+            &server.url(),
+            "--cert-hash",
+            &hex::encode(server.hash),
+            "--token",
+            &token,
+            method,
+            "hello",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let ok = run(call("order.place")).await??;
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(ok.stdout, b"placed:hello\n");
+    assert_eq!(backend.seen.lock().unwrap()[0].0["user"], "carol");
+    let refused = run(call("order.deny")).await??;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("permission_denied") && stderr.contains("not your order"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+/// The audit log: one line per call and per hooked command, with who, what, the outcome and
+/// the latency, from a real `quiver serve` process (its stderr), never the payload.
+#[tokio::test]
+async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
+    use std::io::BufRead;
+    let (_backend, url) = start_backend().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!("[rpc]\nurl = \"{url}\"\n[[rpc.hooks]]\nnamespace = \"order\"\nsubscribe = true\n"),
+    )?;
+    let mut cmd = quiver_tests::process::serve_command(dir.path())?;
+    cmd.args(["--jwt-secret", SECRET, "--self-signed", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn,quiver::audit=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let _child = Kill(child);
+    let ready = tokio::task::spawn_blocking(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let ready = lines
+            .by_ref()
+            .map_while(|l| l.ok())
+            .find_map(|l| l.strip_prefix("QUIVER_READY ").map(str::to_owned));
+        std::thread::spawn(move || lines.for_each(drop));
+        ready
+    })
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("quiver exited before it was ready"))?;
+    let ready: Value = serde_json::from_str(&ready)?;
+    let log = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(|l| l.ok())
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let port = |field: &str| -> Result<u16> {
+        Ok(ready[field]
+            .as_str()
+            .unwrap_or_default()
+            .parse::<std::net::SocketAddr>()?
+            .port())
+    };
+    let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad hash"))?;
+    let mut config = quiver_client::ClientConfig::new(
+        format!("https://127.0.0.1:{}/v1", port("webtransport")?),
+        token_fixed(call_token("acme", "alice", &["order.*"])),
+    );
+    config.trust = quiver_client::Trust::CertHashes(vec![hash]);
+    config.transport = quiver_client::Transport::WebTransport;
+    let client = Client::connect(config).await?;
+    client.call("order.place", "secret-payload-text").await?;
+    let _ = client.call("order.fail", "x").await;
+    let _ = client.subscribe("order.bob").await;
+    client.close().await;
+
+    let lines = tokio::time::timeout(WAIT, async {
+        loop {
+            let audit: Vec<String> = log
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("quiver::audit"))
+                .cloned()
+                .collect();
+            if audit.len() >= 3 {
+                return audit;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    let has = |line: &str, parts: &[&str]| parts.iter().all(|p| line.contains(p));
+    let common = [
+        "user=alice",
+        "tenant=acme",
+        "session=",
+        "request_id=",
+        "latency_ms=",
+    ];
+    assert!(
+        has(&lines[0], &common)
+            && has(
+                &lines[0],
+                &["kind=\"call\"", "method=order.place", "outcome=\"ok\""]
+            ),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        has(&lines[1], &common)
+            && has(
+                &lines[1],
+                &["method=order.fail", "outcome=\"backend_error\""]
+            ),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        has(&lines[2], &common)
+            && has(
+                &lines[2],
+                &["kind=\"subscribe\"", "room=order.bob", "decision=\"deny\""]
+            ),
+        "{}",
+        lines[2]
+    );
+    assert!(log
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|l| !l.contains("secret-payload-text")));
+    Ok(())
+}
