@@ -52,6 +52,8 @@ pub struct Subscriber {
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
     /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
+    /// Every subscriber of a room has the room's tenant, so the fan-out adds a room's count to
+    /// its first subscriber's counter, once per publication.
     pub deliveries: metrics::Counter,
 }
 
@@ -122,10 +124,7 @@ impl Hub {
             };
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
-                    Ok(()) => {
-                        delivered += 1;
-                        sub.deliveries.increment(1);
-                    }
+                    Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
                         overflowed.push(sub.id);
@@ -133,6 +132,9 @@ impl Hub {
                     // The writer is gone; the session removes the entry as it cleans up.
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
+            }
+            if let Some(first) = subs.first() {
+                first.deliveries.increment(delivered as u64);
             }
         }
         if !overflowed.is_empty() {
