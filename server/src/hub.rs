@@ -7,7 +7,7 @@
 //! held only for map work, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantI
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::latest::Slot;
 use crate::metrics as m;
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
@@ -55,6 +56,9 @@ pub struct Subscriber {
     /// Every subscriber of a room has the room's tenant, so the fan-out adds a room's count to
     /// its first subscriber's counter, once per publication.
     pub deliveries: metrics::Counter,
+    /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
+    /// Publications go there instead of the queue, which then carries only room events.
+    pub latest: Option<Arc<Slot>>,
 }
 
 #[derive(Default)]
@@ -103,6 +107,9 @@ impl Hub {
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
         let entered = Instant::now();
         self.namespaces.get(&key.room).publications.increment(1);
+        if let Some(delivered) = self.deliver_latest(key, &payload) {
+            return delivered;
+        }
         self.deliver_frame(
             key,
             Delivery {
@@ -111,6 +118,27 @@ impl Hub {
                 entered,
             },
         )
+    }
+
+    /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
+    /// payload in every subscriber's slot, replacing what waits there. `None` in other rooms.
+    fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let subs = rooms.get(key)?;
+        subs.first()?.latest.as_ref()?;
+        for sub in subs {
+            if let Some(slot) = &sub.latest {
+                slot.put(payload.clone());
+            }
+        }
+        if let Some(first) = subs.first() {
+            first.deliveries.increment(subs.len() as u64);
+        }
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(subs.len() as u64);
+        Some(subs.len())
     }
 
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
@@ -125,6 +153,12 @@ impl Hub {
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
                     Ok(()) => delivered += 1,
+                    // `latest` subscribers are never slow consumers: a room event that finds
+                    // no room is dropped for them alone.
+                    Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
+                        metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "latest_event")
+                            .increment(1);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
                         overflowed.push(sub.id);
@@ -160,6 +194,28 @@ impl Hub {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(key)
+    }
+
+    /// Rooms with local subscribers and how many each has, of one tenant (every tenant:
+    /// `None`), at most `max` rooms (sorted by tenant and name, so a cut is stable); and the
+    /// total of subscriptions counted over all of them, cut or not.
+    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> (Vec<(RoomKey, usize)>, usize) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        let mut listed: Vec<(RoomKey, usize)> = Vec::new();
+        for (key, subs) in rooms.iter() {
+            if tenant.is_some_and(|t| *t != key.tenant) {
+                continue;
+            }
+            total += subs.len();
+            listed.push((key.clone(), subs.len()));
+        }
+        drop(rooms);
+        listed.sort_by(|a, b| {
+            (&a.0.tenant, a.0.room.as_str()).cmp(&(&b.0.tenant, b.0.room.as_str()))
+        });
+        listed.truncate(max);
+        (listed, total)
     }
 
     /// Number of rooms with local subscribers.
@@ -199,6 +255,7 @@ mod tests {
                 queue: tx,
                 overflow: CancellationToken::new(),
                 deliveries: metrics::Counter::noop(),
+                latest: None,
             },
             rx,
         )
@@ -241,5 +298,30 @@ mod tests {
         assert!(hub.unsubscribe(&key("t", "r"), 1));
         assert_eq!(hub.room_count(), 0);
         assert!(!hub.unsubscribe(&key("t", "r"), 2));
+    }
+
+    #[test]
+    fn latest_subscribers_get_the_newest_value_and_never_overflow() {
+        let hub = Hub::default();
+        let (mut s, mut rx) = sub(1, 1);
+        let slot = Arc::new(Slot::default());
+        s.latest = Some(slot.clone());
+        let overflow = s.overflow.clone();
+        hub.subscribe(key("t", "g"), s);
+        for n in 0..100u8 {
+            assert_eq!(hub.deliver(&key("t", "g"), None, Bytes::from(vec![n])), 1);
+        }
+        // Room events beyond the queue are dropped for it, not a reason to end it.
+        for _ in 0..3 {
+            hub.deliver_frame(
+                &key("t", "g"),
+                Delivery::new(None, Bytes::from_static(b"event")),
+            );
+        }
+        assert!(!overflow.is_cancelled());
+        assert!(hub.has_subscribers(&key("t", "g")));
+        assert_eq!(slot.take(), Some((100, Bytes::from(vec![99u8]))));
+        assert_eq!(rx.try_recv().unwrap().frame, Bytes::from_static(b"event"));
+        assert!(rx.try_recv().is_err());
     }
 }

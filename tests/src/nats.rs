@@ -121,6 +121,7 @@ pub fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ 
             history_size: 1000,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     }
 }

@@ -148,3 +148,16 @@ impl Drop for QuiverProcess {
         self.kill();
     }
 }
+
+/// A `quiver` command (any subcommand) run in `dir`, with no `QUIVER_*` variable inherited
+/// from the test's own environment: each test sets the ones it means.
+pub fn quiver_command(dir: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary()?);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("QUIVER_") {
+            cmd.env_remove(key);
+        }
+    }
+    Ok(cmd)
+}

@@ -187,6 +187,7 @@ async fn resume_from_a_position_that_left_jetstream_history_fails() -> anyhow::R
             history_size: 3,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;
@@ -553,6 +554,7 @@ async fn readyz_waits_for_history_delivery_not_just_the_connection() -> anyhow::
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

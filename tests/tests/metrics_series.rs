@@ -17,6 +17,7 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         })
     })
     .await?;

@@ -18,6 +18,8 @@ export const ErrorCode = {
   session_closing: 113,
   stream_limit: 114,
   quota_exceeded: 115,
+  unsubscribed: 116,
+  unrecoverable_position: 117,
 } as const;
 
 export const CloseCode = {

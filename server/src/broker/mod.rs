@@ -47,6 +47,9 @@ pub trait Broker: Send + Sync + 'static {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
+    /// The position of the oldest publication the room keeps (`None`: it keeps none, or the
+    /// namespace keeps no history): where a `History` without `since` starts.
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>>;
     /// Delivers a server-made event frame (`Joined`, `Left`) to the room's subscribers on every
     /// instance. Live only: never stored, never replayed.
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;

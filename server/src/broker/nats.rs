@@ -464,6 +464,15 @@ impl Broker for NatsBroker {
         Box::pin(self.inner.recover_now(key, since))
     }
 
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        Box::pin(async move {
+            match self.inner.config.history(&key.room) {
+                None => Ok(None),
+                Some(ns) => self.inner.first_kept(&key, ns).await,
+            }
+        })
+    }
+
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             self.inner

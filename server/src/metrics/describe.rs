@@ -29,7 +29,16 @@ pub(super) fn register_zeros() {
         }
     }
     metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
-    for name in [PUBLICATIONS, COMMANDS, DELIVERY_BYTES, PRESENCE_TRUNCATED] {
+    for name in [
+        PUBLICATIONS,
+        COMMANDS,
+        DELIVERY_BYTES,
+        PRESENCE_TRUNCATED,
+        DATAGRAMS_SENT,
+        DATAGRAMS_RECEIVED,
+        LATEST_CONFLATED,
+        LATEST_ON_STREAM,
+    ] {
         metrics::counter!(name).absolute(0);
     }
     for code in quiver_proto::ErrorCode::ALL {
@@ -38,7 +47,7 @@ pub(super) fn register_zeros() {
     for command in labels::COMMANDS {
         let _ = metrics::histogram!(COMMAND_DURATION, "command" => *command);
     }
-    for reason in ["slow_consumer", "broker_slow_consumer"] {
+    for reason in ["slow_consumer", "broker_slow_consumer", "latest_event"] {
         metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).absolute(0);
     }
     metrics::counter!(PUBLICATIONS_DROPPED, "reason" => "broker_unavailable").absolute(0);
@@ -132,6 +141,27 @@ pub(super) fn describe() {
          subscription ended; broker_slow_consumer: NATS dropped messages to this node)"
     );
     describe_counter!(COMMANDS, "Commands received from clients");
+    describe_counter!(
+        DATAGRAMS_SENT,
+        "Values of latest rooms sent as QUIC datagrams"
+    );
+    describe_counter!(
+        DATAGRAMS_RECEIVED,
+        "Datagrams received from clients (publications to latest rooms)"
+    );
+    describe_counter!(
+        DATAGRAMS_DROPPED,
+        "Client datagrams dropped unpublished, by reason"
+    );
+    describe_counter!(
+        LATEST_CONFLATED,
+        "Values of latest rooms replaced by a newer one before they were sent"
+    );
+    describe_counter!(
+        LATEST_ON_STREAM,
+        "Values of latest rooms on a WebTransport session sent on the stream (too large for a \
+         datagram)"
+    );
     describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
     describe_counter!(
         RESUMES_REQUESTED,

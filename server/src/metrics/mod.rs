@@ -52,6 +52,11 @@ pub const NATS_RECONNECTS: &str = "quiver_nats_reconnects_total";
 pub const JETSTREAM_PUBLISH_DURATION: &str = "quiver_jetstream_publish_duration_seconds";
 pub const JETSTREAM_CONSUMER_PENDING: &str = "quiver_jetstream_consumer_pending";
 pub const TENANT_DELIVERIES: &str = "quiver_tenant_deliveries_total";
+pub const DATAGRAMS_SENT: &str = "quiver_datagrams_sent_total";
+pub const DATAGRAMS_RECEIVED: &str = "quiver_datagrams_received_total";
+pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
+pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
+pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 
 /// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the
 /// client's own leaving, told apart so that a dashboard's "dropped connections" is honest.

@@ -53,6 +53,11 @@ impl Session {
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
         let overflow = CancellationToken::new();
+        let latest = self
+            .shared
+            .config
+            .latest(&key.room)
+            .then(|| std::sync::Arc::new(crate::latest::Slot::default()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
         let first = self.shared.hub.subscribe(
@@ -65,6 +70,7 @@ impl Session {
                     m::TENANT_DELIVERIES,
                     "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
                 ),
+                latest: latest.clone(),
             },
         );
         let prepared = async {
@@ -139,6 +145,9 @@ impl Session {
                 ended: self.ended_tx.clone(),
                 open_deadline: self.shared.config.timeouts.stream_open,
                 tally: self.tally.clone(),
+                room: key.room.to_string(),
+                latest: latest.clone(),
+                priority: self.shared.config.priority(&key.room),
             }
             .run(),
         );
@@ -160,6 +169,7 @@ impl Session {
             room,
             position: recovered.current,
             recovery,
+            subscription: latest.is_some().then_some(sub_id),
         }))
     }
 
@@ -272,6 +282,29 @@ impl Session {
         }
     }
 
+    /// The backend ended this room's subscription (`/api/v1/unsubscribe`): unsolicited
+    /// `Unsubscribed { unsubscribed }`. Not subscribed (or already ended): nothing to say.
+    pub(super) async fn unsubscribed_by_backend(
+        &mut self,
+        room: quiver_proto::RoomName,
+        reason: String,
+    ) {
+        let Some(sub) = self.subs.remove(&room) else {
+            return;
+        };
+        self.drop_sub(sub).await;
+        debug!(session = %self.id, %room, "unsubscribed by the backend");
+        self.reply(
+            0,
+            Event::Unsubscribed {
+                room: room.to_string(),
+                code: ErrorCode::Unsubscribed.as_u16(),
+                reason,
+            },
+        )
+        .await;
+    }
+
     pub(super) async fn subscription_ended(&mut self, end: Ended) {
         let Some(room) = self
             .subs
@@ -326,6 +359,46 @@ impl Session {
         Ok(Some(crate::presence::bounded_event(
             room, members, max_frame,
         )))
+    }
+
+    /// A page of a history room, without subscribing (`history.rs`); needs subscribe
+    /// permission, and fits one frame.
+    pub(super) async fn history(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Option<Event>, Refusal> {
+        use crate::history::HistoryError;
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        let room = key.room.to_string();
+        let max_frame = self.shared.config.limits.max_frame as usize;
+        let page = crate::history::page(&self.shared, key, since, limit, max_frame)
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    HistoryError::NoHistory(_) => ErrorCode::BadRequest,
+                    HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
+                    HistoryError::Broker(_) => ErrorCode::Unavailable,
+                };
+                Refusal::new(code, e.to_string())
+            })?;
+        Ok(Some(Event::History {
+            room,
+            position: page.current,
+            publications: page
+                .publications
+                .into_iter()
+                .map(|(position, payload)| quiver_proto::HistoryItem { position, payload })
+                .collect(),
+            truncated: page.truncated,
+        }))
     }
 
     /// Records (or removes) this session's presence in a room and tells the room. Presence is

@@ -7,6 +7,7 @@
 //! The commands themselves are in `commands.rs`; the command rate meter in `meter.rs`.
 
 mod commands;
+mod datagrams;
 mod meter;
 mod publishing;
 
@@ -247,10 +248,17 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
-                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
+                Some(kick) = kicks.recv() => match kick.room {
+                    None => return Exit::Close(kick.code, kick.reason),
+                    Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
+                },
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
+                        // A datagram publication: nobody to tell.
+                        Err(_) if done.id == datagrams::DATAGRAM_ID && !done.ack => {
+                            metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "unavailable").increment(1);
+                        }
                         Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
                         Ok(_) => {}
                         Err(refusal) => self.refuse(done.id, refusal).await,
@@ -269,6 +277,11 @@ impl Session {
                         Ok(false) => {}
                         Err(exit) => return exit,
                     },
+                    Some(Inbound::Datagram(datagram, arrived)) => {
+                        if let Some(exit) = self.datagram(datagram, arrived).await {
+                            return exit;
+                        }
+                    }
                     Some(Inbound::Malformed(reason)) => {
                         warn!(session = %self.id, %reason, "protocol error");
                         return Exit::Close(CloseCode::ProtocolError, reason);
@@ -290,10 +303,19 @@ impl Session {
         inbound: &mut mpsc::Receiver<Inbound>,
         shutdown: &CancellationToken,
     ) -> Result<(), Exit> {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
-            reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
-            first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.hello;
+        let first = loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
+                reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
+                first = tokio::time::timeout_at(deadline, inbound.recv()) => first,
+            };
+            // A datagram may overtake the Hello on the network: dropped, not a protocol error.
+            if let Ok(Some(Inbound::Datagram(..))) = first {
+                metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
+                continue;
+            }
+            break first;
         };
         if matches!(
             first,
@@ -315,7 +337,7 @@ impl Session {
                 } => Some((id, version)),
                 _ => None,
             },
-            Ok(Some(Inbound::Unknown { .. })) => None,
+            Ok(Some(Inbound::Unknown { .. } | Inbound::Datagram(..))) => None,
         };
         let Some((id, version)) = hello else {
             return Err(Exit::Close(
@@ -397,6 +419,7 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::History { room, since, limit } => self.history(&room, since, limit).await,
         };
         match result {
             Ok(Some(event)) => {

@@ -164,6 +164,27 @@ impl Inner {
         .await
     }
 
+    /// The room's oldest kept publication, for `History` without `since`.
+    pub(super) async fn first_kept(
+        &self,
+        key: &RoomKey,
+        ns: &NamespaceConfig,
+    ) -> Result<Option<Position>, BrokerError> {
+        let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
+        let subject = subject(key);
+        bounded("history first", async move {
+            match stream.direct_get_first_for_subject(subject).await {
+                Ok(msg) => Ok(Some(Position {
+                    epoch,
+                    offset: msg.sequence,
+                })),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+        .await
+    }
+
     /// Starts delivering a history room to the hub: an ordered consumer from the stream's
     /// next sequence, rebuilt from the last delivered one whenever NATS reconnects or the
     /// consumer fails. Returns once the first consumer delivers.
