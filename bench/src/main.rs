@@ -16,6 +16,7 @@ mod procstat;
 mod recorder;
 mod relay;
 mod report;
+mod scrape;
 mod target;
 mod workload;
 
@@ -76,6 +77,8 @@ enum Cmd {
     },
     /// One tenant at its publication quota beside another tenant: the other's latency (issue 10).
     Neighbour(orchestrate::neighbour::NeighbourArgs),
+    /// Scrape a Quiver server's /metrics for a while and plot the dashboard's main panels.
+    Scrape(scrape::ScrapeArgs),
     /// The noisy tenant: publish far over the quota, count refusals, until stdin closes.
     Flood {
         #[command(flatten)]
@@ -143,6 +146,7 @@ fn main() -> Result<()> {
             runtime()?.block_on(workload::connections::run(&spec, &params))
         }
         Cmd::Neighbour(args) => orchestrate::neighbour::run(args),
+        Cmd::Scrape(args) => runtime()?.block_on(scrape::run(&args)),
         Cmd::Flood { target, params } => {
             let spec = target.spec()?;
             runtime()?.block_on(workload::neighbour::run(&spec, &params))

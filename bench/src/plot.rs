@@ -12,7 +12,7 @@ use crate::target::Kind;
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-const PALETTE: [RGBColor; 7] = [
+pub(crate) const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -34,12 +34,19 @@ fn color_of(kind: Kind) -> RGBColor {
     }
 }
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing: {e:?}")
 }
 
 /// Draws `text` with its top-left corner at (x, y), each font pixel `scale`×`scale`.
-fn text(area: &Area, x: i32, y: i32, s: &str, scale: i32, color: &RGBColor) -> Result<()> {
+pub(crate) fn text(
+    area: &Area,
+    x: i32,
+    y: i32,
+    s: &str,
+    scale: i32,
+    color: &RGBColor,
+) -> Result<()> {
     for (i, ch) in s.chars().enumerate() {
         let glyph = font8x8::BASIC_FONTS
             .get(ch)
@@ -63,7 +70,7 @@ fn text(area: &Area, x: i32, y: i32, s: &str, scale: i32, color: &RGBColor) -> R
     Ok(())
 }
 
-fn text_width(s: &str, scale: i32) -> i32 {
+pub(crate) fn text_width(s: &str, scale: i32) -> i32 {
     s.chars().count() as i32 * 8 * scale
 }
 

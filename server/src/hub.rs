@@ -53,6 +53,8 @@ pub struct Subscriber {
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
     /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
+    /// Every subscriber of a room has the room's tenant, so the fan-out adds a room's count to
+    /// its first subscriber's counter, once per publication.
     pub deliveries: metrics::Counter,
     /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
     /// Publications go there instead of the queue, which then carries only room events.
@@ -127,8 +129,10 @@ impl Hub {
         for sub in subs {
             if let Some(slot) = &sub.latest {
                 slot.put(payload.clone());
-                sub.deliveries.increment(1);
             }
+        }
+        if let Some(first) = subs.first() {
+            first.deliveries.increment(subs.len() as u64);
         }
         self.namespaces
             .get(&key.room)
@@ -148,10 +152,7 @@ impl Hub {
             };
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
-                    Ok(()) => {
-                        delivered += 1;
-                        sub.deliveries.increment(1);
-                    }
+                    Ok(()) => delivered += 1,
                     // `latest` subscribers are never slow consumers: a room event that finds
                     // no room is dropped for them alone.
                     Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
@@ -165,6 +166,9 @@ impl Hub {
                     // The writer is gone; the session removes the entry as it cleans up.
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
+            }
+            if let Some(first) = subs.first() {
+                first.deliveries.increment(delivered as u64);
             }
         }
         if !overflowed.is_empty() {
