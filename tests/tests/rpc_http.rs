@@ -547,3 +547,55 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
         .all(|l| !l.contains("secret-payload-text")));
     Ok(())
 }
+
+/// `rpc.http_max_in_flight` bounds the server's HTTP requests to the backend: a call that finds
+/// no free slot waits within its own deadline, then gets `deadline_exceeded`.
+#[tokio::test]
+async fn http_requests_in_flight_are_bounded_server_wide() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.http_max_in_flight = 1;
+    })
+    .await?;
+    let first = connect(&server, "alice").await?;
+    let second = connect(&server, "bob").await?;
+    let slow = tokio::spawn(async move {
+        let options = quiver_client::CallOptions {
+            timeout: Some(Duration::from_secs(2)),
+            ..Default::default()
+        };
+        first.call_with("order.slow", "x", options).await
+    });
+    // Until the slow call holds the only slot.
+    tokio::time::timeout(WAIT, async {
+        while backend
+            .counts
+            .lock()
+            .unwrap()
+            .get("call")
+            .copied()
+            .unwrap_or(0)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let quick = quiver_client::CallOptions {
+        timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let (c, msg) = code(second.call_with("order.place", "y", quick).await);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
+    assert_eq!(
+        backend.counts.lock().unwrap()["call"],
+        1,
+        "it never reached the backend"
+    );
+    let (c, _) = code(slow.await?);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded));
+    // The slot is free again.
+    assert_eq!(second.call("order.place", "z").await?, &b"placed:z"[..]);
+    Ok(())
+}
