@@ -125,6 +125,17 @@ pub enum Decision {
     Deny(String),
 }
 
+impl Decision {
+    /// A metric and audit label.
+    fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Replace(_) => "replace",
+            Decision::Deny(_) => "deny",
+        }
+    }
+}
+
 /// Which hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -320,56 +331,14 @@ impl Rpc {
             Route::Http(http) => http.hook(body, settings.timeout).await,
             Route::None => Err(RpcError::Unavailable("no backend configured".into())),
         };
-        let answer = asked.and_then(|body| {
-            serde_json::from_slice::<HookAnswer>(&body)
-                .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))
-        });
-        let decision = match answer {
-            Ok(HookAnswer {
-                allow: true,
-                payload: Some(p),
-                ..
-            }) if hook == Hook::Publish => match unb64(&p) {
-                Ok(p) if p.len() <= self.max_payload => Decision::Replace(p),
-                Ok(p) => self.failed(
-                    settings,
-                    RpcError::BadAnswer(format!(
-                        "replacement payload of {} bytes exceeds max_payload",
-                        p.len()
-                    )),
-                ),
-                Err(e) => self.failed(settings, e),
-            },
-            Ok(HookAnswer { allow: true, .. }) => Decision::Allow,
-            Ok(HookAnswer {
-                allow: false,
-                reason,
-                ..
-            }) => Decision::Deny(
-                reason
-                    .map(|r| backend_message(r.as_bytes(), 403))
-                    .unwrap_or_else(|| "denied by the backend".into()),
-            ),
-            Err(e) => {
-                metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => e.label())
-                    .increment(1);
-                let decision = self.failed(settings, e.clone());
-                audit::hook(
-                    hook,
-                    caller,
-                    room,
-                    &request_id,
-                    e.label(),
-                    &decision,
-                    started.elapsed(),
-                );
-                return decision;
+        // A failure (unreachable, late, nonsense) is labelled as such, then decided by
+        // `fail_open`.
+        let (decision, outcome) = match asked.and_then(|body| self.read_answer(hook, &body)) {
+            Ok(decision) => {
+                let outcome = decision.label();
+                (decision, outcome)
             }
-        };
-        let outcome = match decision {
-            Decision::Allow => "allow",
-            Decision::Replace(_) => "replace",
-            Decision::Deny(_) => "deny",
+            Err(e) => (self.failed(settings, &e), e.label()),
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
             .increment(1);
@@ -385,8 +354,36 @@ impl Rpc {
         decision
     }
 
+    /// A hook's answer (PROTOCOL.md §10.3).
+    fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
+        let answer: HookAnswer = serde_json::from_slice(body)
+            .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))?;
+        Ok(match answer {
+            HookAnswer {
+                allow: true,
+                payload: Some(p),
+                ..
+            } if hook == Hook::Publish => {
+                let p = unb64(&p)?;
+                if p.len() > self.max_payload {
+                    return Err(RpcError::BadAnswer(format!(
+                        "replacement payload of {} bytes exceeds max_payload",
+                        p.len()
+                    )));
+                }
+                Decision::Replace(p)
+            }
+            HookAnswer { allow: true, .. } => Decision::Allow,
+            HookAnswer { reason, .. } => Decision::Deny(
+                reason
+                    .map(|r| backend_message(r.as_bytes(), 403))
+                    .unwrap_or_else(|| "denied by the backend".into()),
+            ),
+        })
+    }
+
     /// A hook that could not be decided: deny, unless the namespace fails open.
-    fn failed(&self, settings: &HookConfig, error: RpcError) -> Decision {
+    fn failed(&self, settings: &HookConfig, error: &RpcError) -> Decision {
         if settings.fail_open {
             Decision::Allow
         } else {
@@ -413,6 +410,60 @@ mod tests {
         assert_eq!(code_for_status(429), ErrorCode::RateLimited);
         assert_eq!(code_for_status(500), ErrorCode::BackendError);
         assert_eq!(code_for_status(418), ErrorCode::BackendError);
+    }
+
+    #[test]
+    fn hook_answers_are_read_strictly() {
+        let rpc = Rpc {
+            config: RpcConfig::default(),
+            route: Route::None,
+            max_payload: 4,
+        };
+        let read = |hook, body: &str| rpc.read_answer(hook, body.as_bytes());
+        assert_eq!(
+            read(Hook::Subscribe, r#"{"allow":true}"#),
+            Ok(Decision::Allow)
+        );
+        // Only a publish hook may replace; a subscribe hook's payload means nothing.
+        assert_eq!(
+            read(Hook::Subscribe, r#"{"allow":true,"payload":"aGk="}"#),
+            Ok(Decision::Allow)
+        );
+        assert_eq!(
+            read(Hook::Publish, r#"{"allow":true,"payload":"aGk="}"#),
+            Ok(Decision::Replace(Bytes::from_static(b"hi")))
+        );
+        assert_eq!(
+            read(Hook::Publish, r#"{"allow":false}"#),
+            Ok(Decision::Deny("denied by the backend".into()))
+        );
+        for bad in [
+            r#"{"allow":true,"payload":"not base64!"}"#,
+            r#"{"allow":true,"payload":"aGVsbG8="}"#, // 5 bytes, over max_payload
+            r#"{"allowed":true}"#,
+            "yes",
+        ] {
+            assert!(
+                matches!(read(Hook::Publish, bad), Err(RpcError::BadAnswer(_))),
+                "{bad}"
+            );
+        }
+        let closed = HookConfig {
+            namespace: "a".into(),
+            subscribe: true,
+            publish: false,
+            timeout: Duration::from_secs(1),
+            fail_open: false,
+        };
+        let late = RpcError::Deadline(Duration::from_secs(1));
+        assert!(
+            matches!(rpc.failed(&closed, &late), Decision::Deny(m) if m.contains("failed closed"))
+        );
+        let open = HookConfig {
+            fail_open: true,
+            ..closed
+        };
+        assert_eq!(rpc.failed(&open, &late), Decision::Allow);
     }
 
     #[test]
