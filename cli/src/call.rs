@@ -1,5 +1,5 @@
 //! `quiver call METHOD PAYLOAD`: one `Call` to the application's backend, its answer on stdout
-//! (PROTOCOL.md §10). Also the token helper for the `call` claim, which `Claims` (shared by
+//! (PROTOCOL.md §11). Also the token helper for the `call` claim, which `Claims` (shared by
 //! every token issuer) does not carry.
 
 use std::io::{Read, Write};
@@ -10,10 +10,10 @@ use clap::Args;
 use quiver_client::{CallOptions, Client};
 use quiver_server::auth::{sign_hs256, Claims};
 
-use super::ConnArgs;
+use crate::conn::ConnArgs;
 
 #[derive(Args)]
-pub(super) struct CallArgs {
+pub struct CallArgs {
     #[command(flatten)]
     conn: ConnArgs,
     /// The method, a dot-separated name (`order.place`); the token's `call` claim must allow it.
@@ -28,7 +28,7 @@ pub(super) struct CallArgs {
     idempotency_key: Option<String>,
 }
 
-pub(super) async fn call(args: CallArgs) -> Result<()> {
+pub async fn call(args: CallArgs) -> Result<()> {
     let payload = if args.payload == "-" {
         let mut bytes = Vec::new();
         std::io::stdin()
@@ -56,7 +56,7 @@ pub(super) async fn call(args: CallArgs) -> Result<()> {
 }
 
 /// Signs `claims`, plus a `call` claim when `call` is not empty.
-pub(super) fn sign_with_call(secret: &[u8], claims: &Claims, call: &[String]) -> Result<String> {
+pub fn sign_with_call(secret: &[u8], claims: &Claims, call: &[String]) -> Result<String> {
     let mut value = serde_json::to_value(claims)?;
     if !call.is_empty() {
         value["call"] = serde_json::json!(call);

@@ -1,7 +1,16 @@
-//! `quiver`: the server, plus the small tools around it (certificates, tokens, a terminal
-//! subscriber and publisher).
+//! `quiver`: the server, plus the small tools around it (configuration check, certificates,
+//! tokens, a terminal subscriber and publisher).
 
+mod call;
 mod cli;
+mod config_cmd;
+mod conn;
+mod keys;
+mod logging;
+mod publish;
+mod serve;
+mod sub;
+mod token;
 
 /// See the `jemalloc` feature in Cargo.toml for why.
 #[cfg(feature = "jemalloc")]

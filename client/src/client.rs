@@ -12,6 +12,7 @@ use crate::config::{ClientConfig, Transport};
 use crate::connection::{self, Request};
 use crate::error::ClientError;
 use crate::subscription::Subscription;
+use crate::HistoryPage;
 
 /// Where the client's session stands. Watch it with [`Client::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,14 +125,57 @@ impl Client {
     /// `too_many_subscriptions`, `already_subscribed`, ...). Made while reconnecting, the
     /// subscribe is sent after the next `Welcome` (within `request_timeout`).
     pub async fn subscribe(&self, room: &str) -> Result<Subscription, ClientError> {
+        self.subscribe_with(room, None).await
+    }
+
+    /// Subscribes to a history room and resumes after `position` (one saved from an earlier
+    /// run): what was published after it is replayed first. The first event of the
+    /// subscription, [`crate::SubEvent::Resubscribed`], says whether that worked
+    /// (`Recovery::Recovered`) or whether the position was gone (`Recovery::Failed`: re-sync,
+    /// for example with [`Client::history`]).
+    pub async fn subscribe_from(
+        &self,
+        room: &str,
+        position: Position,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_with(room, Some(position)).await
+    }
+
+    async fn subscribe_with(
+        &self,
+        room: &str,
+        from: Option<Position>,
+    ) -> Result<Subscription, ClientError> {
         let room = room.to_string();
         let parts = self
             .request(|reply| Request::Subscribe {
                 room: room.clone(),
+                from,
                 reply,
             })
             .await?;
         Ok(Subscription::new(room, parts, self.clone()))
+    }
+
+    /// A page of a history room without subscribing (the token must allow subscribing): the
+    /// publications after `since` (from the oldest kept when `None`), oldest first, at most
+    /// `limit` (the server caps it at 1,000 and at one frame). When `truncated`, ask again with
+    /// `since` = the last one's position. `ClientError::Server` with `unrecoverable_position`
+    /// when `since` is no longer in history, `bad_request` for a room without history.
+    pub async fn history(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let room = room.to_owned();
+        self.request(|reply| Request::History {
+            room,
+            since,
+            limit,
+            reply,
+        })
+        .await
     }
 
     /// Unsubscribes from `room`: its [`Subscription`] ends (yields `None`) and the server stops
@@ -158,6 +202,29 @@ impl Client {
             room: room.to_string(),
             payload,
             ack: None,
+            permit,
+        };
+        if self.inner.req_tx.send(req).is_err() {
+            return Err(self.closed_error());
+        }
+        Ok(())
+    }
+
+    /// Publishes to a `latest` room unreliably (PROTOCOL.md §10): over WebTransport as one QUIC
+    /// datagram when it fits the path's datagram size (never retransmitted, never answered:
+    /// server refusals are not reported at all), otherwise exactly like [`Client::publish`].
+    /// For values where only the newest matters (positions, cursors), sent many times a second.
+    pub async fn publish_unreliable(
+        &self,
+        room: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        let payload = payload.into();
+        self.check_payload(&payload)?;
+        let permit = self.permit().await?;
+        let req = Request::PublishUnreliable {
+            room: room.to_string(),
+            payload,
             permit,
         };
         if self.inner.req_tx.send(req).is_err() {
@@ -203,7 +270,7 @@ impl Client {
             .await
     }
 
-    /// Calls `method` on the application's backend and returns its answer (PROTOCOL.md §10).
+    /// Calls `method` on the application's backend and returns its answer (PROTOCOL.md §11).
     /// The token's `call` claim must allow the method. Refusals and backend failures come back
     /// as [`ClientError::Server`]: `permission_denied`, `unavailable` (no backend serving),
     /// `deadline_exceeded`, `backend_error`, ...

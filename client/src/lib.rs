@@ -119,6 +119,7 @@ mod config;
 mod connection;
 mod error;
 mod heartbeat;
+mod latest;
 mod pacer;
 mod subscription;
 mod transport;
@@ -131,7 +132,20 @@ pub use config::{
     TokenProvider, Transport, Trust, WS_PATH,
 };
 pub use error::ClientError;
-pub use subscription::{SubEvent, Subscription};
+pub use latest::DeliveryMode;
+pub use subscription::{LatestStats, SubEvent, Subscription};
 
 pub use bytes::Bytes;
-pub use quiver_proto::{CloseCode, ErrorCode, Limits, Member, Position, Recovery};
+pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};
+
+/// A page of a room's history ([`Client::history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HistoryPage {
+    /// The room's current position.
+    pub position: Option<Position>,
+    /// Oldest first.
+    pub publications: Vec<HistoryItem>,
+    /// More is kept after the last one than this page holds.
+    pub truncated: bool,
+}

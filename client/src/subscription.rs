@@ -2,6 +2,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::Client;
 use crate::connection::Request;
+use crate::latest::{DeliveryMode, LatestCell};
 
 /// What a [`Subscription`] yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,7 @@ pub enum SubEvent {
     /// Replayed messages (for [`Recovery::Recovered`]) follow this event.
     /// [`Recovery::NotRequested`] means there was no position to resume from (a room without
     /// history): messages published during the gap were not delivered either.
+    /// Also the first event of a subscription made with [`crate::Client::subscribe_from`].
     Resubscribed { recovery: Recovery },
     /// A session subscribed to the room (namespaces that track presence).
     Joined { member: Member },
@@ -44,6 +48,18 @@ pub(crate) struct SubParts {
     pub rx: mpsc::Receiver<SubEvent>,
     pub end: oneshot::Receiver<SubEvent>,
     pub gen: u64,
+    pub latest: Arc<LatestCell>,
+}
+
+/// How the values of a `latest` subscription arrived (PROTOCOL.md §10).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LatestStats {
+    /// Values accepted from QUIC datagrams.
+    pub by_datagram: u64,
+    /// Values accepted from the room's stream (too large for a datagram, or WebSocket).
+    pub by_stream: u64,
+    /// Values dropped because a newer one had already arrived.
+    pub dropped_older: u64,
 }
 
 /// A live subscription to one room: a [`futures::Stream`] of [`SubEvent`]s.
@@ -60,6 +76,7 @@ pub struct Subscription {
     rx: mpsc::Receiver<SubEvent>,
     end: Option<oneshot::Receiver<SubEvent>>,
     gen: u64,
+    latest: Arc<LatestCell>,
     client: Client,
 }
 
@@ -70,6 +87,7 @@ impl Subscription {
             rx: parts.rx,
             end: Some(parts.end),
             gen: parts.gen,
+            latest: parts.latest,
             client,
         }
     }
@@ -77,6 +95,23 @@ impl Subscription {
     /// The room this subscription is for.
     pub fn room(&self) -> &str {
         &self.room
+    }
+
+    /// How the room delivers. In a [`DeliveryMode::Latest`] room the subscription yields only
+    /// the newest value (as [`SubEvent::Publication`] with no position): values that arrive
+    /// while the application is not reading replace each other, and values older than one
+    /// already yielded are dropped.
+    pub fn mode(&self) -> DeliveryMode {
+        self.latest.mode()
+    }
+
+    /// How a `latest` subscription's values arrived so far (zeros for reliable rooms).
+    pub fn latest_stats(&self) -> LatestStats {
+        LatestStats {
+            by_datagram: self.latest.by_datagram.load(Ordering::Relaxed),
+            by_stream: self.latest.by_stream.load(Ordering::Relaxed),
+            dropped_older: self.latest.dropped_older.load(Ordering::Relaxed),
+        }
     }
 
     /// The next event, `None` once the subscription is over. Same as `StreamExt::next`.
@@ -97,6 +132,14 @@ impl Stream for Subscription {
     type Item = SubEvent;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SubEvent>> {
+        // The newest value of a `latest` room first: it never queues behind anything.
+        if let Poll::Ready(payload) = self.latest.poll_take(cx) {
+            return Poll::Ready(Some(SubEvent::Publication {
+                room: self.room.clone(),
+                position: None,
+                payload,
+            }));
+        }
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(ev)) => Poll::Ready(Some(ev)),
             Poll::Pending => Poll::Pending,

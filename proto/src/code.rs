@@ -44,7 +44,9 @@ macro_rules! codes {
 }
 
 codes! {
-    /// Why a command was refused, or why the server ended one subscription.
+    /// Why a command was refused, or why the server ended one subscription. Non-exhaustive:
+    /// the protocol appends codes.
+    #[non_exhaustive]
     ErrorCode {
         /// Something broke on the server; the command may be retried.
         Internal = 100, "internal";
@@ -80,18 +82,25 @@ codes! {
         /// The tenant is at one of its quotas on this server (subscriptions, publications per
         /// second, bytes per second); retry later.
         QuotaExceeded = 115, "quota_exceeded";
+        /// The backend ended this subscription (`POST /api/v1/unsubscribe`); the session stays.
+        /// Do not resubscribe by yourself.
+        Unsubscribed = 116, "unsubscribed";
+        /// A `History` `since` position is no longer in the room's history (trimmed, or of
+        /// another epoch): page from the start (`since` absent) and re-sync.
+        UnrecoverablePosition = 117, "unrecoverable_position";
         /// A `Call` (or a backend hook) got no answer before its deadline. The backend may
         /// still have run it: retry only with the same idempotency key.
-        DeadlineExceeded = 116, "deadline_exceeded";
+        DeadlineExceeded = 118, "deadline_exceeded";
         /// The backend answered a `Call` with an error of its own (HTTP 5xx, or a NATS reply
         /// with a `Quiver-Status` header); the message is the backend's.
-        BackendError = 117, "backend_error";
+        BackendError = 119, "backend_error";
     }
 }
 
 codes! {
     /// Why the server closed the session. Carried in a `Goodbye` frame and as the QUIC
-    /// application close code.
+    /// application close code. Non-exhaustive: the protocol appends codes.
+    #[non_exhaustive]
     CloseCode {
         /// The server is shutting down or draining; reconnect (to another instance).
         Shutdown = 3000, "shutdown";

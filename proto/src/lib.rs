@@ -6,10 +6,12 @@
 //!   changes), postcard-encoded.
 //! - [`room`]: tenant ids, room names and permission patterns, validated here once.
 //! - [`code`]: error codes (replies) and close codes (goodbye frames).
+//! - [`datagram`]: the QUIC datagrams of the `latest` lane.
 //!
 //! `PROTOCOL.md` at the repository root is the normative description of the bytes.
 
 pub mod code;
+pub mod datagram;
 pub mod frame;
 pub mod message;
 pub mod room;
@@ -18,7 +20,7 @@ pub use code::{CloseCode, ErrorCode};
 pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 pub use message::{
     decode_command, decode_event, encode_command, encode_event, ClientFrame, Command, DecodeError,
-    Event, Limits, Member, Position, Recovery, ServerFrame,
+    Event, HistoryItem, Limits, Member, Position, Recovery, ServerFrame,
 };
 pub use room::{Pattern, RoomError, RoomName, TenantId};
 

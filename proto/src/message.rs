@@ -67,9 +67,17 @@ pub enum Command {
     Refresh { token: String },
     /// 6. Who is in a room (needs subscribe permission). Answered by `Presence` or `Error`.
     Presence { room: String },
-    /// 7. Asks the application's backend to run `method` (a dot-separated name, validated like
+    /// 7. A page of a history room's publications, without subscribing (needs subscribe
+    ///    permission): those after `since` (from the oldest kept when absent), oldest first, at
+    ///    most `limit` (capped by the server). Answered by `History` or `Error`.
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+    },
+    /// 8. Asks the application's backend to run `method` (a dot-separated name, validated like
     ///    a room name; the token's `call` claim must allow it). Answered by `Reply` or `Error`.
-    ///    Never buffered by clients while disconnected (PROTOCOL.md §10).
+    ///    Never buffered by clients while disconnected (PROTOCOL.md §11).
     Call {
         method: String,
         payload: Bytes,
@@ -83,7 +91,14 @@ pub enum Command {
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 8;
+    pub const KNOWN: u32 = 9;
+}
+
+/// One publication kept in a room's history, as `History` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub position: Position,
+    pub payload: Bytes,
 }
 
 /// One session present in a room.
@@ -131,6 +146,15 @@ pub enum Event {
         room: String,
         position: Option<Position>,
         recovery: Recovery,
+        /// Appended field: the subscription's id when the room's namespace delivers `latest`
+        /// (PROTOCOL.md §10): datagrams name the subscription by it. Absent (not sent) for every
+        /// other mode, and from servers that predate it.
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "trailing_option"
+        )]
+        subscription: Option<u64>,
     },
     /// 2. Answer to `Unsubscribe` (`code` 0), or unsolicited (id 0) when the server ended the
     ///    subscription (`code` is an [`crate::ErrorCode`], for example `SlowConsumer`).
@@ -176,7 +200,24 @@ pub enum Event {
     Joined { room: String, member: Member },
     /// 12. On a room's stream, in namespaces with presence events: a session left.
     Left { room: String, member: Member },
-    /// 13. Answer to `Call`: what the backend returned.
+    /// 13. Answer to `History`: the room's current position and a page of its publications,
+    ///     oldest first. `truncated` when more publications after the last one are kept than
+    ///     the page holds (the limit, or `max_frame`): ask again with `since` = the last one.
+    History {
+        room: String,
+        position: Option<Position>,
+        publications: Vec<HistoryItem>,
+        truncated: bool,
+    },
+    /// 14. On a room's stream, in `latest` namespaces: a value that did not go as a datagram
+    ///     (too large for the path, or no datagram support), with the subscription's sequence
+    ///     number so the client can drop it if a newer value already arrived (PROTOCOL.md §10).
+    Latest {
+        room: String,
+        sequence: u64,
+        payload: Bytes,
+    },
+    /// 15. Answer to `Call`: what the backend returned.
     Reply { payload: Bytes },
 }
 
@@ -185,6 +226,13 @@ pub enum Event {
 /// reads as `false`. Only valid for the last field of a message.
 fn trailing_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     Ok(bool::deserialize(d).unwrap_or(false))
+}
+
+/// Like [`trailing_bool`], for an appended `Option` that is left out when `None`.
+fn trailing_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    Ok(Option::<T>::deserialize(d).unwrap_or(None))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +275,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 14;
+const EVENTS_KNOWN: u32 = 16;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -308,6 +356,32 @@ mod tests {
     }
 
     #[test]
+    fn subscribed_carries_the_subscription_id_only_when_latest() {
+        // id 2, Subscribed, room "r", no position, NotRequested: as every server sent it before
+        // the field, and as servers still send it outside `latest` namespaces.
+        let plain = [2u8, 1, 1, b'r', 0, 0];
+        let frame = ServerFrame {
+            id: 2,
+            event: Event::Subscribed {
+                room: "r".into(),
+                position: None,
+                recovery: Recovery::NotRequested,
+                subscription: None,
+            },
+        };
+        assert_eq!(decode_event(&plain).unwrap(), frame);
+        assert_eq!(body(&encode_event(&frame)), &plain);
+        let latest = [2u8, 1, 1, b'r', 0, 0, 1, 0xac, 0x02];
+        assert!(matches!(
+            decode_event(&latest).unwrap().event,
+            Event::Subscribed {
+                subscription: Some(300),
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn hostile_lengths_do_not_allocate() {
         // Publish whose payload claims 2^32-1 bytes: postcard borrows from the input, so this
         // fails without allocating.
@@ -354,6 +428,8 @@ mod tests {
             Just(Command::Ping),
             ".{0,40}".prop_map(|token| Command::Refresh { token }),
             ".{0,20}".prop_map(|room| Command::Presence { room }),
+            (".{0,20}", arb_position(), any::<u32>())
+                .prop_map(|(room, since, limit)| Command::History { room, since, limit }),
             (
                 ".{0,20}",
                 proptest::collection::vec(any::<u8>(), 0..64),
@@ -380,6 +456,7 @@ mod tests {
                         1 => Recovery::Recovered { replayed: n },
                         _ => Recovery::Failed,
                     },
+                    subscription: (n % 2 == 0).then_some(u64::from(n) << 20),
                 }
             }),
             (".{0,10}", any::<u16>(), ".{0,10}")
@@ -400,6 +477,16 @@ mod tests {
                     payload: Bytes::from(p)
                 }),
             ".{0,10}".prop_map(|room| Event::SubscriptionStream { room }),
+            (
+                ".{0,10}",
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(room, sequence, p)| Event::Latest {
+                    room,
+                    sequence,
+                    payload: Bytes::from(p)
+                }),
             (any::<u16>(), ".{0,10}", any::<bool>()).prop_map(|(code, reason, reconnect)| {
                 Event::Goodbye {
                     code,
@@ -417,6 +504,24 @@ mod tests {
                     members: members
                         .into_iter()
                         .map(|(user, session)| Member { user, session })
+                        .collect(),
+                    truncated,
+                }),
+            (
+                ".{0,10}",
+                arb_position(),
+                proptest::collection::vec((any::<u64>(), any::<u64>(), ".{0,8}"), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(room, position, items, truncated)| Event::History {
+                    room,
+                    position,
+                    publications: items
+                        .into_iter()
+                        .map(|(epoch, offset, p)| HistoryItem {
+                            position: Position { epoch, offset },
+                            payload: Bytes::from(p),
+                        })
                         .collect(),
                     truncated,
                 }),

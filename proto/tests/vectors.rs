@@ -92,6 +92,24 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
             },
         ),
+        cmd(
+            "history",
+            9,
+            Command::History {
+                room: "chat.log".into(),
+                since: pos,
+                limit: 50,
+            },
+        ),
+        cmd(
+            "history_from_start",
+            10,
+            Command::History {
+                room: "chat.log".into(),
+                since: None,
+                limit: 1000,
+            },
+        ),
         ev(
             "welcome",
             1,
@@ -133,6 +151,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "chat.lobby".into(),
                 position: None,
                 recovery: Recovery::NotRequested,
+                subscription: None,
             },
         ),
         ev(
@@ -142,6 +161,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Recovered { replayed: 12 },
+                subscription: None,
             },
         ),
         ev(
@@ -151,6 +171,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 room: "dash.cpu".into(),
                 position: pos,
                 recovery: Recovery::Failed,
+                subscription: None,
             },
         ),
         ev(
@@ -267,6 +288,63 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
             Event::Left {
                 room: "chat.lobby".into(),
                 member: member("carol", "s3"),
+            },
+        ),
+        ev(
+            "history",
+            9,
+            Event::History {
+                room: "chat.log".into(),
+                position: Some(Position {
+                    epoch: u64::MAX,
+                    offset: 302,
+                }),
+                publications: vec![
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 301,
+                        },
+                        payload: Bytes::from_static(b"a"),
+                    },
+                    HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: 302,
+                        },
+                        payload: Bytes::from_static(&[0, 255]),
+                    },
+                ],
+                truncated: true,
+            },
+        ),
+        ev(
+            "history_empty",
+            10,
+            Event::History {
+                room: "chat.log".into(),
+                position: None,
+                publications: vec![],
+                truncated: false,
+            },
+        ),
+        ev(
+            "subscribed_latest",
+            4,
+            Event::Subscribed {
+                room: "game.arena".into(),
+                position: None,
+                recovery: Recovery::NotRequested,
+                subscription: Some(300),
+            },
+        ),
+        ev(
+            "latest",
+            0,
+            Event::Latest {
+                room: "game.arena".into(),
+                sequence: 1 << 40,
+                payload: Bytes::from_static(b"xy"),
             },
         ),
         cmd(

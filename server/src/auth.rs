@@ -2,13 +2,15 @@
 //! an [`AuthError`]. Tokens themselves are never logged, and no error message quotes any part
 //! of one: the messages below are fixed strings, so logging an `AuthError` is safe.
 //!
-//! Keys: one HS256 secret, one public key (ES256, RS256 or EdDSA), or a JWKS file as identity
-//! providers publish them (several keys, chosen by the token's `kid`). Exactly one algorithm is
+//! Keys: one HS256 secret, one public key (ES256, RS256 or EdDSA), or a JWKS (file or URL) as
+//! identity providers publish them (several keys, chosen by the token's `kid`; reloaded by
+//! `jwks.rs`). Exactly one algorithm is
 //! accepted per key, so `alg: none` and algorithm confusion (an HS256 token "signed" with a
 //! public key) are refused.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -125,8 +127,14 @@ pub struct Checks {
 
 /// Verifies tokens.
 pub struct Verifier {
-    keys: Keys,
+    /// Swapped whole when a key set is reloaded (`jwks.rs`); a verification in progress keeps
+    /// the set it started with.
+    keys: RwLock<Arc<Keys>>,
     leeway_secs: u64,
+    checks: Checks,
+    /// Signalled when a token names a `kid` the key set lacks: the identity provider may have
+    /// rotated its keys, so `jwks.rs` fetches the set again (rate-limited there).
+    unknown_kid: tokio::sync::Notify,
 }
 
 enum Keys {
@@ -162,51 +170,55 @@ impl Verifier {
     /// present, must be one of these). Encryption keys (`"use": "enc"`) are skipped; any other
     /// key is an error, so a typo never silently drops the key the tokens are signed with.
     pub fn jwks(path: &Path, checks: &Checks) -> Result<Self, KeyError> {
-        let jwks_err = |reason: String| KeyError::Jwks {
-            path: path.display().to_string(),
-            reason,
-        };
         let text =
             std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
-        let set: JwkSet =
-            serde_json::from_slice(&text).map_err(|e| jwks_err(format!("not a JWK set: {e}")))?;
+        Self::jwks_from_bytes(&path.display().to_string(), &text, checks)
+    }
+
+    /// A verifier for a JWKS document already read (from a file or a URL, named by `source` in
+    /// errors).
+    pub fn jwks_from_bytes(source: &str, text: &[u8], checks: &Checks) -> Result<Self, KeyError> {
         let leeway_secs = leeway_secs(checks)?;
-        let mut keys = HashMap::new();
-        for (i, jwk) in set.keys.iter().enumerate() {
-            if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
-                continue;
-            }
-            let kid = jwk
-                .common
-                .key_id
-                .clone()
-                .ok_or_else(|| jwks_err(format!("key {i} has no kid")))?;
-            let alg =
-                jwk_algorithm(jwk).map_err(|reason| jwks_err(format!("key {kid:?}: {reason}")))?;
-            let key =
-                DecodingKey::from_jwk(jwk).map_err(|e| jwks_err(format!("key {kid:?}: {e}")))?;
-            if keys
-                .insert(kid.clone(), (key, validation(alg, checks, leeway_secs)))
-                .is_some()
-            {
-                return Err(jwks_err(format!("kid {kid:?} appears twice")));
-            }
-        }
-        if keys.is_empty() {
-            return Err(jwks_err("no signing keys".into()));
-        }
-        Ok(Self {
-            keys: Keys::ByKid(keys),
+        Ok(Self::with_keys(
+            jwks_keys(source, text, checks, leeway_secs)?,
             leeway_secs,
-        })
+            checks,
+        ))
+    }
+
+    /// Replaces the key set with a new JWKS document, keeping the checks. On error the old set
+    /// stays. Returns how many signing keys the new set has.
+    pub fn replace_jwks(&self, source: &str, text: &[u8]) -> Result<usize, KeyError> {
+        let keys = jwks_keys(source, text, &self.checks, self.leeway_secs)?;
+        let count = match &keys {
+            Keys::ByKid(map) => map.len(),
+            Keys::One(_) => 1,
+        };
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        Ok(count)
+    }
+
+    /// Resolves when a token named a `kid` the key set lacks (see [`Verifier::replace_jwks`]).
+    pub async fn unknown_kid(&self) {
+        self.unknown_kid.notified().await
+    }
+
+    fn with_keys(keys: Keys, leeway_secs: u64, checks: &Checks) -> Self {
+        Self {
+            keys: RwLock::new(Arc::new(keys)),
+            leeway_secs,
+            checks: checks.clone(),
+            unknown_kid: tokio::sync::Notify::new(),
+        }
     }
 
     fn one(key: DecodingKey, alg: Algorithm, checks: &Checks) -> Result<Self, KeyError> {
         let leeway_secs = leeway_secs(checks)?;
-        Ok(Self {
-            keys: Keys::One(Box::new((key, validation(alg, checks, leeway_secs)))),
+        Ok(Self::with_keys(
+            Keys::One(Box::new((key, validation(alg, checks, leeway_secs)))),
             leeway_secs,
-        })
+            checks,
+        ))
     }
 
     /// Verifies a token now. An expired token is refused with [`AuthError::Expired`], with no
@@ -225,14 +237,18 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("longer than 4096 bytes"));
         }
-        let (key, validation) = match &self.keys {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (key, validation) = match &*keys {
             Keys::One(one) => (&one.0, &one.1),
             Keys::ByKid(keys) => {
                 let header = jsonwebtoken::decode_header(token).map_err(refusal)?;
                 let kid = header.kid.ok_or(AuthError::Invalid(
                     "no kid in the header (the server uses a key set)",
                 ))?;
-                let (key, validation) = keys.get(&kid).ok_or(AuthError::Invalid("unknown kid"))?;
+                let Some((key, validation)) = keys.get(&kid) else {
+                    self.unknown_kid.notify_one();
+                    return Err(AuthError::Invalid("unknown kid"));
+                };
                 (key, validation)
             }
         };
@@ -252,6 +268,46 @@ impl Verifier {
         }
         grant_from(claims).map(|grant| Grant { jti, call, ..grant })
     }
+}
+
+/// Parses a JWKS document into keys by `kid`. Every signing key needs a `kid`; encryption keys
+/// are skipped; any other key that can't be used is an error (see [`Verifier::jwks`]).
+fn jwks_keys(
+    source: &str,
+    text: &[u8],
+    checks: &Checks,
+    leeway_secs: u64,
+) -> Result<Keys, KeyError> {
+    let jwks_err = |reason: String| KeyError::Jwks {
+        path: source.to_owned(),
+        reason,
+    };
+    let set: JwkSet =
+        serde_json::from_slice(text).map_err(|e| jwks_err(format!("not a JWK set: {e}")))?;
+    let mut keys = HashMap::new();
+    for (i, jwk) in set.keys.iter().enumerate() {
+        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+            continue;
+        }
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| jwks_err(format!("key {i} has no kid")))?;
+        let alg =
+            jwk_algorithm(jwk).map_err(|reason| jwks_err(format!("key {kid:?}: {reason}")))?;
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| jwks_err(format!("key {kid:?}: {e}")))?;
+        if keys
+            .insert(kid.clone(), (key, validation(alg, checks, leeway_secs)))
+            .is_some()
+        {
+            return Err(jwks_err(format!("kid {kid:?} appears twice")));
+        }
+    }
+    if keys.is_empty() {
+        return Err(jwks_err("no signing keys".into()));
+    }
+    Ok(Keys::ByKid(keys))
 }
 
 fn leeway_secs(checks: &Checks) -> Result<u64, KeyError> {
@@ -436,6 +492,12 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
         expires_at: claims.exp,
         jti: None,
     })
+}
+
+/// The claim checks the server makes after the signature (user, tenant charset, room
+/// patterns), for tools that sign tokens and must refuse what the server would refuse.
+pub fn check_claims(claims: &Claims) -> Result<(), AuthError> {
+    grant_from(claims.clone()).map(drop)
 }
 
 /// Reads a secret from a file. Trailing line ends (editors and `echo` add one) are not part of

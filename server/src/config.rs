@@ -9,6 +9,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+mod check;
+pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
+
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
     "http",
@@ -78,8 +81,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// `Authorization: Bearer KEY` on `/api/v1/…` admin endpoints (disconnect). A key with a
-    /// `tenant` acts on that tenant only; without one it acts on every tenant.
+    /// `Authorization: Bearer KEY` on the `/api/v1/…` endpoints (README "Backend API"). A key
+    /// with a `tenant` acts on that tenant only; without one it acts on every tenant.
     pub keys: Vec<ApiKey>,
 }
 
@@ -179,7 +182,42 @@ pub struct NamespaceConfig {
     /// the room's stream.
     #[serde(default)]
     pub presence: bool,
+    /// `reliable` (the default: every publication, in order, on the room's stream) or `latest`
+    /// (only the newest value matters: QUIC datagrams where they fit, conflated per subscriber,
+    /// never `slow_consumer`; PROTOCOL.md §10). `latest` keeps no history.
+    #[serde(default)]
+    pub mode: DeliveryMode,
+    /// Send priority of the namespace's subscription streams, from -100 to 100 (default 0):
+    /// under congestion higher goes first. The control stream is above every namespace.
+    #[serde(default)]
+    pub priority: i32,
 }
+
+impl Default for NamespaceConfig {
+    /// A live-only, reliable namespace with no name yet: a base for `..Default::default()`.
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            history_size: 0,
+            history_ttl: default_history_ttl(),
+            presence: false,
+            mode: DeliveryMode::default(),
+            priority: 0,
+        }
+    }
+}
+
+/// How a namespace's publications reach subscribers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    #[default]
+    Reliable,
+    Latest,
+}
+
+/// Bound of [`NamespaceConfig::priority`]; the control stream's priority is above it.
+pub const MAX_NAMESPACE_PRIORITY: i32 = 100;
 
 fn default_history_ttl() -> Duration {
     Duration::from_secs(300)
@@ -297,8 +335,9 @@ impl From<String> for Secret {
 }
 
 /// Token verification. Exactly one key source: `jwt_secret`, `jwt_secret_file`, `public_key`
-/// (with `algorithm`) or `jwks_file`; none at all is development mode (a generated secret).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// (with `algorithm`), `jwks_file` or `jwks_url`; none at all is development mode (a generated
+/// secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, at least 32 bytes. Prefer `jwt_secret_file`: a secret on the command
@@ -313,6 +352,15 @@ pub struct AuthConfig {
     /// A JWKS file (`{"keys": [...]}`) as identity providers publish: the token's `kid` picks
     /// the key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
     pub jwks_file: Option<PathBuf>,
+    /// A JWKS URL, as identity providers publish their keys (`https://…/.well-known/jwks.json`;
+    /// plain `http` only to a loopback address). Fetched at start (the server refuses to start
+    /// without it), then every `jwks_refresh`, on SIGHUP, and when a token names an unknown
+    /// `kid` (at most once per 10 s).
+    pub jwks_url: Option<String>,
+    /// How often `jwks_file` is re-read and `jwks_url` fetched again. A set that fails to load
+    /// is logged and the old one kept.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
     /// Clock skew tolerated on `exp` and `nbf`; 0 by default, at most 5 minutes.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -320,6 +368,23 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, every token must have been issued by this `iss`.
     pub issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_secret_file: None,
+            public_key: None,
+            algorithm: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(300),
+            leeway: Duration::ZERO,
+            audience: None,
+            issuer: None,
+        }
+    }
 }
 
 impl AuthConfig {
@@ -339,6 +404,7 @@ impl AuthConfig {
             self.jwt_secret_file.is_some(),
             self.public_key.is_some(),
             self.jwks_file.is_some(),
+            self.jwks_url.is_some(),
         ]
         .iter()
         .filter(|set| **set)
@@ -555,6 +621,18 @@ impl Config {
                     ns.name
                 ));
             }
+            if ns.mode == DeliveryMode::Latest && ns.history_size > 0 {
+                return Err(format!(
+                    "namespaces: {:?} delivers `latest` and keeps no history: drop history_size",
+                    ns.name
+                ));
+            }
+            if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {
+                return Err(format!(
+                    "namespaces: {:?} priority {} is outside -{MAX_NAMESPACE_PRIORITY}..={MAX_NAMESPACE_PRIORITY}",
+                    ns.name, ns.priority
+                ));
+            }
         }
         if let Some(nats) = &self.nats {
             if !matches!(nats.storage.as_str(), "memory" | "file") {
@@ -569,10 +647,16 @@ impl Config {
         }
         if self.auth.key_sources() > 1 {
             return Err(
-                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key \
-                 or auth.jwks_file"
+                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key, \
+                 auth.jwks_file or auth.jwks_url"
                     .into(),
             );
+        }
+        if let Some(url) = &self.auth.jwks_url {
+            crate::jwks::check_url(url).map_err(|e| format!("auth.jwks_url: {e}"))?;
+        }
+        if self.auth.jwks_refresh < Duration::from_secs(1) {
+            return Err("auth.jwks_refresh must be at least 1s".into());
         }
         if self.auth.leeway > crate::auth::MAX_LEEWAY {
             return Err(format!(
@@ -596,6 +680,17 @@ impl Config {
     /// Whether a room's namespace tracks presence.
     pub fn presence(&self, room: &quiver_proto::RoomName) -> bool {
         self.namespace(room).is_some_and(|ns| ns.presence)
+    }
+
+    /// Whether a room's namespace delivers only the newest value (`mode = "latest"`).
+    pub fn latest(&self, room: &quiver_proto::RoomName) -> bool {
+        self.namespace(room)
+            .is_some_and(|ns| ns.mode == DeliveryMode::Latest)
+    }
+
+    /// The send priority of a room's subscription stream (its namespace's, 0 if unlisted).
+    pub fn priority(&self, room: &quiver_proto::RoomName) -> i32 {
+        self.namespace(room).map_or(0, |ns| ns.priority)
     }
 
     fn namespace(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
@@ -676,6 +771,33 @@ mod tests {
                 (nats.url.as_str(), nats.storage.as_str()),
                 ("nats://127.0.0.1:4223", "file")
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn latest_namespaces_and_priorities_load_and_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "[[namespaces]]\nname = \"game\"\nmode = \"latest\"\npriority = 50\n",
+            )?;
+            let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            let room = quiver_proto::RoomName::parse("game.arena").map_err(|e| e.to_string())?;
+            let other = quiver_proto::RoomName::parse("chat.x").map_err(|e| e.to_string())?;
+            assert!(c.latest(&room) && !c.latest(&other));
+            assert_eq!((c.priority(&room), c.priority(&other)), (50, 0));
+            for bad in [
+                "mode = \"latest\"\nhistory_size = 10",
+                "priority = 101",
+                "mode = \"newest\"",
+            ] {
+                jail.create_file(
+                    "bad.toml",
+                    &format!("[[namespaces]]\nname = \"g\"\n{bad}\n"),
+                )?;
+                assert!(Config::load(Some("bad.toml".as_ref())).is_err(), "{bad}");
+            }
             Ok(())
         });
     }

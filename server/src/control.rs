@@ -1,10 +1,12 @@
 //! The cluster's control plane: operator actions that must reach whichever instance holds a
-//! session — disconnect a user or a session, revoke a token (`jti`). On one instance they apply
-//! locally; with NATS each is published on `quiver.<tenant>.control.{disconnect,revoke}` and
-//! every instance (this one included) applies it to its own sessions, so the action takes
-//! effect cluster-wide within one NATS round trip. Revocations are also stored in the JetStream
-//! key-value bucket `quiver_revoked` (each until its token's expiry), which an instance loads
-//! when it starts.
+//! session — disconnect a user or a session, revoke a token (`jti`), unsubscribe a user from a
+//! room. On one instance they apply locally; with NATS each is published on
+//! `quiver.<tenant>.control.{disconnect,revoke,unsubscribe}` and every instance (this one
+//! included) applies it to its own sessions, so the action takes effect cluster-wide within one
+//! NATS round trip. Statistics (`/api/v1/info`, `/api/v1/rooms`) are gathered by request/reply
+//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in
+//! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry), which an
+//! instance loads when it starts.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use futures::StreamExt;
 use quiver_proto::{CloseCode, TenantId};
 use tracing::{debug, warn};
 
+use crate::hub::Hub;
 use crate::registry::{Kick, Registry, Selector};
 use crate::revocation::{self, Revocations};
 
@@ -35,10 +38,61 @@ pub struct Disconnect {
     pub reason: String,
 }
 
+/// An unsubscribe as it travels between instances.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Unsubscribe {
+    pub selector: Selector,
+    pub room: String,
+    pub reason: String,
+}
+
+/// A control message with the instance it comes from, so that instance (which applied it
+/// already, to count its own sessions) does not apply it twice.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FromNode<T> {
+    origin: String,
+    #[serde(flatten)]
+    body: T,
+}
+
+/// The subject statistics are asked on: outside `quiver.<tenant>.control.*`, it is not any
+/// tenant's.
+const STATS_SUBJECT: &str = "quiver.cluster.stats";
+/// How long a statistics request waits for instances to answer: every answer that arrives in
+/// it is counted, a slower instance is left out of that answer.
+const STATS_WINDOW: std::time::Duration = std::time::Duration::from_millis(300);
+/// Most instances one statistics answer lists.
+pub const MAX_NODES: usize = 256;
+/// Most rooms one instance lists in its statistics.
+pub const MAX_ROOMS: usize = 1000;
+
+/// What statistics are asked for: of one tenant or all, and whether to list rooms.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StatsRequest {
+    pub tenant: Option<String>,
+    pub rooms: bool,
+}
+
+/// One instance's statistics.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NodeStats {
+    pub node: String,
+    pub sessions: usize,
+    pub subscriptions: usize,
+    /// Rooms with subscribers on this instance.
+    pub room_count: usize,
+    /// With `StatsRequest::rooms`: `(tenant, room, subscribers)`, at most [`MAX_ROOMS`].
+    #[serde(default)]
+    pub rooms: Vec<(String, String, usize)>,
+}
+
 pub struct Control {
     registry: Arc<Registry>,
     revocations: Arc<Revocations>,
+    hub: Arc<Hub>,
     nats: Option<async_nats::Client>,
+    /// This instance's name in statistics: random, new at every start.
+    node: String,
 }
 
 /// A NATS connection of its own for the control plane (kept apart from the broker's, so a
@@ -60,12 +114,15 @@ impl Control {
     pub fn new(
         registry: Arc<Registry>,
         revocations: Arc<Revocations>,
+        hub: Arc<Hub>,
         nats: Option<async_nats::Client>,
     ) -> Self {
         Self {
             registry,
             revocations,
+            hub,
             nats,
+            node: format!("{:016x}", rand::random::<u64>()),
         }
     }
 
@@ -112,6 +169,7 @@ impl Control {
             },
             &Kick {
                 code: CloseCode::Disconnected,
+                room: None,
                 reason: format!(
                     "token {} revoked",
                     jti.map_or_else(|| "id".to_owned(), |j| format!("{j:?}"))
@@ -182,8 +240,135 @@ impl Control {
             &Kick {
                 code: CloseCode::Disconnected,
                 reason: disconnect.reason.clone(),
+                room: None,
             },
         )
+    }
+
+    /// Ends a user's subscription to a room on every instance (the sessions stay). Returns how
+    /// many sessions *this* instance told to. Fails only when NATS cannot take the message.
+    pub async fn unsubscribe(
+        &self,
+        tenant: &TenantId,
+        unsubscribe: Unsubscribe,
+    ) -> Result<usize, String> {
+        let local = self.apply_unsubscribe(&unsubscribe);
+        if let Some(nats) = &self.nats {
+            let message = FromNode {
+                origin: self.node.clone(),
+                body: unsubscribe,
+            };
+            let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
+            nats.publish(format!("quiver.{tenant}.control.unsubscribe"), body.into())
+                .await
+                .map_err(|e| format!("nats: {e}"))?;
+            nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+        }
+        Ok(local)
+    }
+
+    fn apply_unsubscribe(&self, unsubscribe: &Unsubscribe) -> usize {
+        let Ok(room) = quiver_proto::RoomName::parse(&unsubscribe.room) else {
+            return 0;
+        };
+        self.registry.kick(
+            &unsubscribe.selector,
+            &Kick {
+                code: CloseCode::Disconnected,
+                reason: unsubscribe.reason.clone(),
+                room: Some(room),
+            },
+        )
+    }
+
+    /// This instance's statistics.
+    pub fn local_stats(&self, request: &StatsRequest) -> NodeStats {
+        let tenant = request
+            .tenant
+            .as_deref()
+            .and_then(|t| TenantId::parse(t).ok());
+        // A tenant name that is no tenant id has nothing here.
+        if request.tenant.is_some() && tenant.is_none() {
+            return NodeStats {
+                node: self.node.clone(),
+                sessions: 0,
+                subscriptions: 0,
+                room_count: 0,
+                rooms: Vec::new(),
+            };
+        }
+        let max = if request.rooms { MAX_ROOMS } else { 0 };
+        let (rooms, subscriptions) = self.hub.rooms(tenant.as_ref(), usize::MAX);
+        let room_count = rooms.len();
+        NodeStats {
+            node: self.node.clone(),
+            sessions: self.registry.count(request.tenant.as_deref()),
+            subscriptions,
+            room_count,
+            rooms: rooms
+                .into_iter()
+                .take(max)
+                .map(|(key, n)| (key.tenant.to_string(), key.room.to_string(), n))
+                .collect(),
+        }
+    }
+
+    /// Every instance's statistics (this one's alone without NATS), sorted by node. Instances
+    /// that do not answer within [`STATS_WINDOW`] are left out.
+    pub async fn cluster_stats(&self, request: &StatsRequest) -> Result<Vec<NodeStats>, String> {
+        let Some(nats) = &self.nats else {
+            return Ok(vec![self.local_stats(request)]);
+        };
+        let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+        let inbox = nats.new_inbox();
+        let mut replies = nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| format!("nats: {e}"))?;
+        nats.publish_with_reply(STATS_SUBJECT, inbox, body.into())
+            .await
+            .map_err(|e| format!("nats: {e}"))?;
+        nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+        let deadline = tokio::time::Instant::now() + STATS_WINDOW;
+        let mut nodes = Vec::new();
+        while nodes.len() < MAX_NODES {
+            match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(reply)) => match serde_json::from_slice::<NodeStats>(&reply.payload) {
+                    Ok(stats) => nodes.push(stats),
+                    Err(e) => warn!(error = %e, "control plane: malformed statistics"),
+                },
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = replies.unsubscribe().await;
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// Answers statistics requests from any instance, until shutdown.
+    async fn answer_stats(
+        self: Arc<Self>,
+        nats: async_nats::Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut requests = match nats.subscribe(STATS_SUBJECT).await {
+            Ok(s) => s,
+            Err(e) => return warn!(error = %e, "control plane: cannot answer statistics"),
+        };
+        while let Some(message) = tokio::select! {
+            message = requests.next() => message,
+            _ = shutdown.cancelled() => None,
+        } {
+            let Some(reply) = message.reply else { continue };
+            let request =
+                serde_json::from_slice::<StatsRequest>(&message.payload).unwrap_or_default();
+            let Ok(body) = serde_json::to_vec(&self.local_stats(&request)) else {
+                continue;
+            };
+            if let Err(e) = nats.publish(reply, body.into()).await {
+                debug!(error = %e, "control plane: statistics not sent");
+            }
+        }
     }
 
     /// Applies the disconnects other instances publish, until shutdown.
@@ -196,6 +381,7 @@ impl Control {
             Ok(Err(e)) => warn!(error = %e, "revocations not loaded"),
             Err(_) => warn!("revocations not loaded: NATS did not answer in 10 s"),
         }
+        tokio::spawn(self.clone().answer_stats(nats.clone(), shutdown.clone()));
         let mut subscription = match nats.subscribe("quiver.*.control.*").await {
             Ok(s) => s,
             Err(e) => return warn!(error = %e, "control plane: cannot subscribe"),
@@ -230,6 +416,19 @@ impl Control {
                     Ok(_) => warn!(tenant, "control plane: revocation for another tenant"),
                     Err(e) => warn!(error = %e, "control plane: malformed revocation"),
                 },
+                Some("unsubscribe") => {
+                    match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload) {
+                        // Applied already where it was asked for; a second time would end a
+                        // subscription made again in between.
+                        Ok(m) if m.origin == self.node => {}
+                        Ok(FromNode { body: mut u, .. }) => {
+                            u.selector.tenant = tenant.to_owned();
+                            let n = self.apply_unsubscribe(&u);
+                            debug!(tenant, n, "unsubscribe from the control plane");
+                        }
+                        Err(e) => warn!(error = %e, "control plane: malformed unsubscribe"),
+                    }
+                }
                 _ => {}
             }
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -28,9 +28,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/publish/{room}", post(crate::api::publish))
-        .route("/api/v1/disconnect", post(crate::api::disconnect))
-        .route("/api/v1/revoke", post(crate::api::revoke))
+        .nest(crate::api::PREFIX, crate::api::router(&shared))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
@@ -38,7 +36,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             .route("/dev/bootstrap", get(bootstrap))
             .route("/", get(|| asset("text/html; charset=utf-8", DEMO_HTML)))
             .route("/demo.js", get(|| asset(JS, DEMO_JS)))
-            .route("/demo.css", get(|| asset("text/css", DEMO_CSS)));
+            .route("/demo.css", get(|| asset("text/css", DEMO_CSS)))
+            .route(
+                "/arena",
+                get(|| asset("text/html; charset=utf-8", ARENA_HTML)),
+            )
+            .route("/arena.js", get(|| asset(JS, ARENA_JS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
     let alt_svc = shared.alt_svc.clone();
@@ -88,6 +91,8 @@ const CLIENT_JS: &str = include_str!("../../web/dist/quiver.js");
 const DEMO_HTML: &str = include_str!("../../web/demo/index.html");
 const DEMO_JS: &str = include_str!("../../web/demo/demo.js");
 const DEMO_CSS: &str = include_str!("../../web/demo/demo.css");
+const ARENA_HTML: &str = include_str!("../../web/demo/arena.html");
+const ARENA_JS: &str = include_str!("../../web/demo/arena.js");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
@@ -116,7 +121,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
 async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
+        crate::metrics::render(),
     )
         .into_response()
 }

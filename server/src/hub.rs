@@ -7,13 +7,15 @@
 //! held only for map work, never across an `.await`.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::latest::Slot;
 use crate::metrics as m;
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
@@ -29,6 +31,19 @@ pub struct RoomKey {
 pub struct Delivery {
     pub offset: Option<u64>,
     pub frame: Bytes,
+    /// When the frame reached the hub: the writer measures delivery latency from it. One
+    /// `Instant` per publication, copied to each subscriber.
+    pub entered: Instant,
+}
+
+impl Delivery {
+    pub fn new(offset: Option<u64>, frame: Bytes) -> Self {
+        Self {
+            offset,
+            frame,
+            entered: Instant::now(),
+        }
+    }
 }
 
 /// The hub's handle on one subscriber.
@@ -37,14 +52,29 @@ pub struct Subscriber {
     pub queue: mpsc::Sender<Delivery>,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
+    /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
+    pub deliveries: metrics::Counter,
+    /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
+    /// Publications go there instead of the queue, which then carries only room events.
+    pub latest: Option<Arc<Slot>>,
 }
 
 #[derive(Default)]
 pub struct Hub {
     rooms: RwLock<HashMap<RoomKey, Vec<Subscriber>>>,
+    /// Fan-out counters by namespace label.
+    namespaces: m::Namespaces,
 }
 
 impl Hub {
+    /// A hub counting fan-out under the configured namespaces' names (the rest as `other`).
+    pub fn with_namespaces<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            rooms: RwLock::default(),
+            namespaces: m::Namespaces::new(names),
+        }
+    }
+
     /// Adds a subscriber; true if it is the first local one of the room (the broker should
     /// start listening for it).
     pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
@@ -73,13 +103,38 @@ impl Hub {
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
     /// took it.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
+        let entered = Instant::now();
+        self.namespaces.get(&key.room).publications.increment(1);
+        if let Some(delivered) = self.deliver_latest(key, &payload) {
+            return delivered;
+        }
         self.deliver_frame(
             key,
             Delivery {
                 offset: position.map(|p| p.offset),
                 frame: publication_frame(key, position, payload),
+                entered,
             },
         )
+    }
+
+    /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
+    /// payload in every subscriber's slot, replacing what waits there. `None` in other rooms.
+    fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let subs = rooms.get(key)?;
+        subs.first()?.latest.as_ref()?;
+        for sub in subs {
+            if let Some(slot) = &sub.latest {
+                slot.put(payload.clone());
+                sub.deliveries.increment(1);
+            }
+        }
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(subs.len() as u64);
+        Some(subs.len())
     }
 
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
@@ -93,7 +148,16 @@ impl Hub {
             };
             for sub in subs {
                 match sub.queue.try_send(delivery.clone()) {
-                    Ok(()) => delivered += 1,
+                    Ok(()) => {
+                        delivered += 1;
+                        sub.deliveries.increment(1);
+                    }
+                    // `latest` subscribers are never slow consumers: a room event that finds
+                    // no room is dropped for them alone.
+                    Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
+                        metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "latest_event")
+                            .increment(1);
+                    }
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         sub.overflow.cancel();
                         overflowed.push(sub.id);
@@ -114,7 +178,10 @@ impl Hub {
                 }
             }
         }
-        metrics::counter!(m::DELIVERIES).increment(delivered as u64);
+        self.namespaces
+            .get(&key.room)
+            .deliveries
+            .increment(delivered as u64);
         delivered
     }
 
@@ -123,6 +190,28 @@ impl Hub {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(key)
+    }
+
+    /// Rooms with local subscribers and how many each has, of one tenant (every tenant:
+    /// `None`), at most `max` rooms (sorted by tenant and name, so a cut is stable); and the
+    /// total of subscriptions counted over all of them, cut or not.
+    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> (Vec<(RoomKey, usize)>, usize) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        let mut total = 0;
+        let mut listed: Vec<(RoomKey, usize)> = Vec::new();
+        for (key, subs) in rooms.iter() {
+            if tenant.is_some_and(|t| *t != key.tenant) {
+                continue;
+            }
+            total += subs.len();
+            listed.push((key.clone(), subs.len()));
+        }
+        drop(rooms);
+        listed.sort_by(|a, b| {
+            (&a.0.tenant, a.0.room.as_str()).cmp(&(&b.0.tenant, b.0.room.as_str()))
+        });
+        listed.truncate(max);
+        (listed, total)
     }
 
     /// Number of rooms with local subscribers.
@@ -161,6 +250,8 @@ mod tests {
                 id,
                 queue: tx,
                 overflow: CancellationToken::new(),
+                deliveries: metrics::Counter::noop(),
+                latest: None,
             },
             rx,
         )
@@ -203,5 +294,30 @@ mod tests {
         assert!(hub.unsubscribe(&key("t", "r"), 1));
         assert_eq!(hub.room_count(), 0);
         assert!(!hub.unsubscribe(&key("t", "r"), 2));
+    }
+
+    #[test]
+    fn latest_subscribers_get_the_newest_value_and_never_overflow() {
+        let hub = Hub::default();
+        let (mut s, mut rx) = sub(1, 1);
+        let slot = Arc::new(Slot::default());
+        s.latest = Some(slot.clone());
+        let overflow = s.overflow.clone();
+        hub.subscribe(key("t", "g"), s);
+        for n in 0..100u8 {
+            assert_eq!(hub.deliver(&key("t", "g"), None, Bytes::from(vec![n])), 1);
+        }
+        // Room events beyond the queue are dropped for it, not a reason to end it.
+        for _ in 0..3 {
+            hub.deliver_frame(
+                &key("t", "g"),
+                Delivery::new(None, Bytes::from_static(b"event")),
+            );
+        }
+        assert!(!overflow.is_cancelled());
+        assert!(hub.has_subscribers(&key("t", "g")));
+        assert_eq!(slot.take(), Some((100, Bytes::from(vec![99u8]))));
+        assert_eq!(rx.try_recv().unwrap().frame, Bytes::from_static(b"event"));
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -6,15 +6,19 @@
 //! [`hub`] (rooms and fan-out) ← [`broker`] (between instances), with [`subscription`] writing
 //! each room's frames. See ARCHITECTURE.md.
 
-mod api;
+pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;
 mod demo;
+pub mod history;
 mod http;
+pub mod http_client;
 pub mod https;
 pub mod hub;
+pub mod jwks;
+pub mod latest;
 pub mod metrics;
 pub mod presence;
 pub mod quota;

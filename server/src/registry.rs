@@ -16,7 +16,14 @@ use tokio::sync::mpsc;
 pub struct Kick {
     pub code: CloseCode,
     pub reason: String,
+    /// Set: end only this room's subscription (unsolicited `Unsubscribed`, code
+    /// `unsubscribed`) and keep the session; `code` is then unused.
+    pub room: Option<quiver_proto::RoomName>,
 }
+
+/// Orders a session can have queued: a close and a few unsubscribes. A full queue drops the
+/// order (the session is not reading its orders: it is closing, or very busy).
+const ORDERS: usize = 8;
 
 /// Which sessions a kick is for; `None` fields match any.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -53,7 +60,7 @@ impl Registry {
         user: &str,
         jti: Option<&str>,
     ) -> (Registered, mpsc::Receiver<Kick>) {
-        let (kick, kicks) = mpsc::channel(1);
+        let (kick, kicks) = mpsc::channel(ORDERS);
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -87,7 +94,7 @@ impl Registry {
                     .jti_key
                     .as_ref()
                     .is_none_or(|j| entry.jti_key.as_ref() == Some(j));
-            // A session already being kicked has its one slot full: it is closing anyway.
+            // A session whose order queue is full is closing (or stuck): the order is dropped.
             if matches && entry.kick.try_send(kick.clone()).is_ok() {
                 n += 1;
             }
@@ -145,6 +152,7 @@ mod tests {
         let kick = Kick {
             code: CloseCode::Disconnected,
             reason: "test".into(),
+            room: None,
         };
         let alice = Selector {
             tenant: "acme".into(),

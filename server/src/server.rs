@@ -46,6 +46,8 @@ pub enum StartError {
     Key(#[from] KeyError),
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
+    #[error("auth.jwks: {0}")]
+    Jwks(#[from] crate::jwks::JwksError),
     #[error("https: {0}")]
     Https(#[from] crate::https::HttpsError),
     #[error("--cert and --key go together")]
@@ -118,6 +120,8 @@ pub struct Shared {
     pub cert_sha256: Arc<CertHash>,
     /// `Alt-Svc` for HTTP responses, with a real certificate.
     pub alt_svc: Option<axum::http::HeaderValue>,
+    /// Users with a session here in the last minute: the reconnect-frequency metric.
+    pub recent_users: crate::metrics::RecentUsers,
     /// The way to the application's backend, for `Call` and hooks.
     pub rpc: Arc<crate::rpc::Rpc>,
 }
@@ -148,16 +152,32 @@ pub struct Server {
 impl Server {
     pub async fn start(mut config: Config) -> Result<Server, StartError> {
         // The key first: a bad secret is the more serious mistake, so it is the one reported.
-        let (verifier, dev) = load_verifier(&config)?;
+        let jwks = crate::jwks::Source::from_config(&config.auth)?
+            .map(|source| crate::jwks::http_client().map(|client| (source, client)))
+            .transpose()?;
+        let (verifier, dev) = match &jwks {
+            Some((source, client)) => (
+                crate::jwks::initial(source, client, &config.auth).await?,
+                None,
+            ),
+            None => load_verifier(&config)?,
+        };
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
-            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence");
+            info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence; namespace arena delivers latest");
             config.namespaces.push(crate::config::NamespaceConfig {
                 name: "chat".into(),
                 history_size: 100,
                 history_ttl: std::time::Duration::from_secs(600),
                 presence: true,
+                ..Default::default()
+            });
+            // The arena page's dots: only the newest positions matter (PROTOCOL.md §10).
+            config.namespaces.push(crate::config::NamespaceConfig {
+                name: "arena".into(),
+                mode: crate::config::DeliveryMode::Latest,
+                ..Default::default()
             });
         }
         let endpoint = server_config(&config, identity.identity.clone_identity())
@@ -196,7 +216,9 @@ impl Server {
         };
 
         crate::metrics::handle();
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::with_namespaces(
+            config.namespaces.iter().map(|n| n.name.as_str()),
+        ));
         let shared_config = Arc::new(config.clone());
         let broker: Arc<dyn Broker> = match &config.nats {
             None => Arc::new(MemoryBroker::new(hub.clone(), shared_config)),
@@ -212,6 +234,7 @@ impl Server {
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),
+            hub.clone(),
             control_nats,
         ));
         let tenant_quotas = Arc::new(crate::quota::TenantQuotas::new(config.quotas.clone()));
@@ -239,6 +262,7 @@ impl Server {
             alt_svc: (!identity.dev)
                 .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
                 .flatten(),
+            recent_users: Default::default(),
             rpc,
         });
 
@@ -264,6 +288,20 @@ impl Server {
                 hangup,
             )),
         ];
+        if let Some((source, client)) = jwks {
+            // Its own SIGHUP stream: tokio hands every signal to each listener.
+            #[cfg(unix)]
+            let hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            #[cfg(not(unix))]
+            let hangup = None::<()>;
+            tasks.push(tokio::spawn(crate::jwks::keep_fresh(
+                shared.clone(),
+                source,
+                client,
+                hangup,
+            )));
+        }
         let https_addr = match https {
             Some((listener, tls)) => {
                 let addr = listener.local_addr().ok();
@@ -280,6 +318,7 @@ impl Server {
         tasks.push(tokio::spawn(control.listen(shared.shutdown.clone())));
         if shared.dev.is_some() && shared.config.demo {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
+            tasks.push(tokio::spawn(demo::arena(shared.clone())));
         }
         info!(webtransport = %webtransport_addr, http = %http_addr, cert_sha256 = %identity.hash_hex(), "quiver listening");
         Ok(Server {
@@ -411,9 +450,6 @@ fn load_verifier(config: &Config) -> Result<(Verifier, Option<DevMode>), StartEr
             .ok_or(StartError::KeyWithoutAlgorithm)?;
         return Ok((Verifier::public_key(path, alg, &checks)?, None));
     }
-    if let Some(path) = &auth.jwks_file {
-        return Ok((Verifier::jwks(path, &checks)?, None));
-    }
     if let Some(secret) = &auth.jwt_secret {
         let verifier = Verifier::hs256(secret.expose().as_bytes(), &checks).map_err(|source| {
             StartError::Secret {
@@ -472,6 +508,9 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
     Ok(secret.into_bytes())
 }
 
+/// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
+const DATAGRAM_BUFFER: usize = 64 * 1024;
+
 fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
@@ -479,6 +518,10 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(QuinnVarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
+        // stale. Past it quinn drops the oldest first, which is what `latest` wants.
+        .datagram_send_buffer_size(DATAGRAM_BUFFER)
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .keep_alive_interval(Some(config.timeouts.keep_alive))
         .max_idle_timeout(config.timeouts.idle.try_into().ok());
     let controller: Arc<dyn congestion::ControllerFactory + Send + Sync> =

@@ -2,6 +2,8 @@
 //! resuming subscriber asked for, then drains the subscriber's bounded queue, writing what is
 //! queued in one write, so a burst costs one write rather than one per message.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use quiver_proto::ErrorCode;
 use tokio::sync::mpsc;
@@ -9,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use wtransport::{Connection, VarInt};
 
 use crate::hub::Delivery;
+use crate::latest::{self, Slot};
+use crate::metrics::hot;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -44,6 +48,14 @@ pub struct Writer {
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
+    /// The session's traffic, for its closing log line.
+    pub tally: std::sync::Arc<crate::metrics::Tally>,
+    /// The room, for `Latest` frames.
+    pub room: String,
+    /// In `latest` rooms: where the newest publication waits (`crate::latest`).
+    pub latest: Option<Arc<Slot>>,
+    /// The stream's send priority (its namespace's `priority`).
+    pub priority: i32,
 }
 
 impl Writer {
@@ -73,24 +85,42 @@ impl Writer {
                 }
             },
         };
+        stream.set_priority(self.priority);
+        let slot = self.latest.clone();
         let mut batch = std::mem::take(&mut self.preamble);
+        // When the oldest live frame in `batch` reached the hub (the replay has none).
+        let mut oldest = None;
+        // Live frames in `batch`.
+        let mut frames = 0;
         loop {
             if batch.is_empty() {
-                let first = tokio::select! {
+                tokio::select! {
                     biased;
                     _ = self.overflow.cancelled() => break,
                     msg = self.queue.recv() => match msg {
-                        Some(m) => m,
+                        Some(first) if self.fresh(&first) => {
+                            batch.extend_from_slice(&first.frame);
+                            oldest = Some(first.entered);
+                            frames += 1;
+                        }
+                        Some(_) => {}
                         None => return,
                     },
-                };
-                if self.fresh(&first) {
-                    batch.extend_from_slice(&first.frame);
+                    // A datagram when it fits, else a frame for this stream.
+                    (sequence, payload) = latest::next(slot.as_deref()) => {
+                        if let Some(frame) = latest::send(Some(&conn), self.sub_id, &self.room, sequence, payload) {
+                            batch.extend_from_slice(&frame);
+                        }
+                    }
                 }
             }
             while batch.len() < MAX_BATCH {
                 match self.queue.try_recv() {
-                    Ok(more) if self.fresh(&more) => batch.extend_from_slice(&more.frame),
+                    Ok(more) if self.fresh(&more) => {
+                        batch.extend_from_slice(&more.frame);
+                        oldest.get_or_insert(more.entered);
+                        frames += 1;
+                    }
                     Ok(_) => {}
                     Err(_) => break,
                 }
@@ -106,6 +136,11 @@ impl Writer {
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
+            }
+            hot::delivery_bytes().increment(batch.len() as u64);
+            self.tally.sent(batch.len(), std::mem::take(&mut frames));
+            if let Some(entered) = oldest.take() {
+                hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
             batch.clear();
         }
@@ -125,10 +160,16 @@ impl Writer {
     async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
         // The preamble may hold a long replay: hand it over in batches of whole frames.
         for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+            let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 0);
         }
+        let slot = self.latest.clone();
+        // The `latest` value still in the outgoing queue: the next waits until it is written.
+        let mut in_flight = None;
         loop {
             let delivery = tokio::select! {
                 biased;
@@ -137,10 +178,29 @@ impl Writer {
                     Some(m) => m,
                     None => return,
                 },
+                value = latest::next_after(slot.as_deref(), in_flight.as_ref()) => {
+                    // Conflation on a shared connection: one value at a time in the outgoing
+                    // queue; when there is room, what is newest by then goes.
+                    let Ok(permit) = out.reserve().await else {
+                        return;
+                    };
+                    let (sequence, payload) = slot.as_deref().and_then(Slot::take).unwrap_or(value);
+                    let (frame, done) = latest::tracked(latest::latest_frame(&self.room, sequence, payload));
+                    in_flight = Some(done);
+                    permit.send(frame);
+                    continue;
+                }
             };
-            if self.fresh(&delivery) && out.send(delivery.frame).await.is_err() {
+            if !self.fresh(&delivery) {
+                continue;
+            }
+            let len = delivery.frame.len() as u64;
+            if out.send(delivery.frame).await.is_err() {
                 return;
             }
+            hot::delivery_bytes().increment(len);
+            self.tally.sent(len as usize, 1);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
     }
 

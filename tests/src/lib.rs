@@ -13,9 +13,12 @@ use wtransport::endpoint::endpoint_side::Client as ClientSide;
 use wtransport::{ClientConfig, Connection, Endpoint};
 
 pub mod nats;
+mod observe;
 pub mod process;
 mod raw;
 pub mod rpc;
+
+pub use observe::{wait_metric, wait_ready};
 
 pub use raw::{deaf_websocket, Raw, RoomStream, Via};
 
@@ -289,4 +292,22 @@ pub fn metric(page: &str, name_with_labels: &str) -> f64 {
             (name == name_with_labels).then(|| value.parse().ok())?
         })
         .unwrap_or(0.0)
+}
+
+/// POSTs JSON to the backend API's `/api/v1/{path}` with `key` as the bearer credential; the
+/// status and the JSON answer (`Null` when the answer is not JSON).
+pub async fn api_post(
+    server: &TestServer,
+    path: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> Result<(u16, serde_json::Value)> {
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/{path}", server.http))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
 }

@@ -110,3 +110,18 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// A server config tweak: an instance of a cluster on `nats`, with the history namespace `h`
+/// (1,000 publications per room, a minute).
+pub fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
+    move |c| {
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "h".into(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+            ..Default::default()
+        });
+    }
+}

@@ -52,6 +52,25 @@ pub fn serve_command(cert_dir: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Reads a `quiver serve` child's stdout up to its `QUIVER_READY` line and returns that JSON;
+/// the rest of stdout is drained in the background so the server never blocks on a full pipe.
+pub fn read_ready(child: &mut Child) -> Result<serde_json::Value> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = loop {
+        match lines.next() {
+            Some(line) => {
+                if let Some(json) = line?.strip_prefix("QUIVER_READY ") {
+                    break serde_json::from_str::<serde_json::Value>(json)?;
+                }
+            }
+            None => bail!("quiver exited before it was ready"),
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(ready)
+}
+
 impl QuiverProcess {
     /// Starts `quiver serve` with the test secret, the given config file and extra flags.
     pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {
@@ -64,20 +83,7 @@ impl QuiverProcess {
             cmd.arg("--config").arg(config);
         }
         let mut child = cmd.spawn().context("starting quiver")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = loop {
-            match lines.next() {
-                Some(line) => {
-                    if let Some(json) = line?.strip_prefix("QUIVER_READY ") {
-                        break serde_json::from_str::<serde_json::Value>(json)?;
-                    }
-                }
-                None => bail!("quiver exited before it was ready"),
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        let ready = read_ready(&mut child)?;
         let port = |field: &str| -> Result<u16> {
             let addr = ready[field].as_str().ok_or_else(|| anyhow!("no {field}"))?;
             Ok(addr.parse::<std::net::SocketAddr>()?.port())
@@ -141,4 +147,17 @@ impl Drop for QuiverProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `quiver` command (any subcommand) run in `dir`, with no `QUIVER_*` variable inherited
+/// from the test's own environment: each test sets the ones it means.
+pub fn quiver_command(dir: &Path) -> Result<Command> {
+    let mut cmd = Command::new(binary()?);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("QUIVER_") {
+            cmd.env_remove(key);
+        }
+    }
+    Ok(cmd)
 }

@@ -436,6 +436,7 @@ fn dispatch(
 ) {
     let room = match &frame.event {
         Event::Publication { room, .. }
+        | Event::Latest { room, .. }
         | Event::SubscriptionStream { room }
         | Event::Joined { room, .. }
         | Event::Left { room, .. } => Some(room.clone()),

@@ -909,6 +909,7 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

@@ -8,21 +8,9 @@ use futures::StreamExt;
 use quiver_client::{token_fn, Client, SubEvent};
 use quiver_proto::{Command, Event, Position, Recovery};
 use quiver_server::config::{NamespaceConfig, NatsConfig};
-use quiver_tests::nats::NatsServer;
+use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::process::QuiverProcess;
 use quiver_tests::*;
-
-fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ {
-    move |c| {
-        c.nats = Some(NatsConfig::new(nats.url()));
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 1000,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-        });
-    }
-}
 
 async fn instances(nats: &NatsServer, n: usize) -> anyhow::Result<Vec<TestServer>> {
     let mut out = Vec::new();
@@ -199,6 +187,7 @@ async fn resume_from_a_position_that_left_jetstream_history_fails() -> anyhow::R
             history_size: 3,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;
@@ -565,6 +554,7 @@ async fn readyz_waits_for_history_delivery_not_just_the_connection() -> anyhow::
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

@@ -14,6 +14,7 @@ fn with_history(size: usize) -> impl FnOnce(&mut quiver_server::Config) {
             history_size: size,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         })
     }
 }

@@ -99,3 +99,334 @@ async fn dev_mode_bootstrap_hands_out_a_working_token() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+const ADMIN: &str = "admin-key-0123456789abcdef0123456789";
+const ACME: &str = "acme-key-0123456789abcdef0123456789ab";
+
+fn with_keys(c: &mut quiver_server::Config) {
+    c.api.keys = vec![
+        quiver_server::config::ApiKey {
+            key: ADMIN.into(),
+            tenant: None,
+        },
+        quiver_server::config::ApiKey {
+            key: ACME.into(),
+            tenant: Some("acme".into()),
+        },
+    ];
+    c.namespaces.push(quiver_server::config::NamespaceConfig {
+        name: "h".into(),
+        history_size: 10,
+        history_ttl: std::time::Duration::from_secs(60),
+        presence: false,
+        ..Default::default()
+    });
+}
+
+/// The error codes the OpenAPI document lists.
+async fn documented_codes(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    let doc: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
+            .await?
+            .json()
+            .await?;
+    Ok(
+        doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|c| c.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// Every refusal, whatever refuses it (a handler, the body limit, the router), is the same JSON
+/// shape with a documented code; a malformed body is a 400 with a message, never a 500.
+#[tokio::test]
+async fn every_api_error_has_one_shape_and_a_documented_code() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        with_keys(c);
+        c.limits.max_payload = 1000;
+    })
+    .await?;
+    let codes = documented_codes(&server).await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}/api/v1/{path}", server.http);
+    let huge = "x".repeat(2 * 1000 + 64 * 1024 + 1);
+    let cases = vec![
+        (
+            http.post(url("disconnect"))
+                .json(&serde_json::json!({"user": "a"})),
+            401,
+            "unauthorized",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body("{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect")).bearer_auth(ACME).body(""),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect")).bearer_auth(ACME).body("[1,2]"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body(r#"{"user":"a","nope":1}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body(r#"{"user":7}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body(vec![0xff, 0xfe, 0x00]),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body(huge.clone()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(url("publish/h.a")).bearer_auth(ACME).body(huge),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(url("publish/h.a"))
+                .bearer_auth(ACME)
+                .body("x".repeat(1001)),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(url("publish/h..a")).bearer_auth(ACME).body("x"),
+            400,
+            "invalid_room",
+        ),
+        (
+            http.post(url("publish/h.a?tenant=a.b"))
+                .bearer_auth(ADMIN)
+                .body("x"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.post(url("publish/h.a?what=1"))
+                .bearer_auth(ACME)
+                .body("x"),
+            400,
+            "bad_request",
+        ),
+        (
+            http.get(url("disconnect")).bearer_auth(ACME),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            http.post(url("nothing-here")).bearer_auth(ACME),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(url("history"))
+                .bearer_auth(ACME)
+                .body(r#"{"room":"h.a","since":{"epoch":"1","offset":"1"}}"#),
+            409,
+            "unrecoverable_position",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await?;
+        let got = response.status().as_u16();
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+        assert!(codes.iter().any(|c| c == code), "{code} is not documented");
+    }
+    Ok(())
+}
+
+/// The OpenAPI document lists every route of the route table the router is built from, and
+/// nothing else; every listed route is served (answers neither 404 nor 405).
+#[tokio::test]
+async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let doc: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
+            .await?
+            .json()
+            .await?;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    let routes = quiver_server::api::routes();
+    let mut operations = 0;
+    for (path, item) in paths {
+        operations += item.as_object().map_or(0, |o| o.len());
+        assert!(path.starts_with("/api/v1/"), "{path}");
+    }
+    assert_eq!(operations, routes.len(), "one operation per route, no more");
+    let http = reqwest::Client::new();
+    for route in &routes {
+        let operation = &doc["paths"][route.path][route.method];
+        assert!(
+            operation.is_object(),
+            "{} {} is not documented",
+            route.method,
+            route.path
+        );
+        assert!(operation["responses"]["200"].is_object());
+        assert!(operation["responses"]["default"].is_object());
+        let request = request_for(&http, &server, route)?;
+        let status = request
+            .bearer_auth(ACME)
+            .body("{}")
+            .send()
+            .await?
+            .status()
+            .as_u16();
+        assert!(
+            status != 404 && status != 405,
+            "{} {}: {status}",
+            route.method,
+            route.path
+        );
+    }
+    Ok(())
+}
+
+/// Publishing with an API key: a tenant's key in its tenant, an admin key naming one. Positions
+/// come back as decimal strings, exactly the position subscribers see (epochs exceed 2^53).
+#[tokio::test]
+async fn publish_with_an_api_key_answers_positions_as_strings() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut room = sub.subscribe("h.a").await?;
+    let http = reqwest::Client::new();
+    let url = |q: &str| format!("http://{}/api/v1/publish/h.a{q}", server.http);
+    let response = http
+        .post(url(""))
+        .bearer_auth(ACME)
+        .body("one")
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await?;
+    let seen = match room.next().await?.event {
+        quiver_proto::Event::Publication {
+            position: Some(p),
+            payload,
+            ..
+        } => {
+            assert_eq!(payload, Bytes::from_static(b"one"));
+            p
+        }
+        other => anyhow::bail!("expected a publication, got {other:?}"),
+    };
+    assert_eq!(body["position"]["epoch"], seen.epoch.to_string());
+    assert_eq!(body["position"]["offset"], seen.offset.to_string());
+    let admin = http
+        .post(url("?tenant=acme"))
+        .bearer_auth(ADMIN)
+        .body("two")
+        .send()
+        .await?;
+    assert_eq!(admin.status(), 200);
+    assert_eq!(room.payload().await?, Bytes::from_static(b"two"));
+    for (q, key, status) in [("", ADMIN, 400), ("?tenant=other", ACME, 403)] {
+        let r = http.post(url(q)).bearer_auth(key).body("x").send().await?;
+        assert_eq!(r.status(), status);
+    }
+    // A token for another tenant can't name acme.
+    let r = http
+        .post(url("?tenant=acme"))
+        .bearer_auth(token("other", "b", &[], &[">"], 60))
+        .body("x")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 403);
+    Ok(())
+}
+
+/// A request for a route of the table, its path parameter filled in.
+fn request_for(
+    http: &reqwest::Client,
+    server: &TestServer,
+    route: &quiver_server::api::Route,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let url = format!(
+        "http://{}{}",
+        server.http,
+        route.path.replace("{room}", "h.a")
+    );
+    Ok(match route.method {
+        "get" => http.get(url),
+        "post" => http.post(url),
+        other => anyhow::bail!("unexpected method {other}"),
+    })
+}
+
+/// Whatever body reaches an endpoint, the answer is never a server error: a 2xx, or a 4xx in
+/// the one error shape.
+#[tokio::test]
+async fn no_body_makes_the_api_fail() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let http = reqwest::Client::new();
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"null".to_vec(),
+        b"{".to_vec(),
+        b"[]".to_vec(),
+        b"{\"tenant\": 5}".to_vec(),
+        b"{\"room\": \"\", \"user\": \"\", \"rooms\": [\"\"]}".to_vec(),
+        b"{\"room\": \"h.a\", \"since\": {\"epoch\": -1, \"offset\": 1e99}}".to_vec(),
+        b"{\"room\": \"h.a\", \"limit\": 99999999999}".to_vec(),
+        b"{\"jti\": \"x\", \"expires_at\": 18446744073709551615}".to_vec(),
+        deep.into_bytes(),
+        vec![0xff; 300],
+    ];
+    for route in quiver_server::api::routes() {
+        for body in &bodies {
+            let request = request_for(&http, &server, &route)?;
+            let response = request.bearer_auth(ACME).body(body.clone()).send().await?;
+            let status = response.status().as_u16();
+            assert!(status < 500, "{} {}: {status}", route.method, route.path);
+            if status >= 400 {
+                let answer: serde_json::Value = response.json().await?;
+                assert!(
+                    answer["error"]["code"].is_string(),
+                    "{}: {answer}",
+                    route.path
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -19,7 +19,7 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
         r#"quiver_sessions_active{transport="websocket"} 0"#,
         r#"quiver_sessions_active{transport="sse"} 0"#,
         "quiver_publications_total 0",
-        "quiver_deliveries_total 0",
+        r#"quiver_deliveries_total{namespace="other"} 0"#,
     ] {
         assert!(
             idle.lines().any(|l| l == series),
@@ -50,7 +50,7 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
     assert_eq!(metric_sum(&page, "quiver_sessions_active", &[]), 3.0);
     assert_eq!(metric(&page, "quiver_subscriptions_active"), 6.0);
     assert_eq!(metric(&page, "quiver_publications_total"), 2.0);
-    assert_eq!(metric(&page, "quiver_deliveries_total"), 6.0);
+    assert_eq!(metric_sum(&page, "quiver_deliveries_total", &[]), 6.0);
 
     // Two leave abruptly, one politely.
     for c in clients.drain(1..) {

@@ -14,6 +14,7 @@ fn presence_ns(c: &mut quiver_server::Config) {
         history_size: 0,
         history_ttl: Duration::from_secs(60),
         presence: true,
+        ..Default::default()
     });
 }
 

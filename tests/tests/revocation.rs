@@ -24,29 +24,12 @@ fn with_keys(c: &mut quiver_server::Config) {
     ];
 }
 
-/// POSTs to an admin endpoint of the API with `key`; the status and the JSON answer.
-async fn api(
-    server: &TestServer,
-    path: &str,
-    key: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<(u16, serde_json::Value)> {
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/{path}", server.http))
-        .bearer_auth(key)
-        .json(&body)
-        .send()
-        .await?;
-    let status = response.status().as_u16();
-    Ok((status, response.json().await.unwrap_or_default()))
-}
-
 async fn disconnect(
     server: &TestServer,
     key: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    api(server, "disconnect", key, body).await
+    api_post(server, "disconnect", key, body).await
 }
 
 async fn goodbye(raw: &mut Raw) -> anyhow::Result<u16> {
@@ -187,7 +170,7 @@ async fn revoke(
     key: &str,
     body: serde_json::Value,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    api(server, "revoke", key, body).await
+    api_post(server, "revoke", key, body).await
 }
 
 /// A revoked token ends the sessions using it and opens no new one, on any transport; a

@@ -30,7 +30,7 @@ fn room(rng: &mut StdRng) -> String {
 }
 
 fn command(rng: &mut StdRng) -> Command {
-    match rng.random_range(0..8) {
+    match rng.random_range(0..9) {
         0 => Command::Subscribe {
             room: room(rng),
             resume: rng.random_bool(0.3).then(|| Position {
@@ -53,6 +53,14 @@ fn command(rng: &mut StdRng) -> Command {
             },
         },
         6 => Command::Presence { room: room(rng) },
+        7 => Command::History {
+            room: room(rng),
+            since: rng.random_bool(0.5).then(|| Position {
+                epoch: rng.random(),
+                offset: rng.random(),
+            }),
+            limit: rng.random(),
+        },
         _ => Command::Hello {
             version: rng.random(),
             client: "again".into(),
@@ -90,6 +98,13 @@ fn frame(rng: &mut StdRng) -> Vec<u8> {
 async fn random_sessions(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         c.limits.max_payload = 60_000;
+        // A history namespace, so `History` reaches the broker too.
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "chat".into(),
+            history_size: 50,
+            history_ttl: std::time::Duration::from_secs(60),
+            presence: false,
+        });
     })
     .await?;
     let mut bystander = Raw::connect_via(via, &server, &full_token("acme", "bystander")).await?;

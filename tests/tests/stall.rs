@@ -22,6 +22,7 @@ async fn history_server(
             history_size: 100,
             history_ttl: Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

@@ -522,6 +522,7 @@ async fn sse_resumes_history_rooms_from_last_event_id() -> anyhow::Result<()> {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
             presence: false,
+            ..Default::default()
         })
     })
     .await?;

@@ -21,6 +21,11 @@ export interface Member {
 	user: string;
 	session: string;
 }
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+	position: Position;
+	payload: Uint8Array;
+}
 export type Recovery = {
 	type: "NotRequested";
 } | {
@@ -54,8 +59,13 @@ export type Command = {
 } | {
 	type: "Presence";
 	room: string;
+} | {
+	type: "History";
+	room: string;
+	since: Position | null;
+	limit: number;
 }
-/** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §10). */
+/** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
  | {
 	type: "Call";
 	method: string;
@@ -73,11 +83,15 @@ type Event$1 = {
 	/** Token expiry in Unix seconds; null if the token never expires. */
 	expiresAt: bigint | null;
 	limits: Limits;
-} | {
+}
+/** `subscription`: the id datagrams of a `latest` room carry (PROTOCOL.md section 10);
+ *  absent (null) for every other room and from older servers. */
+ | {
 	type: "Subscribed";
 	room: string;
 	position: Position | null;
 	recovery: Recovery;
+	subscription?: bigint | null;
 } | {
 	type: "Unsubscribed";
 	room: string;
@@ -124,6 +138,21 @@ type Event$1 = {
 	type: "Left";
 	room: string;
 	member: Member;
+}
+/** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+ | {
+	type: "History";
+	room: string;
+	position: Position | null;
+	publications: HistoryItem[];
+	truncated: boolean;
+}
+/** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
+ | {
+	type: "Latest";
+	room: string;
+	sequence: bigint;
+	payload: Uint8Array;
 } | {
 	type: "Reply";
 	payload: Uint8Array;
@@ -156,6 +185,18 @@ export declare function encodeEvent(frame: ServerFrame): Uint8Array;
  * Byte fields are views into `body`.
  */
 export declare function decodeEvent(body: Uint8Array): ServerFrame | null;
+/** A datagram from the server: the newest value of a `latest` subscription (PROTOCOL.md
+ *  section 10). Throws DecodeError on a malformed header. */
+export interface LatestDatagram {
+	subscription: bigint;
+	sequence: bigint;
+	payload: Uint8Array;
+}
+export declare function decodeLatestDatagram(datagram: Uint8Array): LatestDatagram;
+/** Encodes a server datagram (used by tests and fakes). */
+export declare function encodeLatestDatagram(d: LatestDatagram): Uint8Array;
+/** A client datagram: an unacknowledged publication to a `latest` room. */
+export declare function encodePublishDatagram(room: string, payload: Uint8Array): Uint8Array;
 /** Decodes one frame body from a client (what a server reads; used by tests and fakes).
  *  Returns null for an unknown command type. */
 export declare function decodeCommand(body: Uint8Array): ClientFrame | null;
@@ -197,8 +238,10 @@ export declare const ErrorCode: {
 	readonly session_closing: 113;
 	readonly stream_limit: 114;
 	readonly quota_exceeded: 115;
-	readonly deadline_exceeded: 116;
-	readonly backend_error: 117;
+	readonly unsubscribed: 116;
+	readonly unrecoverable_position: 117;
+	readonly deadline_exceeded: 118;
+	readonly backend_error: 119;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;
@@ -297,6 +340,19 @@ export declare class Message {
 	text(): string;
 	json<T = unknown>(): T;
 }
+/** How a room delivers (PROTOCOL.md section 10): every publication in order (`reliable`), or
+ *  only the newest value (`latest`: datagrams where they fit, older values dropped). */
+export type DeliveryMode = "reliable" | "latest";
+/** How a `latest` subscription's values arrived. */
+export interface LatestStats {
+	/** Values applied from datagrams. */
+	byDatagram: number;
+	/** Values applied from the room's stream or the WebSocket (too large for a datagram, or no
+	 *  datagrams on this transport). */
+	byStream: number;
+	/** Values dropped because a newer one had already been applied. */
+	droppedOlder: number;
+}
 /** A room the app subscribed to. It lives across reconnects until `unsubscribe()`. */
 export declare class Subscription implements AsyncIterable<Message> {
 	readonly room: string;
@@ -310,6 +366,12 @@ export declare class Subscription implements AsyncIterable<Message> {
 	recovery: Recovery | null;
 	/** Messages dropped because the async iterator did not keep up. */
 	dropped: number;
+	/** How the room delivers, as the server said when it confirmed the subscription. */
+	mode: DeliveryMode;
+	/** For `latest` rooms: how values arrived. */
+	readonly latestStats: LatestStats;
+	/** Sequence of the newest value applied on the current server subscription. */
+	private newest;
 	private queue;
 	private waiter;
 	private ended;
@@ -433,8 +495,29 @@ export interface ClientEvents {
 export interface PublishOptions {
 	/** Wait for the server's `Published` (with the message's position, if the room has history). */
 	ack?: boolean;
+	/** Rooms in `latest` namespaces only (PROTOCOL.md section 10): over WebTransport, send the
+	 *  publication as one QUIC datagram when it fits (never retransmitted, never answered; server
+	 *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish. For values where
+	 *  only the newest matters, sent many times a second. */
+	unreliable?: boolean;
 }
 export declare const CLIENT_NAME = "quiver-ts/0.2";
+/** What `history()` asks for. */
+export interface HistoryOptions {
+	/** The page starts after this position; omitted: from the oldest publication kept. */
+	since?: Position;
+	/** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+	limit?: number;
+}
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+	/** The room's current position. */
+	position: Position | null;
+	/** Oldest first. */
+	publications: Message[];
+	/** More is kept after the last publication than this page holds: ask again from it. */
+	truncated: boolean;
+}
 /** Options of `QuiverClient.call`. */
 export interface CallOptions {
 	/** How long the backend may take, in milliseconds; the server's default when absent. The
@@ -459,6 +542,8 @@ export declare class QuiverClient {
 	private readonly WS;
 	private readonly listeners;
 	private readonly subs;
+	/** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
+	private readonly latestSubs;
 	private readonly outbox;
 	private active;
 	private lastId;
@@ -513,10 +598,19 @@ export declare class QuiverClient {
 	 */
 	presence(room: string): Promise<Member[]>;
 	/**
-	 * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §10).
+	 * A page of a history room without subscribing (needs subscribe permission): the publications
+	 * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+	 * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+	 * `since` = the last publication's position. Rejects when disconnected, with code 117
+	 * unrecoverable_position when `since` is no longer in history (page from the start and
+	 * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+	 */
+	history(room: string, options?: HistoryOptions): Promise<HistoryPage>;
+	/**
+	 * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
 	 * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
-	 * code: 103 permission_denied, 111 unavailable (no backend serving), 116 deadline_exceeded,
-	 * 117 backend_error, ...
+	 * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+	 * 119 backend_error, ...
 	 *
 	 * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
 	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and

@@ -11,6 +11,7 @@ var COMMAND_TYPES = [
   "Ping",
   "Refresh",
   "Presence",
+  "History",
   "Call"
 ];
 var EVENT_TYPES = [
@@ -27,6 +28,8 @@ var EVENT_TYPES = [
   "Presence",
   "Joined",
   "Left",
+  "History",
+  "Latest",
   "Reply"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
@@ -107,6 +110,10 @@ var Writer = class {
     this.string(m.user);
     this.string(m.session);
   }
+  /** The bytes written, with no length prefix (datagrams). */
+  body() {
+    return this.buf.slice(0, this.len);
+  }
   /** The body with its length prefix in front. */
   frame() {
     const out = new Uint8Array(LENGTH_PREFIX + this.len);
@@ -166,6 +173,16 @@ var Reader = class {
    *  here) reads as false. */
   trailingBool() {
     return this.pos < this.buf.length ? this.bool() : false;
+  }
+  /** An `Option` appended by a later revision and left out when `None`: absent reads as null. */
+  trailingOption(read) {
+    return this.pos < this.buf.length ? this.option(read) : null;
+  }
+  /** Everything left (a datagram's payload). */
+  rest() {
+    const out = this.buf.subarray(this.pos);
+    this.pos = this.buf.length;
+    return out;
   }
   bool() {
     const b = this.byte();
@@ -238,6 +255,11 @@ function encodeCommand(frame) {
     case "Presence":
       w.string(c.room);
       break;
+    case "History":
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
     case "Call":
       w.string(c.method);
       w.bytes(c.payload);
@@ -269,6 +291,7 @@ function encodeEvent(frame) {
       w.option(e.position, (p) => w.position(p));
       w.varint(RECOVERY_TYPES.indexOf(e.recovery.type), MAX_U32);
       if (e.recovery.type === "Recovered") w.varint(e.recovery.replayed, MAX_U32);
+      if (e.subscription != null) w.option(e.subscription, (v) => w.varint64(v));
       break;
     case "Unsubscribed":
       w.string(e.room);
@@ -311,6 +334,21 @@ function encodeEvent(frame) {
       w.string(e.room);
       w.member(e.member);
       break;
+    case "History":
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
+      break;
+    case "Latest":
+      w.string(e.room);
+      w.varint64(e.sequence);
+      w.bytes(e.payload);
+      break;
     case "Reply":
       w.bytes(e.payload);
       break;
@@ -342,7 +380,9 @@ function decodeEvent(body) {
     case "Subscribed": {
       const room = r.string();
       const position = r.option(() => r.position());
-      event = { type, room, position, recovery: readRecovery(r) };
+      const recovery = readRecovery(r);
+      const subscription = r.trailingOption(() => r.u64());
+      event = subscription === null ? { type, room, position, recovery } : { type, room, position, recovery, subscription };
       break;
     }
     case "Unsubscribed":
@@ -379,11 +419,38 @@ function decodeEvent(body) {
     case "Left":
       event = { type, room: r.string(), member: r.member() };
       break;
+    case "History": {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
+    case "Latest":
+      event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
+      break;
     case "Reply":
       event = { type, payload: r.bytes() };
       break;
   }
   return { id, event };
+}
+function decodeLatestDatagram(datagram) {
+  const r = new Reader(datagram);
+  return { subscription: r.u64(), sequence: r.u64(), payload: r.rest() };
+}
+function encodeLatestDatagram(d) {
+  const w = new Writer();
+  w.varint64(d.subscription);
+  w.varint64(d.sequence);
+  w.raw(d.payload);
+  return w.body();
+}
+function encodePublishDatagram(room, payload) {
+  const w = new Writer();
+  w.string(room);
+  w.raw(payload);
+  return w.body();
 }
 function readRecovery(r) {
   const type = RECOVERY_TYPES[r.u32()];
@@ -420,6 +487,12 @@ function decodeCommand(body) {
     case "Presence":
       command = { type, room: r.string() };
       break;
+    case "History": {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
     case "Call":
       command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;
@@ -500,8 +573,10 @@ var ErrorCode = {
   session_closing: 113,
   stream_limit: 114,
   quota_exceeded: 115,
-  deadline_exceeded: 116,
-  backend_error: 117
+  unsubscribed: 116,
+  unrecoverable_position: 117,
+  deadline_exceeded: 118,
+  backend_error: 119
 };
 var CloseCode = {
   shutdown: 3e3,
@@ -831,6 +906,13 @@ var Session = class {
   subscription(id, event) {
     return this.owner.deliver(id, event);
   }
+  datagram(bytes) {
+    if (!this.ended) this.owner.datagram(bytes);
+  }
+  /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */
+  sendDatagram(bytes) {
+    return !this.ended && this.link.sendDatagram(bytes);
+  }
   report(error) {
     this.owner.report(error);
   }
@@ -980,6 +1062,33 @@ var WebTransportLink = class {
     this.writer = bidi.writable.getWriter();
     void this.readControl(bidi.readable);
     void this.acceptStreams();
+    void this.readDatagrams();
+  }
+  datagramWriter = null;
+  sendDatagram(bytes) {
+    const datagrams = this.wt.datagrams;
+    if (this.done || !datagrams || bytes.length > datagrams.maxDatagramSize) return false;
+    try {
+      this.datagramWriter ??= datagrams.writable.getWriter();
+      this.datagramWriter.write(bytes).catch(() => void 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+  async readDatagrams() {
+    const datagrams = this.wt.datagrams;
+    if (!datagrams) return;
+    const reader = datagrams.readable.getReader();
+    try {
+      for (; ; ) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        this.handler?.received();
+        this.handler?.datagram(value);
+      }
+    } catch {
+    }
   }
   async write(frame) {
     if (!this.writer) throw new QuiverError("closed", "not connected");
@@ -1049,7 +1158,7 @@ var WebTransportLink = class {
             if (event.type !== "SubscriptionStream") throw new DecodeError(`subscription stream starts with ${event.type}`);
             header = { id: frame.id, room: event.room };
             if (!this.handler.streamOpened(header.room, header.id)) draining = true;
-          } else if (event.type === "Publication" || event.type === "Joined" || event.type === "Left") {
+          } else if (event.type === "Publication" || event.type === "Joined" || event.type === "Left" || event.type === "Latest") {
             if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
           }
@@ -1142,6 +1251,9 @@ var WebSocketLink = class {
     if (this.done || this.ws.readyState !== 1) throw new QuiverError("closed", "the WebSocket is not open");
     this.ws.send(frame);
   }
+  sendDatagram() {
+    return false;
+  }
   close(reason) {
     this.done = true;
     try {
@@ -1192,6 +1304,7 @@ var WebSocketLink = class {
         else this.streams.delete(event.room);
         return;
       case "Publication":
+      case "Latest":
       case "Joined":
       case "Left": {
         const stream = this.streams.get(event.room);
@@ -1363,6 +1476,14 @@ var Subscription = class {
   recovery = null;
   /** Messages dropped because the async iterator did not keep up. */
   dropped = 0;
+  /** How the room delivers, as the server said when it confirmed the subscription. */
+  mode = "reliable";
+  /** For `latest` rooms: how values arrived. */
+  latestStats = { byDatagram: 0, byStream: 0, droppedOlder: 0 };
+  /** @internal The server's subscription id on the current session (`latest` rooms). */
+  latestId = null;
+  /** Sequence of the newest value applied on the current server subscription. */
+  newest = 0n;
   queue = [];
   waiter = null;
   ended = false;
@@ -1388,6 +1509,26 @@ var Subscription = class {
       }
       this.queue.push(m);
     }
+  }
+  /** @internal A new server subscription (first, or after a reconnect): sequences restart. */
+  confirmed(subscription) {
+    this.latestId = subscription;
+    this.newest = 0n;
+    if (subscription !== null) this.mode = "latest";
+  }
+  /** @internal A value of a `latest` room: applied only if newer than every value applied
+   *  before (a late datagram never overwrites a newer value). Returns whether it was applied. */
+  offerLatest(sequence, payload, byDatagram) {
+    if (sequence <= this.newest) {
+      this.latestStats.droppedOlder++;
+      return false;
+    }
+    this.newest = sequence;
+    if (byDatagram) this.latestStats.byDatagram++;
+    else this.latestStats.byStream++;
+    if (!this.handler) this.queue.length = 0;
+    this.deliver(new Message(this.room, null, payload));
+    return true;
   }
   /** @internal */
   deliverPresence(change) {
@@ -1449,6 +1590,8 @@ var QuiverClient = class {
     transport: /* @__PURE__ */ new Set()
   };
   subs = /* @__PURE__ */ new Map();
+  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
+  latestSubs = /* @__PURE__ */ new Map();
   outbox = [];
   active = null;
   lastId = 0;
@@ -1568,6 +1711,9 @@ var QuiverClient = class {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError("payload must be a Uint8Array or a string"));
     }
+    if (options.unreliable && !options.ack && this.active && !this.active.ended) {
+      if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
+    }
     return new Promise((resolve, reject) => {
       const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
       if (this.active && !this.active.ended) this.sendPublish(item, this.active);
@@ -1598,10 +1744,38 @@ var QuiverClient = class {
     return reply.members;
   }
   /**
-   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §10).
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room, options = {}) {
+    const session = this.active;
+    if (!session) throw new QuiverError("closed", "not connected", { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 4294967295) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: "History",
+      room,
+      since: options.since ?? null,
+      limit
+    });
+    if (reply.type !== "History") throw new QuiverError("protocol", `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated
+    };
+  }
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
    * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
-   * code: 103 permission_denied, 111 unavailable (no backend serving), 116 deadline_exceeded,
-   * 117 backend_error, ...
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
    *
    * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
@@ -1918,6 +2092,10 @@ var QuiverClient = class {
       return;
     }
     if (this.subs.get(state.sub.room) !== state) return;
+    const latestId = reply.subscription ?? null;
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    state.sub.confirmed(latestId);
+    if (latestId !== null) this.latestSubs.set(latestId, state);
     state.sub.recovery = resume ? reply.recovery : null;
     if (!state.sawPublication && reply.recovery.type !== "Recovered" && reply.position) {
       state.sub.position = reply.position;
@@ -1955,6 +2133,7 @@ var QuiverClient = class {
   }
   dropSub(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
@@ -2000,14 +2179,33 @@ var QuiverClient = class {
       if (event.type === "Publication") {
         state.sawPublication = true;
         state.sub.deliver(new Message(event.room, event.position, event.payload));
+      } else if (event.type === "Latest") {
+        state.sub.offerLatest(event.sequence, event.payload, false);
       } else {
         state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
       }
     } catch (e) {
-      const what = event.type === "Publication" ? "message" : "presence";
+      const what = event.type === "Publication" || event.type === "Latest" ? "message" : "presence";
       this.emit("error", new QuiverError("handler", `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
     }
     return true;
+  }
+  /** @internal A datagram: the newest value of a `latest` subscription, found by its id.
+   *  Malformed datagrams and ones for no current subscription are dropped. */
+  datagram(bytes) {
+    let d;
+    try {
+      d = decodeLatestDatagram(bytes);
+    } catch {
+      return;
+    }
+    const state = this.latestSubs.get(d.subscription);
+    if (!state || state.sub.latestId !== d.subscription) return;
+    try {
+      state.sub.offerLatest(d.sequence, d.payload, true);
+    } catch (e) {
+      this.emit("error", new QuiverError("handler", `message handler for ${state.sub.room} threw: ${errorMessage(e)}`, { room: state.sub.room, cause: e }));
+    }
   }
   /** @internal */
   report(error) {
@@ -2064,7 +2262,10 @@ export {
   connect,
   decodeCommand,
   decodeEvent,
+  decodeLatestDatagram,
   encodeCommand,
   encodeEvent,
+  encodeLatestDatagram,
+  encodePublishDatagram,
   forgetWebTransportFailures
 };

@@ -64,7 +64,7 @@ for (const transport of ['webtransport', 'websocket']) {
     assert.equal(refused.label, 'permission_denied');
 
     const failed = await page.evaluate(() => window.call('order.fail', 'x'));
-    assert.equal(failed.code, 117);
+    assert.equal(failed.code, 119);
     assert.match(failed.message, /out of widgets/);
 
     const aborted = await page.evaluate(() => window.call('order.slow', 'x', { abortAfterMs: 200 }));

@@ -48,13 +48,16 @@ export function requireQuiver() {
 
 /**
  * Runs `quiver serve` and resolves once it printed QUIVER_READY. Without `jwtSecret` the server
- * runs in development mode. Logs go to test-artifacts/<name>.log.
+ * runs in development mode; `config` is a TOML file for `--config`. Logs go to
+ * test-artifacts/<name>.log.
  */
-export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0', config = null }) {
+export async function startServer({ name, certDir, jwtSecret = null, listen = '[::]:0', http = '127.0.0.1:0', config = null, configFile = null }) {
   requireQuiver();
   await mkdir(ARTIFACTS, { recursive: true });
   const args = ['serve', '--listen', listen, '--http', http, '--cert-dir', certDir];
-  if (config) args.push('--config', config);
+  // A TOML config file (namespaces with history or `latest` delivery, for example).
+  const file = config ?? configFile;
+  if (file) args.push('--config', file);
   // Production auth with the generated certificate (the tests pin its hash) must say so.
   if (jwtSecret) args.push('--jwt-secret', jwtSecret, '--self-signed');
   const log = createWriteStream(path.join(ARTIFACTS, `${name}.log`), { flags: 'a' });

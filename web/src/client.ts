@@ -2,7 +2,16 @@
 // itself, with the app's subscriptions and queued publishes carried over from one session to the
 // next. The transports are in transport.ts, one session's commands in session.ts.
 
-import { PROTOCOL_VERSION, type Command, type Event, type Member, type Position } from './codec.js';
+import {
+  PROTOCOL_VERSION,
+  decodeLatestDatagram,
+  encodePublishDatagram,
+  type Command,
+  type Event,
+  type LatestDatagram,
+  type Member,
+  type Position,
+} from './codec.js';
 import { ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
@@ -29,7 +38,14 @@ import {
 } from './transport.js';
 
 export { QuiverError, type ErrorKind } from './errors.js';
-export { Message, Subscription, type PresenceChange, type SubscribeOptions } from './subscription.js';
+export {
+  Message,
+  Subscription,
+  type DeliveryMode,
+  type LatestStats,
+  type PresenceChange,
+  type SubscribeOptions,
+} from './subscription.js';
 export type { GoodbyeInfo } from './session.js';
 export {
   forgetWebTransportFailures,
@@ -40,6 +56,24 @@ export {
 } from './transport.js';
 
 export const CLIENT_NAME = 'quiver-ts/0.2';
+
+/** What `history()` asks for. */
+export interface HistoryOptions {
+  /** The page starts after this position; omitted: from the oldest publication kept. */
+  since?: Position;
+  /** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+  limit?: number;
+}
+
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+  /** The room's current position. */
+  position: Position | null;
+  /** Oldest first. */
+  publications: Message[];
+  /** More is kept after the last publication than this page holds: ask again from it. */
+  truncated: boolean;
+}
 export type {
   ClientEvents,
   ClientOptions,
@@ -129,6 +163,8 @@ export class QuiverClient {
     transport: new Set(),
   };
   private readonly subs = new Map<string, SubState>();
+  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
+  private readonly latestSubs = new Map<bigint, SubState>();
   private readonly outbox: QueuedPublish[] = [];
   private active: Session | null = null;
   private lastId = 0;
@@ -260,6 +296,10 @@ export class QuiverClient {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError('payload must be a Uint8Array or a string'));
     }
+    // Unreliable: one datagram now, or an ordinary publish if this session cannot send it.
+    if (options.unreliable && !options.ack && this.active && !this.active.ended) {
+      if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
+    }
     return new Promise((resolve, reject) => {
       const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
       if (this.active && !this.active.ended) this.sendPublish(item, this.active);
@@ -293,10 +333,39 @@ export class QuiverClient {
   }
 
   /**
-   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §10).
+   * A page of a history room without subscribing (needs subscribe permission): the publications
+   * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default
+   * 100; the server caps it at 1,000 and at one frame). When `truncated`, call again with
+   * `since` = the last publication's position. Rejects when disconnected, with code 117
+   * unrecoverable_position when `since` is no longer in history (page from the start and
+   * re-sync), and with 101 bad_request when the room's namespace keeps no history.
+   */
+  async history(room: string, options: HistoryOptions = {}): Promise<HistoryPage> {
+    const session = this.active;
+    if (!session) throw new QuiverError('closed', 'not connected', { room });
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 0xffff_ffff) {
+      throw new RangeError(`limit must be an integer from 0 to 2^32-1, got ${limit}`);
+    }
+    const reply = await session.request(this.nextId(), {
+      type: 'History',
+      room,
+      since: options.since ?? null,
+      limit,
+    });
+    if (reply.type !== 'History') throw new QuiverError('protocol', `expected History, got ${reply.type}`, { room });
+    return {
+      position: reply.position,
+      publications: reply.publications.map((p) => new Message(room, p.position, p.payload)),
+      truncated: reply.truncated,
+    };
+  }
+
+  /**
+   * Calls `method` on the application's backend and resolves with its answer (PROTOCOL.md §11).
    * The token's `call` claim must allow the method. Rejects with a `command` error carrying the
-   * code: 103 permission_denied, 111 unavailable (no backend serving), 116 deadline_exceeded,
-   * 117 backend_error, ...
+   * code: 103 permission_denied, 111 unavailable (no backend serving), 118 deadline_exceeded,
+   * 119 backend_error, ...
    *
    * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
@@ -658,6 +727,10 @@ export class QuiverClient {
       return;
     }
     if (this.subs.get(state.sub.room) !== state) return;
+    const latestId = reply.subscription ?? null;
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    state.sub.confirmed(latestId);
+    if (latestId !== null) this.latestSubs.set(latestId, state);
     state.sub.recovery = resume ? reply.recovery : null;
     if (!state.sawPublication && reply.recovery.type !== 'Recovered' && reply.position) {
       state.sub.position = reply.position;
@@ -697,6 +770,7 @@ export class QuiverClient {
 
   private dropSub(state: SubState, reason: QuiverError): void {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
@@ -748,14 +822,34 @@ export class QuiverClient {
       if (event.type === 'Publication') {
         state.sawPublication = true;
         state.sub.deliver(new Message(event.room, event.position, event.payload));
+      } else if (event.type === 'Latest') {
+        state.sub.offerLatest(event.sequence, event.payload, false);
       } else {
         state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
       }
     } catch (e) {
-      const what = event.type === 'Publication' ? 'message' : 'presence';
+      const what = event.type === 'Publication' || event.type === 'Latest' ? 'message' : 'presence';
       this.emit('error', new QuiverError('handler', `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
     }
     return true;
+  }
+
+  /** @internal A datagram: the newest value of a `latest` subscription, found by its id.
+   *  Malformed datagrams and ones for no current subscription are dropped. */
+  datagram(bytes: Uint8Array): void {
+    let d: LatestDatagram;
+    try {
+      d = decodeLatestDatagram(bytes);
+    } catch {
+      return;
+    }
+    const state = this.latestSubs.get(d.subscription);
+    if (!state || state.sub.latestId !== d.subscription) return;
+    try {
+      state.sub.offerLatest(d.sequence, d.payload, true);
+    } catch (e) {
+      this.emit('error', new QuiverError('handler', `message handler for ${state.sub.room} threw: ${errorMessage(e)}`, { room: state.sub.room, cause: e }));
+    }
   }
 
   /** @internal */

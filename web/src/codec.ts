@@ -28,6 +28,12 @@ export interface Member {
   session: string;
 }
 
+/** One publication kept in a room's history, as a `History` reply carries it. */
+export interface HistoryItem {
+  position: Position;
+  payload: Uint8Array;
+}
+
 export type Recovery =
   | { type: 'NotRequested' }
   | { type: 'Recovered'; replayed: number }
@@ -42,7 +48,8 @@ export type Command =
   | { type: 'Ping' }
   | { type: 'Refresh'; token: string }
   | { type: 'Presence'; room: string }
-  /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §10). */
+  | { type: 'History'; room: string; since: Position | null; limit: number }
+  /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
   | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
@@ -57,7 +64,9 @@ export type Event =
       expiresAt: bigint | null;
       limits: Limits;
     }
-  | { type: 'Subscribed'; room: string; position: Position | null; recovery: Recovery }
+  /** `subscription`: the id datagrams of a `latest` room carry (PROTOCOL.md section 10);
+   *  absent (null) for every other room and from older servers. */
+  | { type: 'Subscribed'; room: string; position: Position | null; recovery: Recovery; subscription?: bigint | null }
   | { type: 'Unsubscribed'; room: string; code: number; reason: string }
   | { type: 'Published'; position: Position | null }
   | { type: 'Pong' }
@@ -71,6 +80,10 @@ export type Event =
   | { type: 'Presence'; room: string; members: Member[]; truncated: boolean }
   | { type: 'Joined'; room: string; member: Member }
   | { type: 'Left'; room: string; member: Member }
+  /** A page of a history room, oldest first; `truncated`: more is kept after the last one. */
+  | { type: 'History'; room: string; position: Position | null; publications: HistoryItem[]; truncated: boolean }
+  /** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
+  | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array }
   | { type: 'Reply'; payload: Uint8Array };
 
 export interface ClientFrame {
@@ -94,6 +107,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Ping',
   'Refresh',
   'Presence',
+  'History',
   'Call',
 ];
 
@@ -111,6 +125,8 @@ export const EVENT_TYPES: readonly EventType[] = [
   'Presence',
   'Joined',
   'Left',
+  'History',
+  'Latest',
   'Reply',
 ];
 
@@ -210,6 +226,11 @@ class Writer {
     this.string(m.session);
   }
 
+  /** The bytes written, with no length prefix (datagrams). */
+  body(): Uint8Array {
+    return this.buf.slice(0, this.len);
+  }
+
   /** The body with its length prefix in front. */
   frame(): Uint8Array {
     const out = new Uint8Array(LENGTH_PREFIX + this.len);
@@ -274,6 +295,18 @@ class Reader {
    *  here) reads as false. */
   trailingBool(): boolean {
     return this.pos < this.buf.length ? this.bool() : false;
+  }
+
+  /** An `Option` appended by a later revision and left out when `None`: absent reads as null. */
+  trailingOption<T>(read: () => T): T | null {
+    return this.pos < this.buf.length ? this.option(read) : null;
+  }
+
+  /** Everything left (a datagram's payload). */
+  rest(): Uint8Array {
+    const out = this.buf.subarray(this.pos);
+    this.pos = this.buf.length;
+    return out;
   }
 
   bool(): boolean {
@@ -358,6 +391,11 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
     case 'Presence':
       w.string(c.room);
       break;
+    case 'History':
+      w.string(c.room);
+      w.option(c.since, (p) => w.position(p));
+      w.varint(c.limit, MAX_U32);
+      break;
     case 'Call':
       w.string(c.method);
       w.bytes(c.payload);
@@ -391,6 +429,8 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       w.option(e.position, (p) => w.position(p));
       w.varint(RECOVERY_TYPES.indexOf(e.recovery.type), MAX_U32);
       if (e.recovery.type === 'Recovered') w.varint(e.recovery.replayed, MAX_U32);
+      // Appended, and left out entirely when absent (PROTOCOL.md section 8).
+      if (e.subscription != null) w.option(e.subscription, (v) => w.varint64(v));
       break;
     case 'Unsubscribed':
       w.string(e.room);
@@ -433,6 +473,21 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       w.string(e.room);
       w.member(e.member);
       break;
+    case 'History':
+      w.string(e.room);
+      w.option(e.position, (p) => w.position(p));
+      w.varint(e.publications.length, MAX_U32);
+      for (const item of e.publications) {
+        w.position(item.position);
+        w.bytes(item.payload);
+      }
+      w.bool(e.truncated);
+      break;
+    case 'Latest':
+      w.string(e.room);
+      w.varint64(e.sequence);
+      w.bytes(e.payload);
+      break;
     case 'Reply':
       w.bytes(e.payload);
       break;
@@ -471,7 +526,10 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Subscribed': {
       const room = r.string();
       const position = r.option(() => r.position());
-      event = { type, room, position, recovery: readRecovery(r) };
+      const recovery = readRecovery(r);
+      const subscription = r.trailingOption(() => r.u64());
+      // Only `latest` rooms have the field (as the Rust reference's JSON has it only then).
+      event = subscription === null ? { type, room, position, recovery } : { type, room, position, recovery, subscription };
       break;
     }
     case 'Unsubscribed':
@@ -508,11 +566,51 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Left':
       event = { type, room: r.string(), member: r.member() };
       break;
+    case 'History': {
+      const room = r.string();
+      const position = r.option(() => r.position());
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      event = { type, room, position, publications, truncated: r.bool() };
+      break;
+    }
+    case 'Latest':
+      event = { type, room: r.string(), sequence: r.u64(), payload: r.bytes() };
+      break;
     case 'Reply':
       event = { type, payload: r.bytes() };
       break;
   }
   return { id, event };
+}
+
+/** A datagram from the server: the newest value of a `latest` subscription (PROTOCOL.md
+ *  section 10). Throws DecodeError on a malformed header. */
+export interface LatestDatagram {
+  subscription: bigint;
+  sequence: bigint;
+  payload: Uint8Array;
+}
+
+export function decodeLatestDatagram(datagram: Uint8Array): LatestDatagram {
+  const r = new Reader(datagram);
+  return { subscription: r.u64(), sequence: r.u64(), payload: r.rest() };
+}
+
+/** Encodes a server datagram (used by tests and fakes). */
+export function encodeLatestDatagram(d: LatestDatagram): Uint8Array {
+  const w = new Writer();
+  w.varint64(d.subscription);
+  w.varint64(d.sequence);
+  w.raw(d.payload);
+  return w.body();
+}
+
+/** A client datagram: an unacknowledged publication to a `latest` room. */
+export function encodePublishDatagram(room: string, payload: Uint8Array): Uint8Array {
+  const w = new Writer();
+  w.string(room);
+  w.raw(payload);
+  return w.body();
 }
 
 function readRecovery(r: Reader): Recovery {
@@ -553,6 +651,12 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
     case 'Presence':
       command = { type, room: r.string() };
       break;
+    case 'History': {
+      const room = r.string();
+      const since = r.option(() => r.position());
+      command = { type, room, since, limit: r.u32() };
+      break;
+    }
     case 'Call':
       command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
       break;

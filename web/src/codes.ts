@@ -18,8 +18,10 @@ export const ErrorCode = {
   session_closing: 113,
   stream_limit: 114,
   quota_exceeded: 115,
-  deadline_exceeded: 116,
-  backend_error: 117,
+  unsubscribed: 116,
+  unrecoverable_position: 117,
+  deadline_exceeded: 118,
+  backend_error: 119,
 } as const;
 
 export const CloseCode = {

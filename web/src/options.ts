@@ -112,6 +112,11 @@ export interface ClientEvents {
 export interface PublishOptions {
   /** Wait for the server's `Published` (with the message's position, if the room has history). */
   ack?: boolean;
+  /** Rooms in `latest` namespaces only (PROTOCOL.md section 10): over WebTransport, send the
+   *  publication as one QUIC datagram when it fits (never retransmitted, never answered; server
+   *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish. For values where
+   *  only the newest matters, sent many times a second. */
+  unreliable?: boolean;
 }
 
 /** @internal Options with every default filled in. */

@@ -23,6 +23,8 @@ export interface SessionOwner {
   deliver(id: number, event: SubscriptionEvent): boolean;
   report(error: QuiverError): void;
   onRtt(ms: number): void;
+  /** A datagram from the server (a value of a `latest` room). */
+  datagram(bytes: Uint8Array): void;
 }
 
 interface PendingRequest {
@@ -291,6 +293,15 @@ export class Session implements LinkHandler {
 
   subscription(id: number, event: SubscriptionEvent): boolean {
     return this.owner.deliver(id, event);
+  }
+
+  datagram(bytes: Uint8Array): void {
+    if (!this.ended) this.owner.datagram(bytes);
+  }
+
+  /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */
+  sendDatagram(bytes: Uint8Array): boolean {
+    return !this.ended && this.link.sendDatagram(bytes);
   }
 
   report(error: QuiverError): void {

@@ -40,6 +40,21 @@ export class Message {
   }
 }
 
+/** How a room delivers (PROTOCOL.md section 10): every publication in order (`reliable`), or
+ *  only the newest value (`latest`: datagrams where they fit, older values dropped). */
+export type DeliveryMode = 'reliable' | 'latest';
+
+/** How a `latest` subscription's values arrived. */
+export interface LatestStats {
+  /** Values applied from datagrams. */
+  byDatagram: number;
+  /** Values applied from the room's stream or the WebSocket (too large for a datagram, or no
+   *  datagrams on this transport). */
+  byStream: number;
+  /** Values dropped because a newer one had already been applied. */
+  droppedOlder: number;
+}
+
 /** A room the app subscribed to. It lives across reconnects until `unsubscribe()`. */
 export class Subscription implements AsyncIterable<Message> {
   /** Position of the last message seen, used to resume after a reconnect. */
@@ -48,6 +63,14 @@ export class Subscription implements AsyncIterable<Message> {
   recovery: Recovery | null = null;
   /** Messages dropped because the async iterator did not keep up. */
   dropped = 0;
+  /** How the room delivers, as the server said when it confirmed the subscription. */
+  mode: DeliveryMode = 'reliable';
+  /** For `latest` rooms: how values arrived. */
+  readonly latestStats: LatestStats = { byDatagram: 0, byStream: 0, droppedOlder: 0 };
+  /** @internal The server's subscription id on the current session (`latest` rooms). */
+  latestId: bigint | null = null;
+  /** Sequence of the newest value applied on the current server subscription. */
+  private newest = 0n;
   private queue: Message[] = [];
   private waiter: ((r: IteratorResult<Message>) => void) | null = null;
   private ended = false;
@@ -85,6 +108,29 @@ export class Subscription implements AsyncIterable<Message> {
       }
       this.queue.push(m);
     }
+  }
+
+  /** @internal A new server subscription (first, or after a reconnect): sequences restart. */
+  confirmed(subscription: bigint | null): void {
+    this.latestId = subscription;
+    this.newest = 0n;
+    if (subscription !== null) this.mode = 'latest';
+  }
+
+  /** @internal A value of a `latest` room: applied only if newer than every value applied
+   *  before (a late datagram never overwrites a newer value). Returns whether it was applied. */
+  offerLatest(sequence: bigint, payload: Uint8Array, byDatagram: boolean): boolean {
+    if (sequence <= this.newest) {
+      this.latestStats.droppedOlder++;
+      return false;
+    }
+    this.newest = sequence;
+    if (byDatagram) this.latestStats.byDatagram++;
+    else this.latestStats.byStream++;
+    // The async iterator keeps only the newest value: what waits is stale.
+    if (!this.handler) this.queue.length = 0;
+    this.deliver(new Message(this.room, null, payload));
+    return true;
   }
 
   /** @internal */

@@ -12,7 +12,7 @@ export type WebTransportConstructor = new (url: string, options?: WebTransportOp
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocket;
 
 /** Events that belong to one subscription (a WebTransport subscription stream's frames). */
-export type SubscriptionEvent = Extract<Event, { type: 'Publication' | 'Joined' | 'Left' }>;
+export type SubscriptionEvent = Extract<Event, { type: 'Publication' | 'Joined' | 'Left' | 'Latest' }>;
 
 /** What a link reports to the session that owns it. */
 export interface LinkHandler {
@@ -25,6 +25,8 @@ export interface LinkHandler {
   streamOpened(room: string, id: number): boolean;
   /** An event of the subscription whose `SubscriptionStream` carried `id`; false if stale. */
   subscription(id: number, event: SubscriptionEvent): boolean;
+  /** A QUIC datagram from the server (a value of a `latest` room; WebTransport only). */
+  datagram(bytes: Uint8Array): void;
   /** A problem that spoils one subscription, not the connection. */
   report(error: QuiverError): void;
   /** The link is gone. `close` is the close code and reason when the transport carried them. */
@@ -41,6 +43,9 @@ export interface Link {
   write(frame: Uint8Array): Promise<void>;
   /** Closes the connection from this side; the handler hears nothing more. */
   close(reason: string): void;
+  /** Sends one datagram if the transport has them and it fits; false otherwise. Never waits:
+   *  a datagram the browser cannot queue is dropped, as the network might. */
+  sendDatagram(bytes: Uint8Array): boolean;
 }
 
 /**
@@ -109,6 +114,38 @@ class WebTransportLink implements Link {
     this.writer = bidi.writable.getWriter();
     void this.readControl(bidi.readable);
     void this.acceptStreams();
+    void this.readDatagrams();
+  }
+
+  private datagramWriter: WritableStreamDefaultWriter<Uint8Array> | null = null;
+
+  sendDatagram(bytes: Uint8Array): boolean {
+    const datagrams = this.wt.datagrams;
+    if (this.done || !datagrams || bytes.length > datagrams.maxDatagramSize) return false;
+    try {
+      this.datagramWriter ??= datagrams.writable.getWriter();
+      // Not awaited: datagrams are fire and forget; a full queue drops them.
+      this.datagramWriter.write(bytes).catch(() => undefined);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  private async readDatagrams(): Promise<void> {
+    const datagrams = this.wt.datagrams;
+    if (!datagrams) return;
+    const reader = datagrams.readable.getReader();
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        this.handler?.received();
+        this.handler?.datagram(value);
+      }
+    } catch {
+      // The session ended; `closed` reports why.
+    }
   }
 
   async write(frame: Uint8Array): Promise<void> {
@@ -186,7 +223,7 @@ class WebTransportLink implements Link {
             if (event.type !== 'SubscriptionStream') throw new DecodeError(`subscription stream starts with ${event.type}`);
             header = { id: frame.id, room: event.room };
             if (!this.handler.streamOpened(header.room, header.id)) draining = true;
-          } else if (event.type === 'Publication' || event.type === 'Joined' || event.type === 'Left') {
+          } else if (event.type === 'Publication' || event.type === 'Joined' || event.type === 'Left' || event.type === 'Latest') {
             if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
           }
@@ -300,6 +337,10 @@ class WebSocketLink implements Link {
     this.ws.send(frame);
   }
 
+  sendDatagram(): boolean {
+    return false;
+  }
+
   close(reason: string): void {
     this.done = true;
     try {
@@ -356,6 +397,7 @@ class WebSocketLink implements Link {
         else this.streams.delete(event.room);
         return;
       case 'Publication':
+      case 'Latest':
       case 'Joined':
       case 'Left': {
         const stream = this.streams.get(event.room);

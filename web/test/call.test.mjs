@@ -35,11 +35,11 @@ for (const transport of ['webtransport', 'websocket']) {
       const cmd2 = await conn.expect('Call');
       assert.equal(cmd2.command.timeoutMs, 0);
       assert.equal(cmd2.command.idempotencyKey, '');
-      conn.send(cmd2.id, { type: 'Error', code: 116, message: 'no answer from the backend within 5s' });
+      conn.send(cmd2.id, { type: 'Error', code: 118, message: 'no answer from the backend within 5s' });
       await assert.rejects(defaults, (e) => e.kind === 'command' && e.label === 'deadline_exceeded');
 
       const refused = client.call('billing.pay', 'x');
-      conn.send((await conn.expect('Call')).id, { type: 'Error', code: 117, message: 'boom' });
+      conn.send((await conn.expect('Call')).id, { type: 'Error', code: 119, message: 'boom' });
       await assert.rejects(refused, (e) => e.label === 'backend_error' && /boom/.test(e.message));
     });
 

@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 
 const VECTORS = new URL('../../proto/vectors/frames.json', import.meta.url);
-const U64_FIELDS = new Set(['epoch', 'offset', 'expires_at']);
+const U64_FIELDS = new Set(['epoch', 'offset', 'expires_at', 'subscription', 'sequence']);
 const BIG = '#u64:';
 
 export function loadVectors() {

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::servers::{start_with, wait_output, wrapped, Pinning, Placement, ServerProc};
+use super::servers::{
+    start_with, start_with_env, wait_output, wrapped, Pinning, Placement, ServerProc,
+};
 use super::{generate, load_args, quiver_token, versions, Ctx, Mode, RunArgs};
 use crate::report::neighbour::{self as report, NeighbourReport, Phase, Series};
 use crate::report::Report;
@@ -68,10 +70,19 @@ pub struct NeighbourArgs {
     /// No new phase starts after this many seconds, so the report is always written.
     #[arg(long, default_value_t = 110.0)]
     pub budget: f64,
+    /// Also flood the server as deployed: default per-session limits, a per-address handshake
+    /// limit, publishers from their own address that reconnect when closed.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub defaults: bool,
     /// Directory for server logs, certificates and the quota configs (default: a temporary one).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
 }
+
+/// The noisy publishers' client address in the `defaults` phase (loopback, like 127.0.0.1).
+const NOISY_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 2);
+/// The per-address handshake limit of the `defaults` server.
+const DEFAULT_HANDSHAKES: u32 = 20;
 
 /// The server's quota configuration: `quota` publications per second for every tenant except
 /// `calm`, or no quota at all.
@@ -141,7 +152,7 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         ctx.work.display()
     );
 
-    let flood = |rate: f64| FloodParams {
+    let flood = |rate: f64, defaults: bool| FloodParams {
         publishers: args.noisy_publishers.max(1),
         rooms: args.noisy_rooms.max(1),
         subs_per_room: args.noisy_subs_per_room,
@@ -149,6 +160,8 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         rate,
         batch: 32,
         max_secs: 60.0,
+        reconnect: defaults,
+        bind: defaults.then_some(NOISY_ADDRESS),
     };
     let mut out = NeighbourReport {
         date: report::now(),
@@ -158,7 +171,7 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         quiver,
         quota: args.quota,
         calm: calm.clone(),
-        flood: flood(0.0),
+        flood: flood(0.0, false),
         alone: Vec::new(),
         floods: Vec::new(),
         notes: Vec::new(),
@@ -168,7 +181,11 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         "Server on its own core; both tenants' generators on the other, the flood at nice 19 \
          so that the calm generator gets its core when it needs it (on separate machines the \
          two clients would not compete). The server's per-session command limit is lifted \
-         (as in every benchmark), so only the tenant quota stops the flood."
+         (as in every benchmark), so only the tenant quota stops the flood; except on the \
+         `defaults` server, which keeps the default per-session limit (200 commands/s; a \
+         session refused 3 × 200 times within 10 s is closed for rate abuse, quota refusals \
+         included) and limits handshakes per address, while the noisy publishers connect from \
+         127.0.0.2 and reconnect whenever they are closed."
             .into(),
     );
 
@@ -186,6 +203,17 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         }
     };
     let quota = report::count(f64::from(args.quota));
+    // The baseline for "over the quota": the noisy tenant offering exactly its allowance. What
+    // its accepted publications cost (their fan-out) is work the quota allows; the floods beside
+    // the quota should cost the calm tenant nothing more.
+    out.floods.push(Series {
+        name: format!("noisy offering exactly its quota ({quota}/s), quota {quota}/s"),
+        quota: true,
+        flood_rate: f64::from(args.quota),
+        at_allowance: true,
+        defaults: false,
+        runs: Vec::new(),
+    });
     for &rate in &rates {
         for quota_on in [true, false] {
             out.floods.push(Series {
@@ -196,17 +224,44 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
                 },
                 quota: quota_on,
                 flood_rate: rate,
+                at_allowance: false,
+                defaults: false,
                 runs: Vec::new(),
             });
         }
     }
-    for quota_on in [true, false] {
-        let (name, limit) = if quota_on {
-            ("quota", Some(args.quota))
-        } else {
-            ("no-quota", None)
-        };
-        let server = match start_quiver(&mut ctx, name, limit) {
+    // The same flood against the server as deployed: default per-session limits (a session
+    // that keeps being refused is closed for rate abuse, quota refusals included) and a
+    // per-address handshake limit; the noisy publishers reconnect whenever they are closed.
+    if args.defaults {
+        out.floods.push(Series {
+            name: format!(
+                "noisy flooding at full speed and reconnecting, default session limits and \
+                 {DEFAULT_HANDSHAKES}/s handshakes per address, quota {quota}/s"
+            ),
+            quota: true,
+            flood_rate: 0.0,
+            at_allowance: false,
+            defaults: true,
+            runs: Vec::new(),
+        });
+    }
+    // (server name, quota, defaults): floods run on the server whose settings they name.
+    let servers = [
+        ("quota", true, false),
+        ("no-quota", false, false),
+        ("defaults", true, true),
+    ];
+    for (name, quota_on, defaults) in servers {
+        if !out
+            .floods
+            .iter()
+            .any(|f| f.quota == quota_on && f.defaults == defaults)
+        {
+            continue;
+        }
+        let limit = quota_on.then_some(args.quota);
+        let server = match start_quiver(&mut ctx, name, limit, defaults) {
             Ok(server) => server,
             Err(e) => {
                 out.notes
@@ -218,7 +273,7 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         // Alone and beside each flood, interleaved, so that drift in the machine's other load
         // falls on every phase alike.
         for i in 0..args.repeats {
-            if quota_on {
+            if quota_on && !defaults {
                 let name = format!("calm alone #{}", i + 1);
                 phase(
                     &mut ctx,
@@ -230,8 +285,12 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
                     &name,
                 );
             }
-            for series in out.floods.iter_mut().filter(|f| f.quota == quota_on) {
-                let params = flood(series.flood_rate);
+            for series in out
+                .floods
+                .iter_mut()
+                .filter(|f| f.quota == quota_on && f.defaults == defaults)
+            {
+                let params = flood(series.flood_rate, series.defaults);
                 let name = format!("calm beside {} #{}", series.name, i + 1);
                 phase(
                     &mut ctx,
@@ -257,15 +316,36 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
     Ok(())
 }
 
-fn start_quiver(ctx: &mut Ctx, name: &str, quota: Option<u32>) -> Result<ServerProc> {
+fn start_quiver(
+    ctx: &mut Ctx,
+    name: &str,
+    quota: Option<u32>,
+    defaults: bool,
+) -> Result<ServerProc> {
     let config = ctx.work.join(format!("{name}.toml"));
-    std::fs::write(&config, quota_config(quota))?;
-    let server = start_with(
-        ctx,
-        Kind::Quiver,
-        Placement::Local,
-        &["--config".into(), config.display().to_string()],
-    )?;
+    let mut text = quota_config(quota);
+    if defaults {
+        text.push_str(&format!(
+            // 127.0.0.1 stands for everyone else (each with an address of their own in real
+            // life): exempt, like a trusted proxy. The noisy publishers come from 127.0.0.2.
+            "\n[quotas.per_address]\nhandshakes_per_second = {DEFAULT_HANDSHAKES}\n\
+             trusted = [\"127.0.0.1\"]\n"
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let extra = ["--config".into(), config.display().to_string()];
+    let server = if defaults {
+        // The server's own per-session command limit, not the benchmarks' lifted one.
+        start_with_env(
+            ctx,
+            Kind::Quiver,
+            Placement::Local,
+            &extra,
+            &["QUIVER_LIMITS__COMMANDS_PER_SECOND"],
+        )?
+    } else {
+        start_with(ctx, Kind::Quiver, Placement::Local, &extra)?
+    };
     // Server logs are named by the number of checks so far: one per server.
     ctx.report.pass(&format!("start quiver ({name})"));
     Ok(server)
@@ -370,6 +450,12 @@ impl Flood {
             .args(["--rate", &p.rate.to_string()])
             .args(["--batch", &p.batch.to_string()])
             .args(["--max-secs", &p.max_secs.to_string()])
+            .args(p.reconnect.then_some("--reconnect"))
+            .args(
+                p.bind
+                    .iter()
+                    .flat_map(|ip| ["--bind".to_owned(), ip.to_string()]),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -438,7 +524,7 @@ fn flood_checks(r: &NeighbourReport) -> Vec<String> {
     let mut notes = Vec::new();
     for series in &r.floods {
         for f in series.runs.iter().filter_map(|p| p.flood.as_ref()) {
-            if series.quota && f.refused == 0 {
+            if series.quota && !series.at_allowance && f.refused == 0 {
                 notes.push(format!(
                     "CHECK FAILED ({}): the quota refused none of {} publications",
                     series.name, f.sent

@@ -312,6 +312,18 @@ pub(super) fn start_with(
     place: Placement,
     extra: &[String],
 ) -> Result<ServerProc> {
+    start_with_env(ctx, kind, place, extra, &[])
+}
+
+/// Like [`start_with`], without the environment variables named in `unset` (to run Quiver with
+/// a default the benchmarks otherwise lift).
+pub(super) fn start_with_env(
+    ctx: &Ctx,
+    kind: Kind,
+    place: Placement,
+    extra: &[String],
+    unset: &[&str],
+) -> Result<ServerProc> {
     let label = kind.label();
     let log = ctx
         .work
@@ -359,6 +371,9 @@ pub(super) fn start_with(
                     "bbr"
                 },
             );
+            for name in unset {
+                cmd.env_remove(name);
+            }
             let started = spawn_until_ready(label, cmd, &log, "QUIVER_READY ")?;
             let mut server = quic_server(label, kind, place, started, Some(ctx.token.clone()))?;
             if kind == Kind::QuiverWs {

@@ -28,6 +28,14 @@ pub struct Series {
     pub quota: bool,
     /// The flood's offered publications per second; 0 = as fast as the connections take them.
     pub flood_rate: f64,
+    /// The noisy tenant uses exactly its allowance (offers its quota, nothing over it): the
+    /// baseline for what being *over* the quota costs the calm tenant.
+    #[serde(default)]
+    pub at_allowance: bool,
+    /// On the server with default per-session limits and a per-address handshake limit; the
+    /// noisy publishers come from their own address and reconnect whenever they are closed.
+    #[serde(default)]
+    pub defaults: bool,
     pub runs: Vec<Phase>,
 }
 
@@ -116,10 +124,13 @@ fn p99_of(phases: &[Phase]) -> Option<f64> {
     (!phases.is_empty()).then(|| summarize(phases).p99_us)
 }
 
-/// The headline: calm p99 beside each flood over calm p99 alone.
+/// The headline: calm p99 beside each flood over calm p99 alone, then (when measured) each
+/// quota-limited flood over the noisy tenant using exactly its allowance: what being over the
+/// quota costs the other tenant, beyond the work the quota allows.
 pub fn headline(r: &NeighbourReport) -> String {
     let alone = p99_of(&r.alone);
-    r.floods
+    let mut lines: String = r
+        .floods
         .iter()
         .map(|f| {
             format!(
@@ -128,7 +139,18 @@ pub fn headline(r: &NeighbourReport) -> String {
                 ratio_text(p99_of(&f.runs), alone)
             )
         })
-        .collect()
+        .collect();
+    if let Some(allowance) = r.floods.iter().find(|f| f.at_allowance) {
+        let base = p99_of(&allowance.runs);
+        for f in r.floods.iter().filter(|f| f.quota && !f.at_allowance) {
+            lines.push_str(&format!(
+                "- calm p99 beside {}: **{}** calm p99 beside noisy at exactly its allowance\n",
+                f.name,
+                ratio_text(p99_of(&f.runs), base)
+            ));
+        }
+    }
+    lines
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -209,11 +231,12 @@ pub fn markdown(r: &NeighbourReport) -> String {
     let _ = writeln!(
         md,
         "| phase | calm p50 | p90 | p99 | p99.9 | max | calm missing | noisy sent | refused | \
-         other refusals | accepted | noisy deliveries | flood s | publishers settled |"
+         other refusals | accepted | noisy deliveries | flood s | publishers settled | \
+         closed / reopened / reopen refused |"
     );
     let _ = writeln!(
         md,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let rows = std::iter::once(("calm alone", &r.alone))
         .chain(r.floods.iter().map(|f| (f.name.as_str(), &f.runs)));
@@ -221,10 +244,10 @@ pub fn markdown(r: &NeighbourReport) -> String {
         for p in phases.iter() {
             let l = &p.calm.latency;
             let flood = p.flood.as_ref().map_or_else(
-                || "– | – | – | – | – | – | –".to_owned(),
+                || "– | – | – | – | – | – | – | –".to_owned(),
                 |f| {
                     format!(
-                        "{} | {} | {} | {} | {} | {:.1} | {}/{}",
+                        "{} | {} | {} | {} | {} | {:.1} | {}/{} | {} / {} / {}",
                         f.sent,
                         f.refused,
                         f.other_refusals,
@@ -232,7 +255,10 @@ pub fn markdown(r: &NeighbourReport) -> String {
                         f.delivered,
                         f.flood_secs,
                         f.settled,
-                        f.params.publishers
+                        f.params.publishers,
+                        f.closed,
+                        f.reopened,
+                        f.reopen_refused
                     )
                 },
             );
@@ -317,6 +343,8 @@ mod tests {
                 rate: 0.0,
                 batch: 32,
                 max_secs: 60.0,
+                reconnect: false,
+                bind: None,
             },
             flood_secs: 2.0,
             sent,
@@ -325,6 +353,9 @@ mod tests {
             accepted: sent - refused,
             settled: 4,
             delivered: 0,
+            closed: 0,
+            reopened: 0,
+            reopen_refused: 0,
         }
     }
 
@@ -351,6 +382,8 @@ mod tests {
                     name: "a flood, quota 2k/s".into(),
                     quota: true,
                     flood_rate: 0.0,
+                    at_allowance: false,
+                    defaults: false,
                     runs: vec![
                         phase(500.0, Some(flood(100_000, 96_000))),
                         phase(400.0, Some(flood(120_000, 116_000))),
@@ -361,6 +394,8 @@ mod tests {
                     name: "a flood, no quota".into(),
                     quota: false,
                     flood_rate: 0.0,
+                    at_allowance: false,
+                    defaults: false,
                     runs: vec![],
                 },
             ],

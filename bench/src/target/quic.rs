@@ -25,11 +25,17 @@ impl ClientPool {
     /// Enough endpoints for `sessions` sessions, pinning the server certificate by `hash` (or
     /// none for targets that are not QUIC).
     pub fn new(hash: Option<[u8; 32]>, sessions: usize) -> Result<Self> {
+        Self::bound(hash, sessions, std::net::Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// Like [`ClientPool::new`], with sockets bound to `ip` (e.g. 127.0.0.2: another client
+    /// address on loopback, for the server's per-address limits).
+    pub fn bound(hash: Option<[u8; 32]>, sessions: usize, ip: std::net::Ipv4Addr) -> Result<Self> {
         let mut endpoints = Vec::new();
         if let Some(hash) = hash {
             let count = sessions.div_ceil(SESSIONS_PER_ENDPOINT).max(1);
             for _ in 0..count {
-                endpoints.push(endpoint(hash)?);
+                endpoints.push(endpoint(hash, ip)?);
             }
         }
         Ok(Self {
@@ -62,7 +68,7 @@ impl ClientPool {
 /// Socket buffer size asked for (Linux caps it at net.core.rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
-fn endpoint(hash: [u8; 32]) -> Result<Endpoint<Client>> {
+fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr) -> Result<Endpoint<Client>> {
     // With the default ~200 KB receive buffer, a burst of fan-out traffic to 100 sessions
     // overflows the socket and the kernel drops datagrams (RcvbufErrors in /proc/net/snmp): the
     // generator would then measure its own loss recovery. Ask for a large buffer.
@@ -73,7 +79,7 @@ fn endpoint(hash: [u8; 32]) -> Result<Endpoint<Client>> {
     )?;
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+    socket.bind(&std::net::SocketAddr::from((ip, 0)).into())?;
     let mut config = ClientConfig::builder()
         .with_bind_socket(socket.into())
         .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])

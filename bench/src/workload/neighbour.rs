@@ -52,6 +52,16 @@ pub struct FloodParams {
     /// Stop after this many seconds if stdin never closes.
     #[arg(long, default_value_t = 60.0)]
     pub max_secs: f64,
+    /// When the server closes a publisher (rate abuse, say), open a new session and go on, as
+    /// a hostile tenant would; without it such a publisher stops.
+    #[arg(long)]
+    #[serde(default)]
+    pub reconnect: bool,
+    /// Publishers' client address (e.g. 127.0.0.2), so the server's per-address limits apply
+    /// to them and not to the other tenant's sessions on 127.0.0.1.
+    #[arg(long)]
+    #[serde(default)]
+    pub bind: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +80,15 @@ pub struct FloodResult {
     pub settled: usize,
     /// Deliveries the tenant's own subscribers received.
     pub delivered: u64,
+    /// Publisher sessions the server closed during the flood (each reopened with `reconnect`).
+    #[serde(default)]
+    pub closed: u64,
+    /// New publisher sessions opened after a close.
+    #[serde(default)]
+    pub reopened: u64,
+    /// Attempts to reopen that the server refused (per-address handshake limit, say).
+    #[serde(default)]
+    pub reopen_refused: u64,
 }
 
 /// Refusals counted by the publishers' control-stream readers.
@@ -77,6 +96,61 @@ pub struct FloodResult {
 struct Refusals {
     quota: AtomicU64,
     other: AtomicU64,
+    closed: AtomicU64,
+    reopened: AtomicU64,
+    reopen_refused: AtomicU64,
+}
+
+/// One publisher: floods on its session until `stop`; with `reconnect`, a session the server
+/// closes is replaced by a new one (retrying refused opens every 10 ms).
+struct Publisher {
+    spec: Spec,
+    pool: Arc<ClientPool>,
+    batch: Arc<Batch>,
+    rate: f64,
+    sent: Arc<AtomicU64>,
+    refusals: Arc<Refusals>,
+    stop: CancellationToken,
+    reconnect: bool,
+}
+
+impl Publisher {
+    async fn run(self, first: FloodSession) -> Result<()> {
+        let mut session = first;
+        loop {
+            let outcome = session
+                .flood(
+                    self.batch.clone(),
+                    self.rate,
+                    self.sent.clone(),
+                    self.refusals.clone(),
+                    self.stop.clone(),
+                )
+                .await;
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) if !self.reconnect || self.stop.is_cancelled() => return Err(e),
+                Err(_) => {
+                    self.refusals.closed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            session = loop {
+                if self.stop.is_cancelled() {
+                    return Ok(());
+                }
+                match FloodSession::open(&self.spec, &self.pool).await {
+                    Ok(s) => {
+                        self.refusals.reopened.fetch_add(1, Ordering::Relaxed);
+                        break s;
+                    }
+                    Err(_) => {
+                        self.refusals.reopen_refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            };
+        }
+    }
 }
 
 pub async fn run(spec: &Spec, p: &FloodParams) -> Result<()> {
@@ -91,9 +165,17 @@ pub async fn run(spec: &Spec, p: &FloodParams) -> Result<()> {
         vec![rooms[i % rooms.len()].clone()]
     })
     .await?;
+    let pub_pool = match p.bind {
+        Some(ip) => Arc::new(ClientPool::bound(
+            spec.cert_hash().ok(),
+            publishers * 4,
+            ip,
+        )?),
+        None => pool.clone(),
+    };
     let mut sessions = Vec::new();
     for _ in 0..publishers {
-        sessions.push(FloodSession::open(spec, &pool).await?);
+        sessions.push(FloodSession::open(spec, &pub_pool).await?);
     }
 
     // Counted only: an empty window (0, 0) records no latency.
@@ -118,13 +200,17 @@ pub async fn run(spec: &Spec, p: &FloodParams) -> Result<()> {
     let tasks: Vec<_> = sessions
         .into_iter()
         .map(|s| {
-            tokio::spawn(s.flood(
-                batch.clone(),
-                per_publisher,
-                sent.clone(),
-                refusals.clone(),
-                stop.clone(),
-            ))
+            let publisher = Publisher {
+                spec: spec.clone(),
+                pool: pub_pool.clone(),
+                batch: batch.clone(),
+                rate: per_publisher,
+                sent: sent.clone(),
+                refusals: refusals.clone(),
+                stop: stop.clone(),
+                reconnect: p.reconnect,
+            };
+            tokio::spawn(publisher.run(s))
         })
         .collect();
 
@@ -150,6 +236,9 @@ pub async fn run(spec: &Spec, p: &FloodParams) -> Result<()> {
         t.await?;
     }
     pool.close().await;
+    if p.bind.is_some() {
+        pub_pool.close().await;
+    }
 
     let sent = sent.load(Ordering::Relaxed);
     let refused = refusals.quota.load(Ordering::Relaxed);
@@ -160,9 +249,19 @@ pub async fn run(spec: &Spec, p: &FloodParams) -> Result<()> {
         sent,
         refused,
         other_refusals,
-        accepted: sent.saturating_sub(refused + other_refusals),
+        // A reconnecting publisher loses the frames in flight when it is closed (neither
+        // accepted nor refused): count what the tenant's subscribers got instead (every
+        // publication goes to one room of `subs_per_room` subscribers).
+        accepted: if p.reconnect && p.subs_per_room > 0 {
+            totals.delivered.load(Ordering::Relaxed) / p.subs_per_room as u64
+        } else {
+            sent.saturating_sub(refused + other_refusals)
+        },
         settled,
         delivered: totals.delivered.load(Ordering::Relaxed),
+        closed: refusals.closed.load(Ordering::Relaxed),
+        reopened: refusals.reopened.load(Ordering::Relaxed),
+        reopen_refused: refusals.reopen_refused.load(Ordering::Relaxed),
     };
     println!("{}", serde_json::to_string(&result)?);
     Ok(())

@@ -4,11 +4,43 @@
 use super::*;
 
 impl Actor {
+    /// Sends a publication as one datagram (PROTOCOL.md §10) if the live session is
+    /// WebTransport and it fits the path's datagram size.
+    fn send_datagram(&mut self, room: &str, payload: &[u8]) -> bool {
+        let Some(Live {
+            link: Link::WebTransport(conn),
+            ..
+        }) = &self.live
+        else {
+            return false;
+        };
+        let datagram = quiver_proto::datagram::PublishDatagram { room, payload }.encode();
+        conn.max_datagram_size()
+            .is_some_and(|max| datagram.len() <= max)
+            && conn.send_datagram(&datagram).is_ok()
+    }
+
     pub(super) fn on_request(&mut self, req: Request) {
         match req {
-            Request::Subscribe { room, reply } => self.subscribe(room, reply),
+            Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
             Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
             Request::Dropped { room, gen } => self.unsubscribe(&room, Some(gen), None),
+            Request::PublishUnreliable {
+                room,
+                payload,
+                permit,
+            } => {
+                if !self.send_datagram(&room, &payload) {
+                    // No datagram this time (WebSocket, too large, disconnected): an ordinary
+                    // publish without ack, which is what the app asked for at worst.
+                    self.on_request(Request::Publish {
+                        room,
+                        payload,
+                        ack: None,
+                        permit,
+                    });
+                }
+            }
             Request::Publish {
                 room,
                 payload,
@@ -47,6 +79,22 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::History {
+                room,
+                since,
+                limit,
+                reply,
+            } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::History { room, since, limit },
+                        Some(Pending::History { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             // Never buffered: a command must not run twice (or late) because of a reconnect.
             Request::Call {
                 method,
@@ -77,7 +125,12 @@ impl Actor {
         }
     }
 
-    pub(super) fn subscribe(&mut self, room: String, reply: Reply<SubParts>) {
+    pub(super) fn subscribe(
+        &mut self,
+        room: String,
+        from: Option<Position>,
+        reply: Reply<SubParts>,
+    ) {
         if self.subs.contains_key(&room) {
             let _ = reply.send(Err(ClientError::server(
                 ErrorCode::AlreadySubscribed,
@@ -96,8 +149,9 @@ impl Actor {
                 tx,
                 end_tx: Some(end_tx),
                 parts: Some((rx, end_rx)),
+                latest: Arc::new(crate::latest::LatestCell::default()),
                 waiter: Some(reply),
-                last: Arc::new(Mutex::new(None)),
+                last: Arc::new(Mutex::new(from)),
                 cmd_id: None,
                 confirmed: false,
                 stream: None,
@@ -231,9 +285,10 @@ impl Actor {
                 room,
                 position,
                 recovery,
+                subscription,
             } => match live.pending.remove(&id) {
                 Some(Pending::Subscribe { room: r, gen }) if r == room => {
-                    self.on_subscribed(id, &room, gen, position, recovery)
+                    self.on_subscribed(id, &room, gen, position, recovery, subscription)
                 }
                 _ => tracing::warn!(id, room = %room, "unexpected Subscribed"),
             },
@@ -299,6 +354,9 @@ impl Actor {
                 Some(Pending::Presence { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::Call { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
@@ -335,6 +393,21 @@ impl Actor {
                 }
                 _ => tracing::warn!(id, "unexpected Presence"),
             },
+            Event::History {
+                room,
+                position,
+                publications,
+                truncated,
+            } => match live.pending.remove(&id) {
+                Some(Pending::History { reply }) => {
+                    let _ = reply.send(Ok(crate::HistoryPage {
+                        position,
+                        publications,
+                        truncated,
+                    }));
+                }
+                _ => tracing::warn!(id, %room, "unexpected History"),
+            },
             Event::Reply { payload } => match live.pending.remove(&id) {
                 Some(Pending::Call { reply }) => {
                     let _ = reply.send(Ok(payload));
@@ -345,6 +418,7 @@ impl Actor {
             | Event::Publication { .. }
             | Event::SubscriptionStream { .. }
             | Event::Joined { .. }
+            | Event::Latest { .. }
             | Event::Left { .. } => {
                 tracing::warn!(id, "ignoring unexpected event on the control stream");
             }

@@ -29,6 +29,7 @@ use crate::client::{lock, ConnectionState, Shared};
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 use crate::heartbeat::{Beat, Liveness, Watch};
+use crate::latest::{LatestCell, LatestRoutes};
 use crate::pacer::Pacer;
 use crate::subscription::{SubEvent, SubParts};
 use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
@@ -49,6 +50,8 @@ pub(crate) const HELLO_ID: u32 = 1;
 pub(crate) enum Request {
     Subscribe {
         room: String,
+        /// Resume after this position (`subscribe_from`).
+        from: Option<Position>,
         reply: Reply<SubParts>,
     },
     Unsubscribe {
@@ -69,9 +72,21 @@ pub(crate) enum Request {
     Ping {
         reply: Reply<Duration>,
     },
+    /// A publication to a `latest` room, sent as a datagram where possible.
+    PublishUnreliable {
+        room: String,
+        payload: Bytes,
+        permit: OwnedSemaphorePermit,
+    },
     Presence {
         room: String,
         reply: Reply<Vec<Member>>,
+    },
+    History {
+        room: String,
+        since: Option<Position>,
+        limit: u32,
+        reply: Reply<crate::HistoryPage>,
     },
     Call {
         method: String,
@@ -133,6 +148,9 @@ enum Pending {
     Presence {
         reply: Reply<Vec<Member>>,
     },
+    History {
+        reply: Reply<crate::HistoryPage>,
+    },
     Call {
         reply: Reply<Bytes>,
     },
@@ -171,6 +189,8 @@ struct Sub {
     /// Sent before the first publication of the current stream (`Resubscribed`).
     preamble: Option<SubEvent>,
     reader: Option<AbortHandle>,
+    /// The newest value of a `latest` room (PROTOCOL.md §10), shared with the `Subscription`.
+    latest: Arc<LatestCell>,
 }
 
 impl Sub {
@@ -307,6 +327,7 @@ pub(crate) async fn start(
         ev_rx,
         epoch: 1,
         live: None,
+        latest_routes: LatestRoutes::default(),
         subs: HashMap::new(),
         next_gen: 1,
         buffer: VecDeque::new(),
@@ -343,6 +364,8 @@ struct Actor {
     url_index: usize,
     reconnect_at: Option<tokio::time::Instant>,
     closed: bool,
+    /// `latest` subscriptions by the current connection's subscription ids.
+    latest_routes: LatestRoutes,
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -455,6 +478,7 @@ impl Actor {
             pacer,
             liveness: liveness.clone(),
             max_frame: stream_max_frame(&limits),
+            latest_routes: self.latest_routes.clone(),
         };
         let mut tasks = JoinSet::new();
         let (link, writer) = est.run(ctx, &mut tasks);
@@ -557,6 +581,8 @@ impl Actor {
         for (_, p) in live.pending {
             fail_pending(p, || ClientError::ConnectionLost);
         }
+        // Subscription ids belong to the connection that is gone.
+        lock(&self.latest_routes).clear();
         for sub in self.subs.values_mut() {
             sub.reset_connection();
         }
@@ -657,6 +683,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::History { reply } => {
             let _ = reply.send(Err(err()));
         }
         Pending::Call { reply } => {

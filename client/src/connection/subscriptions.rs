@@ -20,11 +20,17 @@ impl Actor {
         gen: u64,
         position: Option<Position>,
         recovery: Recovery,
+        subscription: Option<u64>,
     ) {
+        let routes = self.latest_routes.clone();
         let Some(sub) = self.current(room, gen, id) else {
             return;
         };
         sub.confirmed = true;
+        sub.latest.confirmed(subscription);
+        if let Some(subscription) = subscription {
+            lock(&routes).insert(subscription, sub.latest.clone());
+        }
         {
             let mut last = lock(&sub.last);
             match recovery {
@@ -44,10 +50,24 @@ impl Actor {
             let Some((rx, end)) = sub.parts.take() else {
                 return;
             };
-            if waiter.send(Ok(SubParts { rx, end, gen })).is_err() {
+            let latest = sub.latest.clone();
+            if waiter
+                .send(Ok(SubParts {
+                    rx,
+                    end,
+                    gen,
+                    latest,
+                }))
+                .is_err()
+            {
                 // The caller gave up (timeout or dropped future): nobody will read it.
                 self.unsubscribe(room, Some(gen), None);
                 return;
+            }
+            // `subscribe_from`: the application learns how its resume went, as after a
+            // reconnect, before anything replayed.
+            if !matches!(recovery, Recovery::NotRequested) {
+                sub.preamble = Some(SubEvent::Resubscribed { recovery });
             }
         } else {
             sub.preamble = Some(SubEvent::Resubscribed { recovery });
@@ -118,6 +138,9 @@ impl Actor {
     /// Removes the subscription; its stream yields `ev` once the queued events are read.
     pub(super) fn end_sub(&mut self, room: &str, ev: SubEvent) {
         if let Some(mut sub) = self.subs.remove(room) {
+            if let Some(id) = sub.latest.subscription() {
+                lock(&self.latest_routes).remove(&id);
+            }
             if let Some(end) = sub.end_tx.take() {
                 let _ = end.send(ev);
             }
@@ -152,6 +175,7 @@ impl Actor {
             sub.last.clone(),
             sub.preamble.take(),
             live.liveness.clone(),
+            sub.latest.clone(),
         ));
         sub.reader = Some(handle);
     }

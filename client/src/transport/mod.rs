@@ -50,6 +50,8 @@ pub(crate) struct RunCtx {
     pub(crate) liveness: Arc<Liveness>,
     /// Largest frame accepted from the server after `Welcome`.
     pub(crate) max_frame: usize,
+    /// Where datagrams of `latest` subscriptions go.
+    pub(crate) latest_routes: crate::latest::LatestRoutes,
 }
 
 /// Frames of one subscription that the WebSocket reader may hold for it while its delivery
@@ -138,6 +140,7 @@ pub(crate) async fn deliver(
     last: Arc<Mutex<Option<Position>>>,
     preamble: Option<SubEvent>,
     liveness: Arc<Liveness>,
+    latest: Arc<crate::latest::LatestCell>,
 ) {
     if let Some(ev) = preamble {
         if tx.send(ev).await.is_err() {
@@ -158,6 +161,13 @@ pub(crate) async fn deliver(
                 },
                 position,
             ),
+            // A `latest` value that did not fit a datagram: the newest wins, whichever way.
+            Event::Latest {
+                sequence, payload, ..
+            } => {
+                latest.offer(None, sequence, payload);
+                continue;
+            }
             Event::Joined { member, .. } => (SubEvent::Joined { member }, None),
             Event::Left { member, .. } => (SubEvent::Left { member }, None),
             _ => continue,

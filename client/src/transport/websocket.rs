@@ -324,6 +324,7 @@ impl Router {
                 return self.send(ConnEvent::Frame(frame));
             }
             Event::Publication { room, .. }
+            | Event::Latest { room, .. }
             | Event::Joined { room, .. }
             | Event::Left { room, .. } => room.clone(),
             _ => return self.send(ConnEvent::Frame(frame)),

@@ -152,6 +152,7 @@ impl WtIo {
             ctx.epoch,
             ctx.liveness,
         ));
+        tasks.spawn(read_datagrams(conn.clone(), ctx.latest_routes));
         tasks.spawn(watch_closed(conn.clone(), ctx.events, ctx.epoch));
         (Link::WebTransport(conn), handle)
     }
@@ -237,6 +238,13 @@ async fn control_reader(
                 return;
             }
         }
+    }
+}
+
+/// Hands the server's datagrams (values of `latest` rooms) to their subscriptions.
+async fn read_datagrams(conn: Connection, routes: crate::latest::LatestRoutes) {
+    while let Ok(datagram) = conn.receive_datagram().await {
+        crate::latest::route(&routes, &datagram.payload());
     }
 }
 

@@ -1,4 +1,4 @@
-//! An example backend for Quiver's calls and hooks (PROTOCOL.md §10), the order-tracking pattern:
+//! An example backend for Quiver's calls and hooks (PROTOCOL.md §11), the order-tracking pattern:
 //!
 //! 1. A client calls `order.place` with `{"item": "...", "qty": N}`.
 //! 2. This backend (any instance of it: they share the NATS queue group `orders`) validates the
@@ -140,7 +140,7 @@ async fn serve_calls(
     }
 }
 
-/// A failed call: Quiver maps the status to an error code (PROTOCOL.md §10.2).
+/// A failed call: Quiver maps the status to an error code (PROTOCOL.md §11.2).
 fn error(status: u16, message: &str) -> (HeaderMap, String) {
     let mut headers = HeaderMap::new();
     headers.insert("Quiver-Status", status.to_string().as_str());

@@ -352,14 +352,22 @@ impl Broker for MemoryBroker {
         Box::pin(ready(Ok(self.recover_now(&key, since))))
     }
 
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        let first = self.config.history(&key.room).and_then(|policy| {
+            let mut history = self.lock();
+            history.trim(&key, policy.history_size, policy.history_ttl);
+            let room = history.rooms.get(&key)?;
+            let epoch = room.epoch;
+            room.kept.front().map(|k| Position {
+                epoch,
+                offset: k.offset,
+            })
+        });
+        Box::pin(ready(Ok(first)))
+    }
+
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
-        self.hub.deliver_frame(
-            &key,
-            Delivery {
-                offset: None,
-                frame,
-            },
-        );
+        self.hub.deliver_frame(&key, Delivery::new(None, frame));
         Box::pin(ready(Ok(())))
     }
 
@@ -408,6 +416,7 @@ mod tests {
             history_size: size,
             history_ttl: std::time::Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
         tweak(&mut config);
         MemoryBroker::new(Arc::new(Hub::default()), Arc::new(config))
@@ -579,6 +588,8 @@ mod tests {
                 id: 1,
                 queue,
                 overflow: Default::default(),
+                deliveries: metrics::Counter::noop(),
+                latest: None,
             },
         );
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();

@@ -47,6 +47,25 @@ pub trait Broker: Send + Sync + 'static {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
+    /// Like `recover` from `since`, reading at most `max` publications: a history page. The
+    /// default reads everything and keeps `max`.
+    fn recover_some(
+        &self,
+        key: RoomKey,
+        since: Position,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
+        Box::pin(async move {
+            let mut recovered = self.recover(key, Some(since)).await?;
+            if let Some(replay) = &mut recovered.replay {
+                replay.truncate(max);
+            }
+            Ok(recovered)
+        })
+    }
+    /// The position of the oldest publication the room keeps (`None`: it keeps none, or the
+    /// namespace keeps no history): where a `History` without `since` starts.
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>>;
     /// Delivers a server-made event frame (`Joined`, `Left`) to the room's subscribers on every
     /// instance. Live only: never stored, never replayed.
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>>;

@@ -16,6 +16,7 @@
 
 mod health;
 mod history;
+mod lag;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -28,7 +29,7 @@ use futures::StreamExt;
 use quiver_proto::{Member, Position, TenantId};
 use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, Recovered};
 use crate::config::{Config, NatsConfig};
@@ -105,25 +106,51 @@ impl NatsBroker {
         config: Arc<Config>,
     ) -> Result<Self, BrokerError> {
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
+        // Set at the first connection: every later `Connected` is a reconnect.
+        let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = redacted_urls(&nats.url);
+        // Whether this outage was logged: connection failures repeat at every retry (several a
+        // second), and are worth one WARN line until NATS is back.
+        let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let options = async_nats::ConnectOptions::new()
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
             .retry_on_initial_connect()
             .event_callback(move |event| {
                 let connected = connected_tx.clone();
+                let ever_connected = ever_connected.clone();
+                let url = url.clone();
+                let warned = warned.clone();
                 async move {
+                    use std::sync::atomic::Ordering::Relaxed;
                     match event {
                         async_nats::Event::Connected => {
                             info!("nats connected");
+                            metrics::gauge!(m::NATS_CONNECTED).set(1.0);
+                            warned.store(false, Relaxed);
+                            if ever_connected.swap(true, Relaxed) {
+                                metrics::counter!(m::NATS_RECONNECTS).increment(1);
+                            }
                             let _ = connected.send(true);
                         }
+                        // Once per loss: async-nats then retries quietly until `Connected`.
                         async_nats::Event::Disconnected => {
-                            warn!("nats disconnected");
+                            if !warned.swap(true, Relaxed) {
+                                warn!(%url, "nats disconnected; reconnecting");
+                            }
+                            metrics::gauge!(m::NATS_CONNECTED).set(0.0);
                             let _ = connected.send(false);
                         }
                         // One event per dropped message: log at debug only, the metric counts.
                         async_nats::Event::SlowConsumer(_) => {
                             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
+                        }
+                        async_nats::Event::ClientError(e) => {
+                            if !warned.swap(true, Relaxed) {
+                                warn!(%url, error = %e, "cannot reach nats; retrying");
+                            } else {
+                                debug!(%url, error = %e, "nats connection attempt failed");
+                            }
                         }
                         other => info!(event = %other, "nats"),
                     }
@@ -326,6 +353,7 @@ impl Inner {
                     .map_err(unavailable)?;
                 tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
+                        lag::record(msg.headers.as_ref());
                         hub.deliver(&key, None, msg.payload);
                     }
                 })
@@ -350,13 +378,7 @@ impl Inner {
             .map_err(unavailable)?;
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                hub.deliver_frame(
-                    &key,
-                    Delivery {
-                        offset: None,
-                        frame: msg.payload,
-                    },
-                );
+                hub.deliver_frame(&key, Delivery::new(None, msg.payload));
             }
         }))
     }
@@ -373,7 +395,7 @@ impl Inner {
             }
             None => self
                 .client
-                .publish(subject(&key), payload)
+                .publish_with_headers(subject(&key), lag::stamp(), payload)
                 .await
                 .map(|()| None)
                 .map_err(unavailable),
@@ -394,7 +416,7 @@ impl Inner {
     ) -> Result<Recovered, BrokerError> {
         match self.config.history(&key.room) {
             None => Ok(Recovered::default()),
-            Some(ns) => self.recover_history(&key, ns, since).await,
+            Some(ns) => self.recover_history(&key, ns, since, usize::MAX).await,
         }
     }
 }
@@ -440,6 +462,29 @@ impl Broker for NatsBroker {
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(self.inner.recover_now(key, since))
+    }
+
+    fn recover_some(
+        &self,
+        key: RoomKey,
+        since: Position,
+        max: usize,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
+        Box::pin(async move {
+            match self.inner.config.history(&key.room) {
+                None => Ok(Recovered::default()),
+                Some(ns) => self.inner.recover_history(&key, ns, Some(since), max).await,
+            }
+        })
+    }
+
+    fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        Box::pin(async move {
+            match self.inner.config.history(&key.room) {
+                None => Ok(None),
+                Some(ns) => self.inner.first_kept(&key, ns).await,
+            }
+        })
     }
 
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
@@ -518,6 +563,27 @@ impl Drop for AbortOnDrop {
 
 /// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
 /// broker and the control plane (`control.rs`) each hold a connection made here.
+/// The configured NATS URLs as a log may show them: user names, passwords and tokens in them
+/// replaced by `***`.
+pub fn redacted_urls(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| {
+            let u = u.trim();
+            match u.split_once("://") {
+                Some((scheme, rest)) => match rest.rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}"),
+                    None => u.to_owned(),
+                },
+                None => match u.rsplit_once('@') {
+                    Some((_, host)) => format!("***@{host}"),
+                    None => u.to_owned(),
+                },
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub async fn connect_with(
     nats: &NatsConfig,
     mut options: async_nats::ConnectOptions,
@@ -541,4 +607,17 @@ pub async fn connect_with(
         .collect::<Result<_, _>>()
         .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
     options.connect(urls).await.map_err(unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn credentials_never_reach_the_log() {
+        assert_eq!(
+            super::redacted_urls("nats://u:secret@a:4222, tls://tok@b"),
+            "nats://***@a:4222,tls://***@b"
+        );
+        assert_eq!(super::redacted_urls("nats://a:4222"), "nats://a:4222");
+        assert_eq!(super::redacted_urls("u:p@a:4222"), "***@a:4222");
+    }
 }

@@ -1,6 +1,6 @@
 //! Commands to the application: `Call` (RPC) and the per-namespace backend hooks (subscribe
 //! allow/deny, publish allow/deny/replace). The session core (`session/commands.rs`) asks this
-//! module; it reaches the backend one of two ways (PROTOCOL.md §10):
+//! module; it reaches the backend one of two ways (PROTOCOL.md §11):
 //!
 //! - with NATS, a request to `quiver.<tenant>.rpc.<method>` (hooks:
 //!   `quiver.<tenant>.hook.<subscribe|publish>.<room>`), the caller in headers (`nats.rs`);
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{HookConfig, RpcConfig};
 
-/// Metric names (PROTOCOL.md §10): calls by outcome, hook decisions by hook and outcome.
+/// Metric names (PROTOCOL.md §11): calls by outcome, hook decisions by hook and outcome.
 pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
@@ -72,7 +72,7 @@ impl RpcError {
 }
 
 /// The error code a backend's HTTP-style status means (HTTP responses, and the `Quiver-Status`
-/// header of a NATS reply). Documented in PROTOCOL.md §10.
+/// header of a NATS reply). Documented in PROTOCOL.md §11.
 pub fn code_for_status(status: u16) -> ErrorCode {
     match status {
         400 | 404 | 409 | 422 => ErrorCode::BadRequest,

@@ -23,13 +23,7 @@ impl Session {
         room: &str,
         resume: Option<Position>,
     ) -> Result<Option<Event>, Refusal> {
-        let key = self.room(room)?;
-        if !self.grant.may_subscribe(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe permission for room {}", key.room),
-            ));
-        }
+        let key = self.subscribable(room)?;
         if self.subs.contains_key(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::AlreadySubscribed,
@@ -55,6 +49,11 @@ impl Session {
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
         let overflow = CancellationToken::new();
+        let latest = self
+            .shared
+            .config
+            .latest(&key.room)
+            .then(|| std::sync::Arc::new(crate::latest::Slot::default()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
         let first = self.shared.hub.subscribe(
@@ -63,6 +62,11 @@ impl Session {
                 id: sub_id,
                 queue,
                 overflow: overflow.clone(),
+                deliveries: metrics::counter!(
+                    m::TENANT_DELIVERIES,
+                    "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
+                ),
+                latest: latest.clone(),
             },
         );
         let prepared = async {
@@ -74,6 +78,9 @@ impl Session {
         let recovered = match prepared.await {
             Ok(recovered) => recovered,
             Err(e) => {
+                if resume.is_some() {
+                    m::labels::count_resume(&self.shared.config, &key.room, None);
+                }
                 if self.shared.hub.unsubscribe(&key, sub_id) {
                     let _ = self.shared.broker.remove_interest(key.clone()).await;
                 }
@@ -104,9 +111,15 @@ impl Session {
                     ));
                 }
                 let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                // Their bytes are counted as the writer hands over the preamble.
+                self.tally.sent(0, u64::from(replayed));
                 (Recovery::Recovered { replayed }, Some(last))
             }
         };
+        if resume.is_some() {
+            let recovered = matches!(recovery, Recovery::Recovered { .. });
+            m::labels::count_resume(&self.shared.config, &key.room, Some(recovered));
+        }
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
@@ -127,6 +140,10 @@ impl Session {
                 overflow,
                 ended: self.ended_tx.clone(),
                 open_deadline: self.shared.config.timeouts.stream_open,
+                tally: self.tally.clone(),
+                room: key.room.to_string(),
+                latest: latest.clone(),
+                priority: self.shared.config.priority(&key.room),
             }
             .run(),
         );
@@ -148,6 +165,7 @@ impl Session {
             room,
             position: recovered.current,
             recovery,
+            subscription: latest.is_some().then_some(sub_id),
         }))
     }
 
@@ -268,6 +286,29 @@ impl Session {
         }
     }
 
+    /// The backend ended this room's subscription (`/api/v1/unsubscribe`): unsolicited
+    /// `Unsubscribed { unsubscribed }`. Not subscribed (or already ended): nothing to say.
+    pub(super) async fn unsubscribed_by_backend(
+        &mut self,
+        room: quiver_proto::RoomName,
+        reason: String,
+    ) {
+        let Some(sub) = self.subs.remove(&room) else {
+            return;
+        };
+        self.drop_sub(sub).await;
+        debug!(session = %self.id, %room, "unsubscribed by the backend");
+        self.reply(
+            0,
+            Event::Unsubscribed {
+                room: room.to_string(),
+                code: ErrorCode::Unsubscribed.as_u16(),
+                reason,
+            },
+        )
+        .await;
+    }
+
     pub(super) async fn subscription_ended(&mut self, end: Ended) {
         let Some(room) = self
             .subs
@@ -298,13 +339,7 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let key = self.room(room)?;
-        if !self.grant.may_subscribe(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                format!("no subscribe permission for room {}", key.room),
-            ));
-        }
+        let key = self.subscribable(room)?;
         if !self.shared.config.presence(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -322,6 +357,52 @@ impl Session {
         Ok(Some(crate::presence::bounded_event(
             room, members, max_frame,
         )))
+    }
+
+    /// A room the token may subscribe to (what subscribe, presence and history need).
+    fn subscribable(&self, room: &str) -> Result<RoomKey, Refusal> {
+        let key = self.room(room)?;
+        if !self.grant.may_subscribe(&key.room) {
+            return Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                format!("no subscribe permission for room {}", key.room),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// A page of a history room, without subscribing (`history.rs`); needs subscribe
+    /// permission, and fits one frame.
+    pub(super) async fn history(
+        &self,
+        room: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Option<Event>, Refusal> {
+        use crate::history::HistoryError;
+        let key = self.subscribable(room)?;
+        let room = key.room.to_string();
+        let max_frame = self.shared.config.limits.max_frame as usize;
+        let page = crate::history::page(&self.shared, key, since, limit, max_frame)
+            .await
+            .map_err(|e| {
+                let code = match &e {
+                    HistoryError::NoHistory(_) => ErrorCode::BadRequest,
+                    HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
+                    HistoryError::Broker(_) => ErrorCode::Unavailable,
+                };
+                Refusal::new(code, e.to_string())
+            })?;
+        Ok(Some(Event::History {
+            room,
+            position: page.current,
+            publications: page
+                .publications
+                .into_iter()
+                .map(|(position, payload)| quiver_proto::HistoryItem { position, payload })
+                .collect(),
+            truncated: page.truncated,
+        }))
     }
 
     /// Records (or removes) this session's presence in a room and tells the room. Presence is

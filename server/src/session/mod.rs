@@ -8,6 +8,7 @@
 
 mod calls;
 mod commands;
+mod datagrams;
 mod meter;
 mod publishing;
 
@@ -123,6 +124,8 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// Traffic, for the closing log line.
+    tally: Arc<m::Tally>,
     /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
     calls: tokio::task::JoinSet<calls::CallDone>,
 }
@@ -140,6 +143,8 @@ pub async fn run(
     let transport = link.transport.label();
     let opened = Instant::now();
     let slot = Slot::open(shared.clone(), transport);
+    let tenant = grant.tenant.to_string();
+    shared.recent_users.opened(&tenant, &grant.user, transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let (ended_tx, ended_rx) = mpsc::unbounded_channel();
@@ -157,6 +162,7 @@ pub async fn run(
         publishing: Publishing::default(),
         quota: None,
         stalled: false,
+        tally: Arc::default(),
         calls: tokio::task::JoinSet::new(),
     };
     let (_registered, kicks) = shared.registry.register(
@@ -202,8 +208,9 @@ pub async fn run(
         }
     };
     let user = std::mem::take(&mut session.grant.user);
-    let tenant = session.grant.tenant.to_string();
+    let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
+    shared.recent_users.closed(&tenant, &user);
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
     // One line per session, for log pipelines: who, how, how long, why.
@@ -214,6 +221,9 @@ pub async fn run(
         transport,
         duration_ms = opened.elapsed().as_millis() as u64,
         reason = end.reason,
+        bytes_out,
+        messages_out,
+        messages_in,
         "session closed"
     );
     end
@@ -242,11 +252,18 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
-                Some(kick) = kicks.recv() => return Exit::Close(kick.code, kick.reason),
+                Some(kick) = kicks.recv() => match kick.room {
+                    None => return Exit::Close(kick.code, kick.reason),
+                    Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
+                },
                 Some(end) = ended.recv() => self.subscription_ended(end).await,
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => self.call_done(done).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
+                        // A datagram publication: nobody to tell.
+                        Err(_) if done.id == datagrams::DATAGRAM_ID && !done.ack => {
+                            metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "unavailable").increment(1);
+                        }
                         Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
                         Ok(_) => {}
                         Err(refusal) => self.refuse(done.id, refusal).await,
@@ -265,6 +282,11 @@ impl Session {
                         Ok(false) => {}
                         Err(exit) => return exit,
                     },
+                    Some(Inbound::Datagram(datagram, arrived)) => {
+                        if let Some(exit) = self.datagram(datagram, arrived).await {
+                            return exit;
+                        }
+                    }
                     Some(Inbound::Malformed(reason)) => {
                         warn!(session = %self.id, %reason, "protocol error");
                         return Exit::Close(CloseCode::ProtocolError, reason);
@@ -286,11 +308,26 @@ impl Session {
         inbound: &mut mpsc::Receiver<Inbound>,
         shutdown: &CancellationToken,
     ) -> Result<(), Exit> {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
-            reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
-            first = tokio::time::timeout(self.shared.config.timeouts.hello, inbound.recv()) => first,
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.hello;
+        let first = loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
+                reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
+                first = tokio::time::timeout_at(deadline, inbound.recv()) => first,
+            };
+            // A datagram may overtake the Hello on the network: dropped, not a protocol error.
+            if let Ok(Some(Inbound::Datagram(..))) = first {
+                metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
+                continue;
+            }
+            break first;
         };
+        if matches!(
+            first,
+            Ok(Some(Inbound::Frame(..) | Inbound::Unknown { .. }))
+        ) {
+            self.tally.received();
+        }
         let hello = match first {
             Err(_) => return Err(Exit::Close(CloseCode::HelloTimeout, "no Hello".into())),
             Ok(None) => return Err(Exit::Gone("client_closed")),
@@ -305,7 +342,7 @@ impl Session {
                 } => Some((id, version)),
                 _ => None,
             },
-            Ok(Some(Inbound::Unknown { .. })) => None,
+            Ok(Some(Inbound::Unknown { .. } | Inbound::Datagram(..))) => None,
         };
         let Some((id, version)) = hello else {
             return Err(Exit::Close(
@@ -346,6 +383,7 @@ impl Session {
     /// stalled never counts against a client within its limits.
     fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
         metrics::counter!(m::COMMANDS).increment(1);
+        self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
             Verdict::Limited => {
@@ -369,6 +407,7 @@ impl Session {
     async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
+        let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
             Ok(false) => return None,
@@ -385,6 +424,7 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::History { room, since, limit } => self.history(&room, since, limit).await,
             Command::Call {
                 method,
                 payload,
@@ -411,6 +451,8 @@ impl Session {
                 }
             }
         }
+        metrics::histogram!(m::COMMAND_DURATION, "command" => label)
+            .record(arrived.elapsed().as_secs_f64());
         None
     }
 
@@ -435,6 +477,7 @@ impl Session {
             return;
         }
         let frame = encode_event(&ServerFrame { id, event });
+        self.tally.sent(frame.len(), 0);
         let wait = self.shared.config.timeouts.reply;
         if tokio::time::timeout(wait, self.out.send(frame))
             .await

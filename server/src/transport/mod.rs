@@ -94,6 +94,9 @@ pub enum Inbound {
         arrived: Instant,
     },
     Malformed(String),
+    /// A QUIC datagram from the client (a publication to a `latest` room, PROTOCOL.md §10),
+    /// with the time it arrived.
+    Datagram(bytes::Bytes, Instant),
     /// The peer is gone, and why (a metrics label: `client_closed`, `idle_timeout`, …).
     Ended(&'static str),
 }

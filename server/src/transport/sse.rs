@@ -261,6 +261,7 @@ impl Events {
                 room,
                 position,
                 recovery,
+                ..
             } => {
                 let (recovery, replayed) = match recovery {
                     Recovery::NotRequested => ("not_requested", 0),
@@ -299,6 +300,19 @@ impl Events {
                 }
                 return Some(event);
             }
+            // `latest` rooms: the newest value, conflated server-side (PROTOCOL.md §10).
+            Event::Latest {
+                room,
+                sequence,
+                payload,
+            } => (
+                "latest",
+                json!({
+                    "room": room,
+                    "sequence": sequence,
+                    "payload": base64::engine::general_purpose::STANDARD.encode(&payload),
+                }),
+            ),
             Event::Joined { room, member } => (
                 "joined",
                 json!({"room": room, "user": member.user, "session": member.session}),

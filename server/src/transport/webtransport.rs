@@ -28,6 +28,10 @@ const T: Transport = Transport::WebTransport;
 /// Stream error code for streams the protocol does not use (PROTOCOL §2): H3_REQUEST_REJECTED.
 const REFUSED_STREAM: u32 = 0x010b;
 
+/// The control stream's send priority: above every namespace's (`config::MAX_NAMESPACE_PRIORITY`),
+/// so replies, pongs and goodbyes are not stuck behind room traffic under congestion.
+const CONTROL_PRIORITY: i32 = crate::config::MAX_NAMESPACE_PRIORITY + 1;
+
 pub async fn accept_loop(
     shared: Arc<Shared>,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
@@ -184,6 +188,7 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant)
     }
     // What the path was like, for telling a slow network from a slow server.
     let path = conn.quic_connection().stats().path;
+    crate::metrics::sample_quic_path(&path);
     info!(
         reason = end.reason,
         transport = T.label(),
@@ -242,6 +247,7 @@ async fn control(
 /// stream and waits (bounded) for the client to acknowledge it, so a goodbye frame written last
 /// arrives before the connection closes.
 async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    send.set_priority(CONTROL_PRIORITY);
     while let Some(frame) = rx.recv().await {
         if send.write_all(&frame).await.is_err() {
             return;
@@ -274,6 +280,18 @@ async fn read_control(
                     Err(e) => {
                         let _ = tx.send(Inbound::Ended(super::quic_close_reason(&e))).await;
                         return;
+                    }
+                }
+                continue;
+            }
+            // Publications to `latest` rooms. Never waits for the session: a datagram that finds
+            // its queue full is dropped (and counted), as the network might have.
+            datagram = conn.receive_datagram() => {
+                if let Ok(datagram) = datagram {
+                    metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
+                    let item = Inbound::Datagram(datagram.payload(), std::time::Instant::now());
+                    if tx.try_send(item).is_err() {
+                        metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "busy").increment(1);
                     }
                 }
                 continue;

@@ -115,15 +115,18 @@ impl Inner {
     ) -> Result<Position, BrokerError> {
         let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
         // Awaiting the ack: a publication to a history room is stored, or refused.
+        let started = std::time::Instant::now();
         let ack = bounded("stored publish", async {
             let pending = self
                 .js
-                .publish(subject(key), payload)
+                .publish_with_headers(subject(key), super::lag::stamp(), payload)
                 .await
                 .map_err(unavailable)?;
             pending.await.map_err(unavailable)
         })
         .await?;
+        metrics::histogram!(crate::metrics::JETSTREAM_PUBLISH_DURATION)
+            .record(started.elapsed().as_secs_f64());
         self.saw(&key.tenant, &ns.name, ack.sequence);
         Ok(Position {
             epoch,
@@ -151,13 +154,35 @@ impl Inner {
         key: &RoomKey,
         ns: &NamespaceConfig,
         since: Option<Position>,
+        max: usize,
     ) -> Result<Recovered, BrokerError> {
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
         let subject = subject(key);
         bounded(
             "history read",
-            read_history(stream, epoch, subject, ns.history_size, since),
+            read_history(stream, epoch, subject, ns.history_size, since, max),
         )
+        .await
+    }
+
+    /// The room's oldest kept publication, for `History` without `since`.
+    pub(super) async fn first_kept(
+        &self,
+        key: &RoomKey,
+        ns: &NamespaceConfig,
+    ) -> Result<Option<Position>, BrokerError> {
+        let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
+        let subject = subject(key);
+        bounded("history first", async move {
+            match stream.direct_get_first_for_subject(subject).await {
+                Ok(msg) => Ok(Some(Position {
+                    epoch,
+                    offset: msg.sequence,
+                })),
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
         .await
     }
 
@@ -241,12 +266,20 @@ impl Inner {
         cursor: &mut Cursor,
         generations: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Broken {
+        // Every consumer of the namespace on this node writes the same gauge: it shows the
+        // latest consumer's backlog, which is what says "this node is behind".
+        let pending = metrics::gauge!(
+            crate::metrics::JETSTREAM_CONSUMER_PENDING,
+            "namespace" => key.room.namespace().to_owned()
+        );
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
                         let Ok(info) = msg.info() else { continue };
                         let offset = info.stream_sequence;
+                        pending.set(info.pending as f64);
+                        super::lag::record(msg.headers.as_ref());
                         cursor.next = offset + 1;
                         let position = Position { epoch: cursor.epoch, offset };
                         self.hub.deliver(key, Some(position), msg.payload.clone());
@@ -341,6 +374,8 @@ async fn read_history(
     subject: String,
     history_size: usize,
     since: Option<Position>,
+    // Most publications to read (a history page needs no more than its limit).
+    max: usize,
 ) -> Result<Recovered, BrokerError> {
     let state = stream.get_info().await.map_err(unavailable)?.state;
     let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
@@ -409,7 +444,7 @@ async fn read_history(
         let info = msg.info().map_err(unavailable)?;
         let (seq, pending) = (info.stream_sequence, info.pending);
         replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-        if seq >= last || pending == 0 {
+        if seq >= last || pending == 0 || replay.len() >= max {
             break;
         }
     }

@@ -1,0 +1,84 @@
+//! `quiver config check` and `quiver config init`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use quiver_server::{Config, StartError};
+
+use crate::keys::KeySource;
+use crate::serve::ConfigFlags;
+
+// Parsed once per run: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file together with the QUIVER_* environment and the flags, as `quiver
+    /// serve` would load them; exit non-zero naming the key at fault.
+    Check(CheckArgs),
+    /// Print the default configuration, every key annotated.
+    Init,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// TOML config file (the one you would pass to `quiver serve --config`).
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    flags: ConfigFlags,
+    /// Fail on warnings too (unknown QUIVER_* variables).
+    #[arg(long)]
+    deny_warnings: bool,
+}
+
+pub async fn run(command: ConfigCommand) -> Result<()> {
+    match command {
+        ConfigCommand::Init => {
+            print!("{}", quiver_server::config::DEFAULT_TOML);
+            Ok(())
+        }
+        ConfigCommand::Check(args) => check(args).await,
+    }
+}
+
+async fn check(args: CheckArgs) -> Result<()> {
+    let (config, warnings) = crate::serve::load(args.file.as_deref(), args.flags)?;
+    for warning in &warnings {
+        eprintln!("quiver: warning: {warning}");
+    }
+    // What `quiver serve` would refuse at start beyond the values: keys and certificates that
+    // cannot be read or used.
+    let keys = KeySource::of(&config)?;
+    keys.verifier(&config).await?;
+    check_certificate(&config).await?;
+    if args.deny_warnings && !warnings.is_empty() {
+        bail!("{} warning(s) and --deny-warnings", warnings.len());
+    }
+    let source = match &args.file {
+        Some(file) => file.display().to_string(),
+        None => "no file".into(),
+    };
+    println!("configuration OK ({source}, environment and flags)");
+    println!("  token key: {}", keys.describe());
+    println!("  WebTransport: udp {}", config.listen);
+    println!("  HTTP: tcp {}", config.http);
+    match &config.nats {
+        Some(nats) => println!("  broker: NATS {}", nats.url),
+        None => println!("  broker: embedded (a single instance)"),
+    }
+    Ok(())
+}
+
+async fn check_certificate(config: &Config) -> Result<()> {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => {
+            quiver_server::tls::load_pem(cert, key)
+                .await
+                .with_context(|| format!("cert {} / key {}", cert.display(), key.display()))?;
+        }
+        (None, None) if config.dev_mode() || config.tls.self_signed => {}
+        (None, None) => bail!("{}", StartError::SelfSignedNotAllowed),
+        _ => bail!("{}", StartError::CertWithoutKey),
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Connection flags shared by `quiver sub` and `quiver pub`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use quiver_client::{parse_cert_hash, token_fixed, token_fn, ClientConfig, Transport, Trust};
+use quiver_server::auth::{unix_now, Claims};
+
+#[derive(Args)]
+pub struct ConnArgs {
+    /// WebTransport URL(s), comma-separated.
+    #[arg(long, default_value = "https://localhost:4433/v1")]
+    url: String,
+    /// WebSocket URL(s), comma-separated: the server's HTTP port, path /v1/ws (wss:// with a
+    /// real certificate). The default is `quiver serve`'s development HTTP listener.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
+    ws_url: String,
+    /// webtransport, websocket, or auto: WebTransport, falling back to WebSocket when it fails
+    /// or is not up within 2.5 s (blocked UDP).
+    #[arg(long, default_value = "auto")]
+    transport: Transport,
+    /// JWT; default: a development token for tenant "demo" signed with the development secret.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Pin the server certificate by SHA-256 (hex); default: the development certificate in
+    /// --cert-dir when it exists, else the system's roots.
+    #[arg(long)]
+    cert_hash: Option<String>,
+    #[arg(long, default_value = "certs")]
+    cert_dir: PathBuf,
+}
+
+/// The development tenant: the same one the demo page uses, so `quiver pub chat.lobby hi` shows
+/// up in the dashboard's chat.
+const DEV_TENANT: &str = "demo";
+
+impl ConnArgs {
+    pub async fn client_config(&self) -> Result<ClientConfig> {
+        let list = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let urls = list(&self.url);
+        let ws_urls = list(&self.ws_url);
+        if urls.is_empty() && self.transport != Transport::WebSocket {
+            bail!("--url names no server");
+        }
+        if ws_urls.is_empty() && self.transport == Transport::WebSocket {
+            bail!("--ws-url names no server");
+        }
+        let token = match &self.token {
+            Some(t) => token_fixed(t.clone()),
+            None => {
+                let secret = quiver_server::dev_secret(&self.cert_dir).context(
+                    "no --token given and no development secret (is the server in development mode?)",
+                )?;
+                // A fresh development token on every (re)connect and refresh.
+                token_fn(move || {
+                    let secret = secret.clone();
+                    async move {
+                        let claims = Claims {
+                            sub: "cli".into(),
+                            tenant: DEV_TENANT.into(),
+                            exp: unix_now() + 3600,
+                            subscribe: vec![">".into()],
+                            publish: vec![">".into()],
+                        };
+                        // The development token may call any method too.
+                        crate::call::sign_with_call(&secret, &claims, &[">".into()])
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            }
+        };
+        let dev_cert = self.cert_dir.join(quiver_server::tls::DEV_CERT_FILE);
+        let trust = match &self.cert_hash {
+            Some(hash) => Trust::CertHashes(vec![parse_cert_hash(hash)?]),
+            None if dev_cert.exists() => {
+                Trust::CertHashes(vec![quiver_server::tls::pem_cert_hash(&dev_cert).await?])
+            }
+            None => Trust::System,
+        };
+        let mut config = ClientConfig::new(String::new(), token)
+            .with_trust(trust)
+            .with_transport(self.transport);
+        config.urls = urls;
+        config.ws_urls = ws_urls;
+        Ok(config)
+    }
+}

@@ -1,0 +1,112 @@
+//! `quiver pub`: publish one message, the same message --count times, or every line of stdin,
+//! optionally at a --rate, each acknowledged by the server.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::Args;
+use futures::{Stream, StreamExt};
+use tokio::io::AsyncBufReadExt;
+
+use crate::conn::ConnArgs;
+
+/// Publishes awaiting their acks at once: enough to keep a link busy without letting a slow
+/// server queue an unbounded number.
+const IN_FLIGHT: usize = 64;
+
+#[derive(Args)]
+pub struct PubArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    room: String,
+    /// The message; without it (or with `-`) every line read from stdin is one message.
+    /// `{seq}` in it is replaced by the message's number (1, 2, ...) with --count.
+    message: Option<String>,
+    /// Publish the message this many times.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
+    /// Messages per second at most [default: as fast as the acks come back]
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+pub async fn publish(args: PubArgs) -> Result<()> {
+    let from_stdin = matches!(args.message.as_deref(), None | Some("-"));
+    if from_stdin && args.count != 1 {
+        bail!("--count repeats a message given on the command line, not stdin's lines");
+    }
+    let pause = match args.rate {
+        Some(rate) if !(rate.is_finite() && rate > 0.0) => {
+            bail!("--rate must be a positive number of messages per second")
+        }
+        Some(rate) => Some(Duration::from_secs_f64(1.0 / rate)),
+        None => None,
+    };
+    let client = quiver_client::Client::connect(args.conn.client_config().await?).await?;
+    let messages: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>>>> = match args.message {
+        Some(message) if message != "-" => {
+            let count = args.count;
+            Box::pin(
+                futures::stream::iter(1..=count)
+                    .map(move |n| Ok(Bytes::from(message.replace("{seq}", &n.to_string())))),
+            )
+        }
+        _ => {
+            let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            Box::pin(futures::stream::unfold(lines, |mut lines| async move {
+                match lines.next_line().await {
+                    Ok(Some(line)) => Some((Ok(Bytes::from(line)), lines)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(anyhow::Error::from(e).context("reading stdin")), lines)),
+                }
+            }))
+        }
+    };
+    let messages = match pause {
+        Some(pause) => {
+            let mut ticks = tokio::time::interval(pause);
+            // A stall (slow stdin, slow acks) is not made up for with a burst.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            futures::stream::unfold((messages, ticks), |(mut messages, mut ticks)| async move {
+                ticks.tick().await;
+                let next = messages.next().await?;
+                Some((next, (messages, ticks)))
+            })
+            .boxed_local()
+        }
+        None => messages,
+    };
+    let room = args.room.clone();
+    let client_ref = &client;
+    let mut acks = messages
+        .map(|m| {
+            let room = room.clone();
+            async move {
+                client_ref
+                    .publish_ack(&room, m?)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+        })
+        .buffered(IN_FLIGHT);
+    let mut published = 0u64;
+    let mut result = Ok(());
+    while let Some(ack) = acks.next().await {
+        match ack {
+            Ok(_) => published += 1,
+            Err(e) => {
+                result = Err(e).with_context(|| {
+                    format!("publish to {} (after {published} acknowledged)", args.room)
+                });
+                break;
+            }
+        }
+    }
+    drop(acks);
+    client.close().await;
+    if published > 1 {
+        eprintln!("quiver: published {published} messages to {}", args.room);
+    }
+    result
+}

@@ -1,0 +1,146 @@
+//! `quiver serve`, and the configuration flags it shares with `quiver config check`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args;
+use quiver_server::{Config, Server};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: ConfigFlags,
+    /// Don't run the development demo publisher.
+    #[arg(long)]
+    no_demo: bool,
+    /// Log format on stderr: text, or json (one object per line, for log pipelines).
+    #[arg(long, value_enum, default_value = "text", env = "QUIVER_LOG_FORMAT")]
+    pub log_format: crate::logging::LogFormat,
+}
+
+/// Flags that override the configuration (file < environment < these).
+#[derive(Args)]
+pub struct ConfigFlags {
+    /// UDP address for WebTransport [default: [::]:4433]
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TCP address for health, metrics and the demo [default: 127.0.0.1:8080]
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// PEM certificate chain (with --key); default: a generated development certificate.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Where the development certificate and secret live [default: certs]
+    #[arg(long)]
+    cert_dir: Option<PathBuf>,
+    /// HS256 secret for client tokens, at least 32 bytes (also QUIVER_JWT_SECRET). It shows in
+    /// `ps` and shell history: prefer --jwt-secret-file.
+    #[arg(long, conflicts_with = "jwt_secret_file")]
+    jwt_secret: Option<String>,
+    /// File holding the HS256 secret (also QUIVER_JWT_SECRET_FILE).
+    #[arg(long)]
+    jwt_secret_file: Option<PathBuf>,
+    /// Serve the generated self-signed certificate even with production auth (clients must pin
+    /// its hash; see tls.self_signed).
+    #[arg(long)]
+    self_signed: bool,
+    /// NATS server URL(s), comma-separated: run as one instance of a cluster instead of on the
+    /// embedded broker.
+    #[arg(long)]
+    nats: Option<String>,
+}
+
+impl ConfigFlags {
+    pub fn apply(self, config: &mut Config) {
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.http {
+            config.http = v;
+        }
+        if let Some(v) = self.cert_dir {
+            config.cert_dir = v;
+        }
+        if self.cert.is_some() {
+            config.cert = self.cert;
+            config.key = self.key;
+        }
+        // A secret flag replaces a secret from the file or environment, in whichever form.
+        if let Some(secret) = self.jwt_secret {
+            config.auth.jwt_secret = Some(secret.into());
+            config.auth.jwt_secret_file = None;
+        }
+        if let Some(path) = self.jwt_secret_file {
+            config.auth.jwt_secret_file = Some(path);
+            config.auth.jwt_secret = None;
+        }
+        if self.self_signed {
+            config.tls.self_signed = true;
+        }
+        if let Some(url) = self.nats {
+            match &mut config.nats {
+                Some(nats) => nats.url = url,
+                None => config.nats = Some(quiver_server::config::NatsConfig::new(url)),
+            }
+        }
+    }
+}
+
+/// File, environment and flags merged and validated, with warnings about what was ignored.
+pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<String>)> {
+    let checked = Config::load_checked(file).map_err(|e| {
+        let where_ = match file {
+            Some(file) => format!("configuration ({}, environment)", file.display()),
+            None => "configuration (environment)".into(),
+        };
+        anyhow::anyhow!("{where_}:\n  {}", e.problems.join("\n  "))
+    })?;
+    let mut config = checked.config;
+    flags.apply(&mut config);
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok((config, checked.warnings))
+}
+
+pub async fn serve(args: ServeArgs) -> Result<()> {
+    // With JSON logs stderr is for the log pipeline: every line an object, no human extras.
+    let human = args.log_format == crate::logging::LogFormat::Text;
+    let (mut config, warnings) = load(args.config.as_deref(), args.flags)?;
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    if args.no_demo {
+        config.demo = false;
+    }
+    let server = Server::start(config).await?;
+    let ready = serde_json::json!({
+        "webtransport": server.webtransport_addr().to_string(),
+        "http": server.http_addr.to_string(),
+        "cert_sha256": hex::encode(server.cert_sha256()),
+        "dev": server.is_dev(),
+    });
+    // One machine-readable line for scripts and tests, then the human version.
+    println!("QUIVER_READY {ready}");
+    if human {
+        eprintln!(
+            "quiver: WebTransport on https://{}/v1, HTTP on http://{}",
+            server.webtransport_addr(),
+            server.http_addr
+        );
+        eprintln!(
+            "quiver: certificate SHA-256 {}",
+            hex::encode(server.cert_sha256())
+        );
+    }
+    crate::cli::shutdown_signal().await;
+    if human {
+        eprintln!("quiver: draining");
+    }
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `quiver sub`: print what is published in rooms, one line per message.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use quiver_client::{Client, ConnectionState, Recovery, SubEvent};
+
+use crate::conn::ConnArgs;
+
+#[derive(Args)]
+pub struct SubArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// How each message is printed: `text` is the payload (prefixed with the room and a tab
+    /// when several rooms are subscribed); `json` is one object per line with room, position
+    /// (epoch and offset as strings) and the payload (UTF-8 as `payload`, else `payload_base64`).
+    #[arg(long, default_value = "text")]
+    format: Format,
+    /// Rooms to subscribe to.
+    #[arg(required = true)]
+    rooms: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+pub async fn sub(args: SubArgs) -> Result<()> {
+    let client = Client::connect(args.conn.client_config().await?).await?;
+    if let Some(transport) = client.transport() {
+        // stdout carries only messages; this is for the person watching.
+        eprintln!("quiver: connected over {transport}");
+    }
+    let mut subs = Vec::new();
+    for room in &args.rooms {
+        let sub = client
+            .subscribe(room)
+            .await
+            .with_context(|| format!("subscribe {room}"))?;
+        let room = room.clone();
+        subs.push(sub.map(move |event| (room.clone(), event)).boxed());
+    }
+    // Scripts (and tests) wait for this line before publishing.
+    eprintln!("quiver: subscribed to {}", args.rooms.join(", "));
+    let several = args.rooms.len() > 1;
+    let mut events = futures::stream::select_all(subs);
+    let mut state = client.state();
+    // Only changes from now on are news; "reconnected" only after a loss was reported.
+    state.borrow_and_update();
+    let mut lost = false;
+    let mut stdout = std::io::stdout();
+    let result = loop {
+        let (room, event) = tokio::select! {
+            _ = crate::cli::shutdown_signal() => break Ok(()),
+            changed = state.changed() => {
+                if changed.is_ok() {
+                    report_state(&state.borrow_and_update(), &client, &mut lost);
+                }
+                continue;
+            }
+            event = events.next() => match event {
+                Some(event) => event,
+                None => break Ok(()),
+            },
+        };
+        match event {
+            SubEvent::Publication {
+                room,
+                position,
+                payload,
+            } => {
+                let mut line = match args.format {
+                    Format::Text if several => [room.as_bytes(), b"\t", &payload].concat(),
+                    Format::Text => payload.to_vec(),
+                    Format::Json => json_line(&room, position, &payload).into_bytes(),
+                };
+                line.push(b'\n');
+                // One line per publication, flushed, so pipes see it at once.
+                stdout.write_all(&line)?;
+                stdout.flush()?;
+            }
+            SubEvent::Resubscribed { recovery } => {
+                let how = match recovery {
+                    Recovery::Recovered { replayed } => {
+                        format!("recovered, {replayed} missed message(s) replayed")
+                    }
+                    Recovery::Failed => {
+                        "recovery FAILED: messages published meanwhile are lost".into()
+                    }
+                    Recovery::NotRequested => {
+                        "resubscribed without recovery (the room keeps no history): messages \
+                         published meanwhile are lost"
+                            .into()
+                    }
+                };
+                eprintln!("quiver: {room}: {how}");
+            }
+            SubEvent::Joined { member } => eprintln!("quiver: {room}: {} joined", member.user),
+            SubEvent::Left { member } => eprintln!("quiver: {room}: {} left", member.user),
+            SubEvent::Ended { code, reason } => {
+                break Err(anyhow::anyhow!(
+                    "{room}: subscription ended by the server: {reason} ({code})"
+                ));
+            }
+        }
+    };
+    client.close().await;
+    result
+}
+
+fn report_state(state: &ConnectionState, client: &Client, lost: &mut bool) {
+    match state {
+        ConnectionState::Disconnected { code, reason } => {
+            *lost = true;
+            eprintln!("quiver: connection lost ({reason}, code {code}); reconnecting")
+        }
+        ConnectionState::Connected { .. } if *lost => {
+            *lost = false;
+            let over = client.transport().map(|t| t.as_str()).unwrap_or("?");
+            eprintln!("quiver: reconnected over {over}");
+        }
+        _ => {}
+    }
+}
+
+fn json_line(room: &str, position: Option<quiver_client::Position>, payload: &[u8]) -> String {
+    use base64::Engine;
+    let mut object = serde_json::json!({
+        "room": room,
+        // Strings: epochs and offsets are u64, beyond what JSON numbers hold exactly in JS.
+        "position": position.map(|p| serde_json::json!({
+            "epoch": p.epoch.to_string(),
+            "offset": p.offset.to_string(),
+        })),
+    });
+    match std::str::from_utf8(payload) {
+        Ok(text) => object["payload"] = text.into(),
+        Err(_) => {
+            object["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(payload)
+                .into()
+        }
+    }
+    object.to_string()
+}

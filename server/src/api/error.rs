@@ -1,0 +1,139 @@
+//! The API's one error shape: `{"error": {"code": "…", "message": "…"}}` with an HTTP status.
+//! `code` is one of [`Code`]'s stable labels (clients branch on it); `message` is for people.
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+/// Every error code the API answers with. Stable once released: new codes are appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Code {
+    /// 400: the request is malformed (body, field, parameter).
+    BadRequest,
+    /// 400: a room name is not a valid room name.
+    InvalidRoom,
+    /// 401: no valid API key (or, on publish, no valid token).
+    Unauthorized,
+    /// 403: the key or token may not act on this tenant or room.
+    PermissionDenied,
+    /// 404: no such endpoint.
+    NotFound,
+    /// 405: the endpoint exists but not with this method.
+    MethodNotAllowed,
+    /// 409: a history position that is no longer in history (or of another epoch).
+    UnrecoverablePosition,
+    /// 413: the body or the payload is larger than allowed.
+    PayloadTooLarge,
+    /// 503: the broker (NATS) cannot take or answer the request now; retry later.
+    Unavailable,
+}
+
+impl Code {
+    pub const ALL: &'static [Code] = &[
+        Code::BadRequest,
+        Code::InvalidRoom,
+        Code::Unauthorized,
+        Code::PermissionDenied,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::UnrecoverablePosition,
+        Code::PayloadTooLarge,
+        Code::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Code::BadRequest => "bad_request",
+            Code::InvalidRoom => "invalid_room",
+            Code::Unauthorized => "unauthorized",
+            Code::PermissionDenied => "permission_denied",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::UnrecoverablePosition => "unrecoverable_position",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::BadRequest | Code::InvalidRoom => StatusCode::BAD_REQUEST,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::UnrecoverablePosition => StatusCode::CONFLICT,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A refused API request, as its JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: Code,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(Code::BadRequest, message)
+    }
+
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::new(Code::Unavailable, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.code.status(),
+            Json(json!({"error": {"code": self.code.label(), "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+/// A body that could not be read: over the size limit (413), or broken off (400).
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Code::PayloadTooLarge
+        } else {
+            Code::BadRequest
+        };
+        Self::new(code, rejection.body_text())
+    }
+}
+
+/// Parses a JSON request body; what is wrong with it is the 400's message (serde's own, which
+/// names the field and the position).
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("request body: {e}")))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        Code::NotFound,
+        "no such endpoint (see /api/v1/openapi.json)",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        Code::MethodNotAllowed,
+        "method not allowed on this endpoint (see /api/v1/openapi.json)",
+    )
+}

@@ -1,0 +1,293 @@
+//! The HTTP API for backends, under `/api/v1` (PROTOCOL.md §10, README "Backend API").
+//!
+//! Every endpoint is in one route table, [`routes`]: the router is built from it, and so is the
+//! OpenAPI document at `/api/v1/openapi.json` (`openapi.rs`), so neither can miss a route.
+//! Errors have one JSON shape (`error.rs`); bodies are size-limited; keys are checked in
+//! constant time (`auth.rs`); positions are decimal strings (`json.rs`).
+
+mod auth;
+mod encoding;
+mod error;
+mod openapi;
+mod publish;
+mod rooms;
+mod sessions;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use serde_json::{json, Value};
+
+pub use error::Code;
+
+use crate::server::Shared;
+
+/// Where the API lives.
+pub const PREFIX: &str = "/api/v1";
+
+/// How an endpoint is authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer KEY` with a key from `[api] keys`.
+    ApiKey,
+    /// An API key, or a client token (JWT) checked like a client's.
+    ApiKeyOrToken,
+    /// None.
+    Public,
+}
+
+/// One endpoint: what the router serves and what the OpenAPI document says about it.
+pub struct Route {
+    /// `get` or `post` (lower case, as OpenAPI spells it).
+    pub method: &'static str,
+    /// The full path, `{name}` for a path parameter.
+    pub path: &'static str,
+    pub summary: &'static str,
+    pub auth: Auth,
+    /// The JSON request body's schema (`None`: no JSON body).
+    pub request: Option<Value>,
+    /// The 200 answer's schema.
+    pub response: Value,
+    handler: fn() -> MethodRouter<Arc<Shared>>,
+}
+
+fn position_schema() -> Value {
+    json!({"$ref": "#/components/schemas/Position"})
+}
+
+/// A JSON object with exactly these properties.
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": false,
+    })
+}
+
+fn array(items: Value) -> Value {
+    json!({"type": "array", "items": items})
+}
+
+/// Every API endpoint.
+pub fn routes() -> Vec<Route> {
+    let tenant = json!({
+        "type": "string",
+        "description": "required with an admin key; a tenant's key may only name its own",
+    });
+    let string = json!({"type": "string"});
+    let count = json!({"type": "integer", "minimum": 0});
+    let flag = json!({"type": "boolean"});
+    let base64 = json!({"type": "string", "format": "byte"});
+    let position = position_schema();
+    vec![
+        Route {
+            method: "post",
+            path: "/api/v1/publish/{room}",
+            summary: "Publish the raw request body into a room (`?tenant=` with an admin key).",
+            auth: Auth::ApiKeyOrToken,
+            request: None,
+            response: object(&["position"], json!({"position": position})),
+            handler: || post(publish::publish),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/broadcast",
+            summary: "Publish one payload into up to 100 rooms; each room's outcome in `results`.",
+            auth: Auth::ApiKey,
+            request: Some(object(
+                &["rooms"],
+                json!({
+                    "tenant": tenant,
+                    "rooms": {
+                        "type": "array",
+                        "items": string,
+                        "minItems": 1,
+                        "maxItems": publish::MAX_BROADCAST_ROOMS,
+                    },
+                    "payload": {"type": "string", "description": "text, published as UTF-8"},
+                    "payload_base64": base64,
+                }),
+            )),
+            response: object(
+                &["results"],
+                json!({"results": array(json!({
+                    "type": "object",
+                    "required": ["room"],
+                    "properties": {
+                        "room": string,
+                        "position": position,
+                        "error": {"$ref": "#/components/schemas/ErrorBody"},
+                    },
+                }))}),
+            ),
+            handler: || post(publish::broadcast),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/presence",
+            summary: "Every session subscribed to a room, on every instance.",
+            auth: Auth::ApiKey,
+            request: Some(object(&["room"], json!({"tenant": tenant, "room": string}))),
+            response: object(
+                &["room", "members"],
+                json!({
+                    "room": string,
+                    "members": array(object(
+                        &["user", "session"],
+                        json!({"user": string, "session": string}),
+                    )),
+                }),
+            ),
+            handler: || post(rooms::presence),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/history",
+            summary: "A page of a history room after `since` (from the oldest kept when absent), \
+                      oldest first.",
+            auth: Auth::ApiKey,
+            request: Some(object(
+                &["room"],
+                json!({
+                    "tenant": tenant,
+                    "room": string,
+                    "since": position,
+                    "limit": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "default": 100,
+                        "description": "capped at 1000",
+                    },
+                }),
+            )),
+            response: object(
+                &["room", "position", "publications", "truncated"],
+                json!({
+                    "room": string,
+                    "position": position,
+                    "publications": array(object(
+                        &["position", "payload"],
+                        json!({"position": position, "payload": base64}),
+                    )),
+                    "truncated": flag,
+                }),
+            ),
+            handler: || post(rooms::history),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/disconnect",
+            summary: "End a user's or a session's sessions on every instance (goodbye 3009).",
+            auth: Auth::ApiKey,
+            request: Some(object(
+                &[],
+                json!({"tenant": tenant, "user": string, "session": string, "reason": string}),
+            )),
+            response: object(&["disconnected_here"], json!({"disconnected_here": count})),
+            handler: || post(sessions::disconnect),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/revoke",
+            summary: "Refuse a token (by `jti`) on every instance until `expires_at`, and end \
+                      its sessions.",
+            auth: Auth::ApiKey,
+            request: Some(object(
+                &["jti", "expires_at"],
+                json!({
+                    "tenant": tenant,
+                    "jti": string,
+                    "expires_at": {"type": "integer", "description": "Unix seconds"},
+                }),
+            )),
+            response: object(&["disconnected_here"], json!({"disconnected_here": count})),
+            handler: || post(sessions::revoke),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/unsubscribe",
+            summary: "End a user's subscription to a room on every instance (unsolicited \
+                      `Unsubscribed`, code `unsubscribed`).",
+            auth: Auth::ApiKey,
+            request: Some(object(
+                &["user", "room"],
+                json!({
+                    "tenant": tenant,
+                    "user": string,
+                    "room": string,
+                    "session": string,
+                    "reason": string,
+                }),
+            )),
+            response: object(&["unsubscribed_here"], json!({"unsubscribed_here": count})),
+            handler: || post(sessions::unsubscribe),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/rooms",
+            summary: "The tenant's rooms with subscribers anywhere in the cluster.",
+            auth: Auth::ApiKey,
+            request: Some(object(&[], json!({"tenant": tenant}))),
+            response: object(
+                &["rooms", "truncated"],
+                json!({
+                    "rooms": array(object(
+                        &["room", "subscribers"],
+                        json!({"room": string, "subscribers": count}),
+                    )),
+                    "truncated": flag,
+                }),
+            ),
+            handler: || post(rooms::rooms),
+        },
+        Route {
+            method: "post",
+            path: "/api/v1/info",
+            summary: "Every instance's sessions, subscriptions and rooms (a tenant's key: its \
+                      tenant's).",
+            auth: Auth::ApiKey,
+            request: Some(object(&[], json!({"tenant": tenant}))),
+            response: object(
+                &["nodes"],
+                json!({"nodes": array(object(
+                    &["node", "sessions", "subscriptions", "rooms"],
+                    json!({
+                        "node": string,
+                        "sessions": count,
+                        "subscriptions": count,
+                        "rooms": count,
+                    }),
+                ))}),
+            ),
+            handler: || post(rooms::info),
+        },
+        Route {
+            method: "get",
+            path: "/api/v1/openapi.json",
+            summary: "This document.",
+            auth: Auth::Public,
+            request: None,
+            response: json!({"type": "object"}),
+            handler: || get(openapi::serve),
+        },
+    ]
+}
+
+/// The `/api/v1` router, to be nested at [`PREFIX`]. Request bodies are limited to what the
+/// largest payload needs (twice `max_payload`, for base64 and JSON escapes, plus 64 KiB);
+/// beyond that the answer is 413 before the body is read further.
+pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
+    let max_payload = shared.config.limits.max_payload as usize;
+    let body_limit = max_payload.saturating_mul(2).saturating_add(64 * 1024);
+    let mut api = Router::new();
+    for route in routes() {
+        let path = route.path.strip_prefix(PREFIX).unwrap_or(route.path);
+        api = api.route(path, (route.handler)());
+    }
+    api.fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+}

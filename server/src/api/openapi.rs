@@ -1,0 +1,116 @@
+//! The OpenAPI 3.1 document of the API, built from the route table ([`super::routes`]) so it
+//! lists exactly what the router serves.
+
+use axum::Json;
+use serde_json::{json, Map, Value};
+
+use super::error::Code;
+use super::{routes, Auth};
+
+pub async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+pub fn document() -> Value {
+    let codes: Vec<&str> = Code::ALL.iter().map(|c| c.label()).collect();
+    let error = json!({"$ref": "#/components/schemas/Error"});
+    let mut paths = Map::new();
+    for route in routes() {
+        let mut operation = json!({
+            "summary": route.summary,
+            "responses": {
+                "200": {
+                    "description": "done",
+                    "content": {"application/json": {"schema": route.response}},
+                },
+                "default": {
+                    "description": format!("refused; `error.code` is one of {}", codes.join(", ")),
+                    "content": {"application/json": {"schema": error}},
+                },
+            },
+        });
+        match route.auth {
+            Auth::ApiKey => operation["security"] = json!([{"apiKey": []}]),
+            Auth::ApiKeyOrToken => {
+                operation["security"] = json!([{"apiKey": []}, {"token": []}]);
+            }
+            Auth::Public => operation["security"] = json!([]),
+        }
+        if let Some(schema) = route.request {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": schema}},
+            });
+        } else if route.method == "post" {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                }},
+            });
+        }
+        let parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+            })
+            .collect();
+        if !parameters.is_empty() {
+            operation["parameters"] = Value::Array(parameters);
+        }
+        let entry = paths
+            .entry(route.path.to_owned())
+            .or_insert_with(|| json!({}));
+        entry[route.method] = operation;
+    }
+    let number = json!({"type": ["string", "integer"], "pattern": "^[0-9]+$"});
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Quiver backend API", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "apiKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a key from `[api] keys`",
+                },
+                "token": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "bearerFormat": "JWT",
+                    "description": "a client token (publish only)",
+                },
+            },
+            "schemas": {
+                "Position": {
+                    "description": "a position in a room's history; its numbers are decimal \
+                                    strings (they exceed 2^53); requests may send numbers",
+                    "oneOf": [
+                        {"type": "null"},
+                        {
+                            "type": "object",
+                            "required": ["epoch", "offset"],
+                            "properties": {"epoch": number, "offset": number},
+                        },
+                    ],
+                },
+                "ErrorBody": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "enum": codes},
+                        "message": {"type": "string"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"$ref": "#/components/schemas/ErrorBody"}},
+                },
+            },
+        },
+    })
+}

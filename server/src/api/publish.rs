@@ -1,0 +1,156 @@
+//! Publishing from a backend: one room (`POST /api/v1/publish/{room}`, the payload as the raw
+//! body) or many rooms in one request (`POST /api/v1/broadcast`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use quiver_proto::{Position, RoomName, TenantId};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::{api_key, bearer, KeyRequest};
+use super::encoding;
+use super::error::{ApiError, Code};
+use crate::hub::RoomKey;
+use crate::metrics as m;
+use crate::server::Shared;
+
+/// Most rooms one broadcast may name: each is a publication, so this bounds one request's work.
+pub const MAX_BROADCAST_ROOMS: usize = 100;
+
+pub fn room(name: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(name)
+        .map_err(|e| ApiError::new(Code::InvalidRoom, format!("room {name:?}: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishQuery {
+    tenant: Option<String>,
+}
+
+/// `POST /api/v1/publish/{room}[?tenant=T]`, the payload as the raw body. With an API key it
+/// publishes in the key's tenant (an admin key names it in `tenant`); with a token it is checked
+/// exactly like a client's (tenant, `publish` patterns), so a backend can get a token scoped to
+/// what it may publish.
+pub async fn publish(
+    State(shared): State<Arc<Shared>>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<PublishQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let credential = bearer(&headers);
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let (tenant, grant) = match api_key(&shared, credential) {
+        Some(caller) => (caller.tenant(query.tenant.as_deref())?, None),
+        None => {
+            let grant = shared
+                .authenticate(credential)
+                .map_err(|e| ApiError::new(Code::Unauthorized, e.to_string()))?;
+            if query
+                .tenant
+                .as_deref()
+                .is_some_and(|t| t != grant.tenant.as_str())
+            {
+                return Err(ApiError::new(
+                    Code::PermissionDenied,
+                    "the token is for another tenant",
+                ));
+            }
+            (grant.tenant.clone(), Some(grant))
+        }
+    };
+    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let room = room(&name)?;
+    if grant.is_some_and(|g| !g.may_publish(&room)) {
+        return Err(ApiError::new(
+            Code::PermissionDenied,
+            format!("no publish permission for room {room}"),
+        ));
+    }
+    let position = publish_one(&shared, RoomKey { tenant, room }, body?).await?;
+    Ok(Json(json!({ "position": encoding::position(position) })))
+}
+
+/// Checks a payload's size and hands it to the broker.
+async fn publish_one(
+    shared: &Shared,
+    key: RoomKey,
+    payload: Bytes,
+) -> Result<Option<Position>, ApiError> {
+    let max = shared.config.limits.max_payload as usize;
+    if payload.len() > max {
+        return Err(ApiError::new(
+            Code::PayloadTooLarge,
+            format!("payload of {} bytes exceeds {max}", payload.len()),
+        ));
+    }
+    let position = shared
+        .broker
+        .publish(key, payload)
+        .await
+        .map_err(ApiError::unavailable)?;
+    metrics::counter!(m::PUBLICATIONS).increment(1);
+    Ok(position)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    rooms: Vec<String>,
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    payload_base64: Option<String>,
+}
+
+/// `POST /api/v1/broadcast` `{tenant?, rooms: [...], payload | payload_base64}`: the same
+/// payload into every room (API keys only). The request is refused as a whole when a room name
+/// is invalid or repeated; otherwise each room's outcome is in `results`, in request order:
+/// `{"room", "position"}` or `{"room", "error": {"code", "message"}}`.
+pub async fn broadcast(
+    State(shared): State<Arc<Shared>>,
+    KeyRequest { caller, request }: KeyRequest<BroadcastRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant: TenantId = caller.tenant(request.tenant.as_deref())?;
+    if request.rooms.is_empty() || request.rooms.len() > MAX_BROADCAST_ROOMS {
+        return Err(ApiError::bad_request(format!(
+            "rooms: 1 to {MAX_BROADCAST_ROOMS} rooms"
+        )));
+    }
+    let mut rooms = Vec::with_capacity(request.rooms.len());
+    for name in &request.rooms {
+        let room = room(name)?;
+        if rooms.contains(&room) {
+            return Err(ApiError::bad_request(format!("rooms: {room} named twice")));
+        }
+        rooms.push(room);
+    }
+    let payload = encoding::payload(request.payload, request.payload_base64.as_deref())?;
+    let publications = rooms.into_iter().map(|room| {
+        let key = RoomKey {
+            tenant: tenant.clone(),
+            room,
+        };
+        let payload = payload.clone();
+        let shared = &shared;
+        async move {
+            let room = key.room.to_string();
+            match publish_one(shared, key, payload).await {
+                Ok(position) => json!({"room": room, "position": encoding::position(position)}),
+                Err(e) => {
+                    json!({"room": room, "error": {"code": e.code.label(), "message": e.message}})
+                }
+            }
+        }
+    });
+    let results = futures::future::join_all(publications).await;
+    Ok(Json(json!({ "results": results })))
+}

@@ -1,0 +1,145 @@
+//! Acting on sessions wherever they are (through the control plane, `control.rs`): disconnect
+//! a user or a session, revoke a token, unsubscribe a user from a room.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::auth::KeyRequest;
+use super::error::ApiError;
+use crate::registry::Selector;
+use crate::server::Shared;
+
+/// Longest `reason` a request may carry: it travels to the client in a frame.
+const MAX_REASON: usize = 256;
+
+fn reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
+    match reason {
+        Some(r) if r.len() > MAX_REASON => Err(ApiError::bad_request(format!(
+            "reason: at most {MAX_REASON} bytes"
+        ))),
+        Some(r) => Ok(r),
+        None => Ok(default.to_owned()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/disconnect` `{tenant?, user?, session?, reason?}`: ends the matching sessions
+/// on every instance (goodbye `disconnected`, 3009: no reconnect). At least `user` or `session`.
+pub async fn disconnect(
+    State(shared): State<Arc<Shared>>,
+    KeyRequest { caller, request }: KeyRequest<DisconnectRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant(request.tenant.as_deref())?;
+    if request.user.is_none() && request.session.is_none() {
+        return Err(ApiError::bad_request("name a user, a session, or both"));
+    }
+    let disconnect = crate::control::Disconnect {
+        selector: Selector {
+            tenant: tenant.to_string(),
+            user: request.user,
+            session: request.session,
+            jti_key: None,
+        },
+        reason: reason(request.reason, "disconnected by the backend")?,
+    };
+    let local = shared
+        .control
+        .disconnect(&tenant, disconnect)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!({"disconnected_here": local})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    jti: String,
+    /// The token's `exp` (Unix seconds): the revocation is kept until then (at most 30 days).
+    expires_at: u64,
+}
+
+/// `POST /api/v1/revoke` `{tenant?, jti, expires_at}`: the token with this `jti` opens and
+/// refreshes no session on any instance until `expires_at`, and the sessions using it end
+/// (goodbye `disconnected`).
+pub async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    KeyRequest { caller, request }: KeyRequest<RevokeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant(request.tenant.as_deref())?;
+    if request.jti.is_empty() || request.jti.len() > 256 {
+        return Err(ApiError::bad_request("jti: 1 to 256 bytes"));
+    }
+    let now = crate::auth::unix_now();
+    let until = request
+        .expires_at
+        .min(now + crate::control::MAX_REVOCATION.as_secs());
+    if until <= now {
+        return Err(ApiError::bad_request(
+            "expires_at is past: that token is refused anyway",
+        ));
+    }
+    let local = shared
+        .control
+        .revoke(&tenant, &request.jti, until)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!({"disconnected_here": local})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnsubscribeRequest {
+    #[serde(default)]
+    tenant: Option<String>,
+    user: String,
+    room: String,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/unsubscribe` `{tenant?, user, room, session?, reason?}`: ends the user's (or
+/// one of its sessions') subscription to the room on every instance; each such session gets an
+/// unsolicited `Unsubscribed` with code `unsubscribed` and stays open.
+pub async fn unsubscribe(
+    State(shared): State<Arc<Shared>>,
+    KeyRequest { caller, request }: KeyRequest<UnsubscribeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tenant = caller.tenant(request.tenant.as_deref())?;
+    let room = super::publish::room(&request.room)?;
+    let unsubscribe = crate::control::Unsubscribe {
+        selector: Selector {
+            tenant: tenant.to_string(),
+            user: Some(request.user),
+            session: request.session,
+            jti_key: None,
+        },
+        room: room.to_string(),
+        reason: reason(request.reason, "unsubscribed by the backend")?,
+    };
+    let local = shared
+        .control
+        .unsubscribe(&tenant, unsubscribe)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!({"unsubscribed_here": local})))
+}

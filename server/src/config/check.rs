@@ -1,0 +1,356 @@
+//! Configuration errors an operator can act on: each names the key as the operator wrote it
+//! (`limits.max_fram in quiver.toml`, `QUIVER_LIMITS__MAX_FRAME`), not figment's internal
+//! `default.limits.max_fram`, suggests the key they probably meant, and warns about `QUIVER_*`
+//! environment variables that configure nothing (figment skips them silently).
+
+use std::path::Path;
+
+use figment::error::Kind;
+
+use super::{Config, TOP_LEVEL_KEYS};
+
+/// The annotated default configuration that `quiver config init` prints. A unit test checks
+/// that it parses to exactly [`Config::default`] and mentions every key.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// `QUIVER_*` environment variables that are not configuration keys: read by the `quiver`
+/// command itself (the first three) or by the project's scripts, tests and benchmarks, which a
+/// developer may have exported. Anything else under the prefix that names no key gets a
+/// warning.
+pub const NON_CONFIG_ENV: &[&str] = &[
+    "QUIVER_TOKEN",
+    "QUIVER_LOG_FORMAT",
+    "QUIVER_API_KEY",
+    "QUIVER_NATS_SERVER",
+    "QUIVER_LONG_TESTS",
+    "QUIVER_UPDATE_VECTORS",
+    "QUIVER_BIN",
+    "QUIVER_BENCH",
+];
+
+/// Shorthands for nested keys (see [`Config::load`]).
+const ENV_SHORTHANDS: &[(&str, &str)] = &[
+    ("QUIVER_JWT_SECRET", "auth.jwt_secret"),
+    ("QUIVER_JWT_SECRET_FILE", "auth.jwt_secret_file"),
+];
+
+/// Why a configuration cannot be used: one line per problem.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+/// A configuration that loaded, with what looked wrong but did not stop it.
+#[derive(Debug)]
+pub struct Checked {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// [`Config::load`] with operator-facing messages, and warnings about `QUIVER_*`
+    /// environment variables that configure nothing.
+    pub fn load_checked(file: Option<&Path>) -> Result<Checked, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        match Config::load(file) {
+            Ok(config) => Ok(Checked {
+                config,
+                warnings: unknown_env_keys(env.iter().map(|(k, _)| k.as_str())),
+            }),
+            Err(err) => Err(ConfigError {
+                problems: (*err).into_iter().map(|e| describe(&e, &env)).collect(),
+            }),
+        }
+    }
+}
+
+/// One figment error as the operator wrote the key.
+fn describe(e: &figment::Error, env: &[(String, String)]) -> String {
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment variable"));
+    let file = e
+        .metadata
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .and_then(|s| s.file_path())
+        .map(|p| p.display().to_string());
+    // `namespaces.0.name` is written `namespaces[0].name`.
+    let dotted = e.path.iter().fold(String::new(), |mut key, part| {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+        key
+    });
+    // Where the key was written: the environment variable's own name, or the key in its file.
+    let place = if e.path.is_empty() {
+        None
+    } else if from_env {
+        Some(env_name(&e.path, env))
+    } else {
+        match &file {
+            Some(file) => Some(format!("{dotted} (in {file})")),
+            None => Some(dotted.clone()),
+        }
+    };
+    let what = match &e.kind {
+        Kind::UnknownField(field, expected) => {
+            let hint = match suggest(field, expected) {
+                Some(s) if from_env => {
+                    let mut path = e.path.clone();
+                    if let Some(last) = path.last_mut() {
+                        *last = s.to_owned();
+                    }
+                    format!("; did you mean {}?", env_var_for(&path))
+                }
+                Some(s) => format!("; did you mean `{s}`?"),
+                None => format!("; known keys here: {}", expected.join(", ")),
+            };
+            format!("unknown key{hint}")
+        }
+        Kind::UnknownVariant(value, expected) => {
+            format!(
+                "unknown value {value:?}; expected one of {}",
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => format!("`{field}` is required"),
+        // Type and value errors quote the value: say what was expected without it, since the
+        // value may be a secret.
+        Kind::InvalidType(actual, expected) => {
+            format!("expected {expected}, found {}", actual_kind(actual))
+        }
+        Kind::InvalidValue(_, expected) => format!("invalid value; expected {expected}"),
+        other => other.to_string(),
+    };
+    match place {
+        Some(place) => format!("{place}: {what}"),
+        None => match file {
+            Some(file) if !matches!(e.kind, Kind::Message(_)) => format!("{file}: {what}"),
+            _ => what,
+        },
+    }
+}
+
+/// The kind of a value, without the value.
+fn actual_kind(actual: &figment::error::Actual) -> String {
+    let text = actual.to_string();
+    // `string "abc"` → `a string`; `integer 5` stays readable without the value too.
+    let kind = text.split_whitespace().next().unwrap_or("value");
+    match kind {
+        "string" | "integer" | "unsigned" | "map" | "sequence" => format!("a {kind}"),
+        _ => text,
+    }
+}
+
+/// The environment variable that set `path`: the one actually set (in whatever case the
+/// operator wrote it), else the canonical spelling.
+fn env_name(path: &[String], env: &[(String, String)]) -> String {
+    let canonical = env_var_for(path);
+    let set = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(k, _)| k.clone())
+    };
+    if let Some(name) = set(&canonical) {
+        return name;
+    }
+    let dotted = path.join(".");
+    ENV_SHORTHANDS
+        .iter()
+        .filter(|(_, key)| key.eq_ignore_ascii_case(&dotted))
+        .find_map(|(var, _)| set(var))
+        .unwrap_or(canonical)
+}
+
+fn env_var_for(path: &[String]) -> String {
+    format!("QUIVER_{}", path.join("__").to_ascii_uppercase())
+}
+
+/// The known key closest to a misspelt one, if any is close.
+fn suggest<'a>(typo: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(&typo.to_ascii_lowercase(), k), *k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+/// Warnings for `QUIVER_*` variables that name no configuration key. Keys below a known
+/// top-level key need no check here: `deny_unknown_fields` refuses them.
+pub fn unknown_env_keys<'a>(vars: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for var in vars {
+        let upper = var.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("QUIVER_") else {
+            continue;
+        };
+        if NON_CONFIG_ENV.contains(&upper.as_str())
+            || ENV_SHORTHANDS.iter().any(|(name, _)| *name == upper)
+        {
+            continue;
+        }
+        let top = rest
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if TOP_LEVEL_KEYS.contains(&top.as_str()) {
+            continue;
+        }
+        // `QUIVER_LIMITS_MAX_FRAME`: one underscore where two separate the levels.
+        let single = TOP_LEVEL_KEYS
+            .iter()
+            .find(|key| top.starts_with(&format!("{key}_")))
+            .map(|key| {
+                format!(
+                    "QUIVER_{}__{}",
+                    key.to_ascii_uppercase(),
+                    &rest[key.len() + 1..]
+                )
+            });
+        let hint = match single {
+            Some(fixed) => format!("; nested keys are separated by `__`: did you mean {fixed}?"),
+            None => match suggest(&top, TOP_LEVEL_KEYS) {
+                Some(key) => {
+                    let tail = rest.split_once("__").map(|(_, t)| t);
+                    let fixed = match tail {
+                        Some(tail) => format!("QUIVER_{}__{tail}", key.to_ascii_uppercase()),
+                        None => format!("QUIVER_{}", key.to_ascii_uppercase()),
+                    };
+                    format!("; did you mean {fixed}?")
+                }
+                None => format!("; top-level keys are {}", TOP_LEVEL_KEYS.join(", ")),
+            },
+        };
+        warnings.push(format!(
+            "{var} is not a configuration key and is ignored{hint}"
+        ));
+    }
+    warnings
+}
+
+#[cfg(test)]
+// figment's Jail API returns its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+    use figment::providers::{Format, Serialized, Toml};
+    use figment::value::{Dict, Value};
+    use figment::{Figment, Provider};
+
+    #[test]
+    fn the_annotated_default_is_the_default() {
+        let parsed: Config = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("the template parses");
+        let as_json = |c: &Config| serde_json::to_value(c).expect("serializable");
+        assert_eq!(as_json(&parsed), as_json(&Config::default()));
+        // Every key the defaults have is written out in the template, not left implicit.
+        // Unset optional keys are written as comments (`# cert = ...`).
+        fn keys(prefix: &str, dict: &Dict, out: &mut Vec<String>) {
+            for (k, v) in dict {
+                let key = format!("{prefix}{k}");
+                match v {
+                    Value::Dict(_, inner) => keys(&format!("{key}."), inner, out),
+                    Value::Empty(..) => {
+                        assert!(
+                            DEFAULT_TOML.contains(&format!("\n# {k} = "))
+                                || DEFAULT_TOML.contains(&format!("\n# [{key}]\n")),
+                            "{key} is not in default.toml, even as a comment"
+                        );
+                        continue;
+                    }
+                    _ => {}
+                }
+                out.push(key);
+            }
+        }
+        let data = |f: Figment| {
+            let mut out = Vec::new();
+            for dict in f.data().expect("data").values() {
+                keys("", dict, &mut out);
+            }
+            out
+        };
+        let written = data(Figment::from(Toml::string(DEFAULT_TOML)));
+        for key in data(Figment::from(Serialized::defaults(Config::default()))) {
+            assert!(written.contains(&key), "{key} is not in default.toml");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_as_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", "lisen = \"[::]:1\"\n")?;
+            let err = Config::load_checked(Some("q.toml".as_ref())).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.starts_with("lisen (in "), "{msg}");
+            assert!(msg.contains("did you mean `listen`"), "{msg}");
+            assert!(!msg.contains("default."), "{msg}");
+
+            jail.create_file("q.toml", "[limits]\nmax_fram = 3\n")?;
+            let msg = Config::load_checked(Some("q.toml".as_ref()))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with("limits.max_fram (in "), "{msg}");
+            assert!(msg.contains("`max_frame`"), "{msg}");
+
+            jail.create_file(
+                "q.toml",
+                "[[namespaces]]\nname = \"a\"\n[[namespaces]]\nname = \"b\"\nhistroy_size = 1\n",
+            )?;
+            let msg = Config::load_checked(Some("q.toml".as_ref()))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.starts_with("namespaces[1].histroy_size (in "), "{msg}");
+            assert!(msg.contains("`history_size`"), "{msg}");
+
+            jail.create_file("q.toml", "")?;
+            jail.set_env("QUIVER_LIMITS__MAX_FRAME", "abc");
+            let msg = Config::load_checked(Some("q.toml".as_ref()))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.starts_with("QUIVER_LIMITS__MAX_FRAME: expected u32"),
+                "{msg}"
+            );
+            assert!(!msg.contains("abc"), "values are not quoted: {msg}");
+            jail.set_env("QUIVER_LIMITS__MAX_FRAME", "131072");
+            jail.set_env("QUIVER_LIMITS__MAX_FRAM", "1");
+            let msg = Config::load_checked(None).unwrap_err().to_string();
+            assert!(
+                msg.contains(
+                    "QUIVER_LIMITS__MAX_FRAM: unknown key; did you mean QUIVER_LIMITS__MAX_FRAME?"
+                ),
+                "{msg}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_quiver_variables_are_warned_about() {
+        let warnings = unknown_env_keys([
+            "QUIVER_LIMTS__MAX_FRAME",
+            "QUIVER_LIMITS_MAX_FRAME",
+            "QUIVER_LIMITS__MAX_FRAME",
+            "QUIVER_JWT_SECRET",
+            "QUIVER_TOKEN",
+            "QUIVER_ZZZZZZ",
+            "PATH",
+        ]);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].contains("did you mean QUIVER_LIMITS__MAX_FRAME?"));
+        assert!(warnings[1].contains("separated by `__`: did you mean QUIVER_LIMITS__MAX_FRAME?"));
+        assert!(warnings[2].starts_with("QUIVER_ZZZZZZ is not a configuration key"));
+    }
+}

@@ -1,0 +1,108 @@
+//! One page of a history room's publications, as the `History` command and
+//! `POST /api/v1/history` answer it: those after `since` (from the oldest kept when absent),
+//! oldest first, at most `limit` (capped at [`MAX_LIMIT`]) and at most `max_bytes` of encoded
+//! frame, so the answer always fits one frame.
+
+use bytes::Bytes;
+use quiver_proto::Position;
+
+use crate::broker::BrokerError;
+use crate::hub::RoomKey;
+use crate::server::Shared;
+
+/// Most publications one page holds, whatever the request asks.
+pub const MAX_LIMIT: u32 = 1000;
+
+/// What a page costs in a frame besides its publications: the id, the event type, the room
+/// (at most 255 bytes and its length), the current position, the count and `truncated`.
+const OVERHEAD: usize = 5 + 1 + 2 + 255 + 21 + 5 + 1;
+
+#[derive(Debug)]
+pub struct Page {
+    /// The room's current position.
+    pub current: Option<Position>,
+    pub publications: Vec<(Position, Bytes)>,
+    /// More publications after the last one are kept than the page holds.
+    pub truncated: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("namespace {0} keeps no history")]
+    NoHistory(String),
+    #[error("position {epoch}:{offset} is no longer in history")]
+    Unrecoverable { epoch: u64, offset: u64 },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// An encoded publication's size in a `History` frame: two varint u64s, the payload's varint
+/// length and the payload.
+fn cost(payload: &[u8]) -> usize {
+    10 + 10 + 5 + payload.len()
+}
+
+pub async fn page(
+    shared: &Shared,
+    key: RoomKey,
+    since: Option<Position>,
+    limit: u32,
+    max_bytes: usize,
+) -> Result<Page, HistoryError> {
+    if shared.config.history(&key.room).is_none() {
+        return Err(HistoryError::NoHistory(key.room.namespace().to_owned()));
+    }
+    let limit = limit.min(MAX_LIMIT) as usize;
+    // Without `since`, the page starts at the oldest kept publication: read from just before
+    // it. That one can be trimmed between the two reads; then the next oldest is asked for.
+    let mut attempts = 3;
+    let (current, kept) = loop {
+        let from = match since {
+            Some(since) => Some(since),
+            None => shared
+                .broker
+                .first_kept(key.clone())
+                .await?
+                .map(|first| Position {
+                    epoch: first.epoch,
+                    offset: first.offset.saturating_sub(1),
+                }),
+        };
+        let Some(from) = from else {
+            // Nothing kept: an empty page at the room's position.
+            let current = shared.broker.recover(key.clone(), None).await?.current;
+            break (current, Vec::new());
+        };
+        // One more than the page holds says whether more is kept after it.
+        let recovered = shared
+            .broker
+            .recover_some(key.clone(), from, limit.saturating_add(1))
+            .await?;
+        match recovered.replay {
+            Some(kept) => break (recovered.current, kept),
+            None if since.is_none() && attempts > 1 => attempts -= 1,
+            None => {
+                return Err(HistoryError::Unrecoverable {
+                    epoch: from.epoch,
+                    offset: from.offset,
+                })
+            }
+        }
+    };
+    let budget = max_bytes.saturating_sub(OVERHEAD);
+    // `kept` holds at most `limit + 1`: one past the page is enough to say `truncated`.
+    let mut used = 0;
+    let mut publications = Vec::new();
+    for (position, payload) in &kept {
+        if publications.len() >= limit || used + cost(payload) > budget {
+            break;
+        }
+        used += cost(payload);
+        publications.push((*position, payload.clone()));
+    }
+    Ok(Page {
+        current,
+        truncated: publications.len() < kept.len(),
+        publications,
+    })
+}

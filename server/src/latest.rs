@@ -1,0 +1,211 @@
+//! The `latest` lane (PROTOCOL.md §10): rooms where only the newest value matters.
+//!
+//! A `latest` subscriber has no queue of publications but a [`Slot`] holding the newest value
+//! not yet sent. The hub replaces it on every publication (conflation: a subscriber that cannot
+//! keep up skips stale values instead of queueing them, and is never a slow consumer), and the
+//! subscription's writer takes whatever is newest when it can send. It goes as a QUIC datagram
+//! when the session supports them and it fits the path's current maximum datagram size
+//! ([`send`]); otherwise as a `Latest` frame on the room's stream, with the same per-subscription
+//! sequence, so the client can drop values older than the newest it applied.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use quiver_proto::datagram::Latest;
+use quiver_proto::{encode_event, Event, ServerFrame};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use wtransport::Connection;
+
+use crate::metrics as m;
+
+/// The newest value of one `latest` subscription that its writer has not sent yet.
+#[derive(Default)]
+pub struct Slot {
+    state: Mutex<State>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// The sequence of the newest value put; values are numbered 1, 2, … per subscription.
+    sequence: u64,
+    pending: Option<Bytes>,
+}
+
+impl Slot {
+    /// Puts a new value, replacing the one waiting (counted as conflated).
+    pub fn put(&self, payload: Bytes) {
+        let replaced = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.sequence += 1;
+            state.pending.replace(payload).is_some()
+        };
+        if replaced {
+            metrics::counter!(m::LATEST_CONFLATED).increment(1);
+        }
+        self.ready.notify_one();
+    }
+
+    /// Takes the waiting value and its sequence, if any.
+    pub fn take(&self) -> Option<(u64, Bytes)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let sequence = state.sequence;
+        state.pending.take().map(|p| (sequence, p))
+    }
+
+    /// Waits for a value and takes it. Cancel-safe: nothing is taken until it returns.
+    pub async fn next(&self) -> (u64, Bytes) {
+        loop {
+            if let Some(value) = self.take() {
+                return value;
+            }
+            // `notify_one` stores a permit when nobody waits, so a put between `take` and here
+            // is not missed.
+            self.ready.notified().await;
+        }
+    }
+}
+
+/// Waits on an optional slot: pending forever without one (reliable subscriptions).
+pub async fn next(slot: Option<&Slot>) -> (u64, Bytes) {
+    match slot {
+        Some(slot) => slot.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one value as a datagram if the session takes datagrams and it fits; otherwise returns
+/// the `Latest` frame to write on the room's stream.
+pub fn send(
+    conn: Option<&Connection>,
+    subscription: u64,
+    room: &str,
+    sequence: u64,
+    payload: Bytes,
+) -> Option<Bytes> {
+    if let Some(conn) = conn {
+        let datagram = Latest {
+            subscription,
+            sequence,
+            payload: &payload,
+        }
+        .encode();
+        // The maximum follows the path MTU; `None` when the peer does not take datagrams.
+        if conn
+            .max_datagram_size()
+            .is_some_and(|max| datagram.len() <= max)
+        {
+            match conn.send_datagram(&datagram) {
+                Ok(()) => {
+                    metrics::counter!(m::DATAGRAMS_SENT).increment(1);
+                    return None;
+                }
+                // Gone: the session ends on its own; nothing to write either.
+                Err(wtransport::error::SendDatagramError::NotConnected) => return None,
+                // The path shrank under us, or the peer takes none: the stream it is.
+                Err(_) => {}
+            }
+        }
+        metrics::counter!(m::LATEST_ON_STREAM).increment(1);
+    }
+    Some(latest_frame(room, sequence, payload))
+}
+
+/// A frame on a shared connection that says when the connection's writer is done with it (has
+/// dropped every copy): a `latest` subscription keeps one value at a time in the shared
+/// outgoing queue, so values published meanwhile conflate in its slot, not in that queue.
+struct InFlight {
+    frame: Bytes,
+    done: CancellationToken,
+}
+
+impl AsRef<[u8]> for InFlight {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.done.cancel();
+    }
+}
+
+/// The frame as `Bytes` whose last drop cancels the returned token.
+pub fn tracked(frame: Bytes) -> (Bytes, CancellationToken) {
+    let done = CancellationToken::new();
+    let frame = Bytes::from_owner(InFlight {
+        frame,
+        done: done.clone(),
+    });
+    (frame, done)
+}
+
+/// Resolves once the previous value left the outgoing queue (at once if there was none), then
+/// takes the next value.
+pub async fn next_after(
+    slot: Option<&Slot>,
+    in_flight: Option<&CancellationToken>,
+) -> (u64, Bytes) {
+    if let Some(previous) = in_flight {
+        previous.cancelled().await;
+    }
+    next(slot).await
+}
+
+/// The `Latest` frame for a value that goes on a stream or a shared connection.
+pub fn latest_frame(room: &str, sequence: u64, payload: Bytes) -> Bytes {
+    encode_event(&ServerFrame {
+        id: 0,
+        event: Event::Latest {
+            room: room.to_owned(),
+            sequence,
+            payload,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_slot_keeps_only_the_newest_value() {
+        let slot = Slot::default();
+        assert!(slot.take().is_none());
+        for n in 0..1000u32 {
+            slot.put(Bytes::from(n.to_be_bytes().to_vec()));
+        }
+        let (sequence, payload) = slot.next().await;
+        assert_eq!(sequence, 1000);
+        assert_eq!(&payload[..], &999u32.to_be_bytes());
+        assert!(slot.take().is_none(), "nothing older is left behind");
+        slot.put(Bytes::from_static(b"x"));
+        assert_eq!(slot.next().await.0, 1001);
+    }
+
+    #[tokio::test]
+    async fn a_tracked_frame_says_when_its_last_copy_is_gone() {
+        let (frame, done) = tracked(Bytes::from_static(b"abc"));
+        let copy = frame.clone();
+        drop(frame);
+        assert!(!done.is_cancelled());
+        assert_eq!(&copy[..], b"abc");
+        drop(copy);
+        assert!(done.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_on_put() {
+        let slot = std::sync::Arc::new(Slot::default());
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.next().await }
+        });
+        tokio::task::yield_now().await;
+        slot.put(Bytes::from_static(b"v"));
+        let (sequence, payload) = waiter.await.unwrap();
+        assert_eq!((sequence, &payload[..]), (1, &b"v"[..]));
+    }
+}

@@ -1,0 +1,246 @@
+//! What every series counts (its HELP text), and the series registered at zero at start-up.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+use super::*;
+
+/// Every series an operator's dashboard queries exists from the start, at zero, so an idle
+/// server's page is complete and `rate()` has a first sample. Series labelled by something only
+/// traffic reveals (tenant, namespace, command) appear with their first use, except the label
+/// sets known up front (transports, reasons, commands).
+pub(super) fn register_zeros() {
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "profile" => if cfg!(debug_assertions) { "debug" } else { "release" },
+    )
+    .set(1.0);
+    for transport in crate::transport::Transport::ALL {
+        let t = transport.label();
+        metrics::gauge!(SESSIONS_ACTIVE, "transport" => t).set(0.0);
+        metrics::counter!(SESSIONS_OPENED, "transport" => t).absolute(0);
+        metrics::counter!(SESSIONS_REOPENED, "transport" => t).absolute(0);
+        let close_labels = quiver_proto::CloseCode::ALL.iter().map(|c| c.label());
+        for reason in GONE_REASONS.into_iter().chain(close_labels) {
+            metrics::counter!(SESSIONS_CLOSED, "transport" => t, "reason" => reason).absolute(0);
+        }
+        for reason in REFUSED_REASONS {
+            metrics::counter!(SESSIONS_REFUSED, "transport" => t, "reason" => reason).absolute(0);
+        }
+    }
+    metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
+    for name in [
+        PUBLICATIONS,
+        COMMANDS,
+        DELIVERY_BYTES,
+        PRESENCE_TRUNCATED,
+        DATAGRAMS_SENT,
+        DATAGRAMS_RECEIVED,
+        LATEST_CONFLATED,
+        LATEST_ON_STREAM,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for code in quiver_proto::ErrorCode::ALL {
+        metrics::counter!(COMMANDS_REFUSED, "code" => code.label()).absolute(0);
+    }
+    for command in labels::COMMANDS {
+        let _ = metrics::histogram!(COMMAND_DURATION, "command" => *command);
+    }
+    for reason in ["slow_consumer", "broker_slow_consumer", "latest_event"] {
+        metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).absolute(0);
+    }
+    metrics::counter!(PUBLICATIONS_DROPPED, "reason" => "broker_unavailable").absolute(0);
+    for reason in ["tenant_budget", "global_budget"] {
+        metrics::counter!(HISTORY_EVICTED, "reason" => reason).absolute(0);
+    }
+    metrics::gauge!(HISTORY_BYTES).set(0.0);
+    metrics::gauge!(NATS_CONNECTED).set(0.0);
+    metrics::counter!(NATS_RECONNECTS).absolute(0);
+    // Histograms show their `_count` at zero once touched; these have no labels to wait for.
+    for name in [
+        DELIVERY_LATENCY,
+        BROKER_LAG,
+        QUIC_RTT,
+        QUIC_LOST_PACKETS,
+        QUIC_CONGESTION_EVENTS,
+        JETSTREAM_PUBLISH_DURATION,
+    ] {
+        let _ = metrics::histogram!(name);
+    }
+}
+
+pub(super) fn describe() {
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the labels say which build runs (crate version, debug or release profile)"
+    );
+    describe_gauge!(SESSIONS_ACTIVE, "Open sessions on this node, by transport");
+    describe_gauge!(
+        SUBSCRIPTIONS_ACTIVE,
+        "Active subscriptions over all sessions on this node"
+    );
+    describe_counter!(SESSIONS_OPENED, "Sessions accepted, by transport");
+    describe_counter!(
+        SESSIONS_REOPENED,
+        "Sessions opened by a user (tenant and user id) who had another session open or closed \
+         on this node within the last minute: a proxy for reconnect frequency (a user with two \
+         tabs counts too; a reconnect that lands on another node does not)"
+    );
+    describe_counter!(
+        SESSIONS_REFUSED,
+        "Session requests refused before a session existed (bad path, origin, capacity, address \
+         limits, handshake, token), by transport and reason"
+    );
+    describe_counter!(
+        SESSIONS_CLOSED,
+        "Sessions ended, by transport and reason: client_closed (the client left), idle_timeout, \
+         connection_lost, server_closed, or the close code the server sent (shutdown, \
+         protocol_error, token_expired, rate_abuse, over_quota, disconnected, ...)"
+    );
+    describe_counter!(
+        PUBLICATIONS,
+        "Publications accepted from clients and the backend API on this node"
+    );
+    describe_counter!(
+        HUB_PUBLICATIONS,
+        "Publications that reached this node's hub for fan-out (from local publishers or from \
+         the broker), by namespace (configured namespaces by name, the rest as other)"
+    );
+    describe_counter!(
+        DELIVERIES,
+        "Frames (publications, presence events) queued to local subscribers, by namespace"
+    );
+    describe_counter!(
+        DELIVERY_BYTES,
+        Unit::Bytes,
+        "Bytes of subscription frames (replays and live deliveries) handed to subscribers' \
+         streams or connections"
+    );
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Time from a publication reaching this node's hub to its bytes being handed to a \
+         subscriber's stream; one sample per write (the oldest frame of a coalesced write)"
+    );
+    describe_histogram!(
+        COMMAND_DURATION,
+        Unit::Seconds,
+        "Time from a command's arrival to the end of its handling (its reply queued; a publish: \
+         handed to the broker, whose acknowledgement may follow), by command"
+    );
+    describe_histogram!(
+        BROKER_LAG,
+        Unit::Seconds,
+        "Time from a publication leaving its origin node to its arrival at this node's hub over \
+         NATS (wall clocks of two nodes: as good as their synchronisation)"
+    );
+    describe_counter!(
+        DELIVERIES_DROPPED,
+        "Deliveries dropped, by reason (slow_consumer: a subscriber's queue overflowed and the \
+         subscription ended; broker_slow_consumer: NATS dropped messages to this node)"
+    );
+    describe_counter!(COMMANDS, "Commands received from clients");
+    describe_counter!(
+        DATAGRAMS_SENT,
+        "Values of latest rooms sent as QUIC datagrams"
+    );
+    describe_counter!(
+        DATAGRAMS_RECEIVED,
+        "Datagrams received from clients (publications to latest rooms)"
+    );
+    describe_counter!(
+        DATAGRAMS_DROPPED,
+        "Client datagrams dropped unpublished, by reason"
+    );
+    describe_counter!(
+        LATEST_CONFLATED,
+        "Values of latest rooms replaced by a newer one before they were sent"
+    );
+    describe_counter!(
+        LATEST_ON_STREAM,
+        "Values of latest rooms on a WebTransport session sent on the stream (too large for a \
+         datagram)"
+    );
+    describe_counter!(COMMANDS_REFUSED, "Commands refused, by error code");
+    describe_counter!(
+        RESUMES_REQUESTED,
+        "Subscriptions that asked to resume from a position, by namespace"
+    );
+    describe_counter!(
+        RESUMES,
+        "Resumes answered, by namespace and result (recovered: every publication since the \
+         position was replayed; failed: the position was too old or the broker could not tell)"
+    );
+    describe_counter!(
+        PUBLICATIONS_DROPPED,
+        "Publications refused or lost because the broker was unavailable, by reason"
+    );
+    describe_counter!(
+        PRESENCE_TRUNCATED,
+        "Presence replies cut short to fit the frame limit"
+    );
+    describe_gauge!(
+        HISTORY_BYTES,
+        Unit::Bytes,
+        "Bytes of history held by the memory broker"
+    );
+    describe_counter!(
+        HISTORY_EVICTED,
+        "Publications evicted from memory history before their time, by reason"
+    );
+    describe_gauge!(
+        TENANT_SESSIONS,
+        "Open sessions by tenant (the first quotas.max_tenant_labels tenants; the rest as other)"
+    );
+    describe_gauge!(
+        TENANT_SUBSCRIPTIONS,
+        "Active subscriptions by tenant (labelled as tenant sessions are)"
+    );
+    describe_counter!(
+        TENANT_PUBLICATIONS,
+        "Client publications accepted, by tenant (labelled as tenant sessions are)"
+    );
+    describe_counter!(
+        TENANT_DELIVERIES,
+        "Frames queued to local subscribers, by the room's tenant (labelled as tenant sessions \
+         are)"
+    );
+    describe_counter!(
+        QUOTA_REFUSALS,
+        "Sessions, subscriptions and publications refused by a tenant quota, by tenant and quota"
+    );
+    describe_histogram!(
+        QUIC_RTT,
+        Unit::Seconds,
+        "Smoothed round-trip time of a WebTransport session's QUIC path, sampled as it closes"
+    );
+    describe_histogram!(
+        QUIC_LOST_PACKETS,
+        "Packets a WebTransport session's QUIC connection declared lost over its life, one \
+         sample per session"
+    );
+    describe_histogram!(
+        QUIC_CONGESTION_EVENTS,
+        "Congestion events of a WebTransport session's QUIC connection over its life, one \
+         sample per session"
+    );
+    describe_gauge!(
+        NATS_CONNECTED,
+        "1 while this node's broker connection to NATS is up, 0 otherwise (and without NATS)"
+    );
+    describe_counter!(
+        NATS_RECONNECTS,
+        "Times this node's broker connection to NATS came back after a loss"
+    );
+    describe_histogram!(
+        JETSTREAM_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time for JetStream to store a history room's publication and acknowledge it"
+    );
+    describe_gauge!(
+        JETSTREAM_CONSUMER_PENDING,
+        "Messages JetStream still holds for this node's history consumers, by namespace \
+         (sampled as each consumer delivers)"
+    );
+}

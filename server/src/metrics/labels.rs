@@ -1,0 +1,144 @@
+//! Bounded label sets and the metric handles hot paths keep. A `metrics::counter!` with labels
+//! hashes its key and looks it up in the registry on every call; the fan-out and the writers
+//! instead hold resolved handles (an `Arc` each), so counting costs one atomic add.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use metrics::Counter;
+use quiver_proto::{Command, RoomName};
+
+use super::{DELIVERIES, HUB_PUBLICATIONS};
+
+/// The `command` label of every command type, as [`command_label`] names them.
+pub const COMMANDS: &[&str] = &[
+    "hello",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "ping",
+    "refresh",
+    "presence",
+];
+
+/// The `command` label of a command (one of [`COMMANDS`]).
+pub fn command_label(command: &Command) -> &'static str {
+    match command {
+        Command::Hello { .. } => "hello",
+        Command::Subscribe { .. } => "subscribe",
+        Command::Unsubscribe { .. } => "unsubscribe",
+        Command::Publish { .. } => "publish",
+        Command::Ping => "ping",
+        Command::Refresh { .. } => "refresh",
+        Command::Presence { .. } => "presence",
+        // Commands added to the protocol later count here until they get their own label.
+        #[allow(unreachable_patterns)]
+        _ => "other",
+    }
+}
+
+/// The label for namespaces nobody configured: room names are the client's choice, so only the
+/// configured namespaces get their own label (bounded by the config, not by traffic).
+pub const OTHER: &str = "other";
+
+/// The `namespace` label of a room: its namespace if the config lists it, else [`OTHER`].
+pub fn namespace_label(config: &crate::Config, room: &RoomName) -> String {
+    let ns = room.namespace();
+    if config.namespaces.iter().any(|n| n.name == ns) {
+        ns.to_owned()
+    } else {
+        OTHER.to_owned()
+    }
+}
+
+/// Counts a subscribe's resume, if it asked for one: `recovered` is `None` when the broker
+/// could not answer (counted as failed).
+pub fn count_resume(config: &crate::Config, room: &RoomName, recovered: Option<bool>) {
+    let ns = namespace_label(config, room);
+    metrics::counter!(super::RESUMES_REQUESTED, "namespace" => ns.clone()).increment(1);
+    let result = if recovered == Some(true) {
+        "recovered"
+    } else {
+        "failed"
+    };
+    metrics::counter!(super::RESUMES, "namespace" => ns, "result" => result).increment(1);
+}
+
+/// One namespace's fan-out counters.
+#[derive(Clone)]
+pub struct FanOut {
+    pub publications: Counter,
+    pub deliveries: Counter,
+}
+
+impl FanOut {
+    fn new(label: &str) -> Self {
+        let counters = Self {
+            publications: metrics::counter!(HUB_PUBLICATIONS, "namespace" => label.to_owned()),
+            deliveries: metrics::counter!(DELIVERIES, "namespace" => label.to_owned()),
+        };
+        // Registered now: an idle node shows every namespace at zero.
+        counters.publications.increment(0);
+        counters.deliveries.increment(0);
+        counters
+    }
+}
+
+/// The fan-out counters of every configured namespace, and of `other`.
+pub struct Namespaces {
+    named: HashMap<String, FanOut>,
+    other: FanOut,
+}
+
+impl Namespaces {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        super::handle();
+        Self {
+            named: names
+                .into_iter()
+                .map(|n| (n.to_owned(), FanOut::new(n)))
+                .collect(),
+            other: FanOut::new(OTHER),
+        }
+    }
+
+    pub fn get(&self, room: &RoomName) -> &FanOut {
+        self.named.get(room.namespace()).unwrap_or(&self.other)
+    }
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Self::new([])
+    }
+}
+
+/// Handles of unlabelled series on hot paths, resolved once (after the recorder exists).
+pub mod hot {
+    use super::*;
+    use metrics::Histogram;
+
+    pub fn delivery_latency() -> &'static Histogram {
+        static H: OnceLock<Histogram> = OnceLock::new();
+        H.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::histogram!(crate::metrics::DELIVERY_LATENCY)
+        })
+    }
+
+    pub fn delivery_bytes() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::DELIVERY_BYTES)
+        })
+    }
+
+    pub fn broker_lag() -> &'static Histogram {
+        static H: OnceLock<Histogram> = OnceLock::new();
+        H.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::histogram!(crate::metrics::BROKER_LAG)
+        })
+    }
+}

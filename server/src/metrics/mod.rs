@@ -1,0 +1,175 @@
+//! Metric names in one place. They are part of the operator-facing interface: keep them stable.
+//! What each counts is its HELP text (`describe.rs`); every series an idle server can show is
+//! registered at zero there too. `labels.rs` holds the bounded label sets (namespaces) and the
+//! handles the hot paths keep, so a delivery costs no registry lookup.
+
+mod describe;
+pub mod labels;
+pub mod reconnects;
+pub mod tally;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use labels::{hot, Namespaces};
+pub use reconnects::RecentUsers;
+pub use tally::Tally;
+
+pub const SESSIONS_ACTIVE: &str = "quiver_sessions_active";
+pub const SUBSCRIPTIONS_ACTIVE: &str = "quiver_subscriptions_active";
+pub const SESSIONS_OPENED: &str = "quiver_sessions_opened_total";
+pub const SESSIONS_REFUSED: &str = "quiver_sessions_refused_total";
+pub const SESSIONS_CLOSED: &str = "quiver_sessions_closed_total";
+pub const PUBLICATIONS: &str = "quiver_publications_total";
+pub const DELIVERIES: &str = "quiver_deliveries_total";
+pub const DELIVERIES_DROPPED: &str = "quiver_deliveries_dropped_total";
+pub const COMMANDS: &str = "quiver_commands_total";
+pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
+pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
+pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+pub const HISTORY_BYTES: &str = "quiver_history_bytes";
+pub const HISTORY_EVICTED: &str = "quiver_history_evicted_total";
+pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
+pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
+pub const TENANT_PUBLICATIONS: &str = "quiver_tenant_publications_total";
+pub const QUOTA_REFUSALS: &str = "quiver_quota_refusals_total";
+pub const BUILD_INFO: &str = "quiver_build_info";
+pub const DELIVERY_LATENCY: &str = "quiver_delivery_latency_seconds";
+pub const DELIVERY_BYTES: &str = "quiver_delivery_bytes_total";
+pub const HUB_PUBLICATIONS: &str = "quiver_hub_publications_total";
+pub const COMMAND_DURATION: &str = "quiver_command_duration_seconds";
+pub const BROKER_LAG: &str = "quiver_broker_lag_seconds";
+pub const RESUMES_REQUESTED: &str = "quiver_resumes_requested_total";
+pub const RESUMES: &str = "quiver_resumes_total";
+pub const SESSIONS_REOPENED: &str = "quiver_sessions_reopened_total";
+pub const QUIC_RTT: &str = "quiver_quic_rtt_seconds";
+pub const QUIC_LOST_PACKETS: &str = "quiver_quic_lost_packets";
+pub const QUIC_CONGESTION_EVENTS: &str = "quiver_quic_congestion_events";
+pub const NATS_CONNECTED: &str = "quiver_nats_connected";
+pub const NATS_RECONNECTS: &str = "quiver_nats_reconnects_total";
+pub const JETSTREAM_PUBLISH_DURATION: &str = "quiver_jetstream_publish_duration_seconds";
+pub const JETSTREAM_CONSUMER_PENDING: &str = "quiver_jetstream_consumer_pending";
+pub const TENANT_DELIVERIES: &str = "quiver_tenant_deliveries_total";
+pub const DATAGRAMS_SENT: &str = "quiver_datagrams_sent_total";
+pub const DATAGRAMS_RECEIVED: &str = "quiver_datagrams_received_total";
+pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
+pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
+pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
+
+/// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the
+/// client's own leaving, told apart so that a dashboard's "dropped connections" is honest.
+/// `client_closed`: the client closed its session, connection or control stream on purpose;
+/// `idle_timeout`: nothing (not even a keep-alive answer) arrived for `timeouts.idle`;
+/// `connection_lost`: the transport failed otherwise (reset, I/O error);
+/// `server_closed`: the server closed the connection outside the session core.
+pub const GONE_REASONS: [&str; 4] = [
+    "client_closed",
+    "idle_timeout",
+    "connection_lost",
+    "server_closed",
+];
+
+/// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
+/// the token's refusals (`crate::auth::AuthError::label`).
+pub const REFUSED_REASONS: [&str; 12] = [
+    "not_found",
+    "unavailable",
+    "origin",
+    "token_too_large",
+    "address_limit",
+    "capacity",
+    "handshake",
+    "handshake_timeout",
+    "token_missing",
+    "token_expired",
+    "token_invalid",
+    "token_claims",
+];
+
+/// Bucket bounds of the latency histograms, in seconds: from a fast loopback delivery (tens of
+/// microseconds) to a stalled one.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Bucket bounds of the per-session QUIC event counts (lost packets, congestion events).
+const COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 500.0, 1000.0, 10_000.0,
+];
+
+/// How often histogram samples are folded into their buckets between scrapes: samples are kept
+/// one by one until then, so this bounds their memory when nobody scrapes.
+const UPKEEP: Duration = Duration::from_secs(2);
+
+/// The process-wide Prometheus recorder. The `metrics` facade has one global recorder, so every
+/// server in a process (tests start several) shares it.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = builder().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; we then render an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            describe::describe();
+            describe::register_zeros();
+            let upkeep = handle.clone();
+            // A thread, not a task: the recorder outlives any one runtime (tests start many).
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(UPKEEP);
+                    upkeep.run_upkeep();
+                });
+            handle
+        })
+        .clone()
+}
+
+fn builder() -> PrometheusBuilder {
+    let latency = [
+        DELIVERY_LATENCY,
+        COMMAND_DURATION,
+        BROKER_LAG,
+        QUIC_RTT,
+        JETSTREAM_PUBLISH_DURATION,
+    ];
+    let counts = [QUIC_LOST_PACKETS, QUIC_CONGESTION_EVENTS];
+    let mut builder = PrometheusBuilder::new();
+    for (names, buckets) in [
+        (&latency[..], LATENCY_BUCKETS),
+        (&counts[..], COUNT_BUCKETS),
+    ] {
+        for name in names {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full((*name).into()), buckets)
+                .expect("bucket lists are non-empty constants");
+        }
+    }
+    builder
+}
+
+/// The `/metrics` page: the process's own figures are read now, then everything is rendered.
+pub fn render() -> String {
+    static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+    let handle = handle();
+    PROCESS
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+    handle.render()
+}
+
+/// One WebTransport session's QUIC path, sampled as it closes: its smoothed RTT, and the packets
+/// lost and congestion events over its life.
+pub fn sample_quic_path(path: &wtransport::quinn::PathStats) {
+    metrics::histogram!(QUIC_RTT).record(path.rtt.as_secs_f64());
+    metrics::histogram!(QUIC_LOST_PACKETS).record(path.lost_packets as f64);
+    metrics::histogram!(QUIC_CONGESTION_EVENTS).record(path.congestion_events as f64);
+}

@@ -1,0 +1,74 @@
+//! Publications that arrive as QUIC datagrams (PROTOCOL.md §10): unacknowledged, to `latest`
+//! rooms only, checked like any `Publish` (command rate, room name, permission, size, quota).
+//! There is no one to answer, so every refusal is a drop, counted in
+//! `quiver_datagrams_dropped_total` by reason; only the abuse rule (a flood far over the rate)
+//! ends the session, as it would for commands.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use quiver_proto::datagram::PublishDatagram;
+use quiver_proto::{CloseCode, ErrorCode};
+
+use super::meter::Verdict;
+use super::{Exit, Session};
+use crate::metrics as m;
+
+/// The frame id of a datagram publication in the publish queue: no reply is ever sent for it.
+pub(super) const DATAGRAM_ID: u32 = 0;
+
+fn dropped(reason: &'static str) {
+    metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => reason).increment(1);
+}
+
+impl Session {
+    pub(super) async fn datagram(&mut self, datagram: Bytes, arrived: Instant) -> Option<Exit> {
+        match self.meter.take(arrived) {
+            Verdict::Allowed => {}
+            Verdict::Limited => {
+                dropped("rate_limited");
+                return None;
+            }
+            Verdict::Abuse => {
+                return Some(Exit::Close(
+                    CloseCode::RateAbuse,
+                    "datagram rate limit exceeded repeatedly".into(),
+                ))
+            }
+        }
+        let Ok(publish) = PublishDatagram::decode(&datagram) else {
+            dropped("malformed");
+            return None;
+        };
+        let room = match quiver_proto::RoomName::parse(publish.room) {
+            Ok(room) if self.shared.config.latest(&room) => room,
+            Ok(_) => {
+                dropped("not_latest");
+                return None;
+            }
+            Err(_) => {
+                dropped(ErrorCode::InvalidRoom.label());
+                return None;
+            }
+        };
+        // The payload shares the datagram's buffer: no copy.
+        let offset = datagram.len() - publish.payload.len();
+        let payload = datagram.slice(offset..);
+        match self
+            .publish(DATAGRAM_ID, room.as_str(), payload, false)
+            .await
+        {
+            Ok(_) => None,
+            Err(refusal) => {
+                dropped(refusal.0.label());
+                let over_quota = refusal.0 == ErrorCode::QuotaExceeded;
+                (over_quota && self.meter.refused(Instant::now()) == Verdict::Abuse).then(|| {
+                    Exit::Close(
+                        CloseCode::RateAbuse,
+                        "kept publishing over the tenant's quota".into(),
+                    )
+                })
+            }
+        }
+    }
+}

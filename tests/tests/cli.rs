@@ -1,0 +1,637 @@
+//! `quiver config` and `quiver token`, run as the operator runs them: the built binary, its exit
+//! code, stdout and stderr.
+
+use std::path::Path;
+use std::process::Output;
+
+use anyhow::Result;
+use quiver_server::auth::{sign_hs256, unix_now, Checks, Claims, Verifier};
+use quiver_server::Config;
+use quiver_tests::process::quiver_command;
+
+/// Runs `quiver ARGS` in `dir` with the given environment.
+fn quiver(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+    let mut cmd = quiver_command(dir)?;
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(cmd.output()?)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Exit status, stdout, stderr.
+fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let out = quiver(dir, args, env)?;
+    Ok((out.status.success(), text(&out.stdout), text(&out.stderr)))
+}
+
+/// Runs `quiver ARGS`, which must fail with every needle on stderr; returns stderr.
+fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) -> Result<String> {
+    let (ok, out, err) = run(dir, args, env)?;
+    assert!(!ok, "{args:?} succeeded: {out}");
+    for needle in needles {
+        assert!(err.contains(needle), "{args:?}: no {needle:?} in {err}");
+    }
+    Ok(err)
+}
+
+const GOOD_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes";
+
+#[test]
+fn config_init_prints_the_defaults_and_passes_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ok, init, _) = run(dir.path(), &["config", "init"], &[])?;
+    assert!(ok);
+    // Annotated: every section explained.
+    assert!(
+        init.lines().filter(|l| l.starts_with('#')).count() > 50,
+        "{init}"
+    );
+    let file = dir.path().join("quiver.toml");
+    std::fs::write(&file, &init)?;
+    let (ok, out, err) = run(dir.path(), &["config", "check", "quiver.toml"], &[])?;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("configuration OK"), "{out}");
+    assert!(out.contains("development mode"), "{out}");
+    // Exactly the defaults, value for value.
+    let loaded = Config::load(Some(&file)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        serde_json::to_value(&loaded)?,
+        serde_json::to_value(Config::default())?
+    );
+    Ok(())
+}
+
+#[test]
+fn config_check_names_the_key_as_written() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("typo.toml"), "[limits]\nmax_fram = 3\n")?;
+    let err = refused(
+        d,
+        &["config", "check", "typo.toml"],
+        &[],
+        &["limits.max_fram (in typo.toml)"],
+    )?;
+    assert!(err.contains("did you mean `max_frame`"), "{err}");
+    assert!(!err.contains("default."), "{err}");
+
+    std::fs::write(d.join("top.toml"), "lisen = \"[::]:443\"\n")?;
+    let (ok, _, err) = run(d, &["config", "check", "top.toml"], &[])?;
+    assert!(!ok);
+    assert!(
+        err.contains("lisen (in top.toml): unknown key; did you mean `listen`?"),
+        "{err}"
+    );
+
+    // An environment variable is named as the variable, and its value is not echoed.
+    let err = refused(
+        d,
+        &["config", "check"],
+        &[("QUIVER_LIMITS__MAX_FRAME", "sixty-four-k")],
+        &["QUIVER_LIMITS__MAX_FRAME: expected u32"],
+    )?;
+    assert!(!err.contains("sixty-four-k"), "{err}");
+
+    // A missing file is an error, not the defaults.
+    refused(
+        d,
+        &["config", "check", "nowhere.toml"],
+        &[],
+        &["nowhere.toml"],
+    )?;
+    Ok(())
+}
+
+#[test]
+fn config_check_merges_file_environment_and_flags() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // The file alone is invalid (the payload does not fit the default frame); the environment
+    // raises the frame size, so together they are valid.
+    std::fs::write(d.join("q.toml"), "[limits]\nmax_payload = 100000\n")?;
+    refused(
+        d,
+        &["config", "check", "q.toml"],
+        &[],
+        &["limits.max_payload"],
+    )?;
+    let (ok, _, err) = run(
+        d,
+        &["config", "check", "q.toml"],
+        &[("QUIVER_LIMITS__MAX_FRAME", "200000")],
+    )?;
+    assert!(ok, "{err}");
+
+    // [nats] without a URL needs --nats; the flag completes it.
+    std::fs::write(d.join("n.toml"), "[nats]\nstorage = \"file\"\n")?;
+    refused(d, &["config", "check", "n.toml"], &[], &["nats.url"])?;
+    let (ok, out, err) = run(
+        d,
+        &[
+            "config",
+            "check",
+            "n.toml",
+            "--nats",
+            "nats://10.0.0.1:4222",
+        ],
+        &[],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.contains("broker: NATS nats://10.0.0.1:4222"), "{out}");
+
+    // Production keys are checked as the server would at start: a short secret from a flag,
+    // an unreadable secret file, a missing certificate.
+    refused(
+        d,
+        &["config", "check", "--jwt-secret", "short"],
+        &[],
+        &["auth.jwt_secret", "at least 32"],
+    )?;
+    refused(
+        d,
+        &["config", "check", "--jwt-secret-file", "missing-secret"],
+        &[],
+        &["auth.jwt_secret_file", "missing-secret"],
+    )?;
+    refused(
+        d,
+        &["config", "check"],
+        &[("QUIVER_JWT_SECRET", GOOD_SECRET)],
+        &["no certificate"],
+    )?;
+    let (ok, out, err) = run(
+        d,
+        &["config", "check", "--self-signed"],
+        &[("QUIVER_JWT_SECRET", GOOD_SECRET)],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.contains("HS256 secret from auth.jwt_secret"), "{out}");
+    assert!(!out.contains(GOOD_SECRET) && !err.contains(GOOD_SECRET));
+    Ok(())
+}
+
+#[test]
+fn config_check_warns_about_unknown_quiver_variables() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let env = [
+        ("QUIVER_LIMTS__MAX_FRAME", "1"),
+        ("QUIVER_TOKEN", "not config"),
+    ];
+    let (ok, _, err) = run(d, &["config", "check"], &env)?;
+    assert!(ok, "a warning is not an error: {err}");
+    assert!(
+        err.contains("QUIVER_LIMTS__MAX_FRAME is not a configuration key and is ignored; did you mean QUIVER_LIMITS__MAX_FRAME?"),
+        "{err}"
+    );
+    assert!(!err.contains("QUIVER_TOKEN"), "{err}");
+    refused(
+        d,
+        &["config", "check", "--deny-warnings"],
+        &env,
+        &["--deny-warnings"],
+    )?;
+    // A misspelt key below a known section is an error, with the variable's name.
+    let (ok, _, err) = run(d, &["config", "check"], &[("QUIVER_LIMITS__MAX_FRAM", "1")])?;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "QUIVER_LIMITS__MAX_FRAM: unknown key; did you mean QUIVER_LIMITS__MAX_FRAME?"
+        ),
+        "{err}"
+    );
+    Ok(())
+}
+
+fn verifier(secret: &str) -> Result<Verifier> {
+    Ok(Verifier::hs256(secret.as_bytes(), &Checks::default())?)
+}
+
+#[test]
+fn token_signs_what_the_server_accepts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("secret"), format!("{GOOD_SECRET}\n"))?;
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--tenant",
+            "acme",
+            "--user",
+            "ada",
+            "--subscribe",
+            "chat.>",
+            "--publish",
+            "chat.lobby",
+            "--ttl",
+            "10m",
+            "--jwt-secret-file",
+            "secret",
+            "--jti",
+            "t-1",
+        ],
+        &[],
+    )?;
+    assert!(ok, "{err}");
+    let token = out.trim();
+    let grant = verifier(GOOD_SECRET)?.verify(token)?;
+    assert_eq!(
+        (grant.user.as_str(), grant.tenant.as_str()),
+        ("ada", "acme")
+    );
+    assert_eq!(grant.jti.as_deref(), Some("t-1"));
+    assert!(grant.expires_at > unix_now() + 500 && grant.expires_at <= unix_now() + 600);
+    let room = quiver_proto::RoomName::parse("chat.lobby")?;
+    assert!(grant.may_subscribe(&room) && grant.may_publish(&room));
+    assert!(!grant.may_publish(&quiver_proto::RoomName::parse("chat.other")?));
+
+    // The same secret from the environment, and --check agrees.
+    let (ok, out, err) = run(
+        d,
+        &["token", "--check", token],
+        &[("QUIVER_JWT_SECRET_FILE", "secret")],
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("valid: user \"ada\", tenant acme"), "{out}");
+    assert!(
+        out.contains("\n  subscribe: chat.>\n  publish: chat.lobby\n"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn token_refuses_what_the_server_would_refuse() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let sign = |extra: &[&str]| -> Result<(bool, String, String)> {
+        let mut args = vec!["token", "--jwt-secret", GOOD_SECRET];
+        args.extend_from_slice(extra);
+        run(d, &args, &[])
+    };
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--tenant", "ac me", "--user", "u", "--subscribe", "a"],
+            "tenant",
+        ),
+        (
+            &["--tenant", "acme", "--user", "u", "--subscribe", "a..b"],
+            "subscribe",
+        ),
+        (
+            &["--tenant", "acme", "--user", "u", "--publish", "a.>.b"],
+            "publish",
+        ),
+        (
+            &["--tenant", "acme", "--user", "", "--subscribe", "a"],
+            "sub",
+        ),
+        (&["--tenant", "acme", "--user", "u"], "allows nothing"),
+        (
+            &[
+                "--tenant",
+                "acme",
+                "--user",
+                "u",
+                "--subscribe",
+                "a",
+                "--ttl",
+                "0s",
+            ],
+            "--ttl",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (ok, out, err) = sign(args)?;
+        assert!(!ok, "{args:?} signed: {out}");
+        assert!(out.is_empty(), "{args:?} printed a token");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A secret the server would refuse is not used to sign.
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--jwt-secret",
+            "short",
+            "--tenant",
+            "acme",
+            "--user",
+            "u",
+            "--subscribe",
+            "a",
+        ],
+        &[],
+    )?;
+    assert!(!ok && out.is_empty());
+    assert!(err.contains("at least 32"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn token_never_creates_a_secret() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let args = [
+        "token",
+        "--tenant",
+        "demo",
+        "--user",
+        "u",
+        "--subscribe",
+        ">",
+    ];
+    let (ok, out, err) = run(d, &args, &[])?;
+    assert!(!ok && out.is_empty());
+    // It says where it looked.
+    assert!(err.contains("certs/dev-jwt-secret"), "{err}");
+    assert!(err.contains("QUIVER_JWT_SECRET_FILE"), "{err}");
+    assert!(err.contains("never creates a secret"), "{err}");
+    assert!(!d.join("certs").exists(), "quiver token created files");
+    // Once the server made its development secret, tokens are signed with it.
+    std::fs::create_dir(d.join("certs"))?;
+    std::fs::write(d.join("certs/dev-jwt-secret"), GOOD_SECRET)?;
+    let (ok, out, err) = run(d, &args, &[])?;
+    assert!(ok, "{err}");
+    assert_eq!(verifier(GOOD_SECRET)?.verify(out.trim())?.user, "u");
+    Ok(())
+}
+
+#[test]
+fn token_check_says_why_a_token_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let claims = |exp| Claims {
+        sub: "ada".into(),
+        tenant: "acme".into(),
+        exp,
+        subscribe: vec![">".into()],
+        publish: vec![],
+    };
+    let env = [("QUIVER_JWT_SECRET", GOOD_SECRET)];
+    let expired = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() - 3600))?;
+    refused(
+        d,
+        &["token", "--check", &expired],
+        &env,
+        &["would refuse this token: token expired (1h"],
+    )?;
+    let other = sign_hs256(
+        b"another-secret-of-at-least-32-bytes!",
+        &claims(unix_now() + 60),
+    )?;
+    refused(d, &["token", "--check", &other], &env, &["bad signature"])?;
+    refused(d, &["token", "--check", "not.a.jwt"], &env, &["malformed"])?;
+    // The configuration's audience is checked, and signing adds it.
+    std::fs::write(d.join("aud.toml"), "[auth]\naudience = \"quiver\"\n")?;
+    let good = sign_hs256(GOOD_SECRET.as_bytes(), &claims(unix_now() + 60))?;
+    refused(
+        d,
+        &["token", "--config", "aud.toml", "--check", &good],
+        &env,
+        &["aud"],
+    )?;
+    let (ok, out, err) = run(
+        d,
+        &[
+            "token",
+            "--config",
+            "aud.toml",
+            "--tenant",
+            "acme",
+            "--user",
+            "u",
+            "--subscribe",
+            "a",
+        ],
+        &env,
+    )?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        d,
+        &["token", "--config", "aud.toml", "--check", out.trim()],
+        &env,
+    )?;
+    assert!(ok, "{err}");
+    Ok(())
+}
+
+#[test]
+fn token_signs_es256_and_eddsa_with_a_private_key() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for (alg, rcgen_alg) in [
+        ("ES256", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("EdDSA", &rcgen::PKCS_ED25519),
+    ] {
+        let pair = rcgen::KeyPair::generate_for(rcgen_alg)?;
+        std::fs::write(d.join("private.pem"), pair.serialize_pem())?;
+        std::fs::write(d.join("public.pem"), pair.public_key_pem())?;
+        std::fs::write(
+            d.join("pk.toml"),
+            format!("[auth]\npublic_key = \"public.pem\"\nalgorithm = \"{alg}\"\n"),
+        )?;
+        let sign = [
+            "token",
+            "--config",
+            "pk.toml",
+            "--private-key",
+            "private.pem",
+            "--algorithm",
+            alg,
+            "--tenant",
+            "acme",
+            "--user",
+            "ada",
+            "--subscribe",
+            "a.>",
+        ];
+        let (ok, out, err) = run(d, &sign, &[])?;
+        assert!(ok, "{alg}: {err}");
+        let token = out.trim().to_owned();
+        let checks = Checks::default();
+        let grant = Verifier::public_key(&d.join("public.pem"), alg, &checks)?.verify(&token)?;
+        assert_eq!(grant.user, "ada");
+        let (ok, out, err) = run(d, &["token", "--config", "pk.toml", "--check", &token], &[])?;
+        assert!(ok, "{alg}: {err}");
+        assert!(out.contains("public key from auth.public_key"), "{out}");
+        // Without a private key, a public-key configuration cannot sign: it says so.
+        let (ok, _, err) = run(
+            d,
+            &sign[..3]
+                .iter()
+                .chain(&sign[7..])
+                .copied()
+                .collect::<Vec<_>>(),
+            &[],
+        )?;
+        assert!(!ok);
+        assert!(err.contains("cannot sign"), "{alg}: {err}");
+        // A private key the configuration's public key does not match is refused.
+        let stranger = rcgen::KeyPair::generate_for(rcgen_alg)?;
+        std::fs::write(d.join("private.pem"), stranger.serialize_pem())?;
+        let (ok, out, err) = run(d, &sign, &[])?;
+        assert!(!ok && out.is_empty(), "{alg}: a mismatched key signed");
+        assert!(err.contains("bad signature"), "{alg}: {err}");
+    }
+    Ok(())
+}
+
+/// deploy/compose.yaml configures Quiver through `QUIVER_*` variables only: exactly those, with
+/// its file paths pointed at real files here, pass `config check` without a warning.
+#[test]
+fn the_compose_files_environment_passes_config_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let compose_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/compose.yaml");
+    let compose = std::fs::read_to_string(compose_path)?;
+    // A certificate pair and a secret stand in for the mounted ones.
+    let (ok, _, err) = run(d, &["cert", "--out", "tls"], &[])?;
+    assert!(ok, "{err}");
+    std::fs::write(d.join("jwt-secret"), GOOD_SECRET)?;
+    let local = |value: &str| -> String {
+        match value {
+            "/etc/quiver/tls/fullchain.pem" => d.join("tls/dev-cert.pem"),
+            "/etc/quiver/tls/privkey.pem" => d.join("tls/dev-key.pem"),
+            "/run/secrets/quiver-jwt" => d.join("jwt-secret"),
+            other => return other.to_owned(),
+        }
+        .display()
+        .to_string()
+    };
+    let env: Vec<(String, String)> = compose
+        .lines()
+        .filter_map(|line| line.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("QUIVER_"))
+        .map(|(k, v)| (k.to_owned(), local(v.trim().trim_matches('"'))))
+        .collect();
+    assert!(env.len() >= 5, "no QUIVER_ variables found in compose.yaml");
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "QUIVER_CERT" && v.starts_with(&*d.to_string_lossy())),
+        "the certificate path was not replaced: {env:?}"
+    );
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, out, err) = run(d, &["config", "check", "--deny-warnings"], &env_refs)?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("HS256 secret from auth.jwt_secret_file"),
+        "{out}"
+    );
+    assert!(out.contains("broker: NATS nats://nats:4222"), "{out}");
+    assert!(out.contains("WebTransport: udp [::]:4433"), "{out}");
+    Ok(())
+}
+
+/// `quiver serve` logs the same warning as `config check` for a misspelt variable, and starts.
+#[test]
+fn serve_warns_about_unknown_quiver_variables() -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir()?;
+    let mut child = quiver_tests::process::serve_command(dir.path())?
+        .env("QUIVER_TIMEOUTS_IDLE", "5s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let mut warned = false;
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        if line.contains("QUIVER_TIMEOUTS_IDLE is not a configuration key")
+            && line.contains("did you mean QUIVER_TIMEOUTS__IDLE?")
+        {
+            warned = true;
+        }
+        // The server is up once it prints its addresses.
+        if line.contains("quiver: WebTransport on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning before the server was up");
+    Ok(())
+}
+
+/// A key set, from a file and from a URL (served here on loopback, as an identity provider
+/// would): `--kid` names the key, and a token without one is refused as the server would.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_signs_and_checks_against_a_key_set() -> Result<()> {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_owned();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    std::fs::write(d.join("private.pem"), pair.serialize_pem())?;
+    // Uncompressed point: 0x04, x, y.
+    let raw = pair.public_key_raw();
+    let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "x": b64(&raw[1..33]),
+        "y": b64(&raw[33..65]), "kid": "k1", "use": "sig", "alg": "ES256"}]});
+    std::fs::write(d.join("jwks.json"), jwks.to_string())?;
+    std::fs::write(d.join("file.toml"), "[auth]\njwks_file = \"jwks.json\"\n")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!(
+        "http://127.0.0.1:{}/jwks.json",
+        listener.local_addr()?.port()
+    );
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    std::fs::write(
+        d.join("url.toml"),
+        format!("[auth]\njwks_url = \"{url}\"\n"),
+    )?;
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for config in ["file.toml", "url.toml"] {
+            let sign = |extra: &[&str]| {
+                let mut args = vec![
+                    "token",
+                    "--config",
+                    config,
+                    "--private-key",
+                    "private.pem",
+                    "--algorithm",
+                    "ES256",
+                    "--tenant",
+                    "acme",
+                    "--user",
+                    "ada",
+                    "--subscribe",
+                    "a",
+                ];
+                args.extend_from_slice(extra);
+                run(&d, &args, &[])
+            };
+            let (ok, out, err) = sign(&["--kid", "k1"])?;
+            assert!(ok, "{config}: {err}");
+            let (ok, out, err) = run(
+                &d,
+                &["token", "--config", config, "--check", out.trim()],
+                &[],
+            )?;
+            assert!(ok, "{config}: {err}");
+            assert!(out.contains("public key from auth.jwks_"), "{out}");
+            let (ok, out, err) = sign(&[])?;
+            assert!(!ok && out.is_empty(), "{config}: signed without a kid");
+            assert!(err.contains("no kid"), "{config}: {err}");
+            let (ok, _, err) = sign(&["--kid", "k2"])?;
+            assert!(!ok);
+            assert!(err.contains("unknown kid"), "{config}: {err}");
+        }
+        Ok(())
+    })
+    .await?
+}

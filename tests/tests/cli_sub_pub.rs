@@ -1,0 +1,264 @@
+//! `quiver sub` and `quiver pub` as processes against a real server: what they print, how they
+//! publish (--count, --rate, stdin), and what `sub` says when it reconnects.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use quiver_server::config::{NamespaceConfig, NatsConfig};
+use quiver_tests::nats::NatsServer;
+use quiver_tests::process::quiver_command;
+use quiver_tests::*;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// Connection flags for the server: its URL and certificate hash, WebTransport only, a token.
+fn conn_args(server: &TestServer, token: &str) -> Vec<String> {
+    vec![
+        "--url".into(),
+        server.url(),
+        "--cert-hash".into(),
+        hex::encode(server.hash),
+        "--transport".into(),
+        "webtransport".into(),
+        "--token".into(),
+        token.into(),
+    ]
+}
+
+fn command(server: &TestServer, sub: &str, token: &str) -> Result<Command> {
+    let mut cmd = Command::from(quiver_command(server.dir.path())?);
+    cmd.arg(sub)
+        .args(conn_args(server, token))
+        .kill_on_drop(true);
+    Ok(cmd)
+}
+
+struct Sub {
+    _child: Child,
+    out: Lines<BufReader<ChildStdout>>,
+    err: Lines<BufReader<ChildStderr>>,
+}
+
+impl Sub {
+    /// `quiver sub EXTRA...`, once it says it is subscribed.
+    async fn start(server: &TestServer, token: &str, extra: &[&str]) -> Result<Self> {
+        let mut child = command(server, "sub", token)?
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let out = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let err = BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let mut sub = Self {
+            _child: child,
+            out,
+            err,
+        };
+        sub.stderr_until("quiver: subscribed to").await?;
+        Ok(sub)
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        match tokio::time::timeout(WAIT, self.out.next_line()).await?? {
+            Some(line) => Ok(line),
+            None => bail!("quiver sub ended"),
+        }
+    }
+
+    /// Stderr lines up to and including the first containing `needle`.
+    async fn stderr_until(&mut self, needle: &str) -> Result<Vec<String>> {
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT * 3, self.err.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    let done = line.contains(needle);
+                    seen.push(line);
+                    if done {
+                        return Ok(seen);
+                    }
+                }
+                _ => bail!("no {needle:?} on stderr; saw {seen:#?}"),
+            }
+        }
+    }
+}
+
+/// `quiver pub ARGS` with `stdin`; exit status and stderr.
+async fn publish(
+    server: &TestServer,
+    token: &str,
+    args: &[&str],
+    stdin: &str,
+) -> Result<(bool, String)> {
+    let mut child = command(server, "pub", token)?
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().context("stdin")?;
+    input.write_all(stdin.as_bytes()).await?;
+    drop(input);
+    let out = tokio::time::timeout(WAIT, child.wait_with_output()).await??;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn sub_prints_the_room_with_each_message_and_json() -> Result<()> {
+    let server = TestServer::start().await?;
+    let token = full_token("acme", "cli");
+    let mut several = Sub::start(&server, &token, &["a.one", "a.two"]).await?;
+    let mut single = Sub::start(&server, &token, &["a.one"]).await?;
+    let mut json = Sub::start(&server, &token, &["--format", "json", "a.one", "a.two"]).await?;
+    for (room, message) in [("a.one", "hello"), ("a.two", "wor ld")] {
+        let (ok, err) = publish(&server, &token, &[room, message], "").await?;
+        assert!(ok, "{err}");
+    }
+    let mut lines = vec![several.line().await?, several.line().await?];
+    lines.sort();
+    assert_eq!(lines, ["a.one\thello", "a.two\twor ld"]);
+    // One room: the payload alone, as before.
+    assert_eq!(single.line().await?, "hello");
+    let mut objects = Vec::new();
+    for _ in 0..2 {
+        objects.push(serde_json::from_str::<serde_json::Value>(
+            &json.line().await?,
+        )?);
+    }
+    objects.sort_by_key(|o| o["room"].as_str().map(str::to_owned));
+    assert_eq!(
+        objects,
+        [
+            serde_json::json!({"room": "a.one", "position": null, "payload": "hello"}),
+            serde_json::json!({"room": "a.two", "position": null, "payload": "wor ld"}),
+        ]
+    );
+    // A payload that is not UTF-8 is given in base64.
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(token.clone()),
+    ))
+    .await?;
+    client.publish_ack("a.two", vec![0xff, 0x00, 0x41]).await?;
+    client.close().await;
+    let binary: serde_json::Value = serde_json::from_str(&json.line().await?)?;
+    assert_eq!(
+        binary,
+        serde_json::json!({"room": "a.two", "position": null, "payload_base64": "/wBB"})
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn pub_count_rate_and_stdin() -> Result<()> {
+    let server = TestServer::start().await?;
+    let token = token("acme", "cli", &["b.>"], &["b.x"], 3600);
+    let mut sub = Sub::start(&server, &token, &["b.x"]).await?;
+
+    let (ok, err) = publish(&server, &token, &["b.x", "m{seq}", "--count", "5"], "").await?;
+    assert!(ok, "{err}");
+    assert!(err.contains("published 5 messages to b.x"), "{err}");
+    for n in 1..=5 {
+        assert_eq!(sub.line().await?, format!("m{n}"));
+    }
+
+    let (ok, err) = publish(&server, &token, &["b.x"], "l1\nl2\n\nl4\n").await?;
+    assert!(ok, "{err}");
+    for expected in ["l1", "l2", "", "l4"] {
+        assert_eq!(sub.line().await?, expected);
+    }
+
+    // 4 messages at 20 per second: three waits of 50 ms between them at the least.
+    let started = Instant::now();
+    let (ok, err) = publish(
+        &server,
+        &token,
+        &["b.x", "r{seq}", "--count", "4", "--rate", "20"],
+        "",
+    )
+    .await?;
+    assert!(ok, "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "--rate was not applied"
+    );
+    for n in 1..=4 {
+        assert_eq!(sub.line().await?, format!("r{n}"));
+    }
+
+    // Refusals: by the server (no publish permission), and of flags that make no sense.
+    let (ok, err) = publish(&server, &token, &["b.y", "nope"], "").await?;
+    assert!(!ok);
+    assert!(err.contains("publish to b.y"), "{err}");
+    let (ok, err) = publish(&server, &token, &["b.x", "--count", "2"], "x\n").await?;
+    assert!(!ok);
+    assert!(err.contains("--count"), "{err}");
+    let (ok, err) = publish(&server, &token, &["b.x", "x", "--rate", "0"], "").await?;
+    assert!(!ok);
+    assert!(err.contains("--rate"), "{err}");
+    Ok(())
+}
+
+/// On NATS (history survives a server restart): after the server restarts, `sub` says the
+/// connection was lost, that it reconnected, and per room whether recovery worked.
+#[tokio::test]
+async fn sub_reports_reconnects_and_recovery() -> Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.namespaces = vec![NamespaceConfig {
+            name: "h".into(),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+            ..Default::default()
+        }];
+    })
+    .await?;
+    let token = full_token("acme", "cli");
+    let mut sub = Sub::start(
+        &server,
+        &token,
+        &["--format", "json", "h.room", "live.room"],
+    )
+    .await?;
+    let (ok, err) = publish(&server, &token, &["h.room", "before"], "").await?;
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(&sub.line().await?)?;
+    assert_eq!(first["payload"], "before");
+    // Positions are strings: u64 epochs do not survive JSON numbers in JavaScript.
+    assert!(first["position"]["epoch"].is_string(), "{first}");
+
+    server.restart().await?;
+    let mut seen = sub.stderr_until("reconnected over webtransport").await?;
+    let lost = seen.iter().any(|l| l.contains("connection lost"));
+    seen.extend(sub.stderr_until("live.room:").await?);
+    let text = seen.join("\n");
+    assert!(lost, "{text}");
+    if !text.contains("h.room: recovered") {
+        seen.extend(sub.stderr_until("h.room:").await?);
+    }
+    let text = seen.join("\n");
+    assert!(
+        text.contains("h.room: recovered, 0 missed message(s) replayed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("live.room: resubscribed without recovery"),
+        "{text}"
+    );
+
+    // And it keeps printing.
+    let (ok, err) = publish(&server, &token, &["live.room", "after"], "").await?;
+    assert!(ok, "{err}");
+    let next: serde_json::Value = serde_json::from_str(&sub.line().await?)?;
+    assert_eq!(
+        (next["room"].as_str(), next["payload"].as_str()),
+        (Some("live.room"), Some("after"))
+    );
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The `latest` lane (issue 15, PROTOCOL.md §10): values of `latest` rooms go as QUIC datagrams
+//! when they fit, else on the room's stream with their sequence; a subscriber that cannot keep
+//! up gets the newest value, never a queue and never `slow_consumer`; clients publish to them by
+//! datagram, checked like any publish.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_proto::datagram::{Latest, PublishDatagram};
+use quiver_proto::{
+    decode_event, Command, ErrorCode, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
+};
+use quiver_server::config::{DeliveryMode, NamespaceConfig};
+use quiver_tests::*;
+use tokio_tungstenite::tungstenite::Message;
+
+/// `game` delivers `latest`; everything else is reliable.
+async fn server(tweak: impl FnOnce(&mut quiver_server::Config)) -> Result<TestServer> {
+    TestServer::start_with(|c| {
+        c.namespaces.push(NamespaceConfig {
+            name: "game".into(),
+            mode: DeliveryMode::Latest,
+            ..Default::default()
+        });
+        tweak(c);
+    })
+    .await
+}
+
+fn subscription_id(reply: &Event) -> Option<u64> {
+    match reply {
+        Event::Subscribed { subscription, .. } => *subscription,
+        _ => None,
+    }
+}
+
+/// The next datagram of the session, decoded.
+async fn datagram(raw: &Raw) -> Result<(u64, u64, Bytes)> {
+    let d = tokio::time::timeout(WAIT, raw.conn().receive_datagram())
+        .await
+        .context("no datagram")??;
+    let payload = d.payload();
+    let latest = Latest::decode(&payload)?;
+    Ok((
+        latest.subscription,
+        latest.sequence,
+        Bytes::copy_from_slice(latest.payload),
+    ))
+}
+
+/// Publishes with an ack (so the value is in the subscribers' slots when this returns).
+async fn publish(raw: &mut Raw, room: &str, payload: Vec<u8>) -> Result<()> {
+    match raw.publish(room, &payload).await? {
+        Event::Published { .. } => Ok(()),
+        other => bail!("publish to {room}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn latest_values_arrive_as_datagrams_with_the_subscription_id() -> Result<()> {
+    let server = server(|_| {}).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let (reply, _stream) = sub.subscribe_from("game.arena", None).await?;
+    let id = subscription_id(&reply).context("a latest room's Subscribed carries an id")?;
+    let (reliable, _other) = sub.subscribe_from("chat.x", None).await?;
+    assert_eq!(subscription_id(&reliable), None, "{reliable:?}");
+
+    let mut last = 0;
+    for n in 1..=5u8 {
+        publish(&mut publisher, "game.arena", vec![n; 40]).await?;
+        let (got_id, sequence, payload) = datagram(&sub).await?;
+        assert_eq!(got_id, id);
+        assert!(sequence > last, "sequences grow: {sequence} after {last}");
+        last = sequence;
+        assert_eq!(payload, vec![n; 40]);
+    }
+    let page = server.metrics().await?;
+    assert!(metric_sum(&page, "quiver_datagrams_sent_total", &[]) >= 5.0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_value_too_large_for_a_datagram_goes_on_the_stream_with_its_sequence() -> Result<()> {
+    let server = server(|_| {}).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let (reply, mut stream) = sub.subscribe_from("game.map", None).await?;
+    let id = subscription_id(&reply).context("id")?;
+    let max = sub.conn().max_datagram_size().context("datagrams")?;
+
+    publish(&mut publisher, "game.map", vec![1; 8]).await?;
+    let (_, first, _) = datagram(&sub).await?;
+    publish(&mut publisher, "game.map", vec![2; max + 100]).await?;
+    match stream.next().await?.event {
+        Event::Latest {
+            room,
+            sequence,
+            payload,
+        } => {
+            assert_eq!(room, "game.map");
+            assert_eq!(
+                sequence,
+                first + 1,
+                "the stream value is in the same sequence"
+            );
+            assert_eq!(payload.len(), max + 100);
+        }
+        other => bail!("expected Latest on the stream, got {other:?}"),
+    }
+    publish(&mut publisher, "game.map", vec![3; 8]).await?;
+    let (got_id, third, payload) = datagram(&sub).await?;
+    assert_eq!(
+        (got_id, third, &payload[..]),
+        (id, first + 2, &[3u8; 8][..])
+    );
+    Ok(())
+}
+
+/// A subscriber that reads nothing while 400 values of 16 KiB (too large for datagrams, so on
+/// its stream) are published: far past its stream's flow-control window and the queue a
+/// reliable room allows (`subscriber_queue` 8). A reliable room's subscriber is dropped as a
+/// slow consumer; the `latest` one keeps its subscription, and once it reads it gets a few
+/// values, the last of them the newest.
+#[tokio::test]
+async fn a_stalled_reader_gets_the_newest_value_not_a_queue_and_is_never_a_slow_consumer(
+) -> Result<()> {
+    let server = server(|c| {
+        c.limits.subscriber_queue = 8;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let (_, mut game) = sub.subscribe_from("game.big", None).await?;
+    let (_, _chat) = sub.subscribe_from("chat.big", None).await?;
+    let n = 400u32;
+    for i in 1..=n {
+        let mut payload = vec![0u8; 16 * 1024];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        publish(&mut publisher, "game.big", payload.clone()).await?;
+        if i <= 200 {
+            publish(&mut publisher, "chat.big", payload).await?;
+        }
+    }
+    // On the control stream: the reliable room ended as a slow consumer, the latest one not.
+    let ping = sub.send(Command::Ping).await?;
+    let mut ended = Vec::new();
+    loop {
+        let frame = sub.recv().await?;
+        if let Event::Unsubscribed { room, code, .. } = &frame.event {
+            ended.push((room.clone(), *code));
+        }
+        if frame.id == ping {
+            break;
+        }
+    }
+    assert_eq!(
+        ended,
+        vec![("chat.big".to_owned(), ErrorCode::SlowConsumer.as_u16())]
+    );
+
+    let mut received = 0;
+    loop {
+        match game.next().await?.event {
+            Event::Latest {
+                sequence, payload, ..
+            } => {
+                received += 1;
+                assert_eq!(&payload[..4], &(sequence as u32).to_be_bytes());
+                if sequence == u64::from(n) {
+                    break;
+                }
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        received < n / 2,
+        "{received} of {n} values reached the reader: stale values were queued"
+    );
+    let page = server.metrics().await?;
+    assert!(metric_sum(&page, "quiver_latest_conflated_total", &[]) > 0.0);
+    // Still subscribed, still delivering.
+    publish(&mut publisher, "game.big", vec![7; 16 * 1024]).await?;
+    assert!(
+        matches!(game.next().await?.event, Event::Latest { sequence, .. } if sequence == u64::from(n) + 1)
+    );
+    Ok(())
+}
+
+/// The same over WebSocket: a socket nobody reads, 1,000 values of 16 KiB into its `latest`
+/// room, no `slow_consumer`, and the reader then gets far fewer values than were published,
+/// ending with the newest.
+#[tokio::test]
+async fn websocket_latest_rooms_are_conflated_server_side() -> Result<()> {
+    let server = server(|c| {
+        c.limits.subscriber_queue = 8;
+        c.limits.commands_per_second = 10_000;
+    })
+    .await?;
+    let mut deaf = deaf_websocket(&server, "deaf", "game.ws").await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    // Read up to the `Subscribed` reply, then stop reading.
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    'subscribed: loop {
+        let message = tokio::time::timeout(WAIT, deaf.next())
+            .await
+            .context("no Subscribed")?
+            .context("socket ended")??;
+        if let Message::Binary(data) = message {
+            decoder.push(&data);
+            while let Some(body) = decoder.next_frame()? {
+                if let Event::Subscribed { subscription, .. } = decode_event(&body)?.event {
+                    assert!(
+                        subscription.is_some(),
+                        "a latest room over WebSocket has an id too"
+                    );
+                    break 'subscribed;
+                }
+            }
+        }
+    }
+    let n = 1000u32;
+    for i in 1..=n {
+        let mut payload = vec![0u8; 16 * 1024];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        publisher
+            .send(Command::Publish {
+                room: "game.ws".into(),
+                payload: Bytes::from(payload),
+                ack: i == n,
+            })
+            .await?;
+    }
+    loop {
+        if matches!(publisher.recv().await?.event, Event::Published { .. }) {
+            break;
+        }
+    }
+    let mut latest = 0;
+    let mut received = 0;
+    while latest < u64::from(n) {
+        let message = tokio::time::timeout(WAIT, deaf.next())
+            .await
+            .context("socket went quiet")?
+            .context("socket ended")??;
+        let Message::Binary(data) = message else {
+            continue;
+        };
+        decoder.push(&data);
+        while let Some(body) = decoder.next_frame()? {
+            let ServerFrame { event, .. } = decode_event(&body)?;
+            match event {
+                Event::Latest {
+                    sequence, payload, ..
+                } => {
+                    assert!(sequence > latest, "in order on one socket");
+                    assert_eq!(&payload[..4], &(sequence as u32).to_be_bytes());
+                    latest = sequence;
+                    received += 1;
+                }
+                Event::Unsubscribed { code, .. } => bail!("subscription ended ({code})"),
+                Event::Goodbye { code, reason, .. } => bail!("closed ({code}: {reason})"),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        received < n / 2,
+        "{received} of {n} values were written: stale values were queued"
+    );
+    deaf.close(None).await?;
+    Ok(())
+}
+
+/// Datagram publications are checked like `Publish`: the room must be a `latest` one the token
+/// may publish to, the payload within `max_payload`, the datagram well formed. Refusals are
+/// dropped silently (there is no one to answer) and counted by reason.
+#[tokio::test]
+async fn datagram_publications_are_checked_like_any_publish() -> Result<()> {
+    let server = server(|c| c.limits.max_payload = 100).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let (reply, _a) = sub.subscribe_from("game.a", None).await?;
+    let id = subscription_id(&reply).context("id")?;
+    let (_, _b) = sub.subscribe_from("game.b", None).await?;
+    let (_, mut chat) = sub.subscribe_from("chat.c", None).await?;
+    let publisher =
+        Raw::connect(&server, &token("acme", "p", &[], &["game.a", "chat.c"], 60)).await?;
+    let send = |room: &str, payload: &[u8]| {
+        publisher
+            .conn()
+            .send_datagram(PublishDatagram { room, payload }.encode())
+    };
+    // Refused ones first; then one that passes, so everything before it was looked at.
+    send("game.b", b"no permission")?;
+    send("chat.c", b"not a latest room")?;
+    send("game.a", &[9; 101])?;
+    send("Game..A", b"bad name")?;
+    publisher.conn().send_datagram([0x85u8, 0x80])?;
+    let mut sent = 0u8;
+    let payload = loop {
+        // Datagrams may be lost, even on loopback: resend until one arrives.
+        sent += 1;
+        send("game.a", &[sent; 100])?;
+        match tokio::time::timeout(Duration::from_millis(500), sub.conn().receive_datagram()).await
+        {
+            Ok(d) => break d?.payload(),
+            Err(_) if sent < 10 => continue,
+            Err(_) => bail!("no datagram publication arrived"),
+        }
+    };
+    let latest = Latest::decode(&payload)?;
+    assert_eq!(latest.subscription, id);
+    assert_eq!(latest.payload.len(), 100);
+    // Nothing reached the other rooms.
+    sub.send(Command::Publish {
+        room: "chat.c".into(),
+        payload: Bytes::from_static(b"marker"),
+        ack: true,
+    })
+    .await?;
+    match chat.next().await?.event {
+        Event::Publication { payload, .. } => assert_eq!(&payload[..], b"marker"),
+        other => bail!("{other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), datagram(&sub))
+            .await
+            .is_err()
+            || sent > 1,
+        "game.b got a datagram it was not allowed"
+    );
+    let page = server.metrics().await?;
+    for reason in [
+        "permission_denied",
+        "not_latest",
+        "payload_too_large",
+        "invalid_room",
+        "malformed",
+    ] {
+        assert!(
+            metric_sum(
+                &page,
+                "quiver_datagrams_dropped_total",
+                &[("reason", reason)]
+            ) >= 1.0,
+            "no drop counted as {reason}"
+        );
+    }
+    Ok(())
+}
+
+/// A datagram flood over `commands_per_second` is metered like commands: the excess is dropped
+/// as `rate_limited`, and a flood far past it closes the session as `rate_abuse`.
+#[tokio::test]
+async fn datagram_publications_count_against_the_command_rate() -> Result<()> {
+    let server = server(|c| {
+        c.limits.commands_per_second = 10;
+        c.limits.abuse_factor = 3;
+    })
+    .await?;
+    let publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    for _ in 0..20 {
+        publisher.conn().send_datagram(
+            PublishDatagram {
+                room: "game.r",
+                payload: b"x",
+            }
+            .encode(),
+        )?;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = server.metrics().await?;
+        if metric_sum(
+            &page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "rate_limited")],
+        ) >= 1.0
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no datagram was rate limited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Far over: 30 refusals within the window is abuse. Datagrams can be lost, so keep sending
+    // (bounded) until the server closes.
+    let mut closed = None;
+    for _ in 0..50 {
+        for _ in 0..20 {
+            let _ = publisher.conn().send_datagram(
+                PublishDatagram {
+                    room: "game.r",
+                    payload: b"x",
+                }
+                .encode(),
+            );
+        }
+        if let Ok(e) =
+            tokio::time::timeout(Duration::from_millis(100), publisher.conn().closed()).await
+        {
+            closed = Some(e);
+            break;
+        }
+    }
+    match closed {
+        Some(wtransport::error::ConnectionError::ApplicationClosed(close)) => assert_eq!(
+            close.code().into_inner(),
+            u64::from(quiver_proto::CloseCode::RateAbuse.as_u16())
+        ),
+        other => bail!("expected a rate_abuse close, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// The Rust client: a `latest` subscription says so, yields values as they come (by datagram
+/// over WebTransport, by `Latest` frames over WebSocket), and `publish_unreliable` reaches it.
+async fn client_applies_the_newest_value(via: quiver_client::Transport) -> Result<()> {
+    use quiver_client::{token_fixed, DeliveryMode, SubEvent};
+    let server = server(|_| {}).await?;
+    let config = |user: &str| {
+        let mut c = client_config(&server, token_fixed(full_token("acme", user)));
+        c.ws_urls = vec![format!("ws://{}/v1/ws", server.http)];
+        c.transport = via;
+        c
+    };
+    let sub_client = quiver_client::Client::connect(config("s")).await?;
+    let publisher = quiver_client::Client::connect(config("p")).await?;
+    let mut sub = sub_client.subscribe("game.dots").await?;
+    assert_eq!(sub.mode(), DeliveryMode::Latest);
+    assert_eq!(
+        sub_client.subscribe("chat.dots").await?.mode(),
+        DeliveryMode::Reliable
+    );
+    // Datagrams may be lost: publish until a value arrives, then check the newest wins.
+    let mut got = None;
+    for n in 0..50u8 {
+        publisher
+            .publish_unreliable("game.dots", vec![n; 16])
+            .await?;
+        if let Ok(Some(SubEvent::Publication {
+            payload, position, ..
+        })) = tokio::time::timeout(Duration::from_millis(200), sub.recv()).await
+        {
+            assert_eq!(position, None);
+            got = Some(payload);
+            break;
+        }
+    }
+    let got = got.context("no value arrived")?;
+    assert_eq!(got.len(), 16);
+    // An acknowledged publish is reliable to the server: its value arrives (or a newer one).
+    publisher.publish_ack("game.dots", vec![200u8; 16]).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.recv()).await? {
+            Some(SubEvent::Publication { payload, .. }) if payload[0] == 200 => break,
+            Some(SubEvent::Publication { .. }) => {}
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    let stats = sub.latest_stats();
+    match via {
+        quiver_client::Transport::WebSocket => {
+            assert_eq!(stats.by_datagram, 0);
+            assert!(stats.by_stream >= 2, "{stats:?}");
+        }
+        _ => assert!(stats.by_datagram >= 1, "{stats:?}"),
+    }
+    sub_client.close().await;
+    publisher.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_rust_client_applies_latest_values_over_webtransport() -> Result<()> {
+    client_applies_the_newest_value(quiver_client::Transport::WebTransport).await
+}
+
+#[tokio::test]
+async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
+    client_applies_the_newest_value(quiver_client::Transport::WebSocket).await
+}

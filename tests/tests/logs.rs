@@ -1,0 +1,175 @@
+//! What `quiver serve` writes on stderr, read from a real process as a log pipeline would:
+//! `--log-format json` gives one JSON object per line, with one line per session open and close
+//! carrying who, how, how long, why and how much; text logs carry no colour codes into a pipe;
+//! NATS being unreachable is said once, at WARN, without the URL's credentials; no token or
+//! secret ever appears.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use quiver_tests::process::{read_ready, serve_command};
+use quiver_tests::*;
+
+struct Logged {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    ready: serde_json::Value,
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Logged {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        let mut child = serve_command(dir)?
+            .args(["--jwt-secret", SECRET, "--self-signed"])
+            .args(extra)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting quiver")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("not poisoned").push(line);
+            }
+        });
+        let ready = read_ready(&mut child)?;
+        Ok(Self {
+            child,
+            lines,
+            ready,
+        })
+    }
+
+    fn port(&self, field: &str) -> Result<u16> {
+        let addr = self.ready[field]
+            .as_str()
+            .ok_or_else(|| anyhow!("no {field}"))?;
+        Ok(addr.parse::<std::net::SocketAddr>()?.port())
+    }
+
+    fn hash(&self) -> Result<[u8; 32]> {
+        hex::decode(self.ready["cert_sha256"].as_str().unwrap_or_default())?
+            .try_into()
+            .map_err(|_| anyhow!("bad hash"))
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().expect("not poisoned").clone()
+    }
+
+    /// The first JSON line whose `message` is `message` (within [`WAIT`]).
+    async fn wait_for(&self, message: &str) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for line in self.lines() {
+                let json: serde_json::Value = serde_json::from_str(&line)
+                    .with_context(|| format!("not a JSON line: {line:?}"))?;
+                if json["message"] == message {
+                    return Ok(json);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no {message:?} line in:\n{}", self.lines().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_session_open_and_close() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let token = full_token("acme", "alice");
+    let mut raw = Raw::connect_at(server.port("webtransport")?, server.hash()?, &token).await?;
+    let mut room = raw.subscribe("news").await?;
+    raw.publish("news", b"hello").await?;
+    room.next().await?;
+    raw.close().await;
+
+    let opened = server.wait_for("session opened").await?;
+    let closed = server.wait_for("session closed").await?;
+    assert_eq!(opened["session"], closed["session"]);
+    assert!(closed["session"].as_str().is_some_and(|s| !s.is_empty()));
+    for line in [&opened, &closed] {
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["tenant"], "acme");
+        assert_eq!(line["user"], "alice");
+        assert_eq!(line["transport"], "webtransport");
+        assert!(line["timestamp"].is_string());
+    }
+    assert_eq!(closed["reason"], "client_closed", "{closed}");
+    assert!(closed["duration_ms"].is_u64(), "{closed}");
+    // Hello, Subscribe, Publish in; the publication out; replies and frames counted in bytes.
+    assert_eq!(closed["messages_in"], 3, "{closed}");
+    assert_eq!(closed["messages_out"], 1, "{closed}");
+    assert!(
+        closed["bytes_out"].as_u64().is_some_and(|b| b > 5),
+        "{closed}"
+    );
+
+    // Every stderr line is JSON (no human extras), and none holds a credential.
+    let secret_fragment = &SECRET[..16];
+    let token_fragment = &token[token.len() - 20..];
+    for line in server.lines() {
+        serde_json::from_str::<serde_json::Value>(&line)
+            .with_context(|| format!("not a JSON line: {line:?}"))?;
+        assert!(
+            !line.contains(secret_fragment) && !line.contains(token_fragment),
+            "{line}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn text_logs_in_a_pipe_have_no_colour_and_nats_trouble_is_said_once() -> Result<()> {
+    // Nothing listens on port 1: NATS stays unreachable while async-nats retries many times.
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(
+        dir.path(),
+        &["--nats", "nats://ops:hunter2hunter2@127.0.0.1:1"],
+    )?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let warning = loop {
+        let lines = server.lines();
+        if let Some(w) = lines.iter().find(|l| l.contains("cannot reach nats")) {
+            break w.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no NATS warning:\n{}",
+            lines.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("nats://***@127.0.0.1:1"), "{warning}");
+    // Retries go on (async-nats backs off from a few ms); none of them is logged again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let lines = server.lines();
+    assert!(!lines.is_empty());
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("nats")).count(),
+        1,
+        "{}",
+        lines.join("\n")
+    );
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "colour code in {line:?}");
+        assert!(!line.contains("hunter2"), "{line}");
+    }
+    Ok(())
+}
