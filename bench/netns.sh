@@ -13,7 +13,7 @@
 # offloads turned off on the veth (ethtool), packets are segmented before crossing the pair, and
 # the receiving side drops single packets.
 #
-# Usage: netns.sh check | up | loss PERCENT | down      (root; down is idempotent)
+# Usage: netns.sh check | up | loss PERCENT | rate MBIT | down   (root; down is idempotent)
 set -euo pipefail
 NS=qvbench
 TABLE=qvbench
@@ -76,10 +76,22 @@ NFT
   fi
 }
 
+# Caps the server's sending rate towards the subscriber (a congested link), or lifts the cap
+# (RATE 0): tbf on the namespace side of the lossy pair.
+rate() {
+  local mbit=$1
+  [[ "$mbit" =~ ^[0-9]+$ ]] || { echo "netns: bad rate $mbit" >&2; exit 2; }
+  ip netns exec "$NS" tc qdisc del dev qvbl1 root 2>/dev/null || true
+  if [ "$mbit" -gt 0 ]; then
+    ip netns exec "$NS" tc qdisc add dev qvbl1 root tbf rate "${mbit}mbit" burst 32kb latency 100ms
+  fi
+}
+
 case "${1:-}" in
   check) check ;;
+  rate) rate "${2:?mbit}" ;;
   up) up ;;
   loss) loss "${2:?percent}" ;;
   down) down ;;
-  *) echo "usage: $0 check | up | loss PERCENT | down" >&2; exit 2 ;;
+  *) echo "usage: $0 check | up | loss PERCENT | rate MBIT | down" >&2; exit 2 ;;
 esac

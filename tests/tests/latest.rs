@@ -487,3 +487,75 @@ async fn the_rust_client_applies_latest_values_over_webtransport() -> Result<()>
 async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
     client_applies_the_newest_value(quiver_client::Transport::WebSocket).await
 }
+
+/// A datagram may overtake the `Hello` on the network: it is dropped, never taken for a first
+/// frame that is not `Hello` (which would close the session as a protocol error).
+#[tokio::test]
+async fn datagrams_before_hello_do_not_break_the_session() -> Result<()> {
+    let server = server(|_| {}).await?;
+    let conn = open_session(
+        &server,
+        &format!("/v1?token={}", full_token("acme", "early")),
+    )
+    .await?;
+    for _ in 0..5 {
+        conn.send_datagram(
+            PublishDatagram {
+                room: "game.early",
+                payload: b"too soon",
+            }
+            .encode(),
+        )?;
+    }
+    let mut raw = Raw::on(conn).await?;
+    let welcome = raw
+        .request(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "early".into(),
+        })
+        .await?;
+    assert!(matches!(welcome, Event::Welcome { .. }), "{welcome:?}");
+    assert!(matches!(raw.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// In a cluster, a datagram publication on one instance reaches a `latest` subscriber on
+/// another as a datagram: the lane rides the same broker path as every publication.
+#[tokio::test]
+async fn latest_values_cross_instances_over_nats() -> Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+        c.namespaces.push(NamespaceConfig {
+            name: "game".into(),
+            mode: DeliveryMode::Latest,
+            ..Default::default()
+        });
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let mut sub = Raw::connect(&b, &full_token("acme", "s")).await?;
+    let (reply, _stream) = sub.subscribe_from("game.far", None).await?;
+    let id = subscription_id(&reply).context("id")?;
+    let publisher = Raw::connect(&a, &full_token("acme", "p")).await?;
+    // Interest travels through NATS, and datagrams may be lost: resend until one arrives.
+    for n in 1..=50u8 {
+        publisher.conn().send_datagram(
+            PublishDatagram {
+                room: "game.far",
+                payload: &[n; 4],
+            }
+            .encode(),
+        )?;
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(200), sub.conn().receive_datagram()).await
+        {
+            let payload = d.payload();
+            let latest = Latest::decode(&payload)?;
+            assert_eq!(latest.subscription, id);
+            assert_eq!(latest.payload.len(), 4);
+            return Ok(());
+        }
+    }
+    bail!("no value crossed the instances")
+}

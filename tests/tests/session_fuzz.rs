@@ -104,6 +104,7 @@ async fn random_sessions(via: Via) -> anyhow::Result<()> {
             history_size: 50,
             history_ttl: std::time::Duration::from_secs(60),
             presence: false,
+            ..Default::default()
         });
     })
     .await?;

@@ -675,3 +675,35 @@ fn rustls_pemfile_cert(
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     Ok(tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(pem)?)
 }
+
+/// SSE carries `latest` rooms as `latest` events with their sequence (PROTOCOL.md §10), conflated
+/// like WebSocket.
+#[tokio::test]
+async fn sse_delivers_latest_values_with_their_sequence() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "game".into(),
+            mode: quiver_server::config::DeliveryMode::Latest,
+            ..Default::default()
+        })
+    })
+    .await?;
+    let t = token("acme", "reader", &["game.>"], &[], 3600);
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=game.s"), None).await?;
+    sse.expect("subscribed").await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut last = 0;
+    for n in 1..=3u8 {
+        assert!(matches!(
+            publisher.publish("game.s", &[n]).await?,
+            Event::Published { .. }
+        ));
+        let event = sse.expect("latest").await?;
+        assert_eq!(event.data["room"], "game.s");
+        let sequence = event.data["sequence"].as_u64().unwrap_or_default();
+        assert!(sequence > last, "{event:?}");
+        last = sequence;
+        assert_eq!(payload_of(&event), vec![n]);
+    }
+    Ok(())
+}

@@ -222,6 +222,29 @@ export async function startClientPage(page, pages, server, issue, options = {}) 
   return { started, tokensIssued: () => issued };
 }
 
+/**
+ * What the browser in `page` says about WebTransport datagrams on a session of its own to `url`
+ * (`maxDatagramSize`, high-water marks, max ages): facts for the README. Works on playwright and
+ * puppeteer pages.
+ */
+export function datagramLimits(page, { url, certSha256, token }) {
+  return page.evaluate(async ({ url, hash, jwt }) => {
+    const value = new Uint8Array(hash.match(/../g).map((h) => parseInt(h, 16)));
+    const wt = new WebTransport(`${url}?token=${jwt}`, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
+    await wt.ready;
+    const d = wt.datagrams;
+    const seen = {
+      maxDatagramSize: d.maxDatagramSize,
+      incomingHighWaterMark: d.incomingHighWaterMark,
+      outgoingHighWaterMark: d.outgoingHighWaterMark,
+      incomingMaxAge: d.incomingMaxAge,
+      outgoingMaxAge: d.outgoingMaxAge,
+    };
+    wt.close();
+    return seen;
+  }, { url, hash: certSha256, jwt: token });
+}
+
 /** Headless Firefox ESR through puppeteer-core (WebDriver BiDi); `prefs` are about:config prefs,
  *  e.g. `{ 'network.webtransport.enabled': false }`. */
 export async function launchFirefox(prefs = {}) {

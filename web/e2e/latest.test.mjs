@@ -8,6 +8,7 @@ import path from 'node:path';
 import {
   ARTIFACTS,
   SECRET,
+  datagramLimits,
   launchBrowser,
   newPage,
   quiver,
@@ -95,21 +96,7 @@ test('latest values reach Chromium as datagrams; an oversized one comes on the s
   assert.ok(applied >= 1 && applied <= 60, stats.value);
 
   // The browser's own view of the datagram limit, for the record.
-  const max = await sub.evaluate(async ({ url, hash, jwt }) => {
-    const value = new Uint8Array(hash.match(/../g).map((h) => parseInt(h, 16)));
-    const wt = new WebTransport(`${url}?token=${jwt}`, { serverCertificateHashes: [{ algorithm: 'sha-256', value }] });
-    await wt.ready;
-    const d = wt.datagrams;
-    const seen = {
-      maxDatagramSize: d.maxDatagramSize,
-      incomingHighWaterMark: d.incomingHighWaterMark,
-      outgoingHighWaterMark: d.outgoingHighWaterMark,
-      incomingMaxAge: d.incomingMaxAge,
-      outgoingMaxAge: d.outgoingMaxAge,
-    };
-    wt.close();
-    return seen;
-  }, { url: server.url, hash: server.certSha256, jwt: await token(everything('probe')) });
+  const max = await datagramLimits(sub, { url: server.url, certSha256: server.certSha256, token: await token(everything('probe')) });
   console.log(`# Chromium WebTransport.datagrams: ${JSON.stringify(max)}`);
   assert.ok(max.maxDatagramSize > 1000 && max.maxDatagramSize < 1500, JSON.stringify(max));
 
