@@ -108,7 +108,7 @@
 //! # Calls
 //!
 //! [`Client::call`] sends a command to the application's backend and returns its answer
-//! (PROTOCOL.md section 10); [`Client::call_with`] takes a deadline and an idempotency key
+//! (PROTOCOL.md section 11); [`Client::call_with`] takes a deadline and an idempotency key
 //! ([`CallOptions`]). Unlike publishes, calls are never buffered: while reconnecting they fail
 //! with [`ClientError::NotConnected`], so a command cannot run late or twice behind the
 //! application's back.

@@ -354,7 +354,7 @@ impl Rpc {
         decision
     }
 
-    /// A hook's answer (PROTOCOL.md §10.3).
+    /// A hook's answer (PROTOCOL.md §11.3).
     fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
         let answer: HookAnswer = serde_json::from_slice(body)
             .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))?;
