@@ -27,6 +27,52 @@ pub use config::{HookConfig, RpcConfig};
 pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
+/// Outcomes of a call, as labelled on [`RPC_CALLS`].
+const CALL_OUTCOMES: [&str; 5] = [
+    "ok",
+    "unavailable",
+    "timeout",
+    "backend_error",
+    "bad_answer",
+];
+/// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
+const HOOK_OUTCOMES: [&str; 7] = [
+    "allow",
+    "deny",
+    "replace",
+    "unavailable",
+    "timeout",
+    "backend_error",
+    "bad_answer",
+];
+
+/// Every call and hook series at zero from start-up (`crate::metrics`).
+pub(crate) fn register_zeros() {
+    for outcome in CALL_OUTCOMES {
+        metrics::counter!(RPC_CALLS, "outcome" => outcome).absolute(0);
+    }
+    for hook in [Hook::Subscribe, Hook::Publish] {
+        for outcome in HOOK_OUTCOMES {
+            metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+}
+
+/// The HELP text of the call and hook series (`crate::metrics`).
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        RPC_CALLS,
+        "Calls to the application's backend by outcome: ok, unavailable, timeout, backend_error, \
+         bad_answer"
+    );
+    metrics::describe_counter!(
+        HOOK_DECISIONS,
+        "Backend hook decisions by hook (subscribe, publish) and outcome: allow, deny, replace, \
+         or the failure (unavailable, timeout, backend_error, bad_answer) decided by fail_open"
+    );
+}
+
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Longest error message taken from a backend, in bytes (longer ones are cut).
