@@ -104,6 +104,14 @@
 //! `slow_consumer` code itself (and unsubscribes on the server), so one unread room never stalls
 //! the others. [`Client::publish`] is at-most-once; [`Client::publish_ack`] reports the
 //! server's answer.
+//!
+//! # Calls
+//!
+//! [`Client::call`] sends a command to the application's backend and returns its answer
+//! (PROTOCOL.md section 11); [`Client::call_with`] takes a deadline and an idempotency key
+//! ([`CallOptions`]). Unlike publishes, calls are never buffered: while reconnecting they fail
+//! with [`ClientError::NotConnected`], so a command cannot run late or twice behind the
+//! application's back.
 
 mod backoff;
 mod client;

@@ -3,9 +3,9 @@
 //! is disconnected. HTTP routing and hooks: `rpc_http.rs`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
 use quiver_client::{token_fixed, CallOptions, Client, ClientError, ConnectionState, ErrorCode};
@@ -26,8 +26,7 @@ fn header(msg: &async_nats::Message, name: &str) -> String {
 }
 
 /// A backend instance: its own NATS connection, in queue group `backends`, answering the
-/// methods under `subject`. `*.echo`-like behaviour by the method's last token:
-/// `slow` answers after 3 s, `fail` with status 500, `deny` with 403, anything else echoes
+/// methods under `subject`. Behaviour by the method's last token: `slow` answers after 8 s, `fail` with status 500, `deny` with 403, anything else echoes
 /// `NAME:payload`. Dropping the returned client and aborting the task is the backend dying.
 async fn backend(
     nats: &NatsServer,
@@ -39,7 +38,7 @@ async fn backend(
     let mut sub = client
         .queue_subscribe(subject.to_owned(), "backends".into())
         .await?;
-    client.flush().await?;
+    round_trip(&client).await;
     let name = name.to_owned();
     let responder = client.clone();
     let task = tokio::spawn(async move {
@@ -64,7 +63,7 @@ async fn backend(
                 let mut headers = async_nats::HeaderMap::new();
                 let body = match method_tail {
                     "slow" => {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        tokio::time::sleep(Duration::from_secs(8)).await;
                         Bytes::from_static(b"late")
                     }
                     "fail" => {
@@ -84,13 +83,32 @@ async fn backend(
     Ok((client, task))
 }
 
-async fn clustered(nats: &NatsServer) -> Result<TestServer> {
+/// A server on NATS. Deadlines are the defaults (5 s, at most 30 s) unless `cap` is given:
+/// generous, so a loaded test machine does not turn answers into timeouts.
+/// A request nobody answers, on `client`'s connection: when its "no responders" comes back,
+/// nats-server has processed everything this connection sent before (subscribes,
+/// unsubscribes). `flush` only writes them to the socket, and connections are not ordered with
+/// each other, so a call from Quiver's connection could otherwise overtake them.
+async fn round_trip(client: &async_nats::Client) {
+    let answer = client
+        .request("rpc-test.round-trip".to_owned(), Bytes::new())
+        .await;
+    assert!(answer.is_err(), "nobody answers the round-trip subject");
+}
+
+async fn clustered_with(nats: &NatsServer, cap: Option<Duration>) -> Result<TestServer> {
     TestServer::start_with(|c| {
         c.nats = Some(NatsConfig::new(nats.url()));
-        c.rpc.timeout = Duration::from_secs(1);
-        c.rpc.max_timeout = Duration::from_secs(1);
+        if let Some(cap) = cap {
+            c.rpc.timeout = cap;
+            c.rpc.max_timeout = cap;
+        }
     })
     .await
+}
+
+async fn clustered(nats: &NatsServer) -> Result<TestServer> {
+    clustered_with(nats, None).await
 }
 
 async fn connect(server: &TestServer, token: String) -> Result<Client> {
@@ -121,7 +139,8 @@ async fn nats_calls_reach_a_queue_group_and_go_on_when_one_backend_dies() -> Res
         };
         let answer = client
             .call_with("order.place", format!("#{i}"), options)
-            .await?;
+            .await
+            .with_context(|| format!("call #{i}"))?;
         let text = String::from_utf8(answer.to_vec())?;
         assert!(
             text == format!("b1:#{i}") || text == format!("b2:#{i}"),
@@ -151,14 +170,20 @@ async fn nats_calls_reach_a_queue_group_and_go_on_when_one_backend_dies() -> Res
         assert_eq!(ids.len(), 30, "request ids are unique");
     }
 
-    // b1 dies: its subscription goes with its connection.
+    // b1 dies: its subscription goes with it. A request on b1's own connection comes back
+    // (no responders) only after nats-server processed the unsubscribe before it: without that
+    // round trip a call could still be routed to b1 and be lost (connections are not ordered
+    // with each other; a backend dying mid-flight costs its callers a deadline_exceeded).
     b1.abort();
     let _ = b1.await;
-    b1_client.flush().await?;
+    round_trip(&b1_client).await;
     drop(b1_client);
     log.lock().unwrap().clear();
     for i in 0..10 {
-        let answer = client.call("order.place", format!("after {i}")).await?;
+        let answer = client
+            .call("order.place", format!("after {i}"))
+            .await
+            .with_context(|| format!("call after {i}"))?;
         assert_eq!(answer, format!("b2:after {i}").as_bytes());
     }
     assert!(log.lock().unwrap().iter().all(|s| s.backend == "b2"));
@@ -174,7 +199,7 @@ async fn nats_calls_reach_a_queue_group_and_go_on_when_one_backend_dies() -> Res
 #[tokio::test]
 async fn nats_failures_map_to_distinct_codes_and_deadlines_are_capped() -> Result<()> {
     let nats = NatsServer::start().await?;
-    let server = clustered(&nats).await?;
+    let server = clustered_with(&nats, Some(Duration::from_secs(3))).await?;
     let log = Log::default();
     let _backend = backend(&nats, "b1", "quiver.acme.rpc.order.>", log.clone()).await?;
     let client = connect(
@@ -193,18 +218,14 @@ async fn nats_failures_map_to_distinct_codes_and_deadlines_are_capped() -> Resul
     let (c, msg) = code(client.call_with("order.slow", "x", short).await);
     assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
 
-    // Asking for a minute gets the server's cap (1 s here): the backend would answer at 3 s.
+    // Asking for a minute gets the server's cap (3 s here): the backend would answer at 8 s,
+    // well inside a minute, so an uncapped deadline would read "late" instead.
     let long = CallOptions {
         timeout: Some(Duration::from_secs(60)),
         ..CallOptions::default()
     };
-    let started = Instant::now();
     let (c, msg) = code(client.call_with("order.slow", "x", long).await);
     assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "capped deadline"
-    );
 
     let (c, msg) = code(client.call("order.fail", "x").await);
     assert_eq!(c, Some(ErrorCode::BackendError));
@@ -338,11 +359,9 @@ async fn a_disconnected_client_fails_calls_at_once() -> Result<()> {
         anyhow::Ok(())
     })
     .await??;
-    let started = Instant::now();
+    // Not queued until a reconnect (that would end in a `Timeout`): refused at once.
     let err = client.call("order.place", "x").await.unwrap_err();
     assert_eq!(err, ClientError::NotConnected);
-    // Not queued until a reconnect, not waiting out the request timeout.
-    assert!(started.elapsed() < Duration::from_secs(1));
     client.close().await;
     Ok(())
 }
@@ -358,7 +377,7 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
             namespace: "order".into(),
             subscribe: true,
             publish: true,
-            timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
             fail_open: false,
         }];
     })
@@ -367,7 +386,7 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
     let mut hooks = backend
         .queue_subscribe("quiver.acme.hook.>".to_owned(), "backends".into())
         .await?;
-    backend.flush().await?;
+    round_trip(&backend).await;
     let subjects = Arc::new(Mutex::new(Vec::new()));
     let seen = subjects.clone();
     let responder = backend.clone();

@@ -70,7 +70,7 @@ async fn handle(
             "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
             "order.invalid" => (StatusCode::UNPROCESSABLE_ENTITY, "bad qty").into_response(),
             "order.slow" => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
                 Json(json!({"payload": b64(b"late")})).into_response()
             }
             "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
@@ -80,7 +80,7 @@ async fn handle(
             }
         },
         "subscribe" if room.starts_with("slow.") || room.starts_with("lax.") => {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
             Json(json!({"allow": true})).into_response()
         }
         "subscribe" if room == format!("order.{user}") => {
@@ -118,7 +118,13 @@ fn hook(namespace: &str, subscribe: bool, publish: bool, fail_open: bool) -> Hoo
         namespace: namespace.into(),
         subscribe,
         publish,
-        timeout: Duration::from_millis(300),
+        // Short where the backend is slow on purpose (5 s), generous where it answers at once,
+        // so a loaded machine does not turn answers into timeouts.
+        timeout: if namespace == "order" {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_millis(300)
+        },
         fail_open,
     }
 }
@@ -128,7 +134,7 @@ async fn server_for(url: &str) -> Result<TestServer> {
     TestServer::start_with(move |c| {
         c.rpc.url = Some(url);
         c.rpc.http_secret = Some(BACKEND_SECRET.into());
-        c.rpc.timeout = Duration::from_secs(1);
+        c.rpc.timeout = Duration::from_secs(3);
         c.rpc.max_in_flight = 2;
         c.rpc.hooks = vec![
             hook("order", true, true, false),
@@ -270,7 +276,7 @@ async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
     let (c, msg) = code(alice.subscribe("order.bob").await);
     assert_eq!(c, Some(ErrorCode::PermissionDenied));
     assert!(msg.contains("only the order's owner"), "{msg}");
-    // The backend takes 3 s; the hook allows 300 ms.
+    // The backend takes 5 s; the hook allows 300 ms.
     let (c, msg) = code(alice.subscribe("slow.room").await);
     assert_eq!(c, Some(ErrorCode::PermissionDenied));
     assert!(msg.contains("failed closed"), "{msg}");
@@ -545,5 +551,57 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
         .unwrap()
         .iter()
         .all(|l| !l.contains("secret-payload-text")));
+    Ok(())
+}
+
+/// `rpc.http_max_in_flight` bounds the server's HTTP requests to the backend: a call that finds
+/// no free slot waits within its own deadline, then gets `deadline_exceeded`.
+#[tokio::test]
+async fn http_requests_in_flight_are_bounded_server_wide() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.http_max_in_flight = 1;
+    })
+    .await?;
+    let first = connect(&server, "alice").await?;
+    let second = connect(&server, "bob").await?;
+    let slow = tokio::spawn(async move {
+        let options = quiver_client::CallOptions {
+            timeout: Some(Duration::from_secs(4)),
+            ..Default::default()
+        };
+        first.call_with("order.slow", "x", options).await
+    });
+    // Until the slow call holds the only slot.
+    tokio::time::timeout(WAIT, async {
+        while backend
+            .counts
+            .lock()
+            .unwrap()
+            .get("call")
+            .copied()
+            .unwrap_or(0)
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let quick = quiver_client::CallOptions {
+        timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    };
+    let (c, msg) = code(second.call_with("order.place", "y", quick).await);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
+    assert_eq!(
+        backend.counts.lock().unwrap()["call"],
+        1,
+        "it never reached the backend"
+    );
+    let (c, _) = code(slow.await?);
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded));
+    // The slot is free again.
+    assert_eq!(second.call("order.place", "z").await?, &b"placed:z"[..]);
     Ok(())
 }

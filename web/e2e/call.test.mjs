@@ -12,7 +12,7 @@ let server, pages, browser, certDir, backend;
 const seen = [];
 
 before(async () => {
-  // The application's backend: answers calls by the envelope of PROTOCOL.md §10.2.
+  // The application's backend: answers calls by the envelope of PROTOCOL.md §11.2.
   backend = createServer((req, res) => {
     let body = '';
     req.on('data', (c) => (body += c));

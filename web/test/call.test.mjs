@@ -1,4 +1,4 @@
-// QuiverClient.call (PROTOCOL.md §10) against the in-memory fake server: the Call command on the
+// QuiverClient.call (PROTOCOL.md §11) against the in-memory fake server: the Call command on the
 // wire, Reply and Error, AbortSignal, and no queueing while disconnected.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';

@@ -84,7 +84,12 @@ pub async fn start(settings: Settings) -> Result<Backend> {
             QUEUE.into(),
         )
         .await?;
-    nats.flush().await?;
+    // A request nobody answers, on this connection: its "no responders" comes back once
+    // nats-server has processed the subscriptions above (`flush` only writes them out), so
+    // calls made after `start` returns find this backend.
+    let _ = nats
+        .request("_order_backend.ready".to_owned(), "".into())
+        .await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;

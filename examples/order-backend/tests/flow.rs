@@ -20,7 +20,7 @@ async fn place_an_order_and_follow_it() -> anyhow::Result<()> {
             namespace: "order".into(),
             subscribe: true,
             publish: false,
-            timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
             fail_open: false,
         }];
     })

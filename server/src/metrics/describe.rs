@@ -57,6 +57,7 @@ pub(super) fn register_zeros() {
     metrics::gauge!(HISTORY_BYTES).set(0.0);
     metrics::gauge!(NATS_CONNECTED).set(0.0);
     metrics::counter!(NATS_RECONNECTS).absolute(0);
+    crate::rpc::register_zeros();
     // Histograms show their `_count` at zero once touched; these have no labels to wait for.
     for name in [
         DELIVERY_LATENCY,
@@ -238,6 +239,7 @@ pub(super) fn describe() {
         Unit::Seconds,
         "Time for JetStream to store a history room's publication and acknowledge it"
     );
+    crate::rpc::describe();
     describe_gauge!(
         JETSTREAM_CONSUMER_PENDING,
         "Messages JetStream still holds for this node's history consumers, by namespace \

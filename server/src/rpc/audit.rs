@@ -34,11 +34,6 @@ pub fn hook(
     decision: &Decision,
     took: Duration,
 ) {
-    let decided = match decision {
-        Decision::Allow => "allow",
-        Decision::Replace(_) => "replace",
-        Decision::Deny(_) => "deny",
-    };
     info!(
         target: "quiver::audit",
         kind = hook.label(),
@@ -48,7 +43,7 @@ pub fn hook(
         room = %room,
         request_id,
         outcome,
-        decision = decided,
+        decision = decision.label(),
         latency_ms = took.as_secs_f64() * 1000.0,
         "hook"
     );

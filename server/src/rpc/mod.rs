@@ -27,6 +27,52 @@ pub use config::{HookConfig, RpcConfig};
 pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
+/// Outcomes of a call, as labelled on [`RPC_CALLS`].
+const CALL_OUTCOMES: [&str; 5] = [
+    "ok",
+    "unavailable",
+    "timeout",
+    "backend_error",
+    "bad_answer",
+];
+/// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
+const HOOK_OUTCOMES: [&str; 7] = [
+    "allow",
+    "deny",
+    "replace",
+    "unavailable",
+    "timeout",
+    "backend_error",
+    "bad_answer",
+];
+
+/// Every call and hook series at zero from start-up (`crate::metrics`).
+pub(crate) fn register_zeros() {
+    for outcome in CALL_OUTCOMES {
+        metrics::counter!(RPC_CALLS, "outcome" => outcome).absolute(0);
+    }
+    for hook in [Hook::Subscribe, Hook::Publish] {
+        for outcome in HOOK_OUTCOMES {
+            metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+}
+
+/// The HELP text of the call and hook series (`crate::metrics`).
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        RPC_CALLS,
+        "Calls to the application's backend by outcome: ok, unavailable, timeout, backend_error, \
+         bad_answer"
+    );
+    metrics::describe_counter!(
+        HOOK_DECISIONS,
+        "Backend hook decisions by hook (subscribe, publish) and outcome: allow, deny, replace, \
+         or the failure (unavailable, timeout, backend_error, bad_answer) decided by fail_open"
+    );
+}
+
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Longest error message taken from a backend, in bytes (longer ones are cut).
@@ -123,6 +169,17 @@ pub enum Decision {
     /// Allowed with this payload instead of the client's (publish hooks only).
     Replace(Bytes),
     Deny(String),
+}
+
+impl Decision {
+    /// A metric and audit label.
+    fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Replace(_) => "replace",
+            Decision::Deny(_) => "deny",
+        }
+    }
 }
 
 /// Which hook.
@@ -320,56 +377,14 @@ impl Rpc {
             Route::Http(http) => http.hook(body, settings.timeout).await,
             Route::None => Err(RpcError::Unavailable("no backend configured".into())),
         };
-        let answer = asked.and_then(|body| {
-            serde_json::from_slice::<HookAnswer>(&body)
-                .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))
-        });
-        let decision = match answer {
-            Ok(HookAnswer {
-                allow: true,
-                payload: Some(p),
-                ..
-            }) if hook == Hook::Publish => match unb64(&p) {
-                Ok(p) if p.len() <= self.max_payload => Decision::Replace(p),
-                Ok(p) => self.failed(
-                    settings,
-                    RpcError::BadAnswer(format!(
-                        "replacement payload of {} bytes exceeds max_payload",
-                        p.len()
-                    )),
-                ),
-                Err(e) => self.failed(settings, e),
-            },
-            Ok(HookAnswer { allow: true, .. }) => Decision::Allow,
-            Ok(HookAnswer {
-                allow: false,
-                reason,
-                ..
-            }) => Decision::Deny(
-                reason
-                    .map(|r| backend_message(r.as_bytes(), 403))
-                    .unwrap_or_else(|| "denied by the backend".into()),
-            ),
-            Err(e) => {
-                metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => e.label())
-                    .increment(1);
-                let decision = self.failed(settings, e.clone());
-                audit::hook(
-                    hook,
-                    caller,
-                    room,
-                    &request_id,
-                    e.label(),
-                    &decision,
-                    started.elapsed(),
-                );
-                return decision;
+        // A failure (unreachable, late, nonsense) is labelled as such, then decided by
+        // `fail_open`.
+        let (decision, outcome) = match asked.and_then(|body| self.read_answer(hook, &body)) {
+            Ok(decision) => {
+                let outcome = decision.label();
+                (decision, outcome)
             }
-        };
-        let outcome = match decision {
-            Decision::Allow => "allow",
-            Decision::Replace(_) => "replace",
-            Decision::Deny(_) => "deny",
+            Err(e) => (self.failed(settings, &e), e.label()),
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
             .increment(1);
@@ -385,8 +400,36 @@ impl Rpc {
         decision
     }
 
+    /// A hook's answer (PROTOCOL.md §11.3).
+    fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
+        let answer: HookAnswer = serde_json::from_slice(body)
+            .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))?;
+        Ok(match answer {
+            HookAnswer {
+                allow: true,
+                payload: Some(p),
+                ..
+            } if hook == Hook::Publish => {
+                let p = unb64(&p)?;
+                if p.len() > self.max_payload {
+                    return Err(RpcError::BadAnswer(format!(
+                        "replacement payload of {} bytes exceeds max_payload",
+                        p.len()
+                    )));
+                }
+                Decision::Replace(p)
+            }
+            HookAnswer { allow: true, .. } => Decision::Allow,
+            HookAnswer { reason, .. } => Decision::Deny(
+                reason
+                    .map(|r| backend_message(r.as_bytes(), 403))
+                    .unwrap_or_else(|| "denied by the backend".into()),
+            ),
+        })
+    }
+
     /// A hook that could not be decided: deny, unless the namespace fails open.
-    fn failed(&self, settings: &HookConfig, error: RpcError) -> Decision {
+    fn failed(&self, settings: &HookConfig, error: &RpcError) -> Decision {
         if settings.fail_open {
             Decision::Allow
         } else {
@@ -413,6 +456,60 @@ mod tests {
         assert_eq!(code_for_status(429), ErrorCode::RateLimited);
         assert_eq!(code_for_status(500), ErrorCode::BackendError);
         assert_eq!(code_for_status(418), ErrorCode::BackendError);
+    }
+
+    #[test]
+    fn hook_answers_are_read_strictly() {
+        let rpc = Rpc {
+            config: RpcConfig::default(),
+            route: Route::None,
+            max_payload: 4,
+        };
+        let read = |hook, body: &str| rpc.read_answer(hook, body.as_bytes());
+        assert_eq!(
+            read(Hook::Subscribe, r#"{"allow":true}"#),
+            Ok(Decision::Allow)
+        );
+        // Only a publish hook may replace; a subscribe hook's payload means nothing.
+        assert_eq!(
+            read(Hook::Subscribe, r#"{"allow":true,"payload":"aGk="}"#),
+            Ok(Decision::Allow)
+        );
+        assert_eq!(
+            read(Hook::Publish, r#"{"allow":true,"payload":"aGk="}"#),
+            Ok(Decision::Replace(Bytes::from_static(b"hi")))
+        );
+        assert_eq!(
+            read(Hook::Publish, r#"{"allow":false}"#),
+            Ok(Decision::Deny("denied by the backend".into()))
+        );
+        for bad in [
+            r#"{"allow":true,"payload":"not base64!"}"#,
+            r#"{"allow":true,"payload":"aGVsbG8="}"#, // 5 bytes, over max_payload
+            r#"{"allowed":true}"#,
+            "yes",
+        ] {
+            assert!(
+                matches!(read(Hook::Publish, bad), Err(RpcError::BadAnswer(_))),
+                "{bad}"
+            );
+        }
+        let closed = HookConfig {
+            namespace: "a".into(),
+            subscribe: true,
+            publish: false,
+            timeout: Duration::from_secs(1),
+            fail_open: false,
+        };
+        let late = RpcError::Deadline(Duration::from_secs(1));
+        assert!(
+            matches!(rpc.failed(&closed, &late), Decision::Deny(m) if m.contains("failed closed"))
+        );
+        let open = HookConfig {
+            fail_open: true,
+            ..closed
+        };
+        assert_eq!(rpc.failed(&open, &late), Decision::Allow);
     }
 
     #[test]
