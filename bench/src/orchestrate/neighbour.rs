@@ -100,7 +100,9 @@ fn calm_params(args: &NeighbourArgs) -> LoadParams {
     LoadParams {
         rooms: args.calm_rooms.max(1),
         subs_per_room: args.calm_subs_per_room.max(1),
-        publishers: 1,
+        // One per room, 100/s each at the defaults: under the default per-session command limit
+        // (200/s), which the `defaults` server keeps.
+        publishers: args.calm_rooms.max(1),
         payload: 100,
         duration: args.duration,
         warmup: 0.5,
