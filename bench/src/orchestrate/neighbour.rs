@@ -68,7 +68,7 @@ pub struct NeighbourArgs {
     #[arg(long, default_value_t = 20_000.0)]
     pub noisy_paced_rate: f64,
     /// No new phase starts after this many seconds, so the report is always written.
-    #[arg(long, default_value_t = 110.0)]
+    #[arg(long, default_value_t = 220.0)]
     pub budget: f64,
     /// Also flood the server as deployed: default per-session limits, a per-address handshake
     /// limit, publishers from their own address that reconnect when closed.
