@@ -41,7 +41,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "/arena",
                 get(|| asset("text/html; charset=utf-8", ARENA_HTML)),
             )
-            .route("/arena.js", get(|| asset(JS, ARENA_JS)));
+            .route("/arena.js", get(|| asset(JS, ARENA_JS)))
+            .route(
+                "/orders",
+                get(|| asset("text/html; charset=utf-8", ORDERS_HTML)),
+            )
+            .route("/orders.js", get(|| asset(JS, ORDERS_JS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
     let alt_svc = shared.alt_svc.clone();
@@ -93,6 +98,8 @@ const DEMO_JS: &str = include_str!("../../web/demo/demo.js");
 const DEMO_CSS: &str = include_str!("../../web/demo/demo.css");
 const ARENA_HTML: &str = include_str!("../../web/demo/arena.html");
 const ARENA_JS: &str = include_str!("../../web/demo/arena.js");
+const ORDERS_HTML: &str = include_str!("../../web/demo/orders.html");
+const ORDERS_JS: &str = include_str!("../../web/demo/orders.js");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
@@ -157,6 +164,12 @@ async fn bootstrap(
         subscribe: vec![">".into()],
         publish: vec!["chat.>".into()],
     };
+    // The orders page calls `order.*` on the example backend (`call` is not in `Claims`, which
+    // every token issuer shares).
+    let Ok(mut claims) = serde_json::to_value(&claims) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    claims["call"] = json!(["order.*"]);
     let Ok(token) = sign_hs256(&dev.secret, &claims) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
