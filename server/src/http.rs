@@ -46,7 +46,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "/orders",
                 get(|| asset("text/html; charset=utf-8", ORDERS_HTML)),
             )
-            .route("/orders.js", get(|| asset(JS, ORDERS_JS)));
+            .route("/orders.js", get(|| asset(JS, ORDERS_JS)))
+            .route("/boot.js", get(|| asset(JS, BOOT_JS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
     let alt_svc = shared.alt_svc.clone();
@@ -100,6 +101,8 @@ const ARENA_HTML: &str = include_str!("../../web/demo/arena.html");
 const ARENA_JS: &str = include_str!("../../web/demo/arena.js");
 const ORDERS_HTML: &str = include_str!("../../web/demo/orders.html");
 const ORDERS_JS: &str = include_str!("../../web/demo/orders.js");
+/// What the demo pages share: the development token and client set-up.
+const BOOT_JS: &str = include_str!("../../web/demo/boot.js");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()

@@ -1,22 +1,9 @@
 // Arena demo: one `latest` room carrying the positions of 48 dots, published by the server at
 // 60 Hz in development mode (server/src/demo.rs). Shows the transport, the share of updates that
 // arrived as datagrams, and the age of the newest value.
-import { QuiverClient } from './quiver.js';
+import { $, devClient, failed, showError } from './boot.js';
 
 const ROOM = 'arena.dots';
-const $ = (id) => document.getElementById(id);
-
-async function bootstrap(user) {
-  const query = user ? `?user=${encodeURIComponent(user)}` : '';
-  const res = await fetch(`/dev/bootstrap${query}`, { cache: 'no-store' });
-  if (!res.ok) throw new Error(`GET /dev/bootstrap: HTTP ${res.status} (is the server in development mode?)`);
-  return res.json();
-}
-
-function showError(message) {
-  $('error').textContent = message;
-  $('error').hidden = !message;
-}
 
 /** Decodes a frame: publish time (f64 ms), then u16 x, y per dot. */
 function decode(payload) {
@@ -28,33 +15,10 @@ function decode(payload) {
 }
 
 async function main() {
-  let boot = await bootstrap();
-  let firstToken = boot.token;
-  const pinned = new URLSearchParams(location.search).get('transport');
-  const client = new QuiverClient({
-    ...(pinned === 'websocket' || pinned === 'webtransport' ? { transports: [pinned] } : {}),
-    url: boot.url,
-    webSocketUrl: boot.ws_url,
-    serverCertificateHashes: [boot.cert_sha256],
-    token: async () => {
-      if (firstToken) {
-        const t = firstToken;
-        firstToken = null;
-        return t;
-      }
-      const fresh = await bootstrap(boot.user);
-      if (fresh.cert_sha256 !== boot.cert_sha256) location.reload();
-      boot = fresh;
-      return fresh.token;
-    },
-  });
+  const { client } = await devClient();
   client.on('state', (state) => {
-    $('state').textContent = state;
-    $('state').dataset.state = state;
     if (state === 'connected') showError('');
   });
-  client.on('error', (e) => showError(e.message));
-  client.on('transport', (t) => ($('transport').textContent = t === 'webtransport' ? 'WebTransport' : 'WebSocket'));
 
   let newest = null;
   let received = 0;
@@ -104,8 +68,4 @@ async function main() {
   }, 1000);
 }
 
-main().catch((e) => {
-  $('state').textContent = 'closed';
-  $('state').dataset.state = 'closed';
-  showError(e.message);
-});
+main().catch(failed);

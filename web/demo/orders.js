@@ -2,23 +2,11 @@
 // backend (examples/order-backend) answers with the order id and publishes the order's status
 // events to the room `order.<id>`, which the page subscribes to. Commands go to the backend,
 // events come back through a subscription.
-import { QuiverClient, QuiverError } from './quiver.js';
+import { QuiverError } from './quiver.js';
+import { $, devClient, failed, showError } from './boot.js';
 
-const $ = (id) => document.getElementById(id);
 const text = new TextEncoder();
 const untext = new TextDecoder();
-
-async function bootstrap(user) {
-  const query = user ? `?user=${encodeURIComponent(user)}` : '';
-  const res = await fetch(`/dev/bootstrap${query}`, { cache: 'no-store' });
-  if (!res.ok) throw new Error(`GET /dev/bootstrap: HTTP ${res.status} (is the server in development mode?)`);
-  return res.json();
-}
-
-function showError(message) {
-  $('error').textContent = message;
-  $('error').hidden = !message;
-}
 
 /** Why a call failed, in words a person can act on. */
 function explain(e) {
@@ -31,33 +19,8 @@ function explain(e) {
 }
 
 async function main() {
-  let boot = await bootstrap();
-  let firstToken = boot.token;
-  $('user').textContent = boot.user;
-  const pinned = new URLSearchParams(location.search).get('transport');
-  const client = new QuiverClient({
-    ...(pinned === 'websocket' || pinned === 'webtransport' ? { transports: [pinned] } : {}),
-    url: boot.url,
-    webSocketUrl: boot.ws_url,
-    serverCertificateHashes: [boot.cert_sha256],
-    token: async () => {
-      if (firstToken) {
-        const t = firstToken;
-        firstToken = null;
-        return t;
-      }
-      const fresh = await bootstrap(boot.user);
-      if (fresh.cert_sha256 !== boot.cert_sha256) location.reload();
-      boot = fresh;
-      return fresh.token;
-    },
-  });
-  client.on('state', (state) => {
-    $('state').textContent = state;
-    $('state').dataset.state = state;
-  });
-  client.on('error', (e) => showError(e.message));
-  client.on('transport', (t) => ($('transport').textContent = t === 'webtransport' ? 'WebTransport' : 'WebSocket'));
+  const { client, user } = await devClient();
+  $('user').textContent = user;
 
   // For devtools and the browser tests: order id → statuses seen.
   const orders = new Map();
@@ -103,8 +66,4 @@ async function main() {
   });
 }
 
-main().catch((e) => {
-  $('state').textContent = 'closed';
-  $('state').dataset.state = 'closed';
-  showError(e.message);
-});
+main().catch(failed);

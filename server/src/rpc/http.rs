@@ -34,7 +34,7 @@ struct CallAnswer {
 
 impl HttpRoute {
     pub fn new(url: &str, config: &RpcConfig) -> Result<Self, RpcSetupError> {
-        ensure_crypto_provider();
+        crate::http_client::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .pool_max_idle_per_host(config.http_idle_connections)
@@ -137,11 +137,4 @@ impl HttpRoute {
 /// reqwest's message without the URL (it may carry credentials): what reaches clients and logs.
 fn without_url(e: reqwest::Error) -> String {
     e.without_url().to_string()
-}
-
-/// reqwest is built without a bundled TLS provider (no aws-lc, FACTS.md): install ring's as the
-/// process default before the first client is built. Later calls (and a provider someone else
-/// installed first) are fine.
-pub fn ensure_crypto_provider() {
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
 }
