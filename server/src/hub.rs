@@ -1,7 +1,8 @@
 //! The local room index: (tenant, room) → this instance's subscribers, and the fan-out of one
 //! publication to them.
 //!
-//! The fan-out encodes a publication once and hands the same `Bytes` to every subscriber's
+//! The fan-out encodes a publication once and hands the same `Bytes` to every subscriber: into
+//! its stream directly when its writer is idle (`subscription::Direct`), else to its
 //! bounded queue with `try_send`: a full queue costs only that subscriber (it is cancelled as a
 //! slow consumer), never the publisher or the other subscribers. The lock is a std `RwLock`
 //! held only for map work, never across an `.await`.
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::latest::Slot;
 use crate::metrics as m;
+use crate::subscription::Direct;
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,6 +61,9 @@ pub struct Subscriber {
     /// In `latest` rooms: the newest publication waiting for the writer (`crate::latest`).
     /// Publications go there instead of the queue, which then carries only room events.
     pub latest: Option<Arc<Slot>>,
+    /// The subscription's own stream when its writer is idle: the fan-out writes into it
+    /// directly instead of queueing (`crate::subscription::Direct`).
+    pub direct: Option<Arc<Direct>>,
 }
 
 #[derive(Default)]
@@ -151,7 +156,11 @@ impl Hub {
                 return 0;
             };
             for sub in subs {
-                match sub.queue.try_send(delivery.clone()) {
+                let offered = match &sub.direct {
+                    Some(direct) => direct.offer(&sub.queue, &delivery),
+                    None => sub.queue.try_send(delivery.clone()),
+                };
+                match offered {
                     Ok(()) => delivered += 1,
                     // `latest` subscribers are never slow consumers: a room event that finds
                     // no room is dropped for them alone.
@@ -256,6 +265,7 @@ mod tests {
                 overflow: CancellationToken::new(),
                 deliveries: metrics::Counter::noop(),
                 latest: None,
+                direct: None,
             },
             rx,
         )

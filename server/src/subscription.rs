@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use quiver_proto::ErrorCode;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wtransport::{Connection, VarInt};
+use wtransport::{Connection, SendStream, VarInt};
 
 use crate::hub::Delivery;
 use crate::latest::{self, Slot};
@@ -56,6 +57,8 @@ pub struct Writer {
     pub latest: Option<Arc<Slot>>,
     /// The stream's send priority (its namespace's `priority`).
     pub priority: i32,
+    /// Where the writer lends its idle stream to the hub (own-stream, non-`latest` rooms).
+    pub direct: Option<Arc<Direct>>,
 }
 
 impl Writer {
@@ -70,7 +73,7 @@ impl Writer {
                 return self.run_shared(out).await;
             }
         };
-        let mut stream = tokio::select! {
+        let stream = tokio::select! {
             _ = self.overflow.cancelled() => return self.report_overflow(),
             opened = tokio::time::timeout(self.open_deadline, open(&conn)) => match opened {
                 Ok(Some(s)) => s,
@@ -87,39 +90,49 @@ impl Writer {
         };
         stream.set_priority(self.priority);
         let slot = self.latest.clone();
-        let mut batch = std::mem::take(&mut self.preamble);
+        // The frames of one write, as the hub encoded them: quinn takes `Bytes` without copying,
+        // so a frame is never copied between the hub and the QUIC send buffer.
+        let mut batch = Batch::default();
+        batch.push(Bytes::from(std::mem::take(&mut self.preamble)), false);
         // When the oldest live frame in `batch` reached the hub (the replay has none).
         let mut oldest = None;
-        // Live frames in `batch`.
-        let mut frames = 0;
+        // `None` while the stream is lent to the hub (the writer is idle).
+        let mut stream = Some(stream);
         loop {
             if batch.is_empty() {
+                if let Some(direct) = &self.direct {
+                    if let Some(idle) = stream.take() {
+                        stream = direct.lend(idle, &self.queue, self.skip_through).err();
+                    }
+                }
                 tokio::select! {
                     biased;
                     _ = self.overflow.cancelled() => break,
                     msg = self.queue.recv() => match msg {
                         Some(first) if self.fresh(&first) => {
-                            batch.extend_from_slice(&first.frame);
+                            batch.push(first.frame, true);
                             oldest = Some(first.entered);
-                            frames += 1;
                         }
                         Some(_) => {}
-                        None => return,
+                        None => {
+                            drop(self.reclaim(stream));
+                            return;
+                        }
                     },
                     // A datagram when it fits, else a frame for this stream.
                     (sequence, payload) = latest::next(slot.as_deref()) => {
                         if let Some(frame) = latest::send(Some(&conn), self.sub_id, &self.room, sequence, payload) {
-                            batch.extend_from_slice(&frame);
+                            batch.push(frame, false);
                         }
                     }
                 }
+                stream = self.reclaim(stream);
             }
-            while batch.len() < MAX_BATCH {
+            while batch.bytes < MAX_BATCH {
                 match self.queue.try_recv() {
                     Ok(more) if self.fresh(&more) => {
-                        batch.extend_from_slice(&more.frame);
+                        batch.push(more.frame, true);
                         oldest.get_or_insert(more.entered);
-                        frames += 1;
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -128,26 +141,36 @@ impl Writer {
             if batch.is_empty() {
                 continue;
             }
+            let Some(out) = stream.as_mut() else {
+                return;
+            };
             tokio::select! {
                 biased;
                 _ = self.overflow.cancelled() => break,
-                written = stream.write_all(&batch) => if written.is_err() {
+                written = out.quic_stream_mut().write_all_chunks(&mut batch.chunks) => if written.is_err() {
                     // The client stopped the stream (or is gone): the subscription is over.
                     let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                     return;
                 },
             }
-            hot::delivery_bytes().increment(batch.len() as u64);
-            self.tally.sent(batch.len(), std::mem::take(&mut frames));
+            hot::delivery_bytes().increment(batch.bytes as u64);
+            self.tally.sent(batch.bytes, batch.live);
             if let Some(entered) = oldest.take() {
                 hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
             batch.clear();
         }
-        let _ = stream.reset(VarInt::from_u32(u32::from(
-            ErrorCode::SlowConsumer.as_u16(),
-        )));
+        if let Some(mut stream) = self.reclaim(stream) {
+            let _ = stream.reset(VarInt::from_u32(u32::from(
+                ErrorCode::SlowConsumer.as_u16(),
+            )));
+        }
         self.report_overflow();
+    }
+
+    /// The stream back from the hub, if it was lent.
+    fn reclaim(&self, stream: Option<SendStream>) -> Option<SendStream> {
+        stream.or_else(|| self.direct.as_ref().and_then(|d| d.reclaim()))
     }
 
     fn fresh(&self, delivery: &Delivery) -> bool {
@@ -209,6 +232,129 @@ impl Writer {
             sub_id: self.sub_id,
             cause: Some((ErrorCode::SlowConsumer, "subscriber queue overflowed")),
         });
+    }
+}
+
+/// A subscription's stream while its writer is idle, lent to the hub so that a publication is
+/// written straight into it from the fan-out: no queue, no wake-up of the writer task, one hop
+/// fewer per delivery. The lock orders the two: the hub writes directly only while the stream
+/// is lent and nothing waits in the queue; otherwise it queues, and the writer takes the stream
+/// back before it writes. Either way frames reach the stream in the order the hub saw them.
+pub struct Direct {
+    lent: std::sync::Mutex<Option<Lent>>,
+    tally: Arc<crate::metrics::Tally>,
+}
+
+struct Lent {
+    stream: SendStream,
+    skip_through: Option<u64>,
+}
+
+impl Direct {
+    pub fn new(tally: Arc<crate::metrics::Tally>) -> Arc<Self> {
+        Arc::new(Self {
+            lent: std::sync::Mutex::new(None),
+            tally,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Lent>> {
+        self.lent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lends the idle writer's stream, unless something was queued meanwhile (then it comes
+    /// straight back, and the writer writes that first).
+    fn lend(
+        &self,
+        stream: SendStream,
+        queue: &mpsc::Receiver<Delivery>,
+        skip_through: Option<u64>,
+    ) -> Result<(), SendStream> {
+        let mut lent = self.lock();
+        if !queue.is_empty() {
+            return Err(stream);
+        }
+        *lent = Some(Lent {
+            stream,
+            skip_through,
+        });
+        Ok(())
+    }
+
+    fn reclaim(&self) -> Option<SendStream> {
+        self.lock().take().map(|l| l.stream)
+    }
+
+    /// One delivery from the hub: written now if the stream is lent and takes it whole, else
+    /// queued for the writer (what the stream took already is not queued again).
+    pub fn offer(
+        &self,
+        queue: &mpsc::Sender<Delivery>,
+        delivery: &Delivery,
+    ) -> Result<(), mpsc::error::TrySendError<Delivery>> {
+        let mut lent = self.lock();
+        let Some(idle) = lent
+            .as_mut()
+            .filter(|_| queue.capacity() == queue.max_capacity())
+        else {
+            return queue.try_send(delivery.clone());
+        };
+        if let (Some(seen), Some(offset)) = (idle.skip_through, delivery.offset) {
+            if offset <= seen {
+                return Ok(());
+            }
+        }
+        let mut rest = [delivery.frame.clone()];
+        let written = idle
+            .stream
+            .quic_stream_mut()
+            .write_chunks(&mut rest)
+            .now_or_never();
+        if matches!(written, Some(Ok(_))) && rest[0].is_empty() {
+            let len = delivery.frame.len();
+            hot::delivery_bytes().increment(len as u64);
+            self.tally.sent(len, 1);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        // Out of stream credit, or the client stopped the stream: the writer takes over, and
+        // finds out which when it writes the rest.
+        let [rest] = rest;
+        queue.try_send(Delivery {
+            offset: delivery.offset,
+            frame: rest,
+            entered: delivery.entered,
+        })
+    }
+}
+
+/// Frames waiting for one stream write.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// Live publications among them (for the session's tally).
+    live: u64,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Bytes, live: bool) {
+        if frame.is_empty() {
+            return;
+        }
+        self.bytes += frame.len();
+        self.live += u64::from(live);
+        self.chunks.push(frame);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+        self.live = 0;
     }
 }
 

@@ -151,6 +151,44 @@ async fn a_hundred_rooms_on_one_connection(via: Via) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fan-out writes straight into an idle subscription stream, and queues once the stream is
+/// out of flow-control credit (a frame cut in the middle included): a reader that pauses past
+/// its window, then reads again, gets every publication whole and in order.
+#[tokio::test]
+async fn a_reader_paused_past_its_stream_window_gets_everything_in_order() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 100_000).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    let mut paused = Raw::connect(&server, &full_token("acme", "paused")).await?;
+    let mut room = paused.subscribe("feed").await?;
+    // 300 × 10,001 bytes: about twice the stream window (1.25 MB), well under the queue (1,024),
+    // and not a multiple of anything, so the window runs out inside a frame.
+    let n = 300u16;
+    for round in 0..2u16 {
+        for i in 0..n {
+            let mut payload = vec![0u8; 10_001];
+            payload[..2].copy_from_slice(&(round * n + i).to_be_bytes());
+            publ.send(Command::Publish {
+                room: "feed".into(),
+                payload: Bytes::from(payload),
+                ack: false,
+            })
+            .await?;
+        }
+        assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+        // Everything published is with the server now; only then does the reader read.
+        for i in 0..n {
+            let got = room.payload().await?;
+            assert_eq!(got.len(), 10_001);
+            assert_eq!(
+                u16::from_be_bytes([got[0], got[1]]),
+                round * n + i,
+                "in order"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_stalled_subscriber_costs_only_itself() -> anyhow::Result<()> {
     let queue = 256;

@@ -590,6 +590,7 @@ mod tests {
                 overflow: Default::default(),
                 deliveries: metrics::Counter::noop(),
                 latest: None,
+                direct: None,
             },
         );
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();

@@ -13,7 +13,7 @@ use super::{Refusal, Session, Sub};
 use crate::auth::unix_now;
 use crate::hub::{publication_frame, RoomKey, Subscriber};
 use crate::metrics as m;
-use crate::subscription::{Ended, Sink, Writer};
+use crate::subscription::{Direct, Ended, Sink, Writer};
 use crate::transport::Peer;
 
 impl Session {
@@ -54,6 +54,11 @@ impl Session {
             .config
             .latest(&key.room)
             .then(|| std::sync::Arc::new(crate::latest::Slot::default()));
+        let own_stream =
+            matches!(self.link.peer, Peer::Quic(_)) && !self.shared.config.ablation.single_stream;
+        // `latest` rooms keep their slot and datagrams; every other own-stream subscription
+        // lets the fan-out write into its idle stream.
+        let direct = (own_stream && latest.is_none()).then(|| Direct::new(self.tally.clone()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
         let first = self.shared.hub.subscribe(
@@ -67,6 +72,7 @@ impl Session {
                     "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
                 ),
                 latest: latest.clone(),
+                direct: direct.clone(),
             },
         );
         let prepared = async {
@@ -124,9 +130,7 @@ impl Session {
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
         let sink = match &self.link.peer {
-            Peer::Quic(conn) if !self.shared.config.ablation.single_stream => {
-                Sink::OwnStream(conn.clone())
-            }
+            Peer::Quic(conn) if own_stream => Sink::OwnStream(conn.clone()),
             _ => Sink::Shared(self.out.clone()),
         };
         let shared_sink = matches!(sink, Sink::Shared(_));
@@ -144,6 +148,7 @@ impl Session {
                 room: key.room.to_string(),
                 latest: latest.clone(),
                 priority: self.shared.config.priority(&key.room),
+                direct,
             }
             .run(),
         );
