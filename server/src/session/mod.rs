@@ -181,7 +181,9 @@ pub async fn run(
             Exit::Close(CloseCode::OverQuota, e.to_string())
         }
     };
-    session.release().await;
+    // Boxed, like the command handlers in `drive`: run only once, and inline they would size
+    // every idle session's task.
+    Box::pin(session.release()).await;
     let end = match exit {
         Exit::Gone(reason) => End {
             close: None,
@@ -254,10 +256,10 @@ impl Session {
                 }
                 Some(kick) = kicks.recv() => match kick.room {
                     None => return Exit::Close(kick.code, kick.reason),
-                    Some(room) => self.unsubscribed_by_backend(room, kick.reason).await,
+                    Some(room) => Box::pin(self.unsubscribed_by_backend(room, kick.reason)).await,
                 },
-                Some(end) = ended.recv() => self.subscription_ended(end).await,
-                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => self.call_done(done).await,
+                Some(end) = ended.recv() => Box::pin(self.subscription_ended(end)).await,
+                Some(done) = self.calls.join_next(), if !self.calls.is_empty() => Box::pin(self.call_done(done)).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
                         // A datagram publication: nobody to tell.
@@ -273,7 +275,10 @@ impl Session {
                 // until one is answered: the client sees flow control, not an error.
                 item = inbound.recv(), if !self.publishing.is_full() => match item {
                     Some(Inbound::Frame(frame, arrived)) => {
-                        if let Some(exit) = self.command(*frame, arrived).await {
+                        // Handlers are boxed: inline, the largest of them would size every idle
+                        // session's task (measured: bench/results/2026-11-29-memory.md); boxed,
+                        // they cost one allocation per command.
+                        if let Some(exit) = Box::pin(self.command(*frame, arrived)).await {
                             return exit;
                         }
                     }
@@ -283,7 +288,7 @@ impl Session {
                         Err(exit) => return exit,
                     },
                     Some(Inbound::Datagram(datagram, arrived)) => {
-                        if let Some(exit) = self.datagram(datagram, arrived).await {
+                        if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
                             return exit;
                         }
                     }

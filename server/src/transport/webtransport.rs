@@ -94,18 +94,32 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
 }
 
 async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
+    // The handshake's futures are boxed, and freed when it ends: inline, they would size this
+    // task (held for the whole session) by the handshake's largest stage, not the session's.
+    if let Some((conn, grant)) = Box::pin(establish(shared, incoming)).await {
+        serve(shared.clone(), conn, grant).await;
+    }
+}
+
+/// The handshake: QUIC and TLS, SETTINGS and CONNECT (deadline `timeouts.handshake`), then the
+/// checks on path, origin, capacity and token. `None`: refused (the client has been told) or
+/// failed.
+async fn establish(
+    shared: &Arc<Shared>,
+    incoming: IncomingSession,
+) -> Option<(Connection, crate::auth::Grant)> {
     // Dropping the pending request at the deadline closes its connection (vendor/README.md).
     let request = match tokio::time::timeout(shared.config.timeouts.handshake, incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
             count_refused(T, "handshake");
-            return;
+            return None;
         }
         Err(_) => {
             debug!("no CONNECT within the handshake deadline");
             count_refused(T, "handshake_timeout");
-            return;
+            return None;
         }
     };
     let (path, query) = match request.path().split_once('?') {
@@ -113,13 +127,16 @@ async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
         None => (request.path(), None),
     };
     if path != quiver_proto::CONNECT_PATH {
-        return refuse(request, Refused::NotFound).await;
+        refuse(request, Refused::NotFound).await;
+        return None;
     }
     if let Err(refused) = check_origin(shared, request.origin()) {
-        return refuse(request, refused).await;
+        refuse(request, refused).await;
+        return None;
     }
     if let Err(refused) = admit(shared) {
-        return refuse(request, refused).await;
+        refuse(request, refused).await;
+        return None;
     }
     let authorization = request
         .headers()
@@ -128,18 +145,25 @@ async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
         .map(|(_, v)| v.as_str());
     let token = match credentials(authorization, query) {
         Ok(token) => token,
-        Err(refused) => return refuse(request, refused).await,
+        Err(refused) => {
+            refuse(request, refused).await;
+            return None;
+        }
     };
     match shared.authenticate(&token) {
         Ok(grant) => match request.accept().await {
-            Ok(conn) => serve(shared.clone(), conn, grant).await,
-            Err(e) => debug!(error = %e, "accept failed"),
+            Ok(conn) => Some((conn, grant)),
+            Err(e) => {
+                debug!(error = %e, "accept failed");
+                None
+            }
         },
         Err(e) => {
             // The reason, never the token.
             info!(remote = %request.remote_address(), reason = %e, transport = T.label(), "session refused");
             count_refused(T, e.label());
             request.forbidden().await;
+            None
         }
     }
 }

@@ -125,28 +125,29 @@ pub enum TrySendError<T> {
     Closed(T),
 }
 
+// QUIVER PATCH (boxed channel values): values travel boxed, see `Driver` in `mod.rs`.
 #[derive(Debug)]
 pub struct BiChannelEndpoint<T> {
-    sender: mpsc::Sender<T>,
-    receiver: Mutex<mpsc::Receiver<T>>,
+    sender: mpsc::Sender<Box<T>>,
+    receiver: Mutex<mpsc::Receiver<Box<T>>>,
 }
 
 impl<T> BiChannelEndpoint<T> {
     #[inline(always)]
     pub async fn send(&self, value: T) -> Result<(), SendError> {
-        self.sender.send(value).await.map_err(|_| SendError)
+        self.sender.send(Box::new(value)).await.map_err(|_| SendError)
     }
 
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        self.sender.try_send(value).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(value) => TrySendError::Full(value),
-            mpsc::error::TrySendError::Closed(value) => TrySendError::Closed(value),
+        self.sender.try_send(Box::new(value)).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(value) => TrySendError::Full(*value),
+            mpsc::error::TrySendError::Closed(value) => TrySendError::Closed(*value),
         })
     }
 
     #[inline(always)]
     pub async fn recv(&self) -> Option<T> {
-        self.receiver.lock().await.recv().await
+        self.receiver.lock().await.recv().await.map(|value| *value)
     }
 }
 
