@@ -113,6 +113,33 @@ struct Bulk {
     ended: AtomicU64,
 }
 
+/// The measured publisher's clock: `rate` ticks per second for `total`, late ticks caught up
+/// (the sent count stays `rate × total` on a busy machine).
+struct Paced {
+    tick: tokio::time::Interval,
+    end: tokio::time::Instant,
+}
+
+impl Paced {
+    fn new(rate: f64, total: Duration) -> Self {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        Self {
+            tick,
+            end: tokio::time::Instant::now() + total,
+        }
+    }
+
+    /// Waits for the next tick; false once the time is up.
+    async fn next(&mut self) -> bool {
+        if tokio::time::Instant::now() >= self.end {
+            return false;
+        }
+        self.tick.tick().await;
+        true
+    }
+}
+
 /// A payload of `size` bytes (at least 8) starting with the send time.
 fn stamped(size: usize) -> Vec<u8> {
     let mut payload = vec![0u8; size.max(8)];
@@ -187,12 +214,8 @@ async fn start_quiver(args: &Args, held: Arc<Held>, bulk: Arc<Bulk>) -> Result<S
     });
     let (room, size, rate) = (args.room.clone(), args.payload, args.rate);
     let publisher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let end = tokio::time::Instant::now() + total;
-        let mut sent = 0u64;
-        while tokio::time::Instant::now() < end {
-            tick.tick().await;
+        let (mut paced, mut sent) = (Paced::new(rate, total), 0u64);
+        while paced.next().await {
             pub_client.publish(&room, stamped(size)).await?;
             sent += 1;
         }
@@ -246,12 +269,8 @@ async fn start_socketio(args: &Args, held: Arc<Held>) -> Result<Started> {
     let total = Duration::from_secs_f64(args.warmup + args.duration);
     let (room, size, rate) = (args.room.clone(), args.payload.max(20), args.rate);
     let publisher = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let end = tokio::time::Instant::now() + total;
-        let mut sent = 0u64;
-        while tokio::time::Instant::now() < end {
-            tick.tick().await;
+        let (mut paced, mut sent) = (Paced::new(rate, total), 0u64);
+        while paced.next().await {
             let payload = format!("{:020}{}", now_ns(), "x".repeat(size - 20));
             publ.send(Message::text(format!(
                 "42[\"pub\",\"{room}\",\"{payload}\"]"
