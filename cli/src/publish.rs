@@ -141,8 +141,8 @@ async fn publish_unreliable(
     match client.subscribe(room).await {
         Ok(sub) => {
             let mode = sub.mode();
-            drop(sub);
             client.unsubscribe(room).await.ok();
+            drop(sub);
             if mode != DeliveryMode::Latest {
                 bail!(
                     "{room} is not in a `latest` namespace (it delivers {mode:?}): the server \
@@ -173,7 +173,9 @@ async fn publish_unreliable(
         .await
         .context("waiting for the datagrams to go out")?;
     if sent > 1 {
-        eprintln!("quiver: sent {sent} datagrams to {room} (unacknowledged)");
+        eprintln!(
+            "quiver: sent {sent} messages to {room} unacknowledged, as datagrams where they fit"
+        );
     }
     Ok(())
 }

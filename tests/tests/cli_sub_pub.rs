@@ -236,7 +236,7 @@ async fn pub_unreliable_sends_datagrams_to_latest_rooms() -> Result<()> {
     )
     .await?;
     assert!(ok, "{err}");
-    assert!(err.contains("sent 3 datagrams to game.pos"), "{err}");
+    assert!(err.contains("sent 3 messages to game.pos"), "{err}");
     // A `latest` room promises the newest value, not every one: what arrives is in order and
     // ends with the last (nothing is lost on loopback).
     let mut seen = Vec::new();
