@@ -13,7 +13,7 @@
 # offloads turned off on the veth (ethtool), packets are segmented before crossing the pair, and
 # the receiving side drops single packets.
 #
-# Usage: netns.sh check | up | loss PERCENT | rate MBIT | down   (root; down is idempotent)
+# Usage: netns.sh check | up | loss PERCENT | rate MBIT [LATENCY_MS] | down   (root; down is idempotent)
 set -euo pipefail
 NS=qvbench
 TABLE=qvbench
@@ -77,21 +77,23 @@ NFT
 }
 
 # Caps the server's sending rate towards the subscriber (a congested link), or lifts the cap
-# (RATE 0): tbf on the namespace side of the lossy pair.
+# (RATE 0): tbf on the namespace side of the lossy pair. LATENCY_MS (default 100) bounds how long
+# a packet may wait in tbf's queue: small, and the sender's own scheduler is where data waits.
 rate() {
-  local mbit=$1
+  local mbit=$1 latency=${2:-100}
   [[ "$mbit" =~ ^[0-9]+$ ]] || { echo "netns: bad rate $mbit" >&2; exit 2; }
+  [[ "$latency" =~ ^[0-9]+$ ]] || { echo "netns: bad latency $latency" >&2; exit 2; }
   ip netns exec "$NS" tc qdisc del dev qvbl1 root 2>/dev/null || true
   if [ "$mbit" -gt 0 ]; then
-    ip netns exec "$NS" tc qdisc add dev qvbl1 root tbf rate "${mbit}mbit" burst 32kb latency 100ms
+    ip netns exec "$NS" tc qdisc add dev qvbl1 root tbf rate "${mbit}mbit" burst 32kb latency "${latency}ms"
   fi
 }
 
 case "${1:-}" in
   check) check ;;
-  rate) rate "${2:?mbit}" ;;
+  rate) rate "${2:?mbit}" "${3:-100}" ;;
   up) up ;;
   loss) loss "${2:?percent}" ;;
   down) down ;;
-  *) echo "usage: $0 check | up | loss PERCENT | rate MBIT | down" >&2; exit 2 ;;
+  *) echo "usage: $0 check | up | loss PERCENT | rate MBIT [LATENCY_MS] | down" >&2; exit 2 ;;
 esac

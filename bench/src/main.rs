@@ -17,6 +17,7 @@ mod recorder;
 mod relay;
 mod report;
 mod scrape;
+mod socketio_wire;
 mod target;
 mod workload;
 

@@ -1,5 +1,6 @@
 //! `quiver pub`: publish one message, the same message --count times, or every line of stdin,
-//! optionally at a --rate, each acknowledged by the server.
+//! optionally at a --rate, each acknowledged by the server; or with --unreliable, each as a
+//! QUIC datagram to a `latest` room, unacknowledged (PROTOCOL.md §10).
 
 use std::time::Duration;
 
@@ -29,6 +30,12 @@ pub struct PubArgs {
     /// Messages per second at most [default: as fast as the acks come back]
     #[arg(long)]
     rate: Option<f64>,
+    /// Send each message as a QUIC datagram to a `latest` room: never acknowledged nor
+    /// retransmitted, only the newest value counts (one too large for a datagram goes on the
+    /// control stream instead). Needs WebTransport; the room's mode is checked first by
+    /// subscribing to it briefly, when the token allows that.
+    #[arg(long)]
+    unreliable: bool,
 }
 
 pub async fn publish(args: PubArgs) -> Result<()> {
@@ -77,6 +84,11 @@ pub async fn publish(args: PubArgs) -> Result<()> {
         }
         None => messages,
     };
+    if args.unreliable {
+        let result = publish_unreliable(&client, &args.room, messages).await;
+        client.close().await;
+        return result;
+    }
     let room = args.room.clone();
     let client_ref = &client;
     let mut acks = messages
@@ -109,4 +121,61 @@ pub async fn publish(args: PubArgs) -> Result<()> {
         eprintln!("quiver: published {published} messages to {}", args.room);
     }
     result
+}
+
+/// Datagram publishing: what can be checked is checked before the first message, because
+/// afterwards nothing comes back (the server drops a refused datagram without a word).
+async fn publish_unreliable(
+    client: &quiver_client::Client,
+    room: &str,
+    mut messages: impl Stream<Item = Result<Bytes>> + Unpin,
+) -> Result<()> {
+    use quiver_client::{ClientError, DeliveryMode, Transport};
+    match client.transport() {
+        Some(Transport::WebTransport) => {}
+        other => bail!(
+            "--unreliable needs QUIC datagrams, so a WebTransport session; this one runs over {}",
+            other.map_or("nothing (not connected)".to_string(), |t| format!("{t:?}"))
+        ),
+    }
+    match client.subscribe(room).await {
+        Ok(sub) => {
+            let mode = sub.mode();
+            client.unsubscribe(room).await.ok();
+            drop(sub);
+            if mode != DeliveryMode::Latest {
+                bail!(
+                    "{room} is not in a `latest` namespace (it delivers {mode:?}): the server \
+                     drops datagram publications to it; publish without --unreliable"
+                );
+            }
+        }
+        // Publishing may be allowed where subscribing is not: then the mode stays unknown.
+        Err(ClientError::Server { code, message }) => tracing::warn!(
+            code,
+            %message,
+            "cannot check that {room} is a `latest` room; datagrams to any other room are dropped"
+        ),
+        Err(e) => return Err(e).context("checking the room's mode"),
+    }
+    let mut sent = 0u64;
+    while let Some(message) = messages.next().await {
+        client
+            .publish_unreliable(room, message?)
+            .await
+            .with_context(|| format!("publish to {room} (after {sent} sent)"))?;
+        sent += 1;
+    }
+    // quinn sends queued datagrams with its next packets, and closing discards what is still
+    // queued: a ping's round trip gives them that time.
+    client
+        .ping()
+        .await
+        .context("waiting for the datagrams to go out")?;
+    if sent > 1 {
+        eprintln!(
+            "quiver: sent {sent} messages to {room} unacknowledged, as datagrams where they fit"
+        );
+    }
+    Ok(())
 }

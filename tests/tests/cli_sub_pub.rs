@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use quiver_server::config::{NamespaceConfig, NatsConfig};
+use quiver_server::config::{DeliveryMode, NamespaceConfig, NatsConfig};
 use quiver_tests::nats::NatsServer;
 use quiver_tests::process::quiver_command;
 use quiver_tests::*;
@@ -200,6 +200,81 @@ async fn pub_count_rate_and_stdin() -> Result<()> {
     let (ok, err) = publish(&server, &token, &["b.x", "x", "--rate", "0"], "").await?;
     assert!(!ok);
     assert!(err.contains("--rate"), "{err}");
+    Ok(())
+}
+
+/// `pub --unreliable`: datagrams to a `latest` room reach a real `quiver sub`; a room that is
+/// not `latest` and a session without datagrams (WebSocket) are refused up front, because the
+/// server drops a refused datagram without a word.
+#[tokio::test]
+async fn pub_unreliable_sends_datagrams_to_latest_rooms() -> Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(NamespaceConfig {
+            name: "game".into(),
+            mode: DeliveryMode::Latest,
+            ..Default::default()
+        });
+    })
+    .await?;
+    let token = full_token("acme", "cli");
+    let mut sub = Sub::start(&server, &token, &["game.pos"]).await?;
+    let received = |page: &str| metric_sum(page, "quiver_datagrams_received_total", &[]);
+    let before = received(&server.metrics().await?);
+    let (ok, err) = publish(
+        &server,
+        &token,
+        &[
+            "--unreliable",
+            "game.pos",
+            "p{seq}",
+            "--count",
+            "3",
+            "--rate",
+            "20",
+        ],
+        "",
+    )
+    .await?;
+    assert!(ok, "{err}");
+    assert!(err.contains("sent 3 messages to game.pos"), "{err}");
+    // A `latest` room promises the newest value, not every one: what arrives is in order and
+    // ends with the last (nothing is lost on loopback).
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("p3") {
+        seen.push(sub.line().await?);
+    }
+    assert!(
+        seen.iter()
+            .all(|l| ["p1", "p2", "p3"].contains(&l.as_str())),
+        "{seen:?}"
+    );
+    // They came as datagrams (the registry is shared by the process: at least ours).
+    let after = received(&server.metrics().await?);
+    assert!(
+        after - before >= 3.0,
+        "datagrams received {before} -> {after}"
+    );
+
+    let (ok, err) = publish(&server, &token, &["--unreliable", "live.pos", "x"], "").await?;
+    assert!(!ok);
+    assert!(
+        err.contains("live.pos is not in a `latest` namespace"),
+        "{err}"
+    );
+
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::from(quiver_command(server.dir.path())?)
+            .args(["pub", "--transport", "websocket", "--ws-url"])
+            .arg(format!("ws://{}/v1/ws", server.http))
+            .args(["--token", &token, "--unreliable", "game.pos", "x"])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await??;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--unreliable needs QUIC datagrams"), "{err}");
     Ok(())
 }
 
