@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Directory for server logs and certificates (default: a temporary one).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Directory of earlier runs (bench/results): the latest one of the same mode is the
+    /// reference for issue 14's "no regression" figures.
+    #[arg(long)]
+    pub baseline_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +100,9 @@ struct Plan {
     common_rate: f64,
     repeats: usize,
     rooms: (usize, usize, usize),
+    /// The many-rooms workload's offered rate (deliveries/s) every target gets; below
+    /// Socket.IO's many-rooms maximum.
+    rooms_common_rate: f64,
     connections: usize,
     hol_loss: Vec<u32>,
     /// Loss levels also measured through the delay relay (QUIC variants only).
@@ -130,6 +137,7 @@ impl Plan {
                 common_rate: 5_000.0,
                 repeats: 1,
                 rooms: (4, 2, 2),
+                rooms_common_rate: 1_000.0,
                 connections: 20,
                 hol_loss: vec![0, 2],
                 hol_delay_loss: vec![2],
@@ -146,6 +154,7 @@ impl Plan {
                 common_rate: 100_000.0,
                 repeats: 1,
                 rooms: (50, 4, 5),
+                rooms_common_rate: 50_000.0,
                 connections: 2000,
                 // 1% only in full mode: four variants at four levels would not fit 3 minutes.
                 hol_loss: vec![0, 2, 5],
@@ -163,6 +172,7 @@ impl Plan {
                 common_rate: 100_000.0,
                 repeats: 3,
                 rooms: (500, 4, 20),
+                rooms_common_rate: 100_000.0,
                 // Up to 20,000 in the issue; TCP peers need a descriptor per session on both sides
                 // and the hard limit here is 20,000.
                 connections: 19_000,
@@ -292,6 +302,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     ctx.report.elapsed_secs = started.elapsed().as_secs_f64();
+    if let Some(dir) = &ctx.args.baseline_dir {
+        let mut own = ctx.args.out.clone().into_os_string();
+        own.push(".json");
+        let (mode, date) = (ctx.args.mode, ctx.report.date.clone());
+        if let Some(path) = report::targets::latest_earlier(dir, mode, &date, Path::new(&own)) {
+            match report::targets::Reference::read(&path) {
+                Ok(reference) => ctx.report.reference = Some(reference),
+                Err(e) => ctx.report.notes.push(format!("no reference run: {e:#}")),
+            }
+        }
+    }
     report::write(&ctx.report, &ctx.args.out)?;
     let (passed, failed) = ctx.report.check_counts();
     println!("checks: {passed} passed, {failed} failed");
@@ -570,20 +591,44 @@ fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
         rate: 0.0,
         window: 40_000,
     };
-    match run_load(ctx, server, &p) {
+    let result = match run_load(ctx, server, &p) {
         Ok(result) => {
             eprintln!(
                 "bench: {name}: {:.0} deliveries/s, p99 {:.0} µs",
                 result.deliveries_per_sec, result.latency.p99_us
             );
-            ctx.report.pass(&name);
-            ctx.report.rooms.push(RoomsRun {
-                target: kind,
-                result,
-            });
+            result
         }
-        Err(e) => ctx.report.fail(&name, &e),
-    }
+        Err(e) => return ctx.report.fail(&name, &e),
+    };
+    // Latency on equal terms (issue 14: p99 at the same offered rate), as in fan-out.
+    let common = if plan.rooms_common_rate > 0.0 {
+        let p = LoadParams {
+            rate: plan.rooms_common_rate / k.max(1) as f64,
+            ..p.clone()
+        };
+        match run_load(ctx, server, &p) {
+            Ok(r) => {
+                eprintln!(
+                    "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} µs",
+                    r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us
+                );
+                Some(r)
+            }
+            Err(e) => {
+                ctx.report.fail(&format!("{name} at the common rate"), &e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    ctx.report.pass(&name);
+    ctx.report.rooms.push(RoomsRun {
+        target: kind,
+        result,
+        common,
+    });
 }
 
 fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
@@ -659,6 +704,10 @@ fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
         return Ok(());
     }
     let mut variants = vec![Kind::Quiver, Kind::QuiverCubic, Kind::QuiverSingleStream];
+    // The TCP peers: every room on one connection, so a loss stalls both rooms.
+    if ctx.args.nats.is_some() {
+        variants.push(Kind::Nats);
+    }
     if ctx.args.socketio.is_some() {
         variants.push(Kind::Socketio);
     }
@@ -685,7 +734,9 @@ fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
                 quiet_rate: 100.0,
                 ..plan.hol.clone()
             };
-            for server in servers.iter().filter(|s| s.spec.kind != Kind::Socketio) {
+            // The relay carries UDP: QUIC variants only.
+            let quic = |kind: Kind| !matches!(kind, Kind::Socketio | Kind::Nats);
+            for server in servers.iter().filter(|s| quic(s.spec.kind)) {
                 let name = format!("hol {} relay", server.spec.kind.label());
                 match Relay::start(ctx, &server.spec.sub_addr, plan.hol_delay_ms) {
                     Ok(relay) => {
