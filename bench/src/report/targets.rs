@@ -363,6 +363,15 @@ pub fn issue14(md: &mut String, r: &Report) {
             "  - no head-of-line, Socket.IO or cluster results in this run"
         );
     }
+    // An earlier figure this run did not measure (head-of-line skipped, say) is still shown,
+    // so a skipped workload cannot hide a regression.
+    if let Some(p) = &r.reference {
+        for (what, before) in &p.figures {
+            if !figures.iter().any(|(w, _)| w == what) {
+                let _ = writeln!(md, "  - {what}: not measured (previous {before})");
+            }
+        }
+    }
     for (what, now) in &figures {
         let before = r.reference.as_ref().and_then(|p| {
             p.figures
@@ -686,6 +695,15 @@ mod tests {
         );
         assert!(
             md.contains("(n=10): 500/s, 0.50× one instance (previous: not measured)"),
+            "{md}"
+        );
+        // A figure only the earlier run has is still printed.
+        if let Some(p) = r.reference.as_mut() {
+            p.figures.push(("head-of-line, x".into(), "1 ms".into()));
+        }
+        let md = block(&r);
+        assert!(
+            md.contains("  - head-of-line, x: not measured (previous 1 ms)\n"),
             "{md}"
         );
     }
