@@ -546,27 +546,7 @@ fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize)
             Err(e) => ctx.report.fail(&format!("{name} at {fraction}"), &e),
         }
     }
-    let common = if plan.common_rate > 0.0 {
-        let p = LoadParams {
-            rate: plan.common_rate / n as f64,
-            ..base.clone()
-        };
-        match run_load(ctx, server, &p) {
-            Ok(r) => {
-                eprintln!(
-                    "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} p99.9 {:.0} µs",
-                    r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us, r.latency.p999_us
-                );
-                Some(r)
-            }
-            Err(e) => {
-                ctx.report.fail(&format!("{name} at the common rate"), &e);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let common = common_run(ctx, server, &name, plan.common_rate, &base);
     ctx.report.pass(&name);
     ctx.report.fanout.push(FanoutRun {
         target: kind,
@@ -576,6 +556,37 @@ fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize)
         common,
         server_version: server.version.clone(),
     });
+}
+
+/// `base` at `deliveries` per second, the offered rate every target gets (latency on equal
+/// terms); `None` when the mode has no common rate or the run failed (recorded as failed).
+fn common_run(
+    ctx: &mut Ctx,
+    server: &ServerProc,
+    name: &str,
+    deliveries: f64,
+    base: &LoadParams,
+) -> Option<LoadResult> {
+    if deliveries <= 0.0 {
+        return None;
+    }
+    let p = LoadParams {
+        rate: deliveries / base.subs_per_room.max(1) as f64,
+        ..base.clone()
+    };
+    match run_load(ctx, server, &p) {
+        Ok(r) => {
+            eprintln!(
+                "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} p99.9 {:.0} µs",
+                r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us, r.latency.p999_us
+            );
+            Some(r)
+        }
+        Err(e) => {
+            ctx.report.fail(&format!("{name} at the common rate"), &e);
+            None
+        }
+    }
 }
 
 fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
@@ -602,27 +613,7 @@ fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
         Err(e) => return ctx.report.fail(&name, &e),
     };
     // Latency on equal terms (issue 14: p99 at the same offered rate), as in fan-out.
-    let common = if plan.rooms_common_rate > 0.0 {
-        let p = LoadParams {
-            rate: plan.rooms_common_rate / k.max(1) as f64,
-            ..p.clone()
-        };
-        match run_load(ctx, server, &p) {
-            Ok(r) => {
-                eprintln!(
-                    "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} µs",
-                    r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us
-                );
-                Some(r)
-            }
-            Err(e) => {
-                ctx.report.fail(&format!("{name} at the common rate"), &e);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let common = common_run(ctx, server, &name, plan.rooms_common_rate, &p);
     ctx.report.pass(&name);
     ctx.report.rooms.push(RoomsRun {
         target: kind,

@@ -365,25 +365,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             "Same offered rate for every target, {} deliveries/s ({n} subscribers):\n",
             kfmt(rate)
         );
-        let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        for f in runs {
-            if let Some(c) = &f.common {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} |",
-                    f.target.label(),
-                    us(c.latency.p50_us),
-                    us(c.latency.p99_us),
-                    us(c.latency.p999_us),
-                    c.server_cpu_secs.map_or("–".into(), |s| format!(
-                        "{:.2}",
-                        s / c.measured_secs.max(1e-9)
-                    ))
-                );
-            }
-        }
-        md.push('\n');
+        let rows: Vec<_> = runs
+            .iter()
+            .filter_map(|f| f.common.as_ref().map(|c| (f.target, c)))
+            .collect();
+        sections::same_rate_table(&mut md, &rows);
     }
     if let Some(p) = plots.iter().find(|p| p.ends_with("-fanout.png")) {
         let _ = writeln!(md, "![fan-out]({p})\n");

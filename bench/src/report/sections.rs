@@ -33,6 +33,11 @@ pub(super) fn rooms_common_table(md: &mut String, r: &Report) {
         "Same offered rate for every target, {} deliveries/s:\n",
         kfmt(rate)
     );
+    same_rate_table(md, &runs);
+}
+
+/// p50 / p99 / p99.9 and server cores per target, at one offered rate.
+pub(super) fn same_rate_table(md: &mut String, runs: &[(Kind, &LoadResult)]) {
     let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
     let _ = writeln!(md, "|---|---:|---:|---:|---:|");
     for (kind, c) in runs {
