@@ -41,6 +41,9 @@ enum Cmd {
     Report {
         /// The output prefix of an earlier run (PREFIX.json must exist).
         prefix: std::path::PathBuf,
+        /// An earlier run's JSON: its figures become the "no regression" reference.
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Fan-out / many-rooms load against one target (JSON result on stdout).
     Load {
@@ -110,12 +113,15 @@ fn main() -> Result<()> {
     raise_open_files_limit();
     match cli.command {
         Cmd::Run(args) => orchestrate::run(args),
-        Cmd::Report { prefix } => {
+        Cmd::Report { prefix, baseline } => {
             let mut json = prefix.clone().into_os_string();
             json.push(".json");
             let text = std::fs::read_to_string(&json)
                 .with_context(|| format!("reading {}", json.to_string_lossy()))?;
-            let report: report::Report = serde_json::from_str(&text)?;
+            let mut report: report::Report = serde_json::from_str(&text)?;
+            if let Some(path) = baseline {
+                report.reference = Some(report::targets::Reference::read(&path)?);
+            }
             report::write(&report, &prefix)
         }
         Cmd::Load { target, params } => {

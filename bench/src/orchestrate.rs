@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub netns: Option<PathBuf>,
     /// Stop starting new measurements after this many seconds (default per mode: smoke 90,
-    /// quick 300, full 2000) so the report is always written.
+    /// quick 300, full 2200) so the report is always written.
     #[arg(long)]
     pub budget: Option<f64>,
     /// Workloads to run (default: all).
@@ -73,6 +73,10 @@ pub struct RunArgs {
     /// Directory for server logs and certificates (default: a temporary one).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// Directory of earlier runs (bench/results): the latest one of the same mode is the
+    /// reference for issue 14's "no regression" figures.
+    #[arg(long)]
+    pub baseline_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,6 +100,9 @@ struct Plan {
     common_rate: f64,
     repeats: usize,
     rooms: (usize, usize, usize),
+    /// The many-rooms workload's offered rate (deliveries/s) every target gets; below
+    /// Socket.IO's many-rooms maximum.
+    rooms_common_rate: f64,
     connections: usize,
     hol_loss: Vec<u32>,
     /// Loss levels also measured through the delay relay (QUIC variants only).
@@ -130,6 +137,7 @@ impl Plan {
                 common_rate: 5_000.0,
                 repeats: 1,
                 rooms: (4, 2, 2),
+                rooms_common_rate: 1_000.0,
                 connections: 20,
                 hol_loss: vec![0, 2],
                 hol_delay_loss: vec![2],
@@ -146,6 +154,7 @@ impl Plan {
                 common_rate: 100_000.0,
                 repeats: 1,
                 rooms: (50, 4, 5),
+                rooms_common_rate: 50_000.0,
                 connections: 2000,
                 // 1% only in full mode: four variants at four levels would not fit 3 minutes.
                 hol_loss: vec![0, 2, 5],
@@ -163,6 +172,7 @@ impl Plan {
                 common_rate: 100_000.0,
                 repeats: 3,
                 rooms: (500, 4, 20),
+                rooms_common_rate: 100_000.0,
                 // Up to 20,000 in the issue; TCP peers need a descriptor per session on both sides
                 // and the hard limit here is 20,000.
                 connections: 19_000,
@@ -203,7 +213,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let budget = args.budget.unwrap_or(match args.mode {
         Mode::Smoke => 90.0,
         Mode::Quick => 300.0,
-        Mode::Full => 2000.0,
+        Mode::Full => 2200.0,
     });
     let mut ctx = Ctx {
         deadline: started + Duration::from_secs_f64(budget),
@@ -292,6 +302,17 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
     }
     ctx.report.elapsed_secs = started.elapsed().as_secs_f64();
+    if let Some(dir) = &ctx.args.baseline_dir {
+        let mut own = ctx.args.out.clone().into_os_string();
+        own.push(".json");
+        let (mode, date) = (ctx.args.mode, ctx.report.date.clone());
+        if let Some(path) = report::targets::latest_earlier(dir, mode, &date, Path::new(&own)) {
+            match report::targets::Reference::read(&path) {
+                Ok(reference) => ctx.report.reference = Some(reference),
+                Err(e) => ctx.report.notes.push(format!("no reference run: {e:#}")),
+            }
+        }
+    }
     report::write(&ctx.report, &ctx.args.out)?;
     let (passed, failed) = ctx.report.check_counts();
     println!("checks: {passed} passed, {failed} failed");
@@ -525,27 +546,7 @@ fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize)
             Err(e) => ctx.report.fail(&format!("{name} at {fraction}"), &e),
         }
     }
-    let common = if plan.common_rate > 0.0 {
-        let p = LoadParams {
-            rate: plan.common_rate / n as f64,
-            ..base.clone()
-        };
-        match run_load(ctx, server, &p) {
-            Ok(r) => {
-                eprintln!(
-                    "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} p99.9 {:.0} µs",
-                    r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us, r.latency.p999_us
-                );
-                Some(r)
-            }
-            Err(e) => {
-                ctx.report.fail(&format!("{name} at the common rate"), &e);
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let common = common_run(ctx, server, &name, plan.common_rate, &base);
     ctx.report.pass(&name);
     ctx.report.fanout.push(FanoutRun {
         target: kind,
@@ -555,6 +556,37 @@ fn fanout(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, n: usize)
         common,
         server_version: server.version.clone(),
     });
+}
+
+/// `base` at `deliveries` per second, the offered rate every target gets (latency on equal
+/// terms); `None` when the mode has no common rate or the run failed (recorded as failed).
+fn common_run(
+    ctx: &mut Ctx,
+    server: &ServerProc,
+    name: &str,
+    deliveries: f64,
+    base: &LoadParams,
+) -> Option<LoadResult> {
+    if deliveries <= 0.0 {
+        return None;
+    }
+    let p = LoadParams {
+        rate: deliveries / base.subs_per_room.max(1) as f64,
+        ..base.clone()
+    };
+    match run_load(ctx, server, &p) {
+        Ok(r) => {
+            eprintln!(
+                "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} p99.9 {:.0} µs",
+                r.deliveries_per_sec, r.latency.p50_us, r.latency.p99_us, r.latency.p999_us
+            );
+            Some(r)
+        }
+        Err(e) => {
+            ctx.report.fail(&format!("{name} at the common rate"), &e);
+            None
+        }
+    }
 }
 
 fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
@@ -570,20 +602,24 @@ fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
         rate: 0.0,
         window: 40_000,
     };
-    match run_load(ctx, server, &p) {
+    let result = match run_load(ctx, server, &p) {
         Ok(result) => {
             eprintln!(
                 "bench: {name}: {:.0} deliveries/s, p99 {:.0} µs",
                 result.deliveries_per_sec, result.latency.p99_us
             );
-            ctx.report.pass(&name);
-            ctx.report.rooms.push(RoomsRun {
-                target: kind,
-                result,
-            });
+            result
         }
-        Err(e) => ctx.report.fail(&name, &e),
-    }
+        Err(e) => return ctx.report.fail(&name, &e),
+    };
+    // Latency on equal terms (issue 14: p99 at the same offered rate), as in fan-out.
+    let common = common_run(ctx, server, &name, plan.rooms_common_rate, &p);
+    ctx.report.pass(&name);
+    ctx.report.rooms.push(RoomsRun {
+        target: kind,
+        result,
+        common,
+    });
 }
 
 fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
@@ -659,6 +695,10 @@ fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
         return Ok(());
     }
     let mut variants = vec![Kind::Quiver, Kind::QuiverCubic, Kind::QuiverSingleStream];
+    // The TCP peers: every room on one connection, so a loss stalls both rooms.
+    if ctx.args.nats.is_some() {
+        variants.push(Kind::Nats);
+    }
     if ctx.args.socketio.is_some() {
         variants.push(Kind::Socketio);
     }
@@ -685,7 +725,9 @@ fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
                 quiet_rate: 100.0,
                 ..plan.hol.clone()
             };
-            for server in servers.iter().filter(|s| s.spec.kind != Kind::Socketio) {
+            // The relay carries UDP: QUIC variants only.
+            let quic = |kind: Kind| !matches!(kind, Kind::Socketio | Kind::Nats);
+            for server in servers.iter().filter(|s| quic(s.spec.kind)) {
                 let name = format!("hol {} relay", server.spec.kind.label());
                 match Relay::start(ctx, &server.spec.sub_addr, plan.hol_delay_ms) {
                     Ok(relay) => {

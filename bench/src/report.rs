@@ -15,6 +15,10 @@ use crate::workload::hol::HolResult;
 use crate::workload::load::LoadResult;
 
 pub mod neighbour;
+mod sections;
+pub mod targets;
+
+use sections::{cluster_section, rooms_common_table};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FixedRun {
@@ -40,6 +44,9 @@ pub struct FanoutRun {
 pub struct RoomsRun {
     pub target: Kind,
     pub result: LoadResult,
+    /// At the same offered rate for every target.
+    #[serde(default)]
+    pub common: Option<LoadResult>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,6 +110,9 @@ pub struct Report {
     pub notes: Vec<String>,
     pub checks: Vec<Check>,
     pub elapsed_secs: f64,
+    /// The previous run's "no regression" figures (issue 14), when one was found.
+    #[serde(default)]
+    pub reference: Option<targets::Reference>,
 }
 
 impl Report {
@@ -123,6 +133,7 @@ impl Report {
             notes: Vec::new(),
             checks: Vec::new(),
             elapsed_secs: 0.0,
+            reference: None,
         }
     }
 
@@ -354,25 +365,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             "Same offered rate for every target, {} deliveries/s ({n} subscribers):\n",
             kfmt(rate)
         );
-        let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
-        for f in runs {
-            if let Some(c) = &f.common {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {} |",
-                    f.target.label(),
-                    us(c.latency.p50_us),
-                    us(c.latency.p99_us),
-                    us(c.latency.p999_us),
-                    c.server_cpu_secs.map_or("–".into(), |s| format!(
-                        "{:.2}",
-                        s / c.measured_secs.max(1e-9)
-                    ))
-                );
-            }
-        }
-        md.push('\n');
+        let rows: Vec<_> = runs
+            .iter()
+            .filter_map(|f| f.common.as_ref().map(|c| (f.target, c)))
+            .collect();
+        sections::same_rate_table(&mut md, &rows);
     }
     if let Some(p) = plots.iter().find(|p| p.ends_with("-fanout.png")) {
         let _ = writeln!(md, "![fan-out]({p})\n");
@@ -449,7 +446,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                 b / a
             );
         }
-        for other in [Kind::QuiverSingleStream, Kind::Socketio] {
+        for other in [Kind::QuiverSingleStream, Kind::Nats, Kind::Socketio] {
             if let (Some(a), Some(b)) = (quiet_p99(other, 0), quiet_p99(other, 2)) {
                 let _ = writeln!(
                     md,
@@ -463,6 +460,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         }
     }
     md.push('\n');
+    targets::issue14(&mut md, r);
 
     if !r.rooms.is_empty() {
         let p = &r.rooms[0].result.params;
@@ -492,6 +490,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             );
         }
         md.push('\n');
+        rooms_common_table(&mut md, r);
     }
 
     if !r.connections.is_empty() {
@@ -530,7 +529,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                 md,
                 "One subscriber session in rooms `busy` ({:.0} msg/s × {} B) and `quiet` ({:.0} msg/s × \
                  {} B), over a veth pair with random loss in both directions (nftables); publishers on \
-                 a clean path. Quiet room latency, p50 / p90 / p99 (p90 shows head-of-line \
+                 a clean path. nats-server and Socket.IO carry both rooms on one TCP connection. \
+                 Quiet room latency, p50 / p90 / p99 (p90 shows head-of-line \
                  blocking best: p99 is dominated by the quiet room's own lost packets, which no \
                  stream layout can avoid):\n",
                 p.busy_rate, p.busy_payload, p.quiet_rate, p.quiet_payload
@@ -555,49 +555,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
     if r.cluster_runs.is_empty() {
         let _ = writeln!(md, "{}.\n", r.cluster);
     } else {
-        let _ = writeln!(
-            md,
-            "Publisher on instance A, all subscribers on instance B, both `quiver serve --nats` \
-             against one nats-server (all on the server core). Single instance for comparison.\n"
-        );
-        let _ = writeln!(
-            md,
-            "| setup | subscribers | deliveries/s (max) | p50 / p99 at 50% of max |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---|");
-        for c in &r.cluster_runs {
-            let single = r
-                .fanout
-                .iter()
-                .find(|f| f.target == Kind::Quiver && f.subscribers == c.subscribers);
-            if let Some(f) = single {
-                let half = f.fixed.iter().find(|x| (x.fraction - 0.5).abs() < 1e-9);
-                let _ = writeln!(
-                    md,
-                    "| one instance | {} | {} | {} |",
-                    c.subscribers,
-                    kfmt(f.max.deliveries_per_sec),
-                    half.map_or("–".into(), |h| format!(
-                        "{} / {}",
-                        us(h.result.latency.p50_us),
-                        us(h.result.latency.p99_us)
-                    ))
-                );
-            }
-            let _ = writeln!(
-                md,
-                "| two instances over NATS | {} | {} | {} |",
-                c.subscribers,
-                kfmt(c.max.deliveries_per_sec),
-                c.half.as_ref().map_or("–".into(), |h| format!(
-                    "{} / {}",
-                    us(h.latency.p50_us),
-                    us(h.latency.p99_us)
-                ))
-            );
-        }
-        md.push('\n');
+        cluster_section(&mut md, r);
     }
+
     let failed: Vec<&Check> = r.checks.iter().filter(|c| !c.ok).collect();
     if !failed.is_empty() || !r.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
@@ -762,10 +722,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn load(rate: f64) -> LoadResult {
+    pub(crate) fn load(rate: f64) -> LoadResult {
         serde_json::from_value(serde_json::json!({
             "params": {"rooms": 1, "subs_per_room": 10, "publishers": 1, "payload": 100,
                        "duration": 1.0, "warmup": 0.1, "rate": 0.0, "window": 10},

@@ -135,6 +135,7 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         budget: Some(args.budget),
         workloads: Vec::new(),
         work_dir: Some(work.clone()),
+        baseline_dir: None,
     };
     let quiver = versions(&run_args).remove("quiver").unwrap_or_default();
     let mut ctx = Ctx {

@@ -1,0 +1,132 @@
+//! Report sections that read several targets at once: many rooms at the same offered rate, and
+//! the cluster fan-out beside one instance and nats-server alone.
+
+use std::fmt::Write as _;
+
+use super::{kfmt, us, FixedRun, LoadResult, Report};
+use crate::target::Kind;
+
+fn p50_p99(l: &LoadResult) -> String {
+    format!("{} / {}", us(l.latency.p50_us), us(l.latency.p99_us))
+}
+
+fn half(fixed: &[FixedRun]) -> Option<&LoadResult> {
+    fixed
+        .iter()
+        .find(|x| (x.fraction - 0.5).abs() < 1e-9)
+        .map(|x| &x.result)
+}
+
+/// Many rooms at one offered rate for every target (issue 14: p99 at the same offered rate).
+pub(super) fn rooms_common_table(md: &mut String, r: &Report) {
+    let runs: Vec<_> = r
+        .rooms
+        .iter()
+        .filter_map(|x| x.common.as_ref().map(|c| (x.target, c)))
+        .collect();
+    let Some((_, first)) = runs.first() else {
+        return;
+    };
+    let rate = first.params.rate * first.params.subs_per_room as f64;
+    let _ = writeln!(
+        md,
+        "Same offered rate for every target, {} deliveries/s:\n",
+        kfmt(rate)
+    );
+    same_rate_table(md, &runs);
+}
+
+/// p50 / p99 / p99.9 and server cores per target, at one offered rate.
+pub(super) fn same_rate_table(md: &mut String, runs: &[(Kind, &LoadResult)]) {
+    let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (kind, c) in runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} |",
+            kind.label(),
+            us(c.latency.p50_us),
+            us(c.latency.p99_us),
+            us(c.latency.p999_us),
+            c.server_cpu_secs.map_or("–".into(), |s| format!(
+                "{:.2}",
+                s / c.measured_secs.max(1e-9)
+            ))
+        );
+    }
+    md.push('\n');
+}
+
+/// Two Quiver instances over NATS, beside one instance and beside nats-server alone (the same
+/// fan-out with no Quiver in it), and what the extra hop costs.
+pub(super) fn cluster_section(md: &mut String, r: &Report) {
+    let _ = writeln!(
+        md,
+        "Publisher on instance A, all subscribers on instance B, both `quiver serve --nats` \
+         against one nats-server (all on the server core). One instance, and nats-server alone \
+         (its own fan-out from the fan-out table, no Quiver), for comparison.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| setup | subscribers | deliveries/s (max) | p50 / p99 at 50% of max |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---|");
+    let find = |kind: Kind, n: usize| {
+        r.fanout
+            .iter()
+            .find(|f| f.target == kind && f.subscribers == n)
+    };
+    let mut costs = Vec::new();
+    for c in &r.cluster_runs {
+        let n = c.subscribers;
+        let single = find(Kind::Quiver, n);
+        if let Some(f) = single {
+            let _ = writeln!(
+                md,
+                "| one instance | {n} | {} | {} |",
+                kfmt(f.max.deliveries_per_sec),
+                half(&f.fixed).map_or("–".into(), p50_p99)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| two instances over NATS | {n} | {} | {} |",
+            kfmt(c.max.deliveries_per_sec),
+            c.half.as_ref().map_or("–".into(), p50_p99)
+        );
+        if let Some(f) = find(Kind::Nats, n) {
+            let _ = writeln!(
+                md,
+                "| nats-server alone | {n} | {} | {} |",
+                kfmt(f.max.deliveries_per_sec),
+                half(&f.fixed).map_or("–".into(), p50_p99)
+            );
+        }
+        if let Some(f) = single.filter(|f| f.max.deliveries_per_sec > 0.0) {
+            let x = c.max.deliveries_per_sec / f.max.deliveries_per_sec;
+            costs.push(format!(
+                "at {n} subscribers the two instances deliver {x:.2}× what one does{}",
+                if x >= 1.0 {
+                    " (no cost visible: instance A takes the publisher's side of the work off \
+                     instance B; on a shared machine read it with the run's noise)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    md.push('\n');
+    if !costs.is_empty() {
+        let _ = writeln!(
+            md,
+            "What it costs: {}. Where it costs: every publication takes an extra hop (instance A decodes \
+             and authorises it and publishes it to nats-server, which routes it to instance B, \
+             which decodes it again before its own fan-out), and the three processes share the \
+             server core, so the hop's CPU comes out of the fan-out's. The hop is paid once per \
+             publication, not per delivery: the more subscribers share a publication, the \
+             smaller its share. nats-server itself is not the limit: it forwards one message per \
+             publication to instance B, and alone it fans out far more.\n",
+            costs.join("; ")
+        );
+    }
+}
