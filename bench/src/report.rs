@@ -173,7 +173,7 @@ impl Report {
     fn kib_per_session(&self, kind: Kind) -> Option<f64> {
         self.connections
             .iter()
-            .find(|c| c.target == kind)
+            .find(|c| c.target == kind && !c.result.params.resume)
             .and_then(|c| c.result.server_rss_per_session_bytes)
             .map(|b| b / 1024.0)
     }
@@ -413,7 +413,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             );
         }
     }
-    if let Some(c) = r.connections.iter().find(|c| c.target == Kind::Quiver) {
+    if let Some(c) = r
+        .connections
+        .iter()
+        .find(|c| c.target == Kind::Quiver && !c.result.params.resume)
+    {
         let per = c.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0;
         let _ = writeln!(
             md,
@@ -504,8 +508,13 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         for c in &r.connections {
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0} | {:.1} → {:.1} MiB | {:.1} KiB |",
+                "| {}{} | {} | {:.0} | {:.1} → {:.1} MiB | {:.1} KiB |",
                 c.target.label(),
+                if c.result.params.resume {
+                    " (resumed)"
+                } else {
+                    ""
+                },
                 c.result.params.sessions,
                 c.result.sessions_per_sec,
                 c.server_rss_before as f64 / 1048576.0,
@@ -829,6 +838,8 @@ mod tests {
                     params: crate::workload::connections::ConnParams {
                         sessions: 100,
                         hold: 1.0,
+                        resume: false,
+                        concurrency: 64,
                     },
                     connect_secs: 0.1,
                     sessions_per_sec: 1000.0,
