@@ -417,7 +417,7 @@ pub(super) fn start_with_env(
             let started = spawn_until_ready(label, cmd, &log, "BARE_READY ")?;
             quic_server(label, kind, place, started, None)
         }
-        Kind::Nats => {
+        Kind::Nats | Kind::NatsTls => {
             let bin = ctx.args.nats.as_ref().context("no nats-server")?;
             let port = free_port()?;
             let mut cmd = wrapped(place.netns(), ctx.pin, core, bin);
@@ -425,6 +425,17 @@ pub(super) fn start_with_env(
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(&log)?));
+            let tls = if kind == Kind::NatsTls {
+                let (cert, key, hash) = nats_certificate(&ctx.work.join("nats-tls"))?;
+                cmd.arg("--tls")
+                    .arg("--tlscert")
+                    .arg(&cert)
+                    .arg("--tlskey")
+                    .arg(&key);
+                Some(hash)
+            } else {
+                None
+            };
             let mut child = cmd.spawn().context("starting nats-server")?;
             let addrs = place.addrs(port);
             if let Err(e) = wait_tcp(&addrs.1, Duration::from_secs(10)) {
@@ -432,30 +443,8 @@ pub(super) fn start_with_env(
                 let _ = child.wait();
                 return Err(e);
             }
-            Ok(tcp_server(label, kind, child, addrs, String::new(), None))
-        }
-        Kind::NatsTls => {
-            let bin = ctx.args.nats.as_ref().context("no nats-server")?;
-            let (cert, key, hash) = nats_certificate(&ctx.work.join("nats-tls"))?;
-            let port = free_port()?;
-            let mut cmd = wrapped(place.netns(), ctx.pin, core, bin);
-            cmd.args(["-a", place.bind_ip(), "-p", &port.to_string(), "--tls"])
-                .arg("--tlscert")
-                .arg(&cert)
-                .arg("--tlskey")
-                .arg(&key)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(&log)?));
-            let mut child = cmd.spawn().context("starting nats-server with TLS")?;
-            let addrs = place.addrs(port);
-            if let Err(e) = wait_tcp(&addrs.1, Duration::from_secs(10)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
             let mut server = tcp_server(label, kind, child, addrs, String::new(), None);
-            server.spec.cert_sha256 = Some(hash);
+            server.spec.cert_sha256 = tls;
             Ok(server)
         }
         Kind::Socketio => {
