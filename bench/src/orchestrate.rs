@@ -276,9 +276,25 @@ pub fn run(args: RunArgs) -> Result<()> {
         // Connections on a fresh server, so its RSS baseline is not inflated by earlier runs.
         if do_conns {
             match start(&ctx, kind, Placement::Local) {
-                Ok(server) => connections(&mut ctx, &plan, &server, kind),
+                Ok(server) => connections(&mut ctx, &plan, &server, kind, false),
                 Err(e) => ctx.report.fail(&format!("start {}", kind.label()), &e),
             }
+            // Returning clients: the generator keeps TLS sessions and Quiver's tickets resume
+            // them (no certificate signature).
+            if kind == Kind::Quiver {
+                match start(&ctx, kind, Placement::Local) {
+                    Ok(server) => connections(&mut ctx, &plan, &server, kind, true),
+                    Err(e) => ctx.report.fail(&format!("start {}", kind.label()), &e),
+                }
+            }
+        }
+    }
+    // nats-server terminating TLS, for connection set-up only: plain NATS pays no handshake,
+    // Quiver pays TLS 1.3 and a token check (issue 14 asks for a TLS-terminating peer).
+    if do_conns && ctx.args.nats.is_some() {
+        match start(&ctx, Kind::NatsTls, Placement::Local) {
+            Ok(server) => connections(&mut ctx, &plan, &server, Kind::NatsTls, false),
+            Err(e) => ctx.report.fail("start nats-tls", &e),
         }
     }
 
@@ -622,9 +638,13 @@ fn rooms(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
     });
 }
 
-fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
-    let name = format!("connections {}", kind.label());
-    match connections_inner(ctx, plan, server) {
+fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, resume: bool) {
+    let name = format!(
+        "connections {}{}",
+        kind.label(),
+        if resume { " (resumed)" } else { "" }
+    );
+    match connections_inner(ctx, plan, server, resume) {
         Ok(run) => {
             eprintln!(
                 "bench: {name}: {} sessions at {:.0}/s, server RSS {:.1} KiB/session",
@@ -642,7 +662,7 @@ fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind) {
     }
 }
 
-fn connections_inner(ctx: &Ctx, plan: &Plan, server: &ServerProc) -> Result<ConnRun> {
+fn connections_inner(ctx: &Ctx, plan: &Plan, server: &ServerProc, resume: bool) -> Result<ConnRun> {
     if Instant::now() > ctx.deadline {
         bail!("skipped: the mode's time budget is used up (--budget)");
     }
@@ -656,6 +676,7 @@ fn connections_inner(ctx: &Ctx, plan: &Plan, server: &ServerProc) -> Result<Conn
         &serde_json::to_string(&server.spec)?,
     ])
     .args(["--sessions", &plan.connections.to_string(), "--hold", "120"])
+    .args(resume.then_some("--resume"))
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .stderr(Stdio::inherit());

@@ -31,6 +31,7 @@ fn color_of(kind: Kind) -> RGBColor {
         Kind::Bare => PALETTE[1],
         Kind::Nats => PALETTE[2],
         Kind::Socketio => PALETTE[3],
+        Kind::NatsTls => PALETTE[2],
     }
 }
 

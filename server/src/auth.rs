@@ -135,6 +135,8 @@ pub struct Verifier {
     /// Signalled when a token names a `kid` the key set lacks: the identity provider may have
     /// rotated its keys, so `jwks.rs` fetches the set again (rate-limited there).
     unknown_kid: tokio::sync::Notify,
+    /// Tokens that passed every check (`token_cache.rs`).
+    cache: crate::token_cache::TokenCache,
 }
 
 enum Keys {
@@ -195,6 +197,8 @@ impl Verifier {
             Keys::One(_) => 1,
         };
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        // A token signed by a key that was removed must not live on in the cache.
+        self.cache.clear();
         Ok(count)
     }
 
@@ -209,7 +213,19 @@ impl Verifier {
             leeway_secs,
             checks: checks.clone(),
             unknown_kid: tokio::sync::Notify::new(),
+            cache: crate::token_cache::TokenCache::new(crate::token_cache::DEFAULT_ENTRIES),
         }
+    }
+
+    /// Remembers up to `entries` verified tokens (`auth.token_cache`; 0 turns it off).
+    pub fn with_token_cache(mut self, entries: usize) -> Self {
+        self.cache = crate::token_cache::TokenCache::new(entries);
+        self
+    }
+
+    /// Tokens remembered now (for tests and diagnostics).
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
     }
 
     fn one(key: DecodingKey, alg: Algorithm, checks: &Checks) -> Result<Self, KeyError> {
@@ -237,6 +253,17 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("longer than 4096 bytes"));
         }
+        match self.cache.get(token, now, self.leeway_secs) {
+            Some(Ok(grant)) => return Ok(grant),
+            Some(Err(())) => return Err(AuthError::Expired),
+            None => {}
+        }
+        let grant = self.verify_uncached(token, now)?;
+        self.cache.insert(token, &grant, now, self.leeway_secs);
+        Ok(grant)
+    }
+
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (key, validation) = match &*keys {
             Keys::One(one) => (&one.0, &one.1),

@@ -489,3 +489,88 @@ fn call_claim_is_default_deny_and_pattern_checked() {
         ));
     }
 }
+
+// Token cache (`token_cache.rs`): a hit skips the signature check, never the expiry.
+
+#[test]
+fn cached_tokens_are_refused_past_their_expiry() {
+    let exp = 1_000_000;
+    let token = sign_hs256(SECRET, &claims(exp)).unwrap();
+    let v = hs(&Checks::default());
+    assert!(v.verify_at(&token, exp - 10).is_ok());
+    assert_eq!(v.cached_tokens(), 1, "a verified token is remembered");
+    assert!(v.verify_at(&token, exp - 1).is_ok(), "a hit before exp");
+    assert!(matches!(v.verify_at(&token, exp), Err(AuthError::Expired)));
+    assert_eq!(v.cached_tokens(), 0, "an expired entry is dropped");
+    assert!(matches!(
+        v.verify_at(&token, exp + 100),
+        Err(AuthError::Expired)
+    ));
+    // With leeway, the same rule as an uncached verification.
+    let lenient = hs(&Checks {
+        leeway: Duration::from_secs(5),
+        ..Checks::default()
+    });
+    assert!(lenient.verify_at(&token, exp - 1).is_ok());
+    assert!(lenient.verify_at(&token, exp + 4).is_ok());
+    assert!(matches!(
+        lenient.verify_at(&token, exp + 5),
+        Err(AuthError::Expired)
+    ));
+}
+
+/// The cache key is the whole token: a cached token's signature on other claims is refused.
+#[test]
+fn a_cached_signature_on_other_claims_is_refused() {
+    let v = hs(&Checks::default());
+    let token = sign_hs256(SECRET, &claims(unix_now() + 60)).unwrap();
+    assert!(v.verify(&token).is_ok());
+    let mut forged_claims = claims(unix_now() + 60);
+    forged_claims.tenant = "evil".into();
+    let forged_body = sign_hs256(b"another-secret-another-secret-!!", &forged_claims).unwrap();
+    let (header_and_claims, _) = forged_body.rsplit_once('.').unwrap();
+    let (_, signature) = token.rsplit_once('.').unwrap();
+    let forged = format!("{header_and_claims}.{signature}");
+    assert!(matches!(
+        v.verify(&forged),
+        Err(AuthError::Invalid("bad signature"))
+    ));
+}
+
+#[test]
+fn the_token_cache_is_bounded_and_can_be_off() {
+    let v = hs(&Checks::default()).with_token_cache(10);
+    for i in 0..50 {
+        let mut c = claims(unix_now() + 60);
+        c.sub = format!("user-{i}");
+        assert!(v.verify(&sign_hs256(SECRET, &c).unwrap()).is_ok());
+        assert!(v.cached_tokens() <= 10);
+    }
+    let off = hs(&Checks::default()).with_token_cache(0);
+    let token = sign_hs256(SECRET, &claims(unix_now() + 60)).unwrap();
+    assert!(off.verify(&token).is_ok());
+    assert_eq!(off.cached_tokens(), 0);
+}
+
+/// A key removed from the key set takes its cached tokens with it.
+#[test]
+fn a_key_set_reload_empties_the_cache() {
+    let dir = temp_dir("jwks-cache");
+    let (a, b) = (
+        rcgen_key("ec-a", Algorithm::ES256),
+        rcgen_key("ec-b", Algorithm::ES256),
+    );
+    let path = write_jwks(&dir, "jwks.json", vec![a.jwk.clone(), b.jwk.clone()]);
+    let v = Verifier::jwks(&path, &Checks::default()).unwrap();
+    let token = sign_with(&a, Algorithm::ES256, Some(a.kid));
+    assert!(v.verify(&token).is_ok());
+    assert_eq!(v.cached_tokens(), 1);
+    let only_b = serde_json::json!({ "keys": [b.jwk] }).to_string();
+    v.replace_jwks("test", only_b.as_bytes()).unwrap();
+    assert_eq!(v.cached_tokens(), 0);
+    assert!(matches!(
+        v.verify(&token),
+        Err(AuthError::Invalid("unknown kid"))
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -276,6 +276,10 @@ fn default_storage() -> String {
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSettings {
     pub congestion_control: CongestionControl,
+    /// Receive buffer of the WebTransport UDP socket, in bytes; 0 keeps the kernel's default.
+    /// Bursts of connects overflow a small one and every lost handshake packet costs a QUIC
+    /// probe timeout (about a second): see `udp_socket.rs`. Capped by `net.core.rmem_max`.
+    pub udp_receive_buffer: usize,
 }
 
 /// QUIC congestion controller for every connection (what the server sends; clients choose
@@ -368,6 +372,10 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// When set, every token must have been issued by this `iss`.
     pub issuer: Option<String>,
+    /// Verified tokens remembered (by the whole token), so a reconnect with the same token skips
+    /// the signature check and claim parsing. Expiry and revocation are still checked on every
+    /// use; a key set reload empties it. 0 turns it off.
+    pub token_cache: usize,
 }
 
 impl Default for AuthConfig {
@@ -383,6 +391,7 @@ impl Default for AuthConfig {
             leeway: Duration::ZERO,
             audience: None,
             issuer: None,
+            token_cache: crate::token_cache::DEFAULT_ENTRIES,
         }
     }
 }
@@ -423,6 +432,10 @@ pub struct TlsConfig {
     /// change is loaded without a restart, as is SIGHUP.
     #[serde(with = "humantime_serde")]
     pub reload_interval: Duration,
+    /// Issue TLS 1.3 session tickets so reconnecting clients resume (no certificate signature
+    /// or verification). Stateless: nothing is kept per client. Early data (0-RTT) is never
+    /// accepted either way.
+    pub session_tickets: bool,
 }
 
 impl Default for TlsConfig {
@@ -430,6 +443,7 @@ impl Default for TlsConfig {
         Self {
             self_signed: false,
             reload_interval: Duration::from_secs(10),
+            session_tickets: true,
         }
     }
 }

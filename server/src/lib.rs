@@ -29,7 +29,10 @@ mod server;
 mod session;
 mod subscription;
 pub mod tls;
+pub mod tls_resumption;
+pub mod token_cache;
 pub mod transport;
+pub mod udp_socket;
 
 pub use config::Config;
 pub use server::{dev_secret, Server, StartError, DEV_SECRET_FILE};

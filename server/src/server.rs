@@ -162,6 +162,7 @@ impl Server {
             ),
             None => load_verifier(&config)?,
         };
+        let verifier = verifier.with_token_cache(config.auth.token_cache);
         let identity = load_identity(&config).await?;
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
@@ -180,7 +181,7 @@ impl Server {
                 ..Default::default()
             });
         }
-        let endpoint = server_config(&config, identity.identity.clone_identity())
+        let endpoint = server_config(&config, identity.identity.clone_identity(), true)
             .and_then(Endpoint::server)
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
@@ -424,7 +425,7 @@ async fn reload_certificates(
                 continue;
             }
         };
-        match server_config(&shared.config, loaded.identity) {
+        match server_config(&shared.config, loaded.identity, false) {
             Ok(config) => {
                 let update = CertUpdate {
                     config,
@@ -511,7 +512,12 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
 /// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
 const DATAGRAM_BUFFER: usize = 64 * 1024;
 
-fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Result<ServerConfig> {
+/// `bind_now`: create the socket here (at start); a certificate reload keeps the bound one.
+fn server_config(
+    config: &Config,
+    identity: wtransport::Identity,
+    bind_now: bool,
+) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(QuinnVarInt::from_u32(PEER_BIDI_STREAMS))
@@ -532,14 +538,23 @@ fn server_config(config: &Config, identity: wtransport::Identity) -> std::io::Re
         };
     transport.congestion_controller_factory(controller);
     let builder = ServerConfig::builder();
+    let rcvbuf = config.transport.udp_receive_buffer;
     let builder = match config.listen {
+        addr if bind_now && rcvbuf > 0 => {
+            builder.with_bind_socket(crate::udp_socket::bind(addr, rcvbuf)?)
+        }
         // `[::]` serves IPv4 too (browsers resolve localhost to ::1 first, others to 127.0.0.1).
         SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
             builder.with_bind_address_v6(v6, Ipv6DualStackConfig::Allow)
         }
         addr => builder.with_bind_address(addr),
     };
-    // The kernel's default UDP buffers are kept on purpose: 4 MiB receive buffers cut fan-out
-    // throughput by 40% in bench/ (quiet ACK drops pace quinn better than deep queues).
-    Ok(builder.with_custom_transport(identity, transport).build())
+    // The kernel's default UDP buffers are kept by default: 4 MiB receive buffers cut fan-out
+    // throughput by 40% in bench/ (quiet ACK drops pace quinn better than deep queues); a larger
+    // one (`transport.udp_receive_buffer`) helps bursts of connects (`udp_socket.rs`).
+    let tls = crate::tls_resumption::webtransport_tls(&identity, config.tls.session_tickets)
+        .map_err(std::io::Error::other)?;
+    Ok(builder
+        .with_custom_tls_and_transport(tls, transport)
+        .build())
 }

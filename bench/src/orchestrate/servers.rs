@@ -142,6 +142,29 @@ fn quic_server(
     })
 }
 
+/// An ECDSA P-256 certificate for the TLS NATS peer (the key type Quiver's development
+/// certificate has), written to `dir`; returns the files and the certificate's SHA-256 (hex).
+fn nats_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    use sha2::Digest;
+    std::fs::create_dir_all(dir)?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    // Pinning by hash (wtransport's verifier, as for the QUIC targets) accepts at most 14 days.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(10);
+    let cert = params.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let hash: String = sha2::Sha256::digest(cert.der())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((cert_path, key_path, hash))
+}
+
 /// A TCP peer (NATS, Socket.IO): no certificate, no token, no metrics to poll.
 fn tcp_server(
     label: &str,
@@ -394,7 +417,7 @@ pub(super) fn start_with_env(
             let started = spawn_until_ready(label, cmd, &log, "BARE_READY ")?;
             quic_server(label, kind, place, started, None)
         }
-        Kind::Nats => {
+        Kind::Nats | Kind::NatsTls => {
             let bin = ctx.args.nats.as_ref().context("no nats-server")?;
             let port = free_port()?;
             let mut cmd = wrapped(place.netns(), ctx.pin, core, bin);
@@ -402,6 +425,17 @@ pub(super) fn start_with_env(
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(&log)?));
+            let tls = if kind == Kind::NatsTls {
+                let (cert, key, hash) = nats_certificate(&ctx.work.join("nats-tls"))?;
+                cmd.arg("--tls")
+                    .arg("--tlscert")
+                    .arg(&cert)
+                    .arg("--tlskey")
+                    .arg(&key);
+                Some(hash)
+            } else {
+                None
+            };
             let mut child = cmd.spawn().context("starting nats-server")?;
             let addrs = place.addrs(port);
             if let Err(e) = wait_tcp(&addrs.1, Duration::from_secs(10)) {
@@ -409,7 +443,9 @@ pub(super) fn start_with_env(
                 let _ = child.wait();
                 return Err(e);
             }
-            Ok(tcp_server(label, kind, child, addrs, String::new(), None))
+            let mut server = tcp_server(label, kind, child, addrs, String::new(), None);
+            server.spec.cert_sha256 = tls;
+            Ok(server)
         }
         Kind::Socketio => {
             let dir = ctx.args.socketio.as_ref().context("no socket.io peer")?;

@@ -36,6 +36,9 @@ pub enum Kind {
     Nats,
     /// Socket.IO 4 on Node, websocket transport.
     Socketio,
+    /// nats-server with TLS (`--tls`), for the connection set-up workload: a peer that pays a
+    /// TLS handshake per connection as Quiver does.
+    NatsTls,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Bare => "bare-wtransport",
             Kind::Nats => "nats",
             Kind::Socketio => "socket.io",
+            Kind::NatsTls => "nats-tls",
         }
     }
 }
@@ -103,7 +107,13 @@ impl Subscriber {
                 Self::QuiverWs(quiver_ws::QuiverWsSubscriber::connect(spec, rooms).await?)
             }
             Kind::Bare => Self::Bare(bare::BareSubscriber::connect(spec, quic).await?),
-            Kind::Nats => Self::Nats(nats::NatsSubscriber::connect(&spec.sub_addr, rooms).await?),
+            Kind::Nats => {
+                Self::Nats(nats::NatsSubscriber::connect(&spec.sub_addr, rooms, None).await?)
+            }
+            Kind::NatsTls => Self::Nats(
+                nats::NatsSubscriber::connect(&spec.sub_addr, rooms, Some(spec.cert_hash()?))
+                    .await?,
+            ),
             Kind::Socketio => {
                 Self::SocketIo(socketio::SocketIoSubscriber::connect(&spec.sub_addr, rooms).await?)
             }
@@ -152,9 +162,18 @@ impl Publisher {
                 Self::QuiverWs(quiver_ws::QuiverWsPublisher::connect(spec, rooms, payload).await?)
             }
             Kind::Bare => Self::Bare(bare::BarePublisher::connect(spec, quic, payload).await?),
-            Kind::Nats => {
-                Self::Nats(nats::NatsPublisher::connect(&spec.pub_addr, rooms, payload).await?)
-            }
+            Kind::Nats => Self::Nats(
+                nats::NatsPublisher::connect(&spec.pub_addr, rooms, payload, None).await?,
+            ),
+            Kind::NatsTls => Self::Nats(
+                nats::NatsPublisher::connect(
+                    &spec.pub_addr,
+                    rooms,
+                    payload,
+                    Some(spec.cert_hash()?),
+                )
+                .await?,
+            ),
             Kind::Socketio => Self::SocketIo(
                 socketio::SocketIoPublisher::connect(&spec.pub_addr, rooms, payload).await?,
             ),

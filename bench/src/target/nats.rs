@@ -1,4 +1,5 @@
-//! NATS core over its text protocol on plain TCP: `SUB`, `PUB`, `MSG`, `PING`/`PONG`.
+//! NATS core over its text protocol on plain TCP (or TLS, for the connection set-up peer that
+//! terminates TLS like Quiver does): `SUB`, `PUB`, `MSG`, `PING`/`PONG`.
 //! Written here rather than with async-nats so that NATS gets the same thin client as the others.
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,19 +26,42 @@ enum Incoming {
     Other,
 }
 
+type ReadHalf = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+type WriteHalf = Box<dyn tokio::io::AsyncWrite + Unpin + Send>;
+
 struct Conn {
-    read: tokio::net::tcp::OwnedReadHalf,
-    write: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    read: ReadHalf,
+    write: BufWriter<WriteHalf>,
     buf: BytesMut,
 }
 
 impl Conn {
-    async fn open(addr: &str) -> Result<Self> {
-        let stream = TcpStream::connect(addr)
+    /// Connects over plain TCP, or over TLS pinning the server certificate by `tls` (its
+    /// SHA-256) when given.
+    async fn open(addr: &str, tls: Option<[u8; 32]>) -> Result<Self> {
+        let mut stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        let (read, write): (ReadHalf, WriteHalf) = match tls {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(hash) => {
+                // NATS sends INFO in the clear, then the client upgrades (`tls_required`).
+                read_info(&mut stream).await?;
+                let tls = tls_connector(hash)
+                    .connect(
+                        tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?,
+                        stream,
+                    )
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                let (r, w) = tokio::io::split(tls);
+                (Box::new(r), Box::new(w))
+            }
+        };
         let mut conn = Self {
             read,
             write: BufWriter::with_capacity(64 * 1024, write),
@@ -74,6 +98,53 @@ impl Conn {
             }
         }
     }
+}
+
+/// Reads the server's first line (`INFO {...}`) byte by byte: nothing after it may be consumed,
+/// because the TLS handshake follows on the same socket.
+async fn read_info(stream: &mut TcpStream) -> Result<()> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            bail!("nats closed before INFO");
+        }
+        line.push(byte[0]);
+        if line.len() > 64 * 1024 {
+            bail!("nats: INFO line too long");
+        }
+    }
+    if !line.starts_with(b"INFO ") {
+        bail!(
+            "nats: expected INFO, got {:?}",
+            String::from_utf8_lossy(&line)
+        );
+    }
+    Ok(())
+}
+
+/// A TLS client pinning the server certificate by its SHA-256 (as the QUIC targets do), with no
+/// session resumption: every connection pays a full handshake, like Quiver's fresh-connect
+/// figure.
+fn tls_connector(hash: [u8; 32]) -> tokio_rustls::TlsConnector {
+    use std::sync::{Arc, OnceLock};
+    use tokio_rustls::rustls;
+    static CONFIG: OnceLock<(Arc<rustls::ClientConfig>, [u8; 32])> = OnceLock::new();
+    let (config, pinned) = CONFIG.get_or_init(|| {
+        let mut config = wtransport::tls::client::build_default_tls_config(
+            Arc::new(rustls::RootCertStore::empty()),
+            Some(Arc::new(
+                wtransport::tls::client::ServerHashVerification::new([
+                    wtransport::tls::Sha256Digest::new(hash),
+                ]),
+            )),
+        );
+        config.alpn_protocols.clear();
+        config.resumption = rustls::client::Resumption::disabled();
+        (Arc::new(config), hash)
+    });
+    assert_eq!(*pinned, hash, "one NATS TLS peer per generator process");
+    tokio_rustls::TlsConnector::from(config.clone())
 }
 
 /// Cuts one message out of the buffer if it is complete.
@@ -126,8 +197,8 @@ pub struct NatsSubscriber {
 }
 
 impl NatsSubscriber {
-    pub async fn connect(addr: &str, rooms: &[String]) -> Result<Self> {
-        let mut conn = Conn::open(addr).await?;
+    pub async fn connect(addr: &str, rooms: &[String], tls: Option<[u8; 32]>) -> Result<Self> {
+        let mut conn = Conn::open(addr, tls).await?;
         for (i, room) in rooms.iter().enumerate() {
             // sid = room index + 1 (sids are positive).
             conn.write
@@ -163,8 +234,13 @@ pub struct NatsPublisher {
 }
 
 impl NatsPublisher {
-    pub async fn connect(addr: &str, rooms: &[String], payload: usize) -> Result<Self> {
-        let mut conn = Conn::open(addr).await?;
+    pub async fn connect(
+        addr: &str,
+        rooms: &[String],
+        payload: usize,
+        tls: Option<[u8; 32]>,
+    ) -> Result<Self> {
+        let mut conn = Conn::open(addr, tls).await?;
         conn.round_trip().await?;
         let body = template(payload);
         let mut frames = Vec::new();

@@ -31,11 +31,26 @@ impl ClientPool {
     /// Like [`ClientPool::new`], with sockets bound to `ip` (e.g. 127.0.0.2: another client
     /// address on loopback, for the server's per-address limits).
     pub fn bound(hash: Option<[u8; 32]>, sessions: usize, ip: std::net::Ipv4Addr) -> Result<Self> {
+        Self::build(hash, sessions, ip, true)
+    }
+
+    /// Like [`ClientPool::new`]; with `resume` false no endpoint keeps TLS sessions, so every
+    /// handshake is a full one (what a first visit costs) even when the server issues tickets.
+    pub fn with_resumption(hash: Option<[u8; 32]>, sessions: usize, resume: bool) -> Result<Self> {
+        Self::build(hash, sessions, std::net::Ipv4Addr::UNSPECIFIED, resume)
+    }
+
+    fn build(
+        hash: Option<[u8; 32]>,
+        sessions: usize,
+        ip: std::net::Ipv4Addr,
+        resume: bool,
+    ) -> Result<Self> {
         let mut endpoints = Vec::new();
         if let Some(hash) = hash {
             let count = sessions.div_ceil(SESSIONS_PER_ENDPOINT).max(1);
             for _ in 0..count {
-                endpoints.push(endpoint(hash, ip)?);
+                endpoints.push(endpoint(hash, ip, resume)?);
             }
         }
         Ok(Self {
@@ -68,7 +83,7 @@ impl ClientPool {
 /// Socket buffer size asked for (Linux caps it at net.core.rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
-fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr) -> Result<Endpoint<Client>> {
+fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr, resume: bool) -> Result<Endpoint<Client>> {
     // With the default ~200 KB receive buffer, a burst of fan-out traffic to 100 sessions
     // overflows the socket and the kernel drops datagrams (RcvbufErrors in /proc/net/snmp): the
     // generator would then measure its own loss recovery. Ask for a large buffer.
@@ -80,9 +95,22 @@ fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr) -> Result<Endpoint<Client>> 
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&std::net::SocketAddr::from((ip, 0)).into())?;
+    // wtransport's own set-up for pinned hashes, with rustls' resumption store (one per
+    // endpoint: up to 256 sessions) kept or turned off.
+    let mut tls = wtransport::tls::client::build_default_tls_config(
+        Arc::new(wtransport::tls::rustls::RootCertStore::empty()),
+        Some(Arc::new(
+            wtransport::tls::client::ServerHashVerification::new([
+                wtransport::tls::Sha256Digest::new(hash),
+            ]),
+        )),
+    );
+    if !resume {
+        tls.resumption = wtransport::tls::rustls::client::Resumption::disabled();
+    }
     let mut config = ClientConfig::builder()
         .with_bind_socket(socket.into())
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+        .with_custom_tls(tls)
         .build();
     let mut transport = wtransport::quinn::TransportConfig::default();
     // A subscriber here has at most a couple of subscription streams.

@@ -20,6 +20,20 @@ pub struct ConnParams {
     /// Longest time to hold them if stdin never closes.
     #[arg(long, default_value_t = 60.0)]
     pub hold: f64,
+    /// Keep TLS sessions for resumption (QUIC targets): each client endpoint's later
+    /// handshakes resume when the server issues tickets (a returning client). Off: every
+    /// handshake is a full one (a first visit).
+    #[arg(long, default_value_t = false)]
+    #[serde(default)]
+    pub resume: bool,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = super::CONNECT_CONCURRENCY)]
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    super::CONNECT_CONCURRENCY
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,8 +48,14 @@ pub struct ConnResult {
 
 /// Opens the sessions, prints the result as one JSON line, holds until stdin closes.
 pub async fn run(spec: &Spec, p: &ConnParams) -> Result<()> {
-    let pool = Arc::new(ClientPool::new(spec.cert_hash().ok(), p.sessions)?);
-    let (subs, took) = super::connect_subscribers(spec, &pool, p.sessions, |_| Vec::new()).await?;
+    let pool = Arc::new(ClientPool::with_resumption(
+        spec.cert_hash().ok(),
+        p.sessions,
+        p.resume,
+    )?);
+    let (subs, took) =
+        super::connect_subscribers_at(spec, &pool, p.sessions, p.concurrency, |_| Vec::new())
+            .await?;
     let result = ConnResult {
         params: p.clone(),
         connect_secs: took.as_secs_f64(),

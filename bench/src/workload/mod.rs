@@ -27,6 +27,17 @@ pub async fn connect_subscribers(
     count: usize,
     rooms_of: impl Fn(usize) -> Vec<String>,
 ) -> Result<(Vec<Subscriber>, Duration)> {
+    connect_subscribers_at(spec, pool, count, CONNECT_CONCURRENCY, rooms_of).await
+}
+
+/// [`connect_subscribers`] with `concurrency` connects in flight.
+pub async fn connect_subscribers_at(
+    spec: &Spec,
+    pool: &Arc<ClientPool>,
+    count: usize,
+    concurrency: usize,
+    rooms_of: impl Fn(usize) -> Vec<String>,
+) -> Result<(Vec<Subscriber>, Duration)> {
     let started = std::time::Instant::now();
     let subs: Vec<Result<Subscriber>> = futures::stream::iter(0..count)
         .map(|i| {
@@ -34,7 +45,7 @@ pub async fn connect_subscribers(
             let pool = pool.clone();
             async move { Subscriber::connect(spec, &pool, &rooms).await }
         })
-        .buffered(CONNECT_CONCURRENCY)
+        .buffered(concurrency.max(1))
         .collect()
         .await;
     let subs = subs.into_iter().collect::<Result<Vec<_>>>()?;
