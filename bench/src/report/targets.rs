@@ -529,6 +529,8 @@ mod tests {
                 params: ConnParams {
                     sessions: 100,
                     hold: 1.0,
+                    resume: false,
+                    concurrency: 64,
                 },
                 connect_secs: 0.1,
                 sessions_per_sec: per_sec,
