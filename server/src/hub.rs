@@ -130,15 +130,14 @@ impl Hub {
     fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let subs = rooms.get(key)?;
-        subs.first()?.latest.as_ref()?;
+        let first = subs.first()?;
+        first.latest.as_ref()?;
         for sub in subs {
             if let Some(slot) = &sub.latest {
                 slot.put(payload.clone());
             }
         }
-        if let Some(first) = subs.first() {
-            first.deliveries.increment(subs.len() as u64);
-        }
+        first.deliveries.increment(subs.len() as u64);
         self.namespaces
             .get(&key.room)
             .deliveries

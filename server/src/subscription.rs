@@ -174,10 +174,7 @@ impl Writer {
     }
 
     fn fresh(&self, delivery: &Delivery) -> bool {
-        match (self.skip_through, delivery.offset) {
-            (Some(seen), Some(offset)) => offset > seen,
-            _ => true,
-        }
+        fresh(self.skip_through, delivery)
     }
 
     async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
@@ -299,10 +296,8 @@ impl Direct {
         else {
             return queue.try_send(delivery.clone());
         };
-        if let (Some(seen), Some(offset)) = (idle.skip_through, delivery.offset) {
-            if offset <= seen {
-                return Ok(());
-            }
+        if !fresh(idle.skip_through, delivery) {
+            return Ok(());
         }
         let mut rest = [delivery.frame.clone()];
         let written = idle
@@ -325,6 +320,14 @@ impl Direct {
             frame: rest,
             entered: delivery.entered,
         })
+    }
+}
+
+/// Whether a live delivery is past the replay (`Writer::skip_through`): older ones were in it.
+fn fresh(skip_through: Option<u64>, delivery: &Delivery) -> bool {
+    match (skip_through, delivery.offset) {
+        (Some(seen), Some(offset)) => offset > seen,
+        _ => true,
     }
 }
 

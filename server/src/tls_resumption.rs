@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use wtransport::tls::rustls;
+use wtransport::tls::{rustls, WEBTRANSPORT_ALPN};
 use wtransport::Identity;
 
 use crate::tls::TlsError;
@@ -31,9 +31,6 @@ pub fn register_metrics() {
          certificate signature); compare with quiver_sessions_opened_total"
     );
 }
-
-/// ALPN of WebTransport over HTTP/3 (what wtransport's default configuration sets).
-const ALPN_H3: &[u8] = b"h3";
 
 /// Tickets sent after a full handshake. One is enough for a client with one session (each
 /// resumed handshake brings a fresh one); rustls' default of two costs a second encryption
@@ -63,7 +60,7 @@ pub fn webtransport_tls(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Pem(e.to_string()))?;
-    config.alpn_protocols = vec![ALPN_H3.to_vec()];
+    config.alpn_protocols = vec![WEBTRANSPORT_ALPN.to_vec()];
     // Our order, not the client's: see the module comment.
     config.ignore_client_order = true;
     if tickets {
@@ -190,7 +187,7 @@ mod tests {
                 wtransport::tls::client::NoServerVerification::new(),
             )),
         );
-        c.alpn_protocols = vec![ALPN_H3.to_vec()];
+        c.alpn_protocols = vec![WEBTRANSPORT_ALPN.to_vec()];
         c
     }
 
