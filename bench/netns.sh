@@ -91,7 +91,7 @@ rate() {
 
 case "${1:-}" in
   check) check ;;
-  rate) rate "${2:?mbit}" "${3:-100}" ;;
+  rate) rate "${2:?mbit}" "${3:-}" ;;
   up) up ;;
   loss) loss "${2:?percent}" ;;
   down) down ;;

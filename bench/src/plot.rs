@@ -10,7 +10,7 @@ use plotters::prelude::*;
 use crate::report::Report;
 use crate::target::Kind;
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 pub(crate) const PALETTE: [RGBColor; 7] = [
     RGBColor(31, 119, 180),

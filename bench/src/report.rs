@@ -164,18 +164,20 @@ impl Report {
         (ok, self.checks.len() - ok)
     }
 
-    fn max_rate(&self, kind: Kind, n: usize) -> Option<f64> {
+    /// The fan-out run of `kind` at `n` subscribers.
+    fn fanout_run(&self, kind: Kind, n: usize) -> Option<&FanoutRun> {
         self.fanout
             .iter()
             .find(|f| f.target == kind && f.subscribers == n)
-            .map(|f| f.max.deliveries_per_sec)
+    }
+
+    fn max_rate(&self, kind: Kind, n: usize) -> Option<f64> {
+        self.fanout_run(kind, n).map(|f| f.max.deliveries_per_sec)
     }
 
     /// p99 in µs at the offered rate every target gets, and that rate in deliveries/s.
     fn common_p99(&self, kind: Kind, n: usize) -> Option<(f64, f64)> {
-        self.fanout
-            .iter()
-            .find(|f| f.target == kind && f.subscribers == n)
+        self.fanout_run(kind, n)
             .and_then(|f| f.common.as_ref())
             .map(|c| (c.latency.p99_us, c.params.rate * n as f64))
     }
@@ -396,12 +398,10 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             );
         }
         if let Some(x) = r
-            .fanout
-            .iter()
-            .find(|f| f.target == Kind::Quiver && f.subscribers == n)
-            .and_then(|f| f.fixed.iter().find(|x| (x.fraction - 0.5).abs() < 1e-9))
+            .fanout_run(Kind::Quiver, n)
+            .and_then(|f| sections::half(&f.fixed))
         {
-            let p99 = x.result.latency.p99_us;
+            let p99 = x.latency.p99_us;
             let _ = writeln!(
                 md,
                 "- p99 < 5 ms at half of max (n={n}): {} — {}",
@@ -765,6 +765,46 @@ pub(crate) mod tests {
         .expect("a valid LoadResult")
     }
 
+    /// A common-rate run at 5 publications/s (50 deliveries/s to 10 subscribers) with p99 `p99`.
+    pub(crate) fn common(rate: f64, p99: f64) -> LoadResult {
+        let mut common = load(rate);
+        common.params.rate = 5.0;
+        common.latency.p99_us = p99;
+        common
+    }
+
+    /// A fan-out run at 10 subscribers: max rate `max`, `common` at the common rate.
+    pub(crate) fn fanout10(target: Kind, max: f64, common: LoadResult) -> FanoutRun {
+        FanoutRun {
+            target,
+            subscribers: 10,
+            max: load(max),
+            fixed: Vec::new(),
+            common: Some(common),
+            server_version: String::new(),
+        }
+    }
+
+    /// An idle-connections run of 100 sessions.
+    pub(crate) fn conn(target: Kind, per_sec: f64, kib: f64) -> ConnRun {
+        ConnRun {
+            target,
+            result: ConnResult {
+                params: crate::workload::connections::ConnParams {
+                    sessions: 100,
+                    hold: 1.0,
+                    resume: false,
+                    concurrency: 64,
+                },
+                connect_secs: 0.1,
+                sessions_per_sec: per_sec,
+                server_rss_per_session_bytes: Some(kib * 1024.0),
+            },
+            server_rss_before: 0,
+            server_rss_after: 0,
+        }
+    }
+
     /// Runs are recorded target by target (all sizes for one target, then the next): each
     /// size still gets one table and one set of target lines.
     #[test]
@@ -799,33 +839,8 @@ pub(crate) mod tests {
             (Kind::QuiverWs, 700.0, 2.0, 20.0),
             (Kind::Socketio, 200.0, 3.0, 25.0),
         ] {
-            let mut common = load(max / 2.0);
-            common.params.rate = 5.0;
-            common.latency.p99_us = p99;
-            r.fanout.push(FanoutRun {
-                target,
-                subscribers: 10,
-                max: load(max),
-                fixed: Vec::new(),
-                common: Some(common),
-                server_version: String::new(),
-            });
-            r.connections.push(ConnRun {
-                target,
-                result: ConnResult {
-                    params: crate::workload::connections::ConnParams {
-                        sessions: 100,
-                        hold: 1.0,
-                        resume: false,
-                        concurrency: 64,
-                    },
-                    connect_secs: 0.1,
-                    sessions_per_sec: 1000.0,
-                    server_rss_per_session_bytes: Some(kib * 1024.0),
-                },
-                server_rss_before: 0,
-                server_rss_after: 0,
-            });
+            r.fanout.push(fanout10(target, max, common(max / 2.0, p99)));
+            r.connections.push(conn(target, 1000.0, kib));
         }
         let md = markdown(&r, &[]);
         assert!(

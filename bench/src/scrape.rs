@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::plot::{err, text, text_width, PALETTE};
+use crate::plot::{err, text, text_width, Area, PALETTE};
 
 #[derive(clap::Args)]
 pub struct ScrapeArgs {
@@ -302,8 +302,6 @@ fn fmt(v: f64, unit: &str) -> String {
     };
     format!("{n} {unit}").trim_end().to_owned()
 }
-
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// Cuts a line where an interval has no value (no observation), instead of bridging the gap.
 fn segments(points: &[(f64, f64)], step: f64) -> Vec<&[(f64, f64)]> {

@@ -60,3 +60,14 @@ pub async fn wait_ack(ws: &mut Ws, id: u32) -> Result<()> {
         }
     }
 }
+
+/// Ack id used by a publisher's final `sync` event.
+const SYNC_ACK: u32 = 999_999;
+
+/// Sends an acknowledged `sync` event and waits for its ack: the server handles a socket's
+/// packets in order, so everything published before has been emitted to the room.
+pub async fn sync(ws: &mut Ws) -> Result<()> {
+    ws.send(Message::text(format!("42{SYNC_ACK}[\"sync\"]")))
+        .await?;
+    wait_ack(ws, SYNC_ACK).await
+}

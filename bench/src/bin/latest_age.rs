@@ -233,10 +233,8 @@ async fn start_quiver(args: &Args, held: Arc<Held>, bulk: Arc<Bulk>) -> Result<S
 /// The same values through the Socket.IO peer: the send time travels as 20 decimal digits
 /// (Socket.IO payloads here are strings), padded to `--payload` bytes.
 async fn start_socketio(args: &Args, held: Arc<Held>) -> Result<Started> {
-    use futures::{SinkExt, StreamExt};
+    use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    /// Ack id of the publisher's final `sync`.
-    const SYNC_ACK: u32 = 999_999;
     let sub_addr = args.socketio.as_deref().context("--socketio")?;
     let pub_addr = args.socketio_pub.as_deref().context("--socketio-pub")?;
     let mut sub = socketio_wire::open(sub_addr).await?;
@@ -245,15 +243,7 @@ async fn start_socketio(args: &Args, held: Arc<Held>) -> Result<Started> {
     socketio_wire::wait_ack(&mut sub, 0).await?;
     let mut publ = socketio_wire::open(pub_addr).await?;
     let reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = sub.next().await {
-            let Message::Text(text) = msg else { continue };
-            let text = text.as_str();
-            if text == "2" {
-                if sub.send(Message::text("3")).await.is_err() {
-                    return;
-                }
-                continue;
-            }
+        while let Ok(text) = socketio_wire::next_text(&mut sub).await {
             // 42["msg","<room>","<20 digits>x..."]
             let Some(rest) = text.strip_prefix("42[\"msg\",\"") else {
                 continue;
@@ -279,9 +269,7 @@ async fn start_socketio(args: &Args, held: Arc<Held>) -> Result<Started> {
             sent += 1;
         }
         // Everything before the acknowledged `sync` has been emitted to the room.
-        publ.send(Message::text(format!("42{SYNC_ACK}[\"sync\"]")))
-            .await?;
-        socketio_wire::wait_ack(&mut publ, SYNC_ACK).await?;
+        socketio_wire::sync(&mut publ).await?;
         let _ = publ.close(None).await;
         anyhow::Ok(sent)
     });

@@ -10,7 +10,8 @@ fn p50_p99(l: &LoadResult) -> String {
     format!("{} / {}", us(l.latency.p50_us), us(l.latency.p99_us))
 }
 
-fn half(fixed: &[FixedRun]) -> Option<&LoadResult> {
+/// The fixed-rate run at half of max.
+pub(super) fn half(fixed: &[FixedRun]) -> Option<&LoadResult> {
     fixed
         .iter()
         .find(|x| (x.fraction - 0.5).abs() < 1e-9)
@@ -71,15 +72,10 @@ pub(super) fn cluster_section(md: &mut String, r: &Report) {
         "| setup | subscribers | deliveries/s (max) | p50 / p99 at 50% of max |"
     );
     let _ = writeln!(md, "|---|---:|---:|---|");
-    let find = |kind: Kind, n: usize| {
-        r.fanout
-            .iter()
-            .find(|f| f.target == kind && f.subscribers == n)
-    };
     let mut costs = Vec::new();
     for c in &r.cluster_runs {
         let n = c.subscribers;
-        let single = find(Kind::Quiver, n);
+        let single = r.fanout_run(Kind::Quiver, n);
         if let Some(f) = single {
             let _ = writeln!(
                 md,
@@ -94,7 +90,7 @@ pub(super) fn cluster_section(md: &mut String, r: &Report) {
             kfmt(c.max.deliveries_per_sec),
             c.half.as_ref().map_or("–".into(), p50_p99)
         );
-        if let Some(f) = find(Kind::Nats, n) {
+        if let Some(f) = r.fanout_run(Kind::Nats, n) {
             let _ = writeln!(
                 md,
                 "| nats-server alone | {n} | {} | {} |",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{kfmt, met, us, FanoutRun, Report, RoomsRun};
+use super::{kfmt, met, us, Report, RoomsRun};
 use crate::orchestrate::Mode;
 use crate::target::Kind;
 use crate::workload::load::LoadResult;
@@ -25,10 +25,6 @@ const FANOUT_VS_NATS: f64 = 1.0;
 const P99_VS_NATS: f64 = 1.2;
 const KIB_PER_SESSION: f64 = 40.0;
 const SESSIONS_PER_SEC: f64 = 1500.0;
-
-/// The label another change gives a TLS-terminating nats-server in the connections workload;
-/// matched by label so this report reads it whenever it is in the results.
-const NATS_TLS: &str = "nats-tls";
 
 /// An earlier run's "no regression" figures, kept in the report so a re-render shows them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,12 +85,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn fanout(r: &Report, kind: Kind, n: usize) -> Option<&FanoutRun> {
-    r.fanout
-        .iter()
-        .find(|f| f.target == kind && f.subscribers == n)
-}
-
 fn rooms(r: &Report, kind: Kind) -> Option<&RoomsRun> {
     r.rooms.iter().find(|x| x.target == kind)
 }
@@ -107,7 +97,8 @@ fn cpu_per_delivery(m: &LoadResult) -> Option<f64> {
         .map(|c| c * 1e6 / delivered)
 }
 
-/// p99 (µs) at the common offered rate, and that rate in deliveries/s.
+/// p99 (µs) at the common offered rate, and that rate in deliveries/s (many rooms; fan-out has
+/// `Report::common_p99`).
 fn common_p99(common: Option<&LoadResult>) -> Option<(f64, f64)> {
     common.map(|c| {
         (
@@ -218,10 +209,13 @@ pub fn issue14(md: &mut String, r: &Report) {
     }
     for &n in &sizes {
         let what = format!("Fan-out ≥ {FANOUT_VS_NATS:.1}× nats-server (n={n})");
-        let q = fanout(r, Kind::Quiver, n).map(|f| f.max.deliveries_per_sec);
+        let q = r
+            .fanout_run(Kind::Quiver, n)
+            .map(|f| f.max.deliveries_per_sec);
         match (
             q,
-            fanout(r, Kind::Nats, n).map(|f| f.max.deliveries_per_sec),
+            r.fanout_run(Kind::Nats, n)
+                .map(|f| f.max.deliveries_per_sec),
         ) {
             (Some(q), Some(nats)) => {
                 let x = q / nats.max(1e-9);
@@ -232,7 +226,10 @@ pub fn issue14(md: &mut String, r: &Report) {
                     kfmt(nats),
                     met(x >= FANOUT_VS_NATS)
                 );
-                if let Some(w) = fanout(r, Kind::QuiverWs, n).map(|f| f.max.deliveries_per_sec) {
+                if let Some(w) = r
+                    .fanout_run(Kind::QuiverWs, n)
+                    .map(|f| f.max.deliveries_per_sec)
+                {
                     let x = w / nats.max(1e-9);
                     let _ = writeln!(
                         md,
@@ -248,10 +245,9 @@ pub fn issue14(md: &mut String, r: &Report) {
 
     // p99 at the same offered rate: every fan-out size, and many rooms.
     for &n in &sizes {
-        let quiver = common_p99(fanout(r, Kind::Quiver, n).and_then(|f| f.common.as_ref()));
-        let nats = common_p99(fanout(r, Kind::Nats, n).and_then(|f| f.common.as_ref()));
-        let bare = common_p99(fanout(r, Kind::Bare, n).and_then(|f| f.common.as_ref()));
-        let ws = common_p99(fanout(r, Kind::QuiverWs, n).and_then(|f| f.common.as_ref()));
+        let quiver = r.common_p99(Kind::Quiver, n);
+        let bare = r.common_p99(Kind::Bare, n);
+        let (nats, ws) = (r.common_p99(Kind::Nats, n), r.common_p99(Kind::QuiverWs, n));
         p99_lines(md, &format!("n={n}"), quiver, nats, ws, no_nats);
         let what = format!("p99 at the same offered rate ≤ the bare transport's (n={n})");
         match (quiver, bare) {
@@ -315,28 +311,29 @@ pub fn issue14(md: &mut String, r: &Report) {
         "Connection setup ≥ {} sessions/s, TLS 1.3 handshake and token check included",
         kfmt_int(SESSIONS_PER_SEC)
     );
-    let rate = |label: &str| {
+    let rate = |kind: Kind| {
         r.connections
             .iter()
-            .find(|c| c.target.label() == label)
+            .find(|c| c.target == kind)
             .map(|c| c.result.sessions_per_sec)
     };
-    match rate(Kind::Quiver.label()) {
+    match rate(Kind::Quiver) {
         Some(q) => {
             let _ = writeln!(md, "- {what}: {q:.0}/s — {}", met(q >= SESSIONS_PER_SEC));
-            match rate(NATS_TLS) {
+            let tls = Kind::NatsTls.label();
+            match rate(Kind::NatsTls) {
                 Some(t) => {
                     let _ = writeln!(
                         md,
-                        "  - against a TLS-terminating peer ({NATS_TLS}): {t:.0}/s, quiver {:.2}×",
+                        "  - against a TLS-terminating peer ({tls}): {t:.0}/s, quiver {:.2}×",
                         q / t.max(1e-9)
                     );
                 }
                 None => {
-                    let _ = writeln!(md, "  - no TLS-terminating peer ({NATS_TLS}) in this run");
+                    let _ = writeln!(md, "  - no TLS-terminating peer ({tls}) in this run");
                 }
             }
-            if let Some(n) = rate(Kind::Nats.label()) {
+            if let Some(n) = rate(Kind::Nats) {
                 let _ = writeln!(
                     md,
                     "  - nats-server over plain TCP (no TLS, no token) for reference: {n:.0}/s"
@@ -476,7 +473,7 @@ pub fn regression_figures(r: &Report) -> Vec<(String, String)> {
     sizes.dedup();
     for kind in [Kind::Quiver, Kind::QuiverWs] {
         for &n in &sizes {
-            if let (Some(q), Some(s)) = (fanout(r, kind, n), fanout(r, Kind::Socketio, n)) {
+            if let (Some(q), Some(s)) = (r.fanout_run(kind, n), r.fanout_run(Kind::Socketio, n)) {
                 out.push((
                     format!("{} fan-out vs Socket.IO (n={n})", kind.label()),
                     format!(
@@ -497,7 +494,8 @@ pub fn regression_figures(r: &Report) -> Vec<(String, String)> {
         }
     }
     for c in &r.cluster_runs {
-        let single = fanout(r, Kind::Quiver, c.subscribers)
+        let single = r
+            .fanout_run(Kind::Quiver, c.subscribers)
             .map(|f| f.max.deliveries_per_sec)
             .filter(|s| *s > 0.0);
         out.push((
@@ -518,28 +516,8 @@ pub fn regression_figures(r: &Report) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::tests::load;
-    use crate::report::{ConnRun, FanoutRun, RoomsRun};
-    use crate::workload::connections::{ConnParams, ConnResult};
-
-    fn conn(target: Kind, per_sec: f64, kib: f64) -> ConnRun {
-        ConnRun {
-            target,
-            result: ConnResult {
-                params: ConnParams {
-                    sessions: 100,
-                    hold: 1.0,
-                    resume: false,
-                    concurrency: 64,
-                },
-                connect_secs: 0.1,
-                sessions_per_sec: per_sec,
-                server_rss_per_session_bytes: Some(kib * 1024.0),
-            },
-            server_rss_before: 0,
-            server_rss_after: 0,
-        }
-    }
+    use crate::report::tests::{common, conn, fanout10, load};
+    use crate::report::{FanoutRun, RoomsRun};
 
     /// quiver, nats and the bare peer at one size, with given max rates and common-rate p99s;
     /// many rooms and idle connections for quiver and nats.
@@ -550,17 +528,8 @@ mod tests {
             (Kind::Nats, nats.0, nats.1),
             (Kind::Bare, 100.0, bare_p99),
         ] {
-            let mut common = load(50.0);
-            common.params.rate = 5.0;
-            common.latency.p99_us = p99;
-            r.fanout.push(FanoutRun {
-                target,
-                subscribers: 10,
-                max: load(max),
-                fixed: Vec::new(),
-                common: Some(common.clone()),
-                server_version: String::new(),
-            });
+            let common = common(50.0, p99);
+            r.fanout.push(fanout10(target, max, common.clone()));
             if target != Kind::Bare {
                 // load() spends 0.5 CPU s over 1 s: CPU per delivery falls as the rate rises.
                 r.rooms.push(RoomsRun {

@@ -131,14 +131,7 @@ fn tls_connector(hash: [u8; 32]) -> tokio_rustls::TlsConnector {
     use tokio_rustls::rustls;
     static CONFIG: OnceLock<(Arc<rustls::ClientConfig>, [u8; 32])> = OnceLock::new();
     let (config, pinned) = CONFIG.get_or_init(|| {
-        let mut config = wtransport::tls::client::build_default_tls_config(
-            Arc::new(rustls::RootCertStore::empty()),
-            Some(Arc::new(
-                wtransport::tls::client::ServerHashVerification::new([
-                    wtransport::tls::Sha256Digest::new(hash),
-                ]),
-            )),
-        );
+        let mut config = super::quic::pinned_tls(hash);
         config.alpn_protocols.clear();
         config.resumption = rustls::client::Resumption::disabled();
         (Arc::new(config), hash)

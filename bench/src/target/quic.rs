@@ -83,6 +83,18 @@ impl ClientPool {
 /// Socket buffer size asked for (Linux caps it at net.core.rmem_max / wmem_max).
 const SOCKET_BUFFER: usize = 4 << 20;
 
+/// wtransport's own client TLS set-up pinning the server certificate by its SHA-256.
+pub(super) fn pinned_tls(hash: [u8; 32]) -> wtransport::tls::rustls::ClientConfig {
+    wtransport::tls::client::build_default_tls_config(
+        Arc::new(wtransport::tls::rustls::RootCertStore::empty()),
+        Some(Arc::new(
+            wtransport::tls::client::ServerHashVerification::new([
+                wtransport::tls::Sha256Digest::new(hash),
+            ]),
+        )),
+    )
+}
+
 fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr, resume: bool) -> Result<Endpoint<Client>> {
     // With the default ~200 KB receive buffer, a burst of fan-out traffic to 100 sessions
     // overflows the socket and the kernel drops datagrams (RcvbufErrors in /proc/net/snmp): the
@@ -95,16 +107,8 @@ fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr, resume: bool) -> Result<Endp
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&std::net::SocketAddr::from((ip, 0)).into())?;
-    // wtransport's own set-up for pinned hashes, with rustls' resumption store (one per
-    // endpoint: up to 256 sessions) kept or turned off.
-    let mut tls = wtransport::tls::client::build_default_tls_config(
-        Arc::new(wtransport::tls::rustls::RootCertStore::empty()),
-        Some(Arc::new(
-            wtransport::tls::client::ServerHashVerification::new([
-                wtransport::tls::Sha256Digest::new(hash),
-            ]),
-        )),
-    );
+    // rustls' resumption store (one per endpoint: up to 256 sessions) kept or turned off.
+    let mut tls = pinned_tls(hash);
     if !resume {
         tls.resumption = wtransport::tls::rustls::client::Resumption::disabled();
     }

@@ -10,10 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::payload::template;
 use crate::recorder::Recorder;
-use crate::socketio_wire::{open, wait_ack, Ws};
-
-/// Ack id used by a publisher's final `sync` event.
-const SYNC_ACK: u32 = 999_999;
+use crate::socketio_wire::{open, sync, wait_ack, Ws};
 
 pub struct SocketIoSubscriber {
     ws: Ws,
@@ -109,9 +106,6 @@ impl SocketIoPublisher {
     /// Sends an acknowledged `sync` event and waits for its ack: the server handles a socket's
     /// packets in order, so everything published before has been emitted to the room.
     pub async fn finish(&mut self) -> Result<()> {
-        self.ws
-            .send(Message::text(format!("42{SYNC_ACK}[\"sync\"]")))
-            .await?;
-        wait_ack(&mut self.ws, SYNC_ACK).await
+        sync(&mut self.ws).await
     }
 }
