@@ -1,4 +1,4 @@
-// Shared by the demo pages (/arena, /orders): the development token from /dev/bootstrap, a
+// Shared by the demo pages (/, /arena, /orders): the development token from /dev/bootstrap, a
 // QuiverClient that fetches a fresh one on every reconnect and refresh (same user), and the
 // page's state, transport and error fields (#state, #transport, #error).
 import { QuiverClient } from './quiver.js';
@@ -17,15 +17,21 @@ export function showError(message) {
   $('error').hidden = !message;
 }
 
-/** A client for the development server; `?transport=websocket|webtransport` pins one. */
-export async function devClient() {
-  let boot = await bootstrap();
+/**
+ * A QuiverClient for the development server from a bootstrap answer: its token serves the first
+ * connection, every later one (reconnects, refreshes) fetches a fresh token for the same user.
+ * `?transport=websocket|webtransport` pins one transport, to compare them side by side.
+ */
+export function clientFor(boot) {
+  let current = boot;
   let firstToken = boot.token;
   const pinned = new URLSearchParams(location.search).get('transport');
-  const client = new QuiverClient({
+  return new QuiverClient({
     ...(pinned === 'websocket' || pinned === 'webtransport' ? { transports: [pinned] } : {}),
     url: boot.url,
-    webSocketUrl: boot.ws_url,
+    // WebTransport first, WebSocket when it is missing, refused or silent (blocked UDP). The
+    // WebSocket is on the HTTP port this page came from; newer servers say so in `ws_url`.
+    webSocketUrl: boot.ws_url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`,
     serverCertificateHashes: [boot.cert_sha256],
     token: async () => {
       if (firstToken) {
@@ -33,12 +39,19 @@ export async function devClient() {
         firstToken = null;
         return t;
       }
-      const fresh = await bootstrap(boot.user);
-      if (fresh.cert_sha256 !== boot.cert_sha256) location.reload();
-      boot = fresh;
+      const fresh = await bootstrap(current.user);
+      // A regenerated development certificate cannot be pinned by a running client: start over.
+      if (fresh.cert_sha256 !== current.cert_sha256) location.reload();
+      current = fresh;
       return fresh.token;
     },
   });
+}
+
+/** A client for the development server, showing its state, transport and errors in the page. */
+export async function devClient() {
+  const boot = await bootstrap();
+  const client = clientFor(boot);
   client.on('state', (state) => {
     $('state').textContent = state;
     $('state').dataset.state = state;

@@ -1,26 +1,10 @@
 // Live demo: a dashboard of eight rooms fed by the server's demo publisher, and a chat room.
 // Served by `quiver serve` in development mode, which also answers /dev/bootstrap.
-import { QuiverClient } from './quiver.js';
+import { $, bootstrap, clientFor, failed, showError } from './boot.js';
 
 const TILE_ROOMS = Array.from({ length: 8 }, (_, i) => `dash.tile.${i}`);
 const CHAT_ROOM = 'chat.lobby';
 const HISTORY = 60; // points in each sparkline
-
-const $ = (id) => document.getElementById(id);
-
-// Later calls ask for the same user: a refreshed token must name the session's user.
-async function bootstrap(user) {
-  const query = user ? `?user=${encodeURIComponent(user)}` : '';
-  const res = await fetch(`/dev/bootstrap${query}`, { cache: 'no-store' });
-  if (!res.ok) throw new Error(`GET /dev/bootstrap: HTTP ${res.status} (is the server in development mode?)`);
-  return res.json();
-}
-
-function showError(message) {
-  const el = $('error');
-  el.textContent = message;
-  el.hidden = !message;
-}
 
 /** One dashboard tile; messages only record data, drawing happens once per animation frame. */
 class Tile {
@@ -142,34 +126,9 @@ class Presence {
 }
 
 async function main() {
-  let boot = await bootstrap();
+  const boot = await bootstrap();
   $('user').textContent = boot.user;
-  let firstToken = boot.token;
-
-  // `?transport=websocket` (or `webtransport`) pins one transport, to compare them side by side.
-  const pinned = new URLSearchParams(location.search).get('transport');
-  const client = new QuiverClient({
-    ...(pinned === 'websocket' || pinned === 'webtransport' ? { transports: [pinned] } : {}),
-    url: boot.url,
-    // WebTransport first, WebSocket when it is missing, refused or silent (blocked UDP). The
-    // WebSocket is on the HTTP port this page came from; newer servers say so in `ws_url`.
-    webSocketUrl: boot.ws_url ?? `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/v1/ws`,
-    serverCertificateHashes: [boot.cert_sha256],
-    // The bootstrap's token serves the first connection; every later one (reconnects, refreshes)
-    // gets a fresh token from the server.
-    token: async () => {
-      if (firstToken) {
-        const t = firstToken;
-        firstToken = null;
-        return t;
-      }
-      const fresh = await bootstrap(boot.user);
-      // A regenerated development certificate cannot be pinned by a running client: start over.
-      if (fresh.cert_sha256 !== boot.cert_sha256) location.reload();
-      boot = fresh;
-      return fresh.token;
-    },
-  });
+  const client = clientFor(boot);
 
   // For devtools and the browser tests: `quiverDemo.client.transport` and the like.
   window.quiverDemo = { client };
@@ -252,8 +211,4 @@ async function main() {
   });
 }
 
-main().catch((e) => {
-  $('state').textContent = 'closed';
-  $('state').dataset.state = 'closed';
-  showError(e.message);
-});
+main().catch(failed);
