@@ -421,24 +421,6 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             "- Server memory < 50 KiB per idle session: {per:.1} KiB — {}",
             met(per < 50.0)
         );
-        // Issue 14: TLS handshake and token included; against the TLS-terminating NATS peer.
-        let rate = c.result.sessions_per_sec;
-        let vs_tls = r
-            .connections
-            .iter()
-            .find(|n| n.target == Kind::NatsTls)
-            .map(|n| {
-                format!(
-                    " ({:.2}× nats-tls)",
-                    rate / n.result.sessions_per_sec.max(1e-9)
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            md,
-            "- Connection set-up ≥ 1,500 sessions/s (fresh TLS handshakes): {rate:.0}/s{vs_tls} — {}",
-            met(rate >= 1500.0)
-        );
     }
     ws_targets(&mut md, r, &sizes);
     let quiet_p99 = |kind: Kind, loss: u32| {

@@ -272,14 +272,31 @@ impl NatsConfig {
 fn default_storage() -> String {
     "memory".into()
 }
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportSettings {
     pub congestion_control: CongestionControl,
     /// Receive buffer of the WebTransport UDP socket, in bytes; 0 keeps the kernel's default.
-    /// Bursts of connects overflow a small one and every lost handshake packet costs a QUIC
-    /// probe timeout (about a second): see `udp_socket.rs`. Capped by `net.core.rmem_max`.
+    /// This is its steady size: a deep queue of ACKs slows saturated fan-out (`udp_socket.rs`).
+    /// Capped by `net.core.rmem_max`.
     pub udp_receive_buffer: usize,
+    /// The receive buffer while a burst of handshakes is in progress (0: never grow). Bursts
+    /// of connects overflow a small one and every lost handshake packet costs a QUIC probe
+    /// timeout (about a second): see `udp_socket.rs`.
+    pub udp_receive_buffer_burst: usize,
+    /// Handshakes in progress at once that count as a burst.
+    pub udp_burst_handshakes: usize,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            congestion_control: CongestionControl::default(),
+            udp_receive_buffer: 0,
+            udp_receive_buffer_burst: 1024 * 1024,
+            udp_burst_handshakes: 8,
+        }
+    }
 }
 
 /// QUIC congestion controller for every connection (what the server sends; clients choose

@@ -124,6 +124,8 @@ pub struct Shared {
     pub recent_users: crate::metrics::RecentUsers,
     /// The way to the application's backend, for `Call` and hooks.
     pub rpc: Arc<crate::rpc::Rpc>,
+    /// The WebTransport socket's receive buffer, deep during bursts of handshakes.
+    pub receive_buffer: Arc<crate::udp_socket::ReceiveBuffer>,
 }
 
 impl Shared {
@@ -181,8 +183,12 @@ impl Server {
                 ..Default::default()
             });
         }
-        let endpoint = server_config(&config, identity.identity.clone_identity(), true)
-            .and_then(Endpoint::server)
+        let (endpoint, receive_buffer) = crate::udp_socket::bind(config.listen, &config.transport)
+            .and_then(|(socket, buffer)| {
+                let server =
+                    server_config(&config, identity.identity.clone_identity(), Some(socket))?;
+                Ok((Endpoint::server(server)?, buffer))
+            })
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
@@ -217,6 +223,8 @@ impl Server {
         };
 
         crate::metrics::handle();
+        // Now that the recorder is installed.
+        receive_buffer.report();
         let hub = Arc::new(Hub::with_namespaces(
             config.namespaces.iter().map(|n| n.name.as_str()),
         ));
@@ -265,6 +273,7 @@ impl Server {
                 .flatten(),
             recent_users: Default::default(),
             rpc,
+            receive_buffer: receive_buffer.clone(),
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);
@@ -282,6 +291,7 @@ impl Server {
                 cert_updates_rx,
             )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
+            tokio::spawn(receive_buffer.settle(shared.shutdown.clone())),
             tokio::spawn(reload_certificates(
                 shared.clone(),
                 reloader,
@@ -425,7 +435,7 @@ async fn reload_certificates(
                 continue;
             }
         };
-        match server_config(&shared.config, loaded.identity, false) {
+        match server_config(&shared.config, loaded.identity, None) {
             Ok(config) => {
                 let update = CertUpdate {
                     config,
@@ -512,11 +522,12 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
 /// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
 const DATAGRAM_BUFFER: usize = 64 * 1024;
 
-/// `bind_now`: create the socket here (at start); a certificate reload keeps the bound one.
+/// `socket`: the endpoint's socket (`udp_socket::bind`) at start; `None` on a certificate
+/// reload, which keeps the bound one.
 fn server_config(
     config: &Config,
     identity: wtransport::Identity,
-    bind_now: bool,
+    socket: Option<std::net::UdpSocket>,
 ) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
@@ -538,20 +549,15 @@ fn server_config(
         };
     transport.congestion_controller_factory(controller);
     let builder = ServerConfig::builder();
-    let rcvbuf = config.transport.udp_receive_buffer;
-    let builder = match config.listen {
-        addr if bind_now && rcvbuf > 0 => {
-            builder.with_bind_socket(crate::udp_socket::bind(addr, rcvbuf)?)
-        }
-        // `[::]` serves IPv4 too (browsers resolve localhost to ::1 first, others to 127.0.0.1).
-        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+    // The socket's receive buffer is shallow but for bursts of handshakes (`udp_socket.rs`).
+    let builder = match (socket, config.listen) {
+        (Some(socket), _) => builder.with_bind_socket(socket),
+        // Not bound by a reload: only its TLS configuration is used.
+        (None, SocketAddr::V6(v6)) if v6.ip().is_unspecified() => {
             builder.with_bind_address_v6(v6, Ipv6DualStackConfig::Allow)
         }
-        addr => builder.with_bind_address(addr),
+        (None, addr) => builder.with_bind_address(addr),
     };
-    // The kernel's default UDP buffers are kept by default: 4 MiB receive buffers cut fan-out
-    // throughput by 40% in bench/ (quiet ACK drops pace quinn better than deep queues); a larger
-    // one (`transport.udp_receive_buffer`) helps bursts of connects (`udp_socket.rs`).
     let tls = crate::tls_resumption::webtransport_tls(&identity, config.tls.session_tickets)
         .map_err(std::io::Error::other)?;
     Ok(builder

@@ -3,6 +3,7 @@
 
 use quiver_server::config::ApiKey;
 use quiver_tests::*;
+use std::time::Duration;
 
 const ACME: &str = "acme-key-0123456789abcdef0123456789ab";
 
@@ -164,5 +165,57 @@ async fn the_rust_client_resumes_when_it_reconnects() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.close().await;
+    Ok(())
+}
+
+/// A burst of handshakes (here 12 at once, the threshold set to 4) grows the WebTransport
+/// socket's receive buffer, every session of the burst opens, and the buffer goes back to its
+/// steady size once the burst is over (`udp_socket.rs`: deep queues of ACKs slow fan-out).
+#[tokio::test]
+async fn a_burst_of_handshakes_deepens_the_receive_buffer_until_it_is_over() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.transport.udp_burst_handshakes = 4;
+        c.transport.udp_receive_buffer_burst = 1024 * 1024;
+    })
+    .await?;
+    let page = server.metrics().await?;
+    let bursts = metric(&page, "quiver_udp_receive_buffer_bursts_total");
+    let steady = metric(&page, "quiver_udp_receive_buffer_bytes");
+    assert!(steady > 0.0, "the gauge reports the kernel's buffer");
+
+    let url = session_url(&server);
+    let connects = (0..12).map(|_| {
+        let url = url.clone();
+        async move {
+            client_endpoint(server.hash)?
+                .connect(&url)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    let sessions = futures::future::try_join_all(connects).await?;
+    assert_eq!(sessions.len(), 12, "every session of the burst opens");
+    assert!(
+        metric(
+            &server.metrics().await?,
+            "quiver_udp_receive_buffer_bursts_total"
+        ) > bursts,
+        "12 handshakes at once are a burst"
+    );
+
+    // Back to the steady size within a few settle periods (250 ms each).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = metric(&server.metrics().await?, "quiver_udp_receive_buffer_bytes");
+        if now == steady {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still {now} bytes, steady is {steady}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sessions);
     Ok(())
 }

@@ -59,6 +59,7 @@ pub(super) fn register_zeros() {
     metrics::counter!(NATS_RECONNECTS).absolute(0);
     crate::rpc::register_zeros();
     crate::tls_resumption::register_metrics();
+    crate::udp_socket::register_metrics();
     // Histograms show their `_count` at zero once touched; these have no labels to wait for.
     for name in [
         DELIVERY_LATENCY,

@@ -87,16 +87,24 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let counted = Counted(shared.clone());
+    // Counted from here: a burst of handshakes deepens the socket's receive buffer.
+    let handshake = shared.receive_buffer.handshake();
     tokio::spawn(async move {
-        handle(&counted.0, incoming).await;
+        handle(&counted.0, incoming, handshake).await;
         drop((counted, address));
     });
 }
 
-async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
+async fn handle(
+    shared: &Arc<Shared>,
+    incoming: IncomingSession,
+    handshake: crate::udp_socket::Handshake,
+) {
     // The handshake's futures are boxed, and freed when it ends: inline, they would size this
     // task (held for the whole session) by the handshake's largest stage, not the session's.
-    if let Some((conn, grant)) = Box::pin(establish(shared, incoming)).await {
+    let established = Box::pin(establish(shared, incoming)).await;
+    drop(handshake);
+    if let Some((conn, grant)) = established {
         serve(shared.clone(), conn, grant).await;
     }
 }
