@@ -87,13 +87,17 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let counted = Counted(shared.clone());
+    // Boxed: the task's captured values stay in its future for the session's life, and a
+    // pending QUIC connection (its first packet, handshake state) is large; boxed, it is freed
+    // when the handshake takes it.
+    let incoming = Box::new(incoming);
     tokio::spawn(async move {
         handle(&counted.0, incoming).await;
         drop((counted, address));
     });
 }
 
-async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
+async fn handle(shared: &Arc<Shared>, incoming: Box<IncomingSession>) {
     // The handshake's futures are boxed, and freed when it ends: inline, they would size this
     // task (held for the whole session) by the handshake's largest stage, not the session's.
     if let Some((conn, grant)) = Box::pin(establish(shared, incoming)).await {
@@ -106,10 +110,10 @@ async fn handle(shared: &Arc<Shared>, incoming: IncomingSession) {
 /// failed.
 async fn establish(
     shared: &Arc<Shared>,
-    incoming: IncomingSession,
+    incoming: Box<IncomingSession>,
 ) -> Option<(Connection, crate::auth::Grant)> {
     // Dropping the pending request at the deadline closes its connection (vendor/README.md).
-    let request = match tokio::time::timeout(shared.config.timeouts.handshake, incoming).await {
+    let request = match tokio::time::timeout(shared.config.timeouts.handshake, *incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");

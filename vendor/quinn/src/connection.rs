@@ -1040,7 +1040,14 @@ impl State {
                             };
                             t
                         }
-                        None => break,
+                        None => {
+                            // QUIVER PATCH (send buffer held only while sending, PATCHES.md):
+                            // everything is sent, so the buffer goes back to the allocator.
+                            // Kept, it holds the capacity of the largest batch ever sent (a
+                            // GSO batch: up to ~15 KB) for the connection's life, idle or not.
+                            self.send_buffer = Vec::new();
+                            break;
+                        }
                     }
                 }
             };
