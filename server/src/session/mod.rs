@@ -288,7 +288,8 @@ impl Session {
                         Ok(false) => {}
                         Err(exit) => return exit,
                     },
-                    Some(Inbound::Datagram(datagram, arrived)) => {
+                    Some(Inbound::Datagram(datagram)) => {
+                        let (datagram, arrived) = *datagram;
                         if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
                             return exit;
                         }

@@ -317,7 +317,7 @@ async fn read_control(
             datagram = conn.receive_datagram() => {
                 if let Ok(datagram) = datagram {
                     metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
-                    let item = Inbound::Datagram(datagram.payload(), std::time::Instant::now());
+                    let item = Inbound::Datagram(Box::new((datagram.payload(), std::time::Instant::now())));
                     if tx.try_send(item).is_err() {
                         metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "busy").increment(1);
                     }
