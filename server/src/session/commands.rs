@@ -142,7 +142,7 @@ impl Session {
                 skip_through,
                 queue: queue_rx,
                 overflow,
-                ended: self.ended_tx.clone(),
+                ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,
                 tally: self.tally.clone(),
                 room: key.room.to_string(),

@@ -115,7 +115,10 @@ pub struct Session {
     grant: Grant,
     out: mpsc::Sender<Bytes>,
     subs: HashMap<RoomName, Sub>,
-    ended_tx: mpsc::UnboundedSender<Ended>,
+    /// Subscriptions that ended by themselves report here. Created with the first subscription:
+    /// a tokio channel allocates its first block when created (1.5 KiB, heaptrack), and an idle
+    /// session may never subscribe.
+    ended: Option<(mpsc::UnboundedSender<Ended>, mpsc::UnboundedReceiver<Ended>)>,
     meter: Meter,
     /// Publications waiting for the broker, answered in order.
     publishing: Publishing,
@@ -147,7 +150,6 @@ pub async fn run(
     shared.recent_users.opened(&tenant, &grant.user, transport);
     info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
-    let (ended_tx, ended_rx) = mpsc::unbounded_channel();
     let meter = Meter::new(&shared.config.limits);
     let quota = shared.tenant_quotas.open_session(&grant.tenant);
     let mut session = Session {
@@ -157,7 +159,7 @@ pub async fn run(
         grant,
         out,
         subs: HashMap::new(),
-        ended_tx,
+        ended: None,
         meter,
         publishing: Publishing::default(),
         quota: None,
@@ -174,7 +176,7 @@ pub async fn run(
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);
-            session.drive(inbound, ended_rx, kicks).await
+            session.drive(inbound, kicks).await
         }
         Err(e) => {
             info!(session = %id, reason = %e, "session over its tenant's quota");
@@ -235,8 +237,7 @@ impl Session {
     async fn drive(
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
-        mut ended: mpsc::UnboundedReceiver<Ended>,
-        mut kicks: mpsc::Receiver<crate::registry::Kick>,
+        mut kicks: crate::registry::Kicks,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
@@ -254,11 +255,11 @@ impl Session {
                 _ = tokio::time::sleep_until(expiry) => {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
-                Some(kick) = kicks.recv() => match kick.room {
+                kick = kicks.recv() => match kick.room {
                     None => return Exit::Close(kick.code, kick.reason),
                     Some(room) => Box::pin(self.unsubscribed_by_backend(room, kick.reason)).await,
                 },
-                Some(end) = ended.recv() => Box::pin(self.subscription_ended(end)).await,
+                Some(end) = next_ended(&mut self.ended) => Box::pin(self.subscription_ended(end)).await,
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => Box::pin(self.call_done(done)).await,
                 done = self.publishing.next_done() => {
                     match publishing::answer(done.result) {
@@ -287,7 +288,8 @@ impl Session {
                         Ok(false) => {}
                         Err(exit) => return exit,
                     },
-                    Some(Inbound::Datagram(datagram, arrived)) => {
+                    Some(Inbound::Datagram(datagram)) => {
+                        let (datagram, arrived) = *datagram;
                         if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
                             return exit;
                         }
@@ -461,6 +463,14 @@ impl Session {
         None
     }
 
+    /// Where a new subscription reports that it ended (the channel is made on first use).
+    fn ended_sender(&mut self) -> mpsc::UnboundedSender<Ended> {
+        self.ended
+            .get_or_insert_with(mpsc::unbounded_channel)
+            .0
+            .clone()
+    }
+
     fn room(&self, room: &str) -> Result<RoomKey, Refusal> {
         let room = RoomName::parse(room)
             .map_err(|e| Refusal::new(ErrorCode::InvalidRoom, format!("invalid room name: {e}")))?;
@@ -517,6 +527,16 @@ impl Session {
             },
         });
         let _ = self.out.try_send(frame);
+    }
+}
+
+/// The next subscription that ended; pending while there is no channel (no subscription yet).
+async fn next_ended(
+    ended: &mut Option<(mpsc::UnboundedSender<Ended>, mpsc::UnboundedReceiver<Ended>)>,
+) -> Option<Ended> {
+    match ended {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -89,6 +89,10 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
     let counted = Counted(shared.clone());
     // Counted from here: a burst of handshakes deepens the socket's receive buffer.
     let handshake = shared.receive_buffer.handshake();
+    // Boxed: the task's captured values stay in its future for the session's life, and a
+    // pending QUIC connection (its first packet, handshake state) is large; boxed, it is freed
+    // when the handshake takes it.
+    let incoming = Box::new(incoming);
     tokio::spawn(async move {
         handle(&counted.0, incoming, handshake).await;
         drop((counted, address));
@@ -97,7 +101,7 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
 
 async fn handle(
     shared: &Arc<Shared>,
-    incoming: IncomingSession,
+    incoming: Box<IncomingSession>,
     handshake: crate::udp_socket::Handshake,
 ) {
     // The handshake's futures are boxed, and freed when it ends: inline, they would size this
@@ -114,10 +118,10 @@ async fn handle(
 /// failed.
 async fn establish(
     shared: &Arc<Shared>,
-    incoming: IncomingSession,
+    incoming: Box<IncomingSession>,
 ) -> Option<(Connection, crate::auth::Grant)> {
     // Dropping the pending request at the deadline closes its connection (vendor/README.md).
-    let request = match tokio::time::timeout(shared.config.timeouts.handshake, incoming).await {
+    let request = match tokio::time::timeout(shared.config.timeouts.handshake, *incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -321,7 +325,7 @@ async fn read_control(
             datagram = conn.receive_datagram() => {
                 if let Ok(datagram) = datagram {
                     metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
-                    let item = Inbound::Datagram(datagram.payload(), std::time::Instant::now());
+                    let item = Inbound::Datagram(Box::new((datagram.payload(), std::time::Instant::now())));
                     if tx.try_send(item).is_err() {
                         metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "busy").increment(1);
                     }

@@ -1040,7 +1040,14 @@ impl State {
                             };
                             t
                         }
-                        None => break,
+                        None => {
+                            // QUIVER PATCH (send buffer held only while sending, PATCHES.md):
+                            // everything is sent, so the buffer goes back to the allocator.
+                            // Kept, it holds the capacity of the largest batch ever sent (a
+                            // GSO batch: up to ~15 KB) for the connection's life, idle or not.
+                            self.send_buffer = Vec::new();
+                            break;
+                        }
                     }
                 }
             };
@@ -1105,7 +1112,7 @@ impl State {
                     self.inner.handle_event(*event);
                 }
                 Poll::Ready(Some(ConnectionEvent::Close { reason, error_code })) => {
-                    self.close(error_code, reason, shared);
+                    self.close(error_code, *reason, shared);
                 }
                 Poll::Ready(None) => {
                     return Err(ConnectionError::TransportError(proto::TransportError {

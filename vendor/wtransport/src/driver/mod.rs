@@ -15,6 +15,7 @@ use crate::stream::OpeningBiStream;
 use crate::stream::OpeningUniStream;
 use crate::SessionId;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::sync::Mutex;
 use tracing::debug;
 use tracing::debug_span;
@@ -43,7 +44,10 @@ pub struct Driver {
     // anything is sent; boxed, a slot is one pointer. The driver's eight channels held ~21 KiB
     // of every idle connection (heaptrack, 500 sessions); boxing costs one small allocation per
     // accepted stream or datagram.
-    ready_settings: Mutex<mpsc::Receiver<Box<Settings>>>,
+    // QUIVER PATCH (one-shot SETTINGS channel, PATCHES.md 3): the peer's SETTINGS arrive once;
+    // a oneshot (~100 bytes) freed once they are taken, not an mpsc channel (~800 bytes with its
+    // first block) held for the connection's life.
+    ready_settings: Mutex<Option<oneshot::Receiver<Settings>>>,
     ready_sessions: BiChannelEndpoint<StreamSession>,
     ready_uni_wt_streams: Mutex<mpsc::Receiver<Box<StreamUniRemoteWT>>>,
     ready_bi_wt_streams: Mutex<mpsc::Receiver<Box<StreamBiRemoteWT>>>,
@@ -53,7 +57,7 @@ pub struct Driver {
 
 impl Driver {
     pub fn init(quic_connection: quinn::Connection) -> Self {
-        let ready_settings = mpsc::channel(1);
+        let ready_settings = oneshot::channel();
         let ready_sessions = bichannel(1);
         let ready_uni_wt_streams = mpsc::channel(4);
         let ready_bi_wt_streams = mpsc::channel(1);
@@ -63,7 +67,7 @@ impl Driver {
         tokio::spawn(
             worker::Worker::new(
                 quic_connection.clone(),
-                ready_settings.0,
+                Some(ready_settings.0),
                 ready_sessions.0,
                 ready_uni_wt_streams.0,
                 ready_bi_wt_streams.0,
@@ -76,7 +80,7 @@ impl Driver {
 
         Self {
             quic_connection,
-            ready_settings: Mutex::new(ready_settings.1),
+            ready_settings: Mutex::new(Some(ready_settings.1)),
             ready_sessions: ready_sessions.1,
             ready_uni_wt_streams: Mutex::new(ready_uni_wt_streams.1),
             ready_bi_wt_streams: Mutex::new(ready_bi_wt_streams.1),
@@ -88,8 +92,17 @@ impl Driver {
     pub async fn accept_settings(&self) -> Result<Settings, DriverError> {
         let mut lock = self.ready_settings.lock().await;
 
-        match lock.recv().await {
-            Some(settings) => Ok(*settings),
+        // QUIVER PATCH (one-shot SETTINGS channel): cancel-safe (the receiver stays in place
+        // until it resolves), then freed.
+        let received = match lock.as_mut() {
+            Some(receiver) => receiver.await.ok(),
+            None => None,
+        };
+        *lock = None;
+        drop(lock);
+
+        match received {
+            Some(settings) => Ok(settings),
             None => Err(self.result().await),
         }
     }
@@ -261,7 +274,7 @@ mod worker {
 
     pub struct Worker {
         quic_connection: quinn::Connection,
-        ready_settings: mpsc::Sender<Box<Settings>>,
+        ready_settings: Option<oneshot::Sender<Settings>>,
         ready_sessions: BiChannelEndpoint<StreamSession>,
         ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
         ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
@@ -277,7 +290,7 @@ mod worker {
     impl Worker {
         pub fn new(
             quic_connection: quinn::Connection,
-            ready_settings: mpsc::Sender<Box<Settings>>,
+            ready_settings: Option<oneshot::Sender<Settings>>,
             ready_sessions: BiChannelEndpoint<StreamSession>,
             ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
             ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
@@ -668,12 +681,15 @@ mod worker {
         fn handle_remote_settings(&mut self, settings: Settings) -> Result<(), DriverError> {
             debug!("Received: {:?}", settings);
 
-            match self.ready_settings.try_send(Box::new(settings)) {
-                Ok(()) => Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => Err(DriverError::NotConnected),
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    unreachable!("No more than 1 setting frame can be processed")
-                }
+            // QUIVER PATCH (one-shot SETTINGS channel): only the first SETTINGS are handed over
+            // (the settings stream refuses a second frame; before, a second one was queued and
+            // never read).
+            match self.ready_settings.take() {
+                Some(sender) => match sender.send(settings) {
+                    Ok(()) => Ok(()),
+                    Err(_) => Err(DriverError::NotConnected),
+                },
+                None => Ok(()),
             }
         }
     }
