@@ -273,7 +273,7 @@ impl Server {
                 .flatten(),
             recent_users: Default::default(),
             rpc,
-            receive_buffer: receive_buffer.clone(),
+            receive_buffer,
         });
 
         let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);
@@ -291,7 +291,12 @@ impl Server {
                 cert_updates_rx,
             )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
-            tokio::spawn(receive_buffer.settle(shared.shutdown.clone())),
+            tokio::spawn(
+                shared
+                    .receive_buffer
+                    .clone()
+                    .settle(shared.shutdown.clone()),
+            ),
             tokio::spawn(reload_certificates(
                 shared.clone(),
                 reloader,

@@ -107,7 +107,7 @@ async fn a_cached_token_past_its_expiry_is_refused() -> anyhow::Result<()> {
     let token = token("acme", "alice", &[">"], &[">"], 2);
     let path = format!("/v1?token={token}");
     drop(open_session(&server, &path).await?);
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     assert!(
         open_session(&server, &path).await.is_err(),
         "an expired cached token opened a session"
@@ -120,7 +120,7 @@ async fn a_cached_token_past_its_expiry_is_refused() -> anyhow::Result<()> {
 /// heartbeat gives up, thawed, and the client's second handshake is counted as resumed.
 #[tokio::test]
 async fn the_rust_client_resumes_when_it_reconnects() -> anyhow::Result<()> {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
     let dir = tempfile::tempdir()?;
     let server = quiver_tests::process::QuiverProcess::start(dir.path(), None, &[])?;
     let metrics_url = format!("http://127.0.0.1:{}/metrics", server.http_port);
