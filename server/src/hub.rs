@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::latest::Slot;
 use crate::metrics as m;
-use crate::subscription::Direct;
+use crate::metrics::hot;
+use crate::subscription::{Direct, Offered};
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -148,6 +149,8 @@ impl Hub {
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
     pub fn deliver_frame(&self, key: &RoomKey, delivery: Delivery) -> usize {
         let mut delivered = 0;
+        // Written straight to their streams in this pass: metrics recorded once, below.
+        let mut written_now = 0u64;
         let mut overflowed = Vec::new();
         {
             let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
@@ -157,10 +160,16 @@ impl Hub {
             for sub in subs {
                 let offered = match &sub.direct {
                     Some(direct) => direct.offer(&sub.queue, &delivery),
-                    None => sub.queue.try_send(delivery.clone()),
+                    None => sub
+                        .queue
+                        .try_send(delivery.clone())
+                        .map(|()| Offered::Queued),
                 };
                 match offered {
-                    Ok(()) => delivered += 1,
+                    Ok(offered) => {
+                        delivered += 1;
+                        written_now += u64::from(offered == Offered::Written);
+                    }
                     // `latest` subscribers are never slow consumers: a room event that finds
                     // no room is dropped for them alone.
                     Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
@@ -178,6 +187,11 @@ impl Hub {
             if let Some(first) = subs.first() {
                 first.deliveries.increment(delivered as u64);
             }
+        }
+        if written_now > 0 {
+            // One sample per pass, taken after its last write: no delivery in it was later.
+            hot::delivery_bytes().increment(written_now * delivery.frame.len() as u64);
+            hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
         if !overflowed.is_empty() {
             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")

@@ -8,7 +8,12 @@ use crate::{VarInt, range_set::RangeSet};
 #[derive(Default, Debug)]
 pub(super) struct SendBuffer {
     /// Data queued by the application but not yet acknowledged. May or may not have been sent.
-    unacked_segments: VecDeque<Bytes>,
+    ///
+    /// QUIVER PATCH (send buffer lookup): each segment with the stream offset it starts at, so
+    /// `get` finds a segment by binary search instead of walking every unacknowledged segment
+    /// before it. With many small writes (one per pub/sub message) the walk made building each
+    /// packet O(segments in flight).
+    unacked_segments: VecDeque<Segment>,
     /// Total size of `unacked_segments`
     unacked_len: usize,
     /// Acknowledged bytes removed from the first segment's view but still held by its allocation
@@ -27,6 +32,14 @@ pub(super) struct SendBuffer {
     retransmits: RangeSet,
 }
 
+/// QUIVER PATCH (send buffer lookup): application data and where it starts in the stream.
+#[derive(Debug)]
+struct Segment {
+    /// Stream offset of `data`'s first byte (moves with it when the front is trimmed)
+    start: u64,
+    data: Bytes,
+}
+
 impl SendBuffer {
     /// Construct an empty buffer at the initial offset
     pub(super) fn new() -> Self {
@@ -36,8 +49,9 @@ impl SendBuffer {
     /// Append application data to the end of the stream
     pub(super) fn write(&mut self, data: Bytes) {
         self.unacked_len += data.len();
+        let start = self.offset;
         self.offset += data.len() as u64;
-        self.unacked_segments.push_back(data);
+        self.unacked_segments.push_back(Segment { start, data });
     }
 
     /// Discard a range of acknowledged stream data
@@ -60,8 +74,8 @@ impl SendBuffer {
                     .front_mut()
                     .expect("Expected buffered data");
 
-                if front.len() <= to_advance {
-                    to_advance -= front.len();
+                if front.data.len() <= to_advance {
+                    to_advance -= front.data.len();
                     self.unacked_segments.pop_front();
                     self.front_trimmed = 0;
 
@@ -69,7 +83,8 @@ impl SendBuffer {
                         self.unacked_segments.shrink_to_fit();
                     }
                 } else {
-                    front.advance(to_advance);
+                    front.data.advance(to_advance);
+                    front.start += to_advance as u64;
                     self.front_trimmed += to_advance;
                     to_advance = 0;
                 }
@@ -141,22 +156,24 @@ impl SendBuffer {
     /// should call the function again with an incremented start offset to
     /// retrieve more data.
     pub(super) fn get(&self, offsets: Range<u64>) -> &[u8] {
-        let base_offset = self.offset - self.unacked_len as u64;
-
-        let mut segment_offset = base_offset;
-        for segment in self.unacked_segments.iter() {
-            if offsets.start >= segment_offset
-                && offsets.start < segment_offset + segment.len() as u64
-            {
-                let start = (offsets.start - segment_offset) as usize;
-                let end = (offsets.end - segment_offset) as usize;
-
-                return &segment[start..end.min(segment.len())];
-            }
-            segment_offset += segment.len() as u64;
+        // QUIVER PATCH (send buffer lookup): binary search on the segments' start offsets; the
+        // last segment starting at or before `offsets.start` holds it, if any does.
+        let index = self
+            .unacked_segments
+            .partition_point(|segment| segment.start <= offsets.start);
+        let Some(segment) = index
+            .checked_sub(1)
+            .and_then(|index| self.unacked_segments.get(index))
+        else {
+            return &[];
+        };
+        let data = &segment.data;
+        if offsets.start >= segment.start + data.len() as u64 {
+            return &[];
         }
-
-        &[]
+        let start = (offsets.start - segment.start) as usize;
+        let end = (offsets.end - segment.start) as usize;
+        &data[start..end.min(data.len())]
     }
 
     /// Release abandoned data while preserving the final offset for RESET_STREAM
@@ -397,10 +414,46 @@ mod tests {
         assert!(buf.acks.is_empty());
     }
 
+    /// QUIVER PATCH (send buffer lookup): every offset of a buffer made of many small segments,
+    /// some acknowledged (whole and partly), resolves to the same bytes as a walk would give.
+    #[test]
+    fn get_finds_every_offset_among_many_segments() {
+        let mut buf = SendBuffer::new();
+        let mut expected = Vec::new();
+        for i in 0..200u32 {
+            let segment: Vec<u8> = (0..(i % 7 + 1)).map(|j| (i * 7 + j) as u8).collect();
+            expected.extend_from_slice(&segment);
+            buf.write(segment.into());
+        }
+        let total = expected.len() as u64;
+        assert_eq!(buf.poll_transmit(total as usize + 16).0, 0..total);
+        // Acknowledge whole segments, then part of the next one, so the front is trimmed.
+        buf.ack(0..10);
+        buf.ack(10..13);
+        let base = 13u64;
+        assert_eq!(aggregate_unacked(&buf), &expected[base as usize..]);
+        for start in base..total {
+            let mut offsets = start..total;
+            let mut read = Vec::new();
+            while offsets.start != offsets.end {
+                let data = buf.get(offsets.clone());
+                assert!(!data.is_empty(), "offset {} not found", offsets.start);
+                offsets.start += data.len() as u64;
+                read.extend_from_slice(data);
+            }
+            assert_eq!(read, &expected[start as usize..]);
+        }
+        // Outside what is buffered: nothing.
+        assert!(buf.get(0..5).is_empty());
+        assert!(buf.get(total..total + 1).is_empty());
+        buf.ack(0..total);
+        assert!(buf.unacked_segments.is_empty());
+    }
+
     fn aggregate_unacked(buf: &SendBuffer) -> Vec<u8> {
         let mut result = Vec::new();
         for segment in buf.unacked_segments.iter() {
-            result.extend_from_slice(&segment[..]);
+            result.extend_from_slice(&segment.data[..]);
         }
         result
     }
