@@ -155,6 +155,8 @@ impl SendBuffer {
     /// in noncontiguous fashion in the send buffer. In this case callers
     /// should call the function again with an incremented start offset to
     /// retrieve more data.
+    // QUIVER PATCH (send buffer lookup): packets are built with `get_into`; kept for the tests.
+    #[cfg(test)]
     pub(super) fn get(&self, offsets: Range<u64>) -> &[u8] {
         // QUIVER PATCH (send buffer lookup): binary search on the segments' start offsets; the
         // last segment starting at or before `offsets.start` holds it, if any does.
@@ -174,6 +176,37 @@ impl SendBuffer {
         let start = (offsets.start - segment.start) as usize;
         let end = (offsets.end - segment.start) as usize;
         &data[start..end.min(data.len())]
+    }
+
+    /// QUIVER PATCH (send buffer lookup): appends the data of `offsets` to `out`, which may span
+    /// several segments: one binary search for the first, then the following ones in order
+    /// (building a packet asked `get` once per segment, each a search from scratch).
+    ///
+    /// Returns how many bytes were appended: fewer than asked only if `offsets` reaches outside
+    /// the buffered data, which callers never ask for.
+    pub(super) fn get_into(&self, offsets: Range<u64>, out: &mut Vec<u8>) -> usize {
+        let first = self
+            .unacked_segments
+            .partition_point(|segment| segment.start <= offsets.start);
+        let Some(first) = first.checked_sub(1) else {
+            return 0;
+        };
+        let mut next = offsets.start;
+        for segment in self.unacked_segments.range(first..) {
+            if next >= offsets.end {
+                break;
+            }
+            let data = &segment.data;
+            let segment_end = segment.start + data.len() as u64;
+            if next < segment.start || next >= segment_end {
+                break;
+            }
+            let start = (next - segment.start) as usize;
+            let end = (offsets.end.min(segment_end) - segment.start) as usize;
+            out.extend_from_slice(&data[start..end]);
+            next += (end - start) as u64;
+        }
+        (next - offsets.start) as usize
     }
 
     /// Release abandoned data while preserving the final offset for RESET_STREAM
@@ -448,6 +481,32 @@ mod tests {
         assert!(buf.get(total..total + 1).is_empty());
         buf.ack(0..total);
         assert!(buf.unacked_segments.is_empty());
+    }
+
+    /// QUIVER PATCH (send buffer lookup): `get_into` copies any range across segments whole.
+    #[test]
+    fn get_into_copies_ranges_across_segments() {
+        let mut buf = SendBuffer::new();
+        let mut expected = Vec::new();
+        for i in 0..100u32 {
+            let segment: Vec<u8> = (0..(i % 5 + 1)).map(|j| (i * 5 + j) as u8).collect();
+            expected.extend_from_slice(&segment);
+            buf.write(segment.into());
+        }
+        let total = expected.len() as u64;
+        assert_eq!(buf.poll_transmit(total as usize + 16).0, 0..total);
+        buf.ack(0..7);
+        for start in 7..total {
+            for end in start..=total {
+                let mut out = vec![0xAA];
+                assert_eq!(buf.get_into(start..end, &mut out), (end - start) as usize);
+                assert_eq!(out[0], 0xAA);
+                assert_eq!(&out[1..], &expected[start as usize..end as usize]);
+            }
+        }
+        let mut out = Vec::new();
+        assert_eq!(buf.get_into(0..7, &mut out), 0);
+        assert_eq!(buf.get_into(total - 1..total + 5, &mut out), 1);
     }
 
     fn aggregate_unacked(buf: &SendBuffer) -> Vec<u8> {

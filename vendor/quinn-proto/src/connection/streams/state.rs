@@ -4,7 +4,6 @@ use std::{
     mem,
 };
 
-use bytes::BufMut;
 use rustc_hash::FxHashMap;
 use tracing::{debug, error, trace};
 
@@ -657,15 +656,10 @@ impl StreamsState {
             trace!(id = %meta.id, off = meta.offsets.start, len = meta.offsets.end - meta.offsets.start, fin = meta.fin, "STREAM");
             meta.encode(encode_length, buf);
 
-            // The range might not be retrievable in a single `get` if it is
-            // stored in noncontiguous fashion. Therefore this loop iterates
-            // until the range is fully copied into the frame.
-            let mut offsets = meta.offsets.clone();
-            while offsets.start != offsets.end {
-                let data = stream.pending.get(offsets.clone());
-                offsets.start += data.len() as u64;
-                buf.put_slice(data);
-            }
+            // QUIVER PATCH (send buffer lookup): the range may span several segments of the
+            // send buffer; `get_into` copies it whole after one lookup.
+            let copied = stream.pending.get_into(meta.offsets.clone(), buf);
+            debug_assert_eq!(copied as u64, meta.offsets.end - meta.offsets.start);
             stream_frames.push(meta);
         }
 
