@@ -108,6 +108,13 @@ enum ConnectionEvent {
     Rebind(Arc<dyn AsyncUdpSocket>),
 }
 
+// QUIVER PATCH (connection event queue): the endpoint's per-connection event channel is a
+// futures-channel unbounded queue (a linked list: one node per event, ~130 bytes when empty), not
+// a tokio one (its first block of 32 slots and its cache-padded halves, ~1.3 KiB per idle
+// connection even with 24-byte events).
+type ConnectionEventSender = futures_channel::mpsc::UnboundedSender<ConnectionEvent>;
+type ConnectionEventReceiver = futures_channel::mpsc::UnboundedReceiver<ConnectionEvent>;
+
 fn udp_transmit<'a>(t: &proto::Transmit, buffer: &'a [u8]) -> udp::Transmit<'a> {
     udp::Transmit {
         destination: t.destination,
