@@ -182,8 +182,12 @@ pub struct Connection {
     prev_crypto: Option<PrevCrypto>,
     /// 1-RTT keys to be used for the next key update
     ///
-    /// These are generated in advance to prevent timing attacks and/or DoS by third-party attackers
-    /// spoofing key updates.
+    /// QUIVER PATCH (next 1-RTT keys derived on first need, PATCHES.md): upstream derives these
+    /// ahead, as soon as the 1-RTT keys (or a key update) are installed, and every connection
+    /// keeps them (~1.2 KiB with rustls on ring) for an update that most never see. They are
+    /// now derived by the first packet that needs them (one with the flipped key phase) or by a
+    /// locally initiated update, and kept even if that packet fails to decrypt: a third party
+    /// spoofing key updates costs one derivation per key generation, as upstream's, never more.
     next_crypto: Option<KeyPair<Box<dyn PacketKey>>>,
     accepted_0rtt: bool,
     /// Whether the idle timer should be reset the next time an ack-eliciting packet is transmitted.
@@ -2189,15 +2193,8 @@ impl Connection {
             "already reached packet space {space:?}"
         );
         trace!("{:?} keys ready", space);
-        if space == SpaceId::Data {
-            // Precompute the first key update
-            self.next_crypto = Some(
-                self.crypto
-                    .next_1rtt_keys()
-                    .expect("handshake should be complete"),
-            );
-        }
-
+        // QUIVER PATCH (next 1-RTT keys derived on first need, PATCHES.md): the first key
+        // update's keys are no longer precomputed here.
         self.spaces[space].crypto = Some(crypto);
         debug_assert!(space as usize > self.highest_space as usize);
         self.highest_space = space;
@@ -3543,13 +3540,16 @@ impl Connection {
         now: Instant,
         packet: &mut Packet,
     ) -> Result<Option<u64>, Option<TransportError>> {
+        let (next_crypto, session) = (&mut self.next_crypto, &mut self.crypto);
         let result = packet_crypto::decrypt_packet_body(
             packet,
             &self.spaces,
             self.zero_rtt_crypto.as_ref(),
             self.key_phase,
             self.prev_crypto.as_ref(),
-            self.next_crypto.as_ref(),
+            // QUIVER PATCH (PATCHES.md): derived here on first need and kept, whether or not
+            // this packet then decrypts.
+            move || next_1rtt_keys(next_crypto, &mut **session),
         )?;
 
         let result = match result {
@@ -3578,10 +3578,16 @@ impl Connection {
         // Generate keys for the key phase after the one we're switching to, store them in
         // `next_crypto`, make the contents of `next_crypto` current, and move the current keys into
         // `prev_crypto`.
-        let new = self
-            .crypto
-            .next_1rtt_keys()
-            .expect("only called for `Data` packets");
+        // QUIVER PATCH (next 1-RTT keys derived on first need, PATCHES.md): the keys switched
+        // to are derived now unless a packet already needed them; the generation after them
+        // waits for its own first need, so `next_crypto` is left empty.
+        let new = match self.next_crypto.take() {
+            Some(keys) => keys,
+            None => self
+                .crypto
+                .next_1rtt_keys()
+                .expect("only called for `Data` packets"),
+        };
         self.key_phase_size = new
             .local
             .confidentiality_limit()
@@ -3592,7 +3598,7 @@ impl Connection {
                 .as_mut()
                 .unwrap() // safe because update_keys() can only be triggered by short packets
                 .packet,
-            mem::replace(self.next_crypto.as_mut().unwrap(), new),
+            new,
         );
         self.spaces[SpaceId::Data].sent_with_keys = 0;
         self.prev_crypto = Some(PrevCrypto {
@@ -3645,7 +3651,9 @@ impl Connection {
             self.zero_rtt_crypto.as_ref(),
             self.key_phase,
             self.prev_crypto.as_ref(),
-            self.next_crypto.as_ref(),
+            // QUIVER PATCH (PATCHES.md): this inspection cannot derive keys; a packet that
+            // needs keys not derived yet is not decoded.
+            || self.next_crypto.as_ref(),
         )
         .ok()?;
 
@@ -4078,6 +4086,19 @@ const MAX_HANDSHAKE_OR_0RTT_HEADER_SIZE: usize =
 ///
 /// Chosen arbitrarily, intended to be large enough to prevent spurious connection loss.
 const KEY_UPDATE_MARGIN: u64 = 10_000;
+
+/// QUIVER PATCH (next 1-RTT keys derived on first need, PATCHES.md): the next generation's
+/// 1-RTT keys, derived from `session` the first time they are asked for and kept in `next`.
+/// `None` before the handshake has produced 1-RTT secrets.
+fn next_1rtt_keys<'a>(
+    next: &'a mut Option<KeyPair<Box<dyn PacketKey>>>,
+    session: &mut dyn crypto::Session,
+) -> Option<&'a KeyPair<Box<dyn PacketKey>>> {
+    if next.is_none() {
+        *next = Some(session.next_1rtt_keys()?);
+    }
+    next.as_ref()
+}
 
 #[derive(Default)]
 struct SentFrames {

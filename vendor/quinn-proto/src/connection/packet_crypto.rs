@@ -66,13 +66,17 @@ pub(super) struct UnprotectHeaderResult {
 }
 
 /// Decrypts a packet's body in-place
-pub(super) fn decrypt_packet_body(
+///
+/// QUIVER PATCH (next 1-RTT keys derived on first need, PATCHES.md): `next_crypto` is called
+/// only for a packet that needs the next generation's keys (a remotely initiated key update),
+/// and gives `None` if they cannot be had (the packet is then dropped).
+pub(super) fn decrypt_packet_body<'a>(
     packet: &mut Packet,
-    spaces: &[PacketSpace; 3],
-    zero_rtt_crypto: Option<&ZeroRttCrypto>,
+    spaces: &'a [PacketSpace; 3],
+    zero_rtt_crypto: Option<&'a ZeroRttCrypto>,
     conn_key_phase: bool,
-    prev_crypto: Option<&PrevCrypto>,
-    next_crypto: Option<&KeyPair<Box<dyn PacketKey>>>,
+    prev_crypto: Option<&'a PrevCrypto>,
+    next_crypto: impl FnOnce() -> Option<&'a KeyPair<Box<dyn PacketKey>>>,
 ) -> Result<Option<DecryptPacketResult>, Option<TransportError>> {
     if !packet.header.is_protected() {
         // Unprotected packets also don't have packet numbers
@@ -101,7 +105,7 @@ pub(super) fn decrypt_packet_body(
         // lower-numbered packet. The key phase mismatch must therefore represent a new
         // remotely-initiated key update.
         crypto_update = true;
-        &next_crypto.unwrap().remote
+        &next_crypto().ok_or(None)?.remote
     };
 
     crypto
