@@ -174,6 +174,10 @@ pub enum TryRecvError {
 impl<T> Receiver<T> {
     /// The next value; `None` once the queue is empty and every sender is gone.
     pub async fn recv(&mut self) -> Option<T> {
+        // As with tokio's channels, a receive spends the task's cooperative budget, so a task
+        // that always finds values waiting still yields now and then (to the adapter's reader
+        // that fills the queue, among others).
+        tokio::task::coop::consume_budget().await;
         loop {
             match self.try_recv() {
                 Ok(value) => return Some(value),
@@ -227,6 +231,7 @@ impl<T> Drop for Receiver<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
     use std::time::Duration;
 
     use super::*;
@@ -346,6 +351,25 @@ mod tests {
         tx.send(2).await.unwrap();
         assert_eq!(rx.recv().await, Some(1));
         assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_always_finds_values_still_yields() {
+        let (tx, mut rx) = bounded(1000);
+        for i in 0..1000 {
+            tx.try_send(i).unwrap();
+        }
+        drop(tx);
+        // One thread: the other task runs only when the receiving task yields.
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = other_ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let mut taken = 0;
+        while !other_ran.load(Ordering::SeqCst) {
+            assert!(rx.recv().await.is_some(), "never yielded in 1,000 receives");
+            taken += 1;
+        }
+        assert!(taken < 1000);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
