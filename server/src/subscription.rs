@@ -14,6 +14,7 @@ use wtransport::{Connection, SendStream, VarInt};
 use crate::hub::Delivery;
 use crate::latest::{self, Slot};
 use crate::metrics::hot;
+use crate::transport::queue;
 
 /// Upper bound of one coalesced write.
 const MAX_BATCH: usize = 64 * 1024;
@@ -33,7 +34,7 @@ pub enum Sink {
     OwnStream(Connection),
     /// The session's one outgoing channel, shared by every subscription: WebSocket and SSE,
     /// and WebTransport under `ablation.single_stream` (the head-of-line benchmark).
-    Shared(mpsc::Sender<Bytes>),
+    Shared(queue::Sender<Bytes>),
 }
 
 pub struct Writer {
@@ -177,7 +178,7 @@ impl Writer {
         fresh(self.skip_through, delivery)
     }
 
-    async fn run_shared(mut self, out: mpsc::Sender<Bytes>) {
+    async fn run_shared(mut self, out: queue::Sender<Bytes>) {
         // The preamble may hold a long replay: hand it over in batches of whole frames.
         for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
             let len = batch.len() as u64;

@@ -33,7 +33,7 @@ use crate::hub::RoomKey;
 use crate::metrics as m;
 use crate::server::Shared;
 use crate::subscription::Ended;
-use crate::transport::{Inbound, Peer, Transport};
+use crate::transport::{queue, Inbound, Peer, Transport};
 
 use meter::{Meter, Verdict};
 use publishing::Publishing;
@@ -113,7 +113,7 @@ pub struct Session {
     link: Link,
     id: String,
     grant: Grant,
-    out: mpsc::Sender<Bytes>,
+    out: queue::Sender<Bytes>,
     subs: HashMap<RoomName, Sub>,
     /// Subscriptions that ended by themselves report here. Created with the first subscription:
     /// a tokio channel allocates its first block when created (1.5 KiB, heaptrack), and an idle
@@ -139,8 +139,8 @@ pub async fn run(
     shared: Arc<Shared>,
     grant: Grant,
     link: Link,
-    inbound: mpsc::Receiver<Inbound>,
-    out: mpsc::Sender<Bytes>,
+    inbound: queue::Receiver<Inbound>,
+    out: queue::Sender<Bytes>,
 ) -> End {
     let id = format!("{:x}", rand::random::<u64>());
     let transport = link.transport.label();
@@ -236,7 +236,7 @@ pub async fn run(
 impl Session {
     async fn drive(
         &mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
+        mut inbound: queue::Receiver<Inbound>,
         mut kicks: crate::registry::Kicks,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
@@ -312,7 +312,7 @@ impl Session {
 
     async fn hello(
         &mut self,
-        inbound: &mut mpsc::Receiver<Inbound>,
+        inbound: &mut queue::Receiver<Inbound>,
         shutdown: &CancellationToken,
     ) -> Result<(), Exit> {
         let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.hello;

@@ -5,6 +5,7 @@
 //! its outgoing channel. What differs is only how subscriptions travel: WebTransport opens a
 //! QUIC stream per room; WebSocket and SSE share the one connection ([`Peer`]).
 
+pub mod queue;
 pub mod sse;
 pub mod websocket;
 pub mod webtransport;

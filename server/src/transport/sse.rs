@@ -24,11 +24,10 @@ use quiver_proto::{
     Recovery, RoomName, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
-use super::{admit_tcp, count_refused, Inbound, Peer, Refused, Transport};
+use super::{admit_tcp, count_refused, queue, Inbound, Peer, Refused, Transport};
 use crate::quota::AddressGuard;
 use crate::server::Shared;
 use crate::session::{self, Link};
@@ -123,7 +122,7 @@ pub async fn stream(
     };
 
     // What a client would have sent: Hello, then one Subscribe per room.
-    let (in_tx, in_rx) = mpsc::channel(rooms.len() + 1);
+    let (in_tx, in_rx) = queue::bounded(rooms.len() + 1);
     let mut commands = vec![Command::Hello {
         version: PROTOCOL_VERSION,
         client: "sse".into(),
@@ -137,7 +136,7 @@ pub async fn stream(
         // The channel has room for every one of them.
         let _ = in_tx.try_send(Inbound::Frame(frame, std::time::Instant::now()));
     }
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (out_tx, out_rx) = queue::bounded(OUT_QUEUE);
     let gone = CancellationToken::new();
     let link = Link {
         transport: T,
@@ -211,13 +210,13 @@ struct Events {
     /// so `Last-Event-ID` resumes every room at once.
     positions: BTreeMap<String, Position>,
     decoder: FrameDecoder,
-    _alive: (DropGuard, mpsc::Sender<Inbound>, AddressGuard),
+    _alive: (DropGuard, queue::Sender<Inbound>, AddressGuard),
 }
 
 impl Events {
     fn into_stream(
         self,
-        out: mpsc::Receiver<Bytes>,
+        out: queue::Receiver<Bytes>,
     ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
         futures::stream::unfold(
             (self, out, std::collections::VecDeque::new()),

@@ -18,11 +18,10 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use quiver_proto::{encode_event, CloseCode, Event, ServerFrame};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{admit_tcp, count_refused, single_frame, Inbound, Peer, Refused, Transport};
+use super::{admit_tcp, count_refused, queue, single_frame, Inbound, Peer, Refused, Transport};
 use crate::auth::AuthError;
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
@@ -133,8 +132,8 @@ async fn serve(
     remote: SocketAddr,
 ) {
     let (sink, stream) = socket.split();
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
+    let (in_tx, in_rx) = queue::bounded(64);
+    let (out_tx, out_rx) = queue::bounded(OUT_QUEUE);
     let gone = CancellationToken::new();
     let timeouts = &shared.config.timeouts;
     let reader = tokio::spawn(read(
@@ -174,7 +173,7 @@ async fn serve(
 /// message, a pong) resets the idle deadline; silence for `idle` ends the session.
 async fn read(
     mut stream: SplitStream<WebSocket>,
-    tx: mpsc::Sender<Inbound>,
+    tx: queue::Sender<Inbound>,
     max_frame: usize,
     idle: Duration,
     gone: CancellationToken,
@@ -233,7 +232,7 @@ fn read_error(e: axum::Error) -> Result<&'static str, String> {
 /// `None` when the socket failed.
 async fn write(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: queue::Receiver<Bytes>,
     keep_alive: Duration,
     gone: CancellationToken,
 ) -> Option<SplitSink<WebSocket, Message>> {

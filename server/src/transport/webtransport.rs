@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quiver_proto::{CloseCode, FrameDecoder};
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 use wtransport::endpoint::{IncomingSession, SessionRequest};
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
-use super::{admit, check_origin, count_refused, credentials, Inbound, Peer, Refused, Transport};
+use super::{
+    admit, check_origin, count_refused, credentials, queue, Inbound, Peer, Refused, Transport,
+};
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
 
@@ -192,8 +193,8 @@ async fn refuse(request: SessionRequest, refused: Refused) {
 
 /// One accepted session: the control stream's tasks around the session core.
 async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant) {
-    let (in_tx, in_rx) = mpsc::channel(64);
-    let (out_tx, out_rx) = mpsc::channel(256);
+    let (in_tx, in_rx) = queue::bounded(64);
+    let (out_tx, out_rx) = queue::bounded(256);
     let max_frame = shared.config.limits.max_frame as usize;
     let control = tokio::spawn(control(
         conn.clone(),
@@ -260,8 +261,8 @@ fn close_code(code: CloseCode) -> VarInt {
 /// bounded) or the connection is gone.
 async fn control(
     conn: Connection,
-    inbound: mpsc::Sender<Inbound>,
-    out: mpsc::Receiver<Bytes>,
+    inbound: queue::Sender<Inbound>,
+    out: queue::Receiver<Bytes>,
     max_frame: usize,
     hello: Duration,
 ) {
@@ -282,7 +283,7 @@ async fn control(
 /// Writes queued frames to the control stream. Ends when every sender is gone, then finishes the
 /// stream and waits (bounded) for the client to acknowledge it, so a goodbye frame written last
 /// arrives before the connection closes.
-async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_control(mut send: SendStream, mut rx: queue::Receiver<Bytes>) {
     send.set_priority(CONTROL_PRIORITY);
     while let Some(frame) = rx.recv().await {
         if send.write_all(&frame).await.is_err() {
@@ -297,7 +298,7 @@ async fn write_control(mut send: SendStream, mut rx: mpsc::Receiver<Bytes>) {
 async fn read_control(
     conn: Connection,
     mut recv: RecvStream,
-    tx: mpsc::Sender<Inbound>,
+    tx: queue::Sender<Inbound>,
     max_frame: usize,
 ) {
     let mut decoder = FrameDecoder::new(max_frame);

@@ -5,7 +5,7 @@ use alloc::string::ToString;
 use core::ops::Deref;
 
 use crate::common_state::{CommonState, Side};
-use crate::crypto::cipher::{AeadKey, Iv, MessageDecrypter, Tls13AeadAlgorithm};
+use crate::crypto::cipher::{AeadKey, Iv, MessageDecrypter, MessageEncrypter, Tls13AeadAlgorithm};
 use crate::crypto::tls13::{Hkdf, HkdfExpander, OkmBlock, OutputLengthError, expand};
 use crate::crypto::{SharedSecret, hash, hmac};
 use crate::error::Error;
@@ -752,6 +752,17 @@ struct KeyScheduleSuite {
 
 impl KeyScheduleSuite {
     fn set_encrypter(&self, secret: &OkmBlock, common: &mut CommonState) {
+        // QUIVER PATCH (no record-layer keys under QUIC, PATCHES.md): QUIC carries the
+        // handshake in CRYPTO frames and protects packets with the keys `quic.rs` derives;
+        // rustls never encrypts a TLS record on a QUIC connection. The record layer still
+        // changes state as before, with a cipher that holds nothing (and fails if ever used).
+        if common.is_quic() {
+            common.record_layer.set_message_encrypter(
+                <dyn MessageEncrypter>::invalid(),
+                self.suite.common.confidentiality_limit,
+            );
+            return;
+        }
         let expander = self
             .suite
             .hkdf_provider
@@ -768,9 +779,16 @@ impl KeyScheduleSuite {
     }
 
     fn set_decrypter(&self, secret: &OkmBlock, common: &mut CommonState) {
+        // QUIVER PATCH (no record-layer keys under QUIC, PATCHES.md): as in `set_encrypter`,
+        // rustls never decrypts a TLS record on a QUIC connection.
+        let decrypter = if common.is_quic() {
+            <dyn MessageDecrypter>::invalid()
+        } else {
+            self.derive_decrypter(secret)
+        };
         common
             .record_layer
-            .set_message_decrypter(self.derive_decrypter(secret));
+            .set_message_decrypter(decrypter);
     }
 
     fn derive_decrypter(&self, secret: &OkmBlock) -> Box<dyn MessageDecrypter> {

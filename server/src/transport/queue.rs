@@ -1,0 +1,402 @@
+//! The bounded queue between an adapter and its session core: [`Inbound`](super::Inbound) items
+//! in, outgoing frames out (WebTransport, WebSocket and SSE alike).
+//!
+//! Not a tokio mpsc channel: that allocates ~800 bytes (its cache-padded `Chan` and its first
+//! block of 32 slots) when it is created, before anything is sent, and a session has two of
+//! them (1.5 KiB each with the block, heaptrack). Idle sessions are most sessions. This queue is
+//! a `VecDeque` that grows on demand behind a mutex, a tokio [`Semaphore`] holding its free
+//! places and a [`Notify`] for the one receiver: neither allocates while nobody waits, nor
+//! when someone does (their waiters are intrusive lists), and the buffer is given back when the
+//! queue empties, so an idle queue costs one ~150-byte allocation. Crates with a lazy queue (`flume`) have no [`Sender::reserve`], which a `latest`
+//! room's conflation on a shared connection needs (wait for room, then pick the newest value).
+//!
+//! The semantics are tokio's bounded mpsc's, for what the server uses: `send` waits for room
+//! and fails once the receiver is gone; `try_send` fails when full or closed; `recv` returns
+//! every queued value, then `None` once every sender is gone; dropping the receiver closes the
+//! queue and drops what it held. `recv` is cancel-safe (used in `select!`).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+
+/// A bounded queue of at most `capacity` values (at least 1).
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        room: Semaphore::new(capacity.max(1)),
+        ready: Notify::new(),
+        senders: AtomicUsize::new(1),
+    });
+    (
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    )
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    /// Free places: a sender takes one before it queues, the receiver gives one back per value
+    /// it takes. Closed when the receiver is dropped, which wakes every waiting sender.
+    room: Semaphore,
+    /// Wakes the receiver: a value was queued or the last sender left. Stores a permit when the
+    /// receiver is not waiting, so a wake-up between its look and its wait is not lost.
+    ready: Notify,
+    senders: AtomicUsize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// The receiver is gone: nothing more is queued.
+    closed: bool,
+}
+
+impl<T> Shared<T> {
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        // Nothing panics while holding the lock; a poisoned one still holds a consistent queue.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `value` in a place already taken from `room`; gives it back if the receiver is gone.
+    fn push(&self, permit: SemaphorePermit<'_>, value: T) -> Result<(), T> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(value);
+        }
+        state.items.push_back(value);
+        drop(state);
+        // The place now belongs to the queued value: the receiver gives it back.
+        permit.forget();
+        self.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The sending half; cloned for every producer (the session core, shared subscriptions).
+pub struct Sender<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// The receiver is gone; the value was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SendError<T>(pub T);
+
+/// Why [`Sender::try_send`] did not queue its value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    Full(T),
+    Closed(T),
+}
+
+impl<T> Sender<T> {
+    /// Queues `value`, waiting for room; fails once the receiver is gone.
+    pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        let Ok(permit) = self.shared.room.acquire().await else {
+            return Err(SendError(value));
+        };
+        self.shared.push(permit, value).map_err(SendError)
+    }
+
+    /// Queues `value` if there is room now.
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        match self.shared.room.try_acquire() {
+            Ok(permit) => self
+                .shared
+                .push(permit, value)
+                .map_err(TrySendError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(TrySendError::Full(value)),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(TrySendError::Closed(value)),
+        }
+    }
+
+    /// Waits for room and holds it: the value is chosen when the permit is used. Fails once the
+    /// receiver is gone. Dropping the permit unused gives the place back.
+    pub async fn reserve(&self) -> Result<Permit<'_, T>, SendError<()>> {
+        match self.shared.room.acquire().await {
+            Ok(permit) => Ok(Permit {
+                shared: &self.shared,
+                permit,
+            }),
+            Err(_) => Err(SendError(())),
+        }
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last one: a waiting receiver finds the queue finished.
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+/// A place in the queue held by [`Sender::reserve`].
+pub struct Permit<'a, T> {
+    shared: &'a Shared<T>,
+    permit: SemaphorePermit<'a>,
+}
+
+impl<T> Permit<'_, T> {
+    /// Queues `value` in the held place (dropped if the receiver is gone meanwhile).
+    pub fn send(self, value: T) {
+        let _ = self.shared.push(self.permit, value);
+    }
+}
+
+/// The receiving half: the one consumer.
+pub struct Receiver<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Why [`Receiver::try_recv`] returned nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TryRecvError {
+    Empty,
+    Disconnected,
+}
+
+impl<T> Receiver<T> {
+    /// The next value; `None` once the queue is empty and every sender is gone.
+    pub async fn recv(&mut self) -> Option<T> {
+        // As with tokio's channels, a receive spends the task's cooperative budget, so a task
+        // that always finds values waiting still yields now and then (to the adapter's reader
+        // that fills the queue, among others).
+        tokio::task::coop::consume_budget().await;
+        loop {
+            match self.try_recv() {
+                Ok(value) => return Some(value),
+                Err(TryRecvError::Disconnected) => return None,
+                // Nothing is taken before this returns, so dropping the future loses nothing.
+                Err(TryRecvError::Empty) => self.shared.ready.notified().await,
+            }
+        }
+    }
+
+    /// The next value if one is queued.
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        if let Some(value) = self.pop() {
+            return Ok(value);
+        }
+        // Every sender queues before it drops, so none left means none will come; a value
+        // queued between the look above and this load is seen by looking once more.
+        if self.shared.senders.load(Ordering::Acquire) == 0 {
+            return self.pop().ok_or(TryRecvError::Disconnected);
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        let mut state = self.shared.state();
+        let value = state.items.pop_front()?;
+        if state.items.is_empty() {
+            // Emptied: the buffer goes too, so an idle session holds none (one small
+            // allocation when the next value comes).
+            state.items = VecDeque::new();
+        }
+        drop(state);
+        self.shared.room.add_permits(1);
+        Some(value)
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        // Senders waiting for room fail now; what was queued is dropped here, not with the
+        // last sender.
+        self.shared.room.close();
+        let items = {
+            let mut state = self.shared.state();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        drop(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_empty_queue_holds_no_buffer() {
+        let (tx, mut rx) = bounded::<u64>(256);
+        let capacity = |tx: &Sender<u64>| tx.shared.state().items.capacity();
+        assert_eq!(capacity(&tx), 0);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        assert!(capacity(&tx) >= 2);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert!(
+            capacity(&tx) >= 1,
+            "a queue still holding a value keeps its buffer"
+        );
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(capacity(&tx), 0, "an emptied queue gives its buffer back");
+    }
+
+    #[tokio::test]
+    async fn values_come_in_order_then_none_once_senders_are_gone() {
+        let (tx, mut rx) = bounded(4);
+        let tx2 = tx.clone();
+        tx.send(1).await.unwrap();
+        tx2.send(2).await.unwrap();
+        tx.try_send(3).unwrap();
+        drop(tx);
+        assert_eq!(rx.recv().await, Some(1));
+        drop(tx2);
+        // Queued values outlive their senders.
+        assert_eq!(rx.recv().await, Some(2));
+        assert_eq!(rx.try_recv(), Ok(3));
+        assert_eq!(rx.recv().await, None);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_or_waits_for_room() {
+        let (tx, mut rx) = bounded(2);
+        tx.send(1).await.unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        // `send` waits while full...
+        let blocked = tokio::time::timeout(Duration::from_millis(50), tx.send(3)).await;
+        assert!(blocked.is_err(), "send must wait while the queue is full");
+        // ...and goes through once a value is taken.
+        assert_eq!(rx.recv().await, Some(1));
+        tx.send(3).await.unwrap();
+        assert_eq!(rx.try_recv(), Ok(2));
+        assert_eq!(rx.try_recv(), Ok(3));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_sender_fails_when_the_receiver_goes() {
+        let (tx, rx) = bounded(1);
+        tx.send(1).await.unwrap();
+        let waiting = tokio::spawn(async move { tx.send(2).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx);
+        assert_eq!(waiting.await.unwrap(), Err(SendError(2)));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_queued_after_the_receiver_is_gone() {
+        let (tx, rx) = bounded(4);
+        let value = Arc::new(());
+        tx.send(value.clone()).await.unwrap();
+        drop(rx);
+        // What was queued is dropped with the receiver.
+        assert_eq!(Arc::strong_count(&value), 1);
+        assert!(matches!(
+            tx.try_send(value.clone()),
+            Err(TrySendError::Closed(_))
+        ));
+        assert!(tx.send(value.clone()).await.is_err());
+        assert!(tx.reserve().await.is_err());
+        assert_eq!(Arc::strong_count(&value), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reserved_place_counts_against_the_bound_until_used_or_dropped() {
+        let (tx, mut rx) = bounded(1);
+        let permit = tx.reserve().await.unwrap();
+        assert_eq!(tx.try_send(1), Err(TrySendError::Full(1)));
+        drop(permit);
+        let permit = tx.reserve().await.unwrap();
+        permit.send(2);
+        assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_for_a_value_and_for_the_last_sender() {
+        let (tx, mut rx) = bounded(4);
+        let reader = tokio::spawn(async move {
+            let first = rx.recv().await;
+            let end = rx.recv().await;
+            (first, end)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send(7).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), (Some(7), None));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_recv_loses_nothing() {
+        let (tx, mut rx) = bounded(4);
+        // Cancelled while waiting...
+        let idle = tokio::time::timeout(Duration::from_millis(20), rx.recv()).await;
+        assert!(idle.is_err());
+        // ...then every value still arrives.
+        tx.send(1).await.unwrap();
+        tx.send(2).await.unwrap();
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_always_finds_values_still_yields() {
+        let (tx, mut rx) = bounded(1000);
+        for i in 0..1000 {
+            tx.try_send(i).unwrap();
+        }
+        drop(tx);
+        // One thread: the other task runs only when the receiving task yields.
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = other_ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let mut taken = 0;
+        while !other_ran.load(Ordering::SeqCst) {
+            assert!(rx.recv().await.is_some(), "never yielded in 1,000 receives");
+            taken += 1;
+        }
+        assert!(taken < 1000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_senders_under_backpressure_deliver_everything_once() {
+        let (tx, mut rx) = bounded(3);
+        let mut tasks = Vec::new();
+        for sender in 0..4u64 {
+            let tx = tx.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..500u64 {
+                    tx.send(sender * 1000 + i).await.unwrap();
+                }
+            }));
+        }
+        drop(tx);
+        let mut seen = Vec::new();
+        while let Some(v) = rx.recv().await {
+            seen.push(v);
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(seen.len(), 2000);
+        // Each sender's values arrive in its order.
+        for sender in 0..4u64 {
+            let mine: Vec<_> = seen.iter().filter(|v| **v / 1000 == sender).collect();
+            assert!(mine.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}
