@@ -158,13 +158,8 @@ impl SendBuffer {
     // QUIVER PATCH (send buffer lookup): packets are built with `get_into`; kept for the tests.
     #[cfg(test)]
     pub(super) fn get(&self, offsets: Range<u64>) -> &[u8] {
-        // QUIVER PATCH (send buffer lookup): binary search on the segments' start offsets; the
-        // last segment starting at or before `offsets.start` holds it, if any does.
-        let index = self
-            .unacked_segments
-            .partition_point(|segment| segment.start <= offsets.start);
-        let Some(segment) = index
-            .checked_sub(1)
+        let Some(segment) = self
+            .segment_index(offsets.start)
             .and_then(|index| self.unacked_segments.get(index))
         else {
             return &[];
@@ -178,6 +173,14 @@ impl SendBuffer {
         &data[start..end.min(data.len())]
     }
 
+    /// QUIVER PATCH (send buffer lookup): the index of the last segment starting at or before
+    /// `offset` (the one holding it, if any does), by binary search on the start offsets.
+    fn segment_index(&self, offset: u64) -> Option<usize> {
+        self.unacked_segments
+            .partition_point(|segment| segment.start <= offset)
+            .checked_sub(1)
+    }
+
     /// QUIVER PATCH (send buffer lookup): appends the data of `offsets` to `out`, which may span
     /// several segments: one binary search for the first, then the following ones in order
     /// (building a packet asked `get` once per segment, each a search from scratch).
@@ -185,10 +188,7 @@ impl SendBuffer {
     /// Returns how many bytes were appended: fewer than asked only if `offsets` reaches outside
     /// the buffered data, which callers never ask for.
     pub(super) fn get_into(&self, offsets: Range<u64>, out: &mut Vec<u8>) -> usize {
-        let first = self
-            .unacked_segments
-            .partition_point(|segment| segment.start <= offsets.start);
-        let Some(first) = first.checked_sub(1) else {
+        let Some(first) = self.segment_index(offsets.start) else {
             return 0;
         };
         let mut next = offsets.start;
