@@ -223,15 +223,31 @@ async fn publishing_on_into_an_exhausted_quota_is_abuse() -> anyhow::Result<()> 
             break;
         }
     }
-    let mut refused = 0;
+    // The 1,006 commands up to the threshold are a few more than the command bucket's burst of
+    // 1,000, so when they arrive within a few milliseconds (a release build) the last few are
+    // refused by the command rate instead of the quota. Both kinds count towards abuse.
+    let (mut over_quota, mut over_rate) = (0, 0);
     let code = loop {
         match c.recv().await?.event {
-            Event::Error { code, .. } if code == ErrorCode::QuotaExceeded.as_u16() => refused += 1,
+            Event::Error { code, .. } if code == ErrorCode::QuotaExceeded.as_u16() => {
+                over_quota += 1
+            }
+            Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => over_rate += 1,
             Event::Goodbye { code, .. } => break code,
             other => anyhow::bail!("unexpected {other:?}"),
         }
     };
     assert_eq!(code, CloseCode::RateAbuse.as_u16());
-    assert_eq!(refused, 1000, "closed on the threshold refusal");
+    // The 1,000th refusal closes the session: after its error when it is a quota refusal, in
+    // place of one when it is a rate refusal.
+    let errors = over_quota + over_rate;
+    assert!(
+        errors == 1000 || (errors == 999 && over_rate > 0),
+        "closed on the threshold refusal: {over_quota} quota and {over_rate} rate refusals"
+    );
+    assert!(
+        over_quota >= 990,
+        "{over_quota} quota refusals, {over_rate} rate refusals"
+    );
     Ok(())
 }
