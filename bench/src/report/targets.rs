@@ -54,7 +54,9 @@ impl Reference {
 
 /// The latest run of `mode` in `dir` (by the date inside it) that is older than `before` and not
 /// `skip` (the file this run is about to write). Files that are not run reports (the neighbour
-/// benchmark's, for one) are passed over.
+/// benchmark's, for one) are passed over, and so are runs of only some workloads
+/// (`--workloads fanout`): a reference without many rooms or idle sessions would leave those
+/// "no regression" figures with nothing to stand beside.
 pub fn latest_earlier(dir: &Path, mode: Mode, before: &str, skip: &Path) -> Option<PathBuf> {
     let mut best: Option<(String, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
@@ -68,7 +70,7 @@ pub fn latest_earlier(dir: &Path, mode: Mode, before: &str, skip: &Path) -> Opti
         let Ok(report) = serde_json::from_str::<Report>(&text) else {
             continue;
         };
-        if report.mode != mode || report.date.as_str() >= before {
+        if report.mode != mode || report.date.as_str() >= before || !complete(&report) {
             continue;
         }
         if best.as_ref().is_none_or(|(date, _)| report.date > *date) {
@@ -76,6 +78,12 @@ pub fn latest_earlier(dir: &Path, mode: Mode, before: &str, skip: &Path) -> Opti
         }
     }
     best.map(|(_, path)| path)
+}
+
+/// Ran fan-out, many rooms and idle sessions (what every mode runs unless `--workloads` narrows
+/// it; head-of-line and the cluster need root or a NATS server, so they may be missing anyway).
+fn complete(r: &Report) -> bool {
+    !r.fanout.is_empty() && !r.rooms.is_empty() && !r.connections.is_empty()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -590,6 +598,32 @@ mod tests {
             assert!(md.contains(line), "no {line:?} in\n{md}");
         }
         assert!(!md.contains("**met**"), "{md}");
+    }
+
+    /// A run of some workloads only is never the reference: the complete run before it is.
+    #[test]
+    fn a_partial_run_is_not_the_reference() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("quiver-bench-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut complete = report((1000.0, 3.0), (900.0, 3.0), 4.0);
+        complete.date = "2026-11-30 05:58 UTC".into();
+        let mut partial = report((1000.0, 3.0), (900.0, 3.0), 4.0);
+        partial.date = "2026-11-30 06:54 UTC".into();
+        partial.rooms.clear();
+        partial.connections.clear();
+        std::fs::write(dir.join("complete.json"), serde_json::to_string(&complete)?)?;
+        std::fs::write(dir.join("partial.json"), serde_json::to_string(&partial)?)?;
+        let later = "2026-12-01 00:00 UTC";
+        let picked = latest_earlier(&dir, Mode::Quick, later, &dir.join("new.json"));
+        assert_eq!(picked, Some(dir.join("complete.json")));
+        // With its missing workloads back, the later run is the reference.
+        partial.rooms = complete.rooms;
+        partial.connections = complete.connections;
+        std::fs::write(dir.join("partial.json"), serde_json::to_string(&partial)?)?;
+        let picked = latest_earlier(&dir, Mode::Quick, later, &dir.join("new.json"));
+        std::fs::remove_dir_all(&dir)?;
+        assert_eq!(picked, Some(dir.join("partial.json")));
+        Ok(())
     }
 
     /// Without nats-server every nats target is printed as not measured, never left out.
