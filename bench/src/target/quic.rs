@@ -130,15 +130,16 @@ fn endpoint(hash: [u8; 32], ip: std::net::Ipv4Addr, resume: bool) -> Result<Endp
 pub struct FrameReader {
     stream: RecvStream,
     decoder: FrameDecoder,
-    buf: Vec<u8>,
 }
+
+/// Most bytes taken from quinn at once.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameReader {
     pub fn new(stream: RecvStream) -> Self {
         Self {
             stream,
             decoder: FrameDecoder::new(quiver_proto::DEFAULT_MAX_FRAME),
-            buf: vec![0; 64 * 1024],
         }
     }
 
@@ -148,8 +149,15 @@ impl FrameReader {
             if let Some(frame) = self.decoder.next_frame()? {
                 return Ok(Some(frame));
             }
-            match self.stream.read(&mut self.buf).await? {
-                Some(n) => self.decoder.push(&self.buf[..n]),
+            // quinn's own buffers, in order, with no copy into one of ours first (and no 64 KiB
+            // buffer per stream: thousands of them only evict each other from the cache).
+            let chunk = self
+                .stream
+                .quic_stream_mut()
+                .read_chunk(READ_CHUNK, true)
+                .await?;
+            match chunk {
+                Some(chunk) => self.decoder.push(&chunk.bytes),
                 None => {
                     self.decoder.finish()?;
                     return Ok(None);
