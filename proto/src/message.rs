@@ -288,6 +288,24 @@ pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
         .map_err(DecodeError::Malformed)
 }
 
+/// `Event::Publication`'s type on the wire (its index in `Event`).
+const PUBLICATION: u32 = 7;
+
+/// The payload of a `Publication` frame body, borrowed from `body` with nothing decoded into
+/// owned values (no room `String`, no payload copy); `None` when the body holds any other event
+/// or does not decode. For readers that need only the payload, once per delivery.
+pub fn publication_payload(body: &[u8]) -> Option<&[u8]> {
+    let ((_id, kind), fields) = postcard::take_from_bytes::<(u32, u32)>(body).ok()?;
+    if kind != PUBLICATION {
+        return None;
+    }
+    // The fields in `Event::Publication`'s order: room (a string's encoding is a byte string's),
+    // position, payload.
+    let ((_room, _position, payload), _rest) =
+        postcard::take_from_bytes::<(&[u8], Option<Position>, &[u8])>(fields).ok()?;
+    Some(payload)
+}
+
 fn header(body: &[u8]) -> Result<(u32, u32), DecodeError> {
     let (id, rest) = postcard::take_from_bytes::<u32>(body).map_err(DecodeError::Malformed)?;
     let (kind, _) = postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::Malformed)?;
@@ -298,6 +316,43 @@ fn header(body: &[u8]) -> Result<(u32, u32), DecodeError> {
 mod tests {
     use super::*;
     use crate::frame::FrameDecoder;
+
+    fn event_body(event: Event) -> Vec<u8> {
+        // encode_event gives the frame with its 4-byte length prefix.
+        encode_event(&ServerFrame { id: 300, event })[4..].to_vec()
+    }
+
+    #[test]
+    fn reads_the_payload_of_every_publication_shape() {
+        let payload = vec![0xa5u8; 200];
+        for position in [
+            None,
+            Some(Position {
+                epoch: u64::MAX,
+                offset: 1 << 40,
+            }),
+        ] {
+            let frame = event_body(Event::Publication {
+                room: "dash.cpu-1".into(),
+                position,
+                payload: payload.clone().into(),
+            });
+            assert_eq!(publication_payload(&frame), Some(&payload[..]));
+        }
+    }
+
+    #[test]
+    fn other_events_and_cut_frames_are_not_publications() {
+        let other = event_body(Event::SubscriptionStream { room: "a".into() });
+        assert_eq!(publication_payload(&other), None);
+        let frame = event_body(Event::Publication {
+            room: "a".into(),
+            position: None,
+            payload: vec![1, 2, 3].into(),
+        });
+        assert_eq!(publication_payload(&frame[..frame.len() - 1]), None);
+        assert_eq!(publication_payload(&[]), None);
+    }
     use proptest::prelude::*;
 
     fn body(frame: &[u8]) -> &[u8] {

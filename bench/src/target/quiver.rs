@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use quiver_proto::{
-    decode_event, encode_command, ClientFrame, Command, Event, ServerFrame, PROTOCOL_VERSION,
+    decode_event, encode_command, publication_payload, ClientFrame, Command, Event, ServerFrame,
+    PROTOCOL_VERSION,
 };
 use tokio_util::sync::CancellationToken;
 use wtransport::{Connection, SendStream};
@@ -276,89 +277,5 @@ impl QuiverPublisher {
     /// Waits until the server has handled every publish (see [`Control::ping_pong`]).
     pub async fn finish(&mut self) -> Result<()> {
         self.session.ping_pong().await
-    }
-}
-
-/// The payload of a `Publication` frame body, read in place (PROTOCOL.md section 3: the id,
-/// event type 7, the room, an optional position, then the payload), or `None` when the body is
-/// anything else or malformed. The generator measures servers, so it reads the one field it
-/// needs instead of decoding the room into a `String` per delivery.
-fn publication_payload(body: &[u8]) -> Option<&[u8]> {
-    /// Event type of `Publication`.
-    const PUBLICATION: u64 = 7;
-    let mut rest = body;
-    let _id = varint(&mut rest)?;
-    if varint(&mut rest)? != PUBLICATION {
-        return None;
-    }
-    let room = usize::try_from(varint(&mut rest)?).ok()?;
-    rest = rest.get(room..)?;
-    let (&position, tail) = rest.split_first()?;
-    rest = tail;
-    match position {
-        0 => {}
-        1 => {
-            let _epoch = varint(&mut rest)?;
-            let _offset = varint(&mut rest)?;
-        }
-        _ => return None,
-    }
-    let len = usize::try_from(varint(&mut rest)?).ok()?;
-    rest.get(..len)
-}
-
-/// One postcard (LEB128) varint of at most 64 bits, advancing `input` past it.
-fn varint(input: &mut &[u8]) -> Option<u64> {
-    let mut value = 0u64;
-    for (i, &byte) in input.iter().enumerate().take(10) {
-        value |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            *input = &input[i + 1..];
-            return Some(value);
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use quiver_proto::{encode_event, Position};
-
-    fn body(event: Event) -> Vec<u8> {
-        // encode_event gives the frame with its 4-byte length prefix.
-        encode_event(&ServerFrame { id: 300, event })[4..].to_vec()
-    }
-
-    #[test]
-    fn reads_the_payload_of_every_publication_shape() {
-        let payload = vec![0xa5u8; 200];
-        for position in [
-            None,
-            Some(Position {
-                epoch: u64::MAX,
-                offset: 1 << 40,
-            }),
-        ] {
-            let frame = body(Event::Publication {
-                room: "dash.cpu-1".into(),
-                position,
-                payload: payload.clone().into(),
-            });
-            assert_eq!(publication_payload(&frame), Some(&payload[..]));
-        }
-    }
-
-    #[test]
-    fn other_events_and_cut_frames_are_not_publications() {
-        let other = body(Event::SubscriptionStream { room: "a".into() });
-        assert_eq!(publication_payload(&other), None);
-        let frame = body(Event::Publication {
-            room: "a".into(),
-            position: None,
-            payload: vec![1, 2, 3].into(),
-        });
-        assert_eq!(publication_payload(&frame[..frame.len() - 1]), None);
-        assert_eq!(publication_payload(&[]), None);
     }
 }
