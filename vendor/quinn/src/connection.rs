@@ -241,6 +241,9 @@ impl Future for ZeroRttAccepted {
 struct ConnectionDriver {
     conn: ConnectionRef,
     span: Span,
+    /// QUIVER PATCH (one yield before sending, PATCHES.md): the last poll only put the driver
+    /// back at the end of the run queue; the next one does the work.
+    yielded: bool,
 }
 
 impl ConnectionDriver {
@@ -250,14 +253,29 @@ impl ConnectionDriver {
             debug_span!("drive", id = conn.handle.0)
         };
 
-        Self { conn, span }
+        Self {
+            conn,
+            span,
+            yielded: false,
+        }
     }
 }
 
 impl Future for ConnectionDriver {
     type Output = Result<(), io::Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context) -> Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<Self::Output> {
+        // QUIVER PATCH (one yield before sending, PATCHES.md): a wake-up (a stream write, an
+        // incoming datagram, a timer) first sends the driver to the back of the run queue, so
+        // every task already runnable writes to this connection before it builds packets. Under
+        // load many small writes then share one packet instead of one packet each; idle, the
+        // queue is empty and the second poll follows at once.
+        if !self.yielded {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.yielded = false;
         let conn = &mut *self.conn.state.lock("poll");
         let _guard = self.span.enter();
 
