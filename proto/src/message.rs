@@ -265,7 +265,7 @@ fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
 
 /// Decodes one frame body (without the length prefix) from a client.
 pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
-    let (id, kind) = header(body)?;
+    let (id, kind, _) = header(body)?;
     if kind >= Command::KNOWN {
         return Err(DecodeError::UnknownType { id, kind });
     }
@@ -279,7 +279,7 @@ const EVENTS_KNOWN: u32 = 16;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
-    let (id, kind) = header(body)?;
+    let (id, kind, _) = header(body)?;
     if kind >= EVENTS_KNOWN {
         return Err(DecodeError::UnknownType { id, kind });
     }
@@ -295,7 +295,7 @@ const PUBLICATION: u32 = 7;
 /// owned values (no room `String`, no payload copy); `None` when the body holds any other event
 /// or does not decode. For readers that need only the payload, once per delivery.
 pub fn publication_payload(body: &[u8]) -> Option<&[u8]> {
-    let ((_id, kind), fields) = postcard::take_from_bytes::<(u32, u32)>(body).ok()?;
+    let (_id, kind, fields) = header(body).ok()?;
     if kind != PUBLICATION {
         return None;
     }
@@ -306,16 +306,18 @@ pub fn publication_payload(body: &[u8]) -> Option<&[u8]> {
     Some(payload)
 }
 
-fn header(body: &[u8]) -> Result<(u32, u32), DecodeError> {
-    let (id, rest) = postcard::take_from_bytes::<u32>(body).map_err(DecodeError::Malformed)?;
-    let (kind, _) = postcard::take_from_bytes::<u32>(rest).map_err(DecodeError::Malformed)?;
-    Ok((id, kind))
+/// A frame body's request id and type, and the bytes of the type's fields after them.
+fn header(body: &[u8]) -> Result<(u32, u32, &[u8]), DecodeError> {
+    let ((id, kind), fields) =
+        postcard::take_from_bytes::<(u32, u32)>(body).map_err(DecodeError::Malformed)?;
+    Ok((id, kind, fields))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frame::FrameDecoder;
+    use proptest::prelude::*;
 
     fn event_body(event: Event) -> Vec<u8> {
         // encode_event gives the frame with its 4-byte length prefix.
@@ -353,7 +355,6 @@ mod tests {
         assert_eq!(publication_payload(&frame[..frame.len() - 1]), None);
         assert_eq!(publication_payload(&[]), None);
     }
-    use proptest::prelude::*;
 
     fn body(frame: &[u8]) -> &[u8] {
         &frame[crate::LENGTH_PREFIX..]
