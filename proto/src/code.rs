@@ -94,6 +94,10 @@ codes! {
         /// The backend answered a `Call` with an error of its own (HTTP 5xx, or a NATS reply
         /// with a `Quiver-Status` header); the message is the backend's.
         BackendError = 119, "backend_error";
+        /// The client stopped the subscription's stream (QUIC STOP_SENDING, WebTransport
+        /// only): the server ended the subscription; the session stays. Subscribe again for
+        /// deliveries.
+        StreamStopped = 120, "stream_stopped";
     }
 }
 

@@ -238,11 +238,26 @@ fn trailing_option<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The bytes are not a valid message of this protocol: close the stream.
-    #[error("malformed frame: {0}")]
+    #[error("malformed frame: {}", malformed_reason(.0))]
     Malformed(postcard::Error),
     /// A well-formed id with a variant index this version does not know.
     #[error("unknown message type {kind} (id {id})")]
     UnknownType { id: u32, kind: u32 },
+}
+
+/// What was wrong, in the protocol's terms (PROTOCOL.md §3's encoding table), not the codec's:
+/// this text reaches peers in `Goodbye` reasons.
+fn malformed_reason(e: &postcard::Error) -> &'static str {
+    use postcard::Error as P;
+    match e {
+        P::DeserializeUnexpectedEnd => "the body ends inside a field",
+        P::DeserializeBadVarint => "a varint does not end, or is too large for its field",
+        P::DeserializeBadBool => "a bool that is neither 00 nor 01",
+        P::DeserializeBadUtf8 | P::DeserializeBadChar => "a string that is not UTF-8",
+        P::DeserializeBadOption => "an Option tag that is neither 00 nor 01",
+        P::DeserializeBadEnum => "a message type or enum variant above u32",
+        _ => "the body does not decode",
+    }
 }
 
 /// Encodes a command as a complete frame (length prefix included).
@@ -322,6 +337,28 @@ mod tests {
     fn event_body(event: Event) -> Vec<u8> {
         // encode_event gives the frame with its 4-byte length prefix.
         encode_event(&ServerFrame { id: 300, event })[4..].to_vec()
+    }
+
+    #[test]
+    fn malformed_bodies_are_described_in_the_protocol_terms() {
+        // id 1, then a type varint longer than a u32 has; id 1, type 0 (Hello), then nothing.
+        for (body, says) in [
+            (
+                &[0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..],
+                "a varint does not end",
+            ),
+            (&[0x01, 0x00][..], "the body ends inside a field"),
+        ] {
+            let text = decode_command(body).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                text.starts_with(&format!("malformed frame: {says}")),
+                "{text}"
+            );
+            assert!(
+                !text.contains("usize") && !text.contains("buffer"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -467,6 +467,13 @@ fn claims_from(value: serde_json::Value) -> Result<Claims, AuthError> {
             .ok_or_else(|| claim_err("exp", "must be a non-negative integer (Unix seconds)"))?,
         None => return Err(claim_err("exp", "required")),
     };
+    // jsonwebtoken compares `nbf` as a number of any kind: the protocol wants an integer.
+    if map.get("nbf").is_some_and(|v| !v.is_u64()) {
+        return Err(claim_err(
+            "nbf",
+            "must be a non-negative integer (Unix seconds)",
+        ));
+    }
     Ok(Claims {
         sub: string("sub")?,
         tenant: string("tenant")?,
@@ -491,10 +498,20 @@ fn call_patterns(claims: &serde_json::Value) -> Result<Vec<Pattern>, AuthError> 
                 let p = p
                     .as_str()
                     .ok_or_else(|| claim_err("must be an array of strings".into()))?;
-                Pattern::parse(p).map_err(|e| claim_err(format!("[{i}]: {e}")))
+                Pattern::parse(p).map_err(|e| claim_err(format!("[{i}]: {}", unquoted(&e))))
             })
             .collect(),
         Some(_) => Err(claim_err("must be an array of strings".into())),
+    }
+}
+
+/// A name rule's refusal without the offending character: refusals never quote a token.
+fn unquoted(e: &quiver_proto::RoomError) -> String {
+    match e {
+        quiver_proto::RoomError::InvalidChar(_) => {
+            "invalid character: allowed are A-Z a-z 0-9 _ - (and * > in patterns)".into()
+        }
+        other => other.to_string(),
     }
 }
 
@@ -503,11 +520,13 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
         return Err(claim_err("sub", "must be 1 to 256 bytes".into()));
     }
-    let tenant = TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", e.to_string()))?;
+    let tenant = TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", unquoted(&e)))?;
     let patterns = |list: &[String], claim| {
         list.iter()
             .enumerate()
-            .map(|(i, p)| Pattern::parse(p).map_err(|e| claim_err(claim, format!("[{i}]: {e}"))))
+            .map(|(i, p)| {
+                Pattern::parse(p).map_err(|e| claim_err(claim, format!("[{i}]: {}", unquoted(&e))))
+            })
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(Grant {

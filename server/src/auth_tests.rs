@@ -221,12 +221,37 @@ fn claim_rules() {
     let mut c = base();
     c.as_object_mut().unwrap().remove("exp");
     refused(c, "exp");
+    // `nbf` is optional, but an integer when present, like `exp`.
+    for nbf in [
+        serde_json::json!(unix_now() as f64 - 60.5),
+        (unix_now() - 60).to_string().into(),
+    ] {
+        let mut c = base();
+        c["nbf"] = nbf;
+        refused(c, "nbf");
+    }
+    let mut c = base();
+    c["nbf"] = serde_json::json!(unix_now() - 60);
+    assert!(v.verify(&sign_json(c)).is_ok());
     let mut c = base();
     c.as_object_mut().unwrap().remove("tenant");
     refused(c, "tenant");
     let mut c = base();
     c["tenant"] = "acme/evil".into();
     refused(c, "tenant");
+    // Refusals name the rule, never quote the token: not even the offending character.
+    for (claim, value) in [
+        ("tenant", serde_json::json!("acmé")),
+        ("subscribe", serde_json::json!(["chat.é"])),
+    ] {
+        let mut c = base();
+        c[claim] = value;
+        let text = v.verify(&sign_json(c)).unwrap_err().to_string();
+        assert!(
+            text.contains("invalid character") && !text.contains('é'),
+            "{text}"
+        );
+    }
     let mut c = base();
     c["subscribe"] = serde_json::json!(["chat.>", "a..b"]);
     refused(c, "subscribe");

@@ -499,7 +499,8 @@ pub struct TimeoutsConfig {
     #[serde(with = "humantime_serde")]
     pub hello: Duration,
     /// Every stage before a WebTransport session exists (QUIC handshake, HTTP/3 SETTINGS, the
-    /// CONNECT request) must be done within this, or the connection is closed.
+    /// CONNECT request) must be done within this, or the connection is closed. On TCP: the TLS
+    /// handshake, then each request's headers (`crate::tcp`).
     #[serde(with = "humantime_serde")]
     pub handshake: Duration,
     /// How long opening a subscription's stream may wait for the client's stream credit

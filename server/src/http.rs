@@ -77,19 +77,10 @@ pub async fn drained(shared: &Shared) {
     }
 }
 
+/// Plain HTTP on `listener` (development, or the operator's `http` address): `crate::tcp`.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    let app = router(shared.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    // Small frames must not wait for the previous one's ACK (Nagle): bench/ measured p99 at
-    // 100k deliveries/s over WebSocket halve with it.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { drained(&shared).await })
-        .await
-    {
-        tracing::error!(error = %e, "http server failed");
-    }
+    let app = router(shared.clone());
+    crate::tcp::serve(shared, listener, None, app).await;
 }
 
 const JS: &str = "text/javascript; charset=utf-8";

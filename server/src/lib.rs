@@ -28,6 +28,7 @@ pub mod rpc;
 mod server;
 mod session;
 mod subscription;
+pub mod tcp;
 pub mod tls;
 pub mod tls_resumption;
 pub mod token_cache;

@@ -103,7 +103,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Sessions on every transport.
     pub sessions: AtomicUsize,
-    /// QUIC connections in any stage, from the first packet (pre-session ones hold memory too).
+    /// Connections in any stage: QUIC from the first packet, TCP from `accept` (pre-session ones
+    /// hold memory too). At most `limits.max_sessions`.
     pub connections: AtomicUsize,
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
     /// This instance's sessions, for disconnects and revocation.
@@ -321,10 +322,10 @@ impl Server {
         let https_addr = match https {
             Some((listener, tls)) => {
                 let addr = listener.local_addr().ok();
-                tasks.push(tokio::spawn(crate::https::serve(
+                tasks.push(tokio::spawn(crate::tcp::serve(
                     shared.clone(),
                     listener,
-                    tls,
+                    Some(tls),
                     http::router(shared.clone()),
                 )));
                 addr

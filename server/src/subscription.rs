@@ -23,8 +23,8 @@ const MAX_BATCH: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Ended {
     pub sub_id: u64,
-    /// Why, when the client must be told (it does not know yet); `None` when the client itself
-    /// stopped the stream.
+    /// Why, to tell the client in an `Unsubscribed`; `None` when the connection is gone (there
+    /// is no one to tell).
     pub cause: Option<(ErrorCode, &'static str)>,
 }
 
@@ -90,6 +90,11 @@ impl Writer {
             },
         };
         stream.set_priority(self.priority);
+        // Resolves when the client stops the stream (STOP_SENDING). Watched while the writer is
+        // idle, so a stopped subscription in a quiet room ends at once rather than at the next
+        // publication (a busy writer learns it from its failing write). It owns what it needs,
+        // so it outlives lending the stream to the hub.
+        let mut stopped = std::pin::pin!(stream.quic_stream().stopped());
         let slot = self.latest.clone();
         // The frames of one write, as the hub encoded them: quinn takes `Bytes` without copying,
         // so a frame is never copied between the hub and the QUIC send buffer.
@@ -126,6 +131,14 @@ impl Writer {
                             batch.push(frame, false);
                         }
                     }
+                    // Completes once: every outcome returns.
+                    stop = &mut stopped => {
+                        drop(self.reclaim(stream));
+                        if matches!(stop, Ok(Some(_))) {
+                            self.report_stopped();
+                        }
+                        return;
+                    }
                 }
                 stream = self.reclaim(stream);
             }
@@ -148,10 +161,15 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = self.overflow.cancelled() => break,
-                written = out.quic_stream_mut().write_all_chunks(&mut batch.chunks) => if written.is_err() {
-                    // The client stopped the stream (or is gone): the subscription is over.
-                    let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
-                    return;
+                written = out.quic_stream_mut().write_all_chunks(&mut batch.chunks) => match written {
+                    Ok(()) => {}
+                    // The client stopped the stream: the subscription is over, and it is told.
+                    Err(wtransport::quinn::WriteError::Stopped(_)) => return self.report_stopped(),
+                    // The connection is gone: the session ends too.
+                    Err(_) => {
+                        let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
+                        return;
+                    }
                 },
             }
             hot::delivery_bytes().increment(batch.bytes as u64);
@@ -167,6 +185,17 @@ impl Writer {
             )));
         }
         self.report_overflow();
+    }
+
+    /// The client stopped the stream: the session ends the subscription and says so.
+    fn report_stopped(&self) {
+        let _ = self.ended.send(Ended {
+            sub_id: self.sub_id,
+            cause: Some((
+                ErrorCode::StreamStopped,
+                "the client stopped this subscription's stream",
+            )),
+        });
     }
 
     /// The stream back from the hub, if it was lent.

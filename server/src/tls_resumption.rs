@@ -5,7 +5,8 @@
 //!   SHA-384 (SHA-512 inside): measurably more handshake CPU for no gain here. Browsers already
 //!   prefer AES-128.
 //! - **Session resumption**: stateless TLS 1.3 session tickets (encrypted by a key that rotates
-//!   every 6 hours, nothing kept per client on the server), so a client that reconnects skips the
+//!   every 6 hours, the previous one still accepted, so a ticket lives up to 12 hours; nothing
+//!   kept per client on the server), so a client that reconnects skips the
 //!   certificate signature and its verification. The Rust client keeps one QUIC endpoint (and so
 //!   one rustls resumption store) for its lifetime; browsers keep their own.
 //! - **No 0-RTT**: `max_early_data_size` stays 0, so a peer can never have data (the CONNECT

@@ -256,13 +256,15 @@ async fn subscriptions_past_the_clients_stream_limit_fail_visibly() -> anyhow::R
             .await?;
         assert!(matches!(reply, Event::Subscribed { .. }), "{reply:?}");
     }
-    // Every room either has its stream or was ended visibly.
-    let mut streams = 0;
-    while let Ok(Ok(_)) =
+    // Every room either has its stream or was ended visibly. The streams are kept: dropping one
+    // stops it, which ends its subscription too (`stream_stopped`).
+    let mut opened = Vec::new();
+    while let Ok(Ok(stream)) =
         tokio::time::timeout(Duration::from_millis(300), c.conn().accept_uni()).await
     {
-        streams += 1;
+        opened.push(stream);
     }
+    let streams = opened.len();
     let mut ended = Vec::new();
     while streams + ended.len() < rooms.len() {
         let frame = c.recv().await?;
@@ -275,5 +277,72 @@ async fn subscriptions_past_the_clients_stream_limit_fail_visibly() -> anyhow::R
         !ended.is_empty() && streams >= 1,
         "{streams} streams, ended {ended:?}"
     );
+    Ok(())
+}
+
+/// `GET /healthz` on a fresh TCP connection: the status line, or `None` when the server closed
+/// the connection without one.
+async fn healthz(server: &TestServer) -> anyhow::Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+    let _ = tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().map(str::to_owned))
+}
+
+/// TCP connections are bounded from `accept`, as QUIC ones are from their first packet: one
+/// that says nothing, or trickles its headers, counts towards its address's limit and is closed
+/// at `timeouts.handshake`; over the limit a new connection gets `429` and is closed at once.
+#[tokio::test]
+async fn tcp_connections_that_say_nothing_are_counted_and_closed() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(1);
+        c.quotas.per_address.max_connections = 3;
+    })
+    .await?;
+    assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
+    // Two silent connections, and one that trickles a header line every 200 ms.
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(server.http).await?);
+    }
+    let mut slow = tokio::net::TcpStream::connect(server.http).await?;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The address is at its limit: the next connection is refused.
+    let refused = healthz(&server).await?;
+    assert_eq!(
+        refused.as_deref(),
+        Some("HTTP/1.1 429 Too Many Requests"),
+        "{refused:?}"
+    );
+    let started = tokio::time::Instant::now();
+    let trickled = async {
+        loop {
+            if slow.write_all(b"x-slow: 1\r\n").await.is_err() {
+                return;
+            }
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(200), slow.read(&mut byte));
+            if let Ok(Ok(0) | Err(_)) = read.await {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, trickled).await?;
+    for mut tcp in silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, tcp.read(&mut byte)).await?;
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // Closed at the deadline, long before the trickle would have ended by itself.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Their places are free again.
+    assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
     Ok(())
 }

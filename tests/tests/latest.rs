@@ -489,24 +489,46 @@ async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
 }
 
 /// A datagram may overtake the `Hello` on the network: it is dropped, never taken for a first
-/// frame that is not `Hello` (which would close the session as a protocol error).
+/// frame that is not `Hello` (which would close the session as a protocol error). Every one is
+/// counted as `before_hello`, also those sent before the control stream exists, which the server
+/// reads rather than leaving them to quinn's 64 KiB datagram buffer to drop uncounted.
 #[tokio::test]
 async fn datagrams_before_hello_do_not_break_the_session() -> Result<()> {
     let server = server(|_| {}).await?;
+    let before_hello = |page: &str| {
+        metric_sum(
+            page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "before_hello")],
+        )
+    };
+    let counted = before_hello(&server.metrics().await?);
     let conn = open_session(
         &server,
         &format!("/v1?token={}", full_token("acme", "early")),
     )
     .await?;
-    for _ in 0..5 {
+    // 200 KB: three times what quinn's receive buffer would hold.
+    const SENT: usize = 200;
+    for i in 0..SENT {
         conn.send_datagram(
             PublishDatagram {
                 room: "game.early",
-                payload: b"too soon",
+                payload: &[0; 1000],
             }
             .encode(),
         )?;
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
+    // Let them arrive before the control stream opens.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dropped = before_hello(&server.metrics().await?) - counted;
+    assert!(
+        dropped >= 150.0,
+        "{dropped} of {SENT} datagrams counted before Hello"
+    );
     let mut raw = Raw::on(conn).await?;
     let welcome = raw
         .request(Command::Hello {

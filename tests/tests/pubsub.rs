@@ -288,3 +288,36 @@ over_both_transports!(
     duplicate_subscribe_and_unsubscribe,
     a_hundred_rooms_on_one_connection,
 );
+
+/// A client that stops a subscription's stream (STOP_SENDING) ends that subscription: in a quiet
+/// room too, the server notices at once and says so with `Unsubscribed 120 stream_stopped`, frees
+/// the slot (a new `Subscribe` opens a new stream), and the session and its other rooms go on.
+#[tokio::test]
+async fn a_stopped_subscription_stream_ends_the_subscription_and_says_so() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "stopper")).await?;
+    let mut quiet = c.subscribe("quiet").await?;
+    let mut other = c.subscribe("other").await?;
+    quiet
+        .recv_stream()
+        .quic_stream_mut()
+        .stop(wtransport::quinn::VarInt::from_u32(7))?;
+    // No publication to the room: the stop alone ends it.
+    let ended = loop {
+        let frame = c.recv().await?;
+        if let Event::Unsubscribed { room, code, reason } = frame.event {
+            assert_eq!(frame.id, 0, "unsolicited");
+            break (room, code, reason);
+        }
+    };
+    assert_eq!(ended.0, "quiet");
+    assert_eq!(ended.1, ErrorCode::StreamStopped.as_u16(), "{ended:?}");
+    // The slot is free: subscribing again works and opens a new stream.
+    let mut again = c.subscribe("quiet").await?;
+    c.publish("quiet", b"back").await?;
+    assert_eq!(again.payload().await?, Bytes::from_static(b"back"));
+    c.publish("other", b"on").await?;
+    assert_eq!(other.payload().await?, Bytes::from_static(b"on"));
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

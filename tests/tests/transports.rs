@@ -707,3 +707,42 @@ async fn sse_delivers_latest_values_with_their_sequence() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// A client's close frame is answered with one (RFC 6455 §5.5.1) before the server ends the
+/// connection, and the session counts as the client's leaving.
+#[tokio::test]
+async fn a_websocket_close_frame_is_answered() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "leaver")
+    ))
+    .await?;
+    ws.send(Message::binary(encode_command(&ClientFrame {
+        id: 1,
+        command: Command::Hello {
+            version: 1,
+            client: "leaver".into(),
+        },
+    })))
+    .await?;
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+            reason: "bye".into(),
+        },
+    )))
+    .await?;
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(answered, Some(1000));
+    Ok(())
+}

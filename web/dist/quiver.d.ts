@@ -242,6 +242,7 @@ export declare const ErrorCode: {
 	readonly unrecoverable_position: 117;
 	readonly deadline_exceeded: 118;
 	readonly backend_error: 119;
+	readonly stream_stopped: 120;
 };
 export declare const CloseCode: {
 	readonly shutdown: 3000;

@@ -576,7 +576,8 @@ var ErrorCode = {
   unsubscribed: 116,
   unrecoverable_position: 117,
   deadline_exceeded: 118,
-  backend_error: 119
+  backend_error: 119,
+  stream_stopped: 120
 };
 var CloseCode = {
   shutdown: 3e3,

@@ -22,6 +22,7 @@ export const ErrorCode = {
   unrecoverable_position: 117,
   deadline_exceeded: 118,
   backend_error: 119,
+  stream_stopped: 120,
 } as const;
 
 export const CloseCode = {

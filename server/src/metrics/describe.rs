@@ -51,6 +51,9 @@ pub(super) fn register_zeros() {
         metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).absolute(0);
     }
     metrics::counter!(PUBLICATIONS_DROPPED, "reason" => "broker_unavailable").absolute(0);
+    for reason in DATAGRAM_DROP_REASONS {
+        metrics::counter!(DATAGRAMS_DROPPED, "reason" => reason).absolute(0);
+    }
     for reason in ["tenant_budget", "global_budget"] {
         metrics::counter!(HISTORY_EVICTED, "reason" => reason).absolute(0);
     }

@@ -58,6 +58,21 @@ pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
 pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
 pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 
+/// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
+/// and the datagram's own ones.
+pub const DATAGRAM_DROP_REASONS: [&str; 10] = [
+    "rate_limited",
+    "malformed",
+    "not_latest",
+    "invalid_room",
+    "permission_denied",
+    "payload_too_large",
+    "quota_exceeded",
+    "before_hello",
+    "busy",
+    "unavailable",
+];
+
 /// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the
 /// client's own leaving, told apart so that a dashboard's "dropped connections" is honest.
 /// `client_closed`: the client closed its session, connection or control stream on purpose;

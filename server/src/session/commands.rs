@@ -328,7 +328,11 @@ impl Session {
         };
         self.drop_sub(sub).await;
         if let Some((code, reason)) = end.cause {
-            warn!(session = %self.id, %room, %code, "subscription ended by server");
+            if code == ErrorCode::StreamStopped {
+                debug!(session = %self.id, %room, "client stopped the subscription stream");
+            } else {
+                warn!(session = %self.id, %room, %code, "subscription ended by server");
+            }
             self.reply(
                 0,
                 Event::Unsubscribed {
@@ -338,8 +342,6 @@ impl Session {
                 },
             )
             .await;
-        } else {
-            debug!(session = %self.id, %room, "client stopped the subscription stream");
         }
     }
 

@@ -11,6 +11,7 @@ pub mod websocket;
 pub mod webtransport;
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use quiver_proto::{
@@ -214,6 +215,27 @@ impl Refused {
     }
 }
 
+/// Counts a connection (QUIC from its first packet, TCP from `accept`) until it ends, towards
+/// `limits.max_sessions`: a connection that never becomes a session holds memory all the same.
+pub struct Counted(Arc<Shared>);
+
+impl Counted {
+    /// A place for one more connection, or `None` at `max_sessions`.
+    pub fn admit(shared: &Arc<Shared>) -> Option<Self> {
+        if shared.connections.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+            return None;
+        }
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        Some(Self(shared.clone()))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub fn count_refused(transport: Transport, reason: &'static str) {
     metrics::counter!(crate::metrics::SESSIONS_REFUSED, "transport" => transport.label(), "reason" => reason)
         .increment(1);
@@ -241,32 +263,18 @@ pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused
 }
 
 /// The checks of a TCP request (WebSocket upgrade, SSE) before its token is verified, in order:
-/// origin, capacity, the address's limits (the guard holds its place), the token's presence and
-/// size.
+/// origin, capacity, the token's presence and size. (Its connection was counted against the
+/// server's and its address's limits at `accept`: `crate::tcp`.)
 pub fn admit_tcp(
     shared: &Shared,
-    remote: std::net::SocketAddr,
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
-) -> Result<(String, crate::quota::AddressGuard), Refused> {
+) -> Result<String, Refused> {
     use axum::http::header;
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
     check_origin(shared, header_str(header::ORIGIN))?;
     admit(shared)?;
-    let address = admit_address(shared, remote)?;
-    let token = credentials(header_str(header::AUTHORIZATION), query)?;
-    Ok((token, address))
-}
-
-/// Counts a TCP connection against its address's limits (released when the guard drops).
-pub fn admit_address(
-    shared: &Shared,
-    remote: std::net::SocketAddr,
-) -> Result<crate::quota::AddressGuard, Refused> {
-    shared
-        .address_limits
-        .admit(remote.ip())
-        .ok_or(Refused::AddressLimit)
+    credentials(header_str(header::AUTHORIZATION), query)
 }
 
 /// Whether the server takes another session now (not draining, under `max_sessions`).

@@ -15,6 +15,7 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
@@ -28,9 +29,9 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
 use super::{admit_tcp, count_refused, queue, Inbound, Peer, Refused, Transport};
-use crate::quota::AddressGuard;
 use crate::server::Shared;
 use crate::session::{self, Link};
+use crate::tcp::TcpSlot;
 
 const T: Transport = Transport::Sse;
 
@@ -55,11 +56,12 @@ fn problem(
 pub async fn stream(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<TcpSlot>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let checked = admit_tcp(&shared, remote, &headers, query.as_deref());
-    let (token, address) = match checked {
+    let checked = admit_tcp(&shared, &headers, query.as_deref());
+    let token = match checked {
         Ok(token) => token,
         Err(refused) => {
             refused.count(T);
@@ -153,7 +155,7 @@ pub async fn stream(
         decoder: FrameDecoder::new(usize::MAX >> 1),
         // Held for the life of the response: dropping the body (the client went away) ends
         // the session; the commands channel stays open until then.
-        _alive: (gone.drop_guard(), in_tx, address),
+        _alive: (gone.drop_guard(), in_tx, slot),
     };
     Sse::new(events.into_stream(out_rx))
         .keep_alive(
@@ -210,7 +212,7 @@ struct Events {
     /// so `Last-Event-ID` resumes every room at once.
     positions: BTreeMap<String, Position>,
     decoder: FrameDecoder,
-    _alive: (DropGuard, queue::Sender<Inbound>, AddressGuard),
+    _alive: (DropGuard, queue::Sender<Inbound>, TcpSlot),
 }
 
 impl Events {

@@ -14,6 +14,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -25,6 +26,7 @@ use super::{admit_tcp, count_refused, queue, single_frame, Inbound, Peer, Refuse
 use crate::auth::AuthError;
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
+use crate::tcp::TcpSlot;
 
 const T: Transport = Transport::WebSocket;
 
@@ -41,11 +43,12 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 pub async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    Extension(slot): Extension<TcpSlot>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let checked = admit_tcp(&shared, remote, &headers, query.as_deref());
+    let checked = admit_tcp(&shared, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
         .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
@@ -55,7 +58,7 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .max_write_buffer_size(MAX_WRITE_BUFFER);
-    let (token, address) = match checked {
+    let token = match checked {
         Ok(token) => token,
         // A token problem is told in-band like every other (PROTOCOL §9.1).
         Err(Refused::TokenTooLarge) => {
@@ -78,7 +81,8 @@ pub async fn upgrade(
     match shared.authenticate(&token) {
         Ok(grant) => ws.on_upgrade(move |socket| async move {
             serve(shared, socket, grant, remote).await;
-            drop(address);
+            // The connection counted until its session ends.
+            drop(slot);
         }),
         Err(e) => {
             info!(%remote, reason = %e, transport = T.label(), "session refused");
@@ -160,8 +164,17 @@ async fn serve(
             None
         }
     };
-    if let (Some(mut sink), Some((code, reason))) = (sink, &end.close) {
-        let _ = tokio::time::timeout(GOODBYE_GRACE, sink.send(close_message(*code, reason))).await;
+    match (sink, &end.close) {
+        (Some(mut sink), Some((code, reason))) => {
+            let _ =
+                tokio::time::timeout(GOODBYE_GRACE, sink.send(close_message(*code, reason))).await;
+        }
+        // The client left: tungstenite queued the answer to its close frame (RFC 6455 §5.5.1);
+        // closing the sink sends it.
+        (Some(mut sink), None) => {
+            let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
+        }
+        (None, _) => {}
     }
     gone.cancel();
     debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");

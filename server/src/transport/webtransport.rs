@@ -19,7 +19,8 @@ use wtransport::endpoint::{IncomingSession, SessionRequest};
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 use super::{
-    admit, check_origin, count_refused, credentials, queue, Inbound, Peer, Refused, Transport,
+    admit, check_origin, count_refused, credentials, queue, Counted, Inbound, Peer, Refused,
+    Transport,
 };
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
@@ -64,30 +65,18 @@ pub async fn accept_loop(
     info!("webtransport endpoint closed");
 }
 
-/// Counts a QUIC connection from its first packet to its end (towards `max_sessions`: a
-/// connection that never becomes a session holds memory all the same).
-struct Counted(Arc<Shared>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
-    if shared.connections.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+    let Some(counted) = Counted::admit(shared) else {
         // Not even a handshake: a QUIC-level refusal costs one packet.
         count_refused(T, "capacity");
         incoming.refuse();
         return;
-    }
+    };
     let Some(address) = shared.address_limits.admit(incoming.remote_address().ip()) else {
         count_refused(T, "address_limit");
         incoming.refuse();
         return;
     };
-    shared.connections.fetch_add(1, Ordering::Relaxed);
-    let counted = Counted(shared.clone());
     // Counted from here: a burst of handshakes deepens the socket's receive buffer.
     let handshake = shared.receive_buffer.handshake();
     // Boxed: the task's captured values stay in its future for the session's life, and a
@@ -266,14 +255,25 @@ async fn control(
     max_frame: usize,
     hello: Duration,
 ) {
-    let (send, recv) = match tokio::time::timeout(hello, conn.accept_bi()).await {
-        Ok(Ok(streams)) => streams,
-        Ok(Err(_)) => {
-            let _ = inbound.send(Inbound::Ended("connection_lost")).await;
-            return;
+    let deadline = tokio::time::Instant::now() + hello;
+    let (send, recv) = loop {
+        tokio::select! {
+            streams = conn.accept_bi() => match streams {
+                Ok(streams) => break streams,
+                Err(_) => {
+                    let _ = inbound.send(Inbound::Ended("connection_lost")).await;
+                    return;
+                }
+            },
+            // Datagrams before the control stream cannot come after a `Hello`: read and
+            // counted here, so none waits in quinn's buffer or leaves it uncounted.
+            datagram = conn.receive_datagram() => if datagram.is_ok() {
+                metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
+                metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
+            },
+            // The core's own Hello deadline ends the session.
+            _ = tokio::time::sleep_until(deadline) => return,
         }
-        // The core's own Hello deadline ends the session.
-        Err(_) => return,
     };
     let reader = tokio::spawn(read_control(conn, recv, inbound, max_frame));
     write_control(send, out).await;

@@ -1,0 +1,176 @@
+//! The TCP listener's connections (plain HTTP in development, HTTPS with a real certificate):
+//! the WebSocket and SSE fallbacks, health, metrics and the API all arrive here.
+//!
+//! Every connection is bounded from its first byte, as QUIC connections are
+//! (`transport::webtransport`):
+//! - it counts towards `limits.max_sessions` (with QUIC connections, in `Shared::connections`)
+//!   and towards its address's `quotas.per_address` limits from `accept` on; over either it is
+//!   refused: over TLS closed at once, on plain HTTP answered `429` once its request's head has
+//!   arrived (at most [`REFUSING`] such answers at a time, each within [`REFUSE_WITHIN`]; past
+//!   that, closed at once);
+//! - its TLS handshake, and then each request's headers, must arrive within
+//!   `timeouts.handshake` (an idle keep-alive connection waits for the next request's headers
+//!   under the same deadline), so a peer that connects and says nothing, or trickles headers,
+//!   holds its socket only that long;
+//! - a WebSocket or SSE session it carries keeps its place (a [`TcpSlot`] clone) for the
+//!   session's life, so the connection and its session count once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::server::Shared;
+use crate::transport::Counted;
+
+/// One TCP connection's place in the server's and its address's counts: held by the connection
+/// and by the session it carries, released when both are gone.
+#[derive(Clone)]
+pub struct TcpSlot(#[allow(dead_code)] Arc<(Counted, crate::quota::AddressGuard)>);
+
+/// Refused plain-HTTP connections answered at once; more are closed without an answer.
+const REFUSING: usize = 64;
+/// How long a refused connection's request head may take before it is answered (or dropped).
+const REFUSE_WITHIN: Duration = Duration::from_secs(1);
+/// The most of a refused request that is read (its head; a longer one is not waited for).
+const REFUSED_HEAD: usize = 8 * 1024;
+
+/// Serves `app` on `listener` (over TLS with `tls`) until shutdown and the drain after it.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+) {
+    let refusing = Arc::new(Semaphore::new(REFUSING));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = crate::http::drained(&shared) => break,
+        };
+        let slot = match admit(&shared, remote) {
+            Ok(slot) => slot,
+            Err(label) => {
+                if tls.is_none() {
+                    if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                        tokio::spawn(refuse(tcp, label, permit));
+                    }
+                }
+                continue;
+            }
+        };
+        // Small frames must not wait for the previous one's ACK (Nagle): bench/ measured p99 at
+        // 100k deliveries/s over WebSocket halve with it.
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(
+            shared.clone(),
+            tcp,
+            remote,
+            tls.clone(),
+            app.clone(),
+            slot,
+        ));
+    }
+}
+
+/// Counts a new connection, or says why not (the refusal's label: server at capacity, or its
+/// address at its limits).
+fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static str> {
+    let Some(counted) = Counted::admit(shared) else {
+        debug!(%remote, "TCP connection refused: server at max_sessions");
+        return Err("unavailable");
+    };
+    let Some(address) = shared.address_limits.admit(remote.ip()) else {
+        debug!(%remote, "TCP connection refused: address over its limits");
+        return Err("address_limit");
+    };
+    Ok(TcpSlot(Arc::new((counted, address))))
+}
+
+/// Answers a refused plain-HTTP connection `429` after its request's head (an HTTP client
+/// takes no answer before its request), all within [`REFUSE_WITHIN`], then closes it.
+async fn refuse(mut tcp: TcpStream, label: &'static str, _permit: OwnedSemaphorePermit) {
+    let answer = async {
+        let mut head = Vec::with_capacity(1024);
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < REFUSED_HEAD {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = format!(
+            r#"{{"code":null,"label":"{label}","message":"too many connections; retry later"}}"#
+        );
+        let response = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tcp.write_all(response.as_bytes()).await;
+        let _ = tcp.shutdown().await;
+    };
+    let _ = tokio::time::timeout(REFUSE_WITHIN, answer).await;
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    slot: TcpSlot,
+) {
+    let deadline = shared.config.timeouts.handshake;
+    match tls {
+        None => http(tcp, remote, app, slot, deadline).await,
+        Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {
+            Ok(Ok(stream)) => http(stream, remote, app, slot, deadline).await,
+            Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
+            Err(_) => debug!(%remote, "TLS handshake timed out"),
+        },
+    }
+}
+
+/// HTTP/1.1 on one connection, upgrades (WebSocket) included.
+async fn http<S>(
+    io: S,
+    remote: SocketAddr,
+    app: Router,
+    slot: TcpSlot,
+    deadline: std::time::Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let app = app
+        .layer(axum::Extension(ConnectInfo(remote)))
+        .layer(axum::Extension(slot));
+    let service = TowerToHyperService::new(app);
+    // hyper's own HTTP/1 connection, not hyper-util's `auto` one: `auto` first waits for bytes
+    // to tell the HTTP version, with no deadline, so a silent peer would never meet the
+    // header deadline.
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadline)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        debug!(%remote, error = %e, "http connection ended");
+    }
+}
