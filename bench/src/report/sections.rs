@@ -37,22 +37,27 @@ pub(super) fn rooms_common_table(md: &mut String, r: &Report) {
     same_rate_table(md, &runs);
 }
 
-/// p50 / p99 / p99.9 and server cores per target, at one offered rate.
+/// p50 / p99 / p99.9, and server and generator cores per target, at one offered rate. The
+/// generator's cores are there because a full generator core means the latency partly measures
+/// the client side (QUIC's per-packet receive and ACK work is in user space), not the server.
 pub(super) fn same_rate_table(md: &mut String, runs: &[(Kind, &LoadResult)]) {
-    let _ = writeln!(md, "| target | p50 | p99 | p99.9 | server CPU (cores) |");
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| target | p50 | p99 | p99.9 | server CPU (cores) | generator CPU (cores) |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
     for (kind, c) in runs {
+        let secs = c.measured_secs.max(1e-9);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {:.2} |",
             kind.label(),
             us(c.latency.p50_us),
             us(c.latency.p99_us),
             us(c.latency.p999_us),
-            c.server_cpu_secs.map_or("–".into(), |s| format!(
-                "{:.2}",
-                s / c.measured_secs.max(1e-9)
-            ))
+            c.server_cpu_secs
+                .map_or("–".into(), |s| format!("{:.2}", s / secs)),
+            c.generator_cpu_secs / secs
         );
     }
     md.push('\n');
@@ -124,5 +129,27 @@ pub(super) fn cluster_section(md: &mut String, r: &Report) {
              publication to instance B, and alone it fans out far more.\n",
             costs.join("; ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tests::load;
+
+    #[test]
+    fn same_rate_rows_carry_both_cores() {
+        // 2.4 s of server CPU and 1.2 s of generator CPU over a 2-second window.
+        let mut run = load(100_000.0);
+        run.server_cpu_secs = Some(2.4);
+        run.generator_cpu_secs = 1.2;
+        run.measured_secs = 2.0;
+        let mut md = String::new();
+        same_rate_table(&mut md, &[(Kind::Quiver, &run)]);
+        assert!(
+            md.contains("| server CPU (cores) | generator CPU (cores) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 1.20 | 0.60 |"), "{md}");
     }
 }
