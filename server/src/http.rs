@@ -30,7 +30,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .nest(crate::api::PREFIX, crate::api::router(&shared))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
-        .route("/v1/sse", get(crate::transport::sse::stream));
+        .route("/v1/sse", get(crate::transport::sse::stream))
+        .fallback(not_found);
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))
@@ -97,6 +98,12 @@ const BOOT_JS: &str = include_str!("../../web/demo/boot.js");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Any other path: 404 with the refusal body of PROTOCOL.md §9.1 (the API under `/api/v1` has
+/// its own JSON errors).
+async fn not_found() -> Response {
+    crate::transport::problem(StatusCode::NOT_FOUND, "not_found", None, "no such path")
 }
 
 /// 200 while the server accepts sessions.

@@ -75,6 +75,7 @@ async fn handle(
             }
             "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
             "order.garbled" => "not json".into_response(),
+            "order.nopayload" => Json(json!({"x": 1})).into_response(),
             _ => {
                 Json(json!({"payload": b64(&[b"placed:", &payload[..]].concat())})).into_response()
             }
@@ -197,6 +198,7 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
         ("order.slow", ErrorCode::DeadlineExceeded, ""),
         ("order.huge", ErrorCode::BackendError, "max_payload"),
         ("order.garbled", ErrorCode::BackendError, "call answer"),
+        ("order.nopayload", ErrorCode::BackendError, "call answer"),
     ] {
         let (c, msg) = code(client.call(method, "x").await);
         assert_eq!(c, Some(want), "{method}: {msg}");
@@ -305,6 +307,12 @@ async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
         )
     };
     assert!(decided("allow") >= 1.0 && decided("deny") >= 1.0 && decided("timeout") >= 2.0);
+    // Reading a room's members or history is what a subscription would see: the same hook.
+    let (c, msg) = code(alice.presence("order.bob").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    let (c, msg) = code(alice.history("order.bob", None, 10).await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("only the order's owner"), "{msg}");
     alice.close().await;
     Ok(())
 }

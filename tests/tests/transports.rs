@@ -746,3 +746,25 @@ async fn a_websocket_close_frame_is_answered() -> anyhow::Result<()> {
     assert_eq!(answered, Some(1000));
     Ok(())
 }
+
+/// HTTP refusals outside the API carry the JSON body of PROTOCOL.md §9.1: an unknown path, and
+/// a request to the WebSocket endpoint that is not an upgrade.
+#[tokio::test]
+async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    for (path, status, label) in [
+        ("/nope", 404, "not_found"),
+        ("/v2/ws", 404, "not_found"),
+        ("/v1/ws", 400, "bad_request"),
+    ] {
+        let answer = reqwest::get(format!("http://{}{path}", server.http)).await?;
+        assert_eq!(answer.status().as_u16(), status, "{path}");
+        let body: serde_json::Value = answer.json().await?;
+        assert_eq!(body["label"], label, "{path}: {body}");
+        assert!(
+            body["code"].is_null() && body["message"].is_string(),
+            "{path}: {body}"
+        );
+    }
+    Ok(())
+}

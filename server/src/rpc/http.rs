@@ -25,10 +25,10 @@ pub struct HttpRoute {
     slots: Arc<Semaphore>,
 }
 
-/// A call's answer: `{"payload": "<base64>"}`.
+/// A call's answer: `{"payload": "<base64>"}`; without `payload` it is not one (an empty
+/// answer is `""`).
 #[derive(Deserialize)]
 struct CallAnswer {
-    #[serde(default)]
     payload: String,
 }
 

@@ -346,7 +346,7 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let key = self.subscribable(room)?;
+        let key = self.readable(room).await?;
         if !self.shared.config.presence(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -378,6 +378,16 @@ impl Session {
         Ok(key)
     }
 
+    /// A room whose members or history the session may read: what a subscription would see, so
+    /// the same checks as `Subscribe`, the backend's subscribe hook included (else a hook that
+    /// keeps a room to its owner could be read around).
+    async fn readable(&self, room: &str) -> Result<RoomKey, Refusal> {
+        let key = self.subscribable(room)?;
+        self.ask_hook(crate::rpc::Hook::Subscribe, &key.room, None)
+            .await?;
+        Ok(key)
+    }
+
     /// A page of a history room, without subscribing (`history.rs`); needs subscribe
     /// permission, and fits one frame.
     pub(super) async fn history(
@@ -387,7 +397,7 @@ impl Session {
         limit: u32,
     ) -> Result<Option<Event>, Refusal> {
         use crate::history::HistoryError;
-        let key = self.subscribable(room)?;
+        let key = self.readable(room).await?;
         let room = key.room.to_string();
         let max_frame = self.shared.config.limits.max_frame as usize;
         let page = crate::history::page(&self.shared, key, since, limit, max_frame)

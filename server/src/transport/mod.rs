@@ -262,6 +262,19 @@ pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused
     }
 }
 
+/// An HTTP refusal's body (PROTOCOL.md §9.1): `{"code", "label", "message"}`, `code` a close
+/// code for token refusals and `null` otherwise.
+pub fn problem(
+    status: axum::http::StatusCode,
+    label: &str,
+    code: Option<u16>,
+    message: impl Into<String>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({"code": code, "label": label, "message": message.into()});
+    (status, axum::Json(body)).into_response()
+}
+
 /// The checks of a TCP request (WebSocket upgrade, SSE) before its token is verified, in order:
 /// origin, capacity, the token's presence and size. (Its connection was counted against the
 /// server's and its address's limits at `accept`: `crate::tcp`.)

@@ -16,7 +16,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use axum::Json;
 use base64::Engine;
 use bytes::Bytes;
 use futures::Stream;
@@ -28,7 +27,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
-use super::{admit_tcp, count_refused, queue, Inbound, Peer, Refused, Transport};
+use super::{admit_tcp, count_refused, problem, queue, Inbound, Peer, Refused, Transport};
 use crate::server::Shared;
 use crate::session::{self, Link};
 use crate::tcp::TcpSlot;
@@ -39,19 +38,6 @@ const T: Transport = Transport::Sse;
 const OUT_QUEUE: usize = 256;
 /// The first `Subscribe` id; `Hello` is 1.
 const FIRST_SUBSCRIBE_ID: u32 = 2;
-
-fn problem(
-    status: StatusCode,
-    label: &str,
-    code: Option<u16>,
-    message: impl Into<String>,
-) -> Response {
-    (
-        status,
-        Json(json!({"code": code, "label": label, "message": message.into()})),
-    )
-        .into_response()
-}
 
 pub async fn stream(
     State(shared): State<Arc<Shared>>,

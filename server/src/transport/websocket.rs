@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{SplitSink, SplitStream};
@@ -22,7 +23,9 @@ use quiver_proto::{encode_event, CloseCode, Event, ServerFrame};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{admit_tcp, count_refused, queue, single_frame, Inbound, Peer, Refused, Transport};
+use super::{
+    admit_tcp, count_refused, problem, queue, single_frame, Inbound, Peer, Refused, Transport,
+};
 use crate::auth::AuthError;
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
@@ -46,8 +49,16 @@ pub async fn upgrade(
     Extension(slot): Extension<TcpSlot>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let Ok(ws) = ws else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            None,
+            "not a WebSocket upgrade request",
+        );
+    };
     let checked = admit_tcp(&shared, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
@@ -75,7 +86,7 @@ pub async fn upgrade(
                     StatusCode::TOO_MANY_REQUESTS
                 }
             };
-            return (status, refused.label()).into_response();
+            return problem(status, refused.label(), None, refused.label());
         }
     };
     match shared.authenticate(&token) {
@@ -235,9 +246,40 @@ fn read_error(e: axum::Error) -> Result<&'static str, String> {
         Some(WsError::ConnectionClosed | WsError::AlreadyClosed) => Ok("client_closed"),
         Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => Ok("client_closed"),
         Some(WsError::Io(_)) => Ok("connection_lost"),
-        Some(other) => Err(format!("websocket: {other}")),
-        None => Err(format!("websocket: {inner}")),
+        Some(other) => Err(violation(other)),
+        None => Err("malformed WebSocket message".into()),
     }
+}
+
+/// A peer's WebSocket violation in the protocol's words (it reaches the peer as the goodbye's
+/// reason), not the library's.
+fn violation(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::error::{
+        CapacityError, Error as WsError, ProtocolError as P,
+    };
+    let what = match e {
+        WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            return format!(
+                "a message of {size} bytes: more than one frame of max_frame ({} bytes) and its \
+                 4-byte length prefix",
+                max_size.saturating_sub(quiver_proto::LENGTH_PREFIX)
+            )
+        }
+        WsError::Utf8(_) => "text that is not UTF-8",
+        WsError::Protocol(p) => match p {
+            P::NonZeroReservedBits => "reserved bits set",
+            P::UnmaskedFrameFromClient => "an unmasked frame",
+            P::FragmentedControlFrame | P::ControlFrameTooBig => "a bad control frame",
+            P::UnknownControlFrameType(_) | P::UnknownDataFrameType(_) | P::InvalidOpcode(_) => {
+                "an unknown opcode"
+            }
+            P::UnexpectedContinueFrame | P::ExpectedFragment(_) => "bad fragmentation",
+            P::InvalidCloseSequence => "a bad close frame",
+            _ => "bad framing",
+        },
+        _ => "bad framing",
+    };
+    format!("WebSocket protocol violation (RFC 6455): {what}")
 }
 
 /// Writes queued frames, coalescing what is queued into one message, and pings every
@@ -315,10 +357,20 @@ mod tests {
             gone(WsError::Io(std::io::ErrorKind::ConnectionReset.into())),
             Ok("connection_lost")
         );
-        assert!(gone(WsError::Capacity(CapacityError::MessageTooLong {
-            size: 10,
-            max_size: 5
-        }))
-        .is_err());
+        assert_eq!(
+            gone(WsError::Capacity(CapacityError::MessageTooLong {
+                size: 65_541,
+                max_size: 65_540
+            })),
+            Err(
+                "a message of 65541 bytes: more than one frame of max_frame (65536 bytes) and \
+                 its 4-byte length prefix"
+                    .into()
+            )
+        );
+        assert_eq!(
+            gone(WsError::Protocol(ProtocolError::NonZeroReservedBits)),
+            Err("WebSocket protocol violation (RFC 6455): reserved bits set".into())
+        );
     }
 }

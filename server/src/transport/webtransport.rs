@@ -255,7 +255,10 @@ async fn control(
     max_frame: usize,
     hello: Duration,
 ) {
-    let deadline = tokio::time::Instant::now() + hello;
+    // The core's own Hello deadline ends the session (`hello_timeout`, told in the QUIC close);
+    // this one only makes sure the task ends if the session somehow does not. Twice as long, so
+    // it can never race the core's and turn that close into a silent one.
+    let deadline = tokio::time::Instant::now() + hello * 2;
     let (send, recv) = loop {
         tokio::select! {
             streams = conn.accept_bi() => match streams {
@@ -271,7 +274,6 @@ async fn control(
                 metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
                 metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
             },
-            // The core's own Hello deadline ends the session.
             _ = tokio::time::sleep_until(deadline) => return,
         }
     };
