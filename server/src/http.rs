@@ -31,7 +31,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .nest(crate::api::PREFIX, crate::api::router(&shared))
         .route("/v1/ws", get(crate::transport::websocket::upgrade))
         .route("/v1/sse", get(crate::transport::sse::stream))
-        .fallback(not_found);
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))
@@ -104,6 +105,16 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// its own JSON errors).
 async fn not_found() -> Response {
     crate::transport::problem(StatusCode::NOT_FOUND, "not_found", None, "no such path")
+}
+
+/// A known path with another method (`POST /v1/ws`): 405 in the same shape.
+async fn method_not_allowed() -> Response {
+    crate::transport::problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        None,
+        "method not allowed on this path",
+    )
 }
 
 /// 200 while the server accepts sessions.

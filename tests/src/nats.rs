@@ -91,6 +91,26 @@ impl NatsServer {
         }
     }
 
+    /// Freezes it (SIGSTOP): its sockets stay open, nothing is answered.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
+        let child = self.child.as_ref().context("nats-server is not running")?;
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
     /// Kills it and starts it again on the same port (memory-stored streams are gone).
     pub async fn restart(&mut self) -> Result<()> {
         self.kill();

@@ -589,3 +589,39 @@ async fn readyz_waits_for_history_delivery_not_just_the_connection() -> anyhow::
     assert_eq!(room.payload().await?, Bytes::from_static(b"after"));
     Ok(())
 }
+
+/// A nats-server that stops answering with its sockets still open (SIGSTOP: a hung process, a
+/// dead path) is noticed within a few seconds, like one that is gone: `/readyz` says 503 and a
+/// live publish is refused `unavailable` instead of taken; once it answers again, ready again.
+#[tokio::test]
+async fn a_frozen_nats_is_noticed_within_seconds() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let servers = instances(&nats, 1).await?;
+    let server = &servers[0];
+    wait_ready(server, 200).await?;
+    let mut publ = Raw::connect(server, &full_token("acme", "p")).await?;
+    assert!(matches!(
+        publ.publish("live.x", b"before").await?,
+        Event::Published { .. }
+    ));
+    nats.pause()?;
+    let frozen = tokio::time::Instant::now();
+    let noticed = wait_ready(server, 503).await;
+    let took = frozen.elapsed();
+    let refused = publ.publish("live.x", b"into the void").await;
+    nats.resume()?;
+    noticed?;
+    let refused = refused?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == 111),
+        "{refused:?}"
+    );
+    // Three ping intervals of 2 s, and the readiness poll: well under async-nats' default 3 min.
+    assert!(took < Duration::from_secs(12), "noticed after {took:?}");
+    wait_ready(server, 200).await?;
+    assert!(matches!(
+        publ.publish("live.x", b"after").await?,
+        Event::Published { .. }
+    ));
+    Ok(())
+}

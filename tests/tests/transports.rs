@@ -349,12 +349,17 @@ async fn a_silent_websocket_peer_is_closed_after_the_idle_timeout() -> anyhow::R
             &[("transport", "websocket"), ("reason", "idle_timeout")]
         ) >= 1.0
     );
-    // The silent side finds its socket closed once it looks.
+    // The silent side finds its socket closed once it looks: dropped, no close frame (the
+    // server presumes it gone, PROTOCOL.md §9.2).
     let ended = tokio::time::timeout(WAIT, async {
-        while let Some(Ok(_)) = silent.next().await {}
+        let mut closes = 0;
+        while let Some(Ok(message)) = silent.next().await {
+            closes += usize::from(matches!(message, Message::Close(_)));
+        }
+        closes
     })
     .await;
-    assert!(ended.is_ok());
+    assert_eq!(ended.ok(), Some(0));
     Ok(())
 }
 
@@ -766,5 +771,12 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
             "{path}: {body}"
         );
     }
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/ws", server.http))
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 405);
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(body["label"], "method_not_allowed", "{body}");
     Ok(())
 }

@@ -181,11 +181,12 @@ async fn serve(
                 tokio::time::timeout(GOODBYE_GRACE, sink.send(close_message(*code, reason))).await;
         }
         // The client left: tungstenite queued the answer to its close frame (RFC 6455 §5.5.1);
-        // closing the sink sends it.
-        (Some(mut sink), None) => {
+        // closing the sink sends it. (After an idle timeout nothing is sent: the peer is
+        // presumed gone, PROTOCOL.md §9.2.)
+        (Some(mut sink), None) if end.reason == "client_closed" => {
             let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
         }
-        (None, _) => {}
+        _ => {}
     }
     gone.cancel();
     debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
