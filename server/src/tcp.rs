@@ -3,8 +3,9 @@
 //!
 //! Every connection is bounded from its first byte, as QUIC connections are
 //! (`transport::webtransport`):
-//! - it counts towards `limits.max_sessions` (with QUIC connections, in `Shared::connections`)
-//!   and towards its address's `quotas.per_address` limits from `accept` on; over either it is
+//! - it counts towards `limits.max_sessions` (with QUIC connections, in `Shared::connections`;
+//!   TCP may go [`HEADROOM`] over it) and towards its address's `quotas.per_address` limits
+//!   from `accept` on; over either it is
 //!   refused: over TLS closed at once, on plain HTTP answered `429` once its request's head has
 //!   arrived (at most [`REFUSING`] such answers at a time, each within [`REFUSE_WITHIN`]; past
 //!   that, closed at once);
@@ -37,6 +38,10 @@ use crate::transport::Counted;
 #[derive(Clone)]
 pub struct TcpSlot(#[allow(dead_code)] Arc<(Counted, crate::quota::AddressGuard)>);
 
+/// TCP connections taken beyond `max_sessions`, so health checks, scrapes and the API still get
+/// in while sessions fill the server (a WebSocket or SSE session over `max_sessions` is still
+/// refused, by its request's handler).
+const HEADROOM: usize = 64;
 /// Refused plain-HTTP connections answered at once; more are closed without an answer.
 const REFUSING: usize = 64;
 /// How long a refused connection's request head may take before it is answered (or dropped).
@@ -91,7 +96,7 @@ pub async fn serve(
 /// Counts a new connection, or says why not (the refusal's label: server at capacity, or its
 /// address at its limits).
 fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static str> {
-    let Some(counted) = Counted::admit(shared) else {
+    let Some(counted) = Counted::admit(shared, HEADROOM) else {
         debug!(%remote, "TCP connection refused: server at max_sessions");
         return Err("unavailable");
     };

@@ -346,3 +346,27 @@ async fn tcp_connections_that_say_nothing_are_counted_and_closed() -> anyhow::Re
     assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
     Ok(())
 }
+
+/// A server full of sessions still answers health checks and scrapes (TCP connections have a
+/// little headroom over `max_sessions`), while a new WebSocket session is refused 429.
+#[tokio::test]
+async fn a_full_server_still_answers_health_checks() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.max_sessions = 1).await?;
+    let _only = Raw::connect(&server, &full_token("acme", "only")).await?;
+    assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
+    let refused = Raw::websocket(
+        &server,
+        &format!("/v1/ws?token={}", full_token("acme", "late")),
+        &[],
+    )
+    .await
+    .err()
+    .ok_or_else(|| anyhow::anyhow!("a WebSocket session past max_sessions was accepted"))?;
+    match refused {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 429)
+        }
+        other => anyhow::bail!("{other:?}"),
+    }
+    Ok(())
+}

@@ -220,9 +220,10 @@ impl Refused {
 pub struct Counted(Arc<Shared>);
 
 impl Counted {
-    /// A place for one more connection, or `None` at `max_sessions`.
-    pub fn admit(shared: &Arc<Shared>) -> Option<Self> {
-        if shared.connections.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+    /// A place for one more connection, or `None` at `max_sessions` (plus `headroom`).
+    pub fn admit(shared: &Arc<Shared>, headroom: usize) -> Option<Self> {
+        let limit = shared.config.limits.max_sessions.saturating_add(headroom);
+        if shared.connections.load(Ordering::Relaxed) >= limit {
             return None;
         }
         shared.connections.fetch_add(1, Ordering::Relaxed);

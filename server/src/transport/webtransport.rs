@@ -66,7 +66,7 @@ pub async fn accept_loop(
 }
 
 fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
-    let Some(counted) = Counted::admit(shared) else {
+    let Some(counted) = Counted::admit(shared, 0) else {
         // Not even a handshake: a QUIC-level refusal costs one packet.
         count_refused(T, "capacity");
         incoming.refuse();
