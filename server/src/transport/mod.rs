@@ -193,9 +193,6 @@ pub enum Refused {
     Origin,
     /// Token over [`MAX_TOKEN_LEN`]: 431 on TCP, 403 on WebTransport (wtransport has no 431).
     TokenTooLarge,
-    /// Over the per-address connection or handshake limit: 429 on TCP; a QUIC-level refusal
-    /// on WebTransport.
-    AddressLimit,
 }
 
 impl Refused {
@@ -206,7 +203,6 @@ impl Refused {
             Refused::Unavailable => "unavailable",
             Refused::Origin => "origin",
             Refused::TokenTooLarge => "token_too_large",
-            Refused::AddressLimit => "address_limit",
         }
     }
 

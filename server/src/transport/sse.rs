@@ -55,7 +55,6 @@ pub async fn stream(
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
-                Refused::AddressLimit => StatusCode::TOO_MANY_REQUESTS,
                 // Like every token refusal (PROTOCOL §9.1).
                 Refused::TokenTooLarge => {
                     let code = CloseCode::InvalidToken;

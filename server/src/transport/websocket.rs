@@ -82,9 +82,7 @@ pub async fn upgrade(
             let status = match refused {
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Origin => StatusCode::FORBIDDEN,
-                Refused::Unavailable | Refused::AddressLimit | Refused::TokenTooLarge => {
-                    StatusCode::TOO_MANY_REQUESTS
-                }
+                Refused::Unavailable | Refused::TokenTooLarge => StatusCode::TOO_MANY_REQUESTS,
             };
             return problem(status, refused.label(), None, refused.label());
         }

@@ -176,7 +176,6 @@ async fn refuse(request: SessionRequest, refused: Refused) {
         Refused::NotFound => request.not_found().await,
         Refused::Unavailable => request.too_many_requests().await,
         Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
-        Refused::AddressLimit => request.too_many_requests().await,
     }
 }
 
