@@ -609,13 +609,20 @@ async fn a_frozen_nats_is_noticed_within_seconds() -> anyhow::Result<()> {
     let noticed = wait_ready(server, 503).await;
     let took = frozen.elapsed();
     let refused = publ.publish("live.x", b"into the void").await;
+    // A history publish is refused at once too, not after its 3 s store wait: it is never
+    // handed to a connection that would send it on reconnect, after its `unavailable`.
+    let asked = tokio::time::Instant::now();
+    let refused_stored = publ.publish("h.frozen", b"not stored").await;
+    let answered_in = asked.elapsed();
     nats.resume()?;
     noticed?;
-    let refused = refused?;
-    assert!(
-        matches!(refused, Event::Error { code, .. } if code == 111),
-        "{refused:?}"
-    );
+    for refused in [refused?, refused_stored?] {
+        assert!(
+            matches!(refused, Event::Error { code, .. } if code == 111),
+            "{refused:?}"
+        );
+    }
+    assert!(answered_in < Duration::from_millis(2500), "{answered_in:?}");
     // Three ping intervals of 2 s, and the readiness poll: well under async-nats' default 3 min.
     assert!(took < Duration::from_secs(12), "noticed after {took:?}");
     wait_ready(server, 200).await?;
@@ -623,5 +630,17 @@ async fn a_frozen_nats_is_noticed_within_seconds() -> anyhow::Result<()> {
         publ.publish("live.x", b"after").await?,
         Event::Published { .. }
     ));
+    // Nothing refused was stored after all.
+    let page = publ
+        .request(Command::History {
+            room: "h.frozen".into(),
+            since: None,
+            limit: 10,
+        })
+        .await?;
+    assert!(
+        matches!(&page, Event::History { publications, .. } if publications.is_empty()),
+        "{page:?}"
+    );
     Ok(())
 }

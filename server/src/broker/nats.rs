@@ -388,18 +388,19 @@ impl Inner {
         key: RoomKey,
         payload: Bytes,
     ) -> Result<Option<Position>, BrokerError> {
+        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let result = match self.config.history(&key.room) {
-            // Refused at once while disconnected: async-nats would queue it and say Ok.
-            None if self.client.connection_state() != async_nats::connection::State::Connected => {
-                Err(BrokerError::Unavailable("NATS is disconnected".into()))
-            }
+            // Refused at once while disconnected: async-nats would queue the message and send
+            // it on reconnect, so a live one would be said Ok and a stored one stored after its
+            // `unavailable` (a retry would then duplicate it).
+            _ if !connected => Err(BrokerError::Unavailable("NATS is disconnected".into())),
             None => self
                 .client
                 .publish_with_headers(subject(&key), lag::stamp(), payload)
                 .await
                 .map(|()| None)
                 .map_err(unavailable),
-            // Waits for the stored ack (bounded), so it fails by itself while NATS is away.
+            // Waits for the stored ack (bounded).
             Some(ns) => self.publish_history(&key, ns, payload).await.map(Some),
         };
         if result.is_err() {
