@@ -897,11 +897,12 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
     via: Transport,
 ) -> anyhow::Result<()> {
     use quiver_server::config::{NamespaceConfig, NatsConfig};
-    // With NATS gone, an acknowledged publish to a history room waits on the broker before it
-    // is refused (`unavailable`), and the session answers nothing else meanwhile (its commands
-    // run one at a time). The server is alive: the transport's own answers to the heartbeat
-    // (QUIC acknowledgements, a WebSocket pong) must keep the client from reconnecting.
-    let mut nats = quiver_tests::nats::NatsServer::start().await?;
+    // With NATS frozen (not yet noticed as gone), an acknowledged publish to a history room
+    // waits on the broker before it is refused (`unavailable`), and the session answers nothing
+    // else meanwhile (its commands run one at a time). The server is alive: the transport's own
+    // answers to the heartbeat (QUIC acknowledgements, a WebSocket pong) must keep the client
+    // from reconnecting.
+    let nats = quiver_tests::nats::NatsServer::start().await?;
     let server = TestServer::start_with(|c| {
         c.nats = Some(NatsConfig::new(nats.url()));
         c.namespaces.push(NamespaceConfig {
@@ -919,14 +920,17 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
         interval: Duration::from_millis(300),
         timeout: Duration::from_millis(500),
     });
+    // Publishes are refused at once until the broker is connected.
+    wait_ready(&server).await?;
     let client = Client::connect(config).await?;
     client.publish_ack("h.y", "stored").await?;
     let mut states = StateLog::start(&client);
 
-    nats.kill();
+    nats.pause()?;
     let start = Instant::now();
-    let res = client.publish_ack("h.y", "not stored").await;
+    let res = client.publish_ack("h.y", "not confirmed").await;
     let stalled = start.elapsed();
+    nats.resume()?;
     eprintln!("[test] {via}: the publish was answered after {stalled:?}: {res:?}");
     let err = res.err().ok_or_else(|| anyhow!("stored without NATS"))?;
     assert_eq!(err.error_code(), Some(ErrorCode::Unavailable), "{err}");
