@@ -103,12 +103,7 @@ impl NatsServer {
 
     fn signal(&self, name: &str) -> Result<()> {
         let child = self.child.as_ref().context("nats-server is not running")?;
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(child.id().to_string())
-            .status()?;
-        anyhow::ensure!(status.success(), "kill -{name} failed");
-        Ok(())
+        crate::process::signal(child.id(), name)
     }
 
     /// Kills it and starts it again on the same port (memory-stored streams are gone).

@@ -120,15 +120,7 @@ impl QuiverProcess {
     }
 
     fn signal(&self, name: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{name} {} failed: {status}", self.child.id());
-        }
-        Ok(())
+        signal(self.child.id(), name)
     }
 
     /// The server's process id (to send it signals).
@@ -160,4 +152,17 @@ pub fn quiver_command(dir: &Path) -> Result<Command> {
         }
     }
     Ok(cmd)
+}
+
+/// Sends signal `name` (`STOP`, `CONT`, …) to process `pid`.
+pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
 }

@@ -330,15 +330,7 @@ async fn a_silent_websocket_peer_is_closed_after_the_idle_timeout() -> anyhow::R
         full_token("acme", "s")
     ))
     .await?;
-    silent
-        .send(Message::binary(encode_command(&ClientFrame {
-            id: 1,
-            command: Command::Hello {
-                version: 1,
-                client: "s".into(),
-            },
-        })))
-        .await?;
+    silent.send(hello("s")).await?;
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert!(matches!(polite.request(Command::Ping).await?, Event::Pong));
     let page = server.metrics().await?;
@@ -656,14 +648,7 @@ async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Resul
         full_token("acme", "u")
     );
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await?;
-    ws.send(Message::binary(encode_command(&ClientFrame {
-        id: 1,
-        command: Command::Hello {
-            version: 1,
-            client: "wss".into(),
-        },
-    })))
-    .await?;
+    ws.send(hello("wss")).await?;
     let reply = tokio::time::timeout(WAIT, ws.next()).await?;
     let Some(Ok(Message::Binary(data))) = reply else {
         anyhow::bail!("no reply: {reply:?}");
@@ -724,14 +709,7 @@ async fn a_websocket_close_frame_is_answered() -> anyhow::Result<()> {
         full_token("acme", "leaver")
     ))
     .await?;
-    ws.send(Message::binary(encode_command(&ClientFrame {
-        id: 1,
-        command: Command::Hello {
-            version: 1,
-            client: "leaver".into(),
-        },
-    })))
-    .await?;
+    ws.send(hello("leaver")).await?;
     ws.send(Message::Close(Some(
         tokio_tungstenite::tungstenite::protocol::CloseFrame {
             code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
@@ -779,4 +757,15 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "method_not_allowed", "{body}");
     Ok(())
+}
+
+/// A client's `Hello` as the one WebSocket message it travels in.
+fn hello(client: &str) -> Message {
+    Message::binary(encode_command(&ClientFrame {
+        id: 1,
+        command: Command::Hello {
+            version: 1,
+            client: client.into(),
+        },
+    }))
 }

@@ -58,6 +58,11 @@ pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
 pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
 pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 
+/// Counts a client datagram dropped unpublished, by reason ([`DATAGRAM_DROP_REASONS`]).
+pub fn datagram_dropped(reason: &'static str) {
+    metrics::counter!(DATAGRAMS_DROPPED, "reason" => reason).increment(1);
+}
+
 /// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
 /// and the datagram's own ones.
 pub const DATAGRAM_DROP_REASONS: [&str; 10] = [

@@ -17,16 +17,12 @@ use crate::metrics as m;
 /// The frame id of a datagram publication in the publish queue: no reply is ever sent for it.
 pub(super) const DATAGRAM_ID: u32 = 0;
 
-fn dropped(reason: &'static str) {
-    metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => reason).increment(1);
-}
-
 impl Session {
     pub(super) async fn datagram(&mut self, datagram: Bytes, arrived: Instant) -> Option<Exit> {
         match self.meter.take(arrived) {
             Verdict::Allowed => {}
             Verdict::Limited => {
-                dropped("rate_limited");
+                m::datagram_dropped("rate_limited");
                 return None;
             }
             Verdict::Abuse => {
@@ -37,17 +33,17 @@ impl Session {
             }
         }
         let Ok(publish) = PublishDatagram::decode(&datagram) else {
-            dropped("malformed");
+            m::datagram_dropped("malformed");
             return None;
         };
         let room = match quiver_proto::RoomName::parse(publish.room) {
             Ok(room) if self.shared.config.latest(&room) => room,
             Ok(_) => {
-                dropped("not_latest");
+                m::datagram_dropped("not_latest");
                 return None;
             }
             Err(_) => {
-                dropped(ErrorCode::InvalidRoom.label());
+                m::datagram_dropped(ErrorCode::InvalidRoom.label());
                 return None;
             }
         };
@@ -60,7 +56,7 @@ impl Session {
         {
             Ok(_) => None,
             Err(refusal) => {
-                dropped(refusal.0.label());
+                m::datagram_dropped(refusal.0.label());
                 let over_quota = refusal.0 == ErrorCode::QuotaExceeded;
                 (over_quota && self.meter.refused(Instant::now()) == Verdict::Abuse).then(|| {
                     Exit::Close(

@@ -265,7 +265,7 @@ impl Session {
                     match publishing::answer(done.result) {
                         // A datagram publication: nobody to tell.
                         Err(_) if done.id == datagrams::DATAGRAM_ID && !done.ack => {
-                            metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "unavailable").increment(1);
+                            m::datagram_dropped("unavailable");
                         }
                         Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
                         Ok(_) => {}
@@ -324,7 +324,7 @@ impl Session {
             };
             // A datagram may overtake the Hello on the network: dropped, not a protocol error.
             if let Ok(Some(Inbound::Datagram(..))) = first {
-                metrics::counter!(m::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
+                m::datagram_dropped("before_hello");
                 continue;
             }
             break first;

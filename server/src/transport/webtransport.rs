@@ -271,7 +271,7 @@ async fn control(
             // counted here, so none waits in quinn's buffer or leaves it uncounted.
             datagram = conn.receive_datagram() => if datagram.is_ok() {
                 metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
-                metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "before_hello").increment(1);
+                crate::metrics::datagram_dropped("before_hello");
             },
             _ = tokio::time::sleep_until(deadline) => return,
         }
@@ -329,7 +329,7 @@ async fn read_control(
                     metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
                     let item = Inbound::Datagram(Box::new((datagram.payload(), std::time::Instant::now())));
                     if tx.try_send(item).is_err() {
-                        metrics::counter!(crate::metrics::DATAGRAMS_DROPPED, "reason" => "busy").increment(1);
+                        crate::metrics::datagram_dropped("busy");
                     }
                 }
                 continue;
