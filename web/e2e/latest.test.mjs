@@ -114,6 +114,8 @@ test('the arena demo page shows 60 Hz dots arriving by datagram, and conflated o
       await page.setViewportSize({ width: 1280, height: 800 });
       await page.goto(`http://${dev.httpAddr}/arena?transport=${transport}`);
       await waitFor('#state to say connected', async () => (await page.textContent('#state')) === 'connected', 15_000);
+      // The page shows the mode once its subscription is confirmed, which can come after 'connected'.
+      await waitFor('#mode to be shown', async () => (await page.textContent('#mode')) !== '–', 15_000);
       assert.equal(await page.textContent('#mode'), 'latest');
       const stats = await waitFor(
         'a second of updates',
