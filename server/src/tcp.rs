@@ -71,6 +71,9 @@ pub async fn serve(
         let slot = match admit(&shared, remote) {
             Ok(slot) => slot,
             Err(label) => {
+                let listener = if tls.is_some() { "https" } else { "http" };
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener, "reason" => label)
+                    .increment(1);
                 if tls.is_none() {
                     if let Ok(permit) = refusing.clone().try_acquire_owned() {
                         tokio::spawn(refuse(tcp, label, permit));

@@ -344,6 +344,16 @@ async fn tcp_connections_that_say_nothing_are_counted_and_closed() -> anyhow::Re
     assert!(started.elapsed() < Duration::from_secs(5));
     // Their places are free again.
     assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
+    // The refusal is counted, though no session (nor transport) was ever known.
+    let page = server.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &page,
+            "quiver_connections_refused_total",
+            &[("listener", "http"), ("reason", "address_limit")]
+        ),
+        1.0
+    );
     Ok(())
 }
 

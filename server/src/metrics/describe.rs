@@ -28,6 +28,12 @@ pub(super) fn register_zeros() {
             metrics::counter!(SESSIONS_REFUSED, "transport" => t, "reason" => reason).absolute(0);
         }
     }
+    for listener in ["http", "https"] {
+        for reason in CONNECTION_REFUSED_REASONS {
+            metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
+                .absolute(0);
+        }
+    }
     metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
     for name in [
         PUBLICATIONS,
@@ -97,6 +103,11 @@ pub(super) fn describe() {
         SESSIONS_REFUSED,
         "Session requests refused before a session existed (bad path, origin, capacity, address \
          limits, handshake, token), by transport and reason"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "TCP connections refused at accept, before their first request, by listener (http, \
+         https) and reason: unavailable (server at max_sessions plus headroom) or address_limit"
     );
     describe_counter!(
         SESSIONS_CLOSED,

@@ -21,6 +21,7 @@ pub const SESSIONS_ACTIVE: &str = "quiver_sessions_active";
 pub const SUBSCRIPTIONS_ACTIVE: &str = "quiver_subscriptions_active";
 pub const SESSIONS_OPENED: &str = "quiver_sessions_opened_total";
 pub const SESSIONS_REFUSED: &str = "quiver_sessions_refused_total";
+pub const CONNECTIONS_REFUSED: &str = "quiver_connections_refused_total";
 pub const SESSIONS_CLOSED: &str = "quiver_sessions_closed_total";
 pub const PUBLICATIONS: &str = "quiver_publications_total";
 pub const DELIVERIES: &str = "quiver_deliveries_total";
@@ -90,6 +91,10 @@ pub const GONE_REASONS: [&str; 4] = [
     "connection_lost",
     "server_closed",
 ];
+
+/// Every `reason` of [`CONNECTIONS_REFUSED`]: a TCP connection refused at `accept`, before any
+/// request (so before it is known to be WebSocket, SSE or the API).
+pub const CONNECTION_REFUSED_REASONS: [&str; 2] = ["unavailable", "address_limit"];
 
 /// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
 /// the token's refusals (`crate::auth::AuthError::label`).
