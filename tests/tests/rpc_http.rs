@@ -365,6 +365,63 @@ async fn publish_hooks_allow_deny_replace_once_per_publish_never_per_delivery() 
     Ok(())
 }
 
+/// A client's token publishing through the backend API (`POST /api/v1/publish/{room}`) meets
+/// the namespace's publish hook as its session would: denied with the backend's reason,
+/// replaced, and the hook told the user and `"session": "api"`.
+#[tokio::test]
+async fn api_publishes_with_a_client_token_ask_the_publish_hook() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server = server_for(&url).await?;
+    let alice = connect(&server, "alice").await?;
+    let mut sub = alice.subscribe("order.alice").await?;
+    let token = call_token("acme", "alice", &["order.*"]);
+    let publish = |payload: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v1/publish/order.alice", server.http))
+            .bearer_auth(&token)
+            .body(payload)
+            .send()
+    };
+    let denied = publish("bad").await?;
+    assert_eq!(denied.status().as_u16(), 403);
+    let body: Value = denied.json().await?;
+    assert_eq!(body["error"]["code"], "permission_denied");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no swearing")),
+        "{body}"
+    );
+    assert_eq!(publish("replace-me").await?.status().as_u16(), 200);
+    assert_eq!(publish("fine").await?.status().as_u16(), 200);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match tokio::time::timeout(WAIT, sub.next()).await? {
+            Some(SubEvent::Publication { payload, .. }) => got.push(payload),
+            Some(_) => {}
+            None => anyhow::bail!("subscription ended"),
+        }
+    }
+    assert_eq!(got, [Bytes::from("replaced"), Bytes::from("fine")]);
+    {
+        let seen = backend.seen.lock().unwrap();
+        let hooks: Vec<&Value> = seen
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| e["type"] == "publish")
+            .collect();
+        assert_eq!(hooks.len(), 3);
+        for envelope in hooks {
+            assert_eq!(envelope["user"], "alice");
+            assert_eq!(envelope["tenant"], "acme");
+            assert_eq!(envelope["session"], "api");
+            assert_eq!(envelope["room"], "order.alice");
+        }
+    }
+    alice.close().await;
+    Ok(())
+}
+
 /// `quiver token --call` mints a token with the claim; `quiver call` prints the answer, and
 /// fails with the server's code when the backend refuses.
 #[tokio::test]

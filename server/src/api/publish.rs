@@ -17,6 +17,7 @@ use super::encoding;
 use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
 use crate::metrics as m;
+use crate::rpc::{Caller, Decision, Hook};
 use crate::server::Shared;
 
 /// Most rooms one broadcast may name: each is a publication, so this bounds one request's work.
@@ -35,8 +36,8 @@ pub struct PublishQuery {
 
 /// `POST /api/v1/publish/{room}[?tenant=T]`, the payload as the raw body. With an API key it
 /// publishes in the key's tenant (an admin key names it in `tenant`); with a token it is checked
-/// exactly like a client's (tenant, `publish` patterns), so a backend can get a token scoped to
-/// what it may publish.
+/// exactly like a client's (tenant, `publish` patterns, size, the publish hook), so a backend can
+/// get a token scoped to what it may publish.
 pub async fn publish(
     State(shared): State<Arc<Shared>>,
     path: Result<Path<String>, PathRejection>,
@@ -67,14 +68,64 @@ pub async fn publish(
     };
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room(&name)?;
-    if grant.is_some_and(|g| !g.may_publish(&room)) {
+    let mut payload = body?;
+    if let Some(grant) = grant {
+        if !grant.may_publish(&room) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                format!("no publish permission for room {room}"),
+            ));
+        }
+        check_size(&shared, &payload)?;
+        // A client's token publishes here as it would on its session: the namespace's publish
+        // hook has its say (an API key is the backend itself and is not asked about).
+        if let Some(replaced) = publish_hook(&shared, &grant, &room, &payload).await? {
+            payload = replaced;
+        }
+    }
+    let position = publish_one(&shared, RoomKey { tenant, room }, payload).await?;
+    Ok(Json(json!({ "position": encoding::position(position) })))
+}
+
+/// The session id a hook is told for a publication made through the API with a client token.
+pub const API_SESSION: &str = "api";
+
+/// Asks the room's publish hook, if its namespace has one, about a token's publication:
+/// `Some(payload)` when the backend replaced it.
+async fn publish_hook(
+    shared: &Shared,
+    grant: &crate::auth::Grant,
+    room: &RoomName,
+    payload: &Bytes,
+) -> Result<Option<Bytes>, ApiError> {
+    let rpc = &shared.rpc;
+    let Some(settings) = rpc.hook(Hook::Publish, room) else {
+        return Ok(None);
+    };
+    let caller = Caller {
+        user: grant.user.clone(),
+        tenant: grant.tenant.clone(),
+        session: API_SESSION.into(),
+    };
+    match rpc
+        .decide(Hook::Publish, settings, &caller, room, Some(payload))
+        .await
+    {
+        Decision::Allow => Ok(None),
+        Decision::Replace(payload) => Ok(Some(payload)),
+        Decision::Deny(reason) => Err(ApiError::new(Code::PermissionDenied, reason)),
+    }
+}
+
+fn check_size(shared: &Shared, payload: &Bytes) -> Result<(), ApiError> {
+    let max = shared.config.limits.max_payload as usize;
+    if payload.len() > max {
         return Err(ApiError::new(
-            Code::PermissionDenied,
-            format!("no publish permission for room {room}"),
+            Code::PayloadTooLarge,
+            format!("payload of {} bytes exceeds {max}", payload.len()),
         ));
     }
-    let position = publish_one(&shared, RoomKey { tenant, room }, body?).await?;
-    Ok(Json(json!({ "position": encoding::position(position) })))
+    Ok(())
 }
 
 /// Checks a payload's size and hands it to the broker.
@@ -83,13 +134,7 @@ async fn publish_one(
     key: RoomKey,
     payload: Bytes,
 ) -> Result<Option<Position>, ApiError> {
-    let max = shared.config.limits.max_payload as usize;
-    if payload.len() > max {
-        return Err(ApiError::new(
-            Code::PayloadTooLarge,
-            format!("payload of {} bytes exceeds {max}", payload.len()),
-        ));
-    }
+    check_size(shared, &payload)?;
     let position = shared
         .broker
         .publish(key, payload)
