@@ -57,6 +57,15 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Whether the bucket would be full at `at`: forgetting it then changes nothing.
+    fn rested(&self, at: Instant) -> bool {
+        self.last.is_none_or(|last| {
+            self.tokens + at.saturating_duration_since(last).as_secs_f64() * self.rate >= self.burst
+        })
+    }
+}
+
 /// Why a quota refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaError {
@@ -88,6 +97,22 @@ struct Usage {
     subscriptions: u32,
     publications: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
+}
+
+impl Usage {
+    /// No bucket still remembers a recent publication. Until then the entry is kept, so that a
+    /// tenant's last session closing (or publishing without one, through the API) does not
+    /// hand it fresh buckets.
+    fn rested(&self) -> bool {
+        if self.publications.is_none() && self.bytes.is_none() {
+            return true;
+        }
+        let now = Instant::now();
+        [&self.publications, &self.bytes]
+            .into_iter()
+            .flatten()
+            .all(|b| b.rested(now))
+    }
 }
 
 /// Per-tenant counts and buckets of this instance.
@@ -143,10 +168,57 @@ impl TenantQuotas {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         let entry = usage.entry(tenant.clone()).or_default();
         let out = f(entry);
-        if entry.sessions == 0 && entry.subscriptions == 0 {
+        if entry.sessions == 0 && entry.subscriptions == 0 && entry.rested() {
             usage.remove(tenant);
         }
         out
+    }
+
+    /// Meters one publication of `bytes` payload bytes by a tenant that has no session here
+    /// (a client's token publishing through the backend API): the same buckets its sessions
+    /// draw from.
+    pub fn publish(&self, tenant: &TenantId, bytes: usize, at: Instant) -> Result<(), QuotaError> {
+        let quota = self.quota(tenant);
+        if quota.publications_per_second == 0 && quota.bytes_per_second == 0 {
+            return Ok(());
+        }
+        self.meter(tenant, &quota, bytes, at)
+            .inspect_err(|e| self.refused(&self.label(tenant), e))
+    }
+
+    /// Takes one publication of `bytes` from the tenant's buckets, or says which rate it is over.
+    fn meter(
+        &self,
+        tenant: &TenantId,
+        quota: &TenantQuota,
+        bytes: usize,
+        at: Instant,
+    ) -> Result<(), QuotaError> {
+        self.usage(tenant, |u| {
+            if quota.publications_per_second > 0 {
+                let rate = f64::from(quota.publications_per_second);
+                let bucket = u
+                    .publications
+                    .get_or_insert_with(|| TokenBucket::new(rate, rate));
+                if !bucket.take(1.0, at) {
+                    return Err(QuotaError::Publications {
+                        tenant: tenant.to_string(),
+                        limit: quota.publications_per_second,
+                    });
+                }
+            }
+            if quota.bytes_per_second > 0 {
+                let rate = quota.bytes_per_second as f64;
+                let bucket = u.bytes.get_or_insert_with(|| TokenBucket::new(rate, rate));
+                if !bucket.take(bytes as f64, at) {
+                    return Err(QuotaError::Bytes {
+                        tenant: tenant.to_string(),
+                        limit: quota.bytes_per_second,
+                    });
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Counts a session of the tenant, or refuses it.
@@ -226,37 +298,11 @@ impl TenantSession {
     /// Meters one publication of `bytes` payload bytes against the tenant's rates.
     pub fn publish(&self, bytes: usize, at: Instant) -> Result<(), QuotaError> {
         let quota = &self.quota;
-        if quota.publications_per_second == 0 && quota.bytes_per_second == 0 {
-            self.publications.increment(1);
-            return Ok(());
+        if quota.publications_per_second > 0 || quota.bytes_per_second > 0 {
+            self.quotas
+                .meter(&self.tenant, quota, bytes, at)
+                .inspect_err(|e| self.quotas.refused(&self.label, e))?;
         }
-        self.quotas
-            .usage(&self.tenant, |u| {
-                if quota.publications_per_second > 0 {
-                    let rate = f64::from(quota.publications_per_second);
-                    let bucket = u
-                        .publications
-                        .get_or_insert_with(|| TokenBucket::new(rate, rate));
-                    if !bucket.take(1.0, at) {
-                        return Err(QuotaError::Publications {
-                            tenant: self.tenant.to_string(),
-                            limit: quota.publications_per_second,
-                        });
-                    }
-                }
-                if quota.bytes_per_second > 0 {
-                    let rate = quota.bytes_per_second as f64;
-                    let bucket = u.bytes.get_or_insert_with(|| TokenBucket::new(rate, rate));
-                    if !bucket.take(bytes as f64, at) {
-                        return Err(QuotaError::Bytes {
-                            tenant: self.tenant.to_string(),
-                            limit: quota.bytes_per_second,
-                        });
-                    }
-                }
-                Ok(())
-            })
-            .inspect_err(|e| self.quotas.refused(&self.label, e))?;
         self.publications.increment(1);
         Ok(())
     }
@@ -369,6 +415,46 @@ mod tests {
         assert!(!b.take(1.0, t));
         assert!(b.take(1.0, t + Duration::from_millis(100)));
         assert!(!b.take(5.0, t + Duration::from_millis(100)));
+    }
+
+    /// Sessions and publications without a session (the API with a client token) draw on one
+    /// pair of buckets, and the tenant's last session closing does not refill them: the entry
+    /// is kept until its buckets are full again, then forgotten.
+    #[test]
+    fn publish_buckets_are_shared_and_outlive_the_last_session() {
+        let mut config = QuotasConfig::default();
+        config.tenant.publications_per_second = 1;
+        let quotas = Arc::new(TenantQuotas::new(config));
+        let t = tenant("acme");
+        let at = Instant::now();
+        let session = quotas.open_session(&t).unwrap();
+        assert!(session.publish(1, at).is_ok());
+        assert!(matches!(
+            quotas.publish(&t, 1, at),
+            Err(QuotaError::Publications { limit: 1, .. })
+        ));
+        // The last session goes; a new one finds the bucket as it was left.
+        drop(session);
+        assert!(quotas.usage.lock().unwrap().contains_key(&t));
+        let session = quotas.open_session(&t).unwrap();
+        assert!(session.publish(1, at + Duration::from_millis(100)).is_err());
+        drop(session);
+        assert!(quotas
+            .publish(&t, 1, at + Duration::from_millis(1100))
+            .is_ok());
+        // Once the bucket has refilled (its last publication 2 s ago), the next touch forgets
+        // the tenant.
+        let mut emptied = TokenBucket::new(1.0, 1.0);
+        assert!(emptied.take(1.0, Instant::now() - Duration::from_secs(2)));
+        quotas
+            .usage
+            .lock()
+            .unwrap()
+            .get_mut(&t)
+            .unwrap()
+            .publications = Some(emptied);
+        drop(quotas.open_session(&t).unwrap());
+        assert!(!quotas.usage.lock().unwrap().contains_key(&t));
     }
 
     #[test]

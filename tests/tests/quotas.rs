@@ -137,6 +137,58 @@ over_both_transports!(
     tenant_publication_quota,
 );
 
+/// A client's token publishing through the backend API draws on its tenant's publish quota
+/// (429 `quota_exceeded`; the buckets are the ones its sessions use, `quota.rs` unit tests); an
+/// API key (the backend) is not metered.
+#[tokio::test]
+async fn api_publishes_with_a_client_token_are_metered_like_sessions() -> anyhow::Result<()> {
+    const KEY: &str = "noisy-key-0123456789abcdef0123456789";
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.publications_per_second = 5;
+        c.limits.commands_per_second = 1000;
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: KEY.into(),
+            tenant: Some("noisy".into()),
+        }];
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/publish/feed", server.http);
+    let token = full_token("noisy", "p");
+    let mut statuses = Vec::new();
+    for i in 0..20u8 {
+        let response = http
+            .post(&url)
+            .bearer_auth(&token)
+            .body(vec![i])
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let body: serde_json::Value = response.json().await?;
+            assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+        }
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 10, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    // The backend's own key is not metered.
+    for i in 0..10u8 {
+        let response = http
+            .post(&url)
+            .bearer_auth(KEY)
+            .body(vec![i])
+            .send()
+            .await?;
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn tenant_byte_quota() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| c.quotas.tenant.bytes_per_second = 10_000).await?;

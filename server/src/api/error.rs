@@ -29,6 +29,8 @@ pub enum Code {
     PayloadTooLarge,
     /// 503: the broker (NATS) cannot take or answer the request now; retry later.
     Unavailable,
+    /// 429: a client token's publication is over its tenant's publish quota; retry later.
+    QuotaExceeded,
 }
 
 impl Code {
@@ -42,6 +44,7 @@ impl Code {
         Code::UnrecoverablePosition,
         Code::PayloadTooLarge,
         Code::Unavailable,
+        Code::QuotaExceeded,
     ];
 
     pub fn label(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Code {
             Code::UnrecoverablePosition => "unrecoverable_position",
             Code::PayloadTooLarge => "payload_too_large",
             Code::Unavailable => "unavailable",
+            Code::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -68,6 +72,7 @@ impl Code {
             Code::UnrecoverablePosition => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }

@@ -36,8 +36,8 @@ pub struct PublishQuery {
 
 /// `POST /api/v1/publish/{room}[?tenant=T]`, the payload as the raw body. With an API key it
 /// publishes in the key's tenant (an admin key names it in `tenant`); with a token it is checked
-/// exactly like a client's (tenant, `publish` patterns, size, the publish hook), so a backend can
-/// get a token scoped to what it may publish.
+/// exactly like a client's (tenant, `publish` patterns, size, the publish hook, the tenant's
+/// publish quota), so a backend can get a token scoped to what it may publish.
 pub async fn publish(
     State(shared): State<Arc<Shared>>,
     path: Result<Path<String>, PathRejection>,
@@ -82,6 +82,12 @@ pub async fn publish(
         if let Some(replaced) = publish_hook(&shared, &grant, &room, &payload).await? {
             payload = replaced;
         }
+        // The tenant's publish quota, from the same buckets its sessions draw on: a client
+        // cannot step around its quota through the API (API keys are the backend, unmetered).
+        shared
+            .tenant_quotas
+            .publish(&grant.tenant, payload.len(), std::time::Instant::now())
+            .map_err(|e| ApiError::new(Code::QuotaExceeded, e.to_string()))?;
     }
     let position = publish_one(&shared, RoomKey { tenant, room }, payload).await?;
     Ok(Json(json!({ "position": encoding::position(position) })))
