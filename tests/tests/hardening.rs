@@ -357,6 +357,74 @@ async fn tcp_connections_that_say_nothing_are_counted_and_closed() -> anyhow::Re
     Ok(())
 }
 
+/// Sends `head` (a request's head and maybe part of its body), then `trickle` one byte at a
+/// time every 200 ms while the connection lasts; the status line of the answer, if any, and how
+/// long it took.
+async fn stalled_request(
+    server: &TestServer,
+    head: &str,
+    trickle: bool,
+) -> anyhow::Result<(Option<String>, Duration)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = tokio::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+    tcp.write_all(head.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tokio::select! {
+                n = tcp.read(&mut buf) => n,
+                _ = tokio::time::sleep(Duration::from_millis(200)), if trickle => {
+                    if tcp.write_all(b"x").await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match n {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read).await?;
+    let text = String::from_utf8_lossy(&answer);
+    Ok((text.lines().next().map(str::to_owned), started.elapsed()))
+}
+
+/// A request body must arrive whole within `timeouts.handshake`, as the headers must: a body
+/// that never comes, trickles, or is announced larger than the limit does not hold its
+/// connection (and its place under `max_sessions`).
+#[tokio::test]
+async fn api_request_bodies_have_a_deadline_and_a_size_limit() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.timeouts.handshake = Duration::from_secs(1)).await?;
+    let post =
+        |extra: &str| format!("POST /api/v1/publish/chat.a HTTP/1.1\r\nhost: q\r\n{extra}\r\n");
+    for (what, head, trickle) in [
+        ("no body", post("content-length: 1000\r\n"), false),
+        ("a trickled body", post("content-length: 1000\r\n"), true),
+        (
+            "chunked, no chunk",
+            post("transfer-encoding: chunked\r\n"),
+            false,
+        ),
+    ] {
+        let (status, took) = stalled_request(&server, &head, trickle).await?;
+        assert_eq!(
+            status.as_deref(),
+            Some("HTTP/1.1 408 Request Timeout"),
+            "{what}"
+        );
+        assert!(took < Duration::from_secs(4), "{what}: {took:?}");
+    }
+    let (status, took) =
+        stalled_request(&server, &post("content-length: 10000000\r\n"), false).await?;
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    Ok(())
+}
+
 /// A server full of sessions still answers health checks and scrapes (TCP connections have a
 /// little headroom over `max_sessions`), while a new WebSocket session is refused 429.
 #[tokio::test]

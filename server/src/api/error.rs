@@ -31,6 +31,8 @@ pub enum Code {
     Unavailable,
     /// 429: a client token's publication is over its tenant's publish quota; retry later.
     QuotaExceeded,
+    /// 408: the request's body did not arrive within `timeouts.handshake`.
+    RequestTimeout,
 }
 
 impl Code {
@@ -45,6 +47,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::Unavailable,
         Code::QuotaExceeded,
+        Code::RequestTimeout,
     ];
 
     pub fn label(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::Unavailable => "unavailable",
             Code::QuotaExceeded => "quota_exceeded",
+            Code::RequestTimeout => "request_timeout",
         }
     }
 
@@ -73,6 +77,7 @@ impl Code {
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }

@@ -277,17 +277,101 @@ pub fn routes() -> Vec<Route> {
 }
 
 /// The `/api/v1` router, to be nested at [`PREFIX`]. Request bodies are limited to what the
-/// largest payload needs (twice `max_payload`, for base64 and JSON escapes, plus 64 KiB);
-/// beyond that the answer is 413 before the body is read further.
+/// largest payload needs (twice `max_payload`, for base64 and JSON escapes, plus 64 KiB):
+/// beyond that the answer is 413, at once when `Content-Length` says so. The whole body must
+/// arrive within `timeouts.handshake` (408 otherwise), before any handler runs.
 pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
-    let max_payload = shared.config.limits.max_payload as usize;
-    let body_limit = max_payload.saturating_mul(2).saturating_add(64 * 1024);
     let mut api = Router::new();
     for route in routes() {
         let path = route.path.strip_prefix(PREFIX).unwrap_or(route.path);
         api = api.route(path, (route.handler)());
     }
+    let limits = BodyLimits {
+        size: body_limit(shared),
+        deadline: shared.config.timeouts.handshake,
+    };
     api.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(limits.size))
+        .layer(axum::middleware::from_fn(move |request, next| {
+            read_body(limits, request, next)
+        }))
+}
+
+fn body_limit(shared: &Shared) -> usize {
+    let max_payload = shared.config.limits.max_payload as usize;
+    max_payload.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    size: usize,
+    deadline: std::time::Duration,
+}
+
+/// Reads a request's whole body under its size limit and deadline, then hands the request on.
+/// Without the deadline a peer that sends headers and then no body (or a byte now and then)
+/// would hold its connection, and a place under `max_sessions`, for ever: hyper's header
+/// timeout ends with the headers.
+async fn read_body(
+    limits: BodyLimits,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let too_large = || {
+        error::ApiError::new(
+            Code::PayloadTooLarge,
+            format!("request body larger than {} bytes", limits.size),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.size as u64) {
+        return with_close(too_large().into_response());
+    }
+    let (parts, body) = request.into_parts();
+    let read = axum::body::to_bytes(body, limits.size);
+    let bytes = match tokio::time::timeout(limits.deadline, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            // `to_bytes` fails past the limit (a body without a length) or when the body
+            // breaks off.
+            let limited = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let refusal = if limited {
+                too_large()
+            } else {
+                error::ApiError::bad_request(format!("request body: {e}"))
+            };
+            return with_close(refusal.into_response());
+        }
+        Err(_) => {
+            let late = error::ApiError::new(
+                Code::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    limits.deadline.as_millis()
+                ),
+            );
+            return with_close(late.into_response());
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
+}
+
+/// The rest of an unread body is not worth waiting for: the connection closes after the answer.
+fn with_close(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
