@@ -250,6 +250,48 @@ async fn websocket_subscriptions_are_told_apart_by_their_header_and_end() -> any
     Ok(())
 }
 
+/// A `Subscribe` with an `Unsubscribe` right behind it still gets its `SubscriptionStream`
+/// header, before the `Unsubscribed` (PROTOCOL §9.2): the header is not left to the
+/// subscription's writer, which the `Unsubscribe` may abort before it ran.
+#[tokio::test]
+async fn a_websocket_subscription_gets_its_header_however_soon_it_ends() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 100_000).await?;
+    let mut raw = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "s")).await?;
+    const ROUNDS: usize = 20;
+    let mut last = 0;
+    for _ in 0..ROUNDS {
+        raw.send(Command::Subscribe {
+            room: "quick".into(),
+            resume: None,
+        })
+        .await?;
+        last = raw
+            .send(Command::Unsubscribe {
+                room: "quick".into(),
+            })
+            .await?;
+    }
+    assert!(matches!(
+        raw.recv_reply(last).await?,
+        Event::Unsubscribed { code: 0, .. }
+    ));
+    // Every round: header, then Subscribed, then Unsubscribed, in that order.
+    let mut order = Vec::new();
+    for frame in raw.ws_trace() {
+        match frame.event {
+            Event::SubscriptionStream { room } if room == "quick" => order.push("header"),
+            Event::Subscribed { room, .. } if room == "quick" => order.push("subscribed"),
+            Event::Unsubscribed { room, .. } if room == "quick" => order.push("unsubscribed"),
+            _ => {}
+        }
+    }
+    let want: Vec<&str> = std::iter::repeat_n(["header", "subscribed", "unsubscribed"], ROUNDS)
+        .flatten()
+        .collect();
+    assert_eq!(order, want);
+    Ok(())
+}
+
 /// A WebSocket client that stops reading cannot grow the server: its room's queue overflows
 /// (slow consumer) and, once even its replies cannot be queued, the session is closed. Another
 /// subscriber of the same room receives everything.

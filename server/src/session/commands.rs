@@ -97,13 +97,28 @@ impl Session {
             }
         };
 
-        let mut preamble = encode_event(&ServerFrame {
+        let sink = match &self.link.peer {
+            Peer::Quic(conn) if own_stream => Sink::OwnStream(conn.clone()),
+            _ => Sink::Shared(self.out.clone()),
+        };
+        let shared_sink = matches!(sink, Sink::Shared(_));
+        let header = encode_event(&ServerFrame {
             id: cmd_id,
             event: Event::SubscriptionStream {
                 room: key.room.to_string(),
             },
-        })
-        .to_vec();
+        });
+        // On a shared connection the session sends the header itself, before its `Subscribed`
+        // reply: an `Unsubscribe` right behind the `Subscribe` aborts the writer, possibly
+        // before it ran, and PROTOCOL.md §9.2 promises the header for every subscription.
+        let mut preamble = if shared_sink {
+            self.tally.sent(header.len(), 0);
+            m::hot::delivery_bytes().increment(header.len() as u64);
+            let _ = self.out.send(header).await;
+            Vec::new()
+        } else {
+            header.to_vec()
+        };
         let (recovery, skip_through) = match (resume, recovered.replay) {
             (None, _) => (Recovery::NotRequested, None),
             (Some(_), None) => (Recovery::Failed, None),
@@ -129,11 +144,6 @@ impl Session {
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
-        let sink = match &self.link.peer {
-            Peer::Quic(conn) if own_stream => Sink::OwnStream(conn.clone()),
-            _ => Sink::Shared(self.out.clone()),
-        };
-        let shared_sink = matches!(sink, Sink::Shared(_));
         let writer = tokio::spawn(
             Writer {
                 sink,
