@@ -40,6 +40,8 @@ pub enum Sink {
 pub struct Writer {
     pub sink: Sink,
     pub sub_id: u64,
+    /// The id the client knows the subscription by (its datagrams carry it): per session.
+    pub wire_id: u64,
     /// `SubscriptionStream` frame, then the replayed publications: written first, in one go.
     pub preamble: Vec<u8>,
     /// Live deliveries at or below this offset were already in the replay: skipped, so the seam
@@ -127,7 +129,7 @@ impl Writer {
                     },
                     // A datagram when it fits, else a frame for this stream.
                     (sequence, payload) = latest::next(slot.as_deref()) => {
-                        if let Some(frame) = latest::send(Some(&conn), self.sub_id, &self.room, sequence, payload) {
+                        if let Some(frame) = latest::send(Some(&conn), self.wire_id, &self.room, sequence, payload) {
                             batch.push(frame, false);
                         }
                     }

@@ -82,6 +82,42 @@ async fn latest_values_arrive_as_datagrams_with_the_subscription_id() -> Result<
     Ok(())
 }
 
+/// Subscription ids are counted per session: another tenant's (or session's) subscriptions do
+/// not move them, so they say nothing about the rest of the server; a session never reuses one,
+/// and its datagrams carry its own.
+#[tokio::test]
+async fn subscription_ids_are_per_session_and_say_nothing_about_others() -> Result<()> {
+    let server = server(|_| {}).await?;
+    let mut acme = Raw::connect(&server, &full_token("acme", "a")).await?;
+    let mut other = Raw::connect(&server, &full_token("other", "o")).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let (first, _s1) = acme.subscribe_from("game.a", None).await?;
+    for room in ["game.x", "game.y", "game.z", "chat.q"] {
+        let _ = other.subscribe_from(room, None).await?;
+    }
+    let (reply, _s2) = other.subscribe_from("game.w", None).await?;
+    assert_eq!(subscription_id(&reply), Some(5));
+    let (second, _s3) = acme.subscribe_from("game.b", None).await?;
+    assert_eq!(subscription_id(&first), Some(1));
+    assert_eq!(subscription_id(&second), Some(2));
+    // Unsubscribed and subscribed again: a new id, never a reused one.
+    let gone = acme
+        .request(Command::Unsubscribe {
+            room: "game.a".into(),
+        })
+        .await?;
+    assert!(
+        matches!(gone, Event::Unsubscribed { code: 0, .. }),
+        "{gone:?}"
+    );
+    let (again, _s4) = acme.subscribe_from("game.a", None).await?;
+    assert_eq!(subscription_id(&again), Some(3));
+    publish(&mut publisher, "game.a", vec![7; 10]).await?;
+    let (id, _, payload) = datagram(&acme).await?;
+    assert_eq!((id, payload), (3, Bytes::from(vec![7; 10])));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_value_too_large_for_a_datagram_goes_on_the_stream_with_its_sequence() -> Result<()> {
     let server = server(|_| {}).await?;

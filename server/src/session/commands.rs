@@ -47,6 +47,8 @@ impl Session {
         // Counted from here on: `drop_sub` releases it, and so does the one way out below.
 
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
+        self.last_wire_id += 1;
+        let wire_id = self.last_wire_id;
         let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
         let overflow = CancellationToken::new();
         let latest = self
@@ -148,6 +150,7 @@ impl Session {
             Writer {
                 sink,
                 sub_id,
+                wire_id,
                 preamble,
                 skip_through,
                 queue: queue_rx,
@@ -180,7 +183,7 @@ impl Session {
             room,
             position: recovered.current,
             recovery,
-            subscription: latest.is_some().then_some(sub_id),
+            subscription: latest.is_some().then_some(wire_id),
         }))
     }
 

@@ -131,6 +131,10 @@ pub struct Session {
     tally: Arc<m::Tally>,
     /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
     calls: tokio::task::JoinSet<calls::CallDone>,
+    /// The last subscription id this session told its client (`latest` rooms, PROTOCOL §10).
+    /// Counted per session, so an id says nothing about other sessions (or tenants); the hub's
+    /// own id (`Shared::next_sub_id`) is never shown.
+    last_wire_id: u64,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -166,6 +170,7 @@ pub async fn run(
         stalled: false,
         tally: Arc::default(),
         calls: tokio::task::JoinSet::new(),
+        last_wire_id: 0,
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
