@@ -136,7 +136,6 @@ impl Control {
                 until,
             },
             tenant,
-            Some(jti),
         );
         if let Some(nats) = &self.nats {
             let body = serde_json::to_vec(&Revoke {
@@ -157,9 +156,9 @@ impl Control {
         Ok(local)
     }
 
-    /// Records a revocation; with the `jti` at hand, ends the local sessions using it (from
-    /// another instance only the digest travels: sessions are matched by it).
-    fn apply_revoke(&self, revoke: &Revoke, tenant: &TenantId, jti: Option<&str>) -> usize {
+    /// Records a revocation and ends the local sessions using the token (matched by the
+    /// digest of its `jti`, which is all that travels between instances).
+    fn apply_revoke(&self, revoke: &Revoke, tenant: &TenantId) -> usize {
         self.revocations.insert(revoke.key.clone(), revoke.until);
         self.registry.kick(
             &Selector {
@@ -170,10 +169,8 @@ impl Control {
             &Kick {
                 code: CloseCode::Disconnected,
                 room: None,
-                reason: format!(
-                    "token {} revoked",
-                    jti.map_or_else(|| "id".to_owned(), |j| format!("{j:?}"))
-                ),
+                // Never any part of the token in a reason (PROTOCOL.md §6), its id included.
+                reason: "token revoked".into(),
             },
         )
     }
@@ -410,7 +407,7 @@ impl Control {
                 Some("revoke") => match serde_json::from_slice::<Revoke>(&message.payload) {
                     // A key for another tenant is ignored: keys start with their tenant.
                     Ok(r) if r.key.starts_with(&format!("{tenant}.")) => {
-                        let n = self.apply_revoke(&r, &tenant_id, None);
+                        let n = self.apply_revoke(&r, &tenant_id);
                         debug!(tenant, n, "revocation from the control plane");
                     }
                     Ok(_) => warn!(tenant, "control plane: revocation for another tenant"),

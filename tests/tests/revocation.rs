@@ -35,10 +35,14 @@ async fn disconnect(
 async fn goodbye(raw: &mut Raw) -> anyhow::Result<u16> {
     loop {
         if let Event::Goodbye {
-            code, reconnect, ..
+            code,
+            reconnect,
+            reason,
         } = raw.recv().await?.event
         {
             assert!(!reconnect || code != CloseCode::Disconnected.as_u16());
+            // No part of a token in a reason (PROTOCOL §6): these tests' token ids all start so.
+            assert!(!reason.contains("tok-"), "{reason}");
             return Ok(code);
         }
     }

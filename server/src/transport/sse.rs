@@ -181,9 +181,14 @@ fn parse_event_id(id: &str) -> Result<BTreeMap<&str, Position>, String> {
         let (room, position) = pair.split_once('=').ok_or_else(bad)?;
         let (epoch, offset) = position.split_once(':').ok_or_else(bad)?;
         RoomName::parse(room).map_err(|_| bad())?;
+        // Decimal digits only: Rust's integer parser would also take a leading `+`.
+        let number = |text: &str| {
+            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| text.parse::<u64>().ok()).flatten()
+        };
         let position = Position {
-            epoch: epoch.parse().map_err(|_| bad())?,
-            offset: offset.parse().map_err(|_| bad())?,
+            epoch: number(epoch).ok_or_else(bad)?,
+            offset: number(offset).ok_or_else(bad)?,
         };
         positions.insert(room, position);
     }
@@ -369,6 +374,10 @@ mod tests {
         assert!(parse_event_id("chat.a=17").is_err());
         assert!(parse_event_id("chat.>=1:2").is_err());
         assert!(parse_event_id("a=x:1").is_err());
+        assert!(parse_event_id("a=+1:2").is_err());
+        assert!(parse_event_id("a=1:+2").is_err());
+        assert!(parse_event_id("a=1:").is_err());
+        assert!(parse_event_id("a=1: 2").is_err());
         assert!(parse_event_id("").unwrap().is_empty());
     }
 
