@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -100,6 +101,11 @@ struct Usage {
 }
 
 impl Usage {
+    /// Nothing held and nothing remembered: the entry can go.
+    fn idle(&self) -> bool {
+        self.sessions == 0 && self.subscriptions == 0 && self.rested()
+    }
+
     /// No bucket still remembers a recent publication. Until then the entry is kept, so that a
     /// tenant's last session closing (or publishing without one, through the API) does not
     /// hand it fresh buckets.
@@ -115,10 +121,15 @@ impl Usage {
     }
 }
 
+/// How many quota operations pass between two sweeps of idle tenant entries.
+const SWEEP_EVERY: u64 = 1024;
+
 /// Per-tenant counts and buckets of this instance.
 pub struct TenantQuotas {
     config: QuotasConfig,
     usage: Mutex<HashMap<TenantId, Usage>>,
+    /// Calls of `usage`, to sweep idle entries every [`SWEEP_EVERY`].
+    touches: AtomicU64,
     /// Tenants that have their own metric label; the rest share `other`.
     labels: Mutex<Vec<String>>,
 }
@@ -128,6 +139,7 @@ impl TenantQuotas {
         Self {
             config,
             usage: Mutex::default(),
+            touches: AtomicU64::new(0),
             labels: Mutex::default(),
         }
     }
@@ -168,8 +180,13 @@ impl TenantQuotas {
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
         let entry = usage.entry(tenant.clone()).or_default();
         let out = f(entry);
-        if entry.sessions == 0 && entry.subscriptions == 0 && entry.rested() {
+        if entry.idle() {
             usage.remove(tenant);
+        }
+        // A tenant that left with buckets still refilling is forgotten by a later sweep, so
+        // tenants that never come back do not accumulate.
+        if self.touches.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            usage.retain(|_, u| !u.idle());
         }
         out
     }
@@ -455,6 +472,33 @@ mod tests {
             .publications = Some(emptied);
         drop(quotas.open_session(&t).unwrap());
         assert!(!quotas.usage.lock().unwrap().contains_key(&t));
+    }
+
+    /// A tenant that left with its buckets still refilling, and never came back, is swept out
+    /// by other tenants' operations once its buckets are full.
+    #[test]
+    fn tenants_that_never_come_back_are_swept() {
+        let mut config = QuotasConfig::default();
+        config.tenant.publications_per_second = 1;
+        let quotas = Arc::new(TenantQuotas::new(config));
+        let gone = tenant("gone");
+        assert!(quotas.publish(&gone, 1, Instant::now()).is_ok());
+        assert!(quotas.usage.lock().unwrap().contains_key(&gone));
+        // Its bucket refilled long ago.
+        let mut emptied = TokenBucket::new(1.0, 1.0);
+        assert!(emptied.take(1.0, Instant::now() - Duration::from_secs(2)));
+        quotas
+            .usage
+            .lock()
+            .unwrap()
+            .get_mut(&gone)
+            .unwrap()
+            .publications = Some(emptied);
+        let busy = tenant("busy");
+        for _ in 0..SWEEP_EVERY {
+            drop(quotas.open_session(&busy).unwrap());
+        }
+        assert!(!quotas.usage.lock().unwrap().contains_key(&gone));
     }
 
     #[test]
