@@ -159,7 +159,8 @@ pub struct TenantOverride {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AddressQuota {
-    /// Concurrent connections (any stage, any transport) from one IP address.
+    /// Concurrent connections (any stage, any transport) from one IP address (an IPv6 address
+    /// counts by its /64 prefix).
     pub max_connections: u32,
     /// New connections (handshakes) per second from one IP address; bursts of the same size.
     pub handshakes_per_second: u32,

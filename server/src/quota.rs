@@ -339,10 +339,21 @@ struct AddressUsage {
     handshakes: Option<TokenBucket>,
 }
 
+impl AddressUsage {
+    /// No connection, and the handshake bucket would be full again anyway: forgettable.
+    fn idle(&self, now: Instant) -> bool {
+        self.connections == 0 && self.handshakes.as_ref().is_none_or(|b| b.rested(now))
+    }
+}
+
 /// Per-source-address limits, over every transport.
 pub struct AddressLimits {
     config: AddressQuota,
     usage: Mutex<HashMap<IpAddr, AddressUsage>>,
+    /// Admissions, to sweep idle entries every [`SWEEP_EVERY`]: an address that closed its
+    /// last connection within its handshake window is kept until the window has passed, and
+    /// an address that never comes back must not stay for ever.
+    admitted: AtomicU64,
 }
 
 impl AddressLimits {
@@ -350,20 +361,25 @@ impl AddressLimits {
         Self {
             config,
             usage: Mutex::default(),
+            admitted: AtomicU64::new(0),
         }
     }
 
     /// Admits one new connection from `ip` (a handshake now, a connection until the guard is
     /// dropped), or refuses it. Trusted addresses are not limited.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
-        let ip = canonical(ip);
         let limits = &self.config;
         if (limits.max_connections == 0 && limits.handshakes_per_second == 0)
-            || limits.trusted.contains(&ip)
+            || limits.trusted.contains(&unmapped(ip))
         {
             return Some(AddressGuard(None));
         }
+        let ip = counted_as(ip);
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if self.admitted.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = Instant::now();
+            usage.retain(|_, u| !u.idle(now));
+        }
         let entry = usage.entry(ip).or_default();
         if limits.max_connections > 0 && entry.connections >= limits.max_connections {
             return None;
@@ -383,9 +399,22 @@ impl AddressLimits {
 }
 
 /// An IPv4 peer on a dual-stack socket shows up as `::ffff:a.b.c.d`: one address either way.
-fn canonical(ip: IpAddr) -> IpAddr {
+/// An IPv4-mapped IPv6 address as the IPv4 address it is.
+fn unmapped(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The address a limit counts: an IPv4 address as it is, an IPv6 address by its /64 prefix
+/// (the block one subscriber line or host is usually given), so that a peer cannot step around
+/// its limits by changing the low bits of its address.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match unmapped(ip) {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !u128::from(u64::MAX),
+        )),
         v4 => v4,
     }
 }
@@ -399,12 +428,7 @@ impl Drop for AddressGuard {
             let mut usage = limits.usage.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(entry) = usage.get_mut(&ip) {
                 entry.connections = entry.connections.saturating_sub(1);
-                // Forget an idle address once its handshake bucket would be full again anyway.
-                let refilled = entry.handshakes.as_ref().is_none_or(|b| {
-                    b.last
-                        .is_none_or(|last| last.elapsed().as_secs_f64() * b.rate >= b.burst)
-                });
-                if entry.connections == 0 && refilled {
+                if entry.idle(Instant::now()) {
                     usage.remove(&ip);
                 }
             }
@@ -575,6 +599,54 @@ mod tests {
             .map(|_| limits.admit("10.0.0.1".parse().unwrap()))
             .collect();
         assert!(trusted.iter().all(Option::is_some));
+    }
+
+    /// IPv6 peers count by /64, so a host cannot step around its limits by rotating the low
+    /// bits of its address; a trusted IPv6 address is still trusted exactly.
+    #[test]
+    fn ipv6_addresses_count_by_their_64_prefix() {
+        let limits = Arc::new(AddressLimits::new(AddressQuota {
+            max_connections: 2,
+            handshakes_per_second: 0,
+            trusted: vec!["2001:db8:1::5".parse().unwrap()],
+        }));
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let b: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        let c: IpAddr = "2001:db8::abcd:3".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        let _ga = limits.admit(a).unwrap();
+        let _gb = limits.admit(b).unwrap();
+        assert!(limits.admit(c).is_none(), "the same /64");
+        assert!(limits.admit(elsewhere).is_some(), "another /64");
+        let trusted: Vec<_> = (0..10)
+            .map(|_| limits.admit("2001:db8:1::5".parse().unwrap()))
+            .collect();
+        assert!(trusted.iter().all(Option::is_some));
+    }
+
+    /// Addresses whose handshake bucket was still refilling when their last connection closed
+    /// are kept, then swept once it would be full: many addresses passing once leave nothing.
+    #[test]
+    fn addresses_that_pass_once_are_swept() {
+        let limits = Arc::new(AddressLimits::new(AddressQuota {
+            max_connections: 10,
+            handshakes_per_second: 100_000,
+            trusted: Vec::new(),
+        }));
+        for n in 0..3000u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            drop(limits.admit(ip).unwrap());
+            if n == 1000 {
+                // Their buckets (10 µs per handshake) are full again by the next sweep.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        for _ in 0..SWEEP_EVERY {
+            drop(limits.admit("192.0.2.9".parse().unwrap()).unwrap());
+        }
+        let left = limits.usage.lock().unwrap().len();
+        assert!(left <= 1, "{left} addresses still held");
     }
 
     #[test]
