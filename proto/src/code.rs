@@ -130,6 +130,9 @@ codes! {
         /// The backend ended this session (the user or session was disconnected, or its token
         /// revoked); do not reconnect with the same token.
         Disconnected = 3009, "disconnected";
+        /// The client did not read the server's replies for `timeouts.reply`: its outgoing
+        /// queue stayed full. Reconnect (and resume), and keep reading.
+        NotReading = 3010, "not_reading";
     }
 }
 

@@ -351,6 +351,17 @@ async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()>
             .await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Closed as `not_reading`, a close a client reconnects after (not a protocol error).
+    let page = server.metrics().await?;
+    assert_eq!(
+        metric_sum(
+            &page,
+            "quiver_sessions_closed_total",
+            &[("transport", "websocket"), ("reason", "not_reading")]
+        ),
+        1.0
+    );
+    assert!(CloseCode::NotReading.reconnect());
     assert!(matches!(healthy.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }

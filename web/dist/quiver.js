@@ -589,7 +589,8 @@ var CloseCode = {
   hello_timeout: 3006,
   token_invalid: 3007,
   over_quota: 3008,
-  disconnected: 3009
+  disconnected: 3009,
+  not_reading: 3010
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])

@@ -36,6 +36,7 @@ export const CloseCode = {
   token_invalid: 3007,
   over_quota: 3008,
   disconnected: 3009,
+  not_reading: 3010,
 } as const;
 
 const labels = new Map<number, string>(

@@ -204,6 +204,7 @@ test('code labels', () => {
   assert.equal(codeLabel(114), 'stream_limit');
   assert.equal(codeLabel(115), 'quota_exceeded');
   assert.equal(codeLabel(3008), 'over_quota');
+  assert.equal(codeLabel(3010), 'not_reading');
   assert.equal(codeLabel(3009), 'disconnected');
   assert.equal(codeLabel(4242), 'code_4242');
 });

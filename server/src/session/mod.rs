@@ -310,7 +310,7 @@ impl Session {
             }
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
-                return Exit::Close(CloseCode::ProtocolError, "replies not read".into());
+                return Exit::Close(CloseCode::NotReading, "replies not read".into());
             }
         }
     }
