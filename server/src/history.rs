@@ -30,7 +30,10 @@ pub struct Page {
 pub enum HistoryError {
     #[error("namespace {0} keeps no history")]
     NoHistory(String),
-    #[error("position {epoch}:{offset} is no longer in history")]
+    #[error(
+        "position {epoch}:{offset} cannot be paged from: of another epoch, ahead of the room, or \
+         no longer in history"
+    )]
     Unrecoverable { epoch: u64, offset: u64 },
     #[error(transparent)]
     Broker(#[from] BrokerError),
