@@ -595,10 +595,13 @@ mod tests {
         );
         drop(g1);
         assert!(limits.admit(ip).is_some());
-        let trusted: Vec<_> = (0..10)
-            .map(|_| limits.admit("10.0.0.1".parse().unwrap()))
-            .collect();
-        assert!(trusted.iter().all(Option::is_some));
+        assert!(admits_ten(&limits, "10.0.0.1"), "trusted");
+    }
+
+    /// Whether ten connections at once from `ip` are all admitted (a trusted address's are).
+    fn admits_ten(limits: &Arc<AddressLimits>, ip: &str) -> bool {
+        let guards: Vec<_> = (0..10).map(|_| limits.admit(ip.parse().unwrap())).collect();
+        guards.iter().all(Option::is_some)
     }
 
     /// IPv6 peers count by /64, so a host cannot step around its limits by rotating the low
@@ -618,10 +621,7 @@ mod tests {
         let _gb = limits.admit(b).unwrap();
         assert!(limits.admit(c).is_none(), "the same /64");
         assert!(limits.admit(elsewhere).is_some(), "another /64");
-        let trusted: Vec<_> = (0..10)
-            .map(|_| limits.admit("2001:db8:1::5".parse().unwrap()))
-            .collect();
-        assert!(trusted.iter().all(Option::is_some));
+        assert!(admits_ten(&limits, "2001:db8:1::5"), "trusted");
     }
 
     /// Addresses whose handshake bucket was still refilling when their last connection closed
