@@ -17,7 +17,7 @@ async fn goodbye(raw: &mut Raw) -> anyhow::Result<CloseCode> {
 }
 
 /// A client that keeps sending commands but never reads the answers fills its control stream;
-/// once a reply has waited `timeouts.reply` the session is closed with `protocol_error` (it
+/// once a reply has waited `timeouts.reply` the session is closed with `not_reading` (it
 /// would otherwise stall, its token-expiry timer included). Other clients carry on.
 #[tokio::test]
 async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()> {
@@ -56,7 +56,10 @@ async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()>
         }));
     }
     deaf.send_bytes(&pings).await?;
-    assert_eq!(deaf.close_code().await, Some(3001));
+    assert_eq!(
+        deaf.close_code().await,
+        Some(u64::from(CloseCode::NotReading.as_u16()))
+    );
 
     let mut polite = Raw::connect(&server, &full_token("acme", "polite")).await?;
     assert!(matches!(polite.request(Command::Ping).await?, Event::Pong));
