@@ -512,7 +512,7 @@ pub struct TimeoutsConfig {
     #[serde(with = "humantime_serde")]
     pub drain: Duration,
     /// How long a reply may wait for room on the control stream. A client that keeps sending
-    /// commands but never reads the answers is closed with `protocol_error` after this, rather
+    /// commands but never reads the answers is closed with `not_reading` (3010) after this, rather
     /// than stalling its session (token expiry included).
     #[serde(with = "humantime_serde")]
     pub reply: Duration,

@@ -395,18 +395,37 @@ async fn stalled_request(
 
 /// A request body must arrive whole within `timeouts.handshake`, as the headers must: a body
 /// that never comes, trickles, or is announced larger than the limit does not hold its
-/// connection (and its place under `max_sessions`).
+/// connection (and its place under `max_sessions`). Without a valid credential a request with a
+/// body is refused before any of it is read, so no one without a key or token can make the
+/// server hold bodies.
 #[tokio::test]
 async fn api_request_bodies_have_a_deadline_and_a_size_limit() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| c.timeouts.handshake = Duration::from_secs(1)).await?;
-    let post =
-        |extra: &str| format!("POST /api/v1/publish/chat.a HTTP/1.1\r\nhost: q\r\n{extra}\r\n");
+    const KEY: &str = "hardening-key-0123456789abcdef012345";
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(1);
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: KEY.into(),
+            tenant: Some("acme".into()),
+        }];
+    })
+    .await?;
+    let token = full_token("acme", "api");
+    let post = |credential: &str, extra: &str| {
+        format!(
+            "POST /api/v1/publish/chat.a HTTP/1.1\r\nhost: q\r\n\
+             authorization: Bearer {credential}\r\n{extra}\r\n"
+        )
+    };
     for (what, head, trickle) in [
-        ("no body", post("content-length: 1000\r\n"), false),
-        ("a trickled body", post("content-length: 1000\r\n"), true),
+        ("no body", post(KEY, "content-length: 1000\r\n"), false),
+        (
+            "a trickled body",
+            post(KEY, "content-length: 1000\r\n"),
+            true,
+        ),
         (
             "chunked, no chunk",
-            post("transfer-encoding: chunked\r\n"),
+            post(&token, "transfer-encoding: chunked\r\n"),
             false,
         ),
     ] {
@@ -418,10 +437,30 @@ async fn api_request_bodies_have_a_deadline_and_a_size_limit() -> anyhow::Result
         );
         assert!(took < Duration::from_secs(4), "{what}: {took:?}");
     }
-    let (status, took) =
-        stalled_request(&server, &post("content-length: 10000000\r\n"), false).await?;
-    assert_eq!(status.as_deref(), Some("HTTP/1.1 413 Payload Too Large"));
-    assert!(took < Duration::from_millis(900), "{took:?}");
+    for (what, head, want) in [
+        (
+            "over the limit",
+            post(KEY, "content-length: 10000000\r\n"),
+            "HTTP/1.1 413 Payload Too Large",
+        ),
+        (
+            "no credential",
+            post("not-a-key", "content-length: 1000\r\n"),
+            "HTTP/1.1 401 Unauthorized",
+        ),
+        (
+            "a token where a key is required",
+            format!(
+                "POST /api/v1/history HTTP/1.1\r\nhost: q\r\nauthorization: Bearer {token}\r\n\
+                 content-length: 1000\r\n\r\n"
+            ),
+            "HTTP/1.1 401 Unauthorized",
+        ),
+    ] {
+        let (status, took) = stalled_request(&server, &head, false).await?;
+        assert_eq!(status.as_deref(), Some(want), "{what}");
+        assert!(took < Duration::from_millis(900), "{what}: {took:?}");
+    }
     Ok(())
 }
 

@@ -276,66 +276,83 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The `/api/v1` router, to be nested at [`PREFIX`]. Request bodies are limited to what the
-/// largest payload needs (twice `max_payload`, for base64 and JSON escapes, plus 64 KiB):
-/// beyond that the answer is 413, at once when `Content-Length` says so. The whole body must
-/// arrive within `timeouts.handshake` (408 otherwise), before any handler runs.
-pub fn router(shared: &Shared) -> Router<Arc<Shared>> {
+/// The `/api/v1` router, to be nested at [`PREFIX`]. Before a route's handler runs, its
+/// request's credential is checked when the request has a body (401 at once, so no one without
+/// a key or token can make the server hold a body), and the whole body is read within
+/// `timeouts.handshake` (408 otherwise) under the route's size limit (413, at once when
+/// `Content-Length` says so): the raw payload's `max_payload` for `publish`, twice that plus
+/// 64 KiB for JSON bodies (base64 and JSON escapes).
+pub fn router(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
+    let max_payload = shared.config.limits.max_payload as usize;
     let mut api = Router::new();
     for route in routes() {
         let path = route.path.strip_prefix(PREFIX).unwrap_or(route.path);
-        api = api.route(path, (route.handler)());
+        let rule = BodyRule {
+            auth: route.auth,
+            size: if route.request.is_some() {
+                max_payload.saturating_mul(2).saturating_add(64 * 1024)
+            } else {
+                max_payload
+            },
+            deadline: shared.config.timeouts.handshake,
+        };
+        let shared = shared.clone();
+        let guarded = (route.handler)()
+            .layer(DefaultBodyLimit::max(rule.size))
+            .layer(axum::middleware::from_fn(move |request, next| {
+                read_body(shared.clone(), rule, request, next)
+            }));
+        api = api.route(path, guarded);
     }
-    let limits = BodyLimits {
-        size: body_limit(shared),
-        deadline: shared.config.timeouts.handshake,
-    };
     api.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .layer(DefaultBodyLimit::max(limits.size))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            read_body(limits, request, next)
-        }))
 }
 
-fn body_limit(shared: &Shared) -> usize {
-    let max_payload = shared.config.limits.max_payload as usize;
-    max_payload.saturating_mul(2).saturating_add(64 * 1024)
-}
-
+/// What a route asks of a request's body before its handler runs.
 #[derive(Debug, Clone, Copy)]
-struct BodyLimits {
+struct BodyRule {
+    auth: Auth,
     size: usize,
     deadline: std::time::Duration,
 }
 
-/// Reads a request's whole body under its size limit and deadline, then hands the request on.
-/// Without the deadline a peer that sends headers and then no body (or a byte now and then)
-/// would hold its connection, and a place under `max_sessions`, for ever: hyper's header
-/// timeout ends with the headers.
+/// Checks the credential of a request that has a body, then reads the body whole under its
+/// size limit and deadline, and hands the request on. Without this a peer that sends headers
+/// and then no body (or a byte now and then) would hold its connection, and a place under
+/// `max_sessions`, for ever (hyper's header timeout ends with the headers), and anyone could
+/// make the server buffer bodies it will refuse.
 async fn read_body(
-    limits: BodyLimits,
+    shared: Arc<Shared>,
+    rule: BodyRule,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::http::header;
     use axum::response::IntoResponse;
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let has_body =
+        declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+    if has_body {
+        if let Err(refusal) = may_send_a_body(&shared, rule.auth, auth::bearer(headers)) {
+            return with_close(refusal.into_response());
+        }
+    }
     let too_large = || {
         error::ApiError::new(
             Code::PayloadTooLarge,
-            format!("request body larger than {} bytes", limits.size),
+            format!("request body larger than {} bytes", rule.size),
         )
     };
-    let declared = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.size as u64) {
+    if declared.is_some_and(|n| n > rule.size as u64) {
         return with_close(too_large().into_response());
     }
     let (parts, body) = request.into_parts();
-    let read = axum::body::to_bytes(body, limits.size);
-    let bytes = match tokio::time::timeout(limits.deadline, read).await {
+    let read = axum::body::to_bytes(body, rule.size);
+    let bytes = match tokio::time::timeout(rule.deadline, read).await {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             // `to_bytes` fails past the limit (a body without a length) or when the body
@@ -354,7 +371,7 @@ async fn read_body(
                 Code::RequestTimeout,
                 format!(
                     "the request body did not arrive within {} ms",
-                    limits.deadline.as_millis()
+                    rule.deadline.as_millis()
                 ),
             );
             return with_close(late.into_response());
@@ -365,6 +382,24 @@ async fn read_body(
         axum::body::Body::from(bytes),
     ))
     .await
+}
+
+/// Whether the credential may send this route a body: an API key, or for `publish` a valid
+/// client token. The handler checks again what the caller may do with it.
+fn may_send_a_body(shared: &Shared, auth: Auth, credential: &str) -> Result<(), error::ApiError> {
+    if auth == Auth::Public || auth::api_key(shared, credential).is_some() {
+        return Ok(());
+    }
+    match auth {
+        Auth::ApiKeyOrToken => shared
+            .authenticate(credential)
+            .map(drop)
+            .map_err(|e| error::ApiError::new(Code::Unauthorized, e.to_string())),
+        _ => Err(error::ApiError::new(
+            Code::Unauthorized,
+            "an API key is required (Authorization: Bearer KEY)",
+        )),
+    }
 }
 
 /// The rest of an unread body is not worth waiting for: the connection closes after the answer.
