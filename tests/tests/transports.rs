@@ -366,6 +366,58 @@ async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A client that sends far over its rate without reading still finds its `Goodbye 3003` when
+/// it reads at last: the server reads and drops what the client sent after the goodbye before
+/// it closes the socket, since closing with unread data would reset the connection and the
+/// reset would destroy the goodbye in the client's receive buffer.
+#[tokio::test]
+async fn a_goodbye_survives_a_client_that_sent_past_it() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 10).await?;
+    let (mut sink, mut stream) = deaf_websocket(&server, "rude", "r").await?.split();
+    // 200 publications of 16 KiB, over the rate from the 11th: the session closes at the 30th
+    // refusal, with megabytes still unread in the server's socket.
+    let flood = tokio::spawn(async move {
+        for id in 10..210 {
+            let publish = encode_command(&ClientFrame {
+                id,
+                command: Command::Publish {
+                    room: "r".into(),
+                    payload: Bytes::from(vec![0u8; 16 * 1024]),
+                    ack: false,
+                },
+            });
+            if sink.send(Message::binary(publish)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut goodbye = None;
+    let read = async {
+        while let Some(message) = stream.next().await {
+            let Message::Binary(data) = message? else {
+                continue;
+            };
+            let mut decoder = quiver_proto::FrameDecoder::new(quiver_proto::DEFAULT_MAX_FRAME);
+            decoder.push(&data);
+            while let Some(body) = decoder.next_frame()? {
+                if let Event::Goodbye { code, .. } = quiver_proto::decode_event(&body)?.event {
+                    goodbye = Some(code);
+                }
+            }
+        }
+        anyhow::Ok(())
+    };
+    let outcome = tokio::time::timeout(WAIT, read).await?;
+    flood.abort();
+    assert_eq!(
+        goodbye,
+        Some(CloseCode::RateAbuse.as_u16()),
+        "read ended with {outcome:?}"
+    );
+    Ok(())
+}
+
 /// A peer that goes silent (no messages, no pongs) is closed after `timeouts.idle`.
 #[tokio::test]
 async fn a_silent_websocket_peer_is_closed_after_the_idle_timeout() -> anyhow::Result<()> {

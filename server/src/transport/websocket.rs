@@ -36,6 +36,11 @@ const T: Transport = Transport::WebSocket;
 /// Messages queued for the socket: the connection's one outgoing bound (PROTOCOL §9.2). Each is
 /// at most one frame, or one batch of whole frames of about 64 KiB.
 const OUT_QUEUE: usize = 256;
+/// After the server's close frame, how long what the client still sends is read and dropped.
+/// Closing a TCP socket with unread data in it resets the connection, and a reset makes the
+/// client's kernel discard what it had not read yet: the goodbye (a client that sends without
+/// reading, over its rate, say). Lingering lets it arrive.
+const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes of queued frames coalesced into one message.
 const COALESCE: usize = 64 * 1024;
 /// tungstenite's read buffer per connection (bench/: 144 → 16 KiB per idle session).
@@ -148,6 +153,7 @@ async fn serve(
     let (in_tx, in_rx) = queue::bounded(64);
     let (out_tx, out_rx) = queue::bounded(OUT_QUEUE);
     let gone = CancellationToken::new();
+    let ending = CancellationToken::new();
     let timeouts = &shared.config.timeouts;
     let reader = tokio::spawn(read(
         stream,
@@ -155,6 +161,7 @@ async fn serve(
         shared.config.limits.max_frame as usize,
         timeouts.idle,
         gone.clone(),
+        ending.clone(),
     ));
     let writer = tokio::spawn(write(sink, out_rx, timeouts.keep_alive, gone.clone()));
     let link = Link {
@@ -163,29 +170,45 @@ async fn serve(
         remote,
     };
     let end = session::run(shared, grant, link, in_rx, out_tx).await;
-    reader.abort();
-    // The writer sends what is queued (the goodbye last) and the close frame, bounded.
-    let mut writer = writer;
-    let sink = match tokio::time::timeout(GOODBYE_GRACE * 2, &mut writer).await {
-        Ok(Ok(sink)) => sink,
-        _ => {
-            writer.abort();
-            None
+    // The reader hands back the socket's reading half if the client has not left.
+    ending.cancel();
+    let unread = match tokio::time::timeout(GOODBYE_GRACE, reader).await {
+        Ok(Ok(stream)) => stream,
+        _ => None,
+    };
+    let goodbye = async {
+        // The writer sends what is queued (the goodbye last) and the close frame, bounded.
+        let mut writer = writer;
+        let sink = match tokio::time::timeout(GOODBYE_GRACE * 2, &mut writer).await {
+            Ok(Ok(sink)) => sink,
+            _ => {
+                writer.abort();
+                None
+            }
+        };
+        match (sink, &end.close) {
+            (Some(mut sink), Some((code, reason))) => {
+                let close = sink.send(close_message(*code, reason));
+                let _ = tokio::time::timeout(GOODBYE_GRACE, close).await;
+            }
+            // The client left: tungstenite queued the answer to its close frame (RFC 6455
+            // §5.5.1); closing the sink sends it. (After an idle timeout nothing is sent: the
+            // peer is presumed gone, PROTOCOL.md §9.2.)
+            (Some(mut sink), None) if end.reason == "client_closed" => {
+                let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
+            }
+            _ => {}
         }
     };
-    match (sink, &end.close) {
-        (Some(mut sink), Some((code, reason))) => {
-            let _ =
-                tokio::time::timeout(GOODBYE_GRACE, sink.send(close_message(*code, reason))).await;
+    // Meanwhile, and for a little after, drop what the client still sends (see LINGER): its
+    // answering close frame, or the commands it sent before it read the goodbye.
+    let linger = async {
+        if let Some(mut stream) = unread {
+            let discard = async { while let Some(Ok(_)) = stream.next().await {} };
+            let _ = tokio::time::timeout(GOODBYE_GRACE * 3 + LINGER, discard).await;
         }
-        // The client left: tungstenite queued the answer to its close frame (RFC 6455 §5.5.1);
-        // closing the sink sends it. (After an idle timeout nothing is sent: the peer is
-        // presumed gone, PROTOCOL.md §9.2.)
-        (Some(mut sink), None) if end.reason == "client_closed" => {
-            let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
-        }
-        _ => {}
-    }
+    };
+    let (_, ()) = tokio::join!(goodbye, linger);
     gone.cancel();
     debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
     // Only now does the session stop counting (a drain waits for it).
@@ -193,16 +216,24 @@ async fn serve(
 }
 
 /// Reads client messages: each binary message is exactly one frame. Anything arriving (a
-/// message, a pong) resets the idle deadline; silence for `idle` ends the session.
+/// message, a pong) resets the idle deadline; silence for `idle` ends the session. Once the
+/// session is `ending` (or will read nothing more) it returns the stream, so the socket can be
+/// drained before it is closed; `None` when the client has left.
 async fn read(
     mut stream: SplitStream<WebSocket>,
     tx: queue::Sender<Inbound>,
     max_frame: usize,
     idle: Duration,
     gone: CancellationToken,
-) {
+    ending: CancellationToken,
+) -> Option<SplitStream<WebSocket>> {
     let ended = loop {
-        let message = match tokio::time::timeout(idle, stream.next()).await {
+        let next = tokio::select! {
+            biased;
+            _ = ending.cancelled() => return Some(stream),
+            next = tokio::time::timeout(idle, stream.next()) => next,
+        };
+        let message = match next {
             Err(_) => break "idle_timeout",
             Ok(None) => break "client_closed",
             Ok(Some(Err(e))) => match read_error(e) {
@@ -210,7 +241,7 @@ async fn read(
                 // Oversized messages and broken framing surface here.
                 Err(reason) => {
                     let _ = tx.send(Inbound::Malformed(reason)).await;
-                    return;
+                    return Some(stream);
                 }
             },
             Ok(Some(Ok(message))) => message,
@@ -228,11 +259,12 @@ async fn read(
         };
         let stop = matches!(item, Inbound::Malformed(_));
         if tx.send(item).await.is_err() || stop {
-            return;
+            return Some(stream);
         }
     };
     let _ = tx.send(Inbound::Ended(ended)).await;
     gone.cancel();
+    None
 }
 
 /// Sorts a read error: the peer going away (a reset without a close frame is allowed,
