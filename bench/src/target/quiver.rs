@@ -72,7 +72,9 @@ impl Control for Session {
             if let Event::Goodbye { reason, .. } = &frame.event {
                 bail!("server said goodbye: {reason}");
             }
-            if frame.id == id {
+            // A `SubscriptionStream` header carries its `Subscribe`'s id too (on the control
+            // stream in single-stream mode, before or after the reply): it is not the reply.
+            if frame.id == id && !matches!(frame.event, Event::SubscriptionStream { .. }) {
                 return Ok(frame.event);
             }
         }
