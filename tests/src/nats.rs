@@ -91,9 +91,24 @@ impl NatsServer {
         }
     }
 
-    /// Freezes it (SIGSTOP): its sockets stay open, nothing is answered.
+    /// Freezes it (SIGSTOP): its sockets stay open, nothing is answered. Returns once every
+    /// thread is stopped: `kill` returns as soon as the signal is queued, and a thread running
+    /// on another core could otherwise still answer a request sent right after.
     pub fn pause(&self) -> Result<()> {
-        self.signal("STOP")
+        self.signal("STOP")?;
+        let pid = self
+            .child
+            .as_ref()
+            .context("nats-server is not running")?
+            .id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !crate::process::stopped(pid)? {
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("nats-server {pid} did not stop within 5 s of SIGSTOP");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// SIGCONT after [`Self::pause`].

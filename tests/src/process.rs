@@ -154,6 +154,22 @@ pub fn quiver_command(dir: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Whether every thread of process `pid` is stopped (state `T` in `/proc/PID/task/*/stat`).
+pub(crate) fn stopped(pid: u32) -> Result<bool> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).context("reading /proc")?;
+    for task in tasks {
+        let stat = std::fs::read_to_string(task?.path().join("stat")).unwrap_or_default();
+        // `pid (comm) S ...`: the state follows the last `)` (comm may hold spaces).
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if state.is_some_and(|s| s != 'T' && s != 't') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Sends signal `name` (`STOP`, `CONT`, …) to process `pid`.
 pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
     let status = Command::new("kill")
