@@ -485,17 +485,17 @@ mod tests {
             .is_ok());
         // Once the bucket has refilled (its last publication 2 s ago), the next touch forgets
         // the tenant.
-        let mut emptied = TokenBucket::new(1.0, 1.0);
-        assert!(emptied.take(1.0, Instant::now() - Duration::from_secs(2)));
-        quotas
-            .usage
-            .lock()
-            .unwrap()
-            .get_mut(&t)
-            .unwrap()
-            .publications = Some(emptied);
+        refilled_long_ago(&quotas, &t);
         drop(quotas.open_session(&t).unwrap());
         assert!(!quotas.usage.lock().unwrap().contains_key(&t));
+    }
+
+    /// Makes `tenant`'s publication bucket one whose last publication was 2 s ago (full again).
+    fn refilled_long_ago(quotas: &TenantQuotas, tenant: &TenantId) {
+        let mut emptied = TokenBucket::new(1.0, 1.0);
+        assert!(emptied.take(1.0, Instant::now() - Duration::from_secs(2)));
+        let mut usage = quotas.usage.lock().unwrap();
+        usage.get_mut(tenant).unwrap().publications = Some(emptied);
     }
 
     /// A tenant that left with its buckets still refilling, and never came back, is swept out
@@ -509,15 +509,7 @@ mod tests {
         assert!(quotas.publish(&gone, 1, Instant::now()).is_ok());
         assert!(quotas.usage.lock().unwrap().contains_key(&gone));
         // Its bucket refilled long ago.
-        let mut emptied = TokenBucket::new(1.0, 1.0);
-        assert!(emptied.take(1.0, Instant::now() - Duration::from_secs(2)));
-        quotas
-            .usage
-            .lock()
-            .unwrap()
-            .get_mut(&gone)
-            .unwrap()
-            .publications = Some(emptied);
+        refilled_long_ago(&quotas, &gone);
         let busy = tenant("busy");
         for _ in 0..SWEEP_EVERY {
             drop(quotas.open_session(&busy).unwrap());
