@@ -17,6 +17,7 @@ mod http;
 pub mod http_client;
 pub mod https;
 pub mod hub;
+pub mod idempotency;
 pub mod jwks;
 pub mod latest;
 pub mod metrics;

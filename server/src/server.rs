@@ -113,6 +113,8 @@ pub struct Shared {
     pub control: Arc<crate::control::Control>,
     /// Revoked token ids, until their tokens expire.
     pub revocations: Arc<crate::revocation::Revocations>,
+    /// The backend API's `Idempotency-Key`s of recent publications.
+    pub idempotency: Arc<crate::idempotency::IdempotencyKeys>,
     pub address_limits: Arc<crate::quota::AddressLimits>,
     pub next_sub_id: AtomicU64,
     pub dev: Option<DevMode>,
@@ -265,6 +267,7 @@ impl Server {
             registry,
             control: control.clone(),
             revocations,
+            idempotency: Default::default(),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,

@@ -556,3 +556,90 @@ async fn rooms_are_listed_up_to_the_bound() -> anyhow::Result<()> {
     assert_eq!(info["nodes"][0]["subscriptions"], max + 1);
     Ok(())
 }
+
+/// `POST /api/v1/publish/{room}` with `Idempotency-Key` headers (as many as given).
+async fn publish_keyed(
+    server: &TestServer,
+    room: &str,
+    key: &str,
+    idempotency: &[&str],
+    body: &'static str,
+) -> anyhow::Result<(u16, Value)> {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/publish/{room}", server.http))
+        .bearer_auth(key)
+        .body(body);
+    for value in idempotency {
+        // From bytes: a non-ASCII key must reach the server to be refused there.
+        let value = reqwest::header::HeaderValue::from_bytes(value.as_bytes())?;
+        request = request.header("Idempotency-Key", value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+#[tokio::test]
+async fn a_retried_publication_with_an_idempotency_key_is_published_once() -> anyhow::Result<()> {
+    let server = TestServer::start_with(configure).await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut history = sub.subscribe("h.x").await?;
+    let mut live = sub.subscribe("news.y").await?;
+
+    let (status, first) = publish_keyed(&server, "h.x", ACME, &["order-1"], "one").await?;
+    assert_eq!(status, 200, "{first}");
+    assert!(first["position"]["offset"].is_string(), "{first}");
+    let (status, again) = publish_keyed(&server, "h.x", ACME, &["order-1"], "one").await?;
+    assert_eq!(
+        (status, &again),
+        (200, &first),
+        "a repeat gets the first position"
+    );
+    // The same key for a different payload is a mistake, not a repeat.
+    let (status, reused) = publish_keyed(&server, "h.x", ACME, &["order-1"], "two").await?;
+    assert_eq!(status, 422, "{reused}");
+    assert_eq!(reused["error"]["code"], "idempotency_key_reused");
+    // Keys are per room and per tenant.
+    let (status, _) = publish_keyed(&server, "news.y", ACME, &["order-1"], "one").await?;
+    assert_eq!(status, 200);
+    let (status, theirs) = publish_keyed(&server, "h.x", OTHER, &["order-1"], "one").await?;
+    assert_eq!(status, 200, "{theirs}");
+    // Without a key, every request publishes.
+    let (status, _) = publish_keyed(&server, "h.x", ACME, &[], "unkeyed").await?;
+    assert_eq!(status, 200);
+    assert_eq!(history.payload().await?, Bytes::from_static(b"one"));
+    assert_eq!(history.payload().await?, Bytes::from_static(b"unkeyed"));
+    assert_eq!(live.payload().await?, Bytes::from_static(b"one"));
+
+    // A broadcast retried with its key publishes only where it has not yet.
+    let body = json!({"rooms": ["news.y", "h.x"], "payload": "both"});
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let request = reqwest::Client::new()
+            .post(format!("http://{}/api/v1/broadcast", server.http))
+            .bearer_auth(ACME)
+            .header("Idempotency-Key", "fanout-7")
+            .json(&body);
+        let response = request.send().await?;
+        assert_eq!(response.status().as_u16(), 200);
+        answers.push(response.json::<Value>().await?);
+    }
+    assert_eq!(answers[0], answers[1], "a repeat gets the first results");
+    let (status, _) = publish_keyed(&server, "news.y", ACME, &[], "after").await?;
+    assert_eq!(status, 200);
+    assert_eq!(live.payload().await?, Bytes::from_static(b"both"));
+    assert_eq!(live.payload().await?, Bytes::from_static(b"after"));
+    assert_eq!(history.payload().await?, Bytes::from_static(b"both"));
+
+    // Malformed keys are a 400, and nothing is published.
+    let long = "k".repeat(129);
+    for idempotency in [&[""][..], &[long.as_str()], &["caf\u{e9}"], &["a", "b"]] {
+        let (status, answer) = publish_keyed(&server, "news.y", ACME, idempotency, "bad").await?;
+        assert_eq!(status, 400, "{idempotency:?}: {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request");
+    }
+    let (status, _) = publish_keyed(&server, "news.y", ACME, &[], "last").await?;
+    assert_eq!(status, 200);
+    assert_eq!(live.payload().await?, Bytes::from_static(b"last"));
+    Ok(())
+}

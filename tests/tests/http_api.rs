@@ -292,6 +292,15 @@ async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
         assert!(path.starts_with("/api/v1/"), "{path}");
     }
     assert_eq!(operations, routes.len(), "one operation per route, no more");
+    for path in ["/api/v1/publish/{room}", "/api/v1/broadcast"] {
+        let parameters = doc["paths"][path]["post"]["parameters"].as_array();
+        assert!(
+            parameters.is_some_and(|p| p
+                .iter()
+                .any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header")),
+            "{path} documents its Idempotency-Key header"
+        );
+    }
     let http = reqwest::Client::new();
     for route in &routes {
         let operation = &doc["paths"][route.path][route.method];

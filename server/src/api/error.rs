@@ -33,6 +33,10 @@ pub enum Code {
     QuotaExceeded,
     /// 408: the request's body did not arrive within `timeouts.handshake`.
     RequestTimeout,
+    /// 409: a request with this `Idempotency-Key` is still publishing into the room; retry.
+    IdempotencyInProgress,
+    /// 422: this `Idempotency-Key` was used in the room for a different payload.
+    IdempotencyKeyReused,
 }
 
 impl Code {
@@ -48,6 +52,8 @@ impl Code {
         Code::Unavailable,
         Code::QuotaExceeded,
         Code::RequestTimeout,
+        Code::IdempotencyInProgress,
+        Code::IdempotencyKeyReused,
     ];
 
     pub fn label(self) -> &'static str {
@@ -63,6 +69,8 @@ impl Code {
             Code::Unavailable => "unavailable",
             Code::QuotaExceeded => "quota_exceeded",
             Code::RequestTimeout => "request_timeout",
+            Code::IdempotencyInProgress => "idempotency_in_progress",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
         }
     }
 
@@ -78,6 +86,8 @@ impl Code {
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Code::IdempotencyInProgress => StatusCode::CONFLICT,
+            Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }

@@ -49,7 +49,7 @@ pub fn document() -> Value {
                 }},
             });
         }
-        let parameters: Vec<Value> = route
+        let mut parameters: Vec<Value> = route
             .path
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
@@ -57,6 +57,15 @@ pub fn document() -> Value {
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
             })
             .collect();
+        if super::publish::IDEMPOTENT_ROUTES.contains(&route.path) {
+            parameters.push(json!({
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": false,
+                "description": "a repeat within 5 minutes publishes nothing and gets the first answer",
+                "schema": {"type": "string", "minLength": 1, "maxLength": crate::idempotency::MAX_KEY_LEN},
+            }));
+        }
         if !parameters.is_empty() {
             operation["parameters"] = Value::Array(parameters);
         }

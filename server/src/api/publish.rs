@@ -16,6 +16,7 @@ use super::auth::{api_key, bearer, KeyRequest};
 use super::encoding;
 use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
+use crate::idempotency::{self, Claim};
 use crate::metrics as m;
 use crate::rpc::{Caller, Decision, Hook};
 use crate::server::Shared;
@@ -68,7 +69,10 @@ pub async fn publish(
     };
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room(&name)?;
+    let once = idempotency_key(&headers)?;
     let mut payload = body?;
+    // A repeat is recognised by the payload as sent, before a hook may replace it.
+    let digest = once.as_ref().map(|_| idempotency::digest(&payload));
     if let Some(grant) = grant {
         if !grant.may_publish(&room) {
             return Err(ApiError::new(
@@ -89,8 +93,72 @@ pub async fn publish(
             .publish(&grant.tenant, payload.len(), std::time::Instant::now())
             .map_err(|e| ApiError::new(Code::QuotaExceeded, e.to_string()))?;
     }
-    let position = publish_one(&shared, RoomKey { tenant, room }, payload).await?;
+    let key = RoomKey { tenant, room };
+    let position = match once.zip(digest) {
+        Some((once, digest)) => publish_once(&shared, key, payload, &once, digest).await?,
+        None => publish_one(&shared, key, payload).await?,
+    };
     Ok(Json(json!({ "position": encoding::position(position) })))
+}
+
+/// The request's `Idempotency-Key`, if it sent one (at most one, checked).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key: sent more than once",
+        ));
+    }
+    idempotency::check_key(value.as_bytes())
+        .map(|key| Some(key.to_owned()))
+        .map_err(ApiError::bad_request)
+}
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The routes that take an `Idempotency-Key` (for the OpenAPI document).
+pub const IDEMPOTENT_ROUTES: [&str; 2] = ["/api/v1/publish/{room}", "/api/v1/broadcast"];
+
+/// Publishes once per (tenant, room, idempotency key) within `idempotency::WINDOW`: a repeat
+/// gets the first publication's position. The publication runs in its own task, so a backend
+/// that gives up on the request does not leave the key unsure of whether it went out.
+async fn publish_once(
+    shared: &Arc<Shared>,
+    key: RoomKey,
+    payload: Bytes,
+    once: &str,
+    digest: [u8; 32],
+) -> Result<Option<Position>, ApiError> {
+    check_size(shared, &payload)?;
+    let now = std::time::Instant::now();
+    match shared
+        .idempotency
+        .claim(&key.tenant, &key.room, once, digest, now)
+    {
+        Claim::Done(position) => Ok(position),
+        Claim::InProgress => Err(ApiError::new(
+            Code::IdempotencyInProgress,
+            "a request with this Idempotency-Key is still publishing into this room; retry",
+        )),
+        Claim::Mismatch => Err(ApiError::new(
+            Code::IdempotencyKeyReused,
+            "this Idempotency-Key was used in this room for a different payload",
+        )),
+        Claim::New(guard) => {
+            let shared = shared.clone();
+            let publication = tokio::spawn(async move {
+                let position = publish_one(&shared, key, payload).await?;
+                guard.done(position);
+                Ok(position)
+            });
+            publication
+                .await
+                .map_err(|e| ApiError::unavailable(format!("publication task: {e}")))?
+        }
+    }
 }
 
 /// The session id a hook is told for a publication made through the API with a client token.
@@ -168,9 +236,11 @@ pub struct BroadcastRequest {
 /// `{"room", "position"}` or `{"room", "error": {"code", "message"}}`.
 pub async fn broadcast(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     KeyRequest { caller, request }: KeyRequest<BroadcastRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant: TenantId = caller.tenant(request.tenant.as_deref())?;
+    let once = idempotency_key(&headers)?;
     if request.rooms.is_empty() || request.rooms.len() > MAX_BROADCAST_ROOMS {
         return Err(ApiError::bad_request(format!(
             "rooms: 1 to {MAX_BROADCAST_ROOMS} rooms"
@@ -185,16 +255,21 @@ pub async fn broadcast(
         rooms.push(room);
     }
     let payload = encoding::payload(request.payload, request.payload_base64.as_deref())?;
+    let digest = idempotency::digest(&payload);
     let publications = rooms.into_iter().map(|room| {
         let key = RoomKey {
             tenant: tenant.clone(),
             room,
         };
         let payload = payload.clone();
-        let shared = &shared;
+        let (shared, once) = (&shared, once.as_deref());
         async move {
             let room = key.room.to_string();
-            match publish_one(shared, key, payload).await {
+            let published = match once {
+                Some(once) => publish_once(shared, key, payload, once, digest).await,
+                None => publish_one(shared, key, payload).await,
+            };
+            match published {
                 Ok(position) => json!({"room": room, "position": encoding::position(position)}),
                 Err(e) => {
                     json!({"room": room, "error": {"code": e.code.label(), "message": e.message}})

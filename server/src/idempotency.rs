@@ -1,0 +1,388 @@
+//! Idempotency keys for the backend API's publications (`Idempotency-Key` on `publish` and
+//! `broadcast`): a backend that retries a request whose answer it never got (a timeout, a lost
+//! connection) publishes once, and gets the first attempt's position back.
+//!
+//! The unit is one room: (tenant, room, key). A broadcast retried with the same key publishes
+//! only into the rooms the first attempt did not reach. Entries live for [`WINDOW`] after their
+//! publication (as Centrifugo's do) and are kept by the instance that served the request: a
+//! retry that a load balancer sends to another instance publishes again (README, "Backend API").
+//!
+//! Bounds: at most [`MAX_PER_TENANT`] entries per tenant (its oldest go first, so one tenant's
+//! keys never push out another's) and [`MAX_ENTRIES`] in all (past it, the oldest entry of the
+//! tenant holding most goes).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quiver_proto::{Position, RoomName, TenantId};
+use sha2::{Digest, Sha256};
+
+/// How long a publication's key is remembered.
+pub const WINDOW: Duration = Duration::from_secs(300);
+/// Longest key, in bytes (the same bound as a `Call`'s idempotency key).
+pub const MAX_KEY_LEN: usize = 128;
+pub const MAX_PER_TENANT: usize = 10_000;
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Checks a key as the `Idempotency-Key` header carries it: 1 to [`MAX_KEY_LEN`] bytes of
+/// visible ASCII (spaces inside allowed).
+pub fn check_key(key: &[u8]) -> Result<&str, String> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(format!(
+            "Idempotency-Key: 1 to {MAX_KEY_LEN} bytes, got {}",
+            key.len()
+        ));
+    }
+    if !key.iter().all(|b| (0x20..0x7f).contains(b)) {
+        return Err("Idempotency-Key: visible ASCII only".into());
+    }
+    std::str::from_utf8(key).map_err(|e| e.to_string())
+}
+
+/// What a key's payload is compared by.
+pub fn digest(payload: &[u8]) -> [u8; 32] {
+    Sha256::digest(payload).into()
+}
+
+/// What a claim found.
+pub enum Claim {
+    /// First use: publish, then [`Guard::done`]. Dropping the guard instead forgets the key, so
+    /// a failed publication can be retried with it.
+    New(Guard),
+    /// Published already, at this position (`None`: a room without history).
+    Done(Option<Position>),
+    /// The first request with this key is still publishing.
+    InProgress,
+    /// The key was used in this room for a different payload.
+    Mismatch,
+}
+
+#[derive(Default)]
+pub struct IdempotencyKeys {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tenants: HashMap<TenantId, TenantKeys>,
+    total: usize,
+}
+
+type Slot = (RoomName, String);
+
+#[derive(Default)]
+struct TenantKeys {
+    entries: HashMap<Slot, Entry>,
+    /// Slots in the order they were claimed (so in expiry order). A slot forgotten early stays
+    /// here until it reaches the front; `Entry::claimed` tells the two apart.
+    order: VecDeque<(Slot, Instant)>,
+}
+
+struct Entry {
+    digest: [u8; 32],
+    claimed: Instant,
+    /// `None` while publishing.
+    done: Option<Option<Position>>,
+}
+
+impl TenantKeys {
+    /// Drops expired entries (and stale order slots) from the front. Returns how many entries
+    /// went.
+    fn expire(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some((slot, claimed)) = self.order.front() {
+            let live = self
+                .entries
+                .get(slot)
+                .is_some_and(|e| e.claimed == *claimed);
+            if live && now.duration_since(*claimed) < WINDOW {
+                break;
+            }
+            if let Some((slot, _)) = self.order.pop_front() {
+                if live {
+                    self.entries.remove(&slot);
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Drops the oldest entry, live or not yet expired.
+    fn evict_oldest(&mut self) -> usize {
+        while let Some((slot, claimed)) = self.order.pop_front() {
+            if self
+                .entries
+                .get(&slot)
+                .is_some_and(|e| e.claimed == claimed)
+            {
+                self.entries.remove(&slot);
+                return 1;
+            }
+        }
+        0
+    }
+}
+
+impl IdempotencyKeys {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `key` for a publication into `room` of the payload with this [`digest`].
+    pub fn claim(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        room: &RoomName,
+        key: &str,
+        digest: [u8; 32],
+        now: Instant,
+    ) -> Claim {
+        let slot = (room.clone(), key.to_owned());
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let keys = inner.tenants.entry(tenant.clone()).or_default();
+        inner.total -= keys.expire(now);
+        if let Some(entry) = keys.entries.get(&slot) {
+            return if entry.digest != digest {
+                Claim::Mismatch
+            } else {
+                match entry.done {
+                    Some(position) => Claim::Done(position),
+                    None => Claim::InProgress,
+                }
+            };
+        }
+        if keys.entries.len() >= MAX_PER_TENANT {
+            inner.total -= keys.evict_oldest();
+        }
+        keys.entries.insert(
+            slot.clone(),
+            Entry {
+                digest,
+                claimed: now,
+                done: None,
+            },
+        );
+        keys.order.push_back((slot.clone(), now));
+        inner.total += 1;
+        if inner.total > MAX_ENTRIES {
+            Self::make_room(inner, now);
+        }
+        Claim::New(Guard {
+            keys: self.clone(),
+            tenant: tenant.clone(),
+            slot: Some(slot),
+            claimed: now,
+        })
+    }
+
+    /// Over [`MAX_ENTRIES`]: drops every tenant's expired entries and tenants left empty, then,
+    /// if still over, the oldest entry of the tenant holding most.
+    fn make_room(inner: &mut Inner, now: Instant) {
+        let mut dropped = 0;
+        inner.tenants.retain(|_, keys| {
+            dropped += keys.expire(now);
+            !keys.entries.is_empty()
+        });
+        inner.total -= dropped;
+        if inner.total > MAX_ENTRIES {
+            if let Some(keys) = inner.tenants.values_mut().max_by_key(|k| k.entries.len()) {
+                inner.total -= keys.evict_oldest();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn total(&self) -> usize {
+        self.lock().total
+    }
+}
+
+/// A claimed key whose publication is under way.
+pub struct Guard {
+    keys: Arc<IdempotencyKeys>,
+    tenant: TenantId,
+    /// `None` once done.
+    slot: Option<Slot>,
+    claimed: Instant,
+}
+
+impl Guard {
+    /// The publication went out at `position`: repeats get it from now on.
+    pub fn done(mut self, position: Option<Position>) {
+        let Some(slot) = self.slot.take() else { return };
+        let mut inner = self.keys.lock();
+        let entry = inner
+            .tenants
+            .get_mut(&self.tenant)
+            .and_then(|keys| keys.entries.get_mut(&slot));
+        if let Some(entry) = entry.filter(|e| e.claimed == self.claimed) {
+            entry.done = Some(position);
+        }
+    }
+}
+
+impl Drop for Guard {
+    /// Not done: forget the key, so a retry publishes.
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
+        let mut inner = self.keys.lock();
+        let inner = &mut *inner;
+        let Some(keys) = inner.tenants.get_mut(&self.tenant) else {
+            return;
+        };
+        if keys
+            .entries
+            .get(&slot)
+            .is_some_and(|e| e.claimed == self.claimed)
+        {
+            keys.entries.remove(&slot);
+            inner.total -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).expect("tenant")
+    }
+
+    fn room(name: &str) -> RoomName {
+        RoomName::parse(name).expect("room")
+    }
+
+    fn position(offset: u64) -> Option<Position> {
+        Some(Position { epoch: 7, offset })
+    }
+
+    #[test]
+    fn a_repeat_gets_the_first_position_and_a_different_payload_is_refused() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
+        let Claim::New(guard) = keys.claim(&acme, &lobby, "k1", digest(b"hello"), now) else {
+            panic!("first use is new");
+        };
+        assert!(matches!(
+            keys.claim(&acme, &lobby, "k1", digest(b"hello"), now),
+            Claim::InProgress
+        ));
+        guard.done(position(3));
+        assert!(matches!(
+            keys.claim(&acme, &lobby, "k1", digest(b"hello"), now),
+            Claim::Done(p) if p == position(3)
+        ));
+        assert!(matches!(
+            keys.claim(&acme, &lobby, "k1", digest(b"other"), now),
+            Claim::Mismatch
+        ));
+        // Another room, another tenant: other slots.
+        assert!(matches!(
+            keys.claim(&acme, &room("other"), "k1", digest(b"hello"), now),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            keys.claim(&tenant("globex"), &lobby, "k1", digest(b"hello"), now),
+            Claim::New(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_publication_forgets_its_key_and_entries_expire() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
+        drop(keys.claim(&acme, &lobby, "k", digest(b"x"), now));
+        assert_eq!(keys.total(), 0);
+        let Claim::New(guard) = keys.claim(&acme, &lobby, "k", digest(b"x"), now) else {
+            panic!("forgotten key is new again");
+        };
+        guard.done(None);
+        assert!(matches!(
+            keys.claim(
+                &acme,
+                &lobby,
+                "k",
+                digest(b"x"),
+                now + WINDOW - Duration::from_secs(1)
+            ),
+            Claim::Done(None)
+        ));
+        let Claim::New(guard) = keys.claim(&acme, &lobby, "k", digest(b"x"), now + WINDOW) else {
+            panic!("expired key is new again");
+        };
+        guard.done(None);
+        assert_eq!(keys.total(), 1);
+    }
+
+    #[test]
+    fn a_tenant_holds_at_most_its_share_and_never_evicts_another() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, globex, lobby, now) = (
+            tenant("acme"),
+            tenant("globex"),
+            room("lobby"),
+            Instant::now(),
+        );
+        if let Claim::New(guard) = keys.claim(&globex, &lobby, "kept", digest(b"x"), now) {
+            guard.done(position(1));
+        }
+        for i in 0..MAX_PER_TENANT + 5 {
+            if let Claim::New(guard) =
+                keys.claim(&acme, &lobby, &format!("k{i}"), digest(b"x"), now)
+            {
+                guard.done(None);
+            }
+        }
+        assert_eq!(keys.total(), MAX_PER_TENANT + 1);
+        // acme's oldest went, its newest stayed, globex's is untouched.
+        assert!(matches!(
+            keys.claim(&acme, &lobby, "k0", digest(b"x"), now),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            keys.claim(
+                &acme,
+                &lobby,
+                &format!("k{}", MAX_PER_TENANT + 4),
+                digest(b"x"),
+                now
+            ),
+            Claim::Done(None)
+        ));
+        assert!(matches!(
+            keys.claim(&globex, &lobby, "kept", digest(b"x"), now),
+            Claim::Done(p) if p == position(1)
+        ));
+    }
+
+    #[test]
+    fn all_tenants_together_stay_within_the_bound() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (lobby, now) = (room("lobby"), Instant::now());
+        let tenants = MAX_ENTRIES / MAX_PER_TENANT + 2;
+        for t in 0..tenants {
+            let tenant = tenant(&format!("t{t}"));
+            for i in 0..MAX_PER_TENANT {
+                if let Claim::New(guard) =
+                    keys.claim(&tenant, &lobby, &format!("{i}"), digest(b"x"), now)
+                {
+                    guard.done(None);
+                }
+            }
+        }
+        assert_eq!(keys.total(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn keys_are_short_visible_ascii() {
+        assert_eq!(check_key(b"order-17 retry"), Ok("order-17 retry"));
+        assert!(check_key(b"").is_err());
+        assert!(check_key(&[b'a'; MAX_KEY_LEN + 1]).is_err());
+        assert!(check_key(b"a\tb").is_err());
+        assert!(check_key("é".as_bytes()).is_err());
+    }
+}
