@@ -170,21 +170,31 @@ async fn serve_hooks(nats: async_nats::Client, mut hooks: async_nats::Subscriber
     }
 }
 
-/// The order's life, as events in its room, through Quiver's HTTP API.
+/// The order's life, as events in its room, through Quiver's HTTP API. A failed request is
+/// retried with the same `Idempotency-Key`, so a status whose answer was lost is not published
+/// twice.
 async fn publish_statuses(http: reqwest::Client, settings: Settings, id: String) {
+    const ATTEMPTS: u32 = 3;
     let url = format!("{}/api/v1/publish/order.{id}", settings.api_url);
     for status in STATUSES {
         tokio::time::sleep(settings.step).await;
         let body = json!({ "order": id, "status": status }).to_string();
-        let sent = http
-            .post(&url)
-            .bearer_auth(&settings.token)
-            .body(body)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status());
-        if let Err(e) = sent {
-            warn!(%id, status, error = %e.without_url(), "status not published");
+        for attempt in 1..=ATTEMPTS {
+            let sent = http
+                .post(&url)
+                .bearer_auth(&settings.token)
+                .header("Idempotency-Key", format!("order-{id}-{status}"))
+                .body(body.clone())
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            match sent {
+                Ok(_) => break,
+                Err(e) if attempt == ATTEMPTS => {
+                    warn!(%id, status, error = %e.without_url(), "status not published");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+            }
         }
     }
 }
