@@ -241,6 +241,7 @@ impl Server {
             Some(nats) => Some(crate::control::connect(nats).await?),
             None => None,
         };
+        let idempotency_nats = control_nats.clone();
         let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
         let revocations = Arc::new(crate::revocation::Revocations::default());
         let control = Arc::new(crate::control::Control::new(
@@ -267,7 +268,7 @@ impl Server {
             registry,
             control: control.clone(),
             revocations,
-            idempotency: Default::default(),
+            idempotency: Arc::new(crate::idempotency::IdempotencyKeys::new(idempotency_nats)),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,

@@ -643,3 +643,72 @@ async fn a_retried_publication_with_an_idempotency_key_is_published_once() -> an
     assert_eq!(live.payload().await?, Bytes::from_static(b"last"));
     Ok(())
 }
+
+/// With NATS the instances share idempotency keys: a retry that a load balancer sends to
+/// another instance gets the first answer and publishes nothing.
+#[tokio::test]
+async fn an_idempotency_key_holds_across_instances() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        configure(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let mut on_b = Raw::connect(&b, &full_token("acme", "s")).await?;
+    let mut history = on_b.subscribe("h.x").await?;
+    let mut live = on_b.subscribe("news.y").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    for room in ["h.x", "news.y"] {
+        let (status, first) = publish_keyed(&a, room, ACME, &["pay-9"], "once").await?;
+        assert_eq!(status, 200, "{first}");
+        let (status, again) = publish_keyed(&b, room, ACME, &["pay-9"], "once").await?;
+        assert_eq!((status, &again), (200, &first), "{room}: the repeat on b");
+        let (status, reused) = publish_keyed(&b, room, ACME, &["pay-9"], "other").await?;
+        assert_eq!(status, 422, "{reused}");
+        // Another tenant's same key is its own.
+        let (status, _) = publish_keyed(&b, room, OTHER, &["pay-9"], "once").await?;
+        assert_eq!(status, 200);
+        let (status, _) = publish_keyed(&a, room, ACME, &[], "next").await?;
+        assert_eq!(status, 200);
+    }
+    for stream in [&mut history, &mut live] {
+        assert_eq!(stream.payload().await?, Bytes::from_static(b"once"));
+        assert_eq!(stream.payload().await?, Bytes::from_static(b"next"));
+    }
+
+    // A claim left unfinished (its instance died while publishing): a repeat is told to retry,
+    // until the claim is older than the takeover time; then the repeat publishes.
+    use quiver_server::idempotency::{self, cluster};
+    let kv = async_nats::jetstream::new(async_nats::connect(nats.url()).await?)
+        .get_key_value("quiver_idempotency")
+        .await?;
+    let tenant = quiver_proto::TenantId::parse("acme")?;
+    let room = quiver_proto::RoomName::parse("news.y")?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let digest = hex::encode(idempotency::digest(b"orphan"));
+    for (key, age, status) in [
+        ("fresh", Duration::ZERO, 409),
+        ("stale", cluster::TAKEOVER + Duration::from_secs(1), 200),
+    ] {
+        let at_ms = now_ms - age.as_millis() as u64;
+        let record = json!({"digest": digest, "at_ms": at_ms, "done": false, "position": null});
+        kv.put(
+            cluster::bucket_key(&tenant, &room, key),
+            record.to_string().into(),
+        )
+        .await?;
+        let (got, answer) = publish_keyed(&a, "news.y", ACME, &[key], "orphan").await?;
+        assert_eq!(got, status, "{key}: {answer}");
+    }
+    assert_eq!(live.payload().await?, Bytes::from_static(b"orphan"));
+    let (status, _) = publish_keyed(&b, "news.y", ACME, &["stale"], "orphan").await?;
+    assert_eq!(status, 200, "the takeover's publication is recorded");
+    let (status, _) = publish_keyed(&a, "news.y", ACME, &[], "last").await?;
+    assert_eq!(status, 200);
+    assert_eq!(live.payload().await?, Bytes::from_static(b"last"));
+    Ok(())
+}

@@ -134,10 +134,12 @@ async fn publish_once(
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
     let now = std::time::Instant::now();
-    match shared
+    let claim = shared
         .idempotency
         .claim(&key.tenant, &key.room, once, digest, now)
-    {
+        .await
+        .map_err(ApiError::unavailable)?;
+    match claim {
         Claim::Done(position) => Ok(position),
         Claim::InProgress => Err(ApiError::new(
             Code::IdempotencyInProgress,
@@ -150,9 +152,16 @@ async fn publish_once(
         Claim::New(guard) => {
             let shared = shared.clone();
             let publication = tokio::spawn(async move {
-                let position = publish_one(&shared, key, payload).await?;
-                guard.done(position);
-                Ok(position)
+                match publish_one(&shared, key, payload).await {
+                    Ok(position) => {
+                        guard.done(position).await;
+                        Ok(position)
+                    }
+                    Err(e) => {
+                        guard.forget().await;
+                        Err(e)
+                    }
+                }
             });
             publication
                 .await

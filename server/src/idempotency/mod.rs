@@ -4,12 +4,15 @@
 //!
 //! The unit is one room: (tenant, room, key). A broadcast retried with the same key publishes
 //! only into the rooms the first attempt did not reach. Entries live for [`WINDOW`] after their
-//! publication (as Centrifugo's do) and are kept by the instance that served the request: a
-//! retry that a load balancer sends to another instance publishes again (README, "Backend API").
+//! claim (as Centrifugo's do). Each instance keeps the keys it served here, so its own repeats
+//! are answered without a round trip; with NATS the cluster shares them too (`cluster.rs`), so a
+//! retry that a load balancer sends to another instance is recognised as well.
 //!
-//! Bounds: at most [`MAX_PER_TENANT`] entries per tenant (its oldest go first, so one tenant's
+//! Bounds here: at most [`MAX_PER_TENANT`] entries per tenant (its oldest go first, so one tenant's
 //! keys never push out another's) and [`MAX_ENTRIES`] in all (past it, the oldest entry of the
 //! tenant holding most goes).
+
+pub mod cluster;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -61,6 +64,8 @@ pub enum Claim {
 #[derive(Default)]
 pub struct IdempotencyKeys {
     inner: Mutex<Inner>,
+    /// With NATS: the keys every instance shares.
+    cluster: Option<cluster::ClusterKeys>,
 }
 
 #[derive(Default)]
@@ -126,12 +131,53 @@ impl TenantKeys {
 }
 
 impl IdempotencyKeys {
+    pub fn new(nats: Option<async_nats::Client>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            cluster: nats.map(cluster::ClusterKeys::new),
+        }
+    }
+
+    /// Claims `key` for a publication into `room` of the payload with this [`digest`]: here,
+    /// then (when this instance has not seen the key) across the cluster. `Err` when the
+    /// cluster's record cannot be reached.
+    pub async fn claim(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        room: &RoomName,
+        key: &str,
+        digest: [u8; 32],
+        now: Instant,
+    ) -> Result<Claim, String> {
+        let mut guard = match self.claim_here(tenant, room, key, digest, now) {
+            Claim::New(guard) => guard,
+            known => return Ok(known),
+        };
+        let Some(cluster) = &self.cluster else {
+            return Ok(Claim::New(guard));
+        };
+        let bucket_key = cluster::bucket_key(tenant, room, key);
+        // On every answer but `Claimed`, dropping the guard forgets the local claim again.
+        Ok(match cluster.claim(&bucket_key, &digest).await? {
+            cluster::Remote::Claimed => {
+                guard.cluster_key = Some(bucket_key);
+                Claim::New(guard)
+            }
+            cluster::Remote::Done(position) => {
+                guard.done_here(position);
+                Claim::Done(position)
+            }
+            cluster::Remote::InProgress => Claim::InProgress,
+            cluster::Remote::Mismatch => Claim::Mismatch,
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims `key` for a publication into `room` of the payload with this [`digest`].
-    pub fn claim(
+    /// Claims `key` on this instance.
+    fn claim_here(
         self: &Arc<Self>,
         tenant: &TenantId,
         room: &RoomName,
@@ -175,6 +221,8 @@ impl IdempotencyKeys {
             tenant: tenant.clone(),
             slot: Some(slot),
             claimed: now,
+            digest,
+            cluster_key: None,
         })
     }
 
@@ -207,11 +255,31 @@ pub struct Guard {
     /// `None` once done.
     slot: Option<Slot>,
     claimed: Instant,
+    digest: [u8; 32],
+    /// The key in the cluster's bucket, when this instance claimed it there.
+    cluster_key: Option<String>,
 }
 
 impl Guard {
-    /// The publication went out at `position`: repeats get it from now on.
-    pub fn done(mut self, position: Option<Position>) {
+    /// The publication went out at `position`: repeats get it from now on, here at once and on
+    /// the other instances once the cluster's record says so.
+    pub async fn done(mut self, position: Option<Position>) {
+        self.done_here(position);
+        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &self.cluster_key) {
+            if let Err(e) = cluster.done(key, &self.digest, position).await {
+                tracing::warn!(error = %e, "idempotency key not recorded for the cluster");
+            }
+        }
+    }
+
+    /// The publication failed: forget the key everywhere, so a retry publishes.
+    pub async fn forget(self) {
+        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &self.cluster_key) {
+            cluster.forget(key).await;
+        }
+    }
+
+    fn done_here(&mut self, position: Option<Position>) {
         let Some(slot) = self.slot.take() else { return };
         let mut inner = self.keys.lock();
         let entry = inner
@@ -225,7 +293,7 @@ impl Guard {
 }
 
 impl Drop for Guard {
-    /// Not done: forget the key, so a retry publishes.
+    /// Not done: forget the key here, so a retry publishes.
     fn drop(&mut self) {
         let Some(slot) = self.slot.take() else { return };
         let mut inner = self.keys.lock();
@@ -264,29 +332,30 @@ mod tests {
     fn a_repeat_gets_the_first_position_and_a_different_payload_is_refused() {
         let keys = Arc::new(IdempotencyKeys::default());
         let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
-        let Claim::New(guard) = keys.claim(&acme, &lobby, "k1", digest(b"hello"), now) else {
+        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now)
+        else {
             panic!("first use is new");
         };
         assert!(matches!(
-            keys.claim(&acme, &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now),
             Claim::InProgress
         ));
-        guard.done(position(3));
+        guard.done_here(position(3));
         assert!(matches!(
-            keys.claim(&acme, &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now),
             Claim::Done(p) if p == position(3)
         ));
         assert!(matches!(
-            keys.claim(&acme, &lobby, "k1", digest(b"other"), now),
+            keys.claim_here(&acme, &lobby, "k1", digest(b"other"), now),
             Claim::Mismatch
         ));
         // Another room, another tenant: other slots.
         assert!(matches!(
-            keys.claim(&acme, &room("other"), "k1", digest(b"hello"), now),
+            keys.claim_here(&acme, &room("other"), "k1", digest(b"hello"), now),
             Claim::New(_)
         ));
         assert!(matches!(
-            keys.claim(&tenant("globex"), &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(&tenant("globex"), &lobby, "k1", digest(b"hello"), now),
             Claim::New(_)
         ));
     }
@@ -295,14 +364,14 @@ mod tests {
     fn a_failed_publication_forgets_its_key_and_entries_expire() {
         let keys = Arc::new(IdempotencyKeys::default());
         let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
-        drop(keys.claim(&acme, &lobby, "k", digest(b"x"), now));
+        drop(keys.claim_here(&acme, &lobby, "k", digest(b"x"), now));
         assert_eq!(keys.total(), 0);
-        let Claim::New(guard) = keys.claim(&acme, &lobby, "k", digest(b"x"), now) else {
+        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k", digest(b"x"), now) else {
             panic!("forgotten key is new again");
         };
-        guard.done(None);
+        guard.done_here(None);
         assert!(matches!(
-            keys.claim(
+            keys.claim_here(
                 &acme,
                 &lobby,
                 "k",
@@ -311,10 +380,11 @@ mod tests {
             ),
             Claim::Done(None)
         ));
-        let Claim::New(guard) = keys.claim(&acme, &lobby, "k", digest(b"x"), now + WINDOW) else {
+        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k", digest(b"x"), now + WINDOW)
+        else {
             panic!("expired key is new again");
         };
-        guard.done(None);
+        guard.done_here(None);
         assert_eq!(keys.total(), 1);
     }
 
@@ -327,24 +397,24 @@ mod tests {
             room("lobby"),
             Instant::now(),
         );
-        if let Claim::New(guard) = keys.claim(&globex, &lobby, "kept", digest(b"x"), now) {
-            guard.done(position(1));
+        if let Claim::New(mut guard) = keys.claim_here(&globex, &lobby, "kept", digest(b"x"), now) {
+            guard.done_here(position(1));
         }
         for i in 0..MAX_PER_TENANT + 5 {
-            if let Claim::New(guard) =
-                keys.claim(&acme, &lobby, &format!("k{i}"), digest(b"x"), now)
+            if let Claim::New(mut guard) =
+                keys.claim_here(&acme, &lobby, &format!("k{i}"), digest(b"x"), now)
             {
-                guard.done(None);
+                guard.done_here(None);
             }
         }
         assert_eq!(keys.total(), MAX_PER_TENANT + 1);
         // acme's oldest went, its newest stayed, globex's is untouched.
         assert!(matches!(
-            keys.claim(&acme, &lobby, "k0", digest(b"x"), now),
+            keys.claim_here(&acme, &lobby, "k0", digest(b"x"), now),
             Claim::New(_)
         ));
         assert!(matches!(
-            keys.claim(
+            keys.claim_here(
                 &acme,
                 &lobby,
                 &format!("k{}", MAX_PER_TENANT + 4),
@@ -354,7 +424,7 @@ mod tests {
             Claim::Done(None)
         ));
         assert!(matches!(
-            keys.claim(&globex, &lobby, "kept", digest(b"x"), now),
+            keys.claim_here(&globex, &lobby, "kept", digest(b"x"), now),
             Claim::Done(p) if p == position(1)
         ));
     }
@@ -367,10 +437,10 @@ mod tests {
         for t in 0..tenants {
             let tenant = tenant(&format!("t{t}"));
             for i in 0..MAX_PER_TENANT {
-                if let Claim::New(guard) =
-                    keys.claim(&tenant, &lobby, &format!("{i}"), digest(b"x"), now)
+                if let Claim::New(mut guard) =
+                    keys.claim_here(&tenant, &lobby, &format!("{i}"), digest(b"x"), now)
                 {
-                    guard.done(None);
+                    guard.done_here(None);
                 }
             }
         }
