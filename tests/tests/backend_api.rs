@@ -42,6 +42,18 @@ fn configure(c: &mut quiver_server::Config) {
     }
 }
 
+/// Two instances of the test configuration clustered over `nats`.
+async fn two_instances(nats: &NatsServer) -> anyhow::Result<(TestServer, TestServer)> {
+    let clustered = |c: &mut quiver_server::Config| {
+        configure(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    };
+    Ok((
+        TestServer::start_with(clustered).await?,
+        TestServer::start_with(clustered).await?,
+    ))
+}
+
 /// Asserts an error answer: its status and its stable code.
 async fn refused(
     server: &TestServer,
@@ -477,12 +489,7 @@ async fn rooms_and_info_of_one_instance_by_tenant() -> anyhow::Result<()> {
 #[tokio::test]
 async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let clustered = |c: &mut quiver_server::Config| {
-        configure(c);
-        c.nats = Some(NatsConfig::new(nats.url()));
-    };
-    let a = TestServer::start_with(clustered).await?;
-    let b = TestServer::start_with(clustered).await?;
+    let (a, b) = two_instances(&nats).await?;
     let mut on_a = Raw::connect(&a, &full_token("acme", "bob")).await?;
     let mut on_b = Raw::connect(&b, &full_token("acme", "alice")).await?;
     let _bob_room = on_a.subscribe("room.x").await?;
@@ -649,12 +656,7 @@ async fn a_retried_publication_with_an_idempotency_key_is_published_once() -> an
 #[tokio::test]
 async fn an_idempotency_key_holds_across_instances() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let clustered = |c: &mut quiver_server::Config| {
-        configure(c);
-        c.nats = Some(NatsConfig::new(nats.url()));
-    };
-    let a = TestServer::start_with(clustered).await?;
-    let b = TestServer::start_with(clustered).await?;
+    let (a, b) = two_instances(&nats).await?;
     let mut on_b = Raw::connect(&b, &full_token("acme", "s")).await?;
     let mut history = on_b.subscribe("h.x").await?;
     let mut live = on_b.subscribe("news.y").await?;
