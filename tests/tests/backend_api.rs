@@ -602,6 +602,8 @@ async fn a_retried_publication_with_an_idempotency_key_is_published_once() -> an
         (200, &first),
         "a repeat gets the first position"
     );
+    let page = server.metrics().await?;
+    assert_eq!(metric(&page, "quiver_api_idempotent_repeats_total"), 1.0);
     // The same key for a different payload is a mistake, not a repeat.
     let (status, reused) = publish_keyed(&server, "h.x", ACME, &["order-1"], "two").await?;
     assert_eq!(status, 422, "{reused}");

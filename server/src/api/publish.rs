@@ -140,7 +140,10 @@ async fn publish_once(
         .await
         .map_err(ApiError::unavailable)?;
     match claim {
-        Claim::Done(position) => Ok(position),
+        Claim::Done(position) => {
+            metrics::counter!(m::API_IDEMPOTENT_REPEATS).increment(1);
+            Ok(position)
+        }
         Claim::InProgress => Err(ApiError::new(
             Code::IdempotencyInProgress,
             "a request with this Idempotency-Key is still publishing into this room; retry",

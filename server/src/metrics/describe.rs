@@ -40,6 +40,7 @@ pub(super) fn register_zeros() {
         COMMANDS,
         DELIVERY_BYTES,
         PRESENCE_TRUNCATED,
+        API_IDEMPOTENT_REPEATS,
         DATAGRAMS_SENT,
         DATAGRAMS_RECEIVED,
         LATEST_CONFLATED,
@@ -196,6 +197,11 @@ pub(super) fn describe() {
     describe_counter!(
         PRESENCE_TRUNCATED,
         "Presence replies cut short to fit the frame limit"
+    );
+    describe_counter!(
+        API_IDEMPOTENT_REPEATS,
+        "Backend API publications not published again: the Idempotency-Key was seen (answered \
+         with the first position)"
     );
     describe_gauge!(
         HISTORY_BYTES,
