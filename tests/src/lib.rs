@@ -178,6 +178,18 @@ pub fn token(tenant: &str, user: &str, sub: &[&str], publ: &[&str], ttl_secs: i6
     sign_hs256(SECRET.as_bytes(), &claims).expect("signing works")
 }
 
+/// A token allowed everything in its tenant that expires at `exp` (Unix seconds; any u64).
+pub fn token_expiring_at(tenant: &str, user: &str, exp: u64) -> String {
+    let claims = Claims {
+        sub: user.into(),
+        tenant: tenant.into(),
+        exp,
+        subscribe: vec![">".into()],
+        publish: vec![">".into()],
+    };
+    sign_hs256(SECRET.as_bytes(), &claims).expect("signing works")
+}
+
 /// A token allowed everything in its tenant, with a `jti` (a token id, for revocation).
 pub fn token_with_jti(tenant: &str, user: &str, jti: &str, ttl_secs: i64) -> String {
     #[derive(serde::Serialize)]

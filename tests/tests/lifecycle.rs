@@ -221,7 +221,37 @@ async fn shutdown_says_goodbye_and_oversized_payloads_are_refused(via: Via) -> a
     Ok(())
 }
 
+/// `exp` may be any u64 ("never expires"): a session opens and refreshes with it, keeps
+/// working, and when it closes leaves nothing behind. A deadline that far once overflowed and
+/// killed the session's task, leaving its subscriptions and presence for good (sixth audit).
+async fn a_token_that_never_expires_opens_and_refreshes_a_session(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let forever = token_expiring_at("acme", "v", u64::MAX);
+    let mut raw = Raw::connect_via(via, &server, &forever).await?;
+    let mut room = raw.subscribe("news").await?;
+    let reply = raw.request(Command::Refresh { token: forever }).await?;
+    assert!(
+        matches!(
+            reply,
+            Event::Refreshed {
+                expires_at: Some(u64::MAX)
+            }
+        ),
+        "{reply:?}"
+    );
+    assert!(matches!(raw.request(Command::Ping).await?, Event::Pong));
+    raw.publish("news", b"still here").await?;
+    assert_eq!(
+        room.payload().await?,
+        bytes::Bytes::from_static(b"still here")
+    );
+    raw.close().await;
+    wait_metric(&server, "quiver_subscriptions_active", &[], |v| v == 0.0).await?;
+    Ok(())
+}
+
 over_both_transports!(
+    a_token_that_never_expires_opens_and_refreshes_a_session,
     an_expired_token_ends_the_session_and_a_refreshed_one_does_not,
     going_over_the_command_rate_is_refused_then_closed,
     shutdown_says_goodbye_and_oversized_payloads_are_refused,

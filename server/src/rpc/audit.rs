@@ -13,7 +13,7 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
     info!(
         target: "quiver::audit",
         kind = "call",
-        user = %caller.user,
+        user = caller.user.as_str(),
         tenant = %caller.tenant,
         session = %caller.session,
         method = %req.method,
@@ -37,7 +37,7 @@ pub fn hook(
     info!(
         target: "quiver::audit",
         kind = hook.label(),
-        user = %caller.user,
+        user = caller.user.as_str(),
         tenant = %caller.tenant,
         session = %caller.session,
         room = %room,

@@ -152,7 +152,9 @@ pub async fn run(
     let slot = Slot::open(shared.clone(), transport);
     let tenant = grant.tenant.to_string();
     shared.recent_users.opened(&tenant, &grant.user, transport);
-    info!(session = %id, user = %grant.user, tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
+    // `user` is the token's `sub`, any string: as a `&str` field the text format quotes and
+    // escapes it (a newline in it cannot forge a log line) and JSON keeps it a plain string.
+    info!(session = %id, user = grant.user.as_str(), tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
 
     let meter = Meter::new(&shared.config.limits);
     let quota = shared.tenant_quotas.open_session(&grant.tenant);
@@ -546,6 +548,11 @@ async fn next_ended(
 }
 
 fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
-    let left = expires_at.saturating_sub(unix_now());
-    tokio::time::Instant::now() + Duration::from_secs(left)
+    // A token may name any `exp` up to u64::MAX ("never expires"), and an Instant that far
+    // overflows (a panic in the session's task, which once left its subscriptions behind):
+    // past 30 years, the deadline is 30 years (as tokio's own far-future sleep).
+    const FAR: u64 = 30 * 365 * 86_400;
+    let left = expires_at.saturating_sub(unix_now()).min(FAR);
+    let now = tokio::time::Instant::now();
+    now.checked_add(Duration::from_secs(left)).unwrap_or(now)
 }
