@@ -225,7 +225,13 @@ async fn shutdown_says_goodbye_and_oversized_payloads_are_refused(via: Via) -> a
 /// working, and when it closes leaves nothing behind. A deadline that far once overflowed and
 /// killed the session's task, leaving its subscriptions and presence for good (sixth audit).
 async fn a_token_that_never_expires_opens_and_refreshes_a_session(via: Via) -> anyhow::Result<()> {
-    let server = TestServer::start().await?;
+    // One session and one subscription for the tenant: the next session can only open and
+    // subscribe once this one has given both back.
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.max_sessions = 1;
+        c.quotas.tenant.max_subscriptions = 1;
+    })
+    .await?;
     let forever = token_expiring_at("acme", "v", u64::MAX);
     let mut raw = Raw::connect_via(via, &server, &forever).await?;
     let mut room = raw.subscribe("news").await?;
@@ -246,8 +252,20 @@ async fn a_token_that_never_expires_opens_and_refreshes_a_session(via: Via) -> a
         bytes::Bytes::from_static(b"still here")
     );
     raw.close().await;
-    wait_metric(&server, "quiver_subscriptions_active", &[], |v| v == 0.0).await?;
-    Ok(())
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let next = async {
+            let mut next = Raw::connect_via(via, &server, &full_token("acme", "w")).await?;
+            next.subscribe("news").await
+        };
+        match next.await {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                anyhow::bail!("the session's quota was never given back: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 over_both_transports!(

@@ -14,11 +14,13 @@ mod publishing;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use quiver_proto::{
     encode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, Limits, RoomName, ServerFrame,
     PROTOCOL_VERSION,
@@ -183,7 +185,18 @@ pub async fn run(
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);
-            session.drive(inbound, kicks).await
+            // A bug that panics while serving one session must still free what the session
+            // holds (subscriptions, presence, quota: `release` below) and say goodbye.
+            match AssertUnwindSafe(session.drive(inbound, kicks))
+                .catch_unwind()
+                .await
+            {
+                Ok(exit) => exit,
+                Err(_) => {
+                    tracing::error!(session = %id, "session task panicked; closing it");
+                    Exit::Close(CloseCode::ServerError, "internal error".into())
+                }
+            }
         }
         Err(e) => {
             info!(session = %id, reason = %e, "session over its tenant's quota");
