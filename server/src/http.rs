@@ -22,17 +22,47 @@ use crate::server::Shared;
 const DEMO_TOKEN_TTL: u64 = 300;
 pub const DEMO_TENANT: &str = "demo";
 
-/// Every HTTP route, for the plain listener and the TLS one alike.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// Which TCP listener a router serves: what each may show differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// The plain `http` port on a loopback address: everything but TLS.
+    LocalHttp,
+    /// The plain `http` port on any other address: health, readiness and metrics only. Tokens
+    /// and API keys never cross a network in clear text.
+    RemoteHttp,
+    /// The `https` port (a real certificate): everything but `/metrics`, which lists every
+    /// tenant and is for the operator's scraper on the `http` port, not for the public.
+    Https,
+}
+
+impl Listener {
+    /// The plain listener bound to `addr`.
+    pub fn http(addr: std::net::SocketAddr) -> Self {
+        if addr.ip().is_loopback() {
+            Listener::LocalHttp
+        } else {
+            Listener::RemoteHttp
+        }
+    }
+}
+
+/// The HTTP routes a listener serves.
+pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .nest(crate::api::PREFIX, crate::api::router(&shared))
-        .route("/v1/ws", get(crate::transport::websocket::upgrade))
-        .route("/v1/sse", get(crate::transport::sse::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
+    if listener != Listener::Https {
+        app = app.route("/metrics", get(metrics));
+    }
+    if listener == Listener::RemoteHttp {
+        return app.with_state(shared);
+    }
+    app = app
+        .nest(crate::api::PREFIX, crate::api::router(&shared))
+        .route("/v1/ws", get(crate::transport::websocket::upgrade))
+        .route("/v1/sse", get(crate::transport::sse::stream));
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))
@@ -81,7 +111,16 @@ pub async fn drained(shared: &Shared) {
 
 /// Plain HTTP on `listener` (development, or the operator's `http` address): `crate::tcp`.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    let app = router(shared.clone());
+    let kind = listener
+        .local_addr()
+        .map_or(Listener::RemoteHttp, Listener::http);
+    if kind == Listener::RemoteHttp {
+        tracing::info!(
+            "the http listener is not on a loopback address: it serves /healthz, /readyz and \
+             /metrics only (sessions and the API need https, or http on loopback)"
+        );
+    }
+    let app = router(shared.clone(), kind);
     crate::tcp::serve(shared, listener, None, app).await;
 }
 
@@ -217,4 +256,24 @@ async fn bootstrap(
         "expires_at": expires_at,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::Listener;
+
+    #[test]
+    fn only_a_loopback_http_port_serves_sessions_and_the_api() {
+        for (addr, listener) in [
+            ("127.0.0.1:8080", Listener::LocalHttp),
+            ("127.0.0.2:8080", Listener::LocalHttp),
+            ("[::1]:8080", Listener::LocalHttp),
+            ("0.0.0.0:8080", Listener::RemoteHttp),
+            ("[::]:8080", Listener::RemoteHttp),
+            ("192.0.2.7:8080", Listener::RemoteHttp),
+        ] {
+            let addr = addr.parse().expect("an address");
+            assert_eq!(Listener::http(addr), listener, "{addr}");
+        }
+    }
 }

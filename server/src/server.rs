@@ -330,7 +330,7 @@ impl Server {
                     shared.clone(),
                     listener,
                     Some(tls),
-                    http::router(shared.clone()),
+                    http::router(shared.clone(), http::Listener::Https),
                 )));
                 addr
             }

@@ -730,19 +730,32 @@ async fn a_real_certificate_serves_https_and_wss_beside_http3() -> anyhow::Resul
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
 
+    let get = |path: &'static str| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
+            let mut tls = connector.connect(name, tcp).await?;
+            let request =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            tls.write_all(request.as_bytes()).await?;
+            let mut response = String::new();
+            tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await??;
+            anyhow::Ok(response)
+        }
+    };
     // HTTPS: health answers, and says where HTTP/3 is.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
-    let mut tls = connector.connect(name.clone(), tcp).await?;
-    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut response = String::new();
-    tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await??;
+    let response = get("/healthz").await?;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let alt_svc = format!("alt-svc: h3=\":{}\"", server.wt.port());
     assert!(
         response.to_ascii_lowercase().contains(&alt_svc),
         "{response}"
     );
+    // Metrics list every tenant: the operator's http port has them, the public port does not
+    // (sixth audit).
+    let response = get("/metrics").await?;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(server.metrics().await?.contains("quiver_sessions"));
 
     // wss: a full session.
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https.port())).await?;
