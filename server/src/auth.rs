@@ -264,6 +264,7 @@ impl Verifier {
     }
 
     fn verify_uncached(&self, token: &str, now: u64) -> Result<Grant, AuthError> {
+        check_members(token)?;
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).clone();
         let (key, validation) = match &*keys {
             Keys::One(one) => (&one.0, &one.1),
@@ -294,6 +295,76 @@ impl Verifier {
             return Err(AuthError::Expired);
         }
         grant_from(claims).map(|grant| Grant { jti, call, ..grant })
+    }
+}
+
+/// What jsonwebtoken lets through and a token must not have (PROTOCOL.md §6):
+/// - a member named twice, in the header or the claims: serde keeps the last, while an issuer or
+///   a gateway may read the first, and the two would disagree on the tenant;
+/// - a `crit` header (RFC 7515 §4.1.11): it lists extensions the verifier must understand, and
+///   this one understands none.
+///
+/// A segment that is not base64url JSON is left to jsonwebtoken, which refuses it.
+fn check_members(token: &str) -> Result<(), AuthError> {
+    use base64::Engine;
+    const BASE64URL: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    for (i, segment) in token.split('.').take(2).enumerate() {
+        let Ok(json) = BASE64URL.decode(segment) else {
+            continue;
+        };
+        let Ok(members) = serde_json::from_slice::<Members>(&json) else {
+            continue;
+        };
+        if members.repeated {
+            return Err(AuthError::Invalid(
+                "a header parameter or claim is named twice",
+            ));
+        }
+        if i == 0 && members.crit {
+            return Err(AuthError::Invalid(
+                "crit header: no extension is supported",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The member names of a JSON object, read without keeping any value.
+struct Members {
+    repeated: bool,
+    crit: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                let mut members = Members {
+                    repeated: false,
+                    crit: false,
+                };
+                while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    members.crit |= name == "crit";
+                    members.repeated |= !seen.insert(name);
+                }
+                Ok(members)
+            }
+        }
+        deserializer.deserialize_map(Visitor)
     }
 }
 

@@ -599,3 +599,33 @@ fn a_key_set_reload_empties_the_cache() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A claim or header parameter named twice is refused, whichever it is (serde would keep the
+/// last `tenant`, an issuer reading the first would not); so is any `crit` header.
+#[test]
+fn repeated_members_and_crit_headers_are_refused() {
+    let sign = |header: &str, body: &str| {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(body.as_bytes()));
+        let key = EncodingKey::from_secret(SECRET);
+        let signature =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{input}.{signature}")
+    };
+    let exp = unix_now() + 60;
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let body = |extra: &str| {
+        format!(r#"{{"sub":"alice","tenant":"acme","exp":{exp},"subscribe":[">"]{extra}}}"#)
+    };
+    let v = hs(&Checks::default());
+    assert!(v.verify(&sign(header, &body(""))).is_ok(), "the control");
+    for (header, body) in [
+        (header, body(r#","tenant":"bravo""#)),
+        (header, body(r#","subscribe":["x"]"#)),
+        (header, body(r#","jti":"a","jti":"b""#)),
+        (r#"{"alg":"HS256","typ":"JWT","typ":"JWT"}"#, body("")),
+        (r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, body("")),
+    ] {
+        let err = v.verify(&sign(header, &body)).unwrap_err();
+        assert!(matches!(err, AuthError::Invalid(_)), "{header} {body}: {err}");
+    }
+}
