@@ -14,9 +14,12 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::unix_now;
 
-/// Revocations kept at most; past it the ones expiring soonest are dropped first (they are the
-/// least useful), so an operator mistake cannot grow memory without bound.
+/// Revocations kept at most, in all and per tenant. Past a tenant's share its own revocations
+/// expiring soonest are dropped first (they are the least useful), so one tenant's API key can
+/// neither grow memory without bound nor push out another tenant's revocations; past the total,
+/// the tenant holding most gives one up.
 pub const MAX_ENTRIES: usize = 1_000_000;
+pub const MAX_PER_TENANT: usize = 100_000;
 
 /// The key of one revocation: tenant and the `jti`'s digest.
 pub fn key(tenant: &TenantId, jti: &str) -> String {
@@ -25,38 +28,79 @@ pub fn key(tenant: &TenantId, jti: &str) -> String {
 
 #[derive(Default)]
 pub struct Revocations {
-    /// `key()` → expiry (Unix seconds).
-    entries: Mutex<HashMap<String, u64>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Tenant → `key()` → expiry (Unix seconds).
+    tenants: HashMap<String, HashMap<String, u64>>,
+    total: usize,
+}
+
+/// Drops the entry of `entries` that expires soonest.
+fn drop_soonest(entries: &mut HashMap<String, u64>) -> usize {
+    let soonest = entries
+        .iter()
+        .min_by_key(|(_, exp)| **exp)
+        .map(|(k, _)| k.clone());
+    soonest.map_or(0, |k| usize::from(entries.remove(&k).is_some()))
 }
 
 impl Revocations {
-    /// Records a revocation until `until` (the token's `exp`).
+    /// Records a revocation until `until` (the token's `exp`). `key` is [`key()`]'s.
     pub fn insert(&self, key: String, until: u64) {
         let now = unix_now();
         if until <= now {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= MAX_ENTRIES {
+        let Some((tenant, _)) = key.split_once('.') else {
+            return;
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = &mut *inner;
+        let entries = inner.tenants.entry(tenant.to_owned()).or_default();
+        if !entries.contains_key(&key) && entries.len() >= MAX_PER_TENANT {
+            let before = entries.len();
             entries.retain(|_, exp| *exp > now);
-            if entries.len() >= MAX_ENTRIES {
-                if let Some(soonest) = entries
-                    .iter()
-                    .min_by_key(|(_, exp)| **exp)
-                    .map(|(k, _)| k.clone())
-                {
-                    entries.remove(&soonest);
+            inner.total -= before - entries.len();
+            if entries.len() >= MAX_PER_TENANT {
+                inner.total -= drop_soonest(entries);
+            }
+        }
+        if entries.insert(key, until).is_none() {
+            inner.total += 1;
+        }
+        if inner.total > MAX_ENTRIES {
+            let mut dropped = 0;
+            inner.tenants.retain(|_, entries| {
+                let before = entries.len();
+                entries.retain(|_, exp| *exp > now);
+                dropped += before - entries.len();
+                !entries.is_empty()
+            });
+            inner.total -= dropped;
+            if inner.total > MAX_ENTRIES {
+                if let Some(largest) = inner.tenants.values_mut().max_by_key(|e| e.len()) {
+                    inner.total -= drop_soonest(largest);
                 }
             }
         }
-        entries.insert(key, until);
     }
 
     pub fn is_revoked(&self, tenant: &TenantId, jti: &str) -> bool {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&key(tenant, jti))
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .tenants
+            .get(tenant.as_str())
+            .and_then(|entries| entries.get(&key(tenant, jti)))
             .is_some_and(|until| *until > unix_now())
+    }
+
+    #[cfg(test)]
+    fn len(&self, tenant: &str) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.tenants.get(tenant).map_or(0, HashMap::len)
     }
 }
 
@@ -78,5 +122,25 @@ mod tests {
         );
         assert!(!r.is_revoked(&acme, "old"), "expired tokens need no entry");
         assert!(!r.is_revoked(&acme, "t-2"));
+    }
+
+    #[test]
+    fn a_tenant_at_its_share_drops_its_own_soonest_and_never_another_tenants() {
+        let r = Revocations::default();
+        let (acme, other) = (
+            TenantId::parse("acme").unwrap(),
+            TenantId::parse("other").unwrap(),
+        );
+        let soon = unix_now() + 60;
+        r.insert(key(&other, "theirs"), soon);
+        r.insert(key(&acme, "first"), soon);
+        for i in 0..MAX_PER_TENANT + 10 {
+            r.insert(key(&acme, &format!("flood-{i}")), u64::MAX);
+        }
+        assert_eq!(r.len("acme"), MAX_PER_TENANT);
+        assert!(!r.is_revoked(&acme, "first"), "acme's soonest went first");
+        assert!(r.is_revoked(&acme, &format!("flood-{}", MAX_PER_TENANT + 9)));
+        assert!(r.is_revoked(&other, "theirs"), "other tenants keep theirs");
+        assert_eq!(r.inner.lock().unwrap().total, MAX_PER_TENANT + 1);
     }
 }
