@@ -325,9 +325,7 @@ fn check_members(token: &str) -> Result<(), AuthError> {
             ));
         }
         if i == 0 && members.crit {
-            return Err(AuthError::Invalid(
-                "crit header: no extension is supported",
-            ));
+            return Err(AuthError::Invalid("crit header: no extension is supported"));
         }
     }
     Ok(())

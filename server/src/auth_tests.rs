@@ -626,6 +626,9 @@ fn repeated_members_and_crit_headers_are_refused() {
         (r#"{"alg":"HS256","crit":["b64"],"b64":false}"#, body("")),
     ] {
         let err = v.verify(&sign(header, &body)).unwrap_err();
-        assert!(matches!(err, AuthError::Invalid(_)), "{header} {body}: {err}");
+        assert!(
+            matches!(err, AuthError::Invalid(_)),
+            "{header} {body}: {err}"
+        );
     }
 }
