@@ -703,6 +703,200 @@ async fn sse_sessions_count_and_end_when_the_reader_leaves() -> anyhow::Result<(
     Ok(())
 }
 
+/// Reads an SSE response up to its `goodbye`: the `error` and `unsubscribed` events before it
+/// (as `(event, room, label)`), the goodbye, and whether the response ended right after it.
+async fn until_goodbye(
+    sse: &mut SseReader,
+) -> anyhow::Result<(Vec<(String, String, String)>, Sse)> {
+    let mut lost = Vec::new();
+    loop {
+        let event = sse
+            .next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the response ended without a goodbye"))?;
+        match event.event.as_str() {
+            "goodbye" => {
+                anyhow::ensure!(
+                    sse.next().await?.is_none(),
+                    "the response goes on after the goodbye"
+                );
+                return Ok((lost, event));
+            }
+            "error" | "unsubscribed" => {
+                let text = |key: &str| event.data[key].as_str().unwrap_or_default().to_owned();
+                lost.push((event.event.clone(), text("room"), text("label")));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The SSE session of `tenant` is gone from the counts: the server's sessions are back to
+/// `sessions` and the tenant's (its quota, `quiver_tenant_sessions`) to `tenant_sessions`.
+async fn sse_session_released(
+    server: &TestServer,
+    tenant: &str,
+    sessions: usize,
+    tenant_sessions: f64,
+) -> anyhow::Result<()> {
+    let gauge = format!(r#"quiver_tenant_sessions{{tenant="{tenant}"}}"#);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = server.metrics().await?;
+        if server.sessions() == sessions && metric(&page, &gauge) == tenant_sessions {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the SSE session still counts: {} sessions, {gauge} {}",
+            server.sessions(),
+            metric(&page, &gauge)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sse_closed(page: &str, reason: &str) -> f64 {
+    metric_sum(
+        page,
+        "quiver_sessions_closed_total",
+        &[("transport", "sse"), ("reason", reason)],
+    )
+}
+
+/// An SSE request whose every room is refused has nothing to deliver: an `error` per room, then
+/// a `goodbye` that says not to come back by itself (3009), and the response ends at once
+/// rather than hold a session, and the tenant's session quota, until the token expires.
+#[tokio::test]
+async fn an_sse_request_whose_rooms_are_all_refused_says_goodbye_and_ends() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("sserefused", "reader", &["news.>"], &[], 3600);
+    let query = format!("token={t}&room=secret&room=other.a");
+    let (mut lost, bye) = tokio::time::timeout(WAIT, async {
+        let mut sse = SseReader::open(&server, &query, None).await?;
+        sse.expect("welcome").await?;
+        until_goodbye(&mut sse).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    lost.sort();
+    let refused = |room: &str| ("error".into(), room.into(), "permission_denied".into());
+    assert_eq!(lost, [refused("other.a"), refused("secret")]);
+    assert_eq!(bye.data["code"], CloseCode::Disconnected.as_u16());
+    assert_eq!(bye.data["label"], "disconnected");
+    assert_eq!(bye.data["reconnect"], false);
+    sse_session_released(&server, "sserefused", 0, 0.0).await?;
+    assert!(sse_closed(&server.metrics().await?, "disconnected") >= 1.0);
+    Ok(())
+}
+
+/// When the backend ends an SSE response's last subscription (`/api/v1/unsubscribe`), the
+/// response says goodbye (3009: reconnecting would resubscribe against the backend's word) and
+/// ends; while one room is left, it carries on.
+#[tokio::test]
+async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
+) -> anyhow::Result<()> {
+    const ADMIN: &str = "admin-key-0123456789abcdef0123456789";
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: ADMIN.into(),
+            tenant: None,
+        }]
+    })
+    .await?;
+    let tenant = "sseunsub";
+    let t = full_token(tenant, "reader");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a&room=b"), None).await?;
+    for _ in 0..2 {
+        sse.expect("subscribed").await?;
+    }
+    let unsubscribe = |room: &'static str| {
+        let url = format!("http://{}/api/v1/unsubscribe", server.http);
+        async move {
+            let body = serde_json::json!({"tenant": tenant, "user": "reader", "room": room});
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status() == 200,
+                "unsubscribe: {}",
+                response.status()
+            );
+            anyhow::Ok(())
+        }
+    };
+
+    unsubscribe("a").await?;
+    let ended = sse.expect("unsubscribed").await?;
+    assert_eq!(ended.data["room"], "a");
+    assert_eq!(ended.data["label"], "unsubscribed");
+    // One room left: the response goes on.
+    let mut publ = Raw::connect(&server, &full_token(tenant, "p")).await?;
+    publ.publish("b", b"still here").await?;
+    assert_eq!(payload_of(&sse.expect("publication").await?), b"still here");
+    assert_eq!(server.sessions(), 2);
+
+    unsubscribe("b").await?;
+    let (lost, bye) = tokio::time::timeout(WAIT, until_goodbye(&mut sse))
+        .await
+        .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    assert_eq!(
+        lost,
+        [("unsubscribed".into(), "b".into(), "unsubscribed".into())]
+    );
+    assert_eq!(bye.data["code"], CloseCode::Disconnected.as_u16());
+    assert_eq!(bye.data["reconnect"], false);
+    // Only the publisher is left.
+    sse_session_released(&server, tenant, 1, 1.0).await?;
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// An SSE reader that fell behind loses its room (`slow_consumer`); with no room left, the
+/// response says goodbye with a code to reconnect (and resume) after, 3010 `not_reading`.
+#[tokio::test]
+async fn an_sse_response_whose_last_room_falls_behind_says_goodbye_to_reconnect(
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 16;
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let tenant = "sseslow";
+    let t = full_token(tenant, "reader");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=feed"), None).await?;
+    sse.expect("subscribed").await?;
+    // The reader stops reading while far more than every buffer between (the response's
+    // queue, the sockets) can hold is published, then reads again.
+    let mut publ = Raw::connect(&server, &full_token(tenant, "p")).await?;
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    for _ in 0..1600 {
+        publ.send(Command::Publish {
+            room: "feed".into(),
+            payload: payload.clone(),
+            ack: false,
+        })
+        .await?;
+    }
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    let (lost, bye) = tokio::time::timeout(3 * WAIT, until_goodbye(&mut sse))
+        .await
+        .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    assert_eq!(
+        lost,
+        [("unsubscribed".into(), "feed".into(), "slow_consumer".into())]
+    );
+    assert_eq!(bye.data["code"], CloseCode::NotReading.as_u16());
+    assert_eq!(bye.data["label"], "not_reading");
+    assert_eq!(bye.data["reconnect"], true);
+    sse_session_released(&server, tenant, 1, 1.0).await?;
+    assert!(sse_closed(&server.metrics().await?, "not_reading") >= 1.0);
+    Ok(())
+}
+
 /// With a real certificate the TCP listener serves HTTPS and wss with it, on the UDP port's
 /// number, and advertises HTTP/3 with `Alt-Svc`.
 #[tokio::test]

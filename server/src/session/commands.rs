@@ -315,6 +315,7 @@ impl Session {
             return;
         };
         self.drop_sub(sub).await;
+        self.subscription_lost(ErrorCode::Unsubscribed);
         debug!(session = %self.id, %room, "unsubscribed by the backend");
         self.reply(
             0,
@@ -341,6 +342,7 @@ impl Session {
         };
         self.drop_sub(sub).await;
         if let Some((code, reason)) = end.cause {
+            self.subscription_lost(code);
             if code == ErrorCode::StreamStopped {
                 debug!(session = %self.id, %room, "client stopped the subscription stream");
             } else {

@@ -11,6 +11,7 @@ mod commands;
 mod datagrams;
 mod meter;
 mod publishing;
+mod read_only;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,6 +138,9 @@ pub struct Session {
     /// Counted per session, so an id says nothing about other sessions (or tenants); the hub's
     /// own id (`Shared::next_sub_id`) is never shown.
     last_wire_id: u64,
+    /// Set for a read-only session (SSE), which ends once it has no subscription left
+    /// (`read_only.rs`).
+    read_only: Option<read_only::ReadOnly>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -147,6 +151,32 @@ pub async fn run(
     link: Link,
     inbound: queue::Receiver<Inbound>,
     out: queue::Sender<Bytes>,
+) -> End {
+    run_session(shared, grant, link, inbound, out, None).await
+}
+
+/// Runs a read-only session (SSE): the adapter has queued `Hello` and then `subscribes`
+/// `Subscribe` commands on `inbound`, and sends no other command. Once those have run and no
+/// subscription is left, the session ends with a goodbye (`read_only.rs`).
+pub async fn run_read_only(
+    shared: Arc<Shared>,
+    grant: Grant,
+    link: Link,
+    inbound: queue::Receiver<Inbound>,
+    out: queue::Sender<Bytes>,
+    subscribes: u32,
+) -> End {
+    let read_only = Some(read_only::ReadOnly::new(subscribes));
+    run_session(shared, grant, link, inbound, out, read_only).await
+}
+
+async fn run_session(
+    shared: Arc<Shared>,
+    grant: Grant,
+    link: Link,
+    inbound: queue::Receiver<Inbound>,
+    out: queue::Sender<Bytes>,
+    read_only: Option<read_only::ReadOnly>,
 ) -> End {
     let id = format!("{:x}", rand::random::<u64>());
     let transport = link.transport.label();
@@ -175,6 +205,7 @@ pub async fn run(
         tally: Arc::default(),
         calls: tokio::task::JoinSet::new(),
         last_wire_id: 0,
+        read_only,
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -302,6 +333,7 @@ impl Session {
                         if let Some(exit) = Box::pin(self.command(*frame, arrived)).await {
                             return exit;
                         }
+                        self.command_ran();
                     }
                     Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived) {
                         Ok(true) => self.refuse(id, Refusal::new(ErrorCode::UnknownCommand, format!("unknown command type {kind}"))).await,
@@ -326,6 +358,9 @@ impl Session {
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
                 return Exit::Close(CloseCode::NotReading, "replies not read".into());
+            }
+            if let Some(exit) = self.nothing_left() {
+                return exit;
             }
         }
     }

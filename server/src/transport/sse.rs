@@ -1,10 +1,12 @@
 //! The Server-Sent Events adapter (`GET /v1/sse`, PROTOCOL.md §9.3): read-only sessions for
 //! clients behind proxies that break WebSocket upgrades.
 //!
-//! The session core runs unchanged: this adapter feeds it the `Hello` and one `Subscribe` per
-//! `room` parameter (resuming from `Last-Event-ID`), then turns the frames it writes into SSE
-//! events with JSON data. The client can send nothing else; the session lives as long as the
-//! response.
+//! The session core runs as for any client: this adapter feeds it the `Hello` and one
+//! `Subscribe` per `room` parameter (resuming from `Last-Event-ID`), then turns the frames it
+//! writes into SSE events with JSON data. The client can send nothing else; the session lives
+//! as long as the response, and the response as long as the session. The session is read-only
+//! (`session::run_read_only`): with no subscription left (every room refused, or the last
+//! subscription ended) it ends with a `goodbye`, and so does the response.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -130,7 +132,16 @@ pub async fn stream(
         peer: Peer::Shared(gone.clone()),
         remote,
     };
-    tokio::spawn(session::run(shared.clone(), grant, link, in_rx, out_tx));
+    // At most `max_subscriptions` rooms (a u32).
+    let subscribes = u32::try_from(rooms.len()).unwrap_or(u32::MAX);
+    tokio::spawn(session::run_read_only(
+        shared.clone(),
+        grant,
+        link,
+        in_rx,
+        out_tx,
+        subscribes,
+    ));
     let events = Events {
         rooms,
         positions: resume

@@ -1,0 +1,72 @@
+//! Read-only sessions (SSE, PROTOCOL.md §9.3): the adapter queues `Hello` and one `Subscribe`
+//! per room before the session starts, and no other command ever comes. Such a session exists
+//! for its subscriptions: once every queued `Subscribe` has run and none of its subscriptions is
+//! left (every room was refused, or the last one ended), it ends with a goodbye, rather than
+//! hold a session slot and its tenant's session quota with nothing to deliver until its token
+//! expires.
+
+use quiver_proto::{CloseCode, ErrorCode};
+
+use super::{Exit, Session};
+
+pub(super) struct ReadOnly {
+    /// The adapter's `Subscribe` commands that have not run yet.
+    queued: u32,
+    /// Why the last subscription to end did; `None` while none has (so, with no subscription
+    /// left, every room was refused).
+    last_end: Option<ErrorCode>,
+}
+
+impl ReadOnly {
+    pub(super) fn new(subscribes: u32) -> Self {
+        Self {
+            queued: subscribes,
+            last_end: None,
+        }
+    }
+}
+
+impl Session {
+    /// One of the adapter's commands has run (subscribed, or refused).
+    pub(super) fn command_ran(&mut self) {
+        if let Some(read_only) = &mut self.read_only {
+            read_only.queued = read_only.queued.saturating_sub(1);
+        }
+    }
+
+    /// A subscription ended without the client asking (it fell behind, or the backend ended
+    /// it), with the code its `Unsubscribed` carried.
+    pub(super) fn subscription_lost(&mut self, code: ErrorCode) {
+        if let Some(read_only) = &mut self.read_only {
+            read_only.last_end = Some(code);
+        }
+    }
+
+    /// The close of a read-only session that has nothing left to deliver. A reader that fell
+    /// behind may reconnect and resume (`not_reading`); a session whose rooms were all refused,
+    /// or whose last room the backend ended, must not come back by itself with the same token
+    /// and URL: it would be refused, or resubscribe against the backend's word (`disconnected`).
+    pub(super) fn nothing_left(&self) -> Option<Exit> {
+        let read_only = self.read_only.as_ref()?;
+        if read_only.queued > 0 || !self.subs.is_empty() {
+            return None;
+        }
+        Some(match read_only.last_end {
+            None => Exit::Close(
+                CloseCode::Disconnected,
+                "no subscription: every room was refused".into(),
+            ),
+            Some(ErrorCode::SlowConsumer) => Exit::Close(
+                CloseCode::NotReading,
+                "no subscription left: the last one fell behind (slow_consumer)".into(),
+            ),
+            Some(code) => Exit::Close(
+                CloseCode::Disconnected,
+                format!(
+                    "no subscription left: the last one ended ({})",
+                    code.label()
+                ),
+            ),
+        })
+    }
+}
