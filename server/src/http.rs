@@ -50,14 +50,17 @@ impl Listener {
 pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .route("/readyz", get(readyz));
     if listener != Listener::Https {
         app = app.route("/metrics", get(metrics));
     }
+    // The fallbacks go on last: axum gives the 405 fallback only to routes already added.
+    let fallbacks = |app: Router<Arc<Shared>>| {
+        app.fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+    };
     if listener == Listener::RemoteHttp {
-        return app.with_state(shared);
+        return fallbacks(app).with_state(shared);
     }
     app = app
         .nest(crate::api::PREFIX, crate::api::router(&shared))
@@ -83,7 +86,7 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
     let alt_svc = shared.alt_svc.clone();
-    let app = app.with_state(shared);
+    let app = fallbacks(app).with_state(shared);
     match alt_svc {
         // With a real certificate browsers learn HTTP/3 from any response.
         Some(value) => app.layer(axum::middleware::map_response(
