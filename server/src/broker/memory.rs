@@ -5,8 +5,11 @@
 //! History memory is bounded three ways: per room (`history_size`, `history_ttl`), per tenant
 //! (`limits.history_tenant_max_bytes`: past it the tenant's own oldest publications go) and in
 //! total (`limits.history_max_bytes`: past it the oldest publications of the tenant holding the
-//! most go, so a tenant within its fair share never loses history to a heavier one). A sweep
-//! drops what has aged out and forgets rooms with nothing kept and nobody subscribed here.
+//! most go, so a tenant within its fair share never loses history to a heavier one). The
+//! budgets count what history holds, not only payloads: each kept publication its payload and
+//! [`ENTRY_OVERHEAD`], each known room [`ROOM_OVERHEAD`] and its names. A sweep drops what has
+//! aged out and forgets rooms with nothing kept and nobody subscribed here; a room the budgets
+//! empty is forgotten at once.
 //!
 //! Each room entry draws its own epoch when it is created: a restart, or a room forgotten by
 //! the sweep, makes old positions unrecoverable (`Failed`), as it should, and a room's offsets
@@ -25,10 +28,37 @@ use crate::config::Config;
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
 
-/// What one kept publication costs beyond its payload, estimated and rounded up: its ring
-/// slot (64 bytes), its entry in the tenant's order (about 40 with B-tree node overhead) and
-/// the payload allocation's own overhead.
-const ENTRY_OVERHEAD: u64 = 128;
+/// What one kept publication costs beyond its payload's length, so that the byte budgets bound
+/// the memory history really holds, not only its payloads (1-byte payloads would otherwise
+/// hold several times the budget). The most one holds while its room grows:
+/// - its slot in the room's ring, counted twice: a ring grows by doubling (a new room's
+///   starts with one slot), and [`History::pop_oldest`] halves one left a quarter full, so
+///   there are 1 to 2 slots per entry while rooms grow (and at steady state), at most 4 after
+///   evictions;
+/// - its entry in the tenant's publish order (a `BTreeMap<u64, Arc<RoomKey>>`: 16 bytes in
+///   192-byte leaves holding 5 to 11), 35 bytes measured;
+/// - its payload's allocation: the copy kept is rounded up to a size class (8 bytes at least)
+///   and gets a 24-byte shared header (a 32-byte class) once it is first replayed.
+///
+/// Measured with `tests/tests/history_memory.rs` (a counting allocator rounding to jemalloc's
+/// size classes): a 1-byte publication in rooms of 1000 holds 109 bytes, in rooms just grown
+/// (129 kept in 256 slots) and replayed 203. Counted: 225.
+const ENTRY_OVERHEAD: u64 = 2 * KEPT_SLOT + ORDER_ENTRY + PAYLOAD_HEADER;
+/// A ring slot: one [`Kept`] (64 bytes).
+const KEPT_SLOT: u64 = std::mem::size_of::<Kept>() as u64;
+/// An entry in a tenant's publish order, with the B-tree's nodes (35 bytes measured).
+const ORDER_ENTRY: u64 = 48;
+/// A kept payload's allocation beyond its length: size-class rounding and the shared header.
+const PAYLOAD_HEADER: u64 = 48;
+/// What one room's history entry holds, its tenant's and its own name apart (counted at their
+/// length): its slot in the rooms map (the `Arc<RoomKey>` and the [`RoomHistory`], 64
+/// bytes) in a hash table as little as 7/32 full (after it doubles while rooms come and go:
+/// 293 bytes), and the `Arc<RoomKey>` (64). Measured as above: a 1-byte publication in a
+/// room of its own holds 300 to 500 bytes with its room (500: the table at its sparsest,
+/// under a steady flood over new rooms); counted: 225 + 384 + the names. Counted while it is
+/// known: from its first publication or subscription until the sweep forgets it, or the
+/// budgets evict its last publication while no one here is subscribed to it.
+const ROOM_OVERHEAD: u64 = 384;
 /// How often aged-out history is dropped and unused rooms are forgotten.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -43,7 +73,8 @@ pub struct MemoryBroker {
 struct History {
     rooms: HashMap<Arc<RoomKey>, RoomHistory>,
     tenants: HashMap<TenantId, TenantHistory>,
-    /// Bytes kept over all tenants (payloads plus [`ENTRY_OVERHEAD`] each).
+    /// Bytes kept over all tenants: each kept publication's [`Kept::cost`] and each known
+    /// room's [`room_cost`].
     bytes: u64,
     /// Order of every kept publication, over all rooms.
     next_seq: u64,
@@ -60,6 +91,9 @@ struct RoomHistory {
 struct Kept {
     offset: u64,
     at: Instant,
+    /// A copy of its own: the publisher's `Bytes` may be a slice of a larger buffer (an HTTP
+    /// body is a slice of the connection's read buffer, 8 KiB or more), which keeping it
+    /// would keep whole.
     payload: Bytes,
     /// Its place in the tenant's publish order.
     seq: u64,
@@ -71,8 +105,14 @@ impl Kept {
     }
 }
 
+/// What a room's history entry costs while it is known, publications apart.
+fn room_cost(key: &RoomKey) -> u64 {
+    ROOM_OVERHEAD + key.tenant.as_str().len() as u64 + key.room.as_str().len() as u64
+}
+
 #[derive(Default)]
 struct TenantHistory {
+    /// The cost of its kept publications and of its known rooms.
     bytes: u64,
     /// The tenant's kept publications, oldest first: seq → room.
     order: BTreeMap<u64, Arc<RoomKey>>,
@@ -86,6 +126,23 @@ enum Budget {
 }
 
 impl History {
+    /// Counts `cost` bytes for the tenant and in the total.
+    fn charge(&mut self, tenant: &TenantId, cost: u64) {
+        self.tenants.entry(tenant.clone()).or_default().bytes += cost;
+        self.bytes += cost;
+    }
+
+    /// Gives back what [`Self::charge`] counted; a tenant holding nothing is forgotten.
+    fn release(&mut self, tenant: &TenantId, cost: u64) {
+        self.bytes -= cost;
+        if let Some(t) = self.tenants.get_mut(tenant) {
+            t.bytes -= cost;
+            if t.bytes == 0 {
+                self.tenants.remove(tenant);
+            }
+        }
+    }
+
     /// Drops the room's oldest kept publication, keeping the byte counts true.
     fn pop_oldest(&mut self, key: &RoomKey) -> bool {
         let Some(room) = self.rooms.get_mut(key) else {
@@ -94,16 +151,24 @@ impl History {
         let Some(kept) = room.kept.pop_front() else {
             return false;
         };
-        let cost = kept.cost();
-        self.bytes -= cost;
-        if let Some(tenant) = self.tenants.get_mut(&key.tenant) {
-            tenant.bytes -= cost;
-            tenant.order.remove(&kept.seq);
-            if tenant.order.is_empty() {
-                self.tenants.remove(&key.tenant);
-            }
+        // A ring left a quarter full gives half its slots back, so slots stay within 4 per
+        // entry (what ENTRY_OVERHEAD assumes), and an emptied ring holds no allocation.
+        if room.kept.len() <= room.kept.capacity() / 4 {
+            room.kept.shrink_to(room.kept.len() * 2);
         }
+        if let Some(tenant) = self.tenants.get_mut(&key.tenant) {
+            tenant.order.remove(&kept.seq);
+        }
+        self.release(&key.tenant, kept.cost());
         true
+    }
+
+    /// Forgets a room: its epoch, its offsets and whatever it still keeps.
+    fn forget(&mut self, key: &RoomKey) {
+        while self.pop_oldest(key) {}
+        if self.rooms.remove(key).is_some() {
+            self.release(&key.tenant, room_cost(key));
+        }
     }
 
     /// Applies the room's own limits: count, then age.
@@ -120,8 +185,11 @@ impl History {
         }
     }
 
-    /// Evicts the tenant's oldest publication (over all its rooms).
-    fn evict_oldest_of(&mut self, tenant: &TenantId, why: Budget) -> bool {
+    /// Evicts the tenant's oldest publication (over all its rooms). A room left with nothing
+    /// and no subscriber here is forgotten at once, as the next sweep would: a flood over ever
+    /// new rooms would otherwise keep every room it emptied until then, each counted, and
+    /// evict the rest of the tenant's history to make up for them.
+    fn evict_oldest_of(&mut self, tenant: &TenantId, why: Budget, hub: &Hub) -> bool {
         let Some(key) = self
             .tenants
             .get(tenant)
@@ -137,41 +205,49 @@ impl History {
                 Budget::Global => "global_budget",
             };
             metrics::counter!(m::HISTORY_EVICTED, "reason" => reason).increment(1);
+            let emptied = self.rooms.get(&*key).is_some_and(|r| r.kept.is_empty());
+            if emptied && !hub.has_subscribers(&key) {
+                self.forget(&key);
+            }
         }
         evicted
     }
 
     /// Brings the tenant under its share, then everyone under the total, taking from whoever
     /// holds the most first.
-    fn enforce(&mut self, tenant: &TenantId, tenant_max: u64, global_max: u64) {
+    fn enforce(&mut self, tenant: &TenantId, tenant_max: u64, global_max: u64, hub: &Hub) {
         while self
             .tenants
             .get(tenant)
             .is_some_and(|t| t.bytes > tenant_max)
         {
-            if !self.evict_oldest_of(tenant, Budget::Tenant) {
+            if !self.evict_oldest_of(tenant, Budget::Tenant, hub) {
                 break;
             }
         }
         while self.bytes > global_max {
             // Linear in the number of tenants holding history, and only while over budget.
+            // Only a tenant with publications can give some back (rooms with subscribers
+            // stay).
             let Some(heaviest) = self
                 .tenants
                 .iter()
+                .filter(|(_, t)| !t.order.is_empty())
                 .max_by_key(|(_, t)| t.bytes)
                 .map(|(id, _)| id.clone())
             else {
                 break;
             };
-            if !self.evict_oldest_of(&heaviest, Budget::Global) {
+            if !self.evict_oldest_of(&heaviest, Budget::Global, hub) {
                 break;
             }
         }
     }
 
-    /// The room's entry, created with a fresh epoch if it has none.
+    /// The room's entry, created with a fresh epoch (and counted) if it has none.
     fn room(&mut self, key: &RoomKey) -> &mut RoomHistory {
         if !self.rooms.contains_key(key) {
+            self.charge(&key.tenant, room_cost(key));
             let key = Arc::new(key.clone());
             self.rooms.insert(
                 key.clone(),
@@ -207,6 +283,13 @@ impl MemoryBroker {
         broker
     }
 
+    /// Bytes counted against the history budgets now (what `quiver_history_bytes` shows):
+    /// payloads, [`ENTRY_OVERHEAD`] per kept publication and [`ROOM_OVERHEAD`] (with the
+    /// names) per known room.
+    pub fn history_bytes(&self) -> u64 {
+        self.lock().bytes
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -229,21 +312,30 @@ impl MemoryBroker {
         let kept = Kept {
             offset: room.last,
             at: Instant::now(),
-            payload: payload.clone(),
+            payload: Bytes::copy_from_slice(&payload),
             seq,
         };
         let cost = kept.cost();
+        // A room's first slot alone: a ring would otherwise start with 4 (256 bytes), and
+        // most rooms of a flood over many rooms keep one publication.
+        if room.kept.capacity() == 0 {
+            room.kept.reserve_exact(1);
+        }
         room.kept.push_back(kept);
         let room_key = room.key.clone();
-        let tenant = history.tenants.entry(key.tenant.clone()).or_default();
-        tenant.bytes += cost;
-        tenant.order.insert(seq, room_key);
-        history.bytes += cost;
+        history.charge(&key.tenant, cost);
+        history
+            .tenants
+            .get_mut(&key.tenant)
+            .expect("charged above")
+            .order
+            .insert(seq, room_key);
         history.trim(&key, policy.history_size, policy.history_ttl);
         history.enforce(
             &key.tenant,
             limits.history_tenant_max_bytes,
             limits.history_max_bytes,
+            &self.hub,
         );
         metrics::gauge!(m::HISTORY_BYTES).set(history.bytes as f64);
         // Delivering under the lock keeps offset order and delivery order the same.
@@ -308,8 +400,17 @@ fn sweep(history: &Mutex<History>, hub: &Hub, config: &Config) {
         let unused = history.rooms.get(&*key).is_some_and(|r| r.kept.is_empty())
             && !hub.has_subscribers(&key);
         if unused {
-            history.rooms.remove(&*key);
+            history.forget(&key);
         }
+    }
+    // The maps keep the capacity of their busiest moment (a flood over many rooms): give it
+    // back once they are mostly empty.
+    let (rooms, tenants) = (history.rooms.len(), history.tenants.len());
+    if rooms < history.rooms.capacity() / 4 {
+        history.rooms.shrink_to(rooms * 2);
+    }
+    if tenants < history.tenants.capacity() / 4 {
+        history.tenants.shrink_to(tenants * 2);
     }
     metrics::gauge!(m::HISTORY_BYTES).set(history.bytes as f64);
 }
@@ -489,7 +590,8 @@ mod tests {
 
     #[test]
     fn a_tenant_over_its_share_loses_only_its_own_oldest() {
-        // 1 KiB payloads cost 1024 + ENTRY_OVERHEAD each: a tenant keeps 4 of them in 5 KiB.
+        // A 1 KiB payload in a room of its own costs 1024 + ENTRY_OVERHEAD + the room's
+        // ROOM_OVERHEAD and names, about 1.5 KiB: a tenant keeps 3 of them in 5 KiB.
         let b = broker_with(1000, |c| {
             c.limits.history_tenant_max_bytes = 5 * 1024;
             c.limits.history_max_bytes = 100 * 1024;
@@ -506,7 +608,16 @@ mod tests {
         let history = b.lock();
         let loud = history.tenants[&TenantId::parse("loud").unwrap()].bytes;
         assert!(loud <= 5 * 1024, "{loud}");
-        assert_eq!(loud, 4 * (1024 + ENTRY_OVERHEAD));
+        // The rooms it lost its history in are forgotten (nobody subscribed), not counted.
+        let expected: u64 = (197..200)
+            .map(|i| 1024 + ENTRY_OVERHEAD + room_cost(&tenant_key("loud", &format!("h.r{i}"))))
+            .sum();
+        assert_eq!(loud, expected);
+        assert_eq!(
+            history.rooms.len(),
+            4,
+            "the quiet room and the loud's last 3"
+        );
         drop(history);
         // The flood's first rooms lost their history; its last ones and the quiet tenant's kept it.
         assert_eq!(
@@ -564,7 +675,7 @@ mod tests {
         let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
         assert_eq!(tenant_bytes, history.bytes);
         drop(history);
-        // The small tenant (3 KiB, below everyone's share) kept all of its history.
+        // The small tenant (3 publications, below everyone's share) kept all of its history.
         let since = Position {
             offset: 0,
             ..small[0]
@@ -581,26 +692,141 @@ mod tests {
             b.publish_now(key(&format!("h.r{i}")), Bytes::from_static(b"x"));
         }
         // A subscriber keeps its room known (its position must stay meaningful).
-        let (queue, _rx) = tokio::sync::mpsc::channel(1);
-        b.hub.subscribe(
-            key("h.r7"),
-            Subscriber {
-                id: 1,
-                queue,
-                overflow: Default::default(),
-                deliveries: metrics::Counter::noop(),
-                latest: None,
-                direct: None,
-            },
-        );
+        let (sub, _rx) = subscriber(1);
+        b.hub.subscribe(key("h.r7"), sub);
         let before = b.recover_now(&key("h.r7"), None).current.unwrap();
         assert_eq!(b.lock().rooms.len(), 100);
         std::thread::sleep(Duration::from_millis(80));
         b.sweep();
         let history = b.lock();
         assert_eq!(history.rooms.len(), 1, "only the subscribed room stays");
-        assert_eq!((history.bytes, history.tenants.len()), (0, 0));
+        // It keeps nothing, and is counted as a room still.
+        assert_eq!(history.bytes, room_cost(&key("h.r7")));
+        assert_eq!(history.tenants.len(), 1);
         drop(history);
         assert_eq!(b.recover_now(&key("h.r7"), None).current, Some(before));
+    }
+
+    fn subscriber(id: u64) -> (Subscriber, tokio::sync::mpsc::Receiver<Delivery>) {
+        let (queue, rx) = tokio::sync::mpsc::channel(1);
+        let sub = Subscriber {
+            id,
+            queue,
+            overflow: Default::default(),
+            deliveries: metrics::Counter::noop(),
+            latest: None,
+            direct: None,
+        };
+        (sub, rx)
+    }
+
+    /// What history holds, estimated from its structures: ring slots by capacity, an order
+    /// entry (B-tree nodes of 192 bytes holding 5 to 11) per publication, each payload's
+    /// allocation (size class, 8 at least) and shared header, and per room its map slot and
+    /// key. `tests/tests/history_memory.rs` measures the same with a counting allocator.
+    fn estimate(history: &History) -> u64 {
+        // Size classes up to 128 bytes: 8, then multiples of 16.
+        let class = |n: usize| {
+            if n <= 8 {
+                8
+            } else {
+                n.next_multiple_of(16) as u64
+            }
+        };
+        let entry = |k: &Kept| 192 / 5 + class(k.payload.len()) + 32;
+        history
+            .rooms
+            .values()
+            .map(|r| {
+                r.kept.capacity() as u64 * KEPT_SLOT
+                    + r.kept.iter().map(entry).sum::<u64>()
+                    // The map slot, 7/32 full at worst, the key, its names.
+                    + 64 * 32 / 7
+                    + 64
+                    + class(r.key.tenant.as_str().len())
+                    + class(r.key.room.as_str().len())
+            })
+            .sum()
+    }
+
+    #[test]
+    fn tiny_payloads_count_their_overhead_and_cannot_fill_memory_past_the_budget() {
+        let n = 20_000u64;
+        let unbounded = |c: &mut Config| {
+            c.limits.history_tenant_max_bytes = u64::MAX / 2;
+            c.limits.history_max_bytes = u64::MAX / 2;
+        };
+        // Every 1-byte publication counts its overhead, not its byte: at least ENTRY_OVERHEAD,
+        // and the rooms theirs. That covers what they hold, with the rings at their emptiest
+        // (just grown: 100 rooms of 129 = 2 slots per entry) ...
+        let b = broker_with(1_000_000, unbounded);
+        for i in 0..100 * 129 {
+            b.publish_now(key(&format!("h.r{}", i % 100)), Bytes::from_static(b"x"));
+        }
+        let history = b.lock();
+        assert!(history.bytes >= 100 * 129 * (1 + ENTRY_OVERHEAD) + 100 * ROOM_OVERHEAD);
+        let slots: u64 = history
+            .rooms
+            .values()
+            .map(|r| r.kept.capacity() as u64)
+            .sum();
+        assert_eq!(slots, 100 * 256);
+        let held = estimate(&history);
+        assert!(held <= history.bytes, "{held} > {}", history.bytes);
+        drop(history);
+        // ... and in rooms of one publication each.
+        let b = broker_with(1_000_000, unbounded);
+        for i in 0..n {
+            b.publish_now(key(&format!("h.n{i}")), Bytes::from_static(b"x"));
+        }
+        let history = b.lock();
+        assert!(history.bytes >= n * (1 + ENTRY_OVERHEAD + ROOM_OVERHEAD));
+        assert!(estimate(&history) <= history.bytes);
+        drop(history);
+
+        // Over a small budget: a flood over 100 rooms, then over ever new ones, keeps the
+        // count within it, each kept publication still counted whole.
+        let budget = 256 * 1024;
+        let b = broker_with(1_000_000, |c| {
+            c.limits.history_tenant_max_bytes = budget;
+            c.limits.history_max_bytes = 4 * budget;
+        });
+        let (sub, _rx) = subscriber(1);
+        b.hub.subscribe(key("h.n0"), sub);
+        let subscribed = b
+            .publish_now(key("h.n0"), Bytes::from_static(b"x"))
+            .unwrap();
+        for i in 0..n {
+            b.publish_now(key(&format!("h.r{}", i % 100)), Bytes::from_static(b"x"));
+            let history = b.lock();
+            assert!(history.bytes <= budget, "{} after {i}", history.bytes);
+        }
+        let history = b.lock();
+        let kept: u64 = history.rooms.values().map(|r| r.kept.len() as u64).sum();
+        assert!(kept * (1 + ENTRY_OVERHEAD) <= budget);
+        assert!(kept * (1 + ENTRY_OVERHEAD) >= budget - 101 * (1 + ENTRY_OVERHEAD + ROOM_OVERHEAD));
+        assert!(estimate(&history) <= history.bytes);
+        drop(history);
+        for i in 1..n {
+            b.publish_now(key(&format!("h.n{i}")), Bytes::from_static(b"x"));
+        }
+        let history = b.lock();
+        assert!(history.bytes <= budget);
+        // Rooms emptied by the budget are forgotten at once, but for the subscribed one.
+        let per_room = 1 + ENTRY_OVERHEAD + ROOM_OVERHEAD;
+        assert!(history.rooms.len() as u64 <= budget / per_room + 1);
+        assert_eq!(history.rooms[&key("h.n0")].epoch, subscribed.epoch);
+        assert!(history.rooms[&key("h.n0")].kept.is_empty());
+        // Evicted rings gave their slots back: none left with more than 4 per entry.
+        for room in history.rooms.values() {
+            assert!(
+                room.kept.capacity() <= 4 * room.kept.len().max(1),
+                "{}",
+                room.key.room
+            );
+        }
+        assert!(estimate(&history) <= history.bytes);
+        let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
+        assert_eq!(tenant_bytes, history.bytes);
     }
 }
