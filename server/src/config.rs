@@ -480,7 +480,8 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,
-    /// Bytes of history (payloads plus per-publication bookkeeping) the embedded broker keeps
+    /// Bytes of history (payloads plus per-publication and per-room bookkeeping: 225 bytes per
+    /// kept publication, 384 plus the names per known room) the embedded broker keeps
     /// over all rooms and tenants. Past it, the oldest publications of the tenant holding the
     /// most are evicted first. With NATS, JetStream's own limits bound the total.
     pub history_max_bytes: u64,
