@@ -578,7 +578,7 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
     assert_eq!(lines.len(), 3, "{lines:#?}");
     let has = |line: &str, parts: &[&str]| parts.iter().all(|p| line.contains(p));
     let common = [
-        "user=alice",
+        "user=\"alice\"",
         "tenant=acme",
         "session=",
         "request_id=",
