@@ -135,6 +135,11 @@ async fn recently_expired_tokens_are_refused_at_connect() -> anyhow::Result<()> 
     assert!(open_session(&lenient, &format!("/v1?token={expired}"))
         .await
         .is_ok());
+    // On Refresh alike (sixth audit: Refresh applied no leeway).
+    let mut raw = Raw::connect(&lenient, &full_token("acme", "late")).await?;
+    let reply = raw.request(Command::Refresh { token: expired }).await?;
+    assert!(matches!(reply, Event::Refreshed { .. }), "{reply:?}");
+    assert!(matches!(raw.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }
 

@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::{Refusal, Session, Sub};
-use crate::auth::unix_now;
 use crate::hub::{publication_frame, RoomKey, Subscriber};
 use crate::metrics as m;
 use crate::subscription::{Direct, Ended, Sink, Writer};
@@ -267,9 +266,8 @@ impl Session {
                 "token is for another user or tenant",
             ));
         }
-        if grant.expires_at <= unix_now() {
-            return Err(Refusal::new(ErrorCode::InvalidToken, "token expired"));
-        }
+        // Expiry (and `nbf`) were checked by the verifier, with the configured leeway, exactly
+        // as at CONNECT (PROTOCOL.md §6).
         let expires_at = grant.expires_at;
         self.shared.registry.set_jti(&self.id, grant.jti.as_deref());
         self.grant = grant;
