@@ -640,9 +640,34 @@ async fn a_retried_publication_with_an_idempotency_key_is_published_once() -> an
     assert_eq!(live.payload().await?, Bytes::from_static(b"after"));
     assert_eq!(history.payload().await?, Bytes::from_static(b"both"));
 
+    // A broadcast whose key names another payload in any room is refused whole: nothing is
+    // published, not even in the rooms the key has not been used in.
+    let request = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/broadcast", server.http))
+        .bearer_auth(ACME)
+        .header("Idempotency-Key", "fanout-7")
+        .json(&json!({"rooms": ["news.y", "h.fresh"], "payload": "other"}));
+    let response = request.send().await?;
+    assert_eq!(response.status().as_u16(), 422);
+
+    // A client token's keys are its user's own: the backend's key with the backend's payload
+    // publishes again (it neither probes nor takes over the backend's keys).
+    let client = full_token("acme", "mallory");
+    let (status, _) = publish_keyed(&server, "news.y", &client, &["order-1"], "one").await?;
+    assert_eq!(status, 200);
+    assert_eq!(live.payload().await?, Bytes::from_static(b"one"));
+    let (status, _) = publish_keyed(&server, "news.y", &client, &["order-1"], "one").await?;
+    assert_eq!(status, 200, "the user's own repeat");
+
     // Malformed keys are a 400, and nothing is published.
     let long = "k".repeat(129);
-    for idempotency in [&[""][..], &[long.as_str()], &["caf\u{e9}"], &["a", "b"]] {
+    for idempotency in [
+        &[""][..],
+        &[long.as_str()],
+        &["caf\u{e9}"],
+        &["a b"],
+        &["a", "b"],
+    ] {
         let (status, answer) = publish_keyed(&server, "news.y", ACME, idempotency, "bad").await?;
         assert_eq!(status, 400, "{idempotency:?}: {answer}");
         assert_eq!(answer["error"]["code"], "bad_request");
@@ -701,7 +726,11 @@ async fn an_idempotency_key_holds_across_instances() -> anyhow::Result<()> {
         let at_ms = now_ms - age.as_millis() as u64;
         let record = json!({"digest": digest, "at_ms": at_ms, "done": false, "position": null});
         kv.put(
-            cluster::bucket_key(&tenant, &room, key),
+            cluster::bucket_key(
+                &tenant,
+                &room,
+                &idempotency::scoped(idempotency::BACKEND, key),
+            ),
             record.to_string().into(),
         )
         .await?;

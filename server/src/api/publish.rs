@@ -16,7 +16,7 @@ use super::auth::{api_key, bearer, KeyRequest};
 use super::encoding;
 use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
-use crate::idempotency::{self, Claim};
+use crate::idempotency::{self, scoped, Claim, BACKEND};
 use crate::metrics as m;
 use crate::rpc::{Caller, Decision, Hook};
 use crate::server::Shared;
@@ -69,7 +69,12 @@ pub async fn publish(
     };
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let room = room(&name)?;
-    let once = idempotency_key(&headers)?;
+    // Keys are the backend's (any API key) or one user's (a client token): a client can
+    // neither probe the backend's payloads through the backend's keys nor claim them first.
+    let once = idempotency_key(&headers)?.map(|key| match &grant {
+        None => scoped(BACKEND, &key),
+        Some(grant) => scoped(&format!("u{}", grant.user), &key),
+    });
     let mut payload = body?;
     // A repeat is recognised by the payload as sent, before a hook may replace it.
     let digest = once.as_ref().map(|_| idempotency::digest(&payload));
@@ -123,8 +128,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_ROUTES: [&str; 2] = ["/api/v1/publish/{room}", "/api/v1/broadcast"];
 
 /// Publishes once per (tenant, room, idempotency key) within `idempotency::WINDOW`: a repeat
-/// gets the first publication's position. The publication runs in its own task, so a backend
-/// that gives up on the request does not leave the key unsure of whether it went out.
+/// gets the first publication's position.
 async fn publish_once(
     shared: &Arc<Shared>,
     key: RoomKey,
@@ -133,44 +137,81 @@ async fn publish_once(
     digest: [u8; 32],
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
+    match claim(shared, &key, once, digest).await? {
+        Claim::New(guard) => publish_claimed(shared, key, payload, guard).await,
+        known => answer(known),
+    }
+}
+
+/// Claims `once` for a publication into `key`'s room.
+async fn claim(
+    shared: &Shared,
+    key: &RoomKey,
+    once: &str,
+    digest: [u8; 32],
+) -> Result<Claim, ApiError> {
     let now = std::time::Instant::now();
-    let claim = shared
+    shared
         .idempotency
         .claim(&key.tenant, &key.room, once, digest, now)
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::unavailable)
+}
+
+/// The answer to a claim that found the key (not [`Claim::New`]).
+fn answer(claim: Claim) -> Result<Option<Position>, ApiError> {
     match claim {
         Claim::Done(position) => {
             metrics::counter!(m::API_IDEMPOTENT_REPEATS).increment(1);
             Ok(position)
         }
-        Claim::InProgress => Err(ApiError::new(
-            Code::IdempotencyInProgress,
-            "a request with this Idempotency-Key is still publishing into this room; retry",
-        )),
-        Claim::Mismatch => Err(ApiError::new(
+        other => Err(refusal(&other).unwrap_or_else(in_progress)),
+    }
+}
+
+/// Why a claim cannot publish now: the key names another payload, or is still publishing.
+fn refusal(claim: &Claim) -> Option<ApiError> {
+    match claim {
+        Claim::InProgress => Some(in_progress()),
+        Claim::Mismatch => Some(ApiError::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used in this room for a different payload",
         )),
-        Claim::New(guard) => {
-            let shared = shared.clone();
-            let publication = tokio::spawn(async move {
-                match publish_one(&shared, key, payload).await {
-                    Ok(position) => {
-                        guard.done(position).await;
-                        Ok(position)
-                    }
-                    Err(e) => {
-                        guard.forget().await;
-                        Err(e)
-                    }
-                }
-            });
-            publication
-                .await
-                .map_err(|e| ApiError::unavailable(format!("publication task: {e}")))?
-        }
+        Claim::New(_) | Claim::Done(_) => None,
     }
+}
+
+fn in_progress() -> ApiError {
+    ApiError::new(
+        Code::IdempotencyInProgress,
+        "a request with this Idempotency-Key is still publishing into this room; retry",
+    )
+}
+
+/// Publishes under a claimed key. The publication runs in its own task, so a backend that
+/// gives up on the request does not leave the key unsure of whether it went out.
+async fn publish_claimed(
+    shared: &Arc<Shared>,
+    key: RoomKey,
+    payload: Bytes,
+    guard: idempotency::Guard,
+) -> Result<Option<Position>, ApiError> {
+    let shared = shared.clone();
+    let publication = tokio::spawn(async move {
+        match publish_one(&shared, key, payload).await {
+            Ok(position) => {
+                guard.done(position).await;
+                Ok(position)
+            }
+            Err(e) => {
+                guard.forget().await;
+                Err(e)
+            }
+        }
+    });
+    publication
+        .await
+        .map_err(|e| ApiError::unavailable(format!("publication task: {e}")))?
 }
 
 /// The session id a hook is told for a publication made through the API with a client token.
@@ -267,18 +308,38 @@ pub async fn broadcast(
         rooms.push(room);
     }
     let payload = encoding::payload(request.payload, request.payload_base64.as_deref())?;
-    let digest = idempotency::digest(&payload);
-    let publications = rooms.into_iter().map(|room| {
-        let key = RoomKey {
-            tenant: tenant.clone(),
-            room,
-        };
+    let keys = rooms.into_iter().map(|room| RoomKey {
+        tenant: tenant.clone(),
+        room,
+    });
+    // With a key, every room is claimed before any is published: a key used for another
+    // payload, or still publishing, in any room refuses the whole request (422, 409), so one
+    // key never names two payloads. Rooms published already answer their first position.
+    let mut claims = Vec::with_capacity(keys.len());
+    match once {
+        Some(once) => {
+            check_size(&shared, &payload)?;
+            let once = scoped(BACKEND, &once);
+            let digest = idempotency::digest(&payload);
+            for key in keys {
+                let claim = claim(&shared, &key, &once, digest).await?;
+                if let Some(refused) = refusal(&claim) {
+                    // Dropping the claims made so far forgets them.
+                    return Err(refused);
+                }
+                claims.push((key, Some(claim)));
+            }
+        }
+        None => claims.extend(keys.map(|key| (key, None))),
+    }
+    let publications = claims.into_iter().map(|(key, claim)| {
         let payload = payload.clone();
-        let (shared, once) = (&shared, once.as_deref());
+        let shared = &shared;
         async move {
             let room = key.room.to_string();
-            let published = match once {
-                Some(once) => publish_once(shared, key, payload, once, digest).await,
+            let published = match claim {
+                Some(Claim::New(guard)) => publish_claimed(shared, key, payload, guard).await,
+                Some(known) => answer(known),
                 None => publish_one(shared, key, payload).await,
             };
             match published {

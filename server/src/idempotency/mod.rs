@@ -29,7 +29,7 @@ pub const MAX_PER_TENANT: usize = 10_000;
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// Checks a key as the `Idempotency-Key` header carries it: 1 to [`MAX_KEY_LEN`] bytes of
-/// visible ASCII (spaces inside allowed).
+/// visible ASCII (no space).
 pub fn check_key(key: &[u8]) -> Result<&str, String> {
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(format!(
@@ -37,10 +37,20 @@ pub fn check_key(key: &[u8]) -> Result<&str, String> {
             key.len()
         ));
     }
-    if !key.iter().all(|b| (0x20..0x7f).contains(b)) {
+    if !key.iter().all(|b| (0x21..0x7f).contains(b)) {
         return Err("Idempotency-Key: visible ASCII only".into());
     }
     std::str::from_utf8(key).map_err(|e| e.to_string())
+}
+
+/// The scope of the keys API keys send (the backend's); a client token's are its user's,
+/// `u` and the user id.
+pub const BACKEND: &str = "b";
+
+/// A key within its scope. A key holds no newline (visible ASCII only), so the last one
+/// separates the two, whatever the scope (a user id) holds.
+pub fn scoped(scope: &str, key: &str) -> String {
+    format!("{scope}\n{key}")
 }
 
 /// What a key's payload is compared by.
@@ -449,7 +459,8 @@ mod tests {
 
     #[test]
     fn keys_are_short_visible_ascii() {
-        assert_eq!(check_key(b"order-17 retry"), Ok("order-17 retry"));
+        assert_eq!(check_key(b"order-17/retry:2"), Ok("order-17/retry:2"));
+        assert!(check_key(b"order 17").is_err());
         assert!(check_key(b"").is_err());
         assert!(check_key(&[b'a'; MAX_KEY_LEN + 1]).is_err());
         assert!(check_key(b"a\tb").is_err());
