@@ -481,6 +481,16 @@ async fn rooms_and_info_of_one_instance_by_tenant() -> anyhow::Result<()> {
     );
     assert_eq!(mine["nodes"][0]["subscriptions"], 3);
     refused(&server, "info", "nope", json!({}), 401, "unauthorized").await?;
+    // JSON endpoints take their tenant in the body only: a query is refused, not ignored.
+    refused(
+        &server,
+        "presence?tenant=beta",
+        ADMIN,
+        json!({"tenant": "acme", "room": "p.a"}),
+        400,
+        "bad_request",
+    )
+    .await?;
     Ok(())
 }
 

@@ -101,6 +101,13 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Shared>> for KeyRequest<T> 
 
     async fn from_request(request: Request, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         let caller = require_key(shared, request.headers())?;
+        // Parameters go in the JSON body here: a `?tenant=` beside a body's `tenant` would be
+        // ignored, and the caller would not learn which one counted.
+        if request.uri().query().is_some() {
+            return Err(ApiError::bad_request(
+                "this endpoint takes no query parameters: send `tenant` in the JSON body",
+            ));
+        }
         let body = Bytes::from_request(request, shared).await?;
         let request = parse(if body.is_empty() { b"{}" } else { &body })?;
         Ok(Self { caller, request })
