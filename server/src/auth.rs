@@ -283,11 +283,18 @@ impl Verifier {
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, key, validation).map_err(refusal)?;
         // The token's id, for the revocation deny-list (`revocation.rs`).
-        let jti = data
-            .claims
-            .get("jti")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        // A `jti` of another type (a number, say) could never be revoked by its string form:
+        // refused, as RFC 7519 §4.1.7 makes it a string.
+        let jti = match data.claims.get("jti") {
+            None => None,
+            Some(serde_json::Value::String(jti)) => Some(jti.clone()),
+            Some(_) => {
+                return Err(AuthError::Claim {
+                    claim: "jti",
+                    reason: "must be a string".into(),
+                })
+            }
+        };
         // Read apart from `Claims` so the struct (built by token issuers) keeps its fields.
         let call = call_patterns(&data.claims)?;
         let claims = claims_from(data.claims)?;

@@ -632,3 +632,26 @@ fn repeated_members_and_crit_headers_are_refused() {
         );
     }
 }
+
+/// A `jti` must be a string: a number could never be revoked (revocation names it as a string).
+#[test]
+fn a_jti_that_is_not_a_string_is_refused() {
+    let v = hs(&Checks::default());
+    let exp = unix_now() + 60;
+    for jti in [
+        serde_json::json!(123),
+        serde_json::json!(["a"]),
+        serde_json::json!(null),
+    ] {
+        let t = sign_json(
+            serde_json::json!({"sub": "alice", "tenant": "acme", "exp": exp, "jti": jti}),
+        );
+        assert!(
+            matches!(v.verify(&t), Err(AuthError::Claim { claim: "jti", .. })),
+            "{jti}"
+        );
+    }
+    let t =
+        sign_json(serde_json::json!({"sub": "alice", "tenant": "acme", "exp": exp, "jti": "123"}));
+    assert_eq!(v.verify(&t).unwrap().jti.as_deref(), Some("123"));
+}
