@@ -85,21 +85,7 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
             .route("/boot.js", get(|| asset(JS, BOOT_JS)));
     }
     app = app.route("/quiver.js", get(|| asset(JS, CLIENT_JS)));
-    let alt_svc = shared.alt_svc.clone();
-    let app = fallbacks(app).with_state(shared);
-    match alt_svc {
-        // With a real certificate browsers learn HTTP/3 from any response.
-        Some(value) => app.layer(axum::middleware::map_response(
-            move |mut response: Response| {
-                let value = value.clone();
-                async move {
-                    response.headers_mut().insert(header::ALT_SVC, value);
-                    response
-                }
-            },
-        )),
-        None => app,
-    }
+    fallbacks(app).with_state(shared)
 }
 
 /// Resolves once shutdown began and the sessions drained (or the drain timed out): health and

@@ -1,9 +1,10 @@
 //! The TLS side of the TCP listener: with a real certificate, HTTPS and `wss://` (the WebSocket
-//! and SSE fallbacks, health, metrics, the API) are served with the same certificate as HTTP/3,
-//! by default on the same port number over TCP, and every response advertises HTTP/3 with
-//! `Alt-Svc`. Development mode keeps plain HTTP on 127.0.0.1 (see `http.rs`). Its connections are served, bounded and counted by `crate::tcp`.
+//! and SSE fallbacks, health, the API) are served with the same certificate as HTTP/3, by
+//! default on the same port number over TCP. No response advertises HTTP/3 (`Alt-Svc`): the
+//! UDP port serves WebTransport sessions only, and a browser told of it would send its ordinary
+//! requests (SSE, the API) there, to be refused. Development mode keeps plain HTTP on 127.0.0.1
+//! (see `http.rs`). Its connections are served, bounded and counted by `crate::tcp`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
@@ -33,9 +34,4 @@ pub fn acceptor(identity: &wtransport::Identity) -> Result<TlsAcceptor, HttpsErr
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// The `Alt-Svc` value that points browsers at HTTP/3 on the WebTransport port.
-pub fn alt_svc(webtransport: SocketAddr) -> String {
-    format!("h3=\":{}\"; ma=86400", webtransport.port())
 }

@@ -121,8 +121,6 @@ pub struct Shared {
     pub webtransport_addr: SocketAddr,
     /// The certificate served now (it changes when the certificate is reloaded).
     pub cert_sha256: Arc<CertHash>,
-    /// `Alt-Svc` for HTTP responses, with a real certificate.
-    pub alt_svc: Option<axum::http::HeaderValue>,
     /// Users with a session here in the last minute: the reconnect-frequency metric.
     pub recent_users: crate::metrics::RecentUsers,
     /// The way to the application's backend, for `Call` and hooks.
@@ -273,9 +271,6 @@ impl Server {
             dev,
             webtransport_addr,
             cert_sha256: Arc::new(CertHash::new(identity.cert_sha256)),
-            alt_svc: (!identity.dev)
-                .then(|| crate::https::alt_svc(webtransport_addr).parse().ok())
-                .flatten(),
             recent_users: Default::default(),
             rpc,
             receive_buffer,
