@@ -127,9 +127,12 @@ enum Budget {
 
 impl History {
     /// Counts `cost` bytes for the tenant and in the total.
-    fn charge(&mut self, tenant: &TenantId, cost: u64) {
-        self.tenants.entry(tenant.clone()).or_default().bytes += cost;
+    /// Returns the tenant's entry.
+    fn charge(&mut self, tenant: &TenantId, cost: u64) -> &mut TenantHistory {
         self.bytes += cost;
+        let entry = self.tenants.entry(tenant.clone()).or_default();
+        entry.bytes += cost;
+        entry
     }
 
     /// Gives back what [`Self::charge`] counted; a tenant holding nothing is forgotten.
@@ -323,11 +326,8 @@ impl MemoryBroker {
         }
         room.kept.push_back(kept);
         let room_key = room.key.clone();
-        history.charge(&key.tenant, cost);
         history
-            .tenants
-            .get_mut(&key.tenant)
-            .expect("charged above")
+            .charge(&key.tenant, cost)
             .order
             .insert(seq, room_key);
         history.trim(&key, policy.history_size, policy.history_ttl);

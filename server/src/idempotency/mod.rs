@@ -319,6 +319,14 @@ impl Drop for Guard {
             keys.entries.remove(&slot);
             inner.total -= 1;
         }
+        // A forgotten slot stays in `order` until it reaches the front; behind live entries that
+        // could take the whole window. Compacting once stale slots outnumber live ones keeps
+        // `order` within twice the entries (amortised O(1) per forget).
+        if keys.order.len() > 2 * keys.entries.len() + 64 {
+            let entries = &keys.entries;
+            keys.order
+                .retain(|(slot, claimed)| entries.get(slot).is_some_and(|e| e.claimed == *claimed));
+        }
     }
 }
 
@@ -455,6 +463,18 @@ mod tests {
             }
         }
         assert_eq!(keys.total(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn forgotten_claims_behind_a_live_one_do_not_pile_up() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
+        let _live = keys.claim_here(&acme, &lobby, "live", digest(b"x"), now);
+        for i in 0..1_000 {
+            drop(keys.claim_here(&acme, &lobby, &format!("k{i}"), digest(b"x"), now));
+        }
+        let order = keys.lock().tenants[&acme].order.len();
+        assert!(order <= 2 + 64, "{order}");
     }
 
     #[test]
