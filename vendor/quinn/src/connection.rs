@@ -236,14 +236,21 @@ impl Future for ZeroRttAccepted {
 /// terminate (yielding `Ok(())`) if the connection was closed without error. Unlike other
 /// connection-related futures, this waits for the draining period to complete to ensure that
 /// packets still in flight from the peer are handled gracefully.
+/// QUIVER PATCH (hold small sends, PATCHES.md): the most run-queue passes a connection driver
+/// waits, while writes keep arriving, before it sends less than a packet of stream data.
+const HOLD_PASSES: u8 = 8;
+
 #[must_use = "connection drivers must be spawned for their connections to function"]
 #[derive(Debug)]
 struct ConnectionDriver {
     conn: ConnectionRef,
     span: Span,
-    /// QUIVER PATCH (one yield before sending, PATCHES.md): the last poll only put the driver
-    /// back at the end of the run queue; the next one does the work.
-    yielded: bool,
+    /// QUIVER PATCH (one yield before sending, and hold small sends; PATCHES.md): how many
+    /// polls in a row only put the driver back at the end of the run queue (0: the next poll
+    /// yields once; then up to `HOLD_PASSES`, while small writes keep arriving).
+    yielded: u8,
+    /// QUIVER PATCH (hold small sends): the unsent stream bytes at the last pass.
+    held: u64,
 }
 
 impl ConnectionDriver {
@@ -256,7 +263,8 @@ impl ConnectionDriver {
         Self {
             conn,
             span,
-            yielded: false,
+            yielded: 0,
+            held: 0,
         }
     }
 }
@@ -270,25 +278,45 @@ impl Future for ConnectionDriver {
         // every task already runnable writes to this connection before it builds packets. Under
         // load many small writes then share one packet instead of one packet each; idle, the
         // queue is empty and the second poll follows at once.
-        if !self.yielded {
-            self.yielded = true;
+        if self.yielded == 0 {
+            self.yielded = 1;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.yielded = false;
-        let conn = &mut *self.conn.state.lock("poll");
-        let _guard = self.span.enter();
+        let this = &mut *self;
+        let conn = &mut *this.conn.state.lock("poll");
+        let _guard = this.span.enter();
 
-        if let Err(e) = conn.process_conn_events(&self.conn.shared, cx) {
-            conn.terminate(e, &self.conn.shared);
+        if let Err(e) = conn.process_conn_events(&this.conn.shared, cx) {
+            conn.terminate(e, &this.conn.shared);
             return Poll::Ready(Ok(()));
         }
+        // QUIVER PATCH (hold small sends, PATCHES.md): less than a packet of stream data waits.
+        // If writes are still arriving (more than at the last look), go round the run queue
+        // again, at most HOLD_PASSES times: under load the packet fills instead of leaving
+        // with one small frame. Incoming packets were processed above and readers are woken
+        // below, so only this connection's sending waits. A pass that brought nothing sends.
+        let mtu = u64::from(conn.inner.current_mtu());
+        let unsent = conn.inner.unsent_stream_data(mtu);
+        if this.yielded < HOLD_PASSES
+            && unsent > 0
+            && unsent < mtu
+            && (this.yielded == 1 || unsent > this.held)
+        {
+            this.held = unsent;
+            this.yielded += 1;
+            conn.forward_endpoint_events();
+            conn.forward_app_events(&this.conn.shared);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        this.yielded = 0;
         let mut keep_going = conn.drive_transmit(cx)?;
         // If a timer expires, there might be more to transmit. When we transmit something, we
         // might need to reset a timer. Hence, we must loop until neither happens.
         keep_going |= conn.drive_timer(cx);
         conn.forward_endpoint_events();
-        conn.forward_app_events(&self.conn.shared);
+        conn.forward_app_events(&this.conn.shared);
 
         if !conn.inner.is_drained() {
             if keep_going {

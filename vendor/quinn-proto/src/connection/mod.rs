@@ -1371,6 +1371,13 @@ impl Connection {
         self.zero_rtt_enabled
     }
 
+    /// QUIVER PATCH (hold small sends, vendor/quinn/PATCHES.md): the bytes of stream data
+    /// written by the application that wait to be sent for the first time, counted up to
+    /// `limit` (a bound on the work: the count stops there)
+    pub fn unsent_stream_data(&self, limit: u64) -> u64 {
+        self.streams.unsent_up_to(limit)
+    }
+
     /// Whether there are any pending retransmits
     pub fn has_pending_retransmits(&self) -> bool {
         !self.spaces[SpaceId::Data].pending.is_empty(&self.streams)

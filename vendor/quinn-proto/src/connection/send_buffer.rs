@@ -247,6 +247,12 @@ impl SendBuffer {
         self.unsent != self.offset || !self.retransmits.is_empty()
     }
 
+    /// QUIVER PATCH (hold small sends, vendor/quinn/PATCHES.md): bytes written by the
+    /// application and not yet sent once (retransmissions not counted)
+    pub(super) fn unsent_len(&self) -> u64 {
+        self.offset - self.unsent
+    }
+
     /// Bytes still retained from application writes, including acknowledged data
     pub(super) fn buffered(&self) -> u64 {
         (self.unacked_len + self.front_trimmed) as u64

@@ -404,6 +404,11 @@ impl PendingStreamsQueue {
         }
     }
 
+    /// QUIVER PATCH (hold small sends): the ids of the streams waiting to send, in no order.
+    fn ids(&self) -> impl Iterator<Item = StreamId> + '_ {
+        self.next.iter().chain(self.streams.iter()).map(|s| s.id)
+    }
+
     /// Reinsert a stream that was pending and still contains unsent data.
     fn reinsert_pending(&mut self, id: StreamId, priority: i32) {
         assert!(self.next.is_none());

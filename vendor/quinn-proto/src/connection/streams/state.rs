@@ -398,6 +398,21 @@ impl StreamsState {
     }
 
     /// Whether any stream data is queued, regardless of control frames
+    /// QUIVER PATCH (hold small sends, vendor/quinn/PATCHES.md): the bytes never sent in the
+    /// streams waiting to send, counted up to `limit` (the count stops there).
+    pub(crate) fn unsent_up_to(&self, limit: u64) -> u64 {
+        let mut total = 0;
+        for id in self.pending.ids() {
+            if let Some(Some(stream)) = self.send.get(&id) {
+                total += stream.pending.unsent_len();
+                if total >= limit {
+                    return limit;
+                }
+            }
+        }
+        total
+    }
+
     pub(crate) fn can_send_stream_data(&self) -> bool {
         // Reset streams may linger in the pending stream list, but will never produce stream frames
         self.pending.iter().any(|stream| {
