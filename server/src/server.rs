@@ -107,6 +107,8 @@ pub struct Shared {
     /// hold memory too). At most `limits.max_sessions`.
     pub connections: AtomicUsize,
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
+    /// Client tokens publishing through the backend API, metered per user.
+    pub api_clients: crate::api::client_rate::ClientRates,
     /// This instance's sessions, for disconnects and revocation.
     pub registry: Arc<crate::registry::Registry>,
     /// Disconnects and revocations that reach every instance.
@@ -252,6 +254,7 @@ impl Server {
         let address_limits = Arc::new(crate::quota::AddressLimits::new(
             config.quotas.per_address.clone(),
         ));
+        let api_clients = crate::api::client_rate::ClientRates::new(config.limits.clone());
         let shared = Arc::new(Shared {
             config,
             verifier,
@@ -262,6 +265,7 @@ impl Server {
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tenant_quotas,
+            api_clients,
             address_limits,
             registry,
             control: control.clone(),

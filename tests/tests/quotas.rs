@@ -189,6 +189,52 @@ async fn api_publishes_with_a_client_token_are_metered_like_sessions() -> anyhow
     Ok(())
 }
 
+/// A client's token publishing through the backend API is metered per user at
+/// `commands_per_second`, like its session's commands (429 `rate_limited`), so one token cannot
+/// pipeline a flood into a room; another user of the tenant, and the backend's key, are not
+/// held back by it.
+#[tokio::test]
+async fn api_publishes_with_a_client_token_are_rate_limited_per_user() -> anyhow::Result<()> {
+    const KEY: &str = "rated-key-0123456789abcdef0123456789";
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 5;
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: KEY.into(),
+            tenant: Some("rated".into()),
+        }];
+    })
+    .await?;
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/publish/feed", server.http);
+    let post = |credential: String, i: u8| {
+        http.post(&url).bearer_auth(credential).body(vec![i]).send()
+    };
+    let mallory = full_token("rated", "mallory");
+    let mut statuses = Vec::new();
+    for i in 0..20u8 {
+        let response = post(mallory.clone(), i).await?;
+        let status = response.status().as_u16();
+        if status == 429 {
+            let body: serde_json::Value = response.json().await?;
+            assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+        }
+        statuses.push(status);
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    // A burst of 5, and about 5 more a second while the loop runs.
+    assert!(refused >= 10, "{statuses:?}");
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(
+        post(full_token("rated", "alice"), 0).await?.status().as_u16(),
+        200,
+        "another user has a bucket of its own"
+    );
+    for i in 0..10u8 {
+        assert_eq!(post(KEY.to_owned(), i).await?.status().as_u16(), 200);
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn tenant_byte_quota() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| c.quotas.tenant.bytes_per_second = 10_000).await?;

@@ -31,6 +31,8 @@ pub enum Code {
     Unavailable,
     /// 429: a client token's publication is over its tenant's publish quota; retry later.
     QuotaExceeded,
+    /// 429: a client token is publishing faster than `limits.commands_per_second`; retry later.
+    RateLimited,
     /// 408: the request's body did not arrive within `timeouts.handshake`.
     RequestTimeout,
     /// 409: a request with this `Idempotency-Key` is still publishing into the room; retry.
@@ -68,6 +70,7 @@ impl Code {
             Code::PayloadTooLarge => "payload_too_large",
             Code::Unavailable => "unavailable",
             Code::QuotaExceeded => "quota_exceeded",
+            Code::RateLimited => "rate_limited",
             Code::RequestTimeout => "request_timeout",
             Code::IdempotencyInProgress => "idempotency_in_progress",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
@@ -84,7 +87,7 @@ impl Code {
             Code::UnrecoverablePosition => StatusCode::CONFLICT,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Code::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Code::QuotaExceeded | Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::IdempotencyInProgress => StatusCode::CONFLICT,
             Code::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

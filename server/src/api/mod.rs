@@ -6,6 +6,7 @@
 //! constant time (`auth.rs`); positions are decimal strings (`json.rs`).
 
 mod auth;
+pub mod client_rate;
 mod encoding;
 mod error;
 mod openapi;

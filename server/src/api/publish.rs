@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::{api_key, bearer, KeyRequest};
+use super::client_rate;
 use super::encoding;
 use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
@@ -73,12 +74,29 @@ pub async fn publish(
     // neither probe the backend's payloads through the backend's keys nor claim them first.
     let once = idempotency_key(&headers)?.map(|key| match &grant {
         None => scoped(BACKEND, &key),
-        Some(grant) => scoped(&format!("u{}", grant.user), &key),
+        Some(grant) => scoped(&format!("{}{}", idempotency::USER, grant.user), &key),
     });
     let mut payload = body?;
     // A repeat is recognised by the payload as sent, before a hook may replace it.
     let digest = once.as_ref().map(|_| idempotency::digest(&payload));
     if let Some(grant) = grant {
+        // A client's token is metered like its session's commands, per user.
+        shared
+            .api_clients
+            .take(&grant.tenant, &grant.user, std::time::Instant::now())
+            .map_err(|refused| match refused {
+                client_rate::Refused::Rate => ApiError::new(
+                    Code::RateLimited,
+                    format!(
+                        "over {} publications per second for this user; retry later",
+                        shared.config.limits.commands_per_second
+                    ),
+                ),
+                client_rate::Refused::Busy => ApiError::new(
+                    Code::RateLimited,
+                    "too many clients are publishing through the API right now; retry later",
+                ),
+            })?;
         if !grant.may_publish(&room) {
             return Err(ApiError::new(
                 Code::PermissionDenied,
@@ -176,6 +194,13 @@ fn refusal(claim: &Claim) -> Option<ApiError> {
         Claim::Mismatch => Some(ApiError::new(
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used in this room for a different payload",
+        )),
+        Claim::TooMany => Some(ApiError::new(
+            Code::QuotaExceeded,
+            format!(
+                "this tenant's clients used {} idempotency keys in the last 5 minutes; retry later",
+                idempotency::MAX_CLIENT_KEYS_PER_TENANT
+            ),
         )),
         Claim::New(_) | Claim::Done(_) => None,
     }

@@ -27,6 +27,11 @@ pub const WINDOW: Duration = Duration::from_secs(300);
 pub const MAX_KEY_LEN: usize = 128;
 pub const MAX_PER_TENANT: usize = 10_000;
 pub const MAX_ENTRIES: usize = 100_000;
+/// Keys a tenant's clients (client tokens) may claim through this instance per [`WINDOW`]: a
+/// client's keys also go into the cluster's shared record (one bucket for every tenant), which
+/// eviction here does not empty, so they are refused beyond this rather than evicted. The
+/// backend's keys (API keys) are not counted: the backend is trusted, as elsewhere in the API.
+pub const MAX_CLIENT_KEYS_PER_TENANT: usize = 10_000;
 
 /// Checks a key as the `Idempotency-Key` header carries it: 1 to [`MAX_KEY_LEN`] bytes of
 /// visible ASCII (no space).
@@ -46,6 +51,9 @@ pub fn check_key(key: &[u8]) -> Result<&str, String> {
 /// The scope of the keys API keys send (the backend's); a client token's are its user's,
 /// `u` and the user id.
 pub const BACKEND: &str = "b";
+
+/// How the scope of a client token's keys begins: `u`, then the user id (see [`scoped`]).
+pub const USER: &str = "u";
 
 /// A key within its scope. A key holds no newline (visible ASCII only), so the last one
 /// separates the two, whatever the scope (a user id) holds.
@@ -69,6 +77,8 @@ pub enum Claim {
     InProgress,
     /// The key was used in this room for a different payload.
     Mismatch,
+    /// A new client key over [`MAX_CLIENT_KEYS_PER_TENANT`]: nothing was claimed.
+    TooMany,
 }
 
 #[derive(Default)]
@@ -92,6 +102,8 @@ struct TenantKeys {
     /// Slots in the order they were claimed (so in expiry order). A slot forgotten early stays
     /// here until it reaches the front; `Entry::claimed` tells the two apart.
     order: VecDeque<(Slot, Instant)>,
+    /// When each new client key (not the backend's) of the last [`WINDOW`] was claimed here.
+    client_claims: VecDeque<Instant>,
 }
 
 struct Entry {
@@ -210,6 +222,19 @@ impl IdempotencyKeys {
                 }
             };
         }
+        if key.starts_with(USER) {
+            while keys
+                .client_claims
+                .front()
+                .is_some_and(|at| now.duration_since(*at) >= WINDOW)
+            {
+                keys.client_claims.pop_front();
+            }
+            if keys.client_claims.len() >= MAX_CLIENT_KEYS_PER_TENANT {
+                return Claim::TooMany;
+            }
+            keys.client_claims.push_back(now);
+        }
         if keys.entries.len() >= MAX_PER_TENANT {
             inner.total -= keys.evict_oldest();
         }
@@ -242,7 +267,8 @@ impl IdempotencyKeys {
         let mut dropped = 0;
         inner.tenants.retain(|_, keys| {
             dropped += keys.expire(now);
-            !keys.entries.is_empty()
+            // A tenant whose clients used keys lately keeps its count of them.
+            !keys.entries.is_empty() || !keys.client_claims.is_empty()
         });
         inner.total -= dropped;
         if inner.total > MAX_ENTRIES {
@@ -475,6 +501,45 @@ mod tests {
         }
         let order = keys.lock().tenants[&acme].order.len();
         assert!(order <= 2 + 64, "{order}");
+    }
+
+    #[test]
+    fn a_tenants_clients_get_a_bounded_number_of_new_keys_per_window() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, globex, lobby) = (tenant("acme"), tenant("globex"), room("lobby"));
+        let now = Instant::now();
+        let client = |i: usize| scoped(&format!("{USER}mallory"), &format!("k{i}"));
+        for i in 0..MAX_CLIENT_KEYS_PER_TENANT {
+            assert!(matches!(
+                keys.claim_here(&acme, &lobby, &client(i), digest(b"x"), now),
+                Claim::New(_)
+            ));
+        }
+        // Refused, not evicted: the cluster's record of the earlier keys stays in any case.
+        assert!(matches!(
+            keys.claim_here(&acme, &lobby, &client(usize::MAX), digest(b"x"), now),
+            Claim::TooMany
+        ));
+        // The backend's keys, and another tenant's clients, are not held back.
+        assert!(matches!(
+            keys.claim_here(&acme, &lobby, &scoped(BACKEND, "b1"), digest(b"x"), now),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            keys.claim_here(&globex, &lobby, &client(0), digest(b"x"), now),
+            Claim::New(_)
+        ));
+        // A window later the tenant's clients may claim again.
+        assert!(matches!(
+            keys.claim_here(
+                &acme,
+                &lobby,
+                &client(usize::MAX),
+                digest(b"x"),
+                now + WINDOW
+            ),
+            Claim::New(_)
+        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 mod calls;
 mod commands;
 mod datagrams;
-mod meter;
+pub(crate) mod meter;
 mod publishing;
 mod read_only;
 
