@@ -575,6 +575,9 @@ impl Default for TimeoutsConfig {
     }
 }
 
+/// The smallest `limits.max_frame` the server accepts (PROTOCOL.md §3).
+pub const MIN_MAX_FRAME: u32 = 2048;
+
 impl Config {
     /// Defaults, then the TOML file if given, then `QUIVER_*` variables (`__` separates nested
     /// keys: `QUIVER_LIMITS__MAX_FRAME=1024`; `QUIVER_JWT_SECRET` and `QUIVER_JWT_SECRET_FILE`
@@ -628,6 +631,14 @@ impl Config {
     /// satisfy (`--nats` gives `nats.url`).
     fn validate_loaded(&self) -> Result<(), String> {
         let l = &self.limits;
+        // Replies the server does not split (an `Error` with a backend's 512-byte reason, a
+        // `Goodbye`, `Welcome`) must fit one frame, whatever the operator chose.
+        if l.max_frame < MIN_MAX_FRAME {
+            return Err(format!(
+                "limits.max_frame ({}) must be at least {MIN_MAX_FRAME}",
+                l.max_frame
+            ));
+        }
         // A publication's frame adds the room name and a little framing to the payload.
         let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
         if l.max_payload.saturating_add(overhead) > l.max_frame {
@@ -863,10 +874,16 @@ mod tests {
             assert!(Config::load(Some("q.toml".as_ref())).is_err());
             jail.create_file(
                 "small.toml",
-                "[limits]\nmax_frame = 1000\nmax_payload = 1000\n",
+                "[limits]\nmax_frame = 4000\nmax_payload = 4000\n",
             )?;
             let err = Config::load(Some("small.toml".as_ref())).unwrap_err();
             assert!(err.to_string().contains("max_payload"), "{err}");
+            jail.create_file(
+                "tiny.toml",
+                "[limits]\nmax_frame = 1024\nmax_payload = 256\n",
+            )?;
+            let err = Config::load(Some("tiny.toml".as_ref())).unwrap_err();
+            assert!(err.to_string().contains("at least 2048"), "{err}");
             Ok(())
         });
     }
