@@ -620,7 +620,9 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
 }
 
 /// `rpc.http_max_in_flight` bounds the server's HTTP requests to the backend: a call that finds
-/// no free slot waits within its own deadline, then gets `deadline_exceeded`.
+/// no free slot waits within its own deadline, then gets `deadline_exceeded`. (The second
+/// caller is of another tenant: one of the same tenant would be refused at once, its tenant
+/// being at its share; `rpc_outage_fairness.rs`.)
 #[tokio::test]
 async fn http_requests_in_flight_are_bounded_server_wide() -> Result<()> {
     let (backend, url) = start_backend().await?;
@@ -630,7 +632,8 @@ async fn http_requests_in_flight_are_bounded_server_wide() -> Result<()> {
     })
     .await?;
     let first = connect(&server, "alice").await?;
-    let second = connect(&server, "bob").await?;
+    let globex = call_token("globex", "bob", &["order.*"]);
+    let second = Client::connect(client_config(&server, token_fixed(globex))).await?;
     let slow = tokio::spawn(async move {
         let options = quiver_client::CallOptions {
             timeout: Some(Duration::from_secs(4)),

@@ -15,7 +15,7 @@ mod config;
 mod http;
 mod nats;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, RoomName, TenantId};
@@ -28,19 +28,21 @@ pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
 /// Outcomes of a call, as labelled on [`RPC_CALLS`].
-const CALL_OUTCOMES: [&str; 5] = [
+const CALL_OUTCOMES: [&str; 6] = [
     "ok",
     "unavailable",
+    "over_quota",
     "timeout",
     "backend_error",
     "bad_answer",
 ];
 /// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
-const HOOK_OUTCOMES: [&str; 7] = [
+const HOOK_OUTCOMES: [&str; 8] = [
     "allow",
     "deny",
     "replace",
     "unavailable",
+    "over_quota",
     "timeout",
     "backend_error",
     "bad_answer",
@@ -63,14 +65,28 @@ pub(crate) fn register_zeros() {
 pub(crate) fn describe() {
     metrics::describe_counter!(
         RPC_CALLS,
-        "Calls to the application's backend by outcome: ok, unavailable, timeout, backend_error, \
-         bad_answer"
+        "Calls to the application's backend by outcome: ok, unavailable, over_quota, timeout, \
+         backend_error, bad_answer"
     );
     metrics::describe_counter!(
         HOOK_DECISIONS,
         "Backend hook decisions by hook (subscribe, publish) and outcome: allow, deny, replace, \
-         or the failure (unavailable, timeout, backend_error, bad_answer) decided by fail_open"
+         or the failure (unavailable, over_quota, timeout, backend_error, bad_answer) decided by \
+         fail_open"
     );
+}
+
+/// The request header (NATS and HTTP) that says when the caller stops waiting, in milliseconds
+/// since the Unix epoch: past it nobody reads the answer, so a backend should drop the request
+/// unrun (one written just as a connection dropped can arrive late; PROTOCOL.md §11.2).
+pub const DEADLINE: &str = "Quiver-Deadline";
+
+/// The [`DEADLINE`] value for a request sent at `now` that may take `deadline`.
+fn deadline_at(now: SystemTime, deadline: Duration) -> String {
+    now.checked_add(deadline)
+        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis())
+        .to_string()
 }
 
 /// Longest idempotency key, in bytes.
@@ -85,6 +101,10 @@ pub enum RpcError {
     /// route is configured.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The tenant already has its share of the server's requests to the backend out (HTTP
+    /// route); not sent.
+    #[error("too many requests to the backend: {0}")]
+    OverQuota(String),
     /// No answer before the deadline.
     #[error("no answer from the backend within {0:?}")]
     Deadline(Duration),
@@ -100,6 +120,7 @@ impl RpcError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
             RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
             RpcError::Backend(code, _) => *code,
             RpcError::BadAnswer(_) => ErrorCode::BackendError,
@@ -110,6 +131,7 @@ impl RpcError {
     fn label(&self) -> &'static str {
         match self {
             RpcError::Unavailable(_) => "unavailable",
+            RpcError::OverQuota(_) => "over_quota",
             RpcError::Deadline(_) => "timeout",
             RpcError::Backend(..) => "backend_error",
             RpcError::BadAnswer(_) => "bad_answer",
@@ -374,7 +396,7 @@ impl Rpc {
                 nats.hook(hook, caller, room, body, &request_id, settings.timeout)
                     .await
             }
-            Route::Http(http) => http.hook(body, settings.timeout).await,
+            Route::Http(http) => http.hook(&caller.tenant, body, settings.timeout).await,
             Route::None => Err(RpcError::Unavailable("no backend configured".into())),
         };
         // A failure (unreachable, late, nonsense) is labelled as such, then decided by
@@ -510,6 +532,12 @@ mod tests {
             ..closed
         };
         assert_eq!(rpc.failed(&open, &late), Decision::Allow);
+    }
+
+    #[test]
+    fn the_deadline_header_is_unix_milliseconds() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(deadline_at(now, Duration::from_secs(2)), "1700000002123");
     }
 
     #[test]

@@ -2,15 +2,21 @@
 //! validated method or room name (tokens of `[A-Za-z0-9_-]`), so no client input can become a
 //! wildcard or reach another tenant's subjects. Backends subscribe with a queue group, so any
 //! one instance answers.
+//!
+//! Never queued (PROTOCOL.md §11.1): async-nats keeps whatever is handed to a client that is
+//! reconnecting and sends it once the connection is back, long after the caller was answered.
+//! So a request is only handed over while the client is connected (otherwise `unavailable`
+//! at once), and every request carries its deadline (`Quiver-Deadline`) for the backend to drop
+//! one that still arrives late (written just as the connection dropped).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_nats::header::HeaderMap;
 use async_nats::RequestErrorKind;
 use bytes::Bytes;
 use quiver_proto::RoomName;
 
-use super::{backend_message, code_for_status, CallRequest, Caller, Hook, RpcError};
+use super::{backend_message, code_for_status, deadline_at, CallRequest, Caller, Hook, RpcError};
 use crate::config::NatsConfig;
 
 /// The caller's identity, as request headers.
@@ -20,6 +26,7 @@ pub const SESSION: &str = "Quiver-Session";
 pub const REQUEST_ID: &str = "Quiver-Request-Id";
 pub const IDEMPOTENCY_KEY: &str = "Quiver-Idempotency-Key";
 pub const ROOM: &str = "Quiver-Room";
+pub use super::DEADLINE;
 /// On a reply: an HTTP-style status; present and not 2xx means the call failed, the body
 /// being the message.
 pub const STATUS: &str = "Quiver-Status";
@@ -89,10 +96,17 @@ impl NatsRoute {
     async fn request(
         &self,
         subject: String,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         payload: Bytes,
         deadline: Duration,
     ) -> Result<async_nats::Message, RpcError> {
+        // A request handed to a reconnecting client would wait in its buffer and reach the
+        // backend after the reconnect, behind the caller's back: refuse it now instead.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(RpcError::Unavailable("not connected to NATS".into()));
+        }
+        // Digits only: always a valid header value (`From<&str>` panics only on line breaks).
+        headers.insert(DEADLINE, deadline_at(SystemTime::now(), deadline).as_str());
         let request = async_nats::Request::new()
             .payload(payload)
             .headers(headers)

@@ -1,0 +1,330 @@
+//! Calls and hooks when the way to the backend is down or crowded (PROTOCOL.md §11.1–11.2):
+//! during a NATS outage a `Call` is `unavailable` and a hook follows its namespace's fail rule,
+//! both at once rather than at their deadline, and neither reaches the backend once NATS is
+//! back; over HTTP, one tenant at its share of the in-flight pool is refused
+//! (`quota_exceeded`) while other tenants' calls and hooks go on, and calls filling the pool
+//! leave the hooks' reserve free.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_client::{token_fixed, CallOptions, Client, ClientError, ErrorCode};
+use quiver_server::config::NatsConfig;
+use quiver_server::rpc::HookConfig;
+use quiver_tests::nats::NatsServer;
+use quiver_tests::rpc::call_token;
+use quiver_tests::*;
+use serde_json::{json, Value};
+
+/// What a NATS backend received: subject and body.
+type Log = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn hook(namespace: &str, subscribe: bool, publish: bool, fail_open: bool) -> HookConfig {
+    HookConfig {
+        namespace: namespace.into(),
+        subscribe,
+        publish,
+        // Long, so "well under the deadline" means the answer did not wait for it.
+        timeout: Duration::from_secs(6),
+        fail_open,
+    }
+}
+
+async fn connect(server: &TestServer, tenant: &str, user: &str) -> Result<Client> {
+    let token = call_token(tenant, user, &["m.>"]);
+    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
+}
+
+fn code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (Option<ErrorCode>, String) {
+    match result {
+        Ok(b) => panic!("expected an error, got {b:?}"),
+        Err(e) => (e.error_code(), e.to_string()),
+    }
+}
+
+fn within(timeout: Duration) -> CallOptions {
+    CallOptions {
+        timeout: Some(timeout),
+        ..Default::default()
+    }
+}
+
+/// A NATS backend for tenant `acme`: logs every request (calls and hooks), echoes calls and
+/// allows hooks. Returns once nats-server has processed its subscription.
+async fn nats_backend(nats: &NatsServer, log: Log) -> Result<async_nats::Client> {
+    let client = async_nats::connect(nats.url()).await?;
+    let mut sub = client.subscribe("quiver.acme.>".to_owned()).await?;
+    // A request nobody answers: its "no responders" means the subscribe was processed.
+    let probe = client
+        .request("rpc-test.round-trip".to_owned(), Bytes::new())
+        .await;
+    assert!(probe.is_err(), "nobody answers the round-trip subject");
+    let responder = client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            log.lock()
+                .unwrap()
+                .push((msg.subject.to_string(), msg.payload.to_vec()));
+            let Some(reply) = msg.reply else { continue };
+            let answer = if msg.subject.contains(".rpc.") {
+                msg.payload.clone()
+            } else {
+                Bytes::from_static(br#"{"allow": true}"#)
+            };
+            let _ = responder.publish(reply, answer).await;
+        }
+    });
+    Ok(client)
+}
+
+/// NATS is killed: a call and two hooked publishes (one namespace failing closed, one open)
+/// are answered at once, and when NATS is back the backend never receives any of them.
+#[tokio::test]
+async fn during_a_nats_outage_calls_and_hooks_fail_at_once_and_never_arrive_later() -> Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.rpc.hooks = vec![
+            hook("order", false, true, false),
+            hook("open", false, true, true),
+        ];
+    })
+    .await?;
+    let log: Log = Arc::default();
+    let before = nats_backend(&nats, log.clone()).await?;
+    let client = connect(&server, "acme", "alice").await?;
+    // The route works before the outage.
+    assert_eq!(
+        client
+            .call_with("m.charge", "warm-up", within(WAIT))
+            .await?,
+        &b"warm-up"[..]
+    );
+    drop(before);
+
+    nats.kill();
+    // Quiver's NATS connections see the socket close at once; a second is ample.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let deadline = Duration::from_secs(8);
+    let started = Instant::now();
+    let (c, msg) = code(
+        client
+            .call_with("m.charge", "stale-call", within(deadline))
+            .await,
+    );
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    assert!(
+        started.elapsed() < deadline / 2,
+        "answered after {:?}",
+        started.elapsed()
+    );
+
+    // Fails closed: denied, well within the hook's 6 s.
+    let started = Instant::now();
+    let (c, msg) = code(client.publish_ack("order.o", "stale-hook-closed").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("hook failed closed"), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Fails open: allowed by the hook, then refused by the broker, which has no NATS either.
+    let started = Instant::now();
+    let (c, msg) = code(client.publish_ack("open.o", "stale-hook-open").await);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // NATS comes back, and a backend subscribes at once (before Quiver's calls connection,
+    // which backs off between attempts, is back: whatever that connection had kept would be
+    // sent then, and seen).
+    nats.restart().await?;
+    let after_log: Log = Arc::default();
+    let _after = nats_backend(&nats, after_log.clone()).await?;
+    // Until a fresh call goes through: Quiver's connection is back, and anything it had kept
+    // from the outage went out before it.
+    let fresh = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match client
+                .call_with("m.charge", "fresh", within(Duration::from_secs(2)))
+                .await
+            {
+                Ok(answer) => return answer,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .context("no call went through after NATS came back")?;
+    assert_eq!(fresh, &b"fresh"[..]);
+    // A moment for anything late on the backend's own connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = after_log.lock().unwrap().clone();
+    let stale: Vec<_> = seen
+        .iter()
+        .filter(|(subject, body)| !(subject == "quiver.acme.rpc.m.charge" && body == b"fresh"))
+        .map(|(subject, body)| format!("{subject}: {}", String::from_utf8_lossy(body)))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the backend received requests from the outage: {stale:?}"
+    );
+    client.close().await;
+    Ok(())
+}
+
+/// An HTTP backend: `m.slow` answers after 10 s, other calls echo, hooks allow. Counts the
+/// slow calls it received, by tenant.
+#[derive(Default)]
+struct HttpBackend {
+    slow: Mutex<Vec<String>>,
+    hooks: AtomicUsize,
+}
+
+async fn handle(State(backend): State<Arc<HttpBackend>>, Json(envelope): Json<Value>) -> Response {
+    match envelope["type"].as_str() {
+        Some("call") if envelope["method"] == "m.slow" => {
+            let tenant = envelope["tenant"].as_str().unwrap_or_default().to_owned();
+            backend.slow.lock().unwrap().push(tenant);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Json(json!({"payload": ""})).into_response()
+        }
+        Some("call") => Json(json!({"payload": envelope["payload"]})).into_response(),
+        _ => {
+            backend.hooks.fetch_add(1, Ordering::Relaxed);
+            Json(json!({"allow": true})).into_response()
+        }
+    }
+}
+
+impl HttpBackend {
+    fn slow_calls(&self) -> usize {
+        self.slow.lock().unwrap().len()
+    }
+
+    async fn wait_slow_calls(&self, n: usize) -> Result<()> {
+        tokio::time::timeout(WAIT, async {
+            while self.slow_calls() < n {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .with_context(|| format!("the backend saw {} slow calls, not {n}", self.slow_calls()))
+    }
+}
+
+/// Starts `n` slow calls on `client` (8 s deadline), in the background; their results.
+fn slow_calls(
+    client: &Client,
+    n: usize,
+) -> tokio::task::JoinHandle<Vec<Result<Bytes, ClientError>>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let calls = (0..n).map(|_| client.call_with("m.slow", "", within(Duration::from_secs(8))));
+        futures::future::join_all(calls).await
+    })
+}
+
+/// `rpc.http_max_in_flight` = 8: each tenant may have 2 requests out, calls at most 6. One
+/// tenant's slow calls beyond its 2 are refused at once and never reach the backend; another
+/// tenant's call and hooked subscribe/publish go through. Three tenants' slow calls fill every
+/// call slot: a hooked subscribe still goes through (the hooks' reserve), a call waits.
+#[tokio::test]
+async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() -> Result<()> {
+    let backend = Arc::new(HttpBackend::default());
+    let app = axum::Router::new()
+        .route("/rpc", axum::routing::post(handle))
+        .with_state(backend.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/rpc", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.http_max_in_flight = 8;
+        c.rpc.max_timeout = Duration::from_secs(10);
+        c.rpc.hooks = vec![hook("order", true, true, false)];
+    })
+    .await?;
+
+    // Two sessions of one tenant ask for 6 slow calls each: 2 reach the backend, 10 are
+    // refused at once.
+    let evil_a = connect(&server, "evil", "a").await?;
+    let evil_b = connect(&server, "evil", "b").await?;
+    let started = Instant::now();
+    let first = slow_calls(&evil_a, 6);
+    let second = slow_calls(&evil_b, 6);
+    backend.wait_slow_calls(2).await?;
+    let victim = connect(&server, "acme", "victim").await?;
+    assert_eq!(
+        victim.call_with("m.echo", "hi", within(WAIT)).await?,
+        &b"hi"[..]
+    );
+    let _sub = victim.subscribe("order.v").await?;
+    victim.publish_ack("order.v", "p").await?;
+    assert!(
+        backend.hooks.load(Ordering::Relaxed) >= 2,
+        "both hooks asked"
+    );
+
+    // Three more tenants with 2 slow calls each: with evil's 2, the 6 call slots are taken
+    // (2 more wait).
+    let mut more = Vec::new();
+    let mut others = Vec::new();
+    for tenant in ["t1", "t2", "t3"] {
+        let client = connect(&server, tenant, "x").await?;
+        more.push(slow_calls(&client, 2));
+        others.push(client);
+    }
+    backend.wait_slow_calls(6).await?;
+    // The hooks' reserve: a hooked subscribe of yet another tenant is decided, not starved.
+    let quiet = connect(&server, "quiet", "q").await?;
+    let _sub = quiet.subscribe("order.q").await?;
+    // A call waits for a call slot within its deadline.
+    let (c, msg) = code(
+        quiet
+            .call_with("m.echo", "x", within(Duration::from_millis(500)))
+            .await,
+    );
+    assert_eq!(c, Some(ErrorCode::DeadlineExceeded), "{msg}");
+
+    // evil's refusals came at once, with the tenant-share code; only 2 of its 12 went out.
+    let mut refused = 0;
+    for result in first.await?.into_iter().chain(second.await?) {
+        match result {
+            Err(e) if e.error_code() == Some(ErrorCode::QuotaExceeded) => refused += 1,
+            Err(e) => assert_eq!(e.error_code(), Some(ErrorCode::DeadlineExceeded), "{e}"),
+            Ok(b) => panic!("a slow call answered {b:?}"),
+        }
+    }
+    assert_eq!(refused, 10);
+    let evil_sent = backend
+        .slow
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| *t == "evil")
+        .count();
+    assert_eq!(
+        evil_sent, 2,
+        "evil's calls beyond its share never reached the backend"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    for task in more {
+        task.abort();
+    }
+    Ok(())
+}
