@@ -349,3 +349,29 @@ async fn no_hello_gets_a_goodbye_at_the_deadline() -> anyhow::Result<()> {
     assert_eq!(ws.close_code().await, Some(3006));
     Ok(())
 }
+
+/// The Hello deadline is one deadline, whether or not the client opened its control stream: a
+/// session that never opens it is closed at `timeouts.hello`, not a grace period later (the
+/// seventh audit saw 12.2 s with the default 10 s: the close waited for the control stream's
+/// task, which waited for a stream that never came).
+#[tokio::test]
+async fn a_session_without_a_control_stream_is_closed_at_the_hello_deadline() -> anyhow::Result<()>
+{
+    let hello = Duration::from_secs(2);
+    let server = TestServer::start_with(|c| c.timeouts.hello = hello).await?;
+    let token = full_token("acme", "mute");
+    let opened = std::time::Instant::now();
+    let bare = open_session(&server, &format!("/v1?token={token}")).await?;
+    let closed = tokio::time::timeout(WAIT, bare.closed()).await?;
+    let after = opened.elapsed();
+    assert!(
+        matches!(&closed, wtransport::error::ConnectionError::ApplicationClosed(c) if c.code().into_inner() == 3006),
+        "{closed:?}"
+    );
+    // Before the fix: at 2 × hello (the control task's own bound) or hello + 2 s, both 4 s.
+    assert!(
+        after >= hello && after < hello + Duration::from_secs(1),
+        "closed {after:?} after opening, with a {hello:?} Hello deadline"
+    );
+    Ok(())
+}

@@ -206,9 +206,8 @@ async fn api_publishes_with_a_client_token_are_rate_limited_per_user() -> anyhow
     .await?;
     let http = reqwest::Client::new();
     let url = format!("http://{}/api/v1/publish/feed", server.http);
-    let post = |credential: String, i: u8| {
-        http.post(&url).bearer_auth(credential).body(vec![i]).send()
-    };
+    let post =
+        |credential: String, i: u8| http.post(&url).bearer_auth(credential).body(vec![i]).send();
     let mallory = full_token("rated", "mallory");
     let mut statuses = Vec::new();
     for i in 0..20u8 {
@@ -225,7 +224,10 @@ async fn api_publishes_with_a_client_token_are_rate_limited_per_user() -> anyhow
     assert!(refused >= 10, "{statuses:?}");
     assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(
-        post(full_token("rated", "alice"), 0).await?.status().as_u16(),
+        post(full_token("rated", "alice"), 0)
+            .await?
+            .status()
+            .as_u16(),
         200,
         "another user has a bucket of its own"
     );

@@ -1068,6 +1068,26 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
     assert_eq!(answer.status().as_u16(), 405);
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "method_not_allowed", "{body}");
+    // A WebSocket version the server does not speak: 426 naming the one it does (RFC 6455
+    // §4.2.2).
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/v1/ws", server.http))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "12")
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 426);
+    assert_eq!(
+        answer
+            .headers()
+            .get("sec-websocket-version")
+            .map(|v| v.as_bytes()),
+        Some(&b"13"[..])
+    );
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(body["label"], "bad_request", "{body}");
     Ok(())
 }
 

@@ -56,13 +56,30 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Ok(ws) = ws else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            None,
-            "not a WebSocket upgrade request",
-        );
+    let ws = match ws {
+        Ok(ws) => ws,
+        // RFC 6455 §4.2.2: a version the server does not speak gets 426 and the one it does.
+        Err(WebSocketUpgradeRejection::InvalidWebSocketVersionHeader(_)) => {
+            let mut response = problem(
+                StatusCode::UPGRADE_REQUIRED,
+                "bad_request",
+                None,
+                "unsupported WebSocket version: the server speaks version 13 (RFC 6455)",
+            );
+            response.headers_mut().insert(
+                axum::http::header::SEC_WEBSOCKET_VERSION,
+                axum::http::HeaderValue::from_static("13"),
+            );
+            return response;
+        }
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+                "not a WebSocket upgrade request",
+            )
+        }
     };
     let checked = admit_tcp(&shared, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;

@@ -250,14 +250,20 @@ fn close_code(code: CloseCode) -> VarInt {
 async fn control(
     conn: Connection,
     inbound: queue::Sender<Inbound>,
-    out: queue::Receiver<Bytes>,
+    mut out: queue::Receiver<Bytes>,
     max_frame: usize,
     hello: Duration,
 ) {
     // The core's own Hello deadline ends the session (`hello_timeout`, told in the QUIC close);
     // this one only makes sure the task ends if the session somehow does not. Twice as long, so
     // it can never race the core's and turn that close into a silent one.
-    let deadline = tokio::time::Instant::now() + hello * 2;
+    let started = tokio::time::Instant::now();
+    let deadline = started + hello * 2;
+    // What the core queued before there was a stream to write it to: before a `Hello` the core
+    // writes nothing but a goodbye, so this holds one frame.
+    let mut early = Vec::new();
+    // Set once the core has ended the session (its queue closed) before the stream came.
+    let mut ended = false;
     let (send, recv) = loop {
         tokio::select! {
             streams = conn.accept_bi() => match streams {
@@ -273,19 +279,34 @@ async fn control(
                 metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
                 crate::metrics::datagram_dropped("before_hello");
             },
+            // The session ended before the client opened the stream. Refused at once (a quota,
+            // a drain), its goodbye waits for a client that opens the stream within the Hello
+            // deadline; past that deadline (the Hello deadline itself) there is nobody to read
+            // it, so end now and let the connection close with the code at once.
+            frame = out.recv(), if !ended => match frame {
+                Some(frame) => early.push(frame),
+                None if early.is_empty() || started.elapsed() >= hello => return,
+                None => ended = true,
+            },
+            _ = tokio::time::sleep_until(started + hello), if ended => return,
             _ = tokio::time::sleep_until(deadline) => return,
         }
     };
     let reader = tokio::spawn(read_control(conn, recv, inbound, max_frame));
-    write_control(send, out).await;
+    write_control(send, early, out).await;
     reader.abort();
 }
 
 /// Writes queued frames to the control stream. Ends when every sender is gone, then finishes the
 /// stream and waits (bounded) for the client to acknowledge it, so a goodbye frame written last
 /// arrives before the connection closes.
-async fn write_control(mut send: SendStream, mut rx: queue::Receiver<Bytes>) {
+async fn write_control(mut send: SendStream, early: Vec<Bytes>, mut rx: queue::Receiver<Bytes>) {
     send.set_priority(CONTROL_PRIORITY);
+    for frame in early {
+        if send.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
     while let Some(frame) = rx.recv().await {
         if send.write_all(&frame).await.is_err() {
             return;
