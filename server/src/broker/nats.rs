@@ -10,7 +10,9 @@
 //!   flush it on reconnect, possibly before other instances resubscribed, so `Published` would
 //!   have promised what nobody delivers.
 //! - Rooms in a history namespace go through JetStream, one stream per (tenant, namespace)
-//!   ([`history`]): positions, resume, and a per-room listener that survives NATS restarts.
+//!   ([`history`]): positions, resume, and one live consumer per stream with local interest
+//!   (not per room), fanned out to the rooms here, that survives NATS restarts. The consumers
+//!   one instance holds on a stream are bounded whatever its clients do ([`history`]).
 //! - [`health`]: `/readyz` says ready only once JetStream answers and every history listener
 //!   delivers again after a (re)connect.
 
@@ -75,6 +77,15 @@ struct Inner {
     /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
     /// it serialises interest changes only, never the publish path.
     interest: Mutex<HashMap<RoomKey, JoinHandle<()>>>,
+    /// Per (tenant, history namespace) with local interest, the one live consumer's listener
+    /// and the rooms it delivers to (`history::Live`).
+    live: std::sync::Mutex<HashMap<(TenantId, String), Arc<history::Live>>>,
+    /// History reads (replays, pages, presence listings) in progress, each holding a short-lived
+    /// consumer until it is deleted: at most `history::MAX_READS` at once.
+    reads: Arc<tokio::sync::Semaphore>,
+    /// Names this instance's consumers (`quiver_<instance>_<n>`), so it can delete them by name.
+    consumer_prefix: String,
+    consumer_serial: std::sync::atomic::AtomicU64,
     presence: OnceCell<jetstream::kv::Store>,
     /// This instance's presence entries (KV key → user), re-put every third of the TTL so they
     /// outlive nothing but a dead instance.
@@ -171,6 +182,10 @@ impl NatsBroker {
             health: health::Health::default(),
             high_water: std::sync::Mutex::default(),
             interest: Mutex::new(HashMap::new()),
+            live: std::sync::Mutex::default(),
+            reads: Arc::new(tokio::sync::Semaphore::new(history::MAX_READS)),
+            consumer_prefix: history::instance_prefix(),
+            consumer_serial: std::sync::atomic::AtomicU64::new(0),
             presence: OnceCell::new(),
             local_presence: Arc::default(),
         });
@@ -294,39 +309,54 @@ impl Inner {
             .await
             .map_err(unavailable)?;
         let prefix = format!("$KV.{PRESENCE_BUCKET}.");
-        let mut consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{prefix}{}.{}.*", key.tenant, key.room),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(unavailable)?;
-        if consumer.info().await.map_err(unavailable)?.num_pending == 0 {
-            return Ok(Vec::new());
-        }
-        let mut messages = consumer.messages().await.map_err(unavailable)?;
+        // A consumer for this listing only, deleted when it is done (`history::ReadGuard`):
+        // listings cannot pile consumers up on the bucket's stream.
+        let (consumer, _guard) = self
+            .read_consumer(
+                &stream,
+                consumer::pull::Config {
+                    filter_subject: format!("{prefix}{}.{}.*", key.tenant, key.room),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut remaining = consumer.cached_info().num_pending;
         bounded("presence read", async {
             let mut members = Vec::new();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let pending = msg.info().map_err(unavailable)?.pending;
-                let removed = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .is_some_and(|op| op.as_str() != "PUT");
-                if !removed {
-                    let session = msg
-                        .subject
-                        .rsplit('.')
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let user = String::from_utf8_lossy(&msg.payload).into_owned();
-                    members.push(Member { user, session });
+            while remaining > 0 {
+                let batch = usize::try_from(remaining).unwrap_or(usize::MAX).min(256);
+                let mut messages = consumer
+                    .fetch()
+                    .max_messages(batch)
+                    .messages()
+                    .await
+                    .map_err(unavailable)?;
+                let before = remaining;
+                while let Some(msg) = messages.next().await {
+                    let msg = msg.map_err(unavailable)?;
+                    remaining = msg.info().map_err(unavailable)?.pending;
+                    let removed = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("KV-Operation"))
+                        .is_some_and(|op| op.as_str() != "PUT");
+                    if !removed {
+                        let session = msg
+                            .subject
+                            .rsplit('.')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let user = String::from_utf8_lossy(&msg.payload).into_owned();
+                        members.push(Member { user, session });
+                    }
+                    if remaining == 0 {
+                        break;
+                    }
                 }
-                if pending == 0 {
+                if remaining == before {
+                    // Nothing came (entries expired meanwhile): what was read is the answer.
                     break;
                 }
             }
@@ -549,6 +579,17 @@ impl Drop for NatsBroker {
             for (_, task) in interest.drain() {
                 task.abort();
             }
+        }
+        let live: Vec<_> = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, live)| live)
+            .collect();
+        for live in live {
+            live.abort();
         }
     }
 }

@@ -21,14 +21,39 @@
 //!   `P + 1` means nothing is missing.
 //!
 //! Anything else is answered `Failed`: never a replay with a hidden gap.
+//!
+//! **Positions.** The rooms of a stream share its sequence (one epoch per stream), so `P` may
+//! be any sequence of the epoch up to the room's current position (PROTOCOL.md §5), another
+//! room's included: the replay is what the room kept after it. A `P` past the room's last kept
+//! publication is beyond its current position: `Failed`, as the embedded broker answers.
+//!
+//! **Consumers are bounded.** A stream allows a limited number of consumers (NATS's
+//! `max_consumers`, 1,000 by default in some deployments, shared by every instance), so no
+//! client may make them grow:
+//! - live delivery uses one ordered consumer per stream with local interest (not per room),
+//!   fanned out here to the rooms registered on it ([`Live`]); it outlives the stream's last
+//!   local room by `LIVE_LINGER` (so Subscribe/Unsubscribe churn creates none) and is then
+//!   deleted. While it is replaced (a reconnect) the old one is deleted too.
+//! - a replay (resume, `History` page) or a presence listing takes one of `MAX_READS` slots
+//!   per instance, creates a consumer for that read only, and deletes it as soon as the read
+//!   ends; the slot is given back once the deletion is confirmed, or after `READ_INACTIVE`,
+//!   the consumer's own inactivity threshold, if it could not be. Beyond the slots, a read
+//!   waits at most 3 s and is then answered `unavailable` (retry).
+//!
+//! So one instance holds at most 1 live consumer per stream (2 for the moment one replaces
+//! another), plus `MAX_READS` read consumers in all; N instances hold at most
+//! N × (2 + `MAX_READS`) on one stream.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use quiver_proto::{Position, TenantId};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -36,6 +61,15 @@ use super::{bounded, subject, unavailable, Inner};
 use crate::broker::{BrokerError, Recovered};
 use crate::config::NamespaceConfig;
 use crate::hub::RoomKey;
+
+/// Read consumers (replays, history pages, presence listings) one instance holds at once.
+pub const MAX_READS: usize = 32;
+/// A read consumer's inactivity threshold: only matters when its deletion failed.
+const READ_INACTIVE: Duration = Duration::from_secs(5);
+/// How long a stream's live consumer outlives the stream's last local room.
+const LIVE_LINGER: Duration = Duration::from_secs(10);
+/// Most publications one pull of a read consumer asks for.
+const READ_BATCH: usize = 256;
 
 /// A tenant's stream for one history namespace.
 #[derive(Clone)]
@@ -160,7 +194,7 @@ impl Inner {
         let subject = subject(key);
         bounded(
             "history read",
-            read_history(stream, epoch, subject, ns.history_size, since, max),
+            self.read_history(stream, epoch, subject, ns.history_size, since, max),
         )
         .await
     }
@@ -186,68 +220,178 @@ impl Inner {
         .await
     }
 
-    /// Starts delivering a history room to the hub: an ordered consumer from the stream's
-    /// next sequence, rebuilt from the last delivered one whenever NATS reconnects or the
-    /// consumer fails. Returns once the first consumer delivers.
+    /// Starts delivering a history room to the hub: registers it with its stream's live
+    /// listener (started if this is the stream's first room here). Returns once that listener's
+    /// consumer exists, so everything stored after this returns reaches the room (the subscribe
+    /// reads history only then: no gap at the seam). The returned task holds the registration:
+    /// aborting it (the room's last local subscriber left) takes the room off the listener.
     pub(super) async fn listen_history(
         self: &Arc<Self>,
         key: RoomKey,
         ns: NamespaceConfig,
     ) -> Result<JoinHandle<()>, BrokerError> {
-        let mut generations = self.health.watch();
-        let generation = *generations.borrow_and_update();
-        let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, &ns).await?;
-        let last = bounded("stream info", async {
-            stream.get_info().await.map_err(unavailable)
+        let room_subject = subject(&key);
+        let live = {
+            let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());
+            let stream_key = (key.tenant.clone(), ns.name.clone());
+            let live = all
+                .entry(stream_key.clone())
+                .or_insert_with(|| {
+                    let live = Arc::new(Live::default());
+                    let task =
+                        tokio::spawn(self.clone().run_live(live.clone(), stream_key, ns.clone()));
+                    *live.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+                    live
+                })
+                .clone();
+            // Under the map's lock: a listener retires only under it, with no room left.
+            live.rooms
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(room_subject.clone(), Arc::new(key));
+            live
+        };
+        let registration = Registration {
+            live: live.clone(),
+            subject: room_subject,
+        };
+        let mut started = live.started.subscribe();
+        bounded("history listener set-up", async {
+            started
+                .wait_for(|started| *started)
+                .await
+                .map(drop)
+                .map_err(|_| BrokerError::Unavailable("history listener ended".into()))
         })
-        .await?
-        .state
-        .last_sequence;
-        let messages = self.consumer_from(&key, &ns, last + 1).await?;
-        let listener = self.health.new_listener();
-        self.health.built(listener, generation);
-        let inner = self.clone();
+        .await?;
         Ok(tokio::spawn(async move {
-            let _forget = Forget(inner.clone(), listener);
-            let mut cursor = Cursor {
-                epoch,
-                next: last + 1,
-            };
-            let mut messages = messages;
-            loop {
-                let broken = inner
-                    .deliver_until_broken(&key, &mut messages, &mut cursor, &mut generations)
-                    .await;
-                match broken {
-                    Broken::Gone => return,
-                    Broken::Reconnected => {}
-                    // Not in a tight loop if the new consumer fails at once as well.
-                    Broken::Failed => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-                let Some(rebuilt) = inner
-                    .rebuild(&key, &ns, &mut cursor, &mut generations, listener)
-                    .await
-                else {
-                    return;
-                };
-                messages = rebuilt;
-            }
+            let _registration = registration;
+            std::future::pending::<()>().await
         }))
     }
 
-    async fn consumer_from(
+    /// A stream's live listener: one ordered consumer over all of the stream's subjects (the
+    /// stream holds only this tenant's rooms of this namespace), rebuilt from the last
+    /// delivered sequence whenever NATS reconnects or the consumer fails, delivering each
+    /// publication to its room if the room has local interest. Ends (and deletes its
+    /// consumer) once no room is registered for `LIVE_LINGER`.
+    async fn run_live(
+        self: Arc<Self>,
+        live: Arc<Live>,
+        stream_key: (TenantId, String),
+        ns: NamespaceConfig,
+    ) {
+        let listener = self.health.new_listener();
+        let _forget = Forget(self.clone(), listener);
+        let mut generations = self.health.watch();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut idle_since = None;
+        let mut cursor = None;
+        // The consumer this listener holds now (to delete when it is replaced or retired).
+        let mut held: Option<(stream::Stream, String)> = None;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            let generation = *generations.borrow_and_update();
+            match self.live_consumer(&stream_key.0, &ns, &mut cursor).await {
+                Ok((messages, stream, name)) => {
+                    if let Some((old_stream, old)) = held.replace((stream, name)) {
+                        // A reconnect without a NATS restart leaves the old one in place.
+                        tokio::spawn(async move { delete_consumer(&old_stream, &old).await });
+                    }
+                    self.health.built(listener, generation);
+                    live.started.send_replace(true);
+                    pause = Duration::from_millis(25);
+                    let Some(cursor) = cursor.as_mut() else {
+                        // `live_consumer` sets the cursor whenever it succeeds.
+                        return;
+                    };
+                    let broken = self
+                        .deliver_live(
+                            &live,
+                            &stream_key,
+                            messages,
+                            cursor,
+                            &mut generations,
+                            &mut tick,
+                            &mut idle_since,
+                        )
+                        .await;
+                    match broken {
+                        Broken::Gone => return,
+                        Broken::Idle => break,
+                        Broken::Reconnected => {}
+                        // Not in a tight loop if the new consumer fails at once as well.
+                        Broken::Failed => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                Err(e) => {
+                    debug!(stream = %stream_name(&stream_key.0, &stream_key.1), error = %e,
+                        "history consumer not built yet");
+                    // Retry soon (NATS answering is what we wait for), sooner after a
+                    // reconnect; stop retrying once nobody here wants the stream.
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        changed = generations.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                        _ = tick.tick() => {
+                            if self.retire(&live, &stream_key, &mut idle_since) {
+                                break;
+                            }
+                        }
+                    }
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
+        if let Some((stream, name)) = held {
+            delete_consumer(&stream, &name).await;
+        }
+    }
+
+    /// The live consumer from the cursor (from the stream's next sequence the first time).
+    async fn live_consumer(
         &self,
-        key: &RoomKey,
+        tenant: &TenantId,
         ns: &NamespaceConfig,
-        start: u64,
-    ) -> Result<consumer::pull::Ordered, BrokerError> {
-        let TenantStream { stream, .. } = self.tenant_stream(&key.tenant, ns).await?;
-        bounded("consumer set-up", async {
+        cursor: &mut Option<Cursor>,
+    ) -> Result<(consumer::pull::Ordered, stream::Stream, String), BrokerError> {
+        let TenantStream { stream, epoch } = self.tenant_stream(tenant, ns).await?;
+        let next = match cursor {
+            Some(cursor) if cursor.epoch == epoch => cursor.next,
+            Some(cursor) => {
+                // The stream was lost with NATS (memory storage) and created again, from the
+                // highest sequence seen here or from 1: read it from its start.
+                warn!(stream = %stream_name(tenant, &ns.name),
+                    "history stream was recreated: its history is lost");
+                *cursor = Cursor { epoch, next: 1 };
+                1
+            }
+            None => {
+                let last = bounded("stream info", async {
+                    stream.get_info().await.map_err(unavailable)
+                })
+                .await?
+                .state
+                .last_sequence;
+                *cursor = Some(Cursor {
+                    epoch,
+                    next: last + 1,
+                });
+                last + 1
+            }
+        };
+        let name = self.consumer_name();
+        let messages = bounded("consumer set-up", async {
             let consumer = stream
                 .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: subject(key),
+                    // The stream holds only this namespace's rooms of this tenant: no filter.
+                    name: Some(name.clone()),
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: start.max(1),
+                        start_sequence: next.max(1),
                     },
                     ..Default::default()
                 })
@@ -255,22 +399,34 @@ impl Inner {
                 .map_err(unavailable)?;
             consumer.messages().await.map_err(unavailable)
         })
-        .await
+        .await;
+        match messages {
+            Ok(messages) => Ok((messages, stream, name)),
+            Err(e) => {
+                // It may exist even so (a timed-out answer): never leave it to its threshold.
+                tokio::spawn(async move { delete_consumer(&stream, &name).await });
+                Err(e)
+            }
+        }
     }
 
-    /// Delivers until the consumer fails or ends, or NATS reconnected.
-    async fn deliver_until_broken(
+    /// Delivers until the consumer fails or ends, NATS reconnected, or the listener retired.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_live(
         &self,
-        key: &RoomKey,
-        messages: &mut consumer::pull::Ordered,
+        live: &Arc<Live>,
+        stream_key: &(TenantId, String),
+        mut messages: consumer::pull::Ordered,
         cursor: &mut Cursor,
         generations: &mut tokio::sync::watch::Receiver<u64>,
+        tick: &mut tokio::time::Interval,
+        idle_since: &mut Option<Instant>,
     ) -> Broken {
-        // Every consumer of the namespace on this node writes the same gauge: it shows the
+        // Every stream of the namespace on this node writes the same gauge: it shows the
         // latest consumer's backlog, which is what says "this node is behind".
         let pending = metrics::gauge!(
             crate::metrics::JETSTREAM_CONSUMER_PENDING,
-            "namespace" => key.room.namespace().to_owned()
+            "namespace" => stream_key.1.clone()
         );
         loop {
             tokio::select! {
@@ -279,13 +435,23 @@ impl Inner {
                         let Ok(info) = msg.info() else { continue };
                         let offset = info.stream_sequence;
                         pending.set(info.pending as f64);
-                        super::lag::record(msg.headers.as_ref());
                         cursor.next = offset + 1;
-                        let position = Position { epoch: cursor.epoch, offset };
-                        self.hub.deliver(key, Some(position), msg.payload.clone());
+                        let room = live
+                            .rooms
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(msg.subject.as_str())
+                            .cloned();
+                        // Rooms nobody here subscribes to are skipped.
+                        if let Some(room) = room {
+                            super::lag::record(msg.headers.as_ref());
+                            let position = Position { epoch: cursor.epoch, offset };
+                            self.hub.deliver(&room, Some(position), msg.payload.clone());
+                        }
                     }
                     Some(Err(e)) => {
-                        debug!(room = %key.room, error = %e, "history consumer failed; rebuilding");
+                        debug!(namespace = %stream_key.1, error = %e,
+                            "history consumer failed; rebuilding");
                         return Broken::Failed;
                     }
                     None => return Broken::Failed,
@@ -294,55 +460,217 @@ impl Inner {
                     if changed.is_err() {
                         return Broken::Gone;
                     }
-                    debug!(room = %key.room, "NATS reconnected; rebuilding the history consumer");
+                    debug!(namespace = %stream_key.1, "NATS reconnected; rebuilding the history consumer");
                     // Before anyone creates the stream again (see `Inner::high_water`).
-                    self.saw(&key.tenant, key.room.namespace(), cursor.next - 1);
+                    self.saw(&stream_key.0, &stream_key.1, cursor.next - 1);
                     return Broken::Reconnected;
+                }
+                _ = tick.tick() => {
+                    if self.retire(live, stream_key, idle_since) {
+                        return Broken::Idle;
+                    }
                 }
             }
         }
     }
 
-    /// A new consumer from the cursor, retried until it works; `None` once the broker is gone.
-    async fn rebuild(
+    /// Whether the listener should end: no room registered for `LIVE_LINGER`. It is then taken
+    /// out of the map under the map's lock, where rooms register, so no room joins it after.
+    fn retire(
         &self,
-        key: &RoomKey,
-        ns: &NamespaceConfig,
-        cursor: &mut Cursor,
-        generations: &mut tokio::sync::watch::Receiver<u64>,
-        listener: u64,
-    ) -> Option<consumer::pull::Ordered> {
-        let mut pause = Duration::from_millis(25);
-        loop {
-            let generation = *generations.borrow_and_update();
-            let attempt = async {
-                let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
-                if epoch != cursor.epoch {
-                    // The stream was lost with NATS (memory storage) and created again, from
-                    // the highest sequence seen here or from 1: read it from its start.
-                    warn!(room = %key.room, "history stream was recreated: its history is lost");
-                    *cursor = Cursor { epoch, next: 1 };
-                }
-                self.consumer_from(key, ns, cursor.next).await
-            };
-            match attempt.await {
-                Ok(messages) => {
-                    self.health.built(listener, generation);
-                    return Some(messages);
-                }
-                Err(e) => debug!(room = %key.room, error = %e, "history consumer not rebuilt yet"),
-            }
-            // Retry soon (NATS answering is what we wait for), sooner after a reconnect.
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                changed = generations.changed() => {
-                    if changed.is_err() {
-                        return None;
-                    }
-                }
-            }
-            pause = (pause * 2).min(Duration::from_millis(500));
+        live: &Arc<Live>,
+        stream_key: &(TenantId, String),
+        idle_since: &mut Option<Instant>,
+    ) -> bool {
+        let empty = || {
+            live.rooms
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+        };
+        if !empty() {
+            *idle_since = None;
+            return false;
         }
+        if idle_since.get_or_insert_with(Instant::now).elapsed() < LIVE_LINGER {
+            return false;
+        }
+        let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if !empty() {
+            *idle_since = None;
+            return false;
+        }
+        if all.get(stream_key).is_some_and(|l| Arc::ptr_eq(l, live)) {
+            all.remove(stream_key);
+        }
+        true
+    }
+
+    /// A name for a new consumer of this instance: unique, so it can be deleted by name.
+    fn consumer_name(&self) -> String {
+        let n = self
+            .consumer_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("quiver_{}_{n}", self.consumer_prefix)
+    }
+
+    /// A slot for one short-lived read consumer, waited for at most `JS_TIMEOUT`.
+    pub(super) async fn read_slot(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
+        match tokio::time::timeout(super::JS_TIMEOUT, self.reads.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(BrokerError::Unavailable(format!(
+                "too many history reads in progress on this instance (at most {MAX_READS}); \
+                 retry shortly"
+            ))),
+        }
+    }
+
+    /// A consumer for one read, deleted when the read ends (its guard dropped), however it
+    /// ends. The slot is held until the deletion is done, or until NATS would have dropped the
+    /// consumer by itself: the count of read consumers never exceeds `MAX_READS`.
+    pub(super) async fn read_consumer(
+        &self,
+        stream: &stream::Stream,
+        config: consumer::pull::Config,
+    ) -> Result<(consumer::PullConsumer, ReadGuard), BrokerError> {
+        let permit = self.read_slot().await?;
+        let name = self.consumer_name();
+        // Made before the consumer, so a creation cut short still ends in a deletion.
+        let guard = ReadGuard {
+            stream: stream.clone(),
+            name: name.clone(),
+            permit: Some(permit),
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                name: Some(name),
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: READ_INACTIVE,
+                memory_storage: true,
+                num_replicas: 1,
+                ..config
+            })
+            .await
+            .map_err(unavailable)?;
+        Ok((consumer, guard))
+    }
+
+    async fn read_history(
+        &self,
+        stream: stream::Stream,
+        epoch: u64,
+        subject: String,
+        history_size: usize,
+        since: Option<Position>,
+        // Most publications to read (a history page needs no more than its limit).
+        max: usize,
+    ) -> Result<Recovered, BrokerError> {
+        let state = stream.get_info().await.map_err(unavailable)?.state;
+        let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => Some(msg.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(unavailable(e)),
+        };
+        // A room with nothing kept is at the stream's position: whatever the room gets next
+        // comes after it. (The stream info was read first, so nothing of the room slips
+        // between.)
+        let current = Position {
+            epoch,
+            offset: last_kept.unwrap_or(state.last_sequence),
+        };
+        let answer = |replay| {
+            Ok(Recovered {
+                current: Some(current),
+                replay,
+            })
+        };
+        let Some(since) = since else {
+            return answer(None);
+        };
+        // Another epoch, or a position this stream never reached.
+        if since.epoch != epoch || since.offset > state.last_sequence {
+            return answer(None);
+        }
+        let front_intact = state.first_sequence <= since.offset.saturating_add(1);
+        let Some(last) = last_kept else {
+            // The room keeps nothing: nothing after P was removed as long as the stream's front
+            // is intact. (P cannot be told from another room's position here: see the module
+            // documentation.)
+            return answer(front_intact.then(Vec::new));
+        };
+        // Past the room's last publication: never a position of this room (its later
+        // publications all have higher sequences), as the embedded broker answers it.
+        if since.offset > last {
+            return answer(None);
+        }
+        let first_kept = match stream.direct_get_first_for_subject(subject.clone()).await {
+            Ok(msg) => msg.sequence,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return answer(None),
+            Err(e) => return Err(unavailable(e)),
+        };
+        if last == since.offset {
+            return answer(Some(Vec::new()));
+        }
+        let (consumer, _guard) = self
+            .read_consumer(
+                &stream,
+                consumer::pull::Config {
+                    filter_subject: subject,
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: since.offset + 1,
+                    },
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let after = consumer.cached_info().num_pending;
+        // See the module documentation: the room's first kept message at or before P + 1, or
+        // (everything kept is after P, so `after` is all it keeps) under the count limit with
+        // the stream's front intact.
+        let complete =
+            first_kept <= since.offset + 1 || (after < history_size as u64 && front_intact);
+        if !complete {
+            return answer(None);
+        }
+        if after == 0 {
+            // Cut between our reads: nothing left to replay, and it was not ours to keep.
+            return answer(None);
+        }
+        let mut replay = Vec::new();
+        // A read consumer does not recover from a lost message as an ordered one would: its
+        // sequence must count up by one, or the read is refused rather than given with a gap.
+        let mut expected = 1;
+        while replay.len() < max {
+            let batch = (max - replay.len()).min(READ_BATCH);
+            let mut messages = consumer
+                .fetch()
+                .max_messages(batch)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let before = replay.len();
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(unavailable)?;
+                let info = msg.info().map_err(unavailable)?;
+                if info.consumer_sequence != expected {
+                    return Err(BrokerError::Unavailable(
+                        "history read lost a message in transit; retry".into(),
+                    ));
+                }
+                expected += 1;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
+                if seq >= last || pending == 0 || replay.len() >= max {
+                    return answer(Some(replay));
+                }
+            }
+            if replay.len() == before {
+                // What was pending is gone (cut from the front meanwhile): the replay would
+                // have a gap.
+                return answer(None);
+            }
+        }
+        answer(Some(replay))
     }
 }
 
@@ -351,6 +679,8 @@ enum Broken {
     Reconnected,
     Failed,
     Gone,
+    /// No room registered for `LIVE_LINGER`: retired.
+    Idle,
 }
 
 /// Where a history listener is: the stream it reads and the next sequence to deliver.
@@ -368,85 +698,89 @@ impl Drop for Forget {
     }
 }
 
-async fn read_history(
-    stream: stream::Stream,
-    epoch: u64,
-    subject: String,
-    history_size: usize,
-    since: Option<Position>,
-    // Most publications to read (a history page needs no more than its limit).
-    max: usize,
-) -> Result<Recovered, BrokerError> {
-    let state = stream.get_info().await.map_err(unavailable)?.state;
-    let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(msg) => Some(msg.sequence),
-        Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
-        Err(e) => return Err(unavailable(e)),
-    };
-    // A room with nothing kept is at the stream's position: whatever the room gets next comes
-    // after it. (The stream info was read first, so nothing of the room slips between.)
-    let current = Position {
-        epoch,
-        offset: last_kept.unwrap_or(state.last_sequence),
-    };
-    let answer = |replay| {
-        Ok(Recovered {
-            current: Some(current),
-            replay,
-        })
-    };
-    let Some(since) = since else {
-        return answer(None);
-    };
-    // Another epoch, or a position this stream never reached.
-    if since.epoch != epoch || since.offset > state.last_sequence {
-        return answer(None);
-    }
-    let front_intact = state.first_sequence <= since.offset.saturating_add(1);
-    let last = match last_kept {
-        Some(last) if last > since.offset => last,
-        // Nothing of the room after P is kept. If the room keeps anything (at or before P),
-        // nothing after P was removed (removal takes the oldest first); if it keeps nothing,
-        // nothing was removed after P as long as the stream's front is intact.
-        _ => return answer((last_kept.is_some() || front_intact).then(Vec::new)),
-    };
-    let first_kept = match stream.direct_get_first_for_subject(subject.clone()).await {
-        Ok(msg) => msg.sequence,
-        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return answer(None),
-        Err(e) => return Err(unavailable(e)),
-    };
-    let mut consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: since.offset + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(unavailable)?;
-    let after = consumer.info().await.map_err(unavailable)?.num_pending;
-    // See the module documentation: the room's first kept message at or before P + 1, or
-    // (everything kept is after P, so `after` is all it keeps) under the count limit with
-    // the stream's front intact.
-    let complete = first_kept <= since.offset + 1 || (after < history_size as u64 && front_intact);
-    if !complete {
-        return answer(None);
-    }
-    if after == 0 {
-        // Cut between our reads: nothing left to replay, and it was not ours to keep.
-        return answer(None);
-    }
-    let mut messages = consumer.messages().await.map_err(unavailable)?;
-    let mut replay = Vec::new();
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(unavailable)?;
-        let info = msg.info().map_err(unavailable)?;
-        let (seq, pending) = (info.stream_sequence, info.pending);
-        replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-        if seq >= last || pending == 0 || replay.len() >= max {
-            break;
+/// A stream's live listener, shared by every room of the stream with local interest here.
+#[derive(Default)]
+pub(super) struct Live {
+    /// The registered rooms, by subject.
+    rooms: std::sync::RwLock<HashMap<String, Arc<RoomKey>>>,
+    /// Set once the first consumer exists (and stays set across rebuilds, which resume from
+    /// the last delivered sequence).
+    started: watch::Sender<bool>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Live {
+    /// Ends the listener (the broker is dropped).
+    pub(super) fn abort(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
         }
     }
-    answer(Some(replay))
+}
+
+/// A room's place on its stream's live listener, given up when dropped.
+struct Registration {
+    live: Arc<Live>,
+    subject: String,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live
+            .rooms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.subject);
+    }
+}
+
+/// Deletes a read consumer when dropped, then gives back its slot.
+pub(super) struct ReadGuard {
+    stream: stream::Stream,
+    name: String,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let (stream, name, permit) = (
+            self.stream.clone(),
+            std::mem::take(&mut self.name),
+            self.permit.take(),
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if !delete_consumer(&stream, &name).await {
+                // NATS drops it by itself after this; until then it still counts.
+                tokio::time::sleep(READ_INACTIVE).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Deletes a consumer (bounded); whether it is gone (deleted, or never existed).
+async fn delete_consumer(stream: &stream::Stream, name: &str) -> bool {
+    match tokio::time::timeout(super::JS_TIMEOUT, stream.delete_consumer(name)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => match e.kind() {
+            ConsumerErrorKind::JetStream(js)
+                if js.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND =>
+            {
+                true
+            }
+            _ => {
+                debug!(consumer = name, error = %e, "consumer not deleted; NATS drops it when idle");
+                false
+            }
+        },
+        Err(_) => false,
+    }
+}
+
+/// A random name for this instance's consumers.
+pub(super) fn instance_prefix() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
