@@ -38,3 +38,13 @@ pub struct Seen {
     pub idempotency_key: String,
     pub payload: Vec<u8>,
 }
+
+/// Serves `app` as a test backend on a loopback port; the URL of its `/rpc` route.
+pub async fn serve_backend(app: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/rpc", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}

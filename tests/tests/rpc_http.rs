@@ -106,11 +106,7 @@ async fn start_backend() -> Result<(Arc<Backend>, String)> {
     let app = axum::Router::new()
         .route("/rpc", axum::routing::post(handle))
         .with_state(backend.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/rpc", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = quiver_tests::rpc::serve_backend(app).await?;
     Ok((backend, url))
 }
 

@@ -247,11 +247,7 @@ async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() ->
     let app = axum::Router::new()
         .route("/rpc", axum::routing::post(handle))
         .with_state(backend.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}/rpc", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let url = quiver_tests::rpc::serve_backend(app).await?;
     let server = TestServer::start_with(move |c| {
         c.rpc.url = Some(url);
         c.rpc.http_max_in_flight = 8;

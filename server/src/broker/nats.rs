@@ -325,7 +325,9 @@ impl Inner {
         bounded("presence read", async {
             let mut members = Vec::new();
             while remaining > 0 {
-                let batch = usize::try_from(remaining).unwrap_or(usize::MAX).min(256);
+                let batch = usize::try_from(remaining)
+                    .unwrap_or(usize::MAX)
+                    .min(history::READ_BATCH);
                 let mut messages = consumer
                     .fetch()
                     .max_messages(batch)

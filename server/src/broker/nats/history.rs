@@ -69,7 +69,7 @@ const READ_INACTIVE: Duration = Duration::from_secs(5);
 /// How long a stream's live consumer outlives the stream's last local room.
 const LIVE_LINGER: Duration = Duration::from_secs(10);
 /// Most publications one pull of a read consumer asks for.
-const READ_BATCH: usize = 256;
+pub(super) const READ_BATCH: usize = 256;
 
 /// A tenant's stream for one history namespace.
 #[derive(Clone)]
