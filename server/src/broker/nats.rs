@@ -325,15 +325,8 @@ impl Inner {
         bounded("presence read", async {
             let mut members = Vec::new();
             while remaining > 0 {
-                let batch = usize::try_from(remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(history::READ_BATCH);
-                let mut messages = consumer
-                    .fetch()
-                    .max_messages(batch)
-                    .messages()
-                    .await
-                    .map_err(unavailable)?;
+                let wanted = usize::try_from(remaining).unwrap_or(usize::MAX);
+                let mut messages = history::pull(&consumer, wanted).await?;
                 let before = remaining;
                 while let Some(msg) = messages.next().await {
                     let msg = msg.map_err(unavailable)?;

@@ -226,6 +226,10 @@ impl Future for ZeroRttAccepted {
     }
 }
 
+/// QUIVER PATCH (hold small sends, PATCHES.md): the most run-queue passes a connection driver
+/// waits, while writes keep arriving, before it sends less than a packet of stream data.
+const HOLD_PASSES: u8 = 8;
+
 /// A future that drives protocol logic for a connection
 ///
 /// This future handles the protocol logic for a single connection, routing events from the
@@ -236,10 +240,6 @@ impl Future for ZeroRttAccepted {
 /// terminate (yielding `Ok(())`) if the connection was closed without error. Unlike other
 /// connection-related futures, this waits for the draining period to complete to ensure that
 /// packets still in flight from the peer are handled gracefully.
-/// QUIVER PATCH (hold small sends, PATCHES.md): the most run-queue passes a connection driver
-/// waits, while writes keep arriving, before it sends less than a packet of stream data.
-const HOLD_PASSES: u8 = 8;
-
 #[must_use = "connection drivers must be spawned for their connections to function"]
 #[derive(Debug)]
 struct ConnectionDriver {

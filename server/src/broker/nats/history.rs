@@ -69,7 +69,7 @@ const READ_INACTIVE: Duration = Duration::from_secs(5);
 /// How long a stream's live consumer outlives the stream's last local room.
 const LIVE_LINGER: Duration = Duration::from_secs(10);
 /// Most publications one pull of a read consumer asks for.
-pub(super) const READ_BATCH: usize = 256;
+const READ_BATCH: usize = 256;
 
 /// A tenant's stream for one history namespace.
 #[derive(Clone)]
@@ -641,13 +641,7 @@ impl Inner {
         // sequence must count up by one, or the read is refused rather than given with a gap.
         let mut expected = 1;
         while replay.len() < max {
-            let batch = (max - replay.len()).min(READ_BATCH);
-            let mut messages = consumer
-                .fetch()
-                .max_messages(batch)
-                .messages()
-                .await
-                .map_err(unavailable)?;
+            let mut messages = pull(&consumer, max - replay.len()).await?;
             let before = replay.len();
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(unavailable)?;
@@ -759,6 +753,19 @@ impl Drop for ReadGuard {
             drop(permit);
         });
     }
+}
+
+/// One pull of a read consumer: up to `wanted` messages, at most `READ_BATCH`.
+pub(super) async fn pull(
+    consumer: &consumer::PullConsumer,
+    wanted: usize,
+) -> Result<consumer::pull::Batch, BrokerError> {
+    consumer
+        .fetch()
+        .max_messages(wanted.min(READ_BATCH))
+        .messages()
+        .await
+        .map_err(unavailable)
 }
 
 /// Deletes a consumer (bounded); whether it is gone (deleted, or never existed).

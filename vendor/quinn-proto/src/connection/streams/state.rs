@@ -397,7 +397,6 @@ impl StreamsState {
         }
     }
 
-    /// Whether any stream data is queued, regardless of control frames
     /// QUIVER PATCH (hold small sends, vendor/quinn/PATCHES.md): the bytes never sent in the
     /// streams waiting to send, counted up to `limit` (the count stops there).
     pub(crate) fn unsent_up_to(&self, limit: u64) -> u64 {
@@ -413,6 +412,7 @@ impl StreamsState {
         total
     }
 
+    /// Whether any stream data is queued, regardless of control frames
     pub(crate) fn can_send_stream_data(&self) -> bool {
         // Reset streams may linger in the pending stream list, but will never produce stream frames
         self.pending.iter().any(|stream| {
