@@ -49,6 +49,10 @@ pub struct Writer {
     pub skip_through: Option<u64>,
     pub queue: mpsc::Receiver<Delivery>,
     pub overflow: CancellationToken,
+    /// Cancelled by the session when the subscription ends (`Unsubscribe` and the like): a
+    /// writer blocked on a client that gives no stream credit stops at once, resetting its
+    /// stream, rather than hold the stream, its task and a replay until the connection ends.
+    pub ended_by_session: CancellationToken,
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
@@ -78,6 +82,7 @@ impl Writer {
         };
         let stream = tokio::select! {
             _ = self.overflow.cancelled() => return self.report_overflow(),
+            _ = self.ended_by_session.cancelled() => return,
             opened = tokio::time::timeout(self.open_deadline, open(&conn)) => match opened {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
@@ -173,6 +178,14 @@ impl Writer {
                         return;
                     }
                 },
+                // Ended while the client withholds the credit for the rest: not waited for.
+                // (Idle, the writer ends as the hub closes its queue, finishing the stream.)
+                _ = self.ended_by_session.cancelled() => {
+                    if let Some(mut stream) = self.reclaim(stream) {
+                        let _ = stream.reset(VarInt::from_u32(0));
+                    }
+                    return;
+                }
             }
             hot::delivery_bytes().increment(batch.bytes as u64);
             self.tally.sent(batch.bytes, batch.live);

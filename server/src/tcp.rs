@@ -13,6 +13,8 @@
 //!   `timeouts.handshake` (an idle keep-alive connection waits for the next request's headers
 //!   under the same deadline), so a peer that connects and says nothing, or trickles headers,
 //!   holds its socket only that long;
+//! - a write to it that makes no progress for `timeouts.handshake` (the peer reads nothing)
+//!   ends it, whatever it carries;
 //! - a WebSocket or SSE session it carries keeps its place (a [`TcpSlot`] clone) for the
 //!   session's life, so the connection and its session count once.
 
@@ -169,6 +171,13 @@ async fn http<S>(
         .layer(axum::Extension(ConnectInfo(remote)))
         .layer(axum::Extension(slot));
     let service = TowerToHyperService::new(app);
+    // A peer that stops reading would otherwise hold the connection (and its place) for as
+    // long as a write waits: a response larger than the socket's buffers, pipelined requests'
+    // answers, an SSE stream, a WebSocket session. A write that makes no progress for the
+    // deadline fails, and the connection ends.
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(deadline));
+    let io = Box::pin(io);
     // hyper's own HTTP/1 connection, not hyper-util's `auto` one: `auto` first waits for bytes
     // to tell the HTTP version, with no deadline, so a silent peer would never meet the
     // header deadline.

@@ -323,3 +323,17 @@ pub async fn api_post(
     let status = response.status().as_u16();
     Ok((status, response.json().await.unwrap_or_default()))
 }
+
+/// `GET /healthz` on a fresh TCP connection: the status line, or `None` when the server closed
+/// the connection without one.
+pub async fn healthz(server: &TestServer) -> Result<Option<String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+    let _ = tcp
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().map(str::to_owned))
+}

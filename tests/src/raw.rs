@@ -238,6 +238,15 @@ impl Raw {
         }
     }
 
+    /// Stops the WebTransport control stream (STOP_SENDING with `code`): the client will read
+    /// nothing more from it.
+    pub fn stop_control(&mut self, code: u32) -> Result<()> {
+        match &mut self.wire {
+            Wire::Wt { recv, .. } => Ok(recv.quic_stream_mut().stop(code.into())?),
+            Wire::Ws { .. } => bail!("not a WebTransport client"),
+        }
+    }
+
     /// Sends one WebSocket message as it is (text, or several frames in one message).
     pub async fn send_ws(&mut self, message: Message) -> Result<()> {
         match &mut self.wire {

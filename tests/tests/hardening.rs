@@ -103,6 +103,17 @@ async fn finishing_the_control_stream_closes_cleanly() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stopping the control stream (STOP_SENDING) is leaving too: the server can write nothing more
+/// to it, so the session ends at once with code 0, even while it has nothing to write.
+#[tokio::test]
+async fn stopping_the_control_stream_ends_the_session_at_once() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    c.stop_control(7)?;
+    assert_eq!(c.close_code().await, Some(0));
+    Ok(())
+}
+
 /// Tokens have a size limit (PROTOCOL §6): over it, a clean 403.
 #[tokio::test]
 async fn oversized_tokens_are_refused_cleanly() -> anyhow::Result<()> {
@@ -280,20 +291,6 @@ async fn subscriptions_past_the_clients_stream_limit_fail_visibly() -> anyhow::R
     Ok(())
 }
 
-/// `GET /healthz` on a fresh TCP connection: the status line, or `None` when the server closed
-/// the connection without one.
-async fn healthz(server: &TestServer) -> anyhow::Result<Option<String>> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
-    let _ = tcp
-        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
-    let text = String::from_utf8_lossy(&answer);
-    Ok(text.lines().next().map(str::to_owned))
-}
-
 /// TCP connections are bounded from `accept`, as QUIC ones are from their first packet: one
 /// that says nothing, or trickles its headers, counts towards its address's limit and is closed
 /// at `timeouts.handshake`; over the limit a new connection gets `429` and is closed at once.
@@ -447,6 +444,12 @@ async fn api_request_bodies_have_a_deadline_and_a_size_limit() -> anyhow::Result
             "no credential",
             post("not-a-key", "content-length: 1000\r\n"),
             "HTTP/1.1 401 Unauthorized",
+        ),
+        (
+            "a body to the public route, which reads none",
+            "GET /api/v1/openapi.json HTTP/1.1\r\nhost: q\r\ncontent-length: 1000\r\n\r\n"
+                .to_owned(),
+            "HTTP/1.1 200 OK",
         ),
         (
             "a token where a key is required",

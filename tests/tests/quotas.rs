@@ -351,3 +351,34 @@ async fn publishing_on_into_an_exhausted_quota_is_abuse() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// Only publications into an exhausted quota are abuse: a Subscribe refused over the tenant's
+/// subscription quota is answered `quota_exceeded` however often, and the session stays.
+#[tokio::test]
+async fn subscribing_over_the_quota_is_not_abuse() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.quotas.tenant.max_subscriptions = 1;
+        c.limits.commands_per_second = 50;
+        c.limits.abuse_factor = 1;
+    })
+    .await?;
+    let mut c = Raw::connect(&server, &full_token("t", "s")).await?;
+    let _held = c.subscribe("r0").await?;
+    // More refusals than the abuse threshold (50 in 10 s), paced under the command rate.
+    for i in 1..=60 {
+        let refused = c
+            .request(Command::Subscribe {
+                room: format!("r{i}"),
+                resume: None,
+            })
+            .await?;
+        assert_eq!(
+            code_of(&refused),
+            Some(ErrorCode::QuotaExceeded.as_u16()),
+            "subscribe {i}: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

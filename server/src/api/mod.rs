@@ -337,6 +337,22 @@ async fn read_body(
         .and_then(|v| v.parse::<u64>().ok());
     let has_body =
         declared.is_some_and(|n| n > 0) || headers.contains_key(header::TRANSFER_ENCODING);
+    if rule.auth == Auth::Public {
+        // A public route takes no body: it answers without reading one, and a body that was
+        // sent anyway is not waited for (the connection closes after the answer).
+        let (parts, _) = request.into_parts();
+        let response = next
+            .run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::empty(),
+            ))
+            .await;
+        return if has_body {
+            with_close(response)
+        } else {
+            response
+        };
+    }
     if has_body {
         if let Err(refusal) = may_send_a_body(&shared, rule.auth, auth::bearer(headers)) {
             return with_close(refusal.into_response());
@@ -388,7 +404,7 @@ async fn read_body(
 /// Whether the credential may send this route a body: an API key, or for `publish` a valid
 /// client token. The handler checks again what the caller may do with it.
 fn may_send_a_body(shared: &Shared, auth: Auth, credential: &str) -> Result<(), error::ApiError> {
-    if auth == Auth::Public || auth::api_key(shared, credential).is_some() {
+    if auth::api_key(shared, credential).is_some() {
         return Ok(());
     }
     match auth {

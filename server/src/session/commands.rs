@@ -145,6 +145,7 @@ impl Session {
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
+        let stop = CancellationToken::new();
         let writer = tokio::spawn(
             Writer {
                 sink,
@@ -154,6 +155,7 @@ impl Session {
                 skip_through,
                 queue: queue_rx,
                 overflow,
+                ended_by_session: stop.clone(),
                 ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,
                 tally: self.tally.clone(),
@@ -176,6 +178,7 @@ impl Session {
                 id: sub_id,
                 key,
                 writer: shared_sink.then_some(writer),
+                stop,
             },
         );
         Ok(Some(Event::Subscribed {
@@ -459,10 +462,12 @@ impl Session {
         }
     }
 
-    /// Removes a subscription from the hub (ending its writer) and the broker's interest. On a
-    /// shared transport the writer is stopped before this returns, so nothing of this
+    /// Removes a subscription from the hub and the broker's interest, and ends its writer: an
+    /// own stream is finished, or reset if the client's credit left frames unwritten (PROTOCOL
+    /// §2). On a shared transport the writer is stopped before this returns, so nothing of this
     /// subscription is written after whatever the session writes next.
     pub(super) async fn drop_sub(&self, sub: Sub) {
+        sub.stop.cancel();
         if let Some(writer) = sub.writer {
             writer.abort();
             let _ = writer.await;

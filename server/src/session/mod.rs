@@ -100,6 +100,8 @@ struct Sub {
     /// The writer, on shared transports: aborted (not drained) when the subscription ends, so
     /// none of its frames can follow the `Unsubscribed` on the one connection (PROTOCOL §9.2).
     writer: Option<JoinHandle<()>>,
+    /// Cancelled when the subscription ends, to stop an own-stream writer wherever it waits.
+    stop: CancellationToken,
 }
 
 /// A command refused with an error reply.
@@ -469,6 +471,7 @@ impl Session {
     async fn command(&mut self, frame: ClientFrame, arrived: Instant) -> Option<Exit> {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
+        let publish = matches!(frame.command, Command::Publish { .. });
         let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
@@ -503,7 +506,9 @@ impl Session {
             }
             Ok(None) => {}
             Err(refusal) => {
-                let over_quota = refusal.0 == ErrorCode::QuotaExceeded;
+                // Publications into an exhausted quota are what a runaway publisher keeps
+                // sending; a Subscribe over the subscription quota is not metered this way.
+                let over_quota = publish && refusal.0 == ErrorCode::QuotaExceeded;
                 self.refuse(id, refusal).await;
                 if over_quota && self.meter.refused(Instant::now()) == Verdict::Abuse {
                     return Some(Exit::Close(

@@ -80,8 +80,9 @@ impl Publishing {
         None
     }
 
+    /// Whether [`MAX_QUEUED`] publications wait, the one being handed over included.
     pub fn is_full(&self) -> bool {
-        self.queued.len() >= MAX_QUEUED
+        self.queued.len() + usize::from(self.current.is_some()) >= MAX_QUEUED
     }
 
     /// Resolves when the current publication is answered (and starts the next); pending forever
@@ -186,11 +187,13 @@ mod tests {
     fn the_queue_is_bounded() {
         let mut p = Publishing::default();
         let never = || -> Publish { Box::pin(futures::future::pending()) };
-        assert!(p.submit(0, true, never()).is_none());
         for i in 0..MAX_QUEUED {
-            assert!(!p.is_full());
-            p.submit(i as u32 + 1, true, never());
+            assert!(!p.is_full(), "{i} waiting");
+            assert!(p.submit(i as u32, true, never()).is_none());
         }
-        assert!(p.is_full());
+        assert!(
+            p.is_full(),
+            "{MAX_QUEUED} waiting, the current one included"
+        );
     }
 }

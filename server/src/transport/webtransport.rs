@@ -110,8 +110,11 @@ async fn establish(
     shared: &Arc<Shared>,
     incoming: Box<IncomingSession>,
 ) -> Option<(Connection, crate::auth::Grant)> {
+    // One deadline for the whole exchange, the answer included: writing the answer waits on
+    // the client's stream credit and its acknowledgement, which a hostile client withholds.
+    let deadline = tokio::time::Instant::now() + shared.config.timeouts.handshake;
     // Dropping the pending request at the deadline closes its connection (vendor/README.md).
-    let request = match tokio::time::timeout(shared.config.timeouts.handshake, *incoming).await {
+    let request = match tokio::time::timeout_at(deadline, *incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => {
             debug!(error = %e, "handshake failed");
@@ -129,15 +132,15 @@ async fn establish(
         None => (request.path(), None),
     };
     if path != quiver_proto::CONNECT_PATH {
-        refuse(request, Refused::NotFound).await;
+        refuse(request, Refused::NotFound, deadline).await;
         return None;
     }
     if let Err(refused) = check_origin(shared, request.origin()) {
-        refuse(request, refused).await;
+        refuse(request, refused, deadline).await;
         return None;
     }
     if let Err(refused) = admit(shared) {
-        refuse(request, refused).await;
+        refuse(request, refused, deadline).await;
         return None;
     }
     let authorization = request
@@ -148,15 +151,20 @@ async fn establish(
     let token = match credentials(authorization, query) {
         Ok(token) => token,
         Err(refused) => {
-            refuse(request, refused).await;
+            refuse(request, refused, deadline).await;
             return None;
         }
     };
     match shared.authenticate(&token) {
-        Ok(grant) => match request.accept().await {
-            Ok(conn) => Some((conn, grant)),
-            Err(e) => {
+        Ok(grant) => match tokio::time::timeout_at(deadline, request.accept()).await {
+            Ok(Ok(conn)) => Some((conn, grant)),
+            Ok(Err(e)) => {
                 debug!(error = %e, "accept failed");
+                None
+            }
+            Err(_) => {
+                debug!("the 200 was not taken within the handshake deadline");
+                count_refused(T, "handshake_timeout");
                 None
             }
         },
@@ -164,18 +172,33 @@ async fn establish(
             // The reason, never the token.
             info!(remote = %request.remote_address(), reason = %e, transport = T.label(), "session refused");
             count_refused(T, e.label());
-            request.forbidden().await;
+            answer_within(deadline, request.forbidden()).await;
             None
         }
     }
 }
 
-async fn refuse(request: SessionRequest, refused: Refused) {
+async fn refuse(request: SessionRequest, refused: Refused, deadline: tokio::time::Instant) {
     refused.count(T);
-    match refused {
-        Refused::NotFound => request.not_found().await,
-        Refused::Unavailable => request.too_many_requests().await,
-        Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
+    let answer = async move {
+        match refused {
+            Refused::NotFound => request.not_found().await,
+            Refused::Unavailable => request.too_many_requests().await,
+            Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
+        }
+    };
+    answer_within(deadline, answer).await;
+}
+
+/// A refusal's answer, given up at the deadline: dropping it drops the request, which closes
+/// the connection, so a client that takes no answer holds its place no longer than one that
+/// sends no request.
+async fn answer_within(
+    deadline: tokio::time::Instant,
+    answer: impl std::future::Future<Output = ()>,
+) {
+    if tokio::time::timeout_at(deadline, answer).await.is_err() {
+        debug!("the refusal was not taken within the handshake deadline");
     }
 }
 
@@ -302,12 +325,22 @@ async fn control(
 /// arrives before the connection closes.
 async fn write_control(mut send: SendStream, early: Vec<Bytes>, mut rx: queue::Receiver<Bytes>) {
     send.set_priority(CONTROL_PRIORITY);
+    // Before the finish, resolves only when the client stops the stream (STOP_SENDING) or the
+    // connection is gone. Either way nothing more can be said: ending here ends the session at
+    // once (the reader is aborted, which the core takes for the client leaving), not at the
+    // next write.
+    let mut stopped = std::pin::pin!(send.quic_stream().stopped());
     for frame in early {
         if send.write_all(&frame).await.is_err() {
             return;
         }
     }
-    while let Some(frame) = rx.recv().await {
+    loop {
+        let frame = tokio::select! {
+            frame = rx.recv() => frame,
+            _ = &mut stopped => return,
+        };
+        let Some(frame) = frame else { break };
         if send.write_all(&frame).await.is_err() {
             return;
         }

@@ -1,0 +1,234 @@
+//! Peers that do not take what the server sends them (THREAT-MODEL.md): a client that gives a
+//! stream no credit, takes no answer to its CONNECT, or reads nothing from its TCP socket must
+//! not make the server hold a task, a stream, a buffer or a place under `max_sessions` for
+//! longer than a deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_proto::{Command, Event, Position, Recovery};
+use quiver_server::config::NamespaceConfig;
+use quiver_tests::*;
+use wtransport::quinn;
+
+/// An `Unsubscribe` ends its writer even while the client gives the stream no credit: the stream
+/// is reset (code 0), so the writer's task, its stream and the replay it held are freed at
+/// once, however often a client subscribes with a long replay and unsubscribes unread.
+#[tokio::test]
+async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+            ..Default::default()
+        });
+    })
+    .await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let payload = vec![7u8; 1000];
+    let first = publ.published("h.room", &payload).await?;
+    for _ in 1..50 {
+        publ.published("h.room", &payload).await?;
+    }
+    // 50 KB of history to replay; the subscriber gives each stream 1 KiB of credit.
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.stream_receive_window(1024u32.into());
+    })?;
+    let token = full_token("acme", "s");
+    let conn = endpoint
+        .connect(format!(
+            "https://127.0.0.1:{}/v1?token={token}",
+            server.wt.port()
+        ))
+        .await?;
+    let mut sub = Raw::on(conn.clone()).await?;
+    let hello = sub
+        .send(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "no-credit".into(),
+        })
+        .await?;
+    assert!(matches!(
+        sub.recv_reply(hello).await?,
+        Event::Welcome { .. }
+    ));
+    const PAIRS: usize = 20;
+    let mut streams = Vec::new();
+    for _ in 0..PAIRS {
+        let since = Position { offset: 0, ..first };
+        let subscribed = sub
+            .request(Command::Subscribe {
+                room: "h.room".into(),
+                resume: Some(since),
+            })
+            .await?;
+        assert!(
+            matches!(
+                subscribed,
+                Event::Subscribed {
+                    recovery: Recovery::Recovered { replayed: 50 },
+                    ..
+                }
+            ),
+            "{subscribed:?}"
+        );
+        // The stream has arrived, so its writer is writing the replay, and blocked on credit.
+        streams.push(tokio::time::timeout(WAIT, conn.accept_uni()).await??);
+        let unsubscribed = sub
+            .request(Command::Unsubscribe {
+                room: "h.room".into(),
+            })
+            .await?;
+        assert!(
+            matches!(unsubscribed, Event::Unsubscribed { code: 0, .. }),
+            "{unsubscribed:?}"
+        );
+    }
+    // Read now, each stream ends in a reset: the rest of its replay was not waited for (had
+    // its writer gone on, reading would give it credit and the whole replay would follow).
+    let mut buf = vec![0u8; 64 * 1024];
+    for (n, mut stream) in streams.into_iter().enumerate() {
+        let end = tokio::time::timeout(WAIT, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await?;
+        assert!(
+            matches!(end, Err(wtransport::error::StreamReadError::Reset(code)) if code.into_inner() == 0),
+            "stream {n}: {end:?}"
+        );
+    }
+    // The session is unharmed.
+    assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// A QUIC connection that sends HTTP/3 SETTINGS and a CONNECT to `path`, then takes none of the
+/// answer: every stream gets one byte of credit, and the CONNECT stream is never read. (The
+/// server's own streams are read, so the exchange gets as far as the answer.) Returned with
+/// the streams that must stay open.
+async fn connect_and_take_no_answer(
+    server: &TestServer,
+    path: &str,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, Vec<quinn::SendStream>)> {
+    use wtransport::proto::session::SessionRequest;
+    use wtransport::proto::settings::Settings;
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
+        .build();
+    let mut quic = config.quic_config().clone();
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(200)));
+    transport.stream_receive_window(1u32.into());
+    quic.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quic);
+    let conn = endpoint.connect(server.wt, "localhost")?.await?;
+    let drain = conn.clone();
+    tokio::spawn(async move {
+        while let Ok(mut stream) = drain.accept_uni().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(Some(_)) = stream.read(&mut buf).await {}
+            });
+        }
+    });
+    let mut settings = vec![0x00]; // the control stream's type
+    Settings::builder()
+        .enable_webtransport()
+        .enable_connect_protocol()
+        .enable_h3_datagrams()
+        .build()
+        .generate_frame()
+        .write(&mut settings)
+        .expect("a Vec has room");
+    let mut control = conn.open_uni().await?;
+    control.write_all(&settings).await?;
+    let request = SessionRequest::new(format!("https://localhost:{}{path}", server.wt.port()))?;
+    let mut connect = Vec::new();
+    request
+        .headers()
+        .generate_frame()
+        .write(&mut connect)
+        .expect("a Vec has room");
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(&connect).await?;
+    // Dropping the receiving half would stop it (STOP_SENDING), which ends the answer at once.
+    std::mem::forget(recv);
+    Ok((endpoint, conn, vec![control, send]))
+}
+
+/// The answer to a CONNECT (a 403 without a token, a 200 with one) is under the handshake
+/// deadline too: a client that withholds the credit it needs is closed at the deadline, and
+/// its place under `max_sessions` is free again.
+#[tokio::test]
+async fn a_connect_answer_nobody_takes_is_given_up_at_the_deadline() -> anyhow::Result<()> {
+    let token = full_token("acme", "deaf");
+    for (what, path) in [
+        ("refused, no token", "/v1".to_owned()),
+        ("accepted", format!("/v1?token={token}")),
+    ] {
+        let server = TestServer::start_with(|c| {
+            c.timeouts.handshake = Duration::from_millis(1500);
+            c.limits.max_sessions = 1;
+        })
+        .await?;
+        let (_endpoint, deaf, _streams) = connect_and_take_no_answer(&server, &path).await?;
+        // It holds the one place meanwhile.
+        let refused = Raw::connect(&server, &full_token("acme", "late")).await;
+        assert!(refused.is_err(), "{what}: a second connection was admitted");
+        let reason = tokio::time::timeout(WAIT, deaf.closed())
+            .await
+            .map_err(|_| anyhow::anyhow!("{what}: never closed"))?;
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+            "{what}: {reason:?}"
+        );
+        let mut c = Raw::connect(&server, &full_token("acme", "late")).await?;
+        assert!(
+            matches!(c.request(Command::Ping).await?, Event::Pong),
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
+/// A TCP peer that reads nothing holds its connection (and its place) no longer than
+/// `timeouts.handshake` past the server's last progress writing to it, whatever it asked for:
+/// here pipelined requests for the browser client (77 KB each) that fill every buffer.
+#[tokio::test]
+async fn a_tcp_peer_that_reads_nothing_is_closed_at_the_deadline() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(1);
+        c.quotas.per_address.max_connections = 1;
+    })
+    .await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut deaf = socket.connect(server.http).await?;
+    let requests = "GET /quiver.js HTTP/1.1\r\nhost: q\r\n\r\n".repeat(100);
+    deaf.write_all(requests.as_bytes()).await?;
+    // The address's one place is taken meanwhile.
+    assert_eq!(
+        healthz(&server).await?.as_deref(),
+        Some("HTTP/1.1 429 Too Many Requests")
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(healthz(&server).await?.as_deref(), Some("HTTP/1.1 200 OK"));
+    // What was already in the buffers arrives, then the end: far from all 100 answers.
+    let mut answers = Vec::new();
+    let _ = tokio::time::timeout(WAIT, deaf.read_to_end(&mut answers)).await?;
+    let answered = String::from_utf8_lossy(&answers)
+        .matches("HTTP/1.1 200 OK")
+        .count();
+    assert!(answered < 100, "{answered} answers");
+    Ok(())
+}
