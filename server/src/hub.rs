@@ -92,20 +92,21 @@ impl Hub {
         subs.len() == 1
     }
 
-    /// Removes a subscriber; true if the room has no local subscribers left. Removing an id
-    /// that is gone already (dropped as slow) is not an error and returns false.
+    /// Removes a subscriber; true if the room has no local subscribers left, so the caller
+    /// drops the broker's interest in it. That includes an id gone already: a subscriber dropped
+    /// as slow may have been the room's last, and the fan-out that dropped it cannot talk to the
+    /// broker (dropping interest twice is harmless; keeping it would leak the listener).
     pub fn unsubscribe(&self, key: &RoomKey, id: u64) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
         let Some(subs) = rooms.get_mut(key) else {
-            return false;
+            return true;
         };
-        let before = subs.len();
         subs.retain(|s| s.id != id);
-        let removed = subs.len() < before;
         if subs.is_empty() {
             rooms.remove(key);
+            return true;
         }
-        removed && !rooms.contains_key(key)
+        false
     }
 
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
@@ -320,7 +321,24 @@ mod tests {
         );
         assert!(hub.unsubscribe(&key("t", "r"), 1));
         assert_eq!(hub.room_count(), 0);
-        assert!(!hub.unsubscribe(&key("t", "r"), 2));
+    }
+
+    /// A room whose only subscriber was dropped as slow is empty: unsubscribing that subscriber
+    /// afterwards says so, so the session drops the broker's interest (else the listener leaks).
+    #[test]
+    fn unsubscribing_after_an_overflow_reports_the_room_empty() {
+        let hub = Hub::default();
+        let (slow, _rx) = sub(1, 1);
+        let (other, _rx_other) = sub(2, 8);
+        hub.subscribe(key("t", "r"), slow);
+        hub.subscribe(key("t", "other"), other);
+        hub.deliver(&key("t", "r"), None, Bytes::from_static(b"1"));
+        hub.deliver(&key("t", "r"), None, Bytes::from_static(b"2"));
+        assert!(!hub.has_subscribers(&key("t", "r")));
+        assert!(hub.unsubscribe(&key("t", "r"), 1));
+        // A room with others left is not empty, whoever leaves.
+        assert!(!hub.unsubscribe(&key("t", "other"), 9));
+        assert!(hub.has_subscribers(&key("t", "other")));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use crate::WAIT;
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
+    /// Its HTTP monitoring port (`/subsz` and the like).
+    pub monitor_port: u16,
     store: tempfile::TempDir,
 }
 
@@ -41,9 +43,11 @@ fn binary() -> Result<PathBuf> {
 impl NatsServer {
     pub async fn start() -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let monitor_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut server = Self {
             child: None,
             port,
+            monitor_port,
             store: tempfile::tempdir()?,
         };
         server.spawn(true).await?;
@@ -59,9 +63,19 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// How many subscriptions the server holds, for all its clients (its monitoring `/subsz`).
+    pub async fn subscriptions(&self) -> Result<u64> {
+        let url = format!("http://127.0.0.1:{}/subsz", self.monitor_port);
+        let page: serde_json::Value = reqwest::get(url).await?.json().await?;
+        page["num_subscriptions"]
+            .as_u64()
+            .context("/subsz without num_subscriptions")
+    }
+
     async fn spawn(&mut self, jetstream: bool) -> Result<()> {
         let mut command = Command::new(binary()?);
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        command.args(["-m", &self.monitor_port.to_string()]);
         if jetstream {
             command.args(["-js", "-sd"]).arg(self.store.path());
         }

@@ -76,7 +76,7 @@ struct Inner {
     high_water: std::sync::Mutex<HashMap<(TenantId, String), u64>>,
     /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
     /// it serialises interest changes only, never the publish path.
-    interest: Mutex<HashMap<RoomKey, JoinHandle<()>>>,
+    interest: Mutex<HashMap<RoomKey, Listener>>,
     /// Per (tenant, history namespace) with local interest, the one live consumer's listener
     /// and the rooms it delivers to (`history::Live`).
     live: std::sync::Mutex<HashMap<(TenantId, String), Arc<history::Live>>>,
@@ -361,36 +361,42 @@ impl Inner {
         .await
     }
 
-    /// Listens to a room: its messages go to the local hub until the task is aborted.
-    async fn listen(self: &Arc<Self>, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
+    /// Listens to a room: its messages go to the local hub until the listener is dropped.
+    async fn listen(self: &Arc<Self>, key: RoomKey) -> Result<Listener, BrokerError> {
         let hub = self.hub.clone();
         let events = if self.config.presence(&key.room) {
             Some(self.listen_events(key.clone()).await?)
         } else {
             None
         };
-        let publications = match self.config.history(&key.room) {
+        let events = events.map(AbortOnDrop);
+        match self.config.history(&key.room) {
             None => {
                 let mut sub = self
                     .client
                     .subscribe(subject(&key))
                     .await
                     .map_err(unavailable)?;
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     while let Some(msg) = sub.next().await {
                         lag::record(msg.headers.as_ref());
                         hub.deliver(&key, None, msg.payload);
                     }
+                });
+                Ok(Listener {
+                    _events: events,
+                    _subject: Some(AbortOnDrop(task)),
+                    _history: None,
                 })
             }
-            Some(ns) => self.listen_history(key, ns.clone()).await?,
-        };
-        // One handle for both: aborting the room's listener aborts its event listener too.
-        Ok(tokio::spawn(async move {
-            let _events = events.map(AbortOnDrop);
-            let mut publications = AbortOnDrop(publications);
-            let _ = (&mut publications.0).await;
-        }))
+            // No task of its own: the stream's live listener delivers the room while it is
+            // registered there.
+            Some(ns) => Ok(Listener {
+                _events: events,
+                _subject: None,
+                _history: Some(self.listen_history(key, ns.clone()).await?),
+            }),
+        }
     }
 
     /// Server-made events (`Joined`/`Left`), already encoded by the instance that made them.
@@ -462,8 +468,8 @@ impl Broker for NatsBroker {
             if interest.contains_key(&key) {
                 return Ok(());
             }
-            let task = self.inner.listen(key.clone()).await?;
-            interest.insert(key, task);
+            let listener = self.inner.listen(key.clone()).await?;
+            interest.insert(key, listener);
             Ok(())
         })
     }
@@ -475,9 +481,7 @@ impl Broker for NatsBroker {
             if self.inner.hub.has_subscribers(&key) {
                 return Ok(());
             }
-            if let Some(task) = interest.remove(&key) {
-                task.abort();
-            }
+            drop(interest.remove(&key));
             Ok(())
         })
     }
@@ -571,9 +575,7 @@ impl Drop for NatsBroker {
     /// Listener tasks hold the broker's state: end them with it.
     fn drop(&mut self) {
         if let Ok(mut interest) = self.inner.interest.try_lock() {
-            for (_, task) in interest.drain() {
-                task.abort();
-            }
+            interest.clear();
         }
         let live: Vec<_> = self
             .inner
@@ -589,7 +591,17 @@ impl Drop for NatsBroker {
     }
 }
 
-/// Aborts a task when dropped, so a room's event listener ends with its publication listener.
+/// What listens to one room with local interest; dropping it stops listening.
+struct Listener {
+    /// Presence rooms: the `Joined`/`Left` events' subscription.
+    _events: Option<AbortOnDrop>,
+    /// Rooms without history: the room subject's subscription.
+    _subject: Option<AbortOnDrop>,
+    /// History rooms: the room's place on its stream's live listener.
+    _history: Option<history::Registration>,
+}
+
+/// Aborts a task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {

@@ -223,13 +223,13 @@ impl Inner {
     /// Starts delivering a history room to the hub: registers it with its stream's live
     /// listener (started if this is the stream's first room here). Returns once that listener's
     /// consumer exists, so everything stored after this returns reaches the room (the subscribe
-    /// reads history only then: no gap at the seam). The returned task holds the registration:
-    /// aborting it (the room's last local subscriber left) takes the room off the listener.
+    /// reads history only then: no gap at the seam). Dropping the returned registration (the
+    /// room's last local subscriber left) takes the room off the listener.
     pub(super) async fn listen_history(
         self: &Arc<Self>,
         key: RoomKey,
         ns: NamespaceConfig,
-    ) -> Result<JoinHandle<()>, BrokerError> {
+    ) -> Result<Registration, BrokerError> {
         let room_subject = subject(&key);
         let live = {
             let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -264,10 +264,7 @@ impl Inner {
                 .map_err(|_| BrokerError::Unavailable("history listener ended".into()))
         })
         .await?;
-        Ok(tokio::spawn(async move {
-            let _registration = registration;
-            std::future::pending::<()>().await
-        }))
+        Ok(registration)
     }
 
     /// A stream's live listener: one ordered consumer over all of the stream's subjects (the
@@ -713,7 +710,7 @@ impl Live {
 }
 
 /// A room's place on its stream's live listener, given up when dropped.
-struct Registration {
+pub(super) struct Registration {
     live: Arc<Live>,
     subject: String,
 }
