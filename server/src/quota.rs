@@ -365,13 +365,18 @@ impl AddressLimits {
         }
     }
 
+    /// Whether connections from `ip` count towards any limit (limits set, address not trusted).
+    pub fn limits(&self, ip: IpAddr) -> bool {
+        let limits = &self.config;
+        (limits.max_connections > 0 || limits.handshakes_per_second > 0)
+            && !limits.trusted.contains(&unmapped(ip))
+    }
+
     /// Admits one new connection from `ip` (a handshake now, a connection until the guard is
     /// dropped), or refuses it. Trusted addresses are not limited.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
         let limits = &self.config;
-        if (limits.max_connections == 0 && limits.handshakes_per_second == 0)
-            || limits.trusted.contains(&unmapped(ip))
-        {
+        if !self.limits(ip) {
             return Some(AddressGuard(None));
         }
         let ip = counted_as(ip);

@@ -56,6 +56,10 @@ pub struct Writer {
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
     pub open_deadline: std::time::Duration,
+    /// How long the stream may take no byte while frames wait for it (`timeouts.reply`):
+    /// past that the subscription ends as a slow consumer, so a client that withholds credit
+    /// in a quiet room (where the queue never overflows) holds no replay or frames for ever.
+    pub stall_deadline: std::time::Duration,
     /// The session's traffic, for its closing log line.
     pub tally: std::sync::Arc<crate::metrics::Tally>,
     /// The room, for `Latest` frames.
@@ -111,6 +115,8 @@ impl Writer {
         let mut oldest = None;
         // `None` while the stream is lent to the hub (the writer is idle).
         let mut stream = Some(stream);
+        // Set when the loop ends because the stream took nothing for `stall_deadline`.
+        let mut stalled = false;
         loop {
             if batch.is_empty() {
                 if let Some(direct) = &self.direct {
@@ -168,12 +174,16 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = self.overflow.cancelled() => break,
-                written = out.quic_stream_mut().write_all_chunks(&mut batch.chunks) => match written {
+                written = write_progressing(out.quic_stream_mut(), &mut batch.chunks, self.stall_deadline) => match written {
                     Ok(()) => {}
+                    Err(NotWritten::Stalled) => {
+                        stalled = true;
+                        break;
+                    }
                     // The client stopped the stream: the subscription is over, and it is told.
-                    Err(wtransport::quinn::WriteError::Stopped(_)) => return self.report_stopped(),
+                    Err(NotWritten::Failed(wtransport::quinn::WriteError::Stopped(_))) => return self.report_stopped(),
                     // The connection is gone: the session ends too.
-                    Err(_) => {
+                    Err(NotWritten::Failed(_)) => {
                         let _ = self.ended.send(Ended { sub_id: self.sub_id, cause: None });
                         return;
                     }
@@ -199,7 +209,17 @@ impl Writer {
                 ErrorCode::SlowConsumer.as_u16(),
             )));
         }
-        self.report_overflow();
+        if stalled {
+            let _ = self.ended.send(Ended {
+                sub_id: self.sub_id,
+                cause: Some((
+                    ErrorCode::SlowConsumer,
+                    "the client took nothing from this subscription's stream for too long",
+                )),
+            });
+        } else {
+            self.report_overflow();
+        }
     }
 
     /// The client stopped the stream: the session ends the subscription and says so.
@@ -440,6 +460,33 @@ fn whole_frame_batches(frames: Vec<u8>) -> Vec<Bytes> {
         batches.push(frames.slice(start..));
     }
     batches
+}
+
+/// Why [`write_progressing`] gave up.
+enum NotWritten {
+    /// The stream took no byte for the deadline.
+    Stalled,
+    Failed(wtransport::quinn::WriteError),
+}
+
+/// Writes every chunk, as quinn's `write_all_chunks` does, but gives up when the stream takes
+/// no byte for `deadline`. The timer is armed only for a write that has to wait.
+async fn write_progressing(
+    stream: &mut wtransport::quinn::SendStream,
+    mut chunks: &mut [Bytes],
+    deadline: std::time::Duration,
+) -> Result<(), NotWritten> {
+    while !chunks.is_empty() {
+        let written = match stream.write_chunks(chunks).now_or_never() {
+            Some(written) => written,
+            None => tokio::time::timeout(deadline, stream.write_chunks(chunks))
+                .await
+                .map_err(|_| NotWritten::Stalled)?,
+        }
+        .map_err(NotWritten::Failed)?;
+        chunks = &mut chunks[written.chunks..];
+    }
+    Ok(())
 }
 
 async fn open(conn: &Connection) -> Option<wtransport::SendStream> {

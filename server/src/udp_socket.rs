@@ -140,6 +140,11 @@ impl ReceiveBuffer {
         Handshake(self.clone())
     }
 
+    /// Handshakes in progress now.
+    pub fn handshakes(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Shrinks the buffer back once a burst is over; runs until `shutdown`.
     pub async fn settle(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(SETTLE);

@@ -58,6 +58,45 @@ async fn connections_that_never_send_connect_are_closed_and_counted() -> anyhow:
     Ok(())
 }
 
+/// A QUIC Initial forged with someone else's source address (replayed here from a socket that
+/// is closed at once, so nothing answers the server) does not use up that address's places:
+/// with per-address limits, a connection proves its address with a Retry before it counts.
+#[tokio::test]
+async fn forged_initials_do_not_use_up_an_addresss_places() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(5);
+        c.quotas.per_address.max_connections = 1;
+    })
+    .await?;
+    // A real client's first datagram (its Initial), caught by a socket posing as the server.
+    let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let config = wtransport::ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
+        .build();
+    let mut endpoint = wtransport::quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(config.quic_config().clone());
+    let _connecting = endpoint.connect(catcher.local_addr()?, "localhost")?;
+    let mut initial = vec![0u8; 2048];
+    let (len, _) = tokio::time::timeout(WAIT, catcher.recv_from(&mut initial)).await??;
+    initial.truncate(len);
+    // Sent to the server from addresses that then vanish.
+    for _ in 0..3 {
+        let forger = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        forger.send_to(&initial, server.wt)?;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // They were asked to prove their address, which they cannot, so they hold nothing: the
+    // address's one place is free for a scrape (TCP counts with QUIC) ...
+    let page = server.metrics().await?;
+    let retries = metric_sum(&page, "quiver_quic_retries_total", &[]);
+    assert!(retries >= 1.0, "{retries} retries");
+    // ... and then for a real client, which proves its address and gets it.
+    let mut c = Raw::connect(&server, &full_token("acme", "real")).await?;
+    assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
 /// Defect 2: streams the protocol does not use are refused at once (a unidirectional one is
 /// stopped; a further bidirectional one gets no credit), so they pin no memory.
 #[tokio::test]

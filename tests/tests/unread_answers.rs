@@ -232,3 +232,82 @@ async fn a_tcp_peer_that_reads_nothing_is_closed_at_the_deadline() -> anyhow::Re
     assert!(answered < 100, "{answered} answers");
     Ok(())
 }
+
+/// A subscription stream that takes nothing while frames wait for it ends as a slow consumer
+/// after `timeouts.reply`, even in a quiet room where its queue never overflows: a client
+/// cannot park a resumed room's replay (or any frames) on the server by withholding credit.
+#[tokio::test]
+async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.reply = Duration::from_secs(1);
+        c.namespaces.push(NamespaceConfig {
+            name: "h".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+            ..Default::default()
+        });
+    })
+    .await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let first = publ.published("h.room", &[1u8; 1000]).await?;
+    for _ in 1..20 {
+        publ.published("h.room", &[1u8; 1000]).await?;
+    }
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.stream_receive_window(1024u32.into());
+    })?;
+    let token = full_token("acme", "parked");
+    let conn = endpoint
+        .connect(format!(
+            "https://127.0.0.1:{}/v1?token={token}",
+            server.wt.port()
+        ))
+        .await?;
+    let mut sub = Raw::on(conn.clone()).await?;
+    let hello = sub
+        .send(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "parked".into(),
+        })
+        .await?;
+    assert!(matches!(
+        sub.recv_reply(hello).await?,
+        Event::Welcome { .. }
+    ));
+    let started = tokio::time::Instant::now();
+    let subscribed = sub
+        .request(Command::Subscribe {
+            room: "h.room".into(),
+            resume: Some(Position { offset: 0, ..first }),
+        })
+        .await?;
+    assert!(
+        matches!(subscribed, Event::Subscribed { .. }),
+        "{subscribed:?}"
+    );
+    let mut stream = tokio::time::timeout(WAIT, conn.accept_uni()).await??;
+    let ended = match sub.recv().await?.event {
+        Event::Unsubscribed { room, code, .. } if room == "h.room" => code,
+        other => anyhow::bail!("unexpected {other:?}"),
+    };
+    assert_eq!(ended, quiver_proto::ErrorCode::SlowConsumer.as_u16());
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // Its stream was reset, not left waiting.
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await?;
+    assert!(
+        matches!(end, Err(wtransport::error::StreamReadError::Reset(_))),
+        "{end:?}"
+    );
+    assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

@@ -34,6 +34,7 @@ pub(super) fn register_zeros() {
                 .absolute(0);
         }
     }
+    metrics::counter!(QUIC_RETRIES).absolute(0);
     metrics::gauge!(SUBSCRIPTIONS_ACTIVE).set(0.0);
     for name in [
         PUBLICATIONS,
@@ -109,6 +110,12 @@ pub(super) fn describe() {
         CONNECTIONS_REFUSED,
         "TCP connections refused at accept, before their first request, by listener (http, \
          https) and reason: unavailable (server at max_sessions plus headroom) or address_limit"
+    );
+    describe_counter!(
+        QUIC_RETRIES,
+        "QUIC connections asked to prove their source address with a Retry before they count: \
+         every unproven one whose address has per-address limits, and every one while many \
+         handshakes are in progress"
     );
     describe_counter!(
         SESSIONS_CLOSED,

@@ -22,6 +22,7 @@ pub const SUBSCRIPTIONS_ACTIVE: &str = "quiver_subscriptions_active";
 pub const SESSIONS_OPENED: &str = "quiver_sessions_opened_total";
 pub const SESSIONS_REFUSED: &str = "quiver_sessions_refused_total";
 pub const CONNECTIONS_REFUSED: &str = "quiver_connections_refused_total";
+pub const QUIC_RETRIES: &str = "quiver_quic_retries_total";
 pub const SESSIONS_CLOSED: &str = "quiver_sessions_closed_total";
 pub const PUBLICATIONS: &str = "quiver_publications_total";
 pub const DELIVERIES: &str = "quiver_deliveries_total";

@@ -158,6 +158,7 @@ impl Session {
                 ended_by_session: stop.clone(),
                 ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,
+                stall_deadline: self.shared.config.timeouts.reply,
                 tally: self.tally.clone(),
                 room: key.room.to_string(),
                 latest: latest.clone(),

@@ -29,6 +29,8 @@ const T: Transport = Transport::WebTransport;
 
 /// Stream error code for streams the protocol does not use (PROTOCOL §2): H3_REQUEST_REJECTED.
 const REFUSED_STREAM: u32 = 0x010b;
+/// Handshakes in progress past which a connection from an unproven address gets a Retry.
+const RETRY_ABOVE: usize = 256;
 
 /// The control stream's send priority: above every namespace's (`config::MAX_NAMESPACE_PRIORITY`),
 /// so replies, pongs and goodbyes are not stuck behind room traffic under congestion.
@@ -66,6 +68,19 @@ pub async fn accept_loop(
 }
 
 fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
+    // A QUIC Initial's source address can be forged. An address not yet proven must prove it
+    // with a Retry (stateless: one packet from the server, one round trip for the client)
+    // before it is charged to its per-address limits, or while many handshakes are in
+    // progress: forged packets then can neither use up a victim address's places nor fill
+    // `max_sessions` beyond `RETRY_ABOVE` for longer than the handshake deadline.
+    if !incoming.remote_address_validated()
+        && (shared.address_limits.limits(incoming.remote_address().ip())
+            || shared.receive_buffer.handshakes() >= RETRY_ABOVE)
+    {
+        metrics::counter!(crate::metrics::QUIC_RETRIES).increment(1);
+        incoming.retry();
+        return;
+    }
     let Some(counted) = Counted::admit(shared, 0) else {
         // Not even a handshake: a QUIC-level refusal costs one packet.
         count_refused(T, "capacity");
