@@ -337,3 +337,36 @@ pub async fn healthz(server: &TestServer) -> Result<Option<String>> {
     let text = String::from_utf8_lossy(&answer);
     Ok(text.lines().next().map(str::to_owned))
 }
+
+/// Adds a history namespace `name` (`size` publications kept for a minute, no presence).
+pub fn add_history_namespace(config: &mut Config, name: &str, size: usize) {
+    config
+        .namespaces
+        .push(quiver_server::config::NamespaceConfig {
+            name: name.into(),
+            history_size: size,
+            history_ttl: Duration::from_secs(60),
+            presence: false,
+            ..Default::default()
+        });
+}
+
+/// A bare quinn client endpoint (HTTP/3 ALPN, trusting the test server's certificate hash) for
+/// tests that speak QUIC below WebTransport; `tweak` changes its transport (keep-alives,
+/// flow-control windows).
+pub fn quic_client(
+    server: &TestServer,
+    tweak: impl FnOnce(&mut wtransport::quinn::TransportConfig),
+) -> Result<wtransport::quinn::Endpoint> {
+    let config = ClientConfig::builder()
+        .with_bind_default()
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
+        .build();
+    let mut quic = config.quic_config().clone();
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    tweak(&mut transport);
+    quic.transport_config(Arc::new(transport));
+    let mut endpoint = wtransport::quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quic);
+    Ok(endpoint)
+}

@@ -18,6 +18,7 @@ use quiver_proto::{
 };
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use wtransport::error::StreamReadError;
 use wtransport::{Connection, RecvStream, SendStream};
 
 use crate::{open_session_at, TestServer, WAIT};
@@ -97,6 +98,21 @@ impl Raw {
         }
         self.welcome = Some(welcome);
         Ok(self)
+    }
+
+    /// A WebTransport session whose every stream gets only `window` bytes of credit (a client
+    /// that reads slowly, or not at all), after its Hello.
+    pub async fn with_stream_window(server: &TestServer, token: &str, window: u32) -> Result<Self> {
+        let endpoint = crate::client_endpoint_with(server.hash, |t| {
+            t.stream_receive_window(window.into());
+        })?;
+        let conn = endpoint
+            .connect(format!(
+                "https://127.0.0.1:{}/v1?token={token}",
+                server.wt.port()
+            ))
+            .await?;
+        Self::on(conn).await?.hello().await
     }
 
     /// Opens the control stream on an existing session without saying Hello.
@@ -508,6 +524,25 @@ impl RoomStream {
             Event::Publication { payload, .. } => Ok(payload),
             other => bail!("expected a publication, got {other:?}"),
         }
+    }
+
+    /// Reads a WebTransport stream to its end, dropping what it holds: `Ok` when finished,
+    /// the error when reset (or the connection is gone).
+    pub async fn drain(&mut self) -> Result<std::result::Result<(), StreamReadError>> {
+        let recv = self.recv_stream();
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = async {
+            loop {
+                match recv.read(&mut buf).await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, end)
+            .await
+            .map_err(|_| anyhow!("timed out draining a subscription stream"))
     }
 
     /// The WebTransport stream (WebTransport-only tests).

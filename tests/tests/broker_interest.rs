@@ -52,27 +52,7 @@ async fn the_last_subscriber_leaving_as_slow_ends_the_rooms_nats_subscription() 
     wait_subscriptions(&nats, idle).await?;
 
     // A subscriber that gives its stream 1 KiB of credit and reads none of it.
-    let endpoint = client_endpoint_with(server.hash, |t| {
-        t.stream_receive_window(1024u32.into());
-    })?;
-    let token = full_token("acme", "slow");
-    let conn = endpoint
-        .connect(format!(
-            "https://127.0.0.1:{}/v1?token={token}",
-            server.wt.port()
-        ))
-        .await?;
-    let mut slow = Raw::on(conn).await?;
-    let hello = slow
-        .send(Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "slow".into(),
-        })
-        .await?;
-    assert!(matches!(
-        slow.recv_reply(hello).await?,
-        Event::Welcome { .. }
-    ));
+    let mut slow = Raw::with_stream_window(&server, &full_token("acme", "slow"), 1024).await?;
     for room in ["slow1", "slow2"] {
         let subscribed = slow
             .request(Command::Subscribe {

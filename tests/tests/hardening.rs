@@ -2,7 +2,6 @@
 //! hostile client can make the server hold before and after its session exists, and what a
 //! session may keep once its token changes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,16 +13,9 @@ use quiver_tests::*;
 async fn silent_quic(
     server: &TestServer,
 ) -> anyhow::Result<(wtransport::quinn::Endpoint, wtransport::quinn::Connection)> {
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
-        .build();
-    let mut quic = config.quic_config().clone();
-    let mut transport = wtransport::quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_millis(200)));
-    quic.transport_config(Arc::new(transport));
-    let mut endpoint = wtransport::quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quic);
+    let endpoint = quic_client(server, |t| {
+        t.keep_alive_interval(Some(Duration::from_millis(200)));
+    })?;
     let conn = endpoint.connect(server.wt, "localhost")?.await?;
     Ok((endpoint, conn))
 }
@@ -70,12 +62,7 @@ async fn forged_initials_do_not_use_up_an_addresss_places() -> anyhow::Result<()
     .await?;
     // A real client's first datagram (its Initial), caught by a socket posing as the server.
     let catcher = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
-        .build();
-    let mut endpoint = wtransport::quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(config.quic_config().clone());
+    let endpoint = quic_client(&server, |_| {})?;
     let _connecting = endpoint.connect(catcher.local_addr()?, "localhost")?;
     let mut initial = vec![0u8; 2048];
     let (len, _) = tokio::time::timeout(WAIT, catcher.recv_from(&mut initial)).await??;

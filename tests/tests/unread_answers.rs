@@ -3,11 +3,9 @@
 //! not make the server hold a task, a stream, a buffer or a place under `max_sessions` for
 //! longer than a deadline.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use quiver_proto::{Command, Event, Position, Recovery};
-use quiver_server::config::NamespaceConfig;
 use quiver_tests::*;
 use wtransport::quinn;
 
@@ -17,13 +15,7 @@ use wtransport::quinn;
 #[tokio::test]
 async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 100,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-            ..Default::default()
-        });
+        add_history_namespace(c, "h", 100);
     })
     .await?;
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
@@ -33,27 +25,7 @@ async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::R
         publ.published("h.room", &payload).await?;
     }
     // 50 KB of history to replay; the subscriber gives each stream 1 KiB of credit.
-    let endpoint = client_endpoint_with(server.hash, |t| {
-        t.stream_receive_window(1024u32.into());
-    })?;
-    let token = full_token("acme", "s");
-    let conn = endpoint
-        .connect(format!(
-            "https://127.0.0.1:{}/v1?token={token}",
-            server.wt.port()
-        ))
-        .await?;
-    let mut sub = Raw::on(conn.clone()).await?;
-    let hello = sub
-        .send(Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "no-credit".into(),
-        })
-        .await?;
-    assert!(matches!(
-        sub.recv_reply(hello).await?,
-        Event::Welcome { .. }
-    ));
+    let mut sub = Raw::with_stream_window(&server, &full_token("acme", "s"), 1024).await?;
     const PAIRS: usize = 20;
     let mut streams = Vec::new();
     for _ in 0..PAIRS {
@@ -75,7 +47,7 @@ async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::R
             "{subscribed:?}"
         );
         // The stream has arrived, so its writer is writing the replay, and blocked on credit.
-        streams.push(tokio::time::timeout(WAIT, conn.accept_uni()).await??);
+        streams.push(RoomStream::accept(sub.conn()).await?);
         let unsubscribed = sub
             .request(Command::Unsubscribe {
                 room: "h.room".into(),
@@ -88,17 +60,8 @@ async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::R
     }
     // Read now, each stream ends in a reset: the rest of its replay was not waited for (had
     // its writer gone on, reading would give it credit and the whole replay would follow).
-    let mut buf = vec![0u8; 64 * 1024];
     for (n, mut stream) in streams.into_iter().enumerate() {
-        let end = tokio::time::timeout(WAIT, async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(Some(_)) => continue,
-                    other => return other,
-                }
-            }
-        })
-        .await?;
+        let end = stream.drain().await?;
         assert!(
             matches!(end, Err(wtransport::error::StreamReadError::Reset(code)) if code.into_inner() == 0),
             "stream {n}: {end:?}"
@@ -119,17 +82,10 @@ async fn connect_and_take_no_answer(
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, Vec<quinn::SendStream>)> {
     use wtransport::proto::session::SessionRequest;
     use wtransport::proto::settings::Settings;
-    let config = wtransport::ClientConfig::builder()
-        .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
-        .build();
-    let mut quic = config.quic_config().clone();
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_millis(200)));
-    transport.stream_receive_window(1u32.into());
-    quic.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
-    endpoint.set_default_client_config(quic);
+    let endpoint = quic_client(server, |t| {
+        t.keep_alive_interval(Some(Duration::from_millis(200)));
+        t.stream_receive_window(1u32.into());
+    })?;
     let conn = endpoint.connect(server.wt, "localhost")?.await?;
     let drain = conn.clone();
     tokio::spawn(async move {
@@ -240,13 +196,7 @@ async fn a_tcp_peer_that_reads_nothing_is_closed_at_the_deadline() -> anyhow::Re
 async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         c.timeouts.reply = Duration::from_secs(1);
-        c.namespaces.push(NamespaceConfig {
-            name: "h".into(),
-            history_size: 100,
-            history_ttl: Duration::from_secs(60),
-            presence: false,
-            ..Default::default()
-        });
+        add_history_namespace(c, "h", 100);
     })
     .await?;
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
@@ -254,27 +204,7 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
     for _ in 1..20 {
         publ.published("h.room", &[1u8; 1000]).await?;
     }
-    let endpoint = client_endpoint_with(server.hash, |t| {
-        t.stream_receive_window(1024u32.into());
-    })?;
-    let token = full_token("acme", "parked");
-    let conn = endpoint
-        .connect(format!(
-            "https://127.0.0.1:{}/v1?token={token}",
-            server.wt.port()
-        ))
-        .await?;
-    let mut sub = Raw::on(conn.clone()).await?;
-    let hello = sub
-        .send(Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "parked".into(),
-        })
-        .await?;
-    assert!(matches!(
-        sub.recv_reply(hello).await?,
-        Event::Welcome { .. }
-    ));
+    let mut sub = Raw::with_stream_window(&server, &full_token("acme", "parked"), 1024).await?;
     let started = tokio::time::Instant::now();
     let subscribed = sub
         .request(Command::Subscribe {
@@ -286,7 +216,7 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
         matches!(subscribed, Event::Subscribed { .. }),
         "{subscribed:?}"
     );
-    let mut stream = tokio::time::timeout(WAIT, conn.accept_uni()).await??;
+    let mut stream = RoomStream::accept(sub.conn()).await?;
     let ended = match sub.recv().await?.event {
         Event::Unsubscribed { room, code, .. } if room == "h.room" => code,
         other => anyhow::bail!("unexpected {other:?}"),
@@ -294,16 +224,7 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
     assert_eq!(ended, quiver_proto::ErrorCode::SlowConsumer.as_u16());
     assert!(started.elapsed() >= Duration::from_secs(1));
     // Its stream was reset, not left waiting.
-    let mut buf = vec![0u8; 64 * 1024];
-    let end = tokio::time::timeout(WAIT, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(Some(_)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await?;
+    let end = stream.drain().await?;
     assert!(
         matches!(end, Err(wtransport::error::StreamReadError::Reset(_))),
         "{end:?}"
