@@ -134,3 +134,43 @@ async fn a_backlog_after_a_stall_is_not_billed_to_the_client() -> anyhow::Result
     assert!(matches!(c.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }
+
+/// A publication refused after it waited on the broker (`unavailable`) is answered with an
+/// `Error` carrying its command's id whether or not it asked for an ack, and whatever its id
+/// (0 included): only datagram publications go untold.
+#[tokio::test]
+async fn a_refusal_after_a_wait_is_answered_for_every_publish_command() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = history_server(&nats, |_| {}).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    nats.pause()?;
+    let mut frames = Vec::new();
+    for id in [7u32, 0] {
+        frames.extend_from_slice(&quiver_proto::encode_command(&quiver_proto::ClientFrame {
+            id,
+            command: Command::Publish {
+                room: "log.a".into(),
+                payload: Bytes::from_static(b"waits"),
+                ack: false,
+            },
+        }));
+    }
+    c.send_bytes(&frames).await?;
+    let mut refused = Vec::new();
+    while refused.len() < 2 {
+        let frame = c.recv().await?;
+        match frame.event {
+            Event::Error { code, .. } if code == ErrorCode::Unavailable.as_u16() => {
+                refused.push(frame.id)
+            }
+            other => anyhow::bail!("unexpected {other:?} (id {})", frame.id),
+        }
+    }
+    nats.resume()?;
+    assert_eq!(refused, vec![7, 0]);
+    Ok(())
+}

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::publishing::Reply;
 use super::{Refusal, Session, Sub};
 use crate::hub::{publication_frame, RoomKey, Subscriber};
 use crate::metrics as m;
@@ -212,10 +213,9 @@ impl Session {
     /// session goes on with other commands meanwhile.
     pub(super) async fn publish(
         &mut self,
-        id: u32,
+        reply: Reply,
         room: &str,
         payload: Bytes,
-        ack: bool,
     ) -> Result<Option<Event>, Refusal> {
         let key = self.room(room)?;
         if !self.grant.may_publish(&key.room) {
@@ -246,8 +246,10 @@ impl Session {
         }
         let broker = self.shared.broker.clone();
         let publishing = Box::pin(async move { broker.publish(key, payload).await });
-        match self.publishing.submit(id, ack, publishing) {
-            Some(done) => super::publishing::answer(done.result).map(|e| e.filter(|_| ack)),
+        match self.publishing.submit(reply, publishing) {
+            Some(done) => {
+                super::publishing::answer(done.result).map(|e| e.filter(|_| reply.acked()))
+            }
             None => Ok(None),
         }
     }

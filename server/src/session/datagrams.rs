@@ -11,11 +11,9 @@ use quiver_proto::datagram::PublishDatagram;
 use quiver_proto::{CloseCode, ErrorCode};
 
 use super::meter::Verdict;
+use super::publishing::Reply;
 use super::{Exit, Session};
 use crate::metrics as m;
-
-/// The frame id of a datagram publication in the publish queue: no reply is ever sent for it.
-pub(super) const DATAGRAM_ID: u32 = 0;
 
 impl Session {
     pub(super) async fn datagram(&mut self, datagram: Bytes, arrived: Instant) -> Option<Exit> {
@@ -50,10 +48,7 @@ impl Session {
         // The payload shares the datagram's buffer: no copy.
         let offset = datagram.len() - publish.payload.len();
         let payload = datagram.slice(offset..);
-        match self
-            .publish(DATAGRAM_ID, room.as_str(), payload, false)
-            .await
-        {
+        match self.publish(Reply::Datagram, room.as_str(), payload).await {
             Ok(_) => None,
             Err(refusal) => {
                 m::datagram_dropped(refusal.0.label());

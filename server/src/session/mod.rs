@@ -39,7 +39,7 @@ use crate::subscription::Ended;
 use crate::transport::{queue, Inbound, Peer, Transport};
 
 use meter::{Meter, Verdict};
-use publishing::Publishing;
+use publishing::{Publishing, Reply};
 
 use crate::quota::TenantSession;
 
@@ -315,14 +315,12 @@ impl Session {
                 Some(end) = next_ended(&mut self.ended) => Box::pin(self.subscription_ended(end)).await,
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => Box::pin(self.call_done(done)).await,
                 done = self.publishing.next_done() => {
-                    match publishing::answer(done.result) {
+                    match (publishing::answer(done.result), done.reply) {
                         // A datagram publication: nobody to tell.
-                        Err(_) if done.id == datagrams::DATAGRAM_ID && !done.ack => {
-                            m::datagram_dropped("unavailable");
-                        }
-                        Ok(Some(event)) if done.ack => self.reply(done.id, event).await,
-                        Ok(_) => {}
-                        Err(refusal) => self.refuse(done.id, refusal).await,
+                        (Err(_), Reply::Datagram) => m::datagram_dropped("unavailable"),
+                        (Err(refusal), Reply::Command { id, .. }) => self.refuse(id, refusal).await,
+                        (Ok(Some(event)), Reply::Command { id, ack: true }) => self.reply(id, event).await,
+                        (Ok(_), _) => {}
                     }
                 }
                 // Past the bound of queued publications the session reads no further command
@@ -485,7 +483,10 @@ impl Session {
             )),
             Command::Subscribe { room, resume } => self.subscribe(id, &room, resume).await,
             Command::Unsubscribe { room } => self.unsubscribe(&room).await,
-            Command::Publish { room, payload, ack } => self.publish(id, &room, payload, ack).await,
+            Command::Publish { room, payload, ack } => {
+                self.publish(Reply::Command { id, ack }, &room, payload)
+                    .await
+            }
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,

@@ -25,15 +25,29 @@ pub const MAX_QUEUED: usize = 64;
 
 type Publish = BoxFuture<'static, Result<Option<Position>, BrokerError>>;
 
+/// Who is told how a publication ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// A `Publish` command: a refusal is answered always, a success when it asked for `ack`.
+    Command { id: u32, ack: bool },
+    /// A datagram (the `latest` lane): nobody; a refusal is only counted.
+    Datagram,
+}
+
+impl Reply {
+    /// Whether a success is answered.
+    pub fn acked(self) -> bool {
+        matches!(self, Reply::Command { ack: true, .. })
+    }
+}
+
 pub struct Done {
-    pub id: u32,
-    pub ack: bool,
+    pub reply: Reply,
     pub result: Result<Option<Position>, BrokerError>,
 }
 
 struct Waiting {
-    id: u32,
-    ack: bool,
+    reply: Reply,
     /// In a `Mutex` only to make the session `Sync` (its `&self` methods are held across
     /// awaits); it is only ever reached through `get_mut`, never locked.
     publish: Mutex<Publish>,
@@ -60,10 +74,9 @@ pub struct Publishing {
 impl Publishing {
     /// Starts a publication, or queues it behind the ones already waiting. `Some` when the
     /// broker took it at once (nothing was waiting, and its first poll completed).
-    pub fn submit(&mut self, id: u32, ack: bool, publish: Publish) -> Option<Done> {
+    pub fn submit(&mut self, reply: Reply, publish: Publish) -> Option<Done> {
         let mut waiting = Waiting {
-            id,
-            ack,
+            reply,
             publish: Mutex::new(publish),
         };
         if self.current.is_none() && self.queued.is_empty() {
@@ -71,7 +84,7 @@ impl Publishing {
             // The waker is a no-op: if this is pending, `next_done` polls it again with the
             // session task's waker before the session waits on anything.
             match waiting.poll(&mut cx) {
-                Poll::Ready(result) => return Some(Done { id, ack, result }),
+                Poll::Ready(result) => return Some(Done { reply, result }),
                 Poll::Pending => self.current = Some(waiting),
             }
         } else {
@@ -106,8 +119,8 @@ impl Future for NextDone<'_> {
             return Poll::Pending;
         };
         let result = std::task::ready!(waiting.poll(cx));
-        let Waiting { id, ack, .. } = this.current.take().expect("just polled");
-        Poll::Ready(Done { id, ack, result })
+        let Waiting { reply, .. } = this.current.take().expect("just polled");
+        Poll::Ready(Done { reply, result })
     }
 }
 
@@ -143,16 +156,19 @@ mod tests {
         })
     }
 
+    fn cmd(id: u32, ack: bool) -> Reply {
+        Reply::Command { id, ack }
+    }
+
     #[tokio::test]
     async fn immediate_publishes_answer_at_once_and_slow_ones_keep_their_order() {
         let mut p = Publishing::default();
-        let done = p.submit(1, true, Box::pin(async { Ok(None) }));
+        let done = p.submit(cmd(1, true), Box::pin(async { Ok(None) }));
         assert!(matches!(
             done,
             Some(Done {
-                id: 1,
+                reply: Reply::Command { id: 1, ack: true },
                 result: Ok(None),
-                ..
             })
         ));
 
@@ -160,25 +176,27 @@ mod tests {
         let (open1, gate1) = tokio::sync::oneshot::channel();
         let (open2, gate2) = tokio::sync::oneshot::channel();
         assert!(p
-            .submit(2, true, gated(2, started.clone(), gate1))
+            .submit(cmd(2, true), gated(2, started.clone(), gate1))
             .is_none());
         // Queued behind the pending one, even though it could complete at once.
-        assert!(p.submit(3, true, Box::pin(async { Ok(None) })).is_none());
         assert!(p
-            .submit(4, false, gated(4, started.clone(), gate2))
+            .submit(cmd(3, true), Box::pin(async { Ok(None) }))
+            .is_none());
+        assert!(p
+            .submit(cmd(4, false), gated(4, started.clone(), gate2))
             .is_none());
         assert_eq!(*started.lock().unwrap(), vec![2], "one at a time");
         open2.send(()).unwrap();
         open1.send(()).unwrap();
-        let ids: Vec<u32> = [
+        let replies: Vec<Reply> = [
             p.next_done().await,
             p.next_done().await,
             p.next_done().await,
         ]
         .iter()
-        .map(|d| d.id)
+        .map(|d| d.reply)
         .collect();
-        assert_eq!(ids, vec![2, 3, 4]);
+        assert_eq!(replies, vec![cmd(2, true), cmd(3, true), cmd(4, false)]);
         assert_eq!(*started.lock().unwrap(), vec![2, 4]);
         assert!(futures::FutureExt::now_or_never(p.next_done()).is_none());
     }
@@ -189,7 +207,7 @@ mod tests {
         let never = || -> Publish { Box::pin(futures::future::pending()) };
         for i in 0..MAX_QUEUED {
             assert!(!p.is_full(), "{i} waiting");
-            assert!(p.submit(i as u32, true, never()).is_none());
+            assert!(p.submit(cmd(i as u32, true), never()).is_none());
         }
         assert!(
             p.is_full(),
