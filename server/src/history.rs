@@ -14,8 +14,11 @@ use crate::server::Shared;
 pub const MAX_LIMIT: u32 = 1000;
 
 /// What a page costs in a frame besides its publications: the id, the event type, the room
-/// (at most 255 bytes and its length), the current position, the count and `truncated`.
-const OVERHEAD: usize = 5 + 1 + 2 + 255 + 21 + 5 + 1;
+/// (at most `MAX_ROOM_LEN` bytes and its length), the current position, the count and
+/// `truncated`. With [`cost`] it must leave room for one publication of the largest payload
+/// the configuration allows (`config.rs` keeps `max_payload` 192 bytes under `max_frame`), or
+/// a page could hold nothing and give no position to page on from.
+const OVERHEAD: usize = 5 + 1 + 2 + quiver_proto::room::MAX_ROOM_LEN + 21 + 5 + 1;
 
 #[derive(Debug)]
 pub struct Page {
@@ -108,4 +111,44 @@ pub async fn page(
         truncated: publications.len() < kept.len(),
         publications,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use quiver_proto::{encode_event, Event, HistoryItem, ServerFrame};
+
+    use super::*;
+
+    /// The largest publication the configuration allows always fits a page by itself, and the
+    /// estimate covers what such a page really encodes to.
+    #[test]
+    fn the_largest_allowed_publication_fits_a_page() {
+        for max_frame in [crate::config::MIN_MAX_FRAME as usize, 65_536] {
+            let max_payload = max_frame - (quiver_proto::room::MAX_ROOM_LEN + 64);
+            assert!(OVERHEAD + cost(&vec![0; max_payload]) <= max_frame);
+            let page = ServerFrame {
+                id: u32::MAX,
+                event: Event::History {
+                    room: "r".repeat(quiver_proto::room::MAX_ROOM_LEN),
+                    position: Some(Position {
+                        epoch: u64::MAX,
+                        offset: u64::MAX,
+                    }),
+                    publications: vec![HistoryItem {
+                        position: Position {
+                            epoch: u64::MAX,
+                            offset: u64::MAX,
+                        },
+                        payload: Bytes::from(vec![0; max_payload]),
+                    }],
+                    truncated: true,
+                },
+            };
+            let body = encode_event(&page).len() - quiver_proto::LENGTH_PREFIX;
+            assert!(
+                body <= OVERHEAD + cost(&vec![0; max_payload]),
+                "{body} bytes"
+            );
+        }
+    }
 }
