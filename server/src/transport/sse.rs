@@ -142,12 +142,15 @@ pub async fn stream(
         out_tx,
         subscribes,
     ));
+    // Only the request's rooms: a `Last-Event-ID` room not asked for is ignored, here too.
+    let positions = resume
+        .into_iter()
+        .filter(|(room, _)| rooms.iter().any(|r| r.as_str() == *room))
+        .map(|(room, position)| (room.to_owned(), position))
+        .collect();
     let events = Events {
         rooms,
-        positions: resume
-            .into_iter()
-            .map(|(room, position)| (room.to_owned(), position))
-            .collect(),
+        positions,
         decoder: FrameDecoder::new(usize::MAX >> 1),
         // Held for the life of the response: dropping the body (the client went away) ends
         // the session; the commands channel stays open until then.
@@ -270,6 +273,13 @@ impl Events {
                     Recovery::Recovered { replayed } => ("recovered", replayed),
                     Recovery::Failed => ("failed", 0),
                 };
+                // A history room is seen from here on, quiet or not: the next event id carries
+                // it, so a reconnect resumes it. With a replay to come, its publications move
+                // the position on instead (from the resume position), so an id sent between
+                // this event and them never skips what they hold.
+                if let (Some(position), 0) = (position, replayed) {
+                    self.positions.insert(room.clone(), position);
+                }
                 (
                     "subscribed",
                     json!({"room": room, "position": position_json(position), "recovery": recovery, "replayed": replayed}),

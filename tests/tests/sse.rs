@@ -1,0 +1,516 @@
+//! Server-Sent Events (PROTOCOL.md §9.3): rooms from the URL, refusals as HTTP statuses,
+//! resume from `Last-Event-ID`, the final `goodbye`, `latest` values, and what a response that
+//! ends or falls behind leaves behind.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use quiver_proto::{CloseCode, Command, ErrorCode, Event};
+use quiver_tests::*;
+
+/// One server-sent event.
+#[derive(Debug, Default)]
+struct Sse {
+    event: String,
+    data: serde_json::Value,
+    id: Option<String>,
+}
+
+/// Reads events from an SSE response.
+struct SseReader {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(
+        server: &TestServer,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut request =
+            reqwest::Client::new().get(format!("http://{}/v1/sse?{query}", server.http));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await?;
+        anyhow::ensure!(response.status() == 200, "status {}", response.status());
+        Ok(Self {
+            response,
+            buf: String::new(),
+        })
+    }
+
+    /// The next event (comments skipped); `None` when the response ended.
+    async fn next(&mut self) -> anyhow::Result<Option<Sse>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = Sse::default();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event.event = v.trim().into();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event.id = Some(v.trim().into());
+                    }
+                }
+                if event.event.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                event.data = serde_json::from_str(&data)?;
+                return Ok(Some(event));
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out waiting for an event"))??;
+            match chunk {
+                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    async fn expect(&mut self, name: &str) -> anyhow::Result<Sse> {
+        loop {
+            let event = self
+                .next()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("ended before {name}"))?;
+            if event.event == name {
+                return Ok(event);
+            }
+        }
+    }
+}
+
+fn payload_of(event: &Sse) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(event.data["payload"].as_str().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sse_delivers_rooms_refuses_what_the_token_does_not_allow() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "reader", &["news.>"], &[], 3600);
+    let mut sse =
+        SseReader::open(&server, &format!("token={t}&room=news.a&room=secret"), None).await?;
+    let welcome = sse.expect("welcome").await?;
+    assert_eq!(welcome.data["tenant"], "acme");
+    assert_eq!(welcome.data["user"], "reader");
+    // One refusal, one subscription, in either order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let e = sse.next().await?.expect("open");
+        seen.push((e.event.clone(), e.data.clone()));
+    }
+    assert!(seen.iter().any(|(name, data)| name == "error"
+        && data["room"] == "secret"
+        && data["label"] == "permission_denied"));
+    assert!(seen
+        .iter()
+        .any(|(name, data)| name == "subscribed" && data["room"] == "news.a"));
+
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.publish("news.a", b"\x00binary\xff").await?;
+    publ.publish("secret", b"nope").await?;
+    let other = Raw::connect(&server, &full_token("other", "p")).await;
+    other?.publish("news.a", b"other tenant").await?;
+    publ.publish("news.a", b"second").await?;
+    let first = sse.expect("publication").await?;
+    assert_eq!(first.data["room"], "news.a");
+    assert_eq!(first.data["position"], serde_json::Value::Null);
+    assert_eq!(payload_of(&first), b"\x00binary\xff");
+    let second = sse.expect("publication").await?;
+    assert_eq!(
+        payload_of(&second),
+        b"second",
+        "nothing from the other tenant or room"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_refusals_are_http_statuses() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.max_subscriptions = 3).await?;
+    let t = full_token("acme", "u");
+    let get = |query: String| {
+        let url = format!("http://{}/v1/sse?{query}", server.http);
+        async move { reqwest::get(url).await }
+    };
+    let bad = get(format!("token={t}x&room=a")).await?;
+    assert_eq!(bad.status(), 401);
+    let body: serde_json::Value = bad.json().await?;
+    assert_eq!(body["label"], "token_invalid");
+    assert_eq!(body["code"], 3007);
+    assert_eq!(get(format!("token={t}")).await?.status(), 400);
+    assert_eq!(get(format!("token={t}&room=a&room=a")).await?.status(), 400);
+    assert_eq!(
+        get(format!("token={t}&room=a&room=b&room=c&room=d"))
+            .await?
+            .status(),
+        400
+    );
+    assert_eq!(get(format!("token={t}&room=a.>")).await?.status(), 400);
+    let resume = reqwest::Client::new()
+        .get(format!("http://{}/v1/sse?token={t}&room=a", server.http))
+        .header("last-event-id", "garbage")
+        .send()
+        .await?;
+    assert_eq!(resume.status(), 400);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_resumes_history_rooms_from_last_event_id() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "log".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            presence: false,
+            ..Default::default()
+        })
+    })
+    .await?;
+    let t = full_token("acme", "reader");
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut sse =
+        SseReader::open(&server, &format!("token={t}&room=log.a&room=live"), None).await?;
+    for _ in 0..2 {
+        sse.expect("subscribed").await?;
+    }
+    publ.publish("log.a", b"1").await?;
+    publ.publish("live", b"x").await?;
+    let one = sse.expect("publication").await?;
+    assert_eq!(payload_of(&one), b"1");
+    let id = one.id.clone().expect("history publications carry an id");
+    assert!(id.starts_with("log.a="), "{id}");
+    assert!(
+        one.data["position"]["offset"].is_string(),
+        "positions are strings"
+    );
+    drop(sse);
+
+    publ.publish("log.a", b"2").await?;
+    publ.publish("log.a", b"3").await?;
+    let mut again = SseReader::open(&server, &format!("token={t}&room=log.a"), Some(&id)).await?;
+    let subscribed = again.expect("subscribed").await?;
+    assert_eq!(subscribed.data["recovery"], "recovered");
+    assert_eq!(subscribed.data["replayed"], 2);
+    assert_eq!(payload_of(&again.expect("publication").await?), b"2");
+    assert_eq!(payload_of(&again.expect("publication").await?), b"3");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_token_expiry_is_a_final_goodbye() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "u", &[">"], &[], 2);
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a"), None).await?;
+    let bye = sse.expect("goodbye").await?;
+    assert_eq!(bye.data["code"], CloseCode::TokenExpired.as_u16());
+    assert_eq!(bye.data["label"], "token_expired");
+    assert!(
+        sse.next().await?.is_none(),
+        "the response ends after the goodbye"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sse_sessions_count_and_end_when_the_reader_leaves() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = full_token("acme", "u");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a"), None).await?;
+    sse.expect("subscribed").await?;
+    assert_eq!(server.sessions(), 1);
+    drop(sse);
+    // The next write (a publication or a keep-alive) finds the reader gone.
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        publ.publish("a", b"anyone?").await?;
+        // Only the publisher left.
+        if server.sessions() == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the SSE session outlived its reader"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = publ.publish("a", &vec![0u8; 61_500]).await?;
+    assert!(
+        matches!(refused, Event::Error { code, .. } if code == ErrorCode::PayloadTooLarge.as_u16())
+    );
+    Ok(())
+}
+
+/// Reads an SSE response up to its `goodbye`: the `error` and `unsubscribed` events before it
+/// (as `(event, room, label)`), the goodbye, and whether the response ended right after it.
+async fn until_goodbye(
+    sse: &mut SseReader,
+) -> anyhow::Result<(Vec<(String, String, String)>, Sse)> {
+    let mut lost = Vec::new();
+    loop {
+        let event = sse
+            .next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the response ended without a goodbye"))?;
+        match event.event.as_str() {
+            "goodbye" => {
+                anyhow::ensure!(
+                    sse.next().await?.is_none(),
+                    "the response goes on after the goodbye"
+                );
+                return Ok((lost, event));
+            }
+            "error" | "unsubscribed" => {
+                let text = |key: &str| event.data[key].as_str().unwrap_or_default().to_owned();
+                lost.push((event.event.clone(), text("room"), text("label")));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The SSE session of `tenant` is gone from the counts: the server's sessions are back to
+/// `sessions` and the tenant's (its quota, `quiver_tenant_sessions`) to `tenant_sessions`.
+async fn sse_session_released(
+    server: &TestServer,
+    tenant: &str,
+    sessions: usize,
+    tenant_sessions: f64,
+) -> anyhow::Result<()> {
+    let gauge = format!(r#"quiver_tenant_sessions{{tenant="{tenant}"}}"#);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = server.metrics().await?;
+        if server.sessions() == sessions && metric(&page, &gauge) == tenant_sessions {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the SSE session still counts: {} sessions, {gauge} {}",
+            server.sessions(),
+            metric(&page, &gauge)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sse_closed(page: &str, reason: &str) -> f64 {
+    metric_sum(
+        page,
+        "quiver_sessions_closed_total",
+        &[("transport", "sse"), ("reason", reason)],
+    )
+}
+
+/// An SSE request whose every room is refused has nothing to deliver: an `error` per room, then
+/// a `goodbye` that says not to come back by itself (3009), and the response ends at once
+/// rather than hold a session, and the tenant's session quota, until the token expires.
+#[tokio::test]
+async fn an_sse_request_whose_rooms_are_all_refused_says_goodbye_and_ends() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("sserefused", "reader", &["news.>"], &[], 3600);
+    let query = format!("token={t}&room=secret&room=other.a");
+    let (mut lost, bye) = tokio::time::timeout(WAIT, async {
+        let mut sse = SseReader::open(&server, &query, None).await?;
+        sse.expect("welcome").await?;
+        until_goodbye(&mut sse).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    lost.sort();
+    let refused = |room: &str| ("error".into(), room.into(), "permission_denied".into());
+    assert_eq!(lost, [refused("other.a"), refused("secret")]);
+    assert_eq!(bye.data["code"], CloseCode::Disconnected.as_u16());
+    assert_eq!(bye.data["label"], "disconnected");
+    assert_eq!(bye.data["reconnect"], false);
+    sse_session_released(&server, "sserefused", 0, 0.0).await?;
+    assert!(sse_closed(&server.metrics().await?, "disconnected") >= 1.0);
+    Ok(())
+}
+
+/// When the backend ends an SSE response's last subscription (`/api/v1/unsubscribe`), the
+/// response says goodbye (3009: reconnecting would resubscribe against the backend's word) and
+/// ends; while one room is left, it carries on.
+#[tokio::test]
+async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
+) -> anyhow::Result<()> {
+    const ADMIN: &str = "admin-key-0123456789abcdef0123456789";
+    let server = TestServer::start_with(|c| {
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: ADMIN.into(),
+            tenant: None,
+        }]
+    })
+    .await?;
+    let tenant = "sseunsub";
+    let t = full_token(tenant, "reader");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=a&room=b"), None).await?;
+    for _ in 0..2 {
+        sse.expect("subscribed").await?;
+    }
+    let unsubscribe = |room: &'static str| {
+        let url = format!("http://{}/api/v1/unsubscribe", server.http);
+        async move {
+            let body = serde_json::json!({"tenant": tenant, "user": "reader", "room": room});
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await?;
+            anyhow::ensure!(
+                response.status() == 200,
+                "unsubscribe: {}",
+                response.status()
+            );
+            anyhow::Ok(())
+        }
+    };
+
+    unsubscribe("a").await?;
+    let ended = sse.expect("unsubscribed").await?;
+    assert_eq!(ended.data["room"], "a");
+    assert_eq!(ended.data["label"], "unsubscribed");
+    // One room left: the response goes on.
+    let mut publ = Raw::connect(&server, &full_token(tenant, "p")).await?;
+    publ.publish("b", b"still here").await?;
+    assert_eq!(payload_of(&sse.expect("publication").await?), b"still here");
+    assert_eq!(server.sessions(), 2);
+
+    unsubscribe("b").await?;
+    let (lost, bye) = tokio::time::timeout(WAIT, until_goodbye(&mut sse))
+        .await
+        .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    assert_eq!(
+        lost,
+        [("unsubscribed".into(), "b".into(), "unsubscribed".into())]
+    );
+    assert_eq!(bye.data["code"], CloseCode::Disconnected.as_u16());
+    assert_eq!(bye.data["reconnect"], false);
+    // Only the publisher is left.
+    sse_session_released(&server, tenant, 1, 1.0).await?;
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+/// An SSE reader that fell behind loses its room (`slow_consumer`); with no room left, the
+/// response says goodbye with a code to reconnect (and resume) after, 3010 `not_reading`.
+#[tokio::test]
+async fn an_sse_response_whose_last_room_falls_behind_says_goodbye_to_reconnect(
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 16;
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let tenant = "sseslow";
+    let t = full_token(tenant, "reader");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=feed"), None).await?;
+    sse.expect("subscribed").await?;
+    // The reader stops reading while far more than every buffer between (the response's
+    // queue, the sockets) can hold is published, then reads again.
+    let mut publ = Raw::connect(&server, &full_token(tenant, "p")).await?;
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    for _ in 0..1600 {
+        publ.send(Command::Publish {
+            room: "feed".into(),
+            payload: payload.clone(),
+            ack: false,
+        })
+        .await?;
+    }
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    let (lost, bye) = tokio::time::timeout(3 * WAIT, until_goodbye(&mut sse))
+        .await
+        .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    assert_eq!(
+        lost,
+        [("unsubscribed".into(), "feed".into(), "slow_consumer".into())]
+    );
+    assert_eq!(bye.data["code"], CloseCode::NotReading.as_u16());
+    assert_eq!(bye.data["label"], "not_reading");
+    assert_eq!(bye.data["reconnect"], true);
+    sse_session_released(&server, tenant, 1, 1.0).await?;
+    assert!(sse_closed(&server.metrics().await?, "not_reading") >= 1.0);
+    Ok(())
+}
+
+/// SSE carries `latest` rooms as `latest` events with their sequence (PROTOCOL.md §10), conflated
+/// like WebSocket.
+#[tokio::test]
+async fn sse_delivers_latest_values_with_their_sequence() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "game".into(),
+            mode: quiver_server::config::DeliveryMode::Latest,
+            ..Default::default()
+        })
+    })
+    .await?;
+    let t = token("acme", "reader", &["game.>"], &[], 3600);
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=game.s"), None).await?;
+    sse.expect("subscribed").await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut last = 0;
+    for n in 1..=3u8 {
+        assert!(matches!(
+            publisher.publish("game.s", &[n]).await?,
+            Event::Published { .. }
+        ));
+        let event = sse.expect("latest").await?;
+        assert_eq!(event.data["room"], "game.s");
+        let sequence = event.data["sequence"].as_u64().unwrap_or_default();
+        assert!(sequence > last, "{event:?}");
+        last = sequence;
+        assert_eq!(payload_of(&event), vec![n]);
+    }
+    Ok(())
+}
+
+/// A publication's `id:` lists exactly the request's history rooms seen so far: a quiet one
+/// from its `subscribed` on (so a reconnect resumes it too, rather than miss what it published
+/// meanwhile), and no room a `Last-Event-ID` named that the request did not ask for.
+#[tokio::test]
+async fn sse_event_ids_hold_the_requested_rooms_quiet_ones_included() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| add_history_namespace(c, "log", 100)).await?;
+    let t = full_token("acme", "reader");
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.publish("log.quiet", b"q0").await?;
+    let query = format!("token={t}&room=log.a&room=log.quiet");
+    let mut sse = SseReader::open(&server, &query, Some("log.other=1:5")).await?;
+    for _ in 0..2 {
+        sse.expect("subscribed").await?;
+    }
+    publ.publish("log.a", b"1").await?;
+    let one = sse.expect("publication").await?;
+    let id = one.id.clone().expect("history publications carry an id");
+    assert!(id.contains("log.a=") && id.contains("log.quiet="), "{id}");
+    assert!(!id.contains("log.other"), "{id}");
+    drop(sse);
+
+    publ.publish("log.quiet", b"q1").await?;
+    let mut again = SseReader::open(&server, &query, Some(&id)).await?;
+    for _ in 0..2 {
+        let subscribed = again.expect("subscribed").await?;
+        let want = if subscribed.data["room"] == "log.quiet" {
+            1
+        } else {
+            0
+        };
+        assert_eq!(subscribed.data["recovery"], "recovered", "{subscribed:?}");
+        assert_eq!(subscribed.data["replayed"], want, "{subscribed:?}");
+    }
+    assert_eq!(payload_of(&again.expect("publication").await?), b"q1");
+    Ok(())
+}
