@@ -59,7 +59,9 @@ pub struct Writer {
     /// How long the stream may take no byte while frames wait for it (`timeouts.reply`):
     /// past that the subscription ends as a slow consumer, so a client that withholds credit
     /// in a quiet room (where the queue never overflows) holds no replay or frames for ever.
-    pub stall_deadline: std::time::Duration,
+    /// `None` in `latest` rooms, which are never ended for falling behind: their writer holds
+    /// one batch at most, the newest value waiting in its slot.
+    pub stall_deadline: Option<std::time::Duration>,
     /// The session's traffic, for its closing log line.
     pub tally: std::sync::Arc<crate::metrics::Tally>,
     /// The room, for `Latest` frames.
@@ -470,12 +472,18 @@ enum NotWritten {
 }
 
 /// Writes every chunk, as quinn's `write_all_chunks` does, but gives up when the stream takes
-/// no byte for `deadline`. The timer is armed only for a write that has to wait.
+/// no byte for `deadline` (if any). The timer is armed only for a write that has to wait.
 async fn write_progressing(
     stream: &mut wtransport::quinn::SendStream,
     mut chunks: &mut [Bytes],
-    deadline: std::time::Duration,
+    deadline: Option<std::time::Duration>,
 ) -> Result<(), NotWritten> {
+    let Some(deadline) = deadline else {
+        return stream
+            .write_all_chunks(chunks)
+            .await
+            .map_err(NotWritten::Failed);
+    };
     while !chunks.is_empty() {
         let written = match stream.write_chunks(chunks).now_or_never() {
             Some(written) => written,

@@ -252,10 +252,47 @@ async fn rate_abuse_closes_on_the_threshold(via: Via) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A repeated `Hello` is refused `bad_request` and counts towards `rate_abuse` like a
+/// rate-limited command (PROTOCOL §5): within the command rate (2/s × 15: the burst of 2 and a
+/// slow refill), the 30th closes the session.
+async fn repeated_hellos_count_towards_rate_abuse(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 2;
+        c.limits.abuse_factor = 15;
+    })
+    .await?;
+    let mut c = Raw::connect_via(via, &server, &full_token("acme", "u")).await?;
+    for _ in 0..30 {
+        c.send(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "again".into(),
+        })
+        .await?;
+    }
+    let (mut bad, mut limited) = (0, 0);
+    let code = loop {
+        match c.recv().await?.event {
+            Event::Error { code, .. } if code == ErrorCode::BadRequest.as_u16() => bad += 1,
+            Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            Event::Goodbye { code, .. } => break code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::RateAbuse.as_u16());
+    // The two within the burst are refused `bad_request` and count as the rest do.
+    assert_eq!(
+        (bad, limited),
+        (2, 27),
+        "the 30th refusal closes, in place of its error"
+    );
+    Ok(())
+}
+
 over_both_transports!(
     refresh_revokes_what_the_new_token_does_not_allow,
     an_expired_refresh_is_refused_without_harm,
     rate_abuse_closes_on_the_threshold,
+    repeated_hellos_count_towards_rate_abuse,
 );
 
 /// Issue 11 §5: a client that allows fewer incoming streams than it subscribes to gets a clear

@@ -166,6 +166,9 @@ async fn a_stalled_reader_gets_the_newest_value_not_a_queue_and_is_never_a_slow_
     let server = server(|c| {
         c.limits.subscriber_queue = 8;
         c.limits.commands_per_second = 10_000;
+        // A stream that takes nothing for this long ends a reliable room (`slow_consumer`),
+        // never a `latest` one.
+        c.timeouts.reply = Duration::from_millis(500);
     })
     .await?;
     let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
@@ -181,6 +184,8 @@ async fn a_stalled_reader_gets_the_newest_value_not_a_queue_and_is_never_a_slow_
             publish(&mut publisher, "chat.big", payload).await?;
         }
     }
+    // Stalled for well past the stall deadline.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     // On the control stream: the reliable room ended as a slow consumer, the latest one not.
     let ping = sub.send(Command::Ping).await?;
     let mut ended = Vec::new();

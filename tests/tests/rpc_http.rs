@@ -264,6 +264,42 @@ async fn a_backend_that_is_down_is_unavailable() -> Result<()> {
     Ok(())
 }
 
+/// A backend that takes no connection (its accept queue full, so the connection's SYNs go
+/// unanswered) is `unavailable` once `rpc.connect_timeout` passes, like one that refuses: the
+/// request never left, so it is not `deadline_exceeded`.
+#[tokio::test]
+async fn a_backend_that_takes_no_connection_is_unavailable() -> Result<()> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let listener = socket.listen(0)?;
+    let address = listener.local_addr()?;
+    // Fills the accept queue (one connection with a backlog of 0); nothing is ever accepted.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        if let Ok(Ok(tcp)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            queued.push(tcp);
+        }
+    }
+    let url = format!("http://{address}/rpc");
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.timeout = Duration::from_secs(3);
+        c.rpc.connect_timeout = Duration::from_millis(300);
+    })
+    .await?;
+    let client = connect(&server, "alice").await?;
+    let (c, msg) = code(client.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    client.close().await;
+    drop((listener, queued));
+    Ok(())
+}
+
 #[tokio::test]
 async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
     let (backend, url) = start_backend().await?;

@@ -53,6 +53,7 @@ impl Code {
         Code::PayloadTooLarge,
         Code::Unavailable,
         Code::QuotaExceeded,
+        Code::RateLimited,
         Code::RequestTimeout,
         Code::IdempotencyInProgress,
         Code::IdempotencyKeyReused,
@@ -159,4 +160,36 @@ pub async fn method_not_allowed() -> ApiError {
         Code::MethodNotAllowed,
         "method not allowed on this endpoint (see /api/v1/openapi.json)",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Code;
+
+    /// `Code::ALL` feeds the OpenAPI document's enum of codes: every code the API can answer
+    /// must be in it, or a client validating answers against the document rejects them.
+    #[test]
+    fn all_lists_every_code() {
+        // Exhaustive: a new code does not compile here until it is added, and then must be
+        // in `ALL` too.
+        let index = |code: Code| match code {
+            Code::BadRequest => 0,
+            Code::InvalidRoom => 1,
+            Code::Unauthorized => 2,
+            Code::PermissionDenied => 3,
+            Code::NotFound => 4,
+            Code::MethodNotAllowed => 5,
+            Code::UnrecoverablePosition => 6,
+            Code::PayloadTooLarge => 7,
+            Code::Unavailable => 8,
+            Code::QuotaExceeded => 9,
+            Code::RateLimited => 10,
+            Code::RequestTimeout => 11,
+            Code::IdempotencyInProgress => 12,
+            Code::IdempotencyKeyReused => 13,
+        };
+        let mut seen: Vec<usize> = Code::ALL.iter().map(|c| index(*c)).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..14).collect::<Vec<_>>());
+    }
 }

@@ -227,11 +227,12 @@ impl HttpRoute {
                 request = request.bearer_auth(secret);
             }
             let mut response = request.send().await.map_err(|e| {
-                if e.is_timeout() {
-                    RpcError::Deadline(deadline)
-                } else {
-                    // Refused, reset, DNS, TLS: nobody is serving.
+                // A connection that failed (refused, reset, DNS, TLS, or not made within
+                // `connect_timeout`): nobody is serving, and the request never left.
+                if e.is_connect() || !e.is_timeout() {
                     RpcError::Unavailable(without_url(e))
+                } else {
+                    RpcError::Deadline(deadline)
                 }
             })?;
             let status = response.status().as_u16();

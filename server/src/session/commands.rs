@@ -159,7 +159,9 @@ impl Session {
                 ended_by_session: stop.clone(),
                 ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,
-                stall_deadline: self.shared.config.timeouts.reply,
+                stall_deadline: latest
+                    .is_none()
+                    .then_some(self.shared.config.timeouts.reply),
                 tally: self.tally.clone(),
                 room: key.room.to_string(),
                 latest: latest.clone(),

@@ -470,6 +470,7 @@ impl Session {
         let id = frame.id;
         let refresh = matches!(frame.command, Command::Refresh { .. });
         let publish = matches!(frame.command, Command::Publish { .. });
+        let hello = matches!(frame.command, Command::Hello { .. });
         let label = m::labels::command_label(&frame.command);
         match self.metered(id, arrived) {
             Ok(true) => {}
@@ -507,15 +508,21 @@ impl Session {
             }
             Ok(None) => {}
             Err(refusal) => {
-                // Publications into an exhausted quota are what a runaway publisher keeps
-                // sending; a Subscribe over the subscription quota is not metered this way.
-                let over_quota = publish && refusal.0 == ErrorCode::QuotaExceeded;
+                // Refusals that count towards `rate_abuse` besides the rate limit's own (PROTOCOL
+                // §5): publications into an exhausted quota, which a runaway publisher keeps
+                // sending, and a repeated Hello. A Subscribe over the subscription quota does not.
+                let abuse = if publish && refusal.0 == ErrorCode::QuotaExceeded {
+                    Some("kept publishing over the tenant's quota")
+                } else if hello {
+                    Some("kept repeating Hello")
+                } else {
+                    None
+                };
                 self.refuse(id, refusal).await;
-                if over_quota && self.meter.refused(Instant::now()) == Verdict::Abuse {
-                    return Some(Exit::Close(
-                        CloseCode::RateAbuse,
-                        "kept publishing over the tenant's quota".into(),
-                    ));
+                if let Some(reason) = abuse {
+                    if self.meter.refused(arrived) == Verdict::Abuse {
+                        return Some(Exit::Close(CloseCode::RateAbuse, reason.into()));
+                    }
                 }
             }
         }
