@@ -119,6 +119,7 @@ impl Writer {
         let mut stream = Some(stream);
         // Set when the loop ends because the stream took nothing for `stall_deadline`.
         let mut stalled = false;
+        let mut stall = self.stall_deadline.map(Stall::new);
         loop {
             if batch.is_empty() {
                 if let Some(direct) = &self.direct {
@@ -176,7 +177,7 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = self.overflow.cancelled() => break,
-                written = write_progressing(out.quic_stream_mut(), &mut batch.chunks, self.stall_deadline) => match written {
+                written = write(out.quic_stream_mut(), &mut batch.chunks, stall.as_mut()) => match written {
                     Ok(()) => {}
                     Err(NotWritten::Stalled) => {
                         stalled = true;
@@ -464,37 +465,97 @@ fn whole_frame_batches(frames: Vec<u8>) -> Vec<Bytes> {
     batches
 }
 
-/// Why [`write_progressing`] gave up.
+/// Why [`Stall::write`] gave up.
 enum NotWritten {
     /// The stream took no byte for the deadline.
     Stalled,
     Failed(wtransport::quinn::WriteError),
 }
 
-/// Writes every chunk, as quinn's `write_all_chunks` does, but gives up when the stream takes
-/// no byte for `deadline` (if any). The timer is armed only for a write that has to wait.
-async fn write_progressing(
+/// A writer's stall deadline: its writes give up once the stream has taken no byte for a whole
+/// deadline (so a stall is noticed between one and two deadlines after it began). One timer
+/// per writer, made at its first write that has to wait and reset at most once per deadline,
+/// not once per write: a fan-out's writers wait on flow control all the time.
+struct Stall {
+    deadline: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes written so far, and when the timer was last armed.
+    written: u64,
+    armed_at: u64,
+}
+
+impl Stall {
+    fn new(deadline: std::time::Duration) -> Self {
+        Self {
+            deadline,
+            timer: None,
+            written: 0,
+            armed_at: 0,
+        }
+    }
+
+    /// Writes every chunk, as quinn's `write_all_chunks` does, unless the stream stalls.
+    async fn write(
+        &mut self,
+        stream: &mut wtransport::quinn::SendStream,
+        mut chunks: &mut [Bytes],
+    ) -> Result<(), NotWritten> {
+        while !chunks.is_empty() {
+            let written = match stream.write_chunks(chunks).now_or_never() {
+                Some(written) => written.map_err(NotWritten::Failed)?,
+                None => self.wait(stream, chunks).await?,
+            };
+            self.written += written.bytes as u64;
+            chunks = &mut chunks[written.chunks..];
+        }
+        Ok(())
+    }
+
+    /// A write that has to wait, under the timer.
+    async fn wait(
+        &mut self,
+        stream: &mut wtransport::quinn::SendStream,
+        chunks: &mut [Bytes],
+    ) -> Result<wtransport::quinn::Written, NotWritten> {
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(deadline)));
+        // Elapsed while nothing waited (the writer was idle, or writes went through at once):
+        // the stall, if any, starts now.
+        if timer.is_elapsed() {
+            timer.as_mut().reset(tokio::time::Instant::now() + deadline);
+            self.armed_at = self.written;
+        }
+        loop {
+            tokio::select! {
+                biased;
+                written = stream.write_chunks(chunks) => return written.map_err(NotWritten::Failed),
+                () = timer.as_mut() => {
+                    if self.written == self.armed_at {
+                        return Err(NotWritten::Stalled);
+                    }
+                    timer.as_mut().reset(tokio::time::Instant::now() + deadline);
+                    self.armed_at = self.written;
+                }
+            }
+        }
+    }
+}
+
+/// One batch's write: under the stall deadline, if the room has one.
+async fn write(
     stream: &mut wtransport::quinn::SendStream,
-    mut chunks: &mut [Bytes],
-    deadline: Option<std::time::Duration>,
+    chunks: &mut [Bytes],
+    stall: Option<&mut Stall>,
 ) -> Result<(), NotWritten> {
-    let Some(deadline) = deadline else {
-        return stream
+    match stall {
+        Some(stall) => stall.write(stream, chunks).await,
+        None => stream
             .write_all_chunks(chunks)
             .await
-            .map_err(NotWritten::Failed);
-    };
-    while !chunks.is_empty() {
-        let written = match stream.write_chunks(chunks).now_or_never() {
-            Some(written) => written,
-            None => tokio::time::timeout(deadline, stream.write_chunks(chunks))
-                .await
-                .map_err(|_| NotWritten::Stalled)?,
-        }
-        .map_err(NotWritten::Failed)?;
-        chunks = &mut chunks[written.chunks..];
+            .map_err(NotWritten::Failed),
     }
-    Ok(())
 }
 
 async fn open(conn: &Connection) -> Option<wtransport::SendStream> {
