@@ -232,3 +232,36 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
     assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }
+
+/// The stall deadline measures progress, not how long a stream takes: a reader that keeps
+/// taking a little (1 KiB of credit, a publication every 300 ms, three times the deadline in
+/// all) gets every publication and keeps its subscription.
+#[tokio::test]
+async fn a_slow_reader_that_keeps_taking_is_not_a_slow_consumer() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.reply = Duration::from_secs(1);
+        add_history_namespace(c, "h", 100);
+    })
+    .await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let first = publ.published("h.room", &[0u8; 1000]).await?;
+    for n in 1..10u8 {
+        publ.published("h.room", &[n; 1000]).await?;
+    }
+    let mut sub = Raw::with_stream_window(&server, &full_token("acme", "slow"), 1024).await?;
+    let (_, mut stream) = sub
+        .subscribe_from("h.room", Some(Position { offset: 0, ..first }))
+        .await?;
+    for n in 0..10u8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(stream.payload().await?.as_ref(), &[n; 1000][..]);
+    }
+    // Nothing ended it meanwhile: the next frame on the control stream is the Pong.
+    let ping = sub.send(Command::Ping).await?;
+    let next = sub.recv().await?;
+    assert!(
+        next.id == ping && matches!(next.event, Event::Pong),
+        "{next:?}"
+    );
+    Ok(())
+}
