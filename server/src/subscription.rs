@@ -48,10 +48,13 @@ pub struct Writer {
     /// between history and live has neither gap nor duplicate.
     pub skip_through: Option<u64>,
     pub queue: mpsc::Receiver<Delivery>,
+    /// Cancelled when the queue overflows, and by the session when it ends the subscription
+    /// (`Unsubscribe` and the like; `ended_by_session` is set first): one token to watch, so
+    /// a waiting write polls no more than it did before the session could end it.
     pub overflow: CancellationToken,
-    /// Cancelled by the session when the subscription ends (`Unsubscribe` and the like): a
-    /// writer blocked on a client that gives no stream credit stops at once, resetting its
-    /// stream, rather than hold the stream, its task and a replay until the connection ends.
+    /// Set (never watched) before the session cancels `overflow`: the writer then ends
+    /// quietly, and a writer blocked on a client that gives no stream credit resets its stream
+    /// (code 0) rather than hold the stream, its task and a replay until the connection ends.
     pub ended_by_session: CancellationToken,
     pub ended: mpsc::UnboundedSender<Ended>,
     /// How long opening the stream may wait for the client's stream credit.
@@ -88,7 +91,6 @@ impl Writer {
         };
         let stream = tokio::select! {
             _ = self.overflow.cancelled() => return self.report_overflow(),
-            _ = self.ended_by_session.cancelled() => return,
             opened = tokio::time::timeout(self.open_deadline, open(&conn)) => match opened {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
@@ -129,7 +131,14 @@ impl Writer {
                 }
                 tokio::select! {
                     biased;
-                    _ = self.overflow.cancelled() => break,
+                    _ = self.overflow.cancelled() => {
+                        // Ended by the session while idle: what was written ends cleanly.
+                        if self.ended_by_session.is_cancelled() {
+                            drop(self.reclaim(stream));
+                            return;
+                        }
+                        break;
+                    }
                     msg = self.queue.recv() => match msg {
                         Some(first) if self.fresh(&first) => {
                             batch.push(first.frame, true);
@@ -191,14 +200,6 @@ impl Writer {
                         return;
                     }
                 },
-                // Ended while the client withholds the credit for the rest: not waited for.
-                // (Idle, the writer ends as the hub closes its queue, finishing the stream.)
-                _ = self.ended_by_session.cancelled() => {
-                    if let Some(mut stream) = self.reclaim(stream) {
-                        let _ = stream.reset(VarInt::from_u32(0));
-                    }
-                    return;
-                }
             }
             hot::delivery_bytes().increment(batch.bytes as u64);
             self.tally.sent(batch.bytes, batch.live);
@@ -207,10 +208,15 @@ impl Writer {
             }
             batch.clear();
         }
+        // Overflowed or stalled; or ended by the session while the client withheld the credit
+        // for the rest, which is not waited for (code 0, and the session says why itself).
+        let code = if self.ended_by_session.is_cancelled() {
+            0
+        } else {
+            u32::from(ErrorCode::SlowConsumer.as_u16())
+        };
         if let Some(mut stream) = self.reclaim(stream) {
-            let _ = stream.reset(VarInt::from_u32(u32::from(
-                ErrorCode::SlowConsumer.as_u16(),
-            )));
+            let _ = stream.reset(VarInt::from_u32(code));
         }
         if stalled {
             let _ = self.ended.send(Ended {
@@ -292,7 +298,12 @@ impl Writer {
         }
     }
 
+    /// Tells the session the queue overflowed, unless it was the session that ended the
+    /// subscription (it cancels the same token).
     fn report_overflow(&self) {
+        if self.ended_by_session.is_cancelled() {
+            return;
+        }
         let _ = self.ended.send(Ended {
             sub_id: self.sub_id,
             cause: Some((ErrorCode::SlowConsumer, "subscriber queue overflowed")),
@@ -494,16 +505,24 @@ impl Stall {
         }
     }
 
-    /// Writes every chunk, as quinn's `write_all_chunks` does, unless the stream stalls.
+    /// Writes every chunk, as quinn's `write_all_chunks` does, unless the stream stalls. A
+    /// write that goes through at once costs what it did without the deadline: the timer is
+    /// polled only once a write has to wait.
     async fn write(
         &mut self,
         stream: &mut wtransport::quinn::SendStream,
         mut chunks: &mut [Bytes],
     ) -> Result<(), NotWritten> {
         while !chunks.is_empty() {
-            let written = match stream.write_chunks(chunks).now_or_never() {
-                Some(written) => written.map_err(NotWritten::Failed)?,
-                None => self.wait(stream, chunks).await?,
+            let written = tokio::select! {
+                biased;
+                written = stream.write_chunks(chunks) => written.map_err(NotWritten::Failed)?,
+                stalled = self.tick() => {
+                    if stalled {
+                        return Err(NotWritten::Stalled);
+                    }
+                    continue;
+                }
             };
             self.written += written.bytes as u64;
             chunks = &mut chunks[written.chunks..];
@@ -511,12 +530,9 @@ impl Stall {
         Ok(())
     }
 
-    /// A write that has to wait, under the timer.
-    async fn wait(
-        &mut self,
-        stream: &mut wtransport::quinn::SendStream,
-        chunks: &mut [Bytes],
-    ) -> Result<wtransport::quinn::Written, NotWritten> {
+    /// Resolves when the timer fires: `true` if nothing was written during a whole deadline,
+    /// else the timer is armed again.
+    async fn tick(&mut self) -> bool {
         let deadline = self.deadline;
         let timer = self
             .timer
@@ -527,19 +543,13 @@ impl Stall {
             timer.as_mut().reset(tokio::time::Instant::now() + deadline);
             self.armed_at = self.written;
         }
-        loop {
-            tokio::select! {
-                biased;
-                written = stream.write_chunks(chunks) => return written.map_err(NotWritten::Failed),
-                () = timer.as_mut() => {
-                    if self.written == self.armed_at {
-                        return Err(NotWritten::Stalled);
-                    }
-                    timer.as_mut().reset(tokio::time::Instant::now() + deadline);
-                    self.armed_at = self.written;
-                }
-            }
+        timer.as_mut().await;
+        if self.written == self.armed_at {
+            return true;
         }
+        timer.as_mut().reset(tokio::time::Instant::now() + deadline);
+        self.armed_at = self.written;
+        false
     }
 }
 

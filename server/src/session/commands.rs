@@ -155,7 +155,7 @@ impl Session {
                 preamble,
                 skip_through,
                 queue: queue_rx,
-                overflow,
+                overflow: overflow.clone(),
                 ended_by_session: stop.clone(),
                 ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,
@@ -183,6 +183,7 @@ impl Session {
                 key,
                 writer: shared_sink.then_some(writer),
                 stop,
+                overflow,
             },
         );
         Ok(Some(Event::Subscribed {
@@ -472,7 +473,9 @@ impl Session {
     /// §2). On a shared transport the writer is stopped before this returns, so nothing of this
     /// subscription is written after whatever the session writes next.
     pub(super) async fn drop_sub(&self, sub: Sub) {
+        // The flag first, then the token the writer watches.
         sub.stop.cancel();
+        sub.overflow.cancel();
         if let Some(writer) = sub.writer {
             writer.abort();
             let _ = writer.await;

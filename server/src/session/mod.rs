@@ -100,8 +100,11 @@ struct Sub {
     /// The writer, on shared transports: aborted (not drained) when the subscription ends, so
     /// none of its frames can follow the `Unsubscribed` on the one connection (PROTOCOL §9.2).
     writer: Option<JoinHandle<()>>,
-    /// Cancelled when the subscription ends, to stop an own-stream writer wherever it waits.
+    /// Set when the subscription ends, before `overflow` is cancelled: the writer then stops
+    /// wherever it waits, quietly.
     stop: CancellationToken,
+    /// The token the writer watches (the hub cancels it when the queue overflows).
+    overflow: CancellationToken,
 }
 
 /// A command refused with an error reply.
