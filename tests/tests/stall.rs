@@ -38,18 +38,24 @@ async fn history_server(
     Ok(server)
 }
 
-#[tokio::test]
-async fn a_stalled_publish_does_not_hold_up_other_commands() -> anyhow::Result<()> {
-    let nats = NatsServer::start().await?;
-    let server = history_server(&nats, |_| {}).await?;
+/// A client of a history server whose stored publish went through, and then NATS frozen, not
+/// gone: the connection looks up, so a stored publish waits for its ack (a NATS known to be
+/// down refuses it at once).
+async fn frozen_after_a_stored_publish(nats: &NatsServer) -> anyhow::Result<(TestServer, Raw)> {
+    let server = history_server(nats, |_| {}).await?;
     let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
     assert!(matches!(
         c.publish("log.a", b"stored").await?,
         Event::Published { .. }
     ));
-    // Frozen, not gone: the connection looks up, so the stored publish waits for its ack (a
-    // NATS known to be down refuses it at once).
     nats.pause()?;
+    Ok((server, c))
+}
+
+#[tokio::test]
+async fn a_stalled_publish_does_not_hold_up_other_commands() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
     let stored = c
         .send(Command::Publish {
             room: "log.a".into(),
@@ -141,13 +147,7 @@ async fn a_backlog_after_a_stall_is_not_billed_to_the_client() -> anyhow::Result
 #[tokio::test]
 async fn a_refusal_after_a_wait_is_answered_for_every_publish_command() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let server = history_server(&nats, |_| {}).await?;
-    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
-    assert!(matches!(
-        c.publish("log.a", b"stored").await?,
-        Event::Published { .. }
-    ));
-    nats.pause()?;
+    let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
     let mut frames = Vec::new();
     for id in [7u32, 0] {
         frames.extend_from_slice(&quiver_proto::encode_command(&quiver_proto::ClientFrame {

@@ -9,21 +9,31 @@ use quiver_proto::{Command, Event, Position, Recovery};
 use quiver_tests::*;
 use wtransport::quinn;
 
+/// A server (with `tweak`) whose history room `h.room` holds `n` publications of 1,000 bytes,
+/// the i-th filled with byte i; and the position of the first.
+async fn server_with_history(
+    n: u8,
+    tweak: impl FnOnce(&mut quiver_server::Config),
+) -> anyhow::Result<(TestServer, Position)> {
+    let server = TestServer::start_with(|c| {
+        tweak(c);
+        add_history_namespace(c, "h", 100);
+    })
+    .await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let first = publ.published("h.room", &[0u8; 1000]).await?;
+    for i in 1..n {
+        publ.published("h.room", &[i; 1000]).await?;
+    }
+    Ok((server, first))
+}
+
 /// An `Unsubscribe` ends its writer even while the client gives the stream no credit: the stream
 /// is reset (code 0), so the writer's task, its stream and the replay it held are freed at
 /// once, however often a client subscribes with a long replay and unsubscribes unread.
 #[tokio::test]
 async fn unsubscribing_resets_a_stream_the_client_gives_no_credit() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        add_history_namespace(c, "h", 100);
-    })
-    .await?;
-    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
-    let payload = vec![7u8; 1000];
-    let first = publ.published("h.room", &payload).await?;
-    for _ in 1..50 {
-        publ.published("h.room", &payload).await?;
-    }
+    let (server, first) = server_with_history(50, |_| {}).await?;
     // 50 KB of history to replay; the subscriber gives each stream 1 KiB of credit.
     let mut sub = Raw::with_stream_window(&server, &full_token("acme", "s"), 1024).await?;
     const PAIRS: usize = 20;
@@ -194,16 +204,8 @@ async fn a_tcp_peer_that_reads_nothing_is_closed_at_the_deadline() -> anyhow::Re
 /// cannot park a resumed room's replay (or any frames) on the server by withholding credit.
 #[tokio::test]
 async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        c.timeouts.reply = Duration::from_secs(1);
-        add_history_namespace(c, "h", 100);
-    })
-    .await?;
-    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
-    let first = publ.published("h.room", &[1u8; 1000]).await?;
-    for _ in 1..20 {
-        publ.published("h.room", &[1u8; 1000]).await?;
-    }
+    let (server, first) =
+        server_with_history(20, |c| c.timeouts.reply = Duration::from_secs(1)).await?;
     let mut sub = Raw::with_stream_window(&server, &full_token("acme", "parked"), 1024).await?;
     let started = tokio::time::Instant::now();
     let subscribed = sub
@@ -238,16 +240,8 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
 /// all) gets every publication and keeps its subscription.
 #[tokio::test]
 async fn a_slow_reader_that_keeps_taking_is_not_a_slow_consumer() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        c.timeouts.reply = Duration::from_secs(1);
-        add_history_namespace(c, "h", 100);
-    })
-    .await?;
-    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
-    let first = publ.published("h.room", &[0u8; 1000]).await?;
-    for n in 1..10u8 {
-        publ.published("h.room", &[n; 1000]).await?;
-    }
+    let (server, first) =
+        server_with_history(10, |c| c.timeouts.reply = Duration::from_secs(1)).await?;
     let mut sub = Raw::with_stream_window(&server, &full_token("acme", "slow"), 1024).await?;
     let (_, mut stream) = sub
         .subscribe_from("h.room", Some(Position { offset: 0, ..first }))
