@@ -20,6 +20,7 @@ pub mod hub;
 pub mod idempotency;
 pub mod jwks;
 pub mod latest;
+mod listeners;
 pub mod metrics;
 pub mod presence;
 pub mod quota;

@@ -186,12 +186,16 @@ impl Server {
                 ..Default::default()
             });
         }
-        let (endpoint, receive_buffer) = crate::udp_socket::bind(config.listen, &config.transport)
-            .and_then(|(socket, buffer)| {
-                let server =
-                    server_config(&config, identity.identity.clone_identity(), Some(socket))?;
-                Ok((Endpoint::server(server)?, buffer))
-            })
+        // With a real certificate: HTTPS and wss on TCP, by default the UDP port's number.
+        let bound = crate::listeners::bind(&config, !identity.dev)
+            .await
+            .map_err(|e| StartError::Bind {
+                addr: e.addr,
+                source: e.source,
+            })?;
+        let receive_buffer = bound.receive_buffer;
+        let endpoint = server_config(&config, identity.identity.clone_identity(), Some(bound.udp))
+            .and_then(Endpoint::server)
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
                 source,
@@ -212,17 +216,9 @@ impl Server {
                 addr: config.http,
                 source,
             })?;
-        // With a real certificate: HTTPS and wss on TCP, by default the UDP port's number.
-        let https = if identity.dev {
-            None
-        } else {
-            let addr = config
-                .https
-                .unwrap_or_else(|| SocketAddr::new(config.listen.ip(), webtransport_addr.port()));
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
-            Some((listener, crate::https::acceptor(&identity.identity)?))
+        let https = match bound.https {
+            Some(listener) => Some((listener, crate::https::acceptor(&identity.identity)?)),
+            None => None,
         };
 
         crate::metrics::handle();

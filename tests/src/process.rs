@@ -77,13 +77,20 @@ impl QuiverProcess {
         let mut cmd = serve_command(cert_dir)?;
         cmd.args(["--jwt-secret", SECRET, "--self-signed"])
             .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stdout(Stdio::piped());
+        // Kept in a file, so that a server that will not start says why in the test's failure.
+        let stderr_path = cert_dir.join("quiver-stderr.log");
+        cmd.stderr(std::fs::File::create(&stderr_path)?);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
         let mut child = cmd.spawn().context("starting quiver")?;
-        let ready = read_ready(&mut child)?;
+        let ready = read_ready(&mut child).map_err(|e| {
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            e.context(format!("quiver's stderr ends:\n{}", tail.join("\n")))
+        })?;
         let port = |field: &str| -> Result<u16> {
             let addr = ready[field].as_str().ok_or_else(|| anyhow!("no {field}"))?;
             Ok(addr.parse::<std::net::SocketAddr>()?.port())
