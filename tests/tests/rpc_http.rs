@@ -127,6 +127,13 @@ fn hook(namespace: &str, subscribe: bool, publish: bool, fail_open: bool) -> Hoo
 }
 
 async fn server_for(url: &str) -> Result<TestServer> {
+    server_for_with(url, |_| {}).await
+}
+
+async fn server_for_with(
+    url: &str,
+    tweak: impl FnOnce(&mut quiver_server::Config),
+) -> Result<TestServer> {
     let url = url.to_owned();
     TestServer::start_with(move |c| {
         c.rpc.url = Some(url);
@@ -138,6 +145,7 @@ async fn server_for(url: &str) -> Result<TestServer> {
             hook("slow", true, false, false),
             hook("lax", true, false, true),
         ];
+        tweak(c);
     })
     .await
 }
@@ -303,7 +311,14 @@ async fn a_backend_that_takes_no_connection_is_unavailable() -> Result<()> {
 #[tokio::test]
 async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
     let (backend, url) = start_backend().await?;
-    let server = server_for(&url).await?;
+    // `order` keeps history and tracks presence, for the reads at the end.
+    let server = server_for_with(&url, |c| {
+        add_history_namespace(c, "order", 10);
+        if let Some(order) = c.namespaces.last_mut() {
+            order.presence = true;
+        }
+    })
+    .await?;
     let alice = connect(&server, "alice").await?;
 
     let _mine = alice.subscribe("order.alice").await?;
@@ -345,6 +360,18 @@ async fn subscribe_hooks_allow_deny_and_fail_closed_or_open() -> Result<()> {
     let (c, msg) = code(alice.history("order.bob", None, 10).await);
     assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
     assert!(msg.contains("only the order's owner"), "{msg}");
+    let asked = |room: &str| {
+        let seen = backend.seen.lock().unwrap();
+        seen.iter().filter(|(e, _)| e["room"] == room).count()
+    };
+    assert_eq!(asked("order.bob"), 3, "Subscribe, Presence, History");
+    // A namespace without presence or history: `bad_request` at once (its backend would take
+    // 5 s and fail closed), without asking the backend about a command that cannot work.
+    let (c, msg) = code(alice.presence("slow.room").await);
+    assert_eq!(c, Some(ErrorCode::BadRequest), "{msg}");
+    let (c, msg) = code(alice.history("slow.room", None, 10).await);
+    assert_eq!(c, Some(ErrorCode::BadRequest), "{msg}");
+    assert_eq!(asked("slow.room"), 1, "only the Subscribe");
     alice.close().await;
     Ok(())
 }

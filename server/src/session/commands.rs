@@ -368,13 +368,15 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let key = self.readable(room).await?;
+        let key = self.subscribable(room)?;
+        // Refused before the hook: the backend is not asked about a command that cannot work.
         if !self.shared.config.presence(&key.room) {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!("namespace {} does not track presence", key.room.namespace()),
             ));
         }
+        self.ask_readable(&key).await?;
         let room = key.room.to_string();
         let members = self
             .shared
@@ -400,14 +402,13 @@ impl Session {
         Ok(key)
     }
 
-    /// A room whose members or history the session may read: what a subscription would see, so
-    /// the same checks as `Subscribe`, the backend's subscribe hook included (else a hook that
-    /// keeps a room to its owner could be read around).
-    async fn readable(&self, room: &str) -> Result<RoomKey, Refusal> {
-        let key = self.subscribable(room)?;
+    /// Whether the session may read a room's members or history (it passed [`Self::subscribable`]):
+    /// what a subscription would see, so the same checks as `Subscribe`, the backend's subscribe
+    /// hook included (else a hook that keeps a room to its owner could be read around).
+    async fn ask_readable(&self, key: &RoomKey) -> Result<(), Refusal> {
         self.ask_hook(crate::rpc::Hook::Subscribe, &key.room, None)
             .await?;
-        Ok(key)
+        Ok(())
     }
 
     /// A page of a history room, without subscribing (`history.rs`); needs subscribe
@@ -419,7 +420,13 @@ impl Session {
         limit: u32,
     ) -> Result<Option<Event>, Refusal> {
         use crate::history::HistoryError;
-        let key = self.readable(room).await?;
+        let key = self.subscribable(room)?;
+        // Refused before the hook: the backend is not asked about a command that cannot work.
+        if self.shared.config.history(&key.room).is_none() {
+            let e = HistoryError::NoHistory(key.room.namespace().to_owned());
+            return Err(Refusal::new(ErrorCode::BadRequest, e.to_string()));
+        }
+        self.ask_readable(&key).await?;
         let room = key.room.to_string();
         let max_frame = self.shared.config.limits.max_frame as usize;
         let page = crate::history::page(&self.shared, key, since, limit, max_frame)
