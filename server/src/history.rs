@@ -48,6 +48,15 @@ fn cost(payload: &[u8]) -> usize {
     10 + 10 + 5 + payload.len()
 }
 
+/// Whether the room's namespace keeps history: what a page needs, checked by the session before
+/// it asks the backend's hook.
+pub fn kept(config: &crate::config::Config, key: &RoomKey) -> Result<(), HistoryError> {
+    match config.history(&key.room) {
+        Some(_) => Ok(()),
+        None => Err(HistoryError::NoHistory(key.room.namespace().to_owned())),
+    }
+}
+
 pub async fn page(
     shared: &Shared,
     key: RoomKey,
@@ -55,9 +64,7 @@ pub async fn page(
     limit: u32,
     max_bytes: usize,
 ) -> Result<Page, HistoryError> {
-    if shared.config.history(&key.room).is_none() {
-        return Err(HistoryError::NoHistory(key.room.namespace().to_owned()));
-    }
+    kept(&shared.config, &key)?;
     let limit = limit.min(MAX_LIMIT) as usize;
     // Without `since`, the page starts at the oldest kept publication: read from just before
     // it. That one can be trimmed between the two reads; then the next oldest is asked for.

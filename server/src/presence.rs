@@ -5,7 +5,21 @@
 //! So the reply lists members in their (sorted) order while they fit, and says `truncated` when
 //! it had to stop (PROTOCOL.md §5).
 
-use quiver_proto::{Event, Member};
+use quiver_proto::{Event, Member, RoomName};
+
+/// The room's namespace does not track presence (a `bad_request`).
+#[derive(Debug, thiserror::Error)]
+#[error("namespace {0} does not track presence")]
+pub struct NotTracked(String);
+
+/// Whether the room's namespace tracks presence.
+pub fn tracked(config: &crate::config::Config, room: &RoomName) -> Result<(), NotTracked> {
+    if config.presence(room) {
+        Ok(())
+    } else {
+        Err(NotTracked(room.namespace().to_owned()))
+    }
+}
 
 /// Bytes of a postcard varint holding `n`.
 fn varint_len(n: usize) -> usize {

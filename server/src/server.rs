@@ -86,6 +86,15 @@ pub enum StartError {
     Rpc(#[from] crate::rpc::RpcSetupError),
 }
 
+impl From<crate::listeners::BindError> for StartError {
+    fn from(e: crate::listeners::BindError) -> Self {
+        StartError::Bind {
+            addr: e.addr,
+            source: e.source,
+        }
+    }
+}
+
 /// Development-mode extras: the secret `quiver token` and the demo sign with.
 pub struct DevMode {
     pub secret: Vec<u8>,
@@ -187,12 +196,7 @@ impl Server {
             });
         }
         // With a real certificate: HTTPS and wss on TCP, by default the UDP port's number.
-        let bound = crate::listeners::bind(&config, !identity.dev)
-            .await
-            .map_err(|e| StartError::Bind {
-                addr: e.addr,
-                source: e.source,
-            })?;
+        let bound = crate::listeners::bind(&config, !identity.dev).await?;
         let receive_buffer = bound.receive_buffer;
         let endpoint = server_config(&config, identity.identity.clone_identity(), Some(bound.udp))
             .and_then(Endpoint::server)

@@ -87,8 +87,8 @@ impl QuiverProcess {
         let mut child = cmd.spawn().context("starting quiver")?;
         let ready = read_ready(&mut child).map_err(|e| {
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-            let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            let lines: Vec<&str> = stderr.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(20)..];
             e.context(format!("quiver's stderr ends:\n{}", tail.join("\n")))
         })?;
         let port = |field: &str| -> Result<u16> {

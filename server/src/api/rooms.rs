@@ -35,12 +35,8 @@ pub async fn presence(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant(request.tenant.as_deref())?;
     let room = room(&request.room)?;
-    if !shared.config.presence(&room) {
-        return Err(ApiError::bad_request(format!(
-            "namespace {} does not track presence",
-            room.namespace()
-        )));
-    }
+    crate::presence::tracked(&shared.config, &room)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = room.to_string();
     let mut members = shared
         .broker

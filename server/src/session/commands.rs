@@ -370,12 +370,8 @@ impl Session {
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.
-        if !self.shared.config.presence(&key.room) {
-            return Err(Refusal::new(
-                ErrorCode::BadRequest,
-                format!("namespace {} does not track presence", key.room.namespace()),
-            ));
-        }
+        crate::presence::tracked(&self.shared.config, &key.room)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         self.ask_readable(&key).await?;
         let room = key.room.to_string();
         let members = self
@@ -420,25 +416,23 @@ impl Session {
         limit: u32,
     ) -> Result<Option<Event>, Refusal> {
         use crate::history::HistoryError;
+        let refusal = |e: HistoryError| {
+            let code = match &e {
+                HistoryError::NoHistory(_) => ErrorCode::BadRequest,
+                HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
+                HistoryError::Broker(_) => ErrorCode::Unavailable,
+            };
+            Refusal::new(code, e.to_string())
+        };
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.
-        if self.shared.config.history(&key.room).is_none() {
-            let e = HistoryError::NoHistory(key.room.namespace().to_owned());
-            return Err(Refusal::new(ErrorCode::BadRequest, e.to_string()));
-        }
+        crate::history::kept(&self.shared.config, &key).map_err(refusal)?;
         self.ask_readable(&key).await?;
         let room = key.room.to_string();
         let max_frame = self.shared.config.limits.max_frame as usize;
         let page = crate::history::page(&self.shared, key, since, limit, max_frame)
             .await
-            .map_err(|e| {
-                let code = match &e {
-                    HistoryError::NoHistory(_) => ErrorCode::BadRequest,
-                    HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
-                    HistoryError::Broker(_) => ErrorCode::Unavailable,
-                };
-                Refusal::new(code, e.to_string())
-            })?;
+            .map_err(refusal)?;
         Ok(Some(Event::History {
             room,
             position: page.current,
