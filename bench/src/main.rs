@@ -9,6 +9,7 @@
 //!   against one target; it prints its result as JSON. `run` calls these.
 
 mod clock;
+mod nats_ports;
 mod orchestrate;
 mod payload;
 mod plot;

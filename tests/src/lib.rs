@@ -338,6 +338,16 @@ pub async fn healthz(server: &TestServer) -> Result<Option<String>> {
     Ok(text.lines().next().map(str::to_owned))
 }
 
+/// A loopback TCP port nothing listens on, for "the peer is down" tests. The socket is bound
+/// but not listening, so a connect is refused; keep it alive for the test: a port released
+/// instead could be taken by another of the suite's sockets before the test connects.
+pub fn refusing_port() -> Result<(tokio::net::TcpSocket, u16)> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let port = socket.local_addr()?.port();
+    Ok((socket, port))
+}
+
 /// Adds a history namespace `name` (`size` publications kept for a minute, no presence).
 pub fn add_history_namespace(config: &mut Config, name: &str, size: usize) {
     config

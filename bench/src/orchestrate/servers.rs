@@ -419,9 +419,12 @@ pub(super) fn start_with_env(
         }
         Kind::Nats | Kind::NatsTls => {
             let bin = ctx.args.nats.as_ref().context("no nats-server")?;
-            let port = free_port()?;
+            let ports_dir = ctx.work.join(format!("{label}-ports"));
+            let _ = std::fs::remove_dir_all(&ports_dir);
+            std::fs::create_dir_all(&ports_dir)?;
             let mut cmd = wrapped(place.netns(), ctx.pin, core, bin);
-            cmd.args(["-a", place.bind_ip(), "-p", &port.to_string()])
+            cmd.args(["-a", place.bind_ip(), "-p", "-1", "--ports_file_dir"])
+                .arg(&ports_dir)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(std::fs::File::create(&log)?));
@@ -437,12 +440,22 @@ pub(super) fn start_with_env(
                 None
             };
             let mut child = cmd.spawn().context("starting nats-server")?;
-            let addrs = place.addrs(port);
-            if let Err(e) = wait_tcp(&addrs.1, Duration::from_secs(10)) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
+            // `wrapped` execs through to nats-server, so the child's pid is the one it writes.
+            let listening =
+                crate::nats_ports::wait(&ports_dir, &mut child, Duration::from_secs(10)).and_then(
+                    |port| {
+                        let addrs = place.addrs(port);
+                        wait_tcp(&addrs.1, Duration::from_secs(10)).map(|()| addrs)
+                    },
+                );
+            let addrs = match listening {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e);
+                }
+            };
             let mut server = tcp_server(label, kind, child, addrs, String::new(), None);
             server.spec.cert_sha256 = tls;
             Ok(server)
@@ -491,12 +504,6 @@ pub(super) fn port_of(addr: &str) -> Result<u16> {
     addr.rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .ok_or_else(|| anyhow!("no port in {addr:?}"))
-}
-
-pub(super) fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 pub(super) fn wait_tcp(addr: &str, within: Duration) -> Result<()> {
