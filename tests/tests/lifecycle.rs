@@ -66,6 +66,67 @@ async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Every command over the rate still gets its `rate_limited` answer when the client reads
+/// slowly: the refusal waits for room in the outgoing queue like any reply, instead of being
+/// dropped when the queue is full (which left a client waiting forever for that id).
+#[tokio::test]
+async fn a_slow_reader_over_the_rate_gets_every_refusal() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 1;
+        // Far from rate_abuse: this is about the answers, not the close.
+        c.limits.abuse_factor = 100_000;
+    })
+    .await?;
+    // A tiny receive window: the server's 256-frame outgoing queue fills behind it at once.
+    let endpoint = client_endpoint_with(server.hash, |t| {
+        t.stream_receive_window(1024u32.into());
+    })?;
+    let conn = endpoint
+        .connect(format!(
+            "https://127.0.0.1:{}/v1?token={}",
+            server.wt.port(),
+            full_token("acme", "slow")
+        ))
+        .await?;
+    let mut slow = Raw::on(conn).await?;
+    let hello = slow
+        .send(Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "slow".into(),
+        })
+        .await?;
+    assert!(matches!(
+        slow.recv_reply(hello).await?,
+        Event::Welcome { .. }
+    ));
+    const SENT: u32 = 2_000;
+    let mut pings = Vec::new();
+    for id in 1_000..1_000 + SENT {
+        pings.extend_from_slice(&encode_command(&ClientFrame {
+            id,
+            command: Command::Ping,
+        }));
+    }
+    slow.send_bytes(&pings).await?;
+    // Let the queue fill before reading anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut answered = std::collections::BTreeSet::new();
+    let (mut pongs, mut limited) = (0, 0);
+    while answered.len() < SENT as usize {
+        let frame = slow.recv().await?;
+        match frame.event {
+            Event::Pong => pongs += 1,
+            Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(answered.insert(frame.id), "{} answered twice", frame.id);
+    }
+    assert_eq!(answered.first(), Some(&1_000));
+    assert_eq!(answered.last(), Some(&(1_000 + SENT - 1)));
+    assert!(pongs >= 1 && pongs + limited == SENT, "{pongs} pongs, {limited} refusals");
+    Ok(())
+}
+
 async fn an_expired_token_ends_the_session_and_a_refreshed_one_does_not(
     via: Via,
 ) -> anyhow::Result<()> {

@@ -338,7 +338,7 @@ impl Session {
                         }
                         self.command_ran();
                     }
-                    Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived) {
+                    Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived).await {
                         Ok(true) => self.refuse(id, Refusal::new(ErrorCode::UnknownCommand, format!("unknown command type {kind}"))).await,
                         Ok(false) => {}
                         Err(exit) => return exit,
@@ -445,21 +445,24 @@ impl Session {
     /// Meters one command, at the time it arrived, against the rate limit: `Ok(true)` to run
     /// it; `Ok(false)` when it was refused (`rate_limited`, no effect); `Err` when refusals
     /// kept coming (`rate_abuse`). Metering at arrival means time the server itself spent
-    /// stalled never counts against a client within its limits.
-    fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
+    /// stalled never counts against a client within its limits. The refusal is queued like
+    /// every reply (waiting while the client does not read, up to `timeouts.reply`): a client
+    /// over the limit still gets one answer per command.
+    async fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
         metrics::counter!(m::COMMANDS).increment(1);
         self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
             Verdict::Limited => {
                 let per_sec = self.shared.config.limits.commands_per_second;
-                self.refuse_now(
+                self.refuse(
                     id,
                     Refusal::new(
                         ErrorCode::RateLimited,
                         format!("rate limit of {per_sec} commands per second exceeded"),
                     ),
-                );
+                )
+                .await;
                 Ok(false)
             }
             Verdict::Abuse => Err(Exit::Close(
@@ -475,7 +478,7 @@ impl Session {
         let publish = matches!(frame.command, Command::Publish { .. });
         let hello = matches!(frame.command, Command::Hello { .. });
         let label = m::labels::command_label(&frame.command);
-        match self.metered(id, arrived) {
+        match self.metered(id, arrived).await {
             Ok(true) => {}
             Ok(false) => return None,
             Err(exit) => return Some(exit),
@@ -584,20 +587,6 @@ impl Session {
             },
         )
         .await;
-    }
-
-    /// A refusal that never waits: dropped if the outgoing channel is full (a client flooding
-    /// commands while not reading its replies is closed by the abuse rule soon anyway).
-    fn refuse_now(&mut self, id: u32, Refusal(code, message): Refusal) {
-        metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
-        let frame = encode_event(&ServerFrame {
-            id,
-            event: Event::Error {
-                code: code.as_u16(),
-                message,
-            },
-        });
-        let _ = self.out.try_send(frame);
     }
 }
 
