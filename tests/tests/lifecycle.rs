@@ -123,7 +123,10 @@ async fn a_slow_reader_over_the_rate_gets_every_refusal() -> anyhow::Result<()> 
     }
     assert_eq!(answered.first(), Some(&1_000));
     assert_eq!(answered.last(), Some(&(1_000 + SENT - 1)));
-    assert!(pongs >= 1 && pongs + limited == SENT, "{pongs} pongs, {limited} refusals");
+    assert!(
+        pongs >= 1 && pongs + limited == SENT,
+        "{pongs} pongs, {limited} refusals"
+    );
     Ok(())
 }
 

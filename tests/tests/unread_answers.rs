@@ -153,8 +153,9 @@ async fn a_connect_answer_nobody_takes_is_given_up_at_the_deadline() -> anyhow::
         let reason = tokio::time::timeout(WAIT, deaf.closed())
             .await
             .map_err(|_| anyhow::anyhow!("{what}: never closed"))?;
+        // Code 0: the answer was written, only not taken (PROTOCOL §1).
         assert!(
-            matches!(reason, quinn::ConnectionError::ApplicationClosed(_)),
+            matches!(&reason, quinn::ConnectionError::ApplicationClosed(close) if close.error_code.into_inner() == 0),
             "{what}: {reason:?}"
         );
         let mut c = Raw::connect(&server, &full_token("acme", "late")).await?;
@@ -225,10 +226,10 @@ async fn a_stream_that_takes_nothing_ends_as_a_slow_consumer() -> anyhow::Result
     };
     assert_eq!(ended, quiver_proto::ErrorCode::SlowConsumer.as_u16());
     assert!(started.elapsed() >= Duration::from_secs(1));
-    // Its stream was reset, not left waiting.
+    // Its stream was reset, not left waiting, with the slow_consumer code (PROTOCOL §2).
     let end = stream.drain().await?;
     assert!(
-        matches!(end, Err(wtransport::error::StreamReadError::Reset(_))),
+        matches!(end, Err(wtransport::error::StreamReadError::Reset(code)) if code.into_inner() == 112),
         "{end:?}"
     );
     assert!(matches!(sub.request(Command::Ping).await?, Event::Pong));
