@@ -575,8 +575,10 @@ impl Default for TimeoutsConfig {
     }
 }
 
-/// The smallest `limits.max_frame` the server accepts (PROTOCOL.md §3).
-pub const MIN_MAX_FRAME: u32 = 2048;
+/// The smallest `limits.max_frame` the server accepts (PROTOCOL.md §3): a `Refresh` carrying
+/// the longest token the server takes (`transport::MAX_TOKEN_LEN`, 4,096 bytes) must fit in
+/// one frame, or a client with such a token could never refresh it.
+pub const MIN_MAX_FRAME: u32 = 8192;
 
 impl Config {
     /// Defaults, then the TOML file if given, then `QUIVER_*` variables (`__` separates nested
@@ -755,6 +757,19 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The smallest frame a server may be configured with still carries a `Refresh` with the
+    /// longest token it takes.
+    #[test]
+    fn a_refresh_with_the_longest_token_fits_the_smallest_frame() {
+        let frame = quiver_proto::encode_command(&quiver_proto::ClientFrame {
+            id: u32::MAX,
+            command: quiver_proto::Command::Refresh {
+                token: "t".repeat(crate::transport::MAX_TOKEN_LEN),
+            },
+        });
+        assert!(frame.len() - quiver_proto::LENGTH_PREFIX <= MIN_MAX_FRAME as usize);
+    }
+
     #[test]
     fn file_then_env_override_defaults() {
         figment::Jail::expect_with(|jail| {
@@ -874,16 +889,16 @@ mod tests {
             assert!(Config::load(Some("q.toml".as_ref())).is_err());
             jail.create_file(
                 "small.toml",
-                "[limits]\nmax_frame = 4000\nmax_payload = 4000\n",
+                "[limits]\nmax_frame = 9000\nmax_payload = 9000\n",
             )?;
             let err = Config::load(Some("small.toml".as_ref())).unwrap_err();
             assert!(err.to_string().contains("max_payload"), "{err}");
             jail.create_file(
                 "tiny.toml",
-                "[limits]\nmax_frame = 1024\nmax_payload = 256\n",
+                "[limits]\nmax_frame = 4096\nmax_payload = 256\n",
             )?;
             let err = Config::load(Some("tiny.toml".as_ref())).unwrap_err();
-            assert!(err.to_string().contains("at least 2048"), "{err}");
+            assert!(err.to_string().contains("at least 8192"), "{err}");
             Ok(())
         });
     }

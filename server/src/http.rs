@@ -6,9 +6,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
+use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -64,8 +65,8 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     }
     app = app
         .nest(crate::api::PREFIX, crate::api::router(&shared))
-        .route("/v1/ws", get(crate::transport::websocket::upgrade))
-        .route("/v1/sse", get(crate::transport::sse::stream));
+        .route("/v1/ws", get_only(crate::transport::websocket::upgrade))
+        .route("/v1/sse", get_only(crate::transport::sse::stream));
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))
@@ -143,6 +144,27 @@ async fn method_not_allowed() -> Response {
         None,
         "method not allowed on this path",
     )
+}
+
+/// A session endpoint: GET and nothing else, HEAD included (PROTOCOL §9.2: 405, `Allow: GET`).
+/// axum's `get` answers HEAD with the GET handler minus the body, which on `/v1/sse` opened a
+/// session that could send nothing; HEAD needs its own route to be refused.
+fn get_only<H, T>(handler: H) -> MethodRouter<Arc<Shared>>
+where
+    H: Handler<T, Arc<Shared>>,
+    T: 'static,
+{
+    on(MethodFilter::GET, handler)
+        .head(only_get)
+        .fallback(only_get)
+}
+
+async fn only_get() -> Response {
+    let mut response = method_not_allowed().await;
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+    response
 }
 
 /// 200 while the server accepts sessions.

@@ -138,14 +138,14 @@ async fn pages_through_a_history_room(via: Via) -> anyhow::Result<()> {
 async fn a_page_never_exceeds_max_frame_nor_the_limit_cap(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         with_history(2000)(c);
-        c.limits.max_frame = 2048;
-        c.limits.max_payload = 400;
+        c.limits.max_frame = 8192;
+        c.limits.max_payload = 1600;
         c.limits.commands_per_second = 10_000;
     })
     .await?;
     let mut raw = Raw::connect_via(via, &server, &full_token("acme", "p")).await?;
     for i in 0..6u8 {
-        raw.published("h.big", &[i; 400]).await?;
+        raw.published("h.big", &[i; 1600]).await?;
     }
     let page = history(&mut raw, "h.big", None, 100)
         .await?
@@ -165,7 +165,7 @@ async fn a_page_never_exceeds_max_frame_nor_the_limit_cap(via: Via) -> anyhow::R
             truncated: true,
         },
     });
-    assert!(frame.len() - quiver_proto::LENGTH_PREFIX <= 2048);
+    assert!(frame.len() - quiver_proto::LENGTH_PREFIX <= 8192);
     // Paging on gets the rest, in order.
     let mut seen = page.items.len();
     let mut since = page.items.last().map(|i| i.position);

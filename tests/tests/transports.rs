@@ -120,6 +120,20 @@ async fn allowed_origins_refuse_other_origins_on_every_transport() -> anyhow::Re
         .send()
         .await?;
     assert_eq!(sse.status(), 403);
+    // A second Origin is refused whatever the first says (both TCP transports).
+    for path in [format!("/v1/sse?token={t}&room=a"), q.clone()] {
+        let twice = reqwest::Client::new()
+            .get(format!("http://{}{path}", server.http))
+            .header("origin", "https://app.example.com")
+            .header("origin", "https://evil.example.com")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .send()
+            .await?;
+        assert_eq!(twice.status(), 403, "{path}");
+    }
 
     let endpoint = client_endpoint(server.hash)?;
     let refused = endpoint
@@ -596,8 +610,65 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(answer.status().as_u16(), 405);
+    assert_eq!(
+        answer.headers().get("allow").map(|v| v.as_bytes()),
+        Some(&b"GET"[..])
+    );
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "method_not_allowed", "{body}");
+    // HEAD is another method too: no SSE session is opened for it, and no upgrade is tried.
+    let t = full_token("acme", "u");
+    for path in [
+        format!("/v1/sse?token={t}&room=a"),
+        format!("/v1/ws?token={t}"),
+    ] {
+        let answer = reqwest::Client::new()
+            .head(format!("http://{}{path}", server.http))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .send()
+            .await?;
+        assert_eq!(answer.status().as_u16(), 405, "HEAD {path}");
+        assert_eq!(
+            answer.headers().get("allow").map(|v| v.as_bytes()),
+            Some(&b"GET"[..]),
+            "HEAD {path}"
+        );
+    }
+    assert_eq!(
+        metric_sum(
+            &reqwest::get(format!("http://{}/metrics", server.http))
+                .await?
+                .text()
+                .await?,
+            "quiver_sessions_opened_total",
+            &[("transport", "sse")]
+        ),
+        0.0,
+        "HEAD opened an SSE session"
+    );
+    // A key that is not the base64 of 16 bytes is a malformed upgrade (RFC 6455 §4.1).
+    for key in [
+        "",
+        "short",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZSBhbmQgbW9yZQ==",
+    ] {
+        let answer = reqwest::Client::new()
+            .get(format!("http://{}/v1/ws?token={t}", server.http))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", key)
+            .header("sec-websocket-version", "13")
+            .send()
+            .await?;
+        assert_eq!(answer.status().as_u16(), 400, "key {key:?}");
+        let body: serde_json::Value = answer.json().await?;
+        assert_eq!(body["label"], "bad_request", "{body}");
+    }
     // A WebSocket version the server does not speak: 426 naming the one it does (RFC 6455
     // §4.2.2).
     let answer = reqwest::Client::new()

@@ -282,6 +282,11 @@ pub fn admit_tcp(
 ) -> Result<String, Refused> {
     use axum::http::header;
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // Two `Origin` headers are refused whatever they say: checking only the first would let
+    // a second one through unexamined (browsers send one).
+    if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+        return Err(Refused::Origin);
+    }
     check_origin(shared, header_str(header::ORIGIN))?;
     admit(shared)?;
     credentials(header_str(header::AUTHORIZATION), query)

@@ -35,6 +35,20 @@ const T: Transport = Transport::WebSocket;
 
 /// Messages queued for the socket: the connection's one outgoing bound (PROTOCOL §9.2). Each is
 /// at most one frame, or one batch of whole frames of about 64 KiB.
+/// RFC 6455 §4.1: the key is "a base64-encoded value that, when decoded, is 16 bytes in
+/// length" (axum only checks that the header is there).
+fn valid_key(headers: &HeaderMap) -> bool {
+    use base64::Engine;
+    headers
+        .get(axum::http::header::SEC_WEBSOCKET_KEY)
+        .and_then(|key| {
+            base64::engine::general_purpose::STANDARD
+                .decode(key.as_bytes())
+                .ok()
+        })
+        .is_some_and(|key| key.len() == 16)
+}
+
 const OUT_QUEUE: usize = 256;
 /// After the server's close frame, how long what the client still sends is read and dropped.
 /// Closing a TCP socket with unread data in it resets the connection, and a reset makes the
@@ -81,6 +95,14 @@ pub async fn upgrade(
             )
         }
     };
+    if !valid_key(&headers) {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            None,
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes (RFC 6455 §4.1)",
+        );
+    }
     let checked = admit_tcp(&shared, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
