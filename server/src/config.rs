@@ -478,6 +478,9 @@ pub struct LimitsConfig {
     pub abuse_factor: u32,
     /// Frames queued per subscription before it is dropped as a slow consumer.
     pub subscriber_queue: usize,
+    /// Bytes queued over all of one session's subscriptions before the one that would go over
+    /// is dropped as a slow consumer (`crate::delivery_queue`). At least `max_frame`.
+    pub session_queue_bytes: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,
     /// Bytes of history (payloads plus per-publication and per-room bookkeeping: 225 bytes per
@@ -554,6 +557,7 @@ impl Default for LimitsConfig {
             commands_per_second: 200,
             abuse_factor: 3,
             subscriber_queue: 1024,
+            session_queue_bytes: 8 << 20,
             max_sessions: 20_000,
             history_max_bytes: 256 * 1024 * 1024,
             history_tenant_max_bytes: 64 * 1024 * 1024,
@@ -653,6 +657,12 @@ impl Config {
             return Err(format!(
                 "limits.history_tenant_max_bytes ({}) must not exceed limits.history_max_bytes ({})",
                 l.history_tenant_max_bytes, l.history_max_bytes
+            ));
+        }
+        if l.session_queue_bytes < l.max_frame as usize {
+            return Err(format!(
+                "limits.session_queue_bytes ({}) must be at least limits.max_frame ({}): a frame that large could never be queued",
+                l.session_queue_bytes, l.max_frame
             ));
         }
         if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {

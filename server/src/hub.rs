@@ -52,7 +52,7 @@ impl Delivery {
 /// The hub's handle on one subscriber.
 pub struct Subscriber {
     pub id: u64,
-    pub queue: mpsc::Sender<Delivery>,
+    pub queue: crate::delivery_queue::Sender,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
     /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
@@ -270,8 +270,9 @@ mod tests {
         }
     }
 
-    fn sub(id: u64, cap: usize) -> (Subscriber, mpsc::Receiver<Delivery>) {
-        let (tx, rx) = mpsc::channel(cap);
+    fn sub(id: u64, cap: usize) -> (Subscriber, crate::delivery_queue::Receiver) {
+        let (tx, rx) =
+            crate::delivery_queue::channel(cap, crate::delivery_queue::Budget::new(usize::MAX));
         (
             Subscriber {
                 id,

@@ -47,7 +47,7 @@ pub struct Writer {
     /// Live deliveries at or below this offset were already in the replay: skipped, so the seam
     /// between history and live has neither gap nor duplicate.
     pub skip_through: Option<u64>,
-    pub queue: mpsc::Receiver<Delivery>,
+    pub queue: crate::delivery_queue::Receiver,
     /// Cancelled when the queue overflows, and by the session when it ends the subscription
     /// (`Unsubscribe` and the like; `ended_by_session` is set first): one token to watch, so
     /// a waiting write polls no more than it did before the session could end it.
@@ -348,7 +348,7 @@ impl Direct {
     fn lend(
         &self,
         stream: SendStream,
-        queue: &mpsc::Receiver<Delivery>,
+        queue: &crate::delivery_queue::Receiver,
         skip_through: Option<u64>,
     ) -> Result<(), SendStream> {
         let mut lent = self.lock();
@@ -374,7 +374,7 @@ impl Direct {
     /// CPU in a 100-subscriber fan-out.
     pub fn offer(
         &self,
-        queue: &mpsc::Sender<Delivery>,
+        queue: &crate::delivery_queue::Sender,
         delivery: &Delivery,
     ) -> Result<Offered, mpsc::error::TrySendError<Delivery>> {
         let mut lent = self.lock();

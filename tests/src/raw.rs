@@ -372,6 +372,17 @@ impl Raw {
     }
 }
 
+/// The server events in one binary WebSocket message (it holds whole frames, PROTOCOL §9.2).
+pub fn events_in(message: &[u8]) -> Result<Vec<Event>> {
+    let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    decoder.push(message);
+    let mut events = Vec::new();
+    while let Some(body) = decoder.next_frame()? {
+        events.push(decode_event(&body)?.event);
+    }
+    Ok(events)
+}
+
 /// A raw WebSocket that says Hello, subscribes to `room`, and is then never read (tests of a
 /// peer that stops reading). Returned so the test decides when it goes away.
 pub async fn deaf_websocket(server: &TestServer, user: &str, room: &str) -> Result<WsStream> {

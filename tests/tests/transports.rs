@@ -122,14 +122,11 @@ async fn allowed_origins_refuse_other_origins_on_every_transport() -> anyhow::Re
     assert_eq!(sse.status(), 403);
     // A second Origin is refused whatever the first says (both TCP transports).
     for path in [format!("/v1/sse?token={t}&room=a"), q.clone()] {
-        let twice = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .get(format!("http://{}{path}", server.http))
             .header("origin", "https://app.example.com")
-            .header("origin", "https://evil.example.com")
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
+            .header("origin", "https://evil.example.com");
+        let twice = as_upgrade(request, "dGhlIHNhbXBsZSBub25jZQ==")
             .send()
             .await?;
         assert_eq!(twice.status(), 403, "{path}");
@@ -411,10 +408,8 @@ async fn a_goodbye_survives_a_client_that_sent_past_it() -> anyhow::Result<()> {
             let Message::Binary(data) = message? else {
                 continue;
             };
-            let mut decoder = quiver_proto::FrameDecoder::new(quiver_proto::DEFAULT_MAX_FRAME);
-            decoder.push(&data);
-            while let Some(body) = decoder.next_frame()? {
-                if let Event::Goodbye { code, .. } = quiver_proto::decode_event(&body)?.event {
+            for event in events_in(&data)? {
+                if let Event::Goodbye { code, .. } = event {
                     goodbye = Some(code);
                 }
             }
@@ -622,12 +617,8 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
         format!("/v1/sse?token={t}&room=a"),
         format!("/v1/ws?token={t}"),
     ] {
-        let answer = reqwest::Client::new()
-            .head(format!("http://{}{path}", server.http))
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("sec-websocket-version", "13")
+        let request = reqwest::Client::new().head(format!("http://{}{path}", server.http));
+        let answer = as_upgrade(request, "dGhlIHNhbXBsZSBub25jZQ==")
             .send()
             .await?;
         assert_eq!(answer.status().as_u16(), 405, "HEAD {path}");
@@ -657,14 +648,8 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
         "dGhlIHNhbXBsZSBub25jZQ",
         "dGhlIHNhbXBsZSBub25jZSBhbmQgbW9yZQ==",
     ] {
-        let answer = reqwest::Client::new()
-            .get(format!("http://{}/v1/ws?token={t}", server.http))
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-key", key)
-            .header("sec-websocket-version", "13")
-            .send()
-            .await?;
+        let request = reqwest::Client::new().get(format!("http://{}/v1/ws?token={t}", server.http));
+        let answer = as_upgrade(request, key).send().await?;
         assert_eq!(answer.status().as_u16(), 400, "key {key:?}");
         let body: serde_json::Value = answer.json().await?;
         assert_eq!(body["label"], "bad_request", "{body}");
@@ -690,6 +675,16 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "bad_request", "{body}");
     Ok(())
+}
+
+/// `request` as a WebSocket upgrade (RFC 6455) with `key`, sent with reqwest: the answers
+/// tested here come before any upgrade.
+fn as_upgrade(request: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+    request
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", key)
+        .header("sec-websocket-version", "13")
 }
 
 /// A client's `Hello` as the one WebSocket message it travels in.

@@ -260,3 +260,63 @@ async fn a_slow_reader_that_keeps_taking_is_not_a_slow_consumer() -> anyhow::Res
     );
     Ok(())
 }
+
+/// A session that stops reading holds at most `limits.session_queue_bytes` of queued
+/// publications over all its subscriptions: past it, the subscription whose delivery would go
+/// over ends as a slow consumer, though its queue never reaches `subscriber_queue` publications
+/// (an outside audit grew a server by 220 MB with one WebSocket reader that never read, before
+/// its write deadline closed it).
+#[tokio::test]
+async fn a_reader_that_stops_holds_at_most_its_byte_budget() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const PAYLOAD: usize = 60_000;
+    // 42 MB: more than the sockets' buffers, the outgoing queue (256 frames) and the budget
+    // together, and far fewer publications than `subscriber_queue`.
+    const PUBLISHED: usize = 700;
+    let server = TestServer::start_with(|c| {
+        c.limits.session_queue_bytes = 1 << 20;
+        c.limits.subscriber_queue = 1024;
+        c.limits.commands_per_second = 100_000;
+        // Neither the reply deadline nor the write deadline may end the session first.
+        c.timeouts.reply = Duration::from_secs(60);
+        c.timeouts.handshake = Duration::from_secs(60);
+    })
+    .await?;
+    let deaf = deaf_websocket(&server, "deaf", "feed").await?;
+    // The deaf session's subscription is in place once its own publication comes back to
+    // nobody's reader: wait for the gauge instead.
+    wait_metric(&server, "quiver_subscriptions_active", &[], |n| n >= 1.0).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    for _ in 0..PUBLISHED {
+        publisher.publish("feed", &[7u8; PAYLOAD]).await?;
+    }
+    // Now read: the publications that were in flight, then the subscription's end.
+    let (_sink, mut stream) = deaf.split();
+    let mut publications = 0usize;
+    let ended = tokio::time::timeout(WAIT * 3, async {
+        while let Some(message) = stream.next().await {
+            let Message::Binary(data) = message? else {
+                continue;
+            };
+            for event in events_in(&data)? {
+                match event {
+                    Event::Publication { .. } => publications += 1,
+                    Event::Unsubscribed { room, code, .. } if room == "feed" => {
+                        return anyhow::Ok(Some(code));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(None)
+    })
+    .await??;
+    assert_eq!(
+        ended,
+        Some(quiver_proto::ErrorCode::SlowConsumer.as_u16()),
+        "{publications} publications read, then no slow_consumer"
+    );
+    assert!(publications < PUBLISHED, "{publications}");
+    Ok(())
+}

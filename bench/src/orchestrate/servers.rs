@@ -381,6 +381,8 @@ pub(super) fn start_with_env(
             // NATS and Socket.IO buffer far more per subscriber than Quiver's default 1,024
             // frames; give Quiver comparable room so nobody is cut off as a slow consumer.
             .env("QUIVER_LIMITS__SUBSCRIBER_QUEUE", "16384")
+            // nats-server's own per-client bound (`max_pending`) is 64 MiB.
+            .env("QUIVER_LIMITS__SESSION_QUEUE_BYTES", "67108864")
             .env("QUIVER_LIMITS__MAX_SESSIONS", "30000")
             .env(
                 "QUIVER_ABLATION__SINGLE_STREAM",

@@ -707,8 +707,9 @@ mod tests {
         assert_eq!(b.recover_now(&key("h.r7"), None).current, Some(before));
     }
 
-    fn subscriber(id: u64) -> (Subscriber, tokio::sync::mpsc::Receiver<Delivery>) {
-        let (queue, rx) = tokio::sync::mpsc::channel(1);
+    fn subscriber(id: u64) -> (Subscriber, crate::delivery_queue::Receiver) {
+        let (queue, rx) =
+            crate::delivery_queue::channel(1, crate::delivery_queue::Budget::new(usize::MAX));
         let sub = Subscriber {
             id,
             queue,

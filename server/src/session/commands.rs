@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use quiver_proto::{encode_event, ErrorCode, Event, Member, Position, Recovery, ServerFrame};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -49,7 +48,10 @@ impl Session {
         let sub_id = self.shared.next_sub_id.fetch_add(1, Ordering::Relaxed);
         self.last_wire_id += 1;
         let wire_id = self.last_wire_id;
-        let (queue, queue_rx) = mpsc::channel(self.shared.config.limits.subscriber_queue.max(1));
+        let (queue, queue_rx) = crate::delivery_queue::channel(
+            self.shared.config.limits.subscriber_queue,
+            self.queue_budget.clone(),
+        );
         let overflow = CancellationToken::new();
         let latest = self
             .shared

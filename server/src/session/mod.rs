@@ -137,6 +137,8 @@ pub struct Session {
     stalled: bool,
     /// Traffic, for the closing log line.
     tally: Arc<m::Tally>,
+    /// Bytes its subscriptions' queues may hold together (`limits.session_queue_bytes`).
+    queue_budget: Arc<crate::delivery_queue::Budget>,
     /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
     calls: tokio::task::JoinSet<calls::CallDone>,
     /// The last subscription id this session told its client (`latest` rooms, PROTOCOL §10).
@@ -208,6 +210,7 @@ async fn run_session(
         quota: None,
         stalled: false,
         tally: Arc::default(),
+        queue_budget: crate::delivery_queue::Budget::new(shared.config.limits.session_queue_bytes),
         calls: tokio::task::JoinSet::new(),
         last_wire_id: 0,
         read_only,
