@@ -55,6 +55,25 @@ struct FromNode<T> {
     body: T,
 }
 
+/// The longest an operator action waits on NATS. A flush waits for the server's answer, which
+/// a disconnected client never gets: without a bound the API hung for as long as NATS was away.
+const NATS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs `op` against NATS for an operator action: refused at once while the client knows it
+/// lost NATS, and refused after [`NATS_WAIT`] otherwise (the API answers 503 either way). The
+/// first connection, still pending just after start, is waited for within the bound.
+pub(crate) async fn with_nats<T>(
+    nats: &async_nats::Client,
+    op: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    if nats.connection_state() == async_nats::connection::State::Disconnected {
+        return Err("nats: disconnected".into());
+    }
+    tokio::time::timeout(NATS_WAIT, op)
+        .await
+        .map_err(|_| format!("nats: no answer within {NATS_WAIT:?}"))?
+}
+
 /// The subject statistics are asked on: outside `quiver.<tenant>.control.*`, it is not any
 /// tenant's.
 const STATS_SUBJECT: &str = "quiver.cluster.stats";
@@ -143,15 +162,18 @@ impl Control {
                 until,
             })
             .map_err(|e| e.to_string())?;
-            let store = self.store(nats).await?;
-            store
-                .put(&key, until.to_string().into())
-                .await
-                .map_err(|e| format!("nats: {e}"))?;
-            nats.publish(format!("quiver.{tenant}.control.revoke"), body.into())
-                .await
-                .map_err(|e| format!("nats: {e}"))?;
-            nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+            with_nats(nats, async {
+                let store = self.store(nats).await?;
+                store
+                    .put(&key, until.to_string().into())
+                    .await
+                    .map_err(|e| format!("nats: {e}"))?;
+                nats.publish(format!("quiver.{tenant}.control.revoke"), body.into())
+                    .await
+                    .map_err(|e| format!("nats: {e}"))?;
+                nats.flush().await.map_err(|e| format!("nats: {e}"))
+            })
+            .await?;
         }
         Ok(local)
     }
@@ -223,10 +245,13 @@ impl Control {
         let local = self.apply(&disconnect);
         if let Some(nats) = &self.nats {
             let body = serde_json::to_vec(&disconnect).map_err(|e| e.to_string())?;
-            nats.publish(subject(tenant), body.into())
-                .await
-                .map_err(|e| format!("nats: {e}"))?;
-            nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+            with_nats(nats, async {
+                nats.publish(subject(tenant), body.into())
+                    .await
+                    .map_err(|e| format!("nats: {e}"))?;
+                nats.flush().await.map_err(|e| format!("nats: {e}"))
+            })
+            .await?;
         }
         Ok(local)
     }
@@ -256,10 +281,13 @@ impl Control {
                 body: unsubscribe,
             };
             let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
-            nats.publish(format!("quiver.{tenant}.control.unsubscribe"), body.into())
-                .await
-                .map_err(|e| format!("nats: {e}"))?;
-            nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+            with_nats(nats, async {
+                nats.publish(format!("quiver.{tenant}.control.unsubscribe"), body.into())
+                    .await
+                    .map_err(|e| format!("nats: {e}"))?;
+                nats.flush().await.map_err(|e| format!("nats: {e}"))
+            })
+            .await?;
         }
         Ok(local)
     }
@@ -318,14 +346,18 @@ impl Control {
         };
         let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
         let inbox = nats.new_inbox();
-        let mut replies = nats
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| format!("nats: {e}"))?;
-        nats.publish_with_reply(STATS_SUBJECT, inbox, body.into())
-            .await
-            .map_err(|e| format!("nats: {e}"))?;
-        nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+        let mut replies = with_nats(nats, async {
+            let replies = nats
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| format!("nats: {e}"))?;
+            nats.publish_with_reply(STATS_SUBJECT, inbox, body.into())
+                .await
+                .map_err(|e| format!("nats: {e}"))?;
+            nats.flush().await.map_err(|e| format!("nats: {e}"))?;
+            Ok(replies)
+        })
+        .await?;
         let deadline = tokio::time::Instant::now() + STATS_WINDOW;
         let mut nodes = Vec::new();
         while nodes.len() < MAX_NODES {

@@ -755,3 +755,67 @@ async fn an_idempotency_key_holds_across_instances() -> anyhow::Result<()> {
     assert_eq!(live.payload().await?, Bytes::from_static(b"last"));
     Ok(())
 }
+
+/// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
+/// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
+/// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an
+/// outside audit). The client gives each request 8 s.
+#[tokio::test]
+async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let (a, _b) = two_instances(&nats).await?;
+    // Presence set up while NATS is there, so it is the outage that is answered.
+    let (status, answer) = api_post(&a, "presence", ACME, json!({"room": "p.room"})).await?;
+    assert_eq!(status, 200, "{answer}");
+    nats.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(format!("http://{}/readyz", a.http))
+        .await?
+        .status()
+        != 503
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "still ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(8))
+        .build()?;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    for (path, key, body) in [
+        ("info", ADMIN, json!({})),
+        ("rooms", ACME, json!({})),
+        ("disconnect", ACME, json!({"user": "alice"})),
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "alice", "room": "news.a"}),
+        ),
+        (
+            "revoke",
+            ACME,
+            json!({"tenant": "acme", "jti": "tok-9", "expires_at": exp}),
+        ),
+        ("presence", ACME, json!({"room": "p.room"})),
+    ] {
+        let answer = client
+            .post(format!("http://{}/api/v1/{path}", a.http))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("{path}: no answer: {e}"))?;
+        assert_eq!(answer.status().as_u16(), 503, "{path}");
+    }
+    for room in ["news.a", "h.a"] {
+        let answer = client
+            .post(format!("http://{}/api/v1/publish/{room}", a.http))
+            .bearer_auth(ACME)
+            .header("Idempotency-Key", "k-1")
+            .body("x")
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("keyed publish to {room}: no answer: {e}"))?;
+        assert_eq!(answer.status().as_u16(), 503, "keyed publish to {room}");
+    }
+    Ok(())
+}

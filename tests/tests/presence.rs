@@ -219,3 +219,47 @@ async fn a_presence_reply_never_exceeds_the_frame_limit() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// A NATS restarted with memory storage has lost the presence bucket. Every instance with
+/// members makes it again and puts its entries back, so presence works again on an instance
+/// that had already set it up (it answered `unavailable` until an instance that had never used
+/// presence happened to create the bucket: an outside audit).
+#[tokio::test]
+async fn presence_heals_after_nats_restarts_without_its_bucket() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        presence_ns(c);
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+    })
+    .await?;
+    let mut raw = Raw::connect(&server, &full_token("acme", "stays")).await?;
+    let _room = raw.subscribe("p.lobby").await?;
+    assert_eq!(members(&mut raw, "p.lobby").await?, ["stays"]);
+
+    nats.restart().await?;
+    // The session stayed; once NATS is back its entry is listed again, well within the TTL
+    // (15 s) that a mere refresh would take at worst.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let last = loop {
+        let listed = match raw
+            .request(Command::Presence {
+                room: "p.lobby".into(),
+            })
+            .await?
+        {
+            Event::Presence { members, .. } => {
+                format!(
+                    "{:?}",
+                    members.into_iter().map(|m| m.user).collect::<Vec<_>>()
+                )
+            }
+            other => format!("{other:?}"),
+        };
+        if listed == r#"["stays"]"# || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(last, r#"["stays"]"#, "presence after the restart");
+    Ok(())
+}

@@ -90,6 +90,8 @@ struct Inner {
     /// This instance's presence entries (KV key → user), re-put every third of the TTL so they
     /// outlive nothing but a dead instance.
     local_presence: Arc<std::sync::Mutex<HashMap<String, Bytes>>>,
+    /// Wakes the presence refresh at once: after a reconnect, the bucket may be gone.
+    presence_nudge: Arc<tokio::sync::Notify>,
 }
 
 const PRESENCE_BUCKET: &str = "quiver_presence";
@@ -188,6 +190,7 @@ impl NatsBroker {
             consumer_serial: std::sync::atomic::AtomicU64::new(0),
             presence: OnceCell::new(),
             local_presence: Arc::default(),
+            presence_nudge: Arc::default(),
         });
         inner.spawn_presence_refresh(nats.presence_ttl);
         tokio::spawn(supervise(Arc::downgrade(&inner), connected_rx));
@@ -239,6 +242,7 @@ async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
         if let Ok(Ok(_)) = answered {
             if let Some(strong) = inner.upgrade() {
                 strong.health.jetstream_answered(generation);
+                strong.presence_nudge.notify_one();
             }
             return;
         }
@@ -247,13 +251,22 @@ async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
 }
 
 impl Inner {
+    /// Re-puts this instance's presence entries every third of the TTL, and at once after a
+    /// reconnect. A bucket that is gone (a NATS restarted with memory storage loses it) is made
+    /// again here: every instance with members heals presence, not only one that happens to set
+    /// it up for the first time after the restart.
     fn spawn_presence_refresh(&self, ttl: Duration) {
         let local = Arc::downgrade(&self.local_presence);
         let js = self.js.clone();
+        let nudge = self.presence_nudge.clone();
+        let bucket = self.presence_config();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = nudge.notified() => {}
+                }
                 // Ends with the broker.
                 let Some(local) = local.upgrade() else { return };
                 let entries: Vec<(String, Bytes)> = local
@@ -266,8 +279,12 @@ impl Inner {
                 if entries.is_empty() {
                     continue;
                 }
-                let Ok(kv) = js.get_key_value(PRESENCE_BUCKET).await else {
-                    continue;
+                let kv = match js.get_key_value(PRESENCE_BUCKET).await {
+                    Ok(kv) => kv,
+                    Err(_) => match js.create_key_value(bucket.clone()).await {
+                        Ok(kv) => kv,
+                        Err(_) => continue,
+                    },
                 };
                 for (key, user) in entries {
                     let _ = kv.put(key, user).await;
@@ -276,23 +293,27 @@ impl Inner {
         });
     }
 
-    async fn presence_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
+    fn presence_config(&self) -> jetstream::kv::Config {
         let ttl = self
             .config
             .nats
             .as_ref()
             .map_or(Duration::from_secs(15), |n| n.presence_ttl);
+        jetstream::kv::Config {
+            bucket: PRESENCE_BUCKET.into(),
+            history: 1,
+            max_age: ttl,
+            storage: self.storage,
+            ..Default::default()
+        }
+    }
+
+    async fn presence_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
         bounded(
             "presence set-up",
             self.presence.get_or_try_init(|| async {
                 self.js
-                    .create_key_value(jetstream::kv::Config {
-                        bucket: PRESENCE_BUCKET.into(),
-                        history: 1,
-                        max_age: ttl,
-                        storage: self.storage,
-                        ..Default::default()
-                    })
+                    .create_key_value(self.presence_config())
                     .await
                     .map_err(unavailable)
             }),
@@ -562,7 +583,15 @@ impl Broker for NatsBroker {
     }
 
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
-        Box::pin(self.inner.members_now(key))
+        Box::pin(async move {
+            // At once during an outage, as publishes are, rather than after the NATS client's
+            // own request timeout (the first connection, pending just after start, is waited
+            // for within the bound).
+            if self.inner.client.connection_state() == async_nats::connection::State::Disconnected {
+                return Err(BrokerError::Unavailable("nats: disconnected".into()));
+            }
+            bounded("presence", self.inner.members_now(key)).await
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -98,6 +98,12 @@ impl ClusterKeys {
 
     /// Claims `key` cluster-wide, or tells what the instance that claimed it did.
     pub async fn claim(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, String> {
+        // Refused at once during an outage (and bounded otherwise), like a publish without a
+        // key, instead of waiting out the NATS client's 10 s request timeout.
+        crate::control::with_nats(&self.nats, self.claim_now(key, digest)).await
+    }
+
+    async fn claim_now(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, String> {
         let store = self.store().await?;
         let digest = hex::encode(digest);
         let pending = encode(&Record {
@@ -157,12 +163,15 @@ impl ClusterKeys {
             done: true,
             position: position.map(|p| (p.epoch, p.offset)),
         };
-        self.store()
-            .await?
-            .put(key, encode(&record))
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("nats: idempotency keys: {e}"))
+        crate::control::with_nats(&self.nats, async {
+            self.store()
+                .await?
+                .put(key, encode(&record))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("nats: idempotency keys: {e}"))
+        })
+        .await
     }
 
     /// Drops a claim whose publication failed, so a retry publishes.
