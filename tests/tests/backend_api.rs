@@ -312,7 +312,30 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(status, 409, "another epoch: unrecoverable");
+    // A number past u64 is refused in words, not in the server's type names.
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/history", server.http))
+        .bearer_auth(ACME)
+        .header("content-type", "application/json")
+        .body(r#"{"room": "h.log", "since": {"epoch": 18446744073709551616, "offset": 0}}"#)
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 400);
+    let answer: Value = answer.json().await?;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("a u64") && !message.contains("U64In"),
+        "{message}"
+    );
     for (path, key, body, status, code) in [
+        // The fields of a request by position: serde takes it, the API does not.
+        (
+            "history",
+            ACME,
+            json!([null, "h.log", null, 1]),
+            400,
+            "bad_request",
+        ),
         (
             "history",
             ACME,

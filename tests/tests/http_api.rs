@@ -301,6 +301,14 @@ async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
             "{path} documents its Idempotency-Key header"
         );
     }
+    // The raw-body publish names its tenant in the query, and says so.
+    let parameters = doc["paths"]["/api/v1/publish/{room}"]["post"]["parameters"].as_array();
+    assert!(
+        parameters.is_some_and(|p| p
+            .iter()
+            .any(|p| p["name"] == "tenant" && p["in"] == "query")),
+        "publish documents ?tenant="
+    );
     let http = reqwest::Client::new();
     for route in &routes {
         let operation = &doc["paths"][route.path][route.method];

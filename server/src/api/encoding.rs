@@ -23,7 +23,7 @@ pub fn base64(payload: &[u8]) -> String {
 
 /// A u64 as a decimal string or a JSON number.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a u64, as a JSON number or a decimal string")]
 enum U64In {
     Number(u64),
     Text(String),

@@ -57,6 +57,15 @@ pub fn document() -> Value {
                 json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
             })
             .collect();
+        if super::publish::TENANT_QUERY_ROUTES.contains(&route.path) {
+            parameters.push(json!({
+                "name": "tenant",
+                "in": "query",
+                "required": false,
+                "description": "the tenant to publish in, with an admin key (another key's or a token's own tenant otherwise, and only that one)",
+                "schema": {"type": "string"},
+            }));
+        }
         if super::publish::IDEMPOTENT_ROUTES.contains(&route.path) {
             parameters.push(json!({
                 "name": "Idempotency-Key",

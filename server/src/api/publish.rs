@@ -145,6 +145,10 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// The routes that take an `Idempotency-Key` (for the OpenAPI document).
 pub const IDEMPOTENT_ROUTES: [&str; 2] = ["/api/v1/publish/{room}", "/api/v1/broadcast"];
 
+/// The routes that name their tenant in the query (`PublishQuery`), for the OpenAPI document:
+/// their request body is the payload, so the tenant cannot travel in it.
+pub const TENANT_QUERY_ROUTES: [&str; 1] = ["/api/v1/publish/{room}"];
+
 /// Publishes once per (tenant, room, idempotency key) within `idempotency::WINDOW`: a repeat
 /// gets the first publication's position.
 async fn publish_once(
