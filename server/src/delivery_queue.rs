@@ -32,7 +32,8 @@ impl Budget {
     }
 
     /// Bytes queued now.
-    pub fn used(&self) -> usize {
+    #[cfg(test)]
+    fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
 

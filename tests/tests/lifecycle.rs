@@ -27,27 +27,7 @@ async fn a_client_that_never_reads_its_replies_is_closed() -> anyhow::Result<()>
     })
     .await?;
     // A tiny receive window: a few hundred unread replies fill it.
-    let endpoint = client_endpoint_with(server.hash, |t| {
-        t.stream_receive_window(1024u32.into());
-    })?;
-    let token = full_token("acme", "deaf");
-    let conn = endpoint
-        .connect(format!(
-            "https://127.0.0.1:{}/v1?token={token}",
-            server.wt.port()
-        ))
-        .await?;
-    let mut deaf = Raw::on(conn).await?;
-    let hello = deaf
-        .send(Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "deaf".into(),
-        })
-        .await?;
-    assert!(matches!(
-        deaf.recv_reply(hello).await?,
-        Event::Welcome { .. }
-    ));
+    let mut deaf = Raw::with_stream_window(&server, &full_token("acme", "deaf"), 1024).await?;
     let mut pings = Vec::new();
     for id in 1_000..6_000 {
         pings.extend_from_slice(&encode_command(&ClientFrame {
@@ -78,27 +58,7 @@ async fn a_slow_reader_over_the_rate_gets_every_refusal() -> anyhow::Result<()> 
     })
     .await?;
     // A tiny receive window: the server's 256-frame outgoing queue fills behind it at once.
-    let endpoint = client_endpoint_with(server.hash, |t| {
-        t.stream_receive_window(1024u32.into());
-    })?;
-    let conn = endpoint
-        .connect(format!(
-            "https://127.0.0.1:{}/v1?token={}",
-            server.wt.port(),
-            full_token("acme", "slow")
-        ))
-        .await?;
-    let mut slow = Raw::on(conn).await?;
-    let hello = slow
-        .send(Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "slow".into(),
-        })
-        .await?;
-    assert!(matches!(
-        slow.recv_reply(hello).await?,
-        Event::Welcome { .. }
-    ));
+    let mut slow = Raw::with_stream_window(&server, &full_token("acme", "slow"), 1024).await?;
     const SENT: u32 = 2_000;
     let mut pings = Vec::new();
     for id in 1_000..1_000 + SENT {
