@@ -12,7 +12,7 @@ use crate::target::Kind;
 
 pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
-pub(crate) const PALETTE: [RGBColor; 7] = [
+pub(crate) const PALETTE: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -20,6 +20,7 @@ pub(crate) const PALETTE: [RGBColor; 7] = [
     RGBColor(148, 103, 189),
     RGBColor(140, 86, 75),
     RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
 ];
 
 fn color_of(kind: Kind) -> RGBColor {
@@ -31,7 +32,7 @@ fn color_of(kind: Kind) -> RGBColor {
         Kind::Bare => PALETTE[1],
         Kind::Nats => PALETTE[2],
         Kind::Socketio => PALETTE[3],
-        Kind::NatsTls => PALETTE[2],
+        Kind::NatsTls => PALETTE[7],
     }
 }
 

@@ -295,6 +295,14 @@ impl Verifier {
                 })
             }
         };
+        // jsonwebtoken takes an array `iss` that contains the issuer; RFC 7519 §4.1.1 makes it
+        // one string, and PROTOCOL.md §6 says it must equal the configured issuer.
+        if validation.iss.is_some() && !data.claims.get("iss").is_some_and(|v| v.is_string()) {
+            return Err(AuthError::Claim {
+                claim: "iss",
+                reason: "must be a string".into(),
+            });
+        }
         // Read apart from `Claims` so the struct (built by token issuers) keeps its fields.
         let call = call_patterns(&data.claims)?;
         let claims = claims_from(data.claims)?;
@@ -581,11 +589,21 @@ fn call_patterns(claims: &serde_json::Value) -> Result<Vec<Pattern>, AuthError> 
     }
 }
 
-/// A name rule's refusal without the offending character: refusals never quote a token.
+/// A pattern rule's refusal without the offending character: refusals never quote a token.
 fn unquoted(e: &quiver_proto::RoomError) -> String {
     match e {
         quiver_proto::RoomError::InvalidChar(_) => {
-            "invalid character: allowed are A-Z a-z 0-9 _ - (and * > in patterns)".into()
+            "invalid character: allowed are A-Z a-z 0-9 _ - (and * > as whole tokens)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A tenant rule's refusal without the offending character.
+fn unquoted_tenant(e: &quiver_proto::RoomError) -> String {
+    match e {
+        quiver_proto::RoomError::InvalidChar(_) => {
+            "invalid character: allowed are A-Z a-z 0-9 _ -".into()
         }
         other => other.to_string(),
     }
@@ -596,7 +614,8 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
         return Err(claim_err("sub", "must be 1 to 256 bytes".into()));
     }
-    let tenant = TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", unquoted(&e)))?;
+    let tenant =
+        TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", unquoted_tenant(&e)))?;
     let patterns = |list: &[String], claim| {
         list.iter()
             .enumerate()

@@ -160,16 +160,17 @@ fn audience_and_issuer_are_checked_when_configured() {
         ..Checks::default()
     };
     let v = hs(&checks);
-    let with = |aud: Option<serde_json::Value>, iss: Option<&str>| {
+    let with_iss = |aud: Option<serde_json::Value>, iss: Option<serde_json::Value>| {
         let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
         if let Some(aud) = aud {
             c["aud"] = aud;
         }
         if let Some(iss) = iss {
-            c["iss"] = iss.into();
+            c["iss"] = iss;
         }
         v.verify(&sign_json(c))
     };
+    let with = |aud, iss: Option<&str>| with_iss(aud, iss.map(Into::into));
     let idp = Some("https://idp.example");
     assert!(with(Some("quiver".into()), idp).is_ok());
     assert!(with(Some(serde_json::json!(["other", "quiver"])), idp).is_ok());
@@ -182,6 +183,23 @@ fn audience_and_issuer_are_checked_when_configured() {
             "iss",
         ),
         ("no iss", with(Some("quiver".into()), None), "iss"),
+        // `iss` is one string (RFC 7519 §4.1.1): an array holding the issuer is not it.
+        (
+            "iss array",
+            with_iss(
+                Some("quiver".into()),
+                Some(serde_json::json!(["https://evil", "https://idp.example"])),
+            ),
+            "iss",
+        ),
+        (
+            "iss array of one",
+            with_iss(
+                Some("quiver".into()),
+                Some(serde_json::json!(["https://idp.example"])),
+            ),
+            "iss",
+        ),
     ] {
         match result {
             Err(AuthError::Claim { claim: got, .. }) => assert_eq!(got, claim, "{name}"),

@@ -4,7 +4,7 @@
 //! `quiver.<tenant>.control.{disconnect,revoke,unsubscribe}` and every instance (this one
 //! included) applies it to its own sessions, so the action takes effect cluster-wide within one
 //! NATS round trip. Statistics (`/api/v1/info`, `/api/v1/rooms`) are gathered by request/reply
-//! on `quiver.cluster.stats`: every instance answers for itself. Revocations are also stored in
+//! on `quiver-cluster.stats`: every instance answers for itself. Revocations are also stored in
 //! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry), which an
 //! instance loads when it starts.
 
@@ -74,9 +74,11 @@ pub(crate) async fn with_nats<T>(
         .map_err(|_| format!("nats: no answer within {NATS_WAIT:?}"))?
 }
 
-/// The subject statistics are asked on: outside `quiver.<tenant>.control.*`, it is not any
-/// tenant's.
-const STATS_SUBJECT: &str = "quiver.cluster.stats";
+/// The subject statistics are asked on. Not under `quiver.`: everything there is
+/// `quiver.<tenant>.…`, and `cluster` is a valid tenant name, so a NATS user allowed a tenant's
+/// subjects (its backend, `quiver.cluster.>`) would see and answer every instance's statistics
+/// requests (an outside audit did).
+const STATS_SUBJECT: &str = "quiver-cluster.stats";
 /// How long a statistics request waits for instances to answer: every answer that arrives in
 /// it is counted, a slower instance is left out of that answer.
 const STATS_WINDOW: std::time::Duration = std::time::Duration::from_millis(300);

@@ -124,6 +124,10 @@ impl Usage {
 /// How many quota operations pass between two sweeps of idle tenant entries.
 const SWEEP_EVERY: u64 = 1024;
 
+/// The `tenant` label shared by tenants past `max_tenant_labels`. Not a valid tenant id (`~`
+/// is outside `[A-Za-z0-9_-]`), so a tenant named `other` keeps series of its own.
+pub const OTHER_TENANTS: &str = "~other";
+
 /// Per-tenant counts and buckets of this instance.
 pub struct TenantQuotas {
     config: QuotasConfig,
@@ -163,7 +167,7 @@ impl TenantQuotas {
     }
 
     /// The tenant's metric label: its id for the first `max_tenant_labels` tenants this
-    /// instance has seen, `other` after that (bounded cardinality).
+    /// instance has seen, [`OTHER_TENANTS`] after that (bounded cardinality).
     pub fn label(&self, tenant: &TenantId) -> String {
         let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         if labels.iter().any(|l| l == tenant.as_str()) {
@@ -173,7 +177,7 @@ impl TenantQuotas {
             labels.push(tenant.to_string());
             return tenant.to_string();
         }
-        "other".into()
+        OTHER_TENANTS.into()
     }
 
     fn usage<T>(&self, tenant: &TenantId, f: impl FnOnce(&mut Usage) -> T) -> T {
@@ -655,7 +659,7 @@ mod tests {
         let q = TenantQuotas::new(config);
         assert_eq!(q.label(&tenant("a")), "a");
         assert_eq!(q.label(&tenant("b")), "b");
-        assert_eq!(q.label(&tenant("c")), "other");
+        assert_eq!(q.label(&tenant("c")), OTHER_TENANTS);
         assert_eq!(q.label(&tenant("a")), "a");
     }
 }

@@ -557,6 +557,18 @@ fn server_config(
             CongestionControl::NewReno => Arc::new(congestion::NewRenoConfig::default()),
         };
     transport.congestion_controller_factory(controller);
+    // Ask clients that take QUIC's ACK-frequency extension (quinn-based ones: the Rust client)
+    // to acknowledge less often: with many connections each getting a packet every few tens of
+    // milliseconds, receiving their ACKs is a large share of the server's work.
+    let acks = &config.transport;
+    if !acks.client_ack_delay.is_zero() {
+        let mut ack = wtransport::quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(QuinnVarInt::from_u32(acks.client_ack_threshold))
+            .max_ack_delay(Some(acks.client_ack_delay))
+            // A gap (a lost packet) is acknowledged at once, so loss recovery does not wait.
+            .reordering_threshold(QuinnVarInt::from_u32(1));
+        transport.ack_frequency_config(Some(ack));
+    }
     let builder = ServerConfig::builder();
     // The socket's receive buffer is shallow but for bursts of handshakes (`udp_socket.rs`).
     let builder = match (socket, config.listen) {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
+use futures::StreamExt;
 use quiver_proto::{Command, ErrorCode, Event};
 use quiver_server::config::{ApiKey, NamespaceConfig, NatsConfig};
 use quiver_tests::nats::NatsServer;
@@ -528,6 +529,11 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
     let _bob_room = on_a.subscribe("room.x").await?;
     let _alice_room = on_b.subscribe("room.x").await?;
     let _alice_other = on_b.subscribe("room.y").await?;
+    // What the backend of a tenant named `cluster` may be allowed (`quiver.<tenant>.>`): the
+    // instances' statistics requests must not pass there (an outside audit answered them).
+    let tenant_backend = async_nats::connect(nats.url()).await?;
+    let mut cluster_tenant = tenant_backend.subscribe("quiver.cluster.>").await?;
+    tenant_backend.flush().await?;
     // The control plane subscribes as the instance starts; give NATS a moment to register it.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -547,6 +553,12 @@ async fn unsubscribe_rooms_and_info_are_cluster_wide() -> anyhow::Result<()> {
         .sum();
     assert_eq!((sessions, subscriptions), (2, 3));
     assert_ne!(nodes[0]["node"], nodes[1]["node"]);
+    let overheard = tokio::time::timeout(Duration::from_millis(200), cluster_tenant.next()).await;
+    assert!(
+        overheard.is_err(),
+        "a tenant's subjects carried {:?}",
+        overheard.ok().flatten().map(|m| m.subject)
+    );
 
     let started = Instant::now();
     let (status, answer) = api_post(

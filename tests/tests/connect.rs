@@ -1,6 +1,7 @@
 //! Connection set-up cost (issue 14): TLS session resumption for returning clients, and the
-//! verified-token cache, which must not weaken expiry or revocation.
+//! verified-token cache, which must not weaken expiry or revocation; and fewer client ACKs.
 
+use quiver_proto::{Command, Event};
 use quiver_server::config::ApiKey;
 use quiver_tests::*;
 use std::time::Duration;
@@ -217,5 +218,22 @@ async fn a_burst_of_handshakes_deepens_the_receive_buffer_until_it_is_over() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(sessions);
+    Ok(())
+}
+
+/// The server asks clients that take QUIC's ACK-frequency extension (quinn-based: the test
+/// client, the Rust client) to acknowledge less often (`transport.client_ack_delay`), and asks
+/// nothing when it is 0.
+#[tokio::test]
+async fn quinn_clients_are_asked_to_acknowledge_less_often() -> anyhow::Result<()> {
+    for (delay, asked) in [(Duration::from_millis(100), true), (Duration::ZERO, false)] {
+        let server = TestServer::start_with(|c| c.transport.client_ack_delay = delay).await?;
+        let mut raw = Raw::connect(&server, &full_token("t", "u")).await?;
+        // A round trip after the handshake: the frame goes in the server's first 1-RTT packets.
+        let pong = raw.request(Command::Ping).await?;
+        assert!(matches!(pong, Event::Pong), "{pong:?}");
+        let frames = raw.conn().quic_connection().stats().frame_rx;
+        assert_eq!(frames.ack_frequency > 0, asked, "{delay:?}: {frames:?}");
+    }
     Ok(())
 }

@@ -170,6 +170,10 @@ pub fn issue14(md: &mut String, r: &Report) {
                     met(x >= ROOMS_RATE_VS_NATS)
                 );
             }
+            if let Some(t) = rooms(r, Kind::NatsTls) {
+                let t = t.result.deliveries_per_sec;
+                tls_line(md, &kfmt(t), q.deliveries_per_sec / t.max(1e-9));
+            }
             let what = format!(
                 "Many rooms, server CPU per delivery ≤ {ROOMS_CPU_VS_NATS:.1}× nats-server's"
             );
@@ -190,6 +194,11 @@ pub fn issue14(md: &mut String, r: &Report) {
                             "  - quiver-ws: {wc:.2} µs, {x:.2}× — {}",
                             met(x <= ROOMS_CPU_VS_NATS)
                         );
+                    }
+                    if let Some(tc) =
+                        rooms(r, Kind::NatsTls).and_then(|t| cpu_per_delivery(&t.result))
+                    {
+                        tls_line(md, &format!("{tc:.2} µs"), qc / tc.max(1e-9));
                     }
                 }
                 _ => not_measured(md, &what, "no server CPU sample"),
@@ -246,6 +255,12 @@ pub fn issue14(md: &mut String, r: &Report) {
                         met(x >= FANOUT_VS_NATS)
                     );
                 }
+                if let Some(t) = r
+                    .fanout_run(Kind::NatsTls, n)
+                    .map(|f| f.max.deliveries_per_sec)
+                {
+                    tls_line(md, &kfmt(t), q / t.max(1e-9));
+                }
             }
             _ => not_measured(md, &what, no_nats),
         }
@@ -256,7 +271,8 @@ pub fn issue14(md: &mut String, r: &Report) {
         let quiver = r.common_p99(Kind::Quiver, n);
         let bare = r.common_p99(Kind::Bare, n);
         let (nats, ws) = (r.common_p99(Kind::Nats, n), r.common_p99(Kind::QuiverWs, n));
-        p99_lines(md, &format!("n={n}"), quiver, nats, ws, no_nats);
+        let tls = r.common_p99(Kind::NatsTls, n);
+        p99_lines(md, &format!("n={n}"), quiver, nats, ws, tls, no_nats);
         let what = format!("p99 at the same offered rate ≤ the bare transport's (n={n})");
         match (quiver, bare) {
             (Some((q, rate)), Some((b, _))) => {
@@ -280,6 +296,7 @@ pub fn issue14(md: &mut String, r: &Report) {
         common(Kind::Quiver),
         common(Kind::Nats),
         common(Kind::QuiverWs),
+        common(Kind::NatsTls),
         no_nats,
     );
 
@@ -407,6 +424,7 @@ fn p99_lines(
     quiver: Option<(f64, f64)>,
     nats: Option<(f64, f64)>,
     ws: Option<(f64, f64)>,
+    tls: Option<(f64, f64)>,
     no_nats: &str,
 ) {
     let what = format!("p99 at the same offered rate ≤ {P99_VS_NATS:.1}× nats-server's ({at})");
@@ -430,10 +448,25 @@ fn p99_lines(
                     met(x <= P99_VS_NATS)
                 );
             }
+            if let Some((t, _)) = tls {
+                tls_line(md, &us(t), q / t.max(1e-9));
+            }
         }
         (None, _) => not_measured(md, &what, "no common-rate run for quiver"),
         (_, None) => not_measured(md, &what, no_nats),
     }
+}
+
+/// The same figure for nats-server terminating TLS, beside a target read against plain NATS:
+/// Quiver encrypts every packet, plain NATS nothing, so this shows how much of a gap is TLS.
+/// For reference only (the issue's targets are against plain NATS).
+fn tls_line(md: &mut String, figure: &str, quiver_over_tls: f64) {
+    let _ = writeln!(
+        md,
+        "  - nats-server terminating TLS (`{}`, for reference): {figure}; quiver's figure is \
+         {quiver_over_tls:.2}× this",
+        Kind::NatsTls.label()
+    );
 }
 
 fn file_name(path: &str) -> &str {

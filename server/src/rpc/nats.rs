@@ -141,12 +141,44 @@ fn caller_headers(caller: &Caller, request_id: &str) -> Result<HeaderMap, RpcErr
 }
 
 /// A header value, refused (not panicking, as async-nats's `From<&str>` would) when it holds a
-/// line break: a user id from a token can hold anything.
+/// line break or any other control character (NUL, VT, U+0085, U+2028, …): a user id from a
+/// token can hold anything, and a backend's header parser should never have to guess.
 fn header_value(value: &str) -> Result<async_nats::HeaderValue, RpcError> {
-    value.parse().map_err(|_| {
+    let refuse = || {
         RpcError::Backend(
             quiver_proto::ErrorCode::BadRequest,
-            "a value for the backend's headers contains a line break".into(),
+            "a value for the backend's headers contains a line break or another control character"
+                .into(),
         )
-    })
+    };
+    if value
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+    {
+        return Err(refuse());
+    }
+    value.parse().map_err(|_| refuse())
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::header_value;
+
+    #[test]
+    fn control_characters_never_reach_a_header() {
+        assert!(header_value("alice").is_ok());
+        assert!(header_value("Zoë Ünïcode 名前").is_ok());
+        for bad in [
+            "a\nb",
+            "a\rb",
+            "a\0b",
+            "a\u{b}b",
+            "a\u{c}b",
+            "a\u{85}b",
+            "a\u{2028}b",
+            "a\u{7f}b",
+        ] {
+            assert!(header_value(bad).is_err(), "{bad:?}");
+        }
+    }
 }

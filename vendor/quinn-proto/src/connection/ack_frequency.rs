@@ -46,6 +46,14 @@ impl AckFrequencyState {
         // Use the peer's max_ack_delay if no custom max_ack_delay was provided in the config
         let candidate = config.max_ack_delay.unwrap_or(self.peer_max_ack_delay);
 
+        // QUIVER PATCH: a delay the application asked for explicitly is not capped by the RTT.
+        // On a fast path (loopback, a LAN, a data centre) the cap keeps it at 25 ms, where a
+        // connection getting a packet every few tens of milliseconds acknowledges each one;
+        // a server with thousands of such connections spends much of its time receiving ACKs
+        // (vendor/quinn-proto/PATCHES.md).
+        if let Some(explicit) = config.max_ack_delay {
+            return Ord::max(explicit, min_ack_delay);
+        }
         // Must be no smaller than the `min_ack_delay` advertised by the peer
         Ord::max(
             // Should be less than the RTT (itself at least `MIN_AUTOMATIC_ACK_DELAY`)
