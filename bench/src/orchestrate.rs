@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub netns: Option<PathBuf>,
     /// Stop starting new measurements after this many seconds (default per mode: smoke 90,
-    /// quick 300, full 2200) so the report is always written.
+    /// quick 300, full 2500) so the report is always written.
     #[arg(long)]
     pub budget: Option<f64>,
     /// Workloads to run (default: all).
@@ -213,7 +213,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let budget = args.budget.unwrap_or(match args.mode {
         Mode::Smoke => 90.0,
         Mode::Quick => 300.0,
-        Mode::Full => 2200.0,
+        Mode::Full => 2500.0,
     });
     let mut ctx = Ctx {
         deadline: started + Duration::from_secs_f64(budget),
