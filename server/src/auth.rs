@@ -582,28 +582,25 @@ fn call_patterns(claims: &serde_json::Value) -> Result<Vec<Pattern>, AuthError> 
                 let p = p
                     .as_str()
                     .ok_or_else(|| claim_err("must be an array of strings".into()))?;
-                Pattern::parse(p).map_err(|e| claim_err(format!("[{i}]: {}", unquoted(&e))))
+                Pattern::parse(p)
+                    .map_err(|e| claim_err(format!("[{i}]: {}", unquoted(&e, PATTERN_CHARS))))
             })
             .collect(),
         Some(_) => Err(claim_err("must be an array of strings".into())),
     }
 }
 
-/// A pattern rule's refusal without the offending character: refusals never quote a token.
-fn unquoted(e: &quiver_proto::RoomError) -> String {
-    match e {
-        quiver_proto::RoomError::InvalidChar(_) => {
-            "invalid character: allowed are A-Z a-z 0-9 _ - (and * > as whole tokens)".into()
-        }
-        other => other.to_string(),
-    }
-}
+/// Characters a pattern may hold, for refusals.
+const PATTERN_CHARS: &str = "A-Z a-z 0-9 _ - (and * > as whole tokens)";
+/// Characters a tenant id may hold, for refusals.
+const TENANT_CHARS: &str = "A-Z a-z 0-9 _ -";
 
-/// A tenant rule's refusal without the offending character.
-fn unquoted_tenant(e: &quiver_proto::RoomError) -> String {
+/// A name rule's refusal without the offending character (refusals never quote a token),
+/// saying which characters `allowed`.
+fn unquoted(e: &quiver_proto::RoomError, allowed: &str) -> String {
     match e {
         quiver_proto::RoomError::InvalidChar(_) => {
-            "invalid character: allowed are A-Z a-z 0-9 _ -".into()
+            format!("invalid character: allowed are {allowed}")
         }
         other => other.to_string(),
     }
@@ -614,13 +611,15 @@ fn grant_from(claims: Claims) -> Result<Grant, AuthError> {
     if claims.sub.is_empty() || claims.sub.len() > MAX_SUB_BYTES {
         return Err(claim_err("sub", "must be 1 to 256 bytes".into()));
     }
-    let tenant =
-        TenantId::parse(&claims.tenant).map_err(|e| claim_err("tenant", unquoted_tenant(&e)))?;
+    let tenant = TenantId::parse(&claims.tenant)
+        .map_err(|e| claim_err("tenant", unquoted(&e, TENANT_CHARS)))?;
     let patterns = |list: &[String], claim| {
         list.iter()
             .enumerate()
             .map(|(i, p)| {
-                Pattern::parse(p).map_err(|e| claim_err(claim, format!("[{i}]: {}", unquoted(&e))))
+                Pattern::parse(p).map_err(|e| {
+                    claim_err(claim, format!("[{i}]: {}", unquoted(&e, PATTERN_CHARS)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()
     };
