@@ -19,8 +19,9 @@ pub mod room;
 pub use code::{CloseCode, ErrorCode};
 pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
 pub use message::{
-    decode_command, decode_event, encode_command, encode_event, publication_payload, ClientFrame,
-    Command, DecodeError, Event, HistoryItem, Limits, Member, Position, Recovery, ServerFrame,
+    decode_command, decode_event, encode_command, encode_event, encode_publication,
+    publication_payload, ClientFrame, Command, DecodeError, Event, HistoryItem, Limits, Member,
+    Position, Recovery, ServerFrame,
 };
 pub use room::{Pattern, RoomError, RoomName, TenantId};
 

@@ -9,8 +9,6 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::frame::write_frame;
-
 /// A position in a room's history. `epoch` changes whenever the server lost that history (for
 /// example after a restart with in-memory history): positions from another epoch cannot be
 /// resumed from.
@@ -271,11 +269,35 @@ pub fn encode_event(frame: &ServerFrame) -> Bytes {
 }
 
 fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
-    // Serializing plain structs and enums into a Vec cannot fail.
-    let body = postcard::to_stdvec(frame).unwrap_or_default();
-    let mut out = Vec::with_capacity(body.len() + crate::LENGTH_PREFIX);
-    write_frame(&body, &mut out);
+    encode_sized(frame, 0)
+}
+
+/// Encodes `body` after room for its length prefix, then writes the prefix: one buffer, no copy
+/// of the body. `capacity` is a guess of the body's size (the buffer grows past it if needed).
+fn encode_sized<T: Serialize>(body: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(crate::LENGTH_PREFIX + capacity);
+    out.extend_from_slice(&[0; crate::LENGTH_PREFIX]);
+    // Serializing plain structs and enums into a Vec cannot fail; if it did, the frame would
+    // be an empty body, which every reader refuses as malformed.
+    let mut out = postcard::to_extend(body, out).unwrap_or_else(|_| vec![0; crate::LENGTH_PREFIX]);
+    // Bodies are bounded by the encoder's callers; u32 covers any sane maximum.
+    let len = (out.len() - crate::LENGTH_PREFIX) as u32;
+    out[..crate::LENGTH_PREFIX].copy_from_slice(&len.to_be_bytes());
     out
+}
+
+/// A `Publication` event (id 0) as a complete frame, the bytes `encode_event` gives for
+/// `ServerFrame { id: 0, event: Event::Publication { .. } }`, built from borrowed parts: the
+/// hot path encodes each publication once for all its subscribers, in one allocation (no room
+/// `String`, no second copy of the payload).
+pub fn encode_publication(room: &str, position: Option<Position>, payload: &Bytes) -> Bytes {
+    // id and type (one byte each), the room's and the payload's lengths (varints), a position
+    // (a tag and two u64 varints).
+    let capacity = room.len() + payload.len() + 32;
+    Bytes::from(encode_sized(
+        &(0u32, PUBLICATION, room, position, payload),
+        capacity,
+    ))
 }
 
 /// Decodes one frame body (without the length prefix) from a client.
@@ -622,6 +644,41 @@ mod tests {
                 payload: Bytes::from(p)
             }),
         ]
+    }
+
+    #[test]
+    fn a_publication_encodes_as_the_generic_encoder_does() {
+        let payloads: [&[u8]; 3] = [b"", b"hi", &[7; 300]];
+        let positions = [
+            None,
+            Some(Position {
+                epoch: 0,
+                offset: 0,
+            }),
+            Some(Position {
+                epoch: u64::MAX,
+                offset: 1 << 40,
+            }),
+        ];
+        for room in ["a", "dash.cpu-1", &"x".repeat(128)] {
+            for payload in payloads {
+                for position in positions {
+                    let payload = Bytes::copy_from_slice(payload);
+                    let generic = encode_event(&ServerFrame {
+                        id: 0,
+                        event: Event::Publication {
+                            room: room.into(),
+                            position,
+                            payload: payload.clone(),
+                        },
+                    });
+                    assert_eq!(encode_publication(room, position, &payload), generic);
+                }
+            }
+        }
+        // PROTOCOL.md §3's example, byte for byte.
+        let frame = encode_publication("a", None, &Bytes::from_static(b"hi"));
+        assert_eq!(&frame[..], &[0, 0, 0, 8, 0, 7, 1, b'a', 0, 2, b'h', b'i']);
     }
 
     proptest! {

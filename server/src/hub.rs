@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use quiver_proto::{encode_event, Event, Position, RoomName, ServerFrame, TenantId};
+use quiver_proto::{Position, RoomName, TenantId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -249,14 +249,7 @@ impl Hub {
 
 /// The encoded `Publication` frame, as subscribers receive it (live or replayed).
 pub fn publication_frame(key: &RoomKey, position: Option<Position>, payload: Bytes) -> Bytes {
-    encode_event(&ServerFrame {
-        id: 0,
-        event: Event::Publication {
-            room: key.room.as_str().to_owned(),
-            position,
-            payload,
-        },
-    })
+    quiver_proto::encode_publication(key.room.as_str(), position, &payload)
 }
 
 #[cfg(test)]

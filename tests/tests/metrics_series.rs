@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::{Event, Position, Recovery};
+use quiver_proto::{Command, Event, Position, Recovery};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::*;
 
@@ -64,6 +64,16 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         misc.next().await?;
     }
 
+    // A History command counts under its own label, not a catch-all.
+    let history = publisher
+        .request(Command::History {
+            room: "chat.lobby".into(),
+            since: None,
+            limit: 10,
+        })
+        .await?;
+    assert!(matches!(history, Event::History { .. }), "{history:?}");
+
     let page = wait_metric(&server, "quiver_delivery_latency_seconds_count", &[], |n| {
         n >= 1.0
     })
@@ -97,6 +107,11 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     };
     assert_eq!(commands("publish"), 5.0);
     assert_eq!(commands("subscribe"), 2.0);
+    assert_eq!(commands("history"), 1.0);
+    assert_eq!(commands("other"), 0.0);
+    assert_eq!(metric(&page, "quiver_publications_total"), 5.0);
+    // Two Subscribes, five Publishes, one History (a session's opening Hello is not counted).
+    assert_eq!(metric(&page, "quiver_commands_total"), 8.0);
 
     // Resumes: from a kept position (recovered), and on a room that keeps no history (failed).
     let (reply, _replayed) = sub.subscribe_from("chat.other", first).await?;

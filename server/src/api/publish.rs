@@ -296,7 +296,7 @@ async fn publish_one(
         .publish(key, payload)
         .await
         .map_err(ApiError::unavailable)?;
-    metrics::counter!(m::PUBLICATIONS).increment(1);
+    m::hot::publications().increment(1);
     Ok(position)
 }
 

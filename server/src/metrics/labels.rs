@@ -10,7 +10,7 @@ use quiver_proto::{Command, RoomName};
 
 use super::{DELIVERIES, HUB_PUBLICATIONS};
 
-/// The `command` label of every command type, as [`command_label`] names them.
+/// The `command` label of every command type, in the order [`command_index`] numbers them.
 pub const COMMANDS: &[&str] = &[
     "hello",
     "subscribe",
@@ -19,21 +19,26 @@ pub const COMMANDS: &[&str] = &[
     "ping",
     "refresh",
     "presence",
+    "history",
+    "call",
+    "other",
 ];
 
-/// The `command` label of a command (one of [`COMMANDS`]).
-pub fn command_label(command: &Command) -> &'static str {
+/// Where a command's `command` label is in [`COMMANDS`].
+fn command_index(command: &Command) -> usize {
     match command {
-        Command::Hello { .. } => "hello",
-        Command::Subscribe { .. } => "subscribe",
-        Command::Unsubscribe { .. } => "unsubscribe",
-        Command::Publish { .. } => "publish",
-        Command::Ping => "ping",
-        Command::Refresh { .. } => "refresh",
-        Command::Presence { .. } => "presence",
-        // Commands added to the protocol later count here until they get their own label.
+        Command::Hello { .. } => 0,
+        Command::Subscribe { .. } => 1,
+        Command::Unsubscribe { .. } => 2,
+        Command::Publish { .. } => 3,
+        Command::Ping => 4,
+        Command::Refresh { .. } => 5,
+        Command::Presence { .. } => 6,
+        Command::History { .. } => 7,
+        Command::Call { .. } => 8,
+        // Commands added to the protocol later count as "other" until they get their own label.
         #[allow(unreachable_patterns)]
-        _ => "other",
+        _ => COMMANDS.len() - 1,
     }
 }
 
@@ -132,6 +137,39 @@ pub mod hot {
             crate::metrics::handle();
             metrics::counter!(crate::metrics::DELIVERY_BYTES)
         })
+    }
+
+    /// `quiver_commands_total`: every command a client sends goes through it.
+    pub fn commands() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::COMMANDS)
+        })
+    }
+
+    /// `quiver_publications_total`.
+    pub fn publications() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::PUBLICATIONS)
+        })
+    }
+
+    /// `quiver_command_duration_seconds` of this command's kind (one series per label).
+    pub fn command_duration(command: &Command) -> &'static Histogram {
+        static H: OnceLock<Vec<Histogram>> = OnceLock::new();
+        let all = H.get_or_init(|| {
+            crate::metrics::handle();
+            COMMANDS
+                .iter()
+                .map(|&label| {
+                    metrics::histogram!(crate::metrics::COMMAND_DURATION, "command" => label)
+                })
+                .collect()
+        });
+        &all[command_index(command)]
     }
 
     pub fn broker_lag() -> &'static Histogram {

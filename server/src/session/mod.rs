@@ -452,7 +452,7 @@ impl Session {
     /// every reply (waiting while the client does not read, up to `timeouts.reply`): a client
     /// over the limit still gets one answer per command.
     async fn metered(&mut self, id: u32, arrived: Instant) -> Result<bool, Exit> {
-        metrics::counter!(m::COMMANDS).increment(1);
+        m::hot::commands().increment(1);
         self.tally.received();
         match self.meter.take(arrived) {
             Verdict::Allowed => Ok(true),
@@ -480,7 +480,7 @@ impl Session {
         let refresh = matches!(frame.command, Command::Refresh { .. });
         let publish = matches!(frame.command, Command::Publish { .. });
         let hello = matches!(frame.command, Command::Hello { .. });
-        let label = m::labels::command_label(&frame.command);
+        let duration = m::hot::command_duration(&frame.command);
         match self.metered(id, arrived).await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -535,8 +535,7 @@ impl Session {
                 }
             }
         }
-        metrics::histogram!(m::COMMAND_DURATION, "command" => label)
-            .record(arrived.elapsed().as_secs_f64());
+        duration.record(arrived.elapsed().as_secs_f64());
         None
     }
 

@@ -128,7 +128,7 @@ impl Future for NextDone<'_> {
 pub fn answer(done: Result<Option<Position>, BrokerError>) -> Result<Option<Event>, Refusal> {
     match done {
         Ok(position) => {
-            metrics::counter!(m::PUBLICATIONS).increment(1);
+            m::hot::publications().increment(1);
             Ok(Some(Event::Published { position }))
         }
         Err(e) => Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
