@@ -34,6 +34,7 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         r#"quiver_command_duration_seconds_count{command="publish"} 0"#,
         r#"quiver_sessions_reopened_total{transport="webtransport"} 0"#,
         "quiver_nats_connected 0",
+        "quiver_history_bytes 0",
     ] {
         assert!(
             idle.lines().any(|l| l == series),
@@ -108,6 +109,8 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     assert_eq!(commands("publish"), 5.0);
     assert_eq!(commands("subscribe"), 2.0);
     assert_eq!(commands("history"), 1.0);
+    // Three publications of ten bytes kept in chat.lobby's history, with their bookkeeping.
+    assert!(metric(&page, "quiver_history_bytes") >= 30.0, "{page}");
     assert_eq!(commands("other"), 0.0);
     assert_eq!(metric(&page, "quiver_publications_total"), 5.0);
     // Two Subscribes, five Publishes, one History (a session's opening Hello is not counted).

@@ -337,7 +337,7 @@ impl MemoryBroker {
             limits.history_max_bytes,
             &self.hub,
         );
-        metrics::gauge!(m::HISTORY_BYTES).set(history.bytes as f64);
+        m::hot::history_bytes().set(history.bytes as f64);
         // Delivering under the lock keeps offset order and delivery order the same.
         self.hub.deliver(&key, Some(position), payload);
         Some(position)
@@ -412,7 +412,7 @@ fn sweep(history: &Mutex<History>, hub: &Hub, config: &Config) {
     if tenants < history.tenants.capacity() / 4 {
         history.tenants.shrink_to(tenants * 2);
     }
-    metrics::gauge!(m::HISTORY_BYTES).set(history.bytes as f64);
+    m::hot::history_bytes().set(history.bytes as f64);
 }
 
 async fn sweeper(history: Weak<Mutex<History>>, hub: Arc<Hub>, config: Arc<Config>) {

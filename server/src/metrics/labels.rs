@@ -148,6 +148,15 @@ pub mod hot {
         })
     }
 
+    /// `quiver_history_bytes`: set on every publication kept by the embedded broker.
+    pub fn history_bytes() -> &'static metrics::Gauge {
+        static G: OnceLock<metrics::Gauge> = OnceLock::new();
+        G.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::gauge!(crate::metrics::HISTORY_BYTES)
+        })
+    }
+
     /// `quiver_publications_total`.
     pub fn publications() -> &'static Counter {
         static C: OnceLock<Counter> = OnceLock::new();
