@@ -259,13 +259,13 @@ impl TenantQuotas {
         })
         .inspect_err(|e| self.refused(&label, e))?;
         metrics::gauge!(m::TENANT_SESSIONS, "tenant" => label.clone()).increment(1.0);
-        Ok(TenantSession {
+        Ok(TenantSession(TenantPublisher {
             quotas: self.clone(),
             tenant: tenant.clone(),
             publications: metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => label.clone()),
             label,
             quota,
-        })
+        }))
     }
 
     fn refused(&self, label: &str, e: &QuotaError) {
@@ -275,7 +275,13 @@ impl TenantQuotas {
 }
 
 /// A session's share of its tenant's quotas; released on drop.
-pub struct TenantSession {
+pub struct TenantSession(TenantPublisher);
+
+/// What metering a tenant's publications needs. A session's own is inside its
+/// [`TenantSession`]; a copy ([`TenantSession::publisher`]) meters a publication away from the
+/// session (a datagram publication waiting for its hook) and releases nothing when dropped.
+#[derive(Clone)]
+pub struct TenantPublisher {
     quotas: Arc<TenantQuotas>,
     tenant: TenantId,
     label: String,
@@ -285,7 +291,34 @@ pub struct TenantSession {
     publications: metrics::Counter,
 }
 
+impl TenantPublisher {
+    /// Meters one publication of `bytes` payload bytes against the tenant's rates.
+    pub fn publish(&self, bytes: usize, at: Instant) -> Result<(), QuotaError> {
+        let quota = &self.quota;
+        if quota.publications_per_second > 0 || quota.bytes_per_second > 0 {
+            self.quotas
+                .meter(&self.tenant, quota, bytes, at)
+                .inspect_err(|e| self.quotas.refused(&self.label, e))?;
+        }
+        self.publications.increment(1);
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for TenantSession {
+    type Target = TenantPublisher;
+
+    fn deref(&self) -> &TenantPublisher {
+        &self.0
+    }
+}
+
 impl TenantSession {
+    /// A copy of the session's publication meter.
+    pub fn publisher(&self) -> TenantPublisher {
+        self.0.clone()
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }
@@ -314,18 +347,6 @@ impl TenantSession {
             u.subscriptions = u.subscriptions.saturating_sub(1)
         });
         metrics::gauge!(m::TENANT_SUBSCRIPTIONS, "tenant" => self.label.clone()).decrement(1.0);
-    }
-
-    /// Meters one publication of `bytes` payload bytes against the tenant's rates.
-    pub fn publish(&self, bytes: usize, at: Instant) -> Result<(), QuotaError> {
-        let quota = &self.quota;
-        if quota.publications_per_second > 0 || quota.bytes_per_second > 0 {
-            self.quotas
-                .meter(&self.tenant, quota, bytes, at)
-                .inspect_err(|e| self.quotas.refused(&self.label, e))?;
-        }
-        self.publications.increment(1);
-        Ok(())
     }
 }
 

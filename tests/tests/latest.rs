@@ -622,3 +622,108 @@ async fn latest_values_cross_instances_over_nats() -> Result<()> {
     }
     bail!("no value crossed the instances")
 }
+
+/// A publish hook on a `latest` namespace is asked for datagram publications away from the
+/// command loop: while the backend has not answered, the session still answers commands; the
+/// values that arrive meanwhile replace each other (one per room waits), so the backend is asked
+/// a few times, not once per datagram, and the newest value is what subscribers get.
+#[tokio::test]
+async fn a_slow_publish_hook_never_delays_commands_and_the_newest_datagram_wins() -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Backend {
+        asked: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+    }
+    let backend = Arc::new(Backend {
+        asked: AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/rpc",
+            axum::routing::post(
+                |axum::extract::State(b): axum::extract::State<Arc<Backend>>| async move {
+                    b.asked.fetch_add(1, Ordering::SeqCst);
+                    // Held until the test opens the gate: a backend as slow as it likes.
+                    if let Ok(permit) = b.gate.acquire().await {
+                        permit.forget();
+                    }
+                    axum::Json(serde_json::json!({"allow": true}))
+                },
+            ),
+        )
+        .with_state(backend.clone());
+    let url = quiver_tests::rpc::serve_backend(app).await?;
+    let server = server(|c| {
+        c.rpc.url = Some(url);
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "game".into(),
+            subscribe: false,
+            publish: true,
+            timeout: Duration::from_secs(20),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let (_, _stream) = sub.subscribe_from("game.a", None).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let send = |n: u8| {
+        publisher.conn().send_datagram(
+            PublishDatagram {
+                room: "game.a",
+                payload: &[n],
+            }
+            .encode(),
+        )
+    };
+    for n in 1..=50u8 {
+        send(n)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The newest value, a few times over (a datagram may be lost even on loopback).
+    for _ in 0..3 {
+        send(51)?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The backend holds the first datagram's hook: the session still answers a command.
+    let pong = tokio::time::timeout(WAIT, publisher.request(Command::Ping)).await;
+    assert!(
+        matches!(pong, Ok(Ok(Event::Pong))),
+        "a command waited for datagram hooks: {pong:?}"
+    );
+    assert_eq!(
+        backend.asked.load(Ordering::SeqCst),
+        1,
+        "one hook at a time"
+    );
+
+    backend.gate.add_permits(1000);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, _, payload) = datagram(&sub).await?;
+        if payload[..] == [51] {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never got 51");
+    }
+    // The first value, then the newest that replaced the others while it waited (and perhaps
+    // a repeat of it that came later): far fewer than the 53 datagrams.
+    let asked = backend.asked.load(Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&asked),
+        "the backend was asked {asked} times"
+    );
+    let page = server.metrics().await?;
+    assert!(
+        metric_sum(
+            &page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "superseded")]
+        ) >= 40.0,
+        "{page}"
+    );
+    Ok(())
+}

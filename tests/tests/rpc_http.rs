@@ -80,6 +80,13 @@ async fn handle(
                 Json(json!({"payload": b64(&[b"placed:", &payload[..]].concat())})).into_response()
             }
         },
+        "subscribe" if room == "open.forbidden" => {
+            (StatusCode::FORBIDDEN, "not for you").into_response()
+        }
+        "subscribe" if room == "open.busy" => {
+            (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response()
+        }
+        "subscribe" if room.starts_with("open.") => Json(json!({"allow": true})).into_response(),
         "subscribe" if room.starts_with("slow.") || room.starts_with("lax.") => {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Json(json!({"allow": true})).into_response()
@@ -94,6 +101,10 @@ async fn handle(
             b"bad" => Json(json!({"allow": false, "reason": "no swearing"})).into_response(),
             b"replace-me" => {
                 Json(json!({"allow": true, "payload": b64(b"replaced")})).into_response()
+            }
+            b"forbidden" => (StatusCode::UNAUTHORIZED, "who are you").into_response(),
+            b"redact-too-much" => {
+                Json(json!({"allow": true, "payload": b64(&vec![b'x'; 70_000])})).into_response()
             }
             _ => Json(json!({"allow": true})).into_response(),
         },
@@ -418,6 +429,49 @@ async fn publish_hooks_allow_deny_replace_once_per_publish_never_per_delivery() 
     for (c, _) in subs {
         c.close().await;
     }
+    alice.close().await;
+    Ok(())
+}
+
+/// In a namespace that fails open, a backend that answers 401/403 has still said no, and a
+/// replacement too large to publish is not swapped for the original: both refuse. Only a
+/// failure to decide (here a 429) is allowed by the fail rule.
+#[tokio::test]
+async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let server =
+        server_for_with(&url, |c| c.rpc.hooks.push(hook("open", true, true, true))).await?;
+    let alice = connect(&server, "alice").await?;
+    let mut sub = alice.subscribe("open.room").await?;
+    let (c, msg) = code(alice.subscribe("open.forbidden").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("not for you"), "{msg}");
+    let _busy = alice.subscribe("open.busy").await?;
+
+    let (c, msg) = code(alice.publish_ack("open.room", "forbidden").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("who are you"), "{msg}");
+    let (c, msg) = code(alice.publish_ack("open.room", "redact-too-much").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("exceeds max_payload"), "{msg}");
+    alice.publish_ack("open.room", "fine").await?;
+    // Neither refused payload reached the room: the first publication is the allowed one.
+    match tokio::time::timeout(WAIT, sub.next()).await? {
+        Some(SubEvent::Publication { payload, .. }) => assert_eq!(payload, Bytes::from("fine")),
+        other => anyhow::bail!("expected the allowed publication, got {other:?}"),
+    }
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 3);
+    let page = server.metrics().await?;
+    let decided = |hook, outcome| {
+        metric_sum(
+            &page,
+            "quiver_hook_decisions_total",
+            &[("hook", hook), ("outcome", outcome)],
+        )
+    };
+    // Counted as denies (the registry is shared with this file's other tests: at least).
+    assert!(decided("subscribe", "deny") >= 1.0, "{page}");
+    assert!(decided("publish", "deny") >= 2.0, "{page}");
     alice.close().await;
     Ok(())
 }

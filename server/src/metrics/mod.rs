@@ -69,7 +69,7 @@ pub fn datagram_dropped(reason: &'static str) {
 
 /// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
 /// and the datagram's own ones.
-pub const DATAGRAM_DROP_REASONS: [&str; 10] = [
+pub const DATAGRAM_DROP_REASONS: [&str; 11] = [
     "rate_limited",
     "malformed",
     "not_latest",
@@ -80,6 +80,7 @@ pub const DATAGRAM_DROP_REASONS: [&str; 10] = [
     "before_hello",
     "busy",
     "unavailable",
+    "superseded",
 ];
 
 /// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the

@@ -406,7 +406,12 @@ impl Rpc {
                 let outcome = decision.label();
                 (decision, outcome)
             }
-            Err(e) => (self.failed(settings, &e), e.label()),
+            Err(e) => {
+                let decision = self.failed(settings, &e);
+                // A 401/403 is the backend's deny, counted as one.
+                let refused = matches!(e, RpcError::Backend(ErrorCode::PermissionDenied, _));
+                (decision, if refused { "deny" } else { e.label() })
+            }
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
             .increment(1);
@@ -434,8 +439,11 @@ impl Rpc {
             } if hook == Hook::Publish => {
                 let p = unb64(&p)?;
                 if p.len() > self.max_payload {
-                    return Err(RpcError::BadAnswer(format!(
-                        "replacement payload of {} bytes exceeds max_payload",
+                    // The backend did decide: not this payload. Publishing the original
+                    // instead (as a failure would in a namespace that fails open) would undo
+                    // what a redacting hook meant, so this refuses under either fail rule.
+                    return Ok(Decision::Deny(format!(
+                        "the hook's replacement payload of {} bytes exceeds max_payload",
                         p.len()
                     )));
                 }
@@ -450,8 +458,13 @@ impl Rpc {
         })
     }
 
-    /// A hook that could not be decided: deny, unless the namespace fails open.
+    /// A hook that could not be decided: deny, unless the namespace fails open. A backend that
+    /// answered 401 or 403 (`permission_denied` in §11.2's table) did decide: that is a deny
+    /// under either rule, with its message.
     fn failed(&self, settings: &HookConfig, error: &RpcError) -> Decision {
+        if let RpcError::Backend(ErrorCode::PermissionDenied, message) = error {
+            return Decision::Deny(message.clone());
+        }
         if settings.fail_open {
             Decision::Allow
         } else {
@@ -505,9 +518,13 @@ mod tests {
             read(Hook::Publish, r#"{"allow":false}"#),
             Ok(Decision::Deny("denied by the backend".into()))
         );
+        // 5 bytes, over max_payload: the backend's answer, a deny whatever the fail rule.
+        assert!(matches!(
+            read(Hook::Publish, r#"{"allow":true,"payload":"aGVsbG8="}"#),
+            Ok(Decision::Deny(m)) if m.contains("exceeds max_payload")
+        ));
         for bad in [
             r#"{"allow":true,"payload":"not base64!"}"#,
-            r#"{"allow":true,"payload":"aGVsbG8="}"#, // 5 bytes, over max_payload
             r#"{"allowed":true}"#,
             "yes",
         ] {
@@ -529,9 +546,19 @@ mod tests {
         );
         let open = HookConfig {
             fail_open: true,
-            ..closed
+            ..closed.clone()
         };
         assert_eq!(rpc.failed(&open, &late), Decision::Allow);
+        // A backend that answered 401/403 said no: no fail rule turns that into an allow.
+        let refused = RpcError::Backend(ErrorCode::PermissionDenied, "not yours".into());
+        for settings in [&closed, &open] {
+            assert_eq!(
+                rpc.failed(settings, &refused),
+                Decision::Deny("not yours".into())
+            );
+        }
+        let busy = RpcError::Backend(ErrorCode::RateLimited, "slow down".into());
+        assert_eq!(rpc.failed(&open, &busy), Decision::Allow);
     }
 
     #[test]

@@ -7,8 +7,10 @@ use bytes::Bytes;
 use quiver_proto::{ErrorCode, Event, RoomName};
 use tracing::warn;
 
+use super::publishing::Publish;
 use super::{Refusal, Session};
-use crate::rpc::{CallRequest, Caller, Decision, Hook, MAX_IDEMPOTENCY_KEY};
+use crate::hub::RoomKey;
+use crate::rpc::{CallRequest, Caller, Decision, Hook, Rpc, MAX_IDEMPOTENCY_KEY};
 
 /// What a finished call task hands back to the session.
 pub(super) type CallDone = (u32, Result<Bytes, crate::rpc::RpcError>);
@@ -98,17 +100,49 @@ impl Session {
         room: &RoomName,
         payload: Option<&Bytes>,
     ) -> Result<Option<Bytes>, Refusal> {
-        let rpc = &self.shared.rpc;
-        let Some(settings) = rpc.hook(hook, room) else {
-            return Ok(None);
-        };
-        match rpc
-            .decide(hook, settings, &self.caller(), room, payload)
-            .await
-        {
-            Decision::Allow => Ok(None),
-            Decision::Replace(payload) => Ok(Some(payload)),
-            Decision::Deny(reason) => Err(Refusal::new(ErrorCode::PermissionDenied, reason)),
-        }
+        ask(&self.shared.rpc, hook, &self.caller(), room, payload).await
+    }
+
+    /// A datagram publication into a room with a publish hook, as a future the session's
+    /// publish queue runs (`Publishing::submit_datagram`): the hook, then the quota, then the
+    /// broker, away from the command loop, so a slow backend never delays a command
+    /// (PROTOCOL.md §10). A refusal is the datagram's drop reason.
+    pub(super) fn hooked_datagram(&self, key: RoomKey, payload: Bytes) -> Publish {
+        let rpc = self.shared.rpc.clone();
+        let caller = self.caller();
+        let quota = self.quota.as_ref().map(|q| q.publisher());
+        let broker = self.shared.broker.clone();
+        Box::pin(async move {
+            let payload = ask(&rpc, Hook::Publish, &caller, &key.room, Some(&payload))
+                .await?
+                .unwrap_or(payload);
+            if let Some(quota) = quota {
+                quota
+                    .publish(payload.len(), std::time::Instant::now())
+                    .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+            }
+            broker
+                .publish(key, payload)
+                .await
+                .map_err(super::publishing::unavailable)
+        })
+    }
+}
+
+/// Asks the room namespace's `hook`, if it has one (see [`Session::ask_hook`]).
+async fn ask(
+    rpc: &Rpc,
+    hook: Hook,
+    caller: &Caller,
+    room: &RoomName,
+    payload: Option<&Bytes>,
+) -> Result<Option<Bytes>, Refusal> {
+    let Some(settings) = rpc.hook(hook, room) else {
+        return Ok(None);
+    };
+    match rpc.decide(hook, settings, caller, room, payload).await {
+        Decision::Allow => Ok(None),
+        Decision::Replace(payload) => Ok(Some(payload)),
+        Decision::Deny(reason) => Err(Refusal::new(ErrorCode::PermissionDenied, reason)),
     }
 }

@@ -222,6 +222,13 @@ impl Session {
         room: &str,
         payload: Bytes,
     ) -> Result<Option<Event>, Refusal> {
+        let key = self.may_publish(room, &payload)?;
+        self.publish_checked(reply, key, payload).await
+    }
+
+    /// The checks every publication meets before its hook: a valid room, the token's publish
+    /// permission, the payload's size.
+    pub(super) fn may_publish(&self, room: &str, payload: &Bytes) -> Result<RoomKey, Refusal> {
         let key = self.room(room)?;
         if !self.grant.may_publish(&key.room) {
             return Err(Refusal::new(
@@ -236,6 +243,16 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
+        Ok(key)
+    }
+
+    /// A publication past [`Session::may_publish`]: its hook, the quota, the broker.
+    pub(super) async fn publish_checked(
+        &mut self,
+        reply: Reply,
+        key: RoomKey,
+        payload: Bytes,
+    ) -> Result<Option<Event>, Refusal> {
         // The backend's word, once per command and before fan-out (never per delivery).
         let payload = match self
             .ask_hook(crate::rpc::Hook::Publish, &key.room, Some(&payload))
@@ -250,7 +267,12 @@ impl Session {
                 .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
         }
         let broker = self.shared.broker.clone();
-        let publishing = Box::pin(async move { broker.publish(key, payload).await });
+        let publishing = Box::pin(async move {
+            broker
+                .publish(key, payload)
+                .await
+                .map_err(super::publishing::unavailable)
+        });
         match self.publishing.submit(reply, publishing) {
             Some(done) => {
                 super::publishing::answer(done.result).map(|e| e.filter(|_| reply.acked()))

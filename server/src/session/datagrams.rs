@@ -11,9 +11,10 @@ use quiver_proto::datagram::PublishDatagram;
 use quiver_proto::{CloseCode, ErrorCode};
 
 use super::meter::Verdict;
-use super::publishing::Reply;
+use super::publishing::{Reply, Taken};
 use super::{Exit, Session};
 use crate::metrics as m;
+use crate::rpc::Hook;
 
 impl Session {
     pub(super) async fn datagram(&mut self, datagram: Bytes, arrived: Instant) -> Option<Exit> {
@@ -48,7 +49,24 @@ impl Session {
         // The payload shares the datagram's buffer: no copy.
         let offset = datagram.len() - publish.payload.len();
         let payload = datagram.slice(offset..);
-        match self.publish(Reply::Datagram, room.as_str(), payload).await {
+        let key = match self.may_publish(room.as_str(), &payload) {
+            Ok(key) => key,
+            Err(refusal) => {
+                m::datagram_dropped(refusal.0.label());
+                return None;
+            }
+        };
+        if self.shared.rpc.hook(Hook::Publish, &key.room).is_some() {
+            // Its hook is asked in the publish queue, not here: the next command does not wait.
+            let publish = self.hooked_datagram(key.clone(), payload);
+            match self.publishing.submit_datagram(key, publish) {
+                Taken::Queued => {}
+                Taken::Superseded => m::datagram_dropped("superseded"),
+                Taken::Busy => m::datagram_dropped("busy"),
+            }
+            return None;
+        }
+        match self.publish_checked(Reply::Datagram, key, payload).await {
             Ok(_) => None,
             Err(refusal) => {
                 m::datagram_dropped(refusal.0.label());

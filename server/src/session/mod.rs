@@ -108,6 +108,7 @@ struct Sub {
 }
 
 /// A command refused with an error reply.
+#[derive(Debug)]
 struct Refusal(ErrorCode, String);
 
 impl Refusal {
@@ -323,7 +324,7 @@ impl Session {
                 done = self.publishing.next_done() => {
                     match (publishing::answer(done.result), done.reply) {
                         // A datagram publication: nobody to tell.
-                        (Err(_), Reply::Datagram) => m::datagram_dropped("unavailable"),
+                        (Err(refusal), Reply::Datagram) => m::datagram_dropped(refusal.0.label()),
                         (Err(refusal), Reply::Command { id, .. }) => self.refuse(id, refusal).await,
                         (Ok(Some(event)), Reply::Command { id, ack: true }) => self.reply(id, event).await,
                         (Ok(_), _) => {}

@@ -6,6 +6,11 @@
 //! Publications are handed to the broker one at a time, in the order their commands arrived, so
 //! a session's publications keep their order in every room. At most [`MAX_QUEUED`] wait; past
 //! that the session stops reading commands until one is answered (PROTOCOL.md §5).
+//!
+//! Datagram publications into a room with a publish hook wait here too, hook included, so a
+//! slow backend never holds up the session's commands (PROTOCOL.md §10). They are `latest`
+//! values: one not yet started is replaced by a newer one for the same room, and at most
+//! [`MAX_DATAGRAMS`] rooms' values wait; so datagrams alone can never fill the queue.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,12 +23,23 @@ use quiver_proto::{ErrorCode, Event, Position};
 
 use super::Refusal;
 use crate::broker::BrokerError;
+use crate::hub::RoomKey;
 use crate::metrics as m;
 
 /// Publications one session may have waiting for the broker.
 pub const MAX_QUEUED: usize = 64;
 
-type Publish = BoxFuture<'static, Result<Option<Position>, BrokerError>>;
+/// Datagram publications (one per room, the newest) one session may have waiting.
+pub const MAX_DATAGRAMS: usize = 8;
+
+/// A publication on its way: `Err` is the refusal (the broker's `unavailable`, or for a
+/// datagram its hook's or quota's answer).
+pub type Publish = BoxFuture<'static, Result<Option<Position>, Refusal>>;
+
+/// The broker's error as the refusal a client is told.
+pub fn unavailable(e: BrokerError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, e.to_string())
+}
 
 /// Who is told how a publication ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,18 +59,31 @@ impl Reply {
 
 pub struct Done {
     pub reply: Reply,
-    pub result: Result<Option<Position>, BrokerError>,
+    pub result: Result<Option<Position>, Refusal>,
+}
+
+/// What became of a datagram publication handed to [`Publishing::submit_datagram`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Waiting, or started.
+    Queued,
+    /// Took the place of an older value for the same room that had not started (dropped).
+    Superseded,
+    /// [`MAX_DATAGRAMS`] other rooms' values wait already: this one is dropped.
+    Busy,
 }
 
 struct Waiting {
     reply: Reply,
+    /// A datagram publication's room: a newer value for it replaces this one until it starts.
+    room: Option<RoomKey>,
     /// In a `Mutex` only to make the session `Sync` (its `&self` methods are held across
     /// awaits); it is only ever reached through `get_mut`, never locked.
     publish: Mutex<Publish>,
 }
 
 impl Waiting {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Position>, BrokerError>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Position>, Refusal>> {
         self.publish
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
@@ -75,10 +104,47 @@ impl Publishing {
     /// Starts a publication, or queues it behind the ones already waiting. `Some` when the
     /// broker took it at once (nothing was waiting, and its first poll completed).
     pub fn submit(&mut self, reply: Reply, publish: Publish) -> Option<Done> {
-        let mut waiting = Waiting {
+        self.start_or_queue(Waiting {
             reply,
+            room: None,
+            publish: Mutex::new(publish),
+        })
+    }
+
+    /// Queues a datagram publication into `room` (its result comes from [`Self::next_done`]
+    /// with [`Reply::Datagram`]), unless a newer value makes an older one pointless or too many
+    /// rooms' values wait already.
+    pub fn submit_datagram(&mut self, room: RoomKey, publish: Publish) -> Taken {
+        let older = self
+            .queued
+            .iter_mut()
+            .find(|w| w.room.as_ref() == Some(&room));
+        if let Some(older) = older {
+            // Never started (only `current` has been polled): dropping it asks no hook.
+            older.publish = Mutex::new(publish);
+            return Taken::Superseded;
+        }
+        let waiting_datagrams = self.queued.iter().filter(|w| w.room.is_some()).count()
+            + usize::from(self.current.as_ref().is_some_and(|w| w.room.is_some()));
+        if waiting_datagrams >= MAX_DATAGRAMS {
+            return Taken::Busy;
+        }
+        let waiting = Waiting {
+            reply: Reply::Datagram,
+            room: Some(room),
             publish: Mutex::new(publish),
         };
+        if self.current.is_none() && self.queued.is_empty() {
+            // Started now, answered through `next_done` (never at once: it asks a backend).
+            self.current = Some(waiting);
+        } else {
+            self.queued.push_back(waiting);
+        }
+        Taken::Queued
+    }
+
+    fn start_or_queue(&mut self, mut waiting: Waiting) -> Option<Done> {
+        let reply = waiting.reply;
         if self.current.is_none() && self.queued.is_empty() {
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
             // The waker is a no-op: if this is pending, `next_done` polls it again with the
@@ -125,14 +191,10 @@ impl Future for NextDone<'_> {
 }
 
 /// The reply to a publication the broker answered.
-pub fn answer(done: Result<Option<Position>, BrokerError>) -> Result<Option<Event>, Refusal> {
-    match done {
-        Ok(position) => {
-            m::hot::publications().increment(1);
-            Ok(Some(Event::Published { position }))
-        }
-        Err(e) => Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
-    }
+pub fn answer(done: Result<Option<Position>, Refusal>) -> Result<Option<Event>, Refusal> {
+    let position = done?;
+    m::hot::publications().increment(1);
+    Ok(Some(Event::Published { position }))
 }
 
 #[cfg(test)]
@@ -199,6 +261,57 @@ mod tests {
         assert_eq!(replies, vec![cmd(2, true), cmd(3, true), cmd(4, false)]);
         assert_eq!(*started.lock().unwrap(), vec![2, 4]);
         assert!(futures::FutureExt::now_or_never(p.next_done()).is_none());
+    }
+
+    fn room(name: &str) -> RoomKey {
+        RoomKey {
+            tenant: quiver_proto::TenantId::parse("t").unwrap(),
+            room: quiver_proto::RoomName::parse(name).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn datagram_values_replace_older_ones_of_their_room_and_are_bounded() {
+        let mut p = Publishing::default();
+        let started = Arc::new(Mutex::new(Vec::new()));
+        let (open1, gate1) = tokio::sync::oneshot::channel();
+        // The first starts (it is `current` from now on) and is never replaced.
+        let first = gated(1, started.clone(), gate1);
+        assert_eq!(p.submit_datagram(room("g.a"), first), Taken::Queued);
+        assert!(futures::FutureExt::now_or_never(p.next_done()).is_none());
+        assert_eq!(*started.lock().unwrap(), vec![1]);
+        let value = |n: u64| -> Publish {
+            Box::pin(async move {
+                Ok(Some(Position {
+                    epoch: 1,
+                    offset: n,
+                }))
+            })
+        };
+        assert_eq!(p.submit_datagram(room("g.a"), value(2)), Taken::Queued);
+        assert_eq!(p.submit_datagram(room("g.a"), value(3)), Taken::Superseded);
+        // A command's publication keeps its place between them.
+        assert!(p.submit(cmd(7, true), value(70)).is_none());
+        for (i, r) in ["g.b", "g.c", "g.d", "g.e", "g.f", "g.g"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                p.submit_datagram(room(r), value(10 + i as u64)),
+                Taken::Queued
+            );
+        }
+        // Eight rooms' values wait (the started one counts): a ninth room's is dropped, a
+        // newer value for a waiting room still replaces.
+        assert_eq!(p.submit_datagram(room("g.h"), value(99)), Taken::Busy);
+        assert_eq!(p.submit_datagram(room("g.g"), value(20)), Taken::Superseded);
+        assert!(!p.is_full(), "datagrams alone never stop the command loop");
+        open1.send(()).unwrap();
+        let mut offsets = Vec::new();
+        while let Some(done) = futures::FutureExt::now_or_never(p.next_done()) {
+            offsets.push(done.result.unwrap().unwrap().offset);
+        }
+        assert_eq!(offsets, vec![1, 3, 70, 10, 11, 12, 13, 14, 20]);
     }
 
     #[test]
