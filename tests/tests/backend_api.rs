@@ -234,6 +234,7 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
         .filter_map(|m| m["user"].as_str())
         .collect();
     assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(answer["truncated"], false, "{answer}");
     let (_, theirs) = api_post(&server, "presence", OTHER, json!({"room": "p.room"})).await?;
     assert_eq!(
         theirs["members"],
@@ -347,6 +348,13 @@ async fn presence_and_history_of_a_room() -> anyhow::Result<()> {
         (
             "history",
             ACME,
+            json!({"room": "h.log", "since": {"epoch": format!("+{}", last.epoch), "offset": "1"}}),
+            400,
+            "bad_request",
+        ),
+        (
+            "history",
+            ACME,
             json!({"room": "news.x"}),
             400,
             "bad_request",
@@ -447,6 +455,21 @@ async fn unsubscribe_ends_one_room_of_one_user_and_keeps_the_session() -> anyhow
             "unsubscribe",
             ACME,
             json!({"user": "alice", "room": "news.a", "reason": "x".repeat(300)}),
+            400,
+            "bad_request",
+        ),
+        // User ids no token can carry name nobody: told, not a silent 0.
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "", "room": "news.a"}),
+            400,
+            "bad_request",
+        ),
+        (
+            "disconnect",
+            ACME,
+            json!({"user": "u".repeat(257)}),
             400,
             "bad_request",
         ),

@@ -41,9 +41,16 @@ impl PositionIn {
     pub fn parse(&self, field: &str) -> Result<Position, ApiError> {
         let number = |v: &U64In, part: &str| match v {
             U64In::Number(n) => Ok(*n),
-            U64In::Text(s) => s.parse::<u64>().map_err(|_| {
-                ApiError::bad_request(format!("{field}.{part}: a decimal u64 is expected"))
-            }),
+            // Digits only: `u64::from_str` would also take a leading `+`, which the schema
+            // (`^[0-9]+$`) does not allow.
+            U64In::Text(s) => s
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("{field}.{part}: a decimal u64 is expected"))
+                }),
         };
         Ok(Position {
             epoch: number(&self.epoch, "epoch")?,

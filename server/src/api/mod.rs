@@ -129,17 +129,19 @@ pub fn routes() -> Vec<Route> {
         Route {
             method: "post",
             path: "/api/v1/presence",
-            summary: "Every session subscribed to a room, on every instance.",
+            summary: "Every session subscribed to a room, on every instance (at most 1,000, \
+                      sorted; `truncated` when there were more).",
             auth: Auth::ApiKey,
             request: Some(object(&["room"], json!({"tenant": tenant, "room": string}))),
             response: object(
-                &["room", "members"],
+                &["room", "members", "truncated"],
                 json!({
                     "room": string,
                     "members": array(object(
                         &["user", "session"],
                         json!({"user": string, "session": string}),
                     )),
+                    "truncated": flag,
                 }),
             ),
             handler: || post(rooms::presence),

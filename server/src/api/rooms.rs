@@ -26,9 +26,13 @@ pub struct RoomRequest {
     room: String,
 }
 
+/// Members one presence answer lists: a room can hold any number, the answer stays bounded
+/// (as the `Presence` command's is by the frame size, and `rooms` by `control::MAX_ROOMS`).
+const MAX_MEMBERS: usize = 1000;
+
 /// `POST /api/v1/presence` `{tenant?, room}`: every session subscribed to the room, on every
-/// instance, as `{"room", "members": [{"user", "session"}]}` (rooms in namespaces with
-/// presence only).
+/// instance, as `{"room", "members": [{"user", "session"}], "truncated"}` (rooms in namespaces
+/// with presence only; at most [`MAX_MEMBERS`], in sorted order).
 pub async fn presence(
     State(shared): State<Arc<Shared>>,
     KeyRequest { caller, request }: KeyRequest<RoomRequest>,
@@ -38,17 +42,27 @@ pub async fn presence(
     crate::presence::tracked(&shared.config, &room)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = room.to_string();
-    let mut members = shared
+    let members = shared
         .broker
         .members(RoomKey { tenant, room })
         .await
         .map_err(ApiError::unavailable)?;
+    let (members, truncated) = listed(members, MAX_MEMBERS);
+    Ok(Json(
+        json!({"room": name, "members": members, "truncated": truncated}),
+    ))
+}
+
+/// The first `max` members in sorted order, as JSON, and whether any were left out.
+fn listed(mut members: Vec<quiver_proto::Member>, max: usize) -> (Vec<Value>, bool) {
     members.sort();
-    let members: Vec<Value> = members
+    let truncated = members.len() > max;
+    let members = members
         .into_iter()
+        .take(max)
         .map(|m| json!({"user": m.user, "session": m.session}))
         .collect();
-    Ok(Json(json!({"room": name, "members": members})))
+    (members, truncated)
 }
 
 #[derive(Deserialize)]
@@ -171,4 +185,31 @@ pub async fn info(
         })
         .collect();
     Ok(Json(json!({"nodes": nodes})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quiver_proto::Member;
+
+    #[test]
+    fn presence_answers_are_bounded_and_say_so() {
+        let member = |u: &str| Member {
+            user: u.into(),
+            session: "s".into(),
+        };
+        let (all, truncated) = listed(vec![member("b"), member("a")], 2);
+        assert_eq!(
+            all,
+            [
+                json!({"user": "a", "session": "s"}),
+                json!({"user": "b", "session": "s"})
+            ]
+        );
+        assert!(!truncated);
+        let (cut, truncated) = listed(vec![member("c"), member("b"), member("a")], 2);
+        assert_eq!(cut.len(), 2);
+        assert_eq!(cut[1]["user"], "b", "the first in sorted order are kept");
+        assert!(truncated);
+    }
 }

@@ -26,6 +26,18 @@ fn reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A user id the way tokens carry them (`sub`: 1 to 256 bytes): any other names nobody, and
+/// is a mistake the backend should hear about rather than a silent `0`.
+fn check_user(user: &str) -> Result<(), ApiError> {
+    if user.is_empty() || user.len() > crate::auth::MAX_SUB_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "user: 1 to {} bytes, as a token's sub",
+            crate::auth::MAX_SUB_BYTES
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DisconnectRequest {
@@ -48,6 +60,9 @@ pub async fn disconnect(
     let tenant = caller.tenant(request.tenant.as_deref())?;
     if request.user.is_none() && request.session.is_none() {
         return Err(ApiError::bad_request("name a user, a session, or both"));
+    }
+    if let Some(user) = &request.user {
+        check_user(user)?;
     }
     let disconnect = crate::control::Disconnect {
         selector: Selector {
@@ -125,6 +140,7 @@ pub async fn unsubscribe(
     KeyRequest { caller, request }: KeyRequest<UnsubscribeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant(request.tenant.as_deref())?;
+    check_user(&request.user)?;
     let room = super::publish::room(&request.room)?;
     let unsubscribe = crate::control::Unsubscribe {
         selector: Selector {

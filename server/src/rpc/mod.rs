@@ -91,6 +91,16 @@ fn deadline_at(now: SystemTime, deadline: Duration) -> String {
 
 /// Longest idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// Whether `value` may go into a backend's request headers (NATS) or envelope unchanged: no
+/// line break and no other control character (NUL, VT, U+0085, and the Unicode line and
+/// paragraph separators U+2028/U+2029, which some header parsers split on). One rule for
+/// both routes, so a value works the same whichever route the server uses.
+pub fn header_safe(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+}
 /// Longest error message taken from a backend, in bytes (longer ones are cut).
 const MAX_BACKEND_MESSAGE: usize = 512;
 

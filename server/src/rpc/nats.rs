@@ -151,10 +151,7 @@ fn header_value(value: &str) -> Result<async_nats::HeaderValue, RpcError> {
                 .into(),
         )
     };
-    if value
-        .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
-    {
+    if !super::header_safe(value) {
         return Err(refuse());
     }
     value.parse().map_err(|_| refuse())

@@ -49,13 +49,12 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
-        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY
-            || idempotency_key.chars().any(char::is_control)
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY || !crate::rpc::header_safe(&idempotency_key)
         {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "idempotency key must be at most {MAX_IDEMPOTENCY_KEY} bytes without control characters"
+                    "idempotency key must be at most {MAX_IDEMPOTENCY_KEY} bytes without control characters or line separators"
                 ),
             ));
         }
