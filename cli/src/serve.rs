@@ -118,6 +118,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config.demo = false;
     }
     let server = Server::start(config).await?;
+    // Before the ready line: from then on SIGTERM drains.
+    let stop = crate::cli::shutdown_signal();
     let ready = serde_json::json!({
         "webtransport": server.webtransport_addr().to_string(),
         "http": server.http_addr.to_string(),
@@ -137,7 +139,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             hex::encode(server.cert_sha256())
         );
     }
-    crate::cli::shutdown_signal().await;
+    stop.await;
     if human {
         eprintln!("quiver: draining");
     }

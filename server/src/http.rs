@@ -89,14 +89,11 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     fallbacks(app).with_state(shared)
 }
 
-/// Resolves once shutdown began and the sessions drained (or the drain timed out): health and
-/// metrics keep answering (503 from /healthz) while sessions drain.
+/// Resolves once the drain is over (`Server::shutdown`: the last session ended, or the drain's
+/// one deadline passed): until then health, metrics and the API keep answering on new
+/// connections (503 from /healthz, 429 to new sessions).
 pub async fn drained(shared: &Shared) {
-    shared.shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
-    while shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    shared.drained.cancelled().await;
 }
 
 /// Plain HTTP on `listener` (development, or the operator's `http` address): `crate::tcp`.

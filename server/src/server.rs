@@ -110,6 +110,10 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Set first on shutdown: new sessions get 429 and `/healthz` turns 503.
     pub draining: AtomicBool,
+    /// Cancelled once the drain is over (the last session ended, or `timeouts.drain` passed,
+    /// counted once from the shutdown): the listeners close (TCP refused from then on, the
+    /// WebTransport endpoint closed) and the process may exit.
+    pub drained: CancellationToken,
     /// Sessions on every transport.
     pub sessions: AtomicUsize,
     /// Connections in any stage: QUIC from the first packet, TCP from `accept` (pre-session ones
@@ -262,6 +266,7 @@ impl Server {
             broker,
             shutdown: CancellationToken::new(),
             draining: AtomicBool::new(false),
+            drained: CancellationToken::new(),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tenant_quotas,
@@ -369,18 +374,50 @@ impl Server {
         self.shared.dev.is_some()
     }
 
-    /// Graceful stop: refuse new sessions, send every session a goodbye, wait for them (up to
-    /// the drain timeout), then close the endpoint and the HTTP side.
+    /// Graceful stop: refuse new sessions (429; `/healthz` 503, while TCP is still accepted so
+    /// probes and the backend API keep answering), send every session a goodbye, and wait until
+    /// the last one has ended (its transport's close included, which a session's adapter bounds
+    /// by [`CLOSE_GRACE`] during a drain) or `timeouts.drain` has passed, whichever is first.
+    /// Then the listeners close and the tasks end, within [`EXIT_GRACE`].
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.drain;
         self.shared
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.shared.shutdown.cancel();
-        for task in self.tasks {
-            let _ = task.await;
+        // The session count falls when a session's slot is dropped (after its close); polled,
+        // one deadline for the whole drain.
+        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_POLL)).await;
+        }
+        if self.session_count() > 0 {
+            info!(
+                sessions = self.session_count(),
+                "drain deadline reached with sessions still closing"
+            );
+        }
+        self.shared.drained.cancel();
+        let exit = tokio::time::Instant::now() + EXIT_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(exit, &mut task).await.is_err() {
+                task.abort();
+            }
         }
     }
 }
+
+/// How often the drain looks at the session count.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long a session's transport may take to close during a drain, after its goodbye: a peer
+/// that does not answer the close (a WebSocket close frame left unanswered, a socket nobody
+/// reads) holds the drain no longer than this.
+pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// After the drain, how long the server's own tasks may take to end (the WebTransport
+/// endpoint's close among them) before they are aborted.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Of [`EXIT_GRACE`], how long the closed WebTransport endpoint waits for its connections to
+/// have sent their close (QUIC's draining period, 3 × PTO, can be longer on a slow path).
+pub const ENDPOINT_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(300);
 
 async fn load_identity(config: &Config) -> Result<LoadedIdentity, StartError> {
     match (&config.cert, &config.key) {

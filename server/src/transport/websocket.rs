@@ -208,7 +208,38 @@ async fn serve(
         peer: Peer::Shared(gone.clone()),
         remote,
     };
+    let stopping = shared.shutdown.clone();
     let end = session::run(shared, grant, link, in_rx, out_tx).await;
+    let writer_abort = writer.abort_handle();
+    let closing = close(end.close.as_ref(), end.reason, reader, writer, ending);
+    // A drain waits for this session's slot: once the server is stopping, a peer that does not
+    // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
+    let cut = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(crate::server::CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        () = closing => {}
+        () = cut => {
+            writer_abort.abort();
+            debug!(%remote, transport = T.label(), "close cut short by the drain");
+        }
+    }
+    gone.cancel();
+    debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
+    // Only now does the session stop counting (a drain waits for it).
+    drop(end.slot);
+}
+
+/// After the session: the goodbye (already queued) and the close frame written, and meanwhile
+/// what the client still sends read and dropped (see [`LINGER`]).
+async fn close(
+    close: Option<&(CloseCode, String)>,
+    reason: &'static str,
+    reader: tokio::task::JoinHandle<Option<SplitStream<WebSocket>>>,
+    writer: tokio::task::JoinHandle<Option<SplitSink<WebSocket, Message>>>,
+    ending: CancellationToken,
+) {
     // The reader hands back the socket's reading half if the client has not left.
     ending.cancel();
     let unread = match tokio::time::timeout(GOODBYE_GRACE, reader).await {
@@ -225,7 +256,7 @@ async fn serve(
                 None
             }
         };
-        match (sink, &end.close) {
+        match (sink, close) {
             (Some(mut sink), Some((code, reason))) => {
                 let close = sink.send(close_message(*code, reason));
                 let _ = tokio::time::timeout(GOODBYE_GRACE, close).await;
@@ -233,7 +264,7 @@ async fn serve(
             // The client left: tungstenite queued the answer to its close frame (RFC 6455
             // §5.5.1); closing the sink sends it. (After an idle timeout nothing is sent: the
             // peer is presumed gone, PROTOCOL.md §9.2.)
-            (Some(mut sink), None) if end.reason == "client_closed" => {
+            (Some(mut sink), None) if reason == "client_closed" => {
                 let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
             }
             _ => {}
@@ -248,10 +279,6 @@ async fn serve(
         }
     };
     let (_, ()) = tokio::join!(goodbye, linger);
-    gone.cancel();
-    debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
-    // Only now does the session stop counting (a drain waits for it).
-    drop(end.slot);
 }
 
 /// Reads client messages: each binary message is exactly one frame. Anything arriving (a

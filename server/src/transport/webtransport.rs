@@ -8,7 +8,6 @@
 //! CONNECT) runs under `timeouts.handshake`, and connections in those stages count towards
 //! `limits.max_sessions`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,17 +52,18 @@ pub async fn accept_loop(
         };
         admit_connection(&shared, incoming);
     }
-    // Sessions say goodbye on shutdown; give them the drain period to do so. Meanwhile new
-    // CONNECTs still get an answer: 429 (the draining flag is set), so clients move on.
-    let deadline = tokio::time::Instant::now() + shared.config.timeouts.drain;
-    while shared.sessions.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+    // Sessions say goodbye on shutdown; the drain (`Server::shutdown`) waits for them. Meanwhile
+    // new CONNECTs still get an answer: 429 (the draining flag is set), so clients move on.
+    loop {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            _ = shared.drained.cancelled() => break,
             incoming = endpoint.accept() => admit_connection(&shared, incoming),
         }
     }
+    // Every connection left gets its CONNECTION_CLOSE now; the wait only lets the drivers send
+    // it (QUIC's draining period, 3 × PTO, may be longer than worth waiting for on exit).
     endpoint.close(VarInt::from_u32(0), b"shutdown");
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(crate::server::ENDPOINT_CLOSE_WAIT, endpoint.wait_idle()).await;
     info!("webtransport endpoint closed");
 }
 
