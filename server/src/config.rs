@@ -10,7 +10,9 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 mod check;
+mod mistakes;
 pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
+pub use mistakes::{MAX_DRAIN, MAX_RPC_TIMEOUT, MIN_API_KEY_LEN};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
@@ -650,6 +652,7 @@ impl Config {
                 );
             }
         }
+        self.refuse_hooks_without_backend()?;
         Ok(())
     }
 
@@ -762,6 +765,7 @@ impl Config {
             return Err("tls.reload_interval must be positive".into());
         }
         self.rpc.validate()?;
+        self.refuse_mistakes()?;
         Ok(())
     }
 

@@ -635,3 +635,103 @@ async fn token_signs_and_checks_against_a_key_set() -> Result<()> {
     })
     .await?
 }
+
+/// Mistakes that used to load silently (the first of two entries winning, a hook that asks
+/// nothing or no one, a secret that cannot be sent, an absurd timeout) fail `config check`
+/// naming the key as written, and never print an API key.
+#[test]
+fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    const KEY: &str = "cli-api-key-0123456789abcdef";
+    const URL: &str = "[rpc]\nurl = \"http://127.0.0.1:9/quiver\"\n";
+    let hook =
+        |namespace: &str, on: &str| format!("[[rpc.hooks]]\nnamespace = \"{namespace}\"\n{on}\n");
+    let cases: Vec<(String, &str)> =
+        vec![
+        (
+            format!(
+                "[[api.keys]]\nkey = \"{KEY}\"\n[[api.keys]]\nkey = \"{KEY}\"\ntenant = \"acme\"\n"
+            ),
+            "api.keys[1] repeats the key of api.keys[0]",
+        ),
+        (
+            "[[api.keys]]\nkey = \"short\"\n".into(),
+            "api.keys[0].key is too short: an API key must be at least 16 bytes",
+        ),
+        ("[[api.keys]]\nkey = \"\"\n".into(), "api.keys[0].key is empty"),
+        (
+            format!("[[api.keys]]\nkey = \"{KEY}\"\ntenant = \"\"\n"),
+            "api.keys[0].tenant is empty",
+        ),
+        (
+            format!("[[api.keys]]\nkey = \"{KEY}\"\ntenant = \"~other\"\n"),
+            "api.keys[0].tenant is not a tenant id",
+        ),
+        (
+            format!("{URL}http_secret = \"backend-secret\\r\\n\"\n"),
+            "rpc.http_secret contains a control character",
+        ),
+        (
+            "[[namespaces]]\nname = \"chat\"\n[[namespaces]]\nname = \"chat\"\npresence = true\n"
+                .into(),
+            "namespaces[1]: \"chat\" is already configured by namespaces[0]",
+        ),
+        (
+            format!("{URL}{}", hook("order", "fail_open = true")),
+            "rpc.hooks[0] (\"order\") sets neither subscribe nor publish",
+        ),
+        (
+            hook("order", "subscribe = true"),
+            "rpc.hooks need a backend",
+        ),
+        (
+            "[timeouts]\ndrain = \"0s\"\n".into(),
+            "timeouts.drain must be positive",
+        ),
+        (
+            "[timeouts]\ndrain = \"100000h\"\n".into(),
+            "timeouts.drain (360000000s) is over the maximum of 3600s",
+        ),
+        (
+            "[rpc]\nmax_timeout = \"1000d\"\n".into(),
+            "rpc.max_timeout (86400000s) is over the maximum of 300s",
+        ),
+    ];
+    for (toml, needle) in &cases {
+        std::fs::write(d.join("bad.toml"), toml)?;
+        let err = refused(d, &["config", "check", "bad.toml"], &[], &[needle])?;
+        assert!(!err.contains(KEY), "the key is printed: {err}");
+    }
+
+    // The same entries, each once and well formed, pass; so does a hook on a namespace that
+    // [[namespaces]] does not list, with its backend given by the environment or --nats.
+    std::fs::write(
+        d.join("good.toml"),
+        format!(
+            "[[api.keys]]\nkey = \"{KEY}\"\n[[api.keys]]\nkey = \"{KEY}-acme\"\ntenant = \"acme\"\n\
+             [[namespaces]]\nname = \"chat\"\n[timeouts]\ndrain = \"1h\"\n\
+             {URL}max_timeout = \"5m\"\nhttp_secret = \"backend-secret\"\n{}",
+            hook("order", "subscribe = true")
+        ),
+    )?;
+    let (ok, out, err) = run(d, &["config", "check", "good.toml"], &[])?;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("configuration OK"), "{out}");
+    std::fs::write(d.join("hook.toml"), hook("order", "publish = true"))?;
+    for (flags, env) in [
+        (&["--nats", "nats://127.0.0.1:4222"][..], &[][..]),
+        (
+            &[][..],
+            &[("QUIVER_NATS__URL", "nats://127.0.0.1:4222")][..],
+        ),
+    ] {
+        let args: Vec<&str> = ["config", "check", "hook.toml"]
+            .into_iter()
+            .chain(flags.iter().copied())
+            .collect();
+        let (ok, _, err) = run(d, &args, env)?;
+        assert!(ok, "{flags:?} {env:?}: {err}");
+    }
+    Ok(())
+}
