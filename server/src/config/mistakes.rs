@@ -24,6 +24,25 @@ impl Config {
         self.refuse_namespace_repeats()?;
         self.refuse_timeout_mistakes()?;
         self.refuse_rpc_mistakes()?;
+        self.refuse_tenant_override_mistakes()?;
+        Ok(())
+    }
+
+    /// `[[quotas.tenants]]`: an entry for a name no token can carry never applies, and a
+    /// repeated tenant's later entry never does either.
+    fn refuse_tenant_override_mistakes(&self) -> Result<(), String> {
+        let tenants = &self.quotas.tenants;
+        for (i, entry) in tenants.iter().enumerate() {
+            quiver_proto::TenantId::parse(&entry.tenant)
+                .map_err(|e| format!("quotas.tenants[{i}].tenant is not a tenant id: {e}"))?;
+            if let Some(first) = tenants[..i].iter().position(|t| t.tenant == entry.tenant) {
+                return Err(format!(
+                    "quotas.tenants[{i}]: tenant {:?} is already configured by \
+                     quotas.tenants[{first}], which would win: merge the two entries",
+                    entry.tenant
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -111,6 +130,14 @@ impl Config {
             }
         }
         for (i, hook) in self.rpc.hooks.iter().enumerate() {
+            // A session's next command waits for its hook (PROTOCOL.md §11.3): no longer than
+            // a call may.
+            if hook.timeout > MAX_RPC_TIMEOUT {
+                return Err(format!(
+                    "rpc.hooks[{i}].timeout ({:?}) is over the maximum of {MAX_RPC_TIMEOUT:?}",
+                    hook.timeout
+                ));
+            }
             if !hook.subscribe && !hook.publish {
                 return Err(format!(
                     "rpc.hooks[{i}] ({:?}) sets neither subscribe nor publish: it would ask the \
@@ -304,6 +331,42 @@ mod tests {
             // Or the environment.
             jail.set_env("QUIVER_NATS__URL", "nats://127.0.0.1:4222");
             loads(jail, hooked)?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn tenant_quota_overrides_must_name_a_tenant_once() {
+        figment::Jail::expect_with(|jail| {
+            refused(
+                jail,
+                "[[quotas.tenants]]\ntenant = \"a b\"\nmax_sessions = 1\n",
+                "quotas.tenants[0].tenant is not a tenant id",
+            )?;
+            refused(
+                jail,
+                "[[quotas.tenants]]\ntenant = \"acme\"\nmax_sessions = 1\n\
+                 [[quotas.tenants]]\ntenant = \"acme\"\nmax_sessions = 9\n",
+                "quotas.tenants[1]: tenant \"acme\" is already configured by quotas.tenants[0]",
+            )?;
+            loads(
+                jail,
+                "[[quotas.tenants]]\ntenant = \"acme\"\nmax_sessions = 1\n\
+                 [[quotas.tenants]]\ntenant = \"ACME\"\nmax_sessions = 9\n",
+            )?;
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hook_timeouts_are_bounded() {
+        figment::Jail::expect_with(|jail| {
+            refused(
+                jail,
+                "[rpc]\nurl = \"http://127.0.0.1:9/x\"\n[[rpc.hooks]]\nnamespace = \"a\"\n\
+                 publish = true\ntimeout = \"1h\"\n",
+                "rpc.hooks[0].timeout (3600s) is over the maximum of 300s",
+            )?;
             Ok(())
         });
     }
