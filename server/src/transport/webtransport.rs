@@ -234,12 +234,20 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant)
         peer: Peer::Quic(conn.clone()),
         remote: conn.remote_address(),
     };
+    let stopping = shared.shutdown.clone();
     let end = session::run(shared, grant, link, in_rx, out_tx).await;
     match &end.close {
         Some((code, reason)) => {
             // The control task writes what is queued (the goodbye last), finishes the stream
             // and waits (bounded) for the client to have it; then QUIC closes with the code.
-            let _ = tokio::time::timeout(GOODBYE_GRACE * 2, control).await;
+            // A drain waits for this session's slot: a client that reads nothing holds it for
+            // CLOSE_GRACE then, as on WebSocket.
+            let grace = if stopping.is_cancelled() {
+                crate::server::CLOSE_GRACE
+            } else {
+                GOODBYE_GRACE * 2
+            };
+            let _ = tokio::time::timeout(grace, control).await;
             conn.close(close_code(*code), reason.as_bytes());
         }
         None => {
