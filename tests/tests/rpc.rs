@@ -376,13 +376,22 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
     let nats = NatsServer::start().await?;
     let server = TestServer::start_with(|c| {
         c.nats = Some(NatsConfig::new(nats.url()));
-        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
-            namespace: "order".into(),
-            subscribe: true,
-            publish: true,
-            timeout: Duration::from_secs(5),
-            fail_open: false,
-        }];
+        c.rpc.hooks = vec![
+            quiver_server::rpc::HookConfig {
+                namespace: "order".into(),
+                subscribe: true,
+                publish: true,
+                timeout: Duration::from_secs(5),
+                fail_open: false,
+            },
+            quiver_server::rpc::HookConfig {
+                namespace: "open".into(),
+                subscribe: true,
+                publish: false,
+                timeout: Duration::from_secs(5),
+                fail_open: true,
+            },
+        ];
     })
     .await?;
     let backend = async_nats::connect(nats.url()).await?;
@@ -400,7 +409,18 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
             seen.lock().unwrap().push(msg.subject.to_string());
             let envelope: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
             let owner = format!("order.{}", envelope["user"].as_str().unwrap_or_default());
+            // `Quiver-Status` on a hook's answer, as on a call's: 403 is the backend's no, a
+            // 500 a failure (decided by the fail rule).
+            let mut headers = async_nats::HeaderMap::new();
             let answer = match envelope["type"].as_str() {
+                Some("subscribe") if envelope["room"] == "open.forbidden" => {
+                    headers.insert("Quiver-Status", "403");
+                    serde_json::json!("no entry")
+                }
+                Some("subscribe") if envelope["room"] == "open.broken" => {
+                    headers.insert("Quiver-Status", "500");
+                    serde_json::json!("boom")
+                }
                 Some("subscribe") if envelope["room"] == owner.as_str() => {
                     serde_json::json!({"allow": true})
                 }
@@ -413,8 +433,14 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
                     serde_json::json!({"allow": true, "payload": b64.encode(upper)})
                 }
             };
+            let body = match answer {
+                serde_json::Value::String(text) => text,
+                json => json.to_string(),
+            };
             if let Some(reply) = msg.reply {
-                let _ = responder.publish(reply, answer.to_string().into()).await;
+                let _ = responder
+                    .publish_with_headers(reply, headers, body.into())
+                    .await;
             }
         }
     });
@@ -445,6 +471,15 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
             "quiver.acme.hook.publish.order.alice"
         ]
     );
+    // In a namespace that fails open, the backend's 403 still denies, with its message; its
+    // 500 is a failure, which that namespace allows.
+    let (c, msg) = match client.subscribe("open.forbidden").await {
+        Ok(_) => panic!("a 403 from the backend was taken as an allow"),
+        Err(e) => (e.error_code(), e.to_string()),
+    };
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("no entry"), "{msg}");
+    let _broken = client.subscribe("open.broken").await?;
     client.close().await;
     Ok(())
 }

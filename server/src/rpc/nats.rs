@@ -59,20 +59,7 @@ impl NatsRoute {
         let reply = self
             .request(subject, headers, req.payload.clone(), req.deadline)
             .await?;
-        let status = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(STATUS))
-            .map(|v| v.as_str().trim().parse::<u16>());
-        match status {
-            None => Ok(reply.payload),
-            Some(Ok(s)) if (200..300).contains(&s) => Ok(reply.payload),
-            Some(Ok(s)) => Err(RpcError::Backend(
-                code_for_status(s),
-                backend_message(&reply.payload, s),
-            )),
-            Some(Err(_)) => Err(RpcError::BadAnswer(format!("{STATUS} is not a number"))),
-        }
+        answer(reply)
     }
 
     pub async fn hook(
@@ -87,10 +74,9 @@ impl NatsRoute {
         let mut headers = caller_headers(caller, request_id)?;
         headers.insert(ROOM, header_value(room.as_str())?);
         let subject = format!("quiver.{}.hook.{}.{}", caller.tenant, hook.label(), room);
-        Ok(self
-            .request(subject, headers, body, deadline)
-            .await?
-            .payload)
+        // The same statuses as a call's (PROTOCOL.md §11.2): a hook answered 401/403 is the
+        // backend's deny, whatever the namespace's fail rule (§11.3).
+        answer(self.request(subject, headers, body, deadline).await?)
     }
 
     async fn request(
@@ -138,6 +124,24 @@ fn caller_headers(caller: &Caller, request_id: &str) -> Result<HeaderMap, RpcErr
     headers.insert(SESSION, header_value(&caller.session)?);
     headers.insert(REQUEST_ID, header_value(request_id)?);
     Ok(headers)
+}
+
+/// A reply's body, or the error its `Quiver-Status` (when not 2xx) stands for.
+fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
+    let status = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(STATUS))
+        .map(|v| v.as_str().trim().parse::<u16>());
+    match status {
+        None => Ok(reply.payload),
+        Some(Ok(s)) if (200..300).contains(&s) => Ok(reply.payload),
+        Some(Ok(s)) => Err(RpcError::Backend(
+            code_for_status(s),
+            backend_message(&reply.payload, s),
+        )),
+        Some(Err(_)) => Err(RpcError::BadAnswer(format!("{STATUS} is not a number"))),
+    }
 }
 
 /// A header value, refused (not panicking, as async-nats's `From<&str>` would) when it holds a
