@@ -694,6 +694,12 @@ async fn a_slow_publish_hook_never_delays_commands_and_the_newest_datagram_wins(
         matches!(pong, Ok(Ok(Event::Pong))),
         "a command waited for datagram hooks: {pong:?}"
     );
+    // Nor does a `Publish` command wait behind the held datagrams: they have a lane of their own.
+    let published = tokio::time::timeout(WAIT, publisher.publish("chat.x", b"p")).await;
+    assert!(
+        matches!(published, Ok(Ok(Event::Published { .. }))),
+        "a Publish waited for datagram hooks: {published:?}"
+    );
     assert_eq!(
         backend.asked.load(Ordering::SeqCst),
         1,

@@ -59,7 +59,7 @@ impl Session {
         if self.shared.rpc.hook(Hook::Publish, &key.room).is_some() {
             // Its hook is asked in the publish queue, not here: the next command does not wait.
             let publish = self.hooked_datagram(key.clone(), payload);
-            match self.publishing.submit_datagram(key, publish) {
+            match self.datagram_lane.submit_datagram(key, publish) {
                 Taken::Queued => {}
                 Taken::Superseded => m::datagram_dropped("superseded"),
                 Taken::Busy => m::datagram_dropped("busy"),

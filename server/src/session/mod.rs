@@ -131,6 +131,9 @@ pub struct Session {
     meter: Meter,
     /// Publications waiting for the broker, answered in order.
     publishing: Publishing,
+    /// Datagram publications into rooms with a publish hook, waiting for it: a lane of their
+    /// own, so no command and no `Publish` waits behind a slow backend (PROTOCOL.md §10).
+    datagram_lane: Publishing,
     /// This session's share of its tenant's quotas (`None`: refused, the session is closing).
     quota: Option<TenantSession>,
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
@@ -208,6 +211,7 @@ async fn run_session(
         ended: None,
         meter,
         publishing: Publishing::default(),
+        datagram_lane: Publishing::default(),
         quota: None,
         stalled: false,
         tally: Arc::default(),
@@ -328,6 +332,11 @@ impl Session {
                         (Err(refusal), Reply::Command { id, .. }) => self.refuse(id, refusal).await,
                         (Ok(Some(event)), Reply::Command { id, ack: true }) => self.reply(id, event).await,
                         (Ok(_), _) => {}
+                    }
+                }
+                done = self.datagram_lane.next_done() => {
+                    if let Err(refusal) = publishing::answer(done.result) {
+                        m::datagram_dropped(refusal.0.label());
                     }
                 }
                 // Past the bound of queued publications the session reads no further command

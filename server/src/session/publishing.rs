@@ -7,10 +7,11 @@
 //! a session's publications keep their order in every room. At most [`MAX_QUEUED`] wait; past
 //! that the session stops reading commands until one is answered (PROTOCOL.md §5).
 //!
-//! Datagram publications into a room with a publish hook wait here too, hook included, so a
-//! slow backend never holds up the session's commands (PROTOCOL.md §10). They are `latest`
-//! values: one not yet started is replaced by a newer one for the same room, and at most
-//! [`MAX_DATAGRAMS`] rooms' values wait; so datagrams alone can never fill the queue.
+//! Datagram publications into a room with a publish hook wait in a queue of this kind too, hook
+//! included, but one of their own (the session's `datagram_lane`), so a slow backend holds up
+//! neither the session's commands nor its `Publish` commands (PROTOCOL.md §10). They are
+//! `latest` values: one not yet started is replaced by a newer one for the same room, and at
+//! most [`MAX_DATAGRAMS`] rooms' values wait besides the one being asked about.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -29,7 +30,8 @@ use crate::metrics as m;
 /// Publications one session may have waiting for the broker.
 pub const MAX_QUEUED: usize = 64;
 
-/// Datagram publications (one per room, the newest) one session may have waiting.
+/// Rooms whose datagram publication (the newest) may wait in a session's datagram lane, besides
+/// the one whose hook is being asked.
 pub const MAX_DATAGRAMS: usize = 8;
 
 /// A publication on its way: `Err` is the refusal (the broker's `unavailable`, or for a
@@ -69,7 +71,8 @@ pub enum Taken {
     Queued,
     /// Took the place of an older value for the same room that had not started (dropped).
     Superseded,
-    /// [`MAX_DATAGRAMS`] other rooms' values wait already: this one is dropped.
+    /// [`MAX_DATAGRAMS`] other rooms' values wait already (the one being asked about not
+    /// counted): this one is dropped.
     Busy,
 }
 
@@ -124,8 +127,9 @@ impl Publishing {
             older.publish = Mutex::new(publish);
             return Taken::Superseded;
         }
-        let waiting_datagrams = self.queued.iter().filter(|w| w.room.is_some()).count()
-            + usize::from(self.current.as_ref().is_some_and(|w| w.room.is_some()));
+        // The one being asked about does not count: a newer value for its room always finds a
+        // place, so each room's newest value is published last.
+        let waiting_datagrams = self.queued.iter().filter(|w| w.room.is_some()).count();
         if waiting_datagrams >= MAX_DATAGRAMS {
             return Taken::Busy;
         }
@@ -292,7 +296,7 @@ mod tests {
         assert_eq!(p.submit_datagram(room("g.a"), value(3)), Taken::Superseded);
         // A command's publication keeps its place between them.
         assert!(p.submit(cmd(7, true), value(70)).is_none());
-        for (i, r) in ["g.b", "g.c", "g.d", "g.e", "g.f", "g.g"]
+        for (i, r) in ["g.b", "g.c", "g.d", "g.e", "g.f", "g.g", "g.h"]
             .iter()
             .enumerate()
         {
@@ -301,17 +305,17 @@ mod tests {
                 Taken::Queued
             );
         }
-        // Eight rooms' values wait (the started one counts): a ninth room's is dropped, a
-        // newer value for a waiting room still replaces.
-        assert_eq!(p.submit_datagram(room("g.h"), value(99)), Taken::Busy);
-        assert_eq!(p.submit_datagram(room("g.g"), value(20)), Taken::Superseded);
+        // Eight rooms' values wait besides the started one: a ninth room's is dropped, a newer
+        // value for a waiting room still replaces.
+        assert_eq!(p.submit_datagram(room("g.i"), value(99)), Taken::Busy);
+        assert_eq!(p.submit_datagram(room("g.h"), value(20)), Taken::Superseded);
         assert!(!p.is_full(), "datagrams alone never stop the command loop");
         open1.send(()).unwrap();
         let mut offsets = Vec::new();
         while let Some(done) = futures::FutureExt::now_or_never(p.next_done()) {
             offsets.push(done.result.unwrap().unwrap().offset);
         }
-        assert_eq!(offsets, vec![1, 3, 70, 10, 11, 12, 13, 14, 20]);
+        assert_eq!(offsets, vec![1, 3, 70, 10, 11, 12, 13, 14, 15, 20]);
     }
 
     #[test]
