@@ -53,6 +53,14 @@ impl Config {
             if entry.key.is_empty() {
                 return Err(format!("api.keys[{i}].key is empty"));
             }
+            // `Authorization: Bearer KEY` carries visible ASCII, trimmed: any other key could
+            // never be sent, so every request with it would be a 401.
+            if !entry.key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "api.keys[{i}].key holds a character a request header cannot carry (a \
+                     space, a control character or non-ASCII): use visible ASCII only"
+                ));
+            }
             if entry.key.len() < MIN_API_KEY_LEN {
                 return Err(format!(
                     "api.keys[{i}].key is too short: an API key must be at least \
@@ -211,6 +219,24 @@ mod tests {
                 ),
             )?;
             assert_eq!(c.api.keys.len(), 2);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn api_keys_no_header_can_carry_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            for key in [
+                "key-0123456789abcdef\\n",
+                "key 0123456789abcdef",
+                "key-0123456789abcdeé",
+            ] {
+                refused(
+                    jail,
+                    &format!("[[api.keys]]\nkey = \"{key}\"\n"),
+                    "api.keys[0].key holds a character a request header cannot carry",
+                )?;
+            }
             Ok(())
         });
     }
