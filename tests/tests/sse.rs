@@ -514,3 +514,64 @@ async fn sse_event_ids_hold_the_requested_rooms_quiet_ones_included() -> anyhow:
     assert_eq!(payload_of(&again.expect("publication").await?), b"q1");
     Ok(())
 }
+
+/// A history room's place is in the event id from its `subscribed` event on, so a response that
+/// ends before the room's first publication still resumes it; and a new request (a fresh token
+/// after `token_expired`: a new `EventSource`, which cannot set headers) resumes from the same
+/// id given as the `last_event_id` query parameter.
+#[tokio::test]
+async fn sse_resumes_a_quiet_room_and_by_query_parameter() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "log".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            presence: false,
+            ..Default::default()
+        })
+    })
+    .await?;
+    let t = full_token("acme", "reader");
+    let mut sse = SseReader::open(&server, &format!("token={t}&room=log.q"), None).await?;
+    let subscribed = sse.expect("subscribed").await?;
+    let id = subscribed
+        .id
+        .expect("a history room's subscribed event carries an id");
+    assert!(id.starts_with("log.q="), "{id}");
+    drop(sse);
+
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publ.publish("log.q", b"1").await?;
+    publ.publish("log.q", b"2").await?;
+    let encoded: String = id
+        .chars()
+        .map(|c| match c {
+            '=' => "%3D".to_string(),
+            ':' => "%3A".to_string(),
+            ',' => "%2C".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let fresh = full_token("acme", "reader");
+    let mut again = SseReader::open(
+        &server,
+        &format!("token={fresh}&room=log.q&last_event_id={encoded}"),
+        None,
+    )
+    .await?;
+    let resumed = again.expect("subscribed").await?;
+    assert_eq!(resumed.data["recovery"], "recovered", "{:?}", resumed.data);
+    assert_eq!(resumed.data["replayed"], 2);
+    assert_eq!(payload_of(&again.expect("publication").await?), b"1");
+    assert_eq!(payload_of(&again.expect("publication").await?), b"2");
+    // Given twice, it is refused like any malformed id.
+    let twice = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/sse?token={fresh}&room=log.q&last_event_id={encoded}&last_event_id={encoded}",
+            server.http
+        ))
+        .send()
+        .await?;
+    assert_eq!(twice.status(), 400);
+    Ok(())
+}

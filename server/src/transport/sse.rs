@@ -77,7 +77,15 @@ pub async fn stream(
         Ok(rooms) => rooms,
         Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
     };
-    let resume = match headers.get("last-event-id").map(|v| v.to_str()) {
+    // The header `EventSource` sends by itself on a reconnect; else the same value as a query
+    // parameter, for a new `EventSource` (a fresh token after `token_expired`) that cannot set
+    // headers but must not lose its place.
+    let query_id = match last_event_id_param(query.as_deref().unwrap_or_default()) {
+        Ok(id) => id,
+        Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+    };
+    let header_id = headers.get("last-event-id").map(|v| v.to_str());
+    let resume = match header_id.or(query_id.as_deref().map(Ok)) {
         None => BTreeMap::new(),
         Some(Ok(id)) => match parse_event_id(id) {
             Ok(positions) => positions,
@@ -187,6 +195,20 @@ fn rooms(query: &str, max: usize) -> Result<Vec<RoomName>, String> {
     Ok(rooms)
 }
 
+/// The `last_event_id` query parameter, if given (at most once).
+fn last_event_id_param(query: &str) -> Result<Option<String>, String> {
+    let mut found = None;
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key == "last_event_id" {
+            if found.is_some() {
+                return Err("last_event_id is given twice".into());
+            }
+            found = Some(value.into_owned());
+        }
+    }
+    Ok(found)
+}
+
 /// `ROOM=EPOCH:OFFSET` pairs joined by `,` (what this adapter writes as event ids).
 fn parse_event_id(id: &str) -> Result<BTreeMap<&str, Position>, String> {
     let mut positions = BTreeMap::new();
@@ -277,13 +299,20 @@ impl Events {
                 // it, so a reconnect resumes it. With a replay to come, its publications move
                 // the position on instead (from the resume position), so an id sent between
                 // this event and them never skips what they hold.
-                if let (Some(position), 0) = (position, replayed) {
+                let seen = matches!((position, replayed), (Some(_), 0));
+                if let (Some(position), true) = (position, seen) {
                     self.positions.insert(room.clone(), position);
                 }
-                (
-                    "subscribed",
-                    json!({"room": room, "position": position_json(position), "recovery": recovery, "replayed": replayed}),
-                )
+                let data = json!({"room": room, "position": position_json(position), "recovery": recovery, "replayed": replayed});
+                let mut event = SseEvent::default()
+                    .event("subscribed")
+                    .data(data.to_string());
+                // The room's place goes into the event id at once: a response that ends before
+                // the room's first publication still resumes it (the reconnect sends this id).
+                if seen {
+                    event = event.id(self.event_id());
+                }
+                return Some(event);
             }
             Event::Error { code, message } => (
                 "error",
