@@ -129,6 +129,14 @@ impl Config {
     /// After `RpcConfig::validate` (namespaces well formed and not repeated).
     fn refuse_rpc_mistakes(&self) -> Result<(), String> {
         if let Some(secret) = &self.rpc.http_secret {
+            // Set but empty: the backend would be told `Bearer ` and could check nothing.
+            if secret.expose().trim().is_empty() {
+                return Err(
+                    "rpc.http_secret is empty: leave it out, or set a long random string the \
+                     backend checks"
+                        .into(),
+                );
+            }
             if secret.expose().chars().any(char::is_control) {
                 return Err(
                     "rpc.http_secret contains a control character (a line break, NUL, tab…): it \
@@ -301,6 +309,18 @@ mod tests {
             jail.set_env("QUIVER_RPC__HTTP_SECRET", "backend-secret");
             let c = loads(jail, "")?;
             assert!(c.rpc.http_secret.is_some());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_empty_http_secret_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            refused(
+                jail,
+                "[rpc]\nurl = \"http://127.0.0.1:9/x\"\nhttp_secret = \"\"\n",
+                "rpc.http_secret is empty",
+            )?;
             Ok(())
         });
     }
