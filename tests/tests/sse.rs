@@ -167,16 +167,7 @@ async fn sse_refusals_are_http_statuses() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn sse_resumes_history_rooms_from_last_event_id() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        c.namespaces.push(quiver_server::config::NamespaceConfig {
-            name: "log".into(),
-            history_size: 100,
-            history_ttl: Duration::from_secs(600),
-            presence: false,
-            ..Default::default()
-        })
-    })
-    .await?;
+    let server = TestServer::start_with(|c| add_history_namespace(c, "log", 100)).await?;
     let t = full_token("acme", "reader");
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
     let mut sse =
@@ -521,16 +512,7 @@ async fn sse_event_ids_hold_the_requested_rooms_quiet_ones_included() -> anyhow:
 /// id given as the `last_event_id` query parameter.
 #[tokio::test]
 async fn sse_resumes_a_quiet_room_and_by_query_parameter() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        c.namespaces.push(quiver_server::config::NamespaceConfig {
-            name: "log".into(),
-            history_size: 100,
-            history_ttl: Duration::from_secs(600),
-            presence: false,
-            ..Default::default()
-        })
-    })
-    .await?;
+    let server = TestServer::start_with(|c| add_history_namespace(c, "log", 100)).await?;
     let t = full_token("acme", "reader");
     let mut sse = SseReader::open(&server, &format!("token={t}&room=log.q"), None).await?;
     let subscribed = sse.expect("subscribed").await?;

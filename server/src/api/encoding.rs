@@ -17,6 +17,13 @@ pub fn position(position: Option<Position>) -> Value {
     )
 }
 
+/// A u64 written as decimal digits only: `u64::from_str` would also take a leading `+`, which
+/// neither the API's schema (`^[0-9]+$`) nor SSE event ids allow.
+pub fn decimal_u64(text: &str) -> Option<u64> {
+    let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
 pub fn base64(payload: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(payload)
 }
@@ -41,16 +48,9 @@ impl PositionIn {
     pub fn parse(&self, field: &str) -> Result<Position, ApiError> {
         let number = |v: &U64In, part: &str| match v {
             U64In::Number(n) => Ok(*n),
-            // Digits only: `u64::from_str` would also take a leading `+`, which the schema
-            // (`^[0-9]+$`) does not allow.
-            U64In::Text(s) => s
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| s.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("{field}.{part}: a decimal u64 is expected"))
-                }),
+            U64In::Text(s) => decimal_u64(s).ok_or_else(|| {
+                ApiError::bad_request(format!("{field}.{part}: a decimal u64 is expected"))
+            }),
         };
         Ok(Position {
             epoch: number(&self.epoch, "epoch")?,

@@ -7,7 +7,8 @@
 
 mod auth;
 pub mod client_rate;
-mod encoding;
+/// Protocol values as JSON (positions, decimal u64s), shared with the SSE adapter.
+pub(crate) mod encoding;
 mod error;
 mod openapi;
 mod publish;

@@ -291,15 +291,14 @@ async fn publish_one(
     payload: Bytes,
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
-    let key_tenant = key.tenant.clone();
+    // The tenant's traffic whoever published it (its sessions count theirs in TenantSession).
+    let tenant = shared.tenant_quotas.label(&key.tenant);
     let position = shared
         .broker
         .publish(key, payload)
         .await
         .map_err(ApiError::unavailable)?;
     m::hot::publications().increment(1);
-    // The tenant's traffic whoever published it (its sessions count theirs in TenantSession).
-    let tenant = shared.tenant_quotas.label(&key_tenant);
     metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => tenant).increment(1);
     Ok(position)
 }

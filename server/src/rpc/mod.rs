@@ -137,6 +137,12 @@ impl RpcError {
         }
     }
 
+    /// The backend answered 401/403 (`permission_denied`): for a hook, its own deny rather
+    /// than a failure (PROTOCOL.md §11.3).
+    fn is_refusal(&self) -> bool {
+        matches!(self, RpcError::Backend(ErrorCode::PermissionDenied, _))
+    }
+
     /// A metric and audit label.
     fn label(&self) -> &'static str {
         match self {
@@ -419,8 +425,7 @@ impl Rpc {
             Err(e) => {
                 let decision = self.failed(settings, &e);
                 // A 401/403 is the backend's deny, counted as one.
-                let refused = matches!(e, RpcError::Backend(ErrorCode::PermissionDenied, _));
-                (decision, if refused { "deny" } else { e.label() })
+                (decision, if e.is_refusal() { "deny" } else { e.label() })
             }
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
@@ -472,8 +477,9 @@ impl Rpc {
     /// answered 401 or 403 (`permission_denied` in §11.2's table) did decide: that is a deny
     /// under either rule, with its message.
     fn failed(&self, settings: &HookConfig, error: &RpcError) -> Decision {
-        if let RpcError::Backend(ErrorCode::PermissionDenied, message) = error {
-            return Decision::Deny(message.clone());
+        if error.is_refusal() {
+            // Its message is the backend's body (or "backend answered 403").
+            return Decision::Deny(error.to_string());
         }
         if settings.fail_open {
             Decision::Allow

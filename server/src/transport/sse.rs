@@ -25,11 +25,12 @@ use quiver_proto::{
     decode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, FrameDecoder, Position,
     Recovery, RoomName, PROTOCOL_VERSION,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::info;
 
 use super::{admit_tcp, count_refused, problem, queue, Inbound, Peer, Refused, Transport};
+use crate::api::encoding::{decimal_u64, position as position_value};
 use crate::server::Shared;
 use crate::session::{self, Link};
 use crate::tcp::TcpSlot;
@@ -217,14 +218,9 @@ fn parse_event_id(id: &str) -> Result<BTreeMap<&str, Position>, String> {
         let (room, position) = pair.split_once('=').ok_or_else(bad)?;
         let (epoch, offset) = position.split_once(':').ok_or_else(bad)?;
         RoomName::parse(room).map_err(|_| bad())?;
-        // Decimal digits only: Rust's integer parser would also take a leading `+`.
-        let number = |text: &str| {
-            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
-            digits.then(|| text.parse::<u64>().ok()).flatten()
-        };
         let position = Position {
-            epoch: number(epoch).ok_or_else(bad)?,
-            offset: number(offset).ok_or_else(bad)?,
+            epoch: decimal_u64(epoch).ok_or_else(bad)?,
+            offset: decimal_u64(offset).ok_or_else(bad)?,
         };
         positions.insert(room, position);
     }
@@ -299,11 +295,14 @@ impl Events {
                 // it, so a reconnect resumes it. With a replay to come, its publications move
                 // the position on instead (from the resume position), so an id sent between
                 // this event and them never skips what they hold.
-                let seen = matches!((position, replayed), (Some(_), 0));
-                if let (Some(position), true) = (position, seen) {
-                    self.positions.insert(room.clone(), position);
-                }
-                let data = json!({"room": room, "position": position_json(position), "recovery": recovery, "replayed": replayed});
+                let seen = match (position, replayed) {
+                    (Some(position), 0) => {
+                        self.positions.insert(room.clone(), position);
+                        true
+                    }
+                    _ => false,
+                };
+                let data = json!({"room": room, "position": position_value(position), "recovery": recovery, "replayed": replayed});
                 let mut event = SseEvent::default()
                     .event("subscribed")
                     .data(data.to_string());
@@ -329,7 +328,7 @@ impl Events {
             } => {
                 let data = json!({
                     "room": room,
-                    "position": position_json(position),
+                    "position": position_value(position),
                     "payload": base64::engine::general_purpose::STANDARD.encode(&payload),
                 });
                 let mut event = SseEvent::default()
@@ -384,13 +383,6 @@ impl Events {
             .collect();
         pairs.join(",")
     }
-}
-
-fn position_json(position: Option<Position>) -> Value {
-    position.map_or(
-        Value::Null,
-        |p| json!({"epoch": p.epoch.to_string(), "offset": p.offset.to_string()}),
-    )
 }
 
 fn label(code: u16) -> &'static str {
