@@ -84,6 +84,34 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// A handle that does not keep the queue open (the writer still sees its subscription end
+    /// when the hub drops the `Sender`).
+    pub fn downgrade(&self) -> WeakSender {
+        WeakSender {
+            tx: self.tx.downgrade(),
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// See [`Sender::downgrade`].
+#[derive(Debug)]
+pub struct WeakSender {
+    tx: mpsc::WeakSender<Delivery>,
+    budget: Arc<Budget>,
+}
+
+impl WeakSender {
+    /// The queue's `Sender`, while the hub still has one.
+    pub fn upgrade(&self) -> Option<Sender> {
+        Some(Sender {
+            tx: self.tx.upgrade()?,
+            budget: self.budget.clone(),
+        })
+    }
+}
+
 /// The subscription writer's end. Dropping it gives back what was still queued.
 pub struct Receiver {
     rx: mpsc::Receiver<Delivery>,

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod control;
+mod cork;
 pub mod delivery_queue;
 mod demo;
 pub mod history;

@@ -316,9 +316,19 @@ impl Writer {
 /// fewer per delivery. The lock orders the two: the hub writes directly only while the stream
 /// is lent and nothing waits in the queue; otherwise it queues, and the writer takes the stream
 /// back before it writes. Either way frames reach the stream in the order the hub saw them.
+///
+/// A task handing the hub a run of publications may hold the frames for the run's end
+/// (`crate::cork`): they wait in `pending`, under the same lock, and every later frame goes
+/// after them, so the order is kept there too.
 pub struct Direct {
     lent: std::sync::Mutex<Option<Lent>>,
     tally: Arc<crate::metrics::Tally>,
+    /// The subscription's queue and overflow token, for what a held run's write leaves over
+    /// (`flush`): queued for the writer, or, with no room, the writer ends the subscription
+    /// as a slow consumer. Weak: the writer must still see its queue close when the hub drops
+    /// the subscription.
+    queue: crate::delivery_queue::WeakSender,
+    overflow: CancellationToken,
 }
 
 struct Lent {
@@ -329,13 +339,24 @@ struct Lent {
     /// queues under this lock, so this says what `!queue.is_empty()` would without touching
     /// the queue's cache lines on every delivery.
     behind: bool,
+    /// Frames held for a run's single write (`crate::cork`); empty while `behind`.
+    pending: Vec<Bytes>,
 }
 
+/// How many frames one stream holds for a run before it writes them anyway.
+const MAX_PENDING: usize = crate::cork::MAX_RUN;
+
 impl Direct {
-    pub fn new(tally: Arc<crate::metrics::Tally>) -> Arc<Self> {
+    pub fn new(
+        tally: Arc<crate::metrics::Tally>,
+        queue: &crate::delivery_queue::Sender,
+        overflow: CancellationToken,
+    ) -> Arc<Self> {
         Arc::new(Self {
             lent: std::sync::Mutex::new(None),
             tally,
+            queue: queue.downgrade(),
+            overflow,
         })
     }
 
@@ -359,21 +380,25 @@ impl Direct {
             stream,
             skip_through,
             behind: false,
+            pending: Vec::new(),
         });
         Ok(())
     }
 
+    /// The stream back for the writer. Only a queued delivery (which comes after anything
+    /// held), or the subscription's end, makes the writer take it, so frames still held here
+    /// belong to a subscription that is ending: they go with it.
     fn reclaim(&self) -> Option<SendStream> {
         self.lock().take().map(|l| l.stream)
     }
 
-    /// One delivery from the hub: written now if the stream is lent and takes it whole, else
-    /// queued for the writer (what the stream took already is not queued again).
-    /// [`Offered::Written`] leaves the delivery metrics to the hub, which records them once per
-    /// fan-out pass: a clock read and a histogram sample per delivery were ~9 % of the server's
-    /// CPU in a 100-subscriber fan-out.
+    /// One delivery from the hub: held for a run (`crate::cork`), or written now if the stream
+    /// is lent and takes it whole, else queued for the writer (what the stream took already is
+    /// not queued again). [`Offered::Written`] leaves the delivery metrics to the hub, which
+    /// records them once per fan-out pass: a clock read and a histogram sample per delivery
+    /// were ~9 % of the server's CPU in a 100-subscriber fan-out.
     pub fn offer(
-        &self,
+        self: &Arc<Self>,
         queue: &crate::delivery_queue::Sender,
         delivery: &Delivery,
     ) -> Result<Offered, mpsc::error::TrySendError<Delivery>> {
@@ -383,6 +408,17 @@ impl Direct {
         };
         if !fresh(idle.skip_through, delivery) {
             return Ok(Offered::Queued);
+        }
+        if idle.pending.len() < MAX_PENDING && crate::cork::hold(self, idle.pending.is_empty()) {
+            idle.pending.push(delivery.frame.clone());
+            self.tally.sent(delivery.frame.len(), 1);
+            return Ok(Offered::Written);
+        }
+        if !idle.pending.is_empty() {
+            idle.pending.push(delivery.frame.clone());
+            self.tally.sent(delivery.frame.len(), 1);
+            self.write_pending(idle, Some(queue));
+            return Ok(Offered::Written);
         }
         let mut rest = [delivery.frame.clone()];
         let written = idle
@@ -405,6 +441,59 @@ impl Direct {
                 entered: delivery.entered,
             })
             .map(|()| Offered::Queued)
+    }
+
+    /// Writes what this stream holds for a run (`crate::cork::Held::flush`).
+    pub fn flush(&self) {
+        let mut lent = self.lock();
+        if let Some(idle) = lent.as_mut().filter(|idle| !idle.pending.is_empty()) {
+            self.write_pending(idle, None);
+        }
+    }
+
+    /// Writes the held frames in one write; what the stream does not take goes to the writer
+    /// (counted already: the writer's tally skips nothing it is handed, so these are sent as
+    /// deliveries it did not see). No room in the queue for it ends the subscription.
+    fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) {
+        let mut pending = std::mem::take(&mut idle.pending);
+        let _ = idle
+            .stream
+            .quic_stream_mut()
+            .write_chunks(&mut pending)
+            .now_or_never();
+        let mut left = pending.into_iter().filter(|f| !f.is_empty()).peekable();
+        if left.peek().is_none() {
+            return;
+        }
+        // Out of stream credit, or the client stopped the stream: the writer takes over (as
+        // in `offer`).
+        idle.behind = true;
+        let upgraded;
+        let queue = match queue {
+            Some(queue) => queue,
+            None => match self.queue.upgrade() {
+                Some(queue) => {
+                    upgraded = queue;
+                    &upgraded
+                }
+                // Unsubscribed meanwhile: nobody wants the rest.
+                None => return,
+            },
+        };
+        let entered = std::time::Instant::now();
+        for frame in left {
+            let rest = Delivery {
+                offset: None,
+                frame,
+                entered,
+            };
+            if queue.try_send(rest).is_err() {
+                metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "slow_consumer")
+                    .increment(1);
+                self.overflow.cancel();
+                return;
+            }
+        }
     }
 }
 

@@ -48,3 +48,34 @@ pub async fn serve_backend(app: axum::Router) -> anyhow::Result<String> {
     });
     Ok(url)
 }
+
+/// A hook backend that allows everything but holds each answer until the test opens its gate
+/// (`gate.add_permits`): a backend as slow as a test needs. `asked` counts its requests.
+pub struct GatedBackend {
+    pub asked: std::sync::atomic::AtomicUsize,
+    pub gate: tokio::sync::Semaphore,
+}
+
+/// Serves a [`GatedBackend`] (closed gate); the URL of its `/rpc` route and the backend.
+pub async fn gated_backend() -> anyhow::Result<(String, std::sync::Arc<GatedBackend>)> {
+    use std::sync::Arc;
+    let backend = Arc::new(GatedBackend {
+        asked: std::sync::atomic::AtomicUsize::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let app = axum::Router::new()
+        .route(
+            "/rpc",
+            axum::routing::post(
+                |axum::extract::State(b): axum::extract::State<Arc<GatedBackend>>| async move {
+                    b.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let Ok(permit) = b.gate.acquire().await {
+                        permit.forget();
+                    }
+                    axum::Json(serde_json::json!({"allow": true}))
+                },
+            ),
+        )
+        .with_state(backend.clone());
+    Ok((serve_backend(app).await?, backend))
+}

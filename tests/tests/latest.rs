@@ -629,33 +629,9 @@ async fn latest_values_cross_instances_over_nats() -> Result<()> {
 /// a few times, not once per datagram, and the newest value is what subscribers get.
 #[tokio::test]
 async fn a_slow_publish_hook_never_delays_commands_and_the_newest_datagram_wins() -> Result<()> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
-    struct Backend {
-        asked: AtomicUsize,
-        gate: tokio::sync::Semaphore,
-    }
-    let backend = Arc::new(Backend {
-        asked: AtomicUsize::new(0),
-        gate: tokio::sync::Semaphore::new(0),
-    });
-    let app = axum::Router::new()
-        .route(
-            "/rpc",
-            axum::routing::post(
-                |axum::extract::State(b): axum::extract::State<Arc<Backend>>| async move {
-                    b.asked.fetch_add(1, Ordering::SeqCst);
-                    // Held until the test opens the gate: a backend as slow as it likes.
-                    if let Ok(permit) = b.gate.acquire().await {
-                        permit.forget();
-                    }
-                    axum::Json(serde_json::json!({"allow": true}))
-                },
-            ),
-        )
-        .with_state(backend.clone());
-    let url = quiver_tests::rpc::serve_backend(app).await?;
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
     let server = server(|c| {
         c.rpc.url = Some(url);
         c.rpc.hooks = vec![quiver_server::rpc::HookConfig {

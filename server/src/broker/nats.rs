@@ -27,7 +27,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use quiver_proto::{Member, Position, TenantId};
 use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinHandle;
@@ -399,9 +399,22 @@ impl Inner {
                     .await
                     .map_err(unavailable)?;
                 let task = tokio::spawn(async move {
-                    while let Some(msg) = sub.next().await {
+                    let deliver = |msg: async_nats::Message| {
                         lag::record(msg.headers.as_ref());
                         hub.deliver(&key, None, msg.payload);
+                    };
+                    // Messages that arrived together are one run: each subscriber's stream
+                    // takes them in one write (`crate::cork`).
+                    let mut held = crate::cork::Held::default();
+                    while let Some(msg) = sub.next().await {
+                        held.during(|| deliver(msg));
+                        for _ in 1..crate::cork::MAX_RUN {
+                            match sub.next().now_or_never() {
+                                Some(Some(msg)) => held.during(|| deliver(msg)),
+                                _ => break,
+                            }
+                        }
+                        held.flush();
                     }
                 });
                 Ok(Listener {

@@ -62,7 +62,8 @@ impl Session {
             matches!(self.link.peer, Peer::Quic(_)) && !self.shared.config.ablation.single_stream;
         // `latest` rooms keep their slot and datagrams; every other own-stream subscription
         // lets the fan-out write into its idle stream.
-        let direct = (own_stream && latest.is_none()).then(|| Direct::new(self.tally.clone()));
+        let direct = (own_stream && latest.is_none())
+            .then(|| Direct::new(self.tally.clone(), &queue, overflow.clone()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
         let first = self.shared.hub.subscribe(
@@ -253,7 +254,16 @@ impl Session {
         key: RoomKey,
         payload: Bytes,
     ) -> Result<Option<Event>, Refusal> {
-        // The backend's word, once per command and before fan-out (never per delivery).
+        // The backend's word, once per command and before fan-out (never per delivery). The
+        // session waits for it: a run's held writes go first (`crate::cork`).
+        if self
+            .shared
+            .rpc
+            .hook(crate::rpc::Hook::Publish, &key.room)
+            .is_some()
+        {
+            self.held.flush();
+        }
         let payload = match self
             .ask_hook(crate::rpc::Hook::Publish, &key.room, Some(&payload))
             .await?
@@ -273,7 +283,10 @@ impl Session {
                 .await
                 .map_err(super::publishing::unavailable)
         });
-        match self.publishing.submit(reply, publishing) {
+        // The memory broker delivers as it takes the publication: its stream writes may be
+        // held for the rest of the session's run.
+        let queue = &mut self.publishing;
+        match self.held.during(|| queue.submit(reply, publishing)) {
             Some(done) => {
                 super::publishing::answer(done.result).map(|e| e.filter(|_| reply.acked()))
             }

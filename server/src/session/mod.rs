@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::{unix_now, Grant};
+use crate::cork;
 use crate::hub::RoomKey;
 use crate::metrics as m;
 use crate::server::Shared;
@@ -134,6 +135,9 @@ pub struct Session {
     /// Datagram publications into rooms with a publish hook, waiting for it: a lane of their
     /// own, so no command and no `Publish` waits behind a slow backend (PROTOCOL.md §10).
     datagram_lane: Publishing,
+    /// Stream writes held for a run of this session's publications (`crate::cork`): flushed
+    /// at the end of the run, and before the session waits on anything.
+    held: cork::Held,
     /// This session's share of its tenant's quotas (`None`: refused, the session is closing).
     quota: Option<TenantSession>,
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
@@ -212,6 +216,7 @@ async fn run_session(
         meter,
         publishing: Publishing::default(),
         datagram_lane: Publishing::default(),
+        held: cork::Held::default(),
         quota: None,
         stalled: false,
         tally: Arc::default(),
@@ -341,34 +346,36 @@ impl Session {
                 }
                 // Past the bound of queued publications the session reads no further command
                 // until one is answered: the client sees flow control, not an error.
-                item = inbound.recv(), if !self.publishing.is_full() => match item {
-                    Some(Inbound::Frame(frame, arrived)) => {
-                        // Handlers are boxed: inline, the largest of them would size every idle
-                        // session's task (measured: bench/results/2026-11-29-memory.md); boxed,
-                        // they cost one allocation per command.
-                        if let Some(exit) = Box::pin(self.command(*frame, arrived)).await {
+                item = inbound.recv(), if !self.publishing.is_full() => {
+                    if let Some(exit) = self.inbound(item).await {
+                        self.held.flush();
+                        return exit;
+                    }
+                    // Publications that queued up behind this one go to the hub before the
+                    // run's stream writes are flushed (`crate::cork`): one write per stream.
+                    let mut run = 1;
+                    while run < cork::MAX_RUN
+                        && !self.held.is_empty()
+                        && !self.held.is_full()
+                        && !self.publishing.is_full()
+                        && !self.stalled
+                    {
+                        let Ok(item) = inbound.try_recv() else { break };
+                        let publish = matches!(&item, Inbound::Frame(frame, _) if matches!(frame.command, Command::Publish { .. }));
+                        if !publish {
+                            self.held.flush();
+                        }
+                        if let Some(exit) = self.inbound(Some(item)).await {
+                            self.held.flush();
                             return exit;
                         }
-                        self.command_ran();
-                    }
-                    Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived).await {
-                        Ok(true) => self.refuse(id, Refusal::new(ErrorCode::UnknownCommand, format!("unknown command type {kind}"))).await,
-                        Ok(false) => {}
-                        Err(exit) => return exit,
-                    },
-                    Some(Inbound::Datagram(datagram)) => {
-                        let (datagram, arrived) = *datagram;
-                        if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
-                            return exit;
+                        if !publish {
+                            break;
                         }
+                        run += 1;
                     }
-                    Some(Inbound::Malformed(reason)) => {
-                        warn!(session = %self.id, %reason, "protocol error");
-                        return Exit::Close(CloseCode::ProtocolError, reason);
-                    }
-                    Some(Inbound::Ended(reason)) => return Exit::Gone(reason),
-                    None => return Exit::Gone("client_closed"),
-                },
+                    self.held.flush();
+                }
                 reason = self.link.peer.closed() => return Exit::Gone(reason),
             }
             if self.stalled {
@@ -379,6 +386,48 @@ impl Session {
                 return exit;
             }
         }
+    }
+
+    /// One item from the adapter; `Some` ends the session.
+    async fn inbound(&mut self, item: Option<Inbound>) -> Option<Exit> {
+        match item {
+            Some(Inbound::Frame(frame, arrived)) => {
+                // Handlers are boxed: inline, the largest of them would size every idle
+                // session's task (measured: bench/results/2026-11-29-memory.md); boxed,
+                // they cost one allocation per command.
+                if let Some(exit) = Box::pin(self.command(*frame, arrived)).await {
+                    return Some(exit);
+                }
+                self.command_ran();
+            }
+            Some(Inbound::Unknown { id, kind, arrived }) => match self.metered(id, arrived).await {
+                Ok(true) => {
+                    self.refuse(
+                        id,
+                        Refusal::new(
+                            ErrorCode::UnknownCommand,
+                            format!("unknown command type {kind}"),
+                        ),
+                    )
+                    .await
+                }
+                Ok(false) => {}
+                Err(exit) => return Some(exit),
+            },
+            Some(Inbound::Datagram(datagram)) => {
+                let (datagram, arrived) = *datagram;
+                if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
+                    return Some(exit);
+                }
+            }
+            Some(Inbound::Malformed(reason)) => {
+                warn!(session = %self.id, %reason, "protocol error");
+                return Some(Exit::Close(CloseCode::ProtocolError, reason));
+            }
+            Some(Inbound::Ended(reason)) => return Some(Exit::Gone(reason)),
+            None => return Some(Exit::Gone("client_closed")),
+        }
+        None
     }
 
     async fn hello(
@@ -579,6 +628,13 @@ impl Session {
         }
         let frame = encode_event(&ServerFrame { id, event });
         self.tally.sent(frame.len(), 0);
+        let frame = match self.out.try_send(frame) {
+            Ok(()) => return,
+            Err(queue::TrySendError::Full(frame)) => frame,
+            Err(queue::TrySendError::Closed(_)) => return,
+        };
+        // About to wait on the client: nothing of a run waits with it.
+        self.held.flush();
         let wait = self.shared.config.timeouts.reply;
         if tokio::time::timeout(wait, self.out.send(frame))
             .await
