@@ -670,7 +670,11 @@ fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
         ),
         (
             format!("{URL}http_secret = \"backend-secret\\r\\n\"\n"),
-            "rpc.http_secret contains a control character",
+            "rpc.http_secret holds a character a request header cannot carry",
+        ),
+        (
+            format!("{URL}http_secret = \"backend-sécret-é\"\n"),
+            "rpc.http_secret holds a character a request header cannot carry",
         ),
         (
             "[[namespaces]]\nname = \"chat\"\n[[namespaces]]\nname = \"chat\"\npresence = true\n"

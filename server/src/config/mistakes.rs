@@ -137,10 +137,18 @@ impl Config {
                         .into(),
                 );
             }
-            if secret.expose().chars().any(char::is_control) {
+            // A header value carries printable ASCII: with anything else (a line break, NUL,
+            // tab, or a non-ASCII letter) the request cannot even be built.
+            if !secret
+                .expose()
+                .bytes()
+                .all(|b| b == b' ' || b.is_ascii_graphic())
+            {
                 return Err(
-                    "rpc.http_secret contains a control character (a line break, NUL, tab…): it \
-                     is sent in the Authorization header, so every request to rpc.url would fail"
+                    "rpc.http_secret holds a character a request header cannot carry (a control \
+                     character such as a line break, NUL or tab, or non-ASCII): it is sent in the \
+                     Authorization header, so every request to rpc.url would fail; use printable \
+                     ASCII only"
                         .into(),
                 );
             }
@@ -292,21 +300,24 @@ mod tests {
     }
 
     #[test]
-    fn an_http_secret_with_a_control_character_is_refused() {
+    fn an_http_secret_a_header_cannot_carry_is_refused() {
         figment::Jail::expect_with(|jail| {
-            for bad in ["\\n", "\\r", "\\u0000", "\\t", "\\u007f", "\\u0085"] {
+            for bad in [
+                "\\n", "\\r", "\\u0000", "\\t", "\\u007f", "\\u0085", "é", "\\u2028",
+            ] {
                 refused(
                     jail,
                     &format!(
                         "[rpc]\nurl = \"http://127.0.0.1:9/q\"\nhttp_secret = \"abc{bad}def\"\n"
                     ),
-                    "rpc.http_secret contains a control character",
+                    "rpc.http_secret holds a character a request header cannot carry",
                 )?;
             }
             // Through the environment (figment trims a trailing newline there, not a CR within).
             jail.set_env("QUIVER_RPC__HTTP_SECRET", "backend\rsecret");
             refused(jail, "", "rpc.http_secret")?;
-            jail.set_env("QUIVER_RPC__HTTP_SECRET", "backend-secret");
+            // Spaces are printable: a passphrase still loads.
+            jail.set_env("QUIVER_RPC__HTTP_SECRET", "backend secret phrase");
             let c = loads(jail, "")?;
             assert!(c.rpc.http_secret.is_some());
             Ok(())
