@@ -103,14 +103,21 @@ impl Raw {
     /// A WebTransport session whose every stream gets only `window` bytes of credit (a client
     /// that reads slowly, or not at all), after its Hello.
     pub async fn with_stream_window(server: &TestServer, token: &str, window: u32) -> Result<Self> {
-        let endpoint = crate::client_endpoint_with(server.hash, |t| {
+        Self::with_stream_window_at(server.wt.port(), server.hash, token, window).await
+    }
+
+    /// [`Self::with_stream_window`] to a server known by port and certificate hash.
+    pub async fn with_stream_window_at(
+        port: u16,
+        hash: [u8; 32],
+        token: &str,
+        window: u32,
+    ) -> Result<Self> {
+        let endpoint = crate::client_endpoint_with(hash, |t| {
             t.stream_receive_window(window.into());
         })?;
         let conn = endpoint
-            .connect(format!(
-                "https://127.0.0.1:{}/v1?token={token}",
-                server.wt.port()
-            ))
+            .connect(format!("https://127.0.0.1:{port}/v1?token={token}"))
             .await?;
         Self::on(conn).await?.hello().await
     }

@@ -406,6 +406,19 @@ fn serve_process(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(std::process::Child, u16)> {
+    let (child, ready) = serve_process_ready(dir, env)?;
+    let http: std::net::SocketAddr = ready["http"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no http address in {ready}"))?
+        .parse()?;
+    Ok((child, http.port()))
+}
+
+/// [`serve_process`], with its whole ready line.
+fn serve_process_ready(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> anyhow::Result<(std::process::Child, serde_json::Value)> {
     let stderr = std::fs::File::create(dir.join("quiver-stderr.log"))?;
     let mut cmd = process::serve_command(dir)?;
     cmd.args(["--jwt-secret", SECRET, "--self-signed"])
@@ -414,11 +427,7 @@ fn serve_process(
         .stderr(stderr);
     let mut child = cmd.spawn()?;
     let ready = process::read_ready(&mut child)?;
-    let http: std::net::SocketAddr = ready["http"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("no http address in {ready}"))?
-        .parse()?;
-    Ok((child, http.port()))
+    Ok((child, ready))
 }
 
 /// Sends SIGTERM to `child` and returns how long it took to exit (killed past `limit`) and
@@ -531,6 +540,46 @@ fn sigterm_with_a_websocket_that_never_reads_exits_within_the_drain() -> anyhow:
     assert!(
         took < drain + Duration::from_millis(1500),
         "exited {took:?} after SIGTERM with a {drain:?} drain; stderr:\n{stderr}"
+    );
+    Ok(())
+}
+
+/// The same bound on WebTransport: a client that gives its control stream no credit for the
+/// goodbye holds the drain `CLOSE_GRACE` (1 s) at most, not the whole (here 10 s) drain.
+#[test]
+fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_drain(
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, ready) = serve_process_ready(dir.path(), &[("QUIVER_TIMEOUTS__DRAIN", "10s")])?;
+    let port = ready["webtransport"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no webtransport address in {ready}"))?
+        .parse::<std::net::SocketAddr>()?
+        .port();
+    let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad certificate hash in {ready}"))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // A 256-byte window: the Welcome and a few Pongs fill it, and nothing is read after.
+    let _deaf = runtime.block_on(async {
+        let mut raw =
+            Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
+        for _ in 0..64 {
+            raw.send(Command::Ping).await?;
+        }
+        anyhow::Ok(raw)
+    })?;
+    // The Pongs reach the server's side of the stream, past what the window lets through.
+    std::thread::sleep(Duration::from_millis(300));
+    let (took, ok) = terminate(&mut child, Duration::from_secs(15))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM: the deaf client held the drain; stderr:\n{stderr}"
     );
     Ok(())
 }
