@@ -320,3 +320,43 @@ async fn a_reader_that_stops_holds_at_most_its_byte_budget() -> anyhow::Result<(
     assert!(publications < PUBLISHED, "{publications}");
     Ok(())
 }
+
+/// A client that reads nothing but keeps asking for large answers (history pages, each a new
+/// encoding the server holds for it) makes the server hold at most the outgoing queue's bound
+/// in bytes (`transport::out_queue_bytes`, 1 MiB here), not 256 largest frames: once that
+/// much waits, its next answer waits too, and past `timeouts.reply` the session ends as
+/// `not_reading`. 40 pages of ~60 KB (2.4 MB) are far under 256 answers, so only the bound
+/// in bytes ends it. Another client is unaffected.
+#[tokio::test]
+async fn large_unread_answers_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.reply = Duration::from_millis(500);
+        add_history_namespace(c, "h", 100);
+    })
+    .await?;
+    assert_eq!(
+        quiver_server::transport::out_queue_bytes(&server.config.limits),
+        1 << 20
+    );
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    for i in 0..60u8 {
+        publ.published("h.big", &[i; 30_000]).await?;
+    }
+    let mut deaf = Raw::with_stream_window(&server, &full_token("acme", "deaf"), 1024).await?;
+    for _ in 0..40 {
+        deaf.send(Command::History {
+            room: "h.big".into(),
+            since: None,
+            limit: 2,
+        })
+        .await?;
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(10), deaf.close_code()).await;
+    assert_eq!(
+        closed.ok().flatten(),
+        Some(u64::from(quiver_proto::CloseCode::NotReading.as_u16())),
+        "the session held its unread answers"
+    );
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

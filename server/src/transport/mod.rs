@@ -72,6 +72,26 @@ impl Peer {
     }
 }
 
+/// Frames a session's outgoing queue holds, whatever the transport.
+const OUT_FRAMES: usize = 256;
+
+/// The bytes a session's outgoing queue may hold: four largest frames, at least 1 MiB. A
+/// client that does not read (no stream credit on WebTransport, a full TCP window) makes the
+/// server hold at most this for it (besides its subscriptions' queues,
+/// `limits.session_queue_bytes`), then its replies wait and, past `timeouts.reply`, the
+/// session ends (`not_reading`): not 256 largest frames (16 MiB at the default `max_frame`).
+pub fn out_queue_bytes(limits: &crate::config::LimitsConfig) -> usize {
+    (4 * limits.max_frame as usize).max(1 << 20)
+}
+
+/// A session's outgoing queue: the frames the core and its shared subscriptions put out, in
+/// count and in bytes (`out_queue_bytes`).
+pub fn out_queue(
+    limits: &crate::config::LimitsConfig,
+) -> (queue::Sender<bytes::Bytes>, queue::Receiver<bytes::Bytes>) {
+    queue::bounded_bytes(OUT_FRAMES, out_queue_bytes(limits))
+}
+
 /// Why a QUIC connection ended, as a closed-sessions `reason`.
 pub fn quic_close_reason(e: &wtransport::error::ConnectionError) -> &'static str {
     use wtransport::error::ConnectionError as E;

@@ -19,17 +19,38 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// A bounded queue of at most `capacity` values (at least 1).
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    weighed(capacity, usize::MAX, |_| 0)
+}
+
+/// A queue of frames bounded in count and in bytes: a frame is queued while the queue holds
+/// fewer than `max_bytes`, so it holds at most `max_bytes` plus a frame (plus one more per
+/// sender racing for the last room). What a client that does not read makes the server hold
+/// for it is this, not `capacity` times the largest frame.
+pub fn bounded_bytes(capacity: usize, max_bytes: usize) -> (Sender<Bytes>, Receiver<Bytes>) {
+    weighed(capacity, max_bytes, Bytes::len)
+}
+
+fn weighed<T>(
+    capacity: usize,
+    max_bytes: usize,
+    weigh: fn(&T) -> usize,
+) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
             closed: false,
         }),
         room: Semaphore::new(capacity.max(1)),
         ready: Notify::new(),
+        drained: Notify::new(),
+        max_bytes,
+        weigh,
         senders: AtomicUsize::new(1),
     });
     (
@@ -48,13 +69,27 @@ struct Shared<T> {
     /// Wakes the receiver: a value was queued or the last sender left. Stores a permit when the
     /// receiver is not waiting, so a wake-up between its look and its wait is not lost.
     ready: Notify,
+    /// Wakes senders waiting for bytes to drain (`max_bytes`), and when the receiver is gone.
+    drained: Notify,
+    max_bytes: usize,
+    /// A value's bytes for `max_bytes` (0 for queues bounded in count only).
+    weigh: fn(&T) -> usize,
     senders: AtomicUsize,
 }
 
 struct State<T> {
     items: VecDeque<T>,
+    /// What the queued values weigh together.
+    bytes: usize,
     /// The receiver is gone: nothing more is queued.
     closed: bool,
+}
+
+/// Whether a value may be queued now, by bytes.
+enum ByBytes {
+    Fits,
+    Over,
+    Closed,
 }
 
 impl<T> Shared<T> {
@@ -63,12 +98,39 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn by_bytes(&self) -> ByBytes {
+        let state = self.state();
+        if state.closed {
+            ByBytes::Closed
+        } else if state.bytes < self.max_bytes {
+            ByBytes::Fits
+        } else {
+            ByBytes::Over
+        }
+    }
+
+    /// Waits until the queue holds fewer than `max_bytes`; `false` once the receiver is gone.
+    async fn bytes_drained(&self) -> bool {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the look, so a drain between the two is not missed.
+            drained.as_mut().enable();
+            match self.by_bytes() {
+                ByBytes::Fits => return true,
+                ByBytes::Closed => return false,
+                ByBytes::Over => drained.await,
+            }
+        }
+    }
+
     /// Queues `value` in a place already taken from `room`; gives it back if the receiver is gone.
     fn push(&self, permit: SemaphorePermit<'_>, value: T) -> Result<(), T> {
         let mut state = self.state();
         if state.closed {
             return Err(value);
         }
+        state.bytes += (self.weigh)(&value);
         state.items.push_back(value);
         drop(state);
         // The place now belongs to the queued value: the receiver gives it back.
@@ -100,16 +162,23 @@ impl<T> Sender<T> {
         let Ok(permit) = self.shared.room.acquire().await else {
             return Err(SendError(value));
         };
+        if !self.shared.bytes_drained().await {
+            return Err(SendError(value));
+        }
         self.shared.push(permit, value).map_err(SendError)
     }
 
     /// Queues `value` if there is room now.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         match self.shared.room.try_acquire() {
-            Ok(permit) => self
-                .shared
-                .push(permit, value)
-                .map_err(TrySendError::Closed),
+            Ok(permit) => match self.shared.by_bytes() {
+                ByBytes::Fits => self
+                    .shared
+                    .push(permit, value)
+                    .map_err(TrySendError::Closed),
+                ByBytes::Over => Err(TrySendError::Full(value)),
+                ByBytes::Closed => Err(TrySendError::Closed(value)),
+            },
             Err(tokio::sync::TryAcquireError::NoPermits) => Err(TrySendError::Full(value)),
             Err(tokio::sync::TryAcquireError::Closed) => Err(TrySendError::Closed(value)),
         }
@@ -119,11 +188,11 @@ impl<T> Sender<T> {
     /// receiver is gone. Dropping the permit unused gives the place back.
     pub async fn reserve(&self) -> Result<Permit<'_, T>, SendError<()>> {
         match self.shared.room.acquire().await {
-            Ok(permit) => Ok(Permit {
+            Ok(permit) if self.shared.bytes_drained().await => Ok(Permit {
                 shared: &self.shared,
                 permit,
             }),
-            Err(_) => Err(SendError(())),
+            _ => Err(SendError(())),
         }
     }
 }
@@ -209,8 +278,14 @@ impl<T> Receiver<T> {
             // allocation when the next value comes).
             state.items = VecDeque::new();
         }
+        let was_over = state.bytes >= self.shared.max_bytes;
+        state.bytes -= (self.shared.weigh)(&value);
+        let drained = was_over && state.bytes < self.shared.max_bytes;
         drop(state);
         self.shared.room.add_permits(1);
+        if drained {
+            self.shared.drained.notify_waiters();
+        }
         Some(value)
     }
 }
@@ -225,6 +300,7 @@ impl<T> Drop for Receiver<T> {
             state.closed = true;
             std::mem::take(&mut state.items)
         };
+        self.shared.drained.notify_waiters();
         drop(items);
     }
 }
@@ -398,5 +474,57 @@ mod tests {
             let mine: Vec<_> = seen.iter().filter(|v| **v / 1000 == sender).collect();
             assert!(mine.windows(2).all(|w| w[0] < w[1]));
         }
+    }
+
+    #[tokio::test]
+    async fn a_queue_of_frames_is_bounded_in_bytes_too() {
+        let frame = |n: usize| Bytes::from(vec![0u8; n]);
+        let (tx, mut rx) = bounded_bytes(100, 1000);
+        // Taken while it holds less than the bound: the last one may go over it.
+        tx.try_send(frame(600)).unwrap();
+        tx.try_send(frame(600)).unwrap();
+        assert!(matches!(tx.try_send(frame(1)), Err(TrySendError::Full(_))));
+        // A send waits for the bytes to drain, not only for a place.
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(frame(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "queued past the byte bound");
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(600));
+        // 600 bytes left: under the bound, the waiting sender goes on.
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken when the bytes drained")
+            .unwrap()
+            .unwrap();
+        // So does a reserve, and a receiver that leaves fails whoever waits.
+        tx.try_send(frame(500)).unwrap();
+        let reserving = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.reserve().await.is_err() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !reserving.is_finished(),
+            "a place reserved past the byte bound"
+        );
+        drop(rx);
+        assert!(tokio::time::timeout(Duration::from_secs(5), reserving)
+            .await
+            .expect("woken when the receiver left")
+            .unwrap());
+    }
+
+    #[test]
+    fn queues_bounded_in_count_only_ignore_bytes() {
+        let (tx, _rx) = bounded::<Bytes>(3);
+        for _ in 0..3 {
+            tx.try_send(Bytes::from(vec![0u8; 10 << 20])).unwrap();
+        }
+        assert!(matches!(
+            tx.try_send(Bytes::new()),
+            Err(TrySendError::Full(_))
+        ));
     }
 }

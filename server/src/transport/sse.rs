@@ -37,8 +37,6 @@ use crate::tcp::TcpSlot;
 
 const T: Transport = Transport::Sse;
 
-/// Frames queued for the response (the same bound as a WebSocket's).
-const OUT_QUEUE: usize = 256;
 /// The first `Subscribe` id; `Hello` is 1.
 const FIRST_SUBSCRIBE_ID: u32 = 2;
 
@@ -134,7 +132,7 @@ pub async fn stream(
         // The channel has room for every one of them.
         let _ = in_tx.try_send(Inbound::Frame(frame, std::time::Instant::now()));
     }
-    let (out_tx, out_rx) = queue::bounded(OUT_QUEUE);
+    let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let gone = CancellationToken::new();
     let link = Link {
         transport: T,

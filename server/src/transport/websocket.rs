@@ -49,7 +49,6 @@ fn valid_key(headers: &HeaderMap) -> bool {
         .is_some_and(|key| key.len() == 16)
 }
 
-const OUT_QUEUE: usize = 256;
 /// After the server's close frame, how long what the client still sends is read and dropped.
 /// Closing a TCP socket with unread data in it resets the connection, and a reset makes the
 /// client's kernel discard what it had not read yet: the goodbye (a client that sends without
@@ -190,7 +189,7 @@ async fn serve(
 ) {
     let (sink, stream) = socket.split();
     let (in_tx, in_rx) = queue::bounded(64);
-    let (out_tx, out_rx) = queue::bounded(OUT_QUEUE);
+    let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let gone = CancellationToken::new();
     let ending = CancellationToken::new();
     let timeouts = &shared.config.timeouts;

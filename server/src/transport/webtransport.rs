@@ -220,7 +220,7 @@ async fn answer_within(
 /// One accepted session: the control stream's tasks around the session core.
 async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant) {
     let (in_tx, in_rx) = queue::bounded(64);
-    let (out_tx, out_rx) = queue::bounded(256);
+    let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let max_frame = shared.config.limits.max_frame as usize;
     let control = tokio::spawn(control(
         conn.clone(),
