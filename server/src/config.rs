@@ -495,8 +495,9 @@ pub struct LimitsConfig {
     pub abuse_factor: u32,
     /// Frames queued per subscription before it is dropped as a slow consumer.
     pub subscriber_queue: usize,
-    /// Bytes queued over all of one session's subscriptions before the one that would go over
-    /// is dropped as a slow consumer (`crate::delivery_queue`). At least `max_frame`.
+    /// Bytes queued over all of one session's subscriptions before one that would go over and
+    /// holds more than its share is dropped as a slow consumer (`crate::delivery_queue`). At
+    /// least `max_frame`.
     pub session_queue_bytes: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,

@@ -6,6 +6,11 @@
 //! read. Over either bound the delivery is refused as if the queue were full, and the hub ends
 //! that subscription as a slow consumer (PROTOCOL.md §5).
 //!
+//! The budget is shared fairly: once it is spent, a queue holding less than its share (the
+//! budget divided by the session's queues) still takes deliveries, so the room whose stream the
+//! client stopped reading is the one that ends, not a room that happened to publish next. The
+//! session then holds at most twice its budget.
+//!
 //! The bytes are a delivery's frame, which its other subscribers share: the budget bounds what
 //! one session can keep alive, not a copy.
 
@@ -21,6 +26,8 @@ use crate::hub::Delivery;
 pub struct Budget {
     used: AtomicUsize,
     limit: usize,
+    /// Queues drawing on it now (for each one's fair share).
+    queues: AtomicUsize,
 }
 
 impl Budget {
@@ -28,6 +35,7 @@ impl Budget {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             limit,
+            queues: AtomicUsize::new(0),
         })
     }
 
@@ -37,13 +45,19 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn reserve(&self, bytes: usize) -> bool {
+    /// Takes `bytes` for a queue that holds `held` already: within the budget, or past it while
+    /// the queue stays within its share.
+    fn reserve(&self, bytes: usize, held: usize) -> bool {
         let before = self.used.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > self.limit {
-            self.release(bytes);
-            return false;
+        if before.saturating_add(bytes) <= self.limit {
+            return true;
         }
-        true
+        let share = self.limit / self.queues.load(Ordering::Relaxed).max(1);
+        if held.saturating_add(bytes) <= share {
+            return true;
+        }
+        self.release(bytes);
+        false
     }
 
     fn release(&self, bytes: usize) {
@@ -51,15 +65,43 @@ impl Budget {
     }
 }
 
+/// One queue's part of the budget: what it holds now.
+#[derive(Debug)]
+struct Share {
+    budget: Arc<Budget>,
+    held: AtomicUsize,
+}
+
+impl Share {
+    fn reserve(&self, bytes: usize) -> bool {
+        let held = self.held.load(Ordering::Relaxed);
+        if !self.budget.reserve(bytes, held) {
+            return false;
+        }
+        self.held.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
+
+    fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
+        self.budget.release(bytes);
+    }
+}
+
 /// A queue of `capacity` deliveries drawing on `budget`.
 pub fn channel(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
+    budget.queues.fetch_add(1, Ordering::Relaxed);
+    let share = Arc::new(Share {
+        budget,
+        held: AtomicUsize::new(0),
+    });
     (
         Sender {
             tx,
-            budget: budget.clone(),
+            share: share.clone(),
         },
-        Receiver { rx, budget },
+        Receiver { rx, share },
     )
 }
 
@@ -67,30 +109,29 @@ pub fn channel(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
 #[derive(Debug)]
 pub struct Sender {
     tx: mpsc::Sender<Delivery>,
-    budget: Arc<Budget>,
+    share: Arc<Share>,
 }
 
 impl Sender {
     /// Queues `delivery`, or gives it back: `Full` when the queue holds `capacity` deliveries
-    /// or the session's budget would be exceeded, `Closed` when the writer is gone.
+    /// or its bytes would take the session's budget past its limit and this queue past its
+    /// share, `Closed` when the writer is gone.
     pub fn try_send(&self, delivery: Delivery) -> Result<(), TrySendError<Delivery>> {
         let bytes = delivery.frame.len();
-        if !self.budget.reserve(bytes) {
+        if !self.share.reserve(bytes) {
             return Err(TrySendError::Full(delivery));
         }
         self.tx
             .try_send(delivery)
-            .inspect_err(|_| self.budget.release(bytes))
+            .inspect_err(|_| self.share.release(bytes))
     }
-}
 
-impl Sender {
     /// A handle that does not keep the queue open (the writer still sees its subscription end
     /// when the hub drops the `Sender`).
     pub fn downgrade(&self) -> WeakSender {
         WeakSender {
             tx: self.tx.downgrade(),
-            budget: self.budget.clone(),
+            share: self.share.clone(),
         }
     }
 }
@@ -99,7 +140,7 @@ impl Sender {
 #[derive(Debug)]
 pub struct WeakSender {
     tx: mpsc::WeakSender<Delivery>,
-    budget: Arc<Budget>,
+    share: Arc<Share>,
 }
 
 impl WeakSender {
@@ -107,7 +148,7 @@ impl WeakSender {
     pub fn upgrade(&self) -> Option<Sender> {
         Some(Sender {
             tx: self.tx.upgrade()?,
-            budget: self.budget.clone(),
+            share: self.share.clone(),
         })
     }
 }
@@ -115,7 +156,7 @@ impl WeakSender {
 /// The subscription writer's end. Dropping it gives back what was still queued.
 pub struct Receiver {
     rx: mpsc::Receiver<Delivery>,
-    budget: Arc<Budget>,
+    share: Arc<Share>,
 }
 
 impl Receiver {
@@ -123,13 +164,13 @@ impl Receiver {
     /// Cancel-safe, as `mpsc::Receiver::recv`.
     pub async fn recv(&mut self) -> Option<Delivery> {
         let delivery = self.rx.recv().await?;
-        self.budget.release(delivery.frame.len());
+        self.share.release(delivery.frame.len());
         Some(delivery)
     }
 
     pub fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
         let delivery = self.rx.try_recv()?;
-        self.budget.release(delivery.frame.len());
+        self.share.release(delivery.frame.len());
         Ok(delivery)
     }
 
@@ -143,8 +184,9 @@ impl Drop for Receiver {
         // Closed first: a send racing this drop fails and gives its bytes back itself.
         self.rx.close();
         while let Ok(delivery) = self.rx.try_recv() {
-            self.budget.release(delivery.frame.len());
+            self.share.release(delivery.frame.len());
         }
+        self.share.budget.queues.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -164,15 +206,20 @@ mod tests {
         let (a, mut a_rx) = channel(100, budget.clone());
         let (b, b_rx) = channel(100, budget.clone());
         a.try_send(delivery(600)).expect("room");
+        // Spent: b, within its share (500), still takes a delivery; a, past its own, does not.
+        b.try_send(delivery(500)).expect("a queue within its share");
         assert!(matches!(
-            b.try_send(delivery(500)),
+            a.try_send(delivery(1)),
             Err(TrySendError::Full(_))
         ));
-        assert_eq!(budget.used(), 600, "a refused delivery takes nothing");
-        b.try_send(delivery(400)).expect("room");
-        assert_eq!(budget.used(), 1000);
+        assert!(matches!(
+            b.try_send(delivery(1)),
+            Err(TrySendError::Full(_))
+        ));
+        assert_eq!(budget.used(), 1100, "a refused delivery takes nothing");
         assert_eq!(a_rx.try_recv().expect("queued").frame.len(), 600);
-        assert_eq!(budget.used(), 400);
+        assert_eq!(budget.used(), 500);
+        b.try_send(delivery(400)).expect("within the budget again");
         // A writer that ends gives back what it never took.
         drop(b_rx);
         assert_eq!(budget.used(), 0);
@@ -181,6 +228,38 @@ mod tests {
             Err(TrySendError::Closed(_))
         ));
         assert_eq!(budget.used(), 0);
+    }
+
+    /// A room whose writer takes nothing fills the budget; the session's other rooms go on,
+    /// and the stalled one is refused (then ended by the hub), not the next to publish.
+    #[test]
+    fn a_stalled_queue_cannot_push_out_the_others() {
+        let budget = Budget::new(10_000);
+        let (stalled, _stalled_rx) = channel(1000, budget.clone());
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            others.push(channel(1000, budget.clone()));
+        }
+        let mut taken = 0;
+        while stalled.try_send(delivery(100)).is_ok() {
+            taken += 1;
+        }
+        assert_eq!(taken, 100, "the whole budget while nobody else held any");
+        // Each of the others reads what it gets, and keeps getting it.
+        for _ in 0..50 {
+            for (tx, rx) in &mut others {
+                tx.try_send(delivery(100)).expect("a reading room goes on");
+                rx.try_recv().expect("queued");
+            }
+        }
+        assert!(stalled.try_send(delivery(100)).is_err());
+        // The others may each hold up to their share (2,500) past the spent budget: the
+        // session's total stays within twice its budget.
+        for (tx, _) in &others {
+            while tx.try_send(delivery(100)).is_ok() {}
+        }
+        assert!(budget.used() <= 2 * 10_000, "{}", budget.used());
+        assert_eq!(budget.used(), 10_000 + 3 * 2_500);
     }
 
     #[test]

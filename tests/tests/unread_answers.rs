@@ -360,3 +360,81 @@ async fn large_unread_answers_are_bounded_in_bytes() -> anyhow::Result<()> {
     assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
     Ok(())
 }
+
+/// A room whose stream the client stops reading cannot push the session's other rooms out: its
+/// queue fills the session's byte budget (`limits.session_queue_bytes`), and then it is that
+/// room that ends as a slow consumer, while a room the client reads keeps every publication,
+/// bursts included (a burst queues behind the stream's credit for a moment). The budget used to
+/// go to whichever room queued next, which ended the healthy room.
+#[tokio::test]
+async fn a_room_the_client_stops_reading_cannot_push_out_another() -> anyhow::Result<()> {
+    const BURSTS: usize = 50;
+    const PER_BURST: usize = 4;
+    let server = TestServer::start_with(|c| {
+        c.limits.session_queue_bytes = 100_000;
+        c.limits.subscriber_queue = 10_000;
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    // 8 KiB of credit per stream: the unread one blocks at once, and a burst of 20 KB into the
+    // one that is read queues partly until the client reads.
+    let mut sub = Raw::with_stream_window(&server, &full_token("acme", "s"), 8 * 1024).await?;
+    let _unread = sub.subscribe("chat.unread").await?;
+    let mut read = sub.subscribe("chat.read").await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let (progress, mut seen) = tokio::sync::watch::channel(0usize);
+    let reader = tokio::spawn(async move {
+        for i in 0..BURSTS * PER_BURST {
+            let payload = read.payload().await?;
+            anyhow::ensure!(
+                payload.len() == 5_000 && payload[0] == i as u8,
+                "publication {i}"
+            );
+            progress.send_replace(i + 1);
+        }
+        anyhow::Ok(())
+    });
+    let publication = |id: u32, room: &str, byte: u8| {
+        quiver_proto::encode_command(&quiver_proto::ClientFrame {
+            id,
+            command: Command::Publish {
+                room: room.into(),
+                payload: bytes::Bytes::from(vec![byte; 5_000]),
+                ack: false,
+            },
+        })
+    };
+    let mut id = 1000;
+    for burst in 0..BURSTS {
+        let mut frames = publication(id, "chat.unread", burst as u8);
+        for n in 0..PER_BURST {
+            id += 1;
+            frames.extend(publication(id, "chat.read", (burst * PER_BURST + n) as u8));
+        }
+        id += 1;
+        publ.send_bytes(&frames).await?;
+        // The client catches up with the room it reads before the next burst.
+        let caught_up = tokio::time::timeout(
+            Duration::from_secs(10),
+            seen.wait_for(|n| *n == (burst + 1) * PER_BURST),
+        )
+        .await;
+        anyhow::ensure!(
+            matches!(caught_up, Ok(Ok(_))),
+            "the room being read stopped at burst {burst}: {:?}",
+            reader.is_finished()
+        );
+    }
+    reader.await??;
+    // The unread room is the one that ended.
+    let ended = tokio::time::timeout(Duration::from_secs(10), sub.recv()).await??;
+    assert!(
+        matches!(
+            &ended.event,
+            Event::Unsubscribed { room, code, .. }
+                if room == "chat.unread" && *code == quiver_proto::ErrorCode::SlowConsumer.as_u16()
+        ),
+        "{ended:?}"
+    );
+    Ok(())
+}
