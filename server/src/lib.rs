@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod presence;
 pub mod quota;
 pub mod registry;
+mod replay;
 pub mod revocation;
 pub mod rpc;
 mod server;

@@ -14,10 +14,9 @@ use wtransport::{Connection, SendStream, VarInt};
 use crate::hub::Delivery;
 use crate::latest::{self, Slot};
 use crate::metrics::hot;
+// Upper bound of one coalesced write (the replay's batch size too).
+use crate::replay::MAX_BATCH;
 use crate::transport::queue;
-
-/// Upper bound of one coalesced write.
-const MAX_BATCH: usize = 64 * 1024;
 
 /// Reported to the session when a writer ends on its own.
 #[derive(Debug)]
@@ -42,8 +41,9 @@ pub struct Writer {
     pub sub_id: u64,
     /// The id the client knows the subscription by (its datagrams carry it): per session.
     pub wire_id: u64,
-    /// `SubscriptionStream` frame, then the replayed publications: written first, in one go.
-    pub preamble: Vec<u8>,
+    /// `SubscriptionStream` frame (own streams), then the replayed publications: written
+    /// first, a batch at a time.
+    pub preamble: crate::replay::Preamble,
     /// Live deliveries at or below this offset were already in the replay: skipped, so the seam
     /// between history and live has neither gap nor duplicate.
     pub skip_through: Option<u64>,
@@ -114,7 +114,6 @@ impl Writer {
         // The frames of one write, as the hub encoded them: quinn takes `Bytes` without copying,
         // so a frame is never copied between the hub and the QUIC send buffer.
         let mut batch = Batch::default();
-        batch.push(Bytes::from(std::mem::take(&mut self.preamble)), false);
         // When the oldest live frame in `batch` reached the hub (the replay has none).
         let mut oldest = None;
         // `None` while the stream is lent to the hub (the writer is idle).
@@ -123,6 +122,13 @@ impl Writer {
         let mut stalled = false;
         let mut stall = self.stall_deadline.map(Stall::new);
         loop {
+            // The header and the replay first, encoded a batch at a time as the stream takes
+            // them; nothing live goes before their end.
+            if batch.is_empty() {
+                if let Some(replayed) = self.preamble.next_batch() {
+                    batch.push(replayed, false);
+                }
+            }
             if batch.is_empty() {
                 if let Some(direct) = &self.direct {
                     if let Some(idle) = stream.take() {
@@ -167,7 +173,7 @@ impl Writer {
                 }
                 stream = self.reclaim(stream);
             }
-            while batch.bytes < MAX_BATCH {
+            while batch.bytes < MAX_BATCH && self.preamble.is_done() {
                 match self.queue.try_recv() {
                     Ok(more) if self.fresh(&more) => {
                         batch.push(more.frame, true);
@@ -252,8 +258,8 @@ impl Writer {
     }
 
     async fn run_shared(mut self, out: queue::Sender<Bytes>) {
-        // The preamble may hold a long replay: hand it over in batches of whole frames.
-        for batch in whole_frame_batches(std::mem::take(&mut self.preamble)) {
+        // The replay, in batches of whole frames as the connection takes them.
+        while let Some(batch) = self.preamble.next_batch() {
             let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;
@@ -544,27 +550,6 @@ impl Batch {
     }
 }
 
-/// Cuts a run of complete frames into batches of whole frames of about [`MAX_BATCH`] bytes.
-fn whole_frame_batches(frames: Vec<u8>) -> Vec<Bytes> {
-    let frames = Bytes::from(frames);
-    let mut batches = Vec::new();
-    let (mut start, mut at) = (0, 0);
-    while at + quiver_proto::LENGTH_PREFIX <= frames.len() {
-        let mut prefix = [0u8; quiver_proto::LENGTH_PREFIX];
-        prefix.copy_from_slice(&frames[at..at + quiver_proto::LENGTH_PREFIX]);
-        let next = at + quiver_proto::LENGTH_PREFIX + u32::from_be_bytes(prefix) as usize;
-        if next - start > MAX_BATCH && at > start {
-            batches.push(frames.slice(start..at));
-            start = at;
-        }
-        at = next.min(frames.len());
-    }
-    if start < frames.len() {
-        batches.push(frames.slice(start..));
-    }
-    batches
-}
-
 /// Why [`Stall::write`] gave up.
 enum NotWritten {
     /// The stream took no byte for the deadline.
@@ -659,28 +644,4 @@ async fn write(
 
 async fn open(conn: &Connection) -> Option<wtransport::SendStream> {
     conn.open_uni().await.ok()?.await.ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_keep_frames_whole() {
-        let mut frames = Vec::new();
-        for n in 0..40u8 {
-            quiver_proto::frame::write_frame(&vec![n; 5000], &mut frames);
-        }
-        let total = frames.len();
-        let batches = whole_frame_batches(frames);
-        assert!(batches.len() > 1);
-        assert_eq!(batches.iter().map(Bytes::len).sum::<usize>(), total);
-        for b in &batches {
-            let mut d = quiver_proto::FrameDecoder::new(1 << 20);
-            d.push(b);
-            while d.next_frame().unwrap().is_some() {}
-            assert!(d.finish().is_ok(), "a batch ends on a frame boundary");
-        }
-        assert!(whole_frame_batches(Vec::new()).is_empty());
-    }
 }

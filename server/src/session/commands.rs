@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::publishing::Reply;
 use super::{Refusal, Session, Sub};
-use crate::hub::{publication_frame, RoomKey, Subscriber};
+use crate::hub::{RoomKey, Subscriber};
 use crate::metrics as m;
 use crate::subscription::{Direct, Ended, Sink, Writer};
 use crate::transport::Peer;
@@ -116,32 +116,28 @@ impl Session {
         // On a shared connection the session sends the header itself, before its `Subscribed`
         // reply: an `Unsubscribe` right behind the `Subscribe` aborts the writer, possibly
         // before it ran, and PROTOCOL.md §9.2 promises the header for every subscription.
-        let mut preamble = if shared_sink {
+        let header = if shared_sink {
             self.tally.sent(header.len(), 0);
             m::hot::delivery_bytes().increment(header.len() as u64);
             let _ = self.out.send(header).await;
-            Vec::new()
+            None
         } else {
-            header.to_vec()
+            Some(header)
         };
-        let (recovery, skip_through) = match (resume, recovered.replay) {
-            (None, _) => (Recovery::NotRequested, None),
-            (Some(_), None) => (Recovery::Failed, None),
+        let (recovery, skip_through, replay) = match (resume, recovered.replay) {
+            (None, _) => (Recovery::NotRequested, None, Vec::new()),
+            (Some(_), None) => (Recovery::Failed, None, Vec::new()),
             (Some(since), Some(replay)) => {
                 let last = replay.last().map_or(since.offset, |(p, _)| p.offset);
-                for (position, payload) in &replay {
-                    preamble.extend_from_slice(&publication_frame(
-                        &key,
-                        Some(*position),
-                        payload.clone(),
-                    ));
-                }
                 let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
                 // Their bytes are counted as the writer hands over the preamble.
                 self.tally.sent(0, u64::from(replayed));
-                (Recovery::Recovered { replayed }, Some(last))
+                (Recovery::Recovered { replayed }, Some(last), replay)
             }
         };
+        // Encoded by the writer as its stream takes it (`crate::replay`): a slow reader holds
+        // the broker's payloads, not a copy of its replay.
+        let preamble = crate::replay::Preamble::new(header, key.clone(), replay);
         if resume.is_some() {
             let recovered = matches!(recovery, Recovery::Recovered { .. });
             m::labels::count_resume(&self.shared.config, &key.room, Some(recovered));
