@@ -116,9 +116,13 @@ pub struct Shared {
     pub drained: CancellationToken,
     /// Sessions on every transport.
     pub sessions: AtomicUsize,
-    /// Connections in any stage: QUIC from the first packet, TCP from `accept` (pre-session ones
-    /// hold memory too). At most `limits.max_sessions`.
+    /// QUIC connections in any stage, from the first packet (pre-session ones hold memory
+    /// too). At most `limits.max_sessions`.
     pub connections: AtomicUsize,
+    /// TCP connections from `accept`, whatever they carry: at most `limits.max_sessions` plus a
+    /// little headroom. Counted apart from QUIC, so that neither transport's idle connections
+    /// can keep the other's clients out.
+    pub tcp_connections: AtomicUsize,
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
     /// Client tokens publishing through the backend API, metered per user.
     pub api_clients: crate::api::client_rate::ClientRates,
@@ -269,6 +273,7 @@ impl Server {
             drained: CancellationToken::new(),
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            tcp_connections: AtomicUsize::new(0),
             tenant_quotas,
             api_clients,
             address_limits,

@@ -3,8 +3,9 @@
 //!
 //! Every connection is bounded from its first byte, as QUIC connections are
 //! (`transport::webtransport`):
-//! - it counts towards `limits.max_sessions` (with QUIC connections, in `Shared::connections`;
-//!   TCP may go [`HEADROOM`] over it) and towards its address's `quotas.per_address` limits
+//! - it counts towards `limits.max_sessions` (TCP connections alone, in
+//!   `Shared::tcp_connections`, apart from QUIC ones; TCP may go [`HEADROOM`] over it) and
+//!   towards its address's `quotas.per_address` limits
 //!   from `accept` on; over either it is
 //!   refused: over TLS closed at once, on plain HTTP answered `429` once its request's head has
 //!   arrived (at most [`REFUSING`] such answers at a time, each within [`REFUSE_WITHIN`]; past
@@ -33,7 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::server::Shared;
-use crate::transport::Counted;
+use crate::transport::{Counted, Pool};
 
 /// One TCP connection's place in the server's and its address's counts: held by the connection
 /// and by the session it carries, released when both are gone.
@@ -101,7 +102,7 @@ pub async fn serve(
 /// Counts a new connection, or says why not (the refusal's label: server at capacity, or its
 /// address at its limits).
 fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static str> {
-    let Some(counted) = Counted::admit(shared, HEADROOM) else {
+    let Some(counted) = Counted::admit(shared, Pool::Tcp { headroom: HEADROOM }) else {
         debug!(%remote, "TCP connection refused: server at max_sessions");
         return Err("unavailable");
     };

@@ -553,3 +553,41 @@ async fn a_full_server_still_answers_health_checks() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Idle TCP connections (no token needed to open them) cannot keep WebTransport clients out,
+/// nor QUIC connections that never send CONNECT WebSocket ones: each kind of connection is
+/// bounded by `max_sessions` on its own (an outside audit held 4 idle TCP connections to a
+/// server with `max_sessions = 4` and every WebTransport client was refused).
+#[tokio::test]
+async fn idle_connections_of_one_transport_do_not_shut_out_the_other() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(5);
+        c.limits.max_sessions = 2;
+    })
+    .await?;
+    let mut idle_tcp = Vec::new();
+    for _ in 0..2 {
+        idle_tcp.push(tokio::net::TcpStream::connect(server.http).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut wt = Raw::connect(&server, &full_token("acme", "wt")).await?;
+    assert!(matches!(wt.request(Command::Ping).await?, Event::Pong));
+    wt.close().await;
+    drop(idle_tcp);
+    // Now the QUIC side full of connections that say nothing.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while server.sessions() > 0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the session never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its connection's place goes just after the session's.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_e1, _silent1) = silent_quic(&server).await?;
+    let (_e2, _silent2) = silent_quic(&server).await?;
+    let mut ws = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "ws")).await?;
+    assert!(matches!(ws.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}

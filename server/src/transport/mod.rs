@@ -10,7 +10,7 @@ pub mod sse;
 pub mod websocket;
 pub mod webtransport;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -231,25 +231,48 @@ impl Refused {
     }
 }
 
-/// Counts a connection (QUIC from its first packet, TCP from `accept`) until it ends, towards
-/// `limits.max_sessions`: a connection that never becomes a session holds memory all the same.
-pub struct Counted(Arc<Shared>);
+/// Which connections a [`Counted`] place is among: each kind is bounded on its own by
+/// `limits.max_sessions`, so idle TCP connections (no token needed) cannot keep WebTransport
+/// clients out, nor QUIC handshakes WebSocket ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// QUIC connections, from their first packet.
+    Quic,
+    /// TCP connections, from `accept`, with `headroom` over the limit (health checks and
+    /// scrapes still reach a server full of sessions).
+    Tcp { headroom: usize },
+}
+
+/// Counts a connection until it ends, towards `limits.max_sessions` for its kind ([`Pool`]):
+/// a connection that never becomes a session holds memory all the same.
+pub struct Counted(Arc<Shared>, Pool);
 
 impl Counted {
-    /// A place for one more connection, or `None` at `max_sessions` (plus `headroom`).
-    pub fn admit(shared: &Arc<Shared>, headroom: usize) -> Option<Self> {
+    /// A place for one more connection, or `None` with its kind at `max_sessions` (plus any
+    /// headroom).
+    pub fn admit(shared: &Arc<Shared>, pool: Pool) -> Option<Self> {
+        let (count, headroom) = Self::count(shared, pool);
         let limit = shared.config.limits.max_sessions.saturating_add(headroom);
-        if shared.connections.load(Ordering::Relaxed) >= limit {
+        if count.load(Ordering::Relaxed) >= limit {
             return None;
         }
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        Some(Self(shared.clone()))
+        count.fetch_add(1, Ordering::Relaxed);
+        Some(Self(shared.clone(), pool))
+    }
+
+    fn count(shared: &Shared, pool: Pool) -> (&AtomicUsize, usize) {
+        match pool {
+            Pool::Quic => (&shared.connections, 0),
+            Pool::Tcp { headroom } => (&shared.tcp_connections, headroom),
+        }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        Self::count(&self.0, self.1)
+            .0
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 

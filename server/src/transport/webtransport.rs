@@ -18,7 +18,7 @@ use wtransport::endpoint::{IncomingSession, SessionRequest};
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 use super::{
-    admit, check_origin, count_refused, credentials, queue, Counted, Inbound, Peer, Refused,
+    admit, check_origin, count_refused, credentials, queue, Counted, Inbound, Peer, Pool, Refused,
     Transport,
 };
 use crate::server::Shared;
@@ -81,7 +81,7 @@ fn admit_connection(shared: &Arc<Shared>, incoming: IncomingSession) {
         incoming.retry();
         return;
     }
-    let Some(counted) = Counted::admit(shared, 0) else {
+    let Some(counted) = Counted::admit(shared, Pool::Quic) else {
         // Not even a handshake: a QUIC-level refusal costs one packet.
         count_refused(T, "capacity");
         incoming.refuse();
