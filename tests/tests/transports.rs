@@ -654,6 +654,22 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
         let body: serde_json::Value = answer.json().await?;
         assert_eq!(body["label"], "bad_request", "{body}");
     }
+    // The key or the version given twice is malformed too (RFC 6455 §11.3.1, §11.3.5): the
+    // server would otherwise answer for one of them and ignore the other.
+    for (name, second) in [
+        ("sec-websocket-key", "AAAAAAAAAAAAAAAAAAAAAA=="),
+        ("sec-websocket-version", "12"),
+        ("sec-websocket-version", "13"),
+    ] {
+        let request = reqwest::Client::new().get(format!("http://{}/v1/ws?token={t}", server.http));
+        let answer = as_upgrade(request, "dGhlIHNhbXBsZSBub25jZQ==")
+            .header(name, second)
+            .send()
+            .await?;
+        assert_eq!(answer.status().as_u16(), 400, "{name} twice");
+        let body: serde_json::Value = answer.json().await?;
+        assert_eq!(body["label"], "bad_request", "{body}");
+    }
     // A WebSocket version the server does not speak: 426 naming the one it does (RFC 6455
     // §4.2.2).
     let answer = reqwest::Client::new()

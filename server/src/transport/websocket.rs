@@ -33,20 +33,23 @@ use crate::tcp::TcpSlot;
 
 const T: Transport = Transport::WebSocket;
 
-/// Messages queued for the socket: the connection's one outgoing bound (PROTOCOL §9.2). Each is
-/// at most one frame, or one batch of whole frames of about 64 KiB.
 /// RFC 6455 §4.1: the key is "a base64-encoded value that, when decoded, is 16 bytes in
-/// length" (axum only checks that the header is there).
+/// length" (axum only checks that the header is there), and §11.3.1/§11.3.5: the key and the
+/// version "MUST NOT appear more than once" (axum reads the first and ignores the rest).
 fn valid_key(headers: &HeaderMap) -> bool {
+    use axum::http::header::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
     use base64::Engine;
-    headers
-        .get(axum::http::header::SEC_WEBSOCKET_KEY)
-        .and_then(|key| {
-            base64::engine::general_purpose::STANDARD
-                .decode(key.as_bytes())
-                .ok()
-        })
-        .is_some_and(|key| key.len() == 16)
+    let once = |name| headers.get_all(name).iter().count() <= 1;
+    once(SEC_WEBSOCKET_KEY)
+        && once(SEC_WEBSOCKET_VERSION)
+        && headers
+            .get(SEC_WEBSOCKET_KEY)
+            .and_then(|key| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(key.as_bytes())
+                    .ok()
+            })
+            .is_some_and(|key| key.len() == 16)
 }
 
 /// After the server's close frame, how long what the client still sends is read and dropped.
@@ -99,7 +102,8 @@ pub async fn upgrade(
             StatusCode::BAD_REQUEST,
             "bad_request",
             None,
-            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes (RFC 6455 §4.1)",
+            "Sec-WebSocket-Key must be the base64 encoding of 16 bytes, and it and \
+             Sec-WebSocket-Version may each appear once (RFC 6455 §4.1, §11.3)",
         );
     }
     let checked = admit_tcp(&shared, &headers, query.as_deref());
