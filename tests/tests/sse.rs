@@ -555,5 +555,16 @@ async fn sse_resumes_a_quiet_room_and_by_query_parameter() -> anyhow::Result<()>
         .send()
         .await?;
     assert_eq!(twice.status(), 400);
+    // So is the header given twice (which of the two would count is anyone's guess).
+    let twice = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/sse?token={fresh}&room=log.q",
+            server.http
+        ))
+        .header("last-event-id", "")
+        .header("last-event-id", id.as_str())
+        .send()
+        .await?;
+    assert_eq!(twice.status(), 400);
     Ok(())
 }

@@ -83,6 +83,15 @@ pub async fn stream(
         Ok(id) => id,
         Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
     };
+    // Given twice, which one counts is anyone's guess: refused, like the query parameter.
+    if headers.get_all("last-event-id").iter().nth(1).is_some() {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            None,
+            "Last-Event-ID is given twice",
+        );
+    }
     let header_id = headers.get("last-event-id").map(|v| v.to_str());
     let resume = match header_id.or(query_id.as_deref().map(Ok)) {
         None => BTreeMap::new(),
