@@ -89,7 +89,7 @@ pub async fn page(
         // One more than the page holds says whether more is kept after it.
         let recovered = shared
             .broker
-            .recover_some(key.clone(), from, limit.saturating_add(1))
+            .recover_some(key.clone(), from, limit.saturating_add(1), max_bytes)
             .await?;
         match recovered.replay {
             Some(kept) => break (recovered.current, kept),

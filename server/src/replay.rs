@@ -4,11 +4,14 @@
 //! The replay is kept as the broker handed it over (positions and payloads, which the memory
 //! broker shares with its history) and encoded a batch at a time as the stream takes it, so a
 //! client that reads a long replay slowly makes the server hold references to history plus one
-//! batch, not an encoded copy of everything it asked for.
+//! batch, not an encoded copy of everything it asked for. A broker that copies payloads in
+//! (NATS) hands over the first page and the rest as [`ReplayPages`], read as the stream takes
+//! them, so there too a slow reader holds a page.
 
 use bytes::Bytes;
-use quiver_proto::Position;
+use quiver_proto::{ErrorCode, Position};
 
+use crate::broker::{ReplayError, ReplayPages};
 use crate::hub::{publication_frame, RoomKey};
 
 /// Upper bound of one batch (the last frame may take it past: frames are never cut).
@@ -18,24 +21,58 @@ pub struct Preamble {
     header: Option<Bytes>,
     key: RoomKey,
     replay: std::vec::IntoIter<(Position, Bytes)>,
+    /// What follows `replay`, still in the broker.
+    rest: Option<Box<dyn ReplayPages>>,
 }
 
 impl Preamble {
-    pub fn new(header: Option<Bytes>, key: RoomKey, replay: Vec<(Position, Bytes)>) -> Self {
+    pub fn new(
+        header: Option<Bytes>,
+        key: RoomKey,
+        replay: Vec<(Position, Bytes)>,
+        rest: Option<Box<dyn ReplayPages>>,
+    ) -> Self {
         Self {
             header,
             key,
             replay: replay.into_iter(),
+            rest,
         }
     }
 
     /// Whether everything was handed out (live frames may follow).
     pub fn is_done(&self) -> bool {
-        self.header.is_none() && self.replay.len() == 0
+        self.header.is_none() && self.replay.len() == 0 && self.rest.is_none()
     }
 
     /// The next batch of whole frames, about [`MAX_BATCH`] bytes; `None` once all were given.
-    pub fn next_batch(&mut self) -> Option<Bytes> {
+    /// Reads the broker's next page when the one in hand is spent; an error ends the replay.
+    pub async fn next_batch(&mut self) -> Result<Option<Bytes>, ReplayError> {
+        loop {
+            if let Some(batch) = self.encode_batch() {
+                return Ok(Some(batch));
+            }
+            let Some(rest) = self.rest.as_mut() else {
+                return Ok(None);
+            };
+            let page = if rest.remaining() == 0 {
+                Vec::new()
+            } else {
+                rest.next_page().await?
+            };
+            if rest.remaining() == 0 {
+                self.rest = None;
+            } else if page.is_empty() {
+                // A broker that keeps its promise never gets here; never spin on one that
+                // does not.
+                return Err(ReplayError::Cut);
+            }
+            self.replay = page.into_iter();
+        }
+    }
+
+    /// From what is in hand: a batch of whole frames, or `None`.
+    fn encode_batch(&mut self) -> Option<Bytes> {
         let mut batch = Vec::new();
         if let Some(header) = self.header.take() {
             batch.extend_from_slice(&header);
@@ -50,49 +87,157 @@ impl Preamble {
     }
 }
 
+/// How a replay that could not be finished ends its subscription (`Unsubscribed`).
+pub fn ended_by(error: &ReplayError) -> (ErrorCode, &'static str) {
+    match error {
+        ReplayError::Cut => (
+            ErrorCode::UnrecoverablePosition,
+            "history lost part of this replay while it was read (the room kept no more than its \
+             limits allow): subscribe again, resuming from the last position received",
+        ),
+        ReplayError::Broker(_) => (
+            ErrorCode::Unavailable,
+            "the rest of this replay could not be read from the broker: subscribe again, \
+             resuming from the last position received",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use futures::future::BoxFuture;
     use quiver_proto::{RoomName, TenantId};
 
     use super::*;
 
-    #[test]
-    fn batches_keep_frames_whole_and_in_order() {
-        let key = RoomKey {
+    /// A broker's rest of a replay: pages of `page` publications; `fail_at` pages are given
+    /// before the next read fails.
+    struct FakePages {
+        rest: Vec<(Position, Bytes)>,
+        page: usize,
+        fail_at: Option<usize>,
+        last: Position,
+    }
+
+    impl ReplayPages for FakePages {
+        fn remaining(&self) -> usize {
+            self.rest.len()
+        }
+        fn last(&self) -> Position {
+            self.last
+        }
+        fn next_page(&mut self) -> BoxFuture<'_, Result<Vec<(Position, Bytes)>, ReplayError>> {
+            Box::pin(async move {
+                if let Some(n) = self.fail_at.as_mut() {
+                    if *n == 0 {
+                        return Err(ReplayError::Cut);
+                    }
+                    *n -= 1;
+                }
+                let take = self.page.min(self.rest.len());
+                Ok(self.rest.drain(..take).collect())
+            })
+        }
+    }
+
+    fn key() -> RoomKey {
+        RoomKey {
             tenant: TenantId::parse("acme").unwrap(),
             room: RoomName::parse("h.room").unwrap(),
-        };
-        let replay: Vec<_> = (1..=40u64)
+        }
+    }
+
+    fn publications(n: u64) -> Vec<(Position, Bytes)> {
+        (1..=n)
             .map(|offset| {
                 let position = Position { epoch: 7, offset };
                 (position, Bytes::from(vec![offset as u8; 5000]))
             })
-            .collect();
+            .collect()
+    }
+
+    /// Splits `all` into what is in hand and a pager over the rest.
+    fn paged(all: &[(Position, Bytes)], in_hand: usize, fail_at: Option<usize>) -> Preamble {
+        let rest = FakePages {
+            rest: all[in_hand..].to_vec(),
+            page: 7,
+            fail_at,
+            last: all.last().unwrap().0,
+        };
+        let header = Some(Bytes::from_static(b"\0\0\0\x01h"));
+        Preamble::new(header, key(), all[..in_hand].to_vec(), Some(Box::new(rest)))
+    }
+
+    #[tokio::test]
+    async fn batches_keep_frames_whole_and_in_order() {
+        let replay = publications(40);
         let header = Bytes::from_static(b"\0\0\0\x01h");
-        let mut preamble = Preamble::new(Some(header.clone()), key.clone(), replay.clone());
-        let mut batches = Vec::new();
-        while let Some(batch) = preamble.next_batch() {
-            assert!(
-                batch.len() < MAX_BATCH + 5100,
-                "one frame past the bound at most"
-            );
-            batches.push(batch);
+        // All in hand, or the first 10 in hand and the rest read in pages of 7.
+        for mut preamble in [
+            Preamble::new(Some(header.clone()), key(), replay.clone(), None),
+            paged(&replay, 10, None),
+        ] {
+            let mut batches = Vec::new();
+            while let Some(batch) = preamble.next_batch().await.unwrap() {
+                assert!(
+                    batch.len() < MAX_BATCH + 5100,
+                    "one frame past the bound at most"
+                );
+                batches.push(batch);
+            }
+            assert!(preamble.is_done());
+            assert!(batches.len() > 1, "a long replay comes in several batches");
+            // Concatenated, they are the header and every publication frame, in order.
+            let mut expected = header.to_vec();
+            for (position, payload) in &replay {
+                expected.extend_from_slice(&publication_frame(
+                    &key(),
+                    Some(*position),
+                    payload.clone(),
+                ));
+            }
+            assert_eq!(batches.concat(), expected);
+            // Each batch ends on a frame boundary.
+            for batch in &batches[1..] {
+                let mut decoder = quiver_proto::FrameDecoder::new(1 << 20);
+                decoder.push(batch);
+                while decoder.next_frame().unwrap().is_some() {}
+                assert!(decoder.finish().is_ok());
+            }
         }
-        assert!(preamble.is_done());
-        assert!(batches.len() > 1, "a long replay comes in several batches");
-        // Concatenated, they are the header and every publication frame, in order.
-        let mut expected = header.to_vec();
-        for (position, payload) in replay {
-            expected.extend_from_slice(&publication_frame(&key, Some(position), payload));
+        let mut empty = Preamble::new(None, key(), Vec::new(), None);
+        assert!(empty.next_batch().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_page_that_cannot_be_read_ends_the_replay_after_what_was_read() {
+        let replay = publications(40);
+        // In hand 10, then two pages of 7, then the third read fails.
+        let mut preamble = paged(&replay, 10, Some(2));
+        let mut read = Vec::new();
+        let error = loop {
+            match preamble.next_batch().await {
+                Ok(Some(batch)) => read.push(batch),
+                Ok(None) => panic!("the replay cannot end whole"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(error, ReplayError::Cut));
+        assert_eq!(ended_by(&error).0, ErrorCode::UnrecoverablePosition);
+        assert!(
+            !preamble.is_done(),
+            "nothing live may follow a broken replay"
+        );
+        let mut decoder = quiver_proto::FrameDecoder::new(1 << 20);
+        decoder.push(&read.concat());
+        let mut frames = 0;
+        while decoder.next_frame().unwrap().is_some() {
+            frames += 1;
         }
-        assert_eq!(batches.concat(), expected);
-        // Each batch ends on a frame boundary.
-        for batch in &batches[1..] {
-            let mut decoder = quiver_proto::FrameDecoder::new(1 << 20);
-            decoder.push(batch);
-            while decoder.next_frame().unwrap().is_some() {}
-            assert!(decoder.finish().is_ok());
-        }
-        assert!(Preamble::new(None, key, Vec::new()).next_batch().is_none());
+        assert_eq!(
+            frames,
+            1 + 10 + 14,
+            "the header and the publications read before it"
+        );
     }
 }

@@ -118,15 +118,26 @@ impl Writer {
         let mut oldest = None;
         // `None` while the stream is lent to the hub (the writer is idle).
         let mut stream = Some(stream);
-        // Set when the loop ends because the stream took nothing for `stall_deadline`.
-        let mut stalled = false;
+        // Why the loop ended, when it was not an overflow: the stream took nothing for
+        // `stall_deadline`, or the replay's rest could not be read.
+        let mut ending = None;
         let mut stall = self.stall_deadline.map(Stall::new);
         loop {
             // The header and the replay first, encoded a batch at a time as the stream takes
             // them; nothing live goes before their end.
-            if batch.is_empty() {
-                if let Some(replayed) = self.preamble.next_batch() {
-                    batch.push(replayed, false);
+            if batch.is_empty() && !self.preamble.is_done() {
+                let next = tokio::select! {
+                    biased;
+                    _ = self.overflow.cancelled() => break,
+                    next = self.preamble.next_batch() => next,
+                };
+                match next {
+                    Ok(Some(replayed)) => batch.push(replayed, false),
+                    Ok(None) => {}
+                    Err(e) => {
+                        ending = Some(crate::replay::ended_by(&e));
+                        break;
+                    }
                 }
             }
             if batch.is_empty() {
@@ -195,7 +206,10 @@ impl Writer {
                 written = write(out.quic_stream_mut(), &mut batch.chunks, stall.as_mut()) => match written {
                     Ok(()) => {}
                     Err(NotWritten::Stalled) => {
-                        stalled = true;
+                        ending = Some((
+                            ErrorCode::SlowConsumer,
+                            "the client took nothing from this subscription's stream for too long",
+                        ));
                         break;
                     }
                     // The client stopped the stream: the subscription is over, and it is told.
@@ -214,26 +228,26 @@ impl Writer {
             }
             batch.clear();
         }
-        // Overflowed or stalled; or ended by the session while the client withheld the credit
-        // for the rest, which is not waited for (code 0, and the session says why itself).
+        // Overflowed, stalled or the replay broke; or ended by the session while the client
+        // withheld the credit for the rest, which is not waited for (code 0, and the session
+        // says why itself).
         let code = if self.ended_by_session.is_cancelled() {
             0
         } else {
-            u32::from(ErrorCode::SlowConsumer.as_u16())
+            let (code, _) = ending.unwrap_or((ErrorCode::SlowConsumer, ""));
+            u32::from(code.as_u16())
         };
         if let Some(mut stream) = self.reclaim(stream) {
             let _ = stream.reset(VarInt::from_u32(code));
         }
-        if stalled {
-            let _ = self.ended.send(Ended {
-                sub_id: self.sub_id,
-                cause: Some((
-                    ErrorCode::SlowConsumer,
-                    "the client took nothing from this subscription's stream for too long",
-                )),
-            });
-        } else {
-            self.report_overflow();
+        match ending {
+            Some(cause) if !self.ended_by_session.is_cancelled() => {
+                let _ = self.ended.send(Ended {
+                    sub_id: self.sub_id,
+                    cause: Some(cause),
+                });
+            }
+            _ => self.report_overflow(),
         }
     }
 
@@ -259,7 +273,18 @@ impl Writer {
 
     async fn run_shared(mut self, out: queue::Sender<Bytes>) {
         // The replay, in batches of whole frames as the connection takes them.
-        while let Some(batch) = self.preamble.next_batch() {
+        loop {
+            let batch = match self.preamble.next_batch().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = self.ended.send(Ended {
+                        sub_id: self.sub_id,
+                        cause: Some(crate::replay::ended_by(&e)),
+                    });
+                    return;
+                }
+            };
             let len = batch.len() as u64;
             if out.send(batch).await.is_err() {
                 return;

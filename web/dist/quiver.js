@@ -2039,7 +2039,9 @@ var QuiverClient = class {
       room
     });
     this.emit("error", err);
-    if (code === ErrorCode.slow_consumer) {
+    if (code === ErrorCode.slow_consumer || // A cluster's replay that could not be finished (PROTOCOL.md section 5): what arrived is
+    // good, and resuming from it either finishes the replay or says recovery failed.
+    code === ErrorCode.unrecoverable_position || code === ErrorCode.unavailable) {
       this.retrySubscribe(state);
     } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
     } else {

@@ -665,7 +665,13 @@ export class QuiverClient {
       room,
     });
     this.emit('error', err);
-    if (code === ErrorCode.slow_consumer) {
+    if (
+      code === ErrorCode.slow_consumer ||
+      // A cluster's replay that could not be finished (PROTOCOL.md section 5): what arrived is
+      // good, and resuming from it either finishes the replay or says recovery failed.
+      code === ErrorCode.unrecoverable_position ||
+      code === ErrorCode.unavailable
+    ) {
       // The protocol allows subscribing again; resume covers the gap when the room keeps history.
       this.retrySubscribe(state);
     } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {

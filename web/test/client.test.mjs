@@ -296,28 +296,31 @@ describe(`over ${transport}`, () => {
     await connected(net, client);
   });
 
-  test('a subscription the server ended as a slow consumer is re-subscribed, resuming', async (t) => {
-    const { net, client } = setup({}, transport);
-    t.after(() => client.close());
-    const conn = await connected(net, client);
-    const got = [];
-    const subscribed = client.subscribe('dash.fast', (m) => got.push(m.text()));
-    const cmd = await conn.expect('Subscribe');
-    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.fast', position: null, recovery: { type: 'NotRequested' } });
-    await subscribed;
-    const stream = conn.openStream();
-    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.fast' });
-    stream.send(0, { type: 'Publication', room: 'dash.fast', position: { epoch: 2n, offset: 5n }, payload: text('x') });
-    await waitUntil(() => got.length === 1);
-    const error = once(client, 'error');
-    conn.send(0, { type: 'Unsubscribed', room: 'dash.fast', code: 112, reason: 'queue full' });
-    const [e] = await error;
-    assert.equal(e.kind, 'subscription');
-    assert.equal(e.label, 'slow_consumer');
-    assert.equal(e.room, 'dash.fast');
-    const again = await conn.expect('Subscribe');
-    assert.deepEqual(again.command.resume, { epoch: 2n, offset: 5n });
-  });
+  // A slow consumer, and a cluster replay the server could not finish (PROTOCOL.md section 5).
+  for (const [code, label] of [[112, 'slow_consumer'], [117, 'unrecoverable_position'], [111, 'unavailable']]) {
+    test(`a subscription the server ended with ${label} is re-subscribed, resuming`, async (t) => {
+      const { net, client } = setup({}, transport);
+      t.after(() => client.close());
+      const conn = await connected(net, client);
+      const got = [];
+      const subscribed = client.subscribe('dash.fast', (m) => got.push(m.text()));
+      const cmd = await conn.expect('Subscribe');
+      conn.send(cmd.id, { type: 'Subscribed', room: 'dash.fast', position: null, recovery: { type: 'NotRequested' } });
+      await subscribed;
+      const stream = conn.openStream();
+      stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.fast' });
+      stream.send(0, { type: 'Publication', room: 'dash.fast', position: { epoch: 2n, offset: 5n }, payload: text('x') });
+      await waitUntil(() => got.length === 1);
+      const error = once(client, 'error');
+      conn.send(0, { type: 'Unsubscribed', room: 'dash.fast', code, reason: 'ended' });
+      const [e] = await error;
+      assert.equal(e.kind, 'subscription');
+      assert.equal(e.label, label);
+      assert.equal(e.room, 'dash.fast');
+      const again = await conn.expect('Subscribe');
+      assert.deepEqual(again.command.resume, { epoch: 2n, offset: 5n });
+    });
+  }
 
   test('a throwing message handler is reported and does not stop deliveries', async (t) => {
     const { net, client } = setup({}, transport);

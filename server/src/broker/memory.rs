@@ -378,6 +378,8 @@ impl MemoryBroker {
         Recovered {
             current: Some(current),
             replay,
+            // Its payloads are shared with history: nothing to page.
+            rest: None,
         }
     }
 

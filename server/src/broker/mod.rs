@@ -29,6 +29,42 @@ pub struct Recovered {
     /// Publications after the requested position, oldest first; `None` when they cannot all be
     /// replayed (trimmed from history, another epoch, or no history), or none was requested.
     pub replay: Option<Vec<(Position, Bytes)>>,
+    /// What follows `replay` when it was too long to read at once (a resume, never a history
+    /// page): read a page at a time as the subscription's stream takes it.
+    pub rest: Option<Box<dyn ReplayPages>>,
+}
+
+/// The rest of a long replay, still in the broker. A broker whose history lives in this process
+/// shares its payloads and never needs this; one that copies them in (NATS) would otherwise
+/// make every slow reader of a long replay hold a copy of all of it.
+pub trait ReplayPages: Send {
+    /// Publications not read yet.
+    fn remaining(&self) -> usize;
+    /// The position of the replay's last publication.
+    fn last(&self) -> Position;
+    /// The next publications, oldest first: never empty while some remain. An error ends the
+    /// replay (what was read before it stays good).
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Vec<(Position, Bytes)>, ReplayError>>;
+}
+
+impl std::fmt::Debug for dyn ReplayPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayPages")
+            .field("remaining", &self.remaining())
+            .field("last", &self.last())
+            .finish()
+    }
+}
+
+/// Why the rest of a replay could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// History lost publications of the replay after it started (it kept more, or older, than
+    /// its limits allow while the subscriber read slowly): sending the rest would leave a gap.
+    #[error("history was cut while the replay was read")]
+    Cut,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
 }
 
 pub trait Broker: Send + Sync + 'static {
@@ -47,13 +83,16 @@ pub trait Broker: Send + Sync + 'static {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
-    /// Like `recover` from `since`, reading at most `max` publications: a history page. The
-    /// default reads everything and keeps `max`.
+    /// Like `recover` from `since`, reading at most `max` publications, and no more once their
+    /// payloads exceed `max_bytes`: a history page (one past either bound says there is more).
+    /// The default reads everything and keeps `max` (for a broker whose history is in this
+    /// process, reading is sharing).
     fn recover_some(
         &self,
         key: RoomKey,
         since: Position,
         max: usize,
+        _max_bytes: usize,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(async move {
             let mut recovered = self.recover(key, Some(since)).await?;

@@ -18,6 +18,7 @@
 
 mod health;
 mod history;
+mod history_read;
 mod lag;
 
 use std::collections::HashMap;
@@ -476,13 +477,16 @@ impl Inner {
     }
 
     async fn recover_now(
-        &self,
+        self: &Arc<Self>,
         key: RoomKey,
         since: Option<Position>,
     ) -> Result<Recovered, BrokerError> {
         match self.config.history(&key.room) {
             None => Ok(Recovered::default()),
-            Some(ns) => self.recover_history(&key, ns, since, usize::MAX).await,
+            Some(ns) => {
+                self.recover_history(&key, ns, since, history_read::Reach::Replay)
+                    .await
+            }
         }
     }
 }
@@ -533,11 +537,17 @@ impl Broker for NatsBroker {
         key: RoomKey,
         since: Position,
         max: usize,
+        max_bytes: usize,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(async move {
             match self.inner.config.history(&key.room) {
                 None => Ok(Recovered::default()),
-                Some(ns) => self.inner.recover_history(&key, ns, Some(since), max).await,
+                Some(ns) => {
+                    let reach = history_read::Reach::Page { max, max_bytes };
+                    self.inner
+                        .recover_history(&key, ns, Some(since), reach)
+                        .await
+                }
             }
         })
     }

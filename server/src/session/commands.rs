@@ -124,20 +124,25 @@ impl Session {
         } else {
             Some(header)
         };
-        let (recovery, skip_through, replay) = match (resume, recovered.replay) {
-            (None, _) => (Recovery::NotRequested, None, Vec::new()),
-            (Some(_), None) => (Recovery::Failed, None, Vec::new()),
+        let (recovery, skip_through, replay, rest) = match (resume, recovered.replay) {
+            (None, _) => (Recovery::NotRequested, None, Vec::new(), None),
+            (Some(_), None) => (Recovery::Failed, None, Vec::new(), None),
             (Some(since), Some(replay)) => {
-                let last = replay.last().map_or(since.offset, |(p, _)| p.offset);
-                let replayed = u32::try_from(replay.len()).unwrap_or(u32::MAX);
+                let rest = recovered.rest;
+                let last = match &rest {
+                    Some(rest) => rest.last().offset,
+                    None => replay.last().map_or(since.offset, |(p, _)| p.offset),
+                };
+                let count = replay.len() + rest.as_ref().map_or(0, |r| r.remaining());
+                let replayed = u32::try_from(count).unwrap_or(u32::MAX);
                 // Their bytes are counted as the writer hands over the preamble.
                 self.tally.sent(0, u64::from(replayed));
-                (Recovery::Recovered { replayed }, Some(last), replay)
+                (Recovery::Recovered { replayed }, Some(last), replay, rest)
             }
         };
         // Encoded by the writer as its stream takes it (`crate::replay`): a slow reader holds
-        // the broker's payloads, not a copy of its replay.
-        let preamble = crate::replay::Preamble::new(header, key.clone(), replay);
+        // the broker's payloads (or a page of them), not a copy of its replay.
+        let preamble = crate::replay::Preamble::new(header, key.clone(), replay, rest);
         if resume.is_some() {
             let recovered = matches!(recovery, Recovery::Recovered { .. });
             m::labels::count_resume(&self.shared.config, &key.room, Some(recovered));

@@ -58,7 +58,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::{bounded, subject, unavailable, Inner};
-use crate::broker::{BrokerError, Recovered};
+use crate::broker::BrokerError;
 use crate::config::NamespaceConfig;
 use crate::hub::RoomKey;
 
@@ -69,7 +69,7 @@ const READ_INACTIVE: Duration = Duration::from_secs(5);
 /// How long a stream's live consumer outlives the stream's last local room.
 const LIVE_LINGER: Duration = Duration::from_secs(10);
 /// Most publications one pull of a read consumer asks for.
-const READ_BATCH: usize = 256;
+pub(super) const READ_BATCH: usize = 256;
 
 /// A tenant's stream for one history namespace.
 #[derive(Clone)]
@@ -77,6 +77,12 @@ pub struct TenantStream {
     pub stream: stream::Stream,
     /// The stream's creation time: a stream lost and created again is a new epoch.
     pub epoch: u64,
+}
+
+/// A stream's epoch: its creation time (odd, so never 0), which a stream lost and created
+/// again does not share.
+pub(super) fn epoch_of(info: &stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos()).unwrap_or(1) | 1
 }
 
 /// `QUIVER_<tenant length>_<tenant>_<namespace>`: the length keeps it unambiguous (both parts
@@ -132,8 +138,7 @@ impl Inner {
                         unavailable(e)
                     }
                 })?;
-                let created = stream.info().await.map_err(unavailable)?.created;
-                let epoch = u64::try_from(created.unix_timestamp_nanos()).unwrap_or(1) | 1;
+                let epoch = epoch_of(stream.info().await.map_err(unavailable)?);
                 Ok(TenantStream { stream, epoch })
             }),
         )
@@ -181,22 +186,6 @@ impl Inner {
         let mut seen = self.high_water.lock().unwrap_or_else(|e| e.into_inner());
         let entry = seen.entry((tenant.clone(), ns.to_owned())).or_default();
         *entry = (*entry).max(sequence);
-    }
-
-    pub(super) async fn recover_history(
-        &self,
-        key: &RoomKey,
-        ns: &NamespaceConfig,
-        since: Option<Position>,
-        max: usize,
-    ) -> Result<Recovered, BrokerError> {
-        let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
-        let subject = subject(key);
-        bounded(
-            "history read",
-            self.read_history(stream, epoch, subject, ns.history_size, since, max),
-        )
-        .await
     }
 
     /// The room's oldest kept publication, for `History` without `since`.
@@ -550,118 +539,6 @@ impl Inner {
             .await
             .map_err(unavailable)?;
         Ok((consumer, guard))
-    }
-
-    async fn read_history(
-        &self,
-        stream: stream::Stream,
-        epoch: u64,
-        subject: String,
-        history_size: usize,
-        since: Option<Position>,
-        // Most publications to read (a history page needs no more than its limit).
-        max: usize,
-    ) -> Result<Recovered, BrokerError> {
-        let state = stream.get_info().await.map_err(unavailable)?.state;
-        let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
-            Ok(msg) => Some(msg.sequence),
-            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
-            Err(e) => return Err(unavailable(e)),
-        };
-        // A room with nothing kept is at the stream's position: whatever the room gets next
-        // comes after it. (The stream info was read first, so nothing of the room slips
-        // between.)
-        let current = Position {
-            epoch,
-            offset: last_kept.unwrap_or(state.last_sequence),
-        };
-        let answer = |replay| {
-            Ok(Recovered {
-                current: Some(current),
-                replay,
-            })
-        };
-        let Some(since) = since else {
-            return answer(None);
-        };
-        // Another epoch, or a position this stream never reached.
-        if since.epoch != epoch || since.offset > state.last_sequence {
-            return answer(None);
-        }
-        let front_intact = state.first_sequence <= since.offset.saturating_add(1);
-        let Some(last) = last_kept else {
-            // The room keeps nothing: nothing after P was removed as long as the stream's front
-            // is intact. (P cannot be told from another room's position here: see the module
-            // documentation.)
-            return answer(front_intact.then(Vec::new));
-        };
-        // Past the room's last publication: never a position of this room (its later
-        // publications all have higher sequences), as the embedded broker answers it.
-        if since.offset > last {
-            return answer(None);
-        }
-        let first_kept = match stream.direct_get_first_for_subject(subject.clone()).await {
-            Ok(msg) => msg.sequence,
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return answer(None),
-            Err(e) => return Err(unavailable(e)),
-        };
-        if last == since.offset {
-            return answer(Some(Vec::new()));
-        }
-        let (consumer, _guard) = self
-            .read_consumer(
-                &stream,
-                consumer::pull::Config {
-                    filter_subject: subject,
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                        start_sequence: since.offset + 1,
-                    },
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let after = consumer.cached_info().num_pending;
-        // See the module documentation: the room's first kept message at or before P + 1, or
-        // (everything kept is after P, so `after` is all it keeps) under the count limit with
-        // the stream's front intact.
-        let complete =
-            first_kept <= since.offset + 1 || (after < history_size as u64 && front_intact);
-        if !complete {
-            return answer(None);
-        }
-        if after == 0 {
-            // Cut between our reads: nothing left to replay, and it was not ours to keep.
-            return answer(None);
-        }
-        let mut replay = Vec::new();
-        // A read consumer does not recover from a lost message as an ordered one would: its
-        // sequence must count up by one, or the read is refused rather than given with a gap.
-        let mut expected = 1;
-        while replay.len() < max {
-            let mut messages = pull(&consumer, max - replay.len()).await?;
-            let before = replay.len();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let info = msg.info().map_err(unavailable)?;
-                if info.consumer_sequence != expected {
-                    return Err(BrokerError::Unavailable(
-                        "history read lost a message in transit; retry".into(),
-                    ));
-                }
-                expected += 1;
-                let (seq, pending) = (info.stream_sequence, info.pending);
-                replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-                if seq >= last || pending == 0 || replay.len() >= max {
-                    return answer(Some(replay));
-                }
-            }
-            if replay.len() == before {
-                // What was pending is gone (cut from the front meanwhile): the replay would
-                // have a gap.
-                return answer(None);
-            }
-        }
-        answer(Some(replay))
     }
 }
 

@@ -1,0 +1,355 @@
+//! Reading a history room back from JetStream: a resume's replay and `History` pages.
+//!
+//! Why a replay is complete, or answered `Failed`, is in [`super::history`]'s documentation.
+//!
+//! **Long replays are read a page at a time.** A JetStream message's payload is this process's
+//! own copy, so a replay read whole at `Subscribe` made every slow reader of a long history
+//! hold all of it (up to `limits.history_tenant_max_bytes`, 64 MiB by default, per resume).
+//! A resume reads its first [`REPLAY_PAGE`] bytes at `Subscribe`; if more follow, it lists the
+//! rest's sequences (a headers-only read: 8 bytes a publication, at most `history_size`), so
+//! `Recovered { replayed }` is exact, and [`Pages`] reads their payloads a page at a time as the
+//! subscription's stream takes them. A page must bring exactly the listed sequences: one
+//! missing was cut from history meanwhile (the subscriber read slower than the room's limits
+//! keep), and the replay ends there with [`ReplayError::Cut`] rather than go on with a gap.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_nats::jetstream::{consumer, stream};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use quiver_proto::Position;
+
+use super::history::{epoch_of, pull, TenantStream, READ_BATCH};
+use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
+use crate::broker::{BrokerError, Recovered, ReplayError, ReplayPages};
+use crate::config::NamespaceConfig;
+use crate::hub::RoomKey;
+
+/// About how many payload bytes a resume reads at once (one pull may take it past by its
+/// last publications: see [`pull_size`]).
+pub const REPLAY_PAGE: usize = 256 * 1024;
+
+/// How far a read goes.
+#[derive(Clone, Copy)]
+pub(super) enum Reach {
+    /// A resume: everything after the position, the first page now and the rest as the stream
+    /// takes it.
+    Replay,
+    /// A `History` page, all now: at most `max` publications, and none more once their
+    /// payloads are past `max_bytes` (the page's frame could not hold them).
+    Page { max: usize, max_bytes: usize },
+}
+
+/// Publications one pull asks for: enough for about a page of the largest payloads, so a pull
+/// never brings many pages' worth at once.
+fn pull_size(max_payload: usize) -> usize {
+    (REPLAY_PAGE / max_payload.max(1)).clamp(1, READ_BATCH)
+}
+
+/// Checks a read consumer's message arrived in order: a read consumer does not recover from a
+/// lost message as an ordered one would, so its sequence must count up by one, or the read is
+/// refused rather than given with a gap.
+fn in_order(
+    info: &async_nats::jetstream::message::Info<'_>,
+    expected: &mut u64,
+) -> Result<(), BrokerError> {
+    if info.consumer_sequence != *expected {
+        return Err(BrokerError::Unavailable(
+            "history read lost a message in transit; retry".into(),
+        ));
+    }
+    *expected += 1;
+    Ok(())
+}
+
+impl Inner {
+    pub(super) async fn recover_history(
+        self: &Arc<Self>,
+        key: &RoomKey,
+        ns: &NamespaceConfig,
+        since: Option<Position>,
+        reach: Reach,
+    ) -> Result<Recovered, BrokerError> {
+        let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
+        let subject = subject(key);
+        bounded(
+            "history read",
+            self.read_history(stream, epoch, subject, ns.history_size, since, reach),
+        )
+        .await
+    }
+
+    async fn read_history(
+        self: &Arc<Self>,
+        stream: stream::Stream,
+        epoch: u64,
+        subject: String,
+        history_size: usize,
+        since: Option<Position>,
+        reach: Reach,
+    ) -> Result<Recovered, BrokerError> {
+        let state = stream.get_info().await.map_err(unavailable)?.state;
+        let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(msg) => Some(msg.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(e) => return Err(unavailable(e)),
+        };
+        // A room with nothing kept is at the stream's position: whatever the room gets next
+        // comes after it. (The stream info was read first, so nothing of the room slips
+        // between.)
+        let current = Position {
+            epoch,
+            offset: last_kept.unwrap_or(state.last_sequence),
+        };
+        let answer = |replay, rest| {
+            Ok(Recovered {
+                current: Some(current),
+                replay,
+                rest,
+            })
+        };
+        let Some(since) = since else {
+            return answer(None, None);
+        };
+        // Another epoch, or a position this stream never reached.
+        if since.epoch != epoch || since.offset > state.last_sequence {
+            return answer(None, None);
+        }
+        let front_intact = state.first_sequence <= since.offset.saturating_add(1);
+        let Some(last) = last_kept else {
+            // The room keeps nothing: nothing after P was removed as long as the stream's front
+            // is intact. (P cannot be told from another room's position here: see the module
+            // documentation.)
+            return answer(front_intact.then(Vec::new), None);
+        };
+        // Past the room's last publication: never a position of this room (its later
+        // publications all have higher sequences), as the embedded broker answers it.
+        if since.offset > last {
+            return answer(None, None);
+        }
+        let first_kept = match stream.direct_get_first_for_subject(subject.clone()).await {
+            Ok(msg) => msg.sequence,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                return answer(None, None)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        if last == since.offset {
+            return answer(Some(Vec::new()), None);
+        }
+        let (consumer, guard) = self
+            .read_consumer(&stream, read_from(&subject, since.offset + 1, false))
+            .await?;
+        let after = consumer.cached_info().num_pending;
+        // See the module documentation: the room's first kept message at or before P + 1, or
+        // (everything kept is after P, so `after` is all it keeps) under the count limit with
+        // the stream's front intact.
+        let complete =
+            first_kept <= since.offset + 1 || (after < history_size as u64 && front_intact);
+        if !complete {
+            return answer(None, None);
+        }
+        if after == 0 {
+            // Cut between our reads: nothing left to replay, and it was not ours to keep.
+            return answer(None, None);
+        }
+        let (max, max_bytes, paged) = match reach {
+            Reach::Replay => (usize::MAX, usize::MAX, true),
+            Reach::Page { max, max_bytes } => (max, max_bytes, false),
+        };
+        let per_pull = pull_size(self.config.limits.max_payload as usize);
+        let mut replay = Vec::new();
+        let mut bytes = 0;
+        let mut expected = 1;
+        loop {
+            if replay.len() >= max {
+                return answer(Some(replay), None);
+            }
+            let mut messages = pull(&consumer, (max - replay.len()).min(per_pull)).await?;
+            let before = replay.len();
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(unavailable)?;
+                let info = msg.info().map_err(unavailable)?;
+                in_order(&info, &mut expected)?;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                bytes += msg.payload.len();
+                replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
+                if seq >= last || pending == 0 || replay.len() >= max || bytes > max_bytes {
+                    return answer(Some(replay), None);
+                }
+            }
+            if replay.len() == before {
+                // What was pending is gone (cut from the front meanwhile): the replay would
+                // have a gap.
+                return answer(None, None);
+            }
+            if paged && bytes >= REPLAY_PAGE {
+                break;
+            }
+        }
+        drop((consumer, guard));
+        // The first page is read; list the rest.
+        let read_through = replay.last().map_or(since.offset, |(p, _)| p.offset);
+        let Some(rest) = self
+            .sequences(&stream, &subject, read_through + 1, last)
+            .await?
+        else {
+            return answer(None, None);
+        };
+        // Cuts only ever take a room's oldest publications: if the page's last one is still
+        // kept now, nothing after it had gone when the list was read.
+        match stream.direct_get_first_for_subject(subject.clone()).await {
+            Ok(msg) if msg.sequence <= read_through => {}
+            Ok(_) => return answer(None, None),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                return answer(None, None)
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        let pages = Pages {
+            inner: self.clone(),
+            stream,
+            epoch,
+            subject,
+            per_pull,
+            last: Position {
+                epoch,
+                offset: last,
+            },
+            rest,
+        };
+        answer(Some(replay), Some(Box::new(pages)))
+    }
+
+    /// The room's sequences from `from` through `last`, oldest first, read without payloads;
+    /// `None` when none is left (cut from the front meanwhile).
+    async fn sequences(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        from: u64,
+        last: u64,
+    ) -> Result<Option<VecDeque<u64>>, BrokerError> {
+        let (consumer, _guard) = self
+            .read_consumer(stream, read_from(subject, from, true))
+            .await?;
+        let mut sequences = VecDeque::new();
+        let mut expected = 1;
+        loop {
+            let mut messages = pull(&consumer, READ_BATCH).await?;
+            let before = sequences.len();
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(unavailable)?;
+                let info = msg.info().map_err(unavailable)?;
+                in_order(&info, &mut expected)?;
+                sequences.push_back(info.stream_sequence);
+                if info.stream_sequence >= last || info.pending == 0 {
+                    return Ok(Some(sequences));
+                }
+            }
+            if sequences.len() == before {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A read consumer's configuration: one room's messages from a sequence on.
+fn read_from(subject: &str, start_sequence: u64, headers_only: bool) -> consumer::pull::Config {
+    consumer::pull::Config {
+        filter_subject: subject.to_owned(),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        headers_only,
+        ..Default::default()
+    }
+}
+
+/// The rest of a resume's replay, read a page at a time (module documentation).
+struct Pages {
+    inner: Arc<Inner>,
+    stream: stream::Stream,
+    epoch: u64,
+    subject: String,
+    per_pull: usize,
+    last: Position,
+    /// The sequences still to read, oldest first.
+    rest: VecDeque<u64>,
+}
+
+impl Pages {
+    async fn read_page(&mut self) -> Result<Vec<(Position, Bytes)>, ReplayError> {
+        let Some(&from) = self.rest.front() else {
+            return Ok(Vec::new());
+        };
+        // A stream lost and made again restarts its sequences: ours would name others.
+        let info = self.stream.get_info().await.map_err(unavailable)?;
+        if epoch_of(&info) != self.epoch {
+            return Err(ReplayError::Cut);
+        }
+        let (consumer, _guard) = self
+            .inner
+            .read_consumer(&self.stream, read_from(&self.subject, from, false))
+            .await?;
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut expected = 1;
+        while bytes < REPLAY_PAGE && !self.rest.is_empty() {
+            let mut messages = pull(&consumer, self.rest.len().min(self.per_pull)).await?;
+            let before = page.len();
+            while let Some(msg) = messages.next().await {
+                let msg = msg.map_err(unavailable)?;
+                let info = msg.info().map_err(unavailable)?;
+                in_order(&info, &mut expected)?;
+                // In order, so the next message is the next listed one, or that one was cut.
+                if self.rest.pop_front() != Some(info.stream_sequence) {
+                    return Err(ReplayError::Cut);
+                }
+                bytes += msg.payload.len();
+                let position = Position {
+                    epoch: self.epoch,
+                    offset: info.stream_sequence,
+                };
+                page.push((position, msg.payload.clone()));
+                if self.rest.is_empty() {
+                    break;
+                }
+            }
+            if page.len() == before {
+                return Err(ReplayError::Cut);
+            }
+        }
+        Ok(page)
+    }
+}
+
+impl ReplayPages for Pages {
+    fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
+    fn last(&self) -> Position {
+        self.last
+    }
+
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Vec<(Position, Bytes)>, ReplayError>> {
+        Box::pin(async move {
+            tokio::time::timeout(JS_TIMEOUT, self.read_page())
+                .await
+                .map_err(|_| BrokerError::Unavailable("history replay page timed out".into()))?
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pull_asks_for_about_a_page_of_the_largest_payloads() {
+        assert_eq!(pull_size(60 * 1024), 4);
+        assert_eq!(pull_size(1 << 20), 1, "at least one");
+        assert_eq!(pull_size(100), READ_BATCH, "at most a read batch");
+    }
+}
