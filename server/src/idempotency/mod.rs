@@ -11,7 +11,8 @@
 //! Bounds here: at most [`MAX_PER_TENANT`] entries per tenant (its oldest go first, so one tenant's
 //! keys never push out another's) and [`MAX_ENTRIES`] in all (past it, the oldest entries of the
 //! tenants holding most go, [`ROOM`] at a time: finding them is a pass over every tenant,
-//! paid once per [`ROOM`] new keys rather than once per key).
+//! paid once per [`ROOM`] new keys rather than once per key); at most [`MAX_TENANTS`] tenants
+//! remembered (past it, those holding no key are forgotten in one pass).
 
 pub mod cluster;
 
@@ -32,6 +33,12 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// 100,000 tenants, a pass per new key cost ~70 ms of CPU (an outside audit: keyed publishes
 /// fell to 14/s and every tenant's latency rose).
 const ROOM: usize = MAX_ENTRIES / 100;
+/// Tenants remembered at once. A tenant stays while it holds a key, and while its clients'
+/// recent claims count towards [`MAX_CLIENT_KEYS_PER_TENANT`]; so tenants whose keys were
+/// evicted (or forgotten after failed publications) would pile up with every new tenant (an
+/// outside audit: ~1.1 KB each). Past this, the tenants holding no key are forgotten in one
+/// pass; at most [`MAX_ENTRIES`] hold one, so a pass frees at least the margin above it.
+const MAX_TENANTS: usize = MAX_ENTRIES + MAX_ENTRIES / 10;
 /// Keys a tenant's clients (client tokens) may claim through this instance per [`WINDOW`]: a
 /// client's keys also go into the cluster's shared record (one bucket for every tenant), which
 /// eviction here does not empty, so they are refused beyond this rather than evicted. The
@@ -217,6 +224,9 @@ impl IdempotencyKeys {
         let slot = (room.clone(), key.to_owned());
         let mut inner = self.lock();
         let inner = &mut *inner;
+        if inner.tenants.len() >= MAX_TENANTS && !inner.tenants.contains_key(tenant) {
+            Self::forget_tenants(inner, now);
+        }
         let keys = inner.tenants.entry(tenant.clone()).or_default();
         inner.total -= keys.expire(now);
         if let Some(entry) = keys.entries.get(&slot) {
@@ -266,6 +276,21 @@ impl IdempotencyKeys {
             digest,
             cluster_key: None,
         })
+    }
+
+    /// At [`MAX_TENANTS`]: drops every tenant's expired entries, then every tenant holding no
+    /// key. Those forget their clients' recent claims, so they may claim
+    /// [`MAX_CLIENT_KEYS_PER_TENANT`] afresh: that count keeps one tenant from filling the
+    /// cluster's record, and this many tenants at once are past what it can promise anyway
+    /// (the record is bounded by itself).
+    fn forget_tenants(inner: &mut Inner, now: Instant) {
+        inner.passes += 1;
+        let mut dropped = 0;
+        inner.tenants.retain(|_, keys| {
+            dropped += keys.expire(now);
+            !keys.entries.is_empty()
+        });
+        inner.total -= dropped;
     }
 
     /// Over [`MAX_ENTRIES`]: drops every tenant's expired entries and tenants left empty, then,
@@ -537,6 +562,39 @@ mod tests {
         let inner = keys.lock();
         assert!(inner.total <= MAX_ENTRIES);
         assert!(inner.passes <= extra / ROOM + 1, "{} passes", inner.passes);
+    }
+
+    #[test]
+    fn tenants_that_hold_no_key_do_not_pile_up() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (lobby, now) = (room("lobby"), Instant::now());
+        let client = scoped(&format!("{USER}mallory"), "k");
+        // Client keys from ever more tenants, each forgotten again (its publication failed):
+        // each tenant keeps only its count of recent client claims.
+        for t in 0..MAX_TENANTS + MAX_ENTRIES / 5 {
+            drop(keys.claim_here(
+                &tenant(&format!("t{t}")),
+                &lobby,
+                &client,
+                digest(b"x"),
+                now,
+            ));
+        }
+        // And keys from tenants whose keys are then evicted by newer ones.
+        for t in 0..MAX_ENTRIES + 3 * ROOM {
+            let who = tenant(&format!("e{t}"));
+            if let Claim::New(mut guard) = keys.claim_here(&who, &lobby, &client, digest(b"x"), now)
+            {
+                guard.done_here(None);
+            }
+        }
+        let inner = keys.lock();
+        assert!(
+            inner.tenants.len() <= MAX_TENANTS,
+            "{} tenants remembered",
+            inner.tenants.len()
+        );
+        assert!(inner.passes <= 10, "{} passes", inner.passes);
     }
 
     #[test]
