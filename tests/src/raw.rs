@@ -379,6 +379,18 @@ impl Raw {
     }
 }
 
+/// A `Publish` without ack, encoded: frames for [`Raw::send_bytes`], several to one write.
+pub fn publish_frame(id: u32, room: &str, payload: impl Into<Bytes>) -> Vec<u8> {
+    encode_command(&ClientFrame {
+        id,
+        command: Command::Publish {
+            room: room.into(),
+            payload: payload.into(),
+            ack: false,
+        },
+    })
+}
+
 /// The server events in one binary WebSocket message (it holds whole frames, PROTOCOL §9.2).
 pub fn events_in(message: &[u8]) -> Result<Vec<Event>> {
     let mut decoder = FrameDecoder::new(DEFAULT_MAX_FRAME);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use bytes::Bytes;
-use quiver_proto::{encode_command, ClientFrame, Command, Event, ServerFrame};
+use quiver_proto::{Command, Event, ServerFrame};
 use quiver_tests::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -16,18 +16,9 @@ const WAIT: Duration = Duration::from_secs(10);
 /// `count` Publish commands for `room` in one buffer, so they arrive together and run as one;
 /// their payloads say who sent which (`a17` is a's 18th: `tag` and `first` + n).
 fn burst(room: &str, tag: &str, first: u32, count: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    for n in first..first + count {
-        bytes.extend(encode_command(&ClientFrame {
-            id: 1 + n,
-            command: Command::Publish {
-                room: room.into(),
-                payload: Bytes::from(format!("{tag}{n}")),
-                ack: false,
-            },
-        }));
-    }
-    bytes
+    (first..first + count)
+        .flat_map(|n| publish_frame(1 + n, room, format!("{tag}{n}")))
+        .collect()
 }
 
 /// The next publication on a room's stream: its offset (history rooms) and payload.

@@ -394,16 +394,7 @@ async fn a_room_the_client_stops_reading_cannot_push_out_another() -> anyhow::Re
         }
         anyhow::Ok(())
     });
-    let publication = |id: u32, room: &str, byte: u8| {
-        quiver_proto::encode_command(&quiver_proto::ClientFrame {
-            id,
-            command: Command::Publish {
-                room: room.into(),
-                payload: bytes::Bytes::from(vec![byte; 5_000]),
-                ack: false,
-            },
-        })
-    };
+    let publication = |id: u32, room: &str, byte: u8| publish_frame(id, room, vec![byte; 5_000]);
     let mut id = 1000;
     for burst in 0..BURSTS {
         let mut frames = publication(id, "chat.unread", burst as u8);
