@@ -499,17 +499,10 @@ impl Direct {
         // Out of stream credit, or the client stopped the stream: the writer takes over (as
         // in `offer`).
         idle.behind = true;
-        let upgraded;
-        let queue = match queue {
-            Some(queue) => queue,
-            None => match self.queue.upgrade() {
-                Some(queue) => {
-                    upgraded = queue;
-                    &upgraded
-                }
-                // Unsubscribed meanwhile: nobody wants the rest.
-                None => return,
-            },
+        let upgraded = queue.is_none().then(|| self.queue.upgrade()).flatten();
+        // Unsubscribed meanwhile (the queue is gone): nobody wants the rest.
+        let Some(queue) = queue.or(upgraded.as_ref()) else {
+            return;
         };
         let entered = std::time::Instant::now();
         for frame in left {
