@@ -62,6 +62,14 @@ const NATS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Runs `op` against NATS for an operator action: refused at once while the client knows it
 /// lost NATS, and refused after [`NATS_WAIT`] otherwise (the API answers 503 either way). The
 /// first connection, still pending just after start, is waited for within the bound.
+/// An operator action applied on this instance but not told to the others (NATS lost or not
+/// answering): how many sessions it reached here, and why it went no further.
+#[derive(Debug)]
+pub struct NotSpread {
+    pub here: usize,
+    pub error: String,
+}
+
 pub(crate) async fn with_nats<T>(
     nats: &async_nats::Client,
     op: impl std::future::Future<Output = Result<T, String>>,
@@ -149,7 +157,12 @@ impl Control {
 
     /// Revokes a token by its `jti` until `until` (its expiry) on every instance, and ends the
     /// sessions using it. Returns how many sessions *this* instance ended.
-    pub async fn revoke(&self, tenant: &TenantId, jti: &str, until: u64) -> Result<usize, String> {
+    pub async fn revoke(
+        &self,
+        tenant: &TenantId,
+        jti: &str,
+        until: u64,
+    ) -> Result<usize, NotSpread> {
         let key = revocation::key(tenant, jti);
         let local = self.apply_revoke(
             &Revoke {
@@ -163,7 +176,10 @@ impl Control {
                 key: key.clone(),
                 until,
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| NotSpread {
+                here: local,
+                error: e.to_string(),
+            })?;
             with_nats(nats, async {
                 let store = self.store(nats).await?;
                 store
@@ -175,7 +191,8 @@ impl Control {
                     .map_err(|e| format!("nats: {e}"))?;
                 nats.flush().await.map_err(|e| format!("nats: {e}"))
             })
-            .await?;
+            .await
+            .map_err(|error| NotSpread { here: local, error })?;
         }
         Ok(local)
     }
@@ -243,17 +260,21 @@ impl Control {
         &self,
         tenant: &TenantId,
         disconnect: Disconnect,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, NotSpread> {
         let local = self.apply(&disconnect);
         if let Some(nats) = &self.nats {
-            let body = serde_json::to_vec(&disconnect).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(&disconnect).map_err(|e| NotSpread {
+                here: local,
+                error: e.to_string(),
+            })?;
             with_nats(nats, async {
                 nats.publish(subject(tenant), body.into())
                     .await
                     .map_err(|e| format!("nats: {e}"))?;
                 nats.flush().await.map_err(|e| format!("nats: {e}"))
             })
-            .await?;
+            .await
+            .map_err(|error| NotSpread { here: local, error })?;
         }
         Ok(local)
     }
@@ -275,21 +296,25 @@ impl Control {
         &self,
         tenant: &TenantId,
         unsubscribe: Unsubscribe,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, NotSpread> {
         let local = self.apply_unsubscribe(&unsubscribe);
         if let Some(nats) = &self.nats {
             let message = FromNode {
                 origin: self.node.clone(),
                 body: unsubscribe,
             };
-            let body = serde_json::to_vec(&message).map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(&message).map_err(|e| NotSpread {
+                here: local,
+                error: e.to_string(),
+            })?;
             with_nats(nats, async {
                 nats.publish(format!("quiver.{tenant}.control.unsubscribe"), body.into())
                     .await
                     .map_err(|e| format!("nats: {e}"))?;
                 nats.flush().await.map_err(|e| format!("nats: {e}"))
             })
-            .await?;
+            .await
+            .map_err(|error| NotSpread { here: local, error })?;
         }
         Ok(local)
     }

@@ -825,6 +825,9 @@ async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
     // Presence set up while NATS is there, so it is the outage that is answered.
     let (status, answer) = api_post(&a, "presence", ACME, json!({"room": "p.room"})).await?;
     assert_eq!(status, 200, "{answer}");
+    // Alice, on instance a: the actions reach her there, and their 503 says so.
+    let mut alice = Raw::connect(&a, &full_token("acme", "alice")).await?;
+    let _room = alice.subscribe("news.a").await?;
     nats.kill();
     let deadline = tokio::time::Instant::now() + WAIT;
     while reqwest::get(format!("http://{}/readyz", a.http))
@@ -839,21 +842,30 @@ async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(8))
         .build()?;
     let exp = quiver_server::auth::unix_now() + 3600;
-    for (path, key, body) in [
-        ("info", ADMIN, json!({})),
-        ("rooms", ACME, json!({})),
-        ("disconnect", ACME, json!({"user": "alice"})),
+    // The operator's actions are applied here before NATS is asked: the 503 counts what they
+    // did here (in `error`, beside `code` and `message`).
+    for (path, key, body, here) in [
+        ("info", ADMIN, json!({}), None),
+        ("rooms", ACME, json!({}), None),
         (
             "unsubscribe",
             ACME,
             json!({"user": "alice", "room": "news.a"}),
+            Some(("unsubscribed_here", 1)),
+        ),
+        (
+            "disconnect",
+            ACME,
+            json!({"user": "alice"}),
+            Some(("disconnected_here", 1)),
         ),
         (
             "revoke",
             ACME,
             json!({"tenant": "acme", "jti": "tok-9", "expires_at": exp}),
+            Some(("disconnected_here", 0)),
         ),
-        ("presence", ACME, json!({"room": "p.room"})),
+        ("presence", ACME, json!({"room": "p.room"}), None),
     ] {
         let answer = client
             .post(format!("http://{}/api/v1/{path}", a.http))
@@ -863,6 +875,11 @@ async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{path}: no answer: {e}"))?;
         assert_eq!(answer.status().as_u16(), 503, "{path}");
+        let error = &answer.json::<serde_json::Value>().await?["error"];
+        assert_eq!(error["code"], "unavailable", "{path}");
+        if let Some((field, count)) = here {
+            assert_eq!(error[field], count, "{path}: {error}");
+        }
     }
     for room in ["news.a", "h.a"] {
         let answer = client

@@ -101,6 +101,9 @@ impl Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
+    /// A count the refusal still reports (`disconnected_here` of an action applied on this
+    /// instance only), beside `code` and `message`.
+    pub count: Option<(&'static str, usize)>,
 }
 
 impl ApiError {
@@ -108,6 +111,22 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            count: None,
+        }
+    }
+
+    /// An operator action applied here but not told to the other instances: 503, with what it
+    /// did here under `field` (a retry is safe: each action is idempotent).
+    pub fn not_spread(field: &'static str, e: crate::control::NotSpread) -> Self {
+        Self {
+            count: Some((field, e.here)),
+            ..Self::new(
+                Code::Unavailable,
+                format!(
+                    "applied on this instance only, not told to the others ({}); retry",
+                    e.error
+                ),
+            )
         }
     }
 
@@ -124,7 +143,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.code.status(),
-            Json(json!({"error": {"code": self.code.label(), "message": self.message}})),
+            Json(json!({"error": match self.count {
+                Some((field, n)) => json!({"code": self.code.label(), "message": self.message, field: n}),
+                None => json!({"code": self.code.label(), "message": self.message}),
+            }})),
         )
             .into_response()
     }

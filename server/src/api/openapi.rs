@@ -121,6 +121,17 @@ pub fn document() -> Value {
                     "properties": {
                         "code": {"type": "string", "enum": codes},
                         "message": {"type": "string"},
+                        "disconnected_here": {
+                            "type": "integer",
+                            "description": "on a 503 from disconnect or revoke: the sessions \
+                                            it ended on the instance that answered (applied \
+                                            there, not told to the others; retry)",
+                        },
+                        "unsubscribed_here": {
+                            "type": "integer",
+                            "description": "on a 503 from unsubscribe: the subscriptions it \
+                                            ended on the instance that answered",
+                        },
                     },
                 },
                 "Error": {
