@@ -103,7 +103,9 @@ pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<Stri
     })?;
     let mut config = checked.config;
     flags.apply(&mut config);
-    config.validate().map_err(anyhow::Error::msg)?;
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("configuration:\n  {}", e.replace('\n', "\n  ")))?;
     Ok((config, checked.warnings))
 }
 

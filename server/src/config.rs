@@ -645,26 +645,34 @@ impl Config {
     /// Checks what the types cannot: limits that must fit together, and that what must be
     /// given was given. Run it once the command-line flags are applied too.
     pub fn validate(&self) -> Result<(), String> {
-        self.validate_loaded()?;
+        let mut problems = self.loaded_problems();
         if let Some(nats) = &self.nats {
             if nats.url.trim().is_empty() {
-                return Err(
+                problems.push(
                     "nats.url is missing: set it in [nats], QUIVER_NATS__URL or --nats".into(),
                 );
             }
         }
-        self.refuse_hooks_without_backend()?;
-        Ok(())
+        if let Err(e) = self.refuse_hooks_without_backend() {
+            problems.push(e);
+        }
+        all_of(problems)
     }
 
     /// Like [`Self::validate`], without the checks a later command-line flag can still
     /// satisfy (`--nats` gives `nats.url`).
     fn validate_loaded(&self) -> Result<(), String> {
+        all_of(self.loaded_problems())
+    }
+
+    /// Every problem [`Self::validate_loaded`] finds, so an operator mends them in one go.
+    fn loaded_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         let l = &self.limits;
         // Replies the server does not split (an `Error` with a backend's 512-byte reason, a
         // `Goodbye`, `Welcome`) must fit one frame, whatever the operator chose.
         if l.max_frame < MIN_MAX_FRAME {
-            return Err(format!(
+            problems.push(format!(
                 "limits.max_frame ({}) must be at least {MIN_MAX_FRAME}",
                 l.max_frame
             ));
@@ -672,19 +680,19 @@ impl Config {
         // A publication's frame adds the room name and a little framing to the payload.
         let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
         if l.max_payload.saturating_add(overhead) > l.max_frame {
-            return Err(format!(
+            problems.push(format!(
                 "limits.max_payload ({}) plus {overhead} bytes of framing must fit in limits.max_frame ({})",
                 l.max_payload, l.max_frame
             ));
         }
         if l.history_tenant_max_bytes > l.history_max_bytes {
-            return Err(format!(
+            problems.push(format!(
                 "limits.history_tenant_max_bytes ({}) must not exceed limits.history_max_bytes ({})",
                 l.history_tenant_max_bytes, l.history_max_bytes
             ));
         }
         if l.session_queue_bytes < l.max_frame as usize {
-            return Err(format!(
+            problems.push(format!(
                 "limits.session_queue_bytes ({}) must be at least limits.max_frame ({}): a frame that large could never be queued",
                 l.session_queue_bytes, l.max_frame
             ));
@@ -693,39 +701,39 @@ impl Config {
         if !ack_delay.is_zero()
             && !(MIN_CLIENT_ACK_DELAY..=MAX_CLIENT_ACK_DELAY).contains(&ack_delay)
         {
-            return Err(format!(
+            problems.push(format!(
                 "transport.client_ack_delay ({ack_delay:?}) must be 0 (off) or between \
                  {MIN_CLIENT_ACK_DELAY:?} and {MAX_CLIENT_ACK_DELAY:?}"
             ));
         }
         if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
-            return Err("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
+            problems.push("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
         }
         for ns in &self.namespaces {
             if ns.name.is_empty()
                 || ns.name.contains('.')
                 || quiver_proto::RoomName::parse(&ns.name).is_err()
             {
-                return Err(format!(
+                problems.push(format!(
                     "namespaces: {:?} is not a namespace (one room-name token)",
                     ns.name
                 ));
             }
             if ns.name == crate::metrics::labels::OTHER {
-                return Err(format!(
+                problems.push(format!(
                     "namespaces: {:?} is reserved: it is the metrics label of rooms outside every \
                      configured namespace",
                     ns.name
                 ));
             }
             if ns.mode == DeliveryMode::Latest && ns.history_size > 0 {
-                return Err(format!(
+                problems.push(format!(
                     "namespaces: {:?} delivers `latest` and keeps no history: drop history_size",
                     ns.name
                 ));
             }
             if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {
-                return Err(format!(
+                problems.push(format!(
                     "namespaces: {:?} priority {} is outside -{MAX_NAMESPACE_PRIORITY}..={MAX_NAMESPACE_PRIORITY}",
                     ns.name, ns.priority
                 ));
@@ -733,41 +741,47 @@ impl Config {
         }
         if let Some(nats) = &self.nats {
             if !matches!(nats.storage.as_str(), "memory" | "file") {
-                return Err(format!(
+                problems.push(format!(
                     "nats.storage must be memory or file, not {:?}",
                     nats.storage
                 ));
             }
         }
         if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
-            return Err("auth.public_key and auth.algorithm go together".into());
+            problems.push("auth.public_key and auth.algorithm go together".into());
         }
         if self.auth.key_sources() > 1 {
-            return Err(
+            problems.push(
                 "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key, \
                  auth.jwks_file or auth.jwks_url"
                     .into(),
             );
         }
         if let Some(url) = &self.auth.jwks_url {
-            crate::jwks::check_url(url).map_err(|e| format!("auth.jwks_url: {e}"))?;
+            if let Err(e) = crate::jwks::check_url(url) {
+                problems.push(format!("auth.jwks_url: {e}"));
+            }
         }
         if self.auth.jwks_refresh < Duration::from_secs(1) {
-            return Err("auth.jwks_refresh must be at least 1s".into());
+            problems.push("auth.jwks_refresh must be at least 1s".into());
         }
         if self.auth.leeway > crate::auth::MAX_LEEWAY {
-            return Err(format!(
+            problems.push(format!(
                 "auth.leeway ({:?}) is over the maximum of {:?}",
                 self.auth.leeway,
                 crate::auth::MAX_LEEWAY
             ));
         }
         if self.tls.reload_interval.is_zero() {
-            return Err("tls.reload_interval must be positive".into());
+            problems.push("tls.reload_interval must be positive".into());
         }
-        self.rpc.validate()?;
-        self.refuse_mistakes()?;
-        Ok(())
+        if let Err(e) = self.rpc.validate() {
+            problems.push(e);
+        }
+        if let Err(e) = self.refuse_mistakes() {
+            problems.push(e);
+        }
+        problems
     }
 
     /// The history policy of a room's namespace, if it keeps history.
@@ -799,6 +813,15 @@ impl Config {
 
     pub fn dev_mode(&self) -> bool {
         self.auth.key_sources() == 0
+    }
+}
+
+/// Problems as one error, a line each (`Ok` when there are none).
+fn all_of(problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
     }
 }
 

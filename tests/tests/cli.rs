@@ -707,6 +707,25 @@ fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
         let err = refused(d, &["config", "check", "bad.toml"], &[], &[needle])?;
         assert!(!err.contains(KEY), "the key is printed: {err}");
     }
+    // Mistakes of several kinds in one file are all named at once, a line each, so an operator
+    // mends them in one go.
+    std::fs::write(
+        d.join("many.toml"),
+        "[limits]\nmax_frame = 100\ncommands_per_second = 0\n[timeouts]\ndrain = \"0s\"\n\
+         [[api.keys]]\nkey = \"short\"\n",
+    )?;
+    let err = refused(
+        d,
+        &["config", "check", "many.toml"],
+        &[],
+        &[
+            "\n  limits.max_frame (100) must be at least",
+            "\n  limits.commands_per_second, max_subscriptions and subscriber_queue must be positive",
+            "\n  timeouts.drain must be positive",
+            "\n  api.keys[0].key is too short",
+        ],
+    )?;
+    assert!(!err.contains("short\""), "{err}");
 
     // The same entries, each once and well formed, pass; so does a hook on a namespace that
     // [[namespaces]] does not list, with its backend given by the environment or --nats.

@@ -59,7 +59,14 @@ impl Config {
                 warnings: unknown_env_keys(env.iter().map(|(k, _)| k.as_str())),
             }),
             Err(err) => Err(ConfigError {
-                problems: (*err).into_iter().map(|e| describe(&e, &env)).collect(),
+                // A validation error holds every problem found, a line each.
+                problems: (*err)
+                    .into_iter()
+                    .flat_map(|e| {
+                        let described = describe(&e, &env);
+                        described.lines().map(str::to_owned).collect::<Vec<_>>()
+                    })
+                    .collect(),
             }),
         }
     }

@@ -20,12 +20,15 @@ impl Config {
     /// The checks of this module that the command-line flags cannot change, for
     /// `validate_loaded`.
     pub(super) fn refuse_mistakes(&self) -> Result<(), String> {
-        self.refuse_api_key_mistakes()?;
-        self.refuse_namespace_repeats()?;
-        self.refuse_timeout_mistakes()?;
-        self.refuse_rpc_mistakes()?;
-        self.refuse_tenant_override_mistakes()?;
-        Ok(())
+        // The first mistake of each kind, every kind: one `config check` shows them all.
+        let problems = [
+            self.refuse_api_key_mistakes(),
+            self.refuse_namespace_repeats(),
+            self.refuse_timeout_mistakes(),
+            self.refuse_rpc_mistakes(),
+            self.refuse_tenant_override_mistakes(),
+        ];
+        super::all_of(problems.into_iter().filter_map(Result::err).collect())
     }
 
     /// `[[quotas.tenants]]`: an entry for a name no token can carry never applies, and a
