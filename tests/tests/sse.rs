@@ -471,16 +471,17 @@ async fn sse_delivers_latest_values_with_their_sequence() -> anyhow::Result<()> 
 
 /// A publication's `id:` lists exactly the request's history rooms seen so far: a quiet one
 /// from its `subscribed` on (so a reconnect resumes it too, rather than miss what it published
-/// meanwhile), and no room a `Last-Event-ID` named that the request did not ask for.
+/// meanwhile), no room a `Last-Event-ID` named that the request did not ask for, and no live
+/// room, even one the request asked for and `Last-Event-ID` named (it has no position).
 #[tokio::test]
 async fn sse_event_ids_hold_the_requested_rooms_quiet_ones_included() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| add_history_namespace(c, "log", 100)).await?;
     let t = full_token("acme", "reader");
     let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
     publ.publish("log.quiet", b"q0").await?;
-    let query = format!("token={t}&room=log.a&room=log.quiet");
-    let mut sse = SseReader::open(&server, &query, Some("log.other=1:5")).await?;
-    for _ in 0..2 {
+    let query = format!("token={t}&room=log.a&room=log.quiet&room=live.x");
+    let mut sse = SseReader::open(&server, &query, Some("log.other=1:5,live.x=7:7")).await?;
+    for _ in 0..3 {
         sse.expect("subscribed").await?;
     }
     publ.publish("log.a", b"1").await?;
@@ -488,7 +489,9 @@ async fn sse_event_ids_hold_the_requested_rooms_quiet_ones_included() -> anyhow:
     let id = one.id.clone().expect("history publications carry an id");
     assert!(id.contains("log.a=") && id.contains("log.quiet="), "{id}");
     assert!(!id.contains("log.other"), "{id}");
+    assert!(!id.contains("live.x"), "a live room has no position: {id}");
     drop(sse);
+    let query = format!("token={t}&room=log.a&room=log.quiet");
 
     publ.publish("log.quiet", b"q1").await?;
     let mut again = SseReader::open(&server, &query, Some(&id)).await?;
