@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod mistakes;
+mod validate;
 pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
 pub use mistakes::{MAX_DRAIN, MAX_RPC_TIMEOUT, MIN_API_KEY_LEN};
 
@@ -642,148 +643,6 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what the types cannot: limits that must fit together, and that what must be
-    /// given was given. Run it once the command-line flags are applied too.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut problems = self.loaded_problems();
-        if let Some(nats) = &self.nats {
-            if nats.url.trim().is_empty() {
-                problems.push(
-                    "nats.url is missing: set it in [nats], QUIVER_NATS__URL or --nats".into(),
-                );
-            }
-        }
-        if let Err(e) = self.refuse_hooks_without_backend() {
-            problems.push(e);
-        }
-        all_of(problems)
-    }
-
-    /// Like [`Self::validate`], without the checks a later command-line flag can still
-    /// satisfy (`--nats` gives `nats.url`).
-    fn validate_loaded(&self) -> Result<(), String> {
-        all_of(self.loaded_problems())
-    }
-
-    /// Every problem [`Self::validate_loaded`] finds, so an operator mends them in one go.
-    fn loaded_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let l = &self.limits;
-        // Replies the server does not split (an `Error` with a backend's 512-byte reason, a
-        // `Goodbye`, `Welcome`) must fit one frame, whatever the operator chose.
-        if l.max_frame < MIN_MAX_FRAME {
-            problems.push(format!(
-                "limits.max_frame ({}) must be at least {MIN_MAX_FRAME}",
-                l.max_frame
-            ));
-        }
-        // A publication's frame adds the room name and a little framing to the payload.
-        let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
-        if l.max_payload.saturating_add(overhead) > l.max_frame {
-            problems.push(format!(
-                "limits.max_payload ({}) plus {overhead} bytes of framing must fit in limits.max_frame ({})",
-                l.max_payload, l.max_frame
-            ));
-        }
-        if l.history_tenant_max_bytes > l.history_max_bytes {
-            problems.push(format!(
-                "limits.history_tenant_max_bytes ({}) must not exceed limits.history_max_bytes ({})",
-                l.history_tenant_max_bytes, l.history_max_bytes
-            ));
-        }
-        if l.session_queue_bytes < l.max_frame as usize {
-            problems.push(format!(
-                "limits.session_queue_bytes ({}) must be at least limits.max_frame ({}): a frame that large could never be queued",
-                l.session_queue_bytes, l.max_frame
-            ));
-        }
-        let ack_delay = self.transport.client_ack_delay;
-        if !ack_delay.is_zero()
-            && !(MIN_CLIENT_ACK_DELAY..=MAX_CLIENT_ACK_DELAY).contains(&ack_delay)
-        {
-            problems.push(format!(
-                "transport.client_ack_delay ({ack_delay:?}) must be 0 (off) or between \
-                 {MIN_CLIENT_ACK_DELAY:?} and {MAX_CLIENT_ACK_DELAY:?}"
-            ));
-        }
-        if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
-            problems.push("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
-        }
-        for ns in &self.namespaces {
-            if ns.name.is_empty()
-                || ns.name.contains('.')
-                || quiver_proto::RoomName::parse(&ns.name).is_err()
-            {
-                problems.push(format!(
-                    "namespaces: {:?} is not a namespace (one room-name token)",
-                    ns.name
-                ));
-            }
-            if ns.name == crate::metrics::labels::OTHER {
-                problems.push(format!(
-                    "namespaces: {:?} is reserved: it is the metrics label of rooms outside every \
-                     configured namespace",
-                    ns.name
-                ));
-            }
-            if ns.mode == DeliveryMode::Latest && ns.history_size > 0 {
-                problems.push(format!(
-                    "namespaces: {:?} delivers `latest` and keeps no history: drop history_size",
-                    ns.name
-                ));
-            }
-            if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {
-                problems.push(format!(
-                    "namespaces: {:?} priority {} is outside -{MAX_NAMESPACE_PRIORITY}..={MAX_NAMESPACE_PRIORITY}",
-                    ns.name, ns.priority
-                ));
-            }
-        }
-        if let Some(nats) = &self.nats {
-            if !matches!(nats.storage.as_str(), "memory" | "file") {
-                problems.push(format!(
-                    "nats.storage must be memory or file, not {:?}",
-                    nats.storage
-                ));
-            }
-        }
-        if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
-            problems.push("auth.public_key and auth.algorithm go together".into());
-        }
-        if self.auth.key_sources() > 1 {
-            problems.push(
-                "configure one token key: auth.jwt_secret, auth.jwt_secret_file, auth.public_key, \
-                 auth.jwks_file or auth.jwks_url"
-                    .into(),
-            );
-        }
-        if let Some(url) = &self.auth.jwks_url {
-            if let Err(e) = crate::jwks::check_url(url) {
-                problems.push(format!("auth.jwks_url: {e}"));
-            }
-        }
-        if self.auth.jwks_refresh < Duration::from_secs(1) {
-            problems.push("auth.jwks_refresh must be at least 1s".into());
-        }
-        if self.auth.leeway > crate::auth::MAX_LEEWAY {
-            problems.push(format!(
-                "auth.leeway ({:?}) is over the maximum of {:?}",
-                self.auth.leeway,
-                crate::auth::MAX_LEEWAY
-            ));
-        }
-        if self.tls.reload_interval.is_zero() {
-            problems.push("tls.reload_interval must be positive".into());
-        }
-        if let Err(e) = self.rpc.validate() {
-            problems.push(e);
-        }
-        if let Err(e) = self.refuse_mistakes() {
-            problems.push(e);
-        }
-        problems
-    }
-
     /// The history policy of a room's namespace, if it keeps history.
     pub fn history(&self, room: &quiver_proto::RoomName) -> Option<&NamespaceConfig> {
         self.namespace(room).filter(|ns| ns.history_size > 0)
@@ -813,15 +672,6 @@ impl Config {
 
     pub fn dev_mode(&self) -> bool {
         self.auth.key_sources() == 0
-    }
-}
-
-/// Problems as one error, a line each (`Ok` when there are none).
-fn all_of(problems: Vec<String>) -> Result<(), String> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems.join("\n"))
     }
 }
 

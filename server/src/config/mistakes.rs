@@ -28,7 +28,7 @@ impl Config {
             self.refuse_rpc_mistakes(),
             self.refuse_tenant_override_mistakes(),
         ];
-        super::all_of(problems.into_iter().filter_map(Result::err).collect())
+        super::validate::all_of(problems.into_iter().filter_map(Result::err).collect())
     }
 
     /// `[[quotas.tenants]]`: an entry for a name no token can carry never applies, and a
