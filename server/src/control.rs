@@ -18,10 +18,11 @@ use crate::hub::Hub;
 use crate::registry::{Kick, Registry, Selector};
 use crate::revocation::{self, Revocations};
 
-/// The key-value bucket revocations are kept in, and the longest a revocation is kept (a
-/// token's remaining lifetime beyond this is cut to it).
+/// The key-value bucket revocations are kept in: each until its token's expiry, however far
+/// (the bucket has no age limit: an age limit would let a long-lived stolen token back in when
+/// its revocation aged out). Entries past their expiry are deleted by the next instance that
+/// loads the bucket.
 const REVOKED_BUCKET: &str = "quiver_revoked";
-pub const MAX_REVOCATION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// A revocation as it travels between instances: the `jti`'s key (tenant and digest), and the
 /// token's expiry.
@@ -221,9 +222,10 @@ impl Control {
         nats: &async_nats::Client,
     ) -> Result<async_nats::jetstream::kv::Store, String> {
         let js = async_nats::jetstream::new(nats.clone());
-        js.create_key_value(async_nats::jetstream::kv::Config {
+        // Created, or brought to this configuration: earlier versions made the bucket with a
+        // 30-day age limit.
+        js.create_or_update_key_value(async_nats::jetstream::kv::Config {
             bucket: REVOKED_BUCKET.into(),
-            max_age: MAX_REVOCATION,
             history: 1,
             ..Default::default()
         })
@@ -239,12 +241,21 @@ impl Control {
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
             if let Ok(Some(value)) = store.get(&key).await {
-                if let Some(until) = std::str::from_utf8(&value)
+                match std::str::from_utf8(&value)
                     .ok()
-                    .and_then(|v| v.parse().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
                 {
-                    self.revocations.insert(key, until);
-                    n += 1;
+                    // Its token has expired: refused anyway, so the entry goes.
+                    Some(until) if until <= crate::auth::unix_now() => {
+                        if let Err(e) = store.delete(&key).await {
+                            debug!(error = %e, "an expired revocation stays in the bucket");
+                        }
+                    }
+                    Some(until) => {
+                        self.revocations.insert(key, until);
+                        n += 1;
+                    }
+                    None => {}
                 }
             }
             if n >= revocation::MAX_ENTRIES {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use quiver_proto::{CloseCode, Command, Event};
 use quiver_server::config::{ApiKey, NatsConfig};
 use quiver_tests::nats::NatsServer;
@@ -234,20 +235,34 @@ async fn a_revoked_token_ends_its_sessions_and_opens_no_more() -> anyhow::Result
     Ok(())
 }
 
-/// With NATS a revocation reaches every instance, and one started later loads it.
+/// With NATS a revocation reaches every instance, and one started later loads it, however far
+/// off its token's expiry: the store keeps each until then (a bucket an older version made
+/// with a 30-day age limit loses it), and the instance that loads it deletes those expired.
 #[tokio::test]
 async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
+    // The bucket as an older version left it: a 30-day age limit, and an expired entry.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let old = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "quiver_revoked".into(),
+            max_age: Duration::from_secs(30 * 86_400),
+            history: 1,
+            ..Default::default()
+        })
+        .await?;
+    old.put("acme.expired", "1".into()).await?;
     let clustered = |c: &mut quiver_server::Config| {
         with_keys(c);
         c.nats = Some(NatsConfig::new(nats.url()));
     };
     let a = TestServer::start_with(clustered).await?;
     let b = TestServer::start_with(clustered).await?;
-    let stolen = token_with_jti("acme", "alice", "tok-9", 3600);
+    const YEAR: i64 = 400 * 86_400;
+    let stolen = token_with_jti("acme", "alice", "tok-9", YEAR);
     let mut on_b = Raw::connect(&b, &stolen).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let exp = quiver_server::auth::unix_now() + 3600;
+    let exp = quiver_server::auth::unix_now() + YEAR as u64;
     let (status, body) = revoke(
         &a,
         ADMIN,
@@ -259,7 +274,26 @@ async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Resu
     assert!(open_session(&b, &format!("/v1?token={stolen}"))
         .await
         .is_err());
-    // A new instance learns it from the store.
+    // Stored until the token's own expiry, in a bucket that forgets nothing by age.
+    let store = js.get_key_value("quiver_revoked").await?;
+    assert_eq!(
+        store.status().await?.max_age(),
+        Duration::ZERO,
+        "no age limit"
+    );
+    let mut keys = store.keys().await?;
+    let mut kept = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key?;
+        if let Some(value) = store.get(&key).await? {
+            kept.push((key, String::from_utf8_lossy(&value).into_owned()));
+        }
+    }
+    assert!(
+        kept.iter().any(|(_, until)| *until == exp.to_string()),
+        "the revocation is kept until {exp}: {kept:?}"
+    );
+    // A new instance learns it from the store, and deletes what has expired.
     let c = TestServer::start_with(clustered).await?;
     let deadline = Instant::now() + WAIT;
     loop {
@@ -275,6 +309,10 @@ async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Resu
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(
+        store.get("acme.expired").await?.is_none(),
+        "an expired revocation is deleted by the instance that loads it"
+    );
     // Its other tokens still work.
     Raw::connect(&c, &token_with_jti("acme", "alice", "tok-10", 3600)).await?;
     Ok(())

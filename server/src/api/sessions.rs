@@ -87,7 +87,7 @@ pub struct RevokeRequest {
     #[serde(default)]
     tenant: Option<String>,
     jti: String,
-    /// The token's `exp` (Unix seconds): the revocation is kept until then (at most 30 days).
+    /// The token's `exp` (Unix seconds): the revocation is kept until then, however far.
     expires_at: u64,
 }
 
@@ -103,9 +103,9 @@ pub async fn revoke(
         return Err(ApiError::bad_request("jti: 1 to 256 bytes"));
     }
     let now = crate::auth::unix_now();
-    let until = request
-        .expires_at
-        .min(now + crate::control::MAX_REVOCATION.as_secs());
+    // Kept until the token's own expiry, however far: a revocation that ended sooner would let
+    // the token back in.
+    let until = request.expires_at;
     if until <= now {
         return Err(ApiError::bad_request(
             "expires_at is past: that token is refused anyway",
