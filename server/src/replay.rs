@@ -8,8 +8,11 @@
 //! (NATS) hands over the first page and the rest as [`ReplayPages`], read as the stream takes
 //! them, so there too a slow reader holds a page.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, Position};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::broker::{ReplayError, ReplayPages};
 use crate::hub::{publication_frame, RoomKey};
@@ -17,12 +20,27 @@ use crate::hub::{publication_frame, RoomKey};
 /// Upper bound of one batch (the last frame may take it past: frames are never cut).
 pub const MAX_BATCH: usize = 64 * 1024;
 
+/// Replays one session writes at once. A replay in progress holds a batch and, from NATS, a
+/// page; a client that resumes many rooms and reads them slowly would otherwise hold that for
+/// every room (an outside audit: 256 rooms, ~75 MB per session). The others wait their turn,
+/// their live deliveries queueing meanwhile as they would behind a slow stream.
+pub const AT_ONCE: usize = 8;
+
+/// A session's turns at replaying: [`AT_ONCE`] of them.
+pub fn turns() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(AT_ONCE))
+}
+
 pub struct Preamble {
     header: Option<Bytes>,
     key: RoomKey,
     replay: std::vec::IntoIter<(Position, Bytes)>,
     /// What follows `replay`, still in the broker.
     rest: Option<Box<dyn ReplayPages>>,
+    /// The session's turns, until this replay has one (`turn`).
+    turns: Option<Arc<Semaphore>>,
+    /// Held from the replay's first batch to its last.
+    turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Preamble {
@@ -31,13 +49,21 @@ impl Preamble {
         key: RoomKey,
         replay: Vec<(Position, Bytes)>,
         rest: Option<Box<dyn ReplayPages>>,
+        turns: Option<Arc<Semaphore>>,
     ) -> Self {
         Self {
             header,
             key,
             replay: replay.into_iter(),
             rest,
+            turns,
+            turn: None,
         }
+    }
+
+    /// Whether publications are still to be handed out.
+    fn replaying(&self) -> bool {
+        self.replay.len() > 0 || self.rest.is_some()
     }
 
     /// Whether everything was handed out (live frames may follow).
@@ -47,9 +73,24 @@ impl Preamble {
 
     /// The next batch of whole frames, about [`MAX_BATCH`] bytes; `None` once all were given.
     /// Reads the broker's next page when the one in hand is spent; an error ends the replay.
+    /// A replay waits for its session's turn (`AT_ONCE`) before its first publication; the
+    /// stream's header goes first, alone, without waiting.
     pub async fn next_batch(&mut self) -> Result<Option<Bytes>, ReplayError> {
+        if self.replaying() && self.turns.is_some() {
+            if let Some(header) = self.header.take() {
+                return Ok(Some(header));
+            }
+            if let Some(turns) = self.turns.take() {
+                // Never closed: `None` only if it were, and then there is nothing to wait for.
+                self.turn = turns.acquire_owned().await.ok();
+            }
+        }
         loop {
             if let Some(batch) = self.encode_batch() {
+                if !self.replaying() {
+                    // The last batch: the next replay of the session may start.
+                    self.turn = None;
+                }
                 return Ok(Some(batch));
             }
             let Some(rest) = self.rest.as_mut() else {
@@ -106,6 +147,7 @@ pub fn ended_by(error: &ReplayError) -> (ErrorCode, &'static str) {
 #[cfg(test)]
 mod tests {
     use futures::future::BoxFuture;
+    use futures::FutureExt;
     use quiver_proto::{RoomName, TenantId};
 
     use super::*;
@@ -165,7 +207,13 @@ mod tests {
             last: all.last().unwrap().0,
         };
         let header = Some(Bytes::from_static(b"\0\0\0\x01h"));
-        Preamble::new(header, key(), all[..in_hand].to_vec(), Some(Box::new(rest)))
+        Preamble::new(
+            header,
+            key(),
+            all[..in_hand].to_vec(),
+            Some(Box::new(rest)),
+            None,
+        )
     }
 
     #[tokio::test]
@@ -174,7 +222,7 @@ mod tests {
         let header = Bytes::from_static(b"\0\0\0\x01h");
         // All in hand, or the first 10 in hand and the rest read in pages of 7.
         for mut preamble in [
-            Preamble::new(Some(header.clone()), key(), replay.clone(), None),
+            Preamble::new(Some(header.clone()), key(), replay.clone(), None, None),
             paged(&replay, 10, None),
         ] {
             let mut batches = Vec::new();
@@ -205,8 +253,46 @@ mod tests {
                 assert!(decoder.finish().is_ok());
             }
         }
-        let mut empty = Preamble::new(None, key(), Vec::new(), None);
+        let mut empty = Preamble::new(None, key(), Vec::new(), None, None);
         assert!(empty.next_batch().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_writes_at_most_its_turns_of_replays_at_once() {
+        let turns = turns();
+        let replay = publications(40);
+        let mut preambles: Vec<_> = (0..AT_ONCE + 1)
+            .map(|_| Preamble::new(None, key(), replay.clone(), None, Some(turns.clone())))
+            .collect();
+        // The first AT_ONCE start; the next waits for a turn.
+        for preamble in &mut preambles[..AT_ONCE] {
+            assert!(preamble.next_batch().await.unwrap().is_some());
+        }
+        let (first, rest) = preambles.split_at_mut(1);
+        let last = &mut rest[AT_ONCE - 1];
+        assert!(
+            last.next_batch().now_or_never().is_none(),
+            "no turn while {AT_ONCE} replays are under way"
+        );
+        // One finishes (its last batch handed out): the waiting one starts.
+        while first[0].next_batch().await.unwrap().is_some() {}
+        let started = last.next_batch().now_or_never();
+        assert!(
+            matches!(started, Some(Ok(Some(_)))),
+            "a turn once one replay ended"
+        );
+        // A subscription without a replay never waits.
+        let mut live = Preamble::new(
+            Some(Bytes::from_static(b"h")),
+            key(),
+            Vec::new(),
+            None,
+            Some(turns.clone()),
+        );
+        assert!(matches!(
+            live.next_batch().now_or_never(),
+            Some(Ok(Some(_)))
+        ));
     }
 
     #[tokio::test]

@@ -142,7 +142,13 @@ impl Session {
         };
         // Encoded by the writer as its stream takes it (`crate::replay`): a slow reader holds
         // the broker's payloads (or a page of them), not a copy of its replay.
-        let preamble = crate::replay::Preamble::new(header, key.clone(), replay, rest);
+        // A replay waits for one of the session's turns (`crate::replay::AT_ONCE`).
+        let turns = (!replay.is_empty() || rest.is_some()).then(|| {
+            self.replay_turns
+                .get_or_insert_with(crate::replay::turns)
+                .clone()
+        });
+        let preamble = crate::replay::Preamble::new(header, key.clone(), replay, rest, turns);
         if resume.is_some() {
             let recovered = matches!(recovery, Recovery::Recovered { .. });
             m::labels::count_resume(&self.shared.config, &key.room, Some(recovered));

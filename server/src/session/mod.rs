@@ -147,6 +147,8 @@ pub struct Session {
     tally: Arc<m::Tally>,
     /// Bytes its subscriptions' queues may hold together (`limits.session_queue_bytes`).
     queue_budget: Arc<crate::delivery_queue::Budget>,
+    /// Its turns at writing replays (`crate::replay::AT_ONCE`); made by the first resume.
+    replay_turns: Option<Arc<tokio::sync::Semaphore>>,
     /// `Call`s waiting for the backend (`calls.rs`); aborted when the session ends.
     calls: tokio::task::JoinSet<calls::CallDone>,
     /// The last subscription id this session told its client (`latest` rooms, PROTOCOL §10).
@@ -221,6 +223,7 @@ async fn run_session(
         stalled: false,
         tally: Arc::default(),
         queue_budget: crate::delivery_queue::Budget::new(shared.config.limits.session_queue_bytes),
+        replay_turns: None,
         calls: tokio::task::JoinSet::new(),
         last_wire_id: 0,
         read_only,

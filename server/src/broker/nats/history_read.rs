@@ -2,15 +2,16 @@
 //!
 //! Why a replay is complete, or answered `Failed`, is in [`super::history`]'s documentation.
 //!
-//! **Long replays are read a page at a time.** A JetStream message's payload is this process's
-//! own copy, so a replay read whole at `Subscribe` made every slow reader of a long history
-//! hold all of it (up to `limits.history_tenant_max_bytes`, 64 MiB by default, per resume).
-//! A resume reads its first [`REPLAY_PAGE`] bytes at `Subscribe`; if more follow, it lists the
-//! rest's sequences (a headers-only read: 8 bytes a publication, at most `history_size`), so
-//! `Recovered { replayed }` is exact, and [`Pages`] reads their payloads a page at a time as the
-//! subscription's stream takes them. A page must bring exactly the listed sequences: one
-//! missing was cut from history meanwhile (the subscriber read slower than the room's limits
-//! keep), and the replay ends there with [`ReplayError::Cut`] rather than go on with a gap.
+//! **Replays are read a page at a time.** A JetStream message's payload is this process's own
+//! copy, so a replay read whole at `Subscribe` made every slow reader of a long history hold all
+//! of it (up to `limits.history_tenant_max_bytes`, 64 MiB by default, per resume). A resume
+//! lists its sequences at `Subscribe` (a headers-only read: 8 bytes a publication, at most
+//! `history_size`), so `Recovered { replayed }` is exact, and [`Pages`] reads their payloads a
+//! page ([`REPLAY_PAGE`]) at a time as the subscription's stream takes them, once the session
+//! gives the replay its turn (`crate::replay::AT_ONCE`), so a session holds a few pages however
+//! many rooms it resumes. A page must bring exactly the listed sequences: one missing was cut
+//! from history meanwhile (the subscriber read slower than the room's limits keep), and the
+//! replay ends there with [`ReplayError::Cut`] rather than go on with a gap.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -34,8 +35,7 @@ pub const REPLAY_PAGE: usize = 256 * 1024;
 /// How far a read goes.
 #[derive(Clone, Copy)]
 pub(super) enum Reach {
-    /// A resume: everything after the position, the first page now and the rest as the stream
-    /// takes it.
+    /// A resume: everything after the position, listed now and read as the stream takes it.
     Replay,
     /// A `History` page, all now: at most `max` publications, and none more once their
     /// payloads are past `max_bytes` (the page's frame could not hold them).
@@ -139,8 +139,11 @@ impl Inner {
         if last == since.offset {
             return answer(Some(Vec::new()), None);
         }
-        let (consumer, guard) = self
-            .read_consumer(&stream, read_from(&subject, since.offset + 1, false))
+        // A replay lists its sequences here (without payloads) and reads them as the stream
+        // takes them; a page reads its publications now.
+        let listing = matches!(reach, Reach::Replay);
+        let (consumer, _guard) = self
+            .read_consumer(&stream, read_from(&subject, since.offset + 1, listing))
             .await?;
         let after = consumer.cached_info().num_pending;
         // See the module documentation: the room's first kept message at or before P + 1, or
@@ -155,9 +158,37 @@ impl Inner {
             // Cut between our reads: nothing left to replay, and it was not ours to keep.
             return answer(None, None);
         }
-        let (max, max_bytes, paged) = match reach {
-            Reach::Replay => (usize::MAX, usize::MAX, true),
-            Reach::Page { max, max_bytes } => (max, max_bytes, false),
+        let (max, max_bytes) = match reach {
+            Reach::Page { max, max_bytes } => (max, max_bytes),
+            Reach::Replay => {
+                let Some(rest) = list(&consumer, last).await? else {
+                    return answer(None, None);
+                };
+                // Cuts only ever take a room's oldest publications: if the first listed is
+                // still kept now, nothing after it went while the list was read.
+                let first = rest.front().copied().unwrap_or(last);
+                match stream.direct_get_first_for_subject(subject.clone()).await {
+                    Ok(msg) if msg.sequence <= first => {}
+                    Ok(_) => return answer(None, None),
+                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
+                        return answer(None, None)
+                    }
+                    Err(e) => return Err(unavailable(e)),
+                }
+                let pages = Pages {
+                    inner: self.clone(),
+                    stream,
+                    epoch,
+                    subject,
+                    per_pull: pull_size(self.config.limits.max_payload as usize),
+                    last: Position {
+                        epoch,
+                        offset: last,
+                    },
+                    rest,
+                };
+                return answer(Some(Vec::new()), Some(Box::new(pages)));
+            }
         };
         let per_pull = pull_size(self.config.limits.max_payload as usize);
         let mut replay = Vec::new();
@@ -181,77 +212,36 @@ impl Inner {
                 }
             }
             if replay.len() == before {
-                // What was pending is gone (cut from the front meanwhile): the replay would
+                // What was pending is gone (cut from the front meanwhile): the page would
                 // have a gap.
                 return answer(None, None);
             }
-            if paged && bytes >= REPLAY_PAGE {
-                break;
-            }
         }
-        drop((consumer, guard));
-        // The first page is read; list the rest.
-        let read_through = replay.last().map_or(since.offset, |(p, _)| p.offset);
-        let Some(rest) = self
-            .sequences(&stream, &subject, read_through + 1, last)
-            .await?
-        else {
-            return answer(None, None);
-        };
-        // Cuts only ever take a room's oldest publications: if the page's last one is still
-        // kept now, nothing after it had gone when the list was read.
-        match stream.direct_get_first_for_subject(subject.clone()).await {
-            Ok(msg) if msg.sequence <= read_through => {}
-            Ok(_) => return answer(None, None),
-            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
-                return answer(None, None)
-            }
-            Err(e) => return Err(unavailable(e)),
-        }
-        let pages = Pages {
-            inner: self.clone(),
-            stream,
-            epoch,
-            subject,
-            per_pull,
-            last: Position {
-                epoch,
-                offset: last,
-            },
-            rest,
-        };
-        answer(Some(replay), Some(Box::new(pages)))
     }
+}
 
-    /// The room's sequences from `from` through `last`, oldest first, read without payloads;
-    /// `None` when none is left (cut from the front meanwhile).
-    async fn sequences(
-        &self,
-        stream: &stream::Stream,
-        subject: &str,
-        from: u64,
-        last: u64,
-    ) -> Result<Option<VecDeque<u64>>, BrokerError> {
-        let (consumer, _guard) = self
-            .read_consumer(stream, read_from(subject, from, true))
-            .await?;
-        let mut sequences = VecDeque::new();
-        let mut expected = 1;
-        loop {
-            let mut messages = pull(&consumer, READ_BATCH).await?;
-            let before = sequences.len();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let info = msg.info().map_err(unavailable)?;
-                in_order(&info, &mut expected)?;
-                sequences.push_back(info.stream_sequence);
-                if info.stream_sequence >= last || info.pending == 0 {
-                    return Ok(Some(sequences));
-                }
+/// A headers-only read consumer's sequences through `last`, oldest first (8 bytes each, at
+/// most `history_size`); `None` when none is left (cut from the front meanwhile).
+async fn list(
+    consumer: &consumer::PullConsumer,
+    last: u64,
+) -> Result<Option<VecDeque<u64>>, BrokerError> {
+    let mut sequences = VecDeque::new();
+    let mut expected = 1;
+    loop {
+        let mut messages = pull(consumer, READ_BATCH).await?;
+        let before = sequences.len();
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(unavailable)?;
+            let info = msg.info().map_err(unavailable)?;
+            in_order(&info, &mut expected)?;
+            sequences.push_back(info.stream_sequence);
+            if info.stream_sequence >= last || info.pending == 0 {
+                return Ok(Some(sequences));
             }
-            if sequences.len() == before {
-                return Ok(None);
-            }
+        }
+        if sequences.len() == before {
+            return Ok((!sequences.is_empty()).then_some(sequences));
         }
     }
 }
