@@ -892,5 +892,44 @@ async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("keyed publish to {room}: no answer: {e}"))?;
         assert_eq!(answer.status().as_u16(), 503, "keyed publish to {room}");
     }
+    // A client's reads of history are refused at once too, as its publications are.
+    let mut bob = Raw::connect(&a, &full_token("acme", "bob")).await?;
+    for command in [
+        Command::Subscribe {
+            room: "h.a".into(),
+            resume: None,
+        },
+        Command::History {
+            room: "h.a".into(),
+            since: None,
+            limit: 10,
+        },
+    ] {
+        let asked = std::time::Instant::now();
+        let answer = bob.request(command.clone()).await?;
+        assert!(
+            matches!(answer, Event::Error { code, .. } if code == ErrorCode::Unavailable.as_u16()),
+            "{command:?}: {answer:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{command:?} answered after {:?}",
+            asked.elapsed()
+        );
+    }
+    // A live room needs no history: subscribed, to receive once NATS is back.
+    let asked = Instant::now();
+    let answer = bob
+        .request(Command::Subscribe {
+            room: "news.z".into(),
+            resume: None,
+        })
+        .await?;
+    assert!(matches!(answer, Event::Subscribed { .. }), "{answer:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
     Ok(())
 }

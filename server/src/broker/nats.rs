@@ -449,6 +449,15 @@ impl Inner {
         }))
     }
 
+    /// Refuses at once while NATS is known to be disconnected, rather than after waiting out
+    /// the read's deadline (`JS_TIMEOUT`).
+    fn connected(&self) -> Result<(), BrokerError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(BrokerError::Unavailable("NATS is disconnected".into())),
+        }
+    }
+
     async fn publish_now(
         &self,
         key: RoomKey,

@@ -194,6 +194,7 @@ impl Inner {
         key: &RoomKey,
         ns: &NamespaceConfig,
     ) -> Result<Option<Position>, BrokerError> {
+        self.connected()?;
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
         let subject = subject(key);
         bounded("history first", async move {
@@ -219,6 +220,9 @@ impl Inner {
         key: RoomKey,
         ns: NamespaceConfig,
     ) -> Result<Registration, BrokerError> {
+        // A history room's listener needs JetStream (a live room's core subscription is made
+        // again by the client on reconnect, so it is not refused).
+        self.connected()?;
         let room_subject = subject(&key);
         let live = {
             let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());
