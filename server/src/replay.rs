@@ -5,8 +5,9 @@
 //! broker shares with its history) and encoded a batch at a time as the stream takes it, so a
 //! client that reads a long replay slowly makes the server hold references to history plus one
 //! batch, not an encoded copy of everything it asked for. A broker that copies payloads in
-//! (NATS) hands over the first page and the rest as [`ReplayPages`], read as the stream takes
-//! them, so there too a slow reader holds a page.
+//! (NATS) hands the replay over as [`ReplayPages`], read a page at a time as the stream takes
+//! them, so there too a slow reader holds a page; and a session writes at most [`AT_ONCE`]
+//! replays at once, so one that resumes many rooms holds a few batches and pages, not one each.
 
 use std::sync::Arc;
 
