@@ -450,11 +450,14 @@ impl Inner {
     }
 
     /// Refuses at once while NATS is known to be disconnected, rather than after waiting out
-    /// the read's deadline (`JS_TIMEOUT`).
-    fn connected(&self) -> Result<(), BrokerError> {
+    /// the operation's deadline (`JS_TIMEOUT`). The first connection, pending just after start,
+    /// is waited for within that deadline.
+    fn reachable(&self) -> Result<(), BrokerError> {
         match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(BrokerError::Unavailable("NATS is disconnected".into())),
+            async_nats::connection::State::Disconnected => {
+                Err(BrokerError::Unavailable("NATS is disconnected".into()))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -589,6 +592,9 @@ impl Broker for NatsBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(kv_key.clone(), user.clone());
+            // Kept locally above, and put back from there once NATS answers again: during an
+            // outage the session is not held up for the put's deadline.
+            self.inner.reachable()?;
             let kv = self.inner.presence_store().await?;
             bounded("presence put", async {
                 kv.put(kv_key, user).await.map_err(unavailable)
@@ -606,6 +612,7 @@ impl Broker for NatsBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&kv_key);
+            self.inner.reachable()?;
             let kv = self.inner.presence_store().await?;
             bounded("presence delete", async {
                 kv.delete(kv_key).await.map_err(unavailable)
@@ -617,11 +624,8 @@ impl Broker for NatsBroker {
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
         Box::pin(async move {
             // At once during an outage, as publishes are, rather than after the NATS client's
-            // own request timeout (the first connection, pending just after start, is waited
-            // for within the bound).
-            if self.inner.client.connection_state() == async_nats::connection::State::Disconnected {
-                return Err(BrokerError::Unavailable("nats: disconnected".into()));
-            }
+            // own request timeout.
+            self.inner.reachable()?;
             bounded("presence", self.inner.members_now(key)).await
         })
     }

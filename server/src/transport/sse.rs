@@ -158,10 +158,15 @@ pub async fn stream(
         out_tx,
         subscribes,
     ));
-    // Only the request's rooms: a `Last-Event-ID` room not asked for is ignored, here too.
+    // Only the request's history rooms: a `Last-Event-ID` room not asked for is ignored, here
+    // too, and a room that keeps no history has no position to carry on.
     let positions = resume
         .into_iter()
-        .filter(|(room, _)| rooms.iter().any(|r| r.as_str() == *room))
+        .filter(|(room, _)| {
+            rooms
+                .iter()
+                .any(|r| r.as_str() == *room && shared.config.history(r).is_some())
+        })
         .map(|(room, position)| (room.to_owned(), position))
         .collect();
     let events = Events {

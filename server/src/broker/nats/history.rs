@@ -194,7 +194,7 @@ impl Inner {
         key: &RoomKey,
         ns: &NamespaceConfig,
     ) -> Result<Option<Position>, BrokerError> {
-        self.connected()?;
+        self.reachable()?;
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
         let subject = subject(key);
         bounded("history first", async move {
@@ -222,7 +222,7 @@ impl Inner {
     ) -> Result<Registration, BrokerError> {
         // A history room's listener needs JetStream (a live room's core subscription is made
         // again by the client on reconnect, so it is not refused).
-        self.connected()?;
+        self.reachable()?;
         let room_subject = subject(&key);
         let live = {
             let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());

@@ -72,7 +72,7 @@ impl Inner {
         since: Option<Position>,
         reach: Reach,
     ) -> Result<Recovered, BrokerError> {
-        self.connected()?;
+        self.reachable()?;
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
         let subject = subject(key);
         bounded(
