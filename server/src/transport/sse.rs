@@ -312,12 +312,6 @@ impl Events {
                         self.positions.insert(room.clone(), position);
                         true
                     }
-                    // A room without positions (live, `latest`) that `Last-Event-ID` named:
-                    // not carried on, so ids list history rooms only.
-                    (None, _) => {
-                        self.positions.remove(&room);
-                        false
-                    }
                     _ => false,
                 };
                 let data = json!({"room": room, "position": position_value(position), "recovery": recovery, "replayed": replayed});

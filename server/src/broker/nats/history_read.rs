@@ -48,20 +48,24 @@ fn pull_size(max_payload: usize) -> usize {
     (REPLAY_PAGE / max_payload.max(1)).clamp(1, READ_BATCH)
 }
 
-/// Checks a read consumer's message arrived in order: a read consumer does not recover from a
-/// lost message as an ordered one would, so its sequence must count up by one, or the read is
-/// refused rather than given with a gap.
+/// One message of a read consumer, checked to have arrived in order, with its stream sequence
+/// and how many are pending after it: a read consumer does not recover from a lost message as
+/// an ordered one would, so its sequence must count up by one, or the read is refused rather
+/// than given with a gap.
 fn in_order(
-    info: &async_nats::jetstream::message::Info<'_>,
+    item: Result<async_nats::jetstream::Message, async_nats::Error>,
     expected: &mut u64,
-) -> Result<(), BrokerError> {
+) -> Result<(async_nats::jetstream::Message, u64, u64), BrokerError> {
+    let msg = item.map_err(unavailable)?;
+    let info = msg.info().map_err(unavailable)?;
     if info.consumer_sequence != *expected {
         return Err(BrokerError::Unavailable(
             "history read lost a message in transit; retry".into(),
         ));
     }
     *expected += 1;
-    Ok(())
+    let (sequence, pending) = (info.stream_sequence, info.pending);
+    Ok((msg, sequence, pending))
 }
 
 impl Inner {
@@ -159,6 +163,7 @@ impl Inner {
             // Cut between our reads: nothing left to replay, and it was not ours to keep.
             return answer(None, None);
         }
+        let per_pull = pull_size(self.config.limits.max_payload as usize);
         let (max, max_bytes) = match reach {
             Reach::Page { max, max_bytes } => (max, max_bytes),
             Reach::Replay => {
@@ -181,7 +186,7 @@ impl Inner {
                     stream,
                     epoch,
                     subject,
-                    per_pull: pull_size(self.config.limits.max_payload as usize),
+                    per_pull,
                     last: Position {
                         epoch,
                         offset: last,
@@ -191,7 +196,6 @@ impl Inner {
                 return answer(Some(Vec::new()), Some(Box::new(pages)));
             }
         };
-        let per_pull = pull_size(self.config.limits.max_payload as usize);
         let mut replay = Vec::new();
         let mut bytes = 0;
         let mut expected = 1;
@@ -201,11 +205,8 @@ impl Inner {
             }
             let mut messages = pull(&consumer, (max - replay.len()).min(per_pull)).await?;
             let before = replay.len();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let info = msg.info().map_err(unavailable)?;
-                in_order(&info, &mut expected)?;
-                let (seq, pending) = (info.stream_sequence, info.pending);
+            while let Some(item) = messages.next().await {
+                let (msg, seq, pending) = in_order(item, &mut expected)?;
                 bytes += msg.payload.len();
                 replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
                 if seq >= last || pending == 0 || replay.len() >= max || bytes > max_bytes {
@@ -232,12 +233,10 @@ async fn list(
     loop {
         let mut messages = pull(consumer, READ_BATCH).await?;
         let before = sequences.len();
-        while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(unavailable)?;
-            let info = msg.info().map_err(unavailable)?;
-            in_order(&info, &mut expected)?;
-            sequences.push_back(info.stream_sequence);
-            if info.stream_sequence >= last || info.pending == 0 {
+        while let Some(item) = messages.next().await {
+            let (_, seq, pending) = in_order(item, &mut expected)?;
+            sequences.push_back(seq);
+            if seq >= last || pending == 0 {
                 return Ok(Some(sequences));
             }
         }
@@ -289,18 +288,16 @@ impl Pages {
         while bytes < REPLAY_PAGE && !self.rest.is_empty() {
             let mut messages = pull(&consumer, self.rest.len().min(self.per_pull)).await?;
             let before = page.len();
-            while let Some(msg) = messages.next().await {
-                let msg = msg.map_err(unavailable)?;
-                let info = msg.info().map_err(unavailable)?;
-                in_order(&info, &mut expected)?;
+            while let Some(item) = messages.next().await {
+                let (msg, seq, _) = in_order(item, &mut expected)?;
                 // In order, so the next message is the next listed one, or that one was cut.
-                if self.rest.pop_front() != Some(info.stream_sequence) {
+                if self.rest.pop_front() != Some(seq) {
                     return Err(ReplayError::Cut);
                 }
                 bytes += msg.payload.len();
                 let position = Position {
                     epoch: self.epoch,
-                    offset: info.stream_sequence,
+                    offset: seq,
                 };
                 page.push((position, msg.payload.clone()));
                 if self.rest.is_empty() {
