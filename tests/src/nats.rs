@@ -17,6 +17,8 @@ use crate::WAIT;
 
 pub struct NatsServer {
     child: Option<Child>,
+    /// A configuration file it is started with (`-c`), if any: users and permissions.
+    config: Option<PathBuf>,
     pub port: u16,
     /// Its HTTP monitoring port (`/subsz` and the like).
     pub monitor_port: u16,
@@ -46,12 +48,32 @@ fn binary() -> Result<PathBuf> {
 
 impl NatsServer {
     pub async fn start() -> Result<Self> {
+        Self::start_inner(None).await
+    }
+
+    /// Started with this configuration file's text too (its command-line flags, the ports and
+    /// JetStream, still win): for tests of NATS users and permissions.
+    pub async fn start_with_config(text: &str) -> Result<Self> {
+        Self::start_inner(Some(text)).await
+    }
+
+    async fn start_inner(config: Option<&str>) -> Result<Self> {
+        let store = tempfile::tempdir()?;
+        let config = match config {
+            Some(text) => {
+                let path = store.path().join("nats.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = Self {
             child: None,
+            config,
             // 0 until the first start: nats-server chooses.
             port: 0,
             monitor_port: 0,
-            store: tempfile::tempdir()?,
+            store,
         };
         server.spawn(true).await?;
         Ok(server)
@@ -83,6 +105,9 @@ impl NatsServer {
             p => p.to_string(),
         };
         let mut command = Command::new(binary()?);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
         command.args(["-a", "127.0.0.1", "-p", &chosen(self.port)]);
         command.args(["-m", &chosen(self.monitor_port)]);
         command.arg("--ports_file_dir").arg(&ports_dir);

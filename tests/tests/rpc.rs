@@ -290,6 +290,156 @@ async fn a_tenants_backend_never_sees_another_tenants_calls() -> Result<()> {
     Ok(())
 }
 
+/// NATS users as docs/deployment.md sets them up: Quiver's own, and a backend per tenant
+/// confined to its tenant's subjects (no `_INBOX`).
+const CONFINED_BACKENDS: &str = r#"
+authorization {
+  users = [
+    { user: quiver, password: quiver-pw }
+    { user: acme, password: acme-pw,
+      permissions: { publish: "quiver.acme.>", subscribe: "quiver.acme.>" } }
+    { user: globex, password: globex-pw,
+      permissions: { publish: "quiver.globex.>", subscribe: "quiver.globex.>" } }
+  ]
+}
+"#;
+
+/// A backend answering `subject` as the NATS user `user`, `delay` after each request, with
+/// `USER:payload`.
+async fn confined_backend(
+    nats: &NatsServer,
+    user: &str,
+    subject: &str,
+    delay: Duration,
+) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>)> {
+    let client =
+        async_nats::ConnectOptions::with_user_and_password(user.into(), format!("{user}-pw"))
+            .connect(nats.url())
+            .await?;
+    let mut sub = client
+        .queue_subscribe(subject.to_owned(), "backends".into())
+        .await?;
+    let responder = client.clone();
+    let user = user.to_owned();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let (responder, user) = (responder.clone(), user.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Some(reply) = msg.reply {
+                    let body = Bytes::from([user.as_bytes(), b":", &msg.payload[..]].concat());
+                    let _ = responder.publish(reply, body).await;
+                }
+            });
+        }
+    });
+    Ok((client, task))
+}
+
+/// A call that may meet `unavailable` (no responders) until nats-server has processed the
+/// backend's subscription, which comes in on another connection.
+async fn call_once_subscribed(
+    client: &Client,
+    method: &str,
+    payload: &'static str,
+) -> Result<Bytes> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match client.call(method, payload).await {
+            Err(e) if e.error_code() == Some(ErrorCode::Unavailable) => {
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "never answered: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// Replies travel on the tenant's own subjects with an unguessable token: a backend whose NATS
+/// user may use `quiver.<tenant>.>` only answers its tenant's calls (with async-nats's shared
+/// `_INBOX` it could not answer at all, and with `_INBOX.>` rights it could answer every
+/// tenant's), and a reply carrying another tenant's token on its own tenant's subjects is not
+/// taken (outside audit: one tenant's backend overrode another's hook decisions).
+#[tokio::test]
+async fn a_backend_confined_to_its_tenants_subjects_answers_its_own_calls_only() -> Result<()> {
+    let nats = NatsServer::start_with_config(CONFINED_BACKENDS).await?;
+    let server = TestServer::start_with(|c| {
+        let mut n = NatsConfig::new(nats.url());
+        n.user = Some("quiver".into());
+        n.password = Some("quiver-pw".into());
+        c.nats = Some(n);
+    })
+    .await?;
+    let (acme_backend, _a) =
+        confined_backend(&nats, "acme", "quiver.acme.rpc.>", Duration::ZERO).await?;
+    let (_g, _gt) = confined_backend(
+        &nats,
+        "globex",
+        "quiver.globex.rpc.>",
+        Duration::from_millis(800),
+    )
+    .await?;
+    // Sees every globex request, as Quiver's own user could.
+    let spy =
+        async_nats::ConnectOptions::with_user_and_password("quiver".into(), "quiver-pw".into())
+            .connect(nats.url())
+            .await?;
+    let mut requests = spy.subscribe("quiver.globex.rpc.>").await?;
+    spy.flush().await?;
+
+    let acme = connect(&server, call_token("acme", "a", &[">"])).await?;
+    let globex = connect(&server, call_token("globex", "g", &[">"])).await?;
+    assert_eq!(
+        call_once_subscribed(&acme, "order.get", "x").await?,
+        &b"acme:x"[..]
+    );
+    call_once_subscribed(&globex, "order.get", "warm-up").await?;
+
+    let mut tokens = Vec::new();
+    for round in 0..2 {
+        let pending = tokio::spawn({
+            let globex = globex.clone();
+            async move { globex.call("order.get", "y").await }
+        });
+        let request = loop {
+            let msg = tokio::time::timeout(WAIT, requests.next())
+                .await?
+                .context("spy subscription ended")?;
+            if &msg.payload[..] == b"y" {
+                break msg;
+            }
+        };
+        let reply = request.reply.context("a call without a reply subject")?;
+        let parts: Vec<&str> = reply.split('.').collect();
+        assert_eq!(&parts[..3], ["quiver", "globex", "reply"], "{reply}");
+        let token = parts[4];
+        assert!(
+            parts.len() == 5 && token.len() == 32 && token.chars().all(|c| c.is_ascii_hexdigit()),
+            "{reply}"
+        );
+        tokens.push(token.to_owned());
+        // acme's backend tries the reply subject itself (NATS refuses it: not its tenant's),
+        // then globex's token on its own tenant's reply subjects (Quiver ignores it).
+        acme_backend
+            .publish(reply.clone(), Bytes::from_static(b"FORGED"))
+            .await?;
+        acme_backend
+            .publish(
+                format!("quiver.acme.reply.{}.{token}", parts[3]),
+                Bytes::from_static(b"FORGED"),
+            )
+            .await?;
+        acme_backend.flush().await?;
+        let answer = tokio::time::timeout(WAIT, pending).await???;
+        assert_eq!(answer, &b"globex:y"[..], "round {round}");
+    }
+    assert_ne!(tokens[0], tokens[1]);
+    Ok(())
+}
+
 /// What a peer can get wrong, checked by the server before any backend is asked (this server
 /// has no backend at all).
 #[tokio::test]

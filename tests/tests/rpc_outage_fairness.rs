@@ -69,10 +69,11 @@ async fn nats_backend(nats: &NatsServer, log: Log) -> Result<async_nats::Client>
     let responder = client.clone();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
+            // Requests only: its own answers come back on `quiver.acme.reply.…` too.
+            let Some(reply) = msg.reply else { continue };
             log.lock()
                 .unwrap()
                 .push((msg.subject.to_string(), msg.payload.to_vec()));
-            let Some(reply) = msg.reply else { continue };
             let answer = if msg.subject.contains(".rpc.") {
                 msg.payload.clone()
             } else {

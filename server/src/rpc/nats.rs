@@ -8,13 +8,25 @@
 //! So a request is only handed over while the client is connected (otherwise `unavailable`
 //! at once), and every request carries its deadline (`Quiver-Deadline`) for the backend to drop
 //! one that still arrives late (written just as the connection dropped).
+//!
+//! Replies come back on the tenant's own subjects, `quiver.<tenant>.reply.<instance>.<token>`,
+//! never on a shared `_INBOX`: async-nats's inboxes are one prefix per connection with
+//! sequential suffixes, so a tenant's backend allowed to publish on `_INBOX.>` (the usual way to
+//! let a backend reply) could predict and answer every other tenant's pending requests (outside
+//! audit). Here a backend given `quiver.<tenant>.>` can reply to its own tenant's requests
+//! only, and each token is 128 random bits, so not even those of its tenant it was not sent.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_nats::header::HeaderMap;
-use async_nats::RequestErrorKind;
+use async_nats::{PublishErrorKind, StatusCode};
 use bytes::Bytes;
-use quiver_proto::RoomName;
+use futures::StreamExt;
+use quiver_proto::{RoomName, TenantId};
+use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::{backend_message, code_for_status, deadline_at, CallRequest, Caller, Hook, RpcError};
 use crate::config::NatsConfig;
@@ -33,6 +45,109 @@ pub const STATUS: &str = "Quiver-Status";
 
 pub struct NatsRoute {
     client: async_nats::Client,
+    replies: Arc<Replies>,
+    /// Hands each reply to its waiting request; ends with the route.
+    router: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NatsRoute {
+    fn drop(&mut self) {
+        self.router.abort();
+    }
+}
+
+/// The requests waiting for a reply, by their reply subject's token.
+struct Replies {
+    /// This route's part of every reply subject: 64 random bits, so instances never share one.
+    instance: String,
+    pending: Mutex<HashMap<String, Waiting>>,
+}
+
+struct Waiting {
+    tenant: TenantId,
+    reply: oneshot::Sender<async_nats::Message>,
+}
+
+impl Replies {
+    fn new() -> Self {
+        Self {
+            instance: format!("{:016x}", rand::random::<u64>()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The wildcard this route subscribes to for every tenant's replies.
+    fn subscription(&self) -> String {
+        format!("quiver.*.reply.{}.*", self.instance)
+    }
+
+    /// A new reply subject for one of `tenant`'s requests; the token is removed again when the
+    /// returned guard drops (answered, timed out or cancelled).
+    fn wait(self: &Arc<Self>, tenant: &TenantId) -> (String, Pending) {
+        let token = format!("{:032x}", rand::random::<u128>());
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(
+            token.clone(),
+            Waiting {
+                tenant: tenant.clone(),
+                reply: tx,
+            },
+        );
+        let subject = format!("quiver.{tenant}.reply.{}.{token}", self.instance);
+        let pending = Pending {
+            replies: self.clone(),
+            token,
+            rx,
+        };
+        (subject, pending)
+    }
+
+    /// Hands a message to the request its subject names, if one waits and the subject's
+    /// tenant is that request's. Returns whether it was taken.
+    fn deliver(&self, message: async_nats::Message) -> bool {
+        let mut parts = message.subject.split('.');
+        let (Some("quiver"), Some(tenant), Some("reply"), Some(instance), Some(token), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return false;
+        };
+        if instance != self.instance {
+            return false;
+        }
+        let mut pending = self.lock();
+        match pending.get(token) {
+            Some(waiting) if waiting.tenant.as_str() == tenant => {}
+            _ => return false,
+        }
+        let Some(waiting) = pending.remove(token) else {
+            return false;
+        };
+        drop(pending);
+        waiting.reply.send(message).is_ok()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+        // Nothing panics while holding it; a poisoned map is still a map.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request's wait for its reply.
+struct Pending {
+    replies: Arc<Replies>,
+    token: String,
+    rx: oneshot::Receiver<async_nats::Message>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.replies.lock().remove(&self.token);
+    }
 }
 
 impl NatsRoute {
@@ -42,7 +157,27 @@ impl NatsRoute {
             .name("quiver-rpc")
             .retry_on_initial_connect();
         let client = crate::broker::nats::connect_with(nats, options).await?;
-        Ok(Self { client })
+        let replies = Arc::new(Replies::new());
+        // async-nats takes a subscription while still connecting and makes it once connected.
+        let mut subscription = client
+            .subscribe(replies.subscription())
+            .await
+            .map_err(|e| crate::broker::BrokerError::Unavailable(format!("rpc replies: {e}")))?;
+        let router = tokio::spawn({
+            let replies = replies.clone();
+            async move {
+                while let Some(message) = subscription.next().await {
+                    if !replies.deliver(message) {
+                        debug!("a reply for no waiting request (late, or not ours)");
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            replies,
+            router,
+        })
     }
 
     pub async fn call(
@@ -57,7 +192,13 @@ impl NatsRoute {
         }
         let subject = format!("quiver.{}.rpc.{}", caller.tenant, req.method);
         let reply = self
-            .request(subject, headers, req.payload.clone(), req.deadline)
+            .request(
+                &caller.tenant,
+                subject,
+                headers,
+                req.payload.clone(),
+                req.deadline,
+            )
             .await?;
         answer(reply)
     }
@@ -76,11 +217,15 @@ impl NatsRoute {
         let subject = format!("quiver.{}.hook.{}.{}", caller.tenant, hook.label(), room);
         // The same statuses as a call's (PROTOCOL.md §11.2): a hook answered 401/403 is the
         // backend's deny, whatever the namespace's fail rule (§11.3).
-        answer(self.request(subject, headers, body, deadline).await?)
+        answer(
+            self.request(&caller.tenant, subject, headers, body, deadline)
+                .await?,
+        )
     }
 
     async fn request(
         &self,
+        tenant: &TenantId,
         subject: String,
         mut headers: HeaderMap,
         payload: Bytes,
@@ -93,26 +238,33 @@ impl NatsRoute {
         }
         // Digits only: always a valid header value (`From<&str>` panics only on line breaks).
         headers.insert(DEADLINE, deadline_at(SystemTime::now(), deadline).as_str());
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .headers(headers)
-            .timeout(Some(deadline));
-        // async-nats applies the timeout too; this bound also covers a send that waits on a
-        // reconnecting client.
-        match tokio::time::timeout(deadline, self.client.send_request(subject, request)).await {
-            Err(_) => Err(RpcError::Deadline(deadline)),
-            Ok(Ok(message)) => Ok(message),
-            Ok(Err(e)) => Err(match e.kind() {
-                RequestErrorKind::TimedOut => RpcError::Deadline(deadline),
-                RequestErrorKind::NoResponders => {
-                    RpcError::Unavailable("no backend is serving this method".into())
-                }
-                RequestErrorKind::MaxPayloadExceeded => RpcError::Backend(
+        let (reply, pending) = self.replies.wait(tenant);
+        let send = self
+            .client
+            .publish_with_reply_and_headers(subject, reply, headers, payload);
+        // The bound also covers a send that waits on a reconnecting client.
+        let answered = tokio::time::timeout(deadline, async {
+            send.await.map_err(|e| match e.kind() {
+                PublishErrorKind::MaxPayloadExceeded => RpcError::Backend(
                     quiver_proto::ErrorCode::PayloadTooLarge,
                     "request exceeds the NATS server's max_payload".into(),
                 ),
                 _ => RpcError::Unavailable(e.to_string()),
-            }),
+            })?;
+            let mut pending = pending;
+            (&mut pending.rx)
+                .await
+                .map_err(|_| RpcError::Unavailable("the reply route ended".into()))
+        })
+        .await;
+        match answered {
+            Err(_) => Err(RpcError::Deadline(deadline)),
+            Ok(Err(e)) => Err(e),
+            // nats-server's own answer when nobody subscribes to the subject.
+            Ok(Ok(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => Err(
+                RpcError::Unavailable("no backend is serving this method".into()),
+            ),
+            Ok(Ok(message)) => Ok(message),
         }
     }
 }
