@@ -701,6 +701,20 @@ fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
             "[rpc]\nmax_timeout = \"1000d\"\n".into(),
             "rpc.max_timeout (86400000s) is over the maximum of 300s",
         ),
+        // 0 reads as "off" to a QUIC user; here it closed every session at once (outside
+        // audit), and a server of 0 sessions answered /healthz 200 while refusing everyone.
+        (
+            "[timeouts]\nidle = \"0s\"\n".into(),
+            "timeouts.idle must be positive",
+        ),
+        (
+            "[timeouts]\nhello = \"0s\"\nreply = \"0s\"\n".into(),
+            "timeouts.hello must be positive",
+        ),
+        (
+            "[limits]\nmax_sessions = 0\n".into(),
+            "limits.commands_per_second, max_subscriptions, subscriber_queue and max_sessions must be positive",
+        ),
     ];
     for (toml, needle) in &cases {
         std::fs::write(d.join("bad.toml"), toml)?;
@@ -720,7 +734,7 @@ fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
         &[],
         &[
             "\n  limits.max_frame (100) must be at least",
-            "\n  limits.commands_per_second, max_subscriptions and subscriber_queue must be positive",
+            "\n  limits.commands_per_second, max_subscriptions, subscriber_queue and max_sessions must be positive",
             "\n  timeouts.drain must be positive",
             "\n  api.keys[0].key is too short",
         ],

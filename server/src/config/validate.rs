@@ -74,8 +74,33 @@ impl Config {
                  {MIN_CLIENT_ACK_DELAY:?} and {MAX_CLIENT_ACK_DELAY:?}"
             ));
         }
-        if l.commands_per_second == 0 || l.max_subscriptions == 0 || l.subscriber_queue == 0 {
-            problems.push("limits.commands_per_second, max_subscriptions and subscriber_queue must be positive".into());
+        if l.commands_per_second == 0
+            || l.max_subscriptions == 0
+            || l.subscriber_queue == 0
+            || l.max_sessions == 0
+        {
+            problems.push(
+                "limits.commands_per_second, max_subscriptions, subscriber_queue and max_sessions \
+                 must be positive"
+                    .into(),
+            );
+        }
+        // 0 is no timeout to a QUIC or NATS user, and an immediate one here: refused rather
+        // than a server that closes every session at once (timeouts.drain: mistakes.rs).
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("idle", t.idle),
+            ("keep_alive", t.keep_alive),
+            ("hello", t.hello),
+            ("handshake", t.handshake),
+            ("stream_open", t.stream_open),
+            ("reply", t.reply),
+        ] {
+            if value.is_zero() {
+                problems.push(format!(
+                    "timeouts.{name} must be positive (there is no way to turn it off)"
+                ));
+            }
         }
         for ns in &self.namespaces {
             if ns.name.is_empty()
