@@ -271,7 +271,24 @@ impl Writer {
         fresh(self.skip_through, delivery)
     }
 
+    /// The writer of a subscription on a shared connection (WebSocket, SSE): frames go into
+    /// the session's outgoing queue. An overflow ends it whatever it is waiting for (room in
+    /// that queue, a replay's turn, the broker): a client that stopped reading would otherwise
+    /// keep a dropped subscription counted, present in its room and holding its queue until
+    /// the session itself ends (outside audit).
     async fn run_shared(mut self, out: queue::Sender<Bytes>) {
+        let overflow = self.overflow.clone();
+        let overflowed = tokio::select! {
+            biased;
+            _ = overflow.cancelled() => true,
+            _ = self.write_shared(out) => false,
+        };
+        if overflowed {
+            self.report_overflow();
+        }
+    }
+
+    async fn write_shared(&mut self, out: queue::Sender<Bytes>) {
         // The replay, in batches of whole frames as the connection takes them.
         loop {
             let batch = match self.preamble.next_batch().await {
@@ -298,7 +315,6 @@ impl Writer {
         loop {
             let delivery = tokio::select! {
                 biased;
-                _ = self.overflow.cancelled() => return self.report_overflow(),
                 msg = self.queue.recv() => match msg {
                     Some(m) => m,
                     None => return,

@@ -376,6 +376,91 @@ async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A subscription dropped as a slow consumer on a WebSocket that stopped reading is over at
+/// once: out of the subscription gauge and out of its room's presence while the session is
+/// still open, not when the client reads again or the session ends (outside audit: its writer
+/// waited for room in the session's outgoing queue and never saw the overflow).
+#[tokio::test]
+async fn a_slow_consumer_on_a_websocket_that_stopped_reading_is_dropped_at_once(
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 16;
+        c.limits.commands_per_second = 100_000;
+        c.timeouts.reply = Duration::from_secs(60);
+        c.timeouts.idle = Duration::from_secs(60);
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "p".into(),
+            presence: true,
+            ..Default::default()
+        });
+    })
+    .await?;
+    let _deaf = deaf_websocket(&server, "deaf", "p.feed").await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let present = |event: Event| match event {
+        Event::Presence { members, .. } => members.iter().any(|m| m.user == "deaf"),
+        other => panic!("presence: {other:?}"),
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !present(
+        publ.request(Command::Presence {
+            room: "p.feed".into(),
+        })
+        .await?,
+    ) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never present");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dropped = |page: &str| {
+        metric_sum(
+            page,
+            "quiver_deliveries_dropped_total",
+            &[("reason", "slow_consumer")],
+        )
+    };
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    let mut sent = 0;
+    while dropped(&server.metrics().await?) < 1.0 {
+        anyhow::ensure!(
+            sent < 4000,
+            "never dropped as slow after {sent} publications"
+        );
+        for _ in 0..100 {
+            publ.send(Command::Publish {
+                room: "p.feed".into(),
+                payload: payload.clone(),
+                ack: false,
+            })
+            .await?;
+        }
+        sent += 100;
+        assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    }
+    // The session is still open (it is not closed before `timeouts.reply`), the subscription
+    // is not.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let page = server.metrics().await?;
+        let subscriptions = metric_sum(&page, "quiver_subscriptions_active", &[]);
+        let still = present(
+            publ.request(Command::Presence {
+                room: "p.feed".into(),
+            })
+            .await?,
+        );
+        if subscriptions == 0.0 && !still {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "3 s after the drop: {subscriptions} subscriptions counted, deaf present: {still}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.sessions(), 2, "both sessions are still open");
+    Ok(())
+}
+
 /// A client that sends far over its rate without reading still finds its `Goodbye 3003` when
 /// it reads at last: the server reads and drops what the client sent after the goodbye before
 /// it closes the socket, since closing with unread data would reset the connection and the
