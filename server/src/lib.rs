@@ -32,6 +32,7 @@ pub mod revocation;
 pub mod rpc;
 mod server;
 mod session;
+mod stateless_reset;
 mod subscription;
 pub mod tcp;
 pub mod tls;

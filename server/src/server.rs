@@ -623,7 +623,13 @@ fn server_config(
     };
     let tls = crate::tls_resumption::webtransport_tls(&identity, config.tls.session_tickets)
         .map_err(std::io::Error::other)?;
-    Ok(builder
+    let mut server = builder
         .with_custom_tls_and_transport(tls, transport)
-        .build())
+        .build();
+    // Resets for connections this process does not hold (a restart, another instance).
+    crate::stateless_reset::apply(
+        server.quic_endpoint_config_mut(),
+        identity.private_key().secret_der(),
+    );
+    Ok(server)
 }

@@ -38,11 +38,16 @@ pub fn binary() -> Result<PathBuf> {
 /// `quiver serve` on ephemeral loopback ports, without the demo, keeping its files in
 /// `cert_dir`; no key configured (add one, or it runs in development mode).
 pub fn serve_command(cert_dir: &Path) -> Result<Command> {
+    serve_command_on(cert_dir, "127.0.0.1:0")
+}
+
+/// [`serve_command`] with its WebTransport (UDP) address given.
+pub fn serve_command_on(cert_dir: &Path, listen: &str) -> Result<Command> {
     let mut cmd = Command::new(binary()?);
     cmd.args([
         "serve",
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--http",
         "127.0.0.1:0",
         "--no-demo",
@@ -74,7 +79,18 @@ pub fn read_ready(child: &mut Child) -> Result<serde_json::Value> {
 impl QuiverProcess {
     /// Starts `quiver serve` with the test secret, the given config file and extra flags.
     pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {
-        let mut cmd = serve_command(cert_dir)?;
+        Self::start_on(cert_dir, config, extra, "127.0.0.1:0")
+    }
+
+    /// [`Self::start`] on a given WebTransport (UDP) address: a restart in the place of a
+    /// killed instance.
+    pub fn start_on(
+        cert_dir: &Path,
+        config: Option<&Path>,
+        extra: &[&str],
+        listen: &str,
+    ) -> Result<Self> {
+        let mut cmd = serve_command_on(cert_dir, listen)?;
         cmd.args(["--jwt-secret", SECRET, "--self-signed"])
             .args(extra)
             .stdout(Stdio::piped());

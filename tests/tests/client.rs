@@ -688,6 +688,52 @@ async fn a_server_that_stops_answering_is_noticed_by_the_heartbeat(
     Ok(())
 }
 
+/// kill -9, then a new process on the same address with the same key files: the client's next
+/// packet meets a QUIC stateless reset from the new process, so the client knows at once,
+/// without a heartbeat and long before its idle timeout (outside audit: the new process dropped
+/// the packets of a connection it did not hold in silence, and the client hung for its idle
+/// timeout). Also what another instance serving the same certificate does with a packet a load
+/// balancer sent it by mistake.
+#[tokio::test]
+async fn a_restarted_instance_resets_the_connections_of_the_killed_one() -> anyhow::Result<()> {
+    use quiver_tests::process::QuiverProcess;
+    let dir = tempfile::tempdir()?;
+    let mut first = QuiverProcess::start(dir.path(), None, &[])?;
+    let listen = format!("127.0.0.1:{}", first.wt_port);
+    let mut config = ClientConfig::new(first.url(), token_fixed(full_token("acme", "rs")))
+        .with_trust(quiver_client::Trust::CertHashes(vec![first.hash]))
+        .with_transport(Transport::WebTransport);
+    // Nothing but the reset can tell the client: no heartbeat, a long idle timeout.
+    config.heartbeat = None;
+    config.idle_timeout = Duration::from_secs(120);
+    config.request_timeout = Duration::from_secs(120);
+    let client = Client::connect(config).await?;
+    client.ping().await?;
+    let mut states = StateLog::start(&client);
+
+    first.kill();
+    let second = QuiverProcess::start_on(dir.path(), None, &[], &listen)?;
+    assert_eq!(second.hash, first.hash, "the same key files");
+    let restarted = Instant::now();
+    // Its next packets (this ping's) reach the new process.
+    let ping = tokio::spawn({
+        let client = client.clone();
+        async move { client.ping().await }
+    });
+    let lost = states.until("a disconnect", |s| !is_connected(s)).await?;
+    let noticed = restarted.elapsed();
+    eprintln!("[test] reset noticed after {noticed:?}: {lost:?}");
+    match &lost {
+        ConnectionState::Disconnected { reason, .. } => {
+            assert!(reason.contains("reset"), "{reason}")
+        }
+        other => bail!("expected a disconnect, got {other:?}"),
+    }
+    assert!(noticed < WAIT, "noticed after {noticed:?}");
+    assert!(tokio::time::timeout(WAIT, ping).await??.is_err());
+    Ok(())
+}
+
 #[tokio::test]
 async fn auto_falls_back_to_websocket_when_webtransport_is_silent_and_remembers(
 ) -> anyhow::Result<()> {
