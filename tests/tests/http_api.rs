@@ -273,6 +273,63 @@ async fn every_api_error_has_one_shape_and_a_documented_code() -> anyhow::Result
     Ok(())
 }
 
+/// Where the handler needs one of two fields, the document says so (`oneOf` / `anyOf`), so a
+/// body a generated client or validator takes for valid is not refused 400 (outside audit): a
+/// body with neither field breaks the schema and is refused; one with a field is served.
+#[tokio::test]
+async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let doc: serde_json::Value =
+        reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
+            .await?
+            .json()
+            .await?;
+    let schema = |path: &str| {
+        doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone()
+    };
+    let alternatives = |schema: &serde_json::Value, keyword: &str| -> Vec<String> {
+        schema[keyword]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["required"][0].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        alternatives(&schema("/api/v1/broadcast"), "oneOf"),
+        ["payload", "payload_base64"]
+    );
+    assert_eq!(
+        alternatives(&schema("/api/v1/disconnect"), "anyOf"),
+        ["user", "session"]
+    );
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| {
+        http.post(format!("http://{}{path}", server.http))
+            .bearer_auth(ACME)
+            .json(&body)
+            .send()
+    };
+    for (path, without, with) in [
+        (
+            "/api/v1/broadcast",
+            serde_json::json!({"rooms": ["chat.x"]}),
+            serde_json::json!({"rooms": ["chat.x"], "payload_base64": "aGk="}),
+        ),
+        (
+            "/api/v1/disconnect",
+            serde_json::json!({"reason": "bye"}),
+            serde_json::json!({"session": "nobody"}),
+        ),
+    ] {
+        assert_eq!(post(path, without).await?.status(), 400, "{path}");
+        assert_eq!(post(path, with).await?.status(), 200, "{path}");
+    }
+    Ok(())
+}
+
 /// The OpenAPI document lists every route of the route table the router is built from, and
 /// nothing else; every listed route is served (answers neither 404 nor 405).
 #[tokio::test]

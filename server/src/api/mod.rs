@@ -69,6 +69,13 @@ fn object(required: &[&str], properties: Value) -> Value {
     })
 }
 
+/// `schema` needing one (`oneOf`: exactly one; `anyOf`: at least one) of `fields`, as the
+/// handler checks, so a body valid by the document is never refused for it.
+fn one_of(mut schema: Value, keyword: &str, fields: &[&str]) -> Value {
+    schema[keyword] = fields.iter().map(|f| json!({"required": [f]})).collect();
+    schema
+}
+
 fn array(items: Value) -> Value {
     json!({"type": "array", "items": items})
 }
@@ -99,19 +106,23 @@ pub fn routes() -> Vec<Route> {
             path: "/api/v1/broadcast",
             summary: "Publish one payload into up to 100 rooms; each room's outcome in `results`.",
             auth: Auth::ApiKey,
-            request: Some(object(
-                &["rooms"],
-                json!({
-                    "tenant": tenant,
-                    "rooms": {
-                        "type": "array",
-                        "items": string,
-                        "minItems": 1,
-                        "maxItems": publish::MAX_BROADCAST_ROOMS,
-                    },
-                    "payload": {"type": "string", "description": "text, published as UTF-8"},
-                    "payload_base64": base64,
-                }),
+            request: Some(one_of(
+                object(
+                    &["rooms"],
+                    json!({
+                        "tenant": tenant,
+                        "rooms": {
+                            "type": "array",
+                            "items": string,
+                            "minItems": 1,
+                            "maxItems": publish::MAX_BROADCAST_ROOMS,
+                        },
+                        "payload": {"type": "string", "description": "text, published as UTF-8"},
+                        "payload_base64": base64,
+                    }),
+                ),
+                "oneOf",
+                &["payload", "payload_base64"],
             )),
             response: object(
                 &["results"],
@@ -186,9 +197,13 @@ pub fn routes() -> Vec<Route> {
             path: "/api/v1/disconnect",
             summary: "End a user's or a session's sessions on every instance (goodbye 3009).",
             auth: Auth::ApiKey,
-            request: Some(object(
-                &[],
-                json!({"tenant": tenant, "user": string, "session": string, "reason": string}),
+            request: Some(one_of(
+                object(
+                    &[],
+                    json!({"tenant": tenant, "user": string, "session": string, "reason": string}),
+                ),
+                "anyOf",
+                &["user", "session"],
             )),
             response: object(&["disconnected_here"], json!({"disconnected_here": count})),
             handler: || post(sessions::disconnect),

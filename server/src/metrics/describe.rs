@@ -162,8 +162,10 @@ pub(super) fn describe() {
     );
     describe_counter!(
         DELIVERIES_DROPPED,
-        "Deliveries dropped, by reason (slow_consumer: a subscriber's queue overflowed and the \
-         subscription ended; broker_slow_consumer: NATS dropped messages to this node)"
+        "Deliveries dropped, by reason (slow_consumer: one per subscription ended because its \
+         queue overflowed, the frames still queued for it not counted one by one; \
+         broker_slow_consumer: one per message NATS dropped to this node; latest_event: one per \
+         room event a latest subscriber's full queue had no room for)"
     );
     describe_counter!(COMMANDS, "Commands received from clients");
     describe_counter!(
