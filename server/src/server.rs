@@ -35,8 +35,15 @@ const PEER_UNI_STREAMS: u32 = 4;
 /// Receive window per stream: the control stream needs one maximum frame in flight and a bit
 /// more; nothing else the client sends is large.
 const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
-/// Receive window for the whole connection: the most a client can make us buffer.
-const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Receive window for the whole connection once its session exists: the most a client can
+/// make us buffer (bytes it sends out of order are held until the gap is filled).
+pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
+/// Receive window for the whole connection before its session exists (raised to
+/// [`CONNECTION_RECEIVE_WINDOW`] once the CONNECT is answered 200): the handshake needs SETTINGS,
+/// QPACK and one HEADERS frame of at most 4 KiB. With the full window, a peer with no token
+/// could make the server hold 1 MiB per connection until the handshake deadline by sending
+/// every stream's data but its first byte (outside audit: 1.3 MiB each, 20,000 connections).
+const PRE_SESSION_RECEIVE_WINDOW: u32 = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -585,7 +592,7 @@ fn server_config(
         .max_concurrent_bidi_streams(QuinnVarInt::from_u32(PEER_BIDI_STREAMS))
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
-        .receive_window(QuinnVarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
+        .receive_window(QuinnVarInt::from_u32(PRE_SESSION_RECEIVE_WINDOW))
         // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
         // stale. Past it quinn drops the oldest first, which is what `latest` wants.
         .datagram_send_buffer_size(DATAGRAM_BUFFER)

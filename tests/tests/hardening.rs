@@ -50,6 +50,62 @@ async fn connections_that_never_send_connect_are_closed_and_counted() -> anyhow:
     Ok(())
 }
 
+/// Before its session exists a connection may make the server buffer 16 KiB, not the 1 MiB
+/// a session gets: flow control stops a peer with no token that sends stream data (here as
+/// fast as it can, on four streams HTTP/3 does not read) at the pre-session window, where the
+/// full window let it park 1 MiB out of order until the handshake deadline (outside audit).
+/// A session, once accepted, gets the full window.
+#[tokio::test]
+async fn before_its_session_a_connection_can_make_the_server_buffer_16_kib() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (_endpoint, conn) = silent_quic(&server).await?;
+    let mut most = 0usize;
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let mut written = 0usize;
+        // A reserved (grease) stream type: HTTP/3 reads no further, so nothing frees credit.
+        let mut send = conn.open_uni().await?;
+        send.write_all(&[0x21]).await?;
+        let chunk = vec![0u8; 4096];
+        // Each write takes what flow control allows; the one that finds none waits.
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), send.write(&chunk)).await
+        {
+            written += n;
+            anyhow::ensure!(
+                written < 1 << 20,
+                "the server took a megabyte before any CONNECT"
+            );
+        }
+        most = most.max(written);
+        streams.push(send);
+    }
+    // The credit is the connection's: one stream takes at most the 16 KiB (a stream HTTP/3
+    // refuses gives its share back when it is stopped).
+    assert!(
+        most <= 16 * 1024,
+        "{most} bytes taken on one stream before the session exists"
+    );
+
+    // Once the session exists the window is the full one: a stream HTTP/3 does not read
+    // takes far more than 16 KiB.
+    let mut session = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let mut send = session.conn().quic_connection().open_uni().await?;
+    send.write_all(&[0x21]).await?;
+    let chunk = vec![0u8; 4096];
+    let mut after = 0usize;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), send.write(&chunk)).await
+    {
+        after += n;
+        if after > 64 * 1024 {
+            break;
+        }
+    }
+    assert!(after > 64 * 1024, "{after} bytes taken by a session");
+    assert!(matches!(session.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
 /// A QUIC Initial forged with someone else's source address (replayed here from a socket that
 /// is closed at once, so nothing answers the server) does not use up that address's places:
 /// with per-address limits, a connection proves its address with a Retry before it counts.

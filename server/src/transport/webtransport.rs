@@ -172,7 +172,14 @@ async fn establish(
     };
     match shared.authenticate(&token) {
         Ok(grant) => match tokio::time::timeout_at(deadline, request.accept()).await {
-            Ok(Ok(conn)) => Some((conn, grant)),
+            Ok(Ok(conn)) => {
+                // The session exists: the full window (the handshake had a small one).
+                conn.quic_connection()
+                    .set_receive_window(wtransport::quinn::VarInt::from_u32(
+                        crate::server::CONNECTION_RECEIVE_WINDOW,
+                    ));
+                Some((conn, grant))
+            }
             Ok(Err(e)) => {
                 debug!(error = %e, "accept failed");
                 None
