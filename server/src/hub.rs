@@ -6,6 +6,12 @@
 //! bounded queue with `try_send`: a full queue costs only that subscriber (it is cancelled as a
 //! slow consumer), never the publisher or the other subscribers. The lock is a std `RwLock`
 //! held only for map work, never across an `.await`.
+//!
+//! One fan-out at a time per room (`Room::order`): publications reach every subscriber of a
+//! room in one order. Concurrent fan-outs of one room under the shared read lock interleaved
+//! differently on each subscriber's stream when several publishers sent at once (outside
+//! audit; history rooms were in order only because the broker delivers them under its own
+//! lock).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -67,9 +73,23 @@ pub struct Subscriber {
     pub direct: Option<Arc<Direct>>,
 }
 
+/// A room's local subscribers, and the lock that makes its fan-outs take turns. Changes to
+/// `subs` happen under the map's write lock, which no fan-out holds.
+#[derive(Default)]
+struct Room {
+    subs: Vec<Subscriber>,
+    order: std::sync::Mutex<()>,
+}
+
+impl Room {
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[derive(Default)]
 pub struct Hub {
-    rooms: RwLock<HashMap<RoomKey, Vec<Subscriber>>>,
+    rooms: RwLock<HashMap<RoomKey, Room>>,
     /// Fan-out counters by namespace label.
     namespaces: m::Namespaces,
 }
@@ -87,7 +107,7 @@ impl Hub {
     /// start listening for it).
     pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        let subs = rooms.entry(key).or_default();
+        let subs = &mut rooms.entry(key).or_default().subs;
         subs.push(sub);
         subs.len() == 1
     }
@@ -98,11 +118,11 @@ impl Hub {
     /// broker (dropping interest twice is harmless; keeping it would leak the listener).
     pub fn unsubscribe(&self, key: &RoomKey, id: u64) -> bool {
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = rooms.get_mut(key) else {
+        let Some(room) = rooms.get_mut(key) else {
             return true;
         };
-        subs.retain(|s| s.id != id);
-        if subs.is_empty() {
+        room.subs.retain(|s| s.id != id);
+        if room.subs.is_empty() {
             rooms.remove(key);
             return true;
         }
@@ -131,7 +151,9 @@ impl Hub {
     /// payload in every subscriber's slot, replacing what waits there. `None` in other rooms.
     fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let subs = rooms.get(key)?;
+        let room = rooms.get(key)?;
+        let _turn = room.turn();
+        let subs = &room.subs;
         let first = subs.first()?;
         first.latest.as_ref()?;
         for sub in subs {
@@ -155,9 +177,11 @@ impl Hub {
         let mut overflowed = Vec::new();
         {
             let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-            let Some(subs) = rooms.get(key) else {
+            let Some(room) = rooms.get(key) else {
                 return 0;
             };
+            let _turn = room.turn();
+            let subs = &room.subs;
             for sub in subs {
                 let offered = match &sub.direct {
                     Some(direct) => direct.offer(&sub.queue, &delivery),
@@ -198,9 +222,9 @@ impl Hub {
             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
                 .increment(overflowed.len() as u64);
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-            if let Some(subs) = rooms.get_mut(key) {
-                subs.retain(|s| !overflowed.contains(&s.id));
-                if subs.is_empty() {
+            if let Some(room) = rooms.get_mut(key) {
+                room.subs.retain(|s| !overflowed.contains(&s.id));
+                if room.subs.is_empty() {
                     rooms.remove(key);
                 }
             }
@@ -226,12 +250,12 @@ impl Hub {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let mut total = 0;
         let mut listed: Vec<(RoomKey, usize)> = Vec::new();
-        for (key, subs) in rooms.iter() {
+        for (key, room) in rooms.iter() {
             if tenant.is_some_and(|t| *t != key.tenant) {
                 continue;
             }
-            total += subs.len();
-            listed.push((key.clone(), subs.len()));
+            total += room.subs.len();
+            listed.push((key.clone(), room.subs.len()));
         }
         drop(rooms);
         listed.sort_by(|a, b| {
