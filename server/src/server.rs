@@ -633,6 +633,13 @@ fn server_config(
     let mut server = builder
         .with_custom_tls_and_transport(tls, transport)
         .build();
+    // No connection migration: a packet of a connection from another address is dropped. quinn
+    // answered one at the new address before validating it with far more than the threefold
+    // anti-amplification limit (a padded PATH_CHALLENGE and a probe: 2,526 bytes for a forged
+    // 29-byte packet, outside audit), a reflector against third parties. A client whose
+    // address changes reconnects (and resumes), as it must behind a load balancer that hashes
+    // the 4-tuple anyway (docs/deployment.md).
+    server.quic_config_mut().migration(false);
     // Resets for connections this process does not hold (a restart, another instance).
     crate::stateless_reset::apply(
         server.quic_endpoint_config_mut(),

@@ -106,6 +106,36 @@ async fn before_its_session_a_connection_can_make_the_server_buffer_16_kib() -> 
     Ok(())
 }
 
+/// A connection's packets from another address are dropped, never answered there: no
+/// migration, so a forged source address cannot make the server send anything to a third party
+/// (outside audit: quinn answered one 29-byte packet with a forged source with 2,526 bytes to
+/// that address, before validating it). Here the client moves to another loopback address.
+#[tokio::test]
+async fn packets_of_a_connection_from_another_address_are_not_answered_there() -> anyhow::Result<()>
+{
+    let server = TestServer::start().await?;
+    let endpoint = quic_client(&server, |t| {
+        t.keep_alive_interval(None);
+    })?;
+    let conn = endpoint.connect(server.wt, "localhost")?.await?;
+    // The handshake's last packets are in.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = conn.stats().udp_rx.datagrams;
+    endpoint.rebind(std::net::UdpSocket::bind("127.0.0.2:0")?)?;
+    // Ack-eliciting packets from the new address: a stream's bytes, retransmitted meanwhile.
+    let mut send = conn.open_uni().await?;
+    send.write_all(&[0x21, 1, 2, 3]).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = conn.stats().udp_rx.datagrams;
+    assert_eq!(
+        after - before,
+        0,
+        "the server sent {} datagrams to the new address",
+        after - before
+    );
+    Ok(())
+}
+
 /// A QUIC Initial forged with someone else's source address (replayed here from a socket that
 /// is closed at once, so nothing answers the server) does not use up that address's places:
 /// with per-address limits, a connection proves its address with a Retry before it counts.
