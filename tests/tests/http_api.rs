@@ -124,12 +124,18 @@ fn with_keys(c: &mut quiver_server::Config) {
 }
 
 /// The error codes the OpenAPI document lists.
-async fn documented_codes(server: &TestServer) -> anyhow::Result<Vec<String>> {
-    let doc: serde_json::Value =
+/// The server's OpenAPI document.
+async fn openapi(server: &TestServer) -> anyhow::Result<serde_json::Value> {
+    Ok(
         reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
             .await?
             .json()
-            .await?;
+            .await?,
+    )
+}
+
+async fn documented_codes(server: &TestServer) -> anyhow::Result<Vec<String>> {
+    let doc = openapi(server).await?;
     Ok(
         doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
             .as_array()
@@ -279,11 +285,7 @@ async fn every_api_error_has_one_shape_and_a_documented_code() -> anyhow::Result
 #[tokio::test]
 async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<()> {
     let server = TestServer::start_with(with_keys).await?;
-    let doc: serde_json::Value =
-        reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
-            .await?
-            .json()
-            .await?;
+    let doc = openapi(&server).await?;
     let schema = |path: &str| {
         doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"].clone()
     };
@@ -335,11 +337,7 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
 #[tokio::test]
 async fn every_route_is_in_the_openapi_document() -> anyhow::Result<()> {
     let server = TestServer::start_with(with_keys).await?;
-    let doc: serde_json::Value =
-        reqwest::get(format!("http://{}/api/v1/openapi.json", server.http))
-            .await?
-            .json()
-            .await?;
+    let doc = openapi(&server).await?;
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().expect("paths");
     let routes = quiver_server::api::routes();

@@ -152,7 +152,8 @@ async fn a_hundred_rooms_on_one_connection(via: Via) -> anyhow::Result<()> {
 }
 
 /// Publications of one live room reach every subscriber in one order, whoever sends them: four
-/// publishers at once on a server with two worker threads, and every subscriber's sequence is
+/// publishers at once on a server with two worker threads, thirty subscribers, all over
+/// WebSocket (where the old interleaving showed at once), and every subscriber's sequence is
 /// the same (outside audit: concurrent fan-outs of a live room interleaved differently on each
 /// subscriber; history rooms kept one order only through the broker's lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
