@@ -68,7 +68,7 @@ pub async fn page(
     let limit = limit.min(MAX_LIMIT) as usize;
     // Without `since`, the page starts at the oldest kept publication: read from just before
     // it. That one can be trimmed between the two reads; then the next oldest is asked for.
-    let mut attempts = 3;
+    let mut attempts = 5;
     let (current, kept) = loop {
         let from = match since {
             Some(since) => Some(since),
@@ -89,7 +89,13 @@ pub async fn page(
         // One more than the page holds says whether more is kept after it.
         let recovered = shared
             .broker
-            .recover_some(key.clone(), from, limit.saturating_add(1), max_bytes)
+            .recover_some(
+                key.clone(),
+                from,
+                limit.saturating_add(1),
+                max_bytes,
+                since.is_none(),
+            )
             .await?;
         match recovered.replay {
             Some(kept) => break (recovered.current, kept),

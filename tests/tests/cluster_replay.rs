@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::{ErrorCode, Event, Position, Recovery};
+use quiver_proto::{Command, ErrorCode, Event, Position, Recovery};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::*;
@@ -238,5 +238,124 @@ async fn history_pages_of_large_publications_page_through_the_whole_room() -> an
         anyhow::ensure!(seen.len() < N, "truncated with nothing left");
     }
     assert_eq!(seen, positions);
+    Ok(())
+}
+
+/// A `History` page or a resume from just before the room's oldest kept publication, while
+/// three publishers keep the room cut from the front: each starts at the next publication, or
+/// is refused (`unrecoverable_position`, `Failed`), never silently later (outside audit: the
+/// room's first publications after the position were cut between the completeness check and
+/// the read, and 10 in 150 pages and 1-2 in 40 resumes began after a gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const ROOM: &str = "pg.edge";
+    let nats = NatsServer::start().await?;
+    let server = start(&nats, 20).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for p in 0..3 {
+        let mut publ = Raw::connect(&server, &full_token("acme", &format!("p{p}"))).await?;
+        let stop = stop.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                publ.published(ROOM, &n.to_be_bytes()).await?;
+                n += 1;
+                // A few hundred a second in all: the room's front moves every few
+                // milliseconds, about as long as a read takes.
+                tokio::time::sleep(Duration::from_millis(6)).await;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut reader = Raw::connect(&server, &full_token("acme", "r")).await?;
+    let (mut whole, mut refused, mut gaps) = (0, 0, Vec::new());
+    // The oldest kept publication; under this churn a page of the oldest may be refused
+    // (read again five times, cut each time): then the trial is skipped.
+    let oldest = |event: Event| match event {
+        Event::History { publications, .. } => publications.first().map(|p| p.position),
+        Event::Error { code, .. }
+            if ErrorCode::from_u16(code) == Some(ErrorCode::UnrecoverablePosition) =>
+        {
+            None
+        }
+        other => panic!("history: {other:?}"),
+    };
+    for trial in 0..120 {
+        let request = Command::History {
+            room: ROOM.into(),
+            since: None,
+            limit: 1,
+        };
+        let Some(first) = oldest(reader.request(request).await?) else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        // The stream holds this room only: offsets are consecutive.
+        let since = Position {
+            epoch: first.epoch,
+            offset: first.offset - 1,
+        };
+        if trial % 3 == 0 {
+            let mut resumer = Raw::connect(&server, &full_token("acme", "resume")).await?;
+            let (subscribed, mut stream) = resumer.subscribe_from(ROOM, Some(since)).await?;
+            match subscribed {
+                Event::Subscribed {
+                    recovery: Recovery::Recovered { .. },
+                    ..
+                } => match tokio::time::timeout(WAIT, stream.next()).await??.event {
+                    Event::Publication {
+                        position: Some(p), ..
+                    } if p.offset == since.offset + 1 => whole += 1,
+                    Event::Publication { position, .. } => {
+                        gaps.push(format!("resume from {}: {position:?}", since.offset))
+                    }
+                    // Cut while it was read: ended, never a gap.
+                    Event::Unsubscribed { code, .. }
+                        if ErrorCode::from_u16(code) == Some(ErrorCode::UnrecoverablePosition) =>
+                    {
+                        refused += 1
+                    }
+                    other => anyhow::bail!("resume: {other:?}"),
+                },
+                Event::Subscribed { .. } => refused += 1,
+                other => anyhow::bail!("subscribe: {other:?}"),
+            }
+            continue;
+        }
+        let request = Command::History {
+            room: ROOM.into(),
+            since: Some(since),
+            limit: 100,
+        };
+        match reader.request(request).await? {
+            Event::History { publications, .. } => match publications.first() {
+                Some(p) if p.position.offset == since.offset + 1 => whole += 1,
+                other => gaps.push(format!(
+                    "page after {}: {:?}",
+                    since.offset,
+                    other.map(|p| p.position)
+                )),
+            },
+            Event::Error { code, .. }
+                if ErrorCode::from_u16(code) == Some(ErrorCode::UnrecoverablePosition) =>
+            {
+                refused += 1
+            }
+            other => anyhow::bail!("history: {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for publisher in publishers {
+        publisher.await??;
+    }
+    eprintln!(
+        "[test] edge reads: {whole} whole, {refused} refused, {} gaps",
+        gaps.len()
+    );
+    assert!(gaps.is_empty(), "reads that skipped: {gaps:?}");
+    assert!(whole > 0, "no read was whole: the check proves nothing");
     Ok(())
 }

@@ -85,6 +85,10 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
     /// Like `recover` from `since`, reading at most `max` publications, and no more once their
     /// payloads exceed `max_bytes`: a history page (one past either bound says there is more).
+    /// `from_oldest`: `since` is just before the room's oldest kept publication, read a moment
+    /// ago, and the page is to start wherever the room's kept publications start now (cut
+    /// further meanwhile is no gap for a caller that asked for the oldest); otherwise the page
+    /// starts right after `since` or is `None`.
     /// The default reads everything and keeps `max` (for a broker whose history is in this
     /// process, reading is sharing).
     fn recover_some(
@@ -93,6 +97,7 @@ pub trait Broker: Send + Sync + 'static {
         since: Position,
         max: usize,
         _max_bytes: usize,
+        _from_oldest: bool,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(async move {
             let mut recovered = self.recover(key, Some(since)).await?;

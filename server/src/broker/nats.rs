@@ -550,12 +550,17 @@ impl Broker for NatsBroker {
         since: Position,
         max: usize,
         max_bytes: usize,
+        from_oldest: bool,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(async move {
             match self.inner.config.history(&key.room) {
                 None => Ok(Recovered::default()),
                 Some(ns) => {
-                    let reach = history_read::Reach::Page { max, max_bytes };
+                    let reach = history_read::Reach::Page {
+                        max,
+                        max_bytes,
+                        from_oldest,
+                    };
                     self.inner
                         .recover_history(&key, ns, Some(since), reach)
                         .await

@@ -38,8 +38,13 @@ pub(super) enum Reach {
     /// A resume: everything after the position, listed now and read as the stream takes it.
     Replay,
     /// A `History` page, all now: at most `max` publications, and none more once their
-    /// payloads are past `max_bytes` (the page's frame could not hold them).
-    Page { max: usize, max_bytes: usize },
+    /// payloads are past `max_bytes` (the page's frame could not hold them); `from_oldest`:
+    /// it may start wherever the room's kept publications start (`Broker::recover_some`).
+    Page {
+        max: usize,
+        max_bytes: usize,
+        from_oldest: bool,
+    },
 }
 
 /// Publications one pull asks for: enough for about a page of the largest payloads, so a pull
@@ -154,8 +159,18 @@ impl Inner {
         // See the module documentation: the room's first kept message at or before P + 1, or
         // (everything kept is after P, so `after` is all it keeps) under the count limit with
         // the stream's front intact.
-        let complete =
-            first_kept <= since.offset + 1 || (after < history_size as u64 && front_intact);
+        // A page of the oldest needs no check: wherever the room's kept publications start
+        // now is where it starts.
+        let from_oldest = matches!(
+            reach,
+            Reach::Page {
+                from_oldest: true,
+                ..
+            }
+        );
+        let complete = from_oldest
+            || first_kept <= since.offset + 1
+            || (after < history_size as u64 && front_intact);
         if !complete {
             return answer(None, None);
         }
@@ -165,21 +180,17 @@ impl Inner {
         }
         let per_pull = pull_size(self.config.limits.max_payload as usize);
         let (max, max_bytes) = match reach {
-            Reach::Page { max, max_bytes } => (max, max_bytes),
+            Reach::Page { max, max_bytes, .. } => (max, max_bytes),
             Reach::Replay => {
                 let Some(rest) = list(&consumer, last).await? else {
                     return answer(None, None);
                 };
-                // Cuts only ever take a room's oldest publications: if the first listed is
-                // still kept now, nothing after it went while the list was read.
                 let first = rest.front().copied().unwrap_or(last);
-                match stream.direct_get_first_for_subject(subject.clone()).await {
-                    Ok(msg) if msg.sequence <= first => {}
-                    Ok(_) => return answer(None, None),
-                    Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => {
-                        return answer(None, None)
-                    }
-                    Err(e) => return Err(unavailable(e)),
+                let Some(now) = first_kept_now(&stream, &subject).await? else {
+                    return answer(None, None);
+                };
+                if !seam_intact(since.offset, first_kept, first, now) {
+                    return answer(None, None);
                 }
                 let pages = Pages {
                     inner: self.clone(),
@@ -199,18 +210,21 @@ impl Inner {
         let mut replay = Vec::new();
         let mut bytes = 0;
         let mut expected = 1;
-        loop {
-            if replay.len() >= max {
-                return answer(Some(replay), None);
-            }
+        // Whether the read reached the room's end (not a bound of the page).
+        let mut at_end = false;
+        'read: while replay.len() < max {
             let mut messages = pull(&consumer, (max - replay.len()).min(per_pull)).await?;
             let before = replay.len();
             while let Some(item) = messages.next().await {
                 let (msg, seq, pending) = in_order(item, &mut expected)?;
                 bytes += msg.payload.len();
                 replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
-                if seq >= last || pending == 0 || replay.len() >= max || bytes > max_bytes {
-                    return answer(Some(replay), None);
+                if seq >= last || pending == 0 {
+                    at_end = true;
+                    break 'read;
+                }
+                if replay.len() >= max || bytes > max_bytes {
+                    break 'read;
                 }
             }
             if replay.len() == before {
@@ -219,6 +233,63 @@ impl Inner {
                 return answer(None, None);
             }
         }
+        let Some(first) = replay.first().map(|(p, _)| p.offset) else {
+            return answer(None, None);
+        };
+        let Some(now) = first_kept_now(&stream, &subject).await? else {
+            return answer(None, None);
+        };
+        if from_oldest {
+            // Cut meanwhile: from the room's oldest now on nothing was ever cut, so the read
+            // took all of it and what is left starts there without a gap. Unless the page
+            // stopped at its bounds: then it could hold more than is left, and is read again.
+            let cut = replay.iter().take_while(|(p, _)| p.offset < now).count();
+            if cut > 0 && !at_end {
+                return answer(None, None);
+            }
+            replay.drain(..cut);
+            if replay.is_empty() {
+                return answer(None, None);
+            }
+        } else if !seam_intact(since.offset, first_kept, first, now) {
+            return answer(None, None);
+        }
+        answer(Some(replay), None)
+    }
+}
+
+/// The room's first kept publication now, `None` when it keeps none.
+async fn first_kept_now(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<u64>, BrokerError> {
+    match stream
+        .direct_get_first_for_subject(subject.to_owned())
+        .await
+    {
+        Ok(msg) => Ok(Some(msg.sequence)),
+        Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+/// Whether a read from `since + 1` that began at `first` lost nothing after `since` on its
+/// way, `now` being the room's first kept publication read after it. Cuts only ever take a
+/// room's oldest publications, so between the completeness check (which saw the room's first
+/// kept publication at `first_kept`) and the read, the room's first publications after `since`
+/// may have been cut while the read's consumer still started at `since + 1`, and the read
+/// would begin after a gap (outside audit: 1-2 resumes in 40 under three publishers). If the
+/// room still keeps something at or before `since`, nothing after it was ever cut; otherwise
+/// the read must begin at the publication the check saw first after `since` (`first_kept`,
+/// when that was after `since`), and nothing from there on may have gone while it was read.
+fn seam_intact(since: u64, first_kept: u64, first: u64, now: u64) -> bool {
+    if first == since + 1 {
+        // Nothing could lie between: the stream's next sequence is the read's first.
+        now <= first
+    } else if first_kept > since {
+        first == first_kept && now <= first
+    } else {
+        now <= since
     }
 }
 
@@ -339,5 +410,22 @@ mod tests {
         assert_eq!(pull_size(60 * 1024), 4);
         assert_eq!(pull_size(1 << 20), 1, "at least one");
         assert_eq!(pull_size(100), READ_BATCH, "at most a read batch");
+    }
+
+    #[test]
+    fn a_read_is_whole_only_when_nothing_after_the_position_was_cut_before_it() {
+        // The room kept 10 (the position itself) at the check and still keeps it.
+        assert!(seam_intact(10, 8, 11, 8));
+        // Kept 10 at the check, cut past it since: 11 may have gone before the read.
+        assert!(!seam_intact(10, 8, 12, 12));
+        assert!(
+            seam_intact(10, 8, 11, 11),
+            "the stream's next sequence: nothing between"
+        );
+        assert!(!seam_intact(10, 8, 11, 12), "cut past it while it was read");
+        // Kept from 11 at the check: the read must begin there, and 11 still be kept.
+        assert!(seam_intact(10, 11, 11, 11));
+        assert!(!seam_intact(10, 11, 13, 13), "began after a gap");
+        assert!(!seam_intact(10, 11, 11, 12), "cut while it was read");
     }
 }
