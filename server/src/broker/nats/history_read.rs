@@ -12,6 +12,11 @@
 //! many rooms it resumes. A page must bring exactly the listed sequences: one missing was cut
 //! from history meanwhile (the subscriber read slower than the room's limits keep), and the
 //! replay ends there with [`ReplayError::Cut`] rather than go on with a gap.
+//!
+//! **The seam.** The completeness check (in [`super::history`]'s documentation) and the read
+//! are separate JetStream requests: a room cut from the front between them would be read from
+//! its next kept publication, after a gap. So after the listing (or a page's read) the room's
+//! first kept publication is read again ([`seam_intact`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
