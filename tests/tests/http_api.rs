@@ -307,6 +307,17 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
         alternatives(&schema("/api/v1/disconnect"), "anyOf"),
         ["user", "session"]
     );
+    for (path, field) in [
+        ("/api/v1/disconnect", "user"),
+        ("/api/v1/unsubscribe", "user"),
+        ("/api/v1/revoke", "jti"),
+    ] {
+        assert_eq!(
+            schema(path)["properties"][field]["minLength"],
+            1,
+            "{path} {field}"
+        );
+    }
     let http = reqwest::Client::new();
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("http://{}{path}", server.http))
@@ -324,6 +335,12 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
             "/api/v1/disconnect",
             serde_json::json!({"reason": "bye"}),
             serde_json::json!({"session": "nobody"}),
+        ),
+        // An empty user id names nobody: refused, and the schema says 1 character at least.
+        (
+            "/api/v1/disconnect",
+            serde_json::json!({"user": ""}),
+            serde_json::json!({"user": "nobody"}),
         ),
     ] {
         assert_eq!(post(path, without).await?.status(), 400, "{path}");

@@ -87,6 +87,14 @@ pub fn routes() -> Vec<Route> {
         "description": "required with an admin key; a tenant's key may only name its own",
     });
     let string = json!({"type": "string"});
+    // A user id or token id the way tokens carry them: 1 to 256 bytes of UTF-8 (the handlers
+    // count bytes; a schema counts characters, so this is the closest it can say).
+    let token_id = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": crate::auth::MAX_SUB_BYTES,
+        "description": "1 to 256 bytes of UTF-8",
+    });
     let count = json!({"type": "integer", "minimum": 0});
     let flag = json!({"type": "boolean"});
     let base64 = json!({"type": "string", "format": "byte"});
@@ -200,7 +208,7 @@ pub fn routes() -> Vec<Route> {
             request: Some(one_of(
                 object(
                     &[],
-                    json!({"tenant": tenant, "user": string, "session": string, "reason": string}),
+                    json!({"tenant": tenant, "user": token_id, "session": string, "reason": string}),
                 ),
                 "anyOf",
                 &["user", "session"],
@@ -218,7 +226,7 @@ pub fn routes() -> Vec<Route> {
                 &["jti", "expires_at"],
                 json!({
                     "tenant": tenant,
-                    "jti": string,
+                    "jti": token_id,
                     "expires_at": {"type": "integer", "description": "Unix seconds"},
                 }),
             )),
@@ -235,7 +243,7 @@ pub fn routes() -> Vec<Route> {
                 &["user", "room"],
                 json!({
                     "tenant": tenant,
-                    "user": string,
+                    "user": token_id,
                     "room": string,
                     "session": string,
                     "reason": string,
