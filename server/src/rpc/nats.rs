@@ -119,16 +119,15 @@ impl Replies {
         if instance != self.instance {
             return false;
         }
-        let mut pending = self.lock();
-        match pending.get(token) {
-            Some(waiting) if waiting.tenant.as_str() == tenant => {}
-            _ => return false,
-        }
-        let Some(waiting) = pending.remove(token) else {
-            return false;
+        let waiting = {
+            let mut pending = self.lock();
+            match pending.get(token) {
+                // Another tenant's subject: left waiting for its own reply.
+                Some(waiting) if waiting.tenant.as_str() != tenant => None,
+                _ => pending.remove(token),
+            }
         };
-        drop(pending);
-        waiting.reply.send(message).is_ok()
+        waiting.is_some_and(|waiting| waiting.reply.send(message).is_ok())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
@@ -142,6 +141,15 @@ struct Pending {
     replies: Arc<Replies>,
     token: String,
     rx: oneshot::Receiver<async_nats::Message>,
+}
+
+impl Pending {
+    /// The reply, once it comes; the token is given back however this ends.
+    async fn reply(mut self) -> Result<async_nats::Message, RpcError> {
+        (&mut self.rx)
+            .await
+            .map_err(|_| RpcError::Unavailable("the reply route ended".into()))
+    }
 }
 
 impl Drop for Pending {
@@ -251,10 +259,7 @@ impl NatsRoute {
                 ),
                 _ => RpcError::Unavailable(e.to_string()),
             })?;
-            let mut pending = pending;
-            (&mut pending.rx)
-                .await
-                .map_err(|_| RpcError::Unavailable("the reply route ended".into()))
+            pending.reply().await
         })
         .await;
         match answered {
