@@ -359,3 +359,85 @@ async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::
     assert!(whole > 0, "no read was whole: the check proves nothing");
     Ok(())
 }
+
+/// Resumes from each of `since` and returns what each was answered.
+async fn recoveries(
+    server: &TestServer,
+    room: &str,
+    since: &[Position],
+) -> anyhow::Result<Vec<Recovery>> {
+    let mut answers = Vec::new();
+    for at in since {
+        let mut reader = Raw::connect(server, &full_token("acme", "r")).await?;
+        let (reply, _stream) = reader.subscribe_from(room, Some(*at)).await?;
+        let Event::Subscribed { recovery, .. } = reply else {
+            anyhow::bail!("{reply:?}");
+        };
+        answers.push(recovery);
+        reader.close().await;
+    }
+    Ok(answers)
+}
+
+/// A namespace's `history_size` raised between starts: the tenant's existing stream takes the
+/// new limit, and no resume is answered `Recovered` across what a limit cut, whichever limit
+/// the stream has when it is read (outside audit: the stream kept the old, smaller limit and
+/// an instance that believed the new one replayed over a gap of 40 acknowledged
+/// publications). Another room of the same stream keeps its first sequence low, so only the
+/// count limit tells a cut room.
+#[tokio::test]
+async fn a_changed_history_size_applies_to_the_stream_and_never_hides_a_cut() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let mut server = start(&nats, 5).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    fill(&mut publ, "pg.other", 1, 10).await?;
+    publ.close().await;
+
+    let raised = |c: &mut quiver_server::Config| {
+        for ns in &mut c.namespaces {
+            if ns.name == "pg" {
+                ns.history_size = 10;
+            }
+        }
+    };
+    server.restart_with(raised).await?;
+    wait_ready(&server).await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let grow = fill(&mut publ, "pg.grow", 13, 10).await?;
+    // Kept under the new limit: the last 10 (grow[3..]). From grow[2] nothing is missing;
+    // from grow[1], grow[2] is gone.
+    assert_eq!(
+        recoveries(&server, "pg.grow", &[grow[2], grow[1]]).await?,
+        [Recovery::Recovered { replayed: 10 }, Recovery::Failed],
+        "the stream kept the old limit of 5"
+    );
+
+    // Another instance (or an operator) sets a smaller limit on the stream: this instance,
+    // still configured with 10, must not take 3 kept publications for all there are.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let name = format!("QUIVER_{}_{}_{}", "acme".len(), "acme", "pg");
+    let mut stream = js.get_stream(&name).await?;
+    let mut config = stream.info().await?.config.clone();
+    config.max_messages_per_subject = 3;
+    js.update_stream(config).await?;
+    // Kept now: grow[10..]. From grow[9] whole; from grow[8], grow[9] is gone.
+    assert_eq!(
+        recoveries(&server, "pg.grow", &[grow[9], grow[8]]).await?,
+        [Recovery::Recovered { replayed: 3 }, Recovery::Failed],
+        "a resume trusted the configured limit over the stream's"
+    );
+
+    // The limit raised again (a restart with 10): the room still keeps the 3 the lower limit
+    // left, which no longer proves anything.
+    server.restart_with(raised).await?;
+    wait_ready(&server).await?;
+    assert_eq!(
+        recoveries(&server, "pg.grow", &[grow[9], grow[8]]).await?,
+        [Recovery::Recovered { replayed: 3 }, Recovery::Failed],
+        "a room cut by a lower limit, read under a raised one"
+    );
+    let mut stream = js.get_stream(&name).await?;
+    assert_eq!(stream.info().await?.config.max_messages_per_subject, 10);
+    Ok(())
+}

@@ -263,3 +263,37 @@ async fn presence_heals_after_nats_restarts_without_its_bucket() -> anyhow::Resu
     assert_eq!(last, r#"["stays"]"#, "presence after the restart");
     Ok(())
 }
+
+/// `nats.presence_ttl` changed between starts: the bucket is brought to the new age limit, and
+/// presence keeps working (outside audit: the old bucket refused the new configuration, every
+/// `Presence` answered `unavailable` and no member was recorded until the bucket was deleted
+/// by hand).
+#[tokio::test]
+async fn a_changed_presence_ttl_applies_to_the_bucket_at_the_next_start() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let with_ttl = |ttl: u64| {
+        let url = nats.url();
+        move |c: &mut quiver_server::Config| {
+            presence_ns(c);
+            let mut n = quiver_server::config::NatsConfig::new(url);
+            n.presence_ttl = Duration::from_secs(ttl);
+            c.nats = Some(n);
+        }
+    };
+    let mut server = TestServer::start_with(with_ttl(15)).await?;
+    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let _room = alice.subscribe("p.ttl").await?;
+    assert_eq!(members(&mut alice, "p.ttl").await?, ["alice"]);
+    alice.close().await;
+
+    server.restart_with(with_ttl(3)).await?;
+    wait_ready(&server).await?;
+    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let _room = bob.subscribe("p.ttl").await?;
+    let listed = members(&mut bob, "p.ttl").await?;
+    assert!(listed.contains(&"bob".to_owned()), "{listed:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut bucket = js.get_stream("KV_quiver_presence").await?;
+    assert_eq!(bucket.info().await?.config.max_age, Duration::from_secs(3));
+    Ok(())
+}

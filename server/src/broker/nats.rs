@@ -282,7 +282,7 @@ impl Inner {
                 }
                 let kv = match js.get_key_value(PRESENCE_BUCKET).await {
                     Ok(kv) => kv,
-                    Err(_) => match js.create_key_value(bucket.clone()).await {
+                    Err(_) => match js.create_or_update_key_value(bucket.clone()).await {
                         Ok(kv) => kv,
                         Err(_) => continue,
                     },
@@ -312,9 +312,12 @@ impl Inner {
     async fn presence_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
         bounded(
             "presence set-up",
+            // Created, or brought to this configuration's `presence_ttl`: an existing bucket
+            // with another age limit refused `create_key_value`, which left presence broken
+            // until someone deleted the bucket by hand (outside audit).
             self.presence.get_or_try_init(|| async {
                 self.js
-                    .create_key_value(self.presence_config())
+                    .create_or_update_key_value(self.presence_config())
                     .await
                     .map_err(unavailable)
             }),

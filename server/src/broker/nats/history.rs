@@ -17,8 +17,12 @@
 //! - otherwise something after P was removed only if the per-room count limit cut it (and
 //!   then the room stays at that limit until age or bytes cut further, which also moves the
 //!   stream's first sequence past P + 1) or age/bytes cut it (which moves the first sequence
-//!   past it). So: fewer than `history_size` kept and the stream's first sequence at most
-//!   `P + 1` means nothing is missing.
+//!   past it). So: fewer than the per-room limit kept and the stream's first sequence at most
+//!   `P + 1` means nothing is missing. "The per-room limit" is the lowest the stream has ever
+//!   had (a room cut to 50 stays at 50 when the limit is raised to 200, so "fewer than 200"
+//!   would prove nothing): `history_size` raised or lowered between starts is applied to the
+//!   existing stream, which keeps its lowest limit in its metadata ([`room_limit_floor`]),
+//!   and a read judges by the smallest of that, the stream's limit and its own `history_size`.
 //!
 //! Anything else is answered `Failed`: never a replay with a hidden gap.
 //!
@@ -71,6 +75,39 @@ const LIVE_LINGER: Duration = Duration::from_secs(10);
 /// Most publications one pull of a read consumer asks for.
 pub(super) const READ_BATCH: usize = 256;
 
+/// The stream metadata key of the lowest per-room limit the stream has ever had
+/// ([`room_limit_floor`]).
+const PER_ROOM_FLOOR: &str = "quiver_per_room_floor";
+
+/// A JetStream limit: 0 or less is none.
+fn limit_or_max(limit: i64) -> u64 {
+    u64::try_from(limit)
+        .ok()
+        .filter(|l| *l > 0)
+        .unwrap_or(u64::MAX)
+}
+
+/// The per-room count limit that can have cut a room of this stream: the lower of its limit
+/// now and the lowest it ever had (kept in its metadata since this version; a stream made
+/// before never had its limits changed, so its own limit is its floor).
+pub(super) fn room_limit_floor(config: &stream::Config) -> u64 {
+    let now = limit_or_max(config.max_messages_per_subject);
+    config
+        .metadata
+        .get(PER_ROOM_FLOOR)
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(now, |floor| floor.min(now))
+}
+
+/// A history stream's limits, as this configuration wants them or as the stream has them.
+#[derive(Debug, PartialEq, Eq)]
+struct Limits {
+    /// `history_size` (JetStream: -1 for none).
+    per_room: i64,
+    max_age: Duration,
+    max_bytes: i64,
+}
+
 /// A tenant's stream for one history namespace.
 #[derive(Clone)]
 pub struct TenantStream {
@@ -110,6 +147,12 @@ impl Inner {
             cell.get_or_try_init(|| async {
                 let name = stream_name(tenant, &ns.name);
                 let seen = self.high_water(tenant, &ns.name);
+                let config_limits = Limits {
+                    per_room: i64::try_from(ns.history_size).unwrap_or(i64::MAX),
+                    max_age: ns.history_ttl,
+                    max_bytes: i64::try_from(self.config.limits.history_tenant_max_bytes)
+                        .unwrap_or(i64::MAX),
+                };
                 let config = stream::Config {
                     // Only used when the stream is created (see `Inner::high_water`).
                     first_sequence: (seen > 0).then_some(seen + 1),
@@ -118,12 +161,15 @@ impl Inner {
                         format!("quiver.{tenant}.room.{}", ns.name),
                         format!("quiver.{tenant}.room.{}.>", ns.name),
                     ],
-                    max_messages_per_subject: i64::try_from(ns.history_size).unwrap_or(i64::MAX),
-                    max_age: ns.history_ttl,
-                    max_bytes: i64::try_from(self.config.limits.history_tenant_max_bytes)
-                        .unwrap_or(i64::MAX),
+                    max_messages_per_subject: config_limits.per_room,
+                    max_age: config_limits.max_age,
+                    max_bytes: config_limits.max_bytes,
                     storage: self.storage,
                     allow_direct: true,
+                    metadata: HashMap::from([(
+                        PER_ROOM_FLOOR.to_owned(),
+                        config_limits.per_room.to_string(),
+                    )]),
                     ..Default::default()
                 };
                 let mut stream = self.js.get_or_create_stream(config).await.map_err(|e| {
@@ -138,12 +184,60 @@ impl Inner {
                         unavailable(e)
                     }
                 })?;
-                let epoch = epoch_of(stream.info().await.map_err(unavailable)?);
+                let info = stream.info().await.map_err(unavailable)?.clone();
+                let epoch = epoch_of(&info);
+                self.bring_limits_up_to_date(&name, info.config, &config_limits)
+                    .await?;
                 Ok(TenantStream { stream, epoch })
             }),
         )
         .await
         .cloned()
+    }
+
+    /// A stream made by an earlier start (or another instance) with other limits is brought
+    /// to this configuration's: `get_or_create_stream` leaves an existing stream as it is, so
+    /// a raised `history_size` or `history_ttl` never applied (outside audit: a resume across
+    /// what the old, smaller limit had cut was answered `Recovered` by an instance that
+    /// believed the new one). Reads still check the stream's limit as it is then
+    /// (`history_read.rs`), since instances configured differently overwrite each other's.
+    async fn bring_limits_up_to_date(
+        &self,
+        name: &str,
+        current: stream::Config,
+        wanted: &Limits,
+    ) -> Result<(), BrokerError> {
+        let now = Limits {
+            per_room: current.max_messages_per_subject,
+            max_age: current.max_age,
+            max_bytes: current.max_bytes,
+        };
+        if now == *wanted && current.metadata.contains_key(PER_ROOM_FLOOR) {
+            return Ok(());
+        }
+        // The lowest per-room limit the stream has had stays with it: a room cut to it and
+        // not yet refilled keeps fewer than a raised limit, which alone tells nothing.
+        let floor = [room_limit_floor(&current), limit_or_max(wanted.per_room)]
+            .into_iter()
+            .min()
+            .unwrap_or(u64::MAX);
+        warn!(
+            stream = name,
+            from = ?now,
+            to = ?wanted,
+            "history limits of an existing stream changed to this configuration's"
+        );
+        let mut metadata = current.metadata.clone();
+        metadata.insert(PER_ROOM_FLOOR.to_owned(), floor.to_string());
+        let config = stream::Config {
+            max_messages_per_subject: wanted.per_room,
+            max_age: wanted.max_age,
+            max_bytes: wanted.max_bytes,
+            metadata,
+            ..current
+        };
+        self.js.update_stream(config).await.map_err(unavailable)?;
+        Ok(())
     }
 
     pub(super) async fn publish_history(

@@ -105,7 +105,12 @@ impl Inner {
         since: Option<Position>,
         reach: Reach,
     ) -> Result<Recovered, BrokerError> {
-        let state = stream.get_info().await.map_err(unavailable)?.state;
+        let info = stream.get_info().await.map_err(unavailable)?;
+        // The count limit that can have cut the room: the stream's lowest ever, when it is
+        // below this configuration's (another instance, configured otherwise, set it last;
+        // see the module documentation of `history.rs`).
+        let per_room = super::history::room_limit_floor(&info.config).min(history_size as u64);
+        let state = info.state;
         let last_kept = match stream.get_last_raw_message_by_subject(&subject).await {
             Ok(msg) => Some(msg.sequence),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
@@ -173,9 +178,8 @@ impl Inner {
                 ..
             }
         );
-        let complete = from_oldest
-            || first_kept <= since.offset + 1
-            || (after < history_size as u64 && front_intact);
+        let complete =
+            from_oldest || first_kept <= since.offset + 1 || (after < per_room && front_intact);
         if !complete {
             return answer(None, None);
         }
