@@ -74,6 +74,10 @@ async fn handle(
                 Json(json!({"payload": b64(b"late")})).into_response()
             }
             "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
+            // No usable answer is this long: the server stops reading it (not at 4 MiB).
+            "order.enormous" => {
+                Json(json!({"payload": b64(&vec![0u8; 1_000_000])})).into_response()
+            }
             "order.garbled" => "not json".into_response(),
             "order.nopayload" => Json(json!({"x": 1})).into_response(),
             _ => {
@@ -212,6 +216,11 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
         ("order.invalid", ErrorCode::BadRequest, "bad qty"),
         ("order.slow", ErrorCode::DeadlineExceeded, ""),
         ("order.huge", ErrorCode::BackendError, "max_payload"),
+        (
+            "order.enormous",
+            ErrorCode::BackendError,
+            "answer longer than",
+        ),
         ("order.garbled", ErrorCode::BackendError, "call answer"),
         ("order.nopayload", ErrorCode::BackendError, "call answer"),
     ] {

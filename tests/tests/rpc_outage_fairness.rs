@@ -2,8 +2,9 @@
 //! during a NATS outage a `Call` is `unavailable` and a hook follows its namespace's fail rule,
 //! both at once rather than at their deadline, and neither reaches the backend once NATS is
 //! back; over HTTP, one tenant at its share of the in-flight pool is refused
-//! (`quota_exceeded`) while other tenants' calls and hooks go on, and calls filling the pool
-//! leave the hooks' reserve free.
+//! (`quota_exceeded`) while its own hooks and other tenants' calls and hooks go on, tenants at
+//! their share leave a place for light tenants, and calls filling the pool leave the hooks'
+//! quarter free.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -238,12 +239,15 @@ fn slow_calls(
     })
 }
 
-/// `rpc.http_max_in_flight` = 8: each tenant may have 2 requests out, calls at most 6. One
-/// tenant's slow calls beyond its 2 are refused at once and never reach the backend; another
-/// tenant's call and hooked subscribe/publish go through. Three tenants' slow calls fill every
-/// call slot: a hooked subscribe still goes through (the hooks' reserve), a call waits.
+/// `rpc.http_max_in_flight` = 16 (PROTOCOL.md §11.2): each tenant may have 2 calls and 2
+/// hooks out, calls run at most 12 at once, and the last 2 free slots go only to tenants
+/// running fewer than 2. One tenant's slow calls beyond its 2 are refused at once and never
+/// reach the backend, and its own hooks are still asked; another tenant's call and hooked
+/// subscribe/publish go through. Five tenants at their cap leave a place for a sixth tenant's
+/// call; once the calls' part is full, a hooked subscribe still goes through (the hooks'
+/// quarter) and a call waits.
 #[tokio::test]
-async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() -> Result<()> {
+async fn tenants_at_their_share_leave_other_tenants_and_their_own_hooks_alone() -> Result<()> {
     let backend = Arc::new(HttpBackend::default());
     let app = axum::Router::new()
         .route("/rpc", axum::routing::post(handle))
@@ -251,7 +255,7 @@ async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() ->
     let url = quiver_tests::rpc::serve_backend(app).await?;
     let server = TestServer::start_with(move |c| {
         c.rpc.url = Some(url);
-        c.rpc.http_max_in_flight = 8;
+        c.rpc.http_max_in_flight = 16;
         c.rpc.max_timeout = Duration::from_secs(10);
         c.rpc.hooks = vec![hook("order", true, true, false)];
     })
@@ -265,6 +269,14 @@ async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() ->
     let first = slow_calls(&evil_a, 6);
     let second = slow_calls(&evil_b, 6);
     backend.wait_slow_calls(2).await?;
+    // Its calls do not take its hooks' places: the backend decides its hooked subscribe
+    // (before, the refusal of an over-share hook failed closed here, or open elsewhere).
+    let _evil_sub = evil_a.subscribe("order.e").await?;
+    assert_eq!(
+        backend.hooks.load(Ordering::Relaxed),
+        1,
+        "evil's hook asked"
+    );
     let victim = connect(&server, "acme", "victim").await?;
     assert_eq!(
         victim.call_with("m.echo", "hi", within(WAIT)).await?,
@@ -272,22 +284,31 @@ async fn one_tenant_at_its_share_leaves_other_tenants_calls_and_hooks_alone() ->
     );
     let _sub = victim.subscribe("order.v").await?;
     victim.publish_ack("order.v", "p").await?;
-    assert!(
-        backend.hooks.load(Ordering::Relaxed) >= 2,
-        "both hooks asked"
-    );
+    assert_eq!(backend.hooks.load(Ordering::Relaxed), 3, "every hook asked");
 
-    // Three more tenants with 2 slow calls each: with evil's 2, the 6 call slots are taken
-    // (2 more wait).
+    // Four more tenants at their cap: with evil's 2, 10 slow calls run, all but the 2 kept
+    // for light tenants (before, three tenants at a quarter each filled the calls' part).
     let mut more = Vec::new();
     let mut others = Vec::new();
-    for tenant in ["t1", "t2", "t3"] {
+    for tenant in ["t1", "t2", "t3", "t4"] {
         let client = connect(&server, tenant, "x").await?;
         more.push(slow_calls(&client, 2));
         others.push(client);
     }
-    backend.wait_slow_calls(6).await?;
-    // The hooks' reserve: a hooked subscribe of yet another tenant is decided, not starved.
+    backend.wait_slow_calls(10).await?;
+    let light = connect(&server, "light", "l").await?;
+    assert_eq!(
+        light
+            .call_with("m.echo", "hi", within(Duration::from_secs(2)))
+            .await?,
+        &b"hi"[..],
+        "a tenant running nothing gets a place"
+    );
+    // A fifth tenant's 2 slow calls take the reserve: the calls' part is full.
+    let fifth = connect(&server, "t5", "x").await?;
+    more.push(slow_calls(&fifth, 2));
+    backend.wait_slow_calls(12).await?;
+    // The hooks' quarter: a hooked subscribe of yet another tenant is decided, not starved.
     let quiet = connect(&server, "quiet", "q").await?;
     let _sub = quiet.subscribe("order.q").await?;
     // A call waits for a call slot within its deadline.

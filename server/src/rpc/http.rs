@@ -2,120 +2,40 @@
 //! Bounded: a pool of idle connections, a server-wide cap on requests in flight, a connect
 //! timeout, each request's own deadline, and a cap on the answer's size.
 //!
-//! The in-flight pool (`rpc.http_max_in_flight`, N) is shared fairly (PROTOCOL.md §11.2): one
-//! tenant may have at most a quarter of it (at least 1) in flight or waiting, and one more of
-//! its requests is refused at once (`quota_exceeded`), so a tenant with a slow backend method
-//! cannot take every slot; and calls may hold at most N less a quarter, so however many
-//! tenants call, hooks (which every hooked subscribe and publish waits for) still find a slot.
+//! The in-flight pool (`rpc.http_max_in_flight`) is shared fairly between tenants, and between
+//! calls and hooks: `pool.rs`.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::TenantId;
 use serde::Deserialize;
-use tokio::sync::Semaphore;
 
+use super::pool::{Kind, Pool};
 use super::{
     b64, backend_message, code_for_status, deadline_at, unb64, CallRequest, Caller, Envelope,
     RpcConfig, RpcError, RpcSetupError, DEADLINE,
 };
 
-/// Largest answer body read from the backend: a reply payload (base64 in JSON grows by a
-/// third) stays well under it at the largest `max_payload`.
-const MAX_ANSWER: usize = 4 * 1024 * 1024;
+/// Room in an answer besides its payload's base64: the JSON around it, a hook's reason.
+const ANSWER_OVERHEAD: usize = 16 * 1024;
+
+/// The longest answer body read from the backend: a payload of `max_payload` in base64 (a third
+/// larger) and [`ANSWER_OVERHEAD`]. No longer answer can be used (a longer payload is refused
+/// anyway), so none is read further (outside audit: 4 MiB was read of every answer, 1 GiB
+/// with every slot busy).
+fn max_answer(max_payload: usize) -> usize {
+    max_payload.div_ceil(3) * 4 + ANSWER_OVERHEAD
+}
 
 pub struct HttpRoute {
     client: reqwest::Client,
     url: String,
     secret: Option<String>,
-    /// Every request in flight, calls and hooks: `rpc.http_max_in_flight`.
-    slots: Semaphore,
-    /// Calls only: the pool less the hooks' reserve, taken before `slots`, so calls can never
-    /// hold the slots the reserve keeps for hooks.
-    call_slots: Semaphore,
-    /// Each tenant's requests in flight or waiting for a slot.
-    tenants: TenantShares,
-}
-
-/// What a request is, for the pool's rules: calls and hooks share it, but not all of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Call,
-    Hook,
-}
-
-/// How the pool of `max_in_flight` requests is shared: (per-tenant cap, slots calls may hold).
-/// A quarter of the pool is each tenant's cap and the hooks' reserve; both at least 1, so a
-/// pool of one still serves one request.
-fn shares(max_in_flight: usize) -> (usize, usize) {
-    let quarter = max_in_flight / 4;
-    (quarter.max(1), (max_in_flight - quarter).max(1))
-}
-
-/// Per-tenant counts of requests in flight or waiting. An entry exists only while its tenant
-/// has a request out (removed when the count falls to zero), so the map holds at most one
-/// entry per request in progress, and nothing for tenants that are idle.
-struct TenantShares {
-    cap: usize,
-    counts: Mutex<HashMap<TenantId, usize>>,
-}
-
-impl TenantShares {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// One more request for `tenant`, unless it is at its cap. Never waits: a tenant at its
-    /// cap is answered at once rather than queued behind its own slow requests.
-    fn take(&self, tenant: &TenantId) -> Option<TenantShare<'_>> {
-        // The lock is never held across an await, so a poisoned map is still consistent.
-        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = counts.entry(tenant.clone()).or_insert(0);
-        if *count >= self.cap {
-            return None;
-        }
-        *count += 1;
-        Some(TenantShare {
-            shares: self,
-            tenant: tenant.clone(),
-        })
-    }
-
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
-        self.counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
-
-/// One request's place in its tenant's share, given back on drop (answered, failed, timed out,
-/// or the caller's task aborted).
-struct TenantShare<'a> {
-    shares: &'a TenantShares,
-    tenant: TenantId,
-}
-
-impl Drop for TenantShare<'_> {
-    fn drop(&mut self) {
-        let mut counts = self
-            .shares
-            .counts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.tenant) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.tenant);
-            }
-        }
-    }
+    /// Requests in flight or waiting, calls and hooks: `rpc.http_max_in_flight`, shared.
+    pool: Pool,
+    /// The longest answer read ([`max_answer`]).
+    max_answer: usize,
 }
 
 /// A call's answer: `{"payload": "<base64>"}`; without `payload` it is not one (an empty
@@ -126,7 +46,7 @@ struct CallAnswer {
 }
 
 impl HttpRoute {
-    pub fn new(url: &str, config: &RpcConfig) -> Result<Self, RpcSetupError> {
+    pub fn new(url: &str, config: &RpcConfig, max_payload: usize) -> Result<Self, RpcSetupError> {
         crate::http_client::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
@@ -136,14 +56,12 @@ impl HttpRoute {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| RpcSetupError::Invalid(format!("http client: {e}")))?;
-        let (tenant_cap, call_slots) = shares(config.http_max_in_flight);
         Ok(Self {
             client,
             url: url.to_owned(),
             secret: config.http_secret.as_ref().map(|s| s.expose().to_owned()),
-            slots: Semaphore::new(config.http_max_in_flight),
-            call_slots: Semaphore::new(call_slots),
-            tenants: TenantShares::new(tenant_cap),
+            pool: Pool::new(config.http_max_in_flight),
+            max_answer: max_answer(max_payload),
         })
     }
 
@@ -193,30 +111,20 @@ impl HttpRoute {
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
-        let Some(_share) = self.tenants.take(tenant) else {
+        let Some(mut place) = self.pool.enter(tenant, kind) else {
             return Err(RpcError::OverQuota(format!(
                 "the tenant already has its share of the server's requests to the backend \
-                 ({} in flight or waiting); retry later",
-                self.tenants.cap
+                 ({} {} in flight or waiting); retry later",
+                self.pool.sizes().tenant_cap,
+                match kind {
+                    Kind::Call => "calls",
+                    Kind::Hook => "hooks",
+                }
             )));
         };
         let deadline_at = deadline_at(SystemTime::now(), deadline);
         let exchange = async {
-            // Calls take a call slot first, so together they never hold the hooks' reserve.
-            let _call_slot = match kind {
-                Kind::Call => Some(
-                    self.call_slots
-                        .acquire()
-                        .await
-                        .map_err(|_| RpcError::Unavailable("shutting down".into()))?,
-                ),
-                Kind::Hook => None,
-            };
-            let _slot = self
-                .slots
-                .acquire()
-                .await
-                .map_err(|_| RpcError::Unavailable("shutting down".into()))?;
+            self.pool.run(&mut place).await;
             let mut request = self
                 .client
                 .post(&self.url)
@@ -242,9 +150,10 @@ impl HttpRoute {
                 .await
                 .map_err(|e| RpcError::Unavailable(without_url(e)))?
             {
-                if answer.len() + chunk.len() > MAX_ANSWER {
+                if answer.len() + chunk.len() > self.max_answer {
                     return Err(RpcError::BadAnswer(format!(
-                        "answer longer than {MAX_ANSWER} bytes"
+                        "answer longer than {} bytes",
+                        self.max_answer
                     )));
                 }
                 answer.extend_from_slice(&chunk);
@@ -274,27 +183,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pool_is_shared_by_quarters() {
-        // (per-tenant cap, slots calls may hold)
-        assert_eq!(shares(256), (64, 192));
-        assert_eq!(shares(16), (4, 12));
-        assert_eq!(shares(4), (1, 3));
-        assert_eq!(shares(1), (1, 1));
-    }
-
-    #[test]
-    fn a_tenant_is_capped_and_forgotten_when_idle() {
-        let shares = TenantShares::new(2);
-        let acme = TenantId::parse("acme").expect("valid");
-        let globex = TenantId::parse("globex").expect("valid");
-        let a1 = shares.take(&acme).expect("under the cap");
-        let a2 = shares.take(&acme).expect("under the cap");
-        assert!(shares.take(&acme).is_none(), "at the cap");
-        // Another tenant is not affected by acme's share.
-        let g1 = shares.take(&globex).expect("own share");
-        drop(a1);
-        let a3 = shares.take(&acme).expect("room again");
-        drop((a2, a3, g1));
-        assert_eq!(shares.tracked(), 0, "idle tenants leave no entry");
+    fn an_answer_is_read_as_far_as_a_usable_one_goes() {
+        // 64 KiB of payload is 87,384 characters of base64.
+        assert_eq!(max_answer(65_536), 87_384 + ANSWER_OVERHEAD);
+        assert_eq!(max_answer(1), 4 + ANSWER_OVERHEAD);
     }
 }

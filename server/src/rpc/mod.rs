@@ -14,6 +14,7 @@ mod audit;
 mod config;
 mod http;
 mod nats;
+mod pool;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -310,7 +311,11 @@ impl Rpc {
         rpc.validate().map_err(RpcSetupError::Invalid)?;
         let route = match (&config.nats, &rpc.url) {
             (Some(nats), _) => Route::Nats(nats::NatsRoute::connect(nats).await?),
-            (None, Some(url)) => Route::Http(http::HttpRoute::new(url, &rpc)?),
+            (None, Some(url)) => Route::Http(http::HttpRoute::new(
+                url,
+                &rpc,
+                config.limits.max_payload as usize,
+            )?),
             (None, None) if !rpc.hooks.is_empty() => {
                 return Err(RpcSetupError::Invalid(
                     "rpc.hooks need a backend: configure nats or rpc.url".into(),

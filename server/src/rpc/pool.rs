@@ -1,0 +1,320 @@
+//! The HTTP route's pool of requests in flight (`rpc.http_max_in_flight`, N), shared fairly
+//! (PROTOCOL.md §11.2):
+//!
+//! - **Per tenant and kind**: a tenant may have at most N/8 (at least 1) calls, and separately
+//!   N/8 hooks, in flight or waiting; one more is refused at once (`quota_exceeded`). Counted
+//!   apart, so a tenant's own slow calls never crowd out the hooks its other commands wait
+//!   for (outside audit: a user's calls to a slow method switched the tenant's fail-open
+//!   hooks off and its fail-closed hooks into denying everyone).
+//! - **Calls** together run at most N − N/4 at once, so hooks always have a quarter.
+//! - **A reserve for light tenants**: the last N/8 free slots (of the calls' part for a call,
+//!   of the pool for a hook) go only to a tenant running fewer than 2 of that kind, so a few
+//!   tenants holding their caps with slow methods cannot stop every other tenant (outside
+//!   audit: three tenants at a quarter each filled the calls' part, and a fourth tenant's
+//!   calls waited out their deadline). Filling the pool now takes five tenants at their cap
+//!   and sixteen more running two each.
+//!
+//! A request that is admitted by none of these rules yet waits, within its deadline, for a
+//! request to end.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use quiver_proto::TenantId;
+use tokio::sync::Notify;
+
+/// What a request is, for the pool's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Call,
+    Hook,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        match self {
+            Kind::Call => 0,
+            Kind::Hook => 1,
+        }
+    }
+}
+
+/// A tenant running fewer requests of a kind than this may always use the reserve.
+const LIGHT: usize = 2;
+
+/// The pool's sizes, from N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    /// N: requests running at once, calls and hooks.
+    pub total: usize,
+    /// Calls running at once: N − N/4.
+    pub calls: usize,
+    /// One tenant's requests of one kind, running or waiting: N/8.
+    pub tenant_cap: usize,
+    /// Free slots kept for tenants running fewer than [`LIGHT`]: N/8.
+    pub reserve: usize,
+}
+
+impl Sizes {
+    pub fn for_pool(total: usize) -> Self {
+        let total = total.max(1);
+        Self {
+            total,
+            calls: (total - total / 4).max(1),
+            tenant_cap: (total / 8).max(1),
+            reserve: total / 8,
+        }
+    }
+}
+
+pub struct Pool {
+    sizes: Sizes,
+    state: Mutex<State>,
+    /// Woken when a running request ends, for the ones waiting to be admitted.
+    released: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    running: usize,
+    calls_running: usize,
+    /// Only tenants with a request out (removed at zero): at most one entry per request.
+    tenants: HashMap<TenantId, Counts>,
+}
+
+/// One tenant's requests by kind ([`Kind::index`]).
+#[derive(Default)]
+struct Counts {
+    /// Running or waiting.
+    out: [usize; 2],
+    running: [usize; 2],
+}
+
+impl Counts {
+    fn idle(&self) -> bool {
+        self.out == [0, 0]
+    }
+}
+
+impl Pool {
+    pub fn new(max_in_flight: usize) -> Self {
+        Self {
+            sizes: Sizes::for_pool(max_in_flight),
+            state: Mutex::new(State::default()),
+            released: Notify::new(),
+        }
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Never held across an await, and every change is made whole: a poisoned lock still
+        // guards consistent counts.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for one request of `tenant`, unless the tenant is at its cap for `kind`. Never
+    /// waits: a tenant at its cap is answered at once rather than queued behind its own slow
+    /// requests. The place is given back on drop (answered, failed, timed out, or the
+    /// caller's task aborted).
+    pub fn enter(&self, tenant: &TenantId, kind: Kind) -> Option<Place<'_>> {
+        let mut state = self.state();
+        let counts = state.tenants.entry(tenant.clone()).or_default();
+        if counts.out[kind.index()] >= self.sizes.tenant_cap {
+            if counts.idle() {
+                state.tenants.remove(tenant);
+            }
+            return None;
+        }
+        counts.out[kind.index()] += 1;
+        Some(Place {
+            pool: self,
+            tenant: tenant.clone(),
+            kind,
+            running: false,
+        })
+    }
+
+    /// Whether `place` may run now, and if so counts it as running.
+    fn admit(&self, place: &mut Place<'_>) -> bool {
+        let sizes = self.sizes;
+        let mut state = self.state();
+        let free = match place.kind {
+            Kind::Call => (sizes.total - state.running.min(sizes.total))
+                .min(sizes.calls - state.calls_running.min(sizes.calls)),
+            Kind::Hook => sizes.total - state.running.min(sizes.total),
+        };
+        let light = state
+            .tenants
+            .get(&place.tenant)
+            .is_some_and(|c| c.running[place.kind.index()] < LIGHT);
+        if free == 0 || (free <= sizes.reserve && !light) {
+            return false;
+        }
+        state.running += 1;
+        if place.kind == Kind::Call {
+            state.calls_running += 1;
+        }
+        if let Some(counts) = state.tenants.get_mut(&place.tenant) {
+            counts.running[place.kind.index()] += 1;
+        }
+        place.running = true;
+        true
+    }
+
+    /// Waits until `place` may run (the caller bounds the wait by its deadline).
+    pub async fn run(&self, place: &mut Place<'_>) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check, so an end between the check and the wait wakes it.
+            released.as_mut().enable();
+            if self.admit(place) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.state().tenants.len()
+    }
+}
+
+/// One request's place in the pool: counted against its tenant while it waits, and against
+/// the pool too once it runs.
+pub struct Place<'a> {
+    pool: &'a Pool,
+    tenant: TenantId,
+    kind: Kind,
+    running: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let i = self.kind.index();
+        let mut state = self.pool.state();
+        if self.running {
+            state.running = state.running.saturating_sub(1);
+            if self.kind == Kind::Call {
+                state.calls_running = state.calls_running.saturating_sub(1);
+            }
+        }
+        if let Some(counts) = state.tenants.get_mut(&self.tenant) {
+            counts.out[i] = counts.out[i].saturating_sub(1);
+            if self.running {
+                counts.running[i] = counts.running[i].saturating_sub(1);
+            }
+            if counts.idle() {
+                state.tenants.remove(&self.tenant);
+            }
+        }
+        drop(state);
+        if self.running {
+            self.pool.released.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(name: &str) -> TenantId {
+        TenantId::parse(name).expect("valid")
+    }
+
+    /// Enters and tries to run at once: `Some(place)` when it runs.
+    fn run_now<'a>(pool: &'a Pool, t: &TenantId, kind: Kind) -> Option<Place<'a>> {
+        let mut place = pool.enter(t, kind)?;
+        pool.admit(&mut place).then_some(place)
+    }
+
+    #[test]
+    fn sizes_follow_the_pool() {
+        assert_eq!(
+            Sizes::for_pool(256),
+            Sizes {
+                total: 256,
+                calls: 192,
+                tenant_cap: 32,
+                reserve: 32
+            }
+        );
+        assert_eq!(
+            Sizes::for_pool(1),
+            Sizes {
+                total: 1,
+                calls: 1,
+                tenant_cap: 1,
+                reserve: 0
+            }
+        );
+        assert_eq!(Sizes::for_pool(4).calls, 3);
+    }
+
+    #[test]
+    fn a_tenants_calls_never_take_its_hooks_places() {
+        let pool = Pool::new(16);
+        let acme = tenant("acme");
+        let cap = pool.sizes().tenant_cap;
+        let calls: Vec<_> = (0..cap)
+            .map(|_| pool.enter(&acme, Kind::Call).expect("under the cap"))
+            .collect();
+        assert!(pool.enter(&acme, Kind::Call).is_none(), "calls at the cap");
+        assert!(
+            run_now(&pool, &acme, Kind::Hook).is_some(),
+            "a hook of the same tenant still runs"
+        );
+        drop(calls);
+        assert_eq!(pool.tracked(), 0, "idle tenants leave no entry");
+    }
+
+    #[test]
+    fn tenants_at_their_cap_leave_the_reserve_to_light_tenants() {
+        let pool = Pool::new(256);
+        let sizes = pool.sizes();
+        let mut held = Vec::new();
+        // Heavy tenants fill the calls' part down to the reserve.
+        let heavy: Vec<TenantId> = (0..5).map(|i| tenant(&format!("heavy{i}"))).collect();
+        for t in &heavy {
+            for _ in 0..sizes.tenant_cap {
+                held.push(run_now(&pool, t, Kind::Call).expect("outside the reserve"));
+            }
+        }
+        assert_eq!(sizes.calls - 5 * sizes.tenant_cap, sizes.reserve);
+        // A sixth heavy tenant gets its first LIGHT calls from the reserve, then no more.
+        let sixth = tenant("heavy5");
+        for _ in 0..LIGHT {
+            held.push(run_now(&pool, &sixth, Kind::Call).expect("light"));
+        }
+        assert!(run_now(&pool, &sixth, Kind::Call).is_none(), "the reserve");
+        // Another tenant's call runs.
+        let victim = tenant("victim");
+        assert!(run_now(&pool, &victim, Kind::Call).is_some());
+        // Hooks have their quarter whatever the calls hold.
+        assert!(run_now(&pool, &heavy[0], Kind::Hook).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_request_runs_when_one_ends() {
+        let pool = Pool::new(1);
+        let (a, b) = (tenant("a"), tenant("b"));
+        let first = run_now(&pool, &a, Kind::Call).expect("the only slot");
+        let mut second = pool.enter(&b, Kind::Call).expect("own cap");
+        assert!(!pool.admit(&mut second), "no slot yet");
+        let waiting = async {
+            pool.run(&mut second).await;
+            second.running
+        };
+        let release = async {
+            tokio::task::yield_now().await;
+            drop(first);
+        };
+        let (ran, ()) = tokio::join!(waiting, release);
+        assert!(ran);
+    }
+}
