@@ -44,6 +44,12 @@ pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// could make the server hold 1 MiB per connection until the handshake deadline by sending
 /// every stream's data but its first byte (outside audit: 1.3 MiB each, 20,000 connections).
 const PRE_SESSION_RECEIVE_WINDOW: u32 = 16 * 1024;
+/// What a connection may have written and not yet acknowledged, all its streams together
+/// (quinn's default is 10 MB). A client that grants large flow-control windows and then
+/// acknowledges nothing made the server hold that much per connection: `latest` rooms are
+/// never ended for stalling, so it lasted until the idle timeout (outside audit: 11.5 MB per
+/// connection). 1 MiB still keeps 10 MB/s per connection at a 100 ms round trip.
+const SEND_WINDOW: u64 = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -593,6 +599,7 @@ fn server_config(
         .max_concurrent_uni_streams(QuinnVarInt::from_u32(PEER_UNI_STREAMS))
         .stream_receive_window(QuinnVarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(QuinnVarInt::from_u32(PRE_SESSION_RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW)
         // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
         // stale. Past it quinn drops the oldest first, which is what `latest` wants.
         .datagram_send_buffer_size(DATAGRAM_BUFFER)
