@@ -798,3 +798,48 @@ fn hello(client: &str) -> Message {
         },
     }))
 }
+
+/// WebSocket pings and pongs from the client are metered like commands (PROTOCOL.md §9.2): a
+/// few are nothing, a flood ends the session with `rate_abuse` on the
+/// `commands_per_second × abuse_factor`-th over the rate, as a flood of commands does (outside
+/// audit: four sessions sending them flat out held the server above a core, never refused).
+#[tokio::test]
+async fn websocket_ping_and_pong_floods_end_in_rate_abuse() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 2;
+        c.limits.abuse_factor = 15;
+    })
+    .await?;
+    for pong in [false, true] {
+        let frame = |n: u32| {
+            let body = Bytes::from(n.to_be_bytes().to_vec());
+            if pong {
+                Message::Pong(body)
+            } else {
+                Message::Ping(body)
+            }
+        };
+        let mut c = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "u")).await?;
+        // Within the rate (the burst of 2): the session goes on.
+        c.send_ws(frame(0)).await?;
+        assert_eq!(c.request(Command::Ping).await?, Event::Pong, "pong: {pong}");
+        // The burst is spent: 29 refusals leave it open, the 30th closes.
+        for n in 1..=29 {
+            c.send_ws(frame(n)).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            c.ws_close().is_none(),
+            "pong: {pong}: closed before the threshold"
+        );
+        for n in 30..=40 {
+            c.send_ws(frame(n)).await?;
+        }
+        let next = c.recv().await?.event;
+        assert!(
+            matches!(next, Event::Goodbye { code, .. } if code == CloseCode::RateAbuse.as_u16()),
+            "pong: {pong}: {next:?}"
+        );
+    }
+    Ok(())
+}

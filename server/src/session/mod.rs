@@ -427,6 +427,7 @@ impl Session {
                 warn!(session = %self.id, %reason, "protocol error");
                 return Some(Exit::Close(CloseCode::ProtocolError, reason));
             }
+            Some(Inbound::Control(arrived)) => return self.control_frame(arrived),
             Some(Inbound::Ended(reason)) => return Some(Exit::Gone(reason)),
             None => return Some(Exit::Gone("client_closed")),
         }
@@ -450,6 +451,12 @@ impl Session {
                 m::datagram_dropped("before_hello");
                 continue;
             }
+            if let Ok(Some(Inbound::Control(arrived))) = first {
+                match self.control_frame(arrived) {
+                    Some(exit) => return Err(exit),
+                    None => continue,
+                }
+            }
             break first;
         };
         if matches!(
@@ -472,7 +479,7 @@ impl Session {
                 } => Some((id, version)),
                 _ => None,
             },
-            Ok(Some(Inbound::Unknown { .. } | Inbound::Datagram(..))) => None,
+            Ok(Some(Inbound::Unknown { .. } | Inbound::Datagram(..) | Inbound::Control(_))) => None,
         };
         let Some((id, version)) = hello else {
             return Err(Exit::Close(
@@ -505,6 +512,19 @@ impl Session {
         )
         .await;
         Ok(())
+    }
+
+    /// Meters a WebSocket ping or pong like a command: within the rate it costs a token, over
+    /// it a refusal (nothing to answer: the WebSocket layer pongs regardless), and the refusal
+    /// that makes it abuse closes the session with `rate_abuse`, as for commands.
+    fn control_frame(&mut self, arrived: Instant) -> Option<Exit> {
+        match self.meter.take(arrived) {
+            Verdict::Allowed | Verdict::Limited => None,
+            Verdict::Abuse => Some(Exit::Close(
+                CloseCode::RateAbuse,
+                "WebSocket ping/pong frames over the command rate, repeatedly".into(),
+            )),
+        }
     }
 
     /// Meters one command, at the time it arrived, against the rate limit: `Ok(true)` to run

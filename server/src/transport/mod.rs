@@ -120,6 +120,11 @@ pub enum Inbound {
     /// with the time it arrived. Boxed for the same reason as `Frame`: inline, it made every
     /// slot 48 bytes, not 32 (512 bytes more in every session's first block).
     Datagram(Box<(bytes::Bytes, Instant)>),
+    /// A WebSocket ping or pong from the client, with the time it arrived: metered like a
+    /// command (nothing answers it but the WebSocket layer's pong), so a flood of them ends
+    /// in `rate_abuse` like a flood of commands (outside audit: four sessions sending pings
+    /// and pongs flat out kept the server above a core, never refused).
+    Control(Instant),
     /// The peer is gone, and why (a metrics label: `client_closed`, `idle_timeout`, …).
     Ended(&'static str),
 }

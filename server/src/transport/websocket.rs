@@ -324,7 +324,7 @@ async fn read(
                 Inbound::Malformed("text messages are not part of the protocol".into())
             }
             Message::Close(_) => break "client_closed",
-            Message::Ping(_) | Message::Pong(_) => continue,
+            Message::Ping(_) | Message::Pong(_) => Inbound::Control(std::time::Instant::now()),
         };
         let stop = matches!(item, Inbound::Malformed(_));
         if tx.send(item).await.is_err() || stop {
