@@ -303,6 +303,24 @@ impl TenantPublisher {
         self.publications.increment(1);
         Ok(())
     }
+
+    /// Meters a `Joined` (a publication to every member of the room) against the tenant's
+    /// publication rate, or refuses it; not counted as a publication in metrics.
+    pub fn presence_joined(&self, at: Instant) -> Result<(), QuotaError> {
+        if self.quota.publications_per_second == 0 {
+            return Ok(());
+        }
+        self.quotas
+            .meter(&self.tenant, &self.quota, 0, at)
+            .inspect_err(|e| self.quotas.refused(&self.label, e))
+    }
+
+    /// Meters a `Left` the same way when the rate has room: leaving is never refused.
+    pub fn presence_left(&self, at: Instant) {
+        if self.quota.publications_per_second > 0 {
+            let _ = self.quotas.meter(&self.tenant, &self.quota, 0, at);
+        }
+    }
 }
 
 impl std::ops::Deref for TenantSession {

@@ -131,10 +131,70 @@ async fn tenant_publication_quota(via: Via) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A presence room's `Joined` and `Left` go to every member like publications, and draw on
+/// the tenant's publication quota (PROTOCOL.md §5): Subscribe/Unsubscribe churn over it is
+/// refused `quota_exceeded` (outside audit: a tenant at 100 publications/s drove 360k
+/// deliveries/s this way), never the leaving; another tenant is not affected.
+async fn presence_churn_draws_on_the_publication_quota(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "p".into(),
+            history_size: 0,
+            presence: true,
+            ..Default::default()
+        });
+        c.quotas.tenant.publications_per_second = 5;
+        c.quotas.tenants.push(TenantOverride {
+            tenant: "calm".into(),
+            max_sessions: None,
+            max_subscriptions: None,
+            publications_per_second: Some(1000),
+            bytes_per_second: None,
+        });
+        c.limits.commands_per_second = 1000;
+    })
+    .await?;
+    let mut noisy = Raw::connect_via(via, &server, &full_token("noisy", "n")).await?;
+    let mut calm = Raw::connect_via(via, &server, &full_token("calm", "c")).await?;
+    let mut refused = 0;
+    for _ in 0..20 {
+        for (raw, tenant) in [(&mut noisy, "noisy"), (&mut calm, "calm")] {
+            let reply = raw
+                .request(Command::Subscribe {
+                    room: "p.lobby".into(),
+                    resume: None,
+                })
+                .await?;
+            match reply {
+                Event::Subscribed { .. } => {
+                    let left = raw
+                        .request(Command::Unsubscribe {
+                            room: "p.lobby".into(),
+                        })
+                        .await?;
+                    assert!(matches!(left, Event::Unsubscribed { .. }), "{left:?}");
+                }
+                other
+                    if tenant == "noisy"
+                        && code_of(&other) == Some(ErrorCode::QuotaExceeded.as_u16()) =>
+                {
+                    refused += 1
+                }
+                other => panic!("{tenant}: {other:?}"),
+            }
+        }
+    }
+    assert!(refused >= 10, "only {refused} of 20 refused");
+    // A refused subscribe is no rate abuse, and publishing is as metered as before.
+    assert!(matches!(noisy.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
 over_both_transports!(
     tenant_session_quota,
     tenant_subscription_quota,
     tenant_publication_quota,
+    presence_churn_draws_on_the_publication_quota,
 );
 
 /// A client's token publishing through the backend API draws on its tenant's publish quota

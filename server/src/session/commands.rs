@@ -39,6 +39,15 @@ impl Session {
         self.ask_hook(crate::rpc::Hook::Subscribe, &key.room, None)
             .await?;
         if let Some(quota) = &self.quota {
+            // A presence room's `Joined` goes to every member like a publication, and is
+            // metered like one (PROTOCOL.md §5 Quotas): without it, Subscribe/Unsubscribe
+            // churn gave a tenant at its publication quota the fan-out of a flood (outside
+            // audit: 360k deliveries/s at a quota of 100 publications/s).
+            if self.shared.config.presence(&key.room) {
+                quota
+                    .presence_joined(std::time::Instant::now())
+                    .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+            }
             quota
                 .add_subscription()
                 .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
@@ -530,6 +539,10 @@ impl Session {
             quota.remove_subscription();
         }
         if self.shared.config.presence(&sub.key.room) {
+            // Its `Left` is metered too, never refused: leaving always works.
+            if let Some(quota) = &self.quota {
+                quota.presence_left(std::time::Instant::now());
+            }
             self.announce_presence(&sub.key, false).await;
         }
         if self.shared.hub.unsubscribe(&sub.key, sub.id) {
