@@ -342,8 +342,31 @@ fn check_members(token: &str) -> Result<(), AuthError> {
         if i == 0 && members.crit {
             return Err(AuthError::Invalid("crit header: no extension is supported"));
         }
+        if i == 0 && !names_a_known_algorithm(&json) {
+            // jsonwebtoken reads `alg` into its enum, so `none`, a missing `alg` or any name it
+            // does not know fail as JSON: the reason would send someone debugging an
+            // `alg: none` token looking for a JSON problem (outside audit).
+            return Err(AuthError::Invalid("algorithm not accepted"));
+        }
     }
     Ok(())
+}
+
+/// Whether a (well-formed JSON object) header's `alg` names an algorithm jsonwebtoken knows;
+/// whether it is *the* accepted one is checked by the verification itself.
+fn names_a_known_algorithm(header: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Alg {
+        alg: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Alg>(header) {
+        Ok(Alg {
+            alg: Some(serde_json::Value::String(alg)),
+        }) => alg.parse::<jsonwebtoken::Algorithm>().is_ok(),
+        Ok(_) => false,
+        // Not this check's to judge: the verification says what is wrong with it.
+        Err(_) => true,
+    }
 }
 
 /// The member names of a JSON object, read without keeping any value.

@@ -357,6 +357,36 @@ fn refuses_alg_none() {
     assert!(v.verify(&format!("{header}.{body}.")).is_err());
 }
 
+/// `none`, a missing `alg` and names no library knows are refused as the algorithm they are,
+/// not as malformed JSON (outside audit); a signature made with the secret does not help.
+#[test]
+fn every_unaccepted_algorithm_is_named_as_such() {
+    let body = b64(&serde_json::to_vec(&claims(unix_now() + 60)).unwrap());
+    let v = hs(&Checks::default());
+    for header in [
+        r#"{"alg":"none","typ":"JWT"}"#,
+        r#"{"alg":"NONE"}"#,
+        r#"{"alg":"foo"}"#,
+        r#"{"alg":""}"#,
+        r#"{"alg":7}"#,
+        r#"{"typ":"JWT"}"#,
+        r#"{"alg":"HS512"}"#,
+    ] {
+        let signing_input = format!("{}.{body}", b64(header.as_bytes()));
+        let signature = jsonwebtoken::crypto::sign(
+            signing_input.as_bytes(),
+            &EncodingKey::from_secret(SECRET),
+            Algorithm::HS256,
+        )
+        .unwrap();
+        let refused = v.verify(&format!("{signing_input}.{signature}"));
+        assert!(
+            matches!(refused, Err(AuthError::Invalid("algorithm not accepted"))),
+            "{header}: {refused:?}"
+        );
+    }
+}
+
 /// A signing key for the JWKS tests, with the public JWK an identity provider would publish.
 struct TestKey {
     kid: &'static str,

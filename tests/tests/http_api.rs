@@ -20,6 +20,17 @@ async fn backends_publish_over_http() -> anyhow::Result<()> {
         .await?;
     assert_eq!(ok.status(), 200);
     assert_eq!(room.payload().await?, Bytes::from_static(b"order 1"));
+    // The scheme is case-insensitive (RFC 9110 §11.1), as on the session transports.
+    for scheme in ["bearer", "BEARER"] {
+        let ok = http
+            .post(url("orders.new"))
+            .header("authorization", format!("{scheme} {backend}"))
+            .body(scheme)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200, "{scheme}");
+        assert_eq!(room.payload().await?, Bytes::from(scheme));
+    }
 
     let cases = [
         (

@@ -26,7 +26,7 @@ pub fn bearer(headers: &HeaderMap) -> &str {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::transport::bearer)
         .map(str::trim)
         .unwrap_or_default()
 }

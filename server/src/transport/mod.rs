@@ -182,13 +182,8 @@ pub fn single_frame(message: &[u8], max_frame: usize) -> Result<&[u8], String> {
 
 /// The token of a request: `Authorization: Bearer` wins over the `token` query parameter.
 pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<String, Refused> {
-    // The scheme is case-insensitive (RFC 9110 §11.1).
     let token = authorization
-        .and_then(|v| {
-            v.get(..7)
-                .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                .map(|_| &v[7..])
-        })
+        .and_then(bearer)
         .map(|t| t.trim().to_owned())
         .or_else(|| query.and_then(query_param("token")))
         .unwrap_or_default();
@@ -196,6 +191,15 @@ pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<S
         return Err(Refused::TokenTooLarge);
     }
     Ok(token)
+}
+
+/// The credential of an `Authorization: Bearer …` value, untrimmed; the scheme is
+/// case-insensitive (RFC 9110 §11.1), on every transport and the backend API alike.
+pub fn bearer(authorization: &str) -> Option<&str> {
+    authorization
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("bearer "))
+        .map(|_| &authorization[7..])
 }
 
 /// The first value of a query parameter.
