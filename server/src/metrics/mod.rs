@@ -69,7 +69,7 @@ pub fn datagram_dropped(reason: &'static str) {
 
 /// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
 /// and the datagram's own ones.
-pub const DATAGRAM_DROP_REASONS: [&str; 11] = [
+pub const DATAGRAM_DROP_REASONS: [&str; 12] = [
     "rate_limited",
     "malformed",
     "not_latest",
@@ -81,6 +81,7 @@ pub const DATAGRAM_DROP_REASONS: [&str; 11] = [
     "busy",
     "unavailable",
     "superseded",
+    "refreshed",
 ];
 
 /// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the

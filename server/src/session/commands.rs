@@ -333,6 +333,13 @@ impl Session {
         let expires_at = grant.expires_at;
         self.shared.registry.set_jti(&self.id, grant.jti.as_deref());
         self.grant = grant;
+        // Datagram publications still waiting for their hook were checked against the old
+        // token: none is published after `Refreshed` (outside audit: up to 9 values, each up
+        // to a hook timeout later). Dropped, like any datagram the lane cannot take; the
+        // room's next value goes through under the new token.
+        for _ in 0..self.datagram_lane.clear() {
+            m::datagram_dropped("refreshed");
+        }
         debug!(session = %self.id, expires_at, "token refreshed");
         Ok(Some(Event::Refreshed {
             expires_at: Some(expires_at),

@@ -163,6 +163,15 @@ impl Publishing {
         None
     }
 
+    /// Drops every publication waiting here, the one being worked on included (its hook or
+    /// broker call is cancelled); how many there were.
+    pub fn clear(&mut self) -> usize {
+        let n = self.queued.len() + usize::from(self.current.is_some());
+        self.current = None;
+        self.queued.clear();
+        n
+    }
+
     /// Whether [`MAX_QUEUED`] publications wait, the one being handed over included.
     pub fn is_full(&self) -> bool {
         self.queued.len() + usize::from(self.current.is_some()) >= MAX_QUEUED
