@@ -677,6 +677,8 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
     client.call("order.place", "secret-payload-text").await?;
     let _ = client.call("order.fail", "x").await;
     let _ = client.subscribe("order.bob").await;
+    // Refused before any backend is asked: an audit line too.
+    let _ = client.call("pay.refund", "x").await;
     client.close().await;
 
     let lines = tokio::time::timeout(WAIT, async {
@@ -688,14 +690,14 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
                 .filter(|l| l.contains("quiver::audit"))
                 .cloned()
                 .collect();
-            if audit.len() >= 3 {
+            if audit.len() >= 4 {
                 return audit;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
     .await?;
-    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(lines.len(), 4, "{lines:#?}");
     let has = |line: &str, parts: &[&str]| parts.iter().all(|p| line.contains(p));
     let common = [
         "user=\"alice\"",
@@ -730,6 +732,19 @@ async fn every_call_and_hooked_command_is_one_audit_line() -> Result<()> {
             ),
         "{}",
         lines[2]
+    );
+    assert!(
+        has(
+            &lines[3],
+            &[
+                "kind=\"call\"",
+                "user=\"alice\"",
+                "method=\"pay.refund\"",
+                "outcome=\"permission_denied\""
+            ]
+        ),
+        "{}",
+        lines[3]
     );
     assert!(log
         .lock()

@@ -25,6 +25,27 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
     );
 }
 
+/// A call the session refused before asking anyone (no `call` permission, a bad method name,
+/// a payload too large, too many in flight): the attempts an audit most wants to see. The
+/// method as the client sent it, cut to 128 bytes (escaped by `tracing` like every field).
+pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
+    let mut end = method.len().min(128);
+    while !method.is_char_boundary(end) {
+        end -= 1;
+    }
+    info!(
+        target: "quiver::audit",
+        kind = "call",
+        user = caller.user.as_str(),
+        tenant = %caller.tenant,
+        session = %caller.session,
+        method = &method[..end],
+        outcome,
+        latency_ms = 0.0,
+        "call refused"
+    );
+}
+
 pub fn hook(
     hook: Hook,
     caller: &Caller,

@@ -10,7 +10,7 @@
 //! target (`audit.rs`). Hooks run once per command, in the session that sent it: never on the
 //! fan-out path.
 
-mod audit;
+pub mod audit;
 mod config;
 mod http;
 mod nats;

@@ -25,7 +25,22 @@ impl Session {
     }
 
     /// Checks a `Call` and starts it; the answer comes later through [`Session::call_done`].
+    /// A refusal here is an audit line too (the backend's answers are logged by `rpc`).
     pub(super) fn call(
+        &mut self,
+        id: u32,
+        method: &str,
+        payload: Bytes,
+        timeout_ms: u32,
+        idempotency_key: String,
+    ) -> Result<Option<Event>, Refusal> {
+        self.start_call(id, method, payload, timeout_ms, idempotency_key)
+            .inspect_err(|refusal| {
+                crate::rpc::audit::refused_call(&self.caller(), method, refusal.0.label());
+            })
+    }
+
+    fn start_call(
         &mut self,
         id: u32,
         method: &str,
