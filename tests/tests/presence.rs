@@ -297,3 +297,33 @@ async fn a_changed_presence_ttl_applies_to_the_bucket_at_the_next_start() -> any
     assert_eq!(bucket.info().await?.config.max_age, Duration::from_secs(3));
     Ok(())
 }
+
+/// `nats.storage` switched between starts: JetStream cannot change an existing bucket's
+/// storage, so the bucket is used as it is (with a warning) and presence keeps working
+/// (outside audit: every `Presence` answered `unavailable` and no member was recorded).
+#[tokio::test]
+async fn a_changed_storage_leaves_presence_working_on_the_existing_bucket() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let with_storage = |storage: &str| {
+        let (url, storage) = (nats.url(), storage.to_owned());
+        move |c: &mut quiver_server::Config| {
+            presence_ns(c);
+            let mut n = quiver_server::config::NatsConfig::new(url);
+            n.storage = storage;
+            c.nats = Some(n);
+        }
+    };
+    let mut server = TestServer::start_with(with_storage("memory")).await?;
+    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let _room = alice.subscribe("p.store").await?;
+    assert_eq!(members(&mut alice, "p.store").await?, ["alice"]);
+    alice.close().await;
+
+    server.restart_with(with_storage("file")).await?;
+    wait_ready(&server).await?;
+    let mut bob = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let _room = bob.subscribe("p.store").await?;
+    let listed = members(&mut bob, "p.store").await?;
+    assert!(listed.contains(&"bob".to_owned()), "{listed:?}");
+    Ok(())
+}

@@ -282,7 +282,7 @@ impl Inner {
                 }
                 let kv = match js.get_key_value(PRESENCE_BUCKET).await {
                     Ok(kv) => kv,
-                    Err(_) => match js.create_or_update_key_value(bucket.clone()).await {
+                    Err(_) => match presence_bucket(&js, bucket.clone()).await {
                         Ok(kv) => kv,
                         Err(_) => continue,
                     },
@@ -316,8 +316,7 @@ impl Inner {
             // with another age limit refused `create_key_value`, which left presence broken
             // until someone deleted the bucket by hand (outside audit).
             self.presence.get_or_try_init(|| async {
-                self.js
-                    .create_or_update_key_value(self.presence_config())
+                presence_bucket(&self.js, self.presence_config())
                     .await
                     .map_err(unavailable)
             }),
@@ -736,6 +735,29 @@ pub async fn connect_with(
         .collect::<Result<_, _>>()
         .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
     options.connect(urls).await.map_err(unavailable)
+}
+
+/// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`).
+/// One JetStream cannot bring there (another storage: a stream's storage never changes) is
+/// used as it is, with a warning, rather than leave presence broken (outside audit).
+async fn presence_bucket(
+    js: &jetstream::Context,
+    config: jetstream::kv::Config,
+) -> Result<jetstream::kv::Store, jetstream::context::CreateKeyValueError> {
+    match js.create_or_update_key_value(config).await {
+        Ok(kv) => Ok(kv),
+        Err(e) => match js.get_key_value(PRESENCE_BUCKET).await {
+            Ok(kv) => {
+                warn!(
+                    error = %e,
+                    "the presence bucket keeps its earlier settings (nats.storage cannot change \
+                     for an existing bucket: delete KV_quiver_presence to switch it)"
+                );
+                Ok(kv)
+            }
+            Err(_) => Err(e),
+        },
+    }
 }
 
 #[cfg(test)]

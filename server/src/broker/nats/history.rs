@@ -186,6 +186,17 @@ impl Inner {
                 })?;
                 let info = stream.info().await.map_err(unavailable)?.clone();
                 let epoch = epoch_of(&info);
+                if info.config.storage != self.storage {
+                    // JetStream cannot change a stream's storage, and copying it would change
+                    // every position: said loudly instead of ignored (outside audit).
+                    warn!(
+                        stream = %name,
+                        has = ?info.config.storage,
+                        configured = ?self.storage,
+                        "nats.storage applies to streams created from now on: delete this \
+                         stream to switch it (`nats stream rm`; its history is lost)"
+                    );
+                }
                 self.bring_limits_up_to_date(&name, info.config, &config_limits)
                     .await?;
                 Ok(TenantStream { stream, epoch })
