@@ -50,6 +50,26 @@ async fn datagram(raw: &Raw) -> Result<(u64, u64, Bytes)> {
     ))
 }
 
+/// Reads `Latest` values from a room's stream (each payload starting with its sequence, big
+/// endian) until the one numbered `last`; how many came.
+async fn values_until(stream: &mut RoomStream, last: u32) -> Result<u32> {
+    let mut received = 0;
+    loop {
+        match stream.next().await?.event {
+            Event::Latest {
+                sequence, payload, ..
+            } => {
+                received += 1;
+                assert_eq!(&payload[..4], &(sequence as u32).to_be_bytes());
+                if sequence == u64::from(last) {
+                    return Ok(received);
+                }
+            }
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// Publishes with an ack (so the value is in the subscribers' slots when this returns).
 async fn publish(raw: &mut Raw, room: &str, payload: Vec<u8>) -> Result<()> {
     match raw.publish(room, &payload).await? {
@@ -203,21 +223,7 @@ async fn a_stalled_reader_gets_the_newest_value_not_a_queue_and_is_never_a_slow_
         vec![("chat.big".to_owned(), ErrorCode::SlowConsumer.as_u16())]
     );
 
-    let mut received = 0;
-    loop {
-        match game.next().await?.event {
-            Event::Latest {
-                sequence, payload, ..
-            } => {
-                received += 1;
-                assert_eq!(&payload[..4], &(sequence as u32).to_be_bytes());
-                if sequence == u64::from(n) {
-                    break;
-                }
-            }
-            other => bail!("unexpected {other:?}"),
-        }
-    }
+    let received = values_until(&mut game, n).await?;
     assert!(
         received < n / 2,
         "{received} of {n} values reached the reader: stale values were queued"
@@ -801,21 +807,7 @@ async fn a_client_that_acknowledges_nothing_holds_at_most_the_send_window() -> R
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.cut(false);
-    let mut received = 0;
-    loop {
-        match game.next().await?.event {
-            Event::Latest {
-                sequence, payload, ..
-            } => {
-                received += 1;
-                assert_eq!(&payload[..4], &(sequence as u32).to_be_bytes());
-                if sequence == u64::from(n) {
-                    break;
-                }
-            }
-            other => bail!("unexpected {other:?}"),
-        }
-    }
+    let received = values_until(&mut game, n).await?;
     // 1 MiB is 35 values; a few more were in flight when the window filled.
     assert!(
         received <= 45,

@@ -36,6 +36,17 @@ async fn over_quota_goodbye(via: Via, server: &TestServer, token: &str) -> anyho
     }
 }
 
+/// The tenant `calm`, with a publication quota it never reaches.
+fn calm_tenant() -> TenantOverride {
+    TenantOverride {
+        tenant: "calm".into(),
+        max_sessions: None,
+        max_subscriptions: None,
+        publications_per_second: Some(1000),
+        bytes_per_second: None,
+    }
+}
+
 async fn tenant_session_quota(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         c.quotas.tenant.max_sessions = 2;
@@ -100,13 +111,7 @@ async fn tenant_subscription_quota(via: Via) -> anyhow::Result<()> {
 async fn tenant_publication_quota(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
         c.quotas.tenant.publications_per_second = 5;
-        c.quotas.tenants.push(TenantOverride {
-            tenant: "calm".into(),
-            max_sessions: None,
-            max_subscriptions: None,
-            publications_per_second: Some(1000),
-            bytes_per_second: None,
-        });
+        c.quotas.tenants.push(calm_tenant());
         c.limits.commands_per_second = 1000;
     })
     .await?;
@@ -144,13 +149,7 @@ async fn presence_churn_draws_on_the_publication_quota(via: Via) -> anyhow::Resu
             ..Default::default()
         });
         c.quotas.tenant.publications_per_second = 5;
-        c.quotas.tenants.push(TenantOverride {
-            tenant: "calm".into(),
-            max_sessions: None,
-            max_subscriptions: None,
-            publications_per_second: Some(1000),
-            bytes_per_second: None,
-        });
+        c.quotas.tenants.push(calm_tenant());
         c.limits.commands_per_second = 1000;
     })
     .await?;
