@@ -1,14 +1,21 @@
 //! The OpenAPI 3.1 document of the API, built from the route table ([`super::routes`]) so it
 //! lists exactly what the router serves.
 
-use axum::Json;
 use serde_json::{json, Map, Value};
 
 use super::error::Code;
 use super::{routes, Auth};
 
-pub async fn serve() -> Json<Value> {
-    Json(document())
+/// The document, built once: it describes the routes, which never change while the process
+/// runs, and building it for every request made it the costliest thing an anonymous peer could
+/// ask for (outside audit: pipelined requests for it slowed every other client).
+pub async fn serve() -> impl axum::response::IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| bytes::Bytes::from(document().to_string().into_bytes()));
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.clone(),
+    )
 }
 
 pub fn document() -> Value {
