@@ -841,6 +841,46 @@ async fn websocket_ping_and_pong_floods_end_in_rate_abuse() -> anyhow::Result<()
             "pong: {pong}: {next:?}"
         );
     }
+
+    // A flood that does not stop at the goodbye: after the close the server drops at most
+    // 1,024 more messages, then closes the connection (it lingers up to 5 s otherwise). The
+    // flooder never reads, so nothing on its side ends the flood but the server.
+    let (mut flood, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "f")
+    ))
+    .await?;
+    let hello = Command::Hello {
+        version: quiver_proto::PROTOCOL_VERSION,
+        client: "flood".into(),
+    };
+    flood
+        .send(Message::binary(encode_command(&ClientFrame {
+            id: 1,
+            command: hello,
+        })))
+        .await?;
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(4) {
+            break None;
+        }
+        if flood
+            .send(Message::Ping(Bytes::from_static(b"x")))
+            .await
+            .is_err()
+        {
+            break Some(started.elapsed());
+        }
+        sent += 1;
+    };
+    let closed = closed.ok_or_else(|| anyhow::anyhow!("still open after {sent} pings in 4 s"))?;
+    assert!(
+        closed < Duration::from_secs(3),
+        "closed after {closed:?} ({sent} pings)"
+    );
     Ok(())
 }
 

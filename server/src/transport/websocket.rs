@@ -57,6 +57,10 @@ fn valid_key(headers: &HeaderMap) -> bool {
 /// client's kernel discard what it had not read yet: the goodbye (a client that sends without
 /// reading, over its rate, say). Lingering lets it arrive.
 const LINGER: Duration = Duration::from_secs(2);
+/// Most messages read and dropped after the close: a client that sent past the goodbye had a
+/// few in flight, not more. Past it the socket is closed at once (outside audit: a flood that
+/// ended the session `rate_abuse` went on for the whole linger, unmetered, at a core).
+const LINGER_MESSAGES: usize = 1024;
 /// Most bytes of queued frames coalesced into one message.
 const COALESCE: usize = 64 * 1024;
 /// tungstenite's read buffer per connection (bench/: 144 → 16 KiB per idle session).
@@ -277,7 +281,12 @@ async fn close(
     // answering close frame, or the commands it sent before it read the goodbye.
     let linger = async {
         if let Some(mut stream) = unread {
-            let discard = async { while let Some(Ok(_)) = stream.next().await {} };
+            let discard = async {
+                let mut left = LINGER_MESSAGES;
+                while left > 0 && matches!(stream.next().await, Some(Ok(_))) {
+                    left -= 1;
+                }
+            };
             let _ = tokio::time::timeout(GOODBYE_GRACE * 3 + LINGER, discard).await;
         }
     };
