@@ -346,3 +346,79 @@ async fn tenants_at_their_share_leave_other_tenants_and_their_own_hooks_alone() 
     }
     Ok(())
 }
+
+/// A tenant's hooks beyond its share wait for a place within their timeout; one that finds
+/// none was never asked, and is denied even where the namespace fails open: the tenant's own
+/// load is not the backend failing (outside audit: one user's 40 sessions publishing in hooked
+/// rooms got past the backend's explicit deny 5 times in 5).
+#[tokio::test]
+async fn a_hook_that_finds_no_place_is_denied_even_where_hooks_fail_open() -> Result<()> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        // Each tenant runs at most 2 hooks at once.
+        c.rpc.http_max_in_flight = 16;
+        // Both fail open; `slow` waits longer for its backend than `open` does.
+        let hook = |namespace: &str, millis| HookConfig {
+            namespace: namespace.into(),
+            subscribe: true,
+            publish: false,
+            timeout: Duration::from_millis(millis),
+            fail_open: true,
+        };
+        c.rpc.hooks = vec![hook("slow", 10_000), hook("open", 500)];
+    })
+    .await?;
+    // Two sessions' hooks run (the backend holds them); a third's waits, and is denied.
+    let mut held = Vec::new();
+    for user in ["a", "b"] {
+        let mut raw = Raw::connect(&server, &full_token("acme", user)).await?;
+        raw.send(quiver_proto::Command::Subscribe {
+            room: format!("slow.{user}"),
+            resume: None,
+        })
+        .await?;
+        held.push(raw);
+    }
+    let deadline = Instant::now() + WAIT;
+    while backend.asked.load(Ordering::SeqCst) < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the two hooks never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut third = Raw::connect(&server, &full_token("acme", "c")).await?;
+    let answer = third
+        .request(quiver_proto::Command::Subscribe {
+            room: "open.c".into(),
+            resume: None,
+        })
+        .await?;
+    match &answer {
+        quiver_proto::Event::Error { code, message } => {
+            assert_eq!(*code, ErrorCode::PermissionDenied.as_u16(), "{message}");
+            assert!(message.contains("hook not asked"), "{message}");
+        }
+        other => panic!("a hook never asked let the subscribe through: {other:?}"),
+    }
+    assert_eq!(
+        backend.asked.load(Ordering::SeqCst),
+        2,
+        "the third was never sent"
+    );
+    // Another tenant's hook is not held up by acme's share.
+    backend.gate.add_permits(1000);
+    let mut other = Raw::connect(&server, &full_token("globex", "g")).await?;
+    let answer = other
+        .request(quiver_proto::Command::Subscribe {
+            room: "open.g".into(),
+            resume: None,
+        })
+        .await?;
+    assert!(
+        matches!(answer, quiver_proto::Event::Subscribed { .. }),
+        "{answer:?}"
+    );
+    Ok(())
+}

@@ -102,8 +102,8 @@ impl HttpRoute {
     }
 
     /// POSTs and reads a 2xx answer's body; any other status is an error with the body as
-    /// its message. The whole exchange (waiting for a slot included) is within `deadline`;
-    /// a tenant at its share of the pool is refused before waiting at all.
+    /// its message. The whole exchange (waiting for a place included) is within `deadline`;
+    /// a call of a tenant with its share of calls out is refused before waiting at all.
     async fn post(
         &self,
         tenant: &TenantId,
@@ -111,20 +111,29 @@ impl HttpRoute {
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
+        let started = std::time::Instant::now();
         let Some(mut place) = self.pool.enter(tenant, kind) else {
             return Err(RpcError::OverQuota(format!(
-                "the tenant already has its share of the server's requests to the backend \
-                 ({} {} in flight or waiting); retry later",
-                self.pool.sizes().tenant_cap,
-                match kind {
-                    Kind::Call => "calls",
-                    Kind::Hook => "hooks",
-                }
+                "the tenant already has its share of the server's calls to the backend \
+                 ({} in flight or waiting); retry later",
+                self.pool.sizes().tenant_cap
             )));
         };
         let deadline_at = deadline_at(SystemTime::now(), deadline);
+        // A request that finds no place before its deadline was never sent: for a hook that
+        // is its tenant's share being full (denied, `Rpc::failed`), for a call its deadline.
+        let admitted = tokio::time::timeout(deadline, self.pool.run(&mut place)).await;
+        if admitted.is_err() {
+            return Err(match kind {
+                Kind::Hook => RpcError::OverQuota(format!(
+                    "the tenant's {} hook requests to the backend were all taken for {} ms",
+                    self.pool.sizes().tenant_cap,
+                    deadline.as_millis()
+                )),
+                Kind::Call => RpcError::Deadline(deadline),
+            });
+        }
         let exchange = async {
-            self.pool.run(&mut place).await;
             let mut request = self
                 .client
                 .post(&self.url)
@@ -167,7 +176,9 @@ impl HttpRoute {
                 ))
             }
         };
-        tokio::time::timeout(deadline, exchange)
+        // What is left of the deadline, the wait for a place taken out of it.
+        let left = deadline.saturating_sub(started.elapsed());
+        tokio::time::timeout(left, exchange)
             .await
             .unwrap_or(Err(RpcError::Deadline(deadline)))
     }

@@ -486,6 +486,12 @@ impl Rpc {
             // Its message is the backend's body (or "backend answered 403").
             return Decision::Deny(error.to_string());
         }
+        if let RpcError::OverQuota(_) = error {
+            // Never sent: the tenant's own requests filled its share. That is not the backend
+            // failing, and `fail_open` must not turn it into an allow (outside audit: one
+            // user's many sessions publishing in hooked rooms got past the backend's deny).
+            return Decision::Deny(format!("hook not asked: {error}"));
+        }
         if settings.fail_open {
             Decision::Allow
         } else {

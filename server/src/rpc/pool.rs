@@ -1,11 +1,14 @@
 //! The HTTP route's pool of requests in flight (`rpc.http_max_in_flight`, N), shared fairly
 //! (PROTOCOL.md §11.2):
 //!
-//! - **Per tenant and kind**: a tenant may have at most N/8 (at least 1) calls, and separately
-//!   N/8 hooks, in flight or waiting; one more is refused at once (`quota_exceeded`). Counted
-//!   apart, so a tenant's own slow calls never crowd out the hooks its other commands wait
-//!   for (outside audit: a user's calls to a slow method switched the tenant's fail-open
-//!   hooks off and its fail-closed hooks into denying everyone).
+//! - **Per tenant and kind**: a tenant may have at most N/8 (at least 1) calls in flight or
+//!   waiting; one more is refused at once (`quota_exceeded`). Its hooks run at most N/8 at
+//!   once, counted apart, so a tenant's own slow calls never crowd out the hooks its other
+//!   commands wait for (outside audit: a user's calls to a slow method switched the tenant's
+//!   fail-open hooks off and its fail-closed hooks into denying everyone). A hook is never
+//!   refused at once: it waits its turn (each session has at most two hooks out, so sessions
+//!   bound the waiting), and one that finds no place before its timeout is refused
+//!   `over_quota`, which denies whatever the namespace's fail rule (`Rpc::failed`).
 //! - **Calls** together run at most N − N/4 at once, so hooks always have a quarter.
 //! - **A reserve for light tenants**: the last N/8 free slots (of the calls' part for a call,
 //!   of the pool for a hook) go only to a tenant running fewer than 2 of that kind, so a few
@@ -115,14 +118,14 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A place for one request of `tenant`, unless the tenant is at its cap for `kind`. Never
-    /// waits: a tenant at its cap is answered at once rather than queued behind its own slow
-    /// requests. The place is given back on drop (answered, failed, timed out, or the
-    /// caller's task aborted).
+    /// A place for one request of `tenant`, unless it is a call and the tenant has its cap of
+    /// calls out. Never waits: a tenant at its cap is answered at once rather than queued
+    /// behind its own slow requests. The place is given back on drop (answered, failed, timed
+    /// out, or the caller's task aborted).
     pub fn enter(&self, tenant: &TenantId, kind: Kind) -> Option<Place<'_>> {
         let mut state = self.state();
         let counts = state.tenants.entry(tenant.clone()).or_default();
-        if counts.out[kind.index()] >= self.sizes.tenant_cap {
+        if kind == Kind::Call && counts.out[kind.index()] >= self.sizes.tenant_cap {
             if counts.idle() {
                 state.tenants.remove(tenant);
             }
@@ -146,11 +149,12 @@ impl Pool {
                 .min(sizes.calls - state.calls_running.min(sizes.calls)),
             Kind::Hook => sizes.total - state.running.min(sizes.total),
         };
-        let light = state
+        let running = state
             .tenants
             .get(&place.tenant)
-            .is_some_and(|c| c.running[place.kind.index()] < LIGHT);
-        if free == 0 || (free <= sizes.reserve && !light) {
+            .map_or(0, |c| c.running[place.kind.index()]);
+        let light = running < LIGHT;
+        if free == 0 || (free <= sizes.reserve && !light) || running >= sizes.tenant_cap {
             return false;
         }
         state.running += 1;
@@ -271,6 +275,26 @@ mod tests {
         );
         drop(calls);
         assert_eq!(pool.tracked(), 0, "idle tenants leave no entry");
+    }
+
+    #[test]
+    fn a_tenants_hooks_wait_for_a_place_instead_of_being_refused() {
+        let pool = Pool::new(16);
+        let acme = tenant("acme");
+        let cap = pool.sizes().tenant_cap;
+        let running: Vec<_> = (0..cap)
+            .map(|_| run_now(&pool, &acme, Kind::Hook).expect("under the cap"))
+            .collect();
+        let mut waiting = pool
+            .enter(&acme, Kind::Hook)
+            .expect("hooks are never refused");
+        assert!(!pool.admit(&mut waiting), "at the cap: it waits");
+        assert!(
+            run_now(&pool, &tenant("other"), Kind::Hook).is_some(),
+            "another tenant's hook runs"
+        );
+        drop(running);
+        assert!(pool.admit(&mut waiting), "a place came free");
     }
 
     #[test]
