@@ -744,20 +744,31 @@ async fn presence_bucket(
     js: &jetstream::Context,
     config: jetstream::kv::Config,
 ) -> Result<jetstream::kv::Store, jetstream::context::CreateKeyValueError> {
-    match js.create_or_update_key_value(config).await {
-        Ok(kv) => Ok(kv),
-        Err(e) => match js.get_key_value(PRESENCE_BUCKET).await {
-            Ok(kv) => {
-                warn!(
-                    error = %e,
-                    "the presence bucket keeps its earlier settings (nats.storage cannot change \
-                     for an existing bucket: delete KV_quiver_presence to switch it)"
-                );
-                Ok(kv)
-            }
-            Err(_) => Err(e),
-        },
+    let e = match js.create_or_update_key_value(config.clone()).await {
+        Ok(kv) => return Ok(kv),
+        Err(e) => e,
+    };
+    // Another storage: keep the bucket's, and still bring its age limit to `presence_ttl`
+    // (the regression audit: with both changed, the old TTL stayed and live members flickered
+    // out of presence).
+    let Ok(mut existing) = js.get_stream(format!("KV_{PRESENCE_BUCKET}")).await else {
+        return Err(e);
+    };
+    let Ok(info) = existing.info().await else {
+        return Err(e);
+    };
+    let storage = info.config.storage;
+    if storage == config.storage {
+        return Err(e);
     }
+    warn!(
+        has = ?storage,
+        configured = ?config.storage,
+        "the presence bucket keeps its storage (nats.storage cannot change for an existing \
+         bucket: delete KV_quiver_presence to switch it)"
+    );
+    js.create_or_update_key_value(jetstream::kv::Config { storage, ..config })
+        .await
 }
 
 #[cfg(test)]
