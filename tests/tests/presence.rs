@@ -298,9 +298,10 @@ async fn a_changed_presence_ttl_applies_to_the_bucket_at_the_next_start() -> any
     Ok(())
 }
 
-/// `nats.storage` switched between starts: JetStream cannot change an existing bucket's
-/// storage, so the bucket is used as it is (with a warning) and presence keeps working
-/// (outside audit: every `Presence` answered `unavailable` and no member was recorded).
+/// `nats.storage` switched between starts (and `presence_ttl` with it): JetStream cannot change
+/// an existing bucket's storage, so the bucket keeps its own (with a warning), takes the new
+/// age limit, and presence keeps working (outside audit: every `Presence` answered
+/// `unavailable` and no member was recorded; then, with both changed, the old TTL stayed).
 #[tokio::test]
 async fn a_changed_storage_leaves_presence_working_on_the_existing_bucket() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
@@ -309,6 +310,7 @@ async fn a_changed_storage_leaves_presence_working_on_the_existing_bucket() -> a
         move |c: &mut quiver_server::Config| {
             presence_ns(c);
             let mut n = quiver_server::config::NatsConfig::new(url);
+            n.presence_ttl = Duration::from_secs(if storage == "file" { 7 } else { 15 });
             n.storage = storage;
             c.nats = Some(n);
         }
@@ -325,5 +327,16 @@ async fn a_changed_storage_leaves_presence_working_on_the_existing_bucket() -> a
     let _room = bob.subscribe("p.store").await?;
     let listed = members(&mut bob, "p.store").await?;
     assert!(listed.contains(&"bob".to_owned()), "{listed:?}");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    let mut bucket = js.get_stream("KV_quiver_presence").await?;
+    let config = bucket.info().await?.config.clone();
+    assert_eq!(
+        (config.storage, config.max_age),
+        (
+            async_nats::jetstream::stream::StorageType::Memory,
+            Duration::from_secs(7)
+        ),
+        "the bucket keeps its storage and takes the new presence_ttl"
+    );
     Ok(())
 }
