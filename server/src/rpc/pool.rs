@@ -17,14 +17,15 @@
 //!   calls waited out their deadline). Filling the pool now takes five tenants at their cap
 //!   and sixteen more running two each.
 //!
-//! A request that is admitted by none of these rules yet waits, within its deadline, for a
-//! request to end.
+//! A request that none of these rules admits yet waits, within its deadline, in a queue: a
+//! request that ends admits the waiting ones it made room for, oldest first, and wakes only
+//! them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 
 use quiver_proto::TenantId;
-use tokio::sync::Notify;
 
 /// What a request is, for the pool's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +74,6 @@ impl Sizes {
 pub struct Pool {
     sizes: Sizes,
     state: Mutex<State>,
-    /// Woken when a running request ends, for the ones waiting to be admitted.
-    released: Notify,
 }
 
 #[derive(Default)]
@@ -83,6 +82,20 @@ struct State {
     calls_running: usize,
     /// Only tenants with a request out (removed at zero): at most one entry per request.
     tenants: HashMap<TenantId, Counts>,
+    /// Requests waiting to run, oldest first, each with the waker of its task. A request that
+    /// ends admits the waiting ones it made room for, in order, and wakes only those: no
+    /// herd of waiters re-checking on every end.
+    waiting: VecDeque<Waiter>,
+    /// Requests admitted from `waiting` whose task has not seen it yet.
+    admitted: HashSet<u64>,
+    next_ticket: u64,
+}
+
+struct Waiter {
+    ticket: u64,
+    tenant: TenantId,
+    kind: Kind,
+    waker: Waker,
 }
 
 /// One tenant's requests by kind ([`Kind::index`]).
@@ -99,12 +112,56 @@ impl Counts {
     }
 }
 
+impl State {
+    /// Whether a request of `tenant` and `kind` may run now.
+    fn may_run(&self, sizes: Sizes, tenant: &TenantId, kind: Kind) -> bool {
+        let free = match kind {
+            Kind::Call => (sizes.total - self.running.min(sizes.total))
+                .min(sizes.calls - self.calls_running.min(sizes.calls)),
+            Kind::Hook => sizes.total - self.running.min(sizes.total),
+        };
+        let running = self
+            .tenants
+            .get(tenant)
+            .map_or(0, |c| c.running[kind.index()]);
+        free > 0 && (free > sizes.reserve || running < LIGHT) && running < sizes.tenant_cap
+    }
+
+    fn start(&mut self, tenant: &TenantId, kind: Kind) {
+        self.running += 1;
+        if kind == Kind::Call {
+            self.calls_running += 1;
+        }
+        if let Some(counts) = self.tenants.get_mut(tenant) {
+            counts.running[kind.index()] += 1;
+        }
+    }
+
+    /// Admits, oldest first, the waiting requests that may run now.
+    fn admit_waiting(&mut self, sizes: Sizes) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let (tenant, kind) = (&self.waiting[i].tenant, self.waiting[i].kind);
+            if self.may_run(sizes, tenant, kind) {
+                let waiter = self.waiting.remove(i).expect("in range");
+                self.start(&waiter.tenant, waiter.kind);
+                self.admitted.insert(waiter.ticket);
+                waiter.waker.wake();
+            } else {
+                i += 1;
+            }
+            if self.running >= sizes.total {
+                break;
+            }
+        }
+    }
+}
+
 impl Pool {
     pub fn new(max_in_flight: usize) -> Self {
         Self {
             sizes: Sizes::for_pool(max_in_flight),
             state: Mutex::new(State::default()),
-            released: Notify::new(),
         }
     }
 
@@ -132,54 +189,56 @@ impl Pool {
             return None;
         }
         counts.out[kind.index()] += 1;
+        state.next_ticket += 1;
         Some(Place {
             pool: self,
+            ticket: state.next_ticket,
             tenant: tenant.clone(),
             kind,
             running: false,
         })
     }
 
-    /// Whether `place` may run now, and if so counts it as running.
-    fn admit(&self, place: &mut Place<'_>) -> bool {
-        let sizes = self.sizes;
+    /// Runs `place` now if it may (counted as running), else queues it (with `waker`) once;
+    /// whether it runs.
+    fn poll_admit(&self, place: &mut Place<'_>, waker: &Waker) -> bool {
+        if place.running {
+            return true;
+        }
         let mut state = self.state();
-        let free = match place.kind {
-            Kind::Call => (sizes.total - state.running.min(sizes.total))
-                .min(sizes.calls - state.calls_running.min(sizes.calls)),
-            Kind::Hook => sizes.total - state.running.min(sizes.total),
-        };
-        let running = state
-            .tenants
-            .get(&place.tenant)
-            .map_or(0, |c| c.running[place.kind.index()]);
-        let light = running < LIGHT;
-        if free == 0 || (free <= sizes.reserve && !light) || running >= sizes.tenant_cap {
+        if state.admitted.remove(&place.ticket) {
+            place.running = true;
+            return true;
+        }
+        if let Some(queued) = state.waiting.iter_mut().find(|w| w.ticket == place.ticket) {
+            queued.waker.clone_from(waker);
             return false;
         }
-        state.running += 1;
-        if place.kind == Kind::Call {
-            state.calls_running += 1;
+        if state.may_run(self.sizes, &place.tenant, place.kind) {
+            state.start(&place.tenant, place.kind);
+            place.running = true;
+            return true;
         }
-        if let Some(counts) = state.tenants.get_mut(&place.tenant) {
-            counts.running[place.kind.index()] += 1;
-        }
-        place.running = true;
-        true
+        state.waiting.push_back(Waiter {
+            ticket: place.ticket,
+            tenant: place.tenant.clone(),
+            kind: place.kind,
+            waker: waker.clone(),
+        });
+        false
     }
 
-    /// Waits until `place` may run (the caller bounds the wait by its deadline).
+    /// Waits until `place` may run (the caller bounds the wait by its deadline; dropping the
+    /// place takes it out of the queue).
     pub async fn run(&self, place: &mut Place<'_>) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            // Registered before the check, so an end between the check and the wait wakes it.
-            released.as_mut().enable();
-            if self.admit(place) {
-                return;
+        std::future::poll_fn(|cx| {
+            if self.poll_admit(place, cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            released.await;
-        }
+        })
+        .await
     }
 
     #[cfg(test)]
@@ -192,6 +251,7 @@ impl Pool {
 /// the pool too once it runs.
 pub struct Place<'a> {
     pool: &'a Pool,
+    ticket: u64,
     tenant: TenantId,
     kind: Kind,
     running: bool,
@@ -201,7 +261,13 @@ impl Drop for Place<'_> {
     fn drop(&mut self) {
         let i = self.kind.index();
         let mut state = self.pool.state();
-        if self.running {
+        // Admitted while its task was away (a deadline, an abort): it ran, as far as the
+        // counts go.
+        let running = self.running || state.admitted.remove(&self.ticket);
+        if !running {
+            state.waiting.retain(|w| w.ticket != self.ticket);
+        }
+        if running {
             state.running = state.running.saturating_sub(1);
             if self.kind == Kind::Call {
                 state.calls_running = state.calls_running.saturating_sub(1);
@@ -209,16 +275,15 @@ impl Drop for Place<'_> {
         }
         if let Some(counts) = state.tenants.get_mut(&self.tenant) {
             counts.out[i] = counts.out[i].saturating_sub(1);
-            if self.running {
+            if running {
                 counts.running[i] = counts.running[i].saturating_sub(1);
             }
             if counts.idle() {
                 state.tenants.remove(&self.tenant);
             }
         }
-        drop(state);
-        if self.running {
-            self.pool.released.notify_waiters();
+        if running {
+            state.admit_waiting(self.pool.sizes);
         }
     }
 }
@@ -231,10 +296,16 @@ mod tests {
         TenantId::parse(name).expect("valid")
     }
 
-    /// Enters and tries to run at once: `Some(place)` when it runs.
+    /// Whether `place` runs now (queued otherwise).
+    fn admit(pool: &Pool, place: &mut Place<'_>) -> bool {
+        pool.poll_admit(place, futures::task::noop_waker_ref())
+    }
+
+    /// Enters and tries to run at once: `Some(place)` when it runs (dropped, so unqueued,
+    /// otherwise).
     fn run_now<'a>(pool: &'a Pool, t: &TenantId, kind: Kind) -> Option<Place<'a>> {
         let mut place = pool.enter(t, kind)?;
-        pool.admit(&mut place).then_some(place)
+        admit(pool, &mut place).then_some(place)
     }
 
     #[test]
@@ -288,13 +359,13 @@ mod tests {
         let mut waiting = pool
             .enter(&acme, Kind::Hook)
             .expect("hooks are never refused");
-        assert!(!pool.admit(&mut waiting), "at the cap: it waits");
+        assert!(!admit(&pool, &mut waiting), "at the cap: it waits");
         assert!(
             run_now(&pool, &tenant("other"), Kind::Hook).is_some(),
             "another tenant's hook runs"
         );
         drop(running);
-        assert!(pool.admit(&mut waiting), "a place came free");
+        assert!(admit(&pool, &mut waiting), "a place came free");
     }
 
     #[test]
@@ -323,13 +394,30 @@ mod tests {
         assert!(run_now(&pool, &heavy[0], Kind::Hook).is_some());
     }
 
+    #[test]
+    fn a_place_admitted_while_its_task_was_away_is_given_back() {
+        let pool = Pool::new(1);
+        let (a, b, c) = (tenant("a"), tenant("b"), tenant("c"));
+        let first = run_now(&pool, &a, Kind::Call).expect("the only slot");
+        let mut second = pool.enter(&b, Kind::Call).expect("own cap");
+        assert!(!admit(&pool, &mut second), "queued");
+        drop(first);
+        // Admitted by the end of `first`, then dropped unseen (its deadline passed).
+        drop(second);
+        assert!(
+            run_now(&pool, &c, Kind::Call).is_some(),
+            "the slot came back"
+        );
+        assert_eq!(pool.tracked(), 0);
+    }
+
     #[tokio::test]
     async fn a_waiting_request_runs_when_one_ends() {
         let pool = Pool::new(1);
         let (a, b) = (tenant("a"), tenant("b"));
         let first = run_now(&pool, &a, Kind::Call).expect("the only slot");
         let mut second = pool.enter(&b, Kind::Call).expect("own cap");
-        assert!(!pool.admit(&mut second), "no slot yet");
+        assert!(!admit(&pool, &mut second), "no slot yet");
         let waiting = async {
             pool.run(&mut second).await;
             second.running
