@@ -92,6 +92,7 @@ pub async fn serve(
         // Small frames must not wait for the previous one's ACK (Nagle): bench/ measured p99 at
         // 100k deliveries/s over WebSocket halve with it.
         let _ = tcp.set_nodelay(true);
+        unsent_at_most(&tcp);
         tokio::spawn(connection(
             shared.clone(),
             tcp,
@@ -160,6 +161,24 @@ async fn connection(
             Err(_) => debug!(%remote, "TLS handshake timed out"),
         },
     }
+}
+
+/// What the kernel may hold of a connection's writes not yet sent (`TCP_NOTSENT_LOWAT`): a
+/// write waits past it. Without it the send buffer grows to megabytes and a writer blocked on a
+/// slow reader was woken only once half of that had drained: a WebSocket client reading
+/// steadily at tens of KB/s met the write-stall deadline (meant for peers that read nothing)
+/// and lost its connection instead of its slow room (outside audit). With it a reader that
+/// makes progress wakes the writer every 32 KiB, and the kernel holds less of a room's
+/// backlog, the bounded queues the rest.
+const UNSENT_AT_MOST: u32 = 64 * 1024;
+
+fn unsent_at_most(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(UNSENT_AT_MOST) {
+        debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, UNSENT_AT_MOST);
 }
 
 /// Lets the runtime's other tasks run before each request. hyper serves a connection's

@@ -947,3 +947,164 @@ async fn pipelined_http_requests_take_turns_with_other_tasks() -> anyhow::Result
     );
     Ok(())
 }
+
+/// A socket that reads at most `per_tick` bytes every `tick`: a client on a slow link.
+struct Throttled {
+    inner: tokio::net::TcpStream,
+    per_tick: usize,
+    tick: tokio::time::Interval,
+    allowance: usize,
+}
+
+impl tokio::io::AsyncRead for Throttled {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        while self.allowance == 0 {
+            std::task::ready!(self.tick.poll_tick(cx));
+            self.allowance = self.per_tick;
+        }
+        let take = self.allowance.min(buf.remaining());
+        let mut limited = buf.take(take);
+        std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut limited))?;
+        let n = limited.filled().len();
+        // SAFETY-free: `take` views the same memory; mark what it filled as filled here.
+        buf.advance(n);
+        self.allowance -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Throttled {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A WebSocket client that reads steadily but slower than its room is published to loses that
+/// room (`slow_consumer`) and keeps its connection: the server's writer sees progress while
+/// the client reads, so the write-stall deadline (meant for peers that read nothing) does not
+/// end it (outside audit: readers at 5-50 KB/s were dropped as `connection_lost` once the
+/// kernel's send buffer, grown to megabytes, woke the writer too seldom).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.timeouts.handshake = Duration::from_secs(2);
+        c.limits.session_queue_bytes = 256 * 1024;
+        c.limits.subscriber_queue = 64;
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = socket.connect(server.http).await?;
+    let slow = Throttled {
+        inner: tcp,
+        per_tick: 8 * 1024,
+        tick: tokio::time::interval(Duration::from_millis(20)),
+        allowance: 0,
+    };
+    let url = format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "slow")
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, slow).await?;
+    let commands = [
+        Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "slow".into(),
+        },
+        Command::Subscribe {
+            room: "busy.room".into(),
+            resume: None,
+        },
+    ];
+    for (id, command) in (1..).zip(commands) {
+        ws.send(Message::binary(encode_command(&ClientFrame {
+            id,
+            command,
+        })))
+        .await?;
+    }
+    // About 400 KB/s read against a room published to as fast as acks come back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(20)
+            {
+                if publ.publish("busy.room", &[7u8; 1000]).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let mut ended = None;
+    let mut pinged = false;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("neither slow_consumer nor a pong in 25 s"))?;
+        let data = match message {
+            Some(Ok(Message::Binary(data))) => data,
+            Some(Ok(_)) => continue,
+            other => {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                anyhow::bail!("the connection ended ({other:?}) after {ended:?}");
+            }
+        };
+        for event in events_in(&data)? {
+            match event {
+                Event::Unsubscribed { room, code, .. } => {
+                    ended = Some((room, code));
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    if !pinged {
+                        let ping = ClientFrame {
+                            id: 9,
+                            command: Command::Ping,
+                        };
+                        ws.send(Message::binary(encode_command(&ping))).await?;
+                        pinged = true;
+                    }
+                }
+                Event::Pong => {
+                    publisher.abort();
+                    assert_eq!(
+                        ended,
+                        Some((
+                            "busy.room".to_owned(),
+                            quiver_proto::ErrorCode::SlowConsumer.as_u16()
+                        ))
+                    );
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
