@@ -198,6 +198,12 @@ pub struct ClientConfig {
     /// Pace commands to `Welcome.limits.commands_per_second` on the client side so the server
     /// never refuses them with `rate_limited` (default true).
     pub pace_commands: bool,
+    /// Largest frame accepted from the server (default 1 MiB, at most
+    /// [`quiver_proto::MAX_MAX_FRAME`]), whatever `Welcome.limits.max_frame` announces: a
+    /// server could otherwise announce 4 GiB and make one frame cost gigabytes here. A larger
+    /// frame ends the connection as a protocol error. Raise it for a server configured with a
+    /// `max_payload` near or above 1 MiB.
+    pub max_frame: usize,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -219,6 +225,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("heartbeat", &self.heartbeat)
             .field("subscription_buffer", &self.subscription_buffer)
             .field("pace_commands", &self.pace_commands)
+            .field("max_frame", &self.max_frame)
             .finish_non_exhaustive()
     }
 }
@@ -244,6 +251,7 @@ impl ClientConfig {
             heartbeat: Some(Heartbeat::default()),
             subscription_buffer: 1024,
             pace_commands: true,
+            max_frame: 1024 * 1024,
         }
     }
 

@@ -12,6 +12,11 @@ pub const LENGTH_PREFIX: usize = 4;
 /// Default maximum body size of one frame (64 KiB).
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024;
 
+/// The largest `max_frame` a server may announce (16 MiB): servers refuse a larger setting, and
+/// clients never accept a larger frame whatever a server announces, so a hostile server cannot
+/// make one frame cost a client gigabytes.
+pub const MAX_MAX_FRAME: u32 = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {len} bytes exceeds the maximum of {max}")]

@@ -17,7 +17,7 @@ pub mod message;
 pub mod room;
 
 pub use code::{CloseCode, ErrorCode};
-pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, LENGTH_PREFIX};
+pub use frame::{FrameDecoder, FrameError, DEFAULT_MAX_FRAME, LENGTH_PREFIX, MAX_MAX_FRAME};
 pub use message::{
     decode_command, decode_event, encode_command, encode_event, encode_publication,
     publication_payload, ClientFrame, Command, DecodeError, Event, HistoryItem, Limits, Member,

@@ -656,6 +656,10 @@ fn config_check_refuses_mistakes_that_would_load_silently() -> Result<()> {
             "api.keys[1] repeats the key of api.keys[0]",
         ),
         (
+            "[limits]\nmax_frame = 16777217\nsession_queue_bytes = 67108864\n".into(),
+            "limits.max_frame (16777217) must be at most 16777216 (16 MiB)",
+        ),
+        (
             "[[api.keys]]\nkey = \"short\"\n".into(),
             "api.keys[0].key is too short: an API key must be at least 16 bytes",
         ),

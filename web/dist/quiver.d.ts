@@ -3,6 +3,9 @@
 export declare const LENGTH_PREFIX = 4;
 /** The protocol's default maximum frame body (`Welcome.limits.max_frame` may announce another). */
 export declare const DEFAULT_MAX_FRAME: number;
+/** The largest `max_frame` a server may announce (16 MiB, PROTOCOL.md §3): no client takes a
+ *  larger frame, whatever a server says. */
+export declare const MAX_MAX_FRAME: number;
 /** Protocol version spoken by this codec (`Hello.version`, CONNECT path `/v1`). */
 export declare const PROTOCOL_VERSION = 1;
 /** A position in a room's history. u64 on the wire, so BigInt here. */
@@ -440,8 +443,13 @@ export interface ClientOptions {
 	paceCommands?: boolean;
 	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
 	maxQueuedPublishes?: number;
-	/** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+	/** Largest frame accepted from the server before `Welcome`; raised to
+	 *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
 	maxFrame?: number;
+	/** Largest frame accepted from the server whatever it announces (default 1 MiB, at most
+	 *  16 MiB): a server announcing 4 GiB could otherwise make one frame cost gigabytes here. A
+	 *  larger frame ends the connection. Raise it for a server with a `max_payload` near 1 MiB. */
+	maxFrameCeiling?: number;
 	/** WebTransport implementation; defaults to the global one (tests pass a fake). */
 	WebTransport?: WebTransportConstructor;
 	/** WebSocket implementation; defaults to the global one (tests pass a fake). */

@@ -2,6 +2,7 @@
 // src/codec.ts
 var LENGTH_PREFIX = 4;
 var DEFAULT_MAX_FRAME = 64 * 1024;
+var MAX_MAX_FRAME = 16 * 1024 * 1024;
 var PROTOCOL_VERSION = 1;
 var COMMAND_TYPES = [
   "Hello",
@@ -1420,6 +1421,7 @@ function resolveOptions(options, clientName) {
     paceCommands: options.paceCommands ?? true,
     maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
     remember: options.rememberWebTransportFailure ?? "page",
     streamTimeoutMs: options.streamTimeoutMs ?? 8e3
@@ -1968,7 +1970,7 @@ var QuiverClient = class {
       expiresAt: welcome.expiresAt === null ? null : Number(welcome.expiresAt),
       limits: welcome.limits
     };
-    session.raiseMaxFrame(welcome.limits.maxFrame);
+    session.raiseMaxFrame(Math.min(welcome.limits.maxFrame, this.opts.maxFrameCeiling));
     session.limitFrames(welcome.limits.maxFrame);
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
@@ -2257,6 +2259,7 @@ export {
   ErrorCode,
   FrameDecoder,
   LENGTH_PREFIX,
+  MAX_MAX_FRAME,
   Message,
   PROTOCOL_VERSION,
   QuiverClient,

@@ -579,7 +579,8 @@ export class QuiverClient {
       expiresAt: welcome.expiresAt === null ? null : Number(welcome.expiresAt),
       limits: welcome.limits,
     };
-    session.raiseMaxFrame(welcome.limits.maxFrame);
+    // The server's announcement raises the inbound limit only up to the client's own ceiling.
+    session.raiseMaxFrame(Math.min(welcome.limits.maxFrame, this.opts.maxFrameCeiling));
     session.limitFrames(welcome.limits.maxFrame);
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;

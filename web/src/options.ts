@@ -1,7 +1,7 @@
 // The client's public options and events (what an app passes to `new QuiverClient(...)` and
 // what it can listen to), and their validation and defaults.
 
-import { DEFAULT_MAX_FRAME, type Limits, type Position, type Recovery } from './codec.js';
+import { DEFAULT_MAX_FRAME, MAX_MAX_FRAME, type Limits, type Position, type Recovery } from './codec.js';
 import type { QuiverError } from './errors.js';
 import type { GoodbyeInfo } from './session.js';
 import type { Subscription } from './subscription.js';
@@ -69,8 +69,13 @@ export interface ClientOptions {
   paceCommands?: boolean;
   /** Publishes kept while disconnected, sent on reconnect. Default 1000. */
   maxQueuedPublishes?: number;
-  /** Largest frame accepted from the server; raised to `Welcome.limits.maxFrame` if larger. */
+  /** Largest frame accepted from the server before `Welcome`; raised to
+   *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
   maxFrame?: number;
+  /** Largest frame accepted from the server whatever it announces (default 1 MiB, at most
+   *  16 MiB): a server announcing 4 GiB could otherwise make one frame cost gigabytes here. A
+   *  larger frame ends the connection. Raise it for a server with a `max_payload` near 1 MiB. */
+  maxFrameCeiling?: number;
   /** WebTransport implementation; defaults to the global one (tests pass a fake). */
   WebTransport?: WebTransportConstructor;
   /** WebSocket implementation; defaults to the global one (tests pass a fake). */
@@ -131,6 +136,7 @@ export interface ResolvedOptions {
   paceCommands: boolean;
   maxQueuedPublishes: number;
   maxFrame: number;
+  maxFrameCeiling: number;
   webTransportTimeoutMs: number;
   remember: RememberFailure;
   streamTimeoutMs: number;
@@ -190,6 +196,7 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     paceCommands: options.paceCommands ?? true,
     maxQueuedPublishes: options.maxQueuedPublishes ?? 1000,
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
+    maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
     remember: options.rememberWebTransportFailure ?? 'page',
     streamTimeoutMs: options.streamTimeoutMs ?? 8_000,

@@ -481,3 +481,19 @@ describe(`over ${transport}`, () => {
   });
 });
 }
+
+test('a Welcome announcing a 4 GiB max_frame does not raise the inbound limit past maxFrameCeiling', async (t) => {
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  const conn = await connected(net, client, { limits: { maxFrame: 4294967295, maxPayload: 4294967000 } });
+  const got = [];
+  const subscribed = client.subscribe('r.big', (m) => got.push(m.bytes.length));
+  const cmd = await conn.expect('Subscribe');
+  conn.send(cmd.id, { type: 'Subscribed', room: 'r.big', position: null, recovery: { type: 'NotRequested' } });
+  await subscribed;
+  const left = once(client, 'state', (s) => s !== 'connected');
+  // 2 MiB: over the default ceiling of 1 MiB, so the connection ends as a protocol error.
+  conn.send(0, { type: 'Publication', room: 'r.big', position: null, payload: new Uint8Array(2 * 1024 * 1024) });
+  await left;
+  assert.deepEqual(got, []);
+});

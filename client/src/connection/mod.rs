@@ -221,7 +221,12 @@ struct Live {
     /// When to fetch a new token and send `Refresh`.
     refresh_at: Option<tokio::time::Instant>,
     refresh_failures: u32,
+    /// When its `Welcome` came.
+    since: Instant,
 }
+
+/// How long a session must last for the reconnect backoff to start over after it ends.
+const STABLE_SESSION: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Live {
     fn next_id(&mut self) -> u32 {
@@ -268,11 +273,15 @@ impl Live {
 }
 
 /// Largest frame accepted from the server after `Welcome`: a publication of `max_payload` bytes
-/// plus its envelope must fit even when the server announces `max_frame` = `max_payload`.
-fn stream_max_frame(limits: &Limits) -> usize {
+/// plus its envelope must fit even when the server announces `max_frame` = `max_payload`; and
+/// never more than the client's own ceiling (`ClientConfig::max_frame`, itself capped by the
+/// protocol's), whatever the server announces (outside audit: a server announcing 4 GiB made
+/// one 300 MB frame cost 1.3 GB here).
+fn stream_max_frame(limits: &Limits, ceiling: usize) -> usize {
     (limits.max_frame as usize)
         .max(limits.max_payload as usize + 1024)
         .max(DEFAULT_MAX_FRAME)
+        .min(ceiling.clamp(DEFAULT_MAX_FRAME, quiver_proto::MAX_MAX_FRAME as usize))
 }
 
 /// Connects (first attempt, failing fast) and spawns the connection task.
@@ -462,7 +471,6 @@ impl Actor {
     }
 
     fn on_established(&mut self, est: Established) {
-        self.failures = 0;
         let welcome = est.welcome.clone();
         let limits = welcome.limits;
         let pacer = if self.cfg.pace_commands {
@@ -477,7 +485,7 @@ impl Actor {
             epoch: self.epoch,
             pacer,
             liveness: liveness.clone(),
-            max_frame: stream_max_frame(&limits),
+            max_frame: stream_max_frame(&limits, self.cfg.max_frame),
             latest_routes: self.latest_routes.clone(),
         };
         let mut tasks = JoinSet::new();
@@ -502,6 +510,7 @@ impl Actor {
             limits,
             refresh_at: None,
             refresh_failures: 0,
+            since: Instant::now(),
         };
         live.refresh_at = refresh_deadline(welcome.expires_at, self.cfg.refresh_ahead);
         tracing::info!(session = %welcome.session, user = %welcome.user, tenant = %welcome.tenant, transport = %welcome.transport, "connected");
@@ -573,6 +582,13 @@ impl Actor {
         let Some(live) = self.live.take() else {
             return;
         };
+        // The backoff starts over only after a session that lasted: a server that ends every
+        // session right after `Welcome` (a rate_abuse or over_quota close, a drain loop, a
+        // hostile server) must not get a reconnect every few milliseconds (outside audit: 16-20
+        // a second, for ever).
+        if live.since.elapsed() >= STABLE_SESSION {
+            self.failures = 0;
+        }
         self.epoch += 1;
         tracing::info!(code, %reason, reconnect, "disconnected");
         live.link.close("");

@@ -50,6 +50,9 @@ use crate::writer::{writer, FrameSink, WriterHandle};
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type WsSink = Arc<Mutex<SplitSink<Ws, Message>>>;
 
+/// Most bytes waiting to be written to the socket (tungstenite's write buffer).
+const MAX_WRITE_BUFFER: usize = 2 * quiver_proto::MAX_MAX_FRAME as usize + 128 * 1024;
+
 /// Largest message accepted from the server. Messages batch frames, each at most `max_frame`;
 /// this bounds what one message can make the client allocate.
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
@@ -92,7 +95,12 @@ pub(super) async fn connect(
     request.headers_mut().insert(AUTHORIZATION, auth);
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
+        .max_frame_size(Some(MAX_MESSAGE))
+        // What waits to be written is bounded: a server that sends pings and reads nothing
+        // made the answering pongs pile up without end (outside audit: 1 GiB in 12 s, and the
+        // pings kept the connection looking alive). Past it the connection fails and is
+        // replaced. Room for the largest frame the client may send, twice.
+        .max_write_buffer_size(MAX_WRITE_BUFFER);
     let connector = tls.map(Connector::Rustls);
     let (mut ws, _response) =
         connect_async_tls_with_config(request, Some(ws_config), true, connector)
@@ -369,7 +377,12 @@ async fn reader(
         let Some(msg) = stream.next().await else {
             break (0, "connection closed".to_string());
         };
-        liveness.touch();
+        // A server's ping proves nothing: a server that floods pings and reads nothing would
+        // look alive for ever (outside audit). Frames and the pongs to the client's own
+        // heartbeat pings do.
+        if !matches!(msg, Ok(Message::Ping(_))) {
+            liveness.touch();
+        }
         match msg {
             Ok(Message::Binary(data)) => match decode_message(&mut dec, &data) {
                 Ok(frames) => {
@@ -383,7 +396,8 @@ async fn reader(
             },
             Ok(Message::Close(frame)) => break close_frame_info(frame),
             Ok(Message::Text(_)) => break (0, "server sent a text message".to_string()),
-            // Pings are answered by tungstenite; they and pongs only prove the server alive.
+            // Pings are answered by tungstenite (what waits to be written is bounded); pongs only
+            // prove the server alive.
             Ok(_) => {}
             Err(e) => break (0, e.to_string()),
         }

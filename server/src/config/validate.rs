@@ -45,6 +45,13 @@ impl Config {
                 l.max_frame
             ));
         }
+        if l.max_frame > quiver_proto::MAX_MAX_FRAME {
+            problems.push(format!(
+                "limits.max_frame ({}) must be at most {} (16 MiB): clients refuse larger frames",
+                l.max_frame,
+                quiver_proto::MAX_MAX_FRAME
+            ));
+        }
         // A publication's frame adds the room name and a little framing to the payload.
         let overhead = quiver_proto::room::MAX_ROOM_LEN as u32 + 64;
         if l.max_payload.saturating_add(overhead) > l.max_frame {
