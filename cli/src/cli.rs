@@ -72,7 +72,14 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("quiver: {e:#}");
+            // A client error carries a server's or a backend's text: escaped for the terminal.
+            // (Local errors, such as `config check`'s list of problems, keep their lines.)
+            let text = format!("{e:#}");
+            if e.chain().any(|c| c.is::<quiver_client::ClientError>()) {
+                eprintln!("quiver: {}", crate::terminal::safe(&text));
+            } else {
+                eprintln!("quiver: {text}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -10,6 +10,7 @@ mod logging;
 mod publish;
 mod serve;
 mod sub;
+mod terminal;
 mod token;
 
 /// See the `jemalloc` feature in Cargo.toml for why.

@@ -1,5 +1,6 @@
 //! `quiver sub`: print what is published in rooms, one line per message.
 
+use crate::terminal::safe;
 use std::io::Write;
 
 use anyhow::{Context, Result};
@@ -99,11 +100,14 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                 };
                 eprintln!("quiver: {room}: {how}");
             }
-            SubEvent::Joined { member } => eprintln!("quiver: {room}: {} joined", member.user),
-            SubEvent::Left { member } => eprintln!("quiver: {room}: {} left", member.user),
+            SubEvent::Joined { member } => {
+                eprintln!("quiver: {room}: {} joined", safe(&member.user))
+            }
+            SubEvent::Left { member } => eprintln!("quiver: {room}: {} left", safe(&member.user)),
             SubEvent::Ended { code, reason } => {
                 break Err(anyhow::anyhow!(
-                    "{room}: subscription ended by the server: {reason} ({code})"
+                    "{room}: subscription ended: {} ({code})",
+                    safe(&reason)
                 ));
             }
         }
@@ -116,7 +120,10 @@ fn report_state(state: &ConnectionState, client: &Client, lost: &mut bool) {
     match state {
         ConnectionState::Disconnected { code, reason } => {
             *lost = true;
-            eprintln!("quiver: connection lost ({reason}, code {code}); reconnecting")
+            eprintln!(
+                "quiver: connection lost ({}, code {code}); reconnecting",
+                safe(reason)
+            )
         }
         ConnectionState::Connected { .. } if *lost => {
             *lost = false;

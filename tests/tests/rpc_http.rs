@@ -68,6 +68,10 @@ async fn handle(
             "order.fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
             "order.busy" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
             "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
+            // A backend's message with terminal controls in it: a clear screen and a forged line.
+            "order.paint" => {
+                (StatusCode::FORBIDDEN, "\u{1b}[2J\u{1b}[H\rquiver: OK").into_response()
+            }
             "order.invalid" => (StatusCode::UNPROCESSABLE_ENTITY, "bad qty").into_response(),
             "order.slow" => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -601,6 +605,14 @@ async fn the_cli_calls_and_reports_refusals() -> Result<()> {
     assert!(
         stderr.contains("permission_denied") && stderr.contains("not your order"),
         "{stderr}"
+    );
+    // Server and backend text reaches the terminal with its control characters escaped.
+    let painted = run(call("order.paint")).await??;
+    let stderr = String::from_utf8_lossy(&painted.stderr);
+    assert!(!painted.status.success());
+    assert!(
+        !stderr.contains('\u{1b}') && stderr.contains("\\u{1b}[2J") && stderr.contains("\\r"),
+        "{stderr:?}"
     );
     Ok(())
 }

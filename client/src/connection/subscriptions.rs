@@ -192,7 +192,9 @@ impl Actor {
             room,
             SubEvent::Ended {
                 code: ErrorCode::SlowConsumer.as_u16(),
-                reason: "the application did not read this subscription fast enough".into(),
+                reason: "ended by this client: the application did not read this subscription \
+                         fast enough"
+                    .into(),
             },
         );
         if let Some(live) = self.live.as_mut() {

@@ -55,8 +55,29 @@ pub(crate) struct RunCtx {
 }
 
 /// Frames of one subscription that the WebSocket reader may hold for it while its delivery
-/// task waits on the application's queue; past this the subscription is a slow consumer.
-pub(crate) const WS_SUB_QUEUE: usize = 64;
+/// task waits on the application's queue; past this (or [`WS_SUB_BYTES`]) the subscription is
+/// a slow consumer. As many as the server's own default per-subscription queue: a burst the
+/// server legitimately sends at once (a queue's worth after a stall, a replay's batch) fits
+/// (outside audit: 64 ended a subscription after a burst of 150 small publications).
+pub(crate) const WS_SUB_QUEUE: usize = 1024;
+/// Payload bytes the reader may hold for one subscription, whatever the count.
+pub(crate) const WS_SUB_BYTES: usize = 8 * 1024 * 1024;
+
+/// A WebSocket subscription's share: its frames, and the payload bytes they hold (the reader
+/// adds, the delivery task takes away).
+pub(crate) struct WsShare {
+    pub(crate) rx: mpsc::Receiver<ServerFrame>,
+    pub(crate) bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The payload bytes a frame holds (what a burst of them costs).
+pub(crate) fn frame_bytes(frame: &ServerFrame) -> usize {
+    match &frame.event {
+        quiver_proto::Event::Publication { payload, .. }
+        | quiver_proto::Event::Latest { payload, .. } => payload.len(),
+        _ => 0,
+    }
+}
 
 impl Established {
     /// Spawns the connection's tasks into `tasks`; returns the close handle and the writer.
@@ -107,14 +128,20 @@ impl Link {
 /// the stream finished or was reset, or the reader saw `Unsubscribed` (PROTOCOL.md 9.2).
 pub(crate) enum SubStream {
     WebTransport(webtransport::WtStream),
-    WebSocket(mpsc::Receiver<ServerFrame>),
+    WebSocket(WsShare),
 }
 
 impl SubStream {
     async fn next(&mut self, liveness: &Liveness) -> Option<ServerFrame> {
         match self {
             SubStream::WebTransport(s) => s.next(liveness).await,
-            SubStream::WebSocket(rx) => rx.recv().await,
+            SubStream::WebSocket(share) => {
+                let frame = share.rx.recv().await?;
+                share
+                    .bytes
+                    .fetch_sub(frame_bytes(&frame), std::sync::atomic::Ordering::Relaxed);
+                Some(frame)
+            }
         }
     }
 

@@ -16,6 +16,7 @@
 //! client side (`ConnEvent::Overflow`), as the server would end it on WebTransport.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,9 @@ use tokio_tungstenite::{
 };
 use wtransport::tls::rustls;
 
-use super::{handshake_reply, Link, RunCtx, SubStream, WS_SUB_QUEUE};
+use super::{
+    frame_bytes, handshake_reply, Link, RunCtx, SubStream, WsShare, WS_SUB_BYTES, WS_SUB_QUEUE,
+};
 use crate::client::WelcomeInfo;
 use crate::config::{ws_url, ClientConfig};
 use crate::connection::{ConnEvent, EventTx, HELLO_ID};
@@ -308,7 +311,7 @@ impl FrameSink for MessageSink {
 /// Sends each frame where it belongs: to a room's share, or to the state machine.
 struct Router {
     /// Room → (id of its `SubscriptionStream`, its share).
-    subs: HashMap<String, (u32, mpsc::Sender<ServerFrame>)>,
+    subs: HashMap<String, (u32, mpsc::Sender<ServerFrame>, Arc<AtomicUsize>)>,
     events: EventTx,
     epoch: u64,
 }
@@ -319,12 +322,14 @@ impl Router {
         let room = match &frame.event {
             Event::SubscriptionStream { room } => {
                 let (tx, rx) = mpsc::channel(WS_SUB_QUEUE);
+                let bytes = Arc::new(AtomicUsize::new(0));
                 // A newer subscription of the room replaces the older share, which then ends.
-                self.subs.insert(room.clone(), (frame.id, tx));
+                self.subs
+                    .insert(room.clone(), (frame.id, tx, bytes.clone()));
                 return self.send(ConnEvent::Stream {
                     id: frame.id,
                     room: room.clone(),
-                    stream: SubStream::WebSocket(rx),
+                    stream: SubStream::WebSocket(WsShare { rx, bytes }),
                 });
             }
             Event::Unsubscribed { room, .. } => {
@@ -337,12 +342,22 @@ impl Router {
             | Event::Left { room, .. } => room.clone(),
             _ => return self.send(ConnEvent::Frame(frame)),
         };
-        let Some((id, tx)) = self.subs.get(&room) else {
+        let Some((id, tx, bytes)) = self.subs.get(&room) else {
             tracing::trace!(room = %room, "dropping a frame of no current subscription");
             return true;
         };
-        match tx.try_send(frame) {
-            Ok(()) => true,
+        let size = frame_bytes(&frame);
+        let over_bytes = bytes.load(Ordering::Relaxed) + size > WS_SUB_BYTES;
+        let sent = if over_bytes {
+            Err(mpsc::error::TrySendError::Full(frame))
+        } else {
+            tx.try_send(frame)
+        };
+        match sent {
+            Ok(()) => {
+                bytes.fetch_add(size, Ordering::Relaxed);
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let id = *id;
                 self.subs.remove(&room);
@@ -482,7 +497,7 @@ mod tests {
         // Control events go to the state machine.
         router.route(frame(9, Event::Pong));
         assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(_)))));
-        let got = share.recv().await.unwrap();
+        let got = share.rx.recv().await.unwrap();
         assert!(matches!(got.event, Event::Publication { ref payload, .. } if payload == "one"));
         // Unsubscribed ends the share; later frames of the room are stale.
         router.route(frame(
@@ -495,7 +510,7 @@ mod tests {
         ));
         assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(_)))));
         router.route(publication("a", "late"));
-        assert!(share.recv().await.is_none());
+        assert!(share.rx.recv().await.is_none());
     }
 
     #[tokio::test]
@@ -518,6 +533,52 @@ mod tests {
             _ => panic!("expected an overflow"),
         }
         assert!(rx.try_recv().is_err(), "reported once");
+        drop(stream);
+    }
+
+    /// A burst of 1,000 small publications fits a share (64 did not: an outside audit saw a
+    /// subscription end after a burst of 150); 8 MiB of payloads is as far as a share goes.
+    #[tokio::test]
+    async fn a_burst_fits_and_payload_bytes_bound_the_share() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut router = Router {
+            subs: HashMap::new(),
+            events: tx,
+            epoch: 1,
+        };
+        router.route(frame(5, Event::SubscriptionStream { room: "r".into() }));
+        let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
+            panic!("expected a stream");
+        };
+        for _ in 0..1000 {
+            router.route(publication("r", "x"));
+        }
+        assert!(rx.try_recv().is_err(), "1,000 small frames overflowed");
+        drop(stream);
+
+        router.route(frame(6, Event::SubscriptionStream { room: "s".into() }));
+        let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
+            panic!("expected a stream");
+        };
+        let big = |i: usize| {
+            frame(
+                0,
+                Event::Publication {
+                    room: "s".into(),
+                    position: None,
+                    payload: vec![i as u8; 1024 * 1024].into(),
+                },
+            )
+        };
+        for i in 0..8 {
+            router.route(big(i));
+        }
+        assert!(rx.try_recv().is_err(), "8 MiB fits");
+        router.route(big(8));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok((_, ConnEvent::Overflow { id: 6, .. }))
+        ));
         drop(stream);
     }
 }

@@ -1,0 +1,39 @@
+//! Text from a server (a goodbye's reason, an error's message, a member's user id) printed to a
+//! terminal: its control characters escaped, so a hostile server (or a backend whose answer
+//! becomes a call's error message) cannot repaint the screen, ring the bell or forge a line
+//! that looks like this tool's own output (outside audit: `\x1b[2J` and a fake "OK" line).
+
+use std::borrow::Cow;
+
+/// `text` with every control character (C0, DEL, C1, and the line and paragraph separators)
+/// written as an escape (`\u{1b}`), the rest as it is.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || c == '\u{2028}' || c == '\u{2029}';
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_nothing_else() {
+        assert_eq!(safe("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(
+            safe("\u{1b}[31mred\u{7}\r\nFAKE"),
+            "\\u{1b}[31mred\\u{7}\\r\\nFAKE"
+        );
+        assert_eq!(safe("a\u{85}b\u{2028}c"), "a\\u{85}b\\u{2028}c");
+    }
+}
