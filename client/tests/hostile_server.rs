@@ -25,6 +25,9 @@ enum After {
     BigPublication(usize),
     /// Stops reading and sends pings as fast as the socket takes them (at most 20 s).
     PingFlood,
+    /// Welcomes with a token expiring in 3 s and answers every `Refresh` with that same
+    /// expiry, counting the refreshes.
+    RefreshSame,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -49,6 +52,7 @@ async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
 }
 
 /// Serves the hostile behaviour on a loopback port; the port and a count of connections.
+/// (`RefreshSame` counts `Refresh` commands in the same counter.)
 async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<AtomicUsize>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
@@ -56,7 +60,10 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
     let count = connections.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
+            if !matches!(after, After::RefreshSame) {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            let refreshes = count.clone();
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
@@ -64,12 +71,18 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                 let Some((id, Command::Hello { .. })) = command(&mut ws).await else {
                     return;
                 };
+                let expiry = matches!(after, After::RefreshSame).then(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        + 3
+                });
                 let welcome = Event::Welcome {
                     version: 1,
                     session: "s".into(),
                     user: "u".into(),
                     tenant: "t".into(),
-                    expires_at: None,
+                    expires_at: expiry,
                     limits: Limits {
                         max_frame,
                         max_payload: max_frame.saturating_sub(1024),
@@ -101,6 +114,21 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                             if !send(&mut ws, id, subscribed).await
                                 || !send(&mut ws, 0, publication).await
                             {
+                                return;
+                            }
+                        }
+                    }
+                    After::RefreshSame => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let reply = match cmd {
+                                Command::Refresh { .. } => {
+                                    refreshes.fetch_add(1, Ordering::SeqCst);
+                                    Event::Refreshed { expires_at: expiry }
+                                }
+                                Command::Ping => Event::Pong,
+                                _ => continue,
+                            };
+                            if !send(&mut ws, id, reply).await {
                                 return;
                             }
                         }
@@ -193,6 +221,21 @@ async fn a_ping_flood_that_reads_nothing_ends_the_connection() -> anyhow::Result
         leaves_connected(&client, Duration::from_secs(20)).await,
         "still connected after 20 s of pings it could not answer"
     );
+    client.close().await;
+    Ok(())
+}
+
+/// A `Refreshed` that leaves the expiry where it was is retried with a backoff of at least a
+/// second, not at once (outside audit: 190 `Refresh` a second for as long as the server kept
+/// the session).
+#[tokio::test]
+async fn a_refresh_that_does_not_move_the_expiry_is_not_retried_in_a_loop() -> anyhow::Result<()> {
+    let (port, refreshes) = hostile(After::RefreshSame, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    // The first refresh is due 1.5 s in; then 2.5 s of the expiry not moving.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let n = refreshes.load(Ordering::SeqCst);
+    assert!((1..=5).contains(&n), "{n} refreshes in 4 s");
     client.close().await;
     Ok(())
 }

@@ -998,7 +998,12 @@ var Refresher = class {
       const token = await this.token();
       const reply = await this.session.request(0, { type: "Refresh", token }, { urgent: true });
       if (reply.type === "Refreshed") {
-        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
+        const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
+        if (next !== null && next <= expiresAt) {
+          this.timer = setTimeout(() => void this.refresh(next), 1e3);
+          return;
+        }
+        this.schedule(next);
         return;
       }
       throw new QuiverError("protocol", `expected Refreshed, got ${reply.type}`);
@@ -1960,6 +1965,11 @@ var QuiverClient = class {
     }
     if (welcome.type !== "Welcome") {
       const err = new QuiverError("protocol", `expected Welcome, got ${welcome.type}`);
+      session.end(err);
+      throw err;
+    }
+    if (welcome.version !== PROTOCOL_VERSION) {
+      const err = new QuiverError("protocol", `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`);
       session.end(err);
       throw err;
     }

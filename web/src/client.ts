@@ -572,6 +572,12 @@ export class QuiverClient {
       session.end(err);
       throw err;
     }
+    // A server speaking another version is refused, as the Rust client does (outside audit).
+    if (welcome.version !== PROTOCOL_VERSION) {
+      const err = new QuiverError('protocol', `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`);
+      session.end(err);
+      throw err;
+    }
     this.welcome = {
       session: welcome.session,
       user: welcome.user,

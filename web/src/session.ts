@@ -397,7 +397,15 @@ export class Refresher {
       const token = await this.token();
       const reply = await this.session.request(0, { type: 'Refresh', token }, { urgent: true });
       if (reply.type === 'Refreshed') {
-        this.schedule(reply.expiresAt === null ? null : Number(reply.expiresAt));
+        const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
+        // An expiry that did not move later would be due again at once: tried again in a
+        // second at the earliest, never in a loop (an outside audit saw 745 refreshes a second
+        // against a server that kept the expiry).
+        if (next !== null && next <= expiresAt) {
+          this.timer = setTimeout(() => void this.refresh(next), 1_000);
+          return;
+        }
+        this.schedule(next);
         return;
       }
       throw new QuiverError('protocol', `expected Refreshed, got ${reply.type}`);

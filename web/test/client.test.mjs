@@ -286,6 +286,19 @@ describe(`over ${transport}`, () => {
     conn.send(refresh.id, { type: 'Refreshed', expiresAt: expiresAt + 3600n });
   });
 
+  test('a Refreshed that does not move the expiry is retried a second later, not in a loop', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const expiresAt = BigInt(Math.floor(Date.now() / 1000) + 2);
+    const conn = await connected(net, client, { expiresAt });
+    const first = await conn.expect('Refresh');
+    const answered = Date.now();
+    conn.send(first.id, { type: 'Refreshed', expiresAt });
+    const second = await conn.expect('Refresh');
+    assert.ok(Date.now() - answered >= 900, `retried after ${Date.now() - answered} ms`);
+    conn.send(second.id, { type: 'Refreshed', expiresAt: expiresAt + 3600n });
+  });
+
   test('a malformed frame from the server ends the session and reconnects', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());
@@ -496,4 +509,15 @@ test('a Welcome announcing a 4 GiB max_frame does not raise the inbound limit pa
   conn.send(0, { type: 'Publication', room: 'r.big', position: null, payload: new Uint8Array(2 * 1024 * 1024) });
   await left;
   assert.deepEqual(got, []);
+});
+
+test('a Welcome of another protocol version is refused', async (t) => {
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  const conn = await net.nextConnection();
+  const refused = once(client, 'error', (e) => e.kind === 'protocol' && /version 2/.test(e.message));
+  const hello = await conn.expect('Hello');
+  conn.send(hello.id, { type: 'Welcome', version: 2, session: 's', user: 'u', tenant: 't', expiresAt: null, limits: conn.limits });
+  await refused;
+  assert.notEqual(client.state, 'connected');
 });

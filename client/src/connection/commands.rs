@@ -321,8 +321,28 @@ impl Actor {
             Event::Refreshed { expires_at } => match live.pending.remove(&id) {
                 Some(Pending::Refresh) => {
                     tracing::debug!(?expires_at, "token refreshed");
-                    live.refresh_failures = 0;
-                    live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
+                    let before = lock(&self.shared.welcome)
+                        .as_ref()
+                        .and_then(|w| w.expires_at);
+                    // An expiry that did not move later would be due again at once: retried
+                    // with backoff, like a refused refresh, never in a loop (outside audit: 190
+                    // `Refresh` a second against a server that kept the expiry).
+                    let moved = match (before, expires_at) {
+                        (Some(before), Some(after)) => after > before,
+                        _ => true,
+                    };
+                    if moved {
+                        live.refresh_failures = 0;
+                        live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
+                    } else {
+                        let delay = self
+                            .cfg
+                            .backoff
+                            .delay(live.refresh_failures)
+                            .max(Duration::from_secs(1));
+                        live.refresh_failures = live.refresh_failures.saturating_add(1);
+                        live.refresh_at = Some(tokio::time::Instant::now() + delay);
+                    }
                     if let Some(w) = lock(&self.shared.welcome).as_mut() {
                         w.expires_at = expires_at;
                     }
