@@ -1108,3 +1108,35 @@ async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::
         }
     }
 }
+
+/// Two `Authorization` headers are no credential (a proxy in front may have judged the other
+/// one): SSE and the backend API answer 401 though each header alone would do (outside audit:
+/// the first was used on TCP, the last on WebTransport).
+#[tokio::test]
+async fn two_authorization_headers_are_no_credential() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let token = full_token("acme", "u");
+    let bearer = format!("Bearer {token}");
+    let http = reqwest::Client::new();
+    let sse = |n: usize| {
+        let mut request = http.get(format!("http://{}/v1/sse?room=chat.a", server.http));
+        for _ in 0..n {
+            request = request.header("authorization", &bearer);
+        }
+        request.send()
+    };
+    assert_eq!(sse(1).await?.status(), 200);
+    assert_eq!(sse(2).await?.status(), 401);
+    let publish = |n: usize| {
+        let mut request = http
+            .post(format!("http://{}/api/v1/publish/chat.a", server.http))
+            .body("x");
+        for _ in 0..n {
+            request = request.header("authorization", &bearer);
+        }
+        request.send()
+    };
+    assert_eq!(publish(1).await?.status(), 200);
+    assert_eq!(publish(2).await?.status(), 401);
+    Ok(())
+}

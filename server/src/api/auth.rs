@@ -21,8 +21,17 @@ pub enum Caller {
     Tenant(TenantId),
 }
 
-/// The `Authorization: Bearer …` credential, trimmed; empty when there is none.
+/// The `Authorization: Bearer …` credential, trimmed; empty when there is none, or more than
+/// one `Authorization` header (which one a proxy in front judged is unknowable).
 pub fn bearer(headers: &HeaderMap) -> &str {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return "";
+    }
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
