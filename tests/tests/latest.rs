@@ -70,6 +70,25 @@ async fn values_until(stream: &mut RoomStream, last: u32) -> Result<u32> {
     }
 }
 
+/// A server whose `game` namespace has a publish hook (failing closed after 20 s) asked of a
+/// backend that holds every answer until the test opens its gate.
+async fn with_gated_publish_hook(
+) -> Result<(TestServer, std::sync::Arc<quiver_tests::rpc::GatedBackend>)> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = server(|c| {
+        c.rpc.url = Some(url);
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "game".into(),
+            subscribe: false,
+            publish: true,
+            timeout: Duration::from_secs(20),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    Ok((server, backend))
+}
+
 /// Publishes with an ack (so the value is in the subscribers' slots when this returns).
 async fn publish(raw: &mut Raw, room: &str, payload: Vec<u8>) -> Result<()> {
     match raw.publish(room, &payload).await? {
@@ -637,18 +656,7 @@ async fn latest_values_cross_instances_over_nats() -> Result<()> {
 async fn a_slow_publish_hook_never_delays_commands_and_the_newest_datagram_wins() -> Result<()> {
     use std::sync::atomic::Ordering;
 
-    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
-    let server = server(|c| {
-        c.rpc.url = Some(url);
-        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
-            namespace: "game".into(),
-            subscribe: false,
-            publish: true,
-            timeout: Duration::from_secs(20),
-            fail_open: false,
-        }];
-    })
-    .await?;
+    let (server, backend) = with_gated_publish_hook().await?;
     let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
     let (_, _stream) = sub.subscribe_from("game.a", None).await?;
     let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
@@ -821,18 +829,7 @@ async fn a_client_that_acknowledges_nothing_holds_at_most_the_send_window() -> R
 /// subscribers after it (outside audit: values were published 1.3 s and 2.8 s later).
 #[tokio::test]
 async fn a_refresh_drops_datagram_publications_waiting_for_their_hook() -> Result<()> {
-    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
-    let server = server(|c| {
-        c.rpc.url = Some(url);
-        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
-            namespace: "game".into(),
-            subscribe: false,
-            publish: true,
-            timeout: Duration::from_secs(20),
-            fail_open: false,
-        }];
-    })
-    .await?;
+    let (server, backend) = with_gated_publish_hook().await?;
     let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
     let (_, _a) = sub.subscribe_from("game.a", None).await?;
     let (_, _b) = sub.subscribe_from("game.b", None).await?;
