@@ -28,6 +28,8 @@ enum After {
     /// Welcomes with a token expiring in 3 s and answers every `Refresh` with that same
     /// expiry, counting the refreshes.
     RefreshSame,
+    /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
+    StrayReplies,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -129,6 +131,18 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                                 _ => continue,
                             };
                             if !send(&mut ws, id, reply).await {
+                                return;
+                            }
+                        }
+                    }
+                    After::StrayReplies => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            if !matches!(cmd, Command::Ping) {
+                                continue;
+                            }
+                            if !send(&mut ws, id, Event::Published { position: None }).await
+                                || !send(&mut ws, id, Event::Pong).await
+                            {
                                 return;
                             }
                         }
@@ -236,6 +250,17 @@ async fn a_refresh_that_does_not_move_the_expiry_is_not_retried_in_a_loop() -> a
     tokio::time::sleep(Duration::from_secs(4)).await;
     let n = refreshes.load(Ordering::SeqCst);
     assert!((1..=5).contains(&n), "{n} refreshes in 4 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A reply of the wrong kind under a waiting command's id leaves that command waiting: before,
+/// it was taken and dropped, and the `Ping` failed although its `Pong` came next.
+#[tokio::test]
+async fn a_reply_of_the_wrong_kind_leaves_the_command_waiting() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::StrayReplies, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    client.ping().await?;
     client.close().await;
     Ok(())
 }

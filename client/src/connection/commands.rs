@@ -286,7 +286,7 @@ impl Actor {
                 position,
                 recovery,
                 subscription,
-            } => match live.pending.remove(&id) {
+            } => match live.take(id, |p| matches!(p, Pending::Subscribe { .. })) {
                 Some(Pending::Subscribe { room: r, gen }) if r == room => {
                     self.on_subscribed(id, &room, gen, position, recovery, subscription)
                 }
@@ -296,7 +296,7 @@ impl Actor {
                 if id == 0 {
                     self.on_server_unsubscribed(&room, code, reason);
                 } else {
-                    match live.pending.remove(&id) {
+                    match live.take(id, |p| matches!(p, Pending::Unsubscribe { .. })) {
                         Some(Pending::Unsubscribe { reply }) => {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Ok(()));
@@ -306,49 +306,53 @@ impl Actor {
                     }
                 }
             }
-            Event::Published { position } => match live.pending.remove(&id) {
-                Some(Pending::PublishAck { reply }) => {
-                    let _ = reply.send(Ok(position));
+            Event::Published { position } => {
+                match live.take(id, |p| matches!(p, Pending::PublishAck { .. })) {
+                    Some(Pending::PublishAck { reply }) => {
+                        let _ = reply.send(Ok(position));
+                    }
+                    _ => tracing::warn!(id, "unexpected Published"),
                 }
-                _ => tracing::warn!(id, "unexpected Published"),
-            },
-            Event::Pong => match live.pending.remove(&id) {
+            }
+            Event::Pong => match live.take(id, |p| matches!(p, Pending::Ping { .. })) {
                 Some(Pending::Ping { sent, reply }) => {
                     let _ = reply.send(Ok(sent.elapsed()));
                 }
                 _ => tracing::warn!(id, "unexpected Pong"),
             },
-            Event::Refreshed { expires_at } => match live.pending.remove(&id) {
-                Some(Pending::Refresh) => {
-                    tracing::debug!(?expires_at, "token refreshed");
-                    let before = lock(&self.shared.welcome)
-                        .as_ref()
-                        .and_then(|w| w.expires_at);
-                    // An expiry that did not move later would be due again at once: retried
-                    // with backoff, like a refused refresh, never in a loop (outside audit: 190
-                    // `Refresh` a second against a server that kept the expiry).
-                    let moved = match (before, expires_at) {
-                        (Some(before), Some(after)) => after > before,
-                        _ => true,
-                    };
-                    if moved {
-                        live.refresh_failures = 0;
-                        live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
-                    } else {
-                        let delay = self
-                            .cfg
-                            .backoff
-                            .delay(live.refresh_failures)
-                            .max(Duration::from_secs(1));
-                        live.refresh_failures = live.refresh_failures.saturating_add(1);
-                        live.refresh_at = Some(tokio::time::Instant::now() + delay);
+            Event::Refreshed { expires_at } => {
+                match live.take(id, |p| matches!(p, Pending::Refresh)) {
+                    Some(Pending::Refresh) => {
+                        tracing::debug!(?expires_at, "token refreshed");
+                        let before = lock(&self.shared.welcome)
+                            .as_ref()
+                            .and_then(|w| w.expires_at);
+                        // An expiry that did not move later would be due again at once: retried
+                        // with backoff, like a refused refresh, never in a loop (outside audit: 190
+                        // `Refresh` a second against a server that kept the expiry).
+                        let moved = match (before, expires_at) {
+                            (Some(before), Some(after)) => after > before,
+                            _ => true,
+                        };
+                        if moved {
+                            live.refresh_failures = 0;
+                            live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
+                        } else {
+                            let delay = self
+                                .cfg
+                                .backoff
+                                .delay(live.refresh_failures)
+                                .max(Duration::from_secs(1));
+                            live.refresh_failures = live.refresh_failures.saturating_add(1);
+                            live.refresh_at = Some(tokio::time::Instant::now() + delay);
+                        }
+                        if let Some(w) = lock(&self.shared.welcome).as_mut() {
+                            w.expires_at = expires_at;
+                        }
                     }
-                    if let Some(w) = lock(&self.shared.welcome).as_mut() {
-                        w.expires_at = expires_at;
-                    }
+                    _ => tracing::warn!(id, "unexpected Refreshed"),
                 }
-                _ => tracing::warn!(id, "unexpected Refreshed"),
-            },
+            }
             Event::Error { code, message } => match live.pending.remove(&id) {
                 Some(Pending::Subscribe { room, gen }) => {
                     self.on_subscribe_refused(id, &room, gen, code, message)
@@ -403,7 +407,7 @@ impl Actor {
                 room,
                 members,
                 truncated,
-            } => match live.pending.remove(&id) {
+            } => match live.take(id, |p| matches!(p, Pending::Presence { .. })) {
                 Some(Pending::Presence { reply }) => {
                     if truncated {
                         // The server listed only as many members as fit in one frame.
@@ -418,7 +422,7 @@ impl Actor {
                 position,
                 publications,
                 truncated,
-            } => match live.pending.remove(&id) {
+            } => match live.take(id, |p| matches!(p, Pending::History { .. })) {
                 Some(Pending::History { reply }) => {
                     let _ = reply.send(Ok(crate::HistoryPage {
                         position,
@@ -428,12 +432,14 @@ impl Actor {
                 }
                 _ => tracing::warn!(id, %room, "unexpected History"),
             },
-            Event::Reply { payload } => match live.pending.remove(&id) {
-                Some(Pending::Call { reply }) => {
-                    let _ = reply.send(Ok(payload));
+            Event::Reply { payload } => {
+                match live.take(id, |p| matches!(p, Pending::Call { .. })) {
+                    Some(Pending::Call { reply }) => {
+                        let _ = reply.send(Ok(payload));
+                    }
+                    _ => tracing::warn!(id, "unexpected Reply"),
                 }
-                _ => tracing::warn!(id, "unexpected Reply"),
-            },
+            }
             Event::Welcome { .. }
             | Event::Publication { .. }
             | Event::SubscriptionStream { .. }

@@ -229,6 +229,16 @@ struct Live {
 const STABLE_SESSION: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Live {
+    /// The command waiting under `id`, if it is of the kind a reply names: a reply of another
+    /// kind (a hostile or broken server's) leaves it waiting instead of dropping it.
+    fn take(&mut self, id: u32, is: impl Fn(&Pending) -> bool) -> Option<Pending> {
+        if self.pending.get(&id).is_some_and(is) {
+            self.pending.remove(&id)
+        } else {
+            None
+        }
+    }
+
     fn next_id(&mut self) -> u32 {
         let mut id = self.next_id;
         // Skip 0 (unsolicited events) and ids still waiting for a reply.
