@@ -30,6 +30,9 @@ enum After {
     RefreshSame,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
+    /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
+    /// the `Subscribe`'s id.
+    StrayUnsubscribed,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -131,6 +134,29 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                                 _ => continue,
                             };
                             if !send(&mut ws, id, reply).await {
+                                return;
+                            }
+                        }
+                    }
+                    After::StrayUnsubscribed => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let Command::Subscribe { room, .. } = cmd else {
+                                continue;
+                            };
+                            let subscribed = Event::Subscribed {
+                                room: room.clone(),
+                                position: None,
+                                recovery: quiver_proto::Recovery::NotRequested,
+                                subscription: None,
+                            };
+                            let ended = Event::Unsubscribed {
+                                room,
+                                code: 0,
+                                reason: "stray".into(),
+                            };
+                            if !send(&mut ws, id, subscribed).await
+                                || !send(&mut ws, id, ended).await
+                            {
                                 return;
                             }
                         }
@@ -261,6 +287,23 @@ async fn a_reply_of_the_wrong_kind_leaves_the_command_waiting() -> anyhow::Resul
     let (port, _) = hostile(After::StrayReplies, 65_536).await?;
     let client = Client::connect(config(port)).await?;
     client.ping().await?;
+    client.close().await;
+    Ok(())
+}
+
+/// An `Unsubscribed` that answers no `Unsubscribe` of the client's (here under the
+/// `Subscribe`'s id) still ends the room for the application, which is told: before, the room
+/// just went quiet (outside audit).
+#[tokio::test]
+async fn an_unsubscribed_under_another_commands_id_is_reported() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::StrayUnsubscribed, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("chat.a").await?;
+    let next = tokio::time::timeout(Duration::from_secs(5), sub.next()).await?;
+    assert!(
+        matches!(next, Some(quiver_client::SubEvent::Ended { .. })),
+        "{next:?}"
+    );
     client.close().await;
     Ok(())
 }

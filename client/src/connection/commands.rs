@@ -302,7 +302,13 @@ impl Actor {
                                 let _ = reply.send(Ok(()));
                             }
                         }
-                        _ => tracing::warn!(id, room = %room, "unexpected Unsubscribed"),
+                        // Not the answer to an `Unsubscribe` of ours: whatever its id, the
+                        // server says the room is over (and sends nothing more of it), so the
+                        // application is told, as for an unsolicited one.
+                        _ => {
+                            tracing::warn!(id, room = %room, "unexpected Unsubscribed");
+                            self.on_server_unsubscribed(&room, code, reason);
+                        }
                     }
                 }
             }
