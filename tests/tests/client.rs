@@ -899,7 +899,9 @@ async fn over_websocket_an_unread_room_ends_on_the_client_and_stalls_nothing_els
     ))
     .await?;
 
-    const COUNT: usize = 300;
+    // More than the client holds for a room it is not reading (1,024 frames, then its
+    // application queue of 4).
+    const COUNT: usize = 1_500;
     for i in 0..COUNT {
         publisher.publish("firehose", format!("m{i}")).await?;
     }
