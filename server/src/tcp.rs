@@ -169,7 +169,8 @@ async fn connection(
 /// steadily at tens of KB/s met the write-stall deadline (meant for peers that read nothing)
 /// and lost its connection instead of its slow room (outside audit). With it a reader that
 /// makes progress wakes the writer every 32 KiB, and the kernel holds less of a room's
-/// backlog, the bounded queues the rest.
+/// backlog, the bounded queues the rest. (Not all of it: a reader far slower than its rooms can
+/// still be closed before its room ends, PROTOCOL.md §9.2.)
 const UNSENT_AT_MOST: u32 = 64 * 1024;
 
 fn unsent_at_most(tcp: &tokio::net::TcpStream) {
