@@ -50,6 +50,16 @@ async fn command(ws: &mut Ws) -> Option<(u32, Command)> {
     None
 }
 
+/// `Subscribed` to a room without history.
+fn subscribed(room: &str) -> Event {
+    Event::Subscribed {
+        room: room.to_owned(),
+        position: None,
+        recovery: quiver_proto::Recovery::NotRequested,
+        subscription: None,
+    }
+}
+
 async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
     ws.send(Message::Binary(encode_event(&ServerFrame { id, event })))
         .await
@@ -105,12 +115,7 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                             let Command::Subscribe { room, .. } = cmd else {
                                 continue;
                             };
-                            let subscribed = Event::Subscribed {
-                                room: room.clone(),
-                                position: None,
-                                recovery: quiver_proto::Recovery::NotRequested,
-                                subscription: None,
-                            };
+                            let subscribed = subscribed(&room);
                             let publication = Event::Publication {
                                 room,
                                 position: None,
@@ -143,12 +148,7 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                             let Command::Subscribe { room, .. } = cmd else {
                                 continue;
                             };
-                            let subscribed = Event::Subscribed {
-                                room: room.clone(),
-                                position: None,
-                                recovery: quiver_proto::Recovery::NotRequested,
-                                subscription: None,
-                            };
+                            let subscribed = subscribed(&room);
                             let ended = Event::Unsubscribed {
                                 room,
                                 code: 0,
