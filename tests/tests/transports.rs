@@ -352,13 +352,16 @@ async fn a_websocket_reader_that_stops_costs_only_itself() -> anyhow::Result<()>
             tokio::time::Instant::now() < deadline,
             "the deaf session is still open"
         );
-        // Commands it sends pile up replies nobody reads.
-        let _ = deaf
-            .send(Message::binary(encode_command(&ClientFrame {
-                id: 9,
-                command: Command::Ping,
-            })))
-            .await;
+        // Commands it sends pile up replies nobody reads: more than the outgoing queue's places
+        // its room's frames leave to replies (a quarter of them, at least 64).
+        for _ in 0..40 {
+            let _ = deaf
+                .send(Message::binary(encode_command(&ClientFrame {
+                    id: 9,
+                    command: Command::Ping,
+                })))
+                .await;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Closed as `not_reading`, a close a client reconnects after (not a protocol error).
@@ -1008,11 +1011,38 @@ impl tokio::io::AsyncWrite for Throttled {
 /// kernel's send buffer, grown to megabytes, woke the writer too seldom).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
+    // About 400 KB/s, small queues and a short write-stall deadline.
+    slow_reader_loses_the_room(8 * 1024, 1000, Duration::from_secs(25), |c| {
         c.timeouts.handshake = Duration::from_secs(2);
         c.limits.session_queue_bytes = 256 * 1024;
         c.limits.subscriber_queue = 64;
+    })
+    .await
+}
+
+/// The same at the default limits, for a reader at about 32 KB/s of 16 KB publications: its
+/// room's frames may fill only a quarter of the session's outgoing queue, so the `Unsubscribed`
+/// and the `Pong` wait behind at most that, not a full megabyte (before: 30 s and more at this
+/// rate, and a reply that could not be queued for `timeouts.reply` ended the session
+/// `not_reading`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_reader_at_the_default_limits_keeps_its_connection() -> anyhow::Result<()>
+{
+    slow_reader_loses_the_room(640, 16_000, Duration::from_secs(25), |_| {}).await
+}
+
+/// A reader taking `per_tick` bytes from its socket every 20 ms, subscribed to a room published
+/// to (`payload` bytes each) as fast as acknowledgements come back: its room ends
+/// `slow_consumer`, then a `Ping` gets its `Pong` on the same connection, within `within`.
+async fn slow_reader_loses_the_room(
+    per_tick: usize,
+    payload: usize,
+    within: Duration,
+    configure: impl FnOnce(&mut quiver_server::config::Config),
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
         c.limits.commands_per_second = 100_000;
+        configure(c);
     })
     .await?;
     let socket = tokio::net::TcpSocket::new_v4()?;
@@ -1020,7 +1050,7 @@ async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::
     let tcp = socket.connect(server.http).await?;
     let slow = Throttled {
         inner: tcp,
-        per_tick: 8 * 1024,
+        per_tick,
         tick: tokio::time::interval(Duration::from_millis(20)),
         allowance: 0,
     };
@@ -1047,7 +1077,6 @@ async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::
         })))
         .await?;
     }
-    // About 400 KB/s read against a room published to as fast as acks come back.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let stop = stop.clone();
@@ -1057,19 +1086,27 @@ async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::
             while !stop.load(std::sync::atomic::Ordering::Relaxed)
                 && started.elapsed() < Duration::from_secs(20)
             {
-                if publ.publish("busy.room", &[7u8; 1000]).await.is_err() {
+                if publ
+                    .publish("busy.room", &vec![7u8; payload])
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    let deadline = tokio::time::Instant::now() + within;
     let mut ended = None;
     let mut pinged = false;
     loop {
         let message = tokio::time::timeout_at(deadline, ws.next())
             .await
-            .map_err(|_| anyhow::anyhow!("neither slow_consumer nor a pong in 25 s"))?;
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "not both slow_consumer and a pong in {within:?} (ended: {ended:?})"
+                )
+            })?;
         let data = match message {
             Some(Ok(Message::Binary(data))) => data,
             Some(Ok(_)) => continue,

@@ -113,7 +113,7 @@ impl Session {
 
         let sink = match &self.link.peer {
             Peer::Quic(conn) if own_stream => Sink::OwnStream(conn.clone()),
-            _ => Sink::Shared(self.out.clone()),
+            _ => Sink::Shared(self.out.rooms()),
         };
         let shared_sink = matches!(sink, Sink::Shared(_));
         let header = encode_event(&ServerFrame {

@@ -24,20 +24,38 @@ use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 
 /// A bounded queue of at most `capacity` values (at least 1).
 pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    weighed(capacity, usize::MAX, |_| 0)
+    // No rooms' lane: never crossed, so a receive never wakes for it.
+    let rooms = Ceiling {
+        frames: usize::MAX,
+        bytes: usize::MAX,
+    };
+    weighed(capacity, usize::MAX, rooms, |_| 0)
 }
 
 /// A queue of frames bounded in count and in bytes: a frame is queued while the queue holds
 /// fewer than `max_bytes`, so it holds at most `max_bytes` plus a frame (plus one more per
 /// sender racing for the last room). What a client that does not read makes the server hold
 /// for it is this, not `capacity` times the largest frame.
+///
+/// Senders made with [`Sender::rooms`] (subscriptions on a shared connection) queue only while
+/// it holds less than a quarter of `max_bytes` and three quarters of `capacity`: the rest is
+/// the replies'. A client that reads, but slower than its rooms produce, otherwise found the
+/// queue always full of room frames, so its `Pong` waited behind a megabyte of them (50 s at
+/// 20 KB/s) or was never queued (`not_reading`), where it should lose the room
+/// (`slow_consumer`) and keep the session. One queue, not two: a room's frames and its
+/// `Unsubscribed` keep their order (PROTOCOL §9.2).
 pub fn bounded_bytes(capacity: usize, max_bytes: usize) -> (Sender<Bytes>, Receiver<Bytes>) {
-    weighed(capacity, max_bytes, Bytes::len)
+    let rooms = Ceiling {
+        frames: (capacity * 3 / 4).max(1),
+        bytes: (max_bytes / 4).max(1),
+    };
+    weighed(capacity, max_bytes, rooms, Bytes::len)
 }
 
 fn weighed<T>(
     capacity: usize,
     max_bytes: usize,
+    rooms: Ceiling,
     weigh: fn(&T) -> usize,
 ) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
@@ -50,15 +68,30 @@ fn weighed<T>(
         ready: Notify::new(),
         drained: Notify::new(),
         max_bytes,
+        rooms,
         weigh,
         senders: AtomicUsize::new(1),
     });
     (
         Sender {
             shared: shared.clone(),
+            rooms: false,
         },
         Receiver { shared },
     )
+}
+
+/// How full the queue may be for a sender of the rooms' lane to queue.
+#[derive(Clone, Copy)]
+struct Ceiling {
+    frames: usize,
+    bytes: usize,
+}
+
+impl Ceiling {
+    fn above<T>(&self, state: &State<T>) -> bool {
+        state.items.len() >= self.frames || state.bytes >= self.bytes
+    }
 }
 
 struct Shared<T> {
@@ -69,9 +102,12 @@ struct Shared<T> {
     /// Wakes the receiver: a value was queued or the last sender left. Stores a permit when the
     /// receiver is not waiting, so a wake-up between its look and its wait is not lost.
     ready: Notify,
-    /// Wakes senders waiting for bytes to drain (`max_bytes`), and when the receiver is gone.
+    /// Wakes senders waiting for bytes to drain (`max_bytes`, the rooms' ceiling), and when the
+    /// receiver is gone.
     drained: Notify,
     max_bytes: usize,
+    /// Where the rooms' lane stops ([`bounded_bytes`]).
+    rooms: Ceiling,
     /// A value's bytes for `max_bytes` (0 for queues bounded in count only).
     weigh: fn(&T) -> usize,
     senders: AtomicUsize,
@@ -109,6 +145,35 @@ impl<T> Shared<T> {
         }
     }
 
+    /// Waits until the queue is below the rooms' ceiling; `false` once the receiver is gone.
+    /// Waited for before a place is taken, so room senders waiting here hold none of the
+    /// places the replies need.
+    async fn below_rooms_ceiling(&self) -> bool {
+        // The usual case first, without registering for a wake-up.
+        {
+            let state = self.state();
+            if !state.closed && !self.rooms.above(&state) {
+                return true;
+            }
+        }
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the look, so a drain between the two is not missed.
+            drained.as_mut().enable();
+            {
+                let state = self.state();
+                if state.closed {
+                    return false;
+                }
+                if !self.rooms.above(&state) {
+                    return true;
+                }
+            }
+            drained.await;
+        }
+    }
+
     /// Waits until the queue holds fewer than `max_bytes`; `false` once the receiver is gone.
     async fn bytes_drained(&self) -> bool {
         loop {
@@ -143,6 +208,8 @@ impl<T> Shared<T> {
 /// The sending half; cloned for every producer (the session core, shared subscriptions).
 pub struct Sender<T> {
     shared: Arc<Shared<T>>,
+    /// Of the rooms' lane: queues only below its ceiling ([`bounded_bytes`]).
+    rooms: bool,
 }
 
 /// The receiver is gone; the value was not queued.
@@ -159,10 +226,15 @@ pub enum TrySendError<T> {
 impl<T> Sender<T> {
     /// Queues `value`, waiting for room; fails once the receiver is gone.
     pub async fn send(&self, value: T) -> Result<(), SendError<T>> {
+        if self.rooms && !self.shared.below_rooms_ceiling().await {
+            return Err(SendError(value));
+        }
         let Ok(permit) = self.shared.room.acquire().await else {
             return Err(SendError(value));
         };
-        if !self.shared.bytes_drained().await {
+        // Below the rooms' ceiling is below `max_bytes` (a quarter of it), give or take the
+        // senders racing for the last place: not looked at twice on a delivery's path.
+        if !self.rooms && !self.shared.bytes_drained().await {
             return Err(SendError(value));
         }
         self.shared.push(permit, value).map_err(SendError)
@@ -170,6 +242,9 @@ impl<T> Sender<T> {
 
     /// Queues `value` if there is room now.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        if self.rooms && self.shared.rooms.above(&self.shared.state()) {
+            return Err(TrySendError::Full(value));
+        }
         match self.shared.room.try_acquire() {
             Ok(permit) => match self.shared.by_bytes() {
                 ByBytes::Fits => self
@@ -187,6 +262,9 @@ impl<T> Sender<T> {
     /// Waits for room and holds it: the value is chosen when the permit is used. Fails once the
     /// receiver is gone. Dropping the permit unused gives the place back.
     pub async fn reserve(&self) -> Result<Permit<'_, T>, SendError<()>> {
+        if self.rooms && !self.shared.below_rooms_ceiling().await {
+            return Err(SendError(()));
+        }
         match self.shared.room.acquire().await {
             Ok(permit) if self.shared.bytes_drained().await => Ok(Permit {
                 shared: &self.shared,
@@ -195,6 +273,13 @@ impl<T> Sender<T> {
             _ => Err(SendError(())),
         }
     }
+
+    /// A sender of the rooms' lane ([`bounded_bytes`]): for a subscription's frames.
+    pub fn rooms(&self) -> Self {
+        let mut sender = self.clone();
+        sender.rooms = true;
+        sender
+    }
 }
 
 impl<T> Clone for Sender<T> {
@@ -202,6 +287,7 @@ impl<T> Clone for Sender<T> {
         self.shared.senders.fetch_add(1, Ordering::Relaxed);
         Sender {
             shared: self.shared.clone(),
+            rooms: self.rooms,
         }
     }
 }
@@ -279,8 +365,13 @@ impl<T> Receiver<T> {
             state.items = VecDeque::new();
         }
         let was_over = state.bytes >= self.shared.max_bytes;
+        // `len() + 1`: the count before this pop.
+        let rooms_were_over = state.bytes >= self.shared.rooms.bytes
+            || state.items.len() + 1 >= self.shared.rooms.frames;
         state.bytes -= (self.shared.weigh)(&value);
-        let drained = was_over && state.bytes < self.shared.max_bytes;
+        // Woken only when a bound is crossed: a writer popping every frame wakes nobody.
+        let drained = (was_over && state.bytes < self.shared.max_bytes)
+            || (rooms_were_over && !self.shared.rooms.above(&state));
         drop(state);
         self.shared.room.add_permits(1);
         if drained {
@@ -513,6 +604,76 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(5), reserving)
             .await
             .expect("woken when the receiver left")
+            .unwrap());
+    }
+
+    /// Room frames fill at most a quarter of the bytes and three quarters of the places; the
+    /// rest is the replies', and a room sender waiting at its ceiling holds no place.
+    #[tokio::test]
+    async fn room_frames_leave_the_replies_their_part() {
+        let frame = |n: usize| Bytes::from(vec![0u8; n]);
+        let (replies, mut rx) = bounded_bytes(8, 4000);
+        let rooms = replies.rooms();
+        // Bytes: a room frame queues while the queue holds under 1,000 bytes.
+        rooms.try_send(frame(900)).unwrap();
+        rooms.try_send(frame(200)).unwrap();
+        assert!(matches!(
+            rooms.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
+        let waiting = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.send(frame(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "a room frame queued past its ceiling"
+        );
+        // A reply still goes in, past the rooms' ceiling, up to the queue's own bounds.
+        replies.try_send(frame(2000)).unwrap();
+        replies.try_send(frame(100)).unwrap();
+        // Draining below the rooms' ceiling wakes the room sender.
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(900));
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(200));
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(2000));
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken below the ceiling")
+            .unwrap()
+            .unwrap();
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(100));
+        assert_eq!(rx.try_recv().map(|f| f.len()), Ok(10));
+        // Places: 6 of 8 for rooms, the last 2 for replies.
+        for _ in 0..6 {
+            rooms.try_send(frame(1)).unwrap();
+        }
+        assert!(matches!(
+            rooms.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
+        let reserving = tokio::spawn({
+            let rooms = rooms.clone();
+            async move { rooms.reserve().await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !reserving.is_finished(),
+            "a room place reserved past its ceiling"
+        );
+        replies.try_send(frame(1)).unwrap();
+        replies.try_send(frame(1)).unwrap();
+        assert!(matches!(
+            replies.try_send(frame(1)),
+            Err(TrySendError::Full(_))
+        ));
+        // Below the ceiling in count again (7 queued, then 5).
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        rx.try_recv().unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(5), reserving)
+            .await
+            .expect("woken below the ceiling in count")
             .unwrap());
     }
 
