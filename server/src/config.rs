@@ -699,7 +699,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "q.toml",
-                "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 100000\n[timeouts]\nidle = \"5s\"\n",
+                "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 100000\n[timeouts]\nidle = \"5s\"\nkeep_alive = \"2s\"\n",
             )?;
             jail.set_env("QUIVER_LIMITS__MAX_FRAME", "200000");
             jail.set_env("QUIVER_JWT_SECRET", "s3cret");

@@ -15,6 +15,13 @@ pub const MIN_API_KEY_LEN: usize = 16;
 pub const MAX_DRAIN: Duration = Duration::from_secs(60 * 60);
 /// The longest `rpc.max_timeout`: a session's call (and its slot) waits this long at most.
 pub const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// The shortest session timeout (`idle`, `keep_alive`, `hello`, `handshake`, `stream_open`,
+/// `reply`): below it no real client keeps up (a handshake of "1ms" refuses everyone), so it
+/// is a unit mistaken, not a choice.
+pub const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest session timeout: past it a peer holds what it holds for longer than anyone
+/// waits, and an `idle` past QUIC's largest idle timeout would turn it off altogether.
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 impl Config {
     /// The checks of this module that the command-line flags cannot change, for
@@ -107,6 +114,36 @@ impl Config {
     }
 
     fn refuse_timeout_mistakes(&self) -> Result<(), String> {
+        let t = &self.timeouts;
+        for (name, value) in [
+            ("idle", t.idle),
+            ("keep_alive", t.keep_alive),
+            ("hello", t.hello),
+            ("handshake", t.handshake),
+            ("stream_open", t.stream_open),
+            ("reply", t.reply),
+        ] {
+            // Zero has its own message (`validate`).
+            if !value.is_zero() && value < MIN_SESSION_TIMEOUT {
+                return Err(format!(
+                    "timeouts.{name} ({value:?}) is under the minimum of {MIN_SESSION_TIMEOUT:?}"
+                ));
+            }
+            if value > MAX_SESSION_TIMEOUT {
+                return Err(format!(
+                    "timeouts.{name} ({value:?}) is over the maximum of {MAX_SESSION_TIMEOUT:?}"
+                ));
+            }
+        }
+        // Keep-alives at or past the idle timeout let every quiet session idle out between
+        // two of them (QUIC and WebSocket alike).
+        if !t.idle.is_zero() && t.keep_alive >= t.idle {
+            return Err(format!(
+                "timeouts.keep_alive ({:?}) must be less than timeouts.idle ({:?}): quiet \
+                 sessions would be closed between two keep-alives",
+                t.keep_alive, t.idle
+            ));
+        }
         let drain = self.timeouts.drain;
         if drain.is_zero() {
             return Err(
@@ -432,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn drain_and_rpc_max_timeout_are_bounded() {
+    fn timeouts_are_bounded() {
         figment::Jail::expect_with(|jail| {
             let c = Config::load(None).map_err(|e| e.to_string())?;
             assert!(!c.timeouts.drain.is_zero() && c.timeouts.drain <= MAX_DRAIN);
@@ -449,6 +486,18 @@ mod tests {
                 (
                     "[rpc]\nmax_timeout = \"1000d\"\n",
                     "rpc.max_timeout (86400000s) is over the maximum of 300s",
+                ),
+                (
+                    "[timeouts]\nhandshake = \"1ms\"\n",
+                    "timeouts.handshake (1ms) is under the minimum of 100ms",
+                ),
+                (
+                    "[timeouts]\nidle = \"100000h\"\nkeep_alive = \"10s\"\n",
+                    "timeouts.idle (360000000s) is over the maximum of 3600s",
+                ),
+                (
+                    "[timeouts]\nidle = \"10s\"\nkeep_alive = \"10s\"\n",
+                    "timeouts.keep_alive (10s) must be less than timeouts.idle (10s)",
                 ),
             ] {
                 refused(jail, toml, needle)?;
