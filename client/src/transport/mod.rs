@@ -125,7 +125,9 @@ impl Link {
 
 /// The frames of one subscription: a server-opened stream on WebTransport, the share the
 /// socket's reader routes to it on WebSocket. Ends (`None`) when the subscription's frames end:
-/// the stream finished or was reset, or the reader saw `Unsubscribed` (PROTOCOL.md 9.2).
+/// the stream finished or was reset, or the reader saw `Unsubscribed` (PROTOCOL.md 9.2); or
+/// when a frame broke the protocol, which on either transport ends the whole connection (the
+/// state machine is told `Lost` and resubscribes after reconnecting).
 pub(crate) enum SubStream {
     WebTransport(webtransport::WtStream),
     WebSocket(WsShare),

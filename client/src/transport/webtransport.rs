@@ -148,8 +148,10 @@ impl WtIo {
         tasks.spawn(accept_streams(
             conn.clone(),
             ctx.max_frame,
-            ctx.events.clone(),
-            ctx.epoch,
+            Breaker {
+                events: ctx.events.clone(),
+                epoch: ctx.epoch,
+            },
             ctx.liveness,
         ));
         tasks.spawn(read_datagrams(conn.clone(), ctx.latest_routes));
@@ -255,12 +257,34 @@ async fn watch_closed(conn: Connection, events: EventTx, epoch: u64) {
     let _ = events.send((epoch, ConnEvent::Lost { code, reason }));
 }
 
+/// Ends the connection for a frame that breaks the protocol on a subscription stream: reports
+/// it lost to the state machine, which closes it, reconnects with backoff and resubscribes
+/// from the last delivered position, as for a bad frame on the control stream or on WebSocket
+/// (where every room shares the socket). Ending only that stream left the room quiet and the
+/// application never told. The connection's own close code stays 0 (the client's close, as
+/// the WebSocket reader's 1000): the protocol's codes are the server's (3001 would say the
+/// *client* broke the protocol).
+#[derive(Clone)]
+struct Breaker {
+    events: EventTx,
+    epoch: u64,
+}
+
+impl Breaker {
+    fn broken(&self, reason: String) {
+        tracing::warn!(%reason, "ending the connection");
+        // Tagged with the connection's epoch: after a teardown it is ignored.
+        let _ = self
+            .events
+            .send((self.epoch, ConnEvent::Lost { code: 0, reason }));
+    }
+}
+
 /// Accepts server-opened subscription streams and reads their `SubscriptionStream` header.
 async fn accept_streams(
     conn: Connection,
     max_frame: usize,
-    events: EventTx,
-    epoch: u64,
+    breaker: Breaker,
     liveness: std::sync::Arc<Liveness>,
 ) {
     let mut headers = JoinSet::new();
@@ -268,8 +292,12 @@ async fn accept_streams(
         tokio::select! {
             res = conn.accept_uni() => match res {
                 Ok(recv) => {
-                    let stream = WtStream { recv, dec: FrameDecoder::new(max_frame) };
-                    headers.spawn(read_header(stream, events.clone(), epoch, liveness.clone()));
+                    let stream = WtStream {
+                        recv,
+                        dec: FrameDecoder::new(max_frame),
+                        breaker: breaker.clone(),
+                    };
+                    headers.spawn(read_header(stream, liveness.clone()));
                 }
                 Err(_) => return,
             },
@@ -278,17 +306,13 @@ async fn accept_streams(
     }
 }
 
-async fn read_header(
-    mut stream: WtStream,
-    events: EventTx,
-    epoch: u64,
-    liveness: std::sync::Arc<Liveness>,
-) {
+async fn read_header(mut stream: WtStream, liveness: std::sync::Arc<Liveness>) {
     match stream.next(&liveness).await {
         Some(ServerFrame {
             id,
             event: Event::SubscriptionStream { room },
         }) => {
+            let Breaker { events, epoch } = stream.breaker.clone();
             let _ = events.send((
                 epoch,
                 ConnEvent::Stream {
@@ -298,12 +322,12 @@ async fn read_header(
                 },
             ));
         }
-        Some(other) => {
-            tracing::warn!(
-                ?other,
-                "unidirectional stream without SubscriptionStream header"
-            );
-        }
+        // The id only: the frame may be a large publication.
+        Some(other) => stream.breaker.broken(format!(
+            "a unidirectional stream began without its SubscriptionStream header (frame id {})",
+            other.id
+        )),
+        // Finished or reset before its header: nothing of a subscription to lose.
         None => {}
     }
 }
@@ -312,10 +336,13 @@ async fn read_header(
 pub(crate) struct WtStream {
     recv: RecvStream,
     dec: FrameDecoder,
+    /// Where a frame that breaks the protocol is reported.
+    breaker: Breaker,
 }
 
 impl WtStream {
-    /// The next known frame; `None` when the stream finished, was reset, or went bad.
+    /// The next known frame; `None` when the stream finished, was reset, or went bad (a bad
+    /// frame has then ended the connection: see [`Breaker`]).
     pub(super) async fn next(&mut self, liveness: &Liveness) -> Option<ServerFrame> {
         loop {
             match self.dec.next_frame() {
@@ -323,13 +350,15 @@ impl WtStream {
                     Ok(frame) => return Some(frame),
                     Err(DecodeError::UnknownType { .. }) => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "malformed frame on subscription stream");
+                        self.breaker
+                            .broken(format!("malformed frame on a subscription stream: {e}"));
                         return None;
                     }
                 },
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "bad frame on subscription stream");
+                    self.breaker
+                        .broken(format!("bad frame on a subscription stream: {e}"));
                     return None;
                 }
             }

@@ -1,0 +1,369 @@
+//! The client against a hostile WebTransport server: a frame that breaks the protocol on a
+//! room's own stream (a length over the client's ceiling, a zero length, a body that does not
+//! decode, a stream without its `SubscriptionStream` header) ends the connection, as the same
+//! frame does on WebSocket (where every room shares the one socket). The client reports the
+//! loss, reconnects with backoff and subscribes again. Before, it only logged a warning and
+//! stopped reading that stream: the room went quiet and the application was never told.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use quiver_client::{
+    token_fixed, Client, ClientConfig, ConnectionState, Limits, Recovery, SubEvent, Transport,
+    Trust,
+};
+use quiver_proto::{
+    decode_command, decode_event, encode_event, ClientFrame, Command, DecodeError, Event,
+    FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+use wtransport::endpoint::IncomingSession;
+use wtransport::tls::{Certificate, CertificateChain, PrivateKey};
+use wtransport::{Connection, Endpoint, Identity, ServerConfig};
+
+/// Bound on every wait: a client that handles the bad frame reconnects well within it (the
+/// first backoff is at most 100 ms).
+const WAIT: Duration = Duration::from_secs(8);
+const ROOM: &str = "chat.a";
+
+/// The frame that breaks the protocol.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Bad {
+    /// On the room's stream, a length of 2 MiB: over the client's own ceiling (1 MiB by
+    /// default), whatever `Welcome` announced (here 4 GiB).
+    Oversized,
+    /// On the room's stream, a zero length.
+    Empty,
+    /// On the room's stream, a `Publication` whose room name is cut short.
+    Garbage,
+    /// A room stream that begins with a `Publication` instead of its `SubscriptionStream`.
+    NoHeader,
+    /// The garbage body on the control stream instead.
+    Control,
+}
+
+impl Bad {
+    /// The bytes sent after the room stream's header (or, for `NoHeader`, instead of it).
+    fn bytes(self) -> Vec<u8> {
+        match self {
+            Bad::Oversized => {
+                let mut b = (2 * 1024 * 1024u32).to_be_bytes().to_vec();
+                b.extend_from_slice(&[7; 64]);
+                b
+            }
+            Bad::Empty => 0u32.to_be_bytes().to_vec(),
+            Bad::Garbage | Bad::Control => garbage(),
+            Bad::NoHeader => publication("bad").to_vec(),
+        }
+    }
+}
+
+/// A frame whose body does not decode: id 0, type 7 (`Publication`), a room name of 5 bytes
+/// with only one there.
+fn garbage() -> Vec<u8> {
+    let body = [0x00, 0x07, 0x05, b'a'];
+    assert!(
+        matches!(decode_event(&body), Err(e) if !matches!(e, DecodeError::UnknownType { .. })),
+        "the garbage body must not decode"
+    );
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn event(id: u32, event: Event) -> bytes::Bytes {
+    encode_event(&ServerFrame { id, event })
+}
+
+fn publication(payload: &'static str) -> bytes::Bytes {
+    event(
+        0,
+        Event::Publication {
+            room: ROOM.into(),
+            position: None,
+            payload: payload.into(),
+        },
+    )
+}
+
+/// What the server saw.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    /// Session `n` (from 1) was accepted.
+    Session(u32),
+    /// Session `n` got a `Subscribe` for this room.
+    Subscribe(u32, String),
+}
+
+/// What every session does when the client subscribes.
+#[derive(Clone, Copy)]
+struct Plan {
+    bad: Bad,
+    /// Sessions after the first send a good publication ("after") instead of the bad frame.
+    then_publish: bool,
+}
+
+/// A self-signed ECDSA P-256 certificate valid for a week (hash pinning accepts at most 14
+/// days), and its SHA-256.
+fn identity() -> anyhow::Result<(Identity, [u8; 32])> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(7);
+    let cert = params.self_signed(&key)?;
+    let cert = Certificate::from_der(cert.der().to_vec())?;
+    let hash = *cert.hash().as_ref();
+    let identity = Identity::new(
+        CertificateChain::single(cert),
+        PrivateKey::from_der_pkcs8(key.serialize_der()),
+    );
+    Ok((identity, hash))
+}
+
+/// Serves `plan` on a loopback UDP port: the port, the certificate's hash, and what it saw.
+async fn hostile(plan: Plan) -> anyhow::Result<(u16, [u8; 32], mpsc::UnboundedReceiver<Seen>)> {
+    let (identity, hash) = identity()?;
+    let config = ServerConfig::builder()
+        .with_bind_address(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .with_identity(identity)
+        .build();
+    let endpoint = Endpoint::server(config)?;
+    let port = endpoint.local_addr()?.port();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let sessions = Arc::new(AtomicU32::new(0));
+    tokio::spawn(async move {
+        loop {
+            let incoming = endpoint.accept().await;
+            let (tx, sessions) = (tx.clone(), sessions.clone());
+            // A session ends when the client drops it; that is what the tests provoke.
+            tokio::spawn(async move {
+                let _ = serve(incoming, sessions, plan, tx).await;
+            });
+        }
+    });
+    Ok((port, hash, rx))
+}
+
+/// One session: `Welcome`, `Pong`s (so the client's heartbeat never ends it), and for a
+/// `Subscribe`, `Subscribed`, the room's stream with its header, then the plan's frame.
+async fn serve(
+    incoming: IncomingSession,
+    sessions: Arc<AtomicU32>,
+    plan: Plan,
+    seen: mpsc::UnboundedSender<Seen>,
+) -> anyhow::Result<()> {
+    let conn: Connection = incoming.await?.accept().await?;
+    let session = sessions.fetch_add(1, Ordering::SeqCst) + 1;
+    let _ = seen.send(Seen::Session(session));
+    let bad = session == 1 || !plan.then_publish;
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let mut buf = vec![0u8; 16 * 1024];
+    // The room streams stay open while the session lasts (dropping one would finish it).
+    let mut streams = Vec::new();
+    loop {
+        while let Some(body) = dec.next_frame()? {
+            let ClientFrame { id, command } = decode_command(&body)?;
+            match command {
+                Command::Hello { .. } => {
+                    let welcome = Event::Welcome {
+                        version: PROTOCOL_VERSION,
+                        session: format!("s{session}"),
+                        user: "u".into(),
+                        tenant: "t".into(),
+                        expires_at: None,
+                        limits: Limits {
+                            max_frame: u32::MAX,
+                            max_payload: u32::MAX - 1024,
+                            max_subscriptions: 16,
+                            commands_per_second: 1000,
+                        },
+                    };
+                    send.write_all(&event(id, welcome)).await?;
+                }
+                Command::Ping => send.write_all(&event(id, Event::Pong)).await?,
+                Command::Subscribe { room, .. } => {
+                    let _ = seen.send(Seen::Subscribe(session, room.clone()));
+                    let subscribed = Event::Subscribed {
+                        room: room.clone(),
+                        position: None,
+                        recovery: Recovery::NotRequested,
+                        subscription: None,
+                    };
+                    send.write_all(&event(id, subscribed)).await?;
+                    if bad && plan.bad == Bad::Control {
+                        send.write_all(&plan.bad.bytes()).await?;
+                        continue;
+                    }
+                    let mut stream = conn.open_uni().await?.await?;
+                    if !(bad && plan.bad == Bad::NoHeader) {
+                        let header = Event::SubscriptionStream { room };
+                        stream.write_all(&event(id, header)).await?;
+                    }
+                    let tail = if bad {
+                        plan.bad.bytes()
+                    } else {
+                        publication("after").to_vec()
+                    };
+                    stream.write_all(&tail).await?;
+                    streams.push(stream);
+                }
+                _ => {}
+            }
+        }
+        match recv.read(&mut buf).await? {
+            Some(n) => dec.push(&buf[..n]),
+            None => return Ok(()),
+        }
+    }
+}
+
+fn config(port: u16, hash: [u8; 32]) -> ClientConfig {
+    ClientConfig::new(format!("https://127.0.0.1:{port}/v1"), token_fixed("t"))
+        .with_transport(Transport::WebTransport)
+        .with_trust(Trust::CertHashes(vec![hash]))
+}
+
+/// Waits for `want` among what the server saw.
+async fn server_sees(seen: &mut mpsc::UnboundedReceiver<Seen>, want: Seen) -> anyhow::Result<()> {
+    tokio::time::timeout(WAIT, async {
+        while let Some(s) = seen.recv().await {
+            if s == want {
+                return Ok(());
+            }
+        }
+        bail!("the server stopped")
+    })
+    .await
+    .with_context(|| format!("the server never saw {want:?} within {WAIT:?}"))?
+}
+
+/// The states the client goes through until it is connected to session `s2`; an error if that
+/// does not happen within [`WAIT`].
+async fn reconnects(client: &Client) -> anyhow::Result<Vec<ConnectionState>> {
+    let mut state = client.state();
+    let mut states = Vec::new();
+    let done = tokio::time::timeout(WAIT, async {
+        loop {
+            let now = state.borrow_and_update().clone();
+            if states.last() != Some(&now) {
+                states.push(now.clone());
+            }
+            if matches!(&now, ConnectionState::Connected { session } if session == "s2") {
+                return true;
+            }
+            if state.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    match done {
+        Ok(true) => Ok(states),
+        _ => bail!("not connected to a second session within {WAIT:?}; states seen: {states:?}"),
+    }
+}
+
+/// Connects, subscribes, and checks the bad frame ends the session: the client reports it
+/// (leaves `Connected`), connects again and subscribes again.
+async fn bad_frame_reconnects(bad: Bad) -> anyhow::Result<()> {
+    let plan = Plan {
+        bad,
+        then_publish: false,
+    };
+    let (port, hash, mut seen) = hostile(plan).await?;
+    let client = Client::connect(config(port, hash)).await?;
+    let _sub = client.subscribe(ROOM).await?;
+    server_sees(&mut seen, Seen::Subscribe(1, ROOM.into())).await?;
+    let states = reconnects(&client)
+        .await
+        .with_context(|| format!("after {bad:?}"))?;
+    assert!(
+        states
+            .iter()
+            .any(|s| !matches!(s, ConnectionState::Connected { .. })),
+        "after {bad:?} the client never reported the connection lost: {states:?}"
+    );
+    server_sees(&mut seen, Seen::Session(2)).await?;
+    server_sees(&mut seen, Seen::Subscribe(2, ROOM.into()))
+        .await
+        .with_context(|| format!("after {bad:?}"))?;
+    client.close().await;
+    Ok(())
+}
+
+/// Each kind of bad frame on a room's stream ends the connection; the client comes back and
+/// subscribes again. The kinds run side by side (a server and a client each), so a failing
+/// client costs one [`WAIT`], and every kind that fails is named.
+#[tokio::test]
+async fn a_bad_frame_on_a_room_stream_ends_the_connection_and_the_client_resubscribes(
+) -> anyhow::Result<()> {
+    let kinds = [Bad::Oversized, Bad::Empty, Bad::Garbage, Bad::NoHeader];
+    let results = futures::future::join_all(kinds.map(bad_frame_reconnects)).await;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} kinds failed:\n{}",
+            failed.len(),
+            kinds.len(),
+            failed.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// The control stream already behaved so; kept beside the room cases so both stay alike.
+#[tokio::test]
+async fn a_bad_frame_on_the_control_stream_ends_the_connection_too() -> anyhow::Result<()> {
+    bad_frame_reconnects(Bad::Control).await
+}
+
+/// A bad frame on the first session, a good publication on the second: the subscriber is told
+/// it resubscribed and gets the publication; the room is not left quiet.
+#[tokio::test]
+async fn after_a_bad_frame_the_room_delivers_again() -> anyhow::Result<()> {
+    let plan = Plan {
+        bad: Bad::Oversized,
+        then_publish: true,
+    };
+    let (port, hash, mut seen) = hostile(plan).await?;
+    let client = Client::connect(config(port, hash)).await?;
+    let mut sub = client.subscribe(ROOM).await?;
+    let mut events = Vec::new();
+    let delivered = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = sub.next().await {
+            let done = matches!(&ev, SubEvent::Publication { payload, .. } if payload == "after");
+            events.push(ev);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(delivered, Ok(true)) {
+        bail!("the room stayed quiet after the bad frame; events: {events:?}");
+    }
+    assert!(
+        matches!(
+            events.first(),
+            Some(SubEvent::Resubscribed {
+                recovery: Recovery::NotRequested
+            })
+        ),
+        "the subscriber was not told it resubscribed: {events:?}"
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    server_sees(&mut seen, Seen::Subscribe(2, ROOM.into())).await?;
+    client.close().await;
+    Ok(())
+}
