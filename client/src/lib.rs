@@ -5,7 +5,9 @@
 //! (exponential backoff with full jitter, rotating through the configured URLs, asking the
 //! [`TokenProvider`] for a fresh token each time). After a reconnect it subscribes to every room
 //! again, resuming from the last [`Position`] it delivered ([`SubEvent::Resubscribed`] says
-//! whether the gap was recovered), then sends the publishes made while disconnected. Tokens are
+//! whether the gap was recovered; a recovery that the replay itself contradicts is reported
+//! [`Recovery::Failed`] too, and publications whose positions do not move forward are
+//! dropped), then sends the publishes made while disconnected. Tokens are
 //! refreshed in-band before they expire. The wire protocol is described in `PROTOCOL.md`; the
 //! frames come from [`quiver_proto`].
 //!
@@ -100,7 +102,7 @@
 //! WebTransport the client stops reading that room's stream and QUIC flow control pushes back to
 //! the server, which ends the subscription with `slow_consumer` ([`SubEvent::Ended`]) rather
 //! than buffering without bound. On WebSocket, where rooms share one TCP connection, the client
-//! holds at most 64 more frames for the room and then ends the subscription with the same
+//! holds at most 1,024 more frames (8 MiB) for the room and then ends the subscription with the same
 //! `slow_consumer` code itself (and unsubscribes on the server), so one unread room never stalls
 //! the others. [`Client::publish`] is at-most-once; [`Client::publish_ack`] reports the
 //! server's answer.
@@ -117,6 +119,7 @@ mod backoff;
 mod client;
 mod config;
 mod connection;
+mod continuity;
 mod error;
 mod heartbeat;
 mod latest;

@@ -31,6 +31,13 @@ pub enum SubEvent {
     /// [`Recovery::NotRequested`] means there was no position to resume from (a room without
     /// history): messages published during the gap were not delivered either.
     /// Also the first event of a subscription made with [`crate::Client::subscribe_from`].
+    ///
+    /// The client checks the server's word (PROTOCOL.md §5): a `Recovered` that its own
+    /// `Subscribed` position rules out is yielded as [`Recovery::Failed`]; one whose replay
+    /// turns out shorter or longer than announced, or outside the resumed range, is followed by
+    /// a second `Resubscribed` with [`Recovery::Failed`] where that shows. Re-sync then too.
+    /// (A publication whose position does not move forward, a repeat, a step back or another
+    /// epoch, is never yielded and never resumed from.)
     Resubscribed { recovery: Recovery },
     /// A session subscribed to the room (namespaces that track presence).
     Joined { member: Member },

@@ -2,14 +2,19 @@
 //! crash or exhaust memory"; an outside audit of the clients): a server that ends every session
 //! right after `Welcome` gets a backed-off reconnect, not a storm; a `max_frame` announced far
 //! above the client's own ceiling does not let one frame past it; a server that floods pings
-//! and reads nothing makes the client replace the connection, not queue pongs without end.
+//! and reads nothing makes the client replace the connection, not queue pongs without end; a
+//! server whose positions go backwards, or whose replay contradicts its `Recovered`, is not
+//! believed (outside audit F6).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use quiver_client::{token_fixed, Client, ClientConfig, ConnectionState, Limits, Transport};
+use quiver_client::{
+    token_fixed, Client, ClientConfig, ConnectionState, Limits, Position, Recovery, SubEvent,
+    Subscription, Transport,
+};
 use quiver_proto::{
     decode_command, encode_event, Command, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
 };
@@ -33,6 +38,65 @@ enum After {
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
     /// the `Subscribe`'s id.
     StrayUnsubscribed,
+    /// A history room (epoch 1). First session: `Subscribed` at offset 10, publication 11, and
+    /// the connection closes at the client's first `Ping`. Later sessions: the resume answered
+    /// `Recovered { replayed: 3 }` with `Subscribed` at 20, then only one replayed publication
+    /// (12) before a live one (21).
+    ShortReplay,
+    /// A history room (epoch 1). First session: `Subscribed` at offset 10, then publications
+    /// 11, 13, 12 (backwards), 13 (again), 14, one of epoch 2, 9 (before `Subscribed`), and one
+    /// without a position (payload "end"); the connection closes at the client's first `Ping`.
+    /// Later sessions: `Subscribed` at 14, `Recovered { replayed: 0 }`.
+    Backwards,
+}
+
+/// A position of epoch 1.
+fn at(offset: u64) -> Option<Position> {
+    Some(Position { epoch: 1, offset })
+}
+
+/// The `Subscribed` and the publications (position, payload) of a history room's session
+/// (`ShortReplay`, `Backwards`); `first`: the connection's first session.
+fn history_script(after: After, first: bool) -> (Event, Vec<(Option<Position>, &'static str)>) {
+    let subscribed = |position, recovery| Event::Subscribed {
+        room: "hist.a".into(),
+        position,
+        recovery,
+        subscription: None,
+    };
+    match (after, first) {
+        (After::ShortReplay, true) => (
+            subscribed(at(10), Recovery::NotRequested),
+            vec![(at(11), "a")],
+        ),
+        (After::ShortReplay, false) => (
+            subscribed(at(20), Recovery::Recovered { replayed: 3 }),
+            vec![(at(12), "replayed"), (at(21), "live")],
+        ),
+        (_, true) => (
+            subscribed(at(10), Recovery::NotRequested),
+            vec![
+                (at(11), "a"),
+                (at(13), "b"),
+                (at(12), "backwards"),
+                (at(13), "repeated"),
+                (at(14), "c"),
+                (
+                    Some(Position {
+                        epoch: 2,
+                        offset: 99,
+                    }),
+                    "other epoch",
+                ),
+                (at(9), "before Subscribed"),
+                (None, "end"),
+            ],
+        ),
+        (_, false) => (
+            subscribed(at(14), Recovery::Recovered { replayed: 0 }),
+            vec![],
+        ),
+    }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -66,19 +130,62 @@ async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
         .is_ok()
 }
 
+/// Answers the `Subscribe` `id` with a [`history_script`]: its `Subscribed`, the room's
+/// `SubscriptionStream`, then its publications.
+async fn send_script(
+    ws: &mut Ws,
+    id: u32,
+    (subscribed, publications): (Event, Vec<(Option<Position>, &'static str)>),
+) -> bool {
+    let room = "hist.a".to_owned();
+    if !send(ws, id, subscribed).await
+        || !send(ws, id, Event::SubscriptionStream { room: room.clone() }).await
+    {
+        return false;
+    }
+    for (position, payload) in publications {
+        let publication = Event::Publication {
+            room: room.clone(),
+            position,
+            payload: payload.as_bytes().to_vec().into(),
+        };
+        if !send(ws, 0, publication).await {
+            return false;
+        }
+    }
+    true
+}
+
 /// Serves the hostile behaviour on a loopback port; the port and a count of connections.
 /// (`RefreshSame` counts `Refresh` commands in the same counter.)
 async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<AtomicUsize>)> {
+    let (port, connections, _) = hostile_logged(after, max_frame).await?;
+    Ok((port, connections))
+}
+
+/// The `resume` of each `Subscribe` the server got, in order.
+type Resumes = Arc<Mutex<Vec<Option<Position>>>>;
+
+/// [`hostile`], also logging every `Subscribe`'s `resume`.
+async fn hostile_logged(
+    after: After,
+    max_frame: u32,
+) -> anyhow::Result<(u16, Arc<AtomicUsize>, Resumes)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
+    let resumes = Resumes::default();
+    let log = resumes.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            if !matches!(after, After::RefreshSame) {
-                count.fetch_add(1, Ordering::SeqCst);
-            }
+            let index = if matches!(after, After::RefreshSame) {
+                0
+            } else {
+                count.fetch_add(1, Ordering::SeqCst)
+            };
             let refreshes = count.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
@@ -173,6 +280,24 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
                             }
                         }
                     }
+                    After::ShortReplay | After::Backwards => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let sent = match cmd {
+                                Command::Subscribe { resume, .. } => {
+                                    log.lock().unwrap().push(resume);
+                                    let script = history_script(after, index == 0);
+                                    send_script(&mut ws, id, script).await
+                                }
+                                // The test pings once it has seen the first session's
+                                // publications: then the connection goes.
+                                Command::Ping => index > 0 && send(&mut ws, id, Event::Pong).await,
+                                _ => true,
+                            };
+                            if !sent {
+                                return;
+                            }
+                        }
+                    }
                     After::PingFlood => {
                         let started = Instant::now();
                         while started.elapsed() < Duration::from_secs(20) {
@@ -186,7 +311,7 @@ async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<Atomi
             });
         }
     });
-    Ok((port, connections))
+    Ok((port, connections, resumes))
 }
 
 fn config(port: u16) -> ClientConfig {
@@ -304,6 +429,110 @@ async fn an_unsubscribed_under_another_commands_id_is_reported() -> anyhow::Resu
         matches!(next, Some(quiver_client::SubEvent::Ended { .. })),
         "{next:?}"
     );
+    client.close().await;
+    Ok(())
+}
+
+/// The subscription's events up to and including the publication with payload `last` (at most
+/// 10 s).
+async fn events_until(sub: &mut Subscription, last: &str) -> anyhow::Result<Vec<SubEvent>> {
+    let mut events = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = sub.next().await {
+            let done = matches!(&ev, SubEvent::Publication { payload, .. } if payload == last);
+            events.push(ev);
+            if done {
+                return;
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no publication {last:?} within 10 s; got {events:?}"))?;
+    Ok(events)
+}
+
+/// A publication's position and payload; `None` for other events.
+fn publication(ev: &SubEvent) -> Option<(Option<Position>, String)> {
+    match ev {
+        SubEvent::Publication {
+            position, payload, ..
+        } => Some((*position, String::from_utf8_lossy(payload).into_owned())),
+        _ => None,
+    }
+}
+
+/// Ends the first session (the server closes at the first `Ping`).
+async fn end_first_session(client: &Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.ping()).await;
+}
+
+/// A resume answered `Recovered { replayed: 3 }` whose stream has one replayed publication and
+/// then a live one: the application is told recovery failed (`Resubscribed { Failed }`, as for
+/// a refused resume) before the live one, not left believing nothing was missed (outside audit
+/// F6: the client believed the count).
+#[tokio::test]
+async fn a_replay_shorter_than_announced_is_reported_as_failed_recovery() -> anyhow::Result<()> {
+    let (port, _, resumes) = hostile_logged(After::ShortReplay, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("hist.a").await?;
+    let first = events_until(&mut sub, "a").await?;
+    assert_eq!(first.iter().filter_map(publication).count(), 1, "{first:?}");
+    end_first_session(&client).await;
+
+    let events = events_until(&mut sub, "live").await?;
+    assert_eq!(resumes.lock().unwrap().get(1).copied(), Some(at(11)));
+    let expected = vec![
+        SubEvent::Resubscribed {
+            recovery: Recovery::Recovered { replayed: 3 },
+        },
+        SubEvent::Publication {
+            room: "hist.a".into(),
+            position: at(12),
+            payload: "replayed".into(),
+        },
+        SubEvent::Resubscribed {
+            recovery: Recovery::Failed,
+        },
+        SubEvent::Publication {
+            room: "hist.a".into(),
+            position: at(21),
+            payload: "live".into(),
+        },
+    ];
+    assert_eq!(events, expected);
+    client.close().await;
+    Ok(())
+}
+
+/// Publications whose positions go backwards, repeat, change epoch or fall before `Subscribed`
+/// are never delivered, and never become the resume point: the next `Subscribe` resumes from
+/// the highest position delivered (outside audit F6: they were delivered, and the last one
+/// received was resumed from).
+#[tokio::test]
+async fn positions_that_do_not_move_forward_are_dropped_and_not_resumed_from() -> anyhow::Result<()>
+{
+    let (port, _, resumes) = hostile_logged(After::Backwards, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("hist.a").await?;
+    let events = events_until(&mut sub, "end").await?;
+    let delivered: Vec<_> = events.iter().filter_map(publication).collect();
+    end_first_session(&client).await;
+    let resumed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(resume) = resumes.lock().unwrap().get(1).copied() {
+                return resume;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let expected = vec![
+        (at(11), "a".to_owned()),
+        (at(13), "b".to_owned()),
+        (at(14), "c".to_owned()),
+        (None, "end".to_owned()),
+    ];
+    assert_eq!((delivered, resumed), (expected, at(14)));
     client.close().await;
     Ok(())
 }

@@ -367,7 +367,8 @@ export declare class Subscription implements AsyncIterable<Message> {
 	private readonly presenceHandler;
 	/** Position of the last message seen, used to resume after a reconnect. */
 	position: Position | null;
-	/** How the latest resume went, if one was asked for. */
+	/** How the latest resume went, if one was asked for. `Failed` too when the replay contradicted
+	 *  a `Recovered` (see the `recovery` event). */
 	recovery: Recovery | null;
 	/** Messages dropped because the async iterator did not keep up. */
 	dropped: number;
@@ -654,6 +655,9 @@ export declare class QuiverClient {
 	private moveToWebSocket;
 	private retrySubscribe;
 	private sendSubscribe;
+	/** A server that broke the protocol's rules for a subscription's positions (a publication
+	 *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
+	private reportBroken;
 	/**
 	 * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
 	 * about 100 of them per session. The server ends a subscription whose stream it cannot open

@@ -1465,6 +1465,28 @@ var Message = class {
     return JSON.parse(this.text());
   }
 };
+var Continuity = class {
+  constructor(head, replayLeft) {
+    this.head = head;
+    this.replayLeft = replayLeft;
+  }
+  head;
+  replayLeft;
+  /** Judges a publication at `position`, `last` being the last position delivered. */
+  judge(last, position) {
+    if (position === null) return { deliver: true, broken: false };
+    const epoch = (this.head ?? last)?.epoch;
+    const forward = (epoch === void 0 || epoch === position.epoch) && (last === null || last.epoch !== position.epoch || position.offset > last.offset);
+    const left = this.replayLeft;
+    if (left === null) return { deliver: forward, broken: false };
+    const replayed = forward && this.head !== null && position.offset <= this.head.offset;
+    this.replayLeft = replayed && left > 0 ? left - 1 : null;
+    return { deliver: forward, broken: replayed ? left === 0 : !forward || left > 0 };
+  }
+};
+function recoveryPossible(from, head, replayed) {
+  return from !== null && head !== null && from.epoch === head.epoch && head.offset >= from.offset && BigInt(replayed) <= head.offset - from.offset;
+}
 var Subscription = class {
   /** @internal */
   constructor(room, handler, bufferSize, owner, presenceHandler) {
@@ -1481,7 +1503,8 @@ var Subscription = class {
   presenceHandler;
   /** Position of the last message seen, used to resume after a reconnect. */
   position = null;
-  /** How the latest resume went, if one was asked for. */
+  /** How the latest resume went, if one was asked for. `Failed` too when the replay contradicted
+   *  a `Recovered` (see the `recovery` event). */
   recovery = null;
   /** Messages dropped because the async iterator did not keep up. */
   dropped = 0;
@@ -1579,6 +1602,8 @@ function abortable(promise, signal) {
 }
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 var STABLE_MS = 5e3;
+var HELD_MAX_EVENTS = 1e4;
+var HELD_MAX_BYTES = 16 * 1024 * 1024;
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
@@ -1683,7 +1708,10 @@ var QuiverClient = class {
       const state = {
         sub,
         currentId: 0,
-        sawPublication: false,
+        held: null,
+        heldBytes: 0,
+        continuity: null,
+        resumedFrom: null,
         streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
@@ -2018,6 +2046,7 @@ var QuiverClient = class {
     this.active = null;
     for (const state of this.subs.values()) {
       state.currentId = 0;
+      state.held = null;
       if (state.retryTimer) clearTimeout(state.retryTimer);
       state.retryTimer = null;
     }
@@ -2082,7 +2111,10 @@ var QuiverClient = class {
     const id = this.nextId();
     const resume = state.sub.position;
     state.currentId = id;
-    state.sawPublication = false;
+    state.held = [];
+    state.heldBytes = 0;
+    state.continuity = null;
+    state.resumedFrom = resume;
     state.streamOpened = false;
     let reply;
     try {
@@ -2112,17 +2144,29 @@ var QuiverClient = class {
     if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     state.sub.confirmed(latestId);
     if (latestId !== null) this.latestSubs.set(latestId, state);
-    state.sub.recovery = resume ? reply.recovery : null;
-    if (!state.sawPublication && reply.recovery.type !== "Recovered" && reply.position) {
-      state.sub.position = reply.position;
+    let recovery = reply.recovery;
+    if (recovery.type === "Recovered" && !recoveryPossible(resume, reply.position, recovery.replayed)) {
+      this.reportBroken(state.sub.room, "impossible Recovered");
+      recovery = { type: "Failed" };
     }
-    if (resume) this.emit("recovery", { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    state.sub.recovery = resume ? recovery : null;
+    if (recovery.type !== "Recovered" && reply.position) state.sub.position = reply.position;
+    state.continuity = new Continuity(reply.position, recovery.type === "Recovered" ? recovery.replayed : null);
+    if (resume) this.emit("recovery", { room: state.sub.room, recovery, resumedFrom: resume });
     this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit("subscribed", state.sub);
+    const held = state.held ?? [];
+    state.held = null;
+    for (const event of held) this.deliver(id, event);
+  }
+  /** A server that broke the protocol's rules for a subscription's positions (a publication
+   *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
+  reportBroken(room, what) {
+    this.emit("error", new QuiverError("protocol", `${room}: ${what}`, { room }));
   }
   /**
    * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
@@ -2191,9 +2235,28 @@ var QuiverClient = class {
   deliver(id, event) {
     const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
+    if (state.held) {
+      state.held.push(event);
+      if (event.type === "Publication" || event.type === "Latest") state.heldBytes += event.payload.length;
+      if (state.held.length > HELD_MAX_EVENTS || state.heldBytes > HELD_MAX_BYTES) {
+        state.held = null;
+        state.currentId = 0;
+        this.active?.end(new QuiverError("protocol", `${event.room}: too much before Subscribed`));
+      }
+      return true;
+    }
     try {
       if (event.type === "Publication") {
-        state.sawPublication = true;
+        const verdict = state.continuity?.judge(state.sub.position, event.position);
+        if (verdict?.broken && state.resumedFrom) {
+          this.reportBroken(event.room, "replay contradicts Recovered");
+          const recovery = state.sub.recovery = { type: "Failed" };
+          this.emit("recovery", { room: event.room, recovery, resumedFrom: state.resumedFrom });
+        }
+        if (verdict?.deliver === false) {
+          this.reportBroken(event.room, "publication not after the last one dropped");
+          return true;
+        }
         state.sub.deliver(new Message(event.room, event.position, event.payload));
       } else if (event.type === "Latest") {
         state.sub.offerLatest(event.sequence, event.payload, false);

@@ -24,7 +24,7 @@ import {
   type ResolvedOptions,
   type SessionInfo,
 } from './options.js';
-import { Message, Subscription, type SubscribeOptions } from './subscription.js';
+import { Continuity, Message, Subscription, recoveryPossible, type SubscribeOptions } from './subscription.js';
 import {
   openWebSocket,
   openWebTransport,
@@ -111,9 +111,16 @@ interface SubState {
   sub: Subscription;
   /** Id of the Subscribe that owns the room's live stream; 0 when none is in flight or live. */
   currentId: number;
-  /** Whether a publication arrived on the current stream (then it, not `Subscribed`, sets the
-   *  position, since the stream may overtake the reply). */
-  sawPublication: boolean;
+  /** Events of the current subscription that came before its `Subscribed` (the stream may
+   *  overtake the reply): held until the reply says how to judge them, as PROTOCOL.md section 5
+   *  asks; null once it came. */
+  held: SubscriptionEvent[] | null;
+  /** Payload bytes in `held`. */
+  heldBytes: number;
+  /** What the current stream's publications are checked against, set by `Subscribed`. */
+  continuity: Continuity | null;
+  /** The position the current subscription resumed from. */
+  resumedFrom: Position | null;
   /** Whether the current subscription's `SubscriptionStream` arrived. */
   streamOpened: boolean;
   confirmed: boolean;
@@ -134,6 +141,11 @@ interface QueuedPublish {
 const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 // A connection that lasted this long resets the backoff.
 const STABLE_MS = 5_000;
+// Most events (and payload bytes) of a subscription held before its `Subscribed`. The server
+// queues its reply behind at most a few hundred frames of the replay; past these, the session is
+// ended as broken (the reconnect resumes from the last position delivered, so nothing is lost).
+const HELD_MAX_EVENTS = 10_000;
+const HELD_MAX_BYTES = 16 * 1024 * 1024;
 
 const textEncoder = new TextEncoder();
 
@@ -256,7 +268,10 @@ export class QuiverClient {
       const state: SubState = {
         sub,
         currentId: 0,
-        sawPublication: false,
+        held: null,
+        heldBytes: 0,
+        continuity: null,
+        resumedFrom: null,
         streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
@@ -634,6 +649,7 @@ export class QuiverClient {
     this.active = null;
     for (const state of this.subs.values()) {
       state.currentId = 0;
+      state.held = null;
       if (state.retryTimer) clearTimeout(state.retryTimer);
       state.retryTimer = null;
     }
@@ -713,7 +729,10 @@ export class QuiverClient {
     const id = this.nextId();
     const resume = state.sub.position;
     state.currentId = id;
-    state.sawPublication = false;
+    state.held = [];
+    state.heldBytes = 0;
+    state.continuity = null;
+    state.resumedFrom = resume;
     state.streamOpened = false;
     let reply: Event;
     try {
@@ -744,17 +763,31 @@ export class QuiverClient {
     if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     state.sub.confirmed(latestId);
     if (latestId !== null) this.latestSubs.set(latestId, state);
-    state.sub.recovery = resume ? reply.recovery : null;
-    if (!state.sawPublication && reply.recovery.type !== 'Recovered' && reply.position) {
-      state.sub.position = reply.position;
+    let recovery = reply.recovery;
+    if (recovery.type === 'Recovered' && !recoveryPossible(resume, reply.position, recovery.replayed)) {
+      this.reportBroken(state.sub.room, 'impossible Recovered');
+      recovery = { type: 'Failed' };
     }
-    if (resume) this.emit('recovery', { room: state.sub.room, recovery: reply.recovery, resumedFrom: resume });
+    state.sub.recovery = resume ? recovery : null;
+    // Nothing of this stream was delivered yet (held until now): the reply sets the position.
+    if (recovery.type !== 'Recovered' && reply.position) state.sub.position = reply.position;
+    state.continuity = new Continuity(reply.position, recovery.type === 'Recovered' ? recovery.replayed : null);
+    if (resume) this.emit('recovery', { room: state.sub.room, recovery, resumedFrom: resume });
     this.expectStream(state, id, session);
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit('subscribed', state.sub);
+    const held = state.held ?? [];
+    state.held = null;
+    for (const event of held) this.deliver(id, event);
+  }
+
+  /** A server that broke the protocol's rules for a subscription's positions (a publication
+   *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
+  private reportBroken(room: string, what: string): void {
+    this.emit('error', new QuiverError('protocol', `${room}: ${what}`, { room }));
   }
 
   /**
@@ -831,9 +864,34 @@ export class QuiverClient {
   deliver(id: number, event: SubscriptionEvent): boolean {
     const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
+    if (state.held) {
+      state.held.push(event);
+      if (event.type === 'Publication' || event.type === 'Latest') state.heldBytes += event.payload.length;
+      if (state.held.length > HELD_MAX_EVENTS || state.heldBytes > HELD_MAX_BYTES) {
+        // Nothing more of this stream is taken, judged or not.
+        state.held = null;
+        state.currentId = 0;
+        this.active?.end(new QuiverError('protocol', `${event.room}: too much before Subscribed`));
+      }
+      return true;
+    }
     try {
       if (event.type === 'Publication') {
-        state.sawPublication = true;
+        const verdict = state.continuity?.judge(state.sub.position, event.position);
+        if (verdict?.broken && state.resumedFrom) {
+          // The server said nothing was missed, and its own stream says otherwise: the app must
+          // re-sync, exactly as after a refused resume.
+          this.reportBroken(event.room, 'replay contradicts Recovered');
+          const recovery = (state.sub.recovery = { type: 'Failed' });
+          this.emit('recovery', { room: event.room, recovery, resumedFrom: state.resumedFrom });
+        }
+        if (verdict?.deliver === false) {
+          // A server never sends it (positions only move forward within a subscription): this one
+          // is broken or hostile. Delivering it would hand the app a repeat or a reordering, and
+          // make it the resume point, moving that backwards.
+          this.reportBroken(event.room, 'publication not after the last one dropped');
+          return true;
+        }
         state.sub.deliver(new Message(event.room, event.position, event.payload));
       } else if (event.type === 'Latest') {
         state.sub.offerLatest(event.sequence, event.payload, false);

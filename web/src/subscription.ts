@@ -55,11 +55,70 @@ export interface LatestStats {
   droppedOlder: number;
 }
 
+/** @internal What to do with one publication (`Continuity.judge`). */
+export interface Verdict {
+  /** Give it to the app (and make it the resume point). */
+  deliver: boolean;
+  /** The stream contradicts the server's `Recovered`: report the recovery failed first. */
+  broken: boolean;
+}
+
+/**
+ * @internal What one server subscription's publications must look like (PROTOCOL.md section 5):
+ * positions strictly increase, in the epoch of `Subscribed.position`; a resume answered
+ * `Recovered { replayed }` replays exactly `replayed` publications in (resume point,
+ * `Subscribed.position`] before the live ones, which are after `Subscribed.position`. Positions
+ * are only compared (offsets need not be contiguous). Outside audit F6: the server's word was
+ * believed.
+ */
+export class Continuity {
+  constructor(
+    /** `Subscribed.position`: replayed publications are at most this, live ones after it. */
+    private readonly head: Position | null,
+    /** Replayed publications still to come (`Recovered`); null when the stream is no replay, or
+     *  its recovery was already reported broken. */
+    private replayLeft: number | null,
+  ) {}
+
+  /** Judges a publication at `position`, `last` being the last position delivered. */
+  judge(last: Position | null, position: Position | null): Verdict {
+    // Rooms without history: nothing to compare.
+    if (position === null) return { deliver: true, broken: false };
+    const epoch = (this.head ?? last)?.epoch;
+    const forward =
+      (epoch === undefined || epoch === position.epoch) &&
+      (last === null || last.epoch !== position.epoch || position.offset > last.offset);
+    const left = this.replayLeft;
+    if (left === null) return { deliver: forward, broken: false };
+    // Inside an announced replay: `left` more in (resume point, head] before the first live one.
+    const replayed = forward && this.head !== null && position.offset <= this.head.offset;
+    // Once the replay is over (or found broken, reported once) only the forward rule is left.
+    this.replayLeft = replayed && left > 0 ? left - 1 : null;
+    // Backwards inside the replay, one replayed more than announced, or a live one before every
+    // announced replayed one came.
+    return { deliver: forward, broken: replayed ? left === 0 : !forward || left > 0 };
+  }
+}
+
+/** @internal Whether a `Recovered { replayed }` answering a resume from `from` with
+ *  `Subscribed.position` `head` can be true: the replay lies in (`from`, `head`], in one epoch,
+ *  and holds at most as many publications as there are offsets there. */
+export function recoveryPossible(from: Position | null, head: Position | null, replayed: number): boolean {
+  return (
+    from !== null &&
+    head !== null &&
+    from.epoch === head.epoch &&
+    head.offset >= from.offset &&
+    BigInt(replayed) <= head.offset - from.offset
+  );
+}
+
 /** A room the app subscribed to. It lives across reconnects until `unsubscribe()`. */
 export class Subscription implements AsyncIterable<Message> {
   /** Position of the last message seen, used to resume after a reconnect. */
   position: Position | null = null;
-  /** How the latest resume went, if one was asked for. */
+  /** How the latest resume went, if one was asked for. `Failed` too when the replay contradicted
+   *  a `Recovered` (see the `recovery` event). */
   recovery: Recovery | null = null;
   /** Messages dropped because the async iterator did not keep up. */
   dropped = 0;

@@ -454,6 +454,91 @@ describe(`over ${transport}`, () => {
     assert.deepEqual(changes, ['Joined', 'Left']);
   });
 
+  // Outside audit F6: a server whose positions go backwards, or whose replay contradicts its own
+  // `Recovered`, is not believed.
+  test('a replay shorter than Recovered announced is reported as a failed recovery', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const log = [];
+    client.on('recovery', ({ recovery }) => log.push(`recovery:${recovery.type}`));
+    const subscribed = client.subscribe('hist.a', (m) => log.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'hist.a', position: { epoch: 1n, offset: 10n }, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'hist.a' });
+    stream.send(0, { type: 'Publication', room: 'hist.a', position: { epoch: 1n, offset: 11n }, payload: text('a') });
+    await waitUntil(() => log.length === 1);
+    conn.kill();
+    conn = await connected(net, client);
+    const resub = await conn.expect('Subscribe');
+    assert.deepEqual(resub.command.resume, { epoch: 1n, offset: 11n });
+    // Three replayed publications announced, one sent, then a live one (after position 20).
+    conn.send(resub.id, { type: 'Subscribed', room: 'hist.a', position: { epoch: 1n, offset: 20n }, recovery: { type: 'Recovered', replayed: 3 } });
+    const s2 = conn.openStream();
+    s2.send(resub.id, { type: 'SubscriptionStream', room: 'hist.a' });
+    s2.send(0, { type: 'Publication', room: 'hist.a', position: { epoch: 1n, offset: 12n }, payload: text('replayed') });
+    s2.send(0, { type: 'Publication', room: 'hist.a', position: { epoch: 1n, offset: 21n }, payload: text('live') });
+    await waitUntil(() => log.includes('live'));
+    assert.deepEqual(log, ['a', 'recovery:Recovered', 'replayed', 'recovery:Failed', 'live']);
+    assert.deepEqual(sub.recovery, { type: 'Failed' });
+  });
+
+  test('publications whose positions do not move forward are dropped, and not resumed from', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const got = [];
+    const subscribed = client.subscribe('hist.a', (m) => got.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'hist.a', position: { epoch: 1n, offset: 10n }, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'hist.a' });
+    const sent = [
+      [{ epoch: 1n, offset: 11n }, 'a'],
+      [{ epoch: 1n, offset: 13n }, 'b'],
+      [{ epoch: 1n, offset: 12n }, 'backwards'],
+      [{ epoch: 1n, offset: 13n }, 'repeated'],
+      [{ epoch: 1n, offset: 14n }, 'c'],
+      [{ epoch: 2n, offset: 99n }, 'other epoch'],
+      [{ epoch: 1n, offset: 9n }, 'before Subscribed'],
+      [null, 'end'],
+    ];
+    for (const [position, payload] of sent) stream.send(0, { type: 'Publication', room: 'hist.a', position, payload: text(payload) });
+    await waitUntil(() => got.includes('end'));
+    const delivered = [...got];
+    conn.kill();
+    conn = await connected(net, client);
+    const resub = await conn.expect('Subscribe');
+    assert.deepEqual([delivered, resub.command.resume], [['a', 'b', 'c', 'end'], { epoch: 1n, offset: 14n }]);
+    assert.deepEqual(sub.position, { epoch: 1n, offset: 14n });
+  });
+
+  test('publications that come before Subscribed are held, then judged against it', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const log = [];
+    client.on('recovery', ({ recovery }) => log.push(`recovery:${recovery.type}`));
+    const subscribed = client.subscribe('hist.b', (m) => log.push(m.text()), { resume: { epoch: 1n, offset: 50n } });
+    const cmd = await conn.expect('Subscribe');
+    // The stream overtakes the reply: a failed resume continuing in a new epoch (below the
+    // resume point's offset, which is not a step back), with one publication before the
+    // position the reply will announce.
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'hist.b' });
+    for (const [offset, payload] of [[4n, 'new'], [2n, 'before Subscribed'], [5n, 'newer']]) {
+      stream.send(0, { type: 'Publication', room: 'hist.b', position: { epoch: 2n, offset }, payload: text(payload) });
+    }
+    conn.send(cmd.id, { type: 'Subscribed', room: 'hist.b', position: { epoch: 2n, offset: 3n }, recovery: { type: 'Failed' } });
+    const sub = await subscribed;
+    await waitUntil(() => log.includes('newer'));
+    assert.deepEqual(log, ['recovery:Failed', 'new', 'newer']);
+    assert.deepEqual(sub.position, { epoch: 2n, offset: 5n });
+  });
+
   test('the first ping of a session is written before the (re)subscribes and queued publishes', async (t) => {
     // The server answers control-stream commands in order: a ping queued behind the subscribes
     // would measure their processing, not the round trip (the demo showed 37-310 ms on loopback).
@@ -508,6 +593,27 @@ test('a Welcome announcing a 4 GiB max_frame does not raise the inbound limit pa
   // 2 MiB: over the default ceiling of 1 MiB, so the connection ends as a protocol error.
   conn.send(0, { type: 'Publication', room: 'r.big', position: null, payload: new Uint8Array(2 * 1024 * 1024) });
   await left;
+  assert.deepEqual(got, []);
+});
+
+test('a server that sends over 10,000 events of a room before its Subscribed has its session replaced', async (t) => {
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  let conn = await connected(net, client);
+  const got = [];
+  client.subscribe('hist.c', (m) => got.push(m.text()), { resume: { epoch: 1n, offset: 5n } }).catch(() => undefined);
+  const cmd = await conn.expect('Subscribe');
+  const left = once(client, 'state', (s) => s !== 'connected');
+  const stream = conn.openStream();
+  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'hist.c' });
+  for (let i = 1n; i <= 10_001n; i++) {
+    stream.send(0, { type: 'Publication', room: 'hist.c', position: { epoch: 1n, offset: 5n + i }, payload: text('x') });
+  }
+  await left;
+  conn = await connected(net, client);
+  const resub = await conn.expect('Subscribe');
+  // Nothing held was delivered, so nothing is skipped: the resume point did not move.
+  assert.deepEqual(resub.command.resume, { epoch: 1n, offset: 5n });
   assert.deepEqual(got, []);
 });
 

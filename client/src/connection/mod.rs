@@ -186,8 +186,9 @@ struct Sub {
     confirmed: bool,
     /// The subscription's frames, when they began before `Subscribed`.
     stream: Option<SubStream>,
-    /// Sent before the first publication of the current stream (`Resubscribed`).
-    preamble: Option<SubEvent>,
+    /// How the current stream starts (`Resubscribed`) and what its positions are checked
+    /// against: set by `Subscribed`.
+    preamble: Option<subscriptions::Start>,
     reader: Option<AbortHandle>,
     /// The newest value of a `latest` room (PROTOCOL.md §10), shared with the `Subscription`.
     latest: Arc<LatestCell>,

@@ -1,8 +1,20 @@
 //! Subscriptions: confirmed by `Subscribed`, fed by their `SubStream` (only the one whose
 //! `SubscriptionStream` id matches the latest `Subscribe`: older ones are stale), ended by the
 //! server, by a refusal after a reconnect, or (WebSocket) by falling behind.
+//!
+//! What the server claims about positions and recovery is checked against the stream
+//! (`crate::continuity`): a `Recovered` the `Subscribed` itself rules out is taken as `Failed`
+//! here; the delivery task judges each publication.
 
 use super::*;
+use crate::continuity::{recovery_possible, Continuity};
+
+/// How a subscription's stream starts, decided by its `Subscribed`: the event the application
+/// gets first, and what the stream's positions are checked against.
+pub(super) struct Start {
+    preamble: Option<SubEvent>,
+    continuity: Continuity,
+}
 
 impl Actor {
     /// The subscription of `room`, if it is still generation `gen` and its latest `Subscribe`
@@ -31,21 +43,41 @@ impl Actor {
         if let Some(subscription) = subscription {
             lock(&routes).insert(subscription, sub.latest.clone());
         }
-        {
+        let (recovery, continuity) = {
             let mut last = lock(&sub.last);
-            match recovery {
+            let recovery = match recovery {
+                Recovery::Recovered { replayed }
+                    if !recovery_possible(*last, position, replayed) =>
+                {
+                    tracing::warn!(room, ?position, resume = ?*last, replayed, "a Recovered that cannot be true; reporting the recovery as failed");
+                    Recovery::Failed
+                }
+                other => other,
+            };
+            let replay_left = match recovery {
                 // Replayed publications move `last` forward as they are delivered.
-                Recovery::Recovered { .. } => {}
+                Recovery::Recovered { replayed } => Some(replayed),
                 // Missed messages cannot be recovered: continue from the room's current
                 // position (which may be in a new epoch).
-                Recovery::Failed => *last = position,
+                Recovery::Failed => {
+                    *last = position;
+                    None
+                }
                 Recovery::NotRequested => {
                     if last.is_none() {
                         *last = position;
                     }
+                    None
                 }
-            }
-        }
+            };
+            (
+                recovery,
+                Continuity {
+                    head: position,
+                    replay_left,
+                },
+            )
+        };
         if let Some(waiter) = sub.waiter.take() {
             let Some((rx, end)) = sub.parts.take() else {
                 return;
@@ -66,11 +98,16 @@ impl Actor {
             }
             // `subscribe_from`: the application learns how its resume went, as after a
             // reconnect, before anything replayed.
-            if !matches!(recovery, Recovery::NotRequested) {
-                sub.preamble = Some(SubEvent::Resubscribed { recovery });
-            }
+            sub.preamble = Some(Start {
+                preamble: (!matches!(recovery, Recovery::NotRequested))
+                    .then_some(SubEvent::Resubscribed { recovery }),
+                continuity,
+            });
         } else {
-            sub.preamble = Some(SubEvent::Resubscribed { recovery });
+            sub.preamble = Some(Start {
+                preamble: Some(SubEvent::Resubscribed { recovery }),
+                continuity,
+            });
         }
         if let Some(stream) = sub.stream.take() {
             self.start_reader(room, stream);
@@ -169,11 +206,19 @@ impl Actor {
         let (Some(live), Some(sub)) = (self.live.as_mut(), self.subs.get_mut(room)) else {
             return;
         };
+        let Start {
+            preamble,
+            continuity,
+        } = sub.preamble.take().unwrap_or(Start {
+            preamble: None,
+            continuity: Continuity::default(),
+        });
         let handle = live.tasks.spawn(deliver(
             stream,
             sub.tx.clone(),
             sub.last.clone(),
-            sub.preamble.take(),
+            preamble,
+            continuity,
             live.liveness.clone(),
             sub.latest.clone(),
         ));

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::client::{lock, WelcomeInfo};
 use crate::config::{ClientConfig, Transport};
 use crate::connection::EventTx;
+use crate::continuity::Continuity;
 use crate::error::ClientError;
 use crate::heartbeat::Liveness;
 use crate::pacer::Pacer;
@@ -168,6 +169,7 @@ pub(crate) async fn deliver(
     tx: mpsc::Sender<SubEvent>,
     last: Arc<Mutex<Option<Position>>>,
     preamble: Option<SubEvent>,
+    mut continuity: Continuity,
     liveness: Arc<Liveness>,
     latest: Arc<crate::latest::LatestCell>,
 ) {
@@ -201,6 +203,28 @@ pub(crate) async fn deliver(
             Event::Left { member, .. } => (SubEvent::Left { member }, None),
             _ => continue,
         };
+        if let SubEvent::Publication { room, .. } = &ev {
+            let before = *lock(&last);
+            let verdict = continuity.judge(before, position);
+            if verdict.broken {
+                // The server said nothing was missed, and its own stream says otherwise: the
+                // application must re-sync, exactly as after a refused resume.
+                tracing::warn!(room, ?position, "the replay contradicts the server's Recovered; reporting the recovery as failed");
+                let failed = SubEvent::Resubscribed {
+                    recovery: quiver_proto::Recovery::Failed,
+                };
+                if tx.send(failed).await.is_err() {
+                    return;
+                }
+            }
+            if !verdict.deliver {
+                // A server never sends it (positions only move forward within a subscription):
+                // this one is broken or hostile. Delivering it would hand the application a
+                // repeat or a reordering and make it the resume point, moving that backwards.
+                tracing::warn!(room, ?position, last = ?before, "dropping a publication whose position does not move forward");
+                continue;
+            }
+        }
         if tx.send(ev).await.is_err() {
             return;
         }
