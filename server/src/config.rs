@@ -541,6 +541,21 @@ pub struct TimeoutsConfig {
     pub reply: Duration,
 }
 
+impl TimeoutsConfig {
+    /// The timeouts that bound what a peer holds (every one but `drain`), by name, for the
+    /// checks at load.
+    pub fn per_session(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("idle", self.idle),
+            ("keep_alive", self.keep_alive),
+            ("hello", self.hello),
+            ("handshake", self.handshake),
+            ("stream_open", self.stream_open),
+            ("reply", self.reply),
+        ]
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {

@@ -115,14 +115,7 @@ impl Config {
 
     fn refuse_timeout_mistakes(&self) -> Result<(), String> {
         let t = &self.timeouts;
-        for (name, value) in [
-            ("idle", t.idle),
-            ("keep_alive", t.keep_alive),
-            ("hello", t.hello),
-            ("handshake", t.handshake),
-            ("stream_open", t.stream_open),
-            ("reply", t.reply),
-        ] {
+        for (name, value) in t.per_session() {
             // Zero has its own message (`validate`).
             if !value.is_zero() && value < MIN_SESSION_TIMEOUT {
                 return Err(format!(

@@ -94,15 +94,7 @@ impl Config {
         }
         // 0 is no timeout to a QUIC or NATS user, and an immediate one here: refused rather
         // than a server that closes every session at once (timeouts.drain: mistakes.rs).
-        let t = &self.timeouts;
-        for (name, value) in [
-            ("idle", t.idle),
-            ("keep_alive", t.keep_alive),
-            ("hello", t.hello),
-            ("handshake", t.handshake),
-            ("stream_open", t.stream_open),
-            ("reply", t.reply),
-        ] {
+        for (name, value) in self.timeouts.per_session() {
             if value.is_zero() {
                 problems.push(format!(
                     "timeouts.{name} must be positive (there is no way to turn it off)"
