@@ -40,6 +40,7 @@ pub mod tls_resumption;
 pub mod token_cache;
 pub mod transport;
 pub mod udp_socket;
+mod write_stall;
 
 pub use config::Config;
 pub use server::{dev_secret, Server, StartError, DEV_SECRET_FILE};

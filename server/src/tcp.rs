@@ -35,6 +35,7 @@ use tracing::debug;
 
 use crate::server::Shared;
 use crate::transport::{Counted, Pool};
+use crate::write_stall::{Unacked, WriteStall};
 
 /// One TCP connection's place in the server's and its address's counts: held by the connection
 /// and by the session it carries, released when both are gone.
@@ -153,10 +154,12 @@ async fn connection(
     slot: TcpSlot,
 ) {
     let deadline = shared.config.timeouts.handshake;
+    // Read before TLS takes the socket: the stream that wraps it keeps it open while read.
+    let unacked = Unacked::of(&tcp);
     match tls {
-        None => http(tcp, remote, app, slot, deadline).await,
+        None => http(tcp, remote, app, slot, deadline, unacked).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => http(stream, remote, app, slot, deadline).await,
+            Ok(Ok(stream)) => http(stream, remote, app, slot, deadline, unacked).await,
             Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
             Err(_) => debug!(%remote, "TLS handshake timed out"),
         },
@@ -169,8 +172,9 @@ async fn connection(
 /// steadily at tens of KB/s met the write-stall deadline (meant for peers that read nothing)
 /// and lost its connection instead of its slow room (outside audit). With it a reader that
 /// makes progress wakes the writer every 32 KiB, and the kernel holds less of a room's
-/// backlog, the bounded queues the rest. (Not all of it: a reader far slower than its rooms can
-/// still be closed before its room ends, PROTOCOL.md §9.2.)
+/// backlog, the bounded queues the rest. A reader too slow to drain one write below half the
+/// mark within the write-stall deadline is still making progress: `write_stall.rs` counts
+/// acknowledged bytes.
 const UNSENT_AT_MOST: u32 = 64 * 1024;
 
 fn unsent_at_most(tcp: &tokio::net::TcpStream) {
@@ -203,6 +207,7 @@ async fn http<S>(
     app: Router,
     slot: TcpSlot,
     deadline: std::time::Duration,
+    unacked: Unacked,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -213,11 +218,9 @@ async fn http<S>(
     let service = TowerToHyperService::new(app);
     // A peer that stops reading would otherwise hold the connection (and its place) for as
     // long as a write waits: a response larger than the socket's buffers, pipelined requests'
-    // answers, an SSE stream, a WebSocket session. A write that makes no progress for the
-    // deadline fails, and the connection ends.
-    let mut io = tokio_io_timeout::TimeoutStream::new(io);
-    io.set_write_timeout(Some(deadline));
-    let io = Box::pin(io);
+    // answers, an SSE stream, a WebSocket session. A write that makes no progress (no byte
+    // acknowledged) for the deadline fails, and the connection ends (`write_stall.rs`).
+    let io = Box::pin(WriteStall::new(io, deadline, unacked));
     // hyper's own HTTP/1 connection, not hyper-util's `auto` one: `auto` first waits for bytes
     // to tell the HTTP version, with no deadline, so a silent peer would never meet the
     // header deadline.

@@ -414,19 +414,25 @@ async fn a_slow_consumer_on_a_websocket_that_stopped_reading_is_dropped_at_once(
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "never present");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dropped = |page: &str| {
-        metric_sum(
-            page,
-            "quiver_deliveries_dropped_total",
-            &[("reason", "slow_consumer")],
-        )
-    };
+    // Published to until the deaf session leaves the room's presence: its subscription was
+    // dropped (`drop_sub` takes it out of presence and of the subscription gauge together). The
+    // metrics are the test process's, shared with the tests running beside this one, so the
+    // room's presence, this server's own, is what is watched.
     let payload = Bytes::from(vec![7u8; 16 * 1024]);
     let mut sent = 0;
-    while dropped(&server.metrics().await?) < 1.0 {
+    loop {
+        let still = present(
+            publ.request(Command::Presence {
+                room: "p.feed".into(),
+            })
+            .await?,
+        );
+        if !still {
+            break;
+        }
         anyhow::ensure!(
             sent < 4000,
-            "never dropped as slow after {sent} publications"
+            "still subscribed after {sent} publications (deaf present: {still})"
         );
         for _ in 0..100 {
             publ.send(Command::Publish {
@@ -441,25 +447,6 @@ async fn a_slow_consumer_on_a_websocket_that_stopped_reading_is_dropped_at_once(
     }
     // The session is still open (it is not closed before `timeouts.reply`), the subscription
     // is not.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let page = server.metrics().await?;
-        let subscriptions = metric_sum(&page, "quiver_subscriptions_active", &[]);
-        let still = present(
-            publ.request(Command::Presence {
-                room: "p.feed".into(),
-            })
-            .await?,
-        );
-        if subscriptions == 0.0 && !still {
-            break;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "3 s after the drop: {subscriptions} subscriptions counted, deaf present: {still}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(server.sessions(), 2, "both sessions are still open");
     Ok(())
 }
@@ -1029,6 +1016,20 @@ async fn a_slow_websocket_reader_loses_the_room_not_the_connection() -> anyhow::
 async fn a_slow_websocket_reader_at_the_default_limits_keeps_its_connection() -> anyhow::Result<()>
 {
     slow_reader_loses_the_room(640, 16_000, Duration::from_secs(25), |_| {}).await
+}
+
+/// A reader at about 10 KB/s against a write-stall deadline of 2 s: the kernel wakes a waiting
+/// write only once the unsent data drains under half of `TCP_NOTSENT_LOWAT`, which takes such a
+/// reader longer than the deadline, but the bytes it acknowledges meanwhile count as progress
+/// (before, its connection ended `connection_lost`: an outside audit's 5 KB/s reader at the
+/// default 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_slower_than_the_kernel_wakes_writes_still_keeps_its_connection(
+) -> anyhow::Result<()> {
+    slow_reader_loses_the_room(200, 100, Duration::from_secs(25), |c| {
+        c.timeouts.handshake = Duration::from_secs(2);
+    })
+    .await
 }
 
 /// A reader taking `per_tick` bytes from its socket every 20 ms, subscribed to a room published
