@@ -190,11 +190,21 @@ pub struct ClientConfig {
     /// Dead-server detection by app-level `Ping` (default on: noticed within 2.5 s). See
     /// [`Heartbeat`] for what it costs.
     pub heartbeat: Option<Heartbeat>,
-    /// Capacity of each subscription's event queue (default 1024). When the application does not
-    /// read a [`crate::Subscription`], the client stops reading that room's stream, QUIC flow
-    /// control pushes back to the server, and eventually the server ends the subscription with
-    /// `slow_consumer`: memory never grows without bound.
+    /// Capacity of each subscription's event queue in events (default 1024). When the
+    /// application does not read a [`crate::Subscription`], the client stops reading that
+    /// room's stream once the queue is full (in events, or in bytes:
+    /// [`ClientConfig::subscription_buffer_bytes`]). On WebTransport, QUIC flow control then
+    /// pushes back to the server, which eventually ends the subscription with `slow_consumer`;
+    /// on WebSocket, where every room shares the socket, the client holds at most 8 MiB more of
+    /// the room's events and past that ends the subscription itself with `slow_consumer`
+    /// ("ended by this client"). Memory never grows without bound.
     pub subscription_buffer: usize,
+    /// Most bytes each subscription's event queue holds (default 8 MiB), plus one event: every
+    /// event weighs what it carries (payload, room name, a `Joined`/`Left` member's user and
+    /// session) and 128 bytes more, so neither large events (up to
+    /// [`ClientConfig::max_frame`] each) nor a flood of tiny ones make the
+    /// [`ClientConfig::subscription_buffer`] events cost more. Reached, it acts as a full queue.
+    pub subscription_buffer_bytes: usize,
     /// Pace commands to `Welcome.limits.commands_per_second` on the client side so the server
     /// never refuses them with `rate_limited` (default true).
     pub pace_commands: bool,
@@ -224,6 +234,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("heartbeat", &self.heartbeat)
             .field("subscription_buffer", &self.subscription_buffer)
+            .field("subscription_buffer_bytes", &self.subscription_buffer_bytes)
             .field("pace_commands", &self.pace_commands)
             .field("max_frame", &self.max_frame)
             .finish_non_exhaustive()
@@ -250,6 +261,7 @@ impl ClientConfig {
             idle_timeout: Duration::from_secs(10),
             heartbeat: Some(Heartbeat::default()),
             subscription_buffer: 1024,
+            subscription_buffer_bytes: 8 * 1024 * 1024,
             pace_commands: true,
             max_frame: 1024 * 1024,
         }

@@ -98,14 +98,17 @@
 //!
 //! # Delivery and flow control
 //!
-//! Each [`Subscription`] has a bounded queue. If the application does not read it, on
-//! WebTransport the client stops reading that room's stream and QUIC flow control pushes back to
-//! the server, which ends the subscription with `slow_consumer` ([`SubEvent::Ended`]) rather
-//! than buffering without bound. On WebSocket, where rooms share one TCP connection, the client
-//! holds at most 1,024 more frames (8 MiB) for the room and then ends the subscription with the same
-//! `slow_consumer` code itself (and unsubscribes on the server), so one unread room never stalls
-//! the others. [`Client::publish`] is at-most-once; [`Client::publish_ack`] reports the
-//! server's answer.
+//! Each [`Subscription`] has a queue bounded in events and in bytes
+//! ([`ClientConfig::subscription_buffer`], 1,024; [`ClientConfig::subscription_buffer_bytes`],
+//! 8 MiB; every event weighs what it carries, presence members included, plus 128 bytes). If
+//! the application does not read it, on WebTransport the client stops reading that room's
+//! stream and QUIC flow control pushes back to the server, which ends the subscription with
+//! `slow_consumer` ([`SubEvent::Ended`]) rather than buffering without bound. On WebSocket,
+//! where rooms share one TCP connection, the client holds at most 8 MiB more of the room's
+//! events (weighed the same way: a replay of thousands of small publications fits) and then
+//! ends the subscription with the same `slow_consumer` code itself (and unsubscribes on the
+//! server), so one unread room never stalls the others. [`Client::publish`] is at-most-once;
+//! [`Client::publish_ack`] reports the server's answer.
 //!
 //! # Calls
 //!

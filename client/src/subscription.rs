@@ -2,14 +2,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
 use quiver_proto::{Member, Position, Recovery};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::client::Client;
 use crate::connection::Request;
@@ -50,12 +50,122 @@ pub enum SubEvent {
     Ended { code: u16, reason: String },
 }
 
+/// What holding one event costs beyond the bytes it carries (its queue slot, the headers of
+/// its buffers): every event weighs at least this much, so a flood of tiny events is bounded
+/// in bytes too.
+pub(crate) const EVENT_OVERHEAD: usize = 128;
+
+impl SubEvent {
+    /// What the event weighs in a queue: the bytes it carries (payload, room, member) and
+    /// [`EVENT_OVERHEAD`]. The same on both sides of the queue.
+    pub(crate) fn weight(&self) -> usize {
+        EVENT_OVERHEAD
+            + match self {
+                SubEvent::Publication { room, payload, .. } => room.len() + payload.len(),
+                SubEvent::Joined { member } | SubEvent::Left { member } => {
+                    member.user.len() + member.session.len()
+                }
+                SubEvent::Ended { reason, .. } => reason.len(),
+                SubEvent::Resubscribed { .. } => 0,
+            }
+    }
+}
+
+/// The bytes one subscription's queue holds (the [`SubEvent::weight`]s of its events): the
+/// delivery task counts an event in as it queues it, the [`Subscription`] counts it out as it
+/// yields it. With [`ClientConfig::subscription_buffer`](crate::ClientConfig) bounding the
+/// count, this bounds the bytes (`subscription_buffer_bytes`): whatever the events carry, the
+/// queue holds at most the limit plus one event.
+pub(crate) struct QueueBytes {
+    held: AtomicUsize,
+    limit: usize,
+    /// Woken when `held` falls below `limit`.
+    space: Notify,
+}
+
+impl QueueBytes {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(QueueBytes {
+            held: AtomicUsize::new(0),
+            // 0 would never admit anything: one event at a time then.
+            limit: limit.max(1),
+            space: Notify::new(),
+        })
+    }
+
+    /// Counts `ev` in and queues it with `permit`, once the queue holds less than its limit in
+    /// bytes; waits (like a full queue) before that. `false` when the application's side is
+    /// gone. Cancel-safe: nothing is counted until the event is queued, in the same step.
+    async fn send(
+        &self,
+        tx: &mpsc::Sender<SubEvent>,
+        permit: mpsc::Permit<'_, SubEvent>,
+        ev: SubEvent,
+    ) -> bool {
+        while self.held.load(Ordering::Acquire) >= self.limit {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.held.load(Ordering::Acquire) < self.limit {
+                break;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tx.closed() => return false,
+            }
+        }
+        self.held.fetch_add(ev.weight(), Ordering::AcqRel);
+        permit.send(ev);
+        true
+    }
+
+    /// Counts out an event the application took.
+    fn taken(&self, ev: &SubEvent) {
+        let weight = ev.weight();
+        let before = self.held.fetch_sub(weight, Ordering::AcqRel);
+        if before >= self.limit && before - weight < self.limit {
+            self.space.notify_one();
+        }
+    }
+}
+
+/// The sending side of a subscription's queue, bounded in events and in bytes.
+#[derive(Clone)]
+pub(crate) struct QueueTx {
+    tx: mpsc::Sender<SubEvent>,
+    bytes: Arc<QueueBytes>,
+}
+
+/// A subscription's queue: at most `events` events, weighing at most `bytes` (plus one event).
+pub(crate) fn queue(events: usize, bytes: usize) -> (QueueTx, mpsc::Receiver<SubEvent>) {
+    let (tx, rx) = mpsc::channel(events.max(1));
+    let bytes = QueueBytes::new(bytes);
+    (QueueTx { tx, bytes }, rx)
+}
+
+impl QueueTx {
+    /// Queues `ev`; waits while the queue is full, in events or in bytes. `false` when the
+    /// application's side is gone.
+    pub(crate) async fn send(&self, ev: SubEvent) -> bool {
+        match self.tx.reserve().await {
+            Ok(permit) => self.bytes.send(&self.tx, permit, ev).await,
+            Err(_) => false,
+        }
+    }
+
+    /// What the [`Subscription`] counts its events out of.
+    pub(crate) fn bytes(&self) -> Arc<QueueBytes> {
+        self.bytes.clone()
+    }
+}
+
 /// The parts the connection task hands over when a subscribe is confirmed.
 pub(crate) struct SubParts {
     pub rx: mpsc::Receiver<SubEvent>,
     pub end: oneshot::Receiver<SubEvent>,
     pub gen: u64,
     pub latest: Arc<LatestCell>,
+    pub bytes: Arc<QueueBytes>,
 }
 
 /// How the values of a `latest` subscription arrived (PROTOCOL.md §10).
@@ -75,15 +185,18 @@ pub struct LatestStats {
 /// position). It ends (yields `None`) after [`crate::Client::unsubscribe`], after a
 /// [`SubEvent::Ended`], or when the client is closed. Dropping it unsubscribes.
 ///
-/// Events are queued in a bounded buffer (`ClientConfig::subscription_buffer`); a subscription
-/// that is not read stops the client from reading that room's stream, and the server eventually
-/// ends it with `slow_consumer`.
+/// Events are queued in a buffer bounded in count and in bytes
+/// (`ClientConfig::subscription_buffer`, `ClientConfig::subscription_buffer_bytes`); a
+/// subscription that is not read stops the client from reading that room's stream, and the
+/// subscription eventually ends with `slow_consumer` (on WebTransport the server ends it; on
+/// WebSocket, where the room shares the socket, the client does, past 8 MiB more).
 pub struct Subscription {
     room: String,
     rx: mpsc::Receiver<SubEvent>,
     end: Option<oneshot::Receiver<SubEvent>>,
     gen: u64,
     latest: Arc<LatestCell>,
+    bytes: Arc<QueueBytes>,
     client: Client,
 }
 
@@ -95,6 +208,7 @@ impl Subscription {
             end: Some(parts.end),
             gen: parts.gen,
             latest: parts.latest,
+            bytes: parts.bytes,
             client,
         }
     }
@@ -148,7 +262,10 @@ impl Stream for Subscription {
             }));
         }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(ev)) => Poll::Ready(Some(ev)),
+            Poll::Ready(Some(ev)) => {
+                self.bytes.taken(&ev);
+                Poll::Ready(Some(ev))
+            }
             Poll::Pending => Poll::Pending,
             // Every sender is gone: the deliveries are over. Yield the end reason, if any, last.
             Poll::Ready(None) => match self.end.as_mut() {
@@ -171,5 +288,47 @@ impl Drop for Subscription {
             room: std::mem::take(&mut self.room),
             gen: self.gen,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn joined(user: usize) -> SubEvent {
+        SubEvent::Joined {
+            member: Member {
+                user: "u".repeat(user),
+                session: String::new(),
+            },
+        }
+    }
+
+    /// A queue with room for 1,024 events holds 4 of 1,128 bytes under a limit of 4,096 (the
+    /// last one past it): the fifth waits until the application takes one, as for a full queue;
+    /// and gives up once the application is gone.
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let (tx, mut rx) = queue(1024, 4096);
+        let bytes = tx.bytes();
+        for _ in 0..4 {
+            assert!(tx.send(joined(1000)).await);
+        }
+        let waiting = tx.clone();
+        let fifth = tokio::spawn(async move { waiting.send(joined(1000)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!fifth.is_finished(), "a fifth event went past 4,096 bytes");
+        let taken = rx.recv().await.unwrap();
+        bytes.taken(&taken);
+        let sent = tokio::time::timeout(Duration::from_secs(1), fifth).await;
+        assert!(matches!(sent, Ok(Ok(true))), "{sent:?}");
+
+        let waiting = tx.clone();
+        let sixth = tokio::spawn(async move { waiting.send(joined(1000)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(rx);
+        let sent = tokio::time::timeout(Duration::from_secs(1), sixth).await;
+        assert!(matches!(sent, Ok(Ok(false))), "{sent:?}");
     }
 }

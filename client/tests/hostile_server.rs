@@ -4,7 +4,9 @@
 //! above the client's own ceiling does not let one frame past it; a server that floods pings
 //! and reads nothing makes the client replace the connection, not queue pongs without end; a
 //! server whose positions go backwards, or whose replay contradicts its `Recovered`, is not
-//! believed (outside audit F6).
+//! believed (outside audit F6); what a subscription holds for an application that does not
+//! read is bounded in bytes, presence events included, and a long replay to one that does is
+//! not cut short (outside audit G2, G5).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,33 @@ enum After {
     /// without a position (payload "end"); the connection closes at the client's first `Ping`.
     /// Later sessions: `Subscribed` at 14, `Recovered { replayed: 0 }`.
     Backwards,
+    /// Answers `Subscribe` with `Subscribed` and the room's `SubscriptionStream`, then sends
+    /// `Joined` events whose member's user is [`JOINED_USER`] bytes, at most [`JOINED_MAX`] of
+    /// them, until the client's `Unsubscribe` comes ([`Flood`] counts them); `Ping`s are
+    /// answered after the flood.
+    JoinedFlood,
+    /// A history room (epoch 1): a `Subscribe` is answered `Subscribed` at offset
+    /// [`REPLAYED`] with `Recovered { replayed: REPLAYED }`, then the replayed publications
+    /// 1..=`REPLAYED` (20-byte payloads) in one WebSocket message, then a live one ("live").
+    LongReplay,
+}
+
+/// The size of a [`After::JoinedFlood`] member's user name: under the client's 1 MiB ceiling.
+const JOINED_USER: usize = 512 * 1024;
+/// How many `Joined` events [`After::JoinedFlood`] sends at most: 128 MiB of them.
+const JOINED_MAX: usize = 256;
+/// Publications a resume replays in [`After::LongReplay`] (a room with `history_size` 5,000).
+const REPLAYED: u64 = 5_000;
+
+/// What [`After::JoinedFlood`] did.
+#[derive(Default)]
+struct Flood {
+    /// `Joined` events sent before the client's `Unsubscribe` was seen.
+    sent: AtomicUsize,
+    /// The client's `Unsubscribe` came.
+    unsubscribed: std::sync::atomic::AtomicBool,
+    /// The flood is over (unsubscribed, or all [`JOINED_MAX`] sent).
+    over: std::sync::atomic::AtomicBool,
 }
 
 /// A position of epoch 1.
@@ -105,11 +134,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 async fn command(ws: &mut Ws) -> Option<(u32, Command)> {
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Binary(data) = msg else { continue };
-        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        dec.push(&data);
-        let body = dec.next_frame().ok().flatten()?;
-        let frame = decode_command(&body).ok()?;
-        return Some((frame.id, frame.command));
+        return decode(&data);
     }
     None
 }
@@ -156,27 +181,129 @@ async fn send_script(
     true
 }
 
+/// The command in one client message.
+fn decode(data: &[u8]) -> Option<(u32, Command)> {
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    dec.push(data);
+    let body = dec.next_frame().ok().flatten()?;
+    let frame = decode_command(&body).ok()?;
+    Some((frame.id, frame.command))
+}
+
+/// [`After::JoinedFlood`] once the client subscribed to `room` (answered).
+async fn joined_flood(ws: Ws, room: String, flood: Arc<Flood>) {
+    let (mut sink, mut stream) = ws.split();
+    // The client's commands, read meanwhile: `Unsubscribe` stops the flood.
+    let (pings_tx, mut pings) = tokio::sync::mpsc::unbounded_channel();
+    let log = flood.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Binary(data) = msg else { continue };
+            let reply = match decode(&data) {
+                Some((id, Command::Unsubscribe { room })) => {
+                    log.unsubscribed.store(true, Ordering::SeqCst);
+                    let ended = Event::Unsubscribed {
+                        room,
+                        code: 0,
+                        reason: "unsubscribed".into(),
+                    };
+                    (id, ended)
+                }
+                Some((id, Command::Ping)) => (id, Event::Pong),
+                _ => continue,
+            };
+            if pings_tx.send(reply).is_err() {
+                return;
+            }
+        }
+    });
+    let frame = |event| Message::Binary(encode_event(&ServerFrame { id: 0, event }));
+    for i in 0..JOINED_MAX {
+        if flood.unsubscribed.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut user = format!("{i:08}");
+        user.extend(std::iter::repeat_n('u', JOINED_USER - user.len()));
+        let joined = Event::Joined {
+            room: room.clone(),
+            member: quiver_proto::Member {
+                user,
+                session: format!("s{i}"),
+            },
+        };
+        if sink.send(frame(joined)).await.is_err() {
+            flood.over.store(true, Ordering::SeqCst);
+            return;
+        }
+        flood.sent.fetch_add(1, Ordering::SeqCst);
+    }
+    flood.over.store(true, Ordering::SeqCst);
+    while let Some((id, event)) = pings.recv().await {
+        let reply = Message::Binary(encode_event(&ServerFrame { id, event }));
+        if sink.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// [`After::LongReplay`]'s answer to the `Subscribe` `id`.
+async fn long_replay(ws: &mut Ws, id: u32) -> bool {
+    let room = "hist.a".to_owned();
+    let subscribed = Event::Subscribed {
+        room: room.clone(),
+        position: at(REPLAYED),
+        recovery: Recovery::Recovered {
+            replayed: REPLAYED as u32,
+        },
+        subscription: None,
+    };
+    if !send(ws, id, subscribed).await
+        || !send(ws, id, Event::SubscriptionStream { room: room.clone() }).await
+    {
+        return false;
+    }
+    let publication = |offset: u64, payload: String| Event::Publication {
+        room: room.clone(),
+        position: at(offset),
+        payload: payload.into_bytes().into(),
+    };
+    // One message: the client's reader routes all of them before its delivery task runs.
+    let mut message = Vec::new();
+    for offset in 1..=REPLAYED {
+        let frame = ServerFrame {
+            id: 0,
+            event: publication(offset, format!("{offset:020}")),
+        };
+        message.extend_from_slice(&encode_event(&frame));
+    }
+    ws.send(Message::Binary(message.into())).await.is_ok()
+        && send(ws, 0, publication(REPLAYED + 1, "live".into())).await
+}
+
 /// Serves the hostile behaviour on a loopback port; the port and a count of connections.
 /// (`RefreshSame` counts `Refresh` commands in the same counter.)
 async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<AtomicUsize>)> {
-    let (port, connections, _) = hostile_logged(after, max_frame).await?;
+    let (port, connections, _, _) = hostile_logged(after, max_frame).await?;
     Ok((port, connections))
 }
 
 /// The `resume` of each `Subscribe` the server got, in order.
 type Resumes = Arc<Mutex<Vec<Option<Position>>>>;
 
-/// [`hostile`], also logging every `Subscribe`'s `resume`.
+/// [`hostile`], also logging every `Subscribe`'s `resume`, and what [`After::JoinedFlood`]
+/// did.
 async fn hostile_logged(
     after: After,
     max_frame: u32,
-) -> anyhow::Result<(u16, Arc<AtomicUsize>, Resumes)> {
+) -> anyhow::Result<(u16, Arc<AtomicUsize>, Resumes, Arc<Flood>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let connections = Arc::new(AtomicUsize::new(0));
     let count = connections.clone();
     let resumes = Resumes::default();
     let log = resumes.clone();
+    let flood = Arc::new(Flood::default());
+    let flooded = flood.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let index = if matches!(after, After::RefreshSame) {
@@ -186,6 +313,7 @@ async fn hostile_logged(
             };
             let refreshes = count.clone();
             let log = log.clone();
+            let flood = flooded.clone();
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
@@ -298,6 +426,36 @@ async fn hostile_logged(
                             }
                         }
                     }
+                    After::JoinedFlood => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let Command::Subscribe { room, .. } = cmd else {
+                                continue;
+                            };
+                            let stream = Event::SubscriptionStream { room: room.clone() };
+                            if !send(&mut ws, id, subscribed(&room)).await
+                                || !send(&mut ws, id, stream).await
+                            {
+                                return;
+                            }
+                            joined_flood(ws, room, flood).await;
+                            return;
+                        }
+                    }
+                    After::LongReplay => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let sent = match cmd {
+                                Command::Subscribe { resume, .. } => {
+                                    log.lock().unwrap().push(resume);
+                                    long_replay(&mut ws, id).await
+                                }
+                                Command::Ping => send(&mut ws, id, Event::Pong).await,
+                                _ => true,
+                            };
+                            if !sent {
+                                return;
+                            }
+                        }
+                    }
                     After::PingFlood => {
                         let started = Instant::now();
                         while started.elapsed() < Duration::from_secs(20) {
@@ -311,7 +469,7 @@ async fn hostile_logged(
             });
         }
     });
-    Ok((port, connections, resumes))
+    Ok((port, connections, resumes, flood))
 }
 
 fn config(port: u16) -> ClientConfig {
@@ -472,7 +630,7 @@ async fn end_first_session(client: &Client) {
 /// F6: the client believed the count).
 #[tokio::test]
 async fn a_replay_shorter_than_announced_is_reported_as_failed_recovery() -> anyhow::Result<()> {
-    let (port, _, resumes) = hostile_logged(After::ShortReplay, 65_536).await?;
+    let (port, _, resumes, _) = hostile_logged(After::ShortReplay, 65_536).await?;
     let client = Client::connect(config(port)).await?;
     let mut sub = client.subscribe("hist.a").await?;
     let first = events_until(&mut sub, "a").await?;
@@ -511,7 +669,7 @@ async fn a_replay_shorter_than_announced_is_reported_as_failed_recovery() -> any
 #[tokio::test]
 async fn positions_that_do_not_move_forward_are_dropped_and_not_resumed_from() -> anyhow::Result<()>
 {
-    let (port, _, resumes) = hostile_logged(After::Backwards, 65_536).await?;
+    let (port, _, resumes, _) = hostile_logged(After::Backwards, 65_536).await?;
     let client = Client::connect(config(port)).await?;
     let mut sub = client.subscribe("hist.a").await?;
     let events = events_until(&mut sub, "end").await?;
@@ -533,6 +691,108 @@ async fn positions_that_do_not_move_forward_are_dropped_and_not_resumed_from() -
         (None, "end".to_owned()),
     ];
     assert_eq!((delivered, resumed), (expected, at(14)));
+    client.close().await;
+    Ok(())
+}
+
+/// Most bytes of `Joined` events the client may hold for one WebSocket subscription the
+/// application does not read: 8 MiB in the socket reader's share, and the application's queue's
+/// `subscription_buffer_bytes` (8 MiB by default), each plus one event; and one event the
+/// delivery task holds while it waits.
+const HELD_MAX: usize = 16 * 1024 * 1024 + 3 * (JOINED_USER + 1024);
+
+/// A server that floods a subscription with large `Joined` events while the application does
+/// not read it: the client holds a bounded number of bytes of them, then ends the subscription
+/// itself (`slow_consumer`) and unsubscribes. Before, presence events weighed nothing: about
+/// 2,000 of them were held per room, whatever their size (outside audit G2: 2 GB per room).
+#[tokio::test]
+async fn presence_events_an_application_does_not_read_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let (port, _, _, flood) = hostile_logged(After::JoinedFlood, 1024 * 1024).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("chat.a").await?;
+    // Nothing is read until the flood is over: the client unsubscribed, or all was sent.
+    let over = tokio::time::timeout(Duration::from_secs(15), async {
+        while !flood.over.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let sent = flood.sent.load(Ordering::SeqCst);
+    let unsubscribed = flood.unsubscribed.load(Ordering::SeqCst);
+    // Then everything the client held for the application, up to the end.
+    let (mut joined, mut held, mut end) = (0, 0, None);
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
+        match ev {
+            SubEvent::Joined { member } => {
+                joined += 1;
+                held += member.user.len() + member.session.len();
+            }
+            SubEvent::Ended { code, .. } => {
+                end = Some(code);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let what = format!(
+        "the server sent {sent} Joined events of 512 KiB ({:.0} MiB; over: {}), the client \
+         held {joined} ({:.1} MiB) for the application, then {end:?}",
+        mib(sent * JOINED_USER),
+        over.is_ok(),
+        mib(held)
+    );
+    eprintln!("{what}");
+    assert!(
+        unsubscribed,
+        "the client never ended the subscription: {what}"
+    );
+    assert_eq!(end, Some(112), "not ended as slow_consumer: {what}");
+    assert!(held <= HELD_MAX, "held more than {HELD_MAX} bytes: {what}");
+    client.close().await;
+    Ok(())
+}
+
+/// A resume that replays 5,000 small publications at once (a room with `history_size` 5,000)
+/// to an application that reads is delivered in full: the client's share of the socket is
+/// bounded in bytes, not in a count (outside audit G5: the client ended the subscription as a
+/// slow consumer after about 1,200).
+#[tokio::test]
+async fn a_long_replay_to_an_application_that_reads_is_delivered() -> anyhow::Result<()> {
+    let (port, _, resumes, _) = hostile_logged(After::LongReplay, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let from = Position {
+        epoch: 1,
+        offset: 0,
+    };
+    let mut sub = client.subscribe_from("hist.a", from).await?;
+    let events = events_until(&mut sub, "live").await?;
+    assert_eq!(resumes.lock().unwrap().first().copied(), Some(Some(from)));
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|ev| matches!(ev, SubEvent::Ended { .. }))
+        .collect();
+    let positions: Vec<_> = events
+        .iter()
+        .filter_map(publication)
+        .map(|(position, _)| position)
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "ended after {} publications: {ended:?}",
+        positions.len()
+    );
+    assert_eq!(
+        events.first(),
+        Some(&SubEvent::Resubscribed {
+            recovery: Recovery::Recovered {
+                replayed: REPLAYED as u32
+            }
+        })
+    );
+    let expected: Vec<_> = (1..=REPLAYED + 1).map(at).collect();
+    assert!(positions == expected, "{} publications", positions.len());
+    assert_eq!(events.len(), REPLAYED as usize + 2);
     client.close().await;
     Ok(())
 }

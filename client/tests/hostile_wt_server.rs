@@ -1,9 +1,10 @@
 //! The client against a hostile WebTransport server: a frame that breaks the protocol on a
 //! room's own stream (a length over the client's ceiling, a zero length, a body that does not
 //! decode, a stream without its `SubscriptionStream` header) ends the connection, as the same
-//! frame does on WebSocket (where every room shares the one socket). The client reports the
-//! loss, reconnects with backoff and subscribes again. Before, it only logged a warning and
-//! stopped reading that stream: the room went quiet and the application was never told.
+//! frame does on WebSocket (where every room shares the one socket); so does a frame naming
+//! another room. The client reports the loss, reconnects with backoff and subscribes again.
+//! Before, it only logged a warning and stopped reading that stream: the room went quiet and the
+//! application was never told (or, for another room's frame, it was delivered as that room's).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +19,7 @@ use quiver_client::{
 };
 use quiver_proto::{
     decode_command, decode_event, encode_event, ClientFrame, Command, DecodeError, Event,
-    FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+    FrameDecoder, Member, Position, ServerFrame, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use wtransport::endpoint::IncomingSession;
@@ -44,6 +45,11 @@ enum Bad {
     NoHeader,
     /// The garbage body on the control stream instead.
     Control,
+    /// On the room's stream, a `Publication` naming another room (outside audit G3: it was
+    /// delivered as that room's message, and its position became the room's resume point).
+    ForeignPublication,
+    /// On the room's stream, a `Joined` naming another room.
+    ForeignJoined,
 }
 
 impl Bad {
@@ -58,9 +64,35 @@ impl Bad {
             Bad::Empty => 0u32.to_be_bytes().to_vec(),
             Bad::Garbage | Bad::Control => garbage(),
             Bad::NoHeader => publication("bad").to_vec(),
+            Bad::ForeignPublication => event(
+                0,
+                Event::Publication {
+                    room: OTHER_ROOM.into(),
+                    position: Some(Position {
+                        epoch: 1,
+                        offset: 1000,
+                    }),
+                    payload: "foreign".into(),
+                },
+            )
+            .to_vec(),
+            Bad::ForeignJoined => event(
+                0,
+                Event::Joined {
+                    room: OTHER_ROOM.into(),
+                    member: Member {
+                        user: "foreign".into(),
+                        session: "s".into(),
+                    },
+                },
+            )
+            .to_vec(),
         }
     }
 }
+
+/// The room a foreign frame names.
+const OTHER_ROOM: &str = "chat.other";
 
 /// A frame whose body does not decode: id 0, type 7 (`Publication`), a room name of 5 bytes
 /// with only one there.
@@ -304,7 +336,14 @@ async fn bad_frame_reconnects(bad: Bad) -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_bad_frame_on_a_room_stream_ends_the_connection_and_the_client_resubscribes(
 ) -> anyhow::Result<()> {
-    let kinds = [Bad::Oversized, Bad::Empty, Bad::Garbage, Bad::NoHeader];
+    let kinds = [
+        Bad::Oversized,
+        Bad::Empty,
+        Bad::Garbage,
+        Bad::NoHeader,
+        Bad::ForeignPublication,
+        Bad::ForeignJoined,
+    ];
     let results = futures::future::join_all(kinds.map(bad_frame_reconnects)).await;
     let failed: Vec<String> = results
         .into_iter()
@@ -331,8 +370,24 @@ async fn a_bad_frame_on_the_control_stream_ends_the_connection_too() -> anyhow::
 /// it resubscribed and gets the publication; the room is not left quiet.
 #[tokio::test]
 async fn after_a_bad_frame_the_room_delivers_again() -> anyhow::Result<()> {
+    delivers_again(Bad::Oversized).await
+}
+
+/// A publication naming another room on a room's stream (PROTOCOL.md §2: a room's stream
+/// carries that room's frames only) ends the connection; the client subscribes again and the
+/// room delivers, and the foreign publication is never delivered, as on WebSocket (where the
+/// reader routes frames by their room). Before, it was delivered as the other room's message,
+/// and its position became the room's resume point (outside audit G3).
+#[tokio::test]
+async fn a_publication_of_another_room_is_never_delivered() -> anyhow::Result<()> {
+    delivers_again(Bad::ForeignPublication).await
+}
+
+/// `bad` on the first session, a good publication on the second: the subscriber gets
+/// `Resubscribed` and the publication, and nothing else.
+async fn delivers_again(bad: Bad) -> anyhow::Result<()> {
     let plan = Plan {
-        bad: Bad::Oversized,
+        bad,
         then_publish: true,
     };
     let (port, hash, mut seen) = hostile(plan).await?;
@@ -351,7 +406,7 @@ async fn after_a_bad_frame_the_room_delivers_again() -> anyhow::Result<()> {
     })
     .await;
     if !matches!(delivered, Ok(true)) {
-        bail!("the room stayed quiet after the bad frame; events: {events:?}");
+        bail!("the room stayed quiet after {bad:?}; events: {events:?}");
     }
     assert!(
         matches!(

@@ -899,11 +899,12 @@ async fn over_websocket_an_unread_room_ends_on_the_client_and_stalls_nothing_els
     ))
     .await?;
 
-    // More than the client holds for a room it is not reading (1,024 frames, then its
-    // application queue of 4).
+    // More than the client holds for a room it is not reading (8 MiB, each frame weighed with
+    // its payload, then its application queue of 4): 1,500 of 8 KiB.
     const COUNT: usize = 1_500;
+    let padded = |i: usize| format!("m{i}:{}", "x".repeat(8 * 1024));
     for i in 0..COUNT {
-        publisher.publish("firehose", format!("m{i}")).await?;
+        publisher.publish("firehose", padded(i)).await?;
     }
     publisher.publish_ack("other", "meanwhile").await?;
     // The other room is delivered while `firehose` sits unread.
@@ -914,11 +915,7 @@ async fn over_websocket_an_unread_room_ends_on_the_client_and_stalls_nothing_els
     let code = loop {
         match next(&mut unread).await? {
             SubEvent::Publication { payload, .. } => {
-                assert_eq!(
-                    payload,
-                    format!("m{received}").as_bytes(),
-                    "in order, no gap"
-                );
+                assert_eq!(payload, padded(received).as_bytes(), "in order, no gap");
                 received += 1;
             }
             SubEvent::Ended { code, .. } => break code,

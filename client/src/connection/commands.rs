@@ -138,7 +138,10 @@ impl Actor {
             )));
             return;
         }
-        let (tx, rx) = mpsc::channel(self.cfg.subscription_buffer.max(1));
+        let (tx, rx) = crate::subscription::queue(
+            self.cfg.subscription_buffer,
+            self.cfg.subscription_buffer_bytes,
+        );
         let (end_tx, end_rx) = oneshot::channel();
         let gen = self.next_gen;
         self.next_gen += 1;

@@ -170,8 +170,9 @@ struct Buffered {
 /// One room the application is subscribed to (or waiting to be).
 struct Sub {
     gen: u64,
-    /// The subscription's event queue; readers get clones. Dropping every sender ends it.
-    tx: mpsc::Sender<SubEvent>,
+    /// The subscription's event queue, bounded in events and in bytes; readers get clones.
+    /// Dropping every sender ends it.
+    tx: crate::subscription::QueueTx,
     /// Where the end reason goes; yielded after the queue is drained.
     end_tx: Option<oneshot::Sender<SubEvent>>,
     /// Handed to the application with the first `Subscribed`.

@@ -83,12 +83,14 @@ impl Actor {
                 return;
             };
             let latest = sub.latest.clone();
+            let bytes = sub.tx.bytes();
             if waiter
                 .send(Ok(SubParts {
                     rx,
                     end,
                     gen,
                     latest,
+                    bytes,
                 }))
                 .is_err()
             {

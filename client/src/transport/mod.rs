@@ -29,7 +29,7 @@ use crate::continuity::Continuity;
 use crate::error::ClientError;
 use crate::heartbeat::Liveness;
 use crate::pacer::Pacer;
-use crate::subscription::SubEvent;
+use crate::subscription::{QueueTx, SubEvent, EVENT_OVERHEAD};
 use crate::writer::WriterHandle;
 
 /// A session that got its `Welcome` on one of the transports, not yet running.
@@ -55,29 +55,49 @@ pub(crate) struct RunCtx {
     pub(crate) latest_routes: crate::latest::LatestRoutes,
 }
 
-/// Frames of one subscription that the WebSocket reader may hold for it while its delivery
-/// task waits on the application's queue; past this (or [`WS_SUB_BYTES`]) the subscription is
-/// a slow consumer. As many as the server's own default per-subscription queue: a burst the
-/// server legitimately sends at once (a queue's worth after a stall, a replay's batch) fits
-/// (outside audit: 64 ended a subscription after a burst of 150 small publications).
-pub(crate) const WS_SUB_QUEUE: usize = 1024;
-/// Payload bytes the reader may hold for one subscription, whatever the count.
+/// Bytes of one subscription's frames ([`event_bytes`]) that the WebSocket reader may hold for
+/// it while its delivery task waits on the application's queue; past this the subscription is a
+/// slow consumer. Presence events weigh their member, and every frame at least
+/// [`EVENT_OVERHEAD`], so this bounds the share's memory whatever the server sends (outside
+/// audit G2: `Joined` events weighed nothing, ~2,000 of 1 MB were held per room), and a replay
+/// of thousands of small publications fits (G5: a count of 1,024 ended a legitimate replay of
+/// 5,000).
 pub(crate) const WS_SUB_BYTES: usize = 8 * 1024 * 1024;
+/// The share's capacity in frames: never what decides (every frame weighs at least
+/// [`EVENT_OVERHEAD`]), only what [`WS_SUB_BYTES`] implies.
+pub(crate) const WS_SUB_QUEUE: usize = WS_SUB_BYTES / EVENT_OVERHEAD;
 
-/// A WebSocket subscription's share: its frames, and the payload bytes they hold (the reader
-/// adds, the delivery task takes away).
+/// A WebSocket subscription's share: its frames, and the bytes they weigh (the reader adds, the
+/// delivery task takes away).
 pub(crate) struct WsShare {
     pub(crate) rx: mpsc::Receiver<ServerFrame>,
     pub(crate) bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// The payload bytes a frame holds (what a burst of them costs).
-pub(crate) fn frame_bytes(frame: &ServerFrame) -> usize {
-    match &frame.event {
-        quiver_proto::Event::Publication { payload, .. }
-        | quiver_proto::Event::Latest { payload, .. } => payload.len(),
-        _ => 0,
+/// The room a frame of a subscription's stream names; `None` for other frames.
+pub(crate) fn frame_room(event: &Event) -> Option<&str> {
+    match event {
+        Event::Publication { room, .. }
+        | Event::Latest { room, .. }
+        | Event::Joined { room, .. }
+        | Event::Left { room, .. } => Some(room),
+        _ => None,
     }
+}
+
+/// What holding a frame costs: the bytes it carries (payload, room, a member's user and
+/// session) and [`EVENT_OVERHEAD`].
+pub(crate) fn event_bytes(frame: &ServerFrame) -> usize {
+    EVENT_OVERHEAD
+        + match &frame.event {
+            Event::Publication { room, payload, .. } | Event::Latest { room, payload, .. } => {
+                room.len() + payload.len()
+            }
+            Event::Joined { room, member } | Event::Left { room, member } => {
+                room.len() + member.user.len() + member.session.len()
+            }
+            _ => 0,
+        }
 }
 
 impl Established {
@@ -142,7 +162,7 @@ impl SubStream {
                 let frame = share.rx.recv().await?;
                 share
                     .bytes
-                    .fetch_sub(frame_bytes(&frame), std::sync::atomic::Ordering::Relaxed);
+                    .fetch_sub(event_bytes(&frame), std::sync::atomic::Ordering::Relaxed);
                 Some(frame)
             }
         }
@@ -161,12 +181,12 @@ impl SubStream {
 }
 
 /// Delivers one subscription's events to the application's queue. Waits while that queue is
-/// full: on WebTransport the stream's flow control then pushes back to the server; on
-/// WebSocket the reader's share for this room fills and the subscription ends as a slow
-/// consumer (see `websocket.rs`).
+/// full, in events or in bytes: on WebTransport the stream's flow control then pushes back to
+/// the server; on WebSocket the reader's share for this room fills and the subscription ends as
+/// a slow consumer (see `websocket.rs`).
 pub(crate) async fn deliver(
     mut stream: SubStream,
-    tx: mpsc::Sender<SubEvent>,
+    tx: QueueTx,
     last: Arc<Mutex<Option<Position>>>,
     preamble: Option<SubEvent>,
     mut continuity: Continuity,
@@ -174,7 +194,7 @@ pub(crate) async fn deliver(
     latest: Arc<crate::latest::LatestCell>,
 ) {
     if let Some(ev) = preamble {
-        if tx.send(ev).await.is_err() {
+        if !tx.send(ev).await {
             return;
         }
     }
@@ -213,7 +233,7 @@ pub(crate) async fn deliver(
                 let failed = SubEvent::Resubscribed {
                     recovery: quiver_proto::Recovery::Failed,
                 };
-                if tx.send(failed).await.is_err() {
+                if !tx.send(failed).await {
                     return;
                 }
             }
@@ -225,7 +245,7 @@ pub(crate) async fn deliver(
                 continue;
             }
         }
-        if tx.send(ev).await.is_err() {
+        if !tx.send(ev).await {
             return;
         }
         if position.is_some() {

@@ -13,7 +13,7 @@ use wtransport::endpoint::endpoint_side;
 use wtransport::error::{ConnectingError, ConnectionError};
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
-use super::{handshake_reply, Link, RunCtx, SubStream};
+use super::{frame_room, handshake_reply, Link, RunCtx, SubStream};
 use crate::client::WelcomeInfo;
 use crate::config::{connect_url, redact, ClientConfig};
 use crate::connection::{ConnEvent, EventTx, HELLO_ID};
@@ -296,6 +296,7 @@ async fn accept_streams(
                         recv,
                         dec: FrameDecoder::new(max_frame),
                         breaker: breaker.clone(),
+                        room: None,
                     };
                     headers.spawn(read_header(stream, liveness.clone()));
                 }
@@ -312,6 +313,7 @@ async fn read_header(mut stream: WtStream, liveness: std::sync::Arc<Liveness>) {
             id,
             event: Event::SubscriptionStream { room },
         }) => {
+            stream.room = Some(room.clone());
             let Breaker { events, epoch } = stream.breaker.clone();
             let _ = events.send((
                 epoch,
@@ -338,16 +340,33 @@ pub(crate) struct WtStream {
     dec: FrameDecoder,
     /// Where a frame that breaks the protocol is reported.
     breaker: Breaker,
+    /// The room its header named: the only room its frames may name (PROTOCOL.md §2).
+    room: Option<String>,
 }
 
 impl WtStream {
     /// The next known frame; `None` when the stream finished, was reset, or went bad (a bad
-    /// frame has then ended the connection: see [`Breaker`]).
+    /// frame has then ended the connection: see [`Breaker`]). A frame naming another room than
+    /// the header's is bad: delivered, it would be taken for that room's message, and its
+    /// position for this room's resume point (outside audit G3).
     pub(super) async fn next(&mut self, liveness: &Liveness) -> Option<ServerFrame> {
         loop {
             match self.dec.next_frame() {
                 Ok(Some(body)) => match decode_event(&body) {
-                    Ok(frame) => return Some(frame),
+                    Ok(frame) => {
+                        let foreign = self.room.as_deref().is_some_and(|room| {
+                            frame_room(&frame.event).is_some_and(|named| named != room)
+                        });
+                        if foreign {
+                            // Neither name logged: the server chose them, up to `max_frame`.
+                            self.breaker.broken(format!(
+                                "a frame naming another room on a room's stream (frame id {})",
+                                frame.id
+                            ));
+                            return None;
+                        }
+                        return Some(frame);
+                    }
                     Err(DecodeError::UnknownType { .. }) => continue,
                     Err(e) => {
                         self.breaker
