@@ -20,6 +20,7 @@ mod health;
 mod history;
 mod history_read;
 mod lag;
+mod read_slots;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -83,7 +84,7 @@ struct Inner {
     live: std::sync::Mutex<HashMap<(TenantId, String), Arc<history::Live>>>,
     /// History reads (replays, pages, presence listings) in progress, each holding a short-lived
     /// consumer until it is deleted: at most `history::MAX_READS` at once.
-    reads: Arc<tokio::sync::Semaphore>,
+    reads: Arc<read_slots::ReadSlots>,
     /// Names this instance's consumers (`quiver_<instance>_<n>`), so it can delete them by name.
     consumer_prefix: String,
     consumer_serial: std::sync::atomic::AtomicU64,
@@ -186,7 +187,7 @@ impl NatsBroker {
             high_water: std::sync::Mutex::default(),
             interest: Mutex::new(HashMap::new()),
             live: std::sync::Mutex::default(),
-            reads: Arc::new(tokio::sync::Semaphore::new(history::MAX_READS)),
+            reads: read_slots::ReadSlots::new(history::MAX_READS),
             consumer_prefix: history::instance_prefix(),
             consumer_serial: std::sync::atomic::AtomicU64::new(0),
             presence: OnceCell::new(),
@@ -337,6 +338,7 @@ impl Inner {
         // listings cannot pile consumers up on the bucket's stream.
         let (consumer, _guard) = self
             .read_consumer(
+                &key.tenant,
                 &stream,
                 consumer::pull::Config {
                     filter_subject: format!("{prefix}{}.{}.*", key.tenant, key.room),

@@ -57,10 +57,11 @@ use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
 use futures::StreamExt;
 use quiver_proto::{Position, TenantId};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+use super::read_slots::ReadSlot;
 use super::{bounded, subject, unavailable, Inner};
 use crate::broker::BrokerError;
 use crate::config::NamespaceConfig;
@@ -609,11 +610,12 @@ impl Inner {
         format!("quiver_{}_{n}", self.consumer_prefix)
     }
 
-    /// A slot for one short-lived read consumer, waited for at most `JS_TIMEOUT`.
-    pub(super) async fn read_slot(&self) -> Result<OwnedSemaphorePermit, BrokerError> {
-        match tokio::time::timeout(super::JS_TIMEOUT, self.reads.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => Err(BrokerError::Unavailable(format!(
+    /// A slot for one short-lived read consumer of `tenant`'s, waited for at most `JS_TIMEOUT`
+    /// (shared fairly between tenants: `read_slots.rs`).
+    pub(super) async fn read_slot(&self, tenant: &TenantId) -> Result<ReadSlot, BrokerError> {
+        match self.reads.acquire(tenant, super::JS_TIMEOUT).await {
+            Some(slot) => Ok(slot),
+            None => Err(BrokerError::Unavailable(format!(
                 "too many history reads in progress on this instance (at most {MAX_READS}); \
                  retry shortly"
             ))),
@@ -625,10 +627,11 @@ impl Inner {
     /// consumer by itself: the count of read consumers never exceeds `MAX_READS`.
     pub(super) async fn read_consumer(
         &self,
+        tenant: &TenantId,
         stream: &stream::Stream,
         config: consumer::pull::Config,
     ) -> Result<(consumer::PullConsumer, ReadGuard), BrokerError> {
-        let permit = self.read_slot().await?;
+        let permit = self.read_slot(tenant).await?;
         let name = self.consumer_name();
         // Made before the consumer, so a creation cut short still ends in a deletion.
         let guard = ReadGuard {
@@ -715,7 +718,7 @@ impl Drop for Registration {
 pub(super) struct ReadGuard {
     stream: stream::Stream,
     name: String,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<ReadSlot>,
 }
 
 impl Drop for ReadGuard {

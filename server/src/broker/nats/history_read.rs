@@ -25,7 +25,7 @@ use async_nats::jetstream::{consumer, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use quiver_proto::Position;
+use quiver_proto::{Position, TenantId};
 
 use super::history::{epoch_of, pull, TenantStream, READ_BATCH};
 use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
@@ -88,23 +88,23 @@ impl Inner {
     ) -> Result<Recovered, BrokerError> {
         self.reachable()?;
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
-        let subject = subject(key);
         bounded(
             "history read",
-            self.read_history(stream, epoch, subject, ns.history_size, since, reach),
+            self.read_history(key, stream, epoch, ns.history_size, since, reach),
         )
         .await
     }
 
     async fn read_history(
         self: &Arc<Self>,
+        key: &RoomKey,
         stream: stream::Stream,
         epoch: u64,
-        subject: String,
         history_size: usize,
         since: Option<Position>,
         reach: Reach,
     ) -> Result<Recovered, BrokerError> {
+        let (tenant, subject) = (key.tenant.clone(), subject(key));
         let info = stream.get_info().await.map_err(unavailable)?;
         // The count limit that can have cut the room: the stream's lowest ever, when it is
         // below this configuration's (another instance, configured otherwise, set it last;
@@ -163,7 +163,11 @@ impl Inner {
         // takes them; a page reads its publications now.
         let listing = matches!(reach, Reach::Replay);
         let (consumer, _guard) = self
-            .read_consumer(&stream, read_from(&subject, since.offset + 1, listing))
+            .read_consumer(
+                &tenant,
+                &stream,
+                read_from(&subject, since.offset + 1, listing),
+            )
             .await?;
         let after = consumer.cached_info().num_pending;
         // See the module documentation: the room's first kept message at or before P + 1, or
@@ -203,6 +207,7 @@ impl Inner {
                 }
                 let pages = Pages {
                     inner: self.clone(),
+                    tenant,
                     stream,
                     epoch,
                     subject,
@@ -339,6 +344,7 @@ fn read_from(subject: &str, start_sequence: u64, headers_only: bool) -> consumer
 /// The rest of a resume's replay, read a page at a time (module documentation).
 struct Pages {
     inner: Arc<Inner>,
+    tenant: TenantId,
     stream: stream::Stream,
     epoch: u64,
     subject: String,
@@ -360,7 +366,11 @@ impl Pages {
         }
         let (consumer, _guard) = self
             .inner
-            .read_consumer(&self.stream, read_from(&self.subject, from, false))
+            .read_consumer(
+                &self.tenant,
+                &self.stream,
+                read_from(&self.subject, from, false),
+            )
             .await?;
         let mut page = Vec::new();
         let mut bytes = 0;
