@@ -557,6 +557,9 @@ export declare class QuiverClient {
 	private readonly latestSubs;
 	private readonly outbox;
 	private active;
+	/** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
+	private heldEvents;
+	private heldTotal;
 	private lastId;
 	private closing;
 	private wake;
@@ -655,6 +658,8 @@ export declare class QuiverClient {
 	private moveToWebSocket;
 	private retrySubscribe;
 	private sendSubscribe;
+	/** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+	private releaseHeld;
 	/** A server that broke the protocol's rules for a subscription's positions (a publication
 	 *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
 	private reportBroken;

@@ -40,6 +40,7 @@ var DecodeError = class extends Error {
 var MAX_U16 = 65535;
 var MAX_U32 = 4294967295;
 var MAX_U64 = (1n << 64n) - 1n;
+var MAX_HISTORY_ITEMS = 1e3;
 var utf8Encoder = new TextEncoder();
 var utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 var Writer = class {
@@ -218,9 +219,10 @@ var Reader = class {
     return { user: this.string(), session: this.string() };
   }
   /** postcard `Vec<T>`: varint count, then the elements. */
-  list(read) {
+  list(read, most = Infinity) {
     const count = this.u32();
     if (count > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
+    if (count > most) throw new DecodeError(`${count} items where the protocol allows at most ${most}`);
     const out = [];
     for (let i = 0; i < count; i++) out.push(read());
     return out;
@@ -423,7 +425,7 @@ function decodeEvent(body) {
     case "History": {
       const room = r.string();
       const position = r.option(() => r.position());
-      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }), MAX_HISTORY_ITEMS);
       event = { type, room, position, publications, truncated: r.bool() };
       break;
     }
@@ -1604,6 +1606,13 @@ var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limi
 var STABLE_MS = 5e3;
 var HELD_MAX_EVENTS = 1e4;
 var HELD_MAX_BYTES = 16 * 1024 * 1024;
+var HELD_EVENT_OVERHEAD = 64;
+function heldSize(event) {
+  let size = HELD_EVENT_OVERHEAD + event.room.length;
+  if (event.type === "Publication" || event.type === "Latest") size += event.payload.length;
+  else size += event.member.user.length + event.member.session.length;
+  return size;
+}
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
@@ -1628,6 +1637,9 @@ var QuiverClient = class {
   latestSubs = /* @__PURE__ */ new Map();
   outbox = [];
   active = null;
+  /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
+  heldEvents = 0;
+  heldTotal = 0;
   lastId = 0;
   closing = false;
   wake = null;
@@ -2046,7 +2058,7 @@ var QuiverClient = class {
     this.active = null;
     for (const state of this.subs.values()) {
       state.currentId = 0;
-      state.held = null;
+      this.releaseHeld(state);
       if (state.retryTimer) clearTimeout(state.retryTimer);
       state.retryTimer = null;
     }
@@ -2074,6 +2086,7 @@ var QuiverClient = class {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
+    this.releaseHeld(state);
     if (code === ErrorCode.session_closing) return;
     const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
       code,
@@ -2110,9 +2123,9 @@ var QuiverClient = class {
   async sendSubscribe(state, session) {
     const id = this.nextId();
     const resume = state.sub.position;
+    this.releaseHeld(state);
     state.currentId = id;
     state.held = [];
-    state.heldBytes = 0;
     state.continuity = null;
     state.resumedFrom = resume;
     state.streamOpened = false;
@@ -2122,7 +2135,10 @@ var QuiverClient = class {
     } catch (e) {
       const err = asQuiverError(e);
       if (this.subs.get(state.sub.room) !== state) return;
-      if (state.currentId === id) state.currentId = 0;
+      if (state.currentId === id) {
+        state.currentId = 0;
+        this.releaseHeld(state);
+      }
       if (err.kind === "closed" || session.ended) return;
       if (err.kind === "timeout" || err.code !== null && TRANSIENT.has(err.code)) {
         this.emit("error", err);
@@ -2160,8 +2176,15 @@ var QuiverClient = class {
     }
     this.emit("subscribed", state.sub);
     const held = state.held ?? [];
-    state.held = null;
+    this.releaseHeld(state);
     for (const event of held) this.deliver(id, event);
+  }
+  /** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+  releaseHeld(state) {
+    if (state.held) this.heldEvents -= state.held.length;
+    this.heldTotal -= state.heldBytes;
+    state.held = null;
+    state.heldBytes = 0;
   }
   /** A server that broke the protocol's rules for a subscription's positions (a publication
    *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
@@ -2197,6 +2220,7 @@ var QuiverClient = class {
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
+    this.releaseHeld(state);
     state.sub.end();
     if (!state.confirmed) state.rejectReady(reason);
   }
@@ -2236,12 +2260,19 @@ var QuiverClient = class {
     const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
     if (state.held) {
+      const size = heldSize(event);
       state.held.push(event);
-      if (event.type === "Publication" || event.type === "Latest") state.heldBytes += event.payload.length;
-      if (state.held.length > HELD_MAX_EVENTS || state.heldBytes > HELD_MAX_BYTES) {
-        state.held = null;
+      state.heldBytes += size;
+      this.heldEvents += 1;
+      this.heldTotal += size;
+      if (this.heldEvents > HELD_MAX_EVENTS || this.heldTotal > HELD_MAX_BYTES) {
+        const events = this.heldEvents;
+        const bytes = this.heldTotal;
         state.currentId = 0;
-        this.active?.end(new QuiverError("protocol", `${event.room}: too much before Subscribed`));
+        this.releaseHeld(state);
+        this.active?.end(
+          new QuiverError("protocol", `${event.room}: too much before Subscribed (${events} events, ${bytes} bytes held in all rooms)`)
+        );
       }
       return true;
     }

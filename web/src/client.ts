@@ -115,7 +115,7 @@ interface SubState {
    *  overtake the reply): held until the reply says how to judge them, as PROTOCOL.md section 5
    *  asks; null once it came. */
   held: SubscriptionEvent[] | null;
-  /** Payload bytes in `held`. */
+  /** What `held` counts against the session's budget (`heldSize`). */
   heldBytes: number;
   /** What the current stream's publications are checked against, set by `Subscribed`. */
   continuity: Continuity | null;
@@ -141,11 +141,23 @@ interface QueuedPublish {
 const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
 // A connection that lasted this long resets the backoff.
 const STABLE_MS = 5_000;
-// Most events (and payload bytes) of a subscription held before its `Subscribed`. The server
-// queues its reply behind at most a few hundred frames of the replay; past these, the session is
-// ended as broken (the reconnect resumes from the last position delivered, so nothing is lost).
+// Most events (and bytes, as `heldSize` counts them) held before their `Subscribed`, in all of a
+// session's subscriptions together. The server queues its reply behind at most a few hundred
+// frames of the replay; past these, the session is ended as broken (the reconnect resumes from
+// the last position delivered, so nothing is lost).
 const HELD_MAX_EVENTS = 10_000;
 const HELD_MAX_BYTES = 16 * 1024 * 1024;
+// What an event costs beyond its payload and strings, so that even empty ones count in bytes.
+const HELD_EVENT_OVERHEAD = 64;
+
+/** The size a held event counts for: its payload's bytes, its strings' lengths, and a fixed
+ *  overhead (presence events carry no payload but a member's strings, up to the frame each). */
+function heldSize(event: SubscriptionEvent): number {
+  let size = HELD_EVENT_OVERHEAD + event.room.length;
+  if (event.type === 'Publication' || event.type === 'Latest') size += event.payload.length;
+  else size += event.member.user.length + event.member.session.length;
+  return size;
+}
 
 const textEncoder = new TextEncoder();
 
@@ -179,6 +191,9 @@ export class QuiverClient {
   private readonly latestSubs = new Map<bigint, SubState>();
   private readonly outbox: QueuedPublish[] = [];
   private active: Session | null = null;
+  /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
+  private heldEvents = 0;
+  private heldTotal = 0;
   private lastId = 0;
   private closing = false;
   private wake: (() => void) | null = null;
@@ -649,7 +664,7 @@ export class QuiverClient {
     this.active = null;
     for (const state of this.subs.values()) {
       state.currentId = 0;
-      state.held = null;
+      this.releaseHeld(state);
       if (state.retryTimer) clearTimeout(state.retryTimer);
       state.retryTimer = null;
     }
@@ -681,6 +696,7 @@ export class QuiverClient {
     const state = this.subs.get(room);
     if (!state) return;
     state.currentId = 0;
+    this.releaseHeld(state);
     // The session is closing: the reconnect re-subscribes.
     if (code === ErrorCode.session_closing) return;
     const err = new QuiverError('subscription', `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
@@ -728,9 +744,9 @@ export class QuiverClient {
   private async sendSubscribe(state: SubState, session: Session): Promise<void> {
     const id = this.nextId();
     const resume = state.sub.position;
+    this.releaseHeld(state);
     state.currentId = id;
     state.held = [];
-    state.heldBytes = 0;
     state.continuity = null;
     state.resumedFrom = resume;
     state.streamOpened = false;
@@ -740,7 +756,11 @@ export class QuiverClient {
     } catch (e) {
       const err = asQuiverError(e);
       if (this.subs.get(state.sub.room) !== state) return;
-      if (state.currentId === id) state.currentId = 0;
+      if (state.currentId === id) {
+        // What its stream sent is dropped with it (a timed-out Subscribe is sent again).
+        state.currentId = 0;
+        this.releaseHeld(state);
+      }
       if (err.kind === 'closed' || session.ended) return; // the next session re-subscribes
       if (err.kind === 'timeout' || (err.code !== null && TRANSIENT.has(err.code))) {
         this.emit('error', err);
@@ -780,8 +800,16 @@ export class QuiverClient {
     }
     this.emit('subscribed', state.sub);
     const held = state.held ?? [];
-    state.held = null;
+    this.releaseHeld(state);
     for (const event of held) this.deliver(id, event);
+  }
+
+  /** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+  private releaseHeld(state: SubState): void {
+    if (state.held) this.heldEvents -= state.held.length;
+    this.heldTotal -= state.heldBytes;
+    state.held = null;
+    state.heldBytes = 0;
   }
 
   /** A server that broke the protocol's rules for a subscription's positions (a publication
@@ -820,6 +848,7 @@ export class QuiverClient {
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
+    this.releaseHeld(state);
     state.sub.end();
     if (!state.confirmed) state.rejectReady(reason);
   }
@@ -865,13 +894,20 @@ export class QuiverClient {
     const state = this.subs.get(event.room);
     if (!state || state.currentId !== id) return false;
     if (state.held) {
+      const size = heldSize(event);
       state.held.push(event);
-      if (event.type === 'Publication' || event.type === 'Latest') state.heldBytes += event.payload.length;
-      if (state.held.length > HELD_MAX_EVENTS || state.heldBytes > HELD_MAX_BYTES) {
-        // Nothing more of this stream is taken, judged or not.
-        state.held = null;
+      state.heldBytes += size;
+      this.heldEvents += 1;
+      this.heldTotal += size;
+      if (this.heldEvents > HELD_MAX_EVENTS || this.heldTotal > HELD_MAX_BYTES) {
+        const events = this.heldEvents;
+        const bytes = this.heldTotal;
+        // Nothing more of this stream is taken, judged or not; the session's end drops the rest.
         state.currentId = 0;
-        this.active?.end(new QuiverError('protocol', `${event.room}: too much before Subscribed`));
+        this.releaseHeld(state);
+        this.active?.end(
+          new QuiverError('protocol', `${event.room}: too much before Subscribed (${events} events, ${bytes} bytes held in all rooms)`),
+        );
       }
       return true;
     }

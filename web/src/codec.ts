@@ -143,6 +143,8 @@ export class DecodeError extends Error {
 const MAX_U16 = 0xffff;
 const MAX_U32 = 0xffff_ffff;
 const MAX_U64 = (1n << 64n) - 1n;
+/** The most publications a `History` page may carry: the server caps `limit` at this. */
+const MAX_HISTORY_ITEMS = 1000;
 
 const utf8Encoder = new TextEncoder();
 // `fatal` makes invalid UTF-8 an error, as it is for postcard's `String`.
@@ -352,10 +354,11 @@ class Reader {
   }
 
   /** postcard `Vec<T>`: varint count, then the elements. */
-  list<T>(read: () => T): T[] {
+  list<T>(read: () => T, most = Infinity): T[] {
     const count = this.u32();
     // Every element takes at least one byte, so a hostile count fails here, not after allocating.
     if (count > this.buf.length - this.pos) throw new DecodeError('count exceeds frame');
+    if (count > most) throw new DecodeError(`${count} items where the protocol allows at most ${most}`);
     const out: T[] = [];
     for (let i = 0; i < count; i++) out.push(read());
     return out;
@@ -572,7 +575,9 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'History': {
       const room = r.string();
       const position = r.option(() => r.position());
-      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }));
+      // At most the server's cap on `limit` (PROTOCOL.md section 5): a page of a million 3-byte
+      // items would otherwise cost ~90 times its frame in objects (outside audit).
+      const publications = r.list(() => ({ position: r.position(), payload: r.bytes() }), MAX_HISTORY_ITEMS);
       event = { type, room, position, publications, truncated: r.bool() };
       break;
     }

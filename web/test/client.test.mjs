@@ -617,6 +617,99 @@ test('a server that sends over 10,000 events of a room before its Subscribed has
   assert.deepEqual(got, []);
 });
 
+test('presence events before a Subscribed that never comes count their bytes: past 16 MiB the session is replaced', async (t) => {
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  const big = { limits: { maxFrame: 1024 * 1024, maxPayload: 1024 * 1024 - 1024 } };
+  let conn = await connected(net, client, big);
+  const presence = [];
+  client.subscribe('chat.p', () => {}, { onPresence: (e) => presence.push(e.type) }).catch(() => undefined);
+  const cmd = await conn.expect('Subscribe');
+  const left = once(client, 'state', (s) => s !== 'connected');
+  const replaced = once(client, 'error', (e) => e.kind === 'protocol' && /before Subscribed/.test(e.message));
+  const stream = conn.openStream();
+  stream.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.p' });
+  // 90 events of 200 KB (user) + 200 KB (session): 36 MB, far under 10,000 events, over 16 MiB.
+  const member = (i) => ({ user: 'U'.repeat(200_000), session: `${i}`.padStart(200_000, 's') });
+  for (let i = 0; i < 90; i++) stream.send(0, { type: i % 2 ? 'Left' : 'Joined', room: 'chat.p', member: member(i) });
+  await Promise.all([left, replaced]);
+  conn = await connected(net, client, big);
+  const resub = await conn.expect('Subscribe');
+  assert.equal(resub.command.room, 'chat.p');
+  assert.deepEqual(presence, []);
+});
+
+test('frames held before Subscribed share one budget across rooms: many rooms each under 16 MiB but together over it replace the session', async (t) => {
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  const big = { limits: { maxFrame: 1024 * 1024, maxPayload: 1024 * 1024 - 1024, maxSubscriptions: 64 } };
+  let conn = await connected(net, client, big);
+  const rooms = Array.from({ length: 6 }, (_, i) => `chat.r${i}`);
+  for (const room of rooms) client.subscribe(room, () => {}).catch(() => undefined);
+  const left = once(client, 'state', (s) => s !== 'connected');
+  const replaced = once(client, 'error', (e) => e.kind === 'protocol' && /before Subscribed/.test(e.message));
+  // 6 rooms × 4 publications of 900 KB: 3.6 MB a room, 21.6 MB in all.
+  const payload = new Uint8Array(900_000);
+  for (let r = 0; r < rooms.length; r++) {
+    const cmd = await conn.expect('Subscribe');
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: cmd.command.room });
+    for (let i = 0; i < 4; i++) stream.send(0, { type: 'Publication', room: cmd.command.room, position: null, payload });
+  }
+  await Promise.all([left, replaced]);
+  conn = await connected(net, client, big);
+  const resubscribed = [];
+  for (let r = 0; r < rooms.length; r++) resubscribed.push((await conn.expect('Subscribe')).command.room);
+  assert.deepEqual(resubscribed.sort(), rooms);
+});
+
+test('frames held for a Subscribe are given back to the session budget when it times out or is answered', { timeout: 15_000 }, async (t) => {
+  // A timed-out Subscribe is sent again after reconnect.initialDelayMs: here 1 s, so that what it
+  // held is seen to be given back at the timeout, not only when it is sent again.
+  const { net, client } = setup({ requestTimeoutMs: 300, reconnect: { initialDelayMs: 1000, maxDelayMs: 1000 } }, 'websocket');
+  t.after(() => client.close());
+  const conn = await connected(net, client, { limits: { maxFrame: 1024 * 1024, maxPayload: 1024 * 1024 - 1024 } });
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  const got = { 'chat.a': 0, 'chat.b': 0, 'chat.c': 0 };
+  const sub = (room) => client.subscribe(room, () => got[room]++);
+  // 12 publications of 900 KB (10.8 MB) before the reply: two such rooms at once are over 16 MiB.
+  const payload = new Uint8Array(900_000);
+  const hold = (cmd) => {
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: cmd.command.room });
+    for (let i = 0; i < 12; i++) stream.send(0, { type: 'Publication', room: cmd.command.room, position: null, payload });
+  };
+  const answer = (cmd) => conn.send(cmd.id, { type: 'Subscribed', room: cmd.command.room, position: null, recovery: { type: 'NotRequested' } });
+  const a = sub('chat.a');
+  const timedOut = once(client, 'error', (e) => e.kind === 'timeout');
+  const first = await conn.expect('Subscribe');
+  hold(first);
+  await timedOut;
+  // What the timed-out Subscribe's stream sent is dropped: chat.b may hold as much.
+  const b = sub('chat.b');
+  const forB = await conn.expect('Subscribe');
+  assert.equal(forB.command.room, 'chat.b');
+  hold(forB);
+  answer(forB);
+  await waitUntil(() => got['chat.b'] === 12);
+  // The timed-out Subscribe is sent again on the same session.
+  const again = await conn.expect('Subscribe');
+  assert.equal(again.command.room, 'chat.a');
+  // chat.b's frames were given back when its Subscribed came: chat.a may hold as much again.
+  hold(again);
+  answer(again);
+  await waitUntil(() => got['chat.a'] === 12);
+  const c = sub('chat.c');
+  const forC = await conn.expect('Subscribe');
+  hold(forC);
+  answer(forC);
+  await waitUntil(() => got['chat.c'] === 12);
+  await Promise.all([a, b, c]);
+  assert.deepEqual(states, []);
+  assert.deepEqual(got, { 'chat.a': 12, 'chat.b': 12, 'chat.c': 12 });
+});
+
 test('a Welcome of another protocol version is refused', async (t) => {
   const { net, client } = setup({}, 'websocket');
   t.after(() => client.close());

@@ -98,6 +98,22 @@ test('malformed values are rejected', () => {
   assert.throws(() => decodeEvent(Uint8Array.from([0, 10, 1, 97, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0])), DecodeError);
 });
 
+test('a History page of more publications than the server may send is refused', () => {
+  // id 0, History (13), room "r", no position, N items of (epoch 0, offset 0, empty payload),
+  // not truncated. The server caps `limit` at 1,000 (PROTOCOL.md section 5): a page of a
+  // million 3-byte items would cost ~90 times its frame in objects.
+  const page = (n) => {
+    const count = [];
+    for (let v = n; ; v >>>= 7) {
+      if (v < 0x80) { count.push(v); break; }
+      count.push((v & 0x7f) | 0x80);
+    }
+    return Uint8Array.from([0, 13, 1, 114, 0, ...count, ...Array(n * 3).fill(0), 0]);
+  };
+  assert.equal(decodeEvent(page(1000)).event.publications.length, 1000);
+  assert.throws(() => decodeEvent(page(1001)), DecodeError);
+});
+
 test('Presence from a server that predates `truncated` reads as not truncated', () => {
   // id 8, Presence, room "r", no members, and nothing after: what servers sent before the field.
   const old = decodeEvent(Uint8Array.from([8, 10, 1, 114, 0]));
