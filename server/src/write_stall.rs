@@ -9,9 +9,12 @@
 //! deadline to drain it, and lost its connection as if it read nothing (outside audit), where it
 //! should lose its slow room and keep the session. So when the deadline passes with the write
 //! still waiting, the kernel's count of bytes written but not acknowledged (`SIOCOUTQ`) is
-//! compared with its value when the wait began (or at the last extension): fewer means the
-//! peer took some, and the wait gets another deadline. A peer that reads nothing acknowledges
-//! nothing once its receive buffer is full, and meets the deadline.
+//! looked at four times per deadline: each time it went down the peer took some, and the
+//! deadline counts from then. A peer that reads nothing acknowledges nothing once its receive
+//! buffer is full, and meets the deadline (from its last acknowledgement, give or take a
+//! quarter). A peer that reads but frees less than half its receive buffer within the deadline
+//! acknowledges nothing either (Linux keeps the window closed until then): with default
+//! buffers, readers under about 8 KB/s (PROTOCOL.md §9).
 
 use std::future::Future;
 use std::io;
@@ -61,6 +64,12 @@ impl Unacked {
     }
 }
 
+/// How often a waiting write looks at the unacknowledged bytes, in parts of the deadline: the
+/// deadline then counts from the last acknowledgement seen, give or take a quarter, not from
+/// the start of the wait (a peer that stopped reading just after a wait began would otherwise
+/// have twice the deadline).
+const LOOKS_PER_DEADLINE: u32 = 4;
+
 /// A stream whose writes fail with `TimedOut` after `deadline` without progress. Reads pass
 /// through.
 pub struct WriteStall<S> {
@@ -70,9 +79,15 @@ pub struct WriteStall<S> {
     /// One timer for the connection's life, reset when a wait begins: a write that waits is
     /// the common case on a busy socket, and costs no allocation.
     sleep: Pin<Box<Sleep>>,
-    /// While a write waits: the unacknowledged bytes when the wait began (or was last
-    /// extended; `None` inside when the kernel does not tell).
-    waiting: Option<Option<u64>>,
+    /// While a write waits: the last progress seen.
+    waiting: Option<Progress>,
+}
+
+struct Progress {
+    /// The unacknowledged bytes at the last look (`None` when the kernel does not tell).
+    unacked: Option<u64>,
+    /// When they last went down (or the wait began).
+    at: Instant,
 }
 
 impl<S> WriteStall<S> {
@@ -86,26 +101,38 @@ impl<S> WriteStall<S> {
         }
     }
 
-    /// After the inner write returned `Pending`: arms the deadline, or, once it passed, extends
-    /// it if the peer acknowledged bytes meanwhile, else fails.
+    /// After the inner write returned `Pending`: arms the deadline, or looks for progress when
+    /// the timer fires, and fails once `deadline` passed since the last progress.
     fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let look = self.deadline / LOOKS_PER_DEADLINE;
         if self.waiting.is_none() {
-            self.sleep.as_mut().reset(Instant::now() + self.deadline);
-            self.waiting = Some(self.unacked.read());
+            let now = Instant::now();
+            self.sleep.as_mut().reset(now + look);
+            self.waiting = Some(Progress {
+                unacked: self.unacked.read(),
+                at: now,
+            });
         }
         loop {
             ready!(self.sleep.as_mut().poll(cx));
-            let now = self.unacked.read();
-            let before = self.waiting.flatten();
-            let progressed = matches!((before, now), (Some(before), Some(now)) if now < before);
-            if !progressed {
+            let now = Instant::now();
+            let unacked = self.unacked.read();
+            let Some(progress) = self.waiting.as_mut() else {
+                return Poll::Pending;
+            };
+            if matches!((progress.unacked, unacked), (Some(before), Some(after)) if after < before)
+            {
+                progress.at = now;
+            }
+            progress.unacked = unacked;
+            let fails_at = progress.at + self.deadline;
+            if now >= fails_at {
                 return Poll::Ready(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "a write made no progress for the write-stall deadline",
                 ));
             }
-            self.waiting = Some(now);
-            self.sleep.as_mut().reset(Instant::now() + self.deadline);
+            self.sleep.as_mut().reset((now + look).min(fails_at));
         }
     }
 

@@ -218,7 +218,17 @@ async fn serve(
     let stopping = shared.shutdown.clone();
     let end = session::run(shared, grant, link, in_rx, out_tx).await;
     let writer_abort = writer.abort_handle();
-    let closing = close(end.close.as_ref(), end.reason, reader, writer, ending);
+    // The socket failed (a write stalled past its deadline, or the reader saw the peer go):
+    // nothing can be written, so nothing is read for it either.
+    let failed = gone.is_cancelled();
+    let closing = close(
+        end.close.as_ref(),
+        end.reason,
+        reader,
+        writer,
+        ending,
+        failed,
+    );
     // A drain waits for this session's slot: once the server is stopping, a peer that does not
     // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
     let cut = async {
@@ -246,11 +256,12 @@ async fn close(
     reader: tokio::task::JoinHandle<Option<SplitStream<WebSocket>>>,
     writer: tokio::task::JoinHandle<Option<SplitSink<WebSocket, Message>>>,
     ending: CancellationToken,
+    failed: bool,
 ) {
     // The reader hands back the socket's reading half if the client has not left.
     ending.cancel();
     let unread = match tokio::time::timeout(GOODBYE_GRACE, reader).await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) if !failed => stream,
         _ => None,
     };
     let goodbye = async {
