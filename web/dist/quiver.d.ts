@@ -656,9 +656,16 @@ export declare class QuiverClient {
 	 * client's life. False when there is nowhere to move.
 	 */
 	private moveToWebSocket;
+	/**
+	 * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
+	 * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
+	 * and all of it, so a server that ends every subscription at once is not asked ever faster.
+	 * A subscription that lasted `STABLE_MS` starts again from the first delay.
+	 */
 	private retrySubscribe;
 	private sendSubscribe;
-	/** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+	/** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
+	 *  session's budget. */
 	private releaseHeld;
 	/** A server that broke the protocol's rules for a subscription's positions (a publication
 	 *  dropped, or a recovery the stream contradicts), reported where the app can see it. */

@@ -1722,13 +1722,16 @@ var QuiverClient = class {
         currentId: 0,
         held: null,
         heldBytes: 0,
+        heldEnd: null,
         continuity: null,
         resumedFrom: null,
         streamOpened: false,
         confirmed: false,
         resolveReady: resolve,
         rejectReady: reject,
-        retryTimer: null
+        retryTimer: null,
+        retries: 0,
+        confirmedAt: 0
       };
       this.subs.set(room, state);
       if (this.active && !this.active.ended) void this.sendSubscribe(state, this.active);
@@ -2085,6 +2088,10 @@ var QuiverClient = class {
   onServerUnsubscribed(session, room, code, reason) {
     const state = this.subs.get(room);
     if (!state) return;
+    if (state.held && state.currentId !== 0) {
+      state.heldEnd ??= { code, reason };
+      return;
+    }
     state.currentId = 0;
     this.releaseHeld(state);
     if (code === ErrorCode.session_closing) return;
@@ -2113,12 +2120,23 @@ var QuiverClient = class {
     session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
   }
+  /**
+   * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
+   * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
+   * and all of it, so a server that ends every subscription at once is not asked ever faster.
+   * A subscription that lasted `STABLE_MS` starts again from the first delay.
+   */
   retrySubscribe(state) {
-    const delay = this.opts.reconnect === false ? 1e3 : this.opts.reconnect.initialDelayMs;
+    const backoff = this.opts.reconnect === false ? { initialDelayMs: 1e3, maxDelayMs: 15e3 } : this.opts.reconnect;
+    if (state.confirmedAt && Date.now() - state.confirmedAt >= STABLE_MS) state.retries = 0;
+    state.confirmedAt = 0;
+    const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** state.retries);
+    state.retries = Math.min(state.retries + 1, 30);
+    if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = setTimeout(() => {
       state.retryTimer = null;
       if (this.active && this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, this.active);
-    }, delay);
+    }, ceiling / 2 + Math.random() * (ceiling / 2));
   }
   async sendSubscribe(state, session) {
     const id = this.nextId();
@@ -2155,7 +2173,7 @@ var QuiverClient = class {
       session.end(new QuiverError("protocol", `expected Subscribed for ${state.sub.room}, got ${reply.type}`));
       return;
     }
-    if (this.subs.get(state.sub.room) !== state) return;
+    if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
     const latestId = reply.subscription ?? null;
     if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     state.sub.confirmed(latestId);
@@ -2170,21 +2188,28 @@ var QuiverClient = class {
     state.continuity = new Continuity(reply.position, recovery.type === "Recovered" ? recovery.replayed : null);
     if (resume) this.emit("recovery", { room: state.sub.room, recovery, resumedFrom: resume });
     this.expectStream(state, id, session);
+    state.confirmedAt = Date.now();
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit("subscribed", state.sub);
     const held = state.held ?? [];
+    const end = state.heldEnd;
     this.releaseHeld(state);
     for (const event of held) this.deliver(id, event);
+    if (end && this.subs.get(state.sub.room) === state && state.currentId === id) {
+      this.onServerUnsubscribed(session, state.sub.room, end.code, end.reason);
+    }
   }
-  /** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+  /** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
+   *  session's budget. */
   releaseHeld(state) {
     if (state.held) this.heldEvents -= state.held.length;
     this.heldTotal -= state.heldBytes;
     state.held = null;
     state.heldBytes = 0;
+    state.heldEnd = null;
   }
   /** A server that broke the protocol's rules for a subscription's positions (a publication
    *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
@@ -2258,7 +2283,7 @@ var QuiverClient = class {
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id, event) {
     const state = this.subs.get(event.room);
-    if (!state || state.currentId !== id) return false;
+    if (!state || state.currentId !== id || state.heldEnd) return false;
     if (state.held) {
       const size = heldSize(event);
       state.held.push(event);

@@ -117,6 +117,11 @@ interface SubState {
   held: SubscriptionEvent[] | null;
   /** What `held` counts against the session's budget (`heldSize`). */
   heldBytes: number;
+  /** An unsolicited `Unsubscribed` that came before the current `Subscribe`'s reply was handled
+   *  (it may be in the same read as the `Subscribed`, whose handling runs after the read): held
+   *  behind `held`, and applied once the reply was handled and what came before the end was
+   *  delivered (PROTOCOL.md section 9.2: nothing of a subscription follows its `Unsubscribed`). */
+  heldEnd: { code: number; reason: string } | null;
   /** What the current stream's publications are checked against, set by `Subscribed`. */
   continuity: Continuity | null;
   /** The position the current subscription resumed from. */
@@ -127,6 +132,10 @@ interface SubState {
   resolveReady: (s: Subscription) => void;
   rejectReady: (e: QuiverError) => void;
   retryTimer: ReturnType<typeof setTimeout> | null;
+  /** Re-subscribes in a row after server ends or "not now" refusals (`retrySubscribe`). */
+  retries: number;
+  /** When the server last confirmed the subscription (`Date.now()`), 0 once a retry took it. */
+  confirmedAt: number;
 }
 
 interface QueuedPublish {
@@ -139,7 +148,7 @@ interface QueuedPublish {
 
 // Server errors that say "not now" rather than "no": a re-subscribe after them is retried.
 const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
-// A connection that lasted this long resets the backoff.
+// A connection (or a subscription) that lasted this long resets the backoff.
 const STABLE_MS = 5_000;
 // Most events (and bytes, as `heldSize` counts them) held before their `Subscribed`, in all of a
 // session's subscriptions together. The server queues its reply behind at most a few hundred
@@ -285,6 +294,7 @@ export class QuiverClient {
         currentId: 0,
         held: null,
         heldBytes: 0,
+        heldEnd: null,
         continuity: null,
         resumedFrom: null,
         streamOpened: false,
@@ -292,6 +302,8 @@ export class QuiverClient {
         resolveReady: resolve,
         rejectReady: reject,
         retryTimer: null,
+        retries: 0,
+        confirmedAt: 0,
       };
       this.subs.set(room, state);
       if (this.active && !this.active.ended) void this.sendSubscribe(state, this.active);
@@ -695,6 +707,12 @@ export class QuiverClient {
   private onServerUnsubscribed(session: Session, room: string, code: number, reason: string): void {
     const state = this.subs.get(room);
     if (!state) return;
+    if (state.held && state.currentId !== 0) {
+      // The reply to the current Subscribe is not handled yet: what came before this end belongs
+      // to the subscription. The end waits behind it (`sendSubscribe` applies it).
+      state.heldEnd ??= { code, reason };
+      return;
+    }
     state.currentId = 0;
     this.releaseHeld(state);
     // The session is closing: the reconnect re-subscribes.
@@ -733,12 +751,23 @@ export class QuiverClient {
     return true;
   }
 
+  /**
+   * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
+   * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
+   * and all of it, so a server that ends every subscription at once is not asked ever faster.
+   * A subscription that lasted `STABLE_MS` starts again from the first delay.
+   */
   private retrySubscribe(state: SubState): void {
-    const delay = this.opts.reconnect === false ? 1000 : this.opts.reconnect.initialDelayMs;
+    const backoff = this.opts.reconnect === false ? { initialDelayMs: 1000, maxDelayMs: 15_000 } : this.opts.reconnect;
+    if (state.confirmedAt && Date.now() - state.confirmedAt >= STABLE_MS) state.retries = 0;
+    state.confirmedAt = 0;
+    const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** state.retries);
+    state.retries = Math.min(state.retries + 1, 30);
+    if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = setTimeout(() => {
       state.retryTimer = null;
       if (this.active && this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, this.active);
-    }, delay);
+    }, ceiling / 2 + Math.random() * (ceiling / 2));
   }
 
   private async sendSubscribe(state: SubState, session: Session): Promise<void> {
@@ -778,7 +807,9 @@ export class QuiverClient {
       session.end(new QuiverError('protocol', `expected Subscribed for ${state.sub.room}, got ${reply.type}`));
       return;
     }
-    if (this.subs.get(state.sub.room) !== state) return;
+    // Gone, or another Subscribe of the room was sent since (its stream, and what it holds, are
+    // not this reply's).
+    if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
     const latestId = reply.subscription ?? null;
     if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
     state.sub.confirmed(latestId);
@@ -794,22 +825,30 @@ export class QuiverClient {
     state.continuity = new Continuity(reply.position, recovery.type === 'Recovered' ? recovery.replayed : null);
     if (resume) this.emit('recovery', { room: state.sub.room, recovery, resumedFrom: resume });
     this.expectStream(state, id, session);
+    state.confirmedAt = Date.now();
     if (!state.confirmed) {
       state.confirmed = true;
       state.resolveReady(state.sub);
     }
     this.emit('subscribed', state.sub);
     const held = state.held ?? [];
+    const end = state.heldEnd;
     this.releaseHeld(state);
     for (const event of held) this.deliver(id, event);
+    // An end that came behind them applies now, unless a handler unsubscribed meanwhile.
+    if (end && this.subs.get(state.sub.room) === state && state.currentId === id) {
+      this.onServerUnsubscribed(session, state.sub.room, end.code, end.reason);
+    }
   }
 
-  /** Drops what `state` holds before its `Subscribed`, giving it back to the session's budget. */
+  /** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
+   *  session's budget. */
   private releaseHeld(state: SubState): void {
     if (state.held) this.heldEvents -= state.held.length;
     this.heldTotal -= state.heldBytes;
     state.held = null;
     state.heldBytes = 0;
+    state.heldEnd = null;
   }
 
   /** A server that broke the protocol's rules for a subscription's positions (a publication
@@ -892,7 +931,8 @@ export class QuiverClient {
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id: number, event: SubscriptionEvent): boolean {
     const state = this.subs.get(event.room);
-    if (!state || state.currentId !== id) return false;
+    // Nothing of a subscription follows its end, even one held until the reply is handled.
+    if (!state || state.currentId !== id || state.heldEnd) return false;
     if (state.held) {
       const size = heldSize(event);
       state.held.push(event);

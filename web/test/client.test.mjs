@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { QuiverClient, QuiverError, connect } from '../dist/quiver.js';
+import { QuiverClient, QuiverError, connect, encodeEvent } from '../dist/quiver.js';
 import { FakeNetwork, connected as connectedOver, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
@@ -17,6 +17,33 @@ function setup(options = {}, transport = 'webtransport') {
 function refuse(net, refused) {
   net.accept = (url) => !refused(url);
   net.acceptWebSocket = (url) => !refused(url);
+}
+
+/**
+ * The reply to `cmd` (a `Subscribe`), publications of epoch 5 at `publications`' offsets and an
+ * unsolicited `Unsubscribed { code }`, all arriving together: over WebSocket in one message; over
+ * WebTransport the publications on the room's stream first (held until the reply), then the reply
+ * and the `Unsubscribed` in one read of the control stream.
+ */
+async function subscribedThenEnded(conn, cmd, { head, recovery = { type: 'NotRequested' }, publications, code }) {
+  const room = cmd.command.room;
+  const position = head === null ? null : { epoch: 5n, offset: head };
+  const reply = [cmd.id, { type: 'Subscribed', room, position, recovery }];
+  const pubs = publications.map(([offset, payload]) => [0, { type: 'Publication', room, position: { epoch: 5n, offset }, payload: text(payload) }]);
+  const end = [0, { type: 'Unsubscribed', room, code, reason: 'ended by the server' }];
+  if (conn.transport === 'websocket') {
+    conn.sendFrames([[cmd.id, { type: 'SubscriptionStream', room }], reply, ...pubs, end]);
+    return;
+  }
+  const stream = conn.openStream();
+  stream.send(cmd.id, { type: 'SubscriptionStream', room });
+  for (const [id, event] of pubs) stream.send(id, event);
+  await new Promise((r) => setTimeout(r, 30));
+  const parts = [reply, end].map(([id, event]) => encodeEvent({ id, event }));
+  const bytes = new Uint8Array(parts[0].length + parts[1].length);
+  bytes.set(parts[0]);
+  bytes.set(parts[1], parts[0].length);
+  conn.sendRaw(bytes);
 }
 
 test('handshake over WebTransport: token in the query, pinned hash, Hello, Welcome', async (t) => {
@@ -334,6 +361,86 @@ describe(`over ${transport}`, () => {
       assert.deepEqual(again.command.resume, { epoch: 2n, offset: 5n });
     });
   }
+
+  // Outside audit G6: a Subscribed, publications and an unsolicited Unsubscribed that arrive
+  // together. The Subscribed is handled after the read (its Subscribe's promise), the
+  // Unsubscribed in it: everything before the end belongs to the subscription (PROTOCOL.md 9.2).
+  test('Subscribed, two publications and Unsubscribed 116 together: both delivered in order, subscribe() resolves, then the end', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const log = [];
+    client.on('subscribed', () => log.push('subscribed'));
+    client.on('error', (e) => log.push(`error:${e.code}`));
+    const subscribed = client.subscribe('hist.u', (m) => log.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    await subscribedThenEnded(conn, cmd, { head: 10n, publications: [[11n, 'a'], [12n, 'b']], code: 116 });
+    const sub = await subscribed;
+    await waitUntil(() => log.includes('error:116'));
+    assert.deepEqual(log, ['subscribed', 'a', 'b', 'error:116']);
+    assert.deepEqual(sub.position, { epoch: 5n, offset: 12n });
+    assert.equal(sub.active, false);
+    // Ended for good: the room is free, and no Subscribe is sent by itself.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(conn.received.filter((f) => f.command.type === 'Subscribe').length, 1);
+  });
+
+  test('a resumed subscription ended with 117 right behind its replay: the replay is delivered and the next Subscribe resumes after it', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const log = [];
+    client.on('recovery', ({ recovery }) => log.push(`recovery:${recovery.type}`));
+    client.on('error', (e) => log.push(`error:${e.code}`));
+    const subscribed = client.subscribe('hist.r', (m) => log.push(m.text()), { resume: { epoch: 5n, offset: 10n } });
+    const cmd = await conn.expect('Subscribe');
+    assert.deepEqual(cmd.command.resume, { epoch: 5n, offset: 10n });
+    // Three replayed announced; two sent before the replay was cut.
+    await subscribedThenEnded(conn, cmd, {
+      head: 13n,
+      recovery: { type: 'Recovered', replayed: 3 },
+      publications: [[11n, 'r11'], [12n, 'r12']],
+      code: 117,
+    });
+    const sub = await subscribed;
+    const again = await conn.expect('Subscribe');
+    assert.deepEqual(log, ['recovery:Recovered', 'r11', 'r12', 'error:117']);
+    assert.deepEqual(again.command.resume, { epoch: 5n, offset: 12n });
+    assert.equal(sub.active, true);
+    conn.send(again.id, { type: 'Subscribed', room: 'hist.r', position: { epoch: 5n, offset: 13n }, recovery: { type: 'Recovered', replayed: 1 } });
+    await waitUntil(() => log.at(-1) === 'recovery:Recovered');
+  });
+
+  test('a server that ends every subscription (112) is re-subscribed with a growing backoff, reset once one lasted', { timeout: 15_000 }, async (t) => {
+    const initialDelayMs = 100;
+    const { net, client } = setup({ reconnect: { initialDelayMs, maxDelayMs: 10_000 } }, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    client.on('error', () => {});
+    client.subscribe('dash.s', () => {}).catch(() => undefined);
+    const start = Date.now();
+    const times = [];
+    let cmd;
+    for (;;) {
+      cmd = await conn.expect('Subscribe', 5_000);
+      times.push(Date.now() - start);
+      if (times.at(-1) >= 2_500) break;
+      await subscribedThenEnded(conn, cmd, { head: null, publications: [], code: 112 });
+    }
+    const inWindow = times.length - 1;
+    const gaps = times.slice(1).map((t, i) => t - times[i]);
+    // Delays in [c/2, c] with c = 100, 200, 400, 800, 1600 ms: 4 to 6 Subscribes in 2.5 s (a
+    // fixed delay of 100 ms would make it about 25).
+    assert.ok(inWindow >= 4 && inWindow <= 6, `${inWindow} Subscribes in 2.5 s, at ${times.join(', ')} ms`);
+    assert.ok(gaps[3] >= 350, `the fourth re-subscribe came ${gaps[3]} ms after the third (${gaps.join(', ')})`);
+    // A subscription that lasted 5 s (STABLE_MS) starts the backoff again.
+    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.s', position: null, recovery: { type: 'NotRequested' } });
+    await new Promise((r) => setTimeout(r, 5_200));
+    const endedAt = Date.now();
+    conn.send(0, { type: 'Unsubscribed', room: 'dash.s', code: 112, reason: 'slow' });
+    await conn.expect('Subscribe', 3_000);
+    assert.ok(Date.now() - endedAt < 300, `re-subscribed ${Date.now() - endedAt} ms after a subscription that lasted 5 s`);
+  });
 
   test('a throwing message handler is reported and does not stop deliveries', async (t) => {
     const { net, client } = setup({}, transport);
@@ -664,8 +771,8 @@ test('frames held before Subscribed share one budget across rooms: many rooms ea
 });
 
 test('frames held for a Subscribe are given back to the session budget when it times out or is answered', { timeout: 15_000 }, async (t) => {
-  // A timed-out Subscribe is sent again after reconnect.initialDelayMs: here 1 s, so that what it
-  // held is seen to be given back at the timeout, not only when it is sent again.
+  // A timed-out Subscribe is sent again after half to all of reconnect.initialDelayMs: here 0.5 to
+  // 1 s, so that what it held is seen to be given back at the timeout, not only when it is sent again.
   const { net, client } = setup({ requestTimeoutMs: 300, reconnect: { initialDelayMs: 1000, maxDelayMs: 1000 } }, 'websocket');
   t.after(() => client.close());
   const conn = await connected(net, client, { limits: { maxFrame: 1024 * 1024, maxPayload: 1024 * 1024 - 1024 } });
