@@ -330,6 +330,9 @@ export interface SubscribeOptions {
 	/** Messages kept for the async iterator when no handler is given; the oldest are dropped.
 	 *  Default 1000. */
 	bufferSize?: number;
+	/** Payload bytes kept for the async iterator, whatever the count; past it the oldest are
+	 *  dropped too. Default 8 MiB (1,000 messages of 1 MB from a hostile server held 1 GB). */
+	bufferBytes?: number;
 	/** Called when a session joins or leaves the room, in namespaces with presence events. */
 	onPresence?: (change: PresenceChange) => void;
 }
@@ -365,6 +368,7 @@ export declare class Subscription implements AsyncIterable<Message> {
 	private readonly bufferSize;
 	private readonly owner;
 	private readonly presenceHandler;
+	private readonly bufferBytes;
 	/** Position of the last message seen, used to resume after a reconnect. */
 	position: Position | null;
 	/** How the latest resume went, if one was asked for. `Failed` too when the replay contradicted
@@ -379,6 +383,8 @@ export declare class Subscription implements AsyncIterable<Message> {
 	/** Sequence of the newest value applied on the current server subscription. */
 	private newest;
 	private queue;
+	/** Payload bytes in `queue`. */
+	private queued;
 	private waiter;
 	private ended;
 	get active(): boolean;

@@ -1491,18 +1491,20 @@ function recoveryPossible(from, head, replayed) {
 }
 var Subscription = class {
   /** @internal */
-  constructor(room, handler, bufferSize, owner, presenceHandler) {
+  constructor(room, handler, bufferSize, owner, presenceHandler, bufferBytes = 8 * 1024 * 1024) {
     this.room = room;
     this.handler = handler;
     this.bufferSize = bufferSize;
     this.owner = owner;
     this.presenceHandler = presenceHandler;
+    this.bufferBytes = bufferBytes;
   }
   room;
   handler;
   bufferSize;
   owner;
   presenceHandler;
+  bufferBytes;
   /** Position of the last message seen, used to resume after a reconnect. */
   position = null;
   /** How the latest resume went, if one was asked for. `Failed` too when the replay contradicted
@@ -1519,6 +1521,8 @@ var Subscription = class {
   /** Sequence of the newest value applied on the current server subscription. */
   newest = 0n;
   queue = [];
+  /** Payload bytes in `queue`. */
+  queued = 0;
   waiter = null;
   ended = false;
   get active() {
@@ -1537,11 +1541,13 @@ var Subscription = class {
       this.waiter = null;
       w({ value: m, done: false });
     } else {
-      if (this.queue.length >= this.bufferSize) {
-        this.queue.shift();
+      while (this.queue.length > 0 && (this.queue.length >= this.bufferSize || this.queued + m.payload.length > this.bufferBytes)) {
+        const old = this.queue.shift();
+        if (old) this.queued -= old.payload.length;
         this.dropped++;
       }
       this.queue.push(m);
+      this.queued += m.payload.length;
     }
   }
   /** @internal A new server subscription (first, or after a reconnect): sequences restart. */
@@ -1560,7 +1566,10 @@ var Subscription = class {
     this.newest = sequence;
     if (byDatagram) this.latestStats.byDatagram++;
     else this.latestStats.byStream++;
-    if (!this.handler) this.queue.length = 0;
+    if (!this.handler) {
+      this.queue.length = 0;
+      this.queued = 0;
+    }
     this.deliver(new Message(this.room, null, payload));
     return true;
   }
@@ -1581,7 +1590,10 @@ var Subscription = class {
     return {
       next: () => {
         const m = this.queue.shift();
-        if (m) return Promise.resolve({ value: m, done: false });
+        if (m) {
+          this.queued -= m.payload.length;
+          return Promise.resolve({ value: m, done: false });
+        }
         if (this.ended) return Promise.resolve({ value: void 0, done: true });
         return new Promise((resolve) => this.waiter = resolve);
       },
@@ -1715,7 +1727,7 @@ var QuiverClient = class {
       );
     }
     return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, this, options.onPresence);
+      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, this, options.onPresence, options.bufferBytes);
       sub.position = options.resume ?? null;
       const state = {
         sub,

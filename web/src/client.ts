@@ -287,7 +287,7 @@ export class QuiverClient {
       );
     }
     return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1000, this, options.onPresence);
+      const sub = new Subscription(room, handler, options.bufferSize ?? 1000, this, options.onPresence, options.bufferBytes);
       sub.position = options.resume ?? null;
       const state: SubState = {
         sub,

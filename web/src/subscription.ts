@@ -16,6 +16,9 @@ export interface SubscribeOptions {
   /** Messages kept for the async iterator when no handler is given; the oldest are dropped.
    *  Default 1000. */
   bufferSize?: number;
+  /** Payload bytes kept for the async iterator, whatever the count; past it the oldest are
+   *  dropped too. Default 8 MiB (1,000 messages of 1 MB from a hostile server held 1 GB). */
+  bufferBytes?: number;
   /** Called when a session joins or leaves the room, in namespaces with presence events. */
   onPresence?: (change: PresenceChange) => void;
 }
@@ -131,6 +134,8 @@ export class Subscription implements AsyncIterable<Message> {
   /** Sequence of the newest value applied on the current server subscription. */
   private newest = 0n;
   private queue: Message[] = [];
+  /** Payload bytes in `queue`. */
+  private queued = 0;
   private waiter: ((r: IteratorResult<Message>) => void) | null = null;
   private ended = false;
 
@@ -141,6 +146,7 @@ export class Subscription implements AsyncIterable<Message> {
     private readonly bufferSize: number,
     private readonly owner: { unsubscribe(room: string): Promise<void> },
     private readonly presenceHandler: ((change: PresenceChange) => void) | undefined,
+    private readonly bufferBytes: number = 8 * 1024 * 1024,
   ) {}
 
   get active(): boolean {
@@ -161,11 +167,14 @@ export class Subscription implements AsyncIterable<Message> {
       this.waiter = null;
       w({ value: m, done: false });
     } else {
-      if (this.queue.length >= this.bufferSize) {
-        this.queue.shift();
+      // Bounded in count and in bytes: the oldest go first (the newest is always kept).
+      while (this.queue.length > 0 && (this.queue.length >= this.bufferSize || this.queued + m.payload.length > this.bufferBytes)) {
+        const old = this.queue.shift();
+        if (old) this.queued -= old.payload.length;
         this.dropped++;
       }
       this.queue.push(m);
+      this.queued += m.payload.length;
     }
   }
 
@@ -187,7 +196,10 @@ export class Subscription implements AsyncIterable<Message> {
     if (byDatagram) this.latestStats.byDatagram++;
     else this.latestStats.byStream++;
     // The async iterator keeps only the newest value: what waits is stale.
-    if (!this.handler) this.queue.length = 0;
+    if (!this.handler) {
+      this.queue.length = 0;
+      this.queued = 0;
+    }
     this.deliver(new Message(this.room, null, payload));
     return true;
   }
@@ -211,7 +223,10 @@ export class Subscription implements AsyncIterable<Message> {
     return {
       next: () => {
         const m = this.queue.shift();
-        if (m) return Promise.resolve({ value: m, done: false });
+        if (m) {
+          this.queued -= m.payload.length;
+          return Promise.resolve({ value: m, done: false });
+        }
         if (this.ended) return Promise.resolve({ value: undefined, done: true });
         return new Promise((resolve) => (this.waiter = resolve));
       },
