@@ -858,6 +858,10 @@ var Session = class {
       );
     });
   }
+  /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
+  awaitsReply(id) {
+    return this.pending.has(id);
+  }
   /** @internal Set by the client: command ids are unique across sessions. */
   nextId = () => {
     throw new Error("Session.nextId not set");
@@ -888,6 +892,7 @@ var Session = class {
     this.lastReceived = now();
   }
   control(id, event) {
+    if (this.ended) return;
     if (event.type === "Goodbye") {
       this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
       return;
@@ -2101,6 +2106,7 @@ var QuiverClient = class {
     const state = this.subs.get(room);
     if (!state) return;
     if (state.held && state.currentId !== 0) {
+      if (session.awaitsReply(state.currentId)) return;
       state.heldEnd ??= { code, reason };
       return;
     }

@@ -708,8 +708,12 @@ export class QuiverClient {
     const state = this.subs.get(room);
     if (!state) return;
     if (state.held && state.currentId !== 0) {
-      // The reply to the current Subscribe is not handled yet: what came before this end belongs
-      // to the subscription. The end waits behind it (`sendSubscribe` applies it).
+      // The server ends a subscription only after its `Subscribed` (PROTOCOL.md section 9.2), so
+      // an end that came before the current Subscribe's reply is an earlier subscription's of
+      // this room (the app unsubscribed and subscribed again while the server was ending it).
+      if (session.awaitsReply(state.currentId)) return;
+      // The reply came but is not handled yet: what came before this end belongs to the
+      // subscription. The end waits behind it (`sendSubscribe` applies it).
       state.heldEnd ??= { code, reason };
       return;
     }

@@ -234,6 +234,11 @@ export class Session implements LinkHandler {
     });
   }
 
+  /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
+  awaitsReply(id: number): boolean {
+    return this.pending.has(id);
+  }
+
   /** @internal Set by the client: command ids are unique across sessions. */
   nextId: () => number = () => {
     throw new Error('Session.nextId not set');
@@ -269,6 +274,9 @@ export class Session implements LinkHandler {
   }
 
   control(id: number, event: Event): void {
+    // Nothing follows a Goodbye (PROTOCOL.md section 7), and what an ended session's link still
+    // hands over must not reach the client's state, which the next session owns by now.
+    if (this.ended) return;
     if (event.type === 'Goodbye') {
       this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
       return;

@@ -19,6 +19,18 @@ function refuse(net, refused) {
   net.acceptWebSocket = (url) => !refused(url);
 }
 
+/** Several frames in one read: one WebSocket message, or one chunk of the control stream. */
+function sendTogether(conn, frames) {
+  const parts = frames.map(([id, event]) => encodeEvent({ id, event }));
+  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    bytes.set(p, at);
+    at += p.length;
+  }
+  conn.sendRaw(bytes);
+}
+
 /**
  * The reply to `cmd` (a `Subscribe`), publications of epoch 5 at `publications`' offsets and an
  * unsolicited `Unsubscribed { code }`, all arriving together: over WebSocket in one message; over
@@ -39,11 +51,7 @@ async function subscribedThenEnded(conn, cmd, { head, recovery = { type: 'NotReq
   stream.send(cmd.id, { type: 'SubscriptionStream', room });
   for (const [id, event] of pubs) stream.send(id, event);
   await new Promise((r) => setTimeout(r, 30));
-  const parts = [reply, end].map(([id, event]) => encodeEvent({ id, event }));
-  const bytes = new Uint8Array(parts[0].length + parts[1].length);
-  bytes.set(parts[0]);
-  bytes.set(parts[1], parts[0].length);
-  conn.sendRaw(bytes);
+  sendTogether(conn, [reply, end]);
 }
 
 test('handshake over WebTransport: token in the query, pinned hash, Hello, Welcome', async (t) => {
@@ -383,6 +391,70 @@ describe(`over ${transport}`, () => {
     // Ended for good: the room is free, and no Subscribe is sent by itself.
     await new Promise((r) => setTimeout(r, 100));
     assert.equal(conn.received.filter((f) => f.command.type === 'Subscribe').length, 1);
+  });
+
+  // The app unsubscribes and subscribes again while the server is ending the old subscription:
+  // the old end (sent before the new Subscribe's reply, PROTOCOL.md section 9.2) is not the new one's.
+  test('an end of the old subscription that crosses an unsubscribe and a new subscribe leaves the new one alone', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    const first = client.subscribe('dash.x', () => {});
+    const cmd1 = await conn.expect('Subscribe');
+    conn.send(cmd1.id, { type: 'Subscribed', room: 'dash.x', position: null, recovery: { type: 'NotRequested' } });
+    await first;
+    const unsubscribed = client.unsubscribe('dash.x');
+    const cmd2 = await conn.expect('Unsubscribe');
+    const got = [];
+    const second = client.subscribe('dash.x', (m) => got.push(m.text()));
+    const cmd3 = await conn.expect('Subscribe');
+    // In the server's order: its end of the old subscription, then the replies.
+    sendTogether(conn, [
+      [0, { type: 'Unsubscribed', room: 'dash.x', code: 112, reason: 'slow consumer' }],
+      [cmd2.id, { type: 'Error', code: 105, message: 'not subscribed to dash.x' }],
+      // Over WebTransport the header comes on the room's own stream (below).
+      ...(transport === 'websocket' ? [[cmd3.id, { type: 'SubscriptionStream', room: 'dash.x' }]] : []),
+      [cmd3.id, { type: 'Subscribed', room: 'dash.x', position: null, recovery: { type: 'NotRequested' } }],
+    ]);
+    await unsubscribed;
+    const sub = await second;
+    if (transport === 'websocket') {
+      conn.send(0, { type: 'Publication', room: 'dash.x', position: null, payload: text('new') });
+    } else {
+      const stream = conn.openStream();
+      stream.send(cmd3.id, { type: 'SubscriptionStream', room: 'dash.x' });
+      stream.send(0, { type: 'Publication', room: 'dash.x', position: null, payload: text('new') });
+    }
+    await waitUntil(() => got.length === 1);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(sub.active, true);
+    assert.deepEqual(errors.map((e) => e.message), []);
+    assert.equal(conn.received.filter((f) => f.command.type === 'Subscribe').length, 2);
+  });
+
+  // Nothing follows a Goodbye (PROTOCOL.md section 7): an end read after it is not applied, and
+  // the reconnect subscribes again.
+  test('an Unsubscribed read after a Goodbye does not end the subscription; the next session re-subscribes', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const subscribed = client.subscribe('dash.g', () => {});
+    const cmd = await conn.expect('Subscribe');
+    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.g', position: null, recovery: { type: 'NotRequested' } });
+    const sub = await subscribed;
+    const errors = [];
+    client.on('error', (e) => errors.push(e));
+    sendTogether(conn, [
+      [0, { type: 'Goodbye', code: 3000, reason: 'server shutting down', reconnect: true }],
+      [0, { type: 'Unsubscribed', room: 'dash.g', code: 116, reason: 'by the backend' }],
+    ]);
+    const next = await connected(net, client);
+    const again = await next.expect('Subscribe');
+    assert.equal(again.command.room, 'dash.g');
+    assert.equal(sub.active, true);
+    assert.deepEqual(errors.filter((e) => e.code === 116).map((e) => e.message), []);
   });
 
   test('a resumed subscription ended with 117 right behind its replay: the replay is delivered and the next Subscribe resumes after it', async (t) => {
