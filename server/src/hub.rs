@@ -14,6 +14,7 @@
 //! lock).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -26,6 +27,12 @@ use crate::latest::Slot;
 use crate::metrics as m;
 use crate::metrics::hot;
 use crate::subscription::{Direct, Offered};
+
+/// What subscribers hear when their room's epoch changed under them (`Hub::deliver`).
+pub const EPOCH_CHANGED: (quiver_proto::ErrorCode, &str) = (
+    quiver_proto::ErrorCode::UnrecoverablePosition,
+    "the room's history was lost (a new epoch): subscribe again, resuming from your last position",
+);
 
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -61,6 +68,8 @@ pub struct Subscriber {
     pub queue: crate::delivery_queue::Sender,
     /// Cancelled when the queue overflows; the subscription's writer then ends the stream.
     pub overflow: CancellationToken,
+    /// Why the hub cancelled `overflow`, when not for an overflow (shared with the writer).
+    pub hub_end: Arc<crate::subscription::HubEnd>,
     /// The subscriber's tenant's deliveries counter (resolved at subscribe: no lookup here).
     /// Every subscriber of a room has the room's tenant, so the fan-out adds a room's count to
     /// its first subscriber's counter, once per publication.
@@ -79,6 +88,9 @@ pub struct Subscriber {
 struct Room {
     subs: Vec<Subscriber>,
     order: std::sync::Mutex<()>,
+    /// The epoch of the room's positions as its subscribers here know them (0 until known):
+    /// from a subscription's `Subscribed` position, or the first positioned delivery.
+    epoch: AtomicU64,
 }
 
 impl Room {
@@ -137,14 +149,26 @@ impl Hub {
         if let Some(delivered) = self.deliver_latest(key, &payload) {
             return delivered;
         }
-        self.deliver_frame(
+        self.fan_out(
             key,
             Delivery {
                 offset: position.map(|p| p.offset),
                 frame: publication_frame(key, position, payload),
                 entered,
             },
+            position.map(|p| p.epoch),
         )
+    }
+
+    /// Records the epoch a new subscription of the room was told (its `Subscribed` position),
+    /// unless a delivery told the room's subscribers here one already.
+    pub fn know_epoch(&self, key: &RoomKey, epoch: u64) {
+        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(room) = rooms.get(key) {
+            let _ = room
+                .epoch
+                .compare_exchange(0, epoch, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
@@ -171,10 +195,23 @@ impl Hub {
 
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
     pub fn deliver_frame(&self, key: &RoomKey, delivery: Delivery) -> usize {
+        self.fan_out(key, delivery, None)
+    }
+
+    /// Delivers `delivery`, a publication of `epoch` when it has a position.
+    ///
+    /// A room's positions belong to one epoch. A publication of another one means the room's
+    /// history was lost and started again (NATS restarted on memory storage and its stream was
+    /// created anew, PROTOCOL.md §5): its position does not follow the subscribers' last, and
+    /// clients rightly drop such a publication, every later one too, with no recovery report.
+    /// So the room's subscribers here are ended instead, with `unrecoverable_position`: they
+    /// subscribe again resuming from their last position, are told recovery failed, and re-sync.
+    fn fan_out(&self, key: &RoomKey, delivery: Delivery, epoch: Option<u64>) -> usize {
         let mut delivered = 0;
         // Written straight to their streams in this pass: metrics recorded once, below.
         let mut written_now = 0u64;
         let mut overflowed = Vec::new();
+        let mut reset = Vec::new();
         {
             let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
             let Some(room) = rooms.get(key) else {
@@ -182,7 +219,17 @@ impl Hub {
             };
             let _turn = room.turn();
             let subs = &room.subs;
-            for sub in subs {
+            if let Some(epoch) = epoch {
+                let before = room.epoch.swap(epoch, Ordering::Relaxed);
+                if before != 0 && before != epoch {
+                    for sub in subs {
+                        sub.hub_end.set(EPOCH_CHANGED);
+                        sub.overflow.cancel();
+                        reset.push(sub.id);
+                    }
+                }
+            }
+            for sub in subs.iter().filter(|_| reset.is_empty()) {
                 let offered = match &sub.direct {
                     Some(direct) => direct.offer(&sub.queue, &delivery),
                     None => sub
@@ -218,9 +265,18 @@ impl Hub {
             hot::delivery_bytes().increment(written_now * delivery.frame.len() as u64);
             hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
+        let reset_count = reset.len();
+        if reset_count > 0 {
+            tracing::warn!(tenant = %key.tenant, room = %key.room, subscribers = reset.len(),
+                "the room's epoch changed (its history was lost): its subscriptions here end");
+        }
+        overflowed.append(&mut reset);
         if !overflowed.is_empty() {
-            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
-                .increment(overflowed.len() as u64);
+            let slow = overflowed.len() - reset_count;
+            if slow > 0 {
+                metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
+                    .increment(slow as u64);
+            }
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             if let Some(room) = rooms.get_mut(key) {
                 room.subs.retain(|s| !overflowed.contains(&s.id));
@@ -295,6 +351,7 @@ mod tests {
                 id,
                 queue: tx,
                 overflow: CancellationToken::new(),
+                hub_end: Arc::default(),
                 deliveries: metrics::Counter::noop(),
                 latest: None,
                 direct: None,
@@ -339,6 +396,86 @@ mod tests {
         );
         assert!(hub.unsubscribe(&key("t", "r"), 1));
         assert_eq!(hub.room_count(), 0);
+    }
+
+    /// A publication of another epoch than the one the room's subscribers know (history lost
+    /// and started again) is delivered to none of them: they are ended with
+    /// `unrecoverable_position`, so their clients resume, hear recovery failed, and re-sync.
+    #[test]
+    fn a_new_epoch_ends_the_rooms_subscribers_instead_of_reaching_them() {
+        let at = |epoch, offset| Some(Position { epoch, offset });
+        let hub = Hub::default();
+        let (a, mut rx_a) = sub(1, 8);
+        let (b, mut rx_b) = sub(2, 8);
+        let (a_end, b_end) = (a.overflow.clone(), b.overflow.clone());
+        let (a_cause, b_cause) = (a.hub_end.clone(), b.hub_end.clone());
+        hub.subscribe(key("t", "r"), a);
+        hub.subscribe(key("t", "r"), b);
+        assert_eq!(
+            hub.deliver(&key("t", "r"), at(7, 1), Bytes::from_static(b"1")),
+            2
+        );
+        assert_eq!(
+            hub.deliver(&key("t", "r"), at(7, 2), Bytes::from_static(b"2")),
+            2
+        );
+        // Positionless events (presence) say nothing about the epoch.
+        assert_eq!(
+            hub.deliver_frame(
+                &key("t", "r"),
+                Delivery::new(None, Bytes::from_static(b"j"))
+            ),
+            2
+        );
+        assert!(!a_end.is_cancelled());
+        assert_eq!(
+            hub.deliver(&key("t", "r"), at(9, 3), Bytes::from_static(b"3")),
+            0
+        );
+        assert!(a_end.is_cancelled() && b_end.is_cancelled());
+        assert_eq!(a_cause.cause(), EPOCH_CHANGED);
+        assert_eq!(b_cause.cause(), EPOCH_CHANGED);
+        for rx in [&mut rx_a, &mut rx_b] {
+            for _ in 0..3 {
+                assert!(rx.try_recv().is_ok());
+            }
+            assert!(
+                rx.try_recv().is_err(),
+                "the new epoch's publication was queued"
+            );
+        }
+        assert!(!hub.has_subscribers(&key("t", "r")));
+
+        // A subscriber that starts in the new epoch gets it.
+        let (c, mut rx_c) = sub(3, 8);
+        let c_end = c.overflow.clone();
+        hub.subscribe(key("t", "r"), c);
+        assert_eq!(
+            hub.deliver(&key("t", "r"), at(9, 4), Bytes::from_static(b"4")),
+            1
+        );
+        assert!(rx_c.try_recv().is_ok() && !c_end.is_cancelled());
+    }
+
+    /// The epoch a subscription was told at `Subscribed` counts before any delivery: the first
+    /// publication after it, of another epoch, already ends it.
+    #[test]
+    fn the_epoch_told_at_subscribe_counts_before_the_first_delivery() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = sub(1, 8);
+        let end = a.overflow.clone();
+        hub.subscribe(key("t", "r"), a);
+        hub.know_epoch(&key("t", "r"), 7);
+        let next = Some(Position {
+            epoch: 9,
+            offset: 8,
+        });
+        assert_eq!(
+            hub.deliver(&key("t", "r"), next, Bytes::from_static(b"x")),
+            0
+        );
+        assert!(end.is_cancelled());
+        assert!(rx_a.try_recv().is_err());
     }
 
     /// A room whose only subscriber was dropped as slow is empty: unsubscribing that subscriber

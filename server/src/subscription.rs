@@ -27,6 +27,26 @@ pub struct Ended {
     pub cause: Option<(ErrorCode, &'static str)>,
 }
 
+/// Why the hub ended a subscription (it cancels the subscription's `overflow` token either
+/// way): the queue overflowed, unless a cause was set first.
+#[derive(Debug, Default)]
+pub struct HubEnd(std::sync::OnceLock<(ErrorCode, &'static str)>);
+
+impl HubEnd {
+    /// Records why, before the hub cancels the token; the first cause set stays.
+    pub fn set(&self, cause: (ErrorCode, &'static str)) {
+        let _ = self.0.set(cause);
+    }
+
+    /// The cause the session tells the client.
+    pub fn cause(&self) -> (ErrorCode, &'static str) {
+        self.0
+            .get()
+            .copied()
+            .unwrap_or((ErrorCode::SlowConsumer, "subscriber queue overflowed"))
+    }
+}
+
 /// Where a subscription's frames go.
 pub enum Sink {
     /// Its own unidirectional stream: the design.
@@ -52,6 +72,8 @@ pub struct Writer {
     /// (`Unsubscribe` and the like; `ended_by_session` is set first): one token to watch, so
     /// a waiting write polls no more than it did before the session could end it.
     pub overflow: CancellationToken,
+    /// Why the hub cancelled `overflow`.
+    pub hub_end: Arc<HubEnd>,
     /// Set (never watched) before the session cancels `overflow`: the writer then ends
     /// quietly, and a writer blocked on a client that gives no stream credit resets its stream
     /// (code 0) rather than hold the stream, its task and a replay until the connection ends.
@@ -234,7 +256,7 @@ impl Writer {
         let code = if self.ended_by_session.is_cancelled() {
             0
         } else {
-            let (code, _) = ending.unwrap_or((ErrorCode::SlowConsumer, ""));
+            let (code, _) = ending.unwrap_or_else(|| self.hub_end.cause());
             u32::from(code.as_u16())
         };
         if let Some(mut stream) = self.reclaim(stream) {
@@ -345,15 +367,15 @@ impl Writer {
         }
     }
 
-    /// Tells the session the queue overflowed, unless it was the session that ended the
-    /// subscription (it cancels the same token).
+    /// Tells the session the hub ended the subscription (its queue overflowed, or
+    /// [`HubEnd`]'s cause), unless it was the session that ended it (it cancels the same token).
     fn report_overflow(&self) {
         if self.ended_by_session.is_cancelled() {
             return;
         }
         let _ = self.ended.send(Ended {
             sub_id: self.sub_id,
-            cause: Some((ErrorCode::SlowConsumer, "subscriber queue overflowed")),
+            cause: Some(self.hub_end.cause()),
         });
     }
 }

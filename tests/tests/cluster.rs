@@ -242,10 +242,14 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
     publ.publish("live.x", b"before").await?;
     assert_eq!(room.payload().await?, Bytes::from_static(b"before"));
+    let mut last = None;
     for i in 0..5u8 {
-        publ.publish("h.z", &[i]).await?;
+        if let Event::Published { position } = publ.publish("h.z", &[i]).await? {
+            last = position;
+        }
         assert_eq!(history_room.payload().await?, Bytes::from(vec![i]));
     }
+    let last = last.ok_or_else(|| anyhow::anyhow!("history publications have positions"))?;
 
     // Traffic keeps flowing into the instance while NATS goes away and comes back.
     let traffic_server = servers[0].wt.port();
@@ -299,14 +303,49 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
         wait_ready(s, 200).await?;
     }
     traffic.await??;
-    // A history room subscribed across the restart delivers again, though NATS (memory
-    // storage) lost its stream: the new stream's offsets continue above the old ones, so
-    // nothing new is skipped as already seen.
-    match publ.publish("h.z", b"after").await? {
-        Event::Published { position: Some(p) } => assert!(p.offset > 5, "{p:?}"),
+    // NATS (memory storage) lost the history room's stream: its positions start a new epoch
+    // (offsets continuing above the old ones). The subscription made across the restart is
+    // not fed the new epoch, whose positions do not follow its last (clients drop those): it
+    // is ended with 117 unrecoverable_position, and subscribing again, resuming, says recovery
+    // failed and goes on in the new epoch (outside failover audit 2, N3).
+    let after = match publ.publish("h.z", b"after").await? {
+        Event::Published { position: Some(p) } => p,
         other => anyhow::bail!("history publish after the restart: {other:?}"),
+    };
+    assert!(
+        after.offset > last.offset && after.epoch != last.epoch,
+        "{after:?} after {last:?}"
+    );
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match sub.recv().await?.event {
+                Event::Unsubscribed { room, code, .. } if room == "h.z" => return anyhow::Ok(code),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the subscription across the new epoch was not ended"))??;
+    assert_eq!(ended, 117);
+    assert!(
+        history_room.payload().await.is_err(),
+        "the old subscription's stream went on"
+    );
+    let (reply, mut history_room) = sub.subscribe_from("h.z", Some(last)).await?;
+    match reply {
+        Event::Subscribed {
+            recovery, position, ..
+        } => {
+            assert_eq!(recovery, Recovery::Failed);
+            assert_eq!(position, Some(after));
+        }
+        other => anyhow::bail!("resubscribe: {other:?}"),
     }
-    assert_eq!(history_room.payload().await?, Bytes::from_static(b"after"));
+    publ.publish("h.z", b"after-2").await?;
+    assert_eq!(
+        history_room.payload().await?,
+        Bytes::from_static(b"after-2")
+    );
     // Subscriptions made before the outage receive again once NATS is back (after whatever of
     // the traffic made it through).
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -324,6 +363,62 @@ async fn a_nats_restart_is_survived_and_reported() -> anyhow::Result<()> {
             ),
         }
     }
+    Ok(())
+}
+
+/// The next event's payload as text, if it is a publication.
+async fn next_text(sub: &mut quiver_client::Subscription) -> anyhow::Result<String> {
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(SubEvent::Publication { payload, .. })) => {
+            Ok(String::from_utf8_lossy(&payload).into_owned())
+        }
+        other => Err(anyhow::anyhow!("expected a publication, got {other:?}")),
+    }
+}
+
+/// Outside failover audit 2, N3: the Rust client subscribed to a history room while NATS
+/// (memory storage) restarts. The room's history is gone and its positions start a new epoch;
+/// the client dropped every later publication as "not moving forward" (no recovery report)
+/// until some unrelated reconnect. Now the server ends the subscription (117), the client
+/// subscribes again resuming, reports the recovery failed, and delivers what follows.
+#[tokio::test]
+async fn the_rust_client_hears_recovery_failed_and_goes_on_after_nats_loses_history(
+) -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let servers = instances(&nats, 2).await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    let reader = Client::connect(client_config(
+        &servers[1],
+        token_fn(|| async { Ok(full_token("acme", "reader")) }),
+    ))
+    .await?;
+    let mut sub = reader.subscribe("h.lost").await?;
+    let mut publ = Raw::connect(&servers[0], &full_token("acme", "p")).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publ.publish("h.lost", b"before").await?;
+    assert_eq!(next_text(&mut sub).await?, "before");
+
+    nats.kill();
+    for s in &servers {
+        wait_ready(s, 503).await?;
+    }
+    nats.restart().await?;
+    for s in &servers {
+        wait_ready(s, 200).await?;
+    }
+    match publ.publish("h.lost", b"after").await? {
+        Event::Published { position: Some(_) } => {}
+        other => anyhow::bail!("history publish after the restart: {other:?}"),
+    }
+    // The resume cannot recover the lost epoch: said so, then the room goes on.
+    match tokio::time::timeout(WAIT, sub.next()).await {
+        Ok(Some(SubEvent::Resubscribed { recovery })) => assert_eq!(recovery, Recovery::Failed),
+        other => anyhow::bail!("expected a failed recovery, got {other:?}"),
+    }
+    publ.publish("h.lost", b"after-2").await?;
+    assert_eq!(next_text(&mut sub).await?, "after-2");
     Ok(())
 }
 

@@ -422,3 +422,69 @@ async fn a_hook_that_finds_no_place_is_denied_even_where_hooks_fail_open() -> Re
     );
     Ok(())
 }
+
+/// Commands sent within the rate while a hook's backend holds the session's `Subscribe` are
+/// not refused when the wait ends (PROTOCOL.md §5: metered by arrival, the server's busy time
+/// never billed to the client). The adapter stops reading once the session's inbound queue is
+/// full, so most of them are read, all at once, after the wait; they were refused 107 and the
+/// session closed `rate_abuse` (outside conformance audit 2, N3).
+#[tokio::test]
+async fn commands_sent_within_the_rate_behind_a_slow_hook_are_not_refused() -> Result<()> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.limits.commands_per_second = 100;
+        c.rpc.hooks = vec![HookConfig {
+            namespace: "slow".into(),
+            subscribe: true,
+            publish: false,
+            timeout: Duration::from_secs(10),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let mut raw = Raw::connect(&server, &full_token("acme", "a")).await?;
+    let subscribe = raw
+        .send(quiver_proto::Command::Subscribe {
+            room: "slow.x".into(),
+            resume: None,
+        })
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    while backend.asked.load(Ordering::SeqCst) < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the hook never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 75 Pings a second for 2.4 s, under the limit of 100: 180 of them, far more than the
+    // inbound queue holds, while the hook waits.
+    let mut pings = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_micros(13_333));
+    for _ in 0..180 {
+        ticks.tick().await;
+        pings.push(raw.send(quiver_proto::Command::Ping).await?);
+    }
+    backend.gate.add_permits(1);
+    let reply = raw.recv_reply(subscribe).await?;
+    assert!(
+        matches!(reply, quiver_proto::Event::Subscribed { .. }),
+        "{reply:?}"
+    );
+    let mut refused = 0;
+    for id in pings {
+        match raw.recv_reply(id).await? {
+            quiver_proto::Event::Pong => {}
+            quiver_proto::Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => {
+                refused += 1
+            }
+            other => anyhow::bail!("ping {id}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        refused, 0,
+        "pings within the rate refused after the hook's wait"
+    );
+    Ok(())
+}

@@ -197,7 +197,7 @@ struct Sub {
 
 impl Sub {
     /// Forgets everything tied to the connection that just went away.
-    fn reset_connection(&mut self) {
+    pub(super) fn reset_connection(&mut self) {
         self.cmd_id = None;
         self.confirmed = false;
         self.stream = None;

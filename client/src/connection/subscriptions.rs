@@ -140,19 +140,7 @@ impl Actor {
         );
         if transient {
             sub.cmd_id = None;
-            let delay = self.cfg.backoff.delay(3).max(Duration::from_millis(200));
-            let tx = self.ev_tx.clone();
-            let epoch = self.epoch;
-            let ev = ConnEvent::RetrySubscribe {
-                room: room.to_string(),
-                gen,
-            };
-            if let Some(live) = self.live.as_mut() {
-                live.tasks.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send((epoch, ev));
-                });
-            }
+            self.subscribe_later(room, gen);
             return;
         }
         tracing::info!(room, code, %message, "resubscribe refused, ending subscription");
@@ -167,10 +155,46 @@ impl Actor {
 
     /// The server ended a subscription (slow_consumer, session_closing, ...). Its stream is
     /// finished by the server; the reader delivers what is left, then the end event follows.
+    ///
+    /// `unavailable` and `unrecoverable_position` mean "subscribe again, resuming from the last
+    /// position received" (PROTOCOL.md §5: a cluster's replay cut short, or the room's history
+    /// lost under a new epoch): the client does so after a short delay, and the application
+    /// hears how the resume went (`Resubscribed`), as after a reconnect.
     pub(super) fn on_server_unsubscribed(&mut self, room: &str, code: u16, reason: String) {
-        if self.subs.get(room).is_some_and(|s| s.confirmed) {
+        let Some(sub) = self.subs.get_mut(room).filter(|s| s.confirmed) else {
+            return;
+        };
+        let resume = matches!(
+            ErrorCode::from_u16(code),
+            Some(ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)
+        );
+        if !resume {
             tracing::info!(room, code, %reason, "server ended subscription");
             self.end_sub(room, SubEvent::Ended { code, reason });
+            return;
+        }
+        tracing::info!(room, code, %reason, "server ended subscription; subscribing again, resuming");
+        // What the old stream still held is not read: the resume starts after what was
+        // delivered, so the replay brings it (or the recovery says it is lost).
+        sub.reset_connection();
+        let gen = sub.gen;
+        self.subscribe_later(room, gen);
+    }
+
+    /// Sends the `Subscribe` of `room` (generation `gen`) again after a short delay, on this
+    /// connection only.
+    fn subscribe_later(&mut self, room: &str, gen: u64) {
+        let delay = self.cfg.backoff.delay(3).max(Duration::from_millis(200));
+        let (tx, epoch) = (self.ev_tx.clone(), self.epoch);
+        let ev = ConnEvent::RetrySubscribe {
+            room: room.to_string(),
+            gen,
+        };
+        if let Some(live) = self.live.as_mut() {
+            live.tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = tx.send((epoch, ev));
+            });
         }
     }
 

@@ -716,6 +716,7 @@ mod tests {
             id,
             queue,
             overflow: Default::default(),
+            hub_end: Default::default(),
             deliveries: metrics::Counter::noop(),
             latest: None,
             direct: None,

@@ -62,6 +62,7 @@ impl Session {
             self.queue_budget.clone(),
         );
         let overflow = CancellationToken::new();
+        let hub_end = std::sync::Arc::<crate::subscription::HubEnd>::default();
         let latest = self
             .shared
             .config
@@ -81,6 +82,7 @@ impl Session {
                 id: sub_id,
                 queue,
                 overflow: overflow.clone(),
+                hub_end: hub_end.clone(),
                 deliveries: metrics::counter!(
                     m::TENANT_DELIVERIES,
                     "tenant" => self.shared.tenant_quotas.label(&self.grant.tenant)
@@ -165,6 +167,10 @@ impl Session {
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
+        // The epoch this subscription is told: a delivery of another one ends it (`Hub::fan_out`).
+        if let Some(current) = recovered.current {
+            self.shared.hub.know_epoch(&key, current.epoch);
+        }
         let stop = CancellationToken::new();
         let writer = tokio::spawn(
             Writer {
@@ -175,6 +181,7 @@ impl Session {
                 skip_through,
                 queue: queue_rx,
                 overflow: overflow.clone(),
+                hub_end,
                 ended_by_session: stop.clone(),
                 ended: self.ended_sender(),
                 open_deadline: self.shared.config.timeouts.stream_open,

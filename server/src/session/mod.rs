@@ -568,6 +568,7 @@ impl Session {
             Ok(false) => return None,
             Err(exit) => return Some(exit),
         }
+        let started = Instant::now();
         let result = match frame.command {
             Command::Hello { .. } => Err(Refusal::new(
                 ErrorCode::BadRequest,
@@ -590,6 +591,9 @@ impl Session {
                 idempotency_key,
             } => self.call(id, &method, payload, timeout_ms, idempotency_key),
         };
+        // Nothing was read while the handler waited (a hook, the broker): see `meter.rs`.
+        let now = Instant::now();
+        self.meter.busy(now.saturating_duration_since(started), now);
         match result {
             Ok(Some(event)) => {
                 self.reply(id, event).await;
