@@ -583,3 +583,40 @@ fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_dra
     );
     Ok(())
 }
+
+/// A token's expiry holds before the `Hello` too: a session opened with a token about to
+/// expire and no `Hello` gets `Goodbye 3002` at the expiry (it waited for the 10 s Hello
+/// timeout, and a Hello sent after the expiry was answered `Welcome`, then 3002 at once:
+/// outside conformance audit 2, N2).
+async fn a_token_that_expires_before_hello_opens_no_session(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let started = std::time::Instant::now();
+    let t = token("acme", "u", &[">"], &[">"], 2);
+    let mut raw = match via {
+        Via::WebTransport => {
+            Raw::on(open_session(&server, &format!("/v1?token={t}")).await?).await?
+        }
+        Via::WebSocket => Raw::websocket(&server, &format!("/v1/ws?token={t}"), &[]).await?,
+    };
+    let first = raw.recv().await?;
+    assert!(
+        matches!(first.event, Event::Goodbye { code, .. } if code == CloseCode::TokenExpired.as_u16()),
+        "{first:?}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "closed {took:?} after connecting with a 2 s token"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_token_that_expires_before_hello_opens_no_session_wt() -> anyhow::Result<()> {
+    a_token_that_expires_before_hello_opens_no_session(Via::WebTransport).await
+}
+
+#[tokio::test]
+async fn a_token_that_expires_before_hello_opens_no_session_ws() -> anyhow::Result<()> {
+    a_token_that_expires_before_hello_opens_no_session(Via::WebSocket).await
+}

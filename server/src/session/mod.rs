@@ -440,9 +440,13 @@ impl Session {
         shutdown: &CancellationToken,
     ) -> Result<(), Exit> {
         let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.hello;
+        // The token's expiry holds before the Hello too (PROTOCOL.md §6).
+        let leeway = self.shared.config.auth.leeway.as_secs();
+        let expiry = expiry_instant(self.grant.expires_at.saturating_add(leeway));
         let first = loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
+                _ = tokio::time::sleep_until(expiry) => return Err(Exit::Close(CloseCode::TokenExpired, "token expired before Hello".into())),
                 reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
                 first = tokio::time::timeout_at(deadline, inbound.recv()) => first,
             };
@@ -491,6 +495,15 @@ impl Session {
             return Err(Exit::Close(
                 CloseCode::UnsupportedVersion,
                 format!("protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}"),
+            ));
+        }
+        // A token that expired between the upgrade (or CONNECT) and the Hello opens no session:
+        // a `Welcome` followed at once by `token_expired` would read as "connected" first.
+        let leeway = self.shared.config.auth.leeway.as_secs();
+        if unix_now() >= self.grant.expires_at.saturating_add(leeway) {
+            return Err(Exit::Close(
+                CloseCode::TokenExpired,
+                "token expired before Hello".into(),
             ));
         }
         let limits = &self.shared.config.limits;
