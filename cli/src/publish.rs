@@ -95,22 +95,38 @@ pub async fn publish(args: PubArgs) -> Result<()> {
         .map(|m| {
             let room = room.clone();
             async move {
-                client_ref
-                    .publish_ack(&room, m?)
-                    .await
-                    .map_err(anyhow::Error::from)
+                let message = m?;
+                Ok(client_ref.publish_ack(&room, message).await)
             }
         })
         .buffered(IN_FLIGHT);
     let mut published = 0u64;
+    // Acks the connection took with it: each message may or may not have been published. The
+    // client reconnects (to the next `--url`), and the rest go on; the run still fails at the
+    // end, since delivery is at most once and nothing is sent twice.
+    let mut unknown = 0u64;
     let mut result = Ok(());
     while let Some(ack) = acks.next().await {
         match ack {
-            Ok(_) => published += 1,
-            Err(e) => {
-                result = Err(e).with_context(|| {
+            Ok(Ok(_)) => published += 1,
+            Ok(Err(quiver_client::ClientError::ConnectionLost)) => {
+                unknown += 1;
+                if unknown == 1 {
+                    tracing::warn!(
+                        room = %args.room,
+                        "connection lost before publishes were acknowledged: they may or may \
+                         not have been published, and are not sent again; going on"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                result = Err(anyhow::Error::from(e)).with_context(|| {
                     format!("publish to {} (after {published} acknowledged)", args.room)
                 });
+                break;
+            }
+            Err(e) => {
+                result = Err(e);
                 break;
             }
         }
@@ -119,6 +135,13 @@ pub async fn publish(args: PubArgs) -> Result<()> {
     client.close().await;
     if published > 1 {
         eprintln!("quiver: published {published} messages to {}", args.room);
+    }
+    if unknown > 0 && result.is_ok() {
+        result = Err(anyhow::anyhow!(
+            "publish to {}: {unknown} message(s) lost their acknowledgement with the connection \
+             and may or may not have been published ({published} acknowledged)",
+            args.room
+        ));
     }
     result
 }
