@@ -408,6 +408,12 @@ export interface ClientOptions {
 	/** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`; or, for WebSocket only,
 	 *  a `ws:`/`wss:` URL. */
 	url?: string | URL;
+	/** Several servers instead of `url` (one instance per address, no load balancer): each entry
+	 *  is what `url` accepts, and gets its WebSocket URL from it the same way. The first
+	 *  connection goes to the first; every later attempt (after a lost connection or a failed
+	 *  attempt) to the next, round robin, with the usual backoff. Not with `url` nor
+	 *  `webSocketUrl`. */
+	urls?: readonly (string | URL)[];
 	/** WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. Default: `wss://` on the host and port of
 	 *  `url`, path `/v1/ws` (a server with a real certificate serves both on one port number). */
 	webSocketUrl?: string | URL;
@@ -552,8 +558,10 @@ export interface CallOptions {
 export declare class QuiverClient {
 	private readonly opts;
 	private readonly transports;
-	private readonly wtUrl;
-	private readonly wsUrl;
+	/** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
+	private readonly targets;
+	/** Index in `targets` of the current (or next) connection attempt's server. */
+	private targetIndex;
 	private readonly hashes;
 	private readonly WT;
 	private readonly WS;
@@ -645,8 +653,8 @@ export declare class QuiverClient {
 	private nextId;
 	/** Connects, waits for the session to end, backs off, and again, until closed. */
 	private run;
-	/** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
-	 *  then worked, when another transport follows it. */
+	/** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
+	 *  once it failed there where WebSocket then worked, when another transport follows it. */
 	private candidates;
 	/** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
 	private open;

@@ -1212,6 +1212,9 @@ async function openWebSocket(WS, url, timeoutMs, maxFrame) {
     if (ws.readyState === 1) resolve();
     ws.addEventListener("open", () => resolve());
     ws.addEventListener("close", (ev) => reject(new Error(`closed before the upgrade completed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`)));
+    ws.addEventListener("error", () => {
+      setTimeout(() => reject(new Error("error before the upgrade completed (refused or unreachable)")), 0);
+    });
   });
   try {
     await withTimeout(opened, timeoutMs, "WebSocket upgrade");
@@ -1387,23 +1390,41 @@ function forgetWebTransportFailures() {
 }
 
 // src/options.ts
+function resolveTarget(value, wsUrl, what) {
+  if (value === void 0) return { wtUrl: null, wsUrl };
+  let url;
+  try {
+    url = new URL(value);
+  } catch (e) {
+    if (what === "url") throw e;
+    throw new TypeError(`${what} is not a URL: ${JSON.stringify(String(value))}`, { cause: e });
+  }
+  if (url.protocol === "https:") {
+    return { wtUrl: url, wsUrl: wsUrl ?? new URL(`wss://${url.host}${url.pathname.replace(/\/$/, "")}/ws`) };
+  }
+  if (url.protocol === "ws:" || url.protocol === "wss:") return { wtUrl: null, wsUrl: wsUrl ?? url };
+  throw new TypeError(`${what} must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+}
 function resolveOptions(options, clientName) {
   if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
-  let wtUrl = null;
-  let wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
+  const wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
   if (wsUrl && wsUrl.protocol !== "ws:" && wsUrl.protocol !== "wss:") {
     throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
   }
-  if (options.url !== void 0) {
-    const url = new URL(options.url);
-    if (url.protocol === "https:") {
-      wtUrl = url;
-      wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, "")}/ws`);
-    } else if (url.protocol === "ws:" || url.protocol === "wss:") {
-      wsUrl ??= url;
-    } else {
-      throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+  let targets;
+  if (options.urls !== void 0) {
+    if (options.url !== void 0) throw new TypeError("give url or urls, not both");
+    if (!Array.isArray(options.urls) || options.urls.length === 0) {
+      throw new TypeError(`urls must be a non-empty array of server URLs, got ${JSON.stringify(options.urls)}`);
     }
+    if (wsUrl) {
+      throw new TypeError(
+        "webSocketUrl names one server and cannot be combined with urls: list ws:/wss: URLs in urls, or https: ones (their WebSocket URL is wss: on the same host and port)"
+      );
+    }
+    targets = options.urls.map((u, i) => resolveTarget(u, null, `urls[${i}]`));
+  } else {
+    targets = [resolveTarget(options.url, wsUrl, "url")];
   }
   const wanted = options.transports ?? TRANSPORT_KINDS;
   if (wanted.length === 0 || wanted.some((t) => !TRANSPORT_KINDS.includes(t))) {
@@ -1411,13 +1432,15 @@ function resolveOptions(options, clientName) {
   }
   const WT = options.WebTransport ?? globalThis.WebTransport;
   const WS = options.WebSocket ?? globalThis.WebSocket;
-  const transports = wanted.filter((t) => t === "webtransport" ? WT && wtUrl : WS && wsUrl);
-  if (transports.length === 0) {
+  const usable = (t, target) => t === "webtransport" ? WT && target.wtUrl : WS && target.wsUrl;
+  for (const [i, target] of targets.entries()) {
+    if (wanted.some((t) => usable(t, target))) continue;
     const why = wanted.map(
       (t) => t === "webtransport" ? WT ? "webtransport: no https: url" : "WebTransport is not available here (a secure context in a browser that has it is needed)" : WS ? "websocket: no ws:/wss: url" : "WebSocket is not available here"
     );
-    throw new TypeError(`no usable transport: ${why.join("; ")}`);
+    throw new TypeError(`no usable transport${options.urls !== void 0 ? ` for urls[${i}]` : ""}: ${why.join("; ")}`);
   }
+  const transports = wanted.filter((t) => targets.some((target) => usable(t, target)));
   const hashes = (options.serverCertificateHashes ?? []).map((h) => ({
     algorithm: "sha-256",
     value: parseHash(h)
@@ -1438,7 +1461,7 @@ function resolveOptions(options, clientName) {
     remember: options.rememberWebTransportFailure ?? "page",
     streamTimeoutMs: options.streamTimeoutMs ?? 8e3
   };
-  return { opts, transports, wtUrl, wsUrl, hashes, WT, WS };
+  return { opts, transports, targets, hashes, WT, WS };
 }
 function parseHash(h) {
   if (h instanceof Uint8Array) {
@@ -1634,8 +1657,10 @@ var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
   transports;
-  wtUrl;
-  wsUrl;
+  /** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
+  targets;
+  /** Index in `targets` of the current (or next) connection attempt's server. */
+  targetIndex = 0;
   hashes;
   WT;
   WS;
@@ -1675,8 +1700,7 @@ var QuiverClient = class {
     const resolved = resolveOptions(options, CLIENT_NAME);
     this.opts = resolved.opts;
     this.transports = resolved.transports;
-    this.wtUrl = resolved.wtUrl;
-    this.wsUrl = resolved.wsUrl;
+    this.targets = resolved.targets;
     this.hashes = resolved.hashes;
     this.WT = resolved.WT;
     this.WS = resolved.WS;
@@ -1931,14 +1955,16 @@ var QuiverClient = class {
       const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
+      this.targetIndex = (this.targetIndex + 1) % this.targets.length;
     }
     this.shutdown(cause);
   }
-  /** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
-   *  then worked, when another transport follows it. */
-  candidates() {
-    return this.transports.filter(
-      (t, i) => !(t === "webtransport" && i < this.transports.length - 1 && (this.avoidWebTransport || this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
+  /** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
+   *  once it failed there where WebSocket then worked, when another transport follows it. */
+  candidates(target) {
+    const here = this.transports.filter((t) => t === "webtransport" ? this.WT && target.wtUrl : this.WS && target.wsUrl);
+    return here.filter(
+      (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember)))
     );
   }
   /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
@@ -1953,13 +1979,14 @@ var QuiverClient = class {
     if (typeof token !== "string" || token === "") {
       throw new QuiverError("token", "the token callback returned no token");
     }
-    const candidates = this.candidates();
+    const target = this.targets[this.targetIndex];
+    const candidates = this.candidates(target);
     let skipped = null;
     for (const [i, kind] of candidates.entries()) {
       const last = i === candidates.length - 1;
       let link;
       try {
-        link = await this.openLink(kind, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.openLink(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;
@@ -1981,7 +2008,7 @@ var QuiverClient = class {
         skipped = asQuiverError(e);
         continue;
       }
-      if (skipped && this.wtUrl && kind !== "webtransport") rememberWebTransportFailure(this.wtUrl, this.opts.remember);
+      if (skipped && target.wtUrl && kind !== "webtransport") rememberWebTransportFailure(target.wtUrl, this.opts.remember);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;
         this.emit("transport", kind, skipped);
@@ -1990,14 +2017,14 @@ var QuiverClient = class {
     }
     throw new QuiverError("handshake", "no transport to try");
   }
-  openLink(kind, token, timeoutMs) {
-    if (kind === "webtransport" && this.WT && this.wtUrl) {
-      const url = new URL(this.wtUrl);
+  openLink(kind, target, token, timeoutMs) {
+    if (kind === "webtransport" && this.WT && target.wtUrl) {
+      const url = new URL(target.wtUrl);
       url.searchParams.set("token", token);
       return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
     }
-    if (kind === "websocket" && this.WS && this.wsUrl) {
-      const url = new URL(this.wsUrl);
+    if (kind === "websocket" && this.WS && target.wsUrl) {
+      const url = new URL(target.wsUrl);
       url.searchParams.set("token", token);
       return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
     }

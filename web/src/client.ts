@@ -23,6 +23,7 @@ import {
   type PublishOptions,
   type ResolvedOptions,
   type SessionInfo,
+  type Target,
 } from './options.js';
 import { Continuity, Message, Subscription, recoveryPossible, type SubscribeOptions } from './subscription.js';
 import {
@@ -180,8 +181,10 @@ type Listeners = { [K in keyof ClientEvents]: Set<(...args: ClientEvents[K]) => 
 export class QuiverClient {
   private readonly opts: ResolvedOptions;
   private readonly transports: readonly TransportKind[];
-  private readonly wtUrl: URL | null;
-  private readonly wsUrl: URL | null;
+  /** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
+  private readonly targets: readonly Target[];
+  /** Index in `targets` of the current (or next) connection attempt's server. */
+  private targetIndex = 0;
   private readonly hashes: WebTransportHash[];
   private readonly WT: WebTransportConstructor | undefined;
   private readonly WS: WebSocketConstructor | undefined;
@@ -223,8 +226,7 @@ export class QuiverClient {
     const resolved = resolveOptions(options, CLIENT_NAME);
     this.opts = resolved.opts;
     this.transports = resolved.transports;
-    this.wtUrl = resolved.wtUrl;
-    this.wsUrl = resolved.wsUrl;
+    this.targets = resolved.targets;
     this.hashes = resolved.hashes;
     this.WT = resolved.WT;
     this.WS = resolved.WS;
@@ -503,19 +505,23 @@ export class QuiverClient {
       const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
+      // Every attempt after the first goes to the next server, round robin (as the Rust client's
+      // `--url a,b`): a dead instance costs one attempt, not the rest of the outage.
+      this.targetIndex = (this.targetIndex + 1) % this.targets.length;
     }
     this.shutdown(cause);
   }
 
-  /** Transports to try now, in order: WebTransport is skipped once it failed where WebSocket
-   *  then worked, when another transport follows it. */
-  private candidates(): TransportKind[] {
-    return this.transports.filter(
+  /** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
+   *  once it failed there where WebSocket then worked, when another transport follows it. */
+  private candidates(target: Target): TransportKind[] {
+    const here = this.transports.filter((t) => (t === 'webtransport' ? this.WT && target.wtUrl : this.WS && target.wsUrl));
+    return here.filter(
       (t, i) =>
         !(
           t === 'webtransport' &&
-          i < this.transports.length - 1 &&
-          (this.avoidWebTransport || (this.wtUrl && webTransportFailedBefore(this.wtUrl, this.opts.remember)))
+          i < here.length - 1 &&
+          (this.avoidWebTransport || (target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember)))
         ),
     );
   }
@@ -532,13 +538,14 @@ export class QuiverClient {
     if (typeof token !== 'string' || token === '') {
       throw new QuiverError('token', 'the token callback returned no token');
     }
-    const candidates = this.candidates();
+    const target = this.targets[this.targetIndex]!;
+    const candidates = this.candidates(target);
     let skipped: QuiverError | null = null;
     for (const [i, kind] of candidates.entries()) {
       const last = i === candidates.length - 1;
       let link: Link;
       try {
-        link = await this.openLink(kind, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.openLink(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;
@@ -565,7 +572,7 @@ export class QuiverClient {
         skipped = asQuiverError(e);
         continue;
       }
-      if (skipped && this.wtUrl && kind !== 'webtransport') rememberWebTransportFailure(this.wtUrl, this.opts.remember);
+      if (skipped && target.wtUrl && kind !== 'webtransport') rememberWebTransportFailure(target.wtUrl, this.opts.remember);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;
         this.emit('transport', kind, skipped);
@@ -575,14 +582,14 @@ export class QuiverClient {
     throw new QuiverError('handshake', 'no transport to try');
   }
 
-  private openLink(kind: TransportKind, token: string, timeoutMs: number): Promise<Link> {
-    if (kind === 'webtransport' && this.WT && this.wtUrl) {
-      const url = new URL(this.wtUrl);
+  private openLink(kind: TransportKind, target: Target, token: string, timeoutMs: number): Promise<Link> {
+    if (kind === 'webtransport' && this.WT && target.wtUrl) {
+      const url = new URL(target.wtUrl);
       url.searchParams.set('token', token);
       return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
     }
-    if (kind === 'websocket' && this.WS && this.wsUrl) {
-      const url = new URL(this.wsUrl);
+    if (kind === 'websocket' && this.WS && target.wsUrl) {
+      const url = new URL(target.wsUrl);
       url.searchParams.set('token', token);
       return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
     }

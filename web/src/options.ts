@@ -27,6 +27,12 @@ export interface ClientOptions {
   /** WebTransport URL of the server, e.g. `https://127.0.0.1:4433/v1`; or, for WebSocket only,
    *  a `ws:`/`wss:` URL. */
   url?: string | URL;
+  /** Several servers instead of `url` (one instance per address, no load balancer): each entry
+   *  is what `url` accepts, and gets its WebSocket URL from it the same way. The first
+   *  connection goes to the first; every later attempt (after a lost connection or a failed
+   *  attempt) to the next, round robin, with the usual backoff. Not with `url` nor
+   *  `webSocketUrl`. */
+  urls?: readonly (string | URL)[];
   /** WebSocket URL, e.g. `ws://127.0.0.1:8080/v1/ws`. Default: `wss://` on the host and port of
    *  `url`, path `/v1/ws` (a server with a real certificate serves both on one port number). */
   webSocketUrl?: string | URL;
@@ -142,25 +148,52 @@ export interface ResolvedOptions {
   streamTimeoutMs: number;
 }
 
+/** @internal One server to connect to: its URL per transport (null where it has none). */
+export interface Target {
+  wtUrl: URL | null;
+  wsUrl: URL | null;
+}
+
+/** @internal The URLs of one entry of `url`/`urls` (`what` names it in errors): an https: URL
+ *  is WebTransport's, with WebSocket's derived from it unless `wsUrl` is given. */
+function resolveTarget(value: string | URL | undefined, wsUrl: URL | null, what: string): Target {
+  if (value === undefined) return { wtUrl: null, wsUrl };
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch (e) {
+    if (what === 'url') throw e;
+    throw new TypeError(`${what} is not a URL: ${JSON.stringify(String(value))}`, { cause: e });
+  }
+  if (url.protocol === 'https:') {
+    return { wtUrl: url, wsUrl: wsUrl ?? new URL(`wss://${url.host}${url.pathname.replace(/\/$/, '')}/ws`) };
+  }
+  if (url.protocol === 'ws:' || url.protocol === 'wss:') return { wtUrl: null, wsUrl: wsUrl ?? url };
+  throw new TypeError(`${what} must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+}
+
 /** @internal Checks the options (a clear TypeError for each mistake) and fills in defaults:
- *  URLs per transport, the transports usable here, certificate hashes. */
+ *  URLs per transport and server, the transports usable here, certificate hashes. */
 export function resolveOptions(options: ClientOptions, clientName: string) {
   if (typeof options?.token !== 'function') throw new TypeError('options.token must be a function returning a JWT');
-  let wtUrl: URL | null = null;
-  let wsUrl: URL | null = options.webSocketUrl === undefined ? null : new URL(options.webSocketUrl);
+  const wsUrl: URL | null = options.webSocketUrl === undefined ? null : new URL(options.webSocketUrl);
   if (wsUrl && wsUrl.protocol !== 'ws:' && wsUrl.protocol !== 'wss:') {
     throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);
   }
-  if (options.url !== undefined) {
-    const url = new URL(options.url); // throws TypeError on a bad URL
-    if (url.protocol === 'https:') {
-      wtUrl = url;
-      wsUrl ??= new URL(`wss://${url.host}${url.pathname.replace(/\/$/, '')}/ws`);
-    } else if (url.protocol === 'ws:' || url.protocol === 'wss:') {
-      wsUrl ??= url;
-    } else {
-      throw new TypeError(`url must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
+  let targets: Target[];
+  if (options.urls !== undefined) {
+    if (options.url !== undefined) throw new TypeError('give url or urls, not both');
+    if (!Array.isArray(options.urls) || options.urls.length === 0) {
+      throw new TypeError(`urls must be a non-empty array of server URLs, got ${JSON.stringify(options.urls)}`);
     }
+    if (wsUrl) {
+      throw new TypeError(
+        'webSocketUrl names one server and cannot be combined with urls: list ws:/wss: URLs in urls, or https: ones (their WebSocket URL is wss: on the same host and port)',
+      );
+    }
+    targets = options.urls.map((u, i) => resolveTarget(u, null, `urls[${i}]`));
+  } else {
+    targets = [resolveTarget(options.url, wsUrl, 'url')];
   }
   const wanted = options.transports ?? TRANSPORT_KINDS;
   if (wanted.length === 0 || wanted.some((t) => !TRANSPORT_KINDS.includes(t))) {
@@ -168,8 +201,10 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
   }
   const WT = options.WebTransport ?? (globalThis as { WebTransport?: WebTransportConstructor }).WebTransport;
   const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-  const transports = wanted.filter((t) => (t === 'webtransport' ? WT && wtUrl : WS && wsUrl));
-  if (transports.length === 0) {
+  const usable = (t: TransportKind, target: Target) => (t === 'webtransport' ? WT && target.wtUrl : WS && target.wsUrl);
+  // Every server must be reachable somehow, or each round of the rotation would waste an attempt.
+  for (const [i, target] of targets.entries()) {
+    if (wanted.some((t) => usable(t, target))) continue;
     const why = wanted.map((t) =>
       t === 'webtransport'
         ? WT
@@ -179,8 +214,9 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
           ? 'websocket: no ws:/wss: url'
           : 'WebSocket is not available here',
     );
-    throw new TypeError(`no usable transport: ${why.join('; ')}`);
+    throw new TypeError(`no usable transport${options.urls !== undefined ? ` for urls[${i}]` : ''}: ${why.join('; ')}`);
   }
+  const transports = wanted.filter((t) => targets.some((target) => usable(t, target)));
   const hashes: WebTransportHash[] = (options.serverCertificateHashes ?? []).map((h) => ({
     algorithm: 'sha-256',
     value: parseHash(h),
@@ -201,7 +237,7 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     remember: options.rememberWebTransportFailure ?? 'page',
     streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
   };
-  return { opts, transports, wtUrl, wsUrl, hashes, WT, WS };
+  return { opts, transports, targets, hashes, WT, WS };
 }
 
 function parseHash(h: Uint8Array | string): Uint8Array<ArrayBuffer> {

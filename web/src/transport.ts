@@ -272,6 +272,13 @@ export async function openWebSocket(WS: WebSocketConstructor, url: URL, timeoutM
     if (ws.readyState === 1) resolve();
     ws.addEventListener('open', () => resolve());
     ws.addEventListener('close', (ev) => reject(new Error(`closed before the upgrade completed (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`)));
+    // Browsers follow a failed upgrade's `error` with a `close` in the same task, which says
+    // more (its code) and settles this first. Node's WebSocket (undici) fires only the `error`
+    // for a refused connection: without this the attempt would wait out the whole timeout. A
+    // later `close` finds the promise settled, and the link, unstarted, reports nothing.
+    ws.addEventListener('error', () => {
+      setTimeout(() => reject(new Error('error before the upgrade completed (refused or unreachable)')), 0);
+    });
   });
   try {
     await withTimeout(opened, timeoutMs, 'WebSocket upgrade');

@@ -40,7 +40,9 @@ export class FakeNetwork {
   /** Decides per CONNECT whether the WebTransport handshake succeeds. `'silent'` never answers
    *  (blocked UDP). */
   accept = () => true;
-  /** Decides per WebSocket whether the upgrade succeeds. */
+  /** Decides per WebSocket whether the upgrade succeeds: false fails it as browsers do (`error`,
+   *  then `close` 1006); `'error'` fires only the `error`, as node's WebSocket (undici) does for
+   *  a refused connection. */
   acceptWebSocket = () => true;
 
   get WebTransport() {
@@ -278,12 +280,13 @@ export class FakeWebSocketConnection extends FakeServer {
       });
     };
     this.dispatch(() => {
-      if (accepted) {
+      if (accepted && accepted !== 'error') {
         ws.readyState = 1;
         return wsEvent('open');
       }
       ws.readyState = 3;
       ws.dispatchEvent(wsEvent('error'));
+      if (accepted === 'error') return null;
       return wsEvent('close', { code: 1006, reason: '', wasClean: false });
     });
   }

@@ -101,6 +101,38 @@ describe('WebSocket', () => {
     await next(net, 'websocket');
   });
 
+  // Node's WebSocket (undici) fires only `error` for a refused connection; browsers fire `error`
+  // then `close`. Either way the attempt fails at once, once, and the next comes after the backoff
+  // (at most 50 ms here), not after connectTimeoutMs (10 s).
+  for (const [refusal, reason] of [
+    ['error', /error before the upgrade completed/],
+    [false, /closed before the upgrade completed \(code 1006\)/],
+  ]) {
+    test(`a refused upgrade (${refusal === 'error' ? 'error only, as in node' : 'error then close, as in browsers'}) fails the attempt at once`, async (t) => {
+      const { net, client } = setup({ transports: ['websocket'], reconnect: { initialDelayMs: 50, maxDelayMs: 50 } });
+      t.after(() => client.close());
+      const errors = [];
+      client.on('error', (e) => errors.push(e));
+      let n = 0;
+      net.acceptWebSocket = () => (++n === 1 ? refusal : true);
+      const first = await next(net, 'websocket');
+      const start = performance.now();
+      const second = await next(net, 'websocket', 1000);
+      assert.ok(performance.now() - start < 500, `next attempt after ${performance.now() - start} ms`);
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0].kind, 'handshake');
+      assert.match(errors[0].message, reason);
+      // A close that comes late (after the attempt failed) reports nothing more.
+      first.client.dispatchEvent(Object.assign(new Event('close'), { code: 1006, reason: '', wasClean: false }));
+      await second.welcome();
+      await client.ready();
+      await new Promise((r) => setTimeout(r, 20));
+      assert.equal(errors.length, 1);
+      assert.equal(client.state, 'connected');
+      assert.equal(net.attempts.length, 2);
+    });
+  }
+
   test('a text message is a protocol error', async (t) => {
     const { net, client } = setup({ transports: ['websocket'] });
     t.after(() => client.close());
