@@ -1,7 +1,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { QuiverClient, QuiverError, connect, encodeEvent } from '../dist/quiver.js';
-import { FakeNetwork, connected as connectedOver, fakeClient, once, waitUntil } from './fake-transport.mjs';
+import { FakeNetwork, connected as connectedOver, encodeFrames, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
 const text = (s) => new TextEncoder().encode(s);
@@ -21,14 +21,7 @@ function refuse(net, refused) {
 
 /** Several frames in one read: one WebSocket message, or one chunk of the control stream. */
 function sendTogether(conn, frames) {
-  const parts = frames.map(([id, event]) => encodeEvent({ id, event }));
-  const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    bytes.set(p, at);
-    at += p.length;
-  }
-  conn.sendRaw(bytes);
+  conn.sendRaw(encodeFrames(frames));
 }
 
 /**

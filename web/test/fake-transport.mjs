@@ -6,6 +6,18 @@ import { FrameDecoder, QuiverClient, decodeCommand, encodeEvent } from '../dist/
 
 const TIMEOUT_MS = 3000;
 
+/** `[id, event]` pairs encoded back to back: several frames for one read. */
+export function encodeFrames(frames) {
+  const parts = frames.map(([id, event]) => encodeEvent({ id, event }));
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 /** Values pushed by one side, awaited by the other, with a deadline. */
 class Channel {
   items = [];
@@ -311,14 +323,7 @@ export class FakeWebSocketConnection extends FakeServer {
 
   /** Several frames in one message. */
   sendFrames(frames) {
-    const parts = frames.map(([id, event]) => encodeEvent({ id, event }));
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let off = 0;
-    for (const p of parts) {
-      out.set(p, off);
-      off += p.length;
-    }
-    this.sendRaw(out);
+    this.sendRaw(encodeFrames(frames));
   }
 
   sendText(text) {
