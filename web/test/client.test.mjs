@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { QuiverClient, QuiverError, connect, encodeEvent } from '../dist/quiver.js';
+import { QuiverClient, QuiverError, connect } from '../dist/quiver.js';
 import { FakeNetwork, connected as connectedOver, encodeFrames, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
