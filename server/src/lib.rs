@@ -23,6 +23,7 @@ pub mod idempotency;
 pub mod jwks;
 pub mod latest;
 mod listeners;
+mod log_budget;
 pub mod metrics;
 pub mod presence;
 pub mod quota;

@@ -173,3 +173,53 @@ async fn text_logs_in_a_pipe_have_no_colour_and_nats_trouble_is_said_once() -> R
     }
     Ok(())
 }
+
+/// Refused sessions need no token, so their log lines are bounded (20 a second); the rest are
+/// counted in one line, and `quiver_sessions_refused_total` counts them all (outside bounds
+/// audit 2, N4: one client made 4,200-4,600 lines a second).
+#[tokio::test]
+async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let attempts = 150;
+    let refuse = || async move {
+        let url = format!("ws://127.0.0.1:{http}/v1/ws?token=not.a.token");
+        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await {
+            use futures::StreamExt;
+            // The Goodbye and the close: read, so the refusal is complete.
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+            {}
+        }
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..attempts {
+        refuse().await;
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // A refusal in a later second carries the count of those left out.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    refuse().await;
+    let summary = server
+        .wait_for("more sessions were refused than logged (quiver_sessions_refused_total counts all)")
+        .await?;
+    let logged = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("\"session refused\""))
+        .count();
+    let not_logged = summary["not_logged"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        logged as u64 <= 20 * (seconds + 1),
+        "{logged} refusal lines for {attempts} refusals in {seconds} s"
+    );
+    assert!(not_logged > 0 && logged + not_logged <= attempts + 1, "{summary}");
+    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let counted = metric_sum(&page, "quiver_sessions_refused_total", &[]);
+    assert!(counted >= (attempts + 1) as f64, "counted {counted}");
+    Ok(())
+}

@@ -15,6 +15,11 @@ use crate::metrics as m;
 use crate::subscription::{Direct, Ended, Sink, Writer};
 use crate::transport::Peer;
 
+/// Server ends of subscriptions (slow consumers, mostly) logged per second at most: a client
+/// that subscribes and does not read causes one at will (`crate::log_budget`).
+static SUBSCRIPTION_ENDS_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(20);
+
 impl Session {
     pub(super) async fn subscribe(
         &mut self,
@@ -419,7 +424,13 @@ impl Session {
             self.subscription_lost(code);
             if code == ErrorCode::StreamStopped {
                 debug!(session = %self.id, %room, "client stopped the subscription stream");
-            } else {
+            } else if let Some(not_logged) = SUBSCRIPTION_ENDS_LOGGED.admit() {
+                if not_logged > 0 {
+                    warn!(
+                        not_logged,
+                        "more subscriptions were ended by the server than logged"
+                    );
+                }
                 warn!(session = %self.id, %room, %code, "subscription ended by server");
             }
             self.reply(

@@ -285,6 +285,29 @@ impl Drop for Counted {
     }
 }
 
+/// Session refusals logged per second at most (`crate::log_budget`): a peer needs no token to
+/// cause one. `quiver_sessions_refused_total` counts every one.
+static REFUSALS_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(20);
+
+/// Logs a refused session (the reason, never the token), within [`REFUSALS_LOGGED`], and counts
+/// it.
+pub fn session_refused(
+    transport: Transport,
+    remote: &dyn std::fmt::Display,
+    reason: &crate::auth::AuthError,
+) {
+    if let Some(not_logged) = REFUSALS_LOGGED.admit() {
+        if not_logged > 0 {
+            tracing::info!(
+                not_logged,
+                "more sessions were refused than logged (quiver_sessions_refused_total counts all)"
+            );
+        }
+        tracing::info!(%remote, reason = %reason, transport = transport.label(), "session refused");
+    }
+    count_refused(transport, reason.label());
+}
+
 pub fn count_refused(transport: Transport, reason: &'static str) {
     metrics::counter!(crate::metrics::SESSIONS_REFUSED, "transport" => transport.label(), "reason" => reason)
         .increment(1);

@@ -27,9 +27,8 @@ use quiver_proto::{
 };
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::info;
 
-use super::{admit_tcp, count_refused, problem, queue, Inbound, Peer, Refused, Transport};
+use super::{admit_tcp, problem, queue, session_refused, Inbound, Peer, Refused, Transport};
 use crate::api::encoding::{decimal_u64, position as position_value};
 use crate::server::Shared;
 use crate::session::{self, Link};
@@ -111,8 +110,7 @@ pub async fn stream(
     let grant = match shared.authenticate(&token) {
         Ok(grant) => grant,
         Err(e) => {
-            info!(%remote, reason = %e, transport = T.label(), "session refused");
-            count_refused(T, e.label());
+            session_refused(T, &remote, &e);
             let code = match e {
                 crate::auth::AuthError::Expired => CloseCode::TokenExpired,
                 _ => CloseCode::InvalidToken,

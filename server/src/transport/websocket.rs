@@ -21,10 +21,10 @@ use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use quiver_proto::{encode_event, CloseCode, Event, ServerFrame};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{
-    admit_tcp, count_refused, problem, queue, single_frame, Inbound, Peer, Refused, Transport,
+    admit_tcp, problem, queue, session_refused, single_frame, Inbound, Peer, Refused, Transport,
 };
 use crate::auth::AuthError;
 use crate::server::Shared;
@@ -145,8 +145,7 @@ pub async fn upgrade(
             drop(slot);
         }),
         Err(e) => {
-            info!(%remote, reason = %e, transport = T.label(), "session refused");
-            count_refused(T, e.label());
+            session_refused(T, &remote, &e);
             let code = match e {
                 AuthError::Expired => CloseCode::TokenExpired,
                 _ => CloseCode::InvalidToken,

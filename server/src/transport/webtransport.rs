@@ -18,8 +18,8 @@ use wtransport::endpoint::{IncomingSession, SessionRequest};
 use wtransport::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 
 use super::{
-    admit, check_origin, count_refused, credentials, queue, Counted, Inbound, Peer, Pool, Refused,
-    Transport,
+    admit, check_origin, count_refused, credentials, queue, session_refused, Counted, Inbound,
+    Peer, Pool, Refused, Transport,
 };
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
@@ -191,9 +191,7 @@ async fn establish(
             }
         },
         Err(e) => {
-            // The reason, never the token.
-            info!(remote = %request.remote_address(), reason = %e, transport = T.label(), "session refused");
-            count_refused(T, e.label());
+            session_refused(T, &request.remote_address(), &e);
             answer_within(deadline, request.forbidden()).await;
             None
         }
