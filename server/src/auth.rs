@@ -111,6 +111,15 @@ impl Grant {
     pub fn may_publish(&self, room: &RoomName) -> bool {
         self.publish.iter().any(|p| p.matches(room))
     }
+    /// Whether `other` allows subscribing to exactly the same patterns (a refresh that changes
+    /// nothing a subscription depends on).
+    pub fn same_subscribe(&self, other: &Grant) -> bool {
+        self.subscribe == other.subscribe
+    }
+    /// How many `subscribe` patterns the token carries (what checking a room costs).
+    pub fn subscribe_patterns(&self) -> usize {
+        self.subscribe.len()
+    }
 }
 
 /// Checks on top of the signature, the same for every key.

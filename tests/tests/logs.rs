@@ -202,7 +202,9 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     refuse().await;
     let summary = server
-        .wait_for("more sessions were refused than logged (quiver_sessions_refused_total counts all)")
+        .wait_for(
+            "more sessions were refused than logged (quiver_sessions_refused_total counts all)",
+        )
         .await?;
     let logged = server
         .lines()
@@ -214,7 +216,10 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
         logged as u64 <= 20 * (seconds + 1),
         "{logged} refusal lines for {attempts} refusals in {seconds} s"
     );
-    assert!(not_logged > 0 && logged + not_logged <= attempts + 1, "{summary}");
+    assert!(
+        not_logged > 0 && logged + not_logged <= attempts + 1,
+        "{summary}"
+    );
     let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
         .await?
         .text()

@@ -70,11 +70,7 @@ impl Meter {
 
     /// One command that arrived at `at` (non-decreasing per session).
     pub fn take(&mut self, at: Instant) -> Verdict {
-        let elapsed = self
-            .last
-            .map_or(Duration::ZERO, |last| at.saturating_duration_since(last));
-        self.last = Some(self.last.map_or(at, |last| last.max(at)));
-        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_sec).min(self.burst);
+        self.refill(at);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Verdict::Allowed;
@@ -91,6 +87,26 @@ impl Meter {
             _ => {}
         }
         self.refused(at)
+    }
+
+    /// Charges `extra` commands' worth more for one command that cost that much work (a
+    /// `Refresh` that re-checked many subscriptions): the bucket may go as far below empty as
+    /// a burst, so the commands after it wait (are refused) until the rate has paid for it.
+    pub fn charge(&mut self, extra: usize, at: Instant) {
+        if extra == 0 {
+            return;
+        }
+        self.refill(at);
+        self.tokens = (self.tokens - extra as f64).max(-self.burst);
+    }
+
+    /// Adds what the rate earned since the last command (arrival times never go back).
+    fn refill(&mut self, at: Instant) {
+        let elapsed = self
+            .last
+            .map_or(Duration::ZERO, |last| at.saturating_duration_since(last));
+        self.last = Some(self.last.map_or(at, |last| last.max(at)));
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_sec).min(self.burst);
     }
 
     /// The session did not read commands for `waited` (a handler's wait), up to `now`: what
@@ -179,6 +195,24 @@ mod tests {
             Verdict::Limited,
             "the credit outlived its window"
         );
+    }
+
+    /// A command charged for its work leaves the bucket that much emptier, at most a burst
+    /// below empty, and the rate pays it back.
+    #[test]
+    fn a_charge_is_paid_back_by_the_rate() {
+        let mut m = Meter::new(&limits(10, 1_000));
+        let t = Instant::now();
+        assert_eq!(m.take(t), Verdict::Allowed);
+        m.charge(14, t);
+        // 9 - 14 = -5: the next command waits 600 ms for a whole token.
+        assert_eq!(m.take(t + Duration::from_millis(500)), Verdict::Limited);
+        assert_eq!(m.take(t + Duration::from_millis(650)), Verdict::Allowed);
+        // Never more than a burst below empty.
+        m.charge(1_000, t + Duration::from_millis(650));
+        // 0.5 - 1,000 stops at -10: a whole token again after 1.1 s, not 100 s.
+        assert_eq!(m.take(t + Duration::from_millis(1_700)), Verdict::Limited);
+        assert_eq!(m.take(t + Duration::from_millis(1_800)), Verdict::Allowed);
     }
 
     #[test]

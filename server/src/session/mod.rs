@@ -130,6 +130,9 @@ pub struct Session {
     /// session may never subscribe.
     ended: Option<(mpsc::UnboundedSender<Ended>, mpsc::UnboundedReceiver<Ended>)>,
     meter: Meter,
+    /// Set by a `Refresh` that changed the `subscribe` patterns: the subscriptions are checked
+    /// again after its reply.
+    recheck_due: bool,
     /// Publications waiting for the broker, answered in order.
     publishing: Publishing,
     /// Datagram publications into rooms with a publish hook, waiting for it: a lane of their
@@ -216,6 +219,7 @@ async fn run_session(
         subs: HashMap::new(),
         ended: None,
         meter,
+        recheck_due: false,
         publishing: Publishing::default(),
         datagram_lane: Publishing::default(),
         held: cork::Held::default(),
@@ -611,7 +615,7 @@ impl Session {
             Ok(Some(event)) => {
                 self.reply(id, event).await;
                 if refresh {
-                    self.recheck_subscriptions().await;
+                    self.recheck_subscriptions(arrived).await;
                 }
             }
             Ok(None) => {}
