@@ -97,6 +97,12 @@ impl Room {
     fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
         self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Records `epoch` as the room's; whether its subscribers knew another one.
+    fn epoch_changed(&self, epoch: u64) -> bool {
+        let before = self.epoch.swap(epoch, Ordering::Relaxed);
+        before != 0 && before != epoch
+    }
 }
 
 #[derive(Default)]
@@ -218,18 +224,17 @@ impl Hub {
                 return 0;
             };
             let _turn = room.turn();
-            let subs = &room.subs;
-            if let Some(epoch) = epoch {
-                let before = room.epoch.swap(epoch, Ordering::Relaxed);
-                if before != 0 && before != epoch {
-                    for sub in subs {
-                        sub.hub_end.set(EPOCH_CHANGED);
-                        sub.overflow.cancel();
-                        reset.push(sub.id);
-                    }
+            let ended = epoch.is_some_and(|e| room.epoch_changed(e));
+            if ended {
+                for sub in &room.subs {
+                    sub.hub_end.set(EPOCH_CHANGED);
+                    sub.overflow.cancel();
+                    reset.push(sub.id);
                 }
             }
-            for sub in subs.iter().filter(|_| reset.is_empty()) {
+            // Ended subscribers get nothing of the new epoch.
+            let subs: &[Subscriber] = if ended { &[] } else { &room.subs };
+            for sub in subs {
                 let offered = match &sub.direct {
                     Some(direct) => direct.offer(&sub.queue, &delivery),
                     None => sub
@@ -265,18 +270,16 @@ impl Hub {
             hot::delivery_bytes().increment(written_now * delivery.frame.len() as u64);
             hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
-        let reset_count = reset.len();
-        if reset_count > 0 {
+        if !reset.is_empty() {
             tracing::warn!(tenant = %key.tenant, room = %key.room, subscribers = reset.len(),
                 "the room's epoch changed (its history was lost): its subscriptions here end");
         }
+        if !overflowed.is_empty() {
+            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
+                .increment(overflowed.len() as u64);
+        }
         overflowed.append(&mut reset);
         if !overflowed.is_empty() {
-            let slow = overflowed.len() - reset_count;
-            if slow > 0 {
-                metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
-                    .increment(slow as u64);
-            }
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             if let Some(room) = rooms.get_mut(key) {
                 room.subs.retain(|s| !overflowed.contains(&s.id));
