@@ -467,16 +467,23 @@ async fn commands_sent_within_the_rate_behind_a_slow_hook_are_not_refused() -> R
         pings.push(raw.send(quiver_proto::Command::Ping).await?);
     }
     backend.gate.add_permits(1);
-    let reply = raw.recv_reply(subscribe).await?;
+    // The first Pings are answered beside the waiting Subscribe (PROTOCOL §5), the rest after
+    // it: every reply is gathered, in whatever order.
+    let mut replies = std::collections::HashMap::new();
+    while replies.len() < pings.len() + 1 {
+        let frame = raw.recv().await?;
+        replies.insert(frame.id, frame.event);
+    }
+    let reply = &replies[&subscribe];
     assert!(
         matches!(reply, quiver_proto::Event::Subscribed { .. }),
         "{reply:?}"
     );
     let mut refused = 0;
     for id in pings {
-        match raw.recv_reply(id).await? {
+        match &replies[&id] {
             quiver_proto::Event::Pong => {}
-            quiver_proto::Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => {
+            quiver_proto::Event::Error { code, .. } if *code == ErrorCode::RateLimited.as_u16() => {
                 refused += 1
             }
             other => anyhow::bail!("ping {id}: {other:?}"),

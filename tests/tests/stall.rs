@@ -1,6 +1,7 @@
 //! A broker stall is the server's problem, not the client's (issue 11 §3): a publication that
-//! waits on the broker holds up none of the session's other commands, and the backlog it
-//! leaves is never billed against the client's rate limit.
+//! waits on the broker holds up none of the session's other commands, a read that waits on it
+//! holds up no `Ping`, and the backlog it leaves is never billed against the client's rate
+//! limit.
 
 use std::time::{Duration, Instant};
 
@@ -172,5 +173,85 @@ async fn a_refusal_after_a_wait_is_answered_for_every_publish_command() -> anyho
     }
     nats.resume()?;
     assert_eq!(refused, vec![7, 0]);
+    Ok(())
+}
+
+/// Sends `History` of the frozen history room, then `after`, and returns the frames that
+/// answer them in the order they came (PROTOCOL §5 "Ping": a `Ping` at the head of the queue
+/// while a command waits on the broker is answered beside it).
+async fn behind_a_waiting_history(
+    c: &mut Raw,
+    after: &[Command],
+) -> anyhow::Result<Vec<(u32, Event)>> {
+    let history = c
+        .send(Command::History {
+            room: "log.a".into(),
+            since: None,
+            limit: 10,
+        })
+        .await?;
+    let mut ids = vec![history];
+    for command in after {
+        ids.push(c.send(command.clone()).await?);
+    }
+    let mut order = Vec::new();
+    while order.len() < ids.len() {
+        let frame = c.recv().await?;
+        if ids.contains(&frame.id) {
+            order.push((frame.id, frame.event));
+        }
+    }
+    Ok(order)
+}
+
+/// A heartbeat that judges by `Pong` alone (the TypeScript client in a browser) must not take
+/// a session paging history through a NATS stall for a dead one; the session's other commands
+/// still run in the order they came. Failed before the inbox: the `Pong` came after the
+/// `History`'s `unavailable`, 3 s later.
+#[tokio::test]
+async fn a_ping_behind_a_history_read_on_a_stalled_broker_is_answered_at_once() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
+    let subscribe = Command::Subscribe {
+        room: "live".into(),
+        resume: None,
+    };
+    let order =
+        behind_a_waiting_history(&mut c, &[Command::Ping, subscribe, Command::Ping]).await?;
+    nats.resume()?;
+    let events: Vec<&Event> = order.iter().map(|(_, event)| event).collect();
+    assert!(matches!(events[0], Event::Pong), "{order:?}");
+    assert!(
+        matches!(events[1], Event::Error { code, .. } if *code == ErrorCode::Unavailable.as_u16()),
+        "{order:?}"
+    );
+    // The Subscribe was read while the History waited: it runs after it, and the Ping
+    // behind it after both.
+    assert!(matches!(events[2], Event::Subscribed { .. }), "{order:?}");
+    assert!(matches!(events[3], Event::Pong), "{order:?}");
+    Ok(())
+}
+
+/// The Pings answered beside one waiting command are bounded (four): the rest wait their turn,
+/// so a flood of Pings is never answered unmetered.
+#[tokio::test]
+async fn pings_answered_beside_a_waiting_command_are_bounded() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
+    let order = behind_a_waiting_history(&mut c, &vec![Command::Ping; 10]).await?;
+    nats.resume()?;
+    let early = order
+        .iter()
+        .take_while(|(_, event)| matches!(event, Event::Pong))
+        .count();
+    assert_eq!(early, 4, "{order:?}");
+    assert!(
+        matches!(order[4].1, Event::Error { code, .. } if code == ErrorCode::Unavailable.as_u16()),
+        "{order:?}"
+    );
+    assert!(order[5..]
+        .iter()
+        .all(|(_, event)| matches!(event, Event::Pong)));
     Ok(())
 }

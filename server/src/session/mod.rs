@@ -9,6 +9,7 @@
 mod calls;
 mod commands;
 mod datagrams;
+mod inbox;
 pub(crate) mod meter;
 mod publishing;
 mod read_only;
@@ -319,6 +320,7 @@ impl Session {
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
             return exit;
         }
+        let mut inbox = inbox::Inbox::new(inbound, self.out.clone());
         loop {
             // A token is valid while `now < exp + leeway` (auth.rs): so is its session.
             let leeway = self.shared.config.auth.leeway.as_secs();
@@ -353,8 +355,8 @@ impl Session {
                 }
                 // Past the bound of queued publications the session reads no further command
                 // until one is answered: the client sees flow control, not an error.
-                item = inbound.recv(), if !self.publishing.is_full() => {
-                    if let Some(exit) = self.inbound(item).await {
+                item = inbox.recv(), if !self.publishing.is_full() => {
+                    if let Some(exit) = self.inbound_beside_pings(&mut inbox, item).await {
                         self.held.flush();
                         return exit;
                     }
@@ -367,12 +369,12 @@ impl Session {
                         && !self.publishing.is_full()
                         && !self.stalled
                     {
-                        let Ok(item) = inbound.try_recv() else { break };
+                        let Some(item) = inbox.try_recv() else { break };
                         let publish = matches!(&item, Inbound::Frame(frame, _) if matches!(frame.command, Command::Publish { .. }));
                         if !publish {
                             self.held.flush();
                         }
-                        if let Some(exit) = self.inbound(Some(item)).await {
+                        if let Some(exit) = self.inbound_beside_pings(&mut inbox, Some(item)).await {
                             self.held.flush();
                             return exit;
                         }
@@ -392,6 +394,38 @@ impl Session {
             if let Some(exit) = self.nothing_left() {
                 return exit;
             }
+        }
+    }
+
+    /// One item from the adapter, with the Pings that arrive while it waits answered beside it
+    /// (`inbox.rs`) and metered after it; `Some` ends the session.
+    async fn inbound_beside_pings(
+        &mut self,
+        inbox: &mut inbox::Inbox,
+        item: Option<Inbound>,
+    ) -> Option<Exit> {
+        let exit = inbox.beside(self.inbound(item)).await;
+        for pong in inbox.take_answered() {
+            if let Some(exit) = self.metre_early_pong(pong) {
+                return Some(exit);
+            }
+        }
+        exit
+    }
+
+    /// Meters a `Ping` answered while an earlier command waited, as `command` would have (its
+    /// `Pong` is out already: over the rate it counts towards `rate_abuse` only).
+    fn metre_early_pong(&mut self, pong: inbox::EarlyPong) -> Option<Exit> {
+        m::hot::commands().increment(1);
+        self.tally.received();
+        self.tally.sent(pong.bytes, 0);
+        m::hot::command_duration(&Command::Ping).record(pong.took.as_secs_f64());
+        match self.meter.take(pong.arrived) {
+            Verdict::Allowed | Verdict::Limited => None,
+            Verdict::Abuse => Some(Exit::Close(
+                CloseCode::RateAbuse,
+                "command rate limit exceeded repeatedly".into(),
+            )),
         }
     }
 

@@ -1,0 +1,107 @@
+//! The session's incoming queue, and the one exception to "one command after another": a `Ping`
+//! that arrives while a command waits (on the broker, a hook's backend, a client that does not
+//! read) is answered at once, beside it (PROTOCOL.md §5 "Ping"). A heartbeat that judges by the
+//! `Pong` alone (the TypeScript client in a browser sees nothing else) would otherwise take a
+//! session paging history through a NATS stall for a dead one, and reconnect for nothing.
+//!
+//! Only Pings at the head of the queue are answered early: the first other item read while the
+//! command waits is kept, reading stops, and it runs next, so commands keep their order. The
+//! Pings answered early are metered once the command is done (`Session::metre_early_pongs`).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver_proto::{encode_event, Command, Event, ServerFrame};
+
+use crate::transport::{queue, Inbound};
+
+/// Pings answered beside one waiting command, at most. A heartbeat sends one every second or
+/// two and a command waits a few seconds at most; past this the queue is read no further until
+/// the command is done, as for any other command, so a Ping flood is not answered unmetered.
+pub(super) const EARLY_PONGS: usize = 4;
+
+pub(super) struct Inbox {
+    rx: queue::Receiver<Inbound>,
+    /// An item read while a command waited that was not an answerable Ping: it comes next.
+    next: Option<Inbound>,
+    /// The queue ended while a command waited: nothing more to read early.
+    finished: bool,
+    /// Where early Pongs go: the session's own sender is borrowed by the waiting command.
+    out: queue::Sender<Bytes>,
+    /// The Pings answered early and not yet metered.
+    answered: Vec<EarlyPong>,
+}
+
+/// A `Ping` answered while a command waited.
+pub(super) struct EarlyPong {
+    pub arrived: Instant,
+    /// The `Pong` frame's length, for the session's tally.
+    pub bytes: usize,
+    /// From its arrival to its `Pong` being queued.
+    pub took: Duration,
+}
+
+impl Inbox {
+    pub(super) fn new(rx: queue::Receiver<Inbound>, out: queue::Sender<Bytes>) -> Self {
+        Self {
+            rx,
+            next: None,
+            finished: false,
+            out,
+            answered: Vec::new(),
+        }
+    }
+
+    /// The next item: the one kept during a wait first. `None` once the adapter is gone.
+    pub(super) async fn recv(&mut self) -> Option<Inbound> {
+        match self.next.take() {
+            Some(item) => Some(item),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// The next item if one is queued.
+    pub(super) fn try_recv(&mut self) -> Option<Inbound> {
+        match self.next.take() {
+            Some(item) => Some(item),
+            None => self.rx.try_recv().ok(),
+        }
+    }
+
+    /// Runs `work` (one item's handling) to its end, answering the Pings that reach the head of
+    /// the queue while it waits. Work that finishes without waiting
+    /// is polled once and returned, the queue untouched.
+    pub(super) async fn beside<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut work => return done,
+                item = self.rx.recv(), if self.reads_early() => match item {
+                    Some(Inbound::Frame(frame, arrived)) if matches!(frame.command, Command::Ping) => {
+                        let pong = encode_event(&ServerFrame { id: frame.id, event: Event::Pong });
+                        let bytes = pong.len();
+                        match self.out.try_send(pong) {
+                            Ok(()) => self.answered.push(EarlyPong { arrived, bytes, took: arrived.elapsed() }),
+                            // No room: the client is not reading. The Ping waits its turn
+                            // like any command (and the session's reply timeout judges).
+                            Err(_) => self.next = Some(Inbound::Frame(frame, arrived)),
+                        }
+                    }
+                    Some(other) => self.next = Some(other),
+                    None => self.finished = true,
+                },
+            }
+        }
+    }
+
+    fn reads_early(&self) -> bool {
+        self.next.is_none() && !self.finished && self.answered.len() < EARLY_PONGS
+    }
+
+    /// The Pings answered early since the last call, for metering.
+    pub(super) fn take_answered(&mut self) -> Vec<EarlyPong> {
+        std::mem::take(&mut self.answered)
+    }
+}
