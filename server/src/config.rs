@@ -137,6 +137,11 @@ pub struct TenantQuota {
     /// Concurrent sessions (every transport). Over it a new session is closed at once with
     /// `over_quota` (3008).
     pub max_sessions: u32,
+    /// New sessions per second (every transport; bursts of the same size): over it a new
+    /// session is closed at once with `over_quota` (3008), as over `max_sessions`. Bounds a
+    /// tenant's reconnect churn (and the subscribes and replays an SSE request brings) across
+    /// any number of source addresses.
+    pub sessions_per_second: u32,
     /// Concurrent subscriptions over all the tenant's sessions; over it `quota_exceeded` (115).
     pub max_subscriptions: u32,
     /// Publications per second (sustained; bursts of the same size); over it `quota_exceeded`.
@@ -151,6 +156,8 @@ pub struct TenantOverride {
     pub tenant: String,
     #[serde(default)]
     pub max_sessions: Option<u32>,
+    #[serde(default)]
+    pub sessions_per_second: Option<u32>,
     #[serde(default)]
     pub max_subscriptions: Option<u32>,
     #[serde(default)]

@@ -72,6 +72,8 @@ impl TokenBucket {
 pub enum QuotaError {
     #[error("tenant {tenant} is at its quota of {limit} concurrent sessions")]
     Sessions { tenant: String, limit: u32 },
+    #[error("tenant {tenant} is over its quota of {limit} new sessions per second")]
+    SessionRate { tenant: String, limit: u32 },
     #[error("tenant {tenant} is at its quota of {limit} concurrent subscriptions")]
     Subscriptions { tenant: String, limit: u32 },
     #[error("tenant {tenant} is over its quota of {limit} publications per second")]
@@ -85,6 +87,7 @@ impl QuotaError {
     pub fn label(&self) -> &'static str {
         match self {
             QuotaError::Sessions { .. } => "sessions",
+            QuotaError::SessionRate { .. } => "sessions_per_second",
             QuotaError::Subscriptions { .. } => "subscriptions",
             QuotaError::Publications { .. } => "publications",
             QuotaError::Bytes { .. } => "bytes",
@@ -98,6 +101,8 @@ struct Usage {
     subscriptions: u32,
     publications: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
+    /// New sessions (`sessions_per_second`).
+    opens: Option<TokenBucket>,
 }
 
 impl Usage {
@@ -110,11 +115,11 @@ impl Usage {
     /// tenant's last session closing (or publishing without one, through the API) does not
     /// hand it fresh buckets.
     fn rested(&self) -> bool {
-        if self.publications.is_none() && self.bytes.is_none() {
+        if self.publications.is_none() && self.bytes.is_none() && self.opens.is_none() {
             return true;
         }
         let now = Instant::now();
-        [&self.publications, &self.bytes]
+        [&self.publications, &self.bytes, &self.opens]
             .into_iter()
             .flatten()
             .all(|b| b.rested(now))
@@ -157,6 +162,7 @@ impl TenantQuotas {
             .find(|o| o.tenant == tenant.as_str())
         {
             quota.max_sessions = o.max_sessions.unwrap_or(quota.max_sessions);
+            quota.sessions_per_second = o.sessions_per_second.unwrap_or(quota.sessions_per_second);
             quota.max_subscriptions = o.max_subscriptions.unwrap_or(quota.max_subscriptions);
             quota.publications_per_second = o
                 .publications_per_second
@@ -242,10 +248,20 @@ impl TenantQuotas {
         })
     }
 
-    /// Counts a session of the tenant, or refuses it.
+    /// Counts a session of the tenant, or refuses it (at its concurrent sessions, or over its
+    /// rate of new ones: a refused session takes nothing from the rate).
     pub fn open_session(self: &Arc<Self>, tenant: &TenantId) -> Result<TenantSession, QuotaError> {
+        self.open_session_at(tenant, Instant::now())
+    }
+
+    fn open_session_at(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        at: Instant,
+    ) -> Result<TenantSession, QuotaError> {
         let quota = self.quota(tenant);
         let limit = quota.max_sessions;
+        let per_second = quota.sessions_per_second;
         let label = self.label(tenant);
         self.usage(tenant, |u| {
             if limit > 0 && u.sessions >= limit {
@@ -253,6 +269,16 @@ impl TenantQuotas {
                     tenant: tenant.to_string(),
                     limit,
                 });
+            }
+            if per_second > 0 {
+                let rate = f64::from(per_second);
+                let bucket = u.opens.get_or_insert_with(|| TokenBucket::new(rate, rate));
+                if !bucket.take(1.0, at) {
+                    return Err(QuotaError::SessionRate {
+                        tenant: tenant.to_string(),
+                        limit: per_second,
+                    });
+                }
             }
             u.sessions += 1;
             Ok(())
@@ -573,6 +599,7 @@ mod tests {
         config.tenants.push(TenantOverride {
             tenant: "big".into(),
             max_sessions: Some(3),
+            sessions_per_second: None,
             max_subscriptions: None,
             publications_per_second: None,
             bytes_per_second: None,
@@ -596,6 +623,48 @@ mod tests {
         assert!(a1.add_subscription().is_ok());
         drop(a1);
         assert!(q.open_session(&tenant("a")).is_ok());
+    }
+
+    /// New sessions are metered per tenant (overrides apply); a session refused for the
+    /// concurrent count takes nothing from the rate, and the rate refills.
+    #[test]
+    fn new_sessions_per_second_are_per_tenant() {
+        let mut config = QuotasConfig::default();
+        config.tenant.sessions_per_second = 2;
+        config.tenant.max_sessions = 3;
+        config.tenants.push(TenantOverride {
+            tenant: "big".into(),
+            max_sessions: None,
+            sessions_per_second: Some(5),
+            max_subscriptions: None,
+            publications_per_second: None,
+            bytes_per_second: None,
+        });
+        let q = Arc::new(TenantQuotas::new(config));
+        let at = Instant::now();
+        let a = tenant("a");
+        let first: Vec<_> = (0..2).map(|_| q.open_session_at(&a, at).unwrap()).collect();
+        assert!(matches!(
+            q.open_session_at(&a, at),
+            Err(QuotaError::SessionRate { limit: 2, .. })
+        ));
+        // Another tenant is not affected, and an override applies.
+        let b = tenant("b");
+        let _b: Vec<_> = (0..2).map(|_| q.open_session_at(&b, at).unwrap()).collect();
+        let big = tenant("big");
+        let _big: Vec<_> = (0..3)
+            .map(|_| q.open_session_at(&big, at).unwrap())
+            .collect();
+        // A second later: one more (the third concurrent), then the count refuses without
+        // spending the rate's second token.
+        let later = at + Duration::from_secs(1);
+        let _third = q.open_session_at(&a, later).unwrap();
+        assert!(matches!(
+            q.open_session_at(&a, later),
+            Err(QuotaError::Sessions { limit: 3, .. })
+        ));
+        drop(first);
+        assert!(q.open_session_at(&a, later).is_ok());
     }
 
     #[test]

@@ -105,6 +105,7 @@ async fn every_dashboard_query_names_an_exported_series() -> anyhow::Result<()> 
         c.quotas.tenants = vec![TenantOverride {
             tenant: "capped".into(),
             max_sessions: None,
+            sessions_per_second: None,
             max_subscriptions: Some(1),
             publications_per_second: None,
             bytes_per_second: None,

@@ -17,23 +17,9 @@ fn code_of(event: &Event) -> Option<u16> {
 }
 
 async fn over_quota_goodbye(via: Via, server: &TestServer, token: &str) -> anyhow::Result<u16> {
-    let mut raw = match via {
-        Via::WebTransport => {
-            let conn = open_session(server, &format!("/v1?token={token}")).await?;
-            Raw::on(conn).await?
-        }
-        Via::WebSocket => Raw::websocket(server, &format!("/v1/ws?token={token}"), &[]).await?,
-    };
-    raw.send(Command::Hello {
-        version: 1,
-        client: "t".into(),
-    })
-    .await?;
-    loop {
-        if let Event::Goodbye { code, .. } = raw.recv().await?.event {
-            return Ok(code);
-        }
-    }
+    over_quota_goodbye_or_welcome(via, server, token)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("welcomed, not refused"))
 }
 
 /// The tenant `calm`, with a publication quota it never reaches.
@@ -41,6 +27,7 @@ fn calm_tenant() -> TenantOverride {
     TenantOverride {
         tenant: "calm".into(),
         max_sessions: None,
+        sessions_per_second: None,
         max_subscriptions: None,
         publications_per_second: Some(1000),
         bytes_per_second: None,
@@ -53,6 +40,7 @@ async fn tenant_session_quota(via: Via) -> anyhow::Result<()> {
         c.quotas.tenants.push(TenantOverride {
             tenant: "big".into(),
             max_sessions: Some(3),
+            sessions_per_second: None,
             max_subscriptions: None,
             publications_per_second: None,
             bytes_per_second: None,
@@ -81,6 +69,74 @@ async fn tenant_session_quota(via: Via) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// A tenant's new sessions per second (`quotas.tenant.sessions_per_second`): past the burst a
+/// new session is closed at once with `over_quota`, whatever its address; another tenant
+/// connects meanwhile; the rate refills.
+async fn tenant_session_rate(via: Via) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.tenant.sessions_per_second = 2).await?;
+    let started = tokio::time::Instant::now();
+    let mut admitted = Vec::new();
+    let refused = loop {
+        let token = full_token("churn", &admitted.len().to_string());
+        let code = over_quota_goodbye_or_welcome(via, &server, &token).await?;
+        match code {
+            Some(code) => break code,
+            None => admitted.push(()),
+        }
+        anyhow::ensure!(admitted.len() < 20, "20 sessions admitted at 2 a second");
+    };
+    assert_eq!(refused, CloseCode::OverQuota.as_u16());
+    // The burst (2) and what refilled while they connected, no more.
+    let refilled = started.elapsed().as_secs_f64() * 2.0;
+    assert!(
+        admitted.len() as f64 <= 2.0 + refilled.ceil(),
+        "{} admitted in {:?}",
+        admitted.len(),
+        started.elapsed()
+    );
+    let mut calm = Raw::connect_via(via, &server, &full_token("calm", "1")).await?;
+    assert!(matches!(calm.request(Command::Ping).await?, Event::Pong));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while over_quota_goodbye_or_welcome(via, &server, &full_token("churn", "later"))
+        .await?
+        .is_some()
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the rate never refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// Opens a session and says `Hello`: `Some(code)` for a `Goodbye`, `None` for a `Welcome`.
+async fn over_quota_goodbye_or_welcome(
+    via: Via,
+    server: &TestServer,
+    token: &str,
+) -> anyhow::Result<Option<u16>> {
+    let mut raw = match via {
+        Via::WebTransport => {
+            let conn = open_session(server, &format!("/v1?token={token}")).await?;
+            Raw::on(conn).await?
+        }
+        Via::WebSocket => Raw::websocket(server, &format!("/v1/ws?token={token}"), &[]).await?,
+    };
+    raw.send(Command::Hello {
+        version: 1,
+        client: "t".into(),
+    })
+    .await?;
+    loop {
+        match raw.recv().await?.event {
+            Event::Goodbye { code, .. } => return Ok(Some(code)),
+            Event::Welcome { .. } => return Ok(None),
+            _ => {}
+        }
+    }
 }
 
 async fn tenant_subscription_quota(via: Via) -> anyhow::Result<()> {
@@ -191,6 +247,7 @@ async fn presence_churn_draws_on_the_publication_quota(via: Via) -> anyhow::Resu
 
 over_both_transports!(
     tenant_session_quota,
+    tenant_session_rate,
     tenant_subscription_quota,
     tenant_publication_quota,
     presence_churn_draws_on_the_publication_quota,
