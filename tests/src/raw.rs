@@ -253,6 +253,14 @@ impl Raw {
         Ok(())
     }
 
+    /// Sends a WebSocket ping frame (WebSocket clients only).
+    pub async fn ws_ping(&mut self) -> Result<()> {
+        match &mut self.wire {
+            Wire::Ws { sink, .. } => Ok(sink.send(Message::Ping(Bytes::from_static(b"p"))).await?),
+            Wire::Wt { .. } => bail!("not a WebSocket client"),
+        }
+    }
+
     /// Finishes (FIN) the WebTransport control stream: the client is leaving.
     pub async fn finish_control(&mut self) -> Result<()> {
         match &mut self.wire {

@@ -255,3 +255,37 @@ async fn pings_answered_beside_a_waiting_command_are_bounded() -> anyhow::Result
         .all(|(_, event)| matches!(event, Event::Pong)));
     Ok(())
 }
+
+/// A WebSocket ping frame between the waiting command and a `Ping` (a client whose WebSocket
+/// library keeps the connection alive itself) needs no answer: it is taken and metered, and
+/// the `Ping` behind it is still answered beside the waiting command.
+#[tokio::test]
+async fn a_websocket_ping_frame_does_not_hold_up_the_ping_behind_it() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = history_server(&nats, |_| {}).await?;
+    let mut c = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    nats.pause()?;
+    let history = c
+        .send(Command::History {
+            room: "log.a".into(),
+            since: None,
+            limit: 10,
+        })
+        .await?;
+    c.ws_ping().await?;
+    let ping = c.send(Command::Ping).await?;
+    let mut order = Vec::new();
+    while order.len() < 2 {
+        let frame = c.recv().await?;
+        if [history, ping].contains(&frame.id) {
+            order.push(frame.id);
+        }
+    }
+    nats.resume()?;
+    assert_eq!(order, vec![ping, history]);
+    Ok(())
+}

@@ -4,9 +4,10 @@
 //! `Pong` alone (the TypeScript client in a browser sees nothing else) would otherwise take a
 //! session paging history through a NATS stall for a dead one, and reconnect for nothing.
 //!
-//! Only Pings at the head of the queue are answered early: the first other item read while the
-//! command waits is kept, reading stops, and it runs next, so commands keep their order. The
-//! Pings answered early are metered once the command is done (`Session::metre_early_pongs`).
+//! Only Pings at the head of the queue are answered early (WebSocket pings and pongs between
+//! them are taken too: they need no answer): the first other item read while the command waits
+//! is kept, reading stops, and it runs next, so commands keep their order. What was taken early
+//! is metered once the command is done (`Session::metre_early`).
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -16,9 +17,10 @@ use quiver_proto::{encode_event, Command, Event, ServerFrame};
 
 use crate::transport::{queue, Inbound};
 
-/// Pings answered beside one waiting command, at most. A heartbeat sends one every second or
-/// two and a command waits a few seconds at most; past this the queue is read no further until
-/// the command is done, as for any other command, so a Ping flood is not answered unmetered.
+/// Pings (and WebSocket pings or pongs) taken beside one waiting command, at most. A heartbeat
+/// sends one every second or two and a command waits a few seconds at most; past this the
+/// queue is read no further until the command is done, as for any other command, so a Ping
+/// flood is not answered unmetered.
 pub(super) const EARLY_PONGS: usize = 4;
 
 pub(super) struct Inbox {
@@ -29,17 +31,23 @@ pub(super) struct Inbox {
     finished: bool,
     /// Where early Pongs go: the session's own sender is borrowed by the waiting command.
     out: queue::Sender<Bytes>,
-    /// The Pings answered early and not yet metered.
-    answered: Vec<EarlyPong>,
+    /// What was taken early and is not yet metered.
+    answered: Vec<Early>,
 }
 
-/// A `Ping` answered while a command waited.
-pub(super) struct EarlyPong {
-    pub arrived: Instant,
-    /// The `Pong` frame's length, for the session's tally.
-    pub bytes: usize,
-    /// From its arrival to its `Pong` being queued.
-    pub took: Duration,
+/// What was taken from the queue while a command waited, to be metered once it is done.
+pub(super) enum Early {
+    /// A `Ping`, answered.
+    Pong {
+        arrived: Instant,
+        /// The `Pong` frame's length, for the session's tally.
+        bytes: usize,
+        /// From its arrival to its `Pong` being queued.
+        took: Duration,
+    },
+    /// A WebSocket ping or pong from the client: nothing to answer (the WebSocket layer
+    /// pongs), only metered. Taken so that a `Ping` command behind it is still answered.
+    Control(Instant),
 }
 
 impl Inbox {
@@ -83,12 +91,13 @@ impl Inbox {
                         let pong = encode_event(&ServerFrame { id: frame.id, event: Event::Pong });
                         let bytes = pong.len();
                         match self.out.try_send(pong) {
-                            Ok(()) => self.answered.push(EarlyPong { arrived, bytes, took: arrived.elapsed() }),
+                            Ok(()) => self.answered.push(Early::Pong { arrived, bytes, took: arrived.elapsed() }),
                             // No room: the client is not reading. The Ping waits its turn
                             // like any command (and the session's reply timeout judges).
                             Err(_) => self.next = Some(Inbound::Frame(frame, arrived)),
                         }
                     }
+                    Some(Inbound::Control(arrived)) => self.answered.push(Early::Control(arrived)),
                     Some(other) => self.next = Some(other),
                     None => self.finished = true,
                 },
@@ -100,8 +109,8 @@ impl Inbox {
         self.next.is_none() && !self.finished && self.answered.len() < EARLY_PONGS
     }
 
-    /// The Pings answered early since the last call, for metering.
-    pub(super) fn take_answered(&mut self) -> Vec<EarlyPong> {
+    /// What was taken early since the last call, for metering.
+    pub(super) fn take_answered(&mut self) -> Vec<Early> {
         std::mem::take(&mut self.answered)
     }
 }

@@ -405,22 +405,33 @@ impl Session {
         item: Option<Inbound>,
     ) -> Option<Exit> {
         let exit = inbox.beside(self.inbound(item)).await;
-        for pong in inbox.take_answered() {
-            if let Some(exit) = self.metre_early_pong(pong) {
+        for early in inbox.take_answered() {
+            if let Some(exit) = self.metre_early(early) {
                 return Some(exit);
             }
         }
         exit
     }
 
-    /// Meters a `Ping` answered while an earlier command waited, as `command` would have (its
-    /// `Pong` is out already: over the rate it counts towards `rate_abuse` only).
-    fn metre_early_pong(&mut self, pong: inbox::EarlyPong) -> Option<Exit> {
-        m::hot::commands().increment(1);
-        self.tally.received();
-        self.tally.sent(pong.bytes, 0);
-        m::hot::command_duration(&Command::Ping).record(pong.took.as_secs_f64());
-        match self.meter.take(pong.arrived) {
+    /// Meters a `Ping` answered, or a WebSocket control frame taken, while an earlier command
+    /// waited, as `command` and `control_frame` would have (a `Pong` is out already: over the
+    /// rate it counts towards `rate_abuse` only).
+    fn metre_early(&mut self, early: inbox::Early) -> Option<Exit> {
+        let arrived = match early {
+            inbox::Early::Pong {
+                arrived,
+                bytes,
+                took,
+            } => {
+                m::hot::commands().increment(1);
+                self.tally.received();
+                self.tally.sent(bytes, 0);
+                m::hot::command_duration(&Command::Ping).record(took.as_secs_f64());
+                arrived
+            }
+            inbox::Early::Control(arrived) => return self.control_frame(arrived),
+        };
+        match self.meter.take(arrived) {
             Verdict::Allowed | Verdict::Limited => None,
             Verdict::Abuse => Some(Exit::Close(
                 CloseCode::RateAbuse,
