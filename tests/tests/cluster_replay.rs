@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::{Command, ErrorCode, Event, Position, Recovery};
+use quiver_proto::{Command, ErrorCode, Event, Position, Recovery, ServerFrame};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::*;
@@ -305,19 +305,21 @@ async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::
                 Event::Subscribed {
                     recovery: Recovery::Recovered { .. },
                     ..
-                } => match tokio::time::timeout(WAIT, stream.next()).await??.event {
-                    Event::Publication {
-                        position: Some(p), ..
-                    } if p.offset == since.offset + 1 => whole += 1,
-                    Event::Publication { position, .. } => {
-                        gaps.push(format!("resume from {}: {position:?}", since.offset))
-                    }
-                    // Cut while it was read: ended, never a gap.
-                    Event::Unsubscribed { code, .. }
-                        if ErrorCode::from_u16(code) == Some(ErrorCode::UnrecoverablePosition) =>
-                    {
-                        refused += 1
-                    }
+                } => match stream.next().await {
+                    Ok(ServerFrame {
+                        event:
+                            Event::Publication {
+                                position: Some(p), ..
+                            },
+                        ..
+                    }) if p.offset == since.offset + 1 => whole += 1,
+                    Ok(ServerFrame {
+                        event: Event::Publication { position, .. },
+                        ..
+                    }) => gaps.push(format!("resume from {}: {position:?}", since.offset)),
+                    // Cut while it was read: ended (on WebTransport its stream is reset with
+                    // the code, PROTOCOL §9.1), never a gap.
+                    Err(e) if reset_with(&e, ErrorCode::UnrecoverablePosition) => refused += 1,
                     other => anyhow::bail!("resume: {other:?}"),
                 },
                 Event::Subscribed { .. } => refused += 1,
@@ -440,4 +442,12 @@ async fn a_changed_history_size_applies_to_the_stream_and_never_hides_a_cut() ->
     let mut stream = js.get_stream(&name).await?;
     assert_eq!(stream.info().await?.config.max_messages_per_subject, 10);
     Ok(())
+}
+
+/// Whether `e` is a subscription stream reset with `code`'s value.
+fn reset_with(e: &anyhow::Error, code: ErrorCode) -> bool {
+    matches!(
+        e.downcast_ref::<wtransport::error::StreamReadError>(),
+        Some(wtransport::error::StreamReadError::Reset(c)) if c.into_inner() == u64::from(code.as_u16())
+    )
 }
