@@ -28,9 +28,14 @@ impl Drop for Logged {
 
 impl Logged {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        Self::start_env(dir, extra, &[])
+    }
+
+    fn start_env(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let mut child = serve_command(dir)?
             .args(["--jwt-secret", SECRET, "--self-signed"])
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -203,7 +208,7 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
     refuse().await;
     let summary = server
         .wait_for(
-            "more sessions were refused than logged (quiver_sessions_refused_total counts all)",
+            "more sessions were refused than logged (quiver_sessions_refused_total and quiver_quota_refusals_total count all)",
         )
         .await?;
     let logged = server
@@ -226,5 +231,151 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
         .await?;
     let counted = metric_sum(&page, "quiver_sessions_refused_total", &[]);
     assert!(counted >= (attempts + 1) as f64, "counted {counted}");
+    Ok(())
+}
+
+/// A session over its tenant's quota is a refusal: logged within the refusals' budget, with no
+/// `session opened` / `session closed` lines of its own (outside tenancy audit 3, F2: three
+/// lines per attempt, 7,800 a second from one client, past the budget anonymous refusals have).
+#[tokio::test]
+async fn sessions_over_their_tenants_quota_are_logged_within_the_refusals_budget() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("QUIVER_QUOTAS__TENANT__MAX_SESSIONS", "1")],
+    )?;
+    let http = server.port("http")?;
+    let token = full_token("acme", "alice");
+    let holder_url = format!("ws://127.0.0.1:{http}/v1/ws?token={token}");
+    let (mut holder, _) = tokio_tungstenite::connect_async(holder_url.as_str()).await?;
+    let hello = quiver_proto::encode_command(&quiver_proto::ClientFrame {
+        id: 1,
+        command: quiver_proto::Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "t".into(),
+        },
+    });
+    {
+        use futures::{SinkExt, StreamExt};
+        holder
+            .send(tokio_tungstenite::tungstenite::Message::binary(hello))
+            .await?;
+        // Its Welcome: the tenant's one session is open.
+        tokio::time::timeout(WAIT, holder.next())
+            .await?
+            .ok_or_else(|| anyhow!("no Welcome"))??;
+    }
+    let attempts = 150;
+    let started = std::time::Instant::now();
+    for _ in 0..attempts {
+        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(holder_url.as_str()).await {
+            use futures::StreamExt;
+            // The Goodbye (3008) and the close.
+            while let Ok(Some(Ok(_))) =
+                tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+            {}
+        }
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let refused = server.wait_for("session refused").await?;
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("concurrent sessions")),
+        "{refused}"
+    );
+    let lines = server.lines();
+    let count = |message: &str| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("\"{message}\"")))
+            .count()
+    };
+    // The holder's own open; nothing closed yet.
+    assert_eq!(count("session opened"), 1);
+    assert_eq!(count("session closed"), 0);
+    assert!(
+        count("session refused") as u64 <= 20 * (seconds + 1),
+        "{} refusal lines for {attempts} refusals in {seconds} s",
+        count("session refused")
+    );
+    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let counted = metric_sum(
+        &page,
+        "quiver_quota_refusals_total",
+        &[("quota", "sessions")],
+    );
+    assert!(counted >= attempts as f64, "counted {counted}");
+    drop(holder);
+    Ok(())
+}
+
+/// Calls refused before the backend (here: no `call` permission) are audit lines within a
+/// budget of 20 a second, each saying how many were left out before it (outside tenancy audit
+/// 3, F1: 3,040 lines a second from 16 sessions within their command rate).
+#[tokio::test]
+async fn refused_calls_are_audited_within_a_budget() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let token = token("acme", "mallory", &[">"], &[">"], 3600);
+    let mut raw = Raw::connect_at(server.port("webtransport")?, server.hash()?, &token).await?;
+    let attempts = 150;
+    let started = std::time::Instant::now();
+    for i in 0..attempts {
+        let reply = raw
+            .request(quiver_proto::Command::Call {
+                method: format!("secret.m{i}"),
+                payload: bytes::Bytes::new(),
+                timeout_ms: 1000,
+                idempotency_key: String::new(),
+            })
+            .await?;
+        assert!(
+            matches!(reply, quiver_proto::Event::Error { code, .. } if code == quiver_proto::ErrorCode::PermissionDenied.as_u16()),
+            "{reply:?}"
+        );
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let last = raw
+        .request(quiver_proto::Command::Call {
+            method: "secret.last".into(),
+            payload: bytes::Bytes::new(),
+            timeout_ms: 1000,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    assert!(
+        matches!(last, quiver_proto::Event::Error { .. }),
+        "{last:?}"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let (logged, not_logged) = loop {
+        let audit: Vec<serde_json::Value> = server
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|j| j["message"] == "call refused")
+            .collect();
+        let not_logged: u64 = audit.iter().filter_map(|j| j["not_logged"].as_u64()).sum();
+        if audit.iter().any(|j| j["method"] == "secret.last") {
+            break (audit.len(), not_logged);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the last refused call was never logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        logged as u64 <= 20 * (seconds + 1),
+        "{logged} audit lines for {attempts} refused calls in {seconds} s"
+    );
+    // Every refusal is a line or counted in one.
+    assert_eq!(logged as u64 + not_logged, attempts as u64 + 1);
     Ok(())
 }

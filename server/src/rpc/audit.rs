@@ -25,10 +25,21 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
     );
 }
 
+/// Refused calls logged per second at most (`crate::log_budget`): a client refused for every
+/// call it sends (no `call` permission needed) made 3,040 audit lines a second from 16 sessions
+/// within their command rate (outside tenancy audit 3), enough to push every tenant's audit
+/// lines out of journald's rate limit. `quiver_commands_refused_total` counts every one.
+static REFUSED_CALLS_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(20);
+
 /// A call the session refused before asking anyone (no `call` permission, a bad method name,
-/// a payload too large, too many in flight): the attempts an audit most wants to see. The
+/// a payload too large, too many in flight): the attempts an audit most wants to see, within
+/// [`REFUSED_CALLS_LOGGED`] (`not_logged`: how many were left out before this one). The
 /// method as the client sent it, cut to 128 bytes (escaped by `tracing` like every field).
 pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
+    let Some(not_logged) = REFUSED_CALLS_LOGGED.admit() else {
+        return;
+    };
     let mut end = method.len().min(128);
     while !method.is_char_boundary(end) {
         end -= 1;
@@ -42,6 +53,7 @@ pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
         method = &method[..end],
         outcome,
         latency_ms = 0.0,
+        not_logged,
         "call refused"
     );
 }

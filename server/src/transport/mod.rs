@@ -296,16 +296,26 @@ pub fn session_refused(
     remote: &dyn std::fmt::Display,
     reason: &crate::auth::AuthError,
 ) {
+    log_refusal(transport, remote, reason);
+    count_refused(transport, reason.label());
+}
+
+/// Logs a session refused (before its token was accepted, or over its tenant's quota), within
+/// [`REFUSALS_LOGGED`]; counting it is the caller's.
+pub fn log_refusal(
+    transport: Transport,
+    remote: &dyn std::fmt::Display,
+    reason: &dyn std::fmt::Display,
+) {
     if let Some(not_logged) = REFUSALS_LOGGED.admit() {
         if not_logged > 0 {
             tracing::info!(
                 not_logged,
-                "more sessions were refused than logged (quiver_sessions_refused_total counts all)"
+                "more sessions were refused than logged (quiver_sessions_refused_total and quiver_quota_refusals_total count all)"
             );
         }
         tracing::info!(%remote, reason = %reason, transport = transport.label(), "session refused");
     }
-    count_refused(transport, reason.label());
 }
 
 pub fn count_refused(transport: Transport, reason: &'static str) {
