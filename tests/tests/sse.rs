@@ -575,3 +575,78 @@ async fn sse_resumes_a_quiet_room_and_by_query_parameter() -> anyhow::Result<()>
     assert_eq!(twice.status(), 400);
     Ok(())
 }
+
+/// An SSE response whose last room ends with a code that says "subscribe again, resuming" (here
+/// 117: nats-server restarted on memory storage and lost the room's history) ends with a
+/// goodbye that says reconnect (3005), so `EventSource` comes back with its last event id and
+/// hears that recovery failed. Failed before (outside delivery audit 2, D1): `3009
+/// disconnected`, `reconnect: false`, and an obedient page went silent for good.
+#[tokio::test]
+async fn an_sse_response_whose_last_room_lost_its_history_says_reconnect() -> anyhow::Result<()> {
+    let mut nats = quiver_tests::nats::NatsServer::start().await?;
+    let server = TestServer::start_with(quiver_tests::nats::clustered(&nats)).await?;
+    ready(&server, 200).await?;
+    let query = format!("token={}&room=h.z", full_token("acme", "reader"));
+    let mut sse = SseReader::open(&server, &query, None).await?;
+    sse.expect("subscribed").await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "p")).await?;
+    assert!(matches!(
+        publ.publish("h.z", b"before").await?,
+        Event::Published { .. }
+    ));
+    let last_id = sse
+        .expect("publication")
+        .await?
+        .id
+        .ok_or_else(|| anyhow::anyhow!("a history publication carries an id"))?;
+    nats.kill();
+    ready(&server, 503).await?;
+    nats.restart().await?;
+    ready(&server, 200).await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !matches!(
+        publ.publish("h.z", b"after").await?,
+        Event::Published { .. }
+    ) {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (lost, goodbye) = until_goodbye(&mut sse).await?;
+    assert_eq!(
+        lost,
+        vec![(
+            "unsubscribed".to_owned(),
+            "h.z".to_owned(),
+            "unrecoverable_position".to_owned()
+        )]
+    );
+    assert_eq!(
+        goodbye.data["code"],
+        CloseCode::ServerError.as_u16(),
+        "{goodbye:?}"
+    );
+    assert_eq!(goodbye.data["reconnect"], true, "{goodbye:?}");
+    // What EventSource then does by itself: the same URL with Last-Event-ID.
+    let mut again = SseReader::open(&server, &query, Some(&last_id)).await?;
+    let subscribed = again.expect("subscribed").await?;
+    assert_eq!(subscribed.data["recovery"], "failed", "{subscribed:?}");
+    Ok(())
+}
+
+/// Waits until the server's `/readyz` answers `want`.
+async fn ready(server: &TestServer, want: u16) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    while reqwest::get(format!("http://{}/readyz", server.http))
+        .await?
+        .status()
+        .as_u16()
+        != want
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}

@@ -289,3 +289,51 @@ async fn a_websocket_ping_frame_does_not_hold_up_the_ping_behind_it() -> anyhow:
     assert_eq!(order, vec![ping, history]);
     Ok(())
 }
+
+/// A publisher that pipelines stored publishes while the broker stalls fills the session's
+/// publish queue (64), and the session reads no command until the broker answers: that wait is
+/// credited like a handler's (PROTOCOL §5), so what the client sent within the rate meanwhile is
+/// not refused when it is read, all at once, afterwards. Failed before (outside delivery audit
+/// 2, D2): the credit stayed the unused burst whatever the wait, here about 150 `rate_limited`.
+#[tokio::test]
+async fn publishes_pipelined_behind_a_full_publish_queue_are_credited_the_wait(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = history_server(&nats, |c| c.limits.commands_per_second = 100).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    // A full bucket (100) to start from.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    nats.pause()?;
+    // 250 at once: the burst covers 100; 2 s of waiting on the broker earn 200 more.
+    let mut sent = Vec::new();
+    for i in 0..250u32 {
+        sent.push(
+            c.send(Command::Publish {
+                room: "log.a".into(),
+                payload: Bytes::from(i.to_be_bytes().to_vec()),
+                ack: true,
+            })
+            .await?,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nats.resume()?;
+    let (mut published, mut limited) = (0, 0);
+    while published + limited < sent.len() {
+        let frame = c.recv().await?;
+        if !sent.contains(&frame.id) {
+            continue;
+        }
+        match frame.event {
+            Event::Published { .. } => published += 1,
+            Event::Error { code, .. } if code == ErrorCode::RateLimited.as_u16() => limited += 1,
+            other => anyhow::bail!("publish {}: {other:?}", frame.id),
+        }
+    }
+    assert_eq!(limited, 0, "{published} published");
+    Ok(())
+}

@@ -332,6 +332,10 @@ impl Session {
             return exit;
         }
         let mut inbox = inbox::Inbox::new(inbound, self.out.clone());
+        // Since when the session has read no command because its publish queue is full: what
+        // the client sent meanwhile arrives late, at once, and that wait is credited like a
+        // handler's (`Meter::busy`; outside delivery audit 2, D2).
+        let mut paused: Option<Instant> = None;
         loop {
             // A token is valid while `now < exp + leeway` (auth.rs): so is its session.
             let leeway = self.shared.config.auth.leeway.as_secs();
@@ -401,6 +405,15 @@ impl Session {
             if self.stalled {
                 warn!(session = %self.id, "client does not read its replies");
                 return Exit::Close(CloseCode::NotReading, "replies not read".into());
+            }
+            match (self.publishing.is_full(), paused) {
+                (true, None) => paused = Some(Instant::now()),
+                (false, Some(since)) => {
+                    let now = Instant::now();
+                    self.meter.busy(now.saturating_duration_since(since), now);
+                    paused = None;
+                }
+                _ => {}
             }
             if let Some(exit) = self.nothing_left() {
                 return exit;

@@ -43,7 +43,8 @@ impl Session {
     }
 
     /// The close of a read-only session that has nothing left to deliver. A reader that fell
-    /// behind may reconnect and resume (`not_reading`); a session whose rooms were all refused,
+    /// behind may reconnect and resume (`not_reading`), and so may one whose last room the
+    /// broker could not go on with (`server_error`); a session whose rooms were all refused,
     /// or whose last room the backend ended, must not come back by itself with the same token
     /// and URL: it would be refused, or resubscribe against the backend's word (`disconnected`).
     pub(super) fn nothing_left(&self) -> Option<Exit> {
@@ -60,6 +61,19 @@ impl Session {
                 CloseCode::NotReading,
                 "no subscription left: the last one fell behind (slow_consumer)".into(),
             ),
+            // The codes that say "subscribe again, resuming" (PROTOCOL §5): the broker could
+            // not go on reading the room, or lost its history. A new request with the last
+            // event id resumes, or hears that recovery failed; told not to come back, the
+            // reader would go silent for good (outside delivery audit 2, D1).
+            Some(code @ (ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)) => {
+                Exit::Close(
+                    CloseCode::ServerError,
+                    format!(
+                        "no subscription left: the last one ended ({}); reconnect and resume",
+                        code.label()
+                    ),
+                )
+            }
             Some(code) => Exit::Close(
                 CloseCode::Disconnected,
                 format!(
