@@ -891,6 +891,14 @@ async fn api_actions_answer_at_once_while_nats_is_away() -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("keyed publish to {room}: no answer: {e}"))?;
         assert_eq!(answer.status().as_u16(), 503, "keyed publish to {room}");
+        // Said in general terms: the broker's own words (a full bucket among them) are the
+        // operator's, and would tell a tenant about the others' volume (tenancy audit 3, F3).
+        let error = &answer.json::<serde_json::Value>().await?["error"];
+        let message = error["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("idempotency") && !message.to_lowercase().contains("nats"),
+            "{error}"
+        );
     }
     // A client's reads of history are refused at once too, as its publications are.
     let mut bob = Raw::connect(&a, &full_token("acme", "bob")).await?;

@@ -17,7 +17,7 @@ use super::client_rate;
 use super::encoding;
 use super::error::{ApiError, Code};
 use crate::hub::RoomKey;
-use crate::idempotency::{self, scoped, Claim, BACKEND};
+use crate::idempotency::{self, scoped, Claim, Claimant, BACKEND};
 use crate::metrics as m;
 use crate::rpc::{Caller, Decision, Hook};
 use crate::server::Shared;
@@ -49,8 +49,12 @@ pub async fn publish(
 ) -> Result<Json<Value>, ApiError> {
     let credential = bearer(&headers);
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (tenant, grant) = match api_key(&shared, credential) {
-        Some(caller) => (caller.tenant(query.tenant.as_deref())?, None),
+    let (tenant, grant, claimant) = match api_key(&shared, credential) {
+        Some(caller) => (
+            caller.tenant(query.tenant.as_deref())?,
+            None,
+            claimant(&caller),
+        ),
         None => {
             let grant = shared
                 .authenticate(credential)
@@ -65,7 +69,7 @@ pub async fn publish(
                     "the token is for another tenant",
                 ));
             }
-            (grant.tenant.clone(), Some(grant))
+            (grant.tenant.clone(), Some(grant), Claimant::Client)
         }
     };
     let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -118,7 +122,9 @@ pub async fn publish(
     }
     let key = RoomKey { tenant, room };
     let position = match once.zip(digest) {
-        Some((once, digest)) => publish_once(&shared, key, payload, &once, digest).await?,
+        Some((once, digest)) => {
+            publish_once(&shared, claimant, key, payload, &once, digest).await?
+        }
         None => publish_one(&shared, key, payload).await?,
     };
     Ok(Json(json!({ "position": encoding::position(position) })))
@@ -153,21 +159,38 @@ pub const TENANT_QUERY_ROUTES: [&str; 1] = ["/api/v1/publish/{room}"];
 /// gets the first publication's position.
 async fn publish_once(
     shared: &Arc<Shared>,
+    claimant: Claimant,
     key: RoomKey,
     payload: Bytes,
     once: &str,
     digest: [u8; 32],
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
-    match claim(shared, &key, once, digest).await? {
+    match claim(shared, claimant, &key, once, digest).await? {
         Claim::New(guard) => publish_claimed(shared, key, payload, guard).await,
         known => answer(known),
     }
 }
 
-/// Claims `once` for a publication into `key`'s room.
+/// Whose keys an API key's claims are: a tenant's own backend's, or the operator's.
+fn claimant(caller: &super::auth::Caller) -> Claimant {
+    match caller {
+        super::auth::Caller::Admin => Claimant::Operator,
+        super::auth::Caller::Tenant(_) => Claimant::TenantBackend,
+    }
+}
+
+/// The cluster's key record failures logged per second at most: one per keyed request while
+/// the record is unreachable or full.
+static RECORD_FAILURES_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(5);
+
+/// Claims `once` for a publication into `key`'s room. When the cluster's record fails, the
+/// caller is told so in general terms: the broker's own words (a full bucket among them) are
+/// the operator's, and would tell one tenant about the volume of the others.
 async fn claim(
     shared: &Shared,
+    claimant: Claimant,
     key: &RoomKey,
     once: &str,
     digest: [u8; 32],
@@ -175,9 +198,16 @@ async fn claim(
     let now = std::time::Instant::now();
     shared
         .idempotency
-        .claim(&key.tenant, &key.room, once, digest, now)
+        .claim(claimant, &key.tenant, &key.room, once, digest, now)
         .await
-        .map_err(ApiError::unavailable)
+        .map_err(|error| {
+            if let Some(not_logged) = RECORD_FAILURES_LOGGED.admit() {
+                tracing::warn!(%error, not_logged, "idempotency key not recorded");
+            }
+            ApiError::unavailable(
+                "idempotency keys cannot be recorded right now; retry later (a publish without Idempotency-Key is not affected)",
+            )
+        })
 }
 
 /// The answer to a claim that found the key (not [`Claim::New`]).
@@ -199,11 +229,15 @@ fn refusal(claim: &Claim) -> Option<ApiError> {
             Code::IdempotencyKeyReused,
             "this Idempotency-Key was used in this room for a different payload",
         )),
-        Claim::TooMany => Some(ApiError::new(
+        Claim::TooMany(claimant) => Some(ApiError::new(
             Code::QuotaExceeded,
             format!(
-                "this tenant's clients used {} idempotency keys in the last 5 minutes; retry later",
-                idempotency::MAX_CLIENT_KEYS_PER_TENANT
+                "this tenant's {} used {} idempotency keys in the last 5 minutes on this instance; retry later",
+                match claimant {
+                    Claimant::Client => "clients",
+                    _ => "API keys",
+                },
+                claimant.limit().unwrap_or_default()
             ),
         )),
         Claim::New(_) | Claim::Done(_) => None,
@@ -354,7 +388,7 @@ pub async fn broadcast(
             let once = scoped(BACKEND, &once);
             let digest = idempotency::digest(&payload);
             for key in keys {
-                let claim = claim(&shared, &key, &once, digest).await?;
+                let claim = claim(&shared, claimant(&caller), &key, &once, digest).await?;
                 if let Some(refused) = refusal(&claim) {
                     // Dropping the claims made so far forgets them.
                     return Err(refused);

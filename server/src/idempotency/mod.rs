@@ -41,9 +41,37 @@ const ROOM: usize = MAX_ENTRIES / 100;
 const MAX_TENANTS: usize = MAX_ENTRIES + MAX_ENTRIES / 10;
 /// Keys a tenant's clients (client tokens) may claim through this instance per [`WINDOW`]: a
 /// client's keys also go into the cluster's shared record (one bucket for every tenant), which
-/// eviction here does not empty, so they are refused beyond this rather than evicted. The
-/// backend's keys (API keys) are not counted: the backend is trusted, as elsewhere in the API.
+/// eviction here does not empty, so they are refused beyond this rather than evicted.
 pub const MAX_CLIENT_KEYS_PER_TENANT: usize = 10_000;
+/// Keys a tenant's own backend (an API key scoped to the tenant) may claim through this
+/// instance per [`WINDOW`]. Trusted with its tenant's rooms, not with the record every tenant
+/// shares: uncounted, one tenant's keyed broadcasts filled the 256 MiB bucket in 90 s and every
+/// other tenant's keyed publishes got 503 (outside tenancy audit 3). 100,000 entries are about
+/// 24 MB of the bucket: ten instances' worth from one tenant still leave room for the others.
+/// An admin API key (every tenant: the operator's own backend) is not counted.
+pub const MAX_TENANT_BACKEND_KEYS: usize = 100_000;
+
+/// Whose new keys a claim counts against, per tenant and instance, over [`WINDOW`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimant {
+    /// An admin API key: the operator's backend, not counted.
+    Operator,
+    /// An API key scoped to the tenant: [`MAX_TENANT_BACKEND_KEYS`].
+    TenantBackend,
+    /// A client token: [`MAX_CLIENT_KEYS_PER_TENANT`] for all the tenant's users together.
+    Client,
+}
+
+impl Claimant {
+    /// The most new keys this claimant's tenant may claim here per [`WINDOW`].
+    pub fn limit(self) -> Option<usize> {
+        match self {
+            Claimant::Operator => None,
+            Claimant::TenantBackend => Some(MAX_TENANT_BACKEND_KEYS),
+            Claimant::Client => Some(MAX_CLIENT_KEYS_PER_TENANT),
+        }
+    }
+}
 
 /// Checks a key as the `Idempotency-Key` header carries it: 1 to [`MAX_KEY_LEN`] bytes of
 /// visible ASCII (no space).
@@ -89,8 +117,8 @@ pub enum Claim {
     InProgress,
     /// The key was used in this room for a different payload.
     Mismatch,
-    /// A new client key over [`MAX_CLIENT_KEYS_PER_TENANT`]: nothing was claimed.
-    TooMany,
+    /// A new key over its claimant's limit ([`Claimant::limit`]): nothing was claimed.
+    TooMany(Claimant),
 }
 
 #[derive(Default)]
@@ -116,8 +144,10 @@ struct TenantKeys {
     /// Slots in the order they were claimed (so in expiry order). A slot forgotten early stays
     /// here until it reaches the front; `Entry::claimed` tells the two apart.
     order: VecDeque<(Slot, Instant)>,
-    /// When each new client key (not the backend's) of the last [`WINDOW`] was claimed here.
+    /// When each new client key of the last [`WINDOW`] was claimed here.
     client_claims: VecDeque<Instant>,
+    /// When each new key of the tenant's scoped API keys of the last [`WINDOW`] was claimed.
+    backend_claims: VecDeque<Instant>,
 }
 
 struct Entry {
@@ -179,13 +209,14 @@ impl IdempotencyKeys {
     /// cluster's record cannot be reached.
     pub async fn claim(
         self: &Arc<Self>,
+        claimant: Claimant,
         tenant: &TenantId,
         room: &RoomName,
         key: &str,
         digest: [u8; 32],
         now: Instant,
     ) -> Result<Claim, String> {
-        let mut guard = match self.claim_here(tenant, room, key, digest, now) {
+        let mut guard = match self.claim_here(claimant, tenant, room, key, digest, now) {
             Claim::New(guard) => guard,
             known => return Ok(known),
         };
@@ -215,6 +246,7 @@ impl IdempotencyKeys {
     /// Claims `key` on this instance.
     fn claim_here(
         self: &Arc<Self>,
+        claimant: Claimant,
         tenant: &TenantId,
         room: &RoomName,
         key: &str,
@@ -239,18 +271,22 @@ impl IdempotencyKeys {
                 }
             };
         }
-        if key.starts_with(USER) {
-            while keys
-                .client_claims
+        let claims = match claimant {
+            Claimant::Operator => None,
+            Claimant::TenantBackend => Some(&mut keys.backend_claims),
+            Claimant::Client => Some(&mut keys.client_claims),
+        };
+        if let (Some(claims), Some(limit)) = (claims, claimant.limit()) {
+            while claims
                 .front()
                 .is_some_and(|at| now.duration_since(*at) >= WINDOW)
             {
-                keys.client_claims.pop_front();
+                claims.pop_front();
             }
-            if keys.client_claims.len() >= MAX_CLIENT_KEYS_PER_TENANT {
-                return Claim::TooMany;
+            if claims.len() >= limit {
+                return Claim::TooMany(claimant);
             }
-            keys.client_claims.push_back(now);
+            claims.push_back(now);
         }
         if keys.entries.len() >= MAX_PER_TENANT {
             inner.total -= keys.evict_oldest();
@@ -301,8 +337,10 @@ impl IdempotencyKeys {
         let mut dropped = 0;
         inner.tenants.retain(|_, keys| {
             dropped += keys.expire(now);
-            // A tenant whose clients used keys lately keeps its count of them.
-            !keys.entries.is_empty() || !keys.client_claims.is_empty()
+            // A tenant whose clients or backend used keys lately keeps its count of them.
+            !keys.entries.is_empty()
+                || !keys.client_claims.is_empty()
+                || !keys.backend_claims.is_empty()
         });
         inner.total -= dropped;
         if inner.total <= MAX_ENTRIES {
@@ -426,30 +464,64 @@ mod tests {
     fn a_repeat_gets_the_first_position_and_a_different_payload_is_refused() {
         let keys = Arc::new(IdempotencyKeys::default());
         let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
-        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now)
-        else {
+        let Claim::New(mut guard) = keys.claim_here(
+            Claimant::Operator,
+            &acme,
+            &lobby,
+            "k1",
+            digest(b"hello"),
+            now,
+        ) else {
             panic!("first use is new");
         };
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &lobby,
+                "k1",
+                digest(b"hello"),
+                now
+            ),
             Claim::InProgress
         ));
         guard.done_here(position(3));
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(Claimant::Operator, &acme, &lobby, "k1", digest(b"hello"), now),
             Claim::Done(p) if p == position(3)
         ));
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, "k1", digest(b"other"), now),
+            keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &lobby,
+                "k1",
+                digest(b"other"),
+                now
+            ),
             Claim::Mismatch
         ));
         // Another room, another tenant: other slots.
         assert!(matches!(
-            keys.claim_here(&acme, &room("other"), "k1", digest(b"hello"), now),
+            keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &room("other"),
+                "k1",
+                digest(b"hello"),
+                now
+            ),
             Claim::New(_)
         ));
         assert!(matches!(
-            keys.claim_here(&tenant("globex"), &lobby, "k1", digest(b"hello"), now),
+            keys.claim_here(
+                Claimant::Operator,
+                &tenant("globex"),
+                &lobby,
+                "k1",
+                digest(b"hello"),
+                now
+            ),
             Claim::New(_)
         ));
     }
@@ -458,14 +530,17 @@ mod tests {
     fn a_failed_publication_forgets_its_key_and_entries_expire() {
         let keys = Arc::new(IdempotencyKeys::default());
         let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
-        drop(keys.claim_here(&acme, &lobby, "k", digest(b"x"), now));
+        drop(keys.claim_here(Claimant::Operator, &acme, &lobby, "k", digest(b"x"), now));
         assert_eq!(keys.total(), 0);
-        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k", digest(b"x"), now) else {
+        let Claim::New(mut guard) =
+            keys.claim_here(Claimant::Operator, &acme, &lobby, "k", digest(b"x"), now)
+        else {
             panic!("forgotten key is new again");
         };
         guard.done_here(None);
         assert!(matches!(
             keys.claim_here(
+                Claimant::Operator,
                 &acme,
                 &lobby,
                 "k",
@@ -474,8 +549,14 @@ mod tests {
             ),
             Claim::Done(None)
         ));
-        let Claim::New(mut guard) = keys.claim_here(&acme, &lobby, "k", digest(b"x"), now + WINDOW)
-        else {
+        let Claim::New(mut guard) = keys.claim_here(
+            Claimant::Operator,
+            &acme,
+            &lobby,
+            "k",
+            digest(b"x"),
+            now + WINDOW,
+        ) else {
             panic!("expired key is new again");
         };
         guard.done_here(None);
@@ -491,24 +572,37 @@ mod tests {
             room("lobby"),
             Instant::now(),
         );
-        if let Claim::New(mut guard) = keys.claim_here(&globex, &lobby, "kept", digest(b"x"), now) {
+        if let Claim::New(mut guard) = keys.claim_here(
+            Claimant::Operator,
+            &globex,
+            &lobby,
+            "kept",
+            digest(b"x"),
+            now,
+        ) {
             guard.done_here(position(1));
         }
         for i in 0..MAX_PER_TENANT + 5 {
-            if let Claim::New(mut guard) =
-                keys.claim_here(&acme, &lobby, &format!("k{i}"), digest(b"x"), now)
-            {
+            if let Claim::New(mut guard) = keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &lobby,
+                &format!("k{i}"),
+                digest(b"x"),
+                now,
+            ) {
                 guard.done_here(None);
             }
         }
         assert_eq!(keys.total(), MAX_PER_TENANT + 1);
         // acme's oldest went, its newest stayed, globex's is untouched.
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, "k0", digest(b"x"), now),
+            keys.claim_here(Claimant::Operator, &acme, &lobby, "k0", digest(b"x"), now),
             Claim::New(_)
         ));
         assert!(matches!(
             keys.claim_here(
+                Claimant::Operator,
                 &acme,
                 &lobby,
                 &format!("k{}", MAX_PER_TENANT + 4),
@@ -518,7 +612,7 @@ mod tests {
             Claim::Done(None)
         ));
         assert!(matches!(
-            keys.claim_here(&globex, &lobby, "kept", digest(b"x"), now),
+            keys.claim_here(Claimant::Operator, &globex, &lobby, "kept", digest(b"x"), now),
             Claim::Done(p) if p == position(1)
         ));
     }
@@ -531,9 +625,14 @@ mod tests {
         for t in 0..tenants {
             let tenant = tenant(&format!("t{t}"));
             for i in 0..MAX_PER_TENANT {
-                if let Claim::New(mut guard) =
-                    keys.claim_here(&tenant, &lobby, &format!("{i}"), digest(b"x"), now)
-                {
+                if let Claim::New(mut guard) = keys.claim_here(
+                    Claimant::Operator,
+                    &tenant,
+                    &lobby,
+                    &format!("{i}"),
+                    digest(b"x"),
+                    now,
+                ) {
                     guard.done_here(None);
                 }
             }
@@ -553,9 +652,14 @@ mod tests {
         let (lobby, now) = (room("lobby"), Instant::now());
         let extra = 3 * ROOM;
         for t in 0..MAX_ENTRIES + extra {
-            if let Claim::New(mut guard) =
-                keys.claim_here(&tenant(&format!("t{t}")), &lobby, "k", digest(b"x"), now)
-            {
+            if let Claim::New(mut guard) = keys.claim_here(
+                Claimant::Operator,
+                &tenant(&format!("t{t}")),
+                &lobby,
+                "k",
+                digest(b"x"),
+                now,
+            ) {
                 guard.done_here(None);
             }
         }
@@ -573,6 +677,7 @@ mod tests {
         // each tenant keeps only its count of recent client claims.
         for t in 0..MAX_TENANTS + MAX_ENTRIES / 5 {
             drop(keys.claim_here(
+                Claimant::Client,
                 &tenant(&format!("t{t}")),
                 &lobby,
                 &client,
@@ -583,7 +688,8 @@ mod tests {
         // And keys from tenants whose keys are then evicted by newer ones.
         for t in 0..MAX_ENTRIES + 3 * ROOM {
             let who = tenant(&format!("e{t}"));
-            if let Claim::New(mut guard) = keys.claim_here(&who, &lobby, &client, digest(b"x"), now)
+            if let Claim::New(mut guard) =
+                keys.claim_here(Claimant::Client, &who, &lobby, &client, digest(b"x"), now)
             {
                 guard.done_here(None);
             }
@@ -601,9 +707,16 @@ mod tests {
     fn forgotten_claims_behind_a_live_one_do_not_pile_up() {
         let keys = Arc::new(IdempotencyKeys::default());
         let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
-        let _live = keys.claim_here(&acme, &lobby, "live", digest(b"x"), now);
+        let _live = keys.claim_here(Claimant::Operator, &acme, &lobby, "live", digest(b"x"), now);
         for i in 0..1_000 {
-            drop(keys.claim_here(&acme, &lobby, &format!("k{i}"), digest(b"x"), now));
+            drop(keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &lobby,
+                &format!("k{i}"),
+                digest(b"x"),
+                now,
+            ));
         }
         let order = keys.lock().tenants[&acme].order.len();
         assert!(order <= 2 + 64, "{order}");
@@ -617,30 +730,127 @@ mod tests {
         let client = |i: usize| scoped(&format!("{USER}mallory"), &format!("k{i}"));
         for i in 0..MAX_CLIENT_KEYS_PER_TENANT {
             assert!(matches!(
-                keys.claim_here(&acme, &lobby, &client(i), digest(b"x"), now),
+                keys.claim_here(
+                    Claimant::Client,
+                    &acme,
+                    &lobby,
+                    &client(i),
+                    digest(b"x"),
+                    now
+                ),
                 Claim::New(_)
             ));
         }
         // Refused, not evicted: the cluster's record of the earlier keys stays in any case.
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, &client(usize::MAX), digest(b"x"), now),
-            Claim::TooMany
+            keys.claim_here(
+                Claimant::Client,
+                &acme,
+                &lobby,
+                &client(usize::MAX),
+                digest(b"x"),
+                now
+            ),
+            Claim::TooMany(Claimant::Client)
         ));
         // The backend's keys, and another tenant's clients, are not held back.
         assert!(matches!(
-            keys.claim_here(&acme, &lobby, &scoped(BACKEND, "b1"), digest(b"x"), now),
+            keys.claim_here(
+                Claimant::TenantBackend,
+                &acme,
+                &lobby,
+                &scoped(BACKEND, "b1"),
+                digest(b"x"),
+                now
+            ),
             Claim::New(_)
         ));
         assert!(matches!(
-            keys.claim_here(&globex, &lobby, &client(0), digest(b"x"), now),
+            keys.claim_here(
+                Claimant::Client,
+                &globex,
+                &lobby,
+                &client(0),
+                digest(b"x"),
+                now
+            ),
             Claim::New(_)
         ));
         // A window later the tenant's clients may claim again.
         assert!(matches!(
             keys.claim_here(
+                Claimant::Client,
                 &acme,
                 &lobby,
                 &client(usize::MAX),
+                digest(b"x"),
+                now + WINDOW
+            ),
+            Claim::New(_)
+        ));
+    }
+
+    /// A tenant's scoped API key may claim [`MAX_TENANT_BACKEND_KEYS`] new keys per window here
+    /// (outside tenancy audit 3: uncounted, one tenant filled the cluster's shared record and
+    /// every other tenant's keyed publishes failed); an admin key is not counted.
+    #[test]
+    fn a_tenants_own_backend_gets_a_bounded_number_of_new_keys_per_window() {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, globex, now) = (tenant("acme"), tenant("globex"), Instant::now());
+        let key = |i: usize| scoped(BACKEND, &format!("k{i}"));
+        // Many rooms, as a broadcast's claims are: one entry per room.
+        let rooms: Vec<RoomName> = (0..100).map(|r| room(&format!("r{r}"))).collect();
+        for i in 0..MAX_TENANT_BACKEND_KEYS {
+            let claim = keys.claim_here(
+                Claimant::TenantBackend,
+                &acme,
+                &rooms[i % 100],
+                &key(i / 100),
+                digest(b"x"),
+                now,
+            );
+            assert!(matches!(claim, Claim::New(_)), "claim {i}");
+        }
+        assert!(matches!(
+            keys.claim_here(
+                Claimant::TenantBackend,
+                &acme,
+                &rooms[0],
+                &key(usize::MAX),
+                digest(b"x"),
+                now
+            ),
+            Claim::TooMany(Claimant::TenantBackend)
+        ));
+        // The operator's key, and another tenant's backend, are not held back.
+        assert!(matches!(
+            keys.claim_here(
+                Claimant::Operator,
+                &acme,
+                &rooms[0],
+                &key(usize::MAX),
+                digest(b"x"),
+                now
+            ),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            keys.claim_here(
+                Claimant::TenantBackend,
+                &globex,
+                &rooms[0],
+                &key(0),
+                digest(b"x"),
+                now
+            ),
+            Claim::New(_)
+        ));
+        assert!(matches!(
+            keys.claim_here(
+                Claimant::TenantBackend,
+                &acme,
+                &rooms[1],
+                &key(usize::MAX - 1),
                 digest(b"x"),
                 now + WINDOW
             ),
