@@ -35,8 +35,8 @@ impl Logged {
         let mut child = serve_command(dir)?
             .args(["--jwt-secret", SECRET, "--self-signed"])
             .args(extra)
-            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -377,5 +377,72 @@ async fn refused_calls_are_audited_within_a_budget() -> Result<()> {
     );
     // Every refusal is a line or counted in one.
     assert_eq!(logged as u64 + not_logged, attempts as u64 + 1);
+    Ok(())
+}
+
+/// Even at `RUST_LOG=trace` no token reaches the log: dependencies that log a CONNECT's headers
+/// (wtransport, at DEBUG: the `:path` holds `?token=`) or every WebSocket message (tungstenite,
+/// at TRACE: a `Refresh` holds a token) are capped (outside operations audit 2, S2: every
+/// WebTransport client's token was logged at DEBUG).
+#[tokio::test]
+async fn no_token_is_logged_even_at_trace() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("RUST_LOG", "trace")],
+    )?;
+    let token = full_token("acme", "alice");
+    let mut wt = Raw::connect_at(server.port("webtransport")?, server.hash()?, &token).await?;
+    assert!(matches!(
+        wt.request(quiver_proto::Command::Ping).await?,
+        quiver_proto::Event::Pong
+    ));
+    let http = server.port("http")?;
+    let ws_token = full_token("acme", "bob");
+    let url = format!("ws://127.0.0.1:{http}/v1/ws?token={ws_token}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let refresh_token = full_token("acme", "bob");
+    {
+        use futures::{SinkExt, StreamExt};
+        for (id, command) in [
+            (
+                1,
+                quiver_proto::Command::Hello {
+                    version: quiver_proto::PROTOCOL_VERSION,
+                    client: "t".into(),
+                },
+            ),
+            (
+                2,
+                quiver_proto::Command::Refresh {
+                    token: refresh_token.clone(),
+                },
+            ),
+        ] {
+            let frame = quiver_proto::encode_command(&quiver_proto::ClientFrame { id, command });
+            ws.send(tokio_tungstenite::tungstenite::Message::binary(frame))
+                .await?;
+        }
+        // Welcome and Refreshed.
+        for _ in 0..2 {
+            tokio::time::timeout(WAIT, ws.next())
+                .await?
+                .ok_or_else(|| anyhow!("the WebSocket ended"))??;
+        }
+    }
+    wt.close().await;
+    drop(ws);
+    server.wait_for("session closed").await?;
+    let lines = server.lines();
+    // Trace is on: the log is not empty of dependencies' lines.
+    assert!(lines.len() > 20, "{} lines", lines.len());
+    for t in [&token, &ws_token, &refresh_token] {
+        let signature = &t[t.rfind('.').map_or(0, |i| i + 1)..];
+        assert!(
+            !lines.iter().any(|l| l.contains(signature)),
+            "a token's signature is in the log"
+        );
+    }
     Ok(())
 }
