@@ -446,3 +446,60 @@ async fn no_token_is_logged_even_at_trace() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every refusal before a token is looked at is a `session refused` line too (within the
+/// budget), with its reason: a token over the size limit (WebSocket, SSE) and a WebTransport
+/// CONNECT to a path not served were counted but never logged (outside operations audit 2, S3).
+#[tokio::test]
+async fn refusals_before_the_token_is_read_are_logged_with_their_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let long = "x".repeat(5_000);
+    let _ =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http}/v1/ws?token={long}")).await;
+    let sse = reqwest::get(format!(
+        "http://127.0.0.1:{http}/v1/sse?token={long}&room=a"
+    ))
+    .await?;
+    assert_eq!(sse.status(), 401);
+    let refused = open_session_at(
+        server.port("webtransport")?,
+        server.hash()?,
+        "/nope?token=x",
+    )
+    .await;
+    assert!(refused.is_err());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let reasons: Vec<(String, String)> = server
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|j| j["message"] == "session refused")
+            .map(|j| {
+                (
+                    j["transport"].as_str().unwrap_or_default().to_owned(),
+                    j["reason"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let has = |transport: &str, reason: &str| {
+            reasons
+                .iter()
+                .any(|(t, r)| t == transport && r.starts_with(reason))
+        };
+        if has("websocket", "token_too_large")
+            && has("sse", "token_too_large")
+            && has("webtransport", "not_found")
+        {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "refusals not logged: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -20,6 +20,9 @@ async fn gauges_return_to_zero_after_disconnect() -> anyhow::Result<()> {
         r#"quiver_sessions_active{transport="sse"} 0"#,
         "quiver_publications_total 0",
         r#"quiver_deliveries_total{namespace="other"} 0"#,
+        r#"quiver_resumes_requested_total{namespace="other"} 0"#,
+        r#"quiver_resumes_total{namespace="other",result="recovered"} 0"#,
+        r#"quiver_resumes_total{namespace="other",result="failed"} 0"#,
     ] {
         assert!(
             idle.lines().any(|l| l == series),

@@ -82,9 +82,15 @@ impl FanOut {
             publications: metrics::counter!(HUB_PUBLICATIONS, "namespace" => label.to_owned()),
             deliveries: metrics::counter!(DELIVERIES, "namespace" => label.to_owned()),
         };
-        // Registered now: an idle node shows every namespace at zero.
+        // Registered now: an idle node shows every namespace at zero, its resumes too (outside
+        // operations audit 2, S4: they appeared only with the first resume).
         counters.publications.increment(0);
         counters.deliveries.increment(0);
+        metrics::counter!(super::RESUMES_REQUESTED, "namespace" => label.to_owned()).increment(0);
+        for result in ["recovered", "failed"] {
+            metrics::counter!(super::RESUMES, "namespace" => label.to_owned(), "result" => result)
+                .increment(0);
+        }
         counters
     }
 }

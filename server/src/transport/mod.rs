@@ -235,8 +235,22 @@ impl Refused {
         }
     }
 
-    pub fn count(self, transport: Transport) {
+    /// Logs the refusal within the refusals' budget ([`log_refusal`]) and counts it.
+    pub fn log_and_count(self, transport: Transport, remote: &dyn std::fmt::Display) {
+        log_refusal(transport, remote, &self);
         count_refused(transport, self.label());
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = match self {
+            Refused::NotFound => "no such path",
+            Refused::Unavailable => "draining or at capacity",
+            Refused::Origin => "Origin not allowed",
+            Refused::TokenTooLarge => "token longer than the limit",
+        };
+        write!(f, "{}: {why}", self.label())
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn stream(
     let token = match checked {
         Ok(token) => token,
         Err(refused) => {
-            refused.count(T);
+            refused.log_and_count(T, &remote);
             let status = match refused {
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,

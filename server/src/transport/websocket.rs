@@ -124,12 +124,12 @@ pub async fn upgrade(
         Ok(token) => token,
         // A token problem is told in-band like every other (PROTOCOL §9.1).
         Err(Refused::TokenTooLarge) => {
-            Refused::TokenTooLarge.count(T);
+            Refused::TokenTooLarge.log_and_count(T, &remote);
             let reason = format!("invalid token: longer than {} bytes", super::MAX_TOKEN_LEN);
             return ws.on_upgrade(move |socket| refuse(socket, CloseCode::InvalidToken, reason));
         }
         Err(refused) => {
-            refused.count(T);
+            refused.log_and_count(T, &remote);
             let status = match refused {
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Origin => StatusCode::FORBIDDEN,

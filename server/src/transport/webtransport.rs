@@ -199,7 +199,7 @@ async fn establish(
 }
 
 async fn refuse(request: SessionRequest, refused: Refused, deadline: tokio::time::Instant) {
-    refused.count(T);
+    refused.log_and_count(T, &request.remote_address());
     let answer = async move {
         match refused {
             Refused::NotFound => request.not_found().await,
