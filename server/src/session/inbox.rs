@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quiver_proto::{encode_event, Command, Event, ServerFrame};
 
+use super::meter::Verdict;
+use super::{Exit, Session};
+use crate::metrics as m;
 use crate::transport::{queue, Inbound};
+use quiver_proto::CloseCode;
 
 /// Pings (and WebSocket pings or pongs) taken beside one waiting command, at most. A heartbeat
 /// sends one every second or two and a command waits a few seconds at most; past this the
@@ -112,5 +116,50 @@ impl Inbox {
     /// What was taken early since the last call, for metering.
     pub(super) fn take_answered(&mut self) -> Vec<Early> {
         std::mem::take(&mut self.answered)
+    }
+}
+
+impl Session {
+    /// One item from the adapter, with the Pings that arrive while it waits answered beside it
+    /// (`inbox.rs`) and metered after it; `Some` ends the session.
+    pub(super) async fn inbound_beside_pings(
+        &mut self,
+        inbox: &mut Inbox,
+        item: Option<Inbound>,
+    ) -> Option<Exit> {
+        let exit = inbox.beside(self.inbound(item)).await;
+        for early in inbox.take_answered() {
+            if let Some(exit) = self.metre_early(early) {
+                return Some(exit);
+            }
+        }
+        exit
+    }
+
+    /// Meters a `Ping` answered, or a WebSocket control frame taken, while an earlier command
+    /// waited, as `command` and `control_frame` would have (a `Pong` is out already: over the
+    /// rate it counts towards `rate_abuse` only).
+    fn metre_early(&mut self, early: Early) -> Option<Exit> {
+        let arrived = match early {
+            Early::Pong {
+                arrived,
+                bytes,
+                took,
+            } => {
+                m::hot::commands().increment(1);
+                self.tally.received();
+                self.tally.sent(bytes, 0);
+                m::hot::command_duration(&Command::Ping).record(took.as_secs_f64());
+                arrived
+            }
+            Early::Control(arrived) => return self.control_frame(arrived),
+        };
+        match self.meter.take(arrived) {
+            Verdict::Allowed | Verdict::Limited => None,
+            Verdict::Abuse => Some(Exit::Close(
+                CloseCode::RateAbuse,
+                "command rate limit exceeded repeatedly".into(),
+            )),
+        }
     }
 }

@@ -421,49 +421,6 @@ impl Session {
         }
     }
 
-    /// One item from the adapter, with the Pings that arrive while it waits answered beside it
-    /// (`inbox.rs`) and metered after it; `Some` ends the session.
-    async fn inbound_beside_pings(
-        &mut self,
-        inbox: &mut inbox::Inbox,
-        item: Option<Inbound>,
-    ) -> Option<Exit> {
-        let exit = inbox.beside(self.inbound(item)).await;
-        for early in inbox.take_answered() {
-            if let Some(exit) = self.metre_early(early) {
-                return Some(exit);
-            }
-        }
-        exit
-    }
-
-    /// Meters a `Ping` answered, or a WebSocket control frame taken, while an earlier command
-    /// waited, as `command` and `control_frame` would have (a `Pong` is out already: over the
-    /// rate it counts towards `rate_abuse` only).
-    fn metre_early(&mut self, early: inbox::Early) -> Option<Exit> {
-        let arrived = match early {
-            inbox::Early::Pong {
-                arrived,
-                bytes,
-                took,
-            } => {
-                m::hot::commands().increment(1);
-                self.tally.received();
-                self.tally.sent(bytes, 0);
-                m::hot::command_duration(&Command::Ping).record(took.as_secs_f64());
-                arrived
-            }
-            inbox::Early::Control(arrived) => return self.control_frame(arrived),
-        };
-        match self.meter.take(arrived) {
-            Verdict::Allowed | Verdict::Limited => None,
-            Verdict::Abuse => Some(Exit::Close(
-                CloseCode::RateAbuse,
-                "command rate limit exceeded repeatedly".into(),
-            )),
-        }
-    }
-
     /// One item from the adapter; `Some` ends the session.
     async fn inbound(&mut self, item: Option<Inbound>) -> Option<Exit> {
         match item {
