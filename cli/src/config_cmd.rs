@@ -63,7 +63,11 @@ async fn check(args: CheckArgs) -> Result<()> {
     println!("  WebTransport: udp {}", config.listen);
     println!("  HTTP: tcp {}", config.http);
     match &config.nats {
-        Some(nats) => println!("  broker: NATS {}", nats.url),
+        // Credentials in the URL never printed.
+        Some(nats) => println!(
+            "  broker: NATS {}",
+            quiver_server::broker::nats::redacted_urls(&nats.url)
+        ),
         None => println!("  broker: embedded (a single instance)"),
     }
     Ok(())

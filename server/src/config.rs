@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod mistakes;
+mod url_credentials;
 mod validate;
 pub use check::{unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV};
 pub use mistakes::{MAX_DRAIN, MAX_RPC_TIMEOUT, MIN_API_KEY_LEN};
+pub use url_credentials::{NatsUrlAuth, UrlCredentialsError};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",

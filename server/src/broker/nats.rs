@@ -684,8 +684,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
-/// broker and the control plane (`control.rs`) each hold a connection made here.
 /// The configured NATS URLs as a log may show them: user names, passwords and tokens in them
 /// replaced by `***`.
 pub fn redacted_urls(urls: &str) -> String {
@@ -713,11 +711,27 @@ pub fn redacted_urls(urls: &str) -> String {
 /// its 60 s default: until then publishes would be taken and `/readyz` would stay green.
 const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
+/// broker and the control plane (`control.rs`) each hold a connection made here.
 pub async fn connect_with(
     nats: &NatsConfig,
     mut options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, BrokerError> {
     options = options.ping_interval(PING_INTERVAL);
+    // Credentials in the URLs authenticate, as with every NATS client (async-nats ignores
+    // them); validation refuses them beside nats.user/password/token/credentials.
+    let (bare_urls, url_auth) = nats
+        .connect_urls()
+        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    match url_auth {
+        Some(crate::config::NatsUrlAuth::UserPassword { user, password }) => {
+            options = options.user_and_password(user, password.expose().to_owned());
+        }
+        Some(crate::config::NatsUrlAuth::Token(token)) => {
+            options = options.token(token.expose().to_owned());
+        }
+        None => {}
+    }
     if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
         options = options.user_and_password(user.clone(), password.expose().to_owned());
     }
@@ -730,10 +744,9 @@ pub async fn connect_with(
     if let Some(ca) = &nats.ca {
         options = options.add_root_certificates(ca.clone()).require_tls(true);
     }
-    let urls: Vec<async_nats::ServerAddr> = nats
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+    let urls: Vec<async_nats::ServerAddr> = bare_urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
         .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
     options.connect(urls).await.map_err(unavailable)

@@ -63,7 +63,7 @@ impl Config {
                 problems: (*err)
                     .into_iter()
                     .flat_map(|e| {
-                        let described = describe(&e, &env);
+                        let described = describe(&e, &env, file);
                         described.lines().map(str::to_owned).collect::<Vec<_>>()
                     })
                     .collect(),
@@ -72,8 +72,9 @@ impl Config {
     }
 }
 
-/// One figment error as the operator wrote the key.
-fn describe(e: &figment::Error, env: &[(String, String)]) -> String {
+/// One figment error as the operator wrote the key. `loaded` is the file given to `load`, for
+/// errors figment does not tie to a source (a TOML syntax error).
+fn describe(e: &figment::Error, env: &[(String, String)], loaded: Option<&Path>) -> String {
     let from_env = e
         .metadata
         .as_ref()
@@ -84,6 +85,15 @@ fn describe(e: &figment::Error, env: &[(String, String)]) -> String {
         .and_then(|m| m.source.as_ref())
         .and_then(|s| s.file_path())
         .map(|p| p.display().to_string());
+    // The TOML parser quotes the offending line, secrets and all: say where and what only.
+    if let Kind::Message(message) = &e.kind {
+        if let Some(syntax) = toml_syntax_error(message) {
+            return match file.or_else(|| loaded.map(|p| p.display().to_string())) {
+                Some(file) => format!("{file}: {syntax}"),
+                None => syntax,
+            };
+        }
+    }
     // `namespaces.0.name` is written `namespaces[0].name`.
     let dotted = e.path.iter().fold(String::new(), |mut key, part| {
         if part.parse::<usize>().is_ok() {
@@ -146,15 +156,57 @@ fn describe(e: &figment::Error, env: &[(String, String)]) -> String {
     }
 }
 
-/// The kind of a value, without the value.
+/// The kind of a value, never the value: a secret of the wrong type (`jwt_secret = 12345`,
+/// a key written as a number) must not be echoed either.
 fn actual_kind(actual: &figment::error::Actual) -> String {
-    let text = actual.to_string();
-    // `string "abc"` → `a string`; `integer 5` stays readable without the value too.
-    let kind = text.split_whitespace().next().unwrap_or("value");
-    match kind {
-        "string" | "integer" | "unsigned" | "map" | "sequence" => format!("a {kind}"),
-        _ => text,
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(_) => "a boolean",
+        Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+        Actual::Float(_) => "a float",
+        Actual::Char(_) => "a character",
+        Actual::Str(_) => "a string",
+        Actual::Bytes(_) => "bytes",
+        Actual::Unit | Actual::UnitVariant => "nothing",
+        Actual::Option => "an option",
+        Actual::NewtypeStruct | Actual::NewtypeVariant => "a newtype",
+        Actual::Seq => "an array",
+        Actual::Map => "a table",
+        Actual::Enum | Actual::TupleVariant | Actual::StructVariant => "an enum",
+        Actual::Other(_) => "another type",
     }
+    .to_owned()
+}
+
+/// A TOML parser's error (`TOML parse error at line 7, column 14`, the offending line quoted
+/// with a caret under it, then what is wrong) as its position and what is wrong only: the
+/// quoted line may hold a secret. `None` for any other message.
+fn toml_syntax_error(message: &str) -> Option<String> {
+    let mut lines = message.lines();
+    let position = lines
+        .next()?
+        .trim()
+        .strip_prefix("TOML parse error at ")?
+        .to_owned();
+    // The quote is `  |`, `7 | <the line>`, `  |    ^`: every line with a `|` gutter.
+    let is_quote = |line: &str| {
+        let trimmed = line.trim_start();
+        let gutter = trimmed.trim_start_matches(|c: char| c.is_ascii_digit());
+        gutter.starts_with('|') && (gutter.len() == 1 || gutter[1..].starts_with(' '))
+    };
+    // What is wrong follows the quote: nothing before its last line is kept.
+    let rest: Vec<&str> = lines.collect();
+    let after = rest.iter().rposition(|l| is_quote(l)).map_or(0, |i| i + 1);
+    let what: Vec<&str> = rest[after..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    Some(if what.is_empty() {
+        format!("TOML syntax error at {position}")
+    } else {
+        format!("TOML syntax error at {position}: {}", what.join("; "))
+    })
 }
 
 /// The environment variable that set `path`: the one actually set (in whatever case the

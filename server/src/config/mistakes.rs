@@ -113,17 +113,19 @@ impl Config {
         Ok(())
     }
 
+    /// Every timeout mistake, a line each (audit round 2, S12: not only the first).
     fn refuse_timeout_mistakes(&self) -> Result<(), String> {
         let t = &self.timeouts;
+        let mut problems = Vec::new();
         for (name, value) in t.per_session() {
             // Zero has its own message (`validate`).
             if !value.is_zero() && value < MIN_SESSION_TIMEOUT {
-                return Err(format!(
+                problems.push(format!(
                     "timeouts.{name} ({value:?}) is under the minimum of {MIN_SESSION_TIMEOUT:?}"
                 ));
             }
             if value > MAX_SESSION_TIMEOUT {
-                return Err(format!(
+                problems.push(format!(
                     "timeouts.{name} ({value:?}) is over the maximum of {MAX_SESSION_TIMEOUT:?}"
                 ));
             }
@@ -131,7 +133,7 @@ impl Config {
         // Keep-alives at or past the idle timeout let every quiet session idle out between
         // two of them (QUIC and WebSocket alike).
         if !t.idle.is_zero() && t.keep_alive >= t.idle {
-            return Err(format!(
+            problems.push(format!(
                 "timeouts.keep_alive ({:?}) must be less than timeouts.idle ({:?}): quiet \
                  sessions would be closed between two keep-alives",
                 t.keep_alive, t.idle
@@ -139,21 +141,57 @@ impl Config {
         }
         let drain = self.timeouts.drain;
         if drain.is_zero() {
-            return Err(
+            problems.push(
                 "timeouts.drain must be positive: it is how long a graceful shutdown waits for \
                  sessions to say goodbye"
                     .into(),
             );
         }
         if drain > MAX_DRAIN {
-            return Err(format!(
+            problems.push(format!(
                 "timeouts.drain ({drain:?}) is over the maximum of {MAX_DRAIN:?}"
             ));
         }
         let max_timeout = self.rpc.max_timeout;
         if max_timeout > MAX_RPC_TIMEOUT {
-            return Err(format!(
+            problems.push(format!(
                 "rpc.max_timeout ({max_timeout:?}) is over the maximum of {MAX_RPC_TIMEOUT:?}"
+            ));
+        }
+        super::validate::all_of(problems)
+    }
+
+    /// The TCP listeners, once the flags are in (`--http`, `--cert`/`--key`), for
+    /// [`Config::validate`]: an `https` that would never be served, and two listeners on one
+    /// address (the second bind would fail at start, naming neither key).
+    pub(super) fn refuse_listener_mistakes(&self) -> Result<(), String> {
+        let real_certificate = self.cert.is_some() && self.key.is_some();
+        if let Some(https) = self.https {
+            if !real_certificate {
+                return Err(format!(
+                    "https ({https}) is set without cert and key: the https listener (wss, SSE, \
+                     the API and health over TLS) is served only with a real certificate, never \
+                     the generated one (WebTransport only); set cert and key (or --cert and \
+                     --key), or remove https"
+                ));
+            }
+        }
+        // Without `https` the TLS listener takes `listen`'s address, on TCP.
+        let (key, tls) = match self.https {
+            Some(addr) => ("https", addr),
+            None => ("listen", self.listen),
+        };
+        if real_certificate && same_tcp_address(self.http, tls) {
+            return Err(format!(
+                "http ({}) and {key} ({tls}) both bind tcp port {}: give them different \
+                 addresses{}",
+                self.http,
+                tls.port(),
+                if key == "listen" {
+                    " (https defaults to listen's address)"
+                } else {
+                    ""
+                }
             ));
         }
         Ok(())
@@ -161,6 +199,9 @@ impl Config {
 
     /// After `RpcConfig::validate` (namespaces well formed and not repeated).
     fn refuse_rpc_mistakes(&self) -> Result<(), String> {
+        if let Some(url) = &self.rpc.url {
+            super::url_credentials::refuse_rpc_url_credentials(url).map_err(|e| e.to_string())?;
+        }
         if let Some(secret) = &self.rpc.http_secret {
             // Set but empty: the backend would be told `Bearer ` and could check nothing.
             if secret.expose().trim().is_empty() {
@@ -218,6 +259,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether two TCP listeners would collide: the same port (not 0, which picks a free one) on
+/// the same address, or on the wildcard address and any other (of either family: `[::]` is
+/// dual-stack).
+fn same_tcp_address(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    // A wildcard covers its own family, and `[::]` IPv4 too.
+    let covers = |w: std::net::IpAddr, other: std::net::IpAddr| {
+        w.is_unspecified() && (w.is_ipv6() || w.is_ipv4() == other.is_ipv4())
+    };
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || covers(a.ip(), b.ip()) || covers(b.ip(), a.ip()))
 }
 
 #[cfg(test)]
@@ -501,6 +555,259 @@ mod tests {
             )?;
             assert_eq!(c.timeouts.drain, MAX_DRAIN);
             assert_eq!(c.rpc.max_timeout, MAX_RPC_TIMEOUT);
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S1: a TOML syntax error names file, line, column and what is wrong,
+    /// and never quotes the line (which may hold a secret); nor does a secret of the wrong type.
+    #[test]
+    fn syntax_and_type_errors_never_echo_a_secret() {
+        figment::Jail::expect_with(|jail| {
+            let secret = "SUPERSECRETVALUE_abcdefghijklmnopqrstuvwxyz_0123";
+            for (toml, position, what) in [
+                (
+                    format!("[tls]\nself_signed = true\n[auth]\njwt_secret = {secret}\n"),
+                    "line 4, column 14",
+                    "invalid string",
+                ),
+                (
+                    format!("[auth]\njwt_secret = \"{secret}\n"),
+                    "line 2, column",
+                    "invalid basic string",
+                ),
+                (
+                    format!("[api]\nkeys = [{{ key = \"{secret}\", tenant = \"acme\" }}\n"),
+                    "line 2, column",
+                    "expected `]`",
+                ),
+                (
+                    format!("[nats]\nurl = \"nats://a:1\"\npassword = \"{secret}\" x\n"),
+                    "line 3, column",
+                    "expected newline",
+                ),
+                (
+                    format!("[rpc]\nhttp_secret = \"{secret}\" \"x\"\n"),
+                    "line 2, column",
+                    "expected newline",
+                ),
+            ] {
+                jail.create_file("bad.toml", &toml)?;
+                let err = Config::load_checked(Some("bad.toml".as_ref()))
+                    .expect_err(&toml)
+                    .to_string();
+                assert!(!err.contains(secret), "{toml}\n-> {err}");
+                assert!(!err.contains("SUPERSECRET"), "{toml}\n-> {err}");
+                assert!(err.starts_with("bad.toml: TOML syntax error at "), "{err}");
+                assert!(err.contains(position), "{toml}\n-> {err}");
+                assert!(err.contains(what), "{toml}\n-> {err}");
+            }
+            // A secret of the wrong type: its type, never its value.
+            for toml in [
+                "[auth]\njwt_secret = 1234567890123\n",
+                "[nats]\nurl = \"nats://a:1\"\npassword = 1234567890123\n",
+                "[rpc]\nhttp_secret = 1234567890.123\n",
+                "[[api.keys]]\nkey = true\n",
+            ] {
+                jail.create_file("bad.toml", toml)?;
+                let err = Config::load_checked(Some("bad.toml".as_ref()))
+                    .expect_err(toml)
+                    .to_string();
+                assert!(err.contains("(in bad.toml): expected a string"), "{err}");
+                assert!(!err.contains("1234567890"), "{toml}\n-> {err}");
+                assert!(!err.contains("true"), "{toml}\n-> {err}");
+            }
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S5: credentials in a NATS URL are used (as every NATS client does), never
+    /// beside nats.user/password/token, and the same in every URL.
+    #[test]
+    fn nats_url_credentials_are_used_and_not_given_twice() {
+        use crate::config::{NatsConfig, NatsUrlAuth, UrlCredentialsError};
+        let urls = |url: &str| NatsConfig::new(url).connect_urls();
+        assert_eq!(
+            urls("nats://alice:pa%40ss@127.0.0.1:4222, nats://alice:pa%40ss@b:4222/x,tls://c")
+                .map_err(|e| e.to_string()),
+            Ok((
+                vec![
+                    "nats://127.0.0.1:4222".to_owned(),
+                    "nats://b:4222/x".to_owned(),
+                    "tls://c".to_owned()
+                ],
+                Some(NatsUrlAuth::UserPassword {
+                    user: "alice".into(),
+                    password: "pa@ss".into()
+                })
+            ))
+        );
+        assert_eq!(
+            urls("s3cr3t-token@host:4222").map_err(|e| e.to_string()),
+            Ok((
+                vec!["host:4222".to_owned()],
+                Some(NatsUrlAuth::Token("s3cr3t-token".into()))
+            ))
+        );
+        assert_eq!(
+            urls("nats://a:4222").map_err(|e| e.to_string()),
+            Ok((vec!["nats://a:4222".to_owned()], None))
+        );
+        assert_eq!(
+            urls("nats://u:p@a,nats://u:q@b"),
+            Err(UrlCredentialsError::Different)
+        );
+        assert_eq!(
+            urls("nats://u:%zz@a"),
+            Err(UrlCredentialsError::Encoding { index: 0 })
+        );
+        let mut both = NatsConfig::new("nats://u:p@a:4222");
+        both.user = Some("u".into());
+        assert_eq!(both.connect_urls(), Err(UrlCredentialsError::Twice));
+        // No credential in any of these messages, nor in a Debug print.
+        let auth = urls("nats://alice:NATSPASSWORDX@a").map_err(|e| e.to_string());
+        assert!(!format!("{auth:?}").contains("NATSPASSWORDX"));
+
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "QUIVER_NATS__URL",
+                "nats://alice:NATSPASSWORDX@127.0.0.1:4222",
+            );
+            let c = loads(jail, "")?;
+            assert!(c.nats.is_some());
+            jail.set_env("QUIVER_NATS__USER", "bob");
+            jail.set_env("QUIVER_NATS__PASSWORD", "OTHERPASSWORD");
+            jail.create_file("bad.toml", "")?;
+            let err = Config::load(Some("bad.toml".as_ref()))
+                .map_err(|e| e.to_string())?
+                .validate()
+                .expect_err("credentials twice");
+            assert!(err.contains("nats.url carries credentials"), "{err}");
+            assert!(err.contains("nats.user / nats.password"), "{err}");
+            assert!(!err.contains("PASSWORD"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S6: `https` is served only with cert/key, so setting it without them is
+    /// refused (the generated certificate, `tls.self_signed` included, is WebTransport only).
+    #[test]
+    fn https_without_cert_and_key_is_refused() {
+        figment::Jail::expect_with(|jail| {
+            refused(
+                jail,
+                "https = \"127.0.0.1:28444\"\n[tls]\nself_signed = true\n",
+                "https (127.0.0.1:28444) is set without cert and key",
+            )?;
+            refused(
+                jail,
+                "https = \"127.0.0.1:28444\"\n",
+                "set cert and key (or --cert and --key), or remove https",
+            )?;
+            // What `--cert/--key` do once the flags are in.
+            jail.create_file("q.toml", "https = \"127.0.0.1:28444\"\n")?;
+            let mut c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+            c.cert = Some("cert.pem".into());
+            c.key = Some("key.pem".into());
+            c.validate()?;
+            loads(
+                jail,
+                "https = \"127.0.0.1:28444\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+            )?;
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S9: credentials in `rpc.url` would replace the documented Bearer secret.
+    #[test]
+    fn credentials_in_the_rpc_url_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            for url in [
+                "http://rpcuser:RPCURLPASSWORD@127.0.0.1:28490/quiver",
+                "https://rpcuser@backend.example/quiver",
+                "http://:RPCURLPASSWORD@127.0.0.1:28490/",
+            ] {
+                refused(
+                    jail,
+                    &format!("[rpc]\nurl = \"{url}\"\nhttp_secret = \"RPCHTTPSECRET_abcdef\"\n"),
+                    "rpc.url carries a user name or password",
+                )?;
+                jail.create_file("bad.toml", &format!("[rpc]\nurl = \"{url}\"\n"))?;
+                let err = Config::load(Some("bad.toml".as_ref())).unwrap_err();
+                assert!(err.to_string().contains("Authorization: Bearer"), "{err}");
+                assert!(!err.to_string().contains("RPCURLPASSWORD"), "{err}");
+                assert!(!err.to_string().contains("rpcuser"), "{err}");
+            }
+            loads(
+                jail,
+                "[rpc]\nurl = \"http://127.0.0.1:28490/quiver?a=b@c\"\nhttp_secret = \"x\"\n",
+            )?;
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S10: `http` and the https listener on one TCP address.
+    #[test]
+    fn http_and_https_on_one_address_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            let tls = "cert = \"c.pem\"\nkey = \"k.pem\"\n";
+            for (addrs, needle) in [
+                (
+                    "http = \"127.0.0.1:28447\"\nhttps = \"127.0.0.1:28447\"\n",
+                    "http (127.0.0.1:28447) and https (127.0.0.1:28447) both bind tcp port 28447",
+                ),
+                (
+                    "http = \"127.0.0.1:28447\"\nhttps = \"[::]:28447\"\n",
+                    "http (127.0.0.1:28447) and https ([::]:28447)",
+                ),
+                (
+                    "http = \"0.0.0.0:28447\"\nhttps = \"10.0.0.1:28447\"\n",
+                    "http (0.0.0.0:28447) and https",
+                ),
+                // `https` defaults to `listen`'s address.
+                (
+                    "http = \"127.0.0.1:28447\"\nlisten = \"127.0.0.1:28447\"\n",
+                    "http (127.0.0.1:28447) and listen (127.0.0.1:28447) both bind tcp port 28447",
+                ),
+            ] {
+                refused(jail, &format!("{addrs}{tls}"), needle)?;
+            }
+            for addrs in [
+                "http = \"127.0.0.1:28447\"\nhttps = \"127.0.0.1:28448\"\n",
+                "http = \"127.0.0.1:28447\"\nhttps = \"127.0.0.2:28447\"\n",
+                "http = \"0.0.0.0:28447\"\nhttps = \"[::1]:28447\"\n",
+                "http = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n",
+                "http = \"127.0.0.1:28447\"\nlisten = \"127.0.0.1:28448\"\n",
+            ] {
+                loads(jail, &format!("{addrs}{tls}"))?;
+            }
+            // Without cert/key no TLS listener is bound on `listen`'s port: UDP and TCP share it.
+            loads(
+                jail,
+                "http = \"127.0.0.1:28447\"\nlisten = \"127.0.0.1:28447\"\n",
+            )?;
+            Ok(())
+        });
+    }
+
+    /// Audit round 2, S12: every broken timeout rule is named at once, not only the first.
+    #[test]
+    fn every_timeout_mistake_is_named_at_once() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "bad.toml",
+                "[timeouts]\ndrain = \"0s\"\nhello = \"50ms\"\nkeep_alive = \"40s\"\n",
+            )?;
+            let err = Config::load_checked(Some("bad.toml".as_ref()))
+                .expect_err("three mistakes")
+                .problems;
+            for needle in [
+                "timeouts.hello (50ms) is under the minimum",
+                "timeouts.keep_alive (40s) must be less than timeouts.idle (30s)",
+                "timeouts.drain must be positive",
+            ] {
+                assert!(err.iter().any(|p| p.contains(needle)), "{needle}: {err:#?}");
+            }
             Ok(())
         });
     }

@@ -19,7 +19,12 @@ impl Config {
                 problems.push(
                     "nats.url is missing: set it in [nats], QUIVER_NATS__URL or --nats".into(),
                 );
+            } else if let Err(e) = nats.connect_urls() {
+                problems.push(e.to_string());
             }
+        }
+        if let Err(e) = self.refuse_listener_mistakes() {
+            problems.push(e);
         }
         if let Err(e) = self.refuse_hooks_without_backend() {
             problems.push(e);

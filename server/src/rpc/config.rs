@@ -95,7 +95,13 @@ impl RpcConfig {
         if let Some(url) = &self.url {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                _ => return Err(format!("rpc.url {url:?} is not an http(s) URL")),
+                // Named without what may be credentials in it (`user:password@`).
+                _ => {
+                    return Err(format!(
+                        "rpc.url {:?} is not an http(s) URL",
+                        crate::broker::nats::redacted_urls(url)
+                    ))
+                }
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -140,6 +146,7 @@ mod tests {
             for (bad, needle) in [
                 ("[rpc]\ntimeout = \"1m\"\n", "rpc.timeout"),
                 ("[rpc]\nurl = \"ftp://x\"\n", "rpc.url"),
+                ("[rpc]\nurl = \"ftp://u:SECRETPW@x\"\n", "***@x"),
                 ("[[rpc.hooks]]\nnamespace = \"a.b\"\n", "rpc.hooks"),
                 (
                     "[[rpc.hooks]]\nnamespace = \"a\"\n[[rpc.hooks]]\nnamespace = \"a\"\n",
@@ -149,6 +156,7 @@ mod tests {
                 jail.create_file("bad.toml", bad)?;
                 let err = Config::load(Some("bad.toml".as_ref())).unwrap_err();
                 assert!(err.to_string().contains(needle), "{bad}: {err}");
+                assert!(!err.to_string().contains("SECRETPW"), "{bad}: {err}");
             }
             Ok(())
         });

@@ -1,0 +1,108 @@
+//! Configuration mistakes from the operations audit (round 2) as the operator meets them:
+//! `quiver config check` and `quiver serve`, the built binary, stdout and stderr.
+
+use std::path::Path;
+
+use anyhow::Result;
+use quiver_tests::process::quiver_command;
+
+const SECRET: &str = "SUPERSECRETVALUE_abcdefghijklmnopqrstuvwxyz_0123";
+
+/// Exit status, stdout, stderr of `quiver ARGS` in `dir`.
+fn run(dir: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = quiver_command(dir)?.args(args).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// S1: a syntax error names file, line and column, never the line's text (a secret), from
+/// `config check` and from `serve` alike.
+#[test]
+fn a_syntax_error_names_the_place_but_not_the_secret() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("q.toml"),
+        format!("[tls]\nself_signed = true\n[api]\nkeys = [{{ key = \"{SECRET}\", tenant = \"acme\" }}\n"),
+    )?;
+    for args in [
+        &["config", "check", "q.toml"][..],
+        &["serve", "--config", "q.toml", "--log-format", "json"][..],
+    ] {
+        let (ok, out, err) = run(dir.path(), args)?;
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            !err.contains(SECRET) && !out.contains(SECRET),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("q.toml: TOML syntax error at line 4, column"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("expected `]`"), "{args:?}: {err}");
+    }
+    Ok(())
+}
+
+/// S5: a password in the NATS URL is never printed by `config check`.
+#[test]
+fn config_check_never_prints_a_nats_password() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "check",
+            "--nats",
+            "nats://alice:NATSPASSWORDX@127.0.0.1:28422",
+        ],
+    )?;
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("NATSPASSWORDX") && !err.contains("NATSPASSWORDX"),
+        "{out}{err}"
+    );
+    assert!(
+        out.contains("broker: NATS nats://***@127.0.0.1:28422"),
+        "{out}"
+    );
+    Ok(())
+}
+
+/// S6 and S10 through the command line: `https` without cert/key, and `http` = `https`.
+#[test]
+fn https_mistakes_are_refused_by_config_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(
+        dir.path().join("q.toml"),
+        "https = \"127.0.0.1:28444\"\n[tls]\nself_signed = true\n",
+    )?;
+    let (ok, out, err) = run(dir.path(), &["config", "check", "q.toml"])?;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("https (127.0.0.1:28444) is set without cert and key"),
+        "{err}"
+    );
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "config",
+            "check",
+            "q.toml",
+            "--http",
+            "127.0.0.1:28444",
+            "--cert",
+            "c.pem",
+            "--key",
+            "k.pem",
+        ],
+    )?;
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("http (127.0.0.1:28444) and https (127.0.0.1:28444) both bind tcp port 28444"),
+        "{err}"
+    );
+    Ok(())
+}
