@@ -2,9 +2,10 @@
 //!
 //! Identity providers rotate their signing keys: they publish the new key in their JWKS, start
 //! signing with it, and later drop the old one. So the set is loaded again every
-//! `auth.jwks_refresh`, on SIGHUP, and soon after a token names a `kid` the set lacks. That last
-//! trigger is rate-limited (at most once per [`MIN_REFETCH`], or per `jwks_refresh` when that is
-//! shorter), so a flood of made-up `kid`s costs one fetch, not one per token.
+//! `auth.jwks_refresh`, on SIGHUP (at once, whatever the last load), and soon after a token
+//! names a `kid` the set lacks. That last trigger is rate-limited (at most once per
+//! [`MIN_REFETCH`], or per `jwks_refresh` when that is shorter), so a flood of made-up `kid`s
+//! costs one fetch, not one per token.
 //!
 //! A set that fails to load (unreachable, an HTTP error, bad JSON, no usable key) is logged and
 //! the old set kept: a bad answer from the identity provider must not refuse every user.
@@ -182,6 +183,10 @@ pub async fn keep_fresh(
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = Instant::now();
+    // When a token named a `kid` the set lacks: the reload it asks for, once the rate limit
+    // allows. Waited for beside the other triggers, so a SIGHUP (or the schedule) meanwhile
+    // reloads at once and serves it too (ops audit S11: a SIGHUP waited up to 10 s, silently).
+    let mut unknown_kid_due: Option<Instant> = None;
     loop {
         #[cfg(unix)]
         let sighup = async {
@@ -192,20 +197,26 @@ pub async fn keep_fresh(
         };
         #[cfg(not(unix))]
         let sighup = std::future::pending::<Option<()>>();
+        let unknown_kid_wait = async {
+            match unknown_kid_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
         let why = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tick.tick() => "scheduled",
             Some(()) = sighup => "SIGHUP",
-            _ = shared.verifier.unknown_kid() => {
-                // Wait out the rate limit; unknown kids seen meanwhile add nothing (Notify keeps
-                // at most one permit).
-                tokio::select! {
-                    _ = shared.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(last + min_refetch) => {}
-                }
-                "unknown kid"
+            // Unknown kids seen while one reload is due add nothing (Notify keeps at most one
+            // permit).
+            _ = shared.verifier.unknown_kid(), if unknown_kid_due.is_none() => {
+                unknown_kid_due = Some(last + min_refetch);
+                continue;
             }
+            _ = unknown_kid_wait => "unknown kid",
         };
+        // Whatever the trigger, this load is the one an unknown kid was waiting for.
+        unknown_kid_due = None;
         last = Instant::now();
         let outcome = match load(&source, &client).await {
             Ok(text) => shared

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use wtransport::config::Ipv6DualStackConfig;
 use wtransport::quinn::{congestion, TransportConfig, VarInt as QuinnVarInt};
 use wtransport::{Endpoint, ServerConfig};
 
@@ -19,7 +18,7 @@ use crate::broker::nats::NatsBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, CongestionControl};
 use crate::hub::Hub;
-use crate::tls::{self, CertHash, CertSource, CertUpdate, LoadedIdentity, TlsError};
+use crate::tls::{self, CertHash, CertSource, CertUpdate, LoadedIdentity, SharedCert, TlsError};
 use crate::{demo, http, transport};
 
 pub const DEV_SECRET_FILE: &str = "dev-jwt-secret";
@@ -219,7 +218,9 @@ impl Server {
         // With a real certificate: HTTPS and wss on TCP, by default the UDP port's number.
         let bound = crate::listeners::bind(&config, !identity.dev).await?;
         let receive_buffer = bound.receive_buffer;
-        let endpoint = server_config(&config, identity.identity.clone_identity(), Some(bound.udp))
+        // One certificate for every TLS listener, swapped in one place on reload.
+        let certs = SharedCert::new(identity.certified.clone());
+        let endpoint = server_config(&config, &identity.identity, certs.clone(), bound.udp)
             .and_then(Endpoint::server)
             .map_err(|source| StartError::Bind {
                 addr: config.listen,
@@ -242,7 +243,7 @@ impl Server {
                 source,
             })?;
         let https = match bound.https {
-            Some(listener) => Some((listener, crate::https::acceptor(&identity.identity)?)),
+            Some(listener) => Some((listener, crate::https::acceptor(certs.clone())?)),
             None => None,
         };
 
@@ -327,6 +328,7 @@ impl Server {
             tokio::spawn(reload_certificates(
                 shared.clone(),
                 reloader,
+                certs,
                 cert_updates,
                 hangup,
             )),
@@ -461,11 +463,13 @@ fn cert_source(config: &Config) -> CertSource {
 }
 
 /// Reloads the certificate on SIGHUP and when its files change (checked every
-/// `tls.reload_interval`); the accept loop swaps it in. A certificate that fails to load is
-/// logged and the old one kept.
+/// `tls.reload_interval`); the accept loop swaps it into `certs`, which the WebTransport
+/// endpoint and the HTTPS listener both present. A certificate that fails to load is logged and
+/// the old one kept.
 async fn reload_certificates(
     shared: Arc<Shared>,
     mut reloader: tls::Reloader,
+    certs: Arc<SharedCert>,
     updates: tokio::sync::mpsc::Sender<CertUpdate>,
     #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))] _hangup: Option<()>,
@@ -499,18 +503,14 @@ async fn reload_certificates(
                 continue;
             }
         };
-        match server_config(&shared.config, loaded.identity, None) {
-            Ok(config) => {
-                let update = CertUpdate {
-                    config,
-                    cert_sha256: loaded.cert_sha256,
-                    served: shared.cert_sha256.clone(),
-                };
-                if updates.send(update).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => warn!(error = %e, "certificate reload failed; serving the old one"),
+        let update = CertUpdate {
+            certified: loaded.certified,
+            cert_sha256: loaded.cert_sha256,
+            certs: certs.clone(),
+            served: shared.cert_sha256.clone(),
+        };
+        if updates.send(update).await.is_err() {
+            return;
         }
     }
 }
@@ -586,12 +586,14 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
 /// Bytes of datagrams a connection buffers each way: about 50 full-size datagrams.
 const DATAGRAM_BUFFER: usize = 64 * 1024;
 
-/// `socket`: the endpoint's socket (`udp_socket::bind`) at start; `None` on a certificate
-/// reload, which keeps the bound one.
+/// `socket`: the endpoint's socket (`udp_socket::bind`); `certs`: the certificate it presents
+/// (shared with the HTTPS listener, swapped there on reload); `identity`: the same one, whose
+/// key the stateless-reset keys are derived from.
 fn server_config(
     config: &Config,
-    identity: wtransport::Identity,
-    socket: Option<std::net::UdpSocket>,
+    identity: &wtransport::Identity,
+    certs: Arc<SharedCert>,
+    socket: std::net::UdpSocket,
 ) -> std::io::Result<ServerConfig> {
     let mut transport = TransportConfig::default();
     transport
@@ -625,17 +627,9 @@ fn server_config(
             .reordering_threshold(QuinnVarInt::from_u32(1));
         transport.ack_frequency_config(Some(ack));
     }
-    let builder = ServerConfig::builder();
     // The socket's receive buffer is shallow but for bursts of handshakes (`udp_socket.rs`).
-    let builder = match (socket, config.listen) {
-        (Some(socket), _) => builder.with_bind_socket(socket),
-        // Not bound by a reload: only its TLS configuration is used.
-        (None, SocketAddr::V6(v6)) if v6.ip().is_unspecified() => {
-            builder.with_bind_address_v6(v6, Ipv6DualStackConfig::Allow)
-        }
-        (None, addr) => builder.with_bind_address(addr),
-    };
-    let tls = crate::tls_resumption::webtransport_tls(&identity, config.tls.session_tickets)
+    let builder = ServerConfig::builder().with_bind_socket(socket);
+    let tls = crate::tls_resumption::webtransport_tls(certs, config.tls.session_tickets)
         .map_err(std::io::Error::other)?;
     let mut server = builder
         .with_custom_tls_and_transport(tls, transport)

@@ -1,9 +1,10 @@
 //! Certificates: load PEM files, or generate (and reuse) a short-lived development certificate
 //! that browsers can pin with `serverCertificateHashes`; and reload either without a restart
-//! ([`Reloader`] notices the change, [`CertUpdate`] swaps it into the endpoint).
+//! ([`Reloader`] notices the change, [`CertUpdate`] swaps it into the [`SharedCert`] that every
+//! TLS listener, the WebTransport endpoint and the HTTPS/wss one alike, presents).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -11,7 +12,7 @@ use tracing::info;
 use wtransport::endpoint::endpoint_side;
 use wtransport::tls::rustls;
 use wtransport::tls::CertificateChain;
-use wtransport::{Endpoint, Identity, ServerConfig};
+use wtransport::{Endpoint, Identity};
 
 /// Browsers accept pinned certificates valid for at most 14 days.
 const DEV_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
@@ -48,6 +49,8 @@ pub enum TlsError {
 /// A loaded identity and the SHA-256 of its leaf certificate (DER).
 pub struct LoadedIdentity {
     pub identity: Identity,
+    /// The same certificate chain and key as rustls signs with (what [`SharedCert`] holds).
+    pub certified: Arc<rustls::sign::CertifiedKey>,
     pub cert_sha256: [u8; 32],
     /// Whether this is a generated development certificate.
     pub dev: bool,
@@ -66,7 +69,7 @@ pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsErro
     // wtransport panics on a key that does not match the certificate when it builds the server
     // configuration; refuse it here instead (at start, and mid-rotation when only one of the
     // two files has been replaced yet).
-    check_key_matches(&identity).map_err(|reason| TlsError::Mismatch {
+    let certified = certified_key(&identity).map_err(|reason| TlsError::Mismatch {
         cert: cert.to_owned(),
         key: key.to_owned(),
         reason,
@@ -74,6 +77,7 @@ pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsErro
     let cert_sha256 = leaf_hash(identity.certificate_chain());
     Ok(LoadedIdentity {
         identity,
+        certified,
         cert_sha256,
         dev: false,
     })
@@ -87,8 +91,9 @@ pub async fn pem_cert_hash(path: &Path) -> Result<[u8; 32], TlsError> {
     Ok(leaf_hash(&chain))
 }
 
-/// The checks rustls makes when wtransport builds its TLS configuration, without its panic.
-fn check_key_matches(identity: &Identity) -> Result<(), String> {
+/// The identity as rustls signs with it, after the checks rustls makes when it builds a TLS
+/// configuration (a certificate, a usable key that is the certificate's), without a panic.
+pub fn certified_key(identity: &Identity) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
     let provider = rustls::crypto::ring::default_provider();
     let chain: Vec<_> = identity
         .certificate_chain()
@@ -103,7 +108,7 @@ fn check_key_matches(identity: &Identity) -> Result<(), String> {
         rustls::pki_types::PrivateKeyDer::try_from(identity.private_key().secret_der().to_vec())
             .map_err(|e| e.to_string())?;
     rustls::sign::CertifiedKey::from_der(chain, key, &provider)
-        .map(drop)
+        .map(Arc::new)
         .map_err(|e| e.to_string())
 }
 
@@ -258,24 +263,54 @@ fn stamp(path: &Path) -> (SystemTime, u64) {
         .unwrap_or((SystemTime::UNIX_EPOCH, 0))
 }
 
-/// A new certificate for the endpoint. The accept loop owns the endpoint, so it applies this:
-/// `Some(update) = cert_updates.recv() => update.apply(&endpoint)`.
+/// The certificate every TLS listener presents: the WebTransport endpoint's rustls configuration
+/// and the HTTPS/wss one both resolve through the same `SharedCert`, so one swap changes it for
+/// every new handshake on both; connections already established keep theirs.
+#[derive(Debug)]
+pub struct SharedCert(RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl SharedCert {
+    pub fn new(certified: Arc<rustls::sign::CertifiedKey>) -> Arc<Self> {
+        Arc::new(Self(RwLock::new(certified)))
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set(&self, certified: Arc<rustls::sign::CertifiedKey>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = certified;
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SharedCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A new certificate for every TLS listener. The WebTransport accept loop applies it
+/// (`Some(update) = cert_updates.recv() => update.apply(&endpoint)`); the swap itself is in the
+/// [`SharedCert`] that the endpoint and the HTTPS listener share, so the endpoint's configuration
+/// is not rebuilt (its session-ticket key and transport settings stay).
 pub struct CertUpdate {
-    pub config: ServerConfig,
+    pub certified: Arc<rustls::sign::CertifiedKey>,
     pub cert_sha256: [u8; 32],
+    pub certs: Arc<SharedCert>,
     pub served: Arc<CertHash>,
 }
 
 impl CertUpdate {
-    /// Swaps the certificate for new handshakes; live connections keep theirs and stay up.
-    pub fn apply(self, endpoint: &Endpoint<endpoint_side::Server>) {
-        match endpoint.reload_config(self.config, false) {
-            Ok(()) => {
-                self.served.set(self.cert_sha256);
-                info!(cert_sha256 = %hex::encode(self.cert_sha256), "certificate reloaded");
-            }
-            Err(e) => tracing::warn!(error = %e, "certificate reload failed; serving the old one"),
-        }
+    /// Swaps the certificate for new handshakes on every TLS listener (WebTransport, HTTPS and
+    /// wss); live connections keep theirs and stay up.
+    pub fn apply(self, _endpoint: &Endpoint<endpoint_side::Server>) {
+        self.certs.set(self.certified);
+        self.served.set(self.cert_sha256);
+        info!(cert_sha256 = %hex::encode(self.cert_sha256), "certificate reloaded (WebTransport and HTTPS)");
     }
 }
 

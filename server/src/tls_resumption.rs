@@ -12,13 +12,15 @@
 //! - **No 0-RTT**: `max_early_data_size` stays 0, so a peer can never have data (the CONNECT
 //!   with its token, or commands) accepted before the handshake completes; early data would be
 //!   replayable. See PROTOCOL.md §9.4.
+//!
+//! The certificate comes from the [`SharedCert`] the HTTPS listener shares: a reload swaps it
+//! there, and this configuration (its ticket key included) stays.
 
 use std::sync::Arc;
 
 use wtransport::tls::{rustls, WEBTRANSPORT_ALPN};
-use wtransport::Identity;
 
-use crate::tls::TlsError;
+use crate::tls::{SharedCert, TlsError};
 
 /// Counter: TLS handshakes that resumed a session from a ticket this server issued.
 pub const TLS_RESUMED: &str = "quiver_tls_resumed_total";
@@ -39,28 +41,18 @@ pub fn register_metrics() {
 const TICKETS_PER_HANDSHAKE: usize = 1;
 
 /// The rustls server configuration for the WebTransport endpoint: TLS 1.3 only, ring, ALPN
-/// `h3` (as wtransport's default), AES-128-GCM-SHA256 chosen first, and session tickets when
-/// `tickets` is set.
+/// `h3` (as wtransport's default), AES-128-GCM-SHA256 chosen first, session tickets when
+/// `tickets` is set, and the certificate `certs` holds at each handshake.
 pub fn webtransport_tls(
-    identity: &Identity,
+    certs: Arc<SharedCert>,
     tickets: bool,
 ) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(provider_aes128_first());
-    let chain = identity
-        .certificate_chain()
-        .as_slice()
-        .iter()
-        .map(|c| rustls::pki_types::CertificateDer::from(c.der().to_vec()))
-        .collect();
-    let key =
-        rustls::pki_types::PrivateKeyDer::try_from(identity.private_key().secret_der().to_vec())
-            .map_err(|e| TlsError::Pem(e.to_string()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Pem(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
+        .with_cert_resolver(certs);
     config.alpn_protocols = vec![WEBTRANSPORT_ALPN.to_vec()];
     // Our order, not the client's: see the module comment.
     config.ignore_client_order = true;
@@ -121,24 +113,25 @@ mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
 
-    fn identity() -> Identity {
+    fn identity() -> Arc<SharedCert> {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        Identity::new(
+        let identity = wtransport::Identity::new(
             wtransport::tls::CertificateChain::single(
                 wtransport::tls::Certificate::from_der(cert.der().to_vec()).unwrap(),
             ),
             wtransport::tls::PrivateKey::from_der_pkcs8(key.serialize_der()),
-        )
+        );
+        SharedCert::new(crate::tls::certified_key(&identity).unwrap())
     }
 
     /// A client that prefers AES-256 (rustls' default order) gets AES-128.
     #[test]
     fn server_picks_aes128_over_client_preference() {
-        let server = Arc::new(webtransport_tls(&identity(), true).unwrap());
+        let server = Arc::new(webtransport_tls(identity(), true).unwrap());
         let client = Arc::new(client_config());
         let (c, s) = handshake(&client, &server);
         assert_eq!(
@@ -156,7 +149,7 @@ mod tests {
     #[test]
     fn second_handshake_resumes_only_with_tickets() {
         for tickets in [true, false] {
-            let server = Arc::new(webtransport_tls(&identity(), tickets).unwrap());
+            let server = Arc::new(webtransport_tls(identity(), tickets).unwrap());
             let client = Arc::new(client_config());
             let (_, first) = handshake(&client, &server);
             assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
@@ -174,10 +167,27 @@ mod tests {
         }
     }
 
+    /// A certificate swapped in the shared resolver is what the next handshake gets, with the
+    /// configuration (and its ticket key) unchanged.
+    #[test]
+    fn swapped_certificate_reaches_new_handshakes() {
+        let certs = identity();
+        let first = certs.current();
+        let server = Arc::new(webtransport_tls(certs.clone(), true).unwrap());
+        let leaf = |c: &rustls::ClientConnection| c.peer_certificates().unwrap()[0].to_vec();
+        let (c, _) = handshake(&Arc::new(client_config()), &server);
+        assert_eq!(leaf(&c), first.cert[0].to_vec());
+        let next = identity().current();
+        certs.set(next.clone());
+        let (c, _) = handshake(&Arc::new(client_config()), &server);
+        assert_eq!(leaf(&c), next.cert[0].to_vec());
+        assert_ne!(leaf(&c), first.cert[0].to_vec());
+    }
+
     /// No early data is ever accepted (0-RTT would be replayable).
     #[test]
     fn no_early_data() {
-        let server = webtransport_tls(&identity(), true).unwrap();
+        let server = webtransport_tls(identity(), true).unwrap();
         assert_eq!(server.max_early_data_size, 0);
     }
 

@@ -1,5 +1,6 @@
 //! The server's certificate: refused self-signed in production unless asked for, and reloaded
-//! without a restart (file change and SIGHUP) while connected clients stay connected.
+//! without a restart (file change and SIGHUP) on every TLS listener (WebTransport, and HTTPS/wss
+//! on TCP) while connected clients stay connected.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
@@ -40,6 +41,129 @@ async fn connects(port: u16, hash: [u8; 32]) -> bool {
     open_session_at(port, hash, &format!("/v1?token={token}"))
         .await
         .is_ok()
+}
+
+/// The leaf certificate (DER) of the PEM file at `cert`.
+fn leaf_der(cert: &Path) -> anyhow::Result<Vec<u8>> {
+    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer};
+    Ok(CertificateDer::from_pem_file(cert)?.to_vec())
+}
+
+/// Accepts whatever certificate the server presents: the test compares it itself.
+#[derive(Debug)]
+struct AnyCertificate(tokio_rustls::rustls::crypto::CryptoProvider);
+
+impl tokio_rustls::rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+        _server_name: &tokio_rustls::rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: tokio_rustls::rustls::pki_types::UnixTime,
+    ) -> Result<tokio_rustls::rustls::client::danger::ServerCertVerified, tokio_rustls::rustls::Error>
+    {
+        Ok(tokio_rustls::rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &tokio_rustls::rustls::pki_types::CertificateDer<'_>,
+        dss: &tokio_rustls::rustls::DigitallySignedStruct,
+    ) -> Result<
+        tokio_rustls::rustls::client::danger::HandshakeSignatureValid,
+        tokio_rustls::rustls::Error,
+    > {
+        tokio_rustls::rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<tokio_rustls::rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A new TLS connection to the HTTPS listener at `port` (a fresh client, no session
+/// resumption): the stream and the leaf certificate (DER) the server presented.
+async fn https_connect(
+    port: u16,
+) -> anyhow::Result<(
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    Vec<u8>,
+)> {
+    use std::sync::Arc;
+    use tokio_rustls::rustls;
+    let provider = rustls::crypto::ring::default_provider();
+    let verifier = Arc::new(AnyCertificate(provider.clone()));
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio::time::timeout(WAIT, connector.connect(name, tcp)).await??;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.to_vec())
+        .ok_or_else(|| anyhow::anyhow!("no certificate presented"))?;
+    Ok((tls, leaf))
+}
+
+/// `GET /healthz` over `tls`; the status line.
+async fn healthz_over(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut response)).await??;
+    Ok(response.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Waits until a new TLS connection to the HTTPS listener presents `expected`.
+async fn https_presents(port: u16, expected: &[u8], what: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, leaf) = https_connect(port).await?;
+        if leaf == expected {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: the HTTPS listener still presents the old certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// With production auth and no certificate, the server used to serve its 13-day development
@@ -144,11 +268,18 @@ async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {
         &["--cert", &cert_arg, "--key", &key_arg],
     )?;
     assert_eq!(server.hash, first);
+    let first_der = leaf_der(&cert)?;
+    // HTTPS (wss, SSE, the API) is on TCP with the UDP port's number.
+    let https = server.wt_port;
+    assert_eq!(https_connect(https).await?.1, first_der);
     let mut old = Raw::connect_at(server.wt_port, first, &full_token("acme", "old")).await?;
+    let (old_https, _) = https_connect(https).await?;
 
     let second = write_cert(&cert, &key).await?;
+    let second_der = leaf_der(&cert)?;
     // No poll within the hour: the old certificate is still served...
     assert!(connects(server.wt_port, first).await);
+    assert_eq!(https_connect(https).await?.1, first_der);
     // ...until SIGHUP.
     let status = Process::new("kill")
         .args(["-HUP", &server.pid().to_string()])
@@ -163,6 +294,55 @@ async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The TCP listener too: it kept the old certificate until a restart (ops audit S7).
+    https_presents(https, &second_der, "after SIGHUP").await?;
+    assert!(!connects(server.wt_port, first).await);
+    // Connections made before the reload stay up, on both listeners.
     assert!(matches!(old.request(Command::Ping).await?, Event::Pong));
+    let status = healthz_over(old_https).await?;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    Ok(())
+}
+
+/// A rotation noticed by the `tls.reload_interval` check reaches the HTTPS listener as well as
+/// WebTransport: a new TLS connection on TCP gets the new certificate (ops audit S7: it kept the
+/// old one until a restart), and one opened before the rotation is still served.
+#[tokio::test]
+async fn reloaded_certificate_reaches_the_https_listener() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = paths(dir.path());
+    let first = write_cert(&cert, &key).await?;
+    let first_der = leaf_der(&cert)?;
+    let server = TestServer::start_with(|c| {
+        c.cert = Some(cert.clone());
+        c.key = Some(key.clone());
+        c.tls.self_signed = false;
+        c.tls.reload_interval = Duration::from_millis(100);
+    })
+    .await?;
+    assert_eq!(server.hash, first);
+    let running = server.server.as_ref().expect("running");
+    let https = running.https_addr.expect("an https listener").port();
+    assert_eq!(https_connect(https).await?.1, first_der);
+    let (before, _) = https_connect(https).await?;
+
+    let second = write_cert(&cert, &key).await?;
+    let second_der = leaf_der(&cert)?;
+    assert_ne!(first_der, second_der);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while running.cert_sha256() != second {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not reloaded in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both listeners present the new certificate to new handshakes...
+    assert!(connects(server.wt.port(), second).await, "WebTransport");
+    https_presents(https, &second_der, "after the interval check").await?;
+    assert_eq!(https_connect(https).await?.1, second_der);
+    // ...and the TLS connection made before the rotation is still served.
+    let status = healthz_over(before).await?;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     Ok(())
 }
