@@ -64,12 +64,16 @@ impl Session {
                 format!("payload of {} bytes exceeds {max}", payload.len()),
             ));
         }
-        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY || !crate::rpc::header_safe(&idempotency_key)
+        // Spaces at either end are refused too: a NATS backend's header parser trims them, so
+        // " k" would meet "k" there (outside tenancy audit 3).
+        if idempotency_key.len() > MAX_IDEMPOTENCY_KEY
+            || !crate::rpc::header_safe(&idempotency_key)
+            || idempotency_key.trim() != idempotency_key
         {
             return Err(Refusal::new(
                 ErrorCode::BadRequest,
                 format!(
-                    "idempotency key must be at most {MAX_IDEMPOTENCY_KEY} bytes without control characters or line separators"
+                    "idempotency key must be at most {MAX_IDEMPOTENCY_KEY} bytes without control characters, line separators or spaces at either end"
                 ),
             ));
         }
