@@ -42,15 +42,15 @@ pub async fn run(command: ConfigCommand) -> Result<()> {
 }
 
 async fn check(args: CheckArgs) -> Result<()> {
-    let (config, warnings) = crate::serve::load(args.file.as_deref(), args.flags)?;
-    for warning in &warnings {
-        eprintln!("quiver: warning: {warning}");
-    }
+    let (config, mut warnings) = crate::serve::load(args.file.as_deref(), args.flags)?;
     // What `quiver serve` would refuse at start beyond the values: keys and certificates that
     // cannot be read or used.
     let keys = KeySource::of(&config)?;
     keys.verifier(&config).await?;
-    check_certificate(&config).await?;
+    warnings.extend(check_certificate(&config).await?);
+    for warning in &warnings {
+        eprintln!("quiver: warning: {warning}");
+    }
     if args.deny_warnings && !warnings.is_empty() {
         bail!("{} warning(s) and --deny-warnings", warnings.len());
     }
@@ -73,16 +73,19 @@ async fn check(args: CheckArgs) -> Result<()> {
     Ok(())
 }
 
-async fn check_certificate(config: &Config) -> Result<()> {
+/// Loads the certificate as `serve` would; a warning when it has expired or expires soon.
+async fn check_certificate(config: &Config) -> Result<Option<String>> {
     match (&config.cert, &config.key) {
         (Some(cert), Some(key)) => {
-            quiver_server::tls::load_pem(cert, key)
+            let loaded = quiver_server::tls::load_pem(cert, key)
                 .await
                 .with_context(|| format!("cert {} / key {}", cert.display(), key.display()))?;
+            let now = quiver_server::auth::unix_now() as i64;
+            Ok(quiver_server::tls::expiry_warning(loaded.expires_at, now)
+                .map(|warning| format!("cert {}: {warning}", cert.display())))
         }
-        (None, None) if config.dev_mode() || config.tls.self_signed => {}
+        (None, None) if config.dev_mode() || config.tls.self_signed => Ok(None),
         (None, None) => bail!("{}", StartError::SelfSignedNotAllowed),
         _ => bail!("{}", StartError::CertWithoutKey),
     }
-    Ok(())
 }

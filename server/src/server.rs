@@ -198,6 +198,7 @@ impl Server {
         };
         let verifier = verifier.with_token_cache(config.auth.token_cache);
         let identity = load_identity(&config).await?;
+        identity.note_expiry();
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
             info!("development mode: namespace chat keeps 100 messages for 10 minutes and tracks presence; namespace arena delivers latest");
@@ -506,6 +507,8 @@ async fn reload_certificates(
         let update = CertUpdate {
             certified: loaded.certified,
             cert_sha256: loaded.cert_sha256,
+            expires_at: loaded.expires_at,
+            dev: loaded.dev,
             certs: certs.clone(),
             served: shared.cert_sha256.clone(),
         };

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 use wtransport::endpoint::endpoint_side;
 use wtransport::tls::rustls;
 use wtransport::tls::CertificateChain;
@@ -54,6 +54,59 @@ pub struct LoadedIdentity {
     pub cert_sha256: [u8; 32],
     /// Whether this is a generated development certificate.
     pub dev: bool,
+    /// The leaf certificate's `notAfter`, in Unix seconds (`None`: not readable as X.509).
+    pub expires_at: Option<i64>,
+}
+
+/// How long before its expiry a served certificate is warned about.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
+
+/// The leaf's `notAfter` in Unix seconds.
+fn not_after(chain: &CertificateChain) -> Option<i64> {
+    let leaf = chain.as_slice().first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.der()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// What an operator should hear about a certificate's expiry at `now` (Unix seconds): it has
+/// expired, or expires within [`EXPIRY_WARNING`] (outside operations audit 2, S13: one expired
+/// in 2020 was served without a word).
+pub fn expiry_warning(expires_at: Option<i64>, now: i64) -> Option<String> {
+    let left = expires_at? - now;
+    if left <= 0 {
+        Some(format!(
+            "the certificate expired {} day(s) ago: clients will refuse it",
+            (-left) / 86_400
+        ))
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        Some(format!(
+            "the certificate expires in {} hour(s): renew it",
+            left / 3_600
+        ))
+    } else {
+        None
+    }
+}
+
+impl LoadedIdentity {
+    /// Sets `quiver_tls_certificate_expiry_timestamp_seconds` and warns when the certificate has
+    /// expired or is about to: at start and at every reload.
+    pub fn note_expiry(&self) {
+        note_expiry(self.expires_at, self.dev);
+    }
+}
+
+fn note_expiry(expires_at: Option<i64>, dev: bool) {
+    let Some(at) = expires_at else { return };
+    metrics::gauge!(crate::metrics::TLS_CERT_EXPIRY).set(at as f64);
+    let now = crate::auth::unix_now() as i64;
+    // A generated certificate is renewed before it expires, by the server itself.
+    if dev {
+        return;
+    }
+    if let Some(warning) = expiry_warning(Some(at), now) {
+        warn!(expires_at = at, "{warning}");
+    }
 }
 
 impl LoadedIdentity {
@@ -75,11 +128,13 @@ pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsErro
         reason,
     })?;
     let cert_sha256 = leaf_hash(identity.certificate_chain());
+    let expires_at = not_after(identity.certificate_chain());
     Ok(LoadedIdentity {
         identity,
         certified,
         cert_sha256,
         dev: false,
+        expires_at,
     })
 }
 
@@ -300,6 +355,9 @@ impl rustls::server::ResolvesServerCert for SharedCert {
 pub struct CertUpdate {
     pub certified: Arc<rustls::sign::CertifiedKey>,
     pub cert_sha256: [u8; 32],
+    /// The new certificate's `notAfter` and whether it is generated ([`LoadedIdentity`]).
+    pub expires_at: Option<i64>,
+    pub dev: bool,
     pub certs: Arc<SharedCert>,
     pub served: Arc<CertHash>,
 }
@@ -311,6 +369,7 @@ impl CertUpdate {
         self.certs.set(self.certified);
         self.served.set(self.cert_sha256);
         info!(cert_sha256 = %hex::encode(self.cert_sha256), "certificate reloaded (WebTransport and HTTPS)");
+        note_expiry(self.expires_at, self.dev);
     }
 }
 
@@ -342,6 +401,29 @@ mod tests {
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
         (c, k)
+    }
+
+    /// A certificate's `notAfter` is read from its leaf, and one that has expired or expires
+    /// within a week is warned about (outside operations audit 2, S13).
+    #[tokio::test]
+    async fn expiry_is_read_and_warned_about() {
+        let dir = tempdir("expiry");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join("old.crt"), dir.join("old.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        let loaded = load_pem(&c, &k).await.unwrap();
+        assert_eq!(loaded.expires_at, Some(1_577_836_800));
+        let now = crate::auth::unix_now() as i64;
+        assert!(expiry_warning(loaded.expires_at, now).is_some_and(|w| w.contains("expired")));
+        assert!(expiry_warning(Some(now + 3_600), now).is_some_and(|w| w.contains("expires in")));
+        assert_eq!(expiry_warning(Some(now + 30 * 86_400), now), None);
+        assert_eq!(expiry_warning(None, now), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A key that is not the certificate's made wtransport panic while building the server

@@ -106,3 +106,38 @@ fn https_mistakes_are_refused_by_config_check() -> Result<()> {
     );
     Ok(())
 }
+
+/// S13: an expired certificate is a warning from `config check` (an error with
+/// `--deny-warnings`), and `serve` warns and exports its expiry.
+#[test]
+fn an_expired_certificate_is_warned_about() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2020, 1, 1);
+    let cert = params.self_signed(&key)?;
+    std::fs::write(dir.path().join("old.crt"), cert.pem())?;
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem())?;
+    let args = [
+        "config",
+        "check",
+        "--cert",
+        "old.crt",
+        "--key",
+        "old.key",
+        "--jwt-secret",
+        SECRET,
+    ];
+    let (ok, out, err) = run(dir.path(), &args)?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("warning: cert old.crt: the certificate expired"),
+        "{err}"
+    );
+    let mut strict = args.to_vec();
+    strict.push("--deny-warnings");
+    let (ok, _, err) = run(dir.path(), &strict)?;
+    assert!(!ok, "{err}");
+    Ok(())
+}

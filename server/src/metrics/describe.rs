@@ -91,6 +91,11 @@ pub(super) fn describe() {
     );
     describe_gauge!(SESSIONS_ACTIVE, "Open sessions on this node, by transport");
     describe_gauge!(
+        TLS_CERT_EXPIRY,
+        "The served certificate's notAfter, in Unix seconds (set at start and at every reload): \
+         alert on it minus time() falling below a few days"
+    );
+    describe_gauge!(
         SUBSCRIPTIONS_ACTIVE,
         "Active subscriptions over all sessions on this node"
     );
