@@ -641,9 +641,30 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        // Only our own keys: other QUIVER_* variables (QUIVER_TOKEN for `quiver sub`, say) are
-        // not configuration.
-        figment = figment
+        let environment = Self::environment();
+        // A secret from the environment replaces the file's secret in whichever form, as a
+        // secret flag does (`quiver serve --jwt-secret`): one rule for every layer (outside
+        // operations audit 2, S8: the environment's was refused as a second token key).
+        let env_secret = environment.find_value("auth.jwt_secret").is_ok();
+        let env_secret_file = environment.find_value("auth.jwt_secret_file").is_ok();
+        figment = figment.merge(environment);
+        let mut config: Config = figment.extract().map_err(Box::new)?;
+        if env_secret && !env_secret_file {
+            config.auth.jwt_secret_file = None;
+        }
+        if env_secret_file && !env_secret {
+            config.auth.jwt_secret = None;
+        }
+        config
+            .validate_loaded()
+            .map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(config)
+    }
+
+    /// The `QUIVER_*` variables as a configuration layer. Only our own keys: other QUIVER_*
+    /// variables (QUIVER_TOKEN for `quiver sub`, say) are not configuration.
+    fn environment() -> Figment {
+        Figment::new()
             .merge(Env::prefixed("QUIVER_").split("__").filter(|k| {
                 let top = k.as_str().split('.').next().unwrap_or_default();
                 TOP_LEVEL_KEYS
@@ -659,12 +680,7 @@ impl Config {
                 Env::raw()
                     .only(&["QUIVER_JWT_SECRET_FILE"])
                     .map(|_| "auth.jwt_secret_file".into()),
-            );
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config
-            .validate_loaded()
-            .map_err(|e| Box::new(figment::Error::from(e)))?;
-        Ok(config)
+            )
     }
 
     /// The history policy of a room's namespace, if it keeps history.
@@ -928,6 +944,35 @@ mod tests {
             jail.set_env("QUIVER_AUTH__LEEWAY", "1h");
             let err = Config::load(None).unwrap_err();
             assert!(err.to_string().contains("auth.leeway"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// A secret from the environment replaces the file's secret in whichever form, as the
+    /// `--jwt-secret` / `--jwt-secret-file` flags do (outside operations audit 2, S8: it was
+    /// refused as a second token key).
+    #[test]
+    fn an_environment_secret_replaces_the_files_in_either_form() {
+        figment::Jail::expect_with(|jail| {
+            let secret = "0123456789abcdef0123456789abcdef-env";
+            jail.create_file("file.toml", "[auth]\njwt_secret_file = \"from-file\"\n")?;
+            jail.create_file(
+                "inline.toml",
+                "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef-file\"\n",
+            )?;
+            jail.set_env("QUIVER_JWT_SECRET", secret);
+            let c = Config::load(Some("file.toml".as_ref())).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.jwt_secret.as_ref().map(Secret::expose), Some(secret));
+            assert_eq!(c.auth.jwt_secret_file, None);
+            jail.clear_env();
+            jail.set_env("QUIVER_AUTH__JWT_SECRET_FILE", "from-env");
+            let c = Config::load(Some("inline.toml".as_ref())).map_err(|e| e.to_string())?;
+            assert_eq!(c.auth.jwt_secret_file, Some(PathBuf::from("from-env")));
+            assert!(c.auth.jwt_secret.is_none());
+            // Both forms in the environment are still two keys.
+            jail.set_env("QUIVER_JWT_SECRET", secret);
+            let err = Config::load(None).unwrap_err();
+            assert!(err.to_string().contains("one token key"), "{err}");
             Ok(())
         });
     }
