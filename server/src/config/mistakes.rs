@@ -658,7 +658,7 @@ mod tests {
             Err(UrlCredentialsError::Different)
         );
         assert_eq!(
-            urls("nats://u:%zz@a"),
+            urls("nats://u:%ff@a"),
             Err(UrlCredentialsError::Encoding { index: 0 })
         );
         let mut both = NatsConfig::new("nats://u:p@a:4222");

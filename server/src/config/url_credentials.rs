@@ -117,22 +117,13 @@ fn split_credentials(
     Ok(Some((bare, auth)))
 }
 
-/// `%41` → `A`; `None` for a broken escape or bytes that are no UTF-8.
+/// `%41` → `A`; `None` for bytes that are no UTF-8 (a `%` not followed by two hex digits
+/// stays as it is, as browsers and the `url` crate leave it).
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// Refuses user info in `rpc.url` (see the module comment).
