@@ -3,6 +3,9 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// `--log-format`.
@@ -19,40 +22,43 @@ pub enum LogFormat {
 /// Dependencies that log credentials below these levels, capped whatever `RUST_LOG` says: the
 /// server never logs tokens (PROTOCOL.md §6). wtransport logs each CONNECT's headers at DEBUG,
 /// its `:path` holding `?token=`; tungstenite logs each message at TRACE, a `Refresh`'s token
-/// included (outside operations audit 2, S2).
-const CAPPED: [&str; 3] = [
-    "wtransport=info",
-    "tungstenite=debug",
-    "tokio_tungstenite=debug",
-];
+/// included (outside operations audit 2, S2). A cap is a second filter that must also pass,
+/// so it never raises a level `RUST_LOG` set lower (as a directive would: `tungstenite=debug`
+/// turned its DEBUG lines on at the default level, a regression audit found).
+fn caps() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("wtransport", LevelFilter::INFO)
+        .with_target("tungstenite", LevelFilter::DEBUG)
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+}
 
-/// The filter: `RUST_LOG`, or `default_level` with async-nats at WARN; [`CAPPED`] either way.
+/// The levels: `RUST_LOG`, or `default_level` with async-nats at WARN.
 fn filter(default_level: &str) -> EnvFilter {
     // async-nats logs every failed connection attempt at INFO, several a second while NATS is
     // away; the server says it once, at WARN, itself (`broker::nats`).
-    let mut filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| format!("{default_level},async_nats=warn").into());
-    for directive in CAPPED {
-        if let Ok(directive) = directive.parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    filter
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| format!("{default_level},async_nats=warn").into())
 }
 
-/// Installs the global subscriber. `RUST_LOG` overrides `default_level`.
+/// Installs the global subscriber. `RUST_LOG` overrides `default_level`; [`caps`] hold either way.
 pub fn init(default_level: &str, format: LogFormat) {
-    let filter = filter(default_level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter(default_level))
+        .with(caps());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::stderr().is_terminal()))
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                layer
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
             .init(),
     }
 }

@@ -503,3 +503,45 @@ async fn refusals_before_the_token_is_read_are_logged_with_their_reason() -> Res
     }
     Ok(())
 }
+
+/// At the default level nothing below INFO is written, dependencies included: a cap on a
+/// dependency's level must never raise it (a regression audit: `tungstenite=debug` as a
+/// directive wrote two DEBUG lines for every WebSocket close frame, 2,650 a second from one
+/// client refused over its tenant's quota).
+#[tokio::test]
+async fn the_default_level_writes_nothing_below_info() -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let url = format!(
+        "ws://127.0.0.1:{http}/v1/ws?token={}",
+        full_token("acme", "alice")
+    );
+    for _ in 0..3 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        let hello = quiver_proto::encode_command(&quiver_proto::ClientFrame {
+            id: 1,
+            command: quiver_proto::Command::Hello {
+                version: quiver_proto::PROTOCOL_VERSION,
+                client: "t".into(),
+            },
+        });
+        ws.send(tokio_tungstenite::tungstenite::Message::binary(hello))
+            .await?;
+        tokio::time::timeout(WAIT, ws.next())
+            .await?
+            .ok_or_else(|| anyhow!("no Welcome"))??;
+        ws.close(None).await?;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
+    }
+    server.wait_for("session closed").await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let below: Vec<String> = server
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("\"level\":\"DEBUG\"") || l.contains("\"level\":\"TRACE\""))
+        .collect();
+    assert!(below.is_empty(), "{below:?}");
+    Ok(())
+}
