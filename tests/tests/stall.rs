@@ -337,3 +337,40 @@ async fn publishes_pipelined_behind_a_full_publish_queue_are_credited_the_wait(
     assert_eq!(limited, 0, "{published} published");
     Ok(())
 }
+
+/// A heartbeat through a stall that filled the publish queue: 64 stored publications wait on the
+/// frozen broker, the session reads no further command, yet the Pings behind them are answered
+/// at once (PROTOCOL §5 "Ping"; outside conformance audit 3, C3-1: the Pong came with the 111s,
+/// 2.6 s later).
+#[tokio::test]
+async fn pings_behind_a_full_publish_queue_are_answered_during_the_stall() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
+    let mut publishes = Vec::new();
+    for i in 0..64u32 {
+        publishes.push(
+            c.send(Command::Publish {
+                room: "log.a".into(),
+                payload: Bytes::from(i.to_be_bytes().to_vec()),
+                ack: true,
+            })
+            .await?,
+        );
+    }
+    let pings = [c.send(Command::Ping).await?, c.send(Command::Ping).await?];
+    let mut pongs = 0;
+    let mut before = 0;
+    while pongs < pings.len() {
+        let frame = c.recv().await?;
+        if pings.contains(&frame.id) {
+            assert!(matches!(frame.event, Event::Pong), "{:?}", frame.event);
+            pongs += 1;
+        } else if publishes.contains(&frame.id) {
+            before += 1;
+        }
+    }
+    nats.resume()?;
+    assert_eq!(before, 0, "publications answered before the Pongs");
+    Ok(())
+}

@@ -340,6 +340,7 @@ impl Session {
             // A token is valid while `now < exp + leeway` (auth.rs): so is its session.
             let leeway = self.shared.config.auth.leeway.as_secs();
             let expiry = expiry_instant(self.grant.expires_at.saturating_add(leeway));
+            let full = self.publishing.is_full();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -369,8 +370,10 @@ impl Session {
                     }
                 }
                 // Past the bound of queued publications the session reads no further command
-                // until one is answered: the client sees flow control, not an error.
-                item = inbox.recv(), if !self.publishing.is_full() => {
+                // until one is answered: the client sees flow control, not an error (a Ping at
+                // the head of the queue is answered meanwhile: `Inbox::next`).
+                item = inbox.next(full) => {
+                    let Some(item) = item else { continue };
                     if let Some(exit) = self.inbound_beside_pings(&mut inbox, item).await {
                         self.held.flush();
                         return exit;
@@ -412,6 +415,9 @@ impl Session {
                     let now = Instant::now();
                     self.meter.busy(now.saturating_duration_since(since), now);
                     paused = None;
+                    if let Some(exit) = self.metre_taken_early(&mut inbox) {
+                        return exit;
+                    }
                 }
                 _ => {}
             }
