@@ -343,8 +343,7 @@ async fn publishes_pipelined_behind_a_full_publish_queue_are_credited_the_wait(
 /// at once (PROTOCOL §5 "Ping"; outside conformance audit 3, C3-1: the Pong came with the 111s,
 /// 2.6 s later).
 #[tokio::test]
-async fn pings_behind_a_full_publish_queue_are_answered_during_the_stall() -> anyhow::Result<()>
-{
+async fn pings_behind_a_full_publish_queue_are_answered_during_the_stall() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let (_server, mut c) = frozen_after_a_stored_publish(&nats).await?;
     let mut publishes = Vec::new();
