@@ -347,7 +347,7 @@ impl Session {
         // The subscriptions are checked again only when what they depend on changed (the usual
         // refresh changes the expiry alone).
         self.recheck_due = !grant.same_subscribe(&self.grant);
-        self.grant = grant;
+        *self.grant = grant;
         // Datagram publications still waiting for their hook were checked against the old
         // token: none is published after `Refreshed` (outside audit: up to 9 values, each up
         // to a hook timeout later). Dropped, like any datagram the lane cannot take; the

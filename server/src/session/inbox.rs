@@ -10,6 +10,7 @@
 //! is metered once the command is done (`Session::metre_early`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -84,8 +85,11 @@ impl Inbox {
     /// Runs `work` (one item's handling) to its end, answering the Pings that reach the head of
     /// the queue while it waits. Work that finishes without waiting
     /// is polled once and returned, the queue untouched.
-    pub(super) async fn beside<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let mut work = std::pin::pin!(work);
+    ///
+    /// `work` comes pinned by the caller: taken by value, the future would be stored twice in
+    /// this one's state (once as the argument, once pinned), and this future is allocated for
+    /// every command.
+    pub(super) async fn beside<T>(&mut self, mut work: Pin<&mut impl Future<Output = T>>) -> T {
         loop {
             tokio::select! {
                 biased;
@@ -164,7 +168,10 @@ impl Session {
         inbox: &mut Inbox,
         item: Option<Inbound>,
     ) -> Option<Exit> {
-        let exit = inbox.beside(self.inbound(item)).await;
+        let exit = {
+            let work = std::pin::pin!(self.inbound(item));
+            inbox.beside(work).await
+        };
         if let Some(exit) = self.metre_taken_early(inbox) {
             return Some(exit);
         }

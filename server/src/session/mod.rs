@@ -123,7 +123,7 @@ pub struct Session {
     shared: Arc<Shared>,
     link: Link,
     id: String,
-    grant: Grant,
+    grant: Box<Grant>,
     out: queue::Sender<Bytes>,
     subs: HashMap<RoomName, Sub>,
     /// Subscriptions that ended by themselves report here. Created with the first subscription:
@@ -168,7 +168,7 @@ pub struct Session {
 /// and owns the reading of `inbound` and the writing of `out`.
 pub async fn run(
     shared: Arc<Shared>,
-    grant: Grant,
+    grant: Box<Grant>,
     link: Link,
     inbound: queue::Receiver<Inbound>,
     out: queue::Sender<Bytes>,
@@ -181,7 +181,7 @@ pub async fn run(
 /// subscription is left, the session ends with a goodbye (`read_only.rs`).
 pub async fn run_read_only(
     shared: Arc<Shared>,
-    grant: Grant,
+    grant: Box<Grant>,
     link: Link,
     inbound: queue::Receiver<Inbound>,
     out: queue::Sender<Bytes>,
@@ -193,7 +193,9 @@ pub async fn run_read_only(
 
 async fn run_session(
     shared: Arc<Shared>,
-    grant: Grant,
+    // Boxed from the adapter down: a grant by value (152 bytes) is kept once per async
+    // function it passes through, in the task every idle session holds (issue 14's memory).
+    grant: Box<Grant>,
     link: Link,
     inbound: queue::Receiver<Inbound>,
     out: queue::Sender<Bytes>,
@@ -374,7 +376,8 @@ impl Session {
                 // the head of the queue is answered meanwhile: `Inbox::next`).
                 item = inbox.next(full) => {
                     let Some(item) = item else { continue };
-                    if let Some(exit) = self.inbound_beside_pings(&mut inbox, item).await {
+                    // Boxed, handlers and all: see `inbound`.
+                    if let Some(exit) = Box::pin(self.inbound_beside_pings(&mut inbox, item)).await {
                         self.held.flush();
                         return exit;
                     }
@@ -392,7 +395,7 @@ impl Session {
                         if !publish {
                             self.held.flush();
                         }
-                        if let Some(exit) = self.inbound_beside_pings(&mut inbox, Some(item)).await {
+                        if let Some(exit) = Box::pin(self.inbound_beside_pings(&mut inbox, Some(item))).await {
                             self.held.flush();
                             return exit;
                         }
@@ -431,10 +434,11 @@ impl Session {
     async fn inbound(&mut self, item: Option<Inbound>) -> Option<Exit> {
         match item {
             Some(Inbound::Frame(frame, arrived)) => {
-                // Handlers are boxed: inline, the largest of them would size every idle
-                // session's task (measured: bench/results/2026-11-29-memory.md); boxed,
-                // they cost one allocation per command.
-                if let Some(exit) = Box::pin(self.command(*frame, arrived)).await {
+                // Inline here: the caller (`drive`) boxes this whole future, handlers and the
+                // inbox's Ping answering included, so the largest handler does not size every
+                // idle session's task (bench/results/2026-11-29-memory.md) and a command costs
+                // one allocation, not one per nesting level.
+                if let Some(exit) = self.command(*frame, arrived).await {
                     return Some(exit);
                 }
                 self.command_ran();
@@ -455,7 +459,7 @@ impl Session {
             },
             Some(Inbound::Datagram(datagram)) => {
                 let (datagram, arrived) = *datagram;
-                if let Some(exit) = Box::pin(self.datagram(datagram, arrived)).await {
+                if let Some(exit) = self.datagram(datagram, arrived).await {
                     return Some(exit);
                 }
             }

@@ -150,7 +150,7 @@ pub async fn stream(
     let subscribes = u32::try_from(rooms.len()).unwrap_or(u32::MAX);
     tokio::spawn(session::run_read_only(
         shared.clone(),
-        grant,
+        Box::new(grant),
         link,
         in_rx,
         out_tx,

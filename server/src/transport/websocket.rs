@@ -139,11 +139,14 @@ pub async fn upgrade(
         }
     };
     match shared.authenticate(&token) {
-        Ok(grant) => ws.on_upgrade(move |socket| async move {
-            serve(shared, socket, grant, remote).await;
-            // The connection counted until its session ends.
-            drop(slot);
-        }),
+        Ok(grant) => {
+            let grant = Box::new(grant);
+            ws.on_upgrade(move |socket| async move {
+                serve(shared, socket, grant, remote).await;
+                // The connection counted until its session ends.
+                drop(slot);
+            })
+        }
         Err(e) => {
             session_refused(T, &remote, &e);
             let code = match e {
@@ -191,7 +194,7 @@ fn close_message(code: CloseCode, reason: &str) -> Message {
 async fn serve(
     shared: Arc<Shared>,
     socket: WebSocket,
-    grant: crate::auth::Grant,
+    grant: Box<crate::auth::Grant>,
     remote: SocketAddr,
 ) {
     let (sink, stream) = socket.split();

@@ -124,7 +124,7 @@ async fn handle(
 async fn establish(
     shared: &Arc<Shared>,
     incoming: Box<IncomingSession>,
-) -> Option<(Connection, crate::auth::Grant)> {
+) -> Option<(Connection, Box<crate::auth::Grant>)> {
     // One deadline for the whole exchange, the answer included: writing the answer waits on
     // the client's stream credit and its acknowledgement, which a hostile client withholds.
     let deadline = tokio::time::Instant::now() + shared.config.timeouts.handshake;
@@ -178,7 +178,7 @@ async fn establish(
                     .set_receive_window(wtransport::quinn::VarInt::from_u32(
                         crate::server::CONNECTION_RECEIVE_WINDOW,
                     ));
-                Some((conn, grant))
+                Some((conn, Box::new(grant)))
             }
             Ok(Err(e)) => {
                 debug!(error = %e, "accept failed");
@@ -223,7 +223,7 @@ async fn answer_within(
 }
 
 /// One accepted session: the control stream's tasks around the session core.
-async fn serve(shared: Arc<Shared>, conn: Connection, grant: crate::auth::Grant) {
+async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Grant>) {
     let (in_tx, in_rx) = queue::bounded(64);
     let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let max_frame = shared.config.limits.max_frame as usize;
