@@ -66,7 +66,10 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     app = app
         .nest(crate::api::PREFIX, crate::api::router(&shared))
         .route("/v1/ws", get_only(crate::transport::websocket::upgrade))
-        .route("/v1/sse", get_only(crate::transport::sse::stream));
+        .route(
+            "/v1/sse",
+            get_only(crate::transport::sse::stream).options(crate::transport::sse::preflight),
+        );
     if shared.dev.is_some() {
         app = app
             .route("/dev/bootstrap", get(bootstrap))

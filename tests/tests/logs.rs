@@ -380,6 +380,116 @@ async fn refused_calls_are_audited_within_a_budget() -> Result<()> {
     Ok(())
 }
 
+/// A call the backend had when its session ended is audited `cancelled` (it was sent: the
+/// backend may have run it), and calls refused because the tenant's share of the backend's
+/// calls was out are audited within the refusals' budget (outside audit dgcall 2, G3: the
+/// first left no line at all, the second made 1,150 lines a second from one user).
+#[tokio::test]
+async fn cut_off_calls_are_audited_and_calls_over_the_tenants_share_within_a_budget() -> Result<()>
+{
+    // A backend that holds every call.
+    let app = axum::Router::new().route(
+        "/rpc",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            axum::Json(serde_json::json!({"payload": ""}))
+        }),
+    );
+    let url = quiver_tests::rpc::serve_backend(app).await?;
+    let dir = tempfile::tempdir()?;
+    // 16 places: a tenant may have 2 calls in flight or waiting.
+    let server = Logged::start_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[
+            ("QUIVER_RPC__URL", url.as_str()),
+            ("QUIVER_RPC__HTTP_MAX_IN_FLIGHT", "16"),
+        ],
+    )?;
+    let (port, hash) = (server.port("webtransport")?, server.hash()?);
+    let call = |method: String| quiver_proto::Command::Call {
+        method,
+        payload: bytes::Bytes::new(),
+        timeout_ms: 30_000,
+        idempotency_key: String::new(),
+    };
+    let mut holder = Raw::connect_at(
+        port,
+        hash,
+        &quiver_tests::rpc::call_token("acme", "a", &[">"]),
+    )
+    .await?;
+    for i in 0..2 {
+        holder.send(call(format!("slow.held{i}"))).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = Raw::connect_at(
+        port,
+        hash,
+        &quiver_tests::rpc::call_token("acme", "b", &[">"]),
+    )
+    .await?;
+    let attempts = 150;
+    let started = std::time::Instant::now();
+    for i in 0..attempts {
+        let reply = other.request(call(format!("slow.over{i}"))).await?;
+        assert!(
+            matches!(reply, quiver_proto::Event::Error { code, .. } if code == quiver_proto::ErrorCode::QuotaExceeded.as_u16()),
+            "{reply:?}"
+        );
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let last = other.request(call("slow.last".into())).await?;
+    assert!(
+        matches!(last, quiver_proto::Event::Error { .. }),
+        "{last:?}"
+    );
+    // The holder leaves with its two calls at the backend.
+    holder.close().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let lines: Vec<serde_json::Value> = server
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|j| j["target"] == "quiver::audit")
+            .collect();
+        let refused: Vec<_> = lines
+            .iter()
+            .filter(|j| j["message"] == "call refused")
+            .collect();
+        let cancelled = lines
+            .iter()
+            .filter(|j| j["message"] == "call" && j["outcome"] == "cancelled")
+            .count();
+        if refused.iter().any(|j| j["method"] == "slow.last") && cancelled == 2 {
+            assert!(
+                refused.len() as u64 <= 20 * (seconds + 1),
+                "{} audit lines for {attempts} calls over the share in {seconds} s",
+                refused.len()
+            );
+            let not_logged: u64 = refused
+                .iter()
+                .filter_map(|j| j["not_logged"].as_u64())
+                .sum();
+            assert_eq!(refused.len() as u64 + not_logged, attempts as u64 + 1);
+            assert!(
+                refused.iter().all(|j| j["outcome"] == "over_quota"),
+                "{refused:?}"
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} refused calls logged (slow.last among them: {}), {cancelled} cancelled",
+            refused.len(),
+            refused.iter().any(|j| j["method"] == "slow.last")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Even at `RUST_LOG=trace` no token reaches the log: dependencies that log a CONNECT's headers
 /// (wtransport, at DEBUG: the `:path` holds `?token=`) or every WebSocket message (tungstenite,
 /// at TRACE: a `Refresh` holds a token) are capped (outside operations audit 2, S2: every

@@ -650,3 +650,80 @@ async fn ready(server: &TestServer, want: u16) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A browser page on another origin reads SSE answers only with CORS headers: every answer to
+/// an origin `allowed_origins` lets in names it (refusals too, so a `fetch` reader sees the
+/// status), a preflight is answered, and an origin not let in gets neither (outside SSE/API
+/// audit 2, G5: `EventSource` was blocked by CORS in Chromium and closed for good).
+#[tokio::test]
+async fn sse_answers_carry_cors_headers_for_allowed_origins() -> anyhow::Result<()> {
+    let page = "http://app.example:8080";
+    for allowed in [vec![page.to_string()], vec![]] {
+        let listed = !allowed.is_empty();
+        let server = TestServer::start_with(move |c| c.allowed_origins = allowed).await?;
+        let t = full_token("acme", "u");
+        let client = reqwest::Client::new();
+        let url = |query: &str| format!("http://{}/v1/sse?{query}", server.http);
+        let acao = |r: &reqwest::Response| {
+            r.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap_or("").to_string())
+        };
+        let ok = client
+            .get(url(&format!("token={t}&room=chat.a")))
+            .header("origin", page)
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200);
+        assert_eq!(acao(&ok).as_deref(), Some(page), "listed: {listed}");
+        assert!(ok.headers().get_all("vary").iter().any(|v| v == "origin"));
+        drop(ok);
+        let refused = client
+            .get(url(&format!("token={t}x&room=chat.a")))
+            .header("origin", page)
+            .send()
+            .await?;
+        assert_eq!(refused.status(), 401);
+        assert_eq!(acao(&refused).as_deref(), Some(page));
+        let preflight = client
+            .request(reqwest::Method::OPTIONS, url("room=chat.a"))
+            .header("origin", page)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+            .await?;
+        assert_eq!(preflight.status(), 204);
+        assert_eq!(acao(&preflight).as_deref(), Some(page));
+        let headers = preflight
+            .headers()
+            .get("access-control-allow-headers")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default();
+        assert!(headers.contains("last-event-id"), "{headers}");
+        // Without `Origin` (a native client): no CORS headers, as before.
+        let native = client
+            .get(url(&format!("token={t}&room=chat.a")))
+            .send()
+            .await?;
+        assert_eq!(native.status(), 200);
+        assert_eq!(acao(&native), None);
+        drop(native);
+        if listed {
+            let other = client
+                .get(url(&format!("token={t}&room=chat.a")))
+                .header("origin", "http://evil.example")
+                .send()
+                .await?;
+            assert_eq!(other.status(), 403);
+            assert_eq!(acao(&other), None);
+            let other = client
+                .request(reqwest::Method::OPTIONS, url("room=chat.a"))
+                .header("origin", "http://evil.example")
+                .send()
+                .await?;
+            assert_eq!(other.status(), 403);
+            assert_eq!(acao(&other), None);
+        }
+    }
+    Ok(())
+}

@@ -25,6 +25,35 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
     );
 }
 
+/// A call on its way: audited as `cancelled` if dropped before [`Pending::done`] (its session
+/// ended while the backend had it).
+pub struct Pending<'a> {
+    pub caller: &'a Caller,
+    pub req: &'a CallRequest,
+    pub request_id: &'a str,
+    pub started: std::time::Instant,
+}
+
+impl Pending<'_> {
+    /// The call ended and was audited.
+    pub fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        metrics::counter!(super::RPC_CALLS, "outcome" => "cancelled").increment(1);
+        call(
+            self.caller,
+            self.req,
+            self.request_id,
+            "cancelled",
+            self.started.elapsed(),
+        );
+    }
+}
+
 /// Refused calls logged per second at most (`crate::log_budget`): a client refused for every
 /// call it sends (no `call` permission needed) made 3,040 audit lines a second from 16 sessions
 /// within their command rate (outside tenancy audit 3), enough to push every tenant's audit

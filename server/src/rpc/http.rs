@@ -87,8 +87,7 @@ impl HttpRoute {
         let answer = self
             .post(&caller.tenant, Kind::Call, Bytes::from(body), req.deadline)
             .await?;
-        let answer: CallAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| RpcError::BadAnswer(format!("call answer: {e}")))?;
+        let answer: CallAnswer = super::json_object(&answer, "call answer")?;
         unb64(&answer.payload)
     }
 
@@ -102,8 +101,10 @@ impl HttpRoute {
     }
 
     /// POSTs and reads a 2xx answer's body; any other status is an error with the body as
-    /// its message. The whole exchange (waiting for a place included) is within `deadline`;
-    /// a call of a tenant with its share of calls out is refused before waiting at all.
+    /// its message. A call's whole exchange (waiting for a place included) is within
+    /// `deadline`; a hook waits for a place within `deadline` and, once sent, has the whole of
+    /// it for the answer. A call of a tenant with its share of calls out is refused before
+    /// waiting at all.
     async fn post(
         &self,
         tenant: &TenantId,
@@ -119,7 +120,6 @@ impl HttpRoute {
                 self.pool.sizes().tenant_cap
             )));
         };
-        let deadline_at = deadline_at(SystemTime::now(), deadline);
         // A request that finds no place before its deadline was never sent: for a hook that
         // is its tenant's share being full (denied, `Rpc::failed`), for a call its deadline.
         let admitted = tokio::time::timeout(deadline, self.pool.run(&mut place)).await;
@@ -133,6 +133,17 @@ impl HttpRoute {
                 Kind::Call => RpcError::Deadline(deadline),
             });
         }
+        // What the exchange may take. A call: what is left of its deadline, the wait for a
+        // place taken out of it (the caller asked for an answer within it). A hook: the whole
+        // timeout again. Its wait was the tenant's own load, and a hook sent late with what was
+        // left would time out against a backend answering in time and then fail open, letting
+        // through what the backend denies (outside audit: one user's 40 sessions publishing got
+        // 8 denied values past a backend answering in 0.6 s of a 1 s timeout).
+        let left = match kind {
+            Kind::Call => deadline.saturating_sub(started.elapsed()),
+            Kind::Hook => deadline,
+        };
+        let deadline_at = deadline_at(SystemTime::now(), left);
         let exchange = async {
             let mut request = self
                 .client
@@ -149,7 +160,7 @@ impl HttpRoute {
                 if e.is_connect() || !e.is_timeout() {
                     RpcError::Unavailable(without_url(e))
                 } else {
-                    RpcError::Deadline(deadline)
+                    RpcError::Deadline(left)
                 }
             })?;
             let status = response.status().as_u16();
@@ -176,11 +187,9 @@ impl HttpRoute {
                 ))
             }
         };
-        // What is left of the deadline, the wait for a place taken out of it.
-        let left = deadline.saturating_sub(started.elapsed());
         tokio::time::timeout(left, exchange)
             .await
-            .unwrap_or(Err(RpcError::Deadline(deadline)))
+            .unwrap_or(Err(RpcError::Deadline(left)))
     }
 }
 
@@ -192,6 +201,19 @@ fn without_url(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_answer_is_a_json_object_only() {
+        let read = |body: &str| super::super::json_object::<CallAnswer>(body.as_bytes(), "call");
+        assert_eq!(
+            read(r#"{"payload":"eA=="}"#).map(|a| a.payload),
+            Ok("eA==".into())
+        );
+        // serde reads a struct from an array of its fields too: not an answer here.
+        for bad in [r#"["eA=="]"#, "[]", r#""eA==""#] {
+            assert!(matches!(read(bad), Err(RpcError::BadAnswer(_))), "{bad}");
+        }
+    }
 
     #[test]
     fn an_answer_is_read_as_far_as_a_usable_one_goes() {

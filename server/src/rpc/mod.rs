@@ -29,13 +29,14 @@ pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
 /// Outcomes of a call, as labelled on [`RPC_CALLS`].
-const CALL_OUTCOMES: [&str; 6] = [
+const CALL_OUTCOMES: [&str; 7] = [
     "ok",
     "unavailable",
     "over_quota",
     "timeout",
     "backend_error",
     "bad_answer",
+    "cancelled",
 ];
 /// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
 const HOOK_OUTCOMES: [&str; 8] = [
@@ -67,7 +68,7 @@ pub(crate) fn describe() {
     metrics::describe_counter!(
         RPC_CALLS,
         "Calls to the application's backend by outcome: ok, unavailable, over_quota, timeout, \
-         backend_error, bad_answer"
+         backend_error, bad_answer, cancelled (its session ended while the backend had it)"
     );
     metrics::describe_counter!(
         HOOK_DECISIONS,
@@ -348,6 +349,15 @@ impl Rpc {
     pub async fn call(&self, caller: &Caller, req: CallRequest) -> Result<Bytes, RpcError> {
         let started = Instant::now();
         let request_id = request_id();
+        // A call dropped before its end (the session ended: closed, expired, kicked) was sent,
+        // or may have been: the backend may have run it, so it is audited as `cancelled` (outside
+        // audit dgcall 2, G3: such calls left no line at all).
+        let pending = audit::Pending {
+            caller,
+            req: &req,
+            request_id: &request_id,
+            started,
+        };
         let result = match &self.route {
             Route::Nats(nats) => nats.call(caller, &req, &request_id).await,
             Route::Http(http) => http.call(caller, &req, &request_id).await,
@@ -369,7 +379,16 @@ impl Rpc {
             Err(e) => e.label(),
         };
         metrics::counter!(RPC_CALLS, "outcome" => outcome).increment(1);
-        audit::call(caller, &req, &request_id, outcome, started.elapsed());
+        match &result {
+            // Never sent (the tenant's share of calls was out): one of the refusals a client
+            // can repeat as fast as its rate allows, so logged within their budget like the
+            // session's own refusals (outside audit dgcall 2, G3: 1,150 lines a second).
+            Err(RpcError::OverQuota(_)) => {
+                audit::refused_call(caller, req.method.as_str(), outcome)
+            }
+            _ => audit::call(caller, &req, &request_id, outcome, started.elapsed()),
+        }
+        pending.done();
         result
     }
 
@@ -449,8 +468,7 @@ impl Rpc {
 
     /// A hook's answer (PROTOCOL.md §11.3).
     fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
-        let answer: HookAnswer = serde_json::from_slice(body)
-            .map_err(|e| RpcError::BadAnswer(format!("hook answer: {e}")))?;
+        let answer: HookAnswer = json_object(body, "hook answer")?;
         Ok(match answer {
             HookAnswer {
                 allow: true,
@@ -498,6 +516,16 @@ impl Rpc {
             Decision::Deny(format!("hook failed closed: {error}"))
         }
     }
+}
+
+/// A backend's answer read as `T`, from a JSON object only (PROTOCOL.md §11.2, §11.3): serde
+/// also reads a struct from an array of its fields in order, and `[true]` was a hook's allow,
+/// even where hooks fail closed (outside audit dgcall 2, G1).
+fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, RpcError> {
+    let bad = |e: serde_json::Error| RpcError::BadAnswer(format!("{what}: {e}"));
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(bad)?;
+    T::deserialize(serde_json::Value::Object(object)).map_err(bad)
 }
 
 /// A request id for the backend's logs and the audit line.
@@ -554,6 +582,9 @@ mod tests {
             r#"{"allow":true,"payload":"not base64!"}"#,
             r#"{"allowed":true}"#,
             "yes",
+            // Arrays: serde would read them as the fields in order.
+            "[true]",
+            r#"[true, "aGk="]"#,
         ] {
             assert!(
                 matches!(read(Hook::Publish, bad), Err(RpcError::BadAnswer(_))),

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -39,11 +39,78 @@ const T: Transport = Transport::Sse;
 /// The first `Subscribe` id; `Hello` is 1.
 const FIRST_SUBSCRIBE_ID: u32 = 2;
 
+/// `GET /v1/sse`. A browser page on another origin reads an `EventSource` or `fetch` answer
+/// only with CORS headers, and the page is nearly always on another origin (the server has a
+/// host and port of its own): every answer, refusals included, names the request's `Origin`
+/// when `allowed_origins` lets it in (outside SSE/API audit 2, G5: `EventSource` was blocked in
+/// every browser and closed for good). The token is in the URL: no credentials are allowed.
 pub async fn stream(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     Extension(slot): Extension<TcpSlot>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let cors = cors_origin(&shared, &headers);
+    let mut response = respond(shared, remote, slot, query, headers).await;
+    if let Some(origin) = cors {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}
+
+/// `OPTIONS /v1/sse`: the CORS preflight of a `fetch` reader that sends `Authorization` or
+/// `Last-Event-ID` itself. 403 for an origin `allowed_origins` refuses (or none).
+pub async fn preflight(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    match cors_origin(&shared, &headers) {
+        Some(origin) => (
+            StatusCode::NO_CONTENT,
+            [
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET"),
+                ),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("authorization, last-event-id"),
+                ),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                ),
+                (header::VARY, HeaderValue::from_static("origin")),
+            ],
+        )
+            .into_response(),
+        None => problem(
+            StatusCode::FORBIDDEN,
+            Refused::Origin.label(),
+            None,
+            "Origin missing or not allowed",
+        ),
+    }
+}
+
+/// The request's one `Origin` when `allowed_origins` lets it in: the origin a page's answer may
+/// be read from. Two `Origin` headers are refused anyway (`admit_tcp`).
+fn cors_origin(shared: &Shared, headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut all = headers.get_all(header::ORIGIN).iter();
+    let origin = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    super::check_origin(shared, Some(origin.to_str().ok()?)).ok()?;
+    Some(origin.clone())
+}
+
+async fn respond(
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    slot: TcpSlot,
+    query: Option<String>,
     headers: HeaderMap,
 ) -> Response {
     let checked = admit_tcp(&shared, &headers, query.as_deref());
