@@ -59,6 +59,7 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     let fallbacks = |app: Router<Arc<Shared>>| {
         app.fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn(strict_framing))
     };
     if listener == Listener::RemoteHttp {
         return fallbacks(app).with_state(shared);
@@ -132,6 +133,41 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 /// Any other path: 404 with the refusal body of PROTOCOL.md §9.1 (the API under `/api/v1` has
 /// its own JSON errors).
+/// What RFC 9112 says a server refuses and hyper lets through (outside SSE/API audit 2, G2): a
+/// transfer coding other than `chunked` alone (hyper framed the body by the final `chunked` and
+/// ignored the rest, so `gzip, chunked` published the still-encoded bytes): **501**; an HTTP/1.1
+/// request without `Host` or with more than one: **400**. A proxy in front may read such a
+/// request otherwise than the server does, so neither is guessed at.
+async fn strict_framing(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim);
+    if let Some(first) = codings.next() {
+        if !first.eq_ignore_ascii_case("chunked") || codings.next().is_some() {
+            return crate::transport::problem(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                None,
+                "only the transfer coding chunked (alone) is supported",
+            );
+        }
+    }
+    if request.version() == axum::http::Version::HTTP_11
+        && headers.get_all(header::HOST).iter().count() != 1
+    {
+        return crate::transport::problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            None,
+            "an HTTP/1.1 request needs exactly one Host header",
+        );
+    }
+    next.run(request).await
+}
+
 async fn not_found() -> Response {
     crate::transport::problem(StatusCode::NOT_FOUND, "not_found", None, "no such path")
 }

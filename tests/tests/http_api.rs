@@ -530,3 +530,55 @@ async fn no_body_makes_the_api_fail() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// What RFC 9112 says a server refuses, refused, where hyper alone let it through (outside
+/// SSE/API audit 2, G2): a transfer coding other than `chunked` alone is 501 (`gzip, chunked`
+/// published the still-encoded bytes), an HTTP/1.1 request without `Host` or with two is 400.
+#[tokio::test]
+async fn requests_framed_against_http_1_1_are_refused() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await?;
+    let status = |request: String| {
+        let addr = server.http;
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.write_all(request.as_bytes()).await?;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await?;
+            let text = String::from_utf8_lossy(&answer).to_string();
+            anyhow::Ok(text.lines().next().unwrap_or_default().to_string())
+        }
+    };
+    let chunked = |coding: &str| {
+        format!(
+            "POST /api/v1/rooms HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: {coding}\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+        )
+    };
+    for coding in [
+        "gzip, chunked",
+        "foo, chunked",
+        "identity, chunked",
+        "chunked, chunked",
+    ] {
+        let got = status(chunked(coding)).await?;
+        assert!(got.starts_with("HTTP/1.1 501"), "{coding}: {got}");
+    }
+    // `chunked` alone reaches the API (401: no key), as before.
+    assert!(status(chunked("chunked"))
+        .await?
+        .starts_with("HTTP/1.1 401"));
+    let got = status("GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n".into()).await?;
+    assert!(got.starts_with("HTTP/1.1 400"), "no Host: {got}");
+    let got =
+        status("GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n".into())
+            .await?;
+    assert!(got.starts_with("HTTP/1.1 400"), "two Hosts: {got}");
+    // HTTP/1.0 needs no Host.
+    let got = status("GET /healthz HTTP/1.0\r\n\r\n".into()).await?;
+    assert!(got.contains(" 200"), "HTTP/1.0: {got}");
+    let got =
+        status("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into()).await?;
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    Ok(())
+}
