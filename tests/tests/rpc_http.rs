@@ -82,8 +82,18 @@ async fn handle(
             "order.enormous" => {
                 Json(json!({"payload": b64(&vec![0u8; 1_000_000])})).into_response()
             }
+            // Says it is 5 GB long, then sends nothing: refused at once, not at the deadline.
+            "order.announced" => Response::builder()
+                .header("content-length", "5000000000")
+                .body(axum::body::Body::from_stream(futures::stream::pending::<
+                    Result<Bytes, std::io::Error>,
+                >()))
+                .expect("a response")
+                .into_response(),
             "order.garbled" => "not json".into_response(),
             "order.nopayload" => Json(json!({"x": 1})).into_response(),
+            // The payload's place in an array is not an answer (PROTOCOL.md §11.2).
+            "order.array" => Json(json!([b64(b"x")])).into_response(),
             _ => {
                 Json(json!({"payload": b64(&[b"placed:", &payload[..]].concat())})).into_response()
             }
@@ -225,8 +235,14 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
             ErrorCode::BackendError,
             "answer longer than",
         ),
+        (
+            "order.announced",
+            ErrorCode::BackendError,
+            "answer longer than",
+        ),
         ("order.garbled", ErrorCode::BackendError, "call answer"),
         ("order.nopayload", ErrorCode::BackendError, "call answer"),
+        ("order.array", ErrorCode::BackendError, "call answer"),
     ] {
         let (c, msg) = code(client.call(method, "x").await);
         assert_eq!(c, Some(want), "{method}: {msg}");

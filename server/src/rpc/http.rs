@@ -164,6 +164,17 @@ impl HttpRoute {
                 }
             })?;
             let status = response.status().as_u16();
+            // An answer that says it is too long is refused before a byte of it is read, not
+            // after waiting out the deadline for bytes that never come.
+            if response
+                .content_length()
+                .is_some_and(|n| n > self.max_answer as u64)
+            {
+                return Err(RpcError::BadAnswer(format!(
+                    "answer longer than {} bytes",
+                    self.max_answer
+                )));
+            }
             let mut answer = BytesMut::new();
             while let Some(chunk) = response
                 .chunk()
