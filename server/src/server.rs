@@ -305,7 +305,6 @@ impl Server {
             receive_buffer,
         });
 
-        let (cert_updates, cert_updates_rx) = tokio::sync::mpsc::channel(1);
         let reloader = tls::Reloader::new(cert_source(&shared.config), &identity);
         // Installed before `start` returns: a SIGHUP that arrives before the handler would end
         // the process (the signal's default action).
@@ -317,7 +316,6 @@ impl Server {
             tokio::spawn(transport::webtransport::accept_loop(
                 shared.clone(),
                 endpoint,
-                cert_updates_rx,
             )),
             tokio::spawn(http::serve(shared.clone(), http_listener)),
             tokio::spawn(
@@ -326,13 +324,7 @@ impl Server {
                     .clone()
                     .settle(shared.shutdown.clone()),
             ),
-            tokio::spawn(reload_certificates(
-                shared.clone(),
-                reloader,
-                certs,
-                cert_updates,
-                hangup,
-            )),
+            tokio::spawn(reload_certificates(shared.clone(), reloader, certs, hangup)),
         ];
         if let Some((source, client)) = jwks {
             // Its own SIGHUP stream: tokio hands every signal to each listener.
@@ -464,14 +456,13 @@ fn cert_source(config: &Config) -> CertSource {
 }
 
 /// Reloads the certificate on SIGHUP and when its files change (checked every
-/// `tls.reload_interval`); the accept loop swaps it into `certs`, which the WebTransport
-/// endpoint and the HTTPS listener both present. A certificate that fails to load is logged and
+/// `tls.reload_interval`) and swaps it into `certs`, which the WebTransport endpoint and the
+/// HTTPS listener both present. A certificate that fails to load is logged and
 /// the old one kept.
 async fn reload_certificates(
     shared: Arc<Shared>,
     mut reloader: tls::Reloader,
     certs: Arc<SharedCert>,
-    updates: tokio::sync::mpsc::Sender<CertUpdate>,
     #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))] _hangup: Option<()>,
 ) {
@@ -504,17 +495,13 @@ async fn reload_certificates(
                 continue;
             }
         };
-        let update = CertUpdate {
+        CertUpdate {
             certified: loaded.certified,
             cert_sha256: loaded.cert_sha256,
             expires_at: loaded.expires_at,
             dev: loaded.dev,
-            certs: certs.clone(),
-            served: shared.cert_sha256.clone(),
-        };
-        if updates.send(update).await.is_err() {
-            return;
         }
+        .apply(&certs, &shared.cert_sha256);
     }
 }
 

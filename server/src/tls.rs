@@ -9,10 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
-use wtransport::endpoint::endpoint_side;
 use wtransport::tls::rustls;
 use wtransport::tls::CertificateChain;
-use wtransport::{Endpoint, Identity};
+use wtransport::Identity;
 
 /// Browsers accept pinned certificates valid for at most 14 days.
 const DEV_VALIDITY: Duration = Duration::from_secs(13 * 24 * 3600);
@@ -348,26 +347,23 @@ impl rustls::server::ResolvesServerCert for SharedCert {
     }
 }
 
-/// A new certificate for every TLS listener. The WebTransport accept loop applies it
-/// (`Some(update) = cert_updates.recv() => update.apply(&endpoint)`); the swap itself is in the
-/// [`SharedCert`] that the endpoint and the HTTPS listener share, so the endpoint's configuration
-/// is not rebuilt (its session-ticket key and transport settings stay).
+/// A new certificate for every TLS listener: the swap is in the [`SharedCert`] that the
+/// WebTransport endpoint and the HTTPS listener share, so the endpoint's configuration is not
+/// rebuilt (its session-ticket key and transport settings stay).
 pub struct CertUpdate {
     pub certified: Arc<rustls::sign::CertifiedKey>,
     pub cert_sha256: [u8; 32],
     /// The new certificate's `notAfter` and whether it is generated ([`LoadedIdentity`]).
     pub expires_at: Option<i64>,
     pub dev: bool,
-    pub certs: Arc<SharedCert>,
-    pub served: Arc<CertHash>,
 }
 
 impl CertUpdate {
     /// Swaps the certificate for new handshakes on every TLS listener (WebTransport, HTTPS and
-    /// wss); live connections keep theirs and stay up.
-    pub fn apply(self, _endpoint: &Endpoint<endpoint_side::Server>) {
-        self.certs.set(self.certified);
-        self.served.set(self.cert_sha256);
+    /// wss), and the hash `served` reports; live connections keep theirs and stay up.
+    pub fn apply(self, certs: &SharedCert, served: &CertHash) {
+        certs.set(self.certified);
+        served.set(self.cert_sha256);
         info!(cert_sha256 = %hex::encode(self.cert_sha256), "certificate reloaded (WebTransport and HTTPS)");
         note_expiry(self.expires_at, self.dev);
     }

@@ -38,16 +38,10 @@ const CONTROL_PRIORITY: i32 = crate::config::MAX_NAMESPACE_PRIORITY + 1;
 pub async fn accept_loop(
     shared: Arc<Shared>,
     endpoint: Endpoint<wtransport::endpoint::endpoint_side::Server>,
-    mut cert_updates: tokio::sync::mpsc::Receiver<crate::tls::CertUpdate>,
 ) {
     loop {
         let incoming = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            // A reloaded certificate (SIGHUP or changed files): new handshakes get it.
-            Some(update) = cert_updates.recv() => {
-                update.apply(&endpoint);
-                continue;
-            }
             incoming = endpoint.accept() => incoming,
         };
         admit_connection(&shared, incoming);
