@@ -105,6 +105,39 @@ impl Kicks {
     }
 }
 
+impl Kicks {
+    /// A watch on this session's orders for a close, which takes nothing from the queue: a
+    /// command that waits (a hook) ends at a kick instead of running on past it.
+    pub fn closing(&self) -> Closing {
+        Closing(self.0.clone())
+    }
+}
+
+/// See [`Kicks::closing`].
+pub struct Closing(Arc<Orders>);
+
+impl Closing {
+    /// Resolves once a close order (not a room's unsubscribe) is queued. The order stays for
+    /// [`Kicks::recv`], which looks at the queue before it waits, so the notification this may
+    /// take is not missed there.
+    pub async fn ordered(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            let queued = self
+                .0
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|kick| kick.room.is_none());
+            if queued {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 impl Drop for Kicks {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::Release);

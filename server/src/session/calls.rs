@@ -118,7 +118,31 @@ impl Session {
         room: &RoomName,
         payload: Option<&Bytes>,
     ) -> Result<Option<Bytes>, Refusal> {
-        ask(&self.shared.rpc, hook, &self.caller(), room, payload).await
+        // A client that leaves, or a session ordered closed (the API's disconnect, a
+        // revocation), while its hook waits (for a place, or for the backend) takes the hook
+        // with it: dropped, it leaves the queue unsent or its place is freed, and nothing is
+        // published or subscribed for a session that is gone (outside regression audit 7, F2
+        // and F4: hooks of aborted sessions held the tenant's places and published seconds
+        // later, and a kicked user's publication went out after the API said disconnected).
+        let caller = self.caller();
+        let closing = async {
+            match &self.closing {
+                Some(closing) => closing.ordered().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.link.peer.closed() => Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                "hook not asked: the session ended",
+            )),
+            _ = closing => Err(Refusal::new(
+                ErrorCode::PermissionDenied,
+                "hook not asked: the session ended",
+            )),
+            decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
+        }
     }
 
     /// A datagram publication into a room with a publish hook, as a future the session's

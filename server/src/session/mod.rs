@@ -162,6 +162,9 @@ pub struct Session {
     /// Set for a read-only session (SSE), which ends once it has no subscription left
     /// (`read_only.rs`).
     read_only: Option<read_only::ReadOnly>,
+    /// Resolves when the session is ordered to close (`registry::Kicks::closing`): a hook that
+    /// waits ends then (`calls.rs`). Set when `drive` starts.
+    closing: Option<crate::registry::Closing>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -242,6 +245,7 @@ async fn run_session(
         calls: tokio::task::JoinSet::new(),
         last_wire_id: 0,
         read_only,
+        closing: None,
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -333,6 +337,7 @@ impl Session {
         if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
             return exit;
         }
+        self.closing = Some(kicks.closing());
         let mut inbox = inbox::Inbox::new(inbound, self.out.clone());
         // Since when the session has read no command because its publish queue is full: what
         // the client sent meanwhile arrives late, at once, and that wait is credited like a
