@@ -487,71 +487,27 @@ async fn a_hook_sent_late_still_hears_a_timely_deny() -> Result<()> {
     Ok(())
 }
 
-/// A client that leaves while its publish hook waits takes the hook with it: the backend's
-/// later allow publishes nothing, on WebTransport and WebSocket alike (outside regression
-/// audit 7, F2: publications of aborted sessions reached subscribers seconds after their
-/// publishers left, and their hooks held the tenant's places meanwhile).
-#[tokio::test]
-async fn a_publish_whose_client_left_during_its_hook_is_not_published() -> Result<()> {
-    for via in [Via::WebTransport, Via::WebSocket] {
-        let (url, backend) = quiver_tests::rpc::gated_backend().await?;
-        let server = TestServer::start_with(move |c| {
-            c.rpc.url = Some(url);
-            c.rpc.hooks = vec![HookConfig {
-                namespace: "hk".into(),
-                subscribe: false,
-                publish: true,
-                timeout: Duration::from_secs(10),
-                fail_open: false,
-            }];
-        })
-        .await?;
-        let watcher = Client::connect(client_config(
-            &server,
-            token_fixed(full_token("acme", "watcher")),
-        ))
-        .await?;
-        let mut sub = watcher.subscribe("hk.room").await?;
-        let mut publisher = Raw::connect_via(via, &server, &full_token("acme", "gone")).await?;
-        publisher
-            .send(quiver_proto::Command::Publish {
-                room: "hk.room".into(),
-                payload: Bytes::from_static(b"after I left"),
-                ack: true,
-            })
-            .await?;
-        let deadline = Instant::now() + WAIT;
-        while backend.asked.load(Ordering::SeqCst) < 1 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{via:?}: the hook never reached the backend"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        publisher.close().await;
-        drop(publisher);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The backend now allows it.
-        backend.gate.add_permits(10);
-        if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
-            panic!("{via:?}: a publication of a session that had left was published: {event:?}");
-        }
-        watcher.close().await;
-    }
-    Ok(())
-}
+/// API key of tenant `acme` in [`publish_held_by_its_hook`]'s server.
+const ACME_KEY: &str = "acme-key-0123456789abcdef0123456789ab";
 
-/// A session the backend API disconnects while its publish hook waits ends at once, and the
-/// backend's later allow publishes nothing (outside regression audit 7, F4: the goodbye came
-/// 3 s after the API answered, and the kicked user's publication reached subscribers).
-#[tokio::test]
-async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_published() -> Result<()> {
-    const KEY: &str = "acme-key-0123456789abcdef0123456789ab";
+/// A server whose `hk` rooms have a publish hook the backend holds until the test opens its
+/// gate; a watcher subscribed to `hk.room`; a session `user` connected `via` whose `Publish`
+/// into it waits on the hook (the backend has it).
+async fn publish_held_by_its_hook(
+    via: Via,
+    user: &str,
+) -> Result<(
+    TestServer,
+    Arc<quiver_tests::rpc::GatedBackend>,
+    Client,
+    quiver_client::Subscription,
+    Raw,
+)> {
     let (url, backend) = quiver_tests::rpc::gated_backend().await?;
     let server = TestServer::start_with(move |c| {
         c.rpc.url = Some(url);
         c.api.keys = vec![quiver_server::config::ApiKey {
-            key: KEY.into(),
+            key: ACME_KEY.into(),
             tenant: Some("acme".into()),
         }];
         c.rpc.hooks = vec![HookConfig {
@@ -568,12 +524,12 @@ async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_publishe
         token_fixed(full_token("acme", "watcher")),
     ))
     .await?;
-    let mut sub = watcher.subscribe("hk.room").await?;
-    let mut abuser = Raw::connect(&server, &full_token("acme", "abuser")).await?;
-    abuser
+    let sub = watcher.subscribe("hk.room").await?;
+    let mut publisher = Raw::connect_via(via, &server, &full_token("acme", user)).await?;
+    publisher
         .send(quiver_proto::Command::Publish {
             room: "hk.room".into(),
-            payload: Bytes::from_static(b"abusive"),
+            payload: Bytes::from_static(b"not to be published"),
             ack: true,
         })
         .await?;
@@ -581,11 +537,52 @@ async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_publishe
     while backend.asked.load(Ordering::SeqCst) < 1 {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the hook never reached the backend"
+            "{via:?}: the hook never reached the backend"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (status, answer) = api_post(&server, "disconnect", KEY, json!({"user": "abuser"})).await?;
+    Ok((server, backend, watcher, sub, publisher))
+}
+
+/// Opens the backend's gate (it allows the held hook) and checks that nothing reaches `sub`.
+async fn nothing_published_once_allowed(
+    backend: &quiver_tests::rpc::GatedBackend,
+    sub: &mut quiver_client::Subscription,
+    what: &str,
+) {
+    backend.gate.add_permits(10);
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
+        panic!("{what}: published after its session ended: {event:?}");
+    }
+}
+
+/// A client that leaves while its publish hook waits takes the hook with it: the backend's
+/// later allow publishes nothing, on WebTransport and WebSocket alike (outside regression
+/// audit 7, F2: publications of aborted sessions reached subscribers seconds after their
+/// publishers left, and their hooks held the tenant's places meanwhile).
+#[tokio::test]
+async fn a_publish_whose_client_left_during_its_hook_is_not_published() -> Result<()> {
+    for via in [Via::WebTransport, Via::WebSocket] {
+        let (_server, backend, watcher, mut sub, mut publisher) =
+            publish_held_by_its_hook(via, "gone").await?;
+        publisher.close().await;
+        drop(publisher);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nothing_published_once_allowed(&backend, &mut sub, &format!("{via:?}")).await;
+        watcher.close().await;
+    }
+    Ok(())
+}
+
+/// A session the backend API disconnects while its publish hook waits ends at once, and the
+/// backend's later allow publishes nothing (outside regression audit 7, F4: the goodbye came
+/// 3 s after the API answered, and the kicked user's publication reached subscribers).
+#[tokio::test]
+async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_published() -> Result<()> {
+    let (server, backend, watcher, mut sub, mut abuser) =
+        publish_held_by_its_hook(Via::WebTransport, "abuser").await?;
+    let (status, answer) =
+        api_post(&server, "disconnect", ACME_KEY, json!({"user": "abuser"})).await?;
     assert_eq!(
         (status, &answer["disconnected_here"]),
         (200, &json!(1)),
@@ -610,10 +607,7 @@ async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_publishe
     .await
     .context("no goodbye while the hook waited")??;
     assert_eq!(goodbye, quiver_proto::CloseCode::Disconnected.as_u16());
-    backend.gate.add_permits(10);
-    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
-        panic!("the disconnected user's publication was published: {event:?}");
-    }
+    nothing_published_once_allowed(&backend, &mut sub, "the disconnected user").await;
     watcher.close().await;
     Ok(())
 }
