@@ -54,6 +54,39 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// A hook on its way: audited and counted `cancelled` if dropped before
+/// [`PendingHook::done`] (its session was ended while it waited).
+pub struct PendingHook<'a> {
+    pub hook: Hook,
+    pub caller: &'a Caller,
+    pub room: &'a RoomName,
+    pub request_id: &'a str,
+    pub started: std::time::Instant,
+}
+
+impl PendingHook<'_> {
+    /// The hook was decided and audited.
+    pub fn done(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for PendingHook<'_> {
+    fn drop(&mut self) {
+        metrics::counter!(super::HOOK_DECISIONS, "hook" => self.hook.label(), "outcome" => "cancelled")
+            .increment(1);
+        hook(
+            self.hook,
+            self.caller,
+            self.room,
+            self.request_id,
+            "cancelled",
+            &Decision::Deny("the session was ended".into()),
+            self.started.elapsed(),
+        );
+    }
+}
+
 /// Refused calls logged per second at most (`crate::log_budget`): a client refused for every
 /// call it sends (no `call` permission needed) made 3,040 audit lines a second from 16 sessions
 /// within their command rate (outside tenancy audit 3), enough to push every tenant's audit

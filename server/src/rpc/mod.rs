@@ -39,7 +39,7 @@ const CALL_OUTCOMES: [&str; 7] = [
     "cancelled",
 ];
 /// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
-const HOOK_OUTCOMES: [&str; 8] = [
+const HOOK_OUTCOMES: [&str; 9] = [
     "allow",
     "deny",
     "replace",
@@ -48,6 +48,7 @@ const HOOK_OUTCOMES: [&str; 8] = [
     "timeout",
     "backend_error",
     "bad_answer",
+    "cancelled",
 ];
 
 /// Every call and hook series at zero from start-up (`crate::metrics`).
@@ -74,7 +75,7 @@ pub(crate) fn describe() {
         HOOK_DECISIONS,
         "Backend hook decisions by hook (subscribe, publish) and outcome: allow, deny, replace, \
          or the failure (unavailable, over_quota, timeout, backend_error, bad_answer) decided by \
-         fail_open"
+         fail_open, or cancelled (the session was ended while it waited)"
     );
 }
 
@@ -416,6 +417,15 @@ impl Rpc {
     ) -> Decision {
         let started = Instant::now();
         let request_id = request_id();
+        // Dropped before its end (the session was ended while it waited): audited and counted
+        // `cancelled` (regression audit 8, N2: such hooks left no line).
+        let pending = audit::PendingHook {
+            hook,
+            caller,
+            room,
+            request_id: &request_id,
+            started,
+        };
         let envelope = Envelope {
             r#type: hook.label(),
             method: None,
@@ -429,7 +439,10 @@ impl Rpc {
         };
         let body = match serde_json::to_vec(&envelope) {
             Ok(body) => Bytes::from(body),
-            Err(e) => return Decision::Deny(format!("hook envelope: {e}")),
+            Err(e) => {
+                pending.done();
+                return Decision::Deny(format!("hook envelope: {e}"));
+            }
         };
         let asked = match &self.route {
             Route::Nats(nats) => {
@@ -463,6 +476,7 @@ impl Rpc {
             &decision,
             started.elapsed(),
         );
+        pending.done();
         decision
     }
 

@@ -118,12 +118,14 @@ impl Session {
         room: &RoomName,
         payload: Option<&Bytes>,
     ) -> Result<Option<Bytes>, Refusal> {
-        // A client that leaves, or a session ordered closed (the API's disconnect, a
-        // revocation), while its hook waits (for a place, or for the backend) takes the hook
-        // with it: dropped, it leaves the queue unsent or its place is freed, and nothing is
-        // published or subscribed for a session that is gone (outside regression audit 7, F2
-        // and F4: hooks of aborted sessions held the tenant's places and published seconds
-        // later, and a kicked user's publication went out after the API said disconnected).
+        // A session ordered closed (the API's disconnect, a revocation) while its hook waits
+        // (for a place, or for the backend) takes the hook with it: dropped, it leaves the
+        // queue unsent or its place is freed, and nothing is published or subscribed for a
+        // user the operator has just put out (outside regression audit 7, F4: the kicked
+        // user's publication went out 3 s after the API said disconnected). A client that
+        // leaves does not: what it wrote before leaving is carried out (PROTOCOL.md §5; the
+        // first version dropped it too, and a WebSocket client's last Publish before its close
+        // was lost, regression audit 8, N4).
         let caller = self.caller();
         let closing = async {
             match &self.closing {
@@ -133,13 +135,9 @@ impl Session {
         };
         tokio::select! {
             biased;
-            _ = self.link.peer.closed() => Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                "hook not asked: the session ended",
-            )),
             _ = closing => Err(Refusal::new(
                 ErrorCode::PermissionDenied,
-                "hook not asked: the session ended",
+                "hook not asked: the session was ended",
             )),
             decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
         }
