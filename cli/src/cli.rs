@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // A client error carries a server's or a backend's text: escaped for the terminal.
             // (Local errors, such as `config check`'s list of problems, keep their lines.)
-            let text = format!("{e:#}");
+            let text = describe(&e);
             if e.chain().any(|c| c.is::<quiver_client::ClientError>()) {
                 eprintln!("quiver: {}", crate::terminal::safe(&text));
             } else {
@@ -83,6 +83,24 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` and its causes, joined by ": " as `{:#}` joins them, without a cause whose text the
+/// message before it already carries: most of our error types (and some dependencies') write
+/// their source into their own message, so `{:#}` printed the same reason twice.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future is first
@@ -125,4 +143,38 @@ async fn cert(out: PathBuf) -> Result<()> {
     let identity = quiver_server::tls::dev_identity(&out).await?;
     println!("{}", identity.hash_hex());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `#[error("outer: {source}")]` derives.
+    #[derive(Debug)]
+    struct Embeds {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Embeds {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "outer: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Embeds {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_reason_is_printed_once() {
+        let io = || std::io::Error::other("disk on fire");
+        // A type that writes its source into its message: once.
+        let e = anyhow::Error::new(Embeds { source: io() });
+        assert_eq!(describe(&e), "outer: disk on fire");
+        // Context that does not: the chain, as `{:#}` prints it.
+        let e = anyhow::Error::new(io()).context("reading x");
+        assert_eq!(describe(&e), "reading x: disk on fire");
+    }
 }

@@ -141,3 +141,43 @@ fn an_expired_certificate_is_warned_about() -> Result<()> {
     assert!(!ok, "{err}");
     Ok(())
 }
+
+/// A start-up refusal names its reason once: `serve`'s errors carry their cause in their own
+/// message, and the binary used to print the cause again after it.
+#[test]
+fn a_start_up_refusal_states_its_reason_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "serve",
+            "--jwt-secret",
+            "short",
+            "--self-signed",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    )?;
+    assert!(!ok, "{out}");
+    assert_eq!(err.matches("at least 32 are required").count(), 1, "{err}");
+    let (ok, out, err) = run(
+        dir.path(),
+        &[
+            "serve",
+            "--cert",
+            "missing.pem",
+            "--key",
+            "missing.pem",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ],
+    )?;
+    assert!(!ok, "{out}");
+    assert!(err.contains("missing.pem"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+    Ok(())
+}
