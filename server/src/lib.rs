@@ -27,6 +27,7 @@ mod log_budget;
 pub mod metrics;
 pub mod presence;
 pub mod quota;
+pub mod read_budget;
 pub mod registry;
 mod replay;
 pub mod revocation;

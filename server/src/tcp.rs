@@ -33,14 +33,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use crate::read_budget::{Budgeted, ReadBudget};
 use crate::server::Shared;
 use crate::transport::{Counted, Pool};
 use crate::write_stall::{Unacked, WriteStall};
 
 /// One TCP connection's place in the server's and its address's counts: held by the connection
-/// and by the session it carries, released when both are gone.
+/// and by the session it carries, released when both are gone. It also counts the bytes read
+/// from the connection, for a WebSocket session's framing budget (`read_budget.rs`).
 #[derive(Clone)]
-pub struct TcpSlot(#[allow(dead_code)] Arc<(Counted, crate::quota::AddressGuard)>);
+pub struct TcpSlot(Arc<(Counted, crate::quota::AddressGuard, ReadBudget)>);
+
+impl TcpSlot {
+    pub fn read_budget(&self) -> &ReadBudget {
+        &self.0 .2
+    }
+}
 
 /// TCP connections taken beyond `max_sessions`, so health checks, scrapes and the API still get
 /// in while sessions fill the server (a WebSocket or SSE session over `max_sessions` is still
@@ -116,7 +124,7 @@ fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static s
         debug!(%remote, "TCP connection refused: address over its limits");
         return Err("address_limit");
     };
-    Ok(TcpSlot(Arc::new((counted, address))))
+    Ok(TcpSlot(Arc::new((counted, address, ReadBudget::default()))))
 }
 
 /// Answers a refused plain-HTTP connection `429` after its request's head (an HTTP client
@@ -211,6 +219,8 @@ async fn http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Counts what is read, for a WebSocket session's framing budget (`read_budget.rs`).
+    let io = Budgeted::new(io, slot.clone());
     let app = app
         .layer(axum::Extension(ConnectInfo(remote)))
         .layer(axum::Extension(slot))

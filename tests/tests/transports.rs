@@ -1178,3 +1178,106 @@ async fn two_authorization_headers_are_no_credential() -> anyhow::Result<()> {
     assert_eq!(publish(2).await?.status(), 401);
     Ok(())
 }
+
+/// A WebSocket message may come in fragments (RFC 6455), within a bound on what its frame
+/// headers take beyond its payload (PROTOCOL.md §9.2): a command in a hundred fragments is read
+/// like any other; a message that never ends, its continuation frames empty (each adds nothing
+/// to its size, so it never reaches `max_frame`), and a complete message in thousands of empty
+/// fragments are protocol violations (outside bounds audit 3, F1: two sessions sending empty
+/// continuation frames held the server at 1.9 cores, never closed).
+#[tokio::test]
+async fn websocket_messages_in_too_many_fragments_are_refused() -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let server = TestServer::start().await?;
+    let first = |data: &[u8], last: bool| {
+        Message::Frame(Frame::message(
+            Bytes::copy_from_slice(data),
+            OpCode::Data(Data::Binary),
+            last,
+        ))
+    };
+    let more = |data: &[u8], last: bool| {
+        Message::Frame(Frame::message(
+            Bytes::copy_from_slice(data),
+            OpCode::Data(Data::Continue),
+            last,
+        ))
+    };
+    let ping = encode_command(&ClientFrame {
+        id: 7,
+        command: Command::Ping,
+    });
+    // `empties` empty continuation frames between the command's first byte and the rest.
+    async fn fragmented(
+        c: &mut Raw,
+        first: Message,
+        empty: impl Fn() -> Message,
+        empties: usize,
+        rest: Option<Message>,
+    ) -> anyhow::Result<()> {
+        c.send_ws(first).await?;
+        for _ in 0..empties {
+            // The server may cut the connection part way: what it said is read below.
+            if c.send_ws(empty()).await.is_err() {
+                return Ok(());
+            }
+        }
+        if let Some(rest) = rest {
+            let _ = c.send_ws(rest).await;
+        }
+        Ok(())
+    }
+
+    // A hundred empty fragments and the rest byte by byte: the Ping is answered.
+    let mut c = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "u")).await?;
+    c.send_ws(first(&ping[..1], false)).await?;
+    for _ in 0..100 {
+        c.send_ws(more(&[], false)).await?;
+    }
+    for (i, byte) in ping[1..].iter().enumerate() {
+        c.send_ws(more(&[*byte], i + 2 == ping.len())).await?;
+    }
+    let reply = c.recv().await?;
+    assert_eq!((reply.id, reply.event), (7, Event::Pong));
+
+    // A message that never ends: 40,000 empty continuation frames (240 KB on the wire, the
+    // message still one byte).
+    fragmented(
+        &mut c,
+        first(&ping[..1], false),
+        || more(&[], false),
+        40_000,
+        None,
+    )
+    .await?;
+    let bye = c.recv().await?.event;
+    assert!(
+        matches!(&bye, Event::Goodbye { code, reason, .. }
+            if *code == CloseCode::ProtocolError.as_u16() && reason.contains("too many fragments")),
+        "{bye:?}"
+    );
+
+    // A complete message in 4,000 empty fragments (24 KB of frame headers): refused when it
+    // completes, though it is a valid Ping.
+    let mut c = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "v")).await?;
+    fragmented(
+        &mut c,
+        first(&ping[..1], false),
+        || more(&[], false),
+        4_000,
+        Some(more(&ping[1..], true)),
+    )
+    .await?;
+    let bye = c.recv().await?.event;
+    assert!(
+        matches!(&bye, Event::Goodbye { code, reason, .. }
+            if *code == CloseCode::ProtocolError.as_u16() && reason.contains("too many fragments")),
+        "{bye:?}"
+    );
+
+    // Another client noticed nothing.
+    let mut other = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "w")).await?;
+    assert_eq!(other.request(Command::Ping).await?, Event::Pong);
+    Ok(())
+}

@@ -27,6 +27,7 @@ use super::{
     admit_tcp, problem, queue, session_refused, single_frame, Inbound, Peer, Refused, Transport,
 };
 use crate::auth::AuthError;
+use crate::read_budget::{too_many_fragments, MessageBudget};
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
 use crate::tcp::TcpSlot;
@@ -141,8 +142,9 @@ pub async fn upgrade(
     match shared.authenticate(&token) {
         Ok(grant) => {
             let grant = Box::new(grant);
+            let framing = slot.clone();
             ws.on_upgrade(move |socket| async move {
-                serve(shared, socket, grant, remote).await;
+                serve(shared, socket, grant, remote, framing).await;
                 // The connection counted until its session ends.
                 drop(slot);
             })
@@ -196,8 +198,11 @@ async fn serve(
     socket: WebSocket,
     grant: Box<crate::auth::Grant>,
     remote: SocketAddr,
+    slot: TcpSlot,
 ) {
     let (sink, stream) = socket.split();
+    let max_frame = shared.config.limits.max_frame as usize;
+    let framing = MessageBudget::start(slot, max_frame + quiver_proto::LENGTH_PREFIX);
     let (in_tx, in_rx) = queue::bounded(64);
     let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let gone = CancellationToken::new();
@@ -205,8 +210,9 @@ async fn serve(
     let timeouts = &shared.config.timeouts;
     let reader = tokio::spawn(read(
         stream,
+        framing,
         in_tx,
-        shared.config.limits.max_frame as usize,
+        max_frame,
         timeouts.idle,
         gone.clone(),
         ending.clone(),
@@ -255,7 +261,7 @@ async fn serve(
 async fn close(
     close: Option<&(CloseCode, String)>,
     reason: &'static str,
-    reader: tokio::task::JoinHandle<Option<SplitStream<WebSocket>>>,
+    reader: tokio::task::JoinHandle<Option<(SplitStream<WebSocket>, MessageBudget)>>,
     writer: tokio::task::JoinHandle<Option<SplitSink<WebSocket, Message>>>,
     ending: CancellationToken,
     failed: bool,
@@ -293,11 +299,14 @@ async fn close(
     // Meanwhile, and for a little after, drop what the client still sends (see LINGER): its
     // answering close frame, or the commands it sent before it read the goodbye.
     let linger = async {
-        if let Some(mut stream) = unread {
+        if let Some((mut stream, mut framing)) = unread {
             let discard = async {
-                let mut left = LINGER_MESSAGES;
-                while left > 0 && matches!(stream.next().await, Some(Ok(_))) {
-                    left -= 1;
+                for _ in 0..LINGER_MESSAGES {
+                    match stream.next().await {
+                        // A message in too many fragments ends the linger too.
+                        Some(Ok(message)) if framing.complete(payload_len(&message)).is_ok() => {}
+                        _ => break,
+                    }
                 }
             };
             let _ = tokio::time::timeout(GOODBYE_GRACE * 3 + LINGER, discard).await;
@@ -307,36 +316,47 @@ async fn close(
 }
 
 /// Reads client messages: each binary message is exactly one frame. Anything arriving (a
-/// message, a pong) resets the idle deadline; silence for `idle` ends the session. Once the
-/// session is `ending` (or will read nothing more) it returns the stream, so the socket can be
-/// drained before it is closed; `None` when the client has left.
+/// message, a pong) resets the idle deadline; silence for `idle` ends the session. A message
+/// whose frames take too many bytes beyond its payload (`read_budget.rs`) is a protocol
+/// violation. Once the session is `ending` (or will read nothing more) it returns the stream,
+/// so the socket can be drained before it is closed; `None` when the client has left.
 async fn read(
     mut stream: SplitStream<WebSocket>,
+    mut framing: MessageBudget,
     tx: queue::Sender<Inbound>,
     max_frame: usize,
     idle: Duration,
     gone: CancellationToken,
     ending: CancellationToken,
-) -> Option<SplitStream<WebSocket>> {
+) -> Option<(SplitStream<WebSocket>, MessageBudget)> {
     let ended = loop {
         let next = tokio::select! {
             biased;
-            _ = ending.cancelled() => return Some(stream),
+            _ = ending.cancelled() => return Some((stream, framing)),
             next = tokio::time::timeout(idle, stream.next()) => next,
         };
         let message = match next {
             Err(_) => break "idle_timeout",
             Ok(None) => break "client_closed",
+            // An incomplete message past its bytes failed the connection's read.
+            Ok(Some(Err(_))) if framing.exceeded() => {
+                let _ = tx.send(Inbound::Malformed(too_many_fragments())).await;
+                return Some((stream, framing));
+            }
             Ok(Some(Err(e))) => match read_error(e) {
                 Ok(gone) => break gone,
                 // Oversized messages and broken framing surface here.
                 Err(reason) => {
                     let _ = tx.send(Inbound::Malformed(reason)).await;
-                    return Some(stream);
+                    return Some((stream, framing));
                 }
             },
             Ok(Some(Ok(message))) => message,
         };
+        if let Err(reason) = framing.complete(payload_len(&message)) {
+            let _ = tx.send(Inbound::Malformed(reason)).await;
+            return Some((stream, framing));
+        }
         let item = match message {
             Message::Binary(data) => match single_frame(&data, max_frame) {
                 Ok(body) => Inbound::decode(body),
@@ -350,12 +370,21 @@ async fn read(
         };
         let stop = matches!(item, Inbound::Malformed(_));
         if tx.send(item).await.is_err() || stop {
-            return Some(stream);
+            return Some((stream, framing));
         }
     };
     let _ = tx.send(Inbound::Ended(ended)).await;
     gone.cancel();
     None
+}
+
+/// A message's payload bytes (a close frame's at most: its code and reason).
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
+        Message::Text(text) => text.len(),
+        Message::Close(_) => 125,
+    }
 }
 
 /// Sorts a read error: the peer going away (a reset without a close frame is allowed,

@@ -1,0 +1,203 @@
+//! What a WebSocket message may take on the wire: bytes read from a TCP connection (after TLS)
+//! are counted below hyper, and a WebSocket session's reader sets how many more may come before
+//! its next message completes.
+//!
+//! Why (outside bounds audit 3, F1): tungstenite assembles a fragmented message out of sight,
+//! and a continuation frame with an empty payload adds nothing to the message's size, so a
+//! message that never ends never reaches `max_frame` and is never a command that the rate
+//! limit sees: two sessions sending 6-byte empty continuations held the server at 1.9 cores
+//! for as long as they liked. Counting the wire bytes a message takes bounds its fragments
+//! without parsing frames twice: a message still incomplete past [`INCOMPLETE`] bytes fails the
+//! connection's reads, and a complete one whose frames took more than [`FRAMING`] bytes beyond
+//! its payload is a protocol violation (`transport/websocket.rs`). Connections that carry no
+//! WebSocket (the API, SSE) are never limited.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::tcp::TcpSlot;
+
+/// Bytes a message's frame headers (and what the reader had read ahead of it: at most one
+/// read buffer, `READ_BUFFER` in websocket.rs) may take beyond its payload: about 2,700
+/// minimal fragments, far more than any client library makes of one message.
+pub const FRAMING: u64 = 16 * 1024;
+
+/// Bytes an incomplete message may take on the wire, for messages of at most `max_message`
+/// bytes: the largest message, whole, plus [`FRAMING`].
+pub fn incomplete(max_message: usize) -> u64 {
+    max_message as u64 + FRAMING
+}
+
+/// A TCP connection's count of bytes read, and the count past which its reads fail.
+pub struct ReadBudget {
+    read: AtomicU64,
+    /// `u64::MAX` until a WebSocket reader sets one.
+    limit: AtomicU64,
+    exceeded: AtomicBool,
+}
+
+impl Default for ReadBudget {
+    fn default() -> Self {
+        Self {
+            read: AtomicU64::new(0),
+            limit: AtomicU64::new(u64::MAX),
+            exceeded: AtomicBool::new(false),
+        }
+    }
+}
+
+impl ReadBudget {
+    /// Bytes read from the connection so far.
+    pub fn read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// From byte `from` of the connection, at most `bytes` more may be read.
+    pub fn allow(&self, from: u64, bytes: u64) {
+        self.limit
+            .store(from.saturating_add(bytes), Ordering::Relaxed);
+    }
+
+    /// Whether a read failed for going past the limit.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: usize) -> io::Result<()> {
+        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if total > self.limit.load(Ordering::Relaxed) {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a WebSocket message took more bytes on the wire than its budget",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A WebSocket message's framing, as the session's reader sees it: where the last complete
+/// message ended on the wire.
+pub struct MessageBudget {
+    slot: TcpSlot,
+    mark: u64,
+    incomplete: u64,
+}
+
+impl MessageBudget {
+    /// Starts counting at what the connection has read so far (the upgrade request included:
+    /// that only makes the first message's count generous).
+    pub fn start(slot: TcpSlot, max_message: usize) -> Self {
+        let mark = slot.read_budget().read();
+        let incomplete = incomplete(max_message);
+        slot.read_budget().allow(mark, incomplete);
+        Self {
+            slot,
+            mark,
+            incomplete,
+        }
+    }
+
+    /// A message of `payload` bytes came complete: `Err` with the reason when its frames took
+    /// more than [`FRAMING`] bytes beyond it; the next message's count starts here.
+    pub fn complete(&mut self, payload: usize) -> Result<(), String> {
+        let budget = self.slot.read_budget();
+        let now = budget.read();
+        let took = now.saturating_sub(self.mark);
+        self.mark = now;
+        budget.allow(now, self.incomplete);
+        if took > payload as u64 + FRAMING {
+            return Err(too_many_fragments());
+        }
+        Ok(())
+    }
+
+    /// Whether the connection's reads failed for an incomplete message's bytes.
+    pub fn exceeded(&self) -> bool {
+        self.slot.read_budget().exceeded()
+    }
+}
+
+/// The goodbye's reason for a message cut off by its framing.
+pub fn too_many_fragments() -> String {
+    format!(
+        "WebSocket protocol violation (RFC 6455): a message in too many fragments (its frame \
+         headers may take at most {FRAMING} bytes beyond its payload)"
+    )
+}
+
+/// A TCP connection's stream (after TLS) that counts what is read into its [`TcpSlot`]'s
+/// [`ReadBudget`], and fails a read past its limit.
+pub struct Budgeted<S> {
+    inner: S,
+    slot: TcpSlot,
+}
+
+impl<S> Budgeted<S> {
+    pub fn new(inner: S, slot: TcpSlot) -> Self {
+        Self { inner, slot }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        Poll::Ready(self.slot.read_budget().count(n))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Budgeted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_fail_past_the_limit_only_once_one_is_set() {
+        let budget = ReadBudget::default();
+        assert!(budget.count(1 << 30).is_ok(), "no limit before one is set");
+        budget.allow(budget.read(), 10);
+        assert!(budget.count(10).is_ok());
+        assert!(!budget.exceeded());
+        assert!(budget.count(1).is_err());
+        assert!(budget.exceeded());
+    }
+}
