@@ -594,6 +594,12 @@ async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_publishe
                     event: quiver_proto::Event::Published { .. },
                     ..
                 } => anyhow::bail!("published after the disconnect"),
+                // The goodbye is the command's answer (PROTOCOL §3): an `Error` would read as
+                // the backend's refusal (outside conformance audit 4, C4-2).
+                quiver_proto::ServerFrame {
+                    event: event @ quiver_proto::Event::Error { .. },
+                    ..
+                } => anyhow::bail!("the cut-off command was answered: {event:?}"),
                 _ => {}
             }
         }

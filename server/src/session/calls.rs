@@ -135,10 +135,10 @@ impl Session {
         };
         tokio::select! {
             biased;
-            _ = closing => Err(Refusal::new(
-                ErrorCode::PermissionDenied,
-                "hook not asked: the session was ended",
-            )),
+            // Not answered: the goodbye, which follows at once, is the command's answer
+            // (PROTOCOL §3, as for a waiting `Call`; an `Error` read as the backend's refusal,
+            // outside conformance audit 4, C4-2).
+            _ = closing => Err(Refusal::overtaken("the session was ended while its hook waited")),
             decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
         }
     }

@@ -109,13 +109,27 @@ struct Sub {
     overflow: CancellationToken,
 }
 
-/// A command refused with an error reply.
+/// A command refused with an error reply, or cut off by the session's close.
 #[derive(Debug)]
-struct Refusal(ErrorCode, String);
+struct Refusal(ErrorCode, String, Answer);
+
+/// How a [`Refusal`] reaches the client.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// An `Error` reply.
+    Error,
+    /// None: the session is closing, and its `Goodbye` is the command's answer (PROTOCOL §3).
+    Goodbye,
+}
 
 impl Refusal {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(code, message.into())
+        Self(code, message.into(), Answer::Error)
+    }
+
+    /// A command the session's close overtook while it waited (a hook): not answered.
+    fn overtaken(message: impl Into<String>) -> Self {
+        Self(ErrorCode::PermissionDenied, message.into(), Answer::Goodbye)
     }
 }
 
@@ -729,7 +743,11 @@ impl Session {
         }
     }
 
-    async fn refuse(&mut self, id: u32, Refusal(code, message): Refusal) {
+    async fn refuse(&mut self, id: u32, Refusal(code, message, answer): Refusal) {
+        if answer == Answer::Goodbye {
+            debug!(session = %self.id, %message, "command overtaken by the session's close");
+            return;
+        }
         metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
         debug!(session = %self.id, %code, %message, "command refused");
         self.reply(
