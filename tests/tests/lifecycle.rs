@@ -689,3 +689,39 @@ async fn refreshes_that_recheck_many_subscriptions_are_charged_for_the_work() ->
     }
     Ok(())
 }
+
+/// A session ends when its token's `exp` comes, to the clock's precision, not up to a second
+/// later: opened at nine tenths of a second, the deadline counted in whole seconds from then
+/// ended it 0.9 s after `exp` (PROTOCOL.md §6; outside conformance audit 4, C4-3).
+async fn a_session_ends_at_its_tokens_exp(via: Via) -> anyhow::Result<()> {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let server = TestServer::start().await?;
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    };
+    // Open at .85 of a second, with `exp` two seconds on.
+    let fraction = Duration::from_nanos(u64::from(now().subsec_nanos()));
+    let to_open = (Duration::from_millis(1_850) - fraction).as_millis() % 1_000;
+    tokio::time::sleep(Duration::from_millis(to_open as u64)).await;
+    let exp = now().as_secs() + 2;
+    let mut c = Raw::connect_via(via, &server, &token_expiring_at("acme", "u", exp)).await?;
+    assert_eq!(goodbye(&mut c).await?, CloseCode::TokenExpired);
+    let late = now().saturating_sub(Duration::from_secs(exp));
+    assert!(
+        late < Duration::from_millis(500),
+        "{via:?}: the goodbye came {late:?} after exp"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_tokens_exp_wt() -> anyhow::Result<()> {
+    a_session_ends_at_its_tokens_exp(Via::WebTransport).await
+}
+
+#[tokio::test]
+async fn a_session_ends_at_its_tokens_exp_ws() -> anyhow::Result<()> {
+    a_session_ends_at_its_tokens_exp(Via::WebSocket).await
+}

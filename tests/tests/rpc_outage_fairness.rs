@@ -495,7 +495,7 @@ const ACME_KEY: &str = "acme-key-0123456789abcdef0123456789ab";
 /// into it waits on the hook (the backend has it).
 async fn publish_held_by_its_hook(
     via: Via,
-    user: &str,
+    token: &str,
 ) -> Result<(
     TestServer,
     Arc<quiver_tests::rpc::GatedBackend>,
@@ -525,7 +525,7 @@ async fn publish_held_by_its_hook(
     ))
     .await?;
     let sub = watcher.subscribe("hk.room").await?;
-    let mut publisher = Raw::connect_via(via, &server, &full_token("acme", user)).await?;
+    let mut publisher = Raw::connect_via(via, &server, token).await?;
     publisher
         .send(quiver_proto::Command::Publish {
             room: "hk.room".into(),
@@ -552,7 +552,7 @@ async fn publish_held_by_its_hook(
 async fn a_publish_whose_client_left_during_its_hook_is_still_carried_out() -> Result<()> {
     for via in [Via::WebTransport, Via::WebSocket] {
         let (_server, backend, watcher, mut sub, mut publisher) =
-            publish_held_by_its_hook(via, "gone").await?;
+            publish_held_by_its_hook(via, &full_token("acme", "gone")).await?;
         publisher.close().await;
         drop(publisher);
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -574,7 +574,7 @@ async fn a_publish_whose_client_left_during_its_hook_is_still_carried_out() -> R
 #[tokio::test]
 async fn a_publish_whose_session_is_disconnected_during_its_hook_is_not_published() -> Result<()> {
     let (server, backend, watcher, mut sub, mut abuser) =
-        publish_held_by_its_hook(Via::WebTransport, "abuser").await?;
+        publish_held_by_its_hook(Via::WebTransport, &full_token("acme", "abuser")).await?;
     let (status, answer) =
         api_post(&server, "disconnect", ACME_KEY, json!({"user": "abuser"})).await?;
     assert_eq!(
@@ -695,5 +695,38 @@ async fn commands_sent_within_the_rate_behind_a_slow_hook_are_not_refused() -> R
         refused, 0,
         "pings within the rate refused after the hook's wait"
     );
+    Ok(())
+}
+
+/// A token that expires while the session's publish hook waits ends the session at `exp`, and
+/// the command with it: no reply (the goodbye is its answer), nothing published, though the
+/// backend allows it afterwards (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
+/// session outlived its token by the hook's wait and published).
+#[tokio::test]
+async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Result<()> {
+    let exp = quiver_server::auth::unix_now() + 2;
+    let (_server, backend, watcher, mut sub, mut publisher) =
+        publish_held_by_its_hook(Via::WebSocket, &token_expiring_at("acme", "lapsing", exp))
+            .await?;
+    let goodbye = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match publisher.recv().await?.event {
+                quiver_proto::Event::Goodbye { code, .. } => return anyhow::Ok(code),
+                event @ (quiver_proto::Event::Error { .. }
+                | quiver_proto::Event::Published { .. }) => {
+                    anyhow::bail!("the command was answered: {event:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("no goodbye at exp while the hook waited")??;
+    assert_eq!(goodbye, quiver_proto::CloseCode::TokenExpired.as_u16());
+    backend.gate.add_permits(10);
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
+        panic!("the expired session's publication was published: {event:?}");
+    }
+    watcher.close().await;
     Ok(())
 }

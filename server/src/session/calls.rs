@@ -133,12 +133,16 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
+        let expiry = self.expiry();
         tokio::select! {
             biased;
             // Not answered: the goodbye, which follows at once, is the command's answer
             // (PROTOCOL §3, as for a waiting `Call`; an `Error` read as the backend's refusal,
             // outside conformance audit 4, C4-2).
             _ = closing => Err(Refusal::overtaken("the session was ended while its hook waited")),
+            // Nor does a token that expires meanwhile let the command through: the session
+            // closes `token_expired` next (outside conformance audit 4, C4-3).
+            _ = tokio::time::sleep_until(expiry) => Err(Refusal::overtaken("the token expired while its hook waited")),
             decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
         }
     }

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -358,9 +358,7 @@ impl Session {
         // handler's (`Meter::busy`; outside delivery audit 2, D2).
         let mut paused: Option<Instant> = None;
         loop {
-            // A token is valid while `now < exp + leeway` (auth.rs): so is its session.
-            let leeway = self.shared.config.auth.leeway.as_secs();
-            let expiry = expiry_instant(self.grant.expires_at.saturating_add(leeway));
+            let expiry = self.expiry();
             let full = self.publishing.is_full();
             tokio::select! {
                 biased;
@@ -403,7 +401,10 @@ impl Session {
                     // Publications that queued up behind this one go to the hub before the
                     // run's stream writes are flushed (`crate::cork`): one write per stream.
                     let mut run = 1;
+                    // A command read once the token has expired does not run: the next turn
+                    // closes the session (`token_expired`) first.
                     while run < cork::MAX_RUN
+                        && tokio::time::Instant::now() < expiry
                         && !self.held.is_empty()
                         && !self.held.is_full()
                         && !self.publishing.is_full()
@@ -500,8 +501,7 @@ impl Session {
     ) -> Result<(), Exit> {
         let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.hello;
         // The token's expiry holds before the Hello too (PROTOCOL.md §6).
-        let leeway = self.shared.config.auth.leeway.as_secs();
-        let expiry = expiry_instant(self.grant.expires_at.saturating_add(leeway));
+        let expiry = self.expiry();
         let first = loop {
             let first = tokio::select! {
                 _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
@@ -771,12 +771,29 @@ async fn next_ended(
     }
 }
 
+impl Session {
+    /// When the session's token stops being valid: it is valid while `now < exp + leeway`
+    /// (auth.rs), and so is the session.
+    fn expiry(&self) -> tokio::time::Instant {
+        let leeway = self.shared.config.auth.leeway.as_secs();
+        expiry_instant(self.grant.expires_at.saturating_add(leeway))
+    }
+}
+
+/// The instant the wall clock reaches `expires_at` (Unix seconds), to the clock's precision: a
+/// deadline counted in whole seconds from now ended sessions up to a second after `exp`, the
+/// part of a second they had opened at (outside conformance audit 4, C4-3).
 fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
     // A token may name any `exp` up to u64::MAX ("never expires"), and an Instant that far
     // overflows (a panic in the session's task, which once left its subscriptions behind):
     // past 30 years, the deadline is 30 years (as tokio's own far-future sleep).
-    const FAR: u64 = 30 * 365 * 86_400;
-    let left = expires_at.saturating_sub(unix_now()).min(FAR);
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(expires_at)
+        .saturating_sub(since_epoch)
+        .min(FAR);
     let now = tokio::time::Instant::now();
-    now.checked_add(Duration::from_secs(left)).unwrap_or(now)
+    now.checked_add(left).unwrap_or(now)
 }
