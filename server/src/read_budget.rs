@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -32,12 +32,15 @@ pub fn incomplete(max_message: usize) -> u64 {
     max_message as u64 + FRAMING
 }
 
-/// A TCP connection's count of bytes read, and the count past which its reads fail.
+/// A TCP connection's count of bytes read, and the count past which its reads fail; and its
+/// socket, to tell when the peer has stopped sending.
 pub struct ReadBudget {
     read: AtomicU64,
     /// `u64::MAX` until a WebSocket reader sets one.
     limit: AtomicU64,
     exceeded: AtomicBool,
+    /// The TCP socket (-1: none known), valid while the connection's stream owns it.
+    fd: AtomicI32,
 }
 
 impl Default for ReadBudget {
@@ -46,11 +49,48 @@ impl Default for ReadBudget {
             read: AtomicU64::new(0),
             limit: AtomicU64::new(u64::MAX),
             exceeded: AtomicBool::new(false),
+            fd: AtomicI32::new(-1),
         }
     }
 }
 
 impl ReadBudget {
+    /// Remembers `tcp`'s socket for [`Self::peer_stopped_sending`]; it must outlive every call
+    /// (the connection's stream owns it, and the WebSocket reader holds that stream).
+    pub fn watch(&self, tcp: &tokio::net::TcpStream) {
+        #[cfg(unix)]
+        {
+            use std::os::fd::AsRawFd;
+            self.fd.store(tcp.as_raw_fd(), Ordering::Relaxed);
+        }
+        #[cfg(not(unix))]
+        let _ = tcp;
+    }
+
+    /// Whether the peer has closed its sending side (a FIN, even with data still unread) or
+    /// reset the connection. Asks the kernel without reading anything; `false` where it
+    /// cannot tell.
+    pub fn peer_stopped_sending(&self) -> bool {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let fd = self.fd.load(Ordering::Relaxed);
+            if fd < 0 {
+                return false;
+            }
+            let mut poll = libc::pollfd {
+                fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, no wait; the descriptor is the connection's own (see
+            // `watch`) and polling it reads nothing.
+            let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+            ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        false
+    }
+
     /// Bytes read from the connection so far.
     pub fn read(&self) -> u64 {
         self.read.load(Ordering::Relaxed)
@@ -119,6 +159,18 @@ impl MessageBudget {
     /// Whether the connection's reads failed for an incomplete message's bytes.
     pub fn exceeded(&self) -> bool {
         self.slot.read_budget().exceeded()
+    }
+
+    /// Resolves once the peer has stopped sending (see [`ReadBudget::peer_stopped_sending`]),
+    /// looking twice a second; never where that cannot be told.
+    pub async fn peer_stopped_sending(&self) {
+        let mut look = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            look.tick().await;
+            if self.slot.read_budget().peer_stopped_sending() {
+                return;
+            }
+        }
     }
 }
 

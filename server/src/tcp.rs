@@ -164,6 +164,7 @@ async fn connection(
     let deadline = shared.config.timeouts.handshake;
     // Read before TLS takes the socket: the stream that wraps it keeps it open while read.
     let unacked = Unacked::of(&tcp);
+    slot.read_budget().watch(&tcp);
     match tls {
         None => http(tcp, remote, app, slot, deadline, unacked).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {

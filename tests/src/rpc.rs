@@ -2,7 +2,7 @@
 
 use quiver_server::auth::{sign_hs256, unix_now, Claims};
 
-use crate::SECRET;
+use crate::{client_config, full_token, Raw, TestServer, Via, SECRET, WAIT};
 
 /// A token for `user` in `tenant` allowed every room and the given `call` patterns.
 pub fn call_token(tenant: &str, user: &str, call: &[&str]) -> String {
@@ -78,4 +78,61 @@ pub async fn gated_backend() -> anyhow::Result<(String, std::sync::Arc<GatedBack
         )
         .with_state(backend.clone());
     Ok((serve_backend(app).await?, backend))
+}
+
+/// API key of tenant `acme` in [`publish_held_by_its_hook`]'s server.
+pub const ACME_KEY: &str = "acme-key-0123456789abcdef0123456789ab";
+
+/// A server whose `hk` rooms have a publish hook the backend holds until the test opens its
+/// gate; a watcher subscribed to `hk.room`; a session `user` connected `via` whose `Publish`
+/// into it waits on the hook (the backend has it).
+pub async fn publish_held_by_its_hook(
+    via: Via,
+    token: &str,
+) -> anyhow::Result<(
+    TestServer,
+    std::sync::Arc<GatedBackend>,
+    quiver_client::Client,
+    quiver_client::Subscription,
+    Raw,
+)> {
+    let (url, backend) = gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: ACME_KEY.into(),
+            tenant: Some("acme".into()),
+        }];
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "hk".into(),
+            subscribe: false,
+            publish: true,
+            timeout: std::time::Duration::from_secs(10),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let watcher = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(full_token("acme", "watcher")),
+    ))
+    .await?;
+    let sub = watcher.subscribe("hk.room").await?;
+    let mut publisher = Raw::connect_via(via, &server, token).await?;
+    publisher
+        .send(quiver_proto::Command::Publish {
+            room: "hk.room".into(),
+            payload: bytes::Bytes::from_static(b"not to be lost"),
+            ack: true,
+        })
+        .await?;
+    let deadline = std::time::Instant::now() + WAIT;
+    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{via:?}: the hook never reached the backend"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok((server, backend, watcher, sub, publisher))
 }

@@ -20,7 +20,7 @@ use quiver_client::{token_fixed, CallOptions, Client, ClientError, ErrorCode, Su
 use quiver_server::config::NatsConfig;
 use quiver_server::rpc::HookConfig;
 use quiver_tests::nats::NatsServer;
-use quiver_tests::rpc::call_token;
+use quiver_tests::rpc::{call_token, publish_held_by_its_hook, ACME_KEY};
 use quiver_tests::*;
 use serde_json::{json, Value};
 
@@ -487,63 +487,6 @@ async fn a_hook_sent_late_still_hears_a_timely_deny() -> Result<()> {
     Ok(())
 }
 
-/// API key of tenant `acme` in [`publish_held_by_its_hook`]'s server.
-const ACME_KEY: &str = "acme-key-0123456789abcdef0123456789ab";
-
-/// A server whose `hk` rooms have a publish hook the backend holds until the test opens its
-/// gate; a watcher subscribed to `hk.room`; a session `user` connected `via` whose `Publish`
-/// into it waits on the hook (the backend has it).
-async fn publish_held_by_its_hook(
-    via: Via,
-    token: &str,
-) -> Result<(
-    TestServer,
-    Arc<quiver_tests::rpc::GatedBackend>,
-    Client,
-    quiver_client::Subscription,
-    Raw,
-)> {
-    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
-    let server = TestServer::start_with(move |c| {
-        c.rpc.url = Some(url);
-        c.api.keys = vec![quiver_server::config::ApiKey {
-            key: ACME_KEY.into(),
-            tenant: Some("acme".into()),
-        }];
-        c.rpc.hooks = vec![HookConfig {
-            namespace: "hk".into(),
-            subscribe: false,
-            publish: true,
-            timeout: Duration::from_secs(10),
-            fail_open: false,
-        }];
-    })
-    .await?;
-    let watcher = Client::connect(client_config(
-        &server,
-        token_fixed(full_token("acme", "watcher")),
-    ))
-    .await?;
-    let sub = watcher.subscribe("hk.room").await?;
-    let mut publisher = Raw::connect_via(via, &server, token).await?;
-    publisher
-        .send(quiver_proto::Command::Publish {
-            room: "hk.room".into(),
-            payload: Bytes::from_static(b"not to be lost"),
-            ack: true,
-        })
-        .await?;
-    let deadline = Instant::now() + WAIT;
-    while backend.asked.load(Ordering::SeqCst) < 1 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "{via:?}: the hook never reached the backend"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok((server, backend, watcher, sub, publisher))
-}
-
 /// A client that leaves while its publish hook waits does not take it along: what it wrote
 /// before leaving is carried out (PROTOCOL.md §5), on WebTransport and WebSocket alike. The
 /// first fix for sessions that end during a hook dropped these, and a WebSocket client's last
@@ -695,38 +638,5 @@ async fn commands_sent_within_the_rate_behind_a_slow_hook_are_not_refused() -> R
         refused, 0,
         "pings within the rate refused after the hook's wait"
     );
-    Ok(())
-}
-
-/// A token that expires while the session's publish hook waits ends the session at `exp`, and
-/// the command with it: no reply (the goodbye is its answer), nothing published, though the
-/// backend allows it afterwards (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
-/// session outlived its token by the hook's wait and published).
-#[tokio::test]
-async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Result<()> {
-    let exp = quiver_server::auth::unix_now() + 2;
-    let (_server, backend, watcher, mut sub, mut publisher) =
-        publish_held_by_its_hook(Via::WebSocket, &token_expiring_at("acme", "lapsing", exp))
-            .await?;
-    let goodbye = tokio::time::timeout(Duration::from_secs(4), async {
-        loop {
-            match publisher.recv().await?.event {
-                quiver_proto::Event::Goodbye { code, .. } => return anyhow::Ok(code),
-                event @ (quiver_proto::Event::Error { .. }
-                | quiver_proto::Event::Published { .. }) => {
-                    anyhow::bail!("the command was answered: {event:?}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .context("no goodbye at exp while the hook waited")??;
-    assert_eq!(goodbye, quiver_proto::CloseCode::TokenExpired.as_u16());
-    backend.gate.add_permits(10);
-    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
-        panic!("the expired session's publication was published: {event:?}");
-    }
-    watcher.close().await;
     Ok(())
 }

@@ -10,6 +10,7 @@ mod calls;
 mod commands;
 mod datagrams;
 mod inbox;
+mod leaving;
 pub(crate) mod meter;
 mod publishing;
 mod read_only;
@@ -179,6 +180,8 @@ pub struct Session {
     /// Resolves when the session is ordered to close (`registry::Kicks::closing`): a hook that
     /// waits ends then (`calls.rs`). Set when `drive` starts.
     closing: Option<crate::registry::Closing>,
+    /// Set once the client is found gone (`leaving.rs`).
+    left: std::sync::OnceLock<leaving::Left>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -260,6 +263,7 @@ async fn run_session(
         last_wire_id: 0,
         read_only,
         closing: None,
+        left: std::sync::OnceLock::new(),
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
@@ -772,6 +776,15 @@ async fn next_ended(
 }
 
 impl Session {
+    /// How long what a client wrote is still carried out once it has gone (`leaving.rs`).
+    fn leftover(&self) -> Duration {
+        if self.read_only.is_some() {
+            Duration::ZERO
+        } else {
+            self.shared.config.timeouts.reply
+        }
+    }
+
     /// When the session's token stops being valid: it is valid while `now < exp + leeway`
     /// (auth.rs), and so is the session.
     fn expiry(&self) -> tokio::time::Instant {

@@ -369,7 +369,25 @@ async fn read(
             Message::Ping(_) | Message::Pong(_) => Inbound::Control(std::time::Instant::now()),
         };
         let stop = matches!(item, Inbound::Malformed(_));
-        if tx.send(item).await.is_err() || stop {
+        // While the session is busy (its queue full: a command waits on a hook or the broker),
+        // a client that leaves is noticed all the same (a FIN or a reset): the session then
+        // carries out what it has read for a bounded time only, and what the client wrote
+        // beyond that is not read (outside bounds audit 3, F2: a client that wrote thousands
+        // of hooked commands and closed kept its session for hours, one hook at a time).
+        let place = tokio::select! {
+            biased;
+            place = tx.reserve() => place,
+            () = framing.peer_stopped_sending() => {
+                gone.cancel();
+                let _ = tx.send(Inbound::Ended("client_closed")).await;
+                return None;
+            }
+        };
+        match place {
+            Ok(place) => place.send(item),
+            Err(_) => return Some((stream, framing)),
+        }
+        if stop {
             return Some((stream, framing));
         }
     };

@@ -1,0 +1,183 @@
+//! Hooks cut off by the session's end (PROTOCOL.md §5, §6, §11.3): a client that left gets
+//! what it wrote carried out for a bounded time, not one hook timeout per command; a token that
+//! expires while a hook waits ends the session at `exp`. A test binary of its own: the hook
+//! decisions they cut off are counted in the process-wide metrics that
+//! `rpc_outage_fairness.rs` asserts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_server::rpc::HookConfig;
+use quiver_tests::rpc::publish_held_by_its_hook;
+use quiver_tests::*;
+
+/// A server with a publish and subscribe hook on `hk` whose backend never answers (each hook
+/// times out after 1 s), and 2 s (`timeouts.reply`) for a departed client's commands.
+async fn server_whose_hooks_never_answer(
+) -> Result<(TestServer, Arc<quiver_tests::rpc::GatedBackend>)> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.timeouts.reply = Duration::from_secs(2);
+        c.timeouts.keep_alive = Duration::from_secs(1);
+        c.rpc.hooks = vec![HookConfig {
+            namespace: "hk".into(),
+            subscribe: true,
+            publish: true,
+            timeout: Duration::from_secs(1),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    Ok((server, backend))
+}
+
+/// Waits (bounded) until the server has no session; how long it took.
+async fn sessions_gone(server: &TestServer, within: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    while server.sessions() > 0 {
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "{} sessions still open {:?} after their clients left",
+            server.sessions(),
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(started.elapsed())
+}
+
+/// A WebSocket client that writes a hundred hooked publications and half-closes its connection
+/// (a FIN, its socket kept open) gets what it wrote carried out for `timeouts.reply` after it
+/// left, not one hook timeout per publication: its session ends within seconds, and the
+/// backend is asked a few times, not a hundred (PROTOCOL.md §5; outside bounds audit 3, F2: a
+/// session held for hours, one hook at a time).
+#[tokio::test]
+async fn a_departed_websocket_clients_hooked_commands_get_a_bounded_time() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, backend) = server_whose_hooks_never_answer().await?;
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+    tcp.write_all(
+        format!(
+            "GET /v1/ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            full_token("acme", "leaver"),
+            server.http
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await?);
+    }
+    anyhow::ensure!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    // Masked binary messages of one frame each: the Hello, then the publications.
+    let message = |command| {
+        let frame = quiver_proto::encode_command(&quiver_proto::ClientFrame { id: 1, command });
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut message = vec![
+            0x82,
+            0x80 | 126,
+            (frame.len() >> 8) as u8,
+            frame.len() as u8,
+        ];
+        message.extend_from_slice(&mask);
+        message.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        message
+    };
+    let mut wire = message(quiver_proto::Command::Hello {
+        version: quiver_proto::PROTOCOL_VERSION,
+        client: "leaver".into(),
+    });
+    for _ in 0..100 {
+        wire.extend(message(quiver_proto::Command::Publish {
+            room: "hk.room".into(),
+            payload: Bytes::from(vec![b'x'; 200]),
+            ack: false,
+        }));
+    }
+    tcp.write_all(&wire).await?;
+    tcp.shutdown().await?;
+    let took = sessions_gone(&server, Duration::from_secs(15)).await?;
+    let asked = backend.asked.load(Ordering::SeqCst);
+    assert!(
+        asked <= 5,
+        "the backend was asked {asked} times in {took:?}"
+    );
+    drop(tcp);
+    Ok(())
+}
+
+/// An SSE request for rooms with a subscribe hook whose client goes away has nothing left to
+/// carry out: its session ends once the server notices (a keep-alive), its remaining rooms'
+/// hooks never asked (outside bounds audit 3, F3: 200 rooms kept a session ~400 s after its
+/// client left, and 300 such requests filled `max_sessions`).
+#[tokio::test]
+async fn a_departed_sse_clients_hooked_rooms_are_not_asked_for() -> Result<()> {
+    let (server, backend) = server_whose_hooks_never_answer().await?;
+    let rooms: String = (0..30).map(|i| format!("&room=hk.r{i}")).collect();
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/sse?token={}{rooms}",
+            server.http,
+            full_token("acme", "reader")
+        ))
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    let deadline = Instant::now() + WAIT;
+    while backend.asked.load(Ordering::SeqCst) < 1 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the hook never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(response);
+    let took = sessions_gone(&server, Duration::from_secs(10)).await?;
+    let asked = backend.asked.load(Ordering::SeqCst);
+    assert!(
+        asked <= 4,
+        "the backend was asked {asked} times in {took:?}"
+    );
+    Ok(())
+}
+
+/// A token that expires while the session's publish hook waits ends the session at `exp`, and
+/// the command with it: no reply (the goodbye is its answer), nothing published, though the
+/// backend allows it afterwards (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
+/// session outlived its token by the hook's wait and published).
+#[tokio::test]
+async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Result<()> {
+    let exp = quiver_server::auth::unix_now() + 2;
+    let (_server, backend, watcher, mut sub, mut publisher) =
+        publish_held_by_its_hook(Via::WebSocket, &token_expiring_at("acme", "lapsing", exp))
+            .await?;
+    let goodbye = tokio::time::timeout(Duration::from_secs(4), async {
+        loop {
+            match publisher.recv().await?.event {
+                quiver_proto::Event::Goodbye { code, .. } => return anyhow::Ok(code),
+                event @ (quiver_proto::Event::Error { .. }
+                | quiver_proto::Event::Published { .. }) => {
+                    anyhow::bail!("the command was answered: {event:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("no goodbye at exp while the hook waited")??;
+    assert_eq!(goodbye, quiver_proto::CloseCode::TokenExpired.as_u16());
+    backend.gate.add_permits(10);
+    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
+        panic!("the expired session's publication was published: {event:?}");
+    }
+    watcher.close().await;
+    Ok(())
+}
