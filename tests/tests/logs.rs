@@ -655,3 +655,96 @@ async fn the_default_level_writes_nothing_below_info() -> Result<()> {
     assert!(below.is_empty(), "{below:?}");
     Ok(())
 }
+
+/// Hooks never sent because the tenant's hooks held every place it may use (`over_quota`) are
+/// audited within a budget, like refused calls (outside bounds audit 3, F3: 1,340 such lines in
+/// 10 s), and every one is still accounted for (`not_logged`).
+#[tokio::test]
+async fn hooks_never_sent_for_want_of_a_place_are_audited_within_a_budget() -> Result<()> {
+    // A backend that holds every hook.
+    let app = axum::Router::new().route(
+        "/rpc",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            axum::Json(serde_json::json!({"allow": true}))
+        }),
+    );
+    let url = quiver_tests::rpc::serve_backend(app).await?;
+    let dir = tempfile::tempdir()?;
+    // 16 places: a tenant's hooks may use 2; `hold` keeps them, `hk` waits 100 ms for one.
+    let config = dir.path().join("hooks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[rpc]\nurl = \"{url}\"\nhttp_max_in_flight = 16\n\
+             [[rpc.hooks]]\nnamespace = \"hold\"\npublish = true\ntimeout = \"30s\"\n\
+             [[rpc.hooks]]\nnamespace = \"hk\"\npublish = true\ntimeout = \"100ms\"\n"
+        ),
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let server = Logged::start(dir.path(), &["--log-format", "json", "--config", &config])?;
+    let (port, hash) = (server.port("webtransport")?, server.hash()?);
+    let publish = |room: &str| quiver_proto::Command::Publish {
+        room: room.into(),
+        payload: bytes::Bytes::from_static(b"x"),
+        ack: true,
+    };
+    let mut holders = Vec::new();
+    for i in 0..2 {
+        let mut holder = Raw::connect_at(port, hash, &full_token("acme", &format!("h{i}"))).await?;
+        holder.send(publish("hold.x")).await?;
+        holders.push(holder);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 150 hooked publications of 30 sessions, each denied for want of a place.
+    let (sessions, each) = (30, 5);
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 0..sessions {
+        let mut c = Raw::connect_at(port, hash, &full_token("acme", &format!("u{s}"))).await?;
+        tasks.spawn(async move {
+            for _ in 0..each {
+                let reply = c.request(publish("hk.x")).await?;
+                anyhow::ensure!(
+                    matches!(&reply, quiver_proto::Event::Error { message, .. } if message.contains("hook not asked")),
+                    "{reply:?}"
+                );
+            }
+            anyhow::Ok(c)
+        });
+    }
+    let mut last = None;
+    while let Some(done) = tasks.join_next().await {
+        last = Some(done??);
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // One more after the budget's second, so the ones left out before it are counted.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let mut last = last.context("no session")?;
+    last.request(publish("hk.x")).await?;
+    let attempts = (sessions * each + 1) as u64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let unsent: Vec<serde_json::Value> = server
+            .lines()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|j| j["target"] == "quiver::audit" && j["outcome"] == "over_quota")
+            .collect();
+        let not_logged: u64 = unsent.iter().filter_map(|j| j["not_logged"].as_u64()).sum();
+        if unsent.len() as u64 + not_logged == attempts {
+            assert!(
+                unsent.len() as u64 <= 20 * (seconds + 1),
+                "{} audit lines for {attempts} hooks never sent in {seconds} s",
+                unsent.len()
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} lines, {not_logged} not logged, for {attempts} hooks never sent",
+            unsent.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -120,6 +120,15 @@ pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
     );
 }
 
+/// Hooks never sent because the tenant's hooks held every place it may use (`over_quota`)
+/// logged per second at most, like refused calls: nothing reached the backend, and a tenant's
+/// users holding its places made an audit line per command (outside bounds audit 3, F3: 1,340
+/// lines in 10 s). `quiver_hook_decisions_total` counts every one.
+static UNSENT_HOOKS_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(20);
+
+/// A hook's decision, as the backend made it or as its failure was decided; the ones never
+/// sent within [`UNSENT_HOOKS_LOGGED`] (`not_logged`: how many were left out before this one).
 pub fn hook(
     hook: Hook,
     caller: &Caller,
@@ -129,6 +138,14 @@ pub fn hook(
     decision: &Decision,
     took: Duration,
 ) {
+    let not_logged = if outcome == "over_quota" {
+        let Some(not_logged) = UNSENT_HOOKS_LOGGED.admit() else {
+            return;
+        };
+        not_logged
+    } else {
+        0
+    };
     info!(
         target: "quiver::audit",
         kind = hook.label(),
@@ -140,6 +157,7 @@ pub fn hook(
         outcome,
         decision = decision.label(),
         latency_ms = took.as_secs_f64() * 1000.0,
+        not_logged,
         "hook"
     );
 }
