@@ -70,7 +70,10 @@ impl Orders {
         }
         queue.push_back(kick.clone());
         drop(queue);
-        // Stores a permit when the session is not waiting: the next `recv` sees the order.
+        // Every watcher of the queue (a waiting command watches for a close and for rooms'
+        // unsubscribes at once) is woken, and a permit is stored for a session that is not
+        // waiting: its next `recv` sees the order.
+        self.notify.notify_waiters();
         self.notify.notify_one();
         true
     }
@@ -133,6 +136,31 @@ impl Closing {
             if queued {
                 return;
             }
+            notified.await;
+        }
+    }
+}
+
+impl Closing {
+    /// Calls `stop` with each room whose unsubscribe is queued now, then again whenever an
+    /// order is queued; never returns. Takes nothing from the queue (the orders are carried
+    /// out in full by [`Kicks::recv`] later): a command that waits (a hook) stops those rooms'
+    /// deliveries at once beside it.
+    pub async fn rooms_ordered(
+        &self,
+        mut stop: impl FnMut(&quiver_proto::RoomName),
+    ) -> std::convert::Infallible {
+        loop {
+            let notified = self.0.notify.notified();
+            let rooms: Vec<quiver_proto::RoomName> = self
+                .0
+                .queue
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(|kick| kick.room.clone())
+                .collect();
+            rooms.iter().for_each(&mut stop);
             notified.await;
         }
     }

@@ -181,3 +181,86 @@ async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Res
     watcher.close().await;
     Ok(())
 }
+
+/// The backend's unsubscribe of one room stops its deliveries at once even while the session's
+/// hooked command waits, and is told (`Unsubscribed` 116) once the command is done (PROTOCOL.md
+/// §11.3; outside regression audit 8, N1: deliveries went on until the hook was answered, up to
+/// twice its timeout).
+#[tokio::test]
+async fn an_api_unsubscribe_stops_deliveries_while_a_hook_waits() -> Result<()> {
+    use quiver_proto::{Command, ErrorCode, Event};
+    for via in [Via::WebTransport, Via::WebSocket] {
+        let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+        let server = TestServer::start_with(move |c| {
+            c.rpc.url = Some(url);
+            c.api.keys = vec![quiver_server::config::ApiKey {
+                key: quiver_tests::rpc::ACME_KEY.into(),
+                tenant: Some("acme".into()),
+            }];
+            c.rpc.hooks = vec![HookConfig {
+                namespace: "hk".into(),
+                subscribe: false,
+                publish: true,
+                timeout: Duration::from_secs(10),
+                fail_open: false,
+            }];
+        })
+        .await?;
+        let mut reader = Raw::connect_via(via, &server, &full_token("acme", "reader")).await?;
+        let mut news = reader.subscribe("news").await?;
+        let mut other = Raw::connect_via(via, &server, &full_token("acme", "other")).await?;
+        other.publish("news", b"before").await?;
+        assert_eq!(
+            news.payload().await?,
+            Bytes::from_static(b"before"),
+            "{via:?}"
+        );
+        // The reader's hooked Publish waits on the backend.
+        let id = reader
+            .send(Command::Publish {
+                room: "hk.x".into(),
+                payload: Bytes::from_static(b"hooked"),
+                ack: true,
+            })
+            .await?;
+        let deadline = Instant::now() + WAIT;
+        while backend.asked.load(Ordering::SeqCst) < 1 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{via:?}: the hook never reached the backend"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (status, answer) = api_post(
+            &server,
+            "unsubscribe",
+            quiver_tests::rpc::ACME_KEY,
+            serde_json::json!({"user": "reader", "room": "news", "reason": "moderated"}),
+        )
+        .await?;
+        assert_eq!(status, 200, "{via:?}: {answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        other.publish("news", b"after").await?;
+        // Nothing more of `news` reaches the reader (its stream may end).
+        if let Ok(Ok(frame)) = tokio::time::timeout(Duration::from_millis(1_000), news.next()).await
+        {
+            assert!(
+                !matches!(frame.event, Event::Publication { .. }),
+                "{via:?}: delivered after the unsubscribe: {frame:?}"
+            );
+        }
+        // The command, then the unsubscribe, in order.
+        backend.gate.add_permits(1);
+        assert!(
+            matches!(reader.recv_reply(id).await?, Event::Published { .. }),
+            "{via:?}"
+        );
+        let told = reader.recv().await?.event;
+        assert!(
+            matches!(&told, Event::Unsubscribed { room, code, .. } if room == "news" && *code == ErrorCode::Unsubscribed.as_u16()),
+            "{via:?}: {told:?}"
+        );
+        assert_eq!(reader.request(Command::Ping).await?, Event::Pong, "{via:?}");
+    }
+    Ok(())
+}

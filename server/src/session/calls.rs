@@ -134,6 +134,17 @@ impl Session {
             }
         };
         let expiry = self.expiry();
+        // The backend's unsubscribe of a room stops its deliveries at once, not after the hook
+        // (outside regression audit 8, N1: deliveries went on for up to twice the hook's
+        // timeout); the order itself is carried out after the command, as it arrived.
+        let unsubscribed = async {
+            match &self.closing {
+                Some(closing) => match closing
+                    .rooms_ordered(|room| self.stop_deliveries(room))
+                    .await {},
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             // Not answered: the goodbye, which follows at once, is the command's answer
@@ -146,6 +157,7 @@ impl Session {
             // Nor past the time a departed client's commands get (`leaving.rs`).
             _ = super::leaving::leftover_over(&self.left, &self.link.peer, self.leftover()) => Err(Refusal::overtaken("the client left, and the time its commands get after it was over")),
             decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
+            never = unsubscribed => never,
         }
     }
 

@@ -563,6 +563,27 @@ impl Session {
     /// own stream is finished, or reset if the client's credit left frames unwritten (PROTOCOL
     /// §2). On a shared transport the writer is stopped before this returns, so nothing of this
     /// subscription is written after whatever the session writes next.
+    /// Stops `room`'s deliveries to this session, quietly, ahead of its unsubscribe: the
+    /// writer stops where it is and the hub forgets the subscriber (so its queue does not fill
+    /// up and count as a slow consumer's drops); `drop_sub` frees the rest later.
+    pub(super) fn stop_deliveries(&self, room: &quiver_proto::RoomName) {
+        let Some(sub) = self.subs.get(room) else {
+            return;
+        };
+        sub.stop.cancel();
+        sub.overflow.cancel();
+        if self.shared.hub.unsubscribe(&sub.key, sub.id) {
+            // The room's last subscriber here: the broker's interest goes too (`drop_sub`
+            // finds the hub's entry gone and leaves it).
+            let (broker, key) = (self.shared.broker.clone(), sub.key.clone());
+            tokio::spawn(async move {
+                if let Err(e) = broker.remove_interest(key).await {
+                    warn!(error = %e, "broker refused to drop interest");
+                }
+            });
+        }
+    }
+
     pub(super) async fn drop_sub(&self, sub: Sub) {
         // The flag first, then the token the writer watches.
         sub.stop.cancel();
