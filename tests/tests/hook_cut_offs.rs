@@ -1,6 +1,7 @@
 //! Hooks cut off by the session's end (PROTOCOL.md §5, §6, §11.3): a client that left gets
 //! what it wrote carried out for a bounded time, not one hook timeout per command; a token that
-//! expires while a hook waits ends the session at `exp`. A test binary of its own: the hook
+//! expires while a hook waits ends the session at `exp`; and the backend's unsubscribe of a
+//! room stops its deliveries while a hook waits. A test binary of its own: the hook
 //! decisions they cut off are counted in the process-wide metrics that
 //! `rpc_outage_fairness.rs` asserts.
 
