@@ -154,8 +154,8 @@ impl Session {
             // Nor does a token that expires meanwhile let the command through: the session
             // closes `token_expired` next (outside conformance audit 4, C4-3).
             _ = tokio::time::sleep_until(expiry) => Err(Refusal::overtaken("the token expired while its hook waited")),
-            // Nor past the time a departed client's commands get (`leaving.rs`).
-            _ = super::leaving::leftover_over(&self.left, &self.link.peer, self.leftover()) => Err(Refusal::overtaken("the client left, and the time its commands get after it was over")),
+            // Nor past the time a departed client's commands get (`lifetime.rs`).
+            _ = super::lifetime::leftover_over(&self.left, &self.link.peer, self.leftover()) => Err(Refusal::overtaken("the client left, and the time its commands get after it was over")),
             decided = ask(&self.shared.rpc, hook, &caller, room, payload) => decided,
             never = unsubscribed => never,
         }

@@ -10,7 +10,7 @@ mod calls;
 mod commands;
 mod datagrams;
 mod inbox;
-mod leaving;
+mod lifetime;
 pub(crate) mod meter;
 mod publishing;
 mod read_only;
@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -180,8 +180,8 @@ pub struct Session {
     /// Resolves when the session is ordered to close (`registry::Kicks::closing`): a hook that
     /// waits ends then (`calls.rs`). Set when `drive` starts.
     closing: Option<crate::registry::Closing>,
-    /// Set once the client is found gone (`leaving.rs`).
-    left: std::sync::OnceLock<leaving::Left>,
+    /// Set once the client is found gone (`lifetime.rs`).
+    left: std::sync::OnceLock<lifetime::Left>,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -773,40 +773,4 @@ async fn next_ended(
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-impl Session {
-    /// How long what a client wrote is still carried out once it has gone (`leaving.rs`).
-    fn leftover(&self) -> Duration {
-        if self.read_only.is_some() {
-            Duration::ZERO
-        } else {
-            self.shared.config.timeouts.reply
-        }
-    }
-
-    /// When the session's token stops being valid: it is valid while `now < exp + leeway`
-    /// (auth.rs), and so is the session.
-    fn expiry(&self) -> tokio::time::Instant {
-        let leeway = self.shared.config.auth.leeway.as_secs();
-        expiry_instant(self.grant.expires_at.saturating_add(leeway))
-    }
-}
-
-/// The instant the wall clock reaches `expires_at` (Unix seconds), to the clock's precision: a
-/// deadline counted in whole seconds from now ended sessions up to a second after `exp`, the
-/// part of a second they had opened at (outside conformance audit 4, C4-3).
-fn expiry_instant(expires_at: u64) -> tokio::time::Instant {
-    // A token may name any `exp` up to u64::MAX ("never expires"), and an Instant that far
-    // overflows (a panic in the session's task, which once left its subscriptions behind):
-    // past 30 years, the deadline is 30 years (as tokio's own far-future sleep).
-    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = Duration::from_secs(expires_at)
-        .saturating_sub(since_epoch)
-        .min(FAR);
-    let now = tokio::time::Instant::now();
-    now.checked_add(left).unwrap_or(now)
 }
