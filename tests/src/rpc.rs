@@ -56,6 +56,21 @@ pub struct GatedBackend {
     pub gate: tokio::sync::Semaphore,
 }
 
+impl GatedBackend {
+    /// Waits (bounded) until the backend has been asked at least once.
+    pub async fn wait_asked(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.asked.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the hook never reached the backend"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
 /// Serves a [`GatedBackend`] (closed gate); the URL of its `/rpc` route and the backend.
 pub async fn gated_backend() -> anyhow::Result<(String, std::sync::Arc<GatedBackend>)> {
     use std::sync::Arc;
@@ -126,13 +141,40 @@ pub async fn publish_held_by_its_hook(
             ack: true,
         })
         .await?;
-    let deadline = std::time::Instant::now() + WAIT;
-    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{via:?}: the hook never reached the backend"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    anyhow::Context::with_context(backend.wait_asked().await, || format!("{via:?}"))?;
     Ok((server, backend, watcher, sub, publisher))
+}
+
+/// The close code of `publisher`'s `Goodbye`, read within 4 s while its held command (from
+/// [`publish_held_by_its_hook`]) waits; then the backend is let answer, and nothing reaches
+/// `sub` within 1.5 s. A reply to the command fails: the goodbye is its answer (PROTOCOL.md
+/// §3; an `Error` would read as the backend's refusal, outside conformance audit 4, C4-2).
+pub async fn cut_off_unanswered_and_unpublished(
+    publisher: &mut Raw,
+    backend: &GatedBackend,
+    sub: &mut quiver_client::Subscription,
+) -> anyhow::Result<u16> {
+    use anyhow::Context;
+    use futures::StreamExt;
+    let goodbye = tokio::time::timeout(std::time::Duration::from_secs(4), async {
+        loop {
+            match publisher.recv().await?.event {
+                quiver_proto::Event::Goodbye { code, .. } => return anyhow::Ok(code),
+                event @ (quiver_proto::Event::Error { .. }
+                | quiver_proto::Event::Published { .. }) => {
+                    anyhow::bail!("the cut-off command was answered: {event:?}")
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .context("no goodbye while the hook waited")??;
+    backend.gate.add_permits(10);
+    if let Ok(event) =
+        tokio::time::timeout(std::time::Duration::from_millis(1_500), sub.next()).await
+    {
+        anyhow::bail!("the cut-off publication was published: {event:?}");
+    }
+    Ok(goodbye)
 }

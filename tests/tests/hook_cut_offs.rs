@@ -9,11 +9,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
-use futures::StreamExt;
 use quiver_server::rpc::HookConfig;
-use quiver_tests::rpc::publish_held_by_its_hook;
+use quiver_tests::rpc::{cut_off_unanswered_and_unpublished, publish_held_by_its_hook};
 use quiver_tests::*;
 
 /// A server with a publish and subscribe hook on `hk` whose backend never answers (each hook
@@ -132,14 +131,7 @@ async fn a_departed_sse_clients_hooked_rooms_are_not_asked_for() -> Result<()> {
         .send()
         .await?;
     assert_eq!(response.status(), 200);
-    let deadline = Instant::now() + WAIT;
-    while backend.asked.load(Ordering::SeqCst) < 1 {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the hook never reached the backend"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    backend.wait_asked().await?;
     drop(response);
     let took = sessions_gone(&server, Duration::from_secs(10)).await?;
     let asked = backend.asked.load(Ordering::SeqCst);
@@ -160,25 +152,8 @@ async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Res
     let (_server, backend, watcher, mut sub, mut publisher) =
         publish_held_by_its_hook(Via::WebSocket, &token_expiring_at("acme", "lapsing", exp))
             .await?;
-    let goodbye = tokio::time::timeout(Duration::from_secs(4), async {
-        loop {
-            match publisher.recv().await?.event {
-                quiver_proto::Event::Goodbye { code, .. } => return anyhow::Ok(code),
-                event @ (quiver_proto::Event::Error { .. }
-                | quiver_proto::Event::Published { .. }) => {
-                    anyhow::bail!("the command was answered: {event:?}")
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-    .context("no goodbye at exp while the hook waited")??;
+    let goodbye = cut_off_unanswered_and_unpublished(&mut publisher, &backend, &mut sub).await?;
     assert_eq!(goodbye, quiver_proto::CloseCode::TokenExpired.as_u16());
-    backend.gate.add_permits(10);
-    if let Ok(event) = tokio::time::timeout(Duration::from_millis(1_500), sub.next()).await {
-        panic!("the expired session's publication was published: {event:?}");
-    }
     watcher.close().await;
     Ok(())
 }
@@ -224,14 +199,7 @@ async fn an_api_unsubscribe_stops_deliveries_while_a_hook_waits() -> Result<()> 
                 ack: true,
             })
             .await?;
-        let deadline = Instant::now() + WAIT;
-        while backend.asked.load(Ordering::SeqCst) < 1 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{via:?}: the hook never reached the backend"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        backend.wait_asked().await?;
         let (status, answer) = api_post(
             &server,
             "unsubscribe",
