@@ -438,16 +438,53 @@ impl Control {
         }
     }
 
+    /// Loads the stored revocations, again and again until it succeeds (NATS may be down when
+    /// the instance starts), then ends the sessions opened meanwhile with a revoked token: an
+    /// instance that had not loaded them yet let such a token in, and kept its session
+    /// (outside cluster audit 3, F1). Until then `/readyz` says 503.
+    async fn load_until_done(
+        self: Arc<Self>,
+        nats: async_nats::Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut wait = std::time::Duration::from_millis(250);
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), self.load(&nats)).await {
+                Ok(Ok(n)) => {
+                    self.revocations.mark_loaded();
+                    let ended = self.registry.kick_revoked(
+                        |key| self.revocations.is_revoked_key(key),
+                        &Kick {
+                            code: CloseCode::Disconnected,
+                            room: None,
+                            reason: "token revoked".into(),
+                        },
+                    );
+                    debug!(n, ended, "revocations loaded");
+                    if ended > 0 {
+                        warn!(ended, "sessions opened with revoked tokens before the revocations were loaded: ended");
+                    }
+                    return;
+                }
+                Ok(Err(e)) => warn!(error = %e, "revocations not loaded yet; trying again"),
+                Err(_) => {
+                    warn!("revocations not loaded yet: NATS did not answer in 10 s; trying again")
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => return,
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(5));
+        }
+    }
+
     /// Applies the disconnects other instances publish, until shutdown.
     pub async fn listen(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let Some(nats) = self.nats.clone() else {
             return;
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(10), self.load(&nats)).await {
-            Ok(Ok(n)) => debug!(n, "revocations loaded"),
-            Ok(Err(e)) => warn!(error = %e, "revocations not loaded"),
-            Err(_) => warn!("revocations not loaded: NATS did not answer in 10 s"),
-        }
+        tokio::spawn(self.clone().load_until_done(nats.clone(), shutdown.clone()));
         tokio::spawn(self.clone().answer_stats(nats.clone(), shutdown.clone()));
         let mut subscription = match nats.subscribe("quiver.*.control.*").await {
             Ok(s) => s,

@@ -216,7 +216,12 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> StatusCode {
 /// cluster: NATS connected, JetStream answering, history consumers rebuilt since the last
 /// reconnect; see `broker::nats::health`).
 async fn readyz(State(shared): State<Arc<Shared>>) -> StatusCode {
-    if shared.draining.load(Ordering::Relaxed) || !shared.broker.is_ready() {
+    // Until the revocations stored by other instances are loaded, a revoked token could open
+    // a session here (outside cluster audit 3, F1).
+    if shared.draining.load(Ordering::Relaxed)
+        || !shared.broker.is_ready()
+        || !shared.revocations.is_loaded()
+    {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK

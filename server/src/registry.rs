@@ -229,6 +229,17 @@ impl Registry {
         n
     }
 
+    /// Ends every local session whose token's revocation key (`revocation::key`) `revoked`
+    /// says is revoked, in one pass; returns how many.
+    pub fn kick_revoked(&self, revoked: impl Fn(&str) -> bool, kick: &Kick) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions
+            .values()
+            .filter(|entry| entry.jti_key.as_deref().is_some_and(&revoked))
+            .filter(|entry| entry.kick.push(kick))
+            .count()
+    }
+
     /// A refreshed session's token is another token: revoking the old one no longer ends it.
     pub fn set_jti(&self, session: &str, jti: Option<&str>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());

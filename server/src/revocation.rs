@@ -7,6 +7,7 @@
 //! JetStream key-value bucket `quiver_revoked`, so an instance that starts later loads it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use quiver_proto::TenantId;
@@ -26,9 +27,43 @@ pub fn key(tenant: &TenantId, jti: &str) -> String {
     format!("{tenant}.{}", hex::encode(Sha256::digest(jti.as_bytes())))
 }
 
-#[derive(Default)]
 pub struct Revocations {
     inner: Mutex<Inner>,
+    /// Whether the stored revocations are loaded (always, without NATS): until then sessions
+    /// may open with a token revoked earlier, so the instance is not ready, and the sessions
+    /// opened meanwhile are checked once it is (`control.rs`).
+    loaded: AtomicBool,
+}
+
+impl Revocations {
+    /// `loaded`: nothing is stored elsewhere to load (no NATS).
+    pub fn new(loaded: bool) -> Self {
+        Self {
+            inner: Mutex::default(),
+            loaded: AtomicBool::new(loaded),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    pub fn mark_loaded(&self) {
+        self.loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether the token whose [`key()`] is `key` is revoked now.
+    pub fn is_revoked_key(&self, key: &str) -> bool {
+        let Some((tenant, _)) = key.split_once('.') else {
+            return false;
+        };
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .tenants
+            .get(tenant)
+            .and_then(|entries| entries.get(key))
+            .is_some_and(|until| *until > unix_now())
+    }
 }
 
 #[derive(Default)]
@@ -89,12 +124,7 @@ impl Revocations {
     }
 
     pub fn is_revoked(&self, tenant: &TenantId, jti: &str) -> bool {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner
-            .tenants
-            .get(tenant.as_str())
-            .and_then(|entries| entries.get(&key(tenant, jti)))
-            .is_some_and(|until| *until > unix_now())
+        self.is_revoked_key(&key(tenant, jti))
     }
 
     #[cfg(test)]
@@ -110,7 +140,7 @@ mod tests {
 
     #[test]
     fn revoked_until_expiry_and_per_tenant() {
-        let r = Revocations::default();
+        let r = Revocations::new(true);
         let acme = TenantId::parse("acme").unwrap();
         let other = TenantId::parse("other").unwrap();
         r.insert(key(&acme, "t-1"), unix_now() + 60);
@@ -126,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_tenant_at_its_share_drops_its_own_soonest_and_never_another_tenants() {
-        let r = Revocations::default();
+        let r = Revocations::new(true);
         let (acme, other) = (
             TenantId::parse("acme").unwrap(),
             TenantId::parse("other").unwrap(),

@@ -266,7 +266,8 @@ impl Server {
         };
         let idempotency_nats = control_nats.clone();
         let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
-        let revocations = Arc::new(crate::revocation::Revocations::default());
+        // With NATS, revocations stored by other instances are loaded first (`control.rs`).
+        let revocations = Arc::new(crate::revocation::Revocations::new(config.nats.is_none()));
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),

@@ -317,3 +317,59 @@ async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Resu
     Raw::connect(&c, &token_with_jti("acme", "alice", "tok-10", 3600)).await?;
     Ok(())
 }
+
+/// `GET /readyz`'s status.
+async fn readyz(server: &TestServer) -> anyhow::Result<u16> {
+    Ok(reqwest::get(format!("http://{}/readyz", server.http))
+        .await?
+        .status()
+        .as_u16())
+}
+
+/// An instance that starts while NATS is down cannot know the revocations stored there: it
+/// says it is not ready, a revoked token may open a session on it meanwhile, and that session
+/// is ended once the instance has loaded them (outside cluster audit 3, F1: such sessions lived
+/// on until their tokens expired, and a restarting instance let revoked tokens in for the
+/// load's duration with `/readyz` at 200).
+#[tokio::test]
+async fn sessions_opened_before_the_revocations_were_loaded_are_ended_once_they_are(
+) -> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let url = nats.url();
+    let clustered = move |c: &mut quiver_server::Config| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(url));
+    };
+    let a = TestServer::start_with(clustered.clone()).await?;
+    let stolen = token_with_jti("acme", "alice", "tok-5", 3600);
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let (status, body) = revoke(
+        &a,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "jti": "tok-5", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    drop(a);
+
+    nats.kill();
+    let b = TestServer::start_with(clustered).await?;
+    let mut on_b = Raw::connect(&b, &stolen).await?;
+    let mut bystander = Raw::connect(&b, &token_with_jti("acme", "alice", "tok-6", 3600)).await?;
+    assert_eq!(readyz(&b).await?, 503);
+    nats.restart().await?;
+    assert_eq!(goodbye(&mut on_b).await?, CloseCode::Disconnected.as_u16());
+    assert!(matches!(
+        bystander.request(Command::Ping).await?,
+        Event::Pong
+    ));
+    let deadline = Instant::now() + WAIT;
+    while readyz(&b).await? != 200 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never ready after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
