@@ -438,14 +438,39 @@ impl Control {
         }
     }
 
+    /// Loads the stored revocations at start, and again each time the control plane's NATS
+    /// connection comes back: what was revoked while this instance could not hear the
+    /// broadcast is in the store, and the sessions using it here are ended then.
+    async fn keep_loaded(
+        self: Arc<Self>,
+        nats: async_nats::Client,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        use async_nats::connection::State;
+        self.load_until_done(&nats, &shutdown).await;
+        let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut was_connected = true;
+        loop {
+            tokio::select! {
+                _ = look.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            let connected = nats.connection_state() == State::Connected;
+            if connected && !was_connected {
+                self.load_until_done(&nats, &shutdown).await;
+            }
+            was_connected = connected;
+        }
+    }
+
     /// Loads the stored revocations, again and again until it succeeds (NATS may be down when
     /// the instance starts), then ends the sessions opened meanwhile with a revoked token: an
     /// instance that had not loaded them yet let such a token in, and kept its session
     /// (outside cluster audit 3, F1). Until then `/readyz` says 503.
     async fn load_until_done(
-        self: Arc<Self>,
-        nats: async_nats::Client,
-        shutdown: tokio_util::sync::CancellationToken,
+        &self,
+        nats: &async_nats::Client,
+        shutdown: &tokio_util::sync::CancellationToken,
     ) {
         let mut wait = std::time::Duration::from_millis(250);
         loop {
@@ -462,7 +487,7 @@ impl Control {
                     );
                     debug!(n, ended, "revocations loaded");
                     if ended > 0 {
-                        warn!(ended, "sessions opened with revoked tokens before the revocations were loaded: ended");
+                        warn!(ended, "sessions using revoked tokens found when the revocations were loaded: ended");
                     }
                     return;
                 }
@@ -484,7 +509,7 @@ impl Control {
         let Some(nats) = self.nats.clone() else {
             return;
         };
-        tokio::spawn(self.clone().load_until_done(nats.clone(), shutdown.clone()));
+        tokio::spawn(self.clone().keep_loaded(nats.clone(), shutdown.clone()));
         tokio::spawn(self.clone().answer_stats(nats.clone(), shutdown.clone()));
         let mut subscription = match nats.subscribe("quiver.*.control.*").await {
             Ok(s) => s,

@@ -373,3 +373,99 @@ async fn sessions_opened_before_the_revocations_were_loaded_are_ended_once_they_
     }
     Ok(())
 }
+
+/// A TCP relay to NATS that a test can cut (its connections dropped, new ones refused) and
+/// restore: one instance's link to NATS, the others' untouched.
+struct Relay {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Relay {
+    async fn to(target: String) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (is_open, cuts) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !is_open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (target, cuts) = (target.clone(), cuts.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cuts.notified() => {}
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, open, cut })
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A revocation made while an instance is cut off from NATS (it misses the broadcast) reaches
+/// it when it is back: it loads the stored revocations again and ends the session using the
+/// token (outside cluster audit 3, F1's second way in: such sessions lived on).
+#[tokio::test]
+async fn a_revocation_made_while_an_instance_was_cut_off_reaches_it_when_it_is_back(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let relay = Relay::to(format!("127.0.0.1:{}", nats.port)).await?;
+    let relayed = format!("nats://{}", relay.addr);
+    let a = TestServer::start_with(move |c| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(relayed));
+    })
+    .await?;
+    let url = nats.url();
+    let b = TestServer::start_with(move |c| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(url));
+    })
+    .await?;
+    let stolen = token_with_jti("acme", "alice", "tok-7", 3600);
+    let mut on_a = Raw::connect(&a, &stolen).await?;
+    // `a` has loaded the stored revocations (nothing yet) before it is cut off.
+    let deadline = Instant::now() + WAIT;
+    while readyz(&a).await? != 200 {
+        anyhow::ensure!(Instant::now() < deadline, "a never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    relay.cut();
+    // Long enough for `a` to know it lost NATS (it looks every second).
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let (status, body) = revoke(
+        &b,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "jti": "tok-7", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected_here"], 0);
+    assert!(
+        matches!(on_a.request(Command::Ping).await?, Event::Pong),
+        "missed, for now"
+    );
+    relay.restore();
+    let code = tokio::time::timeout(Duration::from_secs(30), goodbye(&mut on_a)).await;
+    assert_eq!(code??, CloseCode::Disconnected.as_u16());
+    Ok(())
+}
