@@ -474,7 +474,7 @@ impl Control {
     ) {
         let mut wait = std::time::Duration::from_millis(250);
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), self.load(&nats)).await {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), self.load(nats)).await {
                 Ok(Ok(n)) => {
                     self.revocations.mark_loaded();
                     let ended = self.registry.kick_revoked(
