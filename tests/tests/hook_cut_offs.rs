@@ -144,7 +144,7 @@ async fn a_departed_sse_clients_hooked_rooms_are_not_asked_for() -> Result<()> {
 
 /// A token that expires while the session's publish hook waits ends the session at `exp`, and
 /// the command with it: no reply (the goodbye is its answer), nothing published, though the
-/// backend allows it afterwards (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
+/// backend allows it afterwards, and nothing queued behind it runs (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
 /// session outlived its token by the hook's wait and published).
 #[tokio::test]
 async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Result<()> {
@@ -152,6 +152,21 @@ async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Res
     let (_server, backend, watcher, mut sub, mut publisher) =
         publish_held_by_its_hook(Via::WebSocket, &token_expiring_at("acme", "lapsing", exp))
             .await?;
+    // Queued behind it: a publication into a room without a hook, and a Refresh. Neither may
+    // run once the token has expired (outside regression audit 9, R1: both did, and the
+    // Refresh kept the session).
+    publisher
+        .send(quiver_proto::Command::Publish {
+            room: "plain.room".into(),
+            payload: Bytes::from_static(b"after exp"),
+            ack: true,
+        })
+        .await?;
+    publisher
+        .send(quiver_proto::Command::Refresh {
+            token: full_token("acme", "lapsing"),
+        })
+        .await?;
     let goodbye = cut_off_unanswered_and_unpublished(&mut publisher, &backend, &mut sub).await?;
     assert_eq!(goodbye, quiver_proto::CloseCode::TokenExpired.as_u16());
     watcher.close().await;

@@ -1281,3 +1281,36 @@ async fn websocket_messages_in_too_many_fragments_are_refused() -> anyhow::Resul
     assert_eq!(other.request(Command::Ping).await?, Event::Pong);
     Ok(())
 }
+
+/// A WebSocket client that writes its `Hello` and a publication and closes right behind them
+/// has the publication carried out (PROTOCOL.md §3): the session used to see the close before
+/// the queued `Hello` about half the time and drop everything (outside regression audit 9, R3).
+#[tokio::test]
+async fn a_websocket_clients_hello_and_commands_before_its_close_are_carried_out(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut observer = Raw::connect(&server, &full_token("acme", "observer")).await?;
+    let mut room = observer.subscribe("pipe.room").await?;
+    for i in 0..12u8 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+            "ws://{}/v1/ws?token={}",
+            server.http,
+            full_token("acme", "brief")
+        ))
+        .await?;
+        ws.send(hello("brief")).await?;
+        ws.send(Message::binary(encode_command(&ClientFrame {
+            id: 2,
+            command: Command::Publish {
+                room: "pipe.room".into(),
+                payload: Bytes::from(vec![i]),
+                ack: false,
+            },
+        })))
+        .await?;
+        ws.close(None).await?;
+        drop(ws);
+        assert_eq!(room.payload().await?, Bytes::from(vec![i]), "run {i}");
+    }
+    Ok(())
+}

@@ -363,6 +363,13 @@ impl Session {
         let mut paused: Option<Instant> = None;
         loop {
             let expiry = self.expiry();
+            // Checked here, not only by the select below: a timer at an instant already past
+            // fires at the timer's next tick, and meanwhile the biased select would run the
+            // next queued command under the expired token (a `Refresh` among them: outside
+            // regression audit 9, R1).
+            if tokio::time::Instant::now() >= expiry {
+                return Exit::Close(CloseCode::TokenExpired, "token expired".into());
+            }
             let full = self.publishing.is_full();
             tokio::select! {
                 biased;
@@ -507,11 +514,16 @@ impl Session {
         // The token's expiry holds before the Hello too (PROTOCOL.md §6).
         let expiry = self.expiry();
         let first = loop {
+            // Biased, the queue before the peer's leaving: a client that writes its `Hello`
+            // and commands and leaves right behind them has them carried out (PROTOCOL §3);
+            // unbiased, the session often saw the close first and dropped them all (outside
+            // regression audit 9, R3).
             let first = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return Err(Exit::Close(CloseCode::Shutdown, "server shutting down".into())),
                 _ = tokio::time::sleep_until(expiry) => return Err(Exit::Close(CloseCode::TokenExpired, "token expired before Hello".into())),
-                reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
                 first = tokio::time::timeout_at(deadline, inbound.recv()) => first,
+                reason = self.link.peer.closed() => return Err(Exit::Gone(reason)),
             };
             // A datagram may overtake the Hello on the network: dropped, not a protocol error.
             if let Ok(Some(Inbound::Datagram(..))) = first {
