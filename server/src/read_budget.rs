@@ -174,11 +174,21 @@ impl MessageBudget {
     }
 }
 
-/// The goodbye's reason for a message cut off by its framing.
+/// The goodbye's reason for a complete message whose frames took too much beyond it.
 pub fn too_many_fragments() -> String {
     format!(
         "WebSocket protocol violation (RFC 6455): a message in too many fragments (its frame \
          headers may take at most {FRAMING} bytes beyond its payload)"
+    )
+}
+
+/// The goodbye's reason for a message still incomplete past [`incomplete`]: too large, or in
+/// too many fragments (which one cannot be told before it ends).
+pub fn too_large_or_fragmented() -> String {
+    format!(
+        "WebSocket protocol violation (RFC 6455): a message larger than max_frame allows, or in \
+         too many fragments (its frame headers may take at most {FRAMING} bytes beyond its \
+         payload)"
     )
 }
 

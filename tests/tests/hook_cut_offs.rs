@@ -139,13 +139,28 @@ async fn a_departed_sse_clients_hooked_rooms_are_not_asked_for() -> Result<()> {
         asked <= 4,
         "the backend was asked {asked} times in {took:?}"
     );
+    // Its reader left: counted as an SSE response's end is, not as a backend's disconnect
+    // (regression audit 9, R5).
+    let page = server.metrics().await?;
+    let closed = |reason: &str| {
+        metric_sum(
+            &page,
+            "quiver_sessions_closed_total",
+            &[("transport", "sse"), ("reason", reason)],
+        )
+    };
+    assert_eq!(
+        (closed("client_closed"), closed("disconnected")),
+        (1.0, 0.0)
+    );
     Ok(())
 }
 
 /// A token that expires while the session's publish hook waits ends the session at `exp`, and
 /// the command with it: no reply (the goodbye is its answer), nothing published, though the
-/// backend allows it afterwards, and nothing queued behind it runs (PROTOCOL.md §6, §11.3; outside conformance audit 4, C4-3: the
-/// session outlived its token by the hook's wait and published).
+/// backend allows it afterwards, and nothing queued behind it runs (PROTOCOL.md §6, §11.3;
+/// outside conformance audit 4, C4-3: the session outlived its token by the hook's wait and
+/// published; regression audit 9, R1: the commands behind it ran).
 #[tokio::test]
 async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Result<()> {
     let exp = quiver_server::auth::unix_now() + 2;

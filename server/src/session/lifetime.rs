@@ -56,6 +56,11 @@ impl Session {
         }
     }
 
+    /// Why the client was found gone, once it was (`leftover_over` records it).
+    pub(super) fn left_reason(&self) -> Option<&'static str> {
+        self.left.get().map(|left| left.reason)
+    }
+
     /// When the session's token stops being valid: it is valid while `now < exp + leeway`
     /// (auth.rs), and so is the session.
     pub(super) fn expiry(&self) -> tokio::time::Instant {

@@ -52,6 +52,12 @@ impl Session {
         if read_only.queued > 0 || !self.subs.is_empty() {
             return None;
         }
+        // Its reader left (the rooms' hooks were cut for it, `lifetime.rs`): that is the
+        // close, counted as an SSE response's end always is (README, `client_closed`), not as
+        // a refusal (outside regression audit 9, R5).
+        if self.left_reason().is_some() {
+            return Some(Exit::Gone("client_closed"));
+        }
         Some(match read_only.last_end {
             None => Exit::Close(
                 CloseCode::Disconnected,

@@ -27,7 +27,7 @@ use super::{
     admit_tcp, problem, queue, session_refused, single_frame, Inbound, Peer, Refused, Transport,
 };
 use crate::auth::AuthError;
-use crate::read_budget::{too_many_fragments, MessageBudget};
+use crate::read_budget::{too_large_or_fragmented, MessageBudget};
 use crate::server::Shared;
 use crate::session::{self, Link, GOODBYE_GRACE};
 use crate::tcp::TcpSlot;
@@ -340,7 +340,7 @@ async fn read(
             Ok(None) => break "client_closed",
             // An incomplete message past its bytes failed the connection's read.
             Ok(Some(Err(_))) if framing.exceeded() => {
-                let _ = tx.send(Inbound::Malformed(too_many_fragments())).await;
+                let _ = tx.send(Inbound::Malformed(too_large_or_fragmented())).await;
                 return Some((stream, framing));
             }
             Ok(Some(Err(e))) => match read_error(e) {
