@@ -22,9 +22,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::tcp::TcpSlot;
 
 /// Bytes a message's frame headers (and what the reader had read ahead of it: at most one
-/// read buffer, `READ_BUFFER` in websocket.rs) may take beyond its payload: about 2,700
-/// minimal fragments, far more than any client library makes of one message.
-pub const FRAMING: u64 = 16 * 1024;
+/// read buffer, `READ_BUFFER` in websocket.rs, 4 KiB, either way) may take beyond its payload:
+/// at most about 2,000 minimal fragments, far more than any client library makes of one
+/// message. Each fragment costs a parse a command's rate does not see: at 16 KiB (about 3,400)
+/// a session within its rate kept 9 % of a core busy (regression audit 9, R4).
+pub const FRAMING: u64 = 8 * 1024;
 
 /// Bytes an incomplete message may take on the wire, for messages of at most `max_message`
 /// bytes: the largest message, whole, plus [`FRAMING`].
