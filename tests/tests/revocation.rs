@@ -469,3 +469,44 @@ async fn a_revocation_made_while_an_instance_was_cut_off_reaches_it_when_it_is_b
     assert_eq!(code??, CloseCode::Disconnected.as_u16());
     Ok(())
 }
+
+/// A tenant's own API key may make a bounded number of revocations per hour on an instance
+/// (each goes into the store every tenant shares): past it 429, while an admin key is not
+/// limited (outside cluster audit 3, F2: one tenant's key made 490 a second).
+#[tokio::test]
+async fn a_tenants_own_key_revokes_a_bounded_number_an_hour() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let limit = quiver_server::revocation::MAX_TENANT_API_REVOCATIONS;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/v1/revoke", server.http);
+    let statuses: Vec<u16> = futures::stream::iter(0..limit)
+        .map(|i| {
+            let request = client
+                .post(&url)
+                .bearer_auth(ACME)
+                .json(&serde_json::json!({"jti": format!("many-{i}"), "expires_at": exp}));
+            async move { Ok::<_, anyhow::Error>(request.send().await?.status().as_u16()) }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    assert!(statuses.iter().all(|s| *s == 200), "within the limit");
+    let (status, body) = revoke(
+        &server,
+        ACME,
+        serde_json::json!({"jti": "one-too-many", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 429, "{body}");
+    let (status, body) = revoke(
+        &server,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "jti": "by-the-operator", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}

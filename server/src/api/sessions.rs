@@ -111,6 +111,21 @@ pub async fn revoke(
             "expires_at is past: that token is refused anyway",
         ));
     }
+    // A tenant's own key, counted: every revocation goes into the store all tenants share.
+    if matches!(caller, super::auth::Caller::Tenant(_))
+        && !shared
+            .revocations
+            .admit_tenant_key(&tenant, std::time::Instant::now())
+    {
+        return Err(ApiError::new(
+            super::error::Code::QuotaExceeded,
+            format!(
+                "this tenant's API keys made {} revocations in the last hour on this instance; \
+                 retry later (an admin key is not limited)",
+                crate::revocation::MAX_TENANT_API_REVOCATIONS
+            ),
+        ));
+    }
     let local = shared
         .control
         .revoke(&tenant, &request.jti, until)
