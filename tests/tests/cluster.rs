@@ -739,3 +739,85 @@ async fn a_frozen_nats_is_noticed_within_seconds() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A session the API ends while its instance is frozen leaves the room's presence when the
+/// instance wakes, as its `Left` says, not when the presence TTL (15 s) expires: the refresh
+/// overdue at the wake re-put the entries of the sessions being ended (outside cluster audit
+/// 3, F3).
+#[tokio::test]
+async fn a_session_ended_while_its_instance_was_frozen_leaves_presence_when_it_wakes(
+) -> anyhow::Result<()> {
+    const KEY: &str = "acme-key-0123456789abcdef0123456789ab";
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[namespaces]]\nname = \"chat\"\npresence = true\n\
+             [api]\nkeys = [{{ key = \"{KEY}\", tenant = \"acme\" }}]\n"
+        ),
+    )?;
+    let nats_flag = ["--nats", &nats.url()];
+    let a = QuiverProcess::start(dir.path(), Some(&config), &nats_flag)?;
+    let b = QuiverProcess::start(dir.path(), Some(&config), &nats_flag)?;
+    let mut kicked = Raw::connect_at(b.wt_port, b.hash, &full_token("acme", "kicked")).await?;
+    let _room = kicked.subscribe("chat.g").await?;
+    let mut stays = Raw::connect_at(b.wt_port, b.hash, &full_token("acme", "stays")).await?;
+    let _room2 = stays.subscribe("chat.g").await?;
+    let api = reqwest::Client::new();
+    let members = || async {
+        let answer: serde_json::Value = api
+            .post(format!("http://127.0.0.1:{}/api/v1/presence", a.http_port))
+            .bearer_auth(KEY)
+            .json(&serde_json::json!({"room": "chat.g"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let mut users: Vec<String> = answer["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["user"].as_str().map(str::to_owned))
+            .collect();
+        users.sort();
+        anyhow::Ok(users)
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while members().await? != ["kicked", "stays"] {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "never both present");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Frozen past a refresh's turn (a third of the 15 s TTL): the disconnect waits for it.
+    b.pause()?;
+    let answer = api
+        .post(format!(
+            "http://127.0.0.1:{}/api/v1/disconnect",
+            a.http_port
+        ))
+        .bearer_auth(KEY)
+        .json(&serde_json::json!({"user": "kicked"}))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 200);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    b.resume()?;
+    let woke = std::time::Instant::now();
+    loop {
+        if members().await? == ["stays"] {
+            break;
+        }
+        anyhow::ensure!(
+            woke.elapsed() < Duration::from_secs(5),
+            "still listed {:?} after the wake: {:?}",
+            woke.elapsed(),
+            members().await?
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And it stays gone past the next refresh.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(members().await?, ["stays"]);
+    Ok(())
+}

@@ -258,7 +258,7 @@ impl Inner {
     /// again here: every instance with members heals presence, not only one that happens to set
     /// it up for the first time after the restart.
     fn spawn_presence_refresh(&self, ttl: Duration) {
-        let local = Arc::downgrade(&self.local_presence);
+        let weak = Arc::downgrade(&self.local_presence);
         let js = self.js.clone();
         let nudge = self.presence_nudge.clone();
         let bucket = self.presence_config();
@@ -270,7 +270,7 @@ impl Inner {
                     () = nudge.notified() => {}
                 }
                 // Ends with the broker.
-                let Some(local) = local.upgrade() else { return };
+                let Some(local) = weak.upgrade() else { return };
                 let entries: Vec<(String, Bytes)> = local
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -288,8 +288,27 @@ impl Inner {
                         Err(_) => continue,
                     },
                 };
+                // An entry whose session left since the snapshot is not put back, and one that
+                // left while its put was on its way (its delete may have landed first) is
+                // deleted again: a refresh overdue after a stall re-put the entries of the
+                // sessions being ended, and they stayed listed until the TTL (outside cluster
+                // audit 3, F3).
+                let still_here = |key: &str| {
+                    weak.upgrade().is_some_and(|local| {
+                        local
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(key)
+                    })
+                };
                 for (key, user) in entries {
-                    let _ = kv.put(key, user).await;
+                    if !still_here(&key) {
+                        continue;
+                    }
+                    let _ = kv.put(key.clone(), user).await;
+                    if !still_here(&key) {
+                        let _ = kv.delete(key).await;
+                    }
                 }
             }
         });
