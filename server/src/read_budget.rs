@@ -34,9 +34,9 @@ pub fn incomplete(max_message: usize) -> u64 {
     max_message as u64 + FRAMING
 }
 
-/// A TCP connection's count of bytes read, and the count past which its reads fail; and its
-/// socket, to tell when the peer has stopped sending.
-pub struct ReadBudget {
+/// The reading side of one TCP connection: its count of bytes read and the count past which its
+/// reads fail (the framing budget); and its socket, to tell when the peer has stopped sending.
+pub struct ReadSide {
     read: AtomicU64,
     /// `u64::MAX` until a WebSocket reader sets one.
     limit: AtomicU64,
@@ -45,7 +45,7 @@ pub struct ReadBudget {
     fd: AtomicI32,
 }
 
-impl Default for ReadBudget {
+impl Default for ReadSide {
     fn default() -> Self {
         Self {
             read: AtomicU64::new(0),
@@ -56,7 +56,7 @@ impl Default for ReadBudget {
     }
 }
 
-impl ReadBudget {
+impl ReadSide {
     /// Remembers `tcp`'s socket for [`Self::peer_stopped_sending`]; it must outlive every call
     /// (the connection's stream owns it, and the WebSocket reader holds that stream).
     pub fn watch(&self, tcp: &tokio::net::TcpStream) {
@@ -134,9 +134,9 @@ impl MessageBudget {
     /// Starts counting at what the connection has read so far (the upgrade request included:
     /// that only makes the first message's count generous).
     pub fn start(slot: TcpSlot, max_message: usize) -> Self {
-        let mark = slot.read_budget().read();
+        let mark = slot.read_side().read();
         let incomplete = incomplete(max_message);
-        slot.read_budget().allow(mark, incomplete);
+        slot.read_side().allow(mark, incomplete);
         Self {
             slot,
             mark,
@@ -147,7 +147,7 @@ impl MessageBudget {
     /// A message of `payload` bytes came complete: `Err` with the reason when its frames took
     /// more than [`FRAMING`] bytes beyond it; the next message's count starts here.
     pub fn complete(&mut self, payload: usize) -> Result<(), String> {
-        let budget = self.slot.read_budget();
+        let budget = self.slot.read_side();
         let now = budget.read();
         let took = now.saturating_sub(self.mark);
         self.mark = now;
@@ -160,16 +160,16 @@ impl MessageBudget {
 
     /// Whether the connection's reads failed for an incomplete message's bytes.
     pub fn exceeded(&self) -> bool {
-        self.slot.read_budget().exceeded()
+        self.slot.read_side().exceeded()
     }
 
-    /// Resolves once the peer has stopped sending (see [`ReadBudget::peer_stopped_sending`]),
+    /// Resolves once the peer has stopped sending (see [`ReadSide::peer_stopped_sending`]),
     /// looking twice a second; never where that cannot be told.
     pub async fn peer_stopped_sending(&self) {
         let mut look = tokio::time::interval(std::time::Duration::from_millis(500));
         loop {
             look.tick().await;
-            if self.slot.read_budget().peer_stopped_sending() {
+            if self.slot.read_side().peer_stopped_sending() {
                 return;
             }
         }
@@ -195,7 +195,7 @@ pub fn too_large_or_fragmented() -> String {
 }
 
 /// A TCP connection's stream (after TLS) that counts what is read into its [`TcpSlot`]'s
-/// [`ReadBudget`], and fails a read past its limit.
+/// [`ReadSide`], and fails a read past its limit.
 pub struct Budgeted<S> {
     inner: S,
     slot: TcpSlot,
@@ -216,7 +216,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Budgeted<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
-        Poll::Ready(self.slot.read_budget().count(n))
+        Poll::Ready(self.slot.read_side().count(n))
     }
 }
 
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn reads_fail_past_the_limit_only_once_one_is_set() {
-        let budget = ReadBudget::default();
+        let budget = ReadSide::default();
         assert!(budget.count(1 << 30).is_ok(), "no limit before one is set");
         budget.allow(budget.read(), 10);
         assert!(budget.count(10).is_ok());

@@ -124,24 +124,10 @@ impl Closing {
     /// [`Kicks::recv`], which looks at the queue before it waits, so the notification this may
     /// take is not missed there.
     pub async fn ordered(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            let queued = self
-                .0
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .any(|kick| kick.room.is_none());
-            if queued {
-                return;
-            }
-            notified.await;
-        }
+        self.watch(|queue| queue.iter().any(|kick| kick.room.is_none()).then_some(()))
+            .await
     }
-}
 
-impl Closing {
     /// Calls `stop` with each room whose unsubscribe is queued now, then again whenever an
     /// order is queued; never returns. Takes nothing from the queue (the orders are carried
     /// out in full by [`Kicks::recv`] later): a command that waits (a hook) stops those rooms'
@@ -150,17 +136,25 @@ impl Closing {
         &self,
         mut stop: impl FnMut(&quiver_proto::RoomName),
     ) -> std::convert::Infallible {
+        self.watch(|queue| {
+            let rooms: Vec<quiver_proto::RoomName> =
+                queue.iter().filter_map(|kick| kick.room.clone()).collect();
+            rooms.iter().for_each(&mut stop);
+            None
+        })
+        .await
+    }
+
+    /// Looks at the order queue now and after every order queued until `look` returns a
+    /// value. `look` runs under the queue's lock: it must not wait. The `notified()` is taken
+    /// before the look so that an order queued in between wakes the next wait.
+    async fn watch<T>(&self, mut look: impl FnMut(&VecDeque<Kick>) -> Option<T>) -> T {
         loop {
             let notified = self.0.notify.notified();
-            let rooms: Vec<quiver_proto::RoomName> = self
-                .0
-                .queue
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter_map(|kick| kick.room.clone())
-                .collect();
-            rooms.iter().for_each(&mut stop);
+            let seen = look(&self.0.queue.lock().unwrap_or_else(|e| e.into_inner()));
+            if let Some(value) = seen {
+                return value;
+            }
             notified.await;
         }
     }
@@ -211,32 +205,38 @@ impl Registry {
 
     /// Ends every local session the selector matches; returns how many.
     pub fn kick(&self, selector: &Selector, kick: &Kick) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let mut n = 0;
-        for (id, entry) in sessions.iter() {
-            let matches = entry.tenant.as_str() == selector.tenant
-                && selector.user.as_ref().is_none_or(|u| *u == entry.user)
-                && selector.session.as_ref().is_none_or(|s| s == id)
-                && selector
-                    .jti_key
-                    .as_ref()
-                    .is_none_or(|j| entry.jti_key.as_ref() == Some(j));
-            // A session whose order queue is full is closing (or stuck): the order is dropped.
-            if matches && entry.kick.push(kick) {
-                n += 1;
-            }
-        }
-        n
+        self.kick_where(
+            |id, entry| {
+                entry.tenant.as_str() == selector.tenant
+                    && selector.user.as_ref().is_none_or(|u| *u == entry.user)
+                    && selector.session.as_ref().is_none_or(|s| s == id)
+                    && selector
+                        .jti_key
+                        .as_ref()
+                        .is_none_or(|j| entry.jti_key.as_ref() == Some(j))
+            },
+            kick,
+        )
     }
 
     /// Ends every local session whose token's revocation key (`revocation::key`) `revoked`
     /// says is revoked, in one pass; returns how many.
     pub fn kick_revoked(&self, revoked: impl Fn(&str) -> bool, kick: &Kick) -> usize {
+        self.kick_where(
+            |_, entry| entry.jti_key.as_deref().is_some_and(&revoked),
+            kick,
+        )
+    }
+
+    /// Orders `kick` to every local session `matches` (its id, its entry); returns how many
+    /// took it. A session whose order queue is full is closing (or stuck): the order is
+    /// dropped there and not counted.
+    fn kick_where(&self, matches: impl Fn(&str, &Entry) -> bool, kick: &Kick) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
-            .values()
-            .filter(|entry| entry.jti_key.as_deref().is_some_and(&revoked))
-            .filter(|entry| entry.kick.push(kick))
+            .iter()
+            .filter(|(id, entry)| matches(id, entry))
+            .filter(|(_, entry)| entry.kick.push(kick))
             .count()
     }
 

@@ -33,7 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use crate::read_budget::{Budgeted, ReadBudget};
+use crate::read_budget::{Budgeted, ReadSide};
 use crate::server::Shared;
 use crate::transport::{Counted, Pool};
 use crate::write_stall::{Unacked, WriteStall};
@@ -42,10 +42,10 @@ use crate::write_stall::{Unacked, WriteStall};
 /// and by the session it carries, released when both are gone. It also counts the bytes read
 /// from the connection, for a WebSocket session's framing budget (`read_budget.rs`).
 #[derive(Clone)]
-pub struct TcpSlot(Arc<(Counted, crate::quota::AddressGuard, ReadBudget)>);
+pub struct TcpSlot(Arc<(Counted, crate::quota::AddressGuard, ReadSide)>);
 
 impl TcpSlot {
-    pub fn read_budget(&self) -> &ReadBudget {
+    pub fn read_side(&self) -> &ReadSide {
         &self.0 .2
     }
 }
@@ -124,7 +124,7 @@ fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static s
         debug!(%remote, "TCP connection refused: address over its limits");
         return Err("address_limit");
     };
-    Ok(TcpSlot(Arc::new((counted, address, ReadBudget::default()))))
+    Ok(TcpSlot(Arc::new((counted, address, ReadSide::default()))))
 }
 
 /// Answers a refused plain-HTTP connection `429` after its request's head (an HTTP client
@@ -164,7 +164,7 @@ async fn connection(
     let deadline = shared.config.timeouts.handshake;
     // Read before TLS takes the socket: the stream that wraps it keeps it open while read.
     let unacked = Unacked::of(&tcp);
-    slot.read_budget().watch(&tcp);
+    slot.read_side().watch(&tcp);
     match tls {
         None => http(tcp, remote, app, slot, deadline, unacked).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {

@@ -25,66 +25,55 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
     );
 }
 
-/// A call on its way: audited as `cancelled` if dropped before [`Pending::done`] (its session
-/// ended while the backend had it).
-pub struct Pending<'a> {
-    pub caller: &'a Caller,
-    pub req: &'a CallRequest,
-    pub request_id: &'a str,
-    pub started: std::time::Instant,
-}
+/// Runs its closure (an audit line for something cancelled) when dropped before
+/// [`OnCancel::done`]: a call or a hook whose session ended while it waited is dropped with
+/// its future, and the backend may have had it, so it is audited as `cancelled`.
+pub struct OnCancel<F: FnOnce()>(Option<F>);
 
-impl Pending<'_> {
-    /// The call ended and was audited.
-    pub fn done(self) {
-        std::mem::forget(self);
+impl<F: FnOnce()> OnCancel<F> {
+    pub fn new(cancelled: F) -> Self {
+        Self(Some(cancelled))
+    }
+
+    /// It ended and was audited.
+    pub fn done(mut self) {
+        self.0 = None;
     }
 }
 
-impl Drop for Pending<'_> {
+impl<F: FnOnce()> Drop for OnCancel<F> {
     fn drop(&mut self) {
-        metrics::counter!(super::RPC_CALLS, "outcome" => "cancelled").increment(1);
-        call(
-            self.caller,
-            self.req,
-            self.request_id,
-            "cancelled",
-            self.started.elapsed(),
-        );
+        if let Some(cancelled) = self.0.take() {
+            cancelled();
+        }
     }
 }
 
-/// A hook on its way: audited and counted `cancelled` if dropped before
-/// [`PendingHook::done`] (its session was ended while it waited).
-pub struct PendingHook<'a> {
-    pub hook: Hook,
-    pub caller: &'a Caller,
-    pub room: &'a RoomName,
-    pub request_id: &'a str,
-    pub started: std::time::Instant,
+/// A call dropped before its end (see [`OnCancel`]), counted and audited.
+pub fn call_cancelled(caller: &Caller, req: &CallRequest, request_id: &str, took: Duration) {
+    metrics::counter!(super::RPC_CALLS, "outcome" => "cancelled").increment(1);
+    call(caller, req, request_id, "cancelled", took);
 }
 
-impl PendingHook<'_> {
-    /// The hook was decided and audited.
-    pub fn done(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for PendingHook<'_> {
-    fn drop(&mut self) {
-        metrics::counter!(super::HOOK_DECISIONS, "hook" => self.hook.label(), "outcome" => "cancelled")
-            .increment(1);
-        hook(
-            self.hook,
-            self.caller,
-            self.room,
-            self.request_id,
-            "cancelled",
-            &Decision::Deny("the session was ended".into()),
-            self.started.elapsed(),
-        );
-    }
+/// A hook dropped before its decision (see [`OnCancel`]), counted and audited.
+pub fn hook_cancelled(
+    which: Hook,
+    caller: &Caller,
+    room: &RoomName,
+    request_id: &str,
+    took: Duration,
+) {
+    metrics::counter!(super::HOOK_DECISIONS, "hook" => which.label(), "outcome" => "cancelled")
+        .increment(1);
+    hook(
+        which,
+        caller,
+        room,
+        request_id,
+        "cancelled",
+        &Decision::Deny("the session was ended".into()),
+        took,
+    );
 }
 
 /// Refused calls logged per second at most (`crate::log_budget`): a client refused for every

@@ -353,12 +353,9 @@ impl Rpc {
         // A call dropped before its end (the session ended: closed, expired, kicked) was sent,
         // or may have been: the backend may have run it, so it is audited as `cancelled` (outside
         // audit dgcall 2, G3: such calls left no line at all).
-        let pending = audit::Pending {
-            caller,
-            req: &req,
-            request_id: &request_id,
-            started,
-        };
+        let pending = audit::OnCancel::new(|| {
+            audit::call_cancelled(caller, &req, &request_id, started.elapsed())
+        });
         let result = match &self.route {
             Route::Nats(nats) => nats.call(caller, &req, &request_id).await,
             Route::Http(http) => http.call(caller, &req, &request_id).await,
@@ -419,13 +416,9 @@ impl Rpc {
         let request_id = request_id();
         // Dropped before its end (the session was ended while it waited): audited and counted
         // `cancelled` (regression audit 8, N2: such hooks left no line).
-        let pending = audit::PendingHook {
-            hook,
-            caller,
-            room,
-            request_id: &request_id,
-            started,
-        };
+        let pending = audit::OnCancel::new(|| {
+            audit::hook_cancelled(hook, caller, room, &request_id, started.elapsed())
+        });
         let envelope = Envelope {
             r#type: hook.label(),
             method: None,

@@ -348,6 +348,7 @@ impl Session {
         // refresh changes the expiry alone).
         self.recheck_due = !grant.same_subscribe(&self.grant);
         *self.grant = grant;
+        self.expiry = super::lifetime::token_expiry(&self.grant, self.shared.config.auth.leeway);
         // Datagram publications still waiting for their hook were checked against the old
         // token: none is published after `Refreshed` (outside audit: up to 9 values, each up
         // to a hook timeout later). Dropped, like any datagram the lane cannot take; the

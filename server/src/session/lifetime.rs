@@ -61,12 +61,16 @@ impl Session {
         self.left.get().map(|left| left.reason)
     }
 
-    /// When the session's token stops being valid: it is valid while `now < exp + leeway`
-    /// (auth.rs), and so is the session.
+    /// When the session's token stops being valid (set at the start and by `Refresh`).
     pub(super) fn expiry(&self) -> tokio::time::Instant {
-        let leeway = self.shared.config.auth.leeway.as_secs();
-        expiry_instant(self.grant.expires_at.saturating_add(leeway))
+        self.expiry
     }
+}
+
+/// When a session with `grant` must end: its token is valid while `now < exp + leeway`
+/// (auth.rs), and so is the session. Read from the wall clock once per token, not per command.
+pub(super) fn token_expiry(grant: &crate::auth::Grant, leeway: Duration) -> tokio::time::Instant {
+    expiry_instant(grant.expires_at.saturating_add(leeway.as_secs()))
 }
 
 /// The instant the wall clock reaches `expires_at` (Unix seconds), to the clock's precision: a

@@ -182,6 +182,8 @@ pub struct Session {
     closing: Option<crate::registry::Closing>,
     /// Set once the client is found gone (`lifetime.rs`).
     left: std::sync::OnceLock<lifetime::Left>,
+    /// When the token stops being valid (`lifetime::token_expiry`); a `Refresh` moves it.
+    expiry: tokio::time::Instant,
 }
 
 /// Runs a session to its end and frees everything it held. The adapter has verified `grant`
@@ -241,6 +243,7 @@ async fn run_session(
     }
 
     let meter = Meter::new(&shared.config.limits);
+    let expiry = lifetime::token_expiry(&grant, shared.config.auth.leeway);
     let mut session = Session {
         shared: shared.clone(),
         link,
@@ -264,6 +267,7 @@ async fn run_session(
         read_only,
         closing: None,
         left: std::sync::OnceLock::new(),
+        expiry,
     };
     let (_registered, kicks) = shared.registry.register(
         &id,
