@@ -62,15 +62,26 @@ pub struct End {
     pub close: Option<(CloseCode, String)>,
     /// The `reason` label of the closed-sessions metric.
     pub reason: &'static str,
-    /// The session counts as open (gauge, drain, `max_sessions`) until the adapter drops this,
-    /// after its transport is closed: a drain must not end before the goodbye is out.
+    /// The session counts as open (gauge, drain, `max_sessions`, its tenant's `max_sessions`)
+    /// until the adapter drops this, after its transport is closed: a drain must not end
+    /// before the goodbye is out, and a tenant whose sessions end and never close cannot hold
+    /// more places than its quota (outside bounds audit 4, F3).
     pub slot: Slot,
+    /// The session was refused (over its tenant's quota): it holds no place while it closes,
+    /// and the adapter closes it within `GOODBYE_GRACE`, as a refused CONNECT or upgrade. A
+    /// tenant at its quota whose refused upgrades each held a server-wide place for the
+    /// WebSocket close's 5 s filled `limits.max_sessions` (outside bounds audit 4, F3).
+    pub refused: bool,
 }
 
 /// One open session in the counts; released on drop.
 pub struct Slot {
     shared: Arc<Shared>,
     transport: &'static str,
+    /// Counted in `shared.sessions` (`max_sessions`); not once a refusal has released it.
+    counted: bool,
+    /// The session's place in its tenant's quota, moved here when the session ends.
+    tenant: Option<TenantSession>,
 }
 
 impl Slot {
@@ -78,14 +89,26 @@ impl Slot {
         metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => transport).increment(1.0);
         metrics::counter!(m::SESSIONS_OPENED, "transport" => transport).increment(1);
         shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Self { shared, transport }
+        Self {
+            shared,
+            transport,
+            counted: true,
+            tenant: None,
+        }
+    }
+
+    /// Stops counting the session now (a refusal), not when the adapter has closed it.
+    fn release(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => self.transport).decrement(1.0);
+            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => self.transport).decrement(1.0);
-        self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.release();
     }
 }
 
@@ -228,7 +251,7 @@ async fn run_session(
     let remote = link.remote;
     let transport = link.transport.label();
     let opened = Instant::now();
-    let slot = Slot::open(shared.clone(), transport);
+    let mut slot = Slot::open(shared.clone(), transport);
     let tenant = grant.tenant.to_string();
     shared.recent_users.opened(&tenant, &grant.user, transport);
     let quota = shared.tenant_quotas.open_session(&grant.tenant);
@@ -275,6 +298,7 @@ async fn run_session(
         &session.grant.user,
         session.grant.jti.as_deref(),
     );
+    let refused = quota.is_err();
     let exit = match quota {
         Ok(quota) => {
             session.quota = Some(quota);
@@ -299,11 +323,16 @@ async fn run_session(
     // Boxed, like the command handlers in `drive`: run only once, and inline they would size
     // every idle session's task.
     Box::pin(session.release()).await;
+    slot.tenant = session.quota.take();
+    if refused {
+        slot.release();
+    }
     let end = match exit {
         Exit::Gone(reason) => End {
             close: None,
             reason,
             slot,
+            refused,
         },
         Exit::Close(code, reason) => {
             let goodbye = encode_event(&ServerFrame {
@@ -321,6 +350,7 @@ async fn run_session(
                 close: Some((code, reason)),
                 reason: code.label(),
                 slot,
+                refused,
             }
         }
     };

@@ -239,15 +239,22 @@ async fn serve(
     );
     // A drain waits for this session's slot: once the server is stopping, a peer that does not
     // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
+    // A refused session gets GOODBYE_GRACE, as a refused upgrade (`refuse`): its TCP place is
+    // not held the whole linger by a client that is refused again and again.
+    let refused = end.refused;
     let cut = async {
-        stopping.cancelled().await;
-        tokio::time::sleep(crate::server::CLOSE_GRACE).await;
+        if refused {
+            tokio::time::sleep(GOODBYE_GRACE).await;
+        } else {
+            stopping.cancelled().await;
+            tokio::time::sleep(crate::server::CLOSE_GRACE).await;
+        }
     };
     tokio::select! {
         () = closing => {}
         () = cut => {
             writer_abort.abort();
-            debug!(%remote, transport = T.label(), "close cut short by the drain");
+            debug!(%remote, transport = T.label(), "close cut short (a drain, or a refused session)");
         }
     }
     gone.cancel();

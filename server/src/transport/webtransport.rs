@@ -240,8 +240,9 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
             // The control task writes what is queued (the goodbye last), finishes the stream
             // and waits (bounded) for the client to have it; then QUIC closes with the code.
             // A drain waits for this session's slot: a client that reads nothing holds it for
-            // CLOSE_GRACE then, as on WebSocket.
-            let grace = if stopping.is_cancelled() {
+            // CLOSE_GRACE then, as on WebSocket; so does a refused session (its connection is
+            // not held for the whole close by a client that is refused again and again).
+            let grace = if stopping.is_cancelled() || end.refused {
                 crate::server::CLOSE_GRACE
             } else {
                 GOODBYE_GRACE * 2
