@@ -748,3 +748,76 @@ async fn hooks_never_sent_for_want_of_a_place_are_audited_within_a_budget() -> R
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A session ended for its peer's fault (here a malformed frame) is a WARN line within a budget
+/// of 20 a second, like refusals; the closed-sessions metric counts every one (outside bounds
+/// audit 4, F1: one user made 1,300 such WARN lines a second, past `RUST_LOG=warn`).
+#[tokio::test]
+async fn sessions_ended_for_a_malformed_frame_are_logged_within_a_budget() -> Result<()> {
+    use futures::{SinkExt, StreamExt};
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let attempts = 150;
+    let malformed = |i: usize| async move {
+        let url = format!(
+            "ws://127.0.0.1:{http}/v1/ws?token={}",
+            full_token("acme", &format!("faulty{i}"))
+        );
+        let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+        // A Hello, then a frame of two bytes whose body is no command.
+        let hello = quiver_proto::encode_command(&quiver_proto::ClientFrame {
+            id: 1,
+            command: quiver_proto::Command::Hello {
+                version: quiver_proto::PROTOCOL_VERSION,
+                client: "faulty".into(),
+            },
+        });
+        for message in [hello.to_vec(), vec![0u8, 0, 0, 2, 1, 0xff]] {
+            socket
+                .send(tokio_tungstenite::tungstenite::Message::binary(message))
+                .await?;
+        }
+        // The Goodbye and the close: read, so the session has ended.
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+        {}
+        anyhow::Ok(())
+    };
+    let started = std::time::Instant::now();
+    for i in 0..attempts {
+        malformed(i).await?;
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // One in a later second carries the count of those left out.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    malformed(attempts).await?;
+    let summary = server
+        .wait_for("more sessions were ended for their peer's fault than logged")
+        .await?;
+    let logged = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("\"protocol error\""))
+        .count();
+    let not_logged = summary["not_logged"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        logged > 0 && logged as u64 <= 20 * (seconds + 1),
+        "{logged} protocol error lines for {attempts} sessions in {seconds} s"
+    );
+    assert!(
+        not_logged > 0 && logged + not_logged <= attempts + 1,
+        "{summary}"
+    );
+    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let counted = metric_sum(
+        &page,
+        "quiver_sessions_closed_total",
+        &[("reason", "protocol_error")],
+    );
+    assert!(counted >= (attempts + 1) as f64, "counted {counted}");
+    Ok(())
+}
