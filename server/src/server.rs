@@ -198,6 +198,9 @@ impl Server {
         };
         let verifier = verifier.with_token_cache(config.auth.token_cache);
         let identity = load_identity(&config).await?;
+        // The recorder first: a gauge set before it is installed is lost (outside ops audit 3,
+        // F1: the certificate's expiry was never on the page).
+        crate::metrics::handle();
         identity.note_expiry();
         if dev.is_some() && config.namespaces.is_empty() {
             // The demo's chat room shows history and presence out of the box.
@@ -248,8 +251,6 @@ impl Server {
             None => None,
         };
 
-        crate::metrics::handle();
-        // Now that the recorder is installed.
         receive_buffer.report();
         let hub = Arc::new(Hub::with_namespaces(
             config.namespaces.iter().map(|n| n.name.as_str()),

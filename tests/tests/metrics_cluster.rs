@@ -17,6 +17,12 @@ async fn nats_lag_latency_and_connection_are_measured() -> anyhow::Result<()> {
     assert_eq!(metric(&page, "quiver_nats_connected"), 1.0, "{page}");
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 0.0);
     assert_eq!(metric(&page, "quiver_broker_lag_seconds_count"), 0.0);
+    // The history namespace's backlog is on the page before this node has a consumer.
+    assert!(
+        page.lines()
+            .any(|l| l == r#"quiver_jetstream_consumer_pending{namespace="h"} 0"#),
+        "{page}"
+    );
 
     // A subscriber on b; publications on a reach it over NATS (live room, then history room).
     let mut sub = Raw::connect(&b, &full_token("acme", "sub")).await?;

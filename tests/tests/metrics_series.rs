@@ -22,6 +22,16 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     })
     .await?;
     let idle = server.metrics().await?;
+    // The served certificate's notAfter, set before the first session (it was set before the
+    // recorder existed, and lost).
+    let expiry = metric(&idle, "quiver_tls_certificate_expiry_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry < now + 400.0 * 86_400.0,
+        "certificate expiry {expiry}, now {now}"
+    );
     // Configured namespaces, and the rest, are on the page before any traffic.
     for series in [
         r#"quiver_hub_publications_total{namespace="chat"} 0"#,

@@ -120,6 +120,13 @@ impl NatsBroker {
         hub: Arc<Hub>,
         config: Arc<Config>,
     ) -> Result<Self, BrokerError> {
+        // Each history namespace's backlog is on the page from the start (README, Metrics), at
+        // zero until a consumer of this node reports one: a node that only publishes had none
+        // (outside ops audit 3, F2).
+        for namespace in config.namespaces.iter().filter(|n| n.history_size > 0) {
+            metrics::gauge!(m::JETSTREAM_CONSUMER_PENDING, "namespace" => namespace.name.clone())
+                .set(0.0);
+        }
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
         // Set at the first connection: every later `Connected` is a reconnect.
         let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
