@@ -369,9 +369,17 @@ pub fn quic_client(
     server: &TestServer,
     tweak: impl FnOnce(&mut wtransport::quinn::TransportConfig),
 ) -> Result<wtransport::quinn::Endpoint> {
+    quic_client_trusting(server.hash, tweak)
+}
+
+/// [`quic_client`] for a server known by its certificate hash (a `quiver serve` process).
+pub fn quic_client_trusting(
+    hash: [u8; 32],
+    tweak: impl FnOnce(&mut wtransport::quinn::TransportConfig),
+) -> Result<wtransport::quinn::Endpoint> {
     let config = ClientConfig::builder()
         .with_bind_default()
-        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(server.hash)])
+        .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
         .build();
     let mut quic = config.quic_config().clone();
     let mut transport = wtransport::quinn::TransportConfig::default();

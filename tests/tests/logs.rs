@@ -821,3 +821,49 @@ async fn sessions_ended_for_a_malformed_frame_are_logged_within_a_budget() -> Re
     assert!(counted >= (attempts + 1) as f64, "counted {counted}");
     Ok(())
 }
+
+/// A QUIC connection that never sends its CONNECT is a refusal like any other: counted, and a
+/// `session refused` line with its reason, within the refusals' budget (outside bounds audit 4,
+/// F3: 100 handshake timeouts counted, not one line).
+#[tokio::test]
+async fn connections_that_never_send_connect_are_logged_as_refusals() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("QUIVER_TIMEOUTS__HANDSHAKE", "1s")],
+    )?;
+    let port = server.port("webtransport")?;
+    let endpoint = quic_client_trusting(server.hash()?, |t| {
+        t.keep_alive_interval(Some(Duration::from_millis(200)));
+    })?;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(
+            endpoint
+                .connect(([127, 0, 0, 1], port).into(), "localhost")?
+                .await?,
+        );
+    }
+    for conn in &silent {
+        tokio::time::timeout(WAIT, conn.closed()).await?;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let logged = server
+            .lines()
+            .iter()
+            .filter(|l| l.contains("\"session refused\"") && l.contains("\"handshake_timeout\""))
+            .count();
+        if logged == 3 {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{logged} handshake_timeout refusal lines for 3:\n{}",
+            server.lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
