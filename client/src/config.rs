@@ -214,7 +214,19 @@ pub struct ClientConfig {
     /// frame ends the connection as a protocol error. Raise it for a server configured with a
     /// `max_payload` near or above 1 MiB.
     pub max_frame: usize,
+    /// Most subscriptions held at once over WebTransport (default 256, the server's default
+    /// `limits.max_subscriptions`): each room's stream is one the server opens, and the QUIC
+    /// connection allows this many of them at once, and the server's own HTTP/3 streams
+    /// besides ([`HTTP3_SERVER_STREAMS`]). A subscription past it waits for a stream that never
+    /// opens and ends with `stream_limit` (114). Raise it for a server whose
+    /// `Welcome.limits.max_subscriptions` is higher; quinn reserves a little memory (about 100
+    /// bytes) per stream allowed. Not used over WebSocket.
+    pub max_subscriptions: u32,
 }
+
+/// The unidirectional streams an HTTP/3 server may open besides a session's own: its control
+/// stream and QPACK's encoder and decoder streams (RFC 9114 §6.2, RFC 9204 §4.2).
+pub const HTTP3_SERVER_STREAMS: u32 = 3;
 
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -237,6 +249,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("subscription_buffer_bytes", &self.subscription_buffer_bytes)
             .field("pace_commands", &self.pace_commands)
             .field("max_frame", &self.max_frame)
+            .field("max_subscriptions", &self.max_subscriptions)
             .finish_non_exhaustive()
     }
 }
@@ -264,6 +277,7 @@ impl ClientConfig {
             subscription_buffer_bytes: 8 * 1024 * 1024,
             pace_commands: true,
             max_frame: 1024 * 1024,
+            max_subscriptions: 256,
         }
     }
 
@@ -339,9 +353,17 @@ impl ClientConfig {
     /// Builds the wtransport client configuration for [`ClientConfig::trust`].
     pub(crate) async fn wtransport_config(&self) -> Result<wtransport::ClientConfig, ClientError> {
         let tls = self.tls_config().await?;
+        // quinn's default allows the server 100 streams: a client of a server with the default
+        // 256 subscriptions lost every room past the 99th to `stream_limit`.
+        let mut transport = wtransport::quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(
+            self.max_subscriptions
+                .saturating_add(HTTP3_SERVER_STREAMS)
+                .into(),
+        );
         let builder = wtransport::ClientConfig::builder()
             .with_bind_default()
-            .with_custom_tls(tls)
+            .with_custom_tls_and_transport(tls, transport)
             .keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(self.idle_timeout))
             .map_err(|_| ClientError::Protocol("idle_timeout out of range".into()))?;

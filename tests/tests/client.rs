@@ -1157,3 +1157,34 @@ async fn a_killed_instance_is_left_within_5_s_and_its_history_room_loses_nothing
     drop((b, c));
     Ok(())
 }
+
+/// A client holds as many subscriptions as the server's default `max_subscriptions` (256) over
+/// WebTransport: each room's stream is one the server opens, and the client allows that many
+/// and the server's HTTP/3 streams besides. quinn's default allowed 100, so from the 100th room
+/// on the streams never opened and the rooms ended with `stream_limit` (114) after 5 s
+/// (outside conformance audit 5, F5).
+#[tokio::test]
+async fn a_client_holds_the_servers_default_number_of_subscriptions() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 10_000).await?;
+    let rooms = quiver_server::Config::default().limits.max_subscriptions;
+    let tok = token("acme", "many", &["chat.>"], &["chat.>"], 3600);
+    let config = config_for(&server, Transport::WebTransport, token_fixed(tok));
+    let client = Client::connect(config).await?;
+    let mut subs = Vec::new();
+    for i in 0..rooms {
+        subs.push(client.subscribe(&format!("chat.r{i}")).await?);
+    }
+    for i in 0..rooms {
+        client
+            .publish(&format!("chat.r{i}"), format!("m{i}"))
+            .await?;
+    }
+    for (i, sub) in subs.iter_mut().enumerate() {
+        assert_eq!(
+            payload(sub).await?,
+            Bytes::from(format!("m{i}")),
+            "room {i}"
+        );
+    }
+    close(&client).await
+}
