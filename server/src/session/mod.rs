@@ -14,11 +14,11 @@ mod lifetime;
 pub(crate) mod meter;
 mod publishing;
 mod read_only;
+mod slot;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ use crate::transport::{queue, Inbound, Peer, Transport};
 
 use meter::{Meter, Verdict};
 use publishing::{Publishing, Reply};
+pub use slot::Slot;
 
 use crate::quota::TenantSession;
 
@@ -72,44 +73,6 @@ pub struct End {
     /// tenant at its quota whose refused upgrades each held a server-wide place for the
     /// WebSocket close's 5 s filled `limits.max_sessions` (outside bounds audit 4, F3).
     pub refused: bool,
-}
-
-/// One open session in the counts; released on drop.
-pub struct Slot {
-    shared: Arc<Shared>,
-    transport: &'static str,
-    /// Counted in `shared.sessions` (`max_sessions`); not once a refusal has released it.
-    counted: bool,
-    /// The session's place in its tenant's quota, moved here when the session ends.
-    tenant: Option<TenantSession>,
-}
-
-impl Slot {
-    fn open(shared: Arc<Shared>, transport: &'static str) -> Self {
-        metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => transport).increment(1.0);
-        metrics::counter!(m::SESSIONS_OPENED, "transport" => transport).increment(1);
-        shared.sessions.fetch_add(1, Ordering::Relaxed);
-        Self {
-            shared,
-            transport,
-            counted: true,
-            tenant: None,
-        }
-    }
-
-    /// Stops counting the session now (a refusal), not when the adapter has closed it.
-    fn release(&mut self) {
-        if std::mem::take(&mut self.counted) {
-            metrics::gauge!(m::SESSIONS_ACTIVE, "transport" => self.transport).decrement(1.0);
-            self.shared.sessions.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 /// Sessions ended for their peer's fault (a malformed frame, replies never read) logged per
