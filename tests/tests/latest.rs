@@ -873,3 +873,44 @@ async fn a_refresh_drops_datagram_publications_waiting_for_their_hook() -> Resul
     );
     Ok(())
 }
+
+/// Datagram publications waiting for their publish hook when their session ends are never
+/// published, and each is counted (`session_ended`), as a `Refresh` counts them (outside lanes
+/// audit 3, F3: they vanished uncounted).
+#[tokio::test]
+async fn datagram_publications_waiting_for_their_hook_when_the_session_ends_are_counted(
+) -> Result<()> {
+    let (server, backend) = with_gated_publish_hook().await?;
+    let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
+    let (_, _a) = sub.subscribe_from("game.ea", None).await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    for room in ["game.ea", "game.eb", "game.ec"] {
+        publisher.conn().send_datagram(
+            PublishDatagram {
+                room,
+                payload: b"left behind",
+            }
+            .encode(),
+        )?;
+    }
+    // The first is with the backend, the others wait behind it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no hook asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    publisher.close().await;
+    wait_metric(
+        &server,
+        "quiver_datagrams_dropped_total",
+        &[("reason", "session_ended")],
+        |n| n >= 3.0,
+    )
+    .await?;
+    backend.gate.add_permits(1000);
+    let late =
+        tokio::time::timeout(Duration::from_millis(500), sub.conn().receive_datagram()).await;
+    assert!(late.is_err(), "published after its session ended: {late:?}");
+    Ok(())
+}

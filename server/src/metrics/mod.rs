@@ -70,7 +70,7 @@ pub fn datagram_dropped(reason: &'static str) {
 
 /// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
 /// and the datagram's own ones.
-pub const DATAGRAM_DROP_REASONS: [&str; 12] = [
+pub const DATAGRAM_DROP_REASONS: [&str; 13] = [
     "rate_limited",
     "malformed",
     "not_latest",
@@ -83,6 +83,7 @@ pub const DATAGRAM_DROP_REASONS: [&str; 12] = [
     "unavailable",
     "superseded",
     "refreshed",
+    "session_ended",
 ];
 
 /// Every `reason` of [`SESSIONS_CLOSED`] that is not a [`quiver_proto::CloseCode`] label: the

@@ -127,10 +127,17 @@ impl Publishing {
             older.publish = Mutex::new(publish);
             return Taken::Superseded;
         }
-        // The one being asked about does not count: a newer value for its room always finds a
-        // place, so each room's newest value is published last.
-        let waiting_datagrams = self.queued.iter().filter(|w| w.room.is_some()).count();
-        if waiting_datagrams >= MAX_DATAGRAMS {
+        // The room being asked about does not count: a newer value for it always finds a
+        // place, and takes none of the other rooms' (outside lanes audit 3, F1: with eight
+        // other rooms waiting it was dropped as `busy`, and the room kept its older value for
+        // good), so each room's newest value is published last.
+        let asked = self.current.as_ref().and_then(|w| w.room.as_ref());
+        let others_waiting = self
+            .queued
+            .iter()
+            .filter(|w| w.room.is_some() && w.room.as_ref() != asked)
+            .count();
+        if asked != Some(&room) && others_waiting >= MAX_DATAGRAMS {
             return Taken::Busy;
         }
         let waiting = Waiting {
@@ -301,11 +308,7 @@ mod tests {
                 }))
             })
         };
-        assert_eq!(p.submit_datagram(room("g.a"), value(2)), Taken::Queued);
-        assert_eq!(p.submit_datagram(room("g.a"), value(3)), Taken::Superseded);
-        // A command's publication keeps its place between them.
-        assert!(p.submit(cmd(7, true), value(70)).is_none());
-        for (i, r) in ["g.b", "g.c", "g.d", "g.e", "g.f", "g.g", "g.h"]
+        for (i, r) in ["g.b", "g.c", "g.d", "g.e", "g.f", "g.g", "g.h", "g.i"]
             .iter()
             .enumerate()
         {
@@ -314,17 +317,23 @@ mod tests {
                 Taken::Queued
             );
         }
-        // Eight rooms' values wait besides the started one: a ninth room's is dropped, a newer
-        // value for a waiting room still replaces.
-        assert_eq!(p.submit_datagram(room("g.i"), value(99)), Taken::Busy);
-        assert_eq!(p.submit_datagram(room("g.h"), value(20)), Taken::Superseded);
+        // Eight other rooms' values wait besides the one being asked about: a ninth room's is
+        // dropped; a newer value for the room being asked about still finds its place, and one
+        // for a waiting room replaces it.
+        assert_eq!(p.submit_datagram(room("g.j"), value(99)), Taken::Busy);
+        assert_eq!(p.submit_datagram(room("g.a"), value(2)), Taken::Queued);
+        assert_eq!(p.submit_datagram(room("g.a"), value(3)), Taken::Superseded);
+        assert_eq!(p.submit_datagram(room("g.i"), value(20)), Taken::Superseded);
+        assert_eq!(p.submit_datagram(room("g.j"), value(98)), Taken::Busy);
+        // A command's publication keeps its place among them.
+        assert!(p.submit(cmd(7, true), value(70)).is_none());
         assert!(!p.is_full(), "datagrams alone never stop the command loop");
         open1.send(()).unwrap();
         let mut offsets = Vec::new();
         while let Some(done) = futures::FutureExt::now_or_never(p.next_done()) {
             offsets.push(done.result.unwrap().unwrap().offset);
         }
-        assert_eq!(offsets, vec![1, 3, 70, 10, 11, 12, 13, 14, 15, 20]);
+        assert_eq!(offsets, vec![1, 10, 11, 12, 13, 14, 15, 16, 20, 3, 70]);
     }
 
     #[test]
