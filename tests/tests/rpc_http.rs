@@ -836,3 +836,40 @@ async fn http_requests_in_flight_are_bounded_server_wide() -> Result<()> {
     assert_eq!(second.call("order.place", "z").await?, &b"placed:z"[..]);
     Ok(())
 }
+
+/// A backend's answer whose head is not usable HTTP (here 150 headers, past the 100 the server
+/// reads) is `backend_error`, not `unavailable`: the backend was reached and answered (outside
+/// lanes audit 3, F2).
+#[tokio::test]
+async fn an_answer_whose_head_is_unusable_is_a_backend_error() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let backend = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request is small: one read takes it.
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = tcp.read(&mut request).await;
+                let body = r#"{"payload":""}"#;
+                let mut answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                    body.len()
+                );
+                for i in 0..150 {
+                    answer.push_str(&format!("X-Filler-{i}: x\r\n"));
+                }
+                answer.push_str("\r\n");
+                answer.push_str(body);
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let server = server_for(&format!("http://{address}/rpc")).await?;
+    let client = connect(&server, "alice").await?;
+    let (c, msg) = code(client.call("order.place", "x").await);
+    assert_eq!(c, Some(ErrorCode::BackendError), "{msg}");
+    client.close().await;
+    backend.abort();
+    Ok(())
+}

@@ -155,9 +155,14 @@ impl HttpRoute {
                 request = request.bearer_auth(secret);
             }
             let mut response = request.send().await.map_err(|e| {
-                // A connection that failed (refused, reset, DNS, TLS, or not made within
-                // `connect_timeout`): nobody is serving, and the request never left.
-                if e.is_connect() || !e.is_timeout() {
+                if unusable_head(&e) {
+                    // The backend answered, with a head that is not HTTP/1.1 or is over what
+                    // is read of one (100 headers, about 400 KiB: hyper's bounds): a bad
+                    // answer, not an absent backend (outside lanes audit 3, F2).
+                    RpcError::BadAnswer(format!("answer's head unusable: {}", without_url(e)))
+                } else if e.is_connect() || !e.is_timeout() {
+                    // A connection that failed (refused, reset, DNS, TLS, or not made within
+                    // `connect_timeout`): nobody is serving, and the request never left.
                     RpcError::Unavailable(without_url(e))
                 } else {
                     RpcError::Deadline(left)
@@ -202,6 +207,18 @@ impl HttpRoute {
             .await
             .unwrap_or(Err(RpcError::Deadline(left)))
     }
+}
+
+/// Whether `e` is hyper's refusal of an answer's head (not HTTP, too many headers, too large).
+fn unusable_head(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
+            return hyper.is_parse() || hyper.is_parse_too_large();
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// reqwest's message without the URL (it may carry credentials): what reaches clients and logs.
