@@ -867,3 +867,58 @@ async fn connections_that_never_send_connect_are_logged_as_refusals() -> Result<
     }
     Ok(())
 }
+
+/// Control messages a tenant's backend may publish (on `quiver.<tenant>.control.*`) that are
+/// refused, malformed or naming another tenant, are WARN lines within a budget of 20 a second
+/// (outside tenancy audit 4, F1: 240,000 messages in 3 s were as many lines on every instance).
+#[tokio::test]
+async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json", "--nats", &nats.url()])?;
+    let client = async_nats::connect(nats.url()).await?;
+    // The instance listens once its revocations are loaded.
+    let http = server.port("http")?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+        .await?
+        .status()
+        != 200
+    {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = 500;
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        let (subject, body) = if i % 2 == 0 {
+            ("quiver.acme.control.revoke", "not json".to_owned())
+        } else {
+            (
+                "quiver.acme.control.revoke",
+                r#"{"key":"other.jti","exp":4102444800}"#.to_owned(),
+            )
+        };
+        client.publish(subject, body.into()).await?;
+    }
+    client.flush().await?;
+    let seconds = started.elapsed().as_secs() + 1;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    client
+        .publish("quiver.acme.control.revoke", "late".into())
+        .await?;
+    client.flush().await?;
+    server
+        .wait_for("more control messages were refused than logged")
+        .await?;
+    let logged = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("control plane: "))
+        .count();
+    assert!(
+        logged > 0 && logged as u64 <= 20 * (seconds + 2),
+        "{logged} lines for {sent} refused control messages in {seconds} s"
+    );
+    Ok(())
+}
