@@ -277,6 +277,13 @@ async fn sessions_over_their_tenants_quota_are_logged_within_the_refusals_budget
             {}
         }
     }
+    // Over WebTransport too: a refusal writes no line of its own (outside regression audit 10,
+    // F1: a `webtransport connection closed` line each).
+    let (port, hash) = (server.port("webtransport")?, server.hash()?);
+    for _ in 0..30 {
+        let refused = Raw::connect_at(port, hash, &token).await;
+        anyhow::ensure!(refused.is_err(), "a session over the quota was welcomed");
+    }
     let seconds = started.elapsed().as_secs() + 1;
     let refused = server.wait_for("session refused").await?;
     assert!(
@@ -295,6 +302,14 @@ async fn sessions_over_their_tenants_quota_are_logged_within_the_refusals_budget
     // The holder's own open; nothing closed yet.
     assert_eq!(count("session opened"), 1);
     assert_eq!(count("session closed"), 0);
+    // Each WebTransport refusal's connection is closed within 1 s.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let closed_lines = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("\"webtransport connection closed\""))
+        .count();
+    assert_eq!(closed_lines, 0);
     assert!(
         count("session refused") as u64 <= 20 * (seconds + 1),
         "{} refusal lines for {attempts} refusals in {seconds} s",

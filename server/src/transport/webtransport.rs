@@ -269,6 +269,17 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
     // What the path was like, for telling a slow network from a slow server.
     let path = conn.quic_connection().stats().path;
     crate::metrics::sample_quic_path(&path);
+    // A refused session's only line is its budgeted `session refused` (README, Logs; outside
+    // regression audit 10, F1: one line per refusal here, unbudgeted).
+    if end.refused {
+        debug!(
+            reason = end.reason,
+            transport = T.label(),
+            "webtransport connection closed"
+        );
+        drop(end.slot);
+        return;
+    }
     info!(
         reason = end.reason,
         transport = T.label(),
