@@ -135,8 +135,9 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// its own JSON errors).
 /// What RFC 9112 says a server refuses and hyper lets through (outside SSE/API audit 2, G2): a
 /// transfer coding other than `chunked` alone (hyper framed the body by the final `chunked` and
-/// ignored the rest, so `gzip, chunked` published the still-encoded bytes): **501**; an HTTP/1.1
-/// request without `Host` or with more than one: **400**. A proxy in front may read such a
+/// ignored the rest, so `gzip, chunked` published the still-encoded bytes): **501**; a content
+/// coding (`Content-Encoding` other than `identity`): **415**; an HTTP/1.1 request without
+/// `Host` or with more than one: **400**. A proxy in front may read such a
 /// request otherwise than the server does, so neither is guessed at.
 async fn strict_framing(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let headers = request.headers();
@@ -154,6 +155,21 @@ async fn strict_framing(request: axum::extract::Request, next: axum::middleware:
                 "only the transfer coding chunked (alone) is supported",
             );
         }
+    }
+    // A content coding is not undone here: a compressed publish was stored and fanned out
+    // still compressed (outside HTTP audit 2, F1). Refused, as RFC 9110 §8.4.1 allows.
+    let coded = headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .any(|coding| !coding.trim().eq_ignore_ascii_case("identity"));
+    if coded {
+        return crate::transport::problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            None,
+            "no content coding is supported: send the body as it is (no Content-Encoding)",
+        );
     }
     if request.version() == axum::http::Version::HTTP_11
         && headers.get_all(header::HOST).iter().count() != 1

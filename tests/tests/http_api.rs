@@ -580,5 +580,33 @@ async fn requests_framed_against_http_1_1_are_refused() -> anyhow::Result<()> {
     let got =
         status("GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into()).await?;
     assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // A content coding is refused, not stored still coded (outside HTTP audit 2, F1).
+    let coded = |coding: &str| {
+        format!(
+            "POST /api/v1/publish/chat.x HTTP/1.1\r\nHost: q\r\nConnection: close\r\n\
+             Content-Type: application/octet-stream\r\nContent-Encoding: {coding}\r\n\
+             Content-Length: 2\r\n\r\nhi"
+        )
+    };
+    for coding in ["gzip", "deflate, identity", "br"] {
+        let got = status(coded(coding)).await?;
+        assert!(got.starts_with("HTTP/1.1 415"), "{coding}: {got}");
+    }
+    assert!(status(coded("identity")).await?.starts_with("HTTP/1.1 401"));
+    // A WebSocket upgrade that announces a body is refused, whichever way it is framed
+    // (outside HTTP audit 2, F4: 101, and the body read as frames or not by timing).
+    let upgrade = |framing: &str| {
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: q\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {framing}\r\n"
+        )
+    };
+    for framing in ["Content-Length: 6\r\n", "Transfer-Encoding: chunked\r\n"] {
+        let got = status(upgrade(framing)).await?;
+        assert!(got.starts_with("HTTP/1.1 400"), "{framing}: {got}");
+    }
+    let got = status(upgrade("Content-Length: 0\r\n")).await?;
+    assert!(got.starts_with("HTTP/1.1 101"), "no body: {got}");
     Ok(())
 }

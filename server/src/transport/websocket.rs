@@ -111,6 +111,21 @@ pub async fn upgrade(
              Sec-WebSocket-Version may each appear once (RFC 6455 §4.1, §11.3)",
         );
     }
+    // An upgrade request has no body (RFC 6455 §4.1: a GET): bytes announced as one would be
+    // read as the first WebSocket frames or dropped, depending on how they arrived, and a
+    // proxy in front could take them for a body (outside HTTP audit 2, F4).
+    let body = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|n| n.as_bytes() != b"0")
+        || headers.contains_key(axum::http::header::TRANSFER_ENCODING);
+    if body {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            None,
+            "a WebSocket upgrade request has no body (no Content-Length or Transfer-Encoding)",
+        );
+    }
     let checked = admit_tcp(&shared, &headers, query.as_deref());
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
