@@ -533,7 +533,7 @@ impl Control {
                             let n = self.apply(&d);
                             debug!(tenant, n, "disconnect from the control plane");
                         }
-                        Err(e) => refused_control(tenant, "malformed disconnect", &e),
+                        Err(e) => refused_control(tenant, "malformed", "malformed disconnect", &e),
                     }
                 }
                 Some("revoke") => match serde_json::from_slice::<Revoke>(&message.payload) {
@@ -542,8 +542,13 @@ impl Control {
                         let n = self.apply_revoke(&r, &tenant_id);
                         debug!(tenant, n, "revocation from the control plane");
                     }
-                    Ok(_) => refused_control(tenant, "revocation for another tenant", &""),
-                    Err(e) => refused_control(tenant, "malformed revocation", &e),
+                    Ok(_) => refused_control(
+                        tenant,
+                        "other_tenant",
+                        "revocation for another tenant",
+                        &"",
+                    ),
+                    Err(e) => refused_control(tenant, "malformed", "malformed revocation", &e),
                 },
                 Some("unsubscribe") => {
                     match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload) {
@@ -555,7 +560,7 @@ impl Control {
                             let n = self.apply_unsubscribe(&u);
                             debug!(tenant, n, "unsubscribe from the control plane");
                         }
-                        Err(e) => refused_control(tenant, "malformed unsubscribe", &e),
+                        Err(e) => refused_control(tenant, "malformed", "malformed unsubscribe", &e),
                     }
                 }
                 _ => {}
@@ -571,8 +576,15 @@ impl Control {
 static REFUSED_CONTROL_LOGGED: crate::log_budget::LogBudget =
     crate::log_budget::LogBudget::per_second(20);
 
-/// A WARN line for a refused control message, within [`REFUSED_CONTROL_LOGGED`].
-fn refused_control(tenant: &str, what: &'static str, error: &dyn std::fmt::Display) {
+/// Counts a refused control message (`reason`: [`crate::metrics::CONTROL_REFUSED_REASONS`]),
+/// and writes a WARN line for it within [`REFUSED_CONTROL_LOGGED`].
+fn refused_control(
+    tenant: &str,
+    reason: &'static str,
+    what: &'static str,
+    error: &dyn std::fmt::Display,
+) {
+    metrics::counter!(crate::metrics::CONTROL_REFUSED, "reason" => reason).increment(1);
     if let Some(not_logged) = REFUSED_CONTROL_LOGGED.admit() {
         if not_logged > 0 {
             warn!(not_logged, "more control messages were refused than logged");

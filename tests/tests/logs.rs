@@ -911,7 +911,7 @@ async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
         } else {
             (
                 "quiver.acme.control.revoke",
-                r#"{"key":"other.jti","exp":4102444800}"#.to_owned(),
+                r#"{"key":"other.jti","until":4102444800}"#.to_owned(),
             )
         };
         client.publish(subject, body.into()).await?;
@@ -935,5 +935,19 @@ async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
         logged > 0 && logged as u64 <= 20 * (seconds + 2),
         "{logged} lines for {sent} refused control messages in {seconds} s"
     );
+    // Every one is counted, by reason.
+    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+        .await?
+        .text()
+        .await?;
+    let counted = |reason| {
+        metric_sum(
+            &page,
+            "quiver_control_messages_refused_total",
+            &[("reason", reason)],
+        )
+    };
+    assert_eq!(counted("malformed"), (sent / 2 + 1) as f64, "{page}");
+    assert_eq!(counted("other_tenant"), (sent / 2) as f64, "{page}");
     Ok(())
 }

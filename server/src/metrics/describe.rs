@@ -28,6 +28,9 @@ pub(super) fn register_zeros() {
             metrics::counter!(SESSIONS_REFUSED, "transport" => t, "reason" => reason).absolute(0);
         }
     }
+    for reason in CONTROL_REFUSED_REASONS {
+        metrics::counter!(CONTROL_REFUSED, "reason" => reason).absolute(0);
+    }
     for listener in ["http", "https"] {
         for reason in CONNECTION_REFUSED_REASONS {
             metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
@@ -110,6 +113,11 @@ pub(super) fn describe() {
         SESSIONS_REFUSED,
         "Session requests refused before a session existed (bad path, origin, capacity, address \
          limits, handshake, token), by transport and reason"
+    );
+    describe_counter!(
+        CONTROL_REFUSED,
+        "Control messages from NATS (disconnect, revoke, unsubscribe) this node refused, by \
+         reason: malformed, or other_tenant (a revocation for another tenant's key)"
     );
     describe_counter!(
         CONNECTIONS_REFUSED,

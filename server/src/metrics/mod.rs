@@ -60,6 +60,9 @@ pub const TENANT_DELIVERIES: &str = "quiver_tenant_deliveries_total";
 pub const DATAGRAMS_SENT: &str = "quiver_datagrams_sent_total";
 pub const DATAGRAMS_RECEIVED: &str = "quiver_datagrams_received_total";
 pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
+/// Control messages from NATS this node refused, by reason ([`CONTROL_REFUSED_REASONS`]).
+pub const CONTROL_REFUSED: &str = "quiver_control_messages_refused_total";
+pub const CONTROL_REFUSED_REASONS: [&str; 2] = ["malformed", "other_tenant"];
 pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
 pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 
