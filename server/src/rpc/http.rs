@@ -156,7 +156,7 @@ impl HttpRoute {
             }
             let mut response = request.send().await.map_err(|e| {
                 if unusable_head(&e) {
-                    // The backend answered, with a head that is not HTTP/1.1 or is over what
+                    // The backend answered, with a head that is not HTTP/1.x or is over what
                     // is read of one (100 headers, about 400 KiB: hyper's bounds): a bad
                     // answer, not an absent backend (outside lanes audit 3, F2).
                     RpcError::BadAnswer(format!("answer's head unusable: {}", without_url(e)))
