@@ -70,6 +70,29 @@ async fn values_until(stream: &mut RoomStream, last: u32) -> Result<u32> {
     }
 }
 
+/// Sends one datagram publication per room; returns once the backend holds the first (the
+/// others wait behind it in the session's lane).
+async fn datagrams_behind_a_held_hook(
+    publisher: &Raw,
+    backend: &quiver_tests::rpc::GatedBackend,
+    rooms: &[&str],
+    payload: &[u8],
+) -> Result<()> {
+    for room in rooms {
+        publisher
+            .conn()
+            .send_datagram(PublishDatagram { room, payload }.encode())?;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no hook asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The rest reach the lane.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
 /// A server whose `game` namespace has a publish hook (failing closed after 20 s) asked of a
 /// backend that holds every answer until the test opens its gate.
 async fn with_gated_publish_hook(
@@ -834,22 +857,8 @@ async fn a_refresh_drops_datagram_publications_waiting_for_their_hook() -> Resul
     let (_, _a) = sub.subscribe_from("game.a", None).await?;
     let (_, _b) = sub.subscribe_from("game.b", None).await?;
     let publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
-    for room in ["game.a", "game.b"] {
-        publisher.conn().send_datagram(
-            PublishDatagram {
-                room,
-                payload: b"old token",
-            }
-            .encode(),
-        )?;
-    }
     // The first is with the backend, the second waits behind it.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no hook asked");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    datagrams_behind_a_held_hook(&publisher, &backend, &["game.a", "game.b"], b"old token").await?;
     let mut publisher = publisher;
     let read_only = token("acme", "p", &[">"], &[], 600);
     let refreshed = publisher
@@ -884,22 +893,9 @@ async fn datagram_publications_waiting_for_their_hook_when_the_session_ends_are_
     let mut sub = Raw::connect(&server, &full_token("acme", "s")).await?;
     let (_, _a) = sub.subscribe_from("game.ea", None).await?;
     let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
-    for room in ["game.ea", "game.eb", "game.ec"] {
-        publisher.conn().send_datagram(
-            PublishDatagram {
-                room,
-                payload: b"left behind",
-            }
-            .encode(),
-        )?;
-    }
     // The first is with the backend, the others wait behind it.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no hook asked");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let rooms = ["game.ea", "game.eb", "game.ec"];
+    datagrams_behind_a_held_hook(&publisher, &backend, &rooms, b"left behind").await?;
     publisher.close().await;
     wait_metric(
         &server,
