@@ -248,24 +248,28 @@ async fn history_pages_of_large_publications_page_through_the_whole_room() -> an
 /// the read, and 10 in 150 pages and 1-2 in 40 resumes began after a gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     const ROOM: &str = "pg.edge";
     let nats = NatsServer::start().await?;
     let server = start(&nats, 20).await?;
     let stop = Arc::new(AtomicBool::new(false));
+    // Milliseconds each publisher waits between publications. A few hundred a second in all
+    // at first: the room's front moves every few milliseconds, about as long as a read takes.
+    // On a slower machine every read may then be cut; the wait doubles after each ten reads
+    // in a row that were not whole, so that some are, while the front still moves.
+    let pace = Arc::new(AtomicU64::new(6));
     let mut publishers = Vec::new();
     for p in 0..3 {
         let mut publ = Raw::connect(&server, &full_token("acme", &format!("p{p}"))).await?;
-        let stop = stop.clone();
+        let (stop, pace) = (stop.clone(), pace.clone());
         publishers.push(tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) && n < 20_000 {
                 publ.published(ROOM, &n.to_be_bytes()).await?;
                 n += 1;
-                // A few hundred a second in all: the room's front moves every few
-                // milliseconds, about as long as a read takes.
-                tokio::time::sleep(Duration::from_millis(6)).await;
+                let wait = pace.load(Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
             anyhow::Ok(n)
         }));
@@ -283,7 +287,24 @@ async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::
         }
         other => panic!("history: {other:?}"),
     };
-    for trial in 0..120 {
+    // At least 120 reads, and more (up to 400) until one was whole.
+    let (mut whole_before, mut not_whole_in_a_row) = (0, 0);
+    for trial in 0..400 {
+        if trial >= 120 && whole > 0 {
+            break;
+        }
+        // The trial before this one was whole, or one more in a row was not.
+        if whole > whole_before {
+            not_whole_in_a_row = 0;
+        } else if trial > 0 {
+            not_whole_in_a_row += 1;
+        }
+        whole_before = whole;
+        if not_whole_in_a_row >= 10 {
+            not_whole_in_a_row = 0;
+            let wait = pace.load(Ordering::Relaxed);
+            pace.store((wait * 2).min(200), Ordering::Relaxed);
+        }
         let request = Command::History {
             room: ROOM.into(),
             since: None,
@@ -354,8 +375,9 @@ async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::
         publisher.await??;
     }
     eprintln!(
-        "[test] edge reads: {whole} whole, {refused} refused, {} gaps",
-        gaps.len()
+        "[test] edge reads: {whole} whole, {refused} refused, {} gaps; publishers' wait {} ms",
+        gaps.len(),
+        pace.load(Ordering::Relaxed)
     );
     assert!(gaps.is_empty(), "reads that skipped: {gaps:?}");
     assert!(whole > 0, "no read was whole: the check proves nothing");
