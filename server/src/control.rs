@@ -15,6 +15,7 @@ use quiver_proto::{CloseCode, TenantId};
 use tracing::{debug, warn};
 
 use crate::hub::Hub;
+use crate::log_budget::{LogBudget, Summary};
 use crate::registry::{Kick, Registry, Selector};
 use crate::revocation::{self, Revocations};
 
@@ -573,8 +574,10 @@ impl Control {
 /// for every tenant together: a tenant's backend may publish on `quiver.<tenant>.control.*`
 /// (docs/deployment.md), and its 240,000 refused messages in 3 s were as many WARN lines on
 /// every instance (outside tenancy audit 4, F1).
-static REFUSED_CONTROL_LOGGED: crate::log_budget::LogBudget =
-    crate::log_budget::LogBudget::per_second(20);
+static REFUSED_CONTROL_LOGGED: LogBudget = LogBudget::summarised(
+    20,
+    Summary::Warn("more control messages were refused than logged"),
+);
 
 /// Counts a refused control message (`reason`: [`crate::metrics::CONTROL_REFUSED_REASONS`]),
 /// and writes a WARN line for it within [`REFUSED_CONTROL_LOGGED`].
@@ -585,10 +588,7 @@ fn refused_control(
     error: &dyn std::fmt::Display,
 ) {
     metrics::counter!(crate::metrics::CONTROL_REFUSED, "reason" => reason).increment(1);
-    if let Some(not_logged) = REFUSED_CONTROL_LOGGED.admit() {
-        if not_logged > 0 {
-            warn!(not_logged, "more control messages were refused than logged");
-        }
+    if REFUSED_CONTROL_LOGGED.admit_summarised() {
         warn!(tenant, error = %error, "control plane: {what}");
     }
 }

@@ -423,9 +423,9 @@ impl Server {
 
 /// How often the drain looks at the session count.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
-/// How long a session's transport may take to close during a drain, after its goodbye: a peer
-/// that does not answer the close (a WebSocket close frame left unanswered, a socket nobody
-/// reads) holds the drain no longer than this.
+/// How long a session's transport may take to close during a drain, or when the session was
+/// refused, after its goodbye: a peer that does not answer the close (a WebSocket close frame
+/// left unanswered, a socket nobody reads) holds the drain, or a place, no longer than this.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// After the drain, how long the server's own tasks may take to end (the WebTransport
 /// endpoint's close among them) before they are aborted.

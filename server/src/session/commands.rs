@@ -11,14 +11,17 @@ use tracing::{debug, warn};
 use super::publishing::Reply;
 use super::{Refusal, Session, Sub};
 use crate::hub::{RoomKey, Subscriber};
+use crate::log_budget::{LogBudget, Summary};
 use crate::metrics as m;
 use crate::subscription::{Direct, Ended, Sink, Writer};
 use crate::transport::Peer;
 
 /// Server ends of subscriptions (slow consumers, mostly) logged per second at most: a client
 /// that subscribes and does not read causes one at will (`crate::log_budget`).
-static SUBSCRIPTION_ENDS_LOGGED: crate::log_budget::LogBudget =
-    crate::log_budget::LogBudget::per_second(20);
+static SUBSCRIPTION_ENDS_LOGGED: LogBudget = LogBudget::summarised(
+    20,
+    Summary::Warn("more subscriptions were ended by the server than logged"),
+);
 
 impl Session {
     pub(super) async fn subscribe(
@@ -437,13 +440,7 @@ impl Session {
             self.subscription_lost(code);
             if code == ErrorCode::StreamStopped {
                 debug!(session = %self.id, %room, "client stopped the subscription stream");
-            } else if let Some(not_logged) = SUBSCRIPTION_ENDS_LOGGED.admit() {
-                if not_logged > 0 {
-                    warn!(
-                        not_logged,
-                        "more subscriptions were ended by the server than logged"
-                    );
-                }
+            } else if SUBSCRIPTION_ENDS_LOGGED.admit_summarised() {
                 warn!(session = %self.id, %room, %code, "subscription ended by server");
             }
             self.reply(

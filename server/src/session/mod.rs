@@ -45,6 +45,7 @@ use meter::{Meter, Verdict};
 use publishing::{Publishing, Reply};
 pub use slot::Slot;
 
+use crate::log_budget::{LogBudget, Summary};
 use crate::quota::TenantSession;
 
 /// How long a goodbye frame may take to be queued for the client.
@@ -79,18 +80,14 @@ pub struct End {
 /// second at most, for every tenant together: one user opening sessions that each send one
 /// malformed frame made 1,300 WARN lines a second (outside bounds audit 4, F1).
 /// `quiver_sessions_closed_total{reason}` counts every one.
-static PEER_FAULTS_LOGGED: crate::log_budget::LogBudget =
-    crate::log_budget::LogBudget::per_second(20);
+static PEER_FAULTS_LOGGED: LogBudget = LogBudget::summarised(
+    20,
+    Summary::Warn("more sessions were ended for their peer's fault than logged"),
+);
 
 /// A WARN line for a session ended for its peer's fault, within [`PEER_FAULTS_LOGGED`].
 fn log_peer_fault(session: &str, reason: &str, what: &'static str) {
-    if let Some(not_logged) = PEER_FAULTS_LOGGED.admit() {
-        if not_logged > 0 {
-            warn!(
-                not_logged,
-                "more sessions were ended for their peer's fault than logged"
-            );
-        }
+    if PEER_FAULTS_LOGGED.admit_summarised() {
         warn!(session, reason, "{what}");
     }
 }

@@ -19,6 +19,7 @@ use quiver_proto::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::log_budget::{LogBudget, Summary};
 use crate::server::Shared;
 
 /// Tokens longer than this are refused before they are parsed (a JWT with our claims is a few
@@ -301,7 +302,10 @@ impl Drop for Counted {
 
 /// Session refusals logged per second at most (`crate::log_budget`): a peer needs no token to
 /// cause one. `quiver_sessions_refused_total` counts every one.
-static REFUSALS_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(20);
+static REFUSALS_LOGGED: LogBudget = LogBudget::summarised(
+    20,
+    Summary::Info("more sessions were refused than logged (quiver_sessions_refused_total and quiver_quota_refusals_total count all)"),
+);
 
 /// Logs a refused session (the reason, never the token), within [`REFUSALS_LOGGED`], and counts
 /// it.
@@ -321,13 +325,7 @@ pub fn log_refusal(
     remote: &dyn std::fmt::Display,
     reason: &dyn std::fmt::Display,
 ) {
-    if let Some(not_logged) = REFUSALS_LOGGED.admit() {
-        if not_logged > 0 {
-            tracing::info!(
-                not_logged,
-                "more sessions were refused than logged (quiver_sessions_refused_total and quiver_quota_refusals_total count all)"
-            );
-        }
+    if REFUSALS_LOGGED.admit_summarised() {
         tracing::info!(%remote, reason = %reason, transport = transport.label(), "session refused");
     }
 }

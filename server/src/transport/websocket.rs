@@ -254,16 +254,14 @@ async fn serve(
     );
     // A drain waits for this session's slot: once the server is stopping, a peer that does not
     // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
-    // A refused session gets GOODBYE_GRACE, as a refused upgrade (`refuse`): its TCP place is
-    // not held the whole linger by a client that is refused again and again.
+    // So does a refused session: its TCP place is not held the whole linger by a client that is
+    // refused again and again.
     let refused = end.refused;
     let cut = async {
-        if refused {
-            tokio::time::sleep(GOODBYE_GRACE).await;
-        } else {
+        if !refused {
             stopping.cancelled().await;
-            tokio::time::sleep(crate::server::CLOSE_GRACE).await;
         }
+        tokio::time::sleep(crate::server::CLOSE_GRACE).await;
     };
     tokio::select! {
         () = closing => {}

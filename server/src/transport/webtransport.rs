@@ -277,18 +277,17 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
             transport = T.label(),
             "webtransport connection closed"
         );
-        drop(end.slot);
-        return;
+    } else {
+        info!(
+            reason = end.reason,
+            transport = T.label(),
+            rtt_ms = path.rtt.as_secs_f64() * 1e3,
+            sent_packets = path.sent_packets,
+            lost_packets = path.lost_packets,
+            congestion_events = path.congestion_events,
+            "webtransport connection closed"
+        );
     }
-    info!(
-        reason = end.reason,
-        transport = T.label(),
-        rtt_ms = path.rtt.as_secs_f64() * 1e3,
-        sent_packets = path.sent_packets,
-        lost_packets = path.lost_packets,
-        congestion_events = path.congestion_events,
-        "webtransport connection closed"
-    );
     // Only now does the session stop counting (a drain waits for it).
     drop(end.slot);
 }
