@@ -152,7 +152,8 @@ pub struct TenantQuota {
     pub bytes_per_second: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Default` is for building one in code (`..Default::default()`); in a file `tenant` is required.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantOverride {
     pub tenant: String,

@@ -599,10 +599,7 @@ mod tests {
         config.tenants.push(TenantOverride {
             tenant: "big".into(),
             max_sessions: Some(3),
-            sessions_per_second: None,
-            max_subscriptions: None,
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         });
         let q = Arc::new(TenantQuotas::new(config));
         let a1 = q.open_session(&tenant("a")).unwrap();
@@ -634,11 +631,8 @@ mod tests {
         config.tenant.max_sessions = 3;
         config.tenants.push(TenantOverride {
             tenant: "big".into(),
-            max_sessions: None,
             sessions_per_second: Some(5),
-            max_subscriptions: None,
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         });
         let q = Arc::new(TenantQuotas::new(config));
         let at = Instant::now();

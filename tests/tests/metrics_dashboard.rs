@@ -104,11 +104,8 @@ async fn every_dashboard_query_names_an_exported_series() -> anyhow::Result<()> 
         clustered(&nats)(c);
         c.quotas.tenants = vec![TenantOverride {
             tenant: "capped".into(),
-            max_sessions: None,
-            sessions_per_second: None,
             max_subscriptions: Some(1),
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         }];
     })
     .await?;

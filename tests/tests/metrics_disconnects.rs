@@ -49,10 +49,7 @@ async fn each_way_a_session_ends_has_its_own_label() -> anyhow::Result<()> {
         c.quotas.tenants = vec![TenantOverride {
             tenant: "capped".into(),
             max_sessions: Some(1),
-            sessions_per_second: None,
-            max_subscriptions: None,
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         }];
         c.api.keys = vec![ApiKey {
             key: ADMIN.into(),

@@ -26,11 +26,8 @@ async fn over_quota_goodbye(via: Via, server: &TestServer, token: &str) -> anyho
 fn calm_tenant() -> TenantOverride {
     TenantOverride {
         tenant: "calm".into(),
-        max_sessions: None,
-        sessions_per_second: None,
-        max_subscriptions: None,
         publications_per_second: Some(1000),
-        bytes_per_second: None,
+        ..Default::default()
     }
 }
 
@@ -40,10 +37,7 @@ async fn tenant_session_quota(via: Via) -> anyhow::Result<()> {
         c.quotas.tenants.push(TenantOverride {
             tenant: "big".into(),
             max_sessions: Some(3),
-            sessions_per_second: None,
-            max_subscriptions: None,
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         });
     })
     .await?;
@@ -532,10 +526,7 @@ async fn closing_sessions_of_a_tenant_at_its_quota_leave_other_tenants_room() ->
         c.quotas.tenants.push(TenantOverride {
             tenant: "other".into(),
             max_sessions: Some(8),
-            sessions_per_second: None,
-            max_subscriptions: None,
-            publications_per_second: None,
-            bytes_per_second: None,
+            ..Default::default()
         });
     })
     .await?;
