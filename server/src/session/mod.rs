@@ -70,7 +70,7 @@ pub struct End {
     /// more places than its quota (outside bounds audit 4, F3).
     pub slot: Slot,
     /// The session was refused (over its tenant's quota): it holds no place while it closes,
-    /// and the adapter closes it within `GOODBYE_GRACE`, as a refused CONNECT or upgrade. A
+    /// and the adapter closes it within `server::CLOSE_GRACE`, as a refused CONNECT or upgrade. A
     /// tenant at its quota whose refused upgrades each held a server-wide place for the
     /// WebSocket close's 5 s filled `limits.max_sessions` (outside bounds audit 4, F3).
     pub refused: bool,
