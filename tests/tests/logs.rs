@@ -70,6 +70,15 @@ impl Logged {
             .map_err(|_| anyhow!("bad hash"))
     }
 
+    /// The server's `/metrics` page.
+    async fn metrics(&self) -> Result<String> {
+        let http = self.port("http")?;
+        Ok(reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
+            .await?
+            .text()
+            .await?)
+    }
+
     fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("not poisoned").clone()
     }
@@ -238,10 +247,7 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
             seconds,
         )
         .await?;
-    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics().await?;
     let counted = metric_sum(&page, "quiver_sessions_refused_total", &[]);
     assert!(counted >= (attempts + 1) as f64, "counted {counted}");
     Ok(())
@@ -328,10 +334,7 @@ async fn sessions_over_their_tenants_quota_are_logged_within_the_refusals_budget
         "{} refusal lines for {attempts} refusals in {seconds} s",
         count("session refused")
     );
-    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics().await?;
     let counted = metric_sum(
         &page,
         "quiver_quota_refusals_total",
@@ -828,10 +831,7 @@ async fn sessions_ended_for_a_malformed_frame_are_logged_within_a_budget() -> Re
             seconds,
         )
         .await?;
-    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics().await?;
     let counted = metric_sum(
         &page,
         "quiver_sessions_closed_total",
@@ -937,10 +937,7 @@ async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
         )
         .await?;
     // Every one is counted, by reason.
-    let page = reqwest::get(format!("http://127.0.0.1:{http}/metrics"))
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics().await?;
     let counted = |reason| {
         metric_sum(
             &page,
