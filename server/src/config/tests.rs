@@ -1,0 +1,261 @@
+//! The configuration's own tests: layering (file, environment, flags), settings that load and are checked, unknown keys, secrets never shown.
+// figment's Jail API returns its own (large) error type.
+#![allow(clippy::result_large_err)]
+
+use super::*;
+
+/// The smallest frame a server may be configured with still carries a `Refresh` with the
+/// longest token it takes.
+#[test]
+fn a_refresh_with_the_longest_token_fits_the_smallest_frame() {
+    let frame = quiver_proto::encode_command(&quiver_proto::ClientFrame {
+        id: u32::MAX,
+        command: quiver_proto::Command::Refresh {
+            token: "t".repeat(crate::transport::MAX_TOKEN_LEN),
+        },
+    });
+    assert!(frame.len() - quiver_proto::LENGTH_PREFIX <= MIN_MAX_FRAME as usize);
+}
+
+#[test]
+fn file_then_env_override_defaults() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "q.toml",
+            "http = \"127.0.0.1:9999\"\n[limits]\nmax_frame = 100000\n[timeouts]\nidle = \"5s\"\nkeep_alive = \"2s\"\n",
+        )?;
+        jail.set_env("QUIVER_LIMITS__MAX_FRAME", "200000");
+        jail.set_env("QUIVER_JWT_SECRET", "s3cret");
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.http.port(), 9999);
+        assert_eq!(c.limits.max_frame, 200_000);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(5));
+        assert_eq!(
+            c.auth.jwt_secret.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+        assert!(!c.dev_mode());
+        Ok(())
+    });
+}
+
+#[test]
+fn congestion_control_from_file_and_env() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.transport.congestion_control, CongestionControl::Bbr);
+        jail.create_file("q.toml", "[transport]\ncongestion_control = \"new_reno\"\n")?;
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.transport.congestion_control, CongestionControl::NewReno);
+        jail.set_env("QUIVER_TRANSPORT__CONGESTION_CONTROL", "cubic");
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.transport.congestion_control, CongestionControl::Cubic);
+        jail.set_env("QUIVER_TRANSPORT__CONGESTION_CONTROL", "vegas");
+        let err = Config::load(None).unwrap_err();
+        assert!(err.to_string().contains("vegas"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn nats_table_without_url_takes_the_url_from_the_flag() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("q.toml", "[nats]\nstorage = \"file\"\n")?;
+        let mut c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("nats.url"), "{err}");
+        // What `quiver serve --nats URL` does: the flag fills in the URL, the file's
+        // storage stays.
+        c.nats.as_mut().expect("[nats] was given").url = "nats://127.0.0.1:4222".into();
+        c.validate()?;
+        assert_eq!(c.nats.as_ref().map(|n| n.storage.as_str()), Some("file"));
+        // Or from the environment.
+        jail.set_env("QUIVER_NATS__URL", "nats://127.0.0.1:4223");
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        c.validate()?;
+        let nats = c.nats.expect("[nats] was given");
+        assert_eq!(
+            (nats.url.as_str(), nats.storage.as_str()),
+            ("nats://127.0.0.1:4223", "file")
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn latest_namespaces_and_priorities_load_and_are_checked() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "q.toml",
+            "[[namespaces]]\nname = \"game\"\nmode = \"latest\"\npriority = 50\n",
+        )?;
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        let room = quiver_proto::RoomName::parse("game.arena").map_err(|e| e.to_string())?;
+        let other = quiver_proto::RoomName::parse("chat.x").map_err(|e| e.to_string())?;
+        assert!(c.latest(&room) && !c.latest(&other));
+        assert_eq!((c.priority(&room), c.priority(&other)), (50, 0));
+        for bad in [
+            "mode = \"latest\"\nhistory_size = 10",
+            "priority = 101",
+            "mode = \"newest\"",
+        ] {
+            jail.create_file(
+                "bad.toml",
+                &format!("[[namespaces]]\nname = \"g\"\n{bad}\n"),
+            )?;
+            assert!(Config::load(Some("bad.toml".as_ref())).is_err(), "{bad}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn a_tenant_share_above_the_history_total_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert!(c.limits.history_tenant_max_bytes <= c.limits.history_max_bytes);
+        jail.create_file(
+            "q.toml",
+            "[limits]\nhistory_max_bytes = 1000000\nhistory_tenant_max_bytes = 2000000\n",
+        )?;
+        let err = Config::load(Some("q.toml".as_ref())).unwrap_err();
+        assert!(
+            err.to_string().contains("history_tenant_max_bytes"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("QUIVER_TOKEN", "not configuration");
+        assert!(Config::load(None).is_ok());
+        jail.create_file("q.toml", "lisen = \"[::]:1\"\n")?;
+        assert!(Config::load(Some("q.toml".as_ref())).is_err());
+        jail.create_file(
+            "small.toml",
+            "[limits]\nmax_frame = 9000\nmax_payload = 9000\n",
+        )?;
+        let err = Config::load(Some("small.toml".as_ref())).unwrap_err();
+        assert!(err.to_string().contains("max_payload"), "{err}");
+        jail.create_file(
+            "tiny.toml",
+            "[limits]\nmax_frame = 4096\nmax_payload = 256\n",
+        )?;
+        let err = Config::load(Some("tiny.toml".as_ref())).unwrap_err();
+        assert!(err.to_string().contains("at least 8192"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn client_ack_delay_is_off_or_within_bounds_and_namespace_other_is_reserved() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.transport.client_ack_delay, Duration::from_millis(100));
+        assert_eq!(c.transport.client_ack_threshold, 1);
+        for (delay, ok) in [
+            ("0s", true),
+            ("1ms", true),
+            ("1s", true),
+            ("500us", false),
+            ("2s", false),
+        ] {
+            jail.create_file(
+                "a.toml",
+                &format!("[transport]\nclient_ack_delay = \"{delay}\"\n"),
+            )?;
+            let loaded = Config::load(Some("a.toml".as_ref()));
+            assert_eq!(loaded.is_ok(), ok, "{delay}: {:?}", loaded.err());
+            if let Err(e) = loaded {
+                assert!(e.to_string().contains("client_ack_delay"), "{e}");
+            }
+        }
+        jail.create_file("ns.toml", "[[namespaces]]\nname = \"other\"\n")?;
+        let err = Config::load(Some("ns.toml".as_ref())).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        Ok(())
+    });
+}
+
+/// Issue 10, defect 3: the secret stays out of logs and `Debug` prints.
+#[test]
+fn debug_never_shows_secrets() {
+    figment::Jail::expect_with(|jail| {
+        let secret = "do-not-print-me-0123456789abcdef-0123";
+        jail.set_env("QUIVER_JWT_SECRET", secret);
+        jail.set_env("QUIVER_NATS__URL", "nats://127.0.0.1:1");
+        jail.set_env("QUIVER_NATS__PASSWORD", "nats-password-do-not-print");
+        jail.set_env("QUIVER_NATS__TOKEN", "nats-token-do-not-print");
+        jail.set_env("QUIVER_NATS__USER", "u");
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.jwt_secret.as_ref().map(Secret::expose), Some(secret));
+        for printed in [format!("{c:?}"), format!("{c:#?}"), format!("{:?}", c.auth)] {
+            assert!(!printed.contains(secret), "{printed}");
+            assert!(!printed.contains("do-not-print"), "{printed}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn auth_and_tls_settings() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.leeway, Duration::ZERO);
+        assert!(!c.tls.self_signed);
+        assert!(c.dev_mode());
+        jail.create_file(
+            "q.toml",
+            "[auth]\njwks_file = \"keys.json\"\nleeway = \"3s\"\naudience = \"quiver\"\n\
+             issuer = \"https://idp\"\n[tls]\nself_signed = true\nreload_interval = \"2s\"\n",
+        )?;
+        let c = Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.leeway, Duration::from_secs(3));
+        assert_eq!(c.auth.audience.as_deref(), Some("quiver"));
+        assert_eq!(c.auth.issuer.as_deref(), Some("https://idp"));
+        assert!(c.tls.self_signed);
+        assert_eq!(c.tls.reload_interval, Duration::from_secs(2));
+        assert!(!c.dev_mode());
+        jail.set_env("QUIVER_JWT_SECRET_FILE", "secret.txt");
+        let err = Config::load(Some("q.toml".as_ref())).unwrap_err();
+        assert!(err.to_string().contains("one token key"), "{err}");
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.jwt_secret_file, Some(PathBuf::from("secret.txt")));
+        jail.set_env("QUIVER_AUTH__LEEWAY", "1h");
+        let err = Config::load(None).unwrap_err();
+        assert!(err.to_string().contains("auth.leeway"), "{err}");
+        Ok(())
+    });
+}
+
+/// A secret from the environment replaces the file's secret in whichever form, as the
+/// `--jwt-secret` / `--jwt-secret-file` flags do (outside operations audit 2, S8: it was
+/// refused as a second token key).
+#[test]
+fn an_environment_secret_replaces_the_files_in_either_form() {
+    figment::Jail::expect_with(|jail| {
+        let secret = "0123456789abcdef0123456789abcdef-env";
+        jail.create_file("file.toml", "[auth]\njwt_secret_file = \"from-file\"\n")?;
+        jail.create_file(
+            "inline.toml",
+            "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef-file\"\n",
+        )?;
+        jail.set_env("QUIVER_JWT_SECRET", secret);
+        let c = Config::load(Some("file.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.jwt_secret.as_ref().map(Secret::expose), Some(secret));
+        assert_eq!(c.auth.jwt_secret_file, None);
+        jail.clear_env();
+        jail.set_env("QUIVER_AUTH__JWT_SECRET_FILE", "from-env");
+        let c = Config::load(Some("inline.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.jwt_secret_file, Some(PathBuf::from("from-env")));
+        assert!(c.auth.jwt_secret.is_none());
+        // Both forms in the environment are still two keys.
+        jail.set_env("QUIVER_JWT_SECRET", secret);
+        let err = Config::load(None).unwrap_err();
+        assert!(err.to_string().contains("one token key"), "{err}");
+        Ok(())
+    });
+}
