@@ -1,4 +1,5 @@
-//! The configuration's own tests: layering (file, environment, flags), settings that load and are checked, unknown keys, secrets never shown.
+//! The configuration's own tests: layering (file, environment, flags), settings that load and
+//! are checked, unknown keys, secrets never shown.
 // figment's Jail API returns its own (large) error type.
 #![allow(clippy::result_large_err)]
 
