@@ -1,0 +1,329 @@
+//! The embedded broker's own tests: positions and replay, history within its tenants' shares and
+//! its bounds.
+
+use super::*;
+use crate::config::NamespaceConfig;
+use crate::hub::Subscriber;
+use quiver_proto::RoomName;
+
+fn broker_with(size: usize, tweak: impl FnOnce(&mut Config)) -> MemoryBroker {
+    let mut config = Config::default();
+    config.namespaces.push(NamespaceConfig {
+        name: "h".into(),
+        history_size: size,
+        history_ttl: std::time::Duration::from_secs(60),
+        presence: false,
+        ..Default::default()
+    });
+    tweak(&mut config);
+    MemoryBroker::new(Arc::new(Hub::default()), Arc::new(config))
+}
+
+fn broker(size: usize) -> MemoryBroker {
+    broker_with(size, |_| {})
+}
+
+fn key(room: &str) -> RoomKey {
+    tenant_key("t", room)
+}
+
+fn tenant_key(tenant: &str, room: &str) -> RoomKey {
+    RoomKey {
+        tenant: TenantId::parse(tenant).unwrap(),
+        room: RoomName::parse(room).unwrap(),
+    }
+}
+
+fn replayed(b: &MemoryBroker, key: &RoomKey, since: Position) -> Option<usize> {
+    b.recover_now(key, Some(since)).replay.map(|r| r.len())
+}
+
+#[test]
+fn positions_replay_and_trimming() {
+    let b = broker(3);
+    assert_eq!(b.publish_now(key("live"), Bytes::new()), None);
+    let p: Vec<Position> = (0..5)
+        .map(|i| b.publish_now(key("h.a"), Bytes::from(vec![i])).unwrap())
+        .collect();
+    assert_eq!(
+        p.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    // Kept: 3, 4, 5. From 2 everything after is there; from 1, offset 2 is gone.
+    let r = b.recover_now(&key("h.a"), Some(p[1]));
+    assert_eq!(r.current, Some(p[4]));
+    let replay = r.replay.unwrap();
+    assert_eq!(
+        replay.iter().map(|(p, _)| p.offset).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    assert!(b.recover_now(&key("h.a"), Some(p[0])).replay.is_none());
+    // Up to date: nothing to replay, but recovered.
+    assert_eq!(
+        b.recover_now(&key("h.a"), Some(p[4])).replay.unwrap().len(),
+        0
+    );
+    // Another epoch, or a position from the future: not recoverable.
+    let other = Position {
+        epoch: p[0].epoch ^ 2,
+        offset: 4,
+    };
+    assert!(b.recover_now(&key("h.a"), Some(other)).replay.is_none());
+    let future = Position {
+        epoch: p[0].epoch,
+        offset: 99,
+    };
+    assert!(b.recover_now(&key("h.a"), Some(future)).replay.is_none());
+    // Live rooms have no position.
+    let live = b.recover_now(&key("live"), Some(p[0]));
+    assert!(live.current.is_none() && live.replay.is_none());
+    // Rooms are per tenant, and so are their offsets and epochs.
+    let other_tenant = tenant_key("u", "h.a");
+    let theirs = b.recover_now(&other_tenant, None).current.unwrap();
+    assert_eq!(theirs.offset, 0);
+    assert_ne!(theirs.epoch, p[0].epoch);
+}
+
+#[test]
+fn a_tenant_over_its_share_loses_only_its_own_oldest() {
+    // A 1 KiB payload in a room of its own costs 1024 + ENTRY_OVERHEAD + the room's
+    // ROOM_OVERHEAD and names, about 1.5 KiB: a tenant keeps 3 of them in 5 KiB.
+    let b = broker_with(1000, |c| {
+        c.limits.history_tenant_max_bytes = 5 * 1024;
+        c.limits.history_max_bytes = 100 * 1024;
+    });
+    let kb = Bytes::from(vec![0u8; 1024]);
+    let quiet = b
+        .publish_now(tenant_key("quiet", "h.q"), kb.clone())
+        .unwrap();
+    // A bounded flood over many rooms.
+    let mut first = Vec::new();
+    for i in 0..200 {
+        first.push(b.publish_now(tenant_key("loud", &format!("h.r{i}")), kb.clone()));
+    }
+    let history = b.lock();
+    let loud = history.tenants[&TenantId::parse("loud").unwrap()].bytes;
+    assert!(loud <= 5 * 1024, "{loud}");
+    // The rooms it lost its history in are forgotten (nobody subscribed), not counted.
+    let expected: u64 = (197..200)
+        .map(|i| 1024 + ENTRY_OVERHEAD + room_cost(&tenant_key("loud", &format!("h.r{i}"))))
+        .sum();
+    assert_eq!(loud, expected);
+    assert_eq!(
+        history.rooms.len(),
+        4,
+        "the quiet room and the loud's last 3"
+    );
+    drop(history);
+    // The flood's first rooms lost their history; its last ones and the quiet tenant's kept it.
+    assert_eq!(
+        replayed(
+            &b,
+            &tenant_key("loud", "h.r0"),
+            Position {
+                offset: 0,
+                ..first[0].unwrap()
+            }
+        ),
+        None
+    );
+    assert_eq!(
+        replayed(
+            &b,
+            &tenant_key("loud", "h.r199"),
+            Position {
+                offset: 0,
+                ..first[199].unwrap()
+            }
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        replayed(
+            &b,
+            &tenant_key("quiet", "h.q"),
+            Position { offset: 0, ..quiet }
+        ),
+        Some(1)
+    );
+}
+
+#[test]
+fn over_the_total_the_heaviest_tenant_gives_way_first() {
+    let b = broker_with(1000, |c| {
+        c.limits.history_tenant_max_bytes = 8 * 1024;
+        c.limits.history_max_bytes = 12 * 1024;
+    });
+    let kb = Bytes::from(vec![0u8; 1024]);
+    let small: Vec<Position> = (0..3)
+        .map(|_| {
+            b.publish_now(tenant_key("small", "h.s"), kb.clone())
+                .unwrap()
+        })
+        .collect();
+    for round in 0..100 {
+        for tenant in ["big1", "big2"] {
+            b.publish_now(tenant_key(tenant, &format!("h.{round}")), kb.clone());
+        }
+    }
+    let history = b.lock();
+    assert!(history.bytes <= 12 * 1024, "{}", history.bytes);
+    let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
+    assert_eq!(tenant_bytes, history.bytes);
+    drop(history);
+    // The small tenant (3 publications, below everyone's share) kept all of its history.
+    let since = Position {
+        offset: 0,
+        ..small[0]
+    };
+    assert_eq!(replayed(&b, &tenant_key("small", "h.s"), since), Some(3));
+}
+
+#[test]
+fn the_sweep_forgets_unused_rooms_and_keeps_subscribed_ones() {
+    let b = broker_with(1000, |c| {
+        c.namespaces[0].history_ttl = Duration::from_millis(50)
+    });
+    for i in 0..100 {
+        b.publish_now(key(&format!("h.r{i}")), Bytes::from_static(b"x"));
+    }
+    // A subscriber keeps its room known (its position must stay meaningful).
+    let (sub, _rx) = subscriber(1);
+    b.hub.subscribe(key("h.r7"), sub);
+    let before = b.recover_now(&key("h.r7"), None).current.unwrap();
+    assert_eq!(b.lock().rooms.len(), 100);
+    std::thread::sleep(Duration::from_millis(80));
+    b.sweep();
+    let history = b.lock();
+    assert_eq!(history.rooms.len(), 1, "only the subscribed room stays");
+    // It keeps nothing, and is counted as a room still.
+    assert_eq!(history.bytes, room_cost(&key("h.r7")));
+    assert_eq!(history.tenants.len(), 1);
+    drop(history);
+    assert_eq!(b.recover_now(&key("h.r7"), None).current, Some(before));
+}
+
+fn subscriber(id: u64) -> (Subscriber, crate::delivery_queue::Receiver) {
+    let (queue, rx) =
+        crate::delivery_queue::channel(1, crate::delivery_queue::Budget::new(usize::MAX));
+    let sub = Subscriber {
+        id,
+        queue,
+        overflow: Default::default(),
+        hub_end: Default::default(),
+        deliveries: metrics::Counter::noop(),
+        latest: None,
+        direct: None,
+    };
+    (sub, rx)
+}
+
+/// What history holds, estimated from its structures: ring slots by capacity, an order
+/// entry (B-tree nodes of 192 bytes holding 5 to 11) per publication, each payload's
+/// allocation (size class, 8 at least) and shared header, and per room its map slot and
+/// key. `tests/tests/history_memory.rs` measures the same with a counting allocator.
+fn estimate(history: &History) -> u64 {
+    // Size classes up to 128 bytes: 8, then multiples of 16.
+    let class = |n: usize| {
+        if n <= 8 {
+            8
+        } else {
+            n.next_multiple_of(16) as u64
+        }
+    };
+    let entry = |k: &Kept| 192 / 5 + class(k.payload.len()) + 32;
+    history
+        .rooms
+        .values()
+        .map(|r| {
+            r.kept.capacity() as u64 * KEPT_SLOT
+                + r.kept.iter().map(entry).sum::<u64>()
+                // The map slot, 7/32 full at worst, the key, its names.
+                + 64 * 32 / 7
+                + 64
+                + class(r.key.tenant.as_str().len())
+                + class(r.key.room.as_str().len())
+        })
+        .sum()
+}
+
+#[test]
+fn tiny_payloads_count_their_overhead_and_cannot_fill_memory_past_the_budget() {
+    let n = 20_000u64;
+    let unbounded = |c: &mut Config| {
+        c.limits.history_tenant_max_bytes = u64::MAX / 2;
+        c.limits.history_max_bytes = u64::MAX / 2;
+    };
+    // Every 1-byte publication counts its overhead, not its byte: at least ENTRY_OVERHEAD,
+    // and the rooms theirs. That covers what they hold, with the rings at their emptiest
+    // (just grown: 100 rooms of 129 = 2 slots per entry) ...
+    let b = broker_with(1_000_000, unbounded);
+    for i in 0..100 * 129 {
+        b.publish_now(key(&format!("h.r{}", i % 100)), Bytes::from_static(b"x"));
+    }
+    let history = b.lock();
+    assert!(history.bytes >= 100 * 129 * (1 + ENTRY_OVERHEAD) + 100 * ROOM_OVERHEAD);
+    let slots: u64 = history
+        .rooms
+        .values()
+        .map(|r| r.kept.capacity() as u64)
+        .sum();
+    assert_eq!(slots, 100 * 256);
+    let held = estimate(&history);
+    assert!(held <= history.bytes, "{held} > {}", history.bytes);
+    drop(history);
+    // ... and in rooms of one publication each.
+    let b = broker_with(1_000_000, unbounded);
+    for i in 0..n {
+        b.publish_now(key(&format!("h.n{i}")), Bytes::from_static(b"x"));
+    }
+    let history = b.lock();
+    assert!(history.bytes >= n * (1 + ENTRY_OVERHEAD + ROOM_OVERHEAD));
+    assert!(estimate(&history) <= history.bytes);
+    drop(history);
+
+    // Over a small budget: a flood over 100 rooms, then over ever new ones, keeps the
+    // count within it, each kept publication still counted whole.
+    let budget = 256 * 1024;
+    let b = broker_with(1_000_000, |c| {
+        c.limits.history_tenant_max_bytes = budget;
+        c.limits.history_max_bytes = 4 * budget;
+    });
+    let (sub, _rx) = subscriber(1);
+    b.hub.subscribe(key("h.n0"), sub);
+    let subscribed = b
+        .publish_now(key("h.n0"), Bytes::from_static(b"x"))
+        .unwrap();
+    for i in 0..n {
+        b.publish_now(key(&format!("h.r{}", i % 100)), Bytes::from_static(b"x"));
+        let history = b.lock();
+        assert!(history.bytes <= budget, "{} after {i}", history.bytes);
+    }
+    let history = b.lock();
+    let kept: u64 = history.rooms.values().map(|r| r.kept.len() as u64).sum();
+    assert!(kept * (1 + ENTRY_OVERHEAD) <= budget);
+    assert!(kept * (1 + ENTRY_OVERHEAD) >= budget - 101 * (1 + ENTRY_OVERHEAD + ROOM_OVERHEAD));
+    assert!(estimate(&history) <= history.bytes);
+    drop(history);
+    for i in 1..n {
+        b.publish_now(key(&format!("h.n{i}")), Bytes::from_static(b"x"));
+    }
+    let history = b.lock();
+    assert!(history.bytes <= budget);
+    // Rooms emptied by the budget are forgotten at once, but for the subscribed one.
+    let per_room = 1 + ENTRY_OVERHEAD + ROOM_OVERHEAD;
+    assert!(history.rooms.len() as u64 <= budget / per_room + 1);
+    assert_eq!(history.rooms[&key("h.n0")].epoch, subscribed.epoch);
+    assert!(history.rooms[&key("h.n0")].kept.is_empty());
+    // Evicted rings gave their slots back: none left with more than 4 per entry.
+    for room in history.rooms.values() {
+        assert!(
+            room.kept.capacity() <= 4 * room.kept.len().max(1),
+            "{}",
+            room.key.room
+        );
+    }
+    assert!(estimate(&history) <= history.bytes);
+    let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
+    assert_eq!(tenant_bytes, history.bytes);
+}
