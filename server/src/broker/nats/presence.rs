@@ -1,0 +1,247 @@
+//! Presence on a cluster: one JetStream key-value bucket (`quiver_presence`) for every tenant,
+//! keyed `<tenant>.<room>.<session>` with the user as value. Entries expire after
+//! `nats.presence_ttl` unless their instance puts them again (it refreshes its own every third
+//! of the TTL), so the members of an instance that died go by themselves. THREAT-MODEL R39
+//! says what one bucket for every tenant costs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use quiver_proto::Member;
+use tracing::warn;
+
+use super::{bounded, history, unavailable, Inner};
+use crate::broker::BrokerError;
+use crate::hub::RoomKey;
+
+const PRESENCE_BUCKET: &str = "quiver_presence";
+
+fn presence_key(key: &RoomKey, session: &str) -> String {
+    format!("{}.{}.{}", key.tenant, key.room, session)
+}
+
+impl Inner {
+    /// Re-puts this instance's presence entries every third of the TTL, and at once after a
+    /// reconnect. A bucket that is gone (a NATS restarted with memory storage loses it) is made
+    /// again here: every instance with members heals presence, not only one that happens to set
+    /// it up for the first time after the restart.
+    pub(super) fn spawn_presence_refresh(&self, ttl: Duration) {
+        let weak = Arc::downgrade(&self.local_presence);
+        let js = self.js.clone();
+        let nudge = self.presence_nudge.clone();
+        let bucket = self.presence_config();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = nudge.notified() => {}
+                }
+                // Ends with the broker.
+                let Some(local) = weak.upgrade() else { return };
+                let entries: Vec<(String, Bytes)> = local
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                drop(local);
+                if entries.is_empty() {
+                    continue;
+                }
+                let kv = match js.get_key_value(PRESENCE_BUCKET).await {
+                    Ok(kv) => kv,
+                    Err(_) => match presence_bucket(&js, bucket.clone()).await {
+                        Ok(kv) => kv,
+                        Err(_) => continue,
+                    },
+                };
+                // An entry whose session left since the snapshot is not put back, and one that
+                // left while its put was on its way (its delete may have landed first) is
+                // deleted again: a refresh overdue after a stall re-put the entries of the
+                // sessions being ended, and they stayed listed until the TTL (outside cluster
+                // audit 3, F3).
+                let still_here = |key: &str| {
+                    weak.upgrade().is_some_and(|local| {
+                        local
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains_key(key)
+                    })
+                };
+                for (key, user) in entries {
+                    if !still_here(&key) {
+                        continue;
+                    }
+                    let _ = kv.put(key.clone(), user).await;
+                    if !still_here(&key) {
+                        let _ = kv.delete(key).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn presence_config(&self) -> jetstream::kv::Config {
+        let ttl = self
+            .config
+            .nats
+            .as_ref()
+            .map_or(Duration::from_secs(15), |n| n.presence_ttl);
+        jetstream::kv::Config {
+            bucket: PRESENCE_BUCKET.into(),
+            history: 1,
+            max_age: ttl,
+            storage: self.storage,
+            ..Default::default()
+        }
+    }
+
+    async fn presence_store(&self) -> Result<jetstream::kv::Store, BrokerError> {
+        bounded(
+            "presence set-up",
+            // Created, or brought to this configuration's `presence_ttl`: an existing bucket
+            // with another age limit refused `create_key_value`, which left presence broken
+            // until someone deleted the bucket by hand (outside audit).
+            self.presence.get_or_try_init(|| async {
+                presence_bucket(&self.js, self.presence_config())
+                    .await
+                    .map_err(unavailable)
+            }),
+        )
+        .await
+        .cloned()
+    }
+
+    pub(super) async fn members_now(&self, key: RoomKey) -> Result<Vec<Member>, BrokerError> {
+        self.presence_store().await?;
+        let stream = self
+            .js
+            .get_stream(format!("KV_{PRESENCE_BUCKET}"))
+            .await
+            .map_err(unavailable)?;
+        let prefix = format!("$KV.{PRESENCE_BUCKET}.");
+        // A consumer for this listing only, deleted when it is done (`history::ReadGuard`):
+        // listings cannot pile consumers up on the bucket's stream.
+        let (consumer, _guard) = self
+            .read_consumer(
+                &key.tenant,
+                &stream,
+                consumer::pull::Config {
+                    filter_subject: format!("{prefix}{}.{}.*", key.tenant, key.room),
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut remaining = consumer.cached_info().num_pending;
+        bounded("presence read", async {
+            let mut members = Vec::new();
+            while remaining > 0 {
+                let wanted = usize::try_from(remaining).unwrap_or(usize::MAX);
+                let mut messages = history::pull(&consumer, wanted).await?;
+                let before = remaining;
+                while let Some(msg) = messages.next().await {
+                    let msg = msg.map_err(unavailable)?;
+                    remaining = msg.info().map_err(unavailable)?.pending;
+                    let removed = msg
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("KV-Operation"))
+                        .is_some_and(|op| op.as_str() != "PUT");
+                    if !removed {
+                        let session = msg
+                            .subject
+                            .rsplit('.')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                        let user = String::from_utf8_lossy(&msg.payload).into_owned();
+                        members.push(Member { user, session });
+                    }
+                    if remaining == 0 {
+                        break;
+                    }
+                }
+                if remaining == before {
+                    // Nothing came (entries expired meanwhile): what was read is the answer.
+                    break;
+                }
+            }
+            members.sort();
+            Ok(members)
+        })
+        .await
+    }
+
+    /// Lists `member` in `key`'s room: kept locally at once (and put back from there by the
+    /// refresh once NATS answers again: during an outage the session is not held up for the
+    /// put's deadline), then put in the bucket.
+    pub(super) async fn join_now(&self, key: RoomKey, member: Member) -> Result<(), BrokerError> {
+        let kv_key = presence_key(&key, &member.session);
+        let user = Bytes::from(member.user.into_bytes());
+        self.local_presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kv_key.clone(), user.clone());
+        self.reachable()?;
+        let kv = self.presence_store().await?;
+        bounded("presence put", async {
+            kv.put(kv_key, user).await.map_err(unavailable)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Takes `member` out of `key`'s room, locally first (the refresh no longer puts it back).
+    pub(super) async fn leave_now(&self, key: RoomKey, member: Member) -> Result<(), BrokerError> {
+        let kv_key = presence_key(&key, &member.session);
+        self.local_presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&kv_key);
+        self.reachable()?;
+        let kv = self.presence_store().await?;
+        bounded("presence delete", async {
+            kv.delete(kv_key).await.map_err(unavailable)
+        })
+        .await
+    }
+}
+
+/// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`).
+/// One JetStream cannot bring there (another storage: a stream's storage never changes) is
+/// used as it is, with a warning, rather than leave presence broken (outside audit).
+async fn presence_bucket(
+    js: &jetstream::Context,
+    config: jetstream::kv::Config,
+) -> Result<jetstream::kv::Store, jetstream::context::CreateKeyValueError> {
+    let e = match js.create_or_update_key_value(config.clone()).await {
+        Ok(kv) => return Ok(kv),
+        Err(e) => e,
+    };
+    // Another storage: keep the bucket's, and still bring its age limit to `presence_ttl`
+    // (the regression audit: with both changed, the old TTL stayed and live members flickered
+    // out of presence).
+    let Ok(mut existing) = js.get_stream(format!("KV_{PRESENCE_BUCKET}")).await else {
+        return Err(e);
+    };
+    let Ok(info) = existing.info().await else {
+        return Err(e);
+    };
+    let storage = info.config.storage;
+    if storage == config.storage {
+        return Err(e);
+    }
+    warn!(
+        has = ?storage,
+        configured = ?config.storage,
+        "the presence bucket keeps its storage (nats.storage cannot change for an existing \
+         bucket: delete KV_quiver_presence to switch it)"
+    );
+    js.create_or_update_key_value(jetstream::kv::Config { storage, ..config })
+        .await
+}
