@@ -66,10 +66,19 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     }
     app = app
         .nest(crate::api::PREFIX, crate::api::router(&shared))
-        .route("/v1/ws", get_only(crate::transport::websocket::upgrade))
+        .route(
+            "/v1/ws",
+            get_only(crate::transport::websocket::upgrade).layer(axum::middleware::map_request(
+                crate::transport::websocket::upgrade_lists,
+            )),
+        )
         .route(
             "/v1/sse",
-            get_only(crate::transport::sse::stream).options(crate::transport::sse::preflight),
+            only(
+                on(MethodFilter::GET, crate::transport::sse::stream)
+                    .options(crate::transport::sse::preflight),
+                "GET, OPTIONS",
+            ),
         );
     if shared.dev.is_some() {
         app = app
@@ -206,17 +215,20 @@ where
     H: Handler<T, Arc<Shared>>,
     T: 'static,
 {
-    on(MethodFilter::GET, handler)
-        .head(only_get)
-        .fallback(only_get)
+    only(on(MethodFilter::GET, handler), "GET")
 }
 
-async fn only_get() -> Response {
-    let mut response = method_not_allowed().await;
-    response
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
-    response
+/// `router`'s methods and no other, HEAD included unless `router` has it: 405 with `allow`,
+/// the methods `router` answers (RFC 9110 §15.5.6).
+fn only(router: MethodRouter<Arc<Shared>>, allow: &'static str) -> MethodRouter<Arc<Shared>> {
+    let refuse = move || async move {
+        let mut response = method_not_allowed().await;
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        response
+    };
+    router.head(refuse).fallback(refuse)
 }
 
 /// 200 while the server accepts sessions.

@@ -686,11 +686,22 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
     );
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "method_not_allowed", "{body}");
+    // `/v1/sse` also answers its CORS preflight: its 405 says so (outside fallback audit 6,
+    // F2).
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/sse", server.http))
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 405);
+    assert_eq!(
+        answer.headers().get("allow").map(|v| v.as_bytes()),
+        Some(&b"GET, OPTIONS"[..])
+    );
     // HEAD is another method too: no SSE session is opened for it, and no upgrade is tried.
     let t = full_token("acme", "u");
-    for path in [
-        format!("/v1/sse?token={t}&room=a"),
-        format!("/v1/ws?token={t}"),
+    for (path, allow) in [
+        (format!("/v1/sse?token={t}&room=a"), "GET, OPTIONS"),
+        (format!("/v1/ws?token={t}"), "GET"),
     ] {
         let request = reqwest::Client::new().head(format!("http://{}{path}", server.http));
         let answer = as_upgrade(request, "dGhlIHNhbXBsZSBub25jZQ==")
@@ -699,7 +710,7 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
         assert_eq!(answer.status().as_u16(), 405, "HEAD {path}");
         assert_eq!(
             answer.headers().get("allow").map(|v| v.as_bytes()),
-            Some(&b"GET"[..]),
+            Some(allow.as_bytes()),
             "HEAD {path}"
         );
     }
@@ -765,6 +776,52 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
     );
     let body: serde_json::Value = answer.json().await?;
     assert_eq!(body["label"], "bad_request", "{body}");
+    Ok(())
+}
+
+/// `Connection` and `Upgrade` are lists, and several lines of one are one list (RFC 9110): an
+/// upgrade is taken wherever in them `upgrade` and `websocket` stand, and refused when they do
+/// not (outside fallback audit 6, F1: a `Connection: keep-alive` line before `Connection:
+/// Upgrade`, or `Upgrade: websocket, foo/1`, got 400).
+#[tokio::test]
+async fn upgrade_headers_are_read_as_lists() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await?;
+    let t = full_token("acme", "u");
+    for (headers, status) in [
+        (
+            "Connection: keep-alive\r\nConnection: Upgrade\r\nUpgrade: websocket",
+            101,
+        ),
+        ("Connection: keep-alive, Upgrade\r\nUpgrade: websocket", 101),
+        ("Connection: Upgrade\r\nUpgrade: foo/1, websocket", 101),
+        ("Connection: Upgrade\r\nUpgrade: websocket, foo/1", 101),
+        (
+            "Connection: Upgrade\r\nUpgrade: foo/1\r\nUpgrade: WebSocket",
+            101,
+        ),
+        ("Connection: keep-alive\r\nUpgrade: websocket", 400),
+        ("Connection: Upgrade\r\nUpgrade: foo/1, websocket-not", 400),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+        let request = format!(
+            "GET /v1/ws?token={t} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "closed before an answer to {headers:?}");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{headers:?}: {head}"
+        );
+    }
     Ok(())
 }
 

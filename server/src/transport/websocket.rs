@@ -69,6 +69,32 @@ const READ_BUFFER: usize = 4096;
 /// Bytes tungstenite may buffer for a socket that does not drain, beyond the kernel's.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
 
+/// `Connection` and `Upgrade` are lists, and several lines of one are one list (RFC 9110
+/// §5.3, §7.6.1, §7.8); axum's extractor reads only the first `Connection` line and takes only
+/// an `Upgrade` that is exactly `websocket`: a proxy's own `Connection: keep-alive` line before
+/// the client's, or an upgrade offering another protocol beside WebSocket, was refused 400
+/// (outside fallback audit 6, F1). Each is brought to the one value the extractor reads when
+/// its list names the token.
+pub async fn upgrade_lists(mut request: axum::extract::Request) -> axum::extract::Request {
+    use axum::http::header::{CONNECTION, UPGRADE};
+    fn names(headers: &HeaderMap, name: &axum::http::HeaderName, token: &str) -> bool {
+        headers.get_all(name).iter().any(|value| {
+            value.to_str().is_ok_and(|list| {
+                list.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    }
+    let headers = request.headers_mut();
+    if names(headers, &CONNECTION, "upgrade") {
+        headers.insert(CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
+    }
+    if names(headers, &UPGRADE, "websocket") {
+        headers.insert(UPGRADE, axum::http::HeaderValue::from_static("websocket"));
+    }
+    request
+}
+
 pub async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
