@@ -179,6 +179,11 @@ impl Publishing {
         n
     }
 
+    /// Whether no publication waits.
+    pub fn is_empty(&self) -> bool {
+        self.current.is_none() && self.queued.is_empty()
+    }
+
     /// Whether [`MAX_QUEUED`] publications wait, the one being handed over included.
     pub fn is_full(&self) -> bool {
         self.queued.len() + usize::from(self.current.is_some()) >= MAX_QUEUED
