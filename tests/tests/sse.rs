@@ -330,6 +330,47 @@ async fn an_sse_request_whose_rooms_are_all_refused_says_goodbye_and_ends() -> a
     Ok(())
 }
 
+/// An SSE request whose rooms are refused, one of them only for now (here the tenant is at its
+/// subscription quota; a NATS outage is another), says to come back later: 3005, `reconnect:
+/// true`. Told 3009, an `EventSource` whose reconnect met a few seconds' outage stayed away for
+/// good (outside cluster audit 5, F2).
+#[tokio::test]
+async fn an_sse_request_whose_rooms_are_refused_for_now_says_reconnect() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.quotas
+            .tenants
+            .push(quiver_server::config::TenantOverride {
+                tenant: "ssefull".into(),
+                max_subscriptions: Some(1),
+                ..Default::default()
+            });
+    })
+    .await?;
+    // The tenant's one subscription is taken.
+    let mut holder = Raw::connect(&server, &token("ssefull", "holder", &[">"], &[], 3600)).await?;
+    let _held = holder.subscribe("news.held").await?;
+    let t = token("ssefull", "reader", &["news.>"], &[], 3600);
+    let query = format!("token={t}&room=secret&room=news.a");
+    let (mut lost, bye) = tokio::time::timeout(WAIT, async {
+        let mut sse = SseReader::open(&server, &query, None).await?;
+        sse.expect("welcome").await?;
+        until_goodbye(&mut sse).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    lost.sort();
+    assert_eq!(
+        lost,
+        [
+            ("error".into(), "news.a".into(), "quota_exceeded".into()),
+            ("error".into(), "secret".into(), "permission_denied".into()),
+        ]
+    );
+    assert_eq!(bye.data["code"], CloseCode::ServerError.as_u16(), "{bye:?}");
+    assert_eq!(bye.data["reconnect"], true);
+    Ok(())
+}
+
 /// When the backend ends an SSE response's last subscription (`/api/v1/unsubscribe`), the
 /// response says goodbye (3009: reconnecting would resubscribe against the backend's word) and
 /// ends; while one room is left, it carries on.

@@ -205,7 +205,7 @@ async fn claim(
                 tracing::warn!(%error, not_logged, "idempotency key not recorded");
             }
             ApiError::unavailable(
-                "idempotency keys cannot be recorded right now; retry later (a publish without Idempotency-Key is not affected)",
+                "idempotency keys cannot be recorded right now (the cluster's record, or NATS, is unreachable or full); retry later",
             )
         })
 }

@@ -741,6 +741,7 @@ impl Session {
         }
         metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
         debug!(session = %self.id, %code, %message, "command refused");
+        self.command_refused(code);
         self.reply(
             id,
             Event::Error {

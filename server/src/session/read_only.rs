@@ -15,6 +15,9 @@ pub(super) struct ReadOnly {
     /// Why the last subscription to end did; `None` while none has (so, with no subscription
     /// left, every room was refused).
     last_end: Option<ErrorCode>,
+    /// A room was refused for now (`unavailable`, `quota_exceeded`, `internal`: "retry
+    /// later"), not for good.
+    refused_for_now: Option<ErrorCode>,
 }
 
 impl ReadOnly {
@@ -22,6 +25,7 @@ impl ReadOnly {
         Self {
             queued: subscribes,
             last_end: None,
+            refused_for_now: None,
         }
     }
 }
@@ -31,6 +35,18 @@ impl Session {
     pub(super) fn command_ran(&mut self) {
         if let Some(read_only) = &mut self.read_only {
             read_only.queued = read_only.queued.saturating_sub(1);
+        }
+    }
+
+    /// One of the adapter's commands was refused with `code`.
+    pub(super) fn command_refused(&mut self, code: ErrorCode) {
+        if let Some(read_only) = &mut self.read_only {
+            if matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::QuotaExceeded | ErrorCode::Internal
+            ) {
+                read_only.refused_for_now = Some(code);
+            }
         }
     }
 
@@ -58,12 +74,23 @@ impl Session {
         if self.left_reason().is_some() {
             return Some(Exit::Gone("client_closed"));
         }
-        Some(match read_only.last_end {
-            None => Exit::Close(
+        Some(match (read_only.last_end, read_only.refused_for_now) {
+            // A room refused for now (a NATS outage, the tenant at its subscription quota)
+            // may be taken on a later request: told not to come back, an `EventSource` whose
+            // reconnect met a few seconds' outage would stay away for good (outside cluster
+            // audit 5, F2).
+            (None, Some(code)) => Exit::Close(
+                CloseCode::ServerError,
+                format!(
+                    "no subscription: every room was refused, some for now ({}); reconnect later",
+                    code.label()
+                ),
+            ),
+            (None, None) => Exit::Close(
                 CloseCode::Disconnected,
                 "no subscription: every room was refused".into(),
             ),
-            Some(ErrorCode::SlowConsumer) => Exit::Close(
+            (Some(ErrorCode::SlowConsumer), _) => Exit::Close(
                 CloseCode::NotReading,
                 "no subscription left: the last one fell behind (slow_consumer)".into(),
             ),
@@ -71,7 +98,7 @@ impl Session {
             // not go on reading the room, or lost its history. A new request with the last
             // event id resumes, or hears that recovery failed; told not to come back, the
             // reader would go silent for good (outside delivery audit 2, D1).
-            Some(code @ (ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)) => {
+            (Some(code @ (ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)), _) => {
                 Exit::Close(
                     CloseCode::ServerError,
                     format!(
@@ -80,7 +107,7 @@ impl Session {
                     ),
                 )
             }
-            Some(code) => Exit::Close(
+            (Some(code), _) => Exit::Close(
                 CloseCode::Disconnected,
                 format!(
                     "no subscription left: the last one ended ({})",
