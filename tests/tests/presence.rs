@@ -340,3 +340,40 @@ async fn a_changed_storage_leaves_presence_working_on_the_existing_bucket() -> a
     );
     Ok(())
 }
+
+/// An instance started while NATS is down refuses presence at once once its first connection
+/// has been waited for (3 s), as one that lost NATS does: live rooms' `Subscribe`s are
+/// answered at once, presence not recorded (outside cluster audit 5, F1: each waited 3 s for
+/// the presence set-up, one after another, 9 s for three rooms), and a `Presence` listing is
+/// refused `unavailable` rather than waited for.
+#[tokio::test]
+async fn an_instance_started_while_nats_is_down_subscribes_live_rooms_at_once() -> anyhow::Result<()>
+{
+    let mut nats = NatsServer::start().await?;
+    let url = nats.url();
+    nats.kill();
+    let server = TestServer::start_with(move |c| {
+        c.nats = Some(quiver_server::config::NatsConfig::new(url.clone()));
+        presence_ns(c);
+    })
+    .await?;
+    // Past the first connection's wait.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    let started = std::time::Instant::now();
+    let mut rooms = Vec::new();
+    for room in ["p.a", "p.b", "p.c"] {
+        rooms.push(c.subscribe(room).await?);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "three live rooms took {took:?} to subscribe"
+    );
+    match c.request(Command::Presence { room: "p.a".into() }).await? {
+        Event::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable.as_u16()),
+        other => anyhow::bail!("presence while NATS is down: {other:?}"),
+    }
+    drop(rooms);
+    Ok(())
+}

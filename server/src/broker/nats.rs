@@ -95,6 +95,8 @@ struct Inner {
     local_presence: Arc<std::sync::Mutex<HashMap<String, Bytes>>>,
     /// Wakes the presence refresh at once: after a reconnect, the bucket may be gone.
     presence_nudge: Arc<tokio::sync::Notify>,
+    /// When the broker was made: its first connection is waited for until `JS_TIMEOUT` after.
+    started: tokio::time::Instant,
 }
 
 fn events_subject(key: &RoomKey) -> String {
@@ -195,6 +197,7 @@ impl NatsBroker {
             presence: OnceCell::new(),
             local_presence: Arc::default(),
             presence_nudge: Arc::default(),
+            started: tokio::time::Instant::now(),
         });
         inner.spawn_presence_refresh(nats.presence_ttl);
         tokio::spawn(supervise(Arc::downgrade(&inner), connected_rx));
@@ -323,11 +326,15 @@ impl Inner {
 
     /// Refuses at once while NATS is known to be disconnected, rather than after waiting out
     /// the operation's deadline (`JS_TIMEOUT`). The first connection, pending just after start,
-    /// is waited for within that deadline.
+    /// is waited for within that deadline; still pending past it, NATS was down when the
+    /// instance started, and is as unreachable as after a disconnect (outside cluster audit 5,
+    /// F1: every live room's `Subscribe` waited 3 s for presence, one after another).
     fn reachable(&self) -> Result<(), BrokerError> {
+        use async_nats::connection::State;
         match self.client.connection_state() {
-            async_nats::connection::State::Disconnected => {
-                Err(BrokerError::Unavailable("NATS is disconnected".into()))
+            State::Disconnected => Err(BrokerError::Unavailable("NATS is disconnected".into())),
+            State::Pending if self.started.elapsed() >= JS_TIMEOUT => {
+                Err(BrokerError::Unavailable("NATS is not connected yet".into()))
             }
             _ => Ok(()),
         }
