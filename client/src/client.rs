@@ -237,7 +237,9 @@ impl Client {
     /// history, `None` for rooms without history). Refusals come back as
     /// [`ClientError::Server`] (`permission_denied`, `payload_too_large`, `rate_limited`, ...).
     /// If the connection drops before the reply, [`ClientError::ConnectionLost`]: the message
-    /// may or may not have been published.
+    /// may or may not have been published. A draining server's goodbye (3000) is not such a
+    /// drop: the server answered every publish it took before it, so one still unanswered was
+    /// not published, and is sent again on the next session (the call waits for that answer).
     pub async fn publish_ack(
         &self,
         room: &str,

@@ -319,6 +319,35 @@ impl Raw {
         self.recv_reply(id).await
     }
 
+    /// Every payload `room`'s history holds, oldest first, paging with `History` until a page
+    /// is not truncated.
+    pub async fn whole_history(&mut self, room: &str) -> Result<Vec<Bytes>> {
+        let mut payloads = Vec::new();
+        let mut since = None;
+        loop {
+            let page = self
+                .request(Command::History {
+                    room: room.to_owned(),
+                    since,
+                    limit: 1000,
+                })
+                .await?;
+            let Event::History {
+                publications,
+                truncated,
+                ..
+            } = page
+            else {
+                bail!("a History answered {page:?}");
+            };
+            since = publications.last().map(|p| p.position);
+            payloads.extend(publications.into_iter().map(|p| p.payload));
+            if !truncated || since.is_none() {
+                return Ok(payloads);
+            }
+        }
+    }
+
     /// Subscribes and returns the room's stream, its header already read.
     pub async fn subscribe(&mut self, room: &str) -> Result<RoomStream> {
         Ok(self.subscribe_from(room, None).await?.1)

@@ -58,6 +58,7 @@ over_both!(
     a_slow_consumer_loses_the_subscription_not_the_session,
     a_server_that_stops_answering_is_noticed_by_the_heartbeat,
     a_session_busy_with_a_slow_command_is_not_taken_for_dead,
+    acknowledged_publishes_left_unanswered_by_a_drain_are_sent_again,
 );
 
 /// The WebSocket URL of an in-process server: its HTTP listener.
@@ -1187,4 +1188,75 @@ async fn a_client_holds_the_servers_default_number_of_subscriptions() -> anyhow:
         );
     }
     close(&client).await
+}
+
+/// A drain's goodbye (3000) comes after the server answered every command it read and carried
+/// out no other: the client sends the acknowledged publishes it left unanswered again on its
+/// next session, so a publisher through a graceful restart loses none and duplicates none
+/// (outside cluster audit 5, F3: a publisher's unanswered publications were reported "in
+/// doubt", none of them published).
+async fn acknowledged_publishes_left_unanswered_by_a_drain_are_sent_again(
+    via: Transport,
+) -> anyhow::Result<()> {
+    use quiver_tests::nats::{clustered, NatsServer};
+    // More than a drain's second takes: the goodbye comes with publishes in flight.
+    const TASKS: u32 = 8;
+    const EACH: u32 = 2_000;
+    let nats = NatsServer::start().await?;
+    let mut server = TestServer::start_with(|c| {
+        clustered(&nats)(c);
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "again".into(),
+            history_size: 20_000,
+            history_ttl: Duration::from_secs(60),
+            ..Default::default()
+        });
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    wait_ready(&server).await?;
+    let client = Arc::new(
+        Client::connect(reconnecting(config_for(
+            &server,
+            via,
+            token_fixed(full_token("acme", "pub")),
+        )))
+        .await?,
+    );
+    // Eight publishers, each waiting for its acknowledgement before the next: the server is
+    // read from all the time, and answers one stored publication after another.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let (client, acked) = (client.clone(), acked.clone());
+        tasks.spawn(async move {
+            for i in 0..EACH {
+                client.publish_ack("again.room", format!("{t}-{i}")).await?;
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        });
+    }
+    let deadline = Instant::now() + WAIT;
+    while acked.load(Ordering::Relaxed) < 80 {
+        anyhow::ensure!(Instant::now() < deadline, "publishing never began");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.restart().await?;
+    while let Some(done) = tokio::time::timeout(WAIT * 3, tasks.join_next()).await? {
+        done??;
+    }
+    // History holds each publication once.
+    let mut reader = Raw::connect(&server, &full_token("acme", "reader")).await?;
+    let mut stored: Vec<_> = reader.whole_history("again.room").await?;
+    let total = stored.len();
+    stored.sort();
+    stored.dedup();
+    assert_eq!(total, stored.len(), "{via:?}: duplicates in history");
+    assert_eq!(
+        total,
+        (TASKS * EACH) as usize,
+        "{via:?}: publications missing"
+    );
+    Ok(())
 }

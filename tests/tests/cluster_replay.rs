@@ -529,30 +529,8 @@ async fn a_drain_answers_every_publication_it_stores() -> anyhow::Result<()> {
         }
         let _server = stop.await?;
         let mut stored = BTreeSet::new();
-        let mut since = None;
-        loop {
-            let page = reader
-                .request(Command::History {
-                    room: room.clone(),
-                    since,
-                    limit: 1000,
-                })
-                .await?;
-            let Event::History {
-                publications,
-                truncated,
-                ..
-            } = page
-            else {
-                anyhow::bail!("{page:?}");
-            };
-            for p in &publications {
-                stored.insert(u32::from_be_bytes(p.payload[..].try_into()?));
-            }
-            since = publications.last().map(|p| p.position);
-            if !truncated || since.is_none() {
-                break;
-            }
+        for payload in reader.whole_history(&room).await? {
+            stored.insert(u32::from_be_bytes(payload[..].try_into()?));
         }
         eprintln!(
             "[test] {via:?}: {} of {N} answered, {} stored",

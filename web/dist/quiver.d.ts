@@ -613,7 +613,10 @@ export declare class QuiverClient {
 	 * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
 	 * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
 	 * without history) once the server accepted it; without, resolves null once written.
-	 * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent.
+	 * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent
+	 * (the message may or may not have been published). A draining server's goodbye (3000) is
+	 * not such a loss: the server answered every publish it carried out before it, so one still
+	 * unanswered was not published, and is queued again, in order, for the next session.
 	 */
 	publish(room: string, payload: Uint8Array | string, options?: PublishOptions): Promise<Position | null>;
 	/** Measures the round-trip time to the server, in milliseconds. */

@@ -615,7 +615,8 @@ var QuiverError = class extends Error {
   /** Protocol code (error or close code) when the server sent one. */
   code;
   room;
-  /** @internal The command was never written: a publish may be queued again. */
+  /** @internal The command was never written, or a drain (goodbye 3000) left it unanswered: it
+   *  was not carried out, and a publish may be queued again. */
   unsent = false;
   /** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
   get label() {
@@ -828,7 +829,7 @@ var Session = class {
       return this.write(bytes);
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ bytes, resolve, reject });
+      this.queue.push({ id: frame.id, bytes, resolve, reject });
       this.pump();
     });
   }
@@ -871,19 +872,28 @@ var Session = class {
     if (this.ended) return;
     this.ended = true;
     this.cause = cause;
-    const err = new QuiverError("closed", `session ended: ${cause.message}`, {
+    const closed = () => new QuiverError("closed", `session ended: ${cause.message}`, {
       cause,
       ...cause.code !== null ? { code: cause.code } : {}
     });
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     this.wakePump?.();
-    for (const q of this.queue.splice(0)) q.reject(unsent(new QuiverError("closed", err.message, { cause })));
-    for (const p of this.pending.values()) {
+    const drained = this.goodbye?.code === CloseCode.shutdown;
+    const queued = /* @__PURE__ */ new Set();
+    const rejections = [];
+    for (const q of this.queue.splice(0)) {
+      queued.add(q.id);
+      rejections.push([q.id, () => q.reject(unsent(closed()))]);
+    }
+    for (const [id, p] of this.pending) {
       if (p.timer) clearTimeout(p.timer);
-      p.reject(err);
+      const again = drained || queued.has(id);
+      rejections.push([id, () => p.reject(again ? unsent(closed()) : closed())]);
     }
     this.pending.clear();
+    rejections.sort((a, b) => a[0] - b[0]);
+    for (const [, reject] of rejections) reject();
     this.link.close(byClient ? "client closed" : "");
     this.resolveDone(cause);
   }
@@ -1796,7 +1806,10 @@ var QuiverClient = class {
    * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
    * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
    * without history) once the server accepted it; without, resolves null once written.
-   * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent.
+   * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent
+   * (the message may or may not have been published). A draining server's goodbye (3000) is
+   * not such a loss: the server answered every publish it carried out before it, so one still
+   * unanswered was not published, and is queued again, in order, for the next session.
    */
   publish(room, payload, options = {}) {
     if (this.closing) return Promise.reject(new QuiverError("closed", "client is closed", { room }));

@@ -37,7 +37,8 @@ export class QuiverError extends Error {
   /** Protocol code (error or close code) when the server sent one. */
   readonly code: number | null;
   readonly room: string | null;
-  /** @internal The command was never written: a publish may be queued again. */
+  /** @internal The command was never written, or a drain (goodbye 3000) left it unanswered: it
+   *  was not carried out, and a publish may be queued again. */
   unsent = false;
 
   constructor(

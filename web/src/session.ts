@@ -35,6 +35,8 @@ interface PendingRequest {
 }
 
 interface QueuedWrite {
+  /** The command's frame id. */
+  id: number;
   bytes: Uint8Array;
   resolve: () => void;
   reject: (e: QuiverError) => void;
@@ -202,7 +204,7 @@ export class Session implements LinkHandler {
       return this.write(bytes);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ bytes, resolve, reject });
+      this.queue.push({ id: frame.id, bytes, resolve, reject });
       this.pump();
     });
   }
@@ -249,20 +251,34 @@ export class Session implements LinkHandler {
     if (this.ended) return;
     this.ended = true;
     this.cause = cause;
-    const err = new QuiverError('closed', `session ended: ${cause.message}`, {
-      cause,
-      ...(cause.code !== null ? { code: cause.code } : {}),
-    });
+    const closed = (): QuiverError =>
+      new QuiverError('closed', `session ended: ${cause.message}`, {
+        cause,
+        ...(cause.code !== null ? { code: cause.code } : {}),
+      });
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     this.wakePump?.();
-    // Commands still waiting for the pacer were never written: the client may queue them again.
-    for (const q of this.queue.splice(0)) q.reject(unsent(new QuiverError('closed', err.message, { cause })));
-    for (const p of this.pending.values()) {
+    // A command still waiting for the pacer was never written, and one a drain's goodbye (3000)
+    // left unanswered was not carried out (the server answers every command it carries out
+    // before that goodbye): either way the client may send it again (`unsent`). They are
+    // rejected in id order, so that publishes queued again keep their order.
+    const drained = this.goodbye?.code === CloseCode.shutdown;
+    const queued = new Set<number>();
+    const rejections: Array<[number, () => void]> = [];
+    for (const q of this.queue.splice(0)) {
+      queued.add(q.id);
+      rejections.push([q.id, () => q.reject(unsent(closed()))]);
+    }
+    for (const [id, p] of this.pending) {
       if (p.timer) clearTimeout(p.timer);
-      p.reject(err);
+      const again = drained || queued.has(id);
+      rejections.push([id, () => p.reject(again ? unsent(closed()) : closed())]);
     }
     this.pending.clear();
+    // Stable: a queued request's write is rejected before the request itself.
+    rejections.sort((a, b) => a[0] - b[0]);
+    for (const [, reject] of rejections) reject();
     this.link.close(byClient ? 'client closed' : '');
     this.resolveDone(cause);
   }

@@ -259,6 +259,42 @@ describe(`over ${transport}`, () => {
     assert.deepEqual(got, ['a', 'b']);
   });
 
+  // PROTOCOL.md section 7, code 3000: a command unanswered at a drain's goodbye was not carried out.
+  test('acknowledged publishes a drain left unanswered are sent again, in order, on the next session; after another goodbye they reject', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const answered = client.publish('r', 'one', { ack: true });
+    conn.send((await conn.expect('Publish')).id, { type: 'Published', position: null });
+    assert.equal(await answered, null);
+    const two = client.publish('r', 'two', { ack: true });
+    const three = client.publish('r', 'three', { ack: true });
+    await conn.expect('Publish');
+    await conn.expect('Publish');
+    conn.send(0, { type: 'Goodbye', code: 3000, reason: 'server shutting down', reconnect: true });
+
+    conn = await connected(net, client);
+    const first = await conn.expect('Publish');
+    const second = await conn.expect('Publish');
+    assert.deepEqual([first.command.payload, second.command.payload], [text('two'), text('three')]);
+    conn.send(first.id, { type: 'Published', position: { epoch: 1n, offset: 5n } });
+    conn.send(second.id, { type: 'Published', position: { epoch: 1n, offset: 6n } });
+    assert.deepEqual(await two, { epoch: 1n, offset: 5n });
+    assert.deepEqual(await three, { epoch: 1n, offset: 6n });
+
+    // Any other goodbye may have come after the publish was carried out: it rejects.
+    const lost = client.publish('r', 'four', { ack: true });
+    await conn.expect('Publish');
+    conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
+    await assert.rejects(lost, (e) => e.kind === 'closed');
+    conn = await connected(net, client);
+    const ping = client.ping();
+    const next = await conn.expect('Ping');
+    assert.equal(conn.received.filter((f) => f.command.type === 'Publish').length, 0);
+    conn.send(next.id, { type: 'Pong' });
+    await ping;
+  });
+
   test('failed handshake: error event, new token on every retry', async (t) => {
     const { net, client, tokens } = setup({}, transport);
     t.after(() => client.close());

@@ -51,7 +51,7 @@ impl Actor {
                     room,
                     payload,
                     ack,
-                    permit,
+                    permit: Some(permit),
                 };
                 if self.live.is_some() && self.buffer.is_empty() {
                     self.send_publish(item);
@@ -260,7 +260,10 @@ impl Actor {
             return;
         }
         let ack = item.ack.is_some();
-        let pending = item.ack.map(|reply| Pending::PublishAck { reply });
+        let pending = item.ack.map(|reply| Pending::PublishAck {
+            reply,
+            again: (item.room.clone(), item.payload.clone()),
+        });
         live.send_with(
             Command::Publish {
                 room: item.room,
@@ -268,7 +271,7 @@ impl Actor {
                 ack,
             },
             pending,
-            Some(item.permit),
+            item.permit,
         );
     }
 
@@ -317,7 +320,7 @@ impl Actor {
             }
             Event::Published { position } => {
                 match live.take(id, |p| matches!(p, Pending::PublishAck { .. })) {
-                    Some(Pending::PublishAck { reply }) => {
+                    Some(Pending::PublishAck { reply, .. }) => {
                         let _ = reply.send(Ok(position));
                     }
                     _ => tracing::warn!(id, "unexpected Published"),
@@ -378,7 +381,7 @@ impl Actor {
                         let _ = reply.send(res);
                     }
                 }
-                Some(Pending::PublishAck { reply }) => {
+                Some(Pending::PublishAck { reply, .. }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
                 Some(Pending::Ping { reply, .. }) => {

@@ -140,6 +140,9 @@ enum Pending {
     },
     PublishAck {
         reply: Reply<Option<Position>>,
+        /// The room and payload, sent again after a drain's goodbye left it unanswered (the
+        /// server carried out every command it answered before `Goodbye 3000`, and no other).
+        again: (String, Bytes),
     },
     Ping {
         sent: Instant,
@@ -159,12 +162,14 @@ enum Pending {
     Heartbeat,
 }
 
-/// A publish made while disconnected.
+/// A publish made while disconnected, or to send again after a drain.
 struct Buffered {
     room: String,
     payload: Bytes,
     ack: Option<Reply<Option<Position>>>,
-    permit: OwnedSemaphorePermit,
+    /// Its place in `ClientConfig::publish_buffer`; none for one sent again after a drain (it
+    /// held one when it was made).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// One room the application is subscribed to (or waiting to be).
@@ -606,8 +611,29 @@ impl Actor {
         live.link.close("");
         // Dropping the JoinSet aborts the writer, readers and timers of this connection.
         drop(live.tasks);
-        for (_, p) in live.pending {
-            fail_pending(p, || ClientError::ConnectionLost);
+        // A drain's goodbye (3000) comes after the server answered every command it read: an
+        // acknowledged publish still unanswered was not published, and goes first on the next
+        // session, in the order it was made; after any other end it may or may not have been.
+        let drained = code == CloseCode::Shutdown.as_u16();
+        let mut pending: Vec<(u32, Pending)> = live.pending.into_iter().collect();
+        pending.sort_by_key(|(id, _)| *id);
+        let mut again = Vec::new();
+        for (_, p) in pending {
+            match p {
+                Pending::PublishAck {
+                    reply,
+                    again: (room, payload),
+                } if drained => again.push(Buffered {
+                    room,
+                    payload,
+                    ack: Some(reply),
+                    permit: None,
+                }),
+                p => fail_pending(p, || ClientError::ConnectionLost),
+            }
+        }
+        for item in again.into_iter().rev() {
+            self.buffer.push_front(item);
         }
         // Subscription ids belong to the connection that is gone.
         lock(&self.latest_routes).clear();
@@ -704,7 +730,7 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
                 let _ = reply.send(Ok(()));
             }
         }
-        Pending::PublishAck { reply } => {
+        Pending::PublishAck { reply, .. } => {
             let _ = reply.send(Err(err()));
         }
         Pending::Ping { reply, .. } => {

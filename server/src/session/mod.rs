@@ -52,8 +52,8 @@ use crate::quota::TenantSession;
 /// How long a goodbye frame may take to be queued for the client.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a drain lets a session finish what it has read before its goodbye
-/// (`Session::finish_for_drain`).
+/// How long a drain lets a session take commands it has read before its goodbye
+/// (`Session::finish_for_drain`); those taken are finished, and answered.
 const DRAIN_FINISH: Duration = Duration::from_secs(1);
 
 /// The connection a session runs over, as the core sees it.
@@ -643,20 +643,26 @@ impl Session {
         }
     }
 
-    /// A drain's end of the session: the commands it has read already (queued, not yet run)
-    /// run, and the publications on their way to the broker are answered, within
-    /// [`DRAIN_FINISH`], before `Goodbye 3000`; so a command left unanswered by then was not
-    /// carried out (PROTOCOL §7). The goodbye used to come at once: a publisher's whole
-    /// window went unanswered, and the one the broker was storing was stored all the same
-    /// (outside cluster audit 5, F3: 121 of 150 unanswered, one of them stored).
+    /// A drain's end of the session: before `Goodbye 3000`, the commands it has read run (those
+    /// queued, and those that arrive meanwhile, for [`DRAIN_FINISH`]), and the publications on
+    /// their way to the broker are answered; none is cut off half-way (a publication cut off
+    /// while being stored would be stored unanswered), unless one outlasts `timeouts.reply`. So
+    /// a command left unanswered at the goodbye was not carried out (PROTOCOL §7), and a client
+    /// sends it again. The goodbye used to come at once: a publisher's whole window went
+    /// unanswered, and the one the broker was storing was stored all the same (outside cluster
+    /// audit 5, F3: 121 of 150 unanswered, one of them stored).
     async fn finish_for_drain(&mut self, inbox: &mut inbox::Inbox) -> Exit {
+        let shutdown = || Exit::Close(CloseCode::Shutdown, "server shutting down".into());
+        let take_until = tokio::time::Instant::now() + DRAIN_FINISH;
+        let bound = self.shared.config.timeouts.reply.max(DRAIN_FINISH);
         let finish = async {
             loop {
-                if tokio::time::Instant::now() >= self.expiry() {
+                let now = tokio::time::Instant::now();
+                if now >= self.expiry() {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
                 // A full publish queue takes no command until one is answered.
-                let item = if self.publishing.is_full() {
+                let item = if now >= take_until || self.publishing.is_full() {
                     None
                 } else {
                     inbox.try_recv()
@@ -669,18 +675,17 @@ impl Session {
                             return exit;
                         }
                     }
-                    None if self.publishing.is_empty() => break,
+                    None if self.publishing.is_empty() => return shutdown(),
                     None => {
                         let done = self.publishing.next_done().await;
                         self.published(done).await;
                     }
                 }
             }
-            Exit::Close(CloseCode::Shutdown, "server shutting down".into())
         };
-        tokio::time::timeout(DRAIN_FINISH, finish)
+        tokio::time::timeout(bound, finish)
             .await
-            .unwrap_or_else(|_| Exit::Close(CloseCode::Shutdown, "server shutting down".into()))
+            .unwrap_or_else(|_| shutdown())
     }
 
     fn ended_sender(&mut self) -> mpsc::UnboundedSender<Ended> {
