@@ -114,6 +114,34 @@ for (const transport of ['webtransport', 'websocket']) {
       assert.ok(next.received.some((f) => f.command.type === 'Publish'), 'some went out on the second session');
     });
 
+    test('acknowledged publishes still waiting for the pacer when the connection drops are sent once, on the next session, and acknowledged', async (t) => {
+      const { net, client } = setup(transport);
+      t.after(() => client.close());
+      const conn = await net.nextConnection();
+      conn.autoAnswer = true;
+      await conn.welcome({ limits: { commandsPerSecond: 200 } });
+      await client.ready();
+      const outcomes = await (async () => {
+        const sent = Array.from({ length: 300 }, (_, i) => client.publish('r', `p${i}`, { ack: true }).then(() => 'ok', (e) => e.kind));
+        await waitUntil(() => conn.received.length > 120);
+        conn.kill();
+        const next = await net.nextConnection();
+        next.autoAnswer = true;
+        await next.welcome({ limits: { commandsPerSecond: 200 } });
+        const settled = await Promise.all(sent);
+        const payloads = (c) => c.received.filter((f) => f.command.type === 'Publish').map((f) => new TextDecoder().decode(f.command.payload));
+        const [first, second] = [payloads(conn), payloads(next)];
+        assert.deepEqual([...first, ...second], Array.from({ length: 300 }, (_, i) => `p${i}`), 'each exactly once, in order');
+        assert.ok(second.length > 0, 'some went out on the second session');
+        // Never written before the drop: sent on the next session and acknowledged there.
+        for (const p of second) assert.equal(settled[Number(p.slice(1))], 'ok', p);
+        // Written before the drop: answered, or lost with the connection (at most once).
+        for (const p of first) assert.ok(['ok', 'closed'].includes(settled[Number(p.slice(1))]), p);
+        return settled;
+      })();
+      assert.equal(outcomes.length, 300);
+    });
+
     test('heartbeat: a server that stops answering is replaced within idle + timeout', async (t) => {
       const { net, client } = setup(transport, { heartbeat: { idleMs: 100, timeoutMs: 200 } });
       t.after(() => client.close());
