@@ -77,6 +77,11 @@ async fn handle(
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 Json(json!({"payload": b64(b"late")})).into_response()
             }
+            // Longer than a drain takes commands (1 s), within the call's deadline.
+            "order.wait" => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Json(json!({"payload": b64(b"waited")})).into_response()
+            }
             "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
             // No usable answer is this long: the server stops reading it (not at 4 MiB).
             "order.enormous" => {
@@ -289,6 +294,51 @@ async fn calls_in_flight_are_bounded_per_session() -> Result<()> {
         other => panic!("{other:?}"),
     }
     raw.close().await;
+    Ok(())
+}
+
+/// A drain waits for the calls in flight: one the backend is carrying out when the drain begins
+/// is answered before `Goodbye 3000`, on both transports (PROTOCOL §7: a command unanswered at
+/// that goodbye was not carried out; the call used to be dropped with the session, carried out
+/// by the backend and never answered).
+#[tokio::test]
+async fn a_drain_answers_the_calls_in_flight() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let calls = || backend.counts.lock().unwrap().get("call").copied();
+    for via in [Via::WebTransport, Via::WebSocket] {
+        let mut server = server_for(&url).await?;
+        let token = call_token("acme", "alice", &["order.*"]);
+        let mut raw = Raw::connect_via(via, &server, &token).await?;
+        let before = calls().unwrap_or(0);
+        let id = raw
+            .send(Command::Call {
+                method: "order.wait".into(),
+                payload: Bytes::new(),
+                timeout_ms: 0,
+                idempotency_key: String::new(),
+            })
+            .await?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while calls().unwrap_or(0) == before {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "never called");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stop = tokio::spawn(async move {
+            server.stop().await;
+        });
+        let reply = raw.recv().await?;
+        assert_eq!(reply.id, id, "{via:?}: {reply:?}");
+        assert!(
+            matches!(&reply.event, Event::Reply { payload } if payload == &b"waited"[..]),
+            "{via:?}: {reply:?}"
+        );
+        let bye = raw.recv().await?;
+        assert!(
+            matches!(bye.event, Event::Goodbye { code: 3000, .. }),
+            "{via:?}: {bye:?}"
+        );
+        stop.await?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! `Call` and the backend hooks, on the session's side: the checks a peer can hit (method name,
 //! the token's `call` patterns, sizes, calls in flight), then `crate::rpc` does the asking.
 //! Calls run as tasks of the session, answered in whatever order the backend answers; they
-//! end with the session. Hooks are awaited in the command that needs them, once.
+//! end with the session (a drain waits for them first: `Session::finish_for_drain`). Hooks are awaited in the command that needs them, once.
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, Event, RoomName};

@@ -645,8 +645,9 @@ impl Session {
 
     /// A drain's end of the session: before `Goodbye 3000`, the commands it has read run (those
     /// queued, and those that arrive meanwhile, for [`DRAIN_FINISH`]), and the publications on
-    /// their way to the broker are answered; none is cut off half-way (a publication cut off
-    /// while being stored would be stored unanswered), unless one outlasts `timeouts.reply`. So
+    /// their way to the broker and the calls waiting for the backend are answered; none is cut
+    /// off half-way (a publication cut off while being stored would be stored unanswered, a
+    /// call cut off may have been carried out by the backend: both were, before). So
     /// a command left unanswered at the goodbye was not carried out (PROTOCOL §7), and a client
     /// sends it again. The goodbye used to come at once: a publisher's whole window went
     /// unanswered, and the one the broker was storing was stored all the same (outside cluster
@@ -654,7 +655,15 @@ impl Session {
     async fn finish_for_drain(&mut self, inbox: &mut inbox::Inbox) -> Exit {
         let shutdown = || Exit::Close(CloseCode::Shutdown, "server shutting down".into());
         let take_until = tokio::time::Instant::now() + DRAIN_FINISH;
-        let bound = self.shared.config.timeouts.reply.max(DRAIN_FINISH);
+        // Past every deadline of what it waits for: a call ends by its own (`rpc.max_timeout`
+        // at most) with an answer, a publication by the broker's; the drain's own deadline
+        // (`timeouts.drain`) usually comes first.
+        let config = &self.shared.config;
+        let bound = config
+            .timeouts
+            .reply
+            .max(config.rpc.max_timeout)
+            .max(DRAIN_FINISH);
         let finish = async {
             loop {
                 let now = tokio::time::Instant::now();
@@ -675,11 +684,17 @@ impl Session {
                             return exit;
                         }
                     }
-                    None if self.publishing.is_empty() => return shutdown(),
-                    None => {
-                        let done = self.publishing.next_done().await;
-                        self.published(done).await;
+                    None if self.publishing.is_empty() && self.calls.is_empty() => {
+                        return shutdown()
                     }
+                    None => tokio::select! {
+                        done = self.publishing.next_done(), if !self.publishing.is_empty() => {
+                            self.published(done).await;
+                        }
+                        Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
+                            Box::pin(self.call_done(done)).await;
+                        }
+                    },
                 }
             }
         };
