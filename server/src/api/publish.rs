@@ -205,7 +205,7 @@ async fn claim(
                 tracing::warn!(%error, not_logged, "idempotency key not recorded");
             }
             ApiError::unavailable(
-                "idempotency keys cannot be recorded right now (the cluster's record, or NATS, is unreachable or full); retry later",
+                "idempotency keys cannot be recorded right now (the cluster's record of them is unreachable or full); retry later",
             )
         })
 }
