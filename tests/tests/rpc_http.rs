@@ -306,7 +306,9 @@ async fn a_drain_answers_the_calls_in_flight() -> Result<()> {
     let (backend, url) = start_backend().await?;
     let calls = || backend.counts.lock().unwrap().get("call").copied();
     for via in [Via::WebTransport, Via::WebSocket] {
-        let mut server = server_for(&url).await?;
+        // The drain's deadline well past the call's answer (the tests' servers have 2 s).
+        let mut server =
+            server_for_with(&url, |c| c.timeouts.drain = Duration::from_secs(10)).await?;
         let token = call_token("acme", "alice", &["order.*"]);
         let mut raw = Raw::connect_via(via, &server, &token).await?;
         let before = calls().unwrap_or(0);
