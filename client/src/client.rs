@@ -236,10 +236,12 @@ impl Client {
     /// Publishes and waits for the server's `Published` (the message's position in the room's
     /// history, `None` for rooms without history). Refusals come back as
     /// [`ClientError::Server`] (`permission_denied`, `payload_too_large`, `rate_limited`, ...).
-    /// If the connection drops before the reply, [`ClientError::ConnectionLost`]: the message
-    /// may or may not have been published. A draining server's goodbye (3000) is not such a
-    /// drop: the server answered every publish it took before it, so one still unanswered was
-    /// not published, and is sent again on the next session (the call waits for that answer).
+    /// If the connection drops after it was written and before the reply,
+    /// [`ClientError::ConnectionLost`]: the message may or may not have been published. One the
+    /// connection never wrote (it waited for the pacer, [`crate::ClientConfig::pace_commands`]) is sent
+    /// on the next session instead, and so is one a draining server's goodbye (3000) left
+    /// unanswered: the server answered every publish it carried out before it. The call then
+    /// waits for the next session's answer.
     pub async fn publish_ack(
         &self,
         room: &str,

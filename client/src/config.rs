@@ -217,8 +217,8 @@ pub struct ClientConfig {
     /// Most subscriptions held at once over WebTransport (default 256, the server's default
     /// `limits.max_subscriptions`): each room's stream is one the server opens, and the QUIC
     /// connection allows this many of them at once, and the server's own HTTP/3 streams
-    /// besides ([`HTTP3_SERVER_STREAMS`]). A subscription past it waits for a stream that never
-    /// opens and ends with `stream_limit` (114). Raise it for a server whose
+    /// besides (three: its control and QPACK streams). A subscription past it waits for a
+    /// stream that never opens and ends with `stream_limit` (114). Raise it for a server whose
     /// `Welcome.limits.max_subscriptions` is higher; quinn reserves a little memory (about 100
     /// bytes) per stream allowed. Not used over WebSocket.
     pub max_subscriptions: u32,

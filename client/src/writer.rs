@@ -6,6 +6,8 @@
 //! binary message (PROTOCOL.md 9.2: exactly one frame per client message).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -20,6 +22,27 @@ const WRITE_COALESCE: usize = 64 * 1024;
 pub(crate) struct Outgoing {
     pub(crate) frame: Vec<u8>,
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// For a frame the connection may take back (an acknowledged publish): written only if the
+    /// writer claims it first.
+    pub(crate) claim: Option<Claim>,
+}
+
+/// Who takes a queued frame first: the writer, to write it, or the connection's teardown, to
+/// send it on the next session. Exactly one of them does, so a frame taken back was never
+/// written, even when the writer was between its queue and the socket as the connection went.
+#[derive(Clone, Default)]
+pub(crate) struct Claim(Arc<AtomicBool>);
+
+impl Claim {
+    /// Whether this call took it (no one had).
+    pub(crate) fn take(&self) -> bool {
+        !self.0.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Whether the writer may write `out`: not taken back by the connection.
+fn claimed(out: &Outgoing) -> bool {
+    out.claim.as_ref().is_none_or(Claim::take)
 }
 
 /// How a transport writes complete frames (each one already length-prefixed).
@@ -106,13 +129,17 @@ async fn run<S: FrameSink>(
                 }
             }
         }
-        let mut size = first.frame.len();
-        let mut batch = vec![first.frame];
-        permits.push(first.permit);
+        let mut size = 0;
+        let mut batch = Vec::new();
+        if claimed(&first) {
+            size = first.frame.len();
+            batch.push(first.frame);
+            permits.push(first.permit);
+        }
         // Batch whatever else is queued and allowed right now.
         while size < WRITE_COALESCE && pacer.as_ref().is_none_or(|p| p.ready(Instant::now())) {
             match rx.try_recv() {
-                Ok(next) => {
+                Ok(next) if claimed(&next) => {
                     if let Some(p) = pacer.as_mut() {
                         p.reserve(Instant::now());
                     }
@@ -120,10 +147,13 @@ async fn run<S: FrameSink>(
                     batch.push(next.frame);
                     permits.push(next.permit);
                 }
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
-        sink.write(batch).await?;
+        if !batch.is_empty() {
+            sink.write(batch).await?;
+        }
         permits.clear();
     }
 }
@@ -148,6 +178,7 @@ mod tests {
         Outgoing {
             frame: vec![b],
             permit: None,
+            claim: None,
         }
     }
 
@@ -179,6 +210,38 @@ mod tests {
             .map(|f| f[0])
             .collect();
         assert_eq!(all, vec![1, 2, 9, 3, 4]);
+        drop(handle);
+        task.await.unwrap();
+    }
+
+    /// A frame the connection took back while it waited for the pacer is never written; one the
+    /// writer took cannot be taken back.
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_taken_back_is_never_written() {
+        let rec = Recorder::default();
+        let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
+        let pacer = Pacer::new(10, 2, Instant::now());
+        let (handle, task) = writer(rec.clone(), pacer, ev_tx, 1);
+        let claims: Vec<Claim> = (0..4).map(|_| Claim::default()).collect();
+        for (b, claim) in (1..=4).zip(&claims) {
+            let mut frame = out(b);
+            frame.claim = Some(claim.clone());
+            handle.queue.send(frame).unwrap();
+        }
+        let task = tokio::spawn(task);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!claims[0].take(), "written, so not to be taken back");
+        assert!(claims[2].take(), "still waiting for the pacer");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let all: Vec<u8> = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|f| f[0])
+            .collect();
+        assert_eq!(all, vec![1, 2, 4]);
         drop(handle);
         task.await.unwrap();
     }

@@ -263,6 +263,7 @@ impl Actor {
         let pending = item.ack.map(|reply| Pending::PublishAck {
             reply,
             again: (item.room.clone(), item.payload.clone()),
+            claim: Default::default(),
         });
         live.send_with(
             Command::Publish {

@@ -33,7 +33,7 @@ use crate::latest::{LatestCell, LatestRoutes};
 use crate::pacer::Pacer;
 use crate::subscription::{SubEvent, SubParts};
 use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
-use crate::writer::{Outgoing, WriterHandle};
+use crate::writer::{Claim, Outgoing, WriterHandle};
 
 mod commands;
 mod refresh;
@@ -141,8 +141,11 @@ enum Pending {
     PublishAck {
         reply: Reply<Option<Position>>,
         /// The room and payload, sent again after a drain's goodbye left it unanswered (the
-        /// server carried out every command it answered before `Goodbye 3000`, and no other).
+        /// server carried out every command it answered before `Goodbye 3000`, and no other),
+        /// or when the connection went before it was written (`claim`).
         again: (String, Bytes),
+        /// Taken by the writer as it writes the frame, or by the teardown to keep it.
+        claim: Claim,
     },
     Ping {
         sent: Instant,
@@ -270,10 +273,18 @@ impl Live {
         if let Some(p) = pending {
             self.pending.insert(id, p);
         }
+        let claim = match self.pending.get(&id) {
+            Some(Pending::PublishAck { claim, .. }) => Some(claim.clone()),
+            _ => None,
+        };
         let frame = encode_command(&ClientFrame { id, command });
         // If the writer is gone the connection is being torn down: the Lost event follows and
         // fails the pending reply.
-        let _ = self.writer.queue.send(Outgoing { frame, permit });
+        let _ = self.writer.queue.send(Outgoing {
+            frame,
+            permit,
+            claim,
+        });
         id
     }
 
@@ -613,7 +624,9 @@ impl Actor {
         drop(live.tasks);
         // A drain's goodbye (3000) comes after the server answered every command it read: an
         // acknowledged publish still unanswered was not published, and goes first on the next
-        // session, in the order it was made; after any other end it may or may not have been.
+        // session, in the order it was made. So does one the writer never took (it waited for
+        // the pacer; taken here whatever the end, so a writer still running skips it). After any
+        // other end one written may or may not have been published.
         let drained = code == CloseCode::Shutdown.as_u16();
         let mut pending: Vec<(u32, Pending)> = live.pending.into_iter().collect();
         pending.sort_by_key(|(id, _)| *id);
@@ -623,7 +636,8 @@ impl Actor {
                 Pending::PublishAck {
                     reply,
                     again: (room, payload),
-                } if drained => again.push(Buffered {
+                    claim,
+                } if claim.take() || drained => again.push(Buffered {
                     room,
                     payload,
                     ack: Some(reply),

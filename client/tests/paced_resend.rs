@@ -1,0 +1,174 @@
+//! Acknowledged publishes still waiting for the pacer when a connection drops were never
+//! written: the client sends them on the next session, once, and they are acknowledged there.
+//! Those written and left unanswered fail with `ConnectionLost` (delivery is at most once: they
+//! may or may not have been published). Against a fake WebSocket server that announces a low
+//! command rate and drops the first connection after reading a few publishes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use quiver_client::{token_fixed, Backoff, Client, ClientConfig, ClientError, Limits, Transport};
+use quiver_proto::{
+    decode_command, encode_event, Command, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
+};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Publishes made at once: far more than the pacer's burst.
+const PUBLISHES: usize = 60;
+/// Publishes the first connection reads before it drops (the first [`ANSWERED`] answered).
+const READ_FIRST: usize = 5;
+const ANSWERED: usize = 3;
+
+/// The payloads of the `Publish` commands each connection read, in order.
+type Seen = Arc<Mutex<Vec<Vec<String>>>>;
+
+async fn command(ws: &mut Ws) -> Option<(u32, Command)> {
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Binary(data) = msg else { continue };
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.push(&data);
+        let body = dec.next_frame().ok().flatten()?;
+        let frame = decode_command(&body).ok()?;
+        return Some((frame.id, frame.command));
+    }
+    None
+}
+
+async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
+    ws.send(Message::Binary(encode_event(&ServerFrame { id, event })))
+        .await
+        .is_ok()
+}
+
+/// A server that welcomes with 20 commands a second; its first connection answers
+/// [`ANSWERED`] publishes, reads [`READ_FIRST`], and drops; later ones answer every command.
+async fn server() -> anyhow::Result<(u16, Seen)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = Seen::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let Some((id, Command::Hello { .. })) = command(&mut ws).await else {
+                    return;
+                };
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                let welcome = Event::Welcome {
+                    version: 1,
+                    session: "s".into(),
+                    user: "u".into(),
+                    tenant: "t".into(),
+                    expires_at: None,
+                    limits: Limits {
+                        max_frame: DEFAULT_MAX_FRAME as u32,
+                        max_payload: DEFAULT_MAX_FRAME as u32 - 1024,
+                        max_subscriptions: 16,
+                        commands_per_second: 20,
+                    },
+                };
+                if !send(&mut ws, id, welcome).await {
+                    return;
+                }
+                while let Some((id, cmd)) = command(&mut ws).await {
+                    let reply = match cmd {
+                        Command::Publish { payload, .. } => {
+                            let read = {
+                                let mut log = log.lock().unwrap();
+                                let mine = &mut log[index];
+                                mine.push(String::from_utf8_lossy(&payload).into_owned());
+                                mine.len()
+                            };
+                            if index == 0 && read >= READ_FIRST {
+                                return; // dropped: no goodbye, no close frame
+                            }
+                            if index == 0 && read > ANSWERED {
+                                continue;
+                            }
+                            Event::Published { position: None }
+                        }
+                        Command::Ping => Event::Pong,
+                        _ => continue,
+                    };
+                    if !send(&mut ws, id, reply).await {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, seen))
+}
+
+#[tokio::test]
+async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next_session(
+) -> anyhow::Result<()> {
+    let (port, seen) = server().await?;
+    let mut config = ClientConfig::new("https://127.0.0.1:9/v1", token_fixed("t"))
+        .with_ws_url(format!("ws://127.0.0.1:{port}"))
+        .with_transport(Transport::WebSocket);
+    config.backoff = Backoff {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    };
+    let client = Arc::new(Client::connect(config).await?);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PUBLISHES {
+        let client = client.clone();
+        tasks.spawn(async move { (i, client.publish_ack("r", format!("m{i}")).await) });
+    }
+    let mut acked = Vec::new();
+    let mut lost = Vec::new();
+    // Most of the 60 at 19 a second on the second session: a few seconds.
+    while let Some(done) = tokio::time::timeout(Duration::from_secs(30), tasks.join_next())
+        .await
+        .map_err(|_| anyhow::anyhow!("the publishes were not settled within 30 s"))?
+    {
+        match done? {
+            (i, Ok(_)) => acked.push(format!("m{i}")),
+            (i, Err(ClientError::ConnectionLost)) => lost.push(format!("m{i}")),
+            (i, Err(e)) => anyhow::bail!("m{i}: {e}"),
+        }
+    }
+    // The pacer's burst (10) went out at once, and a few more at 19 a second until the drop:
+    // everything behind them was never written, and went out on the next session. Without
+    // that, every publish past the three answered failed.
+    assert!(
+        acked.len() >= PUBLISHES / 2,
+        "{} acknowledged, {} lost: {lost:?}",
+        acked.len(),
+        lost.len()
+    );
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 2, "the client reconnected: {seen:?}");
+    assert_eq!(seen[0].len(), READ_FIRST, "{seen:?}");
+    let all: Vec<&String> = seen.iter().flatten().collect();
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "a publish written twice: {seen:?}");
+    // Each acknowledged one was read (and answered) by a server; none that failed was sent again.
+    for m in &acked {
+        assert!(all.contains(&m), "{m} acknowledged, never read");
+    }
+    for m in &lost {
+        assert!(
+            !seen[1..].iter().flatten().any(|s| s == m),
+            "{m} failed, yet sent again"
+        );
+    }
+    assert_eq!(acked.len() + lost.len(), PUBLISHES);
+    Ok(())
+}
