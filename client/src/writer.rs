@@ -167,6 +167,19 @@ mod tests {
     #[derive(Clone, Default)]
     struct Recorder(Arc<Mutex<Vec<Vec<Vec<u8>>>>>);
 
+    impl Recorder {
+        /// The one byte of every frame written, in order.
+        fn frames(&self) -> Vec<u8> {
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .flatten()
+                .map(|f| f[0])
+                .collect()
+        }
+    }
+
     impl FrameSink for Recorder {
         async fn write(&mut self, frames: Vec<Vec<u8>>) -> Result<(), String> {
             self.0.lock().unwrap().push(frames);
@@ -201,14 +214,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(rec.0.lock().unwrap().last().cloned(), Some(vec![vec![9]]));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let all: Vec<u8> = rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .flatten()
-            .map(|f| f[0])
-            .collect();
+        let all = rec.frames();
         assert_eq!(all, vec![1, 2, 9, 3, 4]);
         drop(handle);
         task.await.unwrap();
@@ -233,14 +239,7 @@ mod tests {
         assert!(!claims[0].take(), "written, so not to be taken back");
         assert!(claims[2].take(), "still waiting for the pacer");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let all: Vec<u8> = rec
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .flatten()
-            .map(|f| f[0])
-            .collect();
+        let all = rec.frames();
         assert_eq!(all, vec![1, 2, 4]);
         drop(handle);
         task.await.unwrap();
