@@ -192,8 +192,10 @@ impl Client {
     /// Publishes without waiting for an acknowledgement (`ack: false`). While connected it waits
     /// only when `publish_buffer` publishes are already queued for writing; while disconnected
     /// the publish is buffered and sent after the next `Welcome`, or refused with
-    /// [`ClientError::BufferFull`]. Server refusals of un-acknowledged publishes are only logged
-    /// (`tracing` warn); use [`Client::publish_ack`] to see them.
+    /// [`ClientError::BufferFull`]. One still waiting for the pacer when the connection goes
+    /// (never written) is sent on the next session; one written may or may not have been
+    /// published. Server refusals of un-acknowledged publishes are only logged (`tracing`
+    /// warn); use [`Client::publish_ack`] to see them.
     pub async fn publish(&self, room: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         let payload = payload.into();
         self.check_payload(&payload)?;

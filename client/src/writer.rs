@@ -38,6 +38,11 @@ impl Claim {
     pub(crate) fn take(&self) -> bool {
         !self.0.swap(true, Ordering::AcqRel)
     }
+
+    /// Whether someone took it.
+    pub(crate) fn is_taken(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 /// Whether the writer may write `out`: not taken back by the connection.

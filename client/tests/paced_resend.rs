@@ -1,8 +1,8 @@
-//! Acknowledged publishes still waiting for the pacer when a connection drops were never
-//! written: the client sends them on the next session, once, and they are acknowledged there.
-//! Those written and left unanswered fail with `ConnectionLost` (delivery is at most once: they
-//! may or may not have been published). Against a fake WebSocket server that announces a low
-//! command rate and drops the first connection after reading a few publishes.
+//! Publishes still waiting for the pacer when a connection drops were never written: the
+//! client sends them on the next session, once, in order (acknowledged there, when they ask).
+//! Acknowledged ones written and left unanswered fail with `ConnectionLost` (delivery is at
+//! most once: they may or may not have been published). Against a fake WebSocket server that
+//! announces a low command rate and drops the first connection after reading a few publishes.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +84,7 @@ async fn server() -> anyhow::Result<(u16, Seen)> {
                 }
                 while let Some((id, cmd)) = command(&mut ws).await {
                     let reply = match cmd {
-                        Command::Publish { payload, .. } => {
+                        Command::Publish { payload, ack, .. } => {
                             let read = {
                                 let mut log = log.lock().unwrap();
                                 let mine = &mut log[index];
@@ -94,7 +94,7 @@ async fn server() -> anyhow::Result<(u16, Seen)> {
                             if index == 0 && read >= READ_FIRST {
                                 return; // dropped: no goodbye, no close frame
                             }
-                            if index == 0 && read > ANSWERED {
+                            if !ack || (index == 0 && read > ANSWERED) {
                                 continue;
                             }
                             Event::Published { position: None }
@@ -112,10 +112,8 @@ async fn server() -> anyhow::Result<(u16, Seen)> {
     Ok((port, seen))
 }
 
-#[tokio::test]
-async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next_session(
-) -> anyhow::Result<()> {
-    let (port, seen) = server().await?;
+/// A client of the server on `port` that reconnects quickly.
+async fn connect(port: u16) -> anyhow::Result<Client> {
     let mut config = ClientConfig::new("https://127.0.0.1:9/v1", token_fixed("t"))
         .with_ws_url(format!("ws://127.0.0.1:{port}"))
         .with_transport(Transport::WebSocket);
@@ -123,7 +121,25 @@ async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next
         initial: Duration::from_millis(50),
         max: Duration::from_millis(200),
     };
-    let client = Arc::new(Client::connect(config).await?);
+    Ok(Client::connect(config).await?)
+}
+
+/// No publish read twice, and the first connection read [`READ_FIRST`].
+fn each_once(seen: &[Vec<String>]) {
+    assert!(seen.len() >= 2, "the client reconnected: {seen:?}");
+    assert_eq!(seen[0].len(), READ_FIRST, "{seen:?}");
+    let mut all: Vec<&String> = seen.iter().flatten().collect();
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(count, all.len(), "a publish written twice: {seen:?}");
+}
+
+#[tokio::test]
+async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next_session(
+) -> anyhow::Result<()> {
+    let (port, seen) = server().await?;
+    let client = Arc::new(connect(port).await?);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..PUBLISHES {
         let client = client.clone();
@@ -152,13 +168,8 @@ async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next
         lost.len()
     );
     let seen = seen.lock().unwrap().clone();
-    assert!(seen.len() >= 2, "the client reconnected: {seen:?}");
-    assert_eq!(seen[0].len(), READ_FIRST, "{seen:?}");
+    each_once(&seen);
     let all: Vec<&String> = seen.iter().flatten().collect();
-    let mut unique = all.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), all.len(), "a publish written twice: {seen:?}");
     // Each acknowledged one was read (and answered) by a server; none that failed was sent again.
     for m in &acked {
         assert!(all.contains(&m), "{m} acknowledged, never read");
@@ -170,5 +181,47 @@ async fn acknowledged_publishes_never_written_before_a_drop_are_sent_on_the_next
         );
     }
     assert_eq!(acked.len() + lost.len(), PUBLISHES);
+    Ok(())
+}
+
+/// The same for publishes without acknowledgement: those the writer never took go out on the
+/// next session, in order, once; those written before the drop are not sent again.
+#[tokio::test]
+async fn publishes_never_written_before_a_drop_are_sent_on_the_next_session() -> anyhow::Result<()>
+{
+    let (port, seen) = server().await?;
+    let client = connect(port).await?;
+    for i in 0..PUBLISHES {
+        client.publish("r", format!("m{i}")).await?;
+    }
+    let last = format!("m{}", PUBLISHES - 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .flatten()
+        .any(|m| *m == last)
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{last} never reached a later session: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    each_once(&seen);
+    let later: Vec<usize> = seen[1..]
+        .iter()
+        .flatten()
+        .map(|m| m[1..].parse())
+        .collect::<Result<_, _>>()?;
+    assert!(later.len() >= PUBLISHES / 2, "{seen:?}");
+    assert!(
+        later.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {later:?}"
+    );
     Ok(())
 }

@@ -259,19 +259,22 @@ impl Actor {
             }
             return;
         }
-        let ack = item.ack.is_some();
-        let pending = item.ack.map(|reply| Pending::PublishAck {
+        let Some(reply) = item.ack else {
+            live.send_unacked(item.room, item.payload, item.permit);
+            return;
+        };
+        let pending = Pending::PublishAck {
             reply,
             again: (item.room.clone(), item.payload.clone()),
             claim: Default::default(),
-        });
+        };
         live.send_with(
             Command::Publish {
                 room: item.room,
                 payload: item.payload,
-                ack,
+                ack: true,
             },
-            pending,
+            Some(pending),
             item.permit,
         );
     }

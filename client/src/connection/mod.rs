@@ -165,6 +165,14 @@ enum Pending {
     Heartbeat,
 }
 
+/// A publish without acknowledgement that the writer may not have written yet.
+struct Unacked {
+    id: u32,
+    claim: Claim,
+    room: String,
+    payload: Bytes,
+}
+
 /// A publish made while disconnected, or to send again after a drain.
 struct Buffered {
     room: String,
@@ -226,6 +234,10 @@ struct Live {
     /// [`Link::datagrams_received`] when the heartbeat last looked, and when that was.
     datagrams_seen: (Option<u64>, Instant),
     pending: HashMap<u32, Pending>,
+    /// Publishes without acknowledgement handed to the writer, by id, until it claims them
+    /// (pruned from the front: it claims in order): those it never claimed go out again on the
+    /// next session. At most `publish_buffer` unclaimed (each holds its place until written).
+    unacked: VecDeque<Unacked>,
     next_id: u32,
     limits: Limits,
     /// When to fetch a new token and send `Refresh`.
@@ -277,6 +289,38 @@ impl Live {
             Some(Pending::PublishAck { claim, .. }) => Some(claim.clone()),
             _ => None,
         };
+        self.queue(id, command, permit, claim);
+        id
+    }
+
+    /// A publish without acknowledgement, kept in `unacked` until the writer claims it.
+    fn send_unacked(&mut self, room: String, payload: Bytes, permit: Option<OwnedSemaphorePermit>) {
+        while self.unacked.front().is_some_and(|u| u.claim.is_taken()) {
+            self.unacked.pop_front();
+        }
+        let id = self.next_id();
+        let claim = Claim::default();
+        self.unacked.push_back(Unacked {
+            id,
+            claim: claim.clone(),
+            room: room.clone(),
+            payload: payload.clone(),
+        });
+        let command = Command::Publish {
+            room,
+            payload,
+            ack: false,
+        };
+        self.queue(id, command, permit, Some(claim));
+    }
+
+    fn queue(
+        &mut self,
+        id: u32,
+        command: Command,
+        permit: Option<OwnedSemaphorePermit>,
+        claim: Option<Claim>,
+    ) {
         let frame = encode_command(&ClientFrame { id, command });
         // If the writer is gone the connection is being torn down: the Lost event follows and
         // fails the pending reply.
@@ -285,7 +329,6 @@ impl Live {
             permit,
             claim,
         });
-        id
     }
 
     /// A heartbeat `Ping`, ahead of anything queued.
@@ -534,6 +577,7 @@ impl Actor {
             liveness,
             heartbeat,
             pending: HashMap::new(),
+            unacked: VecDeque::new(),
             next_id: HELLO_ID + 1,
             limits,
             refresh_at: None,
@@ -631,22 +675,42 @@ impl Actor {
         let mut pending: Vec<(u32, Pending)> = live.pending.into_iter().collect();
         pending.sort_by_key(|(id, _)| *id);
         let mut again = Vec::new();
-        for (_, p) in pending {
+        for (id, p) in pending {
             match p {
                 Pending::PublishAck {
                     reply,
                     again: (room, payload),
                     claim,
-                } if claim.take() || drained => again.push(Buffered {
-                    room,
-                    payload,
-                    ack: Some(reply),
-                    permit: None,
-                }),
+                } if claim.take() || drained => again.push((
+                    id,
+                    Buffered {
+                        room,
+                        payload,
+                        ack: Some(reply),
+                        permit: None,
+                    },
+                )),
                 p => fail_pending(p, || ClientError::ConnectionLost),
             }
         }
-        for item in again.into_iter().rev() {
+        // Those without acknowledgement the writer never took go again too (one it wrote may
+        // or may not have been published, and nobody waits to hear).
+        again.extend(
+            live.unacked
+                .into_iter()
+                .filter(|u| u.claim.take())
+                .map(|u| {
+                    let buffered = Buffered {
+                        room: u.room,
+                        payload: u.payload,
+                        ack: None,
+                        permit: None,
+                    };
+                    (u.id, buffered)
+                }),
+        );
+        again.sort_by_key(|(id, _)| *id);
+        for (_, item) in again.into_iter().rev() {
             self.buffer.push_front(item);
         }
         // Subscription ids belong to the connection that is gone.
