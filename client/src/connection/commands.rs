@@ -284,6 +284,8 @@ impl Actor {
         let Some(live) = self.live.as_mut() else {
             return;
         };
+        // Publishes written since the last one are let go of here too, not only at the next.
+        live.prune_unacked();
         // The answer to a heartbeat: schedule the next one from now, not from its deadline.
         if matches!(live.pending.get(&id), Some(Pending::Heartbeat)) {
             live.pending.remove(&id);

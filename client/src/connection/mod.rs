@@ -295,9 +295,7 @@ impl Live {
 
     /// A publish without acknowledgement, kept in `unacked` until the writer claims it.
     fn send_unacked(&mut self, room: String, payload: Bytes, permit: Option<OwnedSemaphorePermit>) {
-        while self.unacked.front().is_some_and(|u| u.claim.is_taken()) {
-            self.unacked.pop_front();
-        }
+        self.prune_unacked();
         let id = self.next_id();
         let claim = Claim::default();
         self.unacked.push_back(Unacked {
@@ -312,6 +310,13 @@ impl Live {
             ack: false,
         };
         self.queue(id, command, permit, Some(claim));
+    }
+
+    /// Lets go of the publishes without acknowledgement that the writer has taken.
+    fn prune_unacked(&mut self) {
+        while self.unacked.front().is_some_and(|u| u.claim.is_taken()) {
+            self.unacked.pop_front();
+        }
     }
 
     fn queue(
