@@ -240,10 +240,10 @@ impl Client {
     /// [`ClientError::Server`] (`permission_denied`, `payload_too_large`, `rate_limited`, ...).
     /// If the connection drops after it was written and before the reply,
     /// [`ClientError::ConnectionLost`]: the message may or may not have been published. One the
-    /// connection never wrote (it waited for the pacer, [`crate::ClientConfig::pace_commands`]) is sent
-    /// on the next session instead, and so is one a draining server's goodbye (3000) left
-    /// unanswered: the server answered every publish it carried out before it. The call then
-    /// waits for the next session's answer.
+    /// connection never wrote (it waited for the pacer,
+    /// [`crate::ClientConfig::pace_commands`]) is sent on the next session instead, and so is
+    /// one a draining server's goodbye (3000) left unanswered: the server answered every
+    /// publish it carried out before it. The call then waits for the next session's answer.
     pub async fn publish_ack(
         &self,
         room: &str,
