@@ -656,11 +656,21 @@ async fn refreshes_that_recheck_many_subscriptions_are_charged_for_the_work() ->
     let refresh = |patterns: &[String], ttl| Command::Refresh {
         token: sign(patterns, ttl),
     };
-    let mut outcomes = Vec::new();
+    // Sent at once, so that the bucket refills little while they are judged (one after
+    // another, a slow machine's round trips refilled it by a refresh's worth every 150 ms).
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
     for n in 0..30 {
-        let command = refresh(if n % 2 == 0 { &b } else { &a }, 3600 + n);
-        outcomes.push(raw.request(command).await?);
+        ids.push(
+            raw.send(refresh(if n % 2 == 0 { &b } else { &a }, 3600 + n))
+                .await?,
+        );
     }
+    let mut outcomes = Vec::new();
+    for id in ids {
+        outcomes.push(raw.recv_reply(id).await?);
+    }
+    let took = started.elapsed().as_secs_f64();
     let refreshed = outcomes
         .iter()
         .filter(|e| matches!(e, Event::Refreshed { .. }))
@@ -671,10 +681,13 @@ async fn refreshes_that_recheck_many_subscriptions_are_charged_for_the_work() ->
             |e| matches!(e, Event::Error { code, .. } if *code == ErrorCode::RateLimited.as_u16()),
         )
         .count();
-    // 200 × 151 / 1,024 = 29 more per refresh: about 7 fit in the burst of 200.
+    // 200 × 151 / 1,024 = 29 more per refresh: about 7 fit in the burst of 200, and one more
+    // for every 150 ms the 30 took (charged one each, all 30 would pass).
+    // (Two more for what the meter credits: time it spent busy, rounding.)
+    let most = ((200.0 + 200.0 * took) / 30.0).ceil() as usize + 2;
     assert!(
-        refreshed <= 10 && limited >= 20,
-        "{refreshed} refreshed, {limited} rate_limited"
+        refreshed <= most.min(20) && refreshed + limited == 30,
+        "{refreshed} refreshed, {limited} rate_limited, in {took:.3} s"
     );
 
     // The usual refresh, the same patterns with a later expiry, costs one command each: 150
