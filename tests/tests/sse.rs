@@ -296,6 +296,21 @@ async fn sse_session_released(
     }
 }
 
+/// Opens an SSE request whose rooms are all refused: what it lost, and its `goodbye`, which
+/// must end the response within [`WAIT`].
+async fn refused_request(
+    server: &TestServer,
+    query: &str,
+) -> anyhow::Result<(Vec<(String, String, String)>, Sse)> {
+    tokio::time::timeout(WAIT, async {
+        let mut sse = SseReader::open(server, query, None).await?;
+        sse.expect("welcome").await?;
+        until_goodbye(&mut sse).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the response did not end"))?
+}
+
 fn sse_closed(page: &str, reason: &str) -> f64 {
     metric_sum(
         page,
@@ -312,13 +327,7 @@ async fn an_sse_request_whose_rooms_are_all_refused_says_goodbye_and_ends() -> a
     let server = TestServer::start().await?;
     let t = token("sserefused", "reader", &["news.>"], &[], 3600);
     let query = format!("token={t}&room=secret&room=other.a");
-    let (mut lost, bye) = tokio::time::timeout(WAIT, async {
-        let mut sse = SseReader::open(&server, &query, None).await?;
-        sse.expect("welcome").await?;
-        until_goodbye(&mut sse).await
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    let (mut lost, bye) = refused_request(&server, &query).await?;
     lost.sort();
     let refused = |room: &str| ("error".into(), room.into(), "permission_denied".into());
     assert_eq!(lost, [refused("other.a"), refused("secret")]);
@@ -351,13 +360,7 @@ async fn an_sse_request_whose_rooms_are_refused_for_now_says_reconnect() -> anyh
     let _held = holder.subscribe("news.held").await?;
     let t = token("ssefull", "reader", &["news.>"], &[], 3600);
     let query = format!("token={t}&room=secret&room=news.a");
-    let (mut lost, bye) = tokio::time::timeout(WAIT, async {
-        let mut sse = SseReader::open(&server, &query, None).await?;
-        sse.expect("welcome").await?;
-        until_goodbye(&mut sse).await
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the response did not end"))??;
+    let (mut lost, bye) = refused_request(&server, &query).await?;
     lost.sort();
     assert_eq!(
         lost,

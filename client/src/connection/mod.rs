@@ -282,13 +282,13 @@ impl Live {
         permit: Option<OwnedSemaphorePermit>,
     ) -> u32 {
         let id = self.next_id();
-        if let Some(p) = pending {
-            self.pending.insert(id, p);
-        }
-        let claim = match self.pending.get(&id) {
+        let claim = match &pending {
             Some(Pending::PublishAck { claim, .. }) => Some(claim.clone()),
             _ => None,
         };
+        if let Some(p) = pending {
+            self.pending.insert(id, p);
+        }
         self.queue(id, command, permit, claim);
         id
     }
