@@ -26,6 +26,8 @@ pub struct ServeArgs {
 #[derive(Args)]
 pub struct ConfigFlags {
     /// UDP address for WebTransport [default: [::]:4433]
+    // Clap's help text, not Markdown: the brackets are an IPv6 address, not a link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// TCP address for health, metrics and the demo [default: 127.0.0.1:8080]

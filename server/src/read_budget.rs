@@ -7,7 +7,7 @@
 //! message that never ends never reaches `max_frame` and is never a command that the rate
 //! limit sees: two sessions sending 6-byte empty continuations held the server at 1.9 cores
 //! for as long as they liked. Counting the wire bytes a message takes bounds its fragments
-//! without parsing frames twice: a message still incomplete past [`INCOMPLETE`] bytes fails the
+//! without parsing frames twice: a message still incomplete past [`incomplete`] bytes fails the
 //! connection's reads, and a complete one whose frames took more than [`FRAMING`] bytes beyond
 //! its payload is a protocol violation (`transport/websocket.rs`). Connections that carry no
 //! WebSocket (the API, SSE) are never limited.

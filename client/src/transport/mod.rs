@@ -4,7 +4,7 @@
 //! - **connect**: open a session (WebTransport CONNECT + control stream, or a WebSocket upgrade),
 //!   send `Hello`, wait for `Welcome` ([`Connector::attempt`] → [`Established`]);
 //! - **run**: spawn the tasks that write commands ([`crate::writer`]) and read frames, reporting
-//!   to the state machine as [`ConnEvent`]s: control-stream events as `Frame`, each new
+//!   to the state machine as [`ConnEvent`](crate::connection::ConnEvent)s: control-stream events as `Frame`, each new
 //!   subscription's frames as a [`SubStream`] (`Stream`), the end of the connection as `Lost`;
 //! - **close** ([`Link::close`]).
 //!
