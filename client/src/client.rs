@@ -284,6 +284,8 @@ impl Client {
     /// Never buffered: while reconnecting it fails at once with [`ClientError::NotConnected`],
     /// and [`ClientError::ConnectionLost`] means the backend may or may not have run it. Retry
     /// such a call only with an idempotency key ([`Client::call_with`]).
+    /// [`ClientError::NotCarriedOut`] (a draining server's goodbye came before the answer) means
+    /// it did not run: sending it again is safe.
     pub async fn call(
         &self,
         method: &str,

@@ -33,6 +33,12 @@ pub enum ClientError {
     /// effect. The client reconnects by itself.
     #[error("connection lost while the command was in flight")]
     ConnectionLost,
+    /// A draining server said goodbye (close code 3000) without answering the command. Such a
+    /// server answers every command it carries out before that goodbye (PROTOCOL.md section 7),
+    /// so this one was not carried out: sending it again, on the next session, is safe. The
+    /// client reconnects by itself (acknowledged publishes are sent again by the client).
+    #[error("the server drained without carrying out the command; safe to send again")]
+    NotCarriedOut,
     /// The command needs a live session and the client is currently reconnecting.
     #[error("not connected")]
     NotConnected,

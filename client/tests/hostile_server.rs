@@ -12,16 +12,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{command, decode, send, welcome, Ws};
 use futures::{SinkExt, StreamExt};
 use quiver_client::{
-    token_fixed, Client, ClientConfig, ConnectionState, Limits, Position, Recovery, SubEvent,
-    Subscription, Transport,
+    token_fixed, Client, ClientConfig, ConnectionState, Position, Recovery, SubEvent, Subscription,
+    Transport,
 };
-use quiver_proto::{
-    decode_command, encode_event, Command, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
-};
+use quiver_proto::{encode_event, Command, Event, ServerFrame};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
+
+mod common;
 
 /// What the hostile server does once it has answered `Hello`.
 #[derive(Clone, Copy)]
@@ -128,17 +129,6 @@ fn history_script(after: After, first: bool) -> (Event, Vec<(Option<Position>, &
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// The next command the client sent.
-async fn command(ws: &mut Ws) -> Option<(u32, Command)> {
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Binary(data) = msg else { continue };
-        return decode(&data);
-    }
-    None
-}
-
 /// `Subscribed` to a room without history.
 fn subscribed(room: &str) -> Event {
     Event::Subscribed {
@@ -147,12 +137,6 @@ fn subscribed(room: &str) -> Event {
         recovery: quiver_proto::Recovery::NotRequested,
         subscription: None,
     }
-}
-
-async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
-    ws.send(Message::Binary(encode_event(&ServerFrame { id, event })))
-        .await
-        .is_ok()
 }
 
 /// Answers the `Subscribe` `id` with a [`history_script`]: its `Subscribed`, the room's
@@ -179,15 +163,6 @@ async fn send_script(
         }
     }
     true
-}
-
-/// The command in one client message.
-fn decode(data: &[u8]) -> Option<(u32, Command)> {
-    let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
-    dec.push(data);
-    let body = dec.next_frame().ok().flatten()?;
-    let frame = decode_command(&body).ok()?;
-    Some((frame.id, frame.command))
 }
 
 /// [`After::JoinedFlood`] once the client subscribed to `room` (answered).
@@ -327,19 +302,7 @@ async fn hostile_logged(
                         .map_or(0, |d| d.as_secs())
                         + 3
                 });
-                let welcome = Event::Welcome {
-                    version: 1,
-                    session: "s".into(),
-                    user: "u".into(),
-                    tenant: "t".into(),
-                    expires_at: expiry,
-                    limits: Limits {
-                        max_frame,
-                        max_payload: max_frame.saturating_sub(1024),
-                        max_subscriptions: 16,
-                        commands_per_second: 1000,
-                    },
-                };
+                let welcome = welcome(max_frame, 1000, expiry);
                 if !send(&mut ws, id, welcome).await {
                     return;
                 }

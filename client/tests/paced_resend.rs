@@ -7,15 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use quiver_client::{token_fixed, Backoff, Client, ClientConfig, ClientError, Limits, Transport};
-use quiver_proto::{
-    decode_command, encode_event, Command, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
-};
+use common::{command, connect, send, welcome};
+use quiver_client::ClientError;
+use quiver_proto::{Command, Event, DEFAULT_MAX_FRAME};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+mod common;
 
 /// Publishes made at once: far more than the pacer's burst.
 const PUBLISHES: usize = 60;
@@ -25,24 +22,6 @@ const ANSWERED: usize = 3;
 
 /// The payloads of the `Publish` commands each connection read, in order.
 type Seen = Arc<Mutex<Vec<Vec<String>>>>;
-
-async fn command(ws: &mut Ws) -> Option<(u32, Command)> {
-    while let Some(Ok(msg)) = ws.next().await {
-        let Message::Binary(data) = msg else { continue };
-        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
-        dec.push(&data);
-        let body = dec.next_frame().ok().flatten()?;
-        let frame = decode_command(&body).ok()?;
-        return Some((frame.id, frame.command));
-    }
-    None
-}
-
-async fn send(ws: &mut Ws, id: u32, event: Event) -> bool {
-    ws.send(Message::Binary(encode_event(&ServerFrame { id, event })))
-        .await
-        .is_ok()
-}
 
 /// A server that welcomes with 20 commands a second; its first connection answers
 /// [`ANSWERED`] publishes, reads [`READ_FIRST`], and drops; later ones answer every command.
@@ -66,19 +45,7 @@ async fn server() -> anyhow::Result<(u16, Seen)> {
                     log.push(Vec::new());
                     log.len() - 1
                 };
-                let welcome = Event::Welcome {
-                    version: 1,
-                    session: "s".into(),
-                    user: "u".into(),
-                    tenant: "t".into(),
-                    expires_at: None,
-                    limits: Limits {
-                        max_frame: DEFAULT_MAX_FRAME as u32,
-                        max_payload: DEFAULT_MAX_FRAME as u32 - 1024,
-                        max_subscriptions: 16,
-                        commands_per_second: 20,
-                    },
-                };
+                let welcome = welcome(DEFAULT_MAX_FRAME as u32, 20, None);
                 if !send(&mut ws, id, welcome).await {
                     return;
                 }
@@ -110,18 +77,6 @@ async fn server() -> anyhow::Result<(u16, Seen)> {
         }
     });
     Ok((port, seen))
-}
-
-/// A client of the server on `port` that reconnects quickly.
-async fn connect(port: u16) -> anyhow::Result<Client> {
-    let mut config = ClientConfig::new("https://127.0.0.1:9/v1", token_fixed("t"))
-        .with_ws_url(format!("ws://127.0.0.1:{port}"))
-        .with_transport(Transport::WebSocket);
-    config.backoff = Backoff {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-    };
-    Ok(Client::connect(config).await?)
 }
 
 /// No publish read twice, and the first connection read [`READ_FIRST`].

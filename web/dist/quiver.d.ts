@@ -296,6 +296,11 @@ export declare class QuiverError extends Error {
 	/** Protocol code (error or close code) when the server sent one. */
 	readonly code: number | null;
 	readonly room: string | null;
+	/** True when the server did not carry the command out: its session ended before the command
+	 *  was written, or a draining server's goodbye (close code 3000) came before the answer (such
+	 *  a server answers every command it carries out first). Sending it again is safe, a `call()`
+	 *  included. False when unknown: after any other end a command may or may not have run. */
+	get notCarriedOut(): boolean;
 	constructor(kind: ErrorKind, message: string, extra?: {
 		code?: number;
 		room?: string;
@@ -567,13 +572,8 @@ export declare class QuiverClient {
 	private readonly WS;
 	private readonly listeners;
 	private readonly subs;
-	/** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
-	private readonly latestSubs;
 	private readonly outbox;
 	private active;
-	/** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
-	private heldEvents;
-	private heldTotal;
 	private lastId;
 	private closing;
 	private wake;
@@ -645,7 +645,9 @@ export declare class QuiverClient {
 	 *
 	 * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
 	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
-	 * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+	 * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
+	 * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
+	 * sending it again is safe). Aborting
 	 * `signal` rejects with the signal's reason; the server may still run the call.
 	 */
 	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
@@ -666,36 +668,12 @@ export declare class QuiverClient {
 	private hello;
 	/** Runs a welcomed session until it ends; returns why it ended. */
 	private serve;
-	private onServerUnsubscribed;
 	/**
 	 * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
 	 * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
 	 * client's life. False when there is nowhere to move.
 	 */
 	private moveToWebSocket;
-	/**
-	 * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
-	 * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
-	 * and all of it, so a server that ends every subscription at once is not asked ever faster.
-	 * A subscription that lasted `STABLE_MS` starts again from the first delay.
-	 */
-	private retrySubscribe;
-	private sendSubscribe;
-	/** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
-	 *  session's budget. */
-	private releaseHeld;
-	/** A server that broke the protocol's rules for a subscription's positions (a publication
-	 *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
-	private reportBroken;
-	/**
-	 * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-	 * about 100 of them per session. The server ends a subscription whose stream it cannot open
-	 * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
-	 * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
-	 * with WebSocket among the transports the client moves there.
-	 */
-	private expectStream;
-	private dropSub;
 	/** Keeps a publish for the next session, within `maxQueuedPublishes`. */
 	private enqueue;
 	private sendPublish;

@@ -618,6 +618,13 @@ var QuiverError = class extends Error {
   /** @internal The command was never written, or a drain (goodbye 3000) left it unanswered: it
    *  was not carried out, and a publish may be queued again. */
   unsent = false;
+  /** True when the server did not carry the command out: its session ended before the command
+   *  was written, or a draining server's goodbye (close code 3000) came before the answer (such
+   *  a server answers every command it carries out first). Sending it again is safe, a `call()`
+   *  included. False when unknown: after any other end a command may or may not have run. */
+  get notCarriedOut() {
+    return this.unsent;
+  }
   /** Snake_case label of `code`, e.g. `permission_denied`; null without a code. */
   get label() {
     return this.code === null ? null : codeLabel(this.code);
@@ -1400,6 +1407,7 @@ function forgetWebTransportFailures() {
 }
 
 // src/options.ts
+var STABLE_MS = 5e3;
 function resolveTarget(value, wsUrl, what) {
   if (value === void 0) return { wtUrl: null, wsUrl };
   let url;
@@ -1643,17 +1651,8 @@ var Subscription = class {
   }
 };
 
-// src/client.ts
-var CLIENT_NAME = "quiver-ts/0.2";
-function abortable(promise, signal) {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
+// src/subscriptions.ts
 var TRANSIENT = /* @__PURE__ */ new Set([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
-var STABLE_MS = 5e3;
 var HELD_MAX_EVENTS = 1e4;
 var HELD_MAX_BYTES = 16 * 1024 * 1024;
 var HELD_EVENT_OVERHEAD = 64;
@@ -1662,6 +1661,316 @@ function heldSize(event) {
   if (event.type === "Publication" || event.type === "Latest") size += event.payload.length;
   else size += event.member.user.length + event.member.session.length;
   return size;
+}
+var Subscriptions = class {
+  constructor(host) {
+    this.host = host;
+  }
+  host;
+  subs = /* @__PURE__ */ new Map();
+  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
+  latestSubs = /* @__PURE__ */ new Map();
+  /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
+  heldEvents = 0;
+  heldTotal = 0;
+  has(room) {
+    return this.subs.has(room);
+  }
+  /**
+   * Adds `room`'s subscription and sends its `Subscribe` if a session is live (otherwise the next
+   * session does). Resolves with the first `Subscribed`, rejects with the refusal.
+   */
+  add(room, handler, options, owner) {
+    return new Promise((resolve, reject) => {
+      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, owner, options.onPresence, options.bufferBytes);
+      sub.position = options.resume ?? null;
+      const state = {
+        sub,
+        currentId: 0,
+        held: null,
+        heldBytes: 0,
+        heldEnd: null,
+        continuity: null,
+        resumedFrom: null,
+        streamOpened: false,
+        confirmed: false,
+        resolveReady: resolve,
+        rejectReady: reject,
+        retryTimer: null,
+        retries: 0,
+        confirmedAt: 0
+      };
+      this.subs.set(room, state);
+      const session = this.host.session();
+      if (session && !session.ended) void this.send(state, session);
+    });
+  }
+  /** Ends `room`'s subscription on this side (an unconfirmed one rejects with `reason`); false
+   *  when there was none. */
+  remove(room, reason) {
+    const state = this.subs.get(room);
+    if (!state) return false;
+    this.drop(state, reason);
+    return true;
+  }
+  /** A new session: subscribes every room again, resuming. Taken before the caller's
+   *  listeners run (a subscribe made in a 'connected' listener is sent by `add` itself and must
+   *  not be sent a second time: the server would refuse it); sent by the function returned. */
+  resubscribe(session) {
+    const states = [...this.subs.values()];
+    return () => {
+      for (const state of states) {
+        if (this.subs.get(state.sub.room) === state) void this.send(state, session);
+      }
+    };
+  }
+  /** The session ended: nothing of its streams is current any more. */
+  sessionEnded() {
+    for (const state of this.subs.values()) {
+      state.currentId = 0;
+      this.releaseHeld(state);
+      if (state.retryTimer) clearTimeout(state.retryTimer);
+      state.retryTimer = null;
+    }
+  }
+  /** The client closed: every subscription ends, unconfirmed ones reject with `reason`. */
+  endAll(reason) {
+    for (const state of [...this.subs.values()]) this.drop(state, reason);
+  }
+  onServerUnsubscribed(session, room, code, reason) {
+    const state = this.subs.get(room);
+    if (!state) return;
+    if (state.held && state.currentId !== 0) {
+      if (session.awaitsReply(state.currentId)) return;
+      state.heldEnd ??= { code, reason };
+      return;
+    }
+    state.currentId = 0;
+    this.releaseHeld(state);
+    if (code === ErrorCode.session_closing) return;
+    const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
+      code,
+      room
+    });
+    this.host.emit("error", err);
+    if (code === ErrorCode.slow_consumer || // A cluster's replay that could not be finished (PROTOCOL.md section 5): what arrived is
+    // good, and resuming from it either finishes the replay or says recovery failed.
+    code === ErrorCode.unrecoverable_position || code === ErrorCode.unavailable) {
+      this.retry(state);
+    } else if (code === ErrorCode.stream_limit && this.host.moveToWebSocket(session, err)) {
+    } else {
+      this.drop(state, err);
+    }
+  }
+  /**
+   * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
+   * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
+   * and all of it, so a server that ends every subscription at once is not asked ever faster.
+   * A subscription that lasted `STABLE_MS` starts again from the first delay.
+   */
+  retry(state) {
+    const backoff = this.host.opts.reconnect === false ? { initialDelayMs: 1e3, maxDelayMs: 15e3 } : this.host.opts.reconnect;
+    if (state.confirmedAt && Date.now() - state.confirmedAt >= STABLE_MS) state.retries = 0;
+    state.confirmedAt = 0;
+    const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** state.retries);
+    state.retries = Math.min(state.retries + 1, 30);
+    if (state.retryTimer) clearTimeout(state.retryTimer);
+    state.retryTimer = setTimeout(() => {
+      state.retryTimer = null;
+      const session = this.host.session();
+      if (session && this.subs.get(state.sub.room) === state) void this.send(state, session);
+    }, ceiling / 2 + Math.random() * (ceiling / 2));
+  }
+  async send(state, session) {
+    const id = this.host.nextId();
+    const resume = state.sub.position;
+    this.releaseHeld(state);
+    state.currentId = id;
+    state.held = [];
+    state.continuity = null;
+    state.resumedFrom = resume;
+    state.streamOpened = false;
+    let reply;
+    try {
+      reply = await session.request(id, { type: "Subscribe", room: state.sub.room, resume });
+    } catch (e) {
+      const err = asQuiverError(e);
+      if (this.subs.get(state.sub.room) !== state) return;
+      if (state.currentId === id) {
+        state.currentId = 0;
+        this.releaseHeld(state);
+      }
+      if (err.kind === "closed" || session.ended) return;
+      if (err.kind === "timeout" || err.code !== null && TRANSIENT.has(err.code)) {
+        this.host.emit("error", err);
+        this.retry(state);
+      } else if (state.confirmed) {
+        this.host.emit("error", err);
+        this.drop(state, err);
+      } else {
+        this.drop(state, err);
+      }
+      return;
+    }
+    if (reply.type !== "Subscribed") {
+      session.end(new QuiverError("protocol", `expected Subscribed for ${state.sub.room}, got ${reply.type}`));
+      return;
+    }
+    if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
+    const latestId = reply.subscription ?? null;
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    state.sub.confirmed(latestId);
+    if (latestId !== null) this.latestSubs.set(latestId, state);
+    let recovery = reply.recovery;
+    if (recovery.type === "Recovered" && !recoveryPossible(resume, reply.position, recovery.replayed)) {
+      this.reportBroken(state.sub.room, "impossible Recovered");
+      recovery = { type: "Failed" };
+    }
+    state.sub.recovery = resume ? recovery : null;
+    if (recovery.type !== "Recovered" && reply.position) state.sub.position = reply.position;
+    state.continuity = new Continuity(reply.position, recovery.type === "Recovered" ? recovery.replayed : null);
+    if (resume) this.host.emit("recovery", { room: state.sub.room, recovery, resumedFrom: resume });
+    this.expectStream(state, id, session);
+    state.confirmedAt = Date.now();
+    if (!state.confirmed) {
+      state.confirmed = true;
+      state.resolveReady(state.sub);
+    }
+    this.host.emit("subscribed", state.sub);
+    const held = state.held ?? [];
+    const end = state.heldEnd;
+    this.releaseHeld(state);
+    for (const event of held) this.deliver(id, event);
+    if (end && this.subs.get(state.sub.room) === state && state.currentId === id) {
+      this.onServerUnsubscribed(session, state.sub.room, end.code, end.reason);
+    }
+  }
+  /** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
+   *  session's budget. */
+  releaseHeld(state) {
+    if (state.held) this.heldEvents -= state.held.length;
+    this.heldTotal -= state.heldBytes;
+    state.held = null;
+    state.heldBytes = 0;
+    state.heldEnd = null;
+  }
+  /** A server that broke the protocol's rules for a subscription's positions (a publication
+   *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
+  reportBroken(room, what) {
+    this.host.emit("error", new QuiverError("protocol", `${room}: ${what}`, { room }));
+  }
+  /**
+   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
+   * about 100 of them per session. The server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
+   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
+   * with WebSocket among the transports the client moves there.
+   */
+  expectStream(state, id, session) {
+    const timeout = this.host.opts.streamTimeoutMs;
+    if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
+    const timer = setTimeout(() => {
+      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
+      const room = state.sub.room;
+      const err = new QuiverError(
+        "subscription",
+        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
+        { room }
+      );
+      this.host.emit("error", err);
+      this.host.moveToWebSocket(session, err);
+    }, timeout);
+    void session.done.then(() => clearTimeout(timer));
+  }
+  drop(state, reason) {
+    if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
+    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    if (state.retryTimer) clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    state.currentId = 0;
+    this.releaseHeld(state);
+    state.sub.end();
+    if (!state.confirmed) state.rejectReady(reason);
+  }
+  /** The header of subscription `id` arrived: whether it is `room`'s current one. */
+  streamOpened(room, id) {
+    const state = this.subs.get(room);
+    if (state === void 0 || state.currentId !== id) return false;
+    state.streamOpened = true;
+    return true;
+  }
+  /** Delivers an event of the subscription `id`; false when it is not the current one. */
+  deliver(id, event) {
+    const state = this.subs.get(event.room);
+    if (!state || state.currentId !== id || state.heldEnd) return false;
+    if (state.held) {
+      const size = heldSize(event);
+      state.held.push(event);
+      state.heldBytes += size;
+      this.heldEvents += 1;
+      this.heldTotal += size;
+      if (this.heldEvents > HELD_MAX_EVENTS || this.heldTotal > HELD_MAX_BYTES) {
+        const events = this.heldEvents;
+        const bytes = this.heldTotal;
+        state.currentId = 0;
+        this.releaseHeld(state);
+        this.host.session()?.end(
+          new QuiverError("protocol", `${event.room}: too much before Subscribed (${events} events, ${bytes} bytes held in all rooms)`)
+        );
+      }
+      return true;
+    }
+    try {
+      if (event.type === "Publication") {
+        const verdict = state.continuity?.judge(state.sub.position, event.position);
+        if (verdict?.broken && state.resumedFrom) {
+          this.reportBroken(event.room, "replay contradicts Recovered");
+          const recovery = state.sub.recovery = { type: "Failed" };
+          this.host.emit("recovery", { room: event.room, recovery, resumedFrom: state.resumedFrom });
+        }
+        if (verdict?.deliver === false) {
+          this.reportBroken(event.room, "publication not after the last one dropped");
+          return true;
+        }
+        state.sub.deliver(new Message(event.room, event.position, event.payload));
+      } else if (event.type === "Latest") {
+        state.sub.offerLatest(event.sequence, event.payload, false);
+      } else {
+        state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
+      }
+    } catch (e) {
+      const what = event.type === "Publication" || event.type === "Latest" ? "message" : "presence";
+      this.host.emit("error", new QuiverError("handler", `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
+    }
+    return true;
+  }
+  /** A datagram: the newest value of a `latest` subscription, found by its id.
+   *  Malformed datagrams and ones for no current subscription are dropped. */
+  datagram(bytes) {
+    let d;
+    try {
+      d = decodeLatestDatagram(bytes);
+    } catch {
+      return;
+    }
+    const state = this.latestSubs.get(d.subscription);
+    if (!state || state.sub.latestId !== d.subscription) return;
+    try {
+      state.sub.offerLatest(d.sequence, d.payload, true);
+    } catch (e) {
+      this.host.emit("error", new QuiverError("handler", `message handler for ${state.sub.room} threw: ${errorMessage(e)}`, { room: state.sub.room, cause: e }));
+    }
+  }
+};
+
+// src/client.ts
+var CLIENT_NAME = "quiver-ts/0.2";
+function abortable(promise, signal) {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
@@ -1684,14 +1993,9 @@ var QuiverClient = class {
     rtt: /* @__PURE__ */ new Set(),
     transport: /* @__PURE__ */ new Set()
   };
-  subs = /* @__PURE__ */ new Map();
-  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
-  latestSubs = /* @__PURE__ */ new Map();
+  subs;
   outbox = [];
   active = null;
-  /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
-  heldEvents = 0;
-  heldTotal = 0;
   lastId = 0;
   closing = false;
   wake = null;
@@ -1714,6 +2018,13 @@ var QuiverClient = class {
     this.hashes = resolved.hashes;
     this.WT = resolved.WT;
     this.WS = resolved.WS;
+    this.subs = new Subscriptions({
+      opts: this.opts,
+      session: () => this.active,
+      nextId: () => this.nextId(),
+      emit: (event, ...args) => this.emit(event, ...args),
+      moveToWebSocket: (session, cause) => this.moveToWebSocket(session, cause)
+    });
     this.finished = this.run();
   }
   get state() {
@@ -1765,34 +2076,11 @@ var QuiverClient = class {
         new QuiverError("command", `already subscribed to ${room}`, { code: ErrorCode.already_subscribed, room })
       );
     }
-    return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1e3, this, options.onPresence, options.bufferBytes);
-      sub.position = options.resume ?? null;
-      const state = {
-        sub,
-        currentId: 0,
-        held: null,
-        heldBytes: 0,
-        heldEnd: null,
-        continuity: null,
-        resumedFrom: null,
-        streamOpened: false,
-        confirmed: false,
-        resolveReady: resolve,
-        rejectReady: reject,
-        retryTimer: null,
-        retries: 0,
-        confirmedAt: 0
-      };
-      this.subs.set(room, state);
-      if (this.active && !this.active.ended) void this.sendSubscribe(state, this.active);
-    });
+    return this.subs.add(room, handler, options, this);
   }
   /** Stops a subscription; its handler gets no further messages. Unknown rooms are ignored. */
   async unsubscribe(room) {
-    const state = this.subs.get(room);
-    if (!state) return;
-    this.dropSub(state, new QuiverError("closed", `unsubscribed from ${room} before the server confirmed`, { room }));
+    if (!this.subs.remove(room, new QuiverError("closed", `unsubscribed from ${room} before the server confirmed`, { room }))) return;
     const session = this.active;
     if (!session) return;
     try {
@@ -1885,7 +2173,9 @@ var QuiverClient = class {
    *
    * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
-   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
+   * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
+   * sending it again is safe). Aborting
    * `signal` rejects with the signal's reason; the server may still run the call.
    */
   async call(method, payload, options = {}) {
@@ -2102,13 +2392,11 @@ var QuiverClient = class {
       timers.push(setInterval(ping, this.opts.pingIntervalMs));
     }
     if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
-    const resubscribe = [...this.subs.values()];
+    const resubscribe = this.subs.resubscribe(session);
     const queued = this.outbox.splice(0);
     this.setState("connected");
     if (this.info) this.emit("welcome", this.info);
-    for (const state of resubscribe) {
-      if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
-    }
+    resubscribe();
     for (const item of queued) this.sendPublish(item, session);
     const refresh = new Refresher(session, this.opts.token, (e) => this.emit("error", e));
     refresh.schedule(this.info?.expiresAt ?? null);
@@ -2116,19 +2404,14 @@ var QuiverClient = class {
     for (const t of timers) clearInterval(t);
     refresh.stop();
     this.active = null;
-    for (const state of this.subs.values()) {
-      state.currentId = 0;
-      this.releaseHeld(state);
-      if (state.retryTimer) clearTimeout(state.retryTimer);
-      state.retryTimer = null;
-    }
+    this.subs.sessionEnded();
     return cause;
   }
   /** @internal Called by Session for control events that answer no pending command. */
   onUnsolicited(session, id, event) {
     switch (event.type) {
       case "Unsubscribed":
-        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
+        this.subs.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case "Error":
         this.emit(
@@ -2142,31 +2425,6 @@ var QuiverClient = class {
         break;
     }
   }
-  onServerUnsubscribed(session, room, code, reason) {
-    const state = this.subs.get(room);
-    if (!state) return;
-    if (state.held && state.currentId !== 0) {
-      if (session.awaitsReply(state.currentId)) return;
-      state.heldEnd ??= { code, reason };
-      return;
-    }
-    state.currentId = 0;
-    this.releaseHeld(state);
-    if (code === ErrorCode.session_closing) return;
-    const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
-      code,
-      room
-    });
-    this.emit("error", err);
-    if (code === ErrorCode.slow_consumer || // A cluster's replay that could not be finished (PROTOCOL.md section 5): what arrived is
-    // good, and resuming from it either finishes the replay or says recovery failed.
-    code === ErrorCode.unrecoverable_position || code === ErrorCode.unavailable) {
-      this.retrySubscribe(state);
-    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
-    } else {
-      this.dropSub(state, err);
-    }
-  }
   /**
    * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
    * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
@@ -2177,135 +2435,6 @@ var QuiverClient = class {
     this.avoidWebTransport = true;
     session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
-  }
-  /**
-   * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
-   * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
-   * and all of it, so a server that ends every subscription at once is not asked ever faster.
-   * A subscription that lasted `STABLE_MS` starts again from the first delay.
-   */
-  retrySubscribe(state) {
-    const backoff = this.opts.reconnect === false ? { initialDelayMs: 1e3, maxDelayMs: 15e3 } : this.opts.reconnect;
-    if (state.confirmedAt && Date.now() - state.confirmedAt >= STABLE_MS) state.retries = 0;
-    state.confirmedAt = 0;
-    const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** state.retries);
-    state.retries = Math.min(state.retries + 1, 30);
-    if (state.retryTimer) clearTimeout(state.retryTimer);
-    state.retryTimer = setTimeout(() => {
-      state.retryTimer = null;
-      if (this.active && this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, this.active);
-    }, ceiling / 2 + Math.random() * (ceiling / 2));
-  }
-  async sendSubscribe(state, session) {
-    const id = this.nextId();
-    const resume = state.sub.position;
-    this.releaseHeld(state);
-    state.currentId = id;
-    state.held = [];
-    state.continuity = null;
-    state.resumedFrom = resume;
-    state.streamOpened = false;
-    let reply;
-    try {
-      reply = await session.request(id, { type: "Subscribe", room: state.sub.room, resume });
-    } catch (e) {
-      const err = asQuiverError(e);
-      if (this.subs.get(state.sub.room) !== state) return;
-      if (state.currentId === id) {
-        state.currentId = 0;
-        this.releaseHeld(state);
-      }
-      if (err.kind === "closed" || session.ended) return;
-      if (err.kind === "timeout" || err.code !== null && TRANSIENT.has(err.code)) {
-        this.emit("error", err);
-        this.retrySubscribe(state);
-      } else if (state.confirmed) {
-        this.emit("error", err);
-        this.dropSub(state, err);
-      } else {
-        this.dropSub(state, err);
-      }
-      return;
-    }
-    if (reply.type !== "Subscribed") {
-      session.end(new QuiverError("protocol", `expected Subscribed for ${state.sub.room}, got ${reply.type}`));
-      return;
-    }
-    if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
-    const latestId = reply.subscription ?? null;
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
-    state.sub.confirmed(latestId);
-    if (latestId !== null) this.latestSubs.set(latestId, state);
-    let recovery = reply.recovery;
-    if (recovery.type === "Recovered" && !recoveryPossible(resume, reply.position, recovery.replayed)) {
-      this.reportBroken(state.sub.room, "impossible Recovered");
-      recovery = { type: "Failed" };
-    }
-    state.sub.recovery = resume ? recovery : null;
-    if (recovery.type !== "Recovered" && reply.position) state.sub.position = reply.position;
-    state.continuity = new Continuity(reply.position, recovery.type === "Recovered" ? recovery.replayed : null);
-    if (resume) this.emit("recovery", { room: state.sub.room, recovery, resumedFrom: resume });
-    this.expectStream(state, id, session);
-    state.confirmedAt = Date.now();
-    if (!state.confirmed) {
-      state.confirmed = true;
-      state.resolveReady(state.sub);
-    }
-    this.emit("subscribed", state.sub);
-    const held = state.held ?? [];
-    const end = state.heldEnd;
-    this.releaseHeld(state);
-    for (const event of held) this.deliver(id, event);
-    if (end && this.subs.get(state.sub.room) === state && state.currentId === id) {
-      this.onServerUnsubscribed(session, state.sub.room, end.code, end.reason);
-    }
-  }
-  /** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
-   *  session's budget. */
-  releaseHeld(state) {
-    if (state.held) this.heldEvents -= state.held.length;
-    this.heldTotal -= state.heldBytes;
-    state.held = null;
-    state.heldBytes = 0;
-    state.heldEnd = null;
-  }
-  /** A server that broke the protocol's rules for a subscription's positions (a publication
-   *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
-  reportBroken(room, what) {
-    this.emit("error", new QuiverError("protocol", `${room}: ${what}`, { room }));
-  }
-  /**
-   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session. The server ends a subscription whose stream it cannot open
-   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
-   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
-   * with WebSocket among the transports the client moves there.
-   */
-  expectStream(state, id, session) {
-    const timeout = this.opts.streamTimeoutMs;
-    if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
-    const timer = setTimeout(() => {
-      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
-      const room = state.sub.room;
-      const err = new QuiverError(
-        "subscription",
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
-        { room }
-      );
-      this.emit("error", err);
-      this.moveToWebSocket(session, err);
-    }, timeout);
-    void session.done.then(() => clearTimeout(timer));
-  }
-  dropSub(state, reason) {
-    if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
-    if (state.retryTimer) clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    state.currentId = 0;
-    this.releaseHeld(state);
-    state.sub.end();
-    if (!state.confirmed) state.rejectReady(reason);
   }
   /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
   enqueue(item) {
@@ -2333,72 +2462,15 @@ var QuiverClient = class {
   }
   /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room, id) {
-    const state = this.subs.get(room);
-    if (state === void 0 || state.currentId !== id) return false;
-    state.streamOpened = true;
-    return true;
+    return this.subs.streamOpened(room, id);
   }
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id, event) {
-    const state = this.subs.get(event.room);
-    if (!state || state.currentId !== id || state.heldEnd) return false;
-    if (state.held) {
-      const size = heldSize(event);
-      state.held.push(event);
-      state.heldBytes += size;
-      this.heldEvents += 1;
-      this.heldTotal += size;
-      if (this.heldEvents > HELD_MAX_EVENTS || this.heldTotal > HELD_MAX_BYTES) {
-        const events = this.heldEvents;
-        const bytes = this.heldTotal;
-        state.currentId = 0;
-        this.releaseHeld(state);
-        this.active?.end(
-          new QuiverError("protocol", `${event.room}: too much before Subscribed (${events} events, ${bytes} bytes held in all rooms)`)
-        );
-      }
-      return true;
-    }
-    try {
-      if (event.type === "Publication") {
-        const verdict = state.continuity?.judge(state.sub.position, event.position);
-        if (verdict?.broken && state.resumedFrom) {
-          this.reportBroken(event.room, "replay contradicts Recovered");
-          const recovery = state.sub.recovery = { type: "Failed" };
-          this.emit("recovery", { room: event.room, recovery, resumedFrom: state.resumedFrom });
-        }
-        if (verdict?.deliver === false) {
-          this.reportBroken(event.room, "publication not after the last one dropped");
-          return true;
-        }
-        state.sub.deliver(new Message(event.room, event.position, event.payload));
-      } else if (event.type === "Latest") {
-        state.sub.offerLatest(event.sequence, event.payload, false);
-      } else {
-        state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
-      }
-    } catch (e) {
-      const what = event.type === "Publication" || event.type === "Latest" ? "message" : "presence";
-      this.emit("error", new QuiverError("handler", `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
-    }
-    return true;
+    return this.subs.deliver(id, event);
   }
-  /** @internal A datagram: the newest value of a `latest` subscription, found by its id.
-   *  Malformed datagrams and ones for no current subscription are dropped. */
+  /** @internal A datagram: the newest value of a `latest` subscription. */
   datagram(bytes) {
-    let d;
-    try {
-      d = decodeLatestDatagram(bytes);
-    } catch {
-      return;
-    }
-    const state = this.latestSubs.get(d.subscription);
-    if (!state || state.sub.latestId !== d.subscription) return;
-    try {
-      state.sub.offerLatest(d.sequence, d.payload, true);
-    } catch (e) {
-      this.emit("error", new QuiverError("handler", `message handler for ${state.sub.room} threw: ${errorMessage(e)}`, { room: state.sub.room, cause: e }));
-    }
+    this.subs.datagram(bytes);
   }
   /** @internal */
   report(error) {
@@ -2425,7 +2497,7 @@ var QuiverClient = class {
     const err = new QuiverError("closed", cause ? `client closed: ${cause.message}` : "client closed", {
       ...cause?.code != null ? { code: cause.code } : {}
     });
-    for (const state of [...this.subs.values()]) this.dropSub(state, err);
+    this.subs.endAll(err);
     for (const item of this.outbox.splice(0)) item.reject(err);
     this.closedBy = cause;
     this.setState("closed", cause);

@@ -1,14 +1,13 @@
 // The Quiver browser client: one session at a time over WebTransport or WebSocket, reconnected by
 // itself, with the app's subscriptions and queued publishes carried over from one session to the
-// next. The transports are in transport.ts, one session's commands in session.ts.
+// next. The transports are in transport.ts, one session's commands in session.ts, the
+// subscriptions' bookkeeping across sessions in subscriptions.ts.
 
 import {
   PROTOCOL_VERSION,
-  decodeLatestDatagram,
   encodePublishDatagram,
   type Command,
   type Event,
-  type LatestDatagram,
   type Member,
   type Position,
 } from './codec.js';
@@ -16,6 +15,7 @@ import { ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import {
+  STABLE_MS,
   resolveOptions,
   type ClientEvents,
   type ClientOptions,
@@ -25,7 +25,8 @@ import {
   type SessionInfo,
   type Target,
 } from './options.js';
-import { Continuity, Message, Subscription, recoveryPossible, type SubscribeOptions } from './subscription.js';
+import { Message, type Subscription, type SubscribeOptions } from './subscription.js';
+import { Subscriptions } from './subscriptions.js';
 import {
   openWebSocket,
   openWebTransport,
@@ -107,66 +108,12 @@ function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
   });
 }
 
-/** Client-side state of one subscription. */
-interface SubState {
-  sub: Subscription;
-  /** Id of the Subscribe that owns the room's live stream; 0 when none is in flight or live. */
-  currentId: number;
-  /** Events of the current subscription that came before its `Subscribed` (the stream may
-   *  overtake the reply): held until the reply says how to judge them, as PROTOCOL.md section 5
-   *  asks; null once it came. */
-  held: SubscriptionEvent[] | null;
-  /** What `held` counts against the session's budget (`heldSize`). */
-  heldBytes: number;
-  /** An unsolicited `Unsubscribed` that came before the current `Subscribe`'s reply was handled
-   *  (it may be in the same read as the `Subscribed`, whose handling runs after the read): held
-   *  behind `held`, and applied once the reply was handled and what came before the end was
-   *  delivered (PROTOCOL.md section 9.2: nothing of a subscription follows its `Unsubscribed`). */
-  heldEnd: { code: number; reason: string } | null;
-  /** What the current stream's publications are checked against, set by `Subscribed`. */
-  continuity: Continuity | null;
-  /** The position the current subscription resumed from. */
-  resumedFrom: Position | null;
-  /** Whether the current subscription's `SubscriptionStream` arrived. */
-  streamOpened: boolean;
-  confirmed: boolean;
-  resolveReady: (s: Subscription) => void;
-  rejectReady: (e: QuiverError) => void;
-  retryTimer: ReturnType<typeof setTimeout> | null;
-  /** Re-subscribes in a row after server ends or "not now" refusals (`retrySubscribe`). */
-  retries: number;
-  /** When the server last confirmed the subscription (`Date.now()`), 0 once a retry took it. */
-  confirmedAt: number;
-}
-
 interface QueuedPublish {
   room: string;
   payload: Uint8Array;
   ack: boolean;
   resolve: (p: Position | null) => void;
   reject: (e: QuiverError) => void;
-}
-
-// Server errors that say "not now" rather than "no": a re-subscribe after them is retried.
-const TRANSIENT = new Set<number>([ErrorCode.internal, ErrorCode.rate_limited, ErrorCode.unavailable, ErrorCode.quota_exceeded]);
-// A connection (or a subscription) that lasted this long resets the backoff.
-const STABLE_MS = 5_000;
-// Most events (and bytes, as `heldSize` counts them) held before their `Subscribed`, in all of a
-// session's subscriptions together. The server queues its reply behind at most a few hundred
-// frames of the replay; past these, the session is ended as broken (the reconnect resumes from
-// the last position delivered, so nothing is lost).
-const HELD_MAX_EVENTS = 10_000;
-const HELD_MAX_BYTES = 16 * 1024 * 1024;
-// What an event costs beyond its payload and strings, so that even empty ones count in bytes.
-const HELD_EVENT_OVERHEAD = 64;
-
-/** The size a held event counts for: its payload's bytes, its strings' lengths, and a fixed
- *  overhead (presence events carry no payload but a member's strings, up to the frame each). */
-function heldSize(event: SubscriptionEvent): number {
-  let size = HELD_EVENT_OVERHEAD + event.room.length;
-  if (event.type === 'Publication' || event.type === 'Latest') size += event.payload.length;
-  else size += event.member.user.length + event.member.session.length;
-  return size;
 }
 
 const textEncoder = new TextEncoder();
@@ -198,14 +145,9 @@ export class QuiverClient {
     rtt: new Set(),
     transport: new Set(),
   };
-  private readonly subs = new Map<string, SubState>();
-  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
-  private readonly latestSubs = new Map<bigint, SubState>();
+  private readonly subs: Subscriptions;
   private readonly outbox: QueuedPublish[] = [];
   private active: Session | null = null;
-  /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
-  private heldEvents = 0;
-  private heldTotal = 0;
   private lastId = 0;
   private closing = false;
   private wake: (() => void) | null = null;
@@ -230,6 +172,13 @@ export class QuiverClient {
     this.hashes = resolved.hashes;
     this.WT = resolved.WT;
     this.WS = resolved.WS;
+    this.subs = new Subscriptions({
+      opts: this.opts,
+      session: () => this.active,
+      nextId: () => this.nextId(),
+      emit: (event, ...args) => this.emit(event, ...args),
+      moveToWebSocket: (session, cause) => this.moveToWebSocket(session, cause),
+    });
     this.finished = this.run();
   }
 
@@ -288,35 +237,12 @@ export class QuiverClient {
         new QuiverError('command', `already subscribed to ${room}`, { code: ErrorCode.already_subscribed, room }),
       );
     }
-    return new Promise((resolve, reject) => {
-      const sub = new Subscription(room, handler, options.bufferSize ?? 1000, this, options.onPresence, options.bufferBytes);
-      sub.position = options.resume ?? null;
-      const state: SubState = {
-        sub,
-        currentId: 0,
-        held: null,
-        heldBytes: 0,
-        heldEnd: null,
-        continuity: null,
-        resumedFrom: null,
-        streamOpened: false,
-        confirmed: false,
-        resolveReady: resolve,
-        rejectReady: reject,
-        retryTimer: null,
-        retries: 0,
-        confirmedAt: 0,
-      };
-      this.subs.set(room, state);
-      if (this.active && !this.active.ended) void this.sendSubscribe(state, this.active);
-    });
+    return this.subs.add(room, handler, options, this);
   }
 
   /** Stops a subscription; its handler gets no further messages. Unknown rooms are ignored. */
   async unsubscribe(room: string): Promise<void> {
-    const state = this.subs.get(room);
-    if (!state) return;
-    this.dropSub(state, new QuiverError('closed', `unsubscribed from ${room} before the server confirmed`, { room }));
+    if (!this.subs.remove(room, new QuiverError('closed', `unsubscribed from ${room} before the server confirmed`, { room }))) return;
     const session = this.active;
     if (!session) return;
     try {
@@ -416,7 +342,9 @@ export class QuiverClient {
    *
    * Never queued: while disconnected it rejects at once (kind `closed`), so a command never runs
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
-   * the backend may or may not have run it: retry only with the same `idempotencyKey`. Aborting
+   * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
+   * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
+   * sending it again is safe). Aborting
    * `signal` rejects with the signal's reason; the server may still run the call.
    */
   async call(method: string, payload: Uint8Array | string, options: CallOptions = {}): Promise<Uint8Array> {
@@ -668,15 +596,13 @@ export class QuiverClient {
     if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
     // Taken before the listeners run: a subscribe made in a 'connected' listener is sent by
     // subscribe() itself and must not be sent a second time (the server would refuse it).
-    const resubscribe = [...this.subs.values()];
+    const resubscribe = this.subs.resubscribe(session);
     const queued = this.outbox.splice(0);
     this.setState('connected');
     if (this.info) this.emit('welcome', this.info);
     // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
     // The session paces them all to the server's rate limit.
-    for (const state of resubscribe) {
-      if (this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, session);
-    }
+    resubscribe();
     for (const item of queued) this.sendPublish(item, session);
     const refresh = new Refresher(session, this.opts.token, (e) => this.emit('error', e));
     refresh.schedule(this.info?.expiresAt ?? null);
@@ -684,12 +610,7 @@ export class QuiverClient {
     for (const t of timers) clearInterval(t);
     refresh.stop();
     this.active = null;
-    for (const state of this.subs.values()) {
-      state.currentId = 0;
-      this.releaseHeld(state);
-      if (state.retryTimer) clearTimeout(state.retryTimer);
-      state.retryTimer = null;
-    }
+    this.subs.sessionEnded();
     return cause;
   }
 
@@ -697,7 +618,7 @@ export class QuiverClient {
   onUnsolicited(session: Session, id: number, event: Event): void {
     switch (event.type) {
       case 'Unsubscribed':
-        this.onServerUnsubscribed(session, event.room, event.code, event.reason);
+        this.subs.onServerUnsubscribed(session, event.room, event.code, event.reason);
         break;
       case 'Error':
         // Refusal of a publish sent without ack, or of a command whose wait timed out.
@@ -714,45 +635,6 @@ export class QuiverClient {
     }
   }
 
-  private onServerUnsubscribed(session: Session, room: string, code: number, reason: string): void {
-    const state = this.subs.get(room);
-    if (!state) return;
-    if (state.held && state.currentId !== 0) {
-      // The server ends a subscription only after its `Subscribed` (PROTOCOL.md section 9.2), so
-      // an end that came before the current Subscribe's reply is an earlier subscription's of
-      // this room (the app unsubscribed and subscribed again while the server was ending it).
-      if (session.awaitsReply(state.currentId)) return;
-      // The reply came but is not handled yet: what came before this end belongs to the
-      // subscription. The end waits behind it (`sendSubscribe` applies it).
-      state.heldEnd ??= { code, reason };
-      return;
-    }
-    state.currentId = 0;
-    this.releaseHeld(state);
-    // The session is closing: the reconnect re-subscribes.
-    if (code === ErrorCode.session_closing) return;
-    const err = new QuiverError('subscription', `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
-      code,
-      room,
-    });
-    this.emit('error', err);
-    if (
-      code === ErrorCode.slow_consumer ||
-      // A cluster's replay that could not be finished (PROTOCOL.md section 5): what arrived is
-      // good, and resuming from it either finishes the replay or says recovery failed.
-      code === ErrorCode.unrecoverable_position ||
-      code === ErrorCode.unavailable
-    ) {
-      // The protocol allows subscribing again; resume covers the gap when the room keeps history.
-      this.retrySubscribe(state);
-    } else if (code === ErrorCode.stream_limit && this.moveToWebSocket(session, err)) {
-      // The browser cannot take another stream: WebSocket carries every room on one socket, and
-      // the reconnect there re-subscribes this room too.
-    } else {
-      this.dropSub(state, err);
-    }
-  }
-
   /**
    * Ends a WebTransport session that cannot carry the app's subscriptions (the browser's limit
    * of incoming streams, about 100) so that the reconnect goes to WebSocket, for the rest of this
@@ -763,147 +645,6 @@ export class QuiverClient {
     this.avoidWebTransport = true;
     session.end(new QuiverError('transport', `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
-  }
-
-  /**
-   * Sends the Subscribe again later, backing off like reconnects (`reconnect`'s delays; 1 s to
-   * 15 s without reconnects): the delay doubles with every retry in a row, jittered between half
-   * and all of it, so a server that ends every subscription at once is not asked ever faster.
-   * A subscription that lasted `STABLE_MS` starts again from the first delay.
-   */
-  private retrySubscribe(state: SubState): void {
-    const backoff = this.opts.reconnect === false ? { initialDelayMs: 1000, maxDelayMs: 15_000 } : this.opts.reconnect;
-    if (state.confirmedAt && Date.now() - state.confirmedAt >= STABLE_MS) state.retries = 0;
-    state.confirmedAt = 0;
-    const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** state.retries);
-    state.retries = Math.min(state.retries + 1, 30);
-    if (state.retryTimer) clearTimeout(state.retryTimer);
-    state.retryTimer = setTimeout(() => {
-      state.retryTimer = null;
-      if (this.active && this.subs.get(state.sub.room) === state) void this.sendSubscribe(state, this.active);
-    }, ceiling / 2 + Math.random() * (ceiling / 2));
-  }
-
-  private async sendSubscribe(state: SubState, session: Session): Promise<void> {
-    const id = this.nextId();
-    const resume = state.sub.position;
-    this.releaseHeld(state);
-    state.currentId = id;
-    state.held = [];
-    state.continuity = null;
-    state.resumedFrom = resume;
-    state.streamOpened = false;
-    let reply: Event;
-    try {
-      reply = await session.request(id, { type: 'Subscribe', room: state.sub.room, resume });
-    } catch (e) {
-      const err = asQuiverError(e);
-      if (this.subs.get(state.sub.room) !== state) return;
-      if (state.currentId === id) {
-        // What its stream sent is dropped with it (a timed-out Subscribe is sent again).
-        state.currentId = 0;
-        this.releaseHeld(state);
-      }
-      if (err.kind === 'closed' || session.ended) return; // the next session re-subscribes
-      if (err.kind === 'timeout' || (err.code !== null && TRANSIENT.has(err.code))) {
-        this.emit('error', err);
-        this.retrySubscribe(state);
-      } else if (state.confirmed) {
-        // A refusal on re-subscribe (e.g. a refreshed token lost the permission) ends it.
-        this.emit('error', err);
-        this.dropSub(state, err);
-      } else {
-        this.dropSub(state, err);
-      }
-      return;
-    }
-    if (reply.type !== 'Subscribed') {
-      session.end(new QuiverError('protocol', `expected Subscribed for ${state.sub.room}, got ${reply.type}`));
-      return;
-    }
-    // Gone, or another Subscribe of the room was sent since (its stream, and what it holds, are
-    // not this reply's).
-    if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
-    const latestId = reply.subscription ?? null;
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
-    state.sub.confirmed(latestId);
-    if (latestId !== null) this.latestSubs.set(latestId, state);
-    let recovery = reply.recovery;
-    if (recovery.type === 'Recovered' && !recoveryPossible(resume, reply.position, recovery.replayed)) {
-      this.reportBroken(state.sub.room, 'impossible Recovered');
-      recovery = { type: 'Failed' };
-    }
-    state.sub.recovery = resume ? recovery : null;
-    // Nothing of this stream was delivered yet (held until now): the reply sets the position.
-    if (recovery.type !== 'Recovered' && reply.position) state.sub.position = reply.position;
-    state.continuity = new Continuity(reply.position, recovery.type === 'Recovered' ? recovery.replayed : null);
-    if (resume) this.emit('recovery', { room: state.sub.room, recovery, resumedFrom: resume });
-    this.expectStream(state, id, session);
-    state.confirmedAt = Date.now();
-    if (!state.confirmed) {
-      state.confirmed = true;
-      state.resolveReady(state.sub);
-    }
-    this.emit('subscribed', state.sub);
-    const held = state.held ?? [];
-    const end = state.heldEnd;
-    this.releaseHeld(state);
-    for (const event of held) this.deliver(id, event);
-    // An end that came behind them applies now, unless a handler unsubscribed meanwhile.
-    if (end && this.subs.get(state.sub.room) === state && state.currentId === id) {
-      this.onServerUnsubscribed(session, state.sub.room, end.code, end.reason);
-    }
-  }
-
-  /** Drops what `state` holds before its `Subscribed` (an end too), giving it back to the
-   *  session's budget. */
-  private releaseHeld(state: SubState): void {
-    if (state.held) this.heldEvents -= state.held.length;
-    this.heldTotal -= state.heldBytes;
-    state.held = null;
-    state.heldBytes = 0;
-    state.heldEnd = null;
-  }
-
-  /** A server that broke the protocol's rules for a subscription's positions (a publication
-   *  dropped, or a recovery the stream contradicts), reported where the app can see it. */
-  private reportBroken(room: string, what: string): void {
-    this.emit('error', new QuiverError('protocol', `${room}: ${what}`, { room }));
-  }
-
-  /**
-   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session. The server ends a subscription whose stream it cannot open
-   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
-   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
-   * with WebSocket among the transports the client moves there.
-   */
-  private expectStream(state: SubState, id: number, session: Session): void {
-    const timeout = this.opts.streamTimeoutMs;
-    if (state.streamOpened || timeout <= 0 || session.kind !== 'webtransport') return;
-    const timer = setTimeout(() => {
-      if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
-      const room = state.sub.room;
-      const err = new QuiverError(
-        'subscription',
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
-        { room },
-      );
-      this.emit('error', err);
-      this.moveToWebSocket(session, err);
-    }, timeout);
-    void session.done.then(() => clearTimeout(timer));
-  }
-
-  private dropSub(state: SubState, reason: QuiverError): void {
-    if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
-    if (state.retryTimer) clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    state.currentId = 0;
-    this.releaseHeld(state);
-    state.sub.end();
-    if (!state.confirmed) state.rejectReady(reason);
   }
 
   /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
@@ -936,81 +677,17 @@ export class QuiverClient {
 
   /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room: string, id: number): boolean {
-    const state = this.subs.get(room);
-    if (state === undefined || state.currentId !== id) return false;
-    state.streamOpened = true;
-    return true;
+    return this.subs.streamOpened(room, id);
   }
 
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id: number, event: SubscriptionEvent): boolean {
-    const state = this.subs.get(event.room);
-    // Nothing of a subscription follows its end, even one held until the reply is handled.
-    if (!state || state.currentId !== id || state.heldEnd) return false;
-    if (state.held) {
-      const size = heldSize(event);
-      state.held.push(event);
-      state.heldBytes += size;
-      this.heldEvents += 1;
-      this.heldTotal += size;
-      if (this.heldEvents > HELD_MAX_EVENTS || this.heldTotal > HELD_MAX_BYTES) {
-        const events = this.heldEvents;
-        const bytes = this.heldTotal;
-        // Nothing more of this stream is taken, judged or not; the session's end drops the rest.
-        state.currentId = 0;
-        this.releaseHeld(state);
-        this.active?.end(
-          new QuiverError('protocol', `${event.room}: too much before Subscribed (${events} events, ${bytes} bytes held in all rooms)`),
-        );
-      }
-      return true;
-    }
-    try {
-      if (event.type === 'Publication') {
-        const verdict = state.continuity?.judge(state.sub.position, event.position);
-        if (verdict?.broken && state.resumedFrom) {
-          // The server said nothing was missed, and its own stream says otherwise: the app must
-          // re-sync, exactly as after a refused resume.
-          this.reportBroken(event.room, 'replay contradicts Recovered');
-          const recovery = (state.sub.recovery = { type: 'Failed' });
-          this.emit('recovery', { room: event.room, recovery, resumedFrom: state.resumedFrom });
-        }
-        if (verdict?.deliver === false) {
-          // A server never sends it (positions only move forward within a subscription): this one
-          // is broken or hostile. Delivering it would hand the app a repeat or a reordering, and
-          // make it the resume point, moving that backwards.
-          this.reportBroken(event.room, 'publication not after the last one dropped');
-          return true;
-        }
-        state.sub.deliver(new Message(event.room, event.position, event.payload));
-      } else if (event.type === 'Latest') {
-        state.sub.offerLatest(event.sequence, event.payload, false);
-      } else {
-        state.sub.deliverPresence({ type: event.type, room: event.room, member: event.member });
-      }
-    } catch (e) {
-      const what = event.type === 'Publication' || event.type === 'Latest' ? 'message' : 'presence';
-      this.emit('error', new QuiverError('handler', `${what} handler for ${event.room} threw: ${errorMessage(e)}`, { room: event.room, cause: e }));
-    }
-    return true;
+    return this.subs.deliver(id, event);
   }
 
-  /** @internal A datagram: the newest value of a `latest` subscription, found by its id.
-   *  Malformed datagrams and ones for no current subscription are dropped. */
+  /** @internal A datagram: the newest value of a `latest` subscription. */
   datagram(bytes: Uint8Array): void {
-    let d: LatestDatagram;
-    try {
-      d = decodeLatestDatagram(bytes);
-    } catch {
-      return;
-    }
-    const state = this.latestSubs.get(d.subscription);
-    if (!state || state.sub.latestId !== d.subscription) return;
-    try {
-      state.sub.offerLatest(d.sequence, d.payload, true);
-    } catch (e) {
-      this.emit('error', new QuiverError('handler', `message handler for ${state.sub.room} threw: ${errorMessage(e)}`, { room: state.sub.room, cause: e }));
-    }
+    this.subs.datagram(bytes);
   }
 
   /** @internal */
@@ -1041,7 +718,7 @@ export class QuiverClient {
     const err = new QuiverError('closed', cause ? `client closed: ${cause.message}` : 'client closed', {
       ...(cause?.code != null ? { code: cause.code } : {}),
     });
-    for (const state of [...this.subs.values()]) this.dropSub(state, err);
+    this.subs.endAll(err);
     for (const item of this.outbox.splice(0)) item.reject(err);
     this.closedBy = cause;
     this.setState('closed', cause);

@@ -41,6 +41,14 @@ export class QuiverError extends Error {
    *  was not carried out, and a publish may be queued again. */
   unsent = false;
 
+  /** True when the server did not carry the command out: its session ended before the command
+   *  was written, or a draining server's goodbye (close code 3000) came before the answer (such
+   *  a server answers every command it carries out first). Sending it again is safe, a `call()`
+   *  included. False when unknown: after any other end a command may or may not have run. */
+  get notCarriedOut(): boolean {
+    return this.unsent;
+  }
+
   constructor(
     readonly kind: ErrorKind,
     message: string,

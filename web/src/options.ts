@@ -7,6 +7,9 @@ import type { GoodbyeInfo } from './session.js';
 import type { Subscription } from './subscription.js';
 import { TRANSPORT_KINDS, type RememberFailure, type TransportKind, type WebSocketConstructor, type WebTransportConstructor } from './transport.js';
 
+/** A connection (or a subscription) that lasted this long (ms) resets its reconnect backoff. */
+export const STABLE_MS = 5_000;
+
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
 
 export interface ReconnectOptions {

@@ -80,5 +80,29 @@ for (const transport of ['webtransport', 'websocket']) {
       next.send(first.id, { type: 'Pong' });
       await ping;
     });
+
+    // PROTOCOL.md section 7, code 3000: a draining server answers every command it carries out
+    // before its goodbye.
+    test('a call a drain left unanswered says it was not carried out; after another end it may have been', async (t) => {
+      const { net, client } = setup();
+      t.after(() => client.close());
+      let conn = await connected(net, client);
+      const drained = client.call('order.place', 'x');
+      await conn.expect('Call');
+      conn.send(0, { type: 'Goodbye', code: 3000, reason: 'server shutting down', reconnect: true });
+      await assert.rejects(drained, (e) => e instanceof QuiverError && e.kind === 'closed' && e.notCarriedOut === true);
+
+      conn = await connected(net, client);
+      const expired = client.call('order.place', 'y');
+      await conn.expect('Call');
+      conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
+      await assert.rejects(expired, (e) => e.kind === 'closed' && e.notCarriedOut === false);
+
+      conn = await connected(net, client);
+      const dropped = client.call('order.place', 'z');
+      await conn.expect('Call');
+      conn.kill();
+      await assert.rejects(dropped, (e) => e.kind === 'closed' && e.notCarriedOut === false);
+    });
   });
 }

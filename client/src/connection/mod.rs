@@ -695,6 +695,9 @@ impl Actor {
                         permit: None,
                     },
                 )),
+                // The others a drain left unanswered were not carried out either: the caller
+                // may send them again (a call, too, runs at most once that way).
+                p if drained => fail_pending(p, || ClientError::NotCarriedOut),
                 p => fail_pending(p, || ClientError::ConnectionLost),
             }
         }
