@@ -297,10 +297,53 @@ async fn calls_in_flight_are_bounded_per_session() -> Result<()> {
     Ok(())
 }
 
+/// A tenant's share of the backend's calls (`rpc.http_max_in_flight` / 8) refuses each call
+/// past it at once with `quota_exceeded`, in the order they were sent, and a refused call never
+/// counts among the session's calls waiting (outside calls audit, F2: with 8 calls sent at
+/// once, 3 were refused `rate_limited` for calls that were never sent, and a later call was
+/// admitted before an earlier one).
+#[tokio::test]
+async fn calls_over_the_tenants_share_are_refused_in_order() -> Result<()> {
+    let (_backend, url) = start_backend().await?;
+    let server = server_for_with(&url, |c| {
+        c.rpc.max_in_flight = 4;
+        c.rpc.http_max_in_flight = 16;
+    })
+    .await?;
+    let mut raw = Raw::connect(&server, &call_token("acme", "alice", &["order.*"])).await?;
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        let id = raw
+            .send(Command::Call {
+                method: "order.slow".into(),
+                payload: Bytes::new(),
+                timeout_ms: 0,
+                idempotency_key: String::new(),
+            })
+            .await?;
+        ids.push(id);
+    }
+    // The six past the share (2) are refused at once; the first two wait for the backend.
+    let mut refused = Vec::new();
+    while refused.len() < 6 {
+        let frame = raw.recv().await?;
+        match frame.event {
+            Event::Error { code, .. } if code == ErrorCode::QuotaExceeded.as_u16() => {
+                refused.push(frame.id)
+            }
+            other => panic!("call {} answered {other:?} before the refusals", frame.id),
+        }
+    }
+    assert_eq!(refused, ids[2..], "refused out of order or the wrong ones");
+    raw.close().await;
+    Ok(())
+}
+
 /// A drain waits for the calls in flight: one the backend is carrying out when the drain begins
 /// is answered before `Goodbye 3000`, on both transports (PROTOCOL §7: a command unanswered at
 /// that goodbye was not carried out; the call used to be dropped with the session, carried out
-/// by the backend and never answered).
+/// by the backend and never answered). Commands sent while it waits, within the drain's first
+/// second, are read and answered too (outside calls audit, F1: they were never read).
 #[tokio::test]
 async fn a_drain_answers_the_calls_in_flight() -> Result<()> {
     let (backend, url) = start_backend().await?;
@@ -328,16 +371,41 @@ async fn a_drain_answers_the_calls_in_flight() -> Result<()> {
         let stop = tokio::spawn(async move {
             server.stop().await;
         });
-        let reply = raw.recv().await?;
-        assert_eq!(reply.id, id, "{via:?}: {reply:?}");
+        // Within the second a drain takes commands, while the call still waits (1.5 s).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ping = raw.send(Command::Ping).await?;
+        let quick = raw
+            .send(Command::Call {
+                method: "order.place".into(),
+                payload: Bytes::from_static(b"1"),
+                timeout_ms: 0,
+                idempotency_key: String::new(),
+            })
+            .await?;
+        let mut answers = Vec::new();
+        loop {
+            let frame = raw.recv().await?;
+            if matches!(frame.event, Event::Goodbye { .. }) {
+                assert!(
+                    matches!(frame.event, Event::Goodbye { code: 3000, .. }),
+                    "{via:?}: {frame:?}"
+                );
+                break;
+            }
+            answers.push(frame);
+        }
+        let answer = |want: u32| answers.iter().find(|f| f.id == want).map(|f| &f.event);
         assert!(
-            matches!(&reply.event, Event::Reply { payload } if payload == &b"waited"[..]),
-            "{via:?}: {reply:?}"
+            matches!(answer(id), Some(Event::Reply { payload }) if payload == &b"waited"[..]),
+            "{via:?}: {answers:?}"
         );
-        let bye = raw.recv().await?;
         assert!(
-            matches!(bye.event, Event::Goodbye { code: 3000, .. }),
-            "{via:?}: {bye:?}"
+            matches!(answer(ping), Some(Event::Pong)),
+            "{via:?}: {answers:?}"
+        );
+        assert!(
+            matches!(answer(quick), Some(Event::Reply { payload }) if payload == &b"placed:1"[..]),
+            "{via:?}: {answers:?}"
         );
         stop.await?;
     }

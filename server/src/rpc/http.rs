@@ -5,13 +5,14 @@
 //! The in-flight pool (`rpc.http_max_in_flight`) is shared fairly between tenants, and between
 //! calls and hooks: `pool.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use quiver_proto::TenantId;
 use serde::Deserialize;
 
-use super::pool::{Kind, Pool};
+use super::pool::{Kind, Place, Pool};
 use super::{
     b64, backend_message, code_for_status, deadline_at, unb64, CallRequest, Caller, Envelope,
     RpcConfig, RpcError, RpcSetupError, DEADLINE,
@@ -33,7 +34,7 @@ pub struct HttpRoute {
     url: String,
     secret: Option<String>,
     /// Requests in flight or waiting, calls and hooks: `rpc.http_max_in_flight`, shared.
-    pool: Pool,
+    pool: Arc<Pool>,
     /// The longest answer read ([`max_answer`]).
     max_answer: usize,
 }
@@ -60,16 +61,31 @@ impl HttpRoute {
             client,
             url: url.to_owned(),
             secret: config.http_secret.as_ref().map(|s| s.expose().to_owned()),
-            pool: Pool::new(config.http_max_in_flight),
+            pool: Arc::new(Pool::new(config.http_max_in_flight)),
             max_answer: max_answer(max_payload),
         })
     }
 
+    /// A place in the pool for one call of `tenant`, or `OverQuota` at once when the tenant
+    /// has its share of calls out. Taken when the session reads the call, before its task
+    /// starts, so a session's calls are admitted or refused in the order it sent them.
+    pub fn enter_call(&self, tenant: &TenantId) -> Result<Place, RpcError> {
+        self.pool.enter(tenant, Kind::Call).ok_or_else(|| {
+            RpcError::OverQuota(format!(
+                "the tenant already has its share of the server's calls to the backend \
+                 ({} in flight or waiting); retry later",
+                self.pool.sizes().tenant_cap
+            ))
+        })
+    }
+
+    /// Asks the backend, in the `place` [`HttpRoute::enter_call`] gave.
     pub async fn call(
         &self,
         caller: &Caller,
         req: &CallRequest,
         request_id: &str,
+        place: Place,
     ) -> Result<Bytes, RpcError> {
         let envelope = Envelope {
             r#type: "call",
@@ -84,9 +100,7 @@ impl HttpRoute {
         };
         let body = serde_json::to_vec(&envelope)
             .map_err(|e| RpcError::BadAnswer(format!("envelope: {e}")))?;
-        let answer = self
-            .post(&caller.tenant, Kind::Call, Bytes::from(body), req.deadline)
-            .await?;
+        let answer = self.post(place, Bytes::from(body), req.deadline).await?;
         let answer: CallAnswer = super::json_object(&answer, "call answer")?;
         unb64(&answer.payload)
     }
@@ -97,29 +111,25 @@ impl HttpRoute {
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
-        self.post(tenant, Kind::Hook, body, deadline).await
+        // Never refused at once: a hook waits for its place (below).
+        let place = self.pool.enter(tenant, Kind::Hook).ok_or_else(|| {
+            RpcError::OverQuota("the tenant's hook requests to the backend are all taken".into())
+        })?;
+        self.post(place, body, deadline).await
     }
 
     /// POSTs and reads a 2xx answer's body; any other status is an error with the body as
     /// its message. A call's whole exchange (waiting for a place included) is within
     /// `deadline`; a hook waits for a place within `deadline` and, once sent, has the whole of
-    /// it for the answer. A call of a tenant with its share of calls out is refused before
-    /// waiting at all.
+    /// it for the answer.
     async fn post(
         &self,
-        tenant: &TenantId,
-        kind: Kind,
+        mut place: Place,
         body: Bytes,
         deadline: Duration,
     ) -> Result<Bytes, RpcError> {
         let started = std::time::Instant::now();
-        let Some(mut place) = self.pool.enter(tenant, kind) else {
-            return Err(RpcError::OverQuota(format!(
-                "the tenant already has its share of the server's calls to the backend \
-                 ({} in flight or waiting); retry later",
-                self.pool.sizes().tenant_cap
-            )));
-        };
+        let kind = place.kind();
         // A request that finds no place before its deadline was never sent: for a hook that
         // is its tenant's share being full (denied, `Rpc::failed`), for a call its deadline.
         let admitted = tokio::time::timeout(deadline, self.pool.run(&mut place)).await;

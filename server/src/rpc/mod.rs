@@ -298,6 +298,10 @@ enum Route {
     None,
 }
 
+/// A call's admission ([`Rpc::admit_call`]): its place in the HTTP route's pool, given back
+/// when the call ends; nothing to hold on the other routes.
+pub struct Admitted(Option<pool::Place>);
+
 /// The way to the backend, shared by every session.
 pub struct Rpc {
     config: RpcConfig,
@@ -346,8 +350,34 @@ impl Rpc {
         self.config.max_in_flight
     }
 
-    /// Runs a call on the backend and logs it (audit).
-    pub async fn call(&self, caller: &Caller, req: CallRequest) -> Result<Bytes, RpcError> {
+    /// Admits one call of `caller`'s tenant, before its task starts: over HTTP, a place in the
+    /// route's pool, or `OverQuota` at once (counted and logged here: never sent, §11.2) when
+    /// the tenant has its share of calls out. So a session's calls are admitted in the order
+    /// it sent them, and one refused never counts as waiting (outside calls audit, F2: refused
+    /// ones counted until their task ran, and later calls got `rate_limited` for them).
+    pub fn admit_call(&self, caller: &Caller, method: &str) -> Result<Admitted, RpcError> {
+        let Route::Http(http) = &self.route else {
+            return Ok(Admitted(None));
+        };
+        match http.enter_call(&caller.tenant) {
+            Ok(place) => Ok(Admitted(Some(place))),
+            Err(e) => {
+                metrics::counter!(RPC_CALLS, "outcome" => e.label()).increment(1);
+                // One of the refusals a client can repeat as fast as its rate allows: logged
+                // within their budget like the session's own (outside audit dgcall 2, G3).
+                audit::refused_call(caller, method, e.label());
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs a call [`Rpc::admit_call`] admitted on the backend and logs it (audit).
+    pub async fn call(
+        &self,
+        caller: &Caller,
+        req: CallRequest,
+        admitted: Admitted,
+    ) -> Result<Bytes, RpcError> {
         let started = Instant::now();
         let request_id = request_id();
         // A call dropped before its end (the session ended: closed, expired, kicked) was sent,
@@ -358,7 +388,10 @@ impl Rpc {
         });
         let result = match &self.route {
             Route::Nats(nats) => nats.call(caller, &req, &request_id).await,
-            Route::Http(http) => http.call(caller, &req, &request_id).await,
+            Route::Http(http) => match admitted.0 {
+                Some(place) => http.call(caller, &req, &request_id, place).await,
+                None => Err(RpcError::Unavailable("call not admitted".into())),
+            },
             Route::None => Err(RpcError::Unavailable("no backend configured".into())),
         };
         let result = result.and_then(|payload| {
@@ -377,15 +410,7 @@ impl Rpc {
             Err(e) => e.label(),
         };
         metrics::counter!(RPC_CALLS, "outcome" => outcome).increment(1);
-        match &result {
-            // Never sent (the tenant's share of calls was out): one of the refusals a client
-            // can repeat as fast as its rate allows, so logged within their budget like the
-            // session's own refusals (outside audit dgcall 2, G3: 1,150 lines a second).
-            Err(RpcError::OverQuota(_)) => {
-                audit::refused_call(caller, req.method.as_str(), outcome)
-            }
-            _ => audit::call(caller, &req, &request_id, outcome, started.elapsed()),
-        }
+        audit::call(caller, &req, &request_id, outcome, started.elapsed());
         pending.done();
         result
     }

@@ -22,7 +22,7 @@
 //! them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
 use quiver_proto::TenantId;
@@ -177,9 +177,10 @@ impl Pool {
 
     /// A place for one request of `tenant`, unless it is a call and the tenant has its cap of
     /// calls out. Never waits: a tenant at its cap is answered at once rather than queued
-    /// behind its own slow requests. The place is given back on drop (answered, failed, timed
-    /// out, or the caller's task aborted).
-    pub fn enter(&self, tenant: &TenantId, kind: Kind) -> Option<Place<'_>> {
+    /// behind its own slow requests, and a session's calls are admitted in the order it sent
+    /// them (it enters before starting the call's task). The place is given back on drop
+    /// (answered, failed, timed out, or the caller's task aborted).
+    pub fn enter(self: &Arc<Self>, tenant: &TenantId, kind: Kind) -> Option<Place> {
         let mut state = self.state();
         let counts = state.tenants.entry(tenant.clone()).or_default();
         if kind == Kind::Call && counts.out[kind.index()] >= self.sizes.tenant_cap {
@@ -191,7 +192,7 @@ impl Pool {
         counts.out[kind.index()] += 1;
         state.next_ticket += 1;
         Some(Place {
-            pool: self,
+            pool: self.clone(),
             ticket: state.next_ticket,
             tenant: tenant.clone(),
             kind,
@@ -201,7 +202,7 @@ impl Pool {
 
     /// Runs `place` now if it may (counted as running), else queues it (with `waker`) once;
     /// whether it runs.
-    fn poll_admit(&self, place: &mut Place<'_>, waker: &Waker) -> bool {
+    fn poll_admit(&self, place: &mut Place, waker: &Waker) -> bool {
         if place.running {
             return true;
         }
@@ -230,7 +231,7 @@ impl Pool {
 
     /// Waits until `place` may run (the caller bounds the wait by its deadline; dropping the
     /// place takes it out of the queue).
-    pub async fn run(&self, place: &mut Place<'_>) {
+    pub async fn run(&self, place: &mut Place) {
         std::future::poll_fn(|cx| {
             if self.poll_admit(place, cx.waker()) {
                 Poll::Ready(())
@@ -249,15 +250,21 @@ impl Pool {
 
 /// One request's place in the pool: counted against its tenant while it waits, and against
 /// the pool too once it runs.
-pub struct Place<'a> {
-    pool: &'a Pool,
+pub struct Place {
+    pool: Arc<Pool>,
     ticket: u64,
     tenant: TenantId,
     kind: Kind,
     running: bool,
 }
 
-impl Drop for Place<'_> {
+impl Place {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
+impl Drop for Place {
     fn drop(&mut self) {
         let i = self.kind.index();
         let mut state = self.pool.state();
@@ -297,13 +304,13 @@ mod tests {
     }
 
     /// Whether `place` runs now (queued otherwise).
-    fn admit(pool: &Pool, place: &mut Place<'_>) -> bool {
+    fn admit(pool: &Pool, place: &mut Place) -> bool {
         pool.poll_admit(place, futures::task::noop_waker_ref())
     }
 
     /// Enters and tries to run at once: `Some(place)` when it runs (dropped, so unqueued,
     /// otherwise).
-    fn run_now<'a>(pool: &'a Pool, t: &TenantId, kind: Kind) -> Option<Place<'a>> {
+    fn run_now(pool: &Arc<Pool>, t: &TenantId, kind: Kind) -> Option<Place> {
         let mut place = pool.enter(t, kind)?;
         admit(pool, &mut place).then_some(place)
     }
@@ -333,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_tenants_calls_never_take_its_hooks_places() {
-        let pool = Pool::new(16);
+        let pool = Arc::new(Pool::new(16));
         let acme = tenant("acme");
         let cap = pool.sizes().tenant_cap;
         let calls: Vec<_> = (0..cap)
@@ -350,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_tenants_hooks_wait_for_a_place_instead_of_being_refused() {
-        let pool = Pool::new(16);
+        let pool = Arc::new(Pool::new(16));
         let acme = tenant("acme");
         let cap = pool.sizes().tenant_cap;
         let running: Vec<_> = (0..cap)
@@ -370,7 +377,7 @@ mod tests {
 
     #[test]
     fn tenants_at_their_cap_leave_the_reserve_to_light_tenants() {
-        let pool = Pool::new(256);
+        let pool = Arc::new(Pool::new(256));
         let sizes = pool.sizes();
         let mut held = Vec::new();
         // Heavy tenants fill the calls' part down to the reserve.
@@ -396,7 +403,7 @@ mod tests {
 
     #[test]
     fn a_place_admitted_while_its_task_was_away_is_given_back() {
-        let pool = Pool::new(1);
+        let pool = Arc::new(Pool::new(1));
         let (a, b, c) = (tenant("a"), tenant("b"), tenant("c"));
         let first = run_now(&pool, &a, Kind::Call).expect("the only slot");
         let mut second = pool.enter(&b, Kind::Call).expect("own cap");
@@ -413,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_request_runs_when_one_ends() {
-        let pool = Pool::new(1);
+        let pool = Arc::new(Pool::new(1));
         let (a, b) = (tenant("a"), tenant("b"));
         let first = run_now(&pool, &a, Kind::Call).expect("the only slot");
         let mut second = pool.enter(&b, Kind::Call).expect("own cap");

@@ -24,8 +24,9 @@ impl Session {
         }
     }
 
-    /// Checks a `Call` and starts it; the answer comes later through [`Session::call_done`].
-    /// A refusal here is an audit line too (the backend's answers are logged by `rpc`).
+    /// Checks a `Call`, has it admitted, and starts it; the answer comes later through
+    /// [`Session::call_done`]. A refusal here is an audit line too (the backend's answers, and
+    /// the tenant's share being out, are logged by `rpc`).
     pub(super) fn call(
         &mut self,
         id: u32,
@@ -34,20 +35,31 @@ impl Session {
         timeout_ms: u32,
         idempotency_key: String,
     ) -> Result<Option<Event>, Refusal> {
-        self.start_call(id, method, payload, timeout_ms, idempotency_key)
+        let req = self
+            .check_call(method, payload, timeout_ms, idempotency_key)
             .inspect_err(|refusal| {
                 crate::rpc::audit::refused_call(&self.caller(), method, refusal.0.label());
-            })
+            })?;
+        let rpc = self.shared.rpc.clone();
+        let caller = self.caller();
+        let admitted = rpc
+            .admit_call(&caller, method)
+            .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+        self.calls
+            .spawn(async move { (id, rpc.call(&caller, req, admitted).await) });
+        Ok(None)
     }
 
-    fn start_call(
-        &mut self,
-        id: u32,
+    /// What the session checks of a `Call` before anyone is asked (PROTOCOL.md §11.1), in
+    /// order: the method's name, the token's `call` patterns, the payload's size, the key, and
+    /// the session's calls waiting.
+    fn check_call(
+        &self,
         method: &str,
         payload: Bytes,
         timeout_ms: u32,
         idempotency_key: String,
-    ) -> Result<Option<Event>, Refusal> {
+    ) -> Result<CallRequest, Refusal> {
         let method = RoomName::parse(method).map_err(|e| {
             Refusal::new(ErrorCode::BadRequest, format!("invalid method name: {e}"))
         })?;
@@ -77,7 +89,7 @@ impl Session {
                 ),
             ));
         }
-        let rpc = self.shared.rpc.clone();
+        let rpc = &self.shared.rpc;
         if self.calls.len() >= rpc.max_in_flight() {
             return Err(Refusal::new(
                 ErrorCode::RateLimited,
@@ -87,16 +99,12 @@ impl Session {
                 ),
             ));
         }
-        let req = CallRequest {
+        Ok(CallRequest {
             method,
             payload,
             deadline: rpc.deadline(timeout_ms),
             idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
-        };
-        let caller = self.caller();
-        self.calls
-            .spawn(async move { (id, rpc.call(&caller, req).await) });
-        Ok(None)
+        })
     }
 
     /// Answers a finished call.

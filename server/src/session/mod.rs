@@ -665,36 +665,43 @@ impl Session {
             .max(config.rpc.max_timeout)
             .max(DRAIN_FINISH);
         let finish = async {
+            // Whether the adapter still hands over what the peer sends (it ends with the peer's).
+            let mut open = true;
             loop {
                 let now = tokio::time::Instant::now();
                 if now >= self.expiry() {
                     return Exit::Close(CloseCode::TokenExpired, "token expired".into());
                 }
                 // A full publish queue takes no command until one is answered.
-                let item = if now >= take_until || self.publishing.is_full() {
-                    None
-                } else {
-                    inbox.try_recv()
-                };
-                match item {
-                    Some(item) => {
-                        let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;
-                        self.held.flush();
-                        if let Some(exit) = exit {
-                            return exit;
-                        }
+                let taking = open && now < take_until && !self.publishing.is_full();
+                let mut item = if taking { inbox.try_recv() } else { None };
+                if item.is_none() {
+                    if self.publishing.is_empty() && self.calls.is_empty() {
+                        return shutdown();
                     }
-                    None if self.publishing.is_empty() && self.calls.is_empty() => {
-                        return shutdown()
-                    }
-                    None => tokio::select! {
+                    // Waiting for what is under way, commands that arrive meanwhile are taken
+                    // too, for as long as the window lasts (outside calls audit, F1: those sent
+                    // while a call waited were never read, and went unanswered).
+                    tokio::select! {
                         done = self.publishing.next_done(), if !self.publishing.is_empty() => {
                             self.published(done).await;
                         }
                         Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
                             Box::pin(self.call_done(done)).await;
                         }
-                    },
+                        next = inbox.recv(), if taking => match next {
+                            Some(next) => item = Some(next),
+                            None => open = false,
+                        },
+                        () = tokio::time::sleep_until(take_until), if taking => {}
+                    }
+                }
+                if let Some(item) = item {
+                    let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;
+                    self.held.flush();
+                    if let Some(exit) = exit {
+                        return exit;
+                    }
                 }
             }
         };

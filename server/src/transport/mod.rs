@@ -156,10 +156,11 @@ impl Inbound {
 /// and returns its body.
 pub fn single_frame(message: &[u8], max_frame: usize) -> Result<&[u8], String> {
     let Some((prefix, body)) = message.split_first_chunk::<LENGTH_PREFIX>() else {
-        return Err(FrameError::Truncated {
-            buffered: message.len(),
-        }
-        .to_string());
+        // Said of the message, not in a stream decoder's words (outside session audit).
+        return Err(format!(
+            "a message must hold exactly one frame: {} bytes cannot hold its 4-byte length prefix",
+            message.len()
+        ));
     };
     let len = u32::from_be_bytes(*prefix) as usize;
     if len == 0 {
@@ -439,5 +440,7 @@ mod tests {
         assert!(single_frame(&frame, 2).is_err());
         assert!(single_frame(&[0, 0, 0, 0], 16).is_err());
         assert!(single_frame(&[0, 0], 16).is_err());
+        let empty = single_frame(&[], 16).unwrap_err();
+        assert!(empty.contains("0 bytes cannot hold"), "{empty}");
     }
 }
