@@ -361,6 +361,26 @@ mod tests {
         encode_event(&ServerFrame { id: 300, event })[4..].to_vec()
     }
 
+    /// PROTOCOL.md §3: a varint longer than needed is accepted within its type's width; past
+    /// it (a sixth byte for a `u32`, or bits above bit 31 in the fifth) the frame is malformed.
+    #[test]
+    fn longer_varints_are_accepted_within_their_type() {
+        let ping = encode_command(&ClientFrame {
+            id: 1,
+            command: Command::Ping,
+        });
+        let kind = ping[5..].to_vec(); // the body after the one-byte id
+        let body = |id: &[u8]| [id, &kind[..]].concat();
+        let frame = decode_command(&body(&[0x81, 0x80, 0x80, 0x80, 0x00])).expect("accepted");
+        assert_eq!((frame.id, frame.command), (1, Command::Ping));
+        for id in [
+            &[0x81, 0x80, 0x80, 0x80, 0x80, 0x00][..],
+            &[0x81, 0x80, 0x80, 0x80, 0x10],
+        ] {
+            assert!(decode_command(&body(id)).is_err(), "{id:02x?} accepted");
+        }
+    }
+
     #[test]
     fn malformed_bodies_are_described_in_the_protocol_terms() {
         // id 1, then a type varint longer than a u32 has; id 1, type 0 (Hello), then nothing.
