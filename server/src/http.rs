@@ -280,6 +280,13 @@ async fn bootstrap(
     let Some(dev) = &shared.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    if !bootstrap_host_allowed(headers.get(header::HOST)) {
+        return (
+            StatusCode::FORBIDDEN,
+            "development tokens go only to pages loaded from localhost or an IP address",
+        )
+            .into_response();
+    }
     let user = match query.user {
         Some(user) if TenantId::parse(&user).is_ok() => user,
         Some(_) => {
@@ -336,6 +343,62 @@ async fn bootstrap(
         "expires_at": expires_at,
     }))
     .into_response()
+}
+
+/// Whether a development token may go to a page loaded through `host`: an IP address or
+/// `localhost` (any port). A page of another name could be a DNS rebinding of some website onto
+/// this machine, which could then mint tokens and act as any demo user (outside HTTP audit, F3);
+/// an IP address or `localhost` cannot be rebound, and a LAN address still serves the demo.
+fn bootstrap_host_allowed(host: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(url) = host
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
+    else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) => true,
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.');
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod bootstrap_tests {
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn development_tokens_go_to_ip_addresses_and_localhost_only() {
+        for host in [
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "192.168.1.20",
+            "localhost:8080",
+            "LOCALHOST",
+            "app.localhost:8080",
+        ] {
+            assert!(
+                super::bootstrap_host_allowed(Some(&HeaderValue::from_static(host))),
+                "{host}"
+            );
+        }
+        for host in [
+            "evil.example:8080",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "",
+            "a b",
+        ] {
+            assert!(
+                !super::bootstrap_host_allowed(Some(&HeaderValue::from_static(host))),
+                "{host}"
+            );
+        }
+        assert!(!super::bootstrap_host_allowed(None));
+    }
 }
 
 #[cfg(test)]

@@ -82,6 +82,51 @@ async fn health_and_no_dev_endpoints_outside_dev_mode() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `GET /dev/bootstrap` with `Host` `host`: the status.
+async fn bootstrap_status(server: &TestServer, host: &str) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
+    let request =
+        format!("GET /dev/bootstrap HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status in {answer:?}"))?;
+    Ok(status)
+}
+
+/// A development token goes only to a page loaded from `localhost` or an IP address: under any
+/// other name the page may be a website rebound onto this machine by its DNS, which could mint
+/// tokens and act as any demo user (outside HTTP audit, F3).
+#[tokio::test]
+async fn dev_mode_bootstrap_refuses_pages_of_other_names() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.auth.jwt_secret = None;
+        c.demo = true;
+    })
+    .await?;
+    let port = server.http.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "[::1]".into(),
+    ] {
+        assert_eq!(bootstrap_status(&server, &host).await?, 200, "{host}");
+    }
+    for host in [
+        format!("evil.example:{port}"),
+        "localhost.evil.example".into(),
+    ] {
+        assert_eq!(bootstrap_status(&server, &host).await?, 403, "{host}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn dev_mode_bootstrap_hands_out_a_working_token() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
@@ -287,6 +332,50 @@ async fn every_api_error_has_one_shape_and_a_documented_code() -> anyhow::Result
         );
         assert!(codes.iter().any(|c| c == code), "{code} is not documented");
     }
+    Ok(())
+}
+
+/// A refusal's message never grows with the request: a parser's text quoting a 60 KB query key
+/// or JSON field name came back whole (twice for the query: 120 KB for a 60 KB request; outside
+/// HTTP audit, F2). The query's refusal is in the API's own words.
+#[tokio::test]
+async fn refusals_do_not_echo_what_the_request_sent() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}/api/v1/{path}", server.http);
+    let long = "a".repeat(60_000);
+    for (request, code) in [
+        (
+            http.post(url(&format!("publish/h.a?{long}=1")))
+                .bearer_auth(ACME)
+                .body("x"),
+            "bad_request",
+        ),
+        (
+            http.post(url("disconnect"))
+                .bearer_auth(ACME)
+                .body(format!(r#"{{"user":"a","{long}":1}}"#)),
+            "bad_request",
+        ),
+    ] {
+        let response = request.send().await?;
+        assert_eq!(response.status(), 400);
+        let body = response.text().await?;
+        assert!(body.len() < 1_024, "{} bytes: {}", body.len(), &body[..200]);
+        let body: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(body["error"]["code"], code, "{body}");
+    }
+    let response = http
+        .post(url(&format!("publish/h.a?{long}=1")))
+        .bearer_auth(ACME)
+        .body("x")
+        .send()
+        .await?;
+    let body: serde_json::Value = response.json().await?;
+    assert_eq!(
+        body["error"]["message"],
+        "query string: only `tenant` is accepted, once, as UTF-8"
+    );
     Ok(())
 }
 

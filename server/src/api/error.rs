@@ -106,11 +106,25 @@ pub struct ApiError {
     pub count: Option<(&'static str, usize)>,
 }
 
+/// The longest `message` an API error carries: parsers' texts quote what they refused (a field
+/// name, a query key), which a request controls; cut, an answer never grows with the request
+/// (outside HTTP audit, F2: a 60 KB query key came back twice, 120 KB).
+const MAX_MESSAGE: usize = 512;
+
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         Self {
             code,
-            message: message.into(),
+            message,
             count: None,
         }
     }
@@ -219,5 +233,15 @@ mod tests {
         let mut seen: Vec<usize> = Code::ALL.iter().map(|c| index(*c)).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..14).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn messages_are_cut_on_a_character_boundary() {
+        let long = format!("unknown field `{}`", "é".repeat(1_000));
+        let error = super::ApiError::new(Code::BadRequest, long);
+        assert!(error.message.len() <= super::MAX_MESSAGE + '…'.len_utf8());
+        assert!(error.message.ends_with('…'), "{}", error.message);
+        let short = super::ApiError::new(Code::BadRequest, "no such room");
+        assert_eq!(short.message, "no such room");
     }
 }

@@ -48,7 +48,10 @@ pub async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let credential = bearer(&headers);
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    // In the API's own words: the parser's would quote the whole query back.
+    let Query(query) = query.map_err(|_| {
+        ApiError::bad_request("query string: only `tenant` is accepted, once, as UTF-8")
+    })?;
     let (tenant, grant, claimant) = match api_key(&shared, credential) {
         Some(caller) => (
             caller.tenant(query.tenant.as_deref())?,
@@ -72,7 +75,8 @@ pub async fn publish(
             (grant.tenant.clone(), Some(grant), Claimant::Client)
         }
     };
-    let Path(name) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Path(name) =
+        path.map_err(|_| ApiError::new(Code::InvalidRoom, "room in the path: not valid UTF-8"))?;
     let room = room(&name)?;
     // Keys are the backend's (any API key) or one user's (a client token): a client can
     // neither probe the backend's payloads through the backend's keys nor claim them first.
