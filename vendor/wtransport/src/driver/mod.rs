@@ -495,10 +495,11 @@ mod worker {
                 .await
                 .expect("Receiver cannot be dropped");
 
-            let wt_slot = match ready_bi_wt_streams.clone().reserve_owned().await {
-                Ok(wt_slot) => wt_slot,
-                Err(mpsc::error::SendError(_)) => return Err(DriverError::NotConnected),
-            };
+            // QUIVER PATCH (no WebTransport slot held by an early stream, PATCHES.md 4): no slot
+            // is reserved for a WebTransport stream before accepting. A stream that arrives before
+            // its session exists waits in the channel; holding its slot, it kept every later
+            // bidirectional stream (the CONNECT included) from being accepted at all.
+            let wt_streams = ready_bi_wt_streams.clone();
 
             let stream_quic = Stream::accept_bi(quic_connection)
                 .await
@@ -534,7 +535,18 @@ mod worker {
                     match frame.session_id() {
                         Some(session_id) => {
                             let stream_wt = stream_h3.upgrade(session_id);
-                            wt_slot.send(Box::new(stream_wt));
+                            // QUIVER PATCH (PATCHES.md 4): the one waiting place is taken (or the
+                            // driver is gone): refused as a stream of no session is.
+                            if let Err(error) = wt_streams.try_send(Box::new(stream_wt)) {
+                                let stream = match error {
+                                    mpsc::error::TrySendError::Full(stream)
+                                    | mpsc::error::TrySendError::Closed(stream) => stream,
+                                };
+                                let _ = stream
+                                    .into_stream()
+                                    .1
+                                    .stop(ErrorCode::BufferedStreamRejected.to_code());
+                            }
                         }
                         None => {
                             h3_slot.send(Box::new(Ok((stream_h3, frame))));
