@@ -821,3 +821,55 @@ async fn a_session_ended_while_its_instance_was_frozen_leaves_presence_when_it_w
     assert_eq!(members().await?, ["stays"]);
     Ok(())
 }
+
+/// What something other than Quiver publishes on a room's NATS subject (a tenant's backend may,
+/// docs/deployment.md) never reaches subscribers as a frame over the `max_frame` their `Welcome`
+/// announced: a message larger than `max_payload` is dropped in a live room, and a history
+/// room's stream refuses it, so a `History` page is never stuck behind one (outside cluster
+/// audit 6, F1: a 200,000-byte frame reached subscribers, and paging answered `[]` +
+/// `truncated` for ever).
+#[tokio::test]
+async fn oversized_messages_on_a_rooms_subject_never_reach_subscribers() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(clustered(&nats)).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "bob")).await?;
+    let mut live = c.subscribe("room.x").await?;
+    let mut stored = c.subscribe("h.x").await?;
+    let outsider = async_nats::connect(nats.url()).await?;
+    let big = Bytes::from(vec![b'x'; 200_000]);
+    outsider
+        .publish("quiver.acme.room.room.x", big.clone())
+        .await?;
+    outsider.publish("quiver.acme.room.h.x", big).await?;
+    outsider
+        .publish("quiver.acme.room.room.x", Bytes::from_static(b"after"))
+        .await?;
+    outsider.flush().await?;
+    // The subscription's decoder takes frames up to the announced `max_frame` only.
+    assert_eq!(live.payload().await?, &b"after"[..]);
+    assert!(matches!(
+        c.publish("h.x", b"small").await?,
+        Event::Published { .. }
+    ));
+    assert_eq!(stored.payload().await?, &b"small"[..]);
+    match c
+        .request(Command::History {
+            room: "h.x".into(),
+            since: None,
+            limit: 100,
+        })
+        .await?
+    {
+        Event::History {
+            publications,
+            truncated,
+            ..
+        } => {
+            assert!(!truncated);
+            let payloads: Vec<&[u8]> = publications.iter().map(|p| &p.payload[..]).collect();
+            assert_eq!(payloads, [&b"small"[..]]);
+        }
+        other => anyhow::bail!("expected History, got {other:?}"),
+    }
+    Ok(())
+}

@@ -59,6 +59,31 @@ pub struct NatsBroker {
     inner: Arc<Inner>,
 }
 
+/// Dropped NATS messages too large to deliver, logged at most this often.
+static OVERSIZED_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(1);
+
+/// Whether a message of `len` bytes that a room's NATS subject carried may go to its
+/// subscribers: at most `max` (`max_payload` for a publication, `max_frame` for an encoded
+/// event). Quiver never publishes more, but anything allowed on the tenant's subjects can
+/// (a tenant's backend, deployment.md): a larger one would reach clients as a frame over the
+/// `max_frame` their `Welcome` announced (outside cluster audit 6, F1), so it is dropped.
+fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
+    if len <= max as usize {
+        return true;
+    }
+    if let Some(not_logged) = OVERSIZED_LOGGED.admit() {
+        warn!(
+            tenant = %key.tenant,
+            room = %key.room,
+            bytes = len,
+            max,
+            not_logged,
+            "dropped a message on the room's NATS subject: too large for subscribers (not published by Quiver)"
+        );
+    }
+    false
+}
+
 /// A tenant stream, looked up (or created) once by whoever asks first.
 type StreamCell = Arc<OnceCell<history::TenantStream>>;
 
@@ -261,6 +286,7 @@ impl Inner {
     /// Listens to a room: its messages go to the local hub until the listener is dropped.
     async fn listen(self: &Arc<Self>, key: RoomKey) -> Result<Listener, BrokerError> {
         let hub = self.hub.clone();
+        let config = self.config.clone();
         let events = if self.config.presence(&key.room) {
             Some(self.listen_events(key.clone()).await?)
         } else {
@@ -276,8 +302,10 @@ impl Inner {
                     .map_err(unavailable)?;
                 let task = tokio::spawn(async move {
                     let deliver = |msg: async_nats::Message| {
-                        lag::record(msg.headers.as_ref());
-                        hub.deliver(&key, None, msg.payload);
+                        if fits(&key, msg.payload.len(), config.limits.max_payload) {
+                            lag::record(msg.headers.as_ref());
+                            hub.deliver(&key, None, msg.payload);
+                        }
                     };
                     // Messages that arrived together are one run: each subscriber's stream
                     // takes them in one write (`crate::cork`).
@@ -312,6 +340,7 @@ impl Inner {
     /// Server-made events (`Joined`/`Left`), already encoded by the instance that made them.
     async fn listen_events(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
         let hub = self.hub.clone();
+        let max_frame = self.config.limits.max_frame;
         let mut sub = self
             .client
             .subscribe(events_subject(&key))
@@ -319,7 +348,9 @@ impl Inner {
             .map_err(unavailable)?;
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                hub.deliver_frame(&key, Delivery::new(None, msg.payload));
+                if fits(&key, msg.payload.len(), max_frame) {
+                    hub.deliver_frame(&key, Delivery::new(None, msg.payload));
+                }
             }
         }))
     }

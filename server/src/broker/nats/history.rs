@@ -80,6 +80,10 @@ pub(super) const READ_BATCH: usize = 256;
 /// ([`room_limit_floor`]).
 const PER_ROOM_FLOOR: &str = "quiver_per_room_floor";
 
+/// What a stream's largest message may take beyond `max_payload`: Quiver's headers (send time,
+/// idempotency id) and NATS's own.
+const STREAM_HEADER_ROOM: i32 = 4096;
+
 /// A JetStream limit: 0 or less is none.
 fn limit_or_max(limit: i64) -> u64 {
     u64::try_from(limit)
@@ -165,6 +169,11 @@ impl Inner {
                     max_messages_per_subject: config_limits.per_room,
                     max_age: config_limits.max_age,
                     max_bytes: config_limits.max_bytes,
+                    // The stream refuses what no subscriber could take: only a publisher other
+                    // than Quiver sends more (outside cluster audit 6, F1). Room for headers.
+                    max_message_size: i32::try_from(self.config.limits.max_payload)
+                        .unwrap_or(i32::MAX)
+                        .saturating_add(STREAM_HEADER_ROOM),
                     storage: self.storage,
                     allow_direct: true,
                     metadata: HashMap::from([(
@@ -539,7 +548,8 @@ impl Inner {
                             .get(msg.subject.as_str())
                             .cloned();
                         // Rooms nobody here subscribes to are skipped.
-                        if let Some(room) = room {
+                        let max = self.config.limits.max_payload;
+                        if let Some(room) = room.filter(|room| super::fits(room, msg.payload.len(), max)) {
                             super::lag::record(msg.headers.as_ref());
                             let position = Position { epoch: cursor.epoch, offset };
                             self.hub.deliver(&room, Some(position), msg.payload.clone());
