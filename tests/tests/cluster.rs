@@ -871,5 +871,21 @@ async fn oversized_messages_on_a_rooms_subject_never_reach_subscribers() -> anyh
         }
         other => anyhow::bail!("expected History, got {other:?}"),
     }
+
+    // A stream made before the limit (here: the limit taken off by hand) gets it from the next
+    // instance that uses it, like the other history limits.
+    let js = async_nats::jetstream::new(outsider.clone());
+    let name = format!("QUIVER_{}_{}_{}", "acme".len(), "acme", "h");
+    let mut stream = js.get_stream(&name).await?;
+    let mut config = stream.info().await?.config.clone();
+    let limit = config.max_message_size;
+    assert!(limit > 0, "created without a message size limit");
+    config.max_message_size = -1;
+    js.update_stream(config).await?;
+    let other = TestServer::start_with(clustered(&nats)).await?;
+    let mut d = Raw::connect(&other, &full_token("acme", "dan")).await?;
+    let _stored = d.subscribe("h.x").await?;
+    let mut stream = js.get_stream(&name).await?;
+    assert_eq!(stream.info().await?.config.max_message_size, limit);
     Ok(())
 }

@@ -111,6 +111,8 @@ struct Limits {
     per_room: i64,
     max_age: Duration,
     max_bytes: i64,
+    /// The largest message the stream takes (`max_payload` and [`STREAM_HEADER_ROOM`]).
+    max_message: i32,
 }
 
 /// A tenant's stream for one history namespace.
@@ -157,6 +159,9 @@ impl Inner {
                     max_age: ns.history_ttl,
                     max_bytes: i64::try_from(self.config.limits.history_tenant_max_bytes)
                         .unwrap_or(i64::MAX),
+                    max_message: i32::try_from(self.config.limits.max_payload)
+                        .unwrap_or(i32::MAX)
+                        .saturating_add(STREAM_HEADER_ROOM),
                 };
                 let config = stream::Config {
                     // Only used when the stream is created (see `Inner::high_water`).
@@ -170,10 +175,8 @@ impl Inner {
                     max_age: config_limits.max_age,
                     max_bytes: config_limits.max_bytes,
                     // The stream refuses what no subscriber could take: only a publisher other
-                    // than Quiver sends more (outside cluster audit 6, F1). Room for headers.
-                    max_message_size: i32::try_from(self.config.limits.max_payload)
-                        .unwrap_or(i32::MAX)
-                        .saturating_add(STREAM_HEADER_ROOM),
+                    // than Quiver sends more (outside cluster audit 6, F1).
+                    max_message_size: config_limits.max_message,
                     storage: self.storage,
                     allow_direct: true,
                     metadata: HashMap::from([(
@@ -232,6 +235,7 @@ impl Inner {
             per_room: current.max_messages_per_subject,
             max_age: current.max_age,
             max_bytes: current.max_bytes,
+            max_message: current.max_message_size,
         };
         if now == *wanted && current.metadata.contains_key(PER_ROOM_FLOOR) {
             return Ok(());
@@ -254,6 +258,7 @@ impl Inner {
             max_messages_per_subject: wanted.per_room,
             max_age: wanted.max_age,
             max_bytes: wanted.max_bytes,
+            max_message_size: wanted.max_message,
             metadata,
             ..current
         };
