@@ -280,7 +280,10 @@ async fn bootstrap(
     let Some(dev) = &shared.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    if !bootstrap_host_allowed(headers.get(header::HOST)) {
+    // The page's address, as its `Host` says: whether it may have a token, and where it reaches
+    // the server's transports.
+    let page = page_url(headers.get(header::HOST));
+    if !bootstrap_host_allowed(page.as_ref()) {
         return (
             StatusCode::FORBIDDEN,
             "development tokens go only to pages loaded from localhost or an IP address",
@@ -318,18 +321,14 @@ async fn bootstrap(
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     // Reach the WebTransport port on the host the page was loaded from.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
+    let host = page
+        .as_ref()
         .and_then(|u| u.host_str().map(str::to_owned))
         .unwrap_or_else(|| "127.0.0.1".into());
     let url = format!("https://{host}:{}/v1", shared.webtransport_addr.port());
     // The fallback transport, on the listener this page came from.
-    let http_port = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
+    let http_port = page
+        .as_ref()
         .and_then(|u| u.port_or_known_default())
         .unwrap_or(80);
     let ws_url = format!("ws://{host}:{http_port}/v1/ws");
@@ -345,15 +344,18 @@ async fn bootstrap(
     .into_response()
 }
 
+/// The address of the page a request came from, as its `Host` header says.
+fn page_url(host: Option<&axum::http::HeaderValue>) -> Option<url::Url> {
+    let host = host?.to_str().ok()?;
+    url::Url::parse(&format!("http://{host}")).ok()
+}
+
 /// Whether a development token may go to a page loaded through `host`: an IP address or
 /// `localhost` (any port). A page of another name could be a DNS rebinding of some website onto
 /// this machine, which could then mint tokens and act as any demo user (outside HTTP audit, F3);
 /// an IP address or `localhost` cannot be rebound, and a LAN address still serves the demo.
-fn bootstrap_host_allowed(host: Option<&axum::http::HeaderValue>) -> bool {
-    let Some(url) = host
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| url::Url::parse(&format!("http://{h}")).ok())
-    else {
+fn bootstrap_host_allowed(page: Option<&url::Url>) -> bool {
+    let Some(url) = page else {
         return false;
     };
     match url.host() {
@@ -381,7 +383,9 @@ mod bootstrap_tests {
             "app.localhost:8080",
         ] {
             assert!(
-                super::bootstrap_host_allowed(Some(&HeaderValue::from_static(host))),
+                super::bootstrap_host_allowed(
+                    super::page_url(Some(&HeaderValue::from_static(host))).as_ref()
+                ),
                 "{host}"
             );
         }
@@ -393,7 +397,9 @@ mod bootstrap_tests {
             "a b",
         ] {
             assert!(
-                !super::bootstrap_host_allowed(Some(&HeaderValue::from_static(host))),
+                !super::bootstrap_host_allowed(
+                    super::page_url(Some(&HeaderValue::from_static(host))).as_ref()
+                ),
                 "{host}"
             );
         }
