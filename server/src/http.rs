@@ -275,14 +275,20 @@ struct BootstrapQuery {
 async fn bootstrap(
     State(shared): State<Arc<Shared>>,
     Query(query): Query<BootstrapQuery>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
     let Some(dev) = &shared.dev else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    // The page's address, as its `Host` says: whether it may have a token, and where it reaches
-    // the server's transports.
-    let page = page_url(headers.get(header::HOST));
+    // The page's address, as its `Host` says (or the request target's authority, which RFC 9112
+    // §3.2.2 puts before `Host` when the target is absolute): whether it may have a token, and
+    // where it reaches the server's transports.
+    let authority = match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+    };
+    let page = page_url(authority);
     if !bootstrap_host_allowed(page.as_ref()) {
         return (
             StatusCode::FORBIDDEN,
@@ -344,10 +350,29 @@ async fn bootstrap(
     .into_response()
 }
 
-/// The address of the page a request came from, as its `Host` header says.
-fn page_url(host: Option<&axum::http::HeaderValue>) -> Option<url::Url> {
-    let host = host?.to_str().ok()?;
-    url::Url::parse(&format!("http://{host}")).ok()
+/// The address of the page a request came from, from its `Host` (`uri-host[:port]`, RFC 9110
+/// §7.2). Anything else is no address: userinfo, a path or query, percent-escapes (the URL
+/// parser would decode `%6cocalhost` into `localhost`) and empty labels (`localhost..`) were
+/// all taken for the name they ended in (outside regression audit 12, F1).
+fn page_url(host: Option<&str>) -> Option<url::Url> {
+    let host = host?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if host.is_empty() || !host.chars().all(allowed) {
+        return None;
+    }
+    let url = url::Url::parse(&format!("http://{host}")).ok()?;
+    if let Some(url::Host::Domain(name)) = url.host() {
+        // One trailing dot is the same name written absolute; any other empty label is none.
+        if name
+            .strip_suffix('.')
+            .unwrap_or(name)
+            .split('.')
+            .any(str::is_empty)
+        {
+            return None;
+        }
+    }
+    Some(url)
 }
 
 /// Whether a development token may go to a page loaded through `host`: an IP address or
@@ -370,7 +395,6 @@ fn bootstrap_host_allowed(page: Option<&url::Url>) -> bool {
 
 #[cfg(test)]
 mod bootstrap_tests {
-    use axum::http::HeaderValue;
 
     #[test]
     fn development_tokens_go_to_ip_addresses_and_localhost_only() {
@@ -381,11 +405,10 @@ mod bootstrap_tests {
             "localhost:8080",
             "LOCALHOST",
             "app.localhost:8080",
+            "localhost.:8080",
         ] {
             assert!(
-                super::bootstrap_host_allowed(
-                    super::page_url(Some(&HeaderValue::from_static(host))).as_ref()
-                ),
+                super::bootstrap_host_allowed(super::page_url(Some(host)).as_ref()),
                 "{host}"
             );
         }
@@ -395,11 +418,19 @@ mod bootstrap_tests {
             "127.0.0.1.nip.io",
             "",
             "a b",
+            // Not `uri-host[:port]` (outside regression audit 12, F1).
+            "evil.example@127.0.0.1",
+            "user:pass@localhost",
+            "127.0.0.1/evil.example",
+            "127.0.0.1?x=evil.example",
+            "%6cocalhost",
+            "evil.example.%6cocalhost",
+            "localhost..",
+            ".localhost",
+            "evil.example#@127.0.0.1",
         ] {
             assert!(
-                !super::bootstrap_host_allowed(
-                    super::page_url(Some(&HeaderValue::from_static(host))).as_ref()
-                ),
+                !super::bootstrap_host_allowed(super::page_url(Some(host)).as_ref()),
                 "{host}"
             );
         }

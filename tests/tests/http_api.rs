@@ -84,10 +84,14 @@ async fn health_and_no_dev_endpoints_outside_dev_mode() -> anyhow::Result<()> {
 
 /// `GET /dev/bootstrap` with `Host` `host`: the status.
 async fn bootstrap_status(server: &TestServer, host: &str) -> anyhow::Result<u16> {
+    bootstrap_status_at(server, "/dev/bootstrap", host).await
+}
+
+/// The same, with the request target as given (origin or absolute form).
+async fn bootstrap_status_at(server: &TestServer, target: &str, host: &str) -> anyhow::Result<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
-    let request =
-        format!("GET /dev/bootstrap HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     tcp.write_all(request.as_bytes()).await?;
     let mut answer = Vec::new();
     tcp.read_to_end(&mut answer).await?;
@@ -121,8 +125,24 @@ async fn dev_mode_bootstrap_refuses_pages_of_other_names() -> anyhow::Result<()>
     for host in [
         format!("evil.example:{port}"),
         "localhost.evil.example".into(),
+        // Not `uri-host[:port]`: taken for the name they end in before (regression audit 12).
+        format!("evil.example@127.0.0.1:{port}"),
+        "%6cocalhost".into(),
+        "localhost..".into(),
     ] {
         assert_eq!(bootstrap_status(&server, &host).await?, 403, "{host}");
+    }
+    // An absolute request target's authority is the page's, whatever `Host` says.
+    let local = format!("127.0.0.1:{port}");
+    for (target, status) in [
+        ("http://evil.example/dev/bootstrap".to_string(), 403),
+        (format!("http://{local}/dev/bootstrap"), 200),
+    ] {
+        assert_eq!(
+            bootstrap_status_at(&server, &target, &local).await?,
+            status,
+            "{target}"
+        );
     }
     Ok(())
 }
