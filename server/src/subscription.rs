@@ -410,6 +410,19 @@ struct Lent {
     behind: bool,
     /// Frames held for a run's single write (`crate::cork`); empty while `behind`.
     pending: Vec<Bytes>,
+    /// Deliveries taken here and their bytes, not yet added to the session's tally: counted
+    /// under the lock already held, and added when the stream goes back to the writer, when
+    /// the subscription ends (`Direct::settle`) or with the `Direct` (two atomic additions per
+    /// delivery were about 3 % of the server's CPU in a 200-subscriber fan-out).
+    sent_bytes: u64,
+    sent_messages: u64,
+}
+
+impl Lent {
+    fn count(&mut self, bytes: usize) {
+        self.sent_bytes += bytes as u64;
+        self.sent_messages += 1;
+    }
 }
 
 /// How many frames one stream holds for a run before it writes them anyway.
@@ -450,15 +463,37 @@ impl Direct {
             skip_through,
             behind: false,
             pending: Vec::new(),
+            sent_bytes: 0,
+            sent_messages: 0,
         });
         Ok(())
+    }
+
+    /// Adds what `lent` counted to the session's tally.
+    fn settle_lent(&self, lent: &mut Lent) {
+        if lent.sent_messages > 0 {
+            self.tally
+                .sent(lent.sent_bytes as usize, lent.sent_messages);
+            lent.sent_bytes = 0;
+            lent.sent_messages = 0;
+        }
+    }
+
+    /// Adds the deliveries written here so far to the session's tally (the subscription ends;
+    /// the session reads its tally for its closing line).
+    pub fn settle(&self) {
+        if let Some(lent) = self.lock().as_mut() {
+            self.settle_lent(lent);
+        }
     }
 
     /// The stream back for the writer. Only a queued delivery (which comes after anything
     /// held), or the subscription's end, makes the writer take it, so frames still held here
     /// belong to a subscription that is ending: they go with it.
     fn reclaim(&self) -> Option<SendStream> {
-        self.lock().take().map(|l| l.stream)
+        let mut lent = self.lock().take()?;
+        self.settle_lent(&mut lent);
+        Some(lent.stream)
     }
 
     /// One delivery from the hub: held for a run (`crate::cork`), or written now if the stream
@@ -480,12 +515,12 @@ impl Direct {
         }
         if idle.pending.len() < MAX_PENDING && crate::cork::hold(self, idle.pending.is_empty()) {
             idle.pending.push(delivery.frame.clone());
-            self.tally.sent(delivery.frame.len(), 1);
+            idle.count(delivery.frame.len());
             return Ok(Offered::Written);
         }
         if !idle.pending.is_empty() {
             idle.pending.push(delivery.frame.clone());
-            self.tally.sent(delivery.frame.len(), 1);
+            idle.count(delivery.frame.len());
             self.write_pending(idle, Some(queue));
             return Ok(Offered::Written);
         }
@@ -496,7 +531,7 @@ impl Direct {
             .write_chunks(&mut rest)
             .now_or_never();
         if matches!(written, Some(Ok(_))) && rest[0].is_empty() {
-            self.tally.sent(delivery.frame.len(), 1);
+            idle.count(delivery.frame.len());
             return Ok(Offered::Written);
         }
         // Out of stream credit, or the client stopped the stream: the writer takes over, and
@@ -555,6 +590,15 @@ impl Direct {
                 self.overflow.cancel();
                 return;
             }
+        }
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let lent = self.lent.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(mut lent) = lent.take() {
+            self.settle_lent(&mut lent);
         }
     }
 }

@@ -200,7 +200,7 @@ impl Session {
                 room: key.room.to_string(),
                 latest: latest.clone(),
                 priority: self.shared.config.priority(&key.room),
-                direct,
+                direct: direct.clone(),
             }
             .run(),
         );
@@ -218,6 +218,7 @@ impl Session {
                 writer: shared_sink.then_some(writer),
                 stop,
                 overflow,
+                direct,
             },
         );
         Ok(Some(Event::Subscribed {
@@ -601,7 +602,12 @@ impl Session {
             }
             self.announce_presence(&sub.key, false).await;
         }
-        if self.shared.hub.unsubscribe(&sub.key, sub.id) {
+        let left_hub = self.shared.hub.unsubscribe(&sub.key, sub.id);
+        // Out of the hub: nothing more is written into it directly.
+        if let Some(direct) = &sub.direct {
+            direct.settle();
+        }
+        if left_hub {
             if let Err(e) = self.shared.broker.remove_interest(sub.key).await {
                 warn!(error = %e, "broker refused to drop interest");
             }

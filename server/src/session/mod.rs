@@ -116,6 +116,9 @@ struct Sub {
     stop: CancellationToken,
     /// The token the writer watches (the hub cancels it when the queue overflows).
     overflow: CancellationToken,
+    /// The stream the hub writes into while the writer is idle: what it wrote is added to the
+    /// session's tally when the subscription ends.
+    direct: Option<std::sync::Arc<crate::subscription::Direct>>,
 }
 
 /// A command refused with an error reply, or cut off by the session's close.
