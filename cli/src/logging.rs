@@ -25,12 +25,18 @@ pub enum LogFormat {
 /// included (outside operations audit 2, S2). A cap is a second filter that must also pass,
 /// so it never raises a level `RUST_LOG` set lower (as a directive would: `tungstenite=debug`
 /// turned its DEBUG lines on at the default level, a regression audit found).
-fn caps() -> Targets {
+///
+/// No level here is above what `filter` lets through at most (`most`): the subscriber tells
+/// tracing and the `log` crate the most verbose level any of its filters might pass, the
+/// highest of them all, and a cap at TRACE made every `log::trace!` of tungstenite (several per
+/// WebSocket frame) reach the subscriber to be refused there: about 3 % of the server's CPU
+/// in many rooms over WebSocket. Under that level a `log` call stops at one comparison.
+fn caps(most: LevelFilter) -> Targets {
     Targets::new()
-        .with_default(LevelFilter::TRACE)
-        .with_target("wtransport", LevelFilter::INFO)
-        .with_target("tungstenite", LevelFilter::DEBUG)
-        .with_target("tokio_tungstenite", LevelFilter::DEBUG)
+        .with_default(most)
+        .with_target("wtransport", LevelFilter::INFO.min(most))
+        .with_target("tungstenite", LevelFilter::DEBUG.min(most))
+        .with_target("tokio_tungstenite", LevelFilter::DEBUG.min(most))
 }
 
 /// The levels: `RUST_LOG`, or `default_level` with async-nats at WARN.
@@ -41,11 +47,17 @@ fn filter(default_level: &str) -> EnvFilter {
         .unwrap_or_else(|_| format!("{default_level},async_nats=warn").into())
 }
 
+/// The most verbose level `filter` may let through (TRACE when it cannot say).
+fn most_verbose(filter: &EnvFilter) -> LevelFilter {
+    tracing_subscriber::Layer::<tracing_subscriber::Registry>::max_level_hint(filter)
+        .unwrap_or(LevelFilter::TRACE)
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `default_level`; [`caps`] hold either way.
 pub fn init(default_level: &str, format: LogFormat) {
-    let registry = tracing_subscriber::registry()
-        .with(filter(default_level))
-        .with(caps());
+    let filter = filter(default_level);
+    let most = most_verbose(&filter);
+    let registry = tracing_subscriber::registry().with(filter).with(caps(most));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
         LogFormat::Text => registry
@@ -60,5 +72,37 @@ pub fn init(default_level: &str, format: LogFormat) {
                     .with_span_list(false),
             )
             .init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+    use tracing_subscriber::Layer;
+
+    #[test]
+    fn caps_never_raise_the_most_verbose_level() {
+        for (directives, most) in [
+            ("warn", LevelFilter::WARN),
+            ("info,async_nats=warn", LevelFilter::INFO),
+            ("trace", LevelFilter::TRACE),
+        ] {
+            let filter = EnvFilter::new(directives);
+            assert_eq!(most_verbose(&filter), most, "{directives}");
+            let caps = caps(most_verbose(&filter));
+            // What tracing and the `log` crate are told: no more than RUST_LOG's level.
+            assert_eq!(
+                Layer::<tracing_subscriber::Registry>::max_level_hint(&caps),
+                Some(most),
+                "{directives}"
+            );
+        }
+        // At TRACE the credentials' caps still hold.
+        let caps = caps(LevelFilter::TRACE);
+        assert!(caps.would_enable("tungstenite::protocol", &Level::DEBUG));
+        assert!(!caps.would_enable("tungstenite::protocol", &Level::TRACE));
+        assert!(!caps.would_enable("wtransport::driver", &Level::DEBUG));
+        assert!(caps.would_enable("quiver_server", &Level::TRACE));
     }
 }
