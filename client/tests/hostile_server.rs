@@ -18,7 +18,7 @@ use quiver_client::{
     token_fixed, Client, ClientConfig, ConnectionState, Position, Recovery, SubEvent, Subscription,
     Transport,
 };
-use quiver_proto::{encode_event, Command, Event, ServerFrame};
+use quiver_proto::{encode_event, Command, ErrorCode, Event, ServerFrame};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -36,6 +36,12 @@ enum After {
     /// Welcomes with a token expiring in 3 s and answers every `Refresh` with that same
     /// expiry, counting the refreshes.
     RefreshSame,
+    /// Welcomes with a token that expired 100 s ago and answers every `Refresh` with an expiry
+    /// a second later than the last, still past, counting the refreshes.
+    RefreshPast,
+    /// Answers every `Subscribe` with `Subscribed`, then ends the room at once with
+    /// `Unsubscribed { unavailable }` (the client subscribes again), counting the `Subscribe`s.
+    EndsEveryRoom,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
@@ -281,7 +287,10 @@ async fn hostile_logged(
     let flooded = flood.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let index = if matches!(after, After::RefreshSame) {
+            let index = if matches!(
+                after,
+                After::RefreshSame | After::RefreshPast | After::EndsEveryRoom
+            ) {
                 0
             } else {
                 count.fetch_add(1, Ordering::SeqCst)
@@ -296,12 +305,14 @@ async fn hostile_logged(
                 let Some((id, Command::Hello { .. })) = command(&mut ws).await else {
                     return;
                 };
-                let expiry = matches!(after, After::RefreshSame).then(|| {
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                        + 3
-                });
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let mut expiry = match after {
+                    After::RefreshSame => Some(now + 3),
+                    After::RefreshPast => Some(now - 100),
+                    _ => None,
+                };
                 let welcome = welcome(max_frame, 1000, expiry);
                 if !send(&mut ws, id, welcome).await {
                     return;
@@ -326,17 +337,39 @@ async fn hostile_logged(
                             }
                         }
                     }
-                    After::RefreshSame => {
+                    After::RefreshSame | After::RefreshPast => {
                         while let Some((id, cmd)) = command(&mut ws).await {
                             let reply = match cmd {
                                 Command::Refresh { .. } => {
                                     refreshes.fetch_add(1, Ordering::SeqCst);
+                                    if matches!(after, After::RefreshPast) {
+                                        expiry = expiry.map(|e| e + 1);
+                                    }
                                     Event::Refreshed { expires_at: expiry }
                                 }
                                 Command::Ping => Event::Pong,
                                 _ => continue,
                             };
                             if !send(&mut ws, id, reply).await {
+                                return;
+                            }
+                        }
+                    }
+                    After::EndsEveryRoom => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let Command::Subscribe { room, .. } = cmd else {
+                                continue;
+                            };
+                            refreshes.fetch_add(1, Ordering::SeqCst);
+                            let subscribed = subscribed(&room);
+                            let ended = Event::Unsubscribed {
+                                room,
+                                code: ErrorCode::Unavailable as u16,
+                                reason: "try again".into(),
+                            };
+                            if !send(&mut ws, id, subscribed).await
+                                || !send(&mut ws, 0, ended).await
+                            {
                                 return;
                             }
                         }
@@ -522,6 +555,35 @@ async fn a_refresh_that_does_not_move_the_expiry_is_not_retried_in_a_loop() -> a
     tokio::time::sleep(Duration::from_secs(4)).await;
     let n = refreshes.load(Ordering::SeqCst);
     assert!((1..=5).contains(&n), "{n} refreshes in 4 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A `Refreshed` whose expiry moved but is still past is retried with a backoff too (outside
+/// client audit 13, F3: 667 `Refresh` commands, each a call of the token provider, in 3 s).
+#[tokio::test]
+async fn a_refresh_whose_expiry_is_still_past_is_not_retried_in_a_loop() -> anyhow::Result<()> {
+    let (port, refreshes) = hostile(After::RefreshPast, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = refreshes.load(Ordering::SeqCst);
+    assert!((1..=4).contains(&n), "{n} refreshes in 3 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A room the server ends every time is subscribed again with a backoff that doubles (outside
+/// client audit 13, F4: a fixed 0.2-0.8 s window, 20 `Subscribe`s in 10 s). With the default
+/// backoff (100 ms doubling to 5 s, at least half the window, at least 200 ms) the retries in
+/// 8 s are at most 7; the fixed window made at least 10.
+#[tokio::test]
+async fn a_room_ended_every_time_is_subscribed_again_ever_more_slowly() -> anyhow::Result<()> {
+    let (port, subscribes) = hostile(After::EndsEveryRoom, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let _sub = client.subscribe("chat.a").await?;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let n = subscribes.load(Ordering::SeqCst);
+    assert!((3..=8).contains(&n), "{n} Subscribes in 8 s");
     client.close().await;
     Ok(())
 }

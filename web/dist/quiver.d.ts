@@ -3,6 +3,8 @@
 export declare const LENGTH_PREFIX = 4;
 /** The protocol's default maximum frame body (`Welcome.limits.max_frame` may announce another). */
 export declare const DEFAULT_MAX_FRAME: number;
+/** The smallest `max_frame` a server announces (PROTOCOL §3). */
+export declare const MIN_MAX_FRAME: number;
 /** The largest `max_frame` a server may announce (16 MiB, PROTOCOL.md §3): no client takes a
  *  larger frame, whatever a server says. */
 export declare const MAX_MAX_FRAME: number;

@@ -2,6 +2,7 @@
 // src/codec.ts
 var LENGTH_PREFIX = 4;
 var DEFAULT_MAX_FRAME = 64 * 1024;
+var MIN_MAX_FRAME = 8 * 1024;
 var MAX_MAX_FRAME = 16 * 1024 * 1024;
 var PROTOCOL_VERSION = 1;
 var COMMAND_TYPES = [
@@ -996,6 +997,10 @@ function unsent(e) {
   e.unsent = true;
   return e;
 }
+function refreshDelay(expiresAt) {
+  const remaining = expiresAt * 1e3 - Date.now();
+  return Math.max(0, remaining - Math.min(6e4, remaining / 5));
+}
 var Refresher = class {
   constructor(session, token, report) {
     this.session = session;
@@ -1006,11 +1011,12 @@ var Refresher = class {
   token;
   report;
   timer = null;
+  /** Refreshes in a row whose new expiry was due again at once: the backoff's exponent. */
+  strikes = 0;
   schedule(expiresAt) {
     this.stop();
     if (expiresAt === null) return;
-    const remaining = expiresAt * 1e3 - Date.now();
-    const delay = Math.max(0, remaining - Math.min(6e4, remaining / 5));
+    const delay = refreshDelay(expiresAt);
     this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
   }
   stop() {
@@ -1023,10 +1029,13 @@ var Refresher = class {
       const reply = await this.session.request(0, { type: "Refresh", token }, { urgent: true });
       if (reply.type === "Refreshed") {
         const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
-        if (next !== null && next <= expiresAt) {
-          this.timer = setTimeout(() => void this.refresh(next), 1e3);
+        if (next !== null && (next <= expiresAt || refreshDelay(next) < 1e3)) {
+          const wait = Math.min(1e3 * 2 ** this.strikes, 3e4);
+          this.strikes = Math.min(this.strikes + 1, 16);
+          this.timer = setTimeout(() => void this.refresh(next), wait);
           return;
         }
+        this.strikes = 0;
         this.schedule(next);
         return;
       }
@@ -2371,7 +2380,7 @@ var QuiverClient = class {
       limits: welcome.limits
     };
     session.raiseMaxFrame(Math.min(welcome.limits.maxFrame, this.opts.maxFrameCeiling));
-    session.limitFrames(welcome.limits.maxFrame);
+    session.limitFrames(Math.max(welcome.limits.maxFrame, MIN_MAX_FRAME));
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }
@@ -2519,6 +2528,7 @@ export {
   FrameDecoder,
   LENGTH_PREFIX,
   MAX_MAX_FRAME,
+  MIN_MAX_FRAME,
   Message,
   PROTOCOL_VERSION,
   QuiverClient,

@@ -4,6 +4,7 @@
 // subscriptions' bookkeeping across sessions in subscriptions.ts.
 
 import {
+  MIN_MAX_FRAME,
   PROTOCOL_VERSION,
   encodePublishDatagram,
   type Command,
@@ -567,7 +568,10 @@ export class QuiverClient {
     };
     // The server's announcement raises the inbound limit only up to the client's own ceiling.
     session.raiseMaxFrame(Math.min(welcome.limits.maxFrame, this.opts.maxFrameCeiling));
-    session.limitFrames(welcome.limits.maxFrame);
+    // PROTOCOL §3: a server's `max_frame` is never below 8,192 bytes. One announcing less is
+    // not believed for what the client sends (every command, Pings included, was refused here
+    // as too large and the client reconnected in a loop: outside client audit 13, F5).
+    session.limitFrames(Math.max(welcome.limits.maxFrame, MIN_MAX_FRAME));
     if (this.opts.paceCommands) session.pace(welcome.limits.commandsPerSecond);
     return session;
   }

@@ -6,6 +6,8 @@
 export const LENGTH_PREFIX = 4;
 /** The protocol's default maximum frame body (`Welcome.limits.max_frame` may announce another). */
 export const DEFAULT_MAX_FRAME = 64 * 1024;
+/** The smallest `max_frame` a server announces (PROTOCOL §3). */
+export const MIN_MAX_FRAME = 8 * 1024;
 /** The largest `max_frame` a server may announce (16 MiB, PROTOCOL.md §3): no client takes a
  *  larger frame, whatever a server says. */
 export const MAX_MAX_FRAME = 16 * 1024 * 1024;

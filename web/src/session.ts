@@ -391,9 +391,18 @@ function unsent(e: QuiverError): QuiverError {
   return e;
 }
 
+/** Milliseconds until a token expiring at `expiresAt` (Unix seconds) is refreshed: a minute
+ * ahead, or a fifth of the lifetime for short tokens, so one failure can be retried. */
+function refreshDelay(expiresAt: number): number {
+  const remaining = expiresAt * 1000 - Date.now();
+  return Math.max(0, remaining - Math.min(60_000, remaining / 5));
+}
+
 /** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
 export class Refresher {
   private timer: ReturnType<typeof setTimeout> | null = null;
+  /** Refreshes in a row whose new expiry was due again at once: the backoff's exponent. */
+  private strikes = 0;
 
   constructor(
     private readonly session: Session,
@@ -404,9 +413,7 @@ export class Refresher {
   schedule(expiresAt: number | null): void {
     this.stop();
     if (expiresAt === null) return;
-    const remaining = expiresAt * 1000 - Date.now();
-    // A minute ahead, or a fifth of the lifetime for short tokens, so one failure can be retried.
-    const delay = Math.max(0, remaining - Math.min(60_000, remaining / 5));
+    const delay = refreshDelay(expiresAt);
     // setTimeout fires at once beyond 2^31-1 ms; an early refresh of a very long token is harmless.
     this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
   }
@@ -422,13 +429,17 @@ export class Refresher {
       const reply = await this.session.request(0, { type: 'Refresh', token }, { urgent: true });
       if (reply.type === 'Refreshed') {
         const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
-        // An expiry that did not move later would be due again at once: tried again in a
-        // second at the earliest, never in a loop (an outside audit saw 745 refreshes a second
-        // against a server that kept the expiry).
-        if (next !== null && next <= expiresAt) {
-          this.timer = setTimeout(() => void this.refresh(next), 1_000);
+        // An expiry that did not move later, or that is due again at once (still in the past),
+        // is tried again after a backoff from 1 s doubling to 30 s, never in a loop: outside
+        // audits saw 745 refreshes a second against a server that kept the expiry, and 835
+        // (each a call of the token callback) against one that moved it a second, still past.
+        if (next !== null && (next <= expiresAt || refreshDelay(next) < 1_000)) {
+          const wait = Math.min(1_000 * 2 ** this.strikes, 30_000);
+          this.strikes = Math.min(this.strikes + 1, 16);
+          this.timer = setTimeout(() => void this.refresh(next), wait);
           return;
         }
+        this.strikes = 0;
         this.schedule(next);
         return;
       }

@@ -202,12 +202,26 @@ describe(`over ${transport}`, () => {
   test('a frame over Welcome.limits.max_frame is refused locally (payload_too_large), the session stays up', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());
-    const conn = await connected(net, client, { limits: { maxFrame: 100, maxPayload: 80 } });
-    await assert.rejects(client.publish('r', new Uint8Array(200), { ack: true }), (e) => e.kind === 'command' && e.label === 'payload_too_large' && /not sent/.test(e.message));
+    const conn = await connected(net, client, { limits: { maxFrame: 8192, maxPayload: 8000 } });
+    await assert.rejects(client.publish('r', new Uint8Array(9000), { ack: true }), (e) => e.kind === 'command' && e.label === 'payload_too_large' && /not sent/.test(e.message));
     // Under the frame limit it goes to the server, which judges the payload.
     const ok = client.publish('r', new Uint8Array(10), { ack: true });
     const cmd = await conn.expect('Publish');
     assert.equal(cmd.command.payload.length, 10);
+    conn.send(cmd.id, { type: 'Published', position: null });
+    await ok;
+    assert.equal(client.state, 'connected');
+  });
+
+  test('a Welcome.limits.max_frame below the protocol\'s 8,192 is not believed for what the client sends', async (t) => {
+    // Every command, Pings included, was refused locally and the client reconnected in a loop
+    // (outside client audit 13, F5).
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client, { limits: { maxFrame: 1, maxPayload: 1 } });
+    const ok = client.publish('r', new Uint8Array(200), { ack: true });
+    const cmd = await conn.expect('Publish');
+    assert.equal(cmd.command.payload.length, 200);
     conn.send(cmd.id, { type: 'Published', position: null });
     await ok;
     assert.equal(client.state, 'connected');
@@ -361,6 +375,26 @@ describe(`over ${transport}`, () => {
     const second = await conn.expect('Refresh');
     assert.ok(Date.now() - answered >= 900, `retried after ${Date.now() - answered} ms`);
     conn.send(second.id, { type: 'Refreshed', expiresAt: expiresAt + 3600n });
+  });
+
+  test('a Refreshed whose expiry is still past backs off, doubling, not in a loop', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    // A server that moves the expiry by a second each time, still in the past (outside client
+    // audit 13: 835 refreshes, and token callback calls, a second).
+    let expiresAt = BigInt(Math.floor(Date.now() / 1000) - 100);
+    const conn = await connected(net, client, { expiresAt });
+    const gaps = [];
+    let last = null;
+    for (let i = 0; i < 3; i++) {
+      const refresh = await conn.expect('Refresh');
+      if (last !== null) gaps.push(Date.now() - last);
+      expiresAt += 1n;
+      last = Date.now();
+      conn.send(refresh.id, { type: 'Refreshed', expiresAt });
+    }
+    assert.ok(gaps[0] >= 900, `first retry after ${gaps[0]} ms`);
+    assert.ok(gaps[1] >= 1_800, `second retry after ${gaps[1]} ms (doubling)`);
   });
 
   test('a malformed frame from the server ends the session and reconnects', async (t) => {

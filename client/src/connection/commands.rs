@@ -157,6 +157,8 @@ impl Actor {
                 last: Arc::new(Mutex::new(from)),
                 cmd_id: None,
                 confirmed: false,
+                confirmed_at: None,
+                retries: 0,
                 stream: None,
                 preamble: None,
                 reader: None,
@@ -345,14 +347,20 @@ impl Actor {
                         let before = lock(&self.shared.welcome)
                             .as_ref()
                             .and_then(|w| w.expires_at);
-                        // An expiry that did not move later would be due again at once: retried
-                        // with backoff, like a refused refresh, never in a loop (outside audit: 190
-                        // `Refresh` a second against a server that kept the expiry).
+                        // An expiry that did not move later, or one due again at once (still
+                        // past), is retried with backoff, like a refused refresh, never in a
+                        // loop (outside audits: 190 `Refresh` a second against a server that kept
+                        // the expiry, 667 against one that moved it a second, still past; each
+                        // a call of the token provider).
                         let moved = match (before, expires_at) {
                             (Some(before), Some(after)) => after > before,
                             _ => true,
                         };
-                        if moved {
+                        let due_at_once = expires_at.is_some_and(|exp| {
+                            refresh_delay(exp, unix_now(), self.cfg.refresh_ahead)
+                                < Duration::from_secs(1)
+                        });
+                        if moved && !due_at_once {
                             live.refresh_failures = 0;
                             live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
                         } else {

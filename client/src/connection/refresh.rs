@@ -50,11 +50,15 @@ pub(super) fn refresh_deadline(
     expires_at: Option<u64>,
     ahead: Duration,
 ) -> Option<tokio::time::Instant> {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let delay = refresh_delay(expires_at?, now_unix, ahead);
+    let delay = refresh_delay(expires_at?, unix_now(), ahead);
     Some(tokio::time::Instant::now() + delay)
+}
+
+/// The wall clock as a duration since the Unix epoch (zero before it).
+pub(super) fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 /// How long from now (`now_unix`) to wait before refreshing a token that expires at `exp`.

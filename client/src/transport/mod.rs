@@ -46,6 +46,9 @@ enum Io {
 /// What the running tasks of a connection need.
 pub(crate) struct RunCtx {
     pub(crate) events: EventTx,
+    /// The connection's [`CONTROL_CREDIT`](crate::connection::CONTROL_CREDIT): a reader takes
+    /// one place per control frame it hands on.
+    pub(crate) control_credit: Arc<tokio::sync::Semaphore>,
     pub(crate) epoch: u64,
     pub(crate) pacer: Option<Pacer>,
     pub(crate) liveness: Arc<Liveness>,

@@ -233,6 +233,7 @@ impl WsIo {
         let router = Router {
             subs: HashMap::new(),
             events: ctx.events,
+            credit: ctx.control_credit,
             epoch: ctx.epoch,
         };
         tasks.spawn(reader(
@@ -315,14 +316,36 @@ struct Router {
     /// Room → (id of its `SubscriptionStream`, its share).
     subs: HashMap<String, (u32, mpsc::Sender<ServerFrame>, Arc<AtomicUsize>)>,
     events: EventTx,
+    /// The connection's `CONTROL_CREDIT`: one place per control frame handed on.
+    credit: Arc<tokio::sync::Semaphore>,
     epoch: u64,
 }
 
+/// Rooms the reader keeps a share for at once: far above any client's subscriptions (256 by
+/// default), so only a server announcing streams for rooms the client never subscribed to
+/// reaches it, and its connection then ends (outside client audit 13, F2: a share per such
+/// room, kept for ever, grew the client by 300 MB a second).
+const MAX_SHARES: usize = 4_096;
+
 impl Router {
-    /// `false` once the state machine is gone.
-    fn route(&mut self, frame: ServerFrame) -> bool {
+    /// `false` once the state machine is gone, or the connection is to end.
+    async fn route(&mut self, frame: ServerFrame) -> bool {
         let room = match &frame.event {
             Event::SubscriptionStream { room } => {
+                if self.subs.len() >= MAX_SHARES && !self.subs.contains_key(room) {
+                    // Shares the state machine dropped (rooms it never subscribed to) go first.
+                    self.subs.retain(|_, (_, tx, _)| !tx.is_closed());
+                    if self.subs.len() >= MAX_SHARES {
+                        self.send(ConnEvent::Lost {
+                            code: 0,
+                            reason: format!(
+                                "the server announced subscription streams for more than \
+                                 {MAX_SHARES} rooms"
+                            ),
+                        });
+                        return false;
+                    }
+                }
                 let (tx, rx) = mpsc::channel(WS_SUB_QUEUE);
                 let bytes = Arc::new(AtomicUsize::new(0));
                 // A newer subscription of the room replaces the older share, which then ends.
@@ -336,11 +359,11 @@ impl Router {
             }
             Event::Unsubscribed { room, .. } => {
                 self.subs.remove(room);
-                return self.send(ConnEvent::Frame(frame));
+                return self.send_frame(frame).await;
             }
             event => match frame_room(event) {
                 Some(room) => room,
-                None => return self.send(ConnEvent::Frame(frame)),
+                None => return self.send_frame(frame).await,
             },
         };
         // Routed by the room it names: a frame of a room with no current share (another room's,
@@ -376,6 +399,15 @@ impl Router {
     fn send(&self, ev: ConnEvent) -> bool {
         self.events.send((self.epoch, ev)).is_ok()
     }
+
+    /// Hands a control frame on, waiting while the state machine is behind (`CONTROL_CREDIT`):
+    /// the reader then stops reading, and TCP holds the server back.
+    async fn send_frame(&self, frame: ServerFrame) -> bool {
+        let Ok(place) = self.credit.clone().acquire_owned().await else {
+            return false;
+        };
+        self.send(ConnEvent::Frame(frame, place))
+    }
 }
 
 async fn reader(
@@ -386,7 +418,7 @@ async fn reader(
     liveness: Arc<Liveness>,
 ) {
     for frame in early {
-        if !router.route(frame) {
+        if !router.route(frame).await {
             return;
         }
     }
@@ -404,7 +436,7 @@ async fn reader(
             Ok(Message::Binary(data)) => match decode_message(&mut dec, &data) {
                 Ok(frames) => {
                     for frame in frames {
-                        if !router.route(frame) {
+                        if !router.route(frame).await {
                             return;
                         }
                     }
@@ -470,19 +502,96 @@ mod tests {
         assert!(cf.reason.as_str().len() <= MAX_CLOSE_REASON);
     }
 
+    fn router(tx: EventTx) -> Router {
+        Router {
+            subs: HashMap::new(),
+            events: tx,
+            credit: Arc::new(tokio::sync::Semaphore::new(
+                crate::connection::CONTROL_CREDIT,
+            )),
+            epoch: 1,
+        }
+    }
+
+    /// The reader stops once `CONTROL_CREDIT` control frames wait for the state machine, and
+    /// goes on when one is handled (outside client audit 13, F1: a `Pong` flood grew the
+    /// client without bound).
+    #[tokio::test]
+    async fn the_reader_waits_for_the_state_machine() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut router = router(tx);
+        for _ in 0..crate::connection::CONTROL_CREDIT {
+            assert!(router.route(frame(1, Event::Pong)).await);
+        }
+        let waits = tokio::time::timeout(
+            Duration::from_millis(200),
+            router.route(frame(1, Event::Pong)),
+        );
+        assert!(
+            waits.await.is_err(),
+            "a frame past the credit was handed on"
+        );
+        // One handled (its credit dropped with the event): the next goes through.
+        drop(rx.try_recv().unwrap());
+        let goes =
+            tokio::time::timeout(Duration::from_secs(1), router.route(frame(1, Event::Pong)));
+        assert!(goes.await.unwrap());
+    }
+
+    /// Shares of rooms the state machine dropped make room for new ones; a server that keeps
+    /// announcing streams past `MAX_SHARES` live ones ends the connection (audit 13, F2).
+    #[tokio::test]
+    async fn shares_are_bounded() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut router = router(tx);
+        let announce = |i: usize| {
+            frame(
+                1,
+                Event::SubscriptionStream {
+                    room: format!("r.{i}"),
+                },
+            )
+        };
+        // Dropped as they come, as the state machine drops a stream for a room it never
+        // subscribed to.
+        for i in 0..MAX_SHARES * 2 {
+            assert!(router.route(announce(i)).await);
+            drop(rx.try_recv().unwrap());
+        }
+        assert!(router.subs.len() <= MAX_SHARES);
+        // Held: past the bound the connection ends, saying why.
+        let mut held = Vec::new();
+        let mut i = MAX_SHARES * 2;
+        loop {
+            i += 1;
+            if !router.route(announce(i)).await {
+                break;
+            }
+            held.push(rx.try_recv().unwrap());
+            assert!(held.len() <= MAX_SHARES, "no bound");
+        }
+        let (_, ev) = rx.try_recv().unwrap();
+        assert!(matches!(ev, ConnEvent::Lost { ref reason, .. } if reason.contains("more than")));
+    }
+
     #[tokio::test]
     async fn router_tells_subscriptions_apart() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut router = Router {
             subs: HashMap::new(),
             events: tx,
+            credit: Arc::new(tokio::sync::Semaphore::new(
+                crate::connection::CONTROL_CREDIT,
+            )),
             epoch: 7,
         };
         // Before any SubscriptionStream: stale, dropped.
-        assert!(router.route(publication("a", "early")));
+        assert!(router.route(publication("a", "early")).await);
         assert!(rx.try_recv().is_err());
         // SubscriptionStream(a, id 3): a share for room a.
-        router.route(frame(3, Event::SubscriptionStream { room: "a".into() }));
+        router
+            .route(frame(3, Event::SubscriptionStream { room: "a".into() }))
+            .await;
         let (epoch, ev) = rx.try_recv().unwrap();
         assert_eq!(epoch, 7);
         let ConnEvent::Stream {
@@ -494,35 +603,39 @@ mod tests {
             panic!("expected a stream");
         };
         assert_eq!((id, room.as_str()), (3, "a"));
-        router.route(publication("a", "one"));
-        router.route(publication("b", "other room"));
+        router.route(publication("a", "one")).await;
+        router.route(publication("b", "other room")).await;
         let member = quiver_proto::Member {
             user: "u".into(),
             session: "s".into(),
         };
-        router.route(frame(
-            0,
-            Event::Joined {
-                room: "b".into(),
-                member,
-            },
-        ));
+        router
+            .route(frame(
+                0,
+                Event::Joined {
+                    room: "b".into(),
+                    member,
+                },
+            ))
+            .await;
         // Control events go to the state machine.
-        router.route(frame(9, Event::Pong));
-        assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(_)))));
+        router.route(frame(9, Event::Pong)).await;
+        assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(..)))));
         let got = share.rx.recv().await.unwrap();
         assert!(matches!(got.event, Event::Publication { ref payload, .. } if payload == "one"));
         // Unsubscribed ends the share; later frames of the room are stale.
-        router.route(frame(
-            0,
-            Event::Unsubscribed {
-                room: "a".into(),
-                code: 112,
-                reason: "slow".into(),
-            },
-        ));
-        assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(_)))));
-        router.route(publication("a", "late"));
+        router
+            .route(frame(
+                0,
+                Event::Unsubscribed {
+                    room: "a".into(),
+                    code: 112,
+                    reason: "slow".into(),
+                },
+            ))
+            .await;
+        assert!(matches!(rx.try_recv(), Ok((_, ConnEvent::Frame(..)))));
+        router.route(publication("a", "late")).await;
         assert!(share.rx.recv().await.is_none());
     }
 
@@ -532,14 +645,19 @@ mod tests {
         let mut router = Router {
             subs: HashMap::new(),
             events: tx,
+            credit: Arc::new(tokio::sync::Semaphore::new(
+                crate::connection::CONTROL_CREDIT,
+            )),
             epoch: 1,
         };
-        router.route(frame(5, Event::SubscriptionStream { room: "r".into() }));
+        router
+            .route(frame(5, Event::SubscriptionStream { room: "r".into() }))
+            .await;
         let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
             panic!("expected a stream");
         };
         for _ in 0..WS_SUB_QUEUE + 10 {
-            router.route(publication("r", "x"));
+            router.route(publication("r", "x")).await;
         }
         match rx.try_recv() {
             Ok((_, ConnEvent::Overflow { id, room })) => assert_eq!((id, room.as_str()), (5, "r")),
@@ -558,19 +676,26 @@ mod tests {
         let mut router = Router {
             subs: HashMap::new(),
             events: tx,
+            credit: Arc::new(tokio::sync::Semaphore::new(
+                crate::connection::CONTROL_CREDIT,
+            )),
             epoch: 1,
         };
-        router.route(frame(5, Event::SubscriptionStream { room: "r".into() }));
+        router
+            .route(frame(5, Event::SubscriptionStream { room: "r".into() }))
+            .await;
         let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
             panic!("expected a stream");
         };
         for _ in 0..5000 {
-            router.route(publication("r", "twenty bytes of data"));
+            router.route(publication("r", "twenty bytes of data")).await;
         }
         assert!(rx.try_recv().is_err(), "5,000 small frames overflowed");
         drop(stream);
 
-        router.route(frame(6, Event::SubscriptionStream { room: "s".into() }));
+        router
+            .route(frame(6, Event::SubscriptionStream { room: "s".into() }))
+            .await;
         let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
             panic!("expected a stream");
         };
@@ -586,10 +711,10 @@ mod tests {
             )
         };
         for i in 0..8 {
-            router.route(big(i));
+            router.route(big(i)).await;
         }
         assert!(rx.try_recv().is_err(), "8 MiB fits");
-        router.route(big(8));
+        router.route(big(8)).await;
         assert!(matches!(
             rx.try_recv(),
             Ok((_, ConnEvent::Overflow { id: 6, .. }))
@@ -606,6 +731,9 @@ mod tests {
         let mut router = Router {
             subs: HashMap::new(),
             events: tx,
+            credit: Arc::new(tokio::sync::Semaphore::new(
+                crate::connection::CONTROL_CREDIT,
+            )),
             epoch: 1,
         };
         let joined = |room: &str, user: usize| {
@@ -620,32 +748,36 @@ mod tests {
                 },
             )
         };
-        router.route(frame(5, Event::SubscriptionStream { room: "r".into() }));
+        router
+            .route(frame(5, Event::SubscriptionStream { room: "r".into() }))
+            .await;
         let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
             panic!("expected a stream");
         };
         for _ in 0..15 {
-            router.route(joined("r", 512 * 1024));
+            router.route(joined("r", 512 * 1024)).await;
         }
         assert!(rx.try_recv().is_err(), "15 × 512 KiB fit");
-        router.route(joined("r", 512 * 1024));
+        router.route(joined("r", 512 * 1024)).await;
         assert!(matches!(
             rx.try_recv(),
             Ok((_, ConnEvent::Overflow { id: 5, .. }))
         ));
         drop(stream);
 
-        router.route(frame(6, Event::SubscriptionStream { room: "t".into() }));
+        router
+            .route(frame(6, Event::SubscriptionStream { room: "t".into() }))
+            .await;
         let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
             panic!("expected a stream");
         };
         let fit = WS_SUB_BYTES / event_bytes(&joined("t", 0));
         assert!(fit < WS_SUB_QUEUE);
         for _ in 0..fit {
-            router.route(joined("t", 0));
+            router.route(joined("t", 0)).await;
         }
         assert!(rx.try_recv().is_err(), "{fit} empty frames fit");
-        router.route(joined("t", 0));
+        router.route(joined("t", 0)).await;
         assert!(matches!(
             rx.try_recv(),
             Ok((_, ConnEvent::Overflow { id: 6, .. }))

@@ -142,6 +142,7 @@ impl WtIo {
             recv,
             dec,
             ctx.events.clone(),
+            ctx.control_credit.clone(),
             ctx.epoch,
             ctx.liveness.clone(),
         ));
@@ -199,6 +200,7 @@ async fn control_reader(
     mut recv: RecvStream,
     mut dec: FrameDecoder,
     events: EventTx,
+    credit: std::sync::Arc<tokio::sync::Semaphore>,
     epoch: u64,
     liveness: std::sync::Arc<Liveness>,
 ) {
@@ -208,7 +210,15 @@ async fn control_reader(
             match dec.next_frame() {
                 Ok(Some(body)) => match decode_event(&body) {
                     Ok(frame) => {
-                        if events.send((epoch, ConnEvent::Frame(frame))).is_err() {
+                        // Waits while the state machine is behind (`CONTROL_CREDIT`): the
+                        // stream's flow control then holds the server back.
+                        let Ok(place) = credit.clone().acquire_owned().await else {
+                            return;
+                        };
+                        if events
+                            .send((epoch, ConnEvent::Frame(frame, place)))
+                            .is_err()
+                        {
                             return;
                         }
                     }
