@@ -42,6 +42,9 @@ enum After {
     /// Answers every `Subscribe` with `Subscribed`, then ends the room at once with
     /// `Unsubscribed { unavailable }` (the client subscribes again), counting the `Subscribe`s.
     EndsEveryRoom,
+    /// Answers a `Subscribe` with the room's `SubscriptionStream` and 10 MiB of publications
+    /// before its `Subscribed` (more than the client holds for a room).
+    FloodBeforeSubscribed,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
@@ -355,6 +358,30 @@ async fn hostile_logged(
                             }
                         }
                     }
+                    After::FloodBeforeSubscribed => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let Command::Subscribe { room, .. } = cmd else {
+                                continue;
+                            };
+                            let stream = Event::SubscriptionStream { room: room.clone() };
+                            if !send(&mut ws, id, stream).await {
+                                return;
+                            }
+                            for _ in 0..200 {
+                                let publication = Event::Publication {
+                                    room: room.clone(),
+                                    position: None,
+                                    payload: vec![1u8; 50_000].into(),
+                                };
+                                if !send(&mut ws, 0, publication).await {
+                                    return;
+                                }
+                            }
+                            if !send(&mut ws, id, subscribed(&room)).await {
+                                return;
+                            }
+                        }
+                    }
                     After::EndsEveryRoom => {
                         while let Some((id, cmd)) = command(&mut ws).await {
                             let Command::Subscribe { room, .. } = cmd else {
@@ -568,6 +595,26 @@ async fn a_refresh_whose_expiry_is_still_past_is_not_retried_in_a_loop() -> anyh
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = refreshes.load(Ordering::SeqCst);
     assert!((1..=4).contains(&n), "{n} refreshes in 3 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A room that overflows before its `Subscribed` fails its `subscribe()` with the reason
+/// (`slow_consumer`), on a connection that stays up: it said "connection lost" (outside client
+/// audit 13, F6).
+#[tokio::test]
+async fn a_room_that_overflows_before_subscribed_says_why() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::FloodBeforeSubscribed, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let refused = tokio::time::timeout(Duration::from_secs(10), client.subscribe("chat.a")).await?;
+    assert!(
+        matches!(
+            refused,
+            Err(quiver_client::ClientError::Server { code: 112, .. })
+        ),
+        "{:?}",
+        refused.err()
+    );
     client.close().await;
     Ok(())
 }

@@ -216,6 +216,15 @@ impl Actor {
     /// Removes the subscription; its stream yields `ev` once the queued events are read.
     pub(super) fn end_sub(&mut self, room: &str, ev: SubEvent) {
         if let Some(mut sub) = self.subs.remove(room) {
+            // A `subscribe()` still waiting for its first `Subscribed` gets the reason, not a
+            // dropped reply read as a lost connection (outside client audit 13, F6: a room that
+            // overflowed before its `Subscribed` said "connection lost" on a live connection).
+            if let (Some(waiter), SubEvent::Ended { code, reason }) = (sub.waiter.take(), &ev) {
+                let _ = waiter.send(Err(ClientError::Server {
+                    code: *code,
+                    message: reason.clone(),
+                }));
+            }
             if let Some(id) = sub.latest.subscription() {
                 lock(&self.latest_routes).remove(&id);
             }
