@@ -108,7 +108,9 @@ impl std::str::FromStr for Transport {
 /// even while its session is busy (a command waiting on the broker holds up the `Pong`): on
 /// WebTransport any QUIC packet (the acknowledgement of the `Ping` itself), on WebSocket a
 /// WebSocket pong (a WebSocket ping goes out with every heartbeat `Ping`). So a crashed, frozen
-/// or unreachable server is noticed; a slow one is not mistaken for dead.
+/// or unreachable server is noticed; a slow one is not mistaken for dead. A hung one (its
+/// machine answers, its session does not) is noticed when a `Ping` stays unanswered for
+/// `unanswered` (15 s by default).
 ///
 /// Cost: nothing while the server is sending anyway (publications, replies). On an otherwise
 /// silent session, one `Ping` and one `Pong` per `interval`: with the defaults, measured on
@@ -126,6 +128,12 @@ pub struct Heartbeat {
     pub interval: Duration,
     /// How long after that `Ping` something must have arrived (default 1.5 s).
     pub timeout: Duration,
+    /// How long a `Ping` may go unanswered while packets still arrive (default 15 s): the
+    /// server's machine answers (its transport acknowledges, a WebSocket layer pongs) but its
+    /// session does not, a hung server. Longer than a `Ping` can wait behind the session's own
+    /// commands (PROTOCOL.md §5: one held behind one that waits, each up to a broker stall's
+    /// 3 s or a hook's timeout, 2 s by default).
+    pub unanswered: Duration,
 }
 
 impl Default for Heartbeat {
@@ -133,6 +141,7 @@ impl Default for Heartbeat {
         Heartbeat {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(1500),
+            unanswered: Duration::from_secs(15),
         }
     }
 }

@@ -105,6 +105,7 @@ mod tests {
         Watch::new(Heartbeat {
             interval: 1000 * MS,
             timeout: 1500 * MS,
+            ..Heartbeat::default()
         })
     }
 

@@ -45,6 +45,9 @@ enum After {
     /// Answers a `Subscribe` with the room's `SubscriptionStream` and 10 MiB of publications
     /// before its `Subscribed` (more than the client holds for a room).
     FloodBeforeSubscribed,
+    /// Reads every command and answers none (its WebSocket layer still answers pings): a hung
+    /// server. Counts connections.
+    Hung,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
@@ -382,6 +385,7 @@ async fn hostile_logged(
                             }
                         }
                     }
+                    After::Hung => while command(&mut ws).await.is_some() {},
                     After::EndsEveryRoom => {
                         while let Some((id, cmd)) = command(&mut ws).await {
                             let Command::Subscribe { room, .. } = cmd else {
@@ -595,6 +599,26 @@ async fn a_refresh_whose_expiry_is_still_past_is_not_retried_in_a_loop() -> anyh
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = refreshes.load(Ordering::SeqCst);
     assert!((1..=4).contains(&n), "{n} refreshes in 3 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A server whose session answers nothing while its WebSocket layer still answers pings is
+/// hung: the client gives up on it once a `Ping` has gone unanswered for
+/// `Heartbeat::unanswered`, and reconnects (outside client audit 14, M1: connected for good).
+#[tokio::test]
+async fn a_hung_server_is_left() -> anyhow::Result<()> {
+    let (port, connections) = hostile(After::Hung, 65_536).await?;
+    let mut config = config(port);
+    config.heartbeat = Some(quiver_client::Heartbeat {
+        interval: Duration::from_millis(300),
+        timeout: Duration::from_millis(500),
+        unanswered: Duration::from_secs(2),
+    });
+    let client = Client::connect(config).await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let n = connections.load(Ordering::SeqCst);
+    assert!(n >= 2, "{n} connections in 6 s");
     client.close().await;
     Ok(())
 }

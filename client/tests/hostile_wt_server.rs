@@ -50,6 +50,9 @@ enum Bad {
     ForeignPublication,
     /// On the room's stream, a `Joined` naming another room.
     ForeignJoined,
+    /// The room's stream, after one good publication, reset with no `Unsubscribed` on the
+    /// control stream (outside client audit 14, M2: the room went silently dead).
+    ResetSilently,
 }
 
 impl Bad {
@@ -64,6 +67,7 @@ impl Bad {
             Bad::Empty => 0u32.to_be_bytes().to_vec(),
             Bad::Garbage | Bad::Control => garbage(),
             Bad::NoHeader => publication("bad").to_vec(),
+            Bad::ResetSilently => publication("before").to_vec(),
             Bad::ForeignPublication => event(
                 0,
                 Event::Publication {
@@ -244,6 +248,12 @@ async fn serve(
                         publication("after").to_vec()
                     };
                     stream.write_all(&tail).await?;
+                    if bad && plan.bad == Bad::ResetSilently {
+                        // Let the publication go out first; then no more frames, and no word.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = stream.reset(wtransport::VarInt::from_u32(0));
+                        continue;
+                    }
                     streams.push(stream);
                 }
                 _ => {}
@@ -328,6 +338,13 @@ async fn bad_frame_reconnects(bad: Bad) -> anyhow::Result<()> {
         .with_context(|| format!("after {bad:?}"))?;
     client.close().await;
     Ok(())
+}
+
+/// A room's stream reset without an `Unsubscribed` is a broken protocol: after the grace the
+/// `Unsubscribed` may take (5 s) the connection ends and the client subscribes again.
+#[tokio::test]
+async fn a_room_stream_ended_without_unsubscribed_ends_the_connection() -> anyhow::Result<()> {
+    bad_frame_reconnects(Bad::ResetSilently).await
 }
 
 /// Each kind of bad frame on a room's stream ends the connection; the client comes back and

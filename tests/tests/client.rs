@@ -965,6 +965,7 @@ async fn a_session_busy_with_a_slow_command_is_not_taken_for_dead(
     config.heartbeat = Some(quiver_client::Heartbeat {
         interval: Duration::from_millis(300),
         timeout: Duration::from_millis(500),
+        ..Default::default()
     });
     // Publishes are refused at once until the broker is connected.
     wait_ready(&server).await?;

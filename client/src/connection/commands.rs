@@ -291,6 +291,7 @@ impl Actor {
         // The answer to a heartbeat: schedule the next one from now, not from its deadline.
         if matches!(live.pending.get(&id), Some(Pending::Heartbeat)) {
             live.pending.remove(&id);
+            live.unanswered_since = None;
             self.on_heartbeat();
             return;
         }

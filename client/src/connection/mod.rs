@@ -139,7 +139,15 @@ pub(crate) enum ConnEvent {
         room: String,
         gen: u64,
     },
+    /// The stream of the subscription `id` (its `Subscribe`'s) ended `STREAM_END_GRACE` ago.
+    StreamEnded {
+        room: String,
+        id: u32,
+    },
 }
+
+/// How long after a subscription's stream ends its `Unsubscribed` may still come.
+const STREAM_END_GRACE: Duration = Duration::from_secs(5);
 
 pub(crate) type EventTx = mpsc::UnboundedSender<(u64, ConnEvent)>;
 
@@ -251,6 +259,10 @@ struct Live {
     liveness: Arc<Liveness>,
     /// The heartbeat and when to look at it next.
     heartbeat: Option<(Watch, tokio::time::Instant)>,
+    /// When the oldest heartbeat `Ping` still unanswered was sent: packets (the transport's
+    /// acknowledgements, a WebSocket pong) prove the server's machine alive, only an answer
+    /// proves its session is.
+    unanswered_since: Option<Instant>,
     /// [`Link::datagrams_received`] when the heartbeat last looked, and when that was.
     datagrams_seen: (Option<u64>, Instant),
     pending: HashMap<u32, Pending>,
@@ -358,6 +370,7 @@ impl Live {
 
     /// A heartbeat `Ping`, ahead of anything queued.
     fn send_heartbeat(&mut self) {
+        self.unanswered_since.get_or_insert_with(Instant::now);
         let id = self.next_id();
         self.pending.insert(id, Pending::Heartbeat);
         let frame = encode_command(&ClientFrame {
@@ -559,6 +572,7 @@ impl Actor {
                 self.teardown(code, reason, reconnect);
             }
             ConnEvent::RefreshToken(res) => self.on_refresh_token(res),
+            ConnEvent::StreamEnded { room, id } => self.on_stream_ended(&room, id),
             ConnEvent::RetrySubscribe { room, gen } => {
                 if self.subs.get(&room).is_some_and(|s| s.gen == gen) {
                     self.send_subscribe(&room);
@@ -603,6 +617,7 @@ impl Actor {
             link,
             liveness,
             heartbeat,
+            unanswered_since: None,
             pending: HashMap::new(),
             unacked: VecDeque::new(),
             next_id: HELLO_ID + 1,
@@ -651,6 +666,21 @@ impl Actor {
         // they came is only known to be after that look: count them from then, which can only
         // make the next Ping come sooner.
         let now = Instant::now();
+        // A server whose transport still answers but whose session has answered no heartbeat
+        // `Ping` for `Heartbeat::unanswered` is hung: the packet rule below never notices it
+        // (outside client audit 14, M1: connected for good, every Ping unanswered).
+        let unanswered = self.cfg.heartbeat.map_or(Duration::MAX, |h| h.unanswered);
+        if let Some(since) = live.unanswered_since {
+            if now.saturating_duration_since(since) >= unanswered {
+                let reason = format!(
+                    "server not answering: no reply to a Ping for {} ms",
+                    now.saturating_duration_since(since).as_millis()
+                );
+                tracing::warn!("{reason}");
+                self.teardown(0, reason, true);
+                return;
+            }
+        }
         let datagrams = live.link.datagrams_received();
         let (seen, looked) = live.datagrams_seen;
         if datagrams != seen {

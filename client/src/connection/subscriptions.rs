@@ -263,7 +263,7 @@ impl Actor {
             preamble: None,
             continuity: Continuity::default(),
         });
-        let handle = live.tasks.spawn(deliver(
+        let delivered = deliver(
             stream,
             sub.tx.clone(),
             sub.last.clone(),
@@ -271,8 +271,34 @@ impl Actor {
             continuity,
             live.liveness.clone(),
             sub.latest.clone(),
-        ));
+        );
+        let (tx, epoch, id, room) = (self.ev_tx.clone(), self.epoch, sub.cmd_id, room.to_owned());
+        let handle = live.tasks.spawn(async move {
+            // The server ends a subscription's stream with an `Unsubscribed` on the control
+            // stream, which may come a little before or after the stream's end. A stream ended
+            // (finished or reset) with no `Unsubscribed` within `STREAM_END_GRACE` left the
+            // subscription silently dead (outside client audit 14, M2): the state machine then
+            // treats the connection as broken, as for a frame naming another room.
+            if delivered.await {
+                tokio::time::sleep(STREAM_END_GRACE).await;
+                if let Some(id) = id {
+                    let _ = tx.send((epoch, ConnEvent::StreamEnded { room, id }));
+                }
+            }
+        });
         sub.reader = Some(handle);
+    }
+
+    /// A subscription's stream ended `STREAM_END_GRACE` ago: if no `Unsubscribed` ended or
+    /// renewed the subscription meanwhile, the server broke the protocol and the connection is
+    /// dropped (the client reconnects, subscribes again and resumes).
+    pub(super) fn on_stream_ended(&mut self, room: &str, id: u32) {
+        if self.subs.get(room).is_some_and(|s| s.cmd_id == Some(id)) {
+            let reason =
+                format!("the server ended the stream of room {room} without an Unsubscribed");
+            tracing::warn!("{reason}");
+            self.teardown(0, reason, true);
+        }
     }
 
     /// A WebSocket subscription the application does not keep up with: ended on the client's

@@ -186,7 +186,8 @@ impl SubStream {
 /// Delivers one subscription's events to the application's queue. Waits while that queue is
 /// full, in events or in bytes: on WebTransport the stream's flow control then pushes back to
 /// the server; on WebSocket the reader's share for this room fills and the subscription ends as
-/// a slow consumer (see `websocket.rs`).
+/// a slow consumer (see `websocket.rs`). `true` when the stream ended (the server finished or
+/// reset it), `false` when the application's queue went away.
 pub(crate) async fn deliver(
     mut stream: SubStream,
     tx: QueueTx,
@@ -195,10 +196,10 @@ pub(crate) async fn deliver(
     mut continuity: Continuity,
     liveness: Arc<Liveness>,
     latest: Arc<crate::latest::LatestCell>,
-) {
+) -> bool {
     if let Some(ev) = preamble {
         if !tx.send(ev).await {
-            return;
+            return false;
         }
     }
     while let Some(ServerFrame { event, .. }) = stream.next(&liveness).await {
@@ -237,7 +238,7 @@ pub(crate) async fn deliver(
                     recovery: quiver_proto::Recovery::Failed,
                 };
                 if !tx.send(failed).await {
-                    return;
+                    return false;
                 }
             }
             if !verdict.deliver {
@@ -249,12 +250,13 @@ pub(crate) async fn deliver(
             }
         }
         if !tx.send(ev).await {
-            return;
+            return false;
         }
         if position.is_some() {
             *lock(&last) = position;
         }
     }
+    true
 }
 
 /// The answer to `Hello`: the first frame the server sends decides the handshake.
