@@ -48,6 +48,8 @@ enum After {
     /// Reads every command and answers none (its WebSocket layer still answers pings): a hung
     /// server. Counts connections.
     Hung,
+    /// Answers every `Subscribe` with `Subscribed` carrying the same `latest` subscription id.
+    SameSubscriptionId,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
@@ -386,6 +388,22 @@ async fn hostile_logged(
                         }
                     }
                     After::Hung => while command(&mut ws).await.is_some() {},
+                    After::SameSubscriptionId => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let Command::Subscribe { room, .. } = cmd else {
+                                continue;
+                            };
+                            let subscribed = Event::Subscribed {
+                                room,
+                                position: None,
+                                recovery: quiver_proto::Recovery::NotRequested,
+                                subscription: Some(7),
+                            };
+                            if !send(&mut ws, id, subscribed).await {
+                                return;
+                            }
+                        }
+                    }
                     After::EndsEveryRoom => {
                         while let Some((id, cmd)) = command(&mut ws).await {
                             let Command::Subscribe { room, .. } = cmd else {
@@ -619,6 +637,24 @@ async fn a_hung_server_is_left() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let n = connections.load(Ordering::SeqCst);
     assert!(n >= 2, "{n} connections in 6 s");
+    client.close().await;
+    Ok(())
+}
+
+/// A server that gives one `latest` subscription id to two rooms (a session never does,
+/// PROTOCOL.md §10) loses the connection: one room's datagrams went to the other's
+/// subscription (outside client audit 14, L2).
+#[tokio::test]
+async fn one_subscription_id_for_two_rooms_ends_the_connection() -> anyhow::Result<()> {
+    let (port, connections) = hostile(After::SameSubscriptionId, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let _a = client.subscribe("game.a").await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.subscribe("game.b")).await;
+    assert!(
+        leaves_connected(&client, Duration::from_secs(3)).await,
+        "still connected after the id was given twice"
+    );
+    assert!(connections.load(Ordering::SeqCst) >= 1);
     client.close().await;
     Ok(())
 }

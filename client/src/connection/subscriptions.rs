@@ -38,12 +38,31 @@ impl Actor {
         let Some(sub) = self.current(room, gen, id) else {
             return;
         };
+        // A session never gives one subscription id to two rooms (PROTOCOL.md §10); a server
+        // that does would have one room's datagrams delivered as the other's (outside client
+        // audit 14, L2): the connection ends instead.
+        let reused = subscription.is_some_and(|subscription| {
+            let mut routes = lock(&routes);
+            match routes.get(&subscription) {
+                Some(cell) if !Arc::ptr_eq(cell, &sub.latest) => true,
+                _ => {
+                    routes.insert(subscription, sub.latest.clone());
+                    false
+                }
+            }
+        });
+        if reused {
+            let reason = format!(
+                "the server gave subscription id {} to a second room ({room})",
+                subscription.unwrap_or_default()
+            );
+            tracing::warn!("{reason}");
+            self.teardown(0, reason, true);
+            return;
+        }
         sub.confirmed = true;
         sub.confirmed_at = Some(Instant::now());
         sub.latest.confirmed(subscription);
-        if let Some(subscription) = subscription {
-            lock(&routes).insert(subscription, sub.latest.clone());
-        }
         let (recovery, continuity) = {
             let mut last = lock(&sub.last);
             let recovery = match recovery {
