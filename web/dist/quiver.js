@@ -934,6 +934,9 @@ var Session = class {
   subscription(id, event) {
     return this.owner.deliver(id, event);
   }
+  streamEnded(room, id) {
+    if (!this.ended) this.owner.streamEnded(this, room, id);
+  }
   datagram(bytes) {
     if (!this.ended) this.owner.datagram(bytes);
   }
@@ -1188,7 +1191,10 @@ var WebTransportLink = class {
     try {
       for (; ; ) {
         const { value, done } = await reader.read();
-        if (done) return;
+        if (done) {
+          if (header !== null && !draining) this.handler?.streamEnded(header.room, header.id);
+          return;
+        }
         this.handler?.received();
         if (draining || !this.handler) continue;
         for (const body of decoder.push(value)) {
@@ -1215,7 +1221,7 @@ var WebTransportLink = class {
           })
         );
         reader.cancel().catch(() => void 0);
-      }
+      } else if (header !== null && !draining) this.handler?.streamEnded(header.room, header.id);
     }
   }
 };
@@ -1417,6 +1423,7 @@ function forgetWebTransportFailures() {
 
 // src/options.ts
 var STABLE_MS = 5e3;
+var STREAM_END_GRACE_MS = 5e3;
 function resolveTarget(value, wsUrl, what) {
   if (value === void 0) return { wtUrl: null, wsUrl };
   let url;
@@ -1900,6 +1907,21 @@ var Subscriptions = class {
     this.releaseHeld(state);
     state.sub.end();
     if (!state.confirmed) state.rejectReady(reason);
+  }
+  /**
+   * The server ends a subscription's stream with an `Unsubscribed` on the control stream, which
+   * may come a little before or after the stream's end. A stream ended (finished or reset) with
+   * no `Unsubscribed` within `STREAM_END_GRACE_MS` left the subscription silently dead (outside
+   * client audit 14, on the Rust client): the session ends as for any broken rule, and the next
+   * one subscribes again, resuming.
+   */
+  streamEnded(session, room, id) {
+    const timer = setTimeout(() => {
+      const state = this.subs.get(room);
+      if (session.ended || state === void 0 || state.currentId !== id) return;
+      session.end(new QuiverError("protocol", `the server ended the stream of ${room} without an Unsubscribed`, { room }));
+    }, STREAM_END_GRACE_MS);
+    void session.done.then(() => clearTimeout(timer));
   }
   /** The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room, id) {
@@ -2472,6 +2494,10 @@ var QuiverClient = class {
   /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room, id) {
     return this.subs.streamOpened(room, id);
+  }
+  /** @internal The stream of subscription `id` of `room` ended on `session`. */
+  streamEnded(session, room, id) {
+    this.subs.streamEnded(session, room, id);
   }
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id, event) {

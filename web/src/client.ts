@@ -684,6 +684,11 @@ export class QuiverClient {
     return this.subs.streamOpened(room, id);
   }
 
+  /** @internal The stream of subscription `id` of `room` ended on `session`. */
+  streamEnded(session: Session, room: string, id: number): void {
+    this.subs.streamEnded(session, room, id);
+  }
+
   /** @internal Delivers an event of the subscription `id`; false when it is not the current one. */
   deliver(id: number, event: SubscriptionEvent): boolean {
     return this.subs.deliver(id, event);

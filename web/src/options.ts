@@ -9,6 +9,8 @@ import { TRANSPORT_KINDS, type RememberFailure, type TransportKind, type WebSock
 
 /** A connection (or a subscription) that lasted this long (ms) resets its reconnect backoff. */
 export const STABLE_MS = 5_000;
+/** How long after a subscription's stream ends its `Unsubscribed` may still come. */
+export const STREAM_END_GRACE_MS = 5_000;
 
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
 

@@ -21,6 +21,8 @@ export interface SessionOwner {
   onUnsolicited(session: Session, id: number, event: Event): void;
   streamOpened(room: string, id: number): boolean;
   deliver(id: number, event: SubscriptionEvent): boolean;
+  /** The stream of subscription `id` of `room` ended on this session. */
+  streamEnded(session: Session, room: string, id: number): void;
   report(error: QuiverError): void;
   onRtt(ms: number): void;
   /** A datagram from the server (a value of a `latest` room). */
@@ -317,6 +319,10 @@ export class Session implements LinkHandler {
 
   subscription(id: number, event: SubscriptionEvent): boolean {
     return this.owner.deliver(id, event);
+  }
+
+  streamEnded(room: string, id: number): void {
+    if (!this.ended) this.owner.streamEnded(this, room, id);
   }
 
   datagram(bytes: Uint8Array): void {

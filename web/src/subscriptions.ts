@@ -6,7 +6,7 @@
 import { decodeLatestDatagram, type Event, type LatestDatagram, type Position } from './codec.js';
 import { ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage } from './errors.js';
-import { STABLE_MS, type ClientEvents, type ResolvedOptions } from './options.js';
+import { STABLE_MS, STREAM_END_GRACE_MS, type ClientEvents, type ResolvedOptions } from './options.js';
 import type { Session } from './session.js';
 import { Continuity, Message, Subscription, recoveryPossible, type SubscribeOptions } from './subscription.js';
 import type { SubscriptionEvent } from './transport.js';
@@ -339,6 +339,22 @@ export class Subscriptions {
     this.releaseHeld(state);
     state.sub.end();
     if (!state.confirmed) state.rejectReady(reason);
+  }
+
+  /**
+   * The server ends a subscription's stream with an `Unsubscribed` on the control stream, which
+   * may come a little before or after the stream's end. A stream ended (finished or reset) with
+   * no `Unsubscribed` within `STREAM_END_GRACE_MS` left the subscription silently dead (outside
+   * client audit 14, on the Rust client): the session ends as for any broken rule, and the next
+   * one subscribes again, resuming.
+   */
+  streamEnded(session: Session, room: string, id: number): void {
+    const timer = setTimeout(() => {
+      const state = this.subs.get(room);
+      if (session.ended || state === undefined || state.currentId !== id) return;
+      session.end(new QuiverError('protocol', `the server ended the stream of ${room} without an Unsubscribed`, { room }));
+    }, STREAM_END_GRACE_MS);
+    void session.done.then(() => clearTimeout(timer));
   }
 
   /** The header of subscription `id` arrived: whether it is `room`'s current one. */

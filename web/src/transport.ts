@@ -25,6 +25,8 @@ export interface LinkHandler {
   streamOpened(room: string, id: number): boolean;
   /** An event of the subscription whose `SubscriptionStream` carried `id`; false if stale. */
   subscription(id: number, event: SubscriptionEvent): boolean;
+  /** The stream of the subscription `id` of `room` ended (finished or reset by the server). */
+  streamEnded(room: string, id: number): void;
   /** A QUIC datagram from the server (a value of a `latest` room; WebTransport only). */
   datagram(bytes: Uint8Array): void;
   /** A problem that spoils one subscription, not the connection. */
@@ -212,7 +214,10 @@ class WebTransportLink implements Link {
     try {
       for (;;) {
         const { value, done } = await reader.read();
-        if (done) return;
+        if (done) {
+          if (header !== null && !draining) this.handler?.streamEnded(header.room, header.id);
+          return;
+        }
         this.handler?.received();
         if (draining || !this.handler) continue;
         for (const body of decoder.push(value)) {
@@ -240,7 +245,9 @@ class WebTransportLink implements Link {
         );
         reader.cancel().catch(() => undefined);
       }
-      // Otherwise the stream was reset or the session ended: deliveries just stop.
+      // Otherwise the stream was reset or the session ended: the subscription hears of it if
+      // no `Unsubscribed` follows (`Subscriptions.streamEnded`).
+      else if (header !== null && !draining) this.handler?.streamEnded(header.room, header.id);
     }
   }
 }

@@ -106,6 +106,31 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   assert.throws(() => new QuiverClient({ ...base, webSocketUrl: 'https://h/v1/ws' }), /ws: or wss:/);
 });
 
+test('over webtransport, a room stream the server ends without an Unsubscribed ends the session after 5 s; the next one subscribes again', async (t) => {
+  // Outside client audit 14 (M2, on the Rust client): the room went silently dead.
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const got = [];
+  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()));
+  const cmd = await conn.expect('Subscribe');
+  const live = conn.openStream();
+  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+  await subscribed;
+  live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('one') });
+  const ended = Date.now();
+  live.close();
+  const error = once(client, 'error', (e) => e.kind === 'protocol' && /without an Unsubscribed/.test(e.message), 8_000);
+  const [e] = await error;
+  assert.ok(Date.now() - ended >= 4_500, `ended after ${Date.now() - ended} ms`);
+  assert.equal(e.room, 'chat.lobby');
+  const again = await connected(net, client);
+  const resub = await again.expect('Subscribe');
+  assert.equal(resub.command.room, 'chat.lobby');
+  assert.deepEqual(got, ['one']);
+});
+
 for (const transport of ['webtransport', 'websocket']) {
 describe(`over ${transport}`, () => {
   test('subscribe: publications from the matching stream reach the handler; stale streams do not', async (t) => {
