@@ -88,7 +88,11 @@ impl ClientError {
 fn refusal(status: Option<u16>) -> String {
     match status {
         Some(s) => format!("HTTP {s}"),
-        None => "403 bad token, 404 wrong path or 429 busy".into(),
+        // wtransport reports a refused CONNECT without its status: name the usual ones, but
+        // not as if they were the only ones (a 500 read as "bad token" misled; client audit 14).
+        None => "status not reported by WebTransport: 403 bad token, 404 wrong path, 429 busy, \
+                 or another"
+            .into(),
     }
 }
 
@@ -115,6 +119,25 @@ mod tests {
         let e = ClientError::server(ErrorCode::PermissionDenied, "no");
         assert_eq!(e.to_string(), "server error permission_denied (103): no");
         assert_eq!(e.error_code(), Some(ErrorCode::PermissionDenied));
+    }
+
+    #[test]
+    fn a_refusal_without_a_status_does_not_claim_one() {
+        let e = ClientError::Refused {
+            url: "https://q.example/wt".into(),
+            status: None,
+        };
+        let text = e.to_string();
+        assert!(text.contains("status not reported"), "{text}");
+        assert!(text.contains("or another"), "{text}");
+        let e = ClientError::Refused {
+            url: "wss://q.example/ws".into(),
+            status: Some(500),
+        };
+        assert_eq!(
+            e.to_string(),
+            "server refused the session at wss://q.example/ws (HTTP 500)"
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ use crate::hub::RoomKey;
 
 const PRESENCE_BUCKET: &str = "quiver_presence";
 
+/// How many of a refresh's puts wait for their acks at once.
+const REFRESH_PUTS_IN_FLIGHT: usize = 64;
+
 fn presence_key(key: &RoomKey, session: &str) -> String {
     format!("{}.{}.{}", key.tenant, key.room, session)
 }
@@ -35,6 +38,10 @@ impl Inner {
         let bucket = self.presence_config();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
+            // The bucket's handle is kept between ticks: looking it up on every tick cost a
+            // JetStream request before any put, so a slow NATS made each refresh later. It is
+            // looked up (or made) again only after a put failed.
+            let mut kv: Option<jetstream::kv::Store> = None;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -52,11 +59,15 @@ impl Inner {
                 if entries.is_empty() {
                     continue;
                 }
-                let kv = match js.get_key_value(PRESENCE_BUCKET).await {
-                    Ok(kv) => kv,
-                    Err(_) => match presence_bucket(&js, bucket.clone()).await {
-                        Ok(kv) => kv,
-                        Err(_) => continue,
+                let kept = kv.is_some();
+                let store = match kv.take() {
+                    Some(store) => store,
+                    None => match js.get_key_value(PRESENCE_BUCKET).await {
+                        Ok(store) => store,
+                        Err(_) => match presence_bucket(&js, bucket.clone()).await {
+                            Ok(store) => store,
+                            Err(_) => continue,
+                        },
                     },
                 };
                 // An entry whose session left since the snapshot is not put back, and one that
@@ -72,14 +83,35 @@ impl Inner {
                             .contains_key(key)
                     })
                 };
-                for (key, user) in entries {
-                    if !still_here(&key) {
-                        continue;
+                // Puts go out together (each waits for its JetStream ack), so one refresh takes
+                // about one round trip, not one per entry.
+                let failed = std::sync::atomic::AtomicBool::new(false);
+                futures::stream::iter(entries)
+                    .for_each_concurrent(REFRESH_PUTS_IN_FLIGHT, |(key, user)| {
+                        let (store, failed, still_here) = (&store, &failed, &still_here);
+                        async move {
+                            if !still_here(&key) {
+                                return;
+                            }
+                            if store.put(key.clone(), user).await.is_err() {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            if !still_here(&key) {
+                                let _ = store.delete(key).await;
+                            }
+                        }
+                    })
+                    .await;
+                if failed.into_inner() {
+                    // The bucket may be gone (a NATS restarted with memory storage): look it up
+                    // or make it again, at once rather than a third of the TTL later, when the
+                    // handle was an old one (a fresh one that fails waits for the next tick:
+                    // no loop against a NATS that refuses every put).
+                    if kept {
+                        nudge.notify_one();
                     }
-                    let _ = kv.put(key.clone(), user).await;
-                    if !still_here(&key) {
-                        let _ = kv.delete(key).await;
-                    }
+                } else {
+                    kv = Some(store);
                 }
             }
         });
