@@ -938,7 +938,7 @@ var Session = class {
     if (!this.ended) this.owner.streamEnded(this, room, id);
   }
   datagram(bytes) {
-    if (!this.ended) this.owner.datagram(bytes);
+    if (!this.ended) this.owner.datagram(this, bytes);
   }
   /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */
   sendDatagram(bytes) {
@@ -1684,7 +1684,9 @@ var Subscriptions = class {
   }
   host;
   subs = /* @__PURE__ */ new Map();
-  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
+  /** `latest` subscriptions by the server's subscription id (datagrams carry only that), with
+   *  the session that gave the id: ids are per session, and an entry of an earlier session is
+   *  stale (overwritten, never taken for this session's). */
   latestSubs = /* @__PURE__ */ new Map();
   /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
   heldEvents = 0;
@@ -1834,9 +1836,16 @@ var Subscriptions = class {
     }
     if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
     const latestId = reply.subscription ?? null;
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    if (latestId !== null) {
+      const holder = this.latestSubs.get(latestId);
+      if (holder && holder.session === session && holder.state !== state && holder.state.sub.latestId === latestId) {
+        session.end(new QuiverError("protocol", `latest subscription id ${latestId} given to ${holder.state.sub.room} and ${state.sub.room}`));
+        return;
+      }
+    }
+    this.forgetLatest(state);
     state.sub.confirmed(latestId);
-    if (latestId !== null) this.latestSubs.set(latestId, state);
+    if (latestId !== null) this.latestSubs.set(latestId, { state, session });
     let recovery = reply.recovery;
     if (recovery.type === "Recovered" && !recoveryPossible(resume, reply.position, recovery.replayed)) {
       this.reportBroken(state.sub.room, "impossible Recovered");
@@ -1900,7 +1909,7 @@ var Subscriptions = class {
   }
   drop(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    this.forgetLatest(state);
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
@@ -1975,17 +1984,25 @@ var Subscriptions = class {
     }
     return true;
   }
-  /** A datagram: the newest value of a `latest` subscription, found by its id.
-   *  Malformed datagrams and ones for no current subscription are dropped. */
-  datagram(bytes) {
+  /** Takes `state`'s id out of the datagram map, if the entry there is still its own (an
+   *  earlier session's id may since belong to another room). */
+  forgetLatest(state) {
+    const id = state.sub.latestId;
+    if (id !== null && this.latestSubs.get(id)?.state === state) this.latestSubs.delete(id);
+  }
+  /** A datagram of `session`: the newest value of a `latest` subscription, found by its id.
+   *  Malformed datagrams and ones for no current subscription of that session are dropped. */
+  datagram(session, bytes) {
     let d;
     try {
       d = decodeLatestDatagram(bytes);
     } catch {
       return;
     }
-    const state = this.latestSubs.get(d.subscription);
-    if (!state || state.sub.latestId !== d.subscription) return;
+    const entry = this.latestSubs.get(d.subscription);
+    if (!entry || entry.session !== session) return;
+    const state = entry.state;
+    if (state.sub.latestId !== d.subscription) return;
     try {
       state.sub.offerLatest(d.sequence, d.payload, true);
     } catch (e) {
@@ -2504,8 +2521,8 @@ var QuiverClient = class {
     return this.subs.deliver(id, event);
   }
   /** @internal A datagram: the newest value of a `latest` subscription. */
-  datagram(bytes) {
-    this.subs.datagram(bytes);
+  datagram(session, bytes) {
+    this.subs.datagram(session, bytes);
   }
   /** @internal */
   report(error) {

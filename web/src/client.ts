@@ -695,8 +695,8 @@ export class QuiverClient {
   }
 
   /** @internal A datagram: the newest value of a `latest` subscription. */
-  datagram(bytes: Uint8Array): void {
-    this.subs.datagram(bytes);
+  datagram(session: Session, bytes: Uint8Array): void {
+    this.subs.datagram(session, bytes);
   }
 
   /** @internal */

@@ -26,7 +26,7 @@ export interface SessionOwner {
   report(error: QuiverError): void;
   onRtt(ms: number): void;
   /** A datagram from the server (a value of a `latest` room). */
-  datagram(bytes: Uint8Array): void;
+  datagram(session: Session, bytes: Uint8Array): void;
 }
 
 interface PendingRequest {
@@ -326,7 +326,7 @@ export class Session implements LinkHandler {
   }
 
   datagram(bytes: Uint8Array): void {
-    if (!this.ended) this.owner.datagram(bytes);
+    if (!this.ended) this.owner.datagram(this, bytes);
   }
 
   /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */

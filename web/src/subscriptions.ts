@@ -77,8 +77,10 @@ function heldSize(event: SubscriptionEvent): number {
 
 export class Subscriptions {
   private readonly subs = new Map<string, SubState>();
-  /** `latest` subscriptions by the server's subscription id (datagrams carry only that). */
-  private readonly latestSubs = new Map<bigint, SubState>();
+  /** `latest` subscriptions by the server's subscription id (datagrams carry only that), with
+   *  the session that gave the id: ids are per session, and an entry of an earlier session is
+   *  stale (overwritten, never taken for this session's). */
+  private readonly latestSubs = new Map<bigint, { state: SubState; session: Session }>();
   /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
   private heldEvents = 0;
   private heldTotal = 0;
@@ -260,9 +262,18 @@ export class Subscriptions {
     // not this reply's).
     if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
     const latestId = reply.subscription ?? null;
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    if (latestId !== null) {
+      const holder = this.latestSubs.get(latestId);
+      if (holder && holder.session === session && holder.state !== state && holder.state.sub.latestId === latestId) {
+        // A session never gives one id to two subscriptions (PROTOCOL.md section 10): taking it
+        // would deliver one room's datagrams as the other's.
+        session.end(new QuiverError('protocol', `latest subscription id ${latestId} given to ${holder.state.sub.room} and ${state.sub.room}`));
+        return;
+      }
+    }
+    this.forgetLatest(state);
     state.sub.confirmed(latestId);
-    if (latestId !== null) this.latestSubs.set(latestId, state);
+    if (latestId !== null) this.latestSubs.set(latestId, { state, session });
     let recovery = reply.recovery;
     if (recovery.type === 'Recovered' && !recoveryPossible(resume, reply.position, recovery.replayed)) {
       this.reportBroken(state.sub.room, 'impossible Recovered');
@@ -332,7 +343,7 @@ export class Subscriptions {
 
   private drop(state: SubState, reason: QuiverError): void {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
-    if (state.sub.latestId !== null) this.latestSubs.delete(state.sub.latestId);
+    this.forgetLatest(state);
     if (state.retryTimer) clearTimeout(state.retryTimer);
     state.retryTimer = null;
     state.currentId = 0;
@@ -418,17 +429,26 @@ export class Subscriptions {
     return true;
   }
 
-  /** A datagram: the newest value of a `latest` subscription, found by its id.
-   *  Malformed datagrams and ones for no current subscription are dropped. */
-  datagram(bytes: Uint8Array): void {
+  /** Takes `state`'s id out of the datagram map, if the entry there is still its own (an
+   *  earlier session's id may since belong to another room). */
+  private forgetLatest(state: SubState): void {
+    const id = state.sub.latestId;
+    if (id !== null && this.latestSubs.get(id)?.state === state) this.latestSubs.delete(id);
+  }
+
+  /** A datagram of `session`: the newest value of a `latest` subscription, found by its id.
+   *  Malformed datagrams and ones for no current subscription of that session are dropped. */
+  datagram(session: Session, bytes: Uint8Array): void {
     let d: LatestDatagram;
     try {
       d = decodeLatestDatagram(bytes);
     } catch {
       return;
     }
-    const state = this.latestSubs.get(d.subscription);
-    if (!state || state.sub.latestId !== d.subscription) return;
+    const entry = this.latestSubs.get(d.subscription);
+    if (!entry || entry.session !== session) return;
+    const state = entry.state;
+    if (state.sub.latestId !== d.subscription) return;
     try {
       state.sub.offerLatest(d.sequence, d.payload, true);
     } catch (e) {

@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { QuiverClient, QuiverError, connect } from '../dist/quiver.js';
+import { QuiverClient, QuiverError, connect, encodeLatestDatagram } from '../dist/quiver.js';
 import { FakeNetwork, connected as connectedOver, encodeFrames, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
@@ -129,6 +129,64 @@ test('over webtransport, a room stream the server ends without an Unsubscribed e
   const resub = await again.expect('Subscribe');
   assert.equal(resub.command.room, 'chat.lobby');
   assert.deepEqual(got, ['one']);
+});
+
+/** Subscribes `room` on `conn` as a `latest` room with the server's subscription `id`. */
+async function subscribeLatest(conn, subscribing, room, id) {
+  const cmd = await conn.expect('Subscribe');
+  assert.equal(cmd.command.room, room);
+  conn.openStream().send(cmd.id, { type: 'SubscriptionStream', room });
+  conn.send(cmd.id, { type: 'Subscribed', room, position: null, recovery: { type: 'NotRequested' }, subscription: id });
+  return subscribing ? await subscribing : undefined;
+}
+
+const latestValue = (subscription, sequence, value) => encodeLatestDatagram({ subscription, sequence, payload: text(value) });
+
+test('latest ids are per session: a re-subscribe whose old id is now another room\'s leaves that room\'s datagrams alone', async (t) => {
+  // Session 1 gave game.a id 5 and game.b id 1 (game.a's first Subscribe was refused, say);
+  // session 2 gives game.a id 1 and game.b id 2. Taking game.b's old id out of the map used to
+  // take game.a's new entry with it: game.a got no datagram for the whole session.
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const got = { a: [], b: [] };
+  const a = client.subscribe('game.a', (m) => got.a.push(m.text()));
+  await subscribeLatest(conn, a, 'game.a', 5n);
+  const b = client.subscribe('game.b', (m) => got.b.push(m.text()));
+  await subscribeLatest(conn, b, 'game.b', 1n);
+  conn.sendDatagram(latestValue(5n, 1n, 'a1'));
+  conn.sendDatagram(latestValue(1n, 1n, 'b1'));
+  await waitUntil(() => got.a.length === 1 && got.b.length === 1);
+
+  conn.kill();
+  const again = await connected(net, client);
+  const resubscribed = once(client, 'subscribed', (s) => s.room === 'game.b');
+  await subscribeLatest(again, null, 'game.a', 1n);
+  await subscribeLatest(again, null, 'game.b', 2n);
+  await resubscribed;
+  again.sendDatagram(latestValue(1n, 1n, 'a2'));
+  again.sendDatagram(latestValue(2n, 1n, 'b2'));
+  await waitUntil(() => got.a.length === 2 && got.b.length === 2);
+  assert.deepEqual(got, { a: ['a1', 'a2'], b: ['b1', 'b2'] });
+});
+
+test('one latest id given to two rooms in one session ends the session as a protocol error', async (t) => {
+  // Outside client audit 14 (L2, on the Rust client): the second room's datagrams were
+  // delivered as the first's.
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const got = [];
+  const a = client.subscribe('game.a', (m) => got.push(m.text()));
+  await subscribeLatest(conn, a, 'game.a', 3n);
+  const error = once(client, 'error', (e) => e.kind === 'protocol' && /id 3 given to game.a and game.b/.test(e.message));
+  client.subscribe('game.b', () => {}).catch(() => undefined);
+  await subscribeLatest(conn, null, 'game.b', 3n);
+  await error;
+  const again = await connected(net, client);
+  const rooms = [(await again.expect('Subscribe')).command.room, (await again.expect('Subscribe')).command.room];
+  assert.deepEqual(rooms.sort(), ['game.a', 'game.b']);
+  assert.deepEqual(got, []);
 });
 
 for (const transport of ['webtransport', 'websocket']) {

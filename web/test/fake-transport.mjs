@@ -174,6 +174,8 @@ class FakeServer {
 export class FakeConnection extends FakeServer {
   transport = 'webtransport';
   closedByClient = null;
+  /** Datagrams the client sent. */
+  datagramsReceived = [];
 
   constructor(url, options, accepted) {
     super();
@@ -195,6 +197,11 @@ export class FakeConnection extends FakeServer {
       ready,
       closed,
       incomingUnidirectionalStreams: incoming,
+      datagrams: {
+        maxDatagramSize: 1200,
+        readable: new ReadableStream({ start: (c) => (this.datagramController = c) }),
+        writable: new WritableStream({ write: (d) => this.datagramsReceived.push(d) }),
+      },
       createBidirectionalStream: async () => ({
         readable: new ReadableStream({ start: (c) => (this.controlController = c) }),
         writable: new WritableStream({
@@ -221,6 +228,11 @@ export class FakeConnection extends FakeServer {
     this.controlController.enqueue(bytes);
   }
 
+  /** Sends a datagram of the session (a `latest` value, PROTOCOL.md section 10). */
+  sendDatagram(bytes) {
+    this.datagramController.enqueue(bytes);
+  }
+
   /** Opens a server-to-client stream; returns a writer of events on it. */
   openStream() {
     let controller;
@@ -237,6 +249,7 @@ export class FakeConnection extends FakeServer {
     const err = new Error('Connection lost.');
     this.controlController?.error(err);
     this.uniController.error(err);
+    this.datagramController.error(err);
   }
 }
 
