@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::{Command, ErrorCode, Event, Position, Recovery, ServerFrame};
+use quiver_proto::{Command, ErrorCode, Event, Position, Recovery};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::nats::{clustered, NatsServer};
 use quiver_tests::*;
@@ -321,30 +321,10 @@ async fn reads_at_the_edge_of_a_room_cut_from_the_front_never_skip() -> anyhow::
         };
         if trial % 3 == 0 {
             let mut resumer = Raw::connect(&server, &full_token("acme", "resume")).await?;
-            let (subscribed, mut stream) = resumer.subscribe_from(ROOM, Some(since)).await?;
-            match subscribed {
-                Event::Subscribed {
-                    recovery: Recovery::Recovered { .. },
-                    ..
-                } => match stream.next().await {
-                    Ok(ServerFrame {
-                        event:
-                            Event::Publication {
-                                position: Some(p), ..
-                            },
-                        ..
-                    }) if p.offset == since.offset + 1 => whole += 1,
-                    Ok(ServerFrame {
-                        event: Event::Publication { position, .. },
-                        ..
-                    }) => gaps.push(format!("resume from {}: {position:?}", since.offset)),
-                    // Cut while it was read: ended (on WebTransport its stream is reset with
-                    // the code, PROTOCOL §9.1), never a gap.
-                    Err(e) if reset_with(&e, ErrorCode::UnrecoverablePosition) => refused += 1,
-                    other => anyhow::bail!("resume: {other:?}"),
-                },
-                Event::Subscribed { .. } => refused += 1,
-                other => anyhow::bail!("subscribe: {other:?}"),
+            match resumed_first(&mut resumer, ROOM, since).await? {
+                Resumed::First(p) if p.offset == since.offset + 1 => whole += 1,
+                Resumed::First(p) => gaps.push(format!("resume from {}: {p:?}", since.offset)),
+                Resumed::Refused => refused += 1,
             }
             continue;
         }
@@ -467,6 +447,69 @@ async fn a_changed_history_size_applies_to_the_stream_and_never_hides_a_cut() ->
 }
 
 /// Whether `e` is a subscription stream reset with `code`'s value.
+/// How a resume at the edge of a cut room began.
+enum Resumed {
+    /// Its first publication's position.
+    First(Position),
+    /// `Failed`, or `Recovered` and then ended with `unrecoverable_position` before a
+    /// publication was read.
+    Refused,
+}
+
+/// Subscribes to `room` resuming from `since` and reads the first publication, on WebTransport.
+/// A replay cut under it ends with an unsolicited `Unsubscribed { 117 }` on the control stream
+/// and the stream reset with 117 (PROTOCOL §5): the reset discards what was in flight, the
+/// stream's header too, and a stream reset before its header names no session, so the client
+/// may never see the stream. The control stream's word counts then.
+async fn resumed_first(raw: &mut Raw, room: &str, since: Position) -> anyhow::Result<Resumed> {
+    let id = raw
+        .send(Command::Subscribe {
+            room: room.into(),
+            resume: Some(since),
+        })
+        .await?;
+    match raw.recv_reply(id).await? {
+        Event::Subscribed {
+            recovery: Recovery::Recovered { .. },
+            ..
+        } => {}
+        Event::Subscribed { .. } => return Ok(Resumed::Refused),
+        other => anyhow::bail!("subscribe: {other:?}"),
+    }
+    let conn = raw.conn().clone();
+    let first = async move {
+        let mut stream = RoomStream::accept(&conn).await?;
+        loop {
+            match stream.next().await?.event {
+                Event::SubscriptionStream { .. } => continue,
+                Event::Publication {
+                    position: Some(p), ..
+                } => return anyhow::Ok(p),
+                other => anyhow::bail!("resume: {other:?}"),
+            }
+        }
+    };
+    let ended = async {
+        loop {
+            if let Event::Unsubscribed { code, .. } = raw.recv().await?.event {
+                return anyhow::Ok(code);
+            }
+        }
+    };
+    tokio::select! {
+        first = first => match first {
+            Ok(p) => Ok(Resumed::First(p)),
+            // Cut while it was read: ended, never a gap.
+            Err(e) if reset_with(&e, ErrorCode::UnrecoverablePosition) => Ok(Resumed::Refused),
+            Err(e) => Err(e),
+        },
+        code = ended => match ErrorCode::from_u16(code?) {
+            Some(ErrorCode::UnrecoverablePosition) => Ok(Resumed::Refused),
+            other => anyhow::bail!("resume ended with {other:?}"),
+        },
+    }
+}
+
 fn reset_with(e: &anyhow::Error, code: ErrorCode) -> bool {
     matches!(
         e.downcast_ref::<wtransport::error::StreamReadError>(),
