@@ -37,6 +37,7 @@ mod session;
 mod stateless_reset;
 mod subscription;
 pub mod tcp;
+pub mod text;
 pub mod tls;
 pub mod tls_resumption;
 pub mod token_cache;

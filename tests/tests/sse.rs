@@ -165,6 +165,36 @@ async fn sse_refusals_are_http_statuses() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A refusal quotes what it refused, cut: a 40 KB room name, `Last-Event-ID` header or
+/// `last_event_id` parameter gets a 400 of well under a kilobyte, not the input back (outside
+/// TCP audit 16: each came back whole).
+#[tokio::test]
+async fn sse_refusals_do_not_echo_long_input() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = full_token("acme", "u");
+    let long = "x".repeat(40_000);
+    let url = |query: String| format!("http://{}/v1/sse?token={t}&{query}", server.http);
+    let client = reqwest::Client::new();
+    let refusals = [
+        client.get(url(format!("room=a.{long}>"))),
+        client
+            .get(url("room=a".into()))
+            .header("last-event-id", format!("a={long}")),
+        client.get(url(format!("room=a&last_event_id=a%3D{long}"))),
+    ];
+    for request in refusals {
+        let answer = request.send().await?;
+        assert_eq!(answer.status(), 400);
+        let body = answer.bytes().await?;
+        assert!(body.len() < 1024, "a 400 of {} bytes", body.len());
+        let body: serde_json::Value = serde_json::from_slice(&body)?;
+        assert_eq!(body["label"], "bad_request");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.ends_with('…'), "{message}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn sse_resumes_history_rooms_from_last_event_id() -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| add_history_namespace(c, "log", 100)).await?;

@@ -106,22 +106,12 @@ pub struct ApiError {
     pub count: Option<(&'static str, usize)>,
 }
 
-/// The longest `message` an API error carries: parsers' texts quote what they refused (a field
-/// name, a query key), which a request controls; cut, an answer never grows with the request
-/// (outside HTTP audit, F2: a 60 KB query key came back twice, 120 KB).
-const MAX_MESSAGE: usize = 512;
-
 impl ApiError {
+    /// Parsers' texts quote what they refused (a field name, a query key), which a request
+    /// controls: cut to `text::MAX_MESSAGE`, an answer never grows with the request (outside
+    /// HTTP audit, F2: a 60 KB query key came back twice, 120 KB).
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        let mut message = message.into();
-        if message.len() > MAX_MESSAGE {
-            let mut end = MAX_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-            message.push('…');
-        }
+        let message = crate::text::bounded(message.into(), crate::text::MAX_MESSAGE);
         Self {
             code,
             message,
@@ -239,7 +229,7 @@ mod tests {
     fn messages_are_cut_on_a_character_boundary() {
         let long = format!("unknown field `{}`", "é".repeat(1_000));
         let error = super::ApiError::new(Code::BadRequest, long);
-        assert!(error.message.len() <= super::MAX_MESSAGE + '…'.len_utf8());
+        assert!(error.message.len() <= crate::text::MAX_MESSAGE + '…'.len_utf8());
         assert!(error.message.ends_with('…'), "{}", error.message);
         let short = super::ApiError::new(Code::BadRequest, "no such room");
         assert_eq!(short.message, "no such room");

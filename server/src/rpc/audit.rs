@@ -91,17 +91,13 @@ pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
     let Some(not_logged) = REFUSED_CALLS_LOGGED.admit() else {
         return;
     };
-    let mut end = method.len().min(128);
-    while !method.is_char_boundary(end) {
-        end -= 1;
-    }
     info!(
         target: "quiver::audit",
         kind = "call",
         user = caller.user.as_str(),
         tenant = %caller.tenant,
         session = %caller.session,
-        method = &method[..end],
+        method = crate::text::prefix(method, 128),
         outcome,
         latency_ms = 0.0,
         not_logged,

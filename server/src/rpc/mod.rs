@@ -179,11 +179,7 @@ fn backend_message(body: &[u8], status: u16) -> String {
     if text.is_empty() {
         return format!("backend answered {status}");
     }
-    let mut end = text.len().min(MAX_BACKEND_MESSAGE);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_owned()
+    crate::text::prefix(text, MAX_BACKEND_MESSAGE).to_owned()
 }
 
 /// Who is calling: what the backend is told about the caller.

@@ -366,7 +366,10 @@ pub fn problem(
     message: impl Into<String>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let body = serde_json::json!({"code": code, "label": label, "message": message.into()});
+    // The message may quote what was refused (a room, a `Last-Event-ID`): bounded, so an
+    // answer never grows with the request (outside TCP audit 16).
+    let message = crate::text::bounded(message.into(), crate::text::MAX_MESSAGE);
+    let body = serde_json::json!({"code": code, "label": label, "message": message});
     (status, axum::Json(body)).into_response()
 }
 

@@ -1,0 +1,42 @@
+//! Bounds on text a peer controls that the server says back (an error message quoting what it
+//! refused) or writes to a log: cut at a character boundary, so an answer never grows with the
+//! request.
+
+/// The longest message an HTTP refusal or an API error carries (parsers' texts quote what they
+/// refused: a room name, a query key, a `Last-Event-ID`).
+pub const MAX_MESSAGE: usize = 512;
+
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+pub fn prefix(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `message` cut to at most `max` bytes and marked with `…` when it was cut.
+pub fn bounded(mut message: String, max: usize) -> String {
+    if message.len() > max {
+        let end = prefix(&message, max).len();
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // "é" is two bytes: a cut at 3 would split the second one.
+        assert_eq!(prefix("éé", 3), "é");
+        assert_eq!(prefix("abc", 10), "abc");
+        assert_eq!(prefix("", 0), "");
+        assert_eq!(bounded("abcdef".into(), 4), "abcd…");
+        assert_eq!(bounded("abcd".into(), 4), "abcd");
+        assert_eq!(bounded("ééé".into(), 5), "éé…");
+    }
+}
