@@ -378,6 +378,50 @@ mod tests {
         assert!(rx_b.try_recv().is_err());
     }
 
+    /// On a shared connection an idle writer lends its place in the session's outgoing queue:
+    /// the hub queues there itself while the rooms' lane has room, then queues for the writer,
+    /// and everything after goes behind that one (the writer takes its place back), so the
+    /// room's order holds.
+    #[test]
+    fn an_idle_shared_writer_lends_the_hub_its_place_in_the_connections_queue() {
+        let hub = Hub::default();
+        let (mut s, mut rx) = sub(1, 8);
+        let direct = Direct::new(Arc::default(), &s.queue, s.overflow.clone());
+        s.direct = Some(direct.clone());
+        hub.subscribe(key("t", "r"), s);
+        // Four places, three of them the rooms' lane.
+        let (out, mut conn) = crate::transport::queue::bounded_bytes(4, 1 << 20);
+        assert!(direct.lend_out(out.rooms(), &rx, None).is_none());
+        let payloads: Vec<Bytes> = (1..=5u8).map(|n| Bytes::from(vec![n])).collect();
+        let frames: Vec<Bytes> = payloads
+            .iter()
+            .map(|p| publication_frame(&key("t", "r"), None, p.clone()))
+            .collect();
+        for payload in &payloads[..4] {
+            assert_eq!(hub.deliver(&key("t", "r"), None, payload.clone()), 1);
+        }
+        for frame in &frames[..3] {
+            assert_eq!(conn.try_recv().ok().as_ref(), Some(frame));
+        }
+        assert!(conn.try_recv().is_err(), "the lane was full for the fourth");
+        assert_eq!(
+            rx.try_recv().map(|d| d.frame).ok().as_ref(),
+            Some(&frames[3])
+        );
+        // The connection has room again, but the fifth must not pass the fourth.
+        hub.deliver(&key("t", "r"), None, payloads[4].clone());
+        assert!(conn.try_recv().is_err());
+        assert_eq!(
+            rx.try_recv().map(|d| d.frame).ok().as_ref(),
+            Some(&frames[4])
+        );
+        // Its place is still lent, for the writer to take back when it writes these two.
+        assert!(matches!(
+            direct.reclaim(),
+            Some(crate::subscription::Target::Shared(_))
+        ));
+    }
+
     #[test]
     fn one_encoding_shared_and_overflow_drops_only_the_slow() {
         let hub = Hub::default();

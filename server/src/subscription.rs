@@ -95,7 +95,8 @@ pub struct Writer {
     pub latest: Option<Arc<Slot>>,
     /// The stream's send priority (its namespace's `priority`).
     pub priority: i32,
-    /// Where the writer lends its idle stream to the hub (own-stream, non-`latest` rooms).
+    /// Where the writer lends its idle stream (or, on a shared connection, its place in the
+    /// session's outgoing queue) to the hub: every room but `latest` rooms.
     pub direct: Option<Arc<Direct>>,
 }
 
@@ -165,7 +166,7 @@ impl Writer {
             if batch.is_empty() {
                 if let Some(direct) = &self.direct {
                     if let Some(idle) = stream.take() {
-                        stream = direct.lend(idle, &self.queue, self.skip_through).err();
+                        stream = direct.lend_stream(idle, &self.queue, self.skip_through);
                     }
                 }
                 tokio::select! {
@@ -286,7 +287,18 @@ impl Writer {
 
     /// The stream back from the hub, if it was lent.
     fn reclaim(&self, stream: Option<SendStream>) -> Option<SendStream> {
-        stream.or_else(|| self.direct.as_ref().and_then(|d| d.reclaim()))
+        stream.or_else(|| match self.direct.as_ref()?.reclaim()? {
+            Target::Stream(stream) => Some(stream),
+            Target::Shared(_) => None,
+        })
+    }
+
+    /// The session's outgoing queue back from the hub, if it was lent.
+    fn reclaim_out(&self, out: Option<queue::Sender<Bytes>>) -> Option<queue::Sender<Bytes>> {
+        out.or_else(|| match self.direct.as_ref()?.reclaim()? {
+            Target::Shared(out) => Some(out),
+            Target::Stream(_) => None,
+        })
     }
 
     fn fresh(&self, delivery: &Delivery) -> bool {
@@ -334,7 +346,15 @@ impl Writer {
         let slot = self.latest.clone();
         // The `latest` value still in the outgoing queue: the next waits until it is written.
         let mut in_flight = None;
+        // `None` while lent to the hub (the writer is idle): the hub then queues this room's
+        // frames on the connection itself, one task hop fewer per delivery.
+        let mut out = Some(out);
         loop {
+            if let Some(direct) = &self.direct {
+                if let Some(idle) = out.take() {
+                    out = direct.lend_out(idle, &self.queue, self.skip_through);
+                }
+            }
             let delivery = tokio::select! {
                 biased;
                 msg = self.queue.recv() => match msg {
@@ -342,6 +362,10 @@ impl Writer {
                     None => return,
                 },
                 value = latest::next_after(slot.as_deref(), in_flight.as_ref()) => {
+                    // (`latest` rooms lend nothing: `out` is here.)
+                    let Some(out) = out.as_ref() else {
+                        return;
+                    };
                     // Conflation on a shared connection: one value at a time in the outgoing
                     // queue; when there is room, what is newest by then goes.
                     let Ok(permit) = out.reserve().await else {
@@ -354,11 +378,17 @@ impl Writer {
                     continue;
                 }
             };
+            // Queued by the hub: it found the connection's queue full (or keeps order behind
+            // such a delivery), so the writer takes its place back and waits for room.
+            out = self.reclaim_out(out);
             if !self.fresh(&delivery) {
                 continue;
             }
+            let Some(sender) = out.as_ref() else {
+                return;
+            };
             let len = delivery.frame.len() as u64;
-            if out.send(delivery.frame).await.is_err() {
+            if sender.send(delivery.frame).await.is_err() {
                 return;
             }
             hot::delivery_bytes().increment(len);
@@ -382,7 +412,8 @@ impl Writer {
 
 /// A subscription's stream while its writer is idle, lent to the hub so that a publication is
 /// written straight into it from the fan-out: no queue, no wake-up of the writer task, one hop
-/// fewer per delivery. The lock orders the two: the hub writes directly only while the stream
+/// fewer per delivery. On a shared connection (WebSocket, SSE) what is lent is the writer's
+/// sender into the session's outgoing queue, and the hub queues the frame there itself. The lock orders the two: the hub writes directly only while the stream
 /// is lent and nothing waits in the queue; otherwise it queues, and the writer takes the stream
 /// back before it writes. Either way frames reach the stream in the order the hub saw them.
 ///
@@ -400,15 +431,24 @@ pub struct Direct {
     overflow: CancellationToken,
 }
 
+/// What an idle writer lends the hub.
+pub enum Target {
+    /// Its own stream (WebTransport).
+    Stream(SendStream),
+    /// Its sender (of the rooms' lane) into the session's one outgoing queue.
+    Shared(queue::Sender<Bytes>),
+}
+
 struct Lent {
-    stream: SendStream,
+    target: Target,
     skip_through: Option<u64>,
     /// A delivery was queued for the writer since the stream was lent (the stream took only
     /// part of it): every later one queues behind it. The hub is the queue's only sender and
     /// queues under this lock, so this says what `!queue.is_empty()` would without touching
     /// the queue's cache lines on every delivery.
     behind: bool,
-    /// Frames held for a run's single write (`crate::cork`); empty while `behind`.
+    /// Frames held for a run's single write (`crate::cork`); empty while `behind`, and always
+    /// on a shared connection (its socket's writer joins what is queued by itself).
     pending: Vec<Bytes>,
     /// Deliveries taken here and their bytes, not yet added to the session's tally: counted
     /// under the lock already held, and added when the stream goes back to the writer, when
@@ -422,6 +462,16 @@ impl Lent {
     fn count(&mut self, bytes: usize) {
         self.sent_bytes += bytes as u64;
         self.sent_messages += 1;
+    }
+
+    /// Writes what the stream takes of `chunks` without waiting, emptying the chunks it took
+    /// whole and cutting the front off the one it took in part. Out of stream credit, or the
+    /// client stopped the stream: some are left, and the writer finds out which when it writes
+    /// them. (Only own streams hold frames for a write.)
+    fn write_now(&mut self, chunks: &mut [Bytes]) {
+        if let Target::Stream(stream) = &mut self.target {
+            let _ = stream.quic_stream_mut().write_chunks(chunks).now_or_never();
+        }
     }
 }
 
@@ -446,20 +496,45 @@ impl Direct {
         self.lent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lends the idle writer's stream, unless something was queued meanwhile (then it comes
-    /// straight back, and the writer writes that first).
-    fn lend(
+    /// Lends the idle writer's stream; `Some` (it comes straight back) if something was queued
+    /// meanwhile, and the writer writes that first.
+    fn lend_stream(
         &self,
         stream: SendStream,
         queue: &crate::delivery_queue::Receiver,
         skip_through: Option<u64>,
-    ) -> Result<(), SendStream> {
+    ) -> Option<SendStream> {
+        match self.lend(Target::Stream(stream), queue, skip_through) {
+            Err(Target::Stream(stream)) => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Lends the idle shared writer's sender, as [`Direct::lend_stream`] its stream.
+    pub(crate) fn lend_out(
+        &self,
+        out: queue::Sender<Bytes>,
+        queue: &crate::delivery_queue::Receiver,
+        skip_through: Option<u64>,
+    ) -> Option<queue::Sender<Bytes>> {
+        match self.lend(Target::Shared(out), queue, skip_through) {
+            Err(Target::Shared(out)) => Some(out),
+            _ => None,
+        }
+    }
+
+    fn lend(
+        &self,
+        target: Target,
+        queue: &crate::delivery_queue::Receiver,
+        skip_through: Option<u64>,
+    ) -> Result<(), Target> {
         let mut lent = self.lock();
         if !queue.is_empty() {
-            return Err(stream);
+            return Err(target);
         }
         *lent = Some(Lent {
-            stream,
+            target,
             skip_through,
             behind: false,
             pending: Vec::new(),
@@ -489,11 +564,13 @@ impl Direct {
 
     /// The stream back for the writer. Only a queued delivery (which comes after anything
     /// held), or the subscription's end, makes the writer take it, so frames still held here
-    /// belong to a subscription that is ending: they go with it.
-    fn reclaim(&self) -> Option<SendStream> {
+    /// belong to a subscription that is ending: they go with it. The session takes it too
+    /// when it stops a shared writer, so that nothing more of the room is queued on the
+    /// connection (`Session::drop_sub`).
+    pub fn reclaim(&self) -> Option<Target> {
         let mut lent = self.lock().take()?;
         self.settle_lent(&mut lent);
-        Some(lent.stream)
+        Some(lent.target)
     }
 
     /// One delivery from the hub: held for a run (`crate::cork`), or written now if the stream
@@ -513,6 +590,25 @@ impl Direct {
         if !fresh(idle.skip_through, delivery) {
             return Ok(Offered::Queued);
         }
+        // The connection's queue takes it, or is full (or gone): then the writer takes over and
+        // waits for room, and every later delivery queues behind it.
+        if let Target::Shared(out) = &idle.target {
+            let rest = match out.try_send(delivery.frame.clone()) {
+                Ok(()) => {
+                    idle.count(delivery.frame.len());
+                    return Ok(Offered::Written);
+                }
+                Err(queue::TrySendError::Full(rest) | queue::TrySendError::Closed(rest)) => rest,
+            };
+            idle.behind = true;
+            return queue
+                .try_send(Delivery {
+                    offset: delivery.offset,
+                    frame: rest,
+                    entered: delivery.entered,
+                })
+                .map(|()| Offered::Queued);
+        }
         if idle.pending.len() < MAX_PENDING && crate::cork::hold(self, idle.pending.is_empty()) {
             idle.pending.push(delivery.frame.clone());
             idle.count(delivery.frame.len());
@@ -525,12 +621,8 @@ impl Direct {
             return Ok(Offered::Written);
         }
         let mut rest = [delivery.frame.clone()];
-        let written = idle
-            .stream
-            .quic_stream_mut()
-            .write_chunks(&mut rest)
-            .now_or_never();
-        if matches!(written, Some(Ok(_))) && rest[0].is_empty() {
+        idle.write_now(&mut rest);
+        if rest[0].is_empty() {
             idle.count(delivery.frame.len());
             return Ok(Offered::Written);
         }
@@ -560,11 +652,7 @@ impl Direct {
     /// deliveries it did not see). No room in the queue for it ends the subscription.
     fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) {
         let mut pending = std::mem::take(&mut idle.pending);
-        let _ = idle
-            .stream
-            .quic_stream_mut()
-            .write_chunks(&mut pending)
-            .now_or_never();
+        idle.write_now(&mut pending);
         let mut left = pending.into_iter().filter(|f| !f.is_empty()).peekable();
         if left.peek().is_none() {
             return;

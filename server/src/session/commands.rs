@@ -78,9 +78,10 @@ impl Session {
             .then(|| std::sync::Arc::new(crate::latest::Slot::default()));
         let own_stream =
             matches!(self.link.peer, Peer::Quic(_)) && !self.shared.config.ablation.single_stream;
-        // `latest` rooms keep their slot and datagrams; every other own-stream subscription
-        // lets the fan-out write into its idle stream.
-        let direct = (own_stream && latest.is_none())
+        // `latest` rooms keep their slot and datagrams; every other subscription lets the
+        // fan-out write into its idle stream, or on a shared connection queue on it.
+        let direct = latest
+            .is_none()
             .then(|| Direct::new(self.tally.clone(), &queue, overflow.clone()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
@@ -590,6 +591,11 @@ impl Session {
         if let Some(writer) = sub.writer {
             writer.abort();
             let _ = writer.await;
+            // Its place in the connection's queue, if lent to the hub, goes too: nothing more
+            // of the room is queued after what the session writes next (its `Unsubscribed`).
+            if let Some(direct) = &sub.direct {
+                drop(direct.reclaim());
+            }
         }
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).decrement(1.0);
         if let Some(quota) = &self.quota {

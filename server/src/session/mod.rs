@@ -116,8 +116,9 @@ struct Sub {
     stop: CancellationToken,
     /// The token the writer watches (the hub cancels it when the queue overflows).
     overflow: CancellationToken,
-    /// The stream the hub writes into while the writer is idle: what it wrote is added to the
-    /// session's tally when the subscription ends.
+    /// The stream the hub writes into while the writer is idle (on a shared connection, the
+    /// writer's place in the outgoing queue): what it wrote is added to the session's tally
+    /// when the subscription ends.
     direct: Option<std::sync::Arc<crate::subscription::Direct>>,
 }
 
