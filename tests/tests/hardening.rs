@@ -113,77 +113,24 @@ async fn before_its_session_a_connection_can_make_the_server_buffer_16_kib() -> 
 /// the CONNECT itself was never answered (outside WebTransport audit, finding 2).
 #[tokio::test]
 async fn a_control_stream_opened_before_the_connect_is_answered_is_served() -> anyhow::Result<()> {
-    use wtransport_proto::frame::Frame;
-    use wtransport_proto::headers::Headers;
-    use wtransport_proto::ids::{SessionId, StreamId};
-    use wtransport_proto::session::SessionRequest;
-    use wtransport_proto::settings::Settings;
-    use wtransport_proto::stream_header::StreamHeader;
-    use wtransport_proto::varint::VarInt;
-
     let server = TestServer::start().await?;
     let endpoint = quic_client(&server, |_| {})?;
     let conn = endpoint.connect(server.wt, "localhost")?.await?;
-    let mut bytes = Vec::new();
-    StreamHeader::new_control().write(&mut bytes)?;
-    Settings::builder()
-        .enable_connect_protocol()
-        .enable_webtransport()
-        .enable_h3_datagrams()
-        .build()
-        .generate_frame()
-        .write(&mut bytes)?;
     let mut control = conn.open_uni().await?;
-    control.write_all(&bytes).await?;
+    control.write_all(&h3::control_stream_bytes()?).await?;
 
     // Stream 0 first: the session's control stream, naming the CONNECT that stream 4 carries,
     // with a Hello on it.
-    let session = SessionId::try_from_session_stream(StreamId::new(VarInt::from_u32(4)))
-        .map_err(|_| anyhow::anyhow!("stream 4 is a client bidirectional stream"))?;
     let (mut early_send, mut early_recv) = conn.open_bi().await?;
-    let mut bytes = Vec::new();
-    Frame::new_webtransport(session).write(&mut bytes)?;
-    bytes.extend_from_slice(&quiver_proto::encode_command(&quiver_proto::ClientFrame {
-        id: 1,
-        command: Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "early".into(),
-        },
-    }));
-    early_send.write_all(&bytes).await?;
+    early_send
+        .write_all(&h3::control_stream_with_hello(4, "early")?)
+        .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let (mut connect_send, mut connect_recv) = conn.open_bi().await?;
-    let url = format!(
-        "https://localhost:{}/v1?token={}",
-        server.wt.port(),
-        full_token("acme", "early")
-    );
-    let mut bytes = Vec::new();
-    SessionRequest::new(url)?
-        .headers()
-        .generate_frame()
-        .write(&mut bytes)?;
-    connect_send.write_all(&bytes).await?;
-
     // The 200.
-    let mut answer = Vec::new();
-    let status = tokio::time::timeout(WAIT, async {
-        loop {
-            if let Ok(Some(frame)) = Frame::read(&mut &answer[..]) {
-                let headers = Headers::with_frame(&frame)
-                    .map_err(|e| anyhow::anyhow!("response headers: {e:?}"))?;
-                return anyhow::Ok(headers.get(":status").map(str::to_owned));
-            }
-            let chunk = connect_recv
-                .read_chunk(usize::MAX, true)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the CONNECT stream ended"))?;
-            answer.extend_from_slice(&chunk.bytes);
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the CONNECT behind an early stream was never answered"))??;
+    let token = full_token("acme", "early");
+    let (status, _connect_send, _connect_recv) =
+        h3::connect_request(&conn, server.wt.port(), &token).await?;
     assert_eq!(status.as_deref(), Some("200"));
 
     // The Welcome, on the stream opened before the session existed.

@@ -15,11 +15,17 @@ use std::future::pending;
 
 pub struct ConnectStream {
     stream: Option<StreamSession>,
+    /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): bytes of a frame not read whole
+    /// yet, kept across the driver's loop turns.
+    pending: Vec<u8>,
 }
 
 impl ConnectStream {
     pub fn empty() -> Self {
-        Self { stream: None }
+        Self {
+            stream: None,
+            pending: Vec::new(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -37,7 +43,7 @@ impl ConnectStream {
         };
 
         loop {
-            return match stream.read_frame().await {
+            return match stream.read_frame_pending(&mut self.pending).await {
                 Ok(frame) => {
                     if !matches!(frame.kind(), FrameKind::Data) {
                         debug!("Skipping non-data frame of kind {:?}", frame.kind());

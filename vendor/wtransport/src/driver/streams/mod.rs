@@ -23,6 +23,43 @@ use wtransport_proto::stream_header::StreamKind;
 pub type ProtoReadError = wtransport_proto::stream::IoReadError;
 pub type ProtoWriteError = wtransport_proto::stream::IoWriteError;
 
+/// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): reads what the stream has into
+/// `pending` (quinn's `read` is cancel-safe: it reads something or nothing). The end of the
+/// stream is a clean end only between frames.
+async fn fill_pending(
+    recv: &mut QuicRecvStream,
+    pending: &mut Vec<u8>,
+) -> Result<(), ProtoReadError> {
+    use wtransport_proto::bytes::IoReadError;
+    let mut chunk = [0u8; 512];
+    match recv.read(&mut chunk).await {
+        Ok(Some(read)) => {
+            pending.extend_from_slice(&chunk[..read]);
+            Ok(())
+        }
+        Ok(None) if pending.is_empty() => Err(ProtoReadError::IO(IoReadError::ImmediateFin)),
+        Ok(None) => Err(ProtoReadError::H3(
+            wtransport_proto::error::ErrorCode::Frame,
+        )),
+        Err(StreamReadError::Reset(_)) => Err(ProtoReadError::IO(IoReadError::Reset)),
+        Err(_) => Err(ProtoReadError::IO(IoReadError::NotConnected)),
+    }
+}
+
+/// QUIVER PATCH (cancel-safe frame reads): a frame parsed from `pending`, copied out of it.
+fn owned_frame(frame: &Frame<'_>) -> Frame<'static> {
+    use std::borrow::Cow;
+    use wtransport_proto::frame::FrameKind;
+    let payload = Cow::Owned(frame.payload().to_vec());
+    match (frame.kind(), frame.session_id()) {
+        (FrameKind::WebTransport, Some(session_id)) => Frame::new_webtransport(session_id),
+        (FrameKind::Headers, _) => Frame::new_headers(payload),
+        (FrameKind::Settings, _) => Frame::new_settings(payload),
+        (FrameKind::Exercise(id), _) => Frame::new_exercise(id, payload),
+        _ => Frame::new_data(payload),
+    }
+}
+
 #[derive(Debug)]
 pub struct AlreadyStop;
 
@@ -414,8 +451,29 @@ pub mod uniremote {
     }
 
     impl StreamUniRemoteH3 {
-        pub async fn read_frame<'a>(&mut self) -> Result<Frame<'a>, ProtoReadError> {
-            self.proto.read_frame_async(&mut self.stream).await
+        /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): replaces `read_frame`: bytes
+        /// read before the future is dropped wait in `pending` for the next call, so it may be
+        /// raced in a `select!` (the driver's loop drops it at every other event).
+        pub async fn read_frame_pending(
+            &mut self,
+            pending: &mut Vec<u8>,
+        ) -> Result<Frame<'static>, ProtoReadError> {
+            loop {
+                if !pending.is_empty() {
+                    let mut reader = wtransport_proto::bytes::BufferReader::new(pending);
+                    let parsed = self
+                        .proto
+                        .read_frame_from_buffer(&mut reader)
+                        .map_err(ProtoReadError::H3)?
+                        .map(|frame| owned_frame(&frame));
+                    let used = reader.offset();
+                    if let Some(frame) = parsed {
+                        pending.drain(..used);
+                        return Ok(frame);
+                    }
+                }
+                fill_pending(&mut self.stream, pending).await?;
+            }
         }
 
         pub fn kind(&self) -> StreamKind {
@@ -524,6 +582,30 @@ pub mod session {
     impl StreamSession {
         pub async fn read_frame<'a>(&mut self) -> Result<Frame<'a>, ProtoReadError> {
             self.proto.read_frame_async(&mut self.stream.1).await
+        }
+
+        /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): see
+        /// `StreamUniRemoteH3::read_frame_pending`.
+        pub async fn read_frame_pending(
+            &mut self,
+            pending: &mut Vec<u8>,
+        ) -> Result<Frame<'static>, ProtoReadError> {
+            loop {
+                if !pending.is_empty() {
+                    let mut reader = wtransport_proto::bytes::BufferReader::new(pending);
+                    let parsed = self
+                        .proto
+                        .read_frame_from_buffer(&mut reader)
+                        .map_err(ProtoReadError::H3)?
+                        .map(|frame| owned_frame(&frame));
+                    let used = reader.offset();
+                    if let Some(frame) = parsed {
+                        pending.drain(..used);
+                        return Ok(frame);
+                    }
+                }
+                fill_pending(&mut self.stream.1, pending).await?;
+            }
         }
 
         pub async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), ProtoWriteError> {

@@ -78,6 +78,9 @@ impl LocalSettingsStream {
 pub struct RemoteSettingsStream {
     stream: Option<StreamUniRemoteH3>,
     settings: watch::Sender<Option<Settings>>,
+    /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): bytes of a frame not read whole
+    /// yet, kept across the driver's loop turns.
+    pending: Vec<u8>,
 }
 
 impl RemoteSettingsStream {
@@ -85,6 +88,7 @@ impl RemoteSettingsStream {
         Self {
             stream: None,
             settings: watch::channel(None).0,
+            pending: Vec::new(),
         }
     }
 
@@ -130,7 +134,7 @@ impl RemoteSettingsStream {
             return pending().await;
         };
 
-        match stream.read_frame().await {
+        match stream.read_frame_pending(&mut self.pending).await {
             Ok(frame) => Ok(frame),
             Err(ProtoReadError::H3(error_code)) => Err(DriverError::Proto(error_code)),
             Err(ProtoReadError::IO(io_error)) => match io_error {
