@@ -95,3 +95,31 @@ async fn a_close_capsule_split_around_a_new_stream_is_read_whole() -> anyhow::Re
     }
     Ok(())
 }
+
+/// Frames of types the server's HTTP/3 layer does not know are skipped whole on the client's
+/// control stream (RFC 9114 §9): `GOAWAY`, `MAX_PUSH_ID`, `PRIORITY_UPDATE` and one of an
+/// unassigned type with a payload longer than any frame the server parses, sent after
+/// SETTINGS in pieces. The session is served and the connection stays up. (Before, the type
+/// alone was dropped and the rest read as frames: 0x105, or later frames misread.)
+#[tokio::test]
+async fn frames_of_unknown_types_on_the_control_stream_are_skipped() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let (_endpoint, conn, mut control, _) = connection(&server, usize::MAX).await?;
+    let mut unknown = vec![
+        0x07, 0x01, 0x00, // GOAWAY, id 0
+        0x0d, 0x01, 0x00, // MAX_PUSH_ID 0
+        0x80, 0x0f, 0x07, 0x00, 0x02, 0x00, 0x00, // PRIORITY_UPDATE (0xf0700), 2 bytes
+        0x2f, 0x57, 0x70, // type 0x2f, 6,000 bytes (0x1770)
+    ];
+    unknown.extend(std::iter::repeat_n(0x01, 6_000));
+    for piece in unknown.chunks(1_000) {
+        control.write_all(piece).await?;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token = full_token("acme", "unknown");
+    let (status, _send, _recv) = h3::connect_request(&conn, server.wt.port(), &token).await?;
+    assert_eq!(status.as_deref(), Some("200"));
+    tokio::time::sleep(PAUSE).await;
+    assert_eq!(conn.close_reason(), None);
+    Ok(())
+}

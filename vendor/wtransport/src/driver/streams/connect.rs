@@ -17,14 +17,14 @@ pub struct ConnectStream {
     stream: Option<StreamSession>,
     /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): bytes of a frame not read whole
     /// yet, kept across the driver's loop turns.
-    pending: Vec<u8>,
+    pending: super::PendingFrame,
 }
 
 impl ConnectStream {
     pub fn empty() -> Self {
         Self {
             stream: None,
-            pending: Vec::new(),
+            pending: super::PendingFrame::default(),
         }
     }
 

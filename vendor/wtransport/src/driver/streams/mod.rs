@@ -23,26 +23,68 @@ use wtransport_proto::stream_header::StreamKind;
 pub type ProtoReadError = wtransport_proto::stream::IoReadError;
 pub type ProtoWriteError = wtransport_proto::stream::IoWriteError;
 
-/// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): reads what the stream has into
-/// `pending` (quinn's `read` is cancel-safe: it reads something or nothing). The end of the
-/// stream is a clean end only between frames.
-async fn fill_pending(
-    recv: &mut QuicRecvStream,
-    pending: &mut Vec<u8>,
-) -> Result<(), ProtoReadError> {
-    use wtransport_proto::bytes::IoReadError;
-    let mut chunk = [0u8; 512];
-    match recv.read(&mut chunk).await {
-        Ok(Some(read)) => {
-            pending.extend_from_slice(&chunk[..read]);
-            Ok(())
+/// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): a control stream's bytes not yet
+/// taken as a frame, kept across the driver's loop turns, and what is left to skip of a frame
+/// of a type this crate does not know.
+#[derive(Debug, Default)]
+pub struct PendingFrame {
+    bytes: Vec<u8>,
+    skip: u64,
+}
+
+impl PendingFrame {
+    /// Drops what is left of an unknown frame from the buffered bytes; `true` when nothing is.
+    fn skipped(&mut self) -> bool {
+        let now = self.skip.min(self.bytes.len() as u64);
+        self.bytes.drain(..now as usize);
+        self.skip -= now;
+        self.skip == 0
+    }
+
+    /// At a frame of a type this crate does not know (RFC 9114 §9: GOAWAY, MAX_PUSH_ID,
+    /// PRIORITY_UPDATE, reserved types; to be ignored), drops its type and length and
+    /// starts skipping its payload: `true`. `false` when the next frame is of a known type, or
+    /// its type or length has not arrived whole.
+    fn skip_unknown(&mut self) -> bool {
+        use wtransport_proto::bytes::BytesReader;
+        use wtransport_proto::frame::FrameKind;
+        let mut reader = wtransport_proto::bytes::BufferReader::new(&self.bytes);
+        let Some(kind) = reader.get_varint() else {
+            return false;
+        };
+        let known = matches!(kind.into_inner(), 0x00 | 0x01 | 0x04 | 0x41)
+            || FrameKind::is_id_exercise(kind);
+        if known {
+            return false;
         }
-        Ok(None) if pending.is_empty() => Err(ProtoReadError::IO(IoReadError::ImmediateFin)),
-        Ok(None) => Err(ProtoReadError::H3(
-            wtransport_proto::error::ErrorCode::Frame,
-        )),
-        Err(StreamReadError::Reset(_)) => Err(ProtoReadError::IO(IoReadError::Reset)),
-        Err(_) => Err(ProtoReadError::IO(IoReadError::NotConnected)),
+        let Some(len) = reader.get_varint() else {
+            return false;
+        };
+        let head = reader.offset();
+        self.bytes.drain(..head);
+        self.skip = len.into_inner();
+        true
+    }
+
+    /// Reads what the stream has (quinn's `read` is cancel-safe: it reads something or
+    /// nothing). The end of the stream is a clean end only between frames.
+    async fn fill(&mut self, recv: &mut QuicRecvStream) -> Result<(), ProtoReadError> {
+        use wtransport_proto::bytes::IoReadError;
+        let mut chunk = [0u8; 512];
+        match recv.read(&mut chunk).await {
+            Ok(Some(read)) => {
+                self.bytes.extend_from_slice(&chunk[..read]);
+                Ok(())
+            }
+            Ok(None) if self.bytes.is_empty() && self.skip == 0 => {
+                Err(ProtoReadError::IO(IoReadError::ImmediateFin))
+            }
+            Ok(None) => Err(ProtoReadError::H3(
+                wtransport_proto::error::ErrorCode::Frame,
+            )),
+            Err(StreamReadError::Reset(_)) => Err(ProtoReadError::IO(IoReadError::Reset)),
+            Err(_) => Err(ProtoReadError::IO(IoReadError::NotConnected)),
+        }
     }
 }
 
@@ -456,11 +498,13 @@ pub mod uniremote {
         /// raced in a `select!` (the driver's loop drops it at every other event).
         pub async fn read_frame_pending(
             &mut self,
-            pending: &mut Vec<u8>,
+            pending: &mut PendingFrame,
         ) -> Result<Frame<'static>, ProtoReadError> {
             loop {
-                if !pending.is_empty() {
-                    let mut reader = wtransport_proto::bytes::BufferReader::new(pending);
+                // What is left of an unknown frame first, then any unknown frames whole.
+                while pending.skipped() && pending.skip_unknown() {}
+                if pending.skip == 0 && !pending.bytes.is_empty() {
+                    let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
                     let parsed = self
                         .proto
                         .read_frame_from_buffer(&mut reader)
@@ -468,11 +512,11 @@ pub mod uniremote {
                         .map(|frame| owned_frame(&frame));
                     let used = reader.offset();
                     if let Some(frame) = parsed {
-                        pending.drain(..used);
+                        pending.bytes.drain(..used);
                         return Ok(frame);
                     }
                 }
-                fill_pending(&mut self.stream, pending).await?;
+                pending.fill(&mut self.stream).await?;
             }
         }
 
@@ -588,11 +632,13 @@ pub mod session {
         /// `StreamUniRemoteH3::read_frame_pending`.
         pub async fn read_frame_pending(
             &mut self,
-            pending: &mut Vec<u8>,
+            pending: &mut PendingFrame,
         ) -> Result<Frame<'static>, ProtoReadError> {
             loop {
-                if !pending.is_empty() {
-                    let mut reader = wtransport_proto::bytes::BufferReader::new(pending);
+                // What is left of an unknown frame first, then any unknown frames whole.
+                while pending.skipped() && pending.skip_unknown() {}
+                if pending.skip == 0 && !pending.bytes.is_empty() {
+                    let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
                     let parsed = self
                         .proto
                         .read_frame_from_buffer(&mut reader)
@@ -600,11 +646,11 @@ pub mod session {
                         .map(|frame| owned_frame(&frame));
                     let used = reader.offset();
                     if let Some(frame) = parsed {
-                        pending.drain(..used);
+                        pending.bytes.drain(..used);
                         return Ok(frame);
                     }
                 }
-                fill_pending(&mut self.stream.1, pending).await?;
+                pending.fill(&mut self.stream.1).await?;
             }
         }
 

@@ -80,7 +80,7 @@ pub struct RemoteSettingsStream {
     settings: watch::Sender<Option<Settings>>,
     /// QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): bytes of a frame not read whole
     /// yet, kept across the driver's loop turns.
-    pending: Vec<u8>,
+    pending: super::PendingFrame,
 }
 
 impl RemoteSettingsStream {
@@ -88,7 +88,7 @@ impl RemoteSettingsStream {
         Self {
             stream: None,
             settings: watch::channel(None).0,
-            pending: Vec::new(),
+            pending: super::PendingFrame::default(),
         }
     }
 
