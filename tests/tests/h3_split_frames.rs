@@ -56,6 +56,53 @@ async fn a_settings_frame_split_around_the_connect_is_read_whole() -> anyhow::Re
     Ok(())
 }
 
+/// A session (its CONNECT answered 200) on a bare QUIC connection: the endpoint, the
+/// connection, its HTTP/3 control stream (kept open: a finished one closes the connection)
+/// and the CONNECT stream.
+struct Session {
+    _endpoint: wtransport::quinn::Endpoint,
+    conn: wtransport::quinn::Connection,
+    _control: wtransport::quinn::SendStream,
+    connect: wtransport::quinn::SendStream,
+}
+
+async fn session(server: &TestServer, user: &str) -> anyhow::Result<Session> {
+    let (endpoint, conn, control, _) = connection(server, usize::MAX).await?;
+    let token = full_token("acme", user);
+    let (status, connect, _connect_recv) =
+        h3::connect_request(&conn, server.wt.port(), &token).await?;
+    assert_eq!(status.as_deref(), Some("200"));
+    Ok(Session {
+        _endpoint: endpoint,
+        conn,
+        _control: control,
+        connect,
+    })
+}
+
+/// The application code the server closed the connection with.
+async fn close_code(conn: &wtransport::quinn::Connection) -> anyhow::Result<u64> {
+    let closed = tokio::time::timeout(WAIT, conn.closed())
+        .await
+        .map_err(|_| anyhow::anyhow!("the connection was not closed"))?;
+    match closed {
+        wtransport::quinn::ConnectionError::ApplicationClosed(close) => {
+            Ok(close.error_code.into_inner())
+        }
+        other => anyhow::bail!("closed by {other:?}"),
+    }
+}
+
+/// A DATA frame holding `payload`.
+fn data(payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut frame = Vec::new();
+    Frame::new_data(payload.to_vec().into()).write(&mut frame)?;
+    Ok(frame)
+}
+
+/// CLOSE_WEBTRANSPORT_SESSION (0x2843, a two-byte varint), length 7: error code 7, "bye".
+const CLOSE: [u8; 10] = [0x68, 0x43, 7, 0, 0, 0, 7, b'b', b'y', b'e'];
+
 /// A session closed with a CLOSE_WEBTRANSPORT_SESSION capsule sent in two parts, a stream of
 /// the session opened between them: the capsule is read whole, and the connection closes as
 /// for any client that closed its session (`H3_NO_ERROR`, PROTOCOL §7), not with an HTTP/3
@@ -63,42 +110,54 @@ async fn a_settings_frame_split_around_the_connect_is_read_whole() -> anyhow::Re
 #[tokio::test]
 async fn a_close_capsule_split_around_a_new_stream_is_read_whole() -> anyhow::Result<()> {
     let server = TestServer::start().await?;
-    let (_endpoint, conn, _control, _) = connection(&server, usize::MAX).await?;
-    let token = full_token("acme", "closer");
-    let (status, mut connect_send, _connect_recv) =
-        h3::connect_request(&conn, server.wt.port(), &token).await?;
-    assert_eq!(status.as_deref(), Some("200"));
-
-    // CLOSE_WEBTRANSPORT_SESSION (0x2843, a two-byte varint), length 7: error code 7, "bye".
-    let mut capsule = vec![0x68, 0x43, 7, 0, 0, 0, 7];
-    capsule.extend_from_slice(b"bye");
-    let mut frame = Vec::new();
-    Frame::new_data(capsule.into()).write(&mut frame)?;
-    connect_send.write_all(&frame[..2]).await?;
+    let mut s = session(&server, "closer").await?;
+    let frame = data(&CLOSE)?;
+    s.connect.write_all(&frame[..2]).await?;
     tokio::time::sleep(PAUSE).await;
     // A session stream (the session's control stream, with a Hello): another event of the
     // connection between the capsule's two parts.
-    let (mut stream_send, _stream_recv) = conn.open_bi().await?;
+    let (mut stream_send, _stream_recv) = s.conn.open_bi().await?;
     stream_send
         .write_all(&h3::control_stream_with_hello(0, "split")?)
         .await?;
     tokio::time::sleep(PAUSE).await;
-    connect_send.write_all(&frame[2..]).await?;
-    let closed = tokio::time::timeout(WAIT, conn.closed())
-        .await
-        .map_err(|_| anyhow::anyhow!("the session's close was not taken"))?;
-    match closed {
-        wtransport::quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code.into_inner(), 0x100, "{close:?}");
-        }
-        other => anyhow::bail!("closed by {other:?}"),
-    }
+    s.connect.write_all(&frame[2..]).await?;
+    assert_eq!(close_code(&s.conn).await?, 0x100);
+    Ok(())
+}
+
+/// Capsules are a byte stream across the DATA frames that carry them (RFC 9297 §3.3): a close
+/// capsule split over two DATA frames, or behind another capsule in the same one, closes the
+/// session (`H3_NO_ERROR`); one cut short by the stream's end is malformed (0x33). (Before,
+/// each DATA frame was read as one capsule: the first two were ignored and the session went
+/// on, the third closed as a clean end.)
+#[tokio::test]
+async fn capsules_are_read_across_data_frames() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut s = session(&server, "split").await?;
+    let mut bytes = data(&CLOSE[..5])?;
+    bytes.extend(data(&CLOSE[5..])?);
+    s.connect.write_all(&bytes).await?;
+    assert_eq!(close_code(&s.conn).await?, 0x100, "a close over two frames");
+
+    let mut s = session(&server, "behind").await?;
+    // DRAIN_WEBTRANSPORT_SESSION (0x78ae, four-byte varint 0x800078ae), empty, then the close.
+    let mut capsules = vec![0x80, 0x00, 0x78, 0xae, 0x00];
+    capsules.extend_from_slice(&CLOSE);
+    s.connect.write_all(&data(&capsules)?).await?;
+    assert_eq!(close_code(&s.conn).await?, 0x100, "a close behind another");
+
+    let mut s = session(&server, "cut").await?;
+    s.connect.write_all(&data(&CLOSE[..6])?).await?;
+    s.connect.finish()?;
+    assert_eq!(close_code(&s.conn).await?, 0x33, "a close cut short");
     Ok(())
 }
 
 /// Frames of types the server's HTTP/3 layer does not know are skipped whole on the client's
-/// control stream (RFC 9114 §9): `GOAWAY`, `MAX_PUSH_ID`, `PRIORITY_UPDATE` and one of an
-/// unassigned type with a payload longer than any frame the server parses, sent after
+/// control stream (RFC 9114 §9): `GOAWAY`, `MAX_PUSH_ID`, `PRIORITY_UPDATE`, and one of a
+/// reserved and one of an unassigned type with payloads longer than any frame the server
+/// parses (a reserved one over 4,096 bytes closed the connection with 0x107), sent after
 /// SETTINGS in pieces. The session is served and the connection stays up. (Before, the type
 /// alone was dropped and the rest read as frames: 0x105, or later frames misread.)
 #[tokio::test]
@@ -109,8 +168,10 @@ async fn frames_of_unknown_types_on_the_control_stream_are_skipped() -> anyhow::
         0x07, 0x01, 0x00, // GOAWAY, id 0
         0x0d, 0x01, 0x00, // MAX_PUSH_ID 0
         0x80, 0x0f, 0x07, 0x00, 0x02, 0x00, 0x00, // PRIORITY_UPDATE (0xf0700), 2 bytes
-        0x2f, 0x57, 0x70, // type 0x2f, 6,000 bytes (0x1770)
+        0x40, 0x40, 0x57, 0x70, // reserved type 0x40 (0x1f + 0x21), 6,000 bytes
     ];
+    unknown.extend(std::iter::repeat_n(0x01, 6_000));
+    unknown.extend([0x2f, 0x57, 0x70]); // type 0x2f, 6,000 bytes (0x1770)
     unknown.extend(std::iter::repeat_n(0x01, 6_000));
     for piece in unknown.chunks(1_000) {
         control.write_all(piece).await?;
@@ -121,5 +182,24 @@ async fn frames_of_unknown_types_on_the_control_stream_are_skipped() -> anyhow::
     assert_eq!(status.as_deref(), Some("200"));
     tokio::time::sleep(PAUSE).await;
     assert_eq!(conn.close_reason(), None);
+    Ok(())
+}
+
+/// HTTP/2's frame types are reserved in HTTP/3, and a client never sends PUSH_PROMISE (RFC 9114
+/// §7.2.8, §7.2.5): either on the control stream closes the connection with
+/// `H3_FRAME_UNEXPECTED` (they were skipped).
+#[tokio::test]
+async fn http2_frame_types_on_the_control_stream_close_the_connection() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    for frame in [[0x02u8, 0x00], [0x05, 0x00]] {
+        let (_endpoint, conn, mut control, _) = connection(&server, usize::MAX).await?;
+        control.write_all(&frame).await?;
+        assert_eq!(
+            close_code(&conn).await?,
+            0x105,
+            "frame type {:#x}",
+            frame[0]
+        );
+    }
     Ok(())
 }

@@ -41,29 +41,35 @@ impl PendingFrame {
         self.skip == 0
     }
 
-    /// At a frame of a type this crate does not know (RFC 9114 §9: GOAWAY, MAX_PUSH_ID,
-    /// PRIORITY_UPDATE, reserved types; to be ignored), drops its type and length and
-    /// starts skipping its payload: `true`. `false` when the next frame is of a known type, or
-    /// its type or length has not arrived whole.
-    fn skip_unknown(&mut self) -> bool {
+    /// At a frame of a type this crate does not act on (RFC 9114 §9: GOAWAY, MAX_PUSH_ID,
+    /// CANCEL_PUSH, PRIORITY_UPDATE, reserved types 0x1f * N + 0x21, unassigned types: to be
+    /// ignored), drops its type and length and starts skipping its payload: `Ok(true)`.
+    /// `Ok(false)` when the next frame is one the stream's parser takes (DATA, HEADERS,
+    /// SETTINGS, WEBTRANSPORT_STREAM), or its type or length has not arrived whole. A client
+    /// never sends PUSH_PROMISE, and HTTP/2's frame types are reserved in HTTP/3 (§7.2.8):
+    /// `H3_FRAME_UNEXPECTED`.
+    fn skip_unknown(&mut self) -> Result<bool, ProtoReadError> {
         use wtransport_proto::bytes::BytesReader;
-        use wtransport_proto::frame::FrameKind;
         let mut reader = wtransport_proto::bytes::BufferReader::new(&self.bytes);
         let Some(kind) = reader.get_varint() else {
-            return false;
+            return Ok(false);
         };
-        let known = matches!(kind.into_inner(), 0x00 | 0x01 | 0x04 | 0x41)
-            || FrameKind::is_id_exercise(kind);
-        if known {
-            return false;
+        match kind.into_inner() {
+            0x00 | 0x01 | 0x04 | 0x41 => return Ok(false),
+            0x02 | 0x05 | 0x06 | 0x08 | 0x09 => {
+                return Err(ProtoReadError::H3(
+                    wtransport_proto::error::ErrorCode::FrameUnexpected,
+                ))
+            }
+            _ => {}
         }
         let Some(len) = reader.get_varint() else {
-            return false;
+            return Ok(false);
         };
         let head = reader.offset();
         self.bytes.drain(..head);
         self.skip = len.into_inner();
-        true
+        Ok(true)
     }
 
     /// Reads what the stream has (quinn's `read` is cancel-safe: it reads something or
@@ -502,7 +508,7 @@ pub mod uniremote {
         ) -> Result<Frame<'static>, ProtoReadError> {
             loop {
                 // What is left of an unknown frame first, then any unknown frames whole.
-                while pending.skipped() && pending.skip_unknown() {}
+                while pending.skipped() && pending.skip_unknown()? {}
                 if pending.skip == 0 && !pending.bytes.is_empty() {
                     let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
                     let parsed = self
@@ -636,7 +642,7 @@ pub mod session {
         ) -> Result<Frame<'static>, ProtoReadError> {
             loop {
                 // What is left of an unknown frame first, then any unknown frames whole.
-                while pending.skipped() && pending.skip_unknown() {}
+                while pending.skipped() && pending.skip_unknown()? {}
                 if pending.skip == 0 && !pending.bytes.is_empty() {
                     let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
                     let parsed = self
