@@ -99,12 +99,10 @@ impl ConnectStream {
 /// read across the DATA frames that carry them (RFC 9297 §3.3: a capsule may span frames, and
 /// a frame hold several). Only a CLOSE_WEBTRANSPORT_SESSION is kept until whole (at most 4 +
 /// 1,024 bytes of payload); any other capsule is skipped as it arrives.
+/// (Its bytes, and what is left to skip of a capsule of another type, as a control stream's
+/// frames are kept: `PendingFrame`.)
 #[derive(Default)]
-struct Capsules {
-    bytes: Vec<u8>,
-    /// What is left to skip of a capsule of another type.
-    skip: u64,
-}
+struct Capsules(super::PendingFrame);
 
 /// CLOSE_WEBTRANSPORT_SESSION.
 const CLOSE_SESSION: u64 = 0x2843;
@@ -113,47 +111,43 @@ const MAX_CLOSE_PAYLOAD: u64 = 4 + 1024;
 
 impl Capsules {
     fn push(&mut self, data: &[u8]) {
-        let skipped = self.skip.min(data.len() as u64);
-        self.skip -= skipped;
-        self.bytes.extend_from_slice(&data[skipped as usize..]);
+        self.0.bytes.extend_from_slice(data);
     }
 
     /// A stream ended here would cut a capsule short.
     fn is_cut(&self) -> bool {
-        !self.bytes.is_empty() || self.skip > 0
+        !self.0.bytes.is_empty() || self.0.skip > 0
     }
 
     /// The session's close, once a CLOSE_WEBTRANSPORT_SESSION capsule is whole (or found
     /// malformed: `H3_DATAGRAM_ERROR`); `None` while there is none yet.
     fn next_close(&mut self) -> Option<Result<capsules::CloseWebTransportSession, ErrorCode>> {
         use wtransport_proto::bytes::{BufferReader, BytesReader};
+        let pending = &mut self.0;
         loop {
-            let skipped = self.skip.min(self.bytes.len() as u64);
-            self.bytes.drain(..skipped as usize);
-            self.skip -= skipped;
-            if self.skip > 0 {
+            if !pending.skipped() {
                 return None;
             }
             let (kind, len, head) = {
-                let mut reader = BufferReader::new(&self.bytes);
+                let mut reader = BufferReader::new(&pending.bytes);
                 let kind = reader.get_varint()?.into_inner();
                 let len = reader.get_varint()?.into_inner();
                 (kind, len, reader.offset())
             };
             if kind != CLOSE_SESSION {
                 debug!("Skipping a capsule of type {kind:#x}, {len} bytes");
-                self.bytes.drain(..head);
-                self.skip = len;
+                pending.bytes.drain(..head);
+                pending.skip = len;
                 continue;
             }
             if !(4..=MAX_CLOSE_PAYLOAD).contains(&len) {
                 return Some(Err(ErrorCode::Datagram));
             }
             let end = head + len as usize;
-            if self.bytes.len() < end {
+            if pending.bytes.len() < end {
                 return None;
             }
-            let frame = Frame::new_data(std::borrow::Cow::Borrowed(&self.bytes[..end]));
+            let frame = Frame::new_data(std::borrow::Cow::Borrowed(&pending.bytes[..end]));
             return Some(match Capsule::with_frame(&frame) {
                 Some(capsule) => capsules::CloseWebTransportSession::with_capsule(&capsule),
                 None => Err(ErrorCode::Datagram),

@@ -72,6 +72,32 @@ impl PendingFrame {
         Ok(true)
     }
 
+    /// The next frame of `recv` that `parse` (the stream's own parser, which validates the
+    /// frame for the stream) takes, frames of unknown types skipped; cancel-safe.
+    async fn read(
+        &mut self,
+        recv: &mut QuicRecvStream,
+        mut parse: impl FnMut(
+            &mut wtransport_proto::bytes::BufferReader<'_>,
+        )
+            -> Result<Option<Frame<'static>>, wtransport_proto::error::ErrorCode>,
+    ) -> Result<Frame<'static>, ProtoReadError> {
+        loop {
+            // What is left of an unknown frame first, then any unknown frames whole.
+            while self.skipped() && self.skip_unknown()? {}
+            if self.skip == 0 && !self.bytes.is_empty() {
+                let mut reader = wtransport_proto::bytes::BufferReader::new(&self.bytes);
+                let parsed = parse(&mut reader).map_err(ProtoReadError::H3)?;
+                let used = reader.offset();
+                if let Some(frame) = parsed {
+                    self.bytes.drain(..used);
+                    return Ok(frame);
+                }
+            }
+            self.fill(recv).await?;
+        }
+    }
+
     /// Reads what the stream has (quinn's `read` is cancel-safe: it reads something or
     /// nothing). The end of the stream is a clean end only between frames.
     async fn fill(&mut self, recv: &mut QuicRecvStream) -> Result<(), ProtoReadError> {
@@ -506,24 +532,14 @@ pub mod uniremote {
             &mut self,
             pending: &mut PendingFrame,
         ) -> Result<Frame<'static>, ProtoReadError> {
-            loop {
-                // What is left of an unknown frame first, then any unknown frames whole.
-                while pending.skipped() && pending.skip_unknown()? {}
-                if pending.skip == 0 && !pending.bytes.is_empty() {
-                    let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
-                    let parsed = self
-                        .proto
-                        .read_frame_from_buffer(&mut reader)
-                        .map_err(ProtoReadError::H3)?
-                        .map(|frame| owned_frame(&frame));
-                    let used = reader.offset();
-                    if let Some(frame) = parsed {
-                        pending.bytes.drain(..used);
-                        return Ok(frame);
-                    }
-                }
-                pending.fill(&mut self.stream).await?;
-            }
+            let proto = &mut self.proto;
+            pending
+                .read(&mut self.stream, |reader| {
+                    Ok(proto
+                        .read_frame_from_buffer(reader)?
+                        .map(|frame| owned_frame(&frame)))
+                })
+                .await
         }
 
         pub fn kind(&self) -> StreamKind {
@@ -640,24 +656,14 @@ pub mod session {
             &mut self,
             pending: &mut PendingFrame,
         ) -> Result<Frame<'static>, ProtoReadError> {
-            loop {
-                // What is left of an unknown frame first, then any unknown frames whole.
-                while pending.skipped() && pending.skip_unknown()? {}
-                if pending.skip == 0 && !pending.bytes.is_empty() {
-                    let mut reader = wtransport_proto::bytes::BufferReader::new(&pending.bytes);
-                    let parsed = self
-                        .proto
-                        .read_frame_from_buffer(&mut reader)
-                        .map_err(ProtoReadError::H3)?
-                        .map(|frame| owned_frame(&frame));
-                    let used = reader.offset();
-                    if let Some(frame) = parsed {
-                        pending.bytes.drain(..used);
-                        return Ok(frame);
-                    }
-                }
-                pending.fill(&mut self.stream.1).await?;
-            }
+            let proto = &mut self.proto;
+            pending
+                .read(&mut self.stream.1, |reader| {
+                    Ok(proto
+                        .read_frame_from_buffer(reader)?
+                        .map(|frame| owned_frame(&frame)))
+                })
+                .await
         }
 
         pub async fn write_frame(&mut self, frame: Frame<'_>) -> Result<(), ProtoWriteError> {
