@@ -411,3 +411,77 @@ fn vectors_file_matches_encoder() {
         assert_eq!(decoded, v["frame"], "{name}");
     }
 }
+
+/// The `latest` lane's datagrams (PROTOCOL.md §10), in `vectors/datagrams.json`: `hex` is what
+/// this protocol defines (LEB128 varints, then the payload), `on_session_0` the whole QUIC
+/// datagram payload of the session whose CONNECT is stream 0: the quarter stream id `00` (a
+/// QUIC varint, PROTOCOL.md §1) in front.
+fn datagram_cases() -> Vec<Value> {
+    let latest = |name: &str, subscription: u64, sequence: u64, payload: &[u8]| {
+        let wire = datagram::Latest {
+            subscription,
+            sequence,
+            payload,
+        }
+        .encode();
+        json!({
+            "name": name,
+            "direction": "server",
+            "subscription": subscription,
+            "sequence": sequence,
+            "payload": payload,
+            "hex": to_hex(&wire),
+            "on_session_0": format!("00{}", to_hex(&wire)),
+        })
+    };
+    let publish = |name: &str, room: &str, payload: &[u8]| {
+        let wire = datagram::PublishDatagram { room, payload }.encode();
+        json!({
+            "name": name,
+            "direction": "client",
+            "room": room,
+            "payload": payload,
+            "hex": to_hex(&wire),
+            "on_session_0": format!("00{}", to_hex(&wire)),
+        })
+    };
+    vec![
+        latest("latest", 2, 1, b"xy"),
+        latest("latest_multibyte_varints", 300, 16_384, b"p"),
+        latest("latest_empty_payload", 1, 7, b""),
+        latest("latest_u64_max", u64::MAX, u64::MAX, b"z"),
+        publish("publish", "game.a", b"v1"),
+        publish("publish_empty_payload", "game.arena", b""),
+    ]
+}
+
+#[test]
+fn datagram_vectors_file_matches_encoder() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/datagrams.json");
+    let cases = datagram_cases();
+    let text = serde_json::to_string_pretty(&cases).unwrap() + "\n";
+    if std::env::var_os("QUIVER_UPDATE_VECTORS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(path).expect("vectors/datagrams.json exists");
+    assert_eq!(on_disk, text, "vectors/datagrams.json is stale: rerun with QUIVER_UPDATE_VECTORS=1 after a deliberate change");
+
+    // And every vector decodes back to its fields.
+    for case in cases {
+        let wire: Vec<u8> = (0..case["hex"].as_str().unwrap().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&case["hex"].as_str().unwrap()[i..i + 2], 16).unwrap())
+            .collect();
+        let payload: Vec<u8> = serde_json::from_value(case["payload"].clone()).unwrap();
+        if case["direction"] == "server" {
+            let d = datagram::Latest::decode(&wire).unwrap();
+            assert_eq!(d.subscription, case["subscription"].as_u64().unwrap());
+            assert_eq!(d.sequence, case["sequence"].as_u64().unwrap());
+            assert_eq!(d.payload, payload);
+        } else {
+            let d = datagram::PublishDatagram::decode(&wire).unwrap();
+            assert_eq!(d.room, case["room"].as_str().unwrap());
+            assert_eq!(d.payload, payload);
+        }
+    }
+}

@@ -79,3 +79,32 @@ pub fn control_stream_with_hello(connect_stream: u32, client: &str) -> Result<Ve
     }));
     Ok(bytes)
 }
+
+/// A WebTransport session (its CONNECT answered 200) on a bare QUIC connection: the endpoint,
+/// the connection, its HTTP/3 control stream (kept open: a finished one closes the connection)
+/// and the CONNECT stream's sending side. The CONNECT is the connection's first bidirectional
+/// stream (stream 0), so the session id is 0.
+pub struct RawSession {
+    pub endpoint: wtransport::quinn::Endpoint,
+    pub conn: Connection,
+    pub control: SendStream,
+    pub connect: SendStream,
+}
+
+/// Opens a [`RawSession`] to `server` for `token`; fails unless the CONNECT is answered 200.
+pub async fn raw_session(server: &crate::TestServer, token: &str) -> Result<RawSession> {
+    let endpoint = crate::quic_client(server, |_| {})?;
+    let conn = endpoint.connect(server.wt, "localhost")?.await?;
+    let mut control = conn.open_uni().await?;
+    control.write_all(&control_stream_bytes()?).await?;
+    let (status, connect, _connect_recv) = connect_request(&conn, server.wt.port(), token).await?;
+    if status.as_deref() != Some("200") {
+        return Err(anyhow!("the CONNECT was answered {status:?}"));
+    }
+    Ok(RawSession {
+        endpoint,
+        conn,
+        control,
+        connect,
+    })
+}

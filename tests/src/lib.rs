@@ -363,6 +363,17 @@ pub fn add_history_namespace(config: &mut Config, name: &str, size: usize) {
         });
 }
 
+/// Adds a `latest` namespace `name` (PROTOCOL.md §10: values by datagram, conflated).
+pub fn add_latest_namespace(config: &mut Config, name: &str) {
+    config
+        .namespaces
+        .push(quiver_server::config::NamespaceConfig {
+            name: name.into(),
+            mode: quiver_server::config::DeliveryMode::Latest,
+            ..Default::default()
+        });
+}
+
 /// A bare quinn client endpoint (HTTP/3 ALPN, trusting the test server's certificate hash) for
 /// tests that speak QUIC below WebTransport; `tweak` changes its transport (keep-alives,
 /// flow-control windows).

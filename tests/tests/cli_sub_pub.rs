@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use quiver_server::config::{DeliveryMode, NamespaceConfig, NatsConfig};
+use quiver_server::config::{NamespaceConfig, NatsConfig};
 use quiver_tests::nats::NatsServer;
 use quiver_tests::process::quiver_command;
 use quiver_tests::*;
@@ -209,11 +209,7 @@ async fn pub_count_rate_and_stdin() -> Result<()> {
 #[tokio::test]
 async fn pub_unreliable_sends_datagrams_to_latest_rooms() -> Result<()> {
     let server = TestServer::start_with(|c| {
-        c.namespaces.push(NamespaceConfig {
-            name: "game".into(),
-            mode: DeliveryMode::Latest,
-            ..Default::default()
-        });
+        add_latest_namespace(c, "game");
     })
     .await?;
     let token = full_token("acme", "cli");

@@ -56,28 +56,8 @@ async fn a_settings_frame_split_around_the_connect_is_read_whole() -> anyhow::Re
     Ok(())
 }
 
-/// A session (its CONNECT answered 200) on a bare QUIC connection: the endpoint, the
-/// connection, its HTTP/3 control stream (kept open: a finished one closes the connection)
-/// and the CONNECT stream.
-struct Session {
-    _endpoint: wtransport::quinn::Endpoint,
-    conn: wtransport::quinn::Connection,
-    _control: wtransport::quinn::SendStream,
-    connect: wtransport::quinn::SendStream,
-}
-
-async fn session(server: &TestServer, user: &str) -> anyhow::Result<Session> {
-    let (endpoint, conn, control, _) = connection(server, usize::MAX).await?;
-    let token = full_token("acme", user);
-    let (status, connect, _connect_recv) =
-        h3::connect_request(&conn, server.wt.port(), &token).await?;
-    assert_eq!(status.as_deref(), Some("200"));
-    Ok(Session {
-        _endpoint: endpoint,
-        conn,
-        _control: control,
-        connect,
-    })
+async fn session(server: &TestServer, user: &str) -> anyhow::Result<h3::RawSession> {
+    h3::raw_session(server, &full_token("acme", user)).await
 }
 
 /// The application code the server closed the connection with.

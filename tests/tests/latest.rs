@@ -12,18 +12,13 @@ use quiver_proto::datagram::{Latest, PublishDatagram};
 use quiver_proto::{
     decode_event, Command, ErrorCode, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
 };
-use quiver_server::config::{DeliveryMode, NamespaceConfig};
 use quiver_tests::*;
 use tokio_tungstenite::tungstenite::Message;
 
 /// `game` delivers `latest`; everything else is reliable.
 async fn server(tweak: impl FnOnce(&mut quiver_server::Config)) -> Result<TestServer> {
     TestServer::start_with(|c| {
-        c.namespaces.push(NamespaceConfig {
-            name: "game".into(),
-            mode: DeliveryMode::Latest,
-            ..Default::default()
-        });
+        add_latest_namespace(c, "game");
         tweak(c);
     })
     .await
@@ -637,11 +632,7 @@ async fn latest_values_cross_instances_over_nats() -> Result<()> {
     let nats = quiver_tests::nats::NatsServer::start().await?;
     let clustered = |c: &mut quiver_server::Config| {
         c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
-        c.namespaces.push(NamespaceConfig {
-            name: "game".into(),
-            mode: DeliveryMode::Latest,
-            ..Default::default()
-        });
+        add_latest_namespace(c, "game");
     };
     let a = TestServer::start_with(clustered).await?;
     let b = TestServer::start_with(clustered).await?;

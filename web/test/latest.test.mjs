@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Subscription, decodeLatestDatagram, encodeLatestDatagram, encodePublishDatagram, DecodeError } from '../dist/quiver.js';
+import { loadDatagramVectors } from './vectors.mjs';
 
 const hex = (bytes) => Buffer.from(bytes).toString('hex');
 
@@ -40,4 +41,20 @@ test('without a handler, the iterator holds only the newest value', async () => 
   for (let i = 1n; i <= 5n; i++) sub.offerLatest(i, new TextEncoder().encode(`v${i}`), true);
   const it = sub[Symbol.asyncIterator]();
   assert.equal((await it.next()).value.text(), 'v5');
+});
+
+test('datagram vectors (proto/vectors/datagrams.json) decode and encode byte for byte', () => {
+  const vectors = loadDatagramVectors();
+  assert.ok(vectors.some((v) => v.direction === 'server') && vectors.some((v) => v.direction === 'client'));
+  for (const v of vectors) {
+    // The whole QUIC datagram of the session on stream 0 is the quarter stream id `00`, then these bytes.
+    assert.equal(v.on_session_0, `00${v.hex}`, v.name);
+    if (v.direction === 'server') {
+      const d = decodeLatestDatagram(v.bytes);
+      assert.deepEqual(d, { subscription: v.subscription, sequence: v.sequence, payload: v.payload }, v.name);
+      assert.deepEqual(encodeLatestDatagram(d), v.bytes, v.name);
+    } else {
+      assert.deepEqual(encodePublishDatagram(v.room, v.payload), v.bytes, v.name);
+    }
+  }
 });

@@ -45,3 +45,19 @@ function valueFromSerde(key, value) {
   if (typeof value === 'object') return fieldsFromSerde(value);
   return value;
 }
+
+const DATAGRAMS = new URL('../../proto/vectors/datagrams.json', import.meta.url);
+
+/** proto/vectors/datagrams.json: the `latest` lane's datagrams, `bytes` without the quarter
+ *  stream id (what the client's codec reads and writes; the transport adds the id). */
+export function loadDatagramVectors() {
+  const text = readFileSync(DATAGRAMS, 'utf8');
+  const exact = text.replace(/([:[,]\s*)(\d{16,})(?=\s*[,\]}])/g, `$1"${BIG}$2"`);
+  return JSON.parse(exact).map((v) => ({
+    ...v,
+    subscription: v.subscription === undefined ? undefined : BigInt(String(v.subscription).replace(BIG, '')),
+    sequence: v.sequence === undefined ? undefined : BigInt(String(v.sequence).replace(BIG, '')),
+    payload: Uint8Array.from(v.payload),
+    bytes: new Uint8Array(Buffer.from(v.hex, 'hex')),
+  }));
+}

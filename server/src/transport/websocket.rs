@@ -223,14 +223,11 @@ fn goodbye(code: CloseCode, reason: &str) -> Bytes {
 }
 
 fn close_message(code: CloseCode, reason: &str) -> Message {
-    // A close frame's reason is at most 123 bytes; cut on a character boundary.
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
+    // A close frame's reason is at most 123 bytes (RFC 6455 §5.5: a control frame's payload is
+    // at most 125, two of them the code).
     Message::Close(Some(CloseFrame {
         code: code.as_u16(),
-        reason: reason[..end].into(),
+        reason: crate::text::prefix(reason, 123).into(),
     }))
 }
 

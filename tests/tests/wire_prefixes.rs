@@ -1,0 +1,130 @@
+//! The bytes in front of this protocol's own on a WebTransport session, written and checked
+//! literally as PROTOCOL.md §1 spells them for a client without a WebTransport library: QUIC
+//! variable-length integers (`40 41 00` for the control stream of the session on stream 0,
+//! `40 54 00` for the server's subscription streams, `00` in front of every datagram), not the
+//! LEB128 varints of §3 that follow them.
+
+use anyhow::{anyhow, bail, Context, Result};
+use quiver_proto::datagram::{Latest, PublishDatagram};
+use quiver_proto::{
+    decode_event, encode_command, ClientFrame, Command, Event, FrameDecoder, DEFAULT_MAX_FRAME,
+};
+use quiver_tests::*;
+use wtransport::quinn::RecvStream;
+
+/// The control stream's prefix: frame type 0x41 (a two-byte QUIC varint), session id 0.
+const CONTROL_PREFIX: [u8; 3] = [0x40, 0x41, 0x00];
+/// A subscription stream's prefix: stream type 0x54 (two bytes), session id 0.
+const SUBSCRIPTION_PREFIX: [u8; 3] = [0x40, 0x54, 0x00];
+/// A datagram's prefix: the quarter stream id of stream 0.
+const DATAGRAM_PREFIX: u8 = 0x00;
+
+/// Reads `stream` until a whole frame is buffered in `decoder`; returns its event.
+async fn next_event(stream: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Event> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(body) = decoder.next_frame()? {
+                return Ok(decode_event(&body)?.event);
+            }
+            let chunk = stream
+                .read_chunk(usize::MAX, true)
+                .await?
+                .ok_or_else(|| anyhow!("the stream ended"))?;
+            decoder.push(&chunk.bytes);
+        }
+    })
+    .await
+    .context("no frame")?
+}
+
+fn command(id: u32, command: Command) -> Vec<u8> {
+    encode_command(&ClientFrame { id, command })
+}
+
+#[tokio::test]
+async fn session_prefixes_are_quic_varints() -> Result<()> {
+    let server = TestServer::start_with(|c| add_latest_namespace(c, "game")).await?;
+    let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
+
+    // The control stream, its prefix written by hand, then Hello and Subscribe.
+    let (mut send, mut recv) = session.conn.open_bi().await?;
+    let mut bytes = CONTROL_PREFIX.to_vec();
+    bytes.extend(command(
+        1,
+        Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "wire".into(),
+        },
+    ));
+    bytes.extend(command(
+        2,
+        Command::Subscribe {
+            room: "game.a".into(),
+            resume: None,
+        },
+    ));
+    send.write_all(&bytes).await?;
+    let mut control = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let welcome = next_event(&mut recv, &mut control).await?;
+    assert!(matches!(welcome, Event::Welcome { .. }), "{welcome:?}");
+    let subscription = match next_event(&mut recv, &mut control).await? {
+        Event::Subscribed {
+            subscription: Some(id),
+            ..
+        } => id,
+        other => bail!("expected Subscribed with a subscription id, got {other:?}"),
+    };
+
+    // The server's subscription stream: its prefix, then SubscriptionStream. The server's
+    // HTTP/3 control and QPACK streams (types 0x00, 0x02, 0x03: one byte each) come too, in
+    // any order; they are kept open (the server's critical streams).
+    let mut http3_streams = Vec::new();
+    let mut room = loop {
+        let mut stream = tokio::time::timeout(WAIT, session.conn.accept_uni())
+            .await
+            .context("no subscription stream")??;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await?;
+        if first[0] != SUBSCRIPTION_PREFIX[0] {
+            assert!(
+                [0x00, 0x02, 0x03].contains(&first[0]),
+                "stream type {first:?}"
+            );
+            http3_streams.push(stream);
+            continue;
+        }
+        let mut rest = [0u8; 2];
+        stream.read_exact(&mut rest).await?;
+        assert_eq!(rest, SUBSCRIPTION_PREFIX[1..]);
+        break stream;
+    };
+    assert!(http3_streams.len() <= 3);
+    let mut frames = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let header = next_event(&mut room, &mut frames).await?;
+    assert!(
+        matches!(&header, Event::SubscriptionStream { room } if room == "game.a"),
+        "{header:?}"
+    );
+
+    // A datagram publication with the quarter stream id in front comes back as a value, with
+    // the same prefix.
+    let mut datagram = vec![DATAGRAM_PREFIX];
+    datagram.extend(
+        PublishDatagram {
+            room: "game.a",
+            payload: b"v1",
+        }
+        .encode(),
+    );
+    session.conn.send_datagram(datagram.into())?;
+    let received = tokio::time::timeout(WAIT, session.conn.read_datagram())
+        .await
+        .context("no datagram")??;
+    assert_eq!(received.first(), Some(&DATAGRAM_PREFIX));
+    let value = Latest::decode(&received[1..])?;
+    assert_eq!(
+        (value.subscription, value.sequence, value.payload),
+        (subscription, 1, &b"v1"[..])
+    );
+    Ok(())
+}
