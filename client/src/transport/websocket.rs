@@ -127,16 +127,30 @@ pub(super) async fn connect(
             client: cfg.client_name.clone(),
         },
     });
-    ws.send(Message::Binary(hello.into()))
+    // A refused token is a goodbye sent right behind the upgrade, and the server drops the
+    // connection without reading (PROTOCOL.md §9.1): the Hello may find the socket reset. The
+    // goodbye came before the reset, so it is read and reported; the send's failure only
+    // when nothing came.
+    let unsent = ws
+        .send(Message::Binary(hello.into()))
         .await
-        .map_err(|e| ClientError::Connect(format!("sending Hello: {e}")))?;
+        .err()
+        .map(|e| ClientError::Connect(format!("sending Hello: {e}")));
 
     let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
     loop {
         let msg = match ws.next().await {
             Some(Ok(msg)) => msg,
-            Some(Err(e)) => return Err(ClientError::Connect(format!("before Welcome: {e}"))),
-            None => return Err(ClientError::Connect("socket closed before Welcome".into())),
+            Some(Err(e)) => {
+                return Err(
+                    unsent.unwrap_or_else(|| ClientError::Connect(format!("before Welcome: {e}")))
+                )
+            }
+            None => {
+                return Err(unsent.unwrap_or_else(|| {
+                    ClientError::Connect("socket closed before Welcome".into())
+                }))
+            }
         };
         let data = match msg {
             Message::Binary(data) => data,
