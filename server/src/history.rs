@@ -82,9 +82,23 @@ pub async fn page(
                 }),
         };
         let Some(from) = from else {
-            // Nothing kept: an empty page at the room's position.
+            // Nothing kept: an empty page at the room's position, read *before* asking again
+            // whether anything is kept. Read after the first ask, the position could cover a
+            // publication stored between the two reads that the page does not hold, and a
+            // client resuming from it would never get that one (outside audit 21, F1: the
+            // first publication to a room racing a `History`).
             let current = shared.broker.recover(key.clone(), None).await?.current;
-            break (current, Vec::new());
+            if shared.broker.first_kept(key.clone()).await?.is_none() {
+                break (current, Vec::new());
+            }
+            // Something came meanwhile: page from the oldest kept, as for any kept room.
+            if attempts > 1 {
+                attempts -= 1;
+                continue;
+            }
+            return Err(HistoryError::Broker(BrokerError::Unavailable(
+                "the room changed under every read of its history; retry".into(),
+            )));
         };
         // One more than the page holds says whether more is kept after it.
         let recovered = shared

@@ -372,7 +372,7 @@ impl Inner {
     }
 
     async fn publish_now(
-        &self,
+        self: &Arc<Self>,
         key: RoomKey,
         payload: Bytes,
     ) -> Result<Option<Position>, BrokerError> {

@@ -137,8 +137,16 @@ pub fn stream_name(tenant: &TenantId, ns: &str) -> String {
 }
 
 impl Inner {
+    /// The tenant's stream of `ns`, created (or found, and its limits brought up to date) on
+    /// first use.
+    ///
+    /// The set-up runs in a task of its own. A `OnceCell`'s initialisation runs inside the
+    /// first caller's future, and every other caller waits for it: a first caller whose future
+    /// is not polled meanwhile held up every other, a session's queued `Publish` (polled only
+    /// between its commands) the `History` or `Subscribe` right behind it, until both were
+    /// refused `unavailable` after 3 s (outside audit 21, F2).
     pub(super) async fn tenant_stream(
-        &self,
+        self: &Arc<Self>,
         tenant: &TenantId,
         ns: &NamespaceConfig,
     ) -> Result<TenantStream, BrokerError> {
@@ -149,43 +157,62 @@ impl Inner {
                 .or_default()
                 .clone()
         };
-        bounded(
-            "stream set-up",
-            cell.get_or_try_init(|| async {
-                let name = stream_name(tenant, &ns.name);
-                let seen = self.high_water(tenant, &ns.name);
-                let config_limits = Limits {
-                    per_room: i64::try_from(ns.history_size).unwrap_or(i64::MAX),
-                    max_age: ns.history_ttl,
-                    max_bytes: i64::try_from(self.config.limits.history_tenant_max_bytes)
-                        .unwrap_or(i64::MAX),
-                    max_message: i32::try_from(self.config.limits.max_payload)
-                        .unwrap_or(i32::MAX)
-                        .saturating_add(STREAM_HEADER_ROOM),
-                };
-                let config = stream::Config {
-                    // Only used when the stream is created (see `Inner::high_water`).
-                    first_sequence: (seen > 0).then_some(seen + 1),
-                    name: name.clone(),
-                    subjects: vec![
-                        format!("quiver.{tenant}.room.{}", ns.name),
-                        format!("quiver.{tenant}.room.{}.>", ns.name),
-                    ],
-                    max_messages_per_subject: config_limits.per_room,
-                    max_age: config_limits.max_age,
-                    max_bytes: config_limits.max_bytes,
-                    // The stream refuses what no subscriber could take: only a publisher other
-                    // than Quiver sends more (outside cluster audit 6, F1).
-                    max_message_size: config_limits.max_message,
-                    storage: self.storage,
-                    allow_direct: true,
-                    metadata: HashMap::from([(
-                        PER_ROOM_FLOOR.to_owned(),
-                        config_limits.per_room.to_string(),
-                    )]),
-                    ..Default::default()
-                };
-                let mut stream = self.js.get_or_create_stream(config).await.map_err(|e| {
+        if let Some(ready) = cell.get() {
+            return Ok(ready.clone());
+        }
+        let (this, tenant, ns) = (self.clone(), tenant.clone(), ns.clone());
+        let setup = tokio::spawn(async move {
+            bounded(
+                "stream set-up",
+                cell.get_or_try_init(|| this.set_up_stream(&tenant, &ns)),
+            )
+            .await
+            .cloned()
+        });
+        setup
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("stream set-up ended: {e}")))?
+    }
+
+    async fn set_up_stream(
+        &self,
+        tenant: &TenantId,
+        ns: &NamespaceConfig,
+    ) -> Result<TenantStream, BrokerError> {
+        let name = stream_name(tenant, &ns.name);
+        let seen = self.high_water(tenant, &ns.name);
+        let config_limits = Limits {
+            per_room: i64::try_from(ns.history_size).unwrap_or(i64::MAX),
+            max_age: ns.history_ttl,
+            max_bytes: i64::try_from(self.config.limits.history_tenant_max_bytes)
+                .unwrap_or(i64::MAX),
+            max_message: i32::try_from(self.config.limits.max_payload)
+                .unwrap_or(i32::MAX)
+                .saturating_add(STREAM_HEADER_ROOM),
+        };
+        let config = stream::Config {
+            // Only used when the stream is created (see `Inner::high_water`).
+            first_sequence: (seen > 0).then_some(seen + 1),
+            name: name.clone(),
+            subjects: vec![
+                format!("quiver.{tenant}.room.{}", ns.name),
+                format!("quiver.{tenant}.room.{}.>", ns.name),
+            ],
+            max_messages_per_subject: config_limits.per_room,
+            max_age: config_limits.max_age,
+            max_bytes: config_limits.max_bytes,
+            // The stream refuses what no subscriber could take: only a publisher other
+            // than Quiver sends more (outside cluster audit 6, F1).
+            max_message_size: config_limits.max_message,
+            storage: self.storage,
+            allow_direct: true,
+            metadata: HashMap::from([(
+                PER_ROOM_FLOOR.to_owned(),
+                config_limits.per_room.to_string(),
+            )]),
+            ..Default::default()
+        };
+        let mut stream = self.js.get_or_create_stream(config).await.map_err(|e| {
                     if e.to_string().contains("overlap") {
                         BrokerError::Unavailable(format!(
                             "creating stream {name}: {e}. A stream of an older Quiver (QUIVER_{ns}, one for \
@@ -197,26 +224,22 @@ impl Inner {
                         unavailable(e)
                     }
                 })?;
-                let info = stream.info().await.map_err(unavailable)?.clone();
-                let epoch = epoch_of(&info);
-                if info.config.storage != self.storage {
-                    // JetStream cannot change a stream's storage, and copying it would change
-                    // every position: said loudly instead of ignored (outside audit).
-                    warn!(
-                        stream = %name,
-                        has = ?info.config.storage,
-                        configured = ?self.storage,
-                        "nats.storage applies to streams created from now on: delete this \
-                         stream to switch it (`nats stream rm`; its history is lost)"
-                    );
-                }
-                self.bring_limits_up_to_date(&name, info.config, &config_limits)
-                    .await?;
-                Ok(TenantStream { stream, epoch })
-            }),
-        )
-        .await
-        .cloned()
+        let info = stream.info().await.map_err(unavailable)?.clone();
+        let epoch = epoch_of(&info);
+        if info.config.storage != self.storage {
+            // JetStream cannot change a stream's storage, and copying it would change
+            // every position: said loudly instead of ignored (outside audit).
+            warn!(
+                stream = %name,
+                has = ?info.config.storage,
+                configured = ?self.storage,
+                "nats.storage applies to streams created from now on: delete this \
+                 stream to switch it (`nats stream rm`; its history is lost)"
+            );
+        }
+        self.bring_limits_up_to_date(&name, info.config, &config_limits)
+            .await?;
+        Ok(TenantStream { stream, epoch })
     }
 
     /// A stream made by an earlier start (or another instance) with other limits is brought
@@ -267,7 +290,7 @@ impl Inner {
     }
 
     pub(super) async fn publish_history(
-        &self,
+        self: &Arc<Self>,
         key: &RoomKey,
         ns: &NamespaceConfig,
         payload: Bytes,
@@ -310,7 +333,7 @@ impl Inner {
 
     /// The room's oldest kept publication, for `History` without `since`.
     pub(super) async fn first_kept(
-        &self,
+        self: &Arc<Self>,
         key: &RoomKey,
         ns: &NamespaceConfig,
     ) -> Result<Option<Position>, BrokerError> {
@@ -464,7 +487,7 @@ impl Inner {
 
     /// The live consumer from the cursor (from the stream's next sequence the first time).
     async fn live_consumer(
-        &self,
+        self: &Arc<Self>,
         tenant: &TenantId,
         ns: &NamespaceConfig,
         cursor: &mut Option<Cursor>,
