@@ -19,6 +19,7 @@ mod observe;
 pub mod process;
 mod raw;
 pub mod rpc;
+pub mod sse;
 
 pub use observe::{wait_metric, wait_ready};
 

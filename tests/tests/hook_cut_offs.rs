@@ -188,6 +188,31 @@ async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Res
     Ok(())
 }
 
+/// A server whose `hk` rooms have the hooks asked for, waiting 10 s on a backend whose gate
+/// the test holds, and an API key of tenant `acme` ([`quiver_tests::rpc::ACME_KEY`]).
+async fn server_with_gated_hooks(
+    subscribe: bool,
+    publish: bool,
+) -> Result<(TestServer, Arc<quiver_tests::rpc::GatedBackend>)> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: quiver_tests::rpc::ACME_KEY.into(),
+            tenant: Some("acme".into()),
+        }];
+        c.rpc.hooks = vec![HookConfig {
+            namespace: "hk".into(),
+            subscribe,
+            publish,
+            timeout: Duration::from_secs(10),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    Ok((server, backend))
+}
+
 /// The backend's unsubscribe of one room stops its deliveries at once even while the session's
 /// hooked command waits, and is told (`Unsubscribed` 116) once the command is done (PROTOCOL.md
 /// §11.3; outside regression audit 8, N1: deliveries went on until the hook was answered, up to
@@ -196,22 +221,7 @@ async fn a_publish_whose_token_expires_during_its_hook_is_not_published() -> Res
 async fn an_api_unsubscribe_stops_deliveries_while_a_hook_waits() -> Result<()> {
     use quiver_proto::{Command, ErrorCode, Event};
     for via in [Via::WebTransport, Via::WebSocket] {
-        let (url, backend) = quiver_tests::rpc::gated_backend().await?;
-        let server = TestServer::start_with(move |c| {
-            c.rpc.url = Some(url);
-            c.api.keys = vec![quiver_server::config::ApiKey {
-                key: quiver_tests::rpc::ACME_KEY.into(),
-                tenant: Some("acme".into()),
-            }];
-            c.rpc.hooks = vec![HookConfig {
-                namespace: "hk".into(),
-                subscribe: false,
-                publish: true,
-                timeout: Duration::from_secs(10),
-                fail_open: false,
-            }];
-        })
-        .await?;
+        let (server, backend) = server_with_gated_hooks(false, true).await?;
         let mut reader = Raw::connect_via(via, &server, &full_token("acme", "reader")).await?;
         let mut news = reader.subscribe("news").await?;
         let mut other = Raw::connect_via(via, &server, &full_token("acme", "other")).await?;
@@ -261,5 +271,70 @@ async fn an_api_unsubscribe_stops_deliveries_while_a_hook_waits() -> Result<()> 
         );
         assert_eq!(reader.request(Command::Ping).await?, Event::Pong, "{via:?}");
     }
+    Ok(())
+}
+
+/// An SSE response whose only room's subscribe hook waits on the backend, on a server whose
+/// hooks wait 10 s; the test's backend (its gate closed) has been asked.
+async fn sse_held_by_its_hook(
+    token: &str,
+) -> Result<(
+    TestServer,
+    Arc<quiver_tests::rpc::GatedBackend>,
+    quiver_tests::sse::SseReader,
+)> {
+    let (server, backend) = server_with_gated_hooks(true, false).await?;
+    let mut sse =
+        quiver_tests::sse::SseReader::open(&server, &format!("token={token}&room=hk.a"), None)
+            .await?;
+    sse.expect("welcome").await?;
+    backend.wait_asked().await?;
+    Ok((server, backend, sse))
+}
+
+/// The next event of `sse` must be its goodbye, and the response must end after it.
+async fn sse_goodbye(sse: &mut quiver_tests::sse::SseReader) -> Result<serde_json::Value> {
+    let event = sse
+        .next()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the response ended without a goodbye"))?;
+    anyhow::ensure!(event.event == "goodbye", "{event:?}");
+    anyhow::ensure!(sse.next().await?.is_none(), "the response went on");
+    Ok(event.data)
+}
+
+/// An SSE response ended while its last room's subscribe hook waits says why it ended: the
+/// token's expiry (3002, reconnect with a fresh token), the backend's disconnect (3009 with the
+/// backend's reason), not "every room was refused" (outside audit 23, F1: 3009 with that
+/// reason in both cases, so a reader whose token expired was told never to come back).
+#[tokio::test]
+async fn an_sse_response_ended_while_its_rooms_hook_waits_says_why() -> Result<()> {
+    let exp = quiver_server::auth::unix_now() + 2;
+    let (_server, _backend, mut sse) =
+        sse_held_by_its_hook(&token_expiring_at("acme", "lapsing", exp)).await?;
+    let bye = sse_goodbye(&mut sse).await?;
+    assert_eq!(
+        bye["code"],
+        quiver_proto::CloseCode::TokenExpired.as_u16(),
+        "{bye}"
+    );
+    assert_eq!(bye["reconnect"], true, "{bye}");
+
+    let (server, _backend, mut sse) = sse_held_by_its_hook(&full_token("acme", "kicked")).await?;
+    let (status, answer) = api_post(
+        &server,
+        "disconnect",
+        quiver_tests::rpc::ACME_KEY,
+        serde_json::json!({"user": "kicked", "reason": "kicked-by-backend"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    let bye = sse_goodbye(&mut sse).await?;
+    assert_eq!(
+        bye["code"],
+        quiver_proto::CloseCode::Disconnected.as_u16(),
+        "{bye}"
+    );
+    assert_eq!(bye["reason"], "kicked-by-backend", "{bye}");
     Ok(())
 }

@@ -7,85 +7,8 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use quiver_proto::{CloseCode, Command, ErrorCode, Event};
+use quiver_tests::sse::{Sse, SseReader};
 use quiver_tests::*;
-
-/// One server-sent event.
-#[derive(Debug, Default)]
-struct Sse {
-    event: String,
-    data: serde_json::Value,
-    id: Option<String>,
-}
-
-/// Reads events from an SSE response.
-struct SseReader {
-    response: reqwest::Response,
-    buf: String,
-}
-
-impl SseReader {
-    async fn open(
-        server: &TestServer,
-        query: &str,
-        last_event_id: Option<&str>,
-    ) -> anyhow::Result<Self> {
-        let mut request =
-            reqwest::Client::new().get(format!("http://{}/v1/sse?{query}", server.http));
-        if let Some(id) = last_event_id {
-            request = request.header("last-event-id", id);
-        }
-        let response = request.send().await?;
-        anyhow::ensure!(response.status() == 200, "status {}", response.status());
-        Ok(Self {
-            response,
-            buf: String::new(),
-        })
-    }
-
-    /// The next event (comments skipped); `None` when the response ended.
-    async fn next(&mut self) -> anyhow::Result<Option<Sse>> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut event = Sse::default();
-                let mut data = String::new();
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("event:") {
-                        event.event = v.trim().into();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.trim());
-                    } else if let Some(v) = line.strip_prefix("id:") {
-                        event.id = Some(v.trim().into());
-                    }
-                }
-                if event.event.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                event.data = serde_json::from_str(&data)?;
-                return Ok(Some(event));
-            }
-            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
-                .await
-                .map_err(|_| anyhow::anyhow!("timed out waiting for an event"))??;
-            match chunk {
-                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
-                None => return Ok(None),
-            }
-        }
-    }
-
-    async fn expect(&mut self, name: &str) -> anyhow::Result<Sse> {
-        loop {
-            let event = self
-                .next()
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("ended before {name}"))?;
-            if event.event == name {
-                return Ok(event);
-            }
-        }
-    }
-}
 
 fn payload_of(event: &Sse) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
@@ -424,10 +347,10 @@ async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
     for _ in 0..2 {
         sse.expect("subscribed").await?;
     }
-    let unsubscribe = |room: &'static str| {
+    let unsubscribe = |room: &'static str, reason: &'static str| {
         let url = format!("http://{}/api/v1/unsubscribe", server.http);
         async move {
-            let body = serde_json::json!({"tenant": tenant, "user": "reader", "room": room});
+            let body = serde_json::json!({"tenant": tenant, "user": "reader", "room": room, "reason": reason});
             let response = reqwest::Client::new()
                 .post(url)
                 .bearer_auth(ADMIN)
@@ -443,7 +366,7 @@ async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
         }
     };
 
-    unsubscribe("a").await?;
+    unsubscribe("a", "").await?;
     let ended = sse.expect("unsubscribed").await?;
     assert_eq!(ended.data["room"], "a");
     assert_eq!(ended.data["label"], "unsubscribed");
@@ -453,7 +376,7 @@ async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
     assert_eq!(payload_of(&sse.expect("publication").await?), b"still here");
     assert_eq!(server.sessions(), 2);
 
-    unsubscribe("b").await?;
+    unsubscribe("b", "moderated").await?;
     let (lost, bye) = tokio::time::timeout(WAIT, until_goodbye(&mut sse))
         .await
         .map_err(|_| anyhow::anyhow!("the response did not end"))??;
@@ -463,6 +386,8 @@ async fn an_sse_response_whose_last_subscription_the_backend_ends_says_goodbye(
     );
     assert_eq!(bye.data["code"], CloseCode::Disconnected.as_u16());
     assert_eq!(bye.data["reconnect"], false);
+    // The backend's reason, as for its disconnect (outside audit 23, F2).
+    assert_eq!(bye.data["reason"], "moderated");
     // Only the publisher is left.
     sse_session_released(&server, tenant, 1, 1.0).await?;
     assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));

@@ -412,7 +412,7 @@ impl Session {
             return;
         };
         self.drop_sub(sub).await;
-        self.subscription_lost(ErrorCode::Unsubscribed);
+        self.subscription_lost(ErrorCode::Unsubscribed, Some(&reason));
         debug!(session = %self.id, %room, "unsubscribed by the backend");
         self.reply(
             0,
@@ -439,7 +439,7 @@ impl Session {
         };
         self.drop_sub(sub).await;
         if let Some((code, reason)) = end.cause {
-            self.subscription_lost(code);
+            self.subscription_lost(code, None);
             if code == ErrorCode::StreamStopped {
                 debug!(session = %self.id, %room, "client stopped the subscription stream");
             } else if SUBSCRIPTION_ENDS_LOGGED.admit_summarised() {

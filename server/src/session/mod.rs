@@ -768,6 +768,7 @@ impl Session {
     async fn refuse(&mut self, id: u32, Refusal(code, message, answer): Refusal) {
         if answer == Answer::Goodbye {
             debug!(session = %self.id, %message, "command overtaken by the session's close");
+            self.command_overtaken();
             return;
         }
         metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);

@@ -12,9 +12,13 @@ use super::{Exit, Session};
 pub(super) struct ReadOnly {
     /// The adapter's `Subscribe` commands that have not run yet.
     queued: u32,
-    /// Why the last subscription to end did; `None` while none has (so, with no subscription
-    /// left, every room was refused).
-    last_end: Option<ErrorCode>,
+    /// Why the last subscription to end did, and the backend's reason when the backend ended
+    /// it; `None` while none has (so, with no subscription left, every room was refused).
+    last_end: Option<(ErrorCode, Option<String>)>,
+    /// A `Subscribe` was cut off by the session's own close (its token expired, the backend
+    /// disconnected it or revoked its token while the room's hook waited): that close is the
+    /// session's end, not "every room was refused" (outside audit 23, F1).
+    overtaken: bool,
     /// A room was refused for now (`unavailable`, `quota_exceeded`, `internal`: "retry
     /// later"), not for good.
     refused_for_now: Option<ErrorCode>,
@@ -26,6 +30,7 @@ impl ReadOnly {
             queued: subscribes,
             last_end: None,
             refused_for_now: None,
+            overtaken: false,
         }
     }
 }
@@ -50,11 +55,18 @@ impl Session {
         }
     }
 
-    /// A subscription ended without the client asking (it fell behind, or the backend ended
-    /// it), with the code its `Unsubscribed` carried.
-    pub(super) fn subscription_lost(&mut self, code: ErrorCode) {
+    /// One of the adapter's commands was cut off by the session's close (not answered).
+    pub(super) fn command_overtaken(&mut self) {
         if let Some(read_only) = &mut self.read_only {
-            read_only.last_end = Some(code);
+            read_only.overtaken = true;
+        }
+    }
+
+    /// A subscription ended without the client asking (it fell behind, or the backend ended
+    /// it, `reason` the backend's), with the code its `Unsubscribed` carried.
+    pub(super) fn subscription_lost(&mut self, code: ErrorCode, reason: Option<&str>) {
+        if let Some(read_only) = &mut self.read_only {
+            read_only.last_end = Some((code, reason.map(str::to_owned)));
         }
     }
 
@@ -74,7 +86,12 @@ impl Session {
         if self.left_reason().is_some() {
             return Some(Exit::Gone("client_closed"));
         }
-        Some(match (read_only.last_end, read_only.refused_for_now) {
+        // The close that cut a room's subscribe off comes next (the loop's next turn: the
+        // expiry, or the backend's order still queued), with its own code and reason.
+        if read_only.overtaken {
+            return None;
+        }
+        Some(match (&read_only.last_end, read_only.refused_for_now) {
             // A room refused for now (a NATS outage, the tenant at its subscription quota)
             // may be taken on a later request: told not to come back, an `EventSource` whose
             // reconnect met a few seconds' outage would stay away for good (outside cluster
@@ -90,7 +107,7 @@ impl Session {
                 CloseCode::Disconnected,
                 "no subscription: every room was refused".into(),
             ),
-            (Some(ErrorCode::SlowConsumer), _) => Exit::Close(
+            (Some((ErrorCode::SlowConsumer, _)), _) => Exit::Close(
                 CloseCode::NotReading,
                 "no subscription left: the last one fell behind (slow_consumer)".into(),
             ),
@@ -98,7 +115,7 @@ impl Session {
             // not go on reading the room, or lost its history. A new request with the last
             // event id resumes, or hears that recovery failed; told not to come back, the
             // reader would go silent for good (outside delivery audit 2, D1).
-            (Some(code @ (ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)), _) => {
+            (Some((code @ (ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition), _)), _) => {
                 Exit::Close(
                     CloseCode::ServerError,
                     format!(
@@ -107,7 +124,12 @@ impl Session {
                     ),
                 )
             }
-            (Some(code), _) => Exit::Close(
+            // The backend ended the last room: its reason, as for its disconnect (PROTOCOL
+            // §9.3; outside audit 23, F2).
+            (Some((ErrorCode::Unsubscribed, Some(reason))), _) if !reason.is_empty() => {
+                Exit::Close(CloseCode::Disconnected, reason.clone())
+            }
+            (Some((code, _)), _) => Exit::Close(
                 CloseCode::Disconnected,
                 format!(
                     "no subscription left: the last one ended ({})",
