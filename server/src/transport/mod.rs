@@ -218,8 +218,11 @@ pub fn query_param(name: &str) -> impl Fn(&str) -> Option<String> + '_ {
 pub enum Refused {
     /// Not a path we serve: 404.
     NotFound,
-    /// Draining or full: 429, try later or elsewhere.
+    /// Draining: 429, try later or elsewhere.
     Unavailable,
+    /// At `limits.max_sessions`: 429 as well, counted apart (`capacity`) so that an operator's
+    /// alert on a full server is not mixed with drains.
+    Full,
     /// `Origin` not in `allowed_origins`: 403.
     Origin,
     /// Token over [`MAX_TOKEN_LEN`]: 431 on TCP, 403 on WebTransport (wtransport has no 431).
@@ -232,6 +235,7 @@ impl Refused {
         match self {
             Refused::NotFound => "not_found",
             Refused::Unavailable => "unavailable",
+            Refused::Full => "capacity",
             Refused::Origin => "origin",
             Refused::TokenTooLarge => "token_too_large",
         }
@@ -248,7 +252,8 @@ impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let why = match self {
             Refused::NotFound => "no such path",
-            Refused::Unavailable => "draining or at capacity",
+            Refused::Unavailable => "draining",
+            Refused::Full => "at its session limit",
             Refused::Origin => "Origin not allowed",
             Refused::TokenTooLarge => "token longer than the limit",
         };
@@ -405,10 +410,10 @@ pub fn admit_tcp(
 
 /// Whether the server takes another session now (not draining, under `max_sessions`).
 pub fn admit(shared: &Shared) -> Result<(), Refused> {
-    if shared.draining.load(Ordering::Relaxed)
-        || shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions
-    {
+    if shared.draining.load(Ordering::Relaxed) {
         Err(Refused::Unavailable)
+    } else if shared.sessions.load(Ordering::Relaxed) >= shared.config.limits.max_sessions {
+        Err(Refused::Full)
     } else {
         Ok(())
     }

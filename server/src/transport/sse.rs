@@ -120,7 +120,7 @@ async fn respond(
             refused.log_and_count(T, &remote);
             let status = match refused {
                 Refused::NotFound => StatusCode::NOT_FOUND,
-                Refused::Unavailable => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Unavailable | Refused::Full => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
                 // Like every token refusal (PROTOCOL §9.1).
                 Refused::TokenTooLarge => {

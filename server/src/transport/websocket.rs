@@ -175,7 +175,9 @@ pub async fn upgrade(
             let status = match refused {
                 Refused::NotFound => StatusCode::NOT_FOUND,
                 Refused::Origin => StatusCode::FORBIDDEN,
-                Refused::Unavailable | Refused::TokenTooLarge => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Unavailable | Refused::Full | Refused::TokenTooLarge => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
             };
             return problem(status, refused.label(), None, refused.label());
         }

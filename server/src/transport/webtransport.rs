@@ -206,7 +206,7 @@ async fn refuse(request: SessionRequest, refused: Refused, deadline: tokio::time
     let answer = async move {
         match refused {
             Refused::NotFound => request.not_found().await,
-            Refused::Unavailable => request.too_many_requests().await,
+            Refused::Unavailable | Refused::Full => request.too_many_requests().await,
             Refused::Origin | Refused::TokenTooLarge => request.forbidden().await,
         }
     };
