@@ -213,17 +213,17 @@ impl Inner {
             ..Default::default()
         };
         let mut stream = self.js.get_or_create_stream(config).await.map_err(|e| {
-                    if e.to_string().contains("overlap") {
-                        BrokerError::Unavailable(format!(
-                            "creating stream {name}: {e}. A stream of an older Quiver (QUIVER_{ns}, one for \
-                             all tenants) still holds these subjects; remove it \
-                             (`nats stream rm QUIVER_{ns}`): its positions cannot be resumed anyway",
-                            ns = ns.name
-                        ))
-                    } else {
-                        unavailable(e)
-                    }
-                })?;
+            if e.to_string().contains("overlap") {
+                BrokerError::Unavailable(format!(
+                    "creating stream {name}: {e}. A stream of an older Quiver (QUIVER_{ns}, one \
+                     for all tenants) still holds these subjects; remove it \
+                     (`nats stream rm QUIVER_{ns}`): its positions cannot be resumed anyway",
+                    ns = ns.name
+                ))
+            } else {
+                unavailable(e)
+            }
+        })?;
         let info = stream.info().await.map_err(unavailable)?.clone();
         let epoch = epoch_of(&info);
         if info.config.storage != self.storage {
