@@ -36,6 +36,12 @@ pub struct ConnArgs {
 const DEV_TENANT: &str = "demo";
 
 impl ConnArgs {
+    /// Whether the token is the one given (`--token`, `QUIVER_TOKEN`): it cannot be replaced,
+    /// so once the server says it expired (3002), reconnecting with it is pointless.
+    pub fn token_is_fixed(&self) -> bool {
+        self.token.is_some()
+    }
+
     pub async fn client_config(&self) -> Result<ClientConfig> {
         let list = |s: &str| -> Vec<String> {
             s.split(',')

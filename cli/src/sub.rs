@@ -59,7 +59,15 @@ pub async fn sub(args: SubArgs) -> Result<()> {
             _ = crate::cli::shutdown_signal() => break Ok(()),
             changed = state.changed() => {
                 if changed.is_ok() {
-                    report_state(&state.borrow_and_update(), &client, &mut lost);
+                    let now = state.borrow_and_update().clone();
+                    // A given token that expired stays expired: the client's reconnects would
+                    // be refused for ever (outside audit 26: `sub` retried until killed).
+                    if fixed_token_expired(&now, args.conn.token_is_fixed()) {
+                        break Err(anyhow::anyhow!(
+                            "the token given with --token (or QUIVER_TOKEN) expired; run again with a fresh one"
+                        ));
+                    }
+                    report_state(&now, &client, &mut lost);
                 }
                 continue;
             }
@@ -114,6 +122,14 @@ pub async fn sub(args: SubArgs) -> Result<()> {
     };
     client.close().await;
     result
+}
+
+/// Whether the session ended because its token expired (3002) while that token is the fixed
+/// one given on the command line.
+fn fixed_token_expired(state: &ConnectionState, fixed: bool) -> bool {
+    fixed
+        && matches!(state, ConnectionState::Disconnected { code, .. }
+            if *code == quiver_client::CloseCode::TokenExpired.as_u16())
 }
 
 fn report_state(state: &ConnectionState, client: &Client, lost: &mut bool) {

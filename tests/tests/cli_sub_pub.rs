@@ -377,3 +377,18 @@ async fn pub_moves_to_the_next_url_when_its_server_dies() -> Result<()> {
     assert_eq!(a.hash, b.hash);
     Ok(())
 }
+
+/// A token given with `--token` cannot be replaced: once the server ends the session because it
+/// expired (3002), `sub` says so and exits non-zero, rather than reconnect with it for ever
+/// (outside audit 26: every reconnect was refused, and `sub` ran until killed).
+#[tokio::test]
+async fn sub_with_a_given_token_exits_when_it_expires() -> Result<()> {
+    let server = TestServer::start().await?;
+    let exp = quiver_server::auth::unix_now() + 2;
+    let mut sub = Sub::start(&server, &token_expiring_at("acme", "lapsing", exp), &["a"]).await?;
+    sub.stderr_until("expired; run again with a fresh one")
+        .await?;
+    let status = tokio::time::timeout(WAIT, sub._child.wait()).await??;
+    assert!(!status.success(), "{status:?}");
+    Ok(())
+}
