@@ -98,8 +98,10 @@ impl Client {
     /// Connects and resolves after the first `Welcome`.
     ///
     /// The first connect does not retry forever: each URL is tried once, and a refusal
-    /// ([`ClientError::Refused`]: bad token, wrong path, server busy), a token provider failure
-    /// or a `Goodbye` that forbids reconnecting fails at once. After that first `Welcome` the
+    /// ([`ClientError::Refused`]: bad token, wrong path), a token provider failure or a
+    /// `Goodbye` that forbids reconnecting fails at once. A busy or draining instance (429,
+    /// 503) is passed over for the next URL, as one that is down is; the last one's answer is
+    /// the error when none took the session. After that first `Welcome` the
     /// client reconnects by itself, forever, until [`Client::close`].
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let shared = Arc::new(Shared {

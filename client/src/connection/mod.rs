@@ -416,6 +416,18 @@ pub(crate) async fn start(
                 url_index = i;
                 break;
             }
+            // A busy or draining instance (429, 503) says "try later, or another instance"
+            // (PROTOCOL.md §1, §9.1): the next URL is tried, as for one that is down (outside
+            // audit 26: the first connect gave up on a 429 from the first of several URLs).
+            Err(
+                e @ ClientError::Refused {
+                    status: Some(429 | 503),
+                    ..
+                },
+            ) => {
+                tracing::debug!(target = i, error = %e, "connect attempt refused for now");
+                last_err = Some(e);
+            }
             Err(
                 e @ (ClientError::Refused { .. }
                 | ClientError::TokenRefused { .. }
