@@ -23,7 +23,7 @@ pub mod sse;
 
 pub use observe::{wait_metric, wait_ready};
 
-pub use raw::{deaf_websocket, events_in, publish_frame, Raw, RoomStream, Via};
+pub use raw::{deaf_websocket, events_in, publish_frame, read_frame, Raw, RoomStream, Via};
 
 /// At least 32 bytes: the server refuses shorter HS256 secrets.
 pub const SECRET: &str = "test-secret-please-change-0123456789";

@@ -621,15 +621,21 @@ impl RoomStream {
     }
 }
 
-async fn read_frame(recv: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<ServerFrame> {
+/// The next server frame on a stream (a WebTransport stream, or a bare QUIC one), read into
+/// `decoder` as it comes; an error once the stream finishes first.
+pub async fn read_frame(
+    recv: &mut (impl tokio::io::AsyncRead + Unpin),
+    decoder: &mut FrameDecoder,
+) -> Result<ServerFrame> {
+    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     loop {
         if let Some(body) = decoder.next_frame()? {
             return Ok(decode_event(&body)?);
         }
         match recv.read(&mut buf).await? {
-            Some(n) => decoder.push(&buf[..n]),
-            None => bail!("stream finished"),
+            0 => bail!("stream finished"),
+            n => decoder.push(&buf[..n]),
         }
     }
 }

@@ -4,11 +4,9 @@
 //! `40 54 00` for the server's subscription streams, `00` in front of every datagram), not the
 //! LEB128 varints of §3 that follow them.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use quiver_proto::datagram::{Latest, PublishDatagram};
-use quiver_proto::{
-    decode_event, encode_command, ClientFrame, Command, Event, FrameDecoder, DEFAULT_MAX_FRAME,
-};
+use quiver_proto::{encode_command, ClientFrame, Command, Event, FrameDecoder, DEFAULT_MAX_FRAME};
 use quiver_tests::*;
 use wtransport::quinn::RecvStream;
 
@@ -19,22 +17,12 @@ const SUBSCRIPTION_PREFIX: [u8; 3] = [0x40, 0x54, 0x00];
 /// A datagram's prefix: the quarter stream id of stream 0.
 const DATAGRAM_PREFIX: u8 = 0x00;
 
-/// Reads `stream` until a whole frame is buffered in `decoder`; returns its event.
+/// The next event on `stream`, within [`WAIT`].
 async fn next_event(stream: &mut RecvStream, decoder: &mut FrameDecoder) -> Result<Event> {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(body) = decoder.next_frame()? {
-                return Ok(decode_event(&body)?.event);
-            }
-            let chunk = stream
-                .read_chunk(usize::MAX, true)
-                .await?
-                .ok_or_else(|| anyhow!("the stream ended"))?;
-            decoder.push(&chunk.bytes);
-        }
-    })
-    .await
-    .context("no frame")?
+    let frame = tokio::time::timeout(WAIT, read_frame(stream, decoder))
+        .await
+        .context("no frame")??;
+    Ok(frame.event)
 }
 
 fn command(id: u32, command: Command) -> Vec<u8> {
