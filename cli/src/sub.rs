@@ -1,12 +1,13 @@
 //! `quiver sub`: print what is published in rooms, one line per message.
 
 use crate::terminal::safe;
+use std::collections::HashMap;
 use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use futures::StreamExt;
-use quiver_client::{Client, ConnectionState, Recovery, SubEvent};
+use quiver_client::{Client, ConnectionState, ErrorCode, Position, Recovery, SubEvent};
 
 use crate::conn::ConnArgs;
 
@@ -30,6 +31,12 @@ enum Format {
     Json,
 }
 
+/// How long `sub` waits before subscribing again to a room it fell behind in.
+const SLOW_CONSUMER_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+const NOT_RECOVERED: &str = "resubscribed without recovery (the room keeps no history): \
+                             messages published meanwhile are lost";
+
 pub async fn sub(args: SubArgs) -> Result<()> {
     let client = Client::connect(args.conn.client_config().await?).await?;
     if let Some(transport) = client.transport() {
@@ -49,6 +56,9 @@ pub async fn sub(args: SubArgs) -> Result<()> {
     eprintln!("quiver: subscribed to {}", args.rooms.join(", "));
     let several = args.rooms.len() > 1;
     let mut events = futures::stream::select_all(subs);
+    // The last position printed per history room: where a room ended as `slow_consumer`
+    // resumes.
+    let mut last: HashMap<String, Position> = HashMap::new();
     let mut state = client.state();
     // Only changes from now on are news; "reconnected" only after a loss was reported.
     state.borrow_and_update();
@@ -82,6 +92,9 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                 position,
                 payload,
             } => {
+                if let Some(position) = position {
+                    last.insert(room.clone(), position);
+                }
                 let mut line = match args.format {
                     Format::Text if several => [room.as_bytes(), b"\t", &payload].concat(),
                     Format::Text => payload.to_vec(),
@@ -100,11 +113,7 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                     Recovery::Failed => {
                         "recovery FAILED: messages published meanwhile are lost".into()
                     }
-                    Recovery::NotRequested => {
-                        "resubscribed without recovery (the room keeps no history): messages \
-                         published meanwhile are lost"
-                            .into()
-                    }
+                    Recovery::NotRequested => NOT_RECOVERED.into(),
                 };
                 eprintln!("quiver: {room}: {how}");
             }
@@ -112,6 +121,28 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                 eprintln!("quiver: {room}: {} joined", safe(&member.user))
             }
             SubEvent::Left { member } => eprintln!("quiver: {room}: {} left", safe(&member.user)),
+            SubEvent::Ended { code, reason } if code == ErrorCode::SlowConsumer as u16 => {
+                // The output could not keep up (PROTOCOL.md §5: "the client may subscribe
+                // again"); a tail goes on, resuming where it stopped, and says what was lost
+                // (outside audit 26: `sub` exited).
+                eprintln!(
+                    "quiver: {room}: fell behind ({}); subscribing again",
+                    safe(&reason)
+                );
+                tokio::time::sleep(SLOW_CONSUMER_PAUSE).await;
+                let again = match last.get(&room) {
+                    Some(position) => client.subscribe_from(&room, *position).await,
+                    None => client.subscribe(&room).await,
+                };
+                let again = match again {
+                    Ok(again) => again,
+                    Err(e) => break Err(e).with_context(|| format!("subscribe {room} again")),
+                };
+                if !last.contains_key(&room) {
+                    eprintln!("quiver: {room}: {NOT_RECOVERED}");
+                }
+                events.push(again.map(move |event| (room.clone(), event)).boxed());
+            }
             SubEvent::Ended { code, reason } => {
                 break Err(anyhow::anyhow!(
                     "{room}: subscription ended: {} ({code})",

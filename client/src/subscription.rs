@@ -44,9 +44,9 @@ pub enum SubEvent {
     /// A session left the room (namespaces that track presence).
     Left { member: Member },
     /// The subscription is over and nothing more follows: the server ended it (`code` is a
-    /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`; not 111 `unavailable` nor 117
-    /// `unrecoverable_position`, after which the client subscribes again, resuming, and yields
-    /// `Resubscribed`), a resubscribe after a reconnect
+    /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`; not 111 `unavailable`, 113
+    /// `session_closing` nor 117 `unrecoverable_position`, after which the client subscribes
+    /// again, resuming, and yields `Resubscribed`), a resubscribe after a reconnect
     /// was refused (e.g. 103 `permission_denied` with a new token), or the session was closed
     /// for good (`code` is then a [`quiver_proto::CloseCode`]).
     Ended { code: u16, reason: String },

@@ -39,9 +39,9 @@ enum After {
     /// Welcomes with a token that expired 100 s ago and answers every `Refresh` with an expiry
     /// a second later than the last, still past, counting the refreshes.
     RefreshPast,
-    /// Answers every `Subscribe` with `Subscribed`, then ends the room at once with
-    /// `Unsubscribed { unavailable }` (the client subscribes again), counting the `Subscribe`s.
-    EndsEveryRoom,
+    /// Answers every `Subscribe` with `Subscribed`, then ends the room at once with an
+    /// `Unsubscribed` of this code, counting the `Subscribe`s.
+    EndsEveryRoom(ErrorCode),
     /// Answers a `Subscribe` with the room's `SubscriptionStream` and 10 MiB of publications
     /// before its `Subscribed` (more than the client holds for a room).
     FloodBeforeSubscribed,
@@ -297,7 +297,7 @@ async fn hostile_logged(
         while let Ok((tcp, _)) = listener.accept().await {
             let index = if matches!(
                 after,
-                After::RefreshSame | After::RefreshPast | After::EndsEveryRoom
+                After::RefreshSame | After::RefreshPast | After::EndsEveryRoom(_)
             ) {
                 0
             } else {
@@ -404,7 +404,7 @@ async fn hostile_logged(
                             }
                         }
                     }
-                    After::EndsEveryRoom => {
+                    After::EndsEveryRoom(code) => {
                         while let Some((id, cmd)) = command(&mut ws).await {
                             let Command::Subscribe { room, .. } = cmd else {
                                 continue;
@@ -413,7 +413,7 @@ async fn hostile_logged(
                             let subscribed = subscribed(&room);
                             let ended = Event::Unsubscribed {
                                 room,
-                                code: ErrorCode::Unavailable as u16,
+                                code: code as u16,
                                 reason: "try again".into(),
                             };
                             if !send(&mut ws, id, subscribed).await
@@ -685,12 +685,51 @@ async fn a_room_that_overflows_before_subscribed_says_why() -> anyhow::Result<()
 /// 8 s are at most 7; the fixed window made at least 10.
 #[tokio::test]
 async fn a_room_ended_every_time_is_subscribed_again_ever_more_slowly() -> anyhow::Result<()> {
-    let (port, subscribes) = hostile(After::EndsEveryRoom, 65_536).await?;
+    let (port, subscribes) = hostile(After::EndsEveryRoom(ErrorCode::Unavailable), 65_536).await?;
     let client = Client::connect(config(port)).await?;
     let _sub = client.subscribe("chat.a").await?;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let n = subscribes.load(Ordering::SeqCst);
     assert!((3..=8).contains(&n), "{n} Subscribes in 8 s");
+    client.close().await;
+    Ok(())
+}
+
+/// An unsolicited `Unsubscribed` 113 `session_closing` keeps the subscription: the client
+/// subscribes again, as PROTOCOL.md's table says (outside audit 26: the room ended for the
+/// application, and `quiver sub` exited). 112 `slow_consumer` still ends it: resubscribing is
+/// the application's choice.
+#[tokio::test]
+async fn a_room_ended_as_session_closing_is_subscribed_again_and_slow_consumer_ends(
+) -> anyhow::Result<()> {
+    let (port, subscribes) =
+        hostile(After::EndsEveryRoom(ErrorCode::SessionClosing), 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("chat.a").await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while subscribes.load(Ordering::SeqCst) < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        subscribes.load(Ordering::SeqCst) >= 2,
+        "not subscribed again"
+    );
+    // (This server opens no stream, so `Resubscribed` has nothing to come before; what
+    // matters is that the subscription did not end.)
+    let next = tokio::time::timeout(Duration::from_millis(500), sub.next()).await;
+    assert!(next.is_err(), "{next:?}");
+    client.close().await;
+
+    let (port, subscribes) = hostile(After::EndsEveryRoom(ErrorCode::SlowConsumer), 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut sub = client.subscribe("chat.a").await?;
+    let ended = tokio::time::timeout(Duration::from_secs(5), sub.next()).await?;
+    assert!(
+        matches!(ended, Some(SubEvent::Ended { code: 112, .. })),
+        "{ended:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(subscribes.load(Ordering::SeqCst), 1);
     client.close().await;
     Ok(())
 }

@@ -392,3 +392,48 @@ async fn sub_with_a_given_token_exits_when_it_expires() -> Result<()> {
     assert!(!status.success(), "{status:?}");
     Ok(())
 }
+
+/// A room `sub` cannot print fast enough (its stdout is not read) ends as `slow_consumer`;
+/// `sub` subscribes again, resuming after the last message it printed, so a history room's
+/// output has every message once, in order (outside audit 26: `sub` exited with an error).
+#[tokio::test]
+async fn sub_that_falls_behind_subscribes_again_and_resumes() -> Result<()> {
+    const MESSAGES: usize = 4_000;
+    let server = TestServer::start_with(|c| {
+        c.limits.subscriber_queue = 8;
+        // The publisher is not what is tested: no pacing.
+        c.limits.commands_per_second = 100_000;
+        add_history_namespace(c, "h", MESSAGES);
+    })
+    .await?;
+    let token = full_token("acme", "cli");
+    let mut sub = Sub::start(&server, &token, &["h.room"]).await?;
+    // 8 MiB: more than the pipe, the client's queue for the room (1,024 events) and the
+    // stream's flow-control window hold, so the server's queue of 8 overflows.
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(token.clone()),
+    ))
+    .await?;
+    let filler = "x".repeat(2_042);
+    for n in 0..MESSAGES {
+        client.publish("h.room", format!("{n:06}{filler}")).await?;
+    }
+    client.publish_ack("h.room", "end").await?;
+    client.close().await;
+    for n in 0..MESSAGES {
+        let line = sub.line().await?;
+        assert_eq!(
+            line.get(..6),
+            Some(format!("{n:06}").as_str()),
+            "message {n}"
+        );
+    }
+    assert_eq!(sub.line().await?, "end");
+    let said = sub.stderr_until("recovered").await?.join("\n");
+    assert!(
+        said.contains("h.room: fell behind (") && said.contains("subscribing again"),
+        "{said}"
+    );
+    Ok(())
+}

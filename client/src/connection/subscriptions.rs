@@ -179,14 +179,21 @@ impl Actor {
     /// `unavailable` and `unrecoverable_position` mean "subscribe again, resuming from the last
     /// position received" (PROTOCOL.md §5: a cluster's replay cut short, or the room's history
     /// lost under a new epoch): the client does so after a short delay, and the application
-    /// hears how the resume went (`Resubscribed`), as after a reconnect.
+    /// hears how the resume went (`Resubscribed`), as after a reconnect. So does
+    /// `session_closing` (reserved, §5's table: "a client that gets it re-subscribes after
+    /// reconnecting"; outside audit 26: it ended the subscription): the closing session's
+    /// goodbye usually comes first, and then the reconnect resubscribes anyway.
     pub(super) fn on_server_unsubscribed(&mut self, room: &str, code: u16, reason: String) {
         let Some(sub) = self.subs.get_mut(room).filter(|s| s.confirmed) else {
             return;
         };
         let resume = matches!(
             ErrorCode::from_u16(code),
-            Some(ErrorCode::Unavailable | ErrorCode::UnrecoverablePosition)
+            Some(
+                ErrorCode::Unavailable
+                    | ErrorCode::UnrecoverablePosition
+                    | ErrorCode::SessionClosing
+            )
         );
         if !resume {
             tracing::info!(room, code, %reason, "server ended subscription");
