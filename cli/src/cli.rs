@@ -141,7 +141,7 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 async fn cert(out: PathBuf) -> Result<()> {
     let identity = quiver_server::tls::dev_identity(&out).await?;
-    println!("{}", identity.hash_hex());
+    crate::terminal::outln!("{}", identity.hash_hex());
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `quiver config check` and `quiver config init`.
 
+use crate::terminal::outln;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
@@ -34,7 +35,7 @@ pub struct CheckArgs {
 pub async fn run(command: ConfigCommand) -> Result<()> {
     match command {
         ConfigCommand::Init => {
-            print!("{}", quiver_server::config::DEFAULT_TOML);
+            crate::terminal::out(format_args!("{}", quiver_server::config::DEFAULT_TOML));
             Ok(())
         }
         ConfigCommand::Check(args) => check(args).await,
@@ -58,17 +59,17 @@ async fn check(args: CheckArgs) -> Result<()> {
         Some(file) => file.display().to_string(),
         None => "no file".into(),
     };
-    println!("configuration OK ({source}, environment and flags)");
-    println!("  token key: {}", keys.describe());
-    println!("  WebTransport: udp {}", config.listen);
-    println!("  HTTP: tcp {}", config.http);
+    outln!("configuration OK ({source}, environment and flags)");
+    outln!("  token key: {}", keys.describe());
+    outln!("  WebTransport: udp {}", config.listen);
+    outln!("  HTTP: tcp {}", config.http);
     match &config.nats {
         // Credentials in the URL never printed.
-        Some(nats) => println!(
+        Some(nats) => outln!(
             "  broker: NATS {}",
             quiver_server::broker::nats::redacted_urls(&nats.url)
         ),
-        None => println!("  broker: embedded (a single instance)"),
+        None => outln!("  broker: embedded (a single instance)"),
     }
     Ok(())
 }

@@ -4,6 +4,30 @@
 //! that looks like this tool's own output (outside audit: `\x1b[2J` and a fake "OK" line).
 
 use std::borrow::Cow;
+use std::io::Write;
+
+/// `println!` for what the tools print on stdout: a reader that went away
+/// (`quiver config init | head -3`) ends the command quietly, where `println!` panics (outside
+/// audit 24).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::terminal::out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// Writes to stdout; a closed stdout ends the process: with success when its reader stopped
+/// reading (a broken pipe, as `head` does to any tool), else with an error.
+pub fn out(text: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("quiver: writing to stdout: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// `text` with every control character (C0, DEL, C1, and the line and paragraph separators)
 /// written as an escape (`\u{1b}`), the rest as it is.

@@ -2,6 +2,7 @@
 //! It signs only with a key that exists (flag, configuration, or the development secret the
 //! server already created) and refuses claims the server would refuse.
 
+use crate::terminal::outln;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,7 +126,7 @@ async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
         anyhow!("the server would refuse this token: {e}{ago}")
     })?;
     let left = grant.expires_at.saturating_sub(unix_now());
-    println!(
+    outln!(
         "valid: user {:?}, tenant {}, expires in {} (checked with the {})",
         grant.user,
         grant.tenant,
@@ -139,7 +140,7 @@ async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
             .and_then(|c| c.get(claim)?.as_array().cloned())
             .unwrap_or_default();
         let patterns: Vec<&str> = patterns.iter().filter_map(|p| p.as_str()).collect();
-        println!("  {claim}: {}", patterns.join(" "));
+        outln!("  {claim}: {}", patterns.join(" "));
     }
     Ok(())
 }
@@ -255,6 +256,6 @@ async fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> 
             })?;
         }
     }
-    println!("{token}");
+    outln!("{token}");
     Ok(())
 }

@@ -66,6 +66,42 @@ fn config_init_prints_the_defaults_and_passes_check() -> Result<()> {
     Ok(())
 }
 
+/// A reader that stops reading (`quiver config init | head -3`) ends `config` and `token`
+/// quietly, with success: `println!` panicked on the broken pipe (outside audit 24).
+#[test]
+fn printing_into_a_closed_pipe_is_not_a_panic() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for args in [
+        &["config", "init"][..],
+        &["config", "check"],
+        &[
+            "token",
+            "--tenant",
+            "acme",
+            "--user",
+            "ada",
+            "--subscribe",
+            "chat.>",
+            "--jwt-secret",
+            GOOD_SECRET,
+        ],
+    ] {
+        // The read end is closed before the command starts: its first write fails (EPIPE).
+        let (reader, writer) = std::io::pipe()?;
+        drop(reader);
+        let mut cmd = quiver_command(dir.path())?;
+        let out = cmd
+            .args(args)
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::piped())
+            .output()?;
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {err}", out.status);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    Ok(())
+}
+
 #[test]
 fn config_check_names_the_key_as_written() -> Result<()> {
     let dir = tempfile::tempdir()?;
