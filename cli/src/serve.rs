@@ -121,6 +121,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     if args.no_demo {
         config.demo = false;
     }
+    raise_descriptor_limit();
     let server = Server::start(config).await?;
     // Before the ready line: from then on SIGTERM drains.
     let stop = crate::cli::shutdown_signal();
@@ -149,4 +150,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     }
     server.shutdown().await;
     Ok(())
+}
+
+/// Raises the process's soft descriptor limit to its hard one, as nats-server (the Go runtime)
+/// does: a default soft limit of 1,024 would cap the server's TCP connections far below
+/// `max_sessions` (the server refuses connections past what the limit leaves and says so at
+/// start: `quiver_server::tcp::ceiling`). The hard limit is the operator's.
+fn raise_descriptor_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the descriptor limit"),
+    }
 }

@@ -131,10 +131,13 @@ pub struct Shared {
     /// QUIC connections in any stage, from the first packet (pre-session ones hold memory
     /// too). At most `limits.max_sessions`.
     pub connections: AtomicUsize,
-    /// TCP connections from `accept`, whatever they carry: at most `limits.max_sessions` plus a
-    /// little headroom. Counted apart from QUIC, so that neither transport's idle connections
-    /// can keep the other's clients out.
+    /// TCP connections from `accept`, whatever they carry: at most [`Shared::tcp_ceiling`].
+    /// Counted apart from QUIC, so that neither transport's idle connections can keep the
+    /// other's clients out.
     pub tcp_connections: AtomicUsize,
+    /// `limits.max_sessions` plus a little headroom, or less where the descriptor limit would
+    /// run out first ([`crate::tcp::ceiling`]).
+    pub tcp_ceiling: usize,
     pub tenant_quotas: Arc<crate::quota::TenantQuotas>,
     /// Client tokens publishing through the backend API, metered per user.
     pub api_clients: crate::api::client_rate::ClientRates,
@@ -280,6 +283,15 @@ impl Server {
             config.quotas.per_address.clone(),
         ));
         let api_clients = crate::api::client_rate::ClientRates::new(config.limits.clone());
+        let (tcp_ceiling, by_descriptors) = crate::tcp::ceiling(config.limits.max_sessions);
+        if let Some(descriptors) = by_descriptors {
+            warn!(
+                descriptors,
+                tcp_connections = tcp_ceiling,
+                max_sessions = config.limits.max_sessions,
+                "the descriptor limit (ulimit -n, systemd LimitNOFILE) leaves room for fewer TCP connections than limits.max_sessions: more are refused (429); raise the limit"
+            );
+        }
         let shared = Arc::new(Shared {
             config,
             verifier,
@@ -291,6 +303,7 @@ impl Server {
             sessions: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tcp_connections: AtomicUsize::new(0),
+            tcp_ceiling,
             tenant_quotas,
             api_clients,
             address_limits,

@@ -4,7 +4,8 @@
 //! Every connection is bounded from its first byte, as QUIC connections are
 //! (`transport::webtransport`):
 //! - it counts towards `limits.max_sessions` (TCP connections alone, in
-//!   `Shared::tcp_connections`, apart from QUIC ones; TCP may go [`HEADROOM`] over it) and
+//!   `Shared::tcp_connections`, apart from QUIC ones; TCP may go [`HEADROOM`] over it, and
+//!   never past what the process's descriptor limit leaves, [`ceiling`]) and
 //!   towards its address's `quotas.per_address` limits
 //!   from `accept` on; over either it is
 //!   refused: over TLS closed at once, on plain HTTP answered `429` once its request's head has
@@ -31,7 +32,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::log_budget::{LogBudget, Summary};
 
 use crate::read_budget::{Budgeted, ReadSide};
 use crate::server::Shared;
@@ -65,6 +68,32 @@ const REFUSE_WITHIN: Duration = Duration::from_secs(1);
 /// The most of a refused request that is read (its head; a longer one is not waited for).
 const REFUSED_HEAD: usize = 8 * 1024;
 
+/// Descriptors kept for what is not a TCP connection of a listener: refused connections being
+/// answered ([`REFUSING`]), the UDP socket, NATS, backend calls, key-set fetches, files, the
+/// runtime's own.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// How many TCP connections the listeners take at once: `max_sessions` plus [`HEADROOM`], or
+/// fewer when the process's descriptor limit (its soft `RLIMIT_NOFILE`) would run out first.
+/// A process out of descriptors cannot accept at all, not even to refuse: health checks and
+/// the API hung while idle connections held every descriptor (outside audit 27: 1,024
+/// descriptors against the default 20,000 sessions). Below the limit a connection over the
+/// ceiling is refused as one over `max_sessions` is. The second value is the descriptor limit
+/// when it is what sets the ceiling.
+pub fn ceiling(max_sessions: usize) -> (usize, Option<u64>) {
+    let wanted = max_sessions.saturating_add(HEADROOM);
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return (wanted, None);
+    };
+    let room = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if room >= wanted {
+        (wanted, None)
+    } else {
+        // Some room even at an absurdly low limit, so the listener still answers.
+        (room.max(HEADROOM), Some(soft))
+    }
+}
+
 /// Serves `app` on `listener` (over TLS with `tls`) until shutdown and the drain after it.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -78,7 +107,15 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    debug!(error = %e, "accept failed");
+                    // Out of descriptors (the process's, or the system's) the connection stays
+                    // in the backlog and the listener ready: without a pause this loop spins a
+                    // core until a descriptor frees (outside audit 27).
+                    if ACCEPT_FAILURES.admit_summarised() {
+                        warn!(error = %e, "accepting a TCP connection failed; pausing the listener briefly");
+                    }
+                    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener_name(&tls), "reason" => "accept_failed")
+                        .increment(1);
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             },
@@ -87,8 +124,7 @@ pub async fn serve(
         let slot = match admit(&shared, remote) {
             Ok(slot) => slot,
             Err(label) => {
-                let listener = if tls.is_some() { "https" } else { "http" };
-                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener, "reason" => label)
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener_name(&tls), "reason" => label)
                     .increment(1);
                 if tls.is_none() {
                     if let Ok(permit) = refusing.clone().try_acquire_owned() {
@@ -113,10 +149,26 @@ pub async fn serve(
     }
 }
 
+fn listener_name(tls: &Option<TlsAcceptor>) -> &'static str {
+    if tls.is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// How long the listener waits after a failed `accept`.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+/// Failed accepts logged: one a second at most, a summary of the rest.
+static ACCEPT_FAILURES: LogBudget = LogBudget::summarised(
+    1,
+    Summary::Warn("more TCP accepts failed than logged (quiver_connections_refused_total, reason accept_failed, counts all)"),
+);
+
 /// Counts a new connection, or says why not (the refusal's label: server at capacity, or its
 /// address at its limits).
 fn admit(shared: &Arc<Shared>, remote: SocketAddr) -> Result<TcpSlot, &'static str> {
-    let Some(counted) = Counted::admit(shared, Pool::Tcp { headroom: HEADROOM }) else {
+    let Some(counted) = Counted::admit(shared, Pool::Tcp) else {
         debug!(%remote, "TCP connection refused: server at max_sessions");
         return Err("unavailable");
     };

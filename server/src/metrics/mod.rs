@@ -103,8 +103,9 @@ pub const GONE_REASONS: [&str; 4] = [
 ];
 
 /// Every `reason` of [`CONNECTIONS_REFUSED`]: a TCP connection refused at `accept`, before any
-/// request (so before it is known to be WebSocket, SSE or the API).
-pub const CONNECTION_REFUSED_REASONS: [&str; 2] = ["unavailable", "address_limit"];
+/// request (so before it is known to be WebSocket, SSE or the API); `accept_failed` counts
+/// failed `accept`s (out of descriptors), each a connection left waiting in the backlog.
+pub const CONNECTION_REFUSED_REASONS: [&str; 3] = ["unavailable", "address_limit", "accept_failed"];
 
 /// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
 /// the token's refusals (`crate::auth::AuthError::label`).

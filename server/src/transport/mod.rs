@@ -268,9 +268,9 @@ impl std::fmt::Display for Refused {
 pub enum Pool {
     /// QUIC connections, from their first packet.
     Quic,
-    /// TCP connections, from `accept`, with `headroom` over the limit (health checks and
-    /// scrapes still reach a server full of sessions).
-    Tcp { headroom: usize },
+    /// TCP connections, from `accept`, up to `Shared::tcp_ceiling` (a little over the limit:
+    /// health checks and scrapes still reach a server full of sessions).
+    Tcp,
 }
 
 /// Counts a connection until it ends, towards `limits.max_sessions` for its kind ([`Pool`]):
@@ -281,8 +281,11 @@ impl Counted {
     /// A place for one more connection, or `None` with its kind at `max_sessions` (plus any
     /// headroom).
     pub fn admit(shared: &Arc<Shared>, pool: Pool) -> Option<Self> {
-        let (count, headroom) = Self::count(shared, pool);
-        let limit = shared.config.limits.max_sessions.saturating_add(headroom);
+        let count = Self::count(shared, pool);
+        let limit = match pool {
+            Pool::Quic => shared.config.limits.max_sessions,
+            Pool::Tcp => shared.tcp_ceiling,
+        };
         if count.load(Ordering::Relaxed) >= limit {
             return None;
         }
@@ -290,19 +293,17 @@ impl Counted {
         Some(Self(shared.clone(), pool))
     }
 
-    fn count(shared: &Shared, pool: Pool) -> (&AtomicUsize, usize) {
+    fn count(shared: &Shared, pool: Pool) -> &AtomicUsize {
         match pool {
-            Pool::Quic => (&shared.connections, 0),
-            Pool::Tcp { headroom } => (&shared.tcp_connections, headroom),
+            Pool::Quic => &shared.connections,
+            Pool::Tcp => &shared.tcp_connections,
         }
     }
 }
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        Self::count(&self.0, self.1)
-            .0
-            .fetch_sub(1, Ordering::Relaxed);
+        Self::count(&self.0, self.1).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
