@@ -782,7 +782,7 @@ async fn http_refusals_have_the_json_body() -> anyhow::Result<()> {
 /// `Connection` and `Upgrade` are lists, and several lines of one are one list (RFC 9110): an
 /// upgrade is taken wherever in them `upgrade` and `websocket` stand, and refused when they do
 /// not (outside fallback audit 6, F1: a `Connection: keep-alive` line before `Connection:
-/// Upgrade`, or `Upgrade: websocket, foo/1`, got 400).
+/// Upgrade`, or `Upgrade: websocket, foo/1`, got 400). A token is a whole list element.
 #[tokio::test]
 async fn upgrade_headers_are_read_as_lists() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -802,6 +802,12 @@ async fn upgrade_headers_are_read_as_lists() -> anyhow::Result<()> {
         ),
         ("Connection: keep-alive\r\nUpgrade: websocket", 400),
         ("Connection: Upgrade\r\nUpgrade: foo/1, websocket-not", 400),
+        // Tokens, not substrings (outside audit 28, F1: these were upgraded).
+        ("Connection: notupgrade\r\nUpgrade: websocket", 400),
+        ("Connection: upgrades\r\nUpgrade: websocket", 400),
+        ("Connection: keep-alive;upgrade\r\nUpgrade: websocket", 400),
+        ("Connection: \"upgrade\"\r\nUpgrade: websocket", 400),
+        ("Connection: Upgrade\r\nUpgrade: xwebsocket", 400),
     ] {
         let mut tcp = tokio::net::TcpStream::connect(server.http).await?;
         let request = format!(

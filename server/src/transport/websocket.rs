@@ -74,7 +74,9 @@ const MAX_WRITE_BUFFER: usize = 256 * 1024;
 /// an `Upgrade` that is exactly `websocket`: a proxy's own `Connection: keep-alive` line before
 /// the client's, or an upgrade offering another protocol beside WebSocket, was refused 400
 /// (outside fallback audit 6, F1). Each is brought to the one value the extractor reads when
-/// its list names the token.
+/// its list names the token, and removed when it does not: the extractor looks for `upgrade`
+/// as a substring, so `Connection: notupgrade` was upgraded (outside audit 28, F1), where a
+/// proxy in front would not have seen an upgrade.
 pub async fn upgrade_lists(mut request: axum::extract::Request) -> axum::extract::Request {
     use axum::http::header::{CONNECTION, UPGRADE};
     fn names(headers: &HeaderMap, name: &axum::http::HeaderName, token: &str) -> bool {
@@ -86,11 +88,12 @@ pub async fn upgrade_lists(mut request: axum::extract::Request) -> axum::extract
         })
     }
     let headers = request.headers_mut();
-    if names(headers, &CONNECTION, "upgrade") {
-        headers.insert(CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
-    }
-    if names(headers, &UPGRADE, "websocket") {
-        headers.insert(UPGRADE, axum::http::HeaderValue::from_static("websocket"));
+    for (name, token) in [(CONNECTION, "upgrade"), (UPGRADE, "websocket")] {
+        if names(headers, &name, token) {
+            headers.insert(name, axum::http::HeaderValue::from_static(token));
+        } else {
+            headers.remove(name);
+        }
     }
     request
 }
