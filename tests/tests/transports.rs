@@ -653,6 +653,36 @@ async fn a_websocket_close_frame_is_answered() -> anyhow::Result<()> {
     })
     .await?;
     assert_eq!(answered, Some(1000));
+
+    // Commands in the same write as the close frame (a browser's `send(); close()`): the
+    // close is still answered (outside audit 28, F2: the answers to the commands could not be
+    // sent after the client's close, and the writer gave up on the socket, echo and all).
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "leaver")
+    ))
+    .await?;
+    ws.feed(hello("leaver")).await?;
+    for id in 2..5 {
+        let ping = encode_command(&ClientFrame {
+            id,
+            command: Command::Ping,
+        });
+        ws.feed(Message::binary(ping)).await?;
+    }
+    ws.feed(Message::Close(None)).await?;
+    ws.flush().await?;
+    let answered = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(_) = message {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    assert!(answered, "the connection ended without a close frame");
     Ok(())
 }
 

@@ -517,9 +517,8 @@ async fn write(
                 None => return Some(sink),
             },
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    gone.cancel();
-                    return None;
+                if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                    return failed(e, sink, &gone);
                 }
                 continue;
             }
@@ -540,17 +539,36 @@ async fn write(
                 batch.freeze()
             }
             Ok(second) => {
-                if sink.send(Message::Binary(first)).await.is_err() {
-                    gone.cancel();
-                    return None;
+                if let Err(e) = sink.send(Message::Binary(first)).await {
+                    return failed(e, sink, &gone);
                 }
                 second
             }
             Err(_) => first,
         };
-        if sink.send(Message::Binary(message)).await.is_err() {
+        if let Err(e) = sink.send(Message::Binary(message)).await {
+            return failed(e, sink, &gone);
+        }
+    }
+}
+
+/// Ends the writer after a failed send: with the sink when the send failed only because the
+/// client's close frame came first (tungstenite sends nothing after it), since the answering
+/// close frame it queued still has to be flushed (RFC 6455 §5.5.1; outside audit 28, F2: a
+/// client's commands and close in one write got the connection dropped without it, a
+/// browser's `send(); close()` saw 1006); `None`, the socket failed, otherwise.
+fn failed(
+    e: axum::Error,
+    sink: SplitSink<WebSocket, Message>,
+    gone: &CancellationToken,
+) -> Option<SplitSink<WebSocket, Message>> {
+    use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
+    match e.into_inner().downcast_ref::<WsError>() {
+        // The reader saw the close frame and ends the session as the client's leaving.
+        Some(WsError::Protocol(ProtocolError::SendAfterClosing)) => Some(sink),
+        _ => {
             gone.cancel();
-            return None;
+            None
         }
     }
 }
