@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use quiver_client::{CallOptions, Client};
+use quiver_client::CallOptions;
 use quiver_server::auth::{sign_hs256, Claims};
 
 use crate::conn::ConnArgs;
@@ -38,7 +38,7 @@ pub async fn call(args: CallArgs) -> Result<()> {
     } else {
         args.payload.into_bytes()
     };
-    let client = Client::connect(args.conn.client_config().await?).await?;
+    let client = args.conn.connect().await?;
     let options = CallOptions {
         timeout: args.timeout,
         idempotency_key: args.idempotency_key,

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use quiver_client::{parse_cert_hash, token_fixed, token_fn, ClientConfig, Transport, Trust};
+use quiver_client::{
+    parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, ConnectionState, Transport, Trust,
+};
 use quiver_server::auth::{unix_now, Claims};
 
 #[derive(Args)]
@@ -40,6 +42,23 @@ impl ConnArgs {
     /// so once the server says it expired (3002), reconnecting with it is pointless.
     pub fn token_is_fixed(&self) -> bool {
         self.token.is_some()
+    }
+
+    /// Connects; a refusal of a given token that has expired says so (over WebTransport the
+    /// refusal carries no reason the client can read: outside audit 26, `pub` with an expired
+    /// token said only that the server refused the session, or timed out).
+    pub async fn connect(&self) -> Result<Client> {
+        let config = self.client_config().await?;
+        Client::connect(config).await.map_err(|e| {
+            let error = anyhow::Error::from(e);
+            match self.token.as_deref().and_then(expired_for) {
+                Some(ago) => error.context(format!(
+                    "the token given with --token (or QUIVER_TOKEN) expired {} ago; run again with a fresh one",
+                    humantime::format_duration(ago)
+                )),
+                None => error,
+            }
+        })
     }
 
     pub async fn client_config(&self) -> Result<ClientConfig> {
@@ -97,4 +116,28 @@ impl ConnArgs {
         config.ws_urls = ws_urls;
         Ok(config)
     }
+}
+
+/// How long ago `token` expired, by its own `exp` (not verified: only to explain a refusal).
+fn expired_for(token: &str) -> Option<std::time::Duration> {
+    let exp = crate::token::unverified_claims(token)?
+        .get("exp")?
+        .as_u64()?;
+    let now = quiver_server::auth::unix_now();
+    (exp <= now).then(|| std::time::Duration::from_secs(now - exp))
+}
+
+/// Whether the session ended because its token expired (3002) while that token is the fixed
+/// one given on the command line: it stays expired, and every reconnect would be refused.
+pub fn fixed_token_expired(state: &ConnectionState, fixed: bool) -> bool {
+    fixed
+        && matches!(state, ConnectionState::Disconnected { code, .. }
+            if *code == quiver_client::CloseCode::TokenExpired.as_u16())
+}
+
+/// The error a command ends with when [`fixed_token_expired`].
+pub fn fixed_token_expired_error() -> anyhow::Error {
+    anyhow::anyhow!(
+        "the token given with --token (or QUIVER_TOKEN) expired; run again with a fresh one"
+    )
 }

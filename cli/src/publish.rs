@@ -10,7 +10,7 @@ use clap::Args;
 use futures::{Stream, StreamExt};
 use tokio::io::AsyncBufReadExt;
 
-use crate::conn::ConnArgs;
+use crate::conn::{fixed_token_expired, fixed_token_expired_error, ConnArgs};
 
 /// Publishes awaiting their acks at once: enough to keep a link busy without letting a slow
 /// server queue an unbounded number.
@@ -50,7 +50,7 @@ pub async fn publish(args: PubArgs) -> Result<()> {
         Some(rate) => Some(Duration::from_secs_f64(1.0 / rate)),
         None => None,
     };
-    let client = quiver_client::Client::connect(args.conn.client_config().await?).await?;
+    let client = args.conn.connect().await?;
     let messages: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>>>> = match args.message {
         Some(message) if message != "-" => {
             let count = args.count;
@@ -106,7 +106,27 @@ pub async fn publish(args: PubArgs) -> Result<()> {
     // end, since delivery is at most once and nothing is sent twice.
     let mut unknown = 0u64;
     let mut result = Ok(());
-    while let Some(ack) = acks.next().await {
+    let mut state = client.state();
+    state.borrow_and_update();
+    let fixed = args.conn.token_is_fixed();
+    loop {
+        let ack = tokio::select! {
+            ack = acks.next() => match ack {
+                Some(ack) => ack,
+                None => break,
+            },
+            changed = state.changed() => {
+                // A given token that expired stays expired: what waits would wait for a
+                // reconnect that is refused every time, then time out (outside audit 26).
+                if changed.is_ok() && fixed_token_expired(&state.borrow_and_update(), fixed) {
+                    result = Err(fixed_token_expired_error()).with_context(|| {
+                        format!("publish to {} (after {published} acknowledged)", args.room)
+                    });
+                    break;
+                }
+                continue;
+            }
+        };
         match ack {
             Ok(Ok(_)) => published += 1,
             Ok(Err(quiver_client::ClientError::ConnectionLost)) => {

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use quiver_client::{Client, ConnectionState, ErrorCode, Position, Recovery, SubEvent};
 
-use crate::conn::ConnArgs;
+use crate::conn::{fixed_token_expired, fixed_token_expired_error, ConnArgs};
 
 #[derive(Args)]
 pub struct SubArgs {
@@ -38,7 +38,7 @@ const NOT_RECOVERED: &str = "resubscribed without recovery (the room keeps no hi
                              messages published meanwhile are lost";
 
 pub async fn sub(args: SubArgs) -> Result<()> {
-    let client = Client::connect(args.conn.client_config().await?).await?;
+    let client = args.conn.connect().await?;
     if let Some(transport) = client.transport() {
         // stdout carries only messages; this is for the person watching.
         eprintln!("quiver: connected over {transport}");
@@ -73,9 +73,7 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                     // A given token that expired stays expired: the client's reconnects would
                     // be refused for ever (outside audit 26: `sub` retried until killed).
                     if fixed_token_expired(&now, args.conn.token_is_fixed()) {
-                        break Err(anyhow::anyhow!(
-                            "the token given with --token (or QUIVER_TOKEN) expired; run again with a fresh one"
-                        ));
+                        break Err(fixed_token_expired_error());
                     }
                     report_state(&now, &client, &mut lost);
                 }
@@ -153,14 +151,6 @@ pub async fn sub(args: SubArgs) -> Result<()> {
     };
     client.close().await;
     result
-}
-
-/// Whether the session ended because its token expired (3002) while that token is the fixed
-/// one given on the command line.
-fn fixed_token_expired(state: &ConnectionState, fixed: bool) -> bool {
-    fixed
-        && matches!(state, ConnectionState::Disconnected { code, .. }
-            if *code == quiver_client::CloseCode::TokenExpired.as_u16())
 }
 
 fn report_state(state: &ConnectionState, client: &Client, lost: &mut bool) {

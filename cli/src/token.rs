@@ -146,7 +146,7 @@ async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
 }
 
 /// The token's claims, decoded without checking anything.
-fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn unverified_claims(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -437,3 +437,53 @@ async fn sub_that_falls_behind_subscribes_again_and_resumes() -> Result<()> {
     );
     Ok(())
 }
+
+/// `pub` with a given token: one that expires mid-run ends the run at once saying so, and one
+/// already expired is refused saying so, on both transports (outside audit 26: it waited for
+/// a reconnect refused every time and said "timed out"; over WebTransport a refusal carries no
+/// reason the client can read).
+#[tokio::test]
+async fn pub_with_a_given_token_says_when_it_expired() -> Result<()> {
+    let server = TestServer::start().await?;
+    let exp = quiver_server::auth::unix_now() + 2;
+    let lapsing = token_expiring_at("acme", "lapsing", exp);
+    let started = Instant::now();
+    let (ok, err) = publish(
+        &server,
+        &lapsing,
+        &["a", "m{seq}", "--count", "200", "--rate", "20"],
+        "",
+    )
+    .await?;
+    assert!(!ok);
+    assert!(err.contains("expired; run again with a fresh one"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    let ws_url = format!("ws://{}/v1/ws", server.http);
+    for transport in [
+        &["--transport", "webtransport"][..],
+        &["--transport", "websocket", "--ws-url", &ws_url],
+    ] {
+        let mut child = Command::from(quiver_command(server.dir.path())?);
+        child
+            .arg("pub")
+            .args([
+                "--url",
+                &server.url(),
+                "--cert-hash",
+                &hex::encode(server.hash),
+            ])
+            .args(transport)
+            .args(["--token", &lapsing, "a", "late"])
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(WAIT, child.output()).await??;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("expired"), "{transport:?}: {err}");
+    }
+    Ok(())
+}
