@@ -283,7 +283,7 @@ impl Server {
             config.quotas.per_address.clone(),
         ));
         let api_clients = crate::api::client_rate::ClientRates::new(config.limits.clone());
-        let (tcp_ceiling, by_descriptors) = crate::tcp::ceiling(config.limits.max_sessions);
+        let (tcp_ceiling, by_descriptors) = crate::tcp::ceiling(&config);
         if let Some(descriptors) = by_descriptors {
             warn!(
                 descriptors,

@@ -69,23 +69,39 @@ const REFUSE_WITHIN: Duration = Duration::from_secs(1);
 const REFUSED_HEAD: usize = 8 * 1024;
 
 /// Descriptors kept for what is not a TCP connection of a listener: refused connections being
-/// answered ([`REFUSING`]), the UDP socket, NATS, backend calls, key-set fetches, files, the
-/// runtime's own.
+/// answered ([`REFUSING`]), the UDP socket, NATS, key-set fetches, files, the runtime's own.
+/// Connections to an HTTP backend are added to it ([`reserved`]).
 const RESERVED_DESCRIPTORS: u64 = 256;
 
+/// What [`ceiling`] keeps for everything but the listeners' TCP connections: with an HTTP
+/// backend (`rpc.url`, no NATS), its requests in flight and the idle connections kept per
+/// tenant (`rpc::http`) too.
+fn reserved(config: &crate::Config) -> u64 {
+    let rpc = &config.rpc;
+    let backend = if rpc.url.is_some() && config.nats.is_none() {
+        rpc.http_max_in_flight.saturating_add(
+            crate::rpc::http::TENANT_POOLS.saturating_mul(rpc.http_idle_connections),
+        )
+    } else {
+        0
+    };
+    RESERVED_DESCRIPTORS.saturating_add(u64::try_from(backend).unwrap_or(u64::MAX))
+}
+
 /// How many TCP connections the listeners take at once: `max_sessions` plus [`HEADROOM`], or
-/// fewer when the process's descriptor limit (its soft `RLIMIT_NOFILE`) would run out first.
+/// fewer when the process's descriptor limit (its soft `RLIMIT_NOFILE`, less [`reserved`])
+/// would run out first.
 /// A process out of descriptors cannot accept at all, not even to refuse: health checks and
 /// the API hung while idle connections held every descriptor (outside audit 27: 1,024
 /// descriptors against the default 20,000 sessions). Below the limit a connection over the
 /// ceiling is refused as one over `max_sessions` is. The second value is the descriptor limit
 /// when it is what sets the ceiling.
-pub fn ceiling(max_sessions: usize) -> (usize, Option<u64>) {
-    let wanted = max_sessions.saturating_add(HEADROOM);
+pub fn ceiling(config: &crate::Config) -> (usize, Option<u64>) {
+    let wanted = config.limits.max_sessions.saturating_add(HEADROOM);
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
         return (wanted, None);
     };
-    let room = usize::try_from(soft.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    let room = usize::try_from(soft.saturating_sub(reserved(config))).unwrap_or(usize::MAX);
     if room >= wanted {
         (wanted, None)
     } else {

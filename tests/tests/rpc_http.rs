@@ -53,7 +53,11 @@ async fn handle(
         .unwrap_or_default()
         .to_owned();
     let kind = envelope["type"].as_str().unwrap_or_default().to_owned();
-    backend.seen.lock().unwrap().push((envelope.clone(), auth));
+    backend
+        .seen
+        .lock()
+        .unwrap()
+        .push((envelope.clone(), auth.clone()));
     *backend
         .counts
         .lock()
@@ -66,6 +70,12 @@ async fn handle(
     match kind.as_str() {
         "call" => match envelope["method"].as_str().unwrap_or_default() {
             "order.fail" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+            // A debugging error page that echoes the request's headers.
+            "order.echo" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("headers: {auth}"),
+            )
+                .into_response(),
             "order.busy" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
             "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
             // A backend's message with terminal controls in it: a clear screen and a forged line.
@@ -128,6 +138,13 @@ async fn handle(
             b"forbidden" => (StatusCode::UNAUTHORIZED, "who are you").into_response(),
             b"redact-too-much" => {
                 Json(json!({"allow": true, "payload": b64(&vec![b'x'; 70_000])})).into_response()
+            }
+            // Past what is read of an answer (a usable one is at most about 98 KB).
+            b"redact-far-too-much" => {
+                Json(json!({"allow": true, "payload": b64(&vec![b'x'; 200_000])})).into_response()
+            }
+            b"redact-garbled" => {
+                Json(json!({"allow": true, "payload": "not base64!"})).into_response()
             }
             _ => Json(json!({"allow": true})).into_response(),
         },
@@ -248,10 +265,17 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
         ("order.garbled", ErrorCode::BackendError, "call answer"),
         ("order.nopayload", ErrorCode::BackendError, "call answer"),
         ("order.array", ErrorCode::BackendError, "call answer"),
+        // Never the backend secret, even when its error page echoes it (outside audit 29, F3).
+        (
+            "order.echo",
+            ErrorCode::BackendError,
+            "headers: Bearer [http_secret]",
+        ),
     ] {
         let (c, msg) = code(client.call(method, "x").await);
         assert_eq!(c, Some(want), "{method}: {msg}");
         assert!(msg.contains(text), "{method}: {msg}");
+        assert!(!msg.contains(BACKEND_SECRET), "{method}: {msg}");
     }
     client.close().await;
     Ok(())
@@ -603,13 +627,27 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
     let (c, msg) = code(alice.publish_ack("open.room", "redact-too-much").await);
     assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
     assert!(msg.contains("exceeds max_payload"), "{msg}");
+    // So are a replacement too long to be read at all, and one that cannot be decoded (outside
+    // audit 29, F2: both were failures, and the namespace failing open published the
+    // original, unredacted).
+    for (payload, says) in [
+        (
+            "redact-far-too-much",
+            "replacement payload over max_payload",
+        ),
+        ("redact-garbled", "the hook's replacement"),
+    ] {
+        let (c, msg) = code(alice.publish_ack("open.room", payload).await);
+        assert_eq!(c, Some(ErrorCode::PermissionDenied), "{payload}: {msg}");
+        assert!(msg.contains(says), "{payload}: {msg}");
+    }
     alice.publish_ack("open.room", "fine").await?;
     // Neither refused payload reached the room: the first publication is the allowed one.
     match tokio::time::timeout(WAIT, sub.next()).await? {
         Some(SubEvent::Publication { payload, .. }) => assert_eq!(payload, Bytes::from("fine")),
         other => anyhow::bail!("expected the allowed publication, got {other:?}"),
     }
-    assert_eq!(backend.counts.lock().unwrap()["publish"], 3);
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 5);
     let page = server.metrics().await?;
     let decided = |hook, outcome| {
         metric_sum(
@@ -620,7 +658,7 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
     };
     // Counted as denies (the registry is shared with this file's other tests: at least).
     assert!(decided("subscribe", "deny") >= 1.0, "{page}");
-    assert!(decided("publish", "deny") >= 2.0, "{page}");
+    assert!(decided("publish", "deny") >= 4.0, "{page}");
     alice.close().await;
     Ok(())
 }
@@ -991,5 +1029,109 @@ async fn an_answer_whose_head_is_unusable_is_a_backend_error() -> Result<()> {
     assert_eq!(c, Some(ErrorCode::BackendError), "{msg}");
     client.close().await;
     backend.abort();
+    Ok(())
+}
+
+/// A backend that answers every call with its tenant's name and, for tenant `evil`, sends a
+/// second answer nobody asked for ("INJECTED") 100 ms later on the same kept-alive connection:
+/// a broken backend, or one behind a broken timeout middleware.
+async fn double_answering_backend() -> Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/rpc", listener.local_addr()?);
+    let answer = |text: &str| {
+        let body = json!({ "payload": b64(text.as_bytes()) }).to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, write) = tcp.into_split();
+                let write = Arc::new(tokio::sync::Mutex::new(write));
+                let mut reader = tokio::io::BufReader::new(read);
+                loop {
+                    let mut length = 0;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let line = line.trim_end().to_ascii_lowercase();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some(n) = line.strip_prefix("content-length:") {
+                            length = n.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let envelope: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let tenant = envelope["tenant"].as_str().unwrap_or_default().to_owned();
+                    if write
+                        .lock()
+                        .await
+                        .write_all(answer(&tenant).as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if tenant == "evil" {
+                        let write = write.clone();
+                        let stale = answer("INJECTED");
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = write.lock().await.write_all(stale.as_bytes()).await;
+                        });
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// An answer a broken backend sends unasked on a kept-alive connection is read as the answer
+/// to that connection's next request (HTTP/1.1 cannot tell answers apart): connections are kept
+/// per tenant, so it never reaches another tenant (outside audit 29, F1: another tenant's calls
+/// got it as their answer, and its hook answers allowed other tenants' denied publications).
+#[tokio::test]
+async fn an_answer_sent_unasked_never_reaches_another_tenant() -> Result<()> {
+    let url = double_answering_backend().await?;
+    let server = server_for(&url).await?;
+    let session = |tenant: &'static str, user: &'static str| {
+        let token = call_token(tenant, user, &["order.*"]);
+        let config = client_config(&server, token_fixed(token));
+        async move { Client::connect(config).await }
+    };
+    let calls = |client: Client| async move {
+        let mut answers = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        for _ in 0..400 {
+            if tokio::time::Instant::now() > until {
+                break;
+            }
+            if let Ok(answer) = client.call("order.look", "x").await {
+                answers.push(String::from_utf8_lossy(&answer).into_owned());
+            }
+        }
+        client.close().await;
+        answers
+    };
+    let (evil, victim_a, victim_b) = (
+        session("evil", "e").await?,
+        session("victim", "a").await?,
+        session("victim", "b").await?,
+    );
+    let (evil, a, b) = tokio::join!(calls(evil), calls(victim_a), calls(victim_b));
+    assert!(!evil.is_empty() && a.len() > 10 && b.len() > 10);
+    let stray: Vec<&String> = a.iter().chain(&b).filter(|x| *x != "victim").collect();
+    assert!(stray.is_empty(), "victim got {stray:?}");
     Ok(())
 }

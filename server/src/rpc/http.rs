@@ -29,8 +29,45 @@ fn max_answer(max_payload: usize) -> usize {
     max_payload.div_ceil(3) * 4 + ANSWER_OVERHEAD
 }
 
+/// Tenants whose connections to the backend are kept at once ([`TenantClients`]).
+pub const TENANT_POOLS: usize = 8;
+
+/// Connections to the backend, kept per tenant. HTTP/1.1 cannot tell one answer from another:
+/// an answer a broken backend sends unasked (a second response on a kept-alive connection,
+/// from a timeout middleware, say) is read as the answer to the next request on that
+/// connection. Kept per tenant, it can only reach that tenant's own requests (outside audit 29,
+/// F1: another tenant's late hook answer allowed a publication the backend denied, with that
+/// tenant's payload, and answered another tenant's calls). The [`TENANT_POOLS`] tenants that
+/// asked last keep theirs; a tenant beyond them gets a new client (and connections) in the
+/// place of the one asked longest ago.
+struct TenantClients {
+    build: Box<dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync>,
+    clients: std::sync::Mutex<Vec<(TenantId, reqwest::Client, u64)>>,
+    uses: std::sync::atomic::AtomicU64,
+}
+
+impl TenantClients {
+    fn client(&self, tenant: &TenantId) -> Result<reqwest::Client, reqwest::Error> {
+        let now = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = clients.iter_mut().find(|(t, ..)| t == tenant) {
+            entry.2 = now;
+            return Ok(entry.1.clone());
+        }
+        let client = (self.build)()?;
+        if clients.len() >= TENANT_POOLS {
+            // The client asked longest ago goes; requests it has out keep their connections.
+            if let Some(oldest) = (0..clients.len()).min_by_key(|&i| clients[i].2) {
+                clients.swap_remove(oldest);
+            }
+        }
+        clients.push((tenant.clone(), client.clone(), now));
+        Ok(client)
+    }
+}
+
 pub struct HttpRoute {
-    client: reqwest::Client,
+    clients: TenantClients,
     url: String,
     secret: Option<String>,
     /// Requests in flight or waiting, calls and hooks: `rpc.http_max_in_flight`, shared.
@@ -49,16 +86,24 @@ struct CallAnswer {
 impl HttpRoute {
     pub fn new(url: &str, config: &RpcConfig, max_payload: usize) -> Result<Self, RpcSetupError> {
         crate::http_client::ensure_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(config.http_idle_connections)
-            .pool_idle_timeout(Duration::from_secs(60))
-            // A redirect could send the caller's data elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| RpcSetupError::Invalid(format!("http client: {e}")))?;
+        let (connect_timeout, idle) = (config.connect_timeout, config.http_idle_connections);
+        let build = move || {
+            reqwest::Client::builder()
+                .connect_timeout(connect_timeout)
+                .pool_max_idle_per_host(idle)
+                .pool_idle_timeout(Duration::from_secs(60))
+                // A redirect could send the caller's data elsewhere.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+        };
+        // Built once here, so a setting the client refuses fails the start.
+        build().map_err(|e| RpcSetupError::Invalid(format!("http client: {e}")))?;
         Ok(Self {
-            client,
+            clients: TenantClients {
+                build: Box::new(build),
+                clients: std::sync::Mutex::new(Vec::with_capacity(TENANT_POOLS)),
+                uses: std::sync::atomic::AtomicU64::new(0),
+            },
             url: url.to_owned(),
             secret: config.http_secret.as_ref().map(|s| s.expose().to_owned()),
             pool: Arc::new(Pool::new(config.http_max_in_flight)),
@@ -100,7 +145,9 @@ impl HttpRoute {
         };
         let body = serde_json::to_vec(&envelope)
             .map_err(|e| RpcError::BadAnswer(format!("envelope: {e}")))?;
-        let answer = self.post(place, Bytes::from(body), req.deadline).await?;
+        let answer = self
+            .post(&caller.tenant, place, Bytes::from(body), req.deadline)
+            .await?;
         let answer: CallAnswer = super::json_object(&answer, "call answer")?;
         unb64(&answer.payload)
     }
@@ -115,7 +162,7 @@ impl HttpRoute {
         let place = self.pool.enter(tenant, Kind::Hook).ok_or_else(|| {
             RpcError::OverQuota("the tenant's hook requests to the backend are all taken".into())
         })?;
-        self.post(place, body, deadline).await
+        self.post(tenant, place, body, deadline).await
     }
 
     /// POSTs and reads a 2xx answer's body; any other status is an error with the body as
@@ -124,6 +171,7 @@ impl HttpRoute {
     /// it for the answer.
     async fn post(
         &self,
+        tenant: &TenantId,
         mut place: Place,
         body: Bytes,
         deadline: Duration,
@@ -154,9 +202,12 @@ impl HttpRoute {
             Kind::Hook => deadline,
         };
         let deadline_at = deadline_at(SystemTime::now(), left);
+        let client = self
+            .clients
+            .client(tenant)
+            .map_err(|e| RpcError::Unavailable(format!("http client: {}", without_url(e))))?;
         let exchange = async {
-            let mut request = self
-                .client
+            let mut request = client
                 .post(&self.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .header(DEADLINE, deadline_at)
@@ -181,14 +232,20 @@ impl HttpRoute {
             let status = response.status().as_u16();
             // An answer that says it is too long is refused before a byte of it is read, not
             // after waiting out the deadline for bytes that never come.
+            // A 2xx that long can only carry a replacement over `max_payload` (a hook then
+            // refuses the publication, never fails open to it: `Rpc::decide`).
+            let too_long = || {
+                if (200..300).contains(&status) {
+                    RpcError::AnswerTooLong(self.max_answer)
+                } else {
+                    RpcError::BadAnswer(format!("answer longer than {} bytes", self.max_answer))
+                }
+            };
             if response
                 .content_length()
                 .is_some_and(|n| n > self.max_answer as u64)
             {
-                return Err(RpcError::BadAnswer(format!(
-                    "answer longer than {} bytes",
-                    self.max_answer
-                )));
+                return Err(too_long());
             }
             let mut answer = BytesMut::new();
             while let Some(chunk) = response
@@ -197,20 +254,24 @@ impl HttpRoute {
                 .map_err(|e| RpcError::Unavailable(without_url(e)))?
             {
                 if answer.len() + chunk.len() > self.max_answer {
-                    return Err(RpcError::BadAnswer(format!(
-                        "answer longer than {} bytes",
-                        self.max_answer
-                    )));
+                    return Err(too_long());
                 }
                 answer.extend_from_slice(&chunk);
             }
             if (200..300).contains(&status) {
                 Ok(answer.freeze())
             } else {
-                Err(RpcError::Backend(
-                    code_for_status(status),
-                    backend_message(&answer, status),
-                ))
+                // The message reaches the client: a backend's error page that echoes the
+                // request's headers must not hand it `rpc.http_secret` (outside audit 29, F3).
+                let message = match self.secret.as_deref().filter(|s| !s.is_empty()) {
+                    Some(secret) => {
+                        let text =
+                            String::from_utf8_lossy(&answer).replace(secret, "[http_secret]");
+                        backend_message(text.as_bytes(), status)
+                    }
+                    None => backend_message(&answer, status),
+                };
+                Err(RpcError::Backend(code_for_status(status), message))
             }
         };
         tokio::time::timeout(left, exchange)

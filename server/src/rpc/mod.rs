@@ -12,7 +12,7 @@
 
 pub mod audit;
 mod config;
-mod http;
+pub(crate) mod http;
 mod nats;
 mod pool;
 
@@ -127,6 +127,10 @@ pub enum RpcError {
     /// The backend's answer breaks the envelope rules (bad JSON, oversized reply).
     #[error("bad answer from the backend: {0}")]
     BadAnswer(String),
+    /// A 2xx answer longer than any usable one ([`http`]'s bound, in bytes): for a publish
+    /// hook, a replacement over `max_payload`.
+    #[error("bad answer from the backend: answer longer than {0} bytes")]
+    AnswerTooLong(usize),
 }
 
 impl RpcError {
@@ -136,7 +140,7 @@ impl RpcError {
             RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
             RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
             RpcError::Backend(code, _) => *code,
-            RpcError::BadAnswer(_) => ErrorCode::BackendError,
+            RpcError::BadAnswer(_) | RpcError::AnswerTooLong(_) => ErrorCode::BackendError,
         }
     }
 
@@ -153,7 +157,7 @@ impl RpcError {
             RpcError::OverQuota(_) => "over_quota",
             RpcError::Deadline(_) => "timeout",
             RpcError::Backend(..) => "backend_error",
-            RpcError::BadAnswer(_) => "bad_answer",
+            RpcError::BadAnswer(_) | RpcError::AnswerTooLong(_) => "bad_answer",
         }
     }
 }
@@ -473,6 +477,17 @@ impl Rpc {
                 let outcome = decision.label();
                 (decision, outcome)
             }
+            // Only a replacement makes a publish hook's 2xx answer that long: the backend did
+            // decide, not this payload, and the original must not go out in its place under
+            // either fail rule (outside audit 29, F2: a fail-open namespace published the
+            // unredacted original after a replacement past the read bound).
+            Err(RpcError::AnswerTooLong(limit)) if hook == Hook::Publish => (
+                Decision::Deny(format!(
+                    "the hook's answer is longer than {limit} bytes: a replacement payload over \
+                     max_payload"
+                )),
+                "deny",
+            ),
             Err(e) => {
                 let decision = self.failed(settings, &e);
                 // A 401/403 is the backend's deny, counted as one.
@@ -503,7 +518,12 @@ impl Rpc {
                 payload: Some(p),
                 ..
             } if hook == Hook::Publish => {
-                let p = unb64(&p)?;
+                // A replacement that cannot be read refuses too: the backend meant another
+                // payload than the original (outside audit 29, F2).
+                let p = match unb64(&p) {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Decision::Deny(format!("the hook's replacement: {e}"))),
+                };
                 if p.len() > self.max_payload {
                     // The backend did decide: not this payload. Publishing the original
                     // instead (as a failure would in a namespace that fails open) would undo
@@ -606,8 +626,13 @@ mod tests {
             read(Hook::Publish, r#"{"allow":true,"payload":"aGVsbG8="}"#),
             Ok(Decision::Deny(m)) if m.contains("exceeds max_payload")
         ));
+        // A replacement that cannot be read: the backend meant another payload, a deny
+        // whatever the fail rule (the original must not go out in its place).
+        assert!(matches!(
+            read(Hook::Publish, r#"{"allow":true,"payload":"not base64!"}"#),
+            Ok(Decision::Deny(m)) if m.contains("replacement")
+        ));
         for bad in [
-            r#"{"allow":true,"payload":"not base64!"}"#,
             r#"{"allowed":true}"#,
             "yes",
             // Arrays: serde would read them as the fields in order.
