@@ -44,7 +44,7 @@ pub use history::stream_name;
 
 /// How long a JetStream operation (stream set-up, stored publish, history read) may take before
 /// the command is answered `unavailable`: during a NATS outage, clients hear so promptly.
-const JS_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const JS_TIMEOUT: Duration = Duration::from_secs(3);
 
 async fn bounded<T>(
     what: &str,
@@ -587,13 +587,31 @@ pub fn redacted_urls(urls: &str) -> String {
 /// its 60 s default: until then publishes would be taken and `/readyz` would stay green.
 const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The longest wait between two attempts to reach NATS again.
+const RECONNECT_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The wait before reconnect attempt `attempts` (1 first): none, then doubling from 1 ms up to
+/// [`RECONNECT_AT_MOST`], each spread over ±25 %. async-nats's own waits up to 4 s, so a
+/// cluster came back up to 4 s after NATS did, every instance in the same millisecond (outside
+/// audit 30, F2); this is the failover's time, so NATS is asked again within a second.
+fn reconnect_delay(attempts: usize) -> std::time::Duration {
+    if attempts <= 1 {
+        return std::time::Duration::ZERO;
+    }
+    let doubled = 1u64 << (attempts - 1).min(20);
+    let wait = std::time::Duration::from_millis(doubled).min(RECONNECT_AT_MOST);
+    wait.mul_f64(rand::random_range(0.75..1.25))
+}
+
 /// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
 /// broker and the control plane (`control.rs`) each hold a connection made here.
 pub async fn connect_with(
     nats: &NatsConfig,
     mut options: async_nats::ConnectOptions,
 ) -> Result<async_nats::Client, BrokerError> {
-    options = options.ping_interval(PING_INTERVAL);
+    options = options
+        .ping_interval(PING_INTERVAL)
+        .reconnect_delay_callback(reconnect_delay);
     // Credentials in the URLs authenticate, as with every NATS client (async-nats ignores
     // them); validation refuses them beside nats.user/password/token/credentials.
     let (bare_urls, url_auth) = nats
@@ -630,6 +648,23 @@ pub async fn connect_with(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn nats_is_asked_again_within_a_second_and_a_quarter() {
+        use std::time::Duration;
+        assert_eq!(super::reconnect_delay(1), Duration::ZERO);
+        let mut longest = Duration::ZERO;
+        for attempts in 2..200 {
+            let wait = super::reconnect_delay(attempts);
+            assert!(wait <= Duration::from_millis(1_250), "{attempts}: {wait:?}");
+            longest = longest.max(wait);
+        }
+        // It does back off, and spreads the instances' attempts.
+        assert!(longest >= Duration::from_millis(750), "{longest:?}");
+        let spread: std::collections::HashSet<_> =
+            (0..20).map(|_| super::reconnect_delay(50)).collect();
+        assert!(spread.len() > 1);
+    }
+
     #[test]
     fn credentials_never_reach_the_log() {
         assert_eq!(

@@ -62,7 +62,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::read_slots::ReadSlot;
-use super::{bounded, subject, unavailable, Inner};
+use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
 use crate::broker::BrokerError;
 use crate::config::NamespaceConfig;
 use crate::hub::RoomKey;
@@ -298,15 +298,26 @@ impl Inner {
         let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
         // Awaiting the ack: a publication to a history room is stored, or refused.
         let started = std::time::Instant::now();
-        let ack = bounded("stored publish", async {
+        let store = async {
             let pending = self
                 .js
                 .publish_with_headers(subject(key), super::lag::stamp(), payload)
                 .await
                 .map_err(unavailable)?;
             pending.await.map_err(unavailable)
-        })
-        .await?;
+        };
+        // A publication handed over and not confirmed in time may be stored all the same (a
+        // stalled NATS that comes back stores it): the refusal says so, so that a client does
+        // not take "unavailable" for "not published" and send it again (outside audit 30, F3).
+        let ack = tokio::time::timeout(JS_TIMEOUT, store)
+            .await
+            .map_err(|_| {
+                BrokerError::Unavailable(format!(
+                    "stored publish not confirmed within {} s: it may still be stored (read \
+                     History before publishing it again)",
+                    JS_TIMEOUT.as_secs()
+                ))
+            })??;
         metrics::histogram!(crate::metrics::JETSTREAM_PUBLISH_DURATION)
             .record(started.elapsed().as_secs_f64());
         self.saw(&key.tenant, &ns.name, ack.sequence);
