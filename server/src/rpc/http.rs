@@ -49,12 +49,22 @@ struct TenantClients {
 impl TenantClients {
     fn client(&self, tenant: &TenantId) -> Result<reqwest::Client, reqwest::Error> {
         let now = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = clients.iter_mut().find(|(t, ..)| t == tenant) {
+        let lock = || self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let known = |clients: &mut Vec<(TenantId, reqwest::Client, u64)>| {
+            let entry = clients.iter_mut().find(|(t, ..)| t == tenant)?;
             entry.2 = now;
-            return Ok(entry.1.clone());
+            Some(entry.1.clone())
+        };
+        if let Some(client) = known(&mut lock()) {
+            return Ok(client);
         }
+        // Built outside the lock: other tenants' requests do not wait for it.
         let client = (self.build)()?;
+        let mut clients = lock();
+        if let Some(theirs) = known(&mut clients) {
+            // Another request of the tenant built one meanwhile: one pool per tenant.
+            return Ok(theirs);
+        }
         if clients.len() >= TENANT_POOLS {
             // The client asked longest ago goes; requests it has out keep their connections.
             if let Some(oldest) = (0..clients.len()).min_by_key(|&i| clients[i].2) {
@@ -312,6 +322,33 @@ mod tests {
         for bad in [r#"["eA=="]"#, "[]", r#""eA==""#] {
             assert!(matches!(read(bad), Err(RpcError::BadAnswer(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_tenant_has_its_own_pool_and_the_last_eight_keep_theirs() {
+        crate::http_client::ensure_crypto_provider();
+        let pools = TenantClients {
+            build: Box::new(|| reqwest::Client::builder().build()),
+            clients: std::sync::Mutex::new(Vec::new()),
+            uses: std::sync::atomic::AtomicU64::new(0),
+        };
+        let tenant = |n: usize| TenantId::parse(&format!("t{n}")).expect("a tenant name");
+        for n in 0..TENANT_POOLS {
+            pools.client(&tenant(n)).expect("a client");
+        }
+        // t0 asks again: t1 is now the one asked longest ago, and goes for a ninth tenant.
+        pools.client(&tenant(0)).expect("a client");
+        pools.client(&tenant(TENANT_POOLS)).expect("a client");
+        let kept: Vec<String> = pools
+            .clients
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(t, ..)| t.to_string())
+            .collect();
+        assert_eq!(kept.len(), TENANT_POOLS);
+        assert!(kept.contains(&"t0".to_string()) && kept.contains(&"t8".to_string()));
+        assert!(!kept.contains(&"t1".to_string()), "{kept:?}");
     }
 
     #[test]
