@@ -105,8 +105,11 @@ pub fn ceiling(config: &crate::Config) -> (usize, Option<u64>) {
     if room >= wanted {
         (wanted, None)
     } else {
-        // Some room even at an absurdly low limit, so the listener still answers.
-        (room.max(HEADROOM), Some(soft))
+        // A limit below the reserve still leaves a quarter of it to TCP (at least one), so
+        // the listener answers and refuses rather than runs out (outside audit 31: a floor of
+        // 64 connections under `ulimit -n 60` ran out of descriptors again).
+        let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
+        (room.max(quarter.min(wanted)).max(1), Some(soft))
     }
 }
 

@@ -146,6 +146,11 @@ async fn handle(
             b"redact-garbled" => {
                 Json(json!({"allow": true, "payload": "not base64!"})).into_response()
             }
+            b"redact-number" => Json(json!({"allow": true, "payload": 123})).into_response(),
+            // A deny whose reason echoes the request's headers.
+            b"echo-deny" => {
+                Json(json!({"allow": false, "reason": format!("no: {auth}")})).into_response()
+            }
             _ => Json(json!({"allow": true})).into_response(),
         },
         _ => StatusCode::BAD_REQUEST.into_response(),
@@ -636,10 +641,15 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
             "replacement payload over max_payload",
         ),
         ("redact-garbled", "the hook's replacement"),
+        // Not a string at all (outside audit 31).
+        ("redact-number", "names a replacement that cannot be read"),
+        // Nor does a deny's reason hand out the backend secret (outside audit 31).
+        ("echo-deny", "no: Bearer [http_secret]"),
     ] {
         let (c, msg) = code(alice.publish_ack("open.room", payload).await);
         assert_eq!(c, Some(ErrorCode::PermissionDenied), "{payload}: {msg}");
         assert!(msg.contains(says), "{payload}: {msg}");
+        assert!(!msg.contains(BACKEND_SECRET), "{payload}: {msg}");
     }
     alice.publish_ack("open.room", "fine").await?;
     // Neither refused payload reached the room: the first publication is the allowed one.
@@ -647,7 +657,7 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
         Some(SubEvent::Publication { payload, .. }) => assert_eq!(payload, Bytes::from("fine")),
         other => anyhow::bail!("expected the allowed publication, got {other:?}"),
     }
-    assert_eq!(backend.counts.lock().unwrap()["publish"], 5);
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 7);
     let page = server.metrics().await?;
     let decided = |hook, outcome| {
         metric_sum(
@@ -658,7 +668,7 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
     };
     // Counted as denies (the registry is shared with this file's other tests: at least).
     assert!(decided("subscribe", "deny") >= 1.0, "{page}");
-    assert!(decided("publish", "deny") >= 4.0, "{page}");
+    assert!(decided("publish", "deny") >= 6.0, "{page}");
     alice.close().await;
     Ok(())
 }

@@ -122,7 +122,7 @@ pub(super) fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED,
         "TCP connections refused at accept, before their first request, by listener (http, \
-         https) and reason: unavailable (server at max_sessions plus headroom) or address_limit"
+         https) and reason: unavailable (server at max_sessions plus headroom, or at what the descriptor limit leaves), address_limit, or accept_failed (an accept that failed, out of descriptors)"
     );
     describe_counter!(
         QUIC_RETRIES,

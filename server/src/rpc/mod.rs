@@ -511,7 +511,20 @@ impl Rpc {
 
     /// A hook's answer (PROTOCOL.md §11.3).
     fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
-        let answer: HookAnswer = json_object(body, "hook answer")?;
+        let answer: HookAnswer = match json_object(body, "hook answer") {
+            Ok(answer) => answer,
+            // A publish hook's answer that names a payload meant to replace the publication:
+            // one that cannot be read (a number, an object, a broken member beside it) refuses
+            // it like one that is too large, under either fail rule, rather than fail open to
+            // the original (outside audit 31: `{"allow":true,"payload":123}` published the
+            // unredacted original where the namespace fails open).
+            Err(e) if hook == Hook::Publish && names_a_payload(body) => {
+                return Ok(Decision::Deny(format!(
+                    "the hook's answer names a replacement that cannot be read: {e}"
+                )))
+            }
+            Err(e) => return Err(e),
+        };
         Ok(match answer {
             HookAnswer {
                 allow: true,
@@ -576,6 +589,15 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Resul
     T::deserialize(serde_json::Value::Object(object)).map_err(bad)
 }
 
+/// Whether a hook's answer mentions a `payload` member at all: as a JSON object's member, or,
+/// in one that does not parse, as the text `"payload"` anywhere in it.
+fn names_a_payload(body: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
+        Ok(object) => object.contains_key("payload"),
+        Err(_) => body.windows(9).any(|w| w == b"\"payload\""),
+    }
+}
+
 /// A request id for the backend's logs and the audit line.
 fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -628,9 +650,23 @@ mod tests {
         ));
         // A replacement that cannot be read: the backend meant another payload, a deny
         // whatever the fail rule (the original must not go out in its place).
+        for unusable in [
+            r#"{"allow":true,"payload":"not base64!"}"#,
+            r#"{"allow":true,"payload":123}"#,
+            r#"{"allow":true,"payload":{"a":1}}"#,
+            r#"{"allow":"true","payload":"aGk="}"#,
+            r#"{"allow":true,"payload":"aGk="} trailing"#,
+            "\u{feff}{\"allow\":true,\"payload\":\"aGk=\"}",
+        ] {
+            assert!(
+                matches!(read(Hook::Publish, unusable), Ok(Decision::Deny(m)) if m.contains("replacement")),
+                "{unusable}"
+            );
+        }
+        // A subscribe hook has no payload to protect: nonsense is a failure (the fail rule).
         assert!(matches!(
-            read(Hook::Publish, r#"{"allow":true,"payload":"not base64!"}"#),
-            Ok(Decision::Deny(m)) if m.contains("replacement")
+            read(Hook::Subscribe, r#"{"allow":true,"payload":123}"#),
+            Err(RpcError::BadAnswer(_))
         ));
         for bad in [
             r#"{"allowed":true}"#,
