@@ -621,21 +621,44 @@ impl RoomStream {
     }
 }
 
+/// A stream frames are read from, keeping its own read error: a WebTransport stream's
+/// `StreamReadError::Reset` carries the WebTransport code the tests match on (read through
+/// `AsyncRead`, it became an `io::Error` holding quinn's HTTP/3-encoded code, and a test that
+/// tells a reset by its code failed when the race it covers came up).
+pub trait FrameSource {
+    /// Reads some bytes into `buf`: `None` once the stream has finished.
+    fn read_some(
+        &mut self,
+        buf: &mut [u8],
+    ) -> impl std::future::Future<Output = Result<Option<usize>>> + Send;
+}
+
+impl FrameSource for RecvStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        Ok(self.read(buf).await?)
+    }
+}
+
+impl FrameSource for wtransport::quinn::RecvStream {
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        Ok(self.read(buf).await?)
+    }
+}
+
 /// The next server frame on a stream (a WebTransport stream, or a bare QUIC one), read into
 /// `decoder` as it comes; an error once the stream finishes first.
 pub async fn read_frame(
-    recv: &mut (impl tokio::io::AsyncRead + Unpin),
+    recv: &mut impl FrameSource,
     decoder: &mut FrameDecoder,
 ) -> Result<ServerFrame> {
-    use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
     loop {
         if let Some(body) = decoder.next_frame()? {
             return Ok(decode_event(&body)?);
         }
-        match recv.read(&mut buf).await? {
-            0 => bail!("stream finished"),
-            n => decoder.push(&buf[..n]),
+        match recv.read_some(&mut buf).await? {
+            Some(n) => decoder.push(&buf[..n]),
+            None => bail!("stream finished"),
         }
     }
 }
