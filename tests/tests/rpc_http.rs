@@ -147,6 +147,34 @@ async fn handle(
                 Json(json!({"allow": true, "payload": "not base64!"})).into_response()
             }
             b"redact-number" => Json(json!({"allow": true, "payload": 123})).into_response(),
+            b"redact-null" => Json(json!({"allow": true, "payload": null})).into_response(),
+            // The whole replacement, then the body breaks off before its end.
+            b"redact-cut" => Response::builder()
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from_stream(
+                    futures::stream::once(async {
+                        Ok(Bytes::from(
+                            json!({"allow": true, "payload": b64(b"redacted")}).to_string(),
+                        ))
+                    })
+                    .chain(futures::stream::once(async {
+                        // After the head and the replacement have gone out.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        Err(std::io::Error::other("cut"))
+                    })),
+                ))
+                .expect("a response")
+                .into_response(),
+            // The secret in the reason with its first letter escaped, as some encoders do.
+            b"echo-deny-escaped" => (
+                [("content-type", "application/json")],
+                format!(
+                    r#"{{"allow":false,"reason":"no: \u{:04x}{}"}}"#,
+                    BACKEND_SECRET.as_bytes()[0],
+                    &BACKEND_SECRET[1..]
+                ),
+            )
+                .into_response(),
             // A deny whose reason echoes the request's headers.
             b"echo-deny" => {
                 Json(json!({"allow": false, "reason": format!("no: {auth}")})).into_response()
@@ -638,13 +666,17 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
     for (payload, says) in [
         (
             "redact-far-too-much",
-            "replacement payload over max_payload",
+            "the hook's answer cannot be read: bad answer from the backend: answer longer than",
         ),
         ("redact-garbled", "the hook's replacement"),
-        // Not a string at all (outside audit 31).
-        ("redact-number", "names a replacement that cannot be read"),
-        // Nor does a deny's reason hand out the backend secret (outside audit 31).
+        // Not a string at all (outside audits 31, 32), or cut off after it (outside audit 32).
+        ("redact-number", "payload is not a string"),
+        ("redact-null", "payload is not a string"),
+        ("redact-cut", "the hook's answer cannot be read"),
+        // Nor does a deny's reason hand out the backend secret, however it is written
+        // (outside audits 31, 32).
         ("echo-deny", "no: Bearer [http_secret]"),
+        ("echo-deny-escaped", "no: [http_secret]"),
     ] {
         let (c, msg) = code(alice.publish_ack("open.room", payload).await);
         assert_eq!(c, Some(ErrorCode::PermissionDenied), "{payload}: {msg}");
@@ -657,7 +689,7 @@ async fn fail_open_hooks_keep_the_backends_explicit_no() -> Result<()> {
         Some(SubEvent::Publication { payload, .. }) => assert_eq!(payload, Bytes::from("fine")),
         other => anyhow::bail!("expected the allowed publication, got {other:?}"),
     }
-    assert_eq!(backend.counts.lock().unwrap()["publish"], 7);
+    assert_eq!(backend.counts.lock().unwrap()["publish"], 10);
     let page = server.metrics().await?;
     let decided = |hook, outcome| {
         metric_sum(

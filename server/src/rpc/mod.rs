@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, RoomName, TenantId};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use config::{HookConfig, RpcConfig};
 
@@ -131,12 +131,16 @@ pub enum RpcError {
     /// hook, a replacement over `max_payload`.
     #[error("bad answer from the backend: answer longer than {0} bytes")]
     AnswerTooLong(usize),
+    /// A 2xx answer whose body broke off before its end (HTTP): a call may try again
+    /// (`unavailable`); a publish hook's may have carried a replacement, so it refuses.
+    #[error("backend unavailable: answer cut off: {0}")]
+    AnswerCut(String),
 }
 
 impl RpcError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            RpcError::Unavailable(_) => ErrorCode::Unavailable,
+            RpcError::Unavailable(_) | RpcError::AnswerCut(_) => ErrorCode::Unavailable,
             RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
             RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
             RpcError::Backend(code, _) => *code,
@@ -153,7 +157,7 @@ impl RpcError {
     /// A metric and audit label.
     fn label(&self) -> &'static str {
         match self {
-            RpcError::Unavailable(_) => "unavailable",
+            RpcError::Unavailable(_) | RpcError::AnswerCut(_) => "unavailable",
             RpcError::OverQuota(_) => "over_quota",
             RpcError::Deadline(_) => "timeout",
             RpcError::Backend(..) => "backend_error",
@@ -237,17 +241,6 @@ impl Hook {
             Hook::Publish => "publish",
         }
     }
-}
-
-/// A hook's answer as the backend writes it (both routes): `{"allow": true}`,
-/// `{"allow": false, "reason": "..."}`, or for a publish `{"allow": true, "payload": "<base64>"}`.
-#[derive(Debug, Deserialize)]
-struct HookAnswer {
-    allow: bool,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    payload: Option<String>,
 }
 
 /// The JSON envelope of a hook (both routes) and of an HTTP call.
@@ -405,6 +398,7 @@ impl Rpc {
                 Ok(payload)
             }
         });
+        let result = result.map_err(|e| self.scrub_error(e));
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.label(),
@@ -472,27 +466,42 @@ impl Rpc {
         };
         // A failure (unreachable, late, nonsense) is labelled as such, then decided by
         // `fail_open`.
-        let (decision, outcome) = match asked.and_then(|body| self.read_answer(hook, &body)) {
-            Ok(decision) => {
-                let outcome = decision.label();
-                (decision, outcome)
+        let (decision, outcome) = match asked {
+            Ok(body) => match self.read_answer(hook, &body) {
+                Ok(decision) => {
+                    let outcome = decision.label();
+                    (decision, outcome)
+                }
+                // A publish hook's 2xx answer that cannot be read may carry a replacement the
+                // server cannot see (a `null` or escaped `payload`, a broken member beside it):
+                // publishing the original would undo a redacting hook, so it refuses under
+                // either fail rule (outside audits 31, 32: such answers failed open).
+                Err(e) if hook == Hook::Publish => (
+                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
+                    "bad_answer",
+                ),
+                Err(e) => (self.failed(settings, &e), e.label()),
+            },
+            // The same for a 2xx answer too long to read (only a replacement makes it that
+            // long: outside audit 29, F2) or cut off before its end (outside audit 32, F4).
+            Err(e @ (RpcError::AnswerTooLong(_) | RpcError::AnswerCut(_)))
+                if hook == Hook::Publish =>
+            {
+                (
+                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
+                    "bad_answer",
+                )
             }
-            // Only a replacement makes a publish hook's 2xx answer that long: the backend did
-            // decide, not this payload, and the original must not go out in its place under
-            // either fail rule (outside audit 29, F2: a fail-open namespace published the
-            // unredacted original after a replacement past the read bound).
-            Err(RpcError::AnswerTooLong(limit)) if hook == Hook::Publish => (
-                Decision::Deny(format!(
-                    "the hook's answer is longer than {limit} bytes: a replacement payload over \
-                     max_payload"
-                )),
-                "deny",
-            ),
             Err(e) => {
                 let decision = self.failed(settings, &e);
                 // A 401/403 is the backend's deny, counted as one.
                 (decision, if e.is_refusal() { "deny" } else { e.label() })
             }
+        };
+        // What reaches the client names no secret of the route, however the backend wrote it.
+        let decision = match decision {
+            Decision::Deny(reason) => Decision::Deny(self.scrub(reason)),
+            other => other,
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
             .increment(1);
@@ -509,52 +518,82 @@ impl Rpc {
         decision
     }
 
-    /// A hook's answer (PROTOCOL.md §11.3).
+    /// A hook's answer (PROTOCOL.md §11.3): a JSON object with a boolean `allow`, an optional
+    /// string `reason`, and for a publish an optional `payload` (base64). A `payload` member
+    /// that is there but not a usable string (`null` included) is a replacement that cannot be
+    /// made: a deny. Duplicate members: the last counts (as serde_json reads them).
     fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
-        let answer: HookAnswer = match json_object(body, "hook answer") {
-            Ok(answer) => answer,
-            // A publish hook's answer that names a payload meant to replace the publication:
-            // one that cannot be read (a number, an object, a broken member beside it) refuses
-            // it like one that is too large, under either fail rule, rather than fail open to
-            // the original (outside audit 31: `{"allow":true,"payload":123}` published the
-            // unredacted original where the namespace fails open).
-            Err(e) if hook == Hook::Publish && names_a_payload(body) => {
-                return Ok(Decision::Deny(format!(
-                    "the hook's answer names a replacement that cannot be read: {e}"
-                )))
-            }
-            Err(e) => return Err(e),
+        let answer: serde_json::Map<String, serde_json::Value> = json_object(body, "hook answer")?;
+        let bad = |what: &str| RpcError::BadAnswer(format!("hook answer: {what}"));
+        let allow = match answer.get("allow") {
+            Some(serde_json::Value::Bool(allow)) => *allow,
+            Some(_) => return Err(bad("allow is not a boolean")),
+            None => return Err(bad("no allow")),
         };
-        Ok(match answer {
-            HookAnswer {
-                allow: true,
-                payload: Some(p),
-                ..
-            } if hook == Hook::Publish => {
-                // A replacement that cannot be read refuses too: the backend meant another
-                // payload than the original (outside audit 29, F2).
-                let p = match unb64(&p) {
-                    Ok(p) => p,
-                    Err(e) => return Ok(Decision::Deny(format!("the hook's replacement: {e}"))),
-                };
-                if p.len() > self.max_payload {
-                    // The backend did decide: not this payload. Publishing the original
-                    // instead (as a failure would in a namespace that fails open) would undo
-                    // what a redacting hook meant, so this refuses under either fail rule.
-                    return Ok(Decision::Deny(format!(
-                        "the hook's replacement payload of {} bytes exceeds max_payload",
-                        p.len()
-                    )));
-                }
-                Decision::Replace(p)
-            }
-            HookAnswer { allow: true, .. } => Decision::Allow,
-            HookAnswer { reason, .. } => Decision::Deny(
+        let reason = match answer.get("reason") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(reason)) => Some(reason.as_str()),
+            Some(_) => return Err(bad("reason is not a string")),
+        };
+        if !allow {
+            // Cleared of the secret before the cut, so no part of it is left at the end.
+            return Ok(Decision::Deny(
                 reason
-                    .map(|r| backend_message(r.as_bytes(), 403))
+                    .map(|r| backend_message(self.scrub(r.to_owned()).as_bytes(), 403))
                     .unwrap_or_else(|| "denied by the backend".into()),
-            ),
-        })
+            ));
+        }
+        let Some(payload) = answer.get("payload").filter(|_| hook == Hook::Publish) else {
+            // Only a publish hook may replace; a subscribe hook's payload means nothing.
+            return Ok(Decision::Allow);
+        };
+        let p = match payload {
+            serde_json::Value::String(p) => match unb64(p) {
+                Ok(p) => p,
+                // The backend meant another payload than the original (outside audit 29, F2).
+                Err(e) => return Ok(Decision::Deny(format!("the hook's replacement: {e}"))),
+            },
+            _ => {
+                return Ok(Decision::Deny(
+                    "the hook's replacement: payload is not a string".into(),
+                ))
+            }
+        };
+        if p.len() > self.max_payload {
+            // The backend did decide: not this payload. Publishing the original instead (as a
+            // failure would in a namespace that fails open) would undo what a redacting hook
+            // meant, so this refuses under either fail rule.
+            return Ok(Decision::Deny(format!(
+                "the hook's replacement payload of {} bytes exceeds max_payload",
+                p.len()
+            )));
+        }
+        Ok(Decision::Replace(p))
+    }
+
+    /// [`Rpc::scrub`] of an error's words.
+    fn scrub_error(&self, e: RpcError) -> RpcError {
+        match e {
+            RpcError::Unavailable(m) => RpcError::Unavailable(self.scrub(m)),
+            RpcError::OverQuota(m) => RpcError::OverQuota(self.scrub(m)),
+            RpcError::Backend(code, m) => RpcError::Backend(code, self.scrub(m)),
+            RpcError::BadAnswer(m) => RpcError::BadAnswer(self.scrub(m)),
+            RpcError::AnswerCut(m) => RpcError::AnswerCut(self.scrub(m)),
+            e @ (RpcError::Deadline(_) | RpcError::AnswerTooLong(_)) => e,
+        }
+    }
+
+    /// `text` with the HTTP route's `rpc.http_secret` written `[http_secret]`: what a backend
+    /// says reaches clients, and a backend that echoes the request's headers (an error page, a
+    /// deny reason, an escaped string serde quotes back) must not hand it out (outside audits
+    /// 29 F3, 31, 32 F1: matching the raw bytes missed `\u0053…` and `\/`).
+    fn scrub(&self, text: String) -> String {
+        match self.config.http_secret.as_ref().map(|s| s.expose()) {
+            Some(secret) if !secret.is_empty() && text.contains(secret) => {
+                text.replace(secret, "[http_secret]")
+            }
+            _ => text,
+        }
     }
 
     /// A hook that could not be decided: deny, unless the namespace fails open. A backend that
@@ -587,15 +626,6 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Resul
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(bad)?;
     T::deserialize(serde_json::Value::Object(object)).map_err(bad)
-}
-
-/// Whether a hook's answer mentions a `payload` member at all: as a JSON object's member, or,
-/// in one that does not parse, as the text `"payload"` anywhere in it.
-fn names_a_payload(body: &[u8]) -> bool {
-    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) {
-        Ok(object) => object.contains_key("payload"),
-        Err(_) => body.windows(9).any(|w| w == b"\"payload\""),
-    }
 }
 
 /// A request id for the backend's logs and the audit line.
@@ -648,37 +678,46 @@ mod tests {
             read(Hook::Publish, r#"{"allow":true,"payload":"aGVsbG8="}"#),
             Ok(Decision::Deny(m)) if m.contains("exceeds max_payload")
         ));
-        // A replacement that cannot be read: the backend meant another payload, a deny
+        // A replacement that cannot be made: the backend meant another payload, a deny
         // whatever the fail rule (the original must not go out in its place).
         for unusable in [
             r#"{"allow":true,"payload":"not base64!"}"#,
             r#"{"allow":true,"payload":123}"#,
             r#"{"allow":true,"payload":{"a":1}}"#,
-            r#"{"allow":"true","payload":"aGk="}"#,
-            r#"{"allow":true,"payload":"aGk="} trailing"#,
-            "\u{feff}{\"allow\":true,\"payload\":\"aGk=\"}",
+            r#"{"allow":true,"payload":null}"#,
+            // The last of two members counts.
+            r#"{"allow":true,"payload":"aGk=","payload":null}"#,
+            r#"{"allow":true,"\u0070ayload":null}"#,
         ] {
             assert!(
                 matches!(read(Hook::Publish, unusable), Ok(Decision::Deny(m)) if m.contains("replacement")),
                 "{unusable}"
             );
         }
-        // A subscribe hook has no payload to protect: nonsense is a failure (the fail rule).
-        assert!(matches!(
+        // A subscribe hook has no payload to protect.
+        assert_eq!(
             read(Hook::Subscribe, r#"{"allow":true,"payload":123}"#),
-            Err(RpcError::BadAnswer(_))
-        ));
+            Ok(Decision::Allow)
+        );
+        // Answers that cannot be read at all: errors here; `decide` makes a publish hook's a
+        // deny under either rule, a subscribe hook's a failure for the fail rule.
         for bad in [
             r#"{"allowed":true}"#,
+            r#"{"allow":"true","payload":"aGk="}"#,
+            r#"{"allow":true,"reason":7}"#,
+            r#"{"allow":true,"payload":"aGk="} trailing"#,
+            "\u{feff}{\"allow\":true,\"payload\":\"aGk=\"}",
             "yes",
             // Arrays: serde would read them as the fields in order.
             "[true]",
             r#"[true, "aGk="]"#,
         ] {
-            assert!(
-                matches!(read(Hook::Publish, bad), Err(RpcError::BadAnswer(_))),
-                "{bad}"
-            );
+            for hook in [Hook::Publish, Hook::Subscribe] {
+                assert!(
+                    matches!(read(hook, bad), Err(RpcError::BadAnswer(_))),
+                    "{bad}"
+                );
+            }
         }
         let closed = HookConfig {
             namespace: "a".into(),
