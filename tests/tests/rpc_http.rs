@@ -76,6 +76,16 @@ async fn handle(
                 format!("headers: {auth}"),
             )
                 .into_response(),
+            // The same as JSON with the secret's first letter escaped, as some encoders write.
+            "order.echo-json" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    r#"{{"error":"\u{:04x}{}"}}"#,
+                    BACKEND_SECRET.as_bytes()[0],
+                    &BACKEND_SECRET[1..]
+                ),
+            )
+                .into_response(),
             "order.busy" => (StatusCode::SERVICE_UNAVAILABLE, "").into_response(),
             "order.deny" => (StatusCode::FORBIDDEN, "not your order").into_response(),
             // A backend's message with terminal controls in it: a clear screen and a forged line.
@@ -304,6 +314,8 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
             ErrorCode::BackendError,
             "headers: Bearer [http_secret]",
         ),
+        // However the JSON writes it (outside audit 33).
+        ("order.echo-json", ErrorCode::BackendError, "withheld"),
     ] {
         let (c, msg) = code(client.call(method, "x").await);
         assert_eq!(c, Some(want), "{method}: {msg}");

@@ -482,16 +482,18 @@ impl Rpc {
                 ),
                 Err(e) => (self.failed(settings, &e), e.label()),
             },
-            // The same for a 2xx answer too long to read (only a replacement makes it that
-            // long: outside audit 29, F2) or cut off before its end (outside audit 32, F4).
-            Err(e @ (RpcError::AnswerTooLong(_) | RpcError::AnswerCut(_)))
-                if hook == Hook::Publish =>
-            {
-                (
-                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
-                    "bad_answer",
-                )
-            }
+            // The same for any answer that came but cannot be read: a 2xx too long to read
+            // (only a replacement makes it that long: outside audit 29, F2), cut off before
+            // its end (outside audit 32, F4), a head or a NATS `Quiver-Status` that cannot be
+            // read (outside audit 33, N2: "200 OK" with a replacement published the original).
+            // Only no answer (unreachable, late) or a status that says failure is left to the
+            // fail rule.
+            Err(
+                e @ (RpcError::AnswerTooLong(_) | RpcError::AnswerCut(_) | RpcError::BadAnswer(_)),
+            ) if hook == Hook::Publish => (
+                Decision::Deny(format!("the hook's answer cannot be read: {e}")),
+                "bad_answer",
+            ),
             Err(e) => {
                 let decision = self.failed(settings, &e);
                 // A 401/403 is the backend's deny, counted as one.
@@ -622,7 +624,21 @@ impl Rpc {
 /// also reads a struct from an array of its fields in order, and `[true]` was a hook's allow,
 /// even where hooks fail closed (outside audit dgcall 2, G1).
 fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, RpcError> {
-    let bad = |e: serde_json::Error| RpcError::BadAnswer(format!("{what}: {e}"));
+    // What was wrong and where, never the value: serde quotes a string it did not expect,
+    // re-escaped, which no redaction of the secret can find (outside audit 33, N1b).
+    let bad = |e: serde_json::Error| {
+        let kind = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "not the expected JSON",
+            serde_json::error::Category::Eof => "JSON cut short",
+        };
+        RpcError::BadAnswer(format!(
+            "{what}: {kind} (line {}, column {}); a JSON object is expected",
+            e.line(),
+            e.column()
+        ))
+    };
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(bad)?;
     T::deserialize(serde_json::Value::Object(object)).map_err(bad)
