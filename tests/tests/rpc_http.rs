@@ -76,6 +76,16 @@ async fn handle(
                 format!("headers: {auth}"),
             )
                 .into_response(),
+            // Not JSON this server reads (a lone surrogate), but JSON a client's decoder may.
+            "order.echo-surrogate" => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    r#"{{"x":"\ud800","error":"\u{:04x}{}"}}"#,
+                    BACKEND_SECRET.as_bytes()[0],
+                    &BACKEND_SECRET[1..]
+                ),
+            )
+                .into_response(),
             // The same as JSON with the secret's first letter escaped, as some encoders write.
             "order.echo-json" => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -316,6 +326,7 @@ async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()>
         ),
         // However the JSON writes it (outside audit 33).
         ("order.echo-json", ErrorCode::BackendError, "withheld"),
+        ("order.echo-surrogate", ErrorCode::BackendError, "withheld"),
     ] {
         let (c, msg) = code(client.call(method, "x").await);
         assert_eq!(c, Some(want), "{method}: {msg}");

@@ -280,18 +280,21 @@ impl HttpRoute {
                 // Cleared of the secret before `backend_message` cuts it, so no part of it is
                 // left at the cut (`Rpc::scrub` clears the rest later).
                 let message = match self.secret.as_deref().filter(|s| !s.is_empty()) {
-                    // A JSON body whose strings hold the secret once decoded (`\u0053…`, `\/`)
-                    // is withheld whole: no rewriting of its text finds every escape (outside
-                    // audit 33, N1a).
-                    Some(secret) if json_holds(&answer, secret) => format!(
-                        "backend answered {status} (its body held rpc.http_secret: withheld)"
-                    ),
-                    Some(secret) => backend_message(
-                        String::from_utf8_lossy(&answer)
-                            .replace(secret, "[http_secret]")
-                            .as_bytes(),
-                        status,
-                    ),
+                    Some(secret) => {
+                        let text =
+                            String::from_utf8_lossy(&answer).replace(secret, "[http_secret]");
+                        // A body still holding the secret once its JSON-style escapes are read
+                        // (`\u0053…`, `\/`, valid JSON or not, escaped twice) is withheld whole:
+                        // no rewriting of its text finds every escape (outside audits 33 N1a,
+                        // 34 F1, F2).
+                        if super::escaped_holds(&text, secret) {
+                            format!(
+                                "backend answered {status} (its body held rpc.http_secret: withheld)"
+                            )
+                        } else {
+                            backend_message(text.as_bytes(), status)
+                        }
+                    }
                     None => backend_message(&answer, status),
                 };
                 Err(RpcError::Backend(code_for_status(status), message))
@@ -301,21 +304,6 @@ impl HttpRoute {
             .await
             .unwrap_or(Err(RpcError::Deadline(left)))
     }
-}
-
-/// Whether `body` is JSON with `secret` in one of its strings or keys, once decoded.
-fn json_holds(body: &[u8], secret: &str) -> bool {
-    fn holds(value: &serde_json::Value, secret: &str) -> bool {
-        match value {
-            serde_json::Value::String(s) => s.contains(secret),
-            serde_json::Value::Array(items) => items.iter().any(|v| holds(v, secret)),
-            serde_json::Value::Object(map) => map
-                .iter()
-                .any(|(k, v)| k.contains(secret) || holds(v, secret)),
-            _ => false,
-        }
-    }
-    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| holds(&v, secret))
 }
 
 /// Whether `e` is hyper's refusal of an answer's head (not HTTP, too many headers, too large).

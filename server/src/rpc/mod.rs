@@ -591,8 +591,14 @@ impl Rpc {
     /// 29 F3, 31, 32 F1: matching the raw bytes missed `\u0053…` and `\/`).
     fn scrub(&self, text: String) -> String {
         match self.config.http_secret.as_ref().map(|s| s.expose()) {
-            Some(secret) if !secret.is_empty() && text.contains(secret) => {
-                text.replace(secret, "[http_secret]")
+            Some(secret) if !secret.is_empty() => {
+                let text = text.replace(secret, "[http_secret]");
+                // Still there behind escapes (a reason that is itself JSON): withheld whole.
+                if escaped_holds(&text, secret) {
+                    "(the backend's words held rpc.http_secret: withheld)".into()
+                } else {
+                    text
+                }
             }
             _ => text,
         }
@@ -644,6 +650,87 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Resul
     T::deserialize(serde_json::Value::Object(object)).map_err(bad)
 }
 
+/// Whether `text` holds `secret` once its JSON-style escapes (`\uXXXX`, `\/`, `\"`, `\\`, ...)
+/// are read, once or up to three times over, whether or not the text is valid JSON: a client
+/// may decode what a server could not parse (a lone surrogate, `1e999`, deep nesting).
+fn escaped_holds(text: &str, secret: &str) -> bool {
+    let mut text = text.to_owned();
+    for _ in 0..3 {
+        let read = unescape(&text);
+        if read.contains(secret) {
+            return true;
+        }
+        if read == text {
+            return false;
+        }
+        text = read;
+    }
+    false
+}
+
+/// `text` with JSON-style escapes read, leniently: what is not an escape stays as it is; an
+/// unpaired surrogate becomes U+FFFD.
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u32> {
+        let digits: String = chars.clone().take(4).collect();
+        let value = u32::from_str_radix(&digits, 16)
+            .ok()
+            .filter(|_| digits.len() == 4)?;
+        for _ in 0..4 {
+            chars.next();
+        }
+        Some(value)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek().copied() {
+            Some('u') => {
+                chars.next();
+                match hex4(&mut chars) {
+                    Some(high @ 0xD800..=0xDBFF) => {
+                        let mut ahead = chars.clone();
+                        let low = (ahead.next() == Some('\\') && ahead.next() == Some('u'))
+                            .then(|| hex4(&mut ahead))
+                            .flatten()
+                            .filter(|low| (0xDC00..=0xDFFF).contains(low));
+                        match low {
+                            Some(low) => {
+                                chars = ahead;
+                                let code = 0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00);
+                                out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                            }
+                            None => out.push('\u{fffd}'),
+                        }
+                    }
+                    Some(code) => out.push(char::from_u32(code).unwrap_or('\u{fffd}')),
+                    None => out.push_str("\\u"),
+                }
+            }
+            Some(e @ ('/' | '"' | '\\')) => {
+                chars.next();
+                out.push(e);
+            }
+            Some(e @ ('b' | 'f' | 'n' | 'r' | 't')) => {
+                chars.next();
+                out.push(match e {
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    'n' => '\n',
+                    'r' => '\r',
+                    _ => '\t',
+                });
+            }
+            _ => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// A request id for the backend's logs and the audit line.
 fn request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -652,6 +739,25 @@ fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_behind_json_escapes_is_found() {
+        let secret = "Sup/er\"Secret";
+        for text in [
+            r#"{"e":"\u0053up\/er\"Secret"}"#,
+            // Not JSON a server reads (a lone surrogate, 1e999), but a client may.
+            r#"{"x":"\ud800","y":1e999,"e":"Sup\/er\"\u0053ecret"}"#,
+            // Escaped twice: a reason that is itself JSON.
+            r#"{"e":"{\"f\":\"\\u0053up\\/er\\\"Secret\"}"}"#,
+        ] {
+            assert!(escaped_holds(text, secret), "{text}");
+        }
+        assert!(!escaped_holds(r#"{"e":"\u0053upper"}"#, secret));
+        assert_eq!(
+            unescape(r#"a\u00e9\ud83d\ude00\ud800x\q"#),
+            "aé😀\u{fffd}x\\q"
+        );
+    }
 
     #[test]
     fn statuses_map_to_documented_codes() {
