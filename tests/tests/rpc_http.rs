@@ -1097,6 +1097,58 @@ async fn an_answer_whose_head_is_unusable_is_a_backend_error() -> Result<()> {
     Ok(())
 }
 
+/// A backend that takes the request and closes the connection inside its answer's head
+/// (`HTTP/1.1 200 OK` and nothing more), or before a byte of it: the answer may have begun, so
+/// a publish hook refuses in a namespace that fails open too (outside audit 34, F3: read as no
+/// answer, it published the original); a call is `unavailable`.
+#[tokio::test]
+async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let backend = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            // Half the connections say something, half nothing.
+            let head: &'static [u8] = if n.is_multiple_of(2) {
+                b"HTTP/1.1 200 OK\r\n"
+            } else {
+                b""
+            };
+            n += 1;
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = tcp.read(&mut request).await;
+                let _ = tcp.write_all(head).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    let server = server_for_with(&format!("http://{address}/rpc"), |c| {
+        c.rpc.hooks.push(hook("open", false, true, true))
+    })
+    .await?;
+    let alice = connect(&server, "alice").await?;
+    let mut sub = alice.subscribe("open.room").await?;
+    for _ in 0..4 {
+        let (c, msg) = code(alice.publish_ack("open.room", "secret").await);
+        assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+        assert!(msg.contains("the hook's answer cannot be read"), "{msg}");
+        let (c, msg) = code(alice.call("order.place", "x").await);
+        assert_eq!(c, Some(ErrorCode::Unavailable), "{msg}");
+    }
+    // Nothing reached the room.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "a refused publication was delivered"
+    );
+    alice.close().await;
+    backend.abort();
+    Ok(())
+}
+
 /// A backend that answers every call with its tenant's name and, for tenant `evil`, sends a
 /// second answer nobody asked for ("INJECTED") 100 ms later on the same kept-alive connection:
 /// a broken backend, or one behind a broken timeout middleware.

@@ -226,11 +226,22 @@ impl HttpRoute {
                 request = request.bearer_auth(secret);
             }
             let mut response = request.send().await.map_err(|e| {
-                if unusable_head(&e) {
+                let hyper = hyper_error(&e);
+                if hyper.is_some_and(|h| h.is_parse() || h.is_parse_too_large()) {
                     // The backend answered, with a head that is not HTTP/1.x or is over what
                     // is read of one (100 headers, about 400 KiB: hyper's bounds): a bad
                     // answer, not an absent backend (outside lanes audit 3, F2).
                     RpcError::BadAnswer(format!("answer's head unusable: {}", without_url(e)))
+                } else if hyper.is_some_and(hyper::Error::is_incomplete_message) {
+                    // The request was sent and the connection closed before a whole head came
+                    // back: maybe inside it (`HTTP/1.1 200 OK` and no more), which hyper does
+                    // not tell apart from nothing at all. An answer may have begun, so it is
+                    // one cut off (a publish hook refuses rather than fails open to the
+                    // original: outside audit 34, F3), not an absent backend.
+                    RpcError::AnswerCut(format!(
+                        "the backend closed the connection before its answer was whole: {}",
+                        without_url(e)
+                    ))
                 } else if e.is_connect() || !e.is_timeout() {
                     // A connection that failed (refused, reset, DNS, TLS, or not made within
                     // `connect_timeout`): nobody is serving, and the request never left.
@@ -306,16 +317,16 @@ impl HttpRoute {
     }
 }
 
-/// Whether `e` is hyper's refusal of an answer's head (not HTTP, too many headers, too large).
-fn unusable_head(e: &reqwest::Error) -> bool {
+/// hyper's error behind `e`, if any: what it says of the answer (a head it refused, one cut off).
+fn hyper_error(e: &reqwest::Error) -> Option<&hyper::Error> {
     let mut source = std::error::Error::source(e);
     while let Some(error) = source {
         if let Some(hyper) = error.downcast_ref::<hyper::Error>() {
-            return hyper.is_parse() || hyper.is_parse_too_large();
+            return Some(hyper);
         }
         source = error.source();
     }
-    false
+    None
 }
 
 /// reqwest's message without the URL (it may carry credentials): what reaches clients and logs.

@@ -265,10 +265,9 @@ impl NatsRoute {
         match answered {
             Err(_) => Err(RpcError::Deadline(deadline)),
             Ok(Err(e)) => Err(e),
-            // nats-server's own answer when nobody subscribes to the subject.
-            Ok(Ok(message)) if message.status == Some(StatusCode::NO_RESPONDERS) => Err(
-                RpcError::Unavailable("no backend is serving this method".into()),
-            ),
+            Ok(Ok(message)) if no_responders(&message) => Err(RpcError::Unavailable(
+                "no backend is serving this method".into(),
+            )),
             Ok(Ok(message)) => Ok(message),
         }
     }
@@ -284,12 +283,37 @@ fn caller_headers(caller: &Caller, request_id: &str) -> Result<HeaderMap, RpcErr
 }
 
 /// A reply's body, or the error its `Quiver-Status` (when not 2xx) stands for.
-fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
-    let status = reply
+/// A reply's `Quiver-Status` values, its name in any case (NATS header names are
+/// case-sensitive, but client libraries differ in how they write them).
+fn statuses(reply: &async_nats::Message) -> impl Iterator<Item = &async_nats::HeaderValue> {
+    reply
         .headers
-        .as_ref()
-        .and_then(|h| h.get(STATUS))
-        .map(|v| v.as_str().trim().parse::<u16>());
+        .iter()
+        .flat_map(|h| h.iter())
+        .filter(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(STATUS))
+        .flat_map(|(_, values)| values)
+}
+
+/// Whether `reply` is nats-server's own answer when nobody subscribes to the subject. A reply
+/// with a `Quiver-Status` is a backend's, whatever its status line says (outside audit 34, F4:
+/// `NATS/1.0 503` with `Quiver-Status: 200` and a replacement was read as "no backend").
+fn no_responders(reply: &async_nats::Message) -> bool {
+    reply.status == Some(StatusCode::NO_RESPONDERS) && statuses(reply).next().is_none()
+}
+
+/// Two `Quiver-Status` headers are a bad answer: which one the backend meant cannot be known
+/// (outside audit 34, F5: the first won, so `200` then `401` replaced the payload).
+fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
+    let status = {
+        let mut statuses = statuses(&reply);
+        match (statuses.next(), statuses.next()) {
+            (None, _) => None,
+            (Some(value), None) => Some(value.as_str().trim().parse::<u16>()),
+            (Some(_), Some(_)) => {
+                return Err(RpcError::BadAnswer(format!("more than one {STATUS}")));
+            }
+        }
+    };
     match status {
         None => Ok(reply.payload),
         Some(Ok(s)) if (200..300).contains(&s) => Ok(reply.payload),
@@ -338,5 +362,65 @@ mod header_tests {
         ] {
             assert!(header_value(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reply_tests {
+    use super::*;
+    use async_nats::Message;
+
+    fn reply(status: Option<u16>, headers: &[(&str, &str)], body: &'static str) -> Message {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, *value);
+        }
+        Message {
+            subject: "quiver.acme.reply.i.t".into(),
+            reply: None,
+            payload: Bytes::from_static(body.as_bytes()),
+            headers: (!headers.is_empty()).then_some(map),
+            status: status.map(|s| StatusCode::from_u16(s).expect("a status")),
+            description: None,
+            length: 0,
+        }
+    }
+
+    #[test]
+    fn quiver_status_is_read_once_in_any_case() {
+        let ok = |r: Message| answer(r).map(|b| b.to_vec());
+        assert_eq!(ok(reply(None, &[], "a")), Ok(b"a".to_vec()));
+        assert_eq!(ok(reply(None, &[(STATUS, "204")], "a")), Ok(b"a".to_vec()));
+        let (code, _) = match answer(reply(None, &[("quiver-status", "401")], "no")) {
+            Err(RpcError::Backend(code, message)) => (code, message),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code, quiver_proto::ErrorCode::PermissionDenied);
+        // Two of them, in one spelling or two: which was meant cannot be known.
+        for two in [
+            [(STATUS, "200"), (STATUS, "401")],
+            [("quiver-status", "200"), (STATUS, "401")],
+        ] {
+            assert!(
+                matches!(answer(reply(None, &two, "x")), Err(RpcError::BadAnswer(_))),
+                "{two:?}"
+            );
+        }
+        assert!(matches!(
+            answer(reply(None, &[(STATUS, "200 OK")], "x")),
+            Err(RpcError::BadAnswer(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_503_without_quiver_status_is_no_responders() {
+        assert!(no_responders(&reply(Some(503), &[], "")));
+        assert!(!no_responders(&reply(Some(503), &[(STATUS, "200")], "x")));
+        assert!(!no_responders(&reply(
+            Some(503),
+            &[("QUIVER-STATUS", "200")],
+            "x"
+        )));
+        assert!(!no_responders(&reply(None, &[], "")));
     }
 }
