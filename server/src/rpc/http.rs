@@ -42,36 +42,49 @@ pub const TENANT_POOLS: usize = 8;
 /// place of the one asked longest ago.
 struct TenantClients {
     build: Box<dyn Fn() -> Result<reqwest::Client, reqwest::Error> + Send + Sync>,
-    clients: std::sync::Mutex<Vec<(TenantId, reqwest::Client, u64)>>,
-    uses: std::sync::atomic::AtomicU64,
+    clients: std::sync::Mutex<Clients>,
+}
+
+/// The kept clients, each with the count of uses when its tenant last asked.
+#[derive(Default)]
+struct Clients {
+    kept: Vec<(TenantId, reqwest::Client, u64)>,
+    uses: u64,
+}
+
+impl Clients {
+    /// The tenant's client, if kept, marked as asked now.
+    fn known(&mut self, tenant: &TenantId) -> Option<reqwest::Client> {
+        self.uses += 1;
+        let now = self.uses;
+        let entry = self.kept.iter_mut().find(|(t, ..)| t == tenant)?;
+        entry.2 = now;
+        Some(entry.1.clone())
+    }
 }
 
 impl TenantClients {
     fn client(&self, tenant: &TenantId) -> Result<reqwest::Client, reqwest::Error> {
-        let now = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let lock = || self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        let known = |clients: &mut Vec<(TenantId, reqwest::Client, u64)>| {
-            let entry = clients.iter_mut().find(|(t, ..)| t == tenant)?;
-            entry.2 = now;
-            Some(entry.1.clone())
-        };
-        if let Some(client) = known(&mut lock()) {
+        if let Some(client) = lock().known(tenant) {
             return Ok(client);
         }
         // Built outside the lock: other tenants' requests do not wait for it.
         let client = (self.build)()?;
         let mut clients = lock();
-        if let Some(theirs) = known(&mut clients) {
+        if let Some(theirs) = clients.known(tenant) {
             // Another request of the tenant built one meanwhile: one pool per tenant.
             return Ok(theirs);
         }
-        if clients.len() >= TENANT_POOLS {
+        let kept = &mut clients.kept;
+        if kept.len() >= TENANT_POOLS {
             // The client asked longest ago goes; requests it has out keep their connections.
-            if let Some(oldest) = (0..clients.len()).min_by_key(|&i| clients[i].2) {
-                clients.swap_remove(oldest);
+            if let Some(oldest) = (0..kept.len()).min_by_key(|&i| kept[i].2) {
+                kept.swap_remove(oldest);
             }
         }
-        clients.push((tenant.clone(), client.clone(), now));
+        let now = clients.uses;
+        clients.kept.push((tenant.clone(), client.clone(), now));
         Ok(client)
     }
 }
@@ -111,8 +124,7 @@ impl HttpRoute {
         Ok(Self {
             clients: TenantClients {
                 build: Box::new(build),
-                clients: std::sync::Mutex::new(Vec::with_capacity(TENANT_POOLS)),
-                uses: std::sync::atomic::AtomicU64::new(0),
+                clients: std::sync::Mutex::default(),
             },
             url: url.to_owned(),
             secret: config.http_secret.as_ref().map(|s| s.expose().to_owned()),
@@ -253,15 +265,10 @@ impl HttpRoute {
             let status = response.status().as_u16();
             // An answer that says it is too long is refused before a byte of it is read, not
             // after waiting out the deadline for bytes that never come.
-            // A 2xx that long can only carry a replacement over `max_payload` (a hook then
-            // refuses the publication, never fails open to it: `Rpc::decide`).
-            let too_long = || {
-                if (200..300).contains(&status) {
-                    RpcError::AnswerTooLong(self.max_answer)
-                } else {
-                    RpcError::BadAnswer(format!("answer longer than {} bytes", self.max_answer))
-                }
-            };
+            // A 2xx that long can only carry a replacement over `max_payload`: a bad answer,
+            // which a publish hook refuses rather than fails open to (`Rpc::decide`).
+            let too_long =
+                || RpcError::BadAnswer(format!("answer longer than {} bytes", self.max_answer));
             if response
                 .content_length()
                 .is_some_and(|n| n > self.max_answer as u64)
@@ -290,20 +297,14 @@ impl HttpRoute {
             } else {
                 // Cleared of the secret before `backend_message` cuts it, so no part of it is
                 // left at the cut (`Rpc::scrub` clears the rest later).
-                let message = match self.secret.as_deref().filter(|s| !s.is_empty()) {
+                let message = match self.secret.as_deref() {
                     Some(secret) => {
-                        let text =
-                            String::from_utf8_lossy(&answer).replace(secret, "[http_secret]");
-                        // A body still holding the secret once its JSON-style escapes are read
-                        // (`\u0053…`, `\/`, valid JSON or not, escaped twice) is withheld whole:
-                        // no rewriting of its text finds every escape (outside audits 33 N1a,
-                        // 34 F1, F2).
-                        if super::escaped_holds(&text, secret) {
-                            format!(
+                        let text = String::from_utf8_lossy(&answer).into_owned();
+                        match super::scrub_text(text, secret) {
+                            Some(text) => backend_message(text.as_bytes(), status),
+                            None => format!(
                                 "backend answered {status} (its body held rpc.http_secret: withheld)"
-                            )
-                        } else {
-                            backend_message(text.as_bytes(), status)
+                            ),
                         }
                     }
                     None => backend_message(&answer, status),
@@ -356,8 +357,7 @@ mod tests {
         crate::http_client::ensure_crypto_provider();
         let pools = TenantClients {
             build: Box::new(|| reqwest::Client::builder().build()),
-            clients: std::sync::Mutex::new(Vec::new()),
-            uses: std::sync::atomic::AtomicU64::new(0),
+            clients: std::sync::Mutex::default(),
         };
         let tenant = |n: usize| TenantId::parse(&format!("t{n}")).expect("a tenant name");
         for n in 0..TENANT_POOLS {
@@ -370,6 +370,7 @@ mod tests {
             .clients
             .lock()
             .expect("not poisoned")
+            .kept
             .iter()
             .map(|(t, ..)| t.to_string())
             .collect();

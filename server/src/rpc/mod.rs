@@ -127,12 +127,9 @@ pub enum RpcError {
     /// The backend's answer breaks the envelope rules (bad JSON, oversized reply).
     #[error("bad answer from the backend: {0}")]
     BadAnswer(String),
-    /// A 2xx answer longer than any usable one ([`http`]'s bound, in bytes): for a publish
-    /// hook, a replacement over `max_payload`.
-    #[error("bad answer from the backend: answer longer than {0} bytes")]
-    AnswerTooLong(usize),
-    /// A 2xx answer whose body broke off before its end (HTTP): a call may try again
-    /// (`unavailable`); a publish hook's may have carried a replacement, so it refuses.
+    /// An answer that broke off before its end (HTTP: its body, or its head with the
+    /// connection closed after the request): a call may try again (`unavailable`); a publish
+    /// hook's may have carried a replacement, so it refuses.
     #[error("backend unavailable: answer cut off: {0}")]
     AnswerCut(String),
 }
@@ -144,7 +141,7 @@ impl RpcError {
             RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
             RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
             RpcError::Backend(code, _) => *code,
-            RpcError::BadAnswer(_) | RpcError::AnswerTooLong(_) => ErrorCode::BackendError,
+            RpcError::BadAnswer(_) => ErrorCode::BackendError,
         }
     }
 
@@ -161,7 +158,7 @@ impl RpcError {
             RpcError::OverQuota(_) => "over_quota",
             RpcError::Deadline(_) => "timeout",
             RpcError::Backend(..) => "backend_error",
-            RpcError::BadAnswer(_) | RpcError::AnswerTooLong(_) => "bad_answer",
+            RpcError::BadAnswer(_) => "bad_answer",
         }
     }
 }
@@ -488,12 +485,12 @@ impl Rpc {
             // read (outside audit 33, N2: "200 OK" with a replacement published the original).
             // Only no answer (unreachable, late) or a status that says failure is left to the
             // fail rule.
-            Err(
-                e @ (RpcError::AnswerTooLong(_) | RpcError::AnswerCut(_) | RpcError::BadAnswer(_)),
-            ) if hook == Hook::Publish => (
-                Decision::Deny(format!("the hook's answer cannot be read: {e}")),
-                "bad_answer",
-            ),
+            Err(e @ (RpcError::AnswerCut(_) | RpcError::BadAnswer(_))) if hook == Hook::Publish => {
+                (
+                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
+                    "bad_answer",
+                )
+            }
             Err(e) => {
                 let decision = self.failed(settings, &e);
                 // A 401/403 is the backend's deny, counted as one.
@@ -581,7 +578,7 @@ impl Rpc {
             RpcError::Backend(code, m) => RpcError::Backend(code, self.scrub(m)),
             RpcError::BadAnswer(m) => RpcError::BadAnswer(self.scrub(m)),
             RpcError::AnswerCut(m) => RpcError::AnswerCut(self.scrub(m)),
-            e @ (RpcError::Deadline(_) | RpcError::AnswerTooLong(_)) => e,
+            e @ RpcError::Deadline(_) => e,
         }
     }
 
@@ -590,17 +587,10 @@ impl Rpc {
     /// deny reason, an escaped string serde quotes back) must not hand it out (outside audits
     /// 29 F3, 31, 32 F1: matching the raw bytes missed `\u0053…` and `\/`).
     fn scrub(&self, text: String) -> String {
-        match self.config.http_secret.as_ref().map(|s| s.expose()) {
-            Some(secret) if !secret.is_empty() => {
-                let text = text.replace(secret, "[http_secret]");
-                // Still there behind escapes (a reason that is itself JSON): withheld whole.
-                if escaped_holds(&text, secret) {
-                    "(the backend's words held rpc.http_secret: withheld)".into()
-                } else {
-                    text
-                }
-            }
-            _ => text,
+        match self.config.http_secret.as_ref() {
+            Some(secret) => scrub_text(text, secret.expose())
+                .unwrap_or_else(|| "(the backend's words held rpc.http_secret: withheld)".into()),
+            None => text,
         }
     }
 
@@ -648,6 +638,18 @@ fn json_object<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Resul
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(body).map_err(bad)?;
     T::deserialize(serde_json::Value::Object(object)).map_err(bad)
+}
+
+/// `text` with `secret` written `[http_secret]`, or `None` when it still holds the secret once
+/// its JSON-style escapes are read (`\u0053…`, `\/`, valid JSON or not, escaped twice): no
+/// rewriting of its text finds every escape, so such a text is withheld whole (outside audits
+/// 33 N1a, 34 F1, F2). An empty secret is no secret.
+pub(super) fn scrub_text(text: String, secret: &str) -> Option<String> {
+    if secret.is_empty() {
+        return Some(text);
+    }
+    let text = text.replace(secret, "[http_secret]");
+    (!escaped_holds(&text, secret)).then_some(text)
 }
 
 /// Whether `text` holds `secret` once its JSON-style escapes (`\uXXXX`, `\/`, `\"`, `\\`, ...)
