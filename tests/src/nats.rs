@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::WAIT;
 
@@ -242,5 +243,66 @@ pub fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ 
             presence: false,
             ..Default::default()
         });
+    }
+}
+
+/// Header blocks a NATS client cannot read (not `NATS/1.0`, a status that is not a number, a
+/// line without a colon, a name with a space), each framed correctly by its `HPUB`.
+pub const MALFORMED_HEADERS: [&str; 4] = [
+    "GARBAGE\r\n\r\n",
+    "NATS/1.0 abc\r\nQuiver-Status: 200\r\n\r\n",
+    "NATS/1.0\r\nno colon here\r\n\r\n",
+    "NATS/1.0\r\nBad Name: x\r\n\r\n",
+];
+
+/// A NATS connection spoken by hand, as a hostile publisher would (any header block, framed
+/// correctly).
+pub struct RawNats {
+    tcp: tokio::io::BufReader<tokio::net::TcpStream>,
+}
+
+impl RawNats {
+    pub async fn connect(nats: &NatsServer) -> Result<Self> {
+        let mut tcp = tokio::io::BufReader::new(
+            tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await?,
+        );
+        let mut info = String::new();
+        tcp.read_line(&mut info).await?;
+        anyhow::ensure!(info.starts_with("INFO"), "{info}");
+        tcp.get_mut()
+            .write_all(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n")
+            .await?;
+        Ok(Self { tcp })
+    }
+
+    /// An HPUB of `header` (sent as it is) and `body`, then a PING answered: nats-server has
+    /// handed the message on to the subscribers' connections.
+    pub async fn hpub(&mut self, subject: &str, header: &str, body: &str) -> Result<()> {
+        let total = header.len() + body.len();
+        let message = format!(
+            "HPUB {subject} {} {total}\r\n{header}{body}\r\n",
+            header.len()
+        );
+        self.tcp.get_mut().write_all(message.as_bytes()).await?;
+        self.round_trip().await
+    }
+
+    pub async fn publish(&mut self, subject: &str, body: &str) -> Result<()> {
+        let message = format!("PUB {subject} {}\r\n{body}\r\n", body.len());
+        self.tcp.get_mut().write_all(message.as_bytes()).await?;
+        self.round_trip().await
+    }
+
+    async fn round_trip(&mut self) -> Result<()> {
+        self.tcp.get_mut().write_all(b"PING\r\n").await?;
+        loop {
+            let mut line = String::new();
+            tokio::time::timeout(WAIT, self.tcp.read_line(&mut line)).await??;
+            match line.trim_end() {
+                "PONG" => return Ok(()),
+                l if l.starts_with("-ERR") => bail!("nats-server refused: {l}"),
+                _ => {}
+            }
+        }
     }
 }

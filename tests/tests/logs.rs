@@ -79,6 +79,21 @@ impl Logged {
             .await?)
     }
 
+    /// Until `/readyz` says 200 (with NATS: its revocations are loaded).
+    async fn wait_ready(&self) -> Result<()> {
+        let http = self.port("http")?;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
+            .await?
+            .status()
+            != 200
+        {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     fn lines(&self) -> Vec<String> {
         self.lines.lock().expect("not poisoned").clone()
     }
@@ -91,6 +106,32 @@ impl Logged {
                 let json: serde_json::Value = serde_json::from_str(&line)
                     .with_context(|| format!("not a JSON line: {line:?}"))?;
                 if json["message"] == message {
+                    return Ok(json);
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no {message:?} line in:\n{}", self.lines().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The first line whose message starts with `message` and that `also` accepts.
+    async fn wait_for_containing(
+        &self,
+        message: &str,
+        also: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            for line in self.lines() {
+                let json: serde_json::Value = serde_json::from_str(&line)
+                    .with_context(|| format!("not a JSON line: {line:?}"))?;
+                if json["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+                    && also(&json)
+                {
                     return Ok(json);
                 }
             }
@@ -897,16 +938,7 @@ async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
     let server = Logged::start(dir.path(), &["--log-format", "json", "--nats", &nats.url()])?;
     let client = async_nats::connect(nats.url()).await?;
     // The instance listens once its revocations are loaded.
-    let http = server.port("http")?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reqwest::get(format!("http://127.0.0.1:{http}/readyz"))
-        .await?
-        .status()
-        != 200
-    {
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready().await?;
     let sent = 500;
     let started = std::time::Instant::now();
     for i in 0..sent {
@@ -947,5 +979,47 @@ async fn refused_control_messages_are_logged_within_a_budget() -> Result<()> {
     };
     assert_eq!(counted("malformed"), (sent / 2 + 1) as f64, "{page}");
     assert_eq!(counted("other_tenant"), (sent / 2) as f64, "{page}");
+    Ok(())
+}
+
+/// NATS messages whose header block cannot be read (any publisher on a subject the instance
+/// subscribes to can send them; the patched NATS client passes them on without it,
+/// `vendor/async-nats`) are said at most once a second, with the count so far, never a line
+/// each.
+#[tokio::test]
+async fn unreadable_nats_headers_are_logged_once_a_second() -> Result<()> {
+    use quiver_tests::nats::{RawNats, MALFORMED_HEADERS};
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json", "--nats", &nats.url()])?;
+    server.wait_ready().await?;
+    let mut raw = RawNats::connect(&nats).await?;
+    let sent = 400;
+    let started = std::time::Instant::now();
+    for i in 0..sent {
+        let header = MALFORMED_HEADERS[i % MALFORMED_HEADERS.len()];
+        raw.hpub("quiver.acme.control.revoke", header, "x").await?;
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    // One more a second later, so the count has moved on past the burst.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    raw.hpub("quiver.acme.control.revoke", MALFORMED_HEADERS[0], "x")
+        .await?;
+    let line = "a message's header block cannot be read";
+    let last = server
+        .wait_for_containing(line, |json| {
+            json["count"].as_u64().is_some_and(|n| n > sent as u64)
+        })
+        .await?;
+    let logged = server.lines().iter().filter(|l| l.contains(line)).count();
+    assert!(
+        logged >= 2 && logged as u64 <= seconds + 2,
+        "{logged} lines for {sent} messages in {seconds} s; the last: {last}"
+    );
+    assert_eq!(last["level"], "WARN", "{last}");
+    assert_eq!(last["subject"], "quiver.acme.control.revoke", "{last}");
+    // And the instance never lost NATS for them.
+    let page = server.metrics().await?;
+    assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 0.0, "{page}");
     Ok(())
 }

@@ -1,114 +1,88 @@
 //! A NATS message whose header block cannot be read (not `NATS/1.0`, a status that is not a
-//! number, a line without a colon) costs only itself. nats-server passes headers through
-//! unread, so any publisher allowed on a subject Quiver subscribes to (a tenant's backend with
-//! `quiver.<tenant>.>`) can send one; async-nats dropped its whole connection for it, so one
-//! such message disconnected every tenant's rooms on the instance, or lost every call and hook
-//! in flight (the patch in `vendor/async-nats`). One file of its own: the reconnect counter is
-//! process-wide.
+//! number, a line without a colon) is taken as one without headers. nats-server passes headers
+//! through unread, so any publisher allowed on a subject Quiver subscribes to (a tenant's
+//! backend with `quiver.<tenant>.>`) can send one. async-nats dropped its whole connection for
+//! it: one such message disconnected every tenant's rooms on the instance, or lost every call
+//! and hook in flight; and a NATS client that dropped only the message left a gap that a
+//! history room's JetStream consumer read again and again (outside audit 35, F1). The patch in
+//! `vendor/async-nats`. One file of its own: the reconnect counter is process-wide.
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures::StreamExt;
-use quiver_client::{token_fixed, Client, SubEvent};
-use quiver_tests::nats::{clustered, NatsServer};
+use quiver_client::{token_fixed, Client, ErrorCode, SubEvent, Subscription};
+use quiver_tests::nats::{clustered, NatsServer, RawNats, MALFORMED_HEADERS as MALFORMED};
 use quiver_tests::rpc::call_token;
 use quiver_tests::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-/// Header blocks async-nats cannot read, each framed correctly.
-const MALFORMED: [&str; 4] = [
-    "GARBAGE\r\n\r\n",
-    "NATS/1.0 abc\r\nQuiver-Status: 200\r\n\r\n",
-    "NATS/1.0\r\nno colon here\r\n\r\n",
-    "NATS/1.0\r\nBad Name: x\r\n\r\n",
-];
-
-/// A NATS connection spoken by hand, as a hostile publisher would.
-struct RawNats {
-    tcp: BufReader<TcpStream>,
+async fn next_payload(sub: &mut Subscription) -> Result<String> {
+    match tokio::time::timeout(WAIT, sub.next()).await? {
+        Some(SubEvent::Publication { payload, .. }) => {
+            Ok(String::from_utf8_lossy(&payload).into_owned())
+        }
+        other => bail!("expected a publication, got {other:?}"),
+    }
 }
 
-impl RawNats {
-    async fn connect(nats: &NatsServer) -> Result<Self> {
-        let mut tcp = BufReader::new(TcpStream::connect(("127.0.0.1", nats.port)).await?);
-        let mut info = String::new();
-        tcp.read_line(&mut info).await?;
-        anyhow::ensure!(info.starts_with("INFO"), "{info}");
-        tcp.get_mut()
-            .write_all(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n")
-            .await?;
-        Ok(Self { tcp })
-    }
-
-    /// An HPUB of `header` (sent as it is) and `body`, then a PING answered: nats-server has
-    /// handed the message on to the subscribers' connections.
-    async fn hpub(&mut self, subject: &str, header: &str, body: &str) -> Result<()> {
-        let total = header.len() + body.len();
-        let message = format!(
-            "HPUB {subject} {} {total}\r\n{header}{body}\r\n",
-            header.len()
-        );
-        self.tcp.get_mut().write_all(message.as_bytes()).await?;
-        self.round_trip().await
-    }
-
-    async fn publish(&mut self, subject: &str, body: &str) -> Result<()> {
-        let message = format!("PUB {subject} {}\r\n{body}\r\n", body.len());
-        self.tcp.get_mut().write_all(message.as_bytes()).await?;
-        self.round_trip().await
-    }
-
-    async fn round_trip(&mut self) -> Result<()> {
-        self.tcp.get_mut().write_all(b"PING\r\n").await?;
-        loop {
-            let mut line = String::new();
-            tokio::time::timeout(WAIT, self.tcp.read_line(&mut line)).await??;
-            match line.trim_end() {
-                "PONG" => return Ok(()),
-                l if l.starts_with("-ERR") => bail!("nats-server refused: {l}"),
-                _ => {}
-            }
-        }
-    }
+async fn connect(server: &TestServer, token: String) -> Result<Client> {
+    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
 }
 
 #[tokio::test]
 async fn a_malformed_header_block_disconnects_no_room() -> Result<()> {
     let nats = NatsServer::start().await?;
-    let server = TestServer::start_with(clustered(&nats)).await?;
+    let server = TestServer::start_with(|c| {
+        clustered(&nats)(c);
+        add_history_namespace(c, "h", 100);
+    })
+    .await?;
     wait_ready(&server).await?;
-    let alice = Client::connect(client_config(
-        &server,
-        token_fixed(full_token("acme", "alice")),
-    ))
-    .await?;
+    let alice = connect(&server, full_token("acme", "alice")).await?;
     // Another tenant's subscriber on the same instance: it must not notice.
-    let bob = Client::connect(client_config(
-        &server,
-        token_fixed(full_token("other", "bob")),
-    ))
-    .await?;
-    let mut room = alice.subscribe("chat.lobby").await?;
+    let bob = connect(&server, full_token("other", "bob")).await?;
+    let mut live = alice.subscribe("chat.lobby").await?;
+    let mut kept = alice.subscribe("h.room").await?;
     let mut theirs = bob.subscribe("chat.lobby").await?;
     let mut raw = RawNats::connect(&nats).await?;
     for (i, header) in MALFORMED.iter().enumerate() {
         raw.hpub("quiver.acme.room.chat.lobby", header, "poison")
             .await?;
+        raw.hpub("quiver.acme.room.h.room", header, "poison")
+            .await?;
         alice.publish_ack("chat.lobby", format!("a{i}")).await?;
+        alice.publish_ack("h.room", format!("k{i}")).await?;
         bob.publish_ack("chat.lobby", format!("b{i}")).await?;
     }
-    for (sub, prefix) in [(&mut room, "a"), (&mut theirs, "b")] {
-        for i in 0..MALFORMED.len() {
-            match tokio::time::timeout(WAIT, sub.next()).await? {
-                Some(SubEvent::Publication { payload, .. }) => {
-                    assert_eq!(payload, format!("{prefix}{i}"), "no poison, no gap")
-                }
-                other => bail!("expected publication {prefix}{i}, got {other:?}"),
-            }
-        }
+    // The other tenant sees its own publications, in order, nothing else.
+    for i in 0..MALFORMED.len() {
+        assert_eq!(next_payload(&mut theirs).await?, format!("b{i}"));
     }
+    // In the sender's tenant each is taken as a message without headers: a publication of its
+    // backend, as a plain NATS publish is (a live room's own publications may pass it).
+    for (sub, prefix) in [(&mut live, "a"), (&mut kept, "k")] {
+        let mut got = Vec::new();
+        for _ in 0..2 * MALFORMED.len() {
+            got.push(next_payload(sub).await?);
+        }
+        let own: Vec<&String> = got.iter().filter(|p| *p != "poison").collect();
+        let expected: Vec<String> = (0..MALFORMED.len())
+            .map(|i| format!("{prefix}{i}"))
+            .collect();
+        assert_eq!(own, expected.iter().collect::<Vec<_>>(), "{got:?}");
+    }
+    // The history room reads back whole, the unreadable ones in their places (a NATS client
+    // that dropped them made every read fail: "lost a message in transit").
+    let page = alice.history("h.room", None, 100).await?;
+    let read: Vec<String> = page
+        .publications
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..MALFORMED.len())
+        .flat_map(|i| ["poison".to_owned(), format!("k{i}")])
+        .collect();
+    assert_eq!(read, expected);
     // A disconnect shows up at once (the client reads the message and drops the connection);
     // give it time to be counted before saying there was none.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -120,12 +94,12 @@ async fn a_malformed_header_block_disconnects_no_room() -> Result<()> {
     Ok(())
 }
 
-/// A backend that answers each call with a malformed reply first, then the real one, on one
-/// connection (so in that order): the call gets the real answer. Before the patch the first
-/// reply dropped the server's RPC connection, and the real one with it: every call and hook of
-/// every tenant in flight then waited out its deadline.
+/// A backend whose every other reply has a header block that cannot be read: such a reply is a
+/// bad answer (it may carry a `Quiver-Status` the server cannot see), and the calls after it
+/// are answered. Before the patch the first one dropped the server's RPC connection, and every
+/// call and hook of every tenant in flight with it.
 #[tokio::test]
-async fn a_malformed_reply_costs_only_itself() -> Result<()> {
+async fn a_malformed_reply_is_a_bad_answer_and_costs_only_itself() -> Result<()> {
     let nats = NatsServer::start().await?;
     let server = TestServer::start_with(|c| {
         clustered(&nats)(c);
@@ -141,24 +115,26 @@ async fn a_malformed_reply_costs_only_itself() -> Result<()> {
         let mut n = 0;
         while let Some(request) = requests.next().await {
             let Some(reply) = request.reply else { continue };
-            let header = MALFORMED[n % MALFORMED.len()];
+            if n % 2 == 0 {
+                let header = MALFORMED[(n / 2) % MALFORMED.len()];
+                raw.hpub(&reply, header, "poison").await?;
+            } else {
+                raw.publish(&reply, "real").await?;
+            }
             n += 1;
-            raw.hpub(&reply, header, "poison").await?;
-            raw.publish(&reply, "real").await?;
         }
         anyhow::Ok(())
     });
-    let alice = Client::connect(client_config(
-        &server,
-        token_fixed(call_token("acme", "alice", &["order.*"])),
-    ))
-    .await?;
+    let alice = connect(&server, call_token("acme", "alice", &["order.*"])).await?;
     for _ in 0..MALFORMED.len() {
-        let answer = alice
-            .call("order.place", "x")
-            .await
-            .context("the call after a malformed reply")?;
-        assert_eq!(answer, "real");
+        match alice.call("order.place", "x").await {
+            Err(e) => {
+                assert_eq!(e.error_code(), Some(ErrorCode::BackendError), "{e}");
+                assert!(e.to_string().contains("header block cannot be read"), "{e}");
+            }
+            Ok(answer) => bail!("expected backend_error, got {answer:?}"),
+        }
+        assert_eq!(alice.call("order.place", "x").await?, "real");
     }
     alice.close().await;
     backend.abort();

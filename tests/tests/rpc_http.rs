@@ -1098,9 +1098,9 @@ async fn an_answer_whose_head_is_unusable_is_a_backend_error() -> Result<()> {
 }
 
 /// A backend that takes the request and closes the connection inside its answer's head
-/// (`HTTP/1.1 200 OK` and nothing more), or before a byte of it: the answer may have begun, so
-/// a publish hook refuses in a namespace that fails open too (outside audit 34, F3: read as no
-/// answer, it published the original); a call is `unavailable`.
+/// (`HTTP/1.1 200 OK` and nothing more), before a byte of it, or resets it: the answer may
+/// have begun, so a publish hook refuses in a namespace that fails open too (outside audits 34
+/// F3, 35 F2: read as no answer, it published the original); a call is `unavailable`.
 #[tokio::test]
 async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1109,18 +1109,24 @@ async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> 
     let backend = tokio::spawn(async move {
         let mut n = 0usize;
         while let Ok((mut tcp, _)) = listener.accept().await {
-            // Half the connections say something, half nothing.
-            let head: &'static [u8] = if n.is_multiple_of(2) {
-                b"HTTP/1.1 200 OK\r\n"
-            } else {
-                b""
+            // In turn: a head begun, nothing, a reset.
+            let (head, reset): (&'static [u8], bool) = match n % 3 {
+                0 => (b"HTTP/1.1 200 OK\r\n", false),
+                1 => (b"", false),
+                _ => (b"", true),
             };
             n += 1;
             tokio::spawn(async move {
                 let mut request = vec![0u8; 64 * 1024];
                 let _ = tcp.read(&mut request).await;
                 let _ = tcp.write_all(head).await;
-                let _ = tcp.shutdown().await;
+                if reset {
+                    // Closed with nothing unsent and a zero linger: an RST, not a FIN.
+                    let _ = tcp.set_zero_linger();
+                    drop(tcp);
+                } else {
+                    let _ = tcp.shutdown().await;
+                }
             });
         }
     });
@@ -1130,7 +1136,7 @@ async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> 
     .await?;
     let alice = connect(&server, "alice").await?;
     let mut sub = alice.subscribe("open.room").await?;
-    for _ in 0..4 {
+    for _ in 0..6 {
         let (c, msg) = code(alice.publish_ack("open.room", "secret").await);
         assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
         assert!(msg.contains("the hook's answer cannot be read"), "{msg}");

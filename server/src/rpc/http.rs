@@ -244,12 +244,12 @@ impl HttpRoute {
                     // is read of one (100 headers, about 400 KiB: hyper's bounds): a bad
                     // answer, not an absent backend (outside lanes audit 3, F2).
                     RpcError::BadAnswer(format!("answer's head unusable: {}", without_url(e)))
-                } else if hyper.is_some_and(hyper::Error::is_incomplete_message) {
-                    // The request was sent and the connection closed before a whole head came
+                } else if !e.is_connect() && hyper.is_some_and(ended_mid_exchange) {
+                    // The connection was made and then closed or reset before a whole head came
                     // back: maybe inside it (`HTTP/1.1 200 OK` and no more), which hyper does
                     // not tell apart from nothing at all. An answer may have begun, so it is
                     // one cut off (a publish hook refuses rather than fails open to the
-                    // original: outside audit 34, F3), not an absent backend.
+                    // original: outside audits 34 F3, 35 F2), not an absent backend.
                     RpcError::AnswerCut(format!(
                         "the backend closed the connection before its answer was whole: {}",
                         without_url(e)
@@ -328,6 +328,13 @@ fn hyper_error(e: &reqwest::Error) -> Option<&hyper::Error> {
         source = error.source();
     }
     None
+}
+
+/// Whether hyper's `error` is the connection ending during the exchange: closed before a
+/// whole answer, or an I/O error on it (a reset).
+fn ended_mid_exchange(error: &hyper::Error) -> bool {
+    error.is_incomplete_message()
+        || std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
 /// reqwest's message without the URL (it may carry credentials): what reaches clients and logs.

@@ -301,9 +301,22 @@ fn no_responders(reply: &async_nats::Message) -> bool {
     reply.status == Some(StatusCode::NO_RESPONDERS) && statuses(reply).next().is_none()
 }
 
+/// Whether `reply`'s header block could not be read. The NATS client (patched,
+/// `vendor/async-nats/PATCHES.md`) passes such a message on without headers or status, saying
+/// why in `description`, which a message read whole has only beside a status.
+fn unreadable_headers(reply: &async_nats::Message) -> bool {
+    reply.status.is_none() && reply.description.is_some()
+}
+
 /// Two `Quiver-Status` headers are a bad answer: which one the backend meant cannot be known
 /// (outside audit 34, F5: the first won, so `200` then `401` replaced the payload).
 fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
+    if unreadable_headers(&reply) {
+        // It may carry a `Quiver-Status` the server cannot see: neither a 2xx nor no answer.
+        return Err(RpcError::BadAnswer(
+            "the reply's NATS header block cannot be read".into(),
+        ));
+    }
     let status = {
         let mut statuses = statuses(&reply);
         match (statuses.next(), statuses.next()) {
@@ -410,6 +423,17 @@ mod reply_tests {
             answer(reply(None, &[(STATUS, "200 OK")], "x")),
             Err(RpcError::BadAnswer(_))
         ));
+    }
+
+    #[test]
+    fn a_reply_whose_header_block_cannot_be_read_is_a_bad_answer() {
+        let mut garbled = reply(None, &[], "{\"allow\":true}");
+        garbled.description = Some("unreadable header block: no colon".into());
+        assert!(matches!(answer(garbled), Err(RpcError::BadAnswer(_))));
+        // A status with its description is a status.
+        let mut described = reply(Some(503), &[], "");
+        described.description = Some("No Responders".into());
+        assert!(no_responders(&described) && !unreadable_headers(&described));
     }
 
     #[test]

@@ -133,8 +133,6 @@ impl Connection {
     /// Attempts to read a server operation from the read buffer.
     /// Returns `None` if there is not enough data to parse an entire operation.
     pub(crate) fn try_read_op(&mut self) -> Result<Option<ServerOp>, io::Error> {
-        // QUIVER PATCH: a loop, so that a dropped message goes on to the next operation.
-        loop {
         let len = match memchr::memmem::find(&self.read_buf, b"\r\n") {
             Some(len) => len,
             None => return Ok(None),
@@ -335,14 +333,17 @@ impl Connection {
 
             // QUIVER PATCH: the lengths above framed this message, so the stream is still in
             // step when its header block cannot be read. Any publisher can send such a block
-            // (nats-server passes headers through unread): dropping the connection for it let
-            // one publisher disconnect every subscriber of the subject. Only this message is
-            // dropped, and parsing goes on with the next operation.
+            // (nats-server passes headers through unread): ending the connection for it let one
+            // publisher disconnect every subscriber of the subject, and dropping the message
+            // would leave a gap a JetStream consumer reads again and again. It is passed on
+            // with no status, the header lines that can be read (a JetStream direct get adds
+            // its own to a stored message's block), and a `description` saying why.
             let (headers, status, description) = match parse_header_block(&header) {
-                Ok(parsed) => parsed,
+                Ok((headers, status, description)) => (Some(headers), status, description),
                 Err(err) => {
-                    warn!(subject = %subject, %err, "dropped a message whose header block cannot be read");
-                    continue;
+                    unreadable_header_block(&subject, &err);
+                    let description = Some(format!("{UNREADABLE_HEADERS}: {err}"));
+                    (Some(salvage_headers(&header)), None, description)
                 }
             };
 
@@ -362,7 +363,7 @@ impl Connection {
                 sid,
                 reply,
                 subject,
-                headers: Some(headers),
+                headers,
                 payload,
                 status,
                 description,
@@ -375,11 +376,10 @@ impl Connection {
         })?;
 
         trace!(line = %line, "read operation: unknown");
-        return Err(io::Error::new(
+        Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("invalid server operation: '{line}'"),
-        ));
-        }
+        ))
     }
 
     pub(crate) fn read_op(&mut self) -> impl Future<Output = io::Result<Option<ServerOp>>> + '_ {
@@ -817,12 +817,12 @@ where
 
 /// Reads an HMSG's header block: its status line and headers.
 ///
-/// QUIVER PATCH: split out of `try_read_op` so that a block that cannot be read costs only
-/// its own message, not the connection (see `vendor/async-nats/PATCHES.md`).
+/// QUIVER PATCH: split out of `try_read_op`, so that a block that cannot be read costs only
+/// its own headers, not the connection (see `vendor/async-nats/PATCHES.md`).
 fn parse_header_block(
     header: &[u8],
 ) -> Result<(HeaderMap, Option<StatusCode>, Option<String>), io::Error> {
-    let mut lines = std::str::from_utf8(header)
+    let mut lines = std::str::from_utf8(&header)
         .map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "header isn't valid utf-8")
         })?
@@ -885,6 +885,51 @@ fn parse_header_block(
         headers.append(name, value.into_header_value());
     }
     Ok((headers, status, description))
+}
+
+/// QUIVER PATCH: the header lines of a block [`parse_header_block`] refused that can be read:
+/// each `Name: value` line (after the first, the version line) whose name is valid.
+fn salvage_headers(header: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in String::from_utf8_lossy(header).lines().skip(1) {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        if let Ok(name) = HeaderName::from_str(name) {
+            headers.append(name, value.trim().to_owned().into_header_value());
+        }
+    }
+    headers
+}
+
+/// QUIVER PATCH: the `description` of a message whose header block could not be read (it has
+/// no status, and only the header lines [`salvage_headers`] could read), followed by `: ` and
+/// why.
+pub(crate) const UNREADABLE_HEADERS: &str = "unreadable header block";
+
+/// QUIVER PATCH: says that a message's header block could not be read, at most once a second
+/// with the count so far: a publisher sending such messages in a loop must not flood the log.
+fn unreadable_header_block(subject: &Subject, err: &io::Error) {
+    use std::sync::atomic::AtomicU64;
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    static WARNED_AT: AtomicU64 = AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = WARNED_AT.load(Ordering::Relaxed);
+    if now > last
+        && WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        warn!(
+            subject = %subject,
+            %err,
+            count,
+            "a message's header block cannot be read: passed on without headers (at most one line a second; count counts them all)"
+        );
+    }
 }
 
 #[cfg(test)]
