@@ -83,6 +83,21 @@ async fn a_malformed_header_block_disconnects_no_room() -> Result<()> {
         .flat_map(|i| ["poison".to_owned(), format!("k{i}")])
         .collect();
     assert_eq!(read, expected);
+    // Such a message as the room's newest: the room is still read, and subscribed to, by its
+    // last kept message (outside audit 36, N1: every Subscribe and History failed).
+    for header in MALFORMED {
+        raw.hpub("quiver.acme.room.h.room", header, "last").await?;
+        assert_eq!(next_payload(&mut kept).await?, "last");
+        let page = alice.history("h.room", None, 100).await?;
+        let newest = page.publications.last().map(|p| p.payload.clone());
+        assert_eq!(newest.as_deref(), Some(&b"last"[..]));
+        let carol = connect(&server, full_token("acme", "carol")).await?;
+        let mut again = carol.subscribe("h.room").await?;
+        alice.publish_ack("h.room", "next").await?;
+        assert_eq!(next_payload(&mut again).await?, "next");
+        assert_eq!(next_payload(&mut kept).await?, "next");
+        carol.close().await;
+    }
     // A disconnect shows up at once (the client reads the message and drops the connection);
     // give it time to be counted before saying there was none.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -889,7 +889,7 @@ fn parse_header_block(
 
 /// QUIVER PATCH: the header lines of a block [`parse_header_block`] refused that can be read:
 /// each `Name: value` line (after the first, the version line) whose name is valid.
-fn salvage_headers(header: &[u8]) -> HeaderMap {
+pub(crate) fn salvage_headers(header: &[u8]) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for line in String::from_utf8_lossy(header).lines().skip(1) {
         let Some((name, value)) = line.split_once(':') else {

@@ -1807,8 +1807,16 @@ impl TryFrom<RawMessage> for StreamMessage {
             .map(|header| STANDARD.decode(header))
             .map_or(Ok(None), |v| v.map(Some))?;
 
-        let (headers, _, _) = decoded_headers
-            .map_or_else(|| Ok((HeaderMap::new(), None, None)), |h| parse_headers(&h))?;
+        // QUIVER PATCH: a stored block that cannot be read costs its headers (the lines that
+        // read are kept), not the message: any publisher on the stream's subjects can store
+        // one, and refusing it made the subject's last message unreadable for good.
+        let headers = match decoded_headers {
+            None => HeaderMap::new(),
+            Some(h) => match parse_headers(&h) {
+                Ok((headers, _, _)) => headers,
+                Err(_) => crate::connection::salvage_headers(&h),
+            },
+        };
 
         Ok(StreamMessage {
             subject: value.subject.into(),
