@@ -155,3 +155,72 @@ async fn a_malformed_reply_is_a_bad_answer_and_costs_only_itself() -> Result<()>
     backend.abort();
     Ok(())
 }
+
+/// A payload over `max_payload` published into a history room's subject by something else than
+/// Quiver (the stream takes a little more, room for headers): never sent, live or read back.
+/// A resume's `replayed` counts what is sent (clients check it), and `History` pages go past it
+/// (outside audit 36, N2: replayed, past `max_frame` at its largest, and a page from the
+/// publication before it came back empty and `truncated` every time).
+#[tokio::test]
+async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
+    use quiver_proto::Recovery;
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        clustered(&nats)(c);
+        add_history_namespace(c, "h", 100);
+        c.limits.max_payload = 1024;
+    })
+    .await?;
+    wait_ready(&server).await?;
+    let alice = connect(&server, full_token("acme", "alice")).await?;
+    let mut live = alice.subscribe("h.room").await?;
+    alice.publish_ack("h.room", "one").await?;
+    let one = match tokio::time::timeout(WAIT, live.next()).await? {
+        Some(SubEvent::Publication {
+            position: Some(p), ..
+        }) => p,
+        other => bail!("expected a publication with a position, got {other:?}"),
+    };
+    let mut raw = RawNats::connect(&nats).await?;
+    let big = "x".repeat(3_000);
+    raw.publish("quiver.acme.room.h.room", &big).await?;
+    alice.publish_ack("h.room", "two").await?;
+    raw.publish("quiver.acme.room.h.room", &big).await?;
+    assert_eq!(next_payload(&mut live).await?, "two", "live: passed over");
+
+    let payloads = |page: &quiver_client::HistoryPage| -> Vec<String> {
+        page.publications
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+            .collect()
+    };
+    let page = alice.history("h.room", None, 100).await?;
+    assert_eq!(payloads(&page), ["one", "two"]);
+    let page = alice.history("h.room", Some(one), 100).await?;
+    assert_eq!(payloads(&page), ["two"]);
+    assert!(!page.truncated);
+    // One at a time: the page after "one" is "two", not an empty page.
+    let page = alice.history("h.room", Some(one), 1).await?;
+    assert_eq!(payloads(&page), ["two"]);
+
+    let bob = connect(&server, full_token("acme", "bob")).await?;
+    let mut resumed = bob.subscribe_from("h.room", one).await?;
+    match tokio::time::timeout(WAIT, resumed.next()).await? {
+        Some(SubEvent::Resubscribed { recovery }) => {
+            assert_eq!(recovery, Recovery::Recovered { replayed: 1 })
+        }
+        other => bail!("expected Resubscribed, got {other:?}"),
+    }
+    assert_eq!(next_payload(&mut resumed).await?, "two");
+    alice.publish_ack("h.room", "three").await?;
+    assert_eq!(next_payload(&mut resumed).await?, "three");
+    // Nothing else came: no second Resubscribed saying the replay was not as announced.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), resumed.next())
+            .await
+            .is_err()
+    );
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}

@@ -13,6 +13,13 @@
 //! from history meanwhile (the subscriber read slower than the room's limits keep), and the
 //! replay ends there with [`ReplayError::Cut`] rather than go on with a gap.
 //!
+//! **Too large to send.** A history stream takes messages a little over `max_payload` (room
+//! for Quiver's headers), so a tenant's backend publishing into a room's subject itself can
+//! store a payload no subscriber may get (one over `max_frame`, even). Live, such a message is
+//! dropped (`super::fits`); read back it is passed over too: a replay's listing leaves it out
+//! (its `Nats-Msg-Size`), so `replayed` counts what is sent, and pages skip it (outside audit
+//! 36, N2: replayed past `max_frame`, and a `History` page stuck empty and `truncated`).
+//!
 //! **The seam.** The completeness check (in [`super::history`]'s documentation) and the read
 //! are separate JetStream requests: a room cut from the front between them would be read from
 //! its next kept publication, after a gap. So after the listing (or a page's read) the room's
@@ -191,14 +198,14 @@ impl Inner {
             // Cut between our reads: nothing left to replay, and it was not ours to keep.
             return answer(None, None);
         }
-        let per_pull = pull_size(self.config.limits.max_payload as usize);
+        let max_payload = self.config.limits.max_payload as usize;
+        let per_pull = pull_size(max_payload);
         let (max, max_bytes) = match reach {
             Reach::Page { max, max_bytes, .. } => (max, max_bytes),
             Reach::Replay => {
-                let Some(rest) = list(&consumer, last).await? else {
+                let Some((first, rest)) = list(&consumer, last, max_payload).await? else {
                     return answer(None, None);
                 };
-                let first = rest.front().copied().unwrap_or(last);
                 let Some(now) = first_kept_now(&stream, &subject).await? else {
                     return answer(None, None);
                 };
@@ -212,6 +219,7 @@ impl Inner {
                     epoch,
                     subject,
                     per_pull,
+                    max_payload,
                     last: Position {
                         epoch,
                         offset: last,
@@ -224,15 +232,22 @@ impl Inner {
         let mut replay = Vec::new();
         let mut bytes = 0;
         let mut expected = 1;
+        // The first sequence read, sent or passed over (the seam is checked from it).
+        let mut first_read = None;
         // Whether the read reached the room's end (not a bound of the page).
         let mut at_end = false;
         'read: while replay.len() < max {
             let mut messages = pull(&consumer, (max - replay.len()).min(per_pull)).await?;
-            let before = replay.len();
+            let mut read = 0;
             while let Some(item) = messages.next().await {
                 let (msg, seq, pending) = in_order(item, &mut expected)?;
-                bytes += msg.payload.len();
-                replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
+                read += 1;
+                first_read.get_or_insert(seq);
+                // Too large for any subscriber (module documentation): passed over.
+                if msg.payload.len() <= max_payload {
+                    bytes += msg.payload.len();
+                    replay.push((Position { epoch, offset: seq }, msg.payload.clone()));
+                }
                 if seq >= last || pending == 0 {
                     at_end = true;
                     break 'read;
@@ -241,13 +256,13 @@ impl Inner {
                     break 'read;
                 }
             }
-            if replay.len() == before {
+            if read == 0 {
                 // What was pending is gone (cut from the front meanwhile): the page would
                 // have a gap.
                 return answer(None, None);
             }
         }
-        let Some(first) = replay.first().map(|(p, _)| p.offset) else {
+        let Some(first) = first_read else {
             return answer(None, None);
         };
         let Some(now) = first_kept_now(&stream, &subject).await? else {
@@ -308,27 +323,46 @@ fn seam_intact(since: u64, first_kept: u64, first: u64, now: u64) -> bool {
 }
 
 /// A headers-only read consumer's sequences through `last`, oldest first (8 bytes each, at
-/// most `history_size`); `None` when none is left (cut from the front meanwhile).
+/// most `history_size`), leaving out those whose payload (`Nats-Msg-Size`) is over
+/// `max_payload`, with the first sequence read (listed or not: the seam is checked from it);
+/// `None` when none is left (cut from the front meanwhile).
 async fn list(
     consumer: &consumer::PullConsumer,
     last: u64,
-) -> Result<Option<VecDeque<u64>>, BrokerError> {
+    max_payload: usize,
+) -> Result<Option<(u64, VecDeque<u64>)>, BrokerError> {
     let mut sequences = VecDeque::new();
+    let mut first = None;
     let mut expected = 1;
     loop {
         let mut messages = pull(consumer, READ_BATCH).await?;
-        let before = sequences.len();
+        let mut read = 0;
         while let Some(item) = messages.next().await {
-            let (_, seq, pending) = in_order(item, &mut expected)?;
-            sequences.push_back(seq);
+            let (msg, seq, pending) = in_order(item, &mut expected)?;
+            read += 1;
+            first.get_or_insert(seq);
+            if payload_size(&msg).is_none_or(|size| size <= max_payload) {
+                sequences.push_back(seq);
+            }
             if seq >= last || pending == 0 {
-                return Ok(Some(sequences));
+                return Ok(first.map(|first| (first, sequences)));
             }
         }
-        if sequences.len() == before {
-            return Ok((!sequences.is_empty()).then_some(sequences));
+        if read == 0 {
+            return Ok(first.map(|first| (first, sequences)));
         }
     }
+}
+
+/// The payload size a headers-only read gives in its `Nats-Msg-Size` header.
+fn payload_size(msg: &async_nats::jetstream::Message) -> Option<usize> {
+    msg.headers
+        .as_ref()?
+        .get("Nats-Msg-Size")?
+        .as_str()
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A read consumer's configuration: one room's messages from a sequence on.
@@ -349,6 +383,8 @@ struct Pages {
     epoch: u64,
     subject: String,
     per_pull: usize,
+    /// Payloads over it were left out of `rest` (module documentation).
+    max_payload: usize,
     last: Position,
     /// The sequences still to read, oldest first.
     rest: VecDeque<u64>,
@@ -377,24 +413,33 @@ impl Pages {
         let mut expected = 1;
         while bytes < REPLAY_PAGE && !self.rest.is_empty() {
             let mut messages = pull(&consumer, self.rest.len().min(self.per_pull)).await?;
-            let before = page.len();
+            let mut read = 0;
             while let Some(item) = messages.next().await {
                 let (msg, seq, _) = in_order(item, &mut expected)?;
+                read += 1;
+                // Left out of the listing: too large to send.
+                if self.rest.front().is_some_and(|&next| seq < next) {
+                    continue;
+                }
                 // In order, so the next message is the next listed one, or that one was cut.
                 if self.rest.pop_front() != Some(seq) {
                     return Err(ReplayError::Cut);
                 }
-                bytes += msg.payload.len();
-                let position = Position {
-                    epoch: self.epoch,
-                    offset: seq,
-                };
-                page.push((position, msg.payload.clone()));
+                // One listed without its size (a header block that could not be read) and
+                // too large is still never sent.
+                if msg.payload.len() <= self.max_payload {
+                    bytes += msg.payload.len();
+                    let position = Position {
+                        epoch: self.epoch,
+                        offset: seq,
+                    };
+                    page.push((position, msg.payload.clone()));
+                }
                 if self.rest.is_empty() {
                     break;
                 }
             }
-            if page.len() == before {
+            if read == 0 {
                 return Err(ReplayError::Cut);
             }
         }
