@@ -203,6 +203,16 @@ async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
     let page = alice.history("h.room", Some(one), 1).await?;
     assert_eq!(payloads(&page), ["two"]);
 
+    // A room that keeps nothing sendable pages as an empty room would (outside audit 37, F-A:
+    // 117, a position that cannot be paged from).
+    raw.publish("quiver.acme.room.h.big", &big).await?;
+    raw.publish("quiver.acme.room.h.big", &big).await?;
+    for limit in [1, 100] {
+        let page = alice.history("h.big", None, limit).await?;
+        assert!(page.publications.is_empty() && !page.truncated, "{page:?}");
+        assert!(page.position.is_some(), "{page:?}");
+    }
+
     let bob = connect(&server, full_token("acme", "bob")).await?;
     let mut resumed = bob.subscribe_from("h.room", one).await?;
     match tokio::time::timeout(WAIT, resumed.next()).await? {

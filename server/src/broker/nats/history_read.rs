@@ -278,7 +278,10 @@ impl Inner {
             }
             replay.drain(..cut);
             if replay.is_empty() {
-                return answer(None, None);
+                // Read again when all it held was cut; when it held nothing sendable (every
+                // kept publication too large: passed over), that is the page (outside audit
+                // 37, F-A: answered as a position that cannot be paged from).
+                return answer((cut == 0).then(Vec::new), None);
             }
         } else if !seam_intact(since.offset, first_kept, first, now) {
             return answer(None, None);
