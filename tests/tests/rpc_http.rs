@@ -1097,25 +1097,19 @@ async fn an_answer_whose_head_is_unusable_is_a_backend_error() -> Result<()> {
     Ok(())
 }
 
-/// A backend that takes the request and closes the connection inside its answer's head
-/// (`HTTP/1.1 200 OK` and nothing more), before a byte of it, or resets it: the answer may
-/// have begun, so a publish hook refuses in a namespace that fails open too (outside audits 34
-/// F3, 35 F2: read as no answer, it published the original); a call is `unavailable`.
-#[tokio::test]
-async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> {
+/// A backend that reads each request (one connection each) and answers with the next of
+/// `answers` in turn: those bytes, then a close (FIN), or a reset (RST) when its flag says so.
+async fn breaking_backend(
+    answers: &'static [(&'static [u8], bool)],
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?;
     let backend = tokio::spawn(async move {
-        let mut n = 0usize;
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            // In turn: a head begun, nothing, a reset.
-            let (head, reset): (&'static [u8], bool) = match n % 3 {
-                0 => (b"HTTP/1.1 200 OK\r\n", false),
-                1 => (b"", false),
-                _ => (b"", true),
+        for &(head, reset) in answers.iter().cycle() {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
             };
-            n += 1;
             tokio::spawn(async move {
                 let mut request = vec![0u8; 64 * 1024];
                 let _ = tcp.read(&mut request).await;
@@ -1130,6 +1124,18 @@ async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> 
             });
         }
     });
+    Ok((address, backend))
+}
+
+/// A backend that takes the request and closes the connection inside its answer's head
+/// (`HTTP/1.1 200 OK` and nothing more), before a byte of it, or resets it: the answer may
+/// have begun, so a publish hook refuses in a namespace that fails open too (outside audits 34
+/// F3, 35 F2: read as no answer, it published the original); a call is `unavailable`.
+#[tokio::test]
+async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> {
+    // In turn: a head begun, nothing, a reset.
+    let (address, backend) =
+        breaking_backend(&[(b"HTTP/1.1 200 OK\r\n", false), (b"", false), (b"", true)]).await?;
     let server = server_for_with(&format!("http://{address}/rpc"), |c| {
         c.rpc.hooks.push(hook("open", false, true, true))
     })
@@ -1150,6 +1156,51 @@ async fn an_answer_cut_off_inside_its_head_is_never_failed_open() -> Result<()> 
             .is_err(),
         "a refused publication was delivered"
     );
+    alice.close().await;
+    backend.abort();
+    Ok(())
+}
+
+/// A 401/403 is the backend's no whatever comes after its head: a body cut off (closed or reset)
+/// or one too long to read still refuses, in a namespace that fails open too, a subscribe as
+/// well as a publish (outside audit 38, D1: read as unavailable, the fail-open hooks let both
+/// through, the original payload published).
+#[tokio::test]
+async fn a_refusal_whose_body_breaks_off_still_refuses() -> Result<()> {
+    // In turn: a body cut off by a close, by a reset, and one far past the read bound.
+    let (address, backend) = breaking_backend(&[
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nnot you",
+            false,
+        ),
+        (
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\nnot you",
+            true,
+        ),
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100000000\r\n\r\nnot",
+            false,
+        ),
+    ])
+    .await?;
+    let server = server_for_with(&format!("http://{address}/rpc"), |c| {
+        c.rpc.hooks.push(hook("open", true, true, true))
+    })
+    .await?;
+    let alice = connect(&server, "alice").await?;
+    for i in 0..6 {
+        let (c, msg) = if i % 2 == 0 {
+            code(alice.subscribe("open.room").await)
+        } else {
+            code(alice.publish_ack("open.other", "secret").await)
+        };
+        assert_eq!(c, Some(ErrorCode::PermissionDenied), "{i}: {msg}");
+        assert!(msg.contains("backend answered 40"), "{i}: {msg}");
+    }
+    for _ in 0..3 {
+        let (c, msg) = code(alice.call("order.place", "x").await);
+        assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    }
     alice.close().await;
     backend.abort();
     Ok(())

@@ -267,8 +267,21 @@ impl HttpRoute {
             // after waiting out the deadline for bytes that never come.
             // A 2xx that long can only carry a replacement over `max_payload`: a bad answer,
             // which a publish hook refuses rather than fails open to (`Rpc::decide`).
-            let too_long =
-                || RpcError::BadAnswer(format!("answer longer than {} bytes", self.max_answer));
+            // A 401 or 403 is the backend's no whatever its body: one too long to read, or cut
+            // off, still refuses under either fail rule, as a subscribe hook's deny too (outside
+            // audit 38, D1: read as unavailable, a fail-open hook published the original).
+            let refusal = |what: &str| {
+                matches!(status, 401 | 403).then(|| {
+                    RpcError::Backend(
+                        code_for_status(status),
+                        format!("backend answered {status} ({what})"),
+                    )
+                })
+            };
+            let too_long = || {
+                let what = format!("answer longer than {} bytes", self.max_answer);
+                refusal(&what).unwrap_or(RpcError::BadAnswer(what))
+            };
             if response
                 .content_length()
                 .is_some_and(|n| n > self.max_answer as u64)
@@ -276,15 +289,10 @@ impl HttpRoute {
                 return Err(too_long());
             }
             let mut answer = BytesMut::new();
-            let ok = (200..300).contains(&status);
             while let Some(chunk) = response.chunk().await.map_err(|e| {
-                // A 2xx cut off may have carried a replacement: its own error, so that a
-                // publish hook refuses rather than fails open (outside audit 32, F4).
-                if ok {
-                    RpcError::AnswerCut(without_url(e))
-                } else {
-                    RpcError::Unavailable(without_url(e))
-                }
+                // An answer cut off (a 2xx may have carried a replacement): its own error, so
+                // that a publish hook refuses rather than fails open (outside audit 32, F4).
+                refusal("its body cut off").unwrap_or(RpcError::AnswerCut(without_url(e)))
             })? {
                 if answer.len() + chunk.len() > self.max_answer {
                     return Err(too_long());
