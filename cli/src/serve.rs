@@ -108,6 +108,16 @@ pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<Stri
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("configuration:\n  {}", e.replace('\n', "\n  ")))?;
+    if config.dev_mode() {
+        let vars: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        if let Some(problem) =
+            quiver_server::config::key_meant_but_unset(vars.iter().map(String::as_str))
+        {
+            anyhow::bail!("configuration:\n  {problem}");
+        }
+    }
     Ok((config, checked.warnings))
 }
 

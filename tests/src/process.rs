@@ -76,6 +76,29 @@ pub fn read_ready(child: &mut Child) -> Result<serde_json::Value> {
     Ok(ready)
 }
 
+/// Waits up to `wait` for `cmd`, which must refuse to run (a server that starts instead is
+/// killed, and that is an error); returns whether it succeeded and its stderr.
+pub fn refusal(mut cmd: Command, wait: std::time::Duration) -> Result<(bool, String)> {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("still running after {wait:?}: it started instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+    }
+    Ok((status.success(), stderr))
+}
+
 impl QuiverProcess {
     /// Starts `quiver serve` with the test secret, the given config file and extra flags.
     pub fn start(cert_dir: &Path, config: Option<&Path>, extra: &[&str]) -> Result<Self> {

@@ -62,26 +62,10 @@ async fn short_secrets_refuse_to_start() -> anyhow::Result<()> {
 #[test]
 fn an_empty_secret_in_the_environment_refuses_to_start() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut child = quiver_tests::process::serve_command(dir.path())?
-        .env("QUIVER_JWT_SECRET", "")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("quiver serve with an empty secret is still running");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("piped"), &mut stderr)?;
-    assert!(!status.success());
+    let mut cmd = quiver_tests::process::serve_command(dir.path())?;
+    cmd.env("QUIVER_JWT_SECRET", "");
+    let (ok, stderr) = quiver_tests::process::refusal(cmd, WAIT)?;
+    assert!(!ok);
     assert!(stderr.contains("auth.jwt_secret"), "{stderr}");
     assert!(stderr.contains("at least 32"), "{stderr}");
     Ok(())

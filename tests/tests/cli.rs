@@ -39,6 +39,36 @@ fn refused(dir: &Path, args: &[&str], env: &[(&str, &str)], needles: &[&str]) ->
     Ok(err)
 }
 
+/// `quiver serve ARGS` on loopback, which must refuse to start (exit non-zero within 30 s)
+/// with every needle on stderr; returns stderr.
+fn serve_refused(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    needles: &[&str],
+) -> Result<String> {
+    let mut cmd = quiver_command(dir)?;
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--no-demo",
+    ])
+    .args(args)
+    .envs(env.iter().copied());
+    let (ok, err) = quiver_tests::process::refusal(cmd, std::time::Duration::from_secs(30))?;
+    assert!(!ok, "serve {args:?}: {err}");
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "serve {args:?}: no {needle:?} in {err}"
+        );
+    }
+    Ok(err)
+}
+
 const GOOD_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes";
 
 #[test]
@@ -562,6 +592,63 @@ fn the_compose_files_environment_passes_config_check() -> Result<()> {
     );
     assert!(out.contains("broker: NATS nats://nats:4222"), "{out}");
     assert!(out.contains("WebTransport: udp [::]:4433"), "{out}");
+    Ok(())
+}
+
+/// Audit 39: a misspelt secret variable (`QUIVER_JWT_SECRT`) used to leave the server in
+/// development mode with only a warning; now `config check` and `serve` refuse, naming the
+/// variable meant, unless a key is configured some other way.
+#[test]
+fn a_misspelt_secret_variable_stops_development_mode() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let typo = [("QUIVER_JWT_SECRT", GOOD_SECRET)];
+    let needles = [
+        "QUIVER_JWT_SECRT set but configures nothing (did you mean QUIVER_JWT_SECRET?)",
+        "development mode",
+    ];
+    let err = refused(d, &["config", "check"], &typo, &needles)?;
+    assert!(!err.contains(GOOD_SECRET), "{err}");
+    let err = serve_refused(d, &[], &typo, &needles)?;
+    assert!(!err.contains(GOOD_SECRET), "{err}");
+    // With a key given by a flag the variable is only ignored, with the same guess.
+    let (ok, out, err) = run(
+        d,
+        &[
+            "config",
+            "check",
+            "--self-signed",
+            "--jwt-secret",
+            GOOD_SECRET,
+        ],
+        &typo,
+    )?;
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains("QUIVER_JWT_SECRT is not a configuration key and is ignored; did you mean QUIVER_JWT_SECRET?"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// `config check` refuses a NATS URL the broker could not connect to, as `serve` does
+/// (audit 39: `nats://u:p@[bad` passed the check), without printing its credentials.
+#[test]
+fn config_check_refuses_a_nats_url_serve_would() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for url in ["nats://u:NATSPASSWORD@[bad", "nats://a:4222,http://b"] {
+        let err = refused(
+            d,
+            &["config", "check", "--nats", url],
+            &[],
+            &["nats.url: URL ", "is not a URL"],
+        )?;
+        assert!(!err.contains("NATSPASSWORD"), "{err}");
+        let err = serve_refused(d, &["--nats", url], &[], &["is not a URL"])?;
+        assert!(!err.contains("NATSPASSWORD"), "{err}");
+    }
     Ok(())
 }
 

@@ -243,6 +243,51 @@ fn suggest<'a>(typo: &str, known: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
+/// The shorthand variable closest to `upper` (an upper-case `QUIVER_*` name), if any is close.
+fn suggest_shorthand(upper: &str) -> Option<&'static str> {
+    ENV_SHORTHANDS
+        .iter()
+        .map(|(name, _)| (strsim::jaro_winkler(upper, name), *name))
+        .filter(|(score, _)| *score >= 0.93)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| name)
+}
+
+/// Words in a variable's name that say it was meant to give the token key.
+const KEY_WORDS: &[&str] = &["SECRET", "JWT", "JWKS", "PUBLIC_KEY"];
+
+/// Why a configuration with no token key must not start: a `QUIVER_*` variable that configures
+/// nothing but was plainly meant to give the key (`QUIVER_JWT_SECRT`). Without a key the
+/// server runs in development mode, signing its own tokens; an operator who misspelt the
+/// secret's name meant production, so `serve` and `config check` refuse rather than warn.
+/// Call it only when the configuration, flags applied, has no key ([`Config::dev_mode`]).
+pub fn key_meant_but_unset<'a>(vars: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let meant: Vec<&str> = vars
+        .into_iter()
+        .filter(|var| {
+            let upper = var.to_ascii_uppercase();
+            KEY_WORDS.iter().any(|word| upper.contains(word))
+                && !unknown_env_keys([*var]).is_empty()
+        })
+        .collect();
+    if meant.is_empty() {
+        return None;
+    }
+    let hint = meant
+        .iter()
+        .find_map(|var| suggest_shorthand(&var.to_ascii_uppercase()))
+        .map(|fixed| format!(" (did you mean {fixed}?)"))
+        .unwrap_or_default();
+    Some(format!(
+        "{} set but configures nothing{hint}, and no token key is configured: the server \
+         would run in development mode, accepting tokens signed with its own development \
+         secret. Name the key as a configuration key (QUIVER_JWT_SECRET, \
+         QUIVER_JWT_SECRET_FILE, QUIVER_AUTH__*), or unset the variable to run in development \
+         mode",
+        meant.join(", ")
+    ))
+}
+
 /// Warnings for `QUIVER_*` variables that name no configuration key. Keys below a known
 /// top-level key need no check here: `deny_unknown_fields` refuses them.
 pub fn unknown_env_keys<'a>(vars: impl IntoIterator<Item = &'a str>) -> Vec<String> {
@@ -263,6 +308,13 @@ pub fn unknown_env_keys<'a>(vars: impl IntoIterator<Item = &'a str>) -> Vec<Stri
             .unwrap_or_default()
             .to_ascii_lowercase();
         if TOP_LEVEL_KEYS.contains(&top.as_str()) {
+            continue;
+        }
+        // `QUIVER_JWT_SECRT`: a shorthand misspelt.
+        if let Some(fixed) = suggest_shorthand(&upper) {
+            warnings.push(format!(
+                "{var} is not a configuration key and is ignored; did you mean {fixed}?"
+            ));
             continue;
         }
         // `QUIVER_LIMITS_MAX_FRAME`: one underscore where two separate the levels.
@@ -411,5 +463,49 @@ mod tests {
         assert!(warnings[0].contains("did you mean QUIVER_LIMITS__MAX_FRAME?"));
         assert!(warnings[1].contains("separated by `__`: did you mean QUIVER_LIMITS__MAX_FRAME?"));
         assert!(warnings[2].starts_with("QUIVER_ZZZZZZ is not a configuration key"));
+    }
+
+    /// Audit 39: a misspelt secret variable is named with the shorthand it was meant as, and
+    /// stops a server that would otherwise run in development mode.
+    #[test]
+    fn a_misspelt_key_variable_is_named_and_refused() {
+        for (typo, meant) in [
+            ("QUIVER_JWT_SECRT", "QUIVER_JWT_SECRET"),
+            ("QUIVER_JWT_SECRET_FIEL", "QUIVER_JWT_SECRET_FILE"),
+            ("quiver_jwt_secret_fil", "QUIVER_JWT_SECRET_FILE"),
+        ] {
+            let warnings = unknown_env_keys([typo]);
+            assert_eq!(
+                warnings,
+                [format!(
+                    "{typo} is not a configuration key and is ignored; did you mean {meant}?"
+                )]
+            );
+            let refused = key_meant_but_unset([typo, "PATH"]).expect(typo);
+            assert!(
+                refused.starts_with(&format!(
+                    "{typo} set but configures nothing (did you mean {meant}?)"
+                )),
+                "{refused}"
+            );
+        }
+        // Named for a key but close to no shorthand: refused, without a guess.
+        let refused = key_meant_but_unset(["QUIVER_MY_JWKS"]).expect("refused");
+        assert!(
+            refused.starts_with("QUIVER_MY_JWKS set but configures nothing, and no token key"),
+            "{refused}"
+        );
+        // Known keys, variables of the command and unrelated typos stop nothing.
+        assert_eq!(
+            key_meant_but_unset([
+                "QUIVER_JWT_SECRET",
+                "QUIVER_JWT_SECRET_FILE",
+                "QUIVER_AUTH__JWKS_URL",
+                "QUIVER_TOKEN",
+                "QUIVER_LIMTS__MAX_FRAME",
+                "JWT_SECRET",
+            ]),
+            None
+        );
     }
 }

@@ -60,13 +60,26 @@ impl NatsConfig {
         let mut urls = Vec::new();
         let mut auth: Option<NatsUrlAuth> = None;
         for (index, raw) in self.url.split(',').map(str::trim).enumerate() {
-            let Some((bare, found)) = split_credentials(raw, index)? else {
-                urls.push(raw.to_owned());
-                continue;
+            let bare = match split_credentials(raw, index)? {
+                None => raw.to_owned(),
+                Some((bare, found)) => {
+                    match &auth {
+                        Some(first) if *first != found => {
+                            return Err(UrlCredentialsError::Different)
+                        }
+                        _ => auth = Some(found),
+                    }
+                    bare
+                }
             };
-            match &auth {
-                Some(first) if *first != found => return Err(UrlCredentialsError::Different),
-                _ => auth = Some(found),
+            // As the broker will read it at connect, so `config check` refuses what `serve`
+            // would (`nats://[bad`, `http://host`). Parsed without its credentials: the
+            // reason never holds one.
+            if let Err(e) = bare.parse::<async_nats::ServerAddr>() {
+                return Err(UrlCredentialsError::Unparsable {
+                    index,
+                    reason: e.to_string(),
+                });
             }
             urls.push(bare);
         }

@@ -383,6 +383,21 @@ fn nats_url_credentials_are_used_and_not_given_twice() {
         urls("nats://u:%ff@a"),
         Err(UrlCredentialsError::Encoding { index: 0 })
     );
+    // What the broker could not connect to is refused here, so `config check` says so too
+    // (audit 39), without the credentials.
+    for (url, index) in [
+        ("nats://u:SECRETPW@[bad", 0),
+        ("nats://a:4222,http://b:80", 1),
+        ("nats://a,nats://u:SECRETPW@b:notaport", 1),
+    ] {
+        match urls(url) {
+            Err(e @ UrlCredentialsError::Unparsable { index: at, .. }) => {
+                assert_eq!(at, index, "{url}: {e}");
+                assert!(!e.to_string().contains("SECRETPW"), "{e}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
     let mut both = NatsConfig::new("nats://u:p@a:4222");
     both.user = Some("u".into());
     assert_eq!(both.connect_urls(), Err(UrlCredentialsError::Twice));
