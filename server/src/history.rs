@@ -42,6 +42,16 @@ pub enum HistoryError {
     Broker(#[from] BrokerError),
 }
 
+impl HistoryError {
+    /// What a client is told: the broker's own words never ([`BrokerError::for_client`]).
+    pub fn for_client(&self) -> String {
+        match self {
+            Self::Broker(e) => e.for_client(),
+            _ => self.to_string(),
+        }
+    }
+}
+
 /// An encoded publication's size in a `History` frame: two varint u64s, the payload's varint
 /// length and the payload.
 fn cost(payload: &[u8]) -> usize {

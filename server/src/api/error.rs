@@ -141,6 +141,11 @@ impl ApiError {
     pub fn unavailable(e: impl std::fmt::Display) -> Self {
         Self::new(Code::Unavailable, e.to_string())
     }
+
+    /// The broker failed: 503, never in the broker's own words ([`BrokerError::for_client`]).
+    pub fn broker(e: crate::broker::BrokerError) -> Self {
+        Self::new(Code::Unavailable, e.for_client())
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -335,7 +335,7 @@ async fn publish_one(
         .broker
         .publish(key, payload)
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::broker)?;
     m::hot::publications().increment(1);
     metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => tenant).increment(1);
     Ok(position)

@@ -46,7 +46,7 @@ pub async fn presence(
         .broker
         .members(RoomKey { tenant, room })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ApiError::broker)?;
     let (members, truncated) = listed(members, MAX_MEMBERS);
     Ok(Json(
         json!({"room": name, "members": members, "truncated": truncated}),
@@ -100,7 +100,7 @@ pub async fn history(
             HistoryError::Unrecoverable { .. } => {
                 ApiError::new(Code::UnrecoverablePosition, e.to_string())
             }
-            HistoryError::Broker(e) => ApiError::unavailable(e),
+            HistoryError::Broker(e) => ApiError::broker(e),
         })?;
     let publications: Vec<Value> = page
         .publications

@@ -17,8 +17,39 @@ use crate::hub::RoomKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// Quiver's own words, fit for a client ("history listener set-up timed out").
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker's own words (a NATS or JetStream error), for the operator only: they can tell
+    /// of what every tenant shares ("insufficient memory resources available", "maximum bytes
+    /// exceeded": outside tenancy audits 3 and 41). A client is told [`BROKER_FAILED`];
+    /// [`BrokerError::for_client`] logs these words.
+    #[error("broker unavailable: {0}")]
+    Failed(String),
+}
+
+/// What a client is told of a [`BrokerError::Failed`].
+pub const BROKER_FAILED: &str = "broker unavailable: the broker failed (the server's log says \
+                                 why); retry later";
+
+/// At most this many lines a second of broker failures told to clients.
+static FAILURES_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(5);
+
+impl BrokerError {
+    /// The error as a client (or a tenant's backend) may be told it: Quiver's own words, or
+    /// for the broker's own, [`BROKER_FAILED`], with the broker's words logged (a warning,
+    /// at most 5 lines a second, the count of those left out in the next).
+    pub fn for_client(&self) -> String {
+        match self {
+            Self::Unavailable(_) => self.to_string(),
+            Self::Failed(detail) => {
+                if let Some(not_logged) = FAILURES_LOGGED.admit() {
+                    tracing::warn!(error = %detail, not_logged, "broker failure told to a client");
+                }
+                BROKER_FAILED.to_owned()
+            }
+        }
+    }
 }
 
 /// What a subscriber can get back from history.

@@ -132,8 +132,9 @@ pub fn subject(key: &RoomKey) -> String {
     format!("quiver.{}.room.{}", key.tenant, key.room)
 }
 
+/// A NATS error: the broker's words, never a client's to read (see [`BrokerError::Failed`]).
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(e.to_string())
+    BrokerError::Failed(e.to_string())
 }
 
 impl NatsBroker {
@@ -616,7 +617,7 @@ pub async fn connect_with(
     // them); validation refuses them beside nats.user/password/token/credentials.
     let (bare_urls, url_auth) = nats
         .connect_urls()
-        .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+        .map_err(|e| BrokerError::Failed(e.to_string()))?;
     match url_auth {
         Some(crate::config::NatsUrlAuth::UserPassword { user, password }) => {
             options = options.user_and_password(user, password.expose().to_owned());
@@ -642,7 +643,7 @@ pub async fn connect_with(
         .iter()
         .map(|u| u.parse::<async_nats::ServerAddr>())
         .collect::<Result<_, _>>()
-        .map_err(|e| BrokerError::Unavailable(format!("nats url: {e}")))?;
+        .map_err(|e| BrokerError::Failed(format!("nats url: {e}")))?;
     options.connect(urls).await.map_err(unavailable)
 }
 

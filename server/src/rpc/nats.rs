@@ -170,7 +170,7 @@ impl NatsRoute {
         let mut subscription = client
             .subscribe(replies.subscription())
             .await
-            .map_err(|e| crate::broker::BrokerError::Unavailable(format!("rpc replies: {e}")))?;
+            .map_err(|e| crate::broker::BrokerError::Failed(format!("rpc replies: {e}")))?;
         let router = tokio::spawn({
             let replies = replies.clone();
             async move {

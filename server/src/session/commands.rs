@@ -118,7 +118,7 @@ impl Session {
                 if let Some(quota) = &self.quota {
                     quota.remove_subscription();
                 }
-                return Err(Refusal::new(ErrorCode::Unavailable, e.to_string()));
+                return Err(Refusal::new(ErrorCode::Unavailable, e.for_client()));
             }
         };
 
@@ -469,7 +469,7 @@ impl Session {
             .broker
             .members(key)
             .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+            .map_err(super::publishing::unavailable)?;
         let max_frame = self.shared.config.limits.max_frame as usize;
         Ok(Some(crate::presence::bounded_event(
             room, members, max_frame,
@@ -512,7 +512,7 @@ impl Session {
                 HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
                 HistoryError::Broker(_) => ErrorCode::Unavailable,
             };
-            Refusal::new(code, e.to_string())
+            Refusal::new(code, e.for_client())
         };
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.

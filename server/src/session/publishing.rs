@@ -40,7 +40,7 @@ pub type Publish = BoxFuture<'static, Result<Option<Position>, Refusal>>;
 
 /// The broker's error as the refusal a client is told.
 pub fn unavailable(e: BrokerError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, e.to_string())
+    Refusal::new(ErrorCode::Unavailable, e.for_client())
 }
 
 /// Who is told how a publication ended.

@@ -171,7 +171,7 @@ impl Inner {
         });
         setup
             .await
-            .map_err(|e| BrokerError::Unavailable(format!("stream set-up ended: {e}")))?
+            .map_err(|e| BrokerError::Failed(format!("stream set-up ended: {e}")))?
     }
 
     async fn set_up_stream(
@@ -214,7 +214,7 @@ impl Inner {
         };
         let mut stream = self.js.get_or_create_stream(config).await.map_err(|e| {
             if e.to_string().contains("overlap") {
-                BrokerError::Unavailable(format!(
+                BrokerError::Failed(format!(
                     "creating stream {name}: {e}. A stream of an older Quiver (QUIVER_{ns}, one \
                      for all tenants) still holds these subjects; remove it \
                      (`nats stream rm QUIVER_{ns}`): its positions cannot be resumed anyway",
