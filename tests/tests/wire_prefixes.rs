@@ -116,3 +116,70 @@ async fn session_prefixes_are_quic_varints() -> Result<()> {
     );
     Ok(())
 }
+
+/// A datagram whose quarter stream id names no session (the session is on stream 0; 5 names
+/// stream 20) was discarded by wtransport uncounted, so a session could send them without
+/// end, costing the server their parsing, while the same flood under its own id was ended by
+/// the datagram rate limit (outside audit 41, F2). Now each is metered as a datagram and
+/// dropped as `malformed`: past the rate, `rate_abuse`.
+#[tokio::test]
+async fn datagrams_for_no_session_are_metered() -> Result<()> {
+    let server = TestServer::start_with(|c| {
+        add_latest_namespace(c, "game");
+        c.limits.commands_per_second = 10;
+        c.limits.abuse_factor = 3;
+    })
+    .await?;
+    let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
+    let (mut send, mut recv) = session.conn.open_bi().await?;
+    let mut bytes = CONTROL_PREFIX.to_vec();
+    bytes.extend(command(
+        1,
+        Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "wire".into(),
+        },
+    ));
+    send.write_all(&bytes).await?;
+    let mut control = FrameDecoder::new(DEFAULT_MAX_FRAME);
+    let welcome = next_event(&mut recv, &mut control).await?;
+    assert!(matches!(welcome, Event::Welcome { .. }), "{welcome:?}");
+    let mut datagram = vec![0x05];
+    datagram.extend(
+        PublishDatagram {
+            room: "game.a",
+            payload: b"v1",
+        }
+        .encode(),
+    );
+    // Bounded: 50 rounds of 20, until the server closes (datagrams may be lost).
+    let mut closed = None;
+    for _ in 0..50 {
+        for _ in 0..20 {
+            let _ = session.conn.send_datagram(datagram.clone().into());
+        }
+        if let Ok(e) =
+            tokio::time::timeout(std::time::Duration::from_millis(100), session.conn.closed()).await
+        {
+            closed = Some(e);
+            break;
+        }
+    }
+    match closed {
+        Some(wtransport::quinn::ConnectionError::ApplicationClosed(close)) => assert_eq!(
+            close.error_code.into_inner(),
+            u64::from(quiver_proto::CloseCode::RateAbuse.as_u16())
+        ),
+        other => bail!("expected a rate_abuse close, got {other:?}"),
+    }
+    let page = server.metrics().await?;
+    assert!(
+        metric_sum(
+            &page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "malformed")]
+        ) >= 1.0,
+        "not counted as malformed"
+    );
+    Ok(())
+}

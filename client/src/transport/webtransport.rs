@@ -256,7 +256,10 @@ async fn control_reader(
 /// Hands the server's datagrams (values of `latest` rooms) to their subscriptions.
 async fn read_datagrams(conn: Connection, routes: crate::latest::LatestRoutes) {
     while let Ok(datagram) = conn.receive_datagram().await {
-        crate::latest::route(&routes, &datagram.payload());
+        // One naming another session is for none (the patched wtransport hands it over).
+        if datagram.session_id() == conn.session_id() {
+            crate::latest::route(&routes, &datagram.payload());
+        }
     }
 }
 

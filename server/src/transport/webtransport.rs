@@ -423,7 +423,16 @@ async fn read_control(
             datagram = conn.receive_datagram() => {
                 if let Ok(datagram) = datagram {
                     metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
-                    let item = Inbound::Datagram(Box::new((datagram.payload(), std::time::Instant::now())));
+                    // One naming another session names none (a connection carries one): it
+                    // goes to the session empty, so it is metered as any datagram and dropped
+                    // as `malformed` (outside audit 41, F2; the patched wtransport hands it
+                    // over, where the crates.io release discards it uncounted).
+                    let payload = if datagram.session_id() == conn.session_id() {
+                        datagram.payload()
+                    } else {
+                        bytes::Bytes::new()
+                    };
+                    let item = Inbound::Datagram(Box::new((payload, std::time::Instant::now())));
                     if tx.try_send(item).is_err() {
                         crate::metrics::datagram_dropped("busy");
                     }

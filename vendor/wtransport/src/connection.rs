@@ -269,6 +269,10 @@ impl Connection {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// QUIVER PATCH (PATCHES.md): a datagram naming another session (there is none: a
+    /// connection carries one) is returned too; [`Datagram::session_id`] tells it apart from
+    /// this session's, [`Connection::session_id`].
     pub async fn receive_datagram(&self) -> Result<Datagram, ConnectionError> {
         self.driver
             .receive_datagram(self.session_id)

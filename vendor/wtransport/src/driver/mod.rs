@@ -188,22 +188,16 @@ impl Driver {
         }
     }
 
-    pub async fn receive_datagram(&self, session_id: SessionId) -> Result<Datagram, DriverError> {
+    /// QUIVER PATCH (datagrams for no session reach the application, PATCHES.md): every
+    /// datagram of the connection is returned, whatever session it names; the caller tells
+    /// them apart by [`Datagram::session_id`]. A connection carries one session, so one naming
+    /// another is for none: it was discarded here, so no application could meter a peer that
+    /// sent nothing else (outside audit 41, F2).
+    pub async fn receive_datagram(&self, _session_id: SessionId) -> Result<Datagram, DriverError> {
         let mut lock = self.ready_datagrams.lock().await;
-
-        loop {
-            let Some(datagram) = lock.recv().await else {
-                return Err(self.result().await);
-            };
-
-            if datagram.session_id() == session_id {
-                return Ok(*datagram);
-            }
-
-            debug!(
-                "Incoming datagram discarded (session_id: {})",
-                datagram.session_id()
-            );
+        match lock.recv().await {
+            Some(datagram) => Ok(*datagram),
+            None => Err(self.result().await),
         }
     }
 
