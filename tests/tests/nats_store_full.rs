@@ -81,6 +81,15 @@ async fn a_full_store_is_reported_without_the_brokers_words() -> Result<()> {
     let error = &answer.json::<serde_json::Value>().await?["error"];
     assert_eq!(error["code"], "unavailable", "{error}");
     said("API publish", error["message"].as_str().unwrap_or_default());
+    // A Subscribe waits for the room's listener, which the broker refuses too: after the wait,
+    // that refusal, not "timed out" (outside audit 42, 2).
+    match alice.subscribe("h.y").await {
+        Err(quiver_client::ClientError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::Unavailable.as_u16());
+            said("Subscribe", &message);
+        }
+        other => panic!("Subscribe: {:?}", other.map(|_| ())),
+    }
     // A room without history does not touch the store: the session works on.
     alice.publish_ack("chat.x", "live").await?;
     Ok(())

@@ -124,13 +124,14 @@ impl ApiError {
     pub fn not_spread(field: &'static str, e: crate::control::NotSpread) -> Self {
         Self {
             count: Some((field, e.here)),
-            ..Self::new(
-                Code::Unavailable,
-                format!(
-                    "applied on this instance only, not told to the others ({}); retry",
-                    e.error
-                ),
-            )
+            ..Self::new(Code::Unavailable, {
+                // NATS's words (a full JetStream account, say) are the operator's: they
+                // could tell a tenant of what the others use (outside audit 42, 1).
+                crate::broker::log_failure(&e.error);
+                "applied on this instance only, not told to the others (the broker failed; \
+                     the server's log says why); retry"
+                    .to_owned()
+            })
         }
     }
 
@@ -228,6 +229,27 @@ mod tests {
         let mut seen: Vec<usize> = Code::ALL.iter().map(|c| index(*c)).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..14).collect::<Vec<_>>());
+    }
+
+    /// Outside audit 42, 1: a revocation NATS refused (a full JetStream account) answered a
+    /// tenant's key in NATS's words; the answer says what was applied, the words are logged.
+    #[test]
+    fn an_action_not_spread_is_told_without_the_brokers_words() {
+        let error = super::ApiError::not_spread(
+            "disconnected_here",
+            crate::control::NotSpread {
+                here: 2,
+                error: "nats: ack error: publish failed: resource limits exceeded for account \
+                        (code 400, error code 10002)"
+                    .into(),
+            },
+        );
+        assert_eq!(error.count, Some(("disconnected_here", 2)));
+        assert_eq!(
+            error.message,
+            "applied on this instance only, not told to the others (the broker failed; the \
+             server's log says why); retry"
+        );
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub async fn rooms(
             rooms: true,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| ApiError::broker(crate::broker::BrokerError::Failed(e)))?;
     let truncated = nodes.iter().any(|n| n.room_count > n.rooms.len());
     let mut rooms: BTreeMap<String, usize> = BTreeMap::new();
     for node in nodes {
@@ -172,7 +172,7 @@ pub async fn info(
             rooms: false,
         })
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(|e| ApiError::broker(crate::broker::BrokerError::Failed(e)))?;
     let nodes: Vec<Value> = nodes
         .into_iter()
         .map(|n| {

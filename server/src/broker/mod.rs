@@ -43,12 +43,18 @@ impl BrokerError {
         match self {
             Self::Unavailable(_) => self.to_string(),
             Self::Failed(detail) => {
-                if let Some(not_logged) = FAILURES_LOGGED.admit() {
-                    tracing::warn!(error = %detail, not_logged, "broker failure told to a client");
-                }
+                log_failure(detail);
                 BROKER_FAILED.to_owned()
             }
         }
+    }
+}
+
+/// Logs the broker's own words of a failure a client or backend is told of in general terms
+/// (a warning, at most 5 lines a second, the count of those left out in the next).
+pub fn log_failure(detail: &str) {
+    if let Some(not_logged) = FAILURES_LOGGED.admit() {
+        tracing::warn!(error = %detail, not_logged, "broker failure told to a client");
     }
 }
 

@@ -254,7 +254,7 @@ fn suggest_shorthand(upper: &str) -> Option<&'static str> {
 }
 
 /// Words in a variable's name that say it was meant to give the token key.
-const KEY_WORDS: &[&str] = &["SECRET", "JWT", "JWKS", "PUBLIC_KEY"];
+const KEY_WORDS: &[&str] = &["SECRET", "JWT", "JWKS", "KEY", "HS256", "AUTH"];
 
 /// Why a configuration with no token key must not start: a `QUIVER_*` variable that configures
 /// nothing but was plainly meant to give the key (`QUIVER_JWT_SECRT`). Without a key the
@@ -262,91 +262,103 @@ const KEY_WORDS: &[&str] = &["SECRET", "JWT", "JWKS", "PUBLIC_KEY"];
 /// secret's name meant production, so `serve` and `config check` refuse rather than warn.
 /// Call it only when the configuration, flags applied, has no key ([`Config::dev_mode`]).
 pub fn key_meant_but_unset<'a>(vars: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let meant: Vec<&str> = vars
+    let meant: Vec<(&str, Unknown)> = vars
         .into_iter()
         .filter(|var| {
             let upper = var.to_ascii_uppercase();
             KEY_WORDS.iter().any(|word| upper.contains(word))
-                && !unknown_env_keys([*var]).is_empty()
         })
+        .filter_map(|var| Some((var, unknown_env_key(var)?)))
         .collect();
     if meant.is_empty() {
         return None;
     }
     let hint = meant
         .iter()
-        .find_map(|var| suggest_shorthand(&var.to_ascii_uppercase()))
+        .find_map(|(_, unknown)| unknown.meant.as_ref())
         .map(|fixed| format!(" (did you mean {fixed}?)"))
         .unwrap_or_default();
+    let names: Vec<&str> = meant.iter().map(|(var, _)| *var).collect();
     Some(format!(
         "{} set but configures nothing{hint}, and no token key is configured: the server \
          would run in development mode, accepting tokens signed with its own development \
          secret. Name the key as a configuration key (QUIVER_JWT_SECRET, \
          QUIVER_JWT_SECRET_FILE, QUIVER_AUTH__*), or unset the variable to run in development \
          mode",
-        meant.join(", ")
+        names.join(", ")
     ))
 }
 
 /// Warnings for `QUIVER_*` variables that name no configuration key. Keys below a known
 /// top-level key need no check here: `deny_unknown_fields` refuses them.
 pub fn unknown_env_keys<'a>(vars: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let mut warnings = Vec::new();
-    for var in vars {
-        let upper = var.to_ascii_uppercase();
-        let Some(rest) = upper.strip_prefix("QUIVER_") else {
-            continue;
-        };
-        if NON_CONFIG_ENV.contains(&upper.as_str())
-            || ENV_SHORTHANDS.iter().any(|(name, _)| *name == upper)
-        {
-            continue;
-        }
-        let top = rest
-            .split("__")
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if TOP_LEVEL_KEYS.contains(&top.as_str()) {
-            continue;
-        }
-        // `QUIVER_JWT_SECRT`: a shorthand misspelt.
-        if let Some(fixed) = suggest_shorthand(&upper) {
-            warnings.push(format!(
-                "{var} is not a configuration key and is ignored; did you mean {fixed}?"
-            ));
-            continue;
-        }
-        // `QUIVER_LIMITS_MAX_FRAME`: one underscore where two separate the levels.
-        let single = TOP_LEVEL_KEYS
-            .iter()
-            .find(|key| top.starts_with(&format!("{key}_")))
-            .map(|key| {
-                format!(
-                    "QUIVER_{}__{}",
-                    key.to_ascii_uppercase(),
-                    &rest[key.len() + 1..]
-                )
-            });
-        let hint = match single {
-            Some(fixed) => format!("; nested keys are separated by `__`: did you mean {fixed}?"),
-            None => match suggest(&top, TOP_LEVEL_KEYS) {
-                Some(key) => {
-                    let tail = rest.split_once("__").map(|(_, t)| t);
-                    let fixed = match tail {
-                        Some(tail) => format!("QUIVER_{}__{tail}", key.to_ascii_uppercase()),
-                        None => format!("QUIVER_{}", key.to_ascii_uppercase()),
-                    };
-                    format!("; did you mean {fixed}?")
-                }
-                None => format!("; top-level keys are {}", TOP_LEVEL_KEYS.join(", ")),
-            },
-        };
-        warnings.push(format!(
-            "{var} is not a configuration key and is ignored{hint}"
-        ));
+    vars.into_iter()
+        .filter_map(unknown_env_key)
+        .map(|unknown| unknown.warning)
+        .collect()
+}
+
+/// A `QUIVER_*` variable that names no configuration key.
+struct Unknown {
+    warning: String,
+    /// The variable it was probably meant as.
+    meant: Option<String>,
+}
+
+/// `var` as [`unknown_env_keys`] warns of it; `None` when it is not one to warn of.
+fn unknown_env_key(var: &str) -> Option<Unknown> {
+    let upper = var.to_ascii_uppercase();
+    let rest = upper.strip_prefix("QUIVER_")?;
+    if NON_CONFIG_ENV.contains(&upper.as_str())
+        || ENV_SHORTHANDS.iter().any(|(name, _)| *name == upper)
+    {
+        return None;
     }
-    warnings
+    let top = rest
+        .split("__")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if TOP_LEVEL_KEYS.contains(&top.as_str()) {
+        return None;
+    }
+    let ignored = format!("{var} is not a configuration key and is ignored");
+    let guess = |hint: &str, fixed: String| Unknown {
+        warning: format!("{ignored}; {hint}did you mean {fixed}?"),
+        meant: Some(fixed),
+    };
+    // `QUIVER_JWT_SECRT`: a shorthand misspelt.
+    if let Some(fixed) = suggest_shorthand(&upper) {
+        return Some(guess("", fixed.to_owned()));
+    }
+    // `QUIVER_LIMITS_MAX_FRAME`: one underscore where two separate the levels.
+    if let Some(key) = TOP_LEVEL_KEYS
+        .iter()
+        .find(|key| top.starts_with(&format!("{key}_")))
+    {
+        let fixed = format!(
+            "QUIVER_{}__{}",
+            key.to_ascii_uppercase(),
+            &rest[key.len() + 1..]
+        );
+        return Some(guess("nested keys are separated by `__`: ", fixed));
+    }
+    Some(match suggest(&top, TOP_LEVEL_KEYS) {
+        Some(key) => {
+            let fixed = match rest.split_once("__") {
+                Some((_, tail)) => format!("QUIVER_{}__{tail}", key.to_ascii_uppercase()),
+                None => format!("QUIVER_{}", key.to_ascii_uppercase()),
+            };
+            guess("", fixed)
+        }
+        None => Unknown {
+            warning: format!(
+                "{ignored}; top-level keys are {}",
+                TOP_LEVEL_KEYS.join(", ")
+            ),
+            meant: None,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -488,6 +500,13 @@ mod tests {
                 )),
                 "{refused}"
             );
+        }
+        // One underscore where two separate the levels: the nested key is the guess.
+        let refused = key_meant_but_unset(["QUIVER_AUTH_JWT_SECRET"]).expect("refused");
+        assert!(refused.starts_with("QUIVER_AUTH_JWT_SECRET set but configures nothing (did you mean QUIVER_AUTH__JWT_SECRET?)"), "{refused}");
+        // Other names for a key (outside audit 42, 6).
+        for named in ["QUIVER_SIGNING_KEY", "QUIVER_HS256", "QUIVER_TOKEN_KEY"] {
+            assert!(key_meant_but_unset([named]).is_some(), "{named}");
         }
         // Named for a key but close to no shorthand: refused, without a guess.
         let refused = key_meant_but_unset(["QUIVER_MY_JWKS"]).expect("refused");

@@ -403,15 +403,25 @@ impl Inner {
             subject: room_subject,
         };
         let mut started = live.started.subscribe();
-        bounded("history listener set-up", async {
+        let waited = bounded("history listener set-up", async {
             started
                 .wait_for(|started| *started)
                 .await
                 .map(drop)
                 .map_err(|_| BrokerError::Unavailable("history listener ended".into()))
         })
-        .await?;
-        Ok(registration)
+        .await;
+        match waited {
+            Ok(()) => Ok(registration),
+            // The broker refusing the listener (its stream cannot be made: JetStream full,
+            // say) is that refusal, logged as one, not a timeout (outside audit 42, 2).
+            Err(timeout) => Err(live
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map_or(timeout, BrokerError::Failed)),
+        }
     }
 
     /// A stream's live listener: one ordered consumer over all of the stream's subjects (the
@@ -439,6 +449,7 @@ impl Inner {
             let generation = *generations.borrow_and_update();
             match self.live_consumer(&stream_key.0, &ns, &mut cursor).await {
                 Ok((messages, stream, name)) => {
+                    *live.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     if let Some((old_stream, old)) = held.replace((stream, name)) {
                         // A reconnect without a NATS restart leaves the old one in place.
                         tokio::spawn(async move { delete_consumer(&old_stream, &old).await });
@@ -472,6 +483,10 @@ impl Inner {
                 Err(e) => {
                     debug!(stream = %stream_name(&stream_key.0, &stream_key.1), error = %e,
                         "history consumer not built yet");
+                    if let BrokerError::Failed(detail) = &e {
+                        *live.refused.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(detail.clone());
+                    }
                     // Retry soon (NATS answering is what we wait for), sooner after a
                     // reconnect; stop retrying once nobody here wants the stream.
                     tokio::select! {
@@ -735,6 +750,9 @@ pub(super) struct Live {
     /// Set once the first consumer exists (and stays set across rebuilds, which resume from
     /// the last delivered sequence).
     started: watch::Sender<bool>,
+    /// The broker's words of the last failure to build the consumer, while it is not built:
+    /// what a `Subscribe` that waited for it in vain is refused with.
+    refused: std::sync::Mutex<Option<String>>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
