@@ -43,10 +43,11 @@ pub async fn run(command: ConfigCommand) -> Result<()> {
 }
 
 async fn check(args: CheckArgs) -> Result<()> {
+    let secret_flag = args.flags.gives_secret();
     let (config, mut warnings) = crate::serve::load(args.file.as_deref(), args.flags)?;
     // What `quiver serve` would refuse at start beyond the values: keys and certificates that
     // cannot be read or used.
-    let keys = KeySource::of(&config)?;
+    let keys = KeySource::of(&config, secret_flag)?;
     keys.verifier(&config).await?;
     warnings.extend(check_certificate(&config).await?);
     for warning in &warnings {

@@ -59,6 +59,11 @@ pub struct ConfigFlags {
 }
 
 impl ConfigFlags {
+    /// Whether `--jwt-secret` gives the secret.
+    pub fn gives_secret(&self) -> bool {
+        self.jwt_secret.is_some()
+    }
+
     pub fn apply(self, config: &mut Config) {
         if let Some(v) = self.listen {
             config.listen = v;

@@ -84,6 +84,7 @@ pub async fn run(mut args: TokenArgs) -> Result<()> {
         Ok(checked) => checked.config,
         Err(e) => bail!("configuration:\n  {}", e.problems.join("\n  ")),
     };
+    let secret_flag = args.jwt_secret.is_some();
     if let Some(secret) = args.jwt_secret.take() {
         config.auth = Default::default();
         config.auth.jwt_secret = Some(secret.into());
@@ -94,7 +95,7 @@ pub async fn run(mut args: TokenArgs) -> Result<()> {
     if let Some(dir) = args.cert_dir.take() {
         config.cert_dir = dir;
     }
-    let keys = KeySource::of(&config)?;
+    let keys = KeySource::of(&config, secret_flag)?;
     match args.check.take() {
         Some(token) => check(&config, &keys, token).await,
         None => sign(&config, &keys, args).await,

@@ -236,8 +236,45 @@ fn config_check_merges_file_environment_and_flags() -> Result<()> {
         &[("QUIVER_JWT_SECRET", GOOD_SECRET)],
     )?;
     assert!(ok, "{err}");
-    assert!(out.contains("HS256 secret from auth.jwt_secret"), "{out}");
+    assert!(
+        out.contains("HS256 secret from auth.jwt_secret (QUIVER_JWT_SECRET)"),
+        "{out}"
+    );
     assert!(!out.contains(GOOD_SECRET) && !err.contains(GOOD_SECRET));
+    // Named by where it came from (audit 39: always `auth.jwt_secret`): a flag over the
+    // environment, the environment over the file.
+    std::fs::write(
+        d.join("s.toml"),
+        format!("[auth]\njwt_secret = \"{GOOD_SECRET}\"\n"),
+    )?;
+    for (args, env, origin) in [
+        (
+            &[
+                "config",
+                "check",
+                "--self-signed",
+                "--jwt-secret",
+                GOOD_SECRET,
+            ][..],
+            &[("QUIVER_JWT_SECRET", GOOD_SECRET)][..],
+            "--jwt-secret",
+        ),
+        (
+            &["config", "check", "--self-signed", "s.toml"][..],
+            &[][..],
+            "the configuration file",
+        ),
+        (
+            &["config", "check", "--self-signed", "s.toml"][..],
+            &[("quiver_auth__jwt_secret", GOOD_SECRET)][..],
+            "quiver_auth__jwt_secret",
+        ),
+    ] {
+        let (ok, out, err) = run(d, args, env)?;
+        assert!(ok, "{err}");
+        let want = format!("HS256 secret from auth.jwt_secret ({origin})");
+        assert!(out.contains(&want), "{args:?} {env:?}: {out}");
+    }
     Ok(())
 }
 
