@@ -80,6 +80,17 @@ pub enum QuotaError {
     Publications { tenant: String, limit: u32 },
     #[error("tenant {tenant} is over its quota of {limit} publication bytes per second")]
     Bytes { tenant: String, limit: u64 },
+    /// One publication larger than the byte quota's whole bucket: it can never pass, so it is
+    /// refused as too large, not "retry later" (outside audit 43, 2).
+    #[error(
+        "a payload of {bytes} bytes can never be published: tenant {tenant}'s quota is {limit} \
+         publication bytes per second"
+    )]
+    TooLarge {
+        tenant: String,
+        bytes: usize,
+        limit: u64,
+    },
 }
 
 impl QuotaError {
@@ -90,7 +101,16 @@ impl QuotaError {
             QuotaError::SessionRate { .. } => "sessions_per_second",
             QuotaError::Subscriptions { .. } => "subscriptions",
             QuotaError::Publications { .. } => "publications",
-            QuotaError::Bytes { .. } => "bytes",
+            QuotaError::Bytes { .. } | QuotaError::TooLarge { .. } => "bytes",
+        }
+    }
+
+    /// The error code a client is told: `payload_too_large` for a publication no wait can
+    /// let through, else `quota_exceeded` (retry later).
+    pub fn code(&self) -> quiver_proto::ErrorCode {
+        match self {
+            QuotaError::TooLarge { .. } => quiver_proto::ErrorCode::PayloadTooLarge,
+            _ => quiver_proto::ErrorCode::QuotaExceeded,
         }
     }
 }
@@ -221,6 +241,13 @@ impl TenantQuotas {
         bytes: usize,
         at: Instant,
     ) -> Result<(), QuotaError> {
+        if quota.bytes_per_second > 0 && bytes as u64 > quota.bytes_per_second {
+            return Err(QuotaError::TooLarge {
+                tenant: tenant.to_string(),
+                bytes,
+                limit: quota.bytes_per_second,
+            });
+        }
         self.usage(tenant, |u| {
             if quota.publications_per_second > 0 {
                 let rate = f64::from(quota.publications_per_second);
@@ -678,7 +705,22 @@ mod tests {
             Err(QuotaError::Publications { .. })
         ));
         assert!(b.publish(10, t).is_ok(), "b has its own budget");
-        assert!(matches!(b.publish(2000, t), Err(QuotaError::Bytes { .. })));
+        let over = b.publish(995, t).unwrap_err();
+        assert!(matches!(over, QuotaError::Bytes { limit: 1000, .. }));
+        assert_eq!(over.code(), quiver_proto::ErrorCode::QuotaExceeded);
+        // Larger than the whole second's bytes: no wait lets it through, so it is too large,
+        // not "retry later", and spends nothing (outside audit 43, 2).
+        let never = b.publish(1001, t + Duration::from_secs(10)).unwrap_err();
+        assert!(matches!(
+            never,
+            QuotaError::TooLarge {
+                bytes: 1001,
+                limit: 1000,
+                ..
+            }
+        ));
+        assert_eq!(never.code(), quiver_proto::ErrorCode::PayloadTooLarge);
+        assert!(b.publish(1000, t + Duration::from_secs(10)).is_ok());
     }
 
     #[test]

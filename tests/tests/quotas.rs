@@ -358,6 +358,20 @@ async fn tenant_byte_quota() -> anyhow::Result<()> {
     ));
     let reply = c.publish("r", &big).await?;
     assert_eq!(code_of(&reply), Some(ErrorCode::QuotaExceeded.as_u16()));
+    // One payload over the whole second's bytes could never pass: too large, not "retry
+    // later" (outside audit 43, 2), on a session and through the API with the client's token.
+    let never = vec![0u8; 10_001];
+    let reply = c.publish("r", &never).await?;
+    assert_eq!(code_of(&reply), Some(ErrorCode::PayloadTooLarge.as_u16()));
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/publish/r", server.http))
+        .bearer_auth(full_token("t", "p"))
+        .body(never)
+        .send()
+        .await?;
+    assert_eq!(answer.status().as_u16(), 413);
+    let error = &answer.json::<serde_json::Value>().await?["error"];
+    assert_eq!(error["code"], "payload_too_large", "{error}");
     Ok(())
 }
 

@@ -122,7 +122,13 @@ pub async fn publish(
         shared
             .tenant_quotas
             .publish(&grant.tenant, payload.len(), std::time::Instant::now())
-            .map_err(|e| ApiError::new(Code::QuotaExceeded, e.to_string()))?;
+            .map_err(|e| {
+                let code = match e {
+                    crate::quota::QuotaError::TooLarge { .. } => Code::PayloadTooLarge,
+                    _ => Code::QuotaExceeded,
+                };
+                ApiError::new(code, e.to_string())
+            })?;
     }
     let key = RoomKey { tenant, room };
     let position = match once.zip(digest) {

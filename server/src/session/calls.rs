@@ -190,7 +190,7 @@ impl Session {
             if let Some(quota) = quota {
                 quota
                     .publish(payload.len(), std::time::Instant::now())
-                    .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+                    .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
             }
             broker
                 .publish(key, payload)

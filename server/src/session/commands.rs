@@ -307,7 +307,7 @@ impl Session {
         if let Some(quota) = &self.quota {
             quota
                 .publish(payload.len(), std::time::Instant::now())
-                .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+                .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         }
         let broker = self.shared.broker.clone();
         let publishing = Box::pin(async move {
