@@ -143,7 +143,7 @@ impl ApiError {
         Self::new(Code::Unavailable, e.to_string())
     }
 
-    /// The broker failed: 503, never in the broker's own words ([`BrokerError::for_client`]).
+    /// The broker failed: 503, never in the broker's own words ([`crate::broker::BrokerError::for_client`]).
     pub fn broker(e: crate::broker::BrokerError) -> Self {
         Self::new(Code::Unavailable, e.for_client())
     }
