@@ -246,6 +246,10 @@ impl Client {
     /// [`crate::ClientConfig::pace_commands`]) is sent on the next session instead, and so is
     /// one a draining server's goodbye (3000) left unanswered: the server answered every
     /// publish it carried out before it. The call then waits for the next session's answer.
+    /// A call that ends before its publication was written ([`ClientError::Timeout`] after
+    /// `request_timeout`, or its future dropped) withdraws it: it is never sent later, so
+    /// retrying after a timeout publishes it once. (One already written when the call gave up
+    /// may have been published, as after [`ClientError::ConnectionLost`].)
     pub async fn publish_ack(
         &self,
         room: &str,

@@ -20,6 +20,20 @@ pub enum ClientError {
     /// The connection could not be established (DNS, TLS, QUIC, handshake, bad URL, ...).
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The server said goodbye as the session opened, with a code that allows a later try
+    /// (`code` a [`quiver_proto::CloseCode`]: 3008 `over_quota`, 3000 `shutdown`, ...): the
+    /// first connect fails with it, and while reconnecting it is the
+    /// [`crate::ConnectionState::Disconnected`] code (outside audit 45, 4: a string before).
+    #[error("server said goodbye ({}): {reason}", close_label(*.code))]
+    Goodbye { code: u16, reason: String },
+    /// The server's WebTransport certificate was not accepted: not the pinned hash
+    /// ([`crate::Trust::CertHashes`]: a stale pin after the server's certificate changed, say)
+    /// or not a chain the roots trust. The server answered, so [`crate::Transport::Auto`] does
+    /// not fall back to WebSocket for it (that would trade a failed check for another
+    /// connection, perhaps unencrypted); the client keeps retrying with backoff, as for any
+    /// failed connect after the first.
+    #[error("server certificate not accepted: {0}")]
+    Certificate(String),
     /// The server refused a command with an `Error` reply (or ended something with this code).
     /// `code` is a [`quiver_proto::ErrorCode`] value.
     #[error("server error {}: {message}", code_label(*.code))]

@@ -409,6 +409,15 @@ async fn reconnects_after_a_graceful_restart_resubscribes_and_flushes(
 
     // While the server is down: publishes are buffered, commands needing a session refused.
     client.publish("room.a", "while-down-1").await?;
+    // One whose caller gave up before it could be written (a timeout drops the call) is
+    // withdrawn, never sent later: a caller that retries it publishes it once (outside audit
+    // 45, 1: it was published on the next session).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        client.publish_ack("room.a", "given-up"),
+    )
+    .await;
+    assert!(gave_up.is_err(), "{gave_up:?}");
     client.publish("room.a", "while-down-2").await?;
     assert!(
         matches!(client.ping().await, Err(ClientError::NotConnected)),
@@ -1266,5 +1275,60 @@ async fn acknowledged_publishes_left_unanswered_by_a_drain_are_sent_again(
         (TASKS * EACH) as usize,
         "{via:?}: publications missing"
     );
+    Ok(())
+}
+
+/// A certificate WebTransport does not accept (a stale pin after the server's certificate
+/// changed, say) is an answer, not a blocked network: with `Transport::Auto` the client
+/// fell back to plain `ws://` and said nothing, leaving the application on an unencrypted
+/// connection (outside audit 45, 3). Now the connect fails, saying why.
+#[tokio::test]
+async fn a_refused_certificate_is_not_a_reason_to_fall_back() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let mut config = config_for(
+        &server,
+        Transport::Auto,
+        token_fixed(full_token("acme", "pin")),
+    );
+    config.trust = quiver_client::Trust::CertHashes(vec![[7u8; 32]]);
+    match Client::connect(config).await {
+        Err(ClientError::Certificate(reason)) => {
+            assert!(reason.contains("certificate"), "{reason}")
+        }
+        Ok(client) => bail!(
+            "connected over {:?} with a certificate it does not trust",
+            client.transport()
+        ),
+        Err(other) => bail!("expected a certificate error, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// A session refused over its tenant's quota is told by its goodbye's code, which a program
+/// can read: the first connect fails with `ClientError::Goodbye { code: 3008 }`, on either
+/// transport (outside audit 45, 4: a `Connect` string before).
+#[tokio::test]
+async fn a_goodbye_at_connect_carries_its_code() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| c.quotas.tenant.max_sessions = 1).await?;
+    let first = Client::connect(config_for(
+        &server,
+        Transport::WebTransport,
+        token_fixed(full_token("acme", "one")),
+    ))
+    .await?;
+    for via in [Transport::WebTransport, Transport::WebSocket] {
+        match Client::connect(config_for(
+            &server,
+            via,
+            token_fixed(full_token("acme", "two")),
+        ))
+        .await
+        {
+            Err(ClientError::Goodbye { code, .. }) => assert_eq!(code, 3008, "{via:?}"),
+            Err(other) => bail!("{via:?}: expected a goodbye, got {other:?}"),
+            Ok(_) => bail!("{via:?}: connected over the quota"),
+        }
+    }
+    close(&first).await?;
     Ok(())
 }

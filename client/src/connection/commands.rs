@@ -56,6 +56,8 @@ impl Actor {
                 if self.live.is_some() && self.buffer.is_empty() {
                     self.send_publish(item);
                 } else {
+                    // Withdrawn ones give their places back before this one takes its own.
+                    self.buffer.retain(|b| !b.abandoned());
                     self.buffer.push_back(item);
                 }
             }
@@ -233,6 +235,9 @@ impl Actor {
     }
 
     pub(super) fn send_publish(&mut self, item: Buffered) {
+        if item.abandoned() {
+            return;
+        }
         let Some(live) = self.live.as_mut() else {
             self.buffer.push_back(item);
             return;

@@ -205,6 +205,15 @@ struct Buffered {
     permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Buffered {
+    /// Whether its `publish_ack` caller gave up (timed out, or was dropped) before it was
+    /// written: it is then withdrawn, never sent later, so a caller that retries after a
+    /// timeout does not publish twice (outside audit 45, 1).
+    fn abandoned(&self) -> bool {
+        self.ack.as_ref().is_some_and(|reply| reply.is_closed())
+    }
+}
+
 /// One room the application is subscribed to (or waiting to be).
 struct Sub {
     gen: u64,
@@ -568,8 +577,13 @@ impl Actor {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "reconnect attempt failed");
+                    // The server's goodbye code when it gave one (PROTOCOL.md §7).
+                    let code = match &e {
+                        ClientError::Goodbye { code, .. } => *code,
+                        _ => 0,
+                    };
                     self.set_state(ConnectionState::Disconnected {
-                        code: 0,
+                        code,
                         reason: e.to_string(),
                     });
                     self.schedule_reconnect();

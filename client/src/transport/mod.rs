@@ -304,7 +304,7 @@ fn goodbye_error(code: u16, reason: String, reconnect: bool) -> ClientError {
             ClientError::TokenRefused { code, reason }
         }
         _ if !reconnect => ClientError::Closed { code, reason },
-        _ => ClientError::Connect(format!("server said goodbye ({code}): {reason}")),
+        _ => ClientError::Goodbye { code, reason },
     }
 }
 
@@ -317,6 +317,7 @@ fn is_answer(e: &ClientError) -> bool {
             | ClientError::TokenRefused { .. }
             | ClientError::Closed { .. }
             | ClientError::Token(_)
+            | ClientError::Certificate(_)
     )
 }
 
@@ -391,9 +392,13 @@ impl Connector {
                         // The token provider failed, or the server said goodbye for good:
                         // WebSocket would not change that. A refused CONNECT (its reason is
                         // invisible here) or a network failure goes on to WebSocket.
-                        Err(e @ (ClientError::Token(_) | ClientError::Closed { .. })) => {
-                            return Err(e)
-                        }
+                        // A certificate not accepted is the server's answer too; WebSocket
+                        // would hide the failed check (outside audit 45, 3).
+                        Err(
+                            e @ (ClientError::Token(_)
+                            | ClientError::Closed { .. }
+                            | ClientError::Certificate(_)),
+                        ) => return Err(e),
                         Err(e) => {
                             tracing::debug!(error = %e, "WebTransport failed, trying WebSocket");
                             wt_err = Some(e);
@@ -496,7 +501,11 @@ mod tests {
         ));
         assert!(matches!(
             goodbye_error(3000, "draining".into(), true),
-            ClientError::Connect(_)
+            ClientError::Goodbye { code: 3000, .. }
+        ));
+        assert!(matches!(
+            goodbye_error(3008, "over quota".into(), true),
+            ClientError::Goodbye { code: 3008, .. }
         ));
     }
 }

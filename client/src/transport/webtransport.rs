@@ -49,6 +49,12 @@ impl WtEndpoint {
                 url: base.to_string(),
                 status: None,
             },
+            // rustls's verdict on the certificate, carried by the QUIC close the client sent.
+            ConnectingError::ConnectionError(ConnectionError::QuicProto(ref proto))
+                if proto.to_string().contains("invalid peer certificate") =>
+            {
+                ClientError::Certificate(format!("{base}: {proto}"))
+            }
             other => ClientError::Connect(format!("{base}: {other}")),
         })?;
         let (mut send, mut recv) = conn
