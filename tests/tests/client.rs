@@ -1332,3 +1332,44 @@ async fn a_goodbye_at_connect_carries_its_code() -> anyhow::Result<()> {
     close(&first).await?;
     Ok(())
 }
+
+/// A token provider that hangs during a refresh is given up on after `connect_timeout`, as at
+/// connect, and asked again while the token lasts: the session goes on (outside audit 45, 7:
+/// the hung call was waited for until the session expired with 3002).
+#[tokio::test]
+async fn a_token_provider_that_hangs_during_a_refresh_is_asked_again() -> anyhow::Result<()> {
+    const TTL: i64 = 10;
+    let server = TestServer::start().await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let provider = token_fn(move || {
+        let call = counter.fetch_add(1, Ordering::SeqCst);
+        let tok = token("acme", "hung", &[">"], &[">"], TTL);
+        async move {
+            if call == 1 {
+                // The first refresh: never answers.
+                std::future::pending::<()>().await;
+            }
+            Ok(tok)
+        }
+    });
+    let mut config = config_for(&server, Transport::WebSocket, provider);
+    config.connect_timeout = Duration::from_secs(2);
+    let client = Client::connect(config).await?;
+    let session = session_of(&client);
+    let exp0 = client.welcome().and_then(|w| w.expires_at).expect("expiry");
+    let deadline = Instant::now() + Duration::from_secs(TTL as u64 + 10);
+    while unix_now() < exp0 + 2 {
+        assert!(Instant::now() < deadline, "clock stuck before {}", exp0 + 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let w = client.welcome().expect("welcome");
+    assert_eq!(w.session, session, "no reconnect");
+    assert!(w.expires_at.expect("expiry") > exp0, "refreshed");
+    assert!(
+        calls.load(Ordering::SeqCst) >= 3,
+        "asked again after the hung call"
+    );
+    close(&client).await?;
+    Ok(())
+}

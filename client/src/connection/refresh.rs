@@ -12,8 +12,14 @@ impl Actor {
         let provider = self.cfg.token.clone();
         let tx = self.ev_tx.clone();
         let epoch = self.epoch;
+        // Bounded as at connect: a provider that hangs is a failed one, retried with backoff
+        // while the token lasts (outside audit 45, 7: it was waited for until the session
+        // expired).
+        let limit = self.cfg.connect_timeout;
         live.tasks.spawn(async move {
-            let res = provider().await;
+            let res = tokio::time::timeout(limit, provider())
+                .await
+                .unwrap_or_else(|_| Err(format!("no token within {limit:?}")));
             let _ = tx.send((epoch, ConnEvent::RefreshToken(res)));
         });
     }
