@@ -246,10 +246,12 @@ impl Client {
     /// [`crate::ClientConfig::pace_commands`]) is sent on the next session instead, and so is
     /// one a draining server's goodbye (3000) left unanswered: the server answered every
     /// publish it carried out before it. The call then waits for the next session's answer.
-    /// A call that ends before its publication was written ([`ClientError::Timeout`] after
-    /// `request_timeout`, or its future dropped) withdraws it: it is never sent later, so
-    /// retrying after a timeout publishes it once. (One already written when the call gave up
-    /// may have been published, as after [`ClientError::ConnectionLost`].)
+    /// A call that ends while its publication waits in the publish buffer for a session
+    /// ([`ClientError::Timeout`] after `request_timeout`, or its future dropped) withdraws it:
+    /// it is never sent later, so retrying after a timeout publishes it once; its buffer place
+    /// comes back at the next publish or reconnect. One already handed to a live connection
+    /// (waiting for the pacer, or written) is not withdrawn and may be published, as after
+    /// [`ClientError::ConnectionLost`].
     pub async fn publish_ack(
         &self,
         room: &str,

@@ -400,7 +400,8 @@ export declare class Subscription implements AsyncIterable<Message> {
 }
 export type ConnectionState = "connecting" | "connected" | "disconnected" | "closed";
 export interface ReconnectOptions {
-	/** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+	/** Upper bound of the first retry delay (at least 100 ms). Each attempt doubles it, up to
+	 *  `maxDelayMs` (at least 1 s). */
 	initialDelayMs: number;
 	maxDelayMs: number;
 }
@@ -446,7 +447,9 @@ export interface ClientOptions {
 	reconnect?: Partial<ReconnectOptions> | false;
 	/** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
 	connectTimeoutMs?: number;
-	/** How long to wait for the reply to a command, counted from when it is written. Default 10 s. */
+	/** How long to wait for the reply to a command, counted from when it is written. An
+	 *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
+	 *  rejects with kind `timeout` (never sent). Default 10 s. */
 	requestTimeoutMs?: number;
 	/** Ping period for RTT readings; 0 disables. Default 5 s. */
 	pingIntervalMs?: number;
@@ -461,7 +464,9 @@ export interface ClientOptions {
 	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
 	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
 	paceCommands?: boolean;
-	/** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+	/** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
+	 *  for the pacer while connected. Past either, a publish rejects with kind `buffer_full`.
+	 *  Counted in publishes, not bytes. Default 1000. */
 	maxQueuedPublishes?: number;
 	/** Largest frame accepted from the server before `Welcome`; raised to
 	 *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -676,7 +681,12 @@ export declare class QuiverClient {
 	 * client's life. False when there is nowhere to move.
 	 */
 	private moveToWebSocket;
-	/** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+	/**
+	 * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
+	 * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
+	 * never sent, so publishing it again publishes it once (before, it stayed pending for the
+	 * whole outage and was sent later, so an app that timed it out and retried published twice).
+	 */
 	private enqueue;
 	private sendPublish;
 	private sleep;

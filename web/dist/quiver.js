@@ -814,6 +814,10 @@ var Session = class {
     };
     schedule(this.lastReceived + idleMs);
   }
+  /** Commands waiting for the pacer (not written yet). */
+  get waiting() {
+    return this.queue.length;
+  }
   /** Writes one command (through the pacer); resolves once it is handed to the transport. */
   send(frame, options = {}) {
     if (this.ended) return Promise.reject(unsent(new QuiverError("closed", "not connected")));
@@ -1482,7 +1486,7 @@ function resolveOptions(options, clientName) {
   const opts = {
     token: options.token,
     clientName: options.clientName ?? clientName,
-    reconnect: options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15e3, ...options.reconnect },
+    reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
     connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
     requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
     pingIntervalMs: options.pingIntervalMs ?? 5e3,
@@ -1496,6 +1500,11 @@ function resolveOptions(options, clientName) {
     streamTimeoutMs: options.streamTimeoutMs ?? 8e3
   };
   return { opts, transports, targets, hashes, WT, WS };
+}
+function reconnectOptions(given) {
+  const initialDelayMs = Math.max(100, given?.initialDelayMs ?? 500);
+  const maxDelayMs = Math.max(initialDelayMs, 1e3, given?.maxDelayMs ?? 15e3);
+  return { initialDelayMs, maxDelayMs };
 }
 function parseHash(h) {
   if (h instanceof Uint8Array) {
@@ -2158,7 +2167,10 @@ var QuiverClient = class {
     }
     return new Promise((resolve, reject) => {
       const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
-      if (this.active && !this.active.ended) this.sendPublish(item, this.active);
+      const session = this.active && !this.active.ended ? this.active : null;
+      if (session && session.waiting >= this.opts.maxQueuedPublishes) {
+        reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting for the server's rate limit`, { room }));
+      } else if (session) this.sendPublish(item, session);
       else this.enqueue(item);
     });
   }
@@ -2442,6 +2454,7 @@ var QuiverClient = class {
     if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
     const resubscribe = this.subs.resubscribe(session);
     const queued = this.outbox.splice(0);
+    for (const item of queued) clearTimeout(item.timer);
     this.setState("connected");
     if (this.info) this.emit("welcome", this.info);
     resubscribe();
@@ -2484,12 +2497,26 @@ var QuiverClient = class {
     session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
   }
-  /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+  /**
+   * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
+   * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
+   * never sent, so publishing it again publishes it once (before, it stayed pending for the
+   * whole outage and was sent later, so an app that timed it out and retried published twice).
+   */
   enqueue(item) {
     if (this.outbox.length >= this.opts.maxQueuedPublishes) {
       item.reject(new QuiverError("buffer_full", `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
-    } else {
-      this.outbox.push(item);
+      return;
+    }
+    this.outbox.push(item);
+    if (item.ack) {
+      const ms = this.opts.requestTimeoutMs;
+      item.timer = setTimeout(() => {
+        const at = this.outbox.indexOf(item);
+        if (at < 0) return;
+        this.outbox.splice(at, 1);
+        item.reject(new QuiverError("timeout", `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
+      }, ms);
     }
   }
   sendPublish(item, session) {
@@ -2550,7 +2577,10 @@ var QuiverClient = class {
       ...cause?.code != null ? { code: cause.code } : {}
     });
     this.subs.endAll(err);
-    for (const item of this.outbox.splice(0)) item.reject(err);
+    for (const item of this.outbox.splice(0)) {
+      clearTimeout(item.timer);
+      item.reject(err);
+    }
     this.closedBy = cause;
     this.setState("closed", cause);
   }

@@ -115,6 +115,8 @@ interface QueuedPublish {
   ack: boolean;
   resolve: (p: Position | null) => void;
   reject: (e: QuiverError) => void;
+  /** An acknowledged publish's `requestTimeoutMs` while it waits in the outbox (see `enqueue`). */
+  timer?: ReturnType<typeof setTimeout>;
 }
 
 const textEncoder = new TextEncoder();
@@ -276,7 +278,12 @@ export class QuiverClient {
     }
     return new Promise((resolve, reject) => {
       const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
-      if (this.active && !this.active.ended) this.sendPublish(item, this.active);
+      const session = this.active && !this.active.ended ? this.active : null;
+      // Connected, the commands waiting for the pacer are bounded as the outbox is: an app
+      // publishing faster than the server's rate would otherwise queue without end.
+      if (session && session.waiting >= this.opts.maxQueuedPublishes) {
+        reject(new QuiverError('buffer_full', `${session.waiting} commands already waiting for the server's rate limit`, { room }));
+      } else if (session) this.sendPublish(item, session);
       else this.enqueue(item);
     });
   }
@@ -602,6 +609,7 @@ export class QuiverClient {
     // subscribe() itself and must not be sent a second time (the server would refuse it).
     const resubscribe = this.subs.resubscribe(session);
     const queued = this.outbox.splice(0);
+    for (const item of queued) clearTimeout(item.timer);
     this.setState('connected');
     if (this.info) this.emit('welcome', this.info);
     // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
@@ -651,12 +659,26 @@ export class QuiverClient {
     return true;
   }
 
-  /** Keeps a publish for the next session, within `maxQueuedPublishes`. */
+  /**
+   * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
+   * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
+   * never sent, so publishing it again publishes it once (before, it stayed pending for the
+   * whole outage and was sent later, so an app that timed it out and retried published twice).
+   */
   private enqueue(item: QueuedPublish): void {
     if (this.outbox.length >= this.opts.maxQueuedPublishes) {
       item.reject(new QuiverError('buffer_full', `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
-    } else {
-      this.outbox.push(item);
+      return;
+    }
+    this.outbox.push(item);
+    if (item.ack) {
+      const ms = this.opts.requestTimeoutMs;
+      item.timer = setTimeout(() => {
+        const at = this.outbox.indexOf(item);
+        if (at < 0) return;
+        this.outbox.splice(at, 1);
+        item.reject(new QuiverError('timeout', `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
+      }, ms);
     }
   }
 
@@ -728,7 +750,10 @@ export class QuiverClient {
       ...(cause?.code != null ? { code: cause.code } : {}),
     });
     this.subs.endAll(err);
-    for (const item of this.outbox.splice(0)) item.reject(err);
+    for (const item of this.outbox.splice(0)) {
+      clearTimeout(item.timer);
+      item.reject(err);
+    }
     this.closedBy = cause;
     this.setState('closed', cause);
   }

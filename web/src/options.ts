@@ -15,7 +15,8 @@ export const STREAM_END_GRACE_MS = 5_000;
 export type ConnectionState = 'connecting' | 'connected' | 'disconnected' | 'closed';
 
 export interface ReconnectOptions {
-  /** Upper bound of the first retry delay. Each attempt doubles it, up to `maxDelayMs`. */
+  /** Upper bound of the first retry delay (at least 100 ms). Each attempt doubles it, up to
+   *  `maxDelayMs` (at least 1 s). */
   initialDelayMs: number;
   maxDelayMs: number;
 }
@@ -63,7 +64,9 @@ export interface ClientOptions {
   reconnect?: Partial<ReconnectOptions> | false;
   /** Limit for the token callback, the handshake and the Welcome, each. Default 10 s. */
   connectTimeoutMs?: number;
-  /** How long to wait for the reply to a command, counted from when it is written. Default 10 s. */
+  /** How long to wait for the reply to a command, counted from when it is written. An
+   *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
+   *  rejects with kind `timeout` (never sent). Default 10 s. */
   requestTimeoutMs?: number;
   /** Ping period for RTT readings; 0 disables. Default 5 s. */
   pingIntervalMs?: number;
@@ -78,7 +81,9 @@ export interface ClientOptions {
   /** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
    *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
   paceCommands?: boolean;
-  /** Publishes kept while disconnected, sent on reconnect. Default 1000. */
+  /** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
+   *  for the pacer while connected. Past either, a publish rejects with kind `buffer_full`.
+   *  Counted in publishes, not bytes. Default 1000. */
   maxQueuedPublishes?: number;
   /** Largest frame accepted from the server before `Welcome`; raised to
    *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -229,7 +234,7 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
   const opts: ResolvedOptions = {
     token: options.token,
     clientName: options.clientName ?? clientName,
-    reconnect: options.reconnect === false ? false : { initialDelayMs: 500, maxDelayMs: 15_000, ...options.reconnect },
+    reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
     connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
     requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
     pingIntervalMs: options.pingIntervalMs ?? 5_000,
@@ -243,6 +248,17 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
   };
   return { opts, transports, targets, hashes, WT, WS };
+}
+
+/**
+ * The backoff with its floors: a first delay of at least 100 ms and a ceiling of at least 1 s.
+ * Zeros made a client against a closed port try (and ask its token function) about 375 times
+ * a second (outside audit 46, 4).
+ */
+function reconnectOptions(given: Partial<ReconnectOptions> | undefined): ReconnectOptions {
+  const initialDelayMs = Math.max(100, given?.initialDelayMs ?? 500);
+  const maxDelayMs = Math.max(initialDelayMs, 1_000, given?.maxDelayMs ?? 15_000);
+  return { initialDelayMs, maxDelayMs };
 }
 
 function parseHash(h: Uint8Array | string): Uint8Array<ArrayBuffer> {

@@ -183,6 +183,11 @@ export class Session implements LinkHandler {
     schedule(this.lastReceived + idleMs);
   }
 
+  /** Commands waiting for the pacer (not written yet). */
+  get waiting(): number {
+    return this.queue.length;
+  }
+
   /** Writes one command (through the pacer); resolves once it is handed to the transport. */
   send(frame: { id: number; command: Command }, options: SendOptions = {}): Promise<void> {
     if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));

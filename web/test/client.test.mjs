@@ -420,6 +420,40 @@ describe(`over ${transport}`, () => {
     await assert.rejects(b, (e) => e.kind === 'closed');
   });
 
+  test('an acknowledged publish not sent within requestTimeoutMs while disconnected is withdrawn, never sent later', async (t) => {
+    // Outside audit 46, 1: it stayed pending through the outage and was sent on the next
+    // session, so an app that gave up on it and published again published twice.
+    const { net, client } = setup({ requestTimeoutMs: 200 }, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const disconnected = once(client, 'state', (s) => s === 'disconnected');
+    conn.kill();
+    await disconnected;
+    const gaveUp = client.publish('r', 'given-up', { ack: true });
+    const kept = client.publish('r', 'kept');
+    await assert.rejects(gaveUp, (e) => e.kind === 'timeout' && /withdrawn, never sent/.test(e.message));
+    conn = await net.nextConnection();
+    await conn.welcome();
+    const cmd = await conn.expect('Publish');
+    assert.equal(new TextDecoder().decode(cmd.command.payload), 'kept');
+    await kept;
+  });
+
+  test('connected, the commands waiting for the pacer are bounded by maxQueuedPublishes', async (t) => {
+    // Outside audit 46, 2: 20,000 publishes past the server's rate were all taken (160 MB).
+    const { net, client } = setup({ maxQueuedPublishes: 3 }, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client, { limits: { commandsPerSecond: 1 } });
+    const results = [];
+    for (let i = 0; i < 8; i++) results.push(client.publish('r', `p${i}`).then(() => 'ok', (e) => e.kind));
+    const kinds = await Promise.race([
+      Promise.all(results.slice(4)),
+      new Promise((r) => setTimeout(() => r('pending'), 1_000)),
+    ]);
+    assert.deepEqual(kinds, ['buffer_full', 'buffer_full', 'buffer_full', 'buffer_full']);
+    void conn;
+  });
+
   test('goodbye: reconnect flag honoured, code and reason surfaced', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());
