@@ -122,12 +122,6 @@ fn secret_origin(flag: bool) -> String {
     if flag {
         return "--jwt-secret".into();
     }
-    std::env::vars_os()
-        .filter_map(|(name, _)| name.into_string().ok())
-        .find(|name| {
-            ["QUIVER_JWT_SECRET", "QUIVER_AUTH__JWT_SECRET"]
-                .iter()
-                .any(|var| name.eq_ignore_ascii_case(var))
-        })
+    quiver_server::config::env_variable_setting("auth.jwt_secret")
         .unwrap_or_else(|| "the configuration file".into())
 }

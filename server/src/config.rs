@@ -14,7 +14,8 @@ mod mistakes;
 mod url_credentials;
 mod validate;
 pub use check::{
-    key_meant_but_unset, unknown_env_keys, Checked, ConfigError, DEFAULT_TOML, NON_CONFIG_ENV,
+    env_variable_setting, key_meant_but_unset, unknown_env_keys, Checked, ConfigError,
+    DEFAULT_TOML, NON_CONFIG_ENV,
 };
 pub use mistakes::{MAX_DRAIN, MAX_RPC_TIMEOUT, MIN_API_KEY_LEN};
 pub use url_credentials::{NatsUrlAuth, UrlCredentialsError};

@@ -29,13 +29,8 @@ fn command(id: u32, command: Command) -> Vec<u8> {
     encode_command(&ClientFrame { id, command })
 }
 
-#[tokio::test]
-async fn session_prefixes_are_quic_varints() -> Result<()> {
-    let server = TestServer::start_with(|c| add_latest_namespace(c, "game")).await?;
-    let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
-
-    // The control stream, its prefix written by hand, then Hello and Subscribe.
-    let (mut send, mut recv) = session.conn.open_bi().await?;
+/// The control stream's first bytes, its prefix written by hand: the prefix, then `Hello` (id 1).
+fn hello_bytes() -> Vec<u8> {
     let mut bytes = CONTROL_PREFIX.to_vec();
     bytes.extend(command(
         1,
@@ -44,6 +39,17 @@ async fn session_prefixes_are_quic_varints() -> Result<()> {
             client: "wire".into(),
         },
     ));
+    bytes
+}
+
+#[tokio::test]
+async fn session_prefixes_are_quic_varints() -> Result<()> {
+    let server = TestServer::start_with(|c| add_latest_namespace(c, "game")).await?;
+    let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
+
+    // The control stream, its prefix written by hand, then Hello and Subscribe.
+    let (mut send, mut recv) = session.conn.open_bi().await?;
+    let mut bytes = hello_bytes();
     bytes.extend(command(
         2,
         Command::Subscribe {
@@ -132,14 +138,7 @@ async fn datagrams_for_no_session_are_metered() -> Result<()> {
     .await?;
     let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
     let (mut send, mut recv) = session.conn.open_bi().await?;
-    let mut bytes = CONTROL_PREFIX.to_vec();
-    bytes.extend(command(
-        1,
-        Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "wire".into(),
-        },
-    ));
+    let bytes = hello_bytes();
     send.write_all(&bytes).await?;
     let mut control = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let welcome = next_event(&mut recv, &mut control).await?;

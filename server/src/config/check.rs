@@ -212,21 +212,34 @@ fn toml_syntax_error(message: &str) -> Option<String> {
 /// The environment variable that set `path`: the one actually set (in whatever case the
 /// operator wrote it), else the canonical spelling.
 fn env_name(path: &[String], env: &[(String, String)]) -> String {
-    let canonical = env_var_for(path);
+    env_set(path, env).unwrap_or_else(|| env_var_for(path))
+}
+
+/// The environment variable, as the operator wrote it, that sets `path` (its own name or a
+/// shorthand), if one is set.
+fn env_set(path: &[String], env: &[(String, String)]) -> Option<String> {
     let set = |name: &str| {
         env.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(k, _)| k.clone())
     };
-    if let Some(name) = set(&canonical) {
-        return name;
-    }
     let dotted = path.join(".");
-    ENV_SHORTHANDS
-        .iter()
-        .filter(|(_, key)| key.eq_ignore_ascii_case(&dotted))
-        .find_map(|(var, _)| set(var))
-        .unwrap_or(canonical)
+    set(&env_var_for(path)).or_else(|| {
+        ENV_SHORTHANDS
+            .iter()
+            .filter(|(_, key)| key.eq_ignore_ascii_case(&dotted))
+            .find_map(|(var, _)| set(var))
+    })
+}
+
+/// The variable of this process's environment that sets the key `dotted` (`auth.jwt_secret`),
+/// as written, if one does: for tools that say where a setting came from.
+pub fn env_variable_setting(dotted: &str) -> Option<String> {
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, _)| Some((k.into_string().ok()?, String::new())))
+        .collect();
+    let path: Vec<String> = dotted.split('.').map(str::to_owned).collect();
+    env_set(&path, &env)
 }
 
 fn env_var_for(path: &[String]) -> String {
