@@ -1,6 +1,7 @@
 //! [`Client`]: the application-facing handle. Every call is a message to the connection task
 //! (see `connection/`), which owns the session (WebTransport or WebSocket).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::config::{ClientConfig, Transport};
 use crate::connection::{self, Request};
 use crate::error::ClientError;
 use crate::subscription::Subscription;
+use crate::writer::Claim;
 use crate::HistoryPage;
 
 /// Where the client's session stands. Watch it with [`Client::state`].
@@ -48,6 +50,9 @@ pub(crate) struct Shared {
     pub welcome: Mutex<Option<WelcomeInfo>>,
     pub closed: Mutex<Option<(u16, String)>>,
     pub permits: Arc<Semaphore>,
+    /// A `Request::Withdrawn` is on its way to the connection task (one at a time: it lets go of
+    /// every withdrawn publication at once).
+    pub withdrawals: AtomicBool,
 }
 
 impl Shared {
@@ -108,6 +113,7 @@ impl Client {
             welcome: Mutex::new(None),
             closed: Mutex::new(None),
             permits: Arc::new(Semaphore::new(config.publish_buffer.max(1))),
+            withdrawals: AtomicBool::new(false),
         });
         let request_timeout = config.request_timeout;
         let (req_tx, state) = connection::start(config, shared.clone()).await?;
@@ -207,6 +213,7 @@ impl Client {
             payload,
             ack: None,
             permit,
+            claim: Claim::default(),
         };
         if self.inner.req_tx.send(req).is_err() {
             return Err(self.closed_error());
@@ -246,11 +253,11 @@ impl Client {
     /// [`crate::ClientConfig::pace_commands`]) is sent on the next session instead, and so is
     /// one a draining server's goodbye (3000) left unanswered: the server answered every
     /// publish it carried out before it. The call then waits for the next session's answer.
-    /// A call that ends while its publication waits in the publish buffer for a session
-    /// ([`ClientError::Timeout`] after `request_timeout`, or its future dropped) withdraws it:
-    /// it is never sent later, so retrying after a timeout publishes it once; its buffer place
-    /// comes back at the next publish or reconnect. One already handed to a live connection
-    /// (waiting for the pacer, or written) is not withdrawn and may be published, as after
+    /// A call that ends before its publication was written ([`ClientError::Timeout`] after
+    /// `request_timeout`, or its future dropped) withdraws it, wherever it waits: in the publish
+    /// buffer for a session, or for the pacer on a live connection. It is never sent later, so
+    /// retrying after a timeout publishes it once, and its buffer place comes back at once. One
+    /// already written is not withdrawn and may be published, as after
     /// [`ClientError::ConnectionLost`].
     pub async fn publish_ack(
         &self,
@@ -260,11 +267,19 @@ impl Client {
         let payload = payload.into();
         self.check_payload(&payload)?;
         let permit = self.permit().await?;
+        let claim = Claim::default();
+        // However this call ends (a timeout, or its future dropped), a publication not yet
+        // written is withdrawn, wherever it waits: in the publish buffer or for the pacer.
+        let _withdraw = Withdraw {
+            claim: claim.clone(),
+            inner: &self.inner,
+        };
         self.request(|reply| Request::Publish {
             room: room.to_string(),
             payload,
             ack: Some(reply),
             permit,
+            claim,
         })
         .await
     }
@@ -429,6 +444,21 @@ impl Client {
             _ => permits
                 .try_acquire_owned()
                 .map_err(|_| ClientError::BufferFull),
+        }
+    }
+}
+
+/// Withdraws a `publish_ack`'s publication when the call ends, unless the writer took it (then
+/// it was written, and answered or lost with the connection).
+struct Withdraw<'a> {
+    claim: Claim,
+    inner: &'a Inner,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self.claim.withdraw() && !self.inner.shared.withdrawals.swap(true, Ordering::AcqRel) {
+            let _ = self.inner.req_tx.send(Request::Withdrawn);
         }
     }
 }

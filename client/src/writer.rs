@@ -6,7 +6,7 @@
 //! binary message (PROTOCOL.md 9.2: exactly one frame per client message).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,21 +27,58 @@ pub(crate) struct Outgoing {
     pub(crate) claim: Option<Claim>,
 }
 
-/// Who takes a queued frame first: the writer, to write it, or the connection's teardown, to
-/// send it on the next session. Exactly one of them does, so a frame taken back was never
-/// written, even when the writer was between its queue and the socket as the connection went.
+/// Who takes a queued frame first: the writer, to write it; the connection's teardown, to hold
+/// it for the next session; or the caller, giving up on it (a `publish_ack` that timed out or
+/// was dropped). Exactly one of them does, so a frame held or withdrawn was never written, even
+/// when the writer was between its queue and the socket as the connection went or the caller
+/// gave up.
 #[derive(Clone, Default)]
-pub(crate) struct Claim(Arc<AtomicBool>);
+pub(crate) struct Claim(Arc<AtomicU8>);
+
+const FREE: u8 = 0;
+const WRITTEN: u8 = 1;
+const HELD: u8 = 2;
+const WITHDRAWN: u8 = 3;
 
 impl Claim {
-    /// Whether this call took it (no one had).
-    pub(crate) fn take(&self) -> bool {
-        !self.0.swap(true, Ordering::AcqRel)
+    fn moves(&self, from: u8, to: u8) -> bool {
+        self.0
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
-    /// Whether someone took it.
+    /// The writer's: whether it may write the frame (no one took it before).
+    pub(crate) fn take(&self) -> bool {
+        self.moves(FREE, WRITTEN)
+    }
+
+    /// Whether the writer wrote it, or someone else took it (it will never be written on this
+    /// connection).
     pub(crate) fn is_taken(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) != FREE
+    }
+
+    /// The teardown's: whether it holds the frame to send on the next session: one never
+    /// written, or (`unanswered_after_drain`) one the draining server said it did not carry out.
+    pub(crate) fn hold(&self, unanswered_after_drain: bool) -> bool {
+        self.moves(FREE, HELD) || (unanswered_after_drain && self.moves(WRITTEN, HELD))
+    }
+
+    /// Makes a held frame writable again, on the next session; false if its caller withdrew it
+    /// meanwhile.
+    pub(crate) fn rearm(&self) -> bool {
+        self.moves(HELD, FREE)
+    }
+
+    /// The caller's, giving up: whether the frame is withdrawn (never written, and now never
+    /// will be). False once the writer took it: it may be published.
+    pub(crate) fn withdraw(&self) -> bool {
+        self.moves(FREE, WITHDRAWN) || self.moves(HELD, WITHDRAWN)
+    }
+
+    /// Whether its caller withdrew it.
+    pub(crate) fn is_withdrawn(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WITHDRAWN
     }
 }
 
@@ -118,6 +155,10 @@ async fn run<S: FrameSink>(
                 None => return Ok(()),
             },
         };
+        // One held back or withdrawn already costs no wait for the pacer.
+        if first.claim.as_ref().is_some_and(Claim::is_taken) {
+            continue;
+        }
         if let Some(p) = pacer.as_mut() {
             let wait = p.reserve(Instant::now());
             if !wait.is_zero() {
@@ -225,8 +266,8 @@ mod tests {
         task.await.unwrap();
     }
 
-    /// A frame the connection took back while it waited for the pacer is never written; one the
-    /// writer took cannot be taken back.
+    /// A frame the connection held back or its caller withdrew while it waited for the pacer is
+    /// never written; one the writer took cannot be taken back.
     #[tokio::test(start_paused = true)]
     async fn a_frame_taken_back_is_never_written() {
         let rec = Recorder::default();
@@ -241,11 +282,20 @@ mod tests {
         }
         let task = tokio::spawn(task);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(!claims[0].take(), "written, so not to be taken back");
-        assert!(claims[2].take(), "still waiting for the pacer");
+        assert!(!claims[0].hold(false), "written, so not to be taken back");
+        assert!(!claims[1].withdraw(), "written, so not to be withdrawn");
+        assert!(claims[1].hold(true), "unanswered after a drain: held again");
+        assert!(claims[2].hold(false), "still waiting for the pacer");
+        assert!(
+            claims[3].withdraw(),
+            "its caller gave up before it was written"
+        );
+        assert!(claims[3].is_withdrawn() && !claims[3].hold(true));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let all = rec.frames();
-        assert_eq!(all, vec![1, 2, 4]);
+        assert_eq!(rec.frames(), vec![1, 2]);
+        // Held ones are written on the next session unless their caller withdrew them first.
+        assert!(claims[2].rearm() && claims[2].take());
+        assert!(claims[1].withdraw() && !claims[1].rearm());
         drop(handle);
         task.await.unwrap();
     }

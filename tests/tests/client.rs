@@ -59,6 +59,8 @@ over_both!(
     a_server_that_stops_answering_is_noticed_by_the_heartbeat,
     a_session_busy_with_a_slow_command_is_not_taken_for_dead,
     acknowledged_publishes_left_unanswered_by_a_drain_are_sent_again,
+    a_publish_ack_given_up_while_waiting_for_the_pacer_is_never_sent,
+    withdrawn_publishes_give_their_buffer_places_back_at_once,
 );
 
 /// The WebSocket URL of an in-process server: its HTTP listener.
@@ -1372,4 +1374,88 @@ async fn a_token_provider_that_hangs_during_a_refresh_is_asked_again() -> anyhow
     );
     close(&client).await?;
     Ok(())
+}
+
+/// A `publish_ack` whose caller gives up (here: `request_timeout`) while its publication waits
+/// for the pacer on a live connection is withdrawn, never written: a caller that retries after
+/// the timeout publishes once (outside audit 47, N1: it was written after the timeout).
+async fn a_publish_ack_given_up_while_waiting_for_the_pacer_is_never_sent(
+    via: Transport,
+) -> anyhow::Result<()> {
+    // 20 commands a second: the client paces to 19 a second after a burst of 10.
+    let server = TestServer::start_with(|c| c.limits.commands_per_second = 20).await?;
+    let mut config = config_for(&server, via, token_fixed(full_token("acme", "paced")));
+    config.request_timeout = Duration::from_millis(300);
+    let client = Client::connect(config).await?;
+    let mut sub = client.subscribe("room.paced").await?;
+    // About a second of publishes queued for the pacer ahead of the one given up.
+    for i in 0..25 {
+        client.publish("room.paced", format!("queued-{i}")).await?;
+    }
+    let gave_up = client.publish_ack("room.paced", "given-up").await;
+    assert!(matches!(gave_up, Err(ClientError::Timeout)), "{gave_up:?}");
+    client.publish("room.paced", "after").await?;
+    for i in 0..25 {
+        assert_eq!(payload(&mut sub).await?, format!("queued-{i}"), "{via:?}");
+    }
+    // The next publication is the one made after it: the withdrawn one was skipped.
+    assert_eq!(payload(&mut sub).await?, "after", "{via:?}");
+    // The connection is as it was: acknowledged publishes are answered.
+    client.publish_ack("room.paced", "still").await?;
+    assert_eq!(payload(&mut sub).await?, "still", "{via:?}");
+    close(&client).await
+}
+
+/// A withdrawn publication gives its place in `publish_buffer` back when its caller gives up,
+/// not at the next publish or reconnect: with the buffer full of withdrawn ones a new publish
+/// while disconnected is buffered, not refused `BufferFull` (outside audit 47, N2).
+async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
+    via: Transport,
+) -> anyhow::Result<()> {
+    let mut server = TestServer::start().await?;
+    let mut config = reconnecting(config_for(
+        &server,
+        via,
+        token_fixed(full_token("acme", "buffered")),
+    ));
+    config.publish_buffer = 2;
+    config.request_timeout = Duration::from_millis(200);
+    let client = Client::connect(config).await?;
+    let mut states = StateLog::start(&client);
+    let mut sub = client.subscribe("room.buffered").await?;
+    tokio::time::timeout(WAIT, server.stop())
+        .await
+        .map_err(|_| anyhow!("server still stopping after {WAIT:?}"))?;
+    states.until("a disconnect", |s| !is_connected(s)).await?;
+    // Both buffered before either times out: the buffer is full of withdrawn publications.
+    let (a, b) = tokio::join!(
+        client.publish_ack("room.buffered", "given-up-0"),
+        client.publish_ack("room.buffered", "given-up-1"),
+    );
+    for gave_up in [a, b] {
+        assert!(matches!(gave_up, Err(ClientError::Timeout)), "{gave_up:?}");
+    }
+    // Their places come back as the connection task hears of them (at once, but not in this
+    // very instant); before the change they came back only with the next publish it received,
+    // which this refusal prevents.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match client.publish("room.buffered", "kept").await {
+            Ok(()) => break,
+            Err(ClientError::BufferFull) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => bail!("{via:?}: publish while disconnected: {e}"),
+        }
+    }
+    server.restart().await?;
+    states.until("the reconnect", is_connected).await?;
+    match next(&mut sub).await? {
+        SubEvent::Resubscribed { .. } => {}
+        other => bail!("expected Resubscribed, got {other:?}"),
+    }
+    assert_eq!(payload(&mut sub).await?, "kept", "{via:?}");
+    client.publish_ack("room.buffered", "after").await?;
+    assert_eq!(payload(&mut sub).await?, "after", "{via:?}");
+    close(&client).await
 }

@@ -1,6 +1,8 @@
 //! The application's requests (subscribe, unsubscribe, publish, ping, presence, close) and the
 //! server's replies to them, matched by frame id.
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 
 impl Actor {
@@ -38,6 +40,7 @@ impl Actor {
                         payload,
                         ack: None,
                         permit,
+                        claim: Claim::default(),
                     });
                 }
             }
@@ -46,12 +49,14 @@ impl Actor {
                 payload,
                 ack,
                 permit,
+                claim,
             } => {
                 let item = Buffered {
                     room,
                     payload,
                     ack,
                     permit: Some(permit),
+                    claim,
                 };
                 if self.live.is_some() && self.buffer.is_empty() {
                     self.send_publish(item);
@@ -120,6 +125,16 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::Withdrawn => {
+                // Before looking, so that a withdrawal after the look sends another request.
+                self.shared.withdrawals.swap(false, Ordering::AcqRel);
+                self.buffer.retain(|b| !b.abandoned());
+                if let Some(live) = self.live.as_mut() {
+                    live.pending.retain(|_, p| {
+                        !matches!(p, Pending::PublishAck { claim, .. } if claim.is_withdrawn())
+                    });
+                }
+            }
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
@@ -242,6 +257,9 @@ impl Actor {
             self.buffer.push_back(item);
             return;
         };
+        // Held for this session by the last one's teardown (a fresh one is writable already);
+        // withdrawn meanwhile, the writer skips it and `Request::Withdrawn` lets go of it.
+        item.claim.rearm();
         // A frame over `max_frame` would make the server close the whole session
         // (protocol_error), so refuse locally what could not fit (room + envelope < 64 bytes
         // beyond the room name).
@@ -267,13 +285,13 @@ impl Actor {
             return;
         }
         let Some(reply) = item.ack else {
-            live.send_unacked(item.room, item.payload, item.permit);
+            live.send_unacked(item.room, item.payload, item.permit, item.claim);
             return;
         };
         let pending = Pending::PublishAck {
             reply,
             again: (item.room.clone(), item.payload.clone()),
-            claim: Default::default(),
+            claim: item.claim,
         };
         live.send_with(
             Command::Publish {

@@ -68,7 +68,12 @@ pub(crate) enum Request {
         payload: Bytes,
         ack: Option<Reply<Option<Position>>>,
         permit: OwnedSemaphorePermit,
+        /// Withdrawn by a `publish_ack` caller that gave up before it was written.
+        claim: Claim,
     },
+    /// A `publish_ack` caller withdrew its publication: let go of every withdrawn one (their
+    /// buffer places and pending replies) now, not when the writer or a reconnect reaches them.
+    Withdrawn,
     Ping {
         reply: Reply<Duration>,
     },
@@ -200,6 +205,8 @@ struct Buffered {
     room: String,
     payload: Bytes,
     ack: Option<Reply<Option<Position>>>,
+    /// Held for this buffer, or withdrawn by its caller; made writable again when it is sent.
+    claim: Claim,
     /// Its place in `ClientConfig::publish_buffer`; none for one sent again after a drain (it
     /// held one when it was made).
     permit: Option<OwnedSemaphorePermit>,
@@ -210,7 +217,7 @@ impl Buffered {
     /// written: it is then withdrawn, never sent later, so a caller that retries after a
     /// timeout does not publish twice (outside audit 45, 1).
     fn abandoned(&self) -> bool {
-        self.ack.as_ref().is_some_and(|reply| reply.is_closed())
+        self.claim.is_withdrawn() || self.ack.as_ref().is_some_and(|reply| reply.is_closed())
     }
 }
 
@@ -335,10 +342,15 @@ impl Live {
     }
 
     /// A publish without acknowledgement, kept in `unacked` until the writer claims it.
-    fn send_unacked(&mut self, room: String, payload: Bytes, permit: Option<OwnedSemaphorePermit>) {
+    fn send_unacked(
+        &mut self,
+        room: String,
+        payload: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+        claim: Claim,
+    ) {
         self.prune_unacked();
         let id = self.next_id();
-        let claim = Claim::default();
         self.unacked.push_back(Unacked {
             id,
             claim: claim.clone(),
@@ -764,13 +776,14 @@ impl Actor {
                     reply,
                     again: (room, payload),
                     claim,
-                } if claim.take() || drained => again.push((
+                } if claim.hold(drained) => again.push((
                     id,
                     Buffered {
                         room,
                         payload,
                         ack: Some(reply),
                         permit: None,
+                        claim,
                     },
                 )),
                 // The others a drain left unanswered were not carried out either: the caller
@@ -784,13 +797,14 @@ impl Actor {
         again.extend(
             live.unacked
                 .into_iter()
-                .filter(|u| u.claim.take())
+                .filter(|u| u.claim.hold(false))
                 .map(|u| {
                     let buffered = Buffered {
                         room: u.room,
                         payload: u.payload,
                         ack: None,
                         permit: None,
+                        claim: u.claim,
                     };
                     (u.id, buffered)
                 }),
