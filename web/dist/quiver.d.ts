@@ -683,9 +683,10 @@ export declare class QuiverClient {
 	private moveToWebSocket;
 	/**
 	 * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-	 * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
-	 * never sent, so publishing it again publishes it once (before, it stayed pending for the
-	 * whole outage and was sent later, so an app that timed it out and retried published twice).
+	 * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
+	 * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
+	 * pending for the whole outage and was sent later, so an app that timed it out and retried
+	 * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
 	 */
 	private enqueue;
 	private sendPublish;

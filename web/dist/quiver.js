@@ -856,7 +856,14 @@ var Session = class {
     return new Promise((resolve, reject) => {
       const entry = { resolve, reject, timer: null };
       this.pending.set(frameId, entry);
-      this.send({ id: frameId, command }, options).then(
+      const written = this.send({ id: frameId, command }, options);
+      const withdrawAt = options.writeBy;
+      const withdrawal = withdrawAt === void 0 ? null : setTimeout(() => this.withdraw(frameId, command.type), Math.max(0, withdrawAt - now()));
+      const settled = () => {
+        if (withdrawal) clearTimeout(withdrawal);
+      };
+      written.then(settled, settled);
+      written.then(
         () => {
           if (this.pending.get(frameId) !== entry) return;
           entry.timer = setTimeout(() => {
@@ -870,6 +877,14 @@ var Session = class {
         }
       );
     });
+  }
+  /** Takes command `id` out of the pacer's queue, if it still waits there, and rejects its write
+   *  with kind `timeout` (not `unsent`: it must not be sent on a later session either). */
+  withdraw(id, what) {
+    const at = this.queue.findIndex((q) => q.id === id);
+    if (at < 0) return;
+    const [item] = this.queue.splice(at, 1);
+    item?.reject(new QuiverError("timeout", `${what} still waiting for the server's rate limit ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`));
   }
   /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
   awaitsReply(id) {
@@ -2166,7 +2181,7 @@ var QuiverClient = class {
       if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
-      const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
+      const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };
       const session = this.active && !this.active.ended ? this.active : null;
       if (session && session.waiting >= this.opts.maxQueuedPublishes) {
         reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting for the server's rate limit`, { room }));
@@ -2499,9 +2514,10 @@ var QuiverClient = class {
   }
   /**
    * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-   * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
-   * never sent, so publishing it again publishes it once (before, it stayed pending for the
-   * whole outage and was sent later, so an app that timed it out and retried published twice).
+   * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
+   * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
+   * pending for the whole outage and was sent later, so an app that timed it out and retried
+   * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
    */
   enqueue(item) {
     if (this.outbox.length >= this.opts.maxQueuedPublishes) {
@@ -2511,12 +2527,15 @@ var QuiverClient = class {
     this.outbox.push(item);
     if (item.ack) {
       const ms = this.opts.requestTimeoutMs;
-      item.timer = setTimeout(() => {
-        const at = this.outbox.indexOf(item);
-        if (at < 0) return;
-        this.outbox.splice(at, 1);
-        item.reject(new QuiverError("timeout", `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
-      }, ms);
+      item.timer = setTimeout(
+        () => {
+          const at = this.outbox.indexOf(item);
+          if (at < 0) return;
+          this.outbox.splice(at, 1);
+          item.reject(new QuiverError("timeout", `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
+        },
+        Math.max(0, item.madeAt + ms - performance.now())
+      );
     }
   }
   sendPublish(item, session) {
@@ -2530,7 +2549,8 @@ var QuiverClient = class {
       session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
       return;
     }
-    session.request(this.nextId(), command).then((reply) => {
+    const writeBy = item.madeAt + this.opts.requestTimeoutMs;
+    session.request(this.nextId(), command, { writeBy }).then((reply) => {
       if (reply.type === "Published") item.resolve(reply.position);
       else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
     }, failed);

@@ -115,7 +115,10 @@ interface QueuedPublish {
   ack: boolean;
   resolve: (p: Position | null) => void;
   reject: (e: QuiverError) => void;
-  /** An acknowledged publish's `requestTimeoutMs` while it waits in the outbox (see `enqueue`). */
+  /** When `publish` was called (`performance.now()`): an acknowledged publish not written
+   *  `requestTimeoutMs` later, in the outbox or waiting for the pacer, is withdrawn. */
+  madeAt: number;
+  /** That deadline while it waits in the outbox (see `enqueue`). */
   timer?: ReturnType<typeof setTimeout>;
 }
 
@@ -277,7 +280,7 @@ export class QuiverClient {
       if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
-      const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject };
+      const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };
       const session = this.active && !this.active.ended ? this.active : null;
       // Connected, the commands waiting for the pacer are bounded as the outbox is: an app
       // publishing faster than the server's rate would otherwise queue without end.
@@ -661,9 +664,10 @@ export class QuiverClient {
 
   /**
    * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-   * is still here `requestTimeoutMs` later is withdrawn and rejects with kind `timeout`: it was
-   * never sent, so publishing it again publishes it once (before, it stayed pending for the
-   * whole outage and was sent later, so an app that timed it out and retried published twice).
+   * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
+   * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
+   * pending for the whole outage and was sent later, so an app that timed it out and retried
+   * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
    */
   private enqueue(item: QueuedPublish): void {
     if (this.outbox.length >= this.opts.maxQueuedPublishes) {
@@ -673,12 +677,15 @@ export class QuiverClient {
     this.outbox.push(item);
     if (item.ack) {
       const ms = this.opts.requestTimeoutMs;
-      item.timer = setTimeout(() => {
-        const at = this.outbox.indexOf(item);
-        if (at < 0) return;
-        this.outbox.splice(at, 1);
-        item.reject(new QuiverError('timeout', `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
-      }, ms);
+      item.timer = setTimeout(
+        () => {
+          const at = this.outbox.indexOf(item);
+          if (at < 0) return;
+          this.outbox.splice(at, 1);
+          item.reject(new QuiverError('timeout', `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
+        },
+        Math.max(0, item.madeAt + ms - performance.now()),
+      );
     }
   }
 
@@ -695,7 +702,8 @@ export class QuiverClient {
       session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
       return;
     }
-    session.request(this.nextId(), command).then((reply) => {
+    const writeBy = item.madeAt + this.opts.requestTimeoutMs;
+    session.request(this.nextId(), command, { writeBy }).then((reply) => {
       if (reply.type === 'Published') item.resolve(reply.position);
       else item.reject(new QuiverError('protocol', `expected Published, got ${reply.type}`, { room: item.room }));
     }, failed);

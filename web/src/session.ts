@@ -220,14 +220,24 @@ export class Session implements LinkHandler {
    * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
    * the next id from the owner's counter (see `nextId`).
    */
-  request(id: number, command: Command, options: SendOptions & { timeoutMs?: number } = {}): Promise<Event> {
+  request(id: number, command: Command, options: SendOptions & { timeoutMs?: number; writeBy?: number } = {}): Promise<Event> {
     if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
     const frameId = id === 0 ? this.nextId() : id;
     const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
     return new Promise<Event>((resolve, reject) => {
       const entry: PendingRequest = { resolve, reject, timer: null };
       this.pending.set(frameId, entry);
-      this.send({ id: frameId, command }, options).then(
+      const written = this.send({ id: frameId, command }, options);
+      // Still waiting for the pacer at `writeBy`: withdrawn, never written (an acknowledged
+      // publish whose caller would otherwise time out and retry while it still goes out later).
+      const withdrawAt = options.writeBy;
+      const withdrawal =
+        withdrawAt === undefined ? null : setTimeout(() => this.withdraw(frameId, command.type), Math.max(0, withdrawAt - now()));
+      const settled = (): void => {
+        if (withdrawal) clearTimeout(withdrawal);
+      };
+      written.then(settled, settled);
+      written.then(
         () => {
           if (this.pending.get(frameId) !== entry) return;
           entry.timer = setTimeout(() => {
@@ -241,6 +251,15 @@ export class Session implements LinkHandler {
         },
       );
     });
+  }
+
+  /** Takes command `id` out of the pacer's queue, if it still waits there, and rejects its write
+   *  with kind `timeout` (not `unsent`: it must not be sent on a later session either). */
+  private withdraw(id: number, what: string): void {
+    const at = this.queue.findIndex((q) => q.id === id);
+    if (at < 0) return;
+    const [item] = this.queue.splice(at, 1);
+    item?.reject(new QuiverError('timeout', `${what} still waiting for the server's rate limit ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`));
   }
 
   /** Whether the command `id` still waits for its reply: none of its reply has arrived. */

@@ -454,6 +454,28 @@ describe(`over ${transport}`, () => {
     void conn;
   });
 
+  test('an acknowledged publish still waiting for the pacer requestTimeoutMs after it was made is withdrawn, never written', async (t) => {
+    // Outside audit 47, N1 (as in the Rust client): a publish waiting for the pacer on a live
+    // connection had no deadline at all; an app that gave up on it by its own timer and
+    // published again published twice.
+    const { net, client } = setup({ requestTimeoutMs: 300 }, transport);
+    t.after(() => client.close());
+    // Two commands a second (burst 1): each publish waits about half a second for the one before.
+    const conn = await connected(net, client, { limits: { commandsPerSecond: 2 } });
+    const sent = [];
+    const first = client.publish('r', 'first');
+    const second = client.publish('r', 'second');
+    const gaveUp = client.publish('r', 'given-up', { ack: true });
+    const after = client.publish('r', 'after');
+    await assert.rejects(gaveUp, (e) => e.kind === 'timeout' && /withdrawn, never sent/.test(e.message));
+    while (sent.length < 3) {
+      const frame = await conn.commands.next('a Publish', 3_000);
+      if (frame.command.type === 'Publish') sent.push(new TextDecoder().decode(frame.command.payload));
+    }
+    assert.deepEqual(sent, ['first', 'second', 'after']);
+    await Promise.all([first, second, after]);
+  });
+
   test('goodbye: reconnect flag honoured, code and reason surfaced', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());
