@@ -44,9 +44,9 @@ pub enum HistoryError {
 
 impl HistoryError {
     /// What a client is told: the broker's own words never ([`BrokerError::for_client`]).
-    pub fn for_client(&self) -> String {
+    pub fn for_client(&self, tenant: &str) -> String {
         match self {
-            Self::Broker(e) => e.for_client(),
+            Self::Broker(e) => e.for_client(tenant),
             _ => self.to_string(),
         }
     }

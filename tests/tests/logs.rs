@@ -1023,3 +1023,54 @@ async fn unreadable_nats_headers_are_logged_once_a_second() -> Result<()> {
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 0.0, "{page}");
     Ok(())
 }
+
+/// A broker failure a client is told of in general terms (`broker::BROKER_FAILED`) is logged
+/// in the broker's words with the tenant it touched, so the operator sees whom (outside audit
+/// 42, 3: the line named no tenant).
+#[tokio::test]
+async fn broker_failures_told_to_clients_are_logged_with_their_tenant() -> Result<()> {
+    // JetStream may keep less than one tenant's history stream reserves.
+    let nats = quiver_tests::nats::NatsServer::start_with_config(
+        "jetstream {\n  max_memory_store: 4MB\n  max_file_store: 4MB\n}\n",
+    )
+    .await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("history.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nhistory_tenant_max_bytes = 16777216\n\
+         [[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"60s\"\n",
+    )?;
+    let config = config.to_string_lossy().into_owned();
+    let server = Logged::start(
+        dir.path(),
+        &[
+            "--log-format",
+            "json",
+            "--config",
+            &config,
+            "--nats",
+            &nats.url(),
+        ],
+    )?;
+    server.wait_ready().await?;
+    let (port, hash) = (server.port("webtransport")?, server.hash()?);
+    let mut alice = Raw::connect_at(port, hash, &full_token("acme", "alice")).await?;
+    let reply = alice
+        .request(quiver_proto::Command::Publish {
+            room: "h.x".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            ack: true,
+        })
+        .await?;
+    let quiver_proto::Event::Error { message, .. } = &reply else {
+        bail!("stored beyond the store's room: {reply:?}");
+    };
+    assert_eq!(message, quiver_server::broker::BROKER_FAILED);
+    let line = server.wait_for("broker failure told to a client").await?;
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["tenant"], "acme", "{line}");
+    let error = line["error"].as_str().unwrap_or_default().to_lowercase();
+    assert!(error.contains("insufficient"), "{line}");
+    Ok(())
+}

@@ -121,13 +121,13 @@ impl ApiError {
 
     /// An operator action applied here but not told to the other instances: 503, with what it
     /// did here under `field` (a retry is safe: each action is idempotent).
-    pub fn not_spread(field: &'static str, e: crate::control::NotSpread) -> Self {
+    pub fn not_spread(field: &'static str, tenant: &str, e: crate::control::NotSpread) -> Self {
         Self {
             count: Some((field, e.here)),
             ..Self::new(Code::Unavailable, {
                 // NATS's words (a full JetStream account, say) are the operator's: they
                 // could tell a tenant of what the others use (outside audit 42, 1).
-                crate::broker::log_failure(&e.error);
+                crate::broker::log_failure(&e.error, tenant);
                 "applied on this instance only, not told to the others (the broker failed; \
                      the server's log says why); retry"
                     .to_owned()
@@ -143,9 +143,10 @@ impl ApiError {
         Self::new(Code::Unavailable, e.to_string())
     }
 
-    /// The broker failed: 503, never in the broker's own words ([`crate::broker::BrokerError::for_client`]).
-    pub fn broker(e: crate::broker::BrokerError) -> Self {
-        Self::new(Code::Unavailable, e.for_client())
+    /// The broker failed for a request of `tenant` ("" for every tenant): 503, never in the
+    /// broker's own words ([`crate::broker::BrokerError::for_client`]).
+    pub fn broker(tenant: &str, e: crate::broker::BrokerError) -> Self {
+        Self::new(Code::Unavailable, e.for_client(tenant))
     }
 }
 
@@ -237,6 +238,7 @@ mod tests {
     fn an_action_not_spread_is_told_without_the_brokers_words() {
         let error = super::ApiError::not_spread(
             "disconnected_here",
+            "acme",
             crate::control::NotSpread {
                 here: 2,
                 error: "nats: ack error: publish failed: resource limits exceeded for account \

@@ -337,11 +337,12 @@ async fn publish_one(
     check_size(shared, &payload)?;
     // The tenant's traffic whoever published it (its sessions count theirs in TenantSession).
     let tenant = shared.tenant_quotas.label(&key.tenant);
+    let told = key.tenant.clone();
     let position = shared
         .broker
         .publish(key, payload)
         .await
-        .map_err(ApiError::broker)?;
+        .map_err(|e| ApiError::broker(told.as_str(), e))?;
     m::hot::publications().increment(1);
     metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => tenant).increment(1);
     Ok(position)

@@ -44,9 +44,12 @@ pub async fn presence(
     let name = room.to_string();
     let members = shared
         .broker
-        .members(RoomKey { tenant, room })
+        .members(RoomKey {
+            tenant: tenant.clone(),
+            room,
+        })
         .await
-        .map_err(ApiError::broker)?;
+        .map_err(|e| ApiError::broker(tenant.as_str(), e))?;
     let (members, truncated) = listed(members, MAX_MEMBERS);
     Ok(Json(
         json!({"room": name, "members": members, "truncated": truncated}),
@@ -93,14 +96,18 @@ pub async fn history(
     let name = room.to_string();
     let max_bytes = shared.config.limits.max_frame as usize;
     let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
-    let page = crate::history::page(&shared, RoomKey { tenant, room }, since, limit, max_bytes)
+    let key = RoomKey {
+        tenant: tenant.clone(),
+        room,
+    };
+    let page = crate::history::page(&shared, key, since, limit, max_bytes)
         .await
         .map_err(|e| match e {
             HistoryError::NoHistory(_) => ApiError::bad_request(e.to_string()),
             HistoryError::Unrecoverable { .. } => {
                 ApiError::new(Code::UnrecoverablePosition, e.to_string())
             }
-            HistoryError::Broker(e) => ApiError::broker(e),
+            HistoryError::Broker(e) => ApiError::broker(tenant.as_str(), e),
         })?;
     let publications: Vec<Value> = page
         .publications
@@ -139,7 +146,7 @@ pub async fn rooms(
             rooms: true,
         })
         .await
-        .map_err(|e| ApiError::broker(crate::broker::BrokerError::Failed(e)))?;
+        .map_err(|e| ApiError::broker(tenant.as_str(), crate::broker::BrokerError::Failed(e)))?;
     let truncated = nodes.iter().any(|n| n.room_count > n.rooms.len());
     let mut rooms: BTreeMap<String, usize> = BTreeMap::new();
     for node in nodes {
@@ -168,11 +175,14 @@ pub async fn info(
     let nodes = shared
         .control
         .cluster_stats(&StatsRequest {
-            tenant,
+            tenant: tenant.clone(),
             rooms: false,
         })
         .await
-        .map_err(|e| ApiError::broker(crate::broker::BrokerError::Failed(e)))?;
+        .map_err(|e| {
+            let told = tenant.as_deref().unwrap_or_default();
+            ApiError::broker(told, crate::broker::BrokerError::Failed(e))
+        })?;
     let nodes: Vec<Value> = nodes
         .into_iter()
         .map(|n| {

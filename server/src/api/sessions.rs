@@ -77,7 +77,7 @@ pub async fn disconnect(
         .control
         .disconnect(&tenant, disconnect)
         .await
-        .map_err(|e| ApiError::not_spread("disconnected_here", e))?;
+        .map_err(|e| ApiError::not_spread("disconnected_here", tenant.as_str(), e))?;
     Ok(Json(json!({"disconnected_here": local})))
 }
 
@@ -130,7 +130,7 @@ pub async fn revoke(
         .control
         .revoke(&tenant, &request.jti, until)
         .await
-        .map_err(|e| ApiError::not_spread("disconnected_here", e))?;
+        .map_err(|e| ApiError::not_spread("disconnected_here", tenant.as_str(), e))?;
     Ok(Json(json!({"disconnected_here": local})))
 }
 
@@ -171,6 +171,6 @@ pub async fn unsubscribe(
         .control
         .unsubscribe(&tenant, unsubscribe)
         .await
-        .map_err(|e| ApiError::not_spread("unsubscribed_here", e))?;
+        .map_err(|e| ApiError::not_spread("unsubscribed_here", tenant.as_str(), e))?;
     Ok(Json(json!({"unsubscribed_here": local})))
 }

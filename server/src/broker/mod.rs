@@ -37,24 +37,27 @@ static FAILURES_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBud
 
 impl BrokerError {
     /// The error as a client (or a tenant's backend) may be told it: Quiver's own words, or
-    /// for the broker's own, [`BROKER_FAILED`], with the broker's words logged (a warning,
-    /// at most 5 lines a second, the count of those left out in the next).
-    pub fn for_client(&self) -> String {
+    /// for the broker's own, [`BROKER_FAILED`], with the broker's words logged with the
+    /// `tenant` told (a warning, at most 5 lines a second, the count of those left out in the
+    /// next).
+    pub fn for_client(&self, tenant: &str) -> String {
         match self {
             Self::Unavailable(_) => self.to_string(),
             Self::Failed(detail) => {
-                log_failure(detail);
+                log_failure(detail, tenant);
                 BROKER_FAILED.to_owned()
             }
         }
     }
 }
 
-/// Logs the broker's own words of a failure a client or backend is told of in general terms
-/// (a warning, at most 5 lines a second, the count of those left out in the next).
-pub fn log_failure(detail: &str) {
+/// Logs the broker's own words of a failure a client or backend of `tenant` ("" for an
+/// operator's request about every tenant) is told of in general terms (a warning, at most 5
+/// lines a second, the count of those left out in the next), so the operator sees whom it
+/// touched (outside audit 42, 3).
+pub fn log_failure(detail: &str, tenant: &str) {
     if let Some(not_logged) = FAILURES_LOGGED.admit() {
-        tracing::warn!(error = %detail, not_logged, "broker failure told to a client");
+        tracing::warn!(error = %detail, tenant, not_logged, "broker failure told to a client");
     }
 }
 

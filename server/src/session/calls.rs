@@ -183,6 +183,7 @@ impl Session {
         let caller = self.caller();
         let quota = self.quota.as_ref().map(|q| q.publisher());
         let broker = self.shared.broker.clone();
+        let tenant = key.tenant.clone();
         Box::pin(async move {
             let payload = ask(&rpc, Hook::Publish, &caller, &key.room, Some(&payload))
                 .await?
@@ -195,7 +196,7 @@ impl Session {
             broker
                 .publish(key, payload)
                 .await
-                .map_err(super::publishing::unavailable)
+                .map_err(|e| super::publishing::unavailable(tenant.as_str(), e))
         })
     }
 }

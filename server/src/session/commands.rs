@@ -118,7 +118,10 @@ impl Session {
                 if let Some(quota) = &self.quota {
                     quota.remove_subscription();
                 }
-                return Err(Refusal::new(ErrorCode::Unavailable, e.for_client()));
+                return Err(super::publishing::unavailable(
+                    self.grant.tenant.as_str(),
+                    e,
+                ));
             }
         };
 
@@ -310,11 +313,12 @@ impl Session {
                 .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         }
         let broker = self.shared.broker.clone();
+        let tenant = key.tenant.clone();
         let publishing = Box::pin(async move {
             broker
                 .publish(key, payload)
                 .await
-                .map_err(super::publishing::unavailable)
+                .map_err(|e| super::publishing::unavailable(tenant.as_str(), e))
         });
         // The memory broker delivers as it takes the publication: its stream writes may be
         // held for the rest of the session's run.
@@ -469,7 +473,7 @@ impl Session {
             .broker
             .members(key)
             .await
-            .map_err(super::publishing::unavailable)?;
+            .map_err(|e| super::publishing::unavailable(self.grant.tenant.as_str(), e))?;
         let max_frame = self.shared.config.limits.max_frame as usize;
         Ok(Some(crate::presence::bounded_event(
             room, members, max_frame,
@@ -512,7 +516,7 @@ impl Session {
                 HistoryError::Unrecoverable { .. } => ErrorCode::UnrecoverablePosition,
                 HistoryError::Broker(_) => ErrorCode::Unavailable,
             };
-            Refusal::new(code, e.for_client())
+            Refusal::new(code, e.for_client(self.grant.tenant.as_str()))
         };
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.

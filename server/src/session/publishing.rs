@@ -38,9 +38,9 @@ pub const MAX_DATAGRAMS: usize = 8;
 /// datagram its hook's or quota's answer).
 pub type Publish = BoxFuture<'static, Result<Option<Position>, Refusal>>;
 
-/// The broker's error as the refusal a client is told.
-pub fn unavailable(e: BrokerError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, e.for_client())
+/// The broker's error as the refusal a client of `tenant` is told.
+pub fn unavailable(tenant: &str, e: BrokerError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, e.for_client(tenant))
 }
 
 /// Who is told how a publication ended.
