@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use quiver_proto::{Command, Event, Position, Recovery};
+use quiver_proto::{Command, ErrorCode, Event, Position, Recovery};
 use quiver_server::config::NamespaceConfig;
 use quiver_tests::*;
 
@@ -84,6 +84,14 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         })
         .await?;
     assert!(matches!(history, Event::History { .. }), "{history:?}");
+    // A command type this server does not know counts as `other` (outside audit 48, F1: it was
+    // refused and counted in `quiver_commands_total`, but `other` never moved).
+    publisher.send_bytes(&[0, 0, 0, 2, 9, 42]).await?;
+    let refused = publisher.recv().await?;
+    assert!(
+        matches!(refused.event, Event::Error { code, .. } if code == ErrorCode::UnknownCommand.as_u16()),
+        "{refused:?}"
+    );
 
     let page = wait_metric(&server, "quiver_delivery_latency_seconds_count", &[], |n| {
         n >= 1.0
@@ -121,10 +129,11 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
     assert_eq!(commands("history"), 1.0);
     // Three publications of ten bytes kept in chat.lobby's history, with their bookkeeping.
     assert!(metric(&page, "quiver_history_bytes") >= 30.0, "{page}");
-    assert_eq!(commands("other"), 0.0);
+    assert_eq!(commands("other"), 1.0);
     assert_eq!(metric(&page, "quiver_publications_total"), 5.0);
-    // Two Subscribes, five Publishes, one History (a session's opening Hello is not counted).
-    assert_eq!(metric(&page, "quiver_commands_total"), 8.0);
+    // Two Subscribes, five Publishes, one History, one unknown (a session's opening Hello is not
+    // counted).
+    assert_eq!(metric(&page, "quiver_commands_total"), 9.0);
 
     // Resumes: from a kept position (recovered), and on a room that keeps no history (failed).
     let (reply, _replayed) = sub.subscribe_from("chat.other", first).await?;

@@ -174,8 +174,18 @@ pub mod hot {
 
     /// `quiver_command_duration_seconds` of this command's kind (one series per label).
     pub fn command_duration(command: &Command) -> &'static Histogram {
+        &command_durations()[command_index(command)]
+    }
+
+    /// `quiver_command_duration_seconds{command="other"}`: a command type this server does not
+    /// know (`Inbound::Unknown`).
+    pub fn unknown_command_duration() -> &'static Histogram {
+        &command_durations()[COMMANDS.len() - 1]
+    }
+
+    fn command_durations() -> &'static [Histogram] {
         static H: OnceLock<Vec<Histogram>> = OnceLock::new();
-        let all = H.get_or_init(|| {
+        H.get_or_init(|| {
             crate::metrics::handle();
             COMMANDS
                 .iter()
@@ -183,8 +193,7 @@ pub mod hot {
                     metrics::histogram!(crate::metrics::COMMAND_DURATION, "command" => label)
                 })
                 .collect()
-        });
-        &all[command_index(command)]
+        })
     }
 
     pub fn broker_lag() -> &'static Histogram {

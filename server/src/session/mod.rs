@@ -502,7 +502,8 @@ impl Session {
                             format!("unknown command type {kind}"),
                         ),
                     )
-                    .await
+                    .await;
+                    m::hot::unknown_command_duration().record(arrived.elapsed().as_secs_f64());
                 }
                 Ok(false) => {}
                 Err(exit) => return Some(exit),
