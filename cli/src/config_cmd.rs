@@ -64,6 +64,13 @@ async fn check(args: CheckArgs) -> Result<()> {
     outln!("  token key: {}", keys.describe());
     outln!("  WebTransport: udp {}", config.listen);
     outln!("  HTTP: tcp {}", config.http);
+    // Served only with a real certificate, on `listen`'s address unless `https` moves it.
+    if config.cert.is_some() && config.key.is_some() {
+        outln!(
+            "  HTTPS (wss, SSE, the API over TLS): tcp {}",
+            config.https.unwrap_or(config.listen)
+        );
+    }
     match &config.nats {
         // Credentials in the URL never printed.
         Some(nats) => outln!(

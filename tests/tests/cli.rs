@@ -629,6 +629,8 @@ fn the_compose_files_environment_passes_config_check() -> Result<()> {
     );
     assert!(out.contains("broker: NATS nats://nats:4222"), "{out}");
     assert!(out.contains("WebTransport: udp [::]:4433"), "{out}");
+    // The TCP listener a real certificate opens (outside audit 48, F5: not listed).
+    assert!(out.contains("tcp [::]:4433"), "{out}");
     Ok(())
 }
 

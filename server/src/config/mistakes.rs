@@ -25,98 +25,73 @@ pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 impl Config {
     /// The checks of this module that the command-line flags cannot change, for
-    /// `validate_loaded`.
-    pub(super) fn refuse_mistakes(&self) -> Result<(), String> {
-        // The first mistake of each kind, every kind: one `config check` shows them all.
-        let problems = [
-            self.refuse_api_key_mistakes(),
-            self.refuse_namespace_repeats(),
-            self.refuse_timeout_mistakes(),
-            self.refuse_rpc_mistakes(),
-            self.refuse_tenant_override_mistakes(),
-        ];
-        super::validate::all_of(problems.into_iter().filter_map(Result::err).collect())
+    /// `validate_loaded`: every mistake, a line each, so one `config check` shows them all
+    /// (outside audit 48, F2: only the first of each kind was named, one round at a time).
+    pub(super) fn mistakes(&self, problems: &mut Vec<String>) {
+        self.api_key_mistakes(problems);
+        self.namespace_repeats(problems);
+        self.timeout_mistakes(problems);
+        self.rpc_mistakes(problems);
+        self.tenant_override_mistakes(problems);
     }
 
     /// `[[quotas.tenants]]`: an entry for a name no token can carry never applies, and a
     /// repeated tenant's later entry never does either.
-    fn refuse_tenant_override_mistakes(&self) -> Result<(), String> {
+    fn tenant_override_mistakes(&self, problems: &mut Vec<String>) {
         let tenants = &self.quotas.tenants;
         for (i, entry) in tenants.iter().enumerate() {
-            quiver_proto::TenantId::parse(&entry.tenant)
-                .map_err(|e| format!("quotas.tenants[{i}].tenant is not a tenant id: {e}"))?;
-            if let Some(first) = tenants[..i].iter().position(|t| t.tenant == entry.tenant) {
-                return Err(format!(
+            if let Err(e) = quiver_proto::TenantId::parse(&entry.tenant) {
+                problems.push(format!(
+                    "quotas.tenants[{i}].tenant is not a tenant id: {e}"
+                ));
+            } else if let Some(first) = tenants[..i].iter().position(|t| t.tenant == entry.tenant) {
+                problems.push(format!(
                     "quotas.tenants[{i}]: tenant {:?} is already configured by \
                      quotas.tenants[{first}], which would win: merge the two entries",
                     entry.tenant
                 ));
             }
         }
-        Ok(())
     }
 
-    fn refuse_api_key_mistakes(&self) -> Result<(), String> {
+    /// Each entry's key (its first mistake) and tenant.
+    fn api_key_mistakes(&self, problems: &mut Vec<String>) {
         let keys = &self.api.keys;
         for (i, entry) in keys.iter().enumerate() {
-            // Neither the key nor its length is printed: only which entry.
-            if entry.key.is_empty() {
-                return Err(format!("api.keys[{i}].key is empty"));
-            }
-            // `Authorization: Bearer KEY` carries visible ASCII, trimmed: any other key could
-            // never be sent, so every request with it would be a 401.
-            if !entry.key.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(format!(
-                    "api.keys[{i}].key holds a character a request header cannot carry (a \
-                     space, a control character or non-ASCII): use visible ASCII only"
-                ));
-            }
-            if entry.key.len() < MIN_API_KEY_LEN {
-                return Err(format!(
-                    "api.keys[{i}].key is too short: an API key must be at least \
-                     {MIN_API_KEY_LEN} bytes (a long random string)"
-                ));
-            }
-            if let Some(first) = keys[..i].iter().position(|k| k.key == entry.key) {
-                return Err(format!(
-                    "api.keys[{i}] repeats the key of api.keys[{first}]: only the first would \
-                     ever match; give each entry its own key"
-                ));
+            if let Err(e) = api_key_mistake(i, &entry.key, &keys[..i]) {
+                problems.push(e);
             }
             if let Some(tenant) = &entry.tenant {
                 if tenant.is_empty() {
-                    return Err(format!(
+                    problems.push(format!(
                         "api.keys[{i}].tenant is empty: name a tenant, or leave tenant out for a \
                          key that acts on every tenant"
                     ));
+                } else if let Err(e) = quiver_proto::TenantId::parse(tenant) {
+                    // The rule tokens' `tenant` claims are held to (`auth.rs`). Its refusal
+                    // names at most the one offending character, never the value (a key pasted
+                    // into the wrong field stays unprinted).
+                    problems.push(format!("api.keys[{i}].tenant is not a tenant id: {e}"));
                 }
-                // The rule tokens' `tenant` claims are held to (`auth.rs`). Its refusal names
-                // at most the one offending character, never the value (a key pasted into the
-                // wrong field stays unprinted).
-                quiver_proto::TenantId::parse(tenant)
-                    .map_err(|e| format!("api.keys[{i}].tenant is not a tenant id: {e}"))?;
             }
         }
-        Ok(())
     }
 
-    fn refuse_namespace_repeats(&self) -> Result<(), String> {
+    fn namespace_repeats(&self, problems: &mut Vec<String>) {
         for (i, ns) in self.namespaces.iter().enumerate() {
             if let Some(first) = self.namespaces[..i].iter().position(|n| n.name == ns.name) {
-                return Err(format!(
+                problems.push(format!(
                     "namespaces[{i}]: {:?} is already configured by namespaces[{first}], which \
                      would win: merge the two entries",
                     ns.name
                 ));
             }
         }
-        Ok(())
     }
 
     /// Every timeout mistake, a line each (audit round 2, S12: not only the first).
-    fn refuse_timeout_mistakes(&self) -> Result<(), String> {
+    fn timeout_mistakes(&self, problems: &mut Vec<String>) {
         let t = &self.timeouts;
-        let mut problems = Vec::new();
         for (name, value) in t.per_session() {
             // Zero has its own message (`validate`).
             if !value.is_zero() && value < MIN_SESSION_TIMEOUT {
@@ -158,7 +133,6 @@ impl Config {
                 "rpc.max_timeout ({max_timeout:?}) is over the maximum of {MAX_RPC_TIMEOUT:?}"
             ));
         }
-        super::validate::all_of(problems)
     }
 
     /// The TCP listeners, once the flags are in (`--http`, `--cert`/`--key`), for
@@ -197,15 +171,17 @@ impl Config {
         Ok(())
     }
 
-    /// After `RpcConfig::validate` (namespaces well formed and not repeated).
-    fn refuse_rpc_mistakes(&self) -> Result<(), String> {
+    /// After `RpcConfig::problems` (namespaces well formed and not repeated).
+    fn rpc_mistakes(&self, problems: &mut Vec<String>) {
         if let Some(url) = &self.rpc.url {
-            super::url_credentials::refuse_rpc_url_credentials(url).map_err(|e| e.to_string())?;
+            if let Err(e) = super::url_credentials::refuse_rpc_url_credentials(url) {
+                problems.push(e.to_string());
+            }
         }
         if let Some(secret) = &self.rpc.http_secret {
             // Set but empty: the backend would be told `Bearer ` and could check nothing.
             if secret.expose().trim().is_empty() {
-                return Err(
+                problems.push(
                     "rpc.http_secret is empty: leave it out, or set a long random string the \
                      backend checks"
                         .into(),
@@ -213,12 +189,12 @@ impl Config {
             }
             // A header value carries printable ASCII: with anything else (a line break, NUL,
             // tab, or a non-ASCII letter) the request cannot even be built.
-            if !secret
+            else if !secret
                 .expose()
                 .bytes()
                 .all(|b| b == b' ' || b.is_ascii_graphic())
             {
-                return Err(
+                problems.push(
                     "rpc.http_secret holds a character a request header cannot carry (a control \
                      character such as a line break, NUL or tab, or non-ASCII): it is sent in the \
                      Authorization header, so every request to rpc.url would fail; use printable \
@@ -231,20 +207,19 @@ impl Config {
             // A session's next command waits for its hook (PROTOCOL.md §11.3): no longer than
             // a call may.
             if hook.timeout > MAX_RPC_TIMEOUT {
-                return Err(format!(
+                problems.push(format!(
                     "rpc.hooks[{i}].timeout ({:?}) is over the maximum of {MAX_RPC_TIMEOUT:?}",
                     hook.timeout
                 ));
             }
             if !hook.subscribe && !hook.publish {
-                return Err(format!(
+                problems.push(format!(
                     "rpc.hooks[{i}] ({:?}) sets neither subscribe nor publish: it would ask the \
                      backend nothing; set subscribe = true or publish = true, or remove it",
                     hook.namespace
                 ));
             }
         }
-        Ok(())
     }
 
     /// Hooks need a way to the backend: `rpc.url` or NATS, which `--nats` may still give, so
@@ -259,6 +234,35 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The first mistake of `api.keys[i]`'s key, given the entries before it. Neither the key nor
+/// its length is printed: only which entry.
+fn api_key_mistake(i: usize, key: &str, before: &[super::ApiKey]) -> Result<(), String> {
+    if key.is_empty() {
+        return Err(format!("api.keys[{i}].key is empty"));
+    }
+    // `Authorization: Bearer KEY` carries visible ASCII, trimmed: any other key could never be
+    // sent, so every request with it would be a 401.
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "api.keys[{i}].key holds a character a request header cannot carry (a space, a \
+             control character or non-ASCII): use visible ASCII only"
+        ));
+    }
+    if key.len() < MIN_API_KEY_LEN {
+        return Err(format!(
+            "api.keys[{i}].key is too short: an API key must be at least {MIN_API_KEY_LEN} bytes \
+             (a long random string)"
+        ));
+    }
+    if let Some(first) = before.iter().position(|k| k.key == key) {
+        return Err(format!(
+            "api.keys[{i}] repeats the key of api.keys[{first}]: only the first would ever \
+             match; give each entry its own key"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether two TCP listeners would collide: the same port (not 0, which picks a free one) on

@@ -172,12 +172,8 @@ impl Config {
         if self.tls.reload_interval.is_zero() {
             problems.push("tls.reload_interval must be positive".into());
         }
-        if let Err(e) = self.rpc.validate() {
-            problems.push(e);
-        }
-        if let Err(e) = self.refuse_mistakes() {
-            problems.push(e);
-        }
+        self.rpc.problems(&mut problems);
+        self.mistakes(&mut problems);
         problems
     }
 }

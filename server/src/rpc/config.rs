@@ -79,47 +79,54 @@ fn default_hook_timeout() -> Duration {
 }
 
 impl RpcConfig {
+    /// Every problem of the section, a line each (`Ok` when there are none).
     pub fn validate(&self) -> Result<(), String> {
-        if self.timeout.is_zero() || self.max_timeout.is_zero() {
-            return Err("rpc.timeout and rpc.max_timeout must be positive".into());
+        let mut problems = Vec::new();
+        self.problems(&mut problems);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
         }
-        if self.timeout > self.max_timeout {
-            return Err(format!(
+    }
+
+    /// Pushes every problem of the section onto `problems`.
+    pub fn problems(&self, problems: &mut Vec<String>) {
+        if self.timeout.is_zero() || self.max_timeout.is_zero() {
+            problems.push("rpc.timeout and rpc.max_timeout must be positive".into());
+        } else if self.timeout > self.max_timeout {
+            problems.push(format!(
                 "rpc.timeout ({:?}) must not exceed rpc.max_timeout ({:?})",
                 self.timeout, self.max_timeout
             ));
         }
         if self.max_in_flight == 0 || self.http_max_in_flight == 0 {
-            return Err("rpc.max_in_flight and rpc.http_max_in_flight must be positive".into());
+            problems.push("rpc.max_in_flight and rpc.http_max_in_flight must be positive".into());
         }
         if let Some(url) = &self.url {
             match url::Url::parse(url) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 // Named without what may be credentials in it (`user:password@`).
-                _ => {
-                    return Err(format!(
-                        "rpc.url {:?} is not an http(s) URL",
-                        crate::broker::nats::redacted_urls(url)
-                    ))
-                }
+                _ => problems.push(format!(
+                    "rpc.url {:?} is not an http(s) URL",
+                    crate::broker::nats::redacted_urls(url)
+                )),
             }
         }
         let mut seen = std::collections::HashSet::new();
         for hook in &self.hooks {
             let ns = &hook.namespace;
             if ns.contains('.') || quiver_proto::RoomName::parse(ns).is_err() {
-                return Err(format!(
+                problems.push(format!(
                     "rpc.hooks: {ns:?} is not a namespace (one room-name token)"
                 ));
-            }
-            if !seen.insert(ns.as_str()) {
-                return Err(format!("rpc.hooks: namespace {ns:?} appears twice"));
+            } else if !seen.insert(ns.as_str()) {
+                problems.push(format!("rpc.hooks: namespace {ns:?} appears twice"));
             }
             if hook.timeout.is_zero() {
-                return Err(format!("rpc.hooks {ns:?}: timeout must be positive"));
+                problems.push(format!("rpc.hooks {ns:?}: timeout must be positive"));
             }
         }
-        Ok(())
     }
 }
 

@@ -548,3 +548,43 @@ fn every_timeout_mistake_is_named_at_once() {
         Ok(())
     });
 }
+
+/// Outside audit 48, F2: several mistakes of one kind (API keys, the `[rpc]` section) were
+/// named one at a time, the first of each kind only; every one is named at once now.
+#[test]
+fn every_api_key_and_rpc_mistake_is_named_at_once() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "bad.toml",
+            &format!(
+                "[[api.keys]]\nkey = \"short\"\n\
+                 [[api.keys]]\nkey = \"{KEY_A}\"\n\
+                 [[api.keys]]\nkey = \"{KEY_A}\"\n\
+                 [[api.keys]]\nkey = \"has a space 0123456789\"\ntenant = \"bad tenant\"\n\
+                 [rpc]\nurl = \"http://user:pw@127.0.0.1:9/rpc\"\nhttp_secret = \"bell\\u0007\"\n\
+                 [[rpc.hooks]]\nnamespace = \"a\"\n\
+                 [[rpc.hooks]]\nnamespace = \"b\"\n"
+            ),
+        )?;
+        let err = Config::load_checked(Some("bad.toml".as_ref()))
+            .expect_err("mistakes")
+            .problems;
+        for needle in [
+            "api.keys[0].key is too short",
+            "api.keys[2] repeats the key of api.keys[1]",
+            "api.keys[3].key holds a character",
+            "api.keys[3].tenant is not a tenant id",
+            "rpc.url",
+            "rpc.http_secret holds a character",
+            "rpc.hooks[0] (\"a\") sets neither",
+            "rpc.hooks[1] (\"b\") sets neither",
+        ] {
+            assert!(err.iter().any(|p| p.contains(needle)), "{needle}: {err:#?}");
+        }
+        assert!(
+            !err.iter().any(|p| p.contains(KEY_A) || p.contains("pw@")),
+            "{err:#?}"
+        );
+        Ok(())
+    });
+}
