@@ -53,6 +53,16 @@ async fn backends_publish_over_http() -> anyhow::Result<()> {
     for (u, t, body, status) in cases {
         let r = http.post(u).bearer_auth(t).body(body).send().await?;
         assert_eq!(r.status(), status);
+        if status == 401 {
+            // Either credential could have been meant: both are named (outside audit 48, F5:
+            // a mistyped API key was told only that it was a malformed token).
+            let answer: serde_json::Value = r.json().await?;
+            let message = answer["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.starts_with("not an API key of this server, nor a valid client token"),
+                "{answer}"
+            );
+        }
     }
     let marker = http
         .post(url("orders.new"))

@@ -135,6 +135,16 @@ impl ApiError {
         }
     }
 
+    /// 401 for a credential that is no API key of this server and no valid client token: both
+    /// are said, so an operator whose API key is wrong is not told only of tokens (outside
+    /// audit 48, F5).
+    pub fn not_a_credential(token_error: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            Code::Unauthorized,
+            format!("not an API key of this server, nor a valid client token ({token_error})"),
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(Code::BadRequest, message)
     }

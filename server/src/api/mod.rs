@@ -437,7 +437,7 @@ fn may_send_a_body(shared: &Shared, auth: Auth, credential: &str) -> Result<(), 
         Auth::ApiKeyOrToken => shared
             .authenticate(credential)
             .map(drop)
-            .map_err(|e| error::ApiError::new(Code::Unauthorized, e.to_string())),
+            .map_err(|e| error::ApiError::not_a_credential(&e)),
         _ => Err(error::ApiError::new(
             Code::Unauthorized,
             "an API key is required (Authorization: Bearer KEY)",

@@ -61,7 +61,7 @@ pub async fn publish(
         None => {
             let grant = shared
                 .authenticate(credential)
-                .map_err(|e| ApiError::new(Code::Unauthorized, e.to_string()))?;
+                .map_err(|e| ApiError::not_a_credential(&e))?;
             if query
                 .tenant
                 .as_deref()
