@@ -106,6 +106,18 @@ pub struct ApiError {
     pub count: Option<(&'static str, usize)>,
 }
 
+/// A tenant quota's refusal, as its session would be told it (`QuotaError::code`):
+/// `payload_too_large` (413) for a publication no wait lets through, else `quota_exceeded` (429).
+impl From<crate::quota::QuotaError> for ApiError {
+    fn from(e: crate::quota::QuotaError) -> Self {
+        let code = match e.code() {
+            quiver_proto::ErrorCode::PayloadTooLarge => Code::PayloadTooLarge,
+            _ => Code::QuotaExceeded,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
 impl ApiError {
     /// Parsers' texts quote what they refused (a field name, a query key), which a request
     /// controls: cut to `text::MAX_MESSAGE`, an answer never grows with the request (outside

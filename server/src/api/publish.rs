@@ -122,13 +122,7 @@ pub async fn publish(
         shared
             .tenant_quotas
             .publish(&grant.tenant, payload.len(), std::time::Instant::now())
-            .map_err(|e| {
-                let code = match e {
-                    crate::quota::QuotaError::TooLarge { .. } => Code::PayloadTooLarge,
-                    _ => Code::QuotaExceeded,
-                };
-                ApiError::new(code, e.to_string())
-            })?;
+            .map_err(ApiError::from)?;
     }
     let key = RoomKey { tenant, room };
     let position = match once.zip(digest) {
