@@ -206,6 +206,18 @@ fn audience_and_issuer_are_checked_when_configured() {
             other => panic!("{name}: {other:?}"),
         }
     }
+    // An `aud` of the wrong type is told the rule whole, not only "required" (outside audit 52,
+    // F1: a numeric `aud` read as a missing one).
+    for aud in [serde_json::json!(5), serde_json::json!(["quiver", 5])] {
+        match with(Some(aud.clone()), idp) {
+            Err(e) => assert_eq!(
+                e.to_string(),
+                "invalid claim aud: required, a string or an array of strings",
+                "{aud}"
+            ),
+            Ok(_) => panic!("{aud} accepted"),
+        }
+    }
     // Without the settings, `aud` and `iss` are not looked at.
     let mut c = serde_json::to_value(claims(unix_now() + 60)).unwrap();
     c["aud"] = "anything".into();
@@ -239,14 +251,21 @@ fn claim_rules() {
     let mut c = base();
     c.as_object_mut().unwrap().remove("exp");
     refused(c, "exp");
-    // `nbf` is optional, but an integer when present, like `exp`.
+    // `nbf` is optional, but an integer when present, like `exp`, and told in `exp`'s words
+    // (outside audit 52, F1: "wrong type" for some of them).
     for nbf in [
         serde_json::json!(unix_now() as f64 - 60.5),
         (unix_now() - 60).to_string().into(),
+        serde_json::json!(-5),
     ] {
         let mut c = base();
-        c["nbf"] = nbf;
-        refused(c, "nbf");
+        c["nbf"] = nbf.clone();
+        refused(c.clone(), "nbf");
+        let told = v.verify(&sign_json(c)).map(drop).unwrap_err().to_string();
+        assert_eq!(
+            told, "invalid claim nbf: must be a non-negative integer (Unix seconds)",
+            "{nbf}"
+        );
     }
     let mut c = base();
     c["nbf"] = serde_json::json!(unix_now() - 60);

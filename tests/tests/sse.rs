@@ -115,6 +115,22 @@ async fn sse_refusals_do_not_echo_long_input() -> anyhow::Result<()> {
         let message = body["message"].as_str().unwrap_or_default();
         assert!(message.ends_with('…'), "{message}");
     }
+    // A token past the limit is told so in the words WebSocket and the API use (outside audit
+    // 52, F1: "too long" here only).
+    let answer = client
+        .get(format!(
+            "http://{}/v1/sse?token={}&room=a",
+            server.http,
+            "x".repeat(4_097)
+        ))
+        .send()
+        .await?;
+    assert_eq!(answer.status(), 401);
+    let body: serde_json::Value = answer.json().await?;
+    assert_eq!(
+        body["message"], "invalid token: longer than 4096 bytes",
+        "{body}"
+    );
     Ok(())
 }
 

@@ -91,6 +91,12 @@ static PEER_FAULTS_LOGGED: LogBudget = LogBudget::summarised(
 );
 
 /// A WARN line for a session ended for its peer's fault, within [`PEER_FAULTS_LOGGED`].
+/// A session's id as `Welcome.session` carries it: always 16 lower-case hex digits, so a client
+/// may rely on the form (outside audit 52, F4: a leading zero was dropped one time in 16).
+fn session_id(random: u64) -> String {
+    format!("{random:016x}")
+}
+
 fn log_peer_fault(session: &str, reason: &str, what: &'static str) {
     if PEER_FAULTS_LOGGED.admit_summarised() {
         warn!(session, reason, "{what}");
@@ -235,7 +241,7 @@ async fn run_session(
     out: queue::Sender<Bytes>,
     read_only: Option<read_only::ReadOnly>,
 ) -> End {
-    let id = format!("{:x}", rand::random::<u64>());
+    let id = session_id(rand::random());
     let link_transport = link.transport;
     let remote = link.remote;
     let transport = link.transport.label();
@@ -793,5 +799,15 @@ async fn next_ended(
     match ended {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn session_ids_are_always_16_hex_digits() {
+        assert_eq!(super::session_id(1), "0000000000000001");
+        assert_eq!(super::session_id(u64::MAX), "ffffffffffffffff");
+        assert_eq!(super::session_id(0x0abc), "0000000000000abc");
     }
 }

@@ -129,7 +129,7 @@ async fn respond(
                         StatusCode::UNAUTHORIZED,
                         code.label(),
                         Some(code.as_u16()),
-                        "invalid token: too long",
+                        format!("invalid token: longer than {} bytes", super::MAX_TOKEN_LEN),
                     );
                 }
             };
