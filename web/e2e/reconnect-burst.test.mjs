@@ -32,7 +32,11 @@ for (const transport of ['webtransport', 'websocket']) {
   test(`over ${transport}: reconnect with ${rooms.length} rooms and ${PUBLISHES} queued publishes, zero rate_limited`, { timeout: 120_000 }, async () => {
     const page = await newPage(browser, `burst-${transport}`);
     const claims = { tenant: 'acme', user: `burst-${transport}`, subscribe: ['>'], publish: ['>'] };
-    await (await startClientPage(page, pages, server, () => token(claims), { transports: [transport], maxQueuedPublishes: PUBLISHES })).started;
+    // An acknowledged publish must be written within requestTimeoutMs of being made, or it is
+    // withdrawn (kind timeout): the restart (about 2 s) and the paced burst (up to 1,256
+    // commands at 190 a second, about 7 s) need more than the page's usual 3 s.
+    const options = { transports: [transport], maxQueuedPublishes: PUBLISHES, requestTimeoutMs: 60_000 };
+    await (await startClientPage(page, pages, server, () => token(claims), options)).started;
     assert.equal(await page.evaluate(() => window.client.transport), transport);
     assert.deepEqual(await page.evaluate((r) => window.subscribeMany(r), rooms), [], 'every subscribe accepted');
 
