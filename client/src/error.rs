@@ -59,9 +59,16 @@ pub enum ClientError {
     /// The publish buffer (`ClientConfig::publish_buffer`) is full while disconnected.
     #[error("publish buffer full")]
     BufferFull,
-    /// No answer within `connect_timeout` (connecting) or `request_timeout` (commands).
+    /// No answer within `connect_timeout` (connecting) or `request_timeout` (commands). From
+    /// [`crate::Client::publish_ack`]: the publication was not written in time and is
+    /// withdrawn, never sent, so publishing it again publishes it once.
     #[error("timed out")]
     Timeout,
+    /// [`crate::Client::publish_ack`] only: the publication was written, and no answer came
+    /// within `request_timeout` after the call's deadline: it may or may not have been
+    /// published (a stalled server), as after [`ClientError::ConnectionLost`].
+    #[error("written, and no answer within the request timeout")]
+    Unanswered,
     /// The token provider failed.
     #[error("token provider failed: {0}")]
     Token(String),

@@ -7,11 +7,12 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use crate::client::lock;
 use crate::connection::{ConnEvent, EventTx};
 use crate::pacer::Pacer;
 
@@ -33,7 +34,16 @@ pub(crate) struct Outgoing {
 /// when the writer was between its queue and the socket as the connection went or the caller
 /// gave up.
 #[derive(Clone, Default)]
-pub(crate) struct Claim(Arc<AtomicU8>);
+pub(crate) struct Claim(Arc<ClaimState>);
+
+#[derive(Default)]
+struct ClaimState {
+    state: AtomicU8,
+    /// A `publish_ack`'s place in the publish buffer, kept here so that whoever takes the
+    /// frame gives it back at once: the writer once written, the caller as it withdraws (not
+    /// the connection task whenever it gets to it: outside audit 50, F2).
+    place: Mutex<Option<OwnedSemaphorePermit>>,
+}
 
 const FREE: u8 = 0;
 const WRITTEN: u8 = 1;
@@ -43,8 +53,21 @@ const WITHDRAWN: u8 = 3;
 impl Claim {
     fn moves(&self, from: u8, to: u8) -> bool {
         self.0
+            .state
             .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
+    }
+
+    /// A claim holding `place` until the frame is written or withdrawn.
+    pub(crate) fn with_place(place: OwnedSemaphorePermit) -> Self {
+        let claim = Self::default();
+        *lock(&claim.0.place) = Some(place);
+        claim
+    }
+
+    /// The place, for whoever took the frame to give back.
+    fn take_place(&self) -> Option<OwnedSemaphorePermit> {
+        lock(&self.0.place).take()
     }
 
     /// The writer's: whether it may write the frame (no one took it before).
@@ -55,7 +78,7 @@ impl Claim {
     /// Whether the writer wrote it, or someone else took it (it will never be written on this
     /// connection).
     pub(crate) fn is_taken(&self) -> bool {
-        self.0.load(Ordering::Acquire) != FREE
+        self.0.state.load(Ordering::Acquire) != FREE
     }
 
     /// The teardown's: whether it holds the frame to send on the next session: one never
@@ -73,18 +96,30 @@ impl Claim {
     /// The caller's, giving up: whether the frame is withdrawn (never written, and now never
     /// will be). False once the writer took it: it may be published.
     pub(crate) fn withdraw(&self) -> bool {
-        self.moves(FREE, WITHDRAWN) || self.moves(HELD, WITHDRAWN)
+        let withdrawn = self.moves(FREE, WITHDRAWN) || self.moves(HELD, WITHDRAWN);
+        if withdrawn {
+            drop(self.take_place());
+        }
+        withdrawn
     }
 
     /// Whether its caller withdrew it.
     pub(crate) fn is_withdrawn(&self) -> bool {
-        self.0.load(Ordering::Acquire) == WITHDRAWN
+        self.0.state.load(Ordering::Acquire) == WITHDRAWN
     }
 }
 
-/// Whether the writer may write `out`: not taken back by the connection.
-fn claimed(out: &Outgoing) -> bool {
-    out.claim.as_ref().is_none_or(Claim::take)
+/// Whether the writer may write `out`: not taken back by the connection nor withdrawn by its
+/// caller. The place it held is then the writer's, given back once written.
+fn claimed(out: &Outgoing, places: &mut Vec<Option<OwnedSemaphorePermit>>) -> bool {
+    match &out.claim {
+        None => true,
+        Some(claim) if claim.take() => {
+            places.push(claim.take_place());
+            true
+        }
+        Some(_) => false,
+    }
 }
 
 /// How a transport writes complete frames (each one already length-prefixed).
@@ -177,7 +212,7 @@ async fn run<S: FrameSink>(
         }
         let mut size = 0;
         let mut batch = Vec::new();
-        if claimed(&first) {
+        if claimed(&first, &mut permits) {
             size = first.frame.len();
             batch.push(first.frame);
             permits.push(first.permit);
@@ -185,7 +220,7 @@ async fn run<S: FrameSink>(
         // Batch whatever else is queued and allowed right now.
         while size < WRITE_COALESCE && pacer.as_ref().is_none_or(|p| p.ready(Instant::now())) {
             match rx.try_recv() {
-                Ok(next) if claimed(&next) => {
+                Ok(next) if claimed(&next, &mut permits) => {
                     if let Some(p) = pacer.as_mut() {
                         p.reserve(Instant::now());
                     }

@@ -1406,9 +1406,11 @@ async fn a_publish_ack_given_up_while_waiting_for_the_pacer_is_never_sent(
     close(&client).await
 }
 
-/// A withdrawn publication gives its place in `publish_buffer` back when its caller gives up,
-/// not at the next publish or reconnect: with the buffer full of withdrawn ones a new publish
-/// while disconnected is buffered, not refused `BufferFull` (outside audit 47, N2).
+/// A withdrawn publication gives its place in `publish_buffer` back as its caller gives up, not
+/// at the next publish or reconnect (outside audit 47, N2), nor when the connection task gets
+/// to it (outside audit 50, F2: a buffer full of withdrawn ones refused new publishes
+/// `BufferFull` for a while): with the buffer full of withdrawn ones, new publishes while
+/// disconnected are buffered at once.
 async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
     via: Transport,
 ) -> anyhow::Result<()> {
@@ -1418,7 +1420,7 @@ async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
         via,
         token_fixed(full_token("acme", "buffered")),
     ));
-    config.publish_buffer = 2;
+    config.publish_buffer = 64;
     config.request_timeout = Duration::from_millis(200);
     let client = Client::connect(config).await?;
     let mut states = StateLog::start(&client);
@@ -1427,26 +1429,28 @@ async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
         .await
         .map_err(|_| anyhow!("server still stopping after {WAIT:?}"))?;
     states.until("a disconnect", |s| !is_connected(s)).await?;
-    // Both buffered before either times out: the buffer is full of withdrawn publications.
-    let (a, b) = tokio::join!(
-        client.publish_ack("room.buffered", "given-up-0"),
-        client.publish_ack("room.buffered", "given-up-1"),
-    );
-    for gave_up in [a, b] {
+    // All buffered before any times out (half by `request_timeout`, half by their futures being
+    // dropped): the buffer is full of withdrawn publications.
+    let given_up = (0..64).map(|i| {
+        let client = &client;
+        async move {
+            let publish = client.publish_ack("room.buffered", format!("given-up-{i}"));
+            if i % 2 == 0 {
+                publish.await.map(drop)
+            } else {
+                match tokio::time::timeout(Duration::from_millis(50), publish).await {
+                    Ok(done) => done.map(drop),
+                    Err(_) => Err(ClientError::Timeout),
+                }
+            }
+        }
+    });
+    for gave_up in futures::future::join_all(given_up).await {
         assert!(matches!(gave_up, Err(ClientError::Timeout)), "{gave_up:?}");
     }
-    // Their places come back as the connection task hears of them (at once, but not in this
-    // very instant); before the change they came back only with the next publish it received,
-    // which this refusal prevents.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        match client.publish("room.buffered", "kept").await {
-            Ok(()) => break,
-            Err(ClientError::BufferFull) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => bail!("{via:?}: publish while disconnected: {e}"),
-        }
+    // Every place is back already.
+    for i in 0..64 {
+        client.publish("room.buffered", format!("kept-{i}")).await?;
     }
     server.restart().await?;
     states.until("the reconnect", is_connected).await?;
@@ -1454,8 +1458,58 @@ async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
         SubEvent::Resubscribed { .. } => {}
         other => bail!("expected Resubscribed, got {other:?}"),
     }
-    assert_eq!(payload(&mut sub).await?, "kept", "{via:?}");
+    for i in 0..64 {
+        assert_eq!(payload(&mut sub).await?, format!("kept-{i}"), "{via:?}");
+    }
     client.publish_ack("room.buffered", "after").await?;
     assert_eq!(payload(&mut sub).await?, "after", "{via:?}");
+    close(&client).await
+}
+
+/// A `publish_ack` written before `request_timeout` gets a window of its own for the answer:
+/// one written just before the deadline and answered just after was told `Timeout` while it was
+/// published, so a caller that retried published twice (outside audit 50, F1). Now `Timeout`
+/// means withdrawn, never sent; written and unanswered in both windows is `Unanswered`.
+#[tokio::test]
+async fn a_publish_ack_written_in_time_waits_for_its_answer() -> anyhow::Result<()> {
+    let (url, backend) = quiver_tests::rpc::gated_backend().await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "held".into(),
+            subscribe: false,
+            publish: true,
+            timeout: Duration::from_secs(10),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let mut config = config_for(
+        &server,
+        Transport::WebSocket,
+        token_fixed(full_token("acme", "held")),
+    );
+    config.request_timeout = Duration::from_millis(300);
+    let client = Arc::new(Client::connect(config).await?);
+    let mut sub = client.subscribe("held.x").await?;
+    // Written at once; its hook answers 500 ms later, past the first 300 ms.
+    let publishing = {
+        let client = client.clone();
+        tokio::spawn(async move { client.publish_ack("held.x", "answered-late").await })
+    };
+    backend.wait_asked().await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    backend.gate.add_permits(1);
+    let answered = publishing.await?;
+    assert!(matches!(answered, Ok(None)), "{answered:?}");
+    assert_eq!(payload(&mut sub).await?, "answered-late");
+    // Never answered within both windows: `Unanswered`, and it may still be published.
+    let unanswered = client.publish_ack("held.x", "unanswered").await;
+    assert!(
+        matches!(unanswered, Err(ClientError::Unanswered)),
+        "{unanswered:?}"
+    );
+    backend.gate.add_permits(1);
+    assert_eq!(payload(&mut sub).await?, "unanswered");
     close(&client).await
 }

@@ -39,7 +39,7 @@ impl Actor {
                         room,
                         payload,
                         ack: None,
-                        permit,
+                        permit: Some(permit),
                         claim: Claim::default(),
                     });
                 }
@@ -55,7 +55,7 @@ impl Actor {
                     room,
                     payload,
                     ack,
-                    permit: Some(permit),
+                    permit,
                     claim,
                 };
                 if self.live.is_some() && self.buffer.is_empty() {

@@ -67,7 +67,8 @@ pub(crate) enum Request {
         room: String,
         payload: Bytes,
         ack: Option<Reply<Option<Position>>>,
-        permit: OwnedSemaphorePermit,
+        /// Its place in the publish buffer; none for a `publish_ack`, whose `claim` holds it.
+        permit: Option<OwnedSemaphorePermit>,
         /// Withdrawn by a `publish_ack` caller that gave up before it was written.
         claim: Claim,
     },
