@@ -256,11 +256,11 @@ impl Client {
     /// A publication not written within `request_timeout` of the call (it waited in the publish
     /// buffer for a session, or for the pacer on a live connection) is withdrawn: the call
     /// returns [`ClientError::Timeout`], the publication is never sent later, so retrying
-    /// publishes it once, and its buffer place comes back as soon as the connection task
-    /// hears of it. So does one whose future is dropped before it was written. One written
-    /// in time gets `request_timeout` more for its answer (as any command's answer); none
-    /// then is [`ClientError::Unanswered`]: it may or may not have been published, as after
-    /// [`ClientError::ConnectionLost`].
+    /// publishes it once, and its buffer place is back when the call returns. So does one
+    /// whose future is dropped before it was written. One written
+    /// in time waits for its answer until `request_timeout` after that deadline (twice
+    /// `request_timeout` from the call); none by then is [`ClientError::Unanswered`]: it may
+    /// or may not have been published, as after [`ClientError::ConnectionLost`].
     pub async fn publish_ack(
         &self,
         room: &str,
