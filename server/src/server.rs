@@ -506,6 +506,7 @@ async fn reload_certificates(
             Ok(Some(loaded)) => loaded,
             Ok(None) => continue,
             Err(e) => {
+                metrics::counter!(crate::metrics::TLS_RELOAD_FAILURES).increment(1);
                 warn!(error = %e, "certificate reload failed; serving the old one");
                 continue;
             }

@@ -43,6 +43,11 @@ pub enum TlsError {
     },
     #[error("generating certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// At a reload: every client would refuse it, so the one served is kept (outside
+    /// operations audit 55, M1: an expired pair restored from a backup was swapped in, and
+    /// every TLS handshake failed while health checks stayed green).
+    #[error("{cert} is {when}: clients would refuse it")]
+    OutsideValidity { cert: PathBuf, when: String },
 }
 
 /// A loaded identity and the SHA-256 of its leaf certificate (DER).
@@ -62,9 +67,36 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(7 * 86_400);
 
 /// The leaf's `notAfter` in Unix seconds.
 fn not_after(chain: &CertificateChain) -> Option<i64> {
+    validity(chain).map(|(_, not_after)| not_after)
+}
+
+/// The leaf's `notBefore` and `notAfter`, in Unix seconds.
+fn validity(chain: &CertificateChain) -> Option<(i64, i64)> {
     let leaf = chain.as_slice().first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.der()).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
+/// Refuses a certificate clients would refuse at `now`: expired, or not valid yet.
+fn check_validity(loaded: &LoadedIdentity, cert: &Path, now: i64) -> Result<(), TlsError> {
+    let Some((not_before, not_after)) = validity(loaded.identity.certificate_chain()) else {
+        return Ok(());
+    };
+    let when = if now >= not_after {
+        format!("expired ({} day(s) ago)", (now - not_after) / 86_400)
+    } else if now < not_before {
+        format!(
+            "not valid yet (for {} more hour(s))",
+            (not_before - now) / 3_600 + 1
+        )
+    } else {
+        return Ok(());
+    };
+    Err(TlsError::OutsideValidity {
+        cert: cert.to_owned(),
+        when,
+    })
 }
 
 /// What an operator should hear about a certificate's expiry at `now` (Unix seconds): it has
@@ -288,7 +320,11 @@ impl Reloader {
         self.seen = Some(stamps);
         let loaded = match &self.source {
             CertSource::Files { .. } if unchanged => return Ok(None),
-            CertSource::Files { cert, key } => load_pem(cert, key).await?,
+            CertSource::Files { cert, key } => {
+                let loaded = load_pem(cert, key).await?;
+                check_validity(&loaded, cert, crate::auth::unix_now() as i64)?;
+                loaded
+            }
             CertSource::Generated { dir } if unchanged && is_fresh(&dir.join(DEV_CERT_FILE)) => {
                 return Ok(None)
             }
@@ -467,6 +503,56 @@ mod tests {
         assert_ne!(next.cert_sha256, first.cert_sha256);
         assert_eq!(next.cert_sha256, pem_cert_hash(&cert_new).await.unwrap());
         assert!(reloader.check(false).await.unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A rotation to a certificate clients would refuse (expired, or not valid yet) is refused
+    /// and the served one kept (outside operations audit 55, M1: an expired pair was swapped
+    /// in and every TLS handshake failed).
+    #[tokio::test]
+    async fn reloader_refuses_a_certificate_outside_its_validity() {
+        let dir = tempdir("validity");
+        let (cert, key) = write_pair(&dir, "live");
+        let first = load_pem(&cert, &key).await.unwrap();
+        let mut reloader = Reloader::new(
+            CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            &first,
+        );
+        for (name, from, to) in [
+            ("expired", (2019, 1, 1), (2020, 1, 1)),
+            ("future", (2100, 1, 1), (2101, 1, 1)),
+        ] {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            let refused = params.self_signed(&pair).unwrap();
+            std::fs::write(&cert, refused.pem()).unwrap();
+            std::fs::write(&key, pair.serialize_pem()).unwrap();
+            match reloader.check(true).await {
+                Err(e @ TlsError::OutsideValidity { .. }) => {
+                    assert!(
+                        e.to_string().contains("clients would refuse it"),
+                        "{name}: {e}"
+                    )
+                }
+                Err(e) => panic!("{name}: wrong error: {e}"),
+                Ok(loaded) => panic!("{name}: accepted ({})", loaded.is_some()),
+            }
+        }
+        // A good one after them is taken.
+        let (cert_new, key_new) = write_pair(&dir, "next");
+        std::fs::copy(&cert_new, &cert).unwrap();
+        std::fs::copy(&key_new, &key).unwrap();
+        let next = reloader
+            .check(true)
+            .await
+            .unwrap()
+            .expect("a new certificate");
+        assert_eq!(next.cert_sha256, pem_cert_hash(&cert_new).await.unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -45,6 +45,7 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         r#"quiver_sessions_reopened_total{transport="webtransport"} 0"#,
         "quiver_nats_connected 0",
         "quiver_history_bytes 0",
+        "quiver_tls_reload_failures_total 0",
     ] {
         assert!(
             idle.lines().any(|l| l == series),

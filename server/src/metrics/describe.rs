@@ -45,6 +45,7 @@ pub(super) fn register_zeros() {
         DELIVERY_BYTES,
         PRESENCE_TRUNCATED,
         API_IDEMPOTENT_REPEATS,
+        TLS_RELOAD_FAILURES,
         DATAGRAMS_SENT,
         DATAGRAMS_RECEIVED,
         LATEST_CONFLATED,
@@ -219,6 +220,11 @@ pub(super) fn describe() {
     describe_counter!(
         PRESENCE_TRUNCATED,
         "Presence replies cut short to fit the frame limit"
+    );
+    describe_counter!(
+        TLS_RELOAD_FAILURES,
+        "Certificate reloads refused (a pair that does not load, or a certificate expired or not \
+         yet valid): the old certificate is still served"
     );
     describe_counter!(
         API_IDEMPOTENT_REPEATS,

@@ -35,6 +35,9 @@ pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
 pub const API_IDEMPOTENT_REPEATS: &str = "quiver_api_idempotent_repeats_total";
 pub const HISTORY_BYTES: &str = "quiver_history_bytes";
 pub const TLS_CERT_EXPIRY: &str = "quiver_tls_certificate_expiry_timestamp_seconds";
+/// Certificate reloads refused (a pair that does not load, or a certificate outside its
+/// validity): the old certificate is still served.
+pub const TLS_RELOAD_FAILURES: &str = "quiver_tls_reload_failures_total";
 pub const HISTORY_EVICTED: &str = "quiver_history_evicted_total";
 pub const TENANT_SESSIONS: &str = "quiver_tenant_sessions";
 pub const TENANT_SUBSCRIPTIONS: &str = "quiver_tenant_subscriptions";
