@@ -25,7 +25,8 @@ pub struct ConnArgs {
     /// JWT; default: a development token for tenant "demo" signed with the development secret.
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Pin the server certificate by SHA-256 (hex); default: the development certificate in
+    /// Pin the server certificate by SHA-256 (hex): as browsers pin, only a certificate valid
+    /// for 14 days or less (else "UnknownIssuer"); default: the development certificate in
     /// --cert-dir when it exists, else the system's roots.
     #[arg(long)]
     cert_hash: Option<String>,

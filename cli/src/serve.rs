@@ -143,6 +143,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let ready = serde_json::json!({
         "webtransport": server.webtransport_addr().to_string(),
         "http": server.http_addr.to_string(),
+        "https": server.https_addr.map(|a| a.to_string()),
         "cert_sha256": hex::encode(server.cert_sha256()),
         "dev": server.is_dev(),
     });
@@ -154,6 +155,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             server.webtransport_addr(),
             server.http_addr
         );
+        if let Some(https) = server.https_addr {
+            eprintln!("quiver: HTTPS (wss, SSE, the API) on https://{https}");
+        }
         eprintln!(
             "quiver: certificate SHA-256 {}",
             hex::encode(server.cert_sha256())

@@ -373,7 +373,9 @@ impl Server {
             tasks.push(tokio::spawn(demo::publisher(shared.clone())));
             tasks.push(tokio::spawn(demo::arena(shared.clone())));
         }
-        info!(webtransport = %webtransport_addr, http = %http_addr, cert_sha256 = %identity.hash_hex(), "quiver listening");
+        // The TLS listener too, when a real certificate opens it (outside audit 55, I1).
+        let https = https_addr.map(|a| a.to_string());
+        info!(webtransport = %webtransport_addr, http = %http_addr, https, cert_sha256 = %identity.hash_hex(), "quiver listening");
         Ok(Server {
             shared,
             http_addr,

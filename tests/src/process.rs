@@ -14,6 +14,8 @@ pub struct QuiverProcess {
     child: Child,
     pub wt_port: u16,
     pub http_port: u16,
+    /// The TCP port of the TLS listener (wss, SSE, the API), opened with a real certificate.
+    pub https_port: Option<u16>,
     pub hash: [u8; 32],
 }
 
@@ -140,6 +142,7 @@ impl QuiverProcess {
         Ok(Self {
             wt_port: port("webtransport")?,
             http_port: port("http")?,
+            https_port: ready["https"].as_str().map(|_| port("https")).transpose()?,
             hash,
             child,
         })

@@ -269,8 +269,10 @@ async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {
     )?;
     assert_eq!(server.hash, first);
     let first_der = leaf_der(&cert)?;
-    // HTTPS (wss, SSE, the API) is on TCP with the UDP port's number.
+    // HTTPS (wss, SSE, the API) is on TCP with the UDP port's number, and the ready line says
+    // so (outside audit 55, I1: only `config check` named it).
     let https = server.wt_port;
+    assert_eq!(server.https_port, Some(https));
     assert_eq!(https_connect(https).await?.1, first_der);
     let mut old = Raw::connect_at(server.wt_port, first, &full_token("acme", "old")).await?;
     let (old_https, _) = https_connect(https).await?;
