@@ -240,10 +240,21 @@ async fn connection(
         None => http(tcp, remote, app, slot, deadline, unacked).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {
             Ok(Ok(stream)) => http(stream, remote, app, slot, deadline, unacked).await,
-            Ok(Err(e)) => debug!(%remote, error = %e, "TLS handshake failed"),
-            Err(_) => debug!(%remote, "TLS handshake timed out"),
+            Ok(Err(e)) => {
+                tls_refused("tls_handshake");
+                debug!(%remote, error = %e, "TLS handshake failed")
+            }
+            Err(_) => {
+                tls_refused("tls_handshake_timeout");
+                debug!(%remote, "TLS handshake timed out")
+            }
         },
     }
+}
+
+fn tls_refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => "https", "reason" => reason)
+        .increment(1);
 }
 
 /// What the kernel may hold of a connection's writes not yet sent (`TCP_NOTSENT_LOWAT`): a

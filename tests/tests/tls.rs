@@ -303,6 +303,34 @@ async fn sighup_reloads_the_certificate() -> anyhow::Result<()> {
     assert!(matches!(old.request(Command::Ping).await?, Event::Pong));
     let status = healthz_over(old_https).await?;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+
+    // Plain HTTP to the TLS port fails its handshake, and is counted (outside audit 55, L1:
+    // counted nowhere, logged only at debug).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..3 {
+        let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", https)).await?;
+        plain
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await;
+    }
+    let failed = r#"quiver_connections_refused_total{listener="https",reason="tls_handshake"} 3"#;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let page = reqwest::get(format!("http://127.0.0.1:{}/metrics", server.http_port))
+            .await?
+            .text()
+            .await?;
+        if page.lines().any(|l| l == failed) {
+            break;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no {failed} in:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 

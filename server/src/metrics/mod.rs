@@ -107,8 +107,17 @@ pub const GONE_REASONS: [&str; 4] = [
 
 /// Every `reason` of [`CONNECTIONS_REFUSED`]: a TCP connection refused at `accept`, before any
 /// request (so before it is known to be WebSocket, SSE or the API); `accept_failed` counts
-/// failed `accept`s (out of descriptors), each a connection left waiting in the backlog.
-pub const CONNECTION_REFUSED_REASONS: [&str; 3] = ["unavailable", "address_limit", "accept_failed"];
+/// failed `accept`s (out of descriptors), each a connection left waiting in the backlog;
+/// `tls_handshake` and `tls_handshake_timeout` a TLS handshake on the `https` listener that
+/// failed (plain HTTP, a certificate the client refused, garbage) or did not finish within
+/// `timeouts.handshake` (outside audit 55, L1: counted nowhere).
+pub const CONNECTION_REFUSED_REASONS: [&str; 5] = [
+    "unavailable",
+    "address_limit",
+    "accept_failed",
+    "tls_handshake",
+    "tls_handshake_timeout",
+];
 
 /// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
 /// the token's refusals (`crate::auth::AuthError::label`).
