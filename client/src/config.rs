@@ -102,7 +102,9 @@ impl std::str::FromStr for Transport {
 /// client sends a `Ping`; if still nothing has arrived `timeout` after it, the server (or the
 /// path to it) is declared dead, the connection is dropped and the client reconnects. Worst
 /// case, a dead server is noticed `interval + timeout` after the last thing it sent (2.5 s with
-/// the defaults; measured: 1.5 s after freezing a server with SIGSTOP, on both transports).
+/// the defaults, and what a session receiving steady traffic sees: 2.50 s after a SIGSTOP or
+/// kill -9 in outside audit 54; an idle one whose `Ping` is already due notices sooner, 1.5 s
+/// measured).
 ///
 /// "Anything" includes the transport's own answers, which a live server's network stack sends
 /// even while its session is busy (a command waiting on the broker holds up the `Pong`): on
