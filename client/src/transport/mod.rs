@@ -368,6 +368,37 @@ impl Connector {
             };
             return Err(ClientError::Connect(what.into()));
         }
+        // A URL that cannot be one is the configuration's mistake, said at once: with `Auto` it
+        // was only a failed WebTransport attempt, hidden behind the WebSocket one's error
+        // (outside audit 55, I6: `--url not-a-url` reported only the default WebSocket URL).
+        let (wt, ws) = match self.cfg.transport {
+            Transport::WebTransport => (true, false),
+            Transport::WebSocket => (false, true),
+            Transport::Auto => (true, true),
+        };
+        let checks = [
+            (wt, &self.cfg.urls, &["https"][..], "urls"),
+            (ws, &self.cfg.ws_urls, &["ws", "wss"][..], "ws_urls"),
+        ];
+        for (_, urls, schemes, field) in checks.into_iter().filter(|c| c.0) {
+            for url in urls {
+                match url::Url::parse(url) {
+                    Ok(u) if schemes.contains(&u.scheme()) => {}
+                    Ok(u) => {
+                        return Err(ClientError::Connect(format!(
+                            "{field}: {url:?} is a {} URL, expected {}",
+                            u.scheme(),
+                            schemes.join(" or ")
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(ClientError::Connect(format!(
+                            "{field}: {url:?} is not a URL: {e}"
+                        )))
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -483,6 +514,15 @@ mod tests {
         assert!(connector(1, 0, Transport::WebSocket).check().is_err());
         assert!(connector(0, 0, Transport::Auto).check().is_err());
         assert!(connector(0, 1, Transport::Auto).check().is_ok());
+        // Every URL is checked up front, whichever transport would try it first.
+        let mut bad = connector(1, 1, Transport::Auto);
+        bad.cfg.urls = vec!["not-a-url".into()];
+        let err = bad.check().unwrap_err().to_string();
+        assert!(err.contains("urls: \"not-a-url\" is not a URL"), "{err}");
+        let mut bad = connector(1, 1, Transport::Auto);
+        bad.cfg.ws_urls = vec!["https://host/v1/ws".into()];
+        let err = bad.check().unwrap_err().to_string();
+        assert!(err.contains("expected ws or wss"), "{err}");
     }
 
     #[test]
