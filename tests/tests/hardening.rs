@@ -157,6 +157,44 @@ async fn a_control_stream_opened_before_the_connect_is_answered_is_served() -> a
     Ok(())
 }
 
+/// A refused CONNECT ends with the server's CONNECTION_CLOSE (code 0) and nothing before it that
+/// a strict HTTP/3 client takes for an error: the server used to drop its ends of the client's
+/// control and QPACK streams first, sending STOP_SENDING on them, which RFC 9114 §6.2.1 makes
+/// a connection error (aioquic closed with `H3_CLOSED_CRITICAL_STREAM` on 2 of 60 refusals;
+/// outside audit 56, F1). Each refusal here opens all three of a browser's critical streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_never_stops_the_clients_critical_streams() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let endpoint = quic_client(&server, |_| {})?;
+    for attempt in 0..100 {
+        let conn = endpoint.connect(server.wt, "localhost")?.await?;
+        let mut control = conn.open_uni().await?;
+        control.write_all(&h3::control_stream_bytes()?).await?;
+        // The QPACK encoder's and decoder's streams: their types only, as a client that uses
+        // no dynamic table sends.
+        let mut qpack = Vec::new();
+        for kind in [0x02u8, 0x03] {
+            let mut stream = conn.open_uni().await?;
+            stream.write_all(&[kind]).await?;
+            qpack.push(stream);
+        }
+        let (status, _send, _recv) =
+            h3::connect_request(&conn, server.wt.port(), "not-a-token").await?;
+        assert_eq!(status.as_deref(), Some("403"), "attempt {attempt}");
+        match conn.closed().await {
+            wtransport::quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code.into_inner(), 0, "attempt {attempt}")
+            }
+            other => anyhow::bail!("attempt {attempt}: closed by {other:?}"),
+        }
+        // Which streams were stopped is not kept; how many STOP_SENDING frames came is.
+        let stops = conn.stats().frame_rx.stop_sending;
+        assert_eq!(stops, 0, "attempt {attempt}: STOP_SENDING before the close");
+        drop((control, qpack));
+    }
+    Ok(())
+}
+
 /// A connection's packets from another address are dropped, never answered there: no
 /// migration, so a forged source address cannot make the server send anything to a third party
 /// (outside audit: quinn answered one 29-byte packet with a forged source with 2,526 bytes to

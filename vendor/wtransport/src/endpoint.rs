@@ -623,7 +623,7 @@ impl IncomingSessionFuture {
         // connection, so a caller that gives up on this future (a deadline on SETTINGS and
         // CONNECT) could never end a connection that completed the QUIC handshake and then
         // stayed silent. Close it when the future is dropped before it resolves.
-        let guard = CloseOnDrop(Some(quic_connection.clone()));
+        let guard = CloseOnDrop::new(quic_connection.clone(), 0x010c, b"session request abandoned");
         let driver = Driver::init(quic_connection.clone());
 
         let _settings = driver.accept_settings().await.map_err(|driver_error| {
@@ -641,19 +641,31 @@ impl IncomingSessionFuture {
     }
 }
 
-/// QUIVER PATCH: closes the QUIC connection unless disarmed.
-struct CloseOnDrop(Option<quinn::Connection>);
+/// QUIVER PATCH: closes the QUIC connection with a code unless disarmed.
+struct CloseOnDrop {
+    connection: Option<quinn::Connection>,
+    code: u32,
+    reason: &'static [u8],
+}
 
 impl CloseOnDrop {
+    fn new(connection: quinn::Connection, code: u32, reason: &'static [u8]) -> Self {
+        Self {
+            connection: Some(connection),
+            code,
+            reason,
+        }
+    }
+
     fn disarm(mut self) {
-        self.0 = None;
+        self.connection = None;
     }
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        if let Some(connection) = self.0.take() {
-            connection.close(quinn::VarInt::from_u32(0x010c), b"session request abandoned");
+        if let Some(connection) = self.connection.take() {
+            connection.close(quinn::VarInt::from_u32(self.code), self.reason);
         }
     }
 }
@@ -792,8 +804,17 @@ impl SessionRequest {
     }
 
     async fn reject(mut self, response: SessionResponseProto) {
+        // QUIVER PATCH (the refusal's close comes first, PATCHES.md 8): close the connection
+        // (code 0) before this request's streams and driver are dropped, when the answer has
+        // been acknowledged or when the caller gives up on it. Dropped first, each of the
+        // client's control and QPACK streams sent STOP_SENDING, and a frame of them could leave
+        // before the CONNECTION_CLOSE: a strict HTTP/3 client then ends the connection itself
+        // with H3_CLOSED_CRITICAL_STREAM (RFC 9114 §6.2.1) on a plain refusal. Declared after
+        // `self`, the guard is dropped before it, on completion and on cancellation alike.
+        let close = CloseOnDrop::new(self.quic_connection.clone(), 0, b"");
         let _ = self.send_response(response).await;
         self.stream_session.finish().await;
+        drop(close);
     }
 
     async fn send_response(
