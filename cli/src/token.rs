@@ -118,7 +118,7 @@ async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
     let grant = verifier.verify(&token).map_err(|e| {
         // How long ago, from the (unverified) claims: the refusal itself names no value.
         let ago = match (&e, claims.as_ref().and_then(|c| c.get("exp")?.as_u64())) {
-            (AuthError::Expired, Some(exp)) => format!(
+            (AuthError::Expired(_), Some(exp)) => format!(
                 " ({} ago)",
                 humantime::format_duration(Duration::from_secs(unix_now().saturating_sub(exp)))
             ),

@@ -60,7 +60,7 @@ fn refuses_bad_tokens() {
     assert!(matches!(v.verify(""), Err(AuthError::Missing)));
     assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
     let expired = sign_hs256(SECRET, &claims(unix_now() - 3600)).unwrap();
-    assert!(matches!(v.verify(&expired), Err(AuthError::Expired)));
+    assert!(matches!(v.verify(&expired), Err(AuthError::Expired(_))));
     let wrong = sign_hs256(
         b"another-secret-of-32-bytes-or-more",
         &claims(unix_now() + 60),
@@ -105,17 +105,17 @@ fn expiry_is_strict_and_leeway_is_explicit() {
     assert!(strict.verify_at(&token, exp - 1).is_ok());
     assert!(matches!(
         strict.verify_at(&token, exp),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
     assert!(matches!(
         strict.verify_at(&token, exp + 2),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
     // What a Refresh meets: a token that expired 2 s ago, verified now.
     let two_seconds_ago = sign_hs256(SECRET, &claims(unix_now() - 2)).unwrap();
     assert!(matches!(
         strict.verify(&two_seconds_ago),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
 
     let lenient = hs(&Checks {
@@ -125,7 +125,7 @@ fn expiry_is_strict_and_leeway_is_explicit() {
     assert!(lenient.verify_at(&token, exp + 4).is_ok());
     assert!(matches!(
         lenient.verify_at(&token, exp + 5),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
     assert!(matches!(
         Verifier::hs256(
@@ -592,11 +592,14 @@ fn cached_tokens_are_refused_past_their_expiry() {
     assert!(v.verify_at(&token, exp - 10).is_ok());
     assert_eq!(v.cached_tokens(), 1, "a verified token is remembered");
     assert!(v.verify_at(&token, exp - 1).is_ok(), "a hit before exp");
-    assert!(matches!(v.verify_at(&token, exp), Err(AuthError::Expired)));
+    assert!(matches!(
+        v.verify_at(&token, exp),
+        Err(AuthError::Expired(_))
+    ));
     assert_eq!(v.cached_tokens(), 0, "an expired entry is dropped");
     assert!(matches!(
         v.verify_at(&token, exp + 100),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
     // With leeway, the same rule as an uncached verification.
     let lenient = hs(&Checks {
@@ -607,7 +610,7 @@ fn cached_tokens_are_refused_past_their_expiry() {
     assert!(lenient.verify_at(&token, exp + 4).is_ok());
     assert!(matches!(
         lenient.verify_at(&token, exp + 5),
-        Err(AuthError::Expired)
+        Err(AuthError::Expired(_))
     ));
 }
 

@@ -170,7 +170,7 @@ impl Shared {
         let grant = self.verifier.verify(token)?;
         if let Some(jti) = &grant.jti {
             if self.revocations.is_revoked(&grant.tenant, jti) {
-                return Err(crate::auth::AuthError::Invalid("token revoked"));
+                return Err(crate::auth::AuthError::revoked(&grant));
             }
         }
         Ok(grant)

@@ -40,16 +40,16 @@ impl TokenCache {
     }
 
     /// The grant of a token verified before, if still unexpired as of `now` (Unix seconds) with
-    /// `leeway_secs`. `Err(())` when it was cached but has expired (the entry is dropped).
-    pub fn get(&self, token: &str, now: u64, leeway_secs: u64) -> Option<Result<Grant, ()>> {
+    /// `leeway_secs`. `Err` (its grant) when it was cached but has expired (the entry is
+    /// dropped).
+    pub fn get(&self, token: &str, now: u64, leeway_secs: u64) -> Option<Result<Grant, Grant>> {
         if self.capacity == 0 {
             return None;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let grant = entries.get(token)?;
         if grant.expires_at.saturating_add(leeway_secs) <= now {
-            entries.remove(token);
-            return Some(Err(()));
+            return entries.remove(token).map(Err);
         }
         Some(Ok(grant.clone()))
     }

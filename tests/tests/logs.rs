@@ -294,6 +294,122 @@ async fn refused_sessions_are_logged_within_a_budget_and_counted_in_full() -> Re
     Ok(())
 }
 
+/// A correctly signed token refused (expired, revoked) names its tenant and user in the refusal's
+/// line, on every transport; a token whose signature fails names nobody (its claims are anyone's
+/// word). Before, only the remote address was logged (outside audit 55, L4).
+#[tokio::test]
+async fn refusals_of_correctly_signed_tokens_name_their_tenant_and_user() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let expired = token_expiring_at("acme", "late-ws", 1_000);
+    let url = format!("ws://127.0.0.1:{http}/v1/ws?token={expired}");
+    if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await {
+        use futures::StreamExt;
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+        {}
+    }
+    let sse = reqwest::get(format!(
+        "http://127.0.0.1:{http}/v1/sse?token={}&room=chat.a",
+        token_expiring_at("acme", "late-sse", 1_000)
+    ))
+    .await?;
+    assert_eq!(sse.status(), 401);
+    let (port, hash) = (server.port("webtransport")?, server.hash()?);
+    let refused = Raw::connect_at(port, hash, &token_expiring_at("acme", "late-wt", 1_000)).await;
+    anyhow::ensure!(refused.is_err(), "an expired token was welcomed");
+    // Signed with another secret: nobody is named.
+    let forged = {
+        let mut parts: Vec<String> = full_token("acme", "forged")
+            .split('.')
+            .map(String::from)
+            .collect();
+        parts[2] = "AAAA".into();
+        parts.join(".")
+    };
+    let url = format!("ws://127.0.0.1:{http}/v1/ws?token={forged}");
+    if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(url).await {
+        use futures::StreamExt;
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(2), socket.next()).await
+        {}
+    }
+    for (user, transport) in [
+        ("late-ws", "websocket"),
+        ("late-sse", "sse"),
+        ("late-wt", "webtransport"),
+    ] {
+        let line = server
+            .wait_for_containing("session refused", |l| l["user"] == user)
+            .await?;
+        assert_eq!(line["tenant"], "acme", "{line}");
+        assert_eq!(line["transport"], transport, "{line}");
+        assert_eq!(line["reason"], "token expired", "{line}");
+    }
+    let forged = server
+        .wait_for_containing("session refused", |l| {
+            l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("bad signature"))
+        })
+        .await?;
+    assert!(
+        forged.get("tenant").is_none() && forged.get("user").is_none(),
+        "{forged}"
+    );
+    Ok(())
+}
+
+/// Backend-API requests refused for their credential are logged within the budget (who asked and
+/// for what, never the credential) and counted by code in full: 1,000 guessed keys left no trace
+/// at all (outside audit 55, L7).
+#[tokio::test]
+async fn api_requests_refused_for_their_credential_are_logged_and_counted() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start(dir.path(), &["--log-format", "json"])?;
+    let http = server.port("http")?;
+    let client = reqwest::Client::new();
+    let guess = "guessed-key-0123456789abcdef0123456789";
+    let attempts = 60;
+    for _ in 0..attempts {
+        let answer = client
+            .post(format!("http://127.0.0.1:{http}/api/v1/info"))
+            .bearer_auth(guess)
+            .send()
+            .await?;
+        assert_eq!(answer.status(), 401);
+    }
+    let line = server.wait_for("api request refused").await?;
+    assert_eq!(line["status"], 401, "{line}");
+    assert_eq!(line["path"], "/api/v1/info", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert!(
+        line["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    let logged = server
+        .lines()
+        .iter()
+        .filter(|l| l.contains("\"api request refused\""))
+        .count();
+    assert!(logged <= 40, "{logged} lines for {attempts} refusals");
+    assert!(
+        !server.lines().iter().any(|l| l.contains(guess)),
+        "the credential was logged"
+    );
+    let page = server.metrics().await?;
+    let counted = metric_sum(
+        &page,
+        "quiver_api_refusals_total",
+        &[("code", "unauthorized")],
+    );
+    assert_eq!(counted, attempts as f64);
+    Ok(())
+}
+
 /// A session over its tenant's quota is a refusal: logged within the refusals' budget, with no
 /// `session opened` / `session closed` lines of its own (outside tenancy audit 3, F2: three
 /// lines per attempt, 7,800 a second from one client, past the budget anonymous refusals have).
@@ -352,6 +468,9 @@ async fn sessions_over_their_tenants_quota_are_logged_within_the_refusals_budget
             .is_some_and(|r| r.contains("concurrent sessions")),
         "{refused}"
     );
+    // Whose session it was, in fields of their own (outside audit 55, L4).
+    assert_eq!(refused["tenant"], "acme", "{refused}");
+    assert_eq!(refused["user"], "alice", "{refused}");
     let lines = server.lines();
     let count = |message: &str| {
         lines
@@ -864,6 +983,9 @@ async fn sessions_ended_for_a_malformed_frame_are_logged_within_a_budget() -> Re
     // One in a later second carries the count of those left out.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     malformed(attempts).await?;
+    // The line alone says whose session it was (outside audit 55, L4).
+    let fault = server.wait_for("protocol error").await?;
+    assert_eq!(fault["tenant"], "acme", "{fault}");
     server
         .assert_within_budget(
             "\"protocol error\"",

@@ -174,6 +174,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!(crate::metrics::API_REFUSALS, "code" => self.code.label()).increment(1);
         (
             self.code.status(),
             Json(json!({"error": match self.count {

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 
 pub use error::Code;
 
+use crate::log_budget::{LogBudget, Summary};
 use crate::server::Shared;
 
 /// Where the API lives.
@@ -333,6 +334,46 @@ pub fn router(shared: &Arc<Shared>) -> Router<Arc<Shared>> {
     }
     api.fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(log_credential_refusals))
+}
+
+/// API requests refused for their credential logged per second at most: a peer needs no key
+/// to be refused. `quiver_api_refusals_total{code="unauthorized"}` counts every one.
+static CREDENTIAL_REFUSALS_LOGGED: LogBudget = LogBudget::summarised(
+    20,
+    Summary::Info(
+        "more API requests were refused for their credential than logged (quiver_api_refusals_total counts all)",
+    ),
+);
+
+/// Logs a request answered 401 (no valid key or token) or 403 (a key or token that may not act
+/// there), within [`CREDENTIAL_REFUSALS_LOGGED`]: who asked, and for what, never the
+/// credential. A backend deployed with a stale key, or someone guessing keys, shows in the log
+/// (outside audit 55, L7: 1,000 wrong keys left no trace).
+async fn log_credential_refusals(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let remote = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0);
+    let method = request.method().clone();
+    // The path as the client sent it: this router is nested under [`PREFIX`].
+    let path = format!("{PREFIX}{}", request.uri().path());
+    let response = next.run(request).await;
+    let status = response.status();
+    if matches!(status.as_u16(), 401 | 403) && CREDENTIAL_REFUSALS_LOGGED.admit_summarised() {
+        // `path` as a `&str` field: quoted and escaped in text, a plain string in JSON.
+        tracing::info!(
+            remote = remote.map(tracing::field::display),
+            %method,
+            path = path.as_str(),
+            status = status.as_u16(),
+            "api request refused"
+        );
+    }
+    response
 }
 
 /// What a route asks of a request's body before its handler runs.

@@ -56,6 +56,9 @@ pub(super) fn register_zeros() {
     for code in quiver_proto::ErrorCode::ALL {
         metrics::counter!(COMMANDS_REFUSED, "code" => code.label()).absolute(0);
     }
+    for code in crate::api::Code::ALL {
+        metrics::counter!(API_REFUSALS, "code" => code.label()).absolute(0);
+    }
     for command in labels::COMMANDS {
         let _ = metrics::histogram!(COMMAND_DURATION, "command" => *command);
     }
@@ -225,6 +228,10 @@ pub(super) fn describe() {
         TLS_RELOAD_FAILURES,
         "Certificate reloads refused (a pair that does not load, or a certificate expired or not \
          yet valid): the old certificate is still served"
+    );
+    describe_counter!(
+        API_REFUSALS,
+        "Backend API requests refused, by the error's code (unauthorized: no valid API key or token)"
     );
     describe_counter!(
         API_IDEMPOTENT_REPEATS,

@@ -31,6 +31,9 @@ pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
 pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
 pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+/// Backend API requests refused, by `code` (`api::error::Code`): a wrong key shows as
+/// `unauthorized` (outside audit 55, L7: 1,000 guessed keys left no trace).
+pub const API_REFUSALS: &str = "quiver_api_refusals_total";
 /// Backend API publications answered from an earlier request's `Idempotency-Key`.
 pub const API_IDEMPOTENT_REPEATS: &str = "quiver_api_idempotent_repeats_total";
 pub const HISTORY_BYTES: &str = "quiver_history_bytes";

@@ -113,7 +113,9 @@ impl Session {
             Ok((id, Ok(payload))) => self.reply(id, Event::Reply { payload }).await,
             Ok((id, Err(e))) => self.refuse(id, Refusal::new(e.code(), e.to_string())).await,
             // Only a panic gets here (the tasks are aborted only with the session).
-            Err(e) => warn!(session = %self.id, error = %e, "call task failed"),
+            Err(e) => {
+                warn!(session = %self.id, tenant = %self.grant.tenant, error = %e, "call task failed")
+            }
         }
     }
 

@@ -447,7 +447,7 @@ impl Session {
             if code == ErrorCode::StreamStopped {
                 debug!(session = %self.id, %room, "client stopped the subscription stream");
             } else if SUBSCRIPTION_ENDS_LOGGED.admit_summarised() {
-                warn!(session = %self.id, %room, %code, "subscription ended by server");
+                warn!(session = %self.id, tenant = %self.grant.tenant, %room, %code, "subscription ended by server");
             }
             self.reply(
                 0,
@@ -559,7 +559,7 @@ impl Session {
         };
         let frame = encode_event(&ServerFrame { id: 0, event });
         if let Err(e) = stored.and(self.shared.broker.announce(key.clone(), frame).await) {
-            warn!(session = %self.id, room = %key.room, error = %e, "presence not recorded");
+            warn!(session = %self.id, tenant = %key.tenant, room = %key.room, error = %e, "presence not recorded");
         }
     }
 

@@ -90,16 +90,22 @@ static PEER_FAULTS_LOGGED: LogBudget = LogBudget::summarised(
     Summary::Warn("more sessions were ended for their peer's fault than logged"),
 );
 
-/// A WARN line for a session ended for its peer's fault, within [`PEER_FAULTS_LOGGED`].
 /// A session's id as `Welcome.session` carries it: always 16 lower-case hex digits, so a client
 /// may rely on the form (outside audit 52, F4: a leading zero was dropped one time in 16).
 fn session_id(random: u64) -> String {
     format!("{random:016x}")
 }
 
-fn log_peer_fault(session: &str, reason: &str, what: &'static str) {
+/// A WARN line for a session ended for its peer's fault, within [`PEER_FAULTS_LOGGED`]; with
+/// its tenant, so that the line alone says whose it was (outside audit 55, L4).
+fn log_peer_fault(
+    session: &str,
+    tenant: &quiver_proto::TenantId,
+    reason: &str,
+    what: &'static str,
+) {
     if PEER_FAULTS_LOGGED.admit_summarised() {
-        warn!(session, reason, "{what}");
+        warn!(session, %tenant, reason, "{what}");
     }
 }
 
@@ -311,7 +317,13 @@ async fn run_session(
             }
         }
         Err(e) => {
-            crate::transport::log_refusal(link_transport, &remote, &e);
+            crate::transport::log_refusal_of(
+                link_transport,
+                &remote,
+                &e,
+                &session.grant.tenant,
+                &session.grant.user,
+            );
             Exit::Close(CloseCode::OverQuota, e.to_string())
         }
     };
@@ -463,6 +475,7 @@ impl Session {
             if self.stalled {
                 log_peer_fault(
                     &self.id,
+                    &self.grant.tenant,
                     "replies not read",
                     "client does not read its replies",
                 );
@@ -521,7 +534,7 @@ impl Session {
                 }
             }
             Some(Inbound::Malformed(reason)) => {
-                log_peer_fault(&self.id, &reason, "protocol error");
+                log_peer_fault(&self.id, &self.grant.tenant, &reason, "protocol error");
                 return Some(Exit::Close(CloseCode::ProtocolError, reason));
             }
             Some(Inbound::Control(arrived)) => return self.control_frame(arrived),

@@ -314,15 +314,35 @@ static REFUSALS_LOGGED: LogBudget = LogBudget::summarised(
     Summary::Info("more sessions were refused than logged (quiver_sessions_refused_total and quiver_quota_refusals_total count all)"),
 );
 
-/// Logs a refused session (the reason, never the token), within [`REFUSALS_LOGGED`], and counts
-/// it.
+/// Logs a refused session (the reason, never the token; the tenant and user of a correctly
+/// signed one), within [`REFUSALS_LOGGED`], and counts it.
 pub fn session_refused(
     transport: Transport,
     remote: &dyn std::fmt::Display,
     reason: &crate::auth::AuthError,
 ) {
-    log_refusal(transport, remote, reason);
+    match reason.signer() {
+        Some(signer) => {
+            log_refusal_of(transport, remote, reason, &signer.tenant, &signer.user);
+        }
+        None => log_refusal(transport, remote, reason),
+    }
     count_refused(transport, reason.label());
+}
+
+/// [`log_refusal`] for a session whose token was correctly signed (expired, revoked, or over its
+/// tenant's quota): who it names is the issuer's word, and says whose session was refused.
+pub fn log_refusal_of(
+    transport: Transport,
+    remote: &dyn std::fmt::Display,
+    reason: &dyn std::fmt::Display,
+    tenant: &quiver_proto::TenantId,
+    user: &str,
+) {
+    if REFUSALS_LOGGED.admit_summarised() {
+        // `user` as a `&str` field: quoted and escaped in text, a plain string in JSON.
+        tracing::info!(%remote, reason = %reason, transport = transport.label(), %tenant, user, "session refused");
+    }
 }
 
 /// Logs a session refused (before its token was accepted, or over its tenant's quota), within

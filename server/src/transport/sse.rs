@@ -179,7 +179,7 @@ async fn respond(
         Err(e) => {
             session_refused(T, &remote, &e);
             let code = match e {
-                crate::auth::AuthError::Expired => CloseCode::TokenExpired,
+                crate::auth::AuthError::Expired(_) => CloseCode::TokenExpired,
                 _ => CloseCode::InvalidToken,
             };
             return problem(

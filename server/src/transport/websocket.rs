@@ -198,7 +198,7 @@ pub async fn upgrade(
         Err(e) => {
             session_refused(T, &remote, &e);
             let code = match e {
-                AuthError::Expired => CloseCode::TokenExpired,
+                AuthError::Expired(_) => CloseCode::TokenExpired,
                 _ => CloseCode::InvalidToken,
             };
             let reason = e.to_string();
