@@ -79,6 +79,15 @@ async fn check(args: CheckArgs) -> Result<()> {
         ),
         None => outln!("  broker: embedded (a single instance)"),
     }
+    // The way calls and hooks take (PROTOCOL.md §11.2): `rpc.url` whenever it is set.
+    match (&config.rpc.url, &config.nats) {
+        // `rpc.url` with credentials is refused before this: nothing secret in it.
+        (Some(url), _) => outln!("  calls and hooks: HTTP POST to {url}"),
+        (None, Some(_)) => {
+            outln!("  calls and hooks: NATS requests on quiver.<tenant>.rpc.* and .hook.*")
+        }
+        (None, None) => outln!("  calls and hooks: no backend (calls are answered unavailable)"),
+    }
     Ok(())
 }
 

@@ -209,6 +209,18 @@ fn config_check_merges_file_environment_and_flags() -> Result<()> {
     )?;
     assert!(ok, "{err}");
     assert!(out.contains("broker: NATS nats://10.0.0.1:4222"), "{out}");
+    assert!(out.contains("calls and hooks: NATS requests"), "{out}");
+    // `rpc.url` is the backend with NATS too (outside audit 58, F1), and check says so.
+    std::fs::write(
+        d.join("nr.toml"),
+        "[nats]\nurl = \"nats://10.0.0.1:4222\"\n[rpc]\nurl = \"http://10.0.0.2:9000/quiver\"\n",
+    )?;
+    let (ok, out, err) = run(d, &["config", "check", "nr.toml"], &[])?;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("calls and hooks: HTTP POST to http://10.0.0.2:9000/quiver"),
+        "{out}"
+    );
 
     // Production keys are checked as the server would at start: a short secret from a flag,
     // an unreadable secret file, a missing certificate.

@@ -266,6 +266,27 @@ fn code(result: Result<impl std::fmt::Debug, ClientError>) -> (Option<ErrorCode>
     }
 }
 
+/// `rpc.url` is the backend whenever it is set, NATS or not: a server scaled out by adding
+/// `[nats]` still POSTs its calls and hooks to the backend it names. NATS took precedence, so
+/// every hooked publish was refused and every call `unavailable` with `config check` saying OK
+/// (outside audit 58, F1).
+#[tokio::test]
+async fn rpc_url_is_the_backend_with_nats_too() -> Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let (backend, url) = start_backend().await?;
+    let clustered = quiver_tests::nats::clustered(&nats);
+    let server = server_for_with(&url, |c| clustered(c)).await?;
+    let client = connect(&server, "alice").await?;
+    let answer = client.call("order.place", &b"one"[..]).await?;
+    assert_eq!(answer, &b"placed:one"[..]);
+    // The publish hook of `order` is asked over HTTP too.
+    client.publish_ack("order.alice", "x").await?;
+    let counts = backend.counts.lock().unwrap().clone();
+    assert_eq!(counts.get("call"), Some(&1), "{counts:?}");
+    assert_eq!(counts.get("publish"), Some(&1), "{counts:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn http_calls_carry_the_envelope_and_statuses_map_to_codes() -> Result<()> {
     let (backend, url) = start_backend().await?;

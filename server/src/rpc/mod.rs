@@ -2,9 +2,9 @@
 //! allow/deny, publish allow/deny/replace). The session core (`session/commands.rs`) asks this
 //! module; it reaches the backend one of two ways (PROTOCOL.md §11):
 //!
-//! - with NATS, a request to `quiver.<tenant>.rpc.<method>` (hooks:
-//!   `quiver.<tenant>.hook.<subscribe|publish>.<room>`), the caller in headers (`nats.rs`);
-//! - without NATS, an HTTP POST of a JSON envelope to `rpc.url` (`http.rs`).
+//! - with `rpc.url`, an HTTP POST of a JSON envelope to it (`http.rs`), with or without NATS;
+//! - else with NATS, a request to `quiver.<tenant>.rpc.<method>` (hooks:
+//!   `quiver.<tenant>.hook.<subscribe|publish>.<room>`), the caller in headers (`nats.rs`).
 //!
 //! Every call and every hooked command is one structured `tracing` line on the `quiver::audit`
 //! target (`audit.rs`). Hooks run once per command, in the session that sent it: never on the
@@ -300,18 +300,21 @@ pub struct Rpc {
 }
 
 impl Rpc {
-    /// Connects the route the configuration names: NATS when the server has NATS, else
-    /// `rpc.url` over HTTP, else none (calls are answered `unavailable`; hooks need a route).
+    /// Connects the route the configuration names: `rpc.url` over HTTP when it is set (with
+    /// NATS too: an operator who names a backend means it; NATS took precedence before, and
+    /// adding `[nats]` to scale out silently cut an HTTP backend off, outside audit 58, F1),
+    /// else NATS when the server has NATS, else none (calls are answered `unavailable`; hooks
+    /// need a route).
     pub async fn new(config: &crate::Config) -> Result<Rpc, RpcSetupError> {
         let rpc = config.rpc.clone();
         rpc.validate().map_err(RpcSetupError::Invalid)?;
-        let route = match (&config.nats, &rpc.url) {
-            (Some(nats), _) => Route::Nats(nats::NatsRoute::connect(nats).await?),
-            (None, Some(url)) => Route::Http(http::HttpRoute::new(
+        let route = match (&rpc.url, &config.nats) {
+            (Some(url), _) => Route::Http(http::HttpRoute::new(
                 url,
                 &rpc,
                 config.limits.max_payload as usize,
             )?),
+            (None, Some(nats)) => Route::Nats(nats::NatsRoute::connect(nats).await?),
             (None, None) if !rpc.hooks.is_empty() => {
                 return Err(RpcSetupError::Invalid(
                     "rpc.hooks need a backend: configure nats or rpc.url".into(),

@@ -266,7 +266,7 @@ impl NatsRoute {
             Err(_) => Err(RpcError::Deadline(deadline)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(message)) if no_responders(&message) => Err(RpcError::Unavailable(
-                "no backend is serving this method".into(),
+                "no backend subscribes to the request's subject".into(),
             )),
             Ok(Ok(message)) => Ok(message),
         }
