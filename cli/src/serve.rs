@@ -123,7 +123,9 @@ pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<Stri
             anyhow::bail!("configuration:\n  {problem}");
         }
     }
-    Ok((config, checked.warnings))
+    let mut warnings = checked.warnings;
+    warnings.extend(config.warnings());
+    Ok((config, warnings))
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {

@@ -717,6 +717,24 @@ impl Config {
     pub fn dev_mode(&self) -> bool {
         self.auth.key_sources() == 0
     }
+
+    /// Settings that load and work but that an operator should hear about at start (and
+    /// `config check`, failing with `--deny-warnings`): a production server whose
+    /// `allowed_origins` is empty lets a page of any site open sessions with a user's token
+    /// (outside audit 57, F2: `config init` promised this warning and none came). `["*"]` says
+    /// so on purpose and is not warned about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.dev_mode() && self.allowed_origins.is_empty() {
+            warnings.push(
+                "allowed_origins is empty: a page of any site may open sessions with a user's \
+                 token; list your application's origins (or [\"*\"] to allow every one on \
+                 purpose)"
+                    .into(),
+            );
+        }
+        warnings
+    }
 }
 
 #[cfg(test)]

@@ -624,7 +624,12 @@ fn the_compose_files_environment_passes_config_check() -> Result<()> {
         .lines()
         .filter_map(|line| line.trim().split_once(": "))
         .filter(|(k, _)| k.starts_with("QUIVER_"))
-        .map(|(k, v)| (k.to_owned(), local(v.trim().trim_matches('"'))))
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                local(v.trim().trim_matches(|c| c == '"' || c == '\'')),
+            )
+        })
         .collect();
     assert!(env.len() >= 5, "no QUIVER_ variables found in compose.yaml");
     assert!(

@@ -119,9 +119,12 @@ fn an_expired_certificate_is_warned_about() -> Result<()> {
     let cert = params.self_signed(&key)?;
     std::fs::write(dir.path().join("old.crt"), cert.pem())?;
     std::fs::write(dir.path().join("old.key"), key.serialize_pem())?;
+    // Every origin on purpose: the certificate is the one warning.
+    std::fs::write(dir.path().join("q.toml"), "allowed_origins = [\"*\"]\n")?;
     let args = [
         "config",
         "check",
+        "q.toml",
         "--cert",
         "old.crt",
         "--key",
@@ -135,10 +138,49 @@ fn an_expired_certificate_is_warned_about() -> Result<()> {
         err.contains("warning: cert old.crt: the certificate expired"),
         "{err}"
     );
+    assert_eq!(err.matches("warning:").count(), 1, "{err}");
     let mut strict = args.to_vec();
     strict.push("--deny-warnings");
     let (ok, _, err) = run(dir.path(), &strict)?;
     assert!(!ok, "{err}");
+    Ok(())
+}
+
+/// A production server whose `allowed_origins` is empty lets a page of any site open sessions
+/// with a user's token: a warning from `config check` (an error with `--deny-warnings`) and at
+/// start, as `config init` says; `["*"]` is that on purpose, and development mode has no token
+/// to misuse (outside audit 57, F2: no warning came).
+#[test]
+fn an_empty_origin_list_in_production_is_warned_about() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let production = ["config", "check", "--jwt-secret", SECRET, "--self-signed"];
+    let (ok, out, err) = run(dir.path(), &production)?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("warning: allowed_origins is empty: a page of any site"),
+        "{err}"
+    );
+    let mut strict = production.to_vec();
+    strict.push("--deny-warnings");
+    let (ok, _, err) = run(dir.path(), &strict)?;
+    assert!(!ok, "{err}");
+    for (file, text) in [
+        ("any.toml", "allowed_origins = [\"*\"]\n"),
+        (
+            "app.toml",
+            "allowed_origins = [\"https://app.example.com\"]\n",
+        ),
+    ] {
+        std::fs::write(dir.path().join(file), text)?;
+        let mut listed = vec!["config", "check", file];
+        listed.extend_from_slice(&production[2..]);
+        listed.push("--deny-warnings");
+        let (ok, out, err) = run(dir.path(), &listed)?;
+        assert!(ok, "{file}: {out}{err}");
+    }
+    // Development mode: nothing to warn about.
+    let (ok, out, err) = run(dir.path(), &["config", "check", "--deny-warnings"])?;
+    assert!(ok, "{out}{err}");
     Ok(())
 }
 
