@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use quiver_client::{
     parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, ConnectionState, Transport, Trust,
@@ -81,9 +81,14 @@ impl ConnArgs {
         let token = match &self.token {
             Some(t) => token_fixed(t.clone()),
             None => {
-                let secret = quiver_server::dev_secret(&self.cert_dir).context(
-                    "no --token given and no development secret (is the server in development mode?)",
-                )?;
+                let path = self.cert_dir.join(quiver_server::DEV_SECRET_FILE);
+                let Some(secret) = crate::keys::read_dev_secret(&path)? else {
+                    bail!(
+                        "no --token given and no development secret at {} (run where `quiver \
+                         serve` runs in development mode, or pass its --cert-dir, or a --token)",
+                        path.display()
+                    );
+                };
                 // A fresh development token on every (re)connect and refresh.
                 token_fn(move || {
                     let secret = secret.clone();

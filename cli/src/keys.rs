@@ -59,12 +59,7 @@ impl KeySource {
             });
         }
         let path = config.cert_dir.join(DEV_SECRET_FILE);
-        let secret = match std::fs::read_to_string(&path) {
-            Ok(s) if !s.trim().is_empty() => Some(s.trim().as_bytes().to_vec()),
-            Ok(_) => None,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
+        let secret = read_dev_secret(&path)?;
         Ok(Self::Dev { path, secret })
     }
 
@@ -124,4 +119,16 @@ fn secret_origin(flag: bool) -> String {
     }
     quiver_server::config::env_variable_setting("auth.jwt_secret")
         .unwrap_or_else(|| "the configuration file".into())
+}
+
+/// The development secret `quiver serve` created at `path`, if it did: read, never created
+/// (a client command that created one signed tokens no server knew: "bad signature", outside
+/// audit 58, F2).
+pub fn read_dev_secret(path: &std::path::Path) -> Result<Option<Vec<u8>>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => Ok(Some(s.trim().as_bytes().to_vec())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }

@@ -135,13 +135,17 @@ async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {
         keys.describe()
     );
     // The signature is verified: the claims are the issuer's.
-    for claim in ["subscribe", "publish"] {
+    for claim in ["subscribe", "publish", "call"] {
         let patterns = claims
             .as_ref()
             .and_then(|c| c.get(claim)?.as_array().cloned())
             .unwrap_or_default();
         let patterns: Vec<&str> = patterns.iter().filter_map(|p| p.as_str()).collect();
         outln!("  {claim}: {}", patterns.join(" "));
+    }
+    // The id revocation acts on (a `jti` of another type is refused above).
+    if let Some(jti) = &grant.jti {
+        outln!("  jti: {jti:?}");
     }
     Ok(())
 }

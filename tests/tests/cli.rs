@@ -327,6 +327,36 @@ fn verifier(secret: &str) -> Result<Verifier> {
     Ok(Verifier::hs256(secret.as_bytes(), &Checks::default())?)
 }
 
+/// `pub` and `sub` without `--token` sign with the development secret `quiver serve` made; where
+/// there is none they say so and create nothing. They created a secret of their own, so their
+/// tokens were refused as "bad signature" by a server that had another (outside audit 58, F2).
+#[test]
+fn pub_and_sub_never_create_a_development_secret() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    for command in ["pub", "sub"] {
+        let mut args = vec![
+            command,
+            "--transport",
+            "websocket",
+            "--ws-url",
+            "ws://127.0.0.1:9/v1/ws",
+            "chat.lobby",
+        ];
+        if command == "pub" {
+            args.push("hello");
+        }
+        let (ok, out, err) = run(d, &args, &[])?;
+        assert!(!ok, "{command}: {out}");
+        assert!(
+            err.contains("no --token given and no development secret at certs/dev-jwt-secret"),
+            "{command}: {err}"
+        );
+        assert!(!d.join("certs").exists(), "{command} created certs/");
+    }
+    Ok(())
+}
+
 #[test]
 fn token_signs_what_the_server_accepts() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -344,6 +374,8 @@ fn token_signs_what_the_server_accepts() -> Result<()> {
             "chat.>",
             "--publish",
             "chat.lobby",
+            "--call",
+            "order.*",
             "--ttl",
             "10m",
             "--jwt-secret-file",
@@ -374,8 +406,12 @@ fn token_signs_what_the_server_accepts() -> Result<()> {
     )?;
     assert!(ok, "{err}");
     assert!(out.starts_with("valid: user \"ada\", tenant acme"), "{out}");
+    // Every claim that decides a command, and the id revocation acts on (outside audit 58, F5:
+    // `call` and `jti` were not shown).
     assert!(
-        out.contains("\n  subscribe: chat.>\n  publish: chat.lobby\n"),
+        out.contains(
+            "\n  subscribe: chat.>\n  publish: chat.lobby\n  call: order.*\n  jti: \"t-1\"\n"
+        ),
         "{out}"
     );
     Ok(())

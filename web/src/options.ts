@@ -94,7 +94,7 @@ export interface ClientOptions {
   maxFrameCeiling?: number;
   /** WebTransport implementation; defaults to the global one (tests pass a fake). */
   WebTransport?: WebTransportConstructor;
-  /** WebSocket implementation; defaults to the global one (tests pass a fake). */
+  /** WebSocket implementation; defaults to the global one (Node 22+; on Node 20 pass the `ws` package's, or run with --experimental-websocket; tests pass a fake). */
   WebSocket?: WebSocketConstructor;
 }
 

@@ -110,6 +110,38 @@ fn latest_namespaces_and_priorities_load_and_are_checked() {
     });
 }
 
+/// A history namespace keeps each publication at least a second: `history_ttl = "0s"` was taken
+/// and kept nothing, every recovery failing (outside audit 58, F3).
+#[test]
+fn a_history_kept_for_no_time_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        for (ttl, refused) in [("0s", true), ("500ms", true), ("1s", false), ("10m", false)] {
+            jail.create_file(
+                "h.toml",
+                &format!(
+                    "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"{ttl}\"\n"
+                ),
+            )?;
+            let loaded = Config::load(Some("h.toml".as_ref()));
+            match (loaded, refused) {
+                (Err(e), true) => assert!(
+                    e.to_string().contains("history_ttl must be at least 1s"),
+                    "{ttl}: {e}"
+                ),
+                (Ok(_), false) => {}
+                (other, _) => panic!("{ttl}: {:?}", other.map(|_| ())),
+            }
+        }
+        // Live only: its TTL means nothing and is not checked.
+        jail.create_file(
+            "live.toml",
+            "[[namespaces]]\nname = \"l\"\nhistory_ttl = \"0s\"\n",
+        )?;
+        Config::load(Some("live.toml".as_ref())).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
 #[test]
 fn a_tenant_share_above_the_history_total_is_refused() {
     figment::Jail::expect_with(|jail| {

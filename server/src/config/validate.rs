@@ -129,6 +129,16 @@ impl Config {
                     ns.name
                 ));
             }
+            // Under a second a publication is gone before a reconnecting client can ask for it:
+            // positions handed out, recovery always failed (outside audit 58, F3: 0s was
+            // taken, and JetStream reads a max_age of 0 as "for ever" besides).
+            if ns.history_size > 0 && ns.history_ttl < std::time::Duration::from_secs(1) {
+                problems.push(format!(
+                    "namespaces: {:?} keeps history (history_size {}) for {:?}: history_ttl must \
+                     be at least 1s (how long a publication stays, e.g. \"10m\")",
+                    ns.name, ns.history_size, ns.history_ttl
+                ));
+            }
             if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {
                 problems.push(format!(
                     "namespaces: {:?} priority {} is outside -{MAX_NAMESPACE_PRIORITY}..={MAX_NAMESPACE_PRIORITY}",

@@ -20,7 +20,7 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
         request_id,
         idempotency_key = req.idempotency_key.as_deref().unwrap_or(""),
         outcome,
-        latency_ms = took.as_secs_f64() * 1000.0,
+        latency_ms = latency_ms(took),
         "call"
     );
 }
@@ -141,8 +141,13 @@ pub fn hook(
         request_id,
         outcome,
         decision = decision.label(),
-        latency_ms = took.as_secs_f64() * 1000.0,
+        latency_ms = latency_ms(took),
         not_logged,
         "hook"
     );
+}
+
+/// A latency in milliseconds to the microsecond (`0.254`, not `0.25355799999999995`).
+pub(super) fn latency_ms(took: std::time::Duration) -> f64 {
+    took.as_micros() as f64 / 1000.0
 }

@@ -24,6 +24,11 @@ use serde::Serialize;
 
 pub use config::{HookConfig, RpcConfig};
 
+/// `d` rounded to the millisecond, for messages: `Debug` then says `1s`, not `999.999209ms`.
+fn whole_ms(d: Duration) -> Duration {
+    Duration::from_millis(((d.as_micros() + 500) / 1000) as u64)
+}
+
 /// Metric names (PROTOCOL.md §11): calls by outcome, hook decisions by hook and outcome.
 pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
@@ -118,8 +123,9 @@ pub enum RpcError {
     /// route); not sent.
     #[error("too many requests to the backend: {0}")]
     OverQuota(String),
-    /// No answer before the deadline.
-    #[error("no answer from the backend within {0:?}")]
+    /// No answer before the deadline (told to the millisecond: the time left, measured, was
+    /// "999.999209ms" for a deadline of 1 s, outside audit 58, F8).
+    #[error("no answer from the backend within {:?}", whole_ms(*.0))]
     Deadline(Duration),
     /// The backend answered with an error status: the code it maps to, and its message.
     #[error("{1}")]
@@ -744,6 +750,17 @@ fn request_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deadlines and latencies are told to the millisecond (outside audit 58, F8: "within
+    /// 999.999209ms" for a 1 s deadline, `latency_ms=0.25355799999999995`).
+    #[test]
+    fn deadlines_and_latencies_are_told_in_whole_units() {
+        let late = RpcError::Deadline(Duration::from_nanos(999_999_209));
+        assert_eq!(late.to_string(), "no answer from the backend within 1s");
+        let late = RpcError::Deadline(Duration::from_micros(1_499_600));
+        assert_eq!(late.to_string(), "no answer from the backend within 1.5s");
+        assert_eq!(audit::latency_ms(Duration::from_nanos(253_558)), 0.253);
+    }
 
     #[test]
     fn a_secret_behind_json_escapes_is_found() {
