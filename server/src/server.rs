@@ -574,13 +574,19 @@ pub fn dev_secret(dir: &Path) -> Result<Vec<u8>, StartError> {
         path: path.display().to_string(),
         source,
     };
+    // Instances sharing `dir`, started together, must not each write a secret of their own
+    // (tokens of one refused by the other): taken in turns, as the certificate
+    // (`tls::lock_dev_dir`).
+    let _lock = crate::tls::lock_dev_dir(dir).map_err(|e| StartError::DevSecret {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    std::fs::create_dir_all(dir).map_err(err)?;
     let secret = hex::encode(rand::random::<[u8; 32]>());
     std::fs::write(&path, &secret).map_err(err)?;
     #[cfg(unix)]

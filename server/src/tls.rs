@@ -20,6 +20,8 @@ const DEV_RENEW_BEFORE: Duration = Duration::from_secs(2 * 24 * 3600);
 
 pub const DEV_CERT_FILE: &str = "dev-cert.pem";
 pub const DEV_KEY_FILE: &str = "dev-key.pem";
+/// The lock file beside them (`lock_dev_dir`).
+pub const DEV_LOCK_FILE: &str = "dev.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -212,12 +214,41 @@ fn leaf_hash(chain: &CertificateChain) -> [u8; 32] {
 pub async fn dev_identity(dir: &Path) -> Result<LoadedIdentity, TlsError> {
     let cert_path = dir.join(DEV_CERT_FILE);
     let key_path = dir.join(DEV_KEY_FILE);
+    // Instances sharing the directory, started together, each wrote a pair: one was refused
+    // another's key at start (`Mismatch`), one served a certificate no longer on disk, for good
+    // (outside audit 59, F1). Under the lock, the first writes and the others read its pair.
+    let owned = dir.to_owned();
+    let lock = tokio::task::spawn_blocking(move || lock_dev_dir(&owned))
+        .await
+        .map_err(|e| TlsError::Pem(format!("locking {}: {e}", dir.display())))??;
     if !is_fresh(&cert_path) {
         generate_dev(dir, &cert_path, &key_path)?;
     }
     let mut loaded = load_pem(&cert_path, &key_path).await?;
+    drop(lock);
     loaded.dev = true;
     Ok(loaded)
+}
+
+/// An exclusive lock on `dir`'s [`DEV_LOCK_FILE`] (created with `dir` if need be), held while the
+/// generated certificate or the development secret is checked, written and read: processes
+/// sharing `dir` take turns. Blocks until it is free; the operating system frees it when its
+/// holder exits, however.
+pub fn lock_dev_dir(dir: &Path) -> Result<std::fs::File, TlsError> {
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let path = dir.join(DEV_LOCK_FILE);
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(write_err(&path))?;
+    file.lock().map_err(write_err(&path))?;
+    Ok(file)
 }
 
 /// The file's age stands in for the certificate's: we wrote it when we generated it.
@@ -575,6 +606,42 @@ mod tests {
         assert_ne!(renewed.cert_sha256, first.cert_sha256);
         assert!(renewed.dev);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Instances sharing a certificate directory, started together, all serve the one pair on
+    /// disk and sign with one development secret: each wrote its own before, so one refused
+    /// another's key, or served a certificate no longer on disk (outside audit 59, F1: 4 bad
+    /// starts in 24).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn instances_started_together_share_one_generated_pair_and_secret() {
+        for round in 0..5 {
+            let dir = tempdir(&format!("together-{round}"));
+            let starts: Vec<_> = (0..8)
+                .map(|_| {
+                    let dir = dir.clone();
+                    tokio::spawn(async move {
+                        let secret = tokio::task::spawn_blocking({
+                            let dir = dir.clone();
+                            move || crate::server::dev_secret(&dir).map_err(|e| e.to_string())
+                        });
+                        let identity = dev_identity(&dir).await.map_err(|e| e.to_string());
+                        (identity.map(|i| i.cert_sha256), secret.await.unwrap())
+                    })
+                })
+                .collect();
+            let mut seen = Vec::new();
+            for start in starts {
+                let (hash, secret) = start.await.unwrap();
+                seen.push((hash.unwrap(), secret.unwrap()));
+            }
+            let on_disk = pem_cert_hash(&dir.join(DEV_CERT_FILE)).await.unwrap();
+            let secret = std::fs::read(dir.join(crate::server::DEV_SECRET_FILE)).unwrap();
+            for (hash, used) in &seen {
+                assert_eq!(*hash, on_disk, "round {round}: a certificate not on disk");
+                assert_eq!(*used, secret, "round {round}: another secret");
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 
     fn tempdir(name: &str) -> PathBuf {
