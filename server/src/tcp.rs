@@ -236,10 +236,11 @@ async fn connection(
     // Read before TLS takes the socket: the stream that wraps it keeps it open while read.
     let unacked = Unacked::of(&tcp);
     slot.read_side().watch(&tcp);
+    let listener = listener_name(&tls);
     match tls {
-        None => http(tcp, remote, app, slot, deadline, unacked).await,
+        None => http(tcp, remote, app, slot, deadline, unacked, listener).await,
         Some(tls) => match tokio::time::timeout(deadline, tls.accept(tcp)).await {
-            Ok(Ok(stream)) => http(stream, remote, app, slot, deadline, unacked).await,
+            Ok(Ok(stream)) => http(stream, remote, app, slot, deadline, unacked, listener).await,
             Ok(Err(e)) => {
                 tls_refused("tls_handshake");
                 debug!(%remote, error = %e, "TLS handshake failed")
@@ -287,9 +288,17 @@ async fn take_turns(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if let Some(seen) = request.extensions().get::<RequestSeen>() {
+        seen.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     tokio::task::yield_now().await;
     next.run(request).await
 }
+
+/// Set once a connection's first request head has been read: a header deadline met after that
+/// is an idle keep-alive connection closed, not a refusal.
+#[derive(Clone, Default)]
+struct RequestSeen(Arc<std::sync::atomic::AtomicBool>);
 
 /// HTTP/1.1 on one connection, upgrades (WebSocket) included.
 async fn http<S>(
@@ -299,14 +308,17 @@ async fn http<S>(
     slot: TcpSlot,
     deadline: std::time::Duration,
     unacked: Unacked,
+    listener: &'static str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Counts what is read, for a WebSocket session's framing budget (`read_budget.rs`).
     let io = Budgeted::new(io, slot.clone());
+    let seen = RequestSeen::default();
     let app = app
         .layer(axum::Extension(ConnectInfo(remote)))
         .layer(axum::Extension(slot))
+        .layer(axum::Extension(seen.clone()))
         .layer(axum::middleware::from_fn(take_turns));
     let service = TowerToHyperService::new(app);
     // A peer that stops reading would otherwise hold the connection (and its place) for as
@@ -328,6 +340,13 @@ async fn http<S>(
         .with_upgrades()
         .await;
     if let Err(e) = served {
+        // A connection that never completed a request head within the deadline (silent, or a
+        // slowloris) is refused like a QUIC one that never sent its CONNECT: counted (outside
+        // audit 57, F4: 423 such connections left no trace).
+        if e.is_timeout() && !seen.0.load(std::sync::atomic::Ordering::Relaxed) {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener, "reason" => "request_timeout")
+                .increment(1);
+        }
         debug!(%remote, error = %e, "http connection ended");
     }
 }

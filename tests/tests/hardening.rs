@@ -589,6 +589,14 @@ async fn tcp_connections_that_say_nothing_are_counted_and_closed() -> anyhow::Re
         ),
         1.0
     );
+    // So are the three closed at the deadline with no request read (outside audit 57, F4:
+    // hundreds left no trace). The registry is the process's: other tests may add to it.
+    let timed_out = metric_sum(
+        &page,
+        "quiver_connections_refused_total",
+        &[("listener", "http"), ("reason", "request_timeout")],
+    );
+    assert!(timed_out >= 3.0, "{timed_out}");
     Ok(())
 }
 

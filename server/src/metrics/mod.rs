@@ -114,10 +114,11 @@ pub const GONE_REASONS: [&str; 4] = [
 /// `tls_handshake` and `tls_handshake_timeout` a TLS handshake on the `https` listener that
 /// failed (plain HTTP, a certificate the client refused, garbage) or did not finish within
 /// `timeouts.handshake` (outside audit 55, L1: counted nowhere).
-pub const CONNECTION_REFUSED_REASONS: [&str; 5] = [
+pub const CONNECTION_REFUSED_REASONS: [&str; 6] = [
     "unavailable",
     "address_limit",
     "accept_failed",
+    "request_timeout",
     "tls_handshake",
     "tls_handshake_timeout",
 ];
