@@ -99,20 +99,38 @@ impl ConfigFlags {
     }
 }
 
+/// Where a configuration came from, for its errors: every one names the file (outside audit 55,
+/// I2: `quiver token --config missing.toml` said only "No such file or directory").
+pub fn config_source(file: Option<&Path>, flags: bool) -> String {
+    let rest = if flags {
+        "environment and flags"
+    } else {
+        "environment"
+    };
+    match file {
+        Some(file) => format!("configuration ({}, {rest})", file.display()),
+        None => format!("configuration ({rest})"),
+    }
+}
+
 /// File, environment and flags merged and validated, with warnings about what was ignored.
 pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<String>)> {
     let checked = Config::load_checked(file).map_err(|e| {
-        let where_ = match file {
-            Some(file) => format!("configuration ({}, environment)", file.display()),
-            None => "configuration (environment)".into(),
-        };
-        anyhow::anyhow!("{where_}:\n  {}", e.problems.join("\n  "))
+        anyhow::anyhow!(
+            "{}:\n  {}",
+            config_source(file, false),
+            e.problems.join("\n  ")
+        )
     })?;
     let mut config = checked.config;
     flags.apply(&mut config);
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("configuration:\n  {}", e.replace('\n', "\n  ")))?;
+    config.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "{}:\n  {}",
+            config_source(file, true),
+            e.replace('\n', "\n  ")
+        )
+    })?;
     if config.dev_mode() {
         let vars: Vec<String> = std::env::vars_os()
             .filter_map(|(name, _)| name.into_string().ok())
@@ -120,7 +138,7 @@ pub fn load(file: Option<&Path>, flags: ConfigFlags) -> Result<(Config, Vec<Stri
         if let Some(problem) =
             quiver_server::config::key_meant_but_unset(vars.iter().map(String::as_str))
         {
-            anyhow::bail!("configuration:\n  {problem}");
+            anyhow::bail!("{}:\n  {problem}", config_source(file, false));
         }
     }
     let mut warnings = checked.warnings;

@@ -82,7 +82,11 @@ enum SigningAlgorithm {
 pub async fn run(mut args: TokenArgs) -> Result<()> {
     let mut config = match Config::load_checked(args.config.as_deref()) {
         Ok(checked) => checked.config,
-        Err(e) => bail!("configuration:\n  {}", e.problems.join("\n  ")),
+        Err(e) => bail!(
+            "{}:\n  {}",
+            crate::serve::config_source(args.config.as_deref(), false),
+            e.problems.join("\n  ")
+        ),
     };
     let secret_flag = args.jwt_secret.is_some();
     if let Some(secret) = args.jwt_secret.take() {

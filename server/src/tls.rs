@@ -149,9 +149,10 @@ impl LoadedIdentity {
 }
 
 pub async fn load_pem(cert: &Path, key: &Path) -> Result<LoadedIdentity, TlsError> {
+    // Named: "no private key section found" alone said not which file (outside audit 55, I2).
     let identity = Identity::load_pemfiles(cert, key)
         .await
-        .map_err(|e| TlsError::Pem(e.to_string()))?;
+        .map_err(|e| TlsError::Pem(format!("{} / {}: {e}", cert.display(), key.display())))?;
     // wtransport panics on a key that does not match the certificate when it builds the server
     // configuration; refuse it here instead (at start, and mid-rotation when only one of the
     // two files has been replaced yet).

@@ -357,6 +357,53 @@ fn pub_and_sub_never_create_a_development_secret() -> Result<()> {
     Ok(())
 }
 
+/// Every configuration or certificate error names the file it is about (outside audit 55, I2:
+/// "No such file or directory" and "no private key section found" alone).
+#[test]
+fn errors_name_their_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (ok, _, err) = run(
+        d,
+        &[
+            "token",
+            "--config",
+            "missing.toml",
+            "--tenant",
+            "a",
+            "--user",
+            "b",
+        ],
+        &[],
+    )?;
+    assert!(!ok);
+    assert!(
+        err.contains("configuration (missing.toml, environment)"),
+        "{err}"
+    );
+    // A certificate given as the key: no key in it.
+    let (ok, _, err) = run(d, &["cert", "--out", "tls"], &[])?;
+    assert!(ok, "{err}");
+    std::fs::write(d.join("secret"), GOOD_SECRET)?;
+    let (ok, _, err) = run(
+        d,
+        &[
+            "config",
+            "check",
+            "--cert",
+            "tls/dev-cert.pem",
+            "--key",
+            "tls/dev-cert.pem",
+            "--jwt-secret-file",
+            "secret",
+        ],
+        &[],
+    )?;
+    assert!(!ok);
+    assert!(err.contains("tls/dev-cert.pem"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn token_signs_what_the_server_accepts() -> Result<()> {
     let dir = tempfile::tempdir()?;
