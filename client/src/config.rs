@@ -59,8 +59,10 @@ pub enum Transport {
     WebSocket,
     /// WebTransport first; WebSocket when WebTransport fails (a refused or failed handshake, or
     /// no session within [`ClientConfig::webtransport_timeout`]: blocked UDP is silent, not
-    /// refused). A WebTransport failure followed by a working WebSocket is remembered for the
-    /// client's lifetime: later reconnects go straight to WebSocket. Without `ws_urls` this is
+    /// refused). A WebTransport failure followed by a working WebSocket is remembered for
+    /// [`ClientConfig::webtransport_retry`] (5 minutes): reconnects within it go straight to
+    /// WebSocket, the first one after it tries WebTransport again (a server restarting during
+    /// an attempt fails it too, not only blocked UDP). Without `ws_urls` this is
     /// the same as [`Transport::WebTransport`], without `urls` the same as
     /// [`Transport::WebSocket`].
     Auto,
@@ -168,6 +170,13 @@ pub struct ClientConfig {
     /// With [`Transport::Auto`]: how long a WebTransport attempt may take before the client
     /// falls back to WebSocket (default 2.5 s).
     pub webtransport_timeout: Duration,
+    /// With [`Transport::Auto`]: how long a WebTransport failure followed by a working
+    /// WebSocket is remembered (default 5 min). Reconnects within it go straight to WebSocket;
+    /// the first one after it tries WebTransport again, so a client that fell back because its
+    /// server was restarting during the attempt, not because UDP is blocked, gets its streams
+    /// and datagrams back (it stayed on WebSocket for its whole life before). A session keeps
+    /// its transport: the change comes at a reconnect.
+    pub webtransport_retry: Duration,
     /// Called on every connect attempt and to refresh the token ahead of expiry.
     pub token: TokenProvider,
     /// How to verify the server certificate. Default [`Trust::System`].
@@ -246,6 +255,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("ws_urls", &self.ws_urls)
             .field("transport", &self.transport)
             .field("webtransport_timeout", &self.webtransport_timeout)
+            .field("webtransport_retry", &self.webtransport_retry)
             .field("trust", &self.trust)
             .field("backoff", &self.backoff)
             .field("publish_buffer", &self.publish_buffer)
@@ -273,6 +283,7 @@ impl ClientConfig {
             ws_urls: Vec::new(),
             transport: Transport::Auto,
             webtransport_timeout: Duration::from_millis(2500),
+            webtransport_retry: Duration::from_secs(300),
             token,
             trust: Trust::System,
             backoff: Backoff::default(),

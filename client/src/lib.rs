@@ -58,7 +58,8 @@
 //! - [`Transport::Auto`] (the default): WebTransport, falling back to WebSocket when the
 //!   handshake fails or is not done within [`ClientConfig::webtransport_timeout`] (2.5 s;
 //!   blocked UDP is silent, not refused). A WebTransport failure followed by a working WebSocket
-//!   is remembered, so later reconnects do not wait again. Without `ws_urls` there is nothing to
+//!   is remembered for [`ClientConfig::webtransport_retry`] (5 minutes), so reconnects within it
+//!   do not wait again; the first after it tries WebTransport again. Without `ws_urls` there is nothing to
 //!   fall back to. A certificate WebTransport does not accept is not a reason to fall back:
 //!   [`ClientError::Certificate`] (a stale pin would otherwise move the application to a
 //!   connection that checks nothing, `ws://`).

@@ -799,6 +799,32 @@ async fn auto_falls_back_to_websocket_when_webtransport_is_silent_and_remembers(
     );
     close(&client).await?;
 
+    // Remembered for `webtransport_retry` only: the first reconnect after it tries WebTransport
+    // again (a server restarting during an attempt, not blocked UDP, kept a client on WebSocket
+    // for its whole life; outside audit 61, M1).
+    let mut config = reconnecting(config_for(
+        &server,
+        Transport::Auto,
+        token_fixed(full_token("acme", "retry")),
+    ));
+    config.urls = vec![black_hole.wt_url()];
+    config.webtransport_timeout = Duration::from_secs(1);
+    config.webtransport_retry = Duration::from_millis(1_500);
+    let client = Client::connect(config).await?;
+    assert_eq!(client.transport(), Some(Transport::WebSocket));
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let before = black_hole.datagrams();
+    let mut states = StateLog::start(&client);
+    server.restart().await?;
+    states.until("a disconnect", |s| !is_connected(s)).await?;
+    states.until("the reconnect", is_connected).await?;
+    assert!(
+        black_hole.datagrams() > before,
+        "WebTransport was not tried again after webtransport_retry"
+    );
+    assert_eq!(client.transport(), Some(Transport::WebSocket));
+    close(&client).await?;
+
     // A working WebTransport is used when it is there.
     let client = Client::connect(config_for(
         &server,

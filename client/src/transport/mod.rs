@@ -14,7 +14,6 @@
 mod websocket;
 mod webtransport;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -327,8 +326,9 @@ pub(crate) struct Connector {
     wt: OnceCell<webtransport::WtEndpoint>,
     /// Built on the first `wss://` attempt (loading the system's roots takes a while).
     ws_tls: OnceCell<Arc<wtransport::tls::rustls::ClientConfig>>,
-    /// [`Transport::Auto`]: WebTransport failed where WebSocket then worked; stay on WebSocket.
-    wt_unusable: AtomicBool,
+    /// [`Transport::Auto`]: when WebTransport last failed where WebSocket then worked; stay on
+    /// WebSocket for `webtransport_retry` after it.
+    wt_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Connector {
@@ -337,7 +337,7 @@ impl Connector {
             cfg,
             wt: OnceCell::new(),
             ws_tls: OnceCell::new(),
-            wt_unusable: AtomicBool::new(false),
+            wt_failed_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -416,7 +416,7 @@ impl Connector {
             Transport::Auto if cfg.urls.is_empty() => self.attempt_ws(ws_url()).await,
             Transport::Auto => {
                 let mut wt_err = None;
-                if !self.wt_unusable.load(Ordering::Relaxed) {
+                if !self.wt_unusable() {
                     let limit = cfg.webtransport_timeout.min(cfg.connect_timeout);
                     match self.attempt_wt(wt_url(), limit).await {
                         Ok(est) => return Ok(est),
@@ -439,8 +439,9 @@ impl Connector {
                 match (self.attempt_ws(ws_url()).await, wt_err) {
                     (Ok(est), Some(e)) => {
                         if !is_answer(&e) {
-                            tracing::warn!(error = %e, "WebTransport unusable; staying on WebSocket");
-                            self.wt_unusable.store(true, Ordering::Relaxed);
+                            tracing::warn!(error = %e, retry_after = ?cfg.webtransport_retry, "WebTransport unusable; staying on WebSocket");
+                            *self.wt_failed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(std::time::Instant::now());
                         }
                         Ok(est)
                     }
@@ -451,6 +452,12 @@ impl Connector {
                 }
             }
         }
+    }
+
+    /// Whether a WebTransport failure is remembered still (`ClientConfig::webtransport_retry`).
+    fn wt_unusable(&self) -> bool {
+        let failed_at = *self.wt_failed_at.lock().unwrap_or_else(|e| e.into_inner());
+        failed_at.is_some_and(|at| at.elapsed() < self.cfg.webtransport_retry)
     }
 
     async fn attempt_wt(&self, url: &str, limit: Duration) -> Result<Established, ClientError> {
