@@ -1397,7 +1397,7 @@ function truncateUtf8(s, maxBytes) {
   if (bytes.length <= maxBytes) return s;
   return new TextDecoder().decode(bytes.subarray(0, maxBytes)).replace(/\uFFFD$/, "");
 }
-var failedWebTransport = /* @__PURE__ */ new Set();
+var failedWebTransport = /* @__PURE__ */ new Map();
 var STORAGE_PREFIX = "quiver.webtransport-failed:";
 function storage() {
   try {
@@ -1406,24 +1406,27 @@ function storage() {
     return null;
   }
 }
-function webTransportFailedBefore(url, remember) {
+function webTransportFailedBefore(url, remember, retryMs) {
   if (remember === false) return false;
   const key = redact(url);
-  if (failedWebTransport.has(key)) return true;
-  if (remember !== "sessionStorage") return false;
-  try {
-    return storage()?.getItem(STORAGE_PREFIX + key) === "1";
-  } catch {
-    return false;
+  let at = failedWebTransport.get(key);
+  if (at === void 0 && remember === "sessionStorage") {
+    try {
+      at = Number(storage()?.getItem(STORAGE_PREFIX + key) ?? Number.NaN);
+    } catch {
+      at = void 0;
+    }
   }
+  return at !== void 0 && Number.isFinite(at) && Date.now() - at < retryMs;
 }
 function rememberWebTransportFailure(url, remember) {
   if (remember === false) return;
   const key = redact(url);
-  failedWebTransport.add(key);
+  const now2 = Date.now();
+  failedWebTransport.set(key, now2);
   if (remember !== "sessionStorage") return;
   try {
-    storage()?.setItem(STORAGE_PREFIX + key, "1");
+    storage()?.setItem(STORAGE_PREFIX + key, String(now2));
   } catch {
   }
 }
@@ -1512,6 +1515,7 @@ function resolveOptions(options, clientName) {
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
     remember: options.rememberWebTransportFailure ?? "page",
+    webTransportRetryMs: options.webTransportRetryMs ?? 3e5,
     streamTimeoutMs: options.streamTimeoutMs ?? 8e3
   };
   return { opts, transports, targets, hashes, WT, WS };
@@ -2342,7 +2346,7 @@ var QuiverClient = class {
   candidates(target) {
     const here = this.transports.filter((t) => t === "webtransport" ? this.WT && target.wtUrl : this.WS && target.wsUrl);
     return here.filter(
-      (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember)))
+      (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember, this.opts.webTransportRetryMs)))
     );
   }
   /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */

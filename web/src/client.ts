@@ -463,7 +463,7 @@ export class QuiverClient {
         !(
           t === 'webtransport' &&
           i < here.length - 1 &&
-          (this.avoidWebTransport || (target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember)))
+          (this.avoidWebTransport || (target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember, this.opts.webTransportRetryMs)))
         ),
     );
   }

@@ -51,8 +51,12 @@ export interface ClientOptions {
   webTransportTimeoutMs?: number;
   /** After WebTransport failed and WebSocket then worked, later attempts skip WebTransport:
    *  remembered for this page (`'page'`, the default), also across reloads of the tab
-   *  (`'sessionStorage'`), or not at all (`false`). */
+   *  (`'sessionStorage'`), or not at all (`false`), for `webTransportRetryMs`. */
   rememberWebTransportFailure?: RememberFailure;
+  /** How long a remembered WebTransport failure keeps attempts on WebSocket; the first attempt
+   *  after it tries WebTransport again (a server restarting during an attempt fails it too).
+   *  Default 300000 (5 minutes). A session keeps its transport: the change comes at a reconnect. */
+  webTransportRetryMs?: number;
   /** Returns a JWT. Called before every connection attempt and before the token expires. */
   token: () => string | Promise<string>;
   /** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
@@ -155,6 +159,7 @@ export interface ResolvedOptions {
   maxFrameCeiling: number;
   webTransportTimeoutMs: number;
   remember: RememberFailure;
+  webTransportRetryMs: number;
   streamTimeoutMs: number;
 }
 
@@ -245,6 +250,7 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
     remember: options.rememberWebTransportFailure ?? 'page',
+    webTransportRetryMs: options.webTransportRetryMs ?? 300_000,
     streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
   };
   return { opts, transports, targets, hashes, WT, WS };

@@ -439,9 +439,11 @@ function truncateUtf8(s: string, maxBytes: number): string {
   return new TextDecoder().decode(bytes.subarray(0, maxBytes)).replace(/\uFFFD$/, '');
 }
 
-// A WebTransport that failed where WebSocket then worked, remembered per URL so that reconnects
-// go straight to WebSocket instead of waiting for the WebTransport deadline again.
-const failedWebTransport = new Set<string>();
+// A WebTransport that failed where WebSocket then worked, remembered per URL (with when) so that
+// reconnects go straight to WebSocket instead of waiting for the WebTransport deadline again,
+// until `webTransportRetryMs` has passed: a server restarting during an attempt fails it too,
+// and a client kept on WebSocket for good lost its streams and datagrams (outside audit 61, M1).
+const failedWebTransport = new Map<string, number>();
 const STORAGE_PREFIX = 'quiver.webtransport-failed:';
 
 /** Where a failed WebTransport is remembered: this page (module state), also `sessionStorage`
@@ -456,25 +458,28 @@ function storage(): Storage | null {
   }
 }
 
-export function webTransportFailedBefore(url: URL, remember: RememberFailure): boolean {
+export function webTransportFailedBefore(url: URL, remember: RememberFailure, retryMs: number): boolean {
   if (remember === false) return false;
   const key = redact(url);
-  if (failedWebTransport.has(key)) return true;
-  if (remember !== 'sessionStorage') return false;
-  try {
-    return storage()?.getItem(STORAGE_PREFIX + key) === '1';
-  } catch {
-    return false;
+  let at = failedWebTransport.get(key);
+  if (at === undefined && remember === 'sessionStorage') {
+    try {
+      at = Number(storage()?.getItem(STORAGE_PREFIX + key) ?? Number.NaN);
+    } catch {
+      at = undefined;
+    }
   }
+  return at !== undefined && Number.isFinite(at) && Date.now() - at < retryMs;
 }
 
 export function rememberWebTransportFailure(url: URL, remember: RememberFailure): void {
   if (remember === false) return;
   const key = redact(url);
-  failedWebTransport.add(key);
+  const now = Date.now();
+  failedWebTransport.set(key, now);
   if (remember !== 'sessionStorage') return;
   try {
-    storage()?.setItem(STORAGE_PREFIX + key, '1');
+    storage()?.setItem(STORAGE_PREFIX + key, String(now));
   } catch {
     // Quota or privacy settings: the page-lifetime memory still holds.
   }

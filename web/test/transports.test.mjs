@@ -355,6 +355,23 @@ describe('fallback from WebTransport to WebSocket', () => {
     assert.equal(client.transport, 'websocket');
   });
 
+  test('a remembered WebTransport failure expires after webTransportRetryMs: WebTransport is tried again', async (t) => {
+    const { net, client } = setup({ webTransportRetryMs: 200 });
+    t.after(() => client.close());
+    net.accept = () => false;
+    await next(net, 'webtransport');
+    const ws = await connected(net, client, { transport: 'websocket' });
+    // Within the retry time: straight to WebSocket.
+    ws.kill();
+    const ws2 = await next(net, 'websocket');
+    await ws2.welcome();
+    await waitUntil(() => client.state === 'connected');
+    await new Promise((r) => setTimeout(r, 250));
+    // After it: WebTransport first again (outside audit 61, M1: never again before).
+    ws2.kill();
+    await next(net, 'webtransport');
+  });
+
   test('rememberWebTransportFailure: false tries WebTransport on every attempt', async (t) => {
     const { net, client } = setup({ rememberWebTransportFailure: false });
     t.after(() => client.close());
@@ -383,7 +400,10 @@ describe('fallback from WebTransport to WebSocket', () => {
     await next(net, 'webtransport');
     const ws = await connected(net, client, { transport: 'websocket' });
     await client.close();
-    assert.deepEqual([...store.entries()], [[`quiver.webtransport-failed:${url}`, '1']]);
+    const stored = [...store.entries()];
+    assert.equal(stored.length, 1);
+    assert.equal(stored[0][0], `quiver.webtransport-failed:${url}`);
+    assert.ok(Math.abs(Date.now() - Number(stored[0][1])) < 5_000, stored[0][1]);
 
     // A reload: the page's memory is gone, sessionStorage is not.
     forgetPageMemoryOnly(store);
