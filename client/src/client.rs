@@ -224,6 +224,10 @@ impl Client {
     /// Publishes to a `latest` room unreliably (PROTOCOL.md §10): over WebTransport as one QUIC
     /// datagram when it fits the path's datagram size (never retransmitted, never answered:
     /// server refusals are not reported at all), otherwise exactly like [`Client::publish`].
+    /// In a room this client is subscribed to and the server said is reliable, it is
+    /// [`Client::publish`] on every transport. A room the client does not know (not subscribed)
+    /// gets the datagram: if that room is not `latest`, the server drops it (counted as
+    /// `not_latest`), while over WebSocket it would be published: use it for `latest` rooms only.
     /// For values where only the newest matters (positions, cursors), sent many times a second.
     pub async fn publish_unreliable(
         &self,

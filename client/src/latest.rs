@@ -45,6 +45,8 @@ struct CellState {
     subscription: Option<u64>,
     /// Whether the room was ever `latest` (kept across reconnects, for [`DeliveryMode`]).
     latest: bool,
+    /// Whether a subscription was ever confirmed, so that `latest` false means reliable.
+    known: bool,
     /// The newest sequence accepted on the current subscription.
     newest: u64,
     pending: Option<Bytes>,
@@ -56,7 +58,14 @@ impl LatestCell {
         let mut s = lock(&self.state);
         s.subscription = subscription;
         s.latest |= subscription.is_some();
+        s.known = true;
         s.newest = 0;
+    }
+
+    /// Whether the server confirmed the room delivers reliably (not `latest`).
+    pub(crate) fn known_reliable(&self) -> bool {
+        let s = lock(&self.state);
+        s.known && !s.latest
     }
 
     pub(crate) fn subscription(&self) -> Option<u64> {

@@ -572,6 +572,40 @@ async fn the_rust_client_applies_latest_values_over_websocket() -> Result<()> {
     client_applies_the_newest_value(quiver_client::Transport::WebSocket).await
 }
 
+/// `publish_unreliable` into a room the client is subscribed to and knows to be reliable is an
+/// ordinary publish on every transport: over WebTransport it went as a datagram the server
+/// drops (`not_latest`), so the same code published over WebSocket and lost everything over
+/// WebTransport (outside audit 61, M3).
+#[tokio::test]
+async fn publish_unreliable_into_a_known_reliable_room_is_published() -> Result<()> {
+    use quiver_client::{token_fixed, DeliveryMode, SubEvent};
+    let server = server(|_| {}).await?;
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "u")),
+    ))
+    .await?;
+    assert_eq!(
+        client.transport(),
+        Some(quiver_client::Transport::WebTransport)
+    );
+    let mut sub = client.subscribe("chat.unreliable").await?;
+    assert_eq!(sub.mode(), DeliveryMode::Reliable);
+    for n in 0..3u8 {
+        client
+            .publish_unreliable("chat.unreliable", vec![n; 8])
+            .await?;
+    }
+    for n in 0..3u8 {
+        match tokio::time::timeout(WAIT, sub.recv()).await? {
+            Some(SubEvent::Publication { payload, .. }) => assert_eq!(payload, vec![n; 8]),
+            other => bail!("expected publication {n}, got {other:?}"),
+        }
+    }
+    client.close().await;
+    Ok(())
+}
+
 /// A datagram may overtake the `Hello` on the network: it is dropped, never taken for a first
 /// frame that is not `Hello` (which would close the session as a protocol error). Every one is
 /// counted as `before_hello`, also those sent before the control stream exists, which the server

@@ -1604,6 +1604,8 @@ var Subscription = class {
   dropped = 0;
   /** How the room delivers, as the server said when it confirmed the subscription. */
   mode = "reliable";
+  /** @internal Whether the server ever confirmed the subscription (so `mode` is its word). */
+  known = false;
   /** For `latest` rooms: how values arrived. */
   latestStats = { byDatagram: 0, byStream: 0, droppedOlder: 0 };
   /** @internal The server's subscription id on the current session (`latest` rooms). */
@@ -1644,6 +1646,7 @@ var Subscription = class {
   confirmed(subscription) {
     this.latestId = subscription;
     this.newest = 0n;
+    this.known = true;
     if (subscription !== null) this.mode = "latest";
   }
   /** @internal A value of a `latest` room: applied only if newer than every value applied
@@ -1719,6 +1722,11 @@ var Subscriptions = class {
   /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
   heldEvents = 0;
   heldTotal = 0;
+  /** Whether `room` is subscribed and the server said it delivers reliably (not `latest`). */
+  knownReliable(room) {
+    const state = this.subs.get(room);
+    return state !== void 0 && state.sub.known && state.sub.mode === "reliable";
+  }
   has(room) {
     return this.subs.has(room);
   }
@@ -2181,7 +2189,7 @@ var QuiverClient = class {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError("payload must be a Uint8Array or a string"));
     }
-    if (options.unreliable && !options.ack && this.active && !this.active.ended) {
+    if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
       if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {

@@ -275,8 +275,11 @@ export class QuiverClient {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError('payload must be a Uint8Array or a string'));
     }
-    // Unreliable: one datagram now, or an ordinary publish if this session cannot send it.
-    if (options.unreliable && !options.ack && this.active && !this.active.ended) {
+    // Unreliable: one datagram now, or an ordinary publish if this session cannot send it, or
+    // if the room is one this client knows to be reliable (the server drops a datagram for it,
+    // `not_latest`: the same call was published over WebSocket and lost over WebTransport;
+    // outside audit 61, M3).
+    if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
       if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {

@@ -139,7 +139,9 @@ export interface PublishOptions {
   ack?: boolean;
   /** Rooms in `latest` namespaces only (PROTOCOL.md section 10): over WebTransport, send the
    *  publication as one QUIC datagram when it fits (never retransmitted, never answered; server
-   *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish. For values where
+   *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish; so too in a room
+   *  this client is subscribed to and the server said is reliable. A room the client does not
+   *  know gets the datagram, which the server drops if the room is not `latest`. For values where
    *  only the newest matters, sent many times a second. */
   unreliable?: boolean;
 }

@@ -127,6 +127,8 @@ export class Subscription implements AsyncIterable<Message> {
   dropped = 0;
   /** How the room delivers, as the server said when it confirmed the subscription. */
   mode: DeliveryMode = 'reliable';
+  /** @internal Whether the server ever confirmed the subscription (so `mode` is its word). */
+  known = false;
   /** For `latest` rooms: how values arrived. */
   readonly latestStats: LatestStats = { byDatagram: 0, byStream: 0, droppedOlder: 0 };
   /** @internal The server's subscription id on the current session (`latest` rooms). */
@@ -182,6 +184,7 @@ export class Subscription implements AsyncIterable<Message> {
   confirmed(subscription: bigint | null): void {
     this.latestId = subscription;
     this.newest = 0n;
+    this.known = true;
     if (subscription !== null) this.mode = 'latest';
   }
 

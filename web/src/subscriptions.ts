@@ -87,6 +87,12 @@ export class Subscriptions {
 
   constructor(private readonly host: SubscriptionHost) {}
 
+  /** Whether `room` is subscribed and the server said it delivers reliably (not `latest`). */
+  knownReliable(room: string): boolean {
+    const state = this.subs.get(room);
+    return state !== undefined && state.sub.known && state.sub.mode === 'reliable';
+  }
+
   has(room: string): boolean {
     return this.subs.has(room);
   }

@@ -170,6 +170,27 @@ test('latest ids are per session: a re-subscribe whose old id is now another roo
   assert.deepEqual(got, { a: ['a1', 'a2'], b: ['b1', 'b2'] });
 });
 
+test('unreliable publishes into a room known to be reliable are ordinary publishes; into a latest room, datagrams', async (t) => {
+  // Outside audit 61 (M3, on the Rust client): the datagram was dropped by the server
+  // (not_latest) over WebTransport, while over WebSocket the same call published.
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const chat = client.subscribe('chat.x', () => {});
+  const cmd = await conn.expect('Subscribe');
+  conn.openStream().send(cmd.id, { type: 'SubscriptionStream', room: 'chat.x' });
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.x', position: null, recovery: { type: 'NotRequested' } });
+  await chat;
+  const game = client.subscribe('game.x', () => {});
+  await subscribeLatest(conn, game, 'game.x', 1n);
+  await client.publish('chat.x', 'reliable', { unreliable: true });
+  const publish = await conn.expect('Publish');
+  assert.equal(publish.command.room, 'chat.x');
+  assert.equal(conn.datagramsReceived.length, 0);
+  await client.publish('game.x', 'newest', { unreliable: true });
+  assert.equal(conn.datagramsReceived.length, 1);
+});
+
 test('one latest id given to two rooms in one session ends the session as a protocol error', async (t) => {
   // Outside client audit 14 (L2, on the Rust client): the second room's datagrams were
   // delivered as the first's.

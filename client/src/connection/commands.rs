@@ -32,7 +32,15 @@ impl Actor {
                 payload,
                 permit,
             } => {
-                if !self.send_datagram(&room, &payload) {
+                // A room this client knows to be reliable gets an ordinary publish: as a
+                // datagram the server would drop it (`not_latest`), so the same call was
+                // published over WebSocket and silently lost over WebTransport (outside audit
+                // 61, M3).
+                let reliable = self
+                    .subs
+                    .get(&room)
+                    .is_some_and(|sub| sub.latest.known_reliable());
+                if reliable || !self.send_datagram(&room, &payload) {
                     // No datagram this time (WebSocket, too large, disconnected): an ordinary
                     // publish without ack, which is what the app asked for at worst.
                     self.on_request(Request::Publish {
