@@ -168,7 +168,9 @@ impl Client {
     /// A page of a history room without subscribing (the token must allow subscribing): the
     /// publications after `since` (from the oldest kept when `None`), oldest first, at most
     /// `limit` (the server caps it at 1,000 and at one frame). When `truncated`, ask again with
-    /// `since` = the last one's position. `ClientError::Server` with `unrecoverable_position`
+    /// `since` = the last one's position. `limit` 0 asks for the room's current position only:
+    /// an empty page, whose `truncated` may be true (do not page on from it).
+    /// `ClientError::Server` with `unrecoverable_position`
     /// when `since` is no longer in history, `bad_request` for a room without history.
     pub async fn history(
         &self,
@@ -333,6 +335,12 @@ impl Client {
     /// such a call only with an idempotency key ([`Client::call_with`]).
     /// [`ClientError::NotCarriedOut`] (a draining server's goodbye came before the answer) means
     /// it did not run: sending it again is safe.
+    ///
+    /// Without [`CallOptions::timeout`] the server applies its own deadline (`rpc.timeout`,
+    /// 5 s by default) and this client waits `request_timeout` (10 s) for the answer; if the
+    /// server's deadline is the longer one, the client gives up first with
+    /// [`ClientError::Timeout`] while the backend may still run the call. Give calls a
+    /// `timeout` below `request_timeout` to hear the server's `deadline_exceeded` instead.
     pub async fn call(
         &self,
         method: &str,

@@ -104,8 +104,8 @@ impl std::str::FromStr for Transport {
 /// client sends a `Ping`; if still nothing has arrived `timeout` after it, the server (or the
 /// path to it) is declared dead, the connection is dropped and the client reconnects. Worst
 /// case, a dead server is noticed `interval + timeout` after the last thing it sent (2.5 s with
-/// the defaults, and what a session receiving steady traffic sees: 2.50 s after a SIGSTOP or
-/// kill -9 in outside audit 54; an idle one whose `Ping` is already due notices sooner, 1.5 s
+/// the defaults, and what a session receiving steady traffic sees: 2.50 s measured after a
+/// SIGSTOP or kill -9; an idle one whose `Ping` is already due notices sooner, 1.5 s
 /// measured).
 ///
 /// "Anything" includes the transport's own answers, which a live server's network stack sends
@@ -155,7 +155,7 @@ impl Default for Heartbeat {
 #[derive(Clone)]
 pub struct ClientConfig {
     /// Server URLs, e.g. `https://localhost:4433/v1`. With several, each reconnect attempt moves
-    /// on to the next one. A URL without a path (or with `/`) gets [`CONNECT_PATH`]; any existing
+    /// on to the next one. A URL without a path (or with `/`) gets `/v1` ([`quiver_proto::CONNECT_PATH`]); any existing
     /// `token` query parameter is replaced.
     pub urls: Vec<String>,
     /// WebSocket URLs, e.g. `ws://127.0.0.1:8080/v1/ws` (development) or
@@ -403,7 +403,7 @@ pub fn parse_cert_hash(s: &str) -> Result<[u8; 32], ClientError> {
     Ok(out)
 }
 
-/// The CONNECT URL for one attempt: `base` with [`CONNECT_PATH`] if it has no path, and the
+/// The CONNECT URL for one attempt: `base` with `/v1` ([`quiver_proto::CONNECT_PATH`]) if it has no path, and the
 /// token as the (percent-encoded) `token` query parameter, replacing any present.
 pub fn connect_url(base: &str, token: &str) -> Result<String, ClientError> {
     let mut url =

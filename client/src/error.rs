@@ -23,7 +23,7 @@ pub enum ClientError {
     /// The server said goodbye as the session opened, with a code that allows a later try
     /// (`code` a [`quiver_proto::CloseCode`]: 3008 `over_quota`, 3000 `shutdown`, ...): the
     /// first connect fails with it, and while reconnecting it is the
-    /// [`crate::ConnectionState::Disconnected`] code (outside audit 45, 4: a string before).
+    /// [`crate::ConnectionState::Disconnected`] code.
     #[error("server said goodbye ({}): {reason}", close_label(*.code))]
     Goodbye { code: u16, reason: String },
     /// The server's WebTransport certificate was not accepted: not the pinned hash
@@ -61,7 +61,10 @@ pub enum ClientError {
     BufferFull,
     /// No answer within `connect_timeout` (connecting) or `request_timeout` (commands). From
     /// [`crate::Client::publish_ack`]: the publication was not written in time and is
-    /// withdrawn, never sent, so publishing it again publishes it once.
+    /// withdrawn, never sent, so publishing it again publishes it once. From
+    /// [`crate::Client::call`]: the call may have been sent and the backend may run it (or have
+    /// run it): retry only with an idempotency key, as after
+    /// [`ClientError::ConnectionLost`].
     #[error("timed out")]
     Timeout,
     /// [`crate::Client::publish_ack`] only: the publication was written, and no answer came

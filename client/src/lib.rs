@@ -144,6 +144,12 @@ pub use error::ClientError;
 pub use latest::DeliveryMode;
 pub use subscription::{LatestStats, SubEvent, Subscription};
 
+/// The README's example, compiled with the crate's doctests so it stays true (outside audit 61,
+/// M2: it compiled nowhere and stopped at the first event that was not a publication).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 pub use bytes::Bytes;
 pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};
 

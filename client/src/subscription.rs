@@ -47,8 +47,9 @@ pub enum SubEvent {
     /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`; not 111 `unavailable`, 113
     /// `session_closing` nor 117 `unrecoverable_position`, after which the client subscribes
     /// again, resuming, and yields `Resubscribed`), a resubscribe after a reconnect
-    /// was refused (e.g. 103 `permission_denied` with a new token), or the session was closed
-    /// for good (`code` is then a [`quiver_proto::CloseCode`]).
+    /// was refused (e.g. 103 `permission_denied` with a new token), or the server closed the
+    /// session for good (`code` is then a [`quiver_proto::CloseCode`]). [`crate::Client::close`]
+    /// ends subscriptions without an `Ended`: they yield `None`.
     Ended { code: u16, reason: String },
 }
 

@@ -53,7 +53,15 @@ impl WtEndpoint {
             ConnectingError::ConnectionError(ConnectionError::QuicProto(ref proto))
                 if proto.to_string().contains("invalid peer certificate") =>
             {
-                ClientError::Certificate(format!("{base}: {proto}"))
+                // rustls says `UnknownIssuer` for a certificate whose hash is not pinned: say
+                // what that means here (outside audit 61, L6).
+                let pinned = match &cfg.trust {
+                    crate::Trust::CertHashes(_) => {
+                        " (with Trust::CertHashes: its SHA-256 is none of the pinned hashes, or it is valid for more than 14 days)"
+                    }
+                    _ => "",
+                };
+                ClientError::Certificate(format!("{base}: {proto}{pinned}"))
             }
             other => ClientError::Connect(format!("{base}: {other}")),
         })?;
