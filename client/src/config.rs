@@ -19,8 +19,9 @@ use crate::error::ClientError;
 pub type TokenProvider = Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
 /// A [`TokenProvider`] that always returns the same token (fine for tests and for tokens that
-/// outlive the process; once it expires the server closes the session with `token_expired` and
-/// reconnects are refused).
+/// outlive the process; once it expires the server closes the session with `token_expired`, the
+/// reconnect with it is refused the same way, and the client then closes for good:
+/// [`crate::Client::close_reason`] is 3002, subscriptions end with it).
 pub fn token_fixed(token: impl Into<String>) -> TokenProvider {
     let token: String = token.into();
     Arc::new(move || futures::future::ready(Ok(token.clone())).boxed())

@@ -75,7 +75,9 @@
 //! presence, pacing) works the same on both. A token refused over WebSocket is visible as such
 //! ([`ClientError::TokenRefused`], [`ClientError::is_auth_failure`]): 3007 `token_invalid` stops
 //! the reconnects (the client closes, [`Client::close_reason`] holds the code), 3002
-//! `token_expired` reconnects with a fresh token from the [`TokenProvider`]. WebTransport only
+//! `token_expired` reconnects with a fresh token from the [`TokenProvider`] (given the very
+//! token refused as expired again, as [`token_fixed`] does, the client closes with 3002:
+//! nothing fresh will come). WebTransport only
 //! sees a refused CONNECT ([`ClientError::Refused`]), without the reason.
 //!
 //! # Noticing a dead server

@@ -837,6 +837,39 @@ async fn auto_falls_back_to_websocket_when_webtransport_is_silent_and_remembers(
     Ok(())
 }
 
+/// A fixed token that expires: the session ends (3002), and once the provider has given the
+/// very token refused as expired a second time the client closes for good with 3002, its
+/// subscriptions ending, instead of reconnecting with it for ever (outside audit 61, L1).
+#[tokio::test]
+async fn a_fixed_token_that_expired_closes_the_client_for_good() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let exp = quiver_server::auth::unix_now() + 2;
+    let client = Client::connect(reconnecting(config_for(
+        &server,
+        Transport::WebSocket,
+        token_fixed(token_expiring_at("acme", "lapsing", exp)),
+    )))
+    .await?;
+    let mut sub = client.subscribe("room.x").await?;
+    let mut states = StateLog::start(&client);
+    states
+        .until("the close", |s| *s == ConnectionState::Closed)
+        .await?;
+    let (code, reason) = client.close_reason().expect("closed");
+    assert_eq!(code, 3002, "{reason}");
+    loop {
+        match next(&mut sub).await? {
+            SubEvent::Ended { code, .. } => {
+                assert_eq!(code, 3002);
+                break;
+            }
+            // The session's own Left, and so on.
+            _ => continue,
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_token_refused_over_websocket_stops_the_retries_with_an_auth_error() -> anyhow::Result<()>
 {

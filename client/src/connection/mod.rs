@@ -583,6 +583,13 @@ impl Actor {
                     tracing::warn!(code, %reason, "token refused; not reconnecting");
                     self.close_all(code, reason, true);
                 }
+                // The same expired token twice: the provider has no other (`token_fixed`).
+                Err(ClientError::TokenRefused { code, reason })
+                    if self.connector.expired_again() =>
+                {
+                    tracing::warn!(code, %reason, "the token provider gave the expired token again; not reconnecting");
+                    self.close_all(code, reason, true);
+                }
                 Err(ClientError::TokenRefused { code, reason }) => {
                     tracing::warn!(code, %reason, "token refused; reconnecting with a fresh one");
                     self.set_state(ConnectionState::Disconnected { code, reason });

@@ -329,16 +329,57 @@ pub(crate) struct Connector {
     /// [`Transport::Auto`]: when WebTransport last failed where WebSocket then worked; stay on
     /// WebSocket for `webtransport_retry` after it.
     wt_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// A digest of the token the last attempt used, and of the last one refused as expired.
+    tokens: Arc<std::sync::Mutex<Tokens>>,
+}
+
+#[derive(Default)]
+struct Tokens {
+    last: Option<u64>,
+    expired: Option<u64>,
+}
+
+fn digest(token: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Connector {
-    pub(crate) fn new(cfg: ClientConfig) -> Self {
+    pub(crate) fn new(mut cfg: ClientConfig) -> Self {
+        // Every token an attempt uses is noted (as a digest), so a 3002 refusal can tell a
+        // provider that will never give anything else (`token_fixed`) from one that will.
+        let tokens = Arc::new(std::sync::Mutex::new(Tokens::default()));
+        let provider = cfg.token.clone();
+        let noted = tokens.clone();
+        cfg.token = Arc::new(move || {
+            let provider = provider.clone();
+            let noted = noted.clone();
+            Box::pin(async move {
+                let token = provider().await?;
+                noted.lock().unwrap_or_else(|e| e.into_inner()).last = Some(digest(&token));
+                Ok(token)
+            })
+        });
         Connector {
             cfg,
             wt: OnceCell::new(),
             ws_tls: OnceCell::new(),
             wt_failed_at: std::sync::Mutex::new(None),
+            tokens,
         }
+    }
+
+    /// After a `token_expired` (3002) refusal of the last attempt: whether its token is the
+    /// very one refused as expired before. Such a provider will never give a fresh one
+    /// (`token_fixed`), and reconnecting with it for ever is pointless (outside audit 61, L1:
+    /// the client cycled Connecting/Disconnected with nothing terminal for the application).
+    pub(crate) fn expired_again(&self) -> bool {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let again = tokens.last.is_some() && tokens.expired == tokens.last;
+        tokens.expired = tokens.last;
+        again
     }
 
     /// How many distinct targets an attempt index cycles through.
