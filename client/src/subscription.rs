@@ -169,6 +169,8 @@ pub(crate) struct SubParts {
     pub gen: u64,
     pub latest: Arc<LatestCell>,
     pub bytes: Arc<QueueBytes>,
+    /// The resume point the connection keeps for the room.
+    pub last: Arc<std::sync::Mutex<Option<Position>>>,
 }
 
 /// How the values of a `latest` subscription arrived (PROTOCOL.md §10).
@@ -200,6 +202,7 @@ pub struct Subscription {
     gen: u64,
     latest: Arc<LatestCell>,
     bytes: Arc<QueueBytes>,
+    last: Arc<std::sync::Mutex<Option<Position>>>,
     client: Client,
 }
 
@@ -212,6 +215,7 @@ impl Subscription {
             gen: parts.gen,
             latest: parts.latest,
             bytes: parts.bytes,
+            last: parts.last,
             client,
         }
     }
@@ -219,6 +223,17 @@ impl Subscription {
     /// The room this subscription is for.
     pub fn room(&self) -> &str {
         &self.room
+    }
+
+    /// The position of the newest publication of this room the client has taken in (queued for
+    /// this subscription, or yielded): what it resumes from after a reconnect. Before the first
+    /// publication, the room's position when the subscription began (or the `subscribe_from`
+    /// position); `None` in rooms without history.
+    /// Once the subscription has ended (after [`SubEvent::Ended`], e.g. `slow_consumer`) it is
+    /// the last one the application read: pass it to [`crate::Client::subscribe_from`] to go
+    /// on where it stopped, or save it to resume in a later run.
+    pub fn last_position(&self) -> Option<Position> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How the room delivers. In a [`DeliveryMode::Latest`] room the subscription yields only

@@ -574,6 +574,55 @@ async fn short_lived_tokens_are_refreshed_without_reconnecting(
     Ok(())
 }
 
+/// `Subscription::last_position` is the room's resume point as the application read it:
+/// subscribing again from it replays exactly what came after (outside audit 61, I2: every
+/// application had to track positions itself to resume after a `slow_consumer` end).
+#[tokio::test]
+async fn last_position_is_where_a_new_subscription_resumes() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| add_history_namespace(c, "h", 100)).await?;
+    let client = Client::connect(config_for(
+        &server,
+        Transport::WebTransport,
+        token_fixed(full_token("acme", "resumer")),
+    ))
+    .await?;
+    let mut sub = client.subscribe("h.room").await?;
+    // Before any publication: the room's position when the subscription began.
+    let start = sub.last_position().ok_or_else(|| anyhow!("no start"))?;
+    assert_eq!(start.offset, 0);
+    let mut third = None;
+    for n in 0..3 {
+        third = client.publish_ack("h.room", format!("m{n}")).await?;
+    }
+    let mut read = 0;
+    while read < 3 {
+        if let SubEvent::Publication { .. } = next(&mut sub).await? {
+            read += 1;
+        }
+    }
+    assert_eq!(sub.last_position(), third);
+    let resume = sub.last_position().ok_or_else(|| anyhow!("no position"))?;
+    drop(sub);
+    client.unsubscribe("h.room").await.ok();
+    for n in 3..5 {
+        client.publish_ack("h.room", format!("m{n}")).await?;
+    }
+    let mut again = client.subscribe_from("h.room", resume).await?;
+    let mut replayed = Vec::new();
+    while replayed.len() < 2 {
+        match next(&mut again).await? {
+            SubEvent::Publication { payload, .. } => replayed.push(payload),
+            SubEvent::Resubscribed { recovery } => {
+                assert_eq!(recovery, Recovery::Recovered { replayed: 2 })
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(replayed, vec![Bytes::from("m3"), Bytes::from("m4")]);
+    close(&client).await?;
+    Ok(())
+}
+
 async fn a_slow_consumer_loses_the_subscription_not_the_session(
     via: Transport,
 ) -> anyhow::Result<()> {

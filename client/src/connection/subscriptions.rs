@@ -104,6 +104,7 @@ impl Actor {
             };
             let latest = sub.latest.clone();
             let bytes = sub.tx.bytes();
+            let last = sub.last.clone();
             if waiter
                 .send(Ok(SubParts {
                     rx,
@@ -111,6 +112,7 @@ impl Actor {
                     gen,
                     latest,
                     bytes,
+                    last,
                 }))
                 .is_err()
             {
