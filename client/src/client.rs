@@ -132,6 +132,12 @@ impl Client {
     /// Refusals come back as [`ClientError::Server`] (`invalid_room`, `permission_denied`,
     /// `too_many_subscriptions`, `already_subscribed`, ...). Made while reconnecting, the
     /// subscribe is sent after the next `Welcome` (within `request_timeout`).
+    ///
+    /// A client (one session) holds one subscription per room: a second `subscribe` to the
+    /// same room is `already_subscribed` (104) while the first lives (unlike a NATS
+    /// connection's any number of subscribers to a subject). Parts of an application that
+    /// both want a room share the one [`Subscription`]'s events, or use a second `Client`.
+    /// Dropping the `Subscription` unsubscribes.
     pub async fn subscribe(&self, room: &str) -> Result<Subscription, ClientError> {
         self.subscribe_with(room, None).await
     }
