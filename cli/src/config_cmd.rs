@@ -27,7 +27,8 @@ pub struct CheckArgs {
     file: Option<PathBuf>,
     #[command(flatten)]
     flags: ConfigFlags,
-    /// Fail on warnings too (unknown QUIVER_* variables).
+    /// Fail on warnings too: unknown QUIVER_* variables, a certificate that has expired or
+    /// expires within 7 days, an empty allowed_origins on a production server.
     #[arg(long)]
     deny_warnings: bool,
 }

@@ -288,17 +288,9 @@ async fn take_turns(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if let Some(seen) = request.extensions().get::<RequestSeen>() {
-        seen.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
     tokio::task::yield_now().await;
     next.run(request).await
 }
-
-/// Set once a connection's first request head has been read: a header deadline met after that
-/// is an idle keep-alive connection closed, not a refusal.
-#[derive(Clone, Default)]
-struct RequestSeen(Arc<std::sync::atomic::AtomicBool>);
 
 /// HTTP/1.1 on one connection, upgrades (WebSocket) included.
 async fn http<S>(
@@ -314,12 +306,22 @@ async fn http<S>(
 {
     // Counts what is read, for a WebSocket session's framing budget (`read_budget.rs`).
     let io = Budgeted::new(io, slot.clone());
-    let seen = RequestSeen::default();
+    // Set once a request head has been read: a header deadline met after that is an idle
+    // keep-alive connection closed, not a refusal. The outermost layer, so that it sees every
+    // request (an extension set by an outer layer would not be there yet: outside audit 62
+    // found idle keep-alive connections counted).
+    let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = seen.clone();
     let app = app
         .layer(axum::Extension(ConnectInfo(remote)))
         .layer(axum::Extension(slot))
-        .layer(axum::Extension(seen.clone()))
-        .layer(axum::middleware::from_fn(take_turns));
+        .layer(axum::middleware::from_fn(take_turns))
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                next.run(request)
+            },
+        ));
     let service = TowerToHyperService::new(app);
     // A peer that stops reading would otherwise hold the connection (and its place) for as
     // long as a write waits: a response larger than the socket's buffers, pipelined requests'
@@ -343,7 +345,7 @@ async fn http<S>(
         // A connection that never completed a request head within the deadline (silent, or a
         // slowloris) is refused like a QUIC one that never sent its CONNECT: counted (outside
         // audit 57, F4: 423 such connections left no trace).
-        if e.is_timeout() && !seen.0.load(std::sync::atomic::Ordering::Relaxed) {
+        if e.is_timeout() && !seen.load(std::sync::atomic::Ordering::Relaxed) {
             metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "listener" => listener, "reason" => "request_timeout")
                 .increment(1);
         }

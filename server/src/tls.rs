@@ -233,24 +233,67 @@ pub async fn dev_identity(dir: &Path) -> Result<LoadedIdentity, TlsError> {
 
 /// An exclusive lock on `dir`'s [`DEV_LOCK_FILE`] (created with `dir` if need be), held while the
 /// generated certificate or the development secret is checked, written and read: processes
-/// sharing `dir` take turns. Blocks until it is free; the operating system frees it when its
-/// holder exits, however.
-pub fn lock_dev_dir(dir: &Path) -> Result<std::fs::File, TlsError> {
+/// sharing `dir` take turns (the operating system frees it when its holder exits, however).
+/// `None` where no lock can be had: a directory this process may not write (read-only, made
+/// ready by someone else: nothing will be written there either, outside audit 62 found such a
+/// directory refused), or a lock not freed within [`DEV_LOCK_WAIT`] (a holder stopped, not
+/// gone: said at WARN, and the files are used as they are).
+pub fn lock_dev_dir(dir: &Path) -> Result<Option<std::fs::File>, TlsError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let path = dir.join(DEV_LOCK_FILE);
-    let file = std::fs::File::options()
+    let opened = std::fs::File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(write_err(&path))?;
-    file.lock().map_err(write_err(&path))?;
-    Ok(file)
+        .or_else(|e| match e.kind() {
+            // An existing lock file this process may only read locks as well.
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                std::fs::File::open(&path)
+            }
+            _ => Err(e),
+        });
+    let file = match opened {
+        Ok(file) => file,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::ReadOnlyFilesystem
+                    | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(write_err(&path)(e)),
+    };
+    let deadline = std::time::Instant::now() + DEV_LOCK_WAIT;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(lock = %path.display(), "waiting for another process to finish writing the development certificate or secret");
+                    said = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                tracing::warn!(lock = %path.display(), "still locked after {DEV_LOCK_WAIT:?}; using the files as they are");
+                return Ok(None);
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(write_err(&path)(e)),
+        }
+    }
 }
+
+/// How long [`lock_dev_dir`] waits for another process's lock: generating takes milliseconds.
+pub const DEV_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The file's age stands in for the certificate's: we wrote it when we generated it.
 fn is_fresh(cert_path: &Path) -> bool {

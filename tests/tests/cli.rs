@@ -404,6 +404,57 @@ fn errors_name_their_file() -> Result<()> {
     Ok(())
 }
 
+/// A certificate directory made ready by one user and only readable by the server's (a
+/// read-only mount, say) is used as it is: the lock the generated files are written under is
+/// taken only where it can be (outside audit 62: `writing certs/dev.lock: Permission denied`
+/// refused such a directory). Runs `quiver` as `nobody`, so it needs root (which CI has).
+#[test]
+fn a_read_only_certificate_directory_is_used_as_it_is() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let uid = std::process::Command::new("id").arg("-u").output()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipped: running quiver as nobody needs root");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
+    let (ok, made, err) = run(d, &["cert", "--out", "certs"], &[])?;
+    assert!(ok, "{err}");
+    let certs = d.join("certs");
+    for keep_lock in [true, false] {
+        if !keep_lock {
+            std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755))?;
+            std::fs::remove_file(certs.join("dev.lock"))?;
+        }
+        for entry in std::fs::read_dir(&certs)? {
+            std::fs::set_permissions(entry?.path(), std::fs::Permissions::from_mode(0o444))?;
+        }
+        std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o555))?;
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(quiver_tests::process::binary()?)
+            .args(["cert", "--out"])
+            .arg(&certs)
+            .current_dir(d)
+            .output()?;
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "lock file kept: {keep_lock}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The same certificate, not a new one.
+        let hash = |text: &str| {
+            text.split_whitespace()
+                .find(|w| w.len() == 64)
+                .map(str::to_owned)
+        };
+        assert_eq!(hash(&said), hash(&made), "{said} / {made}");
+    }
+    Ok(())
+}
+
 #[test]
 fn token_signs_what_the_server_accepts() -> Result<()> {
     let dir = tempfile::tempdir()?;

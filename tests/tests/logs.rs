@@ -400,13 +400,81 @@ async fn api_requests_refused_for_their_credential_are_logged_and_counted() -> R
         !server.lines().iter().any(|l| l.contains(guess)),
         "the credential was logged"
     );
+    // A long path is cut in the line: one connection repeating 60 KB paths wrote 1.3 MB of
+    // log a second within the line budget (outside audit 62).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let long = format!(
+        "http://127.0.0.1:{http}/api/v1/publish/{}",
+        "p".repeat(10_000)
+    );
+    let answer = client.post(long).bearer_auth(guess).send().await?;
+    assert_eq!(answer.status(), 401);
+    let cut = server
+        .wait_for_containing("api request refused", |l| {
+            l["path"].as_str().is_some_and(|p| p.contains("ppp"))
+        })
+        .await?;
+    let path = cut["path"].as_str().unwrap_or_default();
+    assert!(
+        path.len() < 300 && path.ends_with('…'),
+        "{} bytes",
+        path.len()
+    );
     let page = server.metrics().await?;
     let counted = metric_sum(
         &page,
         "quiver_api_refusals_total",
         &[("code", "unauthorized")],
     );
-    assert_eq!(counted, attempts as f64);
+    assert_eq!(counted, (attempts + 1) as f64);
+    Ok(())
+}
+
+/// TCP connections closed at the header deadline count as `request_timeout` only when no
+/// request head was ever read: a keep-alive connection closed idle after its request is not a
+/// refusal (outside audit 62: every idle keep-alive connection was counted). A process of its
+/// own, so the count is this test's alone.
+#[tokio::test]
+async fn only_connections_without_a_request_count_as_request_timeouts() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let server = Logged::start_env(
+        dir.path(),
+        &["--log-format", "json"],
+        &[("QUIVER_TIMEOUTS__HANDSHAKE", "1s")],
+    )?;
+    let http = server.port("http")?;
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", http)).await?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: q\r\n\r\n")
+            .await?;
+        let mut answer = [0u8; 64];
+        let n = tcp.read(&mut answer).await?;
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &answer[..n]
+        );
+        kept.push(tcp);
+    }
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", http)).await?);
+    }
+    // Every one is closed at the deadline (what is left of an answer read first).
+    for mut tcp in kept.into_iter().chain(silent) {
+        let mut rest = Vec::new();
+        // Within WAIT, or the timeout fails the test; a reset is a close too.
+        let _closed = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await?;
+    }
+    let page = server.metrics().await?;
+    let counted = metric_sum(
+        &page,
+        "quiver_connections_refused_total",
+        &[("listener", "http"), ("reason", "request_timeout")],
+    );
+    assert_eq!(counted, 3.0);
     Ok(())
 }
 

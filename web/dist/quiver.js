@@ -1417,7 +1417,8 @@ function webTransportFailedBefore(url, remember, retryMs) {
       at = void 0;
     }
   }
-  return at !== void 0 && Number.isFinite(at) && Date.now() - at < retryMs;
+  const ago = Date.now() - (at ?? Number.NaN);
+  return Number.isFinite(ago) && ago >= 0 && ago < retryMs;
 }
 function rememberWebTransportFailure(url, remember) {
   if (remember === false) return;
@@ -1463,6 +1464,10 @@ function resolveTarget(value, wsUrl, what) {
 }
 function resolveOptions(options, clientName) {
   if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
+  const retry = options.webTransportRetryMs;
+  if (retry !== void 0 && !(typeof retry === "number" && Number.isFinite(retry) && retry >= 0)) {
+    throw new TypeError(`webTransportRetryMs must be a finite number of milliseconds, 0 or more, got ${String(retry)}`);
+  }
   const wsUrl = options.webSocketUrl === void 0 ? null : new URL(options.webSocketUrl);
   if (wsUrl && wsUrl.protocol !== "ws:" && wsUrl.protocol !== "wss:") {
     throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);

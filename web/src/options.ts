@@ -193,6 +193,10 @@ function resolveTarget(value: string | URL | undefined, wsUrl: URL | null, what:
  *  URLs per transport and server, the transports usable here, certificate hashes. */
 export function resolveOptions(options: ClientOptions, clientName: string) {
   if (typeof options?.token !== 'function') throw new TypeError('options.token must be a function returning a JWT');
+  const retry = options.webTransportRetryMs;
+  if (retry !== undefined && !(typeof retry === 'number' && Number.isFinite(retry) && retry >= 0)) {
+    throw new TypeError(`webTransportRetryMs must be a finite number of milliseconds, 0 or more, got ${String(retry)}`);
+  }
   const wsUrl: URL | null = options.webSocketUrl === undefined ? null : new URL(options.webSocketUrl);
   if (wsUrl && wsUrl.protocol !== 'ws:' && wsUrl.protocol !== 'wss:') {
     throw new TypeError(`webSocketUrl needs a ws: or wss: URL, got ${wsUrl.href}`);

@@ -469,7 +469,10 @@ export function webTransportFailedBefore(url: URL, remember: RememberFailure, re
       at = undefined;
     }
   }
-  return at !== undefined && Number.isFinite(at) && Date.now() - at < retryMs;
+  // A time in the future (a clock set back, an edited sessionStorage) is not believed: it would
+  // keep the client on WebSocket until then, past `retryMs` (outside audit 62).
+  const ago = Date.now() - (at ?? Number.NaN);
+  return Number.isFinite(ago) && ago >= 0 && ago < retryMs;
 }
 
 export function rememberWebTransportFailure(url: URL, remember: RememberFailure): void {

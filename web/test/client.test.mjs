@@ -104,6 +104,9 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   assert.throws(() => new QuiverClient({ ...base, transports: [] }), /transports must list/);
   assert.throws(() => new QuiverClient({ ...base, transports: ['sse'] }), /transports must list/);
   assert.throws(() => new QuiverClient({ ...base, webSocketUrl: 'https://h/v1/ws' }), /ws: or wss:/);
+  for (const bad of [Number.NaN, -1, Number.POSITIVE_INFINITY, '5']) {
+    assert.throws(() => new QuiverClient({ ...base, webTransportRetryMs: bad }), /webTransportRetryMs must be a finite number/);
+  }
 });
 
 test('over webtransport, a room stream the server ends without an Unsubscribed ends the session after 5 s; the next one subscribes again', async (t) => {

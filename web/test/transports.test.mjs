@@ -413,6 +413,13 @@ describe('fallback from WebTransport to WebSocket', () => {
     await next(net2, 'websocket');
     await reloaded.close();
 
+    // A failure time in the future (a clock set back, an edited store) is not believed.
+    forgetPageMemoryOnly(store);
+    store.set(`quiver.webtransport-failed:${url}`, String(Date.now() + 3_600_000));
+    const future = new QuiverClient({ ...options, rememberWebTransportFailure: 'sessionStorage' });
+    await next(net2, 'webtransport');
+    await future.close();
+
     forgetWebTransportFailures();
     assert.equal(store.size, 0);
     const fresh = new QuiverClient({ ...options, rememberWebTransportFailure: 'sessionStorage' });

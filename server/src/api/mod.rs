@@ -359,8 +359,13 @@ async fn log_credential_refusals(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
     let method = request.method().clone();
-    // The path as the client sent it: this router is nested under [`PREFIX`].
-    let path = format!("{PREFIX}{}", request.uri().path());
+    // The path as the client sent it (this router is nested under [`PREFIX`]), cut: a request
+    // head may be 64 KiB, and 20 lines a second of that wrote 1.3 MB of log a second from one
+    // connection (outside audit 62).
+    let path = format!(
+        "{PREFIX}{}",
+        crate::text::bounded(request.uri().path().to_owned(), 256)
+    );
     let response = next.run(request).await;
     let status = response.status();
     if matches!(status.as_u16(), 401 | 403) && CREDENTIAL_REFUSALS_LOGGED.admit_summarised() {

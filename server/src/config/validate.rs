@@ -134,9 +134,11 @@ impl Config {
             // taken, and JetStream reads a max_age of 0 as "for ever" besides).
             if ns.history_size > 0 && ns.history_ttl < std::time::Duration::from_secs(1) {
                 problems.push(format!(
-                    "namespaces: {:?} keeps history (history_size {}) for {:?}: history_ttl must \
+                    "namespaces: {:?} keeps history (history_size {}) for {} ms: history_ttl must \
                      be at least 1s (how long a publication stays, e.g. \"10m\")",
-                    ns.name, ns.history_size, ns.history_ttl
+                    ns.name,
+                    ns.history_size,
+                    ns.history_ttl.as_millis()
                 ));
             }
             if ns.priority.abs() > MAX_NAMESPACE_PRIORITY {

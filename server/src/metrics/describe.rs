@@ -125,8 +125,11 @@ pub(super) fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "TCP connections refused at accept, before their first request, by listener (http, \
-         https) and reason: unavailable (server at max_sessions plus headroom, or at what the descriptor limit leaves), address_limit, or accept_failed (an accept that failed, out of descriptors)"
+        "TCP connections refused before their first request, by listener (http, https) and \
+         reason: unavailable (server at max_sessions plus headroom, or at what the descriptor \
+         limit leaves), address_limit, accept_failed (an accept that failed, out of \
+         descriptors), request_timeout (no whole request head within timeouts.handshake), \
+         tls_handshake and tls_handshake_timeout (https: a failed or unfinished TLS handshake)"
     );
     describe_counter!(
         QUIC_RETRIES,
