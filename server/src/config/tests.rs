@@ -110,6 +110,27 @@ fn latest_namespaces_and_priorities_load_and_are_checked() {
     });
 }
 
+/// NATS's CA and credentials files must exist when the configuration is checked, not only when
+/// NATS is first connected (outside audit 62: a missing `nats.ca` passed `config check`).
+#[test]
+fn missing_nats_files_are_refused_at_load() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "n.toml",
+            "[nats]\nurl = \"nats://127.0.0.1:4222\"\nca = \"missing-ca.pem\"\ncredentials = \"missing.creds\"\n",
+        )?;
+        let err = Config::load(Some("n.toml".as_ref()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats.ca: missing-ca.pem"), "{err}");
+        assert!(err.contains("nats.credentials: missing.creds"), "{err}");
+        jail.create_file("missing-ca.pem", "x")?;
+        jail.create_file("missing.creds", "x")?;
+        Config::load(Some("n.toml".as_ref())).map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
 /// A history namespace keeps each publication at least a second: `history_ttl = "0s"` was taken
 /// and kept nothing, every recovery failing (outside audit 58, F3).
 #[test]

@@ -155,6 +155,18 @@ impl Config {
                     nats.storage
                 ));
             }
+            // Read only when NATS is connected: a missing file was found at the first
+            // connection, not by `config check` (outside audit 62).
+            for (name, path) in [
+                ("nats.ca", &nats.ca),
+                ("nats.credentials", &nats.credentials),
+            ] {
+                if let Some(path) = path {
+                    if let Err(e) = std::fs::metadata(path) {
+                        problems.push(format!("{name}: {}: {e}", path.display()));
+                    }
+                }
+            }
         }
         if self.auth.public_key.is_some() != self.auth.algorithm.is_some() {
             problems.push("auth.public_key and auth.algorithm go together".into());
