@@ -181,7 +181,9 @@ async function main() {
           const { user, text } = m.json();
           appendChat({ user: String(user), text: String(text) });
         } catch {
-          appendChat({ user: '?', text: m.text() });
+          // Not the page's JSON: plain text, as `quiver pub chat.lobby hi` sends (a
+          // publication carries no sender; the page's own messages name theirs).
+          appendChat({ user: 'plain text', text: m.text() });
         }
       },
       { onPresence: (change) => presence.apply(change) },
