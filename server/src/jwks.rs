@@ -227,11 +227,11 @@ pub async fn keep_fresh(
         };
         match outcome {
             Ok(keys) => {
-                metrics::counter!("quiver_jwks_reloads_total", "outcome" => "loaded").increment(1);
+                metrics::counter!(crate::metrics::JWKS_RELOADS, "outcome" => "loaded").increment(1);
                 info!(source = %source.name(), keys, why, "token key set loaded");
             }
             Err(e) => {
-                metrics::counter!("quiver_jwks_reloads_total", "outcome" => "failed").increment(1);
+                metrics::counter!(crate::metrics::JWKS_RELOADS, "outcome" => "failed").increment(1);
                 warn!(error = %e, why, "token key set reload failed; keeping the old keys");
             }
         }

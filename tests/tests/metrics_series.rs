@@ -46,6 +46,9 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
         "quiver_nats_connected 0",
         "quiver_history_bytes 0",
         "quiver_tls_reload_failures_total 0",
+        r#"quiver_jwks_reloads_total{outcome="failed"} 0"#,
+        r#"quiver_api_refusals_total{code="unauthorized"} 0"#,
+        r#"quiver_connections_refused_total{listener="http",reason="request_timeout"} 0"#,
     ] {
         assert!(
             idle.lines().any(|l| l == series),

@@ -593,6 +593,10 @@ export declare class QuiverClient {
 	private readonly finished;
 	/** The Goodbye of the latest connection attempt, if the server sent one. */
 	private lastGoodbye;
+	/** The token the latest attempt used, and the last one the server refused as expired (3002):
+	 *  the same one twice means the token callback has no fresher one. */
+	private lastToken;
+	private expiredToken;
 	/** Set when this client's WebTransport sessions cannot carry its subscriptions. */
 	private avoidWebTransport;
 	/** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */

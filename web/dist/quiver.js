@@ -2091,6 +2091,10 @@ var QuiverClient = class {
   finished;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
   lastGoodbye = null;
+  /** The token the latest attempt used, and the last one the server refused as expired (3002):
+   *  the same one twice means the token callback has no fresher one. */
+  lastToken = null;
+  expiredToken = null;
   /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
   avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
@@ -2342,7 +2346,12 @@ var QuiverClient = class {
       this.emit("error", cause);
       const goodbye = this.lastGoodbye;
       const backoff = this.opts.reconnect;
-      if (backoff === false || goodbye && !goodbye.reconnect) {
+      let stale = false;
+      if (goodbye?.code === CloseCode.token_expired) {
+        stale = this.lastToken !== null && this.lastToken === this.expiredToken;
+        this.expiredToken = this.lastToken;
+      }
+      if (backoff === false || goodbye && !goodbye.reconnect || stale) {
         this.closing = true;
         break;
       }
@@ -2374,6 +2383,7 @@ var QuiverClient = class {
     if (typeof token !== "string" || token === "") {
       throw new QuiverError("token", "the token callback returned no token");
     }
+    this.lastToken = token;
     const target = this.targets[this.targetIndex];
     const candidates = this.candidates(target);
     let skipped = null;

@@ -12,7 +12,7 @@ import {
   type Member,
   type Position,
 } from './codec.js';
-import { ErrorCode, codeLabel } from './codes.js';
+import { CloseCode, ErrorCode, codeLabel } from './codes.js';
 import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import {
@@ -160,6 +160,10 @@ export class QuiverClient {
   private readonly finished: Promise<void>;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
   private lastGoodbye: GoodbyeInfo | null = null;
+  /** The token the latest attempt used, and the last one the server refused as expired (3002):
+   *  the same one twice means the token callback has no fresher one. */
+  private lastToken: string | null = null;
+  private expiredToken: string | null = null;
   /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
   private avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
@@ -442,7 +446,14 @@ export class QuiverClient {
       // Set by the session's Goodbye callback, which TypeScript's narrowing cannot see.
       const goodbye = this.lastGoodbye as GoodbyeInfo | null;
       const backoff = this.opts.reconnect;
-      if (backoff === false || (goodbye && !goodbye.reconnect)) {
+      // Given the very token refused as expired again, the callback will never give a fresh
+      // one: reconnecting with it for ever helps no one (as the Rust client, outside audit 64).
+      let stale = false;
+      if (goodbye?.code === CloseCode.token_expired) {
+        stale = this.lastToken !== null && this.lastToken === this.expiredToken;
+        this.expiredToken = this.lastToken;
+      }
+      if (backoff === false || (goodbye && !goodbye.reconnect) || stale) {
         this.closing = true;
         break;
       }
@@ -483,6 +494,7 @@ export class QuiverClient {
     if (typeof token !== 'string' || token === '') {
       throw new QuiverError('token', 'the token callback returned no token');
     }
+    this.lastToken = token;
     const target = this.targets[this.targetIndex]!;
     const candidates = this.candidates(target);
     let skipped: QuiverError | null = null;

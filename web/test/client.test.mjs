@@ -500,6 +500,19 @@ describe(`over ${transport}`, () => {
     await Promise.all([first, second, after]);
   });
 
+  test('the very token refused as expired given again closes the client (3002)', async (t) => {
+    // Outside audit 64 (L16): the Rust client closed, this one reconnected for ever.
+    const { net, client } = setup({ token: () => 'always-the-same' }, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
+    conn = await connected(net, client);
+    const closed = once(client, 'state', (s) => s === 'closed');
+    conn.send(0, { type: 'Goodbye', code: 3002, reason: 'token expired', reconnect: true });
+    const [, cause] = await closed;
+    assert.equal(cause.code, 3002);
+  });
+
   test('goodbye: reconnect flag honoured, code and reason surfaced', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());

@@ -59,6 +59,9 @@ pub(super) fn register_zeros() {
     for code in crate::api::Code::ALL {
         metrics::counter!(API_REFUSALS, "code" => code.label()).absolute(0);
     }
+    for outcome in ["loaded", "failed"] {
+        metrics::counter!(JWKS_RELOADS, "outcome" => outcome).absolute(0);
+    }
     for command in labels::COMMANDS {
         let _ = metrics::histogram!(COMMAND_DURATION, "command" => *command);
     }
@@ -231,6 +234,10 @@ pub(super) fn describe() {
         TLS_RELOAD_FAILURES,
         "Certificate reloads refused (a pair that does not load, or a certificate expired or not \
          yet valid): the old certificate is still served"
+    );
+    describe_counter!(
+        JWKS_RELOADS,
+        "Token key-set (JWKS) reloads by outcome: loaded, or failed (the old keys kept)"
     );
     describe_counter!(
         API_REFUSALS,

@@ -31,6 +31,8 @@ pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
 pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
 pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+/// Token key-set (JWKS) reloads by `outcome` (`loaded`, `failed`).
+pub const JWKS_RELOADS: &str = "quiver_jwks_reloads_total";
 /// Backend API requests refused, by `code` (`api::error::Code`): a wrong key shows as
 /// `unauthorized` (outside audit 55, L7: 1,000 guessed keys left no trace).
 pub const API_REFUSALS: &str = "quiver_api_refusals_total";
