@@ -30,7 +30,8 @@ enum Command {
     Config(ConfigCommand),
     /// Create (or reuse) the development certificate and print its SHA-256 hash.
     Cert {
-        #[arg(long, default_value = "certs")]
+        /// The directory (`--cert-dir` too, as `serve` and `token` call it).
+        #[arg(long, default_value = "certs", alias = "cert-dir")]
         out: PathBuf,
     },
     /// Print a signed JWT (HS256, ES256 or EdDSA), or check one with --check.

@@ -79,6 +79,9 @@ enum SigningAlgorithm {
     EdDsa,
 }
 
+/// Past this a signed token draws a warning.
+const LONG_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 pub async fn run(mut args: TokenArgs) -> Result<()> {
     let mut config = match Config::load_checked(args.config.as_deref()) {
         Ok(checked) => checked.config,
@@ -174,10 +177,23 @@ async fn sign(config: &Config, keys: &KeySource, args: TokenArgs) -> Result<()> 
     if args.ttl.as_secs() == 0 {
         bail!("--ttl must be at least 1s: the token would be expired when issued");
     }
+    // Long-lived tokens are the caller's to choose, but said (outside audit 55, I5: a TTL of
+    // 2.7 million years passed without a word).
+    if args.ttl > LONG_TTL {
+        let revocable = if args.jti.is_some() {
+            "only revoking its jti takes it back before then"
+        } else {
+            "it has no --jti, so it cannot be revoked: only a new key ends it"
+        };
+        eprintln!(
+            "quiver: warning: this token is valid for {}: {revocable}",
+            humantime::format_duration(args.ttl)
+        );
+    }
     let claims = Claims {
         sub: user,
         tenant,
-        exp: unix_now() + args.ttl.as_secs(),
+        exp: unix_now().saturating_add(args.ttl.as_secs()),
         subscribe: args.subscribe,
         publish: args.publish,
     };

@@ -471,6 +471,50 @@ fn a_read_only_certificate_directory_is_used_as_it_is() -> Result<()> {
     Ok(())
 }
 
+/// A token signed for more than a year is said to be long-lived, and whether anything but a new
+/// key can end it (outside audit 55, I5: 2.7 million years passed without a word); `quiver cert`
+/// takes `--cert-dir` as `serve` does (I4).
+#[test]
+fn long_lived_tokens_are_warned_about_and_cert_takes_cert_dir() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("secret"), GOOD_SECRET)?;
+    let sign = |ttl: &str, jti: Option<&str>| {
+        let mut args = vec![
+            "token",
+            "--jwt-secret-file",
+            "secret",
+            "--tenant",
+            "acme",
+            "--user",
+            "u",
+            "--subscribe",
+            "chat.>",
+            "--ttl",
+            ttl,
+        ];
+        if let Some(jti) = jti {
+            args.extend(["--jti", jti]);
+        }
+        run(d, &args, &[])
+    };
+    let (ok, _, err) = sign("1h", None)?;
+    assert!(ok && !err.contains("warning"), "{err}");
+    let (ok, _, err) = sign("400d", None)?;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: this token is valid for") && err.contains("cannot be revoked"),
+        "{err}"
+    );
+    let (ok, _, err) = sign("1000000000d", Some("j1"))?;
+    assert!(ok, "{err}");
+    assert!(err.contains("only revoking its jti"), "{err}");
+    let (ok, out, err) = run(d, &["cert", "--cert-dir", "tls"], &[])?;
+    assert!(ok, "{err}");
+    assert!(d.join("tls/dev-cert.pem").exists(), "{out}");
+    Ok(())
+}
+
 #[test]
 fn token_signs_what_the_server_accepts() -> Result<()> {
     let dir = tempfile::tempdir()?;
