@@ -245,30 +245,26 @@ pub fn lock_dev_dir(dir: &Path) -> Result<Option<std::fs::File>, TlsError> {
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
     let path = dir.join(DEV_LOCK_FILE);
+    let denied = |e: &std::io::Error| {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+        )
+    };
     let opened = std::fs::File::options()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .or_else(|e| match e.kind() {
-            // An existing lock file this process may only read locks as well.
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                std::fs::File::open(&path)
-            }
-            _ => Err(e),
-        });
+        .open(&path);
     let file = match opened {
         Ok(file) => file,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::PermissionDenied
-                    | std::io::ErrorKind::ReadOnlyFilesystem
-                    | std::io::ErrorKind::NotFound
-            ) =>
-        {
-            return Ok(None)
-        }
+        // An existing lock file this process may only read locks as well; none, in a directory
+        // it may not write, means no lock.
+        Err(e) if denied(&e) => match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if denied(&e) || e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(write_err(&path)(e)),
+        },
         Err(e) => return Err(write_err(&path)(e)),
     };
     let deadline = std::time::Instant::now() + DEV_LOCK_WAIT;

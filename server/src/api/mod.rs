@@ -346,6 +346,9 @@ static CREDENTIAL_REFUSALS_LOGGED: LogBudget = LogBudget::summarised(
     ),
 );
 
+/// Bytes of a refused request's path that are logged.
+const MAX_LOGGED_PATH: usize = 256;
+
 /// Logs a request answered 401 (no valid key or token) or 403 (a key or token that may not act
 /// there), within [`CREDENTIAL_REFUSALS_LOGGED`]: who asked, and for what, never the
 /// credential. A backend deployed with a stale key, or someone guessing keys, shows in the log
@@ -359,16 +362,24 @@ async fn log_credential_refusals(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|info| info.0);
     let method = request.method().clone();
-    // The path as the client sent it (this router is nested under [`PREFIX`]), cut: a request
-    // head may be 64 KiB, and 20 lines a second of that wrote 1.3 MB of log a second from one
-    // connection (outside audit 62).
-    let path = format!(
-        "{PREFIX}{}",
-        crate::text::bounded(request.uri().path().to_owned(), 256)
-    );
+    // A `Uri` clone shares its bytes: the path is only written out for a refusal.
+    let uri = request.uri().clone();
     let response = next.run(request).await;
     let status = response.status();
     if matches!(status.as_u16(), 401 | 403) && CREDENTIAL_REFUSALS_LOGGED.admit_summarised() {
+        // The path as the client sent it (this router is nested under [`PREFIX`]), cut: a
+        // request head may be 64 KiB, and 20 lines a second of that wrote 1.3 MB of log a
+        // second from one connection (outside audit 62).
+        let path = uri.path();
+        let cut = if path.len() > MAX_LOGGED_PATH {
+            "…"
+        } else {
+            ""
+        };
+        let path = format!(
+            "{PREFIX}{}{cut}",
+            crate::text::prefix(path, MAX_LOGGED_PATH)
+        );
         // `path` as a `&str` field: quoted and escaped in text, a plain string in JSON.
         tracing::info!(
             remote = remote.map(tracing::field::display),

@@ -185,7 +185,6 @@ impl Session {
         let caller = self.caller();
         let quota = self.quota.as_ref().map(|q| q.publisher());
         let broker = self.shared.broker.clone();
-        let tenant = key.tenant.clone();
         Box::pin(async move {
             let payload = ask(&rpc, Hook::Publish, &caller, &key.room, Some(&payload))
                 .await?
@@ -195,10 +194,7 @@ impl Session {
                     .publish(payload.len(), std::time::Instant::now())
                     .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
             }
-            broker
-                .publish(key, payload)
-                .await
-                .map_err(|e| super::publishing::unavailable(tenant.as_str(), e))
+            Ok(broker.publish(key, payload).await?)
         })
     }
 }

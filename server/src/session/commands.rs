@@ -313,20 +313,13 @@ impl Session {
                 .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         }
         let broker = self.shared.broker.clone();
-        let tenant = key.tenant.clone();
-        let publishing = Box::pin(async move {
-            broker
-                .publish(key, payload)
-                .await
-                .map_err(|e| super::publishing::unavailable(tenant.as_str(), e))
-        });
+        let publishing = Box::pin(async move { Ok(broker.publish(key, payload).await?) });
         // The memory broker delivers as it takes the publication: its stream writes may be
         // held for the rest of the session's run.
         let queue = &mut self.publishing;
         match self.held.during(|| queue.submit(reply, publishing)) {
-            Some(done) => {
-                super::publishing::answer(done.result).map(|e| e.filter(|_| reply.acked()))
-            }
+            Some(done) => super::publishing::answer(done.result, self.grant.tenant.as_str())
+                .map(|e| e.filter(|_| reply.acked())),
             None => Ok(None),
         }
     }

@@ -428,7 +428,7 @@ impl Session {
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => Box::pin(self.call_done(done)).await,
                 done = self.publishing.next_done() => self.published(done).await,
                 done = self.datagram_lane.next_done() => {
-                    if let Err(refusal) = publishing::answer(done.result) {
+                    if let Err(refusal) = publishing::answer(done.result, self.grant.tenant.as_str()) {
                         m::datagram_dropped(refusal.0.label());
                     }
                 }
@@ -658,7 +658,10 @@ impl Session {
     /// Where a new subscription reports that it ended (the channel is made on first use).
     /// Answers a publication the broker is done with.
     async fn published(&mut self, done: publishing::Done) {
-        match (publishing::answer(done.result), done.reply) {
+        match (
+            publishing::answer(done.result, self.grant.tenant.as_str()),
+            done.reply,
+        ) {
             // A datagram publication: nobody to tell.
             (Err(refusal), Reply::Datagram) => m::datagram_dropped(refusal.0.label()),
             (Err(refusal), Reply::Command { id, .. }) => self.refuse(id, refusal).await,

@@ -34,9 +34,30 @@ pub const MAX_QUEUED: usize = 64;
 /// the one whose hook is being asked.
 pub const MAX_DATAGRAMS: usize = 8;
 
-/// A publication on its way: `Err` is the refusal (the broker's `unavailable`, or for a
-/// datagram its hook's or quota's answer).
-pub type Publish = BoxFuture<'static, Result<Option<Position>, Refusal>>;
+/// A publication on its way: `Err` says why it was not published.
+pub type Publish = BoxFuture<'static, Result<Option<Position>, Failed>>;
+
+/// Why a publication on its way was not published.
+#[derive(Debug)]
+pub enum Failed {
+    /// A datagram's hook or quota said no: told as it is.
+    Refused(Refusal),
+    /// The broker's error, put in a client's words (and logged with the tenant) by [`answer`]:
+    /// the future carries no tenant of its own, one `Arc` clone less per publication.
+    Broker(BrokerError),
+}
+
+impl From<Refusal> for Failed {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(refusal)
+    }
+}
+
+impl From<BrokerError> for Failed {
+    fn from(e: BrokerError) -> Self {
+        Self::Broker(e)
+    }
+}
 
 /// The broker's error as the refusal a client of `tenant` is told.
 pub fn unavailable(tenant: &str, e: BrokerError) -> Refusal {
@@ -61,7 +82,7 @@ impl Reply {
 
 pub struct Done {
     pub reply: Reply,
-    pub result: Result<Option<Position>, Refusal>,
+    pub result: Result<Option<Position>, Failed>,
 }
 
 /// What became of a datagram publication handed to [`Publishing::submit_datagram`].
@@ -86,7 +107,7 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Position>, Refusal>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Position>, Failed>> {
         self.publish
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
@@ -215,9 +236,15 @@ impl Future for NextDone<'_> {
     }
 }
 
-/// The reply to a publication the broker answered.
-pub fn answer(done: Result<Option<Position>, Refusal>) -> Result<Option<Event>, Refusal> {
-    let position = done?;
+/// The reply to a publication the broker answered, for a session of `tenant`.
+pub fn answer(
+    done: Result<Option<Position>, Failed>,
+    tenant: &str,
+) -> Result<Option<Event>, Refusal> {
+    let position = done.map_err(|failed| match failed {
+        Failed::Refused(refusal) => refusal,
+        Failed::Broker(e) => unavailable(tenant, e),
+    })?;
     m::hot::publications().increment(1);
     Ok(Some(Event::Published { position }))
 }
