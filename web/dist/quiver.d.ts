@@ -606,6 +606,8 @@ export declare class QuiverClient {
 	private welcome;
 	private lastRtt;
 	constructor(options: ClientOptions);
+	/** `closed` from the moment `close()` is called, awaited or not (the `state` event follows
+	 *  once the session is shut). */
 	get state(): ConnectionState;
 	/** Transport of the current (or, while reconnecting, the latest) session; null before the
 	 *  first. */
@@ -668,7 +670,8 @@ export declare class QuiverClient {
 	 * `signal` rejects with the signal's reason; the server may still run the call.
 	 */
 	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
-	/** Closes the session for good: subscriptions end, queued publishes are rejected. */
+	/** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
+	 *  reads `closed` at once; the promise resolves when the session is shut. */
 	close(): Promise<void>;
 	private emit;
 	private setState;

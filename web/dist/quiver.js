@@ -2120,8 +2120,10 @@ var QuiverClient = class {
     });
     this.finished = this.run();
   }
+  /** `closed` from the moment `close()` is called, awaited or not (the `state` event follows
+   *  once the session is shut). */
   get state() {
-    return this.currentState;
+    return this.closing ? "closed" : this.currentState;
   }
   /** Transport of the current (or, while reconnecting, the latest) session; null before the
    *  first. */
@@ -2297,7 +2299,8 @@ var QuiverClient = class {
     if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
     return reply.payload;
   }
-  /** Closes the session for good: subscriptions end, queued publishes are rejected. */
+  /** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
+   *  reads `closed` at once; the promise resolves when the session is shut. */
   async close() {
     if (!this.closing) {
       this.closing = true;

@@ -192,8 +192,10 @@ export class QuiverClient {
     this.finished = this.run();
   }
 
+  /** `closed` from the moment `close()` is called, awaited or not (the `state` event follows
+   *  once the session is shut). */
   get state(): ConnectionState {
-    return this.currentState;
+    return this.closing ? 'closed' : this.currentState;
   }
 
   /** Transport of the current (or, while reconnecting, the latest) session; null before the
@@ -390,7 +392,8 @@ export class QuiverClient {
     return reply.payload;
   }
 
-  /** Closes the session for good: subscriptions end, queued publishes are rejected. */
+  /** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
+   *  reads `closed` at once; the promise resolves when the session is shut. */
   async close(): Promise<void> {
     if (!this.closing) {
       this.closing = true;

@@ -93,7 +93,10 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   await (await net.nextConnection()).welcome();
   const client = await pending;
   assert.equal(client.state, 'connected');
-  await client.close();
+  // `closed` as soon as close() is called, not once it is awaited (outside audit 63, F4).
+  const closing = client.close();
+  assert.equal(client.state, 'closed');
+  await closing;
   assert.equal(client.state, 'closed');
 
   const base = { url: 'https://h:1/v1', token: () => 'x', WebTransport: net.WebTransport };
