@@ -9,7 +9,7 @@ use axum::extract::{Query, State};
 use axum::handler::Handler;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::routing::{any, get, on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -66,6 +66,11 @@ pub fn router(shared: Arc<Shared>, listener: Listener) -> Router {
     }
     app = app
         .nest(crate::api::PREFIX, crate::api::router(&shared))
+        // Other paths under /api (a typo, another version) answer in the API's shape, counted
+        // as its errors are, not as the plain 404 of a page.
+        .route("/api", any(crate::api::not_found))
+        .route("/api/", any(crate::api::not_found))
+        .route("/api/{*rest}", any(crate::api::not_found))
         .route(
             "/v1/ws",
             get_only(crate::transport::websocket::upgrade).layer(axum::middleware::map_request(

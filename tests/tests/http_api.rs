@@ -340,6 +340,24 @@ async fn every_api_error_has_one_shape_and_a_documented_code() -> anyhow::Result
             404,
             "not_found",
         ),
+        // Beside `/api/v1/`'s routes, in the API's shape too (they were the plain 404).
+        (http.get(url("")).bearer_auth(ACME), 404, "not_found"),
+        (
+            http.post(format!("http://{}/api", server.http)),
+            404,
+            "not_found",
+        ),
+        (
+            http.get(format!("http://{}/api/", server.http)),
+            404,
+            "not_found",
+        ),
+        (
+            http.post(format!("http://{}/api/v2/publish/h.a", server.http))
+                .bearer_auth(ACME),
+            404,
+            "not_found",
+        ),
         (
             http.post(url("history"))
                 .bearer_auth(ACME)

@@ -22,7 +22,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use serde_json::{json, Value};
 
-pub use error::Code;
+pub use error::{not_found, Code};
 
 use crate::log_budget::{LogBudget, Summary};
 use crate::server::Shared;
