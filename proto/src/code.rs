@@ -133,6 +133,9 @@ codes! {
         /// The client did not read the server's replies for `timeouts.reply`: its outgoing
         /// queue stayed full. Reconnect (and resume), and keep reading.
         NotReading = 3010, "not_reading";
+        /// The backend asked this session to reconnect (to take up new permissions with a
+        /// fresh token, or to move to another instance); reconnect, resuming.
+        Reconnect = 3011, "reconnect";
     }
 }
 

@@ -38,6 +38,10 @@ struct Revoke {
 pub struct Disconnect {
     pub selector: Selector,
     pub reason: String,
+    /// Ask the sessions to reconnect (`reconnect`, 3011) rather than to stay away
+    /// (`disconnected`, 3009). Absent from instances that predate it: false.
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// An unsubscribe as it travels between instances.
@@ -295,7 +299,11 @@ impl Control {
         self.registry.kick(
             &disconnect.selector,
             &Kick {
-                code: CloseCode::Disconnected,
+                code: if disconnect.reconnect {
+                    CloseCode::Reconnect
+                } else {
+                    CloseCode::Disconnected
+                },
                 reason: disconnect.reason.clone(),
                 room: None,
             },

@@ -1,6 +1,8 @@
 //! Ending sessions from the backend (issue 10 revocation, issue 12 API): disconnect a user or a
 //! session with an API key, on whichever instance holds it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -97,6 +99,75 @@ async fn a_user_is_disconnected_on_every_transport_and_nobody_else() -> anyhow::
     Ok(())
 }
 
+/// `"reconnect": true` asks the clients back (goodbye 3011, `reconnect: true`), as Centrifugo's
+/// disconnect with reconnect advice does: the Rust client comes back by itself, asking its
+/// token source again, and its subscription resumes.
+#[tokio::test]
+async fn a_disconnect_may_ask_the_clients_to_reconnect() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let mut raw = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "alice")).await?;
+    let (status, body) = disconnect(
+        &server,
+        ACME,
+        serde_json::json!({"user": "alice", "reconnect": true, "reason": "new permissions"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected_here"], 1);
+    match raw.recv().await?.event {
+        Event::Goodbye {
+            code,
+            reason,
+            reconnect,
+        } => {
+            assert_eq!(code, CloseCode::Reconnect.as_u16());
+            assert_eq!(reason, "new permissions");
+            assert!(reconnect);
+        }
+        other => anyhow::bail!("expected a goodbye, got {other:?}"),
+    }
+
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counted = asked.clone();
+    let mut config = client_config(
+        &server,
+        quiver_client::token_fn(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let token = full_token("acme", "bob");
+            async move { Ok(token) }
+        }),
+    );
+    config.backoff = quiver_client::Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_millis(300),
+    };
+    let client = quiver_client::Client::connect(config).await?;
+    let mut sub = client.subscribe("news.a").await?;
+    let (status, _) = disconnect(
+        &server,
+        ACME,
+        serde_json::json!({"user": "bob", "reconnect": true}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    // Back, the token source asked again, and subscribed again.
+    match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+        Ok(Some(quiver_client::SubEvent::Resubscribed { .. })) => {}
+        other => anyhow::bail!("expected the subscription back, got {other:?}"),
+    }
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+    let mut publisher = Raw::connect(&server, &full_token("acme", "carol")).await?;
+    publisher.publish("news.a", b"after").await?;
+    match tokio::time::timeout(Duration::from_secs(10), sub.recv()).await {
+        Ok(Some(quiver_client::SubEvent::Publication { payload, .. })) => {
+            assert_eq!(&payload[..], b"after")
+        }
+        other => anyhow::bail!("expected the publication, got {other:?}"),
+    }
+    assert_eq!(client.close_reason(), None);
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_disconnect_api_checks_its_key_and_input() -> anyhow::Result<()> {
     let server = TestServer::start_with(with_keys).await?;
@@ -167,6 +238,18 @@ async fn a_disconnect_reaches_the_instance_that_holds_the_session() -> anyhow::R
         bystander.request(Command::Ping).await?,
         Event::Pong
     ));
+    // Asked to come back, across instances too.
+    let (status, _) = disconnect(
+        &a,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "user": "bob", "reconnect": true}),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        goodbye(&mut bystander).await?,
+        CloseCode::Reconnect.as_u16()
+    );
     Ok(())
 }
 

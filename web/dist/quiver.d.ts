@@ -261,6 +261,7 @@ export declare const CloseCode: {
 	readonly over_quota: 3008;
 	readonly disconnected: 3009;
 	readonly not_reading: 3010;
+	readonly reconnect: 3011;
 };
 /** The snake_case label of an error or close code, e.g. `permission_denied`; `code_N` if unknown. */
 export declare function codeLabel(code: number): string;

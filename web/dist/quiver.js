@@ -594,7 +594,8 @@ var CloseCode = {
   token_invalid: 3007,
   over_quota: 3008,
   disconnected: 3009,
-  not_reading: 3010
+  not_reading: 3010,
+  reconnect: 3011
 };
 var labels = new Map(
   [...Object.entries(ErrorCode), ...Object.entries(CloseCode)].map(([label, code]) => [code, label])

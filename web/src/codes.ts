@@ -37,6 +37,7 @@ export const CloseCode = {
   over_quota: 3008,
   disconnected: 3009,
   not_reading: 3010,
+  reconnect: 3011,
 } as const;
 
 const labels = new Map<number, string>(

@@ -222,5 +222,6 @@ test('code labels', () => {
   assert.equal(codeLabel(3008), 'over_quota');
   assert.equal(codeLabel(3010), 'not_reading');
   assert.equal(codeLabel(3009), 'disconnected');
+  assert.equal(codeLabel(3011), 'reconnect');
   assert.equal(codeLabel(4242), 'code_4242');
 });

@@ -204,12 +204,13 @@ pub fn routes() -> Vec<Route> {
         Route {
             method: "post",
             path: "/api/v1/disconnect",
-            summary: "End a user's or a session's sessions on every instance (goodbye 3009).",
+            summary: "End a user's or a session's sessions on every instance (goodbye 3009; \
+                      with `reconnect`, goodbye 3011: the clients reconnect).",
             auth: Auth::ApiKey,
             request: Some(one_of(
                 object(
                     &[],
-                    json!({"tenant": tenant, "user": token_id, "session": string, "reason": string}),
+                    json!({"tenant": tenant, "user": token_id, "session": string, "reason": string, "reconnect": flag}),
                 ),
                 "anyOf",
                 &["user", "session"],

@@ -49,10 +49,14 @@ pub struct DisconnectRequest {
     session: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    reconnect: bool,
 }
 
-/// `POST /api/v1/disconnect` `{tenant?, user?, session?, reason?}`: ends the matching sessions
-/// on every instance (goodbye `disconnected`, 3009: no reconnect). At least `user` or `session`.
+/// `POST /api/v1/disconnect` `{tenant?, user?, session?, reason?, reconnect?}`: ends the
+/// matching sessions on every instance (goodbye `disconnected`, 3009: no reconnect; with
+/// `reconnect`, goodbye `reconnect`, 3011: the clients come back, with a fresh token if their
+/// token source gives one, and resume). At least `user` or `session`.
 pub async fn disconnect(
     State(shared): State<Arc<Shared>>,
     KeyRequest { caller, request }: KeyRequest<DisconnectRequest>,
@@ -71,7 +75,12 @@ pub async fn disconnect(
             session: request.session,
             jti_key: None,
         },
-        reason: reason(request.reason, "disconnected by the backend")?,
+        reason: if request.reconnect {
+            reason(request.reason, "reconnect asked by the backend")?
+        } else {
+            reason(request.reason, "disconnected by the backend")?
+        },
+        reconnect: request.reconnect,
     };
     let local = shared
         .control
