@@ -44,6 +44,49 @@ pub struct Disconnect {
     pub reconnect: bool,
 }
 
+impl Disconnect {
+    /// As the API would have made it: a user or a session named (not a whole tenant at once),
+    /// and a reason that fits in a goodbye. Applied to a disconnect that comes over NATS,
+    /// where a tenant's backend may publish (outside audit 66, F4: a 1 MiB reason was copied
+    /// into every matching session's orders, and sent on in frames past `max_frame`).
+    fn checked(self) -> Result<Self, String> {
+        if self.selector.user.is_none() && self.selector.session.is_none() {
+            return Err("a disconnect names a user, a session, or both".into());
+        }
+        check_reason(&self.reason)?;
+        check_selector(&self.selector)?;
+        Ok(self)
+    }
+}
+
+/// The longest `reason` a control message may carry: the API's bound.
+pub const MAX_REASON: usize = 256;
+
+fn check_reason(reason: &str) -> Result<(), String> {
+    if reason.len() > MAX_REASON {
+        return Err(format!("reason: at most {MAX_REASON} bytes"));
+    }
+    Ok(())
+}
+
+/// A user as a token's `sub` carries it, a session id no longer than one could be.
+fn check_selector(selector: &Selector) -> Result<(), String> {
+    if selector
+        .user
+        .as_ref()
+        .is_some_and(|u| u.is_empty() || u.len() > crate::auth::MAX_SUB_BYTES)
+    {
+        return Err(format!("user: 1 to {} bytes", crate::auth::MAX_SUB_BYTES));
+    }
+    if selector.session.as_ref().is_some_and(|s| s.len() > 64) {
+        return Err("session: at most 64 bytes".into());
+    }
+    if selector.jti_key.as_ref().is_some_and(|k| k.len() > 256) {
+        return Err("jti_key: at most 256 bytes".into());
+    }
+    Ok(())
+}
+
 /// An unsubscribe as it travels between instances.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Unsubscribe {
@@ -245,6 +288,11 @@ impl Control {
         let mut n = 0;
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
+            // Only keys as `revocation::key` makes them (whoever else wrote to the bucket).
+            let tenant = key.split_once('.').map(|(tenant, _)| tenant);
+            if !tenant.is_some_and(|tenant| revocation::is_key_of(&key, tenant)) {
+                continue;
+            }
             if let Ok(Some(value)) = store.get(&key).await {
                 match std::str::from_utf8(&value)
                     .ok()
@@ -536,7 +584,10 @@ impl Control {
             };
             match action {
                 Some("disconnect") => {
-                    match serde_json::from_slice::<Disconnect>(&message.payload) {
+                    match serde_json::from_slice::<Disconnect>(&message.payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| d.checked())
+                    {
                         Ok(mut d) => {
                             d.selector.tenant = tenant.to_owned();
                             let n = self.apply(&d);
@@ -546,21 +597,33 @@ impl Control {
                     }
                 }
                 Some("revoke") => match serde_json::from_slice::<Revoke>(&message.payload) {
-                    // A key for another tenant is ignored: keys start with their tenant.
-                    Ok(r) if r.key.starts_with(&format!("{tenant}.")) => {
+                    Ok(r) if revocation::is_key_of(&r.key, tenant) => {
                         let n = self.apply_revoke(&r, &tenant_id);
                         debug!(tenant, n, "revocation from the control plane");
                     }
-                    Ok(_) => refused_control(
+                    // A key for another tenant is ignored: keys start with their tenant.
+                    Ok(r) if !r.key.starts_with(&format!("{tenant}.")) => refused_control(
                         tenant,
                         "other_tenant",
                         "revocation for another tenant",
                         &"",
                     ),
+                    Ok(_) => refused_control(
+                        tenant,
+                        "malformed",
+                        "malformed revocation",
+                        &"a key is the tenant, a dot and a SHA-256 digest in hex",
+                    ),
                     Err(e) => refused_control(tenant, "malformed", "malformed revocation", &e),
                 },
                 Some("unsubscribe") => {
-                    match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload) {
+                    match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|m| {
+                            check_reason(&m.body.reason)?;
+                            check_selector(&m.body.selector)?;
+                            Ok(m)
+                        }) {
                         // Applied already where it was asked for; a second time would end a
                         // subscription made again in between.
                         Ok(m) if m.origin == self.node => {}

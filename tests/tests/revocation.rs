@@ -593,3 +593,83 @@ async fn a_tenants_own_key_revokes_a_bounded_number_an_hour() -> anyhow::Result<
     assert_eq!(status, 200, "{body}");
     Ok(())
 }
+
+/// Control messages that come over NATS, where a tenant's backend may publish
+/// (docs/deployment.md), are held to what the API would send: a revocation key as
+/// `revocation::key` makes them (100 kB keys were kept whole on every instance), a disconnect
+/// naming a user or a session, reasons of at most 256 bytes (outside audit 66, F3, F4). Each
+/// refused is counted `malformed`; a well-formed one after them is applied.
+#[tokio::test]
+async fn control_messages_over_nats_are_held_to_the_apis_bounds() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    })
+    .await?;
+    let mut alice = Raw::connect(&server, &full_token("acme", "alice")).await?;
+    let backend = async_nats::connect(nats.url()).await?;
+    // The control plane subscribes as the instance starts; give NATS a moment to register it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let malformed = |page: &str| {
+        metric_sum(
+            page,
+            "quiver_control_messages_refused_total",
+            &[("reason", "malformed")],
+        )
+    };
+    let before = malformed(&server.metrics().await?);
+    let until = quiver_server::auth::unix_now() + 3600;
+    let refused = [
+        (
+            "revoke",
+            serde_json::json!({"key": format!("acme.{}", "a".repeat(100_000)), "until": until}),
+        ),
+        (
+            "revoke",
+            serde_json::json!({"key": "acme.tok-1", "until": until}),
+        ),
+        (
+            "disconnect",
+            serde_json::json!({"selector": {"tenant": "acme"}, "reason": "everyone"}),
+        ),
+        (
+            "disconnect",
+            serde_json::json!({"selector": {"tenant": "acme", "user": "alice"}, "reason": "x".repeat(1000)}),
+        ),
+        (
+            "unsubscribe",
+            serde_json::json!({"origin": "elsewhere", "selector": {"tenant": "acme", "user": "alice"},
+                "room": "news.a", "reason": "x".repeat(1000)}),
+        ),
+    ];
+    for (action, body) in &refused {
+        backend
+            .publish(
+                format!("quiver.acme.control.{action}"),
+                serde_json::to_vec(body)?.into(),
+            )
+            .await?;
+    }
+    // One connection's messages arrive in order: this one comes after them all.
+    backend
+        .publish(
+            "quiver.acme.control.disconnect",
+            serde_json::to_vec(
+                &serde_json::json!({"selector": {"tenant": "acme", "user": "alice"}, "reason": "by the book"}),
+            )?
+            .into(),
+        )
+        .await?;
+    backend.flush().await?;
+    loop {
+        if let Event::Goodbye { code, reason, .. } = alice.recv().await?.event {
+            assert_eq!(code, CloseCode::Disconnected.as_u16());
+            assert_eq!(reason, "by the book");
+            break;
+        }
+    }
+    let after = malformed(&server.metrics().await?);
+    assert_eq!(after - before, refused.len() as f64);
+    Ok(())
+}

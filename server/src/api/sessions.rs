@@ -14,7 +14,7 @@ use crate::registry::Selector;
 use crate::server::Shared;
 
 /// Longest `reason` a request may carry: it travels to the client in a frame.
-const MAX_REASON: usize = 256;
+const MAX_REASON: usize = crate::control::MAX_REASON;
 
 fn reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
     match reason {
