@@ -288,11 +288,6 @@ impl Control {
         let mut n = 0;
         while let Some(key) = keys.next().await {
             let Ok(key) = key else { continue };
-            // Only keys as `revocation::key` makes them (whoever else wrote to the bucket).
-            let tenant = key.split_once('.').map(|(tenant, _)| tenant);
-            if !tenant.is_some_and(|tenant| revocation::is_key_of(&key, tenant)) {
-                continue;
-            }
             if let Ok(Some(value)) = store.get(&key).await {
                 match std::str::from_utf8(&value)
                     .ok()
@@ -304,10 +299,16 @@ impl Control {
                             debug!(error = %e, "an expired revocation stays in the bucket");
                         }
                     }
-                    Some(until) => {
+                    // Only keys as `revocation::key` makes them, whoever else wrote there.
+                    Some(until)
+                        if key
+                            .split_once('.')
+                            .is_some_and(|(tenant, _)| revocation::is_key_of(&key, tenant)) =>
+                    {
                         self.revocations.insert(key, until);
                         n += 1;
                     }
+                    Some(_) => {}
                     None => {}
                 }
             }

@@ -673,3 +673,72 @@ async fn control_messages_over_nats_are_held_to_the_apis_bounds() -> anyhow::Res
     assert_eq!(after - before, refused.len() as f64);
     Ok(())
 }
+
+/// A WebTransport client can hold back its CONNECT's 200 (no flow-control credit: the server
+/// cannot write it) for the handshake's 10 s after its token was checked. A revocation in that
+/// gap found no session to end, and the session then ran until its token expired (outside
+/// audit 66, F2). The token is checked again once the session can be ended: it closes with
+/// 3009 at once.
+#[tokio::test]
+async fn a_token_revoked_while_its_connect_is_answered_opens_no_session() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let stolen = token_with_jti("acme", "mallory", "stolen-1", 3600);
+    // Credit for the server's own unidirectional streams (control stream and SETTINGS, QPACK
+    // streams: 25 bytes with wtransport 0.7; the server reads no CONNECT before they are out)
+    // and not for the CONNECT's answer. Found by trying: with 24 the token is checked only
+    // after the revocation (403 below), with 28 the 200 goes out at once (the assertion below).
+    const CREDIT: u32 = 26;
+    let endpoint = quic_client(&server, |t| {
+        t.receive_window(wtransport::quinn::VarInt::from_u32(CREDIT));
+    })?;
+    let conn = endpoint.connect(server.wt, "localhost")?.await?;
+    let mut control = conn.open_uni().await?;
+    control.write_all(&h3::control_stream_bytes()?).await?;
+    let connecting = tokio::spawn({
+        let (conn, port, stolen) = (conn.clone(), server.wt.port(), stolen.clone());
+        async move { h3::connect_request(&conn, port, &stolen).await }
+    });
+    // The server has the CONNECT and checks the token in well under this (and waits for the
+    // credit up to the handshake's deadline, 10 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !connecting.is_finished(),
+        "the CONNECT was answered without credit"
+    );
+    let exp = quiver_server::auth::unix_now() + 3600;
+    let (status, body) = revoke(
+        &server,
+        ACME,
+        serde_json::json!({"jti": "stolen-1", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["disconnected_here"], 0, "no session yet");
+    // Credit: the 200 goes out, and the session ends at once with 3009.
+    conn.set_receive_window(wtransport::quinn::VarInt::from_u32(1 << 20));
+    let (status, _connect, _connect_recv) = connecting.await??;
+    assert_eq!(
+        status.as_deref(),
+        Some("200"),
+        "the token was checked after the revocation: {CREDIT} bytes of credit no longer cover \
+         the server's control streams"
+    );
+    let (mut session, _session_recv) = conn.open_bi().await?;
+    session
+        .write_all(&h3::control_stream_with_hello(0, "held")?)
+        .await
+        .ok();
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .map_err(|_| anyhow::anyhow!("the session of a revoked token stayed open"))?;
+    match closed {
+        wtransport::quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(
+                close.error_code,
+                wtransport::quinn::VarInt::from_u32(CloseCode::Disconnected.as_u16().into())
+            );
+        }
+        other => anyhow::bail!("closed otherwise: {other}"),
+    }
+    Ok(())
+}

@@ -299,8 +299,18 @@ async fn run_session(
         &session.grant.user,
         session.grant.jti.as_deref(),
     );
+    // The token was checked before the session could be ended: a revocation in between ended
+    // nothing, and a WebTransport client can make that gap last the handshake's 10 s by not
+    // taking the CONNECT's answer (outside audit 66, F2). Checked again now that a revocation
+    // finds the session.
+    let revoked = session
+        .grant
+        .jti
+        .as_deref()
+        .is_some_and(|jti| shared.revocations.is_revoked(&session.grant.tenant, jti));
     let refused = quota.is_err();
     let exit = match quota {
+        Ok(_) if revoked => Exit::Close(CloseCode::Disconnected, "token revoked".into()),
         Ok(quota) => {
             session.quota = Some(quota);
             // A bug that panics while serving one session must still free what the session
