@@ -306,8 +306,12 @@ impl Verifier {
             Some(Err(expired)) => return Err(AuthError::Expired(Some(Signer::of(&expired)))),
             None => {}
         }
+        // Before the key set is read: a reload that clears the cache meanwhile keeps this token
+        // out of it.
+        let generation = self.cache.generation();
         let grant = self.verify_uncached(token, now)?;
-        self.cache.insert(token, &grant, now, self.leeway_secs);
+        self.cache
+            .insert(token, &grant, now, self.leeway_secs, generation);
         Ok(grant)
     }
 

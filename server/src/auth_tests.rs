@@ -670,6 +670,58 @@ fn a_key_set_reload_empties_the_cache() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A token verified with the old key set while a reload replaces it is not remembered past
+/// the reload: it is refused as soon as the reload has returned (outside audit 66, F1: one
+/// stored just after the reload emptied the cache was accepted until the next reload).
+#[test]
+fn a_token_verified_during_a_reload_is_refused_after_it() {
+    let dir = temp_dir("jwks-race");
+    let (a, b) = (
+        rcgen_key("ec-a", Algorithm::ES256),
+        rcgen_key("ec-b", Algorithm::ES256),
+    );
+    let path = write_jwks(&dir, "jwks.json", vec![a.jwk.clone(), b.jwk.clone()]);
+    let v = std::sync::Arc::new(Verifier::jwks(&path, &Checks::default()).unwrap());
+    let both = serde_json::json!({ "keys": [a.jwk, b.jwk] }).to_string();
+    let only_b = serde_json::json!({ "keys": [b.jwk] }).to_string();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(a.kid.to_owned());
+    for round in 0..100 {
+        v.replace_jwks("test", both.as_bytes()).unwrap();
+        let tokens: Vec<String> = (0..4)
+            .map(|i| {
+                let mut c = claims(unix_now() + 60);
+                c.sub = format!("user-{round}-{i}");
+                jsonwebtoken::encode(&header, &c, &a.encoding).unwrap()
+            })
+            .collect();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(tokens.len() + 1));
+        let verifying: Vec<_> = tokens
+            .iter()
+            .cloned()
+            .map(|token| {
+                let (v, start) = (v.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let _ = v.verify(&token);
+                })
+            })
+            .collect();
+        start.wait();
+        v.replace_jwks("test", only_b.as_bytes()).unwrap();
+        for thread in verifying {
+            thread.join().unwrap();
+        }
+        for token in &tokens {
+            assert!(
+                v.verify(token).is_err(),
+                "round {round}: a token of the removed key is accepted after the reload"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A claim or header parameter named twice is refused, whichever it is (serde would keep the
 /// last `tenant`, an issuer reading the first would not); so is any `crit` header.
 #[test]

@@ -10,13 +10,17 @@
 //! - Revocation is checked after the cache, on every use (`Shared::authenticate`), so a revoked
 //!   token is refused even when cached.
 //! - A key set reload empties the cache: a token signed by a key that was removed must be
-//!   verified again (and refused).
+//!   verified again (and refused). A token verified with the old key set and stored after the
+//!   reload emptied the cache would have lived on until the next reload (outside audit 66, F1:
+//!   in 2 of 4 reloads): each clear starts a new [`TokenCache::generation`], and a token is
+//!   stored only under the generation read before its key set was.
 //!
 //! Bounded: at most `capacity` entries (a token is at most `auth::MAX_TOKEN_BYTES`). When full,
 //! expired entries go first, then arbitrary ones (about an eighth), so a flood of distinct valid
 //! tokens cannot grow memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::auth::Grant;
@@ -28,6 +32,8 @@ pub const DEFAULT_ENTRIES: usize = 4096;
 pub struct TokenCache {
     capacity: usize,
     entries: Mutex<HashMap<Box<str>, Grant>>,
+    /// How many times the cache was cleared; only changed with `entries` locked.
+    generation: AtomicU64,
 }
 
 impl TokenCache {
@@ -36,6 +42,7 @@ impl TokenCache {
         Self {
             capacity,
             entries: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -54,12 +61,22 @@ impl TokenCache {
         Some(Ok(grant.clone()))
     }
 
-    /// Remembers a token that passed every check.
-    pub fn insert(&self, token: &str, grant: &Grant, now: u64, leeway_secs: u64) {
+    /// The generation to pass to [`TokenCache::insert`]: read it before the key set a token
+    /// is verified with.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Remembers a token that passed every check, unless the cache was cleared since
+    /// `generation` was read (its key set may be gone).
+    pub fn insert(&self, token: &str, grant: &Grant, now: u64, leeway_secs: u64, generation: u64) {
         if self.capacity == 0 {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
         if entries.len() >= self.capacity && !entries.contains_key(token) {
             entries.retain(|_, g| g.expires_at.saturating_add(leeway_secs) > now);
             if entries.len() >= self.capacity {
@@ -78,10 +95,9 @@ impl TokenCache {
 
     /// Forgets everything (the key set changed).
     pub fn clear(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.clear();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn len(&self) -> usize {
