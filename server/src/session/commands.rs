@@ -142,7 +142,7 @@ impl Session {
         let header = if shared_sink {
             self.tally.sent(header.len(), 0);
             m::hot::delivery_bytes().increment(header.len() as u64);
-            let _ = self.out.send(header).await;
+            self.send_or_stall(header).await;
             None
         } else {
             Some(header)

@@ -782,6 +782,18 @@ impl Session {
         }
         let frame = encode_event(&ServerFrame { id, event });
         self.tally.sent(frame.len(), 0);
+        self.send_or_stall(frame).await;
+    }
+
+    /// Queues a frame the session itself sends (a reply, a subscription stream's header) on
+    /// its outgoing queue, waiting at most `timeouts.reply` for room: past that the session is
+    /// `stalled`, and closes `not_reading`. While it waits nothing else of the session runs
+    /// (expiry, kicks, the drain), so no wait is unbounded (outside audit 66, F5: a header
+    /// waited without one).
+    async fn send_or_stall(&mut self, frame: bytes::Bytes) {
+        if self.stalled {
+            return;
+        }
         let frame = match self.out.try_send(frame) {
             Ok(()) => return,
             Err(queue::TrySendError::Full(frame)) => frame,
