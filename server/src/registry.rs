@@ -59,14 +59,23 @@ struct Orders {
 }
 
 impl Orders {
-    /// Queues an order unless the queue holds `ORDERS` already or the session is gone.
+    /// Queues an order unless the session is gone. A room's order is dropped when the queue
+    /// holds `ORDERS` already; a close always takes effect: it takes the place of the room
+    /// orders (moot once the session ends), or finds a close queued already. A revocation that
+    /// met eight queued unsubscribes was dropped, and counted as nothing (outside audit 66, F6).
     fn push(&self, kick: &Kick) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if queue.len() >= ORDERS {
-            return false;
+            if kick.room.is_some() {
+                return false;
+            }
+            queue.retain(|order| order.room.is_none());
+            if !queue.is_empty() {
+                return true;
+            }
         }
         queue.push_back(kick.clone());
         drop(queue);
@@ -331,19 +340,32 @@ mod tests {
     }
 
     #[test]
-    fn a_full_order_queue_drops_orders_and_a_gone_session_gets_none() {
+    fn a_full_order_queue_drops_room_orders_never_a_close_and_a_gone_session_gets_none() {
         let registry = Arc::new(Registry::default());
         let acme = TenantId::parse("acme").unwrap();
         let (_r, mut kicks) = registry.register("s1", &acme, "alice", None);
+        let unsubscribe = Kick {
+            room: Some(quiver_proto::RoomName::parse("news.a").unwrap()),
+            ..kick()
+        };
+        for _ in 0..ORDERS {
+            assert_eq!(registry.kick(&everyone(), &unsubscribe), 1);
+        }
+        assert_eq!(registry.kick(&everyone(), &unsubscribe), 0, "queue full");
+        // A close takes the room orders' place.
+        assert_eq!(registry.kick(&everyone(), &kick()), 1, "a close always");
+        assert!(kicks.try_recv().is_some_and(|k| k.room.is_none()));
+        assert!(kicks.try_recv().is_none());
         for _ in 0..ORDERS {
             assert_eq!(registry.kick(&everyone(), &kick()), 1);
         }
-        assert_eq!(registry.kick(&everyone(), &kick()), 0, "queue full");
+        // Behind eight closes another adds nothing, yet the session is told.
+        assert_eq!(registry.kick(&everyone(), &kick()), 1);
         for _ in 0..ORDERS {
             assert!(kicks.try_recv().is_some());
         }
         assert!(kicks.try_recv().is_none());
-        assert_eq!(registry.kick(&everyone(), &kick()), 1, "room again");
+        assert_eq!(registry.kick(&everyone(), &unsubscribe), 1, "room again");
         // The session stopped reading its orders (it is closing): not counted as delivered.
         drop(kicks);
         assert_eq!(registry.kick(&everyone(), &kick()), 0);
