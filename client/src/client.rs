@@ -331,6 +331,16 @@ impl Client {
             .await
     }
 
+    /// How many sessions, and distinct users, are subscribed to `room` on every instance
+    /// (PROTOCOL.md §5, `PresenceStats`): the whole count, where [`Client::presence`] lists only
+    /// as many members as fit in one frame. The same permission and namespace rules as
+    /// [`Client::presence`]; never buffered while disconnected.
+    pub async fn presence_stats(&self, room: &str) -> Result<crate::PresenceStats, ClientError> {
+        let room = room.to_owned();
+        self.request(|reply| Request::PresenceStats { room, reply })
+            .await
+    }
+
     /// Calls `method` on the application's backend and returns its answer (PROTOCOL.md §11).
     /// The token's `call` claim must allow the method. Refusals and backend failures come back
     /// as [`ClientError::Server`]: `permission_denied`, `unavailable` (no backend serving),

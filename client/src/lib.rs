@@ -155,6 +155,17 @@ struct ReadmeExample;
 pub use bytes::Bytes;
 pub use quiver_proto::{CloseCode, ErrorCode, HistoryItem, Limits, Member, Position, Recovery};
 
+/// How many are in a room ([`Client::presence_stats`]), however many: a
+/// [`Client::presence`] list holds only what fits in one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresenceStats {
+    /// Sessions subscribed to the room, on every instance.
+    pub sessions: u32,
+    /// Distinct users among them.
+    pub users: u32,
+}
+
 /// A page of a room's history ([`Client::history`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

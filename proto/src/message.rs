@@ -85,11 +85,15 @@ pub enum Command {
         /// Passed to the backend as is, so it can recognise a retried call; empty for none.
         idempotency_key: String,
     },
+    /// 9. How many sessions and distinct users are in a room (needs subscribe permission, as
+    ///    `Presence`), however many: `Presence` lists only what fits in a frame. Answered by
+    ///    `PresenceStats` or `Error`.
+    PresenceStats { room: String },
 }
 
 impl Command {
     /// Number of variants this version knows; variant indexes at or above it are unknown.
-    pub const KNOWN: u32 = 9;
+    pub const KNOWN: u32 = 10;
 }
 
 /// One publication kept in a room's history, as `History` answers it.
@@ -217,6 +221,13 @@ pub enum Event {
     },
     /// 15. Answer to `Call`: what the backend returned.
     Reply { payload: Bytes },
+    /// 16. Answer to `PresenceStats`: the sessions subscribed to the room, on every instance,
+    ///     and how many distinct users they belong to.
+    PresenceStats {
+        room: String,
+        sessions: u32,
+        users: u32,
+    },
 }
 
 /// Reads a `bool` appended at the end of a message (PROTOCOL.md §8): a peer that predates the
@@ -312,7 +323,7 @@ pub fn decode_command(body: &[u8]) -> Result<ClientFrame, DecodeError> {
 }
 
 /// Number of `Event` variants this version knows.
-const EVENTS_KNOWN: u32 = 16;
+const EVENTS_KNOWN: u32 = 17;
 
 /// Decodes one frame body (without the length prefix) from the server.
 pub fn decode_event(body: &[u8]) -> Result<ServerFrame, DecodeError> {
@@ -577,6 +588,7 @@ mod tests {
                     timeout_ms,
                     idempotency_key
                 }),
+            ".{0,20}".prop_map(|room| Command::PresenceStats { room }),
         ]
     }
 
@@ -662,6 +674,13 @@ mod tests {
                 }),
             proptest::collection::vec(any::<u8>(), 0..64).prop_map(|p| Event::Reply {
                 payload: Bytes::from(p)
+            }),
+            (".{0,10}", any::<u32>(), any::<u32>()).prop_map(|(room, sessions, users)| {
+                Event::PresenceStats {
+                    room,
+                    sessions,
+                    users,
+                }
             }),
         ]
     }

@@ -364,6 +364,22 @@ fn cases() -> Vec<(&'static str, Value, Vec<u8>)> {
                 payload: Bytes::from_static(b"o-42"),
             },
         ),
+        cmd(
+            "presence_stats",
+            12,
+            Command::PresenceStats {
+                room: "chat.lobby".into(),
+            },
+        ),
+        ev(
+            "presence_stats",
+            12,
+            Event::PresenceStats {
+                room: "chat.lobby".into(),
+                sessions: 300,
+                users: 2,
+            },
+        ),
     ]
 }
 

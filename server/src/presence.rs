@@ -57,6 +57,23 @@ pub fn bounded_event(room: String, mut members: Vec<Member>, max_frame: usize) -
     }
 }
 
+/// How many sessions `members` are, and how many distinct users.
+pub fn counts(members: &[Member]) -> (u32, u32) {
+    let users: std::collections::HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (count(members.len()), count(users.len()))
+}
+
+/// `Event::PresenceStats` for `room`: its sessions and distinct users.
+pub fn stats_event(room: String, members: &[Member]) -> Event {
+    let (sessions, users) = counts(members);
+    Event::PresenceStats {
+        room,
+        sessions,
+        users,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -203,6 +203,18 @@ async fn a_presence_reply_never_exceeds_the_frame_limit() -> anyhow::Result<()> 
     // The listed ones are real members, in order.
     assert!(members.windows(2).all(|w| w[0] < w[1]));
     assert!(members.iter().all(|m| m.user.len() == 250));
+    // Counted whole all the same.
+    match asker
+        .request(Command::PresenceStats {
+            room: "p.big".into(),
+        })
+        .await?
+    {
+        Event::PresenceStats {
+            sessions, users, ..
+        } => assert_eq!((sessions, users), (40, 40)),
+        other => anyhow::bail!("presence stats: {other:?}"),
+    }
 
     // A room that fits is listed whole and says so.
     let (asker, _) = &mut sessions[1];
@@ -376,5 +388,87 @@ async fn an_instance_started_while_nats_is_down_subscribes_live_rooms_at_once() 
         other => anyhow::bail!("presence while NATS is down: {other:?}"),
     }
     drop(rooms);
+    Ok(())
+}
+
+/// `PresenceStats` counts every session in a room and its distinct users, however many (a
+/// `Presence` list holds what fits in a frame), as Centrifugo's `presence_stats` does; the API's
+/// presence answer carries the same counts. Refused like `Presence`.
+#[tokio::test]
+async fn presence_stats_count_every_session_and_user() -> anyhow::Result<()> {
+    const KEY: &str = "admin-key-0123456789abcdef0123456789";
+    let server = TestServer::start_with(|c| {
+        presence_ns(c);
+        c.api.keys = vec![quiver_server::config::ApiKey {
+            key: KEY.into(),
+            tenant: None,
+        }];
+    })
+    .await?;
+    let mut present = Vec::new();
+    for user in ["alice", "alice", "bob"] {
+        let mut raw = Raw::connect(&server, &full_token("acme", user)).await?;
+        let stream = raw.subscribe("p.room").await?;
+        present.push((raw, stream));
+    }
+    // Another tenant's same room counts apart.
+    let mut elsewhere = Raw::connect(&server, &full_token("other", "alice")).await?;
+    let _elsewhere = elsewhere.subscribe("p.room").await?;
+
+    let carol = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(full_token("acme", "carol")),
+    ))
+    .await?;
+    let stats = carol.presence_stats("p.room").await?;
+    assert_eq!((stats.sessions, stats.users), (3, 2));
+    let (asker, _) = &mut present[0];
+    match asker
+        .request(Command::PresenceStats {
+            room: "p.room".into(),
+        })
+        .await?
+    {
+        Event::PresenceStats {
+            room,
+            sessions,
+            users,
+        } => assert_eq!((room.as_str(), sessions, users), ("p.room", 3, 2)),
+        other => anyhow::bail!("presence stats: {other:?}"),
+    }
+    // An empty room, a room without presence, a room the token may not read.
+    let empty = carol.presence_stats("p.empty").await?;
+    assert_eq!((empty.sessions, empty.users), (0, 0));
+    match carol.presence_stats("chat.room").await {
+        Err(quiver_client::ClientError::Server { code, .. }) => {
+            assert_eq!(code, ErrorCode::BadRequest.as_u16())
+        }
+        other => anyhow::bail!("no presence in chat: {other:?}"),
+    }
+    let reader = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(token("acme", "dan", &["x.>"], &[], 3600)),
+    ))
+    .await?;
+    match reader.presence_stats("p.room").await {
+        Err(quiver_client::ClientError::Server { code, .. }) => {
+            assert_eq!(code, ErrorCode::PermissionDenied.as_u16())
+        }
+        other => anyhow::bail!("no subscribe permission: {other:?}"),
+    }
+
+    let (status, body) = api_post(
+        &server,
+        "presence",
+        KEY,
+        serde_json::json!({"tenant": "acme", "room": "p.room"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["sessions"].as_u64(), body["users"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
     Ok(())
 }

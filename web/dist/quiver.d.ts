@@ -77,6 +77,9 @@ export type Command = {
 	payload: Uint8Array;
 	timeoutMs: number;
 	idempotencyKey: string;
+} | {
+	type: "PresenceStats";
+	room: string;
 };
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 type Event$1 = {
@@ -161,6 +164,13 @@ type Event$1 = {
 } | {
 	type: "Reply";
 	payload: Uint8Array;
+}
+/** Every session in a room, on every instance, and its distinct users, counted. */
+ | {
+	type: "PresenceStats";
+	room: string;
+	sessions: number;
+	users: number;
 };
 export interface ClientFrame {
 	id: number;
@@ -552,6 +562,14 @@ export interface HistoryOptions {
 	limit?: number;
 }
 /** A page of a room's history (`history()`). */
+/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
+ *  fits in one frame. */
+export interface PresenceStats {
+	/** Sessions subscribed to the room, on every instance. */
+	sessions: number;
+	/** Distinct users among them. */
+	users: number;
+}
 export interface HistoryPage {
 	/** The room's current position. */
 	position: Position | null;
@@ -648,6 +666,12 @@ export declare class QuiverClient {
 	 * `subscribed` and apply the subscription's `onPresence` changes.
 	 */
 	presence(room: string): Promise<Member[]>;
+	/**
+	 * How many sessions, and distinct users, are subscribed to a room on every server instance:
+	 * the whole count, where `presence()` lists only the members that fit in one frame. The same
+	 * permission and namespace rules as `presence()`; rejects when disconnected.
+	 */
+	presenceStats(room: string): Promise<PresenceStats>;
 	/**
 	 * A page of a history room without subscribing (needs subscribe permission): the publications
 	 * after `since` (from the oldest kept when omitted), oldest first, at most `limit` (default

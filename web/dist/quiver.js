@@ -14,7 +14,8 @@ var COMMAND_TYPES = [
   "Refresh",
   "Presence",
   "History",
-  "Call"
+  "Call",
+  "PresenceStats"
 ];
 var EVENT_TYPES = [
   "Welcome",
@@ -32,7 +33,8 @@ var EVENT_TYPES = [
   "Left",
   "History",
   "Latest",
-  "Reply"
+  "Reply",
+  "PresenceStats"
 ];
 var RECOVERY_TYPES = ["NotRequested", "Recovered", "Failed"];
 var DecodeError = class extends Error {
@@ -270,6 +272,9 @@ function encodeCommand(frame) {
       w.varint(c.timeoutMs, MAX_U32);
       w.string(c.idempotencyKey);
       break;
+    case "PresenceStats":
+      w.string(c.room);
+      break;
   }
   return w.frame();
 }
@@ -356,6 +361,11 @@ function encodeEvent(frame) {
     case "Reply":
       w.bytes(e.payload);
       break;
+    case "PresenceStats":
+      w.string(e.room);
+      w.varint(e.sessions, MAX_U32);
+      w.varint(e.users, MAX_U32);
+      break;
   }
   return w.frame();
 }
@@ -436,6 +446,9 @@ function decodeEvent(body) {
     case "Reply":
       event = { type, payload: r.bytes() };
       break;
+    case "PresenceStats":
+      event = { type, room: r.string(), sessions: r.u32(), users: r.u32() };
+      break;
   }
   return { id, event };
 }
@@ -499,6 +512,9 @@ function decodeCommand(body) {
     }
     case "Call":
       command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
+      break;
+    case "PresenceStats":
+      command = { type, room: r.string() };
       break;
   }
   return { id, command };
@@ -2235,6 +2251,20 @@ var QuiverClient = class {
     const reply = await session.request(this.nextId(), { type: "Presence", room });
     if (reply.type !== "Presence") throw new QuiverError("protocol", `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+  /**
+   * How many sessions, and distinct users, are subscribed to a room on every server instance:
+   * the whole count, where `presence()` lists only the members that fit in one frame. The same
+   * permission and namespace rules as `presence()`; rejects when disconnected.
+   */
+  async presenceStats(room) {
+    const session = this.active;
+    if (!session) throw new QuiverError("closed", "not connected", { room });
+    const reply = await session.request(this.nextId(), { type: "PresenceStats", room });
+    if (reply.type !== "PresenceStats") {
+      throw new QuiverError("protocol", `expected PresenceStats, got ${reply.type}`, { room });
+    }
+    return { sessions: reply.sessions, users: reply.users };
   }
   /**
    * A page of a history room without subscribing (needs subscribe permission): the publications

@@ -69,6 +69,15 @@ export interface HistoryOptions {
 }
 
 /** A page of a room's history (`history()`). */
+/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
+ *  fits in one frame. */
+export interface PresenceStats {
+  /** Sessions subscribed to the room, on every instance. */
+  sessions: number;
+  /** Distinct users among them. */
+  users: number;
+}
+
 export interface HistoryPage {
   /** The room's current position. */
   position: Position | null;
@@ -323,6 +332,21 @@ export class QuiverClient {
     const reply = await session.request(this.nextId(), { type: 'Presence', room });
     if (reply.type !== 'Presence') throw new QuiverError('protocol', `expected Presence, got ${reply.type}`, { room });
     return reply.members;
+  }
+
+  /**
+   * How many sessions, and distinct users, are subscribed to a room on every server instance:
+   * the whole count, where `presence()` lists only the members that fit in one frame. The same
+   * permission and namespace rules as `presence()`; rejects when disconnected.
+   */
+  async presenceStats(room: string): Promise<PresenceStats> {
+    const session = this.active;
+    if (!session) throw new QuiverError('closed', 'not connected', { room });
+    const reply = await session.request(this.nextId(), { type: 'PresenceStats', room });
+    if (reply.type !== 'PresenceStats') {
+      throw new QuiverError('protocol', `expected PresenceStats, got ${reply.type}`, { room });
+    }
+    return { sessions: reply.sessions, users: reply.users };
   }
 
   /**

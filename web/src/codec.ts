@@ -55,7 +55,8 @@ export type Command =
   | { type: 'Presence'; room: string }
   | { type: 'History'; room: string; since: Position | null; limit: number }
   /** `timeoutMs` 0 takes the server's default; `idempotencyKey` '' for none (PROTOCOL.md §11). */
-  | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string };
+  | { type: 'Call'; method: string; payload: Uint8Array; timeoutMs: number; idempotencyKey: string }
+  | { type: 'PresenceStats'; room: string };
 
 /** Server to client. The order of the variants in `EVENT_TYPES` is the wire format. */
 export type Event =
@@ -89,7 +90,9 @@ export type Event =
   | { type: 'History'; room: string; position: Position | null; publications: HistoryItem[]; truncated: boolean }
   /** A value of a `latest` room that did not go as a datagram (PROTOCOL.md section 10). */
   | { type: 'Latest'; room: string; sequence: bigint; payload: Uint8Array }
-  | { type: 'Reply'; payload: Uint8Array };
+  | { type: 'Reply'; payload: Uint8Array }
+  /** Every session in a room, on every instance, and its distinct users, counted. */
+  | { type: 'PresenceStats'; room: string; sessions: number; users: number };
 
 export interface ClientFrame {
   id: number;
@@ -114,6 +117,7 @@ export const COMMAND_TYPES: readonly CommandType[] = [
   'Presence',
   'History',
   'Call',
+  'PresenceStats',
 ];
 
 export const EVENT_TYPES: readonly EventType[] = [
@@ -133,6 +137,7 @@ export const EVENT_TYPES: readonly EventType[] = [
   'History',
   'Latest',
   'Reply',
+  'PresenceStats',
 ];
 
 const RECOVERY_TYPES: readonly Recovery['type'][] = ['NotRequested', 'Recovered', 'Failed'];
@@ -410,6 +415,9 @@ export function encodeCommand(frame: ClientFrame): Uint8Array {
       w.varint(c.timeoutMs, MAX_U32);
       w.string(c.idempotencyKey);
       break;
+    case 'PresenceStats':
+      w.string(c.room);
+      break;
   }
   return w.frame();
 }
@@ -498,6 +506,11 @@ export function encodeEvent(frame: ServerFrame): Uint8Array {
       break;
     case 'Reply':
       w.bytes(e.payload);
+      break;
+    case 'PresenceStats':
+      w.string(e.room);
+      w.varint(e.sessions, MAX_U32);
+      w.varint(e.users, MAX_U32);
       break;
   }
   return w.frame();
@@ -589,6 +602,9 @@ export function decodeEvent(body: Uint8Array): ServerFrame | null {
     case 'Reply':
       event = { type, payload: r.bytes() };
       break;
+    case 'PresenceStats':
+      event = { type, room: r.string(), sessions: r.u32(), users: r.u32() };
+      break;
   }
   return { id, event };
 }
@@ -669,6 +685,9 @@ export function decodeCommand(body: Uint8Array): ClientFrame | null {
     }
     case 'Call':
       command = { type, method: r.string(), payload: r.bytes(), timeoutMs: r.u32(), idempotencyKey: r.string() };
+      break;
+    case 'PresenceStats':
+      command = { type, room: r.string() };
       break;
   }
   return { id, command };

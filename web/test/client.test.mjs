@@ -803,6 +803,22 @@ describe(`over ${transport}`, () => {
     assert.deepEqual(errors, []);
   });
 
+  test('presenceStats: the PresenceStats command resolves with the counts; a refusal rejects', async (t) => {
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    await assert.rejects(client.presenceStats('chat.lobby'), (e) => e.kind === 'closed');
+    const conn = await connected(net, client);
+    const asked = client.presenceStats('chat.lobby');
+    const cmd = await conn.expect('PresenceStats');
+    assert.deepEqual(cmd.command, { type: 'PresenceStats', room: 'chat.lobby' });
+    conn.send(cmd.id, { type: 'PresenceStats', room: 'chat.lobby', sessions: 300, users: 2 });
+    assert.deepEqual(await asked, { sessions: 300, users: 2 });
+    const refused = client.presenceStats('dash.cpu');
+    const cmd2 = await conn.expect('PresenceStats');
+    conn.send(cmd2.id, { type: 'Error', code: 103, message: 'no subscribe permission for room dash.cpu' });
+    await assert.rejects(refused, (e) => e instanceof QuiverError && e.label === 'permission_denied');
+  });
+
   test('presence changes on the subscription stream reach onPresence; stale streams do not; subscribed fires on every (re)subscribe', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());

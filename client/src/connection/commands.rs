@@ -94,6 +94,17 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::NotConnected));
                 }
             },
+            Request::PresenceStats { room, reply } => match self.live.as_mut() {
+                Some(live) => {
+                    live.send(
+                        Command::PresenceStats { room },
+                        Some(Pending::PresenceStats { reply }),
+                    );
+                }
+                None => {
+                    let _ = reply.send(Err(ClientError::NotConnected));
+                }
+            },
             Request::History {
                 room,
                 since,
@@ -436,6 +447,9 @@ impl Actor {
                 Some(Pending::Presence { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
+                Some(Pending::PresenceStats { reply }) => {
+                    let _ = reply.send(Err(ClientError::Server { code, message }));
+                }
                 Some(Pending::History { reply }) => {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
@@ -474,6 +488,14 @@ impl Actor {
                     let _ = reply.send(Ok(members));
                 }
                 _ => tracing::warn!(id, "unexpected Presence"),
+            },
+            Event::PresenceStats {
+                sessions, users, ..
+            } => match live.take(id, |p| matches!(p, Pending::PresenceStats { .. })) {
+                Some(Pending::PresenceStats { reply }) => {
+                    let _ = reply.send(Ok(crate::PresenceStats { sessions, users }));
+                }
+                _ => tracing::warn!(id, "unexpected PresenceStats"),
             },
             Event::History {
                 room,

@@ -88,6 +88,10 @@ pub(crate) enum Request {
         room: String,
         reply: Reply<Vec<Member>>,
     },
+    PresenceStats {
+        room: String,
+        reply: Reply<crate::PresenceStats>,
+    },
     History {
         room: String,
         since: Option<Position>,
@@ -181,6 +185,9 @@ enum Pending {
     },
     Presence {
         reply: Reply<Vec<Member>>,
+    },
+    PresenceStats {
+        reply: Reply<crate::PresenceStats>,
     },
     History {
         reply: Reply<crate::HistoryPage>,
@@ -923,6 +930,9 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
             let _ = reply.send(Err(err()));
         }
         Pending::Presence { reply } => {
+            let _ = reply.send(Err(err()));
+        }
+        Pending::PresenceStats { reply } => {
             let _ = reply.send(Err(err()));
         }
         Pending::History { reply } => {

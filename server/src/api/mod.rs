@@ -151,11 +151,12 @@ pub fn routes() -> Vec<Route> {
             method: "post",
             path: "/api/v1/presence",
             summary: "Every session subscribed to a room, on every instance (at most 1,000, \
-                      sorted; `truncated` when there were more).",
+                      sorted; `truncated` when there were more), and how many sessions and \
+                      distinct users there are in all.",
             auth: Auth::ApiKey,
             request: Some(object(&["room"], json!({"tenant": tenant, "room": string}))),
             response: object(
-                &["room", "members", "truncated"],
+                &["room", "members", "truncated", "sessions", "users"],
                 json!({
                     "room": string,
                     "members": array(object(
@@ -163,6 +164,8 @@ pub fn routes() -> Vec<Route> {
                         json!({"user": string, "session": string}),
                     )),
                     "truncated": flag,
+                    "sessions": count,
+                    "users": count,
                 }),
             ),
             handler: || post(rooms::presence),

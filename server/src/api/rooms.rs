@@ -31,8 +31,9 @@ pub struct RoomRequest {
 const MAX_MEMBERS: usize = 1000;
 
 /// `POST /api/v1/presence` `{tenant?, room}`: every session subscribed to the room, on every
-/// instance, as `{"room", "members": [{"user", "session"}], "truncated"}` (rooms in namespaces
-/// with presence only; at most [`MAX_MEMBERS`], in sorted order).
+/// instance, as `{"room", "members": [{"user", "session"}], "truncated", "sessions", "users"}`
+/// (rooms in namespaces with presence only; at most [`MAX_MEMBERS`], in sorted order; the
+/// counts are of all of them).
 pub async fn presence(
     State(shared): State<Arc<Shared>>,
     KeyRequest { caller, request }: KeyRequest<RoomRequest>,
@@ -50,10 +51,15 @@ pub async fn presence(
         })
         .await
         .map_err(|e| ApiError::broker(tenant.as_str(), e))?;
+    let (sessions, users) = crate::presence::counts(&members);
     let (members, truncated) = listed(members, MAX_MEMBERS);
-    Ok(Json(
-        json!({"room": name, "members": members, "truncated": truncated}),
-    ))
+    Ok(Json(json!({
+        "room": name,
+        "members": members,
+        "truncated": truncated,
+        "sessions": sessions,
+        "users": users,
+    })))
 }
 
 /// The first `max` members in sorted order, as JSON, and whether any were left out.

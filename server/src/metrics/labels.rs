@@ -21,6 +21,7 @@ pub const COMMANDS: &[&str] = &[
     "presence",
     "history",
     "call",
+    "presence_stats",
     "other",
 ];
 
@@ -36,6 +37,7 @@ fn command_index(command: &Command) -> usize {
         Command::Presence { .. } => 6,
         Command::History { .. } => 7,
         Command::Call { .. } => 8,
+        Command::PresenceStats { .. } => 9,
         // Commands added to the protocol later count as "other" until they get their own label.
         #[allow(unreachable_patterns)]
         _ => COMMANDS.len() - 1,

@@ -455,6 +455,21 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
+        let (room, members) = self.members(room).await?;
+        let max_frame = self.shared.config.limits.max_frame as usize;
+        Ok(Some(crate::presence::bounded_event(
+            room, members, max_frame,
+        )))
+    }
+
+    /// `PresenceStats`: what `Presence` would list, counted (the list may not fit a frame).
+    pub(super) async fn presence_stats(&self, room: &str) -> Result<Option<Event>, Refusal> {
+        let (room, members) = self.members(room).await?;
+        Ok(Some(crate::presence::stats_event(room, &members)))
+    }
+
+    /// The sessions in `room`, for `Presence` and `PresenceStats`, and the room's name.
+    async fn members(&self, room: &str) -> Result<(String, Vec<Member>), Refusal> {
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.
         crate::presence::tracked(&self.shared.config, &key.room)
@@ -467,10 +482,7 @@ impl Session {
             .members(key)
             .await
             .map_err(|e| super::publishing::unavailable(self.grant.tenant.as_str(), e))?;
-        let max_frame = self.shared.config.limits.max_frame as usize;
-        Ok(Some(crate::presence::bounded_event(
-            room, members, max_frame,
-        )))
+        Ok((room, members))
     }
 
     /// A room the token may subscribe to (what subscribe, presence and history need).

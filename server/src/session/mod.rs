@@ -623,6 +623,7 @@ impl Session {
             Command::Ping => Ok(Some(Event::Pong)),
             Command::Refresh { token } => self.refresh(&token).await,
             Command::Presence { room } => self.presence(&room).await,
+            Command::PresenceStats { room } => self.presence_stats(&room).await,
             Command::History { room, since, limit } => self.history(&room, since, limit).await,
             Command::Call {
                 method,
