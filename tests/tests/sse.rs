@@ -742,3 +742,77 @@ async fn sse_answers_carry_cors_headers_for_allowed_origins() -> anyhow::Result<
     }
     Ok(())
 }
+
+/// A tenant's backend may publish on its rooms' events subjects (docs/deployment.md), whose
+/// frames instances pass on as they are. Only a whole `Joined`/`Left` frame of the room is:
+/// four zero bytes stopped every SSE response in the room for good (its frame decoder cannot
+/// skip a malformed frame), and a 2 GiB length prefix made the server reserve that much
+/// (outside audit 67, F1).
+#[tokio::test]
+async fn forged_frames_on_a_rooms_events_subject_never_reach_its_readers() -> anyhow::Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        quiver_tests::nats::clustered(&nats)(c);
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "p".into(),
+            history_size: 0,
+            history_ttl: Duration::from_secs(60),
+            presence: true,
+            ..Default::default()
+        });
+    })
+    .await?;
+    ready(&server, 200).await?;
+    let query = format!("token={}&room=p.room", full_token("acme", "reader"));
+    let mut sse = SseReader::open(&server, &query, None).await?;
+    sse.expect("subscribed").await?;
+    let frame = |event| quiver_proto::encode_event(&quiver_proto::ServerFrame { id: 0, event });
+    let member = quiver_proto::Member {
+        user: "forged".into(),
+        session: "f0".into(),
+    };
+    let forged: Vec<Bytes> = vec![
+        Bytes::from_static(&[0, 0, 0, 0]),
+        Bytes::from_static(&[0x7f, 0xff, 0xff, 0xff, 1]),
+        frame(Event::Joined {
+            room: "p.other".into(),
+            member: member.clone(),
+        }),
+        frame(Event::Publication {
+            room: "p.room".into(),
+            position: None,
+            payload: Bytes::from_static(b"forged"),
+        }),
+        // A whole Joined of the room and then some: one frame or nothing.
+        [
+            frame(Event::Joined {
+                room: "p.room".into(),
+                member,
+            }),
+            Bytes::from_static(&[0, 0, 0, 9]),
+        ]
+        .concat()
+        .into(),
+    ];
+    let backend = async_nats::connect(nats.url()).await?;
+    for bytes in forged {
+        backend.publish("quiver.acme.events.p.room", bytes).await?;
+    }
+    backend.flush().await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    publisher.publish("p.room", b"after").await?;
+    loop {
+        let event = sse
+            .next()
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the response ended"))?;
+        assert!(
+            !event.data.to_string().contains("forged"),
+            "a forged frame reached the reader: {event:?}"
+        );
+        if event.event == "publication" {
+            break;
+        }
+    }
+    Ok(())
+}

@@ -31,7 +31,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use quiver_proto::{Member, Position, TenantId};
+use quiver_proto::{Event, Member, Position, TenantId};
 use tokio::sync::{mpsc, Mutex, OnceCell};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -67,6 +67,35 @@ static OVERSIZED_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBu
 /// event). Quiver never publishes more, but anything allowed on the tenant's subjects can
 /// (a tenant's backend, deployment.md): a larger one would reach clients as a frame over the
 /// `max_frame` their `Welcome` announced (outside cluster audit 6, F1), so it is dropped.
+/// Whether a message on a room's events subject is what instances send there: one whole frame
+/// (its length prefix the rest of the message) of a `Joined` or `Left` of that room. A
+/// tenant's backend may publish there too (docs/deployment.md), and its frames reach
+/// subscribers as they are: four zero bytes stopped every SSE response in the room for good
+/// (its decoder cannot skip a malformed frame), and a prefix of 2 GiB made it reserve that
+/// much (outside audit 67, F1). Anything else is dropped, and logged like an oversized one.
+fn is_room_event(key: &RoomKey, payload: &[u8]) -> bool {
+    let well_formed = payload
+        .split_first_chunk::<{ quiver_proto::LENGTH_PREFIX }>()
+        .filter(|(prefix, body)| u32::from_be_bytes(**prefix) as usize == body.len())
+        .and_then(|(_, body)| quiver_proto::decode_event(body).ok())
+        .is_some_and(|frame| match frame.event {
+            Event::Joined { room, .. } | Event::Left { room, .. } => room == key.room.as_str(),
+            _ => false,
+        });
+    if !well_formed {
+        if let Some(not_logged) = OVERSIZED_LOGGED.admit() {
+            warn!(
+                tenant = %key.tenant,
+                room = %key.room,
+                bytes = payload.len(),
+                not_logged,
+                "dropped a message on the room's events subject: not a Joined or Left frame of the room (not published by Quiver)"
+            );
+        }
+    }
+    well_formed
+}
+
 fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
     if len <= max as usize {
         return true;
@@ -349,7 +378,7 @@ impl Inner {
             .map_err(unavailable)?;
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                if fits(&key, msg.payload.len(), max_frame) {
+                if fits(&key, msg.payload.len(), max_frame) && is_room_event(&key, &msg.payload) {
                     hub.deliver_frame(&key, Delivery::new(None, msg.payload));
                 }
             }

@@ -328,10 +328,24 @@ impl Events {
                     }
                     let bytes = out.recv().await?;
                     this.decoder.push(&bytes);
-                    while let Ok(Some(body)) = this.decoder.next_frame() {
-                        if let Ok(frame) = decode_event(&body) {
-                            if let Some(event) = this.convert(frame.id, frame.event) {
-                                ready.push_back(event);
+                    loop {
+                        match this.decoder.next_frame() {
+                            Ok(Some(body)) => {
+                                if let Ok(frame) = decode_event(&body) {
+                                    if let Some(event) = this.convert(frame.id, frame.event) {
+                                        ready.push_back(event);
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            // Frames are made by instances (and checked where they come from
+                            // NATS: `broker::nats::is_room_event`); one that cannot be framed
+                            // would leave the decoder stuck for good, the response silent but
+                            // for its keep-alives. It ends instead: the reader comes back with
+                            // its last event id.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "an SSE response's frames cannot be read; ending it");
+                                return None;
                             }
                         }
                     }
