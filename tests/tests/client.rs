@@ -1624,3 +1624,22 @@ async fn a_publish_ack_written_in_time_waits_for_its_answer() -> anyhow::Result<
     assert_eq!(payload(&mut sub).await?, "unanswered");
     close(&client).await
 }
+
+/// A token whose `exp` no clock can reach (the server passes on any `exp`): the client connects
+/// and works, and schedules no refresh. Working out the refresh time panicked, in `connect`, or
+/// on a reconnect in the connection task, which left the client dead (outside audit 68, 1).
+#[tokio::test]
+async fn a_token_expiring_past_any_clock_connects() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    for exp in [u64::MAX, 10_000_000_000_000_000_000] {
+        let client = Client::connect(client_config(
+            &server,
+            token_fixed(token_expiring_at("acme", "far", exp)),
+        ))
+        .await?;
+        assert_eq!(client.welcome().and_then(|w| w.expires_at), Some(exp));
+        client.ping().await?;
+        client.close().await;
+    }
+    Ok(())
+}

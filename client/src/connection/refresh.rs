@@ -57,7 +57,10 @@ pub(super) fn refresh_deadline(
     ahead: Duration,
 ) -> Option<tokio::time::Instant> {
     let delay = refresh_delay(expires_at?, unix_now(), ahead);
-    Some(tokio::time::Instant::now() + delay)
+    // An expiry past what an `Instant` can hold (a server passes on any `exp`, `u64::MAX`
+    // included) never comes: no refresh. Adding it panicked, in `connect` or, on a reconnect,
+    // in the connection task (outside audit 68, 1).
+    tokio::time::Instant::now().checked_add(delay)
 }
 
 /// The wall clock as a duration since the Unix epoch (zero before it).
@@ -77,6 +80,14 @@ pub(crate) fn refresh_delay(exp: u64, now_unix: Duration, ahead: Duration) -> Du
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_expiry_no_instant_can_hold_needs_no_refresh() {
+        let ahead = Duration::from_secs(30);
+        assert!(refresh_deadline(Some(u64::MAX), ahead).is_none());
+        assert!(refresh_deadline(Some(10_000_000_000_000_000_000), ahead).is_none());
+        assert!(refresh_deadline(Some(unix_now().as_secs() + 3600), ahead).is_some());
+    }
 
     #[test]
     pub(super) fn refresh_delay_leads_expiry() {
