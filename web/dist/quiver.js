@@ -739,6 +739,9 @@ var Session = class {
   owner;
   onGoodbye;
   goodbye = null;
+  /** The goodbye came as a `Goodbye` frame, read in order behind every answer sent before it;
+   *  a bare close code does not say those answers arrived. */
+  goodbyeFrame = false;
   ended = false;
   /** Why the session ended, once it has. */
   cause = null;
@@ -923,7 +926,7 @@ var Session = class {
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     this.wakePump?.();
-    const drained = this.goodbye?.code === CloseCode.shutdown;
+    const drained = this.goodbyeFrame && this.goodbye?.code === CloseCode.shutdown;
     const queued = /* @__PURE__ */ new Set();
     const rejections = [];
     for (const q of this.queue.splice(0)) {
@@ -948,6 +951,7 @@ var Session = class {
   control(id, event) {
     if (this.ended) return;
     if (event.type === "Goodbye") {
+      this.goodbyeFrame = !this.ended;
       this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
       return;
     }

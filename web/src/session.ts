@@ -72,6 +72,9 @@ const now = (): number => performance.now();
 
 export class Session implements LinkHandler {
   goodbye: GoodbyeInfo | null = null;
+  /** The goodbye came as a `Goodbye` frame, read in order behind every answer sent before it;
+   *  a bare close code does not say those answers arrived. */
+  private goodbyeFrame = false;
   ended = false;
   /** Why the session ended, once it has. */
   cause: QuiverError | null = null;
@@ -289,7 +292,10 @@ export class Session implements LinkHandler {
     // left unanswered was not carried out (the server answers every command it carries out
     // before that goodbye): either way the client may send it again (`unsent`). They are
     // rejected in id order, so that publishes queued again keep their order.
-    const drained = this.goodbye?.code === CloseCode.shutdown;
+    // Only a goodbye frame says so: after a bare close code 3000 an answer before it may have
+    // been lost with the connection (PROTOCOL.md section 7), and a publish sent again was
+    // published twice (outside audit 68, 2).
+    const drained = this.goodbyeFrame && this.goodbye?.code === CloseCode.shutdown;
     const queued = new Set<number>();
     const rejections: Array<[number, () => void]> = [];
     for (const q of this.queue.splice(0)) {
@@ -320,6 +326,7 @@ export class Session implements LinkHandler {
     // hands over must not reach the client's state, which the next session owns by now.
     if (this.ended) return;
     if (event.type === 'Goodbye') {
+      this.goodbyeFrame = !this.ended;
       this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
       return;
     }

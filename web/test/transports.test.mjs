@@ -175,6 +175,23 @@ describe('WebSocket', () => {
     await noAttempt(net);
   });
 
+  // PROTOCOL.md section 7: only the goodbye frame says every answer before it arrived.
+  test('close 3000 without its Goodbye frame: an unanswered acknowledged publish rejects, never sent again', async (t) => {
+    const { net, client } = setup({ transports: ['websocket'] });
+    t.after(() => client.close());
+    let conn = await connected(net, client, { transport: 'websocket' });
+    const lost = client.publish('r', 'once', { ack: true });
+    await conn.expect('Publish');
+    conn.closeWith(3000, 'server shutting down');
+    await assert.rejects(lost, (e) => e.kind === 'closed');
+    conn = await connected(net, client, { transport: 'websocket' });
+    const ping = client.ping();
+    const asked = await conn.expect('Ping');
+    assert.equal(conn.received.filter((f) => f.command.type === 'Publish').length, 0);
+    conn.send(asked.id, { type: 'Pong' });
+    await ping;
+  });
+
   test('expired token at the upgrade (Goodbye 3002): a fresh token and a reconnect', async (t) => {
     const { net, client, tokens } = setup({ transports: ['websocket'] });
     t.after(() => client.close());

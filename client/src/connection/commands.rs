@@ -473,7 +473,7 @@ impl Actor {
                 reconnect,
             } => {
                 tracing::info!(code, %reason, reconnect, "server said goodbye");
-                self.teardown(code, reason, reconnect);
+                self.teardown(code, reason, reconnect, true);
             }
             Event::Presence {
                 room,

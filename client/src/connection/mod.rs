@@ -622,7 +622,8 @@ impl Actor {
             ConnEvent::Overflow { id, room } => self.on_overflow(id, &room),
             ConnEvent::Lost { code, reason } => {
                 let reconnect = !code_forbids_reconnect(code);
-                self.teardown(code, reason, reconnect);
+                // A close code is not the goodbye frame: see `teardown`'s `goodbye`.
+                self.teardown(code, reason, reconnect, false);
             }
             ConnEvent::RefreshToken(res) => self.on_refresh_token(res),
             ConnEvent::StreamEnded { room, id } => self.on_stream_ended(&room, id),
@@ -730,7 +731,7 @@ impl Actor {
                     now.saturating_duration_since(since).as_millis()
                 );
                 tracing::warn!("{reason}");
-                self.teardown(0, reason, true);
+                self.teardown(0, reason, true, false);
                 return;
             }
         }
@@ -752,7 +753,7 @@ impl Actor {
                     silent.as_millis()
                 );
                 tracing::warn!("{reason}");
-                self.teardown(0, reason, true);
+                self.teardown(0, reason, true, false);
             }
         }
     }
@@ -760,7 +761,10 @@ impl Actor {
     // ----- connection lifecycle -----
 
     /// Drops the live connection; reconnects after a backoff unless `reconnect` is false.
-    fn teardown(&mut self, code: u16, reason: String, reconnect: bool) {
+    /// Ends the session. `goodbye`: `code` came in a `Goodbye` frame read in order on the
+    /// control stream, behind every answer the server sent before it; a bare close code (a
+    /// WebSocket close frame, a QUIC close) does not say the answers before it arrived.
+    fn teardown(&mut self, code: u16, reason: String, reconnect: bool, goodbye: bool) {
         let Some(live) = self.live.take() else {
             return;
         };
@@ -780,8 +784,11 @@ impl Actor {
         // acknowledged publish still unanswered was not published, and goes first on the next
         // session, in the order it was made. So does one the writer never took (it waited for
         // the pacer; taken here whatever the end, so a writer still running skips it). After any
-        // other end one written may or may not have been published.
-        let drained = code == CloseCode::Shutdown.as_u16();
+        // other end one written may or may not have been published, a close code 3000 without
+        // its goodbye frame included: answers before it may have been lost with the
+        // connection (PROTOCOL §7), and sending such a publish again published it twice
+        // (outside audit 68, 2).
+        let drained = goodbye && code == CloseCode::Shutdown.as_u16();
         let mut pending: Vec<(u32, Pending)> = live.pending.into_iter().collect();
         pending.sort_by_key(|(id, _)| *id);
         let mut again = Vec::new();

@@ -57,7 +57,7 @@ impl Actor {
                 subscription.unwrap_or_default()
             );
             tracing::warn!("{reason}");
-            self.teardown(0, reason, true);
+            self.teardown(0, reason, true, false);
             return;
         }
         sub.confirmed = true;
@@ -325,7 +325,7 @@ impl Actor {
             let reason =
                 format!("the server ended the stream of room {room} without an Unsubscribed");
             tracing::warn!("{reason}");
-            self.teardown(0, reason, true);
+            self.teardown(0, reason, true, false);
         }
     }
 

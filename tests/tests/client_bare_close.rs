@@ -1,0 +1,118 @@
+//! The Rust client against a fake WebSocket server that ends a session with a bare close code
+//! (no `Goodbye` frame before it): what the client may and may not conclude from it.
+
+use quiver_client::{token_fixed, Client, ClientConfig, ClientError, Transport};
+use quiver_tests::*;
+use tokio::net::TcpListener;
+
+/// A fake server on WebSocket: welcomes every session and answers `Ping`; the first session's
+/// first `Publish` is answered by a bare close frame 3000, with no `Goodbye` frame before it.
+/// Sends the id of every `Publish` it reads, with its session's number.
+async fn closing_at_the_first_publish(
+    publishes: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
+) -> anyhow::Result<String> {
+    use futures::{SinkExt, StreamExt};
+    use quiver_proto::{Command, Event, FrameDecoder, Limits, ServerFrame};
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/v1/ws", listener.local_addr()?);
+    tokio::spawn(async move {
+        let mut sessions = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            sessions += 1;
+            let (session, publishes) = (sessions, publishes.clone());
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let mut decoder = FrameDecoder::new(1 << 20);
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Binary(data) = message else {
+                        continue;
+                    };
+                    decoder.push(&data);
+                    while let Ok(Some(body)) = decoder.next_frame() {
+                        let Ok(frame) = quiver_proto::decode_command(&body) else {
+                            return;
+                        };
+                        let event = match frame.command {
+                            Command::Hello { .. } => Event::Welcome {
+                                version: quiver_proto::PROTOCOL_VERSION,
+                                session: format!("s{session}"),
+                                user: "u".into(),
+                                tenant: "acme".into(),
+                                expires_at: None,
+                                limits: Limits {
+                                    max_frame: 1 << 20,
+                                    max_payload: 1 << 16,
+                                    max_subscriptions: 100,
+                                    commands_per_second: 1000,
+                                },
+                            },
+                            Command::Publish { .. } => {
+                                let _ = publishes.send((session, frame.id));
+                                if session == 1 {
+                                    let _ = ws
+                                        .close(Some(CloseFrame {
+                                            code: CloseCode::from(3000),
+                                            reason: "server shutting down".into(),
+                                        }))
+                                        .await;
+                                    return;
+                                }
+                                Event::Published { position: None }
+                            }
+                            Command::Ping => Event::Pong,
+                            _ => continue,
+                        };
+                        let bytes = quiver_proto::encode_event(&ServerFrame {
+                            id: frame.id,
+                            event,
+                        });
+                        if ws
+                            .send(Message::Binary(bytes.to_vec().into()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A close code 3000 without its `Goodbye` frame does not say that the server answered every
+/// command it read before it (PROTOCOL §7: the answers may be lost with the connection), so an
+/// acknowledged publish still unanswered is reported `ConnectionLost`, never sent again: it
+/// may have been published (outside audit 68, 2: sent again, it was published twice).
+#[tokio::test]
+async fn a_bare_shutdown_close_sends_no_acknowledged_publish_again() -> anyhow::Result<()> {
+    let (tx, mut publishes) = tokio::sync::mpsc::unbounded_channel();
+    let url = closing_at_the_first_publish(tx).await?;
+    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "p")))
+        .with_transport(Transport::WebSocket);
+    config.ws_urls = vec![url];
+    config.backoff = quiver_client::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_millis(300),
+    };
+    let client = Client::connect(config).await?;
+    match client.publish_ack("r.a", "once").await {
+        Err(ClientError::ConnectionLost) => {}
+        other => anyhow::bail!("expected ConnectionLost, got {other:?}"),
+    }
+    assert!(matches!(publishes.recv().await, Some((1, _))));
+    // Back on a second session, which hears no publish.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client.ping().await.is_err() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(publishes.try_recv().is_err(), "the publish was sent again");
+    client.close().await;
+    Ok(())
+}
