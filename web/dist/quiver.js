@@ -1254,13 +1254,14 @@ var WebTransportLink = class {
       }
     } catch (e) {
       if (e instanceof DecodeError) {
-        this.handler?.report(
+        reader.cancel().catch(() => void 0);
+        this.finish(
           new QuiverError("protocol", `bad frame on the stream of ${header?.room ?? "an unknown room"}: ${e.message}`, {
             cause: e,
             ...header ? { room: header.room } : {}
-          })
+          }),
+          null
         );
-        reader.cancel().catch(() => void 0);
       } else if (header !== null && !draining) this.handler?.streamEnded(header.room, header.id);
     }
   }

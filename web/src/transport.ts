@@ -237,13 +237,18 @@ class WebTransportLink implements Link {
       }
     } catch (e) {
       if (e instanceof DecodeError) {
-        this.handler?.report(
+        // The session ends, as for a bad frame on the control stream or on WebSocket: the
+        // client reconnects and its subscriptions resume. Cancelling this stream alone left the
+        // subscription silent for good (the server ends it, 120 stream_stopped; outside audit
+        // 68, 3); the Rust client reconnects too.
+        reader.cancel().catch(() => undefined);
+        this.finish(
           new QuiverError('protocol', `bad frame on the stream of ${header?.room ?? 'an unknown room'}: ${e.message}`, {
             cause: e,
             ...(header ? { room: header.room } : {}),
           }),
+          null,
         );
-        reader.cancel().catch(() => undefined);
       }
       // Otherwise the stream was reset or the session ended: the subscription hears of it if
       // no `Unsubscribed` follows (`Subscriptions.streamEnded`).

@@ -137,6 +137,31 @@ test('over webtransport, a room stream the server ends without an Unsubscribed e
   assert.deepEqual(got, ['one']);
 });
 
+test('over webtransport, a bad frame on a room stream ends the session; the next one subscribes again, resuming', async (t) => {
+  // Outside audit 68 (3): the stream alone was cancelled, and the room went silently dead.
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const got = [];
+  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()));
+  const cmd = await conn.expect('Subscribe');
+  const live = conn.openStream();
+  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: { epoch: 5n, offset: 1n }, recovery: { type: 'NotRequested' } });
+  await subscribed;
+  live.send(0, { type: 'Publication', room: 'chat.lobby', position: { epoch: 5n, offset: 2n }, payload: text('one') });
+  const states = [];
+  client.on('state', (state) => states.push(state));
+  // Another room's publication on this room's stream.
+  live.send(0, { type: 'Publication', room: 'chat.other', position: null, payload: text('stray') });
+  const again = await connected(net, client);
+  const resub = await again.expect('Subscribe');
+  assert.equal(resub.command.room, 'chat.lobby');
+  assert.deepEqual(resub.command.resume, { epoch: 5n, offset: 2n });
+  assert.ok(states.includes('disconnected'), states.join());
+  assert.deepEqual(got, ['one']);
+});
+
 /** Subscribes `room` on `conn` as a `latest` room with the server's subscription `id`. */
 async function subscribeLatest(conn, subscribing, room, id) {
   const cmd = await conn.expect('Subscribe');
