@@ -94,3 +94,50 @@ async fn a_full_store_is_reported_without_the_brokers_words() -> Result<()> {
     alice.publish_ack("chat.x", "live").await?;
     Ok(())
 }
+
+/// A history room whose stream JetStream refuses takes its listener's whole set-up deadline (3
+/// s) to be refused. Meanwhile another room's subscribe, another tenant's live room here, is
+/// not held up (the set-up held the lock of every room's interest: 14.7 s behind five such
+/// subscribes; outside audit 67, F2), and a second subscriber of the refused room waits for the
+/// set-up and hears the refusal too (it was told `Subscribed` at once, before the room was
+/// listened to, and then received nothing; F3).
+#[tokio::test]
+async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscriber() -> Result<()>
+{
+    use quiver_proto::{Command, ErrorCode, Event};
+    let nats = NatsServer::start_with_config(NATS_CONF).await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        add_history_namespace(c, "h", 100);
+        c.limits.history_tenant_max_bytes = 16 * 1024 * 1024;
+    })
+    .await?;
+    wait_ready(&server).await?;
+    let mut first = Raw::connect(&server, &full_token("acme", "first")).await?;
+    let mut second = Raw::connect(&server, &full_token("acme", "second")).await?;
+    let mut other = Raw::connect(&server, &full_token("other", "bystander")).await?;
+    let subscribe = |room: &str| Command::Subscribe {
+        room: room.into(),
+        resume: None,
+    };
+    let first_id = first.send(subscribe("h.x")).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second_id = second.send(subscribe("h.x")).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Answered while the refused room's set-up still runs.
+    let other_id = other.send(subscribe("live.y")).await?;
+    let answer = other.recv_reply(other_id).await?;
+    assert!(matches!(answer, Event::Subscribed { .. }), "{answer:?}");
+    let still_waiting = tokio::time::timeout(Duration::from_millis(50), first.recv()).await;
+    assert!(
+        still_waiting.is_err(),
+        "the refused room's set-up ended before the other room was answered: {still_waiting:?}"
+    );
+    for (raw, id) in [(&mut first, first_id), (&mut second, second_id)] {
+        match raw.recv_reply(id).await? {
+            Event::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable.as_u16()),
+            other => anyhow::bail!("a subscriber of the refused room was answered {other:?}"),
+        }
+    }
+    Ok(())
+}

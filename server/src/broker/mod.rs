@@ -3,8 +3,9 @@
 //!
 //! Contract: `publish` hands the payload to the broker; every instance with local interest in
 //! the room (including this one) then passes it to its `Hub::deliver`, in one order per room.
-//! `add_interest`/`remove_interest` are called when a room gets its first local subscriber and
-//! loses its last one.
+//! `add_interest` is called for every local subscriber, after it joined the hub, and resolves
+//! once the room is listened to (set up once, whoever asks first; the others wait for it);
+//! `remove_interest` when a room loses its last one.
 
 pub mod memory;
 pub mod nats;

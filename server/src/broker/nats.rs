@@ -131,9 +131,13 @@ struct Inner {
     /// offsets keep growing and subscribers that stayed connected skip nothing new as "already
     /// seen"; its epoch changes all the same.
     high_water: std::sync::Mutex<HashMap<(TenantId, String), u64>>,
-    /// Rooms this instance listens to. An async lock, because changing interest talks to NATS;
-    /// it serialises interest changes only, never the publish path.
-    interest: Mutex<HashMap<RoomKey, Listener>>,
+    /// Rooms this instance listens to, each with its listener once set up. The lock is held to
+    /// find, add or drop a room's entry, never while NATS is asked: held across one room's set-up
+    /// (3 s for a history stream JetStream refuses) it held up every subscribe and unsubscribe
+    /// of every tenant (outside audit 67, F2). Every subscriber of a room waits for the set-up
+    /// (`add_interest`), not only the first: a second one was told `Subscribed` before the room
+    /// was listened to and lost what was published meanwhile (F3).
+    interest: std::sync::Mutex<HashMap<RoomKey, Arc<Interest>>>,
     /// Per (tenant, history namespace) with local interest, the one live consumer's listener
     /// and the rooms it delivers to (`history::Live`).
     live: std::sync::Mutex<HashMap<(TenantId, String), Arc<history::Live>>>,
@@ -244,7 +248,7 @@ impl NatsBroker {
             streams: Mutex::new(HashMap::new()),
             health: health::Health::default(),
             high_water: std::sync::Mutex::default(),
-            interest: Mutex::new(HashMap::new()),
+            interest: std::sync::Mutex::new(HashMap::new()),
             live: std::sync::Mutex::default(),
             reads: read_slots::ReadSlots::new(history::MAX_READS),
             consumer_prefix: history::instance_prefix(),
@@ -454,24 +458,35 @@ impl Broker for NatsBroker {
 
     fn add_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut interest = self.inner.interest.lock().await;
-            if interest.contains_key(&key) {
-                return Ok(());
+            let interest = self
+                .inner
+                .interest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .clone();
+            // Whatever the end (done, failed, or this future dropped), a room left with no
+            // subscriber meanwhile is retired: `retire_room` leaves a room being set up alone.
+            let setting_up = SettingUp {
+                inner: &self.inner,
+                key: &key,
+                interest: Some(interest),
+            };
+            let ready = setting_up
+                .interest
+                .as_ref()
+                .map(|interest| interest.get_or_try_init(|| self.inner.listen(key.clone())));
+            match ready {
+                Some(ready) => ready.await.map(drop),
+                None => Ok(()),
             }
-            let listener = self.inner.listen(key.clone()).await?;
-            interest.insert(key, listener);
-            Ok(())
         })
     }
 
     fn remove_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            let mut interest = self.inner.interest.lock().await;
-            // The hub is the truth: a subscriber may have arrived since the last one left.
-            if self.inner.hub.has_subscribers(&key) {
-                return Ok(());
-            }
-            drop(interest.remove(&key));
+            drop(self.inner.retire_room(&key));
             Ok(())
         })
     }
@@ -554,9 +569,14 @@ impl Broker for NatsBroker {
 impl Drop for NatsBroker {
     /// Listener tasks hold the broker's state: end them with it.
     fn drop(&mut self) {
-        if let Ok(mut interest) = self.inner.interest.try_lock() {
-            interest.clear();
-        }
+        let rooms = std::mem::take(
+            &mut *self
+                .inner
+                .interest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        drop(rooms);
         let live: Vec<_> = self
             .inner
             .live
@@ -568,6 +588,47 @@ impl Drop for NatsBroker {
         for live in live {
             live.abort();
         }
+    }
+}
+
+/// One room's interest: its listener, once set up (by whichever subscriber gets there first;
+/// the others wait for it; after a failure the next one tries again).
+type Interest = tokio::sync::OnceCell<Listener>;
+
+impl Inner {
+    /// Drops `key`'s interest if the room has no local subscriber and nobody is setting it up
+    /// or waiting for it (they hold the entry: they retire it themselves when done). Under the
+    /// map's lock, so a subscriber that arrives (joins the hub, then looks up the entry) either
+    /// is seen here or finds no entry and sets up a listener of its own.
+    fn retire_room(&self, key: &RoomKey) -> Option<Arc<Interest>> {
+        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        // The hub is the truth: a subscriber may have arrived since the last one left.
+        if self.hub.has_subscribers(key) {
+            return None;
+        }
+        if interest
+            .get(key)
+            .is_some_and(|entry| Arc::strong_count(entry) > 1)
+        {
+            return None;
+        }
+        interest.remove(key)
+    }
+}
+
+/// A subscriber's hold on a room's interest while it waits for the set-up; let go of (and the
+/// room retired if nobody is left, `Inner::retire_room`) however the wait ends.
+struct SettingUp<'a> {
+    inner: &'a Inner,
+    key: &'a RoomKey,
+    interest: Option<Arc<Interest>>,
+}
+
+impl Drop for SettingUp<'_> {
+    fn drop(&mut self) {
+        drop(self.interest.take());
+        // Dropped outside the lock: a listener's drop ends tasks and registrations.
+        drop(self.inner.retire_room(self.key));
     }
 }
 

@@ -85,7 +85,7 @@ impl Session {
             .then(|| Direct::new(self.tally.clone(), &queue, overflow.clone()));
         // Live deliveries start queueing before history is read, so the replay and the live
         // queue overlap rather than leave a gap; the writer drops the overlap by offset.
-        let first = self.shared.hub.subscribe(
+        self.shared.hub.subscribe(
             key.clone(),
             Subscriber {
                 id: sub_id,
@@ -100,10 +100,11 @@ impl Session {
                 direct: direct.clone(),
             },
         );
+        // Every subscriber waits for the room's listener, not only the first: a second one
+        // answered at once was `Subscribed` before the room was listened to (outside audit 67,
+        // F3). The broker sets it up once.
         let prepared = async {
-            if first {
-                self.shared.broker.add_interest(key.clone()).await?;
-            }
+            self.shared.broker.add_interest(key.clone()).await?;
             self.shared.broker.recover(key.clone(), resume).await
         };
         let recovered = match prepared.await {

@@ -378,6 +378,7 @@ impl Inner {
         // again by the client on reconnect, so it is not refused).
         self.reachable()?;
         let room_subject = subject(&key);
+        let room = Arc::new(key.clone());
         let live = {
             let mut all = self.live.lock().unwrap_or_else(|e| e.into_inner());
             let stream_key = (key.tenant.clone(), ns.name.clone());
@@ -395,12 +396,13 @@ impl Inner {
             live.rooms
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(room_subject.clone(), Arc::new(key));
+                .insert(room_subject.clone(), room.clone());
             live
         };
         let registration = Registration {
             live: live.clone(),
             subject: room_subject,
+            room,
         };
         let mut started = live.started.subscribe();
         let waited = bounded("history listener set-up", async {
@@ -769,15 +771,20 @@ impl Live {
 pub(super) struct Registration {
     live: Arc<Live>,
     subject: String,
+    /// The entry this registration made: a later registration of the room (its interest
+    /// retired and taken up again meanwhile) is not removed with this one.
+    room: Arc<RoomKey>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.live
-            .rooms
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.subject);
+        let mut rooms = self.live.rooms.write().unwrap_or_else(|e| e.into_inner());
+        if rooms
+            .get(&self.subject)
+            .is_some_and(|room| Arc::ptr_eq(room, &self.room))
+        {
+            rooms.remove(&self.subject);
+        }
     }
 }
 
