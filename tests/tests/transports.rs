@@ -1407,3 +1407,74 @@ async fn a_websocket_clients_hello_and_commands_before_its_close_are_carried_out
     }
     Ok(())
 }
+
+/// What the server coalesces into one WebSocket message is bounded to 16 KiB (a frame that is
+/// larger goes alone): a client hears of a message only once it has all of it, and a client on
+/// a slow link behind a backlog of 64 KiB messages heard nothing for seconds, took a live
+/// session for a dead one, and reconnected into a growing replay (outside audit 65: at 200
+/// kbit/s, 5 reconnects in 20 s).
+#[tokio::test]
+async fn coalesced_websocket_messages_stay_small() -> anyhow::Result<()> {
+    const COALESCED: usize = 16 * 1024;
+    const PAYLOAD: usize = 1024;
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 1_000_000;
+    })
+    .await?;
+    let (mut reader, _) = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "slow")
+    ))
+    .await?;
+    reader.send(hello("slow")).await?;
+    reader
+        .send(Message::binary(encode_command(&ClientFrame {
+            id: 2,
+            command: Command::Subscribe {
+                room: "t.r".into(),
+                resume: None,
+            },
+        })))
+        .await?;
+    let mut subscribed = false;
+    while !subscribed {
+        let message = tokio::time::timeout(WAIT, reader.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("closed"))??;
+        subscribed = message.into_data().windows(3).any(|w| w == b"t.r");
+    }
+    // Far more than the sockets hold while the reader reads nothing: a backlog in the
+    // session's queue, which the writer coalesces.
+    let mut publisher = Raw::connect(&server, &full_token("acme", "p")).await?;
+    let mut pipelined = Vec::new();
+    for id in 0..8_000u32 {
+        pipelined.extend_from_slice(&encode_command(&ClientFrame {
+            id: 10 + id,
+            command: Command::Publish {
+                room: "t.r".into(),
+                payload: Bytes::from(vec![b'x'; PAYLOAD]),
+                ack: false,
+            },
+        }));
+    }
+    publisher.send_bytes(&pipelined).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut largest, mut most_frames) = (0, 0);
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(500), reader.next()).await
+    {
+        let data = message.into_data();
+        largest = largest.max(data.len());
+        most_frames = most_frames.max(data.len() / (PAYLOAD + 16));
+    }
+    assert!(
+        most_frames > 1,
+        "nothing was coalesced: the test shows nothing"
+    );
+    assert!(
+        largest <= COALESCED + PAYLOAD + 64,
+        "a message of {largest} bytes"
+    );
+    Ok(())
+}
