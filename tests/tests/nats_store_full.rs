@@ -141,3 +141,56 @@ async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscri
     }
     Ok(())
 }
+
+/// A publication under an idempotency key carries a message id NATS knows it by: published
+/// again with it (the API lets go of the key after a failure, and an ack that timed out may
+/// have been stored after all), JetStream stores it once and answers the first position
+/// (outside audit 67, F4: the retry was stored twice).
+#[tokio::test]
+async fn a_stored_publication_published_again_with_its_id_is_stored_once() -> Result<()> {
+    use quiver_server::broker::Broker;
+    let nats = NatsServer::start().await?;
+    let mut config = quiver_server::Config::default();
+    add_history_namespace(&mut config, "h", 100);
+    let hub = std::sync::Arc::new(quiver_server::hub::Hub::with_namespaces(["h"]));
+    let broker = quiver_server::broker::nats::NatsBroker::connect(
+        &NatsConfig::new(nats.url()),
+        hub,
+        std::sync::Arc::new(config),
+    )
+    .await?;
+    let key = quiver_server::hub::RoomKey {
+        tenant: quiver_proto::TenantId::parse("acme")?,
+        room: quiver_proto::RoomName::parse("h.once")?,
+    };
+    let id = quiver_server::idempotency::message_id(&key, "key-1");
+    let mut first = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while first.is_none() {
+        // The broker's first connection may still be on its way.
+        match broker
+            .publish_once(key.clone(), bytes::Bytes::from_static(b"one"), id.clone())
+            .await
+        {
+            Ok(position) => first = position,
+            Err(e) => anyhow::ensure!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = broker
+        .publish_once(key.clone(), bytes::Bytes::from_static(b"one"), id)
+        .await?;
+    assert_eq!(again, first, "the repeat answers the first one's position");
+    let other = quiver_server::idempotency::message_id(&key, "key-2");
+    let next = broker
+        .publish_once(key.clone(), bytes::Bytes::from_static(b"two"), other)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("a history room has positions"))?;
+    let first = first.ok_or_else(|| anyhow::anyhow!("a history room has positions"))?;
+    assert_eq!(
+        next.offset,
+        first.offset + 1,
+        "stored once: the next one follows it"
+    );
+    Ok(())
+}

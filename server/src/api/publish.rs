@@ -129,7 +129,7 @@ pub async fn publish(
         Some((once, digest)) => {
             publish_once(&shared, claimant, key, payload, &once, digest).await?
         }
-        None => publish_one(&shared, key, payload).await?,
+        None => publish_one(&shared, key, payload, None).await?,
     };
     Ok(Json(json!({ "position": encoding::position(position) })))
 }
@@ -171,7 +171,7 @@ async fn publish_once(
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
     match claim(shared, claimant, &key, once, digest).await? {
-        Claim::New(guard) => publish_claimed(shared, key, payload, guard).await,
+        Claim::New(guard) => publish_claimed(shared, key, payload, once, guard).await,
         known => answer(known),
     }
 }
@@ -256,16 +256,20 @@ fn in_progress() -> ApiError {
 }
 
 /// Publishes under a claimed key. The publication runs in its own task, so a backend that
-/// gives up on the request does not leave the key unsure of whether it went out.
+/// gives up on the request does not leave the key unsure of whether it went out. A failure
+/// lets go of the key, so the request can be retried: the broker drops the retry of a stored
+/// publication whose first try was stored after all (its ack timed out), by its message id.
 async fn publish_claimed(
     shared: &Arc<Shared>,
     key: RoomKey,
     payload: Bytes,
+    once: &str,
     guard: idempotency::Guard,
 ) -> Result<Option<Position>, ApiError> {
     let shared = shared.clone();
+    let id = idempotency::message_id(&key, once);
     let publication = tokio::spawn(async move {
-        match publish_one(&shared, key, payload).await {
+        match publish_one(&shared, key, payload, Some(id)).await {
             Ok(position) => {
                 guard.done(position).await;
                 Ok(position)
@@ -323,20 +327,22 @@ fn check_size(shared: &Shared, payload: &Bytes) -> Result<(), ApiError> {
 }
 
 /// Checks a payload's size and hands it to the broker.
+/// `once`: the broker's message id, for a publication under an idempotency key.
 async fn publish_one(
     shared: &Shared,
     key: RoomKey,
     payload: Bytes,
+    once: Option<String>,
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
     // The tenant's traffic whoever published it (its sessions count theirs in TenantSession).
     let tenant = shared.tenant_quotas.label(&key.tenant);
     let told = key.tenant.clone();
-    let position = shared
-        .broker
-        .publish(key, payload)
-        .await
-        .map_err(|e| ApiError::broker(told.as_str(), e))?;
+    let published = match once {
+        Some(id) => shared.broker.publish_once(key, payload, id).await,
+        None => shared.broker.publish(key, payload).await,
+    };
+    let position = published.map_err(|e| ApiError::broker(told.as_str(), e))?;
     m::hot::publications().increment(1);
     metrics::counter!(m::TENANT_PUBLICATIONS, "tenant" => tenant).increment(1);
     Ok(position)
@@ -387,13 +393,13 @@ pub async fn broadcast(
     // payload, or still publishing, in any room refuses the whole request (422, 409), so one
     // key never names two payloads. Rooms published already answer their first position.
     let mut claims = Vec::with_capacity(keys.len());
-    match once {
+    let once = once.map(|once| scoped(BACKEND, &once));
+    match &once {
         Some(once) => {
             check_size(&shared, &payload)?;
-            let once = scoped(BACKEND, &once);
             let digest = idempotency::digest(&payload);
             for key in keys {
-                let claim = claim(&shared, claimant(&caller), &key, &once, digest).await?;
+                let claim = claim(&shared, claimant(&caller), &key, once, digest).await?;
                 if let Some(refused) = refusal(&claim) {
                     // Dropping the claims made so far forgets them.
                     return Err(refused);
@@ -406,12 +412,13 @@ pub async fn broadcast(
     let publications = claims.into_iter().map(|(key, claim)| {
         let payload = payload.clone();
         let shared = &shared;
+        let once = once.as_deref().unwrap_or_default();
         async move {
             let room = key.room.to_string();
             let published = match claim {
-                Some(Claim::New(guard)) => publish_claimed(shared, key, payload, guard).await,
+                Some(Claim::New(guard)) => publish_claimed(shared, key, payload, once, guard).await,
                 Some(known) => answer(known),
-                None => publish_one(shared, key, payload).await,
+                None => publish_one(shared, key, payload, None).await,
             };
             match published {
                 Ok(position) => json!({"room": room, "position": encoding::position(position)}),

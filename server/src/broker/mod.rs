@@ -116,6 +116,21 @@ pub trait Broker: Send + Sync + 'static {
         key: RoomKey,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>>;
+    /// [`Broker::publish`], at most once per `id` where the broker can tell: on NATS a stored
+    /// publication carries `id` as `Nats-Msg-Id`, and JetStream drops a repeat within its
+    /// duplicate window (2 minutes), answering the first one's position. So a retry after a
+    /// publication whose outcome was unknown (its ack timed out: "it may still be stored") is
+    /// not stored twice (outside audit 67, F4). The memory broker never leaves an outcome
+    /// unknown.
+    fn publish_once(
+        &self,
+        key: RoomKey,
+        payload: Bytes,
+        id: String,
+    ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        let _ = id;
+        self.publish(key, payload)
+    }
     fn add_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>>;
     fn remove_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>>;
     /// The room's current position and, when `since` is given, what was published after it.

@@ -405,10 +405,12 @@ impl Inner {
         }
     }
 
+    /// `once`: the stored publication's `Nats-Msg-Id` (`Broker::publish_once`).
     async fn publish_now(
         self: &Arc<Self>,
         key: RoomKey,
         payload: Bytes,
+        once: Option<String>,
     ) -> Result<Option<Position>, BrokerError> {
         let connected = self.client.connection_state() == async_nats::connection::State::Connected;
         let result = match self.config.history(&key.room) {
@@ -423,7 +425,10 @@ impl Inner {
                 .map(|()| None)
                 .map_err(unavailable),
             // Waits for the stored ack (bounded).
-            Some(ns) => self.publish_history(&key, ns, payload).await.map(Some),
+            Some(ns) => self
+                .publish_history(&key, ns, payload, once.as_deref())
+                .await
+                .map(Some),
         };
         if result.is_err() {
             metrics::counter!(m::PUBLICATIONS_DROPPED, "reason" => "broker_unavailable")
@@ -453,7 +458,16 @@ impl Broker for NatsBroker {
         key: RoomKey,
         payload: Bytes,
     ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
-        Box::pin(self.inner.publish_now(key, payload))
+        Box::pin(self.inner.publish_now(key, payload, None))
+    }
+
+    fn publish_once(
+        &self,
+        key: RoomKey,
+        payload: Bytes,
+        id: String,
+    ) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {
+        Box::pin(self.inner.publish_now(key, payload, Some(id)))
     }
 
     fn add_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {

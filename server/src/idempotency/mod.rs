@@ -106,6 +106,17 @@ pub fn digest(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
 }
 
+/// The broker's id of the publication made under `once` in `key`'s room
+/// (`Broker::publish_once`): a retry after an unknown outcome carries the same one.
+pub fn message_id(key: &crate::hub::RoomKey, once: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [key.tenant.as_str(), key.room.as_str(), once] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
 /// What a claim found.
 pub enum Claim {
     /// First use: publish, then [`Guard::done`]. Dropping the guard instead forgets the key, so

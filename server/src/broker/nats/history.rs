@@ -294,14 +294,19 @@ impl Inner {
         key: &RoomKey,
         ns: &NamespaceConfig,
         payload: Bytes,
+        once: Option<&str>,
     ) -> Result<Position, BrokerError> {
         let TenantStream { epoch, .. } = self.tenant_stream(&key.tenant, ns).await?;
+        let mut headers = super::lag::stamp();
+        if let Some(id) = once {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
         // Awaiting the ack: a publication to a history room is stored, or refused.
         let started = std::time::Instant::now();
         let store = async {
             let pending = self
                 .js
-                .publish_with_headers(subject(key), super::lag::stamp(), payload)
+                .publish_with_headers(subject(key), headers, payload)
                 .await
                 .map_err(unavailable)?;
             pending.await.map_err(unavailable)
