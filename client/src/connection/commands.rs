@@ -167,7 +167,17 @@ impl Actor {
         from: Option<Position>,
         reply: Reply<SubParts>,
     ) {
-        if self.subs.contains_key(&room) {
+        if let Some(sub) = self.subs.get_mut(&room) {
+            // A subscribe whose caller gave up (a `Timeout`) and that was never answered: this
+            // one takes it over, rather than be refused `already_subscribed` for a room it has
+            // no handle of (outside audit 68, 5).
+            if sub.parts.is_some() && sub.waiter.as_ref().is_some_and(|w| w.is_closed()) {
+                sub.waiter = Some(reply);
+                if from.is_some() && !sub.confirmed {
+                    *lock(&sub.last) = from;
+                }
+                return;
+            }
             let _ = reply.send(Err(ClientError::server(
                 ErrorCode::AlreadySubscribed,
                 format!("this client is already subscribed to {room}"),

@@ -200,6 +200,29 @@ enum Pending {
     Heartbeat,
 }
 
+/// `pending`'s size at which abandoned requests are first looked for.
+const PRUNE_FIRST: usize = 64;
+
+impl Pending {
+    /// A request nobody waits for the answer of any more. Acknowledged publishes are kept (a
+    /// drain's goodbye sends them again), and so are subscribes, unsubscribes and refreshes,
+    /// whose answers change the client's state.
+    fn abandoned(&self) -> bool {
+        match self {
+            Pending::Ping { reply, .. } => reply.is_closed(),
+            Pending::Presence { reply } => reply.is_closed(),
+            Pending::PresenceStats { reply } => reply.is_closed(),
+            Pending::History { reply } => reply.is_closed(),
+            Pending::Call { reply } => reply.is_closed(),
+            Pending::Subscribe { .. }
+            | Pending::Unsubscribe { .. }
+            | Pending::PublishAck { .. }
+            | Pending::Refresh
+            | Pending::Heartbeat => false,
+        }
+    }
+}
+
 /// A publish without acknowledgement that the writer may not have written yet.
 struct Unacked {
     id: u32,
@@ -290,6 +313,8 @@ struct Live {
     /// [`Link::datagrams_received`] when the heartbeat last looked, and when that was.
     datagrams_seen: (Option<u64>, Instant),
     pending: HashMap<u32, Pending>,
+    /// `pending`'s size at which abandoned requests are looked for next.
+    prune_at: usize,
     /// Publishes without acknowledgement handed to the writer, by id, until it claims them
     /// (pruned from the front: it claims in order): those it never claimed go out again on the
     /// next session. At most `publish_buffer` unclaimed (each holds its place until written).
@@ -344,9 +369,20 @@ impl Live {
         };
         if let Some(p) = pending {
             self.pending.insert(id, p);
+            if self.pending.len() >= self.prune_at {
+                self.prune_abandoned();
+            }
         }
         self.queue(id, command, permit, claim);
         id
+    }
+
+    /// Forgets the requests whose caller stopped waiting (a `Timeout`): a server that never
+    /// answers them would otherwise make them pile up for the session's life (outside audit
+    /// 68, 6). Run when `pending` doubles, so it costs a constant per request.
+    fn prune_abandoned(&mut self) {
+        self.pending.retain(|_, p| !p.abandoned());
+        self.prune_at = (self.pending.len() * 2).max(PRUNE_FIRST);
     }
 
     /// A publish without acknowledgement, kept in `unacked` until the writer claims it.
@@ -673,6 +709,7 @@ impl Actor {
             heartbeat,
             unanswered_since: None,
             pending: HashMap::new(),
+            prune_at: PRUNE_FIRST,
             unacked: VecDeque::new(),
             next_id: HELLO_ID + 1,
             limits,
@@ -954,6 +991,24 @@ fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_requests_nobody_waits_for_are_abandoned() {
+        let (reply, waiting) = oneshot::channel();
+        let presence = Pending::Presence { reply };
+        assert!(!presence.abandoned());
+        drop(waiting);
+        assert!(presence.abandoned(), "its caller timed out");
+        let (reply, waiting) = oneshot::channel();
+        drop(waiting);
+        let publish = Pending::PublishAck {
+            reply,
+            again: ("r".into(), Bytes::new()),
+            claim: Claim::default(),
+        };
+        assert!(!publish.abandoned(), "kept to be sent again after a drain");
+        assert!(!Pending::Refresh.abandoned());
+    }
 
     #[test]
     fn close_codes_that_forbid_reconnect() {

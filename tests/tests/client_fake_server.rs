@@ -1,12 +1,14 @@
-//! The Rust client against a fake WebSocket server that ends a session with a bare close code
-//! (no `Goodbye` frame before it): what the client may and may not conclude from it.
+//! The Rust client against a fake WebSocket server that misbehaves: it ends a session with a
+//! bare close code (no `Goodbye` frame before it), and never answers a `Subscribe`. What the
+//! client may and may not conclude from that.
 
 use quiver_client::{token_fixed, Client, ClientConfig, ClientError, Transport};
 use quiver_tests::*;
 use tokio::net::TcpListener;
 
-/// A fake server on WebSocket: welcomes every session and answers `Ping`; the first session's
-/// first `Publish` is answered by a bare close frame 3000, with no `Goodbye` frame before it.
+/// A fake server on WebSocket: welcomes every session and answers `Ping`, never `Subscribe`;
+/// the first session's first `Publish` is answered by a bare close frame 3000, with no
+/// `Goodbye` frame before it.
 /// Sends the id of every `Publish` it reads, with its session's number.
 async fn closing_at_the_first_publish(
     publishes: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
@@ -113,6 +115,28 @@ async fn a_bare_shutdown_close_sends_no_acknowledged_publish_again() -> anyhow::
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(publishes.try_recv().is_err(), "the publish was sent again");
+    client.close().await;
+    Ok(())
+}
+
+/// A subscribe that timed out and was never answered is taken over by the next subscribe to
+/// the room, which waits for the answer in its turn: it was refused `already_subscribed`, for
+/// a room the application had no handle of (outside audit 68, 5).
+#[tokio::test]
+async fn a_subscribe_after_one_that_timed_out_waits_for_the_answer() -> anyhow::Result<()> {
+    let (tx, _publishes) = tokio::sync::mpsc::unbounded_channel();
+    let url = closing_at_the_first_publish(tx).await?;
+    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "s")))
+        .with_transport(Transport::WebSocket);
+    config.ws_urls = vec![url];
+    config.request_timeout = std::time::Duration::from_millis(300);
+    let client = Client::connect(config).await?;
+    for attempt in 0..2 {
+        match client.subscribe("r.a").await {
+            Err(ClientError::Timeout) => {}
+            other => anyhow::bail!("attempt {attempt}: expected Timeout, got {other:?}"),
+        }
+    }
     client.close().await;
     Ok(())
 }
