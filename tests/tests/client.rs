@@ -1643,3 +1643,33 @@ async fn a_token_expiring_past_any_clock_connects() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// In `Auto`, the token provider's time does not count against WebTransport's window: a
+/// provider slower than the window (here 1.5 s against 1 s) still connects over WebTransport.
+/// It counted, and such a provider sent the client to WebSocket, remembered for
+/// `webtransport_retry` (outside audit 68, 4).
+#[tokio::test]
+async fn a_slow_token_provider_does_not_push_auto_onto_websocket() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let provider = token_fn(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let token = full_token("acme", "slow-provider");
+        async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(token)
+        }
+    });
+    let mut config = config_for(&server, Transport::Auto, provider);
+    config.webtransport_timeout = Duration::from_secs(1);
+    let client = Client::connect(config).await?;
+    assert_eq!(client.transport(), Some(Transport::WebTransport));
+    assert_eq!(
+        asked.load(Ordering::SeqCst),
+        1,
+        "one token for the one attempt"
+    );
+    client.close().await;
+    Ok(())
+}

@@ -446,20 +446,24 @@ impl Connector {
     /// One connect attempt at target `index`, within the configured bounds.
     pub(crate) async fn attempt(&self, index: usize) -> Result<Established, ClientError> {
         let cfg = &self.cfg;
+        // Asked once per attempt, before any transport's time runs: in `Auto` the provider's
+        // time counted against WebTransport's 2.5 s, and a provider taking 3 s sent the client
+        // to WebSocket for `webtransport_retry` (outside audit 68, 4).
+        let token = &(cfg.token)().await.map_err(ClientError::Token)?;
         let wt_url = || &cfg.urls[index % cfg.urls.len()];
         let ws_url = || &cfg.ws_urls[index % cfg.ws_urls.len()];
         match cfg.transport {
-            Transport::WebTransport => self.attempt_wt(wt_url(), cfg.connect_timeout).await,
-            Transport::WebSocket => self.attempt_ws(ws_url()).await,
+            Transport::WebTransport => self.attempt_wt(wt_url(), cfg.connect_timeout, token).await,
+            Transport::WebSocket => self.attempt_ws(ws_url(), token).await,
             Transport::Auto if cfg.ws_urls.is_empty() => {
-                self.attempt_wt(wt_url(), cfg.connect_timeout).await
+                self.attempt_wt(wt_url(), cfg.connect_timeout, token).await
             }
-            Transport::Auto if cfg.urls.is_empty() => self.attempt_ws(ws_url()).await,
+            Transport::Auto if cfg.urls.is_empty() => self.attempt_ws(ws_url(), token).await,
             Transport::Auto => {
                 let mut wt_err = None;
                 if !self.wt_unusable() {
                     let limit = cfg.webtransport_timeout.min(cfg.connect_timeout);
-                    match self.attempt_wt(wt_url(), limit).await {
+                    match self.attempt_wt(wt_url(), limit, token).await {
                         Ok(est) => return Ok(est),
                         // The token provider failed, or the server said goodbye for good:
                         // WebSocket would not change that. A refused CONNECT (its reason is
@@ -477,7 +481,7 @@ impl Connector {
                         }
                     }
                 }
-                match (self.attempt_ws(ws_url()).await, wt_err) {
+                match (self.attempt_ws(ws_url(), token).await, wt_err) {
                     (Ok(est), Some(e)) => {
                         if !is_answer(&e) {
                             tracing::warn!(error = %e, retry_after = ?cfg.webtransport_retry, "WebTransport unusable; staying on WebSocket");
@@ -501,12 +505,17 @@ impl Connector {
         failed_at.is_some_and(|at| at.elapsed() < self.cfg.webtransport_retry)
     }
 
-    async fn attempt_wt(&self, url: &str, limit: Duration) -> Result<Established, ClientError> {
+    async fn attempt_wt(
+        &self,
+        url: &str,
+        limit: Duration,
+        token: &str,
+    ) -> Result<Established, ClientError> {
         let endpoint = self
             .wt
             .get_or_try_init(|| webtransport::WtEndpoint::new(&self.cfg))
             .await?;
-        let fut = endpoint.connect(url, &self.cfg);
+        let fut = endpoint.connect(url, &self.cfg, token);
         let io = tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout)??;
@@ -517,7 +526,7 @@ impl Connector {
         })
     }
 
-    async fn attempt_ws(&self, url: &str) -> Result<Established, ClientError> {
+    async fn attempt_ws(&self, url: &str, token: &str) -> Result<Established, ClientError> {
         let tls = if websocket::is_secure(url) {
             let tls = self
                 .ws_tls
@@ -527,7 +536,7 @@ impl Connector {
         } else {
             None
         };
-        let fut = websocket::connect(url, &self.cfg, tls);
+        let fut = websocket::connect(url, &self.cfg, tls, token);
         let (io, mut welcome) = tokio::time::timeout(self.cfg.connect_timeout, fut)
             .await
             .map_err(|_| ClientError::Timeout)??;

@@ -86,8 +86,8 @@ pub(super) async fn connect(
     base: &str,
     cfg: &ClientConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
+    token: &str,
 ) -> Result<(WsIo, WelcomeInfo), ClientError> {
-    let token = (cfg.token)().await.map_err(ClientError::Token)?;
     let url = ws_url(base)?;
     tracing::debug!(%url, "connecting over WebSocket");
     let mut request = url

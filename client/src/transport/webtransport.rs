@@ -40,9 +40,9 @@ impl WtEndpoint {
         &self,
         base: &str,
         cfg: &ClientConfig,
+        token: &str,
     ) -> Result<(WtIo, WelcomeInfo), ClientError> {
-        let token = (cfg.token)().await.map_err(ClientError::Token)?;
-        let url = connect_url(base, &token)?;
+        let url = connect_url(base, token)?;
         tracing::debug!(url = %redact(&url), "connecting over WebTransport");
         let conn = self.0.connect(url.as_str()).await.map_err(|e| match e {
             ConnectingError::SessionRejected => ClientError::Refused {
