@@ -59,14 +59,10 @@ pub struct NatsBroker {
     inner: Arc<Inner>,
 }
 
-/// Dropped NATS messages too large to deliver, logged at most this often.
+/// Dropped NATS messages (too large to deliver, or not what instances send), logged at most
+/// this often.
 static OVERSIZED_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(1);
 
-/// Whether a message of `len` bytes that a room's NATS subject carried may go to its
-/// subscribers: at most `max` (`max_payload` for a publication, `max_frame` for an encoded
-/// event). Quiver never publishes more, but anything allowed on the tenant's subjects can
-/// (a tenant's backend, deployment.md): a larger one would reach clients as a frame over the
-/// `max_frame` their `Welcome` announced (outside cluster audit 6, F1), so it is dropped.
 /// Whether a message on a room's events subject is what instances send there: one whole frame
 /// (its length prefix the rest of the message) of a `Joined` or `Left` of that room. A
 /// tenant's backend may publish there too (docs/deployment.md), and its frames reach
@@ -96,6 +92,11 @@ fn is_room_event(key: &RoomKey, payload: &[u8]) -> bool {
     well_formed
 }
 
+/// Whether a message of `len` bytes that a room's NATS subject carried may go to its
+/// subscribers: at most `max` (`max_payload` for a publication, `max_frame` for an encoded
+/// event). Quiver never publishes more, but anything allowed on the tenant's subjects can
+/// (a tenant's backend, deployment.md): a larger one would reach clients as a frame over the
+/// `max_frame` their `Welcome` announced (outside cluster audit 6, F1), so it is dropped.
 fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
     if len <= max as usize {
         return true;
