@@ -181,6 +181,7 @@ pub async fn connect(
     let options = async_nats::ConnectOptions::new()
         .name("quiver-control")
         .retry_on_initial_connect();
+    let options = crate::broker::nats::watched(options, "control");
     crate::broker::nats::connect_with(nats, options).await
 }
 
@@ -505,19 +506,27 @@ impl Control {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         use async_nats::connection::State;
+        let connects = || {
+            nats.statistics()
+                .connects
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut seen = connects();
         self.load_until_done(&nats, &shutdown).await;
         let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
-        let mut was_connected = true;
         loop {
             tokio::select! {
                 _ = look.tick() => {}
                 () = shutdown.cancelled() => return,
             }
-            let connected = nats.connection_state() == State::Connected;
-            if connected && !was_connected {
+            // A connection made since the last look: a loss and its return within one look
+            // (nats-server dropping the connection as a slow consumer, say) is one too; the
+            // state alone missed it (outside audit 69, F1).
+            let now = connects();
+            if nats.connection_state() == State::Connected && now != seen {
+                seen = now;
                 self.load_until_done(&nats, &shutdown).await;
             }
-            was_connected = connected;
         }
     }
 

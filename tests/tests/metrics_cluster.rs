@@ -70,5 +70,18 @@ async fn nats_lag_latency_and_connection_are_measured() -> anyhow::Result<()> {
     let page = wait_metric(&a, "quiver_nats_reconnects_total", &[], |n| n >= 2.0).await?;
     assert_eq!(metric(&page, "quiver_nats_reconnects_total"), 2.0, "{page}");
     assert_eq!(metric(&page, "quiver_nats_connected"), 1.0, "{page}");
+    // Each of the instance's connections says it was lost, the control plane's and the
+    // calls' too (outside audit 69, F1: only the broker's did).
+    for connection in ["broker", "control", "rpc"] {
+        let lost = format!(r#"quiver_nats_disconnects_total{{connection="{connection}"}}"#);
+        let page = wait_metric(
+            &a,
+            "quiver_nats_disconnects_total",
+            &[("connection", connection)],
+            |n| n >= 1.0,
+        )
+        .await?;
+        assert!(metric(&page, &lost) >= 1.0, "{page}");
+    }
     Ok(())
 }

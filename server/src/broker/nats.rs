@@ -214,6 +214,8 @@ impl NatsBroker {
                         }
                         // Once per loss: async-nats then retries quietly until `Connected`.
                         async_nats::Event::Disconnected => {
+                            metrics::counter!(m::NATS_DISCONNECTS, "connection" => "broker")
+                                .increment(1);
                             if !warned.swap(true, Relaxed) {
                                 warn!(%url, "nats disconnected; reconnecting");
                             }
@@ -707,6 +709,38 @@ fn reconnect_delay(attempts: usize) -> std::time::Duration {
     let doubled = 1u64 << (attempts - 1).min(20);
     let wait = std::time::Duration::from_millis(doubled).min(RECONNECT_AT_MOST);
     wait.mul_f64(rand::random_range(0.75..1.25))
+}
+
+/// `options` with the event callback of the control plane's and the calls' own connections
+/// (the broker's has its own, in `NatsBroker::connect`): a loss is counted,
+/// `quiver_nats_disconnects_total{connection}`, and is one WARN line until the connection is
+/// back. A tenant's backend flooding subjects every instance reads can get these connections
+/// dropped by nats-server as slow consumers, and nothing said so (outside audit 69, F1).
+pub fn watched(
+    options: async_nats::ConnectOptions,
+    connection: &'static str,
+) -> async_nats::ConnectOptions {
+    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    options.event_callback(move |event| {
+        let warned = warned.clone();
+        async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            match event {
+                async_nats::Event::Disconnected => {
+                    metrics::counter!(m::NATS_DISCONNECTS, "connection" => connection).increment(1);
+                    if !warned.swap(true, Relaxed) {
+                        warn!(connection, "nats connection lost; reconnecting");
+                    }
+                }
+                async_nats::Event::Connected => {
+                    if warned.swap(false, Relaxed) {
+                        info!(connection, "nats connection back");
+                    }
+                }
+                other => debug!(connection, event = %other, "nats"),
+            }
+        }
+    })
 }
 
 /// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The

@@ -78,6 +78,9 @@ pub(super) fn register_zeros() {
     metrics::gauge!(HISTORY_BYTES).set(0.0);
     metrics::gauge!(NATS_CONNECTED).set(0.0);
     metrics::counter!(NATS_RECONNECTS).absolute(0);
+    for connection in NATS_CONNECTIONS {
+        metrics::counter!(NATS_DISCONNECTS, "connection" => connection).absolute(0);
+    }
     crate::rpc::register_zeros();
     crate::tls_resumption::register_metrics();
     crate::udp_socket::register_metrics();
@@ -300,6 +303,11 @@ pub(super) fn describe() {
     describe_counter!(
         NATS_RECONNECTS,
         "Times this node's broker connection to NATS came back after a loss"
+    );
+    describe_counter!(
+        NATS_DISCONNECTS,
+        "Times each of this node's NATS connections (broker, control, rpc) was lost (a NATS \
+         outage, or nats-server dropping it as a slow consumer)"
     );
     describe_histogram!(
         JETSTREAM_PUBLISH_DURATION,

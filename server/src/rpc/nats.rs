@@ -164,6 +164,7 @@ impl NatsRoute {
         let options = async_nats::ConnectOptions::new()
             .name("quiver-rpc")
             .retry_on_initial_connect();
+        let options = crate::broker::nats::watched(options, "rpc");
         let client = crate::broker::nats::connect_with(nats, options).await?;
         let replies = Arc::new(Replies::new());
         // async-nats takes a subscription while still connecting and makes it once connected.
