@@ -163,7 +163,8 @@ async fn a_stored_publication_published_again_with_its_id_is_stored_once() -> Re
         tenant: quiver_proto::TenantId::parse("acme")?,
         room: quiver_proto::RoomName::parse("h.once")?,
     };
-    let id = quiver_server::idempotency::message_id(&key, "key-1");
+    let one = quiver_server::idempotency::digest(b"one");
+    let id = quiver_server::idempotency::message_id(&key, "key-1", &one);
     let mut first = None;
     let deadline = tokio::time::Instant::now() + WAIT;
     while first.is_none() {
@@ -181,7 +182,13 @@ async fn a_stored_publication_published_again_with_its_id_is_stored_once() -> Re
         .publish_once(key.clone(), bytes::Bytes::from_static(b"one"), id)
         .await?;
     assert_eq!(again, first, "the repeat answers the first one's position");
-    let other = quiver_server::idempotency::message_id(&key, "key-2");
+    // Another key, or the same key with another payload: another publication.
+    let two = quiver_server::idempotency::digest(b"two");
+    assert_ne!(
+        quiver_server::idempotency::message_id(&key, "key-1", &two),
+        quiver_server::idempotency::message_id(&key, "key-1", &one)
+    );
+    let other = quiver_server::idempotency::message_id(&key, "key-2", &two);
     let next = broker
         .publish_once(key.clone(), bytes::Bytes::from_static(b"two"), other)
         .await?

@@ -783,6 +783,14 @@ async fn forged_frames_on_a_rooms_events_subject_never_reach_its_readers() -> an
             position: None,
             payload: Bytes::from_static(b"forged"),
         }),
+        // A Joined of the room, but as an answer to a command (instances send id 0).
+        quiver_proto::encode_event(&quiver_proto::ServerFrame {
+            id: 2,
+            event: Event::Joined {
+                room: "p.room".into(),
+                member: member.clone(),
+            },
+        }),
         // A whole Joined of the room and then some: one frame or nothing.
         [
             frame(Event::Joined {

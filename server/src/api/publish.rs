@@ -267,7 +267,7 @@ async fn publish_claimed(
     guard: idempotency::Guard,
 ) -> Result<Option<Position>, ApiError> {
     let shared = shared.clone();
-    let id = idempotency::message_id(&key, once);
+    let id = idempotency::message_id(&key, once, &idempotency::digest(&payload));
     let publication = tokio::spawn(async move {
         match publish_one(&shared, key, payload, Some(id)).await {
             Ok(position) => {

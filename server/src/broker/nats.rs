@@ -64,7 +64,8 @@ pub struct NatsBroker {
 static OVERSIZED_LOGGED: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(1);
 
 /// Whether a message on a room's events subject is what instances send there: one whole frame
-/// (its length prefix the rest of the message) of a `Joined` or `Left` of that room. A
+/// (its length prefix the rest of the message) of a `Joined` or `Left` of that room, with the
+/// id of unsolicited events, 0. A
 /// tenant's backend may publish there too (docs/deployment.md), and its frames reach
 /// subscribers as they are: four zero bytes stopped every SSE response in the room for good
 /// (its decoder cannot skip a malformed frame), and a prefix of 2 GiB made it reserve that
@@ -75,7 +76,9 @@ fn is_room_event(key: &RoomKey, payload: &[u8]) -> bool {
         .filter(|(prefix, body)| u32::from_be_bytes(**prefix) as usize == body.len())
         .and_then(|(_, body)| quiver_proto::decode_event(body).ok())
         .is_some_and(|frame| match frame.event {
-            Event::Joined { room, .. } | Event::Left { room, .. } => room == key.room.as_str(),
+            Event::Joined { room, .. } | Event::Left { room, .. } => {
+                frame.id == 0 && room == key.room.as_str()
+            }
             _ => false,
         });
     if !well_formed {

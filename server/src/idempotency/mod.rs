@@ -106,14 +106,17 @@ pub fn digest(payload: &[u8]) -> [u8; 32] {
     Sha256::digest(payload).into()
 }
 
-/// The broker's id of the publication made under `once` in `key`'s room
-/// (`Broker::publish_once`): a retry after an unknown outcome carries the same one.
-pub fn message_id(key: &crate::hub::RoomKey, once: &str) -> String {
+/// The broker's id of the publication of `payload` (its [`digest`]) made under `once` in
+/// `key`'s room (`Broker::publish_once`): a retry after an unknown outcome carries the same
+/// one, and the same key with another payload (a new publication once the key was let go of
+/// after a failure) another.
+pub fn message_id(key: &crate::hub::RoomKey, once: &str, payload: &[u8; 32]) -> String {
     let mut hash = Sha256::new();
     for part in [key.tenant.as_str(), key.room.as_str(), once] {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
+    hash.update(payload);
     hex::encode(hash.finalize())
 }
 

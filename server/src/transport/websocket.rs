@@ -62,7 +62,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// few in flight, not more. Past it the socket is closed at once (outside audit: a flood that
 /// ended the session `rate_abuse` went on for the whole linger, unmetered, at a core).
 const LINGER_MESSAGES: usize = 1024;
-/// Most bytes of queued frames coalesced into one message (a larger frame goes alone). A client
+/// Bytes of queued frames past which no frame is added to a message (so a message holds at
+/// most this plus one frame). A client
 /// hears of a message only when all of it is in: behind a backlog on a slow link, 64 KiB
 /// messages left it hearing nothing for seconds, and its heartbeat took the live session for
 /// a dead one (outside audit 65: at 200 kbit/s, 5 reconnects in 20 s, each into a longer
