@@ -112,8 +112,9 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   }
 });
 
-test('over webtransport, a room stream the server ends without an Unsubscribed ends the session after 5 s; the next one subscribes again', async (t) => {
-  // Outside client audit 14 (M2, on the Rust client): the room went silently dead.
+/** A WebTransport client subscribed to chat.lobby (its stream open, `Subscribed` at `position`),
+ *  that collects the texts it receives in `got`; `live` writes on the room's stream. */
+async function subscribedOverWebTransport(t, position) {
   const { net, client } = setup({}, 'webtransport');
   t.after(() => client.close());
   const conn = await connected(net, client);
@@ -122,8 +123,14 @@ test('over webtransport, a room stream the server ends without an Unsubscribed e
   const cmd = await conn.expect('Subscribe');
   const live = conn.openStream();
   live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: null, recovery: { type: 'NotRequested' } });
+  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position, recovery: { type: 'NotRequested' } });
   await subscribed;
+  return { net, client, live, got };
+}
+
+test('over webtransport, a room stream the server ends without an Unsubscribed ends the session after 5 s; the next one subscribes again', async (t) => {
+  // Outside client audit 14 (M2, on the Rust client): the room went silently dead.
+  const { net, client, live, got } = await subscribedOverWebTransport(t, null);
   live.send(0, { type: 'Publication', room: 'chat.lobby', position: null, payload: text('one') });
   const ended = Date.now();
   live.close();
@@ -139,16 +146,7 @@ test('over webtransport, a room stream the server ends without an Unsubscribed e
 
 test('over webtransport, a bad frame on a room stream ends the session; the next one subscribes again, resuming', async (t) => {
   // Outside audit 68 (3): the stream alone was cancelled, and the room went silently dead.
-  const { net, client } = setup({}, 'webtransport');
-  t.after(() => client.close());
-  const conn = await connected(net, client);
-  const got = [];
-  const subscribed = client.subscribe('chat.lobby', (m) => got.push(m.text()));
-  const cmd = await conn.expect('Subscribe');
-  const live = conn.openStream();
-  live.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.lobby' });
-  conn.send(cmd.id, { type: 'Subscribed', room: 'chat.lobby', position: { epoch: 5n, offset: 1n }, recovery: { type: 'NotRequested' } });
-  await subscribed;
+  const { net, client, live, got } = await subscribedOverWebTransport(t, { epoch: 5n, offset: 1n });
   live.send(0, { type: 'Publication', room: 'chat.lobby', position: { epoch: 5n, offset: 2n }, payload: text('one') });
   const states = [];
   client.on('state', (state) => states.push(state));

@@ -74,53 +74,28 @@ impl Actor {
                     self.buffer.push_back(item);
                 }
             }
-            Request::Ping { reply } => match self.live.as_mut() {
-                Some(live) => {
-                    let sent = Instant::now();
-                    live.send(Command::Ping, Some(Pending::Ping { sent, reply }));
-                }
-                None => {
-                    let _ = reply.send(Err(ClientError::NotConnected));
-                }
-            },
-            Request::Presence { room, reply } => match self.live.as_mut() {
-                Some(live) => {
-                    live.send(
-                        Command::Presence { room },
-                        Some(Pending::Presence { reply }),
-                    );
-                }
-                None => {
-                    let _ = reply.send(Err(ClientError::NotConnected));
-                }
-            },
-            Request::PresenceStats { room, reply } => match self.live.as_mut() {
-                Some(live) => {
-                    live.send(
-                        Command::PresenceStats { room },
-                        Some(Pending::PresenceStats { reply }),
-                    );
-                }
-                None => {
-                    let _ = reply.send(Err(ClientError::NotConnected));
-                }
-            },
+            Request::Ping { reply } => {
+                let sent = Instant::now();
+                self.ask(Command::Ping, reply, |reply| Pending::Ping { sent, reply })
+            }
+            Request::Presence { room, reply } => {
+                self.ask(Command::Presence { room }, reply, |reply| {
+                    Pending::Presence { reply }
+                })
+            }
+            Request::PresenceStats { room, reply } => {
+                self.ask(Command::PresenceStats { room }, reply, |reply| {
+                    Pending::PresenceStats { reply }
+                })
+            }
             Request::History {
                 room,
                 since,
                 limit,
                 reply,
-            } => match self.live.as_mut() {
-                Some(live) => {
-                    live.send(
-                        Command::History { room, since, limit },
-                        Some(Pending::History { reply }),
-                    );
-                }
-                None => {
-                    let _ = reply.send(Err(ClientError::NotConnected));
-                }
-            },
+            } => self.ask(Command::History { room, since, limit }, reply, |reply| {
+                Pending::History { reply }
+            }),
             // Never buffered: a command must not run twice (or late) because of a reconnect.
             Request::Call {
                 method,
@@ -128,22 +103,15 @@ impl Actor {
                 timeout_ms,
                 idempotency_key,
                 reply,
-            } => match self.live.as_mut() {
-                Some(live) => {
-                    live.send(
-                        Command::Call {
-                            method,
-                            payload,
-                            timeout_ms,
-                            idempotency_key,
-                        },
-                        Some(Pending::Call { reply }),
-                    );
-                }
-                None => {
-                    let _ = reply.send(Err(ClientError::NotConnected));
-                }
-            },
+            } => {
+                let call = Command::Call {
+                    method,
+                    payload,
+                    timeout_ms,
+                    idempotency_key,
+                };
+                self.ask(call, reply, |reply| Pending::Call { reply })
+            }
             Request::Withdrawn => {
                 // Before looking, so that a withdrawal after the look sends another request.
                 self.shared.withdrawals.swap(false, Ordering::AcqRel);
@@ -157,6 +125,24 @@ impl Actor {
             Request::Close { reply } => {
                 self.close_all(0, "closed by client".into(), false);
                 let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Sends `command` on the live connection, its answer awaited as `pending(reply)`; while
+    /// disconnected the request fails at once (`NotConnected`): never buffered.
+    fn ask<T>(
+        &mut self,
+        command: Command,
+        reply: Reply<T>,
+        pending: impl FnOnce(Reply<T>) -> Pending,
+    ) {
+        match self.live.as_mut() {
+            Some(live) => {
+                live.send(command, Some(pending(reply)));
+            }
+            None => {
+                let _ = reply.send(Err(ClientError::NotConnected));
             }
         }
     }
