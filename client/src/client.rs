@@ -137,7 +137,10 @@ impl Client {
     /// same room is `already_subscribed` (104) while the first lives (unlike a NATS
     /// connection's any number of subscribers to a subject). Parts of an application that
     /// both want a room share the one [`Subscription`]'s events, or use a second `Client`.
-    /// Dropping the `Subscription` unsubscribes.
+    /// Dropping the `Subscription` unsubscribes. After a subscribe that timed out unanswered,
+    /// the next one to the room from the same position (none, or the same `subscribe_from`
+    /// position) takes it over and waits for its answer; one from another position is
+    /// `already_subscribed` until that answer came (the server answers for the position sent).
     pub async fn subscribe(&self, room: &str) -> Result<Subscription, ClientError> {
         self.subscribe_with(room, None).await
     }

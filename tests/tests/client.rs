@@ -1648,6 +1648,25 @@ async fn a_token_expiring_past_any_clock_connects() -> anyhow::Result<()> {
 /// provider slower than the window (here 1.5 s against 1 s) still connects over WebTransport.
 /// It counted, and such a provider sent the client to WebSocket, remembered for
 /// `webtransport_retry` (outside audit 68, 4).
+/// A token provider that never answers fails the attempt after `connect_timeout`, as it did
+/// when it was asked inside the transports' time: it held `Client::connect`, and a reconnect,
+/// for ever (outside audit 73).
+#[tokio::test]
+async fn a_token_provider_that_never_answers_fails_the_connect() -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let provider = token_fn(std::future::pending::<Result<String, String>>);
+    let mut config = config_for(&server, Transport::Auto, provider);
+    config.connect_timeout = Duration::from_millis(400);
+    match tokio::time::timeout(WAIT, Client::connect(config)).await {
+        Ok(Err(ClientError::Token(reason))) => {
+            assert!(reason.contains("connect_timeout"), "{reason}")
+        }
+        Ok(other) => anyhow::bail!("expected a token error, got {:?}", other.map(|_| ())),
+        Err(_) => anyhow::bail!("connect still waiting for the token provider"),
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_slow_token_provider_does_not_push_auto_onto_websocket() -> anyhow::Result<()> {
     let server = TestServer::start().await?;

@@ -140,3 +140,54 @@ async fn a_subscribe_after_one_that_timed_out_waits_for_the_answer() -> anyhow::
     client.close().await;
     Ok(())
 }
+
+/// A subscribe from another position does not take over one still in flight: the server
+/// answers for the position that was sent, and the later caller would silently miss what lies
+/// between (outside audit 73). It is refused `already_subscribed` at once, saying why; one
+/// from the same position still takes over.
+#[tokio::test]
+async fn a_subscribe_from_another_position_does_not_take_over_one_in_flight() -> anyhow::Result<()>
+{
+    use quiver_client::Position;
+    let (tx, _publishes) = tokio::sync::mpsc::unbounded_channel();
+    let url = closing_at_the_first_publish(tx).await?;
+    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "s")))
+        .with_transport(Transport::WebSocket);
+    config.ws_urls = vec![url];
+    config.request_timeout = std::time::Duration::from_millis(300);
+    let client = Client::connect(config).await?;
+    let (sent, other) = (
+        Position {
+            epoch: 7,
+            offset: 10,
+        },
+        Position {
+            epoch: 7,
+            offset: 2,
+        },
+    );
+    match client.subscribe_from("r.a", sent).await {
+        Err(ClientError::Timeout) => {}
+        other => anyhow::bail!("expected Timeout, got {other:?}"),
+    }
+    match client.subscribe_from("r.a", other).await {
+        Err(ClientError::Server { code, message }) => {
+            assert_eq!(code, quiver_proto::ErrorCode::AlreadySubscribed as u16);
+            assert!(message.contains("another position"), "{message}");
+        }
+        other => anyhow::bail!("expected already_subscribed, got {other:?}"),
+    }
+    match client.subscribe("r.a").await {
+        Err(ClientError::Server { code, .. })
+            if code == quiver_proto::ErrorCode::AlreadySubscribed as u16 => {}
+        other => anyhow::bail!(
+            "a subscribe without a position: expected already_subscribed, got {other:?}"
+        ),
+    }
+    match client.subscribe_from("r.a", sent).await {
+        Err(ClientError::Timeout) => {}
+        other => anyhow::bail!("the same position takes over: expected Timeout, got {other:?}"),
+    }
+    client.close().await;
+    Ok(())
+}

@@ -156,17 +156,29 @@ impl Actor {
         if let Some(sub) = self.subs.get_mut(&room) {
             // A subscribe whose caller gave up (a `Timeout`) and that was never answered: this
             // one takes it over, rather than be refused `already_subscribed` for a room it has
-            // no handle of (outside audit 68, 5).
-            if sub.parts.is_some() && sub.waiter.as_ref().is_some_and(|w| w.is_closed()) {
+            // no handle of (outside audit 68, 5). Only if it asks for what is in flight: one
+            // already sent from another position would be answered for that position, and
+            // a `subscribe_from` would silently miss what lies between (outside audit 73).
+            let abandoned =
+                sub.parts.is_some() && sub.waiter.as_ref().is_some_and(|w| w.is_closed());
+            if abandoned && sub.cmd_id.is_none() {
+                // Not sent yet: it goes out at the next `Welcome` from the position asked now.
                 sub.waiter = Some(reply);
-                if from.is_some() && !sub.confirmed {
-                    *lock(&sub.last) = from;
-                }
+                *lock(&sub.last) = from;
                 return;
             }
+            if abandoned && *lock(&sub.last) == from {
+                sub.waiter = Some(reply);
+                return;
+            }
+            let message = if abandoned {
+                format!("a subscribe to {room} from another position is still unanswered; retry when it is (within request_timeout)")
+            } else {
+                format!("this client is already subscribed to {room}")
+            };
             let _ = reply.send(Err(ClientError::server(
                 ErrorCode::AlreadySubscribed,
-                format!("this client is already subscribed to {room}"),
+                message,
             )));
             return;
         }

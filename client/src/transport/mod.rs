@@ -448,8 +448,18 @@ impl Connector {
         let cfg = &self.cfg;
         // Asked once per attempt, before any transport's time runs: in `Auto` the provider's
         // time counted against WebTransport's 2.5 s, and a provider taking 3 s sent the client
-        // to WebSocket for `webtransport_retry` (outside audit 68, 4).
-        let token = &(cfg.token)().await.map_err(ClientError::Token)?;
+        // to WebSocket for `webtransport_retry` (outside audit 68, 4). Bounded by
+        // `connect_timeout`, as it was inside the transports' time: a provider that never
+        // answers must not hold a connect, or a reconnect, for ever (outside audit 73).
+        let limit = cfg.connect_timeout;
+        let token = &tokio::time::timeout(limit, (cfg.token)())
+            .await
+            .map_err(|_| {
+                ClientError::Token(format!(
+                    "the token provider gave no token within {limit:?} (connect_timeout)"
+                ))
+            })?
+            .map_err(ClientError::Token)?;
         let wt_url = || &cfg.urls[index % cfg.urls.len()];
         let ws_url = || &cfg.ws_urls[index % cfg.ws_urls.len()];
         match cfg.transport {
