@@ -100,7 +100,8 @@ async fn a_full_store_is_reported_without_the_brokers_words() -> Result<()> {
 /// not held up (the set-up held the lock of every room's interest: 14.7 s behind five such
 /// subscribes; outside audit 67, F2), and a second subscriber of the refused room waits for the
 /// set-up and hears the refusal too (it was told `Subscribed` at once, before the room was
-/// listened to, and then received nothing; F3).
+/// listened to, and then received nothing; F3); every subscriber that waited for the set-up
+/// hears its refusal, not a set-up of its own after it (audit 72, F1).
 #[tokio::test]
 async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscriber() -> Result<()>
 {
@@ -115,6 +116,7 @@ async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscri
     wait_ready(&server).await?;
     let mut first = Raw::connect(&server, &full_token("acme", "first")).await?;
     let mut second = Raw::connect(&server, &full_token("acme", "second")).await?;
+    let mut third = Raw::connect(&server, &full_token("acme", "third")).await?;
     let mut other = Raw::connect(&server, &full_token("other", "bystander")).await?;
     let subscribe = |room: &str| Command::Subscribe {
         room: room.into(),
@@ -123,6 +125,7 @@ async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscri
     let first_id = first.send(subscribe("h.x")).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let second_id = second.send(subscribe("h.x")).await?;
+    let third_id = third.send(subscribe("h.x")).await?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Answered while the refused room's set-up still runs.
     let other_id = other.send(subscribe("live.y")).await?;
@@ -133,12 +136,26 @@ async fn a_refused_history_room_holds_up_no_other_room_and_refuses_every_subscri
         still_waiting.is_err(),
         "the refused room's set-up ended before the other room was answered: {still_waiting:?}"
     );
-    for (raw, id) in [(&mut first, first_id), (&mut second, second_id)] {
+    let mut answered = Vec::new();
+    for (raw, id) in [
+        (&mut first, first_id),
+        (&mut second, second_id),
+        (&mut third, third_id),
+    ] {
         match raw.recv_reply(id).await? {
             Event::Error { code, .. } => assert_eq!(code, ErrorCode::Unavailable.as_u16()),
             other => anyhow::bail!("a subscriber of the refused room was answered {other:?}"),
         }
+        answered.push(tokio::time::Instant::now());
     }
+    // The subscribers that waited for the one set-up share its refusal: each set-up waits
+    // 3 s for JetStream, and one apiece answered the third 6 s after the first (outside
+    // audit 72, F1).
+    let spread = answered[2] - answered[0];
+    assert!(
+        spread < Duration::from_millis(1500),
+        "the waiting subscribers were answered {spread:?} apart: a set-up each"
+    );
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use quiver_proto::{Member, Position};
 
 use crate::hub::RoomKey;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// Quiver's own words, fit for a client ("history listener set-up timed out").
     #[error("broker unavailable: {0}")]

@@ -496,9 +496,9 @@ impl Broker for NatsBroker {
             let ready = setting_up
                 .interest
                 .as_ref()
-                .map(|interest| interest.get_or_try_init(|| self.inner.listen(key.clone())));
+                .map(|interest| interest.ready(|| self.inner.listen(key.clone())));
             match ready {
-                Some(ready) => ready.await.map(drop),
+                Some(ready) => ready.await,
                 None => Ok(()),
             }
         })
@@ -612,8 +612,46 @@ impl Drop for NatsBroker {
 }
 
 /// One room's interest: its listener, once set up (by whichever subscriber gets there first;
-/// the others wait for it; after a failure the next one tries again).
-type Interest = tokio::sync::OnceCell<Listener>;
+/// the others wait for it). A failed set-up is the answer of everyone who waited for it; a
+/// subscriber that comes after the failure tries again. (`OnceCell` alone hands a failed
+/// initialisation to the next waiter: k subscribers of a room JetStream refuses waited k × 3 s
+/// for the last one's `unavailable`; outside audit 72, F1.)
+#[derive(Default)]
+struct Interest {
+    listener: tokio::sync::OnceCell<Listener>,
+    /// Failed set-ups so far, and the last one's error.
+    failed: std::sync::Mutex<(u64, Option<BrokerError>)>,
+}
+
+impl Interest {
+    /// Waits for the room's listener, setting it up with `listen` unless it is there or a
+    /// set-up that began before this call failed meanwhile (its error is then this one's too).
+    async fn ready<F>(&self, listen: impl FnOnce() -> F) -> Result<(), BrokerError>
+    where
+        F: std::future::Future<Output = Result<Listener, BrokerError>>,
+    {
+        let seen = self.failures().0;
+        let init = || async {
+            if let (count, Some(error)) = self.failures() {
+                if count != seen {
+                    return Err(error);
+                }
+            }
+            listen().await.inspect_err(|error| {
+                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+                *failed = (failed.0 + 1, Some(error.clone()));
+            })
+        };
+        self.listener.get_or_try_init(init).await.map(drop)
+    }
+
+    fn failures(&self) -> (u64, Option<BrokerError>) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 impl Inner {
     /// Drops `key`'s interest if the room has no local subscriber and nobody is setting it up
