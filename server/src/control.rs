@@ -95,6 +95,22 @@ pub struct Unsubscribe {
     pub reason: String,
 }
 
+impl Unsubscribe {
+    /// Held to what `POST /api/v1/unsubscribe` accepts: a user, a room name, a reason that fits
+    /// in a frame. Applied to one that comes over NATS, where a tenant's backend may publish
+    /// (outside audit 72, F5: without a user, one message ended the room for every session of
+    /// the tenant; a room that is no room name was ignored uncounted).
+    fn checked(self) -> Result<Self, String> {
+        if self.selector.user.is_none() {
+            return Err("an unsubscribe names a user".into());
+        }
+        quiver_proto::RoomName::parse(&self.room).map_err(|e| format!("room: {e}"))?;
+        check_reason(&self.reason)?;
+        check_selector(&self.selector)?;
+        Ok(self)
+    }
+}
+
 /// A control message with the instance it comes from, so that instance (which applied it
 /// already, to count its own sessions) does not apply it twice.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -630,9 +646,10 @@ impl Control {
                     match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload)
                         .map_err(|e| e.to_string())
                         .and_then(|m| {
-                            check_reason(&m.body.reason)?;
-                            check_selector(&m.body.selector)?;
-                            Ok(m)
+                            Ok(FromNode {
+                                body: m.body.checked()?,
+                                origin: m.origin,
+                            })
                         }) {
                         // Applied already where it was asked for; a second time would end a
                         // subscription made again in between.

@@ -597,7 +597,8 @@ async fn a_tenants_own_key_revokes_a_bounded_number_an_hour() -> anyhow::Result<
 /// Control messages that come over NATS, where a tenant's backend may publish
 /// (docs/deployment.md), are held to what the API would send: a revocation key as
 /// `revocation::key` makes them (100 kB keys were kept whole on every instance), a disconnect
-/// naming a user or a session, reasons of at most 256 bytes (outside audit 66, F3, F4). Each
+/// naming a user or a session, unsubscribes a user and a room, reasons of at most 256 bytes
+/// (outside audit 66, F3, F4; audit 72, F5). Each
 /// refused is counted `malformed`; a well-formed one after them is applied.
 #[tokio::test]
 async fn control_messages_over_nats_are_held_to_the_apis_bounds() -> anyhow::Result<()> {
@@ -641,6 +642,18 @@ async fn control_messages_over_nats_are_held_to_the_apis_bounds() -> anyhow::Res
             "unsubscribe",
             serde_json::json!({"origin": "elsewhere", "selector": {"tenant": "acme", "user": "alice"},
                 "room": "news.a", "reason": "x".repeat(1000)}),
+        ),
+        // The API's unsubscribe names a user and a room (outside audit 72, F5: without a user
+        // one message ended the room's subscription of every session of the tenant).
+        (
+            "unsubscribe",
+            serde_json::json!({"origin": "elsewhere", "selector": {"tenant": "acme"},
+                "room": "news.a", "reason": "all of them"}),
+        ),
+        (
+            "unsubscribe",
+            serde_json::json!({"origin": "elsewhere", "selector": {"tenant": "acme", "user": "alice"},
+                "room": "not a room", "reason": "bad room"}),
         ),
     ];
     for (action, body) in &refused {

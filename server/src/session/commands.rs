@@ -347,6 +347,17 @@ impl Session {
         // as at CONNECT (PROTOCOL.md §6).
         let expires_at = grant.expires_at;
         self.shared.registry.set_jti(&self.id, grant.jti.as_deref());
+        // A revocation of the new token between its check above and `set_jti` looked for the
+        // session under the old `jti` and missed it: checked again now that it would be found
+        // (as at CONNECT; outside audit 72, F3). Refused as a revoked token is, the old one kept.
+        if let Some(jti) = grant.jti.as_deref() {
+            if self.shared.revocations.is_revoked(&grant.tenant, jti) {
+                let old = self.grant.jti.as_deref();
+                self.shared.registry.set_jti(&self.id, old);
+                let refused = crate::auth::AuthError::revoked(&grant);
+                return Err(Refusal::new(ErrorCode::InvalidToken, refused.to_string()));
+            }
+        }
         // The subscriptions are checked again only when what they depend on changed (the usual
         // refresh changes the expiry alone).
         self.recheck_due = !grant.same_subscribe(&self.grant);
