@@ -47,7 +47,8 @@ pub enum SubEvent {
     /// [`quiver_proto::ErrorCode`], e.g. 112 `slow_consumer`; not 111 `unavailable`, 113
     /// `session_closing` nor 117 `unrecoverable_position`, after which the client subscribes
     /// again, resuming, and yields `Resubscribed`), a resubscribe after a reconnect
-    /// was refused (e.g. 103 `permission_denied` with a new token), or the server closed the
+    /// was refused (e.g. 103 `permission_denied` with a new token; "not now" refusals, 100
+    /// `internal`, 107 `rate_limited`, 111 and 115 `quota_exceeded`, are retried), or the server closed the
     /// session for good (`code` is then a [`quiver_proto::CloseCode`]). [`crate::Client::close`]
     /// ends subscriptions without an `Ended`: they yield `None`.
     Ended { code: u16, reason: String },

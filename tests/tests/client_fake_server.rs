@@ -1,6 +1,7 @@
-//! The Rust client against a fake WebSocket server that misbehaves: it ends a session with a
-//! bare close code (no `Goodbye` frame before it), and never answers a `Subscribe`. What the
-//! client may and may not conclude from that.
+//! The Rust client against fake WebSocket servers that misbehave, or say "not now": one ends a
+//! session with a bare close code (no `Goodbye` frame before it) and never answers a
+//! `Subscribe`, one refuses a resubscribe for a quota. What the client may and may not
+//! conclude from that.
 
 use quiver_client::{token_fixed, Client, ClientConfig, ClientError, Transport};
 use quiver_tests::*;
@@ -187,6 +188,145 @@ async fn a_subscribe_from_another_position_does_not_take_over_one_in_flight() ->
     match client.subscribe_from("r.a", sent).await {
         Err(ClientError::Timeout) => {}
         other => anyhow::bail!("the same position takes over: expected Timeout, got {other:?}"),
+    }
+    client.close().await;
+    Ok(())
+}
+
+/// A fake server on WebSocket whose first session confirms every `Subscribe` and then drops
+/// the connection; on the next session the first `Subscribe` is refused 115 `quota_exceeded`
+/// and the later ones confirmed. Sends the session's number with each `Subscribe` it reads.
+async fn refusing_a_resubscribe_for_now(
+    subscribes: tokio::sync::mpsc::UnboundedSender<u32>,
+) -> anyhow::Result<String> {
+    use futures::{SinkExt, StreamExt};
+    use quiver_proto::{Command, ErrorCode, Event, FrameDecoder, Limits, Recovery, ServerFrame};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("ws://{}/v1/ws", listener.local_addr()?);
+    tokio::spawn(async move {
+        let mut sessions = 0;
+        while let Ok((tcp, _)) = listener.accept().await {
+            sessions += 1;
+            let (session, subscribes) = (sessions, subscribes.clone());
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                let mut decoder = FrameDecoder::new(1 << 20);
+                let mut refused = false;
+                while let Some(Ok(message)) = ws.next().await {
+                    let Message::Binary(data) = message else {
+                        continue;
+                    };
+                    decoder.push(&data);
+                    while let Ok(Some(body)) = decoder.next_frame() {
+                        let Ok(frame) = quiver_proto::decode_command(&body) else {
+                            return;
+                        };
+                        let (events, then_drop) = match frame.command {
+                            Command::Hello { .. } => (
+                                vec![Event::Welcome {
+                                    version: quiver_proto::PROTOCOL_VERSION,
+                                    session: format!("s{session}"),
+                                    user: "u".into(),
+                                    tenant: "acme".into(),
+                                    expires_at: None,
+                                    limits: Limits {
+                                        max_frame: 1 << 20,
+                                        max_payload: 1 << 16,
+                                        max_subscriptions: 100,
+                                        commands_per_second: 1000,
+                                    },
+                                }],
+                                false,
+                            ),
+                            Command::Subscribe { room, .. } => {
+                                let _ = subscribes.send(session);
+                                if session == 2 && !refused {
+                                    refused = true;
+                                    let event = Event::Error {
+                                        code: ErrorCode::QuotaExceeded.as_u16(),
+                                        message: "the tenant is at its subscriptions quota".into(),
+                                    };
+                                    (vec![event], false)
+                                } else {
+                                    // As a server does on WebSocket: the room's stream is
+                                    // announced, then confirmed (PROTOCOL.md, section 2).
+                                    let events = vec![
+                                        Event::SubscriptionStream { room: room.clone() },
+                                        Event::Subscribed {
+                                            room,
+                                            position: None,
+                                            recovery: Recovery::NotRequested,
+                                            subscription: None,
+                                        },
+                                    ];
+                                    (events, session == 1)
+                                }
+                            }
+                            Command::Ping => (vec![Event::Pong], false),
+                            _ => continue,
+                        };
+                        for event in events {
+                            let bytes = quiver_proto::encode_event(&ServerFrame {
+                                id: frame.id,
+                                event,
+                            });
+                            if ws
+                                .send(Message::Binary(bytes.to_vec().into()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        if then_drop {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A resubscribe refused 115 `quota_exceeded` ("no effect, retry later", PROTOCOL §11) is
+/// tried again, as after 111 and 429-like refusals, and as the TypeScript client does: it
+/// ended the subscription for good (outside audit 73).
+#[tokio::test]
+async fn a_resubscribe_refused_for_a_quota_is_tried_again() -> anyhow::Result<()> {
+    use quiver_client::{Recovery, SubEvent};
+    let (tx, mut subscribes) = tokio::sync::mpsc::unbounded_channel();
+    let url = refusing_a_resubscribe_for_now(tx).await?;
+    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "q")))
+        .with_transport(Transport::WebSocket);
+    config.ws_urls = vec![url];
+    config.backoff = quiver_client::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_millis(300),
+    };
+    let client = Client::connect(config).await?;
+    let mut sub = client.subscribe("r.a").await?;
+    assert_eq!(subscribes.recv().await, Some(1));
+    assert_eq!(
+        subscribes.recv().await,
+        Some(2),
+        "no resubscribe after the reconnect"
+    );
+    let again = tokio::time::timeout(WAIT, subscribes.recv()).await;
+    assert_eq!(
+        again.ok().flatten(),
+        Some(2),
+        "the refused resubscribe was not tried again"
+    );
+    match tokio::time::timeout(WAIT, sub.recv()).await {
+        Ok(Some(SubEvent::Resubscribed {
+            recovery: Recovery::NotRequested,
+        })) => {}
+        other => anyhow::bail!("expected Resubscribed, got {other:?}"),
     }
     client.close().await;
     Ok(())

@@ -154,11 +154,17 @@ impl Actor {
             let _ = waiter.send(Err(ClientError::Server { code, message }));
             return;
         }
-        // A resubscribe after reconnecting. Transient refusals are retried; anything else
-        // (permission_denied with a new token, ...) ends the subscription.
+        // A resubscribe after reconnecting. Transient refusals ("not now": a quota among them,
+        // PROTOCOL §11) are retried; anything else (permission_denied with a new token, ...)
+        // ends the subscription.
         let transient = matches!(
             ErrorCode::from_u16(code),
-            Some(ErrorCode::RateLimited | ErrorCode::Internal | ErrorCode::Unavailable)
+            Some(
+                ErrorCode::RateLimited
+                    | ErrorCode::Internal
+                    | ErrorCode::Unavailable
+                    | ErrorCode::QuotaExceeded
+            )
         );
         if transient {
             sub.cmd_id = None;
