@@ -204,11 +204,14 @@ enum Pending {
 const PRUNE_FIRST: usize = 64;
 
 impl Pending {
-    /// A request nobody waits for the answer of any more. Acknowledged publishes are kept (a
-    /// drain's goodbye sends them again), and so are subscribes, unsubscribes and refreshes,
-    /// whose answers change the client's state.
+    /// A request nobody waits for the answer of any more. An acknowledged publish is one too
+    /// once its caller gave up: a drain's goodbye sends again only those still awaited
+    /// (`Buffered::abandoned`), so keeping it kept its payload for nothing, for the session's
+    /// life with a server that never answers (outside audit 73). Subscribes, unsubscribes and
+    /// refreshes are kept: their answers change the client's state.
     fn abandoned(&self) -> bool {
         match self {
+            Pending::PublishAck { reply, .. } => reply.is_closed(),
             Pending::Ping { reply, .. } => reply.is_closed(),
             Pending::Presence { reply } => reply.is_closed(),
             Pending::PresenceStats { reply } => reply.is_closed(),
@@ -216,7 +219,6 @@ impl Pending {
             Pending::Call { reply } => reply.is_closed(),
             Pending::Subscribe { .. }
             | Pending::Unsubscribe { .. }
-            | Pending::PublishAck { .. }
             | Pending::Refresh
             | Pending::Heartbeat => false,
         }
@@ -1006,7 +1008,10 @@ mod tests {
             again: ("r".into(), Bytes::new()),
             claim: Claim::default(),
         };
-        assert!(!publish.abandoned(), "kept to be sent again after a drain");
+        assert!(
+            publish.abandoned(),
+            "its caller gave up: never sent again after a drain either"
+        );
         assert!(!Pending::Refresh.abandoned());
     }
 
