@@ -1044,6 +1044,7 @@ function refreshDelay(expiresAt) {
   const remaining = expiresAt * 1e3 - Date.now();
   return Math.max(0, remaining - Math.min(6e4, remaining / 5));
 }
+var MAX_TIMER = 2 ** 31 - 1;
 var Refresher = class {
   constructor(session, token, report) {
     this.session = session;
@@ -1060,7 +1061,7 @@ var Refresher = class {
     this.stop();
     if (expiresAt === null) return;
     const delay = refreshDelay(expiresAt);
-    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
+    this.timer = delay > MAX_TIMER ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER) : setTimeout(() => void this.refresh(expiresAt), delay);
   }
   stop() {
     if (this.timer) clearTimeout(this.timer);

@@ -435,6 +435,9 @@ function refreshDelay(expiresAt: number): number {
   return Math.max(0, remaining - Math.min(60_000, remaining / 5));
 }
 
+/** The longest delay setTimeout keeps (2^31-1 ms); past it, it fires at once. */
+const MAX_TIMER = 2 ** 31 - 1;
+
 /** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
 export class Refresher {
   private timer: ReturnType<typeof setTimeout> | null = null;
@@ -451,8 +454,13 @@ export class Refresher {
     this.stop();
     if (expiresAt === null) return;
     const delay = refreshDelay(expiresAt);
-    // setTimeout fires at once beyond 2^31-1 ms; an early refresh of a very long token is harmless.
-    this.timer = setTimeout(() => void this.refresh(expiresAt), Math.min(delay, 2 ** 31 - 1));
+    // setTimeout fires at once beyond 2^31-1 ms (24.8 days): a longer wait goes in steps. A
+    // refresh at the first step of a token whose expiry the server keeps was answered with the
+    // same expiry and retried every 30 s for the rest of its life (outside audit 73).
+    this.timer =
+      delay > MAX_TIMER
+        ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER)
+        : setTimeout(() => void this.refresh(expiresAt), delay);
   }
 
   stop(): void {

@@ -599,6 +599,33 @@ describe(`over ${transport}`, () => {
     assert.ok(gaps[1] >= 1_800, `second retry after ${gaps[1]} ms (doubling)`);
   });
 
+  test('a token valid longer than a timer can wait is not refreshed early', async (t) => {
+    // setTimeout keeps at most 2^31-1 ms: the refresh of a 60-day token waits in steps. Its
+    // first step refreshed, and a server keeping the expiry had it retried every 30 s (outside
+    // audit 73). The long timers are caught here and fired by hand.
+    const MAX_TIMER = 2 ** 31 - 1;
+    const realSetTimeout = globalThis.setTimeout;
+    const long = [];
+    globalThis.setTimeout = (fn, ms, ...rest) => {
+      if (ms < MAX_TIMER) return realSetTimeout(fn, ms, ...rest);
+      long.push(fn);
+      const handle = realSetTimeout(() => {}, MAX_TIMER);
+      handle.unref?.();
+      return handle;
+    };
+    t.after(() => {
+      globalThis.setTimeout = realSetTimeout;
+    });
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const expiresAt = BigInt(Math.floor(Date.now() / 1000) + 60 * 86_400);
+    const conn = await connected(net, client, { expiresAt });
+    await waitUntil(() => long.length === 1);
+    long[0]();
+    assert.equal(long.length, 2, 'the next step is waited for');
+    await assert.rejects(conn.expect('Refresh', 300), /timed out/);
+  });
+
   test('a malformed frame from the server ends the session and reconnects', async (t) => {
     const { net, client } = setup({}, transport);
     t.after(() => client.close());
