@@ -21,7 +21,9 @@ pub type TokenProvider = Arc<dyn Fn() -> BoxFuture<'static, Result<String, Strin
 /// A [`TokenProvider`] that always returns the same token (fine for tests and for tokens that
 /// outlive the process; once it expires the server closes the session with `token_expired`, the
 /// reconnect with it is refused the same way, and the client then closes for good:
-/// [`crate::Client::close_reason`] is 3002, subscriptions end with it).
+/// [`crate::Client::close_reason`] is 3002, subscriptions end with it. That takes a reconnect
+/// over WebSocket, where the refusal says why: `Transport::WebTransport` alone sees only a
+/// refused CONNECT, and goes on trying with backoff).
 pub fn token_fixed(token: impl Into<String>) -> TokenProvider {
     let token: String = token.into();
     Arc::new(move || futures::future::ready(Ok(token.clone())).boxed())

@@ -59,9 +59,17 @@ pub(super) fn refresh_deadline(
     let delay = refresh_delay(expires_at?, unix_now(), ahead);
     // An expiry past what an `Instant` can hold (a server passes on any `exp`, `u64::MAX`
     // included) never comes: no refresh. Adding it panicked, in `connect` or, on a reconnect,
-    // in the connection task (outside audit 68, 1).
+    // in the connection task (outside audit 68, 1). Nor does one a century away: tokio's timer
+    // adds up to a millisecond of its own to a deadline, and one within that of the largest
+    // `Instant` would still panic (outside audit 73).
+    if delay > NEVER {
+        return None;
+    }
     tokio::time::Instant::now().checked_add(delay)
 }
+
+/// A refresh this far off is never scheduled.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// The wall clock as a duration since the Unix epoch (zero before it).
 pub(super) fn unix_now() -> Duration {
@@ -87,6 +95,8 @@ mod tests {
         assert!(refresh_deadline(Some(u64::MAX), ahead).is_none());
         assert!(refresh_deadline(Some(10_000_000_000_000_000_000), ahead).is_none());
         assert!(refresh_deadline(Some(unix_now().as_secs() + 3600), ahead).is_some());
+        let two_centuries = unix_now().as_secs() + 200 * 365 * 86_400;
+        assert!(refresh_deadline(Some(two_centuries), ahead).is_none());
     }
 
     #[test]
