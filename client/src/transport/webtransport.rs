@@ -281,6 +281,14 @@ async fn read_datagrams(conn: Connection, routes: crate::latest::LatestRoutes) {
 async fn watch_closed(conn: Connection, events: EventTx, epoch: u64) {
     let err = conn.closed().await;
     let (code, reason) = close_info(&err);
+    if code != 0 {
+        // A server that closes with a code said `Goodbye` first on the control stream, and
+        // what it answered before it counts only if that frame is handled first (a drain's
+        // unanswered acknowledged publishes go again): the control reader gets a moment to
+        // hand it over (outside audit 73). Less than the reader's own wait after the stream
+        // ends, so the code still comes first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = events.send((epoch, ConnEvent::Lost { code, reason }));
 }
 
