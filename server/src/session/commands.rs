@@ -100,6 +100,7 @@ impl Session {
                 direct: direct.clone(),
             },
         );
+        self.joining = Some((key.clone(), sub_id));
         // Every subscriber waits for the room's listener, not only the first: a second one
         // answered at once was `Subscribed` before the room was listened to (outside audit 67,
         // F3). The broker sets it up once.
@@ -113,12 +114,8 @@ impl Session {
                 if resume.is_some() {
                     m::labels::count_resume(&self.shared.config, &key.room, None);
                 }
-                if self.shared.hub.unsubscribe(&key, sub_id) {
-                    let _ = self.shared.broker.remove_interest(key.clone()).await;
-                }
-                if let Some(quota) = &self.quota {
-                    quota.remove_subscription();
-                }
+                self.joining = None;
+                self.forget_joining(key.clone(), sub_id).await;
                 return Err(super::publishing::unavailable(
                     self.grant.tenant.as_str(),
                     e,
@@ -212,20 +209,22 @@ impl Session {
         metrics::gauge!(m::SUBSCRIPTIONS_ACTIVE).increment(1.0);
         debug!(session = %self.id, room = %key.room, ?recovery, "subscribed");
         let room = key.room.to_string();
-        if self.shared.config.presence(&key.room) {
-            self.announce_presence(&key, true).await;
-        }
+        // In `subs` before anything else is awaited: from here on `release` frees it.
+        self.joining = None;
         self.subs.insert(
             key.room.clone(),
             Sub {
                 id: sub_id,
-                key,
+                key: key.clone(),
                 writer: shared_sink.then_some(writer),
                 stop,
                 overflow,
                 direct,
             },
         );
+        if self.shared.config.presence(&key.room) {
+            self.announce_presence(&key, true).await;
+        }
         Ok(Some(Event::Subscribed {
             room,
             position: recovered.current,
@@ -602,6 +601,17 @@ impl Session {
                     warn!(error = %e, "broker refused to drop interest");
                 }
             });
+        }
+    }
+
+    /// Undoes the hub's and the tenant's side of a subscribe that never became a `Sub`: out of
+    /// the hub, the room's interest let go of if it was the last, the subscription uncounted.
+    pub(super) async fn forget_joining(&self, key: RoomKey, sub_id: u64) {
+        if self.shared.hub.unsubscribe(&key, sub_id) {
+            let _ = self.shared.broker.remove_interest(key).await;
+        }
+        if let Some(quota) = &self.quota {
+            quota.remove_subscription();
         }
     }
 

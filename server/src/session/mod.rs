@@ -165,6 +165,12 @@ pub struct Session {
     grant: Box<Grant>,
     out: queue::Sender<Bytes>,
     subs: HashMap<RoomName, Sub>,
+    /// A subscriber in the hub whose `Subscribe` is still being carried out (its broker set-up,
+    /// its header), not yet in `subs`: if the session ends meanwhile (a drain's bound cut it
+    /// off, a panic), `release` takes it out of the hub, the broker's interest and the
+    /// tenant's count, which would otherwise keep it for the process's life (outside audit
+    /// 72, F2).
+    joining: Option<(RoomKey, u64)>,
     /// Subscriptions that ended by themselves report here. Created with the first subscription:
     /// a tokio channel allocates its first block when created (1.5 KiB, heaptrack), and an idle
     /// session may never subscribe.
@@ -275,6 +281,7 @@ async fn run_session(
         grant,
         out,
         subs: HashMap::new(),
+        joining: None,
         ended: None,
         meter,
         recheck_due: false,
@@ -774,6 +781,9 @@ impl Session {
         }
         for (_, sub) in std::mem::take(&mut self.subs) {
             self.drop_sub(sub).await;
+        }
+        if let Some((key, sub_id)) = self.joining.take() {
+            self.forget_joining(key, sub_id).await;
         }
     }
 
