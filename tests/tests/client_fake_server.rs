@@ -7,13 +7,24 @@ use quiver_client::{token_fixed, Client, ClientConfig, ClientError, Transport};
 use quiver_tests::*;
 use tokio::net::TcpListener;
 
-/// A fake server on WebSocket: welcomes every session and answers `Ping`, never `Subscribe`;
-/// the first session's first `Publish` is answered by a bare close frame 3000, with no
-/// `Goodbye` frame before it.
-/// Sends the id of every `Publish` it reads, with its session's number.
-async fn closing_at_the_first_publish(
-    publishes: tokio::sync::mpsc::UnboundedSender<(u32, u32)>,
-) -> anyhow::Result<String> {
+/// What a fake server does with a command (after `Hello`, which every session gets a
+/// `Welcome` for, and `Ping`, answered `Pong`).
+enum Answer {
+    /// These events, each with the command's id.
+    Events(Vec<quiver_proto::Event>),
+    /// These events, then the connection dropped (no close frame).
+    EventsThenDrop(Vec<quiver_proto::Event>),
+    /// A bare close frame with this code, no `Goodbye` frame before it.
+    Close(u16),
+    Nothing,
+}
+
+/// A fake server on WebSocket; `session` makes each session's answerer, given the session's
+/// number (1, 2, ...). Returns its URL.
+async fn fake_server<A>(session: impl Fn(u32) -> A + Send + 'static) -> anyhow::Result<String>
+where
+    A: FnMut(quiver_proto::Command) -> Answer + Send + 'static,
+{
     use futures::{SinkExt, StreamExt};
     use quiver_proto::{Command, Event, FrameDecoder, Limits, ServerFrame};
     use tokio_tungstenite::tungstenite::protocol::frame::{coding::CloseCode, CloseFrame};
@@ -24,7 +35,7 @@ async fn closing_at_the_first_publish(
         let mut sessions = 0;
         while let Ok((tcp, _)) = listener.accept().await {
             sessions += 1;
-            let (session, publishes) = (sessions, publishes.clone());
+            let (number, mut answer) = (sessions, session(sessions));
             tokio::spawn(async move {
                 let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
                     return;
@@ -39,45 +50,53 @@ async fn closing_at_the_first_publish(
                         let Ok(frame) = quiver_proto::decode_command(&body) else {
                             return;
                         };
-                        let event = match frame.command {
-                            Command::Hello { .. } => Event::Welcome {
-                                version: quiver_proto::PROTOCOL_VERSION,
-                                session: format!("s{session}"),
-                                user: "u".into(),
-                                tenant: "acme".into(),
-                                expires_at: None,
-                                limits: Limits {
-                                    max_frame: 1 << 20,
-                                    max_payload: 1 << 16,
-                                    max_subscriptions: 100,
-                                    commands_per_second: 1000,
-                                },
-                            },
-                            Command::Publish { .. } => {
-                                let _ = publishes.send((session, frame.id));
-                                if session == 1 {
-                                    let _ = ws
-                                        .close(Some(CloseFrame {
-                                            code: CloseCode::from(3000),
-                                            reason: "server shutting down".into(),
-                                        }))
-                                        .await;
+                        let (events, then_drop) = match frame.command {
+                            Command::Hello { .. } => {
+                                let welcome = Event::Welcome {
+                                    version: quiver_proto::PROTOCOL_VERSION,
+                                    session: format!("s{number}"),
+                                    user: "u".into(),
+                                    tenant: "acme".into(),
+                                    expires_at: None,
+                                    limits: Limits {
+                                        max_frame: 1 << 20,
+                                        max_payload: 1 << 16,
+                                        max_subscriptions: 100,
+                                        commands_per_second: 1000,
+                                    },
+                                };
+                                (vec![welcome], false)
+                            }
+                            Command::Ping => (vec![Event::Pong], false),
+                            command => match answer(command) {
+                                Answer::Events(events) => (events, false),
+                                Answer::EventsThenDrop(events) => (events, true),
+                                Answer::Close(code) => {
+                                    let close = CloseFrame {
+                                        code: CloseCode::from(code),
+                                        reason: "server shutting down".into(),
+                                    };
+                                    let _ = ws.close(Some(close)).await;
                                     return;
                                 }
-                                Event::Published { position: None }
-                            }
-                            Command::Ping => Event::Pong,
-                            _ => continue,
+                                Answer::Nothing => continue,
+                            },
                         };
-                        let bytes = quiver_proto::encode_event(&ServerFrame {
-                            id: frame.id,
-                            event,
-                        });
-                        if ws
-                            .send(Message::Binary(bytes.to_vec().into()))
-                            .await
-                            .is_err()
-                        {
+                        for event in events {
+                            let bytes = quiver_proto::encode_event(&ServerFrame {
+                                id: frame.id,
+                                event,
+                            });
+                            if ws
+                                .send(Message::Binary(bytes.to_vec().into()))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        if then_drop {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                             return;
                         }
                     }
@@ -88,6 +107,42 @@ async fn closing_at_the_first_publish(
     Ok(url)
 }
 
+/// Welcomes every session and answers `Ping`, never `Subscribe`; the first session's first
+/// `Publish` is answered by a bare close frame 3000, with no `Goodbye` frame before it.
+/// Sends its session's number for every `Publish` it reads.
+async fn closing_at_the_first_publish(
+    publishes: tokio::sync::mpsc::UnboundedSender<u32>,
+) -> anyhow::Result<String> {
+    use quiver_proto::{Command, Event};
+    fake_server(move |session| {
+        let publishes = publishes.clone();
+        move |command| match command {
+            Command::Publish { .. } => {
+                let _ = publishes.send(session);
+                if session == 1 {
+                    Answer::Close(3000)
+                } else {
+                    Answer::Events(vec![Event::Published { position: None }])
+                }
+            }
+            _ => Answer::Nothing,
+        }
+    })
+    .await
+}
+
+/// A client of a fake server: WebSocket only, reconnecting within 100–300 ms.
+fn client_config(url: String, user: &str) -> ClientConfig {
+    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", user)))
+        .with_transport(Transport::WebSocket);
+    config.ws_urls = vec![url];
+    config.backoff = quiver_client::Backoff {
+        initial: std::time::Duration::from_millis(100),
+        max: std::time::Duration::from_millis(300),
+    };
+    config
+}
+
 /// A close code 3000 without its `Goodbye` frame does not say that the server answered every
 /// command it read before it (PROTOCOL §7: the answers may be lost with the connection), so an
 /// acknowledged publish still unanswered is reported `ConnectionLost`, never sent again: it
@@ -96,19 +151,13 @@ async fn closing_at_the_first_publish(
 async fn a_bare_shutdown_close_sends_no_acknowledged_publish_again() -> anyhow::Result<()> {
     let (tx, mut publishes) = tokio::sync::mpsc::unbounded_channel();
     let url = closing_at_the_first_publish(tx).await?;
-    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "p")))
-        .with_transport(Transport::WebSocket);
-    config.ws_urls = vec![url];
-    config.backoff = quiver_client::Backoff {
-        initial: std::time::Duration::from_millis(100),
-        max: std::time::Duration::from_millis(300),
-    };
+    let config = client_config(url, "p");
     let client = Client::connect(config).await?;
     match client.publish_ack("r.a", "once").await {
         Err(ClientError::ConnectionLost) => {}
         other => anyhow::bail!("expected ConnectionLost, got {other:?}"),
     }
-    assert!(matches!(publishes.recv().await, Some((1, _))));
+    assert_eq!(publishes.recv().await, Some(1));
     // Back on a second session, which hears no publish.
     let deadline = tokio::time::Instant::now() + WAIT;
     while client.ping().await.is_err() {
@@ -127,9 +176,7 @@ async fn a_bare_shutdown_close_sends_no_acknowledged_publish_again() -> anyhow::
 async fn a_subscribe_after_one_that_timed_out_waits_for_the_answer() -> anyhow::Result<()> {
     let (tx, _publishes) = tokio::sync::mpsc::unbounded_channel();
     let url = closing_at_the_first_publish(tx).await?;
-    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "s")))
-        .with_transport(Transport::WebSocket);
-    config.ws_urls = vec![url];
+    let mut config = client_config(url, "s");
     config.request_timeout = std::time::Duration::from_millis(300);
     let client = Client::connect(config).await?;
     for attempt in 0..2 {
@@ -152,9 +199,7 @@ async fn a_subscribe_from_another_position_does_not_take_over_one_in_flight() ->
     use quiver_client::Position;
     let (tx, _publishes) = tokio::sync::mpsc::unbounded_channel();
     let url = closing_at_the_first_publish(tx).await?;
-    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "s")))
-        .with_transport(Transport::WebSocket);
-    config.ws_urls = vec![url];
+    let mut config = client_config(url, "s");
     config.request_timeout = std::time::Duration::from_millis(300);
     let client = Client::connect(config).await?;
     let (sent, other) = (
@@ -193,104 +238,47 @@ async fn a_subscribe_from_another_position_does_not_take_over_one_in_flight() ->
     Ok(())
 }
 
-/// A fake server on WebSocket whose first session confirms every `Subscribe` and then drops
-/// the connection; on the next session the first `Subscribe` is refused 115 `quota_exceeded`
-/// and the later ones confirmed. Sends the session's number with each `Subscribe` it reads.
+/// Its first session confirms every `Subscribe` and then drops the connection; on the next
+/// session the first `Subscribe` is refused 115 `quota_exceeded` and the later ones confirmed.
+/// Sends the session's number with each `Subscribe` it reads.
 async fn refusing_a_resubscribe_for_now(
     subscribes: tokio::sync::mpsc::UnboundedSender<u32>,
 ) -> anyhow::Result<String> {
-    use futures::{SinkExt, StreamExt};
-    use quiver_proto::{Command, ErrorCode, Event, FrameDecoder, Limits, Recovery, ServerFrame};
-    use tokio_tungstenite::tungstenite::Message;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/v1/ws", listener.local_addr()?);
-    tokio::spawn(async move {
-        let mut sessions = 0;
-        while let Ok((tcp, _)) = listener.accept().await {
-            sessions += 1;
-            let (session, subscribes) = (sessions, subscribes.clone());
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let mut decoder = FrameDecoder::new(1 << 20);
-                let mut refused = false;
-                while let Some(Ok(message)) = ws.next().await {
-                    let Message::Binary(data) = message else {
-                        continue;
-                    };
-                    decoder.push(&data);
-                    while let Ok(Some(body)) = decoder.next_frame() {
-                        let Ok(frame) = quiver_proto::decode_command(&body) else {
-                            return;
-                        };
-                        let (events, then_drop) = match frame.command {
-                            Command::Hello { .. } => (
-                                vec![Event::Welcome {
-                                    version: quiver_proto::PROTOCOL_VERSION,
-                                    session: format!("s{session}"),
-                                    user: "u".into(),
-                                    tenant: "acme".into(),
-                                    expires_at: None,
-                                    limits: Limits {
-                                        max_frame: 1 << 20,
-                                        max_payload: 1 << 16,
-                                        max_subscriptions: 100,
-                                        commands_per_second: 1000,
-                                    },
-                                }],
-                                false,
-                            ),
-                            Command::Subscribe { room, .. } => {
-                                let _ = subscribes.send(session);
-                                if session == 2 && !refused {
-                                    refused = true;
-                                    let event = Event::Error {
-                                        code: ErrorCode::QuotaExceeded.as_u16(),
-                                        message: "the tenant is at its subscriptions quota".into(),
-                                    };
-                                    (vec![event], false)
-                                } else {
-                                    // As a server does on WebSocket: the room's stream is
-                                    // announced, then confirmed (PROTOCOL.md, section 2).
-                                    let events = vec![
-                                        Event::SubscriptionStream { room: room.clone() },
-                                        Event::Subscribed {
-                                            room,
-                                            position: None,
-                                            recovery: Recovery::NotRequested,
-                                            subscription: None,
-                                        },
-                                    ];
-                                    (events, session == 1)
-                                }
-                            }
-                            Command::Ping => (vec![Event::Pong], false),
-                            _ => continue,
-                        };
-                        for event in events {
-                            let bytes = quiver_proto::encode_event(&ServerFrame {
-                                id: frame.id,
-                                event,
-                            });
-                            if ws
-                                .send(Message::Binary(bytes.to_vec().into()))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                        if then_drop {
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                            return;
-                        }
-                    }
+    use quiver_proto::{Command, ErrorCode, Event, Recovery};
+    fake_server(move |session| {
+        let subscribes = subscribes.clone();
+        let mut refused = false;
+        move |command| match command {
+            Command::Subscribe { room, .. } => {
+                let _ = subscribes.send(session);
+                if session == 2 && !refused {
+                    refused = true;
+                    return Answer::Events(vec![Event::Error {
+                        code: ErrorCode::QuotaExceeded.as_u16(),
+                        message: "the tenant is at its subscriptions quota".into(),
+                    }]);
                 }
-            });
+                // As a server does on WebSocket: the room's stream is announced, then
+                // confirmed (PROTOCOL.md, section 2).
+                let events = vec![
+                    Event::SubscriptionStream { room: room.clone() },
+                    Event::Subscribed {
+                        room,
+                        position: None,
+                        recovery: Recovery::NotRequested,
+                        subscription: None,
+                    },
+                ];
+                if session == 1 {
+                    Answer::EventsThenDrop(events)
+                } else {
+                    Answer::Events(events)
+                }
+            }
+            _ => Answer::Nothing,
         }
-    });
-    Ok(url)
+    })
+    .await
 }
 
 /// A resubscribe refused 115 `quota_exceeded` ("no effect, retry later", PROTOCOL §11) is
@@ -301,13 +289,7 @@ async fn a_resubscribe_refused_for_a_quota_is_tried_again() -> anyhow::Result<()
     use quiver_client::{Recovery, SubEvent};
     let (tx, mut subscribes) = tokio::sync::mpsc::unbounded_channel();
     let url = refusing_a_resubscribe_for_now(tx).await?;
-    let mut config = ClientConfig::new(String::new(), token_fixed(full_token("acme", "q")))
-        .with_transport(Transport::WebSocket);
-    config.ws_urls = vec![url];
-    config.backoff = quiver_client::Backoff {
-        initial: std::time::Duration::from_millis(100),
-        max: std::time::Duration::from_millis(300),
-    };
+    let config = client_config(url, "q");
     let client = Client::connect(config).await?;
     let mut sub = client.subscribe("r.a").await?;
     assert_eq!(subscribes.recv().await, Some(1));
