@@ -28,7 +28,8 @@ pub struct CheckArgs {
     #[command(flatten)]
     flags: ConfigFlags,
     /// Fail on warnings too: unknown QUIVER_* variables, a certificate that has expired or
-    /// expires within 7 days, an empty allowed_origins on a production server.
+    /// expires within 7 days, an empty allowed_origins or no quotas.per_address.max_connections
+    /// on a production server.
     #[arg(long)]
     deny_warnings: bool,
 }

@@ -722,9 +722,21 @@ impl Config {
     /// `config check`, failing with `--deny-warnings`): a production server whose
     /// `allowed_origins` is empty lets a page of any site open sessions with a user's token
     /// (outside audit 57, F2: `config init` promised this warning and none came). `["*"]` says
-    /// so on purpose and is not warned about.
+    /// so on purpose and is not warned about. Nor is one without `quotas.per_address`: one
+    /// address's idle connections then take the TCP places kept for health checks and the
+    /// backend API, and every new WebSocket and SSE session (outside audit 74: 264 of them
+    /// locked every tenant out, renewable every `timeouts.handshake`).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if !self.dev_mode() && self.quotas.per_address.max_connections == 0 {
+            warnings.push(
+                "quotas.per_address.max_connections is 0 (no limit): one address's idle \
+                 connections can take every TCP place, health checks' and the backend API's \
+                 included; set it (proxies and load balancers go in quotas.per_address.trusted), \
+                 or keep the TCP port private"
+                    .into(),
+            );
+        }
         if !self.dev_mode() && self.allowed_origins.is_empty() {
             warnings.push(
                 "allowed_origins is empty: a page of any site may open sessions with a user's \

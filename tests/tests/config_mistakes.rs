@@ -119,8 +119,11 @@ fn an_expired_certificate_is_warned_about() -> Result<()> {
     let cert = params.self_signed(&key)?;
     std::fs::write(dir.path().join("old.crt"), cert.pem())?;
     std::fs::write(dir.path().join("old.key"), key.serialize_pem())?;
-    // Every origin on purpose: the certificate is the one warning.
-    std::fs::write(dir.path().join("q.toml"), "allowed_origins = [\"*\"]\n")?;
+    // Every origin on purpose, a bound per address: the certificate is the one warning.
+    std::fs::write(
+        dir.path().join("q.toml"),
+        format!("allowed_origins = [\"*\"]\n{PER_ADDRESS}"),
+    )?;
     let args = [
         "config",
         "check",
@@ -171,6 +174,7 @@ fn an_empty_origin_list_in_production_is_warned_about() -> Result<()> {
             "allowed_origins = [\"https://app.example.com\"]\n",
         ),
     ] {
+        let text = format!("{text}{PER_ADDRESS}");
         std::fs::write(dir.path().join(file), text)?;
         let mut listed = vec!["config", "check", file];
         listed.extend_from_slice(&production[2..]);
@@ -180,6 +184,44 @@ fn an_empty_origin_list_in_production_is_warned_about() -> Result<()> {
     }
     // Development mode: nothing to warn about.
     let (ok, out, err) = run(dir.path(), &["config", "check", "--deny-warnings"])?;
+    assert!(ok, "{out}{err}");
+    Ok(())
+}
+
+/// What a production configuration sets to pass `--deny-warnings`: a bound per address.
+const PER_ADDRESS: &str = "[quotas.per_address]\nmax_connections = 64\n";
+
+/// A production server without `quotas.per_address.max_connections` is warned about: one
+/// address's idle connections can take every TCP place, health checks' and the backend API's
+/// included (outside audit 74: 264 of them locked every tenant out of new sessions).
+#[test]
+fn no_bound_per_address_in_production_is_warned_about() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("open.toml"), "allowed_origins = [\"*\"]\n")?;
+    let production = [
+        "config",
+        "check",
+        "open.toml",
+        "--jwt-secret",
+        SECRET,
+        "--self-signed",
+    ];
+    let (ok, out, err) = run(dir.path(), &production)?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("warning: quotas.per_address.max_connections is 0 (no limit)"),
+        "{err}"
+    );
+    let mut strict = production.to_vec();
+    strict.push("--deny-warnings");
+    let (ok, _, err) = run(dir.path(), &strict)?;
+    assert!(!ok, "{err}");
+    std::fs::write(
+        dir.path().join("bounded.toml"),
+        format!("allowed_origins = [\"*\"]\n{PER_ADDRESS}"),
+    )?;
+    strict[2] = "bounded.toml";
+    let (ok, out, err) = run(dir.path(), &strict)?;
     assert!(ok, "{out}{err}");
     Ok(())
 }
