@@ -234,3 +234,64 @@ async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
     bob.close().await;
     Ok(())
 }
+
+/// A publisher's own `Nats-Msg-Size` header does not decide what a resume replays: JetStream
+/// adds the stored payload's size to a headers-only read after the message's own headers, and
+/// the first value was read. A small payload claiming to be large was left out of the replay
+/// (a `Recovered` with a hidden gap; the live subscriber here missed it too), a large one
+/// claiming to be small counted in `replayed` and never sent (outside audit 75, F1).
+#[tokio::test]
+async fn a_forged_size_header_decides_nothing_in_a_replay() -> Result<()> {
+    use quiver_proto::Recovery;
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        clustered(&nats)(c);
+        add_history_namespace(c, "h", 100);
+        c.limits.max_payload = 1024;
+    })
+    .await?;
+    wait_ready(&server).await?;
+    let alice = connect(&server, full_token("acme", "alice")).await?;
+    let mut live = alice.subscribe("h.room").await?;
+    alice.publish_ack("h.room", "one").await?;
+    let one = match tokio::time::timeout(WAIT, live.next()).await? {
+        Some(SubEvent::Publication {
+            position: Some(p), ..
+        }) => p,
+        other => bail!("expected a publication with a position, got {other:?}"),
+    };
+    let mut raw = RawNats::connect(&nats).await?;
+    let subject = "quiver.acme.room.h.room";
+    raw.hpub(
+        subject,
+        "NATS/1.0\r\nNats-Msg-Size: 999999\r\n\r\n",
+        "small",
+    )
+    .await?;
+    let big = "x".repeat(3_000);
+    raw.hpub(subject, "NATS/1.0\r\nNats-Msg-Size: 1\r\n\r\n", &big)
+        .await?;
+    alice.publish_ack("h.room", "two").await?;
+    assert_eq!(next_payload(&mut live).await?, "small");
+    assert_eq!(next_payload(&mut live).await?, "two");
+
+    let bob = connect(&server, full_token("acme", "bob")).await?;
+    let mut resumed = bob.subscribe_from("h.room", one).await?;
+    match tokio::time::timeout(WAIT, resumed.next()).await? {
+        Some(SubEvent::Resubscribed { recovery }) => {
+            assert_eq!(recovery, Recovery::Recovered { replayed: 2 })
+        }
+        other => bail!("expected Resubscribed, got {other:?}"),
+    }
+    assert_eq!(next_payload(&mut resumed).await?, "small");
+    assert_eq!(next_payload(&mut resumed).await?, "two");
+    // Nothing else came: no second Resubscribed saying the replay was not as announced.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), resumed.next())
+            .await
+            .is_err()
+    );
+    alice.close().await;
+    bob.close().await;
+    Ok(())
+}

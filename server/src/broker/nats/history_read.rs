@@ -357,11 +357,14 @@ async fn list(
     }
 }
 
-/// The payload size a headers-only read gives in its `Nats-Msg-Size` header.
+/// The payload size a headers-only read gives in its `Nats-Msg-Size` header: the last one,
+/// which JetStream appends after the message's own headers. A publisher may have written one
+/// of its own, and the first was read: a small payload claiming to be large was left out of a
+/// replay, a large one claiming to be small counted and never sent (outside audit 75, F1).
 fn payload_size(msg: &async_nats::jetstream::Message) -> Option<usize> {
     msg.headers
         .as_ref()?
-        .get("Nats-Msg-Size")?
+        .get_last("Nats-Msg-Size")?
         .as_str()
         .trim()
         .parse()
