@@ -82,6 +82,7 @@ fn is_room_event(key: &RoomKey, payload: &[u8]) -> bool {
             _ => false,
         });
     if !well_formed {
+        metrics::counter!(crate::metrics::NATS_DROPPED, "reason" => "not_an_event").increment(1);
         if let Some(not_logged) = OVERSIZED_LOGGED.admit() {
             warn!(
                 tenant = %key.tenant,
@@ -104,6 +105,7 @@ fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
     if len <= max as usize {
         return true;
     }
+    metrics::counter!(crate::metrics::NATS_DROPPED, "reason" => "oversized").increment(1);
     if let Some(not_logged) = OVERSIZED_LOGGED.admit() {
         warn!(
             tenant = %key.tenant,

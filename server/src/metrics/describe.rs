@@ -31,6 +31,9 @@ pub(super) fn register_zeros() {
     for reason in CONTROL_REFUSED_REASONS {
         metrics::counter!(CONTROL_REFUSED, "reason" => reason).absolute(0);
     }
+    for reason in NATS_DROPPED_REASONS {
+        metrics::counter!(NATS_DROPPED, "reason" => reason).absolute(0);
+    }
     for listener in ["http", "https"] {
         for reason in CONNECTION_REFUSED_REASONS {
             metrics::counter!(CONNECTIONS_REFUSED, "listener" => listener, "reason" => reason)
@@ -123,6 +126,14 @@ pub(super) fn describe() {
         SESSIONS_REFUSED,
         "Session requests refused before a session existed (bad path, origin, capacity, address \
          limits, handshake, token), by transport and reason"
+    );
+    describe_counter!(
+        NATS_DROPPED,
+        "Messages on a tenant's NATS subjects this node dropped, by reason: oversized (a room's \
+         message over max_payload, an event over max_frame), not_an_event (on a room's events \
+         subject, not one whole Joined or Left frame of the room), stray_reply (a reply no \
+         request of this node waits for: late, or not ours). Quiver sends none of them: \
+         something else publishes on the tenant's subjects"
     );
     describe_counter!(
         CONTROL_REFUSED,

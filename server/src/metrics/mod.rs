@@ -74,6 +74,10 @@ pub const DATAGRAMS_DROPPED: &str = "quiver_datagrams_dropped_total";
 /// Control messages from NATS this node refused, by reason ([`CONTROL_REFUSED_REASONS`]).
 pub const CONTROL_REFUSED: &str = "quiver_control_messages_refused_total";
 pub const CONTROL_REFUSED_REASONS: [&str; 2] = ["malformed", "other_tenant"];
+/// Messages on a tenant's NATS subjects this node dropped, by reason
+/// ([`NATS_DROPPED_REASONS`]): what only something else than Quiver publishes there.
+pub const NATS_DROPPED: &str = "quiver_nats_messages_dropped_total";
+pub const NATS_DROPPED_REASONS: [&str; 3] = ["oversized", "not_an_event", "stray_reply"];
 pub const LATEST_CONFLATED: &str = "quiver_latest_conflated_total";
 pub const LATEST_ON_STREAM: &str = "quiver_latest_on_stream_total";
 

@@ -177,6 +177,8 @@ impl NatsRoute {
             async move {
                 while let Some(message) = subscription.next().await {
                     if !replies.deliver(message) {
+                        metrics::counter!(crate::metrics::NATS_DROPPED, "reason" => "stray_reply")
+                            .increment(1);
                         debug!("a reply for no waiting request (late, or not ours)");
                     }
                 }
