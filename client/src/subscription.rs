@@ -48,7 +48,7 @@ pub enum SubEvent {
     /// `session_closing` nor 117 `unrecoverable_position`, after which the client subscribes
     /// again, resuming, and yields `Resubscribed`), a resubscribe after a reconnect
     /// was refused (e.g. 103 `permission_denied` with a new token; "not now" refusals, 100
-    /// `internal`, 107 `rate_limited`, 111 and 115 `quota_exceeded`, are retried), or the server closed the
+    /// `internal`, 107 `rate_limited`, 111 `unavailable` and 115 `quota_exceeded`, are retried), or the server closed the
     /// session for good (`code` is then a [`quiver_proto::CloseCode`]). [`crate::Client::close`]
     /// ends subscriptions without an `Ended`: they yield `None`.
     Ended { code: u16, reason: String },

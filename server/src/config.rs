@@ -722,18 +722,22 @@ impl Config {
     /// `config check`, failing with `--deny-warnings`): a production server whose
     /// `allowed_origins` is empty lets a page of any site open sessions with a user's token
     /// (outside audit 57, F2: `config init` promised this warning and none came). `["*"]` says
-    /// so on purpose and is not warned about. Nor is one without `quotas.per_address`: one
+    /// so on purpose and is not warned about. A production server whose TCP port is not on
+    /// loopback and has no `quotas.per_address.max_connections` is warned about too: one
     /// address's idle connections then take the TCP places kept for health checks and the
     /// backend API, and every new WebSocket and SSE session (outside audit 74: 264 of them
     /// locked every tenant out, renewable every `timeouts.handshake`).
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if !self.dev_mode() && self.quotas.per_address.max_connections == 0 {
+        if !self.dev_mode()
+            && self.quotas.per_address.max_connections == 0
+            && !self.https.unwrap_or(self.listen).ip().is_loopback()
+        {
             warnings.push(
                 "quotas.per_address.max_connections is 0 (no limit): one address's idle \
                  connections can take every TCP place, health checks' and the backend API's \
-                 included; set it (proxies and load balancers go in quotas.per_address.trusted), \
-                 or keep the TCP port private"
+                 included; set it (a proxy or load balancer many clients share goes in \
+                 quotas.per_address.trusted as well)"
                     .into(),
             );
         }

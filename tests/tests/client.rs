@@ -1644,10 +1644,6 @@ async fn a_token_expiring_past_any_clock_connects() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// In `Auto`, the token provider's time does not count against WebTransport's window: a
-/// provider slower than the window (here 1.5 s against 1 s) still connects over WebTransport.
-/// It counted, and such a provider sent the client to WebSocket, remembered for
-/// `webtransport_retry` (outside audit 68, 4).
 /// A token provider that never answers fails the attempt after `connect_timeout`, as it did
 /// when it was asked inside the transports' time: it held `Client::connect`, and a reconnect,
 /// for ever (outside audit 73).
@@ -1667,6 +1663,10 @@ async fn a_token_provider_that_never_answers_fails_the_connect() -> anyhow::Resu
     Ok(())
 }
 
+/// In `Auto`, the token provider's time does not count against WebTransport's window: a
+/// provider slower than the window (here 1.5 s against 1 s) still connects over WebTransport.
+/// It counted, and such a provider sent the client to WebSocket, remembered for
+/// `webtransport_retry` (outside audit 68, 4).
 #[tokio::test]
 async fn a_slow_token_provider_does_not_push_auto_onto_websocket() -> anyhow::Result<()> {
     let server = TestServer::start().await?;

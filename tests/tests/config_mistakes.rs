@@ -223,6 +223,14 @@ fn no_bound_per_address_in_production_is_warned_about() -> Result<()> {
     strict[2] = "bounded.toml";
     let (ok, out, err) = run(dir.path(), &strict)?;
     assert!(ok, "{out}{err}");
+    // A TCP port on loopback (behind a proxy on the same machine) is no public port.
+    std::fs::write(
+        dir.path().join("local.toml"),
+        "allowed_origins = [\"*\"]\nlisten = \"127.0.0.1:4433\"\n",
+    )?;
+    strict[2] = "local.toml";
+    let (ok, out, err) = run(dir.path(), &strict)?;
+    assert!(ok, "{out}{err}");
     Ok(())
 }
 

@@ -172,7 +172,7 @@ impl Actor {
                 return;
             }
             let message = if abandoned {
-                format!("a subscribe to {room} from another position is still unanswered; retry when it is (within request_timeout)")
+                format!("a subscribe to {room} from another position is still unanswered; retry once it is answered")
             } else {
                 format!("this client is already subscribed to {room}")
             };

@@ -132,8 +132,8 @@ pub(super) fn describe() {
         "Messages on a tenant's NATS subjects this node dropped, by reason: oversized (a room's \
          message over max_payload, an event over max_frame), not_an_event (on a room's events \
          subject, not one whole Joined or Left frame of the room), stray_reply (a reply no \
-         request of this node waits for: late, or not ours). Quiver sends none of them: \
-         something else publishes on the tenant's subjects"
+         request of this node waits for: late, or not ours). Quiver sends none of the first \
+         two: something else publishes on the tenant's subjects"
     );
     describe_counter!(
         CONTROL_REFUSED,

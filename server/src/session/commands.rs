@@ -353,6 +353,22 @@ impl Session {
             if self.shared.revocations.is_revoked(&grant.tenant, jti) {
                 let old = self.grant.jti.as_deref();
                 self.shared.registry.set_jti(&self.id, old);
+                // A revocation of the old token meanwhile looked under the new one: the old
+                // one is checked again too, and the session ended as its revocation would.
+                if old.is_some_and(|old| self.shared.revocations.is_revoked(&grant.tenant, old)) {
+                    self.shared.registry.kick(
+                        &crate::registry::Selector {
+                            tenant: grant.tenant.to_string(),
+                            session: Some(self.id.clone()),
+                            ..Default::default()
+                        },
+                        &crate::registry::Kick {
+                            code: quiver_proto::CloseCode::Disconnected,
+                            reason: "token revoked".into(),
+                            room: None,
+                        },
+                    );
+                }
                 let refused = crate::auth::AuthError::revoked(&grant);
                 return Err(Refusal::new(ErrorCode::InvalidToken, refused.to_string()));
             }
@@ -607,11 +623,12 @@ impl Session {
     /// Undoes the hub's and the tenant's side of a subscribe that never became a `Sub`: out of
     /// the hub, the room's interest let go of if it was the last, the subscription uncounted.
     pub(super) async fn forget_joining(&self, key: RoomKey, sub_id: u64) {
-        if self.shared.hub.unsubscribe(&key, sub_id) {
-            let _ = self.shared.broker.remove_interest(key).await;
-        }
+        // Uncounted before the await: a cut-off there must not leave the count behind.
         if let Some(quota) = &self.quota {
             quota.remove_subscription();
+        }
+        if self.shared.hub.unsubscribe(&key, sub_id) {
+            let _ = self.shared.broker.remove_interest(key).await;
         }
     }
 
