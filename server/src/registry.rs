@@ -68,6 +68,18 @@ impl Orders {
             return false;
         }
         let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // The first close queued is the one that takes effect. One that sends the client away
+        // for good takes the place of one that asks it back: a revocation meeting a
+        // disconnect with `reconnect` ended the session with 3011, and the client came back
+        // only to be refused (outside audit 72, F8).
+        if kick.room.is_none() && kick.code != CloseCode::Reconnect {
+            if let Some(first) = queue.iter_mut().find(|order| order.room.is_none()) {
+                if first.code == CloseCode::Reconnect {
+                    *first = kick.clone();
+                    return true;
+                }
+            }
+        }
         if queue.len() >= ORDERS {
             if kick.room.is_some() {
                 return false;
@@ -369,6 +381,26 @@ mod tests {
         // The session stopped reading its orders (it is closing): not counted as delivered.
         drop(kicks);
         assert_eq!(registry.kick(&everyone(), &kick()), 0);
+    }
+
+    #[test]
+    fn a_close_for_good_takes_the_place_of_one_asking_the_client_back() {
+        let registry = Arc::new(Registry::default());
+        let acme = TenantId::parse("acme").unwrap();
+        let (_r, mut kicks) = registry.register("s1", &acme, "alice", None);
+        let back = Kick {
+            code: CloseCode::Reconnect,
+            ..kick()
+        };
+        assert_eq!(registry.kick(&everyone(), &back), 1);
+        assert_eq!(registry.kick(&everyone(), &kick()), 1);
+        let first = kicks.try_recv().map(|k| k.code);
+        assert_eq!(first, Some(CloseCode::Disconnected));
+        // The other way round, the first close stays.
+        assert_eq!(registry.kick(&everyone(), &kick()), 1);
+        assert_eq!(registry.kick(&everyone(), &back), 1);
+        let first = kicks.try_recv().map(|k| k.code);
+        assert_eq!(first, Some(CloseCode::Disconnected));
     }
 
     #[tokio::test]
