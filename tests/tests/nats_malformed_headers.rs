@@ -156,17 +156,18 @@ async fn a_malformed_reply_is_a_bad_answer_and_costs_only_itself() -> Result<()>
     Ok(())
 }
 
-/// A payload over `max_payload` published into a history room's subject by something else than
-/// Quiver (the stream takes a little more, room for headers): never sent, live or read back.
-/// A resume's `replayed` counts what is sent (clients check it), and `History` pages go past it
-/// (outside audit 36, N2: replayed, past `max_frame` at its largest, and a page from the
-/// publication before it came back empty and `truncated` every time).
-#[tokio::test]
-async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
-    use quiver_proto::Recovery;
-    let nats = NatsServer::start().await?;
+/// A server on `nats` with a history namespace `h` and `max_payload` 1 KiB, `alice` subscribed
+/// to `h.room` (`live`), and the position of her first publication there, "one".
+struct Stored {
+    server: TestServer,
+    alice: Client,
+    live: Subscription,
+    one: quiver_client::Position,
+}
+
+async fn one_stored(nats: &NatsServer) -> Result<Stored> {
     let server = TestServer::start_with(|c| {
-        clustered(&nats)(c);
+        clustered(nats)(c);
         add_history_namespace(c, "h", 100);
         c.limits.max_payload = 1024;
     })
@@ -181,6 +182,29 @@ async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
         }) => p,
         other => bail!("expected a publication with a position, got {other:?}"),
     };
+    Ok(Stored {
+        server,
+        alice,
+        live,
+        one,
+    })
+}
+
+/// A payload over `max_payload` published into a history room's subject by something else than
+/// Quiver (the stream takes a little more, room for headers): never sent, live or read back.
+/// A resume's `replayed` counts what is sent (clients check it), and `History` pages go past it
+/// (outside audit 36, N2: replayed, past `max_frame` at its largest, and a page from the
+/// publication before it came back empty and `truncated` every time).
+#[tokio::test]
+async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
+    use quiver_proto::Recovery;
+    let nats = NatsServer::start().await?;
+    let Stored {
+        server,
+        alice,
+        mut live,
+        one,
+    } = one_stored(&nats).await?;
     let oversized = |page: &str| {
         metric_sum(
             page,
@@ -255,22 +279,12 @@ async fn a_stored_payload_too_large_to_send_is_passed_over() -> Result<()> {
 async fn a_forged_size_header_decides_nothing_in_a_replay() -> Result<()> {
     use quiver_proto::Recovery;
     let nats = NatsServer::start().await?;
-    let server = TestServer::start_with(|c| {
-        clustered(&nats)(c);
-        add_history_namespace(c, "h", 100);
-        c.limits.max_payload = 1024;
-    })
-    .await?;
-    wait_ready(&server).await?;
-    let alice = connect(&server, full_token("acme", "alice")).await?;
-    let mut live = alice.subscribe("h.room").await?;
-    alice.publish_ack("h.room", "one").await?;
-    let one = match tokio::time::timeout(WAIT, live.next()).await? {
-        Some(SubEvent::Publication {
-            position: Some(p), ..
-        }) => p,
-        other => bail!("expected a publication with a position, got {other:?}"),
-    };
+    let Stored {
+        server,
+        alice,
+        mut live,
+        one,
+    } = one_stored(&nats).await?;
     let mut raw = RawNats::connect(&nats).await?;
     let subject = "quiver.acme.room.h.room";
     raw.hpub(
