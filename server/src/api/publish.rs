@@ -171,7 +171,7 @@ async fn publish_once(
 ) -> Result<Option<Position>, ApiError> {
     check_size(shared, &payload)?;
     match claim(shared, claimant, &key, once, digest).await? {
-        Claim::New(guard) => publish_claimed(shared, key, payload, once, &digest, guard).await,
+        Claim::New(guard) => publish_claimed(shared, key, payload, once, guard).await,
         known => answer(known),
     }
 }
@@ -259,7 +259,7 @@ fn in_progress() -> ApiError {
 /// gives up on the request does not leave the key unsure of whether it went out. A failure
 /// lets go of the key, so the request can be retried: the broker drops the retry of a stored
 /// publication whose first try was stored after all (its ack timed out), by its message id.
-/// The id is made of `digest`, the claim's: the payload as the request sent it, not as a
+/// The id is made of the claim's digest: the payload as the request sent it, not as a
 /// publish hook may have replaced it (a hook answering each try differently made each retry
 /// another message; outside audit 72, F4).
 async fn publish_claimed(
@@ -267,11 +267,10 @@ async fn publish_claimed(
     key: RoomKey,
     payload: Bytes,
     once: &str,
-    digest: &[u8; 32],
     guard: idempotency::Guard,
 ) -> Result<Option<Position>, ApiError> {
     let shared = shared.clone();
-    let id = idempotency::message_id(&key, once, digest);
+    let id = idempotency::message_id(&key, once, guard.digest());
     let publication = tokio::spawn(async move {
         match publish_one(&shared, key, payload, Some(id)).await {
             Ok(position) => {
@@ -398,10 +397,10 @@ pub async fn broadcast(
     // key never names two payloads. Rooms published already answer their first position.
     let mut claims = Vec::with_capacity(keys.len());
     let once = once.map(|once| scoped(BACKEND, &once));
-    let digest = once.as_ref().map(|_| idempotency::digest(&payload));
-    match once.as_ref().zip(digest) {
-        Some((once, digest)) => {
+    match &once {
+        Some(once) => {
             check_size(&shared, &payload)?;
+            let digest = idempotency::digest(&payload);
             for key in keys {
                 let claim = claim(&shared, claimant(&caller), &key, once, digest).await?;
                 if let Some(refused) = refusal(&claim) {
@@ -420,10 +419,7 @@ pub async fn broadcast(
         async move {
             let room = key.room.to_string();
             let published = match claim {
-                Some(Claim::New(guard)) => {
-                    let digest = digest.unwrap_or_default();
-                    publish_claimed(shared, key, payload, once, &digest, guard).await
-                }
+                Some(Claim::New(guard)) => publish_claimed(shared, key, payload, once, guard).await,
                 Some(known) => answer(known),
                 None => publish_one(shared, key, payload, None).await,
             };

@@ -495,14 +495,11 @@ impl Broker for NatsBroker {
                 key: &key,
                 interest: Some(interest),
             };
-            let ready = setting_up
-                .interest
-                .as_ref()
-                .map(|interest| interest.ready(|| self.inner.listen(key.clone())));
-            match ready {
-                Some(ready) => ready.await,
-                None => Ok(()),
-            }
+            // Borrowed from the guard, whose `Drop` lets go of it first (the `Option`).
+            let Some(interest) = setting_up.interest.as_ref() else {
+                return Ok(());
+            };
+            interest.ready(|| self.inner.listen(key.clone())).await
         })
     }
 

@@ -399,6 +399,11 @@ pub struct Guard {
 }
 
 impl Guard {
+    /// The digest of the payload the key was claimed with.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
     /// The publication went out at `position`: repeats get it from now on, here at once and on
     /// the other instances once the cluster's record says so.
     pub async fn done(mut self, position: Option<Position>) {
