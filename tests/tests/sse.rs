@@ -837,3 +837,52 @@ async fn forged_frames_on_a_rooms_events_subject_never_reach_its_readers() -> an
     assert!(counted >= sent as f64, "{counted} of {sent} counted");
     Ok(())
 }
+
+/// An SSE request whose room's subscribe hook could not be decided (the backend answered 503;
+/// a timeout or the tenant's hooks at their bound are the same) was refused only for now: 3005,
+/// `reconnect: true`, like a NATS outage. Told 3009 (`reconnect: false`), every `EventSource`
+/// that connected during a short backend outage stayed away for good (outside audit 79, 1). A
+/// deny the backend did answer is for good: 3009.
+#[tokio::test]
+async fn an_sse_request_refused_by_a_hook_that_failed_says_reconnect() -> anyhow::Result<()> {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/rpc",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let envelope: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let room = envelope["room"].as_str().unwrap_or_default();
+            if room.starts_with("hk.down") {
+                (StatusCode::SERVICE_UNAVAILABLE, String::new())
+            } else {
+                (StatusCode::OK, r#"{"allow": false}"#.to_owned())
+            }
+        }),
+    );
+    let url = quiver_tests::rpc::serve_backend(app).await?;
+    let server = TestServer::start_with(move |c| {
+        c.rpc.url = Some(url);
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "hk".into(),
+            subscribe: true,
+            publish: false,
+            timeout: Duration::from_secs(5),
+            fail_open: false,
+        }];
+    })
+    .await?;
+    let t = token("ssehook", "reader", &["hk.>"], &[], 3600);
+    for (room, code, reconnect) in [
+        ("hk.down.a", CloseCode::ServerError, true),
+        ("hk.no.a", CloseCode::Disconnected, false),
+    ] {
+        let (lost, bye) = refused_request(&server, &format!("token={t}&room={room}")).await?;
+        assert_eq!(
+            lost,
+            [("error".into(), room.into(), "permission_denied".into())],
+            "{room}"
+        );
+        assert_eq!(bye.data["code"], code.as_u16(), "{room}: {bye:?}");
+        assert_eq!(bye.data["reconnect"], reconnect, "{room}: {bye:?}");
+    }
+    Ok(())
+}

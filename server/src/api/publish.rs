@@ -314,7 +314,9 @@ async fn publish_hook(
     {
         Decision::Allow => Ok(None),
         Decision::Replace(payload) => Ok(Some(payload)),
-        Decision::Deny(reason) => Err(ApiError::new(Code::PermissionDenied, reason)),
+        Decision::Deny(reason) | Decision::Undecided(reason) => {
+            Err(ApiError::new(Code::PermissionDenied, reason))
+        }
     }
 }
 

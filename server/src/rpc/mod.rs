@@ -217,6 +217,11 @@ pub enum Decision {
     /// Allowed with this payload instead of the client's (publish hooks only).
     Replace(Bytes),
     Deny(String),
+    /// Denied because the hook could not be decided: no answer in time, a failure status, an
+    /// answer that cannot be read, or never sent (the tenant's hooks at their bound). Not the
+    /// backend's word: a later request may be allowed (an SSE response refused only so is told
+    /// to reconnect later, not to stay away: PROTOCOL §9.3; outside audit 79, 1).
+    Undecided(String),
 }
 
 impl Decision {
@@ -225,7 +230,7 @@ impl Decision {
         match self {
             Decision::Allow => "allow",
             Decision::Replace(_) => "replace",
-            Decision::Deny(_) => "deny",
+            Decision::Deny(_) | Decision::Undecided(_) => "deny",
         }
     }
 }
@@ -509,6 +514,7 @@ impl Rpc {
         // What reaches the client names no secret of the route, however the backend wrote it.
         let decision = match decision {
             Decision::Deny(reason) => Decision::Deny(self.scrub(reason)),
+            Decision::Undecided(reason) => Decision::Undecided(self.scrub(reason)),
             other => other,
         };
         metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
@@ -615,12 +621,12 @@ impl Rpc {
             // Never sent: the tenant's own requests filled its share. That is not the backend
             // failing, and `fail_open` must not turn it into an allow (outside audit: one
             // user's many sessions publishing in hooked rooms got past the backend's deny).
-            return Decision::Deny(format!("hook not asked: {error}"));
+            return Decision::Undecided(format!("hook not asked: {error}"));
         }
         if settings.fail_open {
             Decision::Allow
         } else {
-            Decision::Deny(format!("hook failed closed: {error}"))
+            Decision::Undecided(format!("hook failed closed: {error}"))
         }
     }
 }
@@ -872,7 +878,7 @@ mod tests {
         };
         let late = RpcError::Deadline(Duration::from_secs(1));
         assert!(
-            matches!(rpc.failed(&closed, &late), Decision::Deny(m) if m.contains("failed closed"))
+            matches!(rpc.failed(&closed, &late), Decision::Undecided(m) if m.contains("failed closed"))
         );
         let open = HookConfig {
             fail_open: true,

@@ -226,5 +226,6 @@ async fn decide(
         Decision::Allow => Ok(None),
         Decision::Replace(payload) => Ok(Some(payload)),
         Decision::Deny(reason) => Err(Refusal::new(ErrorCode::PermissionDenied, reason)),
+        Decision::Undecided(reason) => Err(Refusal::for_now(ErrorCode::PermissionDenied, reason)),
     }
 }

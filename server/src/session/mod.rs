@@ -143,6 +143,9 @@ struct Refusal(ErrorCode, String, Answer);
 enum Answer {
     /// An `Error` reply.
     Error,
+    /// An `Error` reply to a refusal that may not hold later (a hook that could not be
+    /// decided), whatever its code: for an SSE session, a room refused for now.
+    ErrorForNow,
     /// None: the session is closing, and its `Goodbye` is the command's answer (PROTOCOL §3).
     Goodbye,
 }
@@ -150,6 +153,11 @@ enum Answer {
 impl Refusal {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self(code, message.into(), Answer::Error)
+    }
+
+    /// [`Refusal::new`], for a refusal that may not hold later ([`Answer::ErrorForNow`]).
+    fn for_now(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self(code, message.into(), Answer::ErrorForNow)
     }
 
     /// A command the session's close overtook while it waited (a hook): not answered.
@@ -829,7 +837,7 @@ impl Session {
         }
         metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
         debug!(session = %self.id, %code, %message, "command refused");
-        self.command_refused(code);
+        self.command_refused(code, answer == Answer::ErrorForNow);
         self.reply(
             id,
             Event::Error {

@@ -20,7 +20,7 @@ pub(super) struct ReadOnly {
     /// session's end, not "every room was refused" (outside audit 23, F1).
     overtaken: bool,
     /// A room was refused for now (`unavailable`, `quota_exceeded`, `internal`: "retry
-    /// later"), not for good.
+    /// later"; a subscribe hook that could not be decided), not for good.
     refused_for_now: Option<ErrorCode>,
 }
 
@@ -43,13 +43,16 @@ impl Session {
         }
     }
 
-    /// One of the adapter's commands was refused with `code`.
-    pub(super) fn command_refused(&mut self, code: ErrorCode) {
+    /// One of the adapter's commands was refused with `code`; `for_now` when the refusal
+    /// itself says it may not hold later (a hook that could not be decided).
+    pub(super) fn command_refused(&mut self, code: ErrorCode, for_now: bool) {
         if let Some(read_only) = &mut self.read_only {
-            if matches!(
-                code,
-                ErrorCode::Unavailable | ErrorCode::QuotaExceeded | ErrorCode::Internal
-            ) {
+            if for_now
+                || matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::QuotaExceeded | ErrorCode::Internal
+                )
+            {
                 read_only.refused_for_now = Some(code);
             }
         }
