@@ -584,6 +584,54 @@ fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_dra
     Ok(())
 }
 
+/// A client whose replies wait for room (it reads nothing, its outgoing queue is full of Pongs)
+/// holds a drain its goodbye's grace at most, not `timeouts.reply` (here 20 s, with a 30 s
+/// drain): the process exited 11 s after SIGTERM (outside audit 80, 1; README promises 2 s).
+#[test]
+fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, ready) = serve_process_ready(
+        dir.path(),
+        &[
+            ("QUIVER_TIMEOUTS__DRAIN", "30s"),
+            ("QUIVER_TIMEOUTS__REPLY", "20s"),
+            ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
+        ],
+    )?;
+    let port = ready["webtransport"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no webtransport address in {ready}"))?
+        .parse::<std::net::SocketAddr>()?
+        .port();
+    let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("bad certificate hash in {ready}"))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // More Pongs than the outgoing queue's 256 frames and the early answers: the session
+    // waits to queue a reply.
+    let _deaf = runtime.block_on(async {
+        let mut raw =
+            Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
+        for _ in 0..600 {
+            raw.send(Command::Ping).await?;
+        }
+        anyhow::Ok(raw)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "exited {took:?} after SIGTERM: a reply waiting for the deaf client held the drain; \
+         stderr:\n{stderr}"
+    );
+    Ok(())
+}
+
 /// A token's expiry holds before the `Hello` too: a session opened with a token about to
 /// expire and no `Hello` gets `Goodbye 3002` at the expiry (it waited for the 10 s Hello
 /// timeout, and a Hello sent after the expiry was answered `Welcome`, then 3002 at once:
