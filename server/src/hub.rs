@@ -84,16 +84,37 @@ pub struct Subscriber {
 
 /// A room's local subscribers, and the lock that makes its fan-outs take turns. Changes to
 /// `subs` happen under the map's write lock, which no fan-out holds.
-#[derive(Default)]
 struct Room {
     subs: Vec<Subscriber>,
     order: std::sync::Mutex<()>,
     /// The epoch of the room's positions as its subscribers here know them (0 until known):
     /// from a subscription's `Subscribed` position, or the first positioned delivery.
     epoch: AtomicU64,
+    /// Its namespace's fan-out counters, found once when the room got its first subscriber
+    /// rather than by splitting and hashing the room's name on every publication.
+    counters: m::FanOut,
+}
+
+/// What one pass over a room's subscribers left to do once the map's lock is released.
+#[derive(Default)]
+struct Pass {
+    delivered: usize,
+    /// Written straight to their streams in this pass: metrics recorded once, after it.
+    written_now: u64,
+    overflowed: Vec<u64>,
+    reset: Vec<u64>,
 }
 
 impl Room {
+    fn new(counters: m::FanOut) -> Self {
+        Self {
+            subs: Vec::new(),
+            order: std::sync::Mutex::default(),
+            epoch: AtomicU64::new(0),
+            counters,
+        }
+    }
+
     fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
         self.order.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -124,8 +145,9 @@ impl Hub {
     /// Adds a subscriber; true if it is the first local one of the room (the broker should
     /// start listening for it).
     pub fn subscribe(&self, key: RoomKey, sub: Subscriber) -> bool {
+        let counters = self.namespaces.get(&key.room).clone();
         let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
-        let subs = &mut rooms.entry(key).or_default().subs;
+        let subs = &mut rooms.entry(key).or_insert_with(|| Room::new(counters)).subs;
         subs.push(sub);
         subs.len() == 1
     }
@@ -148,22 +170,28 @@ impl Hub {
     }
 
     /// Delivers one publication to every local subscriber of the room. Returns how many queues
-    /// took it.
+    /// took it. The room is looked up once, under one read lock, for its mode and its pass.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
         let entered = Instant::now();
-        self.namespaces.get(&key.room).publications.increment(1);
-        if let Some(delivered) = self.deliver_latest(key, &payload) {
-            return delivered;
-        }
-        self.fan_out(
-            key,
-            Delivery {
+        let pass = {
+            let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+            let Some(room) = rooms.get(key) else {
+                self.namespaces.get(&key.room).publications.increment(1);
+                return 0;
+            };
+            room.counters.publications.increment(1);
+            if let Some(delivered) = Self::deliver_latest(room, &payload) {
+                return delivered;
+            }
+            let delivery = Delivery {
                 offset: position.map(|p| p.offset),
                 frame: publication_frame(key, position, payload),
                 entered,
-            },
-            position.map(|p| p.epoch),
-        )
+            };
+            let pass = Self::pass(room, &delivery, position.map(|p| p.epoch));
+            (pass, delivery)
+        };
+        self.after_pass(key, pass.0, &pass.1)
     }
 
     /// Records the epoch a new subscription of the room was told (its `Subscribed` position),
@@ -179,9 +207,7 @@ impl Hub {
 
     /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
     /// payload in every subscriber's slot, replacing what waits there. `None` in other rooms.
-    fn deliver_latest(&self, key: &RoomKey, payload: &Bytes) -> Option<usize> {
-        let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let room = rooms.get(key)?;
+    fn deliver_latest(room: &Room, payload: &Bytes) -> Option<usize> {
         let _turn = room.turn();
         let subs = &room.subs;
         let first = subs.first()?;
@@ -192,19 +218,24 @@ impl Hub {
             }
         }
         first.deliveries.increment(subs.len() as u64);
-        self.namespaces
-            .get(&key.room)
-            .deliveries
-            .increment(subs.len() as u64);
+        room.counters.deliveries.increment(subs.len() as u64);
         Some(subs.len())
     }
 
     /// Delivers an encoded frame (a publication, or a server event such as `Joined`).
     pub fn deliver_frame(&self, key: &RoomKey, delivery: Delivery) -> usize {
-        self.fan_out(key, delivery, None)
+        let pass = {
+            let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
+            let Some(room) = rooms.get(key) else {
+                return 0;
+            };
+            Self::pass(room, &delivery, None)
+        };
+        self.after_pass(key, pass, &delivery)
     }
 
-    /// Delivers `delivery`, a publication of `epoch` when it has a position.
+    /// Offers `delivery`, a publication of `epoch` when it has a position, to every subscriber
+    /// of `room` (under the map's read lock and the room's turn).
     ///
     /// A room's positions belong to one epoch. A publication of another one means the room's
     /// history was lost and started again (NATS restarted on memory storage and its stream was
@@ -212,87 +243,79 @@ impl Hub {
     /// clients rightly drop such a publication, every later one too, with no recovery report.
     /// So the room's subscribers here are ended instead, with `unrecoverable_position`: they
     /// subscribe again resuming from their last position, are told recovery failed, and re-sync.
-    fn fan_out(&self, key: &RoomKey, delivery: Delivery, epoch: Option<u64>) -> usize {
-        let mut delivered = 0;
-        // Written straight to their streams in this pass: metrics recorded once, below.
-        let mut written_now = 0u64;
-        let mut overflowed = Vec::new();
-        let mut reset = Vec::new();
-        {
-            let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-            let Some(room) = rooms.get(key) else {
-                return 0;
-            };
-            let _turn = room.turn();
-            let ended = epoch.is_some_and(|e| room.epoch_changed(e));
-            if ended {
-                for sub in &room.subs {
-                    sub.hub_end.set(EPOCH_CHANGED);
-                    sub.overflow.cancel();
-                    reset.push(sub.id);
-                }
-            }
-            // Ended subscribers get nothing of the new epoch.
-            let subs: &[Subscriber] = if ended { &[] } else { &room.subs };
-            for sub in subs {
-                let offered = match &sub.direct {
-                    Some(direct) => direct.offer(&sub.queue, &delivery),
-                    None => sub
-                        .queue
-                        .try_send(delivery.clone())
-                        .map(|()| Offered::Queued),
-                };
-                match offered {
-                    Ok(offered) => {
-                        delivered += 1;
-                        written_now += u64::from(offered == Offered::Written);
-                    }
-                    // `latest` subscribers are never slow consumers: a room event that finds
-                    // no room is dropped for them alone.
-                    Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
-                        metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "latest_event")
-                            .increment(1);
-                    }
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        sub.overflow.cancel();
-                        overflowed.push(sub.id);
-                    }
-                    // The writer is gone; the session removes the entry as it cleans up.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
-            if let Some(first) = subs.first() {
-                first.deliveries.increment(delivered as u64);
+    fn pass(room: &Room, delivery: &Delivery, epoch: Option<u64>) -> Pass {
+        let mut pass = Pass::default();
+        let _turn = room.turn();
+        let ended = epoch.is_some_and(|e| room.epoch_changed(e));
+        if ended {
+            for sub in &room.subs {
+                sub.hub_end.set(EPOCH_CHANGED);
+                sub.overflow.cancel();
+                pass.reset.push(sub.id);
             }
         }
-        if written_now > 0 {
+        // Ended subscribers get nothing of the new epoch.
+        let subs: &[Subscriber] = if ended { &[] } else { &room.subs };
+        for sub in subs {
+            let offered = match &sub.direct {
+                Some(direct) => direct.offer(&sub.queue, delivery),
+                None => sub
+                    .queue
+                    .try_send(delivery.clone())
+                    .map(|()| Offered::Queued),
+            };
+            match offered {
+                Ok(offered) => {
+                    pass.delivered += 1;
+                    pass.written_now += u64::from(offered == Offered::Written);
+                }
+                // `latest` subscribers are never slow consumers: a room event that finds
+                // no room is dropped for them alone.
+                Err(mpsc::error::TrySendError::Full(_)) if sub.latest.is_some() => {
+                    metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "latest_event")
+                        .increment(1);
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    sub.overflow.cancel();
+                    pass.overflowed.push(sub.id);
+                }
+                // The writer is gone; the session removes the entry as it cleans up.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if let Some(first) = subs.first() {
+            first.deliveries.increment(pass.delivered as u64);
+        }
+        room.counters.deliveries.increment(pass.delivered as u64);
+        pass
+    }
+
+    /// A pass's metrics and removals, with the map's read lock released.
+    fn after_pass(&self, key: &RoomKey, mut pass: Pass, delivery: &Delivery) -> usize {
+        if pass.written_now > 0 {
             // One sample per pass, taken after its last write: no delivery in it was later.
-            hot::delivery_bytes().increment(written_now * delivery.frame.len() as u64);
+            hot::delivery_bytes().increment(pass.written_now * delivery.frame.len() as u64);
             hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
         }
-        if !reset.is_empty() {
-            tracing::warn!(tenant = %key.tenant, room = %key.room, subscribers = reset.len(),
+        if !pass.reset.is_empty() {
+            tracing::warn!(tenant = %key.tenant, room = %key.room, subscribers = pass.reset.len(),
                 "the room's epoch changed (its history was lost): its subscriptions here end");
         }
-        if !overflowed.is_empty() {
+        if !pass.overflowed.is_empty() {
             metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "slow_consumer")
-                .increment(overflowed.len() as u64);
+                .increment(pass.overflowed.len() as u64);
         }
-        overflowed.append(&mut reset);
-        if !overflowed.is_empty() {
+        pass.overflowed.append(&mut pass.reset);
+        if !pass.overflowed.is_empty() {
             let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
             if let Some(room) = rooms.get_mut(key) {
-                room.subs.retain(|s| !overflowed.contains(&s.id));
+                room.subs.retain(|s| !pass.overflowed.contains(&s.id));
                 if room.subs.is_empty() {
                     rooms.remove(key);
                 }
             }
         }
-        self.namespaces
-            .get(&key.room)
-            .deliveries
-            .increment(delivered as u64);
-        delivered
+        pass.delivered
     }
 
     pub fn has_subscribers(&self, key: &RoomKey) -> bool {

@@ -188,8 +188,9 @@ pub(super) fn describe() {
     describe_histogram!(
         COMMAND_DURATION,
         Unit::Seconds,
-        "Time from a command's arrival to the end of its handling (its reply queued; a publish: \
-         handed to the broker, whose acknowledgement may follow), by command"
+        "Time from a command's arrival to the end of its handler (queueing its reply, which \
+         waits for a client that does not read, not included; a publish: handed to the broker, \
+         whose acknowledgement may follow), by command"
     );
     describe_histogram!(
         BROKER_LAG,

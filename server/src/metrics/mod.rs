@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-pub use labels::{hot, Namespaces};
+pub use labels::{hot, FanOut, Namespaces};
 pub use reconnects::RecentUsers;
 pub use tally::Tally;
 

@@ -191,7 +191,7 @@ impl Session {
                 .unwrap_or(payload);
             if let Some(quota) = quota {
                 quota
-                    .publish(payload.len(), std::time::Instant::now())
+                    .publish(payload.len())
                     .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
             }
             Ok(broker.publish(key, payload).await?)

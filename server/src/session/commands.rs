@@ -177,7 +177,7 @@ impl Session {
         // Without a resume, live messages older than the position we announce are skipped too,
         // so `position` is exactly where this subscriber's stream starts.
         let skip_through = skip_through.or(recovered.current.map(|p| p.offset));
-        // The epoch this subscription is told: a delivery of another one ends it (`Hub::fan_out`).
+        // The epoch this subscription is told: a delivery of another one ends it (`Hub::pass`).
         if let Some(current) = recovered.current {
             self.shared.hub.know_epoch(&key, current.epoch);
         }
@@ -309,7 +309,7 @@ impl Session {
         };
         if let Some(quota) = &self.quota {
             quota
-                .publish(payload.len(), std::time::Instant::now())
+                .publish(payload.len())
                 .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
         }
         let broker = self.shared.broker.clone();

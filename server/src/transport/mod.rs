@@ -131,6 +131,16 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// When the adapter read it, for what the peer sent.
+    pub fn arrived(&self) -> Option<Instant> {
+        match self {
+            Inbound::Frame(_, arrived) | Inbound::Control(arrived) => Some(*arrived),
+            Inbound::Unknown { arrived, .. } => Some(*arrived),
+            Inbound::Datagram(datagram) => Some(datagram.1),
+            Inbound::Malformed(_) | Inbound::Ended(_) => None,
+        }
+    }
+
     /// Decodes one frame body (length prefix already removed).
     pub fn decode(body: &[u8]) -> Inbound {
         let arrived = Instant::now();
