@@ -239,11 +239,14 @@ impl HttpRoute {
             }
             let mut response = request.send().await.map_err(|e| {
                 let hyper = hyper_error(&e);
-                if hyper.is_some_and(|h| h.is_parse() || h.is_parse_too_large()) {
+                if let Some(h) = hyper.filter(|h| h.is_parse() || h.is_parse_too_large()) {
                     // The backend answered, with a head that is not HTTP/1.x or is over what
                     // is read of one (100 headers, about 400 KiB: hyper's bounds): a bad
-                    // answer, not an absent backend (outside lanes audit 3, F2).
-                    RpcError::BadAnswer(format!("answer's head unusable: {}", without_url(e)))
+                    // answer, not an absent backend (outside lanes audit 3, F2). In hyper's
+                    // words (`invalid HTTP version parsed`, `message head is too large`):
+                    // reqwest's own, "error sending request", named no cause, and the request
+                    // had been sent (outside audit 79, 5).
+                    RpcError::BadAnswer(format!("answer's head unusable: {h}"))
                 } else if !e.is_connect() && hyper.is_some_and(ended_mid_exchange) {
                     // The connection was made and then closed or reset before a whole head came
                     // back: maybe inside it (`HTTP/1.1 200 OK` and no more), which hyper does
