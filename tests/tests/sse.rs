@@ -883,6 +883,11 @@ async fn an_sse_request_refused_by_a_hook_that_failed_says_reconnect() -> anyhow
         );
         assert_eq!(bye.data["code"], code.as_u16(), "{room}: {bye:?}");
         assert_eq!(bye.data["reconnect"], reconnect, "{room}: {bye:?}");
+        // Not "(permission_denied)", which reads as final (outside audit 81, 6).
+        if reconnect {
+            let reason = bye.data["reason"].as_str().unwrap_or_default();
+            assert!(reason.contains("(hook_undecided)"), "{reason}");
+        }
     }
     Ok(())
 }

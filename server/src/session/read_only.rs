@@ -20,8 +20,9 @@ pub(super) struct ReadOnly {
     /// session's end, not "every room was refused" (outside audit 23, F1).
     overtaken: bool,
     /// A room was refused for now (`unavailable`, `quota_exceeded`, `internal`: "retry
-    /// later"; a subscribe hook that could not be decided), not for good.
-    refused_for_now: Option<ErrorCode>,
+    /// later"; a subscribe hook that could not be decided), not for good: why, for the
+    /// goodbye's reason.
+    refused_for_now: Option<&'static str>,
 }
 
 impl ReadOnly {
@@ -47,13 +48,14 @@ impl Session {
     /// itself says it may not hold later (a hook that could not be decided).
     pub(super) fn command_refused(&mut self, code: ErrorCode, for_now: bool) {
         if let Some(read_only) = &mut self.read_only {
-            if for_now
-                || matches!(
-                    code,
-                    ErrorCode::Unavailable | ErrorCode::QuotaExceeded | ErrorCode::Internal
-                )
-            {
-                read_only.refused_for_now = Some(code);
+            if for_now {
+                // Its code (`permission_denied`) would read as final in the goodbye's reason.
+                read_only.refused_for_now = Some("hook_undecided");
+            } else if matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::QuotaExceeded | ErrorCode::Internal
+            ) {
+                read_only.refused_for_now = Some(code.label());
             }
         }
     }
@@ -99,12 +101,9 @@ impl Session {
             // may be taken on a later request: told not to come back, an `EventSource` whose
             // reconnect met a few seconds' outage would stay away for good (outside cluster
             // audit 5, F2).
-            (None, Some(code)) => Exit::Close(
+            (None, Some(why)) => Exit::Close(
                 CloseCode::ServerError,
-                format!(
-                    "no subscription: every room was refused, some for now ({}); reconnect later",
-                    code.label()
-                ),
+                format!("no subscription: every room was refused, some for now ({why}); reconnect later"),
             ),
             (None, None) => Exit::Close(
                 CloseCode::Disconnected,

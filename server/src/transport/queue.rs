@@ -63,6 +63,7 @@ fn weighed<T>(
             items: VecDeque::new(),
             bytes: 0,
             closed: false,
+            taken: 0,
         }),
         room: Semaphore::new(capacity.max(1)),
         ready: Notify::new(),
@@ -119,6 +120,8 @@ struct State<T> {
     bytes: usize,
     /// The receiver is gone: nothing more is queued.
     closed: bool,
+    /// How many values the receiver has taken: whether a client reads at all.
+    taken: u64,
 }
 
 /// Whether a value may be queued now, by bytes.
@@ -238,6 +241,11 @@ impl<T> Sender<T> {
             return Err(SendError(value));
         }
         self.shared.push(permit, value).map_err(SendError)
+    }
+
+    /// How many values the receiver has taken so far: a client that reads makes it move.
+    pub fn taken(&self) -> u64 {
+        self.shared.state().taken
     }
 
     /// Queues `value` if there is room now.
@@ -369,6 +377,7 @@ impl<T> Receiver<T> {
         let rooms_were_over = state.bytes >= self.shared.rooms.bytes
             || state.items.len() + 1 >= self.shared.rooms.frames;
         state.bytes -= (self.shared.weigh)(&value);
+        state.taken += 1;
         // Woken only when a bound is crossed: a writer popping every frame wakes nobody.
         let drained = (was_over && state.bytes < self.shared.max_bytes)
             || (rooms_were_over && !self.shared.rooms.above(&state));
