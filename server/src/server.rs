@@ -420,15 +420,21 @@ impl Server {
         while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + DRAIN_POLL)).await;
         }
+        // Sessions still open now end with the process, unannounced: their presence goes from
+        // the other instances now, not when it expires there, meanwhile and within the same
+        // grace as the tasks' end.
+        let mut depart = None;
         if self.session_count() > 0 {
             info!(
                 sessions = self.session_count(),
                 "drain deadline reached with sessions still closing"
             );
+            let shared = self.shared.clone();
+            depart = Some(tokio::spawn(async move { shared.broker.depart().await }));
         }
         self.shared.drained.cancel();
         let exit = tokio::time::Instant::now() + EXIT_GRACE;
-        for mut task in self.tasks {
+        for mut task in self.tasks.into_iter().chain(depart) {
             if tokio::time::timeout_at(exit, &mut task).await.is_err() {
                 task.abort();
             }

@@ -163,6 +163,23 @@ impl QuiverProcess {
         self.signal("STOP")
     }
 
+    /// SIGTERM: a graceful drain.
+    pub fn terminate(&self) -> Result<()> {
+        self.signal("TERM")
+    }
+
+    /// Waits up to `wait` for the process to exit by itself.
+    pub fn wait_exit(&mut self, wait: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + wait;
+        while self.child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                bail!("still running after {wait:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// SIGCONT after [`Self::pause`].
     pub fn resume(&self) -> Result<()> {
         self.signal("CONT")

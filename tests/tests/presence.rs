@@ -156,6 +156,84 @@ async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An instance whose drain ends at its deadline with a session still open (it waits for a
+/// `Call` the backend never answers) takes that session's presence with it: the other
+/// instance hears its `Left` and lists it no more at once, not after `nats.presence_ttl` (here
+/// 60 s; outside audit 80, 2: the member stayed listed until the entry expired).
+#[tokio::test]
+async fn a_session_cut_off_at_the_drain_deadline_leaves_presence_at_once() -> anyhow::Result<()> {
+    // A backend that takes requests and never answers.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_url = format!("http://{}/rpc", backend.local_addr()?);
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = backend.accept().await {
+            held.push(tcp);
+        }
+    });
+    let nats = NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[namespaces]]\nname = \"p\"\npresence = true\n\n[nats]\nurl = \"{}\"\n\
+             presence_ttl = \"60s\"\n\n[timeouts]\ndrain = \"1s\"\n\n[rpc]\nurl = \"{}\"\n",
+            nats.url(),
+            backend_url
+        ),
+    )?;
+    let mut a = QuiverProcess::start(dir.path(), Some(&config), &[])?;
+    let b = TestServer::start_with(|c| {
+        presence_ns(c);
+        let mut n = quiver_server::config::NatsConfig::new(nats.url());
+        n.presence_ttl = Duration::from_secs(60);
+        c.nats = Some(n);
+    })
+    .await?;
+    let mut on_b = Raw::connect(&b, &full_token("acme", "bea")).await?;
+    let mut room = on_b.subscribe("p.lobby").await?;
+    assert_eq!(joined_or_left(room.next().await?).1.user, "bea");
+
+    let token = quiver_tests::rpc::call_token("acme", "caller", &["order.*"]);
+    let mut caller = Raw::connect_at(a.wt_port, a.hash, &token).await?;
+    let _caller_room = caller.subscribe("p.lobby").await?;
+    assert_eq!(joined_or_left(room.next().await?).1.user, "caller");
+    caller
+        .send(Command::Call {
+            method: "order.slow".into(),
+            payload: bytes::Bytes::new(),
+            timeout_ms: 20_000,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.terminate()?;
+
+    let left = tokio::time::timeout(WAIT, room.next()).await??;
+    assert_eq!(
+        joined_or_left(left),
+        (
+            false,
+            Member {
+                user: "caller".into(),
+                session: joined_session(&caller),
+            }
+        )
+    );
+    assert_eq!(members(&mut on_b, "p.lobby").await?, ["bea"]);
+    // The premise: the session was still open at the deadline, not closed (with its own
+    // `Left`) before it.
+    a.wait_exit(WAIT)?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    assert!(
+        stderr.contains("drain deadline reached with sessions still closing"),
+        "{stderr}"
+    );
+    held.abort();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_presence_reply_never_exceeds_the_frame_limit() -> anyhow::Result<()> {
     // A small frame limit (the smallest allowed) stands in for a big room: 40 members with

@@ -173,6 +173,13 @@ pub trait Broker: Send + Sync + 'static {
     /// instance stops refreshing it).
     fn join(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>>;
     fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>>;
+    /// This instance is going with sessions still open (a drain's deadline): their presence
+    /// goes now, each member with its `Left`, rather than linger on the other instances until
+    /// it expires. Best effort; the caller bounds it. Nothing to do where no other instance
+    /// shares presence.
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Everyone present in the room, on every instance.
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>>;
     /// Whether the broker can take publications now (for `/readyz`).

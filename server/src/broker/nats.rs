@@ -570,6 +570,10 @@ impl Broker for NatsBroker {
         Box::pin(self.inner.leave_now(key, member))
     }
 
+    fn depart(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.inner.depart_now())
+    }
+
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
         Box::pin(async move {
             // At once during an outage, as publishes are, rather than after the NATS client's

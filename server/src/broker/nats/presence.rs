@@ -13,7 +13,7 @@ use futures::StreamExt;
 use quiver_proto::Member;
 use tracing::warn;
 
-use super::{bounded, history, unavailable, Inner};
+use super::{bounded, events_subject, history, unavailable, Inner};
 use crate::broker::BrokerError;
 use crate::hub::RoomKey;
 
@@ -24,6 +24,22 @@ const REFRESH_PUTS_IN_FLIGHT: usize = 64;
 
 fn presence_key(key: &RoomKey, session: &str) -> String {
     format!("{}.{}.{}", key.tenant, key.room, session)
+}
+
+/// The room and member of a [`presence_key`] and its user: a tenant and a session id have no
+/// dot (`[A-Za-z0-9_-]`, hexadecimal), so the room is what lies between the first and the last.
+fn presence_entry(kv_key: &str, user: &[u8]) -> Option<(RoomKey, Member)> {
+    let (tenant, rest) = kv_key.split_once('.')?;
+    let (room, session) = rest.rsplit_once('.')?;
+    let key = RoomKey {
+        tenant: quiver_proto::TenantId::parse(tenant).ok()?,
+        room: quiver_proto::RoomName::parse(room).ok()?,
+    };
+    let member = Member {
+        user: String::from_utf8(user.to_vec()).ok()?,
+        session: session.to_owned(),
+    };
+    Some((key, member))
 }
 
 impl Inner {
@@ -226,6 +242,44 @@ impl Inner {
         })
         .await?;
         Ok(())
+    }
+
+    /// Takes every member this instance lists out of the bucket, and announces each one's
+    /// `Left`: the drain's deadline came with their sessions still open, and the process is
+    /// about to exit without their own leave (outside audit 80, 2: they stayed listed on the
+    /// other instances until `nats.presence_ttl`). Taken from the local list first, so the
+    /// refresh puts none back.
+    pub(super) async fn depart_now(&self) {
+        let entries = std::mem::take(
+            &mut *self
+                .local_presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if entries.is_empty() || self.reachable().is_err() {
+            return;
+        }
+        let Ok(kv) = self.presence_store().await else {
+            return;
+        };
+        let kv = &kv;
+        futures::stream::iter(entries)
+            .for_each_concurrent(REFRESH_PUTS_IN_FLIGHT, |(kv_key, user)| async move {
+                let Some((key, member)) = presence_entry(&kv_key, &user) else {
+                    return;
+                };
+                let _ = kv.delete(kv_key).await;
+                let left = quiver_proto::encode_event(&quiver_proto::ServerFrame {
+                    id: 0,
+                    event: quiver_proto::Event::Left {
+                        room: key.room.to_string(),
+                        member,
+                    },
+                });
+                let _ = self.client.publish(events_subject(&key), left).await;
+            })
+            .await;
+        let _ = self.client.flush().await;
     }
 
     /// Takes `member` out of `key`'s room, locally first (the refresh no longer puts it back).
