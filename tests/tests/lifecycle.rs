@@ -611,7 +611,7 @@ fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> an
         600,
     )?;
     assert!(
-        took < Duration::from_millis(4500),
+        took < Duration::from_secs(6),
         "exited {took:?} after SIGTERM: a reply waiting for the deaf client held the drain; \
          stderr:\n{stderr}"
     );
