@@ -105,30 +105,62 @@ fn joined_session(raw: &Raw) -> String {
     }
 }
 
-#[tokio::test]
-async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
+/// Two instances on one NATS with presence kept `ttl_secs`: A a process (its config file the
+/// presence namespace, `[nats]`, then `a_extra`), B in this process; and B's subscriber `bea`
+/// in `p.lobby`, its own `Joined` read. The NATS server and A's directory are held with them.
+struct TwoInstances {
+    _nats: NatsServer,
+    dir: tempfile::TempDir,
+    a: QuiverProcess,
+    _b: TestServer,
+    on_b: Raw,
+    room: RoomStream,
+}
+
+async fn two_instances(ttl_secs: u64, a_extra: &str) -> anyhow::Result<TwoInstances> {
     let nats = NatsServer::start().await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("quiver.toml");
     std::fs::write(
         &config,
         format!(
-            "[[namespaces]]\nname = \"p\"\npresence = true\n\n[nats]\nurl = \"{}\"\npresence_ttl = \"3s\"\n",
+            "[[namespaces]]\nname = \"p\"\npresence = true\n\n[nats]\nurl = \"{}\"\n\
+             presence_ttl = \"{ttl_secs}s\"\n\n{a_extra}",
             nats.url()
         ),
     )?;
-    let mut a = QuiverProcess::start(dir.path(), Some(&config), &[])?;
+    let a = QuiverProcess::start(dir.path(), Some(&config), &[])?;
     let b = TestServer::start_with(|c| {
         presence_ns(c);
         let mut n = quiver_server::config::NatsConfig::new(nats.url());
-        n.presence_ttl = Duration::from_secs(3);
+        n.presence_ttl = Duration::from_secs(ttl_secs);
         c.nats = Some(n);
     })
     .await?;
-
     let mut on_b = Raw::connect(&b, &full_token("acme", "bea")).await?;
     let mut room = on_b.subscribe("p.lobby").await?;
     assert_eq!(joined_or_left(room.next().await?).1.user, "bea");
+    Ok(TwoInstances {
+        _nats: nats,
+        dir,
+        a,
+        _b: b,
+        on_b,
+        room,
+    })
+}
+
+#[tokio::test]
+async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
+    // Every part bound: a `..` would drop the NATS server and B at once.
+    let TwoInstances {
+        _nats,
+        dir: _dir,
+        mut a,
+        _b,
+        mut on_b,
+        mut room,
+    } = two_instances(3, "").await?;
 
     // A session on A joins: B's subscriber hears it, and B's presence lists it.
     let mut on_a = Raw::connect_at(a.wt_port, a.hash, &full_token("acme", "abe")).await?;
@@ -171,29 +203,18 @@ async fn a_session_cut_off_at_the_drain_deadline_leaves_presence_at_once() -> an
             held.push(tcp);
         }
     });
-    let nats = NatsServer::start().await?;
-    let dir = tempfile::tempdir()?;
-    let config = dir.path().join("quiver.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[namespaces]]\nname = \"p\"\npresence = true\n\n[nats]\nurl = \"{}\"\n\
-             presence_ttl = \"60s\"\n\n[timeouts]\ndrain = \"1s\"\n\n[rpc]\nurl = \"{}\"\n",
-            nats.url(),
-            backend_url
-        ),
-    )?;
-    let mut a = QuiverProcess::start(dir.path(), Some(&config), &[])?;
-    let b = TestServer::start_with(|c| {
-        presence_ns(c);
-        let mut n = quiver_server::config::NatsConfig::new(nats.url());
-        n.presence_ttl = Duration::from_secs(60);
-        c.nats = Some(n);
-    })
+    let TwoInstances {
+        _nats,
+        dir,
+        mut a,
+        _b,
+        mut on_b,
+        mut room,
+    } = two_instances(
+        60,
+        &format!("[timeouts]\ndrain = \"1s\"\n\n[rpc]\nurl = \"{backend_url}\"\n"),
+    )
     .await?;
-    let mut on_b = Raw::connect(&b, &full_token("acme", "bea")).await?;
-    let mut room = on_b.subscribe("p.lobby").await?;
-    assert_eq!(joined_or_left(room.next().await?).1.user, "bea");
 
     let token = quiver_tests::rpc::call_token("acme", "caller", &["order.*"]);
     let mut caller = Raw::connect_at(a.wt_port, a.hash, &token).await?;
