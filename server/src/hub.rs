@@ -173,7 +173,7 @@ impl Hub {
     /// took it. The room is looked up once, under one read lock, for its mode and its pass.
     pub fn deliver(&self, key: &RoomKey, position: Option<Position>, payload: Bytes) -> usize {
         let entered = Instant::now();
-        let pass = {
+        let (pass, delivery) = {
             let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
             let Some(room) = rooms.get(key) else {
                 self.namespaces.get(&key.room).publications.increment(1);
@@ -188,10 +188,12 @@ impl Hub {
                 frame: publication_frame(key, position, payload),
                 entered,
             };
-            let pass = Self::pass(room, &delivery, position.map(|p| p.epoch));
-            (pass, delivery)
+            (
+                Self::pass(room, &delivery, position.map(|p| p.epoch)),
+                delivery,
+            )
         };
-        self.after_pass(key, pass.0, &pass.1)
+        self.after_pass(key, pass, &delivery)
     }
 
     /// Records the epoch a new subscription of the room was told (its `Subscribed` position),
