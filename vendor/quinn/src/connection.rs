@@ -227,8 +227,14 @@ impl Future for ZeroRttAccepted {
 }
 
 /// QUIVER PATCH (hold small sends, PATCHES.md): the most run-queue passes a connection driver
-/// waits, while writes keep arriving, before it sends less than a packet of stream data.
+/// waits, while writes keep arriving, before it sends less than `HOLD_PACKETS` packets of
+/// stream data.
 const HOLD_PASSES: u8 = 8;
+
+/// QUIVER PATCH (hold small sends, PATCHES.md): stream data, in packets of the current MTU,
+/// below which a driver whose writes keep arriving holds its send. Four packets go out as one
+/// GSO batch (one `sendmsg`, one receive on the peer's side with GRO) instead of up to four.
+const HOLD_PACKETS: u64 = 4;
 
 /// A future that drives protocol logic for a connection
 ///
@@ -291,16 +297,17 @@ impl Future for ConnectionDriver {
             conn.terminate(e, &this.conn.shared);
             return Poll::Ready(Ok(()));
         }
-        // QUIVER PATCH (hold small sends, PATCHES.md): less than a packet of stream data waits.
-        // If writes are still arriving (more than at the last look), go round the run queue
-        // again, at most HOLD_PASSES times: under load the packet fills instead of leaving
-        // with one small frame. Incoming packets were processed above and readers are woken
-        // below, so only this connection's sending waits. A pass that brought nothing sends.
-        let mtu = u64::from(conn.inner.current_mtu());
-        let unsent = conn.inner.unsent_stream_data(mtu);
+        // QUIVER PATCH (hold small sends, PATCHES.md): less than HOLD_PACKETS packets of stream
+        // data waits. If writes are still arriving (more than at the last look), go round the
+        // run queue again, at most HOLD_PASSES times: under load the packets fill and leave
+        // together instead of one or two at a time. Incoming packets were processed above and
+        // readers are woken below, so only this connection's sending waits. A pass that
+        // brought nothing sends.
+        let hold_below = HOLD_PACKETS * u64::from(conn.inner.current_mtu());
+        let unsent = conn.inner.unsent_stream_data(hold_below);
         if this.yielded < HOLD_PASSES
             && unsent > 0
-            && unsent < mtu
+            && unsent < hold_below
             && (this.yielded == 1 || unsent > this.held)
         {
             this.held = unsent;
