@@ -32,6 +32,9 @@ pub struct PendingFrame {
     skip: u64,
 }
 
+/// QUIVER PATCH (cancel-safe frame reads): the most bytes one `fill` takes from the stream.
+const FILL_CHUNK: usize = 512;
+
 impl PendingFrame {
     /// Drops what is left of an unknown frame from the buffered bytes; `true` when nothing is.
     fn skipped(&mut self) -> bool {
@@ -91,6 +94,11 @@ impl PendingFrame {
                 let used = reader.offset();
                 if let Some(frame) = parsed {
                     self.bytes.drain(..used);
+                    if self.bytes.is_empty() {
+                        // Nothing waits: the capacity goes back rather than stay with the
+                        // connection for its life.
+                        self.bytes = Vec::new();
+                    }
                     return Ok(frame);
                 }
             }
@@ -98,14 +106,17 @@ impl PendingFrame {
         }
     }
 
-    /// Reads what the stream has (quinn's `read` is cancel-safe: it reads something or
+    /// Reads what the stream has (quinn's `read_chunk` is cancel-safe: it reads something or
     /// nothing). The end of the stream is a clean end only between frames.
+    ///
+    /// A chunk quinn hands over, not a buffer in this future: the driver holds this read
+    /// pending for the connection's whole life (the SETTINGS stream and the CONNECT stream
+    /// each), so a buffer here made every connection's driver task larger, idle or not.
     async fn fill(&mut self, recv: &mut QuicRecvStream) -> Result<(), ProtoReadError> {
         use wtransport_proto::bytes::IoReadError;
-        let mut chunk = [0u8; 512];
-        match recv.read(&mut chunk).await {
-            Ok(Some(read)) => {
-                self.bytes.extend_from_slice(&chunk[..read]);
+        match recv.read_chunk(FILL_CHUNK).await {
+            Ok(Some(chunk)) => {
+                self.bytes.extend_from_slice(&chunk);
                 Ok(())
             }
             Ok(None) if self.bytes.is_empty() && self.skip == 0 => {
@@ -274,6 +285,16 @@ impl QuicRecvStream {
             Some(read) => Ok(Some(read)),
             None => Ok(None),
         }
+    }
+
+    /// QUIVER PATCH (cancel-safe frame reads): at most `max` bytes, in order, as quinn holds
+    /// them (no buffer of the caller's); `None` at the stream's end.
+    #[inline(always)]
+    pub async fn read_chunk(
+        &mut self,
+        max: usize,
+    ) -> Result<Option<bytes::Bytes>, StreamReadError> {
+        Ok(self.0.read_chunk(max, true).await?.map(|chunk| chunk.bytes))
     }
 
     #[inline(always)]
