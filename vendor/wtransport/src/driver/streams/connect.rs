@@ -64,6 +64,9 @@ impl ConnectStream {
                         .into_boxed_slice(),
                 ));
             }
+            // QUIVER PATCH (cancel-safe frame reads, PATCHES.md 5): capsules read whole leave
+            // no capacity behind for the wait, which may last the session's life.
+            self.capsules.0.shed();
             return match stream.read_frame_pending(&mut self.pending).await {
                 Ok(frame) => {
                     if matches!(frame.kind(), FrameKind::Data) {

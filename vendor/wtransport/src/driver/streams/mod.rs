@@ -36,6 +36,14 @@ pub struct PendingFrame {
 const FILL_CHUNK: usize = 512;
 
 impl PendingFrame {
+    /// Gives the buffer's capacity back when nothing waits in it, before a wait that may last
+    /// the connection's life (a frame taken, an unknown one skipped, a capsule read whole).
+    pub(crate) fn shed(&mut self) {
+        if self.bytes.is_empty() && self.bytes.capacity() > 0 {
+            self.bytes = Vec::new();
+        }
+    }
+
     /// Drops what is left of an unknown frame from the buffered bytes; `true` when nothing is.
     fn skipped(&mut self) -> bool {
         let now = self.skip.min(self.bytes.len() as u64);
@@ -94,11 +102,6 @@ impl PendingFrame {
                 let used = reader.offset();
                 if let Some(frame) = parsed {
                     self.bytes.drain(..used);
-                    if self.bytes.is_empty() {
-                        // Nothing waits: the capacity goes back rather than stay with the
-                        // connection for its life.
-                        self.bytes = Vec::new();
-                    }
                     return Ok(frame);
                 }
             }
@@ -114,6 +117,7 @@ impl PendingFrame {
     /// each), so a buffer here made every connection's driver task larger, idle or not.
     async fn fill(&mut self, recv: &mut QuicRecvStream) -> Result<(), ProtoReadError> {
         use wtransport_proto::bytes::IoReadError;
+        self.shed();
         match recv.read_chunk(FILL_CHUNK).await {
             Ok(Some(chunk)) => {
                 self.bytes.extend_from_slice(&chunk);
