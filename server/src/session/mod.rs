@@ -418,7 +418,9 @@ impl Session {
         mut kicks: crate::registry::Kicks,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
-        if let Err(exit) = self.hello(&mut inbound, &shutdown).await {
+        // Boxed: awaited once, and inline it would be the largest state of this future, which
+        // every idle session's task holds for its life (memory per idle session, issue 14).
+        if let Err(exit) = Box::pin(self.hello(&mut inbound, &shutdown)).await {
             return exit;
         }
         self.closing = Some(kicks.closing());
@@ -433,8 +435,9 @@ impl Session {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut armed = self.expiry();
-        let token_timer = tokio::time::sleep_until(armed);
-        tokio::pin!(token_timer);
+        // Boxed (a 112-byte allocation): inline, it kept the idle session's task one size class
+        // of the allocator higher (bench/results/2026-12-05-memory-driver-reads.md).
+        let mut token_timer = Box::pin(tokio::time::sleep_until(armed));
         loop {
             let expiry = self.expiry();
             // Checked here, not only by the select below: a timer at an instant already past
@@ -463,7 +466,9 @@ impl Session {
                 },
                 Some(end) = next_ended(&mut self.ended) => Box::pin(self.subscription_ended(end)).await,
                 Some(done) = self.calls.join_next(), if !self.calls.is_empty() => Box::pin(self.call_done(done)).await,
-                done = self.publishing.next_done() => self.published(done).await,
+                // Boxed, as the other handlers here: inline, its state was this future's largest
+                // and sized every idle session's task (memory per idle session, issue 14).
+                done = self.publishing.next_done() => Box::pin(self.published(done)).await,
                 done = self.datagram_lane.next_done() => {
                     if let Err(refusal) = publishing::answer(done.result, self.grant.tenant.as_str()) {
                         m::datagram_dropped(refusal.0.label());
