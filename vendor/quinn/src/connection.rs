@@ -301,8 +301,8 @@ impl Future for ConnectionDriver {
         // data waits. If writes are still arriving (more than at the last look), go round the
         // run queue again, at most HOLD_PASSES times: under load the packets fill and leave
         // together instead of one or two at a time. Incoming packets were processed above and
-        // readers are woken below, so only this connection's sending waits. A pass that
-        // brought nothing sends.
+        // readers are woken below; this connection's sending waits, and so does the handling
+        // of its expired timers (`drive_timer`, below). A pass that brought nothing sends.
         let hold_below = HOLD_PACKETS * u64::from(conn.inner.current_mtu());
         let unsent = conn.inner.unsent_stream_data(hold_below);
         if this.yielded < HOLD_PASSES
