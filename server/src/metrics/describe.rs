@@ -65,9 +65,6 @@ pub(super) fn register_zeros() {
     for outcome in ["loaded", "failed"] {
         metrics::counter!(JWKS_RELOADS, "outcome" => outcome).absolute(0);
     }
-    for command in labels::COMMANDS {
-        let _ = metrics::histogram!(COMMAND_DURATION, "command" => *command);
-    }
     for reason in ["slow_consumer", "broker_slow_consumer", "latest_event"] {
         metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).absolute(0);
     }
@@ -89,8 +86,6 @@ pub(super) fn register_zeros() {
     crate::udp_socket::register_metrics();
     // Histograms show their `_count` at zero once touched; these have no labels to wait for.
     for name in [
-        DELIVERY_LATENCY,
-        BROKER_LAG,
         QUIC_RTT,
         QUIC_LOST_PACKETS,
         QUIC_CONGESTION_EVENTS,
@@ -179,25 +174,7 @@ pub(super) fn describe() {
         "Bytes of subscription frames (replays and live deliveries) handed to subscribers' \
          streams or connections"
     );
-    describe_histogram!(
-        DELIVERY_LATENCY,
-        Unit::Seconds,
-        "Time from a publication reaching this node's hub to its bytes being handed to a \
-         subscriber's stream; one sample per write (the oldest frame of a coalesced write)"
-    );
-    describe_histogram!(
-        COMMAND_DURATION,
-        Unit::Seconds,
-        "Time from a command's arrival to the end of its handler (queueing its reply, which \
-         waits for a client that does not read, not included; a publish: handed to the broker, \
-         whose acknowledgement may follow), by command"
-    );
-    describe_histogram!(
-        BROKER_LAG,
-        Unit::Seconds,
-        "Time from a publication leaving its origin node to its arrival at this node's hub over \
-         NATS (wall clocks of two nodes: as good as their synchronisation)"
-    );
+    // Delivery latency, command duration and broker lag: `histogram.rs` (help text too).
     describe_counter!(
         DELIVERIES_DROPPED,
         "Deliveries dropped, by reason (slow_consumer: one per subscription ended because its \

@@ -133,10 +133,7 @@ pub mod hot {
 
     pub fn delivery_latency() -> &'static Histogram {
         static H: OnceLock<Histogram> = OnceLock::new();
-        H.get_or_init(|| {
-            crate::metrics::handle();
-            metrics::histogram!(crate::metrics::DELIVERY_LATENCY)
-        })
+        H.get_or_init(crate::metrics::histogram::delivery_latency)
     }
 
     pub fn delivery_bytes() -> &'static Counter {
@@ -187,22 +184,11 @@ pub mod hot {
 
     fn command_durations() -> &'static [Histogram] {
         static H: OnceLock<Vec<Histogram>> = OnceLock::new();
-        H.get_or_init(|| {
-            crate::metrics::handle();
-            COMMANDS
-                .iter()
-                .map(|&label| {
-                    metrics::histogram!(crate::metrics::COMMAND_DURATION, "command" => label)
-                })
-                .collect()
-        })
+        H.get_or_init(crate::metrics::histogram::command_durations)
     }
 
     pub fn broker_lag() -> &'static Histogram {
         static H: OnceLock<Histogram> = OnceLock::new();
-        H.get_or_init(|| {
-            crate::metrics::handle();
-            metrics::histogram!(crate::metrics::BROKER_LAG)
-        })
+        H.get_or_init(crate::metrics::histogram::broker_lag)
     }
 }

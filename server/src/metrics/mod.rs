@@ -1,9 +1,11 @@
 //! Metric names in one place. They are part of the operator-facing interface: keep them stable.
 //! What each counts is its HELP text (`describe.rs`); every series an idle server can show is
 //! registered at zero there too. `labels.rs` holds the bounded label sets (namespaces) and the
-//! handles the hot paths keep, so a delivery costs no registry lookup.
+//! handles the hot paths keep, so a delivery costs no registry lookup. The three histograms the
+//! hot paths record into are `histogram.rs`'s own (help text included), not the recorder's.
 
 mod describe;
+pub mod histogram;
 pub mod labels;
 pub mod reconnects;
 pub mod tally;
@@ -151,7 +153,7 @@ pub const REFUSED_REASONS: [&str; 12] = [
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast loopback delivery (tens of
 /// microseconds) to a stalled one.
-const LATENCY_BUCKETS: &[f64] = &[
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
 ];
@@ -191,13 +193,8 @@ pub fn handle() -> PrometheusHandle {
 }
 
 fn builder() -> PrometheusBuilder {
-    let latency = [
-        DELIVERY_LATENCY,
-        COMMAND_DURATION,
-        BROKER_LAG,
-        QUIC_RTT,
-        JETSTREAM_PUBLISH_DURATION,
-    ];
+    // The hot paths' latency histograms are `histogram.rs`'s, not the recorder's.
+    let latency = [QUIC_RTT, JETSTREAM_PUBLISH_DURATION];
     let counts = [QUIC_LOST_PACKETS, QUIC_CONGESTION_EVENTS];
     let mut builder = PrometheusBuilder::new();
     for (names, buckets) in [
@@ -224,7 +221,9 @@ pub fn render() -> String {
             collector
         })
         .collect();
-    handle.render()
+    let mut page = handle.render();
+    histogram::render(&mut page);
+    page
 }
 
 /// One WebTransport session's QUIC path, sampled as it closes: its smoothed RTT, and the packets

@@ -302,13 +302,15 @@ impl Future for ConnectionDriver {
         // run queue again, at most HOLD_PASSES times: under load the packets fill and leave
         // together instead of one or two at a time. Incoming packets were processed above and
         // readers are woken below; this connection's sending waits, and so does the handling
-        // of its expired timers (`drive_timer`, below). A pass that brought nothing sends.
+        // of its expired timers (`drive_timer`, below). A pass that brought nothing sends, and
+        // so does a connection with datagrams waiting: they are the latency-first lane.
         let hold_below = HOLD_PACKETS * u64::from(conn.inner.current_mtu());
         let unsent = conn.inner.unsent_stream_data(hold_below);
         if this.yielded < HOLD_PASSES
             && unsent > 0
             && unsent < hold_below
             && (this.yielded == 1 || unsent > this.held)
+            && !conn.inner.has_unsent_datagrams()
         {
             this.held = unsent;
             this.yielded += 1;

@@ -1378,6 +1378,12 @@ impl Connection {
         self.streams.unsent_up_to(limit)
     }
 
+    /// QUIVER PATCH (hold small sends, vendor/quinn/PATCHES.md): whether application datagrams
+    /// wait to be sent (the driver does not hold them back for stream data to fill a packet)
+    pub fn has_unsent_datagrams(&self) -> bool {
+        !self.datagrams.outgoing.is_empty()
+    }
+
     /// Whether there are any pending retransmits
     pub fn has_pending_retransmits(&self) -> bool {
         !self.spaces[SpaceId::Data].pending.is_empty(&self.streams)
