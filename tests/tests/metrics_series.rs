@@ -235,5 +235,17 @@ async fn a_small_workload_shows_in_every_series() -> anyhow::Result<()> {
             "no HELP for {name}"
         );
     }
+    // Each name is typed once: Prometheus refuses a page with two families of one name (the
+    // hot paths' histograms are rendered apart from the recorder's series: nothing may record
+    // under their names there too).
+    let mut typed: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let all = typed.len();
+    typed.sort_unstable();
+    typed.dedup();
+    assert_eq!(typed.len(), all, "a name typed twice:\n{page}");
     Ok(())
 }

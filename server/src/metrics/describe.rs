@@ -1,4 +1,5 @@
-//! What every series counts (its HELP text), and the series registered at zero at start-up.
+//! What every series counts (its HELP text; the hot paths' three histograms have theirs in
+//! `histogram.rs`), and the series registered at zero at start-up.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
@@ -6,8 +7,9 @@ use super::*;
 
 /// Every series an operator's dashboard queries exists from the start, at zero, so an idle
 /// server's page is complete and `rate()` has a first sample. Series labelled by something only
-/// traffic reveals (tenant, namespace, command) appear with their first use, except the label
-/// sets known up front (transports, reasons, commands).
+/// traffic reveals (tenant, namespace) appear with their first use, except the label sets known
+/// up front (transports, reasons; the commands' durations are always on the page,
+/// `histogram.rs`).
 pub(super) fn register_zeros() {
     metrics::gauge!(
         BUILD_INFO,

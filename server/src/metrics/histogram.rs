@@ -4,7 +4,10 @@
 //! each) until its upkeep folds them into buckets: about 3 % of the server's CPU in many rooms
 //! (`bench/results/2026-12-05-own-histograms.md`). These count into fixed buckets as they
 //! record (a binary search and two relaxed adds) and are rendered after the recorder's page, in
-//! the same text format. Their memory is fixed: no sample waits for a scrape.
+//! the same text format. Their memory is fixed: no sample waits for a scrape. Nothing else may
+//! record under their names (`metrics::histogram!` would make a second family of the same name,
+//! and Prometheus refuses a page with two: `tests/tests/metrics_series.rs` checks every name is
+//! typed once).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,16 +18,23 @@ use metrics::{Histogram, HistogramFn};
 use super::{labels::COMMANDS, BROKER_LAG, COMMAND_DURATION, DELIVERY_LATENCY, LATENCY_BUCKETS};
 
 /// One series: a count per bucket (not cumulative; the last is `+Inf`) and the sum.
-pub struct Buckets {
+struct Buckets {
     bounds: &'static [f64],
     counts: Box<[AtomicU64]>,
     /// The sum in nanoseconds: every value recorded here is a duration in seconds, and an
-    /// integer add needs no compare-and-swap loop.
+    /// integer add needs no compare-and-swap loop. It wraps after 2^64 ns (585 years) of
+    /// summed samples; `rate()` reads a wrap as a counter reset. Broker lag is capped at 60 s
+    /// a sample (`broker/nats/lag.rs`), so stamps forged on NATS could wrap its sum after
+    /// about 3 × 10^8 messages.
     sum_nanos: AtomicU64,
 }
 
 impl Buckets {
     fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(
+            bounds.windows(2).all(|w| w[0] < w[1]),
+            "bucket bounds must increase (the binary search relies on it)"
+        );
         Self {
             bounds,
             counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
@@ -50,12 +60,16 @@ impl Buckets {
 
 impl HistogramFn for Buckets {
     fn record(&self, value: f64) {
-        // Prometheus buckets are inclusive (`le`): the first bound at or above the value. NaN
-        // and negative values (a clock that stepped) count as zero.
-        let value = if value > 0.0 { value } else { 0.0 };
+        // Prometheus buckets are inclusive (`le`): the first bound at or above the value. NaN,
+        // infinite and negative values (a clock that stepped) count as zero: none is a
+        // duration, and an infinite one would take the whole sum's range at once.
+        let value = if value.is_finite() && value > 0.0 {
+            value
+        } else {
+            0.0
+        };
         let i = self.bounds.partition_point(|b| *b < value);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        // `as` saturates: a value past 584 years cannot wrap the sum.
         self.sum_nanos
             .fetch_add((value * 1e9) as u64, Ordering::Relaxed);
     }
@@ -81,6 +95,10 @@ impl Family {
 
     fn handle(&self, i: usize) -> Histogram {
         Histogram::from_arc(self.series[i].1.clone())
+    }
+
+    fn handles(&self) -> Vec<Histogram> {
+        (0..self.series.len()).map(|i| self.handle(i)).collect()
     }
 
     fn render(&self, out: &mut String) {
@@ -113,11 +131,26 @@ struct Families {
     delivery_latency: Family,
     command_duration: Family,
     broker_lag: Family,
+    /// The handles the hot paths keep: `[delivery latency, broker lag, command durations…]`.
+    handles: Vec<Histogram>,
 }
 
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
-    FAMILIES.get_or_init(|| Families {
+    FAMILIES.get_or_init(|| {
+        let mut families = families_unhandled();
+        let order = [
+            &families.delivery_latency,
+            &families.broker_lag,
+            &families.command_duration,
+        ];
+        families.handles = order.into_iter().flat_map(Family::handles).collect();
+        families
+    })
+}
+
+fn families_unhandled() -> Families {
+    Families {
         delivery_latency: Family::unlabelled(
             DELIVERY_LATENCY,
             "Time from a publication reaching this node's hub to its bytes being handed to a \
@@ -139,23 +172,23 @@ fn families() -> &'static Families {
             "Time from a publication leaving its origin node to its arrival at this node's hub \
              over NATS (wall clocks of two nodes: as good as their synchronisation)",
         ),
-    })
+        handles: Vec::new(),
+    }
 }
 
 /// `quiver_delivery_latency_seconds`.
-pub fn delivery_latency() -> Histogram {
-    families().delivery_latency.handle(0)
+pub fn delivery_latency() -> &'static Histogram {
+    &families().handles[0]
 }
 
 /// `quiver_broker_lag_seconds`.
-pub fn broker_lag() -> Histogram {
-    families().broker_lag.handle(0)
+pub fn broker_lag() -> &'static Histogram {
+    &families().handles[1]
 }
 
 /// `quiver_command_duration_seconds`, one handle per `command` label, in [`COMMANDS`]' order.
-pub fn command_durations() -> Vec<Histogram> {
-    let family = &families().command_duration;
-    (0..family.series.len()).map(|i| family.handle(i)).collect()
+pub fn command_durations() -> &'static [Histogram] {
+    &families().handles[2..]
 }
 
 /// Appends every histogram of this module to a Prometheus text page.
@@ -175,13 +208,44 @@ mod tests {
     #[test]
     fn values_count_in_the_first_bucket_at_or_above_them() {
         let b = Buckets::new(BOUNDS);
-        for v in [0.0, 0.001, 0.002, 0.5, 1.0, 2.0, f64::NAN, -1.0] {
+        for v in [
+            0.0,
+            0.001,
+            0.002,
+            0.5,
+            1.0,
+            2.0,
+            f64::NAN,
+            -1.0,
+            f64::INFINITY,
+        ] {
             b.record(v);
         }
         let (cumulative, sum) = b.snapshot();
-        // <= 0.001: 0, 0.001, NaN, -1; <= 0.01: + 0.002; <= 1: + 0.5, 1.0; +Inf: + 2.0.
-        assert_eq!(cumulative, vec![4, 5, 7, 8]);
+        // <= 0.001: 0, 0.001, NaN, -1, inf; <= 0.01: + 0.002; <= 1: + 0.5, 1.0; +Inf: + 2.0.
+        assert_eq!(cumulative, vec![5, 6, 8, 9]);
         assert!((sum - 3.503).abs() < 1e-9, "{sum}");
+    }
+
+    /// The help texts are written as they are: the text format needs `\\` and newlines
+    /// escaped, so they must hold neither. Every family is on the page, each typed once.
+    #[test]
+    fn the_page_holds_every_family_once_with_plain_help() {
+        let mut page = String::new();
+        render(&mut page);
+        for name in [DELIVERY_LATENCY, COMMAND_DURATION, BROKER_LAG] {
+            let help = page
+                .lines()
+                .filter(|l| l.starts_with(&format!("# HELP {name} ")))
+                .collect::<Vec<_>>();
+            assert_eq!(help.len(), 1, "{page}");
+            assert!(!help[0].contains('\\'), "{}", help[0]);
+            assert_eq!(
+                page.matches(&format!("# TYPE {name} histogram\n")).count(),
+                1
+            );
+        }
+        assert_eq!(families().handles.len(), 2 + COMMANDS.len());
     }
 
     #[test]

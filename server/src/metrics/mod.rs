@@ -5,7 +5,7 @@
 //! hot paths record into are `histogram.rs`'s own (help text included), not the recorder's.
 
 mod describe;
-pub mod histogram;
+mod histogram;
 pub mod labels;
 pub mod reconnects;
 pub mod tally;
@@ -153,7 +153,7 @@ pub const REFUSED_REASONS: [&str; 12] = [
 
 /// Bucket bounds of the latency histograms, in seconds: from a fast loopback delivery (tens of
 /// microseconds) to a stalled one.
-pub(crate) const LATENCY_BUCKETS: &[f64] = &[
+const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
 ];
@@ -175,7 +175,8 @@ pub fn handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = builder().build_recorder();
             let handle = recorder.handle();
-            // Fails only if another recorder was installed first; we then render an empty page.
+            // Fails only if another recorder was installed first; the page then holds only
+            // `histogram.rs`'s histograms.
             let _ = metrics::set_global_recorder(recorder);
             describe::describe();
             describe::register_zeros();
