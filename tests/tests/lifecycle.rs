@@ -544,15 +544,10 @@ fn sigterm_with_a_websocket_that_never_reads_exits_within_the_drain() -> anyhow:
     Ok(())
 }
 
-/// A server started with `env`, a WebTransport client with a 256-byte control stream window
-/// that sends `pings` Pings and reads nothing, then SIGTERM: how long the process took to exit
-/// (a clean exit asserted), and its stderr.
-fn sigterm_with_a_deaf_webtransport_client(
-    env: &[(&str, &str)],
-    pings: usize,
-) -> anyhow::Result<(Duration, String)> {
-    let dir = tempfile::tempdir()?;
-    let (mut child, ready) = serve_process_ready(dir.path(), env)?;
+/// A WebTransport client of the server `ready` describes, with a 256-byte control stream
+/// window, that has sent `pings` Pings and read nothing (half a second later: the Pongs
+/// reached the server's side of the stream, past what the window lets through).
+async fn pinging_without_reading(ready: &serde_json::Value, pings: usize) -> anyhow::Result<Raw> {
     let port = ready["webtransport"]
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no webtransport address in {ready}"))?
@@ -561,24 +556,34 @@ fn sigterm_with_a_deaf_webtransport_client(
     let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
         .try_into()
         .map_err(|_| anyhow::anyhow!("bad certificate hash in {ready}"))?;
+    let mut raw = Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
+    for _ in 0..pings {
+        raw.send(Command::Ping).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(raw)
+}
+
+/// A server started with `env`, a WebTransport client with a 256-byte control stream window
+/// that sends `pings` Pings and reads nothing, then SIGTERM: how long the process took to exit
+/// (a clean exit asserted), its stderr, and the QUIC close code the client got (its goodbye
+/// cannot reach it).
+fn sigterm_with_a_deaf_webtransport_client(
+    env: &[(&str, &str)],
+    pings: usize,
+) -> anyhow::Result<(Duration, String, Option<u64>)> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, ready) = serve_process_ready(dir.path(), env)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let _deaf = runtime.block_on(async {
-        let mut raw =
-            Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
-        for _ in 0..pings {
-            raw.send(Command::Ping).await?;
-        }
-        anyhow::Ok(raw)
-    })?;
-    // The Pongs reach the server's side of the stream, past what the window lets through.
-    std::thread::sleep(Duration::from_millis(500));
+    let deaf = runtime.block_on(pinging_without_reading(&ready, pings))?;
     let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
     let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
     anyhow::ensure!(
         ok,
         "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
     );
-    Ok((took, stderr))
+    let code = runtime.block_on(deaf.close_code());
+    Ok((took, stderr, code))
 }
 
 /// The same bound on WebTransport: a client that gives its control stream no credit for the
@@ -587,12 +592,14 @@ fn sigterm_with_a_deaf_webtransport_client(
 #[test]
 fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_drain(
 ) -> anyhow::Result<()> {
-    let (took, stderr) =
+    let (took, stderr, code) =
         sigterm_with_a_deaf_webtransport_client(&[("QUIVER_TIMEOUTS__DRAIN", "10s")], 64)?;
     assert!(
         took < Duration::from_secs(4),
         "exited {took:?} after SIGTERM: the deaf client held the drain; stderr:\n{stderr}"
     );
+    // Its replies all found room: the session ended for the drain, said by the QUIC close.
+    assert_eq!(code, Some(u64::from(CloseCode::Shutdown.as_u16())));
     Ok(())
 }
 
@@ -602,7 +609,7 @@ fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_dra
 /// 30 s drain): the process exited 11 s after SIGTERM (outside audit 80, 1).
 #[test]
 fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> anyhow::Result<()> {
-    let (took, stderr) = sigterm_with_a_deaf_webtransport_client(
+    let (took, stderr, code) = sigterm_with_a_deaf_webtransport_client(
         &[
             ("QUIVER_TIMEOUTS__DRAIN", "30s"),
             ("QUIVER_TIMEOUTS__REPLY", "20s"),
@@ -614,6 +621,70 @@ fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> an
         took < Duration::from_secs(6),
         "exited {took:?} after SIGTERM: a reply waiting for the deaf client held the drain; \
          stderr:\n{stderr}"
+    );
+    // A reply found no room: what it left unanswered may have been carried out, so not 3000
+    // (PROTOCOL §7), said by the QUIC close since the goodbye cannot reach it.
+    assert_eq!(code, Some(u64::from(CloseCode::NotReading.as_u16())));
+    Ok(())
+}
+
+/// The other side of the drain's rule for replies waiting for room (outside review 84, F4): a
+/// client that reads slowly but steadily (a frame every 5 ms) is answered. Its replies filled
+/// its outgoing queue before the drain, so one waits for room when SIGTERM comes; it gets that
+/// reply and every one after it, in order, and the session ends 3000, not `3010 not_reading`:
+/// the `Goodbye 3000` frame, or (PROTOCOL §1: a goodbye behind more than the reader takes in
+/// the goodbye's grace) the QUIC close with code 3000 and no frame. The process exits cleanly.
+#[test]
+fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
+    const PINGS: usize = 600;
+    let dir = tempfile::tempdir()?;
+    let env = [
+        ("QUIVER_TIMEOUTS__DRAIN", "30s"),
+        ("QUIVER_TIMEOUTS__REPLY", "20s"),
+        ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
+    ];
+    let (mut child, ready) = serve_process_ready(dir.path(), &env)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut raw = runtime.block_on(pinging_without_reading(&ready, PINGS))?;
+    let reader = runtime.spawn(async move {
+        let mut pongs = Vec::new();
+        loop {
+            let frame = match tokio::time::timeout(Duration::from_secs(20), raw.recv()).await {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(_)) => {
+                    let code = raw.close_code().await;
+                    let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
+                    return anyhow::Ok((pongs, code));
+                }
+                Err(_) => anyhow::bail!("nothing for 20 s after {} Pongs", pongs.len()),
+            };
+            match frame.event {
+                Event::Pong => pongs.push(frame.id),
+                Event::Goodbye { code, .. } => return anyhow::Ok((pongs, code)),
+                Event::Welcome { .. } => {}
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    let (pongs, code) = runtime.block_on(reader)??;
+    assert_eq!(
+        code,
+        CloseCode::Shutdown.as_u16(),
+        "after {} Pongs; stderr:\n{stderr}",
+        pongs.len()
+    );
+    // More than the queue (256 frames) and the stream window (256 bytes) held at SIGTERM: the
+    // replies that waited for room in the drain were sent.
+    assert!(pongs.len() > 300, "{} Pongs", pongs.len());
+    let first = pongs.first().copied().unwrap_or_default();
+    let in_order: Vec<u32> = (first..).take(pongs.len()).collect();
+    assert_eq!(pongs, in_order, "a reply skipped or out of order");
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
     );
     Ok(())
 }
