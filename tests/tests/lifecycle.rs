@@ -599,7 +599,11 @@ fn sigterm_with_a_webtransport_client_that_never_reads_exits_long_before_the_dra
         "exited {took:?} after SIGTERM: the deaf client held the drain; stderr:\n{stderr}"
     );
     // Its replies all found room: the session ended for the drain, said by the QUIC close.
-    assert_eq!(code, Some(u64::from(CloseCode::Shutdown.as_u16())));
+    assert_eq!(
+        code,
+        Some(u64::from(CloseCode::Shutdown.as_u16())),
+        "exited {took:?} after SIGTERM; stderr:\n{stderr}"
+    );
     Ok(())
 }
 
@@ -624,16 +628,22 @@ fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> an
     );
     // A reply found no room: what it left unanswered may have been carried out, so not 3000
     // (PROTOCOL §7), said by the QUIC close since the goodbye cannot reach it.
-    assert_eq!(code, Some(u64::from(CloseCode::NotReading.as_u16())));
+    assert_eq!(
+        code,
+        Some(u64::from(CloseCode::NotReading.as_u16())),
+        "exited {took:?} after SIGTERM; stderr:\n{stderr}"
+    );
     Ok(())
 }
 
 /// The other side of the drain's rule for replies waiting for room (outside review 84, F4): a
-/// client that reads slowly but steadily (a frame every 5 ms) is answered. Its replies filled
-/// its outgoing queue before the drain, so one waits for room when SIGTERM comes; it gets that
-/// reply and every one after it, in order, and the session ends 3000, not `3010 not_reading`:
-/// the `Goodbye 3000` frame, or (PROTOCOL §1: a goodbye behind more than the reader takes in
-/// the goodbye's grace) the QUIC close with code 3000 and no frame. The process exits cleanly.
+/// client that keeps reading (a frame about every millisecond: slower than the server answers,
+/// far faster than the drain's one frame a second) is answered. It sent 600 Pings and read
+/// nothing, so at SIGTERM its outgoing queue is full, a reply waits for room and some 300 Pings
+/// are still unread; it gets every reply the drain makes, in order, and the session ends 3000,
+/// not `3010 not_reading`: the `Goodbye 3000` frame, or (PROTOCOL §7: a goodbye behind more than
+/// the reader takes in its grace) the QUIC close with code 3000 and no frame. The process exits
+/// cleanly.
 #[test]
 fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     const PINGS: usize = 600;
@@ -649,22 +659,18 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     let reader = runtime.spawn(async move {
         let mut pongs = Vec::new();
         loop {
-            let frame = match tokio::time::timeout(Duration::from_secs(20), raw.recv()).await {
-                Ok(Ok(frame)) => frame,
-                Ok(Err(_)) => {
-                    let code = raw.close_code().await;
-                    let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
-                    return anyhow::Ok((pongs, code));
-                }
-                Err(_) => anyhow::bail!("nothing for 20 s after {} Pongs", pongs.len()),
+            // `recv` gives up after 10 s of nothing: then the close code says what happened.
+            let Ok(frame) = raw.recv().await else {
+                let code = raw.close_code().await;
+                let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
+                return anyhow::Ok((pongs, code));
             };
             match frame.event {
                 Event::Pong => pongs.push(frame.id),
                 Event::Goodbye { code, .. } => return anyhow::Ok((pongs, code)),
-                Event::Welcome { .. } => {}
                 other => anyhow::bail!("unexpected {other:?}"),
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
     let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
@@ -676,9 +682,14 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
         "after {} Pongs; stderr:\n{stderr}",
         pongs.len()
     );
-    // More than the queue (256 frames) and the stream window (256 bytes) held at SIGTERM: the
-    // replies that waited for room in the drain were sent.
-    assert!(pongs.len() > 300, "{} Pongs", pongs.len());
+    // At SIGTERM the server held about 300 Pongs: 256 in the queue, one waiting for room, one
+    // being written and some 42 in the 256-byte stream window. Well past that: the replies made
+    // in the drain reached the client (the Pings still unread at SIGTERM are taken for a second).
+    assert!(
+        pongs.len() >= 400,
+        "{} Pongs; stderr:\n{stderr}",
+        pongs.len()
+    );
     let first = pongs.first().copied().unwrap_or_default();
     let in_order: Vec<u32> = (first..).take(pongs.len()).collect();
     assert_eq!(pongs, in_order, "a reply skipped or out of order");
