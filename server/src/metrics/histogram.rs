@@ -81,24 +81,34 @@ struct Family {
     help: &'static str,
     label: Option<&'static str>,
     series: Vec<(&'static str, Arc<Buckets>)>,
+    /// One handle per series, in the same order: what the hot paths keep.
+    handles: Vec<Histogram>,
 }
 
 impl Family {
-    fn unlabelled(name: &'static str, help: &'static str) -> Self {
+    /// A family with a series for each of `values` (of `label`; one value, `""`, without one).
+    fn new(
+        name: &'static str,
+        help: &'static str,
+        label: Option<&'static str>,
+        values: &[&'static str],
+        bounds: &'static [f64],
+    ) -> Self {
+        let series: Vec<_> = values
+            .iter()
+            .map(|&v| (v, Arc::new(Buckets::new(bounds))))
+            .collect();
+        let handles = series
+            .iter()
+            .map(|(_, b)| Histogram::from_arc(b.clone()))
+            .collect();
         Self {
             name,
             help,
-            label: None,
-            series: vec![("", Arc::new(Buckets::new(LATENCY_BUCKETS)))],
+            label,
+            series,
+            handles,
         }
-    }
-
-    fn handle(&self, i: usize) -> Histogram {
-        Histogram::from_arc(self.series[i].1.clone())
-    }
-
-    fn handles(&self) -> Vec<Histogram> {
-        (0..self.series.len()).map(|i| self.handle(i)).collect()
     }
 
     fn render(&self, out: &mut String) {
@@ -131,64 +141,52 @@ struct Families {
     delivery_latency: Family,
     command_duration: Family,
     broker_lag: Family,
-    /// The handles the hot paths keep: `[delivery latency, broker lag, command durations…]`.
-    handles: Vec<Histogram>,
 }
 
 fn families() -> &'static Families {
     static FAMILIES: OnceLock<Families> = OnceLock::new();
-    FAMILIES.get_or_init(|| {
-        let mut families = families_unhandled();
-        let order = [
-            &families.delivery_latency,
-            &families.broker_lag,
-            &families.command_duration,
-        ];
-        families.handles = order.into_iter().flat_map(Family::handles).collect();
-        families
-    })
-}
-
-fn families_unhandled() -> Families {
-    Families {
-        delivery_latency: Family::unlabelled(
+    FAMILIES.get_or_init(|| Families {
+        delivery_latency: Family::new(
             DELIVERY_LATENCY,
             "Time from a publication reaching this node's hub to its bytes being handed to a \
              subscriber's stream; one sample per write (the oldest frame of a coalesced write)",
+            None,
+            &[""],
+            LATENCY_BUCKETS,
         ),
-        command_duration: Family {
-            name: COMMAND_DURATION,
-            help: "Time from a command's arrival to the end of its handler (queueing its reply, \
-                   which waits for a client that does not read, not included; a publish: handed \
-                   to the broker, whose acknowledgement may follow), by command",
-            label: Some("command"),
-            series: COMMANDS
-                .iter()
-                .map(|&c| (c, Arc::new(Buckets::new(LATENCY_BUCKETS))))
-                .collect(),
-        },
-        broker_lag: Family::unlabelled(
+        command_duration: Family::new(
+            COMMAND_DURATION,
+            "Time from a command's arrival to the end of its handler (queueing its reply, which \
+             waits for a client that does not read, not included; a publish: handed to the \
+             broker, whose acknowledgement may follow), by command",
+            Some("command"),
+            COMMANDS,
+            LATENCY_BUCKETS,
+        ),
+        broker_lag: Family::new(
             BROKER_LAG,
             "Time from a publication leaving its origin node to its arrival at this node's hub \
              over NATS (wall clocks of two nodes: as good as their synchronisation)",
+            None,
+            &[""],
+            LATENCY_BUCKETS,
         ),
-        handles: Vec::new(),
-    }
+    })
 }
 
 /// `quiver_delivery_latency_seconds`.
 pub fn delivery_latency() -> &'static Histogram {
-    &families().handles[0]
+    &families().delivery_latency.handles[0]
 }
 
 /// `quiver_broker_lag_seconds`.
 pub fn broker_lag() -> &'static Histogram {
-    &families().handles[1]
+    &families().broker_lag.handles[0]
 }
 
 /// `quiver_command_duration_seconds`, one handle per `command` label, in [`COMMANDS`]' order.
 pub fn command_durations() -> &'static [Histogram] {
-    &families().handles[2..]
+    &families().command_duration.handles
 }
 
 /// Appends every histogram of this module to a Prometheus text page.
@@ -245,18 +243,13 @@ mod tests {
                 1
             );
         }
-        assert_eq!(families().handles.len(), 2 + COMMANDS.len());
+        assert_eq!(families().command_duration.handles.len(), COMMANDS.len());
     }
 
     #[test]
     fn renders_prometheus_text_with_labels_before_le() {
-        let family = Family {
-            name: "x_seconds",
-            help: "help",
-            label: Some("command"),
-            series: vec![("publish", Arc::new(Buckets::new(BOUNDS)))],
-        };
-        family.handle(0).record(0.005);
+        let family = Family::new("x_seconds", "help", Some("command"), &["publish"], BOUNDS);
+        family.handles[0].record(0.005);
         let mut page = String::new();
         family.render(&mut page);
         let expected = "# HELP x_seconds help\n# TYPE x_seconds histogram\n\
