@@ -312,9 +312,12 @@ pub struct TransportSettings {
     #[serde(with = "humantime_serde")]
     pub client_ack_delay: Duration,
     /// Packets such a client may receive without acknowledging; the next one is acknowledged
-    /// at once. 1 (every other packet, QUIC's default) keeps a sender with a small congestion
-    /// window from waiting out the delay; in A/B runs a threshold of 10 stalled the cluster's
-    /// fan-out (p99 at half load 0.8–1.5 s) and helped nothing that 1 did not.
+    /// at once (1: every other packet, QUIC's default). The server asks for less while its
+    /// congestion window is small (at most half the window in packets, at least 1: a patch of
+    /// the vendored quinn-proto), so a sender after heavy loss never waits out the delay for
+    /// an ACK; without that cap a threshold of 10 stalled the cluster's fan-out. 3 measured
+    /// 6-14 % more deliveries/s in many rooms than 1
+    /// (bench/results/2026-12-05-ack-threshold-cap.md).
     pub client_ack_threshold: u32,
 }
 
@@ -326,7 +329,7 @@ impl Default for TransportSettings {
             udp_receive_buffer_burst: 1024 * 1024,
             udp_burst_handshakes: 8,
             client_ack_delay: Duration::from_millis(100),
-            client_ack_threshold: 1,
+            client_ack_threshold: 3,
         }
     }
 }

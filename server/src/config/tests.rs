@@ -209,7 +209,7 @@ fn client_ack_delay_is_off_or_within_bounds_and_namespace_other_is_reserved() {
     figment::Jail::expect_with(|jail| {
         let c = Config::load(None).map_err(|e| e.to_string())?;
         assert_eq!(c.transport.client_ack_delay, Duration::from_millis(100));
-        assert_eq!(c.transport.client_ack_threshold, 1);
+        assert_eq!(c.transport.client_ack_threshold, 3);
         for (delay, ok) in [
             ("0s", true),
             ("1ms", true),

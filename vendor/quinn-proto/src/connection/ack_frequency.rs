@@ -11,6 +11,9 @@ pub(super) struct AckFrequencyState {
     //
     in_flight_ack_frequency_frame: Option<(u64, Duration)>,
     next_outgoing_sequence_number: VarInt,
+    /// QUIVER PATCH: the ack-eliciting threshold of the latest ACK_FREQUENCY frame sent, which
+    /// may be below the configured one while the congestion window is small
+    requested_threshold: Option<VarInt>,
     pub(super) peer_max_ack_delay: Duration,
 
     //
@@ -25,6 +28,7 @@ impl AckFrequencyState {
         Self {
             in_flight_ack_frequency_frame: None,
             next_outgoing_sequence_number: VarInt(0),
+            requested_threshold: None,
             peer_max_ack_delay: default_max_ack_delay,
 
             last_ack_frequency_frame: None,
@@ -62,6 +66,22 @@ impl AckFrequencyState {
         )
     }
 
+    /// QUIVER PATCH: returns the ack-eliciting threshold to request of the peer: the configured
+    /// one, capped so that the peer acknowledges at least twice per congestion window
+    ///
+    /// A sender can have at most `window_packets` packets in flight. A peer that waits for more
+    /// than that before it acknowledges would leave the sender blocked until its `max_ack_delay`
+    /// runs out, once per round trip (after heavy loss a window is a few packets). Twice per
+    /// window keeps the ACK clock going; the cap never goes below 1 (QUIC's default of an ACK
+    /// every second packet), and never above what the application configured.
+    pub(super) fn candidate_threshold(config: &AckFrequencyConfig, window_packets: u64) -> VarInt {
+        let cap = (window_packets / 2).saturating_sub(1).max(1);
+        match VarInt::from_u64(cap) {
+            Ok(cap) => Ord::min(config.ack_eliciting_threshold, cap),
+            Err(_) => config.ack_eliciting_threshold,
+        }
+    }
+
     /// Returns the `max_ack_delay` for the purposes of calculating the PTO
     ///
     /// This `max_ack_delay` is defined as the maximum of the peer's current `max_ack_delay` and all
@@ -91,9 +111,14 @@ impl AckFrequencyState {
         rtt: Duration,
         config: &AckFrequencyConfig,
         peer_params: &TransportParameters,
+        threshold: VarInt,
     ) -> bool {
         if self.next_outgoing_sequence_number.0 == 0 {
             // Always send at startup
+            return true;
+        }
+        // QUIVER PATCH: the congestion window moved the threshold to request
+        if self.requested_threshold != Some(threshold) {
             return true;
         }
         let current = self
@@ -105,8 +130,14 @@ impl AckFrequencyState {
     }
 
     /// Notifies the [`AckFrequencyState`] that a packet containing an ACK_FREQUENCY frame was sent
-    pub(super) fn ack_frequency_sent(&mut self, pn: u64, requested_max_ack_delay: Duration) {
+    pub(super) fn ack_frequency_sent(
+        &mut self,
+        pn: u64,
+        requested_max_ack_delay: Duration,
+        requested_threshold: VarInt,
+    ) {
         self.in_flight_ack_frequency_frame = Some((pn, requested_max_ack_delay));
+        self.requested_threshold = Some(requested_threshold);
     }
 
     /// Notifies the [`AckFrequencyState`] that a packet has been ACKed
@@ -171,6 +202,28 @@ const MIN_AUTOMATIC_ACK_DELAY: Duration = Duration::from_millis(25);
 mod tests {
     use super::*;
     use crate::Side;
+
+    /// QUIVER PATCH
+    #[test]
+    fn threshold_is_capped_at_half_the_window() {
+        let mut config = AckFrequencyConfig::default();
+        config.ack_eliciting_threshold(VarInt(10));
+        let threshold = |window| AckFrequencyState::candidate_threshold(&config, window).0;
+        // Never below QUIC's default of an ACK every second packet
+        assert_eq!(threshold(0), 1);
+        assert_eq!(threshold(2), 1);
+        assert_eq!(threshold(5), 1);
+        // Then an ACK at least twice per window
+        assert_eq!(threshold(6), 2);
+        assert_eq!(threshold(9), 3);
+        assert_eq!(threshold(21), 9);
+        // Never above the configured threshold
+        assert_eq!(threshold(22), 10);
+        assert_eq!(threshold(u64::MAX), 10);
+        // A configured 0 (an ACK for every packet) stays 0
+        config.ack_eliciting_threshold(VarInt(0));
+        assert_eq!(AckFrequencyState::candidate_threshold(&config, 100).0, 0);
+    }
 
     #[test]
     fn peer_min_ack_delay_can_exceed_rtt() {

@@ -508,11 +508,16 @@ impl Connection {
 
         // Check whether we need to send an ACK_FREQUENCY frame
         if let Some(config) = &self.config.ack_frequency_config {
-            self.spaces[SpaceId::Data].pending.ack_frequency = self
-                .ack_frequency
-                .should_send_ack_frequency(self.path.rtt.get(), config, &self.peer_params)
-                && self.highest_space == SpaceId::Data
-                && self.peer_supports_ack_frequency();
+            let threshold =
+                AckFrequencyState::candidate_threshold(config, window_packets(&self.path));
+            self.spaces[SpaceId::Data].pending.ack_frequency =
+                self.ack_frequency.should_send_ack_frequency(
+                    self.path.rtt.get(),
+                    config,
+                    &self.peer_params,
+                    threshold,
+                ) && self.highest_space == SpaceId::Data
+                    && self.peer_supports_ack_frequency();
         }
 
         // Reserving capacity can provide more capacity than we asked for. However, we are not
@@ -3235,11 +3240,16 @@ impl Connection {
                 &self.peer_params,
             );
 
-            trace!(?max_ack_delay, "ACK_FREQUENCY");
+            // QUIVER PATCH: the threshold capped by the congestion window (see
+            // `AckFrequencyState::candidate_threshold`)
+            let threshold =
+                AckFrequencyState::candidate_threshold(config, window_packets(&self.path));
+
+            trace!(?max_ack_delay, %threshold, "ACK_FREQUENCY");
 
             frame::AckFrequency {
                 sequence: sequence_number,
-                ack_eliciting_threshold: config.ack_eliciting_threshold,
+                ack_eliciting_threshold: threshold,
                 request_max_ack_delay: max_ack_delay.as_micros().try_into().unwrap_or(VarInt::MAX),
                 reordering_threshold: config.reordering_threshold,
             }
@@ -3247,7 +3257,8 @@ impl Connection {
 
             sent.retransmits.get_or_create().ack_frequency = true;
 
-            self.ack_frequency.ack_frequency_sent(pn, max_ack_delay);
+            self.ack_frequency
+                .ack_frequency_sent(pn, max_ack_delay, threshold);
             self.stats.frame_tx.ack_frequency += 1;
         }
 
@@ -4061,6 +4072,12 @@ pub enum Event {
     DatagramReceived,
     /// One or more application datagrams have been sent after blocking
     DatagramsUnblocked,
+}
+
+/// QUIVER PATCH: how many full-size packets the path's congestion window holds (for the
+/// ACK-frequency threshold's cap)
+fn window_packets(path: &PathData) -> u64 {
+    path.congestion.window() / u64::from(path.current_mtu().max(1))
 }
 
 fn get_max_ack_delay(params: &TransportParameters) -> Duration {
