@@ -304,6 +304,35 @@ impl Raw {
             .map_err(|_| anyhow!("timed out waiting for a control frame"))?
     }
 
+    /// Next frame on the control stream, read `chunk` bytes at most at a time with `pause`
+    /// after each read: a client that reads slowly but steadily (WebTransport only; with a
+    /// small stream window, the server's writes wait on it).
+    pub async fn recv_slowly(
+        &mut self,
+        chunk: usize,
+        pause: std::time::Duration,
+    ) -> Result<ServerFrame> {
+        let Wire::Wt { recv, decoder, .. } = &mut self.wire else {
+            bail!("not a WebTransport client");
+        };
+        let next = async {
+            let mut buf = vec![0u8; chunk];
+            loop {
+                if let Some(body) = decoder.next_frame()? {
+                    return anyhow::Ok(decode_event(&body)?);
+                }
+                match recv.read(&mut buf).await? {
+                    Some(n) => decoder.push(&buf[..n]),
+                    None => bail!("stream finished"),
+                }
+                tokio::time::sleep(pause).await;
+            }
+        };
+        tokio::time::timeout(WAIT, next)
+            .await
+            .map_err(|_| anyhow!("timed out waiting for a control frame"))?
+    }
+
     /// Next frame answering `id`, skipping unsolicited ones.
     pub async fn recv_reply(&mut self, id: u32) -> Result<Event> {
         loop {

@@ -419,10 +419,22 @@ fn serve_process_ready(
     dir: &std::path::Path,
     env: &[(&str, &str)],
 ) -> anyhow::Result<(std::process::Child, serde_json::Value)> {
+    serve_process_ready_with(dir, env, None)
+}
+
+/// [`serve_process_ready`] with a configuration file.
+fn serve_process_ready_with(
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<(std::process::Child, serde_json::Value)> {
     let stderr = std::fs::File::create(dir.join("quiver-stderr.log"))?;
     let mut cmd = process::serve_command(dir)?;
-    cmd.args(["--jwt-secret", SECRET, "--self-signed"])
-        .envs(env.iter().copied())
+    cmd.args(["--jwt-secret", SECRET, "--self-signed"]);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(stderr);
     let mut child = cmd.spawn()?;
@@ -547,7 +559,37 @@ fn sigterm_with_a_websocket_that_never_reads_exits_within_the_drain() -> anyhow:
 /// A WebTransport client of the server `ready` describes, with a 256-byte control stream
 /// window, that has sent `pings` Pings and read nothing (half a second later: the Pongs
 /// reached the server's side of the stream, past what the window lets through).
-async fn pinging_without_reading(ready: &serde_json::Value, pings: usize) -> anyhow::Result<Raw> {
+async fn pinging_without_reading(
+    ready: &serde_json::Value,
+    pings: usize,
+) -> anyhow::Result<(Raw, u32)> {
+    sending_without_reading(ready, Vec::new(), pings).await
+}
+
+/// A WebTransport client of the server `ready` describes with a 256-byte control stream window,
+/// that sends `first`, then `pings` Pings, and reads nothing (half a second given for the
+/// answers to queue up); with the first Ping's id.
+async fn sending_without_reading(
+    ready: &serde_json::Value,
+    first: Vec<Command>,
+    pings: usize,
+) -> anyhow::Result<(Raw, u32)> {
+    let (port, hash) = process_address(ready)?;
+    let mut raw = Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
+    for command in first {
+        raw.send(command).await?;
+    }
+    let mut first_ping = None;
+    for _ in 0..pings {
+        let id = raw.send(Command::Ping).await?;
+        first_ping.get_or_insert(id);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((raw, first_ping.unwrap_or_default()))
+}
+
+/// The WebTransport port and certificate hash of a `quiver serve` child's ready line.
+fn process_address(ready: &serde_json::Value) -> anyhow::Result<(u16, [u8; 32])> {
     let port = ready["webtransport"]
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("no webtransport address in {ready}"))?
@@ -556,12 +598,7 @@ async fn pinging_without_reading(ready: &serde_json::Value, pings: usize) -> any
     let hash: [u8; 32] = hex::decode(ready["cert_sha256"].as_str().unwrap_or_default())?
         .try_into()
         .map_err(|_| anyhow::anyhow!("bad certificate hash in {ready}"))?;
-    let mut raw = Raw::with_stream_window_at(port, hash, &full_token("acme", "deaf"), 256).await?;
-    for _ in 0..pings {
-        raw.send(Command::Ping).await?;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(raw)
+    Ok((port, hash))
 }
 
 /// A server started with `env`, a WebTransport client with a 256-byte control stream window
@@ -575,7 +612,7 @@ fn sigterm_with_a_deaf_webtransport_client(
     let dir = tempfile::tempdir()?;
     let (mut child, ready) = serve_process_ready(dir.path(), env)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let deaf = runtime.block_on(pinging_without_reading(&ready, pings))?;
+    let (deaf, _) = runtime.block_on(pinging_without_reading(&ready, pings))?;
     let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
     let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
     anyhow::ensure!(
@@ -655,7 +692,7 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     ];
     let (mut child, ready) = serve_process_ready(dir.path(), &env)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut raw = runtime.block_on(pinging_without_reading(&ready, PINGS))?;
+    let (mut raw, first_ping) = runtime.block_on(pinging_without_reading(&ready, PINGS))?;
     let reader = runtime.spawn(async move {
         let mut pongs = Vec::new();
         loop {
@@ -690,8 +727,93 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
         "{} Pongs; stderr:\n{stderr}",
         pongs.len()
     );
-    let first = pongs.first().copied().unwrap_or_default();
-    let in_order: Vec<u32> = (first..).take(pongs.len()).collect();
+    // Every Pong from the first Ping's on (review 87, F3: none lost at the head either).
+    let in_order: Vec<u32> = (first_ping..).take(pongs.len()).collect();
+    assert_eq!(pongs, in_order, "a reply skipped or out of order");
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
+    Ok(())
+}
+
+/// A drain waits for a client that reads slowly but steadily even while one large frame is
+/// being written to it (outside audit 84, F4): a history page of about 60 KiB, held up by the
+/// client's 256-byte stream window and read 256 bytes every 8 ms (well over a second for the
+/// page), is at the head of a full queue at SIGTERM. The drain counted progress in frames
+/// taken, saw none for a second, and ended the session `3010 not_reading`; progress now counts
+/// the parts of a frame written, so the page, then every Pong in order, then `3000` arrive.
+#[test]
+fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
+    const PINGS: usize = 400;
+    let dir = tempfile::tempdir()?;
+    let toml = dir.path().join("quiver.toml");
+    std::fs::write(
+        &toml,
+        "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"5m\"\n",
+    )?;
+    let env = [
+        ("QUIVER_TIMEOUTS__DRAIN", "30s"),
+        ("QUIVER_TIMEOUTS__REPLY", "20s"),
+        ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
+    ];
+    let (mut child, ready) = serve_process_ready_with(dir.path(), &env, Some(&toml))?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (port, hash) = process_address(&ready)?;
+    // 100 publications of 1,000 bytes: a page of them is as large as a frame may be (64 KiB).
+    runtime.block_on(async {
+        let mut publisher = Raw::connect_at(port, hash, &full_token("acme", "writer")).await?;
+        for i in 0..100u8 {
+            let reply = publisher.publish("h.big", &[i; 1000]).await?;
+            anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
+        }
+        anyhow::Ok(())
+    })?;
+    let history = Command::History {
+        room: "h.big".to_owned(),
+        since: None,
+        limit: 1000,
+    };
+    let (mut raw, first_ping) =
+        runtime.block_on(sending_without_reading(&ready, vec![history], PINGS))?;
+    let reader = runtime.spawn(async move {
+        let mut page = None;
+        let mut pongs = Vec::new();
+        loop {
+            let Ok(frame) = raw.recv_slowly(256, Duration::from_millis(8)).await else {
+                let code = raw.close_code().await;
+                let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
+                return anyhow::Ok((page, pongs, code));
+            };
+            match frame.event {
+                Event::History { publications, .. } if page.is_none() && pongs.is_empty() => {
+                    page = Some(publications.len());
+                }
+                Event::Pong => pongs.push(frame.id),
+                Event::Goodbye { code, .. } => return anyhow::Ok((page, pongs, code)),
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        }
+    });
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    let (page, pongs, code) = runtime.block_on(reader)??;
+    assert_eq!(
+        code,
+        CloseCode::Shutdown.as_u16(),
+        "page {page:?}, after {} Pongs; stderr:\n{stderr}",
+        pongs.len()
+    );
+    // The page held at least 50 publications (50 KB: 200 reads of 256 bytes, 1.6 s or more).
+    let page = page.unwrap_or_default();
+    assert!(page >= 50, "a page of {page} publications");
+    // 256 Pongs were queued behind the page at SIGTERM and one waited for room: all came.
+    assert!(
+        pongs.len() > 257,
+        "{} Pongs; stderr:\n{stderr}",
+        pongs.len()
+    );
+    let in_order: Vec<u32> = (first_ping..).take(pongs.len()).collect();
     assert_eq!(pongs, in_order, "a reply skipped or out of order");
     assert!(
         ok,

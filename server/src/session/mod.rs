@@ -860,17 +860,18 @@ impl Session {
             sent = tokio::time::timeout_at(deadline, send.as_mut()) => sent.is_ok(),
             // A drain waits for no client that does not read: from the drain's start (or from
             // now, during the drain), a reply waits while the client takes something of its
-            // queue at least once per goodbye grace (1 s), up to `timeouts.reply` as always.
+            // queue (or writes part of a large frame) at least once per goodbye grace (1 s), up
+            // to `timeouts.reply` as always.
             // It held a drain for `timeouts.reply` whether the client read or not, with the
             // drain's deadline raised (outside audit 80, 1: 11 s, where README promises a
             // client that does not read a few seconds); a client that reads slowly is still
             // answered (outside audit 81, 1).
             () = self.shared.shutdown.cancelled() => loop {
-                let taken = self.out.taken();
+                let progress = self.out.progress();
                 let step = deadline.min(tokio::time::Instant::now() + GOODBYE_GRACE);
                 match tokio::time::timeout_at(step, send.as_mut()).await {
                     Ok(_) => break true,
-                    Err(_) if step < deadline && self.out.taken() != taken => continue,
+                    Err(_) if step < deadline && self.out.progress() != progress => continue,
                     Err(_) => break false,
                 }
             }

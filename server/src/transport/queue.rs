@@ -63,7 +63,7 @@ fn weighed<T>(
             items: VecDeque::new(),
             bytes: 0,
             closed: false,
-            taken: 0,
+            progress: 0,
         }),
         room: Semaphore::new(capacity.max(1)),
         ready: Notify::new(),
@@ -120,8 +120,9 @@ struct State<T> {
     bytes: usize,
     /// The receiver is gone: nothing more is queued.
     closed: bool,
-    /// How many values the receiver has taken: whether a client reads at all.
-    taken: u64,
+    /// How far the receiver has got: values taken, plus parts of large ones written
+    /// ([`Receiver::progressed`]). Whether a client reads at all.
+    progress: u64,
 }
 
 /// Whether a value may be queued now, by bytes.
@@ -243,9 +244,10 @@ impl<T> Sender<T> {
         self.shared.push(permit, value).map_err(SendError)
     }
 
-    /// How many values the receiver has taken so far: a client that reads makes it move.
-    pub fn taken(&self) -> u64 {
-        self.shared.state().taken
+    /// How far the receiver has got (values taken, and parts of large ones written): a client
+    /// that reads, however slowly, makes it move.
+    pub fn progress(&self) -> u64 {
+        self.shared.state().progress
     }
 
     /// Queues `value` if there is room now.
@@ -335,6 +337,14 @@ pub enum TryRecvError {
 }
 
 impl<T> Receiver<T> {
+    /// Part of a value already taken was written: progress, as a value taken is. A writer
+    /// that waits for the client inside one large frame (a history page held up by the
+    /// client's flow control) calls it per part, so a client that reads slowly but steadily
+    /// is seen reading ([`Sender::progress`]; outside audit 84, F4).
+    pub fn progressed(&self) {
+        self.shared.state().progress += 1;
+    }
+
     /// The next value; `None` once the queue is empty and every sender is gone.
     pub async fn recv(&mut self) -> Option<T> {
         // As with tokio's channels, a receive spends the task's cooperative budget, so a task
@@ -377,7 +387,7 @@ impl<T> Receiver<T> {
         let rooms_were_over = state.bytes >= self.shared.rooms.bytes
             || state.items.len() + 1 >= self.shared.rooms.frames;
         state.bytes -= (self.shared.weigh)(&value);
-        state.taken += 1;
+        state.progress += 1;
         // Woken only when a bound is crossed: a writer popping every frame wakes nobody.
         let drained = (was_over && state.bytes < self.shared.max_bytes)
             || (rooms_were_over && !self.shared.rooms.above(&state));

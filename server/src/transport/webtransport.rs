@@ -373,7 +373,7 @@ async fn write_control(mut send: SendStream, early: Vec<Bytes>, mut rx: queue::R
     // next write.
     let mut stopped = std::pin::pin!(send.quic_stream().stopped());
     for frame in early {
-        if send.write_all(&frame).await.is_err() {
+        if write_frame(&mut send, &frame, &rx).await.is_err() {
             return;
         }
     }
@@ -383,11 +383,30 @@ async fn write_control(mut send: SendStream, early: Vec<Bytes>, mut rx: queue::R
             _ = &mut stopped => return,
         };
         let Some(frame) = frame else { break };
-        if send.write_all(&frame).await.is_err() {
+        if write_frame(&mut send, &frame, &rx).await.is_err() {
             return;
         }
     }
     let _ = tokio::time::timeout(GOODBYE_GRACE, send.finish()).await;
+}
+
+/// Writes one frame, telling `rx` of every part the stream takes short of the whole: a client
+/// that reads slowly but steadily moves the queue's progress even while one large frame (up to
+/// `max_frame`) waits for its flow-control credit, which is what a drain asks of a client
+/// before it waits for it (`Session::reply`).
+async fn write_frame(
+    send: &mut SendStream,
+    frame: &[u8],
+    rx: &queue::Receiver<Bytes>,
+) -> Result<(), wtransport::error::StreamWriteError> {
+    let mut written = 0;
+    while written < frame.len() {
+        written += send.write(&frame[written..]).await?;
+        if written < frame.len() {
+            rx.progressed();
+        }
+    }
+    Ok(())
 }
 
 /// Reads the control stream into [`Inbound`] items, and refuses every other stream the client
