@@ -571,3 +571,60 @@ async fn presence_stats_count_every_session_and_user() -> anyhow::Result<()> {
     assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
     Ok(())
 }
+
+/// After the instance departs (a drain's deadline with sessions open: each member it listed
+/// gets its `Left` and its key deleted), a join still under way is refused and lists nobody,
+/// not even after the refresh that re-puts local entries, and a leave of a member the
+/// departure took is refused: the session core announces neither a `Joined` after the `Left`
+/// nor a second `Left` (outside audit 84, F2).
+#[tokio::test]
+async fn after_a_departure_a_join_lists_nobody_and_a_leave_is_not_announced_again(
+) -> anyhow::Result<()> {
+    use quiver_server::broker::Broker;
+    let nats = NatsServer::start().await?;
+    let mut config = quiver_server::Config::default();
+    presence_ns(&mut config);
+    // A refresh every second (a third of the TTL), so the test sees one after the departure.
+    let mut nats_config = quiver_server::config::NatsConfig::new(nats.url());
+    nats_config.presence_ttl = Duration::from_secs(3);
+    config.nats = Some(nats_config.clone());
+    let hub = std::sync::Arc::new(quiver_server::hub::Hub::with_namespaces(["p"]));
+    let broker = quiver_server::broker::nats::NatsBroker::connect(
+        &nats_config,
+        hub,
+        std::sync::Arc::new(config),
+    )
+    .await?;
+    let key = quiver_server::hub::RoomKey {
+        tenant: quiver_proto::TenantId::parse("acme")?,
+        room: quiver_proto::RoomName::parse("p.lobby")?,
+    };
+    let member = |session: &str| Member {
+        user: "u".into(),
+        session: session.into(),
+    };
+    let sessions = |members: Vec<Member>| {
+        let mut sessions: Vec<String> = members.into_iter().map(|m| m.session).collect();
+        sessions.sort();
+        sessions
+    };
+    // The broker's first connection may still be on its way.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = broker.join(key.clone(), member("s1")).await {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker.join(key.clone(), member("s2")).await?;
+    assert_eq!(sessions(broker.members(key.clone()).await?), ["s1", "s2"]);
+
+    broker.depart().await;
+    assert!(sessions(broker.members(key.clone()).await?).is_empty());
+    let joined = broker.join(key.clone(), member("s3")).await;
+    assert!(joined.is_err(), "a join after the departure: {joined:?}");
+    let left = broker.leave(key.clone(), member("s1")).await;
+    assert!(left.is_err(), "a leave the departure took: {left:?}");
+    // Past a refresh: nothing was put back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(sessions(broker.members(key.clone()).await?).is_empty());
+    Ok(())
+}

@@ -157,6 +157,10 @@ struct Inner {
     /// This instance's presence entries (KV key → user), re-put every third of the TTL so they
     /// outlive nothing but a dead instance.
     local_presence: Arc<std::sync::Mutex<HashMap<String, Bytes>>>,
+    /// The instance has departed (`depart_now`: a drain's deadline with sessions open): set
+    /// under `local_presence`'s lock as the entries are taken, so no join lists anyone after it
+    /// and no leave announces a second `Left`.
+    departed: std::sync::atomic::AtomicBool,
     /// Wakes the presence refresh at once: after a reconnect, the bucket may be gone.
     presence_nudge: Arc<tokio::sync::Notify>,
     /// When the broker was made: its first connection is waited for until `JS_TIMEOUT` after.
@@ -263,6 +267,7 @@ impl NatsBroker {
             consumer_serial: std::sync::atomic::AtomicU64::new(0),
             presence: OnceCell::new(),
             local_presence: Arc::default(),
+            departed: std::sync::atomic::AtomicBool::new(false),
             presence_nudge: Arc::default(),
             started: tokio::time::Instant::now(),
         });

@@ -4,6 +4,7 @@
 //! of the TTL), so the members of an instance that died go by themselves. THREAT-MODEL R39
 //! says what one bucket for every tenant costs.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,19 +229,38 @@ impl Inner {
     /// Lists `member` in `key`'s room: kept locally at once (and put back from there by the
     /// refresh once NATS answers again: during an outage the session is not held up for the
     /// put's deadline), then put in the bucket.
+    ///
+    /// Refused once the instance has departed: its `Left`s are out, and a `Joined` after them
+    /// would list the member on the other instances until the TTL (outside audit 84, F2).
     pub(super) async fn join_now(&self, key: RoomKey, member: Member) -> Result<(), BrokerError> {
         let kv_key = presence_key(&key, &member.session);
         let user = Bytes::from(member.user.into_bytes());
-        self.local_presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kv_key.clone(), user.clone());
+        {
+            let mut local = self
+                .local_presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if self.departed.load(Ordering::Acquire) {
+                return Err(departed());
+            }
+            local.insert(kv_key.clone(), user.clone());
+        }
         self.reachable()?;
         let kv = self.presence_store().await?;
         bounded("presence put", async {
-            kv.put(kv_key, user).await.map_err(unavailable)
+            kv.put(kv_key.clone(), user).await.map_err(unavailable)
         })
         .await?;
+        // A departure that took the entry while its put was on its way has published the
+        // member's `Left` and deleted the key, perhaps before this put landed: delete it again,
+        // and let the caller announce no `Joined` after that `Left`.
+        if self.departed.load(Ordering::Acquire) {
+            let _ = bounded("presence delete", async {
+                kv.delete(kv_key).await.map_err(unavailable)
+            })
+            .await;
+            return Err(departed());
+        }
         Ok(())
     }
 
@@ -250,12 +270,15 @@ impl Inner {
     /// other instances until `nats.presence_ttl`). Taken from the local list first, so the
     /// refresh puts none back.
     pub(super) async fn depart_now(&self) {
-        let entries = std::mem::take(
-            &mut *self
+        let entries = {
+            let mut local = self
                 .local_presence
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+                .unwrap_or_else(|e| e.into_inner());
+            // Under the lock with the take: a join either was taken here or sees the flag.
+            self.departed.store(true, Ordering::Release);
+            std::mem::take(&mut *local)
+        };
         if entries.is_empty() || self.reachable().is_err() {
             return;
         }
@@ -288,12 +311,19 @@ impl Inner {
     }
 
     /// Takes `member` out of `key`'s room, locally first (the refresh no longer puts it back).
+    /// Refused for a member a departure took: it has had its `Left`, and its key is deleted.
     pub(super) async fn leave_now(&self, key: RoomKey, member: Member) -> Result<(), BrokerError> {
         let kv_key = presence_key(&key, &member.session);
-        self.local_presence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&kv_key);
+        let taken_by_departure = {
+            let mut local = self
+                .local_presence
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            local.remove(&kv_key).is_none() && self.departed.load(Ordering::Acquire)
+        };
+        if taken_by_departure {
+            return Err(departed());
+        }
         self.reachable()?;
         let kv = self.presence_store().await?;
         bounded("presence delete", async {
@@ -301,6 +331,15 @@ impl Inner {
         })
         .await
     }
+}
+
+/// What a join or leave after the instance departed is told: presence went with the departure.
+fn departed() -> BrokerError {
+    BrokerError::Unavailable(
+        "this instance has left the cluster's presence (its drain's deadline): every member it \
+         listed had its Left"
+            .to_owned(),
+    )
 }
 
 /// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`).
