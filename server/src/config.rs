@@ -313,11 +313,11 @@ pub struct TransportSettings {
     pub client_ack_delay: Duration,
     /// Packets such a client may receive without acknowledging; the next one is acknowledged
     /// at once (1: every other packet, QUIC's default). The server asks for less while its
-    /// congestion window is small (at most half the window in packets, at least 1: a patch of
-    /// the vendored quinn-proto), so a sender after heavy loss never waits out the delay for
-    /// an ACK; without that cap a threshold of 10 stalled the cluster's fan-out. 3 measured
-    /// 6-14 % more deliveries/s in many rooms than 1
-    /// (bench/results/2026-12-05-ack-threshold-cap.md).
+    /// congestion window is small (at most half a flight of full-size packets minus one, 0 at
+    /// windows of 4 packets or fewer: a patch of the vendored quinn-proto), so a sender after
+    /// heavy loss is not held up round after round by the delay; without that cap a threshold
+    /// of 10 collapsed the cluster's fan-out. 3 measured 5.6-13.9 % more deliveries/s in many
+    /// rooms than 1 (bench/results/2026-12-05-ack-threshold-cap.md).
     pub client_ack_threshold: u32,
 }
 

@@ -67,15 +67,17 @@ impl AckFrequencyState {
     }
 
     /// QUIVER PATCH: returns the ack-eliciting threshold to request of the peer: the configured
-    /// one, capped so that the peer acknowledges at least twice per congestion window
+    /// one, capped so that the peer acknowledges at least twice per flight of full-size packets
     ///
-    /// A sender can have at most `window_packets` packets in flight. A peer that waits for more
-    /// than that before it acknowledges would leave the sender blocked until its `max_ack_delay`
-    /// runs out, once per round trip (after heavy loss a window is a few packets). Twice per
-    /// window keeps the ACK clock going; the cap never goes below 1 (QUIC's default of an ACK
-    /// every second packet), and never above what the application configured.
+    /// A window of `window_packets` full-size packets lets one fewer be in flight (a packet is
+    /// sent only while the bytes in flight plus it stay under the window). A peer that waits
+    /// for more packets than that before it acknowledges leaves the sender blocked until its
+    /// `max_ack_delay` runs out, once per round trip (after heavy loss a window is a few
+    /// packets). An ACK at least twice per flight keeps the ACK clock going: the cap is half of
+    /// what may be in flight, minus one; 0 (an ACK for every packet) at the smallest windows,
+    /// and never above what the application configured.
     pub(super) fn candidate_threshold(config: &AckFrequencyConfig, window_packets: u64) -> VarInt {
-        let cap = (window_packets / 2).saturating_sub(1).max(1);
+        let cap = (window_packets.saturating_sub(1) / 2).saturating_sub(1);
         match VarInt::from_u64(cap) {
             Ok(cap) => Ord::min(config.ack_eliciting_threshold, cap),
             Err(_) => config.ack_eliciting_threshold,
@@ -205,20 +207,23 @@ mod tests {
 
     /// QUIVER PATCH
     #[test]
-    fn threshold_is_capped_at_half_the_window() {
+    fn threshold_is_capped_at_half_a_flight() {
         let mut config = AckFrequencyConfig::default();
         config.ack_eliciting_threshold(VarInt(10));
         let threshold = |window| AckFrequencyState::candidate_threshold(&config, window).0;
-        // Never below QUIC's default of an ACK every second packet
-        assert_eq!(threshold(0), 1);
-        assert_eq!(threshold(2), 1);
+        // An ACK for every packet at the smallest windows (cubic's and NewReno's minimum of
+        // 2 packets lets one be in flight, BBR's of 4 lets three)
+        assert_eq!(threshold(0), 0);
+        assert_eq!(threshold(2), 0);
+        assert_eq!(threshold(4), 0);
+        // Then an ACK at least twice per flight (one packet fewer than the window)
         assert_eq!(threshold(5), 1);
-        // Then an ACK at least twice per window
-        assert_eq!(threshold(6), 2);
+        assert_eq!(threshold(6), 1);
+        assert_eq!(threshold(7), 2);
         assert_eq!(threshold(9), 3);
-        assert_eq!(threshold(21), 9);
+        assert_eq!(threshold(22), 9);
         // Never above the configured threshold
-        assert_eq!(threshold(22), 10);
+        assert_eq!(threshold(23), 10);
         assert_eq!(threshold(u64::MAX), 10);
         // A configured 0 (an ACK for every packet) stays 0
         config.ack_eliciting_threshold(VarInt(0));

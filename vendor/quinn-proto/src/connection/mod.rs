@@ -510,14 +510,20 @@ impl Connection {
         if let Some(config) = &self.config.ack_frequency_config {
             let threshold =
                 AckFrequencyState::candidate_threshold(config, window_packets(&self.path));
-            self.spaces[SpaceId::Data].pending.ack_frequency =
-                self.ack_frequency.should_send_ack_frequency(
+            // QUIVER PATCH: a frame lost in flight is queued again by loss detection
+            // (`Retransmits::ack_frequency`): kept, not overwritten here, or the peer would keep
+            // the values it replaced (the lowered threshold is sent exactly while packets are
+            // lost) until something else changed
+            let resend = self.spaces[SpaceId::Data].pending.ack_frequency;
+            self.spaces[SpaceId::Data].pending.ack_frequency = (resend
+                || self.ack_frequency.should_send_ack_frequency(
                     self.path.rtt.get(),
                     config,
                     &self.peer_params,
                     threshold,
-                ) && self.highest_space == SpaceId::Data
-                    && self.peer_supports_ack_frequency();
+                ))
+                && self.highest_space == SpaceId::Data
+                && self.peer_supports_ack_frequency();
         }
 
         // Reserving capacity can provide more capacity than we asked for. However, we are not

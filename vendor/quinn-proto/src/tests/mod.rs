@@ -3643,10 +3643,22 @@ fn acks_for_two_pings(
     acks
 }
 
-/// QUIVER PATCH: the ack-eliciting threshold requested of the peer is capped at half the
-/// congestion window in packets (at least 1), and follows the window down: a peer that waited
-/// for more packets than the sender may have in flight would leave it blocked until the ACK
-/// delay ran out, every round trip
+/// The client's congestion window in bytes (`congestion_window` is what is left of it)
+fn window(pair: &mut Pair, client_ch: ConnectionHandle) -> u64 {
+    let conn = pair.client_conn_mut(client_ch);
+    conn.congestion_window() + conn.bytes_in_flight()
+}
+
+/// Drives both sides until idle, failing past 100 steps (a connection that never idles, such
+/// as one sending a frame on every poll, fails the test instead of hanging it)
+fn drive_bounded(pair: &mut Pair) {
+    assert!(!pair.drive_bounded(), "the connections never went idle");
+}
+
+/// QUIVER PATCH: the ack-eliciting threshold requested of the peer is capped at half a flight
+/// of full-size packets minus one (0 at the smallest windows), and follows the window down: a
+/// peer that waited for more packets than the sender may have in flight would leave it blocked
+/// until the ACK delay ran out, every round trip
 #[test]
 fn ack_frequency_threshold_follows_congestion_window() {
     let _guard = subscribe();
@@ -3656,25 +3668,26 @@ fn ack_frequency_threshold_follows_congestion_window() {
     assert_eq!(acks_for_two_pings(&mut pair, client_ch, server_ch), 0);
 
     // Shrink the client's window with congestion-experienced marks, one congestion event per
-    // round trip, until it holds 4 packets or fewer (a cap of 1)
+    // round trip, until it holds 4 packets or fewer (a cap of 0)
     pair.congestion_experienced = true;
     for _ in 0..20 {
-        if pair.client_conn_mut(client_ch).congestion_window() <= 4 * 1200 {
+        if window(&mut pair, client_ch) <= 4 * 1200 {
             break;
         }
         pair.client_conn_mut(client_ch).ping();
-        pair.drive();
+        drive_bounded(&mut pair);
     }
     pair.congestion_experienced = false;
-    assert!(pair.client_conn_mut(client_ch).congestion_window() <= 4 * 1200);
+    assert!(window(&mut pair, client_ch) <= 4 * 1200);
 
-    // The client told the server the lower threshold...
+    // The client told the server the lower threshold, in one frame per change (the cap moves
+    // 10 -> 9 ... -> 0 at most), not one per packet...
     let sent = pair
         .client_conn_mut(client_ch)
         .stats()
         .frame_tx
         .ack_frequency;
-    assert!(sent >= 2, "{sent} ACK_FREQUENCY frames");
+    assert!((2..=12).contains(&sent), "{sent} ACK_FREQUENCY frames");
     assert_eq!(
         pair.server_conn_mut(server_ch)
             .stats()
@@ -3683,6 +3696,64 @@ fn ack_frequency_threshold_follows_congestion_window() {
         sent
     );
     // ... which the server now keeps: two packets are acknowledged at once
+    assert_eq!(acks_for_two_pings(&mut pair, client_ch, server_ch), 1);
+}
+
+/// QUIVER PATCH: an ACK_FREQUENCY frame that is lost is sent again (quinn overwrote the flag
+/// loss detection sets on every poll, so the peer kept the threshold the lost frame replaced
+/// until the threshold changed again): here, as the window shrinks, the first frame sent at
+/// each smaller window is lost with everything sent beside it, the last (the lowest threshold)
+/// included; frames sent again at the same window get through
+#[test]
+fn ack_frequency_lost_frame_is_sent_again() {
+    let _guard = subscribe();
+    let (mut pair, client_ch, server_ch) = setup_ack_frequency_test(Duration::from_millis(30));
+    let frames = |pair: &mut Pair| {
+        pair.client_conn_mut(client_ch)
+            .stats()
+            .frame_tx
+            .ack_frequency
+    };
+    let mut sent = frames(&mut pair);
+    let mut lost = 0;
+    let mut lost_at = u64::MAX;
+    pair.congestion_experienced = true;
+    'shrink: for _ in 0..40 {
+        pair.client_conn_mut(client_ch).ping();
+        for _ in 0..200 {
+            // `Pair::step`, losing what the client sends with a frame at a smaller window
+            let before = pair.server.inbound.len();
+            pair.drive_client();
+            let window = window(&mut pair, client_ch);
+            if frames(&mut pair) > sent {
+                sent = frames(&mut pair);
+                if window < lost_at {
+                    lost_at = window;
+                    lost += 1;
+                    pair.server.inbound.truncate(before);
+                }
+            }
+            pair.drive_server();
+            if lost_at <= 4 * 1200 {
+                break 'shrink;
+            }
+            match min_opt(pair.client.next_wakeup(), pair.server.next_wakeup()) {
+                Some(t) => pair.time = pair.time.max(t),
+                None => break,
+            }
+        }
+    }
+    pair.congestion_experienced = false;
+    assert!(
+        lost_at <= 4 * 1200,
+        "the last frame lost at a window of {lost_at}"
+    );
+    assert!(lost >= 2, "{lost} frames lost");
+    // Loss detection runs with a little traffic, and nothing more is lost
+    for _ in 0..5 {
+        pair.client_conn_mut(client_ch).ping();
+        drive_bounded(&mut pair);
+    }
     assert_eq!(acks_for_two_pings(&mut pair, client_ch, server_ch), 1);
 }
 
