@@ -388,6 +388,12 @@ impl Server {
         self.shared.webtransport_addr
     }
 
+    /// The broker (memory or NATS) the sessions go through: for an embedding application and
+    /// for tests that act on it directly (a departure, say).
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.shared.broker
+    }
+
     /// The SHA-256 of the certificate served now.
     pub fn cert_sha256(&self) -> [u8; 32] {
         self.shared.cert_sha256.get()

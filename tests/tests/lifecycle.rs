@@ -786,7 +786,8 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
                 return anyhow::Ok((page, pongs, code));
             };
             match frame.event {
-                Event::History { publications, .. } if page.is_none() && pongs.is_empty() => {
+                // Pings behind the History may be answered before it (beside a waiting command).
+                Event::History { publications, .. } if page.is_none() => {
                     page = Some(publications.len());
                 }
                 Event::Pong => pongs.push(frame.id),
@@ -807,9 +808,10 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
     // The page held at least 50 publications (50 KB: 200 reads of 256 bytes, 1.6 s or more).
     let page = page.unwrap_or_default();
     assert!(page >= 50, "a page of {page} publications");
-    // 256 Pongs were queued behind the page at SIGTERM and one waited for room: all came.
+    // 256 Pongs were queued behind the page at SIGTERM and one waited for room: all came
+    // (a drain that gave up on the reader ends 3010 after the 256).
     assert!(
-        pongs.len() > 257,
+        pongs.len() >= 257,
         "{} Pongs; stderr:\n{stderr}",
         pongs.len()
     );

@@ -628,3 +628,63 @@ async fn after_a_departure_a_join_lists_nobody_and_a_leave_is_not_announced_agai
     assert!(sessions(broker.members(key.clone()).await?).is_empty());
     Ok(())
 }
+
+/// The session core's side of a departure (review 89, F1): once the instance has departed, a
+/// session that unsubscribes announces no second `Left`, and one that subscribes no `Joined`
+/// (the broker refuses both; the core announced them all the same, before its check).
+#[tokio::test]
+async fn after_a_departure_sessions_announce_no_presence() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        presence_ns(c);
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+    })
+    .await?;
+    let mut watcher = Raw::connect(&server, &full_token("acme", "watcher")).await?;
+    let mut room = watcher.subscribe("p.lobby").await?;
+    assert_eq!(
+        joined_or_left(room.next().await?),
+        (true, member_of(&watcher, "watcher"))
+    );
+    let mut leaver = Raw::connect(&server, &full_token("acme", "leaver")).await?;
+    let _leaver_room = leaver.subscribe("p.lobby").await?;
+    assert_eq!(
+        joined_or_left(room.next().await?),
+        (true, member_of(&leaver, "leaver"))
+    );
+
+    let broker = server.server.as_ref().map(|s| s.broker().clone());
+    broker
+        .ok_or_else(|| anyhow::anyhow!("no server"))?
+        .depart()
+        .await;
+    // The departure's own `Left`s, one per member.
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let (joined, member) = joined_or_left(tokio::time::timeout(WAIT, room.next()).await??);
+        assert!(!joined, "{member:?} joined");
+        left.push(member.user);
+    }
+    left.sort();
+    assert_eq!(left, ["leaver", "watcher"]);
+
+    let reply = leaver
+        .request(Command::Unsubscribe {
+            room: "p.lobby".into(),
+        })
+        .await?;
+    assert!(matches!(reply, Event::Unsubscribed { .. }), "{reply:?}");
+    let mut newcomer = Raw::connect(&server, &full_token("acme", "newcomer")).await?;
+    let _newcomer_room = newcomer.subscribe("p.lobby").await?;
+    // Neither a second `Left` for the leaver nor a `Joined` for the newcomer.
+    let more = tokio::time::timeout(Duration::from_secs(1), room.next()).await;
+    assert!(more.is_err(), "after the departure: {more:?}");
+    Ok(())
+}
+
+fn member_of(raw: &Raw, user: &str) -> Member {
+    Member {
+        user: user.into(),
+        session: joined_session(raw),
+    }
+}

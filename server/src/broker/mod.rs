@@ -27,6 +27,13 @@ pub enum BrokerError {
     /// [`BrokerError::for_client`] logs these words.
     #[error("broker unavailable: {0}")]
     Failed(String),
+    /// The instance has left the cluster's presence (its drain's deadline, `Broker::depart`):
+    /// every member it listed had its `Left`, so a join or leave now is refused, and announced
+    /// by no one (a `Joined` would follow that `Left`, a `Left` repeat it).
+    #[error(
+        "broker unavailable: this instance has left the cluster's presence (its drain's deadline)"
+    )]
+    Departed,
 }
 
 /// What a client is told of a [`BrokerError::Failed`].
@@ -43,7 +50,7 @@ impl BrokerError {
     /// next).
     pub fn for_client(&self, tenant: &str) -> String {
         match self {
-            Self::Unavailable(_) => self.to_string(),
+            Self::Unavailable(_) | Self::Departed => self.to_string(),
             Self::Failed(detail) => {
                 log_failure(detail, tenant);
                 BROKER_FAILED.to_owned()

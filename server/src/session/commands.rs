@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 
 use super::publishing::Reply;
 use super::{Refusal, Session, Sub};
+use crate::broker::BrokerError;
 use crate::hub::{RoomKey, Subscriber};
 use crate::log_budget::{LogBudget, Summary};
 use crate::metrics as m;
@@ -583,6 +584,14 @@ impl Session {
         } else {
             self.shared.broker.leave(key.clone(), member.clone()).await
         };
+        if let Err(BrokerError::Departed) = stored {
+            // The instance is exiting and every member it listed had its `Left`: a `Joined`
+            // now would follow it, a `Left` repeat it (outside audit 84, F2; review 89, F1).
+            debug!(session = %self.id, room = %key.room, "presence after the departure: not announced");
+            return;
+        }
+        // Any other failure is announced all the same: a join is kept locally and put in the
+        // bucket by the refresh once NATS answers again; a leave's key expires.
         let room = key.room.to_string();
         let event = if joined {
             Event::Joined { room, member }

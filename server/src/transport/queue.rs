@@ -120,8 +120,9 @@ struct State<T> {
     bytes: usize,
     /// The receiver is gone: nothing more is queued.
     closed: bool,
-    /// How far the receiver has got: values taken, plus parts of large ones written
-    /// ([`Receiver::progressed`]). Whether a client reads at all.
+    /// How far the receiver has got: values taken, plus parts of large ones the transport
+    /// accepted ([`Receiver::progressed`]: over WebTransport, what the client's flow-control
+    /// credit let through, so what it read). Whether a client reads at all.
     progress: u64,
 }
 
@@ -437,6 +438,20 @@ mod tests {
         );
         assert_eq!(rx.try_recv(), Ok(2));
         assert_eq!(capacity(&tx), 0, "an emptied queue gives its buffer back");
+    }
+
+    #[test]
+    fn progress_counts_values_taken_and_parts_written() {
+        let (tx, mut rx) = bounded::<u64>(4);
+        assert_eq!(tx.progress(), 0);
+        tx.try_send(1).unwrap();
+        assert_eq!(tx.progress(), 0, "queued is not progress");
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(tx.progress(), 1);
+        // A writer inside one large value reports its parts: the same measure moves.
+        rx.progressed();
+        rx.progressed();
+        assert_eq!(tx.progress(), 3);
     }
 
     #[tokio::test]

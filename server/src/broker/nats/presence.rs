@@ -241,7 +241,7 @@ impl Inner {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             if self.departed.load(Ordering::Acquire) {
-                return Err(departed());
+                return Err(BrokerError::Departed);
             }
             local.insert(kv_key.clone(), user.clone());
         }
@@ -259,7 +259,7 @@ impl Inner {
                 kv.delete(kv_key).await.map_err(unavailable)
             })
             .await;
-            return Err(departed());
+            return Err(BrokerError::Departed);
         }
         Ok(())
     }
@@ -322,7 +322,7 @@ impl Inner {
             local.remove(&kv_key).is_none() && self.departed.load(Ordering::Acquire)
         };
         if taken_by_departure {
-            return Err(departed());
+            return Err(BrokerError::Departed);
         }
         self.reachable()?;
         let kv = self.presence_store().await?;
@@ -331,15 +331,6 @@ impl Inner {
         })
         .await
     }
-}
-
-/// What a join or leave after the instance departed is told: presence went with the departure.
-fn departed() -> BrokerError {
-    BrokerError::Unavailable(
-        "this instance has left the cluster's presence (its drain's deadline): every member it \
-         listed had its Left"
-            .to_owned(),
-    )
 }
 
 /// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`).
