@@ -673,6 +673,38 @@ fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> an
     Ok(())
 }
 
+/// The slow-reader drain tests' server: a long drain and reply timeout (the drain's own rule
+/// is what ends a client), and no command rate limit in the way of hundreds of Pings.
+const SLOW_READER_DRAIN: [(&str, &str); 3] = [
+    ("QUIVER_TIMEOUTS__DRAIN", "30s"),
+    ("QUIVER_TIMEOUTS__REPLY", "20s"),
+    ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
+];
+
+/// The QUIC close code a client got, as a goodbye code (0: none, or not one): what a reader
+/// that heard no `Goodbye` frame checks instead.
+async fn quic_close_code(raw: &Raw) -> u16 {
+    let code = raw.close_code().await;
+    code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0)
+}
+
+/// A slow reader's drain ended well: every Pong from the first Ping's on, none skipped or out
+/// of order (review 87, F3: none lost at the head either), and the process exited cleanly.
+fn assert_in_order_and_clean(
+    pongs: &[u32],
+    first_ping: u32,
+    took: Duration,
+    ok: bool,
+    stderr: &str,
+) {
+    let in_order: Vec<u32> = (first_ping..).take(pongs.len()).collect();
+    assert_eq!(pongs, in_order, "a reply skipped or out of order");
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
+}
+
 /// The other side of the drain's rule for replies waiting for room (outside review 84, F4): a
 /// client that keeps reading (a frame about every millisecond: slower than the server answers,
 /// far faster than the drain's one frame a second) is answered. It sent 600 Pings and read
@@ -685,11 +717,7 @@ fn sigterm_with_a_reply_waiting_for_a_client_that_never_reads_exits_soon() -> an
 fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     const PINGS: usize = 600;
     let dir = tempfile::tempdir()?;
-    let env = [
-        ("QUIVER_TIMEOUTS__DRAIN", "30s"),
-        ("QUIVER_TIMEOUTS__REPLY", "20s"),
-        ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
-    ];
+    let env = SLOW_READER_DRAIN;
     let (mut child, ready) = serve_process_ready(dir.path(), &env)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (mut raw, first_ping) = runtime.block_on(pinging_without_reading(&ready, PINGS))?;
@@ -698,8 +726,7 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
         loop {
             // `recv` gives up after 10 s of nothing: then the close code says what happened.
             let Ok(frame) = raw.recv().await else {
-                let code = raw.close_code().await;
-                let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
+                let code = quic_close_code(&raw).await;
                 return anyhow::Ok((pongs, code));
             };
             match frame.event {
@@ -727,13 +754,7 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
         "{} Pongs; stderr:\n{stderr}",
         pongs.len()
     );
-    // Every Pong from the first Ping's on (review 87, F3: none lost at the head either).
-    let in_order: Vec<u32> = (first_ping..).take(pongs.len()).collect();
-    assert_eq!(pongs, in_order, "a reply skipped or out of order");
-    assert!(
-        ok,
-        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
-    );
+    assert_in_order_and_clean(&pongs, first_ping, took, ok, &stderr);
     Ok(())
 }
 
@@ -752,11 +773,7 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
         &toml,
         "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"5m\"\n",
     )?;
-    let env = [
-        ("QUIVER_TIMEOUTS__DRAIN", "30s"),
-        ("QUIVER_TIMEOUTS__REPLY", "20s"),
-        ("QUIVER_LIMITS__COMMANDS_PER_SECOND", "100000"),
-    ];
+    let env = SLOW_READER_DRAIN;
     let (mut child, ready) = serve_process_ready_with(dir.path(), &env, Some(&toml))?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (port, hash) = process_address(&ready)?;
@@ -781,8 +798,7 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
         let mut pongs = Vec::new();
         loop {
             let Ok(frame) = raw.recv_slowly(256, Duration::from_millis(8)).await else {
-                let code = raw.close_code().await;
-                let code = code.and_then(|c| u16::try_from(c).ok()).unwrap_or(0);
+                let code = quic_close_code(&raw).await;
                 return anyhow::Ok((page, pongs, code));
             };
             match frame.event {
@@ -815,12 +831,7 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
         "{} Pongs; stderr:\n{stderr}",
         pongs.len()
     );
-    let in_order: Vec<u32> = (first_ping..).take(pongs.len()).collect();
-    assert_eq!(pongs, in_order, "a reply skipped or out of order");
-    assert!(
-        ok,
-        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
-    );
+    assert_in_order_and_clean(&pongs, first_ping, took, ok, &stderr);
     Ok(())
 }
 

@@ -226,6 +226,16 @@ impl Inner {
         .await
     }
 
+    /// This instance's presence entries, locked (a panic elsewhere poisons nothing here: the
+    /// map is whole after every operation on it).
+    fn local_presence(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Bytes>> {
+        self.local_presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Lists `member` in `key`'s room: kept locally at once (and put back from there by the
     /// refresh once NATS answers again: during an outage the session is not held up for the
     /// put's deadline), then put in the bucket.
@@ -236,10 +246,7 @@ impl Inner {
         let kv_key = presence_key(&key, &member.session);
         let user = Bytes::from(member.user.into_bytes());
         {
-            let mut local = self
-                .local_presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut local = self.local_presence();
             if self.departed.load(Ordering::Acquire) {
                 return Err(BrokerError::Departed);
             }
@@ -271,10 +278,7 @@ impl Inner {
     /// refresh puts none back.
     pub(super) async fn depart_now(&self) {
         let entries = {
-            let mut local = self
-                .local_presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut local = self.local_presence();
             // Under the lock with the take: a join either was taken here or sees the flag.
             self.departed.store(true, Ordering::Release);
             std::mem::take(&mut *local)
@@ -315,10 +319,7 @@ impl Inner {
     pub(super) async fn leave_now(&self, key: RoomKey, member: Member) -> Result<(), BrokerError> {
         let kv_key = presence_key(&key, &member.session);
         let taken_by_departure = {
-            let mut local = self
-                .local_presence
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut local = self.local_presence();
             local.remove(&kv_key).is_none() && self.departed.load(Ordering::Acquire)
         };
         if taken_by_departure {
