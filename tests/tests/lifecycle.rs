@@ -758,6 +758,66 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server with the drain's slow-reader settings and a room `h.big` whose history holds 100
+/// publications of 1,000 bytes: a page of them is as large as a frame may be (64 KiB).
+fn serve_with_a_large_history_page(
+    dir: &std::path::Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<(std::process::Child, serde_json::Value)> {
+    let toml = dir.join("quiver.toml");
+    std::fs::write(
+        &toml,
+        "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"5m\"\n",
+    )?;
+    let env = SLOW_READER_DRAIN;
+    let (child, ready) = serve_process_ready_with(dir, &env, Some(&toml))?;
+    let (port, hash) = process_address(&ready)?;
+    runtime.block_on(async {
+        let mut publisher = Raw::connect_at(port, hash, &full_token("acme", "writer")).await?;
+        for i in 0..100u8 {
+            let reply = publisher.publish("h.big", &[i; 1000]).await?;
+            anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
+        }
+        anyhow::Ok(())
+    })?;
+    Ok((child, ready))
+}
+
+/// The page of `h.big` (up to 1,000 publications).
+fn large_history_page() -> Command {
+    Command::History {
+        room: "h.big".to_owned(),
+        since: None,
+        limit: 1000,
+    }
+}
+
+/// Reads 256 bytes every `pause` until a goodbye or the close: how many publications the
+/// first `History` page held, the Pongs' ids in order, and the goodbye's code (the QUIC close
+/// code when no `Goodbye` frame came).
+async fn read_slowly_to_the_end(
+    mut raw: Raw,
+    pause: Duration,
+) -> anyhow::Result<(Option<usize>, Vec<u32>, u16)> {
+    let mut page = None;
+    let mut pongs = Vec::new();
+    loop {
+        let Ok(frame) = raw.recv_slowly(256, pause).await else {
+            let code = quic_close_code(&raw).await;
+            return Ok((page, pongs, code));
+        };
+        match frame.event {
+            // Pings behind the History may be answered before it (beside a waiting command).
+            Event::History { publications, .. } if page.is_none() => {
+                page = Some(publications.len());
+            }
+            Event::Pong => pongs.push(frame.id),
+            Event::Goodbye { code, .. } => return Ok((page, pongs, code)),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// A drain waits for a client that reads slowly but steadily even while one large frame is
 /// being written to it (outside audit 84, F4): a history page of about 60 KiB, held up by the
 /// client's 256-byte stream window and read 256 bytes every 8 ms (well over a second for the
@@ -768,50 +828,14 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
 fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     const PINGS: usize = 400;
     let dir = tempfile::tempdir()?;
-    let toml = dir.path().join("quiver.toml");
-    std::fs::write(
-        &toml,
-        "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"5m\"\n",
-    )?;
-    let env = SLOW_READER_DRAIN;
-    let (mut child, ready) = serve_process_ready_with(dir.path(), &env, Some(&toml))?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (port, hash) = process_address(&ready)?;
-    // 100 publications of 1,000 bytes: a page of them is as large as a frame may be (64 KiB).
-    runtime.block_on(async {
-        let mut publisher = Raw::connect_at(port, hash, &full_token("acme", "writer")).await?;
-        for i in 0..100u8 {
-            let reply = publisher.publish("h.big", &[i; 1000]).await?;
-            anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
-        }
-        anyhow::Ok(())
-    })?;
-    let history = Command::History {
-        room: "h.big".to_owned(),
-        since: None,
-        limit: 1000,
-    };
-    let (mut raw, first_ping) =
-        runtime.block_on(sending_without_reading(&ready, vec![history], PINGS))?;
-    let reader = runtime.spawn(async move {
-        let mut page = None;
-        let mut pongs = Vec::new();
-        loop {
-            let Ok(frame) = raw.recv_slowly(256, Duration::from_millis(8)).await else {
-                let code = quic_close_code(&raw).await;
-                return anyhow::Ok((page, pongs, code));
-            };
-            match frame.event {
-                // Pings behind the History may be answered before it (beside a waiting command).
-                Event::History { publications, .. } if page.is_none() => {
-                    page = Some(publications.len());
-                }
-                Event::Pong => pongs.push(frame.id),
-                Event::Goodbye { code, .. } => return anyhow::Ok((page, pongs, code)),
-                other => anyhow::bail!("unexpected {other:?}"),
-            }
-        }
-    });
+    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime)?;
+    let (raw, first_ping) = runtime.block_on(sending_without_reading(
+        &ready,
+        vec![large_history_page()],
+        PINGS,
+    ))?;
+    let reader = runtime.spawn(read_slowly_to_the_end(raw, Duration::from_millis(8)));
     let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
     let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
     let (page, pongs, code) = runtime.block_on(reader)??;
@@ -832,6 +856,39 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
         pongs.len()
     );
     assert_in_order_and_clean(&pongs, first_ping, took, ok, &stderr);
+    Ok(())
+}
+
+/// What is queued when a session ends reaches a client that reads slowly but steadily, before
+/// its goodbye (review 89, F8): the reply to its last command, a history page of about 60 KiB
+/// read 256 bytes every 12 ms (two seconds or more), is still being written when the drain
+/// ends the session. The adapter waited a fixed second for its writer, then closed the
+/// connection with 3000, which says the command was not carried out; it now waits while the
+/// client reads (up to `timeouts.reply`), so the whole page, then `Goodbye 3000`, arrive.
+#[test]
+fn a_slow_reader_gets_the_last_large_reply_before_the_goodbye() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime)?;
+    let (raw, _) = runtime.block_on(sending_without_reading(
+        &ready,
+        vec![large_history_page()],
+        0,
+    ))?;
+    let reader = runtime.spawn(read_slowly_to_the_end(raw, Duration::from_millis(12)));
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    let (page, pongs, code) = runtime.block_on(reader)??;
+    assert!(
+        page.is_some_and(|p| p >= 50),
+        "the page was cut off ({page:?} publications), close {code}; stderr:\n{stderr}"
+    );
+    assert_eq!(code, CloseCode::Shutdown.as_u16(), "stderr:\n{stderr}");
+    assert!(pongs.is_empty(), "{pongs:?}");
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
     Ok(())
 }
 

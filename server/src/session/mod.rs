@@ -79,6 +79,33 @@ pub struct End {
     /// tenant at its quota whose refused upgrades each held a server-wide place for the
     /// WebSocket close's 5 s filled `limits.max_sessions` (outside bounds audit 4, F3).
     pub refused: bool,
+    /// How far the adapter's writer has got with the session's outgoing queue.
+    written: queue::Progress<Bytes>,
+    /// `timeouts.reply`: how long a client that reads slowly but steadily is waited for.
+    reply_timeout: Duration,
+}
+
+impl End {
+    /// Waits for `closing` (the adapter's writer finishing the queue, the goodbye last) as a
+    /// reply waits in a drain: `grace` for a client that reads nothing, and while it reads
+    /// (the queue's progress moves every grace) up to `timeouts.reply`. The replies queued
+    /// before the goodbye are of commands carried out, which the close's code would otherwise
+    /// call not carried out (PROTOCOL §7; review 89, F8: a slow reader with a large frame
+    /// still queued was cut off after the grace). A refused session has only its goodbye
+    /// queued: `grace`, no more.
+    pub async fn wait_for_reader<F: std::future::Future>(
+        &self,
+        closing: F,
+        grace: Duration,
+    ) -> Option<F::Output> {
+        let wait = if self.refused {
+            grace
+        } else {
+            self.reply_timeout.max(grace)
+        };
+        let limit = tokio::time::Instant::now() + wait;
+        self.written.while_moving(closing, grace, limit).await
+    }
 }
 
 /// Sessions ended for their peer's fault (a malformed frame, replies never read) logged per
@@ -359,12 +386,16 @@ async fn run_session(
     if refused {
         slot.release();
     }
+    let written = session.out.watch();
+    let reply_timeout = session.shared.config.timeouts.reply;
     let end = match exit {
         Exit::Gone(reason) => End {
             close: None,
             reason,
             slot,
             refused,
+            written,
+            reply_timeout,
         },
         Exit::Close(code, reason) => {
             let goodbye = encode_event(&ServerFrame {
@@ -375,14 +406,22 @@ async fn run_session(
                     reconnect: code.reconnect(),
                 },
             });
-            // Queued behind everything already queued. A client that does not read may never
-            // make room for it: the transport's close says it then.
-            let _ = tokio::time::timeout(GOODBYE_GRACE, session.out.send(goodbye)).await;
+            // Queued behind everything already queued, waiting as a reply does in a drain: one
+            // grace for a client that reads nothing (the transport's close says the code
+            // then), as long as `timeouts.reply` for one that reads slowly but steadily, so
+            // what is queued before it reaches such a client too (review 89, F8).
+            // Boxed: inline it would size every idle session's task.
+            let reply_deadline = tokio::time::Instant::now() + reply_timeout;
+            let queued =
+                written.while_moving(session.out.send(goodbye), GOODBYE_GRACE, reply_deadline);
+            let _ = Box::pin(queued).await;
             End {
                 close: Some((code, reason)),
                 reason: code.label(),
                 slot,
                 refused,
+                written,
+                reply_timeout,
             }
         }
     };
@@ -866,15 +905,12 @@ impl Session {
             // drain's deadline raised (outside audit 80, 1: 11 s, where README promises a
             // client that does not read a few seconds); a client that reads slowly is still
             // answered (outside audit 81, 1).
-            () = self.shared.shutdown.cancelled() => loop {
-                let progress = self.out.progress();
-                let step = deadline.min(tokio::time::Instant::now() + GOODBYE_GRACE);
-                match tokio::time::timeout_at(step, send.as_mut()).await {
-                    Ok(_) => break true,
-                    Err(_) if step < deadline && self.out.progress() != progress => continue,
-                    Err(_) => break false,
-                }
-            }
+            () = self.shared.shutdown.cancelled() => self
+                .out
+                .watch()
+                .while_moving(send.as_mut(), GOODBYE_GRACE, deadline)
+                .await
+                .is_some(),
         };
         if !queued {
             self.stalled = true;

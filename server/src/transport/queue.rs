@@ -18,6 +18,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
@@ -251,6 +252,14 @@ impl<T> Sender<T> {
         self.shared.state().progress
     }
 
+    /// A watch on [`Self::progress`] that is not a sender: the queue still ends when the
+    /// senders are gone (an adapter waits for its writer to finish the queue with it).
+    pub fn watch(&self) -> Progress<T> {
+        Progress {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Queues `value` if there is room now.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         if self.rooms && self.shared.rooms.above(&self.shared.state()) {
@@ -308,6 +317,38 @@ impl<T> Drop for Sender<T> {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last one: a waiting receiver finds the queue finished.
             self.shared.ready.notify_one();
+        }
+    }
+}
+
+/// How far a queue's receiver has got, watched from outside ([`Sender::watch`]).
+pub struct Progress<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Progress<T> {
+    /// Waits for `fut` while the receiver keeps going: `grace` at a time, and again after
+    /// every grace in which the queue's progress moved, until `limit`. `None` if it did not
+    /// finish: the receiver stood still for a whole grace, or `limit` came.
+    ///
+    /// The rule for waiting on a client at a session's end and in a drain (PROTOCOL §7): one
+    /// that reads nothing is given one grace; one that reads slowly but steadily is waited
+    /// for, as long as the reply deadline lets it (outside audit 81, 1; review 89, F8).
+    pub async fn while_moving<F: std::future::Future>(
+        &self,
+        fut: F,
+        grace: Duration,
+        limit: tokio::time::Instant,
+    ) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            let before = self.shared.state().progress;
+            let step = limit.min(tokio::time::Instant::now() + grace);
+            match tokio::time::timeout_at(step, fut.as_mut()).await {
+                Ok(output) => return Some(output),
+                Err(_) if step < limit && self.shared.state().progress != before => {}
+                Err(_) => return None,
+            }
         }
     }
 }
@@ -419,7 +460,6 @@ impl<T> Drop for Receiver<T> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicBool;
-    use std::time::Duration;
 
     use super::*;
 
@@ -452,6 +492,56 @@ mod tests {
         rx.progressed();
         rx.progressed();
         assert_eq!(tx.progress(), 3);
+    }
+
+    /// `while_moving` waits past its grace for a receiver that keeps taking, gives up after one
+    /// grace of standing still, and a watch does not hold the queue open.
+    #[tokio::test]
+    async fn a_wait_lasts_while_the_receiver_moves_and_a_watch_is_no_sender() {
+        let (tx, mut rx) = bounded::<u32>(1);
+        let watch = tx.watch();
+        let grace = Duration::from_millis(100);
+        let limit = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reader = tokio::spawn(async move {
+            for _ in 0..15 {
+                rx.recv().await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            rx
+        });
+        // 15 values through one place at one per 30 ms: about 450 ms, several graces.
+        let started = std::time::Instant::now();
+        let sent = watch
+            .while_moving(
+                async {
+                    for i in 0..15 {
+                        tx.send(i).await.unwrap();
+                    }
+                },
+                grace,
+                limit,
+            )
+            .await;
+        assert!(sent.is_some(), "a steady reader was given up on");
+        assert!(started.elapsed() > grace * 3);
+        let mut rx = reader.await.unwrap();
+        // Nobody reads now: one grace, then nothing.
+        tx.send(15).await.unwrap();
+        let started = std::time::Instant::now();
+        assert!(watch
+            .while_moving(tx.send(16), grace, limit)
+            .await
+            .is_none());
+        assert!(started.elapsed() < grace * 5);
+        // The limit bounds a receiver that keeps moving too.
+        let near = tokio::time::Instant::now() + Duration::from_millis(10);
+        assert!(watch
+            .while_moving(std::future::pending::<()>(), grace, near)
+            .await
+            .is_none());
+        drop(tx);
+        assert_eq!(rx.recv().await, Some(15));
+        assert_eq!(rx.recv().await, None, "the watch kept the queue open");
     }
 
     #[tokio::test]

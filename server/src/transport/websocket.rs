@@ -277,24 +277,20 @@ async fn serve(
     // The socket failed (a write stalled past its deadline, or the reader saw the peer go):
     // nothing can be written, so nothing is read for it either.
     let failed = gone.is_cancelled();
-    let closing = close(
-        end.close.as_ref(),
-        end.reason,
-        reader,
-        writer,
-        ending,
-        failed,
-    );
+    let closing = close(&end, reader, writer, ending, failed);
     // A drain waits for this session's slot: once the server is stopping, a peer that does not
     // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
     // So does a refused session: its TCP place is not held the whole linger by a client that is
     // refused again and again.
     let refused = end.refused;
+    // While the client keeps reading what is queued, it is waited for past that grace, up to
+    // `timeouts.reply` (`End::wait_for_reader`).
     let cut = async {
         if !refused {
             stopping.cancelled().await;
         }
-        tokio::time::sleep(crate::server::CLOSE_GRACE).await;
+        let reading = end.wait_for_reader(std::future::pending::<()>(), crate::server::CLOSE_GRACE);
+        let _ = Box::pin(reading).await;
     };
     tokio::select! {
         () = closing => {}
@@ -312,8 +308,7 @@ async fn serve(
 /// After the session: the goodbye (already queued) and the close frame written, and meanwhile
 /// what the client still sends read and dropped (see [`LINGER`]).
 async fn close(
-    close: Option<&(CloseCode, String)>,
-    reason: &'static str,
+    end: &session::End,
     reader: tokio::task::JoinHandle<Option<(SplitStream<WebSocket>, MessageBudget)>>,
     writer: tokio::task::JoinHandle<Option<SplitSink<WebSocket, Message>>>,
     ending: CancellationToken,
@@ -328,14 +323,15 @@ async fn close(
     let goodbye = async {
         // The writer sends what is queued (the goodbye last) and the close frame, bounded.
         let mut writer = writer;
-        let sink = match tokio::time::timeout(GOODBYE_GRACE * 2, &mut writer).await {
-            Ok(Ok(sink)) => sink,
+        // Past the grace while the client keeps reading (`End::wait_for_reader`).
+        let sink = match end.wait_for_reader(&mut writer, GOODBYE_GRACE * 2).await {
+            Some(Ok(sink)) => sink,
             _ => {
                 writer.abort();
                 None
             }
         };
-        match (sink, close) {
+        match (sink, end.close.as_ref()) {
             (Some(mut sink), Some((code, reason))) => {
                 let close = sink.send(close_message(*code, reason));
                 let _ = tokio::time::timeout(GOODBYE_GRACE, close).await;
@@ -343,7 +339,7 @@ async fn close(
             // The client left: tungstenite queued the answer to its close frame (RFC 6455
             // §5.5.1); closing the sink sends it. (After an idle timeout nothing is sent: the
             // peer is presumed gone, PROTOCOL.md §9.2.)
-            (Some(mut sink), None) if reason == "client_closed" => {
+            (Some(mut sink), None) if end.reason == "client_closed" => {
                 let _ = tokio::time::timeout(GOODBYE_GRACE, sink.close()).await;
             }
             _ => {}

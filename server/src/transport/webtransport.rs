@@ -256,7 +256,8 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
             } else {
                 GOODBYE_GRACE * 2
             };
-            let _ = tokio::time::timeout(grace, control).await;
+            // Past the grace while the client keeps reading (`End::wait_for_reader`).
+            let _ = end.wait_for_reader(control, grace).await;
             conn.close(close_code(*code), reason.as_bytes());
         }
         None => {
