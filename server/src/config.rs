@@ -552,7 +552,8 @@ pub struct TimeoutsConfig {
     pub drain: Duration,
     /// How long a reply may wait for room on the control stream. A client that keeps sending
     /// commands but never reads the answers is closed with `not_reading` (3010) after this, rather
-    /// than stalling its session (token expiry included).
+    /// than stalling its session (token expiry included). Also how long after a session's end a
+    /// client still reading what was queued before its goodbye is waited for (PROTOCOL §7).
     #[serde(with = "humantime_serde")]
     pub reply: Duration,
 }

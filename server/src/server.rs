@@ -413,7 +413,9 @@ impl Server {
     /// Graceful stop: refuse new sessions (429; `/healthz` 503, while TCP is still accepted so
     /// probes and the backend API keep answering), send every session a goodbye, and wait until
     /// the last one has ended (its transport's close included, which a session's adapter bounds
-    /// by [`CLOSE_GRACE`] during a drain) or `timeouts.drain` has passed, whichever is first.
+    /// by [`CLOSE_GRACE`] during a drain for a client that reads nothing, and by
+    /// `timeouts.reply` from the session's end for one still reading what was queued:
+    /// `session::End::wait_for_reader`) or `timeouts.drain` has passed, whichever is first.
     /// Then the listeners close and the tasks end, within [`EXIT_GRACE`].
     pub async fn shutdown(self) {
         let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.drain;
@@ -453,6 +455,8 @@ const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long a session's transport may take to close during a drain, or when the session was
 /// refused, after its goodbye: a peer that does not answer the close (a WebSocket close frame
 /// left unanswered, a socket nobody reads) holds the drain, or a place, no longer than this.
+/// One still reading what was queued before its goodbye is waited for longer (not a refused
+/// one), a grace at a time, up to `timeouts.reply` from its session's end.
 pub const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// After the drain, how long the server's own tasks may take to end (the WebTransport
 /// endpoint's close among them) before they are aborted.

@@ -758,19 +758,19 @@ fn a_slow_reader_in_a_drain_is_answered_then_told_3000() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A server with the drain's slow-reader settings and a room `h.big` whose history holds 100
+/// A server started with `env` and a room `h.big` whose history holds 100
 /// publications of 1,000 bytes: a page of them is as large as a frame may be (64 KiB).
 fn serve_with_a_large_history_page(
     dir: &std::path::Path,
     runtime: &tokio::runtime::Runtime,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(std::process::Child, serde_json::Value)> {
     let toml = dir.join("quiver.toml");
     std::fs::write(
         &toml,
         "[[namespaces]]\nname = \"h\"\nhistory_size = 100\nhistory_ttl = \"5m\"\n",
     )?;
-    let env = SLOW_READER_DRAIN;
-    let (child, ready) = serve_process_ready_with(dir, &env, Some(&toml))?;
+    let (child, ready) = serve_process_ready_with(dir, env, Some(&toml))?;
     let (port, hash) = process_address(&ready)?;
     runtime.block_on(async {
         let mut publisher = Raw::connect_at(port, hash, &full_token("acme", "writer")).await?;
@@ -829,7 +829,8 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
     const PINGS: usize = 400;
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime)?;
+    let (mut child, ready) =
+        serve_with_a_large_history_page(dir.path(), &runtime, &SLOW_READER_DRAIN)?;
     let (raw, first_ping) = runtime.block_on(sending_without_reading(
         &ready,
         vec![large_history_page()],
@@ -869,7 +870,8 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
 fn a_slow_reader_gets_the_last_large_reply_before_the_goodbye() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime)?;
+    let (mut child, ready) =
+        serve_with_a_large_history_page(dir.path(), &runtime, &SLOW_READER_DRAIN)?;
     let (raw, _) = runtime.block_on(sending_without_reading(
         &ready,
         vec![large_history_page()],
@@ -885,6 +887,46 @@ fn a_slow_reader_gets_the_last_large_reply_before_the_goodbye() -> anyhow::Resul
     );
     assert_eq!(code, CloseCode::Shutdown.as_u16(), "stderr:\n{stderr}");
     assert!(pongs.is_empty(), "{pongs:?}");
+    assert!(
+        ok,
+        "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"
+    );
+    Ok(())
+}
+
+/// The wait for a slow reader at a session's end is bounded (review 90, F8): with
+/// `timeouts.reply` at 3 s, a client reading its last reply, a page of about 60 KiB, at 256
+/// bytes every 40 ms (ten seconds for the page) is cut off 3 s after its session's end (the
+/// drain's goodbye), with the QUIC close 3000, and the process exits well before the page
+/// could have been read.
+#[test]
+fn the_wait_for_a_slow_reader_at_the_end_is_bounded_by_the_reply_timeout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let env = [
+        ("QUIVER_TIMEOUTS__DRAIN", "30s"),
+        ("QUIVER_TIMEOUTS__REPLY", "3s"),
+    ];
+    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime, &env)?;
+    let (raw, _) = runtime.block_on(sending_without_reading(
+        &ready,
+        vec![large_history_page()],
+        0,
+    ))?;
+    let reader = runtime.spawn(read_slowly_to_the_end(raw, Duration::from_millis(40)));
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    let (page, _, code) = runtime.block_on(reader)??;
+    assert_eq!(
+        page, None,
+        "the whole page was waited for; stderr:\n{stderr}"
+    );
+    assert_eq!(code, CloseCode::Shutdown.as_u16(), "stderr:\n{stderr}");
+    // 3 s from the session's end, plus the drain's start and the exit: not the page's 10 s.
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(7),
+        "exit {took:?} after SIGTERM; stderr:\n{stderr}"
+    );
     assert!(
         ok,
         "exit after SIGTERM not clean ({took:?}); stderr:\n{stderr}"

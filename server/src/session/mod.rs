@@ -49,7 +49,9 @@ pub use slot::Slot;
 use crate::log_budget::{LogBudget, Summary};
 use crate::quota::TenantSession;
 
-/// How long a goodbye frame may take to be queued for the client.
+/// How long a client that takes nothing of its queue is waited for at a time: for a goodbye
+/// frame to be queued, for a reply in a drain ([`End::wait_for_reader`] and
+/// `Session::send_or_stall` wait on, a grace at a time, while it reads).
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long a drain lets a session take commands it has read before its goodbye
@@ -81,30 +83,35 @@ pub struct End {
     pub refused: bool,
     /// How far the adapter's writer has got with the session's outgoing queue.
     written: queue::Progress<Bytes>,
-    /// `timeouts.reply`: how long a client that reads slowly but steadily is waited for.
-    reply_timeout: Duration,
+    /// Until when a client that reads slowly but steadily is waited for at the close: the
+    /// session's end plus `timeouts.reply`, one deadline for the goodbye's queueing and the
+    /// adapter's writer together (review 90, F1: each had its own). `None` for a refusal (only
+    /// its goodbye is queued) and for `not_reading` (it did not read; what 3010 leaves
+    /// unanswered may have been carried out anyway): each stage gets its grace alone.
+    readers_until: Option<tokio::time::Instant>,
 }
 
 impl End {
-    /// Waits for `closing` (the adapter's writer finishing the queue, the goodbye last) as a
-    /// reply waits in a drain: `grace` for a client that reads nothing, and while it reads
-    /// (the queue's progress moves every grace) up to `timeouts.reply`. The replies queued
-    /// before the goodbye are of commands carried out, which the close's code would otherwise
-    /// call not carried out (PROTOCOL §7; review 89, F8: a slow reader with a large frame
-    /// still queued was cut off after the grace). A refused session has only its goodbye
-    /// queued: `grace`, no more.
+    /// Waits for `closing` (the goodbye's queueing; the adapter's writer finishing the queue,
+    /// the goodbye last) as a reply waits in a drain: `grace`, and on while the client takes
+    /// something of its queue (a frame, over WebTransport part of one) in every grace, up to
+    /// [`Self::readers_until`]. The replies queued before the goodbye are of commands carried
+    /// out: a slow but steady reader gets them (review 89, F8: one with a large last reply was
+    /// cut off after the grace).
     pub async fn wait_for_reader<F: std::future::Future>(
         &self,
         closing: F,
         grace: Duration,
     ) -> Option<F::Output> {
-        let wait = if self.refused {
-            grace
-        } else {
-            self.reply_timeout.max(grace)
-        };
-        let limit = tokio::time::Instant::now() + wait;
-        self.written.while_moving(closing, grace, limit).await
+        self.written
+            .while_moving(closing, grace, self.wait_limit(grace))
+            .await
+    }
+
+    /// When a wait of [`Self::wait_for_reader`] with `grace` begun now gives up at the latest.
+    pub fn wait_limit(&self, grace: Duration) -> tokio::time::Instant {
+        let floor = tokio::time::Instant::now() + grace;
+        self.readers_until.map_or(floor, |until| until.max(floor))
     }
 }
 
@@ -387,7 +394,9 @@ async fn run_session(
         slot.release();
     }
     let written = session.out.watch();
-    let reply_timeout = session.shared.config.timeouts.reply;
+    let not_reading = matches!(exit, Exit::Close(CloseCode::NotReading, _));
+    let readers_until = (!refused && !not_reading)
+        .then(|| tokio::time::Instant::now() + session.shared.config.timeouts.reply);
     let end = match exit {
         Exit::Gone(reason) => End {
             close: None,
@@ -395,7 +404,7 @@ async fn run_session(
             slot,
             refused,
             written,
-            reply_timeout,
+            readers_until,
         },
         Exit::Close(code, reason) => {
             let goodbye = encode_event(&ServerFrame {
@@ -406,23 +415,22 @@ async fn run_session(
                     reconnect: code.reconnect(),
                 },
             });
-            // Queued behind everything already queued, waiting as a reply does in a drain: one
-            // grace for a client that reads nothing (the transport's close says the code
-            // then), as long as `timeouts.reply` for one that reads slowly but steadily, so
-            // what is queued before it reaches such a client too (review 89, F8).
-            // Boxed: inline it would size every idle session's task.
-            let reply_deadline = tokio::time::Instant::now() + reply_timeout;
-            let queued =
-                written.while_moving(session.out.send(goodbye), GOODBYE_GRACE, reply_deadline);
-            let _ = Box::pin(queued).await;
-            End {
+            let end = End {
                 close: Some((code, reason)),
                 reason: code.label(),
                 slot,
                 refused,
                 written,
-                reply_timeout,
-            }
+                readers_until,
+            };
+            // Queued behind everything already queued, waiting as a reply does in a drain: one
+            // grace for a client that reads nothing (the transport's close says the code
+            // then), on while one reads slowly but steadily, so what is queued before it
+            // reaches such a client too (review 89, F8). Boxed: inline it would size every
+            // idle session's task.
+            let queued = end.wait_for_reader(session.out.send(goodbye), GOODBYE_GRACE);
+            let _ = Box::pin(queued).await;
+            end
         }
     };
     let user = std::mem::take(&mut session.grant.user);

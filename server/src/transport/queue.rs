@@ -341,6 +341,8 @@ impl<T> Progress<T> {
         limit: tokio::time::Instant,
     ) -> Option<F::Output> {
         let mut fut = std::pin::pin!(fut);
+        // A zero grace would spin while the receiver moves.
+        let grace = grace.max(Duration::from_millis(1));
         loop {
             let before = self.shared.state().progress;
             let step = limit.min(tokio::time::Instant::now() + grace);
@@ -495,50 +497,54 @@ mod tests {
     }
 
     /// `while_moving` waits past its grace for a receiver that keeps taking, gives up after one
-    /// grace of standing still, and a watch does not hold the queue open.
-    #[tokio::test]
+    /// grace of standing still, stops at its limit however the receiver moves, and a watch does
+    /// not hold the queue open. Paused time: the graces are exact.
+    #[tokio::test(start_paused = true)]
     async fn a_wait_lasts_while_the_receiver_moves_and_a_watch_is_no_sender() {
+        use tokio::time::{sleep, Instant};
         let (tx, mut rx) = bounded::<u32>(1);
         let watch = tx.watch();
         let grace = Duration::from_millis(100);
-        let limit = tokio::time::Instant::now() + Duration::from_secs(10);
-        let reader = tokio::spawn(async move {
-            for _ in 0..15 {
-                rx.recv().await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+        let far = Instant::now() + Duration::from_secs(3600);
+        // A reader that takes one value every 30 ms, for as long as it is let.
+        let reading = tokio_util::sync::CancellationToken::new();
+        let reader = tokio::spawn({
+            let reading = reading.clone();
+            async move {
+                while !reading.is_cancelled() {
+                    rx.recv().await;
+                    sleep(Duration::from_millis(30)).await;
+                }
+                rx
             }
-            rx
         });
-        // 15 values through one place at one per 30 ms: about 450 ms, several graces.
-        let started = std::time::Instant::now();
-        let sent = watch
-            .while_moving(
-                async {
-                    for i in 0..15 {
-                        tx.send(i).await.unwrap();
-                    }
-                },
-                grace,
-                limit,
-            )
-            .await;
-        assert!(sent.is_some(), "a steady reader was given up on");
-        assert!(started.elapsed() > grace * 3);
+        // 15 values through one place: about 450 ms, several graces.
+        let started = Instant::now();
+        let fifteen = async {
+            for i in 0..15 {
+                tx.send(i).await.unwrap();
+            }
+        };
+        assert!(watch.while_moving(fifteen, grace, far).await.is_some());
+        assert!(started.elapsed() >= grace * 3, "{:?}", started.elapsed());
+        // The limit stops a wait however steadily the receiver moves.
+        let started = Instant::now();
+        let endless = async {
+            loop {
+                tx.send(0).await.unwrap();
+            }
+        };
+        let limit = Instant::now() + Duration::from_millis(500);
+        assert!(watch.while_moving(endless, grace, limit).await.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        reading.cancel();
         let mut rx = reader.await.unwrap();
+        while rx.try_recv().is_ok() {}
         // Nobody reads now: one grace, then nothing.
         tx.send(15).await.unwrap();
-        let started = std::time::Instant::now();
-        assert!(watch
-            .while_moving(tx.send(16), grace, limit)
-            .await
-            .is_none());
-        assert!(started.elapsed() < grace * 5);
-        // The limit bounds a receiver that keeps moving too.
-        let near = tokio::time::Instant::now() + Duration::from_millis(10);
-        assert!(watch
-            .while_moving(std::future::pending::<()>(), grace, near)
-            .await
-            .is_none());
+        let started = Instant::now();
+        assert!(watch.while_moving(tx.send(16), grace, far).await.is_none());
+        assert_eq!(started.elapsed(), grace);
         drop(tx);
         assert_eq!(rx.recv().await, Some(15));
         assert_eq!(rx.recv().await, None, "the watch kept the queue open");

@@ -358,7 +358,11 @@ async fn close(
                     }
                 }
             };
-            let _ = tokio::time::timeout(GOODBYE_GRACE * 3 + LINGER, discard).await;
+            // As long as the writer may take (a client that reads is waited for on), the
+            // close frame, then the linger itself (review 90, F3: a fixed 5 s stopped reading
+            // while a slow reader's writer still went on, and the reset lost the goodbye).
+            let until = end.wait_limit(GOODBYE_GRACE * 2) + GOODBYE_GRACE + LINGER;
+            let _ = tokio::time::timeout_at(until, discard).await;
         }
     };
     let (_, ()) = tokio::join!(goodbye, linger);
