@@ -122,3 +122,41 @@ async fn an_empty_page_never_covers_a_publication_it_does_not_hold() -> anyhow::
     }
     Ok(())
 }
+
+/// A publication in an instance's first moments, while its first NATS connection is still
+/// pending, waits for it (within the broker's 3 s deadline) instead of being refused
+/// `unavailable` (a CI run under load: "NATS is disconnected" for the first publish after
+/// start). NATS is frozen (SIGSTOP) while the instance starts, so its connection cannot
+/// complete; it is let go half a second after the publications were sent.
+#[tokio::test]
+async fn publications_while_the_first_nats_connection_is_pending_wait_for_it() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    nats.pause()?;
+    let resumed = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nats.resume()
+    };
+    let publishing = async {
+        let server = start(&nats).await?;
+        let mut raw = Raw::connect(&server, &full_token("acme", "early")).await?;
+        let live = raw.publish("live", b"x").await?;
+        let stored = raw.publish("h.a", b"y").await?;
+        anyhow::Ok((live, stored))
+    };
+    let (published, resumed) = tokio::join!(publishing, resumed);
+    resumed?;
+    let (live, stored) = published?;
+    assert!(matches!(live, Event::Published { .. }), "{live:?}");
+    assert!(
+        matches!(
+            stored,
+            Event::Published {
+                position: Some(_),
+                ..
+            }
+        ),
+        "{stored:?}"
+    );
+    Ok(())
+}

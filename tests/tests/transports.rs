@@ -934,16 +934,7 @@ async fn websocket_ping_and_pong_floods_end_in_rate_abuse() -> anyhow::Result<()
         full_token("acme", "f")
     ))
     .await?;
-    let hello = Command::Hello {
-        version: quiver_proto::PROTOCOL_VERSION,
-        client: "flood".into(),
-    };
-    flood
-        .send(Message::binary(encode_command(&ClientFrame {
-            id: 1,
-            command: hello,
-        })))
-        .await?;
+    flood.send(hello_message("flood")).await?;
     let started = std::time::Instant::now();
     let mut sent = 0u64;
     let closed = loop {
@@ -1477,4 +1468,73 @@ async fn coalesced_websocket_messages_stay_small() -> anyhow::Result<()> {
         "a message of {largest} bytes"
     );
     Ok(())
+}
+
+/// A WebSocket the server ended holds its place no longer than the close needs (review 91, F1):
+/// a client whose token expires reads its `Goodbye 3002`, then neither reads on nor answers the
+/// close frame. Its writer finishes at once (everything fit the socket), so the linger ends at
+/// its fixed bound, 5 s; bounded by the latest the writer could have taken instead
+/// (`timeouts.reply` from the session's end plus 3 s), every close was held 13 s.
+#[tokio::test]
+async fn a_websocket_that_does_not_answer_the_close_is_let_go_within_the_linger(
+) -> anyhow::Result<()> {
+    let server = TestServer::start().await?;
+    let t = token("acme", "u", &[">"], &[">"], 3);
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?token={t}", server.http)).await?;
+    socket.send(hello_message("deaf")).await?;
+    // Welcome, then at the expiry the goodbye; the close frame behind it is never read.
+    loop {
+        let Some(message) = socket.next().await else {
+            anyhow::bail!("closed before the goodbye");
+        };
+        let Message::Binary(data) = message? else {
+            continue;
+        };
+        let frame = quiver_proto::decode_event(&data[quiver_proto::LENGTH_PREFIX..])?;
+        if let Event::Goodbye { code, .. } = frame.event {
+            assert_eq!(code, CloseCode::TokenExpired.as_u16());
+            break;
+        }
+    }
+    let said_goodbye = std::time::Instant::now();
+    let active = |page: &str| {
+        metric_sum(
+            page,
+            "quiver_sessions_active",
+            &[("transport", "websocket")],
+        )
+    };
+    loop {
+        let page = server.metrics().await?;
+        if active(&page) == 0.0 {
+            break;
+        }
+        assert!(
+            said_goodbye.elapsed() < Duration::from_secs(9),
+            "the closing WebSocket still counts {:?} after its goodbye",
+            said_goodbye.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not before the linger's own bound: the client never answered.
+    assert!(
+        said_goodbye.elapsed() >= Duration::from_secs(3),
+        "let go after {:?}",
+        said_goodbye.elapsed()
+    );
+    drop(socket);
+    Ok(())
+}
+
+/// A `Hello` (id 1) as the WebSocket message a client without `Raw` sends first.
+fn hello_message(client: &str) -> Message {
+    let hello = Command::Hello {
+        version: quiver_proto::PROTOCOL_VERSION,
+        client: client.into(),
+    };
+    Message::binary(encode_command(&ClientFrame {
+        id: 1,
+        command: hello,
+    }))
 }

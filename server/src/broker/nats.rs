@@ -418,6 +418,23 @@ impl Inner {
         }
     }
 
+    /// Whether NATS is connected, waiting for the first connection while it is pending just
+    /// after start (within `JS_TIMEOUT` of it, as [`Self::reachable`] lets it be): a publication
+    /// in the instance's first moments was refused `unavailable` although NATS was about to be
+    /// there (a CI run under load). Polled: only the first moments after start ever wait.
+    async fn first_connection(&self) -> bool {
+        use async_nats::connection::State;
+        loop {
+            match self.client.connection_state() {
+                State::Connected => return true,
+                State::Pending if self.started.elapsed() < JS_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => return false,
+            }
+        }
+    }
+
     /// `once`: the stored publication's `Nats-Msg-Id` (`Broker::publish_once`).
     async fn publish_now(
         self: &Arc<Self>,
@@ -425,7 +442,7 @@ impl Inner {
         payload: Bytes,
         once: Option<String>,
     ) -> Result<Option<Position>, BrokerError> {
-        let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+        let connected = self.first_connection().await;
         let result = match self.config.history(&key.room) {
             // Refused at once while disconnected: async-nats would queue the message and send
             // it on reconnect, so a live one would be said Ok and a stored one stored after its

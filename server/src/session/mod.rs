@@ -109,7 +109,7 @@ impl End {
     }
 
     /// When a wait of [`Self::wait_for_reader`] with `grace` begun now gives up at the latest.
-    pub fn wait_limit(&self, grace: Duration) -> tokio::time::Instant {
+    fn wait_limit(&self, grace: Duration) -> tokio::time::Instant {
         let floor = tokio::time::Instant::now() + grace;
         self.readers_until.map_or(floor, |until| until.max(floor))
     }

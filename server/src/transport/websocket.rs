@@ -320,6 +320,8 @@ async fn close(
         Ok(Ok(stream)) if !failed => stream,
         _ => None,
     };
+    // Set once the close frame is written (or given up on): the linger ends `LINGER` after it.
+    let closed = CancellationToken::new();
     let goodbye = async {
         // The writer sends what is queued (the goodbye last) and the close frame, bounded.
         let mut writer = writer;
@@ -344,6 +346,7 @@ async fn close(
             }
             _ => {}
         }
+        closed.cancel();
     };
     // Meanwhile, and for a little after, drop what the client still sends (see LINGER): its
     // answering close frame, or the commands it sent before it read the goodbye.
@@ -358,11 +361,23 @@ async fn close(
                     }
                 }
             };
-            // As long as the writer may take (a client that reads is waited for on), the
-            // close frame, then the linger itself (review 90, F3: a fixed 5 s stopped reading
-            // while a slow reader's writer still went on, and the reset lost the goodbye).
-            let until = end.wait_limit(GOODBYE_GRACE * 2) + GOODBYE_GRACE + LINGER;
-            let _ = tokio::time::timeout_at(until, discard).await;
+            // The writer's grace, the close frame's, then the linger itself, and for a client
+            // still reading what was queued (the writer waited on for it) until `LINGER` after
+            // the close frame: a fixed 5 s stopped reading while such a client's writer went
+            // on, and a reset would lose the goodbye (review 90, F3); a bound at the latest the
+            // writer could take held every close that long (review 91, F1).
+            let bound = async {
+                let fixed = tokio::time::sleep(GOODBYE_GRACE * 3 + LINGER);
+                let after_close = async {
+                    closed.cancelled().await;
+                    tokio::time::sleep(LINGER).await;
+                };
+                tokio::join!(fixed, after_close)
+            };
+            tokio::select! {
+                () = discard => {}
+                _ = bound => {}
+            }
         }
     };
     let (_, ()) = tokio::join!(goodbye, linger);
