@@ -860,6 +860,31 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
     Ok(())
 }
 
+/// A client whose last command asks for the large history page (and nothing else), read 256
+/// bytes every `pause` from SIGTERM on, against a server started with `env`: the page's size,
+/// the Pongs, the goodbye's code, how long the process took to exit, whether cleanly, and its
+/// stderr.
+type SlowLastReply = (Option<usize>, Vec<u32>, u16, Duration, bool, String);
+
+fn drain_a_slow_reader_of_the_last_page(
+    env: &[(&str, &str)],
+    pause: Duration,
+) -> anyhow::Result<SlowLastReply> {
+    let dir = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime, env)?;
+    let (raw, _) = runtime.block_on(sending_without_reading(
+        &ready,
+        vec![large_history_page()],
+        0,
+    ))?;
+    let reader = runtime.spawn(read_slowly_to_the_end(raw, pause));
+    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
+    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
+    let (page, pongs, code) = runtime.block_on(reader)??;
+    Ok((page, pongs, code, took, ok, stderr))
+}
+
 /// What is queued when a session ends reaches a client that reads slowly but steadily, before
 /// its goodbye (review 89, F8): the reply to its last command, a history page of about 60 KiB
 /// read 256 bytes every 12 ms (two seconds or more), is still being written when the drain
@@ -868,19 +893,8 @@ fn a_slow_reader_of_a_large_reply_in_a_drain_is_answered_then_told_3000() -> any
 /// client reads (up to `timeouts.reply`), so the whole page, then `Goodbye 3000`, arrive.
 #[test]
 fn a_slow_reader_gets_the_last_large_reply_before_the_goodbye() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let (mut child, ready) =
-        serve_with_a_large_history_page(dir.path(), &runtime, &SLOW_READER_DRAIN)?;
-    let (raw, _) = runtime.block_on(sending_without_reading(
-        &ready,
-        vec![large_history_page()],
-        0,
-    ))?;
-    let reader = runtime.spawn(read_slowly_to_the_end(raw, Duration::from_millis(12)));
-    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
-    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
-    let (page, pongs, code) = runtime.block_on(reader)??;
+    let (page, pongs, code, took, ok, stderr) =
+        drain_a_slow_reader_of_the_last_page(&SLOW_READER_DRAIN, Duration::from_millis(12))?;
     assert!(
         page.is_some_and(|p| p >= 50),
         "the page was cut off ({page:?} publications), close {code}; stderr:\n{stderr}"
@@ -901,22 +915,12 @@ fn a_slow_reader_gets_the_last_large_reply_before_the_goodbye() -> anyhow::Resul
 /// could have been read.
 #[test]
 fn the_wait_for_a_slow_reader_at_the_end_is_bounded_by_the_reply_timeout() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let runtime = tokio::runtime::Runtime::new()?;
     let env = [
         ("QUIVER_TIMEOUTS__DRAIN", "30s"),
         ("QUIVER_TIMEOUTS__REPLY", "3s"),
     ];
-    let (mut child, ready) = serve_with_a_large_history_page(dir.path(), &runtime, &env)?;
-    let (raw, _) = runtime.block_on(sending_without_reading(
-        &ready,
-        vec![large_history_page()],
-        0,
-    ))?;
-    let reader = runtime.spawn(read_slowly_to_the_end(raw, Duration::from_millis(40)));
-    let (took, ok) = terminate(&mut child, Duration::from_secs(40))?;
-    let stderr = std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?;
-    let (page, _, code) = runtime.block_on(reader)??;
+    let (page, _, code, took, ok, stderr) =
+        drain_a_slow_reader_of_the_last_page(&env, Duration::from_millis(40))?;
     assert_eq!(
         page, None,
         "the whole page was waited for; stderr:\n{stderr}"

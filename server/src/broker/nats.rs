@@ -411,11 +411,17 @@ impl Inner {
         use async_nats::connection::State;
         match self.client.connection_state() {
             State::Disconnected => Err(BrokerError::Unavailable("NATS is disconnected".into())),
-            State::Pending if self.started.elapsed() >= JS_TIMEOUT => {
+            State::Pending if !self.first_connection_due() => {
                 Err(BrokerError::Unavailable("NATS is not connected yet".into()))
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether a pending connection is still the first one being made, within `JS_TIMEOUT` of
+    /// the start (past it, NATS was down when the instance started).
+    fn first_connection_due(&self) -> bool {
+        self.started.elapsed() < JS_TIMEOUT
     }
 
     /// Whether NATS is connected, waiting for the first connection while it is pending just
@@ -427,7 +433,7 @@ impl Inner {
         loop {
             match self.client.connection_state() {
                 State::Connected => return true,
-                State::Pending if self.started.elapsed() < JS_TIMEOUT => {
+                State::Pending if self.first_connection_due() => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 _ => return false,
