@@ -93,6 +93,22 @@ impl ReadSide {
         false
     }
 
+    /// Bytes written to the connection's socket that the peer has not acknowledged yet
+    /// (`write_stall.rs`): `None` where the kernel does not tell or no socket is known. A
+    /// writer waiting on a slow reader sees it read by this going down (the WebSocket writer,
+    /// inside one large message).
+    pub fn unacked(&self) -> Option<u64> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            let fd = self.fd.load(Ordering::Relaxed);
+            (fd >= 0)
+                .then(|| crate::write_stall::Unacked::of_fd(fd).read())
+                .flatten()
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        None
+    }
+
     /// Bytes read from the connection so far.
     pub fn read(&self) -> u64 {
         self.read.load(Ordering::Relaxed)

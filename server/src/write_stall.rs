@@ -49,8 +49,15 @@ impl Unacked {
         }
     }
 
+    /// For a socket known by its descriptor (`ReadSide` keeps the connection's), with the same
+    /// rule as [`Self::of`]: the socket must outlive every read.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn of_fd(fd: std::os::fd::RawFd) -> Self {
+        Self { fd }
+    }
+
     /// `None` where the kernel does not tell (then only a write that completes is progress).
-    fn read(&self) -> Option<u64> {
+    pub fn read(&self) -> Option<u64> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             let mut unacked: libc::c_int = 0;

@@ -1231,6 +1231,107 @@ async fn slow_reader_loses_the_room(
     }
 }
 
+/// A drain waits for a WebSocket client that reads slowly but steadily inside one large
+/// message (review 90, F2): its last two replies, history pages of about 60 KiB, go as one
+/// message each to a client reading 200 bytes every 20 ms (twelve seconds or more for both).
+/// The first fits in the kernel's buffers; the second is written in parts as the client reads.
+/// The drain gave up on it after a second because progress counted whole messages only: the
+/// writer was cut off mid-page and the client never got the second page or its goodbye. The
+/// bytes it acknowledges now count, so both pages, then `Goodbye 3000`, then the close frame
+/// arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_websocket_reader_gets_its_last_large_reply_in_a_drain() -> anyhow::Result<()> {
+    let mut server = TestServer::start_with(|c| {
+        add_history_namespace(c, "h", 100);
+        c.timeouts.reply = Duration::from_secs(20);
+        c.timeouts.drain = Duration::from_secs(30);
+        c.limits.commands_per_second = 100_000;
+    })
+    .await?;
+    let mut publisher = Raw::connect(&server, &full_token("acme", "writer")).await?;
+    for i in 0..100u8 {
+        let reply = publisher.publish("h.big", &[i; 1000]).await?;
+        anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
+    }
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let tcp = socket.connect(server.http).await?;
+    let slow = Throttled {
+        inner: tcp,
+        per_tick: 200,
+        tick: tokio::time::interval(Duration::from_millis(20)),
+        allowance: 0,
+    };
+    let url = format!(
+        "ws://{}/v1/ws?token={}",
+        server.http,
+        full_token("acme", "slow")
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(url, slow).await?;
+    let commands = [
+        Command::Hello {
+            version: quiver_proto::PROTOCOL_VERSION,
+            client: "slow".into(),
+        },
+        Command::History {
+            room: "h.big".into(),
+            since: None,
+            limit: 1000,
+        },
+        Command::History {
+            room: "h.big".into(),
+            since: None,
+            limit: 1000,
+        },
+    ];
+    for (id, command) in (1..).zip(commands) {
+        ws.send(Message::binary(encode_command(&ClientFrame {
+            id,
+            command,
+        })))
+        .await?;
+    }
+    // The second page is being written when the drain begins.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let drain = tokio::spawn(async move {
+        server.stop().await;
+        server
+    });
+    let (mut pages, mut goodbye, mut close) = (Vec::new(), None, None);
+    let read = async {
+        while let Some(message) = ws.next().await {
+            match message? {
+                Message::Binary(data) => {
+                    for event in events_in(&data)? {
+                        match event {
+                            Event::History { publications, .. } => pages.push(publications.len()),
+                            Event::Goodbye { code, .. } => goodbye = Some(code),
+                            _ => {}
+                        }
+                    }
+                }
+                Message::Close(frame) => close = frame.map(|f| u16::from(f.code)),
+                _ => {}
+            }
+        }
+        anyhow::Ok(())
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(25), read).await;
+    let _ = drain.await;
+    assert!(
+        pages.len() == 2 && pages.iter().all(|&p| p >= 50),
+        "a page was cut off (pages of {pages:?} publications; goodbye {goodbye:?}, close \
+         {close:?}, read {ended:?})"
+    );
+    assert_eq!(
+        goodbye,
+        Some(CloseCode::Shutdown.as_u16()),
+        "close {close:?}"
+    );
+    assert_eq!(close, Some(CloseCode::Shutdown.as_u16()));
+    Ok(())
+}
+
 /// Two `Authorization` headers are no credential (a proxy in front may have judged the other
 /// one): SSE and the backend API answer 401 though each header alone would do (outside audit:
 /// the first was used on TCP, the last on WebTransport).
