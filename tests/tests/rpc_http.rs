@@ -112,6 +112,12 @@ async fn handle(
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 Json(json!({"payload": b64(b"waited")})).into_response()
             }
+            // Sent late in a drain's first second, answered past 4 s from the drain's start but
+            // within the call's own 4 s deadline.
+            "order.wait-long" => {
+                tokio::time::sleep(Duration::from_millis(3600)).await;
+                Json(json!({"payload": b64(b"waited long")})).into_response()
+            }
             "order.huge" => Json(json!({"payload": b64(&vec![0u8; 70_000])})).into_response(),
             // No usable answer is this long: the server stops reading it (not at 4 MiB).
             "order.enormous" => {
@@ -510,6 +516,61 @@ async fn a_drain_answers_the_calls_in_flight() -> Result<()> {
         );
         stop.await?;
     }
+    Ok(())
+}
+
+/// A call taken in a drain's first second (while another is under way) is answered within its
+/// own deadline, then the goodbye (review 89, F9): the session's wait for what is under way was
+/// bounded from the drain's start by the longest call deadline (`rpc.max_timeout`, 4 s here),
+/// so a call sent 0.8 s into the drain and answered by the backend 3.6 s later was cut off and
+/// the session told `3000`, which says it was not carried out, though the backend had carried
+/// it out. The bound now counts from the end of the second in which commands are taken, and
+/// only the waiting is bounded.
+#[tokio::test]
+async fn a_call_taken_late_in_a_drain_is_answered_within_its_own_deadline() -> Result<()> {
+    let (_backend, url) = start_backend().await?;
+    let mut server = server_for_with(&url, |c| {
+        c.timeouts.drain = Duration::from_secs(10);
+        c.timeouts.reply = Duration::from_secs(1);
+        c.rpc.timeout = Duration::from_secs(4);
+        c.rpc.max_timeout = Duration::from_secs(4);
+    })
+    .await?;
+    let token = call_token("acme", "alice", &["order.*"]);
+    let mut raw = Raw::connect_via(Via::WebTransport, &server, &token).await?;
+    let call = |method: &str| Command::Call {
+        method: method.into(),
+        payload: Bytes::new(),
+        timeout_ms: 0,
+        idempotency_key: String::new(),
+    };
+    // Under way when the drain begins, so that the drain takes commands (1.5 s).
+    let first = raw.send(call("order.wait")).await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    // Late in the second a drain takes commands.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let id = raw.send(call("order.wait-long")).await?;
+    let mut frames = Vec::new();
+    loop {
+        let frame = raw.recv().await?;
+        let goodbye = matches!(frame.event, Event::Goodbye { .. });
+        frames.push(frame);
+        if goodbye {
+            break;
+        }
+    }
+    assert!(
+        matches!(&frames[..], [waited, reply, bye]
+            if waited.id == first
+                && reply.id == id
+                && matches!(&reply.event, Event::Reply { payload } if payload == &b"waited long"[..])
+                && matches!(bye.event, Event::Goodbye { code: 3000, .. })),
+        "{frames:?}"
+    );
+    stop.await?;
     Ok(())
 }
 

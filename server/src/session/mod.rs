@@ -781,65 +781,62 @@ impl Session {
     async fn finish_for_drain(&mut self, inbox: &mut inbox::Inbox) -> Exit {
         let shutdown = || Exit::Close(CloseCode::Shutdown, "server shutting down".into());
         let take_until = tokio::time::Instant::now() + DRAIN_FINISH;
-        // Past every deadline of what it waits for: a call ends by its own (`rpc.max_timeout`
-        // at most) with an answer, a publication by the broker's; the drain's own deadline
-        // (`timeouts.drain`) usually comes first.
+        // Past every deadline of what it waits for, from the last moment it takes a command: a
+        // call ends by its own (`rpc.max_timeout` at most) with an answer, a publication by the
+        // broker's, a reply by `timeouts.reply`; the drain's own deadline (`timeouts.drain`)
+        // usually comes first. Only the waiting is bounded: a command being carried out, or an
+        // answer being written, is never cut off here, since the goodbye would then say it was
+        // not carried out. (The bound counted from the drain's start and covered those too: a
+        // call taken in the drain's first second, answered within its own deadline, was cut
+        // off and told 3000 though the backend had carried it out: review 89, F9.)
         let config = &self.shared.config;
-        let bound = config
-            .timeouts
-            .reply
-            .max(config.rpc.max_timeout)
-            .max(DRAIN_FINISH);
-        let finish = async {
-            // Whether the adapter still hands over what the peer sends (it ends with the peer's).
-            let mut open = true;
-            loop {
-                // A reply that found no room: the commands after it would be carried out
-                // unanswered, and a `Goodbye 3000` says that what it leaves unanswered was not
-                // (PROTOCOL §7), so their publications would be sent twice (outside audit 81, 1).
-                if self.stalled {
-                    return self.not_reading();
+        let give_up_at = take_until + config.timeouts.reply.max(config.rpc.max_timeout);
+        // Whether the adapter still hands over what the peer sends (it ends with the peer's).
+        let mut open = true;
+        loop {
+            // A reply that found no room: the commands after it would be carried out
+            // unanswered, and a `Goodbye 3000` says that what it leaves unanswered was not
+            // (PROTOCOL §7), so their publications would be sent twice (outside audit 81, 1).
+            if self.stalled {
+                return self.not_reading();
+            }
+            let now = tokio::time::Instant::now();
+            if now >= self.expiry() {
+                return Exit::Close(CloseCode::TokenExpired, "token expired".into());
+            }
+            // A full publish queue takes no command until one is answered.
+            let taking = open && now < take_until && !self.publishing.is_full();
+            let mut item = if taking { inbox.try_recv() } else { None };
+            if item.is_none() {
+                if self.publishing.is_empty() && self.calls.is_empty() {
+                    return shutdown();
                 }
-                let now = tokio::time::Instant::now();
-                if now >= self.expiry() {
-                    return Exit::Close(CloseCode::TokenExpired, "token expired".into());
-                }
-                // A full publish queue takes no command until one is answered.
-                let taking = open && now < take_until && !self.publishing.is_full();
-                let mut item = if taking { inbox.try_recv() } else { None };
-                if item.is_none() {
-                    if self.publishing.is_empty() && self.calls.is_empty() {
-                        return shutdown();
+                // Waiting for what is under way, commands that arrive meanwhile are taken
+                // too, for as long as the window lasts (outside calls audit, F1: those sent
+                // while a call waited were never read, and went unanswered).
+                tokio::select! {
+                    done = self.publishing.next_done(), if !self.publishing.is_empty() => {
+                        self.published(done).await;
                     }
-                    // Waiting for what is under way, commands that arrive meanwhile are taken
-                    // too, for as long as the window lasts (outside calls audit, F1: those sent
-                    // while a call waited were never read, and went unanswered).
-                    tokio::select! {
-                        done = self.publishing.next_done(), if !self.publishing.is_empty() => {
-                            self.published(done).await;
-                        }
-                        Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
-                            Box::pin(self.call_done(done)).await;
-                        }
-                        next = inbox.recv(), if taking => match next {
-                            Some(next) => item = Some(next),
-                            None => open = false,
-                        },
-                        () = tokio::time::sleep_until(take_until), if taking => {}
+                    Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
+                        Box::pin(self.call_done(done)).await;
                     }
-                }
-                if let Some(item) = item {
-                    let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;
-                    self.held.flush();
-                    if let Some(exit) = exit {
-                        return exit;
-                    }
+                    next = inbox.recv(), if taking => match next {
+                        Some(next) => item = Some(next),
+                        None => open = false,
+                    },
+                    () = tokio::time::sleep_until(take_until), if taking => {}
+                    () = tokio::time::sleep_until(give_up_at) => return shutdown(),
                 }
             }
-        };
-        tokio::time::timeout(bound, finish)
-            .await
-            .unwrap_or_else(|_| shutdown())
+            if let Some(item) = item {
+                let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;
+                self.held.flush();
+                if let Some(exit) = exit {
+                    return exit;
+                }
+            }
+        }
     }
 
     fn ended_sender(&mut self) -> mpsc::UnboundedSender<Ended> {
