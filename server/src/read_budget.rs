@@ -93,11 +93,18 @@ impl ReadSide {
         false
     }
 
+    /// Forgets the socket: it is about to close, and its descriptor's number may then be
+    /// given to another file, which this side (it may outlive the stream: an SSE response's
+    /// events, a WebSocket's framing budget) must not ask about.
+    fn forget_socket(&self) {
+        self.fd.store(-1, Ordering::Relaxed);
+    }
+
     /// Bytes written to the connection's socket that the peer has not acknowledged yet
-    /// (`write_stall.rs`): `None` where the kernel does not tell or no socket is known. A
-    /// writer waiting on a slow reader sees it read by this going down (the WebSocket writer,
-    /// inside one large message).
-    pub fn unacked(&self) -> Option<u64> {
+    /// (`write_stall.rs`): `None` where the kernel does not tell or the socket is not known (or
+    /// closed). A writer waiting on a slow reader sees it read by this changing (the WebSocket
+    /// writer, inside one large message).
+    pub(crate) fn unacked(&self) -> Option<u64> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
             let fd = self.fd.load(Ordering::Relaxed);
@@ -220,6 +227,14 @@ pub struct Budgeted<S> {
 impl<S> Budgeted<S> {
     pub fn new(inner: S, slot: TcpSlot) -> Self {
         Self { inner, slot }
+    }
+}
+
+impl<S> Drop for Budgeted<S> {
+    /// Runs before `inner`, which owns the socket, is dropped: from here on the slot no longer
+    /// names the socket's descriptor (review 92, F6).
+    fn drop(&mut self) {
+        self.slot.read_side().forget_socket();
     }
 }
 

@@ -49,10 +49,11 @@ impl Unacked {
         }
     }
 
-    /// For a socket known by its descriptor (`ReadSide` keeps the connection's), with the same
-    /// rule as [`Self::of`]: the socket must outlive every read.
+    /// For a socket known by its descriptor (`ReadSide` keeps the connection's, and forgets it
+    /// before the socket closes), with the same rule as [`Self::of`]: the socket must outlive
+    /// every read.
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    pub fn of_fd(fd: std::os::fd::RawFd) -> Self {
+    pub(crate) fn of_fd(fd: std::os::fd::RawFd) -> Self {
         Self { fd }
     }
 

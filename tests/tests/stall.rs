@@ -90,6 +90,61 @@ async fn a_stalled_publish_does_not_hold_up_other_commands() -> anyhow::Result<(
     Ok(())
 }
 
+/// A drain does not promise what it stopped waiting for (review 92, F3): a publication still
+/// with the broker (NATS frozen, so JetStream's answer is 3 s away) when the drain has waited
+/// its first second plus `rpc.max_timeout` (200 ms here) and a quarter second ends the session
+/// with the close code 3000 alone. It sent `Goodbye 3000`, which says that every command left
+/// unanswered was not carried out, and the client would publish it again, though the broker may
+/// yet store it.
+#[tokio::test]
+async fn a_drain_that_stops_waiting_for_the_broker_promises_nothing() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let mut server = history_server(&nats, |c| {
+        c.rpc.timeout = Duration::from_millis(200);
+        c.rpc.max_timeout = Duration::from_millis(200);
+        c.timeouts.reply = Duration::from_millis(200);
+        c.timeouts.drain = Duration::from_secs(20);
+    })
+    .await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    nats.pause()?;
+    let waiting = c
+        .send(Command::Publish {
+            room: "log.a".into(),
+            payload: Bytes::from_static(b"waits"),
+            ack: true,
+        })
+        .await?;
+    // It reaches the broker, and waits there.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    let mut frames = Vec::new();
+    while let Ok(frame) = c.recv().await {
+        frames.push(frame);
+    }
+    let code = c.close_code().await;
+    let took = started.elapsed();
+    nats.resume()?;
+    stop.await?;
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.id == waiting || matches!(f.event, Event::Goodbye { .. })),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(3000), "{frames:?}");
+    // Before the broker's own answer (3 s): the drain stopped waiting for it.
+    assert!(took < Duration::from_millis(2800), "{took:?}");
+    Ok(())
+}
+
 /// A publisher within its rate (here 20/s against a limit of 25/s) keeps publishing while the
 /// broker is away; however the answers bunch up when it returns, none is `rate_limited`.
 #[tokio::test]

@@ -1233,8 +1233,8 @@ async fn slow_reader_loses_the_room(
 
 /// A drain waits for a WebSocket client that reads slowly but steadily inside one large
 /// message (review 90, F2): its last two replies, history pages of about 60 KiB, go as one
-/// message each to a client reading 200 bytes every 20 ms (twelve seconds or more for both).
-/// The first fits in the kernel's buffers; the second is written in parts as the client reads.
+/// message each to a client reading 400 bytes every 20 ms (six seconds or more for both). The
+/// first fits in the kernel's buffers; the second is written in parts as the client reads.
 /// The drain gave up on it after a second because progress counted whole messages only: the
 /// writer was cut off mid-page and the client never got the second page or its goodbye. The
 /// bytes it acknowledges now count, so both pages, then `Goodbye 3000`, then the close frame
@@ -1253,12 +1253,16 @@ async fn a_slow_websocket_reader_gets_its_last_large_reply_in_a_drain() -> anyho
         let reply = publisher.publish("h.big", &[i; 1000]).await?;
         anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
     }
+    // A small receive buffer: the client's TCP opens its window again (and acknowledges, what
+    // the server sees) once about half of it is free (PROTOCOL §9.1), here every few tenths of
+    // a second. With the default 128 KiB, a reader this slow shows nothing for many seconds and
+    // counts as not reading (PROTOCOL's 3010 row).
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let tcp = socket.connect(server.http).await?;
     let slow = Throttled {
         inner: tcp,
-        per_tick: 200,
+        per_tick: 400,
         tick: tokio::time::interval(Duration::from_millis(20)),
         allowance: 0,
     };

@@ -57,6 +57,9 @@ pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 /// How long a drain lets a session take commands it has read before its goodbye
 /// (`Session::finish_for_drain`); those taken are finished, and answered.
 const DRAIN_FINISH: Duration = Duration::from_secs(1);
+/// Between a `Call` being taken and its deadline starting (its task's start), at most: so a
+/// call taken at the end of a drain's first second is still waited for to its deadline.
+const CALL_START: Duration = Duration::from_millis(250);
 
 /// The connection a session runs over, as the core sees it.
 pub struct Link {
@@ -149,6 +152,10 @@ enum Exit {
     Gone(&'static str),
     /// We close: goodbye frame, then the transport's close with the same code.
     Close(CloseCode, String),
+    /// We close without the goodbye frame: the transport's close alone, which says nothing
+    /// of the commands left unanswered (PROTOCOL §7: they may have been carried out). A
+    /// drain that stopped waiting for what was under way.
+    Cut(CloseCode, String),
 }
 
 struct Sub {
@@ -234,6 +241,9 @@ pub struct Session {
     /// A reply found no room on the outgoing channel within `timeouts.reply`: the client is not
     /// reading, and the session ends.
     stalled: bool,
+    /// In a drain, the latest a reply may wait for room (`finish_for_drain`): one deadline for
+    /// the drain's replies together, not `timeouts.reply` each.
+    drain_until: Option<tokio::time::Instant>,
     /// Traffic, for the closing log line.
     tally: Arc<m::Tally>,
     /// Bytes its subscriptions' queues may hold together (`limits.session_queue_bytes`).
@@ -332,6 +342,7 @@ async fn run_session(
         held: cork::Held::default(),
         quota: None,
         stalled: false,
+        drain_until: None,
         tally: Arc::default(),
         queue_budget: crate::delivery_queue::Budget::new(shared.config.limits.session_queue_bytes),
         replay_turns: None,
@@ -397,42 +408,35 @@ async fn run_session(
     let not_reading = matches!(exit, Exit::Close(CloseCode::NotReading, _));
     let readers_until = (!refused && !not_reading)
         .then(|| tokio::time::Instant::now() + session.shared.config.timeouts.reply);
-    let end = match exit {
-        Exit::Gone(reason) => End {
-            close: None,
-            reason,
-            slot,
-            refused,
-            written,
-            readers_until,
-        },
-        Exit::Close(code, reason) => {
-            let goodbye = encode_event(&ServerFrame {
-                id: 0,
-                event: Event::Goodbye {
-                    code: code.as_u16(),
-                    reason: reason.clone(),
-                    reconnect: code.reconnect(),
-                },
-            });
-            let end = End {
-                close: Some((code, reason)),
-                reason: code.label(),
-                slot,
-                refused,
-                written,
-                readers_until,
-            };
-            // Queued behind everything already queued, waiting as a reply does in a drain: one
-            // grace for a client that reads nothing (the transport's close says the code
-            // then), on while one reads slowly but steadily, so what is queued before it
-            // reaches such a client too (review 89, F8). Boxed: inline it would size every
-            // idle session's task.
-            let queued = end.wait_for_reader(session.out.send(goodbye), GOODBYE_GRACE);
-            let _ = Box::pin(queued).await;
-            end
-        }
+    let (close, reason, goodbye) = match exit {
+        Exit::Gone(reason) => (None, reason, false),
+        Exit::Cut(code, reason) => (Some((code, reason)), code.label(), false),
+        Exit::Close(code, reason) => (Some((code, reason)), code.label(), true),
     };
+    let end = End {
+        close,
+        reason,
+        slot,
+        refused,
+        written,
+        readers_until,
+    };
+    if let Some((code, reason)) = end.close.as_ref().filter(|_| goodbye) {
+        let goodbye = encode_event(&ServerFrame {
+            id: 0,
+            event: Event::Goodbye {
+                code: code.as_u16(),
+                reason: reason.clone(),
+                reconnect: code.reconnect(),
+            },
+        });
+        // Queued behind everything already queued, waiting as a reply does in a drain: one
+        // grace for a client that reads nothing (the transport's close says the code then), on
+        // while one reads slowly but steadily, so what is queued before it reaches such a client
+        // too (review 89, F8). Boxed: inline it would size every idle session's task.
+        let queued = end.wait_for_reader(session.out.send(goodbye), GOODBYE_GRACE);
+        let _ = Box::pin(queued).await;
+    }
     let user = std::mem::take(&mut session.grant.user);
     let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
@@ -781,16 +785,21 @@ impl Session {
     async fn finish_for_drain(&mut self, inbox: &mut inbox::Inbox) -> Exit {
         let shutdown = || Exit::Close(CloseCode::Shutdown, "server shutting down".into());
         let take_until = tokio::time::Instant::now() + DRAIN_FINISH;
-        // Past every deadline of what it waits for, from the last moment it takes a command: a
-        // call ends by its own (`rpc.max_timeout` at most) with an answer, a publication by the
-        // broker's, a reply by `timeouts.reply`; the drain's own deadline (`timeouts.drain`)
-        // usually comes first. Only the waiting is bounded: a command being carried out, or an
-        // answer being written, is never cut off here, since the goodbye would then say it was
-        // not carried out. (The bound counted from the drain's start and covered those too: a
-        // call taken in the drain's first second, answered within its own deadline, was cut
-        // off and told 3000 though the backend had carried it out: review 89, F9.)
+        // How long what is under way is waited for, from the last moment a command is taken: a
+        // call ends by its own deadline (`rpc.max_timeout` at most) with an answer, so it is
+        // always waited for (review 89, F9: the bound counted from the drain's start, and a
+        // call taken in its first second was cut off and told 3000 though the backend had
+        // carried it out). A publication ends by the broker's deadline, one after another,
+        // which may add up to more: past this bound the session closes with the code alone,
+        // which promises nothing of them (review 92, F3). The drain's own deadline
+        // (`timeouts.drain`, 5 s by default) usually comes first. Only the waiting is bounded:
+        // a command being carried out, or an answer being written, is never cut off here.
         let config = &self.shared.config;
-        let give_up_at = take_until + config.timeouts.reply.max(config.rpc.max_timeout);
+        let give_up_at = take_until + config.rpc.max_timeout + CALL_START;
+        // The drain's replies wait for room until then and `timeouts.reply` more at most,
+        // together (review 92, F2: each waited `timeouts.reply` of its own, so many replies to a
+        // client reading slowly held the session many times that).
+        self.drain_until = Some(give_up_at + config.timeouts.reply);
         // Whether the adapter still hands over what the peer sends (it ends with the peer's).
         let mut open = true;
         loop {
@@ -826,7 +835,12 @@ impl Session {
                         None => open = false,
                     },
                     () = tokio::time::sleep_until(take_until), if taking => {}
-                    () = tokio::time::sleep_until(give_up_at) => return shutdown(),
+                    () = tokio::time::sleep_until(give_up_at) => {
+                        return Exit::Cut(
+                            CloseCode::Shutdown,
+                            "server shutting down: what was under way was not waited for".into(),
+                        );
+                    }
                 }
             }
             if let Some(item) = item {
@@ -897,6 +911,9 @@ impl Session {
         // About to wait on the client: nothing of a run waits with it.
         self.held.flush();
         let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.reply;
+        let deadline = self
+            .drain_until
+            .map_or(deadline, |until| deadline.min(until));
         let send = self.out.send(frame);
         tokio::pin!(send);
         let queued = tokio::select! {

@@ -587,12 +587,17 @@ async fn write(
 const PART_LOOK: Duration = Duration::from_millis(200);
 
 /// Sends one message. While the socket takes it only in parts (a large message, a slow
-/// reader), each drop in the bytes the client has not acknowledged is the queue's progress, as
-/// each part of a frame is over WebTransport: the waits for a slow reader at the session's end
-/// and in a drain (`Progress::while_moving`) see a client reading steadily inside one 64 KiB
-/// message, and do not cut it off as one that reads nothing (review 90, F2). The kernel's count
-/// is looked at, not the writes: a write is woken only every 32 KiB drained (`tcp.rs`), seconds
-/// apart for such a reader.
+/// reader), each change in the bytes the client has not acknowledged is the queue's progress,
+/// as each part of a frame is over WebTransport: the waits for a slow reader at the session's
+/// end and in a drain (`Progress::while_moving`) see a client reading steadily inside one
+/// 64 KiB message, and do not cut it off as one that reads nothing (review 90, F2). The
+/// kernel's count is looked at, not the writes: a write is woken only every 32 KiB drained
+/// (`tcp.rs`), seconds apart for such a reader. A drop is an acknowledgement; a rise is the
+/// kernel taking more of the message, which it does only after one, possibly between two
+/// looks: either is the client reading. One that reads nothing changes neither once its
+/// receive buffer is full (zero-window probes move no byte). What can be seen is the client's
+/// TCP opening its window again, which Linux does only once a good part of its receive buffer
+/// is free (PROTOCOL §9.2: with a default buffer, tens of KiB).
 async fn send(
     sink: &mut SplitSink<WebSocket, Message>,
     message: Message,
@@ -600,22 +605,23 @@ async fn send(
     socket: &crate::read_budget::ReadSide,
 ) -> Result<(), axum::Error> {
     let mut sending = std::pin::pin!(sink.send(message));
-    // Most messages go at once, and take no timer.
+    // Most messages go at once, and take no timer and no look at the kernel.
     if let std::task::Poll::Ready(done) = futures::poll!(sending.as_mut()) {
         return done;
     }
-    let mut seen = socket.unacked();
-    let mut look = tokio::time::interval_at(tokio::time::Instant::now() + PART_LOOK, PART_LOOK);
+    // Read at the first look: a send that waits less than that asks the kernel nothing. (A
+    // `sleep` in place, not an `Interval`, which boxes its timer.)
+    let mut seen = None;
     loop {
         tokio::select! {
             biased;
             done = sending.as_mut() => return done,
-            _ = look.tick() => {
+            () = tokio::time::sleep(PART_LOOK) => {
                 let now = socket.unacked();
-                if now != seen {
-                    seen = now;
+                if seen.is_some_and(|before| before != now) {
                     rx.progressed();
                 }
+                seen = Some(now);
             }
         }
     }
