@@ -381,10 +381,13 @@ pub enum TryRecvError {
 }
 
 impl<T> Receiver<T> {
-    /// Part of a value already taken was written: progress, as a value taken is. A writer
-    /// that waits for the client inside one large frame (a history page held up by the
-    /// client's flow control) calls it per part, so a client that reads slowly but steadily
-    /// is seen reading ([`Sender::progress`]; outside audit 84, F4).
+    /// The transport took a value already taken from the queue, or part of one: progress. A
+    /// writer calls it for what it wrote, not for what it took: a writer that takes a value and
+    /// then waits for a client that reads nothing has made none, so that client gets one grace,
+    /// not two (review 90, F4: taking the goodbye counted, and such a client got a second). One
+    /// that waits inside one large frame (a history page held up by the client's flow control)
+    /// calls it per part, so a client that reads slowly but steadily is seen reading
+    /// ([`Sender::progress`]; outside audit 84, F4).
     pub fn progressed(&self) {
         self.shared.state().progress += 1;
     }
@@ -431,7 +434,6 @@ impl<T> Receiver<T> {
         let rooms_were_over = state.bytes >= self.shared.rooms.bytes
             || state.items.len() + 1 >= self.shared.rooms.frames;
         state.bytes -= (self.shared.weigh)(&value);
-        state.progress += 1;
         // Woken only when a bound is crossed: a writer popping every frame wakes nobody.
         let drained = (was_over && state.bytes < self.shared.max_bytes)
             || (rooms_were_over && !self.shared.rooms.above(&state));
@@ -483,17 +485,43 @@ mod tests {
     }
 
     #[test]
-    fn progress_counts_values_taken_and_parts_written() {
+    fn progress_counts_what_the_writer_wrote_not_what_it_took() {
         let (tx, mut rx) = bounded::<u64>(4);
         assert_eq!(tx.progress(), 0);
         tx.try_send(1).unwrap();
         assert_eq!(tx.progress(), 0, "queued is not progress");
         assert_eq!(rx.try_recv(), Ok(1));
-        assert_eq!(tx.progress(), 1);
-        // A writer inside one large value reports its parts: the same measure moves.
+        assert_eq!(tx.progress(), 0, "taken is not progress");
+        // The writer reports what the transport took: the value, or parts of it.
         rx.progressed();
         rx.progressed();
-        assert_eq!(tx.progress(), 3);
+        assert_eq!(tx.progress(), 2);
+    }
+
+    /// A writer that takes the last value (the goodbye) and then waits on a client that reads
+    /// nothing gives the wait for it one grace, not two (review 90, F4).
+    #[tokio::test(start_paused = true)]
+    async fn a_value_taken_and_not_written_gives_one_grace() {
+        use tokio::time::Instant;
+        let (tx, mut rx) = bounded::<u32>(2);
+        let watch = tx.watch();
+        let grace = Duration::from_millis(100);
+        tx.send(1).await.unwrap();
+        drop(tx);
+        // The writer: takes the value within the first grace, then waits for good.
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let taken = rx.recv().await;
+            std::future::pending::<()>().await;
+            taken
+        });
+        let started = Instant::now();
+        let far = started + Duration::from_secs(3600);
+        let finished = async move {
+            let _ = writer.await;
+        };
+        assert!(watch.while_moving(finished, grace, far).await.is_none());
+        assert_eq!(started.elapsed(), grace);
     }
 
     /// `while_moving` waits past its grace for a receiver that keeps taking, gives up after one
@@ -513,6 +541,7 @@ mod tests {
             async move {
                 while !reading.is_cancelled() {
                     rx.recv().await;
+                    rx.progressed();
                     sleep(Duration::from_millis(30)).await;
                 }
                 rx

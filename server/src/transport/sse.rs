@@ -327,6 +327,9 @@ impl Events {
                         return Some((Ok(event), (this, out, ready)));
                     }
                     let bytes = out.recv().await?;
+                    // hyper asks for the next event once it has room for it: the ones before
+                    // were written (`Receiver::progressed`).
+                    out.progressed();
                     this.decoder.push(&bytes);
                     loop {
                         match this.decoder.next_frame() {

@@ -605,8 +605,12 @@ async fn send(
     socket: &crate::read_budget::ReadSide,
 ) -> Result<(), axum::Error> {
     let mut sending = std::pin::pin!(sink.send(message));
-    // Most messages go at once, and take no timer and no look at the kernel.
+    // Most messages go at once, and take no timer and no look at the kernel. A message sent is
+    // progress (one taken from the queue and not sent is not: `Receiver::progressed`).
     if let std::task::Poll::Ready(done) = futures::poll!(sending.as_mut()) {
+        if done.is_ok() {
+            rx.progressed();
+        }
         return done;
     }
     // Read at the first look: a send that waits less than that asks the kernel nothing. (A
@@ -615,7 +619,12 @@ async fn send(
     loop {
         tokio::select! {
             biased;
-            done = sending.as_mut() => return done,
+            done = sending.as_mut() => {
+                if done.is_ok() {
+                    rx.progressed();
+                }
+                return done;
+            }
             () = tokio::time::sleep(PART_LOOK) => {
                 let now = socket.unacked();
                 if seen.is_some_and(|before| before != now) {

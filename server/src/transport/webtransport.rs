@@ -391,10 +391,10 @@ async fn write_control(mut send: SendStream, early: Vec<Bytes>, mut rx: queue::R
     let _ = tokio::time::timeout(GOODBYE_GRACE, send.finish()).await;
 }
 
-/// Writes one frame, telling `rx` of every part the stream takes short of the whole: a client
+/// Writes one frame, telling `rx` of every part the stream takes, the last included: a client
 /// that reads slowly but steadily moves the queue's progress even while one large frame (up to
 /// `max_frame`) waits for its flow-control credit, which is what a drain asks of a client
-/// before it waits for it (`Session::reply`).
+/// before it waits for it (`Session::reply`); a frame taken and not written is none.
 async fn write_frame(
     send: &mut SendStream,
     frame: &[u8],
@@ -403,9 +403,7 @@ async fn write_frame(
     let mut written = 0;
     while written < frame.len() {
         written += send.write(&frame[written..]).await?;
-        if written < frame.len() {
-            rx.progressed();
-        }
+        rx.progressed();
     }
     Ok(())
 }
