@@ -78,8 +78,12 @@ fn check_selector(selector: &Selector) -> Result<(), String> {
     {
         return Err(format!("user: 1 to {} bytes", crate::auth::MAX_SUB_BYTES));
     }
-    if selector.session.as_ref().is_some_and(|s| s.len() > 64) {
-        return Err("session: at most 64 bytes".into());
+    if selector
+        .session
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > MAX_SESSION_BYTES)
+    {
+        return Err(format!("session: 1 to {MAX_SESSION_BYTES} bytes"));
     }
     if selector.jti_key.as_ref().is_some_and(|k| k.len() > 256) {
         return Err("jti_key: at most 256 bytes".into());
@@ -124,9 +128,6 @@ struct FromNode<T> {
 /// a disconnected client never gets: without a bound the API hung for as long as NATS was away.
 const NATS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Runs `op` against NATS for an operator action: refused at once while the client knows it
-/// lost NATS, and refused after [`NATS_WAIT`] otherwise (the API answers 503 either way). The
-/// first connection, still pending just after start, is waited for within the bound.
 /// An operator action applied on this instance but not told to the others (NATS lost or not
 /// answering): how many sessions it reached here, and why it went no further.
 #[derive(Debug)]
@@ -135,6 +136,13 @@ pub struct NotSpread {
     pub error: String,
 }
 
+/// The longest session id a selector may name (a session's id is 16 hex digits: room to grow,
+/// and a bound on what a control message carries).
+pub(crate) const MAX_SESSION_BYTES: usize = 64;
+
+/// Runs `op` against NATS for an operator action: refused at once while the client knows it
+/// lost NATS, and refused after [`NATS_WAIT`] otherwise (the API answers 503 either way). The
+/// first connection, still pending just after start, is waited for within the bound.
 pub(crate) async fn with_nats<T>(
     nats: &async_nats::Client,
     op: impl std::future::Future<Output = Result<T, String>>,

@@ -191,17 +191,18 @@ async fn broadcast_reaches_every_named_room_of_one_tenant() -> anyhow::Result<()
     ] {
         refused(&server, "broadcast", key, body, status, code).await?;
     }
-    // A payload over max_payload is refused per room, not published.
+    // A payload over max_payload refuses the whole request, with a key or without (without
+    // one it was a 200 holding an error per room: outside audit 93, F3), and is not published.
     let big = "x".repeat(server_max_payload() + 1);
     let (status, answer) = api_post(
         &server,
         "broadcast",
         ACME,
-        json!({"rooms": ["news.a"], "payload": big}),
+        json!({"rooms": ["news.a", "news.b"], "payload": big}),
     )
     .await?;
-    assert_eq!(status, 200);
-    assert_eq!(answer["results"][0]["error"]["code"], "payload_too_large");
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(answer["error"]["code"], "payload_too_large");
     // Nothing of the refused ones arrived: the next is a marker.
     api_post(
         &server,
@@ -470,6 +471,29 @@ async fn unsubscribe_ends_one_room_of_one_user_and_keeps_the_session() -> anyhow
             "disconnect",
             ACME,
             json!({"user": "u".repeat(257)}),
+            400,
+            "bad_request",
+        ),
+        // Session ids no session has: refused here, not passed on for every instance to
+        // refuse as malformed (outside audit 93, F4).
+        (
+            "disconnect",
+            ACME,
+            json!({"session": ""}),
+            400,
+            "bad_request",
+        ),
+        (
+            "disconnect",
+            ACME,
+            json!({"user": "bob", "session": "s".repeat(65)}),
+            400,
+            "bad_request",
+        ),
+        (
+            "unsubscribe",
+            ACME,
+            json!({"user": "alice", "room": "news.a", "session": "s".repeat(65)}),
             400,
             "bad_request",
         ),
@@ -811,6 +835,73 @@ async fn an_idempotency_key_holds_across_instances() -> anyhow::Result<()> {
     let (status, _) = publish_keyed(&a, "news.y", ACME, &[], "last").await?;
     assert_eq!(status, 200);
     assert_eq!(live.payload().await?, Bytes::from_static(b"last"));
+    Ok(())
+}
+
+/// A keyed broadcast refused in a later room leaves nothing claimed in the cluster (outside
+/// audit 93, F1): its earlier rooms' claims were forgotten on their instance only, so the key
+/// stayed pending in the shared record, and a retry into such a room was told 409 "still
+/// publishing" for 10 s and one with another payload 422 "used for a different payload" for the
+/// record's five minutes, on every instance, though nothing was published. The claims are now
+/// released in the cluster too (a moment after the answer: polled, for at most 3 s).
+#[tokio::test]
+async fn a_keyed_broadcast_refused_partway_leaves_no_claim_in_the_cluster() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let (a, b) = two_instances(&nats).await?;
+    let (status, _) = publish_keyed(&a, "news.b", ACME, &["k-93"], "first").await?;
+    assert_eq!(status, 200);
+    let broadcast = |payload: &'static str| {
+        reqwest::Client::new()
+            .post(format!("http://{}/api/v1/broadcast", a.http))
+            .bearer_auth(ACME)
+            .header("Idempotency-Key", "k-93")
+            .json(&json!({"rooms": ["news.a", "news.b"], "payload": payload}))
+            .send()
+    };
+    // Refused whole at news.b (another payload there), after news.a was claimed.
+    assert_eq!(broadcast("second").await?.status().as_u16(), 422);
+    // The backend drops news.b and retries: published, not 409 (the same payload) ...
+    let retry = |server: &TestServer, payload: &'static str| {
+        let server = server.http;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let response = reqwest::Client::new()
+                    .post(format!("http://{server}/api/v1/publish/news.a"))
+                    .bearer_auth(ACME)
+                    .header("Idempotency-Key", "k-93")
+                    .body(payload)
+                    .send()
+                    .await?;
+                let status = response.status().as_u16();
+                let answer: Value = response.json().await.unwrap_or_default();
+                if status == 200 || tokio::time::Instant::now() >= deadline {
+                    return anyhow::Ok((status, answer));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (status, answer) = retry(&b, "second").await?;
+    assert_eq!(status, 200, "{answer}");
+    // ... and a broadcast refused again leaves news.c free for another payload, not 422.
+    let other = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/broadcast", b.http))
+        .bearer_auth(ACME)
+        .header("Idempotency-Key", "k-94")
+        .json(&json!({"rooms": ["news.c", "news.b"], "payload": "x"}));
+    let (status, _) = publish_keyed(&a, "news.b", ACME, &["k-94"], "y").await?;
+    assert_eq!(status, 200);
+    assert_eq!(other.send().await?.status().as_u16(), 422);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let status = loop {
+        let (status, answer) = publish_keyed(&a, "news.c", ACME, &["k-94"], "z").await?;
+        if status == 200 || tokio::time::Instant::now() >= deadline {
+            break (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.0, 200, "{}", status.1);
     Ok(())
 }
 

@@ -399,9 +399,12 @@ pub async fn broadcast(
     // key never names two payloads. Rooms published already answer their first position.
     let mut claims = Vec::with_capacity(keys.len());
     let once = once.map(|once| scoped(BACKEND, &once));
+    // The payload is the same for every room: one too large refuses the whole request (413),
+    // with a key or without (without one it was a 200 holding a `payload_too_large` per room,
+    // which a backend reading the status took for success: outside audit 93, F3).
+    check_size(&shared, &payload)?;
     match &once {
         Some(once) => {
-            check_size(&shared, &payload)?;
             let digest = idempotency::digest(&payload);
             for key in keys {
                 let claim = claim(&shared, claimant(&caller), &key, once, digest).await?;

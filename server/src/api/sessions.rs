@@ -28,6 +28,18 @@ fn reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
 
 /// A user id the way tokens carry them (`sub`: 1 to 256 bytes): any other names nobody, and
 /// is a mistake the backend should hear about rather than a silent `0`.
+/// A session id as `Welcome` gives it: an empty one, or one longer than any, names no session
+/// and was passed on to every instance, which refused it as malformed (outside audit 93, F4).
+fn check_session(session: Option<&str>) -> Result<(), ApiError> {
+    let max = crate::control::MAX_SESSION_BYTES;
+    if session.is_some_and(|s| s.is_empty() || s.len() > max) {
+        return Err(ApiError::bad_request(format!(
+            "session: 1 to {max} bytes, a session id as Welcome gives it"
+        )));
+    }
+    Ok(())
+}
+
 fn check_user(user: &str) -> Result<(), ApiError> {
     if user.is_empty() || user.len() > crate::auth::MAX_SUB_BYTES {
         return Err(ApiError::bad_request(format!(
@@ -68,6 +80,7 @@ pub async fn disconnect(
     if let Some(user) = &request.user {
         check_user(user)?;
     }
+    check_session(request.session.as_deref())?;
     let disconnect = crate::control::Disconnect {
         selector: Selector {
             tenant: tenant.to_string(),
@@ -165,6 +178,7 @@ pub async fn unsubscribe(
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant(request.tenant.as_deref())?;
     check_user(&request.user)?;
+    check_session(request.session.as_deref())?;
     let room = super::publish::room(&request.room)?;
     let unsubscribe = crate::control::Unsubscribe {
         selector: Selector {

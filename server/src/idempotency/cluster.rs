@@ -174,12 +174,20 @@ impl ClusterKeys {
         .await
     }
 
-    /// Drops a claim whose publication failed, so a retry publishes.
+    /// Drops a claim whose publication failed or never began, so a retry publishes. Bounded
+    /// like every other record operation (`with_nats`): a keyed publish whose broker failed
+    /// waits for it before its answer.
     pub async fn forget(&self, key: &str) {
-        if let Ok(store) = self.store().await {
-            if let Err(e) = store.delete(key).await {
-                tracing::warn!(error = %e, "idempotency key not released; a retry waits for it");
-            }
+        let deleted = crate::control::with_nats(&self.nats, async {
+            self.store()
+                .await?
+                .delete(key)
+                .await
+                .map_err(|e| format!("nats: idempotency keys: {e}"))
+        })
+        .await;
+        if let Err(e) = deleted {
+            tracing::warn!(error = %e, "idempotency key not released; a retry waits for it");
         }
     }
 }

@@ -408,7 +408,9 @@ impl Guard {
     /// the other instances once the cluster's record says so.
     pub async fn done(mut self, position: Option<Position>) {
         self.done_here(position);
-        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &self.cluster_key) {
+        // Taken: what is done is not released when the guard drops.
+        let key = self.cluster_key.take();
+        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &key) {
             if let Err(e) = cluster.done(key, &self.digest, position).await {
                 tracing::warn!(error = %e, "idempotency key not recorded for the cluster");
             }
@@ -416,8 +418,9 @@ impl Guard {
     }
 
     /// The publication failed: forget the key everywhere, so a retry publishes.
-    pub async fn forget(self) {
-        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &self.cluster_key) {
+    pub async fn forget(mut self) {
+        let key = self.cluster_key.take();
+        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &key) {
             cluster.forget(key).await;
         }
     }
@@ -436,8 +439,23 @@ impl Guard {
 }
 
 impl Drop for Guard {
-    /// Not done: forget the key here, so a retry publishes.
+    /// Not done: forget the key here and in the cluster's record, so a retry publishes. The
+    /// record went only with `forget`: a keyed broadcast refused in a later room, a request
+    /// cut off (its caller gone, a deadline) left the rooms claimed before it pending in the
+    /// cluster, and a retry was told 409 for 10 s, one with another payload 422 for the
+    /// bucket's five minutes, though nothing was published (outside audit 93, F1). Released
+    /// by a task of its own: a drop cannot wait.
     fn drop(&mut self) {
+        if let Some(key) = self.cluster_key.take() {
+            let keys = self.keys.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Some(cluster) = &keys.cluster {
+                        cluster.forget(&key).await;
+                    }
+                });
+            }
+        }
         let Some(slot) = self.slot.take() else { return };
         let mut inner = self.keys.lock();
         let inner = &mut *inner;
