@@ -905,6 +905,58 @@ async fn a_keyed_broadcast_refused_partway_leaves_no_claim_in_the_cluster() -> a
     Ok(())
 }
 
+/// An instance releases or completes only its own claim (review 94, F1): a claim it left
+/// pending and another instance took over (or a retry made again) is that instance's record,
+/// and neither the first one's late release nor its late "done" touches it; deleting it let a
+/// repeat publish twice.
+#[tokio::test]
+async fn a_late_release_leaves_a_claim_taken_over_alone() -> anyhow::Result<()> {
+    use quiver_server::idempotency::{self, cluster};
+    let nats = NatsServer::start().await?;
+    let keys = cluster::ClusterKeys::new(async_nats::connect(nats.url()).await?);
+    let digest = idempotency::digest(b"payload");
+    let cluster::Remote::Claimed(mine) = keys
+        .claim("acme.k", &digest)
+        .await
+        .map_err(anyhow::Error::msg)?
+    else {
+        anyhow::bail!("a fresh key was not claimed");
+    };
+    // Another instance's claim replaces it (a takeover, or a retry after a release).
+    let kv = async_nats::jetstream::new(async_nats::connect(nats.url()).await?)
+        .get_key_value("quiver_idempotency")
+        .await?;
+    let theirs =
+        json!({"digest": hex::encode(digest), "at_ms": 0, "done": false, "position": null});
+    kv.put("acme.k", theirs.to_string().into()).await?;
+    keys.forget("acme.k", mine).await;
+    assert!(
+        keys.done("acme.k", mine, &digest, None).await.is_err(),
+        "recorded over another instance's claim"
+    );
+    let entry = kv.entry("acme.k").await?;
+    assert!(
+        entry.is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put
+            && e.value == theirs.to_string().as_bytes()),
+        "the other instance's claim was deleted or overwritten"
+    );
+    // Its own claim, still its own, it does release.
+    let cluster::Remote::Claimed(own) = keys
+        .claim("acme.j", &digest)
+        .await
+        .map_err(anyhow::Error::msg)?
+    else {
+        anyhow::bail!("a fresh key was not claimed");
+    };
+    keys.forget("acme.j", own).await;
+    let entry = kv.entry("acme.j").await?;
+    assert!(
+        !entry.is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put),
+        "its own claim was not released"
+    );
+    Ok(())
+}
+
 /// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
 /// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
 /// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an

@@ -26,8 +26,6 @@ fn reason(reason: Option<String>, default: &str) -> Result<String, ApiError> {
     }
 }
 
-/// A user id the way tokens carry them (`sub`: 1 to 256 bytes): any other names nobody, and
-/// is a mistake the backend should hear about rather than a silent `0`.
 /// A session id as `Welcome` gives it: an empty one, or one longer than any, names no session
 /// and was passed on to every instance, which refused it as malformed (outside audit 93, F4).
 fn check_session(session: Option<&str>) -> Result<(), ApiError> {
@@ -40,6 +38,8 @@ fn check_session(session: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A user id the way tokens carry them (`sub`: 1 to 256 bytes): any other names nobody, and
+/// is a mistake the backend should hear about rather than a silent `0`.
 fn check_user(user: &str) -> Result<(), ApiError> {
     if user.is_empty() || user.len() > crate::auth::MAX_SUB_BYTES {
         return Err(ApiError::bad_request(format!(

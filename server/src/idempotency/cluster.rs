@@ -26,8 +26,9 @@ const MAX_BYTES: i64 = 256 << 20;
 
 /// What the bucket says of a key, once a local claim found nothing.
 pub enum Remote {
-    /// This instance holds the claim now: publish, then [`ClusterKeys::done`].
-    Claimed,
+    /// This instance holds the claim now, at this revision of the record: publish, then
+    /// [`ClusterKeys::done`] (or [`ClusterKeys::forget`]) with it.
+    Claimed(u64),
     Done(Option<Position>),
     InProgress,
     Mismatch,
@@ -113,7 +114,7 @@ impl ClusterKeys {
             position: None,
         });
         match store.create(key, pending.clone()).await {
-            Ok(_) => return Ok(Remote::Claimed),
+            Ok(revision) => return Ok(Remote::Claimed(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("nats: idempotency keys: {e}")),
         }
@@ -124,7 +125,7 @@ impl ClusterKeys {
         // Expired or forgotten since `create` failed: one more try, racing any other instance.
         let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
             return Ok(match store.create(key, pending).await {
-                Ok(_) => Remote::Claimed,
+                Ok(revision) => Remote::Claimed(revision),
                 Err(_) => Remote::InProgress,
             });
         };
@@ -145,15 +146,18 @@ impl ClusterKeys {
             return Ok(Remote::InProgress);
         }
         Ok(match store.update(key, pending, entry.revision).await {
-            Ok(_) => Remote::Claimed,
+            Ok(revision) => Remote::Claimed(revision),
             Err(_) => Remote::InProgress,
         })
     }
 
-    /// Records the publication: repeats on every instance get its position.
+    /// Records the publication: repeats on every instance get its position. Only over this
+    /// instance's own claim (`revision`): one taken over meanwhile (after `TAKEOVER`) is the
+    /// other instance's to record.
     pub async fn done(
         &self,
         key: &str,
+        revision: u64,
         digest: &[u8; 32],
         position: Option<Position>,
     ) -> Result<(), String> {
@@ -166,7 +170,7 @@ impl ClusterKeys {
         crate::control::with_nats(&self.nats, async {
             self.store()
                 .await?
-                .put(key, encode(&record))
+                .update(key, encode(&record), revision)
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("nats: idempotency keys: {e}"))
@@ -177,11 +181,14 @@ impl ClusterKeys {
     /// Drops a claim whose publication failed or never began, so a retry publishes. Bounded
     /// like every other record operation (`with_nats`): a keyed publish whose broker failed
     /// waits for it before its answer.
-    pub async fn forget(&self, key: &str) {
+    /// Only this instance's own claim (`revision`): a record taken over meanwhile, or made
+    /// again by a retry once this one was gone, is someone else's, and deleting it would let a
+    /// repeat publish twice (review 94, F1).
+    pub async fn forget(&self, key: &str, revision: u64) {
         let deleted = crate::control::with_nats(&self.nats, async {
             self.store()
                 .await?
-                .delete(key)
+                .delete_expect_revision(key, Some(revision))
                 .await
                 .map_err(|e| format!("nats: idempotency keys: {e}"))
         })

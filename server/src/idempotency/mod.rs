@@ -240,8 +240,8 @@ impl IdempotencyKeys {
         let bucket_key = cluster::bucket_key(tenant, room, key);
         // On every answer but `Claimed`, dropping the guard forgets the local claim again.
         Ok(match cluster.claim(&bucket_key, &digest).await? {
-            cluster::Remote::Claimed => {
-                guard.cluster_key = Some(bucket_key);
+            cluster::Remote::Claimed(revision) => {
+                guard.cluster_key = Some((bucket_key, revision));
                 Claim::New(guard)
             }
             cluster::Remote::Done(position) => {
@@ -394,8 +394,9 @@ pub struct Guard {
     slot: Option<Slot>,
     claimed: Instant,
     digest: [u8; 32],
-    /// The key in the cluster's bucket, when this instance claimed it there.
-    cluster_key: Option<String>,
+    /// The key in the cluster's bucket and the revision of this instance's claim there, when
+    /// it claimed it there.
+    cluster_key: Option<(String, u64)>,
 }
 
 impl Guard {
@@ -410,8 +411,8 @@ impl Guard {
         self.done_here(position);
         // Taken: what is done is not released when the guard drops.
         let key = self.cluster_key.take();
-        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &key) {
-            if let Err(e) = cluster.done(key, &self.digest, position).await {
+        if let (Some(cluster), Some((key, revision))) = (&self.keys.cluster, &key) {
+            if let Err(e) = cluster.done(key, *revision, &self.digest, position).await {
                 tracing::warn!(error = %e, "idempotency key not recorded for the cluster");
             }
         }
@@ -420,8 +421,8 @@ impl Guard {
     /// The publication failed: forget the key everywhere, so a retry publishes.
     pub async fn forget(mut self) {
         let key = self.cluster_key.take();
-        if let (Some(cluster), Some(key)) = (&self.keys.cluster, &key) {
-            cluster.forget(key).await;
+        if let (Some(cluster), Some((key, revision))) = (&self.keys.cluster, &key) {
+            cluster.forget(key, *revision).await;
         }
     }
 
@@ -446,12 +447,12 @@ impl Drop for Guard {
     /// bucket's five minutes, though nothing was published (outside audit 93, F1). Released
     /// by a task of its own: a drop cannot wait.
     fn drop(&mut self) {
-        if let Some(key) = self.cluster_key.take() {
+        if let Some((key, revision)) = self.cluster_key.take() {
             let keys = self.keys.clone();
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     if let Some(cluster) = &keys.cluster {
-                        cluster.forget(&key).await;
+                        cluster.forget(&key, revision).await;
                     }
                 });
             }

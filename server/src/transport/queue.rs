@@ -121,9 +121,10 @@ struct State<T> {
     bytes: usize,
     /// The receiver is gone: nothing more is queued.
     closed: bool,
-    /// How far the receiver has got: values taken, plus parts of large ones the transport
-    /// accepted ([`Receiver::progressed`]: over WebTransport, what the client's flow-control
-    /// credit let through, so what it read). Whether a client reads at all.
+    /// How far the receiver's writer has got: values and parts of values the transport took
+    /// ([`Receiver::progressed`]: over WebTransport, what the client's flow-control credit let
+    /// through, so what it read), not values taken from the queue. Whether a client reads at
+    /// all.
     progress: u64,
 }
 
@@ -246,7 +247,7 @@ impl<T> Sender<T> {
         self.shared.push(permit, value).map_err(SendError)
     }
 
-    /// How far the receiver has got (values taken, and parts of large ones written): a client
+    /// How far the receiver's writer has got (values and parts of values written): a client
     /// that reads, however slowly, makes it move.
     pub fn progress(&self) -> u64 {
         self.shared.state().progress

@@ -327,8 +327,9 @@ impl Events {
                         return Some((Ok(event), (this, out, ready)));
                     }
                     let bytes = out.recv().await?;
-                    // hyper asks for the next event once it has room for it: the ones before
-                    // were written (`Receiver::progressed`).
+                    // hyper takes an event into its write buffer once it has room for it (a
+                    // client that reads nothing stops making room): counted as written
+                    // (`Receiver::progressed`). SSE has no replies for a drain to wait on.
                     out.progressed();
                     this.decoder.push(&bytes);
                     loop {

@@ -346,9 +346,11 @@ async fn control(
                 crate::metrics::datagram_dropped("before_hello");
             },
             // The session ended before the client opened the stream. Refused at once (a quota,
-            // a drain), its goodbye waits for a client that opens the stream within the Hello
-            // deadline; past that deadline (the Hello deadline itself) there is nobody to read
-            // it, so end now and let the connection close with the code at once.
+            // a drain), its goodbye waits for a client that opens the stream while the adapter's
+            // close waits for this task (PROTOCOL §7: 2 s, 1 s for a refusal or in a drain:
+            // taking it from the queue is no progress), and never past the Hello deadline:
+            // past that there is nobody to read it, so end now and let the connection close
+            // with the code at once.
             frame = out.recv(), if !ended => match frame {
                 Some(frame) => early.push(frame),
                 None if early.is_empty() || started.elapsed() >= hello => return,
