@@ -957,6 +957,101 @@ async fn a_late_release_leaves_a_claim_taken_over_alone() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A key claimed on one instance is answered on another whose budget for the tenant's clients
+/// (10,000 new keys per 5 minutes, per instance) is spent (outside audit 93, F2: 429, where
+/// README promises repeats of known keys an answer), and a repeat within the budget uses none
+/// of it. Two instances' key stores on one NATS, driven directly: 10,000 claims through HTTP
+/// would take the test far longer.
+#[tokio::test]
+async fn a_key_known_in_the_cluster_is_answered_at_an_instances_budget() -> anyhow::Result<()> {
+    use quiver_server::idempotency::{self, Claim, Claimant, IdempotencyKeys};
+    use std::sync::Arc;
+    let nats = NatsServer::start().await?;
+    let a = Arc::new(IdempotencyKeys::new(Some(
+        async_nats::connect(nats.url()).await?,
+    )));
+    let b = Arc::new(IdempotencyKeys::new(Some(
+        async_nats::connect(nats.url()).await?,
+    )));
+    let tenant = quiver_proto::TenantId::parse("acme")?;
+    let room = quiver_proto::RoomName::parse("live.x")?;
+    let digest = idempotency::digest(b"payload");
+    let position = quiver_proto::Position {
+        epoch: 1,
+        offset: 7,
+    };
+    let claim = |keys: &Arc<IdempotencyKeys>, key: String| {
+        let (keys, tenant, room) = (keys.clone(), tenant.clone(), room.clone());
+        async move {
+            keys.claim(
+                Claimant::Client,
+                &tenant,
+                &room,
+                &key,
+                digest,
+                Instant::now(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+        }
+    };
+    for key in ["early", "late"] {
+        let Claim::New(guard) = claim(&a, key.into()).await? else {
+            anyhow::bail!("{key}: not claimed on a");
+        };
+        guard.done(Some(position)).await;
+    }
+    // A repeat on b within its budget is answered, and uses none of it.
+    assert!(matches!(
+        claim(&b, "early".into()).await?,
+        Claim::Done(Some(p)) if p == position
+    ));
+    // b's budget for the tenant's clients, spent on new keys (claimed, then left unfinished).
+    let budget = idempotency::MAX_CLIENT_KEYS_PER_TENANT;
+    let mut guards = Vec::with_capacity(budget);
+    for chunk in (0..budget).collect::<Vec<_>>().chunks(200) {
+        let claims = chunk.iter().map(|i| claim(&b, format!("new-{i}")));
+        for claimed in futures::future::join_all(claims).await {
+            match claimed? {
+                Claim::New(guard) => guards.push(guard),
+                other => anyhow::bail!(
+                    "claim {} of the budget: {}",
+                    guards.len(),
+                    match other {
+                        Claim::TooMany(_) => "too many (the repeat used a place)",
+                        _ => "not new",
+                    }
+                ),
+            }
+        }
+    }
+    assert!(matches!(
+        claim(&b, "one-more".into()).await?,
+        Claim::TooMany(_)
+    ));
+    // At the budget, a key the cluster knows is still answered, with its position.
+    assert!(matches!(
+        claim(&b, "late".into()).await?,
+        Claim::Done(Some(p)) if p == position
+    ));
+    let other = idempotency::digest(b"other");
+    assert!(matches!(
+        b.claim(
+            Claimant::Client,
+            &tenant,
+            &room,
+            "late",
+            other,
+            Instant::now()
+        )
+        .await
+        .map_err(anyhow::Error::msg)?,
+        Claim::Mismatch
+    ));
+    drop(guards);
+    Ok(())
+}
+
 /// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
 /// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
 /// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an

@@ -68,6 +68,27 @@ pub fn bucket_key(tenant: &TenantId, room: &RoomName, key: &str) -> String {
     hex::encode(hash.finalize())
 }
 
+fn read(value: &[u8]) -> Result<Record, String> {
+    serde_json::from_slice(value)
+        .map_err(|_| "idempotency keys: an entry that is not a record".into())
+}
+
+impl Record {
+    /// What a repeat with `digest` (hex) is told of this record, unless it is still pending
+    /// (`None`).
+    fn settled(&self, digest: &str) -> Option<Remote> {
+        if self.digest != digest {
+            return Some(Remote::Mismatch);
+        }
+        self.done.then(|| {
+            Remote::Done(
+                self.position
+                    .map(|(epoch, offset)| Position { epoch, offset }),
+            )
+        })
+    }
+}
+
 fn encode(record: &Record) -> bytes::Bytes {
     serde_json::to_vec(record).unwrap_or_default().into()
 }
@@ -129,18 +150,9 @@ impl ClusterKeys {
                 Err(_) => Remote::InProgress,
             });
         };
-        let Ok(record) = serde_json::from_slice::<Record>(&entry.value) else {
-            return Err("idempotency keys: an entry that is not a record".into());
-        };
-        if record.digest != digest {
-            return Ok(Remote::Mismatch);
-        }
-        if record.done {
-            return Ok(Remote::Done(
-                record
-                    .position
-                    .map(|(epoch, offset)| Position { epoch, offset }),
-            ));
+        let record = read(&entry.value)?;
+        if let Some(answer) = record.settled(&digest) {
+            return Ok(answer);
         }
         if now_ms().saturating_sub(record.at_ms) < TAKEOVER.as_millis() as u64 {
             return Ok(Remote::InProgress);
@@ -149,6 +161,31 @@ impl ClusterKeys {
             Ok(revision) => Remote::Claimed(revision),
             Err(_) => Remote::InProgress,
         })
+    }
+
+    /// What the record says of `key` for a repeat with `digest`, without claiming it (`None`:
+    /// no record): for an instance that may not claim a new key (its tenant's budget here is
+    /// spent) but still answers a repeat of one claimed elsewhere (outside audit 93, F2). A
+    /// pending claim, however old, is `InProgress`: taking it over would be a new claim.
+    pub async fn look(&self, key: &str, digest: &[u8; 32]) -> Result<Option<Remote>, String> {
+        crate::control::with_nats(&self.nats, async {
+            let entry = self
+                .store()
+                .await?
+                .entry(key)
+                .await
+                .map_err(|e| format!("nats: idempotency keys: {e}"))?;
+            let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+                return Ok(None);
+            };
+            let record = read(&entry.value)?;
+            Ok(Some(
+                record
+                    .settled(&hex::encode(digest))
+                    .unwrap_or(Remote::InProgress),
+            ))
+        })
+        .await
     }
 
     /// Records the publication: repeats on every instance get its position. Only over this

@@ -232,14 +232,34 @@ impl IdempotencyKeys {
     ) -> Result<Claim, String> {
         let mut guard = match self.claim_here(claimant, tenant, room, key, digest, now) {
             Claim::New(guard) => guard,
+            // At this instance's budget a key claimed elsewhere is still answered, from the
+            // cluster's record: README promises repeats of known keys an answer (outside audit
+            // 93, F2: 429 on the instance a load balancer sent the retry to).
+            Claim::TooMany(who) => {
+                let Some(cluster) = &self.cluster else {
+                    return Ok(Claim::TooMany(who));
+                };
+                let bucket_key = cluster::bucket_key(tenant, room, key);
+                return Ok(match cluster.look(&bucket_key, &digest).await? {
+                    None => Claim::TooMany(who),
+                    Some(cluster::Remote::Done(position)) => Claim::Done(position),
+                    Some(cluster::Remote::Mismatch) => Claim::Mismatch,
+                    Some(_) => Claim::InProgress,
+                });
+            }
             known => return Ok(known),
         };
         let Some(cluster) = &self.cluster else {
             return Ok(Claim::New(guard));
         };
         let bucket_key = cluster::bucket_key(tenant, room, key);
-        // On every answer but `Claimed`, dropping the guard forgets the local claim again.
-        Ok(match cluster.claim(&bucket_key, &digest).await? {
+        // On every answer but `Claimed`, dropping the guard forgets the local claim again, and
+        // the key was no new one: its place in the claimant's budget is given back.
+        let remote = cluster.claim(&bucket_key, &digest).await?;
+        if !matches!(remote, cluster::Remote::Claimed(_)) {
+            self.give_back(claimant, tenant, now);
+        }
+        Ok(match remote {
             cluster::Remote::Claimed(revision) => {
                 guard.cluster_key = Some((bucket_key, revision));
                 Claim::New(guard)
@@ -251,6 +271,23 @@ impl IdempotencyKeys {
             cluster::Remote::InProgress => Claim::InProgress,
             cluster::Remote::Mismatch => Claim::Mismatch,
         })
+    }
+
+    /// A claim counted against `claimant`'s budget here (at `now`) that the cluster knew
+    /// already: not a new key, so its place is given back (outside audit 93, F2).
+    fn give_back(&self, claimant: Claimant, tenant: &TenantId, now: Instant) {
+        let mut inner = self.lock();
+        let Some(keys) = inner.tenants.get_mut(tenant) else {
+            return;
+        };
+        let claims = match claimant {
+            Claimant::Operator => return,
+            Claimant::TenantBackend => &mut keys.backend_claims,
+            Claimant::Client => &mut keys.client_claims,
+        };
+        if let Some(at) = claims.iter().rposition(|at| *at == now) {
+            claims.remove(at);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
