@@ -1116,20 +1116,13 @@ async fn a_reader_slower_than_the_kernel_wakes_writes_still_keeps_its_connection
     .await
 }
 
-/// A reader taking `per_tick` bytes from its socket every 20 ms, subscribed to a room published
-/// to (`payload` bytes each) as fast as acknowledgements come back: its room ends
-/// `slow_consumer`, then a `Ping` gets its `Pong` on the same connection, within `within`.
-async fn slow_reader_loses_the_room(
+/// A WebSocket client with a 4 KiB receive buffer that reads `per_tick` bytes from its socket
+/// every 20 ms, after sending `Hello` and then `commands` (ids from 2).
+async fn slow_websocket(
+    server: &TestServer,
     per_tick: usize,
-    payload: usize,
-    within: Duration,
-    configure: impl FnOnce(&mut quiver_server::config::Config),
-) -> anyhow::Result<()> {
-    let server = TestServer::start_with(|c| {
-        c.limits.commands_per_second = 100_000;
-        configure(c);
-    })
-    .await?;
+    commands: Vec<Command>,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<Throttled>> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.set_recv_buffer_size(4096)?;
     let tcp = socket.connect(server.http).await?;
@@ -1145,23 +1138,43 @@ async fn slow_reader_loses_the_room(
         full_token("acme", "slow")
     );
     let (mut ws, _) = tokio_tungstenite::client_async(url, slow).await?;
-    let commands = [
-        Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "slow".into(),
-        },
-        Command::Subscribe {
-            room: "busy.room".into(),
-            resume: None,
-        },
-    ];
-    for (id, command) in (1..).zip(commands) {
+    let hello = Command::Hello {
+        version: quiver_proto::PROTOCOL_VERSION,
+        client: "slow".into(),
+    };
+    for (id, command) in (1..).zip(std::iter::once(hello).chain(commands)) {
         ws.send(Message::binary(encode_command(&ClientFrame {
             id,
             command,
         })))
         .await?;
     }
+    Ok(ws)
+}
+
+/// A reader taking `per_tick` bytes from its socket every 20 ms, subscribed to a room published
+/// to (`payload` bytes each) as fast as acknowledgements come back: its room ends
+/// `slow_consumer`, then a `Ping` gets its `Pong` on the same connection, within `within`.
+async fn slow_reader_loses_the_room(
+    per_tick: usize,
+    payload: usize,
+    within: Duration,
+    configure: impl FnOnce(&mut quiver_server::config::Config),
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 100_000;
+        configure(c);
+    })
+    .await?;
+    let mut ws = slow_websocket(
+        &server,
+        per_tick,
+        vec![Command::Subscribe {
+            room: "busy.room".into(),
+            resume: None,
+        }],
+    )
+    .await?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let stop = stop.clone();
@@ -1253,48 +1266,16 @@ async fn a_slow_websocket_reader_gets_its_last_large_reply_in_a_drain() -> anyho
         let reply = publisher.publish("h.big", &[i; 1000]).await?;
         anyhow::ensure!(matches!(reply, Event::Published { .. }), "{reply:?}");
     }
-    // A small receive buffer: the client's TCP opens its window again (and acknowledges, what
-    // the server sees) once about half of it is free (PROTOCOL §9.1), here every few tenths of
-    // a second. With the default 128 KiB, a reader this slow shows nothing for many seconds and
-    // counts as not reading (PROTOCOL's 3010 row).
-    let socket = tokio::net::TcpSocket::new_v4()?;
-    socket.set_recv_buffer_size(4096)?;
-    let tcp = socket.connect(server.http).await?;
-    let slow = Throttled {
-        inner: tcp,
-        per_tick: 400,
-        tick: tokio::time::interval(Duration::from_millis(20)),
-        allowance: 0,
+    // The helper's small receive buffer matters here: the client's TCP opens its window again
+    // (and acknowledges, what the server sees) once about half of it is free (PROTOCOL §9.1),
+    // here every few tenths of a second. With the default 128 KiB, a reader this slow shows
+    // nothing for many seconds and counts as not reading (PROTOCOL's 3010 row).
+    let page = || Command::History {
+        room: "h.big".into(),
+        since: None,
+        limit: 1000,
     };
-    let url = format!(
-        "ws://{}/v1/ws?token={}",
-        server.http,
-        full_token("acme", "slow")
-    );
-    let (mut ws, _) = tokio_tungstenite::client_async(url, slow).await?;
-    let commands = [
-        Command::Hello {
-            version: quiver_proto::PROTOCOL_VERSION,
-            client: "slow".into(),
-        },
-        Command::History {
-            room: "h.big".into(),
-            since: None,
-            limit: 1000,
-        },
-        Command::History {
-            room: "h.big".into(),
-            since: None,
-            limit: 1000,
-        },
-    ];
-    for (id, command) in (1..).zip(commands) {
-        ws.send(Message::binary(encode_command(&ClientFrame {
-            id,
-            command,
-        })))
-        .await?;
-    }
+    let mut ws = slow_websocket(&server, 400, vec![page(), page()]).await?;
     // The second page is being written when the drain begins.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let drain = tokio::spawn(async move {

@@ -605,35 +605,34 @@ async fn send(
     socket: &crate::read_budget::ReadSide,
 ) -> Result<(), axum::Error> {
     let mut sending = std::pin::pin!(sink.send(message));
-    // Most messages go at once, and take no timer and no look at the kernel. A message sent is
-    // progress (one taken from the queue and not sent is not: `Receiver::progressed`).
-    if let std::task::Poll::Ready(done) = futures::poll!(sending.as_mut()) {
-        if done.is_ok() {
-            rx.progressed();
-        }
-        return done;
-    }
-    // Read at the first look: a send that waits less than that asks the kernel nothing. (A
-    // `sleep` in place, not an `Interval`, which boxes its timer.)
-    let mut seen = None;
-    loop {
-        tokio::select! {
-            biased;
-            done = sending.as_mut() => {
-                if done.is_ok() {
-                    rx.progressed();
+    // Most messages go at once, and take no timer and no look at the kernel.
+    let done = match futures::poll!(sending.as_mut()) {
+        std::task::Poll::Ready(done) => done,
+        std::task::Poll::Pending => {
+            // Read at the first look: a send that waits less than that asks the kernel
+            // nothing. (A `sleep` in place, not an `Interval`, which boxes its timer.)
+            let mut seen = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    done = sending.as_mut() => break done,
+                    () = tokio::time::sleep(PART_LOOK) => {
+                        let now = socket.unacked();
+                        if seen.is_some_and(|before| before != now) {
+                            rx.progressed();
+                        }
+                        seen = Some(now);
+                    }
                 }
-                return done;
-            }
-            () = tokio::time::sleep(PART_LOOK) => {
-                let now = socket.unacked();
-                if seen.is_some_and(|before| before != now) {
-                    rx.progressed();
-                }
-                seen = Some(now);
             }
         }
+    };
+    // A message sent is progress (one taken from the queue and not sent is not:
+    // `Receiver::progressed`).
+    if done.is_ok() {
+        rx.progressed();
     }
+    done
 }
 
 /// Ends the writer after a failed send: with the sink when the send failed only because the
