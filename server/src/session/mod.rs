@@ -111,6 +111,20 @@ impl End {
             .await
     }
 
+    /// Resolves when the adapter's close should be cut short: a refused session at once, any
+    /// other once the server is stopping (a drain begun before the close or during it); then a
+    /// [`crate::server::CLOSE_GRACE`] in which the client takes nothing of its queue. The one
+    /// rule for both adapters (review 90, F9: WebTransport chose its grace when its close
+    /// began, so a drain begun during a close waited the full 2 s there).
+    pub async fn cut_short(&self, stopping: &CancellationToken) {
+        if !self.refused {
+            stopping.cancelled().await;
+        }
+        let _ = self
+            .wait_for_reader(std::future::pending::<()>(), crate::server::CLOSE_GRACE)
+            .await;
+    }
+
     /// When a wait of [`Self::wait_for_reader`] with `grace` begun now gives up at the latest.
     fn wait_limit(&self, grace: Duration) -> tokio::time::Instant {
         let floor = tokio::time::Instant::now() + grace;

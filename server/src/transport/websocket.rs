@@ -288,17 +288,9 @@ async fn serve(
     // A drain waits for this session's slot: once the server is stopping, a peer that does not
     // answer the close frame (or reads nothing) holds it for CLOSE_GRACE, not the whole linger.
     // So does a refused session: its TCP place is not held the whole linger by a client that is
-    // refused again and again.
-    let refused = end.refused;
-    // While the client keeps reading what is queued, it is waited for past that grace, up to
-    // `timeouts.reply` (`End::wait_for_reader`).
-    let cut = async {
-        if !refused {
-            stopping.cancelled().await;
-        }
-        let reading = end.wait_for_reader(std::future::pending::<()>(), crate::server::CLOSE_GRACE);
-        let _ = Box::pin(reading).await;
-    };
+    // refused again and again. While the client keeps reading what is queued, it is waited for
+    // past that grace, up to `timeouts.reply` (`End::cut_short`).
+    let cut = Box::pin(end.cut_short(&stopping));
     tokio::select! {
         () = closing => {}
         () = cut => {

@@ -248,16 +248,15 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
         Some((code, reason)) => {
             // The control task writes what is queued (the goodbye last), finishes the stream
             // and waits (bounded) for the client to have it; then QUIC closes with the code.
-            // A drain waits for this session's slot: a client that reads nothing holds it for
-            // CLOSE_GRACE then, as on WebSocket; so does a refused session (its connection is
-            // not held for the whole close by a client that is refused again and again).
-            let grace = if stopping.is_cancelled() || end.refused {
-                crate::server::CLOSE_GRACE
-            } else {
-                GOODBYE_GRACE * 2
-            };
             // Past the grace while the client keeps reading (`End::wait_for_reader`).
-            let _ = end.wait_for_reader(control, grace).await;
+            // A drain waits for this session's slot: a client that reads nothing holds it for
+            // CLOSE_GRACE then, as on WebSocket, even a drain begun during the close; so
+            // does a refused session (its connection is not held for the whole close by a
+            // client that is refused again and again): `End::cut_short`.
+            tokio::select! {
+                _ = end.wait_for_reader(control, GOODBYE_GRACE * 2) => {}
+                () = end.cut_short(&stopping) => {}
+            }
             conn.close(close_code(*code), reason.as_bytes());
         }
         None => {
