@@ -26,8 +26,8 @@ pub fn call(caller: &Caller, req: &CallRequest, request_id: &str, outcome: &str,
 }
 
 /// Runs its closure (an audit line for something cancelled) when dropped before
-/// [`OnCancel::done`]: a call or a hook whose session ended while it waited is dropped with
-/// its future, and the backend may have had it, so it is audited as `cancelled`.
+/// [`OnCancel::done`]: a hook whose session ended while it waited is dropped with its future,
+/// and the backend may have had it, so it is audited as `cancelled`.
 pub struct OnCancel<F: FnOnce()>(Option<F>);
 
 impl<F: FnOnce()> OnCancel<F> {
@@ -49,10 +49,54 @@ impl<F: FnOnce()> Drop for OnCancel<F> {
     }
 }
 
-/// A call dropped before its end (see [`OnCancel`]), counted and audited.
-pub fn call_cancelled(caller: &Caller, req: &CallRequest, request_id: &str, took: Duration) {
-    metrics::counter!(super::RPC_CALLS, "outcome" => "cancelled").increment(1);
-    call(caller, req, request_id, "cancelled", took);
+/// A call from its start: audited with its outcome by [`PendingCall::done`], or, dropped before
+/// that (its session ended while it waited, or before its task first ran), counted and audited
+/// `cancelled`: the backend may have had it.
+pub struct PendingCall {
+    pub caller: Caller,
+    pub req: CallRequest,
+    pub request_id: String,
+    started: std::time::Instant,
+    audited: bool,
+}
+
+impl PendingCall {
+    pub fn new(caller: Caller, req: CallRequest) -> Self {
+        Self {
+            caller,
+            req,
+            request_id: super::request_id(),
+            started: std::time::Instant::now(),
+            audited: false,
+        }
+    }
+
+    /// It ended with `outcome` (counted by the caller).
+    pub fn done(mut self, outcome: &str) {
+        self.audited = true;
+        call(
+            &self.caller,
+            &self.req,
+            &self.request_id,
+            outcome,
+            self.started.elapsed(),
+        );
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if !self.audited {
+            metrics::counter!(super::RPC_CALLS, "outcome" => "cancelled").increment(1);
+            call(
+                &self.caller,
+                &self.req,
+                &self.request_id,
+                "cancelled",
+                self.started.elapsed(),
+            );
+        }
+    }
 }
 
 /// A hook dropped before its decision (see [`OnCancel`]), counted and audited.

@@ -375,25 +375,34 @@ impl Rpc {
         }
     }
 
-    /// Runs a call [`Rpc::admit_call`] admitted on the backend and logs it (audit).
-    pub async fn call(
-        &self,
-        caller: &Caller,
+    /// A call [`Rpc::admit_call`] admitted, to run on the backend and log (audit). Made when
+    /// the session takes the `Call`, not when its task first runs: a call whose session ended
+    /// before that (closed, expired, kicked) is audited and counted `cancelled` too, where it
+    /// left no line (outside audit 95, F1).
+    pub fn call(
+        self: &std::sync::Arc<Self>,
+        caller: Caller,
         req: CallRequest,
         admitted: Admitted,
+    ) -> impl std::future::Future<Output = Result<Bytes, RpcError>> + Send + 'static {
+        let rpc = self.clone();
+        // Dropped before its end, the call was sent, or may have been: the backend may have
+        // run it, so it is audited as `cancelled` (outside audit dgcall 2, G3: such calls left
+        // no line at all).
+        let pending = audit::PendingCall::new(caller, req);
+        async move { rpc.run_call(pending, admitted).await }
+    }
+
+    async fn run_call(
+        &self,
+        pending: audit::PendingCall,
+        admitted: Admitted,
     ) -> Result<Bytes, RpcError> {
-        let started = Instant::now();
-        let request_id = request_id();
-        // A call dropped before its end (the session ended: closed, expired, kicked) was sent,
-        // or may have been: the backend may have run it, so it is audited as `cancelled` (outside
-        // audit dgcall 2, G3: such calls left no line at all).
-        let pending = audit::OnCancel::new(|| {
-            audit::call_cancelled(caller, &req, &request_id, started.elapsed())
-        });
+        let (caller, req, request_id) = (&pending.caller, &pending.req, &pending.request_id);
         let result = match &self.route {
-            Route::Nats(nats) => nats.call(caller, &req, &request_id).await,
+            Route::Nats(nats) => nats.call(caller, req, request_id).await,
             Route::Http(http) => match admitted.0 {
-                Some(place) => http.call(caller, &req, &request_id, place).await,
+                Some(place) => http.call(caller, req, request_id, place).await,
                 None => Err(RpcError::Unavailable("call not admitted".into())),
             },
             Route::None => Err(RpcError::Unavailable("no backend configured".into())),
@@ -415,8 +424,7 @@ impl Rpc {
             Err(e) => e.label(),
         };
         metrics::counter!(RPC_CALLS, "outcome" => outcome).increment(1);
-        audit::call(caller, &req, &request_id, outcome, started.elapsed());
-        pending.done();
+        pending.done(outcome);
         result
     }
 

@@ -45,9 +45,25 @@ impl Session {
         let admitted = rpc
             .admit_call(&caller, method)
             .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
-        self.calls
-            .spawn(async move { (id, rpc.call(&caller, req, admitted).await) });
+        let call = rpc.call(caller, req, admitted);
+        self.calls.spawn(async move { (id, call.await) });
         Ok(None)
+    }
+
+    /// A client that left: its calls run on, answered to nobody, as every command it wrote
+    /// before leaving is carried out (PROTOCOL.md §3), until `timeouts.reply` after it was found
+    /// gone; those still waiting then are dropped with the session (audited `cancelled`). They
+    /// were cut off at once, and those whose task had not yet run were never sent nor audited
+    /// (outside audit 95, F1).
+    pub(super) async fn finish_calls_of_departed(&mut self, reason: &'static str) {
+        if self.calls.is_empty() {
+            return;
+        }
+        let until = self.leftover_until(reason);
+        let calls = &mut self.calls;
+        let _ =
+            tokio::time::timeout_at(until, async { while calls.join_next().await.is_some() {} })
+                .await;
     }
 
     /// What the session checks of a `Call` before anyone is asked (PROTOCOL.md §11.1), in

@@ -56,6 +56,18 @@ impl Session {
         }
     }
 
+    /// Until when what a departed client wrote is still carried out: from when it was first
+    /// found gone (by `leftover_over`, or now, for `reason`).
+    pub(super) fn leftover_until(&self, reason: &'static str) -> tokio::time::Instant {
+        let leftover = self.leftover();
+        self.left
+            .get_or_init(|| Left {
+                reason,
+                until: tokio::time::Instant::now() + leftover,
+            })
+            .until
+    }
+
     /// Why the client was found gone, once it was (`leftover_over` records it).
     pub(super) fn left_reason(&self) -> Option<&'static str> {
         self.left.get().map(|left| left.reason)

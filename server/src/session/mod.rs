@@ -414,6 +414,9 @@ async fn run_session(
     // Boxed, like the command handlers in `drive`: run only once, and inline they would size
     // every idle session's task.
     Box::pin(session.release()).await;
+    if let Exit::Gone(reason) = &exit {
+        Box::pin(session.finish_calls_of_departed(reason)).await;
+    }
     slot.tenant = session.quota.take();
     if refused {
         slot.release();
