@@ -24,7 +24,7 @@ use futures::future::{ready, BoxFuture};
 use quiver_proto::{Member, Position, TenantId};
 
 use super::{Broker, BrokerError, Recovered};
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
 
@@ -82,6 +82,8 @@ struct History {
 
 struct RoomHistory {
     key: Arc<RoomKey>,
+    /// Its place among its tenant's idle rooms ([`TenantHistory::idle`]) while it is one.
+    idle: Option<u64>,
     epoch: u64,
     /// Offset of the latest publication (0: none yet).
     last: u64,
@@ -116,6 +118,11 @@ struct TenantHistory {
     bytes: u64,
     /// The tenant's kept publications, oldest first: seq → room.
     order: BTreeMap<u64, Arc<RoomKey>>,
+    /// Rooms a `Subscribe` or `History` made known that nothing has been published in since,
+    /// oldest first: seq → room. Each holds only its epoch, and goes before any publication
+    /// when the budgets need room (one that has a subscriber here when its turn comes stays,
+    /// and leaves this list).
+    idle: BTreeMap<u64, Arc<RoomKey>>,
 }
 
 /// Why a publication left history before its room's own limits said so.
@@ -169,8 +176,41 @@ impl History {
     /// Forgets a room: its epoch, its offsets and whatever it still keeps.
     fn forget(&mut self, key: &RoomKey) {
         while self.pop_oldest(key) {}
+        self.not_idle(key);
         if self.rooms.remove(key).is_some() {
             self.release(&key.tenant, room_cost(key));
+        }
+    }
+
+    /// Takes the room off its tenant's idle rooms, if it is one.
+    fn not_idle(&mut self, key: &RoomKey) {
+        let Some(seq) = self.rooms.get_mut(key).and_then(|r| r.idle.take()) else {
+            return;
+        };
+        if let Some(tenant) = self.tenants.get_mut(&key.tenant) {
+            tenant.idle.remove(&seq);
+        }
+    }
+
+    /// Forgets the tenant's oldest idle room that has no subscriber here; those found with one
+    /// leave the idle list (they stay known while subscribed; the sweep forgets them after).
+    fn forget_oldest_idle(&mut self, tenant: &TenantId, hub: &Hub) -> bool {
+        loop {
+            let Some((_, key)) = self
+                .tenants
+                .get_mut(tenant)
+                .and_then(|t| t.idle.pop_first())
+            else {
+                return false;
+            };
+            let Some(room) = self.rooms.get_mut(&*key) else {
+                continue;
+            };
+            room.idle = None;
+            if room.kept.is_empty() && !hub.has_subscribers(&key) {
+                self.forget(&key);
+                return true;
+            }
         }
     }
 
@@ -188,11 +228,15 @@ impl History {
         }
     }
 
-    /// Evicts the tenant's oldest publication (over all its rooms). A room left with nothing
-    /// and no subscriber here is forgotten at once, as the next sweep would: a flood over ever
-    /// new rooms would otherwise keep every room it emptied until then, each counted, and
-    /// evict the rest of the tenant's history to make up for them.
+    /// Gives back some of what the tenant holds: its oldest idle room (nothing kept, nobody
+    /// subscribed here) first, else its oldest publication (over all its rooms). A room left
+    /// with nothing and no subscriber here is forgotten at once, as the next sweep would: a
+    /// flood over ever new rooms would otherwise keep every room it emptied until then, each
+    /// counted, and evict the rest of the tenant's history to make up for them.
     fn evict_oldest_of(&mut self, tenant: &TenantId, why: Budget, hub: &Hub) -> bool {
+        if self.forget_oldest_idle(tenant, hub) {
+            return true;
+        }
         let Some(key) = self
             .tenants
             .get(tenant)
@@ -216,35 +260,42 @@ impl History {
         evicted
     }
 
-    /// Brings the tenant under its share, then everyone under the total, taking from whoever
-    /// holds the most first.
-    fn enforce(&mut self, tenant: &TenantId, tenant_max: u64, global_max: u64, hub: &Hub) {
+    /// Brings `tenant` (the one publishing, or making a room known) under its share, then
+    /// everyone under the total, taking from whoever holds the most first; when the heaviest
+    /// has nothing to give back (only rooms subscribed here), from `tenant` itself. False when
+    /// that was not enough: `tenant` holds only rooms subscribed here.
+    ///
+    /// Whoever holds the most, rooms counted, not whoever holds the most publications: a
+    /// tenant that made thousands of empty rooms known (a read-only token's `History` pages)
+    /// went past both budgets, and the next publication took every publication of another
+    /// tenant within its share (outside audit 96, F1).
+    fn enforce(&mut self, tenant: &TenantId, tenant_max: u64, global_max: u64, hub: &Hub) -> bool {
         while self
             .tenants
             .get(tenant)
             .is_some_and(|t| t.bytes > tenant_max)
         {
             if !self.evict_oldest_of(tenant, Budget::Tenant, hub) {
-                break;
+                return false;
             }
         }
         while self.bytes > global_max {
             // Linear in the number of tenants holding history, and only while over budget.
-            // Only a tenant with publications can give some back (rooms with subscribers
-            // stay).
-            let Some(heaviest) = self
+            let heaviest = self
                 .tenants
                 .iter()
-                .filter(|(_, t)| !t.order.is_empty())
                 .max_by_key(|(_, t)| t.bytes)
-                .map(|(id, _)| id.clone())
-            else {
-                break;
-            };
-            if !self.evict_oldest_of(&heaviest, Budget::Global, hub) {
-                break;
+                .map(|(id, _)| id.clone());
+            if let Some(heaviest) = heaviest.filter(|h| h != tenant) {
+                if self.evict_oldest_of(&heaviest, Budget::Global, hub) {
+                    continue;
+                }
+            }
+            if !self.evict_oldest_of(tenant, Budget::Global, hub) {
+                return false;
             }
         }
+        true
     }
 
     /// The room's entry, created with a fresh epoch (and counted) if it has none.
@@ -256,6 +307,7 @@ impl History {
                 key.clone(),
                 RoomHistory {
                     key,
+                    idle: None,
                     // Never 0, so a zeroed position can't match by accident.
                     epoch: rand::random::<u64>() | 1,
                     last: 0,
@@ -264,6 +316,47 @@ impl History {
             );
         }
         self.rooms.get_mut(key).expect("inserted above")
+    }
+
+    /// The room's entry for a `Subscribe` or `History`. One not known yet is made known only
+    /// within the budgets (the tenant's older idle rooms giving way first, then, as for a
+    /// publication, its oldest publications and the heaviest tenant's), and then counts as an
+    /// idle room; `None` when nothing could give way (its tenant's share, or the total, is all
+    /// rooms subscribed here). Rooms made known this way had no bound: a read-only token's
+    /// `History` pages of empty rooms took its tenant to 2.5 times its share, and the next
+    /// publication took every publication of another tenant within its own (outside audit 96,
+    /// F1).
+    fn room_to_read(
+        &mut self,
+        key: &RoomKey,
+        limits: &LimitsConfig,
+        hub: &Hub,
+    ) -> Option<&mut RoomHistory> {
+        if !self.rooms.contains_key(key) {
+            self.room(key);
+            let within = self.enforce(
+                &key.tenant,
+                limits.history_tenant_max_bytes,
+                limits.history_max_bytes,
+                hub,
+            );
+            m::hot::history_bytes().set(self.bytes as f64);
+            if !within {
+                self.forget(key);
+                return None;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            let room = self.rooms.get_mut(key)?;
+            room.idle = Some(seq);
+            let room_key = room.key.clone();
+            self.tenants
+                .entry(key.tenant.clone())
+                .or_default()
+                .idle
+                .insert(seq, room_key);
+        }
+        self.rooms.get_mut(key)
     }
 }
 
@@ -306,6 +399,7 @@ impl MemoryBroker {
         let mut history = self.lock();
         let seq = history.next_seq;
         history.next_seq += 1;
+        history.not_idle(&key);
         let room = history.room(&key);
         room.last += 1;
         let position = Position {
@@ -343,13 +437,23 @@ impl MemoryBroker {
         Some(position)
     }
 
-    fn recover_now(&self, key: &RoomKey, since: Option<Position>) -> Recovered {
+    fn recover_now(
+        &self,
+        key: &RoomKey,
+        since: Option<Position>,
+    ) -> Result<Recovered, BrokerError> {
         let Some(policy) = self.config.history(&key.room) else {
-            return Recovered::default();
+            return Ok(Recovered::default());
         };
         let mut history = self.lock();
         history.trim(key, policy.history_size, policy.history_ttl);
-        let room = history.room(key);
+        let Some(room) = history.room_to_read(key, &self.config.limits, &self.hub) else {
+            return Err(BrokerError::Unavailable(
+                "history memory is held by rooms subscribed on this instance (the tenant's share, \
+                 or the total); retry once some are unsubscribed"
+                    .into(),
+            ));
+        };
         let epoch = room.epoch;
         let current = Position {
             epoch,
@@ -375,12 +479,12 @@ impl MemoryBroker {
                     .collect()
             })
         });
-        Recovered {
+        Ok(Recovered {
             current: Some(current),
             replay,
             // Its payloads are shared with history: nothing to page.
             rest: None,
-        }
+        })
     }
 
     #[cfg(test)]
@@ -452,7 +556,7 @@ impl Broker for MemoryBroker {
         key: RoomKey,
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
-        Box::pin(ready(Ok(self.recover_now(&key, since))))
+        Box::pin(ready(self.recover_now(&key, since)))
     }
 
     fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {

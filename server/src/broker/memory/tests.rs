@@ -34,8 +34,13 @@ fn tenant_key(tenant: &str, room: &str) -> RoomKey {
     }
 }
 
+/// What the broker answers a `Subscribe` or `History` (the tests' rooms always find a place).
+fn recover(b: &MemoryBroker, key: &RoomKey, since: Option<Position>) -> Recovered {
+    b.recover_now(key, since).expect("a place in history")
+}
+
 fn replayed(b: &MemoryBroker, key: &RoomKey, since: Position) -> Option<usize> {
-    b.recover_now(key, Some(since)).replay.map(|r| r.len())
+    recover(b, key, Some(since)).replay.map(|r| r.len())
 }
 
 #[test]
@@ -50,17 +55,17 @@ fn positions_replay_and_trimming() {
         [1, 2, 3, 4, 5]
     );
     // Kept: 3, 4, 5. From 2 everything after is there; from 1, offset 2 is gone.
-    let r = b.recover_now(&key("h.a"), Some(p[1]));
+    let r = recover(&b, &key("h.a"), Some(p[1]));
     assert_eq!(r.current, Some(p[4]));
     let replay = r.replay.unwrap();
     assert_eq!(
         replay.iter().map(|(p, _)| p.offset).collect::<Vec<_>>(),
         [3, 4, 5]
     );
-    assert!(b.recover_now(&key("h.a"), Some(p[0])).replay.is_none());
+    assert!(recover(&b, &key("h.a"), Some(p[0])).replay.is_none());
     // Up to date: nothing to replay, but recovered.
     assert_eq!(
-        b.recover_now(&key("h.a"), Some(p[4])).replay.unwrap().len(),
+        recover(&b, &key("h.a"), Some(p[4])).replay.unwrap().len(),
         0
     );
     // Another epoch, or a position from the future: not recoverable.
@@ -68,18 +73,18 @@ fn positions_replay_and_trimming() {
         epoch: p[0].epoch ^ 2,
         offset: 4,
     };
-    assert!(b.recover_now(&key("h.a"), Some(other)).replay.is_none());
+    assert!(recover(&b, &key("h.a"), Some(other)).replay.is_none());
     let future = Position {
         epoch: p[0].epoch,
         offset: 99,
     };
-    assert!(b.recover_now(&key("h.a"), Some(future)).replay.is_none());
+    assert!(recover(&b, &key("h.a"), Some(future)).replay.is_none());
     // Live rooms have no position.
-    let live = b.recover_now(&key("live"), Some(p[0]));
+    let live = recover(&b, &key("live"), Some(p[0]));
     assert!(live.current.is_none() && live.replay.is_none());
     // Rooms are per tenant, and so are their offsets and epochs.
     let other_tenant = tenant_key("u", "h.a");
-    let theirs = b.recover_now(&other_tenant, None).current.unwrap();
+    let theirs = recover(&b, &other_tenant, None).current.unwrap();
     assert_eq!(theirs.offset, 0);
     assert_ne!(theirs.epoch, p[0].epoch);
 }
@@ -190,7 +195,7 @@ fn the_sweep_forgets_unused_rooms_and_keeps_subscribed_ones() {
     // A subscriber keeps its room known (its position must stay meaningful).
     let (sub, _rx) = subscriber(1);
     b.hub.subscribe(key("h.r7"), sub);
-    let before = b.recover_now(&key("h.r7"), None).current.unwrap();
+    let before = recover(&b, &key("h.r7"), None).current.unwrap();
     assert_eq!(b.lock().rooms.len(), 100);
     std::thread::sleep(Duration::from_millis(80));
     b.sweep();
@@ -200,7 +205,7 @@ fn the_sweep_forgets_unused_rooms_and_keeps_subscribed_ones() {
     assert_eq!(history.bytes, room_cost(&key("h.r7")));
     assert_eq!(history.tenants.len(), 1);
     drop(history);
-    assert_eq!(b.recover_now(&key("h.r7"), None).current, Some(before));
+    assert_eq!(recover(&b, &key("h.r7"), None).current, Some(before));
 }
 
 fn subscriber(id: u64) -> (Subscriber, crate::delivery_queue::Receiver) {
@@ -326,4 +331,137 @@ fn tiny_payloads_count_their_overhead_and_cannot_fill_memory_past_the_budget() {
     assert!(estimate(&history) <= history.bytes);
     let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
     assert_eq!(tenant_bytes, history.bytes);
+}
+
+/// How many publications `tenant` keeps.
+fn kept_of(b: &MemoryBroker, tenant: &str) -> usize {
+    let history = b.lock();
+    history
+        .tenants
+        .get(&TenantId::parse(tenant).unwrap())
+        .map_or(0, |t| t.order.len())
+}
+
+fn bytes_of(b: &MemoryBroker, tenant: &str) -> u64 {
+    let history = b.lock();
+    history
+        .tenants
+        .get(&TenantId::parse(tenant).unwrap())
+        .map_or(0, |t| t.bytes)
+}
+
+/// A room name 120 bytes long, the `i`th.
+fn long_room(i: usize) -> String {
+    format!("h.{i:0>118}")
+}
+
+/// Strict isolation (the total = 2 tenants' shares): one tenant reading a thousand empty rooms
+/// with long names (`History` pages: nothing subscribed, nothing published) stays within its
+/// share, the total within its bound, and the other tenant, within its share, keeps every
+/// publication through its next one. Rooms made known by reading had no bound: the reader held
+/// 2.5 times its share and the publisher lost all 150 (outside audit 96, F1).
+#[test]
+fn rooms_made_known_by_reading_stay_within_their_share_and_take_nothing_from_another() {
+    let b = broker_with(5, |c| {
+        c.limits.history_tenant_max_bytes = 200_000;
+        c.limits.history_max_bytes = 400_000;
+    });
+    let payload = Bytes::from(vec![7u8; 500]);
+    for room in 0..30 {
+        for _ in 0..5 {
+            b.publish_now(tenant_key("acme", &format!("h.r{room}")), payload.clone());
+        }
+    }
+    assert_eq!(kept_of(&b, "acme"), 150);
+    for i in 0..1000 {
+        let read = b.recover_now(&tenant_key("evil", &long_room(i)), None);
+        assert!(read.is_ok(), "read {i} refused: {:?}", read.err());
+    }
+    assert!(bytes_of(&b, "evil") <= 200_000, "{}", bytes_of(&b, "evil"));
+    // The last rooms read are the ones still known (their epochs stand).
+    let last = recover(&b, &tenant_key("evil", &long_room(999)), None).current;
+    assert_eq!(
+        recover(&b, &tenant_key("evil", &long_room(999)), None).current,
+        last
+    );
+    b.publish_now(tenant_key("acme", "h.r0"), payload.clone());
+    assert_eq!(kept_of(&b, "acme"), 150, "acme lost history to the reader");
+    let history = b.lock();
+    assert!(history.bytes <= 400_000, "{}", history.bytes);
+    let tenant_bytes: u64 = history.tenants.values().map(|t| t.bytes).sum();
+    assert_eq!(tenant_bytes, history.bytes);
+    let idle: usize = history.tenants.values().map(|t| t.idle.len()).sum();
+    let idle_rooms = history.rooms.values().filter(|r| r.idle.is_some()).count();
+    assert_eq!(idle, idle_rooms, "idle lists and rooms disagree");
+}
+
+/// Rooms kept known by subscribers here cannot give way: once they fill the tenant's share,
+/// a `Subscribe` of one more is refused (`unavailable`, with why), and no other tenant loses
+/// anything to them.
+#[test]
+fn subscribed_rooms_past_the_share_are_refused_and_take_nothing_from_another() {
+    let b = broker_with(5, |c| {
+        c.limits.history_tenant_max_bytes = 100_000;
+        c.limits.history_max_bytes = 200_000;
+    });
+    let payload = Bytes::from(vec![7u8; 500]);
+    for room in 0..20 {
+        for _ in 0..5 {
+            b.publish_now(tenant_key("acme", &format!("h.r{room}")), payload.clone());
+        }
+    }
+    let mut queues = Vec::new();
+    let mut refused = 0;
+    for i in 0..400 {
+        let key = tenant_key("evil", &long_room(i));
+        let (sub, rx) = subscriber(i as u64);
+        b.hub.subscribe(key.clone(), sub);
+        queues.push(rx);
+        match b.recover_now(&key, None) {
+            Ok(_) => {}
+            Err(e) => {
+                assert!(
+                    e.to_string().contains("rooms subscribed on this instance"),
+                    "{e}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 100, "only {refused} refused");
+    assert!(bytes_of(&b, "evil") <= 100_000, "{}", bytes_of(&b, "evil"));
+    b.publish_now(tenant_key("acme", "h.r0"), payload);
+    assert_eq!(
+        kept_of(&b, "acme"),
+        100,
+        "acme lost history to the subscriber"
+    );
+}
+
+/// A reader of a tenant at its share (its publications fill it) makes rooms known at the cost
+/// of its own older idle rooms, not of its tenant's publications: a thousand reads take one
+/// publication's worth at most.
+#[test]
+fn reading_new_rooms_at_the_share_costs_its_tenants_history_one_room_at_most() {
+    let b = broker_with(5, |c| {
+        c.limits.history_tenant_max_bytes = 50_000;
+        c.limits.history_max_bytes = 1_000_000;
+    });
+    let payload = Bytes::from(vec![7u8; 500]);
+    for i in 0..200 {
+        b.publish_now(
+            tenant_key("acme", &format!("h.r{}", i % 40)),
+            payload.clone(),
+        );
+    }
+    let before = kept_of(&b, "acme");
+    for i in 0..1000 {
+        recover(&b, &tenant_key("acme", &long_room(i)), None);
+    }
+    assert!(
+        before - kept_of(&b, "acme") <= 1,
+        "{before} -> {}",
+        kept_of(&b, "acme")
+    );
+    assert!(bytes_of(&b, "acme") <= 50_000);
 }
