@@ -281,7 +281,9 @@ fn unb64(text: &str) -> Result<Bytes, RpcError> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .map(Bytes::from)
-        .map_err(|e| RpcError::BadAnswer(format!("payload is not base64: {e}")))
+        // Not the decoder's words: they quote a byte of the answer and where it is, and an
+        // answer may echo what a client must not see (outside audit 95, F3).
+        .map_err(|_| RpcError::BadAnswer("payload is not base64".into()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -838,6 +840,14 @@ mod tests {
         ));
         // A replacement that cannot be made: the backend meant another payload, a deny
         // whatever the fail rule (the original must not go out in its place).
+        // The server's words quote nothing of the answer: not the decoder's "Invalid symbol
+        // 33, offset 3".
+        assert_eq!(
+            read(Hook::Publish, r#"{"allow":true,"payload":"not base64!"}"#),
+            Ok(Decision::Deny(
+                "the hook's replacement: bad answer from the backend: payload is not base64".into()
+            ))
+        );
         for unusable in [
             r#"{"allow":true,"payload":"not base64!"}"#,
             r#"{"allow":true,"payload":123}"#,

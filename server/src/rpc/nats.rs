@@ -342,17 +342,20 @@ fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
 }
 
 /// A header value, refused (not panicking, as async-nats's `From<&str>` would) when it holds a
-/// line break or any other control character (NUL, VT, U+0085, U+2028, …): a user id from a
-/// token can hold anything, and a backend's header parser should never have to guess.
+/// line break or any other control character (NUL, VT, U+0085, U+2028, …), or white space at
+/// either end: a user id from a token can hold anything, and a backend's header parser should
+/// never have to guess. NATS clients (nats.py, async-nats) trim a header value, so the users
+/// " alice" and "alice" were one user to the backend (outside audit 95, F2).
 fn header_value(value: &str) -> Result<async_nats::HeaderValue, RpcError> {
     let refuse = || {
         RpcError::Backend(
             quiver_proto::ErrorCode::BadRequest,
-            "a value for the backend's headers contains a line break or another control character"
+            "a value for the backend's headers contains a line break or another control \
+             character, or white space at either end"
                 .into(),
         )
     };
-    if !super::header_safe(value) {
+    if !super::header_safe(value) || value.trim() != value {
         return Err(refuse());
     }
     value.parse().map_err(|_| refuse())
@@ -366,6 +369,7 @@ mod header_tests {
     fn control_characters_never_reach_a_header() {
         assert!(header_value("alice").is_ok());
         assert!(header_value("Zoë Ünïcode 名前").is_ok());
+        assert!(header_value("alice smith").is_ok());
         for bad in [
             "a\nb",
             "a\rb",
@@ -375,6 +379,11 @@ mod header_tests {
             "a\u{85}b",
             "a\u{2028}b",
             "a\u{7f}b",
+            // Trimmed by a backend's NATS client: another user's name.
+            " alice",
+            "alice ",
+            "\u{a0}alice",
+            "alice\u{3000}",
         ] {
             assert!(header_value(bad).is_err(), "{bad:?}");
         }
