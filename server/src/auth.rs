@@ -28,6 +28,9 @@ pub const MIN_HS256_SECRET: usize = 32;
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// Longest `sub` claim, in bytes.
 pub const MAX_SUB_BYTES: usize = 256;
+/// Longest `jti`, in bytes: what the backend API's `revoke` takes (a token whose `jti` it
+/// cannot take could never be revoked).
+pub const MAX_JTI_BYTES: usize = 256;
 /// Largest clock leeway the configuration may set: more would keep expired tokens alive.
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
@@ -337,8 +340,16 @@ impl Verifier {
         // The token's id, for the revocation deny-list (`revocation.rs`).
         // A `jti` of another type (a number, say) could never be revoked by its string form:
         // refused, as RFC 7519 §4.1.7 makes it a string.
+        // So is one that is empty or longer than `revoke` takes (outside audit 98, F2: such
+        // tokens were accepted, and the API refused to revoke them).
         let jti = match data.claims.get("jti") {
             None => None,
+            Some(serde_json::Value::String(jti)) if jti.is_empty() || jti.len() > MAX_JTI_BYTES => {
+                return Err(AuthError::Claim {
+                    claim: "jti",
+                    reason: format!("must be 1 to {MAX_JTI_BYTES} bytes"),
+                })
+            }
             Some(serde_json::Value::String(jti)) => Some(jti.clone()),
             Some(_) => {
                 return Err(AuthError::Claim {

@@ -755,15 +755,19 @@ fn repeated_members_and_crit_headers_are_refused() {
     }
 }
 
-/// A `jti` must be a string: a number could never be revoked (revocation names it as a string).
+/// A `jti` must be a string the backend API's `revoke` takes, 1 to 256 bytes: a number, or an
+/// empty or longer string, could never be revoked (outside audit 98, F2: the last two were
+/// accepted).
 #[test]
-fn a_jti_that_is_not_a_string_is_refused() {
+fn a_jti_that_revoke_could_not_name_is_refused() {
     let v = hs(&Checks::default());
     let exp = unix_now() + 60;
     for jti in [
         serde_json::json!(123),
         serde_json::json!(["a"]),
         serde_json::json!(null),
+        serde_json::json!(""),
+        serde_json::json!("j".repeat(257)),
     ] {
         let t = sign_json(
             serde_json::json!({"sub": "alice", "tenant": "acme", "exp": exp, "jti": jti}),
@@ -776,4 +780,9 @@ fn a_jti_that_is_not_a_string_is_refused() {
     let t =
         sign_json(serde_json::json!({"sub": "alice", "tenant": "acme", "exp": exp, "jti": "123"}));
     assert_eq!(v.verify(&t).unwrap().jti.as_deref(), Some("123"));
+    let longest = "j".repeat(256);
+    let t = sign_json(
+        serde_json::json!({"sub": "alice", "tenant": "acme", "exp": exp, "jti": longest}),
+    );
+    assert_eq!(v.verify(&t).unwrap().jti, Some(longest));
 }

@@ -318,6 +318,45 @@ async fn a_revoked_token_ends_its_sessions_and_opens_no_more() -> anyhow::Result
     Ok(())
 }
 
+/// With `auth.leeway` a token is valid until `exp + leeway`, and so is its revocation: one
+/// revoked with its own `exp` (as README says) opens no session once `exp` has passed, within
+/// its leeway, and one whose `exp` has passed but not its leeway can still be revoked (outside
+/// audit 98, F1: the first opened sessions again, the second was refused 400 "refused anyway").
+#[tokio::test]
+async fn a_revocation_lasts_through_the_tokens_leeway() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        with_keys(c);
+        c.auth.leeway = Duration::from_secs(60);
+    })
+    .await?;
+    let soon = token_with_jti("acme", "alice", "tok-soon", 2);
+    let past = token_with_jti("acme", "alice", "tok-past", -5);
+    let now = quiver_server::auth::unix_now();
+    // Valid now, the second within its leeway only.
+    for token in [&soon, &past] {
+        let mut raw = Raw::connect_via(Via::WebSocket, &server, token).await?;
+        assert!(matches!(raw.request(Command::Ping).await?, Event::Pong));
+    }
+    for (jti, exp) in [("tok-soon", now + 2), ("tok-past", now - 5)] {
+        let body = serde_json::json!({"tenant": "acme", "jti": jti, "expires_at": exp});
+        let (status, answer) = revoke(&server, ACME, body).await?;
+        assert_eq!(status, 200, "{jti}: {answer}");
+    }
+    // Past the first one's `exp`, inside its leeway.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    for token in [&soon, &past] {
+        let mut ws = Raw::websocket(&server, &format!("/v1/ws?token={token}"), &[]).await?;
+        assert_eq!(goodbye(&mut ws).await?, CloseCode::InvalidToken.as_u16());
+        assert!(open_session(&server, &format!("/v1?token={token}"))
+            .await
+            .is_err());
+    }
+    // Past its leeway too, a revocation is needless.
+    let gone = serde_json::json!({"tenant": "acme", "jti": "x", "expires_at": now - 61});
+    assert_eq!(revoke(&server, ACME, gone).await?.0, 400);
+    Ok(())
+}
+
 /// With NATS a revocation reaches every instance, and one started later loads it, however far
 /// off its token's expiry: the store keeps each until then (a bucket an older version made
 /// with a 30-day age limit loses it), and the instance that loads it deletes those expired.

@@ -224,15 +224,15 @@ pub fn routes() -> Vec<Route> {
         Route {
             method: "post",
             path: "/api/v1/revoke",
-            summary: "Refuse a token (by `jti`) on every instance until `expires_at`, and end \
-                      its sessions.",
+            summary: "Refuse a token (by `jti`) on every instance until `expires_at` (its `exp`) \
+                      plus `auth.leeway`, and end its sessions.",
             auth: Auth::ApiKey,
             request: Some(object(
                 &["jti", "expires_at"],
                 json!({
                     "tenant": tenant,
                     "jti": token_id,
-                    "expires_at": {"type": "integer", "description": "Unix seconds"},
+                    "expires_at": {"type": "integer", "description": "Unix seconds: the token's `exp`"},
                 }),
             )),
             response: object(&["disconnected_here"], json!({"disconnected_here": count})),

@@ -109,7 +109,8 @@ pub struct RevokeRequest {
     #[serde(default)]
     tenant: Option<String>,
     jti: String,
-    /// The token's `exp` (Unix seconds): the revocation is kept until then, however far.
+    /// The token's `exp` (Unix seconds): the revocation is kept until then, however far, and
+    /// `auth.leeway` past it (while the token is still valid).
     expires_at: u64,
 }
 
@@ -121,16 +122,19 @@ pub async fn revoke(
     KeyRequest { caller, request }: KeyRequest<RevokeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = caller.tenant(request.tenant.as_deref())?;
-    if request.jti.is_empty() || request.jti.len() > 256 {
+    if request.jti.is_empty() || request.jti.len() > crate::auth::MAX_JTI_BYTES {
         return Err(ApiError::bad_request("jti: 1 to 256 bytes"));
     }
     let now = crate::auth::unix_now();
-    // Kept until the token's own expiry, however far: a revocation that ended sooner would let
-    // the token back in.
-    let until = request.expires_at;
+    // Kept until the token's own expiry, however far, and its leeway past it: the token is
+    // valid while `now < exp + leeway` (auth.rs), and a revocation that ended at `exp` let it
+    // open sessions again for the leeway, and one made within the leeway was refused as
+    // needless (outside audit 98, F1).
+    let leeway = shared.config.auth.leeway.as_secs();
+    let until = request.expires_at.saturating_add(leeway);
     if until <= now {
         return Err(ApiError::bad_request(
-            "expires_at is past: that token is refused anyway",
+            "expires_at is past (with auth.leeway): that token is refused anyway",
         ));
     }
     // A tenant's own key, counted: every revocation goes into the store all tenants share.
