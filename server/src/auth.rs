@@ -14,7 +14,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quiver_proto::{Pattern, RoomName, TenantId};
 use serde::{Deserialize, Serialize};
@@ -115,6 +114,8 @@ pub enum KeyError {
     Jwks { path: String, reason: String },
     #[error("leeway of {0:?} is over the maximum of {MAX_LEEWAY:?}")]
     Leeway(Duration),
+    #[error("weak key: {0}")]
+    WeakKey(String),
 }
 
 /// The claims Quiver reads. Unknown claims are ignored.
@@ -211,17 +212,19 @@ impl Verifier {
         let pem = std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
         let (key, alg) = match algorithm.to_ascii_uppercase().as_str() {
             "ES256" => (DecodingKey::from_ec_pem(&pem)?, Algorithm::ES256),
-            "RS256" => (DecodingKey::from_rsa_pem(&pem)?, Algorithm::RS256),
+            "RS256" => {
+                let key = DecodingKey::from_rsa_pem(&pem)?;
+                key_sets::check_rsa_size(&key).map_err(KeyError::WeakKey)?;
+                (key, Algorithm::RS256)
+            }
             "EDDSA" => (DecodingKey::from_ed_pem(&pem)?, Algorithm::EdDSA),
             other => return Err(KeyError::Algorithm(other.to_owned())),
         };
         Self::one(key, alg, checks)
     }
 
-    /// A verifier for a JWKS file (`{"keys": [...]}`, RFC 7517). Every signing key needs a
-    /// `kid`; RSA keys verify RS256, P-256 keys ES256, Ed25519 keys EdDSA (a key's `alg`, when
-    /// present, must be one of these). Encryption keys (`"use": "enc"`) are skipped; any other
-    /// key is an error, so a typo never silently drops the key the tokens are signed with.
+    /// A verifier for a JWKS file (`{"keys": [...]}`, RFC 7517): see `key_sets::jwks_keys`
+    /// for the keys it takes.
     pub fn jwks(path: &Path, checks: &Checks) -> Result<Self, KeyError> {
         let text =
             std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
@@ -233,7 +236,7 @@ impl Verifier {
     pub fn jwks_from_bytes(source: &str, text: &[u8], checks: &Checks) -> Result<Self, KeyError> {
         let leeway_secs = leeway_secs(checks)?;
         Ok(Self::with_keys(
-            jwks_keys(source, text, checks, leeway_secs)?,
+            key_sets::jwks_keys(source, text, checks, leeway_secs)?,
             leeway_secs,
             checks,
         ))
@@ -242,7 +245,7 @@ impl Verifier {
     /// Replaces the key set with a new JWKS document, keeping the checks. On error the old set
     /// stays. Returns how many signing keys the new set has.
     pub fn replace_jwks(&self, source: &str, text: &[u8]) -> Result<usize, KeyError> {
-        let keys = jwks_keys(source, text, &self.checks, self.leeway_secs)?;
+        let keys = key_sets::jwks_keys(source, text, &self.checks, self.leeway_secs)?;
         let count = match &keys {
             Keys::ByKid(map) => map.len(),
             Keys::One(_) => 1,
@@ -469,46 +472,6 @@ impl<'de> serde::Deserialize<'de> for Members {
     }
 }
 
-/// Parses a JWKS document into keys by `kid`. Every signing key needs a `kid`; encryption keys
-/// are skipped; any other key that can't be used is an error (see [`Verifier::jwks`]).
-fn jwks_keys(
-    source: &str,
-    text: &[u8],
-    checks: &Checks,
-    leeway_secs: u64,
-) -> Result<Keys, KeyError> {
-    let jwks_err = |reason: String| KeyError::Jwks {
-        path: source.to_owned(),
-        reason,
-    };
-    let set: JwkSet =
-        serde_json::from_slice(text).map_err(|e| jwks_err(format!("not a JWK set: {e}")))?;
-    let mut keys = HashMap::new();
-    for (i, jwk) in set.keys.iter().enumerate() {
-        if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
-            continue;
-        }
-        let kid = jwk
-            .common
-            .key_id
-            .clone()
-            .ok_or_else(|| jwks_err(format!("key {i} has no kid")))?;
-        let alg =
-            jwk_algorithm(jwk).map_err(|reason| jwks_err(format!("key {kid:?}: {reason}")))?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| jwks_err(format!("key {kid:?}: {e}")))?;
-        if keys
-            .insert(kid.clone(), (key, validation(alg, checks, leeway_secs)))
-            .is_some()
-        {
-            return Err(jwks_err(format!("kid {kid:?} appears twice")));
-        }
-    }
-    if keys.is_empty() {
-        return Err(jwks_err("no signing keys".into()));
-    }
-    Ok(Keys::ByKid(keys))
-}
-
 fn leeway_secs(checks: &Checks) -> Result<u64, KeyError> {
     if checks.leeway > MAX_LEEWAY {
         return Err(KeyError::Leeway(checks.leeway));
@@ -536,29 +499,6 @@ fn validation(alg: Algorithm, checks: &Checks, leeway_secs: u64) -> Validation {
     }
     validation.set_required_spec_claims(&required);
     validation
-}
-
-/// The one algorithm a JWK verifies.
-fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Algorithm, String> {
-    let by_key = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            Algorithm::EdDSA
-        }
-        // Symmetric keys do not belong in a published key set: anyone holding it could sign.
-        AlgorithmParameters::OctetKey(_) => return Err("symmetric (oct) keys are refused".into()),
-        _ => return Err("unsupported key type or curve (use RSA, P-256 or Ed25519)".into()),
-    };
-    match jwk.common.key_algorithm {
-        None => Ok(by_key),
-        Some(KeyAlgorithm::RS256) if by_key == Algorithm::RS256 => Ok(by_key),
-        Some(KeyAlgorithm::ES256) if by_key == Algorithm::ES256 => Ok(by_key),
-        Some(KeyAlgorithm::EdDSA) if by_key == Algorithm::EdDSA => Ok(by_key),
-        Some(other) => Err(format!(
-            "alg {other:?} is not accepted for this key (RS256, ES256 or EdDSA)"
-        )),
-    }
 }
 
 /// A fixed description of why jsonwebtoken refused a token: its own messages can quote claim
@@ -770,6 +710,9 @@ pub fn sign_hs256<C: Serialize>(
         &EncodingKey::from_secret(secret),
     )
 }
+
+#[path = "auth_key_sets.rs"]
+mod key_sets;
 
 #[cfg(test)]
 #[path = "auth_tests.rs"]

@@ -786,3 +786,94 @@ fn a_jti_that_revoke_could_not_name_is_refused() {
     );
     assert_eq!(v.verify(&t).unwrap().jti, Some(longest));
 }
+
+/// A key set whose provider also publishes keys the server cannot use (P-384, a symmetric key,
+/// an `alg` it does not take, a key without `kid`, a 1024-bit RSA key) loads the keys it can
+/// use, skipping the others, at start and on a reload: a new key is accepted and a removed one
+/// refused (outside audit 98, F4: one such key failed the whole set, so the old set stayed,
+/// the new key was never accepted and the removed one went on verifying).
+#[test]
+fn keys_the_server_cannot_use_are_skipped_not_fatal() {
+    let dir = temp_dir("jwks-skip");
+    let (a, b) = (
+        rcgen_key("ec-a", Algorithm::ES256),
+        rcgen_key("ec-b", Algorithm::ES256),
+    );
+    let p384 = serde_json::json!({"kty": "EC", "crv": "P-384", "kid": "p384",
+        "x": b64(&[1; 48]), "y": b64(&[2; 48]), "use": "sig", "alg": "ES384"});
+    let oct = serde_json::json!({"kty": "oct", "k": b64(SECRET), "kid": "hs"});
+    let mut wrong_alg = b.jwk.clone();
+    wrong_alg["kid"] = "wrong-alg".into();
+    wrong_alg["alg"] = "ES384".into();
+    let mut no_kid = b.jwk.clone();
+    no_kid.as_object_mut().unwrap().remove("kid");
+    let weak_rsa = serde_json::json!({"kty": "RSA", "kid": "rsa-1024", "n": b64(&[0xc5; 128]),
+        "e": "AQAB", "use": "sig", "alg": "RS256"});
+    let unusable = [p384, oct, wrong_alg, no_kid, weak_rsa];
+    let with = |keys: &[&serde_json::Value]| {
+        let mut all: Vec<serde_json::Value> = keys.iter().map(|k| (*k).clone()).collect();
+        all.extend(unusable.iter().cloned());
+        serde_json::json!({ "keys": all }).to_string()
+    };
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, with(&[&a.jwk])).unwrap();
+    let v = Verifier::jwks(&path, &Checks::default()).unwrap();
+    let token_a = sign_with(&a, Algorithm::ES256, Some(a.kid));
+    let token_b = sign_with(&b, Algorithm::ES256, Some(b.kid));
+    assert!(v.verify(&token_a).is_ok());
+    assert!(v.verify(&token_b).is_err());
+    // The provider rotates: b published, a removed, the unusable keys still there.
+    assert_eq!(
+        v.replace_jwks("test", with(&[&b.jwk]).as_bytes()).unwrap(),
+        1
+    );
+    assert!(v.verify(&token_b).is_ok(), "the new key");
+    assert!(
+        matches!(v.verify(&token_a), Err(AuthError::Invalid("unknown kid"))),
+        "the removed key"
+    );
+    // Nothing usable at all is still an error, saying why each key was skipped.
+    match v.replace_jwks("test", with(&[]).as_bytes()) {
+        Err(KeyError::Jwks { reason, .. }) => {
+            for why in [
+                "no kid",
+                "unsupported key type",
+                "symmetric",
+                "ES384",
+                "1024 bits",
+            ] {
+                assert!(reason.contains(why), "{why}: {reason}");
+            }
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    assert!(
+        v.verify(&token_b).is_ok(),
+        "a failed reload keeps the old set"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An RSA public key shorter than 2048 bits is refused at start, as a short HS256 secret is
+/// (outside audit 98, F5: a 512-bit key verified tokens); the 2048-bit test key is taken.
+#[test]
+fn a_weak_rsa_public_key_is_refused() {
+    let weak = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/rsa-1024-public.pem"
+    );
+    match Verifier::public_key(Path::new(weak), "RS256", &Checks::default()) {
+        Err(KeyError::WeakKey(why)) => assert!(why.contains("1024 bits"), "{why}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+    let strong = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/rsa-public.pem");
+    let v = Verifier::public_key(Path::new(strong), "RS256", &Checks::default()).unwrap();
+    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims(unix_now() + 60),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(v.verify(&token).unwrap().user, "alice");
+}

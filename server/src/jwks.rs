@@ -101,10 +101,11 @@ pub fn check_url(url: &str) -> Result<reqwest::Url, String> {
 
 /// The HTTP client for key sets.
 pub fn http_client() -> Result<reqwest::Client, JwksError> {
-    crate::http_client::client(FETCH_TIMEOUT, 1).map_err(|e| JwksError::Fetch {
-        url: String::new(),
-        reason: e.to_string(),
-    })
+    crate::http_client::client_following(FETCH_TIMEOUT, 1, |hop| check_url(hop.as_str()).is_ok())
+        .map_err(|e| JwksError::Fetch {
+            url: String::new(),
+            reason: e.to_string(),
+        })
 }
 
 /// Reads or fetches the document, at most [`MAX_JWKS_BYTES`].
@@ -124,6 +125,13 @@ pub async fn load(source: &Source, client: &reqwest::Client) -> Result<Vec<u8>, 
                 .send()
                 .await
                 .map_err(|e| fail(without_url(&e)))?;
+            if response.status().is_redirection() {
+                return Err(fail(format!(
+                    "HTTP {}: a redirect not followed (past 3, from https to http, or to plain \
+                     http off loopback: every hop is held to auth.jwks_url's rule)",
+                    response.status()
+                )));
+            }
             if !response.status().is_success() {
                 return Err(fail(format!("HTTP {}", response.status())));
             }

@@ -52,6 +52,8 @@ enum Answer {
     Status(StatusCode),
     Garbage,
     Huge,
+    /// A 302 to this URL.
+    Redirect(String),
 }
 
 struct Provider {
@@ -79,6 +81,9 @@ impl Provider {
                         Answer::Status(status) => status.into_response(),
                         Answer::Garbage => "<html>maintenance</html>".into_response(),
                         Answer::Huge => "x".repeat(2 << 20).into_response(),
+                        Answer::Redirect(to) => {
+                            (StatusCode::FOUND, [("location", to)]).into_response()
+                        }
                     }
                 }
             }),
@@ -245,6 +250,37 @@ async fn an_unreachable_or_bad_key_set_refuses_to_start() -> anyhow::Result<()> 
         assert!(err.contains(want), "{url}: {err}");
         assert!(err.contains("jwks"), "{url}: names the setting: {err}");
     }
+    Ok(())
+}
+
+/// Every redirect hop is held to `jwks_url`'s rule (https, or plain http to loopback): a
+/// loopback URL redirecting to plain http elsewhere is not followed, and the server does not
+/// start; one redirecting to another loopback URL is (outside audit 98, F3: the first was
+/// followed and its keys loaded). "Elsewhere" here is the IPv4-mapped form of 127.0.0.1, which
+/// the rule does not take as loopback, so the test stays on this machine.
+#[tokio::test]
+async fn a_redirect_is_held_to_the_jwks_urls_rule() -> anyhow::Result<()> {
+    let a = key("a");
+    let provider = Provider::start(Answer::Keys(vec![a.jwk.clone()])).await?;
+    let port = provider
+        .url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next());
+    let port = port.ok_or_else(|| anyhow::anyhow!("no port in {}", provider.url))?;
+    let elsewhere = format!("http://[::ffff:127.0.0.1]:{port}/.well-known/jwks.json");
+    let redirector = Provider::start(Answer::Redirect(elsewhere)).await?;
+    let refused = match server_for(&redirector, Duration::from_secs(3600)).await {
+        Ok(_) => panic!("keys loaded through a redirect off loopback"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("redirect not followed"), "{refused}");
+    assert_eq!(provider.fetches(), 0, "the redirect was followed");
+
+    redirector.set(Answer::Redirect(provider.url.clone()));
+    let server = server_for(&redirector, Duration::from_secs(3600)).await?;
+    assert_eq!(provider.fetches(), 1);
+    assert!(accepted(&server, &sign(&a)).await);
     Ok(())
 }
 
