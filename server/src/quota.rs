@@ -72,6 +72,10 @@ impl TokenBucket {
 pub enum QuotaError {
     #[error("tenant {tenant} is at its quota of {limit} concurrent sessions")]
     Sessions { tenant: String, limit: u32 },
+    /// The server itself at `limits.max_sessions`, found only once the session was made (it
+    /// was admitted together with others that took the last places).
+    #[error("the server is at its limit of {limit} sessions; reconnect later")]
+    ServerSessions { limit: usize },
     #[error("tenant {tenant} is over its quota of {limit} new sessions per second")]
     SessionRate { tenant: String, limit: u32 },
     #[error("tenant {tenant} is at its quota of {limit} concurrent subscriptions")]
@@ -98,6 +102,7 @@ impl QuotaError {
     pub fn label(&self) -> &'static str {
         match self {
             QuotaError::Sessions { .. } => "sessions",
+            QuotaError::ServerSessions { .. } => "server_sessions",
             QuotaError::SessionRate { .. } => "sessions_per_second",
             QuotaError::Subscriptions { .. } => "subscriptions",
             QuotaError::Publications { .. } => "publications",

@@ -15,10 +15,11 @@ pub fn prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// `message` cut to at most `max` bytes and marked with `…` when it was cut.
+/// `message` cut to at most `max` bytes, the `…` that marks a cut included (outside audit 97,
+/// F4: the mark came on top, 515 bytes).
 pub fn bounded(mut message: String, max: usize) -> String {
     if message.len() > max {
-        let end = prefix(&message, max).len();
+        let end = prefix(&message, max.saturating_sub('…'.len_utf8())).len();
         message.truncate(end);
         message.push('…');
     }
@@ -35,8 +36,11 @@ mod tests {
         assert_eq!(prefix("éé", 3), "é");
         assert_eq!(prefix("abc", 10), "abc");
         assert_eq!(prefix("", 0), "");
-        assert_eq!(bounded("abcdef".into(), 4), "abcd…");
+        assert_eq!(bounded("abcdefgh".into(), 7), "abcd…");
         assert_eq!(bounded("abcd".into(), 4), "abcd");
-        assert_eq!(bounded("ééé".into(), 5), "éé…");
+        // 3 bytes for the mark leave 2: one "é".
+        assert_eq!(bounded("ééé".into(), 5), "é…");
+        let long = bounded("x".repeat(2000), MAX_MESSAGE);
+        assert_eq!(long.len(), MAX_MESSAGE);
     }
 }

@@ -327,7 +327,14 @@ async fn run_session(
     let mut slot = Slot::open(shared.clone(), transport);
     let tenant = grant.tenant.to_string();
     shared.recent_users.opened(&tenant, &grant.user, transport);
-    let quota = shared.tenant_quotas.open_session(&grant.tenant);
+    let quota = match slot.over_limit() {
+        Some(limit) => {
+            // Counted as the refusal before a session is (the 429): `capacity`.
+            crate::transport::count_refused(link_transport, "capacity");
+            Err(crate::quota::QuotaError::ServerSessions { limit })
+        }
+        None => shared.tenant_quotas.open_session(&grant.tenant),
+    };
     // A session over its tenant's quota is a refusal, logged within the refusals' budget
     // (`transport::log_refusal`), not two lines of its own: a client can be refused thousands
     // of times a second (outside tenancy audit 3: 7,800 lines a second from one client).

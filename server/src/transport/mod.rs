@@ -192,7 +192,9 @@ pub fn single_frame(message: &[u8], max_frame: usize) -> Result<&[u8], String> {
     Ok(body)
 }
 
-/// The token of a request: `Authorization: Bearer` wins over the `token` query parameter.
+/// The token of a request: `Authorization: Bearer` wins over the `token` query parameter, an
+/// empty one too (it is a missing token, not a reason to look at the query: outside audit 97,
+/// F2).
 pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<String, Refused> {
     let token = authorization
         .and_then(bearer)
@@ -208,6 +210,11 @@ pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<S
 /// The credential of an `Authorization: Bearer …` value, untrimmed; the scheme is
 /// case-insensitive (RFC 9110 §11.1), on every transport and the backend API alike.
 pub fn bearer(authorization: &str) -> Option<&str> {
+    // `Bearer ` with nothing after it reaches here as `Bearer` (HTTP trims a value's white
+    // space): an empty credential of this scheme, not another scheme.
+    if authorization.eq_ignore_ascii_case("bearer") {
+        return Some("");
+    }
     authorization
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("bearer "))
@@ -377,12 +384,14 @@ pub fn count_refused(transport: Transport, reason: &'static str) {
 /// clients) are not browsers and pass.
 pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused> {
     let allowed = &shared.config.allowed_origins;
+    // One trailing `/` (PROTOCOL.md §9.1), not any number (outside audit 97, F5).
+    let bare = |o: &str| o.strip_suffix('/').unwrap_or(o).to_owned();
     match origin {
         Some(origin) if !allowed.is_empty() => {
-            let origin = origin.trim_end_matches('/');
+            let origin = bare(origin);
             if allowed
                 .iter()
-                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+                .any(|a| a == "*" || bare(a).eq_ignore_ascii_case(&origin))
             {
                 Ok(())
             } else {
@@ -418,7 +427,16 @@ pub fn admit_tcp(
     query: Option<&str>,
 ) -> Result<String, Refused> {
     use axum::http::header;
-    let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    // A header that is there but not text (bytes outside visible ASCII) is judged as a value
+    // no rule takes, never as absent: an `Origin` of `https://évil.example` passed as a native
+    // client's (no `Origin`) through any allow-list, and an unreadable `Authorization` sent
+    // the server to the query's token (outside audit 97, F1, F2).
+    const UNREADABLE: &str = "\u{fffd}";
+    let header_str = |name| {
+        headers
+            .get(name)
+            .map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or(UNREADABLE))
+    };
     // Two `Origin` headers are refused whatever they say: checking only the first would let
     // a second one through unexamined (browsers send one).
     if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
@@ -427,13 +445,11 @@ pub fn admit_tcp(
     check_origin(shared, header_str(header::ORIGIN))?;
     admit(shared)?;
     // Two `Authorization` headers are no credential at all: a proxy in front may have judged
-    // the other one (outside audit: the first was used here, the last on WebTransport).
-    if headers
-        .get_all(header::AUTHORIZATION)
-        .iter()
-        .nth(1)
-        .is_some()
-    {
+    // the other one (outside audit: the first was used here, the last on WebTransport). Nor is
+    // one that is not text.
+    let mut authorizations = headers.get_all(header::AUTHORIZATION).iter();
+    let first = authorizations.next();
+    if authorizations.next().is_some() || first.is_some_and(|v| v.to_str().is_err()) {
         return Ok(String::new());
     }
     credentials(header_str(header::AUTHORIZATION), query)
