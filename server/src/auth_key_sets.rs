@@ -3,7 +3,8 @@
 //!
 //! An identity provider's set often holds keys the server cannot use beside the one its tokens
 //! are signed with (P-384, PS256, RS384, a symmetric key): those are skipped, each named in a
-//! warning at every load, and the rest are loaded. One such key failed the whole document, so
+//! warning when the set is loaded (a reload of the same document changes nothing and says
+//! nothing), and the rest are loaded. One such key failed the whole document, so
 //! the old set was kept: a key published after it was never accepted, and a key removed from
 //! the set (after a compromise, say) went on verifying fresh tokens (outside audit 98, F4).
 //! A set with no key the server can use is still an error (the old set stays; at start the

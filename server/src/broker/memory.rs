@@ -11,6 +11,12 @@
 //! aged out and forgets rooms with nothing kept and nobody subscribed here; a room the budgets
 //! empty is forgotten at once.
 //!
+//! A room a `Subscribe` or `History` makes known (for its epoch) is made known within both
+//! budgets and is *idle* while nothing is published in it: a tenant's idle rooms with no
+//! subscriber here give way before its publications. Over the total, the tenants heavier than
+//! the one at hand give way, heaviest first, passing over any with nothing to give (only rooms
+//! subscribed here); then the one at hand. A room no budget has a place for is refused.
+//!
 //! Each room entry draws its own epoch when it is created: a restart, or a room forgotten by
 //! the sweep, makes old positions unrecoverable (`Failed`), as it should, and a room's offsets
 //! say nothing about any other room or tenant.
@@ -116,6 +122,8 @@ fn room_cost(key: &RoomKey) -> u64 {
 struct TenantHistory {
     /// The cost of its kept publications and of its known rooms.
     bytes: u64,
+    /// Of `bytes`, its known rooms' ([`room_cost`]).
+    rooms: u64,
     /// The tenant's kept publications, oldest first: seq → room.
     order: BTreeMap<u64, Arc<RoomKey>>,
     /// Rooms a `Subscribe` or `History` made known that nothing has been published in since,
@@ -178,7 +186,25 @@ impl History {
         while self.pop_oldest(key) {}
         self.not_idle(key);
         if self.rooms.remove(key).is_some() {
+            if let Some(tenant) = self.tenants.get_mut(&key.tenant) {
+                tenant.rooms -= room_cost(key);
+            }
             self.release(&key.tenant, room_cost(key));
+        }
+    }
+
+    /// Counts the room as idle (nothing kept, nobody subscribed here when made so), newest of
+    /// its tenant's: what gives way first.
+    fn make_idle(&mut self, key: &RoomKey) {
+        let seq = self.next_seq;
+        let Some(room) = self.rooms.get_mut(key).filter(|r| r.idle.is_none()) else {
+            return;
+        };
+        self.next_seq += 1;
+        room.idle = Some(seq);
+        let room_key = room.key.clone();
+        if let Some(tenant) = self.tenants.get_mut(&key.tenant) {
+            tenant.idle.insert(seq, room_key);
         }
     }
 
@@ -280,18 +306,21 @@ impl History {
             }
         }
         while self.bytes > global_max {
-            // Linear in the number of tenants holding history, and only while over budget.
-            let heaviest = self
+            // The tenants heavier than this one, heaviest first: the first that has something
+            // to give back does (one holding only rooms subscribed here has not). Sorted only
+            // while over budget, in the number of tenants holding history.
+            let own = self.tenants.get(tenant).map_or(0, |t| t.bytes);
+            let mut heavier: Vec<(u64, TenantId)> = self
                 .tenants
                 .iter()
-                .max_by_key(|(_, t)| t.bytes)
-                .map(|(id, _)| id.clone());
-            if let Some(heaviest) = heaviest.filter(|h| h != tenant) {
-                if self.evict_oldest_of(&heaviest, Budget::Global, hub) {
-                    continue;
-                }
-            }
-            if !self.evict_oldest_of(tenant, Budget::Global, hub) {
+                .filter(|(id, t)| *id != tenant && t.bytes > own)
+                .map(|(id, t)| (t.bytes, id.clone()))
+                .collect();
+            heavier.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+            let gave = heavier
+                .iter()
+                .any(|(_, id)| self.evict_oldest_of(id, Budget::Global, hub));
+            if !gave && !self.evict_oldest_of(tenant, Budget::Global, hub) {
                 return false;
             }
         }
@@ -301,7 +330,7 @@ impl History {
     /// The room's entry, created with a fresh epoch (and counted) if it has none.
     fn room(&mut self, key: &RoomKey) -> &mut RoomHistory {
         if !self.rooms.contains_key(key) {
-            self.charge(&key.tenant, room_cost(key));
+            self.charge(&key.tenant, room_cost(key)).rooms += room_cost(key);
             let key = Arc::new(key.clone());
             self.rooms.insert(
                 key.clone(),
@@ -334,6 +363,16 @@ impl History {
     ) -> Option<&mut RoomHistory> {
         if !self.rooms.contains_key(key) {
             self.room(key);
+            // Rooms alone past the share, none idle to give way: no publication evicted can
+            // make room, so none is (review 99, F2).
+            let hopeless = self
+                .tenants
+                .get(&key.tenant)
+                .is_some_and(|t| t.idle.is_empty() && t.rooms > limits.history_tenant_max_bytes);
+            if hopeless {
+                self.forget(key);
+                return None;
+            }
             let within = self.enforce(
                 &key.tenant,
                 limits.history_tenant_max_bytes,
@@ -345,16 +384,7 @@ impl History {
                 self.forget(key);
                 return None;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            let room = self.rooms.get_mut(key)?;
-            room.idle = Some(seq);
-            let room_key = room.key.clone();
-            self.tenants
-                .entry(key.tenant.clone())
-                .or_default()
-                .idle
-                .insert(seq, room_key);
+            self.make_idle(key);
         }
         self.rooms.get_mut(key)
     }
@@ -399,7 +429,12 @@ impl MemoryBroker {
         let mut history = self.lock();
         let seq = history.next_seq;
         history.next_seq += 1;
-        history.not_idle(&key);
+        let room = history.room(&key);
+        // Something published: idle no more (one lookup for the common case, a room that
+        // never was idle).
+        if room.idle.is_some() {
+            history.not_idle(&key);
+        }
         let room = history.room(&key);
         room.last += 1;
         let position = Position {
@@ -547,7 +582,16 @@ impl Broker for MemoryBroker {
         Box::pin(ready(Ok(())))
     }
 
-    fn remove_interest(&self, _key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
+    /// The room's last subscriber here left: a room that keeps nothing is idle again, so it
+    /// gives way before any publication (it left the idle list while subscribed; it waited
+    /// for the sweep: review 99, F2).
+    fn remove_interest(&self, key: RoomKey) -> BoxFuture<'_, Result<(), BrokerError>> {
+        if self.config.history(&key.room).is_some() {
+            let mut history = self.lock();
+            if history.rooms.get(&key).is_some_and(|r| r.kept.is_empty()) {
+                history.make_idle(&key);
+            }
+        }
         Box::pin(ready(Ok(())))
     }
 

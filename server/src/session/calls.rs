@@ -52,18 +52,32 @@ impl Session {
 
     /// A client that left: its calls run on, answered to nobody, as every command it wrote
     /// before leaving is carried out (PROTOCOL.md §3), until `timeouts.reply` after it was found
-    /// gone; those still waiting then are dropped with the session (audited `cancelled`). They
+    /// gone, its token's expiry, or a close order (an API disconnect, a revocation: review 99,
+    /// F3), whichever is first; those still waiting then are dropped (audited `cancelled`). They
     /// were cut off at once, and those whose task had not yet run were never sent nor audited
-    /// (outside audit 95, F1).
-    pub(super) async fn finish_calls_of_departed(&mut self, reason: &'static str) {
+    /// (outside audit 95, F1). `None` when no call waits.
+    pub(super) fn calls_of_departed(&mut self, reason: &'static str) -> Option<super::Leftover> {
         if self.calls.is_empty() {
-            return;
+            return None;
         }
-        let until = self.leftover_until(reason);
-        let calls = &mut self.calls;
-        let _ =
-            tokio::time::timeout_at(until, async { while calls.join_next().await.is_some() {} })
-                .await;
+        let until = self.leftover_until(reason).min(self.expiry());
+        let mut calls = std::mem::take(&mut self.calls);
+        let closing = self.closing.take();
+        Some(Box::pin(async move {
+            let ordered = async {
+                match &closing {
+                    Some(closing) => closing.ordered().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = async { while calls.join_next().await.is_some() {} } => {}
+                () = tokio::time::sleep_until(until) => {}
+                () = ordered => {}
+            }
+            // Dropped: the calls still waiting are aborted, each audited `cancelled`.
+            drop(calls);
+        }))
     }
 
     /// What the session checks of a `Call` before anyone is asked (PROTOCOL.md §11.1), in

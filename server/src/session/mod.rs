@@ -70,6 +70,9 @@ pub struct Link {
 
 /// How a session ended, for the adapter: `close` is set when the server ends it (the goodbye
 /// frame is already queued on `out`; the adapter closes its transport with the same code).
+/// What a session still carries out once its transport is closed: a departed client's calls.
+pub(crate) type Leftover = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct End {
     pub close: Option<(CloseCode, String)>,
     /// The `reason` label of the closed-sessions metric.
@@ -78,7 +81,7 @@ pub struct End {
     /// until the adapter drops this, after its transport is closed: a drain must not end
     /// before the goodbye is out, and a tenant whose sessions end and never close cannot hold
     /// more places than its quota (outside bounds audit 4, F3).
-    pub slot: Slot,
+    slot: Slot,
     /// The session was refused (over its tenant's quota): it holds no place while it closes,
     /// and the adapter closes it within `server::CLOSE_GRACE`, as a refused CONNECT or upgrade. A
     /// tenant at its quota whose refused upgrades each held a server-wide place for the
@@ -92,9 +95,30 @@ pub struct End {
     /// its goodbye is queued) and for `not_reading` (it did not read; what 3010 leaves
     /// unanswered may have been carried out anyway): each stage gets its grace alone.
     readers_until: Option<tokio::time::Instant>,
+    /// A departed client's calls still running (`Session::calls_of_departed`). In a mutex
+    /// only so that `End` is `Sync` (adapters hold `&End` across awaits); taken once.
+    leftover: std::sync::Mutex<Option<Leftover>>,
 }
 
 impl End {
+    /// The adapter has closed the transport: what the session still carries out for a client
+    /// that left (its calls, bounded) runs, and then the session stops counting (its slot
+    /// goes). So a client that leaves with calls waiting has its connection closed at once, as
+    /// PROTOCOL.md §1 says of a FIN, and still holds its place among `max_sessions` while they
+    /// run (review 99, F4: they ran before the close).
+    pub async fn release(self) {
+        let leftover = self
+            .leftover
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(leftover) = leftover {
+            leftover.await;
+        }
+        // Only now does the session stop counting (a drain waits for it).
+        drop(self.slot);
+    }
+
     /// Waits for `closing` (the goodbye's queueing; the adapter's writer finishing the queue,
     /// the goodbye last) as a reply waits in a drain: `grace`, and on while the client takes
     /// something of its queue (a frame, over WebTransport part of one) in every grace, up to
@@ -374,7 +398,7 @@ async fn run_session(
         left: std::sync::OnceLock::new(),
         expiry,
     };
-    let (_registered, kicks) = shared.registry.register(
+    let (registered, mut kicks) = shared.registry.register(
         &id,
         &session.grant.tenant,
         &session.grant.user,
@@ -396,7 +420,7 @@ async fn run_session(
             session.quota = Some(quota);
             // A bug that panics while serving one session must still free what the session
             // holds (subscriptions, presence, quota: `release` below) and say goodbye.
-            match AssertUnwindSafe(session.drive(inbound, kicks))
+            match AssertUnwindSafe(session.drive(inbound, &mut kicks))
                 .catch_unwind()
                 .await
             {
@@ -421,9 +445,23 @@ async fn run_session(
     // Boxed, like the command handlers in `drive`: run only once, and inline they would size
     // every idle session's task.
     Box::pin(session.release()).await;
-    if let Exit::Gone(reason) = &exit {
-        Box::pin(session.finish_calls_of_departed(reason)).await;
-    }
+    // A departed client's calls run on once its transport is closed (`End::release`), the
+    // session still registered and taking orders (a `Kicks` dropped refuses them), so a close
+    // order still cuts them. Otherwise the session takes no more orders from here on.
+    let calls = match &exit {
+        Exit::Gone(reason) => session.calls_of_departed(reason),
+        _ => None,
+    };
+    let leftover = match calls {
+        Some(calls) => Some(Box::pin(async move {
+            let _held = (registered, kicks);
+            calls.await;
+        }) as Leftover),
+        None => {
+            drop(kicks);
+            None
+        }
+    };
     slot.tenant = session.quota.take();
     if refused {
         slot.release();
@@ -444,6 +482,7 @@ async fn run_session(
         refused,
         written,
         readers_until,
+        leftover: std::sync::Mutex::new(leftover),
     };
     if let Some((code, reason)) = end.close.as_ref().filter(|_| goodbye) {
         let goodbye = encode_event(&ServerFrame {
@@ -490,7 +529,7 @@ impl Session {
     async fn drive(
         &mut self,
         mut inbound: queue::Receiver<Inbound>,
-        mut kicks: crate::registry::Kicks,
+        kicks: &mut crate::registry::Kicks,
     ) -> Exit {
         let shutdown = self.shared.shutdown.clone();
         // Boxed: awaited once, and inline it would be the largest state of this future, which

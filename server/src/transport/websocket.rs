@@ -300,8 +300,9 @@ async fn serve(
     }
     gone.cancel();
     debug!(%remote, reason = end.reason, transport = T.label(), "websocket closed");
-    // Only now does the session stop counting (a drain waits for it).
-    drop(end.slot);
+    // Only now does the session stop counting (a drain waits for it), once what a departed
+    // client left running is done.
+    end.release().await;
 }
 
 /// After the session: the goodbye (already queued) and the close frame written, and meanwhile

@@ -288,8 +288,9 @@ async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Gr
             "webtransport connection closed"
         );
     }
-    // Only now does the session stop counting (a drain waits for it).
-    drop(end.slot);
+    // Only now does the session stop counting (a drain waits for it), once what a departed
+    // client left running is done.
+    end.release().await;
 }
 
 /// Why reading the control stream failed, as a closed-sessions `reason`.
