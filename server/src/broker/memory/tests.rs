@@ -350,6 +350,19 @@ fn bytes_of(b: &MemoryBroker, tenant: &str) -> u64 {
         .map_or(0, |t| t.bytes)
 }
 
+/// `tenant` publishes `each` 500-byte publications into each of `rooms` rooms.
+fn fill(b: &MemoryBroker, tenant: &str, rooms: usize, each: usize) {
+    for room in 0..rooms {
+        for _ in 0..each {
+            b.publish_now(tenant_key(tenant, &format!("h.r{room}")), five_hundred());
+        }
+    }
+}
+
+fn five_hundred() -> Bytes {
+    Bytes::from(vec![7u8; 500])
+}
+
 /// A room name 120 bytes long, the `i`th.
 fn long_room(i: usize) -> String {
     format!("h.{i:0>118}")
@@ -366,12 +379,8 @@ fn rooms_made_known_by_reading_stay_within_their_share_and_take_nothing_from_ano
         c.limits.history_tenant_max_bytes = 200_000;
         c.limits.history_max_bytes = 400_000;
     });
-    let payload = Bytes::from(vec![7u8; 500]);
-    for room in 0..30 {
-        for _ in 0..5 {
-            b.publish_now(tenant_key("acme", &format!("h.r{room}")), payload.clone());
-        }
-    }
+    fill(&b, "acme", 30, 5);
+    let payload = five_hundred();
     assert_eq!(kept_of(&b, "acme"), 150);
     let mut epochs = Vec::new();
     for i in 0..1000 {
@@ -406,12 +415,8 @@ fn subscribed_rooms_past_the_share_are_refused_and_take_nothing_from_another() {
         c.limits.history_tenant_max_bytes = 100_000;
         c.limits.history_max_bytes = 200_000;
     });
-    let payload = Bytes::from(vec![7u8; 500]);
-    for room in 0..20 {
-        for _ in 0..5 {
-            b.publish_now(tenant_key("acme", &format!("h.r{room}")), payload.clone());
-        }
-    }
+    fill(&b, "acme", 20, 5);
+    let payload = five_hundred();
     let mut queues = Vec::new();
     let mut refused = 0;
     for i in 0..400 {
