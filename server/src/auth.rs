@@ -17,7 +17,6 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use quiver_proto::{Pattern, RoomName, TenantId};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 /// Shortest HS256 secret accepted: the hash's output size (RFC 7518 §3.2 requires a key at least
 /// that long). Shorter secrets, the empty one included, can be guessed or brute-forced offline
@@ -190,9 +189,9 @@ pub struct Verifier {
     unknown_kid: tokio::sync::Notify,
     /// Tokens that passed every check (`token_cache.rs`).
     cache: crate::token_cache::TokenCache,
-    /// The SHA-256 of the key set document last loaded: loading the same document again
-    /// changes nothing, and keeps the cache (outside audit 98, F7: any client could empty every
-    /// client's cache every 10 s by naming made-up `kid`s, each reload clearing it).
+    /// The digest of the keys last loaded (`key_sets::KeySet::digest`): loading the same keys
+    /// again changes nothing, and keeps the cache (outside audit 98, F7: any client could empty
+    /// every client's cache every 10 s by naming made-up `kid`s, each reload clearing it).
     document: std::sync::Mutex<[u8; 32]>,
 }
 
@@ -250,29 +249,26 @@ impl Verifier {
     /// errors).
     pub fn jwks_from_bytes(source: &str, text: &[u8], checks: &Checks) -> Result<Self, KeyError> {
         let leeway_secs = leeway_secs(checks)?;
-        let verifier = Self::with_keys(
-            key_sets::jwks_keys(source, text, checks, leeway_secs)?,
-            leeway_secs,
-            checks,
-        );
-        *verifier.document.lock().unwrap_or_else(|e| e.into_inner()) =
-            sha2::Sha256::digest(text).into();
+        let set = key_sets::jwks_keys(source, text, checks, leeway_secs)?;
+        set.warn_skipped(source);
+        let verifier = Self::with_keys(set.keys, leeway_secs, checks);
+        *verifier.document.lock().unwrap_or_else(|e| e.into_inner()) = set.digest;
         Ok(verifier)
     }
 
     /// Replaces the key set with a new JWKS document, keeping the checks. On error the old set
     /// stays. Returns how many signing keys the new set has.
     pub fn replace_jwks(&self, source: &str, text: &[u8]) -> Result<usize, KeyError> {
-        let digest: [u8; 32] = sha2::Sha256::digest(text).into();
+        let set = key_sets::jwks_keys(source, text, &self.checks, self.leeway_secs)?;
         let mut document = self.document.lock().unwrap_or_else(|e| e.into_inner());
-        if *document == digest {
-            // The same document: the same keys, warnings and all (they were logged then).
-            return Ok(self.keys.read().unwrap_or_else(|e| e.into_inner()).len());
+        if *document == set.digest {
+            // The same keys: nothing changes, and what was skipped was warned about then.
+            return Ok(set.keys.len());
         }
-        let keys = key_sets::jwks_keys(source, text, &self.checks, self.leeway_secs)?;
-        let count = keys.len();
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
-        *document = digest;
+        set.warn_skipped(source);
+        let count = set.keys.len();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.keys);
+        *document = set.digest;
         // A token signed by a key that was removed must not live on in the cache.
         self.cache.clear();
         Ok(count)

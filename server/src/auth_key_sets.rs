@@ -18,6 +18,7 @@ use jsonwebtoken::jwk::{
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use rsa::pkcs1::DecodeRsaPublicKey;
 use rsa::traits::PublicKeyParts;
+use sha2::{Digest, Sha256};
 
 use super::{validation, Checks, KeyError, Keys};
 
@@ -31,13 +32,13 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// Ed25519 keys EdDSA (a key's `alg`, when present, must be that one). Encryption keys
 /// (`"use": "enc"`) are passed over in silence; any other key the server cannot use (no `kid`,
 /// another type, curve or `alg`, an RSA key under [`MIN_RSA_BITS`], a symmetric key) is
-/// skipped with a warning naming it and why.
+/// skipped, named with why in [`KeySet::skipped`].
 pub(super) fn jwks_keys(
     source: &str,
     text: &[u8],
     checks: &Checks,
     leeway_secs: u64,
-) -> Result<Keys, KeyError> {
+) -> Result<KeySet, KeyError> {
     let jwks_err = |reason: String| KeyError::Jwks {
         path: source.to_owned(),
         reason,
@@ -46,6 +47,7 @@ pub(super) fn jwks_keys(
         serde_json::from_slice(text).map_err(|e| jwks_err(format!("not a JWK set: {e}")))?;
     let mut keys = HashMap::new();
     let mut skipped = Vec::new();
+    let mut used = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
             continue;
@@ -62,6 +64,7 @@ pub(super) fn jwks_keys(
             }
         };
         let (key, alg) = key;
+        used.push((kid.clone(), serde_json::to_vec(jwk).unwrap_or_default()));
         if keys
             .insert(kid.clone(), (key, validation(alg, checks, leeway_secs)))
             .is_some()
@@ -77,10 +80,39 @@ pub(super) fn jwks_keys(
         };
         return Err(jwks_err(format!("no signing key the server can use{why}")));
     }
-    for reason in &skipped {
-        tracing::warn!(source, reason = reason.as_str(), "JWKS key skipped");
+    // The keys used, whatever order or form the document gives them in.
+    used.sort();
+    let mut digest = Sha256::new();
+    for (kid, jwk) in &used {
+        for part in [kid.as_bytes(), jwk] {
+            digest.update((part.len() as u64).to_be_bytes());
+            digest.update(part);
+        }
     }
-    Ok(Keys::ByKid(keys))
+    Ok(KeySet {
+        keys: Keys::ByKid(keys),
+        skipped,
+        digest: digest.finalize().into(),
+    })
+}
+
+/// A key set as read from a document.
+pub(super) struct KeySet {
+    pub keys: Keys,
+    /// The keys left out, each with why: warned about when the set is loaded.
+    pub skipped: Vec<String>,
+    /// A digest of the keys used (their `kid`s and JWKs, in `kid` order): a reload whose keys
+    /// are the same changes nothing, whatever the document's bytes (an identity provider may
+    /// write the same set another way each time).
+    pub digest: [u8; 32],
+}
+
+impl KeySet {
+    pub fn warn_skipped(&self, source: &str) {
+        for reason in &self.skipped {
+            tracing::warn!(source, reason = reason.as_str(), "JWKS key skipped");
+        }
+    }
 }
 
 /// The key and the one algorithm it verifies, or why the server cannot use it.

@@ -661,10 +661,17 @@ fn a_key_set_reload_empties_the_cache() {
     let token = sign_with(&a, Algorithm::ES256, Some(a.kid));
     assert!(v.verify(&token).is_ok());
     assert_eq!(v.cached_tokens(), 1);
-    // The same document again (a reload on schedule, or after a made-up `kid`) changes no
-    // key, and keeps the cache (outside audit 98, F7: anyone could empty it every 10 s).
+    // The same keys again (a reload on schedule, or after a made-up `kid`), even written
+    // another way, change nothing and keep the cache (outside audit 98, F7: anyone could empty
+    // it every 10 s).
     let both = std::fs::read(&path).unwrap();
     assert_eq!(v.replace_jwks("test", &both).unwrap(), 2);
+    assert_eq!(v.cached_tokens(), 1);
+    let reordered = serde_json::to_string_pretty(&serde_json::json!({
+        "keys": [b.jwk.clone(), a.jwk.clone()]
+    }))
+    .unwrap();
+    assert_eq!(v.replace_jwks("test", reordered.as_bytes()).unwrap(), 2);
     assert_eq!(v.cached_tokens(), 1);
     let only_b = serde_json::json!({ "keys": [b.jwk] }).to_string();
     v.replace_jwks("test", only_b.as_bytes()).unwrap();
