@@ -10,6 +10,8 @@
 mod calls;
 mod commands;
 mod datagrams;
+mod drain;
+mod end;
 mod hello;
 mod inbox;
 mod lifetime;
@@ -42,6 +44,8 @@ use crate::server::Shared;
 use crate::subscription::Ended;
 use crate::transport::{queue, Inbound, Peer, Transport};
 
+pub use end::End;
+use end::Leftover;
 use meter::{Meter, Verdict};
 use publishing::{Publishing, Reply};
 pub use slot::Slot;
@@ -54,106 +58,11 @@ use crate::quota::TenantSession;
 /// `Session::send_or_stall` wait on, a grace at a time, while it reads).
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a drain lets a session take commands it has read before its goodbye
-/// (`Session::finish_for_drain`); those taken are finished, and answered.
-const DRAIN_FINISH: Duration = Duration::from_secs(1);
-/// Between a `Call` being taken and its deadline starting (its task's start), at most: so a
-/// call taken at the end of a drain's first second is still waited for to its deadline.
-const CALL_START: Duration = Duration::from_millis(250);
-
 /// The connection a session runs over, as the core sees it.
 pub struct Link {
     pub transport: Transport,
     pub peer: Peer,
     pub remote: SocketAddr,
-}
-
-/// How a session ended, for the adapter: `close` is set when the server ends it (the goodbye
-/// frame is already queued on `out`; the adapter closes its transport with the same code).
-/// What a session still carries out once its transport is closed: a departed client's calls.
-pub(crate) type Leftover = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-pub struct End {
-    pub close: Option<(CloseCode, String)>,
-    /// The `reason` label of the closed-sessions metric.
-    pub reason: &'static str,
-    /// The session counts as open (gauge, drain, `max_sessions`, its tenant's `max_sessions`)
-    /// until the adapter drops this, after its transport is closed: a drain must not end
-    /// before the goodbye is out, and a tenant whose sessions end and never close cannot hold
-    /// more places than its quota (outside bounds audit 4, F3).
-    slot: Slot,
-    /// The session was refused (over its tenant's quota): it holds no place while it closes,
-    /// and the adapter closes it within `server::CLOSE_GRACE`, as a refused CONNECT or upgrade. A
-    /// tenant at its quota whose refused upgrades each held a server-wide place for the
-    /// WebSocket close's 5 s filled `limits.max_sessions` (outside bounds audit 4, F3).
-    pub refused: bool,
-    /// How far the adapter's writer has got with the session's outgoing queue.
-    written: queue::Progress<Bytes>,
-    /// Until when a client that reads slowly but steadily is waited for at the close: the
-    /// session's end plus `timeouts.reply`, one deadline for the goodbye's queueing and the
-    /// adapter's writer together (review 90, F1: each had its own). `None` for a refusal (only
-    /// its goodbye is queued) and for `not_reading` (it did not read; what 3010 leaves
-    /// unanswered may have been carried out anyway): each stage gets its grace alone.
-    readers_until: Option<tokio::time::Instant>,
-    /// A departed client's calls still running (`Session::calls_of_departed`). In a mutex
-    /// only so that `End` is `Sync` (adapters hold `&End` across awaits); taken once.
-    leftover: std::sync::Mutex<Option<Leftover>>,
-}
-
-impl End {
-    /// The adapter has closed the transport: what the session still carries out for a client
-    /// that left (its calls, bounded) runs, and then the session stops counting (its slot
-    /// goes). So a client that leaves with calls waiting has its connection closed at once, as
-    /// PROTOCOL.md §1 says of a FIN, and still holds its place among `max_sessions` while they
-    /// run (review 99, F4: they ran before the close).
-    pub async fn release(self) {
-        let leftover = self
-            .leftover
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(leftover) = leftover {
-            leftover.await;
-        }
-        // Only now does the session stop counting (a drain waits for it).
-        drop(self.slot);
-    }
-
-    /// Waits for `closing` (the goodbye's queueing; the adapter's writer finishing the queue,
-    /// the goodbye last) as a reply waits in a drain: `grace`, and on while the client takes
-    /// something of its queue (a frame, over WebTransport part of one) in every grace, up to
-    /// [`Self::readers_until`]. The replies queued before the goodbye are of commands carried
-    /// out: a slow but steady reader gets them (review 89, F8: one with a large last reply was
-    /// cut off after the grace).
-    pub async fn wait_for_reader<F: std::future::Future>(
-        &self,
-        closing: F,
-        grace: Duration,
-    ) -> Option<F::Output> {
-        self.written
-            .while_moving(closing, grace, self.wait_limit(grace))
-            .await
-    }
-
-    /// Resolves when the adapter's close should be cut short: a refused session at once, any
-    /// other once the server is stopping (a drain begun before the close or during it); then a
-    /// [`crate::server::CLOSE_GRACE`] in which the client takes nothing of its queue. The one
-    /// rule for both adapters (review 90, F9: WebTransport chose its grace when its close
-    /// began, so a drain begun during a close waited the full 2 s there).
-    pub async fn cut_short(&self, stopping: &CancellationToken) {
-        if !self.refused {
-            stopping.cancelled().await;
-        }
-        let _ = self
-            .wait_for_reader(std::future::pending::<()>(), crate::server::CLOSE_GRACE)
-            .await;
-    }
-
-    /// When a wait of [`Self::wait_for_reader`] with `grace` begun now gives up at the latest.
-    fn wait_limit(&self, grace: Duration) -> tokio::time::Instant {
-        let floor = tokio::time::Instant::now() + grace;
-        self.readers_until.map_or(floor, |until| until.max(floor))
-    }
 }
 
 /// Sessions ended for their peer's fault (a malformed frame, replies never read) logged per
@@ -833,86 +742,6 @@ impl Session {
             (Err(refusal), Reply::Command { id, .. }) => self.refuse(id, refusal).await,
             (Ok(Some(event)), Reply::Command { id, ack: true }) => self.reply(id, event).await,
             (Ok(_), _) => {}
-        }
-    }
-
-    /// A drain's end of the session: before `Goodbye 3000`, the commands it has read run (those
-    /// queued, and those that arrive meanwhile, for [`DRAIN_FINISH`]), and the publications on
-    /// their way to the broker and the calls waiting for the backend are answered; none is cut
-    /// off half-way (a publication cut off while being stored would be stored unanswered, a
-    /// call cut off may have been carried out by the backend: both were, before). So
-    /// a command left unanswered at the goodbye was not carried out (PROTOCOL §7), and a client
-    /// sends it again. The goodbye used to come at once: a publisher's whole window went
-    /// unanswered, and the one the broker was storing was stored all the same (outside cluster
-    /// audit 5, F3: 121 of 150 unanswered, one of them stored).
-    async fn finish_for_drain(&mut self, inbox: &mut inbox::Inbox) -> Exit {
-        let shutdown = || Exit::Close(CloseCode::Shutdown, "server shutting down".into());
-        let take_until = tokio::time::Instant::now() + DRAIN_FINISH;
-        // How long what is under way is waited for, from the last moment a command is taken: a
-        // call ends by its own deadline (`rpc.max_timeout` at most) with an answer, so it is
-        // always waited for (review 89, F9: the bound counted from the drain's start, and a
-        // call taken in its first second was cut off and told 3000 though the backend had
-        // carried it out). A publication ends by the broker's deadline, one after another,
-        // which may add up to more: past this bound the session closes with the code alone,
-        // which promises nothing of them (review 92, F3). The drain's own deadline
-        // (`timeouts.drain`, 5 s by default) usually comes first. Only the waiting is bounded:
-        // a command being carried out, or an answer being written, is never cut off here.
-        let config = &self.shared.config;
-        let give_up_at = take_until + config.rpc.max_timeout + CALL_START;
-        // The drain's replies wait for room until then and `timeouts.reply` more at most,
-        // together (review 92, F2: each waited `timeouts.reply` of its own, so many replies to a
-        // client reading slowly held the session many times that).
-        self.drain_until = Some(give_up_at + config.timeouts.reply);
-        // Whether the adapter still hands over what the peer sends (it ends with the peer's).
-        let mut open = true;
-        loop {
-            // A reply that found no room: the commands after it would be carried out
-            // unanswered, and a `Goodbye 3000` says that what it leaves unanswered was not
-            // (PROTOCOL §7), so their publications would be sent twice (outside audit 81, 1).
-            if self.stalled {
-                return self.not_reading();
-            }
-            let now = tokio::time::Instant::now();
-            if now >= self.expiry() {
-                return Exit::Close(CloseCode::TokenExpired, "token expired".into());
-            }
-            // A full publish queue takes no command until one is answered.
-            let taking = open && now < take_until && !self.publishing.is_full();
-            let mut item = if taking { inbox.try_recv() } else { None };
-            if item.is_none() {
-                if self.publishing.is_empty() && self.calls.is_empty() {
-                    return shutdown();
-                }
-                // Waiting for what is under way, commands that arrive meanwhile are taken
-                // too, for as long as the window lasts (outside calls audit, F1: those sent
-                // while a call waited were never read, and went unanswered).
-                tokio::select! {
-                    done = self.publishing.next_done(), if !self.publishing.is_empty() => {
-                        self.published(done).await;
-                    }
-                    Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
-                        Box::pin(self.call_done(done)).await;
-                    }
-                    next = inbox.recv(), if taking => match next {
-                        Some(next) => item = Some(next),
-                        None => open = false,
-                    },
-                    () = tokio::time::sleep_until(take_until), if taking => {}
-                    () = tokio::time::sleep_until(give_up_at) => {
-                        return Exit::Cut(
-                            CloseCode::Shutdown,
-                            "server shutting down: what was under way was not waited for".into(),
-                        );
-                    }
-                }
-            }
-            if let Some(item) = item {
-                let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;
-                self.held.flush();
-                if let Some(exit) = exit {
-                    return exit;
-                }
-            }
         }
     }
 
