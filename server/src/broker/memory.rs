@@ -5,7 +5,9 @@
 //! History memory is bounded three ways: per room (`history_size`, `history_ttl`), per tenant
 //! (`limits.history_tenant_max_bytes`: past it the tenant's own oldest publications go) and in
 //! total (`limits.history_max_bytes`: past it the oldest publications of the tenant holding the
-//! most go, so a tenant within its fair share never loses history to a heavier one). The
+//! most go, so a tenant never loses history to a heavier one that has some to give; rooms
+//! subscribed here cannot give way, so other tenants' subscribed rooms can squeeze it, up to
+//! their shares: set `history_max_bytes` to tenants × the share for strict isolation). The
 //! budgets count what history holds, not only payloads: each kept publication its payload and
 //! [`ENTRY_OVERHEAD`], each known room [`ROOM_OVERHEAD`] and its names. A sweep drops what has
 //! aged out and forgets rooms with nothing kept and nobody subscribed here; a room the budgets
@@ -379,9 +381,13 @@ impl History {
                 limits.history_max_bytes,
                 hub,
             );
-            m::hot::history_bytes().set(self.bytes as f64);
             if !within {
                 self.forget(key);
+            }
+            // After the refused room is forgotten: set before, it showed the total past its
+            // budget (outside audit 101, F5).
+            m::hot::history_bytes().set(self.bytes as f64);
+            if !within {
                 return None;
             }
             self.make_idle(key);

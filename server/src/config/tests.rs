@@ -131,6 +131,39 @@ fn missing_nats_files_are_refused_at_load() {
     });
 }
 
+/// `nats.presence_ttl` is 3 s to an hour: `"0s"` passed `config check`, then stopped the
+/// refresh (a zero period) and gave the presence bucket no age limit, so a killed instance's
+/// members stayed listed for good (outside audit 101, F2).
+#[test]
+fn presence_ttl_is_bounded() {
+    figment::Jail::expect_with(|jail| {
+        for (ttl, ok) in [
+            ("0s", false),
+            ("2s", false),
+            ("3s", true),
+            ("1h", true),
+            ("2h", false),
+        ] {
+            jail.create_file(
+                "n.toml",
+                &format!("[nats]\nurl = \"nats://127.0.0.1:4222\"\npresence_ttl = \"{ttl}\"\n"),
+            )?;
+            match Config::load(Some("n.toml".as_ref())) {
+                Ok(_) => assert!(ok, "{ttl} taken"),
+                Err(e) => {
+                    assert!(!ok, "{ttl}: {e}");
+                    assert!(
+                        e.to_string()
+                            .contains("nats.presence_ttl must be 3s to 3600s"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    });
+}
+
 /// A history namespace keeps each publication at least a second: `history_ttl = "0s"` was taken
 /// and kept nothing, every recovery failing (outside audit 58, F3).
 #[test]

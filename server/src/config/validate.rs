@@ -9,6 +9,12 @@ use super::{
     MIN_MAX_FRAME,
 };
 
+/// Shortest `nats.presence_ttl`: entries are refreshed every third of it, one JetStream put
+/// each, so a shorter one costs more than it tells.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(3);
+/// Longest `nats.presence_ttl`: a killed instance's members stay listed that long.
+pub const MAX_PRESENCE_TTL: Duration = Duration::from_secs(3600);
+
 impl Config {
     /// Checks what the types cannot: limits that must fit together, and that what must be
     /// given was given. Run it once the command-line flags are applied too.
@@ -153,6 +159,17 @@ impl Config {
                 problems.push(format!(
                     "nats.storage must be memory or file, not {:?}",
                     nats.storage
+                ));
+            }
+            // Entries are refreshed every third of it, and a bucket's age limit of 0 means none:
+            // 0 stopped the refresh and kept a killed instance's members listed for good
+            // (outside audit 101, F2).
+            if !(MIN_PRESENCE_TTL..=MAX_PRESENCE_TTL).contains(&nats.presence_ttl) {
+                problems.push(format!(
+                    "nats.presence_ttl must be {}s to {}s, not {:?}",
+                    MIN_PRESENCE_TTL.as_secs(),
+                    MAX_PRESENCE_TTL.as_secs(),
+                    nats.presence_ttl
                 ));
             }
             // Read only when NATS is connected: a missing file was found at the first

@@ -33,6 +33,12 @@ pub const COMMANDS: &str = "quiver_commands_total";
 pub const COMMANDS_REFUSED: &str = "quiver_commands_refused_total";
 pub const PUBLICATIONS_DROPPED: &str = "quiver_publications_dropped_total";
 pub const PRESENCE_TRUNCATED: &str = "quiver_presence_truncated_total";
+/// Seconds the last refresh of this instance's cluster presence entries took (one JetStream
+/// put each, every third of `nats.presence_ttl`): past that third, entries can expire while
+/// their members are present.
+pub const PRESENCE_REFRESH_SECONDS: &str = "quiver_presence_refresh_seconds";
+/// Cluster presence entries this instance holds (and refreshes).
+pub const PRESENCE_ENTRIES: &str = "quiver_presence_entries";
 /// Token key-set (JWKS) reloads by `outcome` (`loaded`, `failed`).
 pub const JWKS_RELOADS: &str = "quiver_jwks_reloads_total";
 /// Backend API requests refused, by `code` (`api::error::Code`): a wrong key shows as
