@@ -247,6 +247,48 @@ over_both_transports!(
     presence_churn_draws_on_the_publication_quota,
 );
 
+/// A `Subscribe` the subscription quota refuses takes nothing from the publication rate, though
+/// a presence room's `Joined` is metered like a publication (outside audit 101, F4: the
+/// refused Subscribe took a place of the rate, and the next Publish was refused for it).
+#[tokio::test]
+async fn a_subscribe_refused_by_its_quota_takes_nothing_from_the_publication_rate(
+) -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "p".into(),
+            history_size: 0,
+            presence: true,
+            ..Default::default()
+        });
+        // Two publications a second (a burst of two), one subscription.
+        c.quotas.tenant.publications_per_second = 2;
+        c.quotas.tenant.max_subscriptions = 1;
+    })
+    .await?;
+    let mut raw = Raw::connect(&server, &full_token("acme", "u")).await?;
+    // Takes one of the two (its stream kept: one dropped ends the subscription, and its
+    // `Left` takes another).
+    let _a = raw.subscribe("p.a").await?;
+    let refused = raw
+        .request(Command::Subscribe {
+            room: "p.b".into(),
+            resume: None,
+        })
+        .await?;
+    assert_eq!(
+        code_of(&refused),
+        Some(ErrorCode::QuotaExceeded.as_u16()),
+        "{refused:?}"
+    );
+    // The second is still there (a refill takes half a second; this takes milliseconds).
+    let published = raw.publish("live.x", b"x").await?;
+    assert!(
+        matches!(published, Event::Published { .. }),
+        "{published:?}"
+    );
+    Ok(())
+}
+
 /// A client's token publishing through the backend API draws on its tenant's publish quota
 /// (429 `quota_exceeded`; the buckets are the ones its sessions use, `quota.rs` unit tests); an
 /// API key (the backend) is not metered.

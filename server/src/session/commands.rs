@@ -48,18 +48,21 @@ impl Session {
         self.ask_hook(crate::rpc::Hook::Subscribe, &key.room, None)
             .await?;
         if let Some(quota) = &self.quota {
-            // A presence room's `Joined` goes to every member like a publication, and is
-            // metered like one (PROTOCOL.md §5 Quotas): without it, Subscribe/Unsubscribe
-            // churn gave a tenant at its publication quota the fan-out of a flood (outside
-            // audit: 360k deliveries/s at a quota of 100 publications/s).
-            if self.shared.config.presence(&key.room) {
-                quota
-                    .presence_joined(std::time::Instant::now())
-                    .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
-            }
             quota
                 .add_subscription()
                 .map_err(|e| Refusal::new(ErrorCode::QuotaExceeded, e.to_string()))?;
+            // A presence room's `Joined` goes to every member like a publication, and is
+            // metered like one (PROTOCOL.md §5 Quotas): without it, Subscribe/Unsubscribe
+            // churn gave a tenant at its publication quota the fan-out of a flood (outside
+            // audit: 360k deliveries/s at a quota of 100 publications/s). After the
+            // subscription quota: a Subscribe it refuses takes no publication from the rate
+            // (outside audit 101, F4: the next Publish was refused for it).
+            if self.shared.config.presence(&key.room) {
+                if let Err(e) = quota.presence_joined(std::time::Instant::now()) {
+                    quota.remove_subscription();
+                    return Err(Refusal::new(ErrorCode::QuotaExceeded, e.to_string()));
+                }
+            }
         }
         // Counted from here on: `drop_sub` releases it, and so does the one way out below.
 
