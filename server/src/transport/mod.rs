@@ -131,6 +131,39 @@ pub enum Inbound {
 }
 
 impl Inbound {
+    /// About how many bytes it holds while it waits in a session's inbound queue: its payload
+    /// and strings, and a frame's fixed part.
+    pub fn weight(&self) -> usize {
+        const FIXED: usize = 64;
+        match self {
+            Inbound::Frame(frame, _) => {
+                FIXED
+                    + match &frame.command {
+                        quiver_proto::Command::Publish { room, payload, .. } => {
+                            room.len() + payload.len()
+                        }
+                        quiver_proto::Command::Call {
+                            method,
+                            payload,
+                            idempotency_key,
+                            ..
+                        } => method.len() + payload.len() + idempotency_key.len(),
+                        quiver_proto::Command::Hello { client, .. } => client.len(),
+                        quiver_proto::Command::Refresh { token } => token.len(),
+                        quiver_proto::Command::Subscribe { room, .. }
+                        | quiver_proto::Command::Unsubscribe { room }
+                        | quiver_proto::Command::Presence { room }
+                        | quiver_proto::Command::History { room, .. }
+                        | quiver_proto::Command::PresenceStats { room } => room.len(),
+                        quiver_proto::Command::Ping => 0,
+                    }
+            }
+            Inbound::Datagram(datagram) => FIXED + datagram.0.len(),
+            Inbound::Malformed(reason) => FIXED + reason.len(),
+            Inbound::Unknown { .. } | Inbound::Control(_) | Inbound::Ended(_) => FIXED,
+        }
+    }
+
     /// When the adapter read it, for what the peer sent.
     pub fn arrived(&self) -> Option<Instant> {
         match self {

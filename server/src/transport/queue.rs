@@ -33,6 +33,21 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     weighed(capacity, usize::MAX, rooms, |_| 0)
 }
 
+/// A queue of `T` bounded in count and in what `weigh` says each holds: one is queued while the
+/// queue holds less than `max_bytes`, so it holds at most `max_bytes` plus one (plus one more
+/// per sender racing for the last room). A session's inbound commands over WebTransport.
+pub fn bounded_weighed<T>(
+    capacity: usize,
+    max_bytes: usize,
+    weigh: fn(&T) -> usize,
+) -> (Sender<T>, Receiver<T>) {
+    let rooms = Ceiling {
+        frames: usize::MAX,
+        bytes: usize::MAX,
+    };
+    weighed(capacity, max_bytes, rooms, weigh)
+}
+
 /// A queue of frames bounded in count and in bytes: a frame is queued while the queue holds
 /// fewer than `max_bytes`, so it holds at most `max_bytes` plus a frame (plus one more per
 /// sender racing for the last room). What a client that does not read makes the server hold

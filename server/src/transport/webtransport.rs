@@ -225,9 +225,16 @@ async fn answer_within(
     }
 }
 
+/// What a session's control stream reader holds ahead of the session core, besides the
+/// stream's own window (and one frame more, however large).
+const READ_AHEAD_BYTES: usize = 256 * 1024;
+
 /// One accepted session: the control stream's tasks around the session core.
 async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Grant>) {
-    let (in_tx, in_rx) = queue::bounded(64);
+    // What the reader takes ahead of the session (which it does while a command waits) is
+    // bounded in bytes as well as in frames: 64 frames of 60 KB held 4 MB per session, where
+    // PROTOCOL.md §5 says the stream's 256 KiB window (outside audit 100, F1).
+    let (in_tx, in_rx) = queue::bounded_weighed(64, READ_AHEAD_BYTES, super::Inbound::weight);
     let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let max_frame = shared.config.limits.max_frame as usize;
     let control = tokio::spawn(control(
