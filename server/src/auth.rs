@@ -192,7 +192,8 @@ pub struct Verifier {
     /// The digest of the keys last loaded (`key_sets::KeySet::digest`): loading the same keys
     /// again changes nothing, and keeps the cache (outside audit 98, F7: any client could empty
     /// every client's cache every 10 s by naming made-up `kid`s, each reload clearing it).
-    document: std::sync::Mutex<[u8; 32]>,
+    /// With it, the digest of the keys skipped (`KeySet::skipped_digest`).
+    document: std::sync::Mutex<([u8; 32], [u8; 32])>,
 }
 
 enum Keys {
@@ -252,7 +253,8 @@ impl Verifier {
         let set = key_sets::jwks_keys(source, text, checks, leeway_secs)?;
         set.warn_skipped(source);
         let verifier = Self::with_keys(set.keys, leeway_secs, checks);
-        *verifier.document.lock().unwrap_or_else(|e| e.into_inner()) = set.digest;
+        *verifier.document.lock().unwrap_or_else(|e| e.into_inner()) =
+            (set.digest, set.skipped_digest);
         Ok(verifier)
     }
 
@@ -261,14 +263,18 @@ impl Verifier {
     pub fn replace_jwks(&self, source: &str, text: &[u8]) -> Result<usize, KeyError> {
         let set = key_sets::jwks_keys(source, text, &self.checks, self.leeway_secs)?;
         let mut document = self.document.lock().unwrap_or_else(|e| e.into_inner());
-        if *document == set.digest {
-            // The same keys: nothing changes, and what was skipped was warned about then.
+        if document.0 == set.digest {
+            // The same keys: nothing changes; what is skipped is warned about when it changes.
+            if document.1 != set.skipped_digest {
+                set.warn_skipped(source);
+                document.1 = set.skipped_digest;
+            }
             return Ok(set.keys.len());
         }
         set.warn_skipped(source);
         let count = set.keys.len();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set.keys);
-        *document = set.digest;
+        *document = (set.digest, set.skipped_digest);
         // A token signed by a key that was removed must not live on in the cache.
         self.cache.clear();
         Ok(count)
@@ -286,7 +292,7 @@ impl Verifier {
             checks: checks.clone(),
             unknown_kid: tokio::sync::Notify::new(),
             cache: crate::token_cache::TokenCache::new(crate::token_cache::DEFAULT_ENTRIES),
-            document: std::sync::Mutex::new([0; 32]),
+            document: std::sync::Mutex::new(([0; 32], [0; 32])),
         }
     }
 

@@ -89,10 +89,17 @@ pub(super) fn jwks_keys(
             digest.update(part);
         }
     }
+    skipped.sort();
+    let mut skipped_digest = Sha256::new();
+    for reason in &skipped {
+        skipped_digest.update((reason.len() as u64).to_be_bytes());
+        skipped_digest.update(reason.as_bytes());
+    }
     Ok(KeySet {
         keys: Keys::ByKid(keys),
         skipped,
         digest: digest.finalize().into(),
+        skipped_digest: skipped_digest.finalize().into(),
     })
 }
 
@@ -105,6 +112,10 @@ pub(super) struct KeySet {
     /// are the same changes nothing, whatever the document's bytes (an identity provider may
     /// write the same set another way each time).
     pub digest: [u8; 32],
+    /// A digest of what was skipped and why: a key the server cannot use newly published
+    /// beside the same usable ones changes nothing but is warned about (review 102, F1: a
+    /// rotation to an unusable key went unexplained, its tokens refused as an unknown kid).
+    pub skipped_digest: [u8; 32],
 }
 
 impl KeySet {

@@ -38,7 +38,7 @@ async fn a_blocked_session_reads_a_bounded_number_of_bytes_ahead() -> anyhow::Re
         taken < 1_000_000,
         "the server took {taken} bytes of 60 KB frames ahead of a blocked session"
     );
-    // Something was taken: the bound is not zero.
-    assert!(taken >= 256 * 1024, "only {taken} bytes taken");
+    // More than the stream's window alone: the reader took some ahead (the bound is not zero).
+    assert!(taken >= 256 * 1024 + 2 * 60_000, "only {taken} bytes taken");
     Ok(())
 }

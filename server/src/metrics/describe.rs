@@ -224,6 +224,17 @@ pub(super) fn describe() {
         PRESENCE_TRUNCATED,
         "Presence replies cut short to fit the frame limit"
     );
+    describe_gauge!(
+        PRESENCE_ENTRIES,
+        "Cluster presence entries this instance holds and refreshes (one per present member and \
+         room)"
+    );
+    describe_gauge!(
+        PRESENCE_REFRESH_SECONDS,
+        Unit::Seconds,
+        "How long this instance's last refresh of its cluster presence entries took (0 with none \
+         to refresh); past nats.presence_ttl, entries expire while their members are present"
+    );
     describe_counter!(
         TLS_RELOAD_FAILURES,
         "Certificate reloads refused (a pair that does not load, or a certificate expired or not \
