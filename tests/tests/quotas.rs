@@ -23,6 +23,16 @@ async fn over_quota_goodbye(via: Via, server: &TestServer, token: &str) -> anyho
 }
 
 /// The tenant `calm`, with a publication quota it never reaches.
+/// The presence namespace `p` (no history).
+fn presence_namespace(c: &mut quiver_server::Config) {
+    c.namespaces.push(quiver_server::config::NamespaceConfig {
+        name: "p".into(),
+        history_size: 0,
+        presence: true,
+        ..Default::default()
+    });
+}
+
 fn calm_tenant() -> TenantOverride {
     TenantOverride {
         tenant: "calm".into(),
@@ -192,12 +202,7 @@ async fn tenant_publication_quota(via: Via) -> anyhow::Result<()> {
 /// deliveries/s this way), never the leaving; another tenant is not affected.
 async fn presence_churn_draws_on_the_publication_quota(via: Via) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
-        c.namespaces.push(quiver_server::config::NamespaceConfig {
-            name: "p".into(),
-            history_size: 0,
-            presence: true,
-            ..Default::default()
-        });
+        presence_namespace(c);
         c.quotas.tenant.publications_per_second = 5;
         c.quotas.tenants.push(calm_tenant());
         c.limits.commands_per_second = 1000;
@@ -254,12 +259,7 @@ over_both_transports!(
 async fn a_subscribe_refused_by_its_quota_takes_nothing_from_the_publication_rate(
 ) -> anyhow::Result<()> {
     let server = TestServer::start_with(|c| {
-        c.namespaces.push(quiver_server::config::NamespaceConfig {
-            name: "p".into(),
-            history_size: 0,
-            presence: true,
-            ..Default::default()
-        });
+        presence_namespace(c);
         // Two publications a second (a burst of two), one subscription.
         c.quotas.tenant.publications_per_second = 2;
         c.quotas.tenant.max_subscriptions = 1;

@@ -418,13 +418,15 @@ pub fn count_refused(transport: Transport, reason: &'static str) {
 pub fn check_origin(shared: &Shared, origin: Option<&str>) -> Result<(), Refused> {
     let allowed = &shared.config.allowed_origins;
     // One trailing `/` (PROTOCOL.md §9.1), not any number (outside audit 97, F5).
-    let bare = |o: &str| o.strip_suffix('/').unwrap_or(o).to_owned();
+    fn bare(o: &str) -> &str {
+        o.strip_suffix('/').unwrap_or(o)
+    }
     match origin {
         Some(origin) if !allowed.is_empty() => {
             let origin = bare(origin);
             if allowed
                 .iter()
-                .any(|a| a == "*" || bare(a).eq_ignore_ascii_case(&origin))
+                .any(|a| a == "*" || bare(a).eq_ignore_ascii_case(origin))
             {
                 Ok(())
             } else {
