@@ -111,8 +111,24 @@ pub async fn publish_held_by_its_hook(
     quiver_client::Subscription,
     Raw,
 )> {
+    publish_held_by_its_hook_with(via, token, |_| {}).await
+}
+
+/// [`publish_held_by_its_hook`] on a server with its configuration tweaked further.
+pub async fn publish_held_by_its_hook_with(
+    via: Via,
+    token: &str,
+    tweak: impl FnOnce(&mut quiver_server::config::Config) + Send + 'static,
+) -> anyhow::Result<(
+    TestServer,
+    std::sync::Arc<GatedBackend>,
+    quiver_client::Client,
+    quiver_client::Subscription,
+    Raw,
+)> {
     let (url, backend) = gated_backend().await?;
     let server = TestServer::start_with(move |c| {
+        tweak(c);
         c.rpc.url = Some(url);
         c.api.keys = vec![quiver_server::config::ApiKey {
             key: ACME_KEY.into(),

@@ -130,6 +130,11 @@ pub enum Inbound {
     Ended(&'static str),
 }
 
+/// What a session's reader holds ahead of the session core (and one frame more, however
+/// large), besides what the transport itself buffers: the inbound queue's bound in bytes on
+/// WebTransport and WebSocket alike (PROTOCOL §5).
+pub const READ_AHEAD_BYTES: usize = 256 * 1024;
+
 impl Inbound {
     /// About how many bytes it holds while it waits in a session's inbound queue: its payload
     /// and strings, and a frame's fixed part.

@@ -252,7 +252,9 @@ async fn serve(
     let max_frame = shared.config.limits.max_frame as usize;
     let socket = slot.clone();
     let framing = MessageBudget::start(slot, max_frame + quiver_proto::LENGTH_PREFIX);
-    let (in_tx, in_rx) = queue::bounded(64);
+    // Bounded in bytes as well as in messages, as on WebTransport: 64 messages of up to
+    // `max_frame` each were up to 64 MiB held per session behind one waiting command.
+    let (in_tx, in_rx) = queue::bounded_weighed(64, super::READ_AHEAD_BYTES, Inbound::weight);
     let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let gone = CancellationToken::new();
     let ending = CancellationToken::new();

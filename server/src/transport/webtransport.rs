@@ -225,16 +225,12 @@ async fn answer_within(
     }
 }
 
-/// What a session's control stream reader holds ahead of the session core, besides the
-/// stream's own window (and one frame more, however large).
-const READ_AHEAD_BYTES: usize = 256 * 1024;
-
 /// One accepted session: the control stream's tasks around the session core.
 async fn serve(shared: Arc<Shared>, conn: Connection, grant: Box<crate::auth::Grant>) {
     // What the reader takes ahead of the session (which it does while a command waits) is
     // bounded in bytes as well as in frames: 64 frames of 60 KB held 4 MB per session, where
     // PROTOCOL.md §5 says the stream's 256 KiB window (outside audit 100, F1).
-    let (in_tx, in_rx) = queue::bounded_weighed(64, READ_AHEAD_BYTES, super::Inbound::weight);
+    let (in_tx, in_rx) = queue::bounded_weighed(64, super::READ_AHEAD_BYTES, Inbound::weight);
     let (out_tx, out_rx) = super::out_queue(&shared.config.limits);
     let max_frame = shared.config.limits.max_frame as usize;
     let control = tokio::spawn(control(
@@ -431,45 +427,10 @@ async fn read_control(
         // sessions), and no copy before the decoder's own.
         let chunk = tokio::select! {
             read = recv.quic_stream_mut().read_chunk(usize::MAX, true) => read,
-            extra = conn.accept_bi() => {
-                match extra {
-                    Ok((mut send, recv)) => {
-                        recv.stop(VarInt::from_u32(REFUSED_STREAM));
-                        let _ = send.reset(VarInt::from_u32(REFUSED_STREAM));
-                        debug!("refused an extra bidirectional stream");
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Inbound::Ended(super::quic_close_reason(&e))).await;
-                        return;
-                    }
-                }
-                continue;
-            }
-            // Publications to `latest` rooms. Never waits for the session: a datagram that finds
-            // its queue full is dropped (and counted), as the network might have.
-            datagram = conn.receive_datagram() => {
-                if let Ok(datagram) = datagram {
-                    metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
-                    // One naming another session names none (a connection carries one): it
-                    // goes to the session empty, so it is metered as any datagram and dropped
-                    // as `malformed` (outside audit 41, F2; the patched wtransport hands it
-                    // over, where the crates.io release discards it uncounted).
-                    let payload = if datagram.session_id() == conn.session_id() {
-                        datagram.payload()
-                    } else {
-                        bytes::Bytes::new()
-                    };
-                    let item = Inbound::Datagram(Box::new((payload, std::time::Instant::now())));
-                    if tx.try_send(item).is_err() {
-                        crate::metrics::datagram_dropped("busy");
-                    }
-                }
-                continue;
-            }
-            extra = conn.accept_uni() => {
-                if let Ok(recv) = extra {
-                    recv.stop(VarInt::from_u32(REFUSED_STREAM));
-                    debug!("refused a unidirectional stream");
+            side = next_side(&conn) => {
+                if let Some(ended) = serve_side(&conn, &tx, side) {
+                    let _ = tx.send(Inbound::Ended(ended)).await;
+                    return;
                 }
                 continue;
             }
@@ -489,10 +450,87 @@ async fn read_control(
         decoder.push(&chunk);
         while let Some(item) = Inbound::next(&mut decoder) {
             let stop = matches!(item, Inbound::Malformed(_));
-            // The channel is bounded: a client that floods commands waits on QUIC flow control.
-            if tx.send(item).await.is_err() || stop {
+            // The queue is bounded: a client that floods commands waits on QUIC flow control.
+            // Meanwhile its datagrams are still taken (and dropped as `busy`, as a full queue
+            // drops them) and its extra streams still refused: left in quinn's buffers, they
+            // were lost uncounted or held (outside audit 100, F3).
+            let place = loop {
+                tokio::select! {
+                    place = tx.reserve() => break place,
+                    side = next_side(&conn) => {
+                        if let Some(ended) = serve_side(&conn, &tx, side) {
+                            // The command read before the connection went is still the
+                            // session's to carry out (PROTOCOL §3), then the end.
+                            let _ = tx.send(item).await;
+                            let _ = tx.send(Inbound::Ended(ended)).await;
+                            return;
+                        }
+                    }
+                }
+            };
+            match place {
+                Ok(place) => place.send(item),
+                Err(_) => return,
+            }
+            if stop {
                 return;
             }
         }
     }
+}
+
+/// What a session's connection brings besides its control stream.
+enum Side {
+    Bidi(Result<(SendStream, RecvStream), wtransport::error::ConnectionError>),
+    Datagram(Result<wtransport::datagram::Datagram, wtransport::error::ConnectionError>),
+    Uni(Result<RecvStream, wtransport::error::ConnectionError>),
+}
+
+/// The next of the connection's side traffic. Each arm is cancel-safe: it is raced against the
+/// control stream's read and the inbound queue's room.
+async fn next_side(conn: &Connection) -> Side {
+    tokio::select! {
+        bidi = conn.accept_bi() => Side::Bidi(bidi),
+        datagram = conn.receive_datagram() => Side::Datagram(datagram),
+        uni = conn.accept_uni() => Side::Uni(uni),
+    }
+}
+
+/// Serves one piece of side traffic: extra streams are refused, datagrams (publications to
+/// `latest` rooms) are queued if there is room and dropped (counted) if not, as the network
+/// might have: a datagram never waits for the session. `Some(reason)` once the connection is
+/// gone.
+fn serve_side(conn: &Connection, tx: &queue::Sender<Inbound>, side: Side) -> Option<&'static str> {
+    match side {
+        Side::Bidi(Ok((mut send, recv))) => {
+            recv.stop(VarInt::from_u32(REFUSED_STREAM));
+            let _ = send.reset(VarInt::from_u32(REFUSED_STREAM));
+            debug!("refused an extra bidirectional stream");
+        }
+        // Each fails only once the connection is gone: ended, not retried (which would spin).
+        Side::Bidi(Err(e)) | Side::Datagram(Err(e)) | Side::Uni(Err(e)) => {
+            return Some(super::quic_close_reason(&e));
+        }
+        Side::Datagram(Ok(datagram)) => {
+            metrics::counter!(crate::metrics::DATAGRAMS_RECEIVED).increment(1);
+            // One naming another session names none (a connection carries one): it goes to
+            // the session empty, so it is metered as any datagram and dropped as `malformed`
+            // (outside audit 41, F2; the patched wtransport hands it over, where the crates.io
+            // release discards it uncounted).
+            let payload = if datagram.session_id() == conn.session_id() {
+                datagram.payload()
+            } else {
+                Bytes::new()
+            };
+            let item = Inbound::Datagram(Box::new((payload, std::time::Instant::now())));
+            if tx.try_send(item).is_err() {
+                crate::metrics::datagram_dropped("busy");
+            }
+        }
+        Side::Uni(Ok(recv)) => {
+            recv.stop(VarInt::from_u32(REFUSED_STREAM));
+            debug!("refused a unidirectional stream");
+        }
+    }
+    None
 }
