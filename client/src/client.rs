@@ -360,6 +360,9 @@ impl Client {
     /// server's deadline is the longer one, the client gives up first with
     /// [`ClientError::Timeout`] while the backend may still run the call. Give calls a
     /// `timeout` below `request_timeout` to hear the server's `deadline_exceeded` instead.
+    /// A call not yet written when it gives up (it waited for the pacer,
+    /// [`crate::ClientConfig::pace_commands`]), or whose future is dropped before then, is
+    /// withdrawn: it is never sent later.
     pub async fn call(
         &self,
         method: &str,
@@ -387,12 +390,16 @@ impl Client {
             .map_or(self.inner.request_timeout, |t| t + Duration::from_secs(2))
             .max(self.inner.request_timeout);
         let method = method.to_owned();
+        // However the call ends (an answer, a timeout, its future dropped), a frame still
+        // waiting to be written is withdrawn; one written is not affected.
+        let claim = WithdrawOnDrop(Claim::default());
         self.request_within(wait, |reply| Request::Call {
             method,
             payload,
             timeout_ms,
             idempotency_key: options.idempotency_key.unwrap_or_default(),
             reply,
+            claim: claim.0.clone(),
         })
         .await
     }
@@ -496,6 +503,16 @@ impl Client {
                 .try_acquire_owned()
                 .map_err(|_| ClientError::BufferFull),
         }
+    }
+}
+
+/// Withdraws a `call`'s frame when the call ends, unless the writer took it.
+struct WithdrawOnDrop(Claim);
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        // The pending reply goes with the caller's receiver (`Pending::abandoned`).
+        self.0.withdraw();
     }
 }
 

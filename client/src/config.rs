@@ -253,9 +253,12 @@ pub const HTTP3_SERVER_STREAMS: u32 = 3;
 
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A URL may carry a `token` parameter (`connect_url` expects one may be there): a
+        // configuration printed for a log must not hand it on (outside audit 103, F7).
+        let redacted = |urls: &[String]| urls.iter().map(|u| redact(u)).collect::<Vec<_>>();
         f.debug_struct("ClientConfig")
-            .field("urls", &self.urls)
-            .field("ws_urls", &self.ws_urls)
+            .field("urls", &redacted(&self.urls))
+            .field("ws_urls", &redacted(&self.ws_urls))
             .field("transport", &self.transport)
             .field("webtransport_timeout", &self.webtransport_timeout)
             .field("webtransport_retry", &self.webtransport_retry)
@@ -304,6 +307,16 @@ impl ClientConfig {
             max_frame: 1024 * 1024,
             max_subscriptions: 256,
         }
+    }
+
+    /// The largest frame this client takes from any server: [`ClientConfig::max_frame`] within
+    /// the protocol's bounds (never below the 64 KiB any session may send, never above
+    /// [`quiver_proto::MAX_MAX_FRAME`]).
+    pub(crate) fn frame_ceiling(&self) -> usize {
+        self.max_frame.clamp(
+            quiver_proto::DEFAULT_MAX_FRAME,
+            quiver_proto::MAX_MAX_FRAME as usize,
+        )
     }
 
     /// Sets [`ClientConfig::trust`].
@@ -409,12 +422,11 @@ pub fn parse_cert_hash(s: &str) -> Result<[u8; 32], ClientError> {
 /// The CONNECT URL for one attempt: `base` with `/v1` ([`quiver_proto::CONNECT_PATH`]) if it has no path, and the
 /// token as the (percent-encoded) `token` query parameter, replacing any present.
 pub fn connect_url(base: &str, token: &str) -> Result<String, ClientError> {
-    let mut url =
-        Url::parse(base).map_err(|e| ClientError::Connect(format!("invalid URL {base:?}: {e}")))?;
+    let invalid =
+        |why: String| ClientError::Connect(format!("invalid URL {:?}: {why}", redact(base)));
+    let mut url = Url::parse(base).map_err(|e| invalid(e.to_string()))?;
     if url.scheme() != "https" {
-        return Err(ClientError::Connect(format!(
-            "invalid URL {base:?}: WebTransport needs https"
-        )));
+        return Err(invalid("WebTransport needs https".into()));
     }
     if url.path().is_empty() || url.path() == "/" {
         url.set_path(CONNECT_PATH);
@@ -438,12 +450,11 @@ pub fn connect_url(base: &str, token: &str) -> Result<String, ClientError> {
 /// The WebSocket URL for one attempt: `base` (`ws://` or `wss://`) with `/v1/ws` if it has no
 /// path. The token is not put in it: it travels in the `Authorization` header.
 pub fn ws_url(base: &str) -> Result<String, ClientError> {
-    let mut url =
-        Url::parse(base).map_err(|e| ClientError::Connect(format!("invalid URL {base:?}: {e}")))?;
+    let invalid =
+        |why: String| ClientError::Connect(format!("invalid URL {:?}: {why}", redact(base)));
+    let mut url = Url::parse(base).map_err(|e| invalid(e.to_string()))?;
     if url.scheme() != "ws" && url.scheme() != "wss" {
-        return Err(ClientError::Connect(format!(
-            "invalid URL {base:?}: WebSocket needs ws:// or wss://"
-        )));
+        return Err(invalid("WebSocket needs ws:// or wss://".into()));
     }
     if url.path().is_empty() || url.path() == "/" {
         url.set_path(WS_PATH);
@@ -454,15 +465,23 @@ pub fn ws_url(base: &str) -> Result<String, ClientError> {
 /// The WebSocket endpoint's path (PROTOCOL.md section 9).
 pub const WS_PATH: &str = "/v1/ws";
 
-/// The URL as safe to log: the token query parameter replaced by `***`.
+/// The URL as safe to log or put in an error: every `token` query parameter's value replaced
+/// by `***` (a URL may name it twice, and the server reads one of them).
 pub(crate) fn redact(url: &str) -> String {
-    match url.find("token=") {
-        Some(i) => {
-            let end = url[i..].find('&').map(|j| i + j).unwrap_or(url.len());
-            format!("{}token=***{}", &url[..i], &url[end..])
-        }
-        None => url.to_string(),
+    const KEY: &str = "token=";
+    let mut shown = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find(KEY) {
+        let value = i + KEY.len();
+        let end = rest[value..]
+            .find(['&', '#'])
+            .map_or(rest.len(), |j| value + j);
+        shown.push_str(&rest[..value]);
+        shown.push_str("***");
+        rest = &rest[end..];
     }
+    shown.push_str(rest);
+    shown
 }
 
 #[cfg(test)]
@@ -550,6 +569,27 @@ mod tests {
             "https://h/v1?token=***&x=1"
         );
         assert_eq!(redact("https://h/v1"), "https://h/v1");
+        assert_eq!(
+            redact("https://h/v1?token=a&x=1&token=b#f"),
+            "https://h/v1?token=***&x=1&token=***#f"
+        );
+    }
+
+    /// A token in a configured URL shows neither in the configuration's `Debug` nor in the
+    /// errors that name the URL (outside audit 103, F7).
+    #[test]
+    fn configured_tokens_never_show() {
+        let cfg = ClientConfig::new("https://h/v1?token=SECRET", token_fixed("t"))
+            .with_ws_url("wss://h/v1/ws?token=SECRET");
+        let shown = format!("{cfg:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("token=***"),
+            "{shown}"
+        );
+        let err = connect_url("http://h/v1?token=SECRET", "t").unwrap_err();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
+        let err = ws_url("https://h/v1?token=SECRET").unwrap_err();
+        assert!(!err.to_string().contains("SECRET"), "{err}");
     }
 
     #[test]

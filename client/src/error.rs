@@ -64,7 +64,8 @@ pub enum ClientError {
     /// withdrawn, never sent, so publishing it again publishes it once. From
     /// [`crate::Client::call`]: the call may have been sent and the backend may run it (or have
     /// run it): retry only with an idempotency key, as after
-    /// [`ClientError::ConnectionLost`].
+    /// [`ClientError::ConnectionLost`] (one still waiting to be written is withdrawn, never
+    /// sent later).
     #[error("timed out")]
     Timeout,
     /// [`crate::Client::publish_ack`] only: the publication was written, and no answer came
@@ -107,6 +108,30 @@ impl ClientError {
             message: message.into(),
         }
     }
+}
+
+/// Most characters of server-chosen text shown by [`clip`].
+pub(crate) const SHOWN_CHARS: usize = 256;
+
+/// Server-chosen text (a goodbye's reason, an error's message, a session or user name, a dump
+/// of an unexpected frame) as this client puts it in a log line or an error it builds: at most
+/// [`SHOWN_CHARS`] characters, control characters escaped. Such text may be as long as a frame
+/// (`max_frame`) and hold newlines, so a server could otherwise write pages into the logs, or
+/// lines that look like the client's own (outside audit 103, F8).
+pub(crate) fn clip(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len().min(SHOWN_CHARS + 8));
+    for (i, c) in text.chars().enumerate() {
+        if i == SHOWN_CHARS {
+            shown.push('…');
+            break;
+        }
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
 }
 
 fn refusal(status: Option<u16>) -> String {
@@ -162,6 +187,16 @@ mod tests {
             e.to_string(),
             "server refused the session at wss://q.example/ws (HTTP 500)"
         );
+    }
+
+    #[test]
+    fn server_text_is_clipped_and_escaped() {
+        assert_eq!(clip("drain"), "drain");
+        assert_eq!(clip("a\nINFO fake line\u{1b}"), "a\\nINFO fake line\\u{1b}");
+        let long = "é".repeat(10_000);
+        let shown = clip(&long);
+        assert_eq!(shown.chars().count(), SHOWN_CHARS + 1);
+        assert!(shown.ends_with('…'));
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub enum SubEvent {
     /// Also the first event of a subscription made with [`crate::Client::subscribe_from`].
     ///
     /// The client checks the server's word (PROTOCOL.md §5): a `Recovered` that its own
-    /// `Subscribed` position rules out is yielded as [`Recovery::Failed`]; one whose replay
+    /// `Subscribed` position rules out, and a `NotRequested` answering a resume, are yielded as
+    /// [`Recovery::Failed`]; a `Recovered` whose replay
     /// turns out shorter or longer than announced, or outside the resumed range, is followed by
     /// a second `Resubscribed` with [`Recovery::Failed`] where that shows. Re-sync then too.
     /// (A publication whose position does not move forward, a repeat, a step back or another

@@ -6,542 +6,25 @@
 //! server whose positions go backwards, or whose replay contradicts its `Recovered`, is not
 //! believed (outside audit F6); what a subscription holds for an application that does not
 //! read is bounded in bytes, presence events included, and a long replay to one that does is
-//! not cut short (outside audit G2, G5).
+//! not cut short (outside audit G2, G5). Outside audit 103: a message over 16 KiB and one frame
+//! ends the connection (F2), a resume answered `NotRequested` is a failed recovery (F3), a call
+//! that gave up before it was written is never sent (F6), a `Welcome` of another protocol
+//! version closes the client for good (F9).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{command, decode, send, welcome, Ws};
-use futures::{SinkExt, StreamExt};
-use quiver_client::{
-    token_fixed, Client, ClientConfig, ConnectionState, Position, Recovery, SubEvent, Subscription,
-    Transport,
+use futures::StreamExt;
+use hostile_ws::{
+    at, config, hostile, hostile_logged, leaves_connected, After, JOINED_USER, REPLAYED,
 };
-use quiver_proto::{encode_event, Command, ErrorCode, Event, ServerFrame};
-use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use quiver_client::{
+    Client, ClientError, ConnectionState, Position, Recovery, SubEvent, Subscription,
+};
+use quiver_proto::ErrorCode;
 
 mod common;
-
-/// What the hostile server does once it has answered `Hello`.
-#[derive(Clone, Copy)]
-enum After {
-    /// Closes the connection at once.
-    Close,
-    /// Answers `Subscribe` with `Subscribed`, then sends one publication of this many bytes.
-    BigPublication(usize),
-    /// Stops reading and sends pings as fast as the socket takes them (at most 20 s).
-    PingFlood,
-    /// Welcomes with a token expiring in 3 s and answers every `Refresh` with that same
-    /// expiry, counting the refreshes.
-    RefreshSame,
-    /// Welcomes with a token that expired 100 s ago and answers every `Refresh` with an expiry
-    /// a second later than the last, still past, counting the refreshes.
-    RefreshPast,
-    /// Answers every `Subscribe` with `Subscribed`, then ends the room at once with an
-    /// `Unsubscribed` of this code, counting the `Subscribe`s.
-    EndsEveryRoom(ErrorCode),
-    /// Answers a `Subscribe` with the room's `SubscriptionStream` and 10 MiB of publications
-    /// before its `Subscribed` (more than the client holds for a room).
-    FloodBeforeSubscribed,
-    /// Reads every command and answers none (its WebSocket layer still answers pings): a hung
-    /// server. Counts connections.
-    Hung,
-    /// Answers every `Subscribe` with `Subscribed` carrying the same `latest` subscription id.
-    SameSubscriptionId,
-    /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
-    StrayReplies,
-    /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
-    /// the `Subscribe`'s id.
-    StrayUnsubscribed,
-    /// A history room (epoch 1). First session: `Subscribed` at offset 10, publication 11, and
-    /// the connection closes at the client's first `Ping`. Later sessions: the resume answered
-    /// `Recovered { replayed: 3 }` with `Subscribed` at 20, then only one replayed publication
-    /// (12) before a live one (21).
-    ShortReplay,
-    /// A history room (epoch 1). First session: `Subscribed` at offset 10, then publications
-    /// 11, 13, 12 (backwards), 13 (again), 14, one of epoch 2, 9 (before `Subscribed`), and one
-    /// without a position (payload "end"); the connection closes at the client's first `Ping`.
-    /// Later sessions: `Subscribed` at 14, `Recovered { replayed: 0 }`.
-    Backwards,
-    /// Answers `Subscribe` with `Subscribed` and the room's `SubscriptionStream`, then sends
-    /// `Joined` events whose member's user is [`JOINED_USER`] bytes, at most [`JOINED_MAX`] of
-    /// them, until the client's `Unsubscribe` comes ([`Flood`] counts them); `Ping`s are
-    /// answered after the flood.
-    JoinedFlood,
-    /// A history room (epoch 1): a `Subscribe` is answered `Subscribed` at offset
-    /// [`REPLAYED`] with `Recovered { replayed: REPLAYED }`, then the replayed publications
-    /// 1..=`REPLAYED` (20-byte payloads) in one WebSocket message, then a live one ("live").
-    LongReplay,
-}
-
-/// The size of a [`After::JoinedFlood`] member's user name: under the client's 1 MiB ceiling.
-const JOINED_USER: usize = 512 * 1024;
-/// How many `Joined` events [`After::JoinedFlood`] sends at most: 128 MiB of them.
-const JOINED_MAX: usize = 256;
-/// Publications a resume replays in [`After::LongReplay`] (a room with `history_size` 5,000).
-const REPLAYED: u64 = 5_000;
-
-/// What [`After::JoinedFlood`] did.
-#[derive(Default)]
-struct Flood {
-    /// `Joined` events sent before the client's `Unsubscribe` was seen.
-    sent: AtomicUsize,
-    /// The client's `Unsubscribe` came.
-    unsubscribed: std::sync::atomic::AtomicBool,
-    /// The flood is over (unsubscribed, or all [`JOINED_MAX`] sent).
-    over: std::sync::atomic::AtomicBool,
-}
-
-/// A position of epoch 1.
-fn at(offset: u64) -> Option<Position> {
-    Some(Position { epoch: 1, offset })
-}
-
-/// The `Subscribed` and the publications (position, payload) of a history room's session
-/// (`ShortReplay`, `Backwards`); `first`: the connection's first session.
-fn history_script(after: After, first: bool) -> (Event, Vec<(Option<Position>, &'static str)>) {
-    let subscribed = |position, recovery| Event::Subscribed {
-        room: "hist.a".into(),
-        position,
-        recovery,
-        subscription: None,
-    };
-    match (after, first) {
-        (After::ShortReplay, true) => (
-            subscribed(at(10), Recovery::NotRequested),
-            vec![(at(11), "a")],
-        ),
-        (After::ShortReplay, false) => (
-            subscribed(at(20), Recovery::Recovered { replayed: 3 }),
-            vec![(at(12), "replayed"), (at(21), "live")],
-        ),
-        (_, true) => (
-            subscribed(at(10), Recovery::NotRequested),
-            vec![
-                (at(11), "a"),
-                (at(13), "b"),
-                (at(12), "backwards"),
-                (at(13), "repeated"),
-                (at(14), "c"),
-                (
-                    Some(Position {
-                        epoch: 2,
-                        offset: 99,
-                    }),
-                    "other epoch",
-                ),
-                (at(9), "before Subscribed"),
-                (None, "end"),
-            ],
-        ),
-        (_, false) => (
-            subscribed(at(14), Recovery::Recovered { replayed: 0 }),
-            vec![],
-        ),
-    }
-}
-
-/// `Subscribed` to a room without history.
-fn subscribed(room: &str) -> Event {
-    Event::Subscribed {
-        room: room.to_owned(),
-        position: None,
-        recovery: quiver_proto::Recovery::NotRequested,
-        subscription: None,
-    }
-}
-
-/// Answers the `Subscribe` `id` with a [`history_script`]: its `Subscribed`, the room's
-/// `SubscriptionStream`, then its publications.
-async fn send_script(
-    ws: &mut Ws,
-    id: u32,
-    (subscribed, publications): (Event, Vec<(Option<Position>, &'static str)>),
-) -> bool {
-    let room = "hist.a".to_owned();
-    if !send(ws, id, subscribed).await
-        || !send(ws, id, Event::SubscriptionStream { room: room.clone() }).await
-    {
-        return false;
-    }
-    for (position, payload) in publications {
-        let publication = Event::Publication {
-            room: room.clone(),
-            position,
-            payload: payload.as_bytes().to_vec().into(),
-        };
-        if !send(ws, 0, publication).await {
-            return false;
-        }
-    }
-    true
-}
-
-/// [`After::JoinedFlood`] once the client subscribed to `room` (answered).
-async fn joined_flood(ws: Ws, room: String, flood: Arc<Flood>) {
-    let (mut sink, mut stream) = ws.split();
-    // The client's commands, read meanwhile: `Unsubscribe` stops the flood.
-    let (pings_tx, mut pings) = tokio::sync::mpsc::unbounded_channel();
-    let log = flood.clone();
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            let Message::Binary(data) = msg else { continue };
-            let reply = match decode(&data) {
-                Some((id, Command::Unsubscribe { room })) => {
-                    log.unsubscribed.store(true, Ordering::SeqCst);
-                    let ended = Event::Unsubscribed {
-                        room,
-                        code: 0,
-                        reason: "unsubscribed".into(),
-                    };
-                    (id, ended)
-                }
-                Some((id, Command::Ping)) => (id, Event::Pong),
-                _ => continue,
-            };
-            if pings_tx.send(reply).is_err() {
-                return;
-            }
-        }
-    });
-    let frame = |event| Message::Binary(encode_event(&ServerFrame { id: 0, event }));
-    for i in 0..JOINED_MAX {
-        if flood.unsubscribed.load(Ordering::SeqCst) {
-            break;
-        }
-        let mut user = format!("{i:08}");
-        user.extend(std::iter::repeat_n('u', JOINED_USER - user.len()));
-        let joined = Event::Joined {
-            room: room.clone(),
-            member: quiver_proto::Member {
-                user,
-                session: format!("s{i}"),
-            },
-        };
-        if sink.send(frame(joined)).await.is_err() {
-            flood.over.store(true, Ordering::SeqCst);
-            return;
-        }
-        flood.sent.fetch_add(1, Ordering::SeqCst);
-    }
-    flood.over.store(true, Ordering::SeqCst);
-    while let Some((id, event)) = pings.recv().await {
-        let reply = Message::Binary(encode_event(&ServerFrame { id, event }));
-        if sink.send(reply).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// [`After::LongReplay`]'s answer to the `Subscribe` `id`.
-async fn long_replay(ws: &mut Ws, id: u32) -> bool {
-    let room = "hist.a".to_owned();
-    let subscribed = Event::Subscribed {
-        room: room.clone(),
-        position: at(REPLAYED),
-        recovery: Recovery::Recovered {
-            replayed: REPLAYED as u32,
-        },
-        subscription: None,
-    };
-    if !send(ws, id, subscribed).await
-        || !send(ws, id, Event::SubscriptionStream { room: room.clone() }).await
-    {
-        return false;
-    }
-    let publication = |offset: u64, payload: String| Event::Publication {
-        room: room.clone(),
-        position: at(offset),
-        payload: payload.into_bytes().into(),
-    };
-    // One message: the client's reader routes all of them before its delivery task runs.
-    let mut message = Vec::new();
-    for offset in 1..=REPLAYED {
-        let frame = ServerFrame {
-            id: 0,
-            event: publication(offset, format!("{offset:020}")),
-        };
-        message.extend_from_slice(&encode_event(&frame));
-    }
-    ws.send(Message::Binary(message.into())).await.is_ok()
-        && send(ws, 0, publication(REPLAYED + 1, "live".into())).await
-}
-
-/// Serves the hostile behaviour on a loopback port; the port and a count of connections.
-/// (`RefreshSame` counts `Refresh` commands in the same counter.)
-async fn hostile(after: After, max_frame: u32) -> anyhow::Result<(u16, Arc<AtomicUsize>)> {
-    let (port, connections, _, _) = hostile_logged(after, max_frame).await?;
-    Ok((port, connections))
-}
-
-/// The `resume` of each `Subscribe` the server got, in order.
-type Resumes = Arc<Mutex<Vec<Option<Position>>>>;
-
-/// [`hostile`], also logging every `Subscribe`'s `resume`, and what [`After::JoinedFlood`]
-/// did.
-async fn hostile_logged(
-    after: After,
-    max_frame: u32,
-) -> anyhow::Result<(u16, Arc<AtomicUsize>, Resumes, Arc<Flood>)> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let count = connections.clone();
-    let resumes = Resumes::default();
-    let log = resumes.clone();
-    let flood = Arc::new(Flood::default());
-    let flooded = flood.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let index = if matches!(
-                after,
-                After::RefreshSame | After::RefreshPast | After::EndsEveryRoom(_)
-            ) {
-                0
-            } else {
-                count.fetch_add(1, Ordering::SeqCst)
-            };
-            let refreshes = count.clone();
-            let log = log.clone();
-            let flood = flooded.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                let Some((id, Command::Hello { .. })) = command(&mut ws).await else {
-                    return;
-                };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let mut expiry = match after {
-                    After::RefreshSame => Some(now + 3),
-                    After::RefreshPast => Some(now - 100),
-                    _ => None,
-                };
-                let welcome = welcome(max_frame, 1000, expiry);
-                if !send(&mut ws, id, welcome).await {
-                    return;
-                }
-                match after {
-                    After::Close => drop(ws),
-                    After::BigPublication(size) => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            let subscribed = subscribed(&room);
-                            let publication = Event::Publication {
-                                room,
-                                position: None,
-                                payload: vec![7u8; size].into(),
-                            };
-                            if !send(&mut ws, id, subscribed).await
-                                || !send(&mut ws, 0, publication).await
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    After::RefreshSame | After::RefreshPast => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let reply = match cmd {
-                                Command::Refresh { .. } => {
-                                    refreshes.fetch_add(1, Ordering::SeqCst);
-                                    if matches!(after, After::RefreshPast) {
-                                        expiry = expiry.map(|e| e + 1);
-                                    }
-                                    Event::Refreshed { expires_at: expiry }
-                                }
-                                Command::Ping => Event::Pong,
-                                _ => continue,
-                            };
-                            if !send(&mut ws, id, reply).await {
-                                return;
-                            }
-                        }
-                    }
-                    After::FloodBeforeSubscribed => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            let stream = Event::SubscriptionStream { room: room.clone() };
-                            if !send(&mut ws, id, stream).await {
-                                return;
-                            }
-                            for _ in 0..200 {
-                                let publication = Event::Publication {
-                                    room: room.clone(),
-                                    position: None,
-                                    payload: vec![1u8; 50_000].into(),
-                                };
-                                if !send(&mut ws, 0, publication).await {
-                                    return;
-                                }
-                            }
-                            if !send(&mut ws, id, subscribed(&room)).await {
-                                return;
-                            }
-                        }
-                    }
-                    After::Hung => while command(&mut ws).await.is_some() {},
-                    After::SameSubscriptionId => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            let subscribed = Event::Subscribed {
-                                room,
-                                position: None,
-                                recovery: quiver_proto::Recovery::NotRequested,
-                                subscription: Some(7),
-                            };
-                            if !send(&mut ws, id, subscribed).await {
-                                return;
-                            }
-                        }
-                    }
-                    After::EndsEveryRoom(code) => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            refreshes.fetch_add(1, Ordering::SeqCst);
-                            let subscribed = subscribed(&room);
-                            let ended = Event::Unsubscribed {
-                                room,
-                                code: code as u16,
-                                reason: "try again".into(),
-                            };
-                            if !send(&mut ws, id, subscribed).await
-                                || !send(&mut ws, 0, ended).await
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    After::StrayUnsubscribed => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            let subscribed = subscribed(&room);
-                            let ended = Event::Unsubscribed {
-                                room,
-                                code: 0,
-                                reason: "stray".into(),
-                            };
-                            if !send(&mut ws, id, subscribed).await
-                                || !send(&mut ws, id, ended).await
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    After::StrayReplies => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            if !matches!(cmd, Command::Ping) {
-                                continue;
-                            }
-                            if !send(&mut ws, id, Event::Published { position: None }).await
-                                || !send(&mut ws, id, Event::Pong).await
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    After::ShortReplay | After::Backwards => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let sent = match cmd {
-                                Command::Subscribe { resume, .. } => {
-                                    log.lock().unwrap().push(resume);
-                                    let script = history_script(after, index == 0);
-                                    send_script(&mut ws, id, script).await
-                                }
-                                // The test pings once it has seen the first session's
-                                // publications: then the connection goes.
-                                Command::Ping => index > 0 && send(&mut ws, id, Event::Pong).await,
-                                _ => true,
-                            };
-                            if !sent {
-                                return;
-                            }
-                        }
-                    }
-                    After::JoinedFlood => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let Command::Subscribe { room, .. } = cmd else {
-                                continue;
-                            };
-                            let stream = Event::SubscriptionStream { room: room.clone() };
-                            if !send(&mut ws, id, subscribed(&room)).await
-                                || !send(&mut ws, id, stream).await
-                            {
-                                return;
-                            }
-                            joined_flood(ws, room, flood).await;
-                            return;
-                        }
-                    }
-                    After::LongReplay => {
-                        while let Some((id, cmd)) = command(&mut ws).await {
-                            let sent = match cmd {
-                                Command::Subscribe { resume, .. } => {
-                                    log.lock().unwrap().push(resume);
-                                    long_replay(&mut ws, id).await
-                                }
-                                Command::Ping => send(&mut ws, id, Event::Pong).await,
-                                _ => true,
-                            };
-                            if !sent {
-                                return;
-                            }
-                        }
-                    }
-                    After::PingFlood => {
-                        let started = Instant::now();
-                        while started.elapsed() < Duration::from_secs(20) {
-                            let ping = Message::Ping(vec![0u8; 125].into());
-                            if ws.send(ping).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Ok((port, connections, resumes, flood))
-}
-
-fn config(port: u16) -> ClientConfig {
-    ClientConfig::new("https://127.0.0.1:9/v1", token_fixed("t"))
-        .with_ws_url(format!("ws://127.0.0.1:{port}"))
-        .with_transport(Transport::WebSocket)
-}
-
-/// Waits (at most `within`) until the client is not connected; whether it happened.
-async fn leaves_connected(client: &Client, within: Duration) -> bool {
-    let mut state = client.state();
-    tokio::time::timeout(within, async {
-        loop {
-            if !matches!(
-                *state.borrow_and_update(),
-                ConnectionState::Connected { .. }
-            ) {
-                return;
-            }
-            if state.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
+mod hostile_ws;
 
 /// The backoff starts over only after a session that lasted: before, every `Welcome` reset it,
 /// and a server ending each session at once got 16-20 reconnects a second.
@@ -964,6 +447,136 @@ async fn a_long_replay_to_an_application_that_reads_is_delivered() -> anyhow::Re
     let expected: Vec<_> = (1..=REPLAYED + 1).map(at).collect();
     assert!(positions == expected, "{} publications", positions.len());
     assert_eq!(events.len(), REPLAYED as usize + 2);
+    client.close().await;
+    Ok(())
+}
+
+/// The reason of the first `Disconnected` the client reports within `within`, if any.
+async fn disconnect_reason(client: &Client, within: Duration) -> Option<String> {
+    let mut state = client.state();
+    tokio::time::timeout(within, async {
+        loop {
+            if let ConnectionState::Disconnected { reason, .. } = &*state.borrow_and_update() {
+                return Some(reason.clone());
+            }
+            if state.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A message over what PROTOCOL.md 9.2 lets a server send (16 KiB and one frame: here, with
+/// `max_frame` 64 KiB, 81,924 bytes) ends the connection before any of it is decoded, saying
+/// how large it was. Before, a message of up to 16 MiB was decoded whole into a `Vec` of
+/// frames (1 MiB of 6-byte `Pong`s: 174,762 frames, each an "unexpected Pong" warning; 16 MiB
+/// of them about 500 MB) and the connection went on (outside audit 103, F2).
+#[tokio::test]
+async fn a_message_over_16_kib_and_one_frame_ends_the_connection() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::PongFlood, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let reason = disconnect_reason(&client, Duration::from_secs(5)).await;
+    let Some(reason) = reason else {
+        anyhow::bail!("still connected 5 s after a 1 MiB message");
+    };
+    assert!(reason.contains("1048572 bytes"), "{reason}");
+    client.close().await;
+    Ok(())
+}
+
+/// A resume answered `NotRequested` (a server answers a resume `Recovered` or `Failed`,
+/// PROTOCOL.md §5) is a failed recovery: `subscribe_from`'s first event says so, before the
+/// stream's first publication. Before, the application got no `Resubscribed` at all and
+/// silently missed 11..=500 (outside audit 103, F3).
+#[tokio::test]
+async fn a_resume_answered_not_requested_is_a_failed_recovery() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::ResumeNotRequested, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let from = Position {
+        epoch: 1,
+        offset: 10,
+    };
+    let mut sub = client.subscribe_from("hist.a", from).await?;
+    let events = events_until(&mut sub, "live").await?;
+    let expected = vec![
+        SubEvent::Resubscribed {
+            recovery: Recovery::Failed,
+        },
+        SubEvent::Publication {
+            room: "hist.a".into(),
+            position: at(501),
+            payload: "live".into(),
+        },
+    ];
+    assert_eq!(events, expected);
+    client.close().await;
+    Ok(())
+}
+
+/// A `Welcome` of another protocol version closes the client for good, as `Goodbye 3004
+/// unsupported_version` does (PROTOCOL.md §8): the first connect fails with it, and a reconnect
+/// that meets it ends the client instead of retrying for ever (outside audit 103, F9).
+#[tokio::test]
+async fn a_welcome_of_another_version_closes_the_client() -> anyhow::Result<()> {
+    let (port, connections) = hostile(After::OtherVersion(0), 65_536).await?;
+    let refused = Client::connect(config(port)).await;
+    assert!(
+        matches!(refused, Err(ClientError::Closed { code: 3004, .. })),
+        "{refused:?}"
+    );
+
+    let (port, connections_later) = hostile(After::OtherVersion(1), 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let mut state = client.state();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while !matches!(*state.borrow_and_update(), ConnectionState::Closed) {
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "not closed; {} connections",
+        connections_later.load(Ordering::SeqCst)
+    );
+    assert_eq!(client.close_reason().map(|(code, _)| code), Some(3004));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(connections_later.load(Ordering::SeqCst), 2);
+    Ok(())
+}
+
+/// A `call` that gives up while its frame still waits for the pacer (four publishes ahead of it
+/// at one command a second) withdraws it: the server never receives it. Before, it was written
+/// seconds after its caller had been told `Timeout`, and the backend ran it then (outside audit
+/// 103, F6).
+#[tokio::test]
+async fn a_call_that_gave_up_before_it_was_written_is_never_sent() -> anyhow::Result<()> {
+    let (port, _, _, log) = hostile_logged(After::PacedCall, 65_536).await?;
+    let mut config = config(port);
+    config.request_timeout = Duration::from_secs(1);
+    // No heartbeat `Ping`s taking the pacer's tokens: the publishes' timing is known.
+    config.heartbeat = None;
+    let client = Client::connect(config).await?;
+    for i in 0..4 {
+        client.publish("chat.a", format!("p{i}")).await?;
+    }
+    let called = client.call("charge", "").await;
+    assert!(matches!(called, Err(ClientError::Timeout)), "{called:?}");
+    // The publishes go out one a second; the call would have followed the last.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while log.publishes.load(Ordering::SeqCst) < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(log.calls.load(Ordering::SeqCst), 0, "the call was sent");
     client.close().await;
     Ok(())
 }

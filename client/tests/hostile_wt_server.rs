@@ -5,6 +5,10 @@
 //! another room. The client reports the loss, reconnects with backoff and subscribes again.
 //! Before, it only logged a warning and stopped reading that stream: the room went quiet and the
 //! application was never told (or, for another room's frame, it was delivered as that room's).
+//!
+//! Also (outside audit 103): replies over 64 KiB on the control stream within the session's
+//! `max_frame` (F1); a stream whose header announces a huge frame, or never comes (F5); a
+//! subscription the server ended while it keeps writing on the room's stream (F4).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -53,6 +57,14 @@ enum Bad {
     /// The room's stream, after one good publication, reset with no `Unsubscribed` on the
     /// control stream (outside client audit 14, M2: the room went silently dead).
     ResetSilently,
+    /// A room stream whose first frame announces 1,000,000 bytes (under the client's 1 MiB
+    /// ceiling, far over any header) instead of its header.
+    HugeHeader,
+    /// A room stream that sends half a length prefix and stalls, its header never coming.
+    StalledHeader,
+    /// After one publication ("early"), an unsolicited `Unsubscribed { 112 }` on the control
+    /// stream, and then, the room's stream left open, a publication ("late-N") every 100 ms.
+    LateAfterUnsubscribed,
 }
 
 impl Bad {
@@ -68,6 +80,13 @@ impl Bad {
             Bad::Garbage | Bad::Control => garbage(),
             Bad::NoHeader => publication("bad").to_vec(),
             Bad::ResetSilently => publication("before").to_vec(),
+            Bad::HugeHeader => {
+                let mut b = 1_000_000u32.to_be_bytes().to_vec();
+                b.extend_from_slice(&[7; 1024]);
+                b
+            }
+            Bad::StalledHeader => vec![0, 0],
+            Bad::LateAfterUnsubscribed => publication("early").to_vec(),
             Bad::ForeignPublication => event(
                 0,
                 Event::Publication {
@@ -115,7 +134,7 @@ fn event(id: u32, event: Event) -> bytes::Bytes {
     encode_event(&ServerFrame { id, event })
 }
 
-fn publication(payload: &'static str) -> bytes::Bytes {
+fn publication(payload: impl Into<bytes::Bytes>) -> bytes::Bytes {
     event(
         0,
         Event::Publication {
@@ -124,6 +143,17 @@ fn publication(payload: &'static str) -> bytes::Bytes {
             payload: payload.into(),
         },
     )
+}
+
+/// The payload's size of every `Reply` to a `Call`: over the 64 KiB default frame, well within
+/// the session's `max_frame`.
+const REPLY_BYTES: usize = 100 * 1024;
+
+impl Bad {
+    /// Whether the room's stream begins without its `SubscriptionStream` header.
+    fn no_header(self) -> bool {
+        matches!(self, Bad::NoHeader | Bad::HugeHeader | Bad::StalledHeader)
+    }
 }
 
 /// What the server saw.
@@ -138,7 +168,8 @@ enum Seen {
 /// What every session does when the client subscribes.
 #[derive(Clone, Copy)]
 struct Plan {
-    bad: Bad,
+    /// `None`: nothing bad (a test that only calls).
+    bad: Option<Bad>,
     /// Sessions after the first send a good publication ("after") instead of the bad frame.
     then_publish: bool,
 }
@@ -186,8 +217,9 @@ async fn hostile(plan: Plan) -> anyhow::Result<(u16, [u8; 32], mpsc::UnboundedRe
     Ok((port, hash, rx))
 }
 
-/// One session: `Welcome`, `Pong`s (so the client's heartbeat never ends it), and for a
-/// `Subscribe`, `Subscribed`, the room's stream with its header, then the plan's frame.
+/// One session: `Welcome`, `Pong`s (so the client's heartbeat never ends it), a `Reply` of
+/// [`REPLY_BYTES`] to a `Call`, and for a `Subscribe`, `Subscribed`, the room's stream with its
+/// header, then the plan's frame.
 async fn serve(
     incoming: IncomingSession,
     sessions: Arc<AtomicU32>,
@@ -197,7 +229,7 @@ async fn serve(
     let conn: Connection = incoming.await?.accept().await?;
     let session = sessions.fetch_add(1, Ordering::SeqCst) + 1;
     let _ = seen.send(Seen::Session(session));
-    let bad = session == 1 || !plan.then_publish;
+    let bad = plan.bad.filter(|_| session == 1 || !plan.then_publish);
     let (mut send, mut recv) = conn.accept_bi().await?;
     let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
     let mut buf = vec![0u8; 16 * 1024];
@@ -224,6 +256,12 @@ async fn serve(
                     send.write_all(&event(id, welcome)).await?;
                 }
                 Command::Ping => send.write_all(&event(id, Event::Pong)).await?,
+                Command::Call { .. } => {
+                    let reply = Event::Reply {
+                        payload: vec![5u8; REPLY_BYTES].into(),
+                    };
+                    send.write_all(&event(id, reply)).await?;
+                }
                 Command::Subscribe { room, .. } => {
                     let _ = seen.send(Seen::Subscribe(session, room.clone()));
                     let subscribed = Event::Subscribed {
@@ -233,28 +271,50 @@ async fn serve(
                         subscription: None,
                     };
                     send.write_all(&event(id, subscribed)).await?;
-                    if bad && plan.bad == Bad::Control {
-                        send.write_all(&plan.bad.bytes()).await?;
+                    if bad == Some(Bad::Control) {
+                        send.write_all(&garbage()).await?;
                         continue;
                     }
                     let mut stream = conn.open_uni().await?.await?;
-                    if !(bad && plan.bad == Bad::NoHeader) {
-                        let header = Event::SubscriptionStream { room };
+                    if !bad.is_some_and(Bad::no_header) {
+                        let header = Event::SubscriptionStream { room: room.clone() };
                         stream.write_all(&event(id, header)).await?;
                     }
-                    let tail = if bad {
-                        plan.bad.bytes()
-                    } else {
-                        publication("after").to_vec()
+                    let tail = match bad {
+                        Some(bad) => bad.bytes(),
+                        None => publication("after").to_vec(),
                     };
                     stream.write_all(&tail).await?;
-                    if bad && plan.bad == Bad::ResetSilently {
-                        // Let the publication go out first; then no more frames, and no word.
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        let _ = stream.reset(wtransport::VarInt::from_u32(0));
-                        continue;
+                    match bad {
+                        Some(Bad::ResetSilently) => {
+                            // Let the publication go out first; then no more frames, and no word.
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = stream.reset(wtransport::VarInt::from_u32(0));
+                        }
+                        Some(Bad::LateAfterUnsubscribed) => {
+                            // The header and "early" reach the client before the end does.
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let ended = Event::Unsubscribed {
+                                room,
+                                code: 112,
+                                reason: "slow".into(),
+                            };
+                            send.write_all(&event(0, ended)).await?;
+                            // The stream stays open, and more comes on it, for longer than a
+                            // test waits.
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                                for i in 0..150 {
+                                    let late = publication(format!("late-{i}"));
+                                    if stream.write_all(&late).await.is_err() {
+                                        return;
+                                    }
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                            });
+                        }
+                        _ => streams.push(stream),
                     }
-                    streams.push(stream);
                 }
                 _ => {}
             }
@@ -316,11 +376,17 @@ async fn reconnects(client: &Client) -> anyhow::Result<Vec<ConnectionState>> {
 /// (leaves `Connected`), connects again and subscribes again.
 async fn bad_frame_reconnects(bad: Bad) -> anyhow::Result<()> {
     let plan = Plan {
-        bad,
+        bad: Some(bad),
         then_publish: false,
     };
     let (port, hash, mut seen) = hostile(plan).await?;
-    let client = Client::connect(config(port, hash)).await?;
+    let mut config = config(port, hash);
+    if bad == Bad::StalledHeader {
+        // Which also bounds the wait for a room stream's header (10 s by default, past
+        // `WAIT`); every command here is answered at once.
+        config.request_timeout = Duration::from_secs(2);
+    }
+    let client = Client::connect(config).await?;
     let _sub = client.subscribe(ROOM).await?;
     server_sees(&mut seen, Seen::Subscribe(1, ROOM.into())).await?;
     let states = reconnects(&client)
@@ -404,7 +470,7 @@ async fn a_publication_of_another_room_is_never_delivered() -> anyhow::Result<()
 /// `Resubscribed` and the publication, and nothing else.
 async fn delivers_again(bad: Bad) -> anyhow::Result<()> {
     let plan = Plan {
-        bad,
+        bad: Some(bad),
         then_publish: true,
     };
     let (port, hash, mut seen) = hostile(plan).await?;
@@ -436,6 +502,94 @@ async fn delivers_again(bad: Bad) -> anyhow::Result<()> {
     );
     assert_eq!(events.len(), 2, "{events:?}");
     server_sees(&mut seen, Seen::Subscribe(2, ROOM.into())).await?;
+    client.close().await;
+    Ok(())
+}
+
+/// A room stream whose first frame announces 1,000,000 bytes ends the connection at once
+/// (well before the header's deadline, 10 s): a header is read under a 4 KiB cap, the
+/// session's `max_frame` (here the client's 1 MiB ceiling) only after it (outside audit 103,
+/// F5: each such stream could hold about 2 MB). One whose header never comes ends it after
+/// `request_timeout` (2 s here): it was held for the connection's life.
+#[tokio::test]
+async fn a_room_stream_without_a_small_timely_header_ends_the_connection() -> anyhow::Result<()> {
+    let kinds = [Bad::HugeHeader, Bad::StalledHeader];
+    let results = futures::future::join_all(kinds.map(bad_frame_reconnects)).await;
+    for result in results {
+        result?;
+    }
+    Ok(())
+}
+
+/// A `Reply` of 100 KiB on the control stream of a session whose `max_frame` allows it (here
+/// the client's 1 MiB ceiling) is taken: the control stream's decoder kept the handshake's
+/// 64 KiB, and every such reply ended the session (outside audit 103, F1).
+#[tokio::test]
+async fn a_reply_over_64_kib_within_max_frame_is_taken() -> anyhow::Result<()> {
+    let plan = Plan {
+        bad: None,
+        then_publish: false,
+    };
+    let (port, hash, _seen) = hostile(plan).await?;
+    let client = Client::connect(config(port, hash)).await?;
+    let reply = tokio::time::timeout(WAIT, client.call("big", "")).await?;
+    match reply {
+        Ok(payload) => assert_eq!(payload.len(), REPLY_BYTES),
+        Err(e) => bail!("the call failed: {e}; state {:?}", *client.state().borrow()),
+    }
+    let state = client.state().borrow().clone();
+    assert_eq!(
+        state,
+        ConnectionState::Connected {
+            session: "s1".into()
+        }
+    );
+    client.close().await;
+    Ok(())
+}
+
+/// A subscription the server ended (`Unsubscribed { 112 }`) while it leaves the room's stream
+/// open and writes on it ends for the application within `STREAM_END_GRACE` (5 s): what came
+/// before the end first, then `Ended`, then nothing. It delivered for as long as the server
+/// kept writing, and `Ended` never came (outside audit 103, F4).
+#[tokio::test]
+async fn a_room_the_server_ended_ends_even_if_its_stream_goes_on() -> anyhow::Result<()> {
+    let plan = Plan {
+        bad: Some(Bad::LateAfterUnsubscribed),
+        then_publish: false,
+    };
+    let (port, hash, _seen) = hostile(plan).await?;
+    let client = Client::connect(config(port, hash)).await?;
+    let mut sub = client.subscribe(ROOM).await?;
+    let mut events = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = sub.next().await {
+            let end = matches!(ev, SubEvent::Ended { .. });
+            events.push(ev);
+            if end {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(ended, Ok(true)) {
+        bail!(
+            "no Ended within {WAIT:?}: {} events, the last {:?}",
+            events.len(),
+            events.last()
+        );
+    }
+    assert!(
+        matches!(events.first(), Some(SubEvent::Publication { payload, .. }) if payload == "early"),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(SubEvent::Ended { code: 112, .. })),
+        "{events:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;
+    assert!(matches!(after, Ok(None)), "after Ended: {after:?}");
     client.close().await;
     Ok(())
 }

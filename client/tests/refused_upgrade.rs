@@ -91,3 +91,57 @@ async fn a_refused_token_is_reported_even_when_the_hello_cannot_be_sent() -> any
         Ok(_) => anyhow::bail!("connected to a server that refused the token"),
     }
 }
+
+/// A token put in a configured URL never shows in the errors that name the URL: a refused
+/// upgrade (HTTP 403) or a failed connect (nothing listening). Before, both carried the URL as
+/// configured, token included, into the error, the `Disconnected` reason and a warning
+/// (outside audit 103, F7).
+#[tokio::test]
+async fn a_token_in_a_configured_url_never_shows_in_errors() -> anyhow::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let refusing = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = tcp
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+            .await;
+    });
+    // A port nothing listens on (any more).
+    let closed = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+    for port in [refusing, closed] {
+        let config = ClientConfig::new("https://127.0.0.1:9/v1", token_fixed("t"))
+            .with_ws_url(format!("ws://127.0.0.1:{port}/v1/ws?token=SECRET"))
+            .with_transport(Transport::WebSocket);
+        let outcome =
+            tokio::time::timeout(Duration::from_secs(10), Client::connect(config)).await?;
+        let Err(e) = outcome else {
+            anyhow::bail!("connected to port {port}");
+        };
+        let shown = format!("{e} / {e:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("token=***"), "{shown}");
+        if port == refusing {
+            assert!(
+                matches!(
+                    e,
+                    ClientError::Refused {
+                        status: Some(403),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -50,6 +50,19 @@ impl FrameDecoder {
         }
     }
 
+    /// Changes the largest frame body accepted from now on: a stream whose limit becomes known
+    /// only after its first frames (a session's `max_frame` after `Welcome`) or that starts
+    /// with a small header under a tighter one. Bytes already buffered are checked against the
+    /// new limit by the next [`FrameDecoder::next_frame`].
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
+
+    /// The largest frame body accepted.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
     /// Appends bytes read from the stream.
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
@@ -148,6 +161,23 @@ mod tests {
         dec.push(&[0, 0, 0, 5, 1]);
         assert_eq!(dec.next_frame(), Ok(None));
         assert_eq!(dec.finish(), Err(FrameError::Truncated { buffered: 5 }));
+    }
+
+    #[test]
+    fn the_limit_can_change_between_frames() {
+        let mut wire = Vec::new();
+        write_frame(b"hdr", &mut wire);
+        write_frame(&[1; 100], &mut wire);
+        let mut dec = FrameDecoder::new(8);
+        dec.push(&wire);
+        assert_eq!(dec.next_frame(), Ok(Some(Bytes::from_static(b"hdr"))));
+        assert_eq!(
+            dec.next_frame(),
+            Err(FrameError::TooLarge { len: 100, max: 8 })
+        );
+        dec.set_max_frame(100);
+        assert_eq!(dec.max_frame(), 100);
+        assert_eq!(dec.next_frame().unwrap().map(|f| f.len()), Some(100));
     }
 
     proptest! {

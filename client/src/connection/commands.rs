@@ -103,6 +103,7 @@ impl Actor {
                 timeout_ms,
                 idempotency_key,
                 reply,
+                claim,
             } => {
                 let call = Command::Call {
                     method,
@@ -110,7 +111,17 @@ impl Actor {
                     timeout_ms,
                     idempotency_key,
                 };
-                self.ask(call, reply, |reply| Pending::Call { reply })
+                // A call whose caller gave up while it waited for the pacer is not written
+                // later: the backend would run it long after the application moved on (outside
+                // audit 103, F6).
+                match self.live.as_mut() {
+                    Some(live) => {
+                        live.send_claimed(call, Some(Pending::Call { reply }), None, Some(claim));
+                    }
+                    None => {
+                        let _ = reply.send(Err(ClientError::NotConnected));
+                    }
+                }
             }
             Request::Withdrawn => {
                 // Before looking, so that a withdrawal after the look sends another request.
@@ -225,6 +236,7 @@ impl Actor {
             Some(Pending::Subscribe {
                 room: room.to_string(),
                 gen: sub.gen,
+                resumed: resume.is_some(),
             }),
         );
         sub.cmd_id = Some(id);
@@ -352,10 +364,15 @@ impl Actor {
                 recovery,
                 subscription,
             } => match live.take(id, |p| matches!(p, Pending::Subscribe { .. })) {
-                Some(Pending::Subscribe { room: r, gen }) if r == room => {
-                    self.on_subscribed(id, &room, gen, position, recovery, subscription)
+                Some(Pending::Subscribe {
+                    room: r,
+                    gen,
+                    resumed,
+                }) if r == room => {
+                    let answer = (position, recovery, subscription);
+                    self.on_subscribed(id, &room, gen, resumed, answer)
                 }
-                _ => tracing::warn!(id, room = %room, "unexpected Subscribed"),
+                _ => live.unexpected(id, "Subscribed"),
             },
             Event::Unsubscribed { room, code, reason } => {
                 if id == 0 {
@@ -371,7 +388,7 @@ impl Actor {
                         // server says the room is over (and sends nothing more of it), so the
                         // application is told, as for an unsolicited one.
                         _ => {
-                            tracing::warn!(id, room = %room, "unexpected Unsubscribed");
+                            live.unexpected(id, "Unsubscribed");
                             self.on_server_unsubscribed(&room, code, reason);
                         }
                     }
@@ -382,14 +399,14 @@ impl Actor {
                     Some(Pending::PublishAck { reply, .. }) => {
                         let _ = reply.send(Ok(position));
                     }
-                    _ => tracing::warn!(id, "unexpected Published"),
+                    _ => live.unexpected(id, "Published"),
                 }
             }
             Event::Pong => match live.take(id, |p| matches!(p, Pending::Ping { .. })) {
                 Some(Pending::Ping { sent, reply }) => {
                     let _ = reply.send(Ok(sent.elapsed()));
                 }
-                _ => tracing::warn!(id, "unexpected Pong"),
+                _ => live.unexpected(id, "Pong"),
             },
             Event::Refreshed { expires_at } => {
                 match live.take(id, |p| matches!(p, Pending::Refresh)) {
@@ -427,11 +444,11 @@ impl Actor {
                             w.expires_at = expires_at;
                         }
                     }
-                    _ => tracing::warn!(id, "unexpected Refreshed"),
+                    _ => live.unexpected(id, "Refreshed"),
                 }
             }
             Event::Error { code, message } => match live.pending.remove(&id) {
-                Some(Pending::Subscribe { room, gen }) => {
+                Some(Pending::Subscribe { room, gen, .. }) => {
                     self.on_subscribe_refused(id, &room, gen, code, message)
                 }
                 Some(Pending::Unsubscribe { reply }) => {
@@ -465,14 +482,14 @@ impl Actor {
                     let _ = reply.send(Err(ClientError::Server { code, message }));
                 }
                 Some(Pending::Refresh) => {
-                    tracing::warn!(code, %message, "token refresh refused");
+                    tracing::warn!(code, message = %clip(&message), "token refresh refused");
                     self.retry_refresh();
                 }
                 // Answered above, before looking at the event.
                 Some(Pending::Heartbeat) => {}
                 None => {
                     // Most likely an un-acknowledged publish the server refused.
-                    tracing::warn!(id, code, %message, "command refused");
+                    tracing::warn!(id, code, message = %clip(&message), "command refused");
                 }
             },
             Event::Goodbye {
@@ -480,6 +497,8 @@ impl Actor {
                 reason,
                 reconnect,
             } => {
+                // Kept in the state and errors the application sees, and logged: clipped.
+                let reason = clip(&reason);
                 tracing::info!(code, %reason, reconnect, "server said goodbye");
                 self.teardown(code, reason, reconnect, true);
             }
@@ -491,11 +510,11 @@ impl Actor {
                 Some(Pending::Presence { reply }) => {
                     if truncated {
                         // The server listed only as many members as fit in one frame.
-                        tracing::debug!(%room, listed = members.len(), "presence truncated");
+                        tracing::debug!(room = %clip(&room), listed = members.len(), "presence truncated");
                     }
                     let _ = reply.send(Ok(members));
                 }
-                _ => tracing::warn!(id, "unexpected Presence"),
+                _ => live.unexpected(id, "Presence"),
             },
             Event::PresenceStats {
                 sessions, users, ..
@@ -503,13 +522,13 @@ impl Actor {
                 Some(Pending::PresenceStats { reply }) => {
                     let _ = reply.send(Ok(crate::PresenceStats { sessions, users }));
                 }
-                _ => tracing::warn!(id, "unexpected PresenceStats"),
+                _ => live.unexpected(id, "PresenceStats"),
             },
             Event::History {
-                room,
                 position,
                 publications,
                 truncated,
+                ..
             } => match live.take(id, |p| matches!(p, Pending::History { .. })) {
                 Some(Pending::History { reply }) => {
                     let _ = reply.send(Ok(crate::HistoryPage {
@@ -518,14 +537,14 @@ impl Actor {
                         truncated,
                     }));
                 }
-                _ => tracing::warn!(id, %room, "unexpected History"),
+                _ => live.unexpected(id, "History"),
             },
             Event::Reply { payload } => {
                 match live.take(id, |p| matches!(p, Pending::Call { .. })) {
                     Some(Pending::Call { reply }) => {
                         let _ = reply.send(Ok(payload));
                     }
-                    _ => tracing::warn!(id, "unexpected Reply"),
+                    _ => live.unexpected(id, "Reply"),
                 }
             }
             Event::Welcome { .. }
@@ -533,9 +552,29 @@ impl Actor {
             | Event::SubscriptionStream { .. }
             | Event::Joined { .. }
             | Event::Latest { .. }
-            | Event::Left { .. } => {
-                tracing::warn!(id, "ignoring unexpected event on the control stream");
-            }
+            | Event::Left { .. } => live.unexpected(id, "event on the control stream"),
+        }
+    }
+}
+
+/// Unexpected frames (replies to no command, events that do not belong on the control stream)
+/// a connection logs as warnings; past these, at debug level. A server may send them without
+/// end, a `Pong` of 6 bytes each (outside audit 103, F2: a warning each, millions a message);
+/// a reply that comes after its caller gave up and its command was forgotten is one too.
+const UNEXPECTED_WARNINGS: u32 = 8;
+
+impl Live {
+    fn unexpected(&mut self, id: u32, what: &str) {
+        self.unexpected = self.unexpected.saturating_add(1);
+        if self.unexpected < UNEXPECTED_WARNINGS {
+            tracing::warn!(id, "unexpected {what}");
+        } else if self.unexpected == UNEXPECTED_WARNINGS {
+            tracing::warn!(
+                id,
+                "unexpected {what}; more on this connection are logged at debug level"
+            );
+        } else {
+            tracing::debug!(id, "unexpected {what}");
         }
     }
 }

@@ -25,15 +25,17 @@ impl Actor {
             .filter(|s| s.gen == gen && s.cmd_id == Some(id))
     }
 
+    /// `resumed`: the `Subscribe` carried a resume position. `answer`: the `Subscribed`'s
+    /// position, recovery and `latest` subscription id.
     pub(super) fn on_subscribed(
         &mut self,
         id: u32,
         room: &str,
         gen: u64,
-        position: Option<Position>,
-        recovery: Recovery,
-        subscription: Option<u64>,
+        resumed: bool,
+        answer: (Option<Position>, Recovery, Option<u64>),
     ) {
+        let (position, recovery, subscription) = answer;
         let routes = self.latest_routes.clone();
         let Some(sub) = self.current(room, gen, id) else {
             return;
@@ -70,6 +72,15 @@ impl Actor {
                     if !recovery_possible(*last, position, replayed) =>
                 {
                     tracing::warn!(room, ?position, resume = ?*last, replayed, "a Recovered that cannot be true; reporting the recovery as failed");
+                    Recovery::Failed
+                }
+                // PROTOCOL.md §5: a resume is answered `Recovered` or `Failed`. Passed on,
+                // `NotRequested` kept the old resume point, said nothing to `subscribe_from`, and
+                // after a reconnect read as a live room's answer: the application missed what lay
+                // between its position and the stream's start and never re-synced (outside
+                // audit 103, F3).
+                Recovery::NotRequested if resumed => {
+                    tracing::warn!(room, ?position, resume = ?*last, "a resume answered NotRequested; reporting the recovery as failed");
                     Recovery::Failed
                 }
                 other => other,
@@ -171,7 +182,7 @@ impl Actor {
             self.subscribe_later(room, gen);
             return;
         }
-        tracing::info!(room, code, %message, "resubscribe refused, ending subscription");
+        tracing::info!(room, code, message = %clip(&message), "resubscribe refused, ending subscription");
         self.end_sub(
             room,
             SubEvent::Ended {
@@ -204,11 +215,11 @@ impl Actor {
             )
         );
         if !resume {
-            tracing::info!(room, code, %reason, "server ended subscription");
+            tracing::info!(room, code, reason = %clip(&reason), "server ended subscription");
             self.end_sub(room, SubEvent::Ended { code, reason });
             return;
         }
-        tracing::info!(room, code, %reason, "server ended subscription; subscribing again, resuming");
+        tracing::info!(room, code, reason = %clip(&reason), "server ended subscription; subscribing again, resuming");
         // What the old stream still held is not read: the resume starts after what was
         // delivered, so the replay brings it (or the recovery says it is lost).
         sub.reset_connection();
@@ -265,7 +276,22 @@ impl Actor {
             if let Some(end) = sub.end_tx.take() {
                 let _ = end.send(ev);
             }
-            // The reader (if any) keeps its sender until the stream ends: the queue drains first.
+            // The reader (if any) keeps its sender until the stream ends, so what the server
+            // sent before the end is still delivered (a room stream's last frames may arrive
+            // after the control stream's `Unsubscribed`), then `Ended`. A WebTransport server
+            // that ends the subscription but neither finishes nor resets its stream would have
+            // it deliver for the connection's life, and `Ended` never come (outside audit 103,
+            // F4): the reader stops `STREAM_END_GRACE` after the end whatever the stream does.
+            // (On WebSocket the reader's share of the room ended with the `Unsubscribed`; a
+            // slow consumer's is still delivered in full.)
+            if let (Some(reader), Some(live)) = (sub.reader.take(), self.live.as_mut()) {
+                if matches!(live.link, Link::WebTransport(_)) {
+                    live.tasks.spawn(async move {
+                        tokio::time::sleep(STREAM_END_GRACE).await;
+                        reader.abort();
+                    });
+                }
+            }
         }
     }
 
@@ -278,7 +304,7 @@ impl Actor {
             Some(sub) if sub.confirmed => self.start_reader(&room, stream),
             Some(sub) => sub.stream = Some(stream),
             None => {
-                tracing::debug!(id, room = %room, "discarding a stale subscription's frames");
+                tracing::debug!(id, room = %clip(&room), "discarding a stale subscription's frames");
                 if let Some(live) = self.live.as_mut() {
                     stream.discard(&mut live.tasks);
                 }

@@ -22,10 +22,10 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio::task::JoinSet;
 
 use crate::client::{lock, WelcomeInfo};
-use crate::config::{ClientConfig, Transport};
+use crate::config::{redact, ClientConfig, Transport};
 use crate::connection::EventTx;
 use crate::continuity::Continuity;
-use crate::error::ClientError;
+use crate::error::{clip, ClientError};
 use crate::heartbeat::Liveness;
 use crate::pacer::Pacer;
 use crate::subscription::{QueueTx, SubEvent, EVENT_OVERHEAD};
@@ -53,6 +53,9 @@ pub(crate) struct RunCtx {
     pub(crate) liveness: Arc<Liveness>,
     /// Largest frame accepted from the server after `Welcome`.
     pub(crate) max_frame: usize,
+    /// How long a server-opened stream may take to send its `SubscriptionStream` header
+    /// (`ClientConfig::request_timeout`).
+    pub(crate) header_timeout: Duration,
     /// Where datagrams of `latest` subscriptions go.
     pub(crate) latest_routes: crate::latest::LatestRoutes,
 }
@@ -270,9 +273,16 @@ fn handshake_reply(frame: ServerFrame) -> Result<WelcomeInfo, ClientError> {
             limits,
         } => {
             if version != PROTOCOL_VERSION {
-                return Err(ClientError::Protocol(format!(
-                    "server speaks protocol version {version}, this client {PROTOCOL_VERSION}"
-                )));
+                // PROTOCOL.md §8: as after `Goodbye 3004 unsupported_version`, closed for good:
+                // another attempt meets the same server, and retrying for ever (a `Protocol`
+                // error, reconnected with backoff) only hid it (outside audit 103, F9).
+                return Err(ClientError::Closed {
+                    code: quiver_proto::CloseCode::UnsupportedVersion.as_u16(),
+                    reason: format!(
+                        "the server answered with protocol version {version}, this client speaks \
+                         {PROTOCOL_VERSION}"
+                    ),
+                });
             }
             Ok(WelcomeInfo {
                 session,
@@ -287,11 +297,15 @@ fn handshake_reply(frame: ServerFrame) -> Result<WelcomeInfo, ClientError> {
             code,
             reason,
             reconnect,
-        } => Err(goodbye_error(code, reason, reconnect)),
-        Event::Error { code, message } => Err(ClientError::Server { code, message }),
-        other => Err(ClientError::Protocol(format!(
+        } => Err(goodbye_error(code, clip(&reason), reconnect)),
+        Event::Error { code, message } => Err(ClientError::Server {
+            code,
+            message: clip(&message),
+        }),
+        // Clipped: the frame may be a payload of up to 64 KiB, escaped (outside audit 103, F8).
+        other => Err(ClientError::Protocol(clip(&format!(
             "expected Welcome, got {other:?}"
-        ))),
+        )))),
     }
 }
 
@@ -427,14 +441,16 @@ impl Connector {
                     Ok(u) if schemes.contains(&u.scheme()) => {}
                     Ok(u) => {
                         return Err(ClientError::Connect(format!(
-                            "{field}: {url:?} is a {} URL, expected {}",
+                            "{field}: {:?} is a {} URL, expected {}",
+                            redact(url),
                             u.scheme(),
                             schemes.join(" or ")
                         )))
                     }
                     Err(e) => {
                         return Err(ClientError::Connect(format!(
-                            "{field}: {url:?} is not a URL: {e}"
+                            "{field}: {:?} is not a URL: {e}",
+                            redact(url)
                         )))
                     }
                 }

@@ -17,7 +17,7 @@ use super::{frame_room, handshake_reply, Link, RunCtx, SubStream};
 use crate::client::WelcomeInfo;
 use crate::config::{connect_url, redact, ClientConfig};
 use crate::connection::{ConnEvent, EventTx, HELLO_ID};
-use crate::error::ClientError;
+use crate::error::{clip, ClientError};
 use crate::heartbeat::Liveness;
 use crate::writer::{writer, FrameSink, WriterHandle};
 
@@ -45,8 +45,10 @@ impl WtEndpoint {
         let url = connect_url(base, token)?;
         tracing::debug!(url = %redact(&url), "connecting over WebTransport");
         let conn = self.0.connect(url.as_str()).await.map_err(|e| match e {
+            // The configured URL may carry a token of its own (`connect_url` replaces it, but
+            // the base is what errors name): never put it in an error or a log line.
             ConnectingError::SessionRejected => ClientError::Refused {
-                url: base.to_string(),
+                url: redact(base),
                 status: None,
             },
             // rustls's verdict on the certificate, carried by the QUIC close the client sent.
@@ -61,9 +63,9 @@ impl WtEndpoint {
                     }
                     _ => "",
                 };
-                ClientError::Certificate(format!("{base}: {proto}{pinned}"))
+                ClientError::Certificate(format!("{}: {proto}{pinned}", redact(base)))
             }
-            other => ClientError::Connect(format!("{base}: {other}")),
+            other => ClientError::Connect(format!("{}: {other}", redact(base))),
         })?;
         let (mut send, mut recv) = conn
             .open_bi()
@@ -147,8 +149,13 @@ impl WtIo {
             conn,
             send,
             recv,
-            dec,
+            mut dec,
         } = self;
+        // The handshake's decoder took frames up to the default only; from `Welcome` on, the
+        // session's `max_frame` holds on every stream (PROTOCOL.md §3), control stream included:
+        // a `History` page, a `Presence` list or a `Call`'s `Reply` fills up to it (outside
+        // audit 103, F1: replies over 64 KiB ended the session, over and over).
+        dec.set_max_frame(ctx.max_frame);
         let (handle, write_task) =
             writer(ControlSink(send), ctx.pacer, ctx.events.clone(), ctx.epoch);
         tasks.spawn(write_task);
@@ -163,6 +170,7 @@ impl WtIo {
         tasks.spawn(accept_streams(
             conn.clone(),
             ctx.max_frame,
+            ctx.header_timeout,
             Breaker {
                 events: ctx.events.clone(),
                 epoch: ctx.epoch,
@@ -203,7 +211,7 @@ pub(crate) fn close_info(err: &ConnectionError) -> (u16, String) {
     match err {
         ConnectionError::ApplicationClosed(close) => (
             u16::try_from(close.code().into_inner()).unwrap_or(0),
-            String::from_utf8_lossy(close.reason()).into_owned(),
+            clip(&String::from_utf8_lossy(close.reason())),
         ),
         other => (0, other.to_string()),
     }
@@ -315,10 +323,18 @@ impl Breaker {
     }
 }
 
-/// Accepts server-opened subscription streams and reads their `SubscriptionStream` header.
+/// Largest `SubscriptionStream` header taken (its room name is at most 128 bytes): a stream the
+/// server opens holds no more than this of the client's memory until it names its room (outside
+/// audit 103, F5: 259 streams each announcing a first frame of almost `max_frame` and stalling
+/// held about 580 MB).
+const MAX_HEADER: usize = 4 * 1024;
+
+/// Accepts server-opened subscription streams and reads their `SubscriptionStream` header, each
+/// within `header_timeout` of the stream's arrival.
 async fn accept_streams(
     conn: Connection,
     max_frame: usize,
+    header_timeout: Duration,
     breaker: Breaker,
     liveness: std::sync::Arc<Liveness>,
 ) {
@@ -329,11 +345,23 @@ async fn accept_streams(
                 Ok(recv) => {
                     let stream = WtStream {
                         recv,
-                        dec: FrameDecoder::new(max_frame),
+                        dec: FrameDecoder::new(MAX_HEADER),
                         breaker: breaker.clone(),
                         room: None,
                     };
-                    headers.spawn(read_header(stream, liveness.clone()));
+                    let header = read_header(stream, max_frame, liveness.clone());
+                    let breaker = breaker.clone();
+                    headers.spawn(async move {
+                        // A server writes the header as it opens the stream: one that does not
+                        // within the bound is broken or hostile, and must not hold the stream
+                        // (and its buffered bytes) for the connection's life.
+                        if tokio::time::timeout(header_timeout, header).await.is_err() {
+                            breaker.broken(format!(
+                                "a unidirectional stream sent no SubscriptionStream header \
+                                 within {header_timeout:?}"
+                            ));
+                        }
+                    });
                 }
                 Err(_) => return,
             },
@@ -342,12 +370,14 @@ async fn accept_streams(
     }
 }
 
-async fn read_header(mut stream: WtStream, liveness: std::sync::Arc<Liveness>) {
+async fn read_header(mut stream: WtStream, max_frame: usize, liveness: std::sync::Arc<Liveness>) {
     match stream.next(&liveness).await {
         Some(ServerFrame {
             id,
             event: Event::SubscriptionStream { room },
         }) => {
+            // The room's frames may be as large as the session allows.
+            stream.dec.set_max_frame(max_frame);
             stream.room = Some(room.clone());
             let Breaker { events, epoch } = stream.breaker.clone();
             let _ = events.send((
@@ -411,8 +441,13 @@ impl WtStream {
                 },
                 Ok(None) => {}
                 Err(e) => {
+                    let what = if self.room.is_some() {
+                        "frame"
+                    } else {
+                        "header"
+                    };
                     self.breaker
-                        .broken(format!("bad frame on a subscription stream: {e}"));
+                        .broken(format!("bad {what} on a subscription stream: {e}"));
                     return None;
                 }
             }
