@@ -88,6 +88,14 @@ pub async fn publish(
     // A repeat is recognised by the payload as sent, before a hook may replace it.
     let digest = once.as_ref().map(|_| idempotency::digest(&payload));
     if let Some(grant) = grant {
+        // Permission first: a token that may not publish here takes no place in the meter's
+        // table, which every tenant's client tokens share (outside audit 106, F1).
+        if !grant.may_publish(&room) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                format!("no publish permission for room {room}"),
+            ));
+        }
         // A client's token is metered like its session's commands, per user.
         shared
             .api_clients
@@ -102,15 +110,10 @@ pub async fn publish(
                 ),
                 client_rate::Refused::Busy => ApiError::new(
                     Code::RateLimited,
-                    "too many clients are publishing through the API right now; retry later",
+                    "this tenant's clients hold their share of the API's publishing meters \
+                     right now; retry later",
                 ),
             })?;
-        if !grant.may_publish(&room) {
-            return Err(ApiError::new(
-                Code::PermissionDenied,
-                format!("no publish permission for room {room}"),
-            ));
-        }
         check_size(&shared, &payload)?;
         // A client's token publishes here as it would on its session: the namespace's publish
         // hook has its say (an API key is the backend itself and is not asked about).
