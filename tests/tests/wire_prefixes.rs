@@ -182,3 +182,22 @@ async fn datagrams_for_no_session_are_metered() -> Result<()> {
     );
     Ok(())
 }
+
+/// A unidirectional stream the client opens after the `200` and before its control stream is
+/// refused at once (STOP_SENDING, PROTOCOL §2), not parked with its window until the control
+/// stream opens or the `Hello` deadline (outside audit 100, F2).
+#[tokio::test]
+async fn a_unidirectional_stream_before_the_control_stream_is_refused_at_once() -> Result<()> {
+    let server =
+        TestServer::start_with(|c| c.timeouts.hello = std::time::Duration::from_secs(20)).await?;
+    let session = h3::raw_session(&server, &full_token("acme", "wire")).await?;
+    let mut uni = session.conn.open_uni().await?;
+    let mut bytes = SUBSCRIPTION_PREFIX.to_vec();
+    bytes.extend([7u8; 1_000]);
+    uni.write_all(&bytes).await?;
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(3), uni.stopped())
+        .await
+        .context("the stream was not refused within 3 s")??;
+    assert_eq!(stopped, Some(wtransport::quinn::VarInt::from_u32(0x010b)));
+    Ok(())
+}

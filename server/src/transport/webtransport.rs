@@ -342,6 +342,18 @@ async fn control(
                     return;
                 }
             },
+            // Unidirectional streams are refused at once, before the control stream as after
+            // it (PROTOCOL §2): parked until then, each held its window (outside audit 100, F2).
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    recv.stop(VarInt::from_u32(REFUSED_STREAM));
+                    debug!("refused a unidirectional stream");
+                }
+                Err(_) => {
+                    let _ = inbound.send(Inbound::Ended("connection_lost")).await;
+                    return;
+                }
+            },
             // Datagrams before the control stream cannot come after a `Hello`: read and
             // counted here, so none waits in quinn's buffer or leaves it uncounted.
             datagram = conn.receive_datagram() => if datagram.is_ok() {
