@@ -83,8 +83,12 @@ async fn check(args: CheckArgs) -> Result<()> {
     }
     // The way calls and hooks take (PROTOCOL.md §11.2): `rpc.url` whenever it is set.
     match (&config.rpc.url, &config.nats) {
-        // `rpc.url` with credentials is refused before this: nothing secret in it.
-        (Some(url), _) => outln!("  calls and hooks: HTTP POST to {url}"),
+        // User info in `rpc.url` is refused before this; its query may still hold a
+        // credential (outside audit 105, F4), shown without it as a JWKS URL is.
+        (Some(url), _) => outln!(
+            "  calls and hooks: HTTP POST to {}",
+            quiver_server::config::shown_url(url)
+        ),
         (None, Some(_)) => {
             outln!("  calls and hooks: NATS requests on quiver.<tenant>.rpc.* and .hook.*")
         }

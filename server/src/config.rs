@@ -18,7 +18,7 @@ pub use check::{
     DEFAULT_TOML, NON_CONFIG_ENV,
 };
 pub use mistakes::{MAX_DRAIN, MAX_RPC_TIMEOUT, MIN_API_KEY_LEN};
-pub use url_credentials::{NatsUrlAuth, UrlCredentialsError};
+pub use url_credentials::{shown_url, NatsUrlAuth, UrlCredentialsError};
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "listen",
@@ -240,7 +240,8 @@ fn default_history_ttl() -> Duration {
     Duration::from_secs(300)
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `Debug` hides the URLs' credentials (`url_credentials.rs`).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsConfig {
     /// Comma-separated server URLs, `nats://host:port`. May be left out of the file when
@@ -392,8 +393,8 @@ impl From<String> for Secret {
 
 /// Token verification. Exactly one key source: `jwt_secret`, `jwt_secret_file`, `public_key`
 /// (with `algorithm`), `jwks_file` or `jwks_url`; none at all is development mode (a generated
-/// secret).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// secret). `Debug` hides `jwks_url`'s credentials (`url_credentials.rs`).
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 shared secret, at least 32 bytes. Prefer `jwt_secret_file`: a secret on the command

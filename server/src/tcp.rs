@@ -17,6 +17,8 @@
 //!   holds its socket only that long;
 //! - a write to it that makes no progress for `timeouts.handshake` (the peer reads nothing)
 //!   ends it, whatever it carries;
+//! - what it wrote and the peer has not acknowledged for `timeouts.idle` ends it (the peer
+//!   vanished without a FIN or a reset: `TCP_USER_TIMEOUT`), even when no write waits;
 //! - a WebSocket or SSE session it carries keeps its place (a [`TcpSlot`] clone) for the
 //!   session's life, so the connection and its session count once.
 
@@ -157,6 +159,7 @@ pub async fn serve(
         // 100k deliveries/s over WebSocket halve with it.
         let _ = tcp.set_nodelay(true);
         unsent_at_most(&tcp);
+        unacknowledged_at_most(&tcp, shared.config.timeouts.idle);
         tokio::spawn(connection(
             shared.clone(),
             tcp,
@@ -276,6 +279,36 @@ fn unsent_at_most(tcp: &tokio::net::TcpStream) {
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     let _ = (tcp, UNSENT_AT_MOST);
+}
+
+/// How long what the server wrote may stay unacknowledged before the kernel gives the
+/// connection up (`TCP_USER_TIMEOUT`): `timeouts.idle`, the bound on a silent peer everywhere
+/// else. Without it a peer that vanished without a FIN or a reset (a laptop closed, a NAT
+/// mapping expired, a mobile handover) was found gone only when the kernel's retransmissions
+/// ran out, about 15 minutes with Linux's default `tcp_retries2`: an SSE reader sends nothing
+/// to time out on, and the keep-alive comments fit the send buffer, so no write ever waited
+/// and the write-stall deadline never started. Its session meanwhile held its places in
+/// `max_sessions` and `quotas.per_address`, its tenant's session quota (the user's own
+/// reconnect refused `over_quota`), and its presence in every room (outside audit 105, F1).
+/// With it the first keep-alive written after the peer vanished fails `idle` later: an SSE
+/// session ends within `keep_alive` + `idle` (PROTOCOL.md §9.3). A WebSocket session already
+/// ends after `idle` without a word from the client, so there it changes little (a connection
+/// whose way to the client alone is broken now ends too).
+///
+/// Slow readers keep the rules of `write_stall.rs`: the timer counts from the oldest byte not
+/// acknowledged and starts again with every acknowledgement, so a reader that reads keeps it
+/// from firing. A reader that reads nothing shuts its receive window, and Linux applies the
+/// same bound to what a shut window keeps unsent (tcp(7): "buffered data may remain
+/// untransmitted (due to zero window size)"): a connection whose window stays shut for `idle`
+/// ends, a peer that the write-stall deadline (`timeouts.handshake`) ends first as soon as a
+/// write waits on it.
+fn unacknowledged_at_most(tcp: &tokio::net::TcpStream, idle: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(idle)) {
+        debug!(error = %e, "TCP_USER_TIMEOUT not set");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, idle);
 }
 
 /// Lets the runtime's other tasks run before each request. hyper serves a connection's

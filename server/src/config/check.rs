@@ -14,13 +14,14 @@ use super::{Config, TOP_LEVEL_KEYS};
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// `QUIVER_*` environment variables that are not configuration keys: read by the `quiver`
-/// command itself (the first three) or by the project's scripts, tests and benchmarks, which a
+/// command itself (the first two) or by the project's scripts, tests and benchmarks, which a
 /// developer may have exported. Anything else under the prefix that names no key gets a
-/// warning.
+/// warning. Only names something reads belong here: `QUIVER_API_KEY` was listed while nothing
+/// read it, so an operator who guessed it for the backend API's key heard nothing, and every
+/// API call got 401 (outside audit 105, F3).
 pub const NON_CONFIG_ENV: &[&str] = &[
     "QUIVER_TOKEN",
     "QUIVER_LOG_FORMAT",
-    "QUIVER_API_KEY",
     "QUIVER_NATS_SERVER",
     "QUIVER_LONG_TESTS",
     "QUIVER_UPDATE_VECTORS",
@@ -340,6 +341,18 @@ fn unknown_env_key(var: &str) -> Option<Unknown> {
         warning: format!("{ignored}; {hint}did you mean {fixed}?"),
         meant: Some(fixed),
     };
+    // `QUIVER_API_KEY`: the natural guess for the backend API's key, which is a list of
+    // tables (a key and its tenant each), not one value: `QUIVER_API__KEY` would be no better.
+    if matches!(top.as_str(), "api_key" | "api_keys") {
+        return Some(Unknown {
+            warning: format!(
+                "{ignored}; the backend API's keys are the list api.keys: [[api.keys]] tables \
+                 with key = \"…\" (and tenant = \"…\" to limit one to a tenant) in the \
+                 configuration file"
+            ),
+            meant: None,
+        });
+    }
     // `QUIVER_JWT_SECRT`: a shorthand misspelt.
     if let Some(fixed) = suggest_shorthand(&upper) {
         return Some(guess("", fixed.to_owned()));
@@ -488,6 +501,25 @@ mod tests {
         assert!(warnings[0].contains("did you mean QUIVER_LIMITS__MAX_FRAME?"));
         assert!(warnings[1].contains("separated by `__`: did you mean QUIVER_LIMITS__MAX_FRAME?"));
         assert!(warnings[2].starts_with("QUIVER_ZZZZZZ is not a configuration key"));
+    }
+
+    /// Outside audit 105, F3: nothing reads `QUIVER_API_KEY`, so it is warned about like any
+    /// variable that configures nothing (it was exempt, and an operator who guessed it for the
+    /// API key heard nothing), pointing at `api.keys`; and like any other variable named for a
+    /// key, it stops a server that would run in development mode.
+    #[test]
+    fn quiver_api_key_configures_nothing_and_says_so() {
+        for name in ["QUIVER_API_KEY", "quiver_api_keys"] {
+            let warnings = unknown_env_keys([name]);
+            assert_eq!(warnings.len(), 1, "{name}: {warnings:?}");
+            assert!(
+                warnings[0].starts_with(&format!("{name} is not a configuration key")),
+                "{warnings:?}"
+            );
+            assert!(warnings[0].contains("[[api.keys]]"), "{warnings:?}");
+            assert!(!warnings[0].contains("did you mean"), "{warnings:?}");
+            assert!(key_meant_but_unset([name]).is_some(), "{name}");
+        }
     }
 
     /// Audit 39: a misspelt secret variable is named with the shorthand it was meant as, and

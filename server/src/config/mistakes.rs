@@ -133,6 +133,16 @@ impl Config {
                 "rpc.max_timeout ({max_timeout:?}) is over the maximum of {MAX_RPC_TIMEOUT:?}"
             ));
         }
+        // The only other bound on connecting and the TLS handshake to `rpc.url`: "0s" fired at
+        // the next timer tick, so every call failed and every hooked command was denied, with
+        // no word at load (outside audit 105, F6); "100y" waited for ever.
+        let connect = self.rpc.connect_timeout;
+        if !(MIN_SESSION_TIMEOUT..=MAX_RPC_TIMEOUT).contains(&connect) {
+            problems.push(format!(
+                "rpc.connect_timeout ({connect:?}) must be from {MIN_SESSION_TIMEOUT:?} to \
+                 {MAX_RPC_TIMEOUT:?}"
+            ));
+        }
     }
 
     /// The TCP listeners, once the flags are in (`--http`, `--cert`/`--key`), for

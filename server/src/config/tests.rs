@@ -285,6 +285,57 @@ fn debug_never_shows_secrets() {
         }
         Ok(())
     });
+    // Outside audit 105, F4: credentials in URLs (a NATS URL's user info, a key set URL's user
+    // info or query, a backend URL's query) were printed whole.
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("QUIVER_NATS__URL", "nats://a:do-not-print-1@127.0.0.1:1");
+        jail.set_env(
+            "QUIVER_AUTH__JWKS_URL",
+            "https://u:do-not-print-2@idp.example/jwks.json?k=do-not-print-3",
+        );
+        jail.set_env(
+            "QUIVER_RPC__URL",
+            "http://127.0.0.1:9/rpc?key=do-not-print-4",
+        );
+        let c = Config::load(None).map_err(|e| e.to_string())?;
+        for printed in [format!("{c:?}"), format!("{c:#?}")] {
+            assert!(!printed.contains("do-not-print"), "{printed}");
+            for shown in [
+                "nats://***@127.0.0.1:1",
+                "https://idp.example/jwks.json",
+                "http://127.0.0.1:9/rpc",
+            ] {
+                assert!(printed.contains(shown), "{shown}: {printed}");
+            }
+        }
+        Ok(())
+    });
+}
+
+/// Outside audit 105, F5: a `subscriber_queue` past tokio's bound on a channel loaded and
+/// `config check` passed it, then every Subscribe panicked (after taking the tenant's quota).
+#[test]
+fn subscriber_queue_is_bounded() {
+    figment::Jail::expect_with(|jail| {
+        for (value, ok) in [
+            ("4611686018427387904", false),
+            ("1048577", false),
+            ("1048576", true),
+            ("1", true),
+        ] {
+            jail.create_file("q.toml", &format!("[limits]\nsubscriber_queue = {value}\n"))?;
+            let loaded = Config::load(Some("q.toml".as_ref()));
+            assert_eq!(loaded.is_ok(), ok, "{value}: {:?}", loaded.err());
+            if let Err(e) = loaded {
+                let want = format!("limits.subscriber_queue ({value}) must be at most 1048576");
+                assert!(e.to_string().contains(&want), "{e}");
+            }
+        }
+        jail.set_env("QUIVER_LIMITS__SUBSCRIBER_QUEUE", "4611686018427387904");
+        let err = Config::load(None).unwrap_err();
+        assert!(err.to_string().contains("limits.subscriber_queue"), "{err}");
+        Ok(())
+    });
 }
 
 #[test]

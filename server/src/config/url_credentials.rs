@@ -1,9 +1,10 @@
 //! Credentials written into a URL (`nats://user:password@host:4222`): NATS users expect them
 //! to authenticate, as every NATS client takes them, so the server uses them (async-nats itself
 //! ignores a URL's user info); an `rpc.url` must carry none, since the documented
-//! `Authorization: Bearer <rpc.http_secret>` would silently give way to `Basic`.
+//! `Authorization: Bearer <rpc.http_secret>` would silently give way to `Basic`. A URL in the
+//! configuration is printed (`Debug`, `quiver config check`) without what may be a credential.
 
-use super::{NatsConfig, Secret};
+use super::{AuthConfig, NatsConfig, Secret};
 
 /// How the URLs in `nats.url` authenticate.
 #[derive(Clone, PartialEq, Eq)]
@@ -147,5 +148,75 @@ pub(super) fn refuse_rpc_url_credentials(url: &str) -> Result<(), UrlCredentials
         }
         // An unparsable URL has its own message (`RpcConfig::validate`).
         _ => Ok(()),
+    }
+}
+
+/// `url` as it may be printed: without its user name, password and query, any of which may be
+/// a credential (`https://u:pw@idp/jwks?key=…`), the way the key set's URL is logged
+/// (`jwks::Source::name`). Something that is no URL is not printed at all.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => crate::jwks::Source::Url(parsed).name(),
+        Err(_) => "<not a URL>".into(),
+    }
+}
+
+// `Debug` is written out for the two sections whose URLs may carry credentials, so that
+// printing a `Config` leaks none (README: "Secrets never appear … in a `Debug` print of the
+// configuration"; outside audit 105, F4: `nats://user:password@host` and a `jwks_url`'s user
+// info or query were printed whole). Every field is named, so a new one must be added here.
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            url,
+            storage,
+            user,
+            password,
+            token,
+            credentials,
+            ca,
+            presence_ttl,
+        } = self;
+        f.debug_struct("NatsConfig")
+            .field("url", &crate::broker::nats::redacted_urls(url))
+            .field("storage", storage)
+            .field("user", user)
+            .field("password", password)
+            .field("token", token)
+            .field("credentials", credentials)
+            .field("ca", ca)
+            .field("presence_ttl", presence_ttl)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            jwt_secret,
+            jwt_secret_file,
+            public_key,
+            algorithm,
+            jwks_file,
+            jwks_url,
+            jwks_refresh,
+            leeway,
+            audience,
+            issuer,
+            token_cache,
+        } = self;
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", jwt_secret)
+            .field("jwt_secret_file", jwt_secret_file)
+            .field("public_key", public_key)
+            .field("algorithm", algorithm)
+            .field("jwks_file", jwks_file)
+            .field("jwks_url", &jwks_url.as_deref().map(shown_url))
+            .field("jwks_refresh", jwks_refresh)
+            .field("leeway", leeway)
+            .field("audience", audience)
+            .field("issuer", issuer)
+            .field("token_cache", token_cache)
+            .finish()
     }
 }

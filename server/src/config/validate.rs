@@ -9,6 +9,8 @@ use super::{
     MIN_MAX_FRAME,
 };
 
+/// Largest `limits.subscriber_queue` (2^20 frames).
+pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
 /// Shortest `nats.presence_ttl`: entries are refreshed every third of it, one JetStream put
 /// each, so a shorter one costs more than it tells.
 pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(3);
@@ -90,6 +92,17 @@ impl Config {
             problems.push(format!(
                 "transport.client_ack_delay ({ack_delay:?}) must be 0 (off) or between \
                  {MIN_CLIENT_ACK_DELAY:?} and {MAX_CLIENT_ACK_DELAY:?}"
+            ));
+        }
+        // Each subscription's queue is a channel of this many places: past tokio's bound on a
+        // channel (`usize::MAX >> 3`) every Subscribe panicked after taking its tenant's
+        // quota, leaking the tenant's subscription count until all were refused (outside audit
+        // 105, F5). Far below that, a room that lets a million frames wait per subscriber has
+        // stopped being a queue; `session_queue_bytes` bounds the bytes anyway.
+        if l.subscriber_queue > MAX_SUBSCRIBER_QUEUE {
+            problems.push(format!(
+                "limits.subscriber_queue ({}) must be at most {MAX_SUBSCRIBER_QUEUE}",
+                l.subscriber_queue
             ));
         }
         if l.commands_per_second == 0

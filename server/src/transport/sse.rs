@@ -32,7 +32,7 @@ use super::{admit_tcp, problem, queue, session_refused, Inbound, Peer, Refused, 
 use crate::api::encoding::{decimal_u64, position as position_value};
 use crate::server::Shared;
 use crate::session::{self, Link};
-use crate::tcp::TcpSlot;
+use crate::tcp::{TcpSlot, MAX_REQUEST_HEAD};
 
 const T: Transport = Transport::Sse;
 
@@ -142,6 +142,13 @@ async fn respond(
         Ok(rooms) => rooms,
         Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
     };
+    let history: Vec<&RoomName> = rooms
+        .iter()
+        .filter(|room| shared.config.history(room).is_some())
+        .collect();
+    if let Err(message) = reconnect_fits(query.as_deref().unwrap_or_default(), &headers, &history) {
+        return problem(StatusCode::BAD_REQUEST, "bad_request", None, message);
+    }
     // The header `EventSource` sends by itself on a reconnect; else the same value as a query
     // parameter, for a new `EventSource` (a fresh token after `token_expired`) that cannot set
     // headers but must not lose its place.
@@ -271,6 +278,60 @@ fn rooms(query: &str, max: usize) -> Result<Vec<RoomName>, String> {
         return Err("at least one room parameter is required".into());
     }
     Ok(rooms)
+}
+
+/// Room in a reconnect's request head for what the browser sends then and not now (a cookie
+/// set meanwhile, a longer fresh token in a new `EventSource`).
+const RECONNECT_SLACK: usize = 4 * 1024;
+/// The most one room adds to an event id besides its name: `=`, `:`, `,` and two u64 in
+/// decimal.
+const ID_PAIR_OVERHEAD: usize = 3 + 2 * 20;
+/// The same pair as the `last_event_id` parameter: `=`, `:` and `,` percent-encoded (room
+/// names and digits need no encoding).
+const ENCODED_PAIR_OVERHEAD: usize = 3 * 3 + 2 * 20;
+
+/// Refuses a request whose reconnect could be refused. Every event id lists the position of
+/// every history room of the response (`Events::event_id`), and a reconnect sends it back as
+/// `Last-Event-ID` beside the same URL, or, from a new `EventSource` after `token_expired`, as
+/// `last_event_id` in the URL too (and then as `Last-Event-ID` again on that one's own
+/// reconnect). With many long history room names that head outgrew [`MAX_REQUEST_HEAD`]: the
+/// reconnect got 431 and `EventSource` gave up for good, losing the resume exactly when it was
+/// needed (outside audit 105, F2; 200 rooms of 128 bytes at the default limits). So the
+/// request that could lead there fails instead, at once and saying why: this request's head
+/// (without any event id it carries) plus the longest id in both places and
+/// [`RECONNECT_SLACK`] must fit.
+fn reconnect_fits(query: &str, headers: &HeaderMap, history: &[&RoomName]) -> Result<(), String> {
+    let query = query
+        .split('&')
+        .filter(|pair| !pair.starts_with("last_event_id="))
+        .map(|pair| pair.len() + 1)
+        .sum::<usize>();
+    let headers: usize = headers
+        .iter()
+        .filter(|(name, _)| name.as_str() != "last-event-id")
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let names: usize = history.iter().map(|room| room.as_str().len()).sum();
+    let id = names + history.len() * ID_PAIR_OVERHEAD;
+    let encoded_id = names + history.len() * ENCODED_PAIR_OVERHEAD;
+    let head = "GET /v1/sse? HTTP/1.1\r\n\r\n".len()
+        + query
+        + headers
+        + "last-event-id: \r\n".len()
+        + id
+        + "&last_event_id=".len()
+        + encoded_id
+        + RECONNECT_SLACK;
+    if head <= MAX_REQUEST_HEAD {
+        return Ok(());
+    }
+    Err(format!(
+        "too many history rooms for one response: their event id (up to {id} bytes) in a \
+         reconnect's Last-Event-ID and last_event_id, beside this URL and these headers, could \
+         make a request head of {head} bytes, over the {MAX_REQUEST_HEAD} the server reads \
+         (the reconnect would get 431); ask for fewer history rooms, or rooms with shorter \
+         names, per response"
+    ))
 }
 
 /// The `last_event_id` query parameter, if given (at most once).

@@ -237,6 +237,29 @@ fn hook_timeouts_are_bounded() {
     });
 }
 
+/// Outside audit 105, F6: `rpc.connect_timeout` was the one timeout taken unchecked; "0s"
+/// failed every connection to the backend at the next timer tick.
+#[test]
+fn the_rpc_connect_timeout_is_bounded() {
+    figment::Jail::expect_with(|jail| {
+        for (value, shown) in [("0s", "0ns"), ("50ms", "50ms"), ("100y", "3155760000s")] {
+            refused(
+                jail,
+                &format!("[rpc]\nconnect_timeout = \"{value}\"\n"),
+                &format!("rpc.connect_timeout ({shown}) must be from 100ms to 300s"),
+            )?;
+        }
+        for (value, parsed) in [
+            ("100ms", Duration::from_millis(100)),
+            ("5m", MAX_RPC_TIMEOUT),
+        ] {
+            let c = loads(jail, &format!("[rpc]\nconnect_timeout = \"{value}\"\n"))?;
+            assert_eq!(c.rpc.connect_timeout, parsed);
+        }
+        Ok(())
+    });
+}
+
 #[test]
 fn timeouts_are_bounded() {
     figment::Jail::expect_with(|jail| {
