@@ -299,7 +299,8 @@ export type ErrorKind =
  | "timeout"
 /** The client was closed, or the request could not survive a reconnect. */
  | "closed"
-/** Too many publishes queued while disconnected. */
+/** Too many publishes queued while disconnected, or (publishes and calls) waiting while
+ *  connected, for the pacer or for a transport full of unsent bytes: never sent. */
  | "buffer_full"
 /** A message handler threw. */
  | "handler";
@@ -464,7 +465,9 @@ export interface ClientOptions {
 	connectTimeoutMs?: number;
 	/** How long to wait for the reply to a command, counted from when it is written. An
 	 *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
-	 *  rejects with kind `timeout` (never sent). Default 10 s. */
+	 *  rejects with kind `timeout` (never sent). Also how long the transport may hold unsent bytes
+	 *  without taking any (a server that stopped reading) before the session is replaced, kind
+	 *  `timeout`. Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
 	requestTimeoutMs?: number;
 	/** Ping period for RTT readings; 0 disables. Default 5 s. */
 	pingIntervalMs?: number;
@@ -480,8 +483,9 @@ export interface ClientOptions {
 	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
 	paceCommands?: boolean;
 	/** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
-	 *  for the pacer while connected. Past either, a publish rejects with kind `buffer_full`.
-	 *  Counted in publishes, not bytes. Default 1000. */
+	 *  while connected, for the pacer or for the transport to take what it holds unsent (past
+	 *  max(1 MiB, 4 × `max_frame`), publishes and calls wait). Past either, a publish or a call
+	 *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. */
 	maxQueuedPublishes?: number;
 	/** Largest frame accepted from the server before `Welcome`; raised to
 	 *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -553,7 +557,6 @@ export interface PublishOptions {
 	 *  only the newest matters, sent many times a second. */
 	unreliable?: boolean;
 }
-export declare const CLIENT_NAME = "quiver-ts/0.2";
 /** What `history()` asks for. */
 export interface HistoryOptions {
 	/** The page starts after this position; omitted: from the oldest publication kept. */
@@ -562,14 +565,6 @@ export interface HistoryOptions {
 	limit?: number;
 }
 /** A page of a room's history (`history()`). */
-/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
- *  fits in one frame. */
-export interface PresenceStats {
-	/** Sessions subscribed to the room, on every instance. */
-	sessions: number;
-	/** Distinct users among them. */
-	users: number;
-}
 export interface HistoryPage {
 	/** The room's current position. */
 	position: Position | null;
@@ -578,16 +573,25 @@ export interface HistoryPage {
 	/** More is kept after the last publication than this page holds: ask again from it. */
 	truncated: boolean;
 }
+/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
+ *  fits in one frame. */
+export interface PresenceStats {
+	/** Sessions subscribed to the room, on every instance. */
+	sessions: number;
+	/** Distinct users among them. */
+	users: number;
+}
 /** Options of `QuiverClient.call`. */
 export interface CallOptions {
 	/** How long the backend may take, in milliseconds; the server's default when absent. The
-	 *  server caps it. */
+	 *  server caps it (and this client waits at most 2^31-1 ms, setTimeout's longest delay). */
 	timeoutMs?: number;
 	/** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
 	idempotencyKey?: string;
 	/** Aborting rejects the call's promise at once with the signal's reason. */
 	signal?: AbortSignal;
 }
+export declare const CLIENT_NAME = "quiver-ts/0.2";
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
  * to show the connection to the user; subscriptions and publishes may be made in any state.
@@ -606,6 +610,8 @@ export declare class QuiverClient {
 	private readonly subs;
 	private readonly outbox;
 	private active;
+	/** The session of a connection attempt, until its Welcome: `close()` ends it too. */
+	private connecting;
 	private lastId;
 	private closing;
 	private wake;

@@ -44,6 +44,7 @@ var MAX_U16 = 65535;
 var MAX_U32 = 4294967295;
 var MAX_U64 = (1n << 64n) - 1n;
 var MAX_HISTORY_ITEMS = 1e3;
+var MAX_PRESENCE_MEMBERS = 1e4;
 var utf8Encoder = new TextEncoder();
 var utf8Decoder = new TextDecoder("utf-8", { fatal: true });
 var Writer = class {
@@ -220,6 +221,28 @@ var Reader = class {
   }
   member() {
     return { user: this.string(), session: this.string() };
+  }
+  /** A `Presence` list's first `most` members; the rest are skipped (their shape checked, nothing
+   *  allocated), `cut` saying so. */
+  members(most) {
+    const count = this.u32();
+    if (count * 2 > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
+    const members = [];
+    for (let i = 0; i < count; i++) {
+      if (i < most) {
+        members.push(this.member());
+      } else {
+        this.skip();
+        this.skip();
+      }
+    }
+    return { members, cut: count > most };
+  }
+  /** Steps over a `Bytes` or `String` without reading it. */
+  skip() {
+    const len = this.u32();
+    if (len > this.buf.length - this.pos) throw new DecodeError("length exceeds frame");
+    this.pos += len;
   }
   /** postcard `Vec<T>`: varint count, then the elements. */
   list(read, most = Infinity) {
@@ -426,9 +449,12 @@ function decodeEvent(body) {
     case "Goodbye":
       event = { type, code: r.u16(), reason: r.string(), reconnect: r.bool() };
       break;
-    case "Presence":
-      event = { type, room: r.string(), members: r.list(() => r.member()), truncated: r.trailingBool() };
+    case "Presence": {
+      const room = r.string();
+      const { members, cut } = r.members(MAX_PRESENCE_MEMBERS);
+      event = { type, room, members, truncated: r.trailingBool() || cut };
       break;
+    }
     case "Joined":
     case "Left":
       event = { type, room: r.string(), member: r.member() };
@@ -655,9 +681,13 @@ function asQuiverError(e) {
   if (e instanceof QuiverError) return e;
   return new QuiverError("transport", errorMessage(e), { cause: e });
 }
+var MAX_TIMER = 2 ** 31 - 1;
+function timerDelay(ms) {
+  return Math.min(Math.max(0, ms), MAX_TIMER);
+}
 function withTimeout(p, ms, what) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`)), ms);
+    const timer = setTimeout(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`)), timerDelay(ms));
     p.then(
       (v) => {
         clearTimeout(timer);
@@ -668,6 +698,13 @@ function withTimeout(p, ms, what) {
         reject(e);
       }
     );
+  });
+}
+function abortable(promise, signal) {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
   });
 }
 
@@ -712,6 +749,9 @@ var Pacer = class _Pacer {
 };
 
 // src/session.ts
+var SEND_BUFFER_MIN = 1024 * 1024;
+var BOUNDED = /* @__PURE__ */ new Set(["Publish", "Call"]);
+var SEND_POLL_MS = 20;
 var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([
   CloseCode.protocol_error,
   CloseCode.unsupported_version,
@@ -753,7 +793,11 @@ var Session = class {
   pumping = false;
   pumpTimer = null;
   wakePump = null;
+  /** Ends the pump's wait for a full transport (not a wait for the pacer). */
+  wakeFull = null;
   heartbeatTimer = null;
+  /** Watches a transport holding unsent bytes (`watchSending`). */
+  sendTimer = null;
   lastReceived = now();
   connectedAt = 0;
   /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
@@ -855,15 +899,24 @@ var Session = class {
         })
       );
     }
+    const bounded = BOUNDED.has(frame.command.type);
     const pacer = this.pacer;
-    if (!pacer || options.urgent || this.queue.length === 0 && pacer.ready(now())) {
+    if (options.urgent || this.queue.length === 0 && !(bounded && this.full(bytes.length)) && (!pacer || pacer.ready(now()))) {
       pacer?.reserve(now());
       return this.write(bytes);
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ id: frame.id, bytes, resolve, reject });
+      this.queue.push({ id: frame.id, bytes, bounded, resolve, reject });
       this.pump();
     });
+  }
+  /** Most bytes the transport may hold unsent before publishes and calls wait. */
+  get sendBudget() {
+    return Math.max(SEND_BUFFER_MIN, 4 * this.sendLimit);
+  }
+  /** Whether a frame of `size` bytes would take the transport past the send budget. */
+  full(size) {
+    return this.link.backlog + size > this.sendBudget;
   }
   /**
    * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
@@ -887,9 +940,15 @@ var Session = class {
         () => {
           if (this.pending.get(frameId) !== entry) return;
           entry.timer = setTimeout(() => {
+            entry.timer = null;
+            const late = new QuiverError("timeout", `no reply to ${command.type} within ${timeoutMs} ms`);
+            if (options.onTimeout) {
+              options.onTimeout(late);
+              return;
+            }
             this.pending.delete(frameId);
-            reject(new QuiverError("timeout", `no reply to ${command.type} within ${timeoutMs} ms`));
-          }, timeoutMs);
+            reject(late);
+          }, timerDelay(timeoutMs));
         },
         (e) => {
           if (this.pending.get(frameId) === entry) this.pending.delete(frameId);
@@ -904,7 +963,12 @@ var Session = class {
     const at = this.queue.findIndex((q) => q.id === id);
     if (at < 0) return;
     const [item] = this.queue.splice(at, 1);
-    item?.reject(new QuiverError("timeout", `${what} still waiting for the server's rate limit ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`));
+    item?.reject(
+      new QuiverError(
+        "timeout",
+        `${what} still waiting for the server's rate limit, or for the transport to take what it holds, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`
+      )
+    );
   }
   /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
   awaitsReply(id) {
@@ -924,6 +988,7 @@ var Session = class {
       ...cause.code !== null ? { code: cause.code } : {}
     });
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.sendTimer) clearTimeout(this.sendTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     this.wakePump?.();
     const drained = this.goodbyeFrame && this.goodbye?.code === CloseCode.shutdown;
@@ -1003,37 +1068,93 @@ var Session = class {
   async write(bytes) {
     if (this.ended) throw unsent(new QuiverError("closed", "not connected"));
     try {
-      await this.link.write(bytes);
+      const written = this.link.write(bytes);
+      this.watchSending();
+      await written;
+      this.wakeFull?.();
     } catch (e) {
       const err = asQuiverError(e);
       if (err.kind !== "closed") this.end(new QuiverError("transport", `write failed: ${errorMessage(e)}`, { cause: e }));
       throw new QuiverError("closed", err.message, { cause: e });
     }
   }
-  /** Writes queued commands in order, each when the pacer allows. */
+  /** Writes queued commands in order, each when the pacer allows and, for publishes and calls,
+   *  once the transport holds no more than the send budget. */
   pump() {
     if (this.pumping) return;
     this.pumping = true;
     void (async () => {
       try {
-        while (this.queue.length > 0 && !this.ended && this.pacer) {
-          const wait = this.pacer.reserve(now());
-          if (wait > 0) {
-            await new Promise((resolve) => {
-              this.wakePump = resolve;
-              this.pumpTimer = setTimeout(resolve, wait);
-            });
-            this.pumpTimer = null;
-            this.wakePump = null;
+        while (this.queue.length > 0 && !this.ended) {
+          const head = this.queue[0];
+          if (head.bounded && this.full(head.bytes.length)) {
+            await this.pause(SEND_POLL_MS, true);
+            continue;
           }
-          const item = this.queue.shift();
+          const wait = this.pacer ? this.pacer.reserve(now()) : 0;
+          if (wait > 0) await this.pause(wait, false);
+          const item = this.queue[0];
           if (!item || this.ended) break;
+          if (item.bounded && this.full(item.bytes.length)) continue;
+          this.queue.shift();
           this.write(item.bytes).then(item.resolve, item.reject);
         }
       } finally {
         this.pumping = false;
       }
     })();
+  }
+  /** The pump's wait: `ms`, or until the session ends, or (`forRoom`) a write completes. */
+  pause(ms, forRoom) {
+    return new Promise((resolve) => {
+      const done = () => {
+        if (this.pumpTimer) clearTimeout(this.pumpTimer);
+        this.pumpTimer = null;
+        this.wakePump = null;
+        this.wakeFull = null;
+        resolve();
+      };
+      this.wakePump = done;
+      if (forRoom) this.wakeFull = done;
+      this.pumpTimer = setTimeout(done, ms);
+    });
+  }
+  /**
+   * Ends the session, kind `timeout`, once the transport holds unsent bytes and has taken none of
+   * them for `requestTimeoutMs`: the server stopped reading. Over WebSocket, what was handed over
+   * would otherwise only pile up in `bufferedAmount` and be sent whenever the server woke (an ack
+   * publish timed out and retried by the app then published twice); over WebTransport a write the
+   * server gives no flow-control credit never completes, and the command's reply deadline, which
+   * starts once it is written, never started (outside audit 104, F3). Polled while anything is
+   * unsent: WebSocket has no event for `bufferedAmount` going down.
+   */
+  watchSending() {
+    if (this.sendTimer || this.ended || this.link.backlog === 0) return;
+    const limit = this.requestTimeoutMs;
+    const period = Math.min(1e3, Math.max(10, limit / 4));
+    let taken = this.link.taken;
+    let since = now();
+    const check = () => {
+      this.sendTimer = null;
+      if (this.ended) return;
+      const backlog = this.link.backlog;
+      if (this.link.taken !== taken) {
+        taken = this.link.taken;
+        since = now();
+      }
+      if (backlog === 0) return;
+      if (now() - since >= limit) {
+        this.end(
+          new QuiverError(
+            "timeout",
+            `the server took none of the ${backlog} bytes waiting to be sent for ${limit} ms: not reading; commands already sent may or may not have been carried out`
+          )
+        );
+        return;
+      }
+      this.sendTimer = setTimeout(check, period);
+    };
+    this.sendTimer = setTimeout(check, period);
   }
 };
 function unsent(e) {
@@ -1044,7 +1165,6 @@ function refreshDelay(expiresAt) {
   const remaining = expiresAt * 1e3 - Date.now();
   return Math.max(0, remaining - Math.min(6e4, remaining / 5));
 }
-var MAX_TIMER = 2 ** 31 - 1;
 var Refresher = class {
   constructor(session, token, report) {
     this.session = session;
@@ -1060,8 +1180,8 @@ var Refresher = class {
   schedule(expiresAt) {
     this.stop();
     if (expiresAt === null) return;
-    const delay = refreshDelay(expiresAt);
-    this.timer = delay > MAX_TIMER ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER) : setTimeout(() => void this.refresh(expiresAt), delay);
+    const delay2 = refreshDelay(expiresAt);
+    this.timer = delay2 > MAX_TIMER ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER) : setTimeout(() => void this.refresh(expiresAt), delay2);
   }
   stop() {
     if (this.timer) clearTimeout(this.timer);
@@ -1114,19 +1234,25 @@ async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
       { cause: e }
     );
   }
-  return new WebTransportLink(wt, maxFrame);
+  return new WebTransportLink(wt, maxFrame, timeoutMs);
 }
 var WebTransportLink = class {
-  constructor(wt, maxFrame) {
+  constructor(wt, maxFrame, openTimeoutMs) {
     this.wt = wt;
     this.maxFrame = maxFrame;
+    this.openTimeoutMs = openTimeoutMs;
   }
   wt;
   maxFrame;
+  openTimeoutMs;
   kind = "webtransport";
   writer = null;
   handler = null;
   done = false;
+  /** Rejects the wait for the control stream when the link is closed meanwhile. */
+  abortStart = null;
+  backlog = 0;
+  taken = 0;
   async start(handler) {
     this.handler = handler;
     this.wt.closed.then(
@@ -1138,11 +1264,16 @@ var WebTransportLink = class {
     );
     let bidi;
     try {
-      bidi = await this.wt.createBidirectionalStream();
+      const aborted = new Promise((_, reject) => this.abortStart = reject);
+      if (this.done) this.abortStart?.(new QuiverError("closed", "closed"));
+      bidi = await withTimeout(Promise.race([this.wt.createBidirectionalStream(), aborted]), this.openTimeoutMs, "opening the control stream");
     } catch (e) {
       const err = new QuiverError("transport", `could not open the control stream: ${errorMessage(e)}`, { cause: e });
       this.finish(err, null);
+      closeWebTransport(this.wt, "");
       throw err;
+    } finally {
+      this.abortStart = null;
     }
     this.writer = bidi.writable.getWriter();
     void this.readControl(bidi.readable);
@@ -1177,10 +1308,17 @@ var WebTransportLink = class {
   }
   async write(frame) {
     if (!this.writer) throw new QuiverError("closed", "not connected");
-    await this.writer.write(frame);
+    this.backlog += frame.length;
+    try {
+      await this.writer.write(frame);
+      this.taken += frame.length;
+    } finally {
+      this.backlog -= frame.length;
+    }
   }
   close(reason) {
     this.done = true;
+    this.abortStart?.(new QuiverError("closed", "closed before the control stream opened"));
     closeWebTransport(this.wt, reason);
   }
   finish(cause, close) {
@@ -1332,6 +1470,8 @@ var WebSocketLink = class {
   /** Per room, the id of the `SubscriptionStream` whose frames are being accepted. */
   streams = /* @__PURE__ */ new Map();
   done = false;
+  /** Bytes handed to `ws.send` since the socket opened. */
+  written = 0;
   async start(handler) {
     this.handler = handler;
     for (const item of this.early.splice(0)) {
@@ -1342,6 +1482,13 @@ var WebSocketLink = class {
   async write(frame) {
     if (this.done || this.ws.readyState !== 1) throw new QuiverError("closed", "the WebSocket is not open");
     this.ws.send(frame);
+    this.written += frame.length;
+  }
+  get backlog() {
+    return Number(this.ws.bufferedAmount) || 0;
+  }
+  get taken() {
+    return this.written - this.backlog;
   }
   sendDatagram() {
     return false;
@@ -1533,20 +1680,30 @@ function resolveOptions(options, clientName) {
     token: options.token,
     clientName: options.clientName ?? clientName,
     reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
-    connectTimeoutMs: options.connectTimeoutMs ?? 1e4,
-    requestTimeoutMs: options.requestTimeoutMs ?? 1e4,
-    pingIntervalMs: options.pingIntervalMs ?? 5e3,
-    heartbeat: options.heartbeat === false ? false : { idleMs: 1e3, timeoutMs: 2e3, ...options.heartbeat },
+    connectTimeoutMs: delay("connectTimeoutMs", options.connectTimeoutMs, 1e4, 1),
+    requestTimeoutMs: delay("requestTimeoutMs", options.requestTimeoutMs, 1e4, 1),
+    pingIntervalMs: delay("pingIntervalMs", options.pingIntervalMs, 5e3, 0),
+    heartbeat: options.heartbeat === false ? false : {
+      idleMs: delay("heartbeat.idleMs", options.heartbeat?.idleMs, 1e3, 1),
+      timeoutMs: delay("heartbeat.timeoutMs", options.heartbeat?.timeoutMs, 2e3, 1)
+    },
     paceCommands: options.paceCommands ?? true,
     maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
-    webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2500,
+    webTransportTimeoutMs: delay("webTransportTimeoutMs", options.webTransportTimeoutMs, 2500, 1),
     remember: options.rememberWebTransportFailure ?? "page",
     webTransportRetryMs: options.webTransportRetryMs ?? 3e5,
-    streamTimeoutMs: options.streamTimeoutMs ?? 8e3
+    streamTimeoutMs: delay("streamTimeoutMs", options.streamTimeoutMs, 8e3, 0)
   };
   return { opts, transports, targets, hashes, WT, WS };
+}
+function delay(name, value, fallback, min) {
+  if (value === void 0) return fallback;
+  if (typeof value !== "number" || Number.isNaN(value) || value < min) {
+    throw new TypeError(`${name} must be a number of milliseconds, ${min} or more, got ${String(value)}`);
+  }
+  return Math.min(value, MAX_TIMER);
 }
 function reconnectOptions(given) {
   const initialDelayMs = Math.max(100, given?.initialDelayMs ?? 500);
@@ -1750,6 +1907,11 @@ var Subscriptions = class {
   /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
   heldEvents = 0;
   heldTotal = 0;
+  /** The live session's watch timers (`expectStream`, `streamEnded`), each removed when it
+   *  fires and all cleared when the session ends. A `session.done` reaction per timer instead
+   *  kept every one's closure for the whole session: memory that grew with room churn (outside
+   *  audit 104, F7). */
+  sessionTimers = /* @__PURE__ */ new Set();
   /** Whether `room` is subscribed and the server said it delivers reliably (not `latest`). */
   knownReliable(room) {
     const state = this.subs.get(room);
@@ -1808,6 +1970,8 @@ var Subscriptions = class {
   }
   /** The session ended: nothing of its streams is current any more. */
   sessionEnded() {
+    for (const timer of this.sessionTimers) clearTimeout(timer);
+    this.sessionTimers.clear();
     for (const state of this.subs.values()) {
       state.currentId = 0;
       this.releaseHeld(state);
@@ -1829,7 +1993,10 @@ var Subscriptions = class {
     }
     state.currentId = 0;
     this.releaseHeld(state);
-    if (code === ErrorCode.session_closing) return;
+    if (code === ErrorCode.session_closing) {
+      this.retry(state);
+      return;
+    }
     const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
       code,
       room
@@ -1874,7 +2041,24 @@ var Subscriptions = class {
     state.streamOpened = false;
     let reply;
     try {
-      reply = await session.request(id, { type: "Subscribe", room: state.sub.room, resume });
+      reply = await session.request(
+        id,
+        { type: "Subscribe", room: state.sub.room, resume },
+        {
+          // A Subscribe is never sent twice on one session. The server carries a session's
+          // commands out in order and answers each one, so one only slow (a subscribe hook, a
+          // replay waiting for NATS) still succeeds: sent again, the second was refused 104
+          // already_subscribed, the room dropped here while the server kept delivering it, and
+          // every later subscribe refused (outside audit 104, F1; the Rust client never resends
+          // either). Its reply is waited for, and what its stream sends held for it, until the
+          // session ends; the heartbeat ends a dead one.
+          onTimeout: (late) => {
+            if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
+            const room = state.sub.room;
+            this.host.emit("error", new QuiverError("timeout", `${room}: ${late.message}; still waiting for it`, { room }));
+          }
+        }
+      );
     } catch (e) {
       const err = asQuiverError(e);
       if (this.subs.get(state.sub.room) !== state) return;
@@ -1883,7 +2067,7 @@ var Subscriptions = class {
         this.releaseHeld(state);
       }
       if (err.kind === "closed" || session.ended) return;
-      if (err.kind === "timeout" || err.code !== null && TRANSIENT.has(err.code)) {
+      if (err.code !== null && TRANSIENT.has(err.code)) {
         this.host.emit("error", err);
         this.retry(state);
       } else if (state.confirmed) {
@@ -1913,6 +2097,9 @@ var Subscriptions = class {
     let recovery = reply.recovery;
     if (recovery.type === "Recovered" && !recoveryPossible(resume, reply.position, recovery.replayed)) {
       this.reportBroken(state.sub.room, "impossible Recovered");
+      recovery = { type: "Failed" };
+    } else if (resume && recovery.type === "NotRequested") {
+      this.reportBroken(state.sub.room, "NotRequested answering a resume");
       recovery = { type: "Failed" };
     }
     state.sub.recovery = resume ? recovery : null;
@@ -1958,7 +2145,7 @@ var Subscriptions = class {
   expectStream(state, id, session) {
     const timeout = this.host.opts.streamTimeoutMs;
     if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
-    const timer = setTimeout(() => {
+    this.sessionTimer(session, () => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
       const err = new QuiverError(
@@ -1969,7 +2156,19 @@ var Subscriptions = class {
       this.host.emit("error", err);
       this.host.moveToWebSocket(session, err);
     }, timeout);
-    void session.done.then(() => clearTimeout(timer));
+  }
+  /** Runs `fire` after `ms` unless `session` ends first (`sessionTimers`). */
+  sessionTimer(session, fire, ms) {
+    if (session.ended) return;
+    const timer = setTimeout(() => {
+      this.sessionTimers.delete(timer);
+      fire();
+    }, ms);
+    this.sessionTimers.add(timer);
+  }
+  /** @internal Watch timers of the live session still to fire (tests). */
+  get pendingTimers() {
+    return this.sessionTimers.size;
   }
   drop(state, reason) {
     if (this.subs.get(state.sub.room) === state) this.subs.delete(state.sub.room);
@@ -1989,12 +2188,11 @@ var Subscriptions = class {
    * one subscribes again, resuming.
    */
   streamEnded(session, room, id) {
-    const timer = setTimeout(() => {
+    this.sessionTimer(session, () => {
       const state = this.subs.get(room);
       if (session.ended || state === void 0 || state.currentId !== id) return;
       session.end(new QuiverError("protocol", `the server ended the stream of ${room} without an Unsubscribed`, { room }));
     }, STREAM_END_GRACE_MS);
-    void session.done.then(() => clearTimeout(timer));
   }
   /** The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room, id) {
@@ -2077,13 +2275,6 @@ var Subscriptions = class {
 
 // src/client.ts
 var CLIENT_NAME = "quiver-ts/0.2";
-function abortable(promise, signal) {
-  return new Promise((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
@@ -2108,6 +2299,8 @@ var QuiverClient = class {
   subs;
   outbox = [];
   active = null;
+  /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
+  connecting = null;
   lastId = 0;
   closing = false;
   wake = null;
@@ -2230,7 +2423,7 @@ var QuiverClient = class {
       const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };
       const session = this.active && !this.active.ended ? this.active : null;
       if (session && session.waiting >= this.opts.maxQueuedPublishes) {
-        reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting for the server's rate limit`, { room }));
+        reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
       } else if (session) this.sendPublish(item, session);
       else this.enqueue(item);
     });
@@ -2322,6 +2515,9 @@ var QuiverClient = class {
     if (this.closing || !session || session.ended) {
       throw new QuiverError("closed", "not connected: calls are not queued while disconnected");
     }
+    if (session.waiting >= this.opts.maxQueuedPublishes) {
+      throw new QuiverError("buffer_full", `${session.waiting} commands already waiting to be written`);
+    }
     const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 4294967295));
     const command = {
       type: "Call",
@@ -2342,6 +2538,7 @@ var QuiverClient = class {
     if (!this.closing) {
       this.closing = true;
       this.active?.end(new QuiverError("closed", "client closed"), true);
+      this.connecting?.end(new QuiverError("closed", "client closed"), true);
       this.wake?.();
     }
     await this.finished;
@@ -2391,7 +2588,8 @@ var QuiverClient = class {
         stale = this.lastToken !== null && this.lastToken === this.expiredToken;
         this.expiredToken = this.lastToken;
       }
-      if (backoff === false || goodbye && !goodbye.reconnect || stale) {
+      const otherVersion = cause.kind === "protocol" && cause.code === CloseCode.unsupported_version;
+      if (backoff === false || goodbye && !goodbye.reconnect || stale || otherVersion) {
         this.closing = true;
         break;
       }
@@ -2482,9 +2680,10 @@ var QuiverClient = class {
       this.emit("goodbye", g);
     });
     session.nextId = () => this.nextId();
-    await session.start();
+    this.connecting = session;
     let welcome;
     try {
+      await session.start();
       welcome = await session.request(
         this.nextId(),
         { type: "Hello", version: PROTOCOL_VERSION, client: this.opts.clientName },
@@ -2494,6 +2693,8 @@ var QuiverClient = class {
       const err = session.cause ?? asQuiverError(e);
       session.end(err);
       throw err;
+    } finally {
+      this.connecting = null;
     }
     if (welcome.type !== "Welcome") {
       const err = new QuiverError("protocol", `expected Welcome, got ${welcome.type}`);
@@ -2501,7 +2702,9 @@ var QuiverClient = class {
       throw err;
     }
     if (welcome.version !== PROTOCOL_VERSION) {
-      const err = new QuiverError("protocol", `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`);
+      const err = new QuiverError("protocol", `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`, {
+        code: CloseCode.unsupported_version
+      });
       session.end(err);
       throw err;
     }

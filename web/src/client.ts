@@ -13,14 +13,18 @@ import {
   type Position,
 } from './codec.js';
 import { CloseCode, ErrorCode, codeLabel } from './codes.js';
-import { QuiverError, asQuiverError, errorMessage, withTimeout } from './errors.js';
+import { QuiverError, abortable, asQuiverError, errorMessage, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import {
   STABLE_MS,
   resolveOptions,
+  type CallOptions,
   type ClientEvents,
   type ClientOptions,
   type ConnectionState,
+  type HistoryOptions,
+  type HistoryPage,
+  type PresenceStats,
   type PublishOptions,
   type ResolvedOptions,
   type SessionInfo,
@@ -60,63 +64,20 @@ export {
 
 export const CLIENT_NAME = 'quiver-ts/0.2';
 
-/** What `history()` asks for. */
-export interface HistoryOptions {
-  /** The page starts after this position; omitted: from the oldest publication kept. */
-  since?: Position;
-  /** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
-  limit?: number;
-}
-
-/** A page of a room's history (`history()`). */
-/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
- *  fits in one frame. */
-export interface PresenceStats {
-  /** Sessions subscribed to the room, on every instance. */
-  sessions: number;
-  /** Distinct users among them. */
-  users: number;
-}
-
-export interface HistoryPage {
-  /** The room's current position. */
-  position: Position | null;
-  /** Oldest first. */
-  publications: Message[];
-  /** More is kept after the last publication than this page holds: ask again from it. */
-  truncated: boolean;
-}
 export type {
+  CallOptions,
   ClientEvents,
   ClientOptions,
   ConnectionState,
   HeartbeatOptions,
+  HistoryOptions,
+  HistoryPage,
+  PresenceStats,
   PublishOptions,
   ReconnectOptions,
   RecoveryInfo,
   SessionInfo,
 } from './options.js';
-
-
-/** Options of `QuiverClient.call`. */
-export interface CallOptions {
-  /** How long the backend may take, in milliseconds; the server's default when absent. The
-   *  server caps it. */
-  timeoutMs?: number;
-  /** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
-  idempotencyKey?: string;
-  /** Aborting rejects the call's promise at once with the signal's reason. */
-  signal?: AbortSignal;
-}
-
-/** `promise`, or the signal's reason as soon as it aborts. */
-function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
-  });
-}
 
 interface QueuedPublish {
   room: string;
@@ -134,7 +95,6 @@ interface QueuedPublish {
 const textEncoder = new TextEncoder();
 
 type Listeners = { [K in keyof ClientEvents]: Set<(...args: ClientEvents[K]) => void> };
-
 
 /**
  * Starts connecting at once and keeps a session up until `close()`. Listen to `state` and `error`
@@ -163,6 +123,8 @@ export class QuiverClient {
   private readonly subs: Subscriptions;
   private readonly outbox: QueuedPublish[] = [];
   private active: Session | null = null;
+  /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
+  private connecting: Session | null = null;
   private lastId = 0;
   private closing = false;
   private wake: (() => void) | null = null;
@@ -303,7 +265,7 @@ export class QuiverClient {
       // Connected, the commands waiting for the pacer are bounded as the outbox is: an app
       // publishing faster than the server's rate would otherwise queue without end.
       if (session && session.waiting >= this.opts.maxQueuedPublishes) {
-        reject(new QuiverError('buffer_full', `${session.waiting} commands already waiting for the server's rate limit`, { room }));
+        reject(new QuiverError('buffer_full', `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
       } else if (session) this.sendPublish(item, session);
       else this.enqueue(item);
     });
@@ -400,6 +362,10 @@ export class QuiverClient {
     if (this.closing || !session || session.ended) {
       throw new QuiverError('closed', 'not connected: calls are not queued while disconnected');
     }
+    // Bounded as publishes are (`maxQueuedPublishes`): calls wait too while the transport is full.
+    if (session.waiting >= this.opts.maxQueuedPublishes) {
+      throw new QuiverError('buffer_full', `${session.waiting} commands already waiting to be written`);
+    }
     const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 0xffff_ffff));
     const command: Command = {
       type: 'Call',
@@ -408,7 +374,8 @@ export class QuiverClient {
       timeoutMs,
       idempotencyKey: options.idempotencyKey ?? '',
     };
-    // The server answers deadline_exceeded at the deadline: wait a little longer than that.
+    // The server answers deadline_exceeded at the deadline: wait a little longer than that (at
+    // most setTimeout's 2^31-1 ms: `Session.request` clamps it, where a longer wait fired at once).
     const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2_000);
     const request = session.request(this.nextId(), command, { timeoutMs: wait });
     const reply = await (signal ? abortable(request, signal) : request);
@@ -422,6 +389,9 @@ export class QuiverClient {
     if (!this.closing) {
       this.closing = true;
       this.active?.end(new QuiverError('closed', 'client closed'), true);
+      // An attempt stuck before its Welcome (a control stream that never opens, a Welcome that
+      // never comes) would otherwise hold `close()` for up to `connectTimeoutMs`.
+      this.connecting?.end(new QuiverError('closed', 'client closed'), true);
       this.wake?.();
     }
     await this.finished;
@@ -480,7 +450,9 @@ export class QuiverClient {
         stale = this.lastToken !== null && this.lastToken === this.expiredToken;
         this.expiredToken = this.lastToken;
       }
-      if (backoff === false || (goodbye && !goodbye.reconnect) || stale) {
+      // A Welcome of another version (`hello`) will not change by reconnecting.
+      const otherVersion = cause.kind === 'protocol' && cause.code === CloseCode.unsupported_version;
+      if (backoff === false || (goodbye && !goodbye.reconnect) || stale || otherVersion) {
         this.closing = true;
         break;
       }
@@ -587,9 +559,10 @@ export class QuiverClient {
       this.emit('goodbye', g);
     });
     session.nextId = () => this.nextId();
-    await session.start();
+    this.connecting = session;
     let welcome: Event;
     try {
+      await session.start();
       welcome = await session.request(
         this.nextId(),
         { type: 'Hello', version: PROTOCOL_VERSION, client: this.opts.clientName },
@@ -599,6 +572,8 @@ export class QuiverClient {
       const err = session.cause ?? asQuiverError(e);
       session.end(err);
       throw err;
+    } finally {
+      this.connecting = null;
     }
     if (welcome.type !== 'Welcome') {
       const err = new QuiverError('protocol', `expected Welcome, got ${welcome.type}`);
@@ -607,7 +582,10 @@ export class QuiverClient {
     }
     // A server speaking another version is refused, as the Rust client does (outside audit).
     if (welcome.version !== PROTOCOL_VERSION) {
-      const err = new QuiverError('protocol', `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`);
+      // Final, as after `Goodbye 3004 unsupported_version` (PROTOCOL.md section 8): `run` stops.
+      const err = new QuiverError('protocol', `the server speaks protocol version ${welcome.version}, this client ${PROTOCOL_VERSION}`, {
+        code: CloseCode.unsupported_version,
+      });
       session.end(err);
       throw err;
     }

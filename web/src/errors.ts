@@ -27,7 +27,8 @@ export type ErrorKind =
   | 'timeout'
   /** The client was closed, or the request could not survive a reconnect. */
   | 'closed'
-  /** Too many publishes queued while disconnected. */
+  /** Too many publishes queued while disconnected, or (publishes and calls) waiting while
+   *  connected, for the pacer or for a transport full of unsent bytes: never sent. */
   | 'buffer_full'
   /** A message handler threw. */
   | 'handler';
@@ -74,10 +75,19 @@ export function asQuiverError(e: unknown): QuiverError {
   return new QuiverError('transport', errorMessage(e), { cause: e });
 }
 
+/** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it, it fires at once. */
+export const MAX_TIMER = 2 ** 31 - 1;
+
+/** `ms` as a setTimeout delay: a longer one (a call's `timeoutMs` of 2^32-1, say) fired at once,
+ *  so a command timed out as soon as it was written (outside audit 104, F6). */
+export function timerDelay(ms: number): number {
+  return Math.min(Math.max(0, ms), MAX_TIMER);
+}
+
 /** `p`, or a `timeout` QuiverError after `ms`. */
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`)), ms);
+    const timer = setTimeout(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`)), timerDelay(ms));
     p.then(
       (v) => {
         clearTimeout(timer);
@@ -88,5 +98,14 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
         reject(e);
       },
     );
+  });
+}
+
+/** `promise`, or the signal's reason as soon as it aborts. */
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
   });
 }

@@ -2,9 +2,9 @@
 // what it can listen to), and their validation and defaults.
 
 import { DEFAULT_MAX_FRAME, MAX_MAX_FRAME, type Limits, type Position, type Recovery } from './codec.js';
-import type { QuiverError } from './errors.js';
+import { MAX_TIMER, type QuiverError } from './errors.js';
 import type { GoodbyeInfo } from './session.js';
-import type { Subscription } from './subscription.js';
+import type { Message, Subscription } from './subscription.js';
 import { TRANSPORT_KINDS, type RememberFailure, type TransportKind, type WebSocketConstructor, type WebTransportConstructor } from './transport.js';
 
 /** A connection (or a subscription) that lasted this long (ms) resets its reconnect backoff. */
@@ -70,7 +70,9 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** How long to wait for the reply to a command, counted from when it is written. An
    *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
-   *  rejects with kind `timeout` (never sent). Default 10 s. */
+   *  rejects with kind `timeout` (never sent). Also how long the transport may hold unsent bytes
+   *  without taking any (a server that stopped reading) before the session is replaced, kind
+   *  `timeout`. Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
   requestTimeoutMs?: number;
   /** Ping period for RTT readings; 0 disables. Default 5 s. */
   pingIntervalMs?: number;
@@ -86,8 +88,9 @@ export interface ClientOptions {
    *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
   paceCommands?: boolean;
   /** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
-   *  for the pacer while connected. Past either, a publish rejects with kind `buffer_full`.
-   *  Counted in publishes, not bytes. Default 1000. */
+   *  while connected, for the pacer or for the transport to take what it holds unsent (past
+   *  max(1 MiB, 4 × `max_frame`), publishes and calls wait). Past either, a publish or a call
+   *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. */
   maxQueuedPublishes?: number;
   /** Largest frame accepted from the server before `Welcome`; raised to
    *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -144,6 +147,44 @@ export interface PublishOptions {
    *  know gets the datagram, which the server drops if the room is not `latest`. For values where
    *  only the newest matters, sent many times a second. */
   unreliable?: boolean;
+}
+
+/** What `history()` asks for. */
+export interface HistoryOptions {
+  /** The page starts after this position; omitted: from the oldest publication kept. */
+  since?: Position;
+  /** Most publications in the page (default 100; the server caps it at 1,000 and one frame). */
+  limit?: number;
+}
+
+/** A page of a room's history (`history()`). */
+export interface HistoryPage {
+  /** The room's current position. */
+  position: Position | null;
+  /** Oldest first. */
+  publications: Message[];
+  /** More is kept after the last publication than this page holds: ask again from it. */
+  truncated: boolean;
+}
+
+/** How many are in a room (`presenceStats`), however many: a `presence` list holds only what
+ *  fits in one frame. */
+export interface PresenceStats {
+  /** Sessions subscribed to the room, on every instance. */
+  sessions: number;
+  /** Distinct users among them. */
+  users: number;
+}
+
+/** Options of `QuiverClient.call`. */
+export interface CallOptions {
+  /** How long the backend may take, in milliseconds; the server's default when absent. The
+   *  server caps it (and this client waits at most 2^31-1 ms, setTimeout's longest delay). */
+  timeoutMs?: number;
+  /** Passed to the backend as is, so it can recognise a retried call (at most 128 bytes). */
+  idempotencyKey?: string;
+  /** Aborting rejects the call's promise at once with the signal's reason. */
+  signal?: AbortSignal;
 }
 
 /** @internal Options with every default filled in. */
@@ -246,20 +287,40 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     token: options.token,
     clientName: options.clientName ?? clientName,
     reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
-    connectTimeoutMs: options.connectTimeoutMs ?? 10_000,
-    requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
-    pingIntervalMs: options.pingIntervalMs ?? 5_000,
-    heartbeat: options.heartbeat === false ? false : { idleMs: 1_000, timeoutMs: 2_000, ...options.heartbeat },
+    connectTimeoutMs: delay('connectTimeoutMs', options.connectTimeoutMs, 10_000, 1),
+    requestTimeoutMs: delay('requestTimeoutMs', options.requestTimeoutMs, 10_000, 1),
+    pingIntervalMs: delay('pingIntervalMs', options.pingIntervalMs, 5_000, 0),
+    heartbeat:
+      options.heartbeat === false
+        ? false
+        : {
+            idleMs: delay('heartbeat.idleMs', options.heartbeat?.idleMs, 1_000, 1),
+            timeoutMs: delay('heartbeat.timeoutMs', options.heartbeat?.timeoutMs, 2_000, 1),
+          },
     paceCommands: options.paceCommands ?? true,
     maxQueuedPublishes: options.maxQueuedPublishes ?? 1000,
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
-    webTransportTimeoutMs: options.webTransportTimeoutMs ?? 2_500,
+    webTransportTimeoutMs: delay('webTransportTimeoutMs', options.webTransportTimeoutMs, 2_500, 1),
     remember: options.rememberWebTransportFailure ?? 'page',
     webTransportRetryMs: options.webTransportRetryMs ?? 300_000,
-    streamTimeoutMs: options.streamTimeoutMs ?? 8_000,
+    streamTimeoutMs: delay('streamTimeoutMs', options.streamTimeoutMs, 8_000, 0),
   };
   return { opts, transports, targets, hashes, WT, WS };
+}
+
+/**
+ * A delay option in milliseconds, `fallback` when absent: a number of at least `min` (a TypeError
+ * otherwise, NaN included), taken as at most setTimeout's longest delay, 2^31-1 ms (24.8 days;
+ * so Infinity means that long). A longer delay fired at once: a `requestTimeoutMs` of 2^31 timed
+ * every command out as it was written (outside audit 104, F6).
+ */
+function delay(name: string, value: number | undefined, fallback: number, min: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || Number.isNaN(value) || value < min) {
+    throw new TypeError(`${name} must be a number of milliseconds, ${min} or more, got ${String(value)}`);
+  }
+  return Math.min(value, MAX_TIMER);
 }
 
 /**

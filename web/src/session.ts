@@ -4,7 +4,7 @@
 
 import { DEFAULT_MAX_FRAME, LENGTH_PREFIX, encodeCommand, type Command, type Event } from './codec.js';
 import { CloseCode, ErrorCode, codeLabel } from './codes.js';
-import { QuiverError, asQuiverError, errorMessage } from './errors.js';
+import { MAX_TIMER, QuiverError, asQuiverError, errorMessage, timerDelay } from './errors.js';
 import { Pacer } from './pacer.js';
 import type { Link, LinkHandler, SubscriptionEvent, TransportKind } from './transport.js';
 
@@ -40,6 +40,8 @@ interface QueuedWrite {
   /** The command's frame id. */
   id: number;
   bytes: Uint8Array;
+  /** Waits while the transport holds more than the send budget (`sendBudget`). */
+  bounded: boolean;
   resolve: () => void;
   reject: (e: QuiverError) => void;
 }
@@ -49,6 +51,28 @@ export interface SendOptions {
    *  against the rate, so the commands behind it wait that much longer. */
   urgent?: boolean;
 }
+
+export interface RequestOptions extends SendOptions {
+  /** How long the reply may take once the command is written; `requestTimeoutMs` when absent. */
+  timeoutMs?: number;
+  /** When the command, still waiting for the pacer then, is withdrawn (`performance.now()`). */
+  writeBy?: number;
+  /** Called when the reply is late, instead of rejecting: the command stays pending, and its
+   *  reply, when it comes, settles the promise (a `Subscribe`: see `Subscriptions.send`). */
+  onTimeout?: (late: QuiverError) => void;
+}
+
+// What may sit in the transport unsent (`Link.backlog`) before publishes and calls wait, as they
+// wait for the pacer (bounded by the client's `maxQueuedPublishes`): at least this, and room for
+// 4 of the server's largest frames. A server that stops reading made the client hand every
+// publish to the transport, to pile up there without limit (outside audit 104, F3).
+const SEND_BUFFER_MIN = 1024 * 1024;
+// Commands that carry the app's payloads wait past the budget; the rest (subscribes, pings,
+// refreshes, ...) are small and few, and go out as before.
+const BOUNDED = new Set<Command['type']>(['Publish', 'Call']);
+// How often a full transport is looked at again: WebSocket has no event for `bufferedAmount`
+// going down (a WebTransport write that completes wakes the wait at once).
+const SEND_POLL_MS = 20;
 
 // Close codes after which reconnecting makes no sense (PROTOCOL.md section 7), for a close that
 // arrives without its Goodbye frame.
@@ -86,7 +110,11 @@ export class Session implements LinkHandler {
   private pumping = false;
   private pumpTimer: ReturnType<typeof setTimeout> | null = null;
   private wakePump: (() => void) | null = null;
+  /** Ends the pump's wait for a full transport (not a wait for the pacer). */
+  private wakeFull: (() => void) | null = null;
   private heartbeatTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Watches a transport holding unsent bytes (`watchSending`). */
+  private sendTimer: ReturnType<typeof setTimeout> | null = null;
   private lastReceived = now();
   private connectedAt = 0;
   /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
@@ -208,22 +236,34 @@ export class Session implements LinkHandler {
         }),
       );
     }
+    const bounded = BOUNDED.has(frame.command.type);
     const pacer = this.pacer;
-    if (!pacer || options.urgent || (this.queue.length === 0 && pacer.ready(now()))) {
+    // Behind anything already waiting, so that publishes keep their order.
+    if (options.urgent || (this.queue.length === 0 && !(bounded && this.full(bytes.length)) && (!pacer || pacer.ready(now())))) {
       pacer?.reserve(now());
       return this.write(bytes);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ id: frame.id, bytes, resolve, reject });
+      this.queue.push({ id: frame.id, bytes, bounded, resolve, reject });
       this.pump();
     });
+  }
+
+  /** Most bytes the transport may hold unsent before publishes and calls wait. */
+  get sendBudget(): number {
+    return Math.max(SEND_BUFFER_MIN, 4 * this.sendLimit);
+  }
+
+  /** Whether a frame of `size` bytes would take the transport past the send budget. */
+  private full(size: number): boolean {
+    return this.link.backlog + size > this.sendBudget;
   }
 
   /**
    * Sends a command and waits for the event with its id; an `Error` reply rejects. `id` 0 takes
    * the next id from the owner's counter (see `nextId`).
    */
-  request(id: number, command: Command, options: SendOptions & { timeoutMs?: number; writeBy?: number } = {}): Promise<Event> {
+  request(id: number, command: Command, options: RequestOptions = {}): Promise<Event> {
     if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
     const frameId = id === 0 ? this.nextId() : id;
     const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
@@ -244,9 +284,15 @@ export class Session implements LinkHandler {
         () => {
           if (this.pending.get(frameId) !== entry) return;
           entry.timer = setTimeout(() => {
+            entry.timer = null;
+            const late = new QuiverError('timeout', `no reply to ${command.type} within ${timeoutMs} ms`);
+            if (options.onTimeout) {
+              options.onTimeout(late);
+              return;
+            }
             this.pending.delete(frameId);
-            reject(new QuiverError('timeout', `no reply to ${command.type} within ${timeoutMs} ms`));
-          }, timeoutMs);
+            reject(late);
+          }, timerDelay(timeoutMs));
         },
         (e: unknown) => {
           if (this.pending.get(frameId) === entry) this.pending.delete(frameId);
@@ -262,7 +308,12 @@ export class Session implements LinkHandler {
     const at = this.queue.findIndex((q) => q.id === id);
     if (at < 0) return;
     const [item] = this.queue.splice(at, 1);
-    item?.reject(new QuiverError('timeout', `${what} still waiting for the server's rate limit ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`));
+    item?.reject(
+      new QuiverError(
+        'timeout',
+        `${what} still waiting for the server's rate limit, or for the transport to take what it holds, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`,
+      ),
+    );
   }
 
   /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
@@ -286,6 +337,7 @@ export class Session implements LinkHandler {
         ...(cause.code !== null ? { code: cause.code } : {}),
       });
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.sendTimer) clearTimeout(this.sendTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     this.wakePump?.();
     // A command still waiting for the pacer was never written, and one a drain's goodbye (3000)
@@ -388,7 +440,10 @@ export class Session implements LinkHandler {
   private async write(bytes: Uint8Array): Promise<void> {
     if (this.ended) throw unsent(new QuiverError('closed', 'not connected'));
     try {
-      await this.link.write(bytes);
+      const written = this.link.write(bytes);
+      this.watchSending();
+      await written;
+      this.wakeFull?.();
     } catch (e) {
       const err = asQuiverError(e);
       if (err.kind !== 'closed') this.end(new QuiverError('transport', `write failed: ${errorMessage(e)}`, { cause: e }));
@@ -396,30 +451,88 @@ export class Session implements LinkHandler {
     }
   }
 
-  /** Writes queued commands in order, each when the pacer allows. */
+  /** Writes queued commands in order, each when the pacer allows and, for publishes and calls,
+   *  once the transport holds no more than the send budget. */
   private pump(): void {
     if (this.pumping) return;
     this.pumping = true;
     void (async () => {
       try {
-        while (this.queue.length > 0 && !this.ended && this.pacer) {
-          const wait = this.pacer.reserve(now());
-          if (wait > 0) {
-            await new Promise<void>((resolve) => {
-              this.wakePump = resolve;
-              this.pumpTimer = setTimeout(resolve, wait);
-            });
-            this.pumpTimer = null;
-            this.wakePump = null;
+        while (this.queue.length > 0 && !this.ended) {
+          const head = this.queue[0]!;
+          if (head.bounded && this.full(head.bytes.length)) {
+            // Waits for the transport to take some; `watchSending` ends the session if it
+            // takes none for `requestTimeoutMs` (and what waits here then was never written).
+            await this.pause(SEND_POLL_MS, true);
+            continue;
           }
-          const item = this.queue.shift();
+          const wait = this.pacer ? this.pacer.reserve(now()) : 0;
+          if (wait > 0) await this.pause(wait, false);
+          const item = this.queue[0];
           if (!item || this.ended) break;
+          // Withdrawals, or other writes, during the pacer's wait.
+          if (item.bounded && this.full(item.bytes.length)) continue;
+          this.queue.shift();
           this.write(item.bytes).then(item.resolve, item.reject);
         }
       } finally {
         this.pumping = false;
       }
     })();
+  }
+
+  /** The pump's wait: `ms`, or until the session ends, or (`forRoom`) a write completes. */
+  private pause(ms: number, forRoom: boolean): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        if (this.pumpTimer) clearTimeout(this.pumpTimer);
+        this.pumpTimer = null;
+        this.wakePump = null;
+        this.wakeFull = null;
+        resolve();
+      };
+      this.wakePump = done;
+      if (forRoom) this.wakeFull = done;
+      this.pumpTimer = setTimeout(done, ms);
+    });
+  }
+
+  /**
+   * Ends the session, kind `timeout`, once the transport holds unsent bytes and has taken none of
+   * them for `requestTimeoutMs`: the server stopped reading. Over WebSocket, what was handed over
+   * would otherwise only pile up in `bufferedAmount` and be sent whenever the server woke (an ack
+   * publish timed out and retried by the app then published twice); over WebTransport a write the
+   * server gives no flow-control credit never completes, and the command's reply deadline, which
+   * starts once it is written, never started (outside audit 104, F3). Polled while anything is
+   * unsent: WebSocket has no event for `bufferedAmount` going down.
+   */
+  private watchSending(): void {
+    if (this.sendTimer || this.ended || this.link.backlog === 0) return;
+    const limit = this.requestTimeoutMs;
+    const period = Math.min(1_000, Math.max(10, limit / 4));
+    let taken = this.link.taken;
+    let since = now();
+    const check = (): void => {
+      this.sendTimer = null;
+      if (this.ended) return;
+      const backlog = this.link.backlog;
+      if (this.link.taken !== taken) {
+        taken = this.link.taken;
+        since = now();
+      }
+      if (backlog === 0) return;
+      if (now() - since >= limit) {
+        this.end(
+          new QuiverError(
+            'timeout',
+            `the server took none of the ${backlog} bytes waiting to be sent for ${limit} ms: not reading; commands already sent may or may not have been carried out`,
+          ),
+        );
+        return;
+      }
+      this.sendTimer = setTimeout(check, period);
+    };
+    this.sendTimer = setTimeout(check, period);
   }
 }
 
@@ -434,9 +547,6 @@ function refreshDelay(expiresAt: number): number {
   const remaining = expiresAt * 1000 - Date.now();
   return Math.max(0, remaining - Math.min(60_000, remaining / 5));
 }
-
-/** The longest delay setTimeout keeps (2^31-1 ms); past it, it fires at once. */
-const MAX_TIMER = 2 ** 31 - 1;
 
 /** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
 export class Refresher {

@@ -84,6 +84,11 @@ export class Subscriptions {
   /** Events (and their `heldSize`) held before their `Subscribed`, in all subscriptions. */
   private heldEvents = 0;
   private heldTotal = 0;
+  /** The live session's watch timers (`expectStream`, `streamEnded`), each removed when it
+   *  fires and all cleared when the session ends. A `session.done` reaction per timer instead
+   *  kept every one's closure for the whole session: memory that grew with room churn (outside
+   *  audit 104, F7). */
+  private readonly sessionTimers = new Set<ReturnType<typeof setTimeout>>();
 
   constructor(private readonly host: SubscriptionHost) {}
 
@@ -155,6 +160,8 @@ export class Subscriptions {
 
   /** The session ended: nothing of its streams is current any more. */
   sessionEnded(): void {
+    for (const timer of this.sessionTimers) clearTimeout(timer);
+    this.sessionTimers.clear();
     for (const state of this.subs.values()) {
       state.currentId = 0;
       this.releaseHeld(state);
@@ -183,8 +190,14 @@ export class Subscriptions {
     }
     state.currentId = 0;
     this.releaseHeld(state);
-    // The session is closing: the reconnect re-subscribes.
-    if (code === ErrorCode.session_closing) return;
+    if (code === ErrorCode.session_closing) {
+      // The session is closing: the reconnect re-subscribes, and its end clears this retry. A
+      // server that sends it on a session that stays up (it is reserved, never sent) would
+      // otherwise leave the room silent for good (outside audit 104, F8): subscribed again there
+      // after the usual backoff.
+      this.retry(state);
+      return;
+    }
     const err = new QuiverError('subscription', `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
       code,
       room,
@@ -238,17 +251,34 @@ export class Subscriptions {
     state.streamOpened = false;
     let reply: Event;
     try {
-      reply = await session.request(id, { type: 'Subscribe', room: state.sub.room, resume });
+      reply = await session.request(
+        id,
+        { type: 'Subscribe', room: state.sub.room, resume },
+        {
+          // A Subscribe is never sent twice on one session. The server carries a session's
+          // commands out in order and answers each one, so one only slow (a subscribe hook, a
+          // replay waiting for NATS) still succeeds: sent again, the second was refused 104
+          // already_subscribed, the room dropped here while the server kept delivering it, and
+          // every later subscribe refused (outside audit 104, F1; the Rust client never resends
+          // either). Its reply is waited for, and what its stream sends held for it, until the
+          // session ends; the heartbeat ends a dead one.
+          onTimeout: (late) => {
+            if (this.subs.get(state.sub.room) !== state || state.currentId !== id) return;
+            const room = state.sub.room;
+            this.host.emit('error', new QuiverError('timeout', `${room}: ${late.message}; still waiting for it`, { room }));
+          },
+        },
+      );
     } catch (e) {
       const err = asQuiverError(e);
       if (this.subs.get(state.sub.room) !== state) return;
       if (state.currentId === id) {
-        // What its stream sent is dropped with it (a timed-out Subscribe is sent again).
+        // What its stream sent is dropped with it.
         state.currentId = 0;
         this.releaseHeld(state);
       }
       if (err.kind === 'closed' || session.ended) return; // the next session re-subscribes
-      if (err.kind === 'timeout' || (err.code !== null && TRANSIENT.has(err.code))) {
+      if (err.code !== null && TRANSIENT.has(err.code)) {
         this.host.emit('error', err);
         this.retry(state);
       } else if (state.confirmed) {
@@ -283,6 +313,12 @@ export class Subscriptions {
     let recovery = reply.recovery;
     if (recovery.type === 'Recovered' && !recoveryPossible(resume, reply.position, recovery.replayed)) {
       this.reportBroken(state.sub.room, 'impossible Recovered');
+      recovery = { type: 'Failed' };
+    } else if (resume && recovery.type === 'NotRequested') {
+      // A resume is answered Recovered or Failed (PROTOCOL.md section 5). Passed on as is, the
+      // position jumped to the reply's and an app re-syncing on Failed missed everything in
+      // between (outside audit 104, F2): it is a failed recovery, as the Rust client takes it.
+      this.reportBroken(state.sub.room, 'NotRequested answering a resume');
       recovery = { type: 'Failed' };
     }
     state.sub.recovery = resume ? recovery : null;
@@ -333,7 +369,7 @@ export class Subscriptions {
   private expectStream(state: SubState, id: number, session: Session): void {
     const timeout = this.host.opts.streamTimeoutMs;
     if (state.streamOpened || timeout <= 0 || session.kind !== 'webtransport') return;
-    const timer = setTimeout(() => {
+    this.sessionTimer(session, () => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
       const err = new QuiverError(
@@ -344,7 +380,21 @@ export class Subscriptions {
       this.host.emit('error', err);
       this.host.moveToWebSocket(session, err);
     }, timeout);
-    void session.done.then(() => clearTimeout(timer));
+  }
+
+  /** Runs `fire` after `ms` unless `session` ends first (`sessionTimers`). */
+  private sessionTimer(session: Session, fire: () => void, ms: number): void {
+    if (session.ended) return;
+    const timer = setTimeout(() => {
+      this.sessionTimers.delete(timer);
+      fire();
+    }, ms);
+    this.sessionTimers.add(timer);
+  }
+
+  /** @internal Watch timers of the live session still to fire (tests). */
+  get pendingTimers(): number {
+    return this.sessionTimers.size;
   }
 
   private drop(state: SubState, reason: QuiverError): void {
@@ -366,12 +416,11 @@ export class Subscriptions {
    * one subscribes again, resuming.
    */
   streamEnded(session: Session, room: string, id: number): void {
-    const timer = setTimeout(() => {
+    this.sessionTimer(session, () => {
       const state = this.subs.get(room);
       if (session.ended || state === undefined || state.currentId !== id) return;
       session.end(new QuiverError('protocol', `the server ended the stream of ${room} without an Unsubscribed`, { room }));
     }, STREAM_END_GRACE_MS);
-    void session.done.then(() => clearTimeout(timer));
   }
 
   /** The header of subscription `id` arrived: whether it is `room`'s current one. */

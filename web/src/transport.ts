@@ -43,6 +43,11 @@ export interface Link {
   start(handler: LinkHandler): Promise<void>;
   /** Writes one complete command frame. */
   write(frame: Uint8Array): Promise<void>;
+  /** Bytes handed to `write` that the transport has not taken yet: WebSocket's
+   *  `bufferedAmount`, or the WebTransport writes not completed. */
+  readonly backlog: number;
+  /** Bytes the transport has taken since the link opened; only grows (progress). */
+  readonly taken: number;
   /** Closes the connection from this side; the handler hears nothing more. */
   close(reason: string): void;
   /** Sends one datagram if the transport has them and it fits; false otherwise. Never waits:
@@ -80,7 +85,7 @@ export async function openWebTransport(
       { cause: e },
     );
   }
-  return new WebTransportLink(wt, maxFrame);
+  return new WebTransportLink(wt, maxFrame, timeoutMs);
 }
 
 /** One WebTransport session: a control stream, and one server-opened stream per subscription. */
@@ -89,10 +94,16 @@ class WebTransportLink implements Link {
   private writer: WritableStreamDefaultWriter<Uint8Array> | null = null;
   private handler: LinkHandler | null = null;
   private done = false;
+  /** Rejects the wait for the control stream when the link is closed meanwhile. */
+  private abortStart: ((e: QuiverError) => void) | null = null;
+  backlog = 0;
+  taken = 0;
 
   constructor(
     private readonly wt: WebTransport,
     public maxFrame: number,
+    /** How long opening the control stream may take. */
+    private readonly openTimeoutMs: number,
   ) {}
 
   async start(handler: LinkHandler): Promise<void> {
@@ -107,11 +118,19 @@ class WebTransportLink implements Link {
     );
     let bidi: WebTransportBidirectionalStream;
     try {
-      bidi = await this.wt.createBidirectionalStream();
+      // A browser that waits for the server's stream credit (`waitUntilAvailable`, or older
+      // implementations) waited for ever when none came: no error, no fallback, and `close()`
+      // hung (outside audit 104, F4). Bounded like the handshake, and given up on a close.
+      const aborted = new Promise<never>((_, reject) => (this.abortStart = reject));
+      if (this.done) this.abortStart?.(new QuiverError('closed', 'closed'));
+      bidi = await withTimeout(Promise.race([this.wt.createBidirectionalStream(), aborted]), this.openTimeoutMs, 'opening the control stream');
     } catch (e) {
       const err = new QuiverError('transport', `could not open the control stream: ${errorMessage(e)}`, { cause: e });
       this.finish(err, null);
+      closeWebTransport(this.wt, '');
       throw err;
+    } finally {
+      this.abortStart = null;
     }
     this.writer = bidi.writable.getWriter();
     void this.readControl(bidi.readable);
@@ -152,11 +171,18 @@ class WebTransportLink implements Link {
 
   async write(frame: Uint8Array): Promise<void> {
     if (!this.writer) throw new QuiverError('closed', 'not connected');
-    await this.writer.write(frame);
+    this.backlog += frame.length;
+    try {
+      await this.writer.write(frame);
+      this.taken += frame.length;
+    } finally {
+      this.backlog -= frame.length;
+    }
   }
 
   close(reason: string): void {
     this.done = true;
+    this.abortStart?.(new QuiverError('closed', 'closed before the control stream opened'));
     closeWebTransport(this.wt, reason);
   }
 
@@ -317,6 +343,8 @@ class WebSocketLink implements Link {
   /** Per room, the id of the `SubscriptionStream` whose frames are being accepted. */
   private readonly streams = new Map<string, number>();
   private done = false;
+  /** Bytes handed to `ws.send` since the socket opened. */
+  private written = 0;
 
   constructor(
     private readonly ws: WebSocket,
@@ -354,6 +382,15 @@ class WebSocketLink implements Link {
     // Exactly one frame per message (PROTOCOL.md 9.2).
     if (this.done || this.ws.readyState !== 1) throw new QuiverError('closed', 'the WebSocket is not open');
     this.ws.send(frame);
+    this.written += frame.length;
+  }
+
+  get backlog(): number {
+    return Number(this.ws.bufferedAmount) || 0;
+  }
+
+  get taken(): number {
+    return this.written - this.backlog;
   }
 
   sendDatagram(): boolean {

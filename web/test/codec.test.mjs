@@ -98,6 +98,39 @@ test('malformed values are rejected', () => {
   assert.throws(() => decodeEvent(Uint8Array.from([0, 10, 1, 97, 0xff, 0xff, 0xff, 0xff, 0x0f, 0, 0])), DecodeError);
 });
 
+test('a Presence list decodes at most 10,000 members; the rest are skipped and it reads as truncated', () => {
+  // Outside audit 104, F5.
+  // id 1, Presence (10), room "r", 500,000 empty members (2 bytes each), truncated false: 1 MB
+  // that decoded into 500,000 objects, asked for or not.
+  const count = 500_000;
+  const varint = (n) => {
+    const out = [];
+    for (; n >= 0x80; n >>>= 7) out.push((n & 0x7f) | 0x80);
+    out.push(n);
+    return out;
+  };
+  const head = [1, 10, 1, 0x72, ...varint(count)];
+  const body = new Uint8Array(head.length + 2 * count + 1);
+  body.set(head);
+  const frame = decodeEvent(body);
+  assert.equal(frame.event.members.length, 10_000);
+  assert.deepEqual(frame.event.members[0], { user: '', session: '' });
+  assert.equal(frame.event.truncated, true);
+  // What is skipped is still read for its shape.
+  assert.throws(() => decodeEvent(body.subarray(0, body.length - 2)), DecodeError);
+  // Within the cap nothing changes.
+  const small = new Uint8Array([1, 10, 1, 0x72, 2, 1, 0x61, 1, 0x62, 1, 0x63, 1, 0x64, 0]);
+  assert.deepEqual(decodeEvent(small).event, {
+    type: 'Presence',
+    room: 'r',
+    members: [
+      { user: 'a', session: 'b' },
+      { user: 'c', session: 'd' },
+    ],
+    truncated: false,
+  });
+});
+
 test('a History page of more publications than the server may send is refused', () => {
   // id 0, History (13), room "r", no position, N items of (epoch 0, offset 0, empty payload),
   // not truncated. The server caps `limit` at 1,000 (PROTOCOL.md section 5): a page of a

@@ -56,12 +56,15 @@ export class FakeNetwork {
    *  then `close` 1006); `'error'` fires only the `error`, as node's WebSocket (undici) does for
    *  a refused connection. */
   acceptWebSocket = () => true;
+  /** Decides per WebTransport session whether its control stream opens. `'silent'` never
+   *  settles `createBidirectionalStream` (a browser waiting for stream credit that never comes). */
+  controlStream = () => true;
 
   get WebTransport() {
     const net = this;
     return class {
       constructor(url, options) {
-        const conn = new FakeConnection(url, options, net.accept(new URL(url)));
+        const conn = new FakeConnection(url, options, net.accept(new URL(url)), net.controlStream(new URL(url)));
         net.attempts.push(conn);
         net.connections.push(conn);
         // A constructor may return another object: the client gets the connection's browser side.
@@ -176,8 +179,11 @@ export class FakeConnection extends FakeServer {
   closedByClient = null;
   /** Datagrams the client sent. */
   datagramsReceived = [];
+  /** When set, the control stream takes no more writes: each never completes (a server that
+   *  gives no flow-control credit). */
+  stallWrites = false;
 
-  constructor(url, options, accepted) {
+  constructor(url, options, accepted, controlStream = true) {
     super();
     this.url = new URL(url);
     this.options = options;
@@ -202,14 +208,18 @@ export class FakeConnection extends FakeServer {
         readable: new ReadableStream({ start: (c) => (this.datagramController = c) }),
         writable: new WritableStream({ write: (d) => this.datagramsReceived.push(d) }),
       },
-      createBidirectionalStream: async () => ({
-        readable: new ReadableStream({ start: (c) => (this.controlController = c) }),
-        writable: new WritableStream({
-          write: (chunk) => {
-            for (const body of decoder.push(chunk)) this.onCommand(decodeCommand(body));
-          },
-        }),
-      }),
+      createBidirectionalStream: async () => {
+        if (controlStream === 'silent') await new Promise(() => {});
+        return {
+          readable: new ReadableStream({ start: (c) => (this.controlController = c) }),
+          writable: new WritableStream({
+            write: (chunk) => {
+              if (this.stallWrites) return new Promise(() => {});
+              for (const body of decoder.push(chunk)) this.onCommand(decodeCommand(body));
+            },
+          }),
+        };
+      },
       close: (info) => {
         this.closedByClient = info ?? {};
         this.resolveClosed({ closeCode: info?.closeCode ?? 0, reason: info?.reason ?? '' });
