@@ -281,6 +281,10 @@ fn unsent_at_most(tcp: &tokio::net::TcpStream) {
     let _ = (tcp, UNSENT_AT_MOST);
 }
 
+/// About when Linux gives up a connection whose data goes unacknowledged, by default
+/// (`tcp_retries2` = 15: some 924 s).
+const KERNEL_GIVES_UP: Duration = Duration::from_secs(15 * 60);
+
 /// How long what the server wrote may stay unacknowledged before the kernel gives the
 /// connection up (`TCP_USER_TIMEOUT`): `timeouts.idle`, the bound on a silent peer everywhere
 /// else. Without it a peer that vanished without a FIN or a reset (a laptop closed, a NAT
@@ -302,9 +306,15 @@ fn unsent_at_most(tcp: &tokio::net::TcpStream) {
 /// untransmitted (due to zero window size)"): a connection whose window stays shut for `idle`
 /// ends, a peer that the write-stall deadline (`timeouts.handshake`) ends first as soon as a
 /// write waits on it.
+///
+/// Never longer than [`KERNEL_GIVES_UP`]: the option replaces the kernel's own rule rather than
+/// shortening it, so an `idle` of an hour would have kept a vanished peer an hour (review 107,
+/// F3).
 fn unacknowledged_at_most(tcp: &tokio::net::TcpStream, idle: Duration) {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(idle)) {
+    if let Err(e) =
+        socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(idle.min(KERNEL_GIVES_UP)))
+    {
         debug!(error = %e, "TCP_USER_TIMEOUT not set");
     }
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
@@ -383,5 +393,28 @@ async fn http<S>(
                 .increment(1);
         }
         debug!(%remote, error = %e, "http connection ended");
+    }
+}
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use super::*;
+
+    /// The bound on unacknowledged data is `idle`, and never past the kernel's own.
+    #[tokio::test]
+    async fn unacknowledged_data_is_bounded_by_idle_within_the_kernels_bound() -> std::io::Result<()>
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let bound = |idle| {
+            unacknowledged_at_most(&client, idle);
+            socket2::SockRef::from(&client).tcp_user_timeout()
+        };
+        assert_eq!(
+            bound(Duration::from_secs(30))?,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(bound(Duration::from_secs(3600))?, Some(KERNEL_GIVES_UP));
+        Ok(())
     }
 }
