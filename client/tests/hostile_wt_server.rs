@@ -65,7 +65,15 @@ enum Bad {
     /// After one publication ("early"), an unsolicited `Unsubscribed { 112 }` on the control
     /// stream, and then, the room's stream left open, a publication ("late-N") every 100 ms.
     LateAfterUnsubscribed,
+    /// After the header, an `Unsubscribed { 103 }` on the control stream, then [`TAIL`]
+    /// publications ("tail-N") on the room's stream, which is then finished: a correct server
+    /// that ends a room for good and writes its last frames.
+    FinishedAfterUnsubscribed,
 }
+
+/// How many publications [`Bad::FinishedAfterUnsubscribed`] writes after the end: many more
+/// than the test's subscription queue holds.
+const TAIL: usize = 50;
 
 impl Bad {
     /// The bytes sent after the room stream's header (or, for `NoHeader`, instead of it).
@@ -87,6 +95,7 @@ impl Bad {
             }
             Bad::StalledHeader => vec![0, 0],
             Bad::LateAfterUnsubscribed => publication("early").to_vec(),
+            Bad::FinishedAfterUnsubscribed => Vec::new(),
             Bad::ForeignPublication => event(
                 0,
                 Event::Publication {
@@ -311,6 +320,26 @@ async fn serve(
                                     }
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
+                            });
+                        }
+                        Some(Bad::FinishedAfterUnsubscribed) => {
+                            // The client has the stream (its header) before the end comes.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            let ended = Event::Unsubscribed {
+                                room,
+                                code: 103,
+                                reason: "permission lost".into(),
+                            };
+                            send.write_all(&event(0, ended)).await?;
+                            // The client reads the stream only as the application reads.
+                            tokio::spawn(async move {
+                                for i in 0..TAIL {
+                                    let tail = publication(format!("tail-{i}"));
+                                    if stream.write_all(&tail).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                let _ = stream.finish().await;
                             });
                         }
                         _ => streams.push(stream),
@@ -586,6 +615,66 @@ async fn a_room_the_server_ended_ends_even_if_its_stream_goes_on() -> anyhow::Re
     );
     assert!(
         matches!(events.last(), Some(SubEvent::Ended { code: 112, .. })),
+        "{events:?}"
+    );
+    let after = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;
+    assert!(matches!(after, Ok(None)), "after Ended: {after:?}");
+    client.close().await;
+    Ok(())
+}
+
+/// A room the server ended for good (`Unsubscribed { 103 }`), its last publications written
+/// and its stream finished, while the application reads nothing for longer than
+/// `STREAM_END_GRACE` (5 s) with a queue of 4 events: every publication still comes, then
+/// `Ended`. The grace aborted the room's reader whatever it was doing: blocked on the full
+/// queue, it lost the publication it held and those still in the stream, and the application
+/// saw `Ended` with no sign of them (outside review 107, F1).
+#[tokio::test]
+async fn a_slow_application_gets_all_a_finished_room_sent_before_ended() -> anyhow::Result<()> {
+    let plan = Plan {
+        bad: Some(Bad::FinishedAfterUnsubscribed),
+        then_publish: false,
+    };
+    let (port, hash, _seen) = hostile(plan).await?;
+    let mut config = config(port, hash);
+    config.subscription_buffer = 4;
+    let client = Client::connect(config).await?;
+    let mut sub = client.subscribe(ROOM).await?;
+    // The end comes about 1 s after the subscribe; the grace would be over 2 s before this.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut events = Vec::new();
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = sub.next().await {
+            let end = matches!(ev, SubEvent::Ended { .. });
+            events.push(ev);
+            if end {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if !matches!(ended, Ok(true)) {
+        bail!(
+            "no Ended within {WAIT:?}: {} events, the last {:?}",
+            events.len(),
+            events.last()
+        );
+    }
+    let payloads: Vec<String> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            SubEvent::Publication { payload, .. } => {
+                Some(String::from_utf8_lossy(payload).into_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..TAIL).map(|i| format!("tail-{i}")).collect();
+    assert_eq!(payloads, want, "events: {events:?}");
+    assert_eq!(events.len(), TAIL + 1, "{events:?}");
+    assert!(
+        matches!(events.last(), Some(SubEvent::Ended { code: 103, .. })),
         "{events:?}"
     );
     let after = tokio::time::timeout(Duration::from_secs(1), sub.next()).await;

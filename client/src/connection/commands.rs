@@ -217,6 +217,7 @@ impl Actor {
                 stream: None,
                 preamble: None,
                 reader: None,
+                reader_end: None,
             },
         );
         self.send_subscribe(&room);

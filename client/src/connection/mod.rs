@@ -33,7 +33,7 @@ use crate::heartbeat::{Beat, Liveness, Watch};
 use crate::latest::{LatestCell, LatestRoutes};
 use crate::pacer::Pacer;
 use crate::subscription::{SubEvent, SubParts};
-use crate::transport::{deliver, Connector, Established, Link, RunCtx, SubStream};
+use crate::transport::{deliver, Connector, EndGrace, Established, Link, RunCtx, SubStream};
 use crate::writer::{Claim, Outgoing, WriterHandle};
 
 mod commands;
@@ -290,6 +290,9 @@ struct Sub {
     /// against: set by `Subscribed`.
     preamble: Option<subscriptions::Start>,
     reader: Option<AbortHandle>,
+    /// Tells the reader the subscription ended (WebTransport): its waits on the stream are then
+    /// bounded by [`STREAM_END_GRACE`] (`crate::transport::EndGrace`).
+    reader_end: Option<oneshot::Sender<()>>,
     /// The newest value of a `latest` room (PROTOCOL.md §10), shared with the `Subscription`.
     latest: Arc<LatestCell>,
 }
@@ -304,6 +307,7 @@ impl Sub {
         if let Some(r) = self.reader.take() {
             r.abort();
         }
+        self.reader_end = None;
     }
 }
 

@@ -281,15 +281,16 @@ impl Actor {
             // after the control stream's `Unsubscribed`), then `Ended`. A WebTransport server
             // that ends the subscription but neither finishes nor resets its stream would have
             // it deliver for the connection's life, and `Ended` never come (outside audit 103,
-            // F4): the reader stops `STREAM_END_GRACE` after the end whatever the stream does.
-            // (On WebSocket the reader's share of the room ended with the `Unsubscribed`; a
-            // slow consumer's is still delivered in full.)
-            if let (Some(reader), Some(live)) = (sub.reader.take(), self.live.as_mut()) {
+            // F4): told of the end, the reader waits on the stream for `STREAM_END_GRACE` of its
+            // own time at most. The time it waits for the application does not count, so a slow
+            // application still gets everything the server sent (outside review 107, F1: the
+            // reader was aborted `STREAM_END_GRACE` after the end whatever it was doing, and
+            // the frames it held or had yet to read were lost). (On WebSocket the reader's
+            // share of the room ended with the `Unsubscribed`; a slow consumer's is still
+            // delivered in full.)
+            if let (Some(ended), Some(live)) = (sub.reader_end.take(), self.live.as_ref()) {
                 if matches!(live.link, Link::WebTransport(_)) {
-                    live.tasks.spawn(async move {
-                        tokio::time::sleep(STREAM_END_GRACE).await;
-                        reader.abort();
-                    });
+                    let _ = ended.send(());
                 }
             }
         }
@@ -323,6 +324,7 @@ impl Actor {
             preamble: None,
             continuity: Continuity::default(),
         });
+        let (reader_end, ended) = oneshot::channel();
         let delivered = deliver(
             stream,
             sub.tx.clone(),
@@ -331,6 +333,7 @@ impl Actor {
             continuity,
             live.liveness.clone(),
             sub.latest.clone(),
+            EndGrace::new(ended, STREAM_END_GRACE),
         );
         let (tx, epoch, id, room) = (self.ev_tx.clone(), self.epoch, sub.cmd_id, room.to_owned());
         let handle = live.tasks.spawn(async move {
@@ -347,6 +350,7 @@ impl Actor {
             }
         });
         sub.reader = Some(handle);
+        sub.reader_end = Some(reader_end);
     }
 
     /// A subscription's stream ended `STREAM_END_GRACE` ago: if no `Unsubscribed` ended or

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quiver_proto::{Event, Position, ServerFrame, PROTOCOL_VERSION};
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::client::{lock, WelcomeInfo};
 use crate::config::{redact, ClientConfig, Transport};
@@ -185,11 +186,90 @@ impl SubStream {
     }
 }
 
+/// How long a subscription's reader may still wait on its stream once the subscription has
+/// ended (a WebTransport room the server ended with `Unsubscribed`, or one the client ended).
+/// Only the reader's own time counts: waiting for the network, reading, checking. The time it
+/// waits for the application to make room in the queue does not, so a slow application still
+/// gets everything the server sent and finished before the end (outside review 107, F1: the
+/// whole reader was aborted `STREAM_END_GRACE` after the end, whatever it was doing, and the
+/// frame it held and those still in the stream were lost before `Ended`). A server that ends a
+/// room and keeps its stream open, writing or not, still has it end, and `Ended` come, once
+/// the grace is spent (outside audit 103, F4).
+pub(crate) struct EndGrace {
+    /// Fires when the subscription ends; `None` once it has (or its sender went without
+    /// firing: no grace then, the stream's own end ends the reader).
+    ended: Option<oneshot::Receiver<()>>,
+    grace: Duration,
+    /// Set at the first wait on the stream after the end; moved later by the time spent
+    /// waiting for the application since.
+    deadline: Option<Instant>,
+}
+
+impl EndGrace {
+    /// `ended` fires when the subscription ends; the reader then has `grace` of its own time.
+    pub(crate) fn new(ended: oneshot::Receiver<()>, grace: Duration) -> Self {
+        EndGrace {
+            ended: Some(ended),
+            grace,
+            deadline: None,
+        }
+    }
+
+    /// The stream's next frame; `None` when the stream ended, or the grace after the end did.
+    async fn next(&mut self, stream: &mut SubStream, liveness: &Liveness) -> Option<ServerFrame> {
+        let next = stream.next(liveness);
+        tokio::pin!(next);
+        if self.deadline.is_none() {
+            let Some(ended) = self.ended.as_mut() else {
+                return next.await;
+            };
+            tokio::select! {
+                biased;
+                frame = &mut next => return frame,
+                fired = ended => {
+                    self.ended = None;
+                    if fired.is_err() {
+                        return next.await;
+                    }
+                    self.deadline = Some(Instant::now() + self.grace);
+                }
+            }
+        }
+        let deadline = self.deadline?;
+        // Checked first: a stream whose frames are always there would never time out.
+        if Instant::now() >= deadline {
+            tracing::debug!("the subscription ended and its stream did not; no longer read");
+            return None;
+        }
+        match tokio::time::timeout_at(deadline, next).await {
+            Ok(frame) => frame,
+            Err(_) => {
+                tracing::debug!("the subscription ended and its stream did not; no longer read");
+                None
+            }
+        }
+    }
+
+    /// Hands `ev` to the application; the time it takes does not count against the grace.
+    async fn hand_off(&mut self, tx: &QueueTx, ev: SubEvent) -> bool {
+        let start = Instant::now();
+        let sent = tx.send(ev).await;
+        if let Some(deadline) = self.deadline.as_mut() {
+            *deadline += start.elapsed();
+        }
+        sent
+    }
+}
+
 /// Delivers one subscription's events to the application's queue. Waits while that queue is
 /// full, in events or in bytes: on WebTransport the stream's flow control then pushes back to
 /// the server; on WebSocket the reader's share for this room fills and the subscription ends as
-/// a slow consumer (see `websocket.rs`). `true` when the stream ended (the server finished or
-/// reset it), `false` when the application's queue went away.
+/// a slow consumer (see `websocket.rs`). Once the subscription has ended, `end` bounds the
+/// waits on the stream (never those on the application). `true` when the stream ended (the
+/// server finished or reset it); `false` when the application's queue went away, or the
+/// subscription had ended and the reader had seen it (the subscription is gone: there is no
+/// `StreamEnded` to watch for).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn deliver(
     mut stream: SubStream,
     tx: QueueTx,
@@ -198,13 +278,18 @@ pub(crate) async fn deliver(
     mut continuity: Continuity,
     liveness: Arc<Liveness>,
     latest: Arc<crate::latest::LatestCell>,
+    mut end: EndGrace,
 ) -> bool {
     if let Some(ev) = preamble {
-        if !tx.send(ev).await {
+        if !end.hand_off(&tx, ev).await {
             return false;
         }
     }
-    while let Some(ServerFrame { event, .. }) = stream.next(&liveness).await {
+    loop {
+        let Some(ServerFrame { event, .. }) = end.next(&mut stream, &liveness).await else {
+            // The stream ended; or the subscription did, and then its stream or the grace.
+            return end.deadline.is_none();
+        };
         let (ev, position) = match event {
             Event::Publication {
                 room,
@@ -239,7 +324,7 @@ pub(crate) async fn deliver(
                 let failed = SubEvent::Resubscribed {
                     recovery: quiver_proto::Recovery::Failed,
                 };
-                if !tx.send(failed).await {
+                if !end.hand_off(&tx, failed).await {
                     return false;
                 }
             }
@@ -251,14 +336,13 @@ pub(crate) async fn deliver(
                 continue;
             }
         }
-        if !tx.send(ev).await {
+        if !end.hand_off(&tx, ev).await {
             return false;
         }
         if position.is_some() {
             *lock(&last) = position;
         }
     }
-    true
 }
 
 /// The answer to `Hello`: the first frame the server sends decides the handshake.
@@ -606,6 +690,105 @@ mod tests {
         bad.cfg.ws_urls = vec!["https://host/v1/ws".into()];
         let err = bad.check().unwrap_err().to_string();
         assert!(err.contains("expected ws or wss"), "{err}");
+    }
+
+    /// A subscription's frames as the reader gets them (a WebSocket share), and the sender
+    /// that plays the server.
+    fn share() -> (SubStream, mpsc::Sender<ServerFrame>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX / 2));
+        (SubStream::WebSocket(WsShare { rx, bytes }), tx)
+    }
+
+    fn frame(i: usize) -> ServerFrame {
+        ServerFrame {
+            id: 0,
+            event: Event::Publication {
+                room: "r".into(),
+                position: None,
+                payload: format!("p{i}").into(),
+            },
+        }
+    }
+
+    /// Delivers `stream` to a queue of `queue` events under an [`EndGrace`] of 5 s; the queue's
+    /// receiver, the end's sender and the delivery task.
+    fn delivering(
+        stream: SubStream,
+        queue: usize,
+    ) -> (
+        mpsc::Receiver<SubEvent>,
+        oneshot::Sender<()>,
+        tokio::task::JoinHandle<bool>,
+    ) {
+        let (tx, rx) = crate::subscription::queue(queue, 1 << 20);
+        let (end, ended) = oneshot::channel();
+        let task = tokio::spawn(deliver(
+            stream,
+            tx,
+            Arc::new(Mutex::new(None)),
+            None,
+            Continuity::default(),
+            Arc::new(Liveness::new()),
+            Arc::new(crate::latest::LatestCell::default()),
+            EndGrace::new(ended, Duration::from_secs(5)),
+        ));
+        (rx, end, task)
+    }
+
+    /// Outside review 107, F1: after the end, the time the reader waits for the application
+    /// does not count against the grace; everything the stream holds is still delivered.
+    #[tokio::test(start_paused = true)]
+    async fn after_the_end_a_slow_application_still_gets_everything() {
+        let (stream, server) = share();
+        for i in 0..20 {
+            server.try_send(frame(i)).unwrap();
+        }
+        drop(server);
+        let (mut rx, end, task) = delivering(stream, 2);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        end.send(()).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let mut got = 0;
+        while let Some(ev) = rx.recv().await {
+            assert!(
+                matches!(ev, SubEvent::Publication { payload, .. } if payload == format!("p{got}"))
+            );
+            got += 1;
+        }
+        assert_eq!(got, 20);
+        task.await.unwrap();
+    }
+
+    /// Outside audit 103, F4: after the end, a stream that is neither finished nor quiet is
+    /// read for the grace (5 s) and no longer, its frames always there or not.
+    #[tokio::test(start_paused = true)]
+    async fn after_the_end_a_stream_that_goes_on_is_read_for_the_grace_only() {
+        let (stream, server) = share();
+        let (mut rx, end, task) = delivering(stream, 1024);
+        let writer = tokio::spawn(async move {
+            for i in 0.. {
+                if server.send(frame(i)).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let ended_at = Instant::now();
+        end.send(()).unwrap();
+        let mut got = 0;
+        while rx.recv().await.is_some() {
+            got += 1;
+        }
+        let after = ended_at.elapsed();
+        assert!(
+            after >= Duration::from_secs(5) && after < Duration::from_secs(6),
+            "{after:?}"
+        );
+        assert!((55..=70).contains(&got), "{got} events");
+        assert!(!task.await.unwrap());
+        writer.abort();
     }
 
     #[test]
