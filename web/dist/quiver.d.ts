@@ -697,8 +697,9 @@ export declare class QuiverClient {
 	 * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
 	 * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
 	 * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
-	 * sending it again is safe). Aborting
-	 * `signal` rejects with the signal's reason; the server may still run the call.
+	 * sending it again is safe). Aborting `signal` rejects with the signal's reason; a call still
+	 * waiting to be written is withdrawn (never sent), one written may still run. One not written
+	 * `requestTimeoutMs` after it was made is withdrawn too, kind `timeout` (as a publish with ack).
 	 */
 	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
 	/** Closes the session for good: subscriptions end, queued publishes are rejected. `state`

@@ -932,8 +932,12 @@ var Session = class {
       const written = this.send({ id: frameId, command }, options);
       const withdrawAt = options.writeBy;
       const withdrawal = withdrawAt === void 0 ? null : setTimeout(() => this.withdraw(frameId, command.type), Math.max(0, withdrawAt - now()));
+      const { signal } = options;
+      const onAbort = () => this.withdraw(frameId, command.type, "aborted");
+      signal?.addEventListener("abort", onAbort, { once: true });
       const settled = () => {
         if (withdrawal) clearTimeout(withdrawal);
+        signal?.removeEventListener("abort", onAbort);
       };
       written.then(settled, settled);
       written.then(
@@ -957,17 +961,17 @@ var Session = class {
       );
     });
   }
-  /** Takes command `id` out of the pacer's queue, if it still waits there, and rejects its write
-   *  with kind `timeout` (not `unsent`: it must not be sent on a later session either). */
-  withdraw(id, what) {
+  /** Takes command `id` out of the pacer's queue, if it still waits there (a no-op once it is
+   *  written), and rejects its write with kind `timeout` (`closed` for an aborted signal, whose
+   *  reason the caller rejects with first); not `unsent`: it must not be sent on a later session
+   *  either. */
+  withdraw(id, what, why = "deadline") {
     const at = this.queue.findIndex((q) => q.id === id);
     if (at < 0) return;
     const [item] = this.queue.splice(at, 1);
+    const waiting = `still waiting for the server's rate limit, or for the transport to take what it holds`;
     item?.reject(
-      new QuiverError(
-        "timeout",
-        `${what} still waiting for the server's rate limit, or for the transport to take what it holds, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`
-      )
+      why === "aborted" ? new QuiverError("closed", `${what} aborted ${waiting}: withdrawn, never sent`) : new QuiverError("timeout", `${what} ${waiting}, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`)
     );
   }
   /** Whether the command `id` still waits for its reply: none of its reply has arrived. */
@@ -1084,6 +1088,7 @@ var Session = class {
     if (this.pumping) return;
     this.pumping = true;
     void (async () => {
+      let reserved = false;
       try {
         while (this.queue.length > 0 && !this.ended) {
           const head = this.queue[0];
@@ -1091,13 +1096,17 @@ var Session = class {
             await this.pause(SEND_POLL_MS, true);
             continue;
           }
-          const wait = this.pacer ? this.pacer.reserve(now()) : 0;
-          if (wait > 0) await this.pause(wait, false);
-          const item = this.queue[0];
-          if (!item || this.ended) break;
-          if (item.bounded && this.full(item.bytes.length)) continue;
+          if (!reserved && this.pacer) {
+            reserved = true;
+            const wait = this.pacer.reserve(now());
+            if (wait > 0) {
+              await this.pause(wait, false);
+              continue;
+            }
+          }
+          reserved = false;
           this.queue.shift();
-          this.write(item.bytes).then(item.resolve, item.reject);
+          this.write(head.bytes).then(head.resolve, head.reject);
         }
       } finally {
         this.pumping = false;
@@ -1126,7 +1135,9 @@ var Session = class {
    * publish timed out and retried by the app then published twice); over WebTransport a write the
    * server gives no flow-control credit never completes, and the command's reply deadline, which
    * starts once it is written, never started (outside audit 104, F3). Polled while anything is
-   * unsent: WebSocket has no event for `bufferedAmount` going down.
+   * unsent: WebSocket has no event for `bufferedAmount` going down. Progress is counted by the
+   * byte on WebSocket, and per completed write of at most 64 KiB on WebTransport (a frame is
+   * written in such pieces), so a slow link that still drains is not "not reading".
    */
   watchSending() {
     if (this.sendTimer || this.ended || this.link.backlog === 0) return;
@@ -1236,6 +1247,7 @@ async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
   }
   return new WebTransportLink(wt, maxFrame, timeoutMs);
 }
+var WRITE_CHUNK = 64 * 1024;
 var WebTransportLink = class {
   constructor(wt, maxFrame, openTimeoutMs) {
     this.wt = wt;
@@ -1307,14 +1319,28 @@ var WebTransportLink = class {
     }
   }
   async write(frame) {
-    if (!this.writer) throw new QuiverError("closed", "not connected");
-    this.backlog += frame.length;
-    try {
-      await this.writer.write(frame);
-      this.taken += frame.length;
-    } finally {
-      this.backlog -= frame.length;
+    const writer = this.writer;
+    if (!writer) throw new QuiverError("closed", "not connected");
+    const writes = [];
+    for (let at = 0; at < frame.length; at += WRITE_CHUNK) {
+      const piece = frame.subarray(at, Math.min(at + WRITE_CHUNK, frame.length));
+      this.backlog += piece.length;
+      const written = writer.write(piece);
+      writes.push(
+        written.then(
+          () => {
+            this.backlog -= piece.length;
+            this.taken += piece.length;
+          },
+          (e) => {
+            this.backlog -= piece.length;
+            throw e;
+          }
+        )
+      );
     }
+    const outcomes = await Promise.allSettled(writes);
+    for (const o of outcomes) if (o.status === "rejected") throw o.reason;
   }
   close(reason) {
     this.done = true;
@@ -2503,8 +2529,9 @@ var QuiverClient = class {
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
    * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
    * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
-   * sending it again is safe). Aborting
-   * `signal` rejects with the signal's reason; the server may still run the call.
+   * sending it again is safe). Aborting `signal` rejects with the signal's reason; a call still
+   * waiting to be written is withdrawn (never sent), one written may still run. One not written
+   * `requestTimeoutMs` after it was made is withdrawn too, kind `timeout` (as a publish with ack).
    */
   async call(method, payload, options = {}) {
     const { signal } = options;
@@ -2527,7 +2554,7 @@ var QuiverClient = class {
       idempotencyKey: options.idempotencyKey ?? ""
     };
     const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2e3);
-    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, ...signal && { signal } });
     const reply = await (signal ? abortable(request, signal) : request);
     if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
     return reply.payload;

@@ -350,8 +350,9 @@ export class QuiverClient {
    * twice or late because of a reconnect. A call whose connection drops mid-way rejects too, and
    * the backend may or may not have run it: retry only with the same `idempotencyKey`; unless
    * the error says `notCarriedOut` (a draining server's goodbye came first: it did not run, and
-   * sending it again is safe). Aborting
-   * `signal` rejects with the signal's reason; the server may still run the call.
+   * sending it again is safe). Aborting `signal` rejects with the signal's reason; a call still
+   * waiting to be written is withdrawn (never sent), one written may still run. One not written
+   * `requestTimeoutMs` after it was made is withdrawn too, kind `timeout` (as a publish with ack).
    */
   async call(method: string, payload: Uint8Array | string, options: CallOptions = {}): Promise<Uint8Array> {
     const { signal } = options;
@@ -377,7 +378,7 @@ export class QuiverClient {
     // The server answers deadline_exceeded at the deadline: wait a little longer than that (at
     // most setTimeout's 2^31-1 ms: `Session.request` clamps it, where a longer wait fired at once).
     const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2_000);
-    const request = session.request(this.nextId(), command, { timeoutMs: wait });
+    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, ...(signal && { signal }) });
     const reply = await (signal ? abortable(request, signal) : request);
     if (reply.type !== 'Reply') throw new QuiverError('protocol', `expected Reply, got ${reply.type}`);
     return reply.payload;

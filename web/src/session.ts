@@ -60,6 +60,9 @@ export interface RequestOptions extends SendOptions {
   /** Called when the reply is late, instead of rejecting: the command stays pending, and its
    *  reply, when it comes, settles the promise (a `Subscribe`: see `Subscriptions.send`). */
   onTimeout?: (late: QuiverError) => void;
+  /** Once aborted, the command, if still waiting to be written, is withdrawn: never sent (a
+   *  call whose app gave up must not reach the backend later; outside audit 107, F2). */
+  signal?: AbortSignal;
 }
 
 // What may sit in the transport unsent (`Link.backlog`) before publishes and calls wait, as they
@@ -276,8 +279,12 @@ export class Session implements LinkHandler {
       const withdrawAt = options.writeBy;
       const withdrawal =
         withdrawAt === undefined ? null : setTimeout(() => this.withdraw(frameId, command.type), Math.max(0, withdrawAt - now()));
+      const { signal } = options;
+      const onAbort = (): void => this.withdraw(frameId, command.type, 'aborted');
+      signal?.addEventListener('abort', onAbort, { once: true });
       const settled = (): void => {
         if (withdrawal) clearTimeout(withdrawal);
+        signal?.removeEventListener('abort', onAbort);
       };
       written.then(settled, settled);
       written.then(
@@ -302,17 +309,19 @@ export class Session implements LinkHandler {
     });
   }
 
-  /** Takes command `id` out of the pacer's queue, if it still waits there, and rejects its write
-   *  with kind `timeout` (not `unsent`: it must not be sent on a later session either). */
-  private withdraw(id: number, what: string): void {
+  /** Takes command `id` out of the pacer's queue, if it still waits there (a no-op once it is
+   *  written), and rejects its write with kind `timeout` (`closed` for an aborted signal, whose
+   *  reason the caller rejects with first); not `unsent`: it must not be sent on a later session
+   *  either. */
+  private withdraw(id: number, what: string, why: 'deadline' | 'aborted' = 'deadline'): void {
     const at = this.queue.findIndex((q) => q.id === id);
     if (at < 0) return;
     const [item] = this.queue.splice(at, 1);
+    const waiting = `still waiting for the server's rate limit, or for the transport to take what it holds`;
     item?.reject(
-      new QuiverError(
-        'timeout',
-        `${what} still waiting for the server's rate limit, or for the transport to take what it holds, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`,
-      ),
+      why === 'aborted'
+        ? new QuiverError('closed', `${what} aborted ${waiting}: withdrawn, never sent`)
+        : new QuiverError('timeout', `${what} ${waiting}, ${this.requestTimeoutMs} ms after it was made: withdrawn, never sent (sending it again is safe)`),
     );
   }
 
@@ -457,6 +466,10 @@ export class Session implements LinkHandler {
     if (this.pumping) return;
     this.pumping = true;
     void (async () => {
+      // A pacer token taken for the head and not used yet: `reserve` always takes one, so a head
+      // looked at again after the pacer's wait (withdrawn, or the transport full by then) must
+      // not take a second (outside audit 107, F6: the client then paced below the server's rate).
+      let reserved = false;
       try {
         while (this.queue.length > 0 && !this.ended) {
           const head = this.queue[0]!;
@@ -466,14 +479,18 @@ export class Session implements LinkHandler {
             await this.pause(SEND_POLL_MS, true);
             continue;
           }
-          const wait = this.pacer ? this.pacer.reserve(now()) : 0;
-          if (wait > 0) await this.pause(wait, false);
-          const item = this.queue[0];
-          if (!item || this.ended) break;
-          // Withdrawals, or other writes, during the pacer's wait.
-          if (item.bounded && this.full(item.bytes.length)) continue;
+          if (!reserved && this.pacer) {
+            reserved = true;
+            const wait = this.pacer.reserve(now());
+            if (wait > 0) {
+              await this.pause(wait, false);
+              // Withdrawals, or other writes, during the pacer's wait: the head is looked at again.
+              continue;
+            }
+          }
+          reserved = false;
           this.queue.shift();
-          this.write(item.bytes).then(item.resolve, item.reject);
+          this.write(head.bytes).then(head.resolve, head.reject);
         }
       } finally {
         this.pumping = false;
@@ -504,7 +521,9 @@ export class Session implements LinkHandler {
    * publish timed out and retried by the app then published twice); over WebTransport a write the
    * server gives no flow-control credit never completes, and the command's reply deadline, which
    * starts once it is written, never started (outside audit 104, F3). Polled while anything is
-   * unsent: WebSocket has no event for `bufferedAmount` going down.
+   * unsent: WebSocket has no event for `bufferedAmount` going down. Progress is counted by the
+   * byte on WebSocket, and per completed write of at most 64 KiB on WebTransport (a frame is
+   * written in such pieces), so a slow link that still drains is not "not reading".
    */
   private watchSending(): void {
     if (this.sendTimer || this.ended || this.link.backlog === 0) return;

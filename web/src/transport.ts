@@ -88,6 +88,9 @@ export async function openWebTransport(
   return new WebTransportLink(wt, maxFrame, timeoutMs);
 }
 
+/** The largest piece of a frame handed to the control stream's writer in one write. */
+const WRITE_CHUNK = 64 * 1024;
+
 /** One WebTransport session: a control stream, and one server-opened stream per subscription. */
 class WebTransportLink implements Link {
   readonly kind = 'webtransport';
@@ -170,14 +173,33 @@ class WebTransportLink implements Link {
   }
 
   async write(frame: Uint8Array): Promise<void> {
-    if (!this.writer) throw new QuiverError('closed', 'not connected');
-    this.backlog += frame.length;
-    try {
-      await this.writer.write(frame);
-      this.taken += frame.length;
-    } finally {
-      this.backlog -= frame.length;
+    const writer = this.writer;
+    if (!writer) throw new QuiverError('closed', 'not connected');
+    // In pieces of WRITE_CHUNK, all queued at once (so that frames written together never
+    // interleave), each counted as taken when its write completes: progress (`taken`) that moved
+    // only once a whole frame was taken ended a session on a slow but draining link when one
+    // large frame took `requestTimeoutMs` (outside audit 107, F4).
+    const writes: Array<Promise<void>> = [];
+    for (let at = 0; at < frame.length; at += WRITE_CHUNK) {
+      const piece = frame.subarray(at, Math.min(at + WRITE_CHUNK, frame.length));
+      this.backlog += piece.length;
+      const written = writer.write(piece);
+      writes.push(
+        written.then(
+          () => {
+            this.backlog -= piece.length;
+            this.taken += piece.length;
+          },
+          (e: unknown) => {
+            this.backlog -= piece.length;
+            throw e;
+          },
+        ),
+      );
     }
+    // Every piece settled (none left counted in `backlog`); the first failure, if any.
+    const outcomes = await Promise.allSettled(writes);
+    for (const o of outcomes) if (o.status === 'rejected') throw o.reason;
   }
 
   close(reason: string): void {

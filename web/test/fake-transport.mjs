@@ -182,6 +182,9 @@ export class FakeConnection extends FakeServer {
   /** When set, the control stream takes no more writes: each never completes (a server that
    *  gives no flow-control credit). */
   stallWrites = false;
+  /** When set, the control stream takes this many bytes a second: each write completes once its
+   *  bytes have gone at that rate (a slow link that still drains). */
+  writeRate = 0;
 
   constructor(url, options, accepted, controlStream = true) {
     super();
@@ -215,7 +218,13 @@ export class FakeConnection extends FakeServer {
           writable: new WritableStream({
             write: (chunk) => {
               if (this.stallWrites) return new Promise(() => {});
-              for (const body of decoder.push(chunk)) this.onCommand(decodeCommand(body));
+              const take = () => {
+                // As the server, which takes frames up to the max_frame its Welcome announced.
+                decoder.maxFrame = Math.max(decoder.maxFrame, this.limits.maxFrame);
+                for (const body of decoder.push(chunk)) this.onCommand(decodeCommand(body));
+              };
+              if (this.writeRate > 0) return new Promise((r) => setTimeout(r, (chunk.length / this.writeRate) * 1000)).then(take);
+              take();
             },
           }),
         };

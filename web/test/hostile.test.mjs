@@ -111,10 +111,12 @@ for (const transport of ['webtransport', 'websocket']) {
   });
 }
 
-test('over websocket, a server that stops reading: publishes wait for the transport, the excess rejects buffer_full, the session is replaced', { timeout: 10_000 }, async (t) => {
+test('over websocket, a server that stops reading: publishes wait for the transport, the excess rejects buffer_full, the session is replaced', { timeout: 20_000 }, async (t) => {
   // Outside audit 104, F3: every publish was handed to the socket at once, to pile up in
   // `bufferedAmount` without limit.
-  const { net, client } = setup({ requestTimeoutMs: 500, paceCommands: false, maxQueuedPublishes: 100 }, 'websocket');
+  // requestTimeoutMs is far above the 50 ms the counts are taken at, so a loaded machine's timer
+  // delays cannot replace the session first (outside audit 107, F5).
+  const { net, client } = setup({ requestTimeoutMs: 2000, paceCommands: false, maxQueuedPublishes: 100 }, 'websocket');
   t.after(() => client.close());
   const conn = await connected(net, client);
   // From now on the server reads nothing: the socket only buffers.
@@ -125,7 +127,7 @@ test('over websocket, a server that stops reading: publishes wait for the transp
   // ... while it keeps the session looking alive.
   const alive = setInterval(() => conn.send(0, { type: 'Pong' }), 100);
   t.after(() => clearInterval(alive));
-  const replaced = once(client, 'error', (e) => e.kind === 'timeout' && /not reading/.test(e.message), 3000);
+  const replaced = once(client, 'error', (e) => e.kind === 'timeout' && /not reading/.test(e.message), 8000);
   const payload = new Uint8Array(60_000);
   const outcomes = Array.from({ length: 300 }, () => {
     const outcome = { state: 'pending' };
@@ -150,9 +152,10 @@ test('over websocket, a server that stops reading: publishes wait for the transp
   assert.equal(next.received.filter((f) => f.command.type === 'Publish').length, 100);
 });
 
-test('over websocket, a send buffer that drains slowly is progress: publishes wait their turn, the session stays up', { timeout: 10_000 }, async (t) => {
-  // Outside audit 104, F3.
-  const { net, client } = setup({ requestTimeoutMs: 300, paceCommands: false }, 'websocket');
+test('over websocket, a send buffer that drains slowly is progress: publishes wait their turn, the session stays up', { timeout: 20_000 }, async (t) => {
+  // Outside audit 104, F3. requestTimeoutMs is 40 times the drain's period, so that a loaded
+  // machine's timer delays cannot make a draining buffer look stalled (outside audit 107, F5).
+  const { net, client } = setup({ requestTimeoutMs: 2000, paceCommands: false }, 'websocket');
   t.after(() => client.close());
   const conn = await connected(net, client);
   const ws = conn.client;
@@ -163,29 +166,29 @@ test('over websocket, a send buffer that drains slowly is progress: publishes wa
     most = Math.max(most, ws.bufferedAmount);
     taken++;
   };
-  // 2 MB a second.
-  const drain = setInterval(() => (ws.bufferedAmount = Math.max(0, ws.bufferedAmount - 100_000)), 50);
+  // 1.2 MB a second.
+  const drain = setInterval(() => (ws.bufferedAmount = Math.max(0, ws.bufferedAmount - 60_000)), 50);
   t.after(() => clearInterval(drain));
   const states = [];
   client.on('state', (s) => states.push(s));
-  // 2.4 MB: over twice the budget, and over requestTimeoutMs to drain, never stalled.
-  await Promise.all(Array.from({ length: 40 }, () => client.publish('chat.x', new Uint8Array(60_000))));
-  assert.equal(taken, 40);
+  // 3.6 MB: over three times the budget, and 3 s to drain (over requestTimeoutMs), never stalled.
+  await Promise.all(Array.from({ length: 60 }, () => client.publish('chat.x', new Uint8Array(60_000))));
+  assert.equal(taken, 60);
   assert.ok(most <= 1024 * 1024, `${most} bytes buffered at most`);
-  await waitUntil(() => ws.bufferedAmount === 0, 5000);
+  await waitUntil(() => ws.bufferedAmount === 0, 8000);
   assert.deepEqual(states, []);
 });
 
 test('over webtransport, a control stream that takes no more writes: an acknowledged publish settles, the session is replaced', { timeout: 10_000 }, async (t) => {
   // Outside audit 104, F3.
-  const { net, client } = setup({ requestTimeoutMs: 300 }, 'webtransport');
+  const { net, client } = setup({ requestTimeoutMs: 1000 }, 'webtransport');
   t.after(() => client.close());
   const conn = await connected(net, client);
   conn.stallWrites = true;
-  const replaced = once(client, 'error', (e) => e.kind === 'timeout' && /not reading/.test(e.message), 2000);
+  const replaced = once(client, 'error', (e) => e.kind === 'timeout' && /not reading/.test(e.message), 6000);
   const started = Date.now();
   await assert.rejects(client.publish('chat.x', 'x', { ack: true }), (e) => e.kind === 'closed');
-  assert.ok(Date.now() - started < 1000, `settled after ${Date.now() - started} ms`);
+  assert.ok(Date.now() - started < 5000, `settled after ${Date.now() - started} ms`);
   await replaced;
   // The next session works.
   await connected(net, client);
@@ -279,4 +282,124 @@ test('watch timers of room churn are not kept for the whole session, and go with
   conn.kill();
   await waitUntil(() => client.state !== 'connected');
   assert.equal(client.subs.pendingTimers, 0);
+});
+
+/** A WebSocket whose server stops reading: `send` only adds to `bufferedAmount`. Returns the
+ *  original `send`, to let the server read again. */
+function stallSocket(ws) {
+  const send = ws.send;
+  ws.send = (data) => {
+    ws.bufferedAmount += data.byteLength;
+  };
+  return send;
+}
+
+test('over websocket, a call() aborted while it waits for a full transport is withdrawn: the backend never gets it', { timeout: 20_000 }, async (t) => {
+  // Outside audit 107, F2: the aborted call's frame stayed queued and went out once the link
+  // drained, so the backend ran a call the app had given up on.
+  const { net, client } = setup({ requestTimeoutMs: 5000, paceCommands: false }, 'websocket');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  conn.autoAnswer = true;
+  const ws = conn.client;
+  const send = stallSocket(ws);
+  // 17 frames of 60 KB fill the budget (1 MiB); 3 more, and the call, wait behind them.
+  const publishes = Array.from({ length: 20 }, () => client.publish('chat.x', new Uint8Array(60_000)));
+  const controller = new AbortController();
+  const charged = client.call('charge', 'x', { signal: controller.signal });
+  await sleep(100);
+  controller.abort(new Error('gave up'));
+  await assert.rejects(charged, /gave up/);
+  // The server reads again: what waited goes out, the aborted call does not.
+  ws.send = send;
+  ws.bufferedAmount = 0;
+  await Promise.all(publishes);
+  const later = client.call('later', 'y');
+  const cmd = await conn.expect('Call', 5000);
+  assert.equal(cmd.command.method, 'later');
+  conn.send(cmd.id, { type: 'Reply', payload: text('ok') });
+  await later;
+  assert.deepEqual(conn.received.filter((f) => f.command.type === 'Call').map((f) => f.command.method), ['later']);
+  assert.equal(conn.received.filter((f) => f.command.type === 'Publish').length, 3);
+  assert.equal(client.state, 'connected');
+});
+
+test('over websocket, a call() not written requestTimeoutMs after it was made is withdrawn (timeout), never sent; the session stays up', { timeout: 20_000 }, async (t) => {
+  // Outside audit 107, F2: a call waiting behind a full transport that still drains (never "not
+  // reading") had no deadline at all.
+  const { net, client } = setup({ requestTimeoutMs: 2000, paceCommands: false }, 'websocket');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const ws = conn.client;
+  const send = stallSocket(ws);
+  // 1 MB a second: progress every 50 ms.
+  const drain = setInterval(() => (ws.bufferedAmount = Math.max(0, ws.bufferedAmount - 50_000)), 50);
+  t.after(() => clearInterval(drain));
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  // 17 frames of 60 KB on the socket, 70 waiting (4.2 MB: over 4 s to drain), then the call.
+  const publishes = Array.from({ length: 87 }, () => client.publish('chat.x', new Uint8Array(60_000)));
+  const started = performance.now();
+  const outcome = client.call('charge', 'x').then(
+    () => 'answered',
+    (e) => e,
+  );
+  const settled = await Promise.race([outcome, sleep(3500).then(() => 'still waiting')]);
+  assert.ok(settled instanceof Error, `the call is ${settled}`);
+  assert.equal(settled.kind, 'timeout');
+  assert.match(settled.message, /withdrawn, never sent/);
+  assert.ok(performance.now() - started >= 1900, `withdrawn after ${performance.now() - started} ms`);
+  // The server reads at full speed again: the publishes go out, the call never does.
+  clearInterval(drain);
+  ws.send = send;
+  ws.bufferedAmount = 0;
+  await Promise.all(publishes);
+  await sleep(100);
+  assert.equal(conn.received.filter((f) => f.command.type === 'Call').length, 0);
+  assert.deepEqual(states, []);
+});
+
+test('over webtransport, one large frame on a slow link that still drains is progress: the session stays up', { timeout: 20_000 }, async (t) => {
+  // Outside audit 107, F4: progress was counted per completed write, so a 1 MiB frame taking
+  // longer than requestTimeoutMs to go ended the session as "not reading".
+  const { net, client } = setup({ requestTimeoutMs: 1500, paceCommands: false }, 'webtransport');
+  t.after(() => client.close());
+  const conn = await connected(net, client, { limits: { maxFrame: 2 * 1024 * 1024, maxPayload: 2 * 1024 * 1024 } });
+  conn.autoAnswer = true;
+  // 300 KB a second: the frame takes about 3.5 s, a 64 KiB piece of it about 220 ms.
+  conn.writeRate = 300_000;
+  const states = [];
+  client.on('state', (s) => states.push(s));
+  const payload = new Uint8Array(1024 * 1024).fill(7);
+  const started = performance.now();
+  await client.publish('chat.x', payload, { ack: true });
+  assert.ok(performance.now() - started > 3000, `written in ${performance.now() - started} ms`);
+  const [frame] = conn.received.filter((f) => f.command.type === 'Publish');
+  assert.equal(frame.command.payload.length, payload.length);
+  assert.ok(frame.command.payload.every((b) => b === 7));
+  assert.deepEqual(states, []);
+});
+
+test('the pump takes one pacer token per command, even when the transport fills during the pacer\'s wait', { timeout: 10_000 }, async (t) => {
+  // Outside audit 107, F6: a head found full after the pacer's wait took a second token on the
+  // next pass, and the client then paced below the server's rate.
+  const { net, client } = setup({}, 'websocket');
+  t.after(() => client.close());
+  const conn = await connected(net, client);
+  const ws = conn.client;
+  let reserves = 0;
+  client.active.pacer = {
+    ready: () => false,
+    reserve: () => {
+      reserves++;
+      if (reserves > 1) return 0;
+      // The transport is over its budget once the wait ends (an urgent write, say), for a while.
+      setTimeout(() => (ws.bufferedAmount = 2 * 1024 * 1024), 5);
+      setTimeout(() => (ws.bufferedAmount = 0), 150);
+      return 40;
+    },
+  };
+  await Promise.all(['a', 'b', 'c'].map((s) => client.publish('chat.x', s)));
+  assert.equal(conn.received.filter((f) => f.command.type === 'Publish').length, 3);
+  assert.equal(reserves, 3);
 });
