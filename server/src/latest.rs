@@ -9,6 +9,7 @@
 //! sequence, so the client can drop values older than the newest it applied.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use quiver_proto::datagram::Latest;
@@ -54,6 +55,23 @@ impl Slot {
         state.pending.take().map(|p| (sequence, p))
     }
 
+    /// Waits until a value is waiting, without taking it. Cancel-safe.
+    async fn waiting(&self) {
+        loop {
+            if self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pending
+                .is_some()
+            {
+                return;
+            }
+            // As in `next`: a put between the look and here left a permit.
+            self.ready.notified().await;
+        }
+    }
+
     /// Waits for a value and takes it. Cancel-safe: nothing is taken until it returns.
     pub async fn next(&self) -> (u64, Bytes) {
         loop {
@@ -72,6 +90,46 @@ pub async fn next(slot: Option<&Slot>) -> (u64, Bytes) {
     match slot {
         Some(slot) => slot.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// How often a `latest` writer looks again for room in a congested connection's datagram
+/// buffer: meanwhile its values conflate in its slot.
+const ROOM_POLL: Duration = Duration::from_millis(5);
+
+/// Full-size datagrams' worth of room a writer waits for: more than one, so writers of a
+/// session's several rooms that find room at the same instant do not overfill it together.
+const ROOM_FOR: usize = 4;
+
+/// Waits for a value and for room for it in the connection's datagram buffer, then takes it
+/// (the newest by then). Cancel-safe: nothing is taken until it returns. A value is sent only
+/// into room, never past it: quinn makes room by dropping the oldest datagram of the buffer,
+/// whichever room it was for, so a flood in one room erased the newest value of the session's
+/// other rooms, each sent once and counted as sent (outside audit 108, F2). The newest value
+/// of each room now waits in its own slot while the connection is congested.
+pub async fn next_with_room(slot: Option<&Slot>, conn: &Connection) -> (u64, Bytes) {
+    let Some(slot) = slot else {
+        return std::future::pending().await;
+    };
+    loop {
+        slot.waiting().await;
+        if has_room(conn) {
+            if let Some(value) = slot.take() {
+                return value;
+            }
+            continue;
+        }
+        tokio::time::sleep(ROOM_POLL).await;
+    }
+}
+
+/// Whether a datagram can be sent now without dropping one waiting; always when the session
+/// takes none (the value goes on the stream).
+fn has_room(conn: &Connection) -> bool {
+    let quic = conn.quic_connection();
+    match quic.max_datagram_size() {
+        Some(max) => quic.datagram_send_buffer_space() >= ROOM_FOR * max,
+        None => true,
     }
 }
 

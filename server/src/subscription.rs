@@ -190,8 +190,9 @@ impl Writer {
                             return;
                         }
                     },
-                    // A datagram when it fits, else a frame for this stream.
-                    (sequence, payload) = latest::next(slot.as_deref()) => {
+                    // A datagram when it fits (once the connection's datagram buffer has room
+                    // for it), else a frame for this stream.
+                    (sequence, payload) = latest::next_with_room(slot.as_deref(), &conn) => {
                         if let Some(frame) = latest::send(Some(&conn), self.wire_id, &self.room, sequence, payload) {
                             batch.push(frame, false);
                         }

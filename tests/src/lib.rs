@@ -18,6 +18,7 @@ pub mod nats;
 mod observe;
 pub mod process;
 mod raw;
+pub mod relay;
 pub mod rpc;
 pub mod sse;
 

@@ -113,9 +113,20 @@ impl Raw {
         token: &str,
         window: u32,
     ) -> Result<Self> {
-        let endpoint = crate::client_endpoint_with(hash, |t| {
+        Self::with_transport_at(port, hash, token, |t| {
             t.stream_receive_window(window.into());
-        })?;
+        })
+        .await
+    }
+
+    /// A WebTransport session with its QUIC transport configured by `tweak`, after its Hello.
+    pub async fn with_transport_at(
+        port: u16,
+        hash: [u8; 32],
+        token: &str,
+        tweak: impl FnOnce(&mut wtransport::quinn::TransportConfig),
+    ) -> Result<Self> {
+        let endpoint = crate::client_endpoint_with(hash, tweak)?;
         let conn = endpoint
             .connect(format!("https://127.0.0.1:{port}/v1?token={token}"))
             .await?;

@@ -352,9 +352,13 @@ impl Connection {
     /// Not necessarily the maximum size of received datagrams.
     #[inline(always)]
     pub fn max_datagram_size(&self) -> Option<usize> {
+        // Quiver patch: a peer whose `max_datagram_frame_size` leaves no room for the header
+        // takes no datagrams (the subtraction underflowed: a panic with overflow checks on).
         self.quic_connection
             .max_datagram_size()
-            .map(|quic_max_size| quic_max_size - Datagram::header_size(self.session_id))
+            .and_then(|quic_max_size| {
+                quic_max_size.checked_sub(Datagram::header_size(self.session_id))
+            })
     }
 
     /// Current best estimate of this connection's latency (round-trip-time).
