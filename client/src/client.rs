@@ -1,7 +1,7 @@
 //! [`Client`]: the application-facing handle. Every call is a message to the connection task
 //! (see `connection/`), which owns the session (WebTransport or WebSocket).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     /// A `Request::Withdrawn` is on its way to the connection task (one at a time: it lets go of
     /// every withdrawn publication at once).
     pub withdrawals: AtomicBool,
+    /// Datagram publications dropped locally: every room's place among those waiting for the
+    /// pacer was taken (`Client::datagrams_dropped`).
+    pub datagrams_dropped: AtomicU64,
 }
 
 impl Shared {
@@ -114,6 +117,7 @@ impl Client {
             closed: Mutex::new(None),
             permits: Arc::new(Semaphore::new(config.publish_buffer.max(1))),
             withdrawals: AtomicBool::new(false),
+            datagrams_dropped: AtomicU64::new(0),
         });
         let request_timeout = config.request_timeout;
         let (req_tx, state) = connection::start(config, shared.clone()).await?;
@@ -240,6 +244,15 @@ impl Client {
     /// gets the datagram: if that room is not `latest`, the server drops it (counted as
     /// `not_latest`), while over WebSocket it would be published: use it for `latest` rooms only.
     /// For values where only the newest matters (positions, cursors), sent many times a second.
+    ///
+    /// The server meters datagrams with the commands (§5), so each one takes a token of the
+    /// command pacer ([`crate::ClientConfig::pace_commands`]): one that finds none free waits as
+    /// its room's newest value, replacing any older one still waiting, and goes when a token
+    /// frees up. So publishing faster than the server's `commands_per_second` sends the newest
+    /// values at that rate, never more (it is not refused `rate_limited`, nor closed as
+    /// `rate_abuse`), and every room's last value goes. At most 64 rooms' values wait; a value
+    /// for another room is dropped ([`Client::datagrams_dropped`]). Values still waiting when
+    /// the connection goes are dropped.
     pub async fn publish_unreliable(
         &self,
         room: &str,
@@ -416,6 +429,13 @@ impl Client {
     /// The connection state; `borrow()` for now, `changed().await` to follow it.
     pub fn state(&self) -> watch::Receiver<ConnectionState> {
         self.inner.state.clone()
+    }
+
+    /// [`Client::publish_unreliable`] datagrams dropped by this client, over its life: each
+    /// found no pacer token free while the newest values of 64 other rooms already waited for
+    /// one.
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.inner.shared.datagrams_dropped.load(Ordering::Relaxed)
     }
 
     /// What the server said in the latest `Welcome` (kept while reconnecting).

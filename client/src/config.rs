@@ -229,7 +229,9 @@ pub struct ClientConfig {
     /// [`ClientConfig::subscription_buffer`] events cost more. Reached, it acts as a full queue.
     pub subscription_buffer_bytes: usize,
     /// Pace commands to `Welcome.limits.commands_per_second` on the client side so the server
-    /// never refuses them with `rate_limited` (default true).
+    /// never refuses them with `rate_limited` (default true). `publish_unreliable` datagrams,
+    /// which the server meters with the commands, take their share (see
+    /// [`crate::Client::publish_unreliable`]).
     pub pace_commands: bool,
     /// Largest frame accepted from the server (default 1 MiB, at most
     /// [`quiver_proto::MAX_MAX_FRAME`]), whatever `Welcome.limits.max_frame` announces: a

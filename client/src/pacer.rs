@@ -1,8 +1,13 @@
 //! Client-side command pacing: a token bucket matching the server's per-session rate limit, so a
 //! burst of commands (a reconnect resubscribing many rooms and flushing buffered publishes) is
 //! spread out instead of being refused with `rate_limited` (or closed with `rate_abuse`).
+//! Datagram publications (PROTOCOL.md §10) are metered by the server with the commands, so they
+//! take their tokens from the same bucket ([`SharedPacer`]).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::client::lock;
 
 /// A token bucket that hands out "debt": [`Pacer::reserve`] always takes a token and says how
 /// long to wait before using it.
@@ -56,6 +61,51 @@ impl Pacer {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         (self.tokens + elapsed * self.rate).min(self.burst) >= 1.0
     }
+
+    /// How long until a token is available without waiting (zero if one is now); takes none.
+    pub(crate) fn until_ready(&self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - tokens) / self.rate)
+        }
+    }
+}
+
+/// One session's pacer, shared by its writer (commands, which take tokens as debt and wait for
+/// them) and its connection task (datagram publications, which take a token only when one is
+/// free now: a datagram is never queued behind the commands).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedPacer(Arc<Mutex<Pacer>>);
+
+impl SharedPacer {
+    pub(crate) fn new(pacer: Pacer) -> Self {
+        SharedPacer(Arc::new(Mutex::new(pacer)))
+    }
+
+    /// [`Pacer::reserve`].
+    pub(crate) fn reserve(&self, now: Instant) -> Duration {
+        lock(&self.0).reserve(now)
+    }
+
+    /// [`Pacer::ready`].
+    pub(crate) fn ready(&self, now: Instant) -> bool {
+        lock(&self.0).ready(now)
+    }
+
+    /// Takes a token if one is free now; otherwise takes none and says how long until one is
+    /// (the writer may take it first).
+    pub(crate) fn take_now(&self, now: Instant) -> Result<(), Duration> {
+        let mut pacer = lock(&self.0);
+        if pacer.ready(now) {
+            pacer.reserve(now);
+            Ok(())
+        } else {
+            Err(pacer.until_ready(now).max(Duration::from_millis(1)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -98,5 +148,23 @@ mod tests {
         }
         assert!(sent <= 1000 + 100, "{sent}");
         assert!(sent >= 900, "{sent}");
+    }
+
+    #[test]
+    fn take_now_takes_only_a_free_token_and_says_when_the_next_is() {
+        let t0 = Instant::now();
+        let p = SharedPacer::new(Pacer::new(10, 2, t0).unwrap());
+        assert_eq!(p.take_now(t0), Ok(()));
+        assert_eq!(p.take_now(t0), Ok(()));
+        let wait = p.take_now(t0).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        // Refused, it took nothing: the token is free when it said.
+        assert_eq!(p.take_now(t0 + wait), Ok(()));
+        // A command's debt (the writer's `reserve`) comes first: no token until it is paid.
+        let t1 = t0 + wait;
+        let debt = p.reserve(t1);
+        assert!((debt.as_secs_f64() - 0.1).abs() < 1e-6, "{debt:?}");
+        let wait = p.take_now(t1).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-6, "{wait:?}");
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::client::lock;
 use crate::connection::{ConnEvent, EventTx};
-use crate::pacer::Pacer;
+use crate::pacer::SharedPacer;
 
 /// Most bytes batched into one write.
 const WRITE_COALESCE: usize = 64 * 1024;
@@ -148,7 +148,7 @@ pub(crate) struct WriterHandle {
 /// Spawnable writer task; reports a failed write as [`ConnEvent::Lost`].
 pub(crate) fn writer<S: FrameSink>(
     sink: S,
-    pacer: Option<Pacer>,
+    pacer: Option<SharedPacer>,
     events: EventTx,
     epoch: u64,
 ) -> (WriterHandle, impl Future<Output = ()> + Send) {
@@ -172,14 +172,14 @@ async fn run<S: FrameSink>(
     mut sink: S,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut prio: mpsc::UnboundedReceiver<Vec<u8>>,
-    mut pacer: Option<Pacer>,
+    pacer: Option<SharedPacer>,
 ) -> Result<(), String> {
     let mut permits = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
             Some(ping) = prio.recv() => {
-                if let Some(p) = pacer.as_mut() {
+                if let Some(p) = pacer.as_ref() {
                     p.reserve(Instant::now());
                 }
                 sink.write_heartbeat(ping).await?;
@@ -194,7 +194,7 @@ async fn run<S: FrameSink>(
         if first.claim.as_ref().is_some_and(Claim::is_taken) {
             continue;
         }
-        if let Some(p) = pacer.as_mut() {
+        if let Some(p) = pacer.as_ref() {
             let wait = p.reserve(Instant::now());
             if !wait.is_zero() {
                 let until = tokio::time::Instant::now() + wait;
@@ -221,7 +221,7 @@ async fn run<S: FrameSink>(
         while size < WRITE_COALESCE && pacer.as_ref().is_none_or(|p| p.ready(Instant::now())) {
             match rx.try_recv() {
                 Ok(next) if claimed(&next, &mut permits) => {
-                    if let Some(p) = pacer.as_mut() {
+                    if let Some(p) = pacer.as_ref() {
                         p.reserve(Instant::now());
                     }
                     size += next.frame.len();
@@ -242,6 +242,7 @@ async fn run<S: FrameSink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pacer::Pacer;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
@@ -281,7 +282,7 @@ mod tests {
         let rec = Recorder::default();
         let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
         // 10 commands per second, burst 2: the third command waits about 100 ms.
-        let pacer = Pacer::new(10, 2, Instant::now());
+        let pacer = Pacer::new(10, 2, Instant::now()).map(SharedPacer::new);
         let (handle, task) = writer(rec.clone(), pacer, ev_tx, 1);
         for b in 1..=4 {
             handle.queue.send(out(b)).unwrap();
@@ -307,7 +308,7 @@ mod tests {
     async fn a_frame_taken_back_is_never_written() {
         let rec = Recorder::default();
         let (ev_tx, _ev_rx) = mpsc::unbounded_channel();
-        let pacer = Pacer::new(10, 2, Instant::now());
+        let pacer = Pacer::new(10, 2, Instant::now()).map(SharedPacer::new);
         let (handle, task) = writer(rec.clone(), pacer, ev_tx, 1);
         let claims: Vec<Claim> = (0..4).map(|_| Claim::default()).collect();
         for (b, claim) in (1..=4).zip(&claims) {

@@ -12,6 +12,7 @@ use quiver_proto::datagram::{Latest, PublishDatagram};
 use quiver_proto::{
     decode_event, Command, ErrorCode, Event, FrameDecoder, ServerFrame, DEFAULT_MAX_FRAME,
 };
+use quiver_tests::relay::Relay;
 use quiver_tests::*;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -441,6 +442,7 @@ async fn datagram_publications_are_checked_like_any_publish() -> Result<()> {
 /// as `rate_limited`, and a flood far past it closes the session as `rate_abuse`.
 #[tokio::test]
 async fn datagram_publications_count_against_the_command_rate() -> Result<()> {
+    let _metric = RATE_LIMITED_DATAGRAMS.lock().await;
     let server = server(|c| {
         c.limits.commands_per_second = 10;
         c.limits.abuse_factor = 3;
@@ -500,6 +502,80 @@ async fn datagram_publications_count_against_the_command_rate() -> Result<()> {
         ),
         other => bail!("expected a rate_abuse close, got {other:?}"),
     }
+    Ok(())
+}
+
+/// Held by the tests that look at `quiver_datagrams_dropped_total{reason="rate_limited"}`: the
+/// metrics registry is shared by every server of this test process, and one of them makes the
+/// count grow on purpose.
+static RATE_LIMITED_DATAGRAMS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The Rust client paces `publish_unreliable` with its commands, which the server meters
+/// together: 200 back to back against `commands_per_second = 20` were sent at once and refused
+/// `rate_limited`, and the refusals closed the session as `rate_abuse` (outside audit 108, F1).
+/// Now the excess waits as the room's newest value, which goes when a token frees up.
+#[tokio::test]
+async fn the_rust_client_paces_datagram_publications_and_the_newest_value_goes() -> Result<()> {
+    use quiver_client::{token_fixed, ConnectionState, SubEvent};
+    let _metric = RATE_LIMITED_DATAGRAMS.lock().await;
+    let server = server(|c| c.limits.commands_per_second = 20).await?;
+    let rate_limited = |page: &str| {
+        metric(
+            page,
+            "quiver_datagrams_dropped_total{reason=\"rate_limited\"}",
+        )
+    };
+    let before = rate_limited(&server.metrics().await?);
+    let subscriber = quiver_client::Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "s")),
+    ))
+    .await?;
+    let mut sub = subscriber.subscribe("game.fast").await?;
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "p")),
+    ))
+    .await?;
+    assert_eq!(
+        client.transport(),
+        Some(quiver_client::Transport::WebTransport)
+    );
+    let session = client.welcome().context("welcome")?.session;
+    let mut state = client.state();
+    let watcher = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while state.changed().await.is_ok() {
+            seen.push(state.borrow_and_update().clone());
+        }
+        seen
+    });
+    for n in 0..200u8 {
+        client.publish_unreliable("game.fast", vec![n; 8]).await?;
+    }
+    client.ping().await?;
+    // The newest value goes once a token frees up (about 50 ms at 19 a second).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(SubEvent::Publication { payload, .. })) if payload[..] == [199; 8] => break,
+            Ok(Some(SubEvent::Publication { .. })) => {}
+            other => bail!("the newest value did not arrive: {other:?}"),
+        }
+    }
+    client.ping().await?;
+    assert_eq!(client.welcome().context("welcome")?.session, session);
+    assert_eq!(client.datagrams_dropped(), 0);
+    client.close().await;
+    let seen = tokio::time::timeout(WAIT, watcher).await??;
+    assert!(
+        !seen
+            .iter()
+            .any(|s| matches!(s, ConnectionState::Disconnected { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(rate_limited(&server.metrics().await?), before);
+    subscriber.close().await;
     Ok(())
 }
 
@@ -770,65 +846,6 @@ async fn a_slow_publish_hook_never_delays_commands_and_the_newest_datagram_wins(
         "{page}"
     );
     Ok(())
-}
-
-/// A UDP relay in front of the server whose server-to-client direction can be cut: a client
-/// that stops acknowledging while its connection stays up.
-struct Relay {
-    port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Relay {
-    async fn to(server_port: u16) -> Result<Self> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
-        let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
-        back.connect(("127.0.0.1", server_port)).await?;
-        let client = Arc::new(Mutex::new(None));
-        let cut = Arc::new(AtomicBool::new(false));
-        let up = {
-            let (front, back, client) = (front.clone(), back.clone(), client.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                    *client.lock().unwrap() = Some(from);
-                    let _ = back.send(&buf[..n]).await;
-                }
-            })
-        };
-        let down = {
-            let (front, cut) = (front.clone(), cut.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 65_536];
-                while let Ok(n) = back.recv(&mut buf).await {
-                    let to = *client.lock().unwrap();
-                    if let (Some(to), false) = (to, cut.load(Ordering::Relaxed)) {
-                        let _ = front.send_to(&buf[..n], to).await;
-                    }
-                }
-            })
-        };
-        Ok(Self {
-            port: front.local_addr()?.port(),
-            cut,
-            tasks: vec![up, down],
-        })
-    }
-
-    fn cut(&self, cut: bool) {
-        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
 }
 
 /// A client that grants 16 MiB of credit to its `latest` room's stream, then acknowledges

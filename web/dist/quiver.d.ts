@@ -554,7 +554,10 @@ export interface PublishOptions {
 	 *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish; so too in a room
 	 *  this client is subscribed to and the server said is reliable. A room the client does not
 	 *  know gets the datagram, which the server drops if the room is not `latest`. For values where
-	 *  only the newest matters, sent many times a second. */
+	 *  only the newest matters, sent many times a second. The server meters datagrams with the
+	 *  commands, so each one takes a token of the command pacer: one that finds none free waits as
+	 *  its room's newest value, replacing an older one still waiting, and goes when a token frees
+	 *  up (at most 64 rooms wait; a value for another room is dropped, `datagramsDropped`). */
 	unreliable?: boolean;
 }
 /** What `history()` asks for. */
@@ -614,6 +617,7 @@ export declare class QuiverClient {
 	private connecting;
 	private lastId;
 	private closing;
+	private unsentDatagrams;
 	private wake;
 	private readonly finished;
 	/** The Goodbye of the latest connection attempt, if the server sent one. */
@@ -641,6 +645,9 @@ export declare class QuiverClient {
 	get info(): SessionInfo | null;
 	/** Latest round-trip time in milliseconds. */
 	get rtt(): number | null;
+	/** `unreliable` publications this client dropped, over its life: each found no pacer token free
+	 *  while the newest values of 64 other rooms already waited for one. */
+	get datagramsDropped(): number;
 	/** Adds a listener; returns a function that removes it. */
 	on<K extends keyof ClientEvents>(event: K, listener: (...args: ClientEvents[K]) => void): () => void;
 	/** Resolves when connected (at once if already), rejects if the client closes first. */

@@ -741,6 +741,11 @@ var Pacer = class _Pacer {
     this.refill(now2);
     return this.tokens >= 1;
   }
+  /** Milliseconds until a token is available without waiting (0 if one is now); takes none. */
+  untilReady(now2) {
+    this.refill(now2);
+    return this.tokens >= 1 ? 0 : (1 - this.tokens) / this.perSecond * 1e3;
+  }
   refill(now2) {
     const elapsed = Math.max(0, now2 - this.last);
     this.last = Math.max(now2, this.last);
@@ -752,6 +757,7 @@ var Pacer = class _Pacer {
 var SEND_BUFFER_MIN = 1024 * 1024;
 var BOUNDED = /* @__PURE__ */ new Set(["Publish", "Call"]);
 var SEND_POLL_MS = 20;
+var HELD_DATAGRAM_ROOMS = 64;
 var FINAL_CLOSE_CODES = /* @__PURE__ */ new Set([
   CloseCode.protocol_error,
   CloseCode.unsupported_version,
@@ -790,6 +796,10 @@ var Session = class {
   pending = /* @__PURE__ */ new Map();
   queue = [];
   pacer = null;
+  /** Datagram publications waiting for a pacer token: each room's newest, in the order the rooms
+   *  first waited (`publishDatagram`). */
+  heldDatagrams = /* @__PURE__ */ new Map();
+  datagramTimer = null;
   pumping = false;
   pumpTimer = null;
   wakePump = null;
@@ -994,6 +1004,8 @@ var Session = class {
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.sendTimer) clearTimeout(this.sendTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    if (this.datagramTimer) clearTimeout(this.datagramTimer);
+    this.heldDatagrams.clear();
     this.wakePump?.();
     const drained = this.goodbyeFrame && this.goodbye?.code === CloseCode.shutdown;
     const queued = /* @__PURE__ */ new Set();
@@ -1049,9 +1061,38 @@ var Session = class {
   datagram(bytes) {
     if (!this.ended) this.owner.datagram(this, bytes);
   }
-  /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */
-  sendDatagram(bytes) {
-    return !this.ended && this.link.sendDatagram(bytes);
+  /**
+   * A datagram publication to `room` (PROTOCOL.md section 10), paced with the commands: the
+   * server meters datagrams with them and counts refusals towards `rate_abuse` (section 5), and
+   * the app sends them many times a second. Sent now when the pacer has a token free; otherwise
+   * held as the room's newest value, replacing one still held (which keeps its turn), and sent
+   * when a token frees up: never more than one value per room. `'dropped'` when
+   * `HELD_DATAGRAM_ROOMS` other rooms hold one; null when this session cannot send it as a
+   * datagram (WebSocket, too large, ended): the caller publishes it instead.
+   */
+  publishDatagram(room, bytes) {
+    if (this.ended || !this.link.datagramFits(bytes.length)) return null;
+    const held = this.heldDatagrams;
+    if (!held.has(room) && held.size >= HELD_DATAGRAM_ROOMS) return "dropped";
+    held.set(room, bytes);
+    this.flushDatagrams();
+    return held.has(room) ? "held" : "sent";
+  }
+  /** Sends the held datagram publications, in order, while the pacer has tokens free; then
+   *  looks again when the next one is due (the pump may take it first). */
+  flushDatagrams() {
+    if (this.datagramTimer) clearTimeout(this.datagramTimer);
+    this.datagramTimer = null;
+    const pacer = this.pacer;
+    for (const [room, bytes] of this.heldDatagrams) {
+      if (this.ended) return;
+      if (pacer && !pacer.ready(now())) {
+        this.datagramTimer = setTimeout(() => this.flushDatagrams(), Math.max(1, pacer.untilReady(now())));
+        return;
+      }
+      this.heldDatagrams.delete(room);
+      if (this.link.sendDatagram(bytes)) pacer?.reserve(now());
+    }
   }
   report(error) {
     this.owner.report(error);
@@ -1293,9 +1334,13 @@ var WebTransportLink = class {
     void this.readDatagrams();
   }
   datagramWriter = null;
+  datagramFits(size) {
+    const datagrams = this.wt.datagrams;
+    return !this.done && !!datagrams && size <= datagrams.maxDatagramSize;
+  }
   sendDatagram(bytes) {
     const datagrams = this.wt.datagrams;
-    if (this.done || !datagrams || bytes.length > datagrams.maxDatagramSize) return false;
+    if (!this.datagramFits(bytes.length) || !datagrams) return false;
     try {
       this.datagramWriter ??= datagrams.writable.getWriter();
       this.datagramWriter.write(bytes).catch(() => void 0);
@@ -1517,6 +1562,9 @@ var WebSocketLink = class {
     return this.written - this.backlog;
   }
   sendDatagram() {
+    return false;
+  }
+  datagramFits() {
     return false;
   }
   close(reason) {
@@ -2329,6 +2377,7 @@ var QuiverClient = class {
   connecting = null;
   lastId = 0;
   closing = false;
+  unsentDatagrams = 0;
   wake = null;
   finished;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
@@ -2379,6 +2428,11 @@ var QuiverClient = class {
   /** Latest round-trip time in milliseconds. */
   get rtt() {
     return this.lastRtt;
+  }
+  /** `unreliable` publications this client dropped, over its life: each found no pacer token free
+   *  while the newest values of 64 other rooms already waited for one. */
+  get datagramsDropped() {
+    return this.unsentDatagrams;
   }
   /** Adds a listener; returns a function that removes it. */
   on(event, listener) {
@@ -2443,7 +2497,9 @@ var QuiverClient = class {
       return Promise.reject(new TypeError("payload must be a Uint8Array or a string"));
     }
     if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
-      if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
+      const sent = this.active.publishDatagram(room, encodePublishDatagram(room, bytes));
+      if (sent === "dropped") this.unsentDatagrams++;
+      if (sent !== null) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
       const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };

@@ -127,6 +127,7 @@ export class QuiverClient {
   private connecting: Session | null = null;
   private lastId = 0;
   private closing = false;
+  private unsentDatagrams = 0;
   private wake: (() => void) | null = null;
   private readonly finished: Promise<void>;
   /** The Goodbye of the latest connection attempt, if the server sent one. */
@@ -183,6 +184,12 @@ export class QuiverClient {
   /** Latest round-trip time in milliseconds. */
   get rtt(): number | null {
     return this.lastRtt;
+  }
+
+  /** `unreliable` publications this client dropped, over its life: each found no pacer token free
+   *  while the newest values of 64 other rooms already waited for one. */
+  get datagramsDropped(): number {
+    return this.unsentDatagrams;
   }
 
   /** Adds a listener; returns a function that removes it. */
@@ -252,12 +259,16 @@ export class QuiverClient {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError('payload must be a Uint8Array or a string'));
     }
-    // Unreliable: one datagram now, or an ordinary publish if this session cannot send it, or
+    // Unreliable: one datagram, or an ordinary publish if this session cannot send it, or
     // if the room is one this client knows to be reliable (the server drops a datagram for it,
     // `not_latest`: the same call was published over WebSocket and lost over WebTransport;
-    // outside audit 61, M3).
+    // outside audit 61, M3). The datagram is paced with the commands: sent now, or held as the
+    // room's newest value until the pacer has a token (outside audit 108, F1: sent at once,
+    // they were refused `rate_limited` and the session closed as `rate_abuse`).
     if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
-      if (this.active.sendDatagram(encodePublishDatagram(room, bytes))) return Promise.resolve(null);
+      const sent = this.active.publishDatagram(room, encodePublishDatagram(room, bytes));
+      if (sent === 'dropped') this.unsentDatagrams++;
+      if (sent !== null) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
       const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };

@@ -145,7 +145,10 @@ export interface PublishOptions {
    *  refusals are not reported). Otherwise, and with `ack`, an ordinary publish; so too in a room
    *  this client is subscribed to and the server said is reliable. A room the client does not
    *  know gets the datagram, which the server drops if the room is not `latest`. For values where
-   *  only the newest matters, sent many times a second. */
+   *  only the newest matters, sent many times a second. The server meters datagrams with the
+   *  commands, so each one takes a token of the command pacer: one that finds none free waits as
+   *  its room's newest value, replacing an older one still waiting, and goes when a token frees
+   *  up (at most 64 rooms wait; a value for another room is dropped, `datagramsDropped`). */
   unreliable?: boolean;
 }
 

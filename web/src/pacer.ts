@@ -44,6 +44,12 @@ export class Pacer {
     return this.tokens >= 1;
   }
 
+  /** Milliseconds until a token is available without waiting (0 if one is now); takes none. */
+  untilReady(now: number): number {
+    this.refill(now);
+    return this.tokens >= 1 ? 0 : ((1 - this.tokens) / this.perSecond) * 1000;
+  }
+
   private refill(now: number): void {
     const elapsed = Math.max(0, now - this.last);
     this.last = Math.max(now, this.last);

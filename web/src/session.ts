@@ -77,6 +77,10 @@ const BOUNDED = new Set<Command['type']>(['Publish', 'Call']);
 // going down (a WebTransport write that completes wakes the wait at once).
 const SEND_POLL_MS = 20;
 
+// Most rooms whose newest datagram publication waits for a pacer token (`publishDatagram`); a
+// value for another room is dropped.
+export const HELD_DATAGRAM_ROOMS = 64;
+
 // Close codes after which reconnecting makes no sense (PROTOCOL.md section 7), for a close that
 // arrives without its Goodbye frame.
 const FINAL_CLOSE_CODES = new Set<number>([
@@ -110,6 +114,10 @@ export class Session implements LinkHandler {
   private readonly pending = new Map<number, PendingRequest>();
   private readonly queue: QueuedWrite[] = [];
   private pacer: Pacer | null = null;
+  /** Datagram publications waiting for a pacer token: each room's newest, in the order the rooms
+   *  first waited (`publishDatagram`). */
+  private readonly heldDatagrams = new Map<string, Uint8Array>();
+  private datagramTimer: ReturnType<typeof setTimeout> | null = null;
   private pumping = false;
   private pumpTimer: ReturnType<typeof setTimeout> | null = null;
   private wakePump: (() => void) | null = null;
@@ -348,6 +356,8 @@ export class Session implements LinkHandler {
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.sendTimer) clearTimeout(this.sendTimer);
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    if (this.datagramTimer) clearTimeout(this.datagramTimer);
+    this.heldDatagrams.clear();
     this.wakePump?.();
     // A command still waiting for the pacer was never written, and one a drain's goodbye (3000)
     // left unanswered was not carried out (the server answers every command it carries out
@@ -421,9 +431,40 @@ export class Session implements LinkHandler {
     if (!this.ended) this.owner.datagram(this, bytes);
   }
 
-  /** Sends a datagram on this session's link, if it can (PROTOCOL.md section 10). */
-  sendDatagram(bytes: Uint8Array): boolean {
-    return !this.ended && this.link.sendDatagram(bytes);
+  /**
+   * A datagram publication to `room` (PROTOCOL.md section 10), paced with the commands: the
+   * server meters datagrams with them and counts refusals towards `rate_abuse` (section 5), and
+   * the app sends them many times a second. Sent now when the pacer has a token free; otherwise
+   * held as the room's newest value, replacing one still held (which keeps its turn), and sent
+   * when a token frees up: never more than one value per room. `'dropped'` when
+   * `HELD_DATAGRAM_ROOMS` other rooms hold one; null when this session cannot send it as a
+   * datagram (WebSocket, too large, ended): the caller publishes it instead.
+   */
+  publishDatagram(room: string, bytes: Uint8Array): 'sent' | 'held' | 'dropped' | null {
+    if (this.ended || !this.link.datagramFits(bytes.length)) return null;
+    const held = this.heldDatagrams;
+    if (!held.has(room) && held.size >= HELD_DATAGRAM_ROOMS) return 'dropped';
+    held.set(room, bytes);
+    this.flushDatagrams();
+    return held.has(room) ? 'held' : 'sent';
+  }
+
+  /** Sends the held datagram publications, in order, while the pacer has tokens free; then
+   *  looks again when the next one is due (the pump may take it first). */
+  private flushDatagrams(): void {
+    if (this.datagramTimer) clearTimeout(this.datagramTimer);
+    this.datagramTimer = null;
+    const pacer = this.pacer;
+    for (const [room, bytes] of this.heldDatagrams) {
+      if (this.ended) return;
+      if (pacer && !pacer.ready(now())) {
+        this.datagramTimer = setTimeout(() => this.flushDatagrams(), Math.max(1, pacer.untilReady(now())));
+        return;
+      }
+      this.heldDatagrams.delete(room);
+      // One the link no longer takes (it is closing) is lost, as the network might lose it.
+      if (this.link.sendDatagram(bytes)) pacer?.reserve(now());
+    }
   }
 
   report(error: QuiverError): void {

@@ -53,6 +53,8 @@ export interface Link {
   /** Sends one datagram if the transport has them and it fits; false otherwise. Never waits:
    *  a datagram the browser cannot queue is dropped, as the network might. */
   sendDatagram(bytes: Uint8Array): boolean;
+  /** Whether a datagram of `size` bytes could be sent now (`sendDatagram` would take it). */
+  datagramFits(size: number): boolean;
 }
 
 /**
@@ -143,9 +145,14 @@ class WebTransportLink implements Link {
 
   private datagramWriter: WritableStreamDefaultWriter<Uint8Array> | null = null;
 
+  datagramFits(size: number): boolean {
+    const datagrams = this.wt.datagrams;
+    return !this.done && !!datagrams && size <= datagrams.maxDatagramSize;
+  }
+
   sendDatagram(bytes: Uint8Array): boolean {
     const datagrams = this.wt.datagrams;
-    if (this.done || !datagrams || bytes.length > datagrams.maxDatagramSize) return false;
+    if (!this.datagramFits(bytes.length) || !datagrams) return false;
     try {
       this.datagramWriter ??= datagrams.writable.getWriter();
       // Not awaited: datagrams are fire and forget; a full queue drops them.
@@ -416,6 +423,10 @@ class WebSocketLink implements Link {
   }
 
   sendDatagram(): boolean {
+    return false;
+  }
+
+  datagramFits(): boolean {
     return false;
   }
 

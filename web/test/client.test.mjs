@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { QuiverClient, QuiverError, connect, encodeLatestDatagram } from '../dist/quiver.js';
+import { QuiverClient, QuiverError, connect, encodeLatestDatagram, encodePublishDatagram } from '../dist/quiver.js';
 import { FakeNetwork, connected as connectedOver, encodeFrames, fakeClient, once, waitUntil } from './fake-transport.mjs';
 
 const HASH = 'ab'.repeat(32);
@@ -218,6 +218,55 @@ test('unreliable publishes into a room known to be reliable are ordinary publish
   assert.equal(conn.datagramsReceived.length, 0);
   await client.publish('game.x', 'newest', { unreliable: true });
   assert.equal(conn.datagramsReceived.length, 1);
+});
+
+/** The datagram publications the fake server received, as hex, and what `publish(room,
+ *  payload, {unreliable: true})` sends, to compare with them. */
+const sentDatagrams = (conn) => conn.datagramsReceived.map((d) => Buffer.from(d).toString('hex'));
+const publishDatagram = (room, payload) => Buffer.from(encodePublishDatagram(room, text(payload))).toString('hex');
+
+test('unreliable publishes are paced with the commands: none goes once the pacer is empty, and each room\'s newest value goes later', async (t) => {
+  // Outside audit 108 (F1): datagram publications went out at once, around the pacer; the server
+  // meters them with the commands, so it refused the excess (rate_limited) and closed the session
+  // (rate_abuse).
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  // A server limit of 10 a second: the client paces at 9 a second, bursts of 5.
+  const conn = await connected(net, client, { limits: { commandsPerSecond: 10 } });
+  for (let n = 0; n < 20; n++) {
+    await client.publish('game.a', `a${n}`, { unreliable: true });
+    await client.publish('game.b', `b${n}`, { unreliable: true });
+  }
+  await new Promise((r) => setTimeout(r, 0));
+  const burst = ['a0', 'b0', 'a1', 'b1', 'a2'].map((v) => publishDatagram(`game.${v[0]}`, v));
+  const now = sentDatagrams(conn);
+  assert.deepEqual(now.slice(0, 5), burst);
+  assert.ok(now.length < 8, `${now.length} datagrams written at once`);
+  // Each room's newest value goes once the pacer has a token (about 110 ms apart), and no older
+  // one after it.
+  const newest = [publishDatagram('game.a', 'a19'), publishDatagram('game.b', 'b19')];
+  await waitUntil(() => newest.every((d) => sentDatagrams(conn).includes(d)));
+  await new Promise((r) => setTimeout(r, 300));
+  const all = sentDatagrams(conn);
+  assert.deepEqual(all.slice(-2).sort(), [...newest].sort());
+  assert.ok(all.length < 10, `${all.length} datagrams written`);
+  assert.equal(client.datagramsDropped, 0);
+});
+
+test('unreliable publishes waiting for the pacer: one value per room, at most 64 rooms, the rest dropped and counted', async (t) => {
+  const { net, client } = setup({}, 'webtransport');
+  t.after(() => client.close());
+  // 2 a second: the client paces at 1 a second, bursts of 1.
+  const conn = await connected(net, client, { limits: { commandsPerSecond: 2 } });
+  for (let n = 0; n < 70; n++) await client.publish(`game.r${n}`, 'old', { unreliable: true });
+  // The first went; 64 rooms wait; 5 rooms found no place. A newer value for a waiting room takes
+  // that room's place.
+  await client.publish('game.r1', 'new', { unreliable: true });
+  assert.equal(client.datagramsDropped, 5);
+  await new Promise((r) => setTimeout(r, 0));
+  assert.deepEqual(sentDatagrams(conn), [publishDatagram('game.r0', 'old')]);
+  await waitUntil(() => sentDatagrams(conn).length === 2, 3000);
+  assert.equal(sentDatagrams(conn)[1], publishDatagram('game.r1', 'new'));
 });
 
 test('one latest id given to two rooms in one session ends the session as a protocol error', async (t) => {

@@ -6,22 +6,6 @@ use std::sync::atomic::Ordering;
 use super::*;
 
 impl Actor {
-    /// Sends a publication as one datagram (PROTOCOL.md §10) if the live session is
-    /// WebTransport and it fits the path's datagram size.
-    fn send_datagram(&mut self, room: &str, payload: &[u8]) -> bool {
-        let Some(Live {
-            link: Link::WebTransport(conn),
-            ..
-        }) = &self.live
-        else {
-            return false;
-        };
-        let datagram = quiver_proto::datagram::PublishDatagram { room, payload }.encode();
-        conn.max_datagram_size()
-            .is_some_and(|max| datagram.len() <= max)
-            && conn.send_datagram(&datagram).is_ok()
-    }
-
     pub(super) fn on_request(&mut self, req: Request) {
         match req {
             Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
@@ -40,16 +24,25 @@ impl Actor {
                     .subs
                     .get(&room)
                     .is_some_and(|sub| sub.latest.known_reliable());
-                if reliable || !self.send_datagram(&room, &payload) {
+                let datagram = if reliable {
+                    None
+                } else {
+                    self.datagram_for(&room, &payload)
+                };
+                match datagram {
+                    // Paced with the commands (the server meters it with them): sent now, or
+                    // held as the room's newest value until a token frees up. Its place in the
+                    // publish buffer goes back now: a room holds one value at most.
+                    Some(datagram) => self.publish_datagram(room, datagram),
                     // No datagram this time (WebSocket, too large, disconnected): an ordinary
                     // publish without ack, which is what the app asked for at worst.
-                    self.on_request(Request::Publish {
+                    None => self.on_request(Request::Publish {
                         room,
                         payload,
                         ack: None,
                         permit: Some(permit),
                         claim: Claim::default(),
-                    });
+                    }),
                 }
             }
             Request::Publish {

@@ -23,6 +23,7 @@ impl Actor {
         let limits = welcome.limits;
         let pacer = if self.cfg.pace_commands {
             Pacer::for_server_limit(limits.commands_per_second, Instant::now())
+                .map(SharedPacer::new)
         } else {
             None
         };
@@ -32,7 +33,7 @@ impl Actor {
             events: self.ev_tx.clone(),
             control_credit: Arc::new(tokio::sync::Semaphore::new(CONTROL_CREDIT)),
             epoch: self.epoch,
-            pacer,
+            pacer: pacer.clone(),
             liveness: liveness.clone(),
             max_frame: stream_max_frame(&limits, self.cfg.frame_ceiling()),
             header_timeout: self.cfg.request_timeout,
@@ -65,6 +66,9 @@ impl Actor {
             refresh_at: None,
             refresh_failures: 0,
             since: Instant::now(),
+            pacer,
+            datagrams: Default::default(),
+            datagram_at: None,
         };
         live.refresh_at = refresh_deadline(welcome.expires_at, self.cfg.refresh_ahead);
         tracing::info!(session = %clip(&welcome.session), user = %clip(&welcome.user), tenant = %clip(&welcome.tenant), transport = %welcome.transport, "connected");

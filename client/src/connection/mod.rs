@@ -31,12 +31,13 @@ use crate::config::ClientConfig;
 use crate::error::{clip, ClientError};
 use crate::heartbeat::{Beat, Liveness, Watch};
 use crate::latest::{LatestCell, LatestRoutes};
-use crate::pacer::Pacer;
+use crate::pacer::{Pacer, SharedPacer};
 use crate::subscription::{SubEvent, SubParts};
 use crate::transport::{deliver, Connector, EndGrace, Established, Link, RunCtx, SubStream};
 use crate::writer::{Claim, Outgoing, WriterHandle};
 
 mod commands;
+mod datagrams;
 mod lifecycle;
 mod refresh;
 mod subscriptions;
@@ -340,6 +341,11 @@ struct Live {
     refresh_failures: u32,
     /// When its `Welcome` came.
     since: Instant,
+    /// The writer's pacer, which datagram publications take tokens of too.
+    pacer: Option<SharedPacer>,
+    /// Datagram publications waiting for a pacer token, and when one is due.
+    datagrams: datagrams::HeldDatagrams,
+    datagram_at: Option<tokio::time::Instant>,
 }
 
 /// How long a session must last for the reconnect backoff to start over after it ends.
@@ -593,6 +599,7 @@ impl Actor {
                 .as_ref()
                 .and_then(|l| l.heartbeat.as_ref().map(|(_, at)| *at));
             let reconnect_at = self.reconnect_at;
+            let datagram_at = self.live.as_ref().and_then(|l| l.datagram_at);
             tokio::select! {
                 req = self.req_rx.recv() => match req {
                     Some(req) => self.on_request(req),
@@ -605,6 +612,7 @@ impl Actor {
                 }
                 _ = sleep_until_opt(refresh_at) => self.start_refresh(),
                 _ = sleep_until_opt(heartbeat_at) => self.on_heartbeat(),
+                _ = sleep_until_opt(datagram_at) => self.flush_datagrams(),
                 Some(_) = async {
                     match self.live.as_mut() {
                         Some(l) if !l.tasks.is_empty() => l.tasks.join_next().await,

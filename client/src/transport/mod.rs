@@ -30,7 +30,7 @@ use crate::connection::EventTx;
 use crate::continuity::Continuity;
 use crate::error::{clip, ClientError};
 use crate::heartbeat::Liveness;
-use crate::pacer::Pacer;
+use crate::pacer::SharedPacer;
 use crate::subscription::{QueueTx, SubEvent, EVENT_OVERHEAD};
 use crate::writer::WriterHandle;
 
@@ -52,7 +52,8 @@ pub(crate) struct RunCtx {
     /// one place per control frame it hands on.
     pub(crate) control_credit: Arc<tokio::sync::Semaphore>,
     pub(crate) epoch: u64,
-    pub(crate) pacer: Option<Pacer>,
+    /// Shared with the connection task, whose datagram publications take tokens too.
+    pub(crate) pacer: Option<SharedPacer>,
     pub(crate) liveness: Arc<Liveness>,
     /// Largest frame accepted from the server after `Welcome`.
     pub(crate) max_frame: usize,
