@@ -98,19 +98,20 @@ pub async fn gated_backend() -> anyhow::Result<(String, std::sync::Arc<GatedBack
 /// API key of tenant `acme` in [`publish_held_by_its_hook`]'s server.
 pub const ACME_KEY: &str = "acme-key-0123456789abcdef0123456789ab";
 
-/// A server whose `hk` rooms have a publish hook the backend holds until the test opens its
-/// gate; a watcher subscribed to `hk.room`; a session `user` connected `via` whose `Publish`
-/// into it waits on the hook (the backend has it).
-pub async fn publish_held_by_its_hook(
-    via: Via,
-    token: &str,
-) -> anyhow::Result<(
+/// What [`publish_held_by_its_hook`] sets up: the server, its backend, the watcher's client
+/// and subscription, and the publisher whose `Publish` waits on the hook.
+pub type HeldPublish = (
     TestServer,
     std::sync::Arc<GatedBackend>,
     quiver_client::Client,
     quiver_client::Subscription,
     Raw,
-)> {
+);
+
+/// A server whose `hk` rooms have a publish hook the backend holds until the test opens its
+/// gate; a watcher subscribed to `hk.room`; a session `user` connected `via` whose `Publish`
+/// into it waits on the hook (the backend has it).
+pub async fn publish_held_by_its_hook(via: Via, token: &str) -> anyhow::Result<HeldPublish> {
     publish_held_by_its_hook_with(via, token, |_| {}).await
 }
 
@@ -119,13 +120,7 @@ pub async fn publish_held_by_its_hook_with(
     via: Via,
     token: &str,
     tweak: impl FnOnce(&mut quiver_server::config::Config) + Send + 'static,
-) -> anyhow::Result<(
-    TestServer,
-    std::sync::Arc<GatedBackend>,
-    quiver_client::Client,
-    quiver_client::Subscription,
-    Raw,
-)> {
+) -> anyhow::Result<HeldPublish> {
     let (url, backend) = gated_backend().await?;
     let server = TestServer::start_with(move |c| {
         tweak(c);
