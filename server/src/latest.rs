@@ -93,33 +93,50 @@ pub async fn next(slot: Option<&Slot>) -> (u64, Bytes) {
     }
 }
 
-/// How often a `latest` writer looks again for room in a congested connection's datagram
-/// buffer: meanwhile its values conflate in its slot.
+/// How soon a `latest` writer looks again for room in a congested connection's datagram
+/// buffer, the first time; it waits twice as long each time after, up to [`ROOM_POLL_MAX`]:
+/// meanwhile its values conflate in its slot. Backing off keeps a client that stops
+/// acknowledging with hundreds of `latest` rooms from costing tens of thousands of wake-ups a
+/// second (review 109, F1).
 const ROOM_POLL: Duration = Duration::from_millis(5);
+const ROOM_POLL_MAX: Duration = Duration::from_millis(80);
 
-/// Full-size datagrams' worth of room a writer waits for: more than one, so writers of a
-/// session's several rooms that find room at the same instant do not overfill it together.
-const ROOM_FOR: usize = 4;
+/// Makes "is there room, take the newest value, send it" one step per connection (striped by
+/// connection: held for microseconds, never across an await), so writers of several rooms of
+/// one connection that find room at the same instant on several threads cannot overfill the
+/// buffer together (review 109, F2).
+static ROOM_STEPS: [Mutex<()>; 64] = [const { Mutex::new(()) }; 64];
 
 /// Waits for a value and for room for it in the connection's datagram buffer, then takes it
-/// (the newest by then). Cancel-safe: nothing is taken until it returns. A value is sent only
-/// into room, never past it: quinn makes room by dropping the oldest datagram of the buffer,
-/// whichever room it was for, so a flood in one room erased the newest value of the session's
-/// other rooms, each sent once and counted as sent (outside audit 108, F2). The newest value
-/// of each room now waits in its own slot while the connection is congested.
-pub async fn next_with_room(slot: Option<&Slot>, conn: &Connection) -> (u64, Bytes) {
+/// (the newest by then) and sends it ([`send`]): `Some` frame when it must go on the stream
+/// instead. Cancel-safe: nothing is taken until it returns. A value is sent only into room,
+/// never past it: quinn makes room by dropping the oldest datagram of the buffer, whichever
+/// room it was for, so a flood in one room erased the newest value of the session's other
+/// rooms, each sent once and counted as sent (outside audit 108, F2). The newest value of each
+/// room now waits in its own slot while the connection is congested.
+pub async fn send_with_room(
+    slot: Option<&Slot>,
+    conn: &Connection,
+    subscription: u64,
+    room: &str,
+) -> Option<Bytes> {
     let Some(slot) = slot else {
         return std::future::pending().await;
     };
+    let mut poll = ROOM_POLL;
     loop {
         slot.waiting().await;
-        if has_room(conn) {
-            if let Some(value) = slot.take() {
-                return value;
+        {
+            let _step = ROOM_STEPS[conn.stable_id() % ROOM_STEPS.len()]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if has_room(conn) {
+                let (sequence, payload) = slot.take()?;
+                return send(Some(conn), subscription, room, sequence, payload);
             }
-            continue;
         }
-        tokio::time::sleep(ROOM_POLL).await;
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(ROOM_POLL_MAX);
     }
 }
 
@@ -128,7 +145,7 @@ pub async fn next_with_room(slot: Option<&Slot>, conn: &Connection) -> (u64, Byt
 fn has_room(conn: &Connection) -> bool {
     let quic = conn.quic_connection();
     match quic.max_datagram_size() {
-        Some(max) => quic.datagram_send_buffer_space() >= ROOM_FOR * max,
+        Some(max) => quic.datagram_send_buffer_space() >= max,
         None => true,
     }
 }

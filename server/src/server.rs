@@ -633,7 +633,8 @@ fn server_config(
         .receive_window(QuinnVarInt::from_u32(PRE_SESSION_RECEIVE_WINDOW))
         .send_window(SEND_WINDOW)
         // Datagrams (`latest` rooms) waiting to be sent or read: small, because what waits goes
-        // stale. Past it quinn drops the oldest first, which is what `latest` wants.
+        // stale. Past it quinn drops the oldest first, whichever room it was for: the writers
+        // send only into room (`latest::send_with_room`), each room's newest waiting in its slot.
         .datagram_send_buffer_size(DATAGRAM_BUFFER)
         .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER))
         .keep_alive_interval(Some(config.timeouts.keep_alive))

@@ -192,8 +192,8 @@ impl Writer {
                     },
                     // A datagram when it fits (once the connection's datagram buffer has room
                     // for it), else a frame for this stream.
-                    (sequence, payload) = latest::next_with_room(slot.as_deref(), &conn) => {
-                        if let Some(frame) = latest::send(Some(&conn), self.wire_id, &self.room, sequence, payload) {
+                    frame = latest::send_with_room(slot.as_deref(), &conn, self.wire_id, &self.room) => {
+                        if let Some(frame) = frame {
                             batch.push(frame, false);
                         }
                     }
