@@ -656,13 +656,16 @@ async fn cut_off_calls_are_audited_and_calls_over_the_tenants_share_within_a_bud
     );
     let url = quiver_tests::rpc::serve_backend(app).await?;
     let dir = tempfile::tempdir()?;
-    // 16 places: a tenant may have 2 calls in flight or waiting.
+    // 16 places: a tenant may have 2 calls in flight or waiting. A departed client's calls run
+    // on for `timeouts.reply` (PROTOCOL §3) before they are cut off: 2 s, well inside the wait
+    // below (at the default 10 s the cut-off raced the test's own 10 s deadline).
     let server = Logged::start_env(
         dir.path(),
         &["--log-format", "json"],
         &[
             ("QUIVER_RPC__URL", url.as_str()),
             ("QUIVER_RPC__HTTP_MAX_IN_FLIGHT", "16"),
+            ("QUIVER_TIMEOUTS__REPLY", "2s"),
         ],
     )?;
     let (port, hash) = (server.port("webtransport")?, server.hash()?);
