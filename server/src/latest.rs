@@ -130,9 +130,11 @@ pub async fn send_with_room(
             let _step = ROOM_STEPS[conn.stable_id() % ROOM_STEPS.len()]
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if has_room(conn) {
+            // The path's datagram size, looked up once for the room and the send.
+            let max = conn.max_datagram_size();
+            if has_room(conn, max) {
                 let (sequence, payload) = slot.take()?;
-                return send(Some(conn), subscription, room, sequence, payload);
+                return send(conn, max, subscription, room, sequence, payload);
             }
         }
         tokio::time::sleep(poll).await;
@@ -140,50 +142,49 @@ pub async fn send_with_room(
     }
 }
 
-/// Whether a datagram can be sent now without dropping one waiting; always when the session
-/// takes none (the value goes on the stream).
-fn has_room(conn: &Connection) -> bool {
-    let quic = conn.quic_connection();
-    match quic.max_datagram_size() {
-        Some(max) => quic.datagram_send_buffer_space() >= max,
-        None => true,
-    }
+/// The most an HTTP/3 datagram's header (its quarter stream id, a QUIC varint) adds to a payload.
+const DATAGRAM_HEADER_MAX: usize = 8;
+
+/// Whether a datagram of up to `max` bytes (the session's [`Connection::max_datagram_size`])
+/// can be sent now without dropping one waiting; always when the session takes none (the value
+/// goes on the stream).
+fn has_room(conn: &Connection, max: Option<usize>) -> bool {
+    max.is_none_or(|max| {
+        conn.quic_connection().datagram_send_buffer_space() >= max + DATAGRAM_HEADER_MAX
+    })
 }
 
-/// Sends one value as a datagram if the session takes datagrams and it fits; otherwise returns
-/// the `Latest` frame to write on the room's stream.
-pub fn send(
-    conn: Option<&Connection>,
+/// Sends one value as a datagram if the session takes datagrams (`max`: their largest payload,
+/// `None` for none) and it fits; otherwise returns the `Latest` frame to write on the room's
+/// stream.
+fn send(
+    conn: &Connection,
+    max: Option<usize>,
     subscription: u64,
     room: &str,
     sequence: u64,
     payload: Bytes,
 ) -> Option<Bytes> {
-    if let Some(conn) = conn {
-        let datagram = Latest {
-            subscription,
-            sequence,
-            payload: &payload,
-        }
-        .encode();
-        // The maximum follows the path MTU; `None` when the peer does not take datagrams.
-        if conn
-            .max_datagram_size()
-            .is_some_and(|max| datagram.len() <= max)
-        {
-            match conn.send_datagram(&datagram) {
-                Ok(()) => {
-                    metrics::counter!(m::DATAGRAMS_SENT).increment(1);
-                    return None;
-                }
-                // Gone: the session ends on its own; nothing to write either.
-                Err(wtransport::error::SendDatagramError::NotConnected) => return None,
-                // The path shrank under us, or the peer takes none: the stream it is.
-                Err(_) => {}
-            }
-        }
-        metrics::counter!(m::LATEST_ON_STREAM).increment(1);
+    let datagram = Latest {
+        subscription,
+        sequence,
+        payload: &payload,
     }
+    .encode();
+    // The maximum follows the path MTU.
+    if max.is_some_and(|max| datagram.len() <= max) {
+        match conn.send_datagram(&datagram) {
+            Ok(()) => {
+                metrics::counter!(m::DATAGRAMS_SENT).increment(1);
+                return None;
+            }
+            // Gone: the session ends on its own; nothing to write either.
+            Err(wtransport::error::SendDatagramError::NotConnected) => return None,
+            // The path shrank under us, or the peer takes none: the stream it is.
+            Err(_) => {}
+        }
+    }
+    metrics::counter!(m::LATEST_ON_STREAM).increment(1);
     Some(latest_frame(room, sequence, payload))
 }
 
