@@ -601,14 +601,7 @@ export declare const CLIENT_NAME = "quiver-ts/0.2";
  */
 export declare class QuiverClient {
 	private readonly opts;
-	private readonly transports;
-	/** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
-	private readonly targets;
-	/** Index in `targets` of the current (or next) connection attempt's server. */
-	private targetIndex;
-	private readonly hashes;
-	private readonly WT;
-	private readonly WS;
+	private readonly dialer;
 	private readonly listeners;
 	private readonly subs;
 	private readonly outbox;
@@ -626,8 +619,6 @@ export declare class QuiverClient {
 	 *  the same one twice means the token callback has no fresher one. */
 	private lastToken;
 	private expiredToken;
-	/** Set when this client's WebTransport sessions cannot carry its subscriptions. */
-	private avoidWebTransport;
 	/** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
 	private closedBy;
 	private currentState;
@@ -717,12 +708,8 @@ export declare class QuiverClient {
 	private nextId;
 	/** Connects, waits for the session to end, backs off, and again, until closed. */
 	private run;
-	/** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
-	 *  once it failed there where WebSocket then worked, when another transport follows it. */
-	private candidates;
 	/** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
 	private open;
-	private openLink;
 	/** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
 	private hello;
 	/** Runs a welcomed session until it ends; returns why it ended. */
@@ -733,15 +720,6 @@ export declare class QuiverClient {
 	 * client's life. False when there is nowhere to move.
 	 */
 	private moveToWebSocket;
-	/**
-	 * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-	 * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
-	 * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
-	 * pending for the whole outage and was sent later, so an app that timed it out and retried
-	 * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
-	 */
-	private enqueue;
-	private sendPublish;
 	private sleep;
 	private shutdown;
 }

@@ -1798,6 +1798,126 @@ function parseHash(h) {
   return out;
 }
 
+// src/dialer.ts
+var Dialer = class {
+  constructor(parts) {
+    this.parts = parts;
+  }
+  parts;
+  /** Index in `targets` of the current (or next) connection attempt's server. */
+  index = 0;
+  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
+  avoidWebTransport = false;
+  /** The server of the current (or next) connection attempt. */
+  target() {
+    return this.parts.targets[this.index];
+  }
+  /** Every attempt after the first goes to the next server, round robin (as the Rust client's
+   *  `--url a,b`): a dead instance costs one attempt, not the rest of the outage. */
+  advance() {
+    this.index = (this.index + 1) % this.parts.targets.length;
+  }
+  /** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
+   *  once it failed there where WebSocket then worked, when another transport follows it. */
+  candidates(target) {
+    const { transports, WT, WS, opts } = this.parts;
+    const here = transports.filter((t) => t === "webtransport" ? WT && target.wtUrl : WS && target.wsUrl);
+    return here.filter(
+      (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, opts.remember, opts.webTransportRetryMs)))
+    );
+  }
+  /** Opens `kind` to `target`, the token in the URL (PROTOCOL.md §1, §9). */
+  open(kind, target, token, timeoutMs) {
+    const { WT, WS, hashes, opts } = this.parts;
+    if (kind === "webtransport" && WT && target.wtUrl) {
+      const url = new URL(target.wtUrl);
+      url.searchParams.set("token", token);
+      return openWebTransport(WT, url, hashes.length ? { serverCertificateHashes: hashes } : {}, timeoutMs, opts.maxFrame);
+    }
+    if (kind === "websocket" && WS && target.wsUrl) {
+      const url = new URL(target.wsUrl);
+      url.searchParams.set("token", token);
+      return openWebSocket(WS, url, timeoutMs, opts.maxFrame);
+    }
+    return Promise.reject(new QuiverError("handshake", `${kind} is not available`));
+  }
+  /** A session on another transport worked where WebTransport failed at `target` first. */
+  workedAfterWebTransportFailed(target, kind) {
+    if (target.wtUrl && kind !== "webtransport") rememberWebTransportFailure(target.wtUrl, this.parts.opts.remember);
+  }
+  /** Whether the client can move from WebTransport to WebSocket; if so, it will from now on. */
+  moveToWebSocket() {
+    if (!this.parts.transports.includes("websocket")) return false;
+    this.avoidWebTransport = true;
+    return true;
+  }
+};
+
+// src/outbox.ts
+var Outbox = class {
+  constructor(host) {
+    this.host = host;
+  }
+  host;
+  items = [];
+  /**
+   * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
+   * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
+   * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
+   * pending for the whole outage and was sent later, so an app that timed it out and retried
+   * published twice). The same deadline holds while it waits for the pacer (`send`).
+   */
+  hold(item) {
+    if (this.items.length >= this.host.maxQueuedPublishes) {
+      item.reject(new QuiverError("buffer_full", `${this.items.length} publishes already queued while disconnected`, { room: item.room }));
+      return;
+    }
+    this.items.push(item);
+    if (item.ack) {
+      const ms = this.host.requestTimeoutMs;
+      item.timer = setTimeout(
+        () => {
+          const at = this.items.indexOf(item);
+          if (at < 0) return;
+          this.items.splice(at, 1);
+          item.reject(new QuiverError("timeout", `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
+        },
+        Math.max(0, item.madeAt + ms - performance.now())
+      );
+    }
+  }
+  /** Takes every held publish, in order, for a new session (their deadlines stop here: the
+   *  session's `writeBy` carries them on). */
+  takeAll() {
+    const items = this.items.splice(0);
+    for (const item of items) clearTimeout(item.timer);
+    return items;
+  }
+  /** Writes a publish on `session`; one never written (the session ended while it waited for
+   *  the pacer) is held again for the next session, as it was not sent. */
+  send(item, session) {
+    const command = { type: "Publish", room: item.room, payload: item.payload, ack: item.ack };
+    const failed = (e) => {
+      const err = asQuiverError(e);
+      if (err.unsent && !this.host.closing()) this.hold(item);
+      else item.reject(err);
+    };
+    if (!item.ack) {
+      session.send({ id: this.host.nextId(), command }).then(() => item.resolve(null), failed);
+      return;
+    }
+    const writeBy = item.madeAt + this.host.requestTimeoutMs;
+    session.request(this.host.nextId(), command, { writeBy }).then((reply) => {
+      if (reply.type === "Published") item.resolve(reply.position);
+      else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
+    }, failed);
+  }
+  /** Rejects every held publish with `err` (the client closed). */
+  rejectAll(err) {
+    for (const item of this.takeAll()) item.reject(err);
+  }
+};
+
 // src/subscription.ts
 var textDecoder = new TextDecoder();
 var Message = class {
@@ -2352,14 +2472,7 @@ var CLIENT_NAME = "quiver-ts/0.2";
 var textEncoder = new TextEncoder();
 var QuiverClient = class {
   opts;
-  transports;
-  /** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
-  targets;
-  /** Index in `targets` of the current (or next) connection attempt's server. */
-  targetIndex = 0;
-  hashes;
-  WT;
-  WS;
+  dialer;
   listeners = {
     state: /* @__PURE__ */ new Set(),
     error: /* @__PURE__ */ new Set(),
@@ -2371,7 +2484,7 @@ var QuiverClient = class {
     transport: /* @__PURE__ */ new Set()
   };
   subs;
-  outbox = [];
+  outbox;
   active = null;
   /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
   connecting = null;
@@ -2386,8 +2499,6 @@ var QuiverClient = class {
    *  the same one twice means the token callback has no fresher one. */
   lastToken = null;
   expiredToken = null;
-  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
-  avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
   closedBy = null;
   currentState = "connecting";
@@ -2397,11 +2508,13 @@ var QuiverClient = class {
   constructor(options) {
     const resolved = resolveOptions(options, CLIENT_NAME);
     this.opts = resolved.opts;
-    this.transports = resolved.transports;
-    this.targets = resolved.targets;
-    this.hashes = resolved.hashes;
-    this.WT = resolved.WT;
-    this.WS = resolved.WS;
+    this.dialer = new Dialer(resolved);
+    this.outbox = new Outbox({
+      maxQueuedPublishes: this.opts.maxQueuedPublishes,
+      requestTimeoutMs: this.opts.requestTimeoutMs,
+      nextId: () => this.nextId(),
+      closing: () => this.closing
+    });
     this.subs = new Subscriptions({
       opts: this.opts,
       session: () => this.active,
@@ -2506,8 +2619,8 @@ var QuiverClient = class {
       const session = this.active && !this.active.ended ? this.active : null;
       if (session && session.waiting >= this.opts.maxQueuedPublishes) {
         reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
-      } else if (session) this.sendPublish(item, session);
-      else this.enqueue(item);
+      } else if (session) this.outbox.send(item, session);
+      else this.outbox.hold(item);
     });
   }
   /** Measures the round-trip time to the server, in milliseconds. */
@@ -2680,17 +2793,9 @@ var QuiverClient = class {
       const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
-      this.targetIndex = (this.targetIndex + 1) % this.targets.length;
+      this.dialer.advance();
     }
     this.shutdown(cause);
-  }
-  /** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
-   *  once it failed there where WebSocket then worked, when another transport follows it. */
-  candidates(target) {
-    const here = this.transports.filter((t) => t === "webtransport" ? this.WT && target.wtUrl : this.WS && target.wsUrl);
-    return here.filter(
-      (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember, this.opts.webTransportRetryMs)))
-    );
   }
   /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
   async open() {
@@ -2705,14 +2810,14 @@ var QuiverClient = class {
       throw new QuiverError("token", "the token callback returned no token");
     }
     this.lastToken = token;
-    const target = this.targets[this.targetIndex];
-    const candidates = this.candidates(target);
+    const target = this.dialer.target();
+    const candidates = this.dialer.candidates(target);
     let skipped = null;
     for (const [i, kind] of candidates.entries()) {
       const last = i === candidates.length - 1;
       let link;
       try {
-        link = await this.openLink(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;
@@ -2734,7 +2839,7 @@ var QuiverClient = class {
         skipped = asQuiverError(e);
         continue;
       }
-      if (skipped && target.wtUrl && kind !== "webtransport") rememberWebTransportFailure(target.wtUrl, this.opts.remember);
+      if (skipped) this.dialer.workedAfterWebTransportFailed(target, kind);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;
         this.emit("transport", kind, skipped);
@@ -2742,19 +2847,6 @@ var QuiverClient = class {
       return session;
     }
     throw new QuiverError("handshake", "no transport to try");
-  }
-  openLink(kind, target, token, timeoutMs) {
-    if (kind === "webtransport" && this.WT && target.wtUrl) {
-      const url = new URL(target.wtUrl);
-      url.searchParams.set("token", token);
-      return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
-    }
-    if (kind === "websocket" && this.WS && target.wsUrl) {
-      const url = new URL(target.wsUrl);
-      url.searchParams.set("token", token);
-      return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
-    }
-    return Promise.reject(new QuiverError("handshake", `${kind} is not available`));
   }
   /** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
   async hello(link) {
@@ -2821,12 +2913,11 @@ var QuiverClient = class {
     }
     if (this.opts.heartbeat) session.startHeartbeat(this.opts.heartbeat.idleMs, this.opts.heartbeat.timeoutMs);
     const resubscribe = this.subs.resubscribe(session);
-    const queued = this.outbox.splice(0);
-    for (const item of queued) clearTimeout(item.timer);
+    const queued = this.outbox.takeAll();
     this.setState("connected");
     if (this.info) this.emit("welcome", this.info);
     resubscribe();
-    for (const item of queued) this.sendPublish(item, session);
+    for (const item of queued) this.outbox.send(item, session);
     const refresh = new Refresher(session, this.opts.token, (e) => this.emit("error", e));
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;
@@ -2860,53 +2951,9 @@ var QuiverClient = class {
    * client's life. False when there is nowhere to move.
    */
   moveToWebSocket(session, cause) {
-    if (session.kind !== "webtransport" || !this.transports.includes("websocket")) return false;
-    this.avoidWebTransport = true;
+    if (session.kind !== "webtransport" || !this.dialer.moveToWebSocket()) return false;
     session.end(new QuiverError("transport", `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
-  }
-  /**
-   * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-   * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
-   * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
-   * pending for the whole outage and was sent later, so an app that timed it out and retried
-   * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
-   */
-  enqueue(item) {
-    if (this.outbox.length >= this.opts.maxQueuedPublishes) {
-      item.reject(new QuiverError("buffer_full", `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
-      return;
-    }
-    this.outbox.push(item);
-    if (item.ack) {
-      const ms = this.opts.requestTimeoutMs;
-      item.timer = setTimeout(
-        () => {
-          const at = this.outbox.indexOf(item);
-          if (at < 0) return;
-          this.outbox.splice(at, 1);
-          item.reject(new QuiverError("timeout", `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
-        },
-        Math.max(0, item.madeAt + ms - performance.now())
-      );
-    }
-  }
-  sendPublish(item, session) {
-    const command = { type: "Publish", room: item.room, payload: item.payload, ack: item.ack };
-    const failed = (e) => {
-      const err = asQuiverError(e);
-      if (err.unsent && !this.closing) this.enqueue(item);
-      else item.reject(err);
-    };
-    if (!item.ack) {
-      session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
-      return;
-    }
-    const writeBy = item.madeAt + this.opts.requestTimeoutMs;
-    session.request(this.nextId(), command, { writeBy }).then((reply) => {
-      if (reply.type === "Published") item.resolve(reply.position);
-      else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
-    }, failed);
   }
   /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
   streamOpened(room, id) {
@@ -2950,10 +2997,7 @@ var QuiverClient = class {
       ...cause?.code != null ? { code: cause.code } : {}
     });
     this.subs.endAll(err);
-    for (const item of this.outbox.splice(0)) {
-      clearTimeout(item.timer);
-      item.reject(err);
-    }
+    this.outbox.rejectAll(err);
     this.closedBy = cause;
     this.setState("closed", cause);
   }

@@ -1,6 +1,7 @@
 // The Quiver browser client: one session at a time over WebTransport or WebSocket, reconnected by
 // itself, with the app's subscriptions and queued publishes carried over from one session to the
-// next. The transports are in transport.ts, one session's commands in session.ts, the
+// next. Which server and transport to try next is in dialer.ts, the transports in transport.ts,
+// one session's commands in session.ts, publishes held between sessions in outbox.ts, the
 // subscriptions' bookkeeping across sessions in subscriptions.ts.
 
 import {
@@ -28,21 +29,12 @@ import {
   type PublishOptions,
   type ResolvedOptions,
   type SessionInfo,
-  type Target,
 } from './options.js';
+import { Dialer } from './dialer.js';
+import { Outbox, type QueuedPublish } from './outbox.js';
 import { Message, type Subscription, type SubscribeOptions } from './subscription.js';
 import { Subscriptions } from './subscriptions.js';
-import {
-  openWebSocket,
-  openWebTransport,
-  rememberWebTransportFailure,
-  webTransportFailedBefore,
-  type Link,
-  type SubscriptionEvent,
-  type TransportKind,
-  type WebSocketConstructor,
-  type WebTransportConstructor,
-} from './transport.js';
+import { type Link, type SubscriptionEvent, type TransportKind } from './transport.js';
 
 export { QuiverError, type ErrorKind } from './errors.js';
 export {
@@ -79,19 +71,6 @@ export type {
   SessionInfo,
 } from './options.js';
 
-interface QueuedPublish {
-  room: string;
-  payload: Uint8Array;
-  ack: boolean;
-  resolve: (p: Position | null) => void;
-  reject: (e: QuiverError) => void;
-  /** When `publish` was called (`performance.now()`): an acknowledged publish not written
-   *  `requestTimeoutMs` later, in the outbox or waiting for the pacer, is withdrawn. */
-  madeAt: number;
-  /** That deadline while it waits in the outbox (see `enqueue`). */
-  timer?: ReturnType<typeof setTimeout>;
-}
-
 const textEncoder = new TextEncoder();
 
 type Listeners = { [K in keyof ClientEvents]: Set<(...args: ClientEvents[K]) => void> };
@@ -102,14 +81,7 @@ type Listeners = { [K in keyof ClientEvents]: Set<(...args: ClientEvents[K]) => 
  */
 export class QuiverClient {
   private readonly opts: ResolvedOptions;
-  private readonly transports: readonly TransportKind[];
-  /** The servers (`url`, or each of `urls`), tried in turn: one per connection attempt. */
-  private readonly targets: readonly Target[];
-  /** Index in `targets` of the current (or next) connection attempt's server. */
-  private targetIndex = 0;
-  private readonly hashes: WebTransportHash[];
-  private readonly WT: WebTransportConstructor | undefined;
-  private readonly WS: WebSocketConstructor | undefined;
+  private readonly dialer: Dialer;
   private readonly listeners: Listeners = {
     state: new Set(),
     error: new Set(),
@@ -121,7 +93,7 @@ export class QuiverClient {
     transport: new Set(),
   };
   private readonly subs: Subscriptions;
-  private readonly outbox: QueuedPublish[] = [];
+  private readonly outbox: Outbox;
   private active: Session | null = null;
   /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
   private connecting: Session | null = null;
@@ -136,8 +108,6 @@ export class QuiverClient {
    *  the same one twice means the token callback has no fresher one. */
   private lastToken: string | null = null;
   private expiredToken: string | null = null;
-  /** Set when this client's WebTransport sessions cannot carry its subscriptions. */
-  private avoidWebTransport = false;
   /** Why the client closed by itself (e.g. an `auth` error), for `ready()` after the fact. */
   private closedBy: QuiverError | null = null;
 
@@ -149,11 +119,13 @@ export class QuiverClient {
   constructor(options: ClientOptions) {
     const resolved = resolveOptions(options, CLIENT_NAME);
     this.opts = resolved.opts;
-    this.transports = resolved.transports;
-    this.targets = resolved.targets;
-    this.hashes = resolved.hashes;
-    this.WT = resolved.WT;
-    this.WS = resolved.WS;
+    this.dialer = new Dialer(resolved);
+    this.outbox = new Outbox({
+      maxQueuedPublishes: this.opts.maxQueuedPublishes,
+      requestTimeoutMs: this.opts.requestTimeoutMs,
+      nextId: () => this.nextId(),
+      closing: () => this.closing,
+    });
     this.subs = new Subscriptions({
       opts: this.opts,
       session: () => this.active,
@@ -277,8 +249,8 @@ export class QuiverClient {
       // publishing faster than the server's rate would otherwise queue without end.
       if (session && session.waiting >= this.opts.maxQueuedPublishes) {
         reject(new QuiverError('buffer_full', `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
-      } else if (session) this.sendPublish(item, session);
-      else this.enqueue(item);
+      } else if (session) this.outbox.send(item, session);
+      else this.outbox.hold(item);
     });
   }
 
@@ -472,25 +444,9 @@ export class QuiverClient {
       const ceiling = Math.min(backoff.maxDelayMs, backoff.initialDelayMs * 2 ** attempt);
       attempt = Math.min(attempt + 1, 30);
       await this.sleep(Math.random() * ceiling);
-      // Every attempt after the first goes to the next server, round robin (as the Rust client's
-      // `--url a,b`): a dead instance costs one attempt, not the rest of the outage.
-      this.targetIndex = (this.targetIndex + 1) % this.targets.length;
+      this.dialer.advance();
     }
     this.shutdown(cause);
-  }
-
-  /** Transports to try now at `target`, in order: those it has a URL for, WebTransport skipped
-   *  once it failed there where WebSocket then worked, when another transport follows it. */
-  private candidates(target: Target): TransportKind[] {
-    const here = this.transports.filter((t) => (t === 'webtransport' ? this.WT && target.wtUrl : this.WS && target.wsUrl));
-    return here.filter(
-      (t, i) =>
-        !(
-          t === 'webtransport' &&
-          i < here.length - 1 &&
-          (this.avoidWebTransport || (target.wtUrl && webTransportFailedBefore(target.wtUrl, this.opts.remember, this.opts.webTransportRetryMs)))
-        ),
-    );
   }
 
   /** One connection attempt: a token, then each transport in turn until one gets a Welcome. */
@@ -506,14 +462,14 @@ export class QuiverClient {
       throw new QuiverError('token', 'the token callback returned no token');
     }
     this.lastToken = token;
-    const target = this.targets[this.targetIndex]!;
-    const candidates = this.candidates(target);
+    const target = this.dialer.target();
+    const candidates = this.dialer.candidates(target);
     let skipped: QuiverError | null = null;
     for (const [i, kind] of candidates.entries()) {
       const last = i === candidates.length - 1;
       let link: Link;
       try {
-        link = await this.openLink(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;
@@ -540,7 +496,7 @@ export class QuiverClient {
         skipped = asQuiverError(e);
         continue;
       }
-      if (skipped && target.wtUrl && kind !== 'webtransport') rememberWebTransportFailure(target.wtUrl, this.opts.remember);
+      if (skipped) this.dialer.workedAfterWebTransportFailed(target, kind);
       if (kind !== this.currentTransport) {
         this.currentTransport = kind;
         this.emit('transport', kind, skipped);
@@ -548,20 +504,6 @@ export class QuiverClient {
       return session;
     }
     throw new QuiverError('handshake', 'no transport to try');
-  }
-
-  private openLink(kind: TransportKind, target: Target, token: string, timeoutMs: number): Promise<Link> {
-    if (kind === 'webtransport' && this.WT && target.wtUrl) {
-      const url = new URL(target.wtUrl);
-      url.searchParams.set('token', token);
-      return openWebTransport(this.WT, url, this.hashes.length ? { serverCertificateHashes: this.hashes } : {}, timeoutMs, this.opts.maxFrame);
-    }
-    if (kind === 'websocket' && this.WS && target.wsUrl) {
-      const url = new URL(target.wsUrl);
-      url.searchParams.set('token', token);
-      return openWebSocket(this.WS, url, timeoutMs, this.opts.maxFrame);
-    }
-    return Promise.reject(new QuiverError('handshake', `${kind} is not available`));
   }
 
   /** Hello, Welcome. A Goodbye instead (a refused token on WebSocket) ends the attempt with it. */
@@ -643,14 +585,13 @@ export class QuiverClient {
     // Taken before the listeners run: a subscribe made in a 'connected' listener is sent by
     // subscribe() itself and must not be sent a second time (the server would refuse it).
     const resubscribe = this.subs.resubscribe(session);
-    const queued = this.outbox.splice(0);
-    for (const item of queued) clearTimeout(item.timer);
+    const queued = this.outbox.takeAll();
     this.setState('connected');
     if (this.info) this.emit('welcome', this.info);
     // Subscriptions before queued publishes: a publisher subscribed to its own room sees them.
     // The session paces them all to the server's rate limit.
     resubscribe();
-    for (const item of queued) this.sendPublish(item, session);
+    for (const item of queued) this.outbox.send(item, session);
     const refresh = new Refresher(session, this.opts.token, (e) => this.emit('error', e));
     refresh.schedule(this.info?.expiresAt ?? null);
     const cause = await session.done;
@@ -688,57 +629,9 @@ export class QuiverClient {
    * client's life. False when there is nowhere to move.
    */
   private moveToWebSocket(session: Session, cause: QuiverError): boolean {
-    if (session.kind !== 'webtransport' || !this.transports.includes('websocket')) return false;
-    this.avoidWebTransport = true;
+    if (session.kind !== 'webtransport' || !this.dialer.moveToWebSocket()) return false;
     session.end(new QuiverError('transport', `moving to WebSocket: ${cause.message}`, { cause }));
     return true;
-  }
-
-  /**
-   * Keeps a publish for the next session, within `maxQueuedPublishes`. An acknowledged one that
-   * is still here `requestTimeoutMs` after it was made is withdrawn and rejects with kind
-   * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
-   * pending for the whole outage and was sent later, so an app that timed it out and retried
-   * published twice). The same deadline holds while it waits for the pacer (`sendPublish`).
-   */
-  private enqueue(item: QueuedPublish): void {
-    if (this.outbox.length >= this.opts.maxQueuedPublishes) {
-      item.reject(new QuiverError('buffer_full', `${this.outbox.length} publishes already queued while disconnected`, { room: item.room }));
-      return;
-    }
-    this.outbox.push(item);
-    if (item.ack) {
-      const ms = this.opts.requestTimeoutMs;
-      item.timer = setTimeout(
-        () => {
-          const at = this.outbox.indexOf(item);
-          if (at < 0) return;
-          this.outbox.splice(at, 1);
-          item.reject(new QuiverError('timeout', `not sent within ${ms} ms while disconnected: withdrawn, never sent (publishing it again is safe)`, { room: item.room }));
-        },
-        Math.max(0, item.madeAt + ms - performance.now()),
-      );
-    }
-  }
-
-  private sendPublish(item: QueuedPublish, session: Session): void {
-    const command: Command = { type: 'Publish', room: item.room, payload: item.payload, ack: item.ack };
-    const failed = (e: unknown): void => {
-      const err = asQuiverError(e);
-      // Never written (the session ended while it waited for the pacer): not sent, so it may
-      // still go out once, on the next session.
-      if (err.unsent && !this.closing) this.enqueue(item);
-      else item.reject(err);
-    };
-    if (!item.ack) {
-      session.send({ id: this.nextId(), command }).then(() => item.resolve(null), failed);
-      return;
-    }
-    const writeBy = item.madeAt + this.opts.requestTimeoutMs;
-    session.request(this.nextId(), command, { writeBy }).then((reply) => {
-      if (reply.type === 'Published') item.resolve(reply.position);
-      else item.reject(new QuiverError('protocol', `expected Published, got ${reply.type}`, { room: item.room }));
-    }, failed);
   }
 
   /** @internal The header of subscription `id` arrived: whether it is `room`'s current one. */
@@ -790,10 +683,7 @@ export class QuiverClient {
       ...(cause?.code != null ? { code: cause.code } : {}),
     });
     this.subs.endAll(err);
-    for (const item of this.outbox.splice(0)) {
-      clearTimeout(item.timer);
-      item.reject(err);
-    }
+    this.outbox.rejectAll(err);
     this.closedBy = cause;
     this.setState('closed', cause);
   }
