@@ -155,15 +155,33 @@ impl Raw {
         path_and_query: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Self, tokio_tungstenite::tungstenite::Error> {
+        Ok(Self::websocket_answered(server, path_and_query, headers)
+            .await?
+            .0)
+    }
+
+    /// [`Raw::websocket`], with the upgrade's answer (its headers: the selected subprotocol).
+    /// A header given twice goes as two header lines.
+    pub async fn websocket_answered(
+        server: &TestServer,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> std::result::Result<
+        (
+            Self,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut request = format!("ws://{}{path_and_query}", server.http).into_client_request()?;
         for (name, value) in headers {
-            request.headers_mut().insert(
+            request.headers_mut().append(
                 http_name(name),
                 value.parse().expect("header values in tests are valid"),
             );
         }
-        let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+        let (socket, answer) = tokio_tungstenite::connect_async(request).await?;
         let (sink, stream) = socket.split();
         let (control_tx, control) = mpsc::unbounded_channel();
         let rooms = RoomRoutes::default();
@@ -176,7 +194,7 @@ impl Raw {
             close.clone(),
             trace.clone(),
         ));
-        Ok(Self {
+        let raw = Self {
             wire: Wire::Ws {
                 sink,
                 control,
@@ -186,7 +204,8 @@ impl Raw {
             },
             next_id: 1,
             welcome: None,
-        })
+        };
+        Ok((raw, answer))
     }
 
     /// The WebTransport session (WebTransport-only tests).

@@ -1482,10 +1482,10 @@ function closeWebTransport(wt, reason) {
   } catch {
   }
 }
-async function openWebSocket(WS, url, timeoutMs, maxFrame) {
+async function openWebSocket(WS, url, timeoutMs, maxFrame, protocols = []) {
   let ws;
   try {
-    ws = new WS(url.href);
+    ws = protocols.length ? new WS(url.href, protocols) : new WS(url.href);
   } catch (e) {
     throw new QuiverError("handshake", `WebSocket to ${redact(url)} could not start: ${errorMessage(e)}`, { cause: e });
   }
@@ -1799,6 +1799,7 @@ function parseHash(h) {
 }
 
 // src/dialer.ts
+var SUBPROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 var Dialer = class {
   constructor(parts) {
     this.parts = parts;
@@ -1826,7 +1827,11 @@ var Dialer = class {
       (t, i) => !(t === "webtransport" && i < here.length - 1 && (this.avoidWebTransport || target.wtUrl && webTransportFailedBefore(target.wtUrl, opts.remember, opts.webTransportRetryMs)))
     );
   }
-  /** Opens `kind` to `target`, the token in the URL (PROTOCOL.md §1, §9). */
+  /** Opens `kind` to `target` with `token`: on WebTransport in the URL (a browser can set no
+   *  header on the CONNECT, PROTOCOL.md §1); on WebSocket offered as the subprotocol
+   *  `quiver.token.JWT` beside `quiver` (§9.1), which keeps it out of the URL and so out of
+   *  proxies' access logs, unless the token has characters a subprotocol cannot carry (a JWT
+   *  never has). */
   open(kind, target, token, timeoutMs) {
     const { WT, WS, hashes, opts } = this.parts;
     if (kind === "webtransport" && WT && target.wtUrl) {
@@ -1836,6 +1841,7 @@ var Dialer = class {
     }
     if (kind === "websocket" && WS && target.wsUrl) {
       const url = new URL(target.wsUrl);
+      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ["quiver", `quiver.token.${token}`]);
       url.searchParams.set("token", token);
       return openWebSocket(WS, url, timeoutMs, opts.maxFrame);
     }

@@ -16,6 +16,10 @@ import {
   type WebTransportConstructor,
 } from './transport.js';
 
+/** What a subprotocol may hold (RFC 6455 §4.1: an RFC 7230 token); `new WebSocket` throws a
+ *  SyntaxError for anything else. */
+const SUBPROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 export interface DialerParts {
   readonly opts: ResolvedOptions;
   readonly transports: readonly TransportKind[];
@@ -59,7 +63,11 @@ export class Dialer {
     );
   }
 
-  /** Opens `kind` to `target`, the token in the URL (PROTOCOL.md §1, §9). */
+  /** Opens `kind` to `target` with `token`: on WebTransport in the URL (a browser can set no
+   *  header on the CONNECT, PROTOCOL.md §1); on WebSocket offered as the subprotocol
+   *  `quiver.token.JWT` beside `quiver` (§9.1), which keeps it out of the URL and so out of
+   *  proxies' access logs, unless the token has characters a subprotocol cannot carry (a JWT
+   *  never has). */
   open(kind: TransportKind, target: Target, token: string, timeoutMs: number): Promise<Link> {
     const { WT, WS, hashes, opts } = this.parts;
     if (kind === 'webtransport' && WT && target.wtUrl) {
@@ -69,6 +77,7 @@ export class Dialer {
     }
     if (kind === 'websocket' && WS && target.wsUrl) {
       const url = new URL(target.wsUrl);
+      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ['quiver', `quiver.token.${token}`]);
       url.searchParams.set('token', token);
       return openWebSocket(WS, url, timeoutMs, opts.maxFrame);
     }

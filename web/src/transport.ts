@@ -325,10 +325,10 @@ function closeWebTransport(wt: WebTransport, reason: string): void {
  * `handshake` error; a refused token is not one: the server accepts the upgrade to say so with a
  * Goodbye (PROTOCOL.md 9.1), which the session reads like any other.
  */
-export async function openWebSocket(WS: WebSocketConstructor, url: URL, timeoutMs: number, maxFrame: number): Promise<Link> {
+export async function openWebSocket(WS: WebSocketConstructor, url: URL, timeoutMs: number, maxFrame: number, protocols: string[] = []): Promise<Link> {
   let ws: WebSocket;
   try {
-    ws = new WS(url.href);
+    ws = protocols.length ? new WS(url.href, protocols) : new WS(url.href);
   } catch (e) {
     throw new QuiverError('handshake', `WebSocket to ${redact(url)} could not start: ${errorMessage(e)}`, { cause: e });
   }

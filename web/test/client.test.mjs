@@ -15,8 +15,8 @@ function setup(options = {}, transport = 'webtransport') {
 
 /** Makes the fake server refuse connections for which `refused(url)` holds, on both transports. */
 function refuse(net, refused) {
-  net.accept = (url) => !refused(url);
-  net.acceptWebSocket = (url) => !refused(url);
+  net.accept = (url) => !refused(url, url.searchParams.get('token'));
+  net.acceptWebSocket = (url, token) => !refused(url, token);
 }
 
 /** Several frames in one read: one WebSocket message, or one chunk of the control stream. */
@@ -54,7 +54,7 @@ test('handshake over WebTransport: token in the query, pinned hash, Hello, Welco
   client.on('state', (s) => states.push(s));
   const conn = await net.nextConnection();
   assert.equal(conn.transport, 'webtransport');
-  assert.equal(conn.url.searchParams.get('token'), 'tok-1');
+  assert.equal(conn.token, 'tok-1');
   assert.equal(conn.url.pathname, '/v1');
   assert.equal(conn.options.serverCertificateHashes[0].algorithm, 'sha-256');
   assert.deepEqual([...conn.options.serverCertificateHashes[0].value], new Array(32).fill(0xab));
@@ -67,7 +67,7 @@ test('handshake over WebTransport: token in the query, pinned hash, Hello, Welco
   assert.equal(client.transport, 'webtransport');
 });
 
-test('handshake over WebSocket: token in the query of wss://HOST:PORT/v1/ws, one frame per message', async (t) => {
+test('handshake over WebSocket: wss://HOST:PORT/v1/ws, the token offered as a subprotocol (never in the URL), one frame per message', async (t) => {
   const { net, client } = setup({}, 'websocket');
   t.after(() => client.close());
   const conn = await net.nextConnection();
@@ -75,7 +75,9 @@ test('handshake over WebSocket: token in the query of wss://HOST:PORT/v1/ws, one
   assert.equal(conn.url.protocol, 'wss:');
   assert.equal(conn.url.host, '127.0.0.1:4433');
   assert.equal(conn.url.pathname, '/v1/ws');
-  assert.equal(conn.url.searchParams.get('token'), 'tok-1');
+  assert.equal(conn.url.search, '');
+  assert.deepEqual(conn.offered, ['quiver', 'quiver.token.tok-1']);
+  assert.equal(conn.token, 'tok-1');
   const hello = await conn.welcome({ tenant: 'acme', user: 'alice' });
   assert.deepEqual(hello.command, { type: 'Hello', version: 1, client: 'quiver-ts/0.2' });
   await client.ready();
@@ -85,6 +87,17 @@ test('handshake over WebSocket: token in the query of wss://HOST:PORT/v1/ws, one
   conn.send((await conn.expect('Ping')).id, { type: 'Pong' });
   await pong;
   assert.deepEqual(conn.violations, []);
+});
+
+test('over WebSocket, a token a subprotocol cannot carry goes in the query (PROTOCOL.md section 9.1)', async (t) => {
+  const net = new FakeNetwork();
+  const client = new QuiverClient({ url: 'wss://h:1/v1/ws', token: () => 'opaque token/with=signs', heartbeat: false, pingIntervalMs: 0, WebSocket: net.WebSocket });
+  t.after(() => client.close());
+  const conn = await net.nextConnection();
+  assert.deepEqual(conn.offered, []);
+  assert.equal(conn.url.searchParams.get('token'), 'opaque token/with=signs');
+  await conn.welcome({ tenant: 'acme', user: 'alice' });
+  await client.ready();
 });
 
 test('connect() resolves connected; bad options are clear errors', async () => {
@@ -432,7 +445,7 @@ describe(`over ${transport}`, () => {
     const queued = client.publish('dash.cpu', 'queued', { ack: true });
 
     conn = await net.nextConnection();
-    assert.equal(conn.url.searchParams.get('token'), `tok-${tokens()}`);
+    assert.equal(conn.token, `tok-${tokens()}`);
     assert.ok(tokens() >= 2);
     await conn.welcome();
     const resub = await conn.expect('Subscribe');
@@ -495,7 +508,7 @@ describe(`over ${transport}`, () => {
     const { net, client, tokens } = setup({}, transport);
     t.after(() => client.close());
     // The "server" accepts only the third token.
-    refuse(net, (url) => url.searchParams.get('token') !== 'tok-3');
+    refuse(net, (url, token) => token !== 'tok-3');
     const errors = [];
     client.on('error', (e) => errors.push(e));
     await net.nextConnection(); // tok-1, refused

@@ -76,8 +76,10 @@ export class FakeNetwork {
   get WebSocket() {
     const net = this;
     return class {
-      constructor(url) {
-        const conn = new FakeWebSocketConnection(url, net.acceptWebSocket(new URL(url)));
+      constructor(url, protocols = []) {
+        const offered = typeof protocols === 'string' ? [protocols] : [...protocols];
+        const token = offeredToken(offered) ?? new URL(url).searchParams.get('token');
+        const conn = new FakeWebSocketConnection(url, net.acceptWebSocket(new URL(url), token), offered);
         net.attempts.push(conn);
         net.connections.push(conn);
         return conn.client;
@@ -176,6 +178,11 @@ class FakeServer {
 
 export class FakeConnection extends FakeServer {
   transport = 'webtransport';
+
+  /** The token the client sent (a WebTransport CONNECT carries it in the query, §1). */
+  get token() {
+    return this.url.searchParams.get('token');
+  }
   closedByClient = null;
   /** Datagrams the client sent. */
   datagramsReceived = [];
@@ -281,19 +288,37 @@ function wsEvent(type, props = {}) {
  * A WebSocket to a fake Quiver server. Events are dispatched in order as macrotasks, as browsers
  * do. Every message the client sends is checked to hold exactly one frame (PROTOCOL.md 9.2).
  */
+/** The token offered as the subprotocol `quiver.token.JWT` beside `quiver`, if any. */
+function offeredToken(offered) {
+  const entry = offered.find((p) => p.startsWith('quiver.token.'));
+  if (entry === undefined) return null;
+  if (!offered.includes('quiver')) throw new Error('a token offered without quiver beside it (the server answers 400)');
+  return entry.slice('quiver.token.'.length);
+}
+
 export class FakeWebSocketConnection extends FakeServer {
   transport = 'websocket';
+
+  /** The token the client sent: offered as a subprotocol, else in the query (§9.1). */
+  get token() {
+    return offeredToken(this.offered) ?? this.url.searchParams.get('token');
+  }
+
   closedByClient = null;
   /** Client messages that did not hold exactly one complete frame. */
   violations = [];
   /** Server-side close, once sent. */
   closedByServer = null;
 
-  constructor(url, accepted) {
+  constructor(url, accepted, offered = []) {
     super();
     this.url = new URL(url);
+    /** The subprotocols the client offered. */
+    this.offered = offered;
     const ws = new EventTarget();
     this.client = ws;
+    // As the server (PROTOCOL.md §9.2): `quiver` is selected whenever offered.
+    ws.protocol = offered.includes('quiver') ? 'quiver' : '';
     ws.binaryType = 'blob';
     ws.readyState = 0;
     ws.bufferedAmount = 0;

@@ -239,6 +239,11 @@ pub fn credentials(authorization: Option<&str>, query: Option<&str>) -> Result<S
         .map(|t| t.trim().to_owned())
         .or_else(|| query.and_then(query_param("token")))
         .unwrap_or_default();
+    within_limit(token)
+}
+
+/// A token no longer than [`MAX_TOKEN_LEN`], wherever it came from.
+fn within_limit(token: String) -> Result<String, Refused> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(Refused::TokenTooLarge);
     }
@@ -461,10 +466,14 @@ pub fn problem(
 /// The checks of a TCP request (WebSocket upgrade, SSE) before its token is verified, in order:
 /// origin, capacity, the token's presence and size. (Its connection was counted against the
 /// server's and its address's limits at `accept`: `crate::tcp`.)
+///
+/// `offered` is a WebSocket upgrade's token offered as a subprotocol (PROTOCOL §9.1, see
+/// `websocket::offered_token`): it comes after an `Authorization` header and before the query.
 pub fn admit_tcp(
     shared: &Shared,
     headers: &axum::http::HeaderMap,
     query: Option<&str>,
+    offered: Option<String>,
 ) -> Result<String, Refused> {
     use axum::http::header;
     // A header that is there but not text (bytes outside visible ASCII) is judged as a value
@@ -492,7 +501,10 @@ pub fn admit_tcp(
     if authorizations.next().is_some() || first.is_some_and(|v| v.to_str().is_err()) {
         return Ok(String::new());
     }
-    credentials(header_str(header::AUTHORIZATION), query)
+    match (first, offered) {
+        (None, Some(token)) => within_limit(token),
+        _ => credentials(header_str(header::AUTHORIZATION), query),
+    }
 }
 
 /// Whether the server takes another session now (not draining, under `max_sessions`).

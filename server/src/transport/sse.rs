@@ -113,7 +113,7 @@ async fn respond(
     query: Option<String>,
     headers: HeaderMap,
 ) -> Response {
-    let checked = admit_tcp(&shared, &headers, query.as_deref());
+    let checked = admit_tcp(&shared, &headers, query.as_deref(), None);
     let token = match checked {
         Ok(token) => token,
         Err(refused) => {

@@ -34,6 +34,46 @@ use crate::tcp::TcpSlot;
 
 const T: Transport = Transport::WebSocket;
 
+/// The subprotocol the server selects whenever a client offers it (PROTOCOL §9.2). A browser
+/// cannot set `Authorization` on a WebSocket, and a token in the URL lands in proxies' and
+/// servers' access logs; the one header a page can set is `Sec-WebSocket-Protocol`, so the
+/// token may travel there as an entry `quiver.token.JWT` beside `quiver`. The answer names
+/// `quiver`, never the token.
+pub const SUBPROTOCOL: &str = "quiver";
+/// The prefix of the subprotocol entry that carries a token.
+pub const TOKEN_SUBPROTOCOL: &str = "quiver.token.";
+
+/// The token offered as a subprotocol, if any (PROTOCOL §9.1): `Ok(None)` when none is, an
+/// empty token (a missing one) when two are (which one would a proxy in front have judged?),
+/// and an error for an offer the server cannot answer: a token without `quiver` beside it
+/// (the browser fails an upgrade whose answer names no offered subprotocol, and the server
+/// never echoes a token), or a header that is not text.
+pub fn offered_token(headers: &HeaderMap) -> Result<Option<String>, &'static str> {
+    let mut entries = Vec::new();
+    for value in headers.get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL) {
+        let value = value
+            .to_str()
+            .map_err(|_| "Sec-WebSocket-Protocol must be text (RFC 6455 §4.1: tokens)")?;
+        entries.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()));
+    }
+    let mut tokens = entries
+        .iter()
+        .filter_map(|e| e.strip_prefix(TOKEN_SUBPROTOCOL));
+    let Some(token) = tokens.next() else {
+        return Ok(None);
+    };
+    if !entries.contains(&SUBPROTOCOL) {
+        return Err(
+            "a token offered as a subprotocol (quiver.token.JWT) needs the subprotocol \
+                    quiver offered beside it: the server answers quiver, never the token",
+        );
+    }
+    if tokens.next().is_some() {
+        return Ok(Some(String::new()));
+    }
+    Ok(Some(token.to_owned()))
+}
+
 /// RFC 6455 §4.1: the key is "a base64-encoded value that, when decoded, is 16 bytes in
 /// length" (axum only checks that the header is there), and §11.3.1/§11.3.5: the key and the
 /// version "MUST NOT appear more than once" (axum reads the first and ignores the rest).
@@ -160,9 +200,16 @@ pub async fn upgrade(
             "a WebSocket upgrade request has no body (no Content-Length or Transfer-Encoding)",
         );
     }
-    let checked = admit_tcp(&shared, &headers, query.as_deref());
+    let offered = match offered_token(&headers) {
+        Ok(offered) => offered,
+        Err(why) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, why),
+    };
+    let checked = admit_tcp(&shared, &headers, query.as_deref(), offered);
     let max_frame = shared.config.limits.max_frame as usize;
     let ws = ws
+        // Selected whenever offered, refusals included: a browser that offered subprotocols
+        // fails an upgrade whose answer names none, before the refusal's `Goodbye` is read.
+        .protocols([SUBPROTOCOL])
         .max_message_size(max_frame + quiver_proto::LENGTH_PREFIX)
         .max_frame_size(max_frame + quiver_proto::LENGTH_PREFIX)
         // tungstenite's default read buffer is 128 KiB, zero-filled on first use: that would be
