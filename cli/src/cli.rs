@@ -30,8 +30,14 @@ enum Command {
     Config(ConfigCommand),
     /// Create (or reuse) the development certificate and print its SHA-256 hash.
     Cert {
-        /// The directory (`--cert-dir` too, as `serve` and `token` call it).
-        #[arg(long, default_value = "certs", alias = "cert-dir")]
+        /// The directory (`--cert-dir` too, as `serve` and `token` call it; QUIVER_CERT_DIR as
+        /// they read it).
+        #[arg(
+            long,
+            env = "QUIVER_CERT_DIR",
+            default_value = "certs",
+            alias = "cert-dir"
+        )]
         out: PathBuf,
     },
     /// Print a signed JWT (HS256, ES256 or EdDSA), or check one with --check.

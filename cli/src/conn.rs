@@ -1,8 +1,8 @@
-//! Connection flags shared by `quiver sub` and `quiver pub`.
+//! Connection flags shared by `quiver sub`, `quiver pub` and `quiver call`.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use quiver_client::{
     parse_cert_hash, token_fixed, token_fn, Client, ClientConfig, ConnectionState, Transport, Trust,
@@ -22,39 +22,86 @@ pub struct ConnArgs {
     /// or is not up within 2.5 s (blocked UDP).
     #[arg(long, default_value = "auto")]
     transport: Transport,
-    /// JWT; default: a development token for tenant "demo" signed with the development secret.
-    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    /// JWT [env: QUIVER_TOKEN]. It shows in `ps` (for as long as the command runs) and in shell
+    /// history: prefer QUIVER_TOKEN or --token-file. Default: a development token for tenant
+    /// "demo" signed with the development secret.
+    // QUIVER_TOKEN is read by hand, not with clap's `env`: clap counts a value from the
+    // environment as given, so an exported QUIVER_TOKEN would make --token-file a conflict
+    // instead of overriding it as flags override the environment.
+    #[arg(long, conflicts_with = "token_file")]
     token: Option<String>,
+    /// A file holding the JWT (a trailing newline is ignored); overrides QUIVER_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Pin the server certificate by SHA-256 (hex): as browsers pin, only a certificate valid
     /// for 14 days or less (else "UnknownIssuer"); default: the development certificate in
     /// --cert-dir when it exists, else the system's roots.
     #[arg(long)]
     cert_hash: Option<String>,
-    #[arg(long, default_value = "certs")]
+    /// Where `quiver serve` keeps its development secret and certificate (the same
+    /// QUIVER_CERT_DIR `serve` and `token` read).
+    #[arg(long, env = "QUIVER_CERT_DIR", default_value = "certs")]
     cert_dir: PathBuf,
 }
+
+/// The environment variable that gives the token when neither --token nor --token-file does.
+const TOKEN_ENV: &str = "QUIVER_TOKEN";
 
 /// The development tenant: the same one the demo page uses, so `quiver pub chat.lobby hi` shows
 /// up in the dashboard's chat.
 const DEV_TENANT: &str = "demo";
 
 impl ConnArgs {
-    /// Whether the token is the one given (`--token`, `QUIVER_TOKEN`): it cannot be replaced,
-    /// so once the server says it expired (3002), reconnecting with it is pointless.
+    /// Whether the token is the one given (`--token`, `--token-file`, `QUIVER_TOKEN`): it
+    /// cannot be replaced, so once the server says it expired (3002), reconnecting with it is
+    /// pointless. (When one is given but cannot be read, [`Self::connect`] has failed already.)
     pub fn token_is_fixed(&self) -> bool {
-        self.token.is_some()
+        self.token.is_some() || self.token_file.is_some() || std::env::var_os(TOKEN_ENV).is_some()
+    }
+
+    /// The token given: `--token`, else `--token-file`, else `QUIVER_TOKEN`; `None` for the
+    /// development token.
+    fn given_token(&self) -> Result<Option<String>> {
+        let (token, source) = if let Some(token) = &self.token {
+            (token.clone(), "--token".to_owned())
+        } else if let Some(path) = &self.token_file {
+            // The file's bytes are the token: read like --jwt-secret-file (editors and `echo`
+            // end it with a newline that is not part of it).
+            let bytes = quiver_server::auth::read_secret_file(path)
+                .with_context(|| format!("--token-file: reading {}", path.display()))?;
+            let token = String::from_utf8(bytes).map_err(|_| {
+                anyhow!(
+                    "--token-file: {} does not hold text (UTF-8)",
+                    path.display()
+                )
+            })?;
+            (token, format!("--token-file {}", path.display()))
+        } else {
+            match std::env::var(TOKEN_ENV) {
+                Ok(token) => (token, TOKEN_ENV.to_owned()),
+                Err(std::env::VarError::NotPresent) => return Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => bail!("{TOKEN_ENV} is not UTF-8"),
+            }
+        };
+        // A token is never empty: an empty one is a variable or a file that went wrong, and
+        // the server's refusal would not say which.
+        if token.trim().is_empty() {
+            bail!("{source}: the token is empty");
+        }
+        Ok(Some(token))
     }
 
     /// Connects; a refusal of a given token that has expired says so (over WebTransport the
     /// refusal carries no reason the client can read: outside audit 26, `pub` with an expired
     /// token said only that the server refused the session, or timed out).
     pub async fn connect(&self) -> Result<Client> {
-        let config = self.client_config().await?;
+        let token = self.given_token()?;
+        let config = self.client_config(token.clone()).await?;
         Client::connect(config).await.map_err(|e| {
             let error = anyhow::Error::from(e);
-            match self.token.as_deref().and_then(expired_for) {
+            match token.as_deref().and_then(expired_for) {
                 Some(ago) => error.context(format!(
-                    "the token given with --token (or QUIVER_TOKEN) expired {} ago; run again with a fresh one",
+                    "the token given (--token, --token-file or QUIVER_TOKEN) expired {} ago; run again with a fresh one",
                     humantime::format_duration(ago)
                 )),
                 None => error,
@@ -62,7 +109,7 @@ impl ConnArgs {
         })
     }
 
-    pub async fn client_config(&self) -> Result<ClientConfig> {
+    async fn client_config(&self, token: Option<String>) -> Result<ClientConfig> {
         let list = |s: &str| -> Vec<String> {
             s.split(',')
                 .map(str::trim)
@@ -78,8 +125,8 @@ impl ConnArgs {
         if ws_urls.is_empty() && self.transport == Transport::WebSocket {
             bail!("--ws-url names no server");
         }
-        let token = match &self.token {
-            Some(t) => token_fixed(t.clone()),
+        let token = match token {
+            Some(t) => token_fixed(t),
             None => {
                 let path = self.cert_dir.join(quiver_server::DEV_SECRET_FILE);
                 let Some(secret) = crate::keys::read_dev_secret(&path)? else {
@@ -144,6 +191,6 @@ pub fn fixed_token_expired(state: &ConnectionState, fixed: bool) -> bool {
 /// The error a command ends with when [`fixed_token_expired`].
 pub fn fixed_token_expired_error() -> anyhow::Error {
     anyhow::anyhow!(
-        "the token given with --token (or QUIVER_TOKEN) expired; run again with a fresh one"
+        "the token given (--token, --token-file or QUIVER_TOKEN) expired; run again with a fresh one"
     )
 }

@@ -27,7 +27,8 @@ pub struct PubArgs {
     /// Publish the message this many times.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     count: u64,
-    /// Messages per second at most [default: as fast as the acks come back]
+    /// Messages per second at most, from 0.00001 (about one a day) to 1000000 [default: as
+    /// fast as the acks come back]
     #[arg(long)]
     rate: Option<f64>,
     /// Send each message as a QUIC datagram to a `latest` room: never acknowledged nor
@@ -43,13 +44,7 @@ pub async fn publish(args: PubArgs) -> Result<()> {
     if from_stdin && args.count != 1 {
         bail!("--count repeats a message given on the command line, not stdin's lines");
     }
-    let pause = match args.rate {
-        Some(rate) if !(rate.is_finite() && rate > 0.0) => {
-            bail!("--rate must be a positive number of messages per second")
-        }
-        Some(rate) => Some(Duration::from_secs_f64(1.0 / rate)),
-        None => None,
-    };
+    let pause = args.rate.map(pause_for).transpose()?;
     let client = args.conn.connect().await?;
     let messages: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes>>>> = match args.message {
         Some(message) if message != "-" => {
@@ -166,6 +161,30 @@ pub async fn publish(args: PubArgs) -> Result<()> {
     result
 }
 
+/// The slowest and fastest `--rate`. Outside them the pause between messages is not one a
+/// timer can keep: over 2^64 seconds `Duration` cannot hold it, and under a nanosecond it is
+/// zero, which `tokio::time::interval` refuses with a panic (outside audit 111, F1: `--rate
+/// 1e-20` and `--rate 1e10` exited 101). Within them: 100,000 s (about a day) between messages
+/// at the slowest, 1 µs at the fastest, faster than acks come back anyway.
+const MIN_RATE: f64 = 0.00001;
+const MAX_RATE: f64 = 1_000_000.0;
+
+/// The pause between two messages at `rate` per second; checked before connecting, like every
+/// other flag.
+fn pause_for(rate: f64) -> Result<Duration> {
+    // `contains` is false for NaN as well.
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        bail!(
+            "--rate must be a number of messages per second from {MIN_RATE} to {MAX_RATE} \
+             (without --rate, as fast as the acks come back)"
+        );
+    }
+    Duration::try_from_secs_f64(1.0 / rate)
+        .ok()
+        .filter(|pause| !pause.is_zero())
+        .ok_or_else(|| anyhow::anyhow!("--rate {rate}: no pause a timer can keep"))
+}
+
 /// Datagram publishing: what can be checked is checked before the first message, because
 /// afterwards nothing comes back (the server drops a refused datagram without a word).
 async fn publish_unreliable(
@@ -221,4 +240,33 @@ async fn publish_unreliable(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_gives_a_pause_a_timer_can_keep_or_is_refused() {
+        // Within a nanosecond: 1/rate is not exact in binary.
+        let about = |rate: f64, nanos: u128| {
+            let pause = pause_for(rate).unwrap().as_nanos();
+            assert!(pause.abs_diff(nanos) <= 1, "{rate}: {pause} ns");
+        };
+        about(20.0, 50_000_000);
+        about(MAX_RATE, 1_000);
+        about(MIN_RATE, 100_000_000_000_000);
+        for rate in [
+            0.0,
+            -1.0,
+            1e-20,
+            1e10,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let refused = pause_for(rate).unwrap_err().to_string();
+            assert!(refused.starts_with("--rate"), "{rate}: {refused}");
+        }
+    }
 }

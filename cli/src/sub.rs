@@ -1,6 +1,6 @@
 //! `quiver sub`: print what is published in rooms, one line per message.
 
-use crate::terminal::safe;
+use crate::terminal::{safe, safe_bytes};
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -16,8 +16,11 @@ pub struct SubArgs {
     #[command(flatten)]
     conn: ConnArgs,
     /// How each message is printed: `text` is the payload (prefixed with the room and a tab
-    /// when several rooms are subscribed); `json` is one object per line with room, position
-    /// (epoch and offset as strings) and the payload (UTF-8 as `payload`, else `payload_base64`).
+    /// when several rooms are subscribed), its control characters escaped (`\n`, `\t`,
+    /// `\u{1b}`) and bytes that are not UTF-8 as `\xNN`, so each message is one line and none
+    /// reaches the terminal as a control; `json` is one object per line with room, position
+    /// (epoch and offset as strings) and the exact payload (UTF-8 as `payload`, else
+    /// `payload_base64`).
     #[arg(long, default_value = "text")]
     format: Format,
     /// Rooms to subscribe to.
@@ -93,9 +96,14 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                 if let Some(position) = position {
                     last.insert(room.clone(), position);
                 }
+                // Text mode escapes the payload's control characters (and bytes that are not
+                // UTF-8) always, not only on a terminal: the line is what a pipe reads too, and
+                // a payload's newline would start a line of another room there.
                 let mut line = match args.format {
-                    Format::Text if several => [room.as_bytes(), b"\t", &payload].concat(),
-                    Format::Text => payload.to_vec(),
+                    Format::Text if several => {
+                        [room.as_bytes(), b"\t", safe_bytes(&payload).as_bytes()].concat()
+                    }
+                    Format::Text => safe_bytes(&payload).as_bytes().to_vec(),
                     Format::Json => json_line(&room, position, &payload).into_bytes(),
                 };
                 line.push(b'\n');

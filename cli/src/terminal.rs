@@ -1,7 +1,8 @@
-//! Text from a server (a goodbye's reason, an error's message, a member's user id) printed to a
-//! terminal: its control characters escaped, so a hostile server (or a backend whose answer
-//! becomes a call's error message) cannot repaint the screen, ring the bell or forge a line
-//! that looks like this tool's own output (outside audit: `\x1b[2J` and a fake "OK" line).
+//! Text from a server (a goodbye's reason, an error's message, a member's user id, a
+//! publication's payload) printed to a terminal: its control characters escaped, so a hostile
+//! server (or a backend whose answer becomes a call's error message, or a publisher) cannot
+//! repaint the screen, ring the bell or forge a line that looks like this tool's own output
+//! (outside audit: `\x1b[2J` and a fake "OK" line).
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -47,6 +48,27 @@ pub fn safe(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A payload as one line of text: UTF-8 with [`safe`]'s escapes, and each byte that is not
+/// UTF-8 as `\xNN`. A publication is anyone's text (anyone the token allows to publish in the
+/// room): raw, a newline in it printed a line of its own, forging a publication in another room
+/// in `sub`'s `room<TAB>payload` lines, and its escapes reached the terminal (outside audit
+/// 111, F2).
+pub fn safe_bytes(bytes: &[u8]) -> Cow<'_, str> {
+    use std::fmt::Write as _;
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return safe(text);
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&safe(chunk.valid()));
+        for byte in chunk.invalid() {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\x{byte:02x}");
+        }
+    }
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +81,16 @@ mod tests {
             "\\u{1b}[31mred\\u{7}\\r\\nFAKE"
         );
         assert_eq!(safe("a\u{85}b\u{2028}c"), "a\\u{85}b\\u{2028}c");
+    }
+
+    #[test]
+    fn payload_bytes_become_one_line_of_text() {
+        assert_eq!(safe_bytes(b"plain"), "plain");
+        assert_eq!(
+            safe_bytes(b"hello\nchat.b\tFORGED \x1b[31mred"),
+            "hello\\nchat.b\\tFORGED \\u{1b}[31mred"
+        );
+        // Bytes that are not UTF-8 are written as hex, the text around them as text.
+        assert_eq!(safe_bytes(b"\xff\x00A\xc3\xa9\xc3"), "\\xff\\u{0}Aé\\xc3");
     }
 }

@@ -50,11 +50,12 @@ pub struct TokenArgs {
     /// QUIVER_* environment applies too, as for `quiver serve`.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// HS256 signing secret (overrides the configuration). Shows in `ps`: prefer
-    /// --jwt-secret-file or QUIVER_JWT_SECRET_FILE.
+    /// HS256 signing secret: replaces the configuration's key (its audience, issuer and leeway
+    /// still apply). Shows in `ps`: prefer --jwt-secret-file or QUIVER_JWT_SECRET_FILE.
     #[arg(long, conflicts_with = "jwt_secret_file")]
     jwt_secret: Option<String>,
-    /// File holding the HS256 signing secret (a trailing newline is ignored).
+    /// File holding the HS256 signing secret (a trailing newline is ignored): replaces the
+    /// configuration's key, as --jwt-secret does.
     #[arg(long)]
     jwt_secret_file: Option<PathBuf>,
     /// PEM private key (PKCS#8) to sign with instead of a secret, with --algorithm.
@@ -93,10 +94,10 @@ pub async fn run(mut args: TokenArgs) -> Result<()> {
     };
     let secret_flag = args.jwt_secret.is_some();
     if let Some(secret) = args.jwt_secret.take() {
-        config.auth = Default::default();
+        clear_key_source(&mut config.auth);
         config.auth.jwt_secret = Some(secret.into());
     } else if let Some(path) = args.jwt_secret_file.take() {
-        config.auth = Default::default();
+        clear_key_source(&mut config.auth);
         config.auth.jwt_secret_file = Some(path);
     }
     if let Some(dir) = args.cert_dir.take() {
@@ -107,6 +108,20 @@ pub async fn run(mut args: TokenArgs) -> Result<()> {
         Some(token) => check(&config, &keys, token).await,
         None => sign(&config, &keys, args).await,
     }
+}
+
+/// Forgets the configured token key, so the one a flag gives is the only one. Only the key:
+/// `audience`, `issuer` and `leeway` are the server's checks whichever key it has, and a token
+/// signed or checked without them is one the server refuses (outside audit 111, F4: the whole
+/// `[auth]` was reset, so `--jwt-secret-file` signed tokens without the configured `aud` and
+/// `iss`, and `--check` passed them).
+fn clear_key_source(auth: &mut quiver_server::config::AuthConfig) {
+    auth.jwt_secret = None;
+    auth.jwt_secret_file = None;
+    auth.public_key = None;
+    auth.algorithm = None;
+    auth.jwks_file = None;
+    auth.jwks_url = None;
 }
 
 async fn check(config: &Config, keys: &KeySource, token: String) -> Result<()> {

@@ -5,8 +5,9 @@
 //! included) applies it to its own sessions, so the action takes effect cluster-wide within one
 //! NATS round trip. Statistics (`/api/v1/info`, `/api/v1/rooms`) are gathered by request/reply
 //! on `quiver-cluster.stats`: every instance answers for itself. Revocations are also stored in
-//! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry), which an
-//! instance loads when it starts.
+//! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry;
+//! `revocation.rs`), which an instance loads when it starts, after each reconnect, and after
+//! its control subscriptions dropped messages (a flood outran it).
 
 use std::sync::Arc;
 
@@ -18,12 +19,6 @@ use crate::hub::Hub;
 use crate::log_budget::{LogBudget, Summary};
 use crate::registry::{Kick, Registry, Selector};
 use crate::revocation::{self, Revocations};
-
-/// The key-value bucket revocations are kept in: each until its token's expiry, however far
-/// (the bucket has no age limit: an age limit would let a long-lived stolen token back in when
-/// its revocation aged out). Entries past their expiry are deleted by the next instance that
-/// loads the bucket.
-const REVOKED_BUCKET: &str = "quiver_revoked";
 
 /// A revocation as it travels between instances: the `jti`'s key (tenant and digest), and the
 /// token's expiry.
@@ -204,10 +199,23 @@ pub async fn connect(
 ) -> Result<async_nats::Client, crate::broker::BrokerError> {
     let options = async_nats::ConnectOptions::new()
         .name("quiver-control")
-        .retry_on_initial_connect();
-    let options = crate::broker::nats::watched(options, "control");
+        .retry_on_initial_connect()
+        // Every tenant's control subjects, where its backend may publish: a short queue, so a
+        // flood of large messages cannot make the instance hold gigabytes (outside cluster
+        // audit 112, F4). What it drops is counted, and makes the revocations load again.
+        .subscription_capacity(crate::broker::nats::CONTROL_SUBSCRIPTION_CAPACITY);
+    let options = crate::broker::nats::watched(options, "control", Some(&DROPPED));
     crate::broker::nats::connect_with(nats, options).await
 }
+
+/// Messages the control connection's subscriptions dropped for want of room (async-nats's
+/// client-side slow consumer), as far as it reported them. A revocation's broadcast may have
+/// been one, and no reconnect follows such a drop: `keep_loaded` loads the stored revocations
+/// again when this moves (outside cluster audit 112, F2: a tenant's backend flooding its own
+/// control subjects made another tenant's revocation lost on an instance until it
+/// reconnected). One count per process: a second instance in the same process (tests) loads
+/// again too, which costs nothing but the load.
+static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn subject(tenant: &TenantId) -> String {
     format!("quiver.{tenant}.control.disconnect")
@@ -255,7 +263,7 @@ impl Control {
                 error: e.to_string(),
             })?;
             with_nats(nats, async {
-                let store = self.store(nats).await?;
+                let store = revocation::store(nats).await?;
                 store
                     .put(&key, until.to_string().into())
                     .await
@@ -288,60 +296,6 @@ impl Control {
                 reason: "token revoked".into(),
             },
         )
-    }
-
-    async fn store(
-        &self,
-        nats: &async_nats::Client,
-    ) -> Result<async_nats::jetstream::kv::Store, String> {
-        let js = async_nats::jetstream::new(nats.clone());
-        // Created, or brought to this configuration: earlier versions made the bucket with a
-        // 30-day age limit.
-        js.create_or_update_key_value(async_nats::jetstream::kv::Config {
-            bucket: REVOKED_BUCKET.into(),
-            history: 1,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("nats: revocation store: {e}"))
-    }
-
-    /// Loads the revocations stored by earlier instances.
-    async fn load(&self, nats: &async_nats::Client) -> Result<usize, String> {
-        let store = self.store(nats).await?;
-        let mut keys = store.keys().await.map_err(|e| format!("nats: {e}"))?;
-        let mut n = 0;
-        while let Some(key) = keys.next().await {
-            let Ok(key) = key else { continue };
-            if let Ok(Some(value)) = store.get(&key).await {
-                match std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                {
-                    // Its token has expired: refused anyway, so the entry goes.
-                    Some(until) if until <= crate::auth::unix_now() => {
-                        if let Err(e) = store.delete(&key).await {
-                            debug!(error = %e, "an expired revocation stays in the bucket");
-                        }
-                    }
-                    // Only keys as `revocation::key` makes them, whoever else wrote there.
-                    Some(until)
-                        if key
-                            .split_once('.')
-                            .is_some_and(|(tenant, _)| revocation::is_key_of(&key, tenant)) =>
-                    {
-                        self.revocations.insert(key, until);
-                        n += 1;
-                    }
-                    Some(_) => {}
-                    None => {}
-                }
-            }
-            if n >= revocation::MAX_ENTRIES {
-                break;
-            }
-        }
-        Ok(n)
     }
 
     /// Applies a disconnect on every instance. Returns how many sessions *this* instance ended
@@ -521,9 +475,10 @@ impl Control {
         }
     }
 
-    /// Loads the stored revocations at start, and again each time the control plane's NATS
-    /// connection comes back: what was revoked while this instance could not hear the
-    /// broadcast is in the store, and the sessions using it here are ended then.
+    /// Loads the stored revocations at start, again each time the control plane's NATS
+    /// connection comes back, and again after its subscriptions dropped messages (`DROPPED`):
+    /// what was revoked while this instance could not hear the broadcast is in the store
+    /// (stored before it is broadcast), and the sessions using it here are ended then.
     async fn keep_loaded(
         self: Arc<Self>,
         nats: async_nats::Client,
@@ -535,7 +490,10 @@ impl Control {
                 .connects
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
+        let dropped = || DROPPED.load(std::sync::atomic::Ordering::Relaxed);
         let mut seen = connects();
+        // Read before each load: a drop reported while one runs makes the next.
+        let mut drops_seen = dropped();
         self.load_until_done(&nats, &shutdown).await;
         let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
@@ -547,8 +505,16 @@ impl Control {
             // (nats-server dropping the connection as a slow consumer, say) is one too; the
             // state alone missed it (outside audit 69, F1).
             let now = connects();
-            if nats.connection_state() == State::Connected && now != seen {
+            let drops = dropped();
+            if nats.connection_state() == State::Connected && (now != seen || drops != drops_seen) {
+                if drops != drops_seen {
+                    debug!(
+                        dropped = drops.wrapping_sub(drops_seen),
+                        "control messages dropped (slow consumer): loading the revocations again"
+                    );
+                }
                 seen = now;
+                drops_seen = drops;
                 self.load_until_done(&nats, &shutdown).await;
             }
         }
@@ -565,7 +531,12 @@ impl Control {
     ) {
         let mut wait = std::time::Duration::from_millis(250);
         loop {
-            match tokio::time::timeout(std::time::Duration::from_secs(10), self.load(nats)).await {
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.revocations.load(nats),
+            )
+            .await
+            {
                 Ok(Ok(n)) => {
                     self.revocations.mark_loaded();
                     let ended = self.registry.kick_revoked(
@@ -595,83 +566,109 @@ impl Control {
         }
     }
 
-    /// Applies the disconnects other instances publish, until shutdown.
+    /// Applies the disconnects, unsubscribes and revocations other instances publish, until
+    /// shutdown. Revocations have a subscription (and a task) of their own: a flood of one
+    /// tenant's disconnects or unsubscribes (its backend may publish there, each costing a
+    /// pass over the instance's sessions) fills only its own queue, and another tenant's
+    /// revocation is not dropped with it (outside cluster audit 112, F2). What a full queue
+    /// drops is counted, and the stored revocations are loaded again (`keep_loaded`).
     pub async fn listen(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let Some(nats) = self.nats.clone() else {
             return;
         };
         tokio::spawn(self.clone().keep_loaded(nats.clone(), shutdown.clone()));
         tokio::spawn(self.clone().answer_stats(nats.clone(), shutdown.clone()));
-        let mut subscription = match nats.subscribe("quiver.*.control.*").await {
+        let subscribed = async {
+            Ok::<_, async_nats::SubscribeError>((
+                nats.subscribe("quiver.*.control.revoke").await?,
+                nats.subscribe("quiver.*.control.disconnect").await?,
+                nats.subscribe("quiver.*.control.unsubscribe").await?,
+            ))
+        }
+        .await;
+        let (revocations, disconnects, unsubscribes) = match subscribed {
             Ok(s) => s,
             Err(e) => return warn!(error = %e, "control plane: cannot subscribe"),
         };
+        tokio::spawn(self.clone().apply_from(revocations, shutdown.clone()));
+        self.apply_from(futures::stream::select(disconnects, unsubscribes), shutdown)
+            .await;
+    }
+
+    /// Applies the control messages of `messages` until they end or shutdown.
+    async fn apply_from(
+        self: Arc<Self>,
+        mut messages: impl futures::Stream<Item = async_nats::Message> + Unpin,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
         while let Some(message) = tokio::select! {
-            message = subscription.next() => message,
+            message = messages.next() => message,
             _ = shutdown.cancelled() => None,
         } {
-            // The subject's tenant is the authority: a message cannot reach across tenants.
-            let mut parts = message.subject.split('.');
-            let (tenant, action) = (parts.nth(1).unwrap_or_default(), parts.nth(1));
-            let Ok(tenant_id) = TenantId::parse(tenant) else {
-                continue;
-            };
-            match action {
-                Some("disconnect") => {
-                    match serde_json::from_slice::<Disconnect>(&message.payload)
-                        .map_err(|e| e.to_string())
-                        .and_then(|d| d.checked())
-                    {
-                        Ok(mut d) => {
-                            d.selector.tenant = tenant.to_owned();
-                            let n = self.apply(&d);
-                            debug!(tenant, n, "disconnect from the control plane");
-                        }
-                        Err(e) => refused_control(tenant, "malformed", "malformed disconnect", &e),
+            self.on_message(&message);
+        }
+    }
+
+    /// One control message from NATS: `quiver.<tenant>.control.<action>`.
+    fn on_message(&self, message: &async_nats::Message) {
+        // The subject's tenant is the authority: a message cannot reach across tenants.
+        let mut parts = message.subject.split('.');
+        let (tenant, action) = (parts.nth(1).unwrap_or_default(), parts.nth(1));
+        let Ok(tenant_id) = TenantId::parse(tenant) else {
+            return;
+        };
+        match action {
+            Some("disconnect") => {
+                match serde_json::from_slice::<Disconnect>(&message.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| d.checked())
+                {
+                    Ok(mut d) => {
+                        d.selector.tenant = tenant.to_owned();
+                        let n = self.apply(&d);
+                        debug!(tenant, n, "disconnect from the control plane");
                     }
+                    Err(e) => refused_control(tenant, "malformed", "malformed disconnect", &e),
                 }
-                Some("revoke") => match serde_json::from_slice::<Revoke>(&message.payload) {
-                    Ok(r) if revocation::is_key_of(&r.key, tenant) => {
-                        let n = self.apply_revoke(&r, &tenant_id);
-                        debug!(tenant, n, "revocation from the control plane");
-                    }
-                    // A key for another tenant is ignored: keys start with their tenant.
-                    Ok(r) if !r.key.starts_with(&format!("{tenant}.")) => refused_control(
-                        tenant,
-                        "other_tenant",
-                        "revocation for another tenant",
-                        &"",
-                    ),
-                    Ok(_) => refused_control(
-                        tenant,
-                        "malformed",
-                        "malformed revocation",
-                        &"a key is the tenant, a dot and a SHA-256 digest in hex",
-                    ),
-                    Err(e) => refused_control(tenant, "malformed", "malformed revocation", &e),
-                },
-                Some("unsubscribe") => {
-                    match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload)
-                        .map_err(|e| e.to_string())
-                        .and_then(|m| {
-                            Ok(FromNode {
-                                body: m.body.checked()?,
-                                origin: m.origin,
-                            })
-                        }) {
-                        // Applied already where it was asked for; a second time would end a
-                        // subscription made again in between.
-                        Ok(m) if m.origin == self.node => {}
-                        Ok(FromNode { body: mut u, .. }) => {
-                            u.selector.tenant = tenant.to_owned();
-                            let n = self.apply_unsubscribe(&u);
-                            debug!(tenant, n, "unsubscribe from the control plane");
-                        }
-                        Err(e) => refused_control(tenant, "malformed", "malformed unsubscribe", &e),
-                    }
-                }
-                _ => {}
             }
+            Some("revoke") => match serde_json::from_slice::<Revoke>(&message.payload) {
+                Ok(r) if revocation::is_key_of(&r.key, tenant) => {
+                    let n = self.apply_revoke(&r, &tenant_id);
+                    debug!(tenant, n, "revocation from the control plane");
+                }
+                // A key for another tenant is ignored: keys start with their tenant.
+                Ok(r) if !r.key.starts_with(&format!("{tenant}.")) => {
+                    refused_control(tenant, "other_tenant", "revocation for another tenant", &"")
+                }
+                Ok(_) => refused_control(
+                    tenant,
+                    "malformed",
+                    "malformed revocation",
+                    &"a key is the tenant, a dot and a SHA-256 digest in hex",
+                ),
+                Err(e) => refused_control(tenant, "malformed", "malformed revocation", &e),
+            },
+            Some("unsubscribe") => {
+                match serde_json::from_slice::<FromNode<Unsubscribe>>(&message.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| {
+                        Ok(FromNode {
+                            body: m.body.checked()?,
+                            origin: m.origin,
+                        })
+                    }) {
+                    // Applied already where it was asked for; a second time would end a
+                    // subscription made again in between.
+                    Ok(m) if m.origin == self.node => {}
+                    Ok(FromNode { body: mut u, .. }) => {
+                        u.selector.tenant = tenant.to_owned();
+                        let n = self.apply_unsubscribe(&u);
+                        debug!(tenant, n, "unsubscribe from the control plane");
+                    }
+                    Err(e) => refused_control(tenant, "malformed", "malformed unsubscribe", &e),
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -34,6 +34,14 @@ pub const EPOCH_CHANGED: (quiver_proto::ErrorCode, &str) = (
     "the room's history was lost (a new epoch): subscribe again, resuming from your last position",
 );
 
+/// What subscribers hear when this instance's broker listener missed publications of their
+/// room's stream: the stream's limits removed them before it got them (`Hub::end_room`).
+pub const BROKER_GAP: (quiver_proto::ErrorCode, &str) = (
+    quiver_proto::ErrorCode::UnrecoverablePosition,
+    "this instance fell behind the room's history limits and missed publications: subscribe \
+     again, resuming from your last position",
+);
+
 /// A room's identity: the tenant is part of every key, so tenants can never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RoomKey {
@@ -205,6 +213,23 @@ impl Hub {
                 .epoch
                 .compare_exchange(0, epoch, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// Ends every local subscription of the room with `cause` (as an epoch change does in
+    /// [`Self::pass`]) and takes them out of it; how many. Under the map's write lock, so no
+    /// fan-out of the room is under way and none reaches them after this. Each session then
+    /// tells its client, and unsubscribing finds the room empty, so the broker's interest is
+    /// dropped unless someone subscribed again meanwhile.
+    pub fn end_room(&self, key: &RoomKey, cause: (quiver_proto::ErrorCode, &'static str)) -> usize {
+        let mut rooms = self.rooms.write().unwrap_or_else(|e| e.into_inner());
+        let Some(room) = rooms.remove(key) else {
+            return 0;
+        };
+        for sub in &room.subs {
+            sub.hub_end.set(cause);
+            sub.overflow.cancel();
+        }
+        room.subs.len()
     }
 
     /// In a `latest` room (its subscribers have slots: a namespace has one mode), puts the
@@ -548,6 +573,44 @@ mod tests {
         );
         assert!(end.is_cancelled());
         assert!(rx_a.try_recv().is_err());
+    }
+
+    /// A room ended from outside (its broker listener missed publications) keeps none of its
+    /// subscribers: each is told why, gets nothing after, and unsubscribing it reports the
+    /// room empty. Other rooms are untouched, and a later subscriber is served.
+    #[test]
+    fn ending_a_room_ends_each_of_its_subscribers_with_the_cause() {
+        let hub = Hub::default();
+        let (a, mut rx_a) = sub(1, 8);
+        let (b, _rx_b) = sub(2, 8);
+        let (other, mut rx_other) = sub(3, 8);
+        let (a_end, a_cause) = (a.overflow.clone(), a.hub_end.clone());
+        let other_end = other.overflow.clone();
+        hub.subscribe(key("t", "r"), a);
+        hub.subscribe(key("t", "r"), b);
+        hub.subscribe(key("t", "o"), other);
+        assert_eq!(hub.end_room(&key("t", "r"), BROKER_GAP), 2);
+        assert!(a_end.is_cancelled() && !other_end.is_cancelled());
+        assert_eq!(a_cause.cause(), BROKER_GAP);
+        assert_eq!(
+            hub.deliver(&key("t", "r"), None, Bytes::from_static(b"x")),
+            0
+        );
+        assert!(rx_a.try_recv().is_err());
+        assert!(hub.unsubscribe(&key("t", "r"), 1));
+        assert_eq!(hub.end_room(&key("t", "r"), BROKER_GAP), 0);
+        assert_eq!(
+            hub.deliver(&key("t", "o"), None, Bytes::from_static(b"y")),
+            1
+        );
+        assert!(rx_other.try_recv().is_ok());
+        let (c, mut rx_c) = sub(4, 8);
+        hub.subscribe(key("t", "r"), c);
+        assert_eq!(
+            hub.deliver(&key("t", "r"), None, Bytes::from_static(b"z")),
+            1
+        );
+        assert!(rx_c.try_recv().is_ok());
     }
 
     /// A room whose only subscriber was dropped as slow is empty: unsubscribing that subscriber

@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use quiver_proto::TenantId;
 use sha2::{Digest, Sha256};
+use tracing::debug;
 
 use crate::auth::unix_now;
 
@@ -198,6 +200,131 @@ impl Revocations {
     fn len(&self, tenant: &str) -> usize {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         inner.tenants.get(tenant).map_or(0, HashMap::len)
+    }
+}
+
+// The store in NATS: every instance writes its revocations there and loads them at start.
+
+/// The key-value bucket revocations are kept in: each until its token's expiry, however far
+/// (the bucket has no age limit: an age limit would let a long-lived stolen token back in when
+/// its revocation aged out). Entries past their expiry are deleted by the next instance that
+/// loads the bucket.
+const REVOKED_BUCKET: &str = "quiver_revoked";
+
+/// Revocations read from the store per pull when loading: fewer than a subscription of the
+/// control connection holds, so a load never overflows its own subscription (a drop there sets
+/// off another load: `control.rs`, `keep_loaded`).
+const LOAD_BATCH: usize = 256;
+
+/// The bucket, created or brought to this configuration.
+pub(crate) async fn store(
+    nats: &async_nats::Client,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    let js = async_nats::jetstream::new(nats.clone());
+    // Created, or brought to this configuration: earlier versions made the bucket with a
+    // 30-day age limit.
+    js.create_or_update_key_value(async_nats::jetstream::kv::Config {
+        bucket: REVOKED_BUCKET.into(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("nats: revocation store: {e}"))
+}
+
+impl Revocations {
+    /// Loads the revocations stored by earlier instances (and by this one: a broadcast it
+    /// missed is in the store). The bucket's latest values are read through a pull consumer,
+    /// [`LOAD_BATCH`] at a time: `kv::Store::keys` had every key pushed at once into one
+    /// subscription, which the control connection's short queue overflows once the store
+    /// holds more than it, each overflow setting off another load; and it asked for each value
+    /// on its own, one round trip per revocation.
+    pub(crate) async fn load(&self, nats: &async_nats::Client) -> Result<usize, String> {
+        use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        let store = store(nats).await?;
+        let consumer = store
+            .stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                filter_subject: format!("{}>", store.prefix),
+                ack_policy: AckPolicy::None,
+                // Dropped by NATS if this load is cut short before it deletes it.
+                inactive_threshold: std::time::Duration::from_secs(10),
+                memory_storage: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("nats: revocation store: {e}"))?;
+        let name = consumer.cached_info().name.clone();
+        let loaded = self.load_from(&store, &consumer).await;
+        if let Err(e) = store.stream.delete_consumer(&name).await {
+            debug!(error = %e, "a revocation load's consumer is left for NATS to drop when idle");
+        }
+        loaded
+    }
+
+    async fn load_from(
+        &self,
+        store: &async_nats::jetstream::kv::Store,
+        consumer: &async_nats::jetstream::consumer::PullConsumer,
+    ) -> Result<usize, String> {
+        let mut n = 0;
+        loop {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(LOAD_BATCH)
+                .messages()
+                .await
+                .map_err(|e| format!("nats: {e}"))?;
+            // Messages in this batch, and how many the consumer held after the last one.
+            let (mut got, mut left) = (0, 0);
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| format!("nats: {e}"))?;
+                got += 1;
+                // Unreadable: not known to be the last, so another pull tells.
+                left = message.info().map_or(1, |info| info.pending);
+                let Some(key) = message.subject.as_str().strip_prefix(store.prefix.as_str()) else {
+                    continue;
+                };
+                // A deleted or purged key's latest value is its marker.
+                let removed = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() != "PUT");
+                if removed {
+                    continue;
+                }
+                match std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    // Its token has expired: refused anyway, so the entry goes.
+                    Some(until) if until <= crate::auth::unix_now() => {
+                        if let Err(e) = store.delete(key).await {
+                            debug!(error = %e, "an expired revocation stays in the bucket");
+                        }
+                    }
+                    // Only keys as `revocation::key` makes them, whoever else wrote there.
+                    Some(until)
+                        if key
+                            .split_once('.')
+                            .is_some_and(|(tenant, _)| is_key_of(key, tenant)) =>
+                    {
+                        self.insert(key.to_owned(), until);
+                        n += 1;
+                    }
+                    Some(_) => {}
+                    None => {}
+                }
+                if n >= MAX_ENTRIES {
+                    return Ok(n);
+                }
+            }
+            if got == 0 || left == 0 {
+                return Ok(n);
+            }
+        }
     }
 }
 

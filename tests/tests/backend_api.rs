@@ -1052,6 +1052,66 @@ async fn a_key_known_in_the_cluster_is_answered_at_an_instances_budget() -> anyh
     Ok(())
 }
 
+/// Keyed publishes refused 503 because the cluster's record could not be reached spend no
+/// place in their tenant's new-key budget (outside audit 111, F8): each spent one, so a backend
+/// or its clients retrying through an outage (a fresh key per message) were refused `429
+/// quota_exceeded` for up to 5 minutes once NATS was back. A budget's worth of claims refused
+/// while NATS is away, then a new key once it is back: claimed. Driven directly, as above:
+/// 10,000 refusals through HTTP would take the test far longer.
+#[tokio::test]
+async fn keyed_claims_refused_while_nats_is_away_leave_the_budget_alone() -> anyhow::Result<()> {
+    use async_nats::connection::State;
+    use quiver_server::idempotency::{self, Claim, Claimant, IdempotencyKeys};
+    use std::sync::Arc;
+    let mut nats = NatsServer::start().await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let keys = Arc::new(IdempotencyKeys::new(Some(client.clone())));
+    let tenant = quiver_proto::TenantId::parse("acme")?;
+    let room = quiver_proto::RoomName::parse("live.x")?;
+    let digest = idempotency::digest(b"payload");
+    let claim = |key: String| {
+        let (keys, tenant, room) = (keys.clone(), tenant.clone(), room.clone());
+        async move {
+            keys.claim(
+                Claimant::Client,
+                &tenant,
+                &room,
+                &key,
+                digest,
+                Instant::now(),
+            )
+            .await
+        }
+    };
+    let until = |state: State| {
+        let client = client.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while client.connection_state() != state {
+                anyhow::ensure!(Instant::now() < deadline, "NATS client never {state:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            anyhow::Ok(())
+        }
+    };
+    nats.kill();
+    until(State::Disconnected).await?;
+    for i in 0..idempotency::MAX_CLIENT_KEYS_PER_TENANT {
+        anyhow::ensure!(
+            claim(format!("outage-{i}")).await.is_err(),
+            "claim {i} while NATS is away was not refused"
+        );
+    }
+    nats.restart().await?;
+    until(State::Connected).await?;
+    match claim("after".into()).await.map_err(anyhow::Error::msg)? {
+        Claim::New(guard) => guard.done(None).await,
+        Claim::TooMany(_) => anyhow::bail!("refused 429: the outage's refusals spent the budget"),
+        _ => anyhow::bail!("a fresh key was not claimed"),
+    }
+    Ok(())
+}
+
 /// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
 /// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
 /// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an

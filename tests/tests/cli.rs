@@ -731,6 +731,78 @@ fn token_check_says_why_a_token_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// `--jwt-secret(-file)` replaces the configuration's key and nothing else: the configured
+/// `aud`, `iss` (file or `QUIVER_AUTH__*`) still go into a signed token and still decide
+/// `--check` (outside audit 111, F4: the whole `[auth]` was reset, so `token` signed what the
+/// server refuses and `--check` passed it).
+#[test]
+fn token_with_a_secret_flag_keeps_the_configured_audience_and_issuer() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::write(d.join("secret"), format!("{GOOD_SECRET}\n"))?;
+    std::fs::write(
+        d.join("c.toml"),
+        "[auth]\njwt_secret_file = \"secret\"\naudience = \"aud-x\"\nissuer = \"iss-y\"\n",
+    )?;
+    let checks = Checks {
+        audience: Some("aud-x".into()),
+        issuer: Some("iss-y".into()),
+        ..Checks::default()
+    };
+    let sign = ["--tenant", "acme", "--user", "u", "--publish", ">"];
+    for key in [
+        &["--jwt-secret-file", "secret"][..],
+        &["--jwt-secret", GOOD_SECRET],
+    ] {
+        let (ok, out, err) = run(
+            d,
+            &[&["token", "--config", "c.toml"][..], key, &sign[..]].concat(),
+            &[],
+        )?;
+        assert!(ok, "{key:?}: {err}");
+        // The server running c.toml accepts it.
+        Verifier::hs256(GOOD_SECRET.as_bytes(), &checks)?.verify(out.trim())?;
+    }
+    // A token without them is one that server refuses, and --check says so.
+    let bare = sign_hs256(
+        GOOD_SECRET.as_bytes(),
+        &Claims {
+            sub: "u".into(),
+            tenant: "acme".into(),
+            exp: unix_now() + 600,
+            subscribe: vec![">".into()],
+            publish: vec![],
+        },
+    )?;
+    refused(
+        d,
+        &[
+            "token",
+            "--config",
+            "c.toml",
+            "--jwt-secret-file",
+            "secret",
+            "--check",
+            &bare,
+        ],
+        &[],
+        &["would refuse this token", "aud"],
+    )?;
+    // From the environment, too.
+    let (ok, out, err) = run(
+        d,
+        &[&["token", "--jwt-secret-file", "secret"][..], &sign[..]].concat(),
+        &[("QUIVER_AUTH__AUDIENCE", "aud-env")],
+    )?;
+    assert!(ok, "{err}");
+    let env_checks = Checks {
+        audience: Some("aud-env".into()),
+        ..Checks::default()
+    };
+    Verifier::hs256(GOOD_SECRET.as_bytes(), &env_checks)?.verify(out.trim())?;
+    Ok(())
+}
+
 #[test]
 fn token_signs_es256_and_eddsa_with_a_private_key() -> Result<()> {
     let dir = tempfile::tempdir()?;

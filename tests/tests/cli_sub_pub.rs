@@ -153,6 +153,41 @@ async fn sub_prints_the_room_with_each_message_and_json() -> Result<()> {
     Ok(())
 }
 
+/// A payload is text anyone allowed to publish in the room chose: in `text` mode its control
+/// characters are escaped, so it stays one line of its own room and writes no escape to the
+/// terminal (outside audit 111, F2: `p\na.y\tforged` printed a second line that read as a
+/// publication in `a.y`). `--format json` keeps the exact payload.
+#[tokio::test]
+async fn sub_text_output_keeps_one_line_per_publication() -> Result<()> {
+    let server = TestServer::start().await?;
+    let token = full_token("acme", "cli");
+    let mut several = Sub::start(&server, &token, &["a.x", "a.y"]).await?;
+    let mut single = Sub::start(&server, &token, &["a.x"]).await?;
+    let mut json = Sub::start(&server, &token, &["--format", "json", "a.x"]).await?;
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        quiver_client::token_fixed(token.clone()),
+    ))
+    .await?;
+    let forged = "p\na.y\tforged \u{1b}[31mred\r";
+    client.publish_ack("a.x", forged).await?;
+    client.publish_ack("a.x", vec![0xff, b'\n', b'z']).await?;
+    // What follows shows that nothing above printed a line of its own.
+    client.publish_ack("a.x", "next").await?;
+    client.close().await;
+    for (sub, prefix) in [(&mut several, "a.x\t"), (&mut single, "")] {
+        assert_eq!(
+            sub.line().await?,
+            format!("{prefix}p\\na.y\\tforged \\u{{1b}}[31mred\\r")
+        );
+        assert_eq!(sub.line().await?, format!("{prefix}\\xff\\nz"));
+        assert_eq!(sub.line().await?, format!("{prefix}next"));
+    }
+    let exact: serde_json::Value = serde_json::from_str(&json.line().await?)?;
+    assert_eq!(exact["payload"], forged);
+    Ok(())
+}
+
 #[tokio::test]
 async fn pub_count_rate_and_stdin() -> Result<()> {
     let server = TestServer::start().await?;

@@ -455,6 +455,20 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
         alternatives(&schema("/api/v1/disconnect"), "anyOf"),
         ["user", "session"]
     );
+    // `null` is leaving a field out: it does not count as the one named (`{"user": null}` is
+    // refused 400).
+    for (path, keyword) in [
+        ("/api/v1/disconnect", "anyOf"),
+        ("/api/v1/broadcast", "oneOf"),
+    ] {
+        for alternative in schema(path)[keyword].as_array().into_iter().flatten() {
+            let field = alternative["required"][0].as_str().unwrap_or_default();
+            assert_eq!(
+                alternative["properties"][field]["not"]["type"], "null",
+                "{path} {field}"
+            );
+        }
+    }
     for (path, field) in [
         ("/api/v1/disconnect", "user"),
         ("/api/v1/unsubscribe", "user"),
@@ -466,6 +480,113 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
             "{path} {field}"
         );
     }
+    // The handlers' bounds on values, in the document too (outside audit 111, F7): each of
+    // these bodies was valid by the document and refused 400.
+    let tenant_pattern = "^[A-Za-z0-9_-]{1,64}$";
+    for (path, field, keyword, value) in [
+        (
+            "/api/v1/disconnect",
+            "session",
+            "minLength",
+            serde_json::json!(1),
+        ),
+        (
+            "/api/v1/disconnect",
+            "session",
+            "maxLength",
+            serde_json::json!(64),
+        ),
+        (
+            "/api/v1/unsubscribe",
+            "session",
+            "minLength",
+            serde_json::json!(1),
+        ),
+        (
+            "/api/v1/unsubscribe",
+            "session",
+            "maxLength",
+            serde_json::json!(64),
+        ),
+        (
+            "/api/v1/disconnect",
+            "reason",
+            "maxLength",
+            serde_json::json!(256),
+        ),
+        (
+            "/api/v1/unsubscribe",
+            "reason",
+            "maxLength",
+            serde_json::json!(256),
+        ),
+        ("/api/v1/history", "limit", "minimum", serde_json::json!(0)),
+        (
+            "/api/v1/history",
+            "limit",
+            "maximum",
+            serde_json::json!(u32::MAX),
+        ),
+        (
+            "/api/v1/revoke",
+            "expires_at",
+            "minimum",
+            serde_json::json!(0),
+        ),
+        (
+            "/api/v1/revoke",
+            "expires_at",
+            "maximum",
+            serde_json::json!(u64::MAX),
+        ),
+        (
+            "/api/v1/presence",
+            "room",
+            "maxLength",
+            serde_json::json!(128),
+        ),
+        (
+            "/api/v1/history",
+            "room",
+            "maxLength",
+            serde_json::json!(128),
+        ),
+        (
+            "/api/v1/unsubscribe",
+            "room",
+            "maxLength",
+            serde_json::json!(128),
+        ),
+    ] {
+        assert_eq!(
+            schema(path)["properties"][field][keyword],
+            value,
+            "{path} {field} {keyword}"
+        );
+    }
+    let routes = quiver_server::api::routes();
+    for route in routes.iter().filter(|r| r.request.is_some()) {
+        assert_eq!(
+            schema(route.path)["properties"]["tenant"]["pattern"],
+            tenant_pattern,
+            "{} tenant",
+            route.path
+        );
+    }
+    assert_eq!(
+        doc["paths"]["/api/v1/publish/{room}"]["post"]["parameters"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "tenant"))
+            .map(|p| p["schema"]["pattern"].clone()),
+        Some(serde_json::json!(tenant_pattern)),
+        "publish ?tenant="
+    );
+    let room_pattern = schema("/api/v1/presence")["properties"]["room"]["pattern"].clone();
+    assert!(room_pattern.is_string(), "room names have a pattern");
+    assert_eq!(
+        schema("/api/v1/broadcast")["properties"]["rooms"]["items"]["pattern"],
+        room_pattern
+    );
     let http = reqwest::Client::new();
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("http://{}{path}", server.http))
@@ -484,16 +605,197 @@ async fn request_schemas_require_what_the_handlers_require() -> anyhow::Result<(
             serde_json::json!({"reason": "bye"}),
             serde_json::json!({"session": "nobody"}),
         ),
+        (
+            "/api/v1/disconnect",
+            serde_json::json!({"user": null, "session": null}),
+            serde_json::json!({"user": null, "session": "nobody"}),
+        ),
         // An empty user id names nobody: refused, and the schema says 1 character at least.
         (
             "/api/v1/disconnect",
             serde_json::json!({"user": ""}),
             serde_json::json!({"user": "nobody"}),
         ),
+        // At the bounds the document gives, served; past them, refused.
+        (
+            "/api/v1/disconnect",
+            serde_json::json!({"session": "s".repeat(65)}),
+            serde_json::json!({"session": "s".repeat(64)}),
+        ),
+        (
+            "/api/v1/unsubscribe",
+            serde_json::json!({"user": "u", "room": "chat.x", "session": ""}),
+            serde_json::json!({"user": "u", "room": "chat.x", "session": "s"}),
+        ),
+        (
+            "/api/v1/disconnect",
+            serde_json::json!({"user": "u", "reason": "r".repeat(257)}),
+            serde_json::json!({"user": "u", "reason": "r".repeat(256)}),
+        ),
+        (
+            "/api/v1/history",
+            serde_json::json!({"room": "h.a", "limit": u64::from(u32::MAX) + 1}),
+            serde_json::json!({"room": "h.a", "limit": u32::MAX}),
+        ),
+        (
+            "/api/v1/revoke",
+            serde_json::json!({"jti": "j", "expires_at": -1}),
+            serde_json::json!({"jti": "j", "expires_at": u64::MAX}),
+        ),
+        (
+            "/api/v1/rooms",
+            serde_json::json!({"tenant": "ac.me"}),
+            serde_json::json!({"tenant": "acme"}),
+        ),
     ] {
         assert_eq!(post(path, without).await?.status(), 400, "{path}");
         assert_eq!(post(path, with).await?.status(), 200, "{path}");
     }
+    Ok(())
+}
+
+/// README: "`null` for an optional field is the same as leaving it out". Every optional field
+/// of every JSON route takes `null`, in the document and in the handler (outside audit 111,
+/// F3: `"reconnect": null` was a 400 "invalid type: null"). `payload` and `payload_base64` are
+/// the broadcast's one-of-two, not optional: left out.
+#[tokio::test]
+async fn null_optional_fields_are_absent_ones() -> anyhow::Result<()> {
+    let server = TestServer::start_with(|c| {
+        with_keys(c);
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "p".into(),
+            presence: true,
+            ..Default::default()
+        });
+    })
+    .await?;
+    let doc = openapi(&server).await?;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    // A body each route serves; with `user` and `session` both, either may be null.
+    let base = |path: &str| match path {
+        "/api/v1/broadcast" => Some(serde_json::json!({"rooms": ["chat.x"], "payload": "x"})),
+        "/api/v1/presence" => Some(serde_json::json!({"room": "p.x"})),
+        "/api/v1/history" => Some(serde_json::json!({"room": "h.a"})),
+        "/api/v1/disconnect" => Some(serde_json::json!({"user": "u", "session": "nobody"})),
+        "/api/v1/revoke" => Some(serde_json::json!({"jti": "j", "expires_at": exp})),
+        "/api/v1/unsubscribe" => Some(serde_json::json!({"user": "u", "room": "chat.x"})),
+        "/api/v1/rooms" | "/api/v1/info" => Some(serde_json::json!({})),
+        _ => None,
+    };
+    let http = reqwest::Client::new();
+    let mut tried = 0;
+    for route in quiver_server::api::routes() {
+        if route.request.is_none() {
+            continue;
+        }
+        // As the served document says it.
+        let schema = &doc["paths"][route.path]["post"]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        let base = base(route.path).ok_or_else(|| anyhow::anyhow!("no body for {}", route.path))?;
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|f| f.as_str()).collect())
+            .unwrap_or_default();
+        let properties = schema["properties"].as_object().expect("properties");
+        for (field, property) in properties {
+            if required.contains(&field.as_str()) || field.starts_with("payload") {
+                continue;
+            }
+            let documented = property["type"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "null"))
+                || property["$ref"] == "#/components/schemas/Position";
+            assert!(
+                documented,
+                "{} {field}: the schema refuses null",
+                route.path
+            );
+            let mut body = base.clone();
+            body[field.as_str()] = serde_json::Value::Null;
+            let response = http
+                .post(format!("http://{}{}", server.http, route.path))
+                .bearer_auth(ACME)
+                .json(&body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let answer = response.text().await?;
+            assert_eq!(status, 200, "{} {body}: {answer}", route.path);
+            tried += 1;
+        }
+    }
+    assert!(tried >= 16, "{tried} optional fields tried");
+    Ok(())
+}
+
+/// Every 401 carries a Bearer challenge, as RFC 9110 §15.5.2 requires (outside audit 111, F5):
+/// `error="invalid_token"` (RFC 6750 §3.1) when a credential was sent and refused, none when
+/// there was none; never anything of the request's.
+#[tokio::test]
+async fn unauthorized_answers_carry_a_bearer_challenge() -> anyhow::Result<()> {
+    let server = TestServer::start_with(with_keys).await?;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}/api/v1/{path}", server.http);
+    let plain = r#"Bearer realm="quiver-api""#;
+    let invalid = r#"Bearer realm="quiver-api", error="invalid_token""#;
+    let wrong = "wrong-key-0123456789abcdef0123456789";
+    let expired = token_expiring_at("acme", "u", 1);
+    let client = full_token("acme", "u");
+    for (what, request, challenge) in [
+        ("no key", http.post(url("rooms")), plain),
+        ("no key, a body", http.post(url("rooms")).body("{}"), plain),
+        (
+            "a wrong key",
+            http.post(url("rooms")).bearer_auth(wrong),
+            invalid,
+        ),
+        (
+            "a wrong key, a body",
+            http.post(url("rooms")).bearer_auth(wrong).body("{}"),
+            invalid,
+        ),
+        (
+            "a client token where a key is required",
+            http.post(url("rooms")).bearer_auth(&client),
+            invalid,
+        ),
+        (
+            "no credential to publish",
+            http.post(url("publish/chat.r")).body("x"),
+            plain,
+        ),
+        (
+            "an expired token, a body",
+            http.post(url("publish/chat.r"))
+                .bearer_auth(&expired)
+                .body("x"),
+            invalid,
+        ),
+        (
+            "an expired token, no body",
+            http.post(url("publish/chat.r")).bearer_auth(&expired),
+            invalid,
+        ),
+    ] {
+        let response = request.send().await?;
+        assert_eq!(response.status(), 401, "{what}");
+        let got: Vec<&str> = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(got, [challenge], "{what}");
+    }
+    // Other refusals carry none.
+    let forbidden = http
+        .post(url("rooms"))
+        .bearer_auth(ACME)
+        .json(&serde_json::json!({"tenant": "other"}))
+        .send()
+        .await?;
+    assert_eq!(forbidden.status(), 403);
+    assert!(forbidden.headers().get("www-authenticate").is_none());
     Ok(())
 }
 

@@ -65,12 +65,16 @@ pub fn api_key(shared: &Shared, presented: &str) -> Option<Caller> {
 
 /// The caller of an endpoint that takes API keys only.
 pub fn require_key(shared: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    api_key(shared, bearer(headers)).ok_or_else(|| {
-        ApiError::new(
-            Code::Unauthorized,
-            "an API key is required (Authorization: Bearer KEY)",
-        )
-    })
+    let credential = bearer(headers);
+    api_key(shared, credential).ok_or_else(|| key_required(credential))
+}
+
+/// 401 on an endpoint that takes API keys only.
+pub fn key_required(credential: &str) -> ApiError {
+    ApiError::unauthorized(
+        credential,
+        "an API key is required (Authorization: Bearer KEY)",
+    )
 }
 
 impl Caller {

@@ -104,7 +104,14 @@ pub struct ApiError {
     /// A count the refusal still reports (`disconnected_here` of an action applied on this
     /// instance only), beside `code` and `message`.
     pub count: Option<(&'static str, usize)>,
+    /// A 401 for a credential that was sent and refused (not for none at all): its challenge
+    /// says `error="invalid_token"` (RFC 6750 §3.1).
+    refused_credential: bool,
 }
+
+/// The challenge every 401 carries (RFC 6750 §3), and the one for a credential sent and refused.
+const CHALLENGE: &str = r#"Bearer realm="quiver-api""#;
+const CHALLENGE_INVALID_TOKEN: &str = r#"Bearer realm="quiver-api", error="invalid_token""#;
 
 /// A tenant quota's refusal, as its session would be told it (`QuotaError::code`):
 /// `payload_too_large` (413) for a publication no wait lets through, else `quota_exceeded` (429).
@@ -128,6 +135,16 @@ impl ApiError {
             code,
             message,
             count: None,
+            refused_credential: false,
+        }
+    }
+
+    /// 401: the request's `credential` (its bearer value, `""` when it sent none) is not
+    /// accepted here.
+    pub fn unauthorized(credential: &str, message: impl Into<String>) -> Self {
+        Self {
+            refused_credential: !credential.is_empty(),
+            ..Self::new(Code::Unauthorized, message)
         }
     }
 
@@ -150,9 +167,9 @@ impl ApiError {
     /// 401 for a credential that is no API key of this server and no valid client token: both
     /// are said, so an operator whose API key is wrong is not told only of tokens (outside
     /// audit 48, F5).
-    pub fn not_a_credential(token_error: &dyn std::fmt::Display) -> Self {
-        Self::new(
-            Code::Unauthorized,
+    pub fn not_a_credential(credential: &str, token_error: &dyn std::fmt::Display) -> Self {
+        Self::unauthorized(
+            credential,
             format!("not an API key of this server, nor a valid client token ({token_error})"),
         )
     }
@@ -175,14 +192,35 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         metrics::counter!(crate::metrics::API_REFUSALS, "code" => self.code.label()).increment(1);
-        (
+        let challenge = (self.code == Code::Unauthorized).then(|| self.challenge());
+        let mut response = (
             self.code.status(),
             Json(json!({"error": match self.count {
                 Some((field, n)) => json!({"code": self.code.label(), "message": self.message, field: n}),
                 None => json!({"code": self.code.label(), "message": self.message}),
             }})),
         )
-            .into_response()
+            .into_response();
+        if let Some(challenge) = challenge {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+}
+
+impl ApiError {
+    /// A 401's `WWW-Authenticate`, which RFC 9110 §15.5.2 requires of every 401 (outside audit
+    /// 111, F5): a Bearer challenge (RFC 6750 §3), with `error="invalid_token"` when a
+    /// credential was sent and refused. Fixed words only, never the request's: an
+    /// `error_description` quoting it would let a request write into a header.
+    fn challenge(&self) -> axum::http::HeaderValue {
+        axum::http::HeaderValue::from_static(if self.refused_credential {
+            CHALLENGE_INVALID_TOKEN
+        } else {
+            CHALLENGE
+        })
     }
 }
 

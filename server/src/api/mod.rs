@@ -3,7 +3,7 @@
 //! Every endpoint is in one route table, [`routes`]: the router is built from it, and so is the
 //! OpenAPI document at `/api/v1/openapi.json` (`openapi.rs`), so neither can miss a route.
 //! Errors have one JSON shape (`error.rs`); bodies are size-limited; keys are checked in
-//! constant time (`auth.rs`); positions are decimal strings (`json.rs`).
+//! constant time (`auth.rs`); positions are decimal strings (`encoding.rs`).
 
 mod auth;
 pub mod client_rate;
@@ -71,9 +71,13 @@ fn object(required: &[&str], properties: Value) -> Value {
 }
 
 /// `schema` needing one (`oneOf`: exactly one; `anyOf`: at least one) of `fields`, as the
-/// handler checks, so a body valid by the document is never refused for it.
+/// handler checks, so a body valid by the document is never refused for it. A field that is
+/// `null` is left out (README), so it counts only when it is not `null`.
 fn one_of(mut schema: Value, keyword: &str, fields: &[&str]) -> Value {
-    schema[keyword] = fields.iter().map(|f| json!({"required": [f]})).collect();
+    schema[keyword] = fields
+        .iter()
+        .map(|f| json!({"required": [f], "properties": {*f: {"not": {"type": "null"}}}}))
+        .collect();
     schema
 }
 
@@ -81,12 +85,43 @@ fn array(items: Value) -> Value {
     json!({"type": "array", "items": items})
 }
 
+/// An optional field's schema: `null` is leaving the field out (README "Backend API"), so the
+/// document takes it wherever the handler does.
+fn nullable(mut schema: Value) -> Value {
+    if let Some(single) = schema["type"].as_str() {
+        schema["type"] = json!([single, "null"]);
+    }
+    schema
+}
+
+/// A tenant id as `TenantId::parse` takes it. The schemas below say what the handlers check,
+/// so a body valid by the document is not refused 400 for a value in it (outside audit 111,
+/// F7: `session`, `reason`, `expires_at`, `limit` and `tenant` were bare types).
+pub(crate) fn tenant_schema() -> Value {
+    json!({
+        "type": "string",
+        "pattern": format!("^[A-Za-z0-9_-]{{1,{}}}$", quiver_proto::room::MAX_TENANT_LEN),
+        "description": "a tenant id; required with an admin key, a tenant's key may only name its own",
+    })
+}
+
+/// A room name as `RoomName::parse` takes it (ASCII only, so characters are bytes).
+pub(crate) fn room_schema() -> Value {
+    json!({
+        "type": "string",
+        "maxLength": quiver_proto::room::MAX_ROOM_LEN,
+        "pattern": format!(
+            "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+){{0,{}}}$",
+            quiver_proto::room::MAX_ROOM_DEPTH - 1
+        ),
+        "description": "dot-separated tokens of A-Z a-z 0-9 _ -, at most 128 bytes and 16 tokens",
+    })
+}
+
 /// Every API endpoint.
 pub fn routes() -> Vec<Route> {
-    let tenant = json!({
-        "type": "string",
-        "description": "required with an admin key; a tenant's key may only name its own",
-    });
+    let tenant = nullable(tenant_schema());
+    let room = room_schema();
     let string = json!({"type": "string"});
     // A user id or token id the way tokens carry them: 1 to 256 bytes of UTF-8 (the handlers
     // count bytes; a schema counts characters, so this is the closest it can say).
@@ -96,6 +131,18 @@ pub fn routes() -> Vec<Route> {
         "maxLength": crate::auth::MAX_SUB_BYTES,
         "description": "1 to 256 bytes of UTF-8",
     });
+    // A session id as `Welcome` gives it (`check_session`).
+    let session = nullable(json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": crate::control::MAX_SESSION_BYTES,
+        "description": "1 to 64 bytes: a session id as Welcome gives it",
+    }));
+    let reason = nullable(json!({
+        "type": "string",
+        "maxLength": crate::control::MAX_REASON,
+        "description": "at most 256 bytes of UTF-8",
+    }));
     let count = json!({"type": "integer", "minimum": 0});
     let flag = json!({"type": "boolean"});
     let base64 = json!({"type": "string", "format": "byte"});
@@ -122,7 +169,7 @@ pub fn routes() -> Vec<Route> {
                         "tenant": tenant,
                         "rooms": {
                             "type": "array",
-                            "items": string,
+                            "items": room,
                             "minItems": 1,
                             "maxItems": publish::MAX_BROADCAST_ROOMS,
                         },
@@ -154,7 +201,7 @@ pub fn routes() -> Vec<Route> {
                       sorted; `truncated` when there were more), and how many sessions and \
                       distinct users there are in all.",
             auth: Auth::ApiKey,
-            request: Some(object(&["room"], json!({"tenant": tenant, "room": string}))),
+            request: Some(object(&["room"], json!({"tenant": tenant, "room": room}))),
             response: object(
                 &["room", "members", "truncated", "sessions", "users"],
                 json!({
@@ -180,14 +227,15 @@ pub fn routes() -> Vec<Route> {
                 &["room"],
                 json!({
                     "tenant": tenant,
-                    "room": string,
+                    "room": room,
                     "since": position,
-                    "limit": {
+                    "limit": nullable(json!({
                         "type": "integer",
                         "minimum": 0,
+                        "maximum": u32::MAX,
                         "default": 100,
-                        "description": "capped at 1000",
-                    },
+                        "description": "a u32; over 1000 taken as 1000",
+                    })),
                 }),
             )),
             response: object(
@@ -213,7 +261,13 @@ pub fn routes() -> Vec<Route> {
             request: Some(one_of(
                 object(
                     &[],
-                    json!({"tenant": tenant, "user": token_id, "session": string, "reason": string, "reconnect": flag}),
+                    json!({
+                        "tenant": tenant,
+                        "user": nullable(token_id.clone()),
+                        "session": session,
+                        "reason": reason,
+                        "reconnect": nullable(flag.clone()),
+                    }),
                 ),
                 "anyOf",
                 &["user", "session"],
@@ -232,7 +286,12 @@ pub fn routes() -> Vec<Route> {
                 json!({
                     "tenant": tenant,
                     "jti": token_id,
-                    "expires_at": {"type": "integer", "description": "Unix seconds: the token's `exp`"},
+                    "expires_at": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": u64::MAX,
+                        "description": "Unix seconds: the token's `exp` (a u64)",
+                    },
                 }),
             )),
             response: object(&["disconnected_here"], json!({"disconnected_here": count})),
@@ -249,9 +308,9 @@ pub fn routes() -> Vec<Route> {
                 json!({
                     "tenant": tenant,
                     "user": token_id,
-                    "room": string,
-                    "session": string,
-                    "reason": string,
+                    "room": room,
+                    "session": session,
+                    "reason": reason,
                 }),
             )),
             response: object(&["unsubscribed_here"], json!({"unsubscribed_here": count})),
@@ -498,11 +557,8 @@ fn may_send_a_body(shared: &Shared, auth: Auth, credential: &str) -> Result<(), 
         Auth::ApiKeyOrToken => shared
             .authenticate(credential)
             .map(drop)
-            .map_err(|e| error::ApiError::not_a_credential(&e)),
-        _ => Err(error::ApiError::new(
-            Code::Unauthorized,
-            "an API key is required (Authorization: Bearer KEY)",
-        )),
+            .map_err(|e| error::ApiError::not_a_credential(credential, &e)),
+        _ => Err(auth::key_required(credential)),
     }
 }
 

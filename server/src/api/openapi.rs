@@ -61,7 +61,11 @@ pub fn document() -> Value {
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
             .map(|name| {
-                json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+                let schema = match name {
+                    "room" => super::room_schema(),
+                    _ => json!({"type": "string"}),
+                };
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
             })
             .collect();
         if super::publish::TENANT_QUERY_ROUTES.contains(&route.path) {
@@ -70,7 +74,7 @@ pub fn document() -> Value {
                 "in": "query",
                 "required": false,
                 "description": "the tenant to publish in, with an admin key (another key's or a token's own tenant otherwise, and only that one)",
-                "schema": {"type": "string"},
+                "schema": super::tenant_schema(),
             }));
         }
         if super::publish::IDEMPOTENT_ROUTES.contains(&route.path) {

@@ -61,7 +61,7 @@ pub async fn publish(
         None => {
             let grant = shared
                 .authenticate(credential)
-                .map_err(|e| ApiError::not_a_credential(&e))?;
+                .map_err(|e| ApiError::not_a_credential(credential, &e))?;
             if query
                 .tenant
                 .as_deref()

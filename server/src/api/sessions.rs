@@ -61,8 +61,10 @@ pub struct DisconnectRequest {
     session: Option<String>,
     #[serde(default)]
     reason: Option<String>,
+    /// `null` is leaving it out (false), as for every optional field: a `bool` refused it 400
+    /// (outside audit 111, F3).
     #[serde(default)]
-    reconnect: bool,
+    reconnect: Option<bool>,
 }
 
 /// `POST /api/v1/disconnect` `{tenant?, user?, session?, reason?, reconnect?}`: ends the
@@ -81,6 +83,7 @@ pub async fn disconnect(
         check_user(user)?;
     }
     check_session(request.session.as_deref())?;
+    let reconnect = request.reconnect.unwrap_or(false);
     let disconnect = crate::control::Disconnect {
         selector: Selector {
             tenant: tenant.to_string(),
@@ -88,12 +91,12 @@ pub async fn disconnect(
             session: request.session,
             jti_key: None,
         },
-        reason: if request.reconnect {
+        reason: if reconnect {
             reason(request.reason, "reconnect asked by the backend")?
         } else {
             reason(request.reason, "disconnected by the backend")?
         },
-        reconnect: request.reconnect,
+        reconnect,
     };
     let local = shared
         .control

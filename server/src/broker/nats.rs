@@ -122,6 +122,10 @@ fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
 /// A tenant stream, looked up (or created) once by whoever asks first.
 type StreamCell = Arc<OnceCell<history::TenantStream>>;
 
+/// A subscription handed to the NATS client, or still waiting for room in its command queue
+/// (`Inner::subscribing`).
+type Subscribing = BoxFuture<'static, Result<async_nats::Subscriber, BrokerError>>;
+
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -204,6 +208,8 @@ impl NatsBroker {
             .name("quiver")
             // Start even when NATS is down; /readyz says so until it is reachable.
             .retry_on_initial_connect()
+            // A byte bound on what each room's subscription buffers, not 65,536 messages.
+            .subscription_capacity(broker_subscription_capacity(config.limits.max_payload))
             .event_callback(move |event| {
                 let connected = connected_tx.clone();
                 let ever_connected = ever_connected.clone();
@@ -231,9 +237,11 @@ impl NatsBroker {
                             metrics::gauge!(m::NATS_CONNECTED).set(0.0);
                             let _ = connected.send(false);
                         }
-                        // One event per dropped message: log at debug only, the metric counts.
+                        // One event per dropped message: counted twice (the deliveries lost,
+                        // and the connection's drops beside the others'), logged within a budget.
                         async_nats::Event::SlowConsumer(_) => {
-                            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1)
+                            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1);
+                            slow_consumer("broker");
                         }
                         async_nats::Event::ClientError(e) => {
                             if !warned.swap(true, Relaxed) {
@@ -288,8 +296,13 @@ async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bo
             strong.health.disconnected();
             continue;
         }
-        let generation = strong.health.reconnected();
+        // The cached streams are forgotten before the new generation is announced: the
+        // generation wakes the history listeners to rebuild, and one that looked its stream up
+        // between the two got the handle and epoch from before the reconnect, and after a
+        // memory-storage NATS restart read the new stream under the old epoch, with no 117
+        // (outside cluster audit 112, F7).
         strong.streams.lock().await.clear();
+        let generation = strong.health.reconnected();
         drop(strong);
         tokio::spawn(probe_jetstream(inner.clone(), generation));
     }
@@ -335,19 +348,19 @@ impl Inner {
         let hub = self.hub.clone();
         let config = self.config.clone();
         let events = if self.config.presence(&key.room) {
-            Some(self.listen_events(key.clone()).await?)
+            Some(self.listen_events(key.clone())?)
         } else {
             None
         };
         let events = events.map(AbortOnDrop);
         match self.config.history(&key.room) {
             None => {
-                let mut sub = self
-                    .client
-                    .subscribe(subject(&key))
-                    .await
-                    .map_err(unavailable)?;
+                let subscribing = self.subscribing(subject(&key))?;
                 let task = tokio::spawn(async move {
+                    // Err only once the client is gone, with the broker.
+                    let Ok(mut sub) = subscribing.await else {
+                        return;
+                    };
                     let deliver = |msg: async_nats::Message| {
                         if fits(&key, msg.payload.len(), config.limits.max_payload) {
                             lag::record(msg.headers.as_ref());
@@ -385,21 +398,48 @@ impl Inner {
     }
 
     /// Server-made events (`Joined`/`Left`), already encoded by the instance that made them.
-    async fn listen_events(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
+    fn listen_events(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
         let hub = self.hub.clone();
         let max_frame = self.config.limits.max_frame;
-        let mut sub = self
-            .client
-            .subscribe(events_subject(&key))
-            .await
-            .map_err(unavailable)?;
+        let subscribing = self.subscribing(events_subject(&key))?;
         Ok(tokio::spawn(async move {
+            let Ok(mut sub) = subscribing.await else {
+                return;
+            };
             while let Some(msg) = sub.next().await {
                 if fits(&key, msg.payload.len(), max_frame) && is_room_event(&key, &msg.payload) {
                     hub.deliver_frame(&key, Delivery::new(None, msg.payload));
                 }
             }
         }))
+    }
+
+    /// Asks the NATS client for a subscription to `subject` without waiting for it to be
+    /// taken. async-nats takes commands through a queue (2,048) that it does not read while it
+    /// reconnects: once an outage had filled it, a `Subscribe` whose room was being subscribed
+    /// waited for NATS to come back, and every other subscriber of the room with it (outside
+    /// cluster audit 112, F1). The request is made here, so it holds its place in that queue
+    /// ahead of whatever the session hands over next (the queue serves waiting senders in
+    /// order: a publication right behind the `Subscribed` still comes back); the listener's
+    /// task waits for it if the queue had no room, and the room retired meanwhile drops it
+    /// with the task, before it ever reaches NATS.
+    fn subscribing(&self, subject: String) -> Result<Subscribing, BrokerError> {
+        let client = self.client.clone();
+        let mut subscribing: Subscribing =
+            Box::pin(async move { client.subscribe(subject).await.map_err(unavailable) });
+        match (&mut subscribing).now_or_never() {
+            Some(taken) => taken.map(|sub| futures::future::ready(Ok(sub)).boxed()),
+            None => Ok(subscribing),
+        }
+    }
+
+    /// Whether NATS is connected now. What no client waits for (the presence refresh, history
+    /// listeners rebuilding) asks NATS nothing otherwise: async-nats would hold the request in
+    /// its queue until NATS is back, and requests repeated through an outage filled it, after
+    /// which every call to NATS waited for the end of the outage (outside cluster audit 112,
+    /// F1). A reconnect wakes them (a new generation; the refresh's nudge).
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// Refuses at once while NATS is known to be disconnected, rather than after waiting out
@@ -454,12 +494,24 @@ impl Inner {
             // it on reconnect, so a live one would be said Ok and a stored one stored after its
             // `unavailable` (a retry would then duplicate it).
             _ if !connected => Err(BrokerError::Unavailable("NATS is disconnected".into())),
-            None => self
-                .client
-                .publish_with_headers(subject(&key), lag::stamp(), payload)
-                .await
-                .map(|()| None)
-                .map_err(unavailable),
+            // Bounded too: NATS frozen and not yet known to be (the pings notice it within
+            // about 6 s), the socket and then async-nats' queue fill, and the publish waited
+            // for room there through the freeze and the reconnect after it, to be answered
+            // `Published` and delivered minutes late (outside cluster audit 112, F1). One not
+            // taken in time is not published: the queue had no room for it, and it is dropped
+            // with the wait.
+            None => {
+                let sending =
+                    self.client
+                        .publish_with_headers(subject(&key), lag::stamp(), payload);
+                match tokio::time::timeout(JS_TIMEOUT, sending).await {
+                    Ok(sent) => sent.map(|()| None).map_err(unavailable),
+                    Err(_) => Err(BrokerError::Unavailable(format!(
+                        "NATS took no publication for {} s: not published",
+                        JS_TIMEOUT.as_secs()
+                    ))),
+                }
+            }
             // Waits for the stored ack (bounded).
             Some(ns) => self
                 .publish_history(&key, ns, payload, once.as_deref())
@@ -582,11 +634,20 @@ impl Broker for NatsBroker {
 
     fn announce(&self, key: RoomKey, frame: Bytes) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
-            self.inner
-                .client
-                .publish(events_subject(&key), frame)
-                .await
-                .map_err(unavailable)
+            // Not handed over while NATS is known to be away, and not waited for past the
+            // bound: async-nats holds what it is given until NATS is back, so a `Joined` or
+            // `Left` went out minutes after the member came or went, and once its queue was
+            // full the `Subscribe`, `Unsubscribe` or session end announcing it waited for NATS
+            // (outside cluster audit 112, F1). An event dropped with the wait was never queued.
+            self.inner.reachable()?;
+            bounded("presence event", async {
+                self.inner
+                    .client
+                    .publish(events_subject(&key), frame)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await
         })
     }
 
@@ -783,14 +844,69 @@ fn reconnect_delay(attempts: usize) -> std::time::Duration {
     wait.mul_f64(rand::random_range(0.75..1.25))
 }
 
+/// How many messages each NATS subscription holds before async-nats drops what comes next (a
+/// slow consumer, client-side: the connection's reader never waits for a subscriber, so
+/// nats-server sees nothing). async-nats's default is 65,536 whatever their size: a tenant's
+/// backend publishing large messages on subjects an instance reads made it buffer gigabytes
+/// (outside cluster audit 112, F4). The broker's subscriptions (a room's, its events', the
+/// history consumers') hold about [`BROKER_SUBSCRIPTION_BYTES`] of publications of
+/// `limits.max_payload` (4,369 at the defaults), at least [`MIN_SUBSCRIPTION_CAPACITY`] and
+/// at most async-nats's default. What the broker drops is counted
+/// (`quiver_nats_slow_consumer_total{connection}`) and logged within a budget ([`watched`]).
+pub fn broker_subscription_capacity(max_payload: u32) -> usize {
+    (BROKER_SUBSCRIPTION_BYTES / (max_payload as usize).max(1))
+        .clamp(MIN_SUBSCRIPTION_CAPACITY, DEFAULT_SUBSCRIPTION_CAPACITY)
+}
+
+/// The bytes of publications one broker subscription holds at most (of `limits.max_payload`;
+/// a larger message, which only something else than Quiver publishes, is dropped as it is
+/// taken out, so until then each may be as large as nats-server's `max_payload`).
+pub const BROKER_SUBSCRIPTION_BYTES: usize = 256 << 20;
+/// The fewest messages a subscription holds: a history listener's ordered consumer asks for
+/// 500 at a time and again at 250 left (`vendor/async-nats`, `ORDERED_BATCH`), a read consumer
+/// 256, and those must never be dropped for want of room.
+pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1_024;
+/// async-nats's own default, the most a subscription holds.
+const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
+/// The control plane's and the calls' connections: what Quiver sends on them is small (a
+/// control message is at most a few KiB, a reply at most a call's answer) and read at once
+/// (a control message costs one pass over the instance's sessions, a reply a map lookup), so
+/// 1,024 messages is a long queue for them, and at most 1,024 × nats-server's `max_payload`
+/// (1 GiB at its default of 1 MiB) per subscription from a hostile publisher.
+pub const CONTROL_SUBSCRIPTION_CAPACITY: usize = 1_024;
+
+/// WARN lines of messages NATS subscriptions dropped (every connection together): one event
+/// per message, thousands a second in a flood (FACTS.md).
+static SLOW_CONSUMER_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(1);
+
+/// Counts one message a subscription of `connection` dropped for want of room
+/// (`quiver_nats_slow_consumer_total{connection}`), and says so within
+/// [`SLOW_CONSUMER_LOGGED`]. Only the events async-nats manages to report are counted: it
+/// queues at most 128 of them and drops the rest, so a flood is undercounted.
+fn slow_consumer(connection: &'static str) {
+    metrics::counter!(m::NATS_SLOW_CONSUMER, "connection" => connection).increment(1);
+    if let Some(not_logged) = SLOW_CONSUMER_LOGGED.admit() {
+        warn!(
+            connection,
+            not_logged,
+            "a NATS subscription dropped a message: it was full (this instance reads slower than NATS delivers)"
+        );
+    }
+}
+
 /// `options` with the event callback of the control plane's and the calls' own connections
 /// (the broker's has its own, in `NatsBroker::connect`): a loss is counted,
 /// `quiver_nats_disconnects_total{connection}`, and is one WARN line until the connection is
 /// back. A tenant's backend flooding subjects every instance reads can get these connections
-/// dropped by nats-server as slow consumers, and nothing said so (outside audit 69, F1).
+/// dropped by nats-server as slow consumers, and nothing said so (outside audit 69, F1). A
+/// message dropped by a full subscription is counted too ([`slow_consumer`]) and added to
+/// `dropped`: the control plane loads the stored revocations again when it moves, since the
+/// message lost may have been one (outside cluster audit 112, F2).
 pub fn watched(
     options: async_nats::ConnectOptions,
     connection: &'static str,
+    dropped: Option<&'static std::sync::atomic::AtomicU64>,
 ) -> async_nats::ConnectOptions {
     let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     options.event_callback(move |event| {
@@ -807,6 +923,12 @@ pub fn watched(
                 async_nats::Event::Connected => {
                     if warned.swap(false, Relaxed) {
                         info!(connection, "nats connection back");
+                    }
+                }
+                async_nats::Event::SlowConsumer(_) => {
+                    slow_consumer(connection);
+                    if let Some(dropped) = dropped {
+                        dropped.fetch_add(1, Relaxed);
                     }
                 }
                 other => debug!(connection, event = %other, "nats"),

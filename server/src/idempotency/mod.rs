@@ -194,6 +194,20 @@ impl TenantKeys {
         dropped
     }
 
+    /// Gives back the place in `claimant`'s budget of a claim made `at`: one that recorded no
+    /// new key (outside audit 93, F2; outside audit 111, F8). Claims made at the same instant
+    /// are alike, so whichever of them goes is the same.
+    fn give_back(&mut self, claimant: Claimant, at: Instant) {
+        let claims = match claimant {
+            Claimant::Operator => return,
+            Claimant::TenantBackend => &mut self.backend_claims,
+            Claimant::Client => &mut self.client_claims,
+        };
+        if let Some(i) = claims.iter().rposition(|c| *c == at) {
+            claims.remove(i);
+        }
+    }
+
     /// Drops the oldest entry, live or not yet expired.
     fn evict_oldest(&mut self) -> usize {
         while let Some((slot, claimed)) = self.order.pop_front() {
@@ -253,15 +267,19 @@ impl IdempotencyKeys {
             return Ok(Claim::New(guard));
         };
         let bucket_key = cluster::bucket_key(tenant, room, key);
-        // On every answer but `Claimed`, dropping the guard forgets the local claim again, and
-        // the key was no new one: its place in the claimant's budget is given back.
+        // On an error (NATS away, the bucket full) and on every answer but `Claimed`, the
+        // guard is dropped here: that forgets the local claim again and gives its place in the
+        // claimant's budget back, for nothing of it is in the shared record. A 503 refused
+        // during an outage spent a place each, and the tenant's clients were then refused 429
+        // for up to 5 minutes once NATS was back (outside audit 111, F8).
         let remote = cluster.claim(&bucket_key, &digest).await?;
-        if !matches!(remote, cluster::Remote::Claimed(_)) {
-            self.give_back(claimant, tenant, now);
-        }
         Ok(match remote {
             cluster::Remote::Claimed(revision) => {
                 guard.cluster_key = Some((bucket_key, revision));
+                // In the shared record from now on: released or not, the key (or the deletion
+                // marker a release leaves, about as large) fills its place in the bucket for
+                // the rest of the window, which is what the budget bounds.
+                guard.budget = None;
                 Claim::New(guard)
             }
             cluster::Remote::Done(position) => {
@@ -271,23 +289,6 @@ impl IdempotencyKeys {
             cluster::Remote::InProgress => Claim::InProgress,
             cluster::Remote::Mismatch => Claim::Mismatch,
         })
-    }
-
-    /// A claim counted against `claimant`'s budget here (at `now`) that the cluster knew
-    /// already: not a new key, so its place is given back (outside audit 93, F2).
-    fn give_back(&self, claimant: Claimant, tenant: &TenantId, now: Instant) {
-        let mut inner = self.lock();
-        let Some(keys) = inner.tenants.get_mut(tenant) else {
-            return;
-        };
-        let claims = match claimant {
-            Claimant::Operator => return,
-            Claimant::TenantBackend => &mut keys.backend_claims,
-            Claimant::Client => &mut keys.client_claims,
-        };
-        if let Some(at) = claims.iter().rposition(|at| *at == now) {
-            claims.remove(at);
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -362,6 +363,7 @@ impl IdempotencyKeys {
             claimed: now,
             digest,
             cluster_key: None,
+            budget: claimant.limit().map(|_| claimant),
         })
     }
 
@@ -434,6 +436,11 @@ pub struct Guard {
     /// The key in the cluster's bucket and the revision of this instance's claim there, when
     /// it claimed it there.
     cluster_key: Option<(String, u64)>,
+    /// Whose budget holds a place for this claim that is given back when the guard drops: a
+    /// claim that ends as no recorded key (its cluster claim failed, or it was let go of before
+    /// reaching the shared record) took nothing anyone shares. `None` once done, once in the
+    /// cluster's record, or for an uncounted claimant.
+    budget: Option<Claimant>,
 }
 
 impl Guard {
@@ -446,6 +453,8 @@ impl Guard {
     /// the other instances once the cluster's record says so.
     pub async fn done(mut self, position: Option<Position>) {
         self.done_here(position);
+        // A new key, recorded: it keeps its place.
+        self.budget = None;
         // Taken: what is done is not released when the guard drops.
         let key = self.cluster_key.take();
         if let (Some(cluster), Some((key, revision))) = (&self.keys.cluster, &key) {
@@ -455,7 +464,9 @@ impl Guard {
         }
     }
 
-    /// The publication failed: forget the key everywhere, so a retry publishes.
+    /// The publication failed: forget the key everywhere, so a retry publishes. A key that
+    /// never reached the cluster's record (a single instance) gives its budget place back too;
+    /// one in the record keeps it (see `budget`).
     pub async fn forget(mut self) {
         let key = self.cluster_key.take();
         if let (Some(cluster), Some((key, revision))) = (&self.keys.cluster, &key) {
@@ -494,12 +505,20 @@ impl Drop for Guard {
                 });
             }
         }
-        let Some(slot) = self.slot.take() else { return };
+        let budget = self.budget.take();
+        let slot = self.slot.take();
+        if budget.is_none() && slot.is_none() {
+            return;
+        }
         let mut inner = self.keys.lock();
         let inner = &mut *inner;
         let Some(keys) = inner.tenants.get_mut(&self.tenant) else {
             return;
         };
+        if let Some(claimant) = budget {
+            keys.give_back(claimant, self.claimed);
+        }
+        let Some(slot) = slot else { return };
         if keys
             .entries
             .get(&slot)

@@ -283,18 +283,19 @@ fn a_tenants_clients_get_a_bounded_number_of_new_keys_per_window() {
     let (acme, globex, lobby) = (tenant("acme"), tenant("globex"), room("lobby"));
     let now = Instant::now();
     let client = |i: usize| scoped(&format!("{USER}mallory"), &format!("k{i}"));
+    // Held, as publications under way are: a claim let go of undone gives its place back.
+    let mut held = Vec::with_capacity(MAX_CLIENT_KEYS_PER_TENANT);
     for i in 0..MAX_CLIENT_KEYS_PER_TENANT {
-        assert!(matches!(
-            keys.claim_here(
-                Claimant::Client,
-                &acme,
-                &lobby,
-                &client(i),
-                digest(b"x"),
-                now
-            ),
-            Claim::New(_)
-        ));
+        let claim = keys.claim_here(
+            Claimant::Client,
+            &acme,
+            &lobby,
+            &client(i),
+            digest(b"x"),
+            now,
+        );
+        assert!(matches!(claim, Claim::New(_)), "claim {i}");
+        held.push(claim);
     }
     // Refused, not evicted: the cluster's record of the earlier keys stays in any case.
     assert!(matches!(
@@ -353,8 +354,10 @@ fn a_tenants_own_backend_gets_a_bounded_number_of_new_keys_per_window() {
     let keys = Arc::new(IdempotencyKeys::default());
     let (acme, globex, now) = (tenant("acme"), tenant("globex"), Instant::now());
     let key = |i: usize| scoped(BACKEND, &format!("k{i}"));
-    // Many rooms, as a broadcast's claims are: one entry per room.
+    // Many rooms, as a broadcast's claims are: one entry per room. Held, as publications under
+    // way are: a claim let go of undone gives its place back.
     let rooms: Vec<RoomName> = (0..100).map(|r| room(&format!("r{r}"))).collect();
+    let mut held = Vec::with_capacity(MAX_TENANT_BACKEND_KEYS);
     for i in 0..MAX_TENANT_BACKEND_KEYS {
         let claim = keys.claim_here(
             Claimant::TenantBackend,
@@ -365,6 +368,7 @@ fn a_tenants_own_backend_gets_a_bounded_number_of_new_keys_per_window() {
             now,
         );
         assert!(matches!(claim, Claim::New(_)), "claim {i}");
+        held.push(claim);
     }
     assert!(matches!(
         keys.claim_here(
@@ -411,6 +415,53 @@ fn a_tenants_own_backend_gets_a_bounded_number_of_new_keys_per_window() {
         ),
         Claim::New(_)
     ));
+}
+
+/// A claim that ends as no recorded key gives its place in its claimant's budget back: a
+/// publication that failed (`forget`), a guard dropped undone (a broadcast refused in a later
+/// room drops the claims of the rooms before it). They spent a place each, and a backend
+/// retrying through an outage left its tenant's keyed publishes refused 429 for up to 5
+/// minutes afterwards (outside audit 111, F8). A key recorded as done keeps its place.
+#[tokio::test]
+async fn claims_that_record_no_key_give_their_place_in_the_budget_back() {
+    for (claimant, scope) in [
+        (Claimant::Client, format!("{USER}mallory")),
+        (Claimant::TenantBackend, BACKEND.to_owned()),
+    ] {
+        let keys = Arc::new(IdempotencyKeys::default());
+        let (acme, lobby, now) = (tenant("acme"), room("lobby"), Instant::now());
+        let limit = claimant.limit().expect("a counted claimant");
+        let claim = |i: usize| {
+            keys.claim_here(
+                claimant,
+                &acme,
+                &lobby,
+                &scoped(&scope, &format!("k{i}")),
+                digest(b"x"),
+                now,
+            )
+        };
+        for i in 0..2 * limit {
+            let Claim::New(guard) = claim(i) else {
+                panic!("{claimant:?}: claim {i} refused: failed claims spent the budget");
+            };
+            if i % 2 == 0 {
+                guard.forget().await;
+            } else {
+                drop(guard);
+            }
+        }
+        for i in 0..limit {
+            let Claim::New(guard) = claim(2 * limit + i) else {
+                panic!("{claimant:?}: claim {i} refused within the budget");
+            };
+            guard.done(None).await;
+        }
+        assert!(
+            matches!(claim(usize::MAX), Claim::TooMany(c) if c == claimant),
+            "{claimant:?}: done keys gave their places back"
+        );
+    }
 }
 
 #[test]

@@ -67,7 +67,12 @@ pub(super) fn register_zeros() {
     for outcome in ["loaded", "failed"] {
         metrics::counter!(JWKS_RELOADS, "outcome" => outcome).absolute(0);
     }
-    for reason in ["slow_consumer", "broker_slow_consumer", "latest_event"] {
+    for reason in [
+        "slow_consumer",
+        "broker_slow_consumer",
+        "broker_gap",
+        "latest_event",
+    ] {
         metrics::counter!(DELIVERIES_DROPPED, "reason" => reason).absolute(0);
     }
     metrics::counter!(PUBLICATIONS_DROPPED, "reason" => "broker_unavailable").absolute(0);
@@ -82,6 +87,7 @@ pub(super) fn register_zeros() {
     metrics::counter!(NATS_RECONNECTS).absolute(0);
     for connection in NATS_CONNECTIONS {
         metrics::counter!(NATS_DISCONNECTS, "connection" => connection).absolute(0);
+        metrics::counter!(NATS_SLOW_CONSUMER, "connection" => connection).absolute(0);
     }
     crate::rpc::register_zeros();
     crate::tls_resumption::register_metrics();
@@ -181,8 +187,10 @@ pub(super) fn describe() {
         DELIVERIES_DROPPED,
         "Deliveries dropped, by reason (slow_consumer: one per subscription ended because its \
          queue overflowed, the frames still queued for it not counted one by one; \
-         broker_slow_consumer: one per message NATS dropped to this node; latest_event: one per \
-         room event a latest subscriber's full queue had no room for)"
+         broker_slow_consumer: one per message NATS dropped to this node; broker_gap: one per \
+         history publication this node's consumer never got, its rooms' subscriptions then \
+         ended with 117; latest_event: one per room event a latest subscriber's full queue had \
+         no room for)"
     );
     describe_counter!(COMMANDS, "Commands received from clients");
     describe_counter!(
@@ -311,6 +319,14 @@ pub(super) fn describe() {
         "Times each of this node's NATS connections (broker, control, rpc) was lost (a NATS \
          outage, or nats-server dropping it as a slow consumer)"
     );
+    describe_counter!(
+        NATS_SLOW_CONSUMER,
+        "Messages one of this node's NATS subscriptions dropped because it was full (the \
+         client's slow consumer: this node read slower than NATS delivered), by connection \
+         (broker: rooms' publications and events, history consumers; control: cluster-wide \
+         disconnects, unsubscribes, revocations; rpc: replies). A flood is undercounted: the \
+         NATS client queues at most 128 such reports and drops the rest"
+    );
     describe_histogram!(
         JETSTREAM_PUBLISH_DURATION,
         Unit::Seconds,
@@ -319,7 +335,7 @@ pub(super) fn describe() {
     crate::rpc::describe();
     describe_gauge!(
         JETSTREAM_CONSUMER_PENDING,
-        "Messages JetStream still holds for this node's history consumers, by namespace \
-         (sampled as each consumer delivers)"
+        "Messages JetStream still holds for this node's history consumers, by namespace: \
+         the largest backlog among the namespace's live consumers, updated once a second"
     );
 }

@@ -71,8 +71,12 @@ pub const QUIC_CONGESTION_EVENTS: &str = "quiver_quic_congestion_events";
 pub const NATS_CONNECTED: &str = "quiver_nats_connected";
 pub const NATS_RECONNECTS: &str = "quiver_nats_reconnects_total";
 pub const NATS_DISCONNECTS: &str = "quiver_nats_disconnects_total";
-/// The `connection` label of [`NATS_DISCONNECTS`]: an instance's three NATS connections.
+/// The `connection` label of [`NATS_DISCONNECTS`] and [`NATS_SLOW_CONSUMER`]: an instance's
+/// three NATS connections.
 pub const NATS_CONNECTIONS: [&str; 3] = ["broker", "control", "rpc"];
+/// Messages a NATS subscription of this node dropped because it was full (async-nats's
+/// client-side slow consumer), by `connection` ([`NATS_CONNECTIONS`]).
+pub const NATS_SLOW_CONSUMER: &str = "quiver_nats_slow_consumer_total";
 pub const JETSTREAM_PUBLISH_DURATION: &str = "quiver_jetstream_publish_duration_seconds";
 pub const JETSTREAM_CONSUMER_PENDING: &str = "quiver_jetstream_consumer_pending";
 pub const TENANT_DELIVERIES: &str = "quiver_tenant_deliveries_total";

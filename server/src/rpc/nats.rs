@@ -163,8 +163,12 @@ impl NatsRoute {
     pub async fn connect(nats: &NatsConfig) -> Result<Self, crate::broker::BrokerError> {
         let options = async_nats::ConnectOptions::new()
             .name("quiver-rpc")
-            .retry_on_initial_connect();
-        let options = crate::broker::nats::watched(options, "rpc");
+            .retry_on_initial_connect()
+            // Replies, each taken at once: a short queue, so a backend flooding its tenant's
+            // reply subjects with large messages cannot make the instance hold gigabytes
+            // (outside cluster audit 112, F4); what it drops is counted.
+            .subscription_capacity(crate::broker::nats::CONTROL_SUBSCRIPTION_CAPACITY);
+        let options = crate::broker::nats::watched(options, "rpc", None);
         let client = crate::broker::nats::connect_with(nats, options).await?;
         let replies = Arc::new(Replies::new());
         // async-nats takes a subscription while still connecting and makes it once connected.

@@ -24,6 +24,10 @@ static SUBSCRIPTION_ENDS_LOGGED: LogBudget = LogBudget::summarised(
     Summary::Warn("more subscriptions were ended by the server than logged"),
 );
 
+/// Presence joins and leaves the broker did not record or announce, logged once a second at
+/// most: through an outage every subscribe and unsubscribe in a presence room is one.
+static PRESENCE_UNRECORDED_LOGGED: LogBudget = LogBudget::per_second(1);
+
 impl Session {
     pub(super) async fn subscribe(
         &mut self,
@@ -593,8 +597,21 @@ impl Session {
             debug!(session = %self.id, room = %key.room, "presence after the departure: not announced");
             return;
         }
-        // Any other failure is announced all the same: a join is kept locally and put in the
-        // bucket by the refresh once NATS answers again; a leave's key expires.
+        if let Err(e @ BrokerError::Unavailable(_)) = &stored {
+            // NATS did not answer (known away, or no answer within the bound): an event handed
+            // over now would go out whenever NATS answers again, perhaps minutes after the
+            // member came or went, and the command would wait a second bound for it (outside
+            // cluster audit 112, F1). Events may be lost while NATS is stalled or away
+            // (PROTOCOL §5, Presence); the join is kept locally and put back by the refresh,
+            // the leave's key expires, so `Presence` converges.
+            if let Some(not_logged) = PRESENCE_UNRECORDED_LOGGED.admit() {
+                warn!(session = %self.id, tenant = %key.tenant, room = %key.room, error = %e, not_logged, "presence not recorded nor announced");
+            }
+            return;
+        }
+        // A refusal of the broker (JetStream failing, core NATS answering) is announced all the
+        // same: a join is kept locally and put in the bucket by the refresh once JetStream
+        // answers again; a leave's key expires.
         let room = key.room.to_string();
         let event = if joined {
             Event::Joined { room, member }
@@ -603,7 +620,9 @@ impl Session {
         };
         let frame = encode_event(&ServerFrame { id: 0, event });
         if let Err(e) = stored.and(self.shared.broker.announce(key.clone(), frame).await) {
-            warn!(session = %self.id, tenant = %key.tenant, room = %key.room, error = %e, "presence not recorded");
+            if let Some(not_logged) = PRESENCE_UNRECORDED_LOGGED.admit() {
+                warn!(session = %self.id, tenant = %key.tenant, room = %key.room, error = %e, not_logged, "presence not recorded");
+            }
         }
     }
 

@@ -61,6 +61,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
+mod backlog;
+
+use self::backlog::BacklogPart;
 use super::read_slots::ReadSlot;
 use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
 use crate::broker::BrokerError;
@@ -449,11 +452,32 @@ impl Inner {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut idle_since = None;
         let mut cursor = None;
+        // This listener's part of the namespace's backlog gauge, taken out when it ends.
+        let mut backlog = BacklogPart::new(&stream_key.1);
         // The consumer this listener holds now (to delete when it is replaced or retired).
         let mut held: Option<(stream::Stream, String)> = None;
         let mut pause = Duration::from_millis(25);
         loop {
             let generation = *generations.borrow_and_update();
+            if !self.connected() {
+                // Nothing is asked of NATS while it is away (`Inner::connected`): retried every
+                // half second, each failed attempt with a consumer delete behind it, the
+                // requests filled async-nats' queue through an outage (outside cluster audit
+                // 112, F1). The reconnect's new generation (after this borrow) wakes it.
+                tokio::select! {
+                    changed = generations.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tick.tick() => {
+                        if self.retire(&live, &stream_key, &mut idle_since) {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             match self.live_consumer(&stream_key.0, &ns, &mut cursor).await {
                 Ok((messages, stream, name)) => {
                     *live.refused.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -477,6 +501,7 @@ impl Inner {
                             &mut generations,
                             &mut tick,
                             &mut idle_since,
+                            &mut backlog,
                         )
                         .await;
                     match broken {
@@ -533,8 +558,20 @@ impl Inner {
                 // highest sequence seen here or from 1: read it from its start.
                 warn!(stream = %stream_name(tenant, &ns.name),
                     "history stream was recreated: its history is lost");
-                *cursor = Cursor { epoch, next: 1 };
-                1
+                // Its first sequence is the one it was created with (above what its creator
+                // had seen), not 1: what it has lost since is a gap.
+                let first = stream
+                    .cached_info()
+                    .config
+                    .first_sequence
+                    .unwrap_or(1)
+                    .max(1);
+                *cursor = Cursor {
+                    epoch,
+                    next: first,
+                    owed: true,
+                };
+                first
             }
             None => {
                 let last = bounded("stream info", async {
@@ -546,6 +583,7 @@ impl Inner {
                 *cursor = Some(Cursor {
                     epoch,
                     next: last + 1,
+                    owed: false,
                 });
                 last + 1
             }
@@ -577,6 +615,20 @@ impl Inner {
     }
 
     /// Delivers until the consumer fails or ends, NATS reconnected, or the listener retired.
+    ///
+    /// **Gaps.** The consumer has no filter, so it is handed every message of the stream, in
+    /// sequence order, that the stream still holds when the consumer gets to it. A stream's
+    /// sequence is advanced only by storing a message: a duplicate `Nats-Msg-Id`, a message
+    /// over the size limit and a failed expectation are refused without one, and the stream
+    /// allows neither rollups nor per-message TTLs. So a delivery past `cursor.next` means the
+    /// messages in between were removed before this consumer got them: the room limits
+    /// (`history_size`, `history_ttl`, the tenant's bytes) cut them while this instance was
+    /// behind (frozen, cut off from NATS, or rebuilding its consumer), or an operator deleted
+    /// or purged them. Either way they never reached this instance's subscribers, whose rooms
+    /// we cannot tell (the messages are gone), so every room of the stream with subscribers
+    /// here is ended with 117 (PROTOCOL.md §5): their clients resume from their last
+    /// position, and the resume says whether their room lost anything (outside cluster audit
+    /// 112, F3: they were left open with a gap, and a later resume answered `Recovered`).
     #[allow(clippy::too_many_arguments)]
     async fn deliver_live(
         &self,
@@ -587,20 +639,25 @@ impl Inner {
         generations: &mut tokio::sync::watch::Receiver<u64>,
         tick: &mut tokio::time::Interval,
         idle_since: &mut Option<Instant>,
+        backlog: &mut BacklogPart,
     ) -> Broken {
-        // Every stream of the namespace on this node writes the same gauge: it shows the
-        // latest consumer's backlog, which is what says "this node is behind".
-        let pending = metrics::gauge!(
-            crate::metrics::JETSTREAM_CONSUMER_PENDING,
-            "namespace" => stream_key.1.clone()
-        );
+        // This consumer's first delivery is checked when the cursor is owed; every delivery
+        // after it is, and so is any later consumer's.
+        let mut check = std::mem::replace(&mut cursor.owed, true);
+        // The consumer's backlog as of its last delivery, handed to the gauge at each tick
+        // rather than at each delivery (it takes a lock shared by the namespace's streams).
+        let mut pending = None;
         loop {
             tokio::select! {
                 msg = messages.next() => match msg {
                     Some(Ok(msg)) => {
                         let Ok(info) = msg.info() else { continue };
                         let offset = info.stream_sequence;
-                        pending.set(info.pending as f64);
+                        pending = Some(info.pending);
+                        if check && offset > cursor.next {
+                            self.lost(live, stream_key, offset - cursor.next);
+                        }
+                        check = true;
                         cursor.next = offset + 1;
                         let room = live
                             .rooms
@@ -633,11 +690,41 @@ impl Inner {
                     return Broken::Reconnected;
                 }
                 _ = tick.tick() => {
+                    if let Some(pending) = pending.take() {
+                        backlog.set(pending);
+                    }
                     if self.retire(live, stream_key, idle_since) {
                         return Broken::Idle;
                     }
                 }
             }
+        }
+    }
+
+    /// `missed` publications of the stream never reached this instance (see `deliver_live`):
+    /// every local subscription of the stream's rooms is ended, and the loss counted.
+    fn lost(&self, live: &Live, stream_key: &(TenantId, String), missed: u64) {
+        let rooms: Vec<Arc<RoomKey>> = live
+            .rooms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let ended: usize = rooms
+            .iter()
+            .map(|room| self.hub.end_room(room, crate::hub::BROKER_GAP))
+            .sum();
+        metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "broker_gap")
+            .increment(missed);
+        // An instance that stays too slow for its streams falls behind again and again: a few
+        // lines a second at most, the counter has every one.
+        static LOG: crate::log_budget::LogBudget = crate::log_budget::LogBudget::per_second(3);
+        if let Some(not_logged) = LOG.admit() {
+            warn!(stream = %stream_name(&stream_key.0, &stream_key.1), missed,
+                subscriptions = ended, not_logged,
+                "this instance's history consumer fell behind the stream's limits and missed \
+                 publications: the subscriptions of its rooms here are ended (117)");
         }
     }
 
@@ -738,6 +825,12 @@ enum Broken {
 struct Cursor {
     epoch: u64,
     next: u64,
+    /// Whether `next` is owed to this instance's subscribers, so that a first delivery past
+    /// it is a loss. Not on the very first consumer's first delivery: `next` then came from
+    /// the stream's state a moment before the consumer existed, and every subscriber waiting
+    /// for that consumer reads what it missed from history after it exists (see
+    /// `listen_history`). Owed from then on, across every rebuild.
+    owed: bool,
 }
 
 /// Takes a listener out of the readiness count when its task ends (or is aborted).

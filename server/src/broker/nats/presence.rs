@@ -56,6 +56,9 @@ impl Inner {
     pub(super) fn spawn_presence_refresh(&self, ttl: Duration) {
         let weak = Arc::downgrade(&self.local_presence);
         let js = self.js.clone();
+        let client = self.client.clone();
+        let connected =
+            move || client.connection_state() == async_nats::connection::State::Connected;
         let nudge = self.presence_nudge.clone();
         let bucket = self.presence_config();
         tokio::spawn(async move {
@@ -83,6 +86,13 @@ impl Inner {
                     metrics::gauge!(crate::metrics::PRESENCE_REFRESH_SECONDS).set(0.0);
                     continue;
                 }
+                // Nothing is put while NATS is away (`Inner::connected`): async-nats would hold
+                // the puts until it is back, 64 at a time for each JetStream timeout, and they
+                // filled its queue through an outage (outside cluster audit 112, F1). The
+                // reconnect nudges the refresh once JetStream answers.
+                if !connected() {
+                    continue;
+                }
                 let began = tokio::time::Instant::now();
                 let kept = kv.is_some();
                 let store = match kv.take() {
@@ -100,6 +110,7 @@ impl Inner {
                 // deleted again: a refresh overdue after a stall re-put the entries of the
                 // sessions being ended, and they stayed listed until the TTL (outside cluster
                 // audit 3, F3).
+                let connected = &connected;
                 let still_here = |key: &str| {
                     weak.upgrade().is_some_and(|local| {
                         local
@@ -117,6 +128,12 @@ impl Inner {
                         let (store, failed, still_here) = (&store, &failed, &still_here);
                         async move {
                             if !still_here(&key) {
+                                return;
+                            }
+                            // Lost during the refresh: the rest wait for the reconnect's nudge,
+                            // with a handle looked up afresh then.
+                            if !connected() {
+                                failed.store(true, std::sync::atomic::Ordering::Relaxed);
                                 return;
                             }
                             if store.put(key.clone(), user).await.is_err() {
