@@ -7,7 +7,7 @@
 //! on `quiver-cluster.stats`: every instance answers for itself. Revocations are also stored in
 //! the JetStream key-value bucket `quiver_revoked` (each until its token's expiry;
 //! `revocation.rs`), which an instance loads when it starts, after each reconnect, and after
-//! its control subscriptions dropped messages (a flood outran it).
+//! its revocation subscription dropped messages (a flood outran it).
 
 use std::sync::Arc;
 
@@ -202,20 +202,61 @@ pub async fn connect(
         .retry_on_initial_connect()
         // Every tenant's control subjects, where its backend may publish: a short queue, so a
         // flood of large messages cannot make the instance hold gigabytes (outside cluster
-        // audit 112, F4). What it drops is counted, and makes the revocations load again.
+        // audit 112, F4). What it drops is counted; a revocation dropped makes the
+        // revocations load again.
         .subscription_capacity(crate::broker::nats::CONTROL_SUBSCRIPTION_CAPACITY);
-    let options = crate::broker::nats::watched(options, "control", Some(&DROPPED));
+    let options = crate::broker::nats::watched(options, "control", Some(&REVOCATIONS_DROPPED));
     crate::broker::nats::connect_with(nats, options).await
 }
 
-/// Messages the control connection's subscriptions dropped for want of room (async-nats's
-/// client-side slow consumer), as far as it reported them. A revocation's broadcast may have
-/// been one, and no reconnect follows such a drop: `keep_loaded` loads the stored revocations
-/// again when this moves (outside cluster audit 112, F2: a tenant's backend flooding its own
-/// control subjects made another tenant's revocation lost on an instance until it
-/// reconnected). One count per process: a second instance in the same process (tests) loads
-/// again too, which costs nothing but the load.
-static DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Messages the revocation subscription dropped for want of room (async-nats's client-side
+/// slow consumer), as far as it reported them: a revocation's broadcast was lost, and no
+/// reconnect follows such a drop, so `keep_loaded` loads the stored revocations again when
+/// this moves (outside cluster audit 112, F2: a tenant's backend flooding its own control
+/// subjects made another tenant's revocation lost on an instance until it reconnected). Drops
+/// of the disconnect and unsubscribe subscription do not count: no revocation was among them
+/// (review 113, F1). One per process: a second instance in the same process (tests) adds its
+/// own subscription.
+static REVOCATIONS_DROPPED: crate::broker::nats::Drops = crate::broker::nats::Drops::new();
+
+/// After a load for dropped revocations, the wait before the next one for more drops: it
+/// doubles, up to [`DROP_LOAD_WAIT_MOST`], while drops keep coming, so a sustained flood of
+/// a revoke subject costs a bounded number of loads of the whole store a minute on every
+/// instance (review 113, F1). A load catches every revocation stored before it, so a broadcast
+/// lost meanwhile is applied at the next load.
+const DROP_LOAD_WAIT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
+const DROP_LOAD_WAIT_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When the next load for dropped revocations may run (see [`DROP_LOAD_WAIT_LEAST`]).
+#[derive(Debug)]
+struct DropLoads {
+    wait: std::time::Duration,
+    not_before: tokio::time::Instant,
+}
+
+impl DropLoads {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            wait: DROP_LOAD_WAIT_LEAST,
+            not_before: now,
+        }
+    }
+
+    /// Whether to load now, told whether revocations were dropped since the last load; if so,
+    /// the next such load waits twice as long. A whole wait with no drop starts over.
+    fn due(&mut self, now: tokio::time::Instant, dropped: bool) -> bool {
+        if now < self.not_before {
+            return false;
+        }
+        if !dropped {
+            self.wait = DROP_LOAD_WAIT_LEAST;
+            return false;
+        }
+        self.not_before = now + self.wait;
+        self.wait = (self.wait * 2).min(DROP_LOAD_WAIT_MOST);
+        true
+    }
+}
 
 fn subject(tenant: &TenantId) -> String {
     format!("quiver.{tenant}.control.disconnect")
@@ -476,9 +517,10 @@ impl Control {
     }
 
     /// Loads the stored revocations at start, again each time the control plane's NATS
-    /// connection comes back, and again after its subscriptions dropped messages (`DROPPED`):
-    /// what was revoked while this instance could not hear the broadcast is in the store
-    /// (stored before it is broadcast), and the sessions using it here are ended then.
+    /// connection comes back, and again after the revocation subscription dropped messages
+    /// (`REVOCATIONS_DROPPED`; within [`DropLoads`] while they keep coming): what was revoked
+    /// while this instance could not hear the broadcast is in the store (stored before it is
+    /// broadcast), and the sessions using it here are ended then.
     async fn keep_loaded(
         self: Arc<Self>,
         nats: async_nats::Client,
@@ -490,11 +532,12 @@ impl Control {
                 .connects
                 .load(std::sync::atomic::Ordering::Relaxed)
         };
-        let dropped = || DROPPED.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = || REVOCATIONS_DROPPED.count();
         let mut seen = connects();
         // Read before each load: a drop reported while one runs makes the next.
         let mut drops_seen = dropped();
         self.load_until_done(&nats, &shutdown).await;
+        let mut drop_loads = DropLoads::new(tokio::time::Instant::now());
         let mut look = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -506,11 +549,15 @@ impl Control {
             // state alone missed it (outside audit 69, F1).
             let now = connects();
             let drops = dropped();
-            if nats.connection_state() == State::Connected && (now != seen || drops != drops_seen) {
+            if nats.connection_state() != State::Connected {
+                continue;
+            }
+            let for_drops = drop_loads.due(tokio::time::Instant::now(), drops != drops_seen);
+            if now != seen || for_drops {
                 if drops != drops_seen {
                     debug!(
                         dropped = drops.wrapping_sub(drops_seen),
-                        "control messages dropped (slow consumer): loading the revocations again"
+                        "revocations dropped (slow consumer): loading the revocations again"
                     );
                 }
                 seen = now;
@@ -571,7 +618,8 @@ impl Control {
     /// tenant's disconnects or unsubscribes (its backend may publish there, each costing a
     /// pass over the instance's sessions) fills only its own queue, and another tenant's
     /// revocation is not dropped with it (outside cluster audit 112, F2). What a full queue
-    /// drops is counted, and the stored revocations are loaded again (`keep_loaded`).
+    /// drops is counted; a revocation dropped makes the stored revocations load again
+    /// (`keep_loaded`), a disconnect or unsubscribe dropped does not (review 113, F1).
     pub async fn listen(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let Some(nats) = self.nats.clone() else {
             return;
@@ -590,6 +638,7 @@ impl Control {
             Ok(s) => s,
             Err(e) => return warn!(error = %e, "control plane: cannot subscribe"),
         };
+        REVOCATIONS_DROPPED.watch(&revocations);
         tokio::spawn(self.clone().apply_from(revocations, shutdown.clone()));
         self.apply_from(futures::stream::select(disconnects, unsubscribes), shutdown)
             .await;
@@ -693,5 +742,29 @@ fn refused_control(
     metrics::counter!(crate::metrics::CONTROL_REFUSED, "reason" => reason).increment(1);
     if REFUSED_CONTROL_LOGGED.admit_summarised() {
         warn!(tenant, error = %error, "control plane: {what}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{DropLoads, DROP_LOAD_WAIT_MOST};
+
+    /// Drops every second: loads at 0, 1, 3, 7, 15, 31, then every 30 s; a quiet wait starts
+    /// over.
+    #[test]
+    fn loads_for_dropped_revocations_back_off_while_drops_keep_coming() {
+        let start = tokio::time::Instant::now();
+        let mut loads = DropLoads::new(start);
+        let at = |s: u64| start + Duration::from_secs(s);
+        let loaded: Vec<u64> = (0..120).filter(|&s| loads.due(at(s), true)).collect();
+        assert_eq!(loaded, [0, 1, 3, 7, 15, 31, 61, 91]);
+        assert_eq!(loads.wait, DROP_LOAD_WAIT_MOST);
+        // Drops stop: the first look past the wait with none starts over.
+        assert!(!loads.due(at(121), false));
+        assert!(loads.due(at(122), true));
+        assert!(!loads.due(at(122), true), "not twice within the wait");
+        assert!(loads.due(at(123), true));
     }
 }

@@ -241,6 +241,9 @@ impl Revocations {
     /// on its own, one round trip per revocation.
     pub(crate) async fn load(&self, nats: &async_nats::Client) -> Result<usize, String> {
         use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        // Each costs JetStream a consumer and a read of the whole store: counted, so what sets
+        // them off can be seen (and tested: a flood of disconnects sets off none).
+        metrics::counter!(crate::metrics::REVOCATION_LOADS).increment(1);
         let store = store(nats).await?;
         let consumer = store
             .stream

@@ -12,6 +12,7 @@ use quiver_server::{Config, Server};
 use wtransport::endpoint::endpoint_side::Client as ClientSide;
 use wtransport::{ClientConfig, Connection, Endpoint};
 
+pub mod api;
 pub mod h3;
 pub mod memory;
 pub mod nats;

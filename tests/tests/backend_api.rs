@@ -1112,6 +1112,79 @@ async fn keyed_claims_refused_while_nats_is_away_leave_the_budget_alone() -> any
     Ok(())
 }
 
+/// A keyed claim that NATS did not answer in time keeps its place in the tenant's new-key
+/// budget (review 113, F4): NATS stalled (not known to be away), the create waits in the
+/// client's queue, the claim is answered 503 after 3 s, and NATS stores the pending record
+/// once it resumes. Giving the place back left records in the shared bucket that no budget
+/// counted, up to a queue's worth per stall. At the budget but one: two claims stalled, NATS
+/// resumed, their records land, and a new key is refused 429 (it was claimed before).
+#[tokio::test]
+async fn keyed_claims_unanswered_while_nats_stalls_keep_their_place() -> anyhow::Result<()> {
+    use quiver_server::idempotency::{self, Claim, Claimant, IdempotencyKeys};
+    use std::sync::Arc;
+    let nats = NatsServer::start().await?;
+    let client = async_nats::connect(nats.url()).await?;
+    let keys = Arc::new(IdempotencyKeys::new(Some(client.clone())));
+    let tenant = quiver_proto::TenantId::parse("acme")?;
+    let room = quiver_proto::RoomName::parse("live.x")?;
+    let digest = idempotency::digest(b"payload");
+    let claim = |key: String| {
+        let (keys, tenant, room) = (keys.clone(), tenant.clone(), room.clone());
+        async move {
+            keys.claim(
+                Claimant::Client,
+                &tenant,
+                &room,
+                &key,
+                digest,
+                Instant::now(),
+            )
+            .await
+        }
+    };
+    // Held, as publications under way are; in the record, so they keep their places anyway.
+    let held: Vec<_> = futures::stream::iter(0..idempotency::MAX_CLIENT_KEYS_PER_TENANT - 1)
+        .map(|i| claim(format!("k-{i}")))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for (i, claimed) in held.iter().enumerate() {
+        anyhow::ensure!(
+            matches!(claimed, Ok(Claim::New(_))),
+            "claim {i} within the budget not claimed"
+        );
+    }
+    nats.pause()?;
+    let stalled = futures::future::join_all((0..2).map(|i| claim(format!("stalled-{i}")))).await;
+    nats.resume()?;
+    anyhow::ensure!(
+        stalled.iter().all(|c| c.is_err()),
+        "claims while NATS was stalled were answered"
+    );
+    // What the stall left queued is stored now: a repeat of a stalled key finds it pending.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match claim("stalled-0".into()).await {
+            Ok(Claim::InProgress) => break,
+            Ok(Claim::New(_)) => anyhow::bail!("the stalled claim was never stored"),
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the stalled claim never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    match claim("after".into()).await.map_err(anyhow::Error::msg)? {
+        Claim::TooMany(Claimant::Client) => {}
+        Claim::New(_) => {
+            anyhow::bail!(
+                "a new key claimed: the stalled claims gave back places their records hold"
+            )
+        }
+        _ => anyhow::bail!("a fresh key was neither claimed nor refused"),
+    }
+    drop(held);
+    Ok(())
+}
+
 /// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
 /// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
 /// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an

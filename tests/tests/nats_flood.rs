@@ -89,6 +89,12 @@ const FLOOD: usize = 50_000;
 
 const DROPS: &str = "quiver_nats_slow_consumer_total";
 const LOSSES: &str = "quiver_nats_disconnects_total";
+const LOADS: &str = "quiver_revocation_loads_total";
+
+/// The loads of the stored revocations `server`'s page counts (process-wide, like the rest).
+async fn loads(server: &TestServer) -> Result<f64> {
+    Ok(metric_sum(&server.metrics().await?, LOADS, &[]))
+}
 
 /// Waits (at most `within`) until `connection`'s drops on `server`'s page are above `before`;
 /// returns how many more there are.
@@ -139,7 +145,13 @@ async fn broadcast(quiver: &async_nats::Client, body: Vec<u8>) -> Result<()> {
 /// whatever the flood made the instance drop (some drops counted); and the control connection
 /// was never lost (a reconnect loads the revocations again by itself, which would hide a lost
 /// broadcast). Without the fixes the broadcast was among the dropped, nearly every run.
-async fn a_revocation_survives_a_flood_of(subject: &str, body: String) -> Result<()> {
+/// `reloads`: whether the drops make the instance load the stored revocations again (only
+/// drops of revocations do).
+async fn a_revocation_survives_a_flood_of(
+    subject: &str,
+    body: String,
+    reloads: bool,
+) -> Result<()> {
     let nats = NatsServer::start_with_config(CONFINED).await?;
     let mut server = TestServer::start_with(instance(&nats)).await?;
     let stolen = token_with_jti("acme", "alice", "stolen", 3600);
@@ -153,9 +165,10 @@ async fn a_revocation_survives_a_flood_of(subject: &str, body: String) -> Result
     }
     // The control plane subscribes as the instance starts; give NATS a moment to register it.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (drops_before, losses_before) = (
+    let (drops_before, losses_before, loads_before) = (
         count(&server, DROPS, "control").await?,
         count(&server, LOSSES, "control").await?,
+        loads(&server).await?,
     );
 
     let (quiver, revocation) = store_revocation(&nats, "stolen").await?;
@@ -182,6 +195,25 @@ async fn a_revocation_survives_a_flood_of(subject: &str, body: String) -> Result
         drops > 0.0,
         "{subject}: the flood of {FLOOD} messages made no drop counted on the control connection"
     );
+    if reloads {
+        // The revocation was stored before the flood: the first load catches it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while loads(&server).await? == loads_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            loads(&server).await? > loads_before,
+            "{subject}: revocations dropped, and the stored ones not loaded again"
+        );
+    } else {
+        // The instance looks for drops once a second: give it two looks and a load's time.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        assert_eq!(
+            loads(&server).await? - loads_before,
+            0.0,
+            "{subject}: no revocation was dropped, and the whole store was loaded again (review 113, F1)"
+        );
+    }
     assert_eq!(
         count(&server, LOSSES, "control").await? - losses_before,
         0.0,
@@ -250,13 +282,20 @@ async fn a_rooms_subscription_holds_a_bounded_number_of_messages() -> Result<()>
 async fn a_tenants_nats_flood_is_bounded_and_loses_no_revocation() -> Result<()> {
     // The audit's case (F2): `evil` floods its own disconnect subject with well-formed
     // disconnects. Revocations have a subscription of their own, so the broadcast is not
-    // among the dropped (it was: one subscription read every tenant's `quiver.*.control.*`).
+    // among the dropped (it was: one subscription read every tenant's `quiver.*.control.*`),
+    // and what is dropped is no reason to load the whole store again (review 113, F1: every
+    // instance did, once a second for as long as the flood lasted, which also hid a lost
+    // broadcast from this test).
     let disconnect = serde_json::json!({
         "selector": {"user": "nobody"},
         "reason": "x".repeat(40),
     });
-    a_revocation_survives_a_flood_of("quiver.evil.control.disconnect", disconnect.to_string())
-        .await?;
+    a_revocation_survives_a_flood_of(
+        "quiver.evil.control.disconnect",
+        disconnect.to_string(),
+        false,
+    )
+    .await?;
     // `evil` floods its own revoke subject with well-formed revocations of its own tokens, so
     // `acme`'s broadcast shares the full subscription and can be dropped: the drop makes the
     // instance load the stored revocations again, and the token is revoked here all the same
@@ -264,7 +303,8 @@ async fn a_tenants_nats_flood_is_bounded_and_loses_no_revocation() -> Result<()>
     let key = quiver_server::revocation::key(&TenantId::parse("evil")?, "its-own");
     let until = quiver_server::auth::unix_now() + 3600;
     let revoke = serde_json::json!({"key": key, "until": until});
-    a_revocation_survives_a_flood_of("quiver.evil.control.revoke", revoke.to_string()).await?;
+    a_revocation_survives_a_flood_of("quiver.evil.control.revoke", revoke.to_string(), true)
+        .await?;
     // F4.
     a_rooms_subscription_holds_a_bounded_number_of_messages().await
 }

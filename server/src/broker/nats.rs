@@ -16,6 +16,7 @@
 //! - [`health`]: `/readyz` says ready only once JetStream answers and every history listener
 //!   delivers again after a (re)connect.
 
+mod connection;
 mod health;
 mod history;
 mod history_read;
@@ -40,6 +41,10 @@ use super::{Broker, BrokerError, Recovered};
 use crate::config::{Config, NatsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
+pub use connection::{
+    broker_subscription_capacity, connect_with, redacted_urls, watched, Drops,
+    BROKER_SUBSCRIPTION_BYTES, CONTROL_SUBSCRIPTION_CAPACITY, MIN_SUBSCRIPTION_CAPACITY,
+};
 pub use history::stream_name;
 
 /// How long a JetStream operation (stream set-up, stored publish, history read) may take before
@@ -239,9 +244,8 @@ impl NatsBroker {
                         }
                         // One event per dropped message: counted twice (the deliveries lost,
                         // and the connection's drops beside the others'), logged within a budget.
-                        async_nats::Event::SlowConsumer(_) => {
-                            metrics::counter!(m::DELIVERIES_DROPPED, "reason" => "broker_slow_consumer").increment(1);
-                            slow_consumer("broker");
+                        async_nats::Event::SlowConsumer(sid) => {
+                            connection::slow_consumer("broker", sid, connection::OnDrop::Delivery)
                         }
                         async_nats::Event::ClientError(e) => {
                             if !warned.swap(true, Relaxed) {
@@ -287,24 +291,91 @@ impl NatsBroker {
 
 /// At every disconnect: not ready. At every (re)connect: a new generation, streams looked up
 /// afresh, and JetStream probed until it answers. Ends with the broker.
+///
+/// Told by the connection's events (`connected`), and by a look at the connection once a
+/// second: async-nats drops an event its channel (128) has no room for, and a flood of
+/// slow-consumer events keeps it full, so a lost `Connected` left `/readyz` at 503 until the
+/// next reconnect (review 113, F5). A connection is known by async-nats's count of them,
+/// `statistics().connects`, as `control.rs`'s `keep_loaded` does: one made and lost between
+/// two looks is seen too.
 async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bool>) {
-    while let Some(up) = connected.recv().await {
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = Supervision::default();
+    loop {
+        let event = tokio::select! {
+            event = connected.recv() => match event {
+                Some(up) => Some(up),
+                None => return,
+            },
+            _ = look.tick() => None,
+        };
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        if !up {
-            strong.health.disconnected();
-            continue;
+        let connects = strong
+            .client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed);
+        match watch.next(event, connects, connection::is_connected(&strong.client)) {
+            None => {}
+            Some(Change::Down) => {
+                metrics::gauge!(m::NATS_CONNECTED).set(0.0);
+                strong.health.disconnected();
+            }
+            Some(Change::Up) => {
+                metrics::gauge!(m::NATS_CONNECTED).set(1.0);
+                // The cached streams are forgotten before the new generation is announced:
+                // the generation wakes the history listeners to rebuild, and one that looked
+                // its stream up between the two got the handle and epoch from before the
+                // reconnect, and after a memory-storage NATS restart read the new stream under
+                // the old epoch, with no 117 (outside cluster audit 112, F7).
+                strong.streams.lock().await.clear();
+                let generation = strong.health.reconnected();
+                drop(strong);
+                tokio::spawn(probe_jetstream(inner.clone(), generation));
+            }
         }
-        // The cached streams are forgotten before the new generation is announced: the
-        // generation wakes the history listeners to rebuild, and one that looked its stream up
-        // between the two got the handle and epoch from before the reconnect, and after a
-        // memory-storage NATS restart read the new stream under the old epoch, with no 117
-        // (outside cluster audit 112, F7).
-        strong.streams.lock().await.clear();
-        let generation = strong.health.reconnected();
-        drop(strong);
-        tokio::spawn(probe_jetstream(inner.clone(), generation));
+    }
+}
+
+/// What [`supervise`] acted on last.
+#[derive(Default)]
+struct Supervision {
+    /// `statistics().connects` at the last connection acted on.
+    connects: u64,
+    /// Marked not ready since then.
+    down: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum Change {
+    Down,
+    Up,
+}
+
+impl Supervision {
+    /// What to do, told `event` (`Some(up)`: the connection's event; None: a look) when the
+    /// connection has made `connects` connections so far and is `connected` now.
+    fn next(&mut self, event: Option<bool>, connects: u64, connected: bool) -> Option<Change> {
+        let unseen = connects != self.connects;
+        // A connection not acted on yet (async-nats counts it before its event); or one that
+        // is up although marked down since (a late `Disconnected`, or a look that read the
+        // state just before it turned `Connected`): a new generation either way.
+        if (unseen && (connected || event == Some(true))) || (connected && self.down) {
+            self.connects = connects;
+            self.down = false;
+            return Some(Change::Up);
+        }
+        // Down, unless the connection is up: a `Disconnected` that comes late, after the
+        // connection that followed the loss was acted on, is of a loss already over.
+        let down = event != Some(true) && !connected;
+        if down && !self.down {
+            self.down = true;
+            return Some(Change::Down);
+        }
+        None
     }
 }
 
@@ -439,7 +510,7 @@ impl Inner {
     /// which every call to NATS waited for the end of the outage (outside cluster audit 112,
     /// F1). A reconnect wakes them (a new generation; the refresh's nudge).
     fn connected(&self) -> bool {
-        self.client.connection_state() == async_nats::connection::State::Connected
+        connection::is_connected(&self.client)
     }
 
     /// Refuses at once while NATS is known to be disconnected, rather than after waiting out
@@ -801,211 +872,31 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The configured NATS URLs as a log may show them: user names, passwords and tokens in them
-/// replaced by `***`.
-pub fn redacted_urls(urls: &str) -> String {
-    urls.split(',')
-        .map(|u| {
-            let u = u.trim();
-            match u.split_once("://") {
-                Some((scheme, rest)) => match rest.rsplit_once('@') {
-                    Some((_, host)) => format!("{scheme}://***@{host}"),
-                    None => u.to_owned(),
-                },
-                None => match u.rsplit_once('@') {
-                    Some((_, host)) => format!("***@{host}"),
-                    None => u.to_owned(),
-                },
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// How often every NATS connection pings the server. async-nats gives up on a connection with
-/// more than two pings unanswered, so a nats-server that stops answering (frozen, a dead path
-/// with the socket still open) is noticed within three intervals, instead of three minutes with
-/// its 60 s default: until then publishes would be taken and `/readyz` would stay green.
-const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The longest wait between two attempts to reach NATS again.
-const RECONNECT_AT_MOST: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// The wait before reconnect attempt `attempts` (1 first): none, then doubling from 1 ms up to
-/// [`RECONNECT_AT_MOST`], each spread over ±25 %. async-nats's own waits up to 4 s, so a
-/// cluster came back up to 4 s after NATS did, every instance in the same millisecond (outside
-/// audit 30, F2); this is the failover's time, so NATS is asked again within a second.
-fn reconnect_delay(attempts: usize) -> std::time::Duration {
-    if attempts <= 1 {
-        return std::time::Duration::ZERO;
-    }
-    let doubled = 1u64 << (attempts - 1).min(20);
-    let wait = std::time::Duration::from_millis(doubled).min(RECONNECT_AT_MOST);
-    wait.mul_f64(rand::random_range(0.75..1.25))
-}
-
-/// How many messages each NATS subscription holds before async-nats drops what comes next (a
-/// slow consumer, client-side: the connection's reader never waits for a subscriber, so
-/// nats-server sees nothing). async-nats's default is 65,536 whatever their size: a tenant's
-/// backend publishing large messages on subjects an instance reads made it buffer gigabytes
-/// (outside cluster audit 112, F4). The broker's subscriptions (a room's, its events', the
-/// history consumers') hold about [`BROKER_SUBSCRIPTION_BYTES`] of publications of
-/// `limits.max_payload` (4,369 at the defaults), at least [`MIN_SUBSCRIPTION_CAPACITY`] and
-/// at most async-nats's default. What the broker drops is counted
-/// (`quiver_nats_slow_consumer_total{connection}`) and logged within a budget ([`watched`]).
-pub fn broker_subscription_capacity(max_payload: u32) -> usize {
-    (BROKER_SUBSCRIPTION_BYTES / (max_payload as usize).max(1))
-        .clamp(MIN_SUBSCRIPTION_CAPACITY, DEFAULT_SUBSCRIPTION_CAPACITY)
-}
-
-/// The bytes of publications one broker subscription holds at most (of `limits.max_payload`;
-/// a larger message, which only something else than Quiver publishes, is dropped as it is
-/// taken out, so until then each may be as large as nats-server's `max_payload`).
-pub const BROKER_SUBSCRIPTION_BYTES: usize = 256 << 20;
-/// The fewest messages a subscription holds: a history listener's ordered consumer asks for
-/// 500 at a time and again at 250 left (`vendor/async-nats`, `ORDERED_BATCH`), a read consumer
-/// 256, and those must never be dropped for want of room.
-pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1_024;
-/// async-nats's own default, the most a subscription holds.
-const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 65_536;
-/// The control plane's and the calls' connections: what Quiver sends on them is small (a
-/// control message is at most a few KiB, a reply at most a call's answer) and read at once
-/// (a control message costs one pass over the instance's sessions, a reply a map lookup), so
-/// 1,024 messages is a long queue for them, and at most 1,024 × nats-server's `max_payload`
-/// (1 GiB at its default of 1 MiB) per subscription from a hostile publisher.
-pub const CONTROL_SUBSCRIPTION_CAPACITY: usize = 1_024;
-
-/// WARN lines of messages NATS subscriptions dropped (every connection together): one event
-/// per message, thousands a second in a flood (FACTS.md).
-static SLOW_CONSUMER_LOGGED: crate::log_budget::LogBudget =
-    crate::log_budget::LogBudget::per_second(1);
-
-/// Counts one message a subscription of `connection` dropped for want of room
-/// (`quiver_nats_slow_consumer_total{connection}`), and says so within
-/// [`SLOW_CONSUMER_LOGGED`]. Only the events async-nats manages to report are counted: it
-/// queues at most 128 of them and drops the rest, so a flood is undercounted.
-fn slow_consumer(connection: &'static str) {
-    metrics::counter!(m::NATS_SLOW_CONSUMER, "connection" => connection).increment(1);
-    if let Some(not_logged) = SLOW_CONSUMER_LOGGED.admit() {
-        warn!(
-            connection,
-            not_logged,
-            "a NATS subscription dropped a message: it was full (this instance reads slower than NATS delivers)"
-        );
-    }
-}
-
-/// `options` with the event callback of the control plane's and the calls' own connections
-/// (the broker's has its own, in `NatsBroker::connect`): a loss is counted,
-/// `quiver_nats_disconnects_total{connection}`, and is one WARN line until the connection is
-/// back. A tenant's backend flooding subjects every instance reads can get these connections
-/// dropped by nats-server as slow consumers, and nothing said so (outside audit 69, F1). A
-/// message dropped by a full subscription is counted too ([`slow_consumer`]) and added to
-/// `dropped`: the control plane loads the stored revocations again when it moves, since the
-/// message lost may have been one (outside cluster audit 112, F2).
-pub fn watched(
-    options: async_nats::ConnectOptions,
-    connection: &'static str,
-    dropped: Option<&'static std::sync::atomic::AtomicU64>,
-) -> async_nats::ConnectOptions {
-    let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    options.event_callback(move |event| {
-        let warned = warned.clone();
-        async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            match event {
-                async_nats::Event::Disconnected => {
-                    metrics::counter!(m::NATS_DISCONNECTS, "connection" => connection).increment(1);
-                    if !warned.swap(true, Relaxed) {
-                        warn!(connection, "nats connection lost; reconnecting");
-                    }
-                }
-                async_nats::Event::Connected => {
-                    if warned.swap(false, Relaxed) {
-                        info!(connection, "nats connection back");
-                    }
-                }
-                async_nats::Event::SlowConsumer(_) => {
-                    slow_consumer(connection);
-                    if let Some(dropped) = dropped {
-                        dropped.fetch_add(1, Relaxed);
-                    }
-                }
-                other => debug!(connection, event = %other, "nats"),
-            }
-        }
-    })
-}
-
-/// Connects with `options` plus what the configuration says: credentials, TLS, the URLs. The
-/// broker and the control plane (`control.rs`) each hold a connection made here.
-pub async fn connect_with(
-    nats: &NatsConfig,
-    mut options: async_nats::ConnectOptions,
-) -> Result<async_nats::Client, BrokerError> {
-    options = options
-        .ping_interval(PING_INTERVAL)
-        .reconnect_delay_callback(reconnect_delay);
-    // Credentials in the URLs authenticate, as with every NATS client (async-nats ignores
-    // them); validation refuses them beside nats.user/password/token/credentials.
-    let (bare_urls, url_auth) = nats
-        .connect_urls()
-        .map_err(|e| BrokerError::Failed(e.to_string()))?;
-    match url_auth {
-        Some(crate::config::NatsUrlAuth::UserPassword { user, password }) => {
-            options = options.user_and_password(user, password.expose().to_owned());
-        }
-        Some(crate::config::NatsUrlAuth::Token(token)) => {
-            options = options.token(token.expose().to_owned());
-        }
-        None => {}
-    }
-    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
-        options = options.user_and_password(user.clone(), password.expose().to_owned());
-    }
-    if let Some(token) = &nats.token {
-        options = options.token(token.expose().to_owned());
-    }
-    if let Some(creds) = &nats.credentials {
-        options = options.credentials_file(creds).await.map_err(unavailable)?;
-    }
-    if let Some(ca) = &nats.ca {
-        options = options.add_root_certificates(ca.clone()).require_tls(true);
-    }
-    let urls: Vec<async_nats::ServerAddr> = bare_urls
-        .iter()
-        .map(|u| u.parse::<async_nats::ServerAddr>())
-        .collect::<Result<_, _>>()
-        .map_err(|e| BrokerError::Failed(format!("nats url: {e}")))?;
-    options.connect(urls).await.map_err(unavailable)
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn nats_is_asked_again_within_a_second_and_a_quarter() {
-        use std::time::Duration;
-        assert_eq!(super::reconnect_delay(1), Duration::ZERO);
-        let mut longest = Duration::ZERO;
-        for attempts in 2..200 {
-            let wait = super::reconnect_delay(attempts);
-            assert!(wait <= Duration::from_millis(1_250), "{attempts}: {wait:?}");
-            longest = longest.max(wait);
-        }
-        // It does back off, and spreads the instances' attempts.
-        assert!(longest >= Duration::from_millis(750), "{longest:?}");
-        let spread: std::collections::HashSet<_> =
-            (0..20).map(|_| super::reconnect_delay(50)).collect();
-        assert!(spread.len() > 1);
-    }
+    use super::{Change, Supervision};
 
     #[test]
-    fn credentials_never_reach_the_log() {
-        assert_eq!(
-            super::redacted_urls("nats://u:secret@a:4222, tls://tok@b"),
-            "nats://***@a:4222,tls://***@b"
-        );
-        assert_eq!(super::redacted_urls("nats://a:4222"), "nats://a:4222");
-        assert_eq!(super::redacted_urls("u:p@a:4222"), "***@a:4222");
+    fn a_connection_whose_event_was_lost_is_seen_by_a_look() {
+        let mut s = Supervision::default();
+        // Pending at start: not ready.
+        assert_eq!(s.next(None, 0, false), Some(Change::Down));
+        assert_eq!(s.next(Some(true), 1, true), Some(Change::Up));
+        assert_eq!(s.next(None, 1, true), None);
+        // Lost, and back: both events lost in a flood of slow-consumer events.
+        assert_eq!(s.next(None, 2, true), Some(Change::Up));
+        // The `Connected` event lost, the `Disconnected` not.
+        assert_eq!(s.next(Some(false), 2, false), Some(Change::Down));
+        assert_eq!(s.next(None, 2, false), None);
+        assert_eq!(s.next(None, 3, true), Some(Change::Up));
+        // Its events arriving late change nothing.
+        assert_eq!(s.next(Some(false), 3, true), None);
+        assert_eq!(s.next(Some(true), 3, true), None);
+        // A `Connected` read before the state turned: acted on once.
+        assert_eq!(s.next(Some(true), 4, false), Some(Change::Up));
+        assert_eq!(s.next(None, 4, true), None);
+        // A look that read the state just before it turned marks down; the next one heals.
+        assert_eq!(s.next(Some(false), 4, false), Some(Change::Down));
+        assert_eq!(s.next(None, 4, true), Some(Change::Up));
     }
 }

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateError, UpdateErrorKind};
 use quiver_proto::{Position, RoomName, TenantId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,69 @@ pub enum Remote {
     Done(Option<Position>),
     InProgress,
     Mismatch,
+}
+
+/// Why a claim got no answer from the bucket. The two differ in what the claimant's budget
+/// does (review 113, F4): a claim that surely stored nothing gives its place back, one that
+/// may have stored a pending record keeps it, for that record fills the bucket all the same.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    /// Nothing of this claim is in the bucket: refused at once while NATS is known to be
+    /// away, or answered with a refusal (the bucket's maximum bytes, for one).
+    #[error("{0}")]
+    NotStored(String),
+    /// The claim may be stored, now or later: no answer within the bound (NATS stalled, not
+    /// known to be away), whereas the create may sit in the client's queue or a socket and be
+    /// stored once NATS resumes; or the answer was lost.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+impl ClaimError {
+    /// Whether the claim may have left a record in the bucket.
+    pub fn may_be_stored(&self) -> bool {
+        matches!(self, Self::Unknown(_))
+    }
+}
+
+/// Whether a failed `create` (or compare-and-set `update`) of a record proves it was not
+/// stored: the server answered with a refusal, or the request was never sent. Any other
+/// failure (timed out, the answer lost) leaves it unknown.
+fn surely_not_stored(error: &(dyn std::error::Error + 'static)) -> bool {
+    // `create` fails with the `update` it made inside (a JetStream publish), or with the
+    // `entry` it read after it, which tells nothing of the publish: unknown then.
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(update) = e.downcast_ref::<UpdateError>() {
+            return match update.kind() {
+                UpdateErrorKind::InvalidKey | UpdateErrorKind::WrongLastRevision => true,
+                UpdateErrorKind::TimedOut => false,
+                UpdateErrorKind::Other => std::error::Error::source(update)
+                    .and_then(|s| s.downcast_ref::<PublishError>())
+                    .is_some_and(publish_refused),
+            };
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A JetStream publish that was refused: by the stream's answer, for want of a stream, or
+/// before it was sent.
+fn publish_refused(error: &PublishError) -> bool {
+    match error.kind() {
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::MaxPayloadExceeded => true,
+        // An error answer from the stream (maximum bytes exceeded, …); not an answer that
+        // could not be read, nor a failure to hand the request to the connection.
+        PublishErrorKind::Other => {
+            std::error::Error::source(error).is_some_and(|s| s.is::<async_nats::jetstream::Error>())
+        }
+        _ => false,
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,14 +183,36 @@ impl ClusterKeys {
     }
 
     /// Claims `key` cluster-wide, or tells what the instance that claimed it did.
-    pub async fn claim(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, String> {
+    pub async fn claim(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, ClaimError> {
         // Refused at once during an outage (and bounded otherwise), like a publish without a
-        // key, instead of waiting out the NATS client's 10 s request timeout.
-        crate::control::with_nats(&self.nats, self.claim_now(key, digest)).await
+        // key, instead of waiting out the NATS client's 10 s request timeout. `with_nats`
+        // fails without starting the claim only while NATS is known to be away: nothing sent.
+        let mut started = false;
+        let answer = crate::control::with_nats(&self.nats, async {
+            started = true;
+            Ok(self.claim_now(key, digest).await)
+        })
+        .await;
+        match answer {
+            Ok(answer) => answer,
+            Err(e) if started => Err(ClaimError::Unknown(e)),
+            Err(e) => Err(ClaimError::NotStored(e)),
+        }
     }
 
-    async fn claim_now(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, String> {
-        let store = self.store().await?;
+    async fn claim_now(&self, key: &str, digest: &[u8; 32]) -> Result<Remote, ClaimError> {
+        // Every error before this instance's own `create` or `update` is sent, or after one
+        // of them was refused, stored nothing of this claim.
+        let refused = |e: String| ClaimError::NotStored(e);
+        let failed = |e: &(dyn std::error::Error + 'static)| {
+            let message = format!("nats: idempotency keys: {e}");
+            if surely_not_stored(e) {
+                ClaimError::NotStored(message)
+            } else {
+                ClaimError::Unknown(message)
+            }
+        };
+        let store = self.store().await.map_err(refused)?;
         let digest = hex::encode(digest);
         let pending = encode(&Record {
             digest: digest.clone(),
@@ -137,30 +223,32 @@ impl ClusterKeys {
         match store.create(key, pending.clone()).await {
             Ok(revision) => return Ok(Remote::Claimed(revision)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("nats: idempotency keys: {e}")),
+            Err(e) => return Err(failed(&e)),
         }
         let entry = store
             .entry(key)
             .await
-            .map_err(|e| format!("nats: idempotency keys: {e}"))?;
+            .map_err(|e| refused(format!("nats: idempotency keys: {e}")))?;
         // Expired or forgotten since `create` failed: one more try, racing any other instance.
         let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
-            return Ok(match store.create(key, pending).await {
-                Ok(revision) => Remote::Claimed(revision),
-                Err(_) => Remote::InProgress,
-            });
+            return match store.create(key, pending).await {
+                Ok(revision) => Ok(Remote::Claimed(revision)),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Remote::InProgress),
+                Err(e) => Err(failed(&e)),
+            };
         };
-        let record = read(&entry.value)?;
+        let record = read(&entry.value).map_err(refused)?;
         if let Some(answer) = record.settled(&digest) {
             return Ok(answer);
         }
         if now_ms().saturating_sub(record.at_ms) < TAKEOVER.as_millis() as u64 {
             return Ok(Remote::InProgress);
         }
-        Ok(match store.update(key, pending, entry.revision).await {
-            Ok(revision) => Remote::Claimed(revision),
-            Err(_) => Remote::InProgress,
-        })
+        match store.update(key, pending, entry.revision).await {
+            Ok(revision) => Ok(Remote::Claimed(revision)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Remote::InProgress),
+            Err(e) => Err(failed(&e)),
+        }
     }
 
     /// What the record says of `key` for a repeat with `digest`, without claiming it (`None`:
@@ -233,5 +321,53 @@ impl ClusterKeys {
         if let Err(e) = deleted {
             tracing::warn!(error = %e, "idempotency key not released; a retry waits for it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::kv::CreateError;
+
+    /// The stream's error answer to a create in a full bucket (a `DiscardNew` stream at its
+    /// maximum bytes), as async-nats wraps it: publish, update, then create.
+    fn bucket_full() -> CreateError {
+        let answer: async_nats::jetstream::Error = serde_json::from_str(
+            r#"{"code":503,"err_code":10077,"description":"maximum bytes exceeded"}"#,
+        )
+        .expect("an error answer");
+        UpdateError::from(PublishError::with_source(PublishErrorKind::Other, answer)).into()
+    }
+
+    /// Review 113, F4: only a refusal proves the claim is not in the bucket; a claim unanswered
+    /// in time may be stored once NATS resumes, and must keep its place in the budget.
+    #[test]
+    fn only_refusals_prove_a_claim_was_not_stored() {
+        assert!(surely_not_stored(&bucket_full()));
+        let stale: CreateError =
+            UpdateError::from(PublishError::new(PublishErrorKind::WrongLastSequence)).into();
+        assert!(surely_not_stored(&stale));
+        let no_stream: CreateError =
+            UpdateError::from(PublishError::new(PublishErrorKind::StreamNotFound)).into();
+        assert!(surely_not_stored(&no_stream));
+
+        let timed_out: CreateError =
+            UpdateError::from(PublishError::new(PublishErrorKind::TimedOut)).into();
+        assert!(!surely_not_stored(&timed_out));
+        let answer_lost: CreateError =
+            UpdateError::from(PublishError::new(PublishErrorKind::BrokenPipe)).into();
+        assert!(!surely_not_stored(&answer_lost));
+        let unreadable: CreateError = UpdateError::from(PublishError::with_source(
+            PublishErrorKind::Other,
+            "an answer that is not JSON",
+        ))
+        .into();
+        assert!(!surely_not_stored(&unreadable));
+        // The read `create` makes after a failed update says nothing of that update.
+        let read_failed = CreateError::new(CreateErrorKind::Other);
+        assert!(!surely_not_stored(&read_failed));
+
+        assert!(!ClaimError::NotStored("nats: disconnected".into()).may_be_stored());
+        assert!(ClaimError::Unknown("nats: no answer within 3s".into()).may_be_stored());
     }
 }

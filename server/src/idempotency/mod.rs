@@ -267,12 +267,23 @@ impl IdempotencyKeys {
             return Ok(Claim::New(guard));
         };
         let bucket_key = cluster::bucket_key(tenant, room, key);
-        // On an error (NATS away, the bucket full) and on every answer but `Claimed`, the
-        // guard is dropped here: that forgets the local claim again and gives its place in the
-        // claimant's budget back, for nothing of it is in the shared record. A 503 refused
-        // during an outage spent a place each, and the tenant's clients were then refused 429
-        // for up to 5 minutes once NATS was back (outside audit 111, F8).
-        let remote = cluster.claim(&bucket_key, &digest).await?;
+        // On an error and on every answer but `Claimed`, the guard is dropped here: that
+        // forgets the local claim again and gives its place in the claimant's budget back, for
+        // nothing of it is in the shared record. A 503 refused during an outage spent a place
+        // each, and the tenant's clients were then refused 429 for up to 5 minutes once NATS
+        // was back (outside audit 111, F8). Unless the claim may be stored after all (no
+        // answer in time: a stalled NATS stores the queued create once it resumes): that
+        // pending record fills the bucket like any other, so it keeps its place (review 113,
+        // F4: each stall added up to a queue's worth of records no budget counted).
+        let remote = match cluster.claim(&bucket_key, &digest).await {
+            Ok(remote) => remote,
+            Err(e) => {
+                if e.may_be_stored() {
+                    guard.budget = None;
+                }
+                return Err(e.to_string());
+            }
+        };
         Ok(match remote {
             cluster::Remote::Claimed(revision) => {
                 guard.cluster_key = Some((bucket_key, revision));
@@ -437,9 +448,10 @@ pub struct Guard {
     /// it claimed it there.
     cluster_key: Option<(String, u64)>,
     /// Whose budget holds a place for this claim that is given back when the guard drops: a
-    /// claim that ends as no recorded key (its cluster claim failed, or it was let go of before
+    /// claim that ends as no recorded key (its cluster claim refused, or it was let go of before
     /// reaching the shared record) took nothing anyone shares. `None` once done, once in the
-    /// cluster's record, or for an uncounted claimant.
+    /// cluster's record (or perhaps in it: a claim unanswered in time), or for an uncounted
+    /// claimant.
     budget: Option<Claimant>,
 }
 

@@ -55,6 +55,7 @@ pub(super) fn register_zeros() {
         DATAGRAMS_RECEIVED,
         LATEST_CONFLATED,
         LATEST_ON_STREAM,
+        REVOCATION_LOADS,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -326,6 +327,13 @@ pub(super) fn describe() {
          (broker: rooms' publications and events, history consumers; control: cluster-wide \
          disconnects, unsubscribes, revocations; rpc: replies). A flood is undercounted: the \
          NATS client queues at most 128 such reports and drops the rest"
+    );
+    describe_counter!(
+        REVOCATION_LOADS,
+        "Loads of the revocations stored in NATS (the quiver_revoked bucket, read whole) this \
+         node began: at start, after each reconnect of its control connection, and after its \
+         revocation subscription dropped messages (at most once a second, backing off to once \
+         every 30 s while drops keep coming); a failed load is tried again and counted again"
     );
     describe_histogram!(
         JETSTREAM_PUBLISH_DURATION,

@@ -77,6 +77,8 @@ pub const NATS_CONNECTIONS: [&str; 3] = ["broker", "control", "rpc"];
 /// Messages a NATS subscription of this node dropped because it was full (async-nats's
 /// client-side slow consumer), by `connection` ([`NATS_CONNECTIONS`]).
 pub const NATS_SLOW_CONSUMER: &str = "quiver_nats_slow_consumer_total";
+/// Loads of the stored revocations (`revocation.rs`) this node began.
+pub const REVOCATION_LOADS: &str = "quiver_revocation_loads_total";
 pub const JETSTREAM_PUBLISH_DURATION: &str = "quiver_jetstream_publish_duration_seconds";
 pub const JETSTREAM_CONSUMER_PENDING: &str = "quiver_jetstream_consumer_pending";
 pub const TENANT_DELIVERIES: &str = "quiver_tenant_deliveries_total";

@@ -1312,6 +1312,13 @@ impl Subscriber {
         }
     }
 
+    /// The subscription's id on its connection: the one `Event::SlowConsumer` names when this
+    /// subscription drops a message.
+    // QUIVER PATCH: a getter, so a client can tell which subscription dropped (PATCHES.md).
+    pub fn sid(&self) -> u64 {
+        self.sid
+    }
+
     /// Unsubscribes from subscription, draining all remaining messages.
     ///
     /// # Examples

@@ -57,8 +57,7 @@ impl Inner {
         let weak = Arc::downgrade(&self.local_presence);
         let js = self.js.clone();
         let client = self.client.clone();
-        let connected =
-            move || client.connection_state() == async_nats::connection::State::Connected;
+        let connected = move || super::connection::is_connected(&client);
         let nudge = self.presence_nudge.clone();
         let bucket = self.presence_config();
         tokio::spawn(async move {
