@@ -18,7 +18,9 @@ fn numbered(i: u32) -> [u8; 4] {
 /// Instance B is frozen while 2,000 publications go into a room that keeps 20 through
 /// instance A. B's consumer had asked for at most a batch of them before the freeze; the rest
 /// the room's limit removed before B could get them. B's subscriber receives every
-/// publication in order up to where B missed some, then is ended with 117: never a skip.
+/// publication in order up to where B missed some, then is ended with 117: never a skip. A
+/// room of the same stream that lost nothing (its one publication still kept) stays open
+/// (review 113, F2: every room of the stream was ended).
 #[tokio::test]
 async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_left_with_a_gap(
 ) -> anyhow::Result<()> {
@@ -40,6 +42,9 @@ async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_le
     // B's consumer delivers: from here on, whatever it misses is owed to the subscriber.
     publ.published("h.x", &numbered(0)).await?;
     assert_eq!(room.payload().await?, &numbered(0)[..]);
+    let mut quiet = reader.subscribe("h.y").await?;
+    publ.published("h.y", b"y-before").await?;
+    assert_eq!(quiet.payload().await?, &b"y-before"[..]);
 
     b.pause()?;
     let published = async {
@@ -121,6 +126,13 @@ async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_le
         })
         .await;
         after.map_err(|_| anyhow::anyhow!("nothing delivered after the gap"))??;
+        // The room that lost nothing was never ended: its subscription goes on.
+        publ.published("h.y", b"y-after").await?;
+        let y = tokio::time::timeout(Duration::from_secs(5), quiet.payload()).await;
+        match y {
+            Ok(Ok(payload)) => assert_eq!(payload, &b"y-after"[..]),
+            other => anyhow::bail!("h.y, which lost nothing, was ended by the gap: {other:?}"),
+        }
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ use crate::config::{Config, NatsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
 pub use connection::{
-    broker_subscription_capacity, connect_with, redacted_urls, watched, Drops,
+    broker_subscription_capacity, connect_with, is_connected, redacted_urls, watched, Drops,
     BROKER_SUBSCRIPTION_BYTES, CONTROL_SUBSCRIPTION_CAPACITY, MIN_SUBSCRIPTION_CAPACITY,
 };
 pub use history::stream_name;
@@ -203,8 +203,6 @@ impl NatsBroker {
                 .set(0.0);
         }
         let (connected_tx, connected_rx) = mpsc::unbounded_channel();
-        // Set at the first connection: every later `Connected` is a reconnect.
-        let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let url = redacted_urls(&nats.url);
         // Whether this outage was logged: connection failures repeat at every retry (several a
         // second), and are worth one WARN line until NATS is back.
@@ -217,7 +215,6 @@ impl NatsBroker {
             .subscription_capacity(broker_subscription_capacity(config.limits.max_payload))
             .event_callback(move |event| {
                 let connected = connected_tx.clone();
-                let ever_connected = ever_connected.clone();
                 let url = url.clone();
                 let warned = warned.clone();
                 async move {
@@ -225,11 +222,7 @@ impl NatsBroker {
                     match event {
                         async_nats::Event::Connected => {
                             info!("nats connected");
-                            metrics::gauge!(m::NATS_CONNECTED).set(1.0);
                             warned.store(false, Relaxed);
-                            if ever_connected.swap(true, Relaxed) {
-                                metrics::counter!(m::NATS_RECONNECTS).increment(1);
-                            }
                             let _ = connected.send(true);
                         }
                         // Once per loss: async-nats then retries quietly until `Connected`.
@@ -239,7 +232,6 @@ impl NatsBroker {
                             if !warned.swap(true, Relaxed) {
                                 warn!(%url, "nats disconnected; reconnecting");
                             }
-                            metrics::gauge!(m::NATS_CONNECTED).set(0.0);
                             let _ = connected.send(false);
                         }
                         // One event per dropped message: counted twice (the deliveries lost,
@@ -302,6 +294,11 @@ async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bo
     let mut look = tokio::time::interval(Duration::from_secs(1));
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = Supervision::default();
+    // `statistics().connects` when reconnects were last counted (0: before the first
+    // connection). The gauge and the counter are this loop's alone, set from what it acted on:
+    // an event lost from async-nats's queue, or handled after the look acted, left the gauge at
+    // 0 while connected, and the counter short (review 114, F3).
+    let mut counted = 0;
     loop {
         let event = tokio::select! {
             event = connected.recv() => match event {
@@ -313,12 +310,17 @@ async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bo
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        // The state first: async-nats counts a connection before it says `Connected`, so a
+        // state read as connected has its connection in the count read after it. The other
+        // way round, a look between the two reads acted on the old count and the next one
+        // started a second generation for the same reconnect (review 114, F2).
+        let connected = connection::is_connected(&strong.client);
         let connects = strong
             .client
             .statistics()
             .connects
             .load(std::sync::atomic::Ordering::Relaxed);
-        match watch.next(event, connects, connection::is_connected(&strong.client)) {
+        match watch.next(event, connects, connected) {
             None => {}
             Some(Change::Down) => {
                 metrics::gauge!(m::NATS_CONNECTED).set(0.0);
@@ -326,6 +328,11 @@ async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bo
             }
             Some(Change::Up) => {
                 metrics::gauge!(m::NATS_CONNECTED).set(1.0);
+                if counted > 0 {
+                    metrics::counter!(m::NATS_RECONNECTS)
+                        .increment(connects.saturating_sub(counted));
+                }
+                counted = connects;
                 // The cached streams are forgotten before the new generation is announced:
                 // the generation wakes the history listeners to rebuild, and one that looked
                 // its stream up between the two got the handle and epoch from before the
@@ -744,8 +751,7 @@ impl Broker for NatsBroker {
     }
 
     fn is_ready(&self) -> bool {
-        self.inner.client.connection_state() == async_nats::connection::State::Connected
-            && self.inner.health.ready()
+        connection::is_connected(&self.inner.client) && self.inner.health.ready()
     }
 }
 

@@ -248,7 +248,7 @@ impl NatsRoute {
     ) -> Result<async_nats::Message, RpcError> {
         // A request handed to a reconnecting client would wait in its buffer and reach the
         // backend after the reconnect, behind the caller's back: refuse it now instead.
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+        if !crate::broker::nats::is_connected(&self.client) {
             return Err(RpcError::Unavailable("not connected to NATS".into()));
         }
         // Digits only: always a valid header value (`From<&str>` panics only on line breaks).

@@ -142,6 +142,7 @@ impl Inner {
                         .deliver_live(
                             &live,
                             &stream_key,
+                            &ns,
                             messages,
                             cursor,
                             &mut generations,
@@ -270,16 +271,17 @@ impl Inner {
     /// messages in between were removed before this consumer got them: the room limits
     /// (`history_size`, `history_ttl`, the tenant's bytes) cut them while this instance was
     /// behind (frozen, cut off from NATS, or rebuilding its consumer), or an operator deleted
-    /// or purged them. Either way they never reached this instance's subscribers, whose rooms
-    /// we cannot tell (the messages are gone), so every room of the stream with subscribers
-    /// here is ended with 117 (PROTOCOL.md §5): their clients resume from their last
-    /// position, and the resume says whether their room lost anything (outside cluster audit
-    /// 112, F3: they were left open with a gap, and a later resume answered `Recovered`).
+    /// or purged them. Either way they never reached this instance's subscribers: each room
+    /// of the stream with subscribers here that may have been among them is ended with 117
+    /// (PROTOCOL.md §5, `lost`), and its clients resume from their last position (outside
+    /// cluster audit 112, F3: they were left open with a gap, and a later resume answered
+    /// `Recovered`).
     #[allow(clippy::too_many_arguments)]
     async fn deliver_live(
-        &self,
+        self: &Arc<Self>,
         live: &Arc<Live>,
         stream_key: &(TenantId, String),
+        ns: &NamespaceConfig,
         mut messages: consumer::pull::Ordered,
         cursor: &mut Cursor,
         generations: &mut tokio::sync::watch::Receiver<u64>,
@@ -300,13 +302,19 @@ impl Inner {
                         // Unreadable metadata: rebuilt from `cursor.next`, so the message is
                         // fetched again; skipped, the next one would read as a gap and end
                         // every room here (review 113, F3).
-                        let Ok(info) = msg.info() else {
-                            return Broken::Failed;
+                        let info = match msg.info() {
+                            Ok(info) => info,
+                            Err(e) => {
+                                debug!(namespace = %stream_key.1, error = %e,
+                                    "history message metadata unreadable; rebuilding the consumer");
+                                return Broken::Failed;
+                            }
                         };
                         let offset = info.stream_sequence;
                         pending = Some(info.pending);
                         if check && offset > cursor.next {
-                            self.lost(live, stream_key, offset - cursor.next);
+                            self.lost(live, stream_key, ns, cursor.next, offset - cursor.next)
+                                .await;
                         }
                         check = true;
                         cursor.next = offset + 1;
@@ -352,9 +360,26 @@ impl Inner {
         }
     }
 
-    /// `missed` publications of the stream never reached this instance (see `deliver_live`):
-    /// every local subscription of the stream's rooms is ended, and the loss counted.
-    fn lost(&self, live: &Live, stream_key: &(TenantId, String), missed: u64) {
+    /// `missed` publications of the stream, from sequence `from` on, never reached this
+    /// instance (see `deliver_live`): the local subscriptions of every room that may have
+    /// been among them are ended, and the loss counted.
+    ///
+    /// Which rooms: JetStream removes only a room's *oldest* messages (count, age and bytes
+    /// all cut from the front: `history.rs`'s module doc, the rule a resume is judged by), so
+    /// a room whose first kept publication is at or before `from` kept everything after it,
+    /// and lost nothing here. Every other room (first kept past `from`, nothing kept, or not
+    /// checked within `JS_TIMEOUT`) is ended. Ending them all ended every history
+    /// subscription of the tenant's namespace here whenever one busy room nobody here reads
+    /// outran its limit during a reconnect (review 113, F2). The stream's deliveries wait for
+    /// the checks (at most `JS_TIMEOUT`), so no room gets a publication past the gap first.
+    async fn lost(
+        self: &Arc<Self>,
+        live: &Live,
+        stream_key: &(TenantId, String),
+        ns: &NamespaceConfig,
+        from: u64,
+        missed: u64,
+    ) {
         let rooms: Vec<Arc<RoomKey>> = live
             .rooms
             .read()
@@ -362,8 +387,23 @@ impl Inner {
             .values()
             .cloned()
             .collect();
+        // At most 16 lookups at once: a stream may have thousands of rooms here.
+        let whole: std::collections::HashSet<RoomKey> = tokio::time::timeout(JS_TIMEOUT, async {
+            futures::stream::iter(rooms.iter().cloned())
+                .map(|room| async move {
+                    let kept = self.first_kept(&room, ns).await;
+                    matches!(kept, Ok(Some(first)) if first.offset <= from).then_some(room)
+                })
+                .buffer_unordered(16)
+                .filter_map(|room| async move { room.map(|room| (*room).clone()) })
+                .collect()
+                .await
+        })
+        .await
+        .unwrap_or_default();
         let ended: usize = rooms
             .iter()
+            .filter(|room| !whole.contains(room.as_ref()))
             .map(|room| self.hub.end_room(room, crate::hub::BROKER_GAP))
             .sum();
         metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "broker_gap")
