@@ -1052,6 +1052,41 @@ async fn a_key_known_in_the_cluster_is_answered_at_an_instances_budget() -> anyh
     Ok(())
 }
 
+/// Claims of new idempotency keys by tenant `acme`'s clients in room `live.x`, driven directly
+/// on an `IdempotencyKeys` over `client` (the budget tests below: a budget's worth of claims
+/// through HTTP would take far longer).
+struct ClientClaims {
+    keys: std::sync::Arc<quiver_server::idempotency::IdempotencyKeys>,
+    tenant: quiver_proto::TenantId,
+    room: quiver_proto::RoomName,
+    digest: [u8; 32],
+}
+
+impl ClientClaims {
+    fn new(client: async_nats::Client) -> anyhow::Result<Self> {
+        use quiver_server::idempotency::{self, IdempotencyKeys};
+        Ok(Self {
+            keys: std::sync::Arc::new(IdempotencyKeys::new(Some(client))),
+            tenant: quiver_proto::TenantId::parse("acme")?,
+            room: quiver_proto::RoomName::parse("live.x")?,
+            digest: idempotency::digest(b"payload"),
+        })
+    }
+
+    async fn claim(&self, key: String) -> Result<quiver_server::idempotency::Claim, String> {
+        self.keys
+            .claim(
+                quiver_server::idempotency::Claimant::Client,
+                &self.tenant,
+                &self.room,
+                &key,
+                self.digest,
+                Instant::now(),
+            )
+            .await
+    }
+}
+
 /// Keyed publishes refused 503 because the cluster's record could not be reached spend no
 /// place in their tenant's new-key budget (outside audit 111, F8): each spent one, so a backend
 /// or its clients retrying through an outage (a fresh key per message) were refused `429
@@ -1061,28 +1096,11 @@ async fn a_key_known_in_the_cluster_is_answered_at_an_instances_budget() -> anyh
 #[tokio::test]
 async fn keyed_claims_refused_while_nats_is_away_leave_the_budget_alone() -> anyhow::Result<()> {
     use async_nats::connection::State;
-    use quiver_server::idempotency::{self, Claim, Claimant, IdempotencyKeys};
-    use std::sync::Arc;
+    use quiver_server::idempotency::{self, Claim};
     let mut nats = NatsServer::start().await?;
     let client = async_nats::connect(nats.url()).await?;
-    let keys = Arc::new(IdempotencyKeys::new(Some(client.clone())));
-    let tenant = quiver_proto::TenantId::parse("acme")?;
-    let room = quiver_proto::RoomName::parse("live.x")?;
-    let digest = idempotency::digest(b"payload");
-    let claim = |key: String| {
-        let (keys, tenant, room) = (keys.clone(), tenant.clone(), room.clone());
-        async move {
-            keys.claim(
-                Claimant::Client,
-                &tenant,
-                &room,
-                &key,
-                digest,
-                Instant::now(),
-            )
-            .await
-        }
-    };
+    let claims = ClientClaims::new(client.clone())?;
+    let claim = |key: String| claims.claim(key);
     let until = |state: State| {
         let client = client.clone();
         async move {
@@ -1120,28 +1138,11 @@ async fn keyed_claims_refused_while_nats_is_away_leave_the_budget_alone() -> any
 /// resumed, their records land, and a new key is refused 429 (it was claimed before).
 #[tokio::test]
 async fn keyed_claims_unanswered_while_nats_stalls_keep_their_place() -> anyhow::Result<()> {
-    use quiver_server::idempotency::{self, Claim, Claimant, IdempotencyKeys};
-    use std::sync::Arc;
+    use quiver_server::idempotency::{self, Claim, Claimant};
     let nats = NatsServer::start().await?;
     let client = async_nats::connect(nats.url()).await?;
-    let keys = Arc::new(IdempotencyKeys::new(Some(client.clone())));
-    let tenant = quiver_proto::TenantId::parse("acme")?;
-    let room = quiver_proto::RoomName::parse("live.x")?;
-    let digest = idempotency::digest(b"payload");
-    let claim = |key: String| {
-        let (keys, tenant, room) = (keys.clone(), tenant.clone(), room.clone());
-        async move {
-            keys.claim(
-                Claimant::Client,
-                &tenant,
-                &room,
-                &key,
-                digest,
-                Instant::now(),
-            )
-            .await
-        }
-    };
+    let claims = ClientClaims::new(client.clone())?;
+    let claim = |key: String| claims.claim(key);
     // Held, as publications under way are; in the record, so they keep their places anyway.
     let held: Vec<_> = futures::stream::iter(0..idempotency::MAX_CLIENT_KEYS_PER_TENANT - 1)
         .map(|i| claim(format!("k-{i}")))
