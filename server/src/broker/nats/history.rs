@@ -63,6 +63,7 @@ mod backlog;
 mod live;
 
 pub(super) use self::live::{Live, Registration};
+use super::history_read::first_kept_now;
 use super::read_slots::ReadSlot;
 use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
 use crate::broker::BrokerError;
@@ -355,18 +356,8 @@ impl Inner {
     ) -> Result<Option<Position>, BrokerError> {
         self.reachable()?;
         let TenantStream { stream, epoch } = self.tenant_stream(&key.tenant, ns).await?;
-        let subject = subject(key);
-        bounded("history first", async move {
-            match stream.direct_get_first_for_subject(subject).await {
-                Ok(msg) => Ok(Some(Position {
-                    epoch,
-                    offset: msg.sequence,
-                })),
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
-                Err(e) => Err(unavailable(e)),
-            }
-        })
-        .await
+        let first = bounded("history first", first_kept_now(&stream, &subject(key))).await?;
+        Ok(first.map(|offset| Position { epoch, offset }))
     }
 
     /// A name for a new consumer of this instance: unique, so it can be deleted by name.

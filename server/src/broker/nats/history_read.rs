@@ -291,7 +291,7 @@ impl Inner {
 }
 
 /// The room's first kept publication now, `None` when it keeps none.
-async fn first_kept_now(
+pub(super) async fn first_kept_now(
     stream: &stream::Stream,
     subject: &str,
 ) -> Result<Option<u64>, BrokerError> {

@@ -110,19 +110,21 @@ impl Inner {
                 // half second, each failed attempt with a consumer delete behind it, the
                 // requests filled async-nats' queue through an outage (outside cluster audit
                 // 112, F1). The reconnect's new generation (after this borrow) wakes it.
-                tokio::select! {
-                    changed = generations.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                    _ = tick.tick() => {
-                        if self.retire(&live, &stream_key, &mut idle_since) {
-                            break;
-                        }
-                    }
+                let woke = self
+                    .wait(
+                        &live,
+                        &stream_key,
+                        &mut generations,
+                        &mut tick,
+                        &mut idle_since,
+                        None,
+                    )
+                    .await;
+                match woke {
+                    Woke::Gone => return,
+                    Woke::Retired => break,
+                    Woke::Again => continue,
                 }
-                continue;
             }
             match self.live_consumer(&stream_key.0, &ns, &mut cursor).await {
                 Ok((messages, stream, name)) => {
@@ -168,18 +170,20 @@ impl Inner {
                     }
                     // Retry soon (NATS answering is what we wait for), sooner after a
                     // reconnect; stop retrying once nobody here wants the stream.
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        changed = generations.changed() => {
-                            if changed.is_err() {
-                                return;
-                            }
-                        }
-                        _ = tick.tick() => {
-                            if self.retire(&live, &stream_key, &mut idle_since) {
-                                break;
-                            }
-                        }
+                    let woke = self
+                        .wait(
+                            &live,
+                            &stream_key,
+                            &mut generations,
+                            &mut tick,
+                            &mut idle_since,
+                            Some(pause),
+                        )
+                        .await;
+                    match woke {
+                        Woke::Gone => return,
+                        Woke::Retired => break,
+                        Woke::Again => {}
                     }
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }
@@ -187,6 +191,35 @@ impl Inner {
         }
         if let Some((stream, name)) = held {
             delete_consumer(&stream, &name).await;
+        }
+    }
+
+    /// The listener's wait while it has no consumer (NATS away: `pause` None; a consumer not
+    /// built: its retry `pause`): until the pause is over, the connection's generation changes,
+    /// or a tick finds nobody here wants the stream any more.
+    async fn wait(
+        &self,
+        live: &Arc<Live>,
+        stream_key: &(TenantId, String),
+        generations: &mut tokio::sync::watch::Receiver<u64>,
+        tick: &mut tokio::time::Interval,
+        idle_since: &mut Option<Instant>,
+        pause: Option<Duration>,
+    ) -> Woke {
+        let paused = async {
+            match pause {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = paused => Woke::Again,
+            changed = generations.changed() => {
+                if changed.is_err() { Woke::Gone } else { Woke::Again }
+            }
+            _ = tick.tick() => {
+                if self.retire(live, stream_key, idle_since) { Woke::Retired } else { Woke::Again }
+            }
         }
     }
 
@@ -387,12 +420,21 @@ impl Inner {
             .values()
             .cloned()
             .collect();
-        // At most 16 lookups at once: a stream may have thousands of rooms here.
+        // The stream is looked up once for the gap, then at most 16 rooms at once: a stream
+        // may have thousands of rooms here.
         let whole: std::collections::HashSet<RoomKey> = tokio::time::timeout(JS_TIMEOUT, async {
+            if self.reachable().is_err() {
+                return Default::default();
+            }
+            let Ok(TenantStream { stream, .. }) = self.tenant_stream(&stream_key.0, ns).await
+            else {
+                return Default::default();
+            };
+            let stream = &stream;
             futures::stream::iter(rooms.iter().cloned())
                 .map(|room| async move {
-                    let kept = self.first_kept(&room, ns).await;
-                    matches!(kept, Ok(Some(first)) if first.offset <= from).then_some(room)
+                    let kept = first_kept_now(stream, &subject(&room)).await;
+                    matches!(kept, Ok(Some(first)) if first <= from).then_some(room)
                 })
                 .buffer_unordered(16)
                 .filter_map(|room| async move { room.map(|room| (*room).clone()) })
@@ -450,6 +492,16 @@ impl Inner {
         }
         true
     }
+}
+
+/// How a listener's [`Inner::wait`] ended.
+enum Woke {
+    /// Try again: the pause is over, or the connection's generation changed.
+    Again,
+    /// Nobody here wants the stream any more: the listener ends.
+    Retired,
+    /// The broker is gone.
+    Gone,
 }
 
 /// Why a history listener stopped delivering.
