@@ -587,6 +587,87 @@ async fn a_call_taken_late_in_a_drain_is_answered_within_its_own_deadline() -> R
     Ok(())
 }
 
+/// Past a drain's first second, while the session waits for a call, a heartbeat's Pings are
+/// still answered (outside audit 116, F7): the session read no command after that second, so
+/// a client whose call waited on a slow backend heard no Pong for the call's whole deadline,
+/// took the connection for dead, and reported the call lost (outcome unknown) though the
+/// backend answered it. A command other than a Ping stops the reading there: it and the Ping
+/// behind it go unanswered, and the goodbye says they were not carried out.
+#[tokio::test]
+async fn a_drain_waiting_for_a_call_answers_pings_after_its_first_second() -> Result<()> {
+    let (backend, url) = start_backend().await?;
+    let mut server = server_for_with(&url, |c| {
+        c.timeouts.drain = Duration::from_secs(10);
+        c.rpc.timeout = Duration::from_secs(4);
+        c.rpc.max_timeout = Duration::from_secs(4);
+    })
+    .await?;
+    let token = call_token("acme", "alice", &["order.*"]);
+    let mut raw = Raw::connect_via(Via::WebTransport, &server, &token).await?;
+    // Answered by the backend 3.65 s after it is asked.
+    let call = raw
+        .send(Command::Call {
+            method: "order.wait-long".into(),
+            payload: Bytes::new(),
+            timeout_ms: 0,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while backend.counts.lock().unwrap().get("call").is_none() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "never called");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stop = tokio::spawn(async move {
+        server.stop().await;
+    });
+    // Past the second in which the drain takes commands, twice, each Pong awaited.
+    let mut pongs = Vec::new();
+    for at in [1_400, 2_200] {
+        tokio::time::sleep_until(deadline - WAIT + Duration::from_millis(at)).await;
+        let ping = raw.send(Command::Ping).await?;
+        let frame = tokio::time::timeout(Duration::from_millis(700), raw.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("no Pong within 0.7 s of a Ping {at} ms into the drain")
+            })??;
+        assert!(
+            frame.id == ping && matches!(frame.event, Event::Pong),
+            "{frame:?}"
+        );
+        pongs.push(frame.id);
+    }
+    // Another command stops the reading: neither it nor the Ping behind it is answered.
+    let late = raw
+        .send(Command::Call {
+            method: "order.place".into(),
+            payload: Bytes::from_static(b"1"),
+            timeout_ms: 0,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    let behind = raw.send(Command::Ping).await?;
+    let mut frames = Vec::new();
+    loop {
+        let frame = raw.recv().await?;
+        let goodbye = matches!(frame.event, Event::Goodbye { .. });
+        frames.push(frame);
+        if goodbye {
+            break;
+        }
+    }
+    assert!(
+        matches!(&frames[..], [reply, bye]
+            if reply.id == call
+                && matches!(&reply.event, Event::Reply { payload } if payload == &b"waited long"[..])
+                && matches!(bye.event, Event::Goodbye { code: 3000, .. })),
+        "answered {late} or {behind} after the drain's first second, or the call not: {frames:?}"
+    );
+    assert_eq!(pongs.len(), 2);
+    stop.await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_backend_that_is_down_is_unavailable() -> Result<()> {
     // A port nothing listens on.

@@ -72,9 +72,27 @@ impl Session {
                     Some(done) = self.calls.join_next(), if !self.calls.is_empty() => {
                         Box::pin(self.call_done(done)).await;
                     }
-                    next = inbox.recv(), if taking => match next {
-                        Some(next) => item = Some(next),
-                        None => open = false,
+                    // Past the first second (not `taking`), Pings at the head of the queue
+                    // are still answered (and metered at once), as beside any waiting command:
+                    // a call may wait out `rpc.max_timeout` here, and a heartbeat unanswered
+                    // for that long gave up on the session, its call reported lost instead of
+                    // answered (outside audit 116, F7). Any other command stops the reading:
+                    // never taken, it goes unanswered, not carried out (PROTOCOL §7).
+                    next = async {
+                        if taking {
+                            Some(inbox.recv().await)
+                        } else {
+                            inbox.read_early().await;
+                            None
+                        }
+                    }, if open => match next {
+                        Some(Some(next)) => item = Some(next),
+                        Some(None) => open = false,
+                        None => {
+                            if let Some(exit) = self.metre_taken_early(inbox) {
+                                return exit;
+                            }
+                        }
                     },
                     () = tokio::time::sleep_until(take_until), if taking => {}
                     () = tokio::time::sleep_until(give_up_at) => {

@@ -115,7 +115,7 @@ impl Inbox {
     /// heartbeat's Ping is answered through a broker stall here too (outside conformance audit
     /// 3, C3-1). Pending for good once nothing more may be read early; what was taken is
     /// metered when the queue drains.
-    async fn read_early(&mut self) {
+    pub(super) async fn read_early(&mut self) {
         if !self.reads_early() {
             return std::future::pending().await;
         }
