@@ -439,16 +439,15 @@ impl Control {
             };
         }
         let max = if request.rooms { MAX_ROOMS } else { 0 };
-        let (rooms, subscriptions) = self.hub.rooms(tenant.as_ref(), usize::MAX);
-        let room_count = rooms.len();
+        let here = self.hub.rooms(tenant.as_ref(), max);
         NodeStats {
             node: self.node.clone(),
-            sessions: self.registry.count(request.tenant.as_deref()),
-            subscriptions,
-            room_count,
-            rooms: rooms
+            sessions: self.registry.count(tenant.as_ref()),
+            subscriptions: here.subscriptions,
+            room_count: here.count,
+            rooms: here
+                .listed
                 .into_iter()
-                .take(max)
                 .map(|(key, n)| (key.tenant.to_string(), key.room.to_string(), n))
                 .collect(),
         }

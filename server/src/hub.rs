@@ -28,6 +28,50 @@ use crate::metrics as m;
 use crate::metrics::hot;
 use crate::subscription::{Direct, Offered};
 
+/// A tenant's rooms here (`Hub::rooms`).
+#[derive(Default)]
+pub struct RoomsHere {
+    /// The first rooms by tenant and name, with their subscriber counts.
+    pub listed: Vec<(RoomKey, usize)>,
+    /// Rooms in all, listed or not.
+    pub count: usize,
+    /// Subscriptions over all of them.
+    pub subscriptions: usize,
+}
+
+/// A room in `Hub::rooms`'s heap, ordered by tenant and name.
+struct Listed(RoomKey, usize);
+
+impl Listed {
+    fn order(key: &RoomKey) -> (&TenantId, &str) {
+        (&key.tenant, key.room.as_str())
+    }
+
+    fn sort_key(&self) -> (&TenantId, &str) {
+        Self::order(&self.0)
+    }
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.sort_key() == other.sort_key()
+    }
+}
+
+impl Eq for Listed {}
+
+impl PartialOrd for Listed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Listed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
 /// What subscribers hear when their room's epoch changed under them (`Hub::deliver`).
 pub const EPOCH_CHANGED: (quiver_proto::ErrorCode, &str) = (
     quiver_proto::ErrorCode::UnrecoverablePosition,
@@ -352,26 +396,42 @@ impl Hub {
             .contains_key(key)
     }
 
-    /// Rooms with local subscribers and how many each has, of one tenant (every tenant:
-    /// `None`), at most `max` rooms (sorted by tenant and name, so a cut is stable); and the
-    /// total of subscriptions counted over all of them, cut or not.
-    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> (Vec<(RoomKey, usize)>, usize) {
+    /// Rooms with local subscribers, of one tenant (every tenant: `None`): the first `max` of
+    /// them (sorted by tenant and name, so a cut is stable) with how many each has, and the
+    /// count of all of them and of their subscriptions, cut or not.
+    ///
+    /// The first `max` are kept in a heap as the map is read: a room is copied only while it is
+    /// among the first so far, and nothing past `max` is sorted. Every room was copied and
+    /// sorted per request, under the lock each `Subscribe` waits for, an `info` (which lists
+    /// none) included (outside audit 116, F9).
+    pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> RoomsHere {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
-        let mut total = 0;
-        let mut listed: Vec<(RoomKey, usize)> = Vec::new();
+        let mut here = RoomsHere::default();
+        let mut first: std::collections::BinaryHeap<Listed> = Default::default();
         for (key, room) in rooms.iter() {
             if tenant.is_some_and(|t| *t != key.tenant) {
                 continue;
             }
-            total += room.subs.len();
-            listed.push((key.clone(), room.subs.len()));
+            here.count += 1;
+            here.subscriptions += room.subs.len();
+            let listed = |key: &RoomKey| Listed(key.clone(), room.subs.len());
+            if first.len() < max {
+                first.push(listed(key));
+            } else if first
+                .peek()
+                .is_some_and(|last| Listed::order(key) < last.sort_key())
+            {
+                first.pop();
+                first.push(listed(key));
+            }
         }
         drop(rooms);
-        listed.sort_by(|a, b| {
-            (&a.0.tenant, a.0.room.as_str()).cmp(&(&b.0.tenant, b.0.room.as_str()))
-        });
-        listed.truncate(max);
-        (listed, total)
+        here.listed = first
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Listed(key, n)| (key, n))
+            .collect();
+        here
     }
 
     /// Number of rooms with local subscribers.

@@ -190,6 +190,10 @@ impl Drop for Kicks {
 #[derive(Default)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Entry>>,
+    /// Sessions per tenant, kept beside `sessions` (taken after it, under its lock) so the
+    /// backend API's `info` counts a tenant's without a pass over every session of every
+    /// tenant under the lock each session's open and close takes (outside audit 116, F9).
+    per_tenant: Mutex<HashMap<TenantId, usize>>,
 }
 
 impl Registry {
@@ -203,18 +207,21 @@ impl Registry {
     ) -> (Registered, Kicks) {
         let kick = Arc::new(Orders::default());
         let kicks = Kicks(kick.clone());
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                session.to_owned(),
-                Entry {
-                    tenant: tenant.clone(),
-                    user: user.to_owned(),
-                    jti_key: jti.map(|j| crate::revocation::key(tenant, j)),
-                    kick,
-                },
-            );
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let replaced = sessions.insert(
+            session.to_owned(),
+            Entry {
+                tenant: tenant.clone(),
+                user: user.to_owned(),
+                jti_key: jti.map(|j| crate::revocation::key(tenant, j)),
+                kick,
+            },
+        );
+        let mut per_tenant = self.per_tenant.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = replaced {
+            forget(&mut per_tenant, &old.tenant);
+        }
+        *per_tenant.entry(tenant.clone()).or_default() += 1;
         (
             Registered {
                 registry: self.clone(),
@@ -270,12 +277,28 @@ impl Registry {
     }
 
     /// Sessions of a tenant on this instance (all tenants: `None`).
-    pub fn count(&self, tenant: Option<&str>) -> usize {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        sessions
-            .values()
-            .filter(|e| tenant.is_none_or(|t| e.tenant.as_str() == t))
-            .count()
+    pub fn count(&self, tenant: Option<&TenantId>) -> usize {
+        match tenant {
+            None => self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            Some(tenant) => self
+                .per_tenant
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(tenant)
+                .copied()
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// One session of `tenant` fewer; a tenant with none is taken out (the map holds only tenants
+/// with sessions here).
+fn forget(per_tenant: &mut HashMap<TenantId, usize>, tenant: &TenantId) {
+    if let Some(n) = per_tenant.get_mut(tenant) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            per_tenant.remove(tenant);
+        }
     }
 }
 
@@ -287,11 +310,19 @@ pub struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry
+        let mut sessions = self
+            .registry
             .sessions
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.session);
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = sessions.remove(&self.session) {
+            let mut per_tenant = self
+                .registry
+                .per_tenant
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            forget(&mut per_tenant, &entry.tenant);
+        }
     }
 }
 
@@ -333,7 +364,13 @@ mod tests {
         assert_eq!(registry.kick(&by_jti, &kick), 2, "s1 and s5");
         assert!(k1b.try_recv().is_some());
         drop(_b);
-        assert_eq!(registry.count(Some("acme")), 3);
+        assert_eq!(registry.count(Some(&acme)), 3);
+        // Kept per tenant as sessions come and go; a tenant with none has none.
+        assert_eq!(registry.count(Some(&other)), 1);
+        assert_eq!(registry.count(None), 4);
+        drop(_o);
+        assert_eq!(registry.count(Some(&other)), 0);
+        assert_eq!(registry.count(None), 3);
     }
 
     fn kick() -> Kick {

@@ -596,6 +596,47 @@ async fn rooms_are_listed_up_to_the_bound() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Over two instances, a room past one instance's cut is not answered with the other's count
+/// alone (outside audit 116, F8): instance A holds the first `MAX_ROOMS` + 1 rooms and lists
+/// up to `r.0999`; B holds `r.0005` and `r.1000`. `r.1000` was answered with B's one
+/// subscriber though A has one too; now the answer stops at A's cut, every count whole, the
+/// first rooms by name (each instance keeps its first by name, not any of them).
+#[tokio::test]
+async fn rooms_past_an_instances_cut_are_not_answered_with_partial_counts() -> anyhow::Result<()> {
+    let max = quiver_server::control::MAX_ROOMS;
+    let nats = NatsServer::start().await?;
+    let clustered = |c: &mut quiver_server::Config| {
+        with_tenants(c);
+        c.nats = Some(quiver_server::config::NatsConfig::new(nats.url()));
+        c.limits.max_subscriptions = (max + 1) as u32;
+        c.limits.commands_per_second = 10_000;
+    };
+    let a = TestServer::start_with(clustered).await?;
+    let b = TestServer::start_with(clustered).await?;
+    let mut on_a = Raw::connect_via(Via::WebSocket, &a, &full_token("acme", "many")).await?;
+    let mut streams = Vec::new();
+    // Subscribed in an order unlike the names', so a cut by arrival would show.
+    for i in (0..=max).rev() {
+        streams.push(on_a.subscribe(&format!("r.{i:04}")).await?);
+    }
+    let mut on_b = Raw::connect_via(Via::WebSocket, &b, &full_token("acme", "few")).await?;
+    for room in ["r.1000", "r.0005"] {
+        streams.push(on_b.subscribe(room).await?);
+    }
+    let (status, rooms) = api_post(&b, "rooms", ACME, json!({})).await?;
+    assert_eq!(status, 200, "{rooms}");
+    let listed = rooms["rooms"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), max, "{}", rooms["truncated"]);
+    assert_eq!(rooms["truncated"], true);
+    assert_eq!(listed[0]["room"], "r.0000");
+    assert_eq!(listed[max - 1]["room"], "r.0999");
+    for room in &listed {
+        let want = if room["room"] == "r.0005" { 2 } else { 1 };
+        assert_eq!(room["subscribers"], want, "{room}");
+    }
+    Ok(())
+}
+
 /// While NATS is away, every API action that needs it answers 503 instead of waiting for it:
 /// statistics, disconnect and unsubscribe used to hang until NATS came back, and presence,
 /// revocation and keyed publishes waited out the NATS client's 10 s request timeout (an
