@@ -189,11 +189,11 @@ impl Drop for Kicks {
 
 #[derive(Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<String, Entry>>,
-    /// Sessions per tenant, kept beside `sessions` (taken after it, under its lock) so the
-    /// backend API's `info` counts a tenant's without a pass over every session of every
-    /// tenant under the lock each session's open and close takes (outside audit 116, F9).
-    per_tenant: Mutex<HashMap<TenantId, usize>>,
+    /// Tenant id → session id → entry. By tenant, so an operator's (or a tenant backend's)
+    /// control message looks through its tenant's sessions alone, and `info` counts them
+    /// without a pass over every session of every tenant, under the lock each session's open
+    /// and close takes (outside audit 72, F6; outside audit 116, F9).
+    sessions: Mutex<HashMap<String, HashMap<String, Entry>>>,
 }
 
 impl Registry {
@@ -207,24 +207,24 @@ impl Registry {
     ) -> (Registered, Kicks) {
         let kick = Arc::new(Orders::default());
         let kicks = Kicks(kick.clone());
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let replaced = sessions.insert(
-            session.to_owned(),
-            Entry {
-                tenant: tenant.clone(),
-                user: user.to_owned(),
-                jti_key: jti.map(|j| crate::revocation::key(tenant, j)),
-                kick,
-            },
-        );
-        let mut per_tenant = self.per_tenant.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = replaced {
-            forget(&mut per_tenant, &old.tenant);
-        }
-        *per_tenant.entry(tenant.clone()).or_default() += 1;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(tenant.to_string())
+            .or_default()
+            .insert(
+                session.to_owned(),
+                Entry {
+                    tenant: tenant.clone(),
+                    user: user.to_owned(),
+                    jti_key: jti.map(|j| crate::revocation::key(tenant, j)),
+                    kick,
+                },
+            );
         (
             Registered {
                 registry: self.clone(),
+                tenant: tenant.to_string(),
                 session: session.to_owned(),
             },
             kicks,
@@ -233,71 +233,59 @@ impl Registry {
 
     /// Ends every local session the selector matches; returns how many.
     pub fn kick(&self, selector: &Selector, kick: &Kick) -> usize {
-        self.kick_where(
-            |id, entry| {
-                entry.tenant.as_str() == selector.tenant
-                    && selector.user.as_ref().is_none_or(|u| *u == entry.user)
-                    && selector.session.as_ref().is_none_or(|s| s == id)
-                    && selector
-                        .jti_key
-                        .as_ref()
-                        .is_none_or(|j| entry.jti_key.as_ref() == Some(j))
-            },
-            kick,
-        )
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tenant) = sessions.get(&selector.tenant) else {
+            return 0;
+        };
+        let matches = |entry: &Entry| {
+            selector.user.as_ref().is_none_or(|u| *u == entry.user)
+                && selector
+                    .jti_key
+                    .as_ref()
+                    .is_none_or(|j| entry.jti_key.as_ref() == Some(j))
+        };
+        match &selector.session {
+            Some(id) => tenant
+                .get(id)
+                .filter(|entry| matches(entry) && entry.kick.push(kick))
+                .map_or(0, |_| 1),
+            None => tenant
+                .values()
+                .filter(|entry| matches(entry) && entry.kick.push(kick))
+                .count(),
+        }
     }
 
     /// Ends every local session whose token's revocation key (`revocation::key`) `revoked`
-    /// says is revoked, in one pass; returns how many.
+    /// says is revoked, in one pass over every tenant's; returns how many. A session whose
+    /// order queue is full is closing (or stuck): the order is dropped there and not counted.
     pub fn kick_revoked(&self, revoked: impl Fn(&str) -> bool, kick: &Kick) -> usize {
-        self.kick_where(
-            |_, entry| entry.jti_key.as_deref().is_some_and(&revoked),
-            kick,
-        )
-    }
-
-    /// Orders `kick` to every local session `matches` (its id, its entry); returns how many
-    /// took it. A session whose order queue is full is closing (or stuck): the order is
-    /// dropped there and not counted.
-    fn kick_where(&self, matches: impl Fn(&str, &Entry) -> bool, kick: &Kick) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         sessions
-            .iter()
-            .filter(|(id, entry)| matches(id, entry))
-            .filter(|(_, entry)| entry.kick.push(kick))
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|entry| entry.jti_key.as_deref().is_some_and(&revoked))
+            .filter(|entry| entry.kick.push(kick))
             .count()
     }
 
     /// A refreshed session's token is another token: revoking the old one no longer ends it.
-    pub fn set_jti(&self, session: &str, jti: Option<&str>) {
+    pub fn set_jti(&self, tenant: &TenantId, session: &str, jti: Option<&str>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = sessions.get_mut(session) {
+        if let Some(entry) = sessions
+            .get_mut(tenant.as_str())
+            .and_then(|tenant| tenant.get_mut(session))
+        {
             entry.jti_key = jti.map(|j| crate::revocation::key(&entry.tenant, j));
         }
     }
 
     /// Sessions of a tenant on this instance (all tenants: `None`).
     pub fn count(&self, tenant: Option<&TenantId>) -> usize {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match tenant {
-            None => self.sessions.lock().unwrap_or_else(|e| e.into_inner()).len(),
-            Some(tenant) => self
-                .per_tenant
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(tenant)
-                .copied()
-                .unwrap_or(0),
-        }
-    }
-}
-
-/// One session of `tenant` fewer; a tenant with none is taken out (the map holds only tenants
-/// with sessions here).
-fn forget(per_tenant: &mut HashMap<TenantId, usize>, tenant: &TenantId) {
-    if let Some(n) = per_tenant.get_mut(tenant) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            per_tenant.remove(tenant);
+            None => sessions.values().map(HashMap::len).sum(),
+            Some(tenant) => sessions.get(tenant.as_str()).map_or(0, HashMap::len),
         }
     }
 }
@@ -305,6 +293,7 @@ fn forget(per_tenant: &mut HashMap<TenantId, usize>, tenant: &TenantId) {
 /// A session's registration; removed on drop.
 pub struct Registered {
     registry: Arc<Registry>,
+    tenant: String,
     session: String,
 }
 
@@ -315,13 +304,12 @@ impl Drop for Registered {
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = sessions.remove(&self.session) {
-            let mut per_tenant = self
-                .registry
-                .per_tenant
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            forget(&mut per_tenant, &entry.tenant);
+        if let Some(tenant) = sessions.get_mut(&self.tenant) {
+            tenant.remove(&self.session);
+            // The map holds only tenants with sessions here.
+            if tenant.is_empty() {
+                sessions.remove(&self.tenant);
+            }
         }
     }
 }

@@ -353,14 +353,16 @@ impl Session {
         // Expiry (and `nbf`) were checked by the verifier, with the configured leeway, exactly
         // as at CONNECT (PROTOCOL.md §6).
         let expires_at = grant.expires_at;
-        self.shared.registry.set_jti(&self.id, grant.jti.as_deref());
+        self.shared
+            .registry
+            .set_jti(&grant.tenant, &self.id, grant.jti.as_deref());
         // A revocation of the new token between its check above and `set_jti` looked for the
         // session under the old `jti` and missed it: checked again now that it would be found
         // (as at CONNECT; outside audit 72, F3). Refused as a revoked token is, the old one kept.
         if let Some(jti) = grant.jti.as_deref() {
             if self.shared.revocations.is_revoked(&grant.tenant, jti) {
                 let old = self.grant.jti.as_deref();
-                self.shared.registry.set_jti(&self.id, old);
+                self.shared.registry.set_jti(&grant.tenant, &self.id, old);
                 // A revocation of the old token meanwhile looked under the new one: the old
                 // one is checked again too, and the session ended as its revocation would.
                 if old.is_some_and(|old| self.shared.revocations.is_revoked(&grant.tenant, old)) {
