@@ -20,7 +20,8 @@ fn numbered(i: u32) -> [u8; 4] {
 /// the room's limit removed before B could get them. B's subscriber receives every
 /// publication in order up to where B missed some, then is ended with 117: never a skip. A
 /// room of the same stream that lost nothing (its one publication still kept) stays open
-/// (review 113, F2: every room of the stream was ended).
+/// (review 113, F2: every room of the stream was ended), and so do one that keeps nothing and
+/// one whose only publication came within the gap (stop 61: both were ended).
 #[tokio::test]
 async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_left_with_a_gap(
 ) -> anyhow::Result<()> {
@@ -45,11 +46,19 @@ async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_le
     let mut quiet = reader.subscribe("h.y").await?;
     publ.published("h.y", b"y-before").await?;
     assert_eq!(quiet.payload().await?, &b"y-before"[..]);
+    // A room that keeps nothing (none was ever published there), and one whose only
+    // publication comes during the freeze, after the gap's start: neither lost anything (the
+    // stream's front is intact and neither is at its count limit), so neither is ended.
+    let mut empty = reader.subscribe("h.z").await?;
+    let mut later = reader.subscribe("h.w").await?;
 
     b.pause()?;
     let published = async {
         for i in 1..=TOTAL {
             publ.published("h.x", &numbered(i)).await?;
+            if i == TOTAL / 2 {
+                publ.published("h.w", b"w-during").await?;
+            }
         }
         anyhow::Ok(())
     }
@@ -126,12 +135,26 @@ async fn a_history_subscription_that_missed_trimmed_publications_is_ended_not_le
         })
         .await;
         after.map_err(|_| anyhow::anyhow!("nothing delivered after the gap"))??;
-        // The room that lost nothing was never ended: its subscription goes on.
-        publ.published("h.y", b"y-after").await?;
-        let y = tokio::time::timeout(Duration::from_secs(5), quiet.payload()).await;
-        match y {
-            Ok(Ok(payload)) => assert_eq!(payload, &b"y-after"[..]),
-            other => anyhow::bail!("h.y, which lost nothing, was ended by the gap: {other:?}"),
+        // The rooms that lost nothing were never ended: their subscriptions go on, h.w's
+        // publication from within the gap delivered.
+        let w = tokio::time::timeout(Duration::from_secs(5), later.payload()).await;
+        match w {
+            Ok(Ok(payload)) => assert_eq!(payload, &b"w-during"[..]),
+            other => anyhow::bail!("h.w, which lost nothing, was ended by the gap: {other:?}"),
+        }
+        for (room, sub) in [
+            ("h.y", &mut quiet),
+            ("h.z", &mut empty),
+            ("h.w", &mut later),
+        ] {
+            publ.published(room, b"after-gap").await?;
+            let got = tokio::time::timeout(Duration::from_secs(5), sub.payload()).await;
+            match got {
+                Ok(Ok(payload)) => assert_eq!(payload, &b"after-gap"[..], "{room}"),
+                other => {
+                    anyhow::bail!("{room}, which lost nothing, was ended by the gap: {other:?}")
+                }
+            }
         }
     }
     Ok(())

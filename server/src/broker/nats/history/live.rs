@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -397,14 +398,16 @@ impl Inner {
     /// instance (see `deliver_live`): the local subscriptions of every room that may have
     /// been among them are ended, and the loss counted.
     ///
-    /// Which rooms: JetStream removes only a room's *oldest* messages (count, age and bytes
-    /// all cut from the front: `history.rs`'s module doc, the rule a resume is judged by), so
-    /// a room whose first kept publication is at or before `from` kept everything after it,
-    /// and lost nothing here. Every other room (first kept past `from`, nothing kept, or not
-    /// checked within `JS_TIMEOUT`) is ended. Ending them all ended every history
-    /// subscription of the tenant's namespace here whenever one busy room nobody here reads
-    /// outran its limit during a reconnect (review 113, F2). The stream's deliveries wait for
-    /// the checks (at most `JS_TIMEOUT`), so no room gets a publication past the gap first.
+    /// Which rooms: by the rule a resume is judged by (`history.rs`'s module doc, with
+    /// `P + 1 = from`), a room lost nothing after `from` if its first kept publication is at or
+    /// before `from`, or if it keeps fewer than the per-room limit and the stream's first
+    /// sequence is at or before `from` (no age or byte cut reached the gap, and the room's
+    /// count limit never cut it: a room that keeps nothing, aged out before the gap, among
+    /// them). Every other room (or one not checked within `JS_TIMEOUT`) is ended. Ending them
+    /// all ended every history subscription of the tenant's namespace here whenever one busy
+    /// room nobody here reads outran its limit during a reconnect (review 113, F2). The
+    /// stream is looked at once per gap; the stream's deliveries wait for the checks (at most
+    /// `JS_TIMEOUT`), so no room gets a publication past the gap first.
     async fn lost(
         self: &Arc<Self>,
         live: &Live,
@@ -430,11 +433,24 @@ impl Inner {
             else {
                 return Default::default();
             };
+            let Ok(info) = stream.get_info().await else {
+                return Default::default();
+            };
+            let per_room = super::room_limit_floor(&info.config).min(ns.history_size as u64);
+            let front_intact = info.state.first_sequence <= from;
             let stream = &stream;
             futures::stream::iter(rooms.iter().cloned())
                 .map(|room| async move {
-                    let kept = first_kept_now(stream, &subject(&room)).await;
-                    matches!(kept, Ok(Some(first)) if first <= from).then_some(room)
+                    let subject = subject(&room);
+                    let whole = match first_kept_now(stream, &subject).await {
+                        Ok(Some(first)) if first <= from => true,
+                        Ok(None) => front_intact,
+                        Ok(Some(_)) if front_intact => {
+                            kept(stream, &subject).await.is_ok_and(|n| n < per_room)
+                        }
+                        _ => false,
+                    };
+                    whole.then_some(room)
                 })
                 .buffer_unordered(16)
                 .filter_map(|room| async move { room.map(|room| (*room).clone()) })
@@ -492,6 +508,21 @@ impl Inner {
         }
         true
     }
+}
+
+/// How many publications the stream keeps of `subject`.
+async fn kept(stream: &stream::Stream, subject: &str) -> Result<u64, BrokerError> {
+    let mut subjects = stream
+        .info_with_subjects(subject)
+        .await
+        .map_err(unavailable)?;
+    let mut kept = 0;
+    while let Some((name, count)) = subjects.try_next().await.map_err(unavailable)? {
+        if name == subject {
+            kept += count as u64;
+        }
+    }
+    Ok(kept)
 }
 
 /// How a listener's [`Inner::wait`] ended.
