@@ -110,39 +110,71 @@ fn describe(e: &anyhow::Error) -> String {
     out
 }
 
-/// Ctrl-C or SIGTERM. The handlers are installed by this call, not when the future is first
-/// polled: `serve` calls it before printing its ready line, so a SIGTERM sent right after that
-/// line starts the drain instead of ending the process by the signal's default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// SIGTERM and SIGINT (Ctrl-C), each delivery once. The handlers are installed when this is
+/// made, not when it is first waited on: `serve` makes it before printing its ready line, so a
+/// SIGTERM sent right after that line starts the drain instead of ending the process by the
+/// signal's default action. Once installed the default action never comes back (tokio's
+/// handlers stay for the process's life), so whoever wants a later signal must wait for it
+/// here: `serve` waits for a second one during its drain.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate()).ok();
-        let interrupt = signal(SignalKind::interrupt()).ok();
-        async move {
-            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
-                match s {
-                    Some(mut s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            if term.is_none() && interrupt.is_none() {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
-            tokio::select! {
-                () = wait(term) => {}
-                () = wait(interrupt) => {}
-            }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        async {
-            let _ = tokio::signal::ctrl_c().await;
+
+    /// The next SIGTERM or SIGINT, by name.
+    pub async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn wait(s: &mut Option<tokio::signal::unix::Signal>) {
+                let received = match s {
+                    Some(s) => s.recv().await.is_some(),
+                    None => false,
+                };
+                // `None` only once the handler is gone, which it never is: no signal then.
+                if !received {
+                    std::future::pending::<()>().await;
+                }
+            }
+            if self.term.is_none() && self.interrupt.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+            tokio::select! {
+                () = wait(&mut self.term) => "SIGTERM",
+                () = wait(&mut self.interrupt) => "SIGINT",
+            }
         }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM, once ([`Signals`]; installed by this call).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::install();
+    async move {
+        signals.next().await;
     }
 }
 

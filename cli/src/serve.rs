@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
@@ -157,9 +158,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         config.demo = false;
     }
     raise_descriptor_limit();
+    let drain = config.timeouts.drain;
     let server = Server::start(config).await?;
     // Before the ready line: from then on SIGTERM drains.
-    let stop = crate::cli::shutdown_signal();
+    let mut signals = crate::cli::Signals::install();
     let ready = serde_json::json!({
         "webtransport": server.webtransport_addr().to_string(),
         "http": server.http_addr.to_string(),
@@ -183,12 +185,53 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             hex::encode(server.cert_sha256())
         );
     }
-    stop.await;
-    if human {
-        eprintln!("quiver: draining");
-    }
+    let signal = signals.next().await;
+    // Through the log in every format (a JSON log said nothing of it: outside audit 116, F6);
+    // in text it is on stderr like the lines above.
+    tracing::info!(
+        signal,
+        sessions = server.session_count(),
+        deadline_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX),
+        "draining: a second SIGTERM or Ctrl-C exits without waiting"
+    );
+    tokio::spawn(exit_on_second_signal(signals, server.broker().clone()));
     server.shutdown().await;
     Ok(())
+}
+
+/// The exit status after a second signal cut the drain short (128 + SIGINT's number, as a
+/// shell reports an interrupted command): not 0, the drain did not finish.
+const SECOND_SIGNAL_EXIT: i32 = 130;
+
+/// How long a second signal's exit waits for the broker's `depart`.
+const SECOND_SIGNAL_DEPART: Duration = Duration::from_secs(2);
+
+/// During the drain, a second SIGTERM or SIGINT exits at once: an operator pressing Ctrl-C
+/// again, or a supervisor sending TERM again, waited for the drain's deadline, up to
+/// `timeouts.drain` (1 h at most), or had to SIGKILL (outside audit 116, F5). The sessions
+/// still open are not closed one by one, but their presence goes first as at the drain's
+/// deadline (`Broker::depart`, within [`SECOND_SIGNAL_DEPART`]), so the other instances list
+/// them no more at once rather than after `nats.presence_ttl`.
+async fn exit_on_second_signal(
+    mut signals: crate::cli::Signals,
+    broker: std::sync::Arc<dyn quiver_server::broker::Broker>,
+) {
+    let signal = signals.next().await;
+    tracing::warn!(
+        signal,
+        "second signal: exiting without waiting for the drain"
+    );
+    if tokio::time::timeout(SECOND_SIGNAL_DEPART, broker.depart())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            waited_ms = SECOND_SIGNAL_DEPART.as_millis() as u64,
+            "presence departure unfinished: the other instances list this one's members until \
+             they expire"
+        );
+    }
+    std::process::exit(SECOND_SIGNAL_EXIT);
 }
 
 /// Raises the process's soft descriptor limit to its hard one, as nats-server (the Go runtime)

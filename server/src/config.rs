@@ -121,7 +121,8 @@ pub struct QuotasConfig {
     /// Per-tenant overrides of single fields.
     pub tenants: Vec<TenantOverride>,
     pub per_address: AddressQuota,
-    /// Tenants with their own label on per-tenant metrics; later ones share `other`.
+    /// Tenants with their own label on per-tenant metrics; later ones share `~other` (0: every
+    /// tenant does, unlike the quotas' 0).
     pub max_tenant_labels: usize,
 }
 
@@ -266,6 +267,16 @@ pub struct NatsConfig {
     /// How long a dead instance's presence entries outlive it.
     #[serde(default = "default_presence_ttl", with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// Copies JetStream keeps of every stream and key-value bucket Quiver makes (history,
+    /// presence, revocations, idempotency keys): 1 to 5 (`MAX_REPLICAS`). 1 puts each on one
+    /// nats-server, so losing that server stops them; 3 on a three-node NATS cluster survives
+    /// the loss of any one. Existing streams and buckets are brought to it when next opened.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_presence_ttl() -> Duration {
@@ -283,6 +294,7 @@ impl NatsConfig {
             credentials: None,
             ca: None,
             presence_ttl: default_presence_ttl(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -646,6 +658,9 @@ impl Config {
     /// keys: `QUIVER_LIMITS__MAX_FRAME=1024`; `QUIVER_JWT_SECRET` and `QUIVER_JWT_SECRET_FILE`
     /// are accepted as shorthands).
     pub fn load(file: Option<&std::path::Path>) -> Result<Self, Box<figment::Error>> {
+        // Variables no configuration can be loaded beside (`QUIVER_CONFIG`, a shorthand and
+        // its own name both set): nothing else is worth reading first.
+        check::refuse_env_mistakes().map_err(|e| Box::new(figment::Error::from(e)))?;
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));

@@ -304,7 +304,7 @@ impl Control {
                 error: e.to_string(),
             })?;
             with_nats(nats, async {
-                let store = revocation::store(nats).await?;
+                let store = self.revocations.store(nats).await?;
                 store
                     .put(&key, until.to_string().into())
                     .await

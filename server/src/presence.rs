@@ -5,7 +5,9 @@
 //! So the reply lists members in their (sorted) order while they fit, and says `truncated` when
 //! it had to stop (PROTOCOL.md §5).
 
-use quiver_proto::{Event, Member, RoomName};
+use quiver_proto::{Event, RoomName};
+
+use crate::broker::RoomPresence;
 
 /// The room's namespace does not track presence (a `bad_request`).
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +33,31 @@ fn string_len(s: &str) -> usize {
     varint_len(s.len()) + s.len()
 }
 
-/// `Event::Presence` for `room` with as many of `members` (in order) as fit in a frame body of
-/// at most `max_frame` bytes, whatever the reply's id; `truncated` when some were left out.
-pub fn bounded_event(room: String, mut members: Vec<Member>, max_frame: usize) -> Event {
-    // Envelope: the largest u32 id (5 bytes) and the variant index (1 byte), then the room,
-    // the member count (at most a u32 varint) and the trailing `truncated` flag.
-    let fixed = 5 + 1 + string_len(&room) + 5 + 1;
-    let mut size = fixed;
+/// The envelope of a `Presence` reply around its members: the largest u32 id (5 bytes) and the
+/// variant index (1 byte), then the room, the member count (at most a u32 varint) and the
+/// trailing `truncated` flag.
+fn envelope_len(room: &str) -> usize {
+    5 + 1 + string_len(room) + 5 + 1
+}
+
+/// The fewest bytes a member can take in a `Presence` reply: an empty user id, and a session
+/// id, always 16 hexadecimal digits (`session::session_id`).
+const MIN_MEMBER_LEN: usize = 1 + 1 + 16;
+
+/// How many members a `Presence` reply for `room` could list at most in a frame body of
+/// `max_frame` bytes: what [`bounded_event`] needs read (and the memory broker copies under
+/// its lock), however many the room holds. Never fewer than fit, so the reply is the one the
+/// whole list would make.
+pub fn most_that_fit(room: &str, max_frame: usize) -> usize {
+    max_frame.saturating_sub(envelope_len(room)) / MIN_MEMBER_LEN
+}
+
+/// `Event::Presence` for `room` with as many of `present`'s members (in order) as fit in a
+/// frame body of at most `max_frame` bytes, whatever the reply's id; `truncated` when some
+/// were left out, here or before (`present` lists fewer than its sessions).
+pub fn bounded_event(room: String, present: RoomPresence, max_frame: usize) -> Event {
+    let mut members = present.members;
+    let mut size = envelope_len(&room);
     let fitting = members
         .iter()
         .take_while(|m| {
@@ -45,9 +65,9 @@ pub fn bounded_event(room: String, mut members: Vec<Member>, max_frame: usize) -
             size <= max_frame
         })
         .count();
-    let truncated = fitting < members.len();
+    let truncated = fitting < present.sessions;
+    members.truncate(fitting);
     if truncated {
-        members.truncate(fitting);
         metrics::counter!(crate::metrics::PRESENCE_TRUNCATED).increment(1);
     }
     Event::Presence {
@@ -57,27 +77,29 @@ pub fn bounded_event(room: String, mut members: Vec<Member>, max_frame: usize) -
     }
 }
 
-/// How many sessions `members` are, and how many distinct users.
-pub fn counts(members: &[Member]) -> (u32, u32) {
-    let users: std::collections::HashSet<&str> = members.iter().map(|m| m.user.as_str()).collect();
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    (count(members.len()), count(users.len()))
+/// A count as the protocol and the API carry it.
+pub fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// `Event::PresenceStats` for `room`: its sessions and distinct users.
-pub fn stats_event(room: String, members: &[Member]) -> Event {
-    let (sessions, users) = counts(members);
+pub fn stats_event(room: String, present: &RoomPresence) -> Event {
     Event::PresenceStats {
         room,
-        sessions,
-        users,
+        sessions: count(present.sessions),
+        users: count(present.users),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quiver_proto::{encode_event, ServerFrame, LENGTH_PREFIX};
+    use quiver_proto::{encode_event, Member, ServerFrame, LENGTH_PREFIX};
+
+    /// Every member of a room, as a broker that lists them all answers.
+    fn whole(members: Vec<Member>) -> RoomPresence {
+        RoomPresence::of(members, usize::MAX)
+    }
 
     fn members(n: usize, user_len: usize) -> Vec<Member> {
         (0..n)
@@ -115,7 +137,7 @@ mod tests {
             truncated: false,
         };
         assert!(body_len(untouched) > 65_536);
-        let event = bounded_event("p.room".into(), all.clone(), 65_536);
+        let event = bounded_event("p.room".into(), whole(all.clone()), 65_536);
         let Event::Presence {
             members: kept,
             truncated,
@@ -135,7 +157,14 @@ mod tests {
         for max_frame in [300, 1_000, 4_096, 65_536] {
             for (n, user_len) in [(0, 1), (1, 1), (10, 1), (100, 40), (3_000, 5), (40, 256)] {
                 let all = members(n, user_len);
-                let event = bounded_event("p.r".into(), all.clone(), max_frame);
+                let event = bounded_event("p.r".into(), whole(all.clone()), max_frame);
+                // What the session core asks the broker for: the same reply.
+                let cut = RoomPresence::of(all.clone(), most_that_fit("p.r", max_frame));
+                assert_eq!(
+                    bounded_event("p.r".into(), cut, max_frame),
+                    event,
+                    "{max_frame} {n} {user_len}"
+                );
                 let Event::Presence {
                     members: kept,
                     truncated,
@@ -160,5 +189,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A broker's read cut to [`most_that_fit`] makes the reply the whole list makes, even with
+    /// members as small as they come (empty user ids), and one that lists fewer than its
+    /// sessions says `truncated` even when what it lists fits.
+    #[test]
+    fn a_read_cut_to_what_could_fit_answers_the_same() {
+        let smallest: Vec<Member> = (0..5_000u64)
+            .map(|i| Member {
+                user: String::new(),
+                session: format!("{i:016x}"),
+            })
+            .collect();
+        for max_frame in [300, 4_096, 65_536] {
+            let most = most_that_fit("p.r", max_frame);
+            let event = bounded_event("p.r".into(), whole(smallest.clone()), max_frame);
+            let Event::Presence { members, .. } = &event else {
+                unreachable!()
+            };
+            assert!(
+                members.len() <= most,
+                "{max_frame}: {} > {most}",
+                members.len()
+            );
+            let cut = RoomPresence::of(smallest.clone(), most);
+            assert_eq!(bounded_event("p.r".into(), cut, max_frame), event);
+        }
+        let cut = RoomPresence::of(members(3, 1), 2);
+        let Event::Presence {
+            members, truncated, ..
+        } = bounded_event("p.r".into(), cut, 65_536)
+        else {
+            unreachable!()
+        };
+        assert_eq!((members.len(), truncated), (2, true));
     }
 }

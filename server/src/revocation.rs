@@ -60,6 +60,8 @@ pub struct Revocations {
     /// may open with a token revoked earlier, so the instance is not ready, and the sessions
     /// opened meanwhile are checked once it is (`control.rs`).
     loaded: AtomicBool,
+    /// Copies JetStream keeps of the stored revocations (`nats.replicas`).
+    replicas: usize,
 }
 
 impl Revocations {
@@ -69,7 +71,22 @@ impl Revocations {
             inner: Mutex::default(),
             api: Mutex::default(),
             loaded: AtomicBool::new(loaded),
+            replicas: 1,
         }
+    }
+
+    /// Stored with this many copies in JetStream (`nats.replicas`).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The store of revocations in NATS, created or brought to this configuration.
+    pub(crate) async fn store(
+        &self,
+        nats: &async_nats::Client,
+    ) -> Result<async_nats::jetstream::kv::Store, String> {
+        store(nats, self.replicas).await
     }
 
     /// Counts one revocation by `tenant`'s own API key at `now`; `false` (nothing counted)
@@ -216,18 +233,24 @@ const REVOKED_BUCKET: &str = "quiver_revoked";
 /// off another load: `control.rs`, `keep_loaded`).
 const LOAD_BATCH: usize = 256;
 
-/// The bucket, created or brought to this configuration.
-pub(crate) async fn store(
+/// The bucket, created or brought to this configuration (`replicas`: `nats.replicas`).
+async fn store(
     nats: &async_nats::Client,
+    replicas: usize,
 ) -> Result<async_nats::jetstream::kv::Store, String> {
     let js = async_nats::jetstream::new(nats.clone());
     // Created, or brought to this configuration: earlier versions made the bucket with a
-    // 30-day age limit.
-    js.create_or_update_key_value(async_nats::jetstream::kv::Config {
-        bucket: REVOKED_BUCKET.into(),
-        history: 1,
-        ..Default::default()
-    })
+    // 30-day age limit, and with one copy, lost with the one nats-server holding it (outside
+    // audit 112, F5).
+    crate::broker::nats::replicas::key_value(
+        &js,
+        async_nats::jetstream::kv::Config {
+            bucket: REVOKED_BUCKET.into(),
+            history: 1,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
     .map_err(|e| format!("nats: revocation store: {e}"))
 }
@@ -244,7 +267,7 @@ impl Revocations {
         // Each costs JetStream a consumer and a read of the whole store: counted, so what sets
         // them off can be seen (and tested: a flood of disconnects sets off none).
         metrics::counter!(crate::metrics::REVOCATION_LOADS).increment(1);
-        let store = store(nats).await?;
+        let store = self.store(nats).await?;
         let consumer = store
             .stream
             .create_consumer(pull::Config {

@@ -269,9 +269,12 @@ impl Server {
             None => None,
         };
         let idempotency_nats = control_nats.clone();
+        let replicas = crate::broker::nats::replicas::configured(&config);
         let rpc = Arc::new(crate::rpc::Rpc::new(&config).await?);
         // With NATS, revocations stored by other instances are loaded first (`control.rs`).
-        let revocations = Arc::new(crate::revocation::Revocations::new(config.nats.is_none()));
+        let revocations = Arc::new(
+            crate::revocation::Revocations::new(config.nats.is_none()).with_replicas(replicas),
+        );
         let control = Arc::new(crate::control::Control::new(
             registry.clone(),
             revocations.clone(),
@@ -310,7 +313,10 @@ impl Server {
             registry,
             control: control.clone(),
             revocations,
-            idempotency: Arc::new(crate::idempotency::IdempotencyKeys::new(idempotency_nats)),
+            idempotency: Arc::new(crate::idempotency::IdempotencyKeys::with_replicas(
+                idempotency_nats,
+                replicas,
+            )),
             next_sub_id: AtomicU64::new(1),
             dev,
             webtransport_addr,

@@ -16,6 +16,7 @@ pub mod api;
 pub mod h3;
 pub mod memory;
 pub mod nats;
+pub mod nats_cluster;
 mod observe;
 pub mod process;
 mod raw;

@@ -26,7 +26,7 @@ pub struct NatsServer {
     store: tempfile::TempDir,
 }
 
-fn binary() -> Result<PathBuf> {
+pub(crate) fn binary() -> Result<PathBuf> {
     if let Some(path) = std::env::var_os("QUIVER_NATS_SERVER") {
         return Ok(path.into());
     }

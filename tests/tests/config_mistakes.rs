@@ -273,3 +273,104 @@ fn a_start_up_refusal_states_its_reason_once() -> Result<()> {
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
     Ok(())
 }
+
+/// Exit status, stdout, stderr of `quiver ARGS` in `dir` with the given variables.
+fn run_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(bool, String, String)> {
+    let out = quiver_command(dir)?
+        .args(args)
+        .envs(env.iter().copied())
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// `serve` on free loopback ports with a certificate that does not exist: the configuration's
+/// refusal comes first, and were it missing the server would still stop (naming the file)
+/// rather than run and hold the test.
+const SERVE: &[&str] = &[
+    "serve",
+    "--cert",
+    "missing.pem",
+    "--key",
+    "missing.pem",
+    "--listen",
+    "127.0.0.1:0",
+    "--http",
+    "127.0.0.1:0",
+];
+
+/// Outside audit 116, F12: `QUIVER_CONFIG=FILE quiver serve` ran on the defaults in development
+/// mode after one warning; `config check` said "configuration OK". Both refuse now.
+#[test]
+fn a_configuration_path_in_the_environment_stops_serve_and_check() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("q.toml"), "demo = false\n")?;
+    for name in ["QUIVER_CONFIG", "QUIVER_CONFIG_FILE"] {
+        for args in [&["config", "check"][..], SERVE] {
+            let (ok, out, err) = run_env(dir.path(), args, &[(name, "q.toml")])?;
+            assert!(!ok, "{name} {args:?}: {out}{err}");
+            assert!(!out.contains("QUIVER_READY"), "{out}");
+            assert!(!err.contains("missing.pem"), "refused first: {err}");
+            assert!(
+                err.contains(&format!("{name} is set")) && err.contains("use --config FILE"),
+                "{name} {args:?}: {err}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Outside audit 116, F4: with `QUIVER_JWT_SECRET` and `QUIVER_AUTH__JWT_SECRET` both set the
+/// shorthand was used while `config check` and `token --check` named the other; now `serve`,
+/// `config check` and `token` refuse, naming both variables and neither value.
+#[test]
+fn a_secret_shorthand_beside_its_own_variable_stops_serve_check_and_token() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let other = "OTHERSECRETVALUE_abcdefghijklmnopqrstuvwxyz_0123";
+    std::fs::write(dir.path().join("secret"), SECRET)?;
+    std::fs::write(dir.path().join("other"), other)?;
+    for (pair, values) in [
+        (
+            ["QUIVER_JWT_SECRET", "QUIVER_AUTH__JWT_SECRET"],
+            [SECRET, other],
+        ),
+        (
+            ["QUIVER_JWT_SECRET_FILE", "QUIVER_AUTH__JWT_SECRET_FILE"],
+            ["secret", "other"],
+        ),
+    ] {
+        let env = [(pair[0], values[0]), (pair[1], values[1])];
+        for args in [
+            &["config", "check", "--self-signed"][..],
+            &["token", "--tenant", "a", "--user", "u", "--subscribe", "x"][..],
+            SERVE,
+        ] {
+            let (ok, out, err) = run_env(dir.path(), args, &env)?;
+            assert!(!ok, "{pair:?} {args:?}: {out}{err}");
+            assert!(!err.contains("missing.pem"), "refused first: {err}");
+            assert!(
+                err.contains(&format!("{} and {} are both set", pair[0], pair[1]))
+                    && err.contains("keep one"),
+                "{pair:?} {args:?}: {err}"
+            );
+            assert!(
+                !err.contains(SECRET) && !err.contains(other) && !out.contains(SECRET),
+                "{err}"
+            );
+        }
+        // Either one alone is a key.
+        for one in env {
+            let (ok, out, err) =
+                run_env(dir.path(), &["config", "check", "--self-signed"], &[one])?;
+            assert!(ok, "{one:?}: {out}{err}");
+            assert!(
+                out.contains("token key: HS256 secret from"),
+                "{one:?}: {out}"
+            );
+        }
+    }
+    Ok(())
+}

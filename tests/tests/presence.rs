@@ -194,41 +194,20 @@ async fn presence_across_instances_and_after_a_crash() -> anyhow::Result<()> {
 /// 60 s; outside audit 80, 2: the member stayed listed until the entry expired).
 #[tokio::test]
 async fn a_session_cut_off_at_the_drain_deadline_leaves_presence_at_once() -> anyhow::Result<()> {
-    // A backend that takes requests and never answers.
-    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let backend_url = format!("http://{}/rpc", backend.local_addr()?);
-    let held = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = backend.accept().await {
-            held.push(tcp);
-        }
-    });
-    let TwoInstances {
-        _nats,
-        dir,
-        mut a,
-        _b,
-        mut on_b,
-        mut room,
-    } = two_instances(
-        60,
-        &format!("[timeouts]\ndrain = \"1s\"\n\n[rpc]\nurl = \"{backend_url}\"\n"),
-    )
-    .await?;
-
-    let token = quiver_tests::rpc::call_token("acme", "caller", &["order.*"]);
-    let mut caller = Raw::connect_at(a.wt_port, a.hash, &token).await?;
-    let _caller_room = caller.subscribe("p.lobby").await?;
-    assert_eq!(joined_or_left(room.next().await?).1.user, "caller");
-    caller
-        .send(Command::Call {
-            method: "order.slow".into(),
-            payload: bytes::Bytes::new(),
-            timeout_ms: 20_000,
-            idempotency_key: String::new(),
-        })
-        .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let HeldInADrain {
+        instances:
+            TwoInstances {
+                _nats,
+                dir,
+                mut a,
+                _b,
+                mut on_b,
+                mut room,
+            },
+        caller,
+        _caller_room,
+        held,
+    } = held_in_a_drain("1s").await?;
     a.terminate()?;
 
     let left = tokio::time::timeout(WAIT, room.next()).await??;
@@ -253,6 +232,92 @@ async fn a_session_cut_off_at_the_drain_deadline_leaves_presence_at_once() -> an
     );
     held.abort();
     Ok(())
+}
+
+/// A second SIGTERM during the drain ends the process at once (outside audit 116, F5), its
+/// open sessions' presence going first as at the deadline: the other instance hears their
+/// `Left` at once, not after `nats.presence_ttl` (60 s), although the drain had 60 s to run.
+#[tokio::test]
+async fn a_second_sigterm_in_a_drain_leaves_presence_at_once() -> anyhow::Result<()> {
+    let HeldInADrain {
+        instances:
+            TwoInstances {
+                _nats,
+                dir,
+                mut a,
+                _b,
+                mut on_b,
+                mut room,
+            },
+        caller,
+        _caller_room,
+        held,
+    } = held_in_a_drain("60s").await?;
+    a.terminate()?;
+    let early = tokio::time::timeout(Duration::from_secs(1), room.next()).await;
+    assert!(early.is_err(), "before the second signal: {early:?}");
+    a.terminate()?;
+    let left = tokio::time::timeout(WAIT, room.next()).await??;
+    assert_eq!(
+        joined_or_left(left),
+        (false, member_of(&caller, "caller")),
+        "stderr:\n{}",
+        std::fs::read_to_string(dir.path().join("quiver-stderr.log"))?
+    );
+    assert_eq!(members(&mut on_b, "p.lobby").await?, ["bea"]);
+    a.wait_exit(Duration::from_secs(4))?;
+    held.abort();
+    Ok(())
+}
+
+/// [`TwoInstances`] whose A has the drain given and calls going to a backend that takes
+/// requests and never answers, and on A a session `caller` in `p.lobby` (its `Joined` read on
+/// B) waiting for such a call: A's drain lasts to its deadline.
+struct HeldInADrain {
+    instances: TwoInstances,
+    caller: Raw,
+    /// Held: a room stream dropped would end the subscription, and its presence with it.
+    _caller_room: RoomStream,
+    held: tokio::task::JoinHandle<()>,
+}
+
+async fn held_in_a_drain(drain: &str) -> anyhow::Result<HeldInADrain> {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let backend_url = format!("http://{}/rpc", backend.local_addr()?);
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = backend.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mut instances = two_instances(
+        60,
+        &format!("[timeouts]\ndrain = \"{drain}\"\n\n[rpc]\nurl = \"{backend_url}\"\n"),
+    )
+    .await?;
+    let token = quiver_tests::rpc::call_token("acme", "caller", &["order.*"]);
+    let a = &instances.a;
+    let mut caller = Raw::connect_at(a.wt_port, a.hash, &token).await?;
+    let caller_room = caller.subscribe("p.lobby").await?;
+    assert_eq!(
+        joined_or_left(instances.room.next().await?).1.user,
+        "caller"
+    );
+    caller
+        .send(Command::Call {
+            method: "order.slow".into(),
+            payload: bytes::Bytes::new(),
+            timeout_ms: 20_000,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(HeldInADrain {
+        instances,
+        caller,
+        _caller_room: caller_room,
+        held,
+    })
 }
 
 #[tokio::test]
@@ -491,8 +556,9 @@ async fn an_instance_started_while_nats_is_down_subscribes_live_rooms_at_once() 
 }
 
 /// `PresenceStats` counts every session in a room and its distinct users, however many (a
-/// `Presence` list holds what fits in a frame), as Centrifugo's `presence_stats` does; the API's
-/// presence answer carries the same counts. Refused like `Presence`.
+/// `Presence` list holds what fits in a frame), as Centrifugo's `presence_stats` does, through
+/// joins and leaves of one user's two sessions; the API's presence answer carries the same
+/// counts. Refused like `Presence`.
 #[tokio::test]
 async fn presence_stats_count_every_session_and_user() -> anyhow::Result<()> {
     const KEY: &str = "admin-key-0123456789abcdef0123456789";
@@ -569,6 +635,34 @@ async fn presence_stats_count_every_session_and_user() -> anyhow::Result<()> {
         (Some(3), Some(2))
     );
     assert_eq!(body["members"].as_array().map(Vec::len), Some(3));
+
+    // Leaves: one of alice's two sessions goes (she is still there), then the other (she is
+    // not); counted as they happen, on the protocol and the API alike.
+    for (i, counted) in [(0, (2, 2)), (1, (1, 1))] {
+        let (raw, _) = &mut present[i];
+        let reply = raw
+            .request(Command::Unsubscribe {
+                room: "p.room".into(),
+            })
+            .await?;
+        assert!(matches!(reply, Event::Unsubscribed { .. }), "{reply:?}");
+        let stats = carol.presence_stats("p.room").await?;
+        assert_eq!((stats.sessions, stats.users), counted, "after leave {i}");
+    }
+    let (status, body) = api_post(
+        &server,
+        "presence",
+        KEY,
+        serde_json::json!({"tenant": "acme", "room": "p.room"}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["sessions"].as_u64(), body["users"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(body["members"][0]["user"], "bob", "{body}");
+    assert_eq!(body["truncated"], false, "{body}");
     Ok(())
 }
 

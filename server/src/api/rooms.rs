@@ -43,35 +43,30 @@ pub async fn presence(
     crate::presence::tracked(&shared.config, &room)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let name = room.to_string();
-    let members = shared
+    let present = shared
         .broker
-        .members(RoomKey {
-            tenant: tenant.clone(),
-            room,
-        })
+        .presence(
+            RoomKey {
+                tenant: tenant.clone(),
+                room,
+            },
+            MAX_MEMBERS,
+        )
         .await
         .map_err(|e| ApiError::broker(tenant.as_str(), e))?;
-    let (sessions, users) = crate::presence::counts(&members);
-    let (members, truncated) = listed(members, MAX_MEMBERS);
+    let truncated = present.truncated();
+    let members: Vec<Value> = present
+        .members
+        .into_iter()
+        .map(|m| json!({"user": m.user, "session": m.session}))
+        .collect();
     Ok(Json(json!({
         "room": name,
         "members": members,
         "truncated": truncated,
-        "sessions": sessions,
-        "users": users,
+        "sessions": crate::presence::count(present.sessions),
+        "users": crate::presence::count(present.users),
     })))
-}
-
-/// The first `max` members in sorted order, as JSON, and whether any were left out.
-fn listed(mut members: Vec<quiver_proto::Member>, max: usize) -> (Vec<Value>, bool) {
-    members.sort();
-    let truncated = members.len() > max;
-    let members = members
-        .into_iter()
-        .take(max)
-        .map(|m| json!({"user": m.user, "session": m.session}))
-        .collect();
-    (members, truncated)
 }
 
 #[derive(Deserialize)]
@@ -212,27 +207,27 @@ pub async fn info(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::broker::RoomPresence;
     use quiver_proto::Member;
 
+    /// What a broker that reads every member answers the API's `presence` (NATS: the
+    /// trait's default): sorted, cut at the bound, counted whole.
     #[test]
     fn presence_answers_are_bounded_and_say_so() {
         let member = |u: &str| Member {
             user: u.into(),
             session: "s".into(),
         };
-        let (all, truncated) = listed(vec![member("b"), member("a")], 2);
+        let all = RoomPresence::of(vec![member("b"), member("a")], 2);
+        assert_eq!(all.members, [member("a"), member("b")]);
+        assert!(!all.truncated());
+        let cut = RoomPresence::of(vec![member("c"), member("b"), member("a")], 2);
+        assert_eq!(cut.members.len(), 2);
         assert_eq!(
-            all,
-            [
-                json!({"user": "a", "session": "s"}),
-                json!({"user": "b", "session": "s"})
-            ]
+            cut.members[1].user, "b",
+            "the first in sorted order are kept"
         );
-        assert!(!truncated);
-        let (cut, truncated) = listed(vec![member("c"), member("b"), member("a")], 2);
-        assert_eq!(cut.len(), 2);
-        assert_eq!(cut[1]["user"], "b", "the first in sorted order are kept");
-        assert!(truncated);
+        assert!(cut.truncated());
+        assert_eq!((cut.sessions, cut.users), (3, 3));
     }
 }

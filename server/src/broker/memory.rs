@@ -23,7 +23,7 @@
 //! the sweep, makes old positions unrecoverable (`Failed`), as it should, and a room's offsets
 //! say nothing about any other room or tenant.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,10 +31,12 @@ use bytes::Bytes;
 use futures::future::{ready, BoxFuture};
 use quiver_proto::{Member, Position, TenantId};
 
-use super::{Broker, BrokerError, Recovered};
+use super::{Broker, BrokerError, Recovered, RoomPresence};
 use crate::config::{Config, LimitsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
+
+mod presence;
 
 /// What one kept publication costs beyond its payload's length, so that the byte budgets bound
 /// the memory history really holds, not only its payloads (1-byte payloads would otherwise
@@ -74,7 +76,7 @@ pub struct MemoryBroker {
     hub: Arc<Hub>,
     config: Arc<Config>,
     history: Arc<Mutex<History>>,
-    presence: Mutex<HashMap<RoomKey, BTreeSet<Member>>>,
+    presence: presence::Presence,
 }
 
 #[derive(Default)]
@@ -402,7 +404,7 @@ impl MemoryBroker {
             hub,
             config,
             history: Arc::default(),
-            presence: Mutex::new(HashMap::new()),
+            presence: presence::Presence::default(),
         };
         // Outside a runtime (unit tests) sweeping is left to the caller.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -629,29 +631,26 @@ impl Broker for MemoryBroker {
     }
 
     fn join(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
-        presence.entry(key).or_default().insert(member);
+        self.presence.join(key, member);
         Box::pin(ready(Ok(())))
     }
 
     fn leave(&self, key: RoomKey, member: Member) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let mut presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(members) = presence.get_mut(&key) {
-            members.remove(&member);
-            if members.is_empty() {
-                presence.remove(&key);
-            }
-        }
+        self.presence.leave(&key, &member);
         Box::pin(ready(Ok(())))
     }
 
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>> {
-        let presence = self.presence.lock().unwrap_or_else(|e| e.into_inner());
-        let members = presence
-            .get(&key)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default();
+        let members = self.presence.read(&key, usize::MAX).members;
         Box::pin(ready(Ok(members)))
+    }
+
+    fn presence(
+        &self,
+        key: RoomKey,
+        max: usize,
+    ) -> BoxFuture<'_, Result<RoomPresence, BrokerError>> {
+        Box::pin(ready(Ok(self.presence.read(&key, max))))
     }
 
     fn is_ready(&self) -> bool {

@@ -69,6 +69,41 @@ pub fn log_failure(detail: &str, tenant: &str) {
     }
 }
 
+/// A room's presence as [`Broker::presence`] reads it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoomPresence {
+    /// The first members in order (user, then session): at most the `max` asked for.
+    pub members: Vec<Member>,
+    /// Sessions present, listed or not.
+    pub sessions: usize,
+    /// Distinct users among them.
+    pub users: usize,
+}
+
+impl RoomPresence {
+    /// From every member of the room, in any order: counted, then sorted and cut to `max`.
+    pub fn of(mut members: Vec<Member>, max: usize) -> Self {
+        let users = members
+            .iter()
+            .map(|m| m.user.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        let sessions = members.len();
+        members.sort_unstable();
+        members.truncate(max);
+        Self {
+            members,
+            sessions,
+            users,
+        }
+    }
+
+    /// Whether some members present are not listed.
+    pub fn truncated(&self) -> bool {
+        self.members.len() < self.sessions
+    }
+}
+
 /// What a subscriber can get back from history.
 #[derive(Debug, Default)]
 pub struct Recovered {
@@ -187,8 +222,23 @@ pub trait Broker: Send + Sync + 'static {
     fn depart(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
-    /// Everyone present in the room, on every instance.
+    /// Everyone present in the room, on every instance: the whole list, in no set order. What
+    /// a client or backend is answered goes through [`Broker::presence`], which is bounded.
     fn members(&self, key: RoomKey) -> BoxFuture<'_, Result<Vec<Member>, BrokerError>>;
+    /// The room's presence as an answer needs it: its first `max` members in order (user, then
+    /// session) and counts of all of them. A room can hold any number, and an answer lists at
+    /// most what one frame holds (`Presence`) or 1,000 (the API), or none (`PresenceStats`).
+    /// The default reads [`Broker::members`] whole and counts it (a broker that reads its
+    /// members from elsewhere, NATS, reads them all anyway); the memory broker keeps its counts
+    /// and copies at most `max` (outside audit 116, F1: every read copied the whole room under
+    /// a lock every tenant's joins and leaves take).
+    fn presence(
+        &self,
+        key: RoomKey,
+        max: usize,
+    ) -> BoxFuture<'_, Result<RoomPresence, BrokerError>> {
+        Box::pin(async move { Ok(RoomPresence::of(self.members(key).await?, max)) })
+    }
     /// Whether the broker can take publications now (for `/readyz`).
     fn is_ready(&self) -> bool;
 }

@@ -23,6 +23,7 @@ mod history_read;
 mod lag;
 mod presence;
 mod read_slots;
+pub(crate) mod replicas;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};

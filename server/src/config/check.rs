@@ -35,6 +35,48 @@ const ENV_SHORTHANDS: &[(&str, &str)] = &[
     ("QUIVER_JWT_SECRET_FILE", "auth.jwt_secret_file"),
 ];
 
+/// Names an operator may guess for the configuration file's path: nothing reads them, and a
+/// server started with one ran on the defaults, in development mode, after one warning
+/// (outside audit 116, F12).
+const CONFIG_PATH_ENV: &[&str] = &["QUIVER_CONFIG", "QUIVER_CONFIG_FILE"];
+
+/// `QUIVER_*` variables the configuration cannot be loaded with, whatever else it says, a line
+/// each: a configuration file's path in a variable (`QUIVER_CONFIG`), and a shorthand beside
+/// the variable it stands for (`QUIVER_JWT_SECRET` and `QUIVER_AUTH__JWT_SECRET`: the
+/// shorthand won while `config check` and `token --check` named the other, outside audit 116,
+/// F4). Names only, never values. Names compare as figment reads them: ignoring ASCII case.
+pub(super) fn env_mistakes<'a>(vars: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let vars: Vec<&str> = vars.into_iter().map(str::trim).collect();
+    let set = |name: &str| vars.iter().find(|v| v.eq_ignore_ascii_case(name)).copied();
+    let mut problems = Vec::new();
+    for name in CONFIG_PATH_ENV {
+        if let Some(var) = set(name) {
+            problems.push(format!(
+                "{var} is set, but the configuration file is not read from the environment: \
+                 the server would run without it, on the defaults; use --config FILE (quiver \
+                 serve --config FILE, quiver config check FILE) and unset {var}"
+            ));
+        }
+    }
+    for (shorthand, key) in ENV_SHORTHANDS {
+        let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+        if let (Some(short), Some(canonical)) = (set(shorthand), set(&env_var_for(&path))) {
+            problems.push(format!(
+                "{short} and {canonical} are both set and both give {key}: keep one"
+            ));
+        }
+    }
+    problems
+}
+
+/// [`env_mistakes`] of this process's environment, as one error.
+pub(super) fn refuse_env_mistakes() -> Result<(), String> {
+    let vars: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .collect();
+    super::validate::all_of(env_mistakes(vars.iter().map(String::as_str)))
+}
+
 /// Why a configuration cannot be used: one line per problem.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .problems.join("\n"))]

@@ -22,6 +22,18 @@ pub const MIN_SESSION_TIMEOUT: Duration = Duration::from_millis(100);
 /// The longest session timeout: past it a peer holds what it holds for longer than anyone
 /// waits, and an `idle` past QUIC's largest idle timeout would turn it off altogether.
 pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// What the embedded broker counts for a history room apart from its publications' payloads,
+/// at its largest: the room (`ROOM_OVERHEAD`, 384, and the longest tenant and room names) and
+/// one kept publication's bookkeeping (`ENTRY_OVERHEAD`: 2 × 64 + 48 + 48 = 224), 800 bytes
+/// (`broker/memory.rs`; a unit test checks the sum against the broker's own count).
+pub const HISTORY_ROOM_BOOKKEEPING: u64 =
+    384 + 224 + (quiver_proto::room::MAX_TENANT_LEN + quiver_proto::room::MAX_ROOM_LEN) as u64;
+
+/// The smallest `limits.history_max_bytes` and `history_tenant_max_bytes` while a namespace
+/// keeps history: one room holding one publication of `max_payload` bytes.
+pub fn history_floor(max_payload: u32) -> u64 {
+    HISTORY_ROOM_BOOKKEEPING + u64::from(max_payload)
+}
 
 impl Config {
     /// The checks of this module that the command-line flags cannot change, for
@@ -33,6 +45,49 @@ impl Config {
         self.timeout_mistakes(problems);
         self.rpc_mistakes(problems);
         self.tenant_override_mistakes(problems);
+        self.origin_mistakes(problems);
+        self.history_budget_mistakes(problems);
+    }
+
+    /// `allowed_origins`: an entry no browser's `Origin` can ever equal (`app.example.com`, a
+    /// path) refused every browser session with 403 while native clients, which send no
+    /// `Origin`, kept working and hid the cause (outside audit 116, F2).
+    fn origin_mistakes(&self, problems: &mut Vec<String>) {
+        for (i, entry) in self.allowed_origins.iter().enumerate() {
+            if let Err(why) = origin_mistake(entry) {
+                problems.push(format!(
+                    "allowed_origins[{i}] {why}: an entry is \"*\" or an origin as browsers \
+                     send it, scheme://host[:port] (no path), e.g. \
+                     \"https://app.example.com\""
+                ));
+            }
+        }
+    }
+
+    /// The history budgets, while some namespace keeps history: one too small for a single
+    /// room and one full publication kept nothing, so every publication made its room anew
+    /// (a fresh epoch at offset 1) and every resume failed, with no word at load (outside
+    /// audit 116, F3: 0 passed, read as "unlimited" like the quotas' 0).
+    fn history_budget_mistakes(&self, problems: &mut Vec<String>) {
+        let Some(ns) = self.namespaces.iter().find(|ns| ns.history_size > 0) else {
+            return;
+        };
+        let l = &self.limits;
+        let floor = history_floor(l.max_payload);
+        for (name, value) in [
+            ("history_max_bytes", l.history_max_bytes),
+            ("history_tenant_max_bytes", l.history_tenant_max_bytes),
+        ] {
+            if value < floor {
+                problems.push(format!(
+                    "limits.{name} ({value}) must be at least {floor} while a namespace keeps \
+                     history (namespace {:?}): one room's bookkeeping ({HISTORY_ROOM_BOOKKEEPING} \
+                     bytes) plus one publication of limits.max_payload ({}); below that history \
+                     keeps nothing and every resume fails",
+                    ns.name, l.max_payload
+                ));
+            }
+        }
     }
 
     /// `[[quotas.tenants]]`: an entry for a name no token can carry never applies, and a
@@ -271,6 +326,119 @@ fn api_key_mistake(i: usize, key: &str, before: &[super::ApiKey]) -> Result<(), 
             "api.keys[{i}] repeats the key of api.keys[{first}]: only the first would ever \
              match; give each entry its own key"
         ));
+    }
+    Ok(())
+}
+
+/// Why `entry` can never equal a browser's `Origin` (`scheme://host[:port]`, the default port
+/// left out, compared ignoring ASCII case and one trailing `/`: `transport::check_origin`), as
+/// the words after `allowed_origins[i]`. The value is not quoted: an entry with user info
+/// would print a password.
+fn origin_mistake(entry: &str) -> Result<(), String> {
+    if entry == "*" {
+        return Ok(());
+    }
+    if entry.is_empty() {
+        return Err("is empty".into());
+    }
+    if !entry.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "holds a space, a control character or non-ASCII (a browser sends an \
+             internationalised host name as xn--…)"
+                .into(),
+        );
+    }
+    let Some((scheme, rest)) = entry.split_once("://") else {
+        return Err("has no scheme (http:// or https://)".into());
+    };
+    // Pages are http(s); an extension's or an app shell's origin has a scheme of its own
+    // (`chrome-extension://id`, `moz-extension://id`, `tauri://localhost`), also allowed. A
+    // WebSocket URL is no page's origin.
+    let valid_scheme = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    let default_port: Option<u16> = match scheme.to_ascii_lowercase().as_str() {
+        _ if !valid_scheme => return Err("has no valid scheme".into()),
+        "https" => Some(443),
+        "http" => Some(80),
+        "ws" | "wss" => {
+            return Err("is a WebSocket URL, not a page's origin (https://… or http://…)".into())
+        }
+        _ => None,
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return Err("has user info (…@ before the host), which an origin never carries".into());
+    }
+    // One trailing `/` is forgiven, as when matching; anything after the host is not.
+    let tail = tail.strip_prefix('/').unwrap_or(tail);
+    match tail.chars().next() {
+        None => {}
+        Some('?') => return Err("has a query (?…)".into()),
+        Some('#') => return Err("has a fragment (#…)".into()),
+        Some(_) => return Err("has a path".into()),
+    }
+    // `[::1]:8443`, `app.example.com:8443`, `app.example.com`.
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let Some((address, after)) = v6.split_once(']') else {
+                return Err("has an IPv6 host without its closing ]".into());
+            };
+            match address.parse::<std::net::Ipv6Addr>() {
+                // Browsers write the shortest form, in lower case, compared ignoring case.
+                Ok(ip) if ip.to_string().eq_ignore_ascii_case(address) => {}
+                Ok(ip) => {
+                    return Err(format!(
+                        "has an IPv6 host not written as browsers write it ([{ip}])"
+                    ))
+                }
+                Err(_) => return Err("has an IPv6 host that is no IPv6 address".into()),
+            }
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                    "has something other than :port after its IPv6 host".to_owned()
+                })?),
+            };
+            (address, port)
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if host.contains('*') {
+        return Err(
+            "has a wildcard in its host: only the whole entry \"*\" is one; list each origin"
+                .into(),
+        );
+    }
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err("has a host holding a character no host name has".into());
+    }
+    if let Some(port) = port {
+        let number = match port.parse::<u16>() {
+            Ok(n) if n > 0 && port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err("has a port that is not 1 to 65535".into()),
+        };
+        if Some(number) == default_port {
+            return Err(format!(
+                "names its scheme's default port ({number}), which browsers leave out of \
+                 Origin: drop the port"
+            ));
+        }
     }
     Ok(())
 }

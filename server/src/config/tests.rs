@@ -164,6 +164,48 @@ fn presence_ttl_is_bounded() {
     });
 }
 
+/// `nats.replicas` is what JetStream takes, 1 to 5, from the file or `QUIVER_NATS__REPLICAS`;
+/// anything else is refused at load, naming the setting (outside audit 112, F5).
+#[test]
+fn nats_replicas_load_and_are_bounded() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("d.toml", "[nats]\nurl = \"nats://127.0.0.1:4222\"\n")?;
+        let c = Config::load(Some("d.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.nats.map(|n| n.replicas), Some(1), "the default");
+        for (replicas, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
+            jail.create_file(
+                "n.toml",
+                &format!("[nats]\nurl = \"nats://127.0.0.1:4222\"\nreplicas = {replicas}\n"),
+            )?;
+            match Config::load(Some("n.toml".as_ref())) {
+                Ok(c) => {
+                    assert!(ok, "{replicas} taken");
+                    assert_eq!(c.nats.map(|n| n.replicas), Some(replicas));
+                }
+                Err(e) => {
+                    assert!(!ok, "{replicas}: {e}");
+                    assert!(
+                        e.to_string().contains(&format!(
+                            "nats.replicas must be 1 to 5 (copies JetStream keeps of each \
+                             stream and bucket; 3 on a three-node NATS cluster), not {replicas}"
+                        )),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        jail.set_env("QUIVER_NATS__REPLICAS", "3");
+        let c = Config::load(Some("d.toml".as_ref())).map_err(|e| e.to_string())?;
+        assert_eq!(c.nats.map(|n| n.replicas), Some(3), "from the environment");
+        jail.set_env("QUIVER_NATS__REPLICAS", "0");
+        let e = Config::load(Some("d.toml".as_ref()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nats.replicas must be 1 to 5"), "{e}");
+        Ok(())
+    });
+}
+
 /// A history namespace keeps each publication at least a second: `history_ttl = "0s"` was taken
 /// and kept nothing, every recovery failing (outside audit 58, F3).
 #[test]
@@ -396,4 +438,142 @@ fn an_environment_secret_replaces_the_files_in_either_form() {
         assert!(err.to_string().contains("one token key"), "{err}");
         Ok(())
     });
+}
+
+/// Outside audit 116, F10: 0 was taken for these, then read as 1 (`abuse_factor`,
+/// `udp_burst_handshakes`) or refused every non-empty publication and call
+/// (`max_payload`); each is named.
+#[test]
+fn zero_counts_that_would_be_misread_are_refused() {
+    figment::Jail::expect_with(|jail| {
+        for (toml, name) in [
+            ("[limits]\nabuse_factor = 0\n", "limits.abuse_factor"),
+            ("[limits]\nmax_payload = 0\n", "limits.max_payload"),
+            (
+                "[transport]\nudp_burst_handshakes = 0\n",
+                "transport.udp_burst_handshakes",
+            ),
+        ] {
+            jail.create_file("q.toml", toml)?;
+            let err = Config::load(Some("q.toml".as_ref()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{name} must be at least 1")), "{err}");
+            jail.create_file("q.toml", &toml.replace("= 0", "= 1"))?;
+            Config::load(Some("q.toml".as_ref())).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+}
+
+/// Outside audit 116, F4: with a shorthand and the variable it stands for both set, the
+/// shorthand won while `config check` and `token --check` named the other. Both are named,
+/// neither value printed.
+#[test]
+fn a_shorthand_beside_its_own_variable_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        let a = "a-secret-of-at-least-32-bytes-AAAAAAAAAAAAAA";
+        let b = "b-secret-of-at-least-32-bytes-BBBBBBBBBBBBBB";
+        for (short, canonical, key) in [
+            (
+                "QUIVER_JWT_SECRET",
+                "QUIVER_AUTH__JWT_SECRET",
+                "auth.jwt_secret",
+            ),
+            (
+                "QUIVER_JWT_SECRET_FILE",
+                "QUIVER_AUTH__JWT_SECRET_FILE",
+                "auth.jwt_secret_file",
+            ),
+        ] {
+            jail.clear_env();
+            jail.set_env(short, a);
+            Config::load(None).map_err(|e| e.to_string())?;
+            jail.set_env(canonical, b);
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!(
+                    "{short} and {canonical} are both set and both give {key}: keep one"
+                )),
+                "{err}"
+            );
+            assert!(!err.contains(a) && !err.contains(b), "{err}");
+            jail.clear_env();
+            jail.set_env(canonical, b);
+            Config::load(None).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+}
+
+/// Outside audit 116, F12: `QUIVER_CONFIG` is the natural guess for the file's path, and the
+/// server, reading nothing from it, ran on the defaults in development mode after a warning.
+#[test]
+fn a_configuration_path_in_the_environment_is_refused() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("q.toml", "demo = false\n")?;
+        for name in ["QUIVER_CONFIG", "QUIVER_CONFIG_FILE", "quiver_config"] {
+            jail.clear_env();
+            jail.set_env(name, "q.toml");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains(&format!("{name} is set")), "{err}");
+            assert!(err.contains("use --config FILE"), "{err}");
+            // Given with --config as well: still refused, one of the two is a mistake.
+            assert!(Config::load(Some("q.toml".as_ref())).is_err(), "{name}");
+        }
+        Ok(())
+    });
+}
+
+/// The floor is what the embedded broker counts for its largest room holding one publication
+/// of `max_payload`: at it that publication is kept, a byte under it nothing is.
+#[test]
+fn the_history_floor_is_one_full_room_in_the_memory_broker() {
+    use crate::broker::{memory::MemoryBroker, Broker};
+    use futures::FutureExt;
+    use quiver_proto::room::{MAX_ROOM_LEN, MAX_TENANT_LEN};
+
+    let max_payload = 61_440u32;
+    let key = crate::hub::RoomKey {
+        tenant: quiver_proto::TenantId::parse(&"t".repeat(MAX_TENANT_LEN)).expect("tenant"),
+        room: quiver_proto::RoomName::parse(&format!("h.{}", "r".repeat(MAX_ROOM_LEN - 2)))
+            .expect("room"),
+    };
+    let kept = |budget: u64| {
+        let mut config = Config::default();
+        config.limits.max_payload = max_payload;
+        config.limits.history_max_bytes = budget;
+        config.limits.history_tenant_max_bytes = budget;
+        config.namespaces.push(crate::config::NamespaceConfig {
+            name: "h".into(),
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            ..Default::default()
+        });
+        // Outside a runtime: no sweeper task.
+        let broker = MemoryBroker::new(Default::default(), std::sync::Arc::new(config));
+        let payload = bytes::Bytes::from(vec![7u8; max_payload as usize]);
+        let position = broker
+            .publish(key.clone(), payload)
+            .now_or_never()
+            .expect("at once")
+            .expect("published")
+            .expect("a history room");
+        let since = quiver_proto::Position {
+            epoch: position.epoch,
+            offset: 0,
+        };
+        let recovered = broker
+            .recover(key.clone(), Some(since))
+            .now_or_never()
+            .expect("at once")
+            .expect("recovered");
+        (
+            recovered.replay.map_or(0, |r| r.len()),
+            broker.history_bytes(),
+        )
+    };
+    let floor = mistakes::history_floor(max_payload);
+    assert_eq!(kept(floor), (1, floor));
+    assert_eq!(kept(floor - 1).0, 0);
 }

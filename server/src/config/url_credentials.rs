@@ -176,6 +176,7 @@ impl std::fmt::Debug for NatsConfig {
             credentials,
             ca,
             presence_ttl,
+            replicas,
         } = self;
         f.debug_struct("NatsConfig")
             .field("url", &crate::broker::nats::redacted_urls(url))
@@ -186,6 +187,7 @@ impl std::fmt::Debug for NatsConfig {
             .field("credentials", credentials)
             .field("ca", ca)
             .field("presence_ttl", presence_ttl)
+            .field("replicas", replicas)
             .finish()
     }
 }

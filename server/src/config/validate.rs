@@ -16,6 +16,8 @@ pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
 pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(3);
 /// Longest `nats.presence_ttl`: a killed instance's members stay listed that long.
 pub const MAX_PRESENCE_TTL: Duration = Duration::from_secs(3600);
+/// Most copies of a stream JetStream keeps (`nats.replicas`): nats-server refuses more than 5.
+pub const MAX_REPLICAS: usize = 5;
 
 impl Config {
     /// Checks what the types cannot: limits that must fit together, and that what must be
@@ -116,6 +118,21 @@ impl Config {
                     .into(),
             );
         }
+        // Each named on its own: 0 was taken and then read as 1 (abuse_factor,
+        // udp_burst_handshakes) or refused every non-empty publication and call as too large
+        // (max_payload), with "configuration OK" (outside audit 116, F10).
+        for (name, value) in [
+            ("limits.abuse_factor", u64::from(l.abuse_factor)),
+            ("limits.max_payload", u64::from(l.max_payload)),
+            (
+                "transport.udp_burst_handshakes",
+                self.transport.udp_burst_handshakes as u64,
+            ),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
         // 0 is no timeout to a QUIC or NATS user, and an immediate one here: refused rather
         // than a server that closes every session at once (timeouts.drain: mistakes.rs).
         for (name, value) in self.timeouts.per_session() {
@@ -183,6 +200,15 @@ impl Config {
                     MIN_PRESENCE_TTL.as_secs(),
                     MAX_PRESENCE_TTL.as_secs(),
                     nats.presence_ttl
+                ));
+            }
+            // 0 would be read by JetStream as "the default" (1) and above 5 is refused by
+            // nats-server only at the first stream's creation, i.e. as a failed publish.
+            if !(1..=MAX_REPLICAS).contains(&nats.replicas) {
+                problems.push(format!(
+                    "nats.replicas must be 1 to {MAX_REPLICAS} (copies JetStream keeps of each \
+                     stream and bucket; 3 on a three-node NATS cluster), not {}",
+                    nats.replicas
                 ));
             }
             // Read only when NATS is connected: a missing file was found at the first

@@ -114,6 +114,8 @@ struct Record {
 pub struct ClusterKeys {
     nats: async_nats::Client,
     store: OnceCell<kv::Store>,
+    /// Copies JetStream keeps of the record (`nats.replicas`).
+    replicas: usize,
 }
 
 fn now_ms() -> u64 {
@@ -162,20 +164,34 @@ impl ClusterKeys {
         Self {
             nats,
             store: OnceCell::new(),
+            replicas: 1,
         }
+    }
+
+    /// The record kept in `replicas` copies (`nats.replicas`).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
     }
 
     async fn store(&self) -> Result<&kv::Store, String> {
         self.store
             .get_or_try_init(|| async {
                 let js = async_nats::jetstream::new(self.nats.clone());
-                js.create_key_value(kv::Config {
-                    bucket: BUCKET.into(),
-                    max_age: WINDOW,
-                    history: 1,
-                    max_bytes: MAX_BYTES,
-                    ..Default::default()
-                })
+                // Created or brought to this configuration: `create_key_value` refused a bucket
+                // made with another replica count ("already in use with a different
+                // configuration"), so a changed `nats.replicas` would have refused every claim.
+                crate::broker::nats::replicas::key_value(
+                    &js,
+                    kv::Config {
+                        bucket: BUCKET.into(),
+                        max_age: WINDOW,
+                        history: 1,
+                        max_bytes: MAX_BYTES,
+                        num_replicas: self.replicas,
+                        ..Default::default()
+                    },
+                )
                 .await
                 .map_err(|e| format!("nats: idempotency keys: {e}"))
             })

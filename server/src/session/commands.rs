@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 
 use super::publishing::Reply;
 use super::{Refusal, Session, Sub};
-use crate::broker::BrokerError;
+use crate::broker::{BrokerError, RoomPresence};
 use crate::hub::{RoomKey, Subscriber};
 use crate::log_budget::{LogBudget, Summary};
 use crate::metrics as m;
@@ -492,34 +492,43 @@ impl Session {
     }
 
     pub(super) async fn presence(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let (room, members) = self.members(room).await?;
         let max_frame = self.shared.config.limits.max_frame as usize;
+        let (room, present) = self
+            .members(room, |room| crate::presence::most_that_fit(room, max_frame))
+            .await?;
         Ok(Some(crate::presence::bounded_event(
-            room, members, max_frame,
+            room, present, max_frame,
         )))
     }
 
-    /// `PresenceStats`: what `Presence` would list, counted (the list may not fit a frame).
+    /// `PresenceStats`: what `Presence` would list, counted (the list may not fit a frame), and
+    /// none of it read.
     pub(super) async fn presence_stats(&self, room: &str) -> Result<Option<Event>, Refusal> {
-        let (room, members) = self.members(room).await?;
-        Ok(Some(crate::presence::stats_event(room, &members)))
+        let (room, present) = self.members(room, |_| 0).await?;
+        Ok(Some(crate::presence::stats_event(room, &present)))
     }
 
-    /// The sessions in `room`, for `Presence` and `PresenceStats`, and the room's name.
-    async fn members(&self, room: &str) -> Result<(String, Vec<Member>), Refusal> {
+    /// The room's name and its presence, for `Presence` and `PresenceStats`: at most
+    /// `max(room)` members listed, every one counted.
+    async fn members(
+        &self,
+        room: &str,
+        max: impl FnOnce(&str) -> usize,
+    ) -> Result<(String, RoomPresence), Refusal> {
         let key = self.subscribable(room)?;
         // Refused before the hook: the backend is not asked about a command that cannot work.
         crate::presence::tracked(&self.shared.config, &key.room)
             .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
         self.ask_readable(&key).await?;
         let room = key.room.to_string();
-        let members = self
+        let max = max(&room);
+        let present = self
             .shared
             .broker
-            .members(key)
+            .presence(key, max)
             .await
             .map_err(|e| super::publishing::unavailable(self.grant.tenant.as_str(), e))?;
-        Ok((room, members))
+        Ok((room, present))
     }
 
     /// A room the token may subscribe to (what subscribe, presence and history need).

@@ -65,7 +65,7 @@ mod live;
 pub(super) use self::live::{Live, Registration};
 use super::history_read::first_kept_now;
 use super::read_slots::ReadSlot;
-use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
+use super::{bounded, replicas, subject, unavailable, Inner, JS_TIMEOUT};
 use crate::broker::BrokerError;
 use crate::config::NamespaceConfig;
 use crate::hub::RoomKey;
@@ -206,6 +206,7 @@ impl Inner {
             // than Quiver sends more (outside cluster audit 6, F1).
             max_message_size: config_limits.max_message,
             storage: self.storage,
+            num_replicas: replicas::configured(&self.config),
             allow_direct: true,
             metadata: HashMap::from([(
                 PER_ROOM_FLOOR.to_owned(),
@@ -238,7 +239,12 @@ impl Inner {
                  stream to switch it (`nats stream rm`; its history is lost)"
             );
         }
-        self.bring_limits_up_to_date(&name, info.config, &config_limits)
+        // Its copies first: a refused change leaves the stream usable as it is, and the
+        // limits' update then starts from what JetStream has.
+        let current =
+            replicas::bring_stream_to(&self.js, info.config, replicas::configured(&self.config))
+                .await;
+        self.bring_limits_up_to_date(&name, current, &config_limits)
             .await?;
         Ok(TenantStream { stream, epoch })
     }

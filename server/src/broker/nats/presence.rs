@@ -12,7 +12,6 @@ use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use quiver_proto::Member;
-use tracing::warn;
 
 use super::{bounded, events_subject, history, unavailable, Inner};
 use crate::broker::BrokerError;
@@ -189,6 +188,7 @@ impl Inner {
             history: 1,
             max_age: ttl,
             storage: self.storage,
+            num_replicas: super::replicas::configured(&self.config),
             ..Default::default()
         }
     }
@@ -378,38 +378,15 @@ impl Inner {
     }
 }
 
-/// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`).
-/// One JetStream cannot bring there (another storage: a stream's storage never changes) is
-/// used as it is, with a warning, rather than leave presence broken (outside audit).
+/// The presence bucket, created or brought to `config` (its age limit, `nats.presence_ttl`;
+/// its copies, `nats.replicas`). What JetStream cannot bring there (another storage, more
+/// copies than it can place now) is kept as it is, with a warning, rather than leave presence
+/// broken (outside audit; `replicas::key_value`).
 async fn presence_bucket(
     js: &jetstream::Context,
     config: jetstream::kv::Config,
 ) -> Result<jetstream::kv::Store, jetstream::context::CreateKeyValueError> {
-    let e = match js.create_or_update_key_value(config.clone()).await {
-        Ok(kv) => return Ok(kv),
-        Err(e) => e,
-    };
-    // Another storage: keep the bucket's, and still bring its age limit to `presence_ttl`
-    // (the regression audit: with both changed, the old TTL stayed and live members flickered
-    // out of presence).
-    let Ok(mut existing) = js.get_stream(format!("KV_{PRESENCE_BUCKET}")).await else {
-        return Err(e);
-    };
-    let Ok(info) = existing.info().await else {
-        return Err(e);
-    };
-    let storage = info.config.storage;
-    if storage == config.storage {
-        return Err(e);
-    }
-    warn!(
-        has = ?storage,
-        configured = ?config.storage,
-        "the presence bucket keeps its storage (nats.storage cannot change for an existing \
-         bucket: delete KV_quiver_presence to switch it)"
-    );
-    js.create_or_update_key_value(jetstream::kv::Config { storage, ..config })
-        .await
+    super::replicas::key_value(js, config).await
 }
 
 #[cfg(test)]

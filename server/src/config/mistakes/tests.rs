@@ -611,3 +611,140 @@ fn every_api_key_and_rpc_mistake_is_named_at_once() {
         Ok(())
     });
 }
+
+/// Outside audit 116, F2: an `allowed_origins` entry no browser's `Origin` can equal (no
+/// scheme, a path) passed `config check`, and then every browser session got 403.
+#[test]
+fn origins_no_browser_sends_are_refused() {
+    figment::Jail::expect_with(|jail| {
+        let list = |entries: &[&str]| {
+            let quoted: Vec<String> = entries.iter().map(|e| format!("{e:?}")).collect();
+            format!("allowed_origins = [{}]\n", quoted.join(", "))
+        };
+        for (entry, why) in [
+            ("app.example.com", "has no scheme"),
+            ("https://ok.example.com/path", "has a path"),
+            ("https://ok.example.com//", "has a path"),
+            ("https://ok.example.com/?a=1", "has a query"),
+            ("https://ok.example.com#top", "has a fragment"),
+            ("wss://app.example.com", "is a WebSocket URL"),
+            ("1http://app.example.com", "has no valid scheme"),
+            ("https://", "has no host"),
+            ("https://*.example.com", "has a wildcard in its host"),
+            (
+                "https://app.example.com:443",
+                "names its scheme's default port (443)",
+            ),
+            (
+                "http://app.example.com:80/",
+                "names its scheme's default port (80)",
+            ),
+            (
+                "https://app.example.com:0",
+                "has a port that is not 1 to 65535",
+            ),
+            (
+                "https://app.example.com:99999",
+                "has a port that is not 1 to 65535",
+            ),
+            (
+                "https://app.example.com:",
+                "has a port that is not 1 to 65535",
+            ),
+            ("https://[::1", "has an IPv6 host without its closing ]"),
+            (
+                "https://[0:0::1]",
+                "has an IPv6 host not written as browsers write it ([::1])",
+            ),
+            (
+                "https://app.exämple.com",
+                "holds a space, a control character or non-ASCII",
+            ),
+            (" https://app.example.com", "holds a space"),
+            ("", "is empty"),
+            ("null", "has no scheme"),
+        ] {
+            let toml = list(&["*", "https://fine.example.com", entry]);
+            refused(jail, &toml, &format!("allowed_origins[2] {why}"))?;
+        }
+        // User info is named, its password never printed.
+        jail.create_file(
+            "bad.toml",
+            &list(&["https://user:ORIGINPASSWORD@app.example.com"]),
+        )?;
+        let err = Config::load(Some("bad.toml".as_ref()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_origins[0] has user info"), "{err}");
+        assert!(!err.contains("ORIGINPASSWORD"), "{err}");
+        // Every entry is named at once, by its place.
+        refused(
+            jail,
+            &list(&["a.example", "b.example"]),
+            "allowed_origins[1]",
+        )?;
+        // Through the environment, as deploy/compose.yaml sets it.
+        jail.set_env("QUIVER_ALLOWED_ORIGINS", "[\"app.example.com\"]");
+        refused(jail, "", "allowed_origins[0] has no scheme")?;
+        jail.set_env("QUIVER_ALLOWED_ORIGINS", "[\"https://app.example.com\"]");
+        loads(jail, "")?;
+        loads(
+            jail,
+            &list(&["*", "https://app.example.com", "HTTPS://App.Example.com/"]),
+        )?;
+        loads(
+            jail,
+            &list(&[
+                "http://localhost:8080",
+                "http://127.0.0.1:3000",
+                "https://[::1]:8443",
+                // An extension's and an app shell's origins have schemes of their own.
+                "chrome-extension://abcdefghijklmnopabcdefghijklmnop",
+                "moz-extension://0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d",
+                "tauri://localhost",
+                "https://xn--bcher-kva.example",
+                "https://a-b_c.example.com:8443",
+            ]),
+        )?;
+        Ok(())
+    });
+}
+
+/// Outside audit 116, F3: history budgets too small for one room and one full publication
+/// kept nothing (every publication a fresh epoch at offset 1, every resume failed) and passed
+/// `config check`; the floor is what the embedded broker counts for exactly that.
+#[test]
+fn history_budgets_too_small_for_one_publication_are_refused() {
+    figment::Jail::expect_with(|jail| {
+        let history = "[[namespaces]]\nname = \"h\"\nhistory_size = 10\n";
+        let floor = history_floor(61_440);
+        for (total, tenant, needle) in [
+            (0, 0, "limits.history_tenant_max_bytes (0) must be at least"),
+            (0, 0, "limits.history_max_bytes (0) must be at least"),
+            (floor, floor - 1, "limits.history_tenant_max_bytes"),
+            (floor - 1, floor - 1, "limits.history_max_bytes"),
+        ] {
+            let toml = format!(
+                "[limits]\nhistory_max_bytes = {total}\nhistory_tenant_max_bytes = {tenant}\n\
+                 {history}"
+            );
+            refused(jail, &toml, needle)?;
+            refused(jail, &toml, &format!("{floor}"))?;
+            refused(jail, &toml, "namespace \"h\"")?;
+        }
+        let at = |bytes: u64, max_payload: u64, rest: &str| {
+            format!(
+                "[limits]\nmax_payload = {max_payload}\nhistory_max_bytes = {bytes}\n\
+                 history_tenant_max_bytes = {bytes}\n{rest}"
+            )
+        };
+        loads(jail, &at(floor, 61_440, history))?;
+        // The floor follows max_payload.
+        let small = history_floor(1000);
+        loads(jail, &at(small, 1000, history))?;
+        refused(jail, &at(small - 1, 1000, history), "must be at least")?;
+        // Without a namespace keeping history the budgets are not used.
+        loads(jail, &at(0, 61_440, "[[namespaces]]\nname = \"live\"\n"))?;
+        Ok(())
+    });
+}
