@@ -288,6 +288,66 @@ async fn a_ping_behind_a_history_read_on_a_stalled_broker_is_answered_at_once() 
     Ok(())
 }
 
+/// A datagram publication at the head of the queue while a command waits stops nothing (outside
+/// audit 117, F3): it is no command, so the `Ping` behind it is still answered beside the
+/// waiting `History`, and it is dropped as `busy`, not held to publish a stale value later.
+/// Held, it stopped the reading like a command: a client publishing positions by datagram lost
+/// its heartbeat whenever a command waited.
+#[tokio::test]
+async fn a_datagram_at_the_head_of_the_queue_does_not_hold_up_the_ping_behind_it(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = history_server(&nats, |c| add_latest_namespace(c, "game")).await?;
+    let mut c = Raw::connect(&server, &full_token("acme", "u")).await?;
+    assert!(matches!(
+        c.publish("log.a", b"stored").await?,
+        Event::Published { .. }
+    ));
+    let busy = || async {
+        let page = server.metrics().await?;
+        anyhow::Ok(metric_sum(
+            &page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "busy")],
+        ))
+    };
+    let busy_before = busy().await?;
+    nats.pause()?;
+    let history = c
+        .send(Command::History {
+            room: "log.a".into(),
+            since: None,
+            limit: 10,
+        })
+        .await?;
+    // Behind the History, on its way to the session before the Ping.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.conn().send_datagram(
+        quiver_proto::datagram::PublishDatagram {
+            room: "game.pos",
+            payload: b"stale",
+        }
+        .encode(),
+    )?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ping = c.send(Command::Ping).await?;
+    let first = tokio::time::timeout(Duration::from_secs(2), c.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no Pong while the History waited"))??;
+    nats.resume()?;
+    assert!(
+        first.id == ping && matches!(first.event, Event::Pong),
+        "{first:?}"
+    );
+    let reply = c.recv().await?;
+    assert_eq!(reply.id, history, "{reply:?}");
+    assert!(
+        busy().await? > busy_before,
+        "the datagram was not dropped as busy"
+    );
+    Ok(())
+}
+
 /// The Pings answered beside one waiting command are bounded (four): the rest wait their turn,
 /// so a flood of Pings is never answered unmetered.
 #[tokio::test]

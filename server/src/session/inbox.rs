@@ -38,6 +38,9 @@ pub(super) struct Inbox {
     out: queue::Sender<Bytes>,
     /// What was taken early and is not yet metered.
     answered: Vec<Early>,
+    /// Datagram publications read early and dropped (`busy`), not yet metered: how many, and
+    /// when the last arrived. A count, not a list: they are read for as long as the wait lasts.
+    datagrams: (u32, Option<Instant>),
 }
 
 /// What was taken from the queue while a command waited, to be metered once it is done.
@@ -63,6 +66,7 @@ impl Inbox {
             finished: false,
             out,
             answered: Vec::new(),
+            datagrams: (0, None),
         }
     }
 
@@ -145,6 +149,16 @@ impl Inbox {
                 }
             }
             Some(Inbound::Control(arrived)) => self.answered.push(Early::Control(arrived)),
+            // A datagram publication is no command, so it stops nothing: dropped as `busy`
+            // (unacknowledged, and a `latest` room's next value replaces it), metered once the
+            // command is done. Held, it stopped the reading like a command, and a client
+            // publishing positions by datagram lost its heartbeat whenever a command waited
+            // (outside audit 117, F3), then had its stale values published in a row.
+            Some(Inbound::Datagram(datagram)) => {
+                m::datagram_dropped("busy");
+                self.datagrams.0 = self.datagrams.0.saturating_add(1);
+                self.datagrams.1 = Some(datagram.1);
+            }
             Some(other) => self.next = Some(other),
             None => self.finished = true,
         }
@@ -183,6 +197,18 @@ impl Session {
         for early in inbox.take_answered() {
             if let Some(exit) = self.metre_early(early) {
                 return Some(exit);
+            }
+        }
+        // The datagrams dropped meanwhile count towards the rate as any datagram does (a
+        // flood of them still ends in `rate_abuse`).
+        if let (n, Some(arrived)) = std::mem::take(&mut inbox.datagrams) {
+            for _ in 0..n {
+                if self.meter.take(arrived) == Verdict::Abuse {
+                    return Some(Exit::Close(
+                        CloseCode::RateAbuse,
+                        "datagram rate limit exceeded repeatedly".into(),
+                    ));
+                }
             }
         }
         None
