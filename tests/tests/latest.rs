@@ -93,8 +93,16 @@ async fn datagrams_behind_a_held_hook(
 /// backend that holds every answer until the test opens its gate.
 async fn with_gated_publish_hook(
 ) -> Result<(TestServer, std::sync::Arc<quiver_tests::rpc::GatedBackend>)> {
+    gated_publish_hook_and(|_| {}).await
+}
+
+/// [`with_gated_publish_hook`], the configuration tweaked.
+async fn gated_publish_hook_and(
+    tweak: impl FnOnce(&mut quiver_server::Config),
+) -> Result<(TestServer, std::sync::Arc<quiver_tests::rpc::GatedBackend>)> {
     let (url, backend) = quiver_tests::rpc::gated_backend().await?;
     let server = server(|c| {
+        tweak(c);
         c.rpc.url = Some(url);
         c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
             namespace: "game".into(),
@@ -950,5 +958,63 @@ async fn datagram_publications_waiting_for_their_hook_when_the_session_ends_are_
     let late =
         tokio::time::timeout(Duration::from_millis(500), sub.conn().receive_datagram()).await;
     assert!(late.is_err(), "published after its session ended: {late:?}");
+    Ok(())
+}
+
+/// A drain drops the datagram publications waiting for their publish hook as it begins, counted
+/// (`session_ended`), while it waits for a call (outside audit 117, F6): the drain polled only
+/// what answers a command, so the lane sat unread, its hook request unanswered at the backend,
+/// until the session ended.
+#[tokio::test]
+async fn a_drain_drops_the_datagram_publications_waiting_for_their_hook_as_it_begins() -> Result<()>
+{
+    let (mut server, backend) =
+        gated_publish_hook_and(|c| c.timeouts.drain = Duration::from_secs(30)).await?;
+    let token = quiver_tests::rpc::call_token("acme", "p", &["order.*"]);
+    let mut publisher = Raw::connect(&server, &token).await?;
+    let rooms = ["game.da", "game.db", "game.dc"];
+    datagrams_behind_a_held_hook(&publisher, &backend, &rooms, b"held").await?;
+    // A call the gated backend holds too: the drain waits for it.
+    publisher
+        .send(Command::Call {
+            method: "order.wait".into(),
+            payload: Bytes::new(),
+            timeout_ms: 0,
+            idempotency_key: String::new(),
+        })
+        .await?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while backend.asked.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the call was not asked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let http = server.http;
+    let ended = || async move {
+        let page = reqwest::get(format!("http://{http}/metrics"))
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok(metric_sum(
+            &page,
+            "quiver_datagrams_dropped_total",
+            &[("reason", "session_ended")],
+        ))
+    };
+    let before = ended().await?;
+    let stop = tokio::spawn(async move { server.stop().await });
+    // Within the call's deadline (5 s), while the drain waits for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while ended().await? < before + 3.0 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the lane was not dropped as the drain began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backend.gate.add_permits(1000);
+    stop.await?;
     Ok(())
 }

@@ -36,6 +36,13 @@ impl Session {
         // which promises nothing of them (review 92, F3). The drain's own deadline
         // (`timeouts.drain`, 5 s by default) usually comes first. Only the waiting is bounded:
         // a command being carried out, or an answer being written, is never cut off here.
+        // Datagram publications waiting for their publish hook are not waited for: a drain
+        // polls only what answers a command (a datagram has no answer), so the lane would sit
+        // unread to the end, its hook request unread at the backend (outside audit 117, F6).
+        // Dropped now, counted as the session's end counts them.
+        for _ in 0..self.datagram_lane.clear() {
+            crate::metrics::datagram_dropped("session_ended");
+        }
         let config = &self.shared.config;
         let give_up_at = take_until + config.rpc.max_timeout + CALL_START;
         // The drain's replies wait for room until then and `timeouts.reply` more at most,

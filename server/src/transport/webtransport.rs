@@ -535,8 +535,16 @@ fn serve_side(conn: &Connection, tx: &queue::Sender<Inbound>, side: Side) -> Opt
                 Bytes::new()
             };
             let item = Inbound::Datagram(Box::new((payload, std::time::Instant::now())));
-            if tx.try_send(item).is_err() {
-                crate::metrics::datagram_dropped("busy");
+            // A session that has ended (its goodbye still being written) is no busy one
+            // (outside audit 117, F5).
+            match tx.try_send(item) {
+                Ok(()) => {}
+                Err(super::queue::TrySendError::Full(_)) => {
+                    crate::metrics::datagram_dropped("busy")
+                }
+                Err(super::queue::TrySendError::Closed(_)) => {
+                    crate::metrics::datagram_dropped("session_ended")
+                }
             }
         }
         Side::Uni(Ok(recv)) => {
