@@ -531,7 +531,7 @@ pub struct LimitsConfig {
     pub session_queue_bytes: usize,
     /// Concurrent sessions before new ones are refused with 429.
     pub max_sessions: usize,
-    /// Bytes of history (payloads plus per-publication and per-room bookkeeping: 225 bytes per
+    /// Bytes of history (payloads plus per-publication and per-room bookkeeping: 224 bytes per
     /// kept publication, 384 plus the names per known room) the embedded broker keeps
     /// over all rooms and tenants. Past it, the oldest publications of the tenant holding the
     /// most are evicted first. With NATS, JetStream's own limits bound the total.
