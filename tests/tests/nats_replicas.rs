@@ -225,3 +225,36 @@ async fn streams_and_buckets_made_with_one_copy_are_brought_to_the_configured_co
     }
     Ok(())
 }
+
+/// More than one copy asked of a single nats-server (no cluster), which refuses every new
+/// stream and bucket of more copies: said at start, naming the setting, so the operator does
+/// not first learn it from failing history and presence.
+#[tokio::test]
+async fn replicas_on_a_single_nats_server_are_warned_about() -> Result<()> {
+    let nats = quiver_tests::nats::NatsServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("quiver.toml");
+    std::fs::write(
+        &config,
+        "[nats]\nreplicas = 3\n\n[[namespaces]]\nname = \"h\"\nhistory_size = 10\n\
+         history_ttl = \"1m\"\n",
+    )?;
+    let server = quiver_tests::process::QuiverProcess::start(
+        dir.path(),
+        Some(&config),
+        &["--nats", &nats.url()],
+    )?;
+    let stderr = || std::fs::read_to_string(dir.path().join("quiver-stderr.log"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stderr()?.contains("this NATS server is part of no cluster") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no warning; stderr:\n{}",
+            stderr()?
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stderr()?.contains("replicas=3"), "{}", stderr()?);
+    drop(server);
+    Ok(())
+}

@@ -414,6 +414,7 @@ async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
             if let Some(strong) = inner.upgrade() {
                 strong.health.jetstream_answered(generation);
                 strong.presence_nudge.notify_one();
+                replicas::warn_if_unclustered(&strong.config, &strong.client.server_info());
             }
             return;
         }

@@ -16,6 +16,23 @@ pub(crate) fn configured(config: &crate::Config) -> usize {
     config.nats.as_ref().map_or(1, |n| n.replicas)
 }
 
+/// Warns when more than one copy is configured and the NATS server is part of no cluster: a
+/// single nats-server refuses every new stream and bucket of more copies, so history, presence,
+/// revocations and idempotency keys fail at their first use (existing ones are used as they
+/// are). Said once per connection, where an operator looks at start.
+pub(crate) fn warn_if_unclustered(config: &crate::Config, server: &async_nats::ServerInfo) {
+    let wanted = configured(config);
+    if wanted > 1 && server.cluster.is_none() {
+        warn!(
+            replicas = wanted,
+            server = %server.server_name,
+            "nats.replicas asks for more than one copy, but this NATS server is part of no \
+             cluster: JetStream will refuse new streams and buckets (history, presence, \
+             revocations, idempotency keys); set nats.replicas = 1, or connect to a cluster"
+        );
+    }
+}
+
 /// What JetStream reports as 0 is its default, one copy.
 pub(crate) fn of(config: &stream::Config) -> usize {
     config.num_replicas.max(1)
