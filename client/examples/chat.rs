@@ -123,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("(publish failed: {e})");
         }
     }
+    // Writes what `publish` accepted above (within 5 s) before the session closes.
     client.close().await;
     let _ = printer.await;
     Ok(())

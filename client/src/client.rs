@@ -449,9 +449,16 @@ impl Client {
         lock(&self.inner.shared.closed).clone()
     }
 
-    /// Closes the session (WebTransport close code 0, WebSocket close 1000) and stops
-    /// reconnecting. Pending calls fail
-    /// with [`ClientError::Closed`], subscriptions end. Idempotent.
+    /// Closes the session and stops reconnecting, after carrying out what was accepted: the
+    /// acknowledged publishes in flight get their answers, every publication [`Client::publish`]
+    /// accepted (queued, or waiting for the pacer) is written, then the control stream is
+    /// ended (a FIN on WebTransport, a close frame, 1000, on WebSocket), so the server carries
+    /// out everything before it (PROTOCOL.md §3), and the server's close ends the wait. All
+    /// within 5 s; past that the connection is closed (WebTransport close code 0) whatever is
+    /// left. Requests made meanwhile, and calls left unanswered at the close, fail with
+    /// [`ClientError::Closed`]; subscriptions end. Publications buffered while disconnected
+    /// and [`Client::publish_unreliable`] values waiting for the pacer are dropped.
+    /// Idempotent; concurrent calls all return when the client is closed.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
         if self.inner.req_tx.send(Request::Close { reply }).is_ok() {

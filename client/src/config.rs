@@ -128,7 +128,8 @@ impl std::str::FromStr for Transport {
 ///
 /// This is the client's own check and independent of the server's idle timeout for dead
 /// clients (30 s). Use `None` to rely on the QUIC idle timeout ([`ClientConfig::idle_timeout`])
-/// alone, which on WebSocket means a dead server may go unnoticed until TCP gives up.
+/// alone, which on WebSocket means a dead server may go unnoticed until TCP gives up. Each
+/// duration is taken within 1 ms and 365 days (`Duration::MAX` is taken as 365 days).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Heartbeat {
     /// Silence after which a `Ping` is sent (default 1 s).
@@ -141,6 +142,23 @@ pub struct Heartbeat {
     /// commands (PROTOCOL.md §5: one held behind one that waits, each up to a broker stall's
     /// 3 s or a hook's timeout, 2 s by default).
     pub unanswered: Duration,
+}
+
+/// The longest [`Heartbeat`] duration taken; a longer one is taken as this (it never comes
+/// anyway). Added to an `Instant`, `Duration::MAX` (someone "disabling" the heartbeat instead of
+/// passing `None`) panicked inside `connect()` or the connection task (outside audit 115, F12).
+pub(crate) const HEARTBEAT_CEILING: Duration = Duration::from_secs(365 * 86_400);
+
+impl Heartbeat {
+    /// Each duration within 1 ms ..= [`HEARTBEAT_CEILING`]: what the connection runs with.
+    pub(crate) fn bounded(self) -> Self {
+        let bound = |d: Duration| d.clamp(Duration::from_millis(1), HEARTBEAT_CEILING);
+        Heartbeat {
+            interval: bound(self.interval),
+            timeout: bound(self.timeout),
+            unanswered: bound(self.unanswered),
+        }
+    }
 }
 
 impl Default for Heartbeat {
@@ -180,7 +198,11 @@ pub struct ClientConfig {
     /// and datagrams back (it stayed on WebSocket for its whole life before). A session keeps
     /// its transport: the change comes at a reconnect.
     pub webtransport_retry: Duration,
-    /// Called on every connect attempt and to refresh the token ahead of expiry.
+    /// Called on every connect attempt and to refresh the token ahead of expiry. Over
+    /// WebSocket the token travels in the upgrade's `Authorization` header, which
+    /// `tungstenite` logs at TRACE (as it does each message, a `Refresh`'s token included):
+    /// cap `tungstenite` and `tokio_tungstenite` below TRACE in the application's log filter,
+    /// as the `quiver` CLI does (README, "Logging").
     pub token: TokenProvider,
     /// How to verify the server certificate. Default [`Trust::System`].
     pub trust: Trust,
@@ -199,10 +221,13 @@ pub struct ClientConfig {
     /// `ping`). Default 10 s. A subscribe made while disconnected waits for the reconnect
     /// within this bound.
     pub request_timeout: Duration,
-    /// The token is refreshed `min(refresh_ahead, remaining / 2)` before `Welcome.expires_at`,
-    /// where `remaining` is the token's lifetime left when the session (or the last refresh)
-    /// started: a 1-hour token is refreshed `refresh_ahead` before it expires, a 20-second token
-    /// after 10 s. Default 30 s. Failed refreshes are retried with backoff until expiry.
+    /// The token is refreshed `max(refresh_ahead, remaining / 10)`, at most `remaining / 2`,
+    /// before `Welcome.expires_at`, where `remaining` is the token's lifetime left when the
+    /// session (or the last refresh) started: the margin PROTOCOL.md §6 asks for clock skew
+    /// and for fetching the token ("a minute, or a fraction of the token's lifetime, whichever
+    /// is larger"). A 10-minute token is refreshed a minute before it expires, a 1-hour token 6
+    /// minutes before, a 20-second token after 10 s. Default 60 s. Failed refreshes are retried
+    /// with backoff until expiry.
     pub refresh_ahead: Duration,
     /// QUIC keep-alive interval (default 5 s); must stay below the server's idle timeout (30 s).
     pub keep_alive: Duration,
@@ -299,7 +324,7 @@ impl ClientConfig {
             client_name: concat!("quiver-rs/", env!("CARGO_PKG_VERSION")).to_string(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
-            refresh_ahead: Duration::from_secs(30),
+            refresh_ahead: Duration::from_secs(60),
             keep_alive: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             heartbeat: Some(Heartbeat::default()),
@@ -489,6 +514,22 @@ pub(crate) fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heartbeat_durations_are_bounded() {
+        let huge = Heartbeat {
+            interval: Duration::MAX,
+            timeout: Duration::ZERO,
+            unanswered: Duration::from_secs(20),
+        }
+        .bounded();
+        assert_eq!(huge.interval, HEARTBEAT_CEILING);
+        assert_eq!(huge.timeout, Duration::from_millis(1));
+        assert_eq!(huge.unanswered, Duration::from_secs(20));
+        assert!(std::time::Instant::now()
+            .checked_add(huge.interval)
+            .is_some());
+    }
 
     #[test]
     fn url_gets_token_and_path() {

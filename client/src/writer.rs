@@ -134,6 +134,13 @@ pub(crate) trait FrameSink: Send + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send {
         self.write(vec![frame])
     }
+
+    /// Ends the stream after the last frame written (the client's close): the server carries
+    /// out every command before the end, where a connection closed right behind them may
+    /// discard those it has not read yet (PROTOCOL.md §3).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// The handles the connection task writes through.
@@ -143,6 +150,15 @@ pub(crate) struct WriterHandle {
     /// which must not sit behind a paced burst of publishes (that would look like a dead
     /// server). The pacer still counts them.
     pub(crate) priority: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+impl WriterHandle {
+    /// Ends the queue: the writer writes every frame queued before, then ends the stream
+    /// ([`FrameSink::finish`]) and stops. Frames queued after are dropped.
+    pub(crate) fn end(&mut self) {
+        let (closed, _) = mpsc::unbounded_channel();
+        self.queue = closed;
+    }
 }
 
 /// Spawnable writer task; reports a failed write as [`ConnEvent::Lost`].
@@ -187,7 +203,11 @@ async fn run<S: FrameSink>(
             }
             next = rx.recv() => match next {
                 Some(first) => first,
-                None => return Ok(()),
+                // Ended by the client's close (`WriterHandle::end`), everything before written.
+                None => {
+                    sink.finish().await;
+                    return Ok(());
+                }
             },
         };
         // One held back or withdrawn already costs no wait for the pacer.

@@ -228,6 +228,73 @@ async fn a_reply_of_the_wrong_kind_leaves_the_command_waiting() -> anyhow::Resul
     Ok(())
 }
 
+/// A heartbeat "disabled" with `Duration::MAX` instead of `None` connects and runs: its
+/// durations are bounded. Before, adding one to an `Instant` panicked inside `connect()`
+/// (outside audit 115, F12).
+#[tokio::test]
+async fn heartbeat_durations_past_any_instant_are_bounded() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::NoStream, 65_536).await?;
+    let mut config = config(port);
+    config.heartbeat = Some(quiver_client::Heartbeat {
+        interval: Duration::MAX,
+        timeout: Duration::MAX,
+        unanswered: Duration::MAX,
+    });
+    let client = Client::connect(config).await?;
+    client.ping().await?;
+    client.close().await;
+    Ok(())
+}
+
+/// A room the server confirms and never opens a stream for (nor ends with 114, as it promises
+/// within `timeouts.stream_open`) ends the connection `request_timeout` + 5 s after its
+/// `Subscribed`, as a broken protocol: the client reconnects and subscribes again. Before, the
+/// room stayed silently dead for the session's life (outside audit 115, F11).
+#[tokio::test]
+async fn a_room_whose_stream_never_comes_ends_the_connection() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::NoStream, 65_536).await?;
+    let mut config = config(port);
+    config.request_timeout = Duration::from_secs(1);
+    let client = Client::connect(config).await?;
+    let _sub = client.subscribe("chat.a").await?;
+    let started = Instant::now();
+    let reason = disconnect_reason(&client, Duration::from_secs(10)).await;
+    let reason = reason.ok_or_else(|| anyhow::anyhow!("still connected after 10 s"))?;
+    assert!(reason.contains("opened no stream"), "{reason}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5), "after {took:?}");
+    client.close().await;
+    Ok(())
+}
+
+/// The server's text in an `Error` (40 KB of lines that look like a log) reaches the
+/// application's `ClientError` clipped and escaped, and so does an `Unsubscribed`'s reason in
+/// `SubEvent::Ended` (outside audit 115, F6).
+#[tokio::test]
+async fn server_text_in_errors_and_ends_is_clipped() -> anyhow::Result<()> {
+    let (port, _) = hostile(After::Verbose, 65_536).await?;
+    let client = Client::connect(config(port)).await?;
+    let shown = |text: &str| {
+        assert!(text.chars().count() < 400, "{} characters", text.len());
+        assert!(!text.contains(['\n', '\u{1b}']), "{text}");
+        assert!(text.starts_with("refused\\nINFO"), "{text}");
+    };
+    let err = client.ping().await.expect_err("refused");
+    assert_eq!(err.error_code(), Some(ErrorCode::Internal), "{err}");
+    let quiver_client::ClientError::Server { message, .. } = &err else {
+        anyhow::bail!("{err}");
+    };
+    shown(message);
+    shown(&err.to_string().replace("server error internal (100): ", ""));
+    let mut sub = client.subscribe("chat.a").await?;
+    match tokio::time::timeout(Duration::from_secs(5), sub.next()).await? {
+        Some(SubEvent::Ended { code: 116, reason }) => shown(&reason),
+        other => anyhow::bail!("{other:?}"),
+    }
+    client.close().await;
+    Ok(())
+}
+
 /// An `Unsubscribed` that answers no `Unsubscribe` of the client's (here under the
 /// `Subscribe`'s id) still ends the room for the application, which is told: before, the room
 /// just went quiet (outside audit).

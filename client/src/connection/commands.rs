@@ -7,6 +7,14 @@ use super::*;
 
 impl Actor {
     pub(super) fn on_request(&mut self, req: Request) {
+        // While closing, only what lets go of resources is done: the rest is dropped, and its
+        // caller hears `Closed` (`Client::closed_error`).
+        if self.closing.is_some() {
+            match req {
+                Request::Close { .. } | Request::Withdrawn => {}
+                _ => return,
+            }
+        }
         match req {
             Request::Subscribe { room, from, reply } => self.subscribe(room, from, reply),
             Request::Unsubscribe { room, reply } => self.unsubscribe(&room, None, Some(reply)),
@@ -108,8 +116,14 @@ impl Actor {
                 // later: the backend would run it long after the application moved on (outside
                 // audit 103, F6).
                 match self.live.as_mut() {
+                    // One too large for the session fails its reply itself.
                     Some(live) => {
-                        live.send_claimed(call, Some(Pending::Call { reply }), None, Some(claim));
+                        let _ = live.send_claimed(
+                            call,
+                            Some(Pending::Call { reply }),
+                            None,
+                            Some(claim),
+                        );
                     }
                     None => {
                         let _ = reply.send(Err(ClientError::NotConnected));
@@ -126,10 +140,7 @@ impl Actor {
                     });
                 }
             }
-            Request::Close { reply } => {
-                self.close_all(0, "closed by client".into(), false);
-                let _ = reply.send(());
-            }
+            Request::Close { reply } => self.start_close(reply),
         }
     }
 
@@ -142,8 +153,9 @@ impl Actor {
         pending: impl FnOnce(Reply<T>) -> Pending,
     ) {
         match self.live.as_mut() {
+            // One too large for the session fails its reply itself.
             Some(live) => {
-                live.send(command, Some(pending(reply)));
+                let _ = live.send(command, Some(pending(reply)));
             }
             None => {
                 let _ = reply.send(Err(ClientError::NotConnected));
@@ -222,7 +234,7 @@ impl Actor {
             return;
         };
         let resume = *lock(&sub.last);
-        let id = live.send(
+        let sent = live.send(
             Command::Subscribe {
                 room: room.to_string(),
                 resume,
@@ -233,8 +245,19 @@ impl Actor {
                 resumed: resume.is_some(),
             }),
         );
-        sub.cmd_id = Some(id);
         sub.confirmed = false;
+        match sent {
+            Ok(id) => sub.cmd_id = Some(id),
+            // Too large for the session: refused here as the server would refuse the room.
+            Err(e) => {
+                sub.cmd_id = None;
+                let (code, message) = match e {
+                    ClientError::Server { code, message } => (code, message),
+                    other => (ErrorCode::InvalidRoom.as_u16(), other.to_string()),
+                };
+                self.subscribe_refused(room, code, message);
+            }
+        }
     }
 
     /// Ends the application's subscription to `room` (only generation `gen`, if given) and tells
@@ -267,7 +290,7 @@ impl Actor {
         drop(sub);
         match self.live.as_mut() {
             Some(live) if sent => {
-                live.send(
+                let _ = live.send(
                     Command::Unsubscribe {
                         room: room.to_string(),
                     },
@@ -326,7 +349,8 @@ impl Actor {
             again: (item.room.clone(), item.payload.clone()),
             claim: item.claim,
         };
-        live.send_with(
+        // One too large for the session fails its reply itself.
+        let _ = live.send_with(
             Command::Publish {
                 room: item.room,
                 payload: item.payload,
@@ -409,20 +433,8 @@ impl Actor {
                         let before = lock(&self.shared.welcome)
                             .as_ref()
                             .and_then(|w| w.expires_at);
-                        // An expiry that did not move later, or one due again at once (still
-                        // past), is retried with backoff, like a refused refresh, never in a
-                        // loop (outside audits: 190 `Refresh` a second against a server that kept
-                        // the expiry, 667 against one that moved it a second, still past; each
-                        // a call of the token provider).
-                        let moved = match (before, expires_at) {
-                            (Some(before), Some(after)) => after > before,
-                            _ => true,
-                        };
-                        let due_at_once = expires_at.is_some_and(|exp| {
-                            refresh_delay(exp, unix_now(), self.cfg.refresh_ahead)
-                                < Duration::from_secs(1)
-                        });
-                        if moved && !due_at_once {
+                        let ahead = self.cfg.refresh_ahead;
+                        if refresh_done(before, expires_at, unix_now(), ahead) {
                             live.refresh_failures = 0;
                             live.refresh_at = refresh_deadline(expires_at, self.cfg.refresh_ahead);
                         } else {
@@ -441,51 +453,56 @@ impl Actor {
                     _ => live.unexpected(id, "Refreshed"),
                 }
             }
-            Event::Error { code, message } => match live.pending.remove(&id) {
-                Some(Pending::Subscribe { room, gen, .. }) => {
-                    self.on_subscribe_refused(id, &room, gen, code, message)
-                }
-                Some(Pending::Unsubscribe { reply }) => {
-                    if let Some(reply) = reply {
-                        // Not subscribed on the server (the subscribe was refused or the server
-                        // ended it meanwhile): the outcome the caller wanted.
-                        let res = if code == ErrorCode::NotSubscribed.as_u16() {
-                            Ok(())
-                        } else {
-                            Err(ClientError::Server { code, message })
-                        };
-                        let _ = reply.send(res);
+            // The server's text reaches the application's errors, which it may log: clipped
+            // and escaped as everywhere else (outside audit 115, F6; audit 103, F8).
+            Event::Error { code, message } => {
+                let message = clip(&message);
+                match live.pending.remove(&id) {
+                    Some(Pending::Subscribe { room, gen, .. }) => {
+                        self.on_subscribe_refused(id, &room, gen, code, message)
+                    }
+                    Some(Pending::Unsubscribe { reply }) => {
+                        if let Some(reply) = reply {
+                            // Not subscribed on the server (the subscribe was refused or the server
+                            // ended it meanwhile): the outcome the caller wanted.
+                            let res = if code == ErrorCode::NotSubscribed.as_u16() {
+                                Ok(())
+                            } else {
+                                Err(ClientError::Server { code, message })
+                            };
+                            let _ = reply.send(res);
+                        }
+                    }
+                    Some(Pending::PublishAck { reply, .. }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::Ping { reply, .. }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::Presence { reply }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::PresenceStats { reply }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::History { reply }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::Call { reply }) => {
+                        let _ = reply.send(Err(ClientError::Server { code, message }));
+                    }
+                    Some(Pending::Refresh) => {
+                        tracing::warn!(code, %message, "token refresh refused");
+                        self.retry_refresh();
+                    }
+                    // Answered above, before looking at the event.
+                    Some(Pending::Heartbeat) => {}
+                    None => {
+                        // Most likely an un-acknowledged publish the server refused.
+                        tracing::warn!(id, code, %message, "command refused");
                     }
                 }
-                Some(Pending::PublishAck { reply, .. }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::Ping { reply, .. }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::Presence { reply }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::PresenceStats { reply }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::History { reply }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::Call { reply }) => {
-                    let _ = reply.send(Err(ClientError::Server { code, message }));
-                }
-                Some(Pending::Refresh) => {
-                    tracing::warn!(code, message = %clip(&message), "token refresh refused");
-                    self.retry_refresh();
-                }
-                // Answered above, before looking at the event.
-                Some(Pending::Heartbeat) => {}
-                None => {
-                    // Most likely an un-acknowledged publish the server refused.
-                    tracing::warn!(id, code, message = %clip(&message), "command refused");
-                }
-            },
+            }
             Event::Goodbye {
                 code,
                 reason,
@@ -548,6 +565,21 @@ impl Actor {
             | Event::Latest { .. }
             | Event::Left { .. } => live.unexpected(id, "event on the control stream"),
         }
+    }
+}
+
+/// The error code a command too large to send fails with: what the server would answer a
+/// command whose argument is too long, had the frame been within its limit.
+pub(super) fn oversize_code(command: &Command) -> ErrorCode {
+    match command {
+        Command::Publish { .. } | Command::Call { .. } => ErrorCode::PayloadTooLarge,
+        Command::Subscribe { .. }
+        | Command::Unsubscribe { .. }
+        | Command::Presence { .. }
+        | Command::PresenceStats { .. }
+        | Command::History { .. } => ErrorCode::InvalidRoom,
+        Command::Refresh { .. } => ErrorCode::InvalidToken,
+        _ => ErrorCode::BadRequest,
     }
 }
 

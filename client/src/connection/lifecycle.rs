@@ -17,6 +17,22 @@ fn stream_max_frame(limits: &Limits, ceiling: usize) -> usize {
         .min(ceiling)
 }
 
+/// How long [`crate::Client::close`] waits for what was accepted to be carried out: the
+/// publications queued or waiting for the pacer written, the acknowledgements of those in
+/// flight received, the control stream ended and the server's close that answers it. Past it
+/// the connection is closed whatever is left.
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
+/// A [`crate::Client::close`] under way ([`CLOSE_FLUSH`]).
+pub(super) struct Closing {
+    /// The `close()` calls to answer once closed.
+    waiters: Vec<oneshot::Sender<()>>,
+    pub(super) deadline: tokio::time::Instant,
+    /// The writer's queue is ended: the control stream ends behind its last frame, and only
+    /// the server's close (or the deadline) is waited for.
+    ended: bool,
+}
+
 impl Actor {
     pub(super) fn on_established(&mut self, est: Established) {
         let welcome = est.welcome.clone();
@@ -155,6 +171,16 @@ impl Actor {
     /// control stream, behind every answer the server sent before it; a bare close code (a
     /// WebSocket close frame, a QUIC close) does not say the answers before it arrived.
     pub(super) fn teardown(&mut self, code: u16, reason: String, reconnect: bool, goodbye: bool) {
+        if self.live.is_none() {
+            return;
+        }
+        // Closing: the server's close after the control stream ended is what was waited for,
+        // and any other end of the connection ends the wait too (nothing is resent).
+        if self.closing.is_some() {
+            tracing::debug!(code, %reason, "connection ended while closing");
+            self.finish_close();
+            return;
+        }
         let Some(live) = self.live.take() else {
             return;
         };
@@ -266,6 +292,71 @@ impl Actor {
         });
     }
 
+    /// `Client::close`: what was accepted is carried out first, within [`CLOSE_FLUSH`]
+    /// (outside audit 115, F2: the publications still queued, or waiting for the pacer, were
+    /// dropped with the connection, 200 of 300 by the chat example's `close()` at EOF). The
+    /// acknowledged publishes in flight are answered, then the writer writes what it holds
+    /// and ends the control stream behind it (PROTOCOL.md §3: the server carries out what
+    /// came before the end, where a close right behind the commands may discard those it has
+    /// not read), and the server's close answers that. New requests meanwhile fail `Closed`.
+    pub(super) fn start_close(&mut self, reply: oneshot::Sender<()>) {
+        if let Some(closing) = self.closing.as_mut() {
+            closing.waiters.push(reply);
+            return;
+        }
+        if self.live.is_none() {
+            self.close_all(0, "closed by client".into(), false);
+            let _ = reply.send(());
+            return;
+        }
+        // Callers whose requests are refused from now on hear why (`Client::closed_error`).
+        *lock(&self.shared.closed) = Some((0, "closed by client".into()));
+        self.reconnect_at = None;
+        self.closing = Some(Closing {
+            waiters: vec![reply],
+            deadline: tokio::time::Instant::now() + CLOSE_FLUSH,
+            ended: false,
+        });
+        self.advance_close();
+    }
+
+    /// Moves a close on: ends the control stream once no acknowledged publish is awaited,
+    /// closes once the deadline has passed.
+    pub(super) fn advance_close(&mut self) {
+        let Some(closing) = self.closing.as_mut() else {
+            return;
+        };
+        let Some(live) = self.live.as_mut() else {
+            self.finish_close();
+            return;
+        };
+        if tokio::time::Instant::now() >= closing.deadline {
+            tracing::debug!("close: flush not finished in time; closing");
+            self.finish_close();
+            return;
+        }
+        if closing.ended {
+            return;
+        }
+        let awaited = live
+            .pending
+            .values()
+            .any(|p| matches!(p, Pending::PublishAck { .. }) && !p.abandoned());
+        if !awaited {
+            closing.ended = true;
+            live.writer.end();
+        }
+    }
+
+    /// The close's end: the connection closed, everything left failed, `close()` answered.
+    fn finish_close(&mut self) {
+        let waiters = self.closing.take().map(|c| c.waiters).unwrap_or_default();
+        self.close_all(0, "closed by client".into(), false);
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
+    }
+
     /// Closes for good: fails everything waiting, ends every subscription.
     pub(super) fn close_all(&mut self, code: u16, reason: String, by_server: bool) {
         if self.closed {
@@ -311,7 +402,7 @@ impl Actor {
     }
 }
 
-fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
+pub(super) fn fail_pending(p: Pending, err: impl Fn() -> ClientError) {
     match p {
         Pending::Subscribe { .. } | Pending::Refresh | Pending::Heartbeat => {}
         Pending::Unsubscribe { reply } => {

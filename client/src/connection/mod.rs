@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use quiver_proto::{
     encode_command, ClientFrame, CloseCode, Command, ErrorCode, Event, Limits, Member, Position,
-    Recovery, ServerFrame, DEFAULT_MAX_FRAME,
+    Recovery, ServerFrame, DEFAULT_MAX_FRAME, LENGTH_PREFIX,
 };
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::{AbortHandle, JoinSet};
@@ -42,7 +42,7 @@ mod lifecycle;
 mod refresh;
 mod subscriptions;
 
-use refresh::{refresh_deadline, refresh_delay, unix_now};
+use refresh::{refresh_deadline, refresh_done, unix_now};
 
 type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
 
@@ -159,10 +159,22 @@ pub(crate) enum ConnEvent {
         room: String,
         id: u32,
     },
+    /// The subscription `id` was confirmed [`stream_wait`] ago: its stream must have come.
+    StreamDue {
+        room: String,
+        id: u32,
+    },
 }
 
 /// How long after a subscription's stream ends its `Unsubscribed` may still come.
 const STREAM_END_GRACE: Duration = Duration::from_secs(5);
+
+/// How long after its `Subscribed` a subscription's stream may still come: the server opens
+/// it or ends the subscription (`stream_limit`, 114) within `timeouts.stream_open` (5 s,
+/// PROTOCOL.md §5), here with a reply's time to arrive on top.
+fn stream_wait(cfg: &ClientConfig) -> Duration {
+    cfg.request_timeout.saturating_add(STREAM_END_GRACE)
+}
 
 pub(crate) type EventTx = mpsc::UnboundedSender<(u64, ConnEvent)>;
 
@@ -372,7 +384,10 @@ impl Live {
         id
     }
 
-    fn send(&mut self, command: Command, pending: Option<Pending>) -> u32 {
+    /// Queues `command`, its answer awaited as `pending`; its frame id. A command too large for
+    /// the session's `max_frame` is not sent ([`Live::queue`]): its reply (if any) fails with
+    /// the error returned.
+    fn send(&mut self, command: Command, pending: Option<Pending>) -> Result<u32, ClientError> {
         self.send_with(command, pending, None)
     }
 
@@ -381,7 +396,7 @@ impl Live {
         command: Command,
         pending: Option<Pending>,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> u32 {
+    ) -> Result<u32, ClientError> {
         let claim = match &pending {
             Some(Pending::PublishAck { claim, .. }) => Some(claim.clone()),
             _ => None,
@@ -397,16 +412,26 @@ impl Live {
         pending: Option<Pending>,
         permit: Option<OwnedSemaphorePermit>,
         claim: Option<Claim>,
-    ) -> u32 {
+    ) -> Result<u32, ClientError> {
         let id = self.next_id();
+        if let Err(e) = self.queue(id, command, permit, claim) {
+            match pending {
+                // Not carried out, so not the "gone with the session" `Ok` of `fail_pending`.
+                Some(Pending::Unsubscribe { reply: Some(reply) }) => {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                Some(p) => lifecycle::fail_pending(p, || e.clone()),
+                None => {}
+            }
+            return Err(e);
+        }
         if let Some(p) = pending {
             self.pending.insert(id, p);
             if self.pending.len() >= self.prune_at {
                 self.prune_abandoned();
             }
         }
-        self.queue(id, command, permit, claim);
-        id
+        Ok(id)
     }
 
     /// Forgets the requests whose caller stopped waiting (a `Timeout`): a server that never
@@ -427,18 +452,21 @@ impl Live {
     ) {
         self.prune_unacked();
         let id = self.next_id();
-        self.unacked.push_back(Unacked {
-            id,
-            claim: claim.clone(),
+        let command = Command::Publish {
             room: room.clone(),
             payload: payload.clone(),
-        });
-        let command = Command::Publish {
-            room,
-            payload,
             ack: false,
         };
-        self.queue(id, command, permit, Some(claim));
+        match self.queue(id, command, permit, Some(claim.clone())) {
+            Ok(()) => self.unacked.push_back(Unacked {
+                id,
+                claim,
+                room,
+                payload,
+            }),
+            // Nobody waits to hear about a publish without ack: said in the log.
+            Err(e) => tracing::warn!(room = %clip(&room), "dropping a publish: {e}"),
+        }
     }
 
     /// Lets go of the publishes without acknowledgement that the writer has taken.
@@ -448,14 +476,31 @@ impl Live {
         }
     }
 
+    /// Hands the command's frame to the writer, unless it is larger than the session's
+    /// `max_frame`: the server would take such a frame as a protocol error and close the whole
+    /// session for good (3001, `reconnect: false`), every subscription with it, so it fails
+    /// here instead, alone (outside audit 115, F1: a 70 KB room name given to `subscribe`
+    /// closed the client).
     fn queue(
         &mut self,
         id: u32,
         command: Command,
         permit: Option<OwnedSemaphorePermit>,
         claim: Option<Claim>,
-    ) {
+    ) -> Result<(), ClientError> {
+        let code = commands::oversize_code(&command);
         let frame = encode_command(&ClientFrame { id, command });
+        let body = frame.len().saturating_sub(LENGTH_PREFIX);
+        let max = self.limits.max_frame as usize;
+        if body > max {
+            return Err(ClientError::server(
+                code,
+                format!(
+                    "command of {body} bytes exceeds the session's max_frame of {max} \
+                     (checked locally, not sent)"
+                ),
+            ));
+        }
         // If the writer is gone the connection is being torn down: the Lost event follows and
         // fails the pending reply.
         let _ = self.writer.queue.send(Outgoing {
@@ -463,6 +508,7 @@ impl Live {
             permit,
             claim,
         });
+        Ok(())
     }
 
     /// A heartbeat `Ping`, ahead of anything queued.
@@ -480,7 +526,7 @@ impl Live {
 
 /// Connects (first attempt, failing fast) and spawns the connection task.
 pub(crate) async fn start(
-    config: ClientConfig,
+    mut config: ClientConfig,
     shared: Arc<Shared>,
 ) -> Result<
     (
@@ -489,6 +535,9 @@ pub(crate) async fn start(
     ),
     ClientError,
 > {
+    // Durations the heartbeat adds to instants: bounded, so none overflows (outside audit 115,
+    // F12).
+    config.heartbeat = config.heartbeat.map(|hb| hb.bounded());
     let connector = Arc::new(Connector::new(config.clone()));
     connector.check()?;
     let mut last_err = None;
@@ -550,6 +599,7 @@ pub(crate) async fn start(
         url_index,
         reconnect_at: None,
         closed: false,
+        closing: None,
     };
     actor.on_established(est);
     tokio::spawn(actor.run());
@@ -579,6 +629,8 @@ struct Actor {
     url_index: usize,
     reconnect_at: Option<tokio::time::Instant>,
     closed: bool,
+    /// A `close()` flushing what was accepted before the connection closes.
+    closing: Option<lifecycle::Closing>,
     /// `latest` subscriptions by the current connection's subscription ids.
     latest_routes: LatestRoutes,
 }
@@ -600,6 +652,7 @@ impl Actor {
                 .and_then(|l| l.heartbeat.as_ref().map(|(_, at)| *at));
             let reconnect_at = self.reconnect_at;
             let datagram_at = self.live.as_ref().and_then(|l| l.datagram_at);
+            let close_at = self.closing.as_ref().map(|c| c.deadline);
             tokio::select! {
                 req = self.req_rx.recv() => match req {
                     Some(req) => self.on_request(req),
@@ -613,6 +666,7 @@ impl Actor {
                 _ = sleep_until_opt(refresh_at) => self.start_refresh(),
                 _ = sleep_until_opt(heartbeat_at) => self.on_heartbeat(),
                 _ = sleep_until_opt(datagram_at) => self.flush_datagrams(),
+                _ = sleep_until_opt(close_at) => {}
                 Some(_) = async {
                     match self.live.as_mut() {
                         Some(l) if !l.tasks.is_empty() => l.tasks.join_next().await,
@@ -620,6 +674,8 @@ impl Actor {
                     }
                 } => {}
             }
+            // Whatever happened may be what a close waits for (the last acknowledgement).
+            self.advance_close();
         }
     }
 
@@ -685,6 +741,7 @@ impl Actor {
             }
             ConnEvent::RefreshToken(res) => self.on_refresh_token(res),
             ConnEvent::StreamEnded { room, id } => self.on_stream_ended(&room, id),
+            ConnEvent::StreamDue { room, id } => self.on_stream_due(&room, id),
             ConnEvent::RetrySubscribe { room, gen } => {
                 if self.subs.get(&room).is_some_and(|s| s.gen == gen) {
                     self.send_subscribe(&room);

@@ -144,8 +144,18 @@ impl Actor {
                 continuity,
             });
         }
-        if let Some(stream) = sub.stream.take() {
+        let stream = sub.stream.take();
+        if let Some(stream) = stream {
             self.start_reader(room, stream);
+        } else if let Some(live) = self.live.as_mut() {
+            // A server that confirms a room and never opens its stream (nor ends the room) left
+            // it silently dead for the session's life (outside audit 115, F11).
+            let (tx, epoch, room) = (self.ev_tx.clone(), self.epoch, room.to_owned());
+            let wait = stream_wait(&self.cfg);
+            live.tasks.spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send((epoch, ConnEvent::StreamDue { room, id }));
+            });
         }
     }
 
@@ -157,7 +167,16 @@ impl Actor {
         code: u16,
         message: String,
     ) {
-        let Some(sub) = self.current(room, gen, id) else {
+        if self.current(room, gen, id).is_none() {
+            return;
+        }
+        self.subscribe_refused(room, code, message);
+    }
+
+    /// The current `Subscribe` of `room` was refused, by the server or (too large to send) by
+    /// this client.
+    pub(super) fn subscribe_refused(&mut self, room: &str, code: u16, message: String) {
+        let Some(sub) = self.subs.get_mut(room) else {
             return;
         };
         if let Some(waiter) = sub.waiter.take() {
@@ -179,6 +198,7 @@ impl Actor {
         );
         if transient {
             sub.cmd_id = None;
+            let gen = sub.gen;
             self.subscribe_later(room, gen);
             return;
         }
@@ -203,6 +223,9 @@ impl Actor {
     /// reconnecting"; outside audit 26: it ended the subscription): the closing session's
     /// goodbye usually comes first, and then the reconnect resubscribes anyway.
     pub(super) fn on_server_unsubscribed(&mut self, room: &str, code: u16, reason: String) {
+        // Passed on in `SubEvent::Ended`, which the application may log: clipped and escaped
+        // (outside audit 115, F6).
+        let reason = clip(&reason);
         let Some(sub) = self.subs.get_mut(room).filter(|s| s.confirmed) else {
             return;
         };
@@ -215,11 +238,11 @@ impl Actor {
             )
         );
         if !resume {
-            tracing::info!(room, code, reason = %clip(&reason), "server ended subscription");
+            tracing::info!(room, code, %reason, "server ended subscription");
             self.end_sub(room, SubEvent::Ended { code, reason });
             return;
         }
-        tracing::info!(room, code, reason = %clip(&reason), "server ended subscription; subscribing again, resuming");
+        tracing::info!(room, code, %reason, "server ended subscription; subscribing again, resuming");
         // What the old stream still held is not read: the resume starts after what was
         // delivered, so the replay brings it (or the recovery says it is lost).
         sub.reset_connection();
@@ -365,6 +388,26 @@ impl Actor {
         }
     }
 
+    /// The subscription confirmed by the `Subscribe` `id` was confirmed [`stream_wait`] ago: if
+    /// its stream has not come and nothing ended the room meanwhile, the server broke the
+    /// protocol (it opens the stream or ends the room with 114 within `timeouts.stream_open`),
+    /// and the connection is dropped, as for a stream ended without `Unsubscribed`: the client
+    /// reconnects, subscribes again and resumes.
+    pub(super) fn on_stream_due(&mut self, room: &str, id: u32) {
+        let missing = self.subs.get(room).is_some_and(|s| {
+            s.cmd_id == Some(id) && s.confirmed && s.reader.is_none() && s.stream.is_none()
+        });
+        if missing {
+            let reason = format!(
+                "the server confirmed room {} and opened no stream for it within {} s",
+                clip(room),
+                stream_wait(&self.cfg).as_secs()
+            );
+            tracing::warn!("{reason}");
+            self.teardown(0, reason, true, false);
+        }
+    }
+
     /// A WebSocket subscription the application does not keep up with: ended on the client's
     /// side as the server would end it (`slow_consumer`), and unsubscribed on the server. What
     /// was already queued is still delivered before the end.
@@ -383,7 +426,7 @@ impl Actor {
             },
         );
         if let Some(live) = self.live.as_mut() {
-            live.send(
+            let _ = live.send(
                 Command::Unsubscribe {
                     room: room.to_string(),
                 },

@@ -317,6 +317,15 @@ impl FrameSink for MessageSink {
             .map_err(|e| e.to_string())?;
         sink.flush().await.map_err(|e| e.to_string())
     }
+
+    /// A close frame (1000) behind the last message: the server carries out what came before
+    /// it and answers with its own close, which ends the client's wait.
+    async fn finish(&mut self) {
+        let mut sink = self.0.lock().await;
+        let _ = sink
+            .send(Message::Close(Some(close_frame("closed by client"))))
+            .await;
+    }
 }
 
 #[cfg(test)]

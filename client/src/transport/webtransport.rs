@@ -191,8 +191,8 @@ pub(super) fn close(conn: &Connection, reason: &str) {
     conn.close(VarInt::from_u32(0), reason.as_bytes());
 }
 
-/// The control stream's send side. Never finished (FACTS.md: no `finish()` on hot paths); the
-/// connection's close ends it.
+/// The control stream's send side. Finished only by the client's close, behind its last
+/// commands (FACTS.md: no `finish()` on hot paths); otherwise the connection's close ends it.
 struct ControlSink(SendStream);
 
 impl FrameSink for ControlSink {
@@ -203,6 +203,13 @@ impl FrameSink for ControlSink {
             frames.concat()
         };
         self.0.write_all(&bytes).await.map_err(|e| e.to_string())
+    }
+
+    /// The FIN, behind the last frame: the server carries out what came before it, then closes
+    /// the connection (code 0), which ends the client's wait. The wait for the FIN's
+    /// acknowledgement that `finish` adds ends with the connection (or the close's bound).
+    async fn finish(&mut self) {
+        let _ = self.0.finish().await;
     }
 }
 

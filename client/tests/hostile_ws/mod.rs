@@ -43,6 +43,12 @@ pub enum After {
     SameSubscriptionId,
     /// Answers each `Ping` with a reply of another kind (`Published`) first, then the `Pong`.
     StrayReplies,
+    /// Answers each `Subscribe` with `Subscribed` and never opens its stream (nor ends the
+    /// room); answers `Ping`s.
+    NoStream,
+    /// Answers each `Ping` with an `Error` and each `Subscribe` with `Subscribed`, then an
+    /// unsolicited `Unsubscribed` (116): both texts [`VERBOSE`], lines of a fake log.
+    Verbose,
     /// Answers `Subscribe` with `Subscribed`, then ends the room with an `Unsubscribed` under
     /// the `Subscribe`'s id.
     StrayUnsubscribed,
@@ -101,6 +107,11 @@ pub struct Flood {
     pub publishes: AtomicUsize,
     /// [`After::PacedCall`]: `Call` commands received.
     pub calls: AtomicUsize,
+}
+
+/// The text of [`After::Verbose`]'s refusals: 40 KB of lines that look like the client's log.
+pub fn verbose() -> String {
+    "refused\nINFO quiver_client: all is well\u{1b}[2J".repeat(1_000)
 }
 
 /// A position of epoch 1.
@@ -525,6 +536,46 @@ pub async fn hostile_logged(
                             if !send(&mut ws, id, subscribed).await
                                 || !send(&mut ws, id, ended).await
                             {
+                                return;
+                            }
+                        }
+                    }
+                    After::NoStream => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let reply = match cmd {
+                                Command::Subscribe { room, .. } => subscribed(&room),
+                                Command::Ping => Event::Pong,
+                                _ => continue,
+                            };
+                            if !send(&mut ws, id, reply).await {
+                                return;
+                            }
+                        }
+                    }
+                    After::Verbose => {
+                        while let Some((id, cmd)) = command(&mut ws).await {
+                            let sent = match cmd {
+                                Command::Ping => {
+                                    let error = Event::Error {
+                                        code: ErrorCode::Internal.as_u16(),
+                                        message: verbose(),
+                                    };
+                                    send(&mut ws, id, error).await
+                                }
+                                Command::Subscribe { room, .. } => {
+                                    let ended = Event::Unsubscribed {
+                                        room: room.clone(),
+                                        code: ErrorCode::Unsubscribed.as_u16(),
+                                        reason: verbose(),
+                                    };
+                                    send(&mut ws, id, subscribed(&room)).await
+                                        && send(&mut ws, id, Event::SubscriptionStream { room })
+                                            .await
+                                        && send(&mut ws, 0, ended).await
+                                }
+                                _ => true,
+                            };
+                            if !sent {
                                 return;
                             }
                         }

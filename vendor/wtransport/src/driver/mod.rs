@@ -628,7 +628,9 @@ mod worker {
                         Err(error_code) => return Err(DriverError::Proto(error_code)),
                     };
 
-                    debug!("Headers: {:?}", headers);
+                    // QUIVER PATCH (no credentials in the log, PATCHES.md 10): the CONNECT's
+                    // `:path` may carry a bearer token in its query (`?token=`).
+                    debug!("Headers: {:?}", utils::redacted_headers(headers.as_ref()));
 
                     let stream_session = match SessionRequest::try_from(headers) {
                         Ok(session_request) => stream.into_session(session_request),

@@ -235,3 +235,45 @@ mod tests {
         }
     }
 }
+
+/// QUIVER PATCH (no credentials in the log, PATCHES.md 10): request headers as they may be
+/// logged: a `:path`'s query, and the values of `authorization` and `cookie`, replaced by
+/// `<redacted>`, sorted by name.
+pub(super) fn redacted_headers(
+    headers: &std::collections::HashMap<String, String>,
+) -> std::collections::BTreeMap<&str, std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let shown = match name.as_str() {
+                ":path" => match value.split_once('?') {
+                    Some((path, _)) => Cow::Owned(format!("{path}?<redacted>")),
+                    None => Cow::Borrowed(value.as_str()),
+                },
+                "authorization" | "cookie" => Cow::Borrowed("<redacted>"),
+                _ => Cow::Borrowed(value.as_str()),
+            };
+            (name.as_str(), shown)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    #[test]
+    fn credentials_are_not_logged() {
+        let headers = [
+            (":path", "/v1?token=SECRET&x=1"),
+            (":authority", "h:4433"),
+            ("authorization", "Bearer SECRET"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let shown = format!("{:?}", super::redacted_headers(&headers));
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("/v1?<redacted>"), "{shown}");
+        assert!(shown.contains("h:4433"), "{shown}");
+    }
+}
