@@ -102,7 +102,7 @@ pub fn datagram_dropped(reason: &'static str) {
 
 /// Every `reason` of [`DATAGRAMS_DROPPED`] (PROTOCOL.md §10): the refusals a `Publish` can meet,
 /// and the datagram's own ones.
-pub const DATAGRAM_DROP_REASONS: [&str; 13] = [
+pub const DATAGRAM_DROP_REASONS: [&str; 14] = [
     "rate_limited",
     "malformed",
     "not_latest",
@@ -110,6 +110,7 @@ pub const DATAGRAM_DROP_REASONS: [&str; 13] = [
     "permission_denied",
     "payload_too_large",
     "quota_exceeded",
+    "before_session",
     "before_hello",
     "busy",
     "unavailable",
@@ -234,6 +235,10 @@ pub fn render() -> String {
             collector
         })
         .collect();
+    // Counted by the vendored wtransport's driver, which keeps one datagram of a connection
+    // until its session reads them (PATCHES.md 11): read into the counter as the page is made.
+    metrics::counter!(DATAGRAMS_DROPPED, "reason" => "before_session")
+        .absolute(wtransport::datagrams_dropped_unread());
     let mut page = handle.render();
     histogram::render(&mut page);
     page

@@ -146,3 +146,6 @@ pub use wtransport_proto as proto;
 pub use quinn;
 
 mod driver;
+
+/// QUIVER PATCH (PATCHES.md 11): datagrams dropped before anyone read the connection's.
+pub use driver::datagrams_dropped_unread;

@@ -14,6 +14,10 @@ use crate::error::SendDatagramError;
 use crate::stream::OpeningBiStream;
 use crate::stream::OpeningUniStream;
 use crate::SessionId;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Mutex;
@@ -52,7 +56,22 @@ pub struct Driver {
     ready_uni_wt_streams: Mutex<mpsc::Receiver<Box<StreamUniRemoteWT>>>,
     ready_bi_wt_streams: Mutex<mpsc::Receiver<Box<StreamBiRemoteWT>>>,
     ready_datagrams: Mutex<mpsc::Receiver<Box<Datagram>>>,
+    // QUIVER PATCH (no datagrams held before anyone reads them, PATCHES.md 11): set at the first
+    // `receive_datagram`; until then the worker reads the connection's datagrams and keeps one.
+    datagrams_wanted: Arc<AtomicBool>,
     driver_result: SharedResultGet<DriverError>,
+}
+
+/// QUIVER PATCH (no datagrams held before anyone reads them, PATCHES.md 11): datagrams dropped
+/// because nobody read the connection's datagrams yet (a peer sending them before its session
+/// exists), every connection of the process together.
+static DATAGRAMS_DROPPED_UNREAD: AtomicU64 = AtomicU64::new(0);
+
+/// QUIVER PATCH (PATCHES.md 11): how many datagrams every connection of this process dropped
+/// before anyone read its datagrams (the first [`crate::Connection::receive_datagram`]): a
+/// connection keeps one until then.
+pub fn datagrams_dropped_unread() -> u64 {
+    DATAGRAMS_DROPPED_UNREAD.load(Ordering::Relaxed)
 }
 
 impl Driver {
@@ -62,6 +81,7 @@ impl Driver {
         let ready_uni_wt_streams = mpsc::channel(4);
         let ready_bi_wt_streams = mpsc::channel(1);
         let ready_datagrams = mpsc::channel(1);
+        let datagrams_wanted = Arc::new(AtomicBool::new(false));
         let driver_result = shared_result();
 
         tokio::spawn(
@@ -72,6 +92,7 @@ impl Driver {
                 ready_uni_wt_streams.0,
                 ready_bi_wt_streams.0,
                 ready_datagrams.0,
+                datagrams_wanted.clone(),
                 driver_result.0,
             )
             .run()
@@ -85,6 +106,7 @@ impl Driver {
             ready_uni_wt_streams: Mutex::new(ready_uni_wt_streams.1),
             ready_bi_wt_streams: Mutex::new(ready_bi_wt_streams.1),
             ready_datagrams: Mutex::new(ready_datagrams.1),
+            datagrams_wanted,
             driver_result: driver_result.1,
         }
     }
@@ -194,6 +216,7 @@ impl Driver {
     /// another is for none: it was discarded here, so no application could meter a peer that
     /// sent nothing else (outside audit 41, F2).
     pub async fn receive_datagram(&self, _session_id: SessionId) -> Result<Datagram, DriverError> {
+        self.datagrams_wanted.store(true, Ordering::Release);
         let mut lock = self.ready_datagrams.lock().await;
         match lock.recv().await {
             Some(datagram) => Ok(*datagram),
@@ -273,6 +296,7 @@ mod worker {
         ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
         ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
         ready_datagrams: mpsc::Sender<Box<Datagram>>,
+        datagrams_wanted: Arc<AtomicBool>,
         driver_result: SharedResultSet<DriverError>,
         local_settings_stream: LocalSettingsStream,
         remote_settings_stream: RemoteSettingsStream,
@@ -289,6 +313,7 @@ mod worker {
             ready_uni_wt_streams: mpsc::Sender<Box<StreamUniRemoteWT>>,
             ready_bi_wt_streams: mpsc::Sender<Box<StreamBiRemoteWT>>,
             ready_datagrams: mpsc::Sender<Box<Datagram>>,
+            datagrams_wanted: Arc<AtomicBool>,
             driver_result: SharedResultSet<DriverError>,
         ) -> Self {
             Self {
@@ -298,6 +323,7 @@ mod worker {
                 ready_uni_wt_streams,
                 ready_bi_wt_streams,
                 ready_datagrams,
+                datagrams_wanted,
                 driver_result,
                 local_settings_stream: LocalSettingsStream::empty(),
                 remote_settings_stream: RemoteSettingsStream::empty(),
@@ -356,7 +382,8 @@ mod worker {
                     }
 
                     result = Self::accept_datagram(&self.quic_connection,
-                                                   &self.ready_datagrams) => {
+                                                   &self.ready_datagrams,
+                                                   &self.datagrams_wanted) => {
                         result?;
                     }
 
@@ -556,7 +583,36 @@ mod worker {
         async fn accept_datagram(
             quic_connection: &quinn::Connection,
             ready_datagrams: &mpsc::Sender<Box<Datagram>>,
+            datagrams_wanted: &AtomicBool,
         ) -> Result<(), DriverError> {
+            // QUIVER PATCH (no datagrams held before anyone reads them, PATCHES.md 11): until
+            // the application reads datagrams (a server: once the session exists), they are
+            // read as they come and all but one dropped, counted. Waiting for room in the
+            // channel first left them in quinn's receive buffer, each pinning its packet's
+            // allocation: a peer that never sent its CONNECT made the server hold ~220 KB of
+            // tiny datagrams per connection for the handshake's timeout (outside audit 117,
+            // F1). Once they are wanted, room is waited for as before (quinn's buffer bounds
+            // what waits, and the reader drains it).
+            if !datagrams_wanted.load(Ordering::Acquire) {
+                let quic_dgram = quic_connection
+                    .read_datagram()
+                    .await
+                    .map_err(|_| DriverError::NotConnected)?;
+                let datagram = match Datagram::read(quic_dgram) {
+                    Ok(datagram) => datagram,
+                    Err(error_code) => return Err(DriverError::Proto(error_code)),
+                };
+                match ready_datagrams.try_reserve() {
+                    Ok(slot) => slot.send(Box::new(datagram)),
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        DATAGRAMS_DROPPED_UNREAD.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => {
+                        return Err(DriverError::NotConnected)
+                    }
+                }
+                return Ok(());
+            }
             let slot = match ready_datagrams.reserve().await {
                 Ok(slot) => slot,
                 Err(mpsc::error::SendError(_)) => return Err(DriverError::NotConnected),
