@@ -457,7 +457,7 @@ export interface ClientOptions {
 	/** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
 	 *  WebTransport only: a WebSocket relies on the browser's certificate checks). */
 	serverCertificateHashes?: readonly (Uint8Array | string)[];
-	/** `Hello.client`. */
+	/** `Hello.client`: free text, at most 1,024 bytes (UTF-8). */
 	clientName?: string;
 	/** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
 	reconnect?: Partial<ReconnectOptions> | false;
@@ -467,17 +467,20 @@ export interface ClientOptions {
 	 *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
 	 *  rejects with kind `timeout` (never sent). Also how long the transport may hold unsent bytes
 	 *  without taking any (a server that stopped reading) before the session is replaced, kind
-	 *  `timeout`. Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
+	 *  `timeout`. Also the most `close()` takes to carry out the publishes already accepted.
+	 *  Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
 	requestTimeoutMs?: number;
 	/** Ping period for RTT readings; 0 disables. Default 5 s. */
 	pingIntervalMs?: number;
 	/** Dead-server detection while the session is otherwise silent; `false` disables it (the
 	 *  transport's own timeouts, ~30 s, then apply). */
 	heartbeat?: Partial<HeartbeatOptions> | false;
-	/** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
-	 *  before it is reported missing (and, with WebSocket among `transports`, the client moves
-	 *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
-	 *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
+	/** How long after `Subscribed` a subscription's stream (its `SubscriptionStream`) may take to
+	 *  arrive before it is reported missing and the session replaced, so that the room is
+	 *  subscribed again (over WebTransport, with WebSocket among `transports`, the client moves
+	 *  there: the browser's limit of streams is the usual cause). A safety net: the server itself
+	 *  ends such a subscription with 114 stream_limit after 5 s, which the client handles the same
+	 *  way. 0 disables. Default 8000 ms. */
 	streamTimeoutMs?: number;
 	/** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
 	 *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
@@ -700,8 +703,15 @@ export declare class QuiverClient {
 	 * `requestTimeoutMs` after it was made is withdrawn too, kind `timeout` (as a publish with ack).
 	 */
 	call(method: string, payload: Uint8Array | string, options?: CallOptions): Promise<Uint8Array>;
-	/** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
-	 *  reads `closed` at once; the promise resolves when the session is shut. */
+	/**
+	 * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
+	 * nothing new is taken. Publishes already accepted are carried out first: on a live session,
+	 * those still waiting for the pacer are written, acknowledged ones are answered, then the
+	 * session is left so that the server reads everything written before it (PROTOCOL.md section
+	 * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
+	 * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry
+	 * them) and every other command still waiting. The promise resolves when the session is shut.
+	 */
 	close(): Promise<void>;
 	private emit;
 	private setState;

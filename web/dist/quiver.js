@@ -681,6 +681,29 @@ function asQuiverError(e) {
   if (e instanceof QuiverError) return e;
   return new QuiverError("transport", errorMessage(e), { cause: e });
 }
+var SHOWN_CHARS = 256;
+function clip(text) {
+  let shown = "";
+  let n = 0;
+  for (const c of text) {
+    if (n === SHOWN_CHARS) return `${shown}…`;
+    n++;
+    shown += /\p{Cc}/u.test(c) ? escapeControl(c) : c;
+  }
+  return shown;
+}
+function escapeControl(c) {
+  switch (c) {
+    case "\n":
+      return "\\n";
+    case "\r":
+      return "\\r";
+    case "	":
+      return "\\t";
+    default:
+      return `\\u{${c.codePointAt(0).toString(16)}}`;
+  }
+}
 var MAX_TIMER = 2 ** 31 - 1;
 function timerDelay(ms) {
   return Math.min(Math.max(0, ms), MAX_TIMER);
@@ -789,6 +812,8 @@ var Session = class {
    *  a bare close code does not say those answers arrived. */
   goodbyeFrame = false;
   ended = false;
+  /** Whether `leave` began: no command is taken any more. */
+  leaving = false;
   /** Why the session ended, once it has. */
   cause = null;
   done;
@@ -810,8 +835,10 @@ var Session = class {
   sendTimer = null;
   lastReceived = now();
   connectedAt = 0;
-  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
-  sendLimit = DEFAULT_MAX_FRAME;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). Before the Welcome (the
+   *  Hello), the least any server takes (PROTOCOL.md section 3): a server whose `max_frame` is
+   *  lower than the default closes the session for good (3001, no reconnect) over a larger one. */
+  sendLimit = MIN_MAX_FRAME;
   get kind() {
     return this.link.kind;
   }
@@ -895,20 +922,14 @@ var Session = class {
   /** Writes one command (through the pacer); resolves once it is handed to the transport. */
   send(frame, options = {}) {
     if (this.ended) return Promise.reject(unsent(new QuiverError("closed", "not connected")));
+    if (this.leaving) return Promise.reject(unsent(new QuiverError("closed", "client closed")));
     let bytes;
     try {
       bytes = encodeCommand(frame);
     } catch (e) {
       return Promise.reject(e);
     }
-    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
-      const size = bytes.length - LENGTH_PREFIX;
-      return Promise.reject(
-        new QuiverError("command", `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
-          code: ErrorCode.payload_too_large
-        })
-      );
-    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) return Promise.reject(tooLarge(frame.command, bytes.length - LENGTH_PREFIX, this.sendLimit));
     const bounded = BOUNDED.has(frame.command.type);
     const pacer = this.pacer;
     if (options.urgent || this.queue.length === 0 && !(bounded && this.full(bytes.length)) && (!pacer || pacer.ready(now()))) {
@@ -916,7 +937,7 @@ var Session = class {
       return this.write(bytes);
     }
     return new Promise((resolve, reject) => {
-      this.queue.push({ id: frame.id, bytes, bounded, resolve, reject });
+      this.queue.push({ id: frame.id, type: frame.command.type, bytes, bounded, resolve, reject });
       this.pump();
     });
   }
@@ -937,7 +958,7 @@ var Session = class {
     const frameId = id === 0 ? this.nextId() : id;
     const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
     return new Promise((resolve, reject) => {
-      const entry = { resolve, reject, timer: null };
+      const entry = { type: command.type, resolve, reject, timer: null };
       this.pending.set(frameId, entry);
       const written = this.send({ id: frameId, command }, options);
       const withdrawAt = options.writeBy;
@@ -992,6 +1013,41 @@ var Session = class {
   nextId = () => {
     throw new Error("Session.nextId not set");
   };
+  /**
+   * Leaves the session as PROTOCOL.md section 3 says a client that wants its last commands
+   * carried out leaves, all within `ms`: the publishes still waiting for the pacer are written
+   * (any other command still waiting is withdrawn, never sent: its reply would have nowhere to
+   * go), the acknowledged ones are answered, then the control stream is finished (over
+   * WebSocket, the close frame goes behind them) and the server's close is waited for. Then the
+   * session ends: whatever is still unwritten rejects, `notCarriedOut`. Ended at once (a
+   * WebTransport close discards what the server has not read), a session dropped publishes
+   * `publish()` had accepted, every one still waiting for the pacer and those the server had not
+   * read (outside audit 115, F2, found in the Rust client).
+   */
+  async leave(ms) {
+    if (this.ended || this.leaving) return;
+    this.leaving = true;
+    const deadline = now() + ms;
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    const withdrawn = this.queue.filter((q) => q.type !== "Publish");
+    for (const q of withdrawn) this.queue.splice(this.queue.indexOf(q), 1);
+    for (const q of withdrawn) q.reject(unsent(new QuiverError("closed", `client closed before the ${q.type} was written: never sent`)));
+    const publishAwaited = () => {
+      for (const p of this.pending.values()) if (p.type === "Publish") return true;
+      return false;
+    };
+    while (!this.ended && (this.queue.length > 0 || publishAwaited()) && now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, Math.max(1, Math.min(SEND_POLL_MS, deadline - now()))));
+    }
+    if (!this.ended && this.queue.length === 0 && now() < deadline) {
+      this.link.leave();
+      let timer;
+      await Promise.race([this.done, new Promise((resolve) => timer = setTimeout(resolve, Math.max(0, deadline - now())))]);
+      clearTimeout(timer);
+    }
+    this.end(new QuiverError("closed", "client closed"), true);
+  }
   /** Ends the session once; every waiter learns why. */
   end(cause, byClient = false) {
     if (this.ended) return;
@@ -1033,7 +1089,7 @@ var Session = class {
     if (this.ended) return;
     if (event.type === "Goodbye") {
       this.goodbyeFrame = !this.ended;
-      this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
+      this.setGoodbye({ code: event.code, reason: clip(event.reason), reconnect: event.reconnect });
       return;
     }
     const pending = id === 0 ? void 0 : this.pending.get(id);
@@ -1044,7 +1100,7 @@ var Session = class {
     this.pending.delete(id);
     if (pending.timer) clearTimeout(pending.timer);
     if (event.type === "Error") {
-      pending.reject(new QuiverError("command", `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
+      pending.reject(new QuiverError("command", `${codeLabel(event.code)}: ${clip(event.message)}`, { code: event.code }));
     } else {
       pending.resolve(event);
     }
@@ -1098,8 +1154,12 @@ var Session = class {
     this.owner.report(error);
   }
   closed(cause, close) {
+    if (this.leaving && !this.goodbye) {
+      this.end(new QuiverError("closed", "client closed"));
+      return;
+    }
     if (!this.goodbye && close && codeLabel(close.code) !== `code_${close.code}` && close.code >= CloseCode.shutdown) {
-      this.setGoodbye({ code: close.code, reason: close.reason, reconnect: !FINAL_CLOSE_CODES.has(close.code) });
+      this.setGoodbye({ code: close.code, reason: clip(close.reason), reconnect: !FINAL_CLOSE_CODES.has(close.code) });
       return;
     }
     this.end(this.goodbye ? goodbyeError(this.goodbye) : cause);
@@ -1209,13 +1269,25 @@ var Session = class {
     this.sendTimer = setTimeout(check, period);
   }
 };
+var MAX_ROOM_BYTES = 128;
+var utf8 = new TextEncoder();
+function tooLarge(command, size, limit) {
+  const room = "room" in command ? utf8.encode(command.room).length : 0;
+  const longRoom = room > MAX_ROOM_BYTES;
+  const why = longRoom ? ` (its room name has ${room} bytes; the protocol allows ${MAX_ROOM_BYTES})` : "";
+  const label = longRoom ? "invalid_room" : "payload_too_large";
+  return new QuiverError("command", `${label}: a ${command.type} of ${size} bytes exceeds the server's frame limit of ${limit}${why}; not sent`, {
+    code: longRoom ? ErrorCode.invalid_room : ErrorCode.payload_too_large,
+    ..."room" in command ? { room: command.room } : {}
+  });
+}
 function unsent(e) {
   e.unsent = true;
   return e;
 }
-function refreshDelay(expiresAt) {
+function refreshDelay(expiresAt, lifetimeMs) {
   const remaining = expiresAt * 1e3 - Date.now();
-  return Math.max(0, remaining - Math.min(6e4, remaining / 5));
+  return Math.max(0, remaining - Math.min(remaining / 2, Math.max(6e4, lifetimeMs / 10)));
 }
 var Refresher = class {
   constructor(session, token, report) {
@@ -1229,11 +1301,12 @@ var Refresher = class {
   timer = null;
   /** Refreshes in a row whose new expiry was due again at once: the backoff's exponent. */
   strikes = 0;
-  schedule(expiresAt) {
+  /** `lifetimeMs`: how long the token was valid when given (now, unless a step of a long wait). */
+  schedule(expiresAt, lifetimeMs = expiresAt === null ? 0 : expiresAt * 1e3 - Date.now()) {
     this.stop();
     if (expiresAt === null) return;
-    const delay2 = refreshDelay(expiresAt);
-    this.timer = delay2 > MAX_TIMER ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER) : setTimeout(() => void this.refresh(expiresAt), delay2);
+    const delay2 = refreshDelay(expiresAt, lifetimeMs);
+    this.timer = delay2 > MAX_TIMER ? setTimeout(() => this.schedule(expiresAt, lifetimeMs), MAX_TIMER) : setTimeout(() => void this.refresh(expiresAt), delay2);
   }
   stop() {
     if (this.timer) clearTimeout(this.timer);
@@ -1245,7 +1318,7 @@ var Refresher = class {
       const reply = await this.session.request(0, { type: "Refresh", token }, { urgent: true });
       if (reply.type === "Refreshed") {
         const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
-        if (next !== null && (next <= expiresAt || refreshDelay(next) < 1e3)) {
+        if (next !== null && (next === expiresAt || refreshDelay(next, next * 1e3 - Date.now()) < 1e3)) {
           const wait = Math.min(1e3 * 2 ** this.strikes, 3e4);
           this.strikes = Math.min(this.strikes + 1, 16);
           this.timer = setTimeout(() => void this.refresh(next), wait);
@@ -1257,7 +1330,7 @@ var Refresher = class {
       }
       throw new QuiverError("protocol", `expected Refreshed, got ${reply.type}`);
     } catch (e) {
-      if (this.session.ended) return;
+      if (this.session.ended || this.session.leaving) return;
       const err = asQuiverError(e);
       this.report(new QuiverError("token", `token refresh failed: ${err.message}`, { cause: err, ...err.code !== null ? { code: err.code } : {} }));
       const remaining = expiresAt * 1e3 - Date.now();
@@ -1310,7 +1383,7 @@ var WebTransportLink = class {
     this.handler = handler;
     this.wt.closed.then(
       (info) => this.finish(
-        new QuiverError("transport", `session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${info.reason}` : ""})`),
+        new QuiverError("transport", `session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${clip(info.reason)}` : ""})`),
         { code: info.closeCode ?? 0, reason: info.reason ?? "" }
       ),
       (e) => this.finish(new QuiverError("transport", `connection lost: ${errorMessage(e)}`), null)
@@ -1392,6 +1465,9 @@ var WebTransportLink = class {
     this.abortStart?.(new QuiverError("closed", "closed before the control stream opened"));
     closeWebTransport(this.wt, reason);
   }
+  leave() {
+    this.writer?.close().catch(() => void 0);
+  }
   finish(cause, close) {
     if (this.done) return;
     this.done = true;
@@ -1456,7 +1532,7 @@ var WebTransportLink = class {
             header = { id: frame.id, room: event.room };
             if (!this.handler.streamOpened(header.room, header.id)) draining = true;
           } else if (event.type === "Publication" || event.type === "Joined" || event.type === "Left" || event.type === "Latest") {
-            if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
+            if (event.room !== header.room) throw new DecodeError(`${event.type} for ${clip(event.room)} on the stream of ${clip(header.room)}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
           }
           if (draining) break;
@@ -1466,9 +1542,9 @@ var WebTransportLink = class {
       if (e instanceof DecodeError) {
         reader.cancel().catch(() => void 0);
         this.finish(
-          new QuiverError("protocol", `bad frame on the stream of ${header?.room ?? "an unknown room"}: ${e.message}`, {
+          new QuiverError("protocol", `bad frame on the stream of ${header ? clip(header.room) : "an unknown room"}: ${e.message}`, {
             cause: e,
-            ...header ? { room: header.room } : {}
+            ...header ? { room: clip(header.room) } : {}
           }),
           null
         );
@@ -1526,7 +1602,7 @@ var WebSocketLink = class {
     ws.addEventListener("close", (ev) => {
       const close = { code: ev.code, reason: ev.reason };
       const label = ev.code >= PROTOCOL_CLOSE_CODES ? "closed by the server" : "connection closed";
-      const cause = new QuiverError("transport", `${label} (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ""})`);
+      const cause = new QuiverError("transport", `${label} (code ${ev.code}${ev.reason ? `: ${clip(ev.reason)}` : ""})`);
       if (this.handler) this.finish(cause, close);
       else this.early.push({ cause, close });
     });
@@ -1571,6 +1647,12 @@ var WebSocketLink = class {
     this.done = true;
     try {
       this.ws.close(1e3, truncateUtf8(reason, 123));
+    } catch {
+    }
+  }
+  leave() {
+    try {
+      this.ws.close(1e3, "client closed");
     } catch {
     }
   }
@@ -1706,6 +1788,7 @@ function resolveTarget(value, wsUrl, what) {
   if (url.protocol === "ws:" || url.protocol === "wss:") return { wtUrl: null, wsUrl: wsUrl ?? url };
   throw new TypeError(`${what} must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
 }
+var MAX_CLIENT_NAME = 1024;
 function resolveOptions(options, clientName) {
   if (typeof options?.token !== "function") throw new TypeError("options.token must be a function returning a JWT");
   const retry = options.webTransportRetryMs;
@@ -1750,9 +1833,13 @@ function resolveOptions(options, clientName) {
     algorithm: "sha-256",
     value: parseHash(h)
   }));
+  const name = options.clientName ?? clientName;
+  if (typeof name !== "string" || new TextEncoder().encode(name).length > MAX_CLIENT_NAME) {
+    throw new TypeError(`clientName must be a string of at most ${MAX_CLIENT_NAME} bytes (UTF-8), got ${typeof name === "string" ? `${new TextEncoder().encode(name).length} bytes` : typeof name}`);
+  }
   const opts = {
     token: options.token,
-    clientName: options.clientName ?? clientName,
+    clientName: name,
     reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
     connectTimeoutMs: delay("connectTimeoutMs", options.connectTimeoutMs, 1e4, 1),
     requestTimeoutMs: delay("requestTimeoutMs", options.requestTimeoutMs, 1e4, 1),
@@ -2197,7 +2284,7 @@ var Subscriptions = class {
       this.retry(state);
       return;
     }
-    const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
+    const err = new QuiverError("subscription", `server ended subscription to ${room}: ${codeLabel(code)}: ${clip(reason)}`, {
       code,
       room
     });
@@ -2336,25 +2423,25 @@ var Subscriptions = class {
     this.host.emit("error", new QuiverError("protocol", `${room}: ${what}`, { room }));
   }
   /**
-   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session. The server ends a subscription whose stream it cannot open
-   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
-   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
-   * with WebSocket among the transports the client moves there.
+   * A subscription's stream (its `SubscriptionStream`, PROTOCOL.md sections 2 and 9.2) still
+   * missing `streamTimeoutMs` after `Subscribed` is reported, and the session replaced, so that
+   * the room is subscribed again: the server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s), and one that sends neither left the room
+   * silent for the session's life (outside audit 115, F11, found in the Rust client). Over
+   * WebTransport the usual cause is the browser's limit of server-opened streams (about 100 per
+   * session): with WebSocket among the transports the client moves there.
    */
   expectStream(state, id, session) {
     const timeout = this.host.opts.streamTimeoutMs;
-    if (state.streamOpened || timeout <= 0 || session.kind !== "webtransport") return;
+    if (state.streamOpened || timeout <= 0) return;
     this.sessionTimer(session, () => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
-      const err = new QuiverError(
-        "subscription",
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
-        { room }
-      );
+      const limit = session.kind === "webtransport" ? ": the browser may be at its limit of server-opened streams (about 100 per WebTransport session)" : "";
+      const err = new QuiverError("subscription", `no stream for ${room} within ${timeout} ms of Subscribed${limit}`, { room });
       this.host.emit("error", err);
-      this.host.moveToWebSocket(session, err);
+      if (this.host.moveToWebSocket(session, err)) return;
+      session.end(new QuiverError("protocol", `the server confirmed ${room} and never sent its stream`, { room }));
     }, timeout);
   }
   /** Runs `fire` after `ms` unless `session` ends first (`sessionTimers`). */
@@ -2632,6 +2719,7 @@ var QuiverClient = class {
   /** Measures the round-trip time to the server, in milliseconds. */
   async ping() {
     const session = this.active;
+    if (this.closing) throw new QuiverError("closed", "client is closed");
     if (!session) throw new QuiverError("closed", "not connected");
     const start = performance.now();
     await session.request(this.nextId(), { type: "Ping" }, { urgent: true });
@@ -2734,12 +2822,21 @@ var QuiverClient = class {
     if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
     return reply.payload;
   }
-  /** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
-   *  reads `closed` at once; the promise resolves when the session is shut. */
+  /**
+   * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
+   * nothing new is taken. Publishes already accepted are carried out first: on a live session,
+   * those still waiting for the pacer are written, acknowledged ones are answered, then the
+   * session is left so that the server reads everything written before it (PROTOCOL.md section
+   * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
+   * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry
+   * them) and every other command still waiting. The promise resolves when the session is shut.
+   */
   async close() {
     if (!this.closing) {
       this.closing = true;
-      this.active?.end(new QuiverError("closed", "client closed"), true);
+      this.subs.endAll(new QuiverError("closed", "client closed"));
+      const session = this.active;
+      if (session && !session.ended) void session.leave(this.opts.requestTimeoutMs);
       this.connecting?.end(new QuiverError("closed", "client closed"), true);
       this.wake?.();
     }
@@ -2910,7 +3007,7 @@ var QuiverClient = class {
       const ping = () => {
         const sentAt = performance.now();
         this.ping().catch((e) => {
-          if (session.ended || session.heardSince(sentAt)) return;
+          if (session.ended || session.leaving || session.heardSince(sentAt)) return;
           session.end(new QuiverError("timeout", `ping failed: ${errorMessage(e)}`));
         });
       };
@@ -2942,7 +3039,7 @@ var QuiverClient = class {
       case "Error":
         this.emit(
           "error",
-          new QuiverError("command", `server refused command ${id}: ${codeLabel(event.code)}: ${event.message}`, {
+          new QuiverError("command", `server refused command ${id}: ${codeLabel(event.code)}: ${clip(event.message)}`, {
             code: event.code
           })
         );

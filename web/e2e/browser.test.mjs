@@ -100,6 +100,38 @@ for (const transport of ['webtransport', 'websocket']) {
     await page.close();
   });
 
+  // close() right behind 300 publishes: every one is carried out (outside audit 115, F2: a
+  // close at once dropped those waiting for the pacer, and a WebTransport close discards what
+  // the server has not read yet).
+  test(`close() right after 300 publishes: the Rust client receives all 300 [${transport}]`, async () => {
+    const { page } = await openClient('close-flush', { tenant: 'acme', user: 'bob', publish: ['chat.*'] }, transport);
+    const sub = subscriber(server, await token(rust), ['chat.flush']);
+    try {
+      await waitFor(
+        'quiver sub to receive from the page',
+        async () => {
+          await page.evaluate(() => window.publish('chat.flush', 'probe'));
+          return sub.lines.includes('probe');
+        },
+        15_000,
+        300,
+      );
+      const outcome = await page.evaluate(async () => {
+        const sent = [];
+        for (let i = 0; i < 300; i++) sent.push(window.client.publish('chat.flush', `m${i}`).then(() => 'ok', (e) => e.message));
+        await window.client.close();
+        return Promise.all(sent);
+      });
+      assert.deepEqual(outcome.filter((o) => o !== 'ok'), []);
+      const got = () => sub.lines.filter((l) => /^m\d+$/.test(l));
+      await waitFor('all 300 at the subscriber', async () => got().length >= 300, 10_000).catch(() => undefined);
+      assert.deepEqual(got(), Array.from({ length: 300 }, (_, i) => `m${i}`));
+    } finally {
+      sub.stop();
+    }
+    await page.close();
+  });
+
   test(`a forbidden subscribe is refused with 103 permission_denied and shown [${transport}]`, async () => {
     const { page } = await openClient('forbidden', { tenant: 'acme', user: 'carol', subscribe: ['chat.*'] }, transport);
     const result = await page.evaluate(() => window.subscribe('secret.plans'));

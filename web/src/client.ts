@@ -14,7 +14,7 @@ import {
   type Position,
 } from './codec.js';
 import { CloseCode, ErrorCode, codeLabel } from './codes.js';
-import { QuiverError, abortable, asQuiverError, errorMessage, withTimeout } from './errors.js';
+import { QuiverError, abortable, asQuiverError, clip, errorMessage, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import {
   STABLE_MS,
@@ -257,6 +257,7 @@ export class QuiverClient {
   /** Measures the round-trip time to the server, in milliseconds. */
   async ping(): Promise<number> {
     const session = this.active;
+    if (this.closing) throw new QuiverError('closed', 'client is closed');
     if (!session) throw new QuiverError('closed', 'not connected');
     const start = performance.now();
     await session.request(this.nextId(), { type: 'Ping' }, { urgent: true });
@@ -367,12 +368,21 @@ export class QuiverClient {
     return reply.payload;
   }
 
-  /** Closes the session for good: subscriptions end, queued publishes are rejected. `state`
-   *  reads `closed` at once; the promise resolves when the session is shut. */
+  /**
+   * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
+   * nothing new is taken. Publishes already accepted are carried out first: on a live session,
+   * those still waiting for the pacer are written, acknowledged ones are answered, then the
+   * session is left so that the server reads everything written before it (PROTOCOL.md section
+   * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
+   * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry
+   * them) and every other command still waiting. The promise resolves when the session is shut.
+   */
   async close(): Promise<void> {
     if (!this.closing) {
       this.closing = true;
-      this.active?.end(new QuiverError('closed', 'client closed'), true);
+      this.subs.endAll(new QuiverError('closed', 'client closed'));
+      const session = this.active;
+      if (session && !session.ended) void session.leave(this.opts.requestTimeoutMs);
       // An attempt stuck before its Welcome (a control stream that never opens, a Welcome that
       // never comes) would otherwise hold `close()` for up to `connectTimeoutMs`.
       this.connecting?.end(new QuiverError('closed', 'client closed'), true);
@@ -570,8 +580,8 @@ export class QuiverClient {
         const sentAt = performance.now();
         this.ping().catch((e: unknown) => {
           // A server that sent nothing at all since is dead (a Pong may wait behind slow
-          // commands while other frames still arrive).
-          if (session.ended || session.heardSince(sentAt)) return;
+          // commands while other frames still arrive). Closing, the session ends by itself.
+          if (session.ended || session.leaving || session.heardSince(sentAt)) return;
           session.end(new QuiverError('timeout', `ping failed: ${errorMessage(e)}`));
         });
       };
@@ -612,7 +622,7 @@ export class QuiverClient {
         // Refusal of a publish sent without ack, or of a command whose wait timed out.
         this.emit(
           'error',
-          new QuiverError('command', `server refused command ${id}: ${codeLabel(event.code)}: ${event.message}`, {
+          new QuiverError('command', `server refused command ${id}: ${codeLabel(event.code)}: ${clip(event.message)}`, {
             code: event.code,
           }),
         );

@@ -75,6 +75,41 @@ export function asQuiverError(e: unknown): QuiverError {
   return new QuiverError('transport', errorMessage(e), { cause: e });
 }
 
+/** Most characters of server-chosen text that `clip` keeps. */
+export const SHOWN_CHARS = 256;
+
+/**
+ * Server-chosen text (an `Error`'s message, an `Unsubscribed`'s or a `Goodbye`'s reason, a close
+ * reason) as this client puts it in an error or event it hands the app: at most `SHOWN_CHARS`
+ * characters, control characters escaped. Such text may be as long as a frame (`max_frame`, up
+ * to 16 MiB) and hold newlines, and apps log what they are given: a server could otherwise write
+ * pages into their logs, or lines that look like their own (outside audit 115, F6; the Rust
+ * client's `clip` does the same).
+ */
+export function clip(text: string): string {
+  let shown = '';
+  let n = 0;
+  for (const c of text) {
+    if (n === SHOWN_CHARS) return `${shown}…`;
+    n++;
+    shown += /\p{Cc}/u.test(c) ? escapeControl(c) : c;
+  }
+  return shown;
+}
+
+function escapeControl(c: string): string {
+  switch (c) {
+    case '\n':
+      return '\\n';
+    case '\r':
+      return '\\r';
+    case '\t':
+      return '\\t';
+    default:
+      return `\\u{${c.codePointAt(0)!.toString(16)}}`;
+  }
+}
+
 /** The longest delay setTimeout keeps (2^31-1 ms, 24.8 days); past it, it fires at once. */
 export const MAX_TIMER = 2 ** 31 - 1;
 

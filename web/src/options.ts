@@ -62,7 +62,7 @@ export interface ClientOptions {
   /** SHA-256 hashes (bytes or hex) of self-signed certificates to trust (development,
    *  WebTransport only: a WebSocket relies on the browser's certificate checks). */
   serverCertificateHashes?: readonly (Uint8Array | string)[];
-  /** `Hello.client`. */
+  /** `Hello.client`: free text, at most 1,024 bytes (UTF-8). */
   clientName?: string;
   /** Backoff (with full jitter) between connection attempts; `false` never reconnects. */
   reconnect?: Partial<ReconnectOptions> | false;
@@ -72,17 +72,20 @@ export interface ClientOptions {
    *  acknowledged publish made while disconnected that is not sent within it is withdrawn and
    *  rejects with kind `timeout` (never sent). Also how long the transport may hold unsent bytes
    *  without taking any (a server that stopped reading) before the session is replaced, kind
-   *  `timeout`. Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
+   *  `timeout`. Also the most `close()` takes to carry out the publishes already accepted.
+   *  Default 10 s. Delays above 2^31-1 ms are taken as that (setTimeout's longest). */
   requestTimeoutMs?: number;
   /** Ping period for RTT readings; 0 disables. Default 5 s. */
   pingIntervalMs?: number;
   /** Dead-server detection while the session is otherwise silent; `false` disables it (the
    *  transport's own timeouts, ~30 s, then apply). */
   heartbeat?: Partial<HeartbeatOptions> | false;
-  /** Over WebTransport, how long after `Subscribed` a subscription's stream may take to arrive
-   *  before it is reported missing (and, with WebSocket among `transports`, the client moves
-   *  there). A safety net: the server itself ends such a subscription with 114 stream_limit
-   *  after 5 s, which the client handles the same way. 0 disables. Default 8000 ms. */
+  /** How long after `Subscribed` a subscription's stream (its `SubscriptionStream`) may take to
+   *  arrive before it is reported missing and the session replaced, so that the room is
+   *  subscribed again (over WebTransport, with WebSocket among `transports`, the client moves
+   *  there: the browser's limit of streams is the usual cause). A safety net: the server itself
+   *  ends such a subscription with 114 stream_limit after 5 s, which the client handles the same
+   *  way. 0 disables. Default 8000 ms. */
   streamTimeoutMs?: number;
   /** Space commands to `Welcome.limits.commands_per_second` so that a reconnect burst (many
    *  re-subscribes, queued publishes) is never refused as `rate_limited`. Default true. */
@@ -233,6 +236,9 @@ function resolveTarget(value: string | URL | undefined, wsUrl: URL | null, what:
   throw new TypeError(`${what} must be https: (WebTransport) or ws:/wss: (WebSocket), got ${url.href}`);
 }
 
+/** Longest `clientName`, in UTF-8 bytes. */
+const MAX_CLIENT_NAME = 1024;
+
 /** @internal Checks the options (a clear TypeError for each mistake) and fills in defaults:
  *  URLs per transport and server, the transports usable here, certificate hashes. */
 export function resolveOptions(options: ClientOptions, clientName: string) {
@@ -286,9 +292,15 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
     algorithm: 'sha-256',
     value: parseHash(h),
   }));
+  // The Hello carries it before the server's `max_frame` is known: a name past what every server
+  // takes (8,192 bytes a frame) would close the client for good (3001, no reconnect).
+  const name = options.clientName ?? clientName;
+  if (typeof name !== 'string' || new TextEncoder().encode(name).length > MAX_CLIENT_NAME) {
+    throw new TypeError(`clientName must be a string of at most ${MAX_CLIENT_NAME} bytes (UTF-8), got ${typeof name === 'string' ? `${new TextEncoder().encode(name).length} bytes` : typeof name}`);
+  }
   const opts: ResolvedOptions = {
     token: options.token,
-    clientName: options.clientName ?? clientName,
+    clientName: name,
     reconnect: options.reconnect === false ? false : reconnectOptions(options.reconnect),
     connectTimeoutMs: delay('connectTimeoutMs', options.connectTimeoutMs, 10_000, 1),
     requestTimeoutMs: delay('requestTimeoutMs', options.requestTimeoutMs, 10_000, 1),

@@ -2,9 +2,9 @@
 // commands to the server's rate limit, liveness pings, and token refresh. The client
 // (client.ts) opens sessions, one after another, and carries the app's state across them.
 
-import { DEFAULT_MAX_FRAME, LENGTH_PREFIX, encodeCommand, type Command, type Event } from './codec.js';
+import { LENGTH_PREFIX, MIN_MAX_FRAME, encodeCommand, type Command, type Event } from './codec.js';
 import { CloseCode, ErrorCode, codeLabel } from './codes.js';
-import { MAX_TIMER, QuiverError, asQuiverError, errorMessage, timerDelay } from './errors.js';
+import { MAX_TIMER, QuiverError, asQuiverError, clip, errorMessage, timerDelay } from './errors.js';
 import { Pacer } from './pacer.js';
 import type { Link, LinkHandler, SubscriptionEvent, TransportKind } from './transport.js';
 
@@ -30,6 +30,7 @@ export interface SessionOwner {
 }
 
 interface PendingRequest {
+  type: Command['type'];
   resolve: (e: Event) => void;
   reject: (e: QuiverError) => void;
   /** Started once the command is written: time spent waiting for the pacer is not the server's. */
@@ -39,6 +40,7 @@ interface PendingRequest {
 interface QueuedWrite {
   /** The command's frame id. */
   id: number;
+  type: Command['type'];
   bytes: Uint8Array;
   /** Waits while the transport holds more than the send budget (`sendBudget`). */
   bounded: boolean;
@@ -107,6 +109,8 @@ export class Session implements LinkHandler {
    *  a bare close code does not say those answers arrived. */
   private goodbyeFrame = false;
   ended = false;
+  /** Whether `leave` began: no command is taken any more. */
+  leaving = false;
   /** Why the session ended, once it has. */
   cause: QuiverError | null = null;
   readonly done: Promise<QuiverError>;
@@ -128,8 +132,10 @@ export class Session implements LinkHandler {
   private sendTimer: ReturnType<typeof setTimeout> | null = null;
   private lastReceived = now();
   private connectedAt = 0;
-  /** Largest frame body the server takes (`Welcome.limits.max_frame`). */
-  private sendLimit = DEFAULT_MAX_FRAME;
+  /** Largest frame body the server takes (`Welcome.limits.max_frame`). Before the Welcome (the
+   *  Hello), the least any server takes (PROTOCOL.md section 3): a server whose `max_frame` is
+   *  lower than the default closes the session for good (3001, no reconnect) over a larger one. */
+  private sendLimit = MIN_MAX_FRAME;
 
   constructor(
     readonly link: Link,
@@ -233,20 +239,14 @@ export class Session implements LinkHandler {
   /** Writes one command (through the pacer); resolves once it is handed to the transport. */
   send(frame: { id: number; command: Command }, options: SendOptions = {}): Promise<void> {
     if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
+    if (this.leaving) return Promise.reject(unsent(new QuiverError('closed', 'client closed')));
     let bytes: Uint8Array;
     try {
       bytes = encodeCommand(frame);
     } catch (e) {
       return Promise.reject(e);
     }
-    if (bytes.length - LENGTH_PREFIX > this.sendLimit) {
-      const size = bytes.length - LENGTH_PREFIX;
-      return Promise.reject(
-        new QuiverError('command', `payload_too_large: a ${frame.command.type} of ${size} bytes exceeds the server's frame limit of ${this.sendLimit}; not sent`, {
-          code: ErrorCode.payload_too_large,
-        }),
-      );
-    }
+    if (bytes.length - LENGTH_PREFIX > this.sendLimit) return Promise.reject(tooLarge(frame.command, bytes.length - LENGTH_PREFIX, this.sendLimit));
     const bounded = BOUNDED.has(frame.command.type);
     const pacer = this.pacer;
     // Behind anything already waiting, so that publishes keep their order.
@@ -255,7 +255,7 @@ export class Session implements LinkHandler {
       return this.write(bytes);
     }
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ id: frame.id, bytes, bounded, resolve, reject });
+      this.queue.push({ id: frame.id, type: frame.command.type, bytes, bounded, resolve, reject });
       this.pump();
     });
   }
@@ -279,7 +279,7 @@ export class Session implements LinkHandler {
     const frameId = id === 0 ? this.nextId() : id;
     const timeoutMs = options.timeoutMs ?? this.requestTimeoutMs;
     return new Promise<Event>((resolve, reject) => {
-      const entry: PendingRequest = { resolve, reject, timer: null };
+      const entry: PendingRequest = { type: command.type, resolve, reject, timer: null };
       this.pending.set(frameId, entry);
       const written = this.send({ id: frameId, command }, options);
       // Still waiting for the pacer at `writeBy`: withdrawn, never written (an acknowledged
@@ -343,6 +343,43 @@ export class Session implements LinkHandler {
     throw new Error('Session.nextId not set');
   };
 
+  /**
+   * Leaves the session as PROTOCOL.md section 3 says a client that wants its last commands
+   * carried out leaves, all within `ms`: the publishes still waiting for the pacer are written
+   * (any other command still waiting is withdrawn, never sent: its reply would have nowhere to
+   * go), the acknowledged ones are answered, then the control stream is finished (over
+   * WebSocket, the close frame goes behind them) and the server's close is waited for. Then the
+   * session ends: whatever is still unwritten rejects, `notCarriedOut`. Ended at once (a
+   * WebTransport close discards what the server has not read), a session dropped publishes
+   * `publish()` had accepted, every one still waiting for the pacer and those the server had not
+   * read (outside audit 115, F2, found in the Rust client).
+   */
+  async leave(ms: number): Promise<void> {
+    if (this.ended || this.leaving) return;
+    this.leaving = true;
+    const deadline = now() + ms;
+    // A heartbeat's Ping would only wait behind the rest (and declare the server dead meanwhile).
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    const withdrawn = this.queue.filter((q) => q.type !== 'Publish');
+    for (const q of withdrawn) this.queue.splice(this.queue.indexOf(q), 1);
+    for (const q of withdrawn) q.reject(unsent(new QuiverError('closed', `client closed before the ${q.type} was written: never sent`)));
+    const publishAwaited = (): boolean => {
+      for (const p of this.pending.values()) if (p.type === 'Publish') return true;
+      return false;
+    };
+    while (!this.ended && (this.queue.length > 0 || publishAwaited()) && now() < deadline) {
+      await new Promise<void>((resolve) => setTimeout(resolve, Math.max(1, Math.min(SEND_POLL_MS, deadline - now()))));
+    }
+    if (!this.ended && this.queue.length === 0 && now() < deadline) {
+      this.link.leave();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([this.done, new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - now()))))]);
+      clearTimeout(timer);
+    }
+    this.end(new QuiverError('closed', 'client closed'), true);
+  }
+
   /** Ends the session once; every waiter learns why. */
   end(cause: QuiverError, byClient = false): void {
     if (this.ended) return;
@@ -398,7 +435,7 @@ export class Session implements LinkHandler {
     if (this.ended) return;
     if (event.type === 'Goodbye') {
       this.goodbyeFrame = !this.ended;
-      this.setGoodbye({ code: event.code, reason: event.reason, reconnect: event.reconnect });
+      this.setGoodbye({ code: event.code, reason: clip(event.reason), reconnect: event.reconnect });
       return;
     }
     const pending = id === 0 ? undefined : this.pending.get(id);
@@ -409,7 +446,7 @@ export class Session implements LinkHandler {
     this.pending.delete(id);
     if (pending.timer) clearTimeout(pending.timer);
     if (event.type === 'Error') {
-      pending.reject(new QuiverError('command', `${codeLabel(event.code)}: ${event.message}`, { code: event.code }));
+      pending.reject(new QuiverError('command', `${codeLabel(event.code)}: ${clip(event.message)}`, { code: event.code }));
     } else {
       pending.resolve(event);
     }
@@ -472,9 +509,14 @@ export class Session implements LinkHandler {
   }
 
   closed(cause: QuiverError, close: { code: number; reason: string } | null): void {
+    // The server's close answering `leave`'s end of the control stream, or any other end then.
+    if (this.leaving && !this.goodbye) {
+      this.end(new QuiverError('closed', 'client closed'));
+      return;
+    }
     // A protocol close code without its Goodbye frame still says what happened (WebSocket).
     if (!this.goodbye && close && codeLabel(close.code) !== `code_${close.code}` && close.code >= CloseCode.shutdown) {
-      this.setGoodbye({ code: close.code, reason: close.reason, reconnect: !FINAL_CLOSE_CODES.has(close.code) });
+      this.setGoodbye({ code: close.code, reason: clip(close.reason), reconnect: !FINAL_CLOSE_CODES.has(close.code) });
       return;
     }
     this.end(this.goodbye ? goodbyeError(this.goodbye) : cause);
@@ -596,16 +638,43 @@ export class Session implements LinkHandler {
   }
 }
 
+// Longest room name (PROTOCOL.md section 4), in UTF-8 bytes.
+const MAX_ROOM_BYTES = 128;
+const utf8 = new TextEncoder();
+
+/**
+ * The local refusal of a command whose frame exceeds the server's `max_frame`: the server would
+ * close the whole session over it, for good (3001 protocol_error, no reconnect), taking every
+ * subscription with it, where only this command is wrong (outside audit 115, F1, found in the
+ * Rust client: a room name from a user could close the app's client). A room name over the
+ * protocol's 128 bytes is what makes a room command that large: `invalid_room`, as the server
+ * answers a long name that fits a frame; anything else (a payload, a call's method or key, a
+ * token) is `payload_too_large`.
+ */
+function tooLarge(command: Command, size: number, limit: number): QuiverError {
+  const room = 'room' in command ? utf8.encode(command.room).length : 0;
+  const longRoom = room > MAX_ROOM_BYTES;
+  const why = longRoom ? ` (its room name has ${room} bytes; the protocol allows ${MAX_ROOM_BYTES})` : '';
+  const label = longRoom ? 'invalid_room' : 'payload_too_large';
+  return new QuiverError('command', `${label}: a ${command.type} of ${size} bytes exceeds the server's frame limit of ${limit}${why}; not sent`, {
+    code: longRoom ? ErrorCode.invalid_room : ErrorCode.payload_too_large,
+    ...('room' in command ? { room: command.room } : {}),
+  });
+}
+
 function unsent(e: QuiverError): QuiverError {
   e.unsent = true;
   return e;
 }
 
-/** Milliseconds until a token expiring at `expiresAt` (Unix seconds) is refreshed: a minute
- * ahead, or a fifth of the lifetime for short tokens, so one failure can be retried. */
-function refreshDelay(expiresAt: number): number {
+/** Milliseconds until a token expiring at `expiresAt` (Unix seconds), valid for `lifetimeMs`
+ * when it was given, is refreshed: ahead by a minute or a tenth of its lifetime, whichever is
+ * larger (PROTOCOL.md section 6: a margin for clock skew and for fetching the token; this was at
+ * most a minute, and less for tokens under 5 minutes: outside audit 115, F10, found in the Rust
+ * client), but never by more than half of what remains, so that one failure can be retried. */
+function refreshDelay(expiresAt: number, lifetimeMs: number): number {
   const remaining = expiresAt * 1000 - Date.now();
-  return Math.max(0, remaining - Math.min(60_000, remaining / 5));
+  return Math.max(0, remaining - Math.min(remaining / 2, Math.max(60_000, lifetimeMs / 10)));
 }
 
 /** Keeps the session's token fresh: sends `Refresh` ahead of `expires_at`. */
@@ -620,16 +689,17 @@ export class Refresher {
     private readonly report: (e: QuiverError) => void,
   ) {}
 
-  schedule(expiresAt: number | null): void {
+  /** `lifetimeMs`: how long the token was valid when given (now, unless a step of a long wait). */
+  schedule(expiresAt: number | null, lifetimeMs = expiresAt === null ? 0 : expiresAt * 1000 - Date.now()): void {
     this.stop();
     if (expiresAt === null) return;
-    const delay = refreshDelay(expiresAt);
+    const delay = refreshDelay(expiresAt, lifetimeMs);
     // setTimeout fires at once beyond 2^31-1 ms (24.8 days): a longer wait goes in steps. A
     // refresh at the first step of a token whose expiry the server keeps was answered with the
     // same expiry and retried every 30 s for the rest of its life (outside audit 73).
     this.timer =
       delay > MAX_TIMER
-        ? setTimeout(() => this.schedule(expiresAt), MAX_TIMER)
+        ? setTimeout(() => this.schedule(expiresAt, lifetimeMs), MAX_TIMER)
         : setTimeout(() => void this.refresh(expiresAt), delay);
   }
 
@@ -644,11 +714,15 @@ export class Refresher {
       const reply = await this.session.request(0, { type: 'Refresh', token }, { urgent: true });
       if (reply.type === 'Refreshed') {
         const next = reply.expiresAt === null ? null : Number(reply.expiresAt);
-        // An expiry that did not move later, or that is due again at once (still in the past),
-        // is tried again after a backoff from 1 s doubling to 30 s, never in a loop: outside
+        // An expiry that did not move, or that is due again at once (still in the past), is
+        // tried again after a backoff from 1 s doubling to 30 s, never in a loop: outside
         // audits saw 745 refreshes a second against a server that kept the expiry, and 835
         // (each a call of the token callback) against one that moved it a second, still past.
-        if (next !== null && (next <= expiresAt || refreshDelay(next) < 1_000)) {
+        // An earlier one is the token's new expiry (a `Refresh` may shorten the session,
+        // PROTOCOL.md section 6), scheduled as any other: taken as "not moved", a provider that
+        // kept handing out the shorter token was asked again and again until it expired
+        // (outside audit 115, F4).
+        if (next !== null && (next === expiresAt || refreshDelay(next, next * 1000 - Date.now()) < 1_000)) {
           const wait = Math.min(1_000 * 2 ** this.strikes, 30_000);
           this.strikes = Math.min(this.strikes + 1, 16);
           this.timer = setTimeout(() => void this.refresh(next), wait);
@@ -660,7 +734,7 @@ export class Refresher {
       }
       throw new QuiverError('protocol', `expected Refreshed, got ${reply.type}`);
     } catch (e) {
-      if (this.session.ended) return;
+      if (this.session.ended || this.session.leaving) return;
       const err = asQuiverError(e);
       this.report(new QuiverError('token', `token refresh failed: ${err.message}`, { cause: err, ...(err.code !== null ? { code: err.code } : {}) }));
       // Try again while there is time; if the token still expires, the server says Goodbye

@@ -5,7 +5,7 @@
 
 import { decodeLatestDatagram, type Event, type LatestDatagram, type Position } from './codec.js';
 import { ErrorCode, codeLabel } from './codes.js';
-import { QuiverError, asQuiverError, errorMessage } from './errors.js';
+import { QuiverError, asQuiverError, clip, errorMessage } from './errors.js';
 import { STABLE_MS, STREAM_END_GRACE_MS, type ClientEvents, type ResolvedOptions } from './options.js';
 import type { Session } from './session.js';
 import { Continuity, Message, Subscription, recoveryPossible, type SubscribeOptions } from './subscription.js';
@@ -198,7 +198,7 @@ export class Subscriptions {
       this.retry(state);
       return;
     }
-    const err = new QuiverError('subscription', `server ended subscription to ${room}: ${codeLabel(code)}: ${reason}`, {
+    const err = new QuiverError('subscription', `server ended subscription to ${room}: ${codeLabel(code)}: ${clip(reason)}`, {
       code,
       room,
     });
@@ -360,25 +360,27 @@ export class Subscriptions {
   }
 
   /**
-   * Over WebTransport, each subscription is a stream the server opens, and browsers accept only
-   * about 100 of them per session. The server ends a subscription whose stream it cannot open
-   * (`Unsubscribed` 114 stream_limit, after 5 s); should that answer not come either, a stream
-   * still missing `streamTimeoutMs` after `Subscribed` is reported here and handled the same way:
-   * with WebSocket among the transports the client moves there.
+   * A subscription's stream (its `SubscriptionStream`, PROTOCOL.md sections 2 and 9.2) still
+   * missing `streamTimeoutMs` after `Subscribed` is reported, and the session replaced, so that
+   * the room is subscribed again: the server ends a subscription whose stream it cannot open
+   * (`Unsubscribed` 114 stream_limit, after 5 s), and one that sends neither left the room
+   * silent for the session's life (outside audit 115, F11, found in the Rust client). Over
+   * WebTransport the usual cause is the browser's limit of server-opened streams (about 100 per
+   * session): with WebSocket among the transports the client moves there.
    */
   private expectStream(state: SubState, id: number, session: Session): void {
     const timeout = this.host.opts.streamTimeoutMs;
-    if (state.streamOpened || timeout <= 0 || session.kind !== 'webtransport') return;
+    if (state.streamOpened || timeout <= 0) return;
     this.sessionTimer(session, () => {
       if (session.ended || state.currentId !== id || state.streamOpened || this.subs.get(state.sub.room) !== state) return;
       const room = state.sub.room;
-      const err = new QuiverError(
-        'subscription',
-        `no stream for ${room} within ${timeout} ms of Subscribed: the browser may be at its limit of server-opened streams (about 100 per WebTransport session)`,
-        { room },
-      );
+      const limit = session.kind === 'webtransport' ? ': the browser may be at its limit of server-opened streams (about 100 per WebTransport session)' : '';
+      const err = new QuiverError('subscription', `no stream for ${room} within ${timeout} ms of Subscribed${limit}`, { room });
       this.host.emit('error', err);
-      this.host.moveToWebSocket(session, err);
+      if (this.host.moveToWebSocket(session, err)) return;
+      // As for a stream ended without its `Unsubscribed` (`streamEnded`): the next session
+      // subscribes again, resuming.
+      session.end(new QuiverError('protocol', `the server confirmed ${room} and never sent its stream`, { room }));
     }, timeout);
   }
 

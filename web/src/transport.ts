@@ -3,7 +3,7 @@
 // subscription events; the session above it (session.ts) is the same for every transport.
 
 import { DecodeError, FrameDecoder, decodeEvent, type Event } from './codec.js';
-import { QuiverError, errorMessage, withTimeout } from './errors.js';
+import { QuiverError, clip, errorMessage, withTimeout } from './errors.js';
 
 export type TransportKind = 'webtransport' | 'websocket';
 export const TRANSPORT_KINDS: readonly TransportKind[] = ['webtransport', 'websocket'];
@@ -50,6 +50,10 @@ export interface Link {
   readonly taken: number;
   /** Closes the connection from this side; the handler hears nothing more. */
   close(reason: string): void;
+  /** Leaves after what was written (PROTOCOL.md section 3): finishes the control stream
+   *  (WebTransport) or sends the close frame behind the buffered messages (WebSocket). The server
+   *  then closes the connection, which the handler hears as any close. */
+  leave(): void;
   /** Sends one datagram if the transport has them and it fits; false otherwise. Never waits:
    *  a datagram the browser cannot queue is dropped, as the network might. */
   sendDatagram(bytes: Uint8Array): boolean;
@@ -116,7 +120,7 @@ class WebTransportLink implements Link {
     this.wt.closed.then(
       (info) =>
         this.finish(
-          new QuiverError('transport', `session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${info.reason}` : ''})`),
+          new QuiverError('transport', `session closed by the server (code ${info.closeCode ?? 0}${info.reason ? `: ${clip(info.reason)}` : ''})`),
           { code: info.closeCode ?? 0, reason: info.reason ?? '' },
         ),
       (e: unknown) => this.finish(new QuiverError('transport', `connection lost: ${errorMessage(e)}`), null),
@@ -215,6 +219,13 @@ class WebTransportLink implements Link {
     closeWebTransport(this.wt, reason);
   }
 
+  leave(): void {
+    // Behind every write handed over: the server carries out what came before the FIN, then
+    // closes the session (PROTOCOL.md section 2). A writer that cannot close (the session is
+    // gone) has nothing left to finish.
+    this.writer?.close().catch(() => undefined);
+  }
+
   private finish(cause: QuiverError, close: { code: number; reason: string } | null): void {
     if (this.done) return;
     this.done = true;
@@ -284,7 +295,7 @@ class WebTransportLink implements Link {
             header = { id: frame.id, room: event.room };
             if (!this.handler.streamOpened(header.room, header.id)) draining = true;
           } else if (event.type === 'Publication' || event.type === 'Joined' || event.type === 'Left' || event.type === 'Latest') {
-            if (event.room !== header.room) throw new DecodeError(`${event.type} for ${event.room} on the stream of ${header.room}`);
+            if (event.room !== header.room) throw new DecodeError(`${event.type} for ${clip(event.room)} on the stream of ${clip(header.room)}`);
             if (!this.handler.subscription(header.id, event)) draining = true;
           }
           if (draining) break;
@@ -298,9 +309,9 @@ class WebTransportLink implements Link {
         // 68, 3); the Rust client reconnects too.
         reader.cancel().catch(() => undefined);
         this.finish(
-          new QuiverError('protocol', `bad frame on the stream of ${header?.room ?? 'an unknown room'}: ${e.message}`, {
+          new QuiverError('protocol', `bad frame on the stream of ${header ? clip(header.room) : 'an unknown room'}: ${e.message}`, {
             cause: e,
-            ...(header ? { room: header.room } : {}),
+            ...(header ? { room: clip(header.room) } : {}),
           }),
           null,
         );
@@ -393,7 +404,7 @@ class WebSocketLink implements Link {
     ws.addEventListener('close', (ev: CloseEvent) => {
       const close = { code: ev.code, reason: ev.reason };
       const label = ev.code >= PROTOCOL_CLOSE_CODES ? 'closed by the server' : 'connection closed';
-      const cause = new QuiverError('transport', `${label} (code ${ev.code}${ev.reason ? `: ${ev.reason}` : ''})`);
+      const cause = new QuiverError('transport', `${label} (code ${ev.code}${ev.reason ? `: ${clip(ev.reason)}` : ''})`);
       if (this.handler) this.finish(cause, close);
       else this.early.push({ cause, close });
     });
@@ -434,6 +445,15 @@ class WebSocketLink implements Link {
     this.done = true;
     try {
       this.ws.close(1000, truncateUtf8(reason, 123));
+    } catch {
+      // Already closing.
+    }
+  }
+
+  leave(): void {
+    // The close frame goes behind what `bufferedAmount` holds; the server's close answers it.
+    try {
+      this.ws.close(1000, 'client closed');
     } catch {
       // Already closing.
     }

@@ -123,6 +123,11 @@ test('connect() resolves connected; bad options are clear errors', async () => {
   for (const bad of [Number.NaN, -1, Number.POSITIVE_INFINITY, '5']) {
     assert.throws(() => new QuiverClient({ ...base, webTransportRetryMs: bad }), /webTransportRetryMs must be a finite number/);
   }
+  // The Hello goes before the server's max_frame is known: a name past what every server takes
+  // would close the client for good (outside audit 115, F1).
+  assert.throws(() => new QuiverClient({ ...base, clientName: 'n'.repeat(1025) }), /clientName must be a string of at most 1024 bytes \(UTF-8\), got 1025 bytes/);
+  assert.throws(() => new QuiverClient({ ...base, clientName: 'é'.repeat(513) }), /got 1026 bytes/);
+  new QuiverClient({ ...base, clientName: 'n'.repeat(1024), reconnect: false }).close();
 });
 
 /** A WebTransport client subscribed to chat.lobby (its stream open, `Subscribed` at `position`),
@@ -408,6 +413,92 @@ describe(`over ${transport}`, () => {
     assert.equal(client.state, 'connected');
   });
 
+  // Bounded: sent, a Subscribe would wait for its reply for the session's life.
+  test('commands over Welcome.limits.max_frame are refused locally, never sent: the session and its rooms stay up', { timeout: 5_000 }, async (t) => {
+    // The server closes the whole session over one, for good (3001, no reconnect): a room name
+    // taken from a user could close the app's client (outside audit 115, F1).
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client, { limits: { maxFrame: 8192, maxPayload: 8000 } });
+    const got = [];
+    const ok = client.subscribe('chat.ok', (m) => got.push(m.text()));
+    const cmd = await conn.expect('Subscribe');
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'chat.ok' });
+    conn.send(cmd.id, { type: 'Subscribed', room: 'chat.ok', position: null, recovery: { type: 'NotRequested' } });
+    await ok;
+    const huge = 'a'.repeat(70_000);
+    const badRoom = (e) => e.kind === 'command' && e.label === 'invalid_room' && /room name has 70000 bytes/.test(e.message) && /not sent/.test(e.message);
+    await assert.rejects(client.subscribe(huge, () => {}), badRoom);
+    await assert.rejects(client.presence(huge), badRoom);
+    await assert.rejects(client.presenceStats(huge), badRoom);
+    await assert.rejects(client.history(huge), badRoom);
+    await assert.rejects(client.publish(huge, 'x', { ack: true }), badRoom);
+    const tooLarge = (e) => e.kind === 'command' && e.label === 'payload_too_large' && /not sent/.test(e.message);
+    await assert.rejects(client.call('m'.repeat(9000), 'x'), tooLarge);
+    // A payload within max_payload, with a long method and key: past max_payload + 192.
+    await assert.rejects(client.call('m'.repeat(128), new Uint8Array(8000), { idempotencyKey: 'k'.repeat(128) }), tooLarge);
+    assert.deepEqual(conn.received.map((f) => f.command.type), ['Hello', 'Subscribe']);
+    stream.send(0, { type: 'Publication', room: 'chat.ok', position: null, payload: text('still here') });
+    await waitUntil(() => got.length === 1);
+    assert.equal(client.state, 'connected');
+    assert.equal(net.attempts.length, 1);
+  });
+
+  test('a refresh token over max_frame is refused locally and reported, the session stays up', async (t) => {
+    let issued = 0;
+    const { net, client } = setup({ token: () => (++issued === 1 ? 'tok-1' : 't'.repeat(9000)) }, transport);
+    t.after(() => client.close());
+    const expiresAt = BigInt(Math.floor(Date.now() / 1000) + 2);
+    const conn = await connected(net, client, { expiresAt, limits: { maxFrame: 8192, maxPayload: 8000 } });
+    const [e] = await once(client, 'error', (e) => e.kind === 'token');
+    assert.equal(e.label, 'payload_too_large');
+    assert.match(e.message, /a Refresh of \d+ bytes exceeds the server's frame limit of 8192; not sent/);
+    assert.equal(conn.received.filter((f) => f.command.type === 'Refresh').length, 0);
+    assert.equal(client.state, 'connected');
+  });
+
+  test('server text reaches errors and events clipped: 256 characters, control characters escaped', async (t) => {
+    // Up to a frame of it, newlines included, went into the app's errors, which apps log
+    // (outside audit 115, F6).
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const long = `line one\nFAKE: a log line\u001b[31m${'x'.repeat(60_000)}`;
+    const clipped = (s) => {
+      assert.ok(s.length < 400, `${s.length} characters`);
+      assert.doesNotMatch(s, /[\n\u001b]/);
+      assert.match(s, /line one\\nFAKE: a log line\\u\{1b\}\[31mxxx/);
+      assert.match(s, /x…/);
+    };
+    // A refused command.
+    const presence = client.presence('r').then(() => null, (e) => e);
+    const asked = await conn.expect('Presence');
+    conn.send(asked.id, { type: 'Error', code: 101, message: long });
+    clipped((await presence).message);
+    // A refused publish without ack (unsolicited).
+    await client.publish('r', 'x');
+    const pub = await conn.expect('Publish');
+    const refused = once(client, 'error', (e) => e.kind === 'command');
+    conn.send(pub.id, { type: 'Error', code: 103, message: long });
+    clipped((await refused)[0].message);
+    // A subscription the server ended.
+    const sub = client.subscribe('r', () => {});
+    const cmd = await conn.expect('Subscribe');
+    conn.openStream().send(cmd.id, { type: 'SubscriptionStream', room: 'r' });
+    conn.send(cmd.id, { type: 'Subscribed', room: 'r', position: null, recovery: { type: 'NotRequested' } });
+    await sub;
+    const ended = once(client, 'error', (e) => e.kind === 'subscription');
+    conn.send(0, { type: 'Unsubscribed', room: 'r', code: 116, reason: long });
+    clipped((await ended)[0].message);
+    // A goodbye: its event and the session's cause.
+    const bye = once(client, 'goodbye');
+    const cause = once(client, 'state', (s) => s === 'disconnected');
+    conn.send(0, { type: 'Goodbye', code: 3005, reason: long, reconnect: true });
+    clipped((await bye)[0].reason);
+    clipped((await cause)[1].message);
+  });
+
   test('a Welcome.limits.max_frame below the protocol\'s 8,192 is not believed for what the client sends', async (t) => {
     // Every command, Pings included, was refused locally and the client reconnected in a loop
     // (outside client audit 13, F5).
@@ -659,6 +750,70 @@ describe(`over ${transport}`, () => {
     }
     assert.ok(gaps[0] >= 900, `first retry after ${gaps[0]} ms`);
     assert.ok(gaps[1] >= 1_800, `second retry after ${gaps[1]} ms (doubling)`);
+  });
+
+  /** Catches setTimeout's long waits (a token's refresh) so a test can fire them by hand. */
+  function catchLongTimers(t) {
+    const realSetTimeout = globalThis.setTimeout;
+    const long = [];
+    globalThis.setTimeout = (fn, ms, ...rest) => {
+      if (!(ms >= 100_000)) return realSetTimeout(fn, ms, ...rest);
+      long.push({ fn, ms });
+      const handle = realSetTimeout(() => {}, 2 ** 31 - 1);
+      handle.unref?.();
+      return handle;
+    };
+    t.after(() => {
+      globalThis.setTimeout = realSetTimeout;
+    });
+    return long;
+  }
+
+  test('a token is refreshed ahead by a minute or a tenth of its lifetime, whichever is larger', async (t) => {
+    // PROTOCOL.md section 6; 30 s ahead left 20 s for clock skew once the token callback took
+    // its 10 s (outside audit 115, F10).
+    const long = catchLongTimers(t);
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    const now = Math.floor(Date.now() / 1000);
+    const conn = await connected(net, client, { expiresAt: BigInt(now + 3600) });
+    await waitUntil(() => long.length === 1);
+    // An hour's token: 6 minutes ahead.
+    assert.ok(long[0].ms <= 3_240_000 + 1_000 && long[0].ms >= 3_240_000 - 2_000, `due in ${long[0].ms} ms`);
+    long[0].fn();
+    const refresh = await conn.expect('Refresh');
+    conn.send(refresh.id, { type: 'Refreshed', expiresAt: BigInt(now + 7400) });
+    await waitUntil(() => long.length === 2);
+    // 7,400 s: 740 s ahead.
+    assert.ok(long[1].ms <= 6_660_000 + 1_000 && long[1].ms >= 6_660_000 - 2_000, `due in ${long[1].ms} ms`);
+  });
+
+  test('a short token is refreshed at least a minute ahead', async (t) => {
+    const long = catchLongTimers(t);
+    const { net, client } = setup({}, transport);
+    t.after(() => client.close());
+    await connected(net, client, { expiresAt: BigInt(Math.floor(Date.now() / 1000) + 200) });
+    await waitUntil(() => long.length === 1);
+    assert.ok(long[0].ms <= 140_000 + 1_000, `due in ${long[0].ms} ms`);
+  });
+
+  test('a Refreshed that shortens the expiry is scheduled for the new expiry, not retried', async (t) => {
+    // A Refresh may shorten the session (PROTOCOL.md section 6); taken as "did not move", a
+    // token callback that kept handing out the shorter token was asked again and again
+    // (outside audit 115, F4).
+    const long = catchLongTimers(t);
+    const { net, client, tokens } = setup({}, transport);
+    t.after(() => client.close());
+    const now = Math.floor(Date.now() / 1000);
+    const conn = await connected(net, client, { expiresAt: BigInt(now + 7200) });
+    await waitUntil(() => long.length === 1);
+    long[0].fn();
+    const first = await conn.expect('Refresh');
+    conn.send(first.id, { type: 'Refreshed', expiresAt: BigInt(now + 3600) });
+    await waitUntil(() => long.length === 2);
+    assert.ok(long[1].ms > 3_000_000, `due in ${long[1].ms} ms`);
+    await assert.rejects(conn.expect('Refresh', 1_500), /timed out/);
+    assert.equal(tokens(), 2);
   });
 
   test('a token valid longer than a timer can wait is not refreshed early', async (t) => {

@@ -192,6 +192,10 @@ export class FakeConnection extends FakeServer {
   /** When set, the control stream takes this many bytes a second: each write completes once its
    *  bytes have gone at that rate (a slow link that still drains). */
   writeRate = 0;
+  /** Set once the client finished (FIN) its control stream. */
+  finishedByClient = false;
+  /** When set, a FIN from the client is not answered with the session's close. */
+  ignoreFin = false;
 
   constructor(url, options, accepted, controlStream = true) {
     super();
@@ -232,6 +236,12 @@ export class FakeConnection extends FakeServer {
               };
               if (this.writeRate > 0) return new Promise((r) => setTimeout(r, (chunk.length / this.writeRate) * 1000)).then(take);
               take();
+            },
+            // As the server (PROTOCOL.md section 2): the client's FIN is leaving, and the
+            // session's connection is closed with code 0, unless `ignoreFin`.
+            close: () => {
+              this.finishedByClient = true;
+              if (!this.ignoreFin) this.resolveClosed({ closeCode: 0, reason: '' });
             },
           }),
         };

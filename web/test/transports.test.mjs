@@ -531,20 +531,32 @@ describe('a subscription stream that never arrives (browser stream limit)', () =
     assert.equal(net.attempts.length, 1);
   });
 
-  test('WebTransport only: reported, the session carries on', async (t) => {
-    const { net, client } = setup({ streamTimeoutMs: 150, transports: ['webtransport'] });
-    t.after(() => client.close());
-    const wt = await connected(net, client, { transport: 'webtransport' });
-    const sub = client.subscribe('c', () => {});
-    const cmd = await wt.expect('Subscribe');
-    wt.send(cmd.id, { type: 'Subscribed', room: 'c', position: null, recovery: NOT_REQUESTED });
-    await sub;
-    const [e] = await once(client, 'error', (e) => e.kind === 'subscription');
-    assert.doesNotMatch(e.message, /moving/);
-    await new Promise((r) => setTimeout(r, 100));
-    assert.equal(client.state, 'connected');
-    await noAttempt(net);
-  });
+  // Nowhere to move: a server that confirmed the room and sent neither its stream nor 114 left
+  // the room silent for the session's life (outside audit 115, F11). The session is replaced
+  // and the next one subscribes again.
+  for (const transport of ['webtransport', 'websocket']) {
+    test(`${transport} only: reported, and the next session subscribes again`, async (t) => {
+      const { net, client } = setup({ streamTimeoutMs: 150, transports: [transport] });
+      t.after(() => client.close());
+      const conn = await connected(net, client, { transport });
+      const sub = client.subscribe('c', () => {});
+      const cmd = await conn.expect('Subscribe');
+      conn.send(cmd.id, { type: 'Subscribed', room: 'c', position: { epoch: 1n, offset: 4n }, recovery: NOT_REQUESTED });
+      await sub;
+      const [e] = await once(client, 'error', (e) => e.kind === 'subscription');
+      assert.equal(e.room, 'c');
+      assert.doesNotMatch(e.message, /moving/);
+      const again = await next(net, transport);
+      await again.welcome();
+      const resub = await again.expect('Subscribe');
+      assert.deepEqual(resub.command, { type: 'Subscribe', room: 'c', resume: { epoch: 1n, offset: 4n } });
+      again.openStream().send(resub.id, { type: 'SubscriptionStream', room: 'c' });
+      again.send(resub.id, { type: 'Subscribed', room: 'c', position: { epoch: 1n, offset: 4n }, recovery: { type: 'Recovered', replayed: 0 } });
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(client.state, 'connected');
+      assert.equal(net.attempts.length, 2, 'the stream came: the second session stays');
+    });
+  }
 });
 
 /** Clears the module's page-lifetime memory while keeping `store` (what a reload does). */
