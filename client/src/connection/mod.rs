@@ -138,6 +138,10 @@ pub(crate) enum ConnEvent {
         id: u32,
         room: String,
         stream: SubStream,
+        /// WebSocket: its place in `CONTROL_CREDIT`, as a control frame's (a server repeating
+        /// `SubscriptionStream` for a room it announced handed on events without bound:
+        /// outside audit 115, F8); WebTransport's streams are bounded by QUIC's stream limit.
+        credit: Option<Credit>,
     },
     /// WebSocket: the subscription with this `SubscriptionStream` id fell behind; the reader
     /// stopped routing its frames.
@@ -732,7 +736,16 @@ impl Actor {
             },
             // The credit goes back once the frame is handled.
             ConnEvent::Frame(frame, _credit) => self.on_frame(frame),
-            ConnEvent::Stream { id, room, stream } => self.on_stream(id, room, stream),
+            ConnEvent::Stream {
+                id,
+                room,
+                stream,
+                credit,
+            } => {
+                self.on_stream(id, room, stream);
+                // Given back once the stream is handled.
+                drop(credit);
+            }
             ConnEvent::Overflow { id, room } => self.on_overflow(id, &room),
             ConnEvent::Lost { code, reason } => {
                 let reconnect = !code_forbids_reconnect(code);

@@ -393,6 +393,7 @@ async fn read_header(mut stream: WtStream, max_frame: usize, liveness: std::sync
                     id,
                     room,
                     stream: SubStream::WebTransport(stream),
+                    credit: None,
                 },
             ));
         }

@@ -175,6 +175,12 @@ impl Router {
                         return false;
                     }
                 }
+                // A place in the control credit first, as any control frame takes: a server
+                // repeating `SubscriptionStream` waits for the state machine like one
+                // repeating anything else (outside audit 115, F8).
+                let Ok(place) = self.credit.clone().acquire_owned().await else {
+                    return false;
+                };
                 let (tx, rx) = mpsc::channel(WS_SUB_QUEUE);
                 let bytes = Arc::new(AtomicUsize::new(0));
                 // A newer subscription of the room replaces the older share, which then ends.
@@ -184,6 +190,7 @@ impl Router {
                     id: frame.id,
                     room: room.clone(),
                     stream: SubStream::WebSocket(WsShare { rx, bytes }),
+                    credit: Some(place),
                 });
             }
             Event::Unsubscribed { room, .. } => {
@@ -320,6 +327,34 @@ mod tests {
         assert!(goes.await.unwrap());
     }
 
+    /// A server repeating `SubscriptionStream` for one room is held to the same credit: the
+    /// reader stops once `CONTROL_CREDIT` announcements wait (outside audit 115, F8: each went
+    /// on the unbounded event channel).
+    #[tokio::test]
+    async fn repeated_stream_announcements_wait_for_the_state_machine() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut router = router(tx);
+        let announce = |id| {
+            frame(
+                id,
+                Event::SubscriptionStream {
+                    room: "chat.x".into(),
+                },
+            )
+        };
+        for id in 0..crate::connection::CONTROL_CREDIT as u32 {
+            assert!(router.route(announce(id)).await);
+        }
+        let waits = tokio::time::timeout(Duration::from_millis(200), router.route(announce(0)));
+        assert!(
+            waits.await.is_err(),
+            "an announcement past the credit was handed on"
+        );
+        drop(rx.try_recv().unwrap());
+        let goes = tokio::time::timeout(Duration::from_secs(1), router.route(announce(1)));
+        assert!(goes.await.unwrap());
+    }
+
     /// Shares of rooms the state machine dropped make room for new ones; a server that keeps
     /// announcing streams past `MAX_SHARES` live ones ends the connection (audit 13, F2).
     #[tokio::test]
@@ -349,7 +384,11 @@ mod tests {
             if !router.route(announce(i)).await {
                 break;
             }
-            held.push(rx.try_recv().unwrap());
+            // The state machine keeps the share and gives the announcement's credit back.
+            let Ok((_, ConnEvent::Stream { stream, .. })) = rx.try_recv() else {
+                panic!("expected a stream");
+            };
+            held.push(stream);
             assert!(held.len() <= MAX_SHARES, "no bound");
         }
         let (_, ev) = rx.try_recv().unwrap();
@@ -374,6 +413,7 @@ mod tests {
             id,
             room,
             stream: SubStream::WebSocket(mut share),
+            ..
         } = ev
         else {
             panic!("expected a stream");
