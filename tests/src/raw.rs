@@ -741,3 +741,23 @@ macro_rules! over_both_transports {
         }
     };
 }
+
+/// Runs native-client test bodies `async fn NAME(via: quiver_client::Transport) ->
+/// anyhow::Result<()>` once per transport, as `webtransport::NAME` and `websocket::NAME`.
+#[macro_export]
+macro_rules! over_both_client_transports {
+    ($($name:ident),* $(,)?) => {
+        mod webtransport {
+            $(#[tokio::test]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(quiver_client::Transport::WebTransport).await
+            })*
+        }
+        mod websocket {
+            $(#[tokio::test]
+            async fn $name() -> anyhow::Result<()> {
+                super::$name(quiver_client::Transport::WebSocket).await
+            })*
+        }
+    };
+}

@@ -1,7 +1,7 @@
 //! The native client (`quiver-client`) against an in-process server: the basics, reconnecting
 //! after a graceful restart (re-subscribe, buffered publishes), failing over to a second URL,
 //! in-band token refresh, and a slow consumer, each over both transports (WebTransport and
-//! WebSocket: see [`over_both`]); then what is about choosing a transport (falling back from a
+//! WebSocket: see `over_both_client_transports!`); then what is about choosing a transport (falling back from a
 //! silent WebTransport port to WebSocket, a token refused over WebSocket) and noticing a server
 //! that stopped answering.
 //!
@@ -27,30 +27,7 @@ use tokio::sync::mpsc;
 /// down (or a dead URL) takes to give up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs each named test body (an `async fn(Transport)`) once per transport, as
-/// `webtransport::NAME` and `websocket::NAME`.
-macro_rules! over_both {
-    ($($name:ident),* $(,)?) => {
-        mod webtransport {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebTransport).await
-                }
-            )*
-        }
-        mod websocket {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebSocket).await
-                }
-            )*
-        }
-    };
-}
-
-over_both!(
+over_both_client_transports!(
     basics_pubsub_errors_close_and_refusal,
     reconnects_after_a_graceful_restart_resubscribes_and_flushes,
     fails_over_to_the_second_url_when_the_first_is_dead,

@@ -7,28 +7,7 @@ use std::time::Duration;
 use quiver_client::{token_fixed, Client, ClientConfig, SubEvent, Transport};
 use quiver_tests::*;
 
-macro_rules! over_both {
-    ($($name:ident),* $(,)?) => {
-        mod webtransport {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebTransport).await
-                }
-            )*
-        }
-        mod websocket {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebSocket).await
-                }
-            )*
-        }
-    };
-}
-
-over_both!(close_carries_out_the_publishes_it_accepted);
+over_both_client_transports!(close_carries_out_the_publishes_it_accepted);
 
 fn config_for(server: &TestServer, via: Transport, user: &str) -> ClientConfig {
     let mut config = client_config(server, token_fixed(full_token("acme", user)));

@@ -8,28 +8,7 @@ use quiver_client::{token_fixed, Client, ClientConfig, ConnectionState, ErrorCod
 use quiver_client::{Subscription, Transport};
 use quiver_tests::*;
 
-macro_rules! over_both {
-    ($($name:ident),* $(,)?) => {
-        mod webtransport {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebTransport).await
-                }
-            )*
-        }
-        mod websocket {
-            $(
-                #[tokio::test]
-                async fn $name() -> anyhow::Result<()> {
-                    super::$name(quiver_client::Transport::WebSocket).await
-                }
-            )*
-        }
-    };
-}
-
-over_both!(commands_over_max_frame_fail_alone_and_locally);
+over_both_client_transports!(commands_over_max_frame_fail_alone_and_locally);
 
 fn config_for(server: &TestServer, via: Transport) -> ClientConfig {
     let mut config = client_config(server, token_fixed(full_token("acme", "alice")));
