@@ -119,7 +119,9 @@ impl std::str::FromStr for Transport {
 /// machine answers, its session does not) is noticed when a `Ping` stays unanswered for
 /// `unanswered` (15 s by default).
 ///
-/// Cost: nothing while the server is sending anyway (publications, replies). On an otherwise
+/// Cost: while the server is sending anyway (publications, replies), one `Ping` every half
+/// `unanswered` (7.5 s by default), so a session that answers nothing while its rooms still
+/// deliver is noticed too. On an otherwise
 /// silent session, one `Ping` and one `Pong` per `interval`: with the defaults, measured on
 /// loopback, 3 UDP datagrams per second per idle session on WebTransport and 5 TCP segments
 /// on WebSocket (the WebSocket ping and its pong travel separately), both directions and all

@@ -63,14 +63,29 @@ pub(crate) struct Watch {
     cfg: Heartbeat,
     /// When the unanswered `Ping` was sent.
     ping_sent: Option<Instant>,
+    /// When the last `Ping` was sent (or the watch started).
+    last_ping: Instant,
 }
 
 impl Watch {
     pub(crate) fn new(cfg: Heartbeat) -> Self {
+        Self::started(cfg, Instant::now())
+    }
+
+    fn started(cfg: Heartbeat, at: Instant) -> Self {
         Watch {
             cfg,
             ping_sent: None,
+            last_ping: at,
         }
+    }
+
+    /// How often a `Ping` goes out even while traffic flows: half of `unanswered`, never more
+    /// often than `interval`. A session that stops answering while its rooms still deliver
+    /// (they are tasks of their own on the server) was never probed, since a `Ping` went only
+    /// into silence, so the `unanswered` rule never saw it (outside audit 115, F5).
+    fn probe(&self) -> Duration {
+        (self.cfg.unanswered / 2).max(self.cfg.interval)
     }
 
     /// Decides, given when something last arrived.
@@ -86,11 +101,13 @@ impl Watch {
             }
         }
         let quiet_until = last_rx + self.cfg.interval;
-        if now >= quiet_until {
+        let probe_at = self.last_ping + self.probe();
+        if now >= quiet_until || now >= probe_at {
             self.ping_sent = Some(now);
+            self.last_ping = now;
             Beat::Ping(now + self.cfg.timeout)
         } else {
-            Beat::Wait(quiet_until)
+            Beat::Wait(quiet_until.min(probe_at))
         }
     }
 }
@@ -151,6 +168,30 @@ mod tests {
             w.step(t0 + 2500 * MS, t0 + 4100 * MS),
             Beat::Dead(1600 * MS)
         );
+    }
+
+    /// Traffic that never stops still lets a `Ping` out every half `unanswered`, so a session
+    /// that answers nothing while its rooms deliver is noticed (outside audit 115, F5).
+    #[test]
+    fn a_ping_goes_out_while_traffic_flows() {
+        let t0 = Instant::now();
+        let mut w = Watch::started(
+            Heartbeat {
+                interval: 1000 * MS,
+                timeout: 1500 * MS,
+                unanswered: 4000 * MS,
+            },
+            t0,
+        );
+        let mut pings = Vec::new();
+        // Something arrives every 100 ms for 10 s; the watch looks every 100 ms.
+        for step in 1..=100u32 {
+            let now = t0 + step * 100 * MS;
+            if let Beat::Ping(_) = w.step(now, now) {
+                pings.push(step * 100);
+            }
+        }
+        assert_eq!(pings, [2000, 4000, 6000, 8000, 10000]);
     }
 
     #[test]

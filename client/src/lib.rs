@@ -95,8 +95,9 @@
 //! (on WebSocket also a WebSocket ping and pong), each well under 100 bytes. Measured on loopback
 //! over 20 idle seconds, both directions together and everything included (QUIC keep-alives and
 //! ACKs, TCP ACKs): 3 UDP datagrams per second on WebTransport, 5 TCP segments per second on
-//! WebSocket. A busy session costs nothing
-//! extra: any traffic from the server counts. Each `Ping` is one command against the session's
+//! WebSocket. A busy session costs one `Ping` every half [`Heartbeat::unanswered`] (7.5 s),
+//! so a session that stops answering while its rooms still deliver is noticed too; any other
+//! traffic from the server counts as a sign of life. Each `Ping` is one command against the session's
 //! rate limit. Heartbeat pings skip the client's command pacing queue, so a long paced burst
 //! (a reconnect flushing buffered publishes) cannot delay them into a false alarm. This is
 //! independent of the server's own idle timeout for dead clients (30 s).

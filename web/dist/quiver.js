@@ -3007,7 +3007,13 @@ var QuiverClient = class {
       const ping = () => {
         const sentAt = performance.now();
         this.ping().catch((e) => {
-          if (session.ended || session.leaving || session.heardSince(sentAt)) return;
+          if (session.ended || session.leaving) return;
+          const unanswered = e instanceof QuiverError && e.kind === "timeout";
+          if (unanswered && session.heardSince(sentAt)) {
+            session.end(new QuiverError("timeout", `the server answered no Ping within ${this.opts.requestTimeoutMs} ms though it still sent other frames: session presumed hung`));
+            return;
+          }
+          if (session.heardSince(sentAt)) return;
           session.end(new QuiverError("timeout", `ping failed: ${errorMessage(e)}`));
         });
       };

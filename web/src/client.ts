@@ -579,9 +579,20 @@ export class QuiverClient {
       const ping = (): void => {
         const sentAt = performance.now();
         this.ping().catch((e: unknown) => {
-          // A server that sent nothing at all since is dead (a Pong may wait behind slow
-          // commands while other frames still arrive). Closing, the session ends by itself.
-          if (session.ended || session.leaving || session.heardSince(sentAt)) return;
+          // Closing, the session ends by itself.
+          if (session.ended || session.leaving) return;
+          // A Ping unanswered for the whole request timeout while other frames still arrive is
+          // a hung session (its rooms deliver, it answers nothing): the server answers Pings
+          // beside a waiting command (PROTOCOL.md §5), so a Pong waits only behind a fifth
+          // Ping within one wait. Judged by what arrived alone, such a session was kept for
+          // good (outside audit 115, F5).
+          const unanswered = e instanceof QuiverError && e.kind === 'timeout';
+          if (unanswered && session.heardSince(sentAt)) {
+            session.end(new QuiverError('timeout', `the server answered no Ping within ${this.opts.requestTimeoutMs} ms though it still sent other frames: session presumed hung`));
+            return;
+          }
+          // Otherwise a server that sent nothing at all since is dead.
+          if (session.heardSince(sentAt)) return;
           session.end(new QuiverError('timeout', `ping failed: ${errorMessage(e)}`));
         });
       };

@@ -1243,6 +1243,35 @@ describe(`over ${transport}`, () => {
     assert.deepEqual(sub.position, { epoch: 2n, offset: 5n });
   });
 
+  test('a session that answers no Ping while its rooms still deliver is left (presumed hung)', async (t) => {
+    // Outside audit 115, F5: a failed RTT ping was ignored whenever anything else had arrived
+    // since, so a session whose rooms delivered while it answered nothing was kept for good.
+    const { net, client } = setup({ pingIntervalMs: 150, requestTimeoutMs: 400 }, transport);
+    t.after(() => client.close());
+    const conn = await connected(net, client);
+    const left = once(client, 'state', (s) => s === 'disconnected', 3000);
+    const sub = client.subscribe('dash.cpu', () => {});
+    // The session's first Ping is answered; from the subscription on, none is.
+    let cmd = await conn.commands.next('a command');
+    for (; cmd.command.type === 'Ping'; cmd = await conn.commands.next('a command')) {
+      conn.send(cmd.id, { type: 'Pong' });
+    }
+    assert.equal(cmd.command.type, 'Subscribe');
+    const stream = conn.openStream();
+    stream.send(cmd.id, { type: 'SubscriptionStream', room: 'dash.cpu' });
+    conn.send(cmd.id, { type: 'Subscribed', room: 'dash.cpu', position: null, recovery: { type: 'NotRequested' } });
+    await sub;
+    // The room delivers every 50 ms; the Pings go unanswered.
+    let n = 0;
+    const flowing = setInterval(() => {
+      stream.send(0, { type: 'Publication', room: 'dash.cpu', position: null, payload: text(`v${n++}`) });
+    }, 50);
+    t.after(() => clearInterval(flowing));
+    const [, cause] = await left;
+    clearInterval(flowing);
+    assert.match(cause.message, /presumed hung/);
+  });
+
   test('the first ping of a session is written before the (re)subscribes and queued publishes', async (t) => {
     // The server answers control-stream commands in order: a ping queued behind the subscribes
     // would measure their processing, not the round trip (the demo showed 37-310 ms on loopback).
