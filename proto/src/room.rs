@@ -61,6 +61,14 @@ impl TenantId {
     }
 }
 
+/// Maps keyed by tenant are looked up by a tenant's name (the derived `Hash` and `Eq` are the
+/// name's).
+impl std::borrow::Borrow<str> for TenantId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

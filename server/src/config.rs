@@ -270,13 +270,12 @@ pub struct NatsConfig {
     /// Copies JetStream keeps of every stream and key-value bucket Quiver makes (history,
     /// presence, revocations, idempotency keys): 1 to 5 (`MAX_REPLICAS`). 1 puts each on one
     /// nats-server, so losing that server stops them; 3 on a three-node NATS cluster survives
-    /// the loss of any one. Existing streams and buckets are brought to it when next opened.
-    #[serde(default = "default_replicas")]
-    pub replicas: usize,
-}
-
-fn default_replicas() -> usize {
-    1
+    /// the loss of any one. Set, existing streams and buckets are brought to it when next
+    /// opened; unset, new ones are made with one copy and existing ones keep theirs (an
+    /// operator's `nats stream edit --replicas 3` is never undone by an upgrade: review 118,
+    /// F1).
+    #[serde(default)]
+    pub replicas: Option<usize>,
 }
 
 fn default_presence_ttl() -> Duration {
@@ -294,7 +293,7 @@ impl NatsConfig {
             credentials: None,
             ca: None,
             presence_ttl: default_presence_ttl(),
-            replicas: default_replicas(),
+            replicas: None,
         }
     }
 }

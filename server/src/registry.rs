@@ -193,7 +193,7 @@ pub struct Registry {
     /// control message looks through its tenant's sessions alone, and `info` counts them
     /// without a pass over every session of every tenant, under the lock each session's open
     /// and close takes (outside audit 72, F6; outside audit 116, F9).
-    sessions: Mutex<HashMap<String, HashMap<String, Entry>>>,
+    sessions: Mutex<HashMap<TenantId, HashMap<String, Entry>>>,
 }
 
 impl Registry {
@@ -210,7 +210,7 @@ impl Registry {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(tenant.to_string())
+            .entry(tenant.clone())
             .or_default()
             .insert(
                 session.to_owned(),
@@ -224,7 +224,7 @@ impl Registry {
         (
             Registered {
                 registry: self.clone(),
-                tenant: tenant.to_string(),
+                tenant: tenant.clone(),
                 session: session.to_owned(),
             },
             kicks,
@@ -234,7 +234,7 @@ impl Registry {
     /// Ends every local session the selector matches; returns how many.
     pub fn kick(&self, selector: &Selector, kick: &Kick) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tenant) = sessions.get(&selector.tenant) else {
+        let Some(tenant) = sessions.get(selector.tenant.as_str()) else {
             return 0;
         };
         let matches = |entry: &Entry| {
@@ -273,7 +273,7 @@ impl Registry {
     pub fn set_jti(&self, tenant: &TenantId, session: &str, jti: Option<&str>) {
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = sessions
-            .get_mut(tenant.as_str())
+            .get_mut(tenant)
             .and_then(|tenant| tenant.get_mut(session))
         {
             entry.jti_key = jti.map(|j| crate::revocation::key(&entry.tenant, j));
@@ -285,7 +285,7 @@ impl Registry {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match tenant {
             None => sessions.values().map(HashMap::len).sum(),
-            Some(tenant) => sessions.get(tenant.as_str()).map_or(0, HashMap::len),
+            Some(tenant) => sessions.get(tenant).map_or(0, HashMap::len),
         }
     }
 }
@@ -293,7 +293,7 @@ impl Registry {
 /// A session's registration; removed on drop.
 pub struct Registered {
     registry: Arc<Registry>,
-    tenant: String,
+    tenant: TenantId,
     session: String,
 }
 

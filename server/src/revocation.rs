@@ -60,8 +60,9 @@ pub struct Revocations {
     /// may open with a token revoked earlier, so the instance is not ready, and the sessions
     /// opened meanwhile are checked once it is (`control.rs`).
     loaded: AtomicBool,
-    /// Copies JetStream keeps of the stored revocations (`nats.replicas`).
-    replicas: usize,
+    /// Copies JetStream keeps of the stored revocations (`nats.replicas`; unset: one for a new
+    /// bucket, an existing one keeps its count).
+    replicas: Option<usize>,
 }
 
 impl Revocations {
@@ -71,12 +72,12 @@ impl Revocations {
             inner: Mutex::default(),
             api: Mutex::default(),
             loaded: AtomicBool::new(loaded),
-            replicas: 1,
+            replicas: None,
         }
     }
 
     /// Stored with this many copies in JetStream (`nats.replicas`).
-    pub fn with_replicas(mut self, replicas: usize) -> Self {
+    pub fn with_replicas(mut self, replicas: Option<usize>) -> Self {
         self.replicas = replicas;
         self
     }
@@ -236,7 +237,7 @@ const LOAD_BATCH: usize = 256;
 /// The bucket, created or brought to this configuration (`replicas`: `nats.replicas`).
 async fn store(
     nats: &async_nats::Client,
-    replicas: usize,
+    replicas: Option<usize>,
 ) -> Result<async_nats::jetstream::kv::Store, String> {
     let js = async_nats::jetstream::new(nats.clone());
     // Created, or brought to this configuration: earlier versions made the bucket with a
@@ -247,9 +248,9 @@ async fn store(
         async_nats::jetstream::kv::Config {
             bucket: REVOKED_BUCKET.into(),
             history: 1,
-            num_replicas: replicas,
             ..Default::default()
         },
+        replicas,
     )
     .await
     .map_err(|e| format!("nats: revocation store: {e}"))

@@ -27,7 +27,7 @@ const RECOVERY: Duration = Duration::from_secs(40);
 fn on_cluster(urls: String, replicas: usize) -> impl Fn(&mut quiver_server::Config) {
     move |c| {
         let mut nats = NatsConfig::new(urls.clone());
-        nats.replicas = replicas;
+        nats.replicas = Some(replicas);
         c.nats = Some(nats);
         c.namespaces.push(NamespaceConfig {
             name: "h".into(),
@@ -209,7 +209,7 @@ async fn streams_and_buckets_made_with_one_copy_are_brought_to_the_configured_co
     server
         .restart_with(|c| {
             if let Some(nats) = &mut c.nats {
-                nats.replicas = 3;
+                nats.replicas = Some(3);
             }
         })
         .await?;
@@ -222,6 +222,39 @@ async fn streams_and_buckets_made_with_one_copy_are_brought_to_the_configured_co
     );
     for name in [stream.as_str(), "KV_quiver_presence", "KV_quiver_revoked"] {
         assert_eq!(replicas_and_leader(&js, name).await?.0, 3, "{name}");
+    }
+    drop(bob);
+
+    // Unset, nothing is lowered (review 118, F1: an upgrade with the default brought streams
+    // an operator had raised by hand back to one copy).
+    server
+        .restart_with(|c| {
+            if let Some(nats) = &mut c.nats {
+                nats.replicas = None;
+            }
+        })
+        .await?;
+    wait_ready(&server).await?;
+    let mut carol = Raw::connect(&server, &full_token("acme", "carol")).await?;
+    let _joined = carol.subscribe("h.room").await?;
+    assert_eq!(
+        carol.whole_history("h.room").await?,
+        [Bytes::from_static(b"kept")]
+    );
+    let (status, _) = api_post(
+        &server,
+        "revoke",
+        ADMIN,
+        serde_json::json!({
+            "tenant": "acme",
+            "jti": "unset-check",
+            "expires_at": quiver_server::auth::unix_now() + 3600,
+        }),
+    )
+    .await?;
+    assert_eq!(status, 200);
+    for name in [stream.as_str(), "KV_quiver_presence", "KV_quiver_revoked"] {
+        assert_eq!(replicas_and_leader(&js, name).await?.0, 3, "{name}, unset");
     }
     Ok(())
 }

@@ -290,9 +290,10 @@ async fn a_ping_behind_a_history_read_on_a_stalled_broker_is_answered_at_once() 
 
 /// A datagram publication at the head of the queue while a command waits stops nothing (outside
 /// audit 117, F3): it is no command, so the `Ping` behind it is still answered beside the
-/// waiting `History`, and it is dropped as `busy`, not held to publish a stale value later.
-/// Held, it stopped the reading like a command: a client publishing positions by datagram lost
-/// its heartbeat whenever a command waited.
+/// waiting `History`. Held like a command, it stopped the reading: a client publishing
+/// positions by datagram lost its heartbeat whenever a command waited. Of the datagrams read
+/// meanwhile the newest runs after the command, an older one is dropped as `superseded`
+/// (review 118, F4: dropping them all lost a publisher's last value).
 #[tokio::test]
 async fn a_datagram_at_the_head_of_the_queue_does_not_hold_up_the_ping_behind_it(
 ) -> anyhow::Result<()> {
@@ -303,15 +304,18 @@ async fn a_datagram_at_the_head_of_the_queue_does_not_hold_up_the_ping_behind_it
         c.publish("log.a", b"stored").await?,
         Event::Published { .. }
     ));
-    let busy = || async {
+    let mut watcher = Raw::connect(&server, &full_token("acme", "w")).await?;
+    let (reply, _stream) = watcher.subscribe_from("game.pos", None).await?;
+    assert!(matches!(reply, Event::Subscribed { .. }), "{reply:?}");
+    let superseded = || async {
         let page = server.metrics().await?;
         anyhow::Ok(metric_sum(
             &page,
             "quiver_datagrams_dropped_total",
-            &[("reason", "busy")],
+            &[("reason", "superseded")],
         ))
     };
-    let busy_before = busy().await?;
+    let superseded_before = superseded().await?;
     nats.pause()?;
     let history = c
         .send(Command::History {
@@ -320,16 +324,18 @@ async fn a_datagram_at_the_head_of_the_queue_does_not_hold_up_the_ping_behind_it
             limit: 10,
         })
         .await?;
-    // Behind the History, on its way to the session before the Ping.
+    // Behind the History, on their way to the session before the Ping.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    c.conn().send_datagram(
-        quiver_proto::datagram::PublishDatagram {
-            room: "game.pos",
-            payload: b"stale",
-        }
-        .encode(),
-    )?;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    for payload in [&b"stale"[..], b"newest"] {
+        c.conn().send_datagram(
+            quiver_proto::datagram::PublishDatagram {
+                room: "game.pos",
+                payload,
+            }
+            .encode(),
+        )?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let ping = c.send(Command::Ping).await?;
     let first = tokio::time::timeout(Duration::from_secs(2), c.recv())
         .await
@@ -342,9 +348,16 @@ async fn a_datagram_at_the_head_of_the_queue_does_not_hold_up_the_ping_behind_it
     let reply = c.recv().await?;
     assert_eq!(reply.id, history, "{reply:?}");
     assert!(
-        busy().await? > busy_before,
-        "the datagram was not dropped as busy"
+        superseded().await? > superseded_before,
+        "the older datagram was not dropped as superseded"
     );
+    // The newest is published once the History is answered.
+    let value = tokio::time::timeout(WAIT, watcher.conn().receive_datagram())
+        .await
+        .map_err(|_| anyhow::anyhow!("the newest datagram was never published"))??;
+    let payload = value.payload();
+    let latest = quiver_proto::datagram::Latest::decode(&payload)?;
+    assert_eq!(latest.payload, b"newest");
     Ok(())
 }
 

@@ -171,7 +171,8 @@ fn nats_replicas_load_and_are_bounded() {
     figment::Jail::expect_with(|jail| {
         jail.create_file("d.toml", "[nats]\nurl = \"nats://127.0.0.1:4222\"\n")?;
         let c = Config::load(Some("d.toml".as_ref())).map_err(|e| e.to_string())?;
-        assert_eq!(c.nats.map(|n| n.replicas), Some(1), "the default");
+        // Unset: new streams get one copy, existing ones keep theirs (review 118, F1).
+        assert_eq!(c.nats.map(|n| n.replicas), Some(None), "the default");
         for (replicas, ok) in [(0, false), (1, true), (3, true), (5, true), (6, false)] {
             jail.create_file(
                 "n.toml",
@@ -180,7 +181,7 @@ fn nats_replicas_load_and_are_bounded() {
             match Config::load(Some("n.toml".as_ref())) {
                 Ok(c) => {
                     assert!(ok, "{replicas} taken");
-                    assert_eq!(c.nats.map(|n| n.replicas), Some(replicas));
+                    assert_eq!(c.nats.map(|n| n.replicas), Some(Some(replicas)));
                 }
                 Err(e) => {
                     assert!(!ok, "{replicas}: {e}");
@@ -196,7 +197,11 @@ fn nats_replicas_load_and_are_bounded() {
         }
         jail.set_env("QUIVER_NATS__REPLICAS", "3");
         let c = Config::load(Some("d.toml".as_ref())).map_err(|e| e.to_string())?;
-        assert_eq!(c.nats.map(|n| n.replicas), Some(3), "from the environment");
+        assert_eq!(
+            c.nats.map(|n| n.replicas),
+            Some(Some(3)),
+            "from the environment"
+        );
         jail.set_env("QUIVER_NATS__REPLICAS", "0");
         let e = Config::load(Some("d.toml".as_ref()))
             .unwrap_err()

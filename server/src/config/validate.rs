@@ -204,11 +204,10 @@ impl Config {
             }
             // 0 would be read by JetStream as "the default" (1) and above 5 is refused by
             // nats-server only at the first stream's creation, i.e. as a failed publish.
-            if !(1..=MAX_REPLICAS).contains(&nats.replicas) {
+            if let Some(replicas) = nats.replicas.filter(|r| !(1..=MAX_REPLICAS).contains(r)) {
                 problems.push(format!(
                     "nats.replicas must be 1 to {MAX_REPLICAS} (copies JetStream keeps of each \
-                     stream and bucket; 3 on a three-node NATS cluster), not {}",
-                    nats.replicas
+                     stream and bucket; 3 on a three-node NATS cluster), not {replicas}"
                 ));
             }
             // Read only when NATS is connected: a missing file was found at the first

@@ -114,8 +114,9 @@ struct Record {
 pub struct ClusterKeys {
     nats: async_nats::Client,
     store: OnceCell<kv::Store>,
-    /// Copies JetStream keeps of the record (`nats.replicas`).
-    replicas: usize,
+    /// Copies JetStream keeps of the record (`nats.replicas`; unset: one for a new bucket, an
+    /// existing one keeps its count).
+    replicas: Option<usize>,
 }
 
 fn now_ms() -> u64 {
@@ -164,12 +165,12 @@ impl ClusterKeys {
         Self {
             nats,
             store: OnceCell::new(),
-            replicas: 1,
+            replicas: None,
         }
     }
 
     /// The record kept in `replicas` copies (`nats.replicas`).
-    pub fn with_replicas(mut self, replicas: usize) -> Self {
+    pub fn with_replicas(mut self, replicas: Option<usize>) -> Self {
         self.replicas = replicas;
         self
     }
@@ -188,9 +189,9 @@ impl ClusterKeys {
                         max_age: WINDOW,
                         history: 1,
                         max_bytes: MAX_BYTES,
-                        num_replicas: self.replicas,
                         ..Default::default()
                     },
+                    self.replicas,
                 )
                 .await
                 .map_err(|e| format!("nats: idempotency keys: {e}"))

@@ -227,11 +227,11 @@ impl TenantKeys {
 impl IdempotencyKeys {
     /// With one copy of the cluster's record in JetStream; [`Self::with_replicas`] for more.
     pub fn new(nats: Option<async_nats::Client>) -> Self {
-        Self::with_replicas(nats, 1)
+        Self::with_replicas(nats, None)
     }
 
     /// The cluster's record kept in `replicas` copies (`nats.replicas`).
-    pub fn with_replicas(nats: Option<async_nats::Client>, replicas: usize) -> Self {
+    pub fn with_replicas(nats: Option<async_nats::Client>, replicas: Option<usize>) -> Self {
         Self {
             inner: Mutex::default(),
             cluster: nats.map(|nats| cluster::ClusterKeys::new(nats).with_replicas(replicas)),

@@ -43,6 +43,9 @@ impl Session {
         for _ in 0..self.datagram_lane.clear() {
             crate::metrics::datagram_dropped("session_ended");
         }
+        // And datagram publications that come meanwhile are not taken either (taken, they went
+        // into the lane just cleared, never to run: review 118, F3).
+        inbox.drain();
         let config = &self.shared.config;
         let give_up_at = take_until + config.rpc.max_timeout + CALL_START;
         // The drain's replies wait for room until then and `timeouts.reply` more at most,
@@ -109,6 +112,10 @@ impl Session {
                         );
                     }
                 }
+            }
+            if let Some(crate::transport::Inbound::Datagram(_)) = item {
+                crate::metrics::datagram_dropped("session_ended");
+                continue;
             }
             if let Some(item) = item {
                 let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;

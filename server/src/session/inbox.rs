@@ -38,9 +38,14 @@ pub(super) struct Inbox {
     out: queue::Sender<Bytes>,
     /// What was taken early and is not yet metered.
     answered: Vec<Early>,
-    /// Datagram publications read early and dropped (`busy`), not yet metered: how many, and
-    /// when the last arrived. A count, not a list: they are read for as long as the wait lasts.
+    /// The newest datagram publication read while a command waited: it runs after it.
+    datagram: Option<Inbound>,
+    /// Datagram publications read early and dropped (`superseded` by a newer one; in a drain,
+    /// `session_ended`), not yet metered: how many, and when the last arrived. A count, not a
+    /// list: they are read for as long as the wait lasts.
     datagrams: (u32, Option<Instant>),
+    /// The session drains: a datagram publication read early is dropped, not kept to run.
+    draining: bool,
 }
 
 /// What was taken from the queue while a command waited, to be metered once it is done.
@@ -66,13 +71,15 @@ impl Inbox {
             finished: false,
             out,
             answered: Vec::new(),
+            datagram: None,
             datagrams: (0, None),
+            draining: false,
         }
     }
 
     /// The next item: the one kept during a wait first. `None` once the adapter is gone.
     pub(super) async fn recv(&mut self) -> Option<Inbound> {
-        match self.next.take() {
+        match self.held() {
             Some(item) => Some(item),
             None => self.rx.recv().await,
         }
@@ -80,10 +87,32 @@ impl Inbox {
 
     /// The next item if one is queued.
     pub(super) fn try_recv(&mut self) -> Option<Inbound> {
-        match self.next.take() {
+        match self.held() {
             Some(item) => Some(item),
             None => self.rx.try_recv().ok(),
         }
+    }
+
+    /// What was read while a command waited and runs next: the item that stopped the reading,
+    /// then the newest datagram publication.
+    fn held(&mut self) -> Option<Inbound> {
+        self.next.take().or_else(|| self.datagram.take())
+    }
+
+    /// The session drains: datagram publications read from now on are dropped
+    /// (`session_ended`), and so is one kept to run.
+    pub(super) fn drain(&mut self) {
+        self.draining = true;
+        if let Some(Inbound::Datagram(datagram)) = self.datagram.take() {
+            self.dropped_early(datagram.1, "session_ended");
+        }
+    }
+
+    /// A datagram publication read early and dropped, for `reason`; metered later.
+    fn dropped_early(&mut self, arrived: Instant, reason: &'static str) {
+        m::datagram_dropped(reason);
+        self.datagrams.0 = self.datagrams.0.saturating_add(1);
+        self.datagrams.1 = Some(arrived);
     }
 
     /// Runs `work` (one item's handling) to its end, answering the Pings that reach the head of
@@ -149,15 +178,22 @@ impl Inbox {
                 }
             }
             Some(Inbound::Control(arrived)) => self.answered.push(Early::Control(arrived)),
-            // A datagram publication is no command, so it stops nothing: dropped as `busy`
-            // (unacknowledged, and a `latest` room's next value replaces it), metered once the
-            // command is done. Held, it stopped the reading like a command, and a client
-            // publishing positions by datagram lost its heartbeat whenever a command waited
-            // (outside audit 117, F3), then had its stale values published in a row.
+            // A datagram publication is no command, so it stops nothing: the newest is kept to
+            // run after the waiting command (an older one it replaces is dropped as
+            // `superseded`: a `latest` room wants its newest value, and a publisher's last one
+            // is not lost; review 118, F4), metered then. Held like a command, it stopped the
+            // reading, and a client publishing positions by datagram lost its heartbeat
+            // whenever a command waited (outside audit 117, F3), then had its stale values
+            // published in a row. In a drain none runs.
+            Some(Inbound::Datagram(datagram)) if self.draining => {
+                self.dropped_early(datagram.1, "session_ended");
+            }
             Some(Inbound::Datagram(datagram)) => {
-                m::datagram_dropped("busy");
-                self.datagrams.0 = self.datagrams.0.saturating_add(1);
-                self.datagrams.1 = Some(datagram.1);
+                if let Some(Inbound::Datagram(older)) =
+                    self.datagram.replace(Inbound::Datagram(datagram))
+                {
+                    self.dropped_early(older.1, "superseded");
+                }
             }
             Some(other) => self.next = Some(other),
             None => self.finished = true,
@@ -171,6 +207,15 @@ impl Inbox {
     /// What was taken early since the last call, for metering.
     pub(super) fn take_answered(&mut self) -> Vec<Early> {
         std::mem::take(&mut self.answered)
+    }
+}
+
+impl Drop for Inbox {
+    /// A datagram publication kept to run when the session ended never ran: counted.
+    fn drop(&mut self) {
+        if matches!(self.datagram, Some(Inbound::Datagram(_))) {
+            m::datagram_dropped("session_ended");
+        }
     }
 }
 

@@ -206,7 +206,7 @@ impl Inner {
             // than Quiver sends more (outside cluster audit 6, F1).
             max_message_size: config_limits.max_message,
             storage: self.storage,
-            num_replicas: replicas::configured(&self.config),
+            num_replicas: replicas::for_new(&self.config),
             allow_direct: true,
             metadata: HashMap::from([(
                 PER_ROOM_FLOOR.to_owned(),

@@ -59,6 +59,7 @@ impl Inner {
         let connected = move || super::connection::is_connected(&client);
         let nudge = self.presence_nudge.clone();
         let bucket = self.presence_config();
+        let replicas = super::replicas::configured(&self.config);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             // The bucket's handle is kept between ticks: looking it up on every tick cost a
@@ -97,7 +98,7 @@ impl Inner {
                     Some(store) => store,
                     None => match js.get_key_value(PRESENCE_BUCKET).await {
                         Ok(store) => store,
-                        Err(_) => match presence_bucket(&js, bucket.clone()).await {
+                        Err(_) => match presence_bucket(&js, bucket.clone(), replicas).await {
                             Ok(store) => store,
                             Err(_) => continue,
                         },
@@ -188,7 +189,6 @@ impl Inner {
             history: 1,
             max_age: ttl,
             storage: self.storage,
-            num_replicas: super::replicas::configured(&self.config),
             ..Default::default()
         }
     }
@@ -200,9 +200,13 @@ impl Inner {
             // with another age limit refused `create_key_value`, which left presence broken
             // until someone deleted the bucket by hand (outside audit).
             self.presence.get_or_try_init(|| async {
-                presence_bucket(&self.js, self.presence_config())
-                    .await
-                    .map_err(unavailable)
+                presence_bucket(
+                    &self.js,
+                    self.presence_config(),
+                    super::replicas::configured(&self.config),
+                )
+                .await
+                .map_err(unavailable)
             }),
         )
         .await
@@ -385,8 +389,9 @@ impl Inner {
 async fn presence_bucket(
     js: &jetstream::Context,
     config: jetstream::kv::Config,
+    replicas: Option<usize>,
 ) -> Result<jetstream::kv::Store, jetstream::context::CreateKeyValueError> {
-    super::replicas::key_value(js, config).await
+    super::replicas::key_value(js, config, replicas).await
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! makes (outside audit 112, F5: all were made with one, so losing one node of a three-node
 //! NATS cluster stopped the history, presence, revocations and idempotency keys it held).
 //!
-//! A stream or bucket made earlier with another count is brought to the configured one when an
-//! instance opens it (JetStream moves a stream between replica counts in place, keeping its
+//! Unset, new streams and buckets get one copy and existing ones keep whatever count they have
+//! (an operator may have raised it with `nats stream edit`: an upgrade must not lower it,
+//! review 118, F1). Set, a stream or bucket made earlier with another count is brought to the
+//! configured one when an instance opens it (JetStream moves a stream between replica counts in place, keeping its
 //! messages and sequences). When JetStream refuses (a single nats-server, which takes only 1;
 //! fewer nodes up than the count asks for), the stream is used as it is, with a warning that
 //! names the setting: refusing it would stop what works today over a copy count.
@@ -11,9 +13,14 @@
 use async_nats::jetstream::{self, kv, stream};
 use tracing::warn;
 
-/// The configured count (1 without `[nats]`, which makes no stream anyway).
-pub(crate) fn configured(config: &crate::Config) -> usize {
-    config.nats.as_ref().map_or(1, |n| n.replicas)
+/// The configured count, if `nats.replicas` is set.
+pub(crate) fn configured(config: &crate::Config) -> Option<usize> {
+    config.nats.as_ref().and_then(|n| n.replicas)
+}
+
+/// The copies of a stream or bucket made now: the configured count, else one.
+pub(crate) fn for_new(config: &crate::Config) -> usize {
+    configured(config).unwrap_or(1)
 }
 
 /// Warns when more than one copy is configured and the NATS server is part of no cluster: a
@@ -21,7 +28,7 @@ pub(crate) fn configured(config: &crate::Config) -> usize {
 /// revocations and idempotency keys fail at their first use (existing ones are used as they
 /// are). Said once per connection, where an operator looks at start.
 pub(crate) fn warn_if_unclustered(config: &crate::Config, server: &async_nats::ServerInfo) {
-    let wanted = configured(config);
+    let wanted = for_new(config);
     if wanted > 1 && server.cluster.is_none() {
         warn!(
             replicas = wanted,
@@ -38,17 +45,18 @@ pub(crate) fn of(config: &stream::Config) -> usize {
     config.num_replicas.max(1)
 }
 
-/// `current` (a stream's configuration as JetStream has it) brought to `wanted` copies; returns
-/// the configuration as it is afterwards (unchanged when JetStream refused, with a warning).
+/// `current` (a stream's configuration as JetStream has it) brought to `wanted` copies (unset:
+/// left as it is); returns the configuration as it is afterwards (unchanged when JetStream
+/// refused, with a warning).
 pub(crate) async fn bring_stream_to(
     js: &jetstream::Context,
     current: stream::Config,
-    wanted: usize,
+    wanted: Option<usize>,
 ) -> stream::Config {
     let has = of(&current);
-    if has == wanted {
+    let Some(wanted) = wanted.filter(|wanted| *wanted != has) else {
         return current;
-    }
+    };
     let name = current.name.clone();
     let update = stream::Config {
         num_replicas: wanted,
@@ -82,15 +90,29 @@ fn refused(name: &str, has: usize, wanted: usize, e: &dyn std::fmt::Display) {
     );
 }
 
-/// The bucket `config` describes (its `num_replicas` set from `nats.replicas` by the caller),
-/// created or brought to it. One JetStream cannot bring there is used as it is, with a warning,
+/// The bucket `config` describes, with `wanted` copies (`nats.replicas`; unset: one for a new
+/// bucket, an existing one keeps its count), created or brought to it. One JetStream cannot bring there is used as it is, with a warning,
 /// rather than leave what needs it broken: another storage (a stream's storage never changes:
 /// outside audit, presence broken until the bucket was deleted by hand) or another replica
 /// count it cannot place now. Its other settings (an age limit) are still brought up to date.
 pub(crate) async fn key_value(
     js: &jetstream::Context,
-    config: kv::Config,
+    mut config: kv::Config,
+    wanted: Option<usize>,
 ) -> Result<kv::Store, jetstream::context::CreateKeyValueError> {
+    config.num_replicas = match wanted {
+        Some(wanted) => wanted,
+        // An update names a count whatever it is given: an existing bucket's own is kept (an
+        // answer that is not "no such bucket" fails the open rather than guess a count).
+        None => match js.get_stream(format!("KV_{}", config.bucket)).await {
+            Ok(mut existing) => match existing.info().await {
+                Ok(info) => of(&info.config),
+                Err(e) => return Err(unreadable(e)),
+            },
+            Err(e) if not_found(&e) => 1,
+            Err(e) => return Err(unreadable(e)),
+        },
+    };
     let e = match js.create_or_update_key_value(config.clone()).await {
         Ok(kv) => return Ok(kv),
         Err(e) => e,
@@ -125,4 +147,18 @@ pub(crate) async fn key_value(
         ..config
     })
     .await
+}
+
+/// Whether the stream asked for does not exist.
+fn not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}
+
+/// An existing bucket whose count could not be read, as an error of its open.
+fn unreadable(e: impl std::fmt::Display) -> jetstream::context::CreateKeyValueError {
+    jetstream::context::CreateKeyValueError::with_source(
+        jetstream::context::CreateKeyValueErrorKind::JetStream,
+        e.to_string(),
+    )
 }
