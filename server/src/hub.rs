@@ -39,39 +39,6 @@ pub struct RoomsHere {
     pub subscriptions: usize,
 }
 
-/// A room in `Hub::rooms`'s heap, ordered by tenant and name.
-struct Listed(RoomKey, usize);
-
-impl Listed {
-    fn order(key: &RoomKey) -> (&TenantId, &str) {
-        (&key.tenant, key.room.as_str())
-    }
-
-    fn sort_key(&self) -> (&TenantId, &str) {
-        Self::order(&self.0)
-    }
-}
-
-impl PartialEq for Listed {
-    fn eq(&self, other: &Self) -> bool {
-        self.sort_key() == other.sort_key()
-    }
-}
-
-impl Eq for Listed {}
-
-impl PartialOrd for Listed {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Listed {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.sort_key().cmp(&other.sort_key())
-    }
-}
-
 /// What subscribers hear when their room's epoch changed under them (`Hub::deliver`).
 pub const EPOCH_CHANGED: (quiver_proto::ErrorCode, &str) = (
     quiver_proto::ErrorCode::UnrecoverablePosition,
@@ -86,8 +53,9 @@ pub const BROKER_GAP: (quiver_proto::ErrorCode, &str) = (
      again, resuming from your last position",
 );
 
-/// A room's identity: the tenant is part of every key, so tenants can never meet.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// A room's identity: the tenant is part of every key, so tenants can never meet. Ordered by
+/// tenant, then name (`Hub::rooms` lists them so).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomKey {
     pub tenant: TenantId,
     pub room: RoomName,
@@ -407,30 +375,23 @@ impl Hub {
     pub fn rooms(&self, tenant: Option<&TenantId>, max: usize) -> RoomsHere {
         let rooms = self.rooms.read().unwrap_or_else(|e| e.into_inner());
         let mut here = RoomsHere::default();
-        let mut first: std::collections::BinaryHeap<Listed> = Default::default();
+        // Keys are unique, so the count never decides the order.
+        let mut first: std::collections::BinaryHeap<(RoomKey, usize)> = Default::default();
         for (key, room) in rooms.iter() {
             if tenant.is_some_and(|t| *t != key.tenant) {
                 continue;
             }
             here.count += 1;
             here.subscriptions += room.subs.len();
-            let listed = |key: &RoomKey| Listed(key.clone(), room.subs.len());
             if first.len() < max {
-                first.push(listed(key));
-            } else if first
-                .peek()
-                .is_some_and(|last| Listed::order(key) < last.sort_key())
-            {
+                first.push((key.clone(), room.subs.len()));
+            } else if first.peek().is_some_and(|(last, _)| key < last) {
                 first.pop();
-                first.push(listed(key));
+                first.push((key.clone(), room.subs.len()));
             }
         }
         drop(rooms);
-        here.listed = first
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Listed(key, n)| (key, n))
-            .collect();
+        here.listed = first.into_sorted_vec();
         here
     }
 

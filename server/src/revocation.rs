@@ -63,6 +63,12 @@ pub struct Revocations {
     /// Copies JetStream keeps of the stored revocations (`nats.replicas`; unset: one for a new
     /// bucket, an existing one keeps its count).
     replicas: Option<usize>,
+    /// The bucket as the last load opened it: a revocation writes through it rather than open
+    /// it again (each open is a create-or-update and, with `replicas` unset, a read of the
+    /// bucket's stream; and a warning each time JetStream refuses a count change). Every load
+    /// (at start, after each NATS reconnect) opens it afresh, so a bucket lost with a NATS
+    /// server is made again there.
+    opened: Mutex<Option<async_nats::jetstream::kv::Store>>,
 }
 
 impl Revocations {
@@ -73,6 +79,7 @@ impl Revocations {
             api: Mutex::default(),
             loaded: AtomicBool::new(loaded),
             replicas: None,
+            opened: Mutex::default(),
         }
     }
 
@@ -82,12 +89,32 @@ impl Revocations {
         self
     }
 
-    /// The store of revocations in NATS, created or brought to this configuration.
+    /// The store of revocations in NATS: as the last load opened it, else created or brought
+    /// to this configuration now.
     pub(crate) async fn store(
         &self,
         nats: &async_nats::Client,
     ) -> Result<async_nats::jetstream::kv::Store, String> {
-        store(nats, self.replicas).await
+        let opened = self
+            .opened
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match opened {
+            Some(store) => Ok(store),
+            None => self.open(nats).await,
+        }
+    }
+
+    /// Opens the store (created or brought to this configuration) and keeps it for
+    /// [`Self::store`].
+    async fn open(
+        &self,
+        nats: &async_nats::Client,
+    ) -> Result<async_nats::jetstream::kv::Store, String> {
+        let store = store(nats, self.replicas).await?;
+        *self.opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(store.clone());
+        Ok(store)
     }
 
     /// Counts one revocation by `tenant`'s own API key at `now`; `false` (nothing counted)
@@ -268,7 +295,7 @@ impl Revocations {
         // Each costs JetStream a consumer and a read of the whole store: counted, so what sets
         // them off can be seen (and tested: a flood of disconnects sets off none).
         metrics::counter!(crate::metrics::REVOCATION_LOADS).increment(1);
-        let store = self.store(nats).await?;
+        let store = self.open(nats).await?;
         let consumer = store
             .stream
             .create_consumer(pull::Config {

@@ -203,7 +203,7 @@ impl NatsServer {
 /// The client and monitoring ports from the file nats-server `pid` writes once it listens
 /// (`<executable>_<pid>.ports`: `{"nats":["nats://127.0.0.1:P"],"monitoring":["http://…:M"]}`),
 /// or None while it has not written it yet.
-fn read_ports_file(dir: &Path, pid: u32) -> Result<Option<(u16, u16)>> {
+pub(crate) fn read_ports_file(dir: &Path, pid: u32) -> Result<Option<(u16, u16)>> {
     let suffix = format!("_{pid}.ports");
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();

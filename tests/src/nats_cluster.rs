@@ -8,7 +8,7 @@
 //! free here and released just before the nodes start; a node that then finds its port taken
 //! exits at start, and the whole cluster is started again on new ports.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -192,7 +192,7 @@ async fn spawn(name: &str, conf: &Path, ports_dir: &Path) -> Result<NatsNode> {
     let pid = child.id();
     let deadline = tokio::time::Instant::now() + WAIT;
     let (port, monitor_port) = loop {
-        if let Some(ports) = read_ports(ports_dir, pid)? {
+        if let Some(ports) = crate::nats::read_ports_file(ports_dir, pid)? {
             break ports;
         }
         if let Some(status) = child.try_wait()? {
@@ -211,26 +211,4 @@ async fn spawn(name: &str, conf: &Path, ports_dir: &Path) -> Result<NatsNode> {
         port,
         monitor_port,
     })
-}
-
-/// The client and monitoring ports nats-server `pid` wrote, once it has.
-fn read_ports(dir: &Path, pid: u32) -> Result<Option<(u16, u16)>> {
-    let suffix = format!("_{pid}.ports");
-    let Some(path) = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p: &PathBuf| p.to_string_lossy().ends_with(&suffix))
-    else {
-        return Ok(None);
-    };
-    let Ok(ports) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&path)?) else {
-        return Ok(None); // still being written
-    };
-    let port_of = |key: &str| {
-        ports[key][0]
-            .as_str()
-            .and_then(|url| url.rsplit_once(':'))
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .with_context(|| format!("no {key} port in {ports}"))
-    };
-    Ok(Some((port_of("nats")?, port_of("monitoring")?)))
 }

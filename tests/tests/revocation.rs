@@ -440,6 +440,57 @@ async fn a_revocation_reaches_every_instance_and_outlives_them() -> anyhow::Resu
     Ok(())
 }
 
+/// A revocation writes through the bucket the instance's load opened: it does not open it again
+/// (a create-or-update, with `nats.replicas` unset a read of its stream too, and a warning each
+/// time when JetStream refuses a copy count: review 118). Seen from NATS: no JetStream request
+/// about the bucket's stream while three revocations are made, and each is stored.
+#[tokio::test]
+async fn revocations_write_through_the_bucket_the_load_opened() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let server = TestServer::start_with(|c| {
+        with_keys(c);
+        c.nats = Some(NatsConfig::new(nats.url()));
+    })
+    .await?;
+    // Once its revocations are loaded (the bucket opened), it is ready.
+    let deadline = Instant::now() + WAIT;
+    while readyz(&server).await? != 200 {
+        anyhow::ensure!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let watcher = async_nats::connect(nats.url()).await?;
+    let mut requests = watcher
+        .subscribe("$JS.API.STREAM.*.KV_quiver_revoked")
+        .await?;
+    watcher.flush().await?;
+    let exp = quiver_server::auth::unix_now() + 3600;
+    for n in 0..3 {
+        let (status, body) = revoke(
+            &server,
+            ADMIN,
+            serde_json::json!({"tenant": "acme", "jti": format!("once-{n}"), "expires_at": exp}),
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    watcher.flush().await?;
+    let seen = tokio::time::timeout(Duration::from_millis(500), requests.next()).await;
+    if let Ok(Some(request)) = seen {
+        panic!("a revocation opened the bucket again: {}", request.subject);
+    }
+    let store = async_nats::jetstream::new(watcher)
+        .get_key_value("quiver_revoked")
+        .await?;
+    for n in 0..3 {
+        let key = quiver_server::revocation::key(
+            &quiver_proto::TenantId::parse("acme")?,
+            &format!("once-{n}"),
+        );
+        assert!(store.get(&key).await?.is_some(), "revocation {n} is stored");
+    }
+    Ok(())
+}
+
 /// `GET /readyz`'s status.
 async fn readyz(server: &TestServer) -> anyhow::Result<u16> {
     Ok(reqwest::get(format!("http://{}/readyz", server.http))

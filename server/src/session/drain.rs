@@ -43,8 +43,8 @@ impl Session {
         for _ in 0..self.datagram_lane.clear() {
             crate::metrics::datagram_dropped("session_ended");
         }
-        // And datagram publications that come meanwhile are not taken either (taken, they went
-        // into the lane just cleared, never to run: review 118, F3).
+        // And datagram publications that come meanwhile are not taken either (the inbox drops
+        // them: `Inbox::dropped_in_drain`).
         inbox.drain();
         let config = &self.shared.config;
         let give_up_at = take_until + config.rpc.max_timeout + CALL_START;
@@ -112,10 +112,6 @@ impl Session {
                         );
                     }
                 }
-            }
-            if let Some(crate::transport::Inbound::Datagram(_)) = item {
-                crate::metrics::datagram_dropped("session_ended");
-                continue;
             }
             if let Some(item) = item {
                 let exit = Box::pin(self.inbound_beside_pings(inbox, Some(item))).await;

@@ -38,13 +38,15 @@ pub(super) struct Inbox {
     out: queue::Sender<Bytes>,
     /// What was taken early and is not yet metered.
     answered: Vec<Early>,
-    /// The newest datagram publication read while a command waited: it runs after it.
-    datagram: Option<Inbound>,
-    /// Datagram publications read early and dropped (`superseded` by a newer one; in a drain,
-    /// `session_ended`), not yet metered: how many, and when the last arrived. A count, not a
+    /// The newest datagram publication read while a command waited (its bytes and arrival):
+    /// it runs after it.
+    datagram: Option<Box<(Bytes, Instant)>>,
+    /// Datagram publications read early and dropped (`superseded` by a newer one), not yet
+    /// metered: how many, and when the last arrived. A count, not a
     /// list: they are read for as long as the wait lasts.
     datagrams: (u32, Option<Instant>),
-    /// The session drains: a datagram publication read early is dropped, not kept to run.
+    /// The session drains: a datagram publication read is dropped, not kept to run (one place
+    /// for the rule: [`Inbox::dropped_in_drain`]).
     draining: bool,
 }
 
@@ -79,38 +81,62 @@ impl Inbox {
 
     /// The next item: the one kept during a wait first. `None` once the adapter is gone.
     pub(super) async fn recv(&mut self) -> Option<Inbound> {
-        match self.held() {
-            Some(item) => Some(item),
-            None => self.rx.recv().await,
+        if let Some(item) = self.held() {
+            return Some(item);
+        }
+        loop {
+            let item = self.rx.recv().await;
+            if !self.dropped_in_drain(&item) {
+                return item;
+            }
         }
     }
 
     /// The next item if one is queued.
     pub(super) fn try_recv(&mut self) -> Option<Inbound> {
-        match self.held() {
-            Some(item) => Some(item),
-            None => self.rx.try_recv().ok(),
+        if let Some(item) = self.held() {
+            return Some(item);
+        }
+        loop {
+            let item = self.rx.try_recv().ok();
+            if !self.dropped_in_drain(&item) {
+                return item;
+            }
         }
     }
 
     /// What was read while a command waited and runs next: the item that stopped the reading,
     /// then the newest datagram publication.
     fn held(&mut self) -> Option<Inbound> {
-        self.next.take().or_else(|| self.datagram.take())
+        self.next
+            .take()
+            .or_else(|| self.datagram.take().map(Inbound::Datagram))
     }
 
     /// The session drains: datagram publications read from now on are dropped
     /// (`session_ended`), and so is one kept to run.
     pub(super) fn drain(&mut self) {
         self.draining = true;
-        if let Some(Inbound::Datagram(datagram)) = self.datagram.take() {
-            self.dropped_early(datagram.1, "session_ended");
+        if self.datagram.take().is_some() {
+            m::datagram_dropped("session_ended");
         }
     }
 
-    /// A datagram publication read early and dropped, for `reason`; metered later.
-    fn dropped_early(&mut self, arrived: Instant, reason: &'static str) {
-        m::datagram_dropped(reason);
+    /// Whether `item` is a datagram publication read in a drain, dropped (`session_ended`): a
+    /// drain takes none, whether read early or in turn. Taken, it would go into the session's
+    /// datagram lane, which the drain cleared as it began and no longer runs (review 118, F3).
+    fn dropped_in_drain(&mut self, item: &Option<Inbound>) -> bool {
+        let dropped = self.draining && matches!(item, Some(Inbound::Datagram(_)));
+        if dropped {
+            m::datagram_dropped("session_ended");
+        }
+        dropped
+    }
+
+    /// A datagram publication read early and dropped, replaced by a newer one; metered later
+    /// (towards the rate, as any datagram).
+    fn superseded(&mut self, arrived: Instant) {
+        m::datagram_dropped("superseded");
         self.datagrams.0 = self.datagrams.0.saturating_add(1);
         self.datagrams.1 = Some(arrived);
     }
@@ -159,6 +185,9 @@ impl Inbox {
     /// An item read while the session waits: a Ping answered, a WebSocket control frame taken,
     /// anything else held to run next (and reading stops).
     fn take_early(&mut self, item: Option<Inbound>) {
+        if self.dropped_in_drain(&item) {
+            return;
+        }
         match item {
             Some(Inbound::Frame(frame, arrived)) if matches!(frame.command, Command::Ping) => {
                 let pong = encode_event(&ServerFrame {
@@ -184,15 +213,10 @@ impl Inbox {
             // is not lost; review 118, F4), metered then. Held like a command, it stopped the
             // reading, and a client publishing positions by datagram lost its heartbeat
             // whenever a command waited (outside audit 117, F3), then had its stale values
-            // published in a row. In a drain none runs.
-            Some(Inbound::Datagram(datagram)) if self.draining => {
-                self.dropped_early(datagram.1, "session_ended");
-            }
+            // published in a row.
             Some(Inbound::Datagram(datagram)) => {
-                if let Some(Inbound::Datagram(older)) =
-                    self.datagram.replace(Inbound::Datagram(datagram))
-                {
-                    self.dropped_early(older.1, "superseded");
+                if let Some(older) = self.datagram.replace(datagram) {
+                    self.superseded(older.1);
                 }
             }
             Some(other) => self.next = Some(other),
@@ -213,7 +237,7 @@ impl Inbox {
 impl Drop for Inbox {
     /// A datagram publication kept to run when the session ended never ran: counted.
     fn drop(&mut self) {
-        if matches!(self.datagram, Some(Inbound::Datagram(_))) {
+        if self.datagram.is_some() {
             m::datagram_dropped("session_ended");
         }
     }
