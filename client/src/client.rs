@@ -222,13 +222,11 @@ impl Client {
     pub async fn publish(&self, room: &str, payload: impl Into<Bytes>) -> Result<(), ClientError> {
         let payload = payload.into();
         self.check_payload(&payload)?;
-        let permit = self.permit().await?;
         let req = Request::Publish {
             room: room.to_string(),
             payload,
             ack: None,
-            permit: Some(permit),
-            claim: Claim::default(),
+            claim: Claim::with_place(self.permit().await?),
         };
         if self.inner.req_tx.send(req).is_err() {
             return Err(self.closed_error());
@@ -308,7 +306,6 @@ impl Client {
             room: room.to_string(),
             payload,
             ack: Some(reply),
-            permit: None,
             claim,
         };
         if self.inner.req_tx.send(req).is_err() {

@@ -213,7 +213,8 @@ pub struct ClientConfig {
     /// Publishes that may be queued in the client, not yet written to the network (default
     /// 1024). While connected a publish waits for room; while disconnected it fails with
     /// [`ClientError::BufferFull`] when the buffer is full. Buffered publishes are sent in order
-    /// after the next `Welcome`.
+    /// after the next `Welcome`. One bound across reconnects: a publish the connection never
+    /// wrote keeps its place while it waits for the next session.
     pub publish_buffer: usize,
     /// Sent as `Hello.client`. Default `quiver-rs/<crate version>`.
     pub client_name: String,

@@ -19,12 +19,12 @@ use crate::pacer::SharedPacer;
 /// Most bytes batched into one write.
 const WRITE_COALESCE: usize = 64 * 1024;
 
-/// One frame for the writer; the permit (for publishes) is released once it is written.
+/// One frame for the writer.
 pub(crate) struct Outgoing {
     pub(crate) frame: Vec<u8>,
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
-    /// For a frame the connection may take back (an acknowledged publish): written only if the
-    /// writer claims it first.
+    /// For a frame the connection may take back (a publish, a call): written only if the
+    /// writer claims it first. A publish's claim holds its place in the publish buffer, given
+    /// back once it is written.
     pub(crate) claim: Option<Claim>,
 }
 
@@ -39,7 +39,7 @@ pub(crate) struct Claim(Arc<ClaimState>);
 #[derive(Default)]
 struct ClaimState {
     state: AtomicU8,
-    /// A `publish_ack`'s place in the publish buffer, kept here so that whoever takes the
+    /// A publish's place in the publish buffer, kept here so that whoever takes the
     /// frame gives it back at once: the writer once written, the caller as it withdraws (not
     /// the connection task whenever it gets to it: outside audit 50, F2).
     place: Mutex<Option<OwnedSemaphorePermit>>,
@@ -235,7 +235,6 @@ async fn run<S: FrameSink>(
         if claimed(&first, &mut permits) {
             size = first.frame.len();
             batch.push(first.frame);
-            permits.push(first.permit);
         }
         // Batch whatever else is queued and allowed right now.
         while size < WRITE_COALESCE && pacer.as_ref().is_none_or(|p| p.ready(Instant::now())) {
@@ -246,7 +245,6 @@ async fn run<S: FrameSink>(
                     }
                     size += next.frame.len();
                     batch.push(next.frame);
-                    permits.push(next.permit);
                 }
                 Ok(_) => {}
                 Err(_) => break,
@@ -292,7 +290,6 @@ mod tests {
     fn out(b: u8) -> Outgoing {
         Outgoing {
             frame: vec![b],
-            permit: None,
             claim: None,
         }
     }

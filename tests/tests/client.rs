@@ -38,6 +38,7 @@ over_both_client_transports!(
     acknowledged_publishes_left_unanswered_by_a_drain_are_sent_again,
     a_publish_ack_given_up_while_waiting_for_the_pacer_is_never_sent,
     withdrawn_publishes_give_their_buffer_places_back_at_once,
+    the_publish_buffer_bounds_what_waits_across_a_reconnect,
 );
 
 /// The WebSocket URL of an in-process server: its HTTP listener.
@@ -1551,6 +1552,82 @@ async fn withdrawn_publishes_give_their_buffer_places_back_at_once(
     }
     client.publish_ack("room.buffered", "after").await?;
     assert_eq!(payload(&mut sub).await?, "after", "{via:?}");
+    close(&client).await
+}
+
+/// `publish_buffer` bounds what waits in all, across a reconnect: the publishes the writer never
+/// wrote (they waited for the pacer) keep their places while they are held for the next
+/// session (outside audit 115, F9: they went again without one, so a client publishing while
+/// disconnected held its buffer over again, once more with each reconnect). Seen after the
+/// reconnect: what arrives from the publisher, held and buffered while disconnected, is at most
+/// the buffer.
+async fn the_publish_buffer_bounds_what_waits_across_a_reconnect(
+    via: Transport,
+) -> anyhow::Result<()> {
+    const BUFFER: usize = 16;
+    // Two commands a second: the client's pacer writes about one in each half second, so most
+    // of the first publishes still wait when the server goes.
+    let mut server = TestServer::start_with(|c| c.limits.commands_per_second = 2).await?;
+    let mut config = reconnecting(config_for(
+        &server,
+        via,
+        token_fixed(full_token("acme", "kept")),
+    ));
+    config.publish_buffer = BUFFER;
+    let client = Client::connect(config).await?;
+    let mut states = StateLog::start(&client);
+    let mut sub = client.subscribe("room.kept").await?;
+    for i in 0..BUFFER {
+        client.publish("room.kept", format!("first-{i}")).await?;
+    }
+    tokio::time::timeout(WAIT, server.stop())
+        .await
+        .map_err(|_| anyhow!("server still stopping after {WAIT:?}"))?;
+    states.until("a disconnect", |s| !is_connected(s)).await?;
+    // Only the places of those written are free.
+    let mut buffered = 0;
+    loop {
+        match client
+            .publish("room.kept", format!("second-{buffered}"))
+            .await
+        {
+            Ok(()) => buffered += 1,
+            Err(ClientError::BufferFull) => break,
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(buffered <= 4 * BUFFER, "publish_buffer bounds nothing");
+    }
+    server
+        .restart_with(|c| c.limits.commands_per_second = 10_000)
+        .await?;
+    states.until("the reconnect", is_connected).await?;
+    // What the old session delivered comes first; then the room again, and what was held.
+    loop {
+        if let SubEvent::Resubscribed { .. } = next(&mut sub).await? {
+            break;
+        }
+    }
+    client.publish_ack("room.kept", "after").await?;
+    let mut again = Vec::new();
+    loop {
+        let got = String::from_utf8_lossy(&payload(&mut sub).await?).into_owned();
+        if got == "after" {
+            break;
+        }
+        again.push(got);
+    }
+    let held = again.iter().filter(|p| p.starts_with("first-")).count();
+    assert!(
+        held > 0,
+        "{via:?}: no publish was held for the next session"
+    );
+    assert_eq!(
+        held + buffered,
+        BUFFER,
+        "{via:?}: {held} held and {buffered} buffered while disconnected, with a buffer of \
+         {BUFFER}: {again:?}"
+    );
+    assert_eq!(again.len(), BUFFER, "{via:?}: {again:?}");
     close(&client).await
 }
 

@@ -48,8 +48,7 @@ impl Actor {
                         room,
                         payload,
                         ack: None,
-                        permit: Some(permit),
-                        claim: Claim::default(),
+                        claim: Claim::with_place(permit),
                     }),
                 }
             }
@@ -57,14 +56,12 @@ impl Actor {
                 room,
                 payload,
                 ack,
-                permit,
                 claim,
             } => {
                 let item = Buffered {
                     room,
                     payload,
                     ack,
-                    permit,
                     claim,
                 };
                 if self.live.is_some() && self.buffer.is_empty() {
@@ -118,12 +115,7 @@ impl Actor {
                 match self.live.as_mut() {
                     // One too large for the session fails its reply itself.
                     Some(live) => {
-                        let _ = live.send_claimed(
-                            call,
-                            Some(Pending::Call { reply }),
-                            None,
-                            Some(claim),
-                        );
+                        let _ = live.send_claimed(call, Some(Pending::Call { reply }), Some(claim));
                     }
                     None => {
                         let _ = reply.send(Err(ClientError::NotConnected));
@@ -341,7 +333,7 @@ impl Actor {
             return;
         }
         let Some(reply) = item.ack else {
-            live.send_unacked(item.room, item.payload, item.permit, item.claim);
+            live.send_unacked(item.room, item.payload, item.claim);
             return;
         };
         let pending = Pending::PublishAck {
@@ -357,7 +349,6 @@ impl Actor {
                 ack: true,
             },
             Some(pending),
-            item.permit,
         );
     }
 

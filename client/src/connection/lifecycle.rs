@@ -220,7 +220,6 @@ impl Actor {
                         room,
                         payload,
                         ack: Some(reply),
-                        permit: None,
                         claim,
                     },
                 )),
@@ -241,7 +240,6 @@ impl Actor {
                         room: u.room,
                         payload: u.payload,
                         ack: None,
-                        permit: None,
                         claim: u.claim,
                     };
                     (u.id, buffered)

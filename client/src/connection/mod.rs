@@ -70,9 +70,9 @@ pub(crate) enum Request {
         room: String,
         payload: Bytes,
         ack: Option<Reply<Option<Position>>>,
-        /// Its place in the publish buffer; none for a `publish_ack`, whose `claim` holds it.
-        permit: Option<OwnedSemaphorePermit>,
-        /// Withdrawn by a `publish_ack` caller that gave up before it was written.
+        /// Holds its place in the publish buffer until it is written (across a reconnect too:
+        /// one sent again still holds it, so the buffer bounds what waits in all, outside
+        /// audit 115, F9); withdrawn by a `publish_ack` caller that gave up before that.
         claim: Claim,
     },
     /// A `publish_ack` caller withdrew its publication: let go of every withdrawn one (their
@@ -262,10 +262,8 @@ struct Buffered {
     payload: Bytes,
     ack: Option<Reply<Option<Position>>>,
     /// Held for this buffer, or withdrawn by its caller; made writable again when it is sent.
+    /// Holds its place in `ClientConfig::publish_buffer` until written.
     claim: Claim,
-    /// Its place in `ClientConfig::publish_buffer`; none for one sent again after a drain (it
-    /// held one when it was made).
-    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Buffered {
@@ -392,20 +390,19 @@ impl Live {
     /// the session's `max_frame` is not sent ([`Live::queue`]): its reply (if any) fails with
     /// the error returned.
     fn send(&mut self, command: Command, pending: Option<Pending>) -> Result<u32, ClientError> {
-        self.send_with(command, pending, None)
+        self.send_with(command, pending)
     }
 
     fn send_with(
         &mut self,
         command: Command,
         pending: Option<Pending>,
-        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<u32, ClientError> {
         let claim = match &pending {
             Some(Pending::PublishAck { claim, .. }) => Some(claim.clone()),
             _ => None,
         };
-        self.send_claimed(command, pending, permit, claim)
+        self.send_claimed(command, pending, claim)
     }
 
     /// [`Live::send_with`] with the `claim` that lets the caller withdraw the frame while it
@@ -414,11 +411,10 @@ impl Live {
         &mut self,
         command: Command,
         pending: Option<Pending>,
-        permit: Option<OwnedSemaphorePermit>,
         claim: Option<Claim>,
     ) -> Result<u32, ClientError> {
         let id = self.next_id();
-        if let Err(e) = self.queue(id, command, permit, claim) {
+        if let Err(e) = self.queue(id, command, claim) {
             match pending {
                 // Not carried out, so not the "gone with the session" `Ok` of `fail_pending`.
                 Some(Pending::Unsubscribe { reply: Some(reply) }) => {
@@ -447,13 +443,7 @@ impl Live {
     }
 
     /// A publish without acknowledgement, kept in `unacked` until the writer claims it.
-    fn send_unacked(
-        &mut self,
-        room: String,
-        payload: Bytes,
-        permit: Option<OwnedSemaphorePermit>,
-        claim: Claim,
-    ) {
+    fn send_unacked(&mut self, room: String, payload: Bytes, claim: Claim) {
         self.prune_unacked();
         let id = self.next_id();
         let command = Command::Publish {
@@ -461,7 +451,7 @@ impl Live {
             payload: payload.clone(),
             ack: false,
         };
-        match self.queue(id, command, permit, Some(claim.clone())) {
+        match self.queue(id, command, Some(claim.clone())) {
             Ok(()) => self.unacked.push_back(Unacked {
                 id,
                 claim,
@@ -489,7 +479,6 @@ impl Live {
         &mut self,
         id: u32,
         command: Command,
-        permit: Option<OwnedSemaphorePermit>,
         claim: Option<Claim>,
     ) -> Result<(), ClientError> {
         let code = commands::oversize_code(&command);
@@ -507,11 +496,7 @@ impl Live {
         }
         // If the writer is gone the connection is being torn down: the Lost event follows and
         // fails the pending reply.
-        let _ = self.writer.queue.send(Outgoing {
-            frame,
-            permit,
-            claim,
-        });
+        let _ = self.writer.queue.send(Outgoing { frame, claim });
         Ok(())
     }
 
