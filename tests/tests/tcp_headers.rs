@@ -120,6 +120,38 @@ async fn a_websocket_token_offered_as_a_subprotocol_is_read_and_never_echoed() -
             )],
             false,
         ),
+        // An `Authorization` of another scheme is not ours (a site's Basic credentials a
+        // browser sends along, a proxy's own): ignored, so the offered token still comes
+        // before the query, and two offered tokens are still none (outside audit 119, F1:
+        // such a header sent the server to the query, and a valid offered token was refused
+        // 3007 for good).
+        (
+            String::new(),
+            vec![
+                ("sec-websocket-protocol", offer(&good)),
+                ("authorization", "Basic dTpw".into()),
+            ],
+            true,
+        ),
+        (
+            format!("?token={bad}"),
+            vec![
+                ("sec-websocket-protocol", offer(&good)),
+                ("authorization", "Digest username=\"u\"".into()),
+            ],
+            true,
+        ),
+        (
+            format!("?token={good}"),
+            vec![
+                (
+                    "sec-websocket-protocol",
+                    format!("quiver, quiver.token.{bad}, quiver.token.{bad}x"),
+                ),
+                ("authorization", "Basic dTpw".into()),
+            ],
+            false,
+        ),
         // `quiver` alone, the token in the query: answered `quiver` too.
         (
             format!("?token={good}"),

@@ -501,7 +501,12 @@ pub fn admit_tcp(
     if authorizations.next().is_some() || first.is_some_and(|v| v.to_str().is_err()) {
         return Ok(String::new());
     }
-    match (first, offered) {
+    // One of another scheme is ignored (PROTOCOL §9.1), here too: it is not ours (a site's
+    // Basic credentials a browser sends along with the upgrade, a proxy's own), so an offered
+    // token still comes before the query (outside audit 119, F1: such a header sent the server
+    // to the query, and a valid offered token was refused 3007 for good).
+    let bearer_header = first.and_then(|v| v.to_str().ok()).and_then(bearer);
+    match (bearer_header, offered) {
         (None, Some(token)) => within_limit(token),
         _ => credentials(header_str(header::AUTHORIZATION), query),
     }
