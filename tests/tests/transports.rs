@@ -1446,6 +1446,30 @@ async fn websocket_messages_in_too_many_fragments_are_refused() -> anyhow::Resul
         "{bye:?}"
     );
 
+    // A message that never ends, a WebSocket ping between every 500 of its empty continuation
+    // frames (RFC 6455 lets control frames come between fragments): a ping is no message's end
+    // (outside audit 119, F2: the count started afresh at each one, and 975,000 empty
+    // fragments went through in 5 s, the message then carried out).
+    let mut c = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "x")).await?;
+    c.send_ws(first(&ping[..1], false)).await?;
+    'sending: for _ in 0..40 {
+        for _ in 0..500 {
+            if c.send_ws(more(&[], false)).await.is_err() {
+                break 'sending;
+            }
+        }
+        if c.send_ws(Message::Ping(Bytes::new())).await.is_err() {
+            break;
+        }
+    }
+    let _ = c.send_ws(more(&ping[1..], true)).await;
+    let bye = c.recv().await?.event;
+    assert!(
+        matches!(&bye, Event::Goodbye { code, reason, .. }
+            if *code == CloseCode::ProtocolError.as_u16() && reason.contains("too many fragments")),
+        "{bye:?}"
+    );
+
     // Another client noticed nothing.
     let mut other = Raw::connect_via(Via::WebSocket, &server, &full_token("acme", "w")).await?;
     assert_eq!(other.request(Command::Ping).await?, Event::Pong);

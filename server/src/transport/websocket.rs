@@ -470,7 +470,15 @@ async fn read(
             },
             Ok(Some(Ok(message))) => message,
         };
-        if let Err(reason) = framing.complete(payload_len(&message)) {
+        let framed = match &message {
+            // A ping or pong may come between a message's fragments: not the end of one.
+            Message::Ping(data) | Message::Pong(data) => {
+                framing.control(data.len());
+                Ok(())
+            }
+            _ => framing.complete(payload_len(&message)),
+        };
+        if let Err(reason) = framed {
             let _ = tx.send(Inbound::Malformed(reason)).await;
             return Some((stream, framing));
         }
@@ -513,7 +521,7 @@ async fn read(
     None
 }
 
-/// A message's payload bytes (a close frame's at most: its code and reason).
+/// A data message's payload bytes (a close frame's at most: its code and reason).
 fn payload_len(message: &Message) -> usize {
     match message {
         Message::Binary(data) | Message::Ping(data) | Message::Pong(data) => data.len(),
