@@ -488,7 +488,9 @@ export interface ClientOptions {
 	/** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
 	 *  while connected, for the pacer or for the transport to take what it holds unsent (past
 	 *  max(1 MiB, 4 × `max_frame`), publishes and calls wait). Past either, a publish or a call
-	 *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. */
+	 *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. An integer,
+	 *  0 or more (else a TypeError); 0: nothing waits, so a publish or call is sent only if it can
+	 *  be at once (connected, a pacer token free, the transport not full). */
 	maxQueuedPublishes?: number;
 	/** Largest frame accepted from the server before `Welcome`; raised to
 	 *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -611,6 +613,10 @@ export declare class QuiverClient {
 	private active;
 	/** The session of a connection attempt, until its Welcome: `close()` ends it too. */
 	private connecting;
+	/** Aborted by `close()`: ends a connection attempt still waiting for its token or its
+	 *  handshake (the WebTransport session's `ready`, the WebSocket upgrade), which otherwise held
+	 *  `close()` for up to `connectTimeoutMs` (outside audit 121, F2). */
+	private readonly stop;
 	private lastId;
 	private closing;
 	private unsentDatagrams;
@@ -655,9 +661,10 @@ export declare class QuiverClient {
 	/** Stops a subscription; its handler gets no further messages. Unknown rooms are ignored. */
 	unsubscribe(room: string): Promise<void>;
 	/**
-	 * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
-	 * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
-	 * without history) once the server accepted it; without, resolves null once written.
+	 * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`;
+	 * an `unreliable` one replaces its room's queued `unreliable` one) and sent after
+	 * reconnecting. With `ack`, resolves with the message's position (null for rooms without
+	 * history) once the server accepted it; without, resolves null once written.
 	 * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent
 	 * (the message may or may not have been published). A draining server's goodbye (3000) is
 	 * not such a loss: the server answered every publish it carried out before it, so one still

@@ -225,10 +225,10 @@ var Reader = class {
   /** A `Presence` list's first `most` members; the rest are skipped (their shape checked, nothing
    *  allocated), `cut` saying so. */
   members(most) {
-    const count = this.u32();
-    if (count * 2 > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
+    const count2 = this.u32();
+    if (count2 * 2 > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
     const members = [];
-    for (let i = 0; i < count; i++) {
+    for (let i = 0; i < count2; i++) {
       if (i < most) {
         members.push(this.member());
       } else {
@@ -236,7 +236,7 @@ var Reader = class {
         this.skip();
       }
     }
-    return { members, cut: count > most };
+    return { members, cut: count2 > most };
   }
   /** Steps over a `Bytes` or `String` without reading it. */
   skip() {
@@ -246,11 +246,11 @@ var Reader = class {
   }
   /** postcard `Vec<T>`: varint count, then the elements. */
   list(read, most = Infinity) {
-    const count = this.u32();
-    if (count > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
-    if (count > most) throw new DecodeError(`${count} items where the protocol allows at most ${most}`);
+    const count2 = this.u32();
+    if (count2 > this.buf.length - this.pos) throw new DecodeError("count exceeds frame");
+    if (count2 > most) throw new DecodeError(`${count2} items where the protocol allows at most ${most}`);
     const out = [];
-    for (let i = 0; i < count; i++) out.push(read());
+    for (let i = 0; i < count2; i++) out.push(read());
     return out;
   }
 };
@@ -708,19 +708,21 @@ var MAX_TIMER = 2 ** 31 - 1;
 function timerDelay(ms) {
   return Math.min(Math.max(0, ms), MAX_TIMER);
 }
-function withTimeout(p, ms, what) {
+function withTimeout(p, ms, what, signal) {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`)), timerDelay(ms));
+    const settle = (done) => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+      done();
+    };
+    const timer = setTimeout(() => settle(() => reject(new QuiverError("timeout", `${what} took longer than ${ms} ms`))), timerDelay(ms));
+    const onAbort = () => settle(() => reject(signal?.reason));
+    signal?.addEventListener("abort", onAbort, { once: true });
     p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e) => {
-        clearTimeout(timer);
-        reject(e);
-      }
+      (v) => settle(() => resolve(v)),
+      (e) => settle(() => reject(e))
     );
+    if (signal?.aborted) onAbort();
   });
 }
 function abortable(promise, signal) {
@@ -888,8 +890,9 @@ var Session = class {
       this.heartbeatTimer = setTimeout(check, Math.max(0, at - now()));
     };
     const check = () => {
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
       this.heartbeatTimer = null;
-      if (this.ended) return;
+      if (this.ended || this.leaving) return;
       const t = now();
       const last = this.lastReceived;
       if (pingedAt > last) {
@@ -935,6 +938,11 @@ var Session = class {
     if (options.urgent || this.queue.length === 0 && !(bounded && this.full(bytes.length)) && (!pacer || pacer.ready(now()))) {
       pacer?.reserve(now());
       return this.write(bytes);
+    }
+    if (options.noWait) {
+      return Promise.reject(
+        new QuiverError("buffer_full", `${frame.command.type} not written: it would wait (the server's rate limit, or a transport still full) and maxQueuedPublishes is 0`)
+      );
     }
     return new Promise((resolve, reject) => {
       this.queue.push({ id: frame.id, type: frame.command.type, bytes, bounded, resolve, reject });
@@ -1341,7 +1349,7 @@ var Refresher = class {
 
 // src/transport.ts
 var TRANSPORT_KINDS = ["webtransport", "websocket"];
-async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
+async function openWebTransport(WT, url, options, timeoutMs, maxFrame, signal) {
   let wt;
   try {
     wt = new WT(url.href, options);
@@ -1350,9 +1358,10 @@ async function openWebTransport(WT, url, options, timeoutMs, maxFrame) {
   }
   wt.closed.catch(() => void 0);
   try {
-    await withTimeout(wt.ready, timeoutMs, "WebTransport handshake");
+    await withTimeout(wt.ready, timeoutMs, "WebTransport handshake", signal);
   } catch (e) {
     closeWebTransport(wt, "");
+    if (signal?.aborted) throw new QuiverError("closed", `WebTransport to ${redact(url)} given up during its handshake: client closed`, { cause: e });
     throw new QuiverError(
       "handshake",
       `WebTransport to ${redact(url)} failed (server unreachable, UDP blocked, token refused or certificate mismatch): ${errorMessage(e)}`,
@@ -1558,7 +1567,7 @@ function closeWebTransport(wt, reason) {
   } catch {
   }
 }
-async function openWebSocket(WS, url, timeoutMs, maxFrame, protocols = []) {
+async function openWebSocket(WS, url, timeoutMs, maxFrame, protocols = [], signal) {
   let ws;
   try {
     ws = protocols.length ? new WS(url.href, protocols) : new WS(url.href);
@@ -1576,9 +1585,10 @@ async function openWebSocket(WS, url, timeoutMs, maxFrame, protocols = []) {
     });
   });
   try {
-    await withTimeout(opened, timeoutMs, "WebSocket upgrade");
+    await withTimeout(opened, timeoutMs, "WebSocket upgrade", signal);
   } catch (e) {
     link.close("");
+    if (signal?.aborted) throw new QuiverError("closed", `WebSocket to ${redact(url)} given up during its upgrade: client closed`, { cause: e });
     throw new QuiverError("handshake", `WebSocket to ${redact(url)} failed (server unreachable or refused): ${errorMessage(e)}`, { cause: e });
   }
   return link;
@@ -1695,6 +1705,7 @@ var WebSocketLink = class {
   route(handler, id, event) {
     switch (event.type) {
       case "SubscriptionStream":
+        if (this.streams.get(event.room) === id) return;
         if (handler.streamOpened(event.room, id)) this.streams.set(event.room, id);
         else this.streams.delete(event.room);
         return;
@@ -1849,7 +1860,7 @@ function resolveOptions(options, clientName) {
       timeoutMs: delay("heartbeat.timeoutMs", options.heartbeat?.timeoutMs, 2e3, 1)
     },
     paceCommands: options.paceCommands ?? true,
-    maxQueuedPublishes: options.maxQueuedPublishes ?? 1e3,
+    maxQueuedPublishes: count("maxQueuedPublishes", options.maxQueuedPublishes, 1e3),
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: delay("webTransportTimeoutMs", options.webTransportTimeoutMs, 2500, 1),
@@ -1865,6 +1876,13 @@ function delay(name, value, fallback, min) {
     throw new TypeError(`${name} must be a number of milliseconds, ${min} or more, got ${String(value)}`);
   }
   return Math.min(value, MAX_TIMER);
+}
+function count(name, value, fallback) {
+  if (value === void 0) return fallback;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new TypeError(`${name} must be an integer, 0 or more, got ${String(value)}`);
+  }
+  return value;
 }
 function reconnectOptions(given) {
   const initialDelayMs = Math.max(100, given?.initialDelayMs ?? 500);
@@ -1918,19 +1936,19 @@ var Dialer = class {
    *  header on the CONNECT, PROTOCOL.md §1); on WebSocket offered as the subprotocol
    *  `quiver.token.JWT` beside `quiver` (§9.1), which keeps it out of the URL and so out of
    *  proxies' access logs, unless the token has characters a subprotocol cannot carry (a JWT
-   *  never has). */
-  open(kind, target, token, timeoutMs) {
+   *  never has). `signal` gives the handshake up (the client closed). */
+  open(kind, target, token, timeoutMs, signal) {
     const { WT, WS, hashes, opts } = this.parts;
     if (kind === "webtransport" && WT && target.wtUrl) {
       const url = new URL(target.wtUrl);
       url.searchParams.set("token", token);
-      return openWebTransport(WT, url, hashes.length ? { serverCertificateHashes: hashes } : {}, timeoutMs, opts.maxFrame);
+      return openWebTransport(WT, url, hashes.length ? { serverCertificateHashes: hashes } : {}, timeoutMs, opts.maxFrame, signal);
     }
     if (kind === "websocket" && WS && target.wsUrl) {
       const url = new URL(target.wsUrl);
-      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ["quiver", `quiver.token.${token}`]);
+      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ["quiver", `quiver.token.${token}`], signal);
       url.searchParams.set("token", token);
-      return openWebSocket(WS, url, timeoutMs, opts.maxFrame);
+      return openWebSocket(WS, url, timeoutMs, opts.maxFrame, [], signal);
     }
     return Promise.reject(new QuiverError("handshake", `${kind} is not available`));
   }
@@ -1959,8 +1977,18 @@ var Outbox = class {
    * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
    * pending for the whole outage and was sent later, so an app that timed it out and retried
    * published twice). The same deadline holds while it waits for the pacer (`send`).
+   *
+   * An `unreliable` publish replaces the one of its room still held, which resolves as a value
+   * lost on the way would (null): at most one per room is kept, the newest, in its own turn
+   * (behind what was published before it). Every stale value used to be kept and sent later as
+   * an ordinary publish, and they filled the outbox so that a publish that mattered was refused
+   * `buffer_full` (outside audit 121, F3).
    */
   hold(item) {
+    if (item.latest) {
+      const at = this.items.findIndex((q) => q.latest && q.room === item.room);
+      if (at >= 0) this.items.splice(at, 1)[0].resolve(null);
+    }
     if (this.items.length >= this.host.maxQueuedPublishes) {
       item.reject(new QuiverError("buffer_full", `${this.items.length} publishes already queued while disconnected`, { room: item.room }));
       return;
@@ -1987,8 +2015,9 @@ var Outbox = class {
     return items;
   }
   /** Writes a publish on `session`; one never written (the session ended while it waited for
-   *  the pacer) is held again for the next session, as it was not sent. */
-  send(item, session) {
+   *  the pacer) is held again for the next session, as it was not sent. With `noWait`, one that
+   *  would wait for the pacer or the transport is refused instead (`buffer_full`). */
+  send(item, session, noWait = false) {
     const command = { type: "Publish", room: item.room, payload: item.payload, ack: item.ack };
     const failed = (e) => {
       const err = asQuiverError(e);
@@ -1996,11 +2025,11 @@ var Outbox = class {
       else item.reject(err);
     };
     if (!item.ack) {
-      session.send({ id: this.host.nextId(), command }).then(() => item.resolve(null), failed);
+      session.send({ id: this.host.nextId(), command }, { noWait }).then(() => item.resolve(null), failed);
       return;
     }
     const writeBy = item.madeAt + this.host.requestTimeoutMs;
-    session.request(this.host.nextId(), command, { writeBy }).then((reply) => {
+    session.request(this.host.nextId(), command, { writeBy, noWait }).then((reply) => {
       if (reply.type === "Published") item.resolve(reply.position);
       else item.reject(new QuiverError("protocol", `expected Published, got ${reply.type}`, { room: item.room }));
     }, failed);
@@ -2481,10 +2510,13 @@ var Subscriptions = class {
       session.end(new QuiverError("protocol", `the server ended the stream of ${room} without an Unsubscribed`, { room }));
     }, STREAM_END_GRACE_MS);
   }
-  /** The header of subscription `id` arrived: whether it is `room`'s current one. */
+  /** The header of subscription `id` arrived: whether it is `room`'s current one, and its first
+   *  stream. A second stream with the same header (a broken or hostile server) is discarded as a
+   *  stale one is, as the Rust client does: taken, it delivered everything twice (outside audit
+   *  121, F5). */
   streamOpened(room, id) {
     const state = this.subs.get(room);
-    if (state === void 0 || state.currentId !== id) return false;
+    if (state === void 0 || state.currentId !== id || state.streamOpened) return false;
     state.streamOpened = true;
     return true;
   }
@@ -2581,6 +2613,10 @@ var QuiverClient = class {
   active = null;
   /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
   connecting = null;
+  /** Aborted by `close()`: ends a connection attempt still waiting for its token or its
+   *  handshake (the WebTransport session's `ready`, the WebSocket upgrade), which otherwise held
+   *  `close()` for up to `connectTimeoutMs` (outside audit 121, F2). */
+  stop = new AbortController();
   lastId = 0;
   closing = false;
   unsentDatagrams = 0;
@@ -2688,9 +2724,10 @@ var QuiverClient = class {
     }
   }
   /**
-   * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
-   * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
-   * without history) once the server accepted it; without, resolves null once written.
+   * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`;
+   * an `unreliable` one replaces its room's queued `unreliable` one) and sent after
+   * reconnecting. With `ack`, resolves with the message's position (null for rooms without
+   * history) once the server accepted it; without, resolves null once written.
    * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent
    * (the message may or may not have been published). A draining server's goodbye (3000) is
    * not such a loss: the server answered every publish it carried out before it, so one still
@@ -2702,17 +2739,19 @@ var QuiverClient = class {
     if (!(bytes instanceof Uint8Array)) {
       return Promise.reject(new TypeError("payload must be a Uint8Array or a string"));
     }
-    if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
+    const latest = !!options.unreliable && !options.ack && !this.subs.knownReliable(room);
+    if (latest && this.active && !this.active.ended) {
       const sent = this.active.publishDatagram(room, encodePublishDatagram(room, bytes));
       if (sent === "dropped") this.unsentDatagrams++;
       if (sent !== null) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
-      const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };
+      const item = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now(), latest };
       const session = this.active && !this.active.ended ? this.active : null;
-      if (session && session.waiting >= this.opts.maxQueuedPublishes) {
+      const full = session !== null && session.waiting >= this.opts.maxQueuedPublishes;
+      if (session && full && session.waiting > 0) {
         reject(new QuiverError("buffer_full", `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
-      } else if (session) this.outbox.send(item, session);
+      } else if (session) this.outbox.send(item, session, full);
       else this.outbox.hold(item);
     });
   }
@@ -2805,7 +2844,8 @@ var QuiverClient = class {
     if (this.closing || !session || session.ended) {
       throw new QuiverError("closed", "not connected: calls are not queued while disconnected");
     }
-    if (session.waiting >= this.opts.maxQueuedPublishes) {
+    const full = session.waiting >= this.opts.maxQueuedPublishes;
+    if (full && session.waiting > 0) {
       throw new QuiverError("buffer_full", `${session.waiting} commands already waiting to be written`);
     }
     const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 4294967295));
@@ -2817,7 +2857,7 @@ var QuiverClient = class {
       idempotencyKey: options.idempotencyKey ?? ""
     };
     const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2e3);
-    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, ...signal && { signal } });
+    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, noWait: full, ...signal && { signal } });
     const reply = await (signal ? abortable(request, signal) : request);
     if (reply.type !== "Reply") throw new QuiverError("protocol", `expected Reply, got ${reply.type}`);
     return reply.payload;
@@ -2838,6 +2878,7 @@ var QuiverClient = class {
       const session = this.active;
       if (session && !session.ended) void session.leave(this.opts.requestTimeoutMs);
       this.connecting?.end(new QuiverError("closed", "client closed"), true);
+      this.stop.abort(new QuiverError("closed", "client closed"));
       this.wake?.();
     }
     await this.finished;
@@ -2905,10 +2946,12 @@ var QuiverClient = class {
     const timeout = this.opts.connectTimeoutMs;
     let token;
     try {
-      token = await withTimeout(Promise.resolve().then(() => this.opts.token()), timeout, "token callback");
+      token = await withTimeout(Promise.resolve().then(() => this.opts.token()), timeout, "token callback", this.stop.signal);
     } catch (e) {
+      if (this.closing) throw new QuiverError("closed", "client closed while the token callback ran", { cause: e });
       throw new QuiverError("token", `could not get a token: ${errorMessage(e)}`, { cause: e });
     }
+    if (this.closing) throw new QuiverError("closed", "client closed");
     if (typeof token !== "string" || token === "") {
       throw new QuiverError("token", "the token callback returned no token");
     }
@@ -2920,7 +2963,7 @@ var QuiverClient = class {
       const last = i === candidates.length - 1;
       let link;
       try {
-        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs), this.stop.signal);
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;

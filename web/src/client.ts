@@ -97,6 +97,10 @@ export class QuiverClient {
   private active: Session | null = null;
   /** The session of a connection attempt, until its Welcome: `close()` ends it too. */
   private connecting: Session | null = null;
+  /** Aborted by `close()`: ends a connection attempt still waiting for its token or its
+   *  handshake (the WebTransport session's `ready`, the WebSocket upgrade), which otherwise held
+   *  `close()` for up to `connectTimeoutMs` (outside audit 121, F2). */
+  private readonly stop = new AbortController();
   private lastId = 0;
   private closing = false;
   private unsentDatagrams = 0;
@@ -217,9 +221,10 @@ export class QuiverClient {
   }
 
   /**
-   * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`)
-   * and sent after reconnecting. With `ack`, resolves with the message's position (null for rooms
-   * without history) once the server accepted it; without, resolves null once written.
+   * Publishes to a room. While disconnected the publish is queued (up to `maxQueuedPublishes`;
+   * an `unreliable` one replaces its room's queued `unreliable` one) and sent after
+   * reconnecting. With `ack`, resolves with the message's position (null for rooms without
+   * history) once the server accepted it; without, resolves null once written.
    * Delivery is at most once: an ack that a lost connection swallowed rejects, it is not resent
    * (the message may or may not have been published). A draining server's goodbye (3000) is
    * not such a loss: the server answered every publish it carried out before it, so one still
@@ -236,20 +241,26 @@ export class QuiverClient {
     // `not_latest`: the same call was published over WebSocket and lost over WebTransport;
     // outside audit 61, M3). The datagram is paced with the commands: sent now, or held as the
     // room's newest value until the pacer has a token (outside audit 108, F1: sent at once,
-    // they were refused `rate_limited` and the session closed as `rate_abuse`).
-    if (options.unreliable && !options.ack && this.active && !this.active.ended && !this.subs.knownReliable(room)) {
+    // they were refused `rate_limited` and the session closed as `rate_abuse`). While
+    // disconnected, held as the room's newest value too (`Outbox.hold`).
+    const latest = !!options.unreliable && !options.ack && !this.subs.knownReliable(room);
+    if (latest && this.active && !this.active.ended) {
       const sent = this.active.publishDatagram(room, encodePublishDatagram(room, bytes));
       if (sent === 'dropped') this.unsentDatagrams++;
       if (sent !== null) return Promise.resolve(null);
     }
     return new Promise((resolve, reject) => {
-      const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now() };
+      const item: QueuedPublish = { room, payload: bytes, ack: options.ack ?? false, resolve, reject, madeAt: performance.now(), latest };
       const session = this.active && !this.active.ended ? this.active : null;
       // Connected, the commands waiting for the pacer are bounded as the outbox is: an app
-      // publishing faster than the server's rate would otherwise queue without end.
-      if (session && session.waiting >= this.opts.maxQueuedPublishes) {
+      // publishing faster than the server's rate would otherwise queue without end. With no
+      // room left to wait (always so for `maxQueuedPublishes: 0`), a publish is still sent if
+      // it can be at once, and refused only if it would wait: 0 refused every publish, even on
+      // an idle connection (outside audit 121, F4).
+      const full = session !== null && session.waiting >= this.opts.maxQueuedPublishes;
+      if (session && full && session.waiting > 0) {
         reject(new QuiverError('buffer_full', `${session.waiting} commands already waiting to be written (the server's rate limit, or a transport still full)`, { room }));
-      } else if (session) this.outbox.send(item, session);
+      } else if (session) this.outbox.send(item, session, full);
       else this.outbox.hold(item);
     });
   }
@@ -348,7 +359,8 @@ export class QuiverClient {
       throw new QuiverError('closed', 'not connected: calls are not queued while disconnected');
     }
     // Bounded as publishes are (`maxQueuedPublishes`): calls wait too while the transport is full.
-    if (session.waiting >= this.opts.maxQueuedPublishes) {
+    const full = session.waiting >= this.opts.maxQueuedPublishes;
+    if (full && session.waiting > 0) {
       throw new QuiverError('buffer_full', `${session.waiting} commands already waiting to be written`);
     }
     const timeoutMs = Math.max(0, Math.min(Math.round(options.timeoutMs ?? 0), 0xffff_ffff));
@@ -362,7 +374,7 @@ export class QuiverClient {
     // The server answers deadline_exceeded at the deadline: wait a little longer than that (at
     // most setTimeout's 2^31-1 ms: `Session.request` clamps it, where a longer wait fired at once).
     const wait = Math.max(this.opts.requestTimeoutMs, timeoutMs + 2_000);
-    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, ...(signal && { signal }) });
+    const request = session.request(this.nextId(), command, { timeoutMs: wait, writeBy: performance.now() + this.opts.requestTimeoutMs, noWait: full, ...(signal && { signal }) });
     const reply = await (signal ? abortable(request, signal) : request);
     if (reply.type !== 'Reply') throw new QuiverError('protocol', `expected Reply, got ${reply.type}`);
     return reply.payload;
@@ -386,6 +398,7 @@ export class QuiverClient {
       // An attempt stuck before its Welcome (a control stream that never opens, a Welcome that
       // never comes) would otherwise hold `close()` for up to `connectTimeoutMs`.
       this.connecting?.end(new QuiverError('closed', 'client closed'), true);
+      this.stop.abort(new QuiverError('closed', 'client closed'));
       this.wake?.();
     }
     await this.finished;
@@ -464,10 +477,14 @@ export class QuiverClient {
     const timeout = this.opts.connectTimeoutMs;
     let token: string;
     try {
-      token = await withTimeout(Promise.resolve().then(() => this.opts.token()), timeout, 'token callback');
+      // A callback still running at `close()` is abandoned: what it returns later is ignored.
+      token = await withTimeout(Promise.resolve().then(() => this.opts.token()), timeout, 'token callback', this.stop.signal);
     } catch (e) {
+      if (this.closing) throw new QuiverError('closed', 'client closed while the token callback ran', { cause: e });
       throw new QuiverError('token', `could not get a token: ${errorMessage(e)}`, { cause: e });
     }
+    // Closed as the token came: no connection is opened with it.
+    if (this.closing) throw new QuiverError('closed', 'client closed');
     if (typeof token !== 'string' || token === '') {
       throw new QuiverError('token', 'the token callback returned no token');
     }
@@ -479,7 +496,7 @@ export class QuiverClient {
       const last = i === candidates.length - 1;
       let link: Link;
       try {
-        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs));
+        link = await this.dialer.open(kind, target, token, last ? timeout : Math.min(timeout, this.opts.webTransportTimeoutMs), this.stop.signal);
       } catch (e) {
         const err = asQuiverError(e);
         if (this.closing) throw err;

@@ -67,19 +67,19 @@ export class Dialer {
    *  header on the CONNECT, PROTOCOL.md §1); on WebSocket offered as the subprotocol
    *  `quiver.token.JWT` beside `quiver` (§9.1), which keeps it out of the URL and so out of
    *  proxies' access logs, unless the token has characters a subprotocol cannot carry (a JWT
-   *  never has). */
-  open(kind: TransportKind, target: Target, token: string, timeoutMs: number): Promise<Link> {
+   *  never has). `signal` gives the handshake up (the client closed). */
+  open(kind: TransportKind, target: Target, token: string, timeoutMs: number, signal?: AbortSignal): Promise<Link> {
     const { WT, WS, hashes, opts } = this.parts;
     if (kind === 'webtransport' && WT && target.wtUrl) {
       const url = new URL(target.wtUrl);
       url.searchParams.set('token', token);
-      return openWebTransport(WT, url, hashes.length ? { serverCertificateHashes: hashes } : {}, timeoutMs, opts.maxFrame);
+      return openWebTransport(WT, url, hashes.length ? { serverCertificateHashes: hashes } : {}, timeoutMs, opts.maxFrame, signal);
     }
     if (kind === 'websocket' && WS && target.wsUrl) {
       const url = new URL(target.wsUrl);
-      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ['quiver', `quiver.token.${token}`]);
+      if (SUBPROTOCOL_TOKEN.test(token)) return openWebSocket(WS, url, timeoutMs, opts.maxFrame, ['quiver', `quiver.token.${token}`], signal);
       url.searchParams.set('token', token);
-      return openWebSocket(WS, url, timeoutMs, opts.maxFrame);
+      return openWebSocket(WS, url, timeoutMs, opts.maxFrame, [], signal);
     }
     return Promise.reject(new QuiverError('handshake', `${kind} is not available`));
   }

@@ -119,20 +119,26 @@ export function timerDelay(ms: number): number {
   return Math.min(Math.max(0, ms), MAX_TIMER);
 }
 
-/** `p`, or a `timeout` QuiverError after `ms`. */
-export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+/** `p`, or a `timeout` QuiverError after `ms`, or (`signal`) the signal's reason as soon as it
+ *  aborts: `close()` gives up a connection attempt in whatever phase it is (outside audit 121,
+ *  F2). What `p` yields after that is ignored. */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string, signal?: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`)), timerDelay(ms));
+    // Whichever comes first settles the promise and stops the others: a `p` that never settles
+    // (a token callback that hangs) must leave no listener on the client's long-lived signal.
+    const settle = (done: () => void): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      done();
+    };
+    const timer = setTimeout(() => settle(() => reject(new QuiverError('timeout', `${what} took longer than ${ms} ms`))), timerDelay(ms));
+    const onAbort = (): void => settle(() => reject(signal?.reason));
+    signal?.addEventListener('abort', onAbort, { once: true });
     p.then(
-      (v) => {
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e: unknown) => {
-        clearTimeout(timer);
-        reject(e);
-      },
+      (v) => settle(() => resolve(v)),
+      (e: unknown) => settle(() => reject(e)),
     );
+    if (signal?.aborted) onAbort();
   });
 }
 

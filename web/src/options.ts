@@ -93,7 +93,9 @@ export interface ClientOptions {
   /** Publishes kept while disconnected, sent on reconnect; also the most commands that may wait
    *  while connected, for the pacer or for the transport to take what it holds unsent (past
    *  max(1 MiB, 4 × `max_frame`), publishes and calls wait). Past either, a publish or a call
-   *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. */
+   *  rejects with kind `buffer_full`. Counted in commands, not bytes. Default 1000. An integer,
+   *  0 or more (else a TypeError); 0: nothing waits, so a publish or call is sent only if it can
+   *  be at once (connected, a pacer token free, the transport not full). */
   maxQueuedPublishes?: number;
   /** Largest frame accepted from the server before `Welcome`; raised to
    *  `Welcome.limits.maxFrame` if larger, but never past `maxFrameCeiling`. */
@@ -313,7 +315,7 @@ export function resolveOptions(options: ClientOptions, clientName: string) {
             timeoutMs: delay('heartbeat.timeoutMs', options.heartbeat?.timeoutMs, 2_000, 1),
           },
     paceCommands: options.paceCommands ?? true,
-    maxQueuedPublishes: options.maxQueuedPublishes ?? 1000,
+    maxQueuedPublishes: count('maxQueuedPublishes', options.maxQueuedPublishes, 1000),
     maxFrame: options.maxFrame ?? DEFAULT_MAX_FRAME,
     maxFrameCeiling: Math.min(options.maxFrameCeiling ?? 1024 * 1024, MAX_MAX_FRAME),
     webTransportTimeoutMs: delay('webTransportTimeoutMs', options.webTransportTimeoutMs, 2_500, 1),
@@ -336,6 +338,18 @@ function delay(name: string, value: number | undefined, fallback: number, min: n
     throw new TypeError(`${name} must be a number of milliseconds, ${min} or more, got ${String(value)}`);
   }
   return Math.min(value, MAX_TIMER);
+}
+
+/**
+ * A count option, `fallback` when absent: an integer, 0 or more (a TypeError otherwise). NaN was
+ * taken silently as no bound at all (every comparison with it is false; outside audit 121, F4).
+ */
+function count(name: string, value: number | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new TypeError(`${name} must be an integer, 0 or more, got ${String(value)}`);
+  }
+  return value;
 }
 
 /**

@@ -18,6 +18,9 @@ export interface QueuedPublish {
   madeAt: number;
   /** That deadline while it waits in the outbox (see `hold`). */
   timer?: ReturnType<typeof setTimeout>;
+  /** An `unreliable` publish (no ack, to a room not known to be reliable): only its room's
+   *  newest value matters, so a newer one held for the room replaces it (see `hold`). */
+  latest?: boolean;
 }
 
 export interface OutboxHost {
@@ -39,8 +42,18 @@ export class Outbox {
    * `timeout`: it was never sent, so publishing it again publishes it once (before, it stayed
    * pending for the whole outage and was sent later, so an app that timed it out and retried
    * published twice). The same deadline holds while it waits for the pacer (`send`).
+   *
+   * An `unreliable` publish replaces the one of its room still held, which resolves as a value
+   * lost on the way would (null): at most one per room is kept, the newest, in its own turn
+   * (behind what was published before it). Every stale value used to be kept and sent later as
+   * an ordinary publish, and they filled the outbox so that a publish that mattered was refused
+   * `buffer_full` (outside audit 121, F3).
    */
   hold(item: QueuedPublish): void {
+    if (item.latest) {
+      const at = this.items.findIndex((q) => q.latest && q.room === item.room);
+      if (at >= 0) this.items.splice(at, 1)[0]!.resolve(null);
+    }
     if (this.items.length >= this.host.maxQueuedPublishes) {
       item.reject(new QuiverError('buffer_full', `${this.items.length} publishes already queued while disconnected`, { room: item.room }));
       return;
@@ -69,8 +82,9 @@ export class Outbox {
   }
 
   /** Writes a publish on `session`; one never written (the session ended while it waited for
-   *  the pacer) is held again for the next session, as it was not sent. */
-  send(item: QueuedPublish, session: Session): void {
+   *  the pacer) is held again for the next session, as it was not sent. With `noWait`, one that
+   *  would wait for the pacer or the transport is refused instead (`buffer_full`). */
+  send(item: QueuedPublish, session: Session, noWait = false): void {
     const command: Command = { type: 'Publish', room: item.room, payload: item.payload, ack: item.ack };
     const failed = (e: unknown): void => {
       const err = asQuiverError(e);
@@ -78,11 +92,11 @@ export class Outbox {
       else item.reject(err);
     };
     if (!item.ack) {
-      session.send({ id: this.host.nextId(), command }).then(() => item.resolve(null), failed);
+      session.send({ id: this.host.nextId(), command }, { noWait }).then(() => item.resolve(null), failed);
       return;
     }
     const writeBy = item.madeAt + this.host.requestTimeoutMs;
-    session.request(this.host.nextId(), command, { writeBy }).then((reply) => {
+    session.request(this.host.nextId(), command, { writeBy, noWait }).then((reply) => {
       if (reply.type === 'Published') item.resolve(reply.position);
       else item.reject(new QuiverError('protocol', `expected Published, got ${reply.type}`, { room: item.room }));
     }, failed);

@@ -52,6 +52,9 @@ export interface SendOptions {
   /** Sent at once, ahead of commands waiting for the pacer (pings, refreshes): it still counts
    *  against the rate, so the commands behind it wait that much longer. */
   urgent?: boolean;
+  /** Refused, kind `buffer_full` (never sent), where it would have to wait for the pacer or for
+   *  the transport: no command may wait (`maxQueuedPublishes: 0`). */
+  noWait?: boolean;
 }
 
 export interface RequestOptions extends SendOptions {
@@ -203,8 +206,14 @@ export class Session implements LinkHandler {
       this.heartbeatTimer = setTimeout(check, Math.max(0, at - now()));
     };
     const check = (): void => {
+      // Called by its timer, or by a Pong (below) while the timer for `pingedAt + timeoutMs` is
+      // still pending: that one is superseded and cleared here. Merely forgotten, each answered
+      // Ping left a timer chain running beside the new one, one more per idle period, and `end`
+      // cleared only the newest (outside audit 121, F1).
+      if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
       this.heartbeatTimer = null;
-      if (this.ended) return;
+      // Leaving, the heartbeat is off (`leave`): a Pong arriving then must not restart it.
+      if (this.ended || this.leaving) return;
       const t = now();
       const last = this.lastReceived;
       if (pingedAt > last) {
@@ -253,6 +262,11 @@ export class Session implements LinkHandler {
     if (options.urgent || (this.queue.length === 0 && !(bounded && this.full(bytes.length)) && (!pacer || pacer.ready(now())))) {
       pacer?.reserve(now());
       return this.write(bytes);
+    }
+    if (options.noWait) {
+      return Promise.reject(
+        new QuiverError('buffer_full', `${frame.command.type} not written: it would wait (the server's rate limit, or a transport still full) and maxQueuedPublishes is 0`),
+      );
     }
     return new Promise<void>((resolve, reject) => {
       this.queue.push({ id: frame.id, type: frame.command.type, bytes, bounded, resolve, reject });

@@ -425,10 +425,13 @@ export class Subscriptions {
     }, STREAM_END_GRACE_MS);
   }
 
-  /** The header of subscription `id` arrived: whether it is `room`'s current one. */
+  /** The header of subscription `id` arrived: whether it is `room`'s current one, and its first
+   *  stream. A second stream with the same header (a broken or hostile server) is discarded as a
+   *  stale one is, as the Rust client does: taken, it delivered everything twice (outside audit
+   *  121, F5). */
   streamOpened(room: string, id: number): boolean {
     const state = this.subs.get(room);
-    if (state === undefined || state.currentId !== id) return false;
+    if (state === undefined || state.currentId !== id || state.streamOpened) return false;
     state.streamOpened = true;
     return true;
   }

@@ -64,7 +64,8 @@ export interface Link {
 /**
  * Opens a WebTransport session and waits until it is ready, at most `timeoutMs`. Every failure is
  * a `handshake` error: browsers report a refused token, a certificate mismatch and an unreachable
- * server alike, and blocked UDP is silent, hence the deadline.
+ * server alike, and blocked UDP is silent, hence the deadline. `signal` (the client's `close()`)
+ * gives the handshake up at once, kind `closed`.
  */
 export async function openWebTransport(
   WT: WebTransportConstructor,
@@ -72,6 +73,7 @@ export async function openWebTransport(
   options: WebTransportOptions,
   timeoutMs: number,
   maxFrame: number,
+  signal?: AbortSignal,
 ): Promise<Link> {
   let wt: WebTransport;
   try {
@@ -82,9 +84,11 @@ export async function openWebTransport(
   // Settles when the connection ends; observed by the link, silenced here.
   wt.closed.catch(() => undefined);
   try {
-    await withTimeout(wt.ready, timeoutMs, 'WebTransport handshake');
+    // Given up on a close(), which otherwise waited out the deadline (outside audit 121, F2).
+    await withTimeout(wt.ready, timeoutMs, 'WebTransport handshake', signal);
   } catch (e) {
     closeWebTransport(wt, '');
+    if (signal?.aborted) throw new QuiverError('closed', `WebTransport to ${redact(url)} given up during its handshake: client closed`, { cause: e });
     throw new QuiverError(
       'handshake',
       `WebTransport to ${redact(url)} failed (server unreachable, UDP blocked, token refused or certificate mismatch): ${errorMessage(e)}`,
@@ -334,9 +338,17 @@ function closeWebTransport(wt: WebTransport, reason: string): void {
 /**
  * Opens a WebSocket and waits for the upgrade, at most `timeoutMs`. A failed upgrade is a
  * `handshake` error; a refused token is not one: the server accepts the upgrade to say so with a
- * Goodbye (PROTOCOL.md 9.1), which the session reads like any other.
+ * Goodbye (PROTOCOL.md 9.1), which the session reads like any other. `signal` (the client's
+ * `close()`) gives the upgrade up at once, kind `closed`.
  */
-export async function openWebSocket(WS: WebSocketConstructor, url: URL, timeoutMs: number, maxFrame: number, protocols: string[] = []): Promise<Link> {
+export async function openWebSocket(
+  WS: WebSocketConstructor,
+  url: URL,
+  timeoutMs: number,
+  maxFrame: number,
+  protocols: string[] = [],
+  signal?: AbortSignal,
+): Promise<Link> {
   let ws: WebSocket;
   try {
     ws = protocols.length ? new WS(url.href, protocols) : new WS(url.href);
@@ -359,9 +371,11 @@ export async function openWebSocket(WS: WebSocketConstructor, url: URL, timeoutM
     });
   });
   try {
-    await withTimeout(opened, timeoutMs, 'WebSocket upgrade');
+    // Given up on a close(), which otherwise waited out the deadline (outside audit 121, F2).
+    await withTimeout(opened, timeoutMs, 'WebSocket upgrade', signal);
   } catch (e) {
     link.close('');
+    if (signal?.aborted) throw new QuiverError('closed', `WebSocket to ${redact(url)} given up during its upgrade: client closed`, { cause: e });
     throw new QuiverError('handshake', `WebSocket to ${redact(url)} failed (server unreachable or refused): ${errorMessage(e)}`, { cause: e });
   }
   return link;
@@ -502,6 +516,10 @@ class WebSocketLink implements Link {
   private route(handler: LinkHandler, id: number, event: Event): void {
     switch (event.type) {
       case 'SubscriptionStream':
+        // The current subscription's header again changes nothing here (one socket carries one
+        // copy of each event); asked again, the handler refuses a second stream, which would
+        // silence the room (outside audit 121, F5).
+        if (this.streams.get(event.room) === id) return;
         if (handler.streamOpened(event.room, id)) this.streams.set(event.room, id);
         else this.streams.delete(event.room);
         return;

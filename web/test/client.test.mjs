@@ -657,6 +657,59 @@ describe(`over ${transport}`, () => {
     void conn;
   });
 
+  test('maxQueuedPublishes: 0 sends what can go at once and refuses only what would wait', async (t) => {
+    // Outside audit 121, F4: 0 refused every publish and call, even on an idle connection.
+    const { net, client } = setup({ maxQueuedPublishes: 0 }, transport);
+    t.after(() => client.close());
+    // Paced at 19 a second after a burst of 10.
+    const conn = await connected(net, client, { limits: { commandsPerSecond: 20 } });
+    conn.autoAnswer = true;
+    assert.equal(await client.publish('r', 'acked', { ack: true }), null);
+    const results = [];
+    for (let i = 0; i < 12; i++) results.push(client.publish('r', `p${i}`).then(() => 'ok', (e) => e.kind));
+    const calling = client.call('m', 'x').then(() => 'ok', (e) => e.kind);
+    // The rest of the burst (9) is sent; what would wait for the pacer is refused, never sent.
+    assert.deepEqual(await Promise.all(results), [...Array(9).fill('ok'), 'buffer_full', 'buffer_full', 'buffer_full']);
+    assert.equal(await calling, 'buffer_full');
+    assert.equal(conn.received.filter((f) => f.command.type === 'Publish').length, 10);
+    // Once the pacer has a token again, a call goes at once too.
+    await new Promise((r) => setTimeout(r, 150));
+    const answered = client.call('m', 'y');
+    conn.send((await conn.expect('Call')).id, { type: 'Reply', payload: text('done') });
+    assert.equal(new TextDecoder().decode(await answered), 'done');
+    // Disconnected, nothing may wait: refused at once.
+    const disconnected = once(client, 'state', (s) => s === 'disconnected');
+    conn.kill();
+    await disconnected;
+    await assert.rejects(client.publish('r', 'held'), (e) => e.kind === 'buffer_full');
+  });
+
+  test('unreliable publishes while disconnected: a room keeps only its newest value, and a publish that matters still fits', async (t) => {
+    // Outside audit 121, F3: every stale value was queued as an ordinary publish, and they
+    // filled the outbox: an acknowledged publish behind them was refused buffer_full.
+    const { net, client } = setup({ maxQueuedPublishes: 100 }, transport);
+    t.after(() => client.close());
+    let conn = await connected(net, client);
+    const disconnected = once(client, 'state', (s) => s === 'disconnected');
+    conn.kill();
+    await disconnected;
+    const replaced = [];
+    for (let i = 1; i <= 150; i++) replaced.push(client.publish('game.a', `a${i}`, { unreliable: true }));
+    const b = client.publish('game.b', 'b1', { unreliable: true });
+    const acked = client.publish('chat.x', 'kept', { ack: true });
+    const newest = client.publish('game.a', 'a151', { unreliable: true });
+    // Each value replaced resolves as one lost on the way would.
+    assert.deepEqual(await Promise.all(replaced), replaced.map(() => null));
+    conn = await net.nextConnection();
+    conn.autoAnswer = true;
+    await conn.welcome();
+    assert.deepEqual(await Promise.all([b, acked, newest]), [null, null, null]);
+    await waitUntil(() => conn.received.filter((f) => f.command.type === 'Publish').length >= 3);
+    const sent = conn.received.filter((f) => f.command.type === 'Publish').map((f) => `${f.command.room} ${new TextDecoder().decode(f.command.payload)}`);
+    // In their turn: the newest value of game.a behind what was published before it.
+    assert.deepEqual(sent, ['game.b b1', 'chat.x kept', 'game.a a151']);
+  });
+
   test('an acknowledged publish still waiting for the pacer requestTimeoutMs after it was made is withdrawn, never written', async (t) => {
     // Outside audit 47, N1 (as in the Rust client): a publish waiting for the pacer on a live
     // connection had no deadline at all; an app that gave up on it by its own timer and
@@ -1458,4 +1511,14 @@ test('a Welcome of another protocol version is refused, and the client closes: r
   await assert.rejects(client.ready(), (err) => err.code === 3004);
   await assert.rejects(net.nextConnection(300), /timed out/);
   assert.equal(net.attempts.length, 1);
+});
+
+test('maxQueuedPublishes must be an integer, 0 or more', () => {
+  // Outside audit 121, F4: NaN was taken silently, as no bound at all.
+  const net = new FakeNetwork();
+  const base = { url: 'https://h:1/v1', token: () => 'x', WebTransport: net.WebTransport, pingIntervalMs: 0, heartbeat: false, reconnect: false };
+  for (const bad of [Number.NaN, -1, 1.5, Infinity, '5', null]) {
+    assert.throws(() => new QuiverClient({ ...base, maxQueuedPublishes: bad }), (e) => e instanceof TypeError && /maxQueuedPublishes must be an integer, 0 or more/.test(e.message), String(bad));
+  }
+  for (const good of [0, 1, 1000]) void new QuiverClient({ ...base, maxQueuedPublishes: good }).close();
 });

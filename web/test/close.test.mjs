@@ -86,3 +86,85 @@ test('close() over WebTransport: a server that does not close after the FIN hold
   assert.notEqual(conn.closedByClient, null, 'closed by the client at the deadline');
   assert.equal(client.state, 'closed');
 });
+
+// close() during a connection attempt ends it at once, in every phase, and nothing reconnects
+// after (outside audit 121, F2: a silent WebTransport handshake, a WebSocket upgrade that never
+// completed and a token callback that hung each held close() for up to connectTimeoutMs).
+describe('close() during a connection attempt', () => {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  // Long deadlines: close() must not wait for them.
+  const slow = { connectTimeoutMs: 4_000, webTransportTimeoutMs: 4_000 };
+
+  /** Times `client.close()`, then checks that no connection attempt (`attempts()` counts them)
+   *  and no token call (`tokens()`) follows it. */
+  async function closesAtOnce(client, attempts, tokens) {
+    const before = { attempts: attempts(), tokens: tokens() };
+    const started = Date.now();
+    await client.close();
+    const took = Date.now() - started;
+    assert.ok(took < 500, `close() took ${took} ms`);
+    assert.equal(client.state, 'closed');
+    // Past the backoff's first delay (at least 100 ms): a reconnect would have started by now.
+    await sleep(400);
+    assert.equal(attempts(), before.attempts, 'no connection attempt after close()');
+    assert.equal(tokens(), before.tokens, 'no token asked for after close()');
+  }
+
+  test('a WebTransport handshake that never completes (blocked UDP)', { timeout: 10_000 }, async () => {
+    const { net, client, tokens } = fakeClient({ transports: ['webtransport'], ...slow });
+    net.accept = () => 'silent';
+    const conn = await net.nextConnection();
+    await sleep(50);
+    await closesAtOnce(client, () => net.attempts.length, tokens);
+    assert.ok(conn.closedByClient, 'the WebTransport session given up was closed');
+  });
+
+  test('a WebSocket upgrade that never completes', { timeout: 10_000 }, async () => {
+    const made = [];
+    // A socket that stays CONNECTING until closed (a proxy holding the upgrade request).
+    class HangingWebSocket extends EventTarget {
+      constructor(url) {
+        super();
+        this.url = url;
+        this.readyState = 0;
+        this.bufferedAmount = 0;
+        this.closedWith = null;
+        made.push(this);
+      }
+      send() {
+        throw new Error('InvalidStateError: still CONNECTING');
+      }
+      close(code, reason) {
+        if (this.readyState >= 2) return;
+        this.closedWith = { code, reason };
+        this.readyState = 3;
+        setImmediate(() => this.dispatchEvent(Object.assign(new Event('close'), { code: 1006, reason: '' })));
+      }
+    }
+    const { client, tokens } = fakeClient({ transports: ['websocket'], WebSocket: HangingWebSocket, ...slow });
+    while (made.length === 0) await sleep(10);
+    await sleep(50);
+    await closesAtOnce(client, () => made.length, tokens);
+    assert.notEqual(made[0].closedWith, null, 'the socket given up was closed');
+  });
+
+  test('a token callback that never returns', { timeout: 10_000 }, async () => {
+    let calls = 0;
+    const { net, client } = fakeClient({ token: () => (calls++, new Promise(() => {})), ...slow });
+    await sleep(50);
+    assert.equal(calls, 1);
+    await closesAtOnce(client, () => net.attempts.length, () => calls);
+    assert.equal(net.attempts.length, 0);
+  });
+
+  test('a token that comes after close() is not used', { timeout: 10_000 }, async () => {
+    let give = null;
+    let calls = 0;
+    const { net, client } = fakeClient({ token: () => (calls++, new Promise((r) => (give = r))), ...slow });
+    await sleep(50);
+    await closesAtOnce(client, () => net.attempts.length, () => calls);
+    give('late-token');
+    await sleep(200);
+    assert.equal(net.attempts.length, 0, 'no connection opened with the late token');
+  });
+});

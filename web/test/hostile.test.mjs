@@ -89,6 +89,38 @@ for (const transport of ['webtransport', 'websocket']) {
       assert.equal(new TextDecoder().decode(await answer), 'done');
     });
 
+    test('a second stream with the subscription\'s header is discarded: nothing is delivered twice', { timeout: 10_000 }, async (t) => {
+      // Outside audit 121, F5 (the Rust client discards it too). Over WebSocket the "stream" is
+      // the SubscriptionStream frame, sent again: it must change nothing (one socket carries
+      // each publication once, so they are sent once).
+      const { net, client } = setup({}, transport);
+      t.after(() => client.close());
+      const conn = await connected(net, client);
+      const errors = [];
+      client.on('error', (e) => errors.push(e.message));
+      const got = [];
+      const sub = client.subscribe('chat.a', (m) => got.push(m.text()));
+      const cmd = await conn.expect('Subscribe');
+      const first = opened(conn, cmd);
+      conn.send(cmd.id, { type: 'Subscribed', room: 'chat.a', position: null, recovery: { type: 'NotRequested' } });
+      await sub;
+      const second = opened(conn, cmd);
+      await sleep(20);
+      for (const payload of ['a', 'b']) {
+        for (const stream of transport === 'webtransport' ? [first, second] : [first]) stream.send(0, { type: 'Publication', room: 'chat.a', position: null, payload: text(payload) });
+        await sleep(20);
+      }
+      await waitUntil(() => got.length >= 2);
+      await sleep(100);
+      assert.deepEqual(got, ['a', 'b']);
+      assert.deepEqual(errors, []);
+      assert.equal(client.state, 'connected');
+      // The first stream is still the subscription's.
+      first.send(0, { type: 'Publication', room: 'chat.a', position: null, payload: text('c') });
+      await waitUntil(() => got.length >= 3);
+      assert.deepEqual(got, ['a', 'b', 'c']);
+    });
+
     test('an unsolicited Unsubscribed 113 on a session that stays up subscribes again, resuming', { timeout: 10_000 }, async (t) => {
       // Outside audit 104, F8.
       const { net, client } = setup({}, transport);
