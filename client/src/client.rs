@@ -250,7 +250,9 @@ impl Client {
     /// values at that rate, never more (it is not refused `rate_limited`, nor closed as
     /// `rate_abuse`), and every room's last value goes. At most 64 rooms' values wait; a value
     /// for another room is dropped ([`Client::datagrams_dropped`]). Values still waiting when
-    /// the connection goes are dropped.
+    /// the connection goes are dropped. While disconnected a value is buffered as its room's
+    /// newest, replacing one buffered before (it takes one place of `publish_buffer` per room,
+    /// and goes after what was published before it).
     pub async fn publish_unreliable(
         &self,
         room: &str,
@@ -258,16 +260,37 @@ impl Client {
     ) -> Result<(), ClientError> {
         let payload = payload.into();
         self.check_payload(&payload)?;
-        let permit = self.permit().await?;
+        // With the buffer full while disconnected, the value may still replace its room's
+        // buffered one: the connection task tells (a place taken here would be given back by
+        // a replacement only once that task runs, too late for the next call).
+        let (permit, verdict) = match self.permit().await {
+            Ok(permit) => (Some(permit), None),
+            Err(ClientError::BufferFull) => {
+                let (tx, rx) = oneshot::channel();
+                (None, Some((tx, rx)))
+            }
+            Err(e) => return Err(e),
+        };
+        let (replaced, verdict) = match verdict {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
         let req = Request::PublishUnreliable {
             room: room.to_string(),
             payload,
             permit,
+            replaced,
         };
         if self.inner.req_tx.send(req).is_err() {
             return Err(self.closed_error());
         }
-        Ok(())
+        match verdict {
+            Some(rx) => match rx.await {
+                Ok(true) => Ok(()),
+                _ => Err(ClientError::BufferFull),
+            },
+            None => Ok(()),
+        }
     }
 
     /// Publishes and waits for the server's `Published` (the message's position in the room's

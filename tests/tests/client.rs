@@ -39,6 +39,7 @@ over_both_client_transports!(
     a_publish_ack_given_up_while_waiting_for_the_pacer_is_never_sent,
     withdrawn_publishes_give_their_buffer_places_back_at_once,
     the_publish_buffer_bounds_what_waits_across_a_reconnect,
+    unreliable_publishes_while_disconnected_keep_each_rooms_newest,
 );
 
 /// The WebSocket URL of an in-process server: its HTTP listener.
@@ -1628,6 +1629,64 @@ async fn the_publish_buffer_bounds_what_waits_across_a_reconnect(
          {BUFFER}: {again:?}"
     );
     assert_eq!(again.len(), BUFFER, "{via:?}: {again:?}");
+    close(&client).await
+}
+
+/// An unreliable publish made while disconnected is buffered as its room's newest value,
+/// replacing the one before (outside audit 121, F3, in both clients: every stale position was
+/// queued, `publish_buffer` filled, and all were published in a row after the reconnect).
+/// With a buffer of 4, 50 positions and a chat line are buffered; after the reconnect the
+/// room's history holds the newest position only, and the chat line arrives. (The room keeps
+/// history so that what was published can be read back whatever a subscriber's resubscribe
+/// raced: the publisher is not subscribed to it, so the client does not know it reliable.)
+async fn unreliable_publishes_while_disconnected_keep_each_rooms_newest(
+    via: Transport,
+) -> anyhow::Result<()> {
+    let mut server = TestServer::start_with(|c| {
+        c.namespaces.push(quiver_server::config::NamespaceConfig {
+            name: "h".into(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            ..Default::default()
+        })
+    })
+    .await?;
+    let mut config = reconnecting(config_for(
+        &server,
+        via,
+        token_fixed(full_token("acme", "mover")),
+    ));
+    config.publish_buffer = 4;
+    let client = Client::connect(config).await?;
+    let mut states = StateLog::start(&client);
+    let mut chat = client.subscribe("room.chat").await?;
+    tokio::time::timeout(WAIT, server.stop())
+        .await
+        .map_err(|_| anyhow!("server still stopping after {WAIT:?}"))?;
+    states.until("a disconnect", |s| !is_connected(s)).await?;
+    for i in 0..50 {
+        client
+            .publish_unreliable("h.pos", format!("pos-{i}"))
+            .await
+            .map_err(|e| anyhow!("position {i}: {e}"))?;
+    }
+    client.publish("room.chat", "hello").await?;
+    server.restart().await?;
+    states.until("the reconnect", is_connected).await?;
+    loop {
+        if let SubEvent::Resubscribed { .. } = next(&mut chat).await? {
+            break;
+        }
+    }
+    // Sent after the position, in order.
+    assert_eq!(payload(&mut chat).await?, "hello", "{via:?}");
+    let page = client.history("h.pos", None, 100).await?;
+    let kept: Vec<String> = page
+        .publications
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(kept, ["pos-49"], "{via:?}");
     close(&client).await
 }
 

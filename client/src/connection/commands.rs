@@ -23,6 +23,7 @@ impl Actor {
                 room,
                 payload,
                 permit,
+                replaced,
             } => {
                 // A room this client knows to be reliable gets an ordinary publish: as a
                 // datagram the server would drop it (`not_latest`), so the same call was
@@ -37,19 +38,38 @@ impl Actor {
                 } else {
                     self.datagram_for(&room, &payload)
                 };
-                match datagram {
+                let sent = match (datagram, permit) {
                     // Paced with the commands (the server meters it with them): sent now, or
                     // held as the room's newest value until a token frees up. Its place in the
                     // publish buffer goes back now: a room holds one value at most.
-                    Some(datagram) => self.publish_datagram(room, datagram),
-                    // No datagram this time (WebSocket, too large, disconnected): an ordinary
-                    // publish without ack, which is what the app asked for at worst.
-                    None => self.on_request(Request::Publish {
-                        room,
-                        payload,
-                        ack: None,
-                        claim: Claim::with_place(permit),
-                    }),
+                    (Some(datagram), _) => {
+                        self.publish_datagram(room, datagram);
+                        true
+                    }
+                    // Disconnected: buffered as the room's newest value, replacing an older one
+                    // still buffered (outside audit 121, F3, in both clients: a position
+                    // published 60 times a second during an outage queued every stale value,
+                    // filled `publish_buffer`, and had them all published in a row after).
+                    (None, permit) if !reliable && self.live.is_none() => {
+                        self.buffer_newest(room, payload, permit)
+                    }
+                    // No datagram this time (WebSocket, too large, a known reliable room): an
+                    // ordinary publish without ack, which is what the app asked for at worst.
+                    (None, Some(permit)) => {
+                        self.on_request(Request::Publish {
+                            room,
+                            payload,
+                            ack: None,
+                            claim: Claim::with_place(permit),
+                        });
+                        true
+                    }
+                    // No place (the buffer was full while disconnected, and the connection is
+                    // back meanwhile): refused, `BufferFull`.
+                    (None, None) => false,
+                };
+                if let Some(replaced) = replaced {
+                    let _ = replaced.send(sent);
                 }
             }
             Request::Publish {
@@ -63,6 +83,7 @@ impl Actor {
                     payload,
                     ack,
                     claim,
+                    newest_only: false,
                 };
                 if self.live.is_some() && self.buffer.is_empty() {
                     self.send_publish(item);
@@ -295,6 +316,37 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// Buffers an unreliable publish made while disconnected as `room`'s newest value: an
+    /// older one still buffered is replaced, keeping its place in the buffer (`permit`, the
+    /// new one's, goes back), and goes last, after what was published before it. Without a
+    /// place and nothing to replace, nothing is buffered: `false`.
+    fn buffer_newest(
+        &mut self,
+        room: String,
+        payload: Bytes,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> bool {
+        self.buffer.retain(|b| !b.abandoned());
+        let older = self
+            .buffer
+            .iter()
+            .position(|b| b.newest_only && b.room == room)
+            .and_then(|at| self.buffer.remove(at));
+        let kept = match (older, permit) {
+            (Some(older), _) => Buffered { payload, ..older },
+            (None, Some(permit)) => Buffered {
+                room,
+                payload,
+                ack: None,
+                claim: Claim::with_place(permit),
+                newest_only: true,
+            },
+            (None, None) => return false,
+        };
+        self.buffer.push_back(kept);
+        true
     }
 
     pub(super) fn send_publish(&mut self, item: Buffered) {

@@ -221,6 +221,7 @@ impl Actor {
                         payload,
                         ack: Some(reply),
                         claim,
+                        newest_only: false,
                     },
                 )),
                 // The others a drain left unanswered were not carried out either: the caller
@@ -241,6 +242,7 @@ impl Actor {
                         payload: u.payload,
                         ack: None,
                         claim: u.claim,
+                        newest_only: false,
                     };
                     (u.id, buffered)
                 }),

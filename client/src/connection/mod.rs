@@ -85,7 +85,11 @@ pub(crate) enum Request {
     PublishUnreliable {
         room: String,
         payload: Bytes,
-        permit: OwnedSemaphorePermit,
+        /// Its place in the publish buffer; none when the buffer was full while disconnected:
+        /// it may then only replace its room's buffered value, and `replaced` says whether it
+        /// did.
+        permit: Option<OwnedSemaphorePermit>,
+        replaced: Option<oneshot::Sender<bool>>,
     },
     Presence {
         room: String,
@@ -264,6 +268,8 @@ struct Buffered {
     /// Held for this buffer, or withdrawn by its caller; made writable again when it is sent.
     /// Holds its place in `ClientConfig::publish_buffer` until written.
     claim: Claim,
+    /// An unreliable publish buffered while disconnected: a newer one to its room replaces it.
+    newest_only: bool,
 }
 
 impl Buffered {
