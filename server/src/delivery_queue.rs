@@ -11,6 +11,13 @@
 //! client stopped reading is the one that ends, not a room that happened to publish next. The
 //! session then holds at most twice its budget.
 //!
+//! A delivery's bytes stay counted after its writer takes it off the queue, until the writer
+//! has written it ([`Receiver::give_back`]): a writer waiting for stream credit holds a whole
+//! batch (up to `replay::MAX_BATCH` and a frame), and with the bytes given back at the take a
+//! client that read each room a little and then stopped made a session hold 11 × its budget,
+//! ~31 MiB beyond the 2 × bound with the defaults (outside audit 120, F1). Counted, such a room
+//! is past its share, so its next delivery ends it, and the bound holds.
+//!
 //! The bytes are a delivery's frame, which its other subscribers share: the budget bounds what
 //! one session can keep alive, not a copy.
 
@@ -101,7 +108,11 @@ pub fn channel(capacity: usize, budget: Arc<Budget>) -> (Sender, Receiver) {
             tx,
             share: share.clone(),
         },
-        Receiver { rx, share },
+        Receiver {
+            rx,
+            share,
+            taken: 0,
+        },
     )
 }
 
@@ -153,25 +164,39 @@ impl WeakSender {
     }
 }
 
-/// The subscription writer's end. Dropping it gives back what was still queued.
+/// The subscription writer's end. Dropping it gives back what was still queued, and what was
+/// taken and not given back.
 pub struct Receiver {
     rx: mpsc::Receiver<Delivery>,
     share: Arc<Share>,
+    /// Bytes taken off the queue and not given back yet: the writer's batch (outside audit
+    /// 120, F1).
+    taken: usize,
 }
 
 impl Receiver {
     /// The next delivery; None once the hub dropped the sender and the queue is empty.
-    /// Cancel-safe, as `mpsc::Receiver::recv`.
+    /// Cancel-safe, as `mpsc::Receiver::recv`. Its bytes stay counted until
+    /// [`Receiver::give_back`].
     pub async fn recv(&mut self) -> Option<Delivery> {
         let delivery = self.rx.recv().await?;
-        self.share.release(delivery.frame.len());
+        self.taken += delivery.frame.len();
         Some(delivery)
     }
 
+    /// As [`Receiver::recv`], without waiting.
     pub fn try_recv(&mut self) -> Result<Delivery, TryRecvError> {
         let delivery = self.rx.try_recv()?;
-        self.share.release(delivery.frame.len());
+        self.taken += delivery.frame.len();
         Ok(delivery)
+    }
+
+    /// Gives back `bytes` of what was taken: written to the stream (or the connection's
+    /// queue), or skipped.
+    pub fn give_back(&mut self, bytes: usize) {
+        let bytes = bytes.min(self.taken);
+        self.taken -= bytes;
+        self.share.release(bytes);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,6 +211,7 @@ impl Drop for Receiver {
         while let Ok(delivery) = self.rx.try_recv() {
             self.share.release(delivery.frame.len());
         }
+        self.share.release(std::mem::take(&mut self.taken));
         self.share.budget.queues.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -218,6 +244,8 @@ mod tests {
         ));
         assert_eq!(budget.used(), 1100, "a refused delivery takes nothing");
         assert_eq!(a_rx.try_recv().expect("queued").frame.len(), 600);
+        assert_eq!(budget.used(), 1100, "taken, not written yet");
+        a_rx.give_back(600);
         assert_eq!(budget.used(), 500);
         b.try_send(delivery(400)).expect("within the budget again");
         // A writer that ends gives back what it never took.
@@ -250,6 +278,7 @@ mod tests {
             for (tx, rx) in &mut others {
                 tx.try_send(delivery(100)).expect("a reading room goes on");
                 rx.try_recv().expect("queued");
+                rx.give_back(100);
             }
         }
         assert!(stalled.try_send(delivery(100)).is_err());
@@ -260,6 +289,44 @@ mod tests {
         }
         assert!(budget.used() <= 2 * 10_000, "{}", budget.used());
         assert_eq!(budget.used(), 10_000 + 3 * 2_500);
+    }
+
+    /// What a writer took off its queue and has not written (its batch, waiting for stream
+    /// credit) stays counted: a room that stops reading after its writer took a batch is past
+    /// its share and ends, and the session holds at most twice its budget (outside audit 120,
+    /// F1: given back at the take, 32 such rooms held 11 × the budget).
+    #[test]
+    fn a_writers_unwritten_batch_stays_counted() {
+        const BUDGET: usize = 64 * 1024;
+        const FRAME: usize = 8000;
+        let budget = Budget::new(BUDGET);
+        let mut rooms: Vec<_> = (0..32).map(|_| channel(1024, budget.clone())).collect();
+        let mut batches = 0;
+        for (tx, rx) in &mut rooms {
+            // Three frames queued, taken into the writer's batch, never written; then more.
+            let mut took = 0;
+            for _ in 0..3 {
+                if tx.try_send(delivery(FRAME)).is_ok() {
+                    took += 1;
+                }
+            }
+            while rx.try_recv().is_ok() {}
+            batches += took * FRAME;
+            let _ = tx.try_send(delivery(FRAME));
+        }
+        let held: usize = budget.used();
+        assert!(
+            held <= 2 * BUDGET,
+            "the session holds {held} B, over twice its {BUDGET} B budget"
+        );
+        assert!(batches <= 2 * BUDGET, "{batches} B taken into batches");
+        // Written: given back.
+        for (_, rx) in &mut rooms {
+            let taken = rx.taken;
+            rx.give_back(taken);
+        }
+        drop(rooms);
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Slot {
             state.pending.replace(payload).is_some()
         };
         if replaced {
-            metrics::counter!(m::LATEST_CONFLATED).increment(1);
+            m::hot::latest_conflated().increment(1);
         }
         self.ready.notify_one();
     }
@@ -185,7 +185,7 @@ fn send(
     if max.is_some_and(|max| datagram.len() <= max) {
         match conn.send_datagram(&datagram) {
             Ok(()) => {
-                metrics::counter!(m::DATAGRAMS_SENT).increment(1);
+                m::hot::datagrams_sent().increment(1);
                 return None;
             }
             // Gone: the session ends on its own; nothing to write either.
@@ -194,7 +194,7 @@ fn send(
             Err(_) => {}
         }
     }
-    metrics::counter!(m::LATEST_ON_STREAM).increment(1);
+    m::hot::latest_on_stream().increment(1);
     Some(latest_frame(room, sequence, payload))
 }
 

@@ -181,10 +181,10 @@ impl Writer {
                     }
                     msg = self.queue.recv() => match msg {
                         Some(first) if self.fresh(&first) => {
-                            batch.push(first.frame, true);
+                            batch.push_queued(first.frame);
                             oldest = Some(first.entered);
                         }
-                        Some(_) => {}
+                        Some(skipped) => self.queue.give_back(skipped.frame.len()),
                         None => {
                             drop(self.reclaim(stream));
                             return;
@@ -211,10 +211,10 @@ impl Writer {
             while batch.bytes < MAX_BATCH && self.preamble.is_done() {
                 match self.queue.try_recv() {
                     Ok(more) if self.fresh(&more) => {
-                        batch.push(more.frame, true);
+                        batch.push_queued(more.frame);
                         oldest.get_or_insert(more.entered);
                     }
-                    Ok(_) => {}
+                    Ok(skipped) => self.queue.give_back(skipped.frame.len()),
                     Err(_) => break,
                 }
             }
@@ -247,6 +247,9 @@ impl Writer {
             }
             hot::delivery_bytes().increment(batch.bytes as u64);
             self.tally.sent(batch.bytes, batch.live);
+            // Written: the queued frames' bytes leave the session's budget only now (outside
+            // audit 120, F1: a batch waiting for credit was outside it).
+            self.queue.give_back(batch.queued);
             if let Some(entered) = oldest.take() {
                 hot::delivery_latency().record(entered.elapsed().as_secs_f64());
             }
@@ -265,14 +268,23 @@ impl Writer {
             let _ = stream.reset(VarInt::from_u32(code));
         }
         match ending {
-            Some(cause) if !self.ended_by_session.is_cancelled() => {
-                let _ = self.ended.send(Ended {
-                    sub_id: self.sub_id,
-                    cause: Some(cause),
-                });
-            }
+            Some(cause) if !self.ended_by_session.is_cancelled() => self.report_end(cause),
             _ => self.report_overflow(),
         }
+    }
+
+    /// Tells the session the subscription ended, and why. A `slow_consumer` end is counted
+    /// here, once per subscription, whoever found it (the hub, a run's flush, the stall
+    /// deadline): the hub and the flush each counted theirs, so most were counted twice and
+    /// stall endings never (outside audit 120, F2).
+    fn report_end(&self, cause: (ErrorCode, &'static str)) {
+        if cause.0 == ErrorCode::SlowConsumer {
+            hot::slow_consumer_ends().increment(1);
+        }
+        let _ = self.ended.send(Ended {
+            sub_id: self.sub_id,
+            cause: Some(cause),
+        });
     }
 
     /// The client stopped the stream: the session ends the subscription and says so.
@@ -382,16 +394,20 @@ impl Writer {
             // Queued by the hub: it found the connection's queue full (or keeps order behind
             // such a delivery), so the writer takes its place back and waits for room.
             out = self.reclaim_out(out);
+            let len = delivery.frame.len() as u64;
             if !self.fresh(&delivery) {
+                self.queue.give_back(len as usize);
                 continue;
             }
             let Some(sender) = out.as_ref() else {
                 return;
             };
-            let len = delivery.frame.len() as u64;
+            // Counted against the session's budget while it waits for room in the
+            // connection's queue (outside audit 120, F1).
             if sender.send(delivery.frame).await.is_err() {
                 return;
             }
+            self.queue.give_back(len as usize);
             hot::delivery_bytes().increment(len);
             self.tally.sent(len as usize, 1);
             hot::delivery_latency().record(delivery.entered.elapsed().as_secs_f64());
@@ -404,10 +420,7 @@ impl Writer {
         if self.ended_by_session.is_cancelled() {
             return;
         }
-        let _ = self.ended.send(Ended {
-            sub_id: self.sub_id,
-            cause: Some(self.hub_end.cause()),
-        });
+        self.report_end(self.hub_end.cause());
     }
 }
 
@@ -451,6 +464,9 @@ struct Lent {
     /// Frames held for a run's single write (`crate::cork`); empty while `behind`, and always
     /// on a shared connection (its socket's writer joins what is queued by itself).
     pending: Vec<Bytes>,
+    /// When each of `pending` entered the hub: what the write leaves goes to the writer with
+    /// it, so its latency sample is the publication's, not the flush's (outside audit 120, F3).
+    pending_entered: Vec<std::time::Instant>,
     /// Deliveries taken here and their bytes, not yet added to the session's tally: counted
     /// under the lock already held, and added when the stream goes back to the writer, when
     /// the subscription ends (`Direct::settle`) or with the `Direct` (two atomic additions per
@@ -466,12 +482,28 @@ impl Lent {
     }
 
     /// Writes what the stream takes of `chunks` without waiting, emptying the chunks it took
-    /// whole and cutting the front off the one it took in part. Out of stream credit, or the
-    /// client stopped the stream: some are left, and the writer finds out which when it writes
-    /// them. (Only own streams hold frames for a write.)
-    fn write_now(&mut self, chunks: &mut [Bytes]) {
-        if let Target::Stream(stream) = &mut self.target {
-            let _ = stream.quic_stream_mut().write_chunks(chunks).now_or_never();
+    /// whole and cutting the front off the one it took in part; the bytes it took. Out of
+    /// stream credit, or the client stopped the stream: some are left, and the writer finds
+    /// out which when it writes them (and counts what it writes). (Only own streams hold
+    /// frames for a write.)
+    fn write_now(&mut self, chunks: &mut [Bytes]) -> u64 {
+        let Target::Stream(stream) = &mut self.target else {
+            return 0;
+        };
+        match stream.quic_stream_mut().write_chunks(chunks).now_or_never() {
+            Some(Ok(written)) => written.bytes as u64,
+            _ => 0,
+        }
+    }
+
+    /// Counts `bytes` the stream took here that no one else counts: of held frames, or the
+    /// front of a frame the writer writes the rest of (`quiver_delivery_bytes_total` and the
+    /// tally's bytes, once: outside audit 120, F3, held frames' bytes were counted when held
+    /// and their rest again by the writer, and a part taken was counted nowhere).
+    fn count_bytes(&mut self, bytes: u64) {
+        if bytes > 0 {
+            hot::delivery_bytes().increment(bytes);
+            self.sent_bytes += bytes;
         }
     }
 }
@@ -539,6 +571,7 @@ impl Direct {
             skip_through,
             behind: false,
             pending: Vec::new(),
+            pending_entered: Vec::new(),
             sent_bytes: 0,
             sent_messages: 0,
         });
@@ -578,7 +611,8 @@ impl Direct {
     /// is lent and takes it whole, else queued for the writer (what the stream took already is
     /// not queued again). [`Offered::Written`] leaves the delivery metrics to the hub, which
     /// records them once per fan-out pass: a clock read and a histogram sample per delivery
-    /// were ~9 % of the server's CPU in a 100-subscriber fan-out.
+    /// were ~9 % of the server's CPU in a 100-subscriber fan-out. A held frame's bytes are
+    /// counted when the run's write takes them, its latency by the run (`cork::Held::flush`).
     pub fn offer(
         self: &Arc<Self>,
         queue: &crate::delivery_queue::Sender,
@@ -610,23 +644,31 @@ impl Direct {
                 })
                 .map(|()| Offered::Queued);
         }
-        if idle.pending.len() < MAX_PENDING && crate::cork::hold(self, idle.pending.is_empty()) {
+        // Held frames are counted as messages now, their bytes as the write takes them.
+        if idle.pending.len() < MAX_PENDING
+            && crate::cork::hold(self, idle.pending.is_empty(), delivery.entered)
+        {
             idle.pending.push(delivery.frame.clone());
-            idle.count(delivery.frame.len());
-            return Ok(Offered::Written);
+            idle.pending_entered.push(delivery.entered);
+            idle.sent_messages += 1;
+            return Ok(Offered::Held);
         }
         if !idle.pending.is_empty() {
             idle.pending.push(delivery.frame.clone());
-            idle.count(delivery.frame.len());
+            idle.pending_entered.push(delivery.entered);
+            idle.sent_messages += 1;
             self.write_pending(idle, Some(queue));
-            return Ok(Offered::Written);
+            return Ok(Offered::Held);
         }
         let mut rest = [delivery.frame.clone()];
-        idle.write_now(&mut rest);
+        let written = idle.write_now(&mut rest);
         if rest[0].is_empty() {
+            // The hub adds a pass's whole frames to the metric at once.
             idle.count(delivery.frame.len());
             return Ok(Offered::Written);
         }
+        // The writer counts the rest, and the message.
+        idle.count_bytes(written);
         // Out of stream credit, or the client stopped the stream: the writer takes over, and
         // finds out which when it writes the rest.
         let [rest] = rest;
@@ -648,13 +690,21 @@ impl Direct {
         }
     }
 
-    /// Writes the held frames in one write; what the stream does not take goes to the writer
-    /// (counted already: the writer's tally skips nothing it is handed, so these are sent as
-    /// deliveries it did not see). No room in the queue for it ends the subscription.
+    /// Writes the held frames in one write, counting the bytes it took; what the stream does
+    /// not take goes to the writer, which counts it as it writes it (each such frame's message
+    /// is taken off this tally: the writer counts one for it). No room in the queue for it
+    /// ends the subscription (the writer counts the `slow_consumer` end: outside audit 120,
+    /// F2).
     fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) {
         let mut pending = std::mem::take(&mut idle.pending);
-        idle.write_now(&mut pending);
-        let mut left = pending.into_iter().filter(|f| !f.is_empty()).peekable();
+        let entered = std::mem::take(&mut idle.pending_entered);
+        let written = idle.write_now(&mut pending);
+        idle.count_bytes(written);
+        let mut left = pending
+            .into_iter()
+            .zip(entered)
+            .filter(|(f, _)| !f.is_empty())
+            .peekable();
         if left.peek().is_none() {
             return;
         }
@@ -666,16 +716,14 @@ impl Direct {
         let Some(queue) = queue.or(upgraded.as_ref()) else {
             return;
         };
-        let entered = std::time::Instant::now();
-        for frame in left {
+        for (frame, entered) in left {
+            idle.sent_messages = idle.sent_messages.saturating_sub(1);
             let rest = Delivery {
                 offset: None,
                 frame,
                 entered,
             };
             if queue.try_send(rest).is_err() {
-                metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "slow_consumer")
-                    .increment(1);
                 self.overflow.cancel();
                 return;
             }
@@ -697,6 +745,9 @@ impl Drop for Direct {
 pub enum Offered {
     /// On the stream now (the hub records the delivery metrics).
     Written,
+    /// Held for a run's write, or written with the frames held before it: the write counts
+    /// its bytes, the run's flush samples its latency (`crate::cork`).
+    Held,
     /// Queued for the writer, or already in the replay: the writer accounts for it.
     Queued,
 }
@@ -716,9 +767,13 @@ struct Batch {
     bytes: usize,
     /// Live publications among them (for the session's tally).
     live: u64,
+    /// Bytes of them taken off the queue: still counted against the session's budget, given
+    /// back once written (outside audit 120, F1).
+    queued: usize,
 }
 
 impl Batch {
+    /// A frame of the replay's or a `latest` value: not the queue's.
     fn push(&mut self, frame: Bytes, live: bool) {
         if frame.is_empty() {
             return;
@@ -726,6 +781,12 @@ impl Batch {
         self.bytes += frame.len();
         self.live += u64::from(live);
         self.chunks.push(frame);
+    }
+
+    /// A live delivery taken off the queue.
+    fn push_queued(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.push(frame, true);
     }
 
     fn is_empty(&self) -> bool {
@@ -736,6 +797,7 @@ impl Batch {
         self.chunks.clear();
         self.bytes = 0;
         self.live = 0;
+        self.queued = 0;
     }
 }
 

@@ -181,13 +181,14 @@ pub(super) fn describe() {
         DELIVERY_BYTES,
         Unit::Bytes,
         "Bytes of subscription frames (replays and live deliveries) handed to subscribers' \
-         streams or connections"
+         streams or connections, each byte once"
     );
     // Delivery latency, command duration and broker lag: `histogram.rs` (help text too).
     describe_counter!(
         DELIVERIES_DROPPED,
-        "Deliveries dropped, by reason (slow_consumer: one per subscription ended because its \
-         queue overflowed, the frames still queued for it not counted one by one; \
+        "Deliveries dropped, by reason (slow_consumer: one per subscription ended as a slow \
+         consumer, its queue overflowed or its stream took nothing for timeouts.reply, the \
+         frames still queued for it not counted one by one; \
          broker_slow_consumer: one per message NATS dropped to this node; broker_gap: one per \
          history publication this node's consumer never got, its rooms' subscriptions then \
          ended with 117; latest_event: one per room event a latest subscriber's full queue had \

@@ -144,6 +144,44 @@ pub mod hot {
         })
     }
 
+    /// `quiver_deliveries_dropped_total{reason="slow_consumer"}`: one per subscription ended
+    /// as a slow consumer, counted by its writer (outside audit 120, F2).
+    pub fn slow_consumer_ends() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "slow_consumer")
+        })
+    }
+
+    /// `quiver_latest_conflated_total`: per value a `latest` slot replaced (outside audit
+    /// 120, F5: resolved by name per subscriber per publication).
+    pub fn latest_conflated() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::LATEST_CONFLATED)
+        })
+    }
+
+    /// `quiver_datagrams_sent_total`.
+    pub fn datagrams_sent() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::DATAGRAMS_SENT)
+        })
+    }
+
+    /// `quiver_latest_on_stream_total`.
+    pub fn latest_on_stream() -> &'static Counter {
+        static C: OnceLock<Counter> = OnceLock::new();
+        C.get_or_init(|| {
+            crate::metrics::handle();
+            metrics::counter!(crate::metrics::LATEST_ON_STREAM)
+        })
+    }
+
     /// `quiver_commands_total`: every command a client sends goes through it.
     pub fn commands() -> &'static Counter {
         static C: OnceLock<Counter> = OnceLock::new();
