@@ -1,8 +1,9 @@
 //! `quiver-bench`: Quiver's load generator and benchmark orchestrator.
 //!
 //! - `quiver-bench run` starts every server (Quiver, the bare wtransport peer, nats-server,
-//!   Socket.IO), runs the workloads against each in turn from generator processes pinned to
-//!   another core, and writes the report (Markdown, JSON, PNG plots).
+//!   Socket.IO), runs the workloads against each from generator processes pinned to another
+//!   core (the repeated maxima round by round across the targets), and writes the report
+//!   (Markdown, JSON, PNG plots).
 //! - `quiver-bench neighbour` measures one tenant's latency beside another tenant flooding
 //!   past its quota (`quiver-bench flood`, a generator like the ones below).
 //! - `quiver-bench load | hol | connections` is one generator process running one workload

@@ -71,9 +71,17 @@ pub struct HolRun {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClusterRun {
     pub subscribers: usize,
+    /// The median by rate of `max_runs` max-rate runs, as many as the one-instance fan-out it
+    /// is read against (outside audit 123, F10); 1 in reports from before, a single run.
     pub max: LoadResult,
+    #[serde(default = "one")]
+    pub max_runs: usize,
     /// At half of the cluster's own max.
     pub half: Option<LoadResult>,
+}
+
+fn one() -> usize {
+    1
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +121,10 @@ pub struct Report {
     /// The previous run's "no regression" figures (issue 14), when one was found.
     #[serde(default)]
     pub reference: Option<targets::Reference>,
+    /// Run with `--browser-like-acks`: Quiver asked its clients for no ACK reduction (outside
+    /// audit 123, F1). False in reports from before the option, which asked as by default.
+    #[serde(default)]
+    pub browser_like_acks: bool,
 }
 
 impl Report {
@@ -134,6 +146,7 @@ impl Report {
             checks: Vec::new(),
             elapsed_secs: 0.0,
             reference: None,
+            browser_like_acks: false,
         }
     }
 
@@ -254,6 +267,98 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// " (generator-bound: quiver's generator at 1.00 core, server at 0.85)" for the runs of `runs`
+/// whose generator was the limit, empty when none was. A verdict read from such a run is partly
+/// the generator's (its QUIC client's receive and ACK work), not server against server (outside
+/// audit 123, F2).
+pub(crate) fn bound_note(runs: &[(Kind, Option<&LoadResult>)]) -> String {
+    let parts: Vec<String> = runs
+        .iter()
+        .filter_map(|(kind, m)| m.filter(|m| m.is_generator_bound()).map(|m| (kind, m)))
+        .map(|(kind, m)| {
+            format!(
+                "{}'s generator at {:.2} core, server at {}",
+                kind.label(),
+                m.generator_cores(),
+                m.server_cores().map_or("–".into(), |s| format!("{s:.2}"))
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" (generator-bound: {})", parts.join("; "))
+    }
+}
+
+/// " (quiver lost 3 of 40k deliveries: percentiles of those that arrived)" for the runs of `runs`
+/// that lost deliveries, empty when none did. A latency read from such a run counts only the
+/// survivors (outside audit 123, F4).
+pub(crate) fn lost_note(runs: &[(Kind, Option<&LoadResult>)]) -> String {
+    let parts: Vec<String> = runs
+        .iter()
+        .filter_map(|(kind, m)| m.filter(|m| m.missing > 0).map(|m| (kind, m)))
+        .map(|(kind, m)| {
+            format!(
+                "{} lost {} of {}",
+                kind.label(),
+                m.missing,
+                kfmt((m.delivered + m.missing) as f64)
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} deliveries: percentiles of those that arrived)",
+            parts.join("; ")
+        )
+    }
+}
+
+/// What a table cell adds after one run's figure: that its generator was the limit (F2), and
+/// that deliveries were lost, so its percentiles count only the rest (F4; outside audit 123).
+fn marks(m: &LoadResult) -> String {
+    let mut out = String::new();
+    if m.is_generator_bound() {
+        out.push_str(" (generator-bound)");
+    }
+    if m.missing > 0 {
+        let _ = write!(out, " ({} lost: arrived only)", m.missing);
+    }
+    out
+}
+
+/// A "lost" column's cell: deliveries that never arrived (expected − delivered after draining),
+/// and their share (outside audit 123, F4).
+fn lost_cell(m: &LoadResult) -> String {
+    if m.missing == 0 {
+        return "0".into();
+    }
+    let expected = (m.delivered + m.missing).max(1) as f64;
+    format!(
+        "{} ({:.2} %)",
+        m.missing,
+        m.missing as f64 * 100.0 / expected
+    )
+}
+
+/// "1.00 / 0.85", the generator's and the server's cores over the window, marked when the
+/// generator was the limit (outside audit 123, F2).
+fn cores_cell(m: &LoadResult) -> String {
+    format!(
+        "{:.2} / {}{}",
+        m.generator_cores(),
+        m.server_cores().map_or("–".into(), |s| format!("{s:.2}")),
+        if m.is_generator_bound() {
+            " generator-bound"
+        } else {
+            ""
+        }
+    )
+}
+
 fn met(ok: bool) -> &'static str {
     if ok {
         "**met**"
@@ -284,11 +389,17 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
          publisher stays a bounded window ahead of deliveries); fixed rates are fractions of each \
          target's own max. \"Other processes' CPU\" is what the rest of the machine used during the \
          max run (a shared machine): when it is high, absolute numbers are low and noisy. Single \
-         runs unless the mode repeats: read ratios, not absolutes.\n"
+         runs unless the mode repeats: read ratios, not absolutes. A run whose generator used \
+         0.95 of its core or more is marked *generator-bound* (in a verdict: with both \
+         processes' cores): the generator was the limit there, not the server, and the figure \
+         is partly the client's. Deliveries that never arrived are counted (\"lost\", `missing` \
+         in the JSON); a latency from a run that lost any counts only those that arrived.\n"
     );
+    acks_disclosure(&mut md, r);
 
     // Fan-out.
-    // Runs are recorded target by target, so sizes repeat: sort before removing duplicates.
+    // Runs were recorded target by target before the maxima went round by round (outside
+    // audit 123, F3), so in older reports sizes repeat: sort before removing duplicates.
     let mut sizes: Vec<usize> = r.fanout.iter().map(|f| f.subscribers).collect();
     sizes.sort_unstable();
     sizes.dedup();
@@ -300,9 +411,12 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         );
         let _ = writeln!(
             md,
-            "| target | deliveries/s (max) | vs Socket.IO | vs bare | server CPU µs/delivery | generator CPU µs/delivery | other processes' CPU (cores) | p50 / p99 / p99.9 at 25% | at 50% | at 90% |"
+            "| target | deliveries/s (max) | vs Socket.IO | vs bare | server CPU µs/delivery | generator CPU µs/delivery | generator / server (cores) | lost | other processes' CPU (cores) | p50 / p99 / p99.9 at 25% | at 50% | at 90% |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---|---|");
+        let _ = writeln!(
+            md,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"
+        );
         let sio = r.max_rate(Kind::Socketio, n);
         let bare = r.max_rate(Kind::Bare, n);
         for f in r.fanout.iter().filter(|f| f.subscribers == n) {
@@ -321,10 +435,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                     .find(|x| (x.fraction - frac).abs() < 1e-9)
                     .map_or("–".into(), |x| {
                         format!(
-                            "{} / {} / {}",
+                            "{} / {} / {}{}",
                             us(x.result.latency.p50_us),
                             us(x.result.latency.p99_us),
-                            us(x.result.latency.p999_us)
+                            us(x.result.latency.p999_us),
+                            marks(&x.result)
                         )
                     })
             };
@@ -334,13 +449,15 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                     / m.measured_secs.max(1e-9);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
                 f.target.label(),
                 kfmt(m.deliveries_per_sec),
                 ratio(Some(m.deliveries_per_sec), sio),
                 ratio(Some(m.deliveries_per_sec), bare),
                 m.server_cpu_secs.map_or("–".into(), per),
                 per(m.generator_cpu_secs),
+                cores_cell(m),
+                lost_cell(m),
                 others,
                 at(0.25),
                 at(0.5),
@@ -381,20 +498,29 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
     let _ = writeln!(md, "## Against the issue's targets\n");
     for &n in &sizes {
         let q = r.max_rate(Kind::Quiver, n);
+        let max = |kind: Kind| r.fanout_run(kind, n).map(|f| &f.max);
         if let (Some(q), Some(s)) = (q, r.max_rate(Kind::Socketio, n)) {
             let _ = writeln!(
                 md,
-                "- Fan-out ≥ 3× Socket.IO (n={n}): {:.2}× — {}",
+                "- Fan-out ≥ 3× Socket.IO (n={n}): {:.2}× — {}{}",
                 q / s,
-                met(q / s >= 3.0)
+                met(q / s >= 3.0),
+                bound_note(&[
+                    (Kind::Quiver, max(Kind::Quiver)),
+                    (Kind::Socketio, max(Kind::Socketio))
+                ])
             );
         }
         if let (Some(q), Some(b)) = (q, r.max_rate(Kind::Bare, n)) {
             let _ = writeln!(
                 md,
-                "- Fan-out ≥ 0.7× bare wtransport (n={n}): {:.2}× — {}",
+                "- Fan-out ≥ 0.7× bare wtransport (n={n}): {:.2}× — {}{}",
                 q / b,
-                met(q / b >= 0.7)
+                met(q / b >= 0.7),
+                bound_note(&[
+                    (Kind::Quiver, max(Kind::Quiver)),
+                    (Kind::Bare, max(Kind::Bare))
+                ])
             );
         }
         if let Some(x) = r
@@ -402,11 +528,14 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             .and_then(|f| sections::half(&f.fixed))
         {
             let p99 = x.latency.p99_us;
+            let runs = [(Kind::Quiver, Some(x))];
             let _ = writeln!(
                 md,
-                "- p99 < 5 ms at half of max (n={n}): {} — {}",
+                "- p99 < 5 ms at half of max (n={n}): {} — {}{}{}",
                 us(p99),
-                met(p99 < 5000.0)
+                met(p99 < 5000.0),
+                bound_note(&runs),
+                lost_note(&runs)
             );
         }
     }
@@ -475,15 +604,15 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         );
         let _ = writeln!(
             md,
-            "| target | deliveries/s | p50 | p99 | server CPU µs/delivery |"
+            "| target | deliveries/s | p50 | p99 | server CPU µs/delivery | generator / server (cores) | lost |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
         for x in &r.rooms {
             let m = &x.result;
             let delivered = m.deliveries_per_sec * m.measured_secs;
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 x.target.label(),
                 kfmt(m.deliveries_per_sec),
                 us(m.latency.p50_us),
@@ -491,6 +620,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                 m.server_cpu_secs
                     .filter(|_| delivered > 0.0)
                     .map_or("–".into(), |c| format!("{:.2}", c * 1e6 / delivered)),
+                cores_cell(m),
+                lost_cell(m),
             );
         }
         md.push('\n');
@@ -586,30 +717,68 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
     md
 }
 
+/// Which client population Quiver's QUIC rows stand for (outside audit 123, F1). Quiver asks
+/// clients through QUIC's ACK-frequency extension to acknowledge less often
+/// (`server/src/server.rs`); the generator's quinn clients take it, Chromium does not offer it,
+/// and the bare peer asks nothing, so "the bare transport" is not Quiver's transport under
+/// Quiver's settings.
+fn acks_disclosure(md: &mut String, r: &Report) {
+    let asked = if r.browser_like_acks {
+        "In this run (`--browser-like-acks`) Quiver asked for nothing \
+         (`transport.client_ack_delay = 0`), so its clients acknowledged at quinn's default \
+         rate (every second packet, within 25 ms), as clients that do not take the extension \
+         do; Chromium's own acknowledgement policy is not reproduced."
+    } else {
+        "In this run Quiver asked as by default: an ACK every fourth packet and a lone packet's \
+         within 100 ms (`transport.client_ack_threshold = 3`, `client_ack_delay = \"100ms\"`). \
+         `scripts/bench --browser-like-acks` measures without it."
+    };
+    let _ = writeln!(
+        md,
+        "Quiver's QUIC rows (`quiver`, its head-of-line variants, the cluster) are measured \
+         with quinn clients, which honour the ACK-frequency request Quiver sends (QUIC's \
+         ACK-frequency extension: fewer ACKs for the server to receive). Browsers do not: \
+         Chromium does not offer the extension. {asked} The team's own A/B: without the \
+         request, many rooms at 100k deliveries/s measured p99 265–293 ms, with it (then a \
+         threshold of 10) 149–163 ms, and a higher maximum in two of three pairs \
+         (`bench/results/2026-12-01-ack-frequency.md`); a threshold of 3 against 1 added 6–14 % \
+         deliveries/s in many rooms (`bench/results/2026-12-05-ack-threshold-cap.md`). The bare \
+         transport peer (`bare-wtransport`) uses quinn's defaults: it asks for no ACK reduction and runs \
+         Cubic (Quiver runs BBR), so it is not Quiver's transport ceiling under Quiver's \
+         settings. nats-server and Socket.IO are driven over ordinary TCP clients.\n"
+    );
+}
+
 /// Issue 9's targets for Quiver's WebSocket transport, against Socket.IO (the same class of
 /// transport: every room on one TCP connection).
 fn ws_targets(md: &mut String, r: &Report, sizes: &[usize]) {
     let (ws, sio) = (Kind::QuiverWs, Kind::Socketio);
     for &n in sizes {
+        let max = |kind: Kind| r.fanout_run(kind, n).map(|f| &f.max);
+        let common = |kind: Kind| r.fanout_run(kind, n).and_then(|f| f.common.as_ref());
         if let (Some(q), Some(s)) = (r.max_rate(ws, n), r.max_rate(sio, n)) {
             let _ = writeln!(
                 md,
-                "- quiver-ws fan-out ≥ 3× Socket.IO (n={n}): {} vs {}, {:.2}× — {}",
+                "- quiver-ws fan-out ≥ 3× Socket.IO (n={n}): {} vs {}, {:.2}× — {}{}",
                 kfmt(q),
                 kfmt(s),
                 q / s,
-                met(q >= 3.0 * s)
+                met(q >= 3.0 * s),
+                bound_note(&[(ws, max(ws)), (sio, max(sio))])
             );
         }
         if let (Some((q, rate)), Some((s, _))) = (r.common_p99(ws, n), r.common_p99(sio, n)) {
+            let runs = [(ws, common(ws)), (sio, common(sio))];
             let _ = writeln!(
                 md,
                 "- quiver-ws p99 no worse than Socket.IO at the same offered rate ({} deliveries/s, \
-                 n={n}): {} vs {} — {}",
+                 n={n}): {} vs {} — {}{}{}",
                 kfmt(rate),
                 us(q),
                 us(s),
-                met(q <= s)
+                met(q <= s),
+                bound_note(&runs),
+                lost_note(&runs)
             );
         }
     }

@@ -136,6 +136,7 @@ pub fn run(args: NeighbourArgs) -> Result<()> {
         workloads: Vec::new(),
         work_dir: Some(work.clone()),
         baseline_dir: None,
+        browser_like_acks: false,
     };
     let quiver = versions(&run_args).remove("quiver").unwrap_or_default();
     let mut ctx = Ctx {

@@ -396,6 +396,12 @@ pub(super) fn start_with_env(
                     "bbr"
                 },
             );
+            if ctx.args.browser_like_acks {
+                // Ask clients for no ACK reduction: they then acknowledge at QUIC's default
+                // rate, as clients without the ACK-frequency extension do (outside audit 123,
+                // F1; `RunArgs::browser_like_acks`).
+                cmd.env("QUIVER_TRANSPORT__CLIENT_ACK_DELAY", "0s");
+            }
             for name in unset {
                 cmd.env_remove(name);
             }

@@ -3,11 +3,16 @@
 
 use std::fmt::Write as _;
 
-use super::{kfmt, us, FixedRun, LoadResult, Report};
+use super::{kfmt, lost_cell, marks, us, FixedRun, LoadResult, Report};
 use crate::target::Kind;
 
 fn p50_p99(l: &LoadResult) -> String {
-    format!("{} / {}", us(l.latency.p50_us), us(l.latency.p99_us))
+    format!(
+        "{} / {}{}",
+        us(l.latency.p50_us),
+        us(l.latency.p99_us),
+        marks(l)
+    )
 }
 
 /// The fixed-rate run at half of max.
@@ -39,25 +44,36 @@ pub(super) fn rooms_common_table(md: &mut String, r: &Report) {
 
 /// p50 / p99 / p99.9, and server and generator cores per target, at one offered rate. The
 /// generator's cores are there because a full generator core means the latency partly measures
-/// the client side (QUIC's per-packet receive and ACK work is in user space), not the server.
+/// the client side (QUIC's per-packet receive and ACK work is in user space), not the server;
+/// such a row says so (outside audit 123, F2). "lost" is what never arrived: the row's
+/// percentiles count only the rest (F4).
 pub(super) fn same_rate_table(md: &mut String, runs: &[(Kind, &LoadResult)]) {
     let _ = writeln!(
         md,
-        "| target | p50 | p99 | p99.9 | server CPU (cores) | generator CPU (cores) |"
+        "| target | p50 | p99 | p99.9 | server CPU (cores) | generator CPU (cores) | lost |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
     for (kind, c) in runs {
-        let secs = c.measured_secs.max(1e-9);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.2} |",
+            "| {} | {} | {} | {} | {} | {:.2}{} | {}{} |",
             kind.label(),
             us(c.latency.p50_us),
             us(c.latency.p99_us),
             us(c.latency.p999_us),
-            c.server_cpu_secs
-                .map_or("–".into(), |s| format!("{:.2}", s / secs)),
-            c.generator_cpu_secs / secs
+            c.server_cores().map_or("–".into(), |s| format!("{s:.2}")),
+            c.generator_cores(),
+            if c.is_generator_bound() {
+                " generator-bound"
+            } else {
+                ""
+            },
+            lost_cell(c),
+            if c.missing > 0 {
+                ": percentiles of those that arrived"
+            } else {
+                ""
+            }
         );
     }
     md.push('\n');
@@ -84,29 +100,49 @@ pub(super) fn cluster_section(md: &mut String, r: &Report) {
         if let Some(f) = single {
             let _ = writeln!(
                 md,
-                "| one instance | {n} | {} | {} |",
+                "| one instance | {n} | {}{} | {} |",
                 kfmt(f.max.deliveries_per_sec),
+                marks(&f.max),
                 half(&f.fixed).map_or("–".into(), p50_p99)
             );
         }
         let _ = writeln!(
             md,
-            "| two instances over NATS | {n} | {} | {} |",
+            "| two instances over NATS | {n} | {}{} | {} |",
             kfmt(c.max.deliveries_per_sec),
+            marks(&c.max),
             c.half.as_ref().map_or("–".into(), p50_p99)
         );
         if let Some(f) = r.fanout_run(Kind::Nats, n) {
             let _ = writeln!(
                 md,
-                "| nats-server alone | {n} | {} | {} |",
+                "| nats-server alone | {n} | {}{} | {} |",
                 kfmt(f.max.deliveries_per_sec),
+                marks(&f.max),
                 half(&f.fixed).map_or("–".into(), p50_p99)
             );
         }
         if let Some(f) = single.filter(|f| f.max.deliveries_per_sec > 0.0) {
             let x = c.max.deliveries_per_sec / f.max.deliveries_per_sec;
+            // Like with like (outside audit 123, F10): say what each maximum is, and when one
+            // is a single run and the other a median, that the ratio sets them side by side.
+            let one = crate::orchestrate::repeats_of(r.mode);
+            let each = if c.max_runs == one {
+                if one > 1 {
+                    format!(", both maxima the median of {one} runs")
+                } else {
+                    ", both maxima single runs".to_owned()
+                }
+            } else {
+                format!(
+                    ", the two instances' maximum {} against one instance's {} (not like with \
+                     like: read it with the spread between runs)",
+                    runs_of(c.max_runs),
+                    runs_of(one)
+                )
+            };
             costs.push(format!(
-                "at {n} subscribers the two instances deliver {x:.2}× what one does{}",
+                "at {n} subscribers the two instances deliver {x:.2}× what one does{each}{}",
                 if x >= 1.0 {
                     " (no cost visible: instance A takes the publisher's side of the work off \
                      instance B; on a shared machine read it with the run's noise)"
@@ -132,6 +168,15 @@ pub(super) fn cluster_section(md: &mut String, r: &Report) {
     }
 }
 
+/// "a single run" or "the median of 3 runs".
+fn runs_of(n: usize) -> String {
+    if n <= 1 {
+        "a single run".into()
+    } else {
+        format!("the median of {n} runs")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +195,50 @@ mod tests {
             md.contains("| server CPU (cores) | generator CPU (cores) |"),
             "{md}"
         );
-        assert!(md.contains("| 1.20 | 0.60 |"), "{md}");
+        assert!(md.contains("| 1.20 | 0.60 | 0 |"), "{md}");
+        // A full generator core and lost deliveries are said in the row (outside audit 123, F2
+        // and F4).
+        run.generator_cpu_secs = 1.9;
+        run.missing = 25;
+        let mut md = String::new();
+        same_rate_table(&mut md, &[(Kind::Quiver, &run)]);
+        assert!(
+            md.contains(
+                "| 1.20 | 0.95 generator-bound | 25 (20.00 %): percentiles of those that arrived |"
+            ),
+            "{md}"
+        );
+    }
+
+    /// The cluster's ratio says what each maximum is, and says so when one is a single run and
+    /// the other a median (outside audit 123, F10).
+    #[test]
+    fn cluster_ratio_says_like_with_like() {
+        let mut r = Report::new(crate::orchestrate::Mode::Full, "test".into());
+        r.fanout.push(crate::report::tests::fanout10(
+            Kind::Quiver,
+            1000.0,
+            load(500.0),
+        ));
+        r.cluster_runs.push(crate::report::ClusterRun {
+            subscribers: 10,
+            max: load(990.0),
+            max_runs: 3,
+            half: None,
+        });
+        let mut md = String::new();
+        cluster_section(&mut md, &r);
+        assert!(
+            md.contains("deliver 0.99× what one does, both maxima the median of 3 runs"),
+            "{md}"
+        );
+        // A report from before: the cluster's maximum a single run.
+        r.cluster_runs[0].max_runs = 1;
+        let mut md = String::new();
+        cluster_section(&mut md, &r);
+        assert!(
+            md.contains("maximum a single run against one instance's the median of 3 runs"),
+            "{md}"
+        );
     }
 }

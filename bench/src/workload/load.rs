@@ -66,6 +66,37 @@ pub struct LoadResult {
     #[serde(default)]
     pub machine_cpu_secs: f64,
     pub measured_secs: f64,
+    /// The generator used at least [`GENERATOR_BOUND_CORES`] of a core over the window: the
+    /// rate (or latency) is then partly the load generator's limit, not the server's (outside
+    /// audit 123, F2). False in reports from before it; the report reads the CPU figures above
+    /// through [`LoadResult::is_generator_bound`] either way.
+    #[serde(default)]
+    pub generator_bound: bool,
+}
+
+/// A generator at this share of a core or more is the limit. Generators run pinned to one core
+/// (`orchestrate`), and one that used 0.95 of it had no room left to receive faster: outside
+/// audit 123 (F2) found Quiver's fan-out maxima at generator 0.95-1.00 with its server at
+/// 0.85-0.90, judged as server against server.
+pub const GENERATOR_BOUND_CORES: f64 = 0.95;
+
+impl LoadResult {
+    /// The generator's CPU over the measured window, in cores.
+    pub fn generator_cores(&self) -> f64 {
+        self.generator_cpu_secs / self.measured_secs.max(1e-9)
+    }
+
+    /// The server's CPU over the measured window, in cores (when it was sampled).
+    pub fn server_cores(&self) -> Option<f64> {
+        self.server_cpu_secs
+            .map(|s| s / self.measured_secs.max(1e-9))
+    }
+
+    /// Whether the generator was the limit (see [`GENERATOR_BOUND_CORES`]); computed from the
+    /// CPU figures, so a report re-rendered from an older JSON is marked too.
+    pub fn is_generator_bound(&self) -> bool {
+        self.generator_bound || self.generator_cores() >= GENERATOR_BOUND_CORES
+    }
 }
 
 pub async fn run(spec: &Spec, p: &LoadParams, server_pid: Option<u32>) -> Result<LoadResult> {
@@ -188,6 +219,7 @@ pub async fn run(spec: &Spec, p: &LoadParams, server_pid: Option<u32>) -> Result
         server_cpu_secs: server_pid.map(|_| (cpu1.1 - cpu0.1).max(0.0)),
         machine_cpu_secs: (cpu1.2 - cpu0.2).max(0.0),
         measured_secs: measured,
+        generator_bound: (cpu1.0 - cpu0.0).max(0.0) / measured.max(1e-9) >= GENERATOR_BOUND_CORES,
     })
 }
 
