@@ -260,20 +260,24 @@ impl Client {
     ) -> Result<(), ClientError> {
         let payload = payload.into();
         self.check_payload(&payload)?;
-        // With the buffer full while disconnected, the value may still replace its room's
-        // buffered one: the connection task tells (a place taken here would be given back by
-        // a replacement only once that task runs, too late for the next call).
-        let (permit, verdict) = match self.permit().await {
-            Ok(permit) => (Some(permit), None),
-            Err(ClientError::BufferFull) => {
-                let (tx, rx) = oneshot::channel();
-                (None, Some((tx, rx)))
-            }
+        // While disconnected the value may replace its room's buffered one, giving its place
+        // back: the connection task tells, and the call waits for it, so that a `publish`
+        // right after finds the place it gave back (review 124, R3), and a value that finds
+        // the buffer full may still replace its room's.
+        let disconnected = !matches!(
+            *self.inner.state.borrow(),
+            ConnectionState::Connected { .. }
+        );
+        let permit = match self.permit().await {
+            Ok(permit) => Some(permit),
+            Err(ClientError::BufferFull) => None,
             Err(e) => return Err(e),
         };
-        let (replaced, verdict) = match verdict {
-            Some((tx, rx)) => (Some(tx), Some(rx)),
-            None => (None, None),
+        let (replaced, verdict) = if disconnected || permit.is_none() {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
         };
         let req = Request::PublishUnreliable {
             room: room.to_string(),
@@ -287,7 +291,8 @@ impl Client {
         match verdict {
             Some(rx) => match rx.await {
                 Ok(true) => Ok(()),
-                _ => Err(ClientError::BufferFull),
+                Ok(false) => Err(ClientError::BufferFull),
+                Err(_) => Err(self.closed_error()),
             },
             None => Ok(()),
         }

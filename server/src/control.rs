@@ -304,11 +304,7 @@ impl Control {
                 error: e.to_string(),
             })?;
             with_nats(nats, async {
-                let store = self.revocations.store(nats).await?;
-                store
-                    .put(&key, until.to_string().into())
-                    .await
-                    .map_err(|e| format!("nats: {e}"))?;
+                self.revocations.put(nats, &key, until).await?;
                 nats.publish(format!("quiver.{tenant}.control.revoke"), body.into())
                     .await
                     .map_err(|e| format!("nats: {e}"))?;

@@ -91,7 +91,7 @@ impl Revocations {
 
     /// The store of revocations in NATS: as the last load opened it, else created or brought
     /// to this configuration now.
-    pub(crate) async fn store(
+    async fn store(
         &self,
         nats: &async_nats::Client,
     ) -> Result<async_nats::jetstream::kv::Store, String> {
@@ -104,6 +104,28 @@ impl Revocations {
             Some(store) => Ok(store),
             None => self.open(nats).await,
         }
+    }
+
+    /// Stores one revocation (`key` until `until`) through [`Self::store`]'s bucket; a write
+    /// that fails there is tried once more on the bucket opened again (made again if it was
+    /// lost with a NATS server without this connection dropping: review 124, R4).
+    pub(crate) async fn put(
+        &self,
+        nats: &async_nats::Client,
+        key: &str,
+        until: u64,
+    ) -> Result<(), String> {
+        let put = |store: async_nats::jetstream::kv::Store| async move {
+            store
+                .put(key, until.to_string().into())
+                .await
+                .map(drop)
+                .map_err(|e| format!("nats: {e}"))
+        };
+        if put(self.store(nats).await?).await.is_ok() {
+            return Ok(());
+        }
+        put(self.open(nats).await?).await
     }
 
     /// Opens the store (created or brought to this configuration) and keeps it for

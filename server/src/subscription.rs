@@ -208,7 +208,8 @@ impl Writer {
                 }
                 stream = self.reclaim(stream);
             }
-            while batch.bytes < MAX_BATCH && self.preamble.is_done() {
+            let most = self.queue.batch_limit(MAX_BATCH);
+            while batch.bytes < most && self.preamble.is_done() {
                 match self.queue.try_recv() {
                     Ok(more) if self.fresh(&more) => {
                         batch.push_queued(more.frame);
@@ -464,9 +465,11 @@ struct Lent {
     /// Frames held for a run's single write (`crate::cork`); empty while `behind`, and always
     /// on a shared connection (its socket's writer joins what is queued by itself).
     pending: Vec<Bytes>,
-    /// When each of `pending` entered the hub: what the write leaves goes to the writer with
-    /// it, so its latency sample is the publication's, not the flush's (outside audit 120, F3).
-    pending_entered: Vec<std::time::Instant>,
+    /// When the oldest of `pending` entered the hub: what the write leaves goes to the writer
+    /// with it, so its latency sample is the run's oldest publication's, not the flush's
+    /// (outside audit 120, F3). One instant, not one per frame: a list was an allocation per
+    /// stream per run (review 124, R2).
+    pending_oldest: Option<std::time::Instant>,
     /// Deliveries taken here and their bytes, not yet added to the session's tally: counted
     /// under the lock already held, and added when the stream goes back to the writer, when
     /// the subscription ends (`Direct::settle`) or with the `Direct` (two atomic additions per
@@ -571,7 +574,7 @@ impl Direct {
             skip_through,
             behind: false,
             pending: Vec::new(),
-            pending_entered: Vec::new(),
+            pending_oldest: None,
             sent_bytes: 0,
             sent_messages: 0,
         });
@@ -649,13 +652,13 @@ impl Direct {
             && crate::cork::hold(self, idle.pending.is_empty(), delivery.entered)
         {
             idle.pending.push(delivery.frame.clone());
-            idle.pending_entered.push(delivery.entered);
+            idle.pending_oldest.get_or_insert(delivery.entered);
             idle.sent_messages += 1;
             return Ok(Offered::Held);
         }
         if !idle.pending.is_empty() {
             idle.pending.push(delivery.frame.clone());
-            idle.pending_entered.push(delivery.entered);
+            idle.pending_oldest.get_or_insert(delivery.entered);
             idle.sent_messages += 1;
             self.write_pending(idle, Some(queue));
             return Ok(Offered::Held);
@@ -697,14 +700,13 @@ impl Direct {
     /// F2).
     fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) {
         let mut pending = std::mem::take(&mut idle.pending);
-        let entered = std::mem::take(&mut idle.pending_entered);
+        let entered = idle
+            .pending_oldest
+            .take()
+            .unwrap_or_else(std::time::Instant::now);
         let written = idle.write_now(&mut pending);
         idle.count_bytes(written);
-        let mut left = pending
-            .into_iter()
-            .zip(entered)
-            .filter(|(f, _)| !f.is_empty())
-            .peekable();
+        let mut left = pending.into_iter().filter(|f| !f.is_empty()).peekable();
         if left.peek().is_none() {
             return;
         }
@@ -716,7 +718,7 @@ impl Direct {
         let Some(queue) = queue.or(upgraded.as_ref()) else {
             return;
         };
-        for (frame, entered) in left {
+        for frame in left {
             idle.sent_messages = idle.sent_messages.saturating_sub(1);
             let rest = Delivery {
                 offset: None,

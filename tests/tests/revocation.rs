@@ -488,6 +488,23 @@ async fn revocations_write_through_the_bucket_the_load_opened() -> anyhow::Resul
         );
         assert!(store.get(&key).await?.is_some(), "revocation {n} is stored");
     }
+    // A bucket lost without the instance's connection dropping (deleted here) is made again
+    // by the next revocation, not failed until a reconnect (review 124, R4).
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    js.delete_key_value("quiver_revoked").await?;
+    let (status, body) = revoke(
+        &server,
+        ADMIN,
+        serde_json::json!({"tenant": "acme", "jti": "after-loss", "expires_at": exp}),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let key = quiver_server::revocation::key(&quiver_proto::TenantId::parse("acme")?, "after-loss");
+    let store = js.get_key_value("quiver_revoked").await?;
+    assert!(
+        store.get(&key).await?.is_some(),
+        "stored in the bucket made again"
+    );
     Ok(())
 }
 
