@@ -52,6 +52,11 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The terminal tools read stdin and write stdout through tokio, whose blocking threads
+    // may be stuck in a read or a write nobody will complete (a pipe nobody reads, a stdin
+    // nobody writes to) once the command is done: dropping the runtime would wait for them
+    // for ever (outside audit 122, F1/F2). `serve` keeps the full wait.
+    let terminal_tool = !matches!(cli.command, Command::Serve(_));
     // The server logs its life; the terminal tools only their troubles.
     let (default_level, log_format) = match &cli.command {
         Command::Serve(args) => ("info", args.log_format),
@@ -76,7 +81,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => crate::call::call(args).await,
         }
     });
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A client error carries a server's or a backend's text: escaped for the terminal.
@@ -89,7 +94,13 @@ pub fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    };
+    if terminal_tool {
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    } else {
+        drop(runtime);
     }
+    code
 }
 
 /// `e` and its causes, joined by ": " as `{:#}` joins them, without a cause whose text the
@@ -167,14 +178,6 @@ impl Signals {
             let _ = tokio::signal::ctrl_c().await;
             "Ctrl-C"
         }
-    }
-}
-
-/// Ctrl-C or SIGTERM, once ([`Signals`]; installed by this call).
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    let mut signals = Signals::install();
-    async move {
-        signals.next().await;
     }
 }
 

@@ -98,7 +98,8 @@ impl ConnArgs {
         let token = self.given_token()?;
         let config = self.client_config(token.clone()).await?;
         Client::connect(config).await.map_err(|e| {
-            let error = anyhow::Error::from(e);
+            // Which servers, over what: the error alone was `timed out` (outside audit 122, F6).
+            let error = anyhow::Error::from(e).context(self.tried());
             match token.as_deref().and_then(expired_for) {
                 Some(ago) => error.context(format!(
                     "the token given (--token, --token-file or QUIVER_TOKEN) expired {} ago; run again with a fresh one",
@@ -109,14 +110,19 @@ impl ConnArgs {
         })
     }
 
+    /// What [`Self::connect`] tries, for its error: `connecting to URL over WebTransport`,
+    /// and with `auto` the WebSocket URLs after it.
+    fn tried(&self) -> String {
+        let wt = format!("{} over WebTransport", list(&self.url).join(", "));
+        let ws = format!("{} over WebSocket", list(&self.ws_url).join(", "));
+        match self.transport {
+            Transport::WebTransport => format!("connecting to {wt}"),
+            Transport::WebSocket => format!("connecting to {ws}"),
+            _ => format!("connecting to {wt}, then {ws}"),
+        }
+    }
+
     async fn client_config(&self, token: Option<String>) -> Result<ClientConfig> {
-        let list = |s: &str| -> Vec<String> {
-            s.split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
         let urls = list(&self.url);
         let ws_urls = list(&self.ws_url);
         if urls.is_empty() && self.transport != Transport::WebSocket {
@@ -169,6 +175,15 @@ impl ConnArgs {
         config.ws_urls = ws_urls;
         Ok(config)
     }
+}
+
+/// A comma-separated list of URLs.
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// How long ago `token` expired, by its own `exp` (not verified: only to explain a refusal).

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use futures::{Stream, StreamExt};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::conn::{fixed_token_expired, fixed_token_expired_error, ConnArgs};
 
@@ -20,8 +20,11 @@ const IN_FLIGHT: usize = 64;
 pub struct PubArgs {
     #[command(flatten)]
     conn: ConnArgs,
+    /// The room to publish to (`chat.lobby`); the token's `publish` claim must allow it.
     room: String,
-    /// The message; without it (or with `-`) every line read from stdin is one message.
+    /// The message; without it (or with `-`) every line read from stdin is one message (UTF-8,
+    /// at most the server's limits.max_payload bytes); the first line that is not, like any
+    /// other error, stops the run, and nothing after it is read or sent.
     /// `{seq}` in it is replaced by the message's number (1, 2, ...) with --count.
     message: Option<String>,
     /// Publish the message this many times.
@@ -55,14 +58,13 @@ pub async fn publish(args: PubArgs) -> Result<()> {
             )
         }
         _ => {
-            let lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            Box::pin(futures::stream::unfold(lines, |mut lines| async move {
-                match lines.next_line().await {
-                    Ok(Some(line)) => Some((Ok(Bytes::from(line)), lines)),
-                    Ok(None) => None,
-                    Err(e) => Some((Err(anyhow::Error::from(e).context("reading stdin")), lines)),
-                }
-            }))
+            let limit = client
+                .welcome()
+                .map_or(DEFAULT_MAX_PAYLOAD, |w| w.limits.max_payload as usize);
+            Box::pin(stdin_lines(
+                tokio::io::BufReader::new(tokio::io::stdin()),
+                limit,
+            ))
         }
     };
     let messages = match pause {
@@ -151,14 +153,90 @@ pub async fn publish(args: PubArgs) -> Result<()> {
     if published > 1 {
         eprintln!("quiver: published {published} messages to {}", args.room);
     }
-    if unknown > 0 && result.is_ok() {
-        result = Err(anyhow::anyhow!(
+    if unknown > 0 {
+        let doubt = format!(
             "publish to {}: {unknown} message(s) lost their acknowledgement with the connection \
              and may or may not have been published ({published} acknowledged)",
             args.room
-        ));
+        );
+        // Said whatever ends the run: another error ending it dropped the count (outside audit
+        // 122, F7: a run ended `timed out`, not saying that a publish was in doubt).
+        result = match result {
+            Ok(()) => Err(anyhow::anyhow!(doubt)),
+            Err(e) => Err(e.context(format!("{doubt}, and then the run ended"))),
+        };
     }
     result
+}
+
+/// The server's default limits.max_payload, for a client that somehow has no `Welcome`.
+const DEFAULT_MAX_PAYLOAD: usize = 60 * 1024;
+
+/// The lines of `reader` (stdin), without their `\n` or `\r\n`, each at most `limit` bytes and
+/// UTF-8. The stream ends with its first error: it kept reading after one, and `buffered`
+/// published the lines after a line that was not UTF-8 while the run reported the failure
+/// (outside audit 122, F2: 38 lines after the bad one were published).
+fn stdin_lines(
+    reader: impl AsyncBufRead + Unpin,
+    limit: usize,
+) -> impl Stream<Item = Result<Bytes>> {
+    futures::stream::unfold(Some((reader, 1u64)), move |state| async move {
+        let (mut reader, number) = state?;
+        match read_line(&mut reader, limit).await {
+            Ok(Some(line)) => Some((Ok(line), Some((reader, number + 1)))),
+            Ok(None) => None,
+            Err(e) => Some((
+                Err(e.context(format!("reading stdin, line {number}"))),
+                None,
+            )),
+        }
+    })
+}
+
+/// One line, read no further than `limit` bytes (and a `\r`) into it: a line too long is
+/// refused without holding the rest of it (outside audit 122, F3: one 300 MB line took 557 MB
+/// before the client refused it). `None` at the end of the input.
+async fn read_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    limit: usize,
+) -> Result<Option<Bytes>> {
+    let too_long = || {
+        anyhow::anyhow!(
+            "longer than the server's limits.max_payload ({limit} bytes): refused, nothing after \
+             it sent"
+        )
+    };
+    let mut line = Vec::new();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            if line.is_empty() {
+                return Ok(None);
+            }
+            break;
+        }
+        let newline = available.iter().position(|&b| b == b'\n');
+        let take = newline.unwrap_or(available.len());
+        // `limit + 1`: room for the `\r` of a `\r\n`.
+        if line.len() + take > limit + 1 {
+            return Err(too_long());
+        }
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take + usize::from(newline.is_some()));
+        if newline.is_some() {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if line.len() > limit {
+        return Err(too_long());
+    }
+    if std::str::from_utf8(&line).is_err() {
+        bail!("not UTF-8 text: refused, nothing after it sent");
+    }
+    Ok(Some(Bytes::from(line)))
 }
 
 /// The slowest and fastest `--rate`. Outside them the pause between messages is not one a
@@ -245,6 +323,36 @@ async fn publish_unreliable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lines as `lines()` split them (`\n`, `\r\n`, a last line without one), each checked,
+    /// and nothing read after the first bad one (outside audit 122, F2, F3).
+    #[tokio::test]
+    async fn stdin_lines_end_at_the_first_bad_line() {
+        let lines = |input: &'static [u8], limit| async move {
+            stdin_lines(input, limit)
+                .map(|l| l.map_err(|e| format!("{e:#}")))
+                .collect::<Vec<_>>()
+                .await
+        };
+        let ok = |s: &str| Ok(Bytes::from(s.to_owned()));
+        assert_eq!(
+            lines(b"a\r\n\nbc\nd", 5).await,
+            [ok("a"), ok(""), ok("bc"), ok("d")]
+        );
+        assert_eq!(lines(b"12345\r\n", 5).await, [ok("12345")]);
+        let got = lines(b"good1\ngood2\n\xff\nafter3\nafter4\n", 100).await;
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            got[2].as_ref().unwrap_err().contains("line 3: not UTF-8"),
+            "{got:?}"
+        );
+        let got = lines(b"ok\n123456\nafter\n", 5).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(
+            got[1].as_ref().unwrap_err().contains("line 2: longer"),
+            "{got:?}"
+        );
+    }
 
     #[test]
     fn a_rate_gives_a_pause_a_timer_can_keep_or_is_refused() {

@@ -37,6 +37,7 @@ pub struct ConfigFlags {
     /// PEM certificate chain (with --key); default: a generated development certificate.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
+    /// PEM private key of --cert's certificate (with --cert).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// Where the development certificate and secret live [default: certs]

@@ -1,8 +1,8 @@
 //! `quiver sub`: print what is published in rooms, one line per message.
 
-use crate::terminal::{safe, safe_bytes};
+use crate::terminal::{json_safe, safe, safe_bytes};
 use std::collections::HashMap;
-use std::io::Write;
+use tokio::io::AsyncWriteExt;
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
@@ -16,11 +16,14 @@ pub struct SubArgs {
     #[command(flatten)]
     conn: ConnArgs,
     /// How each message is printed: `text` is the payload (prefixed with the room and a tab
-    /// when several rooms are subscribed), its control characters escaped (`\n`, `\t`,
-    /// `\u{1b}`) and bytes that are not UTF-8 as `\xNN`, so each message is one line and none
-    /// reaches the terminal as a control; `json` is one object per line with room, position
-    /// (epoch and offset as strings) and the exact payload (UTF-8 as `payload`, else
-    /// `payload_base64`).
+    /// when several rooms are subscribed), escaped on a terminal and in a pipe alike: its
+    /// control characters (`\n`, `\t`, `\u{1b}`, also C1, DEL and bidirectional overrides)
+    /// escaped, a backslash as `\\` and bytes that are not UTF-8 as `\xNN`, so each message is
+    /// one line, none reaches the terminal as a control, and the line reads back as the
+    /// payload; `json` is one object per line with room, position (epoch and offset as
+    /// strings) and the exact payload (UTF-8 as `payload`, else `payload_base64`), those
+    /// characters written as `\uXXXX` escapes, which every JSON parser reads back exactly.
+    /// Ctrl-C or SIGTERM ends `sub` with status 0, as does its reader going away (`| head`).
     #[arg(long, default_value = "text")]
     format: Format,
     /// Rooms to subscribe to.
@@ -66,10 +69,15 @@ pub async fn sub(args: SubArgs) -> Result<()> {
     // Only changes from now on are news; "reconnected" only after a loss was reported.
     state.borrow_and_update();
     let mut lost = false;
-    let mut stdout = std::io::stdout();
+    // Tokio's stdout: a write blocked on a pipe nobody reads can be given up for a signal.
+    let mut stdout = tokio::io::stdout();
+    // Installed once: made anew on every pass, a signal that came while `sub` was writing,
+    // pausing or resubscribing went to no listener and was lost, and `sub` went on (outside
+    // audit 122, F1).
+    let mut signals = crate::cli::Signals::install();
     let result = loop {
         let (room, event) = tokio::select! {
-            _ = crate::cli::shutdown_signal() => break Ok(()),
+            _ = signals.next() => break Ok(()),
             changed = state.changed() => {
                 if changed.is_ok() {
                     let now = state.borrow_and_update().clone();
@@ -107,9 +115,21 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                     Format::Json => json_line(&room, position, &payload).into_bytes(),
                 };
                 line.push(b'\n');
-                // One line per publication, flushed, so pipes see it at once.
-                stdout.write_all(&line)?;
-                stdout.flush()?;
+                // One line per publication, flushed, so pipes see it at once. A reader that
+                // went away (`sub ROOM | head -1`) ends `sub` quietly, as it ends any tool
+                // (outside audit 122, F4: "Broken pipe" and status 1).
+                let written = tokio::select! {
+                    _ = signals.next() => break Ok(()),
+                    written = async {
+                        stdout.write_all(&line).await?;
+                        stdout.flush().await
+                    } => written,
+                };
+                match written {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break Ok(()),
+                    Err(e) => break Err(anyhow::Error::from(e).context("writing to stdout")),
+                }
             }
             SubEvent::Resubscribed { recovery } => {
                 let how = match recovery {
@@ -135,10 +155,15 @@ pub async fn sub(args: SubArgs) -> Result<()> {
                     "quiver: {room}: fell behind ({}); subscribing again",
                     safe(&reason)
                 );
-                tokio::time::sleep(SLOW_CONSUMER_PAUSE).await;
-                let again = match last.get(&room) {
-                    Some(position) => client.subscribe_from(&room, *position).await,
-                    None => client.subscribe(&room).await,
+                let again = tokio::select! {
+                    _ = signals.next() => break Ok(()),
+                    again = async {
+                        tokio::time::sleep(SLOW_CONSUMER_PAUSE).await;
+                        match last.get(&room) {
+                            Some(position) => client.subscribe_from(&room, *position).await,
+                            None => client.subscribe(&room).await,
+                        }
+                    } => again,
                 };
                 let again = match again {
                     Ok(again) => again,
@@ -197,5 +222,7 @@ fn json_line(room: &str, position: Option<quiver_client::Position>, payload: &[u
                 .into()
         }
     }
-    object.to_string()
+    // serde_json leaves C1 controls, DEL and bidirectional overrides raw (outside audit 122,
+    // F5): escaped, the line is the same JSON for a parser and harmless on a terminal.
+    json_safe(object.to_string())
 }

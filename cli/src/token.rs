@@ -21,8 +21,11 @@ pub struct TokenArgs {
     /// would refuse it, instead of signing one.
     #[arg(long, value_name = "JWT", conflicts_with_all = ["tenant", "user", "private_key"])]
     check: Option<String>,
+    /// The tenant the token is for (`tenant` claim: ASCII letters, digits, `-` and `_`).
     #[arg(long, required_unless_present = "check")]
     tenant: Option<String>,
+    /// The user the token is for (`sub` claim, 1 to 256 bytes; other members see it as the
+    /// user id).
     #[arg(long, required_unless_present = "check")]
     user: Option<String>,
     /// Room patterns the token may subscribe to (repeatable).
