@@ -1,7 +1,7 @@
 //! The WebTransport adapter: the accept loop, the checks on every CONNECT (path, origin,
 //! capacity, token) before a session exists, and the streams of one session: the control stream
 //! (read into [`Inbound`] items, written from the core's outgoing channel) and the refusal of
-//! every other stream the client opens. Subscriptions open their own streams (`subscription.rs`).
+//! every other stream the client opens. Subscriptions open their own streams (`subscription/writer.rs`).
 //!
 //! Refusals are HTTP statuses: 404 for other paths, 429 when draining or full, 403 for origin and
 //! token problems. Every stage before a session exists (QUIC handshake, HTTP/3 SETTINGS, the
