@@ -248,3 +248,30 @@ pub(crate) fn signal(pid: u32, name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Connection flags for `server`: its URL and certificate hash, WebTransport only, a token.
+pub fn conn_args(server: &crate::TestServer, token: &str) -> Vec<String> {
+    vec![
+        "--url".into(),
+        server.url(),
+        "--cert-hash".into(),
+        hex::encode(server.hash),
+        "--transport".into(),
+        "webtransport".into(),
+        "--token".into(),
+        token.into(),
+    ]
+}
+
+/// `quiver SUB` against `server` with [`conn_args`], killed when dropped.
+pub fn cli_command(
+    server: &crate::TestServer,
+    sub: &str,
+    token: &str,
+) -> Result<tokio::process::Command> {
+    let mut cmd = tokio::process::Command::from(quiver_command(server.dir.path())?);
+    cmd.arg(sub)
+        .args(conn_args(server, token))
+        .kill_on_drop(true);
+    Ok(cmd)
+}

@@ -10,32 +10,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use quiver_tests::process::quiver_command;
+use quiver_tests::process::{cli_command as command, quiver_command};
 use quiver_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// Connection flags for the server: its URL and certificate hash, WebTransport only, a token.
-fn conn_args(server: &TestServer, token: &str) -> Vec<String> {
-    vec![
-        "--url".into(),
-        server.url(),
-        "--cert-hash".into(),
-        hex::encode(server.hash),
-        "--transport".into(),
-        "webtransport".into(),
-        "--token".into(),
-        token.into(),
-    ]
-}
-
-fn command(server: &TestServer, sub: &str, token: &str) -> Result<Command> {
-    let mut cmd = Command::from(quiver_command(server.dir.path())?);
-    cmd.arg(sub)
-        .args(conn_args(server, token))
-        .kill_on_drop(true);
-    Ok(cmd)
-}
 
 /// `quiver sub EXTRA...` with stdout piped, once it says it is subscribed; its stderr, read on
 /// in the background, comes back when it ends.

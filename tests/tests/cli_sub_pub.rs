@@ -7,32 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use quiver_server::config::{NamespaceConfig, NatsConfig};
 use quiver_tests::nats::NatsServer;
-use quiver_tests::process::quiver_command;
+use quiver_tests::process::{cli_command as command, quiver_command};
 use quiver_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-
-/// Connection flags for the server: its URL and certificate hash, WebTransport only, a token.
-fn conn_args(server: &TestServer, token: &str) -> Vec<String> {
-    vec![
-        "--url".into(),
-        server.url(),
-        "--cert-hash".into(),
-        hex::encode(server.hash),
-        "--transport".into(),
-        "webtransport".into(),
-        "--token".into(),
-        token.into(),
-    ]
-}
-
-fn command(server: &TestServer, sub: &str, token: &str) -> Result<Command> {
-    let mut cmd = Command::from(quiver_command(server.dir.path())?);
-    cmd.arg(sub)
-        .args(conn_args(server, token))
-        .kill_on_drop(true);
-    Ok(cmd)
-}
 
 struct Sub {
     _child: Child,
