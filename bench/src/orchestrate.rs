@@ -533,6 +533,14 @@ fn median_max(
             let Some(done) = runs.as_mut() else {
                 continue;
             };
+            // The target before this one may still be closing sessions whose close was lost
+            // (until its idle timeout), on the same server core: waited for too, not only this
+            // server's own, now that each run follows another target's (review 127, R1).
+            for (other, _) in targets {
+                if !std::ptr::eq(*other, *server) {
+                    other.wait_for_no_sessions(Duration::from_secs(35));
+                }
+            }
             match run_load(ctx, server, p) {
                 Ok(r) => {
                     eprintln!(

@@ -299,19 +299,30 @@ async fn publish_unreliable(
         Err(e) => return Err(e).context("checking the room's mode"),
     }
     let mut sent = 0u64;
+    let mut ended = Ok(());
     while let Some(message) = messages.next().await {
-        client
-            .publish_unreliable(room, message?)
-            .await
-            .with_context(|| format!("publish to {room} (after {sent} sent)"))?;
+        let published = match message {
+            Ok(message) => client
+                .publish_unreliable(room, message)
+                .await
+                .with_context(|| format!("publish to {room} (after {sent} sent)")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            ended = Err(e);
+            break;
+        }
         sent += 1;
     }
     // quinn sends queued datagrams with its next packets, and closing discards what is still
-    // queued: a ping's round trip gives them that time.
-    client
+    // queued: a ping's round trip gives them that time, the ones before a bad line included
+    // (review 127, R5: a bad stdin line returned before the ping, and they were dropped).
+    let flushed = client
         .ping()
         .await
-        .context("waiting for the datagrams to go out")?;
+        .context("waiting for the datagrams to go out");
+    ended?;
+    flushed?;
     if sent > 1 {
         eprintln!(
             "quiver: sent {sent} messages to {room} unacknowledged, as datagrams where they fit"

@@ -23,7 +23,8 @@ pub struct SubArgs {
     /// payload; `json` is one object per line with room, position (epoch and offset as
     /// strings) and the exact payload (UTF-8 as `payload`, else `payload_base64`), those
     /// characters written as `\uXXXX` escapes, which every JSON parser reads back exactly.
-    /// Ctrl-C or SIGTERM ends `sub` with status 0, as does its reader going away (`| head`).
+    /// Once subscribed, Ctrl-C or SIGTERM ends `sub` with status 0, as does its reader going
+    /// away (`| head`); before (while connecting), the signal's default ends it (130, 143).
     #[arg(long, default_value = "text")]
     format: Format,
     /// Rooms to subscribe to.

@@ -1687,6 +1687,27 @@ async fn unreliable_publishes_while_disconnected_keep_each_rooms_newest(
         .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
         .collect();
     assert_eq!(kept, ["pos-49"], "{via:?}");
+    // With a buffer of 2: two values to one room then a publish while disconnected: the second
+    // value gave its place back before its call returned, so the publish finds it (review
+    // 124, R3: the call returned before the connection task replaced anything, and the
+    // publish right after was refused BufferFull).
+    let mut config = reconnecting(config_for(
+        &server,
+        via,
+        token_fixed(full_token("acme", "mover2")),
+    ));
+    config.publish_buffer = 2;
+    let second = Client::connect(config).await?;
+    let mut states = StateLog::start(&second);
+    server.stop().await;
+    states.until("a disconnect", |s| !is_connected(s)).await?;
+    second.publish_unreliable("h.pos2", "a").await?;
+    second.publish_unreliable("h.pos2", "b").await?;
+    second
+        .publish("room.chat", "after two values")
+        .await
+        .map_err(|e| anyhow!("{via:?}: the publish after two values of one room: {e}"))?;
+    close(&second).await?;
     close(&client).await
 }
 
