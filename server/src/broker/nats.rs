@@ -20,33 +20,35 @@ mod connection;
 mod health;
 mod history;
 mod history_read;
+mod interest;
 mod lag;
 mod presence;
 mod read_slots;
 pub(crate) mod replicas;
+mod supervisor;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use quiver_proto::{Event, Member, Position, TenantId};
 use tokio::sync::{mpsc, Mutex, OnceCell};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{Broker, BrokerError, Recovered};
 use crate::config::{Config, NatsConfig};
-use crate::hub::{Delivery, Hub, RoomKey};
+use crate::hub::{Hub, RoomKey};
 use crate::metrics as m;
 pub use connection::{
     broker_subscription_capacity, connect_with, is_connected, redacted_urls, watched, Drops,
     BROKER_SUBSCRIPTION_BYTES, CONTROL_SUBSCRIPTION_CAPACITY, MIN_SUBSCRIPTION_CAPACITY,
 };
 pub use history::stream_name;
+use interest::{Interest, SettingUp};
+use supervisor::supervise;
 
 /// How long a JetStream operation (stream set-up, stored publish, history read) may take before
 /// the command is answered `unavailable`: during a NATS outage, clients hear so promptly.
@@ -127,10 +129,6 @@ fn fits(key: &RoomKey, len: usize, max: u32) -> bool {
 
 /// A tenant stream, looked up (or created) once by whoever asks first.
 type StreamCell = Arc<OnceCell<history::TenantStream>>;
-
-/// A subscription handed to the NATS client, or still waiting for room in its command queue
-/// (`Inner::subscribing`).
-type Subscribing = BoxFuture<'static, Result<async_nats::Subscriber, BrokerError>>;
 
 struct Inner {
     client: async_nats::Client,
@@ -282,237 +280,7 @@ impl NatsBroker {
     }
 }
 
-/// At every disconnect: not ready. At every (re)connect: a new generation, streams looked up
-/// afresh, and JetStream probed until it answers. Ends with the broker.
-///
-/// Told by the connection's events (`connected`), and by a look at the connection once a
-/// second: async-nats drops an event its channel (128) has no room for, and a flood of
-/// slow-consumer events keeps it full, so a lost `Connected` left `/readyz` at 503 until the
-/// next reconnect (review 113, F5). A connection is known by async-nats's count of them,
-/// `statistics().connects`, as `control.rs`'s `keep_loaded` does: one made and lost between
-/// two looks is seen too.
-async fn supervise(inner: Weak<Inner>, mut connected: mpsc::UnboundedReceiver<bool>) {
-    let mut look = tokio::time::interval(Duration::from_secs(1));
-    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = Supervision::default();
-    // `statistics().connects` when reconnects were last counted (0: before the first
-    // connection). The gauge and the counter are this loop's alone, set from what it acted on:
-    // an event lost from async-nats's queue, or handled after the look acted, left the gauge at
-    // 0 while connected, and the counter short (review 114, F3).
-    let mut counted = 0;
-    loop {
-        let event = tokio::select! {
-            event = connected.recv() => match event {
-                Some(up) => Some(up),
-                None => return,
-            },
-            _ = look.tick() => None,
-        };
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        // The state first: async-nats counts a connection before it says `Connected`, so a
-        // state read as connected has its connection in the count read after it. The other
-        // way round, a look between the two reads acted on the old count and the next one
-        // started a second generation for the same reconnect (review 114, F2).
-        let connected = connection::is_connected(&strong.client);
-        let connects = strong
-            .client
-            .statistics()
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed);
-        match watch.next(event, connects, connected) {
-            None => {}
-            Some(Change::Down) => {
-                metrics::gauge!(m::NATS_CONNECTED).set(0.0);
-                strong.health.disconnected();
-            }
-            Some(Change::Up) => {
-                metrics::gauge!(m::NATS_CONNECTED).set(1.0);
-                if counted > 0 {
-                    metrics::counter!(m::NATS_RECONNECTS)
-                        .increment(connects.saturating_sub(counted));
-                }
-                counted = connects;
-                // The cached streams are forgotten before the new generation is announced:
-                // the generation wakes the history listeners to rebuild, and one that looked
-                // its stream up between the two got the handle and epoch from before the
-                // reconnect, and after a memory-storage NATS restart read the new stream under
-                // the old epoch, with no 117 (outside cluster audit 112, F7).
-                strong.streams.lock().await.clear();
-                let generation = strong.health.reconnected();
-                drop(strong);
-                tokio::spawn(probe_jetstream(inner.clone(), generation));
-            }
-        }
-    }
-}
-
-/// What [`supervise`] acted on last.
-#[derive(Default)]
-struct Supervision {
-    /// `statistics().connects` at the last connection acted on.
-    connects: u64,
-    /// Marked not ready since then.
-    down: bool,
-}
-
-#[derive(Debug, PartialEq)]
-enum Change {
-    Down,
-    Up,
-}
-
-impl Supervision {
-    /// What to do, told `event` (`Some(up)`: the connection's event; None: a look) when the
-    /// connection has made `connects` connections so far and is `connected` now.
-    fn next(&mut self, event: Option<bool>, connects: u64, connected: bool) -> Option<Change> {
-        let unseen = connects != self.connects;
-        // A connection not acted on yet (async-nats counts it before its event); or one that
-        // is up although marked down since (a late `Disconnected`, or a look that read the
-        // state just before it turned `Connected`): a new generation either way.
-        if (unseen && (connected || event == Some(true))) || (connected && self.down) {
-            self.connects = connects;
-            self.down = false;
-            return Some(Change::Up);
-        }
-        // Down, unless the connection is up: a `Disconnected` that comes late, after the
-        // connection that followed the loss was acted on, is of a loss already over.
-        let down = event != Some(true) && !connected;
-        if down && !self.down {
-            self.down = true;
-            return Some(Change::Down);
-        }
-        None
-    }
-}
-
-/// Asks JetStream for the account info until it answers (it may still be loading its streams
-/// after a restart), unless a newer generation started meanwhile.
-async fn probe_jetstream(inner: Weak<Inner>, generation: u64) {
-    loop {
-        let Some(strong) = inner.upgrade() else {
-            return;
-        };
-        if strong.health.generation() != generation {
-            return;
-        }
-        // Without history or presence nothing uses JetStream: a NATS without it is fine.
-        let needed = strong
-            .config
-            .namespaces
-            .iter()
-            .any(|ns| ns.history_size > 0 || ns.presence);
-        if !needed {
-            strong.health.jetstream_answered(generation);
-            return;
-        }
-        let js = strong.js.clone();
-        drop(strong);
-        let answered = tokio::time::timeout(Duration::from_secs(1), js.query_account()).await;
-        if let Ok(Ok(_)) = answered {
-            if let Some(strong) = inner.upgrade() {
-                strong.health.jetstream_answered(generation);
-                strong.presence_nudge.notify_one();
-                replicas::warn_if_unclustered(&strong.config, &strong.client.server_info());
-            }
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 impl Inner {
-    /// Listens to a room: its messages go to the local hub until the listener is dropped.
-    async fn listen(self: &Arc<Self>, key: RoomKey) -> Result<Listener, BrokerError> {
-        let hub = self.hub.clone();
-        let config = self.config.clone();
-        let events = if self.config.presence(&key.room) {
-            Some(self.listen_events(key.clone())?)
-        } else {
-            None
-        };
-        let events = events.map(AbortOnDrop);
-        match self.config.history(&key.room) {
-            None => {
-                let subscribing = self.subscribing(subject(&key))?;
-                let task = tokio::spawn(async move {
-                    // Err only once the client is gone, with the broker.
-                    let Ok(mut sub) = subscribing.await else {
-                        return;
-                    };
-                    let deliver = |msg: async_nats::Message| {
-                        if fits(&key, msg.payload.len(), config.limits.max_payload) {
-                            lag::record(msg.headers.as_ref());
-                            hub.deliver(&key, None, msg.payload);
-                        }
-                    };
-                    // Messages that arrived together are one run: each subscriber's stream
-                    // takes them in one write (`crate::cork`).
-                    let mut held = crate::cork::Held::default();
-                    while let Some(msg) = sub.next().await {
-                        held.during(|| deliver(msg));
-                        for _ in 1..crate::cork::MAX_RUN {
-                            match sub.next().now_or_never() {
-                                Some(Some(msg)) => held.during(|| deliver(msg)),
-                                _ => break,
-                            }
-                        }
-                        held.flush();
-                    }
-                });
-                Ok(Listener {
-                    _events: events,
-                    _subject: Some(AbortOnDrop(task)),
-                    _history: None,
-                })
-            }
-            // No task of its own: the stream's live listener delivers the room while it is
-            // registered there.
-            Some(ns) => Ok(Listener {
-                _events: events,
-                _subject: None,
-                _history: Some(self.listen_history(key, ns.clone()).await?),
-            }),
-        }
-    }
-
-    /// Server-made events (`Joined`/`Left`), already encoded by the instance that made them.
-    fn listen_events(&self, key: RoomKey) -> Result<JoinHandle<()>, BrokerError> {
-        let hub = self.hub.clone();
-        let max_frame = self.config.limits.max_frame;
-        let subscribing = self.subscribing(events_subject(&key))?;
-        Ok(tokio::spawn(async move {
-            let Ok(mut sub) = subscribing.await else {
-                return;
-            };
-            while let Some(msg) = sub.next().await {
-                if fits(&key, msg.payload.len(), max_frame) && is_room_event(&key, &msg.payload) {
-                    hub.deliver_frame(&key, Delivery::new(None, msg.payload));
-                }
-            }
-        }))
-    }
-
-    /// Asks the NATS client for a subscription to `subject` without waiting for it to be
-    /// taken. async-nats takes commands through a queue (2,048) that it does not read while it
-    /// reconnects: once an outage had filled it, a `Subscribe` whose room was being subscribed
-    /// waited for NATS to come back, and every other subscriber of the room with it (outside
-    /// cluster audit 112, F1). The request is made here, so it holds its place in that queue
-    /// ahead of whatever the session hands over next (the queue serves waiting senders in
-    /// order: a publication right behind the `Subscribed` still comes back); the listener's
-    /// task waits for it if the queue had no room, and the room retired meanwhile drops it
-    /// with the task, before it ever reaches NATS.
-    fn subscribing(&self, subject: String) -> Result<Subscribing, BrokerError> {
-        let client = self.client.clone();
-        let mut subscribing: Subscribing =
-            Box::pin(async move { client.subscribe(subject).await.map_err(unavailable) });
-        match (&mut subscribing).now_or_never() {
-            Some(taken) => taken.map(|sub| futures::future::ready(Ok(sub)).boxed()),
-            None => Ok(subscribing),
-        }
-    }
-
     /// Whether NATS is connected now. What no client waits for (the presence refresh, history
     /// listeners rebuilding) asks NATS nothing otherwise: async-nats would hold the request in
     /// its queue until NATS is back, and requests repeated through an outage filled it, after
@@ -779,132 +547,5 @@ impl Drop for NatsBroker {
         for live in live {
             live.abort();
         }
-    }
-}
-
-/// One room's interest: its listener, once set up (by whichever subscriber gets there first;
-/// the others wait for it). A failed set-up is the answer of everyone who waited for it; a
-/// subscriber that comes after the failure tries again. (`OnceCell` alone hands a failed
-/// initialisation to the next waiter: k subscribers of a room JetStream refuses waited k × 3 s
-/// for the last one's `unavailable`; outside audit 72, F1.)
-#[derive(Default)]
-struct Interest {
-    listener: tokio::sync::OnceCell<Listener>,
-    /// Failed set-ups so far, and the last one's error.
-    failed: std::sync::Mutex<(u64, Option<BrokerError>)>,
-}
-
-impl Interest {
-    /// Waits for the room's listener, setting it up with `listen` unless it is there or a
-    /// set-up that began before this call failed meanwhile (its error is then this one's too).
-    async fn ready<F>(&self, listen: impl FnOnce() -> F) -> Result<(), BrokerError>
-    where
-        F: std::future::Future<Output = Result<Listener, BrokerError>>,
-    {
-        let seen = self.failures().0;
-        let init = || async {
-            if let (count, Some(error)) = self.failures() {
-                if count != seen {
-                    return Err(error);
-                }
-            }
-            listen().await.inspect_err(|error| {
-                let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
-                *failed = (failed.0 + 1, Some(error.clone()));
-            })
-        };
-        self.listener.get_or_try_init(init).await.map(drop)
-    }
-
-    fn failures(&self) -> (u64, Option<BrokerError>) {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl Inner {
-    /// Drops `key`'s interest if the room has no local subscriber and nobody is setting it up
-    /// or waiting for it (they hold the entry: they retire it themselves when done). Under the
-    /// map's lock, so a subscriber that arrives (joins the hub, then looks up the entry) either
-    /// is seen here or finds no entry and sets up a listener of its own.
-    fn retire_room(&self, key: &RoomKey) -> Option<Arc<Interest>> {
-        let mut interest = self.interest.lock().unwrap_or_else(|e| e.into_inner());
-        // The hub is the truth: a subscriber may have arrived since the last one left.
-        if self.hub.has_subscribers(key) {
-            return None;
-        }
-        if interest
-            .get(key)
-            .is_some_and(|entry| Arc::strong_count(entry) > 1)
-        {
-            return None;
-        }
-        interest.remove(key)
-    }
-}
-
-/// A subscriber's hold on a room's interest while it waits for the set-up; let go of (and the
-/// room retired if nobody is left, `Inner::retire_room`) however the wait ends.
-struct SettingUp<'a> {
-    inner: &'a Inner,
-    key: &'a RoomKey,
-    interest: Option<Arc<Interest>>,
-}
-
-impl Drop for SettingUp<'_> {
-    fn drop(&mut self) {
-        drop(self.interest.take());
-        // Dropped outside the lock: a listener's drop ends tasks and registrations.
-        drop(self.inner.retire_room(self.key));
-    }
-}
-
-/// What listens to one room with local interest; dropping it stops listening.
-struct Listener {
-    /// Presence rooms: the `Joined`/`Left` events' subscription.
-    _events: Option<AbortOnDrop>,
-    /// Rooms without history: the room subject's subscription.
-    _subject: Option<AbortOnDrop>,
-    /// History rooms: the room's place on its stream's live listener.
-    _history: Option<history::Registration>,
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Change, Supervision};
-
-    #[test]
-    fn a_connection_whose_event_was_lost_is_seen_by_a_look() {
-        let mut s = Supervision::default();
-        // Pending at start: not ready.
-        assert_eq!(s.next(None, 0, false), Some(Change::Down));
-        assert_eq!(s.next(Some(true), 1, true), Some(Change::Up));
-        assert_eq!(s.next(None, 1, true), None);
-        // Lost, and back: both events lost in a flood of slow-consumer events.
-        assert_eq!(s.next(None, 2, true), Some(Change::Up));
-        // The `Connected` event lost, the `Disconnected` not.
-        assert_eq!(s.next(Some(false), 2, false), Some(Change::Down));
-        assert_eq!(s.next(None, 2, false), None);
-        assert_eq!(s.next(None, 3, true), Some(Change::Up));
-        // Its events arriving late change nothing.
-        assert_eq!(s.next(Some(false), 3, true), None);
-        assert_eq!(s.next(Some(true), 3, true), None);
-        // A `Connected` read before the state turned: acted on once.
-        assert_eq!(s.next(Some(true), 4, false), Some(Change::Up));
-        assert_eq!(s.next(None, 4, true), None);
-        // A look that read the state just before it turned marks down; the next one heals.
-        assert_eq!(s.next(Some(false), 4, false), Some(Change::Down));
-        assert_eq!(s.next(None, 4, true), Some(Change::Up));
     }
 }

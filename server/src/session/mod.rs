@@ -5,7 +5,8 @@
 //! nothing of sockets beyond the [`Peer`] it is given.
 //!
 //! The opening (`Hello`, `Welcome`) is in `hello.rs`, the commands themselves in `commands.rs`,
-//! the command rate meter in `meter.rs`.
+//! the command rate meter in `meter.rs`, the set-up and teardown around `drive` in `end.rs`,
+//! how a command's answer is queued (or refused) in `reply.rs`.
 
 mod calls;
 mod commands;
@@ -18,23 +19,20 @@ mod lifetime;
 pub(crate) mod meter;
 mod publishing;
 mod read_only;
+mod reply;
 mod slot;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::FutureExt;
-use quiver_proto::{
-    encode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, RoomName, ServerFrame,
-};
+use quiver_proto::{ClientFrame, CloseCode, Command, ErrorCode, Event, RoomName};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
 use crate::auth::Grant;
 use crate::cork;
@@ -45,9 +43,10 @@ use crate::subscription::Ended;
 use crate::transport::{queue, Inbound, Peer, Transport};
 
 pub use end::End;
-use end::Leftover;
+use end::{run_session, Leftover};
 use meter::{Meter, Verdict};
 use publishing::{Publishing, Reply};
+use reply::Refusal;
 pub use slot::Slot;
 
 use crate::log_budget::{LogBudget, Summary};
@@ -120,38 +119,6 @@ struct Sub {
     /// writer's place in the outgoing queue): what it wrote is added to the session's tally
     /// when the subscription ends.
     direct: Option<std::sync::Arc<crate::subscription::Direct>>,
-}
-
-/// A command refused with an error reply, or cut off by the session's close.
-#[derive(Debug)]
-struct Refusal(ErrorCode, String, Answer);
-
-/// How a [`Refusal`] reaches the client.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    /// An `Error` reply.
-    Error,
-    /// An `Error` reply to a refusal that may not hold later (a hook that could not be
-    /// decided), whatever its code: for an SSE session, a room refused for now.
-    ErrorForNow,
-    /// None: the session is closing, and its `Goodbye` is the command's answer (PROTOCOL §3).
-    Goodbye,
-}
-
-impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(code, message.into(), Answer::Error)
-    }
-
-    /// [`Refusal::new`], for a refusal that may not hold later ([`Answer::ErrorForNow`]).
-    fn for_now(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self(code, message.into(), Answer::ErrorForNow)
-    }
-
-    /// A command the session's close overtook while it waited (a hook): not answered.
-    fn overtaken(message: impl Into<String>) -> Self {
-        Self(ErrorCode::PermissionDenied, message.into(), Answer::Goodbye)
-    }
 }
 
 pub struct Session {
@@ -240,198 +207,6 @@ pub async fn run_read_only(
 ) -> End {
     let read_only = Some(read_only::ReadOnly::new(subscribes));
     run_session(shared, grant, link, inbound, out, read_only).await
-}
-
-async fn run_session(
-    shared: Arc<Shared>,
-    // Boxed from the adapter down: a grant by value (152 bytes) is kept once per async
-    // function it passes through, in the task every idle session holds (issue 14's memory).
-    grant: Box<Grant>,
-    link: Link,
-    inbound: queue::Receiver<Inbound>,
-    out: queue::Sender<Bytes>,
-    read_only: Option<read_only::ReadOnly>,
-) -> End {
-    let id = session_id(rand::random());
-    let link_transport = link.transport;
-    let remote = link.remote;
-    let transport = link.transport.label();
-    let opened = Instant::now();
-    let mut slot = Slot::open(shared.clone(), transport);
-    let tenant = grant.tenant.to_string();
-    shared.recent_users.opened(&tenant, &grant.user, transport);
-    let quota = match slot.over_limit() {
-        Some(limit) => {
-            // Counted as the refusal before a session is (the 429): `capacity`.
-            crate::transport::count_refused(link_transport, "capacity");
-            Err(crate::quota::QuotaError::ServerSessions { limit })
-        }
-        None => shared.tenant_quotas.open_session(&grant.tenant),
-    };
-    // A session over its tenant's quota is a refusal, logged within the refusals' budget
-    // (`transport::log_refusal`), not two lines of its own: a client can be refused thousands
-    // of times a second (outside tenancy audit 3: 7,800 lines a second from one client).
-    let logged = quota.is_ok();
-    if logged {
-        // `user` is the token's `sub`, any string: as a `&str` field the text format quotes and
-        // escapes it (a newline in it cannot forge a log line) and JSON keeps it a plain string.
-        info!(session = %id, user = grant.user.as_str(), tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
-    }
-
-    let meter = Meter::new(&shared.config.limits);
-    let expiry = lifetime::token_expiry(&grant, shared.config.auth.leeway);
-    let mut session = Session {
-        shared: shared.clone(),
-        link,
-        id: id.clone(),
-        grant,
-        out,
-        subs: HashMap::new(),
-        joining: None,
-        ended: None,
-        meter,
-        recheck_due: false,
-        publishing: Publishing::default(),
-        datagram_lane: Publishing::default(),
-        held: cork::Held::default(),
-        quota: None,
-        stalled: false,
-        drain_until: None,
-        tally: Arc::default(),
-        queue_budget: crate::delivery_queue::Budget::new(shared.config.limits.session_queue_bytes),
-        replay_turns: None,
-        calls: tokio::task::JoinSet::new(),
-        last_wire_id: 0,
-        read_only,
-        closing: None,
-        left: std::sync::OnceLock::new(),
-        expiry,
-    };
-    let (registered, mut kicks) = shared.registry.register(
-        &id,
-        &session.grant.tenant,
-        &session.grant.user,
-        session.grant.jti.as_deref(),
-    );
-    // The token was checked before the session could be ended: a revocation in between ended
-    // nothing, and a WebTransport client can make that gap last the handshake's 10 s by not
-    // taking the CONNECT's answer (outside audit 66, F2). Checked again now that a revocation
-    // finds the session.
-    let revoked = session
-        .grant
-        .jti
-        .as_deref()
-        .is_some_and(|jti| shared.revocations.is_revoked(&session.grant.tenant, jti));
-    let refused = quota.is_err();
-    let exit = match quota {
-        Ok(_) if revoked => Exit::Close(CloseCode::Disconnected, "token revoked".into()),
-        Ok(quota) => {
-            session.quota = Some(quota);
-            // A bug that panics while serving one session must still free what the session
-            // holds (subscriptions, presence, quota: `release` below) and say goodbye.
-            match AssertUnwindSafe(session.drive(inbound, &mut kicks))
-                .catch_unwind()
-                .await
-            {
-                Ok(exit) => exit,
-                Err(_) => {
-                    tracing::error!(session = %id, "session task panicked; closing it");
-                    Exit::Close(CloseCode::ServerError, "internal error".into())
-                }
-            }
-        }
-        Err(e) => {
-            crate::transport::log_refusal_of(
-                link_transport,
-                &remote,
-                &e,
-                &session.grant.tenant,
-                &session.grant.user,
-            );
-            Exit::Close(CloseCode::OverQuota, e.to_string())
-        }
-    };
-    // Boxed, like the command handlers in `drive`: run only once, and inline they would size
-    // every idle session's task.
-    Box::pin(session.release()).await;
-    // A departed client's calls run on once its transport is closed (`End::release`), the
-    // session still registered and taking orders (a `Kicks` dropped refuses them), so a close
-    // order still cuts them. Otherwise the session takes no more orders from here on.
-    let calls = match &exit {
-        Exit::Gone(reason) => session.calls_of_departed(reason),
-        _ => None,
-    };
-    let leftover = match calls {
-        Some(calls) => Some(Box::pin(async move {
-            let _held = (registered, kicks);
-            calls.await;
-        }) as Leftover),
-        None => {
-            drop(kicks);
-            None
-        }
-    };
-    slot.tenant = session.quota.take();
-    if refused {
-        slot.release();
-    }
-    let written = session.out.watch();
-    let not_reading = matches!(exit, Exit::Close(CloseCode::NotReading, _));
-    let readers_until = (!refused && !not_reading)
-        .then(|| tokio::time::Instant::now() + session.shared.config.timeouts.reply);
-    let (close, reason, goodbye) = match exit {
-        Exit::Gone(reason) => (None, reason, false),
-        Exit::Cut(code, reason) => (Some((code, reason)), code.label(), false),
-        Exit::Close(code, reason) => (Some((code, reason)), code.label(), true),
-    };
-    let end = End {
-        close,
-        reason,
-        slot,
-        refused,
-        written,
-        readers_until,
-        leftover: std::sync::Mutex::new(leftover),
-    };
-    if let Some((code, reason)) = end.close.as_ref().filter(|_| goodbye) {
-        let goodbye = encode_event(&ServerFrame {
-            id: 0,
-            event: Event::Goodbye {
-                code: code.as_u16(),
-                reason: reason.clone(),
-                reconnect: code.reconnect(),
-            },
-        });
-        // Queued behind everything already queued, waiting as a reply does in a drain: one
-        // grace for a client that reads nothing (the transport's close says the code then), on
-        // while one reads slowly but steadily, so what is queued before it reaches such a client
-        // too (review 89, F8). Boxed: inline it would size every idle session's task.
-        let queued = end.wait_for_reader(session.out.send(goodbye), GOODBYE_GRACE);
-        let _ = Box::pin(queued).await;
-    }
-    let user = std::mem::take(&mut session.grant.user);
-    let (bytes_out, messages_out, messages_in) = session.tally.totals();
-    drop(session);
-    shared.recent_users.closed(&tenant, &user);
-    metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
-        .increment(1);
-    if !logged {
-        return end;
-    }
-    // One line per session, for log pipelines: who, how, how long, why.
-    info!(
-        session = %id,
-        tenant,
-        user,
-        transport,
-        duration_ms = opened.elapsed().as_millis() as u64,
-        reason = end.reason,
-        bytes_out,
-        messages_out,
-        messages_in,
-        "session closed"
-    );
-    end
 }
 
 impl Session {
@@ -775,90 +550,6 @@ impl Session {
         if let Some((key, sub_id)) = self.joining.take() {
             self.forget_joining(key, sub_id).await;
         }
-    }
-
-    async fn reply(&mut self, id: u32, event: Event) {
-        if self.stalled {
-            return;
-        }
-        let frame = encode_event(&ServerFrame { id, event });
-        self.tally.sent(frame.len(), 0);
-        self.send_or_stall(frame).await;
-    }
-
-    /// Queues a frame the session itself sends (a reply, a subscription stream's header) on
-    /// its outgoing queue, waiting at most `timeouts.reply` for room: past that the session is
-    /// `stalled`, and closes `not_reading`. While it waits nothing else of the session runs
-    /// (expiry, kicks, the drain), so no wait is unbounded (outside audit 66, F5: a header
-    /// waited without one).
-    async fn send_or_stall(&mut self, frame: bytes::Bytes) {
-        if self.stalled {
-            return;
-        }
-        let frame = match self.out.try_send(frame) {
-            Ok(()) => return,
-            Err(queue::TrySendError::Full(frame)) => frame,
-            Err(queue::TrySendError::Closed(_)) => return,
-        };
-        // About to wait on the client: nothing of a run waits with it.
-        self.held.flush();
-        let deadline = tokio::time::Instant::now() + self.shared.config.timeouts.reply;
-        let deadline = self
-            .drain_until
-            .map_or(deadline, |until| deadline.min(until));
-        let send = self.out.send(frame);
-        tokio::pin!(send);
-        let queued = tokio::select! {
-            biased;
-            sent = tokio::time::timeout_at(deadline, send.as_mut()) => sent.is_ok(),
-            // A drain waits for no client that does not read: from the drain's start (or from
-            // now, during the drain), a reply waits while the client takes something of its
-            // queue (or writes part of a large frame) at least once per goodbye grace (1 s), up
-            // to `timeouts.reply` as always.
-            // It held a drain for `timeouts.reply` whether the client read or not, with the
-            // drain's deadline raised (outside audit 80, 1: 11 s, where README promises a
-            // client that does not read a few seconds); a client that reads slowly is still
-            // answered (outside audit 81, 1).
-            () = self.shared.shutdown.cancelled() => self
-                .out
-                .watch()
-                .while_moving(send.as_mut(), GOODBYE_GRACE, deadline)
-                .await
-                .is_some(),
-        };
-        if !queued {
-            self.stalled = true;
-        }
-    }
-
-    /// The close of a session whose replies could not be queued (`stalled`).
-    fn not_reading(&self) -> Exit {
-        log_peer_fault(
-            &self.id,
-            &self.grant.tenant,
-            "replies not read",
-            "client does not read its replies",
-        );
-        Exit::Close(CloseCode::NotReading, "replies not read".into())
-    }
-
-    async fn refuse(&mut self, id: u32, Refusal(code, message, answer): Refusal) {
-        if answer == Answer::Goodbye {
-            debug!(session = %self.id, %message, "command overtaken by the session's close");
-            self.command_overtaken();
-            return;
-        }
-        metrics::counter!(m::COMMANDS_REFUSED, "code" => code.label()).increment(1);
-        debug!(session = %self.id, %code, %message, "command refused");
-        self.command_refused(code, answer == Answer::ErrorForNow);
-        self.reply(
-            id,
-            Event::Error {
-                code: code.as_u16(),
-                message,
-            },
-        )
-        .await;
     }
 }
 
