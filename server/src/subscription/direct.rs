@@ -80,13 +80,7 @@ impl Lent {
     /// out which when it writes them (and counts what it writes). (Only own streams hold
     /// frames for a write.)
     fn write_now(&mut self, chunks: &mut [Bytes]) -> u64 {
-        let Target::Stream(stream) = &mut self.target else {
-            return 0;
-        };
-        match stream.quic_stream_mut().write_chunks(chunks).now_or_never() {
-            Some(Ok(written)) => written.bytes as u64,
-            _ => 0,
-        }
+        write_now(&mut self.target, chunks)
     }
 
     /// Counts `bytes` the stream took here that no one else counts: of held frames, or the
@@ -98,6 +92,18 @@ impl Lent {
             hot::delivery_bytes().increment(bytes);
             self.sent_bytes += bytes;
         }
+    }
+}
+
+/// [`Lent::write_now`] on the target alone, so that a write can borrow the held frames beside
+/// it (they are written in place: no new list per run).
+fn write_now(target: &mut Target, chunks: &mut [Bytes]) -> u64 {
+    let Target::Stream(stream) = target else {
+        return 0;
+    };
+    match stream.quic_stream_mut().write_chunks(chunks).now_or_never() {
+        Some(Ok(written)) => written.bytes as u64,
+        _ => 0,
     }
 }
 
@@ -250,7 +256,8 @@ impl Direct {
             idle.pending.push(delivery.frame.clone());
             idle.pending_oldest.get_or_insert(delivery.entered);
             idle.sent_messages += 1;
-            self.write_pending(idle, Some(queue));
+            let written = self.write_pending(idle, Some(queue));
+            idle.count_bytes(written);
             return Ok(Offered::Held);
         }
         let mut rest = [delivery.frame.clone()];
@@ -275,30 +282,35 @@ impl Direct {
             .map(|()| Offered::Queued)
     }
 
-    /// Writes what this stream holds for a run (`crate::cork::Held::flush`).
-    pub fn flush(&self) {
+    /// Writes what this stream holds for a run (`crate::cork::Held::flush`); the bytes the
+    /// stream took, which the run adds to `quiver_delivery_bytes_total` once for all its
+    /// streams (an atomic addition per stream per run was a shared cache line bounced between
+    /// the cores of a many-rooms run).
+    pub fn flush(&self) -> u64 {
         let mut lent = self.lock();
-        if let Some(idle) = lent.as_mut().filter(|idle| !idle.pending.is_empty()) {
-            self.write_pending(idle, None);
-        }
+        let Some(idle) = lent.as_mut().filter(|idle| !idle.pending.is_empty()) else {
+            return 0;
+        };
+        let written = self.write_pending(idle, None);
+        idle.sent_bytes += written;
+        written
     }
 
-    /// Writes the held frames in one write, counting the bytes it took; what the stream does
-    /// not take goes to the writer, which counts it as it writes it (each such frame's message
-    /// is taken off this tally: the writer counts one for it). No room in the queue for it
-    /// ends the subscription (the writer counts the `slow_consumer` end: outside audit 120,
-    /// F2).
-    fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) {
-        let mut pending = std::mem::take(&mut idle.pending);
+    /// Writes the held frames in one write and returns the bytes it took, for the caller to
+    /// count; what the stream does not take goes to the writer, which counts it as it writes
+    /// it (each such frame's message is taken off this tally: the writer counts one for it).
+    /// No room in the queue for it ends the subscription (the writer counts the
+    /// `slow_consumer` end: outside audit 120, F2). The held list is emptied in place and
+    /// keeps its capacity for the next run.
+    fn write_pending(&self, idle: &mut Lent, queue: Option<&crate::delivery_queue::Sender>) -> u64 {
         let entered = idle
             .pending_oldest
             .take()
             .unwrap_or_else(std::time::Instant::now);
-        let written = idle.write_now(&mut pending);
-        idle.count_bytes(written);
-        let mut left = pending.into_iter().filter(|f| !f.is_empty()).peekable();
+        let written = write_now(&mut idle.target, &mut idle.pending);
+        let mut left = idle.pending.drain(..).filter(|f| !f.is_empty()).peekable();
         if left.peek().is_none() {
-            return;
+            return written;
         }
         // Out of stream credit, or the client stopped the stream: the writer takes over (as
         // in `offer`).
@@ -306,10 +318,11 @@ impl Direct {
         let upgraded = queue.is_none().then(|| self.queue.upgrade()).flatten();
         // Unsubscribed meanwhile (the queue is gone): nobody wants the rest.
         let Some(queue) = queue.or(upgraded.as_ref()) else {
-            return;
+            return written;
         };
+        let mut taken_back = 0;
         for frame in left {
-            idle.sent_messages = idle.sent_messages.saturating_sub(1);
+            taken_back += 1;
             let rest = Delivery {
                 offset: None,
                 frame,
@@ -317,9 +330,11 @@ impl Direct {
             };
             if queue.try_send(rest).is_err() {
                 self.overflow.cancel();
-                return;
+                break;
             }
         }
+        idle.sent_messages = idle.sent_messages.saturating_sub(taken_back);
+        written
     }
 }
 
