@@ -275,3 +275,28 @@ pub fn cli_command(
         .kill_on_drop(true);
     Ok(cmd)
 }
+
+/// `quiver pub --url URLS ARGS` over WebTransport (`server`'s certificate hash for every URL),
+/// run in `dir`, while `server` dies: it is killed (SIGKILL, no goodbye) a second after `pub`
+/// starts. `pub`'s output once it ends, waited for up to `wait`.
+pub async fn pub_while_its_server_dies(
+    dir: &Path,
+    server: &mut QuiverProcess,
+    urls: &str,
+    token: &str,
+    args: &[&str],
+    wait: std::time::Duration,
+) -> Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::from(quiver_command(dir)?);
+    cmd.arg("pub")
+        .args(["--url", urls, "--cert-hash", &hex::encode(server.hash)])
+        .args(["--transport", "webtransport", "--token", token])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn()?;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    server.kill();
+    Ok(tokio::time::timeout(wait, child.wait_with_output()).await??)
+}

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use quiver_tests::process::{cli_command as command, quiver_command};
+use quiver_tests::process::{cli_command as command, pub_while_its_server_dies, quiver_command};
 use quiver_tests::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -413,19 +413,16 @@ async fn pub_says_what_was_in_doubt_whatever_ends_the_run() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let mut a = quiver_tests::process::QuiverProcess::start(dir.path(), None, &[])?;
     let token = full_token("acme", "cli");
-    let mut child = Command::from(quiver_command(dir.path())?);
-    child
-        .arg("pub")
-        .args(["--url", &a.url(), "--cert-hash", &hex::encode(a.hash)])
-        .args(["--transport", "webtransport", "--token", &token])
-        .args(["d.x", "m{seq}", "--count", "100000", "--rate", "50"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let child = child.spawn()?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    a.kill();
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output()).await??;
+    let url = a.url();
+    let out = pub_while_its_server_dies(
+        dir.path(),
+        &mut a,
+        &url,
+        &token,
+        &["d.x", "m{seq}", "--count", "100000", "--rate", "50"],
+        Duration::from_secs(90),
+    )
+    .await?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap_or_default();

@@ -109,6 +109,105 @@ async fn stalled_writers_batches_stay_within_twice_the_session_budget() -> anyho
     Ok(())
 }
 
+/// Publications `from..from + count` of `room` (each payload 1,000 bytes, its number first), in
+/// one write; back once the publisher's session has handed them all to the hub.
+async fn publish_numbered(publ: &mut Raw, room: &str, from: u32, count: u32) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    for n in from..from + count {
+        bytes.extend(publish_frame(0, room, numbered(n)));
+    }
+    publ.send_bytes(&bytes).await?;
+    assert!(matches!(publ.request(Command::Ping).await?, Event::Pong));
+    Ok(())
+}
+
+fn numbered(n: u32) -> Bytes {
+    let mut payload = vec![0u8; 1000];
+    payload[..4].copy_from_slice(&n.to_be_bytes());
+    Bytes::from(payload)
+}
+
+/// A room the client reads, whose stream's credit ran out for a moment: its writer takes at
+/// most the room's share of `session_queue_bytes` (and a frame) into one write
+/// (`Receiver::batch_limit`), so the credit the client gives back once it reads takes whole
+/// writes, whose bytes leave the session's budget; the room then takes its next publications.
+/// Without the cap the writer took all that waited (up to 64 KiB) into one write, which waited
+/// for credit for all of it and stayed counted meanwhile: the room's next publications found
+/// the budget spent and the room past its share, and it ended `slow_consumer` though the
+/// client read it (review 124, R1).
+#[tokio::test]
+async fn a_room_read_after_its_credit_ran_out_writes_at_most_its_share_at_once(
+) -> anyhow::Result<()> {
+    const BUDGET: usize = 64 * 1024;
+    // The session's queues: each one's share is 2 KiB, three frames a write.
+    const ROOMS: usize = 32;
+    const WINDOW: usize = 32 * 1024;
+    // Waiting in the room's queue once its window is full; read by the client; published after.
+    const QUEUED: u32 = 48;
+    const READ: u32 = 30;
+    const AFTER: u32 = 30;
+    let server = TestServer::start_with(|c| {
+        c.limits.commands_per_second = 1_000_000;
+        c.limits.session_queue_bytes = BUDGET;
+    })
+    .await?;
+    let mut publ = Raw::connect(&server, &full_token("acme", "pub")).await?;
+    let mut reader =
+        Raw::with_stream_window(&server, &full_token("acme", "reader"), WINDOW as u32).await?;
+    let room = "share.r0";
+    let mut stream = reader.subscribe(room).await?;
+    let mut quiet = Vec::new();
+    for r in 1..ROOMS {
+        quiet.push(reader.subscribe(&format!("share.r{r}")).await?);
+    }
+    let frame = quiver_proto::encode_publication(room, None, &numbered(0)).len();
+    // What fills the window, and two frames more (in part): the writer takes those two for its
+    // first write, which waits for credit.
+    let filling = (WINDOW / frame) as u32 + 2;
+    publish_numbered(&mut publ, room, 0, filling).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Queued behind that write: about 48 KiB, within the budget while the other rooms are
+    // quiet. Uncapped, the writer's next write takes them all.
+    publish_numbered(&mut publ, room, filling, QUEUED).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The client reads 30 frames (~30 KiB) and stops: that much credit comes back.
+    let recv = stream.recv_stream();
+    let mut left = READ as usize * frame;
+    let mut buf = vec![0u8; left];
+    while left > 0 {
+        let n = tokio::time::timeout(WAIT, recv.read(&mut buf[..left]))
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("{room}'s stream ended"))?;
+        left -= n;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Capped, writes of three frames took that credit and gave their bytes back (the room holds
+    // about 24 KiB); uncapped, one write of 48 KiB still waits, and these take the room past
+    // the budget.
+    publish_numbered(&mut publ, room, filling + QUEUED, AFTER).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = reader.send(Command::Ping).await?;
+    loop {
+        let f = reader.recv().await?;
+        if let Event::Unsubscribed { room, code, .. } = &f.event {
+            anyhow::bail!(
+                "{room} ended ({:?}) though the client reads it: a write waiting for credit \
+                 held more than the room's share",
+                ErrorCode::from_u16(*code)
+            );
+        }
+        if f.id == id {
+            break;
+        }
+    }
+    // The client reads the rest: every publication, in order.
+    for n in READ..filling + QUEUED + AFTER {
+        let payload = stream.payload().await?;
+        assert_eq!(payload[..4], n.to_be_bytes(), "publication {n}");
+    }
+    Ok(())
+}
+
 /// A subscriber that never reads its stream, in a room whose publisher pipelines its
 /// publications (a run holds the direct writes, `cork.rs`): each subscription ends once
 /// (`Unsubscribed` 112, stream reset 112) and is counted once. A run's flush and the hub's next
