@@ -6,27 +6,26 @@
 //! every server is stopped when its [`ServerProc`] is dropped, error or not.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::procstat;
-use crate::report::{self, ConnRun, FanoutRun, FixedRun, HolRun, Report, RoomsRun};
+use crate::report::{self, Report};
 use crate::target::{Kind, Spec};
-use crate::workload::connections::ConnResult;
-use crate::workload::hol::{HolParams, HolResult};
+use crate::workload::hol::HolParams;
 use crate::workload::load::{LoadParams, LoadResult};
 
+mod cluster;
+mod connections;
+mod fanout;
+mod hol;
 pub mod neighbour;
+mod rooms;
 mod servers;
-use servers::{
-    start, start_with, wait_output, wrapped, Pinning, Placement, ServerProc, JWT_SECRET,
-};
+use servers::{start, wait_output, wrapped, Pinning, Placement, ServerProc, JWT_SECRET};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -288,7 +287,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     if do_fanout {
         let all: Vec<&ServerProc> = servers.iter().collect();
         for &n in &plan.fanout_subscribers {
-            fanout(&mut ctx, &plan, &all, n);
+            fanout::fanout(&mut ctx, &plan, &all, n);
         }
     }
     if do_rooms {
@@ -297,21 +296,21 @@ pub fn run(args: RunArgs) -> Result<()> {
             .iter()
             .filter(|s| s.spec.kind != Kind::Bare)
             .collect();
-        rooms(&mut ctx, &plan, &roomy);
+        rooms::rooms(&mut ctx, &plan, &roomy);
     }
     drop(servers);
     for &kind in &targets {
         // Connections on a fresh server, so its RSS baseline is not inflated by earlier runs.
         if do_conns {
             match start(&ctx, kind, Placement::Local) {
-                Ok(server) => connections(&mut ctx, &plan, &server, kind, false),
+                Ok(server) => connections::connections(&mut ctx, &plan, &server, kind, false),
                 Err(e) => ctx.report.fail(&format!("start {}", kind.label()), &e),
             }
             // Returning clients: the generator keeps TLS sessions and Quiver's tickets resume
             // them (no certificate signature).
             if kind == Kind::Quiver {
                 match start(&ctx, kind, Placement::Local) {
-                    Ok(server) => connections(&mut ctx, &plan, &server, kind, true),
+                    Ok(server) => connections::connections(&mut ctx, &plan, &server, kind, true),
                     Err(e) => ctx.report.fail(&format!("start {}", kind.label()), &e),
                 }
             }
@@ -321,7 +320,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         _ if !do_hol => ctx.report.hol_skipped = Some("not asked for (--workloads)".into()),
         Some(helper) => {
             let helper = helper.clone();
-            if let Err(e) = hol(&mut ctx, &plan, &helper) {
+            if let Err(e) = hol::hol(&mut ctx, &plan, &helper) {
                 ctx.report.fail("head-of-line", &e);
             }
             // Never leave the namespace or loss rules behind.
@@ -330,10 +329,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         None => ctx.report.hol_skipped = Some("no --netns helper (needs root and nft)".into()),
     }
 
-    ctx.report.cluster = cluster_status(&ctx.args.quiver);
+    ctx.report.cluster = cluster::cluster_status(&ctx.args.quiver);
     if wants(Workload::Cluster) && ctx.report.cluster.starts_with("ready") {
         if let Some(&n) = plan.fanout_subscribers.first() {
-            cluster(&mut ctx, &plan, n);
+            cluster::cluster(&mut ctx, &plan, n);
         }
     }
     ctx.report.elapsed_secs = started.elapsed().as_secs_f64();
@@ -513,579 +512,8 @@ fn run_load(ctx: &Ctx, server: &ServerProc, p: &LoadParams) -> Result<LoadResult
     Ok(result)
 }
 
-/// `repeats` max-rate runs of `p` on each of `targets` (a server and the name its runs are
-/// reported under), round by round: every target once, then the next round, so a drift in the
-/// host's speed falls on every target alike rather than between them (outside audit 123, F3).
-/// Each run is printed as `bench: {name}{suffix}: …` as it ends. Per target, in order: the
-/// median by rate, or `None` once one of its runs failed (reported as its name's failure; its
-/// later rounds are not run).
-fn median_max(
-    ctx: &mut Ctx,
-    targets: &[(&ServerProc, String)],
-    suffix: &str,
-    p: &LoadParams,
-    repeats: usize,
-) -> Vec<Option<LoadResult>> {
-    let mut maxes: Vec<Option<Vec<LoadResult>>> =
-        targets.iter().map(|_| Some(Vec::new())).collect();
-    for _ in 0..repeats {
-        for ((server, name), runs) in targets.iter().zip(maxes.iter_mut()) {
-            let Some(done) = runs.as_mut() else {
-                continue;
-            };
-            // The target before this one may still be closing sessions whose close was lost
-            // (until its idle timeout), on the same server core: waited for too, not only this
-            // server's own, now that each run follows another target's (review 127, R1).
-            for (other, _) in targets {
-                if !std::ptr::eq(*other, *server) {
-                    other.wait_for_no_sessions(Duration::from_secs(35));
-                }
-            }
-            match run_load(ctx, server, p) {
-                Ok(r) => {
-                    eprintln!(
-                        "bench: {name}{suffix}: {:.0} deliveries/s, p99 {:.0} µs{}",
-                        r.deliveries_per_sec,
-                        r.latency.p99_us,
-                        run_marks(&r)
-                    );
-                    done.push(r);
-                }
-                Err(e) => {
-                    ctx.report.fail(name, &e);
-                    *runs = None;
-                }
-            }
-        }
-    }
-    maxes
-        .into_iter()
-        .map(|runs| runs.and_then(median_by_rate))
-        .collect()
-}
-
-/// What a progress line adds after a run's figures: that the generator was the limit (F2), or
-/// that deliveries were lost (F4; outside audit 123).
-fn run_marks(r: &LoadResult) -> String {
-    let mut out = String::new();
-    if r.is_generator_bound() {
-        out.push_str(&format!(
-            " (generator-bound: generator at {:.2} core, server at {})",
-            r.generator_cores(),
-            r.server_cores().map_or("–".into(), |s| format!("{s:.2}"))
-        ));
-    }
-    if r.missing > 0 {
-        out.push_str(&format!(
-            " ({} of {} deliveries lost: percentiles of those that arrived)",
-            r.missing,
-            r.delivered + r.missing
-        ));
-    }
-    out
-}
-
 /// The number of max-rate runs each maximum is the median of in `mode` (the report reads the
 /// cluster's against the one-instance fan-out's with it).
 pub(crate) fn repeats_of(mode: Mode) -> usize {
     Plan::for_mode(mode).repeats
-}
-
-fn median_by_rate(mut runs: Vec<LoadResult>) -> Option<LoadResult> {
-    runs.sort_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec));
-    let mid = runs.len() / 2;
-    runs.into_iter().nth(mid)
-}
-
-/// One publisher, one room, `n` subscribers, at max rate.
-fn fanout_params(plan: &Plan, n: usize) -> LoadParams {
-    LoadParams {
-        rooms: 1,
-        subs_per_room: n,
-        publishers: 1,
-        payload: plan.payload,
-        duration: plan.duration,
-        warmup: plan.warmup,
-        rate: 0.0,
-        window: 40_000,
-    }
-}
-
-/// Fan-out at `n` subscribers on every server: the maxima round by round (see [`median_max`]),
-/// then each target's fixed and common rates.
-fn fanout(ctx: &mut Ctx, plan: &Plan, servers: &[&ServerProc], n: usize) {
-    let base = fanout_params(plan, n);
-    let named: Vec<(&ServerProc, String)> = servers
-        .iter()
-        .map(|s| (*s, format!("fanout {} n={n}", s.spec.kind.label())))
-        .collect();
-    let maxes = median_max(ctx, &named, " max", &base, plan.repeats);
-    for ((server, name), max) in named.iter().zip(maxes) {
-        if let Some(max) = max {
-            fanout_rates(ctx, plan, server, name, n, max);
-        }
-    }
-}
-
-/// One target's fan-out at fractions of its own maximum and at the common rate, recorded.
-fn fanout_rates(
-    ctx: &mut Ctx,
-    plan: &Plan,
-    server: &ServerProc,
-    name: &str,
-    n: usize,
-    max: LoadResult,
-) {
-    let kind = server.spec.kind;
-    let base = fanout_params(plan, n);
-    let mut fixed = Vec::new();
-    for &fraction in &plan.fractions {
-        let rate = max.publications_per_sec * fraction;
-        let p = LoadParams {
-            rate,
-            ..base.clone()
-        };
-        match run_load(ctx, server, &p) {
-            Ok(r) => {
-                eprintln!(
-                    "bench: {name} at {:.0}% ({:.0}/s): p50 {:.0} p99 {:.0} p99.9 {:.0} µs{}",
-                    fraction * 100.0,
-                    r.deliveries_per_sec,
-                    r.latency.p50_us,
-                    r.latency.p99_us,
-                    r.latency.p999_us,
-                    run_marks(&r)
-                );
-                fixed.push(FixedRun {
-                    fraction,
-                    offered_deliveries_per_sec: rate * n as f64,
-                    result: r,
-                });
-            }
-            Err(e) => ctx.report.fail(&format!("{name} at {fraction}"), &e),
-        }
-    }
-    let common = common_run(ctx, server, name, plan.common_rate, &base);
-    ctx.report.pass(name);
-    ctx.report.fanout.push(FanoutRun {
-        target: kind,
-        subscribers: n,
-        max,
-        fixed,
-        common,
-        server_version: server.version.clone(),
-    });
-}
-
-/// `base` at `deliveries` per second, the offered rate every target gets (latency on equal
-/// terms); `None` when the mode has no common rate or the run failed (recorded as failed).
-fn common_run(
-    ctx: &mut Ctx,
-    server: &ServerProc,
-    name: &str,
-    deliveries: f64,
-    base: &LoadParams,
-) -> Option<LoadResult> {
-    if deliveries <= 0.0 {
-        return None;
-    }
-    let p = LoadParams {
-        rate: deliveries / base.subs_per_room.max(1) as f64,
-        ..base.clone()
-    };
-    match run_load(ctx, server, &p) {
-        Ok(r) => {
-            eprintln!(
-                "bench: {name} at {:.0}/s (common rate): p50 {:.0} p99 {:.0} p99.9 {:.0} µs{}",
-                r.deliveries_per_sec,
-                r.latency.p50_us,
-                r.latency.p99_us,
-                r.latency.p999_us,
-                run_marks(&r)
-            );
-            if r.missing > 0 {
-                lost_at_common_rate(ctx, server.spec.kind, name, &r);
-            }
-            Some(r)
-        }
-        Err(e) => {
-            ctx.report.fail(&format!("{name} at the common rate"), &e);
-            None
-        }
-    }
-}
-
-/// Deliveries lost at the common rate, which is below every target's maximum: the p99
-/// verdicts read from this run count only what arrived (outside audit 123, F4). Always a
-/// warning and a note in the report; a failed check in smoke mode for Quiver (either
-/// transport). At smoke's rates (5,000 and 1,000 deliveries/s, a second) Quiver's queues
-/// (16,384 frames per subscriber here) cannot fill, subscriptions are confirmed before
-/// publishing starts and the drain waits 5 s, so a loss there is a fault, not noise; in the
-/// longer modes a slow drain at a high rate could count late deliveries as lost, so there it
-/// stays a warning.
-fn lost_at_common_rate(ctx: &mut Ctx, kind: Kind, name: &str, r: &LoadResult) {
-    let what = format!(
-        "{name} lost {} of {} deliveries at the common rate (its percentiles count only those \
-         that arrived)",
-        r.missing,
-        r.delivered + r.missing
-    );
-    eprintln!("bench: warning: {what}");
-    if ctx.args.mode == Mode::Smoke && matches!(kind, Kind::Quiver | Kind::QuiverWs) {
-        ctx.report
-            .fail(&format!("{name} at the common rate"), &anyhow!("{what}"));
-    } else {
-        ctx.report.notes.push(what);
-    }
-}
-
-/// Many rooms on every server: the maxima round by round (see [`median_max`]), then each
-/// target's common rate.
-fn rooms(ctx: &mut Ctx, plan: &Plan, servers: &[&ServerProc]) {
-    let (r, k, pubs) = plan.rooms;
-    let p = LoadParams {
-        rooms: r,
-        subs_per_room: k,
-        publishers: pubs,
-        payload: plan.payload,
-        duration: plan.duration,
-        warmup: plan.warmup,
-        rate: 0.0,
-        window: 40_000,
-    };
-    // The median of the mode's repeats, as in fan-out: one 5-second run of 2,020 sessions can
-    // land far off (2026-12-05 21:08: 347k, where two runs right after gave 564k and 546k).
-    let named: Vec<(&ServerProc, String)> = servers
-        .iter()
-        .map(|s| (*s, format!("rooms {}", s.spec.kind.label())))
-        .collect();
-    let maxes = median_max(ctx, &named, "", &p, plan.repeats);
-    for ((server, name), result) in named.iter().zip(maxes) {
-        let Some(result) = result else {
-            continue;
-        };
-        // Latency on equal terms (issue 14: p99 at the same offered rate), as in fan-out.
-        let common = common_run(ctx, server, name, plan.rooms_common_rate, &p);
-        ctx.report.pass(name);
-        ctx.report.rooms.push(RoomsRun {
-            target: server.spec.kind,
-            result,
-            common,
-        });
-    }
-}
-
-fn connections(ctx: &mut Ctx, plan: &Plan, server: &ServerProc, kind: Kind, resume: bool) {
-    let name = format!(
-        "connections {}{}",
-        kind.label(),
-        if resume { " (resumed)" } else { "" }
-    );
-    match connections_inner(ctx, plan, server, resume) {
-        Ok(run) => {
-            eprintln!(
-                "bench: {name}: {} sessions at {:.0}/s, server RSS {:.1} KiB/session",
-                run.result.params.sessions,
-                run.result.sessions_per_sec,
-                run.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0
-            );
-            ctx.report.pass(&name);
-            ctx.report.connections.push(ConnRun {
-                target: kind,
-                ..run
-            });
-        }
-        Err(e) => ctx.report.fail(&name, &e),
-    }
-}
-
-fn connections_inner(ctx: &Ctx, plan: &Plan, server: &ServerProc, resume: bool) -> Result<ConnRun> {
-    if Instant::now() > ctx.deadline {
-        bail!("skipped: the mode's time budget is used up (--budget)");
-    }
-    // Let the server settle, then take its baseline.
-    std::thread::sleep(Duration::from_millis(300));
-    let before = procstat::rss_bytes(server.pid()).context("server RSS")?;
-    let mut cmd = wrapped(None, ctx.pin, ctx.pin.generator, &ctx.generator);
-    cmd.args([
-        "connections",
-        "--spec",
-        &serde_json::to_string(&server.spec)?,
-    ])
-    .args(["--sessions", &plan.connections.to_string(), "--hold", "120"])
-    .args(resume.then_some("--resume"))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    let mut child = cmd.spawn()?;
-    let stdout = child.stdout.take().context("stdout")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let limit = Duration::from_secs(30 + plan.connections as u64 / 100);
-    let line = rx.recv_timeout(limit).unwrap_or_default();
-    // Sessions are up: give the server a moment to finish per-session setup, then measure.
-    std::thread::sleep(Duration::from_millis(500));
-    let after = procstat::rss_bytes(server.pid()).unwrap_or(before);
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(b"done\n");
-    }
-    let _ = wait_output(child, Duration::from_secs(20));
-    let mut result: ConnResult = serde_json::from_str(line.trim())
-        .with_context(|| format!("connections generator printed {line:?}"))?;
-    result.server_rss_per_session_bytes =
-        Some(after.saturating_sub(before) as f64 / plan.connections.max(1) as f64);
-    Ok(ConnRun {
-        target: server.spec.kind,
-        result,
-        server_rss_before: before,
-        server_rss_after: after,
-    })
-}
-
-fn hol(ctx: &mut Ctx, plan: &Plan, helper: &Path) -> Result<()> {
-    let status = Command::new(helper).arg("up").status()?;
-    if !status.success() {
-        ctx.report.hol_skipped = Some(format!("{} up failed", helper.display()));
-        return Ok(());
-    }
-    let mut variants = vec![Kind::Quiver, Kind::QuiverCubic, Kind::QuiverSingleStream];
-    // The TCP peers: every room on one connection, so a loss stalls both rooms.
-    if ctx.args.nats.is_some() {
-        variants.push(Kind::Nats);
-    }
-    if ctx.args.socketio.is_some() {
-        variants.push(Kind::Socketio);
-    }
-    let mut servers = Vec::new();
-    for &kind in &variants {
-        servers.push(start(ctx, kind, Placement::Netns)?);
-    }
-    for &loss in &plan.hol_loss {
-        let status = Command::new(helper)
-            .args(["loss", &loss.to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("setting loss {loss}% failed");
-        }
-        for server in &servers {
-            measure_hol(ctx, plan, &server.spec, loss, None, &plan.hol);
-        }
-        if plan.hol_delay_loss.contains(&loss) {
-            // Through the relay the quiet room is really quiet, so that the busy room's losses
-            // (the ones a stream per room isolates) are most of what the quiet room meets.
-            let params = HolParams {
-                busy_rate: plan.hol_delay_busy_rate,
-                busy_payload: 500,
-                quiet_rate: 100.0,
-                ..plan.hol.clone()
-            };
-            // The relay carries UDP: QUIC variants only.
-            let quic = |kind: Kind| !matches!(kind, Kind::Socketio | Kind::Nats);
-            for server in servers.iter().filter(|s| quic(s.spec.kind)) {
-                let name = format!("hol {} relay", server.spec.kind.label());
-                match Relay::start(ctx, &server.spec.sub_addr, plan.hol_delay_ms) {
-                    Ok(relay) => {
-                        let spec = Spec {
-                            sub_addr: relay.addr.clone(),
-                            ..server.spec.clone()
-                        };
-                        let rtt = (plan.hol_delay_ms * 2) as u32;
-                        measure_hol(ctx, plan, &spec, loss, Some(rtt), &params);
-                    }
-                    Err(e) => ctx.report.fail(&name, &e),
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One head-of-line measurement (median of the mode's repeats), recorded in the report.
-fn measure_hol(
-    ctx: &mut Ctx,
-    plan: &Plan,
-    spec: &Spec,
-    loss: u32,
-    rtt_ms: Option<u32>,
-    params: &HolParams,
-) {
-    let kind = spec.kind;
-    let via = rtt_ms.map_or(String::new(), |r| format!(" rtt={r}ms"));
-    let name = format!("hol {} loss={loss}%{via}", kind.label());
-    // Repeats (full mode) keep the run with the median quiet-room p99.
-    let mut runs = Vec::new();
-    let mut error = None;
-    for _ in 0..plan.repeats {
-        match run_hol(ctx, spec, params) {
-            Ok(result) => runs.push(result),
-            Err(e) => error = Some(e),
-        }
-    }
-    runs.sort_by(|a, b| a.quiet.p99_us.total_cmp(&b.quiet.p99_us));
-    let mid = runs.len() / 2;
-    match (runs.into_iter().nth(mid), error) {
-        (Some(result), None) => {
-            eprintln!(
-                "bench: {name}: quiet p50 {:.0} p90 {:.0} p99 {:.0} µs; busy p99 {:.0} µs",
-                result.quiet.p50_us, result.quiet.p90_us, result.quiet.p99_us, result.busy.p99_us
-            );
-            ctx.report.pass(&name);
-            ctx.report.hol.push(HolRun {
-                target: kind,
-                loss_pct: loss,
-                rtt_ms,
-                result,
-            });
-        }
-        (_, Some(e)) => ctx.report.fail(&name, &e),
-        (None, None) => {}
-    }
-}
-
-/// A `quiver-bench relay` process adding delay in front of a server; killed when dropped.
-struct Relay {
-    child: std::process::Child,
-    addr: String,
-}
-
-impl Relay {
-    fn start(ctx: &Ctx, upstream: &str, delay_ms: u64) -> Result<Self> {
-        let mut cmd = wrapped(None, ctx.pin, ctx.pin.generator, &ctx.generator);
-        cmd.args(["relay", "--upstream", upstream]).args([
-            "--delay-ms",
-            &delay_ms.to_string(),
-            "--max-secs",
-            "120",
-        ]);
-        let log = ctx.work.join("relay.log");
-        let (child, ready, _reader) =
-            servers::spawn_until_ready("relay", cmd, &log, "RELAY_READY ")?;
-        let ready: serde_json::Value = serde_json::from_str(&ready)?;
-        let addr = ready["addr"].as_str().context("relay address")?.to_owned();
-        Ok(Self { child, addr })
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run_hol(ctx: &Ctx, spec: &Spec, p: &HolParams) -> Result<HolResult> {
-    let args = vec![
-        "hol".into(),
-        "--spec".into(),
-        serde_json::to_string(spec)?,
-        "--busy-rate".into(),
-        p.busy_rate.to_string(),
-        "--busy-payload".into(),
-        p.busy_payload.to_string(),
-        "--quiet-rate".into(),
-        p.quiet_rate.to_string(),
-        "--quiet-payload".into(),
-        p.quiet_payload.to_string(),
-        "--duration".into(),
-        p.duration.to_string(),
-        "--warmup".into(),
-        p.warmup.to_string(),
-    ];
-    let limit = Duration::from_secs_f64(40.0 + p.duration + p.warmup);
-    let line = generate(ctx, &args, limit)?;
-    let result: HolResult = serde_json::from_str(&line)?;
-    if result.quiet.count == 0 {
-        bail!("no quiet-room message measured");
-    }
-    Ok(result)
-}
-
-/// The cluster workload needs `quiver serve --nats`; say whether this build has it.
-fn cluster_status(quiver: &Path) -> String {
-    let help = Command::new(quiver)
-        .args(["serve", "--help"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    if help.contains("--nats") {
-        "ready: `quiver serve --nats`".into()
-    } else {
-        "pending: `quiver serve` has no --nats flag in this build".into()
-    }
-}
-
-/// Fan-out across two Quiver instances joined by nats-server: the publisher on instance A, every
-/// subscriber on instance B. Compared with the single-instance fan-out of the same size.
-fn cluster(ctx: &mut Ctx, plan: &Plan, n: usize) {
-    let name = format!("cluster quiver n={n}");
-    match cluster_inner(ctx, plan, n) {
-        Ok(run) => {
-            eprintln!(
-                "bench: {name}: {:.0} deliveries/s at max; p99 {:.0} µs at 50%",
-                run.max.deliveries_per_sec,
-                run.half.as_ref().map_or(0.0, |h| h.latency.p99_us)
-            );
-            ctx.report.pass(&name);
-            ctx.report.cluster_runs.push(run);
-        }
-        Err(e) => ctx.report.fail(&name, &e),
-    }
-}
-
-fn cluster_inner(ctx: &Ctx, plan: &Plan, n: usize) -> Result<report::ClusterRun> {
-    let nats = start(ctx, Kind::Nats, Placement::Local)?;
-    let url = vec![
-        "--nats".to_owned(),
-        format!("nats://{}", nats.spec.pub_addr),
-    ];
-    // One after the other: the second reuses the development certificate the first wrote, so
-    // one pinned hash fits both.
-    let a = start_with(ctx, Kind::Quiver, Placement::Local, &url)?;
-    let b = start_with(ctx, Kind::Quiver, Placement::Local, &url)?;
-    if a.spec.cert_sha256 != b.spec.cert_sha256 {
-        bail!("the two instances have different certificates");
-    }
-    // Subscribers connect to B, the publisher to A.
-    let pair = Spec {
-        pub_addr: a.spec.pub_addr.clone(),
-        ..b.spec.clone()
-    };
-    let base = fanout_params(plan, n);
-    // CPU is sampled on instance B, where the fan-out happens.
-    let args = load_args(&pair, b.pid(), &base)?;
-    let limit = Duration::from_secs_f64(30.0 + plan.warmup + plan.duration + n as f64 / 200.0);
-    // The median of as many runs as the one-instance maximum it is read against: a single run
-    // beside a median of three is not like with like (outside audit 123, F10).
-    let mut maxes = Vec::new();
-    for _ in 0..plan.repeats.max(1) {
-        // As `run_load`: no sessions of the previous run left on instance B.
-        b.wait_for_no_sessions(Duration::from_secs(35));
-        let max: LoadResult = serde_json::from_str(&generate(ctx, &args, limit)?)?;
-        if max.delivered == 0 {
-            bail!("nothing crossed from instance A to instance B");
-        }
-        maxes.push(max);
-    }
-    let max_runs = maxes.len();
-    let max = median_by_rate(maxes).context("no cluster run")?;
-    let half_params = LoadParams {
-        rate: max.publications_per_sec * 0.5,
-        ..base
-    };
-    let args = load_args(&pair, b.pid(), &half_params)?;
-    b.wait_for_no_sessions(Duration::from_secs(35));
-    let half = generate(ctx, &args, limit)
-        .ok()
-        .and_then(|line| serde_json::from_str(&line).ok());
-    drop((a, b, nats));
-    Ok(report::ClusterRun {
-        subscribers: n,
-        max,
-        max_runs,
-        half,
-    })
 }

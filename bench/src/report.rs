@@ -14,9 +14,15 @@ use crate::workload::connections::ConnResult;
 use crate::workload::hol::HolResult;
 use crate::workload::load::LoadResult;
 
+mod connections;
+mod fanout;
+mod hol;
+mod intro;
 pub mod neighbour;
+mod rooms;
 mod sections;
 pub mod targets;
+mod verdicts;
 
 use sections::{cluster_section, rooms_common_table};
 
@@ -369,335 +375,35 @@ fn met(ok: bool) -> &'static str {
 
 pub fn markdown(r: &Report, plots: &[String]) -> String {
     let mut md = String::new();
-    let _ = writeln!(md, "# Quiver benchmarks — {} ({:?} mode)\n", r.date, r.mode);
-    let _ = writeln!(
-        md,
-        "Machine: {} cores ({}), {:.0} GiB, Linux {}. {}. Run took {:.0} s.\n",
-        r.machine.cores,
-        r.machine.cpu_model,
-        r.machine.memory_gib,
-        r.machine.kernel,
-        r.pinning,
-        r.elapsed_secs
-    );
-    let versions: Vec<String> = r.versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    let _ = writeln!(md, "Versions: {}.\n", versions.join("; "));
-    let _ = writeln!(
-        md,
-        "Every target is driven by the same Rust load generator (`quiver-bench`), one session per \
-         subscriber, payload = publisher's send time + padding. Max rate is closed-loop (the \
-         publisher stays a bounded window ahead of deliveries); fixed rates are fractions of each \
-         target's own max. \"Other processes' CPU\" is what the rest of the machine used during the \
-         max run (a shared machine): when it is high, absolute numbers are low and noisy. Single \
-         runs unless the mode repeats: read ratios, not absolutes. A run whose generator used \
-         0.95 of its core or more is marked *generator-bound* (in a verdict: with both \
-         processes' cores): the generator was the limit there, not the server, and the figure \
-         is partly the client's. Deliveries that never arrived are counted (\"lost\", `missing` \
-         in the JSON); a latency from a run that lost any counts only those that arrived.\n"
-    );
-    acks_disclosure(&mut md, r);
-
-    // Fan-out.
+    intro::header(&mut md, r);
     // Runs were recorded target by target before the maxima went round by round (outside
     // audit 123, F3), so in older reports sizes repeat: sort before removing duplicates.
     let mut sizes: Vec<usize> = r.fanout.iter().map(|f| f.subscribers).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    for &n in &sizes {
-        let payload = r.fanout.first().map_or(0, |f| f.max.params.payload);
-        let _ = writeln!(
-            md,
-            "## Fan-out: 1 publisher, 1 room, {n} subscribers, {payload}-byte payloads\n"
-        );
-        let _ = writeln!(
-            md,
-            "| target | deliveries/s (max) | vs Socket.IO | vs bare | server CPU µs/delivery | generator CPU µs/delivery | generator / server (cores) | lost | other processes' CPU (cores) | p50 / p99 / p99.9 at 25% | at 50% | at 90% |"
-        );
-        let _ = writeln!(
-            md,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"
-        );
-        let sio = r.max_rate(Kind::Socketio, n);
-        let bare = r.max_rate(Kind::Bare, n);
-        for f in r.fanout.iter().filter(|f| f.subscribers == n) {
-            let m = &f.max;
-            let delivered = m.deliveries_per_sec * m.measured_secs;
-            let per = |cpu: f64| {
-                if delivered > 0.0 {
-                    format!("{:.2}", cpu * 1e6 / delivered)
-                } else {
-                    "–".into()
-                }
-            };
-            let at = |frac: f64| {
-                f.fixed
-                    .iter()
-                    .find(|x| (x.fraction - frac).abs() < 1e-9)
-                    .map_or("–".into(), |x| {
-                        format!(
-                            "{} / {} / {}{}",
-                            us(x.result.latency.p50_us),
-                            us(x.result.latency.p99_us),
-                            us(x.result.latency.p999_us),
-                            marks(&x.result)
-                        )
-                    })
-            };
-            let others =
-                (m.machine_cpu_secs - m.generator_cpu_secs - m.server_cpu_secs.unwrap_or(0.0))
-                    .max(0.0)
-                    / m.measured_secs.max(1e-9);
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} |",
-                f.target.label(),
-                kfmt(m.deliveries_per_sec),
-                ratio(Some(m.deliveries_per_sec), sio),
-                ratio(Some(m.deliveries_per_sec), bare),
-                m.server_cpu_secs.map_or("–".into(), per),
-                per(m.generator_cpu_secs),
-                cores_cell(m),
-                lost_cell(m),
-                others,
-                at(0.25),
-                at(0.5),
-                at(0.9),
-            );
-        }
-        md.push('\n');
-    }
-    for &n in &sizes {
-        let runs: Vec<&FanoutRun> = r
-            .fanout
-            .iter()
-            .filter(|f| f.subscribers == n && f.common.is_some())
-            .collect();
-        let Some(rate) = runs
-            .first()
-            .and_then(|f| f.common.as_ref())
-            .map(|c| c.params.rate * n as f64)
-        else {
-            continue;
-        };
-        let _ = writeln!(
-            md,
-            "Same offered rate for every target, {} deliveries/s ({n} subscribers):\n",
-            kfmt(rate)
-        );
-        let rows: Vec<_> = runs
-            .iter()
-            .filter_map(|f| f.common.as_ref().map(|c| (f.target, c)))
-            .collect();
-        sections::same_rate_table(&mut md, &rows);
-    }
-    if let Some(p) = plots.iter().find(|p| p.ends_with("-fanout.png")) {
-        let _ = writeln!(md, "![fan-out]({p})\n");
-    }
-
-    // Targets.
-    let _ = writeln!(md, "## Against the issue's targets\n");
-    for &n in &sizes {
-        let q = r.max_rate(Kind::Quiver, n);
-        let max = |kind: Kind| r.fanout_run(kind, n).map(|f| &f.max);
-        if let (Some(q), Some(s)) = (q, r.max_rate(Kind::Socketio, n)) {
-            let _ = writeln!(
-                md,
-                "- Fan-out ≥ 3× Socket.IO (n={n}): {:.2}× — {}{}",
-                q / s,
-                met(q / s >= 3.0),
-                bound_note(&[
-                    (Kind::Quiver, max(Kind::Quiver)),
-                    (Kind::Socketio, max(Kind::Socketio))
-                ])
-            );
-        }
-        if let (Some(q), Some(b)) = (q, r.max_rate(Kind::Bare, n)) {
-            let _ = writeln!(
-                md,
-                "- Fan-out ≥ 0.7× bare wtransport (n={n}): {:.2}× — {}{}",
-                q / b,
-                met(q / b >= 0.7),
-                bound_note(&[
-                    (Kind::Quiver, max(Kind::Quiver)),
-                    (Kind::Bare, max(Kind::Bare))
-                ])
-            );
-        }
-        if let Some(x) = r
-            .fanout_run(Kind::Quiver, n)
-            .and_then(|f| sections::half(&f.fixed))
-        {
-            let p99 = x.latency.p99_us;
-            let runs = [(Kind::Quiver, Some(x))];
-            let _ = writeln!(
-                md,
-                "- p99 < 5 ms at half of max (n={n}): {} — {}{}{}",
-                us(p99),
-                met(p99 < 5000.0),
-                bound_note(&runs),
-                lost_note(&runs)
-            );
-        }
-    }
-    if let Some(c) = r
-        .connections
-        .iter()
-        .find(|c| c.target == Kind::Quiver && !c.result.params.resume)
-    {
-        let per = c.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0;
-        let _ = writeln!(
-            md,
-            "- Server memory < 50 KiB per idle session: {per:.1} KiB — {}",
-            met(per < 50.0)
-        );
-    }
-    ws_targets(&mut md, r, &sizes);
-    let quiet_p99 = |kind: Kind, loss: u32| {
-        r.hol
-            .iter()
-            .find(|h| h.target == kind && h.loss_pct == loss && h.rtt_ms.is_none())
-            .map(|h| h.result.quiet.p99_us)
-    };
-    if let (Some(a), Some(b)) = (quiet_p99(Kind::Quiver, 0), quiet_p99(Kind::Quiver, 2)) {
-        let _ = writeln!(
-            md,
-            "- Quiet room p99 at 2% loss within 2× of no loss: {} → {} ({:.1}×) — {}",
-            us(a),
-            us(b),
-            b / a,
-            met(b <= 2.0 * a)
-        );
-        if let (Some(a), Some(b)) = (
-            quiet_p99(Kind::QuiverCubic, 0),
-            quiet_p99(Kind::QuiverCubic, 2),
-        ) {
-            let _ = writeln!(
-                md,
-                "  - quiver-cubic (`transport.congestion_control = \"cubic\"`) for comparison: {} → {} ({:.1}×)",
-                us(a),
-                us(b),
-                b / a
-            );
-        }
-        for other in [Kind::QuiverSingleStream, Kind::Nats, Kind::Socketio] {
-            if let (Some(a), Some(b)) = (quiet_p99(other, 0), quiet_p99(other, 2)) {
-                let _ = writeln!(
-                    md,
-                    "  - {} for comparison: {} → {} ({:.1}×)",
-                    other.label(),
-                    us(a),
-                    us(b),
-                    b / a
-                );
-            }
-        }
-    }
-    md.push('\n');
+    fanout::tables(&mut md, r, &sizes, plots);
+    verdicts::section(&mut md, r, &sizes);
     targets::issue14(&mut md, r);
+    rooms::section(&mut md, r);
+    connections::section(&mut md, r);
+    hol::section(&mut md, r, plots);
+    cluster(&mut md, r);
+    notes(&mut md, r);
+    md
+}
 
-    if !r.rooms.is_empty() {
-        let p = &r.rooms[0].result.params;
-        let _ = writeln!(
-            md,
-            "## Many rooms: {} rooms × {} subscribers, {} publishers, max rate\n",
-            p.rooms, p.subs_per_room, p.publishers
-        );
-        let _ = writeln!(
-            md,
-            "| target | deliveries/s | p50 | p99 | server CPU µs/delivery | generator / server (cores) | lost |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
-        for x in &r.rooms {
-            let m = &x.result;
-            let delivered = m.deliveries_per_sec * m.measured_secs;
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                x.target.label(),
-                kfmt(m.deliveries_per_sec),
-                us(m.latency.p50_us),
-                us(m.latency.p99_us),
-                m.server_cpu_secs
-                    .filter(|_| delivered > 0.0)
-                    .map_or("–".into(), |c| format!("{:.2}", c * 1e6 / delivered)),
-                cores_cell(m),
-                lost_cell(m),
-            );
-        }
-        md.push('\n');
-        rooms_common_table(&mut md, r);
-    }
-
-    if !r.connections.is_empty() {
-        let _ = writeln!(md, "## Idle connections\n");
-        let _ = writeln!(
-            md,
-            "| target | sessions | connect rate (sessions/s, handshakes included) | server RSS before → after | per session |"
-        );
-        let _ = writeln!(md, "|---|---:|---:|---|---:|");
-        for c in &r.connections {
-            let _ = writeln!(
-                md,
-                "| {}{} | {} | {:.0} | {:.1} → {:.1} MiB | {:.1} KiB |",
-                c.target.label(),
-                if c.result.params.resume {
-                    " (resumed)"
-                } else {
-                    ""
-                },
-                c.result.params.sessions,
-                c.result.sessions_per_sec,
-                c.server_rss_before as f64 / 1048576.0,
-                c.server_rss_after as f64 / 1048576.0,
-                c.result.server_rss_per_session_bytes.unwrap_or(0.0) / 1024.0
-            );
-        }
-        md.push('\n');
-    }
-
-    let _ = writeln!(md, "## Head-of-line blocking under loss\n");
-    match (&r.hol_skipped, r.hol.is_empty()) {
-        (Some(why), _) => {
-            let _ = writeln!(md, "Skipped: {why}.\n");
-        }
-        (None, true) => {
-            let _ = writeln!(md, "No results.\n");
-        }
-        (None, false) => {
-            let p = &r.hol[0].result.params;
-            let _ = writeln!(
-                md,
-                "One subscriber session in rooms `busy` ({:.0} msg/s × {} B) and `quiet` ({:.0} msg/s × \
-                 {} B), over a veth pair with random loss in both directions (nftables); publishers on \
-                 a clean path. nats-server and Socket.IO carry both rooms on one TCP connection. \
-                 Quiet room latency, p50 / p90 / p99 (p90 shows head-of-line \
-                 blocking best: p99 is dominated by the quiet room's own lost packets, which no \
-                 stream layout can avoid):\n",
-                p.busy_rate, p.busy_payload, p.quiet_rate, p.quiet_payload
-            );
-            let plain: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_none()).collect();
-            loss_table(&mut md, &plain, |h| {
-                format!(
-                    "{} / {} / {}",
-                    us(h.result.quiet.p50_us),
-                    us(h.result.quiet.p90_us),
-                    us(h.result.quiet.p99_us)
-                )
-            });
-            if let Some(p) = plots.iter().find(|p| p.ends_with("-hol.png")) {
-                let _ = writeln!(md, "![quiet room p99 under loss]({p})\n");
-            }
-            relay_table(&mut md, r);
-        }
-    }
-
+/// Two instances over NATS, or why none were measured.
+fn cluster(md: &mut String, r: &Report) {
     let _ = writeln!(md, "## Cluster fan-out\n");
     if r.cluster_runs.is_empty() {
         let _ = writeln!(md, "{}.\n", r.cluster);
     } else {
-        cluster_section(&mut md, r);
+        cluster_section(md, r);
     }
+}
 
+/// The run's notes and failed checks; nothing when there are none.
+fn notes(md: &mut String, r: &Report) {
     let failed: Vec<&Check> = r.checks.iter().filter(|c| !c.ok).collect();
     if !failed.is_empty() || !r.notes.is_empty() {
         let _ = writeln!(md, "## Notes\n");
@@ -714,135 +420,6 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         }
         md.push('\n');
     }
-    md
-}
-
-/// Which client population Quiver's QUIC rows stand for (outside audit 123, F1). Quiver asks
-/// clients through QUIC's ACK-frequency extension to acknowledge less often
-/// (`server/src/server.rs`); the generator's quinn clients take it, Chromium does not offer it,
-/// and the bare peer asks nothing, so "the bare transport" is not Quiver's transport under
-/// Quiver's settings.
-fn acks_disclosure(md: &mut String, r: &Report) {
-    let asked = if r.browser_like_acks {
-        "In this run (`--browser-like-acks`) Quiver asked for nothing \
-         (`transport.client_ack_delay = 0`), so its clients acknowledged at quinn's default \
-         rate (every second packet, within 25 ms), as clients that do not take the extension \
-         do; Chromium's own acknowledgement policy is not reproduced."
-    } else {
-        "In this run Quiver asked as by default: an ACK every fourth packet and a lone packet's \
-         within 100 ms (`transport.client_ack_threshold = 3`, `client_ack_delay = \"100ms\"`). \
-         `scripts/bench --browser-like-acks` measures without it."
-    };
-    let _ = writeln!(
-        md,
-        "Quiver's QUIC rows (`quiver`, its head-of-line variants, the cluster) are measured \
-         with quinn clients, which honour the ACK-frequency request Quiver sends (QUIC's \
-         ACK-frequency extension: fewer ACKs for the server to receive). Browsers do not: \
-         Chromium does not offer the extension. {asked} The team's own A/B: without the \
-         request, many rooms at 100k deliveries/s measured p99 265–293 ms, with it (then a \
-         threshold of 10) 149–163 ms, and a higher maximum in two of three pairs \
-         (`bench/results/2026-12-01-ack-frequency.md`); a threshold of 3 against 1 added 6–14 % \
-         deliveries/s in many rooms (`bench/results/2026-12-05-ack-threshold-cap.md`). The bare \
-         transport peer (`bare-wtransport`) uses quinn's defaults: it asks for no ACK reduction and runs \
-         Cubic (Quiver runs BBR), so it is not Quiver's transport ceiling under Quiver's \
-         settings. nats-server and Socket.IO are driven over ordinary TCP clients.\n"
-    );
-}
-
-/// Issue 9's targets for Quiver's WebSocket transport, against Socket.IO (the same class of
-/// transport: every room on one TCP connection).
-fn ws_targets(md: &mut String, r: &Report, sizes: &[usize]) {
-    let (ws, sio) = (Kind::QuiverWs, Kind::Socketio);
-    for &n in sizes {
-        let max = |kind: Kind| r.fanout_run(kind, n).map(|f| &f.max);
-        let common = |kind: Kind| r.fanout_run(kind, n).and_then(|f| f.common.as_ref());
-        if let (Some(q), Some(s)) = (r.max_rate(ws, n), r.max_rate(sio, n)) {
-            let _ = writeln!(
-                md,
-                "- quiver-ws fan-out ≥ 3× Socket.IO (n={n}): {} vs {}, {:.2}× — {}{}",
-                kfmt(q),
-                kfmt(s),
-                q / s,
-                met(q >= 3.0 * s),
-                bound_note(&[(ws, max(ws)), (sio, max(sio))])
-            );
-        }
-        if let (Some((q, rate)), Some((s, _))) = (r.common_p99(ws, n), r.common_p99(sio, n)) {
-            let runs = [(ws, common(ws)), (sio, common(sio))];
-            let _ = writeln!(
-                md,
-                "- quiver-ws p99 no worse than Socket.IO at the same offered rate ({} deliveries/s, \
-                 n={n}): {} vs {} — {}{}{}",
-                kfmt(rate),
-                us(q),
-                us(s),
-                met(q <= s),
-                bound_note(&runs),
-                lost_note(&runs)
-            );
-        }
-    }
-    if let (Some(q), Some(s)) = (r.kib_per_session(ws), r.kib_per_session(sio)) {
-        let _ = writeln!(
-            md,
-            "- quiver-ws server memory per idle session ≤ Socket.IO's: {q:.1} vs {s:.1} KiB — {}",
-            met(q <= s)
-        );
-    }
-}
-
-/// The head-of-line runs made through the delay relay (QUIC variants with a real round trip).
-fn relay_table(md: &mut String, r: &Report) {
-    let relayed: Vec<&HolRun> = r.hol.iter().filter(|h| h.rtt_ms.is_some()).collect();
-    let Some(first) = relayed.first() else {
-        return;
-    };
-    let p = &first.result.params;
-    let _ = writeln!(
-        md,
-        "Through a UDP relay adding {} ms of round trip (QUIC only; the loss is still on the \
-         veth, behind the relay), busy room at {:.0} msg/s × {} B, quiet room at {:.0} msg/s × \
-         {} B; quiet room p50 / p90 / p99 (busy room p99):\n",
-        first.rtt_ms.unwrap_or(0),
-        p.busy_rate,
-        p.busy_payload,
-        p.quiet_rate,
-        p.quiet_payload
-    );
-    loss_table(md, &relayed, |h| {
-        format!(
-            "{} / {} / {} ({})",
-            us(h.result.quiet.p50_us),
-            us(h.result.quiet.p90_us),
-            us(h.result.quiet.p99_us),
-            us(h.result.busy.p99_us)
-        )
-    });
-}
-
-/// A loss × target table of head-of-line runs, one cell per run.
-fn loss_table(md: &mut String, runs: &[&HolRun], cell: impl Fn(&HolRun) -> String) {
-    let mut kinds: Vec<Kind> = runs.iter().map(|h| h.target).collect();
-    kinds.sort_by_key(|k| k.label());
-    kinds.dedup();
-    let mut losses: Vec<u32> = runs.iter().map(|h| h.loss_pct).collect();
-    losses.sort_unstable();
-    losses.dedup();
-    let head: Vec<&str> = kinds.iter().map(|k| k.label()).collect();
-    let _ = writeln!(md, "| loss | {} |", head.join(" | "));
-    let _ = writeln!(md, "|---:|{}", "---|".repeat(kinds.len()));
-    for loss in losses {
-        let cells: Vec<String> = kinds
-            .iter()
-            .map(|k| {
-                runs.iter()
-                    .find(|h| h.target == *k && h.loss_pct == loss)
-                    .map_or("–".into(), |h| cell(h))
-            })
-            .collect();
-        let _ = writeln!(md, "| {loss}% | {} |", cells.join(" | "));
-    }
-    md.push('\n');
 }
 
 fn machine() -> Machine {
