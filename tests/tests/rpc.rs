@@ -249,7 +249,8 @@ async fn nats_failures_map_to_distinct_codes_and_deadlines_are_capped() -> Resul
     assert_eq!(log.lock().unwrap().len(), calls_so_far);
     forger.close().await;
     let page = server.metrics().await?;
-    for outcome in ["ok", "timeout", "unavailable", "backend_error"] {
+    // Never sent, for the caller's own reason: not a backend error.
+    for outcome in ["ok", "timeout", "unavailable", "backend_error", "not_asked"] {
         assert!(
             metric_sum(&page, "quiver_rpc_calls_total", &[("outcome", outcome)]) >= 1.0,
             "{outcome}"
@@ -641,5 +642,112 @@ async fn hooks_over_nats_decide_subscribes_and_publishes() -> Result<()> {
     assert!(msg.contains("no entry"), "{msg}");
     let _broken = client.subscribe("open.broken").await?;
     client.close().await;
+    Ok(())
+}
+
+/// A hook the server never sends for a reason of the caller's own is denied in a namespace that
+/// fails open too, as one never sent for want of a place is (outside audit 129, F2: both were
+/// left to the fail rule, and a backend that denies everything was never asked): a user id that
+/// cannot go into a NATS header (white space at either end, a line break, U+2028), and a
+/// publication whose hook envelope (its payload in base64) is over nats-server's `max_payload`
+/// though the publication is within `limits.max_payload`. Counted and audited `not_asked`.
+#[tokio::test]
+async fn hooks_never_sent_for_the_callers_own_reasons_are_denied_where_hooks_fail_open(
+) -> Result<()> {
+    // nats-server's max_payload at 64 KiB, Quiver's limit at 60,000 bytes: a publication of
+    // 55,000 bytes is one Quiver takes, and its hook's envelope (73 KB of base64) one NATS
+    // does not.
+    let nats = NatsServer::start_with_config("max_payload: 65536\n").await?;
+    let server = TestServer::start_with(|c| {
+        c.nats = Some(NatsConfig::new(nats.url()));
+        c.limits.max_payload = 60_000;
+        c.rpc.hooks = vec![quiver_server::rpc::HookConfig {
+            namespace: "open".into(),
+            subscribe: true,
+            publish: true,
+            timeout: Duration::from_secs(5),
+            fail_open: true,
+        }];
+    })
+    .await?;
+    // A backend that denies everything it is asked.
+    let backend = async_nats::connect(nats.url()).await?;
+    let mut hooks = backend
+        .queue_subscribe("quiver.acme.hook.>".to_owned(), "backends".into())
+        .await?;
+    round_trip(&backend).await;
+    let asked = Arc::new(Mutex::new(0usize));
+    let count = asked.clone();
+    let responder = backend.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = hooks.next().await {
+            *count.lock().unwrap() += 1;
+            if let Some(reply) = msg.reply {
+                let no = serde_json::json!({"allow": false, "reason": "the backend says no"});
+                let _ = responder.publish(reply, no.to_string().into()).await;
+            }
+        }
+    });
+    let denied = |result: Result<(), ClientError>, what: &str| -> String {
+        match result {
+            Ok(()) => panic!("{what}: allowed, and the backend denies everything"),
+            Err(e) => {
+                assert_eq!(
+                    e.error_code(),
+                    Some(ErrorCode::PermissionDenied),
+                    "{what}: {e}"
+                );
+                e.to_string()
+            }
+        }
+    };
+    // Asked, and the backend's no holds.
+    let alice = connect(&server, call_token("acme", "alice", &[])).await?;
+    let msg = denied(
+        alice.publish_ack("open.room", "x").await.map(|_| ()),
+        "alice",
+    );
+    assert!(msg.contains("the backend says no"), "{msg}");
+    let asked_so_far = *asked.lock().unwrap();
+
+    for user in [" alice", "alice ", "ali\u{2028}ce", "ali\nce"] {
+        let client = connect(&server, call_token("acme", user, &[])).await?;
+        let msg = denied(
+            client.publish_ack("open.room", "x").await.map(|_| ()),
+            &format!("{user:?} publishing"),
+        );
+        assert!(msg.contains("hook not asked"), "{user:?}: {msg}");
+        let msg = denied(
+            client.subscribe("open.room").await.map(|_| ()),
+            &format!("{user:?} subscribing"),
+        );
+        assert!(msg.contains("hook not asked"), "{user:?}: {msg}");
+        client.close().await;
+    }
+    // Within Quiver's limit, over what NATS takes once in the hook's envelope.
+    let big = vec![b'x'; 55_000];
+    let msg = denied(
+        alice.publish_ack("open.room", big).await.map(|_| ()),
+        "a publication whose hook envelope is over NATS's max_payload",
+    );
+    assert!(msg.contains("hook not asked"), "{msg}");
+    assert!(msg.contains("max_payload"), "{msg}");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        asked_so_far,
+        "none of them reached the backend"
+    );
+
+    let page = server.metrics().await?;
+    let not_asked = |hook| {
+        metric_sum(
+            &page,
+            "quiver_hook_decisions_total",
+            &[("hook", hook), ("outcome", "not_asked")],
+        )
+    };
+    assert!(not_asked("publish") >= 5.0);
+    assert!(not_asked("subscribe") >= 4.0);
+    alice.close().await;
     Ok(())
 }

@@ -1388,6 +1388,88 @@ async fn a_refusal_whose_body_breaks_off_still_refuses() -> Result<()> {
     Ok(())
 }
 
+/// A backend that reads each request (one connection each) and answers with the next of
+/// `answers` in turn: its head at once, its body `late` later, then a close.
+async fn late_body_backend(
+    answers: Vec<(String, String)>,
+    late: Duration,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let backend = tokio::spawn(async move {
+        for (head, body) in answers.into_iter().cycle() {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut request = vec![0u8; 64 * 1024];
+                let _ = tcp.read(&mut request).await;
+                let _ = tcp.write_all(head.as_bytes()).await;
+                tokio::time::sleep(late).await;
+                let _ = tcp.write_all(body.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    Ok((address, backend))
+}
+
+/// An answer whose head comes within the hook's timeout and whose body comes after it is an
+/// answer, not the backend's silence (outside audit 129, F3: both were "no answer", so a fail-open
+/// namespace published the original past a 403 and past a 2xx carrying a redacted replacement):
+/// a 403 denies (a subscribe's too), and a 2xx is an answer cut off, which a publish hook refuses
+/// under either fail rule; nothing reaches the room.
+#[tokio::test]
+async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
+    let replacement = format!(r#"{{"allow":true,"payload":"{}"}}"#, b64(b"[redacted]"));
+    let head = |status: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    // In turn: a 403 for a publish, a 200 with a replacement for a publish, a 403 for a
+    // subscribe. The hooks' timeout is 300 ms; the bodies come a second after their heads.
+    let answers = vec![
+        (head("403 Forbidden", "not you"), "not you".to_owned()),
+        (head("200 OK", &replacement), replacement.clone()),
+        (head("403 Forbidden", "not you"), "not you".to_owned()),
+    ];
+    let (address, backend) = late_body_backend(answers, Duration::from_secs(1)).await?;
+    let server = server_for_with(&format!("http://{address}/rpc"), |c| {
+        c.rpc.hooks.push(hook("open", false, true, true));
+        c.rpc.hooks.push(hook("gate", true, false, true));
+    })
+    .await?;
+    let alice = connect(&server, "alice").await?;
+    let mut sub = alice.subscribe("open.room").await?;
+    for (i, expected) in [
+        "backend answered 403 (its body late)",
+        "the hook's answer cannot be read",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (c, msg) = code(alice.publish_ack("open.room", "secret").await);
+        assert_eq!(c, Some(ErrorCode::PermissionDenied), "{i}: {msg}");
+        assert!(msg.contains(expected), "{i}: {msg}");
+    }
+    let (c, msg) = code(alice.subscribe("gate.room").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("backend answered 403"), "{msg}");
+    // Nothing reached the room: not the original, not the replacement.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "a refused publication was delivered"
+    );
+    alice.close().await;
+    backend.abort();
+    Ok(())
+}
+
 /// A backend that answers every call with its tenant's name and, for tenant `evil`, sends a
 /// second answer nobody asked for ("INJECTED") 100 ms later on the same kept-alive connection:
 /// a broken backend, or one behind a broken timeout middleware.

@@ -149,10 +149,11 @@ pub fn refused_call(caller: &Caller, method: &str, outcome: &str) {
     );
 }
 
-/// Hooks never sent because the tenant's hooks held every place it may use (`over_quota`)
-/// logged per second at most, like refused calls: nothing reached the backend, and a tenant's
-/// users holding its places made an audit line per command (outside bounds audit 3, F3: 1,340
-/// lines in 10 s). `quiver_hook_decisions_total` counts every one.
+/// Hooks never sent because the tenant's hooks held every place it may use (`over_quota`), or
+/// because the caller's request cannot be sent (`not_asked`), logged per second at most, like
+/// refused calls: nothing reached the backend, and a tenant's users holding its places made an
+/// audit line per command (outside bounds audit 3, F3: 1,340 lines in 10 s).
+/// `quiver_hook_decisions_total` counts every one.
 static UNSENT_HOOKS_LOGGED: crate::log_budget::LogBudget =
     crate::log_budget::LogBudget::per_second(20);
 
@@ -167,7 +168,7 @@ pub fn hook(
     decision: &Decision,
     took: Duration,
 ) {
-    let not_logged = if outcome == "over_quota" {
+    let not_logged = if matches!(outcome, "over_quota" | "not_asked") {
         let Some(not_logged) = UNSENT_HOOKS_LOGGED.admit() else {
             return;
         };

@@ -228,6 +228,9 @@ impl HttpRoute {
             .clients
             .client(tenant)
             .map_err(|e| RpcError::Unavailable(format!("http client: {}", without_url(e))))?;
+        // The head must come within `left`; the body within what is left of it once the head
+        // came, which is no longer "no answer" (below).
+        let ends = tokio::time::Instant::now() + left;
         let exchange = async {
             let mut request = client
                 .post(&self.url)
@@ -237,7 +240,10 @@ impl HttpRoute {
             if let Some(secret) = &self.secret {
                 request = request.bearer_auth(secret);
             }
-            let mut response = request.send().await.map_err(|e| {
+            let sent = tokio::time::timeout_at(ends, request.send())
+                .await
+                .map_err(|_| RpcError::Deadline(left))?;
+            let mut response = sent.map_err(|e| {
                 let hyper = hyper_error(&e);
                 if let Some(h) = hyper.filter(|h| h.is_parse() || h.is_parse_too_large()) {
                     // The backend answered, with a head that is not HTTP/1.x or is over what
@@ -291,18 +297,38 @@ impl HttpRoute {
             {
                 return Err(too_long());
             }
-            let mut answer = BytesMut::new();
-            while let Some(chunk) = response.chunk().await.map_err(|e| {
-                // An answer cut off (a 2xx may have carried a replacement): its own error, so
-                // that a publish hook refuses rather than fails open (outside audit 32, F4).
-                refusal("its body cut off").unwrap_or(RpcError::AnswerCut(without_url(e)))
-            })? {
-                if answer.len() + chunk.len() > self.max_answer {
-                    return Err(too_long());
+            let body = async {
+                let mut answer = BytesMut::new();
+                while let Some(chunk) = response.chunk().await.map_err(|e| {
+                    // An answer cut off (a 2xx may have carried a replacement): its own error,
+                    // so that a publish hook refuses rather than fails open (outside audit 32,
+                    // F4).
+                    refusal("its body cut off").unwrap_or(RpcError::AnswerCut(without_url(e)))
+                })? {
+                    if answer.len() + chunk.len() > self.max_answer {
+                        return Err(too_long());
+                    }
+                    answer.extend_from_slice(&chunk);
                 }
-                answer.extend_from_slice(&chunk);
-            }
-            let answer = answer.freeze();
+                Ok(answer.freeze())
+            };
+            let answer = match tokio::time::timeout_at(ends, body).await {
+                Ok(answer) => answer?,
+                // The head came in time, its body did not: the backend answered, and the
+                // answer is cut off at the deadline. A 401/403 is its no; anything else may
+                // have been a 2xx with a replacement, which a publish hook refuses rather than
+                // fails open to the original (outside audit 129, F3: read as no answer, the
+                // unredacted original was published). A call's deadline is its deadline.
+                Err(_) => {
+                    return Err(refusal("its body late").unwrap_or_else(|| match kind {
+                        Kind::Call => RpcError::Deadline(left),
+                        Kind::Hook => RpcError::AnswerCut(format!(
+                            "the backend's {status} came in time, its body not within {} ms",
+                            left.as_millis()
+                        )),
+                    }))
+                }
+            };
             if (200..300).contains(&status) {
                 Ok(answer)
             } else {
@@ -323,9 +349,7 @@ impl HttpRoute {
                 Err(RpcError::Backend(code_for_status(status), message))
             }
         };
-        tokio::time::timeout(left, exchange)
-            .await
-            .unwrap_or(Err(RpcError::Deadline(left)))
+        exchange.await
     }
 }
 

@@ -36,22 +36,24 @@ pub const RPC_CALLS: &str = "quiver_rpc_calls_total";
 pub const HOOK_DECISIONS: &str = "quiver_hook_decisions_total";
 
 /// Outcomes of a call, as labelled on [`RPC_CALLS`].
-const CALL_OUTCOMES: [&str; 7] = [
+const CALL_OUTCOMES: [&str; 8] = [
     "ok",
     "unavailable",
     "over_quota",
+    "not_asked",
     "timeout",
     "backend_error",
     "bad_answer",
     "cancelled",
 ];
 /// Outcomes of a hook, as labelled on [`HOOK_DECISIONS`]: decisions, then failures.
-const HOOK_OUTCOMES: [&str; 9] = [
+const HOOK_OUTCOMES: [&str; 10] = [
     "allow",
     "deny",
     "replace",
     "unavailable",
     "over_quota",
+    "not_asked",
     "timeout",
     "backend_error",
     "bad_answer",
@@ -75,14 +77,16 @@ pub(crate) fn register_zeros() {
 pub(crate) fn describe() {
     metrics::describe_counter!(
         RPC_CALLS,
-        "Calls to the application's backend by outcome: ok, unavailable, over_quota, timeout, \
-         backend_error, bad_answer, cancelled (its session ended while the backend had it)"
+        "Calls to the application's backend by outcome: ok, unavailable, over_quota, not_asked \
+         (never sent: the caller's own request cannot be), timeout, backend_error, bad_answer, \
+         cancelled (its session ended while the backend had it)"
     );
     metrics::describe_counter!(
         HOOK_DECISIONS,
         "Backend hook decisions by hook (subscribe, publish) and outcome: allow, deny, replace, \
-         or the failure (unavailable, over_quota, timeout, backend_error, bad_answer) decided by \
-         fail_open, or cancelled (the session was ended while it waited)"
+         or the failure (unavailable, timeout, backend_error, bad_answer) decided by fail_open, \
+         or never sent and denied (over_quota, not_asked), or cancelled (the session was ended \
+         while it waited)"
     );
 }
 
@@ -132,6 +136,26 @@ pub enum RpcError {
     /// The backend answered with an error status: the code it maps to, and its message.
     #[error("{1}")]
     Backend(ErrorCode, String),
+    /// Never sent, for the caller's own reason: a value it gave cannot go into the backend's
+    /// NATS headers (a user id with a line break, white space at either end), or the request
+    /// is over the NATS server's `max_payload`. The code the caller gets (`bad_request`,
+    /// `payload_too_large`), and why. Not the backend failing: a hook never sent so is denied
+    /// under either fail rule (outside audit 129, F2: such hooks failed open).
+    #[error("{1}")]
+    NotAsked(ErrorCode, String),
+    /// No answer before the deadline while this instance dropped replies for want of room:
+    /// the request's tenant's own (its answer may have been among them), or only other
+    /// tenants' (a flood on the connection every reply comes through, which may have held its
+    /// answer up past the deadline). Either way not "the backend did not answer": a hook is
+    /// denied under either fail rule (outside audit 129, F1). A call gets `deadline_exceeded`.
+    #[error(
+        "no answer from the backend within {within:?} while this instance dropped {whose} \
+         replies (a reply subscription was full): the answer may have been dropped or held up \
+         here",
+        within = whole_ms(*.0),
+        whose = .1
+    )]
+    RepliesDropped(Duration, &'static str),
     /// The backend's answer breaks the envelope rules (bad JSON, oversized reply).
     #[error("bad answer from the backend: {0}")]
     BadAnswer(String),
@@ -147,8 +171,8 @@ impl RpcError {
         match self {
             RpcError::Unavailable(_) | RpcError::AnswerCut(_) => ErrorCode::Unavailable,
             RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
-            RpcError::Deadline(_) => ErrorCode::DeadlineExceeded,
-            RpcError::Backend(code, _) => *code,
+            RpcError::Deadline(_) | RpcError::RepliesDropped(..) => ErrorCode::DeadlineExceeded,
+            RpcError::Backend(code, _) | RpcError::NotAsked(code, _) => *code,
             RpcError::BadAnswer(_) => ErrorCode::BackendError,
         }
     }
@@ -164,7 +188,8 @@ impl RpcError {
         match self {
             RpcError::Unavailable(_) | RpcError::AnswerCut(_) => "unavailable",
             RpcError::OverQuota(_) => "over_quota",
-            RpcError::Deadline(_) => "timeout",
+            RpcError::NotAsked(..) => "not_asked",
+            RpcError::Deadline(_) | RpcError::RepliesDropped(..) => "timeout",
             RpcError::Backend(..) => "backend_error",
             RpcError::BadAnswer(_) => "bad_answer",
         }
@@ -220,7 +245,8 @@ pub enum Decision {
     Replace(Bytes),
     Deny(String),
     /// Denied because the hook could not be decided: no answer in time, a failure status, an
-    /// answer that cannot be read, or never sent (the tenant's hooks at their bound). Not the
+    /// answer that cannot be read, or never sent (the tenant's hooks at their bound, a request
+    /// the caller made that cannot be sent), or its answer maybe dropped here. Not the
     /// backend's word: a later request may be allowed (an SSE response refused only so is told
     /// to reconnect later, not to stay away: PROTOCOL §9.3; outside audit 79, 1).
     Undecided(String),
@@ -605,11 +631,20 @@ impl Rpc {
             // Its message is the backend's body (or "backend answered 403").
             return Decision::Deny(error.to_string());
         }
-        if let RpcError::OverQuota(_) = error {
-            // Never sent: the tenant's own requests filled its share. That is not the backend
-            // failing, and `fail_open` must not turn it into an allow (outside audit: one
-            // user's many sessions publishing in hooked rooms got past the backend's deny).
+        if let RpcError::OverQuota(_) | RpcError::NotAsked(..) = error {
+            // Never sent: the tenant's own requests filled its share, or the caller's request
+            // cannot be sent (a user id that cannot go into a NATS header, a publication whose
+            // envelope is over NATS's `max_payload`). That is not the backend failing, and
+            // `fail_open` must not turn it into an allow (outside audit: one user's many
+            // sessions publishing in hooked rooms got past the backend's deny; outside audit
+            // 129, F2: " alice" or an 800 KB publication got past it).
             return Decision::Undecided(format!("hook not asked: {error}"));
+        }
+        if let RpcError::RepliesDropped(..) = error {
+            // The backend may have answered, and its answer been dropped here: not "no
+            // answer", so no fail rule allows (outside audit 129, F1: another tenant's flood
+            // of its reply subject turned a deny into a fail-open allow).
+            return Decision::Undecided(format!("hook failed closed: {error}"));
         }
         if settings.fail_open {
             Decision::Allow
@@ -779,6 +814,21 @@ mod tests {
         }
         let busy = RpcError::Backend(ErrorCode::RateLimited, "slow down".into());
         assert_eq!(rpc.failed(&open, &busy), Decision::Allow);
+        // Never sent for the caller's own reason, or unanswered while replies were dropped
+        // here: not the backend failing, so no fail rule allows (outside audit 129, F1, F2).
+        let unsendable = RpcError::NotAsked(ErrorCode::BadRequest, "a header".into());
+        assert_eq!(unsendable.label(), "not_asked");
+        assert_eq!(unsendable.code(), ErrorCode::BadRequest);
+        let dropped = RpcError::RepliesDropped(Duration::from_secs(1), "the tenant's");
+        assert_eq!(dropped.code(), ErrorCode::DeadlineExceeded);
+        for settings in [&closed, &open] {
+            assert!(
+                matches!(rpc.failed(settings, &unsendable), Decision::Undecided(m) if m.starts_with("hook not asked"))
+            );
+            assert!(
+                matches!(rpc.failed(settings, &dropped), Decision::Undecided(m) if m.contains("dropped the tenant's replies"))
+            );
+        }
     }
 
     #[test]

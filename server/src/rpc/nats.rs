@@ -15,10 +15,23 @@
 //! let a backend reply) could predict and answer every other tenant's pending requests (outside
 //! audit). Here a backend given `quiver.<tenant>.>` can reply to its own tenant's requests
 //! only, and each token is 128 random bits, so not even those of its tenant it was not sent.
+//!
+//! Each tenant's replies come through a subscription of their own (`quiver.<tenant>.reply.
+//! <instance>.*`, made when the tenant's first request goes out, dropped once it has been idle
+//! for a minute), each holding at most 1,024 messages: a backend allowed to publish on its
+//! tenant's reply subjects that floods them fills its own tenant's queue, never another
+//! tenant's (outside audit 129, F1: one wildcard subscription for every tenant overflowed, other
+//! tenants' replies were dropped with the flood, and their fail-open hooks allowed what their
+//! backends denied). A request that gets no answer while its tenant's subscription dropped
+//! replies (async-nats names the subscription that dropped one) is [`RpcError::RepliesDropped`],
+//! not a deadline: its answer may have been among them, and a hook denies for it. So is one
+//! that gets none while another tenant's subscription dropped replies: every reply comes
+//! through one connection, and a flood that long may have held the answer up past the deadline.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::header::HeaderMap;
 use async_nats::{PublishErrorKind, StatusCode};
@@ -26,7 +39,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use quiver_proto::{RoomName, TenantId};
 use tokio::sync::oneshot;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::{backend_message, code_for_status, deadline_at, CallRequest, Caller, Hook, RpcError};
 use crate::config::NatsConfig;
@@ -46,21 +59,38 @@ pub const STATUS: &str = "Quiver-Status";
 pub struct NatsRoute {
     client: async_nats::Client,
     replies: Arc<Replies>,
-    /// Hands each reply to its waiting request; ends with the route.
-    router: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for NatsRoute {
     fn drop(&mut self) {
-        self.router.abort();
+        // Ends every tenant's reply router (each holds the replies it hands out).
+        self.replies.close();
     }
 }
 
-/// The requests waiting for a reply, by their reply subject's token.
+/// How long a tenant's reply subscription is kept once none of its requests waits: a tenant
+/// asking now and then does not subscribe and unsubscribe for each request.
+const REPLIES_KEPT: Duration = Duration::from_secs(60);
+/// How often at most the subscriptions kept past [`REPLIES_KEPT`] are looked for.
+const REPLIES_SWEPT: Duration = Duration::from_secs(10);
+
+/// What each tenant's reply subscription dropped for want of room, by the subscription's id
+/// (the one async-nats's slow-consumer event names), and what they all did. Shared with the
+/// connection's event callback, which is set before the connection exists.
+#[derive(Default)]
+struct DropCounts {
+    by_sid: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    total: AtomicU64,
+}
+
+/// The requests waiting for a reply, by their reply subject's token, and each tenant's reply
+/// subscription.
 struct Replies {
     /// This route's part of every reply subject: 64 random bits, so instances never share one.
     instance: String,
     pending: Mutex<HashMap<String, Waiting>>,
+    tenants: Mutex<Tenants>,
+    drops: Arc<DropCounts>,
 }
 
 struct Waiting {
@@ -68,22 +98,72 @@ struct Waiting {
     reply: oneshot::Sender<async_nats::Message>,
 }
 
+/// The tenants' reply subscriptions: one per tenant with a request waiting, or with one in the
+/// last [`REPLIES_KEPT`]. So they are bounded by the tenants whose sessions (or API requests)
+/// asked the backend lately.
+struct Tenants {
+    by_tenant: HashMap<TenantId, TenantReplies>,
+    swept: Instant,
+}
+
+/// One tenant's reply subscription: read by a task of its own, which hands each reply to its
+/// waiting request.
+struct TenantReplies {
+    sid: u64,
+    /// Messages the subscription dropped (async-nats's slow-consumer events for its sid).
+    drops: Arc<AtomicU64>,
+    /// The tenant's requests waiting for a reply on it.
+    waiting: usize,
+    /// When `waiting` last fell to 0.
+    idle_since: Instant,
+    router: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TenantReplies {
+    fn drop(&mut self) {
+        // The task holds the subscription: it is unsubscribed as the task goes.
+        self.router.abort();
+    }
+}
+
 impl Replies {
-    fn new() -> Self {
+    fn new(drops: Arc<DropCounts>) -> Self {
         Self {
             instance: format!("{:016x}", rand::random::<u64>()),
             pending: Mutex::new(HashMap::new()),
+            tenants: Mutex::new(Tenants {
+                by_tenant: HashMap::new(),
+                swept: Instant::now(),
+            }),
+            drops,
         }
     }
 
-    /// The wildcard this route subscribes to for every tenant's replies.
-    fn subscription(&self) -> String {
-        format!("quiver.*.reply.{}.*", self.instance)
+    /// The subject of `tenant`'s reply subscription.
+    fn subscription(&self, tenant: &TenantId) -> String {
+        format!("quiver.{tenant}.reply.{}.*", self.instance)
     }
 
-    /// A new reply subject for one of `tenant`'s requests; the token is removed again when the
-    /// returned guard drops (answered, timed out or cancelled).
-    fn wait(self: &Arc<Self>, tenant: &TenantId) -> (String, Pending) {
+    /// A new reply subject for one of `tenant`'s requests, on the tenant's reply subscription
+    /// (made now if it has none); the token is removed again when the returned guard drops
+    /// (answered, timed out or cancelled). The subscription is asked for before the request
+    /// is published on the same connection, so nats-server has it before any backend can
+    /// answer.
+    async fn wait(
+        self: &Arc<Self>,
+        client: &async_nats::Client,
+        tenant: &TenantId,
+    ) -> Result<(String, Pending), RpcError> {
+        let drops = match self.enter(tenant) {
+            Some(drops) => drops,
+            None => {
+                let subscription = client
+                    .subscribe(self.subscription(tenant))
+                    .await
+                    .map_err(|e| RpcError::Unavailable(format!("rpc replies: {e}")))?;
+                self.subscribed(tenant, subscription)
+            }
+        };
         let token = format!("{:032x}", rand::random::<u128>());
         let (tx, rx) = oneshot::channel();
         self.lock().insert(
@@ -96,10 +176,86 @@ impl Replies {
         let subject = format!("quiver.{tenant}.reply.{}.{token}", self.instance);
         let pending = Pending {
             replies: self.clone(),
+            tenant: tenant.clone(),
             token,
+            dropped_before: drops.load(Ordering::Relaxed),
+            drops,
+            all_dropped_before: self.drops.total.load(Ordering::Relaxed),
             rx,
         };
-        (subject, pending)
+        Ok((subject, pending))
+    }
+
+    /// One more request of `tenant` waits on its reply subscription, if it has one: its drop
+    /// count. Forgets the subscriptions idle past [`REPLIES_KEPT`] first (at most every
+    /// [`REPLIES_SWEPT`]).
+    fn enter(&self, tenant: &TenantId) -> Option<Arc<AtomicU64>> {
+        let mut tenants = self.tenants();
+        if tenants.swept.elapsed() >= REPLIES_SWEPT {
+            tenants.swept = Instant::now();
+            let mut gone = Vec::new();
+            tenants.by_tenant.retain(|_, t| {
+                let keep = t.waiting > 0 || t.idle_since.elapsed() < REPLIES_KEPT;
+                if !keep {
+                    gone.push(t.sid);
+                }
+                keep
+            });
+            let mut drops = self.drop_counts();
+            for sid in gone {
+                drops.remove(&sid);
+            }
+        }
+        let entry = tenants.by_tenant.get_mut(tenant)?;
+        entry.waiting += 1;
+        Some(entry.drops.clone())
+    }
+
+    /// `tenant`'s new reply `subscription`, read from now on (or dropped, if another request
+    /// of the tenant made one meanwhile): one more request waits on it; its drop count.
+    fn subscribed(
+        self: &Arc<Self>,
+        tenant: &TenantId,
+        subscription: async_nats::Subscriber,
+    ) -> Arc<AtomicU64> {
+        let mut tenants = self.tenants();
+        if let Some(theirs) = tenants.by_tenant.get_mut(tenant) {
+            theirs.waiting += 1;
+            // Ours is unsubscribed as it drops.
+            return theirs.drops.clone();
+        }
+        let sid = subscription.sid();
+        let drops = Arc::new(AtomicU64::new(0));
+        self.drop_counts().insert(sid, drops.clone());
+        let router = tokio::spawn(route(self.clone(), subscription));
+        tenants.by_tenant.insert(
+            tenant.clone(),
+            TenantReplies {
+                sid,
+                drops: drops.clone(),
+                waiting: 1,
+                idle_since: Instant::now(),
+                router,
+            },
+        );
+        drops
+    }
+
+    /// One request of `tenant` no longer waits.
+    fn leave(&self, tenant: &TenantId) {
+        if let Some(entry) = self.tenants().by_tenant.get_mut(tenant) {
+            entry.waiting = entry.waiting.saturating_sub(1);
+            if entry.waiting == 0 {
+                entry.idle_since = Instant::now();
+            }
+        }
+    }
+
+    /// Ends every tenant's subscription (the route is going).
+    fn close(&self) {
+        let gone = std::mem::take(&mut self.tenants().by_tenant);
+        drop(gone);
+        self.drop_counts().clear();
     }
 
     /// Hands a message to the request its subject names, if one waits and the subject's
@@ -130,32 +286,134 @@ impl Replies {
         waiting.is_some_and(|waiting| waiting.reply.send(message).is_ok())
     }
 
+    // Nothing panics while holding these locks; a poisoned map is still a map. The drop
+    // counts' lock is taken inside the tenants' one, never the other way round.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        // Nothing panics while holding it; a poisoned map is still a map.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tenants(&self) -> std::sync::MutexGuard<'_, Tenants> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn drop_counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        self.drops.by_sid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reads one tenant's reply subscription, handing each reply to its waiting request.
+async fn route(replies: Arc<Replies>, mut subscription: async_nats::Subscriber) {
+    while let Some(message) = subscription.next().await {
+        if !replies.deliver(message) {
+            metrics::counter!(crate::metrics::NATS_DROPPED, "reason" => "stray_reply").increment(1);
+            debug!("a reply for no waiting request (late, or not ours)");
+        }
     }
 }
 
 /// One request's wait for its reply.
 struct Pending {
     replies: Arc<Replies>,
+    tenant: TenantId,
     token: String,
+    /// The tenant's reply subscription's drop count, and what it was when the request began.
+    drops: Arc<AtomicU64>,
+    dropped_before: u64,
+    /// What every reply subscription had dropped when the request began.
+    all_dropped_before: u64,
     rx: oneshot::Receiver<async_nats::Message>,
 }
 
 impl Pending {
     /// The reply, once it comes; the token is given back however this ends.
-    async fn reply(mut self) -> Result<async_nats::Message, RpcError> {
+    async fn reply(&mut self) -> Result<async_nats::Message, RpcError> {
         (&mut self.rx)
             .await
             .map_err(|_| RpcError::Unavailable("the reply route ended".into()))
+    }
+
+    /// Whose replies were dropped here since the request began, if any: the tenant's own, or
+    /// only other tenants'.
+    fn replies_dropped(&self) -> Option<&'static str> {
+        if self.drops.load(Ordering::Relaxed) != self.dropped_before {
+            Some("the tenant's")
+        } else if self.replies.drops.total.load(Ordering::Relaxed) != self.all_dropped_before {
+            Some("other tenants'")
+        } else {
+            None
+        }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         self.replies.lock().remove(&self.token);
+        self.replies.leave(&self.tenant);
     }
+}
+
+/// WARN lines of reply messages dropped by a full subscription, at most one a second (a flood
+/// drops thousands a second), as for the instance's other NATS connections.
+static SLOW_CONSUMER_LOGGED: crate::log_budget::LogBudget =
+    crate::log_budget::LogBudget::per_second(1);
+
+/// `options` with the calls' connection's event callback: what `broker::nats::watched` does for
+/// the other connections (a loss counted, `quiver_nats_disconnects_total{connection="rpc"}`, one
+/// WARN line until it is back; a message dropped by a full subscription counted,
+/// `quiver_nats_slow_consumer_total{connection="rpc"}`, and logged within a budget), and a
+/// dropped reply counted against its tenant's subscription in `drops`, which `watched` cannot
+/// tell apart.
+fn watched(
+    options: async_nats::ConnectOptions,
+    drops: Arc<DropCounts>,
+) -> async_nats::ConnectOptions {
+    const CONNECTION: &str = "rpc";
+    let warned = Arc::new(AtomicBool::new(false));
+    options.event_callback(move |event| {
+        let (warned, drops) = (warned.clone(), drops.clone());
+        async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    metrics::counter!(crate::metrics::NATS_DISCONNECTS, "connection" => CONNECTION)
+                        .increment(1);
+                    if !warned.swap(true, Ordering::Relaxed) {
+                        warn!(
+                            connection = CONNECTION,
+                            "nats connection lost; reconnecting"
+                        );
+                    }
+                }
+                async_nats::Event::Connected => {
+                    if warned.swap(false, Ordering::Relaxed) {
+                        info!(connection = CONNECTION, "nats connection back");
+                    }
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    metrics::counter!(crate::metrics::NATS_SLOW_CONSUMER, "connection" => CONNECTION)
+                        .increment(1);
+                    drops.total.fetch_add(1, Ordering::Relaxed);
+                    let tenant = drops
+                        .by_sid
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&sid)
+                        .cloned();
+                    if let Some(tenant) = tenant {
+                        tenant.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(not_logged) = SLOW_CONSUMER_LOGGED.admit() {
+                        warn!(
+                            connection = CONNECTION,
+                            not_logged,
+                            "a NATS subscription dropped a message: it was full (this instance \
+                             reads slower than NATS delivers)"
+                        );
+                    }
+                }
+                other => debug!(connection = CONNECTION, event = %other, "nats"),
+            }
+        }
+    })
 }
 
 impl NatsRoute {
@@ -164,35 +422,17 @@ impl NatsRoute {
         let options = async_nats::ConnectOptions::new()
             .name("quiver-rpc")
             .retry_on_initial_connect()
-            // Replies, each taken at once: a short queue, so a backend flooding its tenant's
-            // reply subjects with large messages cannot make the instance hold gigabytes
-            // (outside cluster audit 112, F4); what it drops is counted.
+            // Replies, each taken at once: a short queue per tenant, so a backend flooding its
+            // tenant's reply subjects with large messages cannot make the instance hold
+            // gigabytes (outside cluster audit 112, F4); what it drops is counted, and fails
+            // that tenant's waiting requests closed (`Replies`).
             .subscription_capacity(crate::broker::nats::CONTROL_SUBSCRIPTION_CAPACITY);
-        let options = crate::broker::nats::watched(options, "rpc", None);
+        let drops = Arc::<DropCounts>::default();
+        let options = watched(options, drops.clone());
         let client = crate::broker::nats::connect_with(nats, options).await?;
-        let replies = Arc::new(Replies::new());
-        // async-nats takes a subscription while still connecting and makes it once connected.
-        let mut subscription = client
-            .subscribe(replies.subscription())
-            .await
-            .map_err(|e| crate::broker::BrokerError::Failed(format!("rpc replies: {e}")))?;
-        let router = tokio::spawn({
-            let replies = replies.clone();
-            async move {
-                while let Some(message) = subscription.next().await {
-                    if !replies.deliver(message) {
-                        metrics::counter!(crate::metrics::NATS_DROPPED, "reason" => "stray_reply")
-                            .increment(1);
-                        debug!("a reply for no waiting request (late, or not ours)");
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            client,
-            replies,
-            router,
-        })
+        // Each tenant's reply subscription is made as its first request goes out.
+        let replies = Arc::new(Replies::new(drops));
+        Ok(Self { client, replies })
     }
 
     pub async fn call(
@@ -253,24 +493,38 @@ impl NatsRoute {
         }
         // Digits only: always a valid header value (`From<&str>` panics only on line breaks).
         headers.insert(DEADLINE, deadline_at(SystemTime::now(), deadline).as_str());
-        let (reply, pending) = self.replies.wait(tenant);
-        let send = self
-            .client
-            .publish_with_reply_and_headers(subject, reply, headers, payload);
-        // The bound also covers a send that waits on a reconnecting client.
-        let answered = tokio::time::timeout(deadline, async {
-            send.await.map_err(|e| match e.kind() {
-                PublishErrorKind::MaxPayloadExceeded => RpcError::Backend(
-                    quiver_proto::ErrorCode::PayloadTooLarge,
-                    "request exceeds the NATS server's max_payload".into(),
-                ),
-                _ => RpcError::Unavailable(e.to_string()),
-            })?;
-            pending.reply().await
+        let ends = tokio::time::Instant::now() + deadline;
+        // The bound also covers a subscribe and a send that wait on a reconnecting client.
+        let sent = tokio::time::timeout_at(ends, async {
+            let (reply, pending) = self.replies.wait(&self.client, tenant).await?;
+            self.client
+                .publish_with_reply_and_headers(subject, reply, headers, payload)
+                .await
+                .map_err(|e| match e.kind() {
+                    // Checked by the client before anything is written: never sent, for the
+                    // size of what the caller sent (outside audit 129, F2: a fail-open hook
+                    // allowed it).
+                    PublishErrorKind::MaxPayloadExceeded => RpcError::NotAsked(
+                        quiver_proto::ErrorCode::PayloadTooLarge,
+                        "request exceeds the NATS server's max_payload".into(),
+                    ),
+                    _ => RpcError::Unavailable(e.to_string()),
+                })?;
+            Ok(pending)
         })
         .await;
+        let mut pending = match sent {
+            Err(_) => return Err(RpcError::Deadline(deadline)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(pending)) => pending,
+        };
+        let answered = tokio::time::timeout_at(ends, pending.reply()).await;
         match answered {
-            Err(_) => Err(RpcError::Deadline(deadline)),
+            // The answer may have come and been dropped here: not "no answer" (Replies).
+            Err(_) => Err(match pending.replies_dropped() {
+                Some(whose) => RpcError::RepliesDropped(deadline, whose),
+                None => RpcError::Deadline(deadline),
+            }),
             Ok(Err(e)) => Err(e),
             Ok(Ok(message)) if no_responders(&message) => Err(RpcError::Unavailable(
                 "no backend subscribes to the request's subject".into(),
@@ -351,8 +605,9 @@ fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
 /// never have to guess. NATS clients (nats.py, async-nats) trim a header value, so the users
 /// " alice" and "alice" were one user to the backend (outside audit 95, F2).
 fn header_value(value: &str) -> Result<async_nats::HeaderValue, RpcError> {
+    // Never sent: for a hook that is a deny under either fail rule (outside audit 129, F2).
     let refuse = || {
-        RpcError::Backend(
+        RpcError::NotAsked(
             quiver_proto::ErrorCode::BadRequest,
             "a value for the backend's headers contains a line break or another control \
              character, or white space at either end"

@@ -12,7 +12,10 @@ impl Rpc {
             RpcError::Backend(code, m) => RpcError::Backend(code, self.scrub(m)),
             RpcError::BadAnswer(m) => RpcError::BadAnswer(self.scrub(m)),
             RpcError::AnswerCut(m) => RpcError::AnswerCut(self.scrub(m)),
-            e @ RpcError::Deadline(_) => e,
+            // The server's own words.
+            e @ (RpcError::Deadline(_) | RpcError::RepliesDropped(..) | RpcError::NotAsked(..)) => {
+                e
+            }
         }
     }
 
