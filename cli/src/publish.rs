@@ -314,11 +314,13 @@ async fn publish_unreliable(
         }
         sent += 1;
     }
-    // quinn sends queued datagrams with its next packets, and closing discards what is still
-    // queued: a ping's round trip gives them that time, the ones before a bad line included
-    // (review 127, R5: a bad stdin line returned before the ping, and they were dropped).
+    // Values still waiting for the pacer (each room's newest) go first, then a ping's round
+    // trip gives quinn time to send the queued datagrams, which closing would discard: on every
+    // path, the values before a bad line included (review 127, R5: a bad stdin line returned
+    // before the ping, and they were dropped; h9: a ping alone left the newest value of a burst
+    // over the command rate waiting for the pacer, and `close` dropped it).
     let flushed = client
-        .ping()
+        .flush()
         .await
         .context("waiting for the datagrams to go out");
     ended?;

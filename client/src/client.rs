@@ -249,8 +249,9 @@ impl Client {
     /// frees up. So publishing faster than the server's `commands_per_second` sends the newest
     /// values at that rate, never more (it is not refused `rate_limited`, nor closed as
     /// `rate_abuse`), and every room's last value goes. At most 64 rooms' values wait; a value
-    /// for another room is dropped ([`Client::datagrams_dropped`]). Values still waiting when
-    /// the connection goes are dropped. While disconnected a value is buffered as its room's
+    /// for another room is dropped ([`Client::datagrams_dropped`]). [`Client::flush`] waits for
+    /// the values waiting, and [`Client::close`] sends them. Values still waiting when the
+    /// connection goes are dropped. While disconnected a value is buffered as its room's
     /// newest, replacing one buffered before (it takes one place of `publish_buffer` per room,
     /// and goes after what was published before it).
     pub async fn publish_unreliable(
@@ -361,6 +362,28 @@ impl Client {
     /// reconnecting.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         self.request(|reply| Request::Ping { reply }).await
+    }
+
+    /// Resolves once what was published before it has gone to the server, as NATS's `flush`:
+    /// every [`Client::publish_unreliable`] value still waiting for the pacer then (its room's
+    /// newest) is sent as tokens free up, then a `Ping` goes and its `Pong` comes back. The
+    /// [`Client::publish`]es made before it were written ahead of the `Ping` and the server has
+    /// read them (one waiting on the broker may still be answered after the `Pong`,
+    /// PROTOCOL.md §5 "Ping": [`Client::publish_ack`] says when each is done). Datagrams were
+    /// handed to QUIC ahead of the `Ping`, which sends them first: they left this client before
+    /// it, but they keep no order with the commands (PROTOCOL.md §10), so the server may still
+    /// be reading them when the `Pong` comes. Values published while it waits do not hold it
+    /// back (a newer value of a room it waits for takes the older one's turn).
+    ///
+    /// Within `request_timeout`, else [`ClientError::Timeout`] (at most 64 rooms' values wait,
+    /// one per token of [`crate::ClientConfig::pace_commands`]'s rate). While reconnecting,
+    /// [`ClientError::NotConnected`]; values still waiting when the connection goes are dropped
+    /// (as [`Client::publish_unreliable`] says) and the call fails
+    /// [`ClientError::ConnectionLost`]; after [`Client::close`], [`ClientError::Closed`].
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        self.request(|reply| Request::Flush { reply })
+            .await
+            .map(|_rtt| ())
     }
 
     /// Who is subscribed to `room`, on every instance (the room's namespace must track presence,
@@ -476,13 +499,15 @@ impl Client {
 
     /// Closes the session and stops reconnecting, after carrying out what was accepted: the
     /// acknowledged publishes in flight get their answers, every publication [`Client::publish`]
-    /// accepted (queued, or waiting for the pacer) is written, then the control stream is
-    /// ended (a FIN on WebTransport, a close frame, 1000, on WebSocket), so the server carries
+    /// accepted (queued, or waiting for the pacer) is written, every room's newest
+    /// [`Client::publish_unreliable`] value waiting for the pacer is sent, then the control
+    /// stream is ended (a FIN on WebTransport, a close frame, 1000, on WebSocket), so the server carries
     /// out everything before it (PROTOCOL.md §3), and the server's close ends the wait. All
     /// within 5 s; past that the connection is closed (WebTransport close code 0) whatever is
     /// left. Requests made meanwhile, and calls left unanswered at the close, fail with
     /// [`ClientError::Closed`]; subscriptions end. Publications buffered while disconnected
-    /// and [`Client::publish_unreliable`] values waiting for the pacer are dropped.
+    /// are dropped. The control stream's end does not wait for the server to read the datagrams
+    /// sent just before it ([`Client::flush`] says why): it may end the session first.
     /// Idempotent; concurrent calls all return when the client is closed.
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();

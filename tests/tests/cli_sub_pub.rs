@@ -290,18 +290,42 @@ async fn pub_unreliable_sends_datagrams_to_latest_rooms() -> Result<()> {
 /// `pub --unreliable` whose stdin has a bad line after good ones: it fails on the bad line, and
 /// the good lines' datagrams still go out, the last one included, so the subscriber of the
 /// `latest` room ends with it. quinn sends queued datagrams with its next packets and closing
-/// the connection discards what is still queued, so `pub` pings before it closes on every path
-/// (review 127, R5: the bad line returned before the ping, and the datagrams before it were
-/// dropped).
+/// the connection discards what is still queued, so `pub` flushes before it closes on every
+/// path (review 127, R5: the bad line returned before the ping, and the datagrams before it were
+/// dropped). A burst of lines is over the command rate: the client paces datagrams with its
+/// commands and holds the room's newest value for the pacer, which `pub` must wait for (h9: a
+/// ping alone went ahead of it, and the close dropped it: the subscriber's last value was the
+/// burst's 8th line of 200).
 #[tokio::test]
 async fn pub_unreliable_sends_what_came_before_a_bad_line() -> Result<()> {
-    // Few: the ping's round trip lets about a dozen datagrams reach the server before the close
-    // (more lines lose their last ones even with it).
-    const GOOD: usize = 5;
+    unreliable_burst(200, true, 20).await
+}
+
+/// A burst of 200 lines over the command rate (20 a second), each a datagram: `pub` exits 0
+/// having sent them all, and the subscriber's last value is the last line (the room's newest,
+/// held for the pacer, goes before the close).
+#[tokio::test]
+async fn pub_unreliable_burst_ends_with_its_last_line() -> Result<()> {
+    unreliable_burst(200, false, 20).await
+}
+
+/// The same burst with the command rate far above it (nothing held for the pacer). Ignored: it
+/// fails (the subscriber's last value is line 13 to 73 of 200) until the server reads the
+/// datagrams it has received before it takes the control stream's end (the client's close) as
+/// the session's end (h9 report, F1: `server/src/transport/webtransport.rs`, `read_control`).
+#[tokio::test]
+#[ignore = "the server drops the datagrams it has not read at the client's FIN (h9 report, F1)"]
+async fn pub_unreliable_burst_under_a_high_rate_ends_with_its_last_line() -> Result<()> {
+    unreliable_burst(200, false, 1_000_000).await
+}
+
+/// Pipes `good` lines (and a line that is not UTF-8 after them, if `bad_line`) into
+/// `pub --unreliable game.bad` against a server allowing `rate` commands a second; the
+/// subscriber of the room must end with the last good line.
+async fn unreliable_burst(good: usize, bad_line: bool, rate: u32) -> Result<()> {
     let server = TestServer::start_with(|c| {
         add_latest_namespace(c, "game");
-        // Every datagram taken (over the rate they are dropped unpublished, without a word).
-        c.limits.commands_per_second = 1_000_000;
+        c.limits.commands_per_second = rate;
     })
     .await?;
     let token = full_token("acme", "cli");
@@ -313,23 +337,33 @@ async fn pub_unreliable_sends_what_came_before_a_bad_line() -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()?;
     let mut input = Vec::new();
-    for n in 1..=GOOD {
+    for n in 1..=good {
         input.extend_from_slice(format!("good line {n}\n").as_bytes());
     }
-    input.extend_from_slice(b"\xff\n");
+    if bad_line {
+        input.extend_from_slice(b"\xff\n");
+    }
     let mut stdin = child.stdin.take().context("stdin")?;
     stdin.write_all(&input).await?;
     drop(stdin);
     let out = tokio::time::timeout(WAIT, child.wait_with_output()).await??;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains(&format!("line {}: not UTF-8", GOOD + 1)),
-        "{err}"
-    );
+    if bad_line {
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("line {}: not UTF-8", good + 1)),
+            "{err}"
+        );
+    } else {
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("sent {good} messages to game.bad")),
+            "{err}"
+        );
+    }
     // A `latest` room promises the newest value: the last good line comes (a few datagrams on
     // loopback are not lost), whatever came before it.
-    let last = format!("good line {GOOD}");
+    let last = format!("good line {good}");
     let mut seen = Vec::new();
     while seen.last() != Some(&last) {
         match sub.line().await {
@@ -341,8 +375,8 @@ async fn pub_unreliable_sends_what_came_before_a_bad_line() -> Result<()> {
                     .filter(|l| l.starts_with("quiver_datagrams_") && !l.ends_with(" 0"))
                     .collect();
                 bail!(
-                    "{e}: the last line before the bad one never came; got {} lines, the last \
-                     {:?}; pub said:\n{err}\nthe process's datagram counts: {counts:?}",
+                    "{e}: the last good line never came; got {} lines, the last {:?}; pub \
+                     said:\n{err}\nthe process's datagram counts: {counts:?}",
                     seen.len(),
                     seen.last()
                 )

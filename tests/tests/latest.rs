@@ -587,6 +587,78 @@ async fn the_rust_client_paces_datagram_publications_and_the_newest_value_goes()
     Ok(())
 }
 
+/// `Client::flush` waits for the values held for the pacer: after a burst of
+/// `publish_unreliable` over the command rate, it resolves once the room's newest value has been
+/// sent (and then a `Ping` answered), so a client dropped right after, which drops what still
+/// waits, has lost nothing: the subscriber's last value is the newest. A flush that only pinged
+/// (as `quiver pub --unreliable` did) went ahead of the held value, the `Ping` taking the pacer's
+/// next token, and the value was dropped with the client (h9).
+#[tokio::test]
+async fn flush_sends_the_values_held_for_the_pacer_first() -> Result<()> {
+    held_values_go(true).await
+}
+
+/// `Client::close` sends the values held for the pacer before it ends the control stream: the
+/// subscriber's last value is the newest (they were dropped, h9). Ignored: the client sends the
+/// newest value (its QUIC connection counts 3 datagrams sent, nothing left held), but the
+/// server takes the control stream's end, right behind it, as the session's end before it has
+/// read that datagram (2 received) until it reads those it has received first (h9 report, F1:
+/// `server/src/transport/webtransport.rs`, `read_control`).
+#[tokio::test]
+#[ignore = "the server drops the datagrams it has not read at the client's FIN (h9 report, F1)"]
+async fn close_sends_the_values_held_for_the_pacer() -> Result<()> {
+    held_values_go(false).await
+}
+
+/// A burst of `publish_unreliable` over the command rate, then `flush()` and a drop of the client
+/// (`flush`), or `close()`: the subscriber ends with the newest value.
+async fn held_values_go(flush: bool) -> Result<()> {
+    use quiver_client::{token_fixed, ClientError, SubEvent};
+    // The client paces at 3 a second, bursts of 2: the third value on waits, a third of a
+    // second a token.
+    let server = server(|c| c.limits.commands_per_second = 4).await?;
+    let subscriber = quiver_client::Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "s")),
+    ))
+    .await?;
+    let mut sub = subscriber.subscribe("game.flush").await?;
+    let client = quiver_client::Client::connect(client_config(
+        &server,
+        token_fixed(full_token("acme", "p")),
+    ))
+    .await?;
+    assert_eq!(
+        client.transport(),
+        Some(quiver_client::Transport::WebTransport)
+    );
+    for n in 0..30u8 {
+        client.publish_unreliable("game.flush", vec![n; 8]).await?;
+    }
+    if flush {
+        client.flush().await?;
+        assert_eq!(client.datagrams_dropped(), 0);
+        // Closed at once, without `close`'s wait: what still waits for the pacer is dropped.
+        drop(client);
+    } else {
+        client.close().await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&29) {
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(SubEvent::Publication { payload, .. })) => seen.push(payload[0]),
+            other => bail!("the newest value did not arrive: {other:?}; got {seen:?}"),
+        }
+    }
+    subscriber.close().await;
+    assert!(
+        matches!(subscriber.flush().await, Err(ClientError::Closed { .. })),
+        "a closed client's flush"
+    );
+    Ok(())
+}
+
 /// The Rust client: a `latest` subscription says so, yields values as they come (by datagram
 /// over WebTransport, by `Latest` frames over WebSocket), and `publish_unreliable` reaches it.
 async fn client_applies_the_newest_value(via: quiver_client::Transport) -> Result<()> {

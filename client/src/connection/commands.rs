@@ -97,6 +97,7 @@ impl Actor {
                 let sent = Instant::now();
                 self.ask(Command::Ping, reply, |reply| Pending::Ping { sent, reply })
             }
+            Request::Flush { reply } => self.flush(reply),
             Request::Presence { room, reply } => {
                 self.ask(Command::Presence { room }, reply, |reply| {
                     Pending::Presence { reply }

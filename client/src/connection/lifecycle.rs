@@ -18,7 +18,8 @@ fn stream_max_frame(limits: &Limits, ceiling: usize) -> usize {
 }
 
 /// How long [`crate::Client::close`] waits for what was accepted to be carried out: the
-/// publications queued or waiting for the pacer written, the acknowledgements of those in
+/// publications queued or waiting for the pacer written (datagram publications sent), the
+/// acknowledgements of those in
 /// flight received, the control stream ended and the server's close that answers it. Past it
 /// the connection is closed whatever is left.
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
@@ -85,6 +86,7 @@ impl Actor {
             pacer,
             datagrams: Default::default(),
             datagram_at: None,
+            flushes: VecDeque::new(),
         };
         live.refresh_at = refresh_deadline(welcome.expires_at, self.cfg.refresh_ahead);
         tracing::info!(session = %clip(&welcome.session), user = %clip(&welcome.user), tenant = %clip(&welcome.tenant), transport = %welcome.transport, "connected");
@@ -320,8 +322,9 @@ impl Actor {
         self.advance_close();
     }
 
-    /// Moves a close on: ends the control stream once no acknowledged publish is awaited,
-    /// closes once the deadline has passed.
+    /// Moves a close on: ends the control stream once no acknowledged publish is awaited and no
+    /// datagram publication waits for the pacer (each room's newest value goes as a token frees
+    /// up), closes once the deadline has passed.
     pub(super) fn advance_close(&mut self) {
         let Some(closing) = self.closing.as_mut() else {
             return;
@@ -342,7 +345,7 @@ impl Actor {
             .pending
             .values()
             .any(|p| matches!(p, Pending::PublishAck { .. }) && !p.abandoned());
-        if !awaited {
+        if !awaited && live.datagrams.is_empty() {
             closing.ended = true;
             live.writer.end();
         }

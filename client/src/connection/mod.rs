@@ -81,6 +81,11 @@ pub(crate) enum Request {
     Ping {
         reply: Reply<Duration>,
     },
+    /// `Client::flush`: the datagram publications made before it handed to the transport (those
+    /// waiting for the pacer sent as tokens free up), then a `Ping` answered.
+    Flush {
+        reply: Reply<Duration>,
+    },
     /// A publication to a `latest` room, sent as a datagram where possible.
     PublishUnreliable {
         room: String,
@@ -366,6 +371,10 @@ struct Live {
     /// Datagram publications waiting for a pacer token, and when one is due.
     datagrams: datagrams::HeldDatagrams,
     datagram_at: Option<tokio::time::Instant>,
+    /// `Client::flush` calls waiting for the datagram publications held before their mark
+    /// ([`datagrams::HeldDatagrams::mark`]) to be sent, in the order they came; then each sends
+    /// its `Ping`.
+    flushes: VecDeque<(u64, Reply<Duration>)>,
 }
 
 /// How long a session must last for the reconnect backoff to start over after it ends.
