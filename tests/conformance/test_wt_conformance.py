@@ -17,27 +17,22 @@ one line per failed check.
 flipped, so every check must fail; one that still passes asserts nothing and is reported
 VACUOUS (exit 1). Uses only the Python standard library and `aioquic`.
 """
-import argparse
 import asyncio
 import base64
 import hashlib
 import hmac
 import json
 import os
-import shutil
 import signal
 import struct
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 import wt_client as q  # noqa: E402
+from harness import Server, jwt_claims  # noqa: E402
 
 CHECK_TIMEOUT = 30.0  # seconds; a check still running then fails as timed out
 SUITE_TIMEOUT = 150.0
@@ -94,66 +89,18 @@ CONFIG_D = CONFIG_A.replace('drain = "1s"', 'drain = "3s"')
 
 # ---------------------------------------------------------------- checks and their assertions
 
-CHECKS = []
+CHECKS = harness.Checks(CHECK_TIMEOUT)
+check = CHECKS  # slow=True: the check mostly waits for a deadline; it runs beside the others
 
 
-def check(name, server="a", timeout=CHECK_TIMEOUT, slow=False):
-    """slow: the check mostly waits for a deadline; it runs beside the others."""
-    def deco(f):
-        CHECKS.append(dict(name=name, server=server, fn=f, timeout=timeout, slow=slow))
-        return f
-    return deco
-
-
-def perturb(x):
-    if isinstance(x, bool):
-        return not x
-    if isinstance(x, int):
-        return x + 1
-    if isinstance(x, str):
-        return x + "~"
-    if isinstance(x, bytes):
-        return x + b"~"
-    if isinstance(x, (list, tuple)):
-        return type(x)(list(x[:-1]) + [perturb(x[-1])] if x else ["~"])
-    if isinstance(x, dict):
-        return dict(x, **{"~": 1})
-    if x is None:
-        return "~"
-    return ("~", x)
-
-
-def short(x, n=300):
-    r = repr(x)
-    return r if len(r) <= n else r[:n] + "…"
-
-
-class Ctx:
+class Ctx(harness.Assertions):
     """What a check sees: its server, tokens, and soft assertions (a failed one is recorded and
-    the check goes on, so its flow never depends on an expectation)."""
+    the check goes on, so its flow never depends on an expectation); its sessions are closed
+    when it ends."""
 
     def __init__(self, suite, server, mutate):
-        self.suite, self.server, self.mutate = suite, server, mutate
-        self.fails, self.n, self.sessions = [], 0, []
-
-    def _flip(self):
-        self.n += 1
-        return self.mutate == self.n
-
-    def eq(self, what, actual, expected):
-        if self._flip():
-            expected = perturb(expected)
-        if actual != expected:
-            self.fails.append(f"{what}: got {short(actual)}, want {short(expected)}")
-
-    def true(self, what, cond, detail=None):
-        want = not self._flip()
-        if bool(cond) != want:
-            self.fails.append(f"{what}: {'false' if want else 'true (flipped)'}"
-                              + (f" ({short(detail)})" if detail is not None else ""))
-
-    def tok(self, name):
-        return self.suite.tokens[name]
+        super().__init__(suite, server, mutate)
+        self.sessions = []
 
     @property
     def addr(self):
@@ -199,11 +146,6 @@ def close_of(s):
 
 def sub_events(s, types=None):
     return [e for st in s.subs.values() for e in st["events"] if types is None or e["type"] in types]
-
-
-def jwt_claims(token):
-    p = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))
 
 
 def b64(b):
@@ -994,64 +936,7 @@ async def c_tenancy(x):
 # ================================================================ runner
 
 
-class Server:
-    def __init__(self, name, quiver, workdir, config, secret_file):
-        self.name = name
-        cfg = os.path.join(workdir, f"{name}.toml")
-        with open(cfg, "w") as f:
-            f.write(config)
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [quiver, "serve", "--config", cfg, "--jwt-secret-file", secret_file,
-             "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0",
-             "--cert-dir", os.path.join(workdir, "certs")],
-            stdout=subprocess.PIPE, stderr=self.log, cwd=workdir)
-        self.wt = None
-        ready = threading.Event()
-
-        def pump():
-            for line in self.proc.stdout:
-                if line.startswith(b"QUIVER_READY ") and not ready.is_set():
-                    host, port = json.loads(line.split(b" ", 1)[1])["webtransport"].rsplit(":", 1)
-                    self.wt = (host, int(port))
-                    ready.set()
-                self.log.write(line)
-            ready.set()
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(30) or not self.wt:
-            self.stop()
-            raise RuntimeError(f"server {name} did not start; its log: {self.log_path}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-class Suite:
-    def __init__(self, quiver, workdir):
-        self.quiver, self.workdir = quiver, workdir
-        self.secret = os.path.join(workdir, "secret")
-        self.secret_bytes = os.urandom(24).hex().encode()
-        with open(self.secret, "wb") as f:
-            f.write(self.secret_bytes)
-        self.tokens, self.servers, self.extra = {}, {}, []
-
-    def mint(self, user, tenant, sub, pub, ttl="1h", secret=None):
-        args = [self.quiver, "token", "--tenant", tenant, "--user", user, "--ttl", ttl,
-                "--cert-dir", os.path.join(self.workdir, "certs")]
-        args += ["--jwt-secret", secret] if secret else ["--jwt-secret-file", self.secret]
-        if sub:
-            args += ["--subscribe"] + sub
-        if pub:
-            args += ["--publish"] + pub
-        return subprocess.check_output(args, cwd=self.workdir, timeout=20).decode().strip()
-
+class Suite(harness.Suite):
     def forge(self, alg="HS256", exp=0, size=None):
         """A hostile token signed (unless alg none) with the suite's secret: exp None leaves it
         out, 0 is an hour ahead; size pads a claim to reach that many bytes."""
@@ -1079,28 +964,18 @@ class Suite:
                     return build(pad, more)
         raise RuntimeError(f"no token of {size} bytes")
 
-    def mint_all(self):
-        every = [">"]
-        jobs = {"alice": ("alice", "acme", every, every), "alice2": ("alice", "acme", every, every, "2h"),
-                "bob": ("bob", "beta", every, every),
-                "carol": ("carol", "acme", ["chat.*"], ["chat.x"]),
-                "narrow": ("alice", "acme", ["chat.>"], ["chat.>"]),
-                "wrong-secret": ("alice", "acme", every, every, "1h", "another secret of at least 32 bytes!!")}
-        threads = []
-        for name, a in jobs.items():
-            th = threading.Thread(target=lambda n=name, a=a: self.tokens.__setitem__(n, self.mint(*a)))
-            th.start()
-            threads.append(th)
-        for th in threads:
-            th.join(30)
-        missing = set(jobs) - set(self.tokens)
-        if missing:
-            raise RuntimeError(f"tokens not minted: {missing}")
+
+EVERY = [">"]
+TOKENS = {"alice": ("alice", "acme", EVERY, EVERY), "alice2": ("alice", "acme", EVERY, EVERY, "2h"),
+          "bob": ("bob", "beta", EVERY, EVERY),
+          "carol": ("carol", "acme", ["chat.*"], ["chat.x"]),
+          "narrow": ("alice", "acme", ["chat.>"], ["chat.>"]),
+          "wrong-secret": ("alice", "acme", EVERY, EVERY, "1h", "another secret of at least 32 bytes!!")}
 
 
 async def run_check(suite, ch, mutate):
-    srv = suite.servers.get(ch["server"]) if ch["server"] else None
-    x = Ctx(suite, srv, mutate)
+    """One check on the event loop, given ch["timeout"] seconds."""
+    x = Ctx(suite, suite.servers.get(ch["server"]) if ch["server"] else None, mutate)
     box = {}
     t0 = time.monotonic()
     try:
@@ -1116,43 +991,13 @@ async def run_check(suite, ch, mutate):
         except Exception:
             pass
     dt = time.monotonic() - t0
-    problems = list(x.fails)
-    if "timeout" in box:
-        problems.append(f"timed out after {ch['timeout']:.0f} s")
-    if "exc" in box:
-        problems.append("exception: " + box["exc"])
-    if x.n == 0:
-        problems.append("asserted nothing")
-    return problems, dt, x.n, box.get("tb")
+    return harness.verdict(x, "timeout" in box, box.get("exc"), ch["timeout"]), dt, x.n, box.get("tb")
 
 
-def report(ch, res, args, failed, vacuous):
-    problems, dt, n, tb = res
-    name = ch["fn"].__name__
-    label = f"{name} ({ch['name']})"
-    if args.mutate:
-        if not problems and n < args.mutate:
-            print(f"skip  {name}: only {n} assertions", flush=True)
-        elif problems:
-            print(f"ok    {name}: fails when flipped: {problems[0]}", flush=True)
-        else:
-            print(f"VACUOUS {label}: still passes with assertion {args.mutate} flipped", flush=True)
-            vacuous.append(label)
-        return
-    if problems:
-        failed.append(label)
-        print(f"FAIL  {label} [{dt:.1f} s]: {problems[0]}", flush=True)
-        for p in problems[1:]:
-            print(f"        {p}", flush=True)
-        if tb and args.verbose:
-            print(tb, flush=True)
-    else:
-        print(f"PASS  {name} [{dt:.1f} s, {n} assertions] {ch['name']}", flush=True)
-
-
-async def run_all(suite, chosen, args, failed, vacuous):
+async def run_slow_beside(suite, chosen, args, failed, vacuous):
+    """The fast checks one after another, the slow ones beside them on the same event loop."""
     async def one(ch):
-        report(ch, await run_check(suite, ch, args.mutate), args, failed, vacuous)
+        harness.report(ch, await run_check(suite, ch, args.mutate), args, failed, vacuous)
     slow = [asyncio.ensure_future(one(ch)) for ch in chosen if ch["slow"]]
     for ch in chosen:
         if not ch["slow"]:
@@ -1160,68 +1005,11 @@ async def run_all(suite, chosen, args, failed, vacuous):
     await asyncio.gather(*slow)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quiver", default=os.path.join(ROOT, "target", "debug", "quiver"))
-    ap.add_argument("--only", nargs="*", default=None, help="run the checks whose name holds any of these")
-    ap.add_argument("--mutate", type=int, default=0, help="self-test: flip the N-th assertion of every check")
-    ap.add_argument("--list", action="store_true")
-    ap.add_argument("--verbose", action="store_true")
-    args = ap.parse_args()
-    chosen = [c for c in CHECKS if not args.only or any(o in c["name"] or o in c["fn"].__name__ for o in args.only)]
-    if args.list:
-        for c in chosen:
-            print(f"{c['fn'].__name__:26} {c['name']}")
-        return 0
-    t_start = time.monotonic()
-    workdir = tempfile.mkdtemp(prefix="quiver-wt-conformance-")
-    args.quiver = os.path.abspath(args.quiver)
-    suite = Suite(args.quiver, workdir)
-
-    def suite_timeout():
-        print(f"FAIL  suite timed out after {SUITE_TIMEOUT:.0f} s; server logs in {workdir}", flush=True)
-        for s in list(suite.servers.values()) + suite.extra:
-            s.proc.kill()
-        os._exit(2)
-    watchdog = threading.Timer(SUITE_TIMEOUT, suite_timeout)
-    watchdog.daemon = True
-    watchdog.start()
-    failed, vacuous = [], []
-    try:
-        need = {c["server"] for c in chosen if c["server"]}
-        starters = {}
-        for name, cfg in (("a", CONFIG_A), ("b", CONFIG_B), ("h", CONFIG_H)):
-            if name in need:
-                starters[name] = threading.Thread(
-                    target=lambda n=name, c=cfg: suite.servers.__setitem__(n, Server(n, args.quiver, workdir, c, suite.secret)))
-                starters[name].start()
-        suite.mint_all()
-        for name, th in starters.items():
-            th.join(35)
-            if name not in suite.servers:
-                raise RuntimeError(f"server {name} did not start; logs in {workdir}")
-        print(f"wt-conformance: {len(chosen)} checks; servers "
-              + ", ".join(f"{k}=https://{s.wt[0]}:{s.wt[1]}/v1" for k, s in suite.servers.items())
-              + (f"; self-test flipping assertion {args.mutate}" if args.mutate else ""), flush=True)
-        asyncio.run(run_all(suite, chosen, args, failed, vacuous))
-    finally:
-        for s in suite.servers.values():
-            s.stop()
-        dead = [f"{k} exited {s.proc.returncode}" for k, s in suite.servers.items()
-                if s.proc.returncode not in (0, -15)]
-    total = time.monotonic() - t_start
-    if dead and not args.mutate:
-        failed.append("server exit: " + ", ".join(dead))
-        print("FAIL  server stop: " + ", ".join(dead), flush=True)
-    bad = vacuous if args.mutate else failed
-    if bad:
-        print(f"wt-conformance: {len(bad)} of {len(chosen)} checks "
-              f"{'vacuous' if args.mutate else 'failed'} ({total:.1f} s); server logs in {workdir}", flush=True)
-        return 1
-    shutil.rmtree(workdir, ignore_errors=True)
-    print(f"wt-conformance: all {len(chosen)} checks {'fail when flipped' if args.mutate else 'passed'} ({total:.1f} s)", flush=True)
-    return 0
+def run_all(suite, chosen, args, failed, vacuous):
+    asyncio.run(run_slow_beside(suite, chosen, args, failed, vacuous))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(__doc__, CHECKS, {"a": CONFIG_A, "b": CONFIG_B, "h": CONFIG_H}, TOKENS,
+                          run_all, "wt-conformance", lambda k, s: f"{k}=https://{s.wt[0]}:{s.wt[1]}/v1",
+                          26, suite_class=Suite, suite_timeout=SUITE_TIMEOUT))
