@@ -405,7 +405,9 @@ impl Inner {
     /// count limit never cut it: a room that keeps nothing, aged out before the gap, among
     /// them). Every other room (or one not checked within `JS_TIMEOUT`) is ended. Ending them
     /// all ended every history subscription of the tenant's namespace here whenever one busy
-    /// room nobody here reads outran its limit during a reconnect (review 113, F2). The
+    /// room nobody here reads outran its limit during a reconnect (review 113, F2). A room
+    /// whose registration here changed while it was checked (it was left and subscribed
+    /// again) is not ended: its subscriptions are all newer than the gap. The
     /// stream is looked at once per gap; the stream's deliveries wait for the checks (at most
     /// `JS_TIMEOUT`), so no room gets a publication past the gap first.
     async fn lost(
@@ -459,11 +461,25 @@ impl Inner {
         })
         .await
         .unwrap_or_default();
+        // Only a room still on the registration it had when the gap was found: one that left
+        // meanwhile (its subscribers ended by an earlier gap, say) and was subscribed again
+        // has only subscriptions made since, which read their position (or replay) from the
+        // stream after the gap's publications were removed, so start past whatever of the
+        // room was among them. Ending them too ended a subscription made right after the
+        // previous gap's 117, before its stream was even opened (review of session 63, h11).
+        // Under the registrations' lock: none is replaced between the look and the end.
+        let registered = live.rooms.read().unwrap_or_else(|e| e.into_inner());
         let ended: usize = rooms
             .iter()
             .filter(|room| !whole.contains(room.as_ref()))
+            .filter(|room| {
+                registered
+                    .get(&subject(room))
+                    .is_some_and(|now| Arc::ptr_eq(now, room))
+            })
             .map(|room| self.hub.end_room(room, crate::hub::BROKER_GAP))
             .sum();
+        drop(registered);
         metrics::counter!(crate::metrics::DELIVERIES_DROPPED, "reason" => "broker_gap")
             .increment(missed);
         // An instance that stays too slow for its streams falls behind again and again: a few
