@@ -1418,8 +1418,10 @@ async fn late_body_backend(
 /// An answer whose head comes within the hook's timeout and whose body comes after it is an
 /// answer, not the backend's silence (outside audit 129, F3: both were "no answer", so a fail-open
 /// namespace published the original past a 403 and past a 2xx carrying a redacted replacement):
-/// a 403 denies (a subscribe's too), and a 2xx is an answer cut off, which a publish hook refuses
-/// under either fail rule; nothing reaches the room.
+/// a 403 denies (a subscribe's too), and a 2xx is an answer that came late, which a hook refuses
+/// under either fail rule, a subscribe hook's too (review 130, R2: that one was left to the fail
+/// rule, and a fail-open namespace let a subscription through its backend's late
+/// `{"allow":false}`), counted `timeout`; nothing reaches the room.
 #[tokio::test]
 async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
     let replacement = format!(r#"{{"allow":true,"payload":"{}"}}"#, b64(b"[redacted]"));
@@ -1430,11 +1432,14 @@ async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
         )
     };
     // In turn: a 403 for a publish, a 200 with a replacement for a publish, a 403 for a
-    // subscribe. The hooks' timeout is 300 ms; the bodies come a second after their heads.
+    // subscribe, a 200 with a deny for a subscribe. The hooks' timeout is 300 ms; the bodies
+    // come a second after their heads.
+    let deny = r#"{"allow":false}"#.to_owned();
     let answers = vec![
         (head("403 Forbidden", "not you"), "not you".to_owned()),
         (head("200 OK", &replacement), replacement.clone()),
         (head("403 Forbidden", "not you"), "not you".to_owned()),
+        (head("200 OK", &deny), deny.clone()),
     ];
     let (address, backend) = late_body_backend(answers, Duration::from_secs(1)).await?;
     let server = server_for_with(&format!("http://{address}/rpc"), |c| {
@@ -1458,6 +1463,15 @@ async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
     let (c, msg) = code(alice.subscribe("gate.room").await);
     assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
     assert!(msg.contains("backend answered 403"), "{msg}");
+    let (c, msg) = code(alice.subscribe("gate.room").await);
+    assert_eq!(c, Some(ErrorCode::PermissionDenied), "{msg}");
+    assert!(msg.contains("its body not within"), "{msg}");
+    let page = server.metrics().await?;
+    for (hook, timeouts) in [("publish", 1.0), ("subscribe", 1.0)] {
+        let labels = [("hook", hook), ("outcome", "timeout")];
+        let seen = metric_sum(&page, "quiver_hook_decisions_total", &labels);
+        assert_eq!(seen, timeouts, "{hook} hooks answered late");
+    }
     // Nothing reached the room: not the original, not the replacement.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), sub.next())

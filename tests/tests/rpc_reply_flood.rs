@@ -43,16 +43,33 @@ const FLOOD: usize = 50_000;
 /// nats-server has handed them all on to Quiver's connection, so a message published after
 /// this (from any connection) reaches Quiver after the burst.
 async fn burst(port: u16, user: &str, subject: &str) -> Result<()> {
+    burst_of(port, user, subject, FLOOD, 100).await
+}
+
+/// [`burst`] with `count` messages of `size` bytes.
+async fn burst_of(port: u16, user: &str, subject: &str, count: usize, size: usize) -> Result<()> {
+    tokio::time::timeout(WAIT, burst_within(port, user, subject, count, size))
+        .await
+        .context("the flood took too long")?
+}
+
+async fn burst_within(
+    port: u16,
+    user: &str,
+    subject: &str,
+    count: usize,
+    size: usize,
+) -> Result<()> {
     let mut tcp =
         tokio::io::BufReader::new(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
     let mut line = String::new();
     tcp.read_line(&mut line).await?;
     anyhow::ensure!(line.starts_with("INFO"), "{line}");
-    let body = "x".repeat(100);
+    let body = "x".repeat(size);
     let mut flood = format!(
         "CONNECT {{\"verbose\":false,\"pedantic\":false,\"user\":\"{user}\",\"pass\":\"{user}-pw\"}}\r\n"
     );
-    flood.push_str(&format!("PUB {subject} {}\r\n{body}\r\n", body.len()).repeat(FLOOD));
+    flood.push_str(&format!("PUB {subject} {}\r\n{body}\r\n", body.len()).repeat(count));
     flood.push_str("PING\r\n");
     tcp.get_mut().write_all(flood.as_bytes()).await?;
     loop {
@@ -73,7 +90,19 @@ enum Before {
     /// Floods, as this tenant's NATS user, the tenant's reply subjects on the instance the
     /// request came from (what that user may publish on).
     Flood(&'static str),
+    /// The same with large messages from [`CUTTERS`] connections at once, more than
+    /// nats-server holds for Quiver's connection ([`CUT`]): it cuts that connection.
+    Cut(&'static str),
 }
+
+/// nats-server's `max_pending` in [`another_tenants_flood_that_cuts_the_connection_never_turns_a_deny_into_an_allow`]: what it holds for a connection before it cuts
+/// it as a slow consumer (64 MiB by default; less here, so a smaller flood does it).
+const CUT: &str = "max_pending: 2MB";
+/// Connections flooding at once in a [`Before::Cut`], each sending [`CUT_COUNT`] messages of
+/// [`CUT_SIZE`] bytes: 40 MiB, 20 times nats-server's [`CUT`].
+const CUTTERS: usize = 4;
+const CUT_COUNT: usize = 40;
+const CUT_SIZE: usize = 256 * 1024;
 
 /// A tenant's publish-hook backend as the NATS user `user`: answers every hook `{"allow":
 /// allow}` with reason "<user> says no", after doing `before` (told, per request, on
@@ -85,14 +114,18 @@ async fn hook_backend(
     mut orders: mpsc::UnboundedReceiver<Before>,
     seen: mpsc::UnboundedSender<String>,
 ) -> Result<(async_nats::Client, tokio::task::JoinHandle<()>)> {
-    let client =
+    let client = tokio::time::timeout(
+        WAIT,
         async_nats::ConnectOptions::with_user_and_password(user.into(), format!("{user}-pw"))
-            .connect(nats.url())
-            .await?;
-    let mut requests = client
-        .queue_subscribe(format!("quiver.{user}.hook.>"), "backends".into())
-        .await?;
-    client.flush().await?;
+            .connect(nats.url()),
+    )
+    .await??;
+    let mut requests = tokio::time::timeout(
+        WAIT,
+        client.queue_subscribe(format!("quiver.{user}.hook.>"), "backends".into()),
+    )
+    .await??;
+    tokio::time::timeout(WAIT, client.flush()).await??;
     let responder = client.clone();
     let port = nats.port;
     let task = tokio::spawn(async move {
@@ -120,6 +153,21 @@ async fn hook_backend(
                     }
                 });
                 let _ = first_done.await;
+            }
+            if let Before::Cut(tenant) = before {
+                let instance = reply.split('.').nth(3).unwrap_or_default().to_owned();
+                let subject = format!("quiver.{tenant}.reply.{instance}.junk");
+                for _ in 0..CUTTERS {
+                    let subject = subject.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = burst_of(port, tenant, &subject, CUT_COUNT, CUT_SIZE).await
+                        {
+                            eprintln!("flood: {e}");
+                        }
+                    });
+                }
+                // The answer goes as the flood fills what nats-server holds for Quiver.
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let answer = serde_json::json!({"allow": allow, "reason": format!("{user} says no")});
             let _ = responder
@@ -151,7 +199,11 @@ async fn server(nats: &NatsServer, timeout: Duration) -> Result<TestServer> {
 
 async fn connect(server: &TestServer, tenant: &str) -> Result<Client> {
     let token = call_token(tenant, "u", &[]);
-    Ok(Client::connect(client_config(server, token_fixed(token))).await?)
+    Ok(tokio::time::timeout(
+        WAIT,
+        Client::connect(client_config(server, token_fixed(token))),
+    )
+    .await??)
 }
 
 /// Publishes into `pub.x` until the hook's backend has been asked (its subscription reaches
@@ -162,7 +214,9 @@ async fn publish_once_asked(
 ) -> Result<Result<(), quiver_client::ClientError>> {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let result = client.publish_ack("pub.x", "hello").await.map(|_| ());
+        let result = tokio::time::timeout(WAIT, client.publish_ack("pub.x", "hello"))
+            .await?
+            .map(|_| ());
         if seen.try_recv().is_ok() {
             return Ok(result);
         }
@@ -232,8 +286,8 @@ async fn another_tenants_reply_flood_never_turns_a_deny_into_an_allow() -> Resul
     // The floods did overflow a subscription of the instance's: evil's own.
     let drops = rpc_drops(&server).await? - before;
     assert!(drops > 0.0, "the flood dropped nothing: not a test");
-    acme.close().await;
-    evil.close().await;
+    tokio::time::timeout(WAIT, acme.close()).await?;
+    tokio::time::timeout(WAIT, evil.close()).await?;
     Ok(())
 }
 
@@ -271,9 +325,82 @@ async fn a_hook_whose_answer_may_have_been_dropped_here_is_denied() -> Result<()
         }
     }
     let drops = rpc_drops(&server).await? - before;
-    assert!(drops > 0.0, "the flood dropped nothing: not a test");
     eprintln!("{dropped_here} of {ROUNDS} answers dropped here, {drops} drops counted");
-    acme.close().await;
+    // The path this is about was taken (review 130, R3: it passed when no answer was dropped).
+    assert!(dropped_here > 0, "no answer was dropped here: not a test");
+    assert!(drops > 0.0, "the flood dropped nothing: not a test");
+    tokio::time::timeout(WAIT, acme.close()).await?;
+    Ok(())
+}
+
+/// Rounds of [`another_tenants_flood_that_cuts_the_connection_never_turns_a_deny_into_an_allow`]:
+/// it stops after the first whose answer was lost with the connection.
+const CUT_ROUNDS: usize = 6;
+
+async fn rpc_disconnects(server: &TestServer) -> Result<f64> {
+    Ok(metric_sum(
+        &server.metrics().await?,
+        "quiver_nats_disconnects_total",
+        &[("connection", "rpc")],
+    ))
+}
+
+/// Tenant evil's backend floods its reply subjects on acme's instance with large messages, so
+/// hard that nats-server cuts Quiver's connection for replies (its `max_pending`) and the
+/// client reconnects at once, as acme's backend answers acme's hook with a deny: that answer is
+/// lost with the connection, and the hook is denied, not allowed by `fail_open` as if the
+/// backend had never answered (review 130, R1: it was a plain timeout, and allowed).
+#[tokio::test]
+async fn another_tenants_flood_that_cuts_the_connection_never_turns_a_deny_into_an_allow(
+) -> Result<()> {
+    let nats = NatsServer::start_with_config(&format!("{CUT}\n{CONFINED}")).await?;
+    let server = server(&nats, Duration::from_secs(2)).await?;
+    let (acme_orders, acme_rx) = mpsc::unbounded_channel();
+    let (acme_seen_tx, mut acme_seen) = mpsc::unbounded_channel();
+    let (_acme, _a) = hook_backend(&nats, "acme", false, acme_rx, acme_seen_tx).await?;
+    let (_evil_orders, evil_rx) = mpsc::unbounded_channel();
+    let (evil_seen_tx, mut evil_seen) = mpsc::unbounded_channel();
+    let (_evil, _e) = hook_backend(&nats, "evil", true, evil_rx, evil_seen_tx).await?;
+    let evil = connect(&server, "evil").await?;
+    let acme = connect(&server, "acme").await?;
+    publish_once_asked(&evil, &mut evil_seen)
+        .await?
+        .context("evil's own publication")?;
+    let first = publish_once_asked(&acme, &mut acme_seen).await?;
+    assert!(first.is_err(), "acme's backend denies: {first:?}");
+
+    let before = rpc_disconnects(&server).await?;
+    let mut lost = 0;
+    for round in 0..CUT_ROUNDS {
+        acme_orders.send(Before::Cut("evil"))?;
+        let result = tokio::time::timeout(WAIT, acme.publish_ack("pub.x", "secret")).await?;
+        match result {
+            Ok(_) => bail!("round {round}: acme's backend denied, and the publication went out"),
+            Err(e) => {
+                assert_eq!(e.error_code(), Some(ErrorCode::PermissionDenied), "{e}");
+                let text = e.to_string();
+                if text.contains("connection for replies was lost") {
+                    lost += 1;
+                    break;
+                }
+                assert!(text.contains("acme says no"), "round {round}: {text}");
+            }
+        }
+        // The flood's last connections finish before the next round.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cut = rpc_disconnects(&server).await? - before;
+    eprintln!("{lost} answers lost with the connection, {cut} disconnects");
+    assert!(
+        cut > 0.0,
+        "nats-server never cut the connection: not a test"
+    );
+    assert!(
+        lost > 0,
+        "no answer was lost with the connection: not a test"
+    );
+    tokio::time::timeout(WAIT, acme.close()).await?;
+    tokio::time::timeout(WAIT, evil.close()).await?;
     Ok(())
 }
 
@@ -308,11 +435,10 @@ authorization {
         "its answer came: {e}"
     );
     // Its next request's reply subject names the instance, as the auditor's backend learnt it.
-    let result = acme.publish_ack("pub.x", "again").await;
+    let result = tokio::time::timeout(WAIT, acme.publish_ack("pub.x", "again")).await?;
     assert!(result.is_err(), "{result:?}");
-    let reply = acme_seen
-        .recv()
-        .await
+    let reply = tokio::time::timeout(WAIT, acme_seen.recv())
+        .await?
         .context("the backend saw the request")?;
     let instance = reply
         .split('.')
@@ -326,6 +452,6 @@ authorization {
     .await;
     let refused = flood.expect_err("nats-server took the flood").to_string();
     assert!(refused.contains("Permissions Violation"), "{refused}");
-    acme.close().await;
+    tokio::time::timeout(WAIT, acme.close()).await?;
     Ok(())
 }

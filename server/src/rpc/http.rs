@@ -316,13 +316,14 @@ impl HttpRoute {
                 Ok(answer) => answer?,
                 // The head came in time, its body did not: the backend answered, and the
                 // answer is cut off at the deadline. A 401/403 is its no; anything else may
-                // have been a 2xx with a replacement, which a publish hook refuses rather than
-                // fails open to the original (outside audit 129, F3: read as no answer, the
-                // unredacted original was published). A call's deadline is its deadline.
+                // have been a 2xx with a replacement or a deny, which a hook refuses rather
+                // than fails open (outside audit 129, F3: read as no answer, the unredacted
+                // original was published; review 130, R2: a subscribe hook's was still left to
+                // the fail rule). A call's deadline is its deadline.
                 Err(_) => {
                     return Err(refusal("its body late").unwrap_or_else(|| match kind {
                         Kind::Call => RpcError::Deadline(left),
-                        Kind::Hook => RpcError::AnswerCut(format!(
+                        Kind::Hook => RpcError::AnswerLate(format!(
                             "the backend's {status} came in time, its body not within {} ms",
                             left.as_millis()
                         )),

@@ -12,12 +12,13 @@
 
 pub mod audit;
 mod config;
+mod hook;
 pub(crate) mod http;
 mod nats;
 mod pool;
 mod scrub;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use quiver_proto::{ErrorCode, RoomName, TenantId};
@@ -143,19 +144,12 @@ pub enum RpcError {
     /// under either fail rule (outside audit 129, F2: such hooks failed open).
     #[error("{1}")]
     NotAsked(ErrorCode, String),
-    /// No answer before the deadline while this instance dropped replies for want of room:
-    /// the request's tenant's own (its answer may have been among them), or only other
-    /// tenants' (a flood on the connection every reply comes through, which may have held its
-    /// answer up past the deadline). Either way not "the backend did not answer": a hook is
-    /// denied under either fail rule (outside audit 129, F1). A call gets `deadline_exceeded`.
-    #[error(
-        "no answer from the backend within {within:?} while this instance dropped {whose} \
-         replies (a reply subscription was full): the answer may have been dropped or held up \
-         here",
-        within = whole_ms(*.0),
-        whose = .1
-    )]
-    RepliesDropped(Duration, &'static str),
+    /// No answer before the deadline while this instance lost replies ([`Lost`]): its answer
+    /// may have been among them, or held up behind them. Not "the backend did not answer": a
+    /// hook is denied under either fail rule (outside audit 129, F1; review 130, R1). A call
+    /// gets `deadline_exceeded`.
+    #[error("no answer from the backend within {within:?} {lost}", within = whole_ms(*.0), lost = .1)]
+    RepliesDropped(Duration, Lost),
     /// The backend's answer breaks the envelope rules (bad JSON, oversized reply).
     #[error("bad answer from the backend: {0}")]
     BadAnswer(String),
@@ -164,6 +158,44 @@ pub enum RpcError {
     /// hook's may have carried a replacement, so it refuses.
     #[error("backend unavailable: answer cut off: {0}")]
     AnswerCut(String),
+    /// A hook's answer whose head came by the deadline and whose body did not (HTTP): the
+    /// backend answered, and what it said (a deny, a replacement) is not known. A hook denies
+    /// for it under either fail rule; counted `timeout` (review 130, R2).
+    #[error("answer late: {0}")]
+    AnswerLate(String),
+}
+
+/// How a request's answer may have been lost here ([`RpcError::RepliesDropped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// The request's tenant's reply subscription was full and dropped replies.
+    Tenant,
+    /// Another reply subscription was full: a flood on the connection every reply comes
+    /// through, which may have held the answer up. Told without naming whose (the caller is
+    /// not told about other tenants: review 130, R6).
+    Others,
+    /// The connection the request went out on was lost (nats-server cuts a connection it
+    /// cannot write to fast enough) and everything on its way to this instance with it.
+    Connection,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Lost::Tenant => {
+                "while this instance dropped the tenant's replies (its reply subscription was \
+                 full): the answer may have been among them"
+            }
+            Lost::Others => {
+                "while this instance dropped replies (a reply subscription was full): the \
+                 answer may have been held up here"
+            }
+            Lost::Connection => {
+                "while this instance's NATS connection for replies was lost: the answer may \
+                 have been lost with it"
+            }
+        })
+    }
 }
 
 impl RpcError {
@@ -171,7 +203,9 @@ impl RpcError {
         match self {
             RpcError::Unavailable(_) | RpcError::AnswerCut(_) => ErrorCode::Unavailable,
             RpcError::OverQuota(_) => ErrorCode::QuotaExceeded,
-            RpcError::Deadline(_) | RpcError::RepliesDropped(..) => ErrorCode::DeadlineExceeded,
+            RpcError::Deadline(_) | RpcError::RepliesDropped(..) | RpcError::AnswerLate(_) => {
+                ErrorCode::DeadlineExceeded
+            }
             RpcError::Backend(code, _) | RpcError::NotAsked(code, _) => *code,
             RpcError::BadAnswer(_) => ErrorCode::BackendError,
         }
@@ -189,7 +223,9 @@ impl RpcError {
             RpcError::Unavailable(_) | RpcError::AnswerCut(_) => "unavailable",
             RpcError::OverQuota(_) => "over_quota",
             RpcError::NotAsked(..) => "not_asked",
-            RpcError::Deadline(_) | RpcError::RepliesDropped(..) => "timeout",
+            RpcError::Deadline(_) | RpcError::RepliesDropped(..) | RpcError::AnswerLate(_) => {
+                "timeout"
+            }
             RpcError::Backend(..) => "backend_error",
             RpcError::BadAnswer(_) => "bad_answer",
         }
@@ -468,190 +504,6 @@ impl Rpc {
                 }
         })
     }
-
-    /// Asks the backend about one subscribe or publish. A backend that cannot be reached or
-    /// answers too late is a deny, unless the namespace says `fail_open`. `payload` is the
-    /// publication (publish hook only).
-    pub async fn decide(
-        &self,
-        hook: Hook,
-        settings: &HookConfig,
-        caller: &Caller,
-        room: &RoomName,
-        payload: Option<&Bytes>,
-    ) -> Decision {
-        let started = Instant::now();
-        let request_id = request_id();
-        // Dropped before its end (the session was ended while it waited): audited and counted
-        // `cancelled` (regression audit 8, N2: such hooks left no line).
-        let pending = audit::OnCancel::new(|| {
-            audit::hook_cancelled(hook, caller, room, &request_id, started.elapsed())
-        });
-        let envelope = Envelope {
-            r#type: hook.label(),
-            method: None,
-            room: Some(room.as_str()),
-            payload: payload.map(|p| b64(p)),
-            user: &caller.user,
-            tenant: caller.tenant.as_str(),
-            session: &caller.session,
-            request_id: &request_id,
-            idempotency_key: None,
-        };
-        let body = match serde_json::to_vec(&envelope) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => {
-                pending.done();
-                return Decision::Deny(format!("hook envelope: {e}"));
-            }
-        };
-        let asked = match &self.route {
-            Route::Nats(nats) => {
-                nats.hook(hook, caller, room, body, &request_id, settings.timeout)
-                    .await
-            }
-            Route::Http(http) => http.hook(&caller.tenant, body, settings.timeout).await,
-            Route::None => Err(RpcError::Unavailable("no backend configured".into())),
-        };
-        // A failure (unreachable, late, nonsense) is labelled as such, then decided by
-        // `fail_open`.
-        let (decision, outcome) = match asked {
-            Ok(body) => match self.read_answer(hook, &body) {
-                Ok(decision) => {
-                    let outcome = decision.label();
-                    (decision, outcome)
-                }
-                // A publish hook's 2xx answer that cannot be read may carry a replacement the
-                // server cannot see (a `null` or escaped `payload`, a broken member beside it):
-                // publishing the original would undo a redacting hook, so it refuses under
-                // either fail rule (outside audits 31, 32: such answers failed open).
-                Err(e) if hook == Hook::Publish => (
-                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
-                    "bad_answer",
-                ),
-                Err(e) => (self.failed(settings, &e), e.label()),
-            },
-            // The same for any answer that came but cannot be read: a 2xx too long to read
-            // (only a replacement makes it that long: outside audit 29, F2), cut off before
-            // its end (outside audit 32, F4), a head or a NATS `Quiver-Status` that cannot be
-            // read (outside audit 33, N2: "200 OK" with a replacement published the original).
-            // Only no answer (unreachable, late) or a status that says failure is left to the
-            // fail rule.
-            Err(e @ (RpcError::AnswerCut(_) | RpcError::BadAnswer(_))) if hook == Hook::Publish => {
-                (
-                    Decision::Deny(format!("the hook's answer cannot be read: {e}")),
-                    "bad_answer",
-                )
-            }
-            Err(e) => {
-                let decision = self.failed(settings, &e);
-                // A 401/403 is the backend's deny, counted as one.
-                (decision, if e.is_refusal() { "deny" } else { e.label() })
-            }
-        };
-        // What reaches the client names no secret of the route, however the backend wrote it.
-        let decision = match decision {
-            Decision::Deny(reason) => Decision::Deny(self.scrub(reason)),
-            Decision::Undecided(reason) => Decision::Undecided(self.scrub(reason)),
-            other => other,
-        };
-        metrics::counter!(HOOK_DECISIONS, "hook" => hook.label(), "outcome" => outcome)
-            .increment(1);
-        audit::hook(
-            hook,
-            caller,
-            room,
-            &request_id,
-            outcome,
-            &decision,
-            started.elapsed(),
-        );
-        pending.done();
-        decision
-    }
-
-    /// A hook's answer (PROTOCOL.md §11.3): a JSON object with a boolean `allow`, an optional
-    /// string `reason`, and for a publish an optional `payload` (base64). A `payload` member
-    /// that is there but not a usable string (`null` included) is a replacement that cannot be
-    /// made: a deny. Duplicate members: the last counts (as serde_json reads them).
-    fn read_answer(&self, hook: Hook, body: &[u8]) -> Result<Decision, RpcError> {
-        let answer: serde_json::Map<String, serde_json::Value> = json_object(body, "hook answer")?;
-        let bad = |what: &str| RpcError::BadAnswer(format!("hook answer: {what}"));
-        let allow = match answer.get("allow") {
-            Some(serde_json::Value::Bool(allow)) => *allow,
-            Some(_) => return Err(bad("allow is not a boolean")),
-            None => return Err(bad("no allow")),
-        };
-        let reason = match answer.get("reason") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(reason)) => Some(reason.as_str()),
-            Some(_) => return Err(bad("reason is not a string")),
-        };
-        if !allow {
-            // Cleared of the secret before the cut, so no part of it is left at the end.
-            return Ok(Decision::Deny(
-                reason
-                    .map(|r| backend_message(self.scrub(r.to_owned()).as_bytes(), 403))
-                    .unwrap_or_else(|| "denied by the backend".into()),
-            ));
-        }
-        let Some(payload) = answer.get("payload").filter(|_| hook == Hook::Publish) else {
-            // Only a publish hook may replace; a subscribe hook's payload means nothing.
-            return Ok(Decision::Allow);
-        };
-        let p = match payload {
-            serde_json::Value::String(p) => match unb64(p) {
-                Ok(p) => p,
-                // The backend meant another payload than the original (outside audit 29, F2).
-                Err(e) => return Ok(Decision::Deny(format!("the hook's replacement: {e}"))),
-            },
-            _ => {
-                return Ok(Decision::Deny(
-                    "the hook's replacement: payload is not a string".into(),
-                ))
-            }
-        };
-        if p.len() > self.max_payload {
-            // The backend did decide: not this payload. Publishing the original instead (as a
-            // failure would in a namespace that fails open) would undo what a redacting hook
-            // meant, so this refuses under either fail rule.
-            return Ok(Decision::Deny(format!(
-                "the hook's replacement payload of {} bytes exceeds max_payload",
-                p.len()
-            )));
-        }
-        Ok(Decision::Replace(p))
-    }
-
-    /// A hook that could not be decided: deny, unless the namespace fails open. A backend that
-    /// answered 401 or 403 (`permission_denied` in §11.2's table) did decide: that is a deny
-    /// under either rule, with its message.
-    fn failed(&self, settings: &HookConfig, error: &RpcError) -> Decision {
-        if error.is_refusal() {
-            // Its message is the backend's body (or "backend answered 403").
-            return Decision::Deny(error.to_string());
-        }
-        if let RpcError::OverQuota(_) | RpcError::NotAsked(..) = error {
-            // Never sent: the tenant's own requests filled its share, or the caller's request
-            // cannot be sent (a user id that cannot go into a NATS header, a publication whose
-            // envelope is over NATS's `max_payload`). That is not the backend failing, and
-            // `fail_open` must not turn it into an allow (outside audit: one user's many
-            // sessions publishing in hooked rooms got past the backend's deny; outside audit
-            // 129, F2: " alice" or an 800 KB publication got past it).
-            return Decision::Undecided(format!("hook not asked: {error}"));
-        }
-        if let RpcError::RepliesDropped(..) = error {
-            // The backend may have answered, and its answer been dropped here: not "no
-            // answer", so no fail rule allows (outside audit 129, F1: another tenant's flood
-            // of its reply subject turned a deny into a fail-open allow).
-            return Decision::Undecided(format!("hook failed closed: {error}"));
-        }
-        if settings.fail_open {
-            Decision::Allow
-        } else {
-            Decision::Undecided(format!("hook failed closed: {error}"))
-        }
-    }
 }
 
 /// A backend's answer read as `T`, from a JSON object only (PROTOCOL.md §11.2, §11.3): serde
@@ -707,128 +559,6 @@ mod tests {
         assert_eq!(code_for_status(429), ErrorCode::RateLimited);
         assert_eq!(code_for_status(500), ErrorCode::BackendError);
         assert_eq!(code_for_status(418), ErrorCode::BackendError);
-    }
-
-    #[test]
-    fn hook_answers_are_read_strictly() {
-        let rpc = Rpc {
-            config: RpcConfig::default(),
-            route: Route::None,
-            max_payload: 4,
-        };
-        let read = |hook, body: &str| rpc.read_answer(hook, body.as_bytes());
-        assert_eq!(
-            read(Hook::Subscribe, r#"{"allow":true}"#),
-            Ok(Decision::Allow)
-        );
-        // Only a publish hook may replace; a subscribe hook's payload means nothing.
-        assert_eq!(
-            read(Hook::Subscribe, r#"{"allow":true,"payload":"aGk="}"#),
-            Ok(Decision::Allow)
-        );
-        assert_eq!(
-            read(Hook::Publish, r#"{"allow":true,"payload":"aGk="}"#),
-            Ok(Decision::Replace(Bytes::from_static(b"hi")))
-        );
-        assert_eq!(
-            read(Hook::Publish, r#"{"allow":false}"#),
-            Ok(Decision::Deny("denied by the backend".into()))
-        );
-        // 5 bytes, over max_payload: the backend's answer, a deny whatever the fail rule.
-        assert!(matches!(
-            read(Hook::Publish, r#"{"allow":true,"payload":"aGVsbG8="}"#),
-            Ok(Decision::Deny(m)) if m.contains("exceeds max_payload")
-        ));
-        // A replacement that cannot be made: the backend meant another payload, a deny
-        // whatever the fail rule (the original must not go out in its place).
-        // The server's words quote nothing of the answer: not the decoder's "Invalid symbol
-        // 33, offset 3".
-        assert_eq!(
-            read(Hook::Publish, r#"{"allow":true,"payload":"not base64!"}"#),
-            Ok(Decision::Deny(
-                "the hook's replacement: bad answer from the backend: payload is not base64".into()
-            ))
-        );
-        for unusable in [
-            r#"{"allow":true,"payload":"not base64!"}"#,
-            r#"{"allow":true,"payload":123}"#,
-            r#"{"allow":true,"payload":{"a":1}}"#,
-            r#"{"allow":true,"payload":null}"#,
-            // The last of two members counts.
-            r#"{"allow":true,"payload":"aGk=","payload":null}"#,
-            r#"{"allow":true,"\u0070ayload":null}"#,
-        ] {
-            assert!(
-                matches!(read(Hook::Publish, unusable), Ok(Decision::Deny(m)) if m.contains("replacement")),
-                "{unusable}"
-            );
-        }
-        // A subscribe hook has no payload to protect.
-        assert_eq!(
-            read(Hook::Subscribe, r#"{"allow":true,"payload":123}"#),
-            Ok(Decision::Allow)
-        );
-        // Answers that cannot be read at all: errors here; `decide` makes a publish hook's a
-        // deny under either rule, a subscribe hook's a failure for the fail rule.
-        for bad in [
-            r#"{"allowed":true}"#,
-            r#"{"allow":"true","payload":"aGk="}"#,
-            r#"{"allow":true,"reason":7}"#,
-            r#"{"allow":true,"payload":"aGk="} trailing"#,
-            "\u{feff}{\"allow\":true,\"payload\":\"aGk=\"}",
-            "yes",
-            // Arrays: serde would read them as the fields in order.
-            "[true]",
-            r#"[true, "aGk="]"#,
-        ] {
-            for hook in [Hook::Publish, Hook::Subscribe] {
-                assert!(
-                    matches!(read(hook, bad), Err(RpcError::BadAnswer(_))),
-                    "{bad}"
-                );
-            }
-        }
-        let closed = HookConfig {
-            namespace: "a".into(),
-            subscribe: true,
-            publish: false,
-            timeout: Duration::from_secs(1),
-            fail_open: false,
-        };
-        let late = RpcError::Deadline(Duration::from_secs(1));
-        assert!(
-            matches!(rpc.failed(&closed, &late), Decision::Undecided(m) if m.contains("failed closed"))
-        );
-        let open = HookConfig {
-            fail_open: true,
-            ..closed.clone()
-        };
-        assert_eq!(rpc.failed(&open, &late), Decision::Allow);
-        // A backend that answered 401/403 said no: no fail rule turns that into an allow.
-        let refused = RpcError::Backend(ErrorCode::PermissionDenied, "not yours".into());
-        for settings in [&closed, &open] {
-            assert_eq!(
-                rpc.failed(settings, &refused),
-                Decision::Deny("not yours".into())
-            );
-        }
-        let busy = RpcError::Backend(ErrorCode::RateLimited, "slow down".into());
-        assert_eq!(rpc.failed(&open, &busy), Decision::Allow);
-        // Never sent for the caller's own reason, or unanswered while replies were dropped
-        // here: not the backend failing, so no fail rule allows (outside audit 129, F1, F2).
-        let unsendable = RpcError::NotAsked(ErrorCode::BadRequest, "a header".into());
-        assert_eq!(unsendable.label(), "not_asked");
-        assert_eq!(unsendable.code(), ErrorCode::BadRequest);
-        let dropped = RpcError::RepliesDropped(Duration::from_secs(1), "the tenant's");
-        assert_eq!(dropped.code(), ErrorCode::DeadlineExceeded);
-        for settings in [&closed, &open] {
-            assert!(
-                matches!(rpc.failed(settings, &unsendable), Decision::Undecided(m) if m.starts_with("hook not asked"))
-            );
-            assert!(
-                matches!(rpc.failed(settings, &dropped), Decision::Undecided(m) if m.contains("dropped the tenant's replies"))
-            );
-        }
     }
 
     #[test]

@@ -23,13 +23,16 @@
 //! tenant's (outside audit 129, F1: one wildcard subscription for every tenant overflowed, other
 //! tenants' replies were dropped with the flood, and their fail-open hooks allowed what their
 //! backends denied). A request that gets no answer while its tenant's subscription dropped
-//! replies (async-nats names the subscription that dropped one) is [`RpcError::RepliesDropped`],
+//! replies (counted by the client as it drops each one) is [`RpcError::RepliesDropped`],
 //! not a deadline: its answer may have been among them, and a hook denies for it. So is one
 //! that gets none while another tenant's subscription dropped replies: every reply comes
 //! through one connection, and a flood that long may have held the answer up past the deadline.
+//! And so is one that gets none once the connection it went out on was lost: nats-server cuts a
+//! connection it cannot write to fast enough (a flood with large messages does it), and every
+//! answer on its way is lost with it, however soon the client reconnects (review 130, R1).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,9 +42,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use quiver_proto::{RoomName, TenantId};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-use super::{backend_message, code_for_status, deadline_at, CallRequest, Caller, Hook, RpcError};
+use super::{
+    backend_message, code_for_status, deadline_at, CallRequest, Caller, Hook, Lost, RpcError,
+};
 use crate::config::NatsConfig;
 
 /// The caller's identity, as request headers.
@@ -74,12 +79,13 @@ const REPLIES_KEPT: Duration = Duration::from_secs(60);
 /// How often at most the subscriptions kept past [`REPLIES_KEPT`] are looked for.
 const REPLIES_SWEPT: Duration = Duration::from_secs(10);
 
-/// What each tenant's reply subscription dropped for want of room, by the subscription's id
-/// (the one async-nats's slow-consumer event names), and what they all did. Shared with the
-/// connection's event callback, which is set before the connection exists.
+/// What every reply subscription of the connection dropped for want of room, as its event
+/// callback (set before the connection exists) hears of it: late and incomplete (async-nats
+/// queues its events, and drops them past 128), so only a hint that replies are being held up
+/// ([`Lost::Others`]). A tenant's own subscription's drops are counted by the client as each
+/// is dropped ([`TenantReplies::drops`]).
 #[derive(Default)]
 struct DropCounts {
-    by_sid: Mutex<HashMap<u64, Arc<AtomicU64>>>,
     total: AtomicU64,
 }
 
@@ -109,8 +115,9 @@ struct Tenants {
 /// One tenant's reply subscription: read by a task of its own, which hands each reply to its
 /// waiting request.
 struct TenantReplies {
-    sid: u64,
-    /// Messages the subscription dropped (async-nats's slow-consumer events for its sid).
+    /// Messages the subscription dropped, counted by the client as each is dropped, before it
+    /// reads on (patched async-nats, `Subscriber::dropped`: the slow-consumer events lag and
+    /// are lost in a flood, review 130, R4).
     drops: Arc<AtomicU64>,
     /// The tenant's requests waiting for a reply on it.
     waiting: usize,
@@ -193,18 +200,9 @@ impl Replies {
         let mut tenants = self.tenants();
         if tenants.swept.elapsed() >= REPLIES_SWEPT {
             tenants.swept = Instant::now();
-            let mut gone = Vec::new();
-            tenants.by_tenant.retain(|_, t| {
-                let keep = t.waiting > 0 || t.idle_since.elapsed() < REPLIES_KEPT;
-                if !keep {
-                    gone.push(t.sid);
-                }
-                keep
-            });
-            let mut drops = self.drop_counts();
-            for sid in gone {
-                drops.remove(&sid);
-            }
+            tenants
+                .by_tenant
+                .retain(|_, t| t.waiting > 0 || t.idle_since.elapsed() < REPLIES_KEPT);
         }
         let entry = tenants.by_tenant.get_mut(tenant)?;
         entry.waiting += 1;
@@ -224,14 +222,11 @@ impl Replies {
             // Ours is unsubscribed as it drops.
             return theirs.drops.clone();
         }
-        let sid = subscription.sid();
-        let drops = Arc::new(AtomicU64::new(0));
-        self.drop_counts().insert(sid, drops.clone());
+        let drops = subscription.dropped();
         let router = tokio::spawn(route(self.clone(), subscription));
         tenants.by_tenant.insert(
             tenant.clone(),
             TenantReplies {
-                sid,
                 drops: drops.clone(),
                 waiting: 1,
                 idle_since: Instant::now(),
@@ -255,7 +250,6 @@ impl Replies {
     fn close(&self) {
         let gone = std::mem::take(&mut self.tenants().by_tenant);
         drop(gone);
-        self.drop_counts().clear();
     }
 
     /// Hands a message to the request its subject names, if one waits and the subject's
@@ -286,18 +280,13 @@ impl Replies {
         waiting.is_some_and(|waiting| waiting.reply.send(message).is_ok())
     }
 
-    // Nothing panics while holding these locks; a poisoned map is still a map. The drop
-    // counts' lock is taken inside the tenants' one, never the other way round.
+    // Nothing panics while holding these locks; a poisoned map is still a map.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn tenants(&self) -> std::sync::MutexGuard<'_, Tenants> {
         self.tenants.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn drop_counts(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
-        self.drops.by_sid.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -334,14 +323,29 @@ impl Pending {
 
     /// Whose replies were dropped here since the request began, if any: the tenant's own, or
     /// only other tenants'.
-    fn replies_dropped(&self) -> Option<&'static str> {
+    fn replies_dropped(&self) -> Option<Lost> {
         if self.drops.load(Ordering::Relaxed) != self.dropped_before {
-            Some("the tenant's")
+            Some(Lost::Tenant)
         } else if self.replies.drops.total.load(Ordering::Relaxed) != self.all_dropped_before {
-            Some("other tenants'")
+            Some(Lost::Others)
         } else {
             None
         }
+    }
+}
+
+/// The connection as a request is handed over: how many times the client had connected.
+struct Connected(u64);
+
+impl Connected {
+    fn now(client: &async_nats::Client) -> Self {
+        Self(client.statistics().connects.load(Ordering::Relaxed))
+    }
+
+    /// Whether the connection has been lost since: it is down, or was made again.
+    fn lost(&self, client: &async_nats::Client) -> bool {
+        !crate::broker::nats::is_connected(client)
+            || client.statistics().connects.load(Ordering::Relaxed) != self.0
     }
 }
 
@@ -350,70 +354,6 @@ impl Drop for Pending {
         self.replies.lock().remove(&self.token);
         self.replies.leave(&self.tenant);
     }
-}
-
-/// WARN lines of reply messages dropped by a full subscription, at most one a second (a flood
-/// drops thousands a second), as for the instance's other NATS connections.
-static SLOW_CONSUMER_LOGGED: crate::log_budget::LogBudget =
-    crate::log_budget::LogBudget::per_second(1);
-
-/// `options` with the calls' connection's event callback: what `broker::nats::watched` does for
-/// the other connections (a loss counted, `quiver_nats_disconnects_total{connection="rpc"}`, one
-/// WARN line until it is back; a message dropped by a full subscription counted,
-/// `quiver_nats_slow_consumer_total{connection="rpc"}`, and logged within a budget), and a
-/// dropped reply counted against its tenant's subscription in `drops`, which `watched` cannot
-/// tell apart.
-fn watched(
-    options: async_nats::ConnectOptions,
-    drops: Arc<DropCounts>,
-) -> async_nats::ConnectOptions {
-    const CONNECTION: &str = "rpc";
-    let warned = Arc::new(AtomicBool::new(false));
-    options.event_callback(move |event| {
-        let (warned, drops) = (warned.clone(), drops.clone());
-        async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    metrics::counter!(crate::metrics::NATS_DISCONNECTS, "connection" => CONNECTION)
-                        .increment(1);
-                    if !warned.swap(true, Ordering::Relaxed) {
-                        warn!(
-                            connection = CONNECTION,
-                            "nats connection lost; reconnecting"
-                        );
-                    }
-                }
-                async_nats::Event::Connected => {
-                    if warned.swap(false, Ordering::Relaxed) {
-                        info!(connection = CONNECTION, "nats connection back");
-                    }
-                }
-                async_nats::Event::SlowConsumer(sid) => {
-                    metrics::counter!(crate::metrics::NATS_SLOW_CONSUMER, "connection" => CONNECTION)
-                        .increment(1);
-                    drops.total.fetch_add(1, Ordering::Relaxed);
-                    let tenant = drops
-                        .by_sid
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&sid)
-                        .cloned();
-                    if let Some(tenant) = tenant {
-                        tenant.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Some(not_logged) = SLOW_CONSUMER_LOGGED.admit() {
-                        warn!(
-                            connection = CONNECTION,
-                            not_logged,
-                            "a NATS subscription dropped a message: it was full (this instance \
-                             reads slower than NATS delivers)"
-                        );
-                    }
-                }
-                other => debug!(connection = CONNECTION, event = %other, "nats"),
-            }
-        }
-    })
 }
 
 impl NatsRoute {
@@ -428,7 +368,14 @@ impl NatsRoute {
             // that tenant's waiting requests closed (`Replies`).
             .subscription_capacity(crate::broker::nats::CONTROL_SUBSCRIPTION_CAPACITY);
         let drops = Arc::<DropCounts>::default();
-        let options = watched(options, drops.clone());
+        // As the instance's other NATS connections are watched (a loss counted,
+        // `quiver_nats_disconnects_total{connection="rpc"}`, and logged; a message dropped by a
+        // full subscription counted, `quiver_nats_slow_consumer_total{connection="rpc"}`, and
+        // logged within a budget), and counted in `drops` (any reply subscription's).
+        let counts = drops.clone();
+        let options = crate::broker::nats::watched(options, "rpc", move |_sid| {
+            counts.total.fetch_add(1, Ordering::Relaxed);
+        });
         let client = crate::broker::nats::connect_with(nats, options).await?;
         // Each tenant's reply subscription is made as its first request goes out.
         let replies = Arc::new(Replies::new(drops));
@@ -494,6 +441,10 @@ impl NatsRoute {
         // Digits only: always a valid header value (`From<&str>` panics only on line breaks).
         headers.insert(DEADLINE, deadline_at(SystemTime::now(), deadline).as_str());
         let ends = tokio::time::Instant::now() + deadline;
+        // The connection's (re)connections so far: counted by the client as each is made,
+        // never lost (unlike its events). A request handed over on this connection whose
+        // answer does not come before the connection is lost may have had it lost with it.
+        let connected = Connected::now(&self.client);
         // The bound also covers a subscribe and a send that wait on a reconnecting client.
         let sent = tokio::time::timeout_at(ends, async {
             let (reply, pending) = self.replies.wait(&self.client, tenant).await?;
@@ -514,15 +465,25 @@ impl NatsRoute {
         })
         .await;
         let mut pending = match sent {
+            // The request may have been handed over, then the connection lost.
+            Err(_) if connected.lost(&self.client) => {
+                return Err(RpcError::RepliesDropped(deadline, Lost::Connection))
+            }
             Err(_) => return Err(RpcError::Deadline(deadline)),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(pending)) => pending,
         };
         let answered = tokio::time::timeout_at(ends, pending.reply()).await;
         match answered {
-            // The answer may have come and been dropped here: not "no answer" (Replies).
+            // The answer may have come and been lost with the connection (nats-server cuts a
+            // connection it cannot write to fast enough, and a backend allowed to publish on
+            // its tenant's reply subjects can flood it that far: review 130, R1), or dropped
+            // here (Replies): not "no answer".
+            Err(_) if connected.lost(&self.client) => {
+                Err(RpcError::RepliesDropped(deadline, Lost::Connection))
+            }
             Err(_) => Err(match pending.replies_dropped() {
-                Some(whose) => RpcError::RepliesDropped(deadline, whose),
+                Some(lost) => RpcError::RepliesDropped(deadline, lost),
                 None => RpcError::Deadline(deadline),
             }),
             Ok(Err(e)) => Err(e),
@@ -543,7 +504,6 @@ fn caller_headers(caller: &Caller, request_id: &str) -> Result<HeaderMap, RpcErr
     Ok(headers)
 }
 
-/// A reply's body, or the error its `Quiver-Status` (when not 2xx) stands for.
 /// A reply's `Quiver-Status` values, its name in any case (NATS header names are
 /// case-sensitive, but client libraries differ in how they write them).
 fn statuses(reply: &async_nats::Message) -> impl Iterator<Item = &async_nats::HeaderValue> {
@@ -569,7 +529,8 @@ fn unreadable_headers(reply: &async_nats::Message) -> bool {
     reply.status.is_none() && reply.description.is_some()
 }
 
-/// Two `Quiver-Status` headers are a bad answer: which one the backend meant cannot be known
+/// A reply's body, or the error its `Quiver-Status` (when not 2xx) stands for. Two
+/// `Quiver-Status` headers are a bad answer: which one the backend meant cannot be known
 /// (outside audit 34, F5: the first won, so `200` then `401` replaced the payload).
 fn answer(reply: async_nats::Message) -> Result<Bytes, RpcError> {
     if unreadable_headers(&reply) {

@@ -13,9 +13,10 @@ impl Rpc {
             RpcError::BadAnswer(m) => RpcError::BadAnswer(self.scrub(m)),
             RpcError::AnswerCut(m) => RpcError::AnswerCut(self.scrub(m)),
             // The server's own words.
-            e @ (RpcError::Deadline(_) | RpcError::RepliesDropped(..) | RpcError::NotAsked(..)) => {
-                e
-            }
+            e @ (RpcError::Deadline(_)
+            | RpcError::RepliesDropped(..)
+            | RpcError::NotAsked(..)
+            | RpcError::AnswerLate(_)) => e,
         }
     }
 

@@ -804,6 +804,8 @@ impl Client {
 
         let sid = self.next_subscription_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(self.subscription_capacity);
+        // QUIVER PATCH: the subscription's drop count (PATCHES.md).
+        let dropped = Arc::<std::sync::atomic::AtomicU64>::default();
 
         self.sender
             .send(Command::Subscribe {
@@ -811,10 +813,16 @@ impl Client {
                 subject,
                 queue_group: None,
                 sender,
+                dropped: dropped.clone(),
             })
             .await?;
 
-        Ok(Subscriber::new(sid, self.sender.clone(), receiver))
+        Ok(Subscriber::with_drops(
+            sid,
+            self.sender.clone(),
+            receiver,
+            dropped,
+        ))
     }
 
     /// Subscribes to a subject with a queue group to receive [messages][Message].
@@ -853,6 +861,8 @@ impl Client {
 
         let sid = self.next_subscription_id.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = mpsc::channel(self.subscription_capacity);
+        // QUIVER PATCH: the subscription's drop count (PATCHES.md).
+        let dropped = Arc::<std::sync::atomic::AtomicU64>::default();
 
         self.sender
             .send(Command::Subscribe {
@@ -860,10 +870,16 @@ impl Client {
                 subject,
                 queue_group: Some(queue_group),
                 sender,
+                dropped: dropped.clone(),
             })
             .await?;
 
-        Ok(Subscriber::new(sid, self.sender.clone(), receiver))
+        Ok(Subscriber::with_drops(
+            sid,
+            self.sender.clone(),
+            receiver,
+            dropped,
+        ))
     }
 
     /// Flushes the internal buffer ensuring that all messages are sent.

@@ -213,8 +213,8 @@ use std::option;
 use std::pin::Pin;
 use std::slice;
 use std::str::{self, FromStr};
-use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::ErrorKind;
@@ -397,6 +397,8 @@ pub(crate) enum Command {
         subject: Subject,
         queue_group: Option<String>,
         sender: mpsc::Sender<Message>,
+        // QUIVER PATCH: the subscription's drop count, shared with its `Subscriber`.
+        dropped: Arc<AtomicU64>,
     },
     Unsubscribe {
         sid: u64,
@@ -448,6 +450,9 @@ struct Subscription {
     queue_group: Option<String>,
     delivered: u64,
     max: Option<u64>,
+    /// QUIVER PATCH: messages dropped because `sender` was full, counted as each is dropped
+    /// (the `SlowConsumer` events are not: PATCHES.md).
+    dropped: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -768,6 +773,8 @@ impl ConnectionHandler {
                         }
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             debug!("slow consumer detected for subscription {}", sid);
+                            // QUIVER PATCH: counted here, before anything else is read.
+                            subscription.dropped.fetch_add(1, Ordering::Relaxed);
                             self.connector
                                 .events_tx
                                 .try_send(Event::SlowConsumer(sid))
@@ -869,9 +876,11 @@ impl ConnectionHandler {
                 subject,
                 queue_group,
                 sender,
+                dropped,
             } => {
                 let subscription = Subscription {
                     sender,
+                    dropped,
                     delivered: 0,
                     max: None,
                     subject: subject.to_owned(),
@@ -1297,19 +1306,41 @@ pub struct Subscriber {
     sid: u64,
     receiver: mpsc::Receiver<Message>,
     sender: mpsc::Sender<Command>,
+    dropped: Arc<AtomicU64>,
 }
 
 impl Subscriber {
+    #[cfg(test)]
     fn new(
         sid: u64,
         sender: mpsc::Sender<Command>,
         receiver: mpsc::Receiver<Message>,
     ) -> Subscriber {
+        Self::with_drops(sid, sender, receiver, Arc::default())
+    }
+
+    // QUIVER PATCH: with the drop count the connection handler keeps for it (PATCHES.md).
+    fn with_drops(
+        sid: u64,
+        sender: mpsc::Sender<Command>,
+        receiver: mpsc::Receiver<Message>,
+        dropped: Arc<AtomicU64>,
+    ) -> Subscriber {
         Subscriber {
             sid,
             sender,
             receiver,
+            dropped,
         }
+    }
+
+    /// The messages this subscription dropped so far because its queue was full, counted as
+    /// each is dropped: every one, before the connection reads on, unlike `Event::SlowConsumer`
+    /// (queued behind the other events and dropped when 128 are waiting). A handle that stays
+    /// valid, and keeps counting, while the subscription lasts.
+    // QUIVER PATCH: a lossless, synchronous drop count per subscription (PATCHES.md).
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
     }
 
     /// The subscription's id on its connection: the one `Event::SlowConsumer` names when this

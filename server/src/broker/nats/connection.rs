@@ -163,16 +163,33 @@ impl Default for Drops {
     }
 }
 
-/// What a message dropped by a full subscription means beyond the connection's count.
-#[derive(Clone, Copy)]
-pub(super) enum OnDrop {
-    /// Nothing more (the calls' connection: the call waits out its deadline).
+/// What a message dropped by a full subscription means beyond the connection's count. Given
+/// to [`watched`] as an `Option<&'static Drops>` (`None`: [`OnDrop::Counted`]) or as a
+/// function of the subscription's sid ([`OnDrop::Each`]).
+#[derive(Clone)]
+pub enum OnDrop {
+    /// Nothing more.
     Counted,
     /// A publication this instance's subscribers never get (the broker's connection): counted
     /// in `quiver_deliveries_dropped_total{reason="broker_slow_consumer"}` too.
     Delivery,
     /// Counted in `drops` if the subscription is one it follows.
     Watched(&'static Drops),
+    /// Handed to this function, with the subscription's sid (the calls' connection counts its
+    /// reply subscriptions' drops, `rpc/nats.rs`).
+    Each(Arc<dyn Fn(u64) + Send + Sync>),
+}
+
+impl From<Option<&'static Drops>> for OnDrop {
+    fn from(drops: Option<&'static Drops>) -> Self {
+        drops.map_or(OnDrop::Counted, OnDrop::Watched)
+    }
+}
+
+impl<F: Fn(u64) + Send + Sync + 'static> From<F> for OnDrop {
+    fn from(each: F) -> Self {
+        OnDrop::Each(Arc::new(each))
+    }
 }
 
 /// One message subscription `sid` of `connection` dropped for want of room: counted
@@ -189,6 +206,7 @@ pub(super) fn slow_consumer(connection: &'static str, sid: u64, on_drop: OnDrop)
                 .increment(1);
         }
         OnDrop::Watched(drops) => drops.dropped(sid),
+        OnDrop::Each(dropped) => dropped(sid),
     }
     if let Some(not_logged) = SLOW_CONSUMER_LOGGED.admit() {
         warn!(
@@ -204,19 +222,20 @@ pub(super) fn slow_consumer(connection: &'static str, sid: u64, on_drop: OnDrop)
 /// `quiver_nats_disconnects_total{connection}`, and is one WARN line until the connection is
 /// back. A tenant's backend flooding subjects every instance reads can get these connections
 /// dropped by nats-server as slow consumers, and nothing said so (outside audit 69, F1). A
-/// message dropped by a full subscription is counted too ([`slow_consumer`]), and in `dropped`
-/// if it is one of the subscriptions that follows: the control plane loads the stored
-/// revocations again when that moves, since the message lost was a revocation (outside
-/// cluster audit 112, F2).
+/// message dropped by a full subscription is counted too ([`slow_consumer`]), and what
+/// `on_drop` says: in a [`Drops`] if it is one of the subscriptions that follows (the control
+/// plane loads the stored revocations again when that moves, since the message lost was a
+/// revocation: outside cluster audit 112, F2), or handed to a function of the subscription's
+/// sid (the calls' connection counts every reply subscription's drops).
 pub fn watched(
     options: async_nats::ConnectOptions,
     connection: &'static str,
-    dropped: Option<&'static Drops>,
+    on_drop: impl Into<OnDrop>,
 ) -> async_nats::ConnectOptions {
-    let on_drop = dropped.map_or(OnDrop::Counted, OnDrop::Watched);
+    let on_drop = on_drop.into();
     let warned = Arc::new(std::sync::atomic::AtomicBool::new(false));
     options.event_callback(move |event| {
-        let warned = warned.clone();
+        let (warned, on_drop) = (warned.clone(), on_drop.clone());
         async move {
             use std::sync::atomic::Ordering::Relaxed;
             match event {
