@@ -671,8 +671,25 @@ export declare class QuiverClient {
 	 * unanswered was not published, and is queued again, in order, for the next session.
 	 */
 	publish(room: string, payload: Uint8Array | string, options?: PublishOptions): Promise<Position | null>;
-	/** Measures the round-trip time to the server, in milliseconds. */
+	/** Measures the round-trip time to the server, in milliseconds. The `Ping` goes at once, ahead
+	 *  of what waits for the pacer: `flush()` waits for what was published before it. */
 	ping(): Promise<number>;
+	/**
+	 * Resolves once what was published before it has gone to the server, as NATS's `flush`: every
+	 * `unreliable` publish still waiting for the pacer then (its room's newest; a newer value of
+	 * such a room takes its turn, one published while it waits for another room does not hold it
+	 * back) is sent as tokens free up, then a `Ping` goes, behind the publishes waiting to be
+	 * written, and its `Pong` comes back: the server has read the `publish()`es made before it by
+	 * then (one waiting on the broker may be answered after the `Pong`, PROTOCOL.md section 5
+	 * "Ping": an `ack` publish says when it is done). The datagrams left the client ahead of the
+	 * `Ping`, but the server keeps no order between them and its commands (PROTOCOL.md section
+	 * 10): it may still be reading them when the `Pong` comes.
+	 *
+	 * Within `requestTimeoutMs`, else it rejects, kind `timeout` (the `Ping`, if still waiting for
+	 * the pacer, is withdrawn). Rejects, kind `closed`, when disconnected, once `close()` was
+	 * called, and if the session ends meanwhile (the values still waiting are dropped with it).
+	 */
+	flush(): Promise<void>;
 	/**
 	 * Who is in a room now: every session subscribed to it, on every server instance. Needs
 	 * subscribe permission, not a subscription. Rejects when disconnected, and with code 101
@@ -713,7 +730,8 @@ export declare class QuiverClient {
 	/**
 	 * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
 	 * nothing new is taken. Publishes already accepted are carried out first: on a live session,
-	 * those still waiting for the pacer are written, acknowledged ones are answered, then the
+	 * those still waiting for the pacer are written, each room's newest `unreliable` value still
+	 * waiting for the pacer is sent, acknowledged ones are answered, then the
 	 * session is left so that the server reads everything written before it (PROTOCOL.md section
 	 * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
 	 * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry

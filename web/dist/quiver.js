@@ -824,8 +824,13 @@ var Session = class {
   queue = [];
   pacer = null;
   /** Datagram publications waiting for a pacer token: each room's newest, in the order the rooms
-   *  first waited (`publishDatagram`). */
+   *  first waited (`publishDatagram`), each with its turn (counted up as rooms begin to wait, so
+   *  the map is in the order of its turns). */
   heldDatagrams = /* @__PURE__ */ new Map();
+  /** The turn the next room to begin waiting gets (`datagramsSent`'s mark). */
+  nextTurn = 0;
+  /** `datagramsSent` waiters: each resolves once no room whose turn came before its mark waits. */
+  datagramWaiters = [];
   datagramTimer = null;
   pumping = false;
   pumpTimer = null;
@@ -1025,7 +1030,10 @@ var Session = class {
    * Leaves the session as PROTOCOL.md section 3 says a client that wants its last commands
    * carried out leaves, all within `ms`: the publishes still waiting for the pacer are written
    * (any other command still waiting is withdrawn, never sent: its reply would have nowhere to
-   * go), the acknowledged ones are answered, then the control stream is finished (over
+   * go), each room's newest datagram publication still waiting for the pacer is sent (the server
+   * reads the datagrams received before the FIN, PROTOCOL.md section 2; cleared at the end, a
+   * burst faster than the pacer lost its newest value), the acknowledged ones are answered,
+   * then the control stream is finished (over
    * WebSocket, the close frame goes behind them) and the server's close is waited for. Then the
    * session ends: whatever is still unwritten rejects, `notCarriedOut`. Ended at once (a
    * WebTransport close discards what the server has not read), a session dropped publishes
@@ -1045,10 +1053,10 @@ var Session = class {
       for (const p of this.pending.values()) if (p.type === "Publish") return true;
       return false;
     };
-    while (!this.ended && (this.queue.length > 0 || publishAwaited()) && now() < deadline) {
+    while (!this.ended && (this.queue.length > 0 || this.heldDatagrams.size > 0 || publishAwaited()) && now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, Math.max(1, Math.min(SEND_POLL_MS, deadline - now()))));
     }
-    if (!this.ended && this.queue.length === 0 && now() < deadline) {
+    if (!this.ended && this.queue.length === 0 && this.heldDatagrams.size === 0 && now() < deadline) {
       this.link.leave();
       let timer;
       await Promise.race([this.done, new Promise((resolve) => timer = setTimeout(resolve, Math.max(0, deadline - now())))]);
@@ -1070,6 +1078,7 @@ var Session = class {
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     if (this.datagramTimer) clearTimeout(this.datagramTimer);
     this.heldDatagrams.clear();
+    for (const w of this.datagramWaiters.splice(0)) w.reject(closed());
     this.wakePump?.();
     const drained = this.goodbyeFrame && this.goodbye?.code === CloseCode.shutdown;
     const queued = /* @__PURE__ */ new Set();
@@ -1137,10 +1146,37 @@ var Session = class {
   publishDatagram(room, bytes) {
     if (this.ended || !this.link.datagramFits(bytes.length)) return null;
     const held = this.heldDatagrams;
-    if (!held.has(room) && held.size >= HELD_DATAGRAM_ROOMS) return "dropped";
-    held.set(room, bytes);
+    const waiting = held.get(room);
+    if (waiting) {
+      waiting.bytes = bytes;
+    } else {
+      if (held.size >= HELD_DATAGRAM_ROOMS) return "dropped";
+      held.set(room, { bytes, turn: this.nextTurn++ });
+    }
     this.flushDatagrams();
     return held.has(room) ? "held" : "sent";
+  }
+  /**
+   * Resolves once every datagram publication held for the pacer now has been handed to the
+   * transport (its room's newest by then: a newer value of such a room takes its turn; a room
+   * that begins to wait later does not hold it back); at once when none is held. Rejects, kind
+   * `closed`, if the session ends first (the values still held are dropped with it).
+   */
+  datagramsSent() {
+    if (this.ended) return Promise.reject(unsent(new QuiverError("closed", "not connected")));
+    const mark = this.nextTurn;
+    return new Promise((resolve, reject) => {
+      this.datagramWaiters.push({ mark, resolve, reject });
+      this.releaseDatagramWaiters();
+    });
+  }
+  /** Resolves the `datagramsSent` waiters whose rooms have all had their value sent. */
+  releaseDatagramWaiters() {
+    const first = this.heldDatagrams.values().next();
+    const oldest = first.done ? Infinity : first.value.turn;
+    while (this.datagramWaiters.length > 0 && this.datagramWaiters[0].mark <= oldest) {
+      this.datagramWaiters.shift().resolve();
+    }
   }
   /** Sends the held datagram publications, in order, while the pacer has tokens free; then
    *  looks again when the next one is due (the pump may take it first). */
@@ -1148,15 +1184,16 @@ var Session = class {
     if (this.datagramTimer) clearTimeout(this.datagramTimer);
     this.datagramTimer = null;
     const pacer = this.pacer;
-    for (const [room, bytes] of this.heldDatagrams) {
+    for (const [room, { bytes }] of this.heldDatagrams) {
       if (this.ended) return;
       if (pacer && !pacer.ready(now())) {
         this.datagramTimer = setTimeout(() => this.flushDatagrams(), Math.max(1, pacer.untilReady(now())));
-        return;
+        break;
       }
       this.heldDatagrams.delete(room);
       if (this.link.sendDatagram(bytes)) pacer?.reserve(now());
     }
+    this.releaseDatagramWaiters();
   }
   report(error) {
     this.owner.report(error);
@@ -2755,7 +2792,8 @@ var QuiverClient = class {
       else this.outbox.hold(item);
     });
   }
-  /** Measures the round-trip time to the server, in milliseconds. */
+  /** Measures the round-trip time to the server, in milliseconds. The `Ping` goes at once, ahead
+   *  of what waits for the pacer: `flush()` waits for what was published before it. */
   async ping() {
     const session = this.active;
     if (this.closing) throw new QuiverError("closed", "client is closed");
@@ -2765,6 +2803,43 @@ var QuiverClient = class {
     const rtt = performance.now() - start;
     this.onRtt(rtt);
     return rtt;
+  }
+  /**
+   * Resolves once what was published before it has gone to the server, as NATS's `flush`: every
+   * `unreliable` publish still waiting for the pacer then (its room's newest; a newer value of
+   * such a room takes its turn, one published while it waits for another room does not hold it
+   * back) is sent as tokens free up, then a `Ping` goes, behind the publishes waiting to be
+   * written, and its `Pong` comes back: the server has read the `publish()`es made before it by
+   * then (one waiting on the broker may be answered after the `Pong`, PROTOCOL.md section 5
+   * "Ping": an `ack` publish says when it is done). The datagrams left the client ahead of the
+   * `Ping`, but the server keeps no order between them and its commands (PROTOCOL.md section
+   * 10): it may still be reading them when the `Pong` comes.
+   *
+   * Within `requestTimeoutMs`, else it rejects, kind `timeout` (the `Ping`, if still waiting for
+   * the pacer, is withdrawn). Rejects, kind `closed`, when disconnected, once `close()` was
+   * called, and if the session ends meanwhile (the values still waiting are dropped with it).
+   */
+  async flush() {
+    const session = this.active;
+    if (this.closing) throw new QuiverError("closed", "client is closed");
+    if (!session || session.ended) throw new QuiverError("closed", "not connected");
+    const timeoutMs = this.opts.requestTimeoutMs;
+    const deadline = performance.now() + timeoutMs;
+    const withdraw = new AbortController();
+    let timer;
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        withdraw.abort();
+        reject(new QuiverError("timeout", `flush not done within ${timeoutMs} ms (the unreliable publishes waiting for the pacer sent, then a Ping answered)`));
+      }, timerDelay(timeoutMs));
+    });
+    try {
+      await Promise.race([session.datagramsSent(), expired]);
+      const ping = session.request(this.nextId(), { type: "Ping" }, { timeoutMs: Math.max(1, deadline - performance.now()), signal: withdraw.signal });
+      await Promise.race([ping, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
   /**
    * Who is in a room now: every session subscribed to it, on every server instance. Needs
@@ -2865,7 +2940,8 @@ var QuiverClient = class {
   /**
    * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
    * nothing new is taken. Publishes already accepted are carried out first: on a live session,
-   * those still waiting for the pacer are written, acknowledged ones are answered, then the
+   * those still waiting for the pacer are written, each room's newest `unreliable` value still
+   * waiting for the pacer is sent, acknowledged ones are answered, then the
    * session is left so that the server reads everything written before it (PROTOCOL.md section
    * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
    * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry

@@ -104,6 +104,47 @@ test('latest values reach Chromium as datagrams; an oversized one comes on the s
   await pub.close();
 });
 
+test('a burst of unreliable publishes faster than the pacer, then close(): the subscriber gets the newest value', async () => {
+  // The burst's newest value waits for a pacer token; close() sends it before the control
+  // stream's FIN, and the server reads the datagrams received before the FIN (PROTOCOL.md section
+  // 2). Before, close() dropped it: the subscriber's last value was one of the burst's first. A
+  // server of 20 commands a second (the client's burst is 10): a burst of 100 datagrams at once
+  // lost some on their way to the server, and now and then the last.
+  const dir = await tempDir('quiver-e2e-burst-');
+  const configFile = path.join(dir, 'quiver.toml');
+  await writeFile(configFile, '[limits]\ncommands_per_second = 20\n\n[[namespaces]]\nname = "game"\nmode = "latest"\n');
+  const slow = await startServer({ name: 'server-burst', certDir: dir, jwtSecret: SECRET, configFile });
+  try {
+    const open = async (label, user, transports) => {
+      const page = await newPage(browser, label);
+      const { started } = await startClientPage(page, pages, slow, () => token(everything(user)), { transports });
+      await started;
+      return page;
+    };
+    // The subscriber over WebSocket: the room's values come on its stream, conflated but never
+    // lost, so what it ends with is what the server got.
+    const sub = await open('burst-sub', 'carol', ['websocket']);
+    const pub = await open('burst-pub', 'dave', ['webtransport']);
+    assert.equal(await sub.evaluate(() => window.subscribeLatest('game.burst')), 'latest');
+    const state = await pub.evaluate(async () => {
+      // One synchronous loop: far faster than the pacer.
+      for (let i = 1; i <= 200; i++) void window.publishUnreliable('game.burst', `burst-${i}`);
+      await window.client.close();
+      return window.client.state;
+    });
+    assert.equal(state, 'closed');
+    await waitFor('the burst\'s newest value', async () => (await sub.evaluate(() => window.latestStats('game.burst'))).value === 'burst-200', 5_000).catch(async (e) => {
+      console.log(`# the subscriber's last value: ${JSON.stringify(await sub.evaluate(() => window.latestStats('game.burst')))}`);
+      throw e;
+    });
+    await sub.close();
+    await pub.close();
+  } finally {
+    await slow.stop();
+    await removeDir(dir);
+  }
+});
+
 test('the arena demo page shows 60 Hz dots arriving by datagram, and conflated over WebSocket', async () => {
   const devCert = await tempDir('quiver-e2e-arena-');
   const dev = await startServer({ name: 'server-arena', certDir: devCert });

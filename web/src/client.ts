@@ -14,7 +14,7 @@ import {
   type Position,
 } from './codec.js';
 import { CloseCode, ErrorCode, codeLabel } from './codes.js';
-import { QuiverError, abortable, asQuiverError, clip, errorMessage, withTimeout } from './errors.js';
+import { QuiverError, abortable, asQuiverError, clip, errorMessage, timerDelay, withTimeout } from './errors.js';
 import { Refresher, Session, type GoodbyeInfo } from './session.js';
 import {
   STABLE_MS,
@@ -265,7 +265,8 @@ export class QuiverClient {
     });
   }
 
-  /** Measures the round-trip time to the server, in milliseconds. */
+  /** Measures the round-trip time to the server, in milliseconds. The `Ping` goes at once, ahead
+   *  of what waits for the pacer: `flush()` waits for what was published before it. */
   async ping(): Promise<number> {
     const session = this.active;
     if (this.closing) throw new QuiverError('closed', 'client is closed');
@@ -275,6 +276,44 @@ export class QuiverClient {
     const rtt = performance.now() - start;
     this.onRtt(rtt);
     return rtt;
+  }
+
+  /**
+   * Resolves once what was published before it has gone to the server, as NATS's `flush`: every
+   * `unreliable` publish still waiting for the pacer then (its room's newest; a newer value of
+   * such a room takes its turn, one published while it waits for another room does not hold it
+   * back) is sent as tokens free up, then a `Ping` goes, behind the publishes waiting to be
+   * written, and its `Pong` comes back: the server has read the `publish()`es made before it by
+   * then (one waiting on the broker may be answered after the `Pong`, PROTOCOL.md section 5
+   * "Ping": an `ack` publish says when it is done). The datagrams left the client ahead of the
+   * `Ping`, but the server keeps no order between them and its commands (PROTOCOL.md section
+   * 10): it may still be reading them when the `Pong` comes.
+   *
+   * Within `requestTimeoutMs`, else it rejects, kind `timeout` (the `Ping`, if still waiting for
+   * the pacer, is withdrawn). Rejects, kind `closed`, when disconnected, once `close()` was
+   * called, and if the session ends meanwhile (the values still waiting are dropped with it).
+   */
+  async flush(): Promise<void> {
+    const session = this.active;
+    if (this.closing) throw new QuiverError('closed', 'client is closed');
+    if (!session || session.ended) throw new QuiverError('closed', 'not connected');
+    const timeoutMs = this.opts.requestTimeoutMs;
+    const deadline = performance.now() + timeoutMs;
+    const withdraw = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        withdraw.abort();
+        reject(new QuiverError('timeout', `flush not done within ${timeoutMs} ms (the unreliable publishes waiting for the pacer sent, then a Ping answered)`));
+      }, timerDelay(timeoutMs));
+    });
+    try {
+      await Promise.race([session.datagramsSent(), expired]);
+      const ping = session.request(this.nextId(), { type: 'Ping' }, { timeoutMs: Math.max(1, deadline - performance.now()), signal: withdraw.signal });
+      await Promise.race([ping, expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
@@ -383,7 +422,8 @@ export class QuiverClient {
   /**
    * Closes the client for good. `state` reads `closed` at once, subscriptions end at once, and
    * nothing new is taken. Publishes already accepted are carried out first: on a live session,
-   * those still waiting for the pacer are written, acknowledged ones are answered, then the
+   * those still waiting for the pacer are written, each room's newest `unreliable` value still
+   * waiting for the pacer is sent, acknowledged ones are answered, then the
    * session is left so that the server reads everything written before it (PROTOCOL.md section
    * 3), all within `requestTimeoutMs`. A publish still unwritten then rejects (kind `closed`,
    * `notCarriedOut`), as do publishes held while disconnected (there is no session to carry

@@ -122,8 +122,13 @@ export class Session implements LinkHandler {
   private readonly queue: QueuedWrite[] = [];
   private pacer: Pacer | null = null;
   /** Datagram publications waiting for a pacer token: each room's newest, in the order the rooms
-   *  first waited (`publishDatagram`). */
-  private readonly heldDatagrams = new Map<string, Uint8Array>();
+   *  first waited (`publishDatagram`), each with its turn (counted up as rooms begin to wait, so
+   *  the map is in the order of its turns). */
+  private readonly heldDatagrams = new Map<string, { bytes: Uint8Array; turn: number }>();
+  /** The turn the next room to begin waiting gets (`datagramsSent`'s mark). */
+  private nextTurn = 0;
+  /** `datagramsSent` waiters: each resolves once no room whose turn came before its mark waits. */
+  private readonly datagramWaiters: Array<{ mark: number; resolve: () => void; reject: (e: QuiverError) => void }> = [];
   private datagramTimer: ReturnType<typeof setTimeout> | null = null;
   private pumping = false;
   private pumpTimer: ReturnType<typeof setTimeout> | null = null;
@@ -361,7 +366,10 @@ export class Session implements LinkHandler {
    * Leaves the session as PROTOCOL.md section 3 says a client that wants its last commands
    * carried out leaves, all within `ms`: the publishes still waiting for the pacer are written
    * (any other command still waiting is withdrawn, never sent: its reply would have nowhere to
-   * go), the acknowledged ones are answered, then the control stream is finished (over
+   * go), each room's newest datagram publication still waiting for the pacer is sent (the server
+   * reads the datagrams received before the FIN, PROTOCOL.md section 2; cleared at the end, a
+   * burst faster than the pacer lost its newest value), the acknowledged ones are answered,
+   * then the control stream is finished (over
    * WebSocket, the close frame goes behind them) and the server's close is waited for. Then the
    * session ends: whatever is still unwritten rejects, `notCarriedOut`. Ended at once (a
    * WebTransport close discards what the server has not read), a session dropped publishes
@@ -382,10 +390,10 @@ export class Session implements LinkHandler {
       for (const p of this.pending.values()) if (p.type === 'Publish') return true;
       return false;
     };
-    while (!this.ended && (this.queue.length > 0 || publishAwaited()) && now() < deadline) {
+    while (!this.ended && (this.queue.length > 0 || this.heldDatagrams.size > 0 || publishAwaited()) && now() < deadline) {
       await new Promise<void>((resolve) => setTimeout(resolve, Math.max(1, Math.min(SEND_POLL_MS, deadline - now()))));
     }
-    if (!this.ended && this.queue.length === 0 && now() < deadline) {
+    if (!this.ended && this.queue.length === 0 && this.heldDatagrams.size === 0 && now() < deadline) {
       this.link.leave();
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([this.done, new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - now()))))]);
@@ -409,6 +417,8 @@ export class Session implements LinkHandler {
     if (this.pumpTimer) clearTimeout(this.pumpTimer);
     if (this.datagramTimer) clearTimeout(this.datagramTimer);
     this.heldDatagrams.clear();
+    // The values a `flush()` waited for are dropped with the session.
+    for (const w of this.datagramWaiters.splice(0)) w.reject(closed());
     this.wakePump?.();
     // A command still waiting for the pacer was never written, and one a drain's goodbye (3000)
     // left unanswered was not carried out (the server answers every command it carries out
@@ -494,10 +504,41 @@ export class Session implements LinkHandler {
   publishDatagram(room: string, bytes: Uint8Array): 'sent' | 'held' | 'dropped' | null {
     if (this.ended || !this.link.datagramFits(bytes.length)) return null;
     const held = this.heldDatagrams;
-    if (!held.has(room) && held.size >= HELD_DATAGRAM_ROOMS) return 'dropped';
-    held.set(room, bytes);
+    const waiting = held.get(room);
+    if (waiting) {
+      // The newer value takes the older one's place and turn.
+      waiting.bytes = bytes;
+    } else {
+      if (held.size >= HELD_DATAGRAM_ROOMS) return 'dropped';
+      held.set(room, { bytes, turn: this.nextTurn++ });
+    }
     this.flushDatagrams();
     return held.has(room) ? 'held' : 'sent';
+  }
+
+  /**
+   * Resolves once every datagram publication held for the pacer now has been handed to the
+   * transport (its room's newest by then: a newer value of such a room takes its turn; a room
+   * that begins to wait later does not hold it back); at once when none is held. Rejects, kind
+   * `closed`, if the session ends first (the values still held are dropped with it).
+   */
+  datagramsSent(): Promise<void> {
+    if (this.ended) return Promise.reject(unsent(new QuiverError('closed', 'not connected')));
+    const mark = this.nextTurn;
+    return new Promise<void>((resolve, reject) => {
+      this.datagramWaiters.push({ mark, resolve, reject });
+      this.releaseDatagramWaiters();
+    });
+  }
+
+  /** Resolves the `datagramsSent` waiters whose rooms have all had their value sent. */
+  private releaseDatagramWaiters(): void {
+    // The first room held has the earliest turn: the map is in the order of the turns.
+    const first = this.heldDatagrams.values().next();
+    const oldest = first.done ? Infinity : first.value.turn;
+    while (this.datagramWaiters.length > 0 && this.datagramWaiters[0]!.mark <= oldest) {
+      this.datagramWaiters.shift()!.resolve();
+    }
   }
 
   /** Sends the held datagram publications, in order, while the pacer has tokens free; then
@@ -506,16 +547,17 @@ export class Session implements LinkHandler {
     if (this.datagramTimer) clearTimeout(this.datagramTimer);
     this.datagramTimer = null;
     const pacer = this.pacer;
-    for (const [room, bytes] of this.heldDatagrams) {
+    for (const [room, { bytes }] of this.heldDatagrams) {
       if (this.ended) return;
       if (pacer && !pacer.ready(now())) {
         this.datagramTimer = setTimeout(() => this.flushDatagrams(), Math.max(1, pacer.untilReady(now())));
-        return;
+        break;
       }
       this.heldDatagrams.delete(room);
       // One the link no longer takes (it is closing) is lost, as the network might lose it.
       if (this.link.sendDatagram(bytes)) pacer?.reserve(now());
     }
+    this.releaseDatagramWaiters();
   }
 
   report(error: QuiverError): void {
