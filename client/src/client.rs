@@ -500,7 +500,8 @@ impl Client {
     /// Closes the session and stops reconnecting, after carrying out what was accepted: the
     /// acknowledged publishes in flight get their answers, every publication [`Client::publish`]
     /// accepted (queued, or waiting for the pacer) is written, every room's newest
-    /// [`Client::publish_unreliable`] value waiting for the pacer is sent, then the control
+    /// [`Client::publish_unreliable`] value waiting for the pacer is sent (such values wait
+    /// 2.5 s at most, then are dropped and counted, so that the end goes in time), then the control
     /// stream is ended (a FIN on WebTransport, a close frame, 1000, on WebSocket), so the server carries
     /// out everything before it (PROTOCOL.md §3), and the server's close ends the wait. All
     /// within 5 s; past that the connection is closed (WebTransport close code 0) whatever is

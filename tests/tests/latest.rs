@@ -1088,3 +1088,40 @@ async fn a_drain_drops_the_datagram_publications_waiting_for_their_hook_as_it_be
     stop.await?;
     Ok(())
 }
+
+/// Values held for the pacer never keep `Client::close` from ending the control stream behind
+/// its publishes (review 131, R1): commands take the pacer's tokens first, so three rooms' values
+/// held behind four publishes at about one a second got none before the 5 s deadline, the
+/// control stream was never ended, and the close at the deadline could discard what the server
+/// had not read. They now wait half the flush at most, then are dropped and counted.
+#[tokio::test]
+async fn held_values_never_keep_close_from_ending_the_control_stream() -> Result<()> {
+    use quiver_client::token_fixed;
+    let server = server(|c| c.limits.commands_per_second = 2).await?;
+    let client = std::sync::Arc::new(
+        quiver_client::Client::connect(client_config(
+            &server,
+            token_fixed(full_token("acme", "p")),
+        ))
+        .await?,
+    );
+    let mut publishes = Vec::new();
+    for n in 0..4u8 {
+        let client = client.clone();
+        publishes.push(tokio::spawn(async move {
+            client.publish("chat.close", vec![n; 8]).await
+        }));
+    }
+    for room in ["game.r0", "game.r1", "game.r2"] {
+        client.publish_unreliable(room, vec![1; 8]).await?;
+    }
+    tokio::time::timeout(WAIT, client.close()).await?;
+    for publish in publishes {
+        tokio::time::timeout(WAIT, publish).await???;
+    }
+    assert!(
+        client.datagrams_dropped() >= 1,
+        "the held values were not given up: the control stream's end waited for them"
+    );
+    Ok(())
+}

@@ -1440,6 +1440,7 @@ async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
         (head("200 OK", &replacement), replacement.clone()),
         (head("403 Forbidden", "not you"), "not you".to_owned()),
         (head("200 OK", &deny), deny.clone()),
+        (head("503 Service Unavailable", "busy"), "busy".to_owned()),
     ];
     let (address, backend) = late_body_backend(answers, Duration::from_secs(1)).await?;
     let server = server_for_with(&format!("http://{address}/rpc"), |c| {
@@ -1478,6 +1479,18 @@ async fn an_answer_whose_body_comes_late_is_never_failed_open() -> Result<()> {
             .await
             .is_err(),
         "a refused publication was delivered"
+    );
+    // Any other status with a late body is the failure it says (review 131, R2: a 503 denied
+    // under either rule): in a namespace that fails open the publication goes through, as it
+    // does past a 503 whose body comes whole.
+    let published = alice.publish_ack("open.room", "after a 503").await;
+    assert!(
+        published.is_ok(),
+        "a late-bodied 503 in a fail-open namespace: {published:?}"
+    );
+    assert!(
+        tokio::time::timeout(WAIT, sub.next()).await.is_ok(),
+        "the publication past the 503 was not delivered"
     );
     alice.close().await;
     backend.abort();

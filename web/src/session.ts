@@ -368,7 +368,8 @@ export class Session implements LinkHandler {
    * (any other command still waiting is withdrawn, never sent: its reply would have nowhere to
    * go), each room's newest datagram publication still waiting for the pacer is sent (the server
    * reads the datagrams received before the FIN, PROTOCOL.md section 2; cleared at the end, a
-   * burst faster than the pacer lost its newest value), the acknowledged ones are answered,
+   * burst faster than the pacer lost its newest value; for at most half of `ms`, so that the FIN
+   * still goes in time, then dropped), the acknowledged ones are answered,
    * then the control stream is finished (over
    * WebSocket, the close frame goes behind them) and the server's close is waited for. Then the
    * session ends: whatever is still unwritten rejects, `notCarriedOut`. Ended at once (a
@@ -390,10 +391,21 @@ export class Session implements LinkHandler {
       for (const p of this.pending.values()) if (p.type === 'Publish') return true;
       return false;
     };
-    while (!this.ended && (this.queue.length > 0 || this.heldDatagrams.size > 0 || publishAwaited()) && now() < deadline) {
+    // Held datagram values wait for the pacer at most half the time: the FIN must still go
+    // before the deadline, else the close discards the publishes the server has not read
+    // (review 131, R1: commands take the tokens first, so held values could keep it from ever
+    // going). Past that they are dropped, as a full pacer drops them.
+    const datagramsUntil = now() + ms / 2;
+    const datagramsHeld = (): boolean => {
+      if (this.heldDatagrams.size === 0) return false;
+      if (now() < datagramsUntil) return true;
+      this.heldDatagrams.clear();
+      return false;
+    };
+    while (!this.ended && (this.queue.length > 0 || datagramsHeld() || publishAwaited()) && now() < deadline) {
       await new Promise<void>((resolve) => setTimeout(resolve, Math.max(1, Math.min(SEND_POLL_MS, deadline - now()))));
     }
-    if (!this.ended && this.queue.length === 0 && this.heldDatagrams.size === 0 && now() < deadline) {
+    if (!this.ended && this.queue.length === 0 && !datagramsHeld() && now() < deadline) {
       this.link.leave();
       let timer: ReturnType<typeof setTimeout> | undefined;
       await Promise.race([this.done, new Promise<void>((resolve) => (timer = setTimeout(resolve, Math.max(0, deadline - now()))))]);

@@ -61,6 +61,13 @@ impl HeldDatagrams {
         self.queue.is_empty()
     }
 
+    /// Drops every held value; how many.
+    pub(super) fn clear(&mut self) -> usize {
+        let n = self.queue.len();
+        self.queue.clear();
+        n
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.queue.len()

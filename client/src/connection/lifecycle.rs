@@ -29,6 +29,11 @@ pub(super) struct Closing {
     /// The `close()` calls to answer once closed.
     waiters: Vec<oneshot::Sender<()>>,
     pub(super) deadline: tokio::time::Instant,
+    /// Until when held datagram values may keep the control stream from ending (half the
+    /// flush): past it they are dropped, so that the end still goes before the deadline
+    /// (review 131, R1: commands take the pacer's tokens first, and values that never got one
+    /// kept the end from going at all, so the close discarded publishes not yet read).
+    pub(super) datagrams_until: tokio::time::Instant,
     /// The writer's queue is ended: the control stream ends behind its last frame, and only
     /// the server's close (or the deadline) is waited for.
     ended: bool,
@@ -314,9 +319,11 @@ impl Actor {
         // Callers whose requests are refused from now on hear why (`Client::closed_error`).
         *lock(&self.shared.closed) = Some((0, "closed by client".into()));
         self.reconnect_at = None;
+        let now = tokio::time::Instant::now();
         self.closing = Some(Closing {
             waiters: vec![reply],
-            deadline: tokio::time::Instant::now() + CLOSE_FLUSH,
+            deadline: now + CLOSE_FLUSH,
+            datagrams_until: now + CLOSE_FLUSH / 2,
             ended: false,
         });
         self.advance_close();
@@ -324,7 +331,7 @@ impl Actor {
 
     /// Moves a close on: ends the control stream once no acknowledged publish is awaited and no
     /// datagram publication waits for the pacer (each room's newest value goes as a token frees
-    /// up), closes once the deadline has passed.
+    /// up, for half the flush at most), closes once the deadline has passed.
     pub(super) fn advance_close(&mut self) {
         let Some(closing) = self.closing.as_mut() else {
             return;
@@ -345,6 +352,16 @@ impl Actor {
             .pending
             .values()
             .any(|p| matches!(p, Pending::PublishAck { .. }) && !p.abandoned());
+        if !live.datagrams.is_empty() && tokio::time::Instant::now() >= closing.datagrams_until {
+            let dropped = live.datagrams.clear();
+            self.shared
+                .datagrams_dropped
+                .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                dropped,
+                "close: datagram values still held for the pacer dropped"
+            );
+        }
         if !awaited && live.datagrams.is_empty() {
             closing.ended = true;
             live.writer.end();

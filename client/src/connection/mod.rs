@@ -656,7 +656,16 @@ impl Actor {
                 .and_then(|l| l.heartbeat.as_ref().map(|(_, at)| *at));
             let reconnect_at = self.reconnect_at;
             let datagram_at = self.live.as_ref().and_then(|l| l.datagram_at);
-            let close_at = self.closing.as_ref().map(|c| c.deadline);
+            // Held datagram values are given up at `datagrams_until` (then the end may go),
+            // the close itself at `deadline`.
+            let close_at = self.closing.as_ref().map(|c| {
+                let held = self.live.as_ref().is_some_and(|l| !l.datagrams.is_empty());
+                if held && tokio::time::Instant::now() < c.datagrams_until {
+                    c.datagrams_until
+                } else {
+                    c.deadline
+                }
+            });
             tokio::select! {
                 req = self.req_rx.recv() => match req {
                     Some(req) => self.on_request(req),

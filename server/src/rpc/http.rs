@@ -315,18 +315,26 @@ impl HttpRoute {
             let answer = match tokio::time::timeout_at(ends, body).await {
                 Ok(answer) => answer?,
                 // The head came in time, its body did not: the backend answered, and the
-                // answer is cut off at the deadline. A 401/403 is its no; anything else may
-                // have been a 2xx with a replacement or a deny, which a hook refuses rather
-                // than fails open (outside audit 129, F3: read as no answer, the unredacted
-                // original was published; review 130, R2: a subscribe hook's was still left to
-                // the fail rule). A call's deadline is its deadline.
+                // answer is cut off at the deadline. A 401/403 is its no; a 2xx may have been a
+                // replacement or a deny, which a hook refuses rather than fails open (outside
+                // audit 129, F3: read as no answer, the unredacted original was published;
+                // review 130, R2: a subscribe hook's was still left to the fail rule). Any
+                // other status is the failure it says, its body unread, as when it comes whole
+                // (review 131, R2: a 503 with a slow body denied under `fail_open`). A call's
+                // deadline is its deadline.
                 Err(_) => {
                     return Err(refusal("its body late").unwrap_or_else(|| match kind {
                         Kind::Call => RpcError::Deadline(left),
-                        Kind::Hook => RpcError::AnswerLate(format!(
-                            "the backend's {status} came in time, its body not within {} ms",
-                            left.as_millis()
-                        )),
+                        Kind::Hook if (200..300).contains(&status) => {
+                            RpcError::AnswerLate(format!(
+                                "the backend's {status} came in time, its body not within {} ms",
+                                left.as_millis()
+                            ))
+                        }
+                        Kind::Hook => RpcError::Backend(
+                            code_for_status(status),
+                            format!("backend answered {status} (its body late)"),
+                        ),
                     }))
                 }
             };
