@@ -247,12 +247,16 @@ pub fn clustered(nats: &NatsServer) -> impl Fn(&mut quiver_server::Config) + '_ 
 }
 
 /// Header blocks a NATS client cannot read (not `NATS/1.0`, a status that is not a number, a
-/// line without a colon, a name with a space), each framed correctly by its `HPUB`.
-pub const MALFORMED_HEADERS: [&str; 4] = [
+/// line without a colon, a name with a space, a value holding a lone CR, which async-nats's
+/// own value type asserts against: outside audit 132, F1, its connection task panicked, in the
+/// block and in the lines salvaged from an unreadable one), each framed correctly by its `HPUB`.
+pub const MALFORMED_HEADERS: [&str; 6] = [
     "GARBAGE\r\n\r\n",
     "NATS/1.0 abc\r\nQuiver-Status: 200\r\n\r\n",
     "NATS/1.0\r\nno colon here\r\n\r\n",
     "NATS/1.0\r\nBad Name: x\r\n\r\n",
+    "NATS/1.0\r\nX: a\rb\r\n\r\n",
+    "GARBAGE\r\nX: a\rb\r\n\r\n",
 ];
 
 /// A NATS connection spoken by hand, as a hostile publisher would (any header block, framed
