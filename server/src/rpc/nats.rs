@@ -84,10 +84,7 @@ const REPLIES_SWEPT: Duration = Duration::from_secs(10);
 /// queues its events, and drops them past 128), so only a hint that replies are being held up
 /// ([`Lost::Others`]). A tenant's own subscription's drops are counted by the client as each
 /// is dropped ([`TenantReplies::drops`]).
-#[derive(Default)]
-struct DropCounts {
-    total: AtomicU64,
-}
+type DropCounts = AtomicU64;
 
 /// The requests waiting for a reply, by their reply subject's token, and each tenant's reply
 /// subscription.
@@ -187,7 +184,7 @@ impl Replies {
             token,
             dropped_before: drops.load(Ordering::Relaxed),
             drops,
-            all_dropped_before: self.drops.total.load(Ordering::Relaxed),
+            all_dropped_before: self.drops.load(Ordering::Relaxed),
             rx,
         };
         Ok((subject, pending))
@@ -326,7 +323,7 @@ impl Pending {
     fn replies_dropped(&self) -> Option<Lost> {
         if self.drops.load(Ordering::Relaxed) != self.dropped_before {
             Some(Lost::Tenant)
-        } else if self.replies.drops.total.load(Ordering::Relaxed) != self.all_dropped_before {
+        } else if self.replies.drops.load(Ordering::Relaxed) != self.all_dropped_before {
             Some(Lost::Others)
         } else {
             None
@@ -374,7 +371,7 @@ impl NatsRoute {
         // logged within a budget), and counted in `drops` (any reply subscription's).
         let counts = drops.clone();
         let options = crate::broker::nats::watched(options, "rpc", move |_sid| {
-            counts.total.fetch_add(1, Ordering::Relaxed);
+            counts.fetch_add(1, Ordering::Relaxed);
         });
         let client = crate::broker::nats::connect_with(nats, options).await?;
         // Each tenant's reply subscription is made as its first request goes out.
