@@ -230,6 +230,44 @@ async fn publish_once_asked(
 
 const DROPS: &str = "quiver_nats_slow_consumer_total";
 
+/// acme and evil on one instance, each with a publish-hook backend (acme's denies, evil's
+/// allows), each tenant's hook asked once: evil's backend has seen the instance's reply subject.
+struct TwoTenants {
+    server: TestServer,
+    acme: Client,
+    evil: Client,
+    /// What acme's backend does before each answer.
+    acme_orders: mpsc::UnboundedSender<Before>,
+    _evil_orders: mpsc::UnboundedSender<Before>,
+    _backends: [(async_nats::Client, tokio::task::JoinHandle<()>); 2],
+}
+
+async fn two_tenants(nats: &NatsServer, timeout: Duration) -> Result<TwoTenants> {
+    let server = server(nats, timeout).await?;
+    let (acme_orders, acme_rx) = mpsc::unbounded_channel();
+    let (acme_seen_tx, mut acme_seen) = mpsc::unbounded_channel();
+    let acme_backend = hook_backend(nats, "acme", false, acme_rx, acme_seen_tx).await?;
+    let (evil_orders, evil_rx) = mpsc::unbounded_channel();
+    let (evil_seen_tx, mut evil_seen) = mpsc::unbounded_channel();
+    let evil_backend = hook_backend(nats, "evil", true, evil_rx, evil_seen_tx).await?;
+    let evil = connect(&server, "evil").await?;
+    let acme = connect(&server, "acme").await?;
+    // evil's backend allows its own publication and has seen the instance's reply subject.
+    publish_once_asked(&evil, &mut evil_seen)
+        .await?
+        .context("evil's own publication")?;
+    let first = publish_once_asked(&acme, &mut acme_seen).await?;
+    assert!(first.is_err(), "acme's backend denies: {first:?}");
+    Ok(TwoTenants {
+        server,
+        acme,
+        evil,
+        acme_orders,
+        _evil_orders: evil_orders,
+        _backends: [acme_backend, evil_backend],
+    })
+}
+
 async fn rpc_drops(server: &TestServer) -> Result<f64> {
     Ok(metric_sum(
         &server.metrics().await?,
@@ -251,22 +289,15 @@ async fn another_tenants_reply_flood_never_turns_a_deny_into_an_allow() -> Resul
     // Generous: acme's answer, read behind the flood on the instance's one connection for
     // replies, is not late on a loaded machine (a timeout in a flood is denied too, but this
     // test is about acme's own answer being heard).
-    let server = server(&nats, Duration::from_secs(5)).await?;
-    let (acme_orders, acme_rx) = mpsc::unbounded_channel();
-    let (acme_seen_tx, mut acme_seen) = mpsc::unbounded_channel();
-    let (_acme, _a) = hook_backend(&nats, "acme", false, acme_rx, acme_seen_tx).await?;
-    let (_evil_orders, evil_rx) = mpsc::unbounded_channel();
-    let (evil_seen_tx, mut evil_seen) = mpsc::unbounded_channel();
-    let (_evil, _e) = hook_backend(&nats, "evil", true, evil_rx, evil_seen_tx).await?;
-
-    let evil = connect(&server, "evil").await?;
-    let acme = connect(&server, "acme").await?;
-    // evil's backend allows its own publication and has seen the instance's reply subject.
-    publish_once_asked(&evil, &mut evil_seen)
-        .await?
-        .context("evil's own publication")?;
-    let first = publish_once_asked(&acme, &mut acme_seen).await?;
-    assert!(first.is_err(), "acme's backend denies: {first:?}");
+    let TwoTenants {
+        server,
+        acme,
+        evil,
+        acme_orders,
+        // Bound, not `..`: the backends and evil's orders live to the test's end.
+        _evil_orders,
+        _backends,
+    } = two_tenants(&nats, Duration::from_secs(5)).await?;
 
     let before = rpc_drops(&server).await?;
     for round in 0..ROUNDS {
@@ -354,20 +385,15 @@ async fn rpc_disconnects(server: &TestServer) -> Result<f64> {
 async fn another_tenants_flood_that_cuts_the_connection_never_turns_a_deny_into_an_allow(
 ) -> Result<()> {
     let nats = NatsServer::start_with_config(&format!("{CUT}\n{CONFINED}")).await?;
-    let server = server(&nats, Duration::from_secs(2)).await?;
-    let (acme_orders, acme_rx) = mpsc::unbounded_channel();
-    let (acme_seen_tx, mut acme_seen) = mpsc::unbounded_channel();
-    let (_acme, _a) = hook_backend(&nats, "acme", false, acme_rx, acme_seen_tx).await?;
-    let (_evil_orders, evil_rx) = mpsc::unbounded_channel();
-    let (evil_seen_tx, mut evil_seen) = mpsc::unbounded_channel();
-    let (_evil, _e) = hook_backend(&nats, "evil", true, evil_rx, evil_seen_tx).await?;
-    let evil = connect(&server, "evil").await?;
-    let acme = connect(&server, "acme").await?;
-    publish_once_asked(&evil, &mut evil_seen)
-        .await?
-        .context("evil's own publication")?;
-    let first = publish_once_asked(&acme, &mut acme_seen).await?;
-    assert!(first.is_err(), "acme's backend denies: {first:?}");
+    let TwoTenants {
+        server,
+        acme,
+        evil,
+        acme_orders,
+        // Bound, not `..`: the backends and evil's orders live to the test's end.
+        _evil_orders,
+        _backends,
+    } = two_tenants(&nats, Duration::from_secs(2)).await?;
 
     let before = rpc_disconnects(&server).await?;
     let mut lost = 0;
