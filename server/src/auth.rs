@@ -224,7 +224,8 @@ impl Verifier {
 
     /// A verifier for one PEM public key.
     pub fn public_key(path: &Path, algorithm: &str, checks: &Checks) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
+        let pem = read_key_file(path, MAX_KEY_FILE)
+            .map_err(|e| KeyError::Read(path.display().to_string(), e))?;
         let (key, alg) = match algorithm.to_ascii_uppercase().as_str() {
             "ES256" => (DecodingKey::from_ec_pem(&pem)?, Algorithm::ES256),
             "RS256" => {
@@ -241,8 +242,8 @@ impl Verifier {
     /// A verifier for a JWKS file (`{"keys": [...]}`, RFC 7517): see `key_sets::jwks_keys`
     /// for the keys it takes.
     pub fn jwks(path: &Path, checks: &Checks) -> Result<Self, KeyError> {
-        let text =
-            std::fs::read(path).map_err(|e| KeyError::Read(path.display().to_string(), e))?;
+        let text = read_key_file(path, crate::jwks::MAX_JWKS_BYTES as u64)
+            .map_err(|e| KeyError::Read(path.display().to_string(), e))?;
         Self::jwks_from_bytes(&path.display().to_string(), &text, checks)
     }
 
@@ -706,10 +707,63 @@ pub fn check_claims(claims: &Claims) -> Result<(), AuthError> {
     grant_from(claims.clone()).map(drop)
 }
 
-/// Reads a secret from a file. Trailing line ends (editors and `echo` add one) are not part of
-/// the secret.
+/// The most a key file (an HS256 secret, a PEM public key, a token file) may hold: real ones
+/// are a few hundred bytes.
+pub const MAX_KEY_FILE: u64 = 1 << 20;
+
+/// Reads a key file of at most `max` bytes, only if it is a regular file or a pipe (after
+/// symlinks). A device (`/dev/zero`, a terminal), a socket or a directory is refused before
+/// anything is read, and so is a regular file larger than `max`: a wrong path in the
+/// configuration is an error naming what is wrong, not a hang or all the memory (audit 134,
+/// F4: `QUIVER_JWT_SECRET_FILE=/dev/zero` grew to 1.7 GB in 3 s). A pipe is how a secret stays
+/// out of `ps` and shell history (`--token-file <(vault read ...)`, `/dev/stdin`, a named FIFO
+/// whose writer this waits for, as any reader of one does): it is read to its end, at most
+/// `max + 1` bytes, and refused past `max` (review 135, R2). The error never holds the file's
+/// bytes; callers add its path.
+pub fn read_key_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // Only a FIFO is opened waiting (for its writer, as `cat` would; a pipe of `<(...)` or
+    // `/dev/stdin` never waits): anything else is opened without waiting, and judged by what
+    // was opened, not by what the path was a moment before (a FIFO put there meanwhile is
+    // read without waiting: what is in it, or `WouldBlock`).
+    let fifo = std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_fifo());
+    let flags = if fifo { 0 } else { libc::O_NONBLOCK };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path)?;
+    let meta = file.metadata()?;
+    let pipe = meta.file_type().is_fifo();
+    if !meta.is_file() && !pipe {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file or a pipe (a device, a socket or a directory cannot hold a key)",
+        ));
+    }
+    let too_big = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {max} bytes, the most a key file may hold"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    // The size can change after `metadata`, and a pipe's is unknown: never more than `max + 1`
+    // bytes are read.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// Reads a secret from a file ([`read_key_file`]: a regular file of at most [`MAX_KEY_FILE`]
+/// bytes). Trailing line ends (editors and `echo` add one) are not part of the secret.
 pub fn read_secret_file(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut secret = std::fs::read(path)?;
+    let mut secret = read_key_file(path, MAX_KEY_FILE)?;
     while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
         secret.pop();
     }
@@ -742,3 +796,128 @@ mod key_sets;
 #[cfg(test)]
 #[path = "auth_tests.rs"]
 mod tests;
+
+/// Key files are read bounded, and only if regular files or pipes (audit 134, F4; review 135,
+/// R2).
+#[cfg(test)]
+pub(crate) mod key_file_tests {
+    use super::*;
+
+    /// A path of its own in the temporary directory, removed when dropped.
+    pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+    impl Scratch {
+        pub(crate) fn new(name: &str) -> Self {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Self(std::env::temp_dir().join(format!("quiver-key-{}-{n}-{name}", std::process::id())))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A FIFO at a scratch path, and a thread that writes `bytes` into it once a reader opens
+    /// it (a write past a reader that closed it fails; the thread ends either way).
+    fn fifo_written(name: &str, bytes: Vec<u8>) -> (Scratch, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let fifo = Scratch::new(name);
+        let path = std::ffi::CString::new(fifo.0.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let path = fifo.0.clone();
+        let writer = std::thread::spawn(move || {
+            // Waits for the reader, as opening a FIFO does.
+            let mut pipe = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let _ = pipe.write_all(&bytes);
+        });
+        (fifo, writer)
+    }
+
+    #[test]
+    fn a_key_file_over_a_mib_is_refused_naming_it_not_its_bytes() {
+        let big = Scratch::new("big");
+        let mut bytes = b"0123456789abcdef-secret-".repeat((MAX_KEY_FILE as usize) / 24 + 1);
+        bytes.truncate(MAX_KEY_FILE as usize + 1);
+        std::fs::write(&big.0, &bytes).unwrap();
+        let e = read_secret_file(&big.0).unwrap_err();
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
+        assert!(!e.to_string().contains("secret"), "{e}");
+        let checks = Checks::default();
+        let e = Verifier::public_key(&big.0, "ES256", &checks)
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&big.0.display().to_string()) && e.contains("larger than"),
+            "{e}"
+        );
+        assert!(!e.contains("secret-"), "{e}");
+        let e = Verifier::jwks(&big.0, &checks)
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&big.0.display().to_string()) && e.contains("larger than"),
+            "{e}"
+        );
+        // At the limit it is read (and judged as a secret).
+        std::fs::write(&big.0, &bytes[..MAX_KEY_FILE as usize]).unwrap();
+        assert_eq!(
+            read_secret_file(&big.0).unwrap().len(),
+            MAX_KEY_FILE as usize
+        );
+    }
+
+    /// Review 135, R2: a pipe is how a secret stays out of `ps` and history (`--token-file
+    /// <(vault ...)`, `/dev/stdin`); refused, it broke that. It is read, bounded as a file.
+    #[test]
+    fn a_pipe_is_read_bounded() {
+        let (fifo, writer) = fifo_written("fifo", b"s3cret\n".to_vec());
+        assert_eq!(read_secret_file(&fifo.0).unwrap(), b"s3cret");
+        writer.join().unwrap();
+        // 2 MiB written: refused after `MAX_KEY_FILE + 1` bytes read, naming the limit only.
+        let big = b"0123456789abcdef-secret-".repeat(2 * (MAX_KEY_FILE as usize) / 24);
+        let (fifo, writer) = fifo_written("fifo-big", big);
+        let e = read_secret_file(&fifo.0).unwrap_err().to_string();
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
+        assert!(!e.contains("secret-"), "{e}");
+        writer.join().unwrap();
+        // A pipe of `<(...)` or `/dev/stdin`, its writer gone: what it holds, without waiting.
+        // (`libc::pipe`: `std::io::pipe` is past the workspace's `rust-version`.)
+        use std::io::Write;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: room for the two descriptors `pipe` makes, each owned once below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        let read_end = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+        let mut write_end = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fds[1]) });
+        write_end.write_all(b"tok\n").unwrap();
+        drop(write_end);
+        let path = format!("/dev/fd/{}", read_end.as_raw_fd());
+        assert_eq!(read_secret_file(Path::new(&path)).unwrap(), b"tok");
+    }
+
+    /// `/dev/zero` last: read whole (without the bound) it takes all the memory it can.
+    #[test]
+    fn devices_sockets_and_directories_are_refused_before_a_read() {
+        let dir = read_secret_file(&std::env::temp_dir()).unwrap_err();
+        assert!(dir.to_string().contains("not a regular file"), "{dir}");
+        let socket = Scratch::new("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket.0).unwrap();
+        assert!(read_secret_file(&socket.0).is_err());
+        let e = Verifier::jwks(Path::new("/dev/null"), &Checks::default())
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/dev/null") && e.contains("not a regular file"),
+            "{e}"
+        );
+        let e = read_secret_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+}

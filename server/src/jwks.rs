@@ -111,9 +111,17 @@ pub fn http_client() -> Result<reqwest::Client, JwksError> {
 /// Reads or fetches the document, at most [`MAX_JWKS_BYTES`].
 pub async fn load(source: &Source, client: &reqwest::Client) -> Result<Vec<u8>, JwksError> {
     match source {
-        Source::File(path) => tokio::fs::read(path)
+        // A regular file of at most the same size as a fetched document (audit 134, F4: read
+        // whole, `/dev/zero` grew without bound and a FIFO hung the start).
+        Source::File(path) => {
+            let file = path.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::auth::read_key_file(&file, MAX_JWKS_BYTES as u64)
+            })
             .await
-            .map_err(|e| JwksError::Read(path.display().to_string(), e)),
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+            .map_err(|e| JwksError::Read(path.display().to_string(), e))
+        }
         Source::Url(url) => {
             let fail = |reason: String| JwksError::Fetch {
                 url: source.name(),
@@ -260,6 +268,32 @@ mod tests {
         assert!(plain.contains("https"), "{plain}");
         assert!(check_url("ftp://idp.example/jwks").is_err());
         assert!(check_url("not a url").is_err());
+    }
+
+    /// Audit 134, F4: `jwks_file` was read whole (`/dev/zero` until the timeout).
+    #[tokio::test]
+    async fn a_jwks_file_is_read_bounded_and_only_if_regular() {
+        let client = http_client().unwrap();
+        let big = crate::auth::key_file_tests::Scratch::new("jwks");
+        std::fs::write(&big.0, vec![b' '; MAX_JWKS_BYTES + 1]).unwrap();
+        let e = load(&Source::File(big.0.clone()), &client)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than"), "{e}");
+        std::fs::write(&big.0, b"{\"keys\": []}").unwrap();
+        assert_eq!(
+            load(&Source::File(big.0.clone()), &client).await.unwrap(),
+            b"{\"keys\": []}"
+        );
+        // Last: read whole (without the bound) it takes all the memory it can.
+        let source = Source::File("/dev/zero".into());
+        let read = tokio::time::timeout(Duration::from_secs(5), load(&source, &client)).await;
+        let e = read.expect("within 5 s").unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a regular file"),
+            "{e}"
+        );
     }
 
     #[test]

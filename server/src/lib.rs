@@ -14,6 +14,8 @@ pub mod control;
 mod cork;
 pub mod delivery_queue;
 mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 mod http;
 pub mod http_client;

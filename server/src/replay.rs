@@ -1,13 +1,15 @@
 //! What a new subscription's stream starts with: its `SubscriptionStream` header (own streams
 //! only; on a shared connection the session sends it) and the publications a resume replays.
 //!
-//! The replay is kept as the broker handed it over (positions and payloads, which the memory
-//! broker shares with its history) and encoded a batch at a time as the stream takes it, so a
-//! client that reads a long replay slowly makes the server hold references to history plus one
-//! batch, not an encoded copy of everything it asked for. A broker that copies payloads in
-//! (NATS) hands the replay over as [`ReplayPages`], read a page at a time as the stream takes
-//! them, so there too a slow reader holds a page; and a session writes at most [`AT_ONCE`]
-//! replays at once, so one that resumes many rooms holds a few batches and pages, not one each.
+//! Both brokers answer a resume without reading its publications: the answer counts them
+//! (`replayed`) and hands them over as [`ReplayPages`], read a page ([`REPLAY_PAGE`]) at a time
+//! as the stream takes them, once the session gives the replay a turn ([`AT_ONCE`]). A page's
+//! payloads are copied in (NATS) or shared with history (the memory broker, whose replay read
+//! whole at `Subscribe` kept payloads alive after history evicted them: outside audit 133,
+//! F2), and encoded a batch at a time. So a replay waiting for its turn holds nothing, a client
+//! that reads a long replay slowly makes the server hold a page plus one batch, not an encoded
+//! copy of everything it asked for, and one that resumes many rooms holds a few batches and
+//! pages, not one each.
 
 use std::sync::Arc;
 
@@ -21,10 +23,15 @@ use crate::hub::{publication_frame, RoomKey};
 /// Upper bound of one batch (the last frame may take it past: frames are never cut).
 pub const MAX_BATCH: usize = 64 * 1024;
 
-/// Replays one session writes at once. A replay in progress holds a batch and, from NATS, a
-/// page; a client that resumes many rooms and reads them slowly would otherwise hold that for
-/// every room (an outside audit: 256 rooms, ~75 MB per session). The others wait their turn,
-/// their live deliveries queueing meanwhile as they would behind a slow stream.
+/// About how many payload bytes a broker reads for one page of a replay (the publication that
+/// takes a page past it is in it): both brokers' (review 135, R5: it was written twice).
+pub const REPLAY_PAGE: usize = 256 * 1024;
+
+/// Replays one session writes at once. A replay in progress holds a batch and a page (one
+/// waiting for its turn holds nothing: its first page is read once it has one); a client that
+/// resumes many rooms and reads them slowly would otherwise hold that for every room (an
+/// outside audit: 256 rooms, ~75 MB per session). The others wait their turn, their live
+/// deliveries queueing meanwhile as they would behind a slow stream.
 pub const AT_ONCE: usize = 8;
 
 /// A session's turns at replaying: [`AT_ONCE`] of them.

@@ -112,7 +112,8 @@ fn publish(b: &MemoryBroker, room: &str, payload: Bytes) -> Position {
         .expect("a history room")
 }
 
-/// Replays the room's whole history (and drops it): every kept payload is cloned once.
+/// Replays the room's whole history (and drops it): every kept payload is cloned once. A
+/// resume reads nothing at `Subscribe`: its pages are read here as a stream would take them.
 fn replay(b: &MemoryBroker, room: &str, epoch: u64) -> usize {
     let since = Position { epoch, offset: 0 };
     let recovered = b
@@ -120,7 +121,14 @@ fn replay(b: &MemoryBroker, room: &str, epoch: u64) -> usize {
         .now_or_never()
         .expect("at once")
         .expect("recovered");
-    recovered.replay.expect("all kept").len()
+    let mut replayed = recovered.replay.expect("all kept").len();
+    if let Some(mut rest) = recovered.rest {
+        while rest.remaining() > 0 {
+            let page = rest.next_page().now_or_never().expect("at once");
+            replayed += page.expect("kept").len();
+        }
+    }
+    replayed
 }
 
 struct Measured {

@@ -19,6 +19,11 @@
 //! the one at hand give way, heaviest first, passing over any with nothing to give (only rooms
 //! subscribed here); then the one at hand. A room no budget has a place for is refused.
 //!
+//! Reads copy only what they hand over (`memory/history.rs`): a `History` page its page, a
+//! resume nothing at `Subscribe` (as over NATS), its replay read a page at a time as the
+//! subscription's stream takes it, so a resume waiting for its turn holds no payload, a slow
+//! reader a page, and what the budgets evict is freed, not held for it.
+//!
 //! Each room entry draws its own epoch when it is created: a restart, or a room forgotten by
 //! the sweep, makes old positions unrecoverable (`Failed`), as it should, and a room's offsets
 //! say nothing about any other room or tenant.
@@ -35,7 +40,9 @@ use super::{Broker, BrokerError, Recovered, RoomPresence};
 use crate::config::{Config, LimitsConfig};
 use crate::hub::{Delivery, Hub, RoomKey};
 use crate::metrics as m;
+use history::Reach;
 
+mod history;
 mod presence;
 
 /// What one kept publication costs beyond its payload's length, so that the byte budgets bound
@@ -480,54 +487,14 @@ impl MemoryBroker {
         Some(position)
     }
 
+    /// A resume's answer (`since` given: `replayed` counted, the replay in `history::Pages`,
+    /// read as the stream takes it), or the room's position alone.
     fn recover_now(
         &self,
         key: &RoomKey,
         since: Option<Position>,
     ) -> Result<Recovered, BrokerError> {
-        let Some(policy) = self.config.history(&key.room) else {
-            return Ok(Recovered::default());
-        };
-        let mut history = self.lock();
-        history.trim(key, policy.history_size, policy.history_ttl);
-        let Some(room) = history.room_to_read(key, &self.config.limits, &self.hub) else {
-            return Err(BrokerError::Unavailable(
-                "history memory is held by rooms subscribed on this instance (the tenant's share, \
-                 or the total); retry once some are unsubscribed"
-                    .into(),
-            ));
-        };
-        let epoch = room.epoch;
-        let current = Position {
-            epoch,
-            offset: room.last,
-        };
-        let replay = since.and_then(|since| {
-            let oldest = room.kept.front().map_or(room.last + 1, |k| k.offset);
-            // Offsets are contiguous, so everything after `since` is here exactly when the
-            // oldest kept one is at most the next offset.
-            let complete =
-                since.epoch == epoch && since.offset <= room.last && since.offset + 1 >= oldest;
-            complete.then(|| {
-                room.kept
-                    .iter()
-                    .filter(|k| k.offset > since.offset)
-                    .map(|k| {
-                        let position = Position {
-                            epoch,
-                            offset: k.offset,
-                        };
-                        (position, k.payload.clone())
-                    })
-                    .collect()
-            })
-        });
-        Ok(Recovered {
-            current: Some(current),
-            replay,
-            // Its payloads are shared with history: nothing to page.
-            rest: None,
-        })
+        self.read_now(key, since, Reach::Replay)
     }
 
     #[cfg(test)]
@@ -609,6 +576,20 @@ impl Broker for MemoryBroker {
         since: Option<Position>,
     ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
         Box::pin(ready(self.recover_now(&key, since)))
+    }
+
+    /// Reads only the page: `from_oldest` changes nothing here, as a room cut meanwhile
+    /// answers `None` and the caller reads its oldest again.
+    fn recover_some(
+        &self,
+        key: RoomKey,
+        since: Position,
+        max: usize,
+        max_bytes: usize,
+        _from_oldest: bool,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
+        let reach = Reach::Page { max, max_bytes };
+        Box::pin(ready(self.read_now(&key, Some(since), reach)))
     }
 
     fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>> {

@@ -117,9 +117,11 @@ pub struct Recovered {
     pub rest: Option<Box<dyn ReplayPages>>,
 }
 
-/// The rest of a long replay, still in the broker. A broker whose history lives in this process
-/// shares its payloads and never needs this; one that copies them in (NATS) would otherwise
-/// make every slow reader of a long replay hold a copy of all of it.
+/// The rest of a long replay, still in the broker, read a page at a time as the subscription's
+/// stream takes it, so a slow reader holds a page. From NATS, whose payloads are copied in, a
+/// replay read whole would be a copy of all of it per slow reader; the memory broker shares
+/// its payloads with history, but a replay read whole held every one of them, those history
+/// evicted meanwhile too, until the client read it (outside audit 133, F2).
 pub trait ReplayPages: Send {
     /// Publications not read yet.
     fn remaining(&self) -> usize;
@@ -187,24 +189,18 @@ pub trait Broker: Send + Sync + 'static {
     /// ago, and the page is to start wherever the room's kept publications start now (cut
     /// further meanwhile is no gap for a caller that asked for the oldest); otherwise the page
     /// starts right after `since` or is `None`.
-    /// The default reads everything and keeps `max` (for a broker whose history is in this
-    /// process, reading is sharing).
+    /// Reads only the page, under whatever the broker shares with other tenants (the memory
+    /// broker once read a room's whole history for it, under the lock every tenant's
+    /// publications take: outside audit 133, F1). The whole page is in `replay`, never in
+    /// `rest` (which `recover` may use).
     fn recover_some(
         &self,
         key: RoomKey,
         since: Position,
         max: usize,
-        _max_bytes: usize,
-        _from_oldest: bool,
-    ) -> BoxFuture<'_, Result<Recovered, BrokerError>> {
-        Box::pin(async move {
-            let mut recovered = self.recover(key, Some(since)).await?;
-            if let Some(replay) = &mut recovered.replay {
-                replay.truncate(max);
-            }
-            Ok(recovered)
-        })
-    }
+        max_bytes: usize,
+        from_oldest: bool,
+    ) -> BoxFuture<'_, Result<Recovered, BrokerError>>;
     /// The position of the oldest publication the room keeps (`None`: it keeps none, or the
     /// namespace keeps no history): where a `History` without `since` starts.
     fn first_kept(&self, key: RoomKey) -> BoxFuture<'_, Result<Option<Position>, BrokerError>>;

@@ -573,8 +573,11 @@ fn the_history_floor_is_one_full_room_in_the_memory_broker() {
             .now_or_never()
             .expect("at once")
             .expect("recovered");
+        // `replayed`: what is in hand and what the broker still holds (a resume reads nothing
+        // at `Subscribe`).
+        let rest = recovered.rest.as_ref().map_or(0, |r| r.remaining());
         (
-            recovered.replay.map_or(0, |r| r.len()),
+            recovered.replay.map_or(0, |r| r.len() + rest),
             broker.history_bytes(),
         )
     };

@@ -148,8 +148,10 @@ pub const CONNECTION_REFUSED_REASONS: [&str; 6] = [
 ];
 
 /// Every `reason` of [`SESSIONS_REFUSED`]: the adapters' checks before a token is read, then
-/// the token's refusals (`crate::auth::AuthError::label`).
-pub const REFUSED_REASONS: [&str; 12] = [
+/// the token's refusals (`crate::auth::AuthError::label`). `bad_request`: an SSE request
+/// refused 400 (a bad room list, `Last-Event-ID` or reconnect; PROTOCOL.md §9.3).
+pub const REFUSED_REASONS: [&str; 13] = [
+    "bad_request",
     "not_found",
     "unavailable",
     "origin",

@@ -16,7 +16,8 @@ mod hook;
 pub(crate) mod http;
 mod nats;
 mod pool;
-mod scrub;
+// `pub(crate)` for `crate::fuzzing` only.
+pub(crate) mod scrub;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -247,7 +248,7 @@ pub fn code_for_status(status: u16) -> ErrorCode {
 }
 
 /// A backend's error text, made safe for an `Error` frame: valid UTF-8, bounded.
-fn backend_message(body: &[u8], status: u16) -> String {
+pub(crate) fn backend_message(body: &[u8], status: u16) -> String {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
     if text.is_empty() {

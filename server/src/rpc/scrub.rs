@@ -37,7 +37,7 @@ impl Rpc {
 /// its JSON-style escapes are read (`\u0053…`, `\/`, valid JSON or not, escaped twice): no
 /// rewriting of its text finds every escape, so such a text is withheld whole (outside audits
 /// 33 N1a, 34 F1, F2). An empty secret is no secret.
-pub(super) fn scrub_text(text: String, secret: &str) -> Option<String> {
+pub(crate) fn scrub_text(text: String, secret: &str) -> Option<String> {
     if secret.is_empty() {
         return Some(text);
     }
@@ -49,6 +49,12 @@ pub(super) fn scrub_text(text: String, secret: &str) -> Option<String> {
 /// are read, once or up to three times over, whether or not the text is valid JSON: a client
 /// may decode what a server could not parse (a lone surrogate, `1e999`, deep nesting).
 fn escaped_holds(text: &str, secret: &str) -> bool {
+    // The text as written too: a secret holding `[` or `]` can be completed by the
+    // replacement's own brackets and the text beside them (`\\` then the secret `\\[`
+    // became `\\[http_secret]`), which reading its escapes takes apart (fuzz target `scrub`).
+    if text.contains(secret) {
+        return true;
+    }
     let mut text = text.to_owned();
     for _ in 0..3 {
         let read = unescape(&text);
@@ -65,7 +71,7 @@ fn escaped_holds(text: &str, secret: &str) -> bool {
 
 /// `text` with JSON-style escapes read, leniently: what is not an escape stays as it is; an
 /// unpaired surrogate becomes U+FFFD.
-fn unescape(text: &str) -> String {
+pub(crate) fn unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     let hex4 = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>| -> Option<u32> {
@@ -146,6 +152,19 @@ mod tests {
         assert_eq!(
             unescape(r#"a\u00e9\ud83d\ude00\ud800x\q"#),
             "aé😀\u{fffd}x\\q"
+        );
+    }
+
+    /// Found by the fuzz target `scrub`: the replacement's own `[` completed the secret with
+    /// text an unescape then took apart, so only the text as written held it.
+    #[test]
+    fn a_secret_the_replacement_completes_is_withheld() {
+        for (secret, text) in [(r"\\[", r"\\\\["), ("a[", "aa[")] {
+            assert_eq!(scrub_text(text.into(), secret), None, "{secret} in {text}");
+        }
+        assert_eq!(
+            scrub_text("x0[[[[y".into(), "0[[[[").as_deref(),
+            Some("x[http_secret]y")
         );
     }
 }

@@ -129,7 +129,6 @@ pub(super) async fn run_session(
     let opened = Instant::now();
     let mut slot = Slot::open(shared.clone(), transport);
     let tenant = grant.tenant.to_string();
-    shared.recent_users.opened(&tenant, &grant.user, transport);
     let quota = match slot.over_limit() {
         Some(limit) => {
             // Counted as the refusal before a session is (the 429): `capacity`.
@@ -143,6 +142,9 @@ pub(super) async fn run_session(
     // of times a second (outside tenancy audit 3: 7,800 lines a second from one client).
     let logged = quota.is_ok();
     if logged {
+        // The reconnect proxy remembers admitted sessions only: refused ones (over capacity or
+        // the tenant's quota) filled its map for every tenant (audit 134, F1).
+        shared.recent_users.opened(&tenant, &grant.user, transport);
         // `user` is the token's `sub`, any string: as a `&str` field the text format quotes and
         // escapes it (a newline in it cannot forge a log line) and JSON keeps it a plain string.
         info!(session = %id, user = grant.user.as_str(), tenant = %grant.tenant, remote = %link.remote, transport, "session opened");
@@ -282,7 +284,9 @@ pub(super) async fn run_session(
     let user = std::mem::take(&mut session.grant.user);
     let (bytes_out, messages_out, messages_in) = session.tally.totals();
     drop(session);
-    shared.recent_users.closed(&tenant, &user);
+    if logged {
+        shared.recent_users.closed(&tenant, &user);
+    }
     metrics::counter!(m::SESSIONS_CLOSED, "transport" => transport, "reason" => end.reason)
         .increment(1);
     if !logged {

@@ -389,7 +389,13 @@ impl Writer {
                     let (sequence, payload) = slot.as_deref().and_then(Slot::take).unwrap_or(value);
                     let (frame, done) = latest::tracked(latest::latest_frame(&self.room, sequence, payload));
                     in_flight = Some(done);
+                    // Counted as a value's frame on an own stream is (audit 134, F3: on a
+                    // shared connection it was counted nowhere; over SSE the adapter adds what
+                    // its text takes beyond the frame).
+                    let len = frame.len();
                     permit.send(frame);
+                    hot::delivery_bytes().increment(len as u64);
+                    self.tally.sent(len, 0);
                     continue;
                 }
             };

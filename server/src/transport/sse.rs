@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::Stream;
 use quiver_proto::{
     decode_event, ClientFrame, CloseCode, Command, ErrorCode, Event, FrameDecoder, Position,
-    Recovery, RoomName, PROTOCOL_VERSION,
+    Recovery, RoomName, LENGTH_PREFIX, PROTOCOL_VERSION,
 };
 use serde_json::json;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -140,46 +140,34 @@ async fn respond(
     let max_rooms = limits.max_subscriptions.min(limits.commands_per_second) as usize;
     let rooms = match rooms(query.as_deref().unwrap_or_default(), max_rooms) {
         Ok(rooms) => rooms,
-        Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+        Err(message) => return bad_request(&remote, message),
     };
     let history: Vec<&RoomName> = rooms
         .iter()
         .filter(|room| shared.config.history(room).is_some())
         .collect();
     if let Err(message) = reconnect_fits(query.as_deref().unwrap_or_default(), &headers, &history) {
-        return problem(StatusCode::BAD_REQUEST, "bad_request", None, message);
+        return bad_request(&remote, message);
     }
     // The header `EventSource` sends by itself on a reconnect; else the same value as a query
     // parameter, for a new `EventSource` (a fresh token after `token_expired`) that cannot set
     // headers but must not lose its place.
     let query_id = match last_event_id_param(query.as_deref().unwrap_or_default()) {
         Ok(id) => id,
-        Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+        Err(message) => return bad_request(&remote, message),
     };
     // Given twice, which one counts is anyone's guess: refused, like the query parameter.
     if headers.get_all("last-event-id").iter().nth(1).is_some() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            None,
-            "Last-Event-ID is given twice",
-        );
+        return bad_request(&remote, "Last-Event-ID is given twice");
     }
     let header_id = headers.get("last-event-id").map(|v| v.to_str());
     let resume = match header_id.or(query_id.as_deref().map(Ok)) {
         None => BTreeMap::new(),
         Some(Ok(id)) => match parse_event_id(id) {
             Ok(positions) => positions,
-            Err(message) => return problem(StatusCode::BAD_REQUEST, "bad_request", None, message),
+            Err(message) => return bad_request(&remote, message),
         },
-        Some(Err(_)) => {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                None,
-                "Last-Event-ID is not text",
-            )
-        }
+        Some(Err(_)) => return bad_request(&remote, "Last-Event-ID is not text"),
     };
     let grant = match shared.authenticate(&token) {
         Ok(grant) => grant,
@@ -256,6 +244,19 @@ async fn respond(
                 .text("ping"),
         )
         .into_response()
+}
+
+/// A request this adapter cannot serve (its rooms, its `Last-Event-ID`): 400, counted in
+/// `quiver_sessions_refused_total{reason="bad_request"}` and logged as `session refused` within
+/// the refusals' budget like every other refusal before a session (audit 134, F2: these went
+/// nowhere, and `EventSource` gives up for good after a 400, so a broken page stayed
+/// invisible). The message quotes what was refused escaped (`{:?}`), and is bounded.
+fn bad_request(remote: &SocketAddr, message: impl Into<String>) -> Response {
+    const LABEL: &str = "bad_request";
+    let message = crate::text::bounded(message.into(), crate::text::MAX_MESSAGE);
+    super::log_refusal(T, remote, &format_args!("{LABEL}: {message}"));
+    super::count_refused(T, LABEL);
+    problem(StatusCode::BAD_REQUEST, LABEL, None, message)
 }
 
 /// The `room` parameters: at least one, at most `max`, valid and distinct.
@@ -365,6 +366,37 @@ fn parse_event_id(id: &str) -> Result<BTreeMap<&str, Position>, String> {
     Ok(positions)
 }
 
+/// One SSE event and the bytes it is written as.
+struct Text {
+    event: SseEvent,
+    /// Its length as axum writes it (`Text::new`).
+    len: usize,
+    /// A subscription's delivery (publication, `latest` value, presence event): its frame was
+    /// counted in `quiver_delivery_bytes_total` when queued on the connection, and the event
+    /// adds what its text takes beyond the frame, so that over SSE the series counts the bytes
+    /// written, as on the other transports (audit 134, F3: the binary frames were counted, a
+    /// quarter of what was written).
+    delivery: bool,
+}
+
+impl Text {
+    /// `event: NAME\n`, `data: DATA\n` (compact JSON has no line break: one line), `id: ID\n`
+    /// when there is one, then the blank line: axum's `Event` layout.
+    fn new(name: &'static str, data: String, id: Option<String>, delivery: bool) -> Self {
+        let mut len = "event: \n".len() + name.len() + "data: \n".len() + data.len() + "\n".len();
+        let mut event = SseEvent::default().event(name).data(data);
+        if let Some(id) = id {
+            len += "id: \n".len() + id.len();
+            event = event.id(id);
+        }
+        Self {
+            event,
+            len,
+            delivery,
+        }
+    }
+}
+
 /// Turns the session's outgoing frames into SSE events.
 struct Events {
     rooms: Vec<RoomName>,
@@ -393,16 +425,27 @@ impl Events {
                     // (`Receiver::progressed`). SSE has no replies for a drain to wait on.
                     out.progressed();
                     this.decoder.push(&bytes);
+                    // What the text events of this chunk's deliveries add to their frames.
+                    let mut extra = 0;
                     loop {
                         match this.decoder.next_frame() {
                             Ok(Some(body)) => {
                                 if let Ok(frame) = decode_event(&body) {
-                                    if let Some(event) = this.convert(frame.id, frame.event) {
-                                        ready.push_back(event);
+                                    if let Some(text) = this.convert(frame.id, frame.event) {
+                                        if text.delivery {
+                                            let frame_len = LENGTH_PREFIX + body.len();
+                                            extra += text.len.saturating_sub(frame_len) as u64;
+                                        }
+                                        ready.push_back(text.event);
                                     }
                                 }
                             }
-                            Ok(None) => break,
+                            Ok(None) => {
+                                if extra > 0 {
+                                    crate::metrics::hot::delivery_bytes().increment(extra);
+                                }
+                                break;
+                            }
                             // Frames are made by instances (and checked where they come from
                             // NATS: `broker::nats::is_room_event`); one that cannot be framed
                             // would leave the decoder stuck for good, the response silent but
@@ -424,7 +467,14 @@ impl Events {
         self.rooms.get(index).map(RoomName::as_str)
     }
 
-    fn convert(&mut self, id: u32, event: Event) -> Option<SseEvent> {
+    fn convert(&mut self, id: u32, event: Event) -> Option<Text> {
+        let delivery = matches!(
+            event,
+            Event::Publication { .. }
+                | Event::Latest { .. }
+                | Event::Joined { .. }
+                | Event::Left { .. }
+        );
         let (name, data) = match event {
             Event::Welcome {
                 session,
@@ -459,15 +509,10 @@ impl Events {
                     _ => false,
                 };
                 let data = json!({"room": room, "position": position_value(position), "recovery": recovery, "replayed": replayed});
-                let mut event = SseEvent::default()
-                    .event("subscribed")
-                    .data(data.to_string());
                 // The room's place goes into the event id at once: a response that ends before
                 // the room's first publication still resumes it (the reconnect sends this id).
-                if seen {
-                    event = event.id(self.event_id());
-                }
-                return Some(event);
+                let id = seen.then(|| self.event_id());
+                return Some(Text::new("subscribed", data.to_string(), id, false));
             }
             Event::Error { code, message } => (
                 "error",
@@ -487,14 +532,11 @@ impl Events {
                     "position": position_value(position),
                     "payload": base64::engine::general_purpose::STANDARD.encode(&payload),
                 });
-                let mut event = SseEvent::default()
-                    .event("publication")
-                    .data(data.to_string());
-                if let Some(position) = position {
+                let id = position.map(|position| {
                     self.positions.insert(room, position);
-                    event = event.id(self.event_id());
-                }
-                return Some(event);
+                    self.event_id()
+                });
+                return Some(Text::new("publication", data.to_string(), id, true));
             }
             // `latest` rooms: the newest value, conflated server-side (PROTOCOL.md §10).
             Event::Latest {
@@ -528,7 +570,7 @@ impl Events {
             // Replies to commands an SSE client cannot send.
             _ => return None,
         };
-        Some(SseEvent::default().event(name).data(data.to_string()))
+        Some(Text::new(name, data.to_string(), None, delivery))
     }
 
     fn event_id(&self) -> String {

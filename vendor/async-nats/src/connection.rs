@@ -912,6 +912,21 @@ pub(crate) fn salvage_headers(header: &[u8]) -> HeaderMap {
     headers
 }
 
+/// QUIVER PATCH: [`parse_header_block`] for Quiver's fuzz target `nats_headers`
+/// (`fuzz/fuzz_targets/nats_headers.rs`), which links this crate from outside: not API.
+#[doc(hidden)]
+pub fn fuzz_parse_header_block(
+    header: &[u8],
+) -> Result<(HeaderMap, Option<StatusCode>, Option<String>), io::Error> {
+    parse_header_block(header)
+}
+
+/// QUIVER PATCH: [`salvage_headers`] for the same fuzz target: not API.
+#[doc(hidden)]
+pub fn fuzz_salvage_headers(header: &[u8]) -> HeaderMap {
+    salvage_headers(header)
+}
+
 /// QUIVER PATCH: the `description` of a message whose header block could not be read (it has
 /// no status, and only the header lines [`salvage_headers`] could read), followed by `: ` and
 /// why.

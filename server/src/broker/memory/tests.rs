@@ -2,6 +2,7 @@
 //! its bounds.
 
 use super::*;
+use crate::broker::ReplayError;
 use crate::config::NamespaceConfig;
 use crate::hub::Subscriber;
 use quiver_proto::RoomName;
@@ -39,8 +40,12 @@ fn recover(b: &MemoryBroker, key: &RoomKey, since: Option<Position>) -> Recovere
     b.recover_now(key, since).expect("a place in history")
 }
 
+/// How many publications a resume replays (`replayed`): those in hand and those still in the
+/// broker.
 fn replayed(b: &MemoryBroker, key: &RoomKey, since: Position) -> Option<usize> {
-    recover(b, key, Some(since)).replay.map(|r| r.len())
+    let recovered = recover(b, key, Some(since));
+    let rest = recovered.rest.as_ref().map_or(0, |r| r.remaining());
+    recovered.replay.map(|r| r.len() + rest)
 }
 
 #[test]
@@ -57,17 +62,16 @@ fn positions_replay_and_trimming() {
     // Kept: 3, 4, 5. From 2 everything after is there; from 1, offset 2 is gone.
     let r = recover(&b, &key("h.a"), Some(p[1]));
     assert_eq!(r.current, Some(p[4]));
-    let replay = r.replay.unwrap();
+    let replay = read_all(r).unwrap();
     assert_eq!(
         replay.iter().map(|(p, _)| p.offset).collect::<Vec<_>>(),
         [3, 4, 5]
     );
     assert!(recover(&b, &key("h.a"), Some(p[0])).replay.is_none());
     // Up to date: nothing to replay, but recovered.
-    assert_eq!(
-        recover(&b, &key("h.a"), Some(p[4])).replay.unwrap().len(),
-        0
-    );
+    let up_to_date = recover(&b, &key("h.a"), Some(p[4]));
+    assert_eq!(up_to_date.replay.unwrap().len(), 0);
+    assert!(up_to_date.rest.is_none());
     // Another epoch, or a position from the future: not recoverable.
     let other = Position {
         epoch: p[0].epoch ^ 2,
@@ -544,4 +548,237 @@ fn a_room_unsubscribed_here_gives_way_again() {
         kept,
         "a publication went before the idle room"
     );
+}
+
+thread_local! {
+    /// Kept publications this test's thread copied out of history (a replay's or a page's).
+    static COPIED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts one publication copied out of history (called under the history lock).
+pub(super) fn count_copied() {
+    COPIED.with(|c| c.set(c.get() + 1));
+}
+
+/// Publications copied out of history by this thread since the last call.
+fn copied() -> usize {
+    COPIED.with(|c| c.replace(0))
+}
+
+/// `n` publications of `size` bytes each (the byte is its offset's), in `key`'s room.
+fn publish_many(b: &MemoryBroker, key: &RoomKey, n: usize, size: usize) -> Vec<Position> {
+    (1..=n)
+        .map(|i| {
+            let payload = Bytes::from(vec![i as u8; size]);
+            b.publish_now(key.clone(), payload).unwrap()
+        })
+        .collect()
+}
+
+/// Publications a resume's page holds at most (`history::REPLAY_PAGE_MAX`; not named, so these
+/// tests also build, and fail, against the broker as it was before audit 133).
+const PAGE_MAX: usize = 1024;
+
+/// A `History` page as the broker answers it: `max` publications after `since` at most.
+fn page(b: &MemoryBroker, key: &RoomKey, since: Position, max: usize, bytes: usize) -> Recovered {
+    use futures::FutureExt;
+    b.recover_some(key.clone(), since, max, bytes, false)
+        .now_or_never()
+        .expect("answered at once")
+        .expect("a place in history")
+}
+
+fn offsets(replay: &[(Position, Bytes)]) -> Vec<u64> {
+    replay.iter().map(|(p, _)| p.offset).collect()
+}
+
+/// Outside audit 133, F1: a page, `limit: 0` (one publication asked for) included, copied
+/// every kept publication after `since` under the lock every tenant's publications take.
+#[test]
+fn a_history_page_copies_only_its_page() {
+    use futures::FutureExt;
+    let b = broker(10_000);
+    let room = key("h.big");
+    let p = publish_many(&b, &room, 10_000, 1);
+    copied();
+    let from = |offset| Position { offset, ..p[0] };
+    let first = page(&b, &room, from(0), 1, usize::MAX);
+    assert_eq!(offsets(&first.replay.unwrap()), [1]);
+    assert_eq!(copied(), 1, "a page of one copies one");
+    let middle = page(&b, &room, from(5_000), 3, usize::MAX);
+    assert_eq!(offsets(&middle.replay.unwrap()), [5_001, 5_002, 5_003]);
+    assert_eq!(middle.current, Some(p[9_999]));
+    assert_eq!(copied(), 3);
+    // A resume copies nothing when it is answered; its pages as the stream takes them.
+    let resume = recover(&b, &room, Some(from(0)));
+    assert_eq!(resume.replay.as_ref().map(Vec::len), Some(0));
+    assert_eq!(copied(), 0, "nothing read before the replay's turn");
+    let mut rest = resume.rest.expect("the replay, in the broker");
+    assert_eq!(rest.remaining(), 10_000);
+    let first = rest.next_page().now_or_never().unwrap().unwrap();
+    assert_eq!(first.len(), PAGE_MAX);
+    assert_eq!(copied(), PAGE_MAX, "a page at a time");
+}
+
+/// The page is what it was when a page read everything and kept `max`, for every position:
+/// the oldest's, before it (cut), the last, past it, another epoch's; and it stops once its
+/// payloads are past `max_bytes`, the one that takes them past in (as NATS reads one).
+#[test]
+fn a_history_page_answers_as_reading_everything_did() {
+    let b = broker(5);
+    let room = key("h.a");
+    let p = publish_many(&b, &room, 12, 10);
+    // Kept: 8 to 12.
+    let epoch = p[0].epoch;
+    let at = |offset| Position { epoch, offset };
+    let expected = |since: u64, max: usize| -> Option<Vec<u64>> {
+        (since <= 12 && since + 1 >= 8).then(|| (since + 1..=12).take(max).collect())
+    };
+    for since in [0, 6, 7, 8, 10, 11, 12, 13, 99] {
+        for max in [1, 2, 5, 1000] {
+            let got = page(&b, &room, at(since), max, usize::MAX);
+            assert_eq!(got.current, Some(p[11]));
+            let got = got.replay.map(|r| offsets(&r));
+            assert_eq!(got, expected(since, max), "since {since}, max {max}");
+        }
+    }
+    let other = Position {
+        epoch: epoch ^ 2,
+        offset: 9,
+    };
+    assert!(page(&b, &room, other, 10, usize::MAX).replay.is_none());
+    // 10-byte payloads: past 25 bytes after the third.
+    let bounded = page(&b, &room, at(7), 10, 25).replay.unwrap();
+    assert_eq!(offsets(&bounded), [8, 9, 10]);
+    assert_eq!(
+        offsets(&page(&b, &room, at(7), 10, 30).replay.unwrap()).len(),
+        4
+    );
+    // A room that keeps nothing: its position, and an empty page from it.
+    let empty = key("h.empty");
+    let position = recover(&b, &empty, None).current.unwrap();
+    assert_eq!(
+        page(&b, &empty, position, 10, usize::MAX)
+            .replay
+            .unwrap()
+            .len(),
+        0
+    );
+    let live = page(&b, &key("live"), at(1), 10, usize::MAX);
+    assert!(live.current.is_none() && live.replay.is_none());
+}
+
+/// Reads a resume's replay to its end, page by page: the sizes of its pages (what was in
+/// hand first, then each read from the broker), and its publications.
+type ReadPages = (Vec<usize>, Vec<(Position, Bytes)>);
+fn read_pages(recovered: Recovered) -> Result<ReadPages, ReplayError> {
+    use futures::FutureExt;
+    let mut all = recovered.replay.expect("recovered");
+    let mut sizes = vec![all.len()];
+    if let Some(mut rest) = recovered.rest {
+        while rest.remaining() > 0 {
+            let page = rest.next_page().now_or_never().expect("at once")?;
+            assert!(!page.is_empty());
+            sizes.push(page.len());
+            all.extend(page);
+        }
+    }
+    Ok((sizes, all))
+}
+
+/// A resume's replay, read to its end.
+fn read_all(recovered: Recovered) -> Result<Vec<(Position, Bytes)>, ReplayError> {
+    read_pages(recovered).map(|(_, all)| all)
+}
+
+#[test]
+fn a_resume_is_handed_over_a_page_at_a_time_up_to_the_position_it_answered() {
+    let b = broker(4_000);
+    let room = key("h.r");
+    let p = publish_many(&b, &room, 3_000, 1);
+    let from = Position { offset: 2, ..p[0] };
+    let recovered = recover(&b, &room, Some(from));
+    assert_eq!(recovered.current, Some(p[2_999]));
+    // Nothing in hand: all of it in the broker, counted (`replayed`), as NATS answers.
+    assert_eq!(recovered.replay.as_ref().map(Vec::len), Some(0));
+    let rest = recovered.rest.as_ref().expect("the replay, in the broker");
+    assert_eq!(rest.remaining(), 2_998, "`replayed` counts all of it");
+    assert_eq!(rest.last(), p[2_999]);
+    // Published after the answer: live, not replayed.
+    publish_many(&b, &room, 5, 1);
+    let (sizes, all) = read_pages(recovered).unwrap();
+    assert_eq!(sizes, [0, PAGE_MAX, PAGE_MAX, 2_998 - 2 * PAGE_MAX]);
+    assert_eq!(offsets(&all), (3..=3_000).collect::<Vec<_>>());
+    // Large payloads: about REPLAY_PAGE bytes a page, the one past it in.
+    let big = key("h.big");
+    let p = publish_many(&b, &big, 10, 100 * 1024);
+    let recovered = recover(&b, &big, Some(Position { offset: 0, ..p[0] }));
+    let (sizes, all) = read_pages(recovered).unwrap();
+    assert_eq!(sizes, [0, 3, 3, 3, 1]);
+    assert_eq!(offsets(&all), (1..=10).collect::<Vec<_>>());
+    assert!(all
+        .iter()
+        .all(|(p, b)| b.len() == 100 * 1024 && b[0] == p.offset as u8));
+    // Within one page: one read.
+    let recovered = recover(&b, &big, Some(Position { offset: 8, ..p[0] }));
+    let (sizes, all) = read_pages(recovered).unwrap();
+    assert_eq!((sizes, offsets(&all)), (vec![0, 2], vec![9, 10]));
+    // Up to date: nothing to read.
+    let recovered = recover(&b, &big, Some(p[9]));
+    assert!(recovered.replay.unwrap().is_empty() && recovered.rest.is_none());
+}
+
+/// Outside audit 133, F2: a resume held every payload of its replay until the client read
+/// it, also those history evicted meanwhile, where no budget counted them (and then, review
+/// 135 R1, its first page while it waited for its turn). Now it holds none: its replay is read
+/// as the stream takes it, and a publication evicted before then ends the replay as over NATS
+/// (`ReplayError::Cut`: `Unsubscribed` 117), before its first publication if need be.
+#[test]
+fn a_pending_resume_holds_no_payload_history_evicted() {
+    let b = broker(10);
+    let room = key("h.r");
+    let p = publish_many(&b, &room, 10, 100 * 1024);
+    let kept: Vec<Bytes> = b.lock().rooms[&room]
+        .kept
+        .iter()
+        .map(|k| k.payload.clone())
+        .collect();
+    let recovered = recover(&b, &room, Some(Position { offset: 0, ..p[0] }));
+    // The client reads nothing while the room's limit evicts all ten.
+    publish_many(&b, &room, 10, 1);
+    let held = kept.iter().filter(|payload| !payload.is_unique()).count();
+    assert_eq!(
+        held, 0,
+        "a resume not read holds no payload history evicted"
+    );
+    let in_hand = recovered.replay.as_ref().map_or(0, Vec::len);
+    let remaining = recovered.rest.as_ref().map_or(0, |r| r.remaining());
+    assert_eq!((in_hand, remaining), (0, 10), "`replayed` is all ten");
+    let error = read_all(recovered).unwrap_err();
+    assert!(matches!(error, ReplayError::Cut));
+    assert_eq!(
+        crate::replay::ended_by(&error).0,
+        quiver_proto::ErrorCode::UnrecoverablePosition
+    );
+    // Cut between two pages: the first page read, then the end.
+    let room = key("h.s");
+    let p = publish_many(&b, &room, 10, 100 * 1024);
+    let recovered = recover(&b, &room, Some(Position { offset: 0, ..p[0] }));
+    let mut rest = recovered.rest.unwrap();
+    use futures::FutureExt;
+    let first = rest.next_page().now_or_never().unwrap().unwrap();
+    assert_eq!(offsets(&first), [1, 2, 3]);
+    let second = rest.next_page().now_or_never().unwrap().unwrap();
+    assert_eq!(offsets(&second), [4, 5, 6]);
+    publish_many(&b, &room, 7, 1);
+    assert!(matches!(
+        rest.next_page().now_or_never().unwrap(),
+        Err(ReplayError::Cut)
+    ));
+    // A room forgotten (its epoch gone) ends it too.
+    let room = key("h.t");
+    let p = publish_many(&b, &room, 10, 100 * 1024);
+    let recovered = recover(&b, &room, Some(Position { offset: 0, ..p[0] }));
+    b.lock().forget(&room);
+    assert!(matches!(read_all(recovered), Err(ReplayError::Cut)));
 }

@@ -39,10 +39,7 @@ use super::{bounded, subject, unavailable, Inner, JS_TIMEOUT};
 use crate::broker::{BrokerError, Recovered, ReplayError, ReplayPages};
 use crate::config::NamespaceConfig;
 use crate::hub::RoomKey;
-
-/// About how many payload bytes a resume reads at once (one pull may take it past by its
-/// last publications: see [`pull_size`]).
-pub const REPLAY_PAGE: usize = 256 * 1024;
+use crate::replay::REPLAY_PAGE;
 
 /// How far a read goes.
 #[derive(Clone, Copy)]

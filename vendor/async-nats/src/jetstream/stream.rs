@@ -1906,6 +1906,16 @@ fn parse_headers(
     }
 }
 
+/// QUIVER PATCH: [`parse_headers`] for Quiver's fuzz target `nats_headers`
+/// (`fuzz/fuzz_targets/nats_headers.rs`), which links this crate from outside: not API.
+#[doc(hidden)]
+#[allow(clippy::type_complexity)]
+pub fn fuzz_parse_headers(
+    buf: &[u8],
+) -> Result<(HeaderMap, Option<StatusCode>, Option<String>), crate::Error> {
+    parse_headers(buf)
+}
+
 #[derive(Debug, Serialize, Deserialize, Clone)]
 struct GetRawMessage {
     pub(crate) message: RawMessage,
